@@ -1,0 +1,20 @@
+"""The mitmproxy script: ``mitmdump -s addons/contextwarden.py [--set cw_profile=observe-only]``."""
+
+import os
+import sys
+
+# mitmproxy puts this script's folder first on sys.path while it loads the script; this file's
+# name would then shadow the `contextwarden` package it imports.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+for _name in [n for n, m in sys.modules.items() if getattr(m, "__file__", None) == os.path.abspath(__file__) and n == "contextwarden"]:
+    del sys.modules[_name]
+
+from contextwarden.addons.eventserver import EventServer  # noqa: E402
+from contextwarden.addons.interceptor import Interceptor  # noqa: E402
+from contextwarden.addons.observer import Observer  # noqa: E402
+from contextwarden.addons.warden import Warden  # noqa: E402
+
+warden = Warden()
+
+addons = [warden, Interceptor(warden), Observer(warden), EventServer(warden)]

@@ -1,0 +1,118 @@
+"""Recognises LLM API requests and runs them through the stage pipeline, failing open."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from contextwarden.apis import classify
+from contextwarden.flowstate import FlowState
+from contextwarden.pipeline import Pipeline, Skip, count_tokens, prepare, request_event
+
+from .warden import Warden
+
+log = logging.getLogger(__name__)
+
+
+class Interceptor:
+    def __init__(self, warden: Warden) -> None:
+        self.warden = warden
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        rt = self.warden.runtime
+        if rt is None or flow.response is not None:
+            return
+        req = flow.request
+        reverse = isinstance(getattr(flow.client_conn, "proxy_mode", None), ReverseMode)
+        api = classify(req.method, req.host, req.port, req.path, rt.settings.proxy, reverse)
+        if api is None:
+            return
+        consumed = {}
+        for name in rt.settings.proxy.consumed_headers:
+            if name in req.headers:
+                consumed[name.lower()] = req.headers.pop(name)
+        state = FlowState(api=api, t_request=time.time())
+        flow.metadata["contextwarden"] = state
+        headers = list(req.headers.items(multi=True))
+        raw = req.raw_content or b""
+        loop = asyncio.get_running_loop()
+        observe = rt.settings.proxy.observe_only or consumed.get("x-contextwarden-bypass") or not rt.stages()
+
+        if observe:
+            # Forward at once; everything else happens on a worker thread while the request is in flight.
+            state.ctx_future = loop.run_in_executor(rt.stage_pool, self._observe, rt, flow.id, api, req.host, req.path, headers, raw, consumed, "observe")
+            return
+
+        try:
+            ctx = await loop.run_in_executor(rt.stage_pool, prepare, rt, flow.id, api, req.host, req.path, headers, raw, consumed)
+        except Skip as e:
+            rt.bus.emit("error", {"where": "parse", "message": str(e), "action": "forwarded unchanged", "api": api.value,
+                                  "path": req.path, "bytes": len(raw)}, flow_id=flow.id)
+            state.ctx_future = _done(None)
+            return
+        except Exception as e:  # fail open on our own bugs too
+            log.exception("contextwarden: prepare failed")
+            rt.bus.emit("error", {"where": "prepare", "message": f"{type(e).__name__}: {e}", "action": "forwarded unchanged"}, flow_id=flow.id)
+            state.ctx_future = _done(None)
+            return
+        state.ctx_future = _done(ctx)
+        if ctx.session in rt.bypass:
+            await loop.run_in_executor(rt.stage_pool, self._count_and_announce, ctx, len(raw), "bypass")
+            ctx.emit("forward", changed=False, reason="session bypassed", bytes_in=len(raw), bytes_out=len(raw),
+                     tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_in, pipeline_ms=0.0)
+            return
+        try:
+            await loop.run_in_executor(rt.stage_pool, self._count_and_announce, ctx, len(raw), "active")
+            outcome = await Pipeline(rt).process(ctx)
+        except Exception as e:
+            log.exception("contextwarden: pipeline failed")
+            ctx.emit("error", where="pipeline", message=f"{type(e).__name__}: {e}", action="forwarded original")
+            return
+        ms = round((time.perf_counter() - ctx.started) * 1000, 3)
+        if outcome.blocked is not None:
+            b = outcome.blocked
+            flow.response = http.Response.make(b.status, b.body, b.headers)
+            ctx.emit("forward", changed=False, blocked=True, reason=outcome.reason, status=b.status, pipeline_ms=ms,
+                     tokens_in=ctx.tokens_in)
+            return
+        if outcome.body is not None:
+            if rt.settings.log.record_bodies:
+                state.rewritten = outcome.body
+            req.content = outcome.body  # re-encoded with the client's content-encoding
+        ctx.emit("forward", changed=outcome.body is not None, reason=outcome.reason, bytes_in=len(raw),
+                 bytes_out=len(req.raw_content or b""), tokens_in=ctx.tokens_in,
+                 tokens_out=ctx.tokens_out if outcome.body is not None else ctx.tokens_in, pipeline_ms=ms,
+                 stages=ctx.stage_results)
+
+    @staticmethod
+    def _count_and_announce(ctx, nbytes: int, mode: str) -> None:
+        ctx.tokens_in = count_tokens(ctx, ctx.original)
+        request_event(ctx, nbytes, mode)
+
+    @staticmethod
+    def _observe(rt, flow_id, api, host, path, headers, raw, consumed, mode):
+        t0 = time.perf_counter()
+        try:
+            ctx = prepare(rt, flow_id, api, host, path, headers, raw, consumed)
+        except Skip as e:
+            rt.bus.emit("error", {"where": "parse", "message": str(e), "action": "forwarded unchanged",
+                                  "api": api.value, "path": path, "bytes": len(raw)}, flow_id=flow_id)
+            return None
+        except Exception as e:
+            rt.bus.emit("error", {"where": "prepare", "message": f"{type(e).__name__}: {e}", "action": "forwarded unchanged"}, flow_id=flow_id)
+            return None
+        Interceptor._count_and_announce(ctx, len(raw), mode)
+        ctx.emit("forward", changed=False, reason=mode, bytes_in=len(raw), bytes_out=len(raw),
+                 tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_in,
+                 pipeline_ms=round((time.perf_counter() - t0) * 1000, 3))
+        return ctx
+
+
+def _done(value):
+    f = asyncio.get_running_loop().create_future()
+    f.set_result(value)
+    return f

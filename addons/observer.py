@@ -1,0 +1,101 @@
+"""Streams every response of a recognised request through unchanged, reading it on the side.
+
+The bytes the client receives are exactly the bytes the upstream sent, chunk by chunk as they
+arrive: the tap only copies them into an incremental reader that assembles the assistant's turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from mitmproxy import http
+
+from contextwarden.flowstate import FlowState
+from contextwarden.streams import ResponseTap
+
+from .warden import Warden
+
+log = logging.getLogger(__name__)
+
+
+class Observer:
+    def __init__(self, warden: Warden) -> None:
+        self.warden = warden
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        st: FlowState | None = flow.metadata.get("contextwarden")
+        rt = self.warden.runtime
+        if st is None or rt is None or flow.response is None or flow.response.stream:
+            return
+        hook = rt.pm.hook.cw_response_event
+        has_hook = bool(hook.get_hookimpls())
+
+        def on_event(event: dict) -> None:
+            fut = st.ctx_future
+            ctx = fut.result() if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None else None
+            try:
+                hook(ctx=ctx, event=event)
+            except Exception as e:
+                rt.bus.emit("error", {"where": "cw_response_event", "message": f"{type(e).__name__}: {e}"}, flow_id=flow.id)
+
+        st.tap = ResponseTap(st.api, flow.response.headers.get("content-type", ""),
+                             flow.response.headers.get("content-encoding"), on_event if has_hook else None)
+        tap = st.tap
+
+        def stream(chunk: bytes) -> bytes:
+            if chunk:
+                tap.feed(chunk)  # never raises; a reader error only disables the reader
+            return chunk
+
+        flow.response.stream = stream
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self._finish(flow, error=None)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        await self._finish(flow, error=str(flow.error) if flow.error else "error")
+
+    async def _finish(self, flow: http.HTTPFlow, error: str | None) -> None:
+        st: FlowState | None = flow.metadata.get("contextwarden")
+        rt = self.warden.runtime
+        if st is None or rt is None or st.extra.get("finished"):
+            return
+        st.extra["finished"] = True
+        resp = flow.response
+        tap = st.tap
+        if tap is None and resp is not None and resp.raw_content:
+            # a response we did not stream (set by a stage, e.g. BLOCKED): read it whole
+            tap = ResponseTap(st.api, resp.headers.get("content-type", ""), resp.headers.get("content-encoding"), None)
+            tap.feed(resp.raw_content)
+        turn = tap.finish(error) if tap is not None else None
+        try:
+            ctx = await st.ctx_future if st.ctx_future is not None else None
+        except Exception:
+            ctx = None
+        upstream_ms = None
+        if resp is not None and resp.timestamp_start and flow.request.timestamp_end:
+            upstream_ms = round((resp.timestamp_start - flow.request.timestamp_end) * 1000, 1)
+        done_ms = round(((resp.timestamp_end if resp and resp.timestamp_end else time.time()) - st.t_request) * 1000, 1)
+        data = {"api": st.api.value, "status": resp.status_code if resp is not None else None, "upstream_ms": upstream_ms,
+                "total_ms": done_ms, "error": error, "streamed": bool(tap and tap.is_sse)}
+        if turn is not None:
+            data.update(turn.summary())
+        rt.bus.emit("response", data, flow_id=flow.id, session=ctx.session if ctx else None)
+        if ctx is None or turn is None:
+            return
+        asyncio.get_running_loop().run_in_executor(rt.turn_pool, self._turn_complete, rt, ctx, turn)
+
+    @staticmethod
+    def _turn_complete(rt, ctx, turn) -> None:
+        try:
+            if turn.usage is not None and ctx.settings.tokens.calibrate:
+                rt.tokens.observe_usage(ctx.model, ctx.tokens_out, turn.usage)
+        except Exception as e:
+            ctx.emit("error", where="calibration", message=f"{type(e).__name__}: {e}")
+        try:
+            rt.pm.hook.cw_turn_complete(ctx=ctx, turn=turn)
+        except Exception as e:
+            ctx.emit("error", where="cw_turn_complete", message=f"{type(e).__name__}: {e}")
+        ctx.emit("turn", **turn.summary(), tags=ctx.notes.get("tags"), tokens_sent=ctx.tokens_out, tokens_in=ctx.tokens_in)

@@ -1,0 +1,57 @@
+"""Owns contextwarden's options and its runtime (settings, plugins, events, state)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions
+
+from contextwarden.home import default_home
+from contextwarden.runtime import Runtime
+from contextwarden.settings import SettingsError
+
+log = logging.getLogger(__name__)
+
+
+class Warden:
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None
+        self._key: tuple | None = None
+
+    def load(self, loader) -> None:
+        loader.add_option("cw_profile", str, "default",
+                          "contextwarden profile: a name from profiles/ (observe-only, claude-code, openai, ollama) or a YAML path.")
+        loader.add_option("cw_home", str, "",
+                          "contextwarden data directory (logs, state, memory). Default: $CONTEXTWARDEN_HOME, else the user data dir.")
+        loader.add_option("cw_plugins", str, "",
+                          "A folder of drop-in contextwarden plugin files (*.py).")
+
+    def configure(self, updated: set[str]) -> None:
+        if not updated & {"cw_profile", "cw_home", "cw_plugins"}:
+            return
+        o = ctx.options
+        key = (o.cw_profile, o.cw_home, o.cw_plugins)
+        if key == self._key and self.runtime is not None:
+            return
+        home = Path(o.cw_home).expanduser() if o.cw_home else default_home()
+        if o.cw_plugins and not Path(o.cw_plugins).expanduser().is_dir():
+            raise exceptions.OptionsError(f"cw_plugins: not a folder: {o.cw_plugins}")
+        try:
+            runtime = Runtime.from_profile(o.cw_profile, home, o.cw_plugins or None)
+        except SettingsError as e:
+            raise exceptions.OptionsError(str(e)) from None
+        old, self.runtime, self._key = self.runtime, runtime, key
+        if old is not None:
+            old.close()
+        stages = ", ".join(n for n, _ in runtime.stages()) or "none"
+        mode = "observe-only" if runtime.settings.proxy.observe_only else "active"
+        log.info(f"contextwarden: profile {runtime.settings.name} ({mode}), stages: {stages}, home: {runtime.home}")
+        runtime.bus.emit("startup", {"profile": runtime.settings.name, "mode": mode, "home": str(runtime.home),
+                                     "stages": [n for n, _ in runtime.stages()]})
+
+    def done(self) -> None:
+        if self.runtime is not None:
+            self.runtime.bus.emit("shutdown", {})
+            self.runtime.close()
+            self.runtime = None

@@ -1,0 +1,1 @@
+"""Placeholder: the built-in stages are registered per entry point."""

@@ -1,0 +1,40 @@
+"""Which requests are ours: recognised by host and path; everything else passes untouched."""
+
+from __future__ import annotations
+
+from .models.base import ApiKind
+from .settings.proxy import ProxySection
+
+
+def _path_api(path: str, ollama: bool) -> ApiKind | None:
+    p = path.split("?", 1)[0].rstrip("/")
+    if p == "/v1/messages" or p.endswith("/anthropic/v1/messages"):
+        return ApiKind.ANTHROPIC
+    if p.endswith("/v1/chat/completions") or p.endswith("/api/v1/chat/completions"):
+        return ApiKind.OPENAI_CHAT
+    if p.endswith("/v1/responses"):
+        return ApiKind.OPENAI_RESPONSES
+    if ollama and p == "/api/chat":
+        return ApiKind.OLLAMA_CHAT
+    return None
+
+
+def classify(method: str, host: str, port: int, path: str, proxy: ProxySection, reverse: bool = False) -> ApiKind | None:
+    """The API of a request, or None when it is not one we handle (count_tokens, models, GETs...)."""
+    if method != "POST":
+        return None
+    host = host.lower()
+    hostport = f"{host}:{port}"
+    ollama = hostport in proxy.ollama_hosts or host in proxy.ollama_hosts
+    api = _path_api(path, ollama or reverse)
+    if api is None:
+        return None
+    if reverse and proxy.reverse_any_host:
+        return api
+    if api is ApiKind.ANTHROPIC:
+        known = proxy.anthropic_hosts
+    elif api is ApiKind.OLLAMA_CHAT:
+        return api if ollama else None
+    else:
+        known = proxy.openai_hosts + proxy.openai_compatible_hosts + proxy.ollama_hosts
+    return api if (host in known or hostport in known) else None

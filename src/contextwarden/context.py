@@ -1,0 +1,59 @@
+"""The per-request object stages receive."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .models.base import ApiKind, WireModel
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+    from .settings import Settings
+
+
+@dataclass
+class BlockedResponse:
+    """An answer the proxy gives itself instead of forwarding (a BLOCKED budget)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class RequestContext:
+    runtime: "Runtime"
+    settings: "Settings"  # snapshot for this request (run-time changes apply to the next one)
+    flow_id: str
+    api: ApiKind
+    host: str
+    path: str
+    headers: list[tuple[str, str]]  # credentials already redacted
+    session: str
+    session_source: str
+    tenant: str
+    agent: str
+    model: str | None
+    stream: bool
+    original: dict[str, Any]  # the decoded body as the client sent it: never mutate
+    request: WireModel  # the typed body stages rewrite in place
+    notes: dict[str, Any] = field(default_factory=dict)  # data stages hand to later stages and hooks
+    stage_results: list[dict[str, Any]] = field(default_factory=list)
+    blocked: BlockedResponse | None = None
+    started: float = field(default_factory=time.perf_counter)
+    tokens_in: int | None = None  # estimate of the original request
+    tokens_out: int | None = None  # estimate of what is sent
+
+    def emit(self, type: str, **data: Any):
+        data.setdefault("api", self.api.value)
+        return self.runtime.bus.emit(type, data, flow_id=self.flow_id, session=self.session)
+
+    def block(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        """Answer the client directly instead of forwarding (the budget stage's BLOCKED)."""
+        self.blocked = BlockedResponse(status, headers, body)
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k.lower() == name), None)

@@ -1,0 +1,152 @@
+"""Structured events: an in-process bus and a rotating JSONL log under ``cw_home``.
+
+Every request produces events (``request``, ``stage``, ``forward``, ``response``, ``turn``, ``error``,
+and whatever stages emit, such as ``compaction`` or ``memory``). The TUI consumes them live through the
+event server, or offline from the log. Event data must never hold a credential: headers pass through
+:func:`contextwarden.redact.redact_headers` before they get here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+_seq = itertools.count(1)
+
+
+@dataclass(slots=True)
+class Event:
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    flow_id: str | None = None
+    session: str | None = None
+    ts: float = field(default_factory=time.time)
+    seq: int = field(default_factory=lambda: next(_seq))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "ts": self.ts, "type": self.type, "flow_id": self.flow_id,
+                "session": self.session, "data": self.data}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), default=str)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Event":
+        return cls(type=d["type"], data=d.get("data") or {}, flow_id=d.get("flow_id"),
+                   session=d.get("session"), ts=d.get("ts", 0.0), seq=d.get("seq", 0))
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Thread-safe publish/subscribe. Subscribers must be quick; slow consumers queue their own work."""
+
+    def __init__(self, recent: int = 2000) -> None:
+        self._subs: list[Subscriber] = []
+        self._lock = threading.Lock()
+        self.recent: deque[Event] = deque(maxlen=recent)
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        with self._lock:
+            self._subs.append(fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if fn in self._subs:
+                    self._subs.remove(fn)
+
+        return unsubscribe
+
+    def emit(self, type: str, data: dict[str, Any] | None = None, *, flow_id: str | None = None,
+             session: str | None = None) -> Event:
+        ev = Event(type=type, data=data or {}, flow_id=flow_id, session=session)
+        self.publish(ev)
+        return ev
+
+    def publish(self, ev: Event) -> None:
+        self.recent.append(ev)
+        with self._lock:
+            subs = list(self._subs)
+        for fn in subs:
+            try:
+                fn(ev)
+            except Exception:  # a broken consumer must not break traffic
+                pass
+
+
+class JsonlLog:
+    """Appends events to ``events.jsonl`` from a writer thread, rotating by size.
+
+    Writing happens off the event loop so disk latency never reaches a request.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int = 20_000_000, backups: int = 5) -> None:
+        self.path = Path(directory) / "events.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._q: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="cw-eventlog", daemon=True)
+        self._thread.start()
+
+    def __call__(self, ev: Event) -> None:
+        self._q.put(ev)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._q.put(None)
+        self._thread.join(timeout)
+
+    def _rotate(self) -> None:
+        for i in range(self.backups - 1, 0, -1):
+            src = self.path.with_name(f"events.jsonl.{i}")
+            if src.exists():
+                src.replace(self.path.with_name(f"events.jsonl.{i + 1}"))
+        if self.path.exists():
+            self.path.replace(self.path.with_name("events.jsonl.1"))
+
+    def _run(self) -> None:
+        f = open(self.path, "ab")
+        try:
+            while True:
+                ev = self._q.get()
+                if ev is None:
+                    break
+                batch = [ev]
+                while True:  # drain what is queued so bursts cost one write
+                    try:
+                        nxt = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self._q.put(None)
+                        break
+                    batch.append(nxt)
+                f.write(b"".join(e.to_json() + b"\n" for e in batch))
+                f.flush()
+                if f.tell() > self.max_bytes:
+                    f.close()
+                    self._rotate()
+                    f = open(self.path, "ab")
+        finally:
+            f.close()
+
+
+def read_log(path: Path) -> list[Event]:
+    """Events from a JSONL log; truncated lines (a crash mid-write) are skipped."""
+    out = []
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                out.append(Event.from_dict(orjson.loads(line)))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+    return out

@@ -1,0 +1,34 @@
+"""The data directory (``cw_home``): logs, state, memory, the TUI token and the tenant salt."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import platformdirs
+
+
+def default_home() -> Path:
+    env = os.environ.get("CONTEXTWARDEN_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("contextwarden"))
+
+
+def ensure_home(path: str | os.PathLike | None) -> Path:
+    home = Path(path).expanduser() if path else default_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def secret_file(home: Path, name: str, nbytes: int = 32) -> str:
+    """Read a per-install secret, creating it with mode 0600 on first use."""
+    p = home / name
+    if p.exists():
+        return p.read_text().strip()
+    value = secrets.token_hex(nbytes)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value

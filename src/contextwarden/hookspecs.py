@@ -1,0 +1,67 @@
+"""The hooks a contextwarden plugin can implement.
+
+A plugin is a module (or object) registered under a name: through the ``contextwarden`` entry-point
+group, or as a ``.py`` file in the ``cw_plugins`` folder. The built-in stages are registered the same
+way. A plugin that implements :func:`cw_request` is a *stage*: it runs once per request, in the order
+the profile's ``pipeline.order`` gives, under its own time budget.
+
+Write an implementation with the marker::
+
+    from contextwarden import hookimpl
+
+    @hookimpl
+    def cw_request(ctx):
+        ...
+
+Set ``CONTEXTWARDEN_TRACE=1`` to print every hook call to stderr.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("contextwarden")
+hookimpl = pluggy.HookimplMarker("contextwarden")
+
+
+@hookspec
+def cw_configure(runtime):
+    """Called when the proxy starts and whenever settings change at run time.
+
+    ``runtime`` (:class:`contextwarden.runtime.Runtime`) holds ``settings``, ``home``, ``bus``,
+    ``state`` and ``tokens``. Third-party stages read their own settings from
+    ``runtime.settings.plugins.get(<name>, {})``. Do slow set-up here, not per request.
+    """
+
+
+@hookspec
+def cw_request(ctx):
+    """A request stage: read and rewrite ``ctx.request`` (the typed, lossless request model).
+
+    Runs in a worker thread under the stage's time budget. Raising, or running past the budget, makes
+    the proxy forward the client's original bytes and record an ``error`` event naming the stage.
+    Change the request in place; the proxy notices what changed, validates the result and sends the
+    original if the result is invalid. Emit what you did with ``ctx.emit(type, **data)``.
+    """
+
+
+@hookspec
+def cw_response_event(ctx, event):
+    """One parsed event of the response, as it streams (an SSE event's JSON, or the whole JSON body).
+
+    Runs on the proxy's event loop between chunks: keep it to microseconds. The bytes the client
+    receives are never affected by what this hook does.
+    """
+
+
+@hookspec
+def cw_turn_complete(ctx, turn):
+    """The assistant's turn is assembled (``turn``: :class:`contextwarden.streams.AssembledTurn`) and
+    the provider's usage is known. Runs on a worker thread, off the event loop: storing memory,
+    calibrating token counts and updating budgets belong here.
+    """
+
+
+@hookspec
+def cw_shutdown(runtime):
+    """The proxy is stopping: flush and close what the plugin holds."""

@@ -1,0 +1,22 @@
+"""Typed, lossless views of the request bodies of the APIs we understand.
+
+Every model keeps unknown fields (``extra="allow"``); unknown roles are plain strings and unknown
+block types parse into :class:`~contextwarden.models.base.UnknownBlock`, so nothing a provider adds
+next month is lost when a stage rewrites a body.
+"""
+
+from .base import ApiKind, WireModel, UnknownBlock, dump_body
+from . import anthropic, openai_chat, openai_responses
+
+__all__ = ["ApiKind", "WireModel", "UnknownBlock", "dump_body", "anthropic", "openai_chat", "openai_responses", "parse_body"]
+
+
+def parse_body(api: "ApiKind", data: dict):
+    """Validate a decoded JSON body into the typed request model of ``api``."""
+    cls = {
+        ApiKind.ANTHROPIC: anthropic.MessagesRequest,
+        ApiKind.OPENAI_CHAT: openai_chat.ChatRequest,
+        ApiKind.OLLAMA_CHAT: openai_chat.ChatRequest,
+        ApiKind.OPENAI_RESPONSES: openai_responses.ResponsesRequest,
+    }[api]
+    return cls.model_validate(data)

@@ -1,0 +1,135 @@
+"""Anthropic Messages API request body (``POST /v1/messages``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import Discriminator, Tag
+
+from .base import UnknownBlock, WireModel
+
+
+class TextBlock(WireModel):
+    type: str = "text"
+    text: str = ""
+
+
+class ImageBlock(WireModel):
+    type: str = "image"
+    source: dict[str, Any] | None = None
+
+
+class ThinkingBlock(WireModel):
+    type: str = "thinking"
+    thinking: str = ""
+    signature: str | None = None
+
+
+class RedactedThinkingBlock(WireModel):
+    type: str = "redacted_thinking"
+    data: str = ""
+
+
+class ToolUseBlock(WireModel):
+    type: str = "tool_use"
+    id: str = ""
+    name: str = ""
+    input: Any = None
+
+
+class ToolResultBlock(WireModel):
+    type: str = "tool_result"
+    tool_use_id: str = ""
+    # a string, or a list of text/image/... blocks; kept as-is
+    content: Any = None
+    is_error: bool | None = None
+
+
+_BLOCK_TYPES: dict[str, type[WireModel]] = {
+    "text": TextBlock,
+    "image": ImageBlock,
+    "thinking": ThinkingBlock,
+    "redacted_thinking": RedactedThinkingBlock,
+    "tool_use": ToolUseBlock,
+    "tool_result": ToolResultBlock,
+}
+
+
+def _block_tag(v: Any) -> str:
+    t = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
+    return t if t in _BLOCK_TYPES else "unknown"
+
+
+Block = Annotated[
+    Union[
+        Annotated[TextBlock, Tag("text")],
+        Annotated[ImageBlock, Tag("image")],
+        Annotated[ThinkingBlock, Tag("thinking")],
+        Annotated[RedactedThinkingBlock, Tag("redacted_thinking")],
+        Annotated[ToolUseBlock, Tag("tool_use")],
+        Annotated[ToolResultBlock, Tag("tool_result")],
+        Annotated[UnknownBlock, Tag("unknown")],
+    ],
+    Discriminator(_block_tag),
+]
+
+
+class Message(WireModel):
+    # any string: "user", "assistant", and since 2026 "system" mid-conversation, or whatever comes next
+    role: str
+    content: str | list[Block]
+
+    def blocks(self) -> list[WireModel]:
+        """Content as a list of blocks (a string content reads as one text block, not written back)."""
+        if isinstance(self.content, str):
+            return [TextBlock(type="text", text=self.content)]
+        return self.content
+
+
+class MessagesRequest(WireModel):
+    model: str | None = None
+    messages: list[Message] = []
+    # system and tools are never rewritten by built-in stages: they are the cached prefix
+    system: Any = None
+    tools: Any = None
+    stream: bool | None = None
+    metadata: dict[str, Any] | None = None
+    max_tokens: int | None = None
+
+
+def block_text(block: WireModel) -> str:
+    """Plain text of a block for tagging, token counting and memory (not for the wire)."""
+    if isinstance(block, TextBlock):
+        return block.text
+    if isinstance(block, ThinkingBlock):
+        return block.thinking
+    if isinstance(block, ToolUseBlock):
+        import orjson
+
+        return f"{block.name} " + orjson.dumps(block.input).decode("utf-8", "replace")
+    if isinstance(block, ToolResultBlock):
+        return content_text(block.content)
+    return ""
+
+
+def content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for b in content:
+            if isinstance(b, dict):
+                if b.get("type") == "text":
+                    parts.append(str(b.get("text", "")))
+            elif isinstance(b, WireModel):
+                parts.append(block_text(b))
+        return "\n".join(p for p in parts if p)
+    return str(content)
+
+
+def message_text(msg: Message) -> str:
+    if isinstance(msg.content, str):
+        return msg.content
+    return "\n".join(t for t in (block_text(b) for b in msg.content) if t)

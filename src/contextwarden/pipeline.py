@@ -1,0 +1,154 @@
+"""Runs the request stages: each in a worker thread under its own time budget, failing open.
+
+The contract: the client's original bytes go upstream unless every stage finished in time, the
+result differs from the original, and the validator accepts it. Every decision is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from .context import BlockedResponse, RequestContext
+from .models import ApiKind, parse_body
+from .redact import credential_of, redact_headers, tenant_id
+from .sessions import derive_session
+
+
+class Skip(Exception):
+    """The body cannot be handled (not JSON, wrong type...): forward it unchanged and say why."""
+
+
+@dataclass
+class Outcome:
+    body: bytes | None = None  # None: forward the original bytes
+    blocked: BlockedResponse | None = None
+    reason: str = "unchanged"
+
+
+class _Headers:
+    """Case-insensitive lookup over a list of (name, value) pairs."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self._d = {k.lower(): v for k, v in items}
+
+    def get(self, name: str, default=None):
+        return self._d.get(name.lower(), default)
+
+
+def decode_body(raw: bytes, encoding: str | None) -> bytes:
+    if not encoding or encoding.strip().lower() in ("identity", ""):
+        return raw
+    from mitmproxy.net import encoding as enc
+
+    try:
+        return enc.decode(raw, encoding.strip().lower())
+    except ValueError as e:
+        raise Skip(f"cannot decode {encoding} body: {e}") from None
+
+
+def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: list[tuple[str, str]],
+            raw: bytes, consumed: dict[str, str] | None = None) -> RequestContext:
+    """Decode, parse and identify a request (runs in a worker thread). Raises Skip."""
+    settings = runtime.settings
+    h = _Headers(headers + list((consumed or {}).items()))
+    ctype = (h.get("content-type") or "").lower()
+    if not raw:
+        raise Skip("empty body")
+    if ctype and "json" not in ctype:
+        raise Skip(f"content-type {ctype!r} is not JSON")
+    if len(raw) > settings.proxy.max_body_mb * 1_000_000:
+        raise Skip(f"body of {len(raw)} bytes is over proxy.max_body_mb")
+    body = decode_body(raw, h.get("content-encoding"))
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise Skip(f"malformed JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise Skip("JSON body is not an object")
+    try:
+        model = parse_body(api, data)
+    except ValidationError as e:
+        raise Skip(f"body does not match the {api.value} schema: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from None
+    session, source = derive_session(h, data)
+    tenant = tenant_id(credential_of(h), runtime.salt)
+    from .agents import derive_agent
+
+    agent = derive_agent(settings.budget.agent_rule, h, data, session)
+    return RequestContext(
+        runtime=runtime, settings=settings, flow_id=flow_id, api=api, host=host, path=path,
+        headers=redact_headers(headers), session=session, session_source=source, tenant=tenant,
+        agent=agent, model=data.get("model") if isinstance(data.get("model"), str) else None,
+        stream=bool(data.get("stream")), original=data, request=model,
+    )
+
+
+def count_tokens(ctx: RequestContext, wire: dict[str, Any]) -> int | None:
+    try:
+        return ctx.runtime.tokens.count_request(ctx.api, wire, ctx.model)
+    except Exception as e:  # accounting must never cost a request
+        ctx.emit("error", where="tokens", message=str(e))
+        return None
+
+
+def request_event(ctx: RequestContext, nbytes: int, mode: str) -> None:
+    msgs = ctx.original.get("messages") if ctx.api is not ApiKind.OPENAI_RESPONSES else ctx.original.get("input")
+    ctx.emit("request", host=ctx.host, path=ctx.path, model=ctx.model, tenant=ctx.tenant, agent=ctx.agent,
+             session_source=ctx.session_source, messages=len(msgs) if isinstance(msgs, list) else 1,
+             stream=ctx.stream, bytes=nbytes, tokens_in=ctx.tokens_in, mode=mode, headers=ctx.headers)
+
+
+class Pipeline:
+    def __init__(self, runtime) -> None:
+        self.runtime = runtime
+
+    async def process(self, ctx: RequestContext) -> Outcome:
+        loop = asyncio.get_running_loop()
+        rt = self.runtime
+        trace = getattr(rt.pm, "cw_trace", None)
+        p = ctx.settings.pipeline
+        for name, fn in rt.stages():
+            budget = p.budgets_ms.get(name, p.stage_budget_ms) / 1000
+            t0 = time.perf_counter()
+            if trace:
+                trace(f"cw_request [{name}] flow={ctx.flow_id} session={ctx.session}\n")
+            status, err = "ok", None
+            try:
+                await asyncio.wait_for(asyncio.shield(loop.run_in_executor(rt.stage_pool, fn, ctx)), budget)
+            except asyncio.TimeoutError:
+                status, err = "timeout", f"ran past its {budget * 1000:.0f} ms budget"
+            except Exception as e:
+                status, err = "error", f"{type(e).__name__}: {e}"
+                tb = traceback.format_exc(limit=6)
+            ms = (time.perf_counter() - t0) * 1000
+            ctx.stage_results.append({"stage": name, "ms": round(ms, 3), "status": status})
+            ctx.emit("stage", stage=name, ms=round(ms, 3), status=status, error=err)
+            if status != "ok":
+                ctx.emit("error", where="stage", stage=name, message=err, action="forwarded original",
+                         traceback=tb if status == "error" else None)
+                return Outcome(reason=f"stage {name} {status}: {err}")
+            if ctx.blocked is not None:
+                return Outcome(blocked=ctx.blocked, reason=f"blocked by {name}")
+        return await loop.run_in_executor(rt.stage_pool, self.finish, ctx)
+
+    def finish(self, ctx: RequestContext) -> Outcome:
+        """Compare, validate and serialise the result (worker thread)."""
+        wire = ctx.request.wire()
+        if wire == ctx.original:
+            ctx.tokens_out = ctx.tokens_in
+            return Outcome(reason="unchanged")
+        from .validate import validate_rewrite
+
+        problems = validate_rewrite(ctx.api, wire, ctx.original)
+        if problems:
+            ctx.emit("error", where="validator", message="; ".join(problems[:5]), problems=problems[:20],
+                     action="forwarded original")
+            return Outcome(reason=f"invalid rewrite: {problems[0]}")
+        ctx.tokens_out = count_tokens(ctx, wire)
+        return Outcome(body=orjson.dumps(wire), reason="rewritten")

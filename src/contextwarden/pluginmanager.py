@@ -1,0 +1,89 @@
+"""Finding and loading plugins: entry points, the drop-in folder, and the trace switch."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pluggy
+
+from . import hookspecs
+
+ENTRY_POINT_GROUP = "contextwarden"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    source: str  # "entry point <dist>", or the file path of a drop-in
+    hooks: list[str]
+    is_stage: bool
+
+
+def _load_dropins(pm: pluggy.PluginManager, folder: Path) -> None:
+    for path in sorted(Path(folder).glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        modname = f"contextwarden_dropin_{path.stem}"
+        spec = importlib.util.spec_from_file_location(modname, path)
+        if spec is None or spec.loader is None:
+            continue
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = mod
+        spec.loader.exec_module(mod)
+        name = getattr(mod, "name", None) or getattr(mod, "NAME", None) or path.stem
+        pm.register(mod, name=name)
+        pm.cw_sources[name] = str(path)
+
+
+def make_plugin_manager(plugins_dir: str | os.PathLike | None = None, trace: bool | None = None,
+                        entry_points: bool = True, extra: list[tuple[str, object]] | None = None) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("contextwarden")
+    pm.add_hookspecs(hookspecs)
+    pm.cw_sources = {}  # plugin name -> where it came from
+    if entry_points:
+        from importlib.metadata import entry_points as eps
+
+        for ep in eps(group=ENTRY_POINT_GROUP):
+            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+                continue
+            pm.register(ep.load(), name=ep.name)
+            pm.cw_sources[ep.name] = f"entry point {ep.value}" + (f" ({ep.dist.name})" if ep.dist else "")
+    for name, plugin in extra or []:
+        pm.register(plugin, name=name)
+        pm.cw_sources[name] = "registered in code"
+    if plugins_dir:
+        _load_dropins(pm, Path(plugins_dir).expanduser())
+    if trace if trace is not None else os.environ.get("CONTEXTWARDEN_TRACE") not in (None, "", "0"):
+        enable_trace(pm)
+    return pm
+
+
+def enable_trace(pm: pluggy.PluginManager, write=None) -> None:
+    write = write or (lambda *a: print(*a, file=sys.stderr, end=""))
+    pm.trace.root.setwriter(write)
+    pm.enable_tracing()
+    pm.cw_trace = write
+
+
+def stage_order(pm: pluggy.PluginManager, order: list[str], disabled: list[str]) -> list[tuple[str, object]]:
+    """(name, function) of every enabled request stage, in the profile's order, unlisted ones last."""
+    impls = {i.plugin_name: i.function for i in pm.hook.cw_request.get_hookimpls()}
+    names = [n for n in order if n in impls]
+    # get_hookimpls lists in reverse call order (LIFO); load order is its reverse
+    names += [n for n in reversed(list(impls)) if n not in names]
+    return [(n, impls[n]) for n in names if n not in disabled]
+
+
+def describe(pm: pluggy.PluginManager, order: list[str] | None = None, disabled: list[str] | None = None) -> list[PluginInfo]:
+    hooknames = [n for n in dir(hookspecs) if n.startswith("cw_")]
+    stages = [n for n, _ in stage_order(pm, order or [], [])]
+    infos = []
+    for name, plugin in pm.list_name_plugin():
+        hooks = [h for h in hooknames if any(i.plugin_name == name for i in getattr(pm.hook, h).get_hookimpls())]
+        infos.append(PluginInfo(name=name, source=pm.cw_sources.get(name, "?"), hooks=hooks, is_stage=name in stages))
+    infos.sort(key=lambda i: (not i.is_stage, stages.index(i.name) if i.name in stages else 0, i.name))
+    return infos

@@ -1,0 +1,161 @@
+"""Profiles: pydantic-settings models loaded from ``profiles/*.yaml`` with env overrides.
+
+Precedence: env ``CONTEXTWARDEN_<SECTION>__<KEY>`` > the profile YAML (and what it ``extends``) >
+defaults. Unknown keys, in YAML or env, are an error that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .base import Section
+from .context import BudgetSection, ClearingSection, CompactionSection, StripSection, TokensSection
+from .memory import MemorySection, TaggingSection
+from .pipeline import PipelineSection
+from .proxy import ProxySection
+from .server import LogSection, ServerSection
+
+ENV_PREFIX = "CONTEXTWARDEN_"
+# Variables with the prefix that are not profile settings.
+NON_SETTING_ENV = {"HOME", "PROFILE", "TRACE", "PLUGINS", "SHARED"}
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
+                                      use_attribute_docstrings=True, validate_assignment=True)
+
+    name: str = "default"
+    """The profile's name."""
+
+    description: str = ""
+    """What the profile is for."""
+
+    proxy: ProxySection = ProxySection()
+    pipeline: PipelineSection = PipelineSection()
+    tokens: TokensSection = TokensSection()
+    strip: StripSection = StripSection()
+    tagging: TaggingSection = TaggingSection()
+    memory: MemorySection = MemorySection()
+    clearing: ClearingSection = ClearingSection()
+    compaction: CompactionSection = CompactionSection()
+    budget: BudgetSection = BudgetSection()
+    server: ServerSection = ServerSection()
+    log: LogSection = LogSection()
+    plugins: dict[str, dict[str, Any]] = {}
+    """Settings of third-party stages, by stage name; each stage validates its own."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+
+def profiles_dirs(home: Path | None = None) -> list[Path]:
+    dirs = []
+    if home is not None:
+        dirs.append(Path(home) / "profiles")
+    import contextwarden.profiles as bundled  # data package mapped from the repo's profiles/
+
+    dirs.append(Path(bundled.__file__).parent)
+    return dirs
+
+
+def available_profiles(home: Path | None = None) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in reversed(profiles_dirs(home)):
+        if d.is_dir():
+            for p in sorted(d.glob("*.yaml")):
+                found[p.stem] = p
+    return found
+
+
+def resolve_profile(profile: str | os.PathLike, home: Path | None = None) -> Path:
+    p = Path(profile).expanduser()
+    if p.suffix in (".yaml", ".yml") or os.sep in str(profile):
+        if not p.is_file():
+            raise SettingsError(f"profile file not found: {p}")
+        return p
+    found = available_profiles(home)
+    if str(profile) not in found:
+        raise SettingsError(f"unknown profile {profile!r}; available: {', '.join(sorted(found))}")
+    return found[str(profile)]
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_profile(path: Path, home: Path | None, seen: tuple[Path, ...] = ()) -> dict:
+    if path in seen:
+        raise SettingsError(f"profile extends itself: {' -> '.join(map(str, seen + (path,)))}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: a profile is a mapping of sections")
+    parent = data.pop("extends", None)
+    if parent:
+        data = _deep_merge(_read_profile(resolve_profile(parent, home), home, seen + (path,)), data)
+    data.setdefault("name", path.stem)
+    return data
+
+
+def check_env(environ: os._Environ | dict | None = None) -> None:
+    """Unknown ``CONTEXTWARDEN_<SECTION>__<KEY>`` variables are errors, not silently ignored."""
+    environ = os.environ if environ is None else environ
+    for var in environ:
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):]
+        parts = rest.lower().split("__")
+        if len(parts) == 1:
+            if rest.upper() in NON_SETTING_ENV or parts[0] in Settings.model_fields:
+                continue
+            raise SettingsError(f"unknown setting in environment: {var}")
+        section = Settings.model_fields.get(parts[0])
+        if section is None:
+            raise SettingsError(f"unknown setting in environment: {var} (no section {parts[0]!r})")
+        ann = section.annotation
+        if isinstance(ann, type) and issubclass(ann, Section) and parts[1] not in ann.model_fields:
+            raise SettingsError(f"unknown setting in environment: {var} (no key {parts[1]!r} in {parts[0]})")
+
+
+def _format_error(e: ValidationError, source: str) -> str:
+    lines = [f"invalid settings in {source}:"]
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(profile: str | os.PathLike | None = "default", home: Path | None = None,
+                  overrides: dict[str, Any] | None = None, environ: dict | None = None) -> Settings:
+    """Load a profile by name or path; ``overrides`` (runtime changes from the TUI) win over the file."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if profile:
+        path = resolve_profile(profile, home)
+        data = _read_profile(path, home)
+        source = str(path)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    check_env(environ)
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        raise SettingsError(_format_error(e, source)) from None
+
+
+__all__ = ["Settings", "SettingsError", "Section", "load_settings", "available_profiles", "resolve_profile", "check_env"]
