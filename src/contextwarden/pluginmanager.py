@@ -32,8 +32,12 @@ def _load_dropins(pm: pluggy.PluginManager, folder: Path) -> None:
         if spec is None or spec.loader is None:
             continue
         mod = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(mod)
+        except Exception as e:
+            pm.cw_errors[path.stem] = f"{type(e).__name__}: {e}"
+            continue
         sys.modules[modname] = mod
-        spec.loader.exec_module(mod)
         name = getattr(mod, "name", None) or getattr(mod, "NAME", None) or path.stem
         pm.register(mod, name=name)
         pm.cw_sources[name] = str(path)
@@ -44,13 +48,19 @@ def make_plugin_manager(plugins_dir: str | os.PathLike | None = None, trace: boo
     pm = pluggy.PluginManager("contextwarden")
     pm.add_hookspecs(hookspecs)
     pm.cw_sources = {}  # plugin name -> where it came from
+    pm.cw_errors = {}  # plugin name -> why it could not be loaded
     if entry_points:
         from importlib.metadata import entry_points as eps
 
         for ep in eps(group=ENTRY_POINT_GROUP):
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
                 continue
-            pm.register(ep.load(), name=ep.name)
+            try:
+                plugin = ep.load()
+            except Exception as e:  # a broken plugin must not stop the proxy: it is reported and left out
+                pm.cw_errors[ep.name] = f"{type(e).__name__}: {e}"
+                continue
+            pm.register(plugin, name=ep.name)
             pm.cw_sources[ep.name] = f"entry point {ep.value}" + (f" ({ep.dist.name})" if ep.dist else "")
     for name, plugin in extra or []:
         pm.register(plugin, name=name)

@@ -1,1 +1,0 @@
-"""Placeholder: the built-in stages are registered per entry point."""

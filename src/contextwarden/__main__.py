@@ -1,0 +1,5 @@
+import sys
+
+from contextwarden.cli import main
+
+sys.exit(main())
