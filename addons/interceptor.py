@@ -106,6 +106,7 @@ class Interceptor:
             rt.bus.emit("error", {"where": "prepare", "message": f"{type(e).__name__}: {e}", "action": "forwarded unchanged"}, flow_id=flow_id)
             return None
         Interceptor._count_and_announce(ctx, len(raw), mode)
+        rt.remember(ctx, None, len(raw))
         ctx.emit("forward", changed=False, reason=mode, bytes_in=len(raw), bytes_out=len(raw),
                  tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_in,
                  pipeline_ms=round((time.perf_counter() - t0) * 1000, 3))

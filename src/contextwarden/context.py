@@ -45,6 +45,10 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     tokens_in: int | None = None  # estimate of the original request
     tokens_out: int | None = None  # estimate of what is sent
+    # The client's own auth headers, for a stage that must call the upstream as the user (the
+    # optional LLM summariser). Never emitted, logged or stored; excluded from repr.
+    auth: dict[str, str] = field(default_factory=dict, repr=False)
+    request_bytes: bytes | None = field(default=None, repr=False)  # the decoded body as received
 
     def emit(self, type: str, **data: Any):
         data.setdefault("api", self.api.value)

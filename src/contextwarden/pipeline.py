@@ -21,6 +21,9 @@ from .redact import credential_of, redact_headers, tenant_id
 from .sessions import derive_session
 
 
+_AUTH_HEADERS = {"x-api-key", "authorization", "api-key", "anthropic-version", "anthropic-beta", "openai-organization", "openai-project"}
+
+
 class Skip(Exception):
     """The body cannot be handled (not JSON, wrong type...): forward it unchanged and say why."""
 
@@ -86,6 +89,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         headers=redact_headers(headers), session=session, session_source=source, tenant=tenant,
         agent=agent, model=data.get("model") if isinstance(data.get("model"), str) else None,
         stream=bool(data.get("stream")), original=data, request=model,
+        auth={k.lower(): v for k, v in headers if k.lower() in _AUTH_HEADERS}, request_bytes=body,
     )
 
 
@@ -142,6 +146,7 @@ class Pipeline:
         wire = ctx.request.wire()
         if wire == ctx.original:
             ctx.tokens_out = ctx.tokens_in
+            self.runtime.remember(ctx, None, len(ctx.request_bytes or b""))
             return Outcome(reason="unchanged")
         from .validate import validate_rewrite
 
@@ -151,4 +156,6 @@ class Pipeline:
                      action="forwarded original")
             return Outcome(reason=f"invalid rewrite: {problems[0]}")
         ctx.tokens_out = count_tokens(ctx, wire)
-        return Outcome(body=orjson.dumps(wire), reason="rewritten")
+        body = orjson.dumps(wire)
+        self.runtime.remember(ctx, wire, len(body))
+        return Outcome(body=body, reason="rewritten")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .bodies import BodyRing, record
 from .events import EventBus, JsonlLog
 from .home import ensure_home, secret_file
 from .pluginmanager import make_plugin_manager, stage_order
@@ -34,6 +36,7 @@ class Runtime:
         self.overrides: dict[str, Any] = {}
         # sessions put into observe-only at run time (the TUI's bypass key)
         self.bypass: set[str] = set(self.state.get("runtime", "bypass", []))
+        self.bodies = BodyRing()
         self._tokens = None
         self._lock = threading.Lock()
         self.pm.hook.cw_configure(runtime=self)
@@ -73,6 +76,15 @@ class Runtime:
         self.bus.emit("settings", {"overrides": merged, "persisted": persist})
         self.pm.hook.cw_configure(runtime=self)
         return self.settings
+
+    def remember(self, ctx, rewritten: dict | None, nbytes: int) -> None:
+        """Keep a request's bodies for the inspector; write them to disk if the profile asks."""
+        entry = {"flow_id": ctx.flow_id, "session": ctx.session, "ts": time.time(), "api": ctx.api.value,
+                 "path": ctx.path, "model": ctx.model, "headers": ctx.headers, "original": ctx.original,
+                 "rewritten": rewritten}
+        self.bodies.put(ctx.flow_id, entry, nbytes * (2 if rewritten is not None else 1))
+        if self.settings.log.record_bodies:
+            self.turn_pool.submit(record, self.home, entry)
 
     def set_bypass(self, session: str, on: bool = True) -> None:
         (self.bypass.add if on else self.bypass.discard)(session)

@@ -4,8 +4,10 @@ from .base import Section
 
 
 class PipelineSection(Section):
-    order: list[str] = ["strip", "tagging", "memory", "clearing", "compaction", "budget"]
-    """Stage names in the order they run. Registered stages not listed run after these, in load order."""
+    order: list[str] = ["budget", "strip", "tagging", "clearing", "compaction", "memory"]
+    """Stage names in the order they run. Registered stages not listed run after these, in load order.
+    ``budget`` first (a BLOCKED request costs nothing more); ``memory`` last, so it knows what the
+    pruning stages took out of the history and injects into the final last user message."""
 
     disabled: list[str] = []
     """Stage names that do not run."""

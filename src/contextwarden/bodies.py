@@ -1,0 +1,55 @@
+"""Recent request bodies, original and rewritten, for the TUI's inspector and for replay.
+
+Bodies hold conversation text but never credentials (those live in headers, which are redacted).
+Kept in memory up to a byte budget; written under ``cw_home/bodies`` only when the profile's
+``log.record_bodies`` asks for it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+class BodyRing:
+    def __init__(self, max_bytes: int = 64_000_000, max_items: int = 500) -> None:
+        self.max_bytes = max_bytes
+        self.max_items = max_items
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, flow_id: str, entry: dict[str, Any], nbytes: int) -> None:
+        entry["_bytes"] = nbytes
+        with self._lock:
+            old = self._items.pop(flow_id, None)
+            if old:
+                self._bytes -= old["_bytes"]
+            self._items[flow_id] = entry
+            self._bytes += nbytes
+            while self._items and (self._bytes > self.max_bytes or len(self._items) > self.max_items):
+                _, ev = self._items.popitem(last=False)
+                self._bytes -= ev["_bytes"]
+
+    def get(self, flow_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            e = self._items.get(flow_id)
+        return {k: v for k, v in e.items() if k != "_bytes"} if e else None
+
+    def for_session(self, session: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{k: v for k, v in e.items() if k != "_bytes"} for e in self._items.values() if e.get("session") == session]
+
+
+def record(home: Path, entry: dict[str, Any]) -> Path:
+    """Write one request's bodies as JSON (the format ``contextwarden replay`` reads)."""
+    d = Path(home) / "bodies" / str(entry.get("session") or "unknown")
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / f"{time.time():.6f}-{entry['flow_id']}.json"
+    p.write_bytes(orjson.dumps(entry))
+    return p
