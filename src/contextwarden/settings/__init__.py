@@ -105,9 +105,10 @@ def _read_profile(path: Path, home: Path | None, seen: tuple[Path, ...] = ()) ->
     if not isinstance(data, dict):
         raise SettingsError(f"{path}: a profile is a mapping of sections")
     parent = data.pop("extends", None)
+    own_name = data.get("name", path.stem)
     if parent:
         data = _deep_merge(_read_profile(resolve_profile(parent, home), home, seen + (path,)), data)
-    data.setdefault("name", path.stem)
+    data["name"] = own_name
     return data
 
 

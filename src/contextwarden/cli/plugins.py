@@ -1,0 +1,37 @@
+"""``contextwarden plugins``: the stages in order, their hooks, and where each was loaded from."""
+
+from __future__ import annotations
+
+from ._common import add_home_profile, home_of
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plugins", help="list stages in order, their hooks and where each was loaded from")
+    add_home_profile(p)
+    p.add_argument("--plugins", default=None, help="a folder of drop-in plugin files to include")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from contextwarden.pluginmanager import describe, make_plugin_manager
+    from contextwarden.settings import load_settings
+
+    settings = load_settings(args.profile, home_of(args))
+    pm = make_plugin_manager(args.plugins)
+    order, disabled = settings.pipeline.order, settings.pipeline.disabled
+    print(f"profile {settings.name}: stages run in this order (budget {settings.pipeline.stage_budget_ms:g} ms each unless set)")
+    n = 0
+    for info in describe(pm, order, disabled):
+        state = "off" if info.name in disabled else ("on" if info.is_stage else "-")
+        if info.is_stage and state == "on":
+            n += 1
+            pos = f"{n}."
+        else:
+            pos = "  "
+        budget = settings.pipeline.budgets_ms.get(info.name)
+        extra = f" budget {budget:g} ms" if budget else ""
+        print(f"  {pos:3} {info.name:<14} [{state}]{extra}  hooks: {', '.join(info.hooks) or '-'}")
+        print(f"      from {info.source}")
+    for name, err in getattr(pm, "cw_errors", {}).items():
+        print(f"  !!  {name:<14} failed to load: {err}")
+    return 1 if getattr(pm, "cw_errors", {}) else 0

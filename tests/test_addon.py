@@ -1,0 +1,265 @@
+"""The real addon script under mitmproxy's test harness (taddons/tflow): interception and fail-open."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import textwrap
+from pathlib import Path
+
+import orjson
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow, tutils
+
+from contextwarden.events import read_log
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "addons" / "contextwarden.py"
+CC_TURN2 = Path(__file__).resolve().parent.parent.parent / "shared" / "eval" / "requests" / "claude-code-2.1.197-turn2.json"
+
+
+def body(messages=None, **kw) -> bytes:
+    return json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 100,
+                       "messages": messages or [{"role": "user", "content": "hello"}], **kw}).encode()
+
+
+def anthropic_flow(content: bytes, path="/v1/messages?beta=true", host="api.anthropic.com", headers=None):
+    h = [(b"content-type", b"application/json"), (b"x-api-key", b"sk-ant-test-SECRET"),
+         (b"anthropic-version", b"2023-06-01")] + [(k.encode(), v.encode()) for k, v in (headers or [])]
+    req = tutils.treq(host=host, port=443, scheme=b"https", method=b"POST", path=path.encode(),
+                      headers=__import__("mitmproxy").http.Headers(h), content=content)
+    return tflow.tflow(req=req)
+
+
+class Harness:
+    def __init__(self, tctx, script):
+        self.tctx = tctx
+        self.script = script
+        # tctx.script returns the loaded script module itself
+        self.warden = script.warden
+        self.interceptor, self.observer = script.addons[1], script.addons[2]
+
+    @property
+    def runtime(self):
+        return self.warden.runtime
+
+    async def send(self, flow):
+        await self.interceptor.request(flow)
+        st = flow.metadata.get("contextwarden")
+        if st is not None and st.ctx_future is not None:
+            await st.ctx_future
+        return flow
+
+    def events(self, type=None):
+        return [e for e in self.runtime.bus.recent if type is None or e.type == type]
+
+
+@pytest.fixture
+def harness_factory(tmp_path):
+    stack = []
+
+    def make(profile="claude-code", plugins: dict[str, str] | None = None, profile_yaml: str | None = None, **opts):
+        tctx = taddons.context()
+        tctx.__enter__()
+        stack.append(tctx)
+        sc = tctx.script(str(SCRIPT))
+        # tctx.script registers the module (load() ran, options exist) but does not chain it as the
+        # script loader would, so option changes would not reach configure() without this
+        tctx.master.addons.chain.append(sc)
+        kw = {"cw_home": str(tmp_path / "home")}
+        if plugins:
+            d = tmp_path / "plugins"
+            d.mkdir(exist_ok=True)
+            for name, src in plugins.items():
+                (d / f"{name}.py").write_text(textwrap.dedent(src))
+            kw["cw_plugins"] = str(d)
+        if profile_yaml:
+            p = tmp_path / "profile.yaml"
+            p.write_text(textwrap.dedent(profile_yaml))
+            profile = str(p)
+        tctx.configure(sc, cw_profile=profile, **kw, **opts)
+        return Harness(tctx, sc)
+
+    yield make
+    for tctx in reversed(stack):
+        tctx.__exit__(None, None, None)
+
+
+ONLY = """
+pipeline:
+  order: [{stages}]
+  disabled: [budget, strip, tagging, memory, clearing, compaction]
+  stage_budget_ms: {budget}
+"""
+
+
+def only(*stages, budget=250):
+    return "extends: claude-code\n" + ONLY.format(stages=", ".join(stages), budget=budget)
+
+
+APPEND_STAGE = """
+    from contextwarden import hookimpl
+    from contextwarden.models.anthropic import TextBlock
+    name = "appender"
+
+    @hookimpl
+    def cw_request(ctx):
+        last = ctx.request.messages[-1]
+        if isinstance(last.content, str):
+            last.content = [TextBlock(type="text", text=last.content)]
+        last.content.append(TextBlock(type="text", text="[appended]"))
+"""
+
+RAISING_STAGE = """
+    from contextwarden import hookimpl
+    name = "boom"
+
+    @hookimpl
+    def cw_request(ctx):
+        raise RuntimeError("stage exploded")
+"""
+
+SLOW_STAGE = """
+    import time
+    from contextwarden import hookimpl
+    name = "slow"
+
+    @hookimpl
+    def cw_request(ctx):
+        time.sleep(0.5)
+        ctx.request.messages[-1].content = "changed too late"
+"""
+
+
+def test_script_declares_options_and_rejects_bad_profiles(harness_factory, tmp_path):
+    h = harness_factory("observe-only")
+    assert h.runtime.settings.proxy.observe_only is True
+    with pytest.raises(exceptions.OptionsError, match="unknown profile"):
+        h.tctx.configure(h.script, cw_profile="no-such-profile")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("compaction:\n  soft_treshold: 0.5\n")
+    with pytest.raises(exceptions.OptionsError, match="compaction.soft_treshold: unknown key"):
+        h.tctx.configure(h.script, cw_profile=str(bad))
+
+
+async def test_observe_only_forwards_the_exact_bytes(harness_factory):
+    h = harness_factory("observe-only")
+    raw = CC_TURN2.read_bytes() if CC_TURN2.exists() else body()
+    f = await h.send(anthropic_flow(raw))
+    assert f.request.raw_content == raw
+    fwd = h.events("forward")
+    assert fwd and fwd[-1].data["changed"] is False and fwd[-1].data["reason"] == "observe"
+    req = h.events("request")[-1]
+    assert req.data["api"] == "anthropic" and req.data["messages"] >= 3
+    # the session comes from the body's metadata.user_id (no session header in this request)
+    assert req.session == "97f59f64-3c77-4f62-a3a8-0a58e1ef290e" or not CC_TURN2.exists()
+    # credentials never reach an event
+    assert b"sk-ant-test-SECRET" not in b"".join(e.to_json() for e in h.events())
+
+
+async def test_other_paths_pass_untouched_and_unparsed(harness_factory):
+    h = harness_factory("claude-code")
+    for path, host in [("/v1/messages/count_tokens", "api.anthropic.com"), ("/v1/models", "api.anthropic.com"),
+                       ("/v1/messages", "example.com")]:
+        f = await h.send(anthropic_flow(b"{not json", path=path, host=host))
+        assert "contextwarden" not in f.metadata
+        assert f.request.raw_content == b"{not json"
+    assert not h.events("request") and not h.events("error")
+
+
+async def test_a_stage_rewrites_and_the_result_is_sent(harness_factory):
+    h = harness_factory(plugins={"appender": APPEND_STAGE}, profile_yaml=only("appender"))
+    f = await h.send(anthropic_flow(body()))
+    sent = orjson.loads(f.request.content)
+    assert sent["messages"][-1]["content"] == [{"type": "text", "text": "hello"}, {"type": "text", "text": "[appended]"}]
+    assert int(f.request.headers["content-length"]) == len(f.request.raw_content)
+    fwd = h.events("forward")[-1].data
+    assert fwd["changed"] is True and [s["stage"] for s in fwd["stages"]] == ["appender"]
+
+
+async def test_rewrite_keeps_the_clients_content_encoding(harness_factory):
+    h = harness_factory(plugins={"appender": APPEND_STAGE}, profile_yaml=only("appender"))
+    f = anthropic_flow(b"", headers=[("content-encoding", "gzip")])
+    f.request.raw_content = gzip.compress(body())
+    await h.send(f)
+    assert f.request.headers["content-encoding"] == "gzip"
+    assert orjson.loads(gzip.decompress(f.request.raw_content))["messages"][-1]["content"][-1]["text"] == "[appended]"
+
+
+async def test_raising_stage_forwards_the_original(harness_factory):
+    h = harness_factory(plugins={"boom": RAISING_STAGE, "appender": APPEND_STAGE}, profile_yaml=only("appender", "boom"))
+    raw = body()
+    f = await h.send(anthropic_flow(raw))
+    assert f.request.raw_content == raw  # appender ran first, but the original goes out
+    err = [e for e in h.events("error") if e.data.get("stage") == "boom"]
+    assert err and "stage exploded" in err[-1].data["message"]
+    assert h.events("forward")[-1].data["changed"] is False
+
+
+async def test_stage_past_its_budget_is_abandoned(harness_factory):
+    h = harness_factory(plugins={"slow": SLOW_STAGE}, profile_yaml=only("slow", budget=50))
+    raw = body()
+    f = await h.send(anthropic_flow(raw))
+    assert f.request.raw_content == raw
+    st = [e for e in h.events("stage") if e.data["stage"] == "slow"][-1]
+    assert st.data["status"] == "timeout" and st.data["ms"] < 400
+    await asyncio.sleep(0.6)  # the abandoned thread finishing later changes nothing already sent
+    assert f.request.raw_content == raw
+
+
+@pytest.mark.parametrize("raw,ctype,why", [
+    (b"{not json", "application/json", "malformed JSON"),
+    (b"\xff\xfe\x00garbage", "application/json", "malformed JSON"),
+    (b"", "application/json", "empty body"),
+    (b'{"messages": []}', "text/plain", "content-type"),
+    (b'[1, 2]', "application/json", "not an object"),
+    (b'{"messages": "nope"}', "application/json", "schema"),
+])
+async def test_bad_input_is_forwarded_unchanged_with_an_event(harness_factory, raw, ctype, why):
+    h = harness_factory(plugins={"appender": APPEND_STAGE}, profile_yaml=only("appender"))
+    f = anthropic_flow(raw)
+    f.request.headers["content-type"] = ctype
+    await h.send(f)
+    assert f.request.raw_content == raw
+    errs = [e for e in h.events("error") if e.data["where"] == "parse"]
+    assert errs and why in errs[-1].data["message"]
+
+
+async def test_unknown_roles_and_blocks_survive_a_rewrite(harness_factory):
+    h = harness_factory(plugins={"appender": APPEND_STAGE}, profile_yaml=only("appender"))
+    msgs = [{"role": "user", "content": [{"type": "hologram", "payload": {"x": 1}, "cache_control": {"type": "ephemeral"}}]},
+            {"role": "assistant", "content": "ok"},
+            {"role": "narrator", "content": "a role from the future"},
+            {"role": "user", "content": "go on", "future_field": [1, 2, 3]}]
+    f = await h.send(anthropic_flow(body(msgs, brand_new_option={"a": True})))
+    sent = orjson.loads(f.request.content)
+    assert sent["brand_new_option"] == {"a": True}
+    assert sent["messages"][0]["content"][0] == {"type": "hologram", "payload": {"x": 1}, "cache_control": {"type": "ephemeral"}}
+    assert sent["messages"][2] == {"role": "narrator", "content": "a role from the future"}
+    assert sent["messages"][3]["future_field"] == [1, 2, 3]
+
+
+async def test_consumed_headers_are_removed_and_used(harness_factory):
+    h = harness_factory("observe-only")
+    f = await h.send(anthropic_flow(body(), headers=[("X-Contextwarden-Session", "my-session")]))
+    assert "x-contextwarden-session" not in f.request.headers
+    assert h.events("request")[-1].session == "my-session"
+
+
+async def test_bypassed_session_is_not_rewritten(harness_factory):
+    h = harness_factory(plugins={"appender": APPEND_STAGE}, profile_yaml=only("appender"))
+    h.runtime.set_bypass("s-1")
+    raw = body()
+    f = await h.send(anthropic_flow(raw, headers=[("X-Contextwarden-Session", "s-1")]))
+    assert f.request.raw_content == raw
+    assert h.events("forward")[-1].data["reason"] == "session bypassed"
+
+
+async def test_events_reach_the_jsonl_log(harness_factory, tmp_path):
+    h = harness_factory("observe-only")
+    await h.send(anthropic_flow(body()))
+    h.runtime.log.close()
+    events = read_log(tmp_path / "home" / "logs" / "events.jsonl")
+    assert {"startup", "request", "forward"} <= {e.type for e in events}

@@ -1,0 +1,79 @@
+"""Profiles: the four shipped ones load, env overrides win, unknown keys are named errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from contextwarden.cli import main as cli_main
+from contextwarden.settings import SettingsError, available_profiles, load_settings
+from contextwarden.sessions import derive_session
+
+
+def test_shipped_profiles_load():
+    names = set(available_profiles())
+    assert {"observe-only", "claude-code", "openai", "ollama", "default"} <= names
+    assert load_settings("observe-only").proxy.observe_only is True
+    assert load_settings("openai").tokens.encoding == "o200k_base"
+    assert load_settings("ollama").tokens.context_window == 8192
+    assert load_settings("default").compaction.soft_threshold == load_settings("claude-code").compaction.soft_threshold
+
+
+def test_env_overrides_with_prefix_and_double_underscore(monkeypatch):
+    monkeypatch.setenv("CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD", "0.55")
+    monkeypatch.setenv("CONTEXTWARDEN_PIPELINE__DISABLED", '["memory"]')
+    s = load_settings("claude-code")
+    assert s.compaction.soft_threshold == 0.55
+    assert s.pipeline.disabled == ["memory"]
+
+
+@pytest.mark.parametrize("var,named", [
+    ("CONTEXTWARDEN_COMPACTION__SOFT_TRESHOLD", "soft_treshold"),
+    ("CONTEXTWARDEN_COMPACTOIN__SOFT_THRESHOLD", "compactoin"),
+    ("CONTEXTWARDEN_SOMETHING", "CONTEXTWARDEN_SOMETHING"),
+])
+def test_unknown_env_keys_are_named(monkeypatch, var, named):
+    monkeypatch.setenv(var, "1")
+    with pytest.raises(SettingsError, match=named):
+        load_settings("claude-code")
+
+
+def test_unknown_yaml_keys_are_named(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("extends: claude-code\nclearing:\n  keep_recnt: 3\nnot_a_section: {}\n")
+    with pytest.raises(SettingsError) as e:
+        load_settings(p)
+    assert "clearing.keep_recnt: unknown key" in str(e.value)
+    assert "not_a_section: unknown key" in str(e.value)
+
+
+def test_extends_and_user_profiles_in_home(tmp_path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "tight.yaml").write_text("extends: ollama\ntokens:\n  context_window: 4096\n")
+    s = load_settings("tight", home=tmp_path)
+    assert s.name == "tight" and s.tokens.context_window == 4096 and s.compaction.soft_threshold == 0.60
+
+
+def test_config_command_prints_effective_settings(capsys, monkeypatch):
+    monkeypatch.setenv("CONTEXTWARDEN_MEMORY__TOP_K", "3")
+    assert cli_main(["config", "--profile", "openai"]) == 0
+    out = capsys.readouterr().out
+    assert "top_k: 3" in out and "encoding: o200k_base" in out
+
+
+@pytest.mark.parametrize("headers,body,expect", [
+    ({"x-claude-code-session-id": "abc"}, {}, ("abc", "x-claude-code-session-id")),
+    ({}, {"metadata": {"user_id": '{"device_id":"d","session_id":"s-json"}'}}, ("s-json", "metadata.user_id")),
+    ({}, {"metadata": {"user_id": "user_ab12_account__session_1234abcd-0000"}}, ("1234abcd-0000", "metadata.user_id")),
+    ({}, {"prompt_cache_key": "pck"}, ("pck", "prompt_cache_key")),
+    ({}, {"user": "u1"}, ("u1", "user")),
+])
+def test_session_sources(headers, body, expect):
+    assert derive_session(headers, body) == expect
+
+
+def test_session_falls_back_to_a_stable_first_turn_hash():
+    a = {"messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"}]}
+    b = {"messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "y"}, {"role": "user", "content": "z"}]}
+    sa, src = derive_session({}, a)
+    assert src == "first-turn hash" and sa == derive_session({}, b)[0]
+    assert sa != derive_session({}, {"messages": [{"role": "user", "content": "other"}]})[0]

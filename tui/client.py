@@ -1,0 +1,233 @@
+"""Where the TUI's events come from: the live proxy, a recorded log, or memory (tests, demos).
+
+Every source has the same interface: ``run(post)`` posts :mod:`contextwarden.tui.messages` until
+cancelled, and ``command(dict)`` sends a command to the proxy and returns its result (or raises
+:class:`CommandError`).
+
+:class:`LiveClient` reads ``cw_home/tui.json`` (port, token, pid) before every attempt, so it finds a
+restarted proxy on its new port, and retries with exponential backoff while the proxy is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+from contextwarden.addons.eventserver import INFO_FILE, TOKEN_HEADER
+
+from .messages import ConnectionChanged, EventsDropped, EventsReceived, SnapshotReceived
+
+Post = Callable[[Any], Any]
+
+
+class CommandError(Exception):
+    pass
+
+
+@dataclass
+class ConnectionInfo:
+    host: str
+    port: int
+    token: str
+    pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}/"
+
+    @classmethod
+    def read(cls, home: Path) -> "ConnectionInfo | None":
+        """The proxy's connection file, or None if it is missing, unreadable or its process is gone."""
+        try:
+            d = orjson.loads((Path(home) / INFO_FILE).read_bytes())
+            info = cls(host=d["host"], port=int(d["port"]), token=d["token"], pid=d.get("pid"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if info.pid:
+            try:
+                os.kill(info.pid, 0)
+            except ProcessLookupError:
+                return None
+            except PermissionError:
+                pass
+        return info
+
+
+class Source:
+    """Base of the event sources."""
+
+    live = False
+    description = ""
+
+    async def run(self, post: Post) -> None:
+        raise NotImplementedError
+
+    async def command(self, cmd: dict[str, Any], timeout: float = 30) -> Any:
+        raise CommandError("not connected to a proxy: commands need a live proxy")
+
+
+class LiveClient(Source):
+    live = True
+
+    def __init__(self, home: Path, *, min_delay: float = 0.25, max_delay: float = 5.0, open_timeout: float = 5.0) -> None:
+        self.home = Path(home)
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self.open_timeout = open_timeout
+        self.description = str(self.home)
+        self.info: ConnectionInfo | None = None
+        self.attempts = 0
+        self.connections = 0
+        self._ws = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+
+    async def run(self, post: Post) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus
+
+        delay = self.min_delay
+        while True:
+            info = ConnectionInfo.read(self.home)
+            if info is None:
+                post(ConnectionChanged("waiting", f"no running proxy found ({self.home / INFO_FILE})"))
+            else:
+                self.attempts += 1
+                self.info = info
+                post(ConnectionChanged("connecting", f"{info.host}:{info.port}"))
+                try:
+                    async with connect(info.url, additional_headers={TOKEN_HEADER: info.token}, proxy=None,
+                                       max_size=None, compression=None, open_timeout=self.open_timeout,
+                                       ping_interval=20, ping_timeout=60) as ws:
+                        self._ws = ws
+                        self.connections += 1
+                        delay = self.min_delay
+                        post(ConnectionChanged("connected", f"{info.host}:{info.port}"))
+                        async for raw in ws:
+                            self._dispatch(orjson.loads(raw), post)
+                    post(ConnectionChanged("disconnected", "the proxy closed the connection"))
+                except asyncio.CancelledError:
+                    raise
+                except InvalidStatus as e:
+                    code = e.response.status_code
+                    post(ConnectionChanged("refused", f"HTTP {code}: token not accepted" if code == 401 else f"HTTP {code}"))
+                except Exception as e:  # OSError, ConnectionClosed, TimeoutError, bad JSON...
+                    post(ConnectionChanged("disconnected", f"{type(e).__name__}: {e}" if str(e) else type(e).__name__))
+                finally:
+                    self._ws = None
+                    for fut in self._waiting.values():
+                        if not fut.done():
+                            fut.set_exception(CommandError("connection lost"))
+                    self._waiting.clear()
+            await asyncio.sleep(delay)
+            delay = min(self.max_delay, delay * 2)
+
+    def _dispatch(self, msg: dict[str, Any], post: Post) -> None:
+        kind = msg.get("kind")
+        if kind == "events":
+            extra = {k: v for k, v in msg.items() if k not in ("kind", "events")}
+            post(EventsReceived(msg.get("events") or [], extra))
+        elif kind == "snapshot":
+            post(SnapshotReceived(msg))
+        elif kind == "dropped":
+            post(EventsDropped(int(msg.get("events") or 0), msg.get("totals")))
+        elif kind == "reply":
+            fut = self._waiting.pop(msg.get("id"), None)
+            if fut is not None and not fut.done():
+                if msg.get("ok"):
+                    fut.set_result(msg.get("result"))
+                else:
+                    fut.set_exception(CommandError(msg.get("error") or "command failed"))
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    async def command(self, cmd: dict[str, Any], timeout: float = 30) -> Any:
+        ws = self._ws
+        if ws is None:
+            raise CommandError("not connected to the proxy")
+        rid = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        try:
+            await ws.send(orjson.dumps({**cmd, "id": rid}).decode())
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise CommandError(f"no answer to {cmd.get('cmd')} in {timeout:.0f} s") from None
+        except CommandError:
+            raise
+        except Exception as e:
+            raise CommandError(f"{type(e).__name__}: {e}") from None
+        finally:
+            self._waiting.pop(rid, None)
+
+
+class LogSource(Source):
+    """A recorded ``events.jsonl``, read once, offline: nothing can be changed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.description = str(self.path)
+
+    async def run(self, post: Post) -> None:
+        from contextwarden.events import read_log
+
+        try:
+            events = await asyncio.to_thread(read_log, self.path)
+        except OSError as e:
+            post(ConnectionChanged("offline", f"cannot read {self.path}: {e}"))
+            return
+        post(SnapshotReceived({"kind": "snapshot", "offline": True, "events": [e.to_dict() for e in events]}))
+        post(ConnectionChanged("offline", f"{self.path} ({len(events)} events)"))
+
+    async def command(self, cmd: dict[str, Any], timeout: float = 30) -> Any:
+        raise CommandError("offline log: settings, bypass and request bodies need a live proxy")
+
+
+class MemorySource(Source):
+    """Events fed from code: for tests and demos. ``handler(cmd)`` answers commands (default: refuse)."""
+
+    live = True
+
+    def __init__(self, snapshot: dict[str, Any] | None = None, handler: Callable[[dict], Any] | None = None) -> None:
+        self._snapshot = snapshot
+        self.handler = handler
+        self.commands: list[dict[str, Any]] = []
+        self.description = "memory"
+        self._post: Post | None = None
+        self._ready = asyncio.Event()
+
+    async def run(self, post: Post) -> None:
+        self._post = post
+        if self._snapshot is not None:
+            post(SnapshotReceived(self._snapshot))
+        post(ConnectionChanged("connected", "memory"))
+        self._ready.set()
+        await asyncio.Event().wait()
+
+    async def ready(self) -> None:
+        await self._ready.wait()
+
+    def feed(self, events: list[dict[str, Any]], **extra: Any) -> None:
+        assert self._post is not None, "run() has not started"
+        self._post(EventsReceived(events, extra))
+
+    def snapshot(self, snap: dict[str, Any]) -> None:
+        assert self._post is not None, "run() has not started"
+        self._post(SnapshotReceived(snap))
+
+    async def command(self, cmd: dict[str, Any], timeout: float = 30) -> Any:
+        self.commands.append(cmd)
+        if self.handler is None:
+            raise CommandError("this source takes no commands")
+        result = self.handler(cmd)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result

@@ -1,0 +1,63 @@
+"""Short, fixed-width renderings of numbers, times and ids for narrow terminals."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+STAGE_ABBREV = {"budget": "bu", "strip": "st", "tagging": "tg", "clearing": "cl", "compaction": "cp", "memory": "me"}
+
+
+def num(v: Any) -> str:
+    """12, 1,234, 12.3k, 1.23M; '–' when unknown."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return "–"
+    a = abs(v)
+    if a < 10_000:
+        return f"{v:,.0f}"
+    if a < 1_000_000:
+        return f"{v / 1000:.1f}k"
+    return f"{v / 1_000_000:.2f}M"
+
+
+def ms(v: Any) -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return "–"
+    if v < 10:
+        return f"{v:.1f}"
+    return f"{v:,.0f}"
+
+
+def clock(ts: Any) -> str:
+    if not isinstance(ts, (int, float)) or not ts:
+        return "--:--:--"
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "–"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{d}d " if d else "") + f"{h:d}:{m:02d}:{s:02d}"
+
+
+def short_id(s: Any, n: int = 8) -> str:
+    if not s:
+        return "–"
+    s = str(s)
+    if s.startswith("h-"):  # first-turn hash sessions
+        s = s[2:]
+    return s if len(s) <= n else s[:n]
+
+
+def abbrev(stage: str) -> str:
+    return STAGE_ABBREV.get(stage, stage[:2])
+
+
+def pct(v: Any) -> str:
+    if not isinstance(v, (int, float)):
+        return "–"
+    return f"{v * 100:.0f}%"

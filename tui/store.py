@@ -1,0 +1,517 @@
+"""What the TUI knows: the proxy's events folded into requests, sessions, context events and totals.
+
+Plain Python (no Textual) so it can be tested and reused on its own. Every collection is bounded, so a
+TUI left open for days on a busy proxy holds a fixed amount of memory.
+
+Rows of *ingested history* (turns the proxy found in a conversation's history and stored in memory
+without having seen them live) come from ``ingest`` events, or any event whose data says
+``"history": true``; they are shown dimmed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from contextwarden.addons.eventserver import CACHE_READ_RATE, CACHE_WRITE_RATE, Totals
+
+CONTEXT_TYPES = ("compaction", "clearing", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip")
+ROW_TYPES = ("request", "stage", "tags", "memory", "forward", "response", "turn", "budget", "clearing",
+             "compaction", "error", "strip")
+
+
+@dataclass(eq=False)
+class RequestRow:
+    flow_id: str
+    seq: int
+    ts: float
+    n: int = 0  # arrival order, over the whole store
+    session: str | None = None
+    turn: int | None = None  # the request's number within its session
+    api: str = ""
+    model: str | None = None
+    mode: str = ""
+    agent: str | None = None
+    messages: int | None = None
+    tags: list[str] = field(default_factory=list)
+    tokens_in: int | None = None
+    tokens_sent: int | None = None
+    mem_tokens: int | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    stage_status: dict[str, str] = field(default_factory=dict)
+    pipeline_ms: float | None = None
+    upstream_ms: float | None = None
+    total_ms: float | None = None
+    status: int | str | None = None
+    level: str | None = None
+    changed: bool = False
+    blocked: bool = False
+    reason: str = ""
+    error: str | None = None
+    compacted: bool = False
+    cleared: bool = False
+    ingested: bool = False
+    usage: dict[str, Any] | None = None
+    version: int = 0
+
+    @property
+    def provider_input(self) -> int | None:
+        """Input tokens the provider reported (uncached + cache reads + cache writes): measured."""
+        return usage_input(self.usage)
+
+
+@dataclass(eq=False)
+class SessionInfo:
+    id: str
+    first_ts: float
+    last_ts: float
+    requests: int = 0
+    turns: int = 0
+    model: str | None = None
+    agent: str | None = None
+    tokens_in: int | None = None  # last request, counted
+    tokens_sent: int | None = None  # last request, counted
+    provider_input: int | None = None  # last turn, measured
+    compactions: int = 0
+    clearings: int = 0
+    tokens_freed: int = 0
+    mem_tokens: int = 0
+    level: str | None = None
+    bypass: bool = False
+    recent_tags: deque = field(default_factory=lambda: deque(maxlen=8))  # tags of the last turns
+    version: int = 0
+
+    def active_tags(self, n: int = 8) -> list[tuple[str, int]]:
+        c: Counter[str] = Counter()
+        for tags in self.recent_tags:
+            c.update(tags)
+        return c.most_common(n)
+
+    def fill_tokens(self) -> tuple[int | None, bool]:
+        """Tokens in the context right now and whether the figure is measured (provider) or counted."""
+        if self.provider_input is not None:
+            return self.provider_input, True
+        return self.tokens_sent if self.tokens_sent is not None else self.tokens_in, False
+
+
+@dataclass(eq=False)
+class ContextEvent:
+    seq: int
+    ts: float
+    type: str
+    session: str | None
+    flow_id: str | None
+    summary: str
+    uid: int = 0  # unique in the store (sequence numbers restart with the proxy)
+
+
+def usage_input(usage: Any) -> int | None:
+    if not isinstance(usage, dict):
+        return None
+    vals = [usage.get(k) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")]
+    nums = [v for v in vals if isinstance(v, (int, float))]
+    return int(sum(nums)) if nums else None
+
+
+def billed_units(usage: Any) -> float | None:
+    if not isinstance(usage, dict):
+        return None
+    g = lambda k: usage.get(k) if isinstance(usage.get(k), (int, float)) else 0  # noqa: E731
+    return g("input_tokens") + CACHE_WRITE_RATE * g("cache_creation_input_tokens") + CACHE_READ_RATE * g("cache_read_input_tokens")
+
+
+def normalise_tags(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [t.strip() for t in value.split(",") if t.strip()]
+    out = []
+    if isinstance(value, (list, tuple)):
+        for t in value:
+            if isinstance(t, str):
+                out.append(t)
+            elif isinstance(t, dict):
+                name = t.get("tag") or t.get("name")
+                if isinstance(name, str):
+                    out.append(name)
+            elif isinstance(t, (list, tuple)) and t and isinstance(t[0], str):
+                out.append(t[0])  # (tag, score)
+    return out
+
+
+def _num(v: Any) -> float | None:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def summarise(ev: dict[str, Any]) -> str:
+    """One line describing a context event, for the Events panel."""
+    t, d = ev.get("type"), ev.get("data") or {}
+    if t == "compaction":
+        before, after = _num(d.get("tokens_before")), _num(d.get("tokens_after"))
+        s = f"{d.get('messages', '?')} msgs → summary"
+        if before is not None and after is not None:
+            s += f", {int(before):,} → {int(after):,} tok (−{int(before - after):,})"
+        if d.get("summary_tokens") is not None:
+            s += f", summary {d['summary_tokens']} tok"
+        if d.get("reused"):
+            s += ", reused prefix"
+        return s
+    if t == "clearing":
+        cleared = d.get("cleared")
+        n = len(cleared) if isinstance(cleared, list) else cleared
+        return f"cleared {n if n is not None else '?'} tool results, −{int(_num(d.get('tokens_freed')) or 0):,} tok"
+    if t == "error":
+        where = d.get("where", "?") + (f"/{d['stage']}" if d.get("stage") else "")
+        return f"{where}: {d.get('message', '')}" + (f" ({d['action']})" if d.get("action") else "")
+    if t == "budget":
+        return f"level {d.get('level')} ({d.get('used')}/{d.get('limit')})"
+    if t == "bypass":
+        return f"observe-only {'on' if d.get('on') else 'off'} for {d.get('session')}"
+    if t == "settings":
+        return f"settings changed{' (kept in runtime state)' if d.get('persisted') else ''}: {_flat(d.get('overrides'))}"
+    if t == "startup":
+        return f"proxy started: profile {d.get('profile')} ({d.get('mode')}), stages {', '.join(d.get('stages') or []) or 'none'}"
+    if t == "shutdown":
+        return "proxy stopped"
+    if t == "strip":
+        return "stripped envelopes " + _flat({k: v for k, v in d.items() if k != "api"})
+    return _flat(d)
+
+
+def _flat(d: Any, prefix: str = "") -> str:
+    if not isinstance(d, dict):
+        return str(d)
+    parts = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            parts.append(_flat(v, f"{prefix}{k}."))
+        else:
+            parts.append(f"{prefix}{k}={v}")
+    return ", ".join(parts)
+
+
+class Store:
+    """Folds events into bounded views. ``apply`` returns which panels changed."""
+
+    def __init__(self, max_requests: int = 500, max_sessions: int = 200, max_events: int = 300,
+                 max_raw: int = 5000) -> None:
+        self.max_requests = max_requests
+        self.max_sessions = max_sessions
+        self.requests: OrderedDict[str, RequestRow] = OrderedDict()
+        self.sessions: OrderedDict[str, SessionInfo] = OrderedDict()  # least recently active first
+        self.context: deque[ContextEvent] = deque(maxlen=max_events)
+        self.raw: deque[dict[str, Any]] = deque(maxlen=max_raw)  # for offline export
+        self.totals = Totals()
+        self.settings: dict[str, Any] | None = None
+        self.overrides: dict[str, Any] = {}
+        self.stages: list[str] = []
+        self.available_stages: list[str] = []
+        self.profile: str | None = None
+        self.bypass: set[str] = set()
+        self.runtime_started: float | None = None
+        self.last_event_ts: float | None = None
+        self.dropped = 0  # events the server dropped because we read too slowly
+        self.events_seen = 0
+        self._seen: set[int] = set()
+        self._seen_order: deque[int] = deque()
+        self._n = 0
+        self._session_requests: dict[str, int] = {}  # requests per session ever seen (turn numbers)
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.__init__(self.max_requests, self.max_sessions, self.context.maxlen, self.raw.maxlen)
+
+    def load_snapshot(self, snap: dict[str, Any]) -> set[str]:
+        """Replace everything with a server snapshot (or a whole offline log)."""
+        self.reset()
+        self.apply_settings(snap)
+        events = snap.get("events") or []
+        has_totals = isinstance(snap.get("totals"), dict)
+        if has_totals:
+            self.totals = Totals.from_dict(snap["totals"])
+        self.apply(events, count=not has_totals, dedup=False)
+        for ev in events:
+            if isinstance(ev.get("seq"), int):
+                self._mark_seen(ev["seq"])
+        if snap.get("runtime_started"):
+            self.runtime_started = snap["runtime_started"]
+        elif self.totals.started:
+            self.runtime_started = self.totals.started
+        return {"overview", "requests", "sessions", "events", "settings", "status"}
+
+    def apply_settings(self, msg: dict[str, Any]) -> bool:
+        changed = False
+        if isinstance(msg.get("settings"), dict):
+            self.settings = msg["settings"]
+            changed = True
+        if isinstance(msg.get("overrides"), dict):
+            self.overrides = msg["overrides"]
+        if isinstance(msg.get("stages"), list):
+            self.stages = list(msg["stages"])
+        if isinstance(msg.get("available_stages"), list):
+            self.available_stages = list(msg["available_stages"])
+        if msg.get("profile"):
+            self.profile = msg["profile"]
+        if isinstance(msg.get("bypass"), list):
+            self.bypass = set(msg["bypass"])
+            for s in self.sessions.values():
+                b = s.id in self.bypass
+                if b != s.bypass:
+                    s.bypass, s.version = b, s.version + 1
+            changed = True
+        return changed
+
+    def dropped_events(self, n: int, totals: dict[str, Any] | None) -> None:
+        self.dropped += n
+        if isinstance(totals, dict):
+            self.totals = Totals.from_dict(totals)
+
+    # -- settings helpers ---------------------------------------------------------------------------
+
+    def setting(self, path: str, default: Any = None) -> Any:
+        cur: Any = self.settings or {}
+        for part in path.split("."):
+            if not isinstance(cur, dict) or part not in cur:
+                return default
+            cur = cur[part]
+        return cur
+
+    @property
+    def context_window(self) -> int:
+        return int(self.setting("tokens.context_window", 200_000) or 200_000)
+
+    @property
+    def thresholds(self) -> tuple[float, float]:
+        return (float(self.setting("compaction.soft_threshold", 0.70)), float(self.setting("compaction.hard_threshold", 0.85)))
+
+    # -- events -------------------------------------------------------------------------------------
+
+    def _mark_seen(self, seq: int) -> bool:
+        """False when this event was already applied (a batch may repeat the snapshot's last events)."""
+        if seq in self._seen:
+            return False
+        self._seen.add(seq)
+        self._seen_order.append(seq)
+        if len(self._seen_order) > 10_000:
+            self._seen.discard(self._seen_order.popleft())
+        return True
+
+    def apply(self, events: Iterable[dict[str, Any]], count: bool = True, dedup: bool = True) -> set[str]:
+        """Fold events in. ``count`` adds them to the totals (off when the totals came with a snapshot);
+        ``dedup`` skips events already applied (a live batch may repeat the snapshot's newest events;
+        off for a log, where a restarted proxy's sequence numbers start again)."""
+        dirty: set[str] = set()
+        for ev in events:
+            if count:
+                self.totals.add(ev)
+            seq = ev.get("seq")
+            if dedup and isinstance(seq, int) and seq and not self._mark_seen(seq):
+                continue
+            self.events_seen += 1
+            self.raw.append(ev)
+            self._apply_one(ev, dirty)
+        if dirty:
+            dirty.add("overview")
+            dirty.add("status")
+        return dirty
+
+    def _session(self, sid: str | None, ts: float) -> SessionInfo | None:
+        if not sid:
+            return None
+        s = self.sessions.get(sid)
+        if s is None:
+            s = SessionInfo(id=sid, first_ts=ts, last_ts=ts, bypass=sid in self.bypass)
+            self.sessions[sid] = s
+            while len(self.sessions) > self.max_sessions:
+                self.sessions.popitem(last=False)
+        else:
+            self.sessions.move_to_end(sid)
+        s.last_ts = max(s.last_ts, ts)
+        s.version += 1
+        return s
+
+    def _row(self, ev: dict[str, Any], create: bool) -> RequestRow | None:
+        fid = ev.get("flow_id")
+        if not fid:
+            return None
+        row = self.requests.get(fid)
+        if row is None and create:
+            self._n += 1
+            row = RequestRow(flow_id=fid, seq=ev.get("seq") or 0, ts=ev.get("ts") or 0.0, n=self._n)
+            self.requests[fid] = row
+            while len(self.requests) > self.max_requests:
+                self.requests.popitem(last=False)
+        if row is not None:
+            row.version += 1
+            if not row.session and ev.get("session"):
+                row.session = ev["session"]
+        return row
+
+    def _apply_one(self, ev: dict[str, Any], dirty: set[str]) -> None:
+        t = ev.get("type")
+        d = ev.get("data") or {}
+        ts = ev.get("ts") or 0.0
+        self.last_event_ts = ts
+        sess = self._session(ev.get("session"), ts) if t in ROW_TYPES or t == "ingest" else None
+        if sess is not None:
+            dirty.add("sessions")
+        if t in CONTEXT_TYPES and (t != "budget" or d.get("level") not in (None, "NORMAL", "normal")):
+            self._n += 1
+            self.context.append(ContextEvent(ev.get("seq") or 0, ts, t, ev.get("session"), ev.get("flow_id"), summarise(ev), self._n))
+            dirty.add("events")
+        if t == "startup":
+            self.runtime_started = ts
+            self.totals.started = self.totals.started or ts
+            return
+        if t == "bypass":
+            sid, on = d.get("session"), bool(d.get("on"))
+            if sid:
+                (self.bypass.add if on else self.bypass.discard)(sid)
+                s = self.sessions.get(sid)
+                if s is not None:
+                    s.bypass, s.version = on, s.version + 1
+                dirty.update({"sessions", "settings"})
+            return
+        if t == "ingest" or (d.get("history") is True and t not in ("request",)):
+            self._ingested(ev, d, sess)
+            dirty.add("requests")
+            return
+        if t not in ROW_TYPES:
+            return
+        row = self._row(ev, create=t in ("request", "forward", "response", "error", "turn"))
+        if row is None:
+            return
+        dirty.add("requests")
+        if t == "request":
+            row.ts = ts
+            row.api = d.get("api") or row.api
+            row.model = d.get("model") or row.model
+            row.mode = d.get("mode") or row.mode
+            row.agent = d.get("agent") or row.agent
+            row.messages = d.get("messages")
+            if d.get("tokens_in") is not None:
+                row.tokens_in = d["tokens_in"]
+            if sess is not None:
+                n = self._session_requests.get(sess.id, 0) + 1
+                self._session_requests[sess.id] = n
+                if len(self._session_requests) > 10 * self.max_sessions:  # bounded; old ids restart at 1
+                    self._session_requests.pop(next(iter(self._session_requests)))
+                row.turn = n
+                sess.requests += 1
+                sess.model = row.model or sess.model
+                sess.agent = row.agent or sess.agent
+                sess.tokens_in = row.tokens_in
+        elif t == "stage":
+            name = d.get("stage") or "?"
+            if _num(d.get("ms")) is not None:
+                row.stages[name] = d["ms"]
+            row.stage_status[name] = d.get("status") or "ok"
+        elif t == "tags":
+            tags = normalise_tags(d.get("tags") if "tags" in d else d.get("inbound"))
+            row.tags = tags
+            if sess is not None and tags:
+                sess.recent_tags.append(tags)
+        elif t == "memory":
+            tok = _num(d.get("tokens"))
+            if tok is not None:
+                row.mem_tokens = int(tok)
+                if sess is not None:
+                    sess.mem_tokens += int(tok)
+        elif t == "forward":
+            if d.get("tokens_in") is not None:
+                row.tokens_in = d["tokens_in"]
+            if d.get("tokens_out") is not None:
+                row.tokens_sent = d["tokens_out"]
+            row.pipeline_ms = d.get("pipeline_ms", row.pipeline_ms)
+            row.changed = bool(d.get("changed"))
+            row.blocked = bool(d.get("blocked"))
+            row.reason = d.get("reason") or row.reason
+            if row.blocked and d.get("status"):
+                row.status = d["status"]
+            if sess is not None:
+                sess.tokens_in, sess.tokens_sent = row.tokens_in, row.tokens_sent
+        elif t == "response":
+            row.status = d.get("status") if d.get("status") is not None else ("error" if d.get("error") else row.status)
+            row.upstream_ms = d.get("upstream_ms", row.upstream_ms)
+            row.total_ms = d.get("total_ms", row.total_ms)
+            if d.get("error"):
+                row.error = str(d["error"])
+            if isinstance(d.get("usage"), dict):
+                row.usage = d["usage"]
+            if sess is not None and usage_input(row.usage) is not None:
+                sess.provider_input = usage_input(row.usage)
+        elif t == "turn":
+            if isinstance(d.get("usage"), dict):
+                row.usage = d["usage"]
+            tags = normalise_tags(d.get("tags"))
+            if tags and not row.tags:
+                row.tags = tags
+                if sess is not None:
+                    sess.recent_tags.append(tags)
+            if sess is not None:
+                sess.turns += 1
+                if usage_input(row.usage) is not None:
+                    sess.provider_input = usage_input(row.usage)
+        elif t == "budget":
+            row.level = d.get("level")
+            if sess is not None:
+                sess.level = row.level
+        elif t == "compaction":
+            row.compacted = True
+            if sess is not None:
+                sess.compactions += 1
+                sess.tokens_freed += int(max(0, (_num(d.get("tokens_before")) or 0) - (_num(d.get("tokens_after")) or 0)))
+        elif t == "clearing":
+            row.cleared = True
+            if sess is not None:
+                sess.clearings += 1
+                sess.tokens_freed += int(_num(d.get("tokens_freed")) or 0)
+        elif t == "error":
+            row.error = str(d.get("message") or d.get("where") or "error")
+
+    def _ingested(self, ev: dict[str, Any], d: dict[str, Any], sess: SessionInfo | None) -> None:
+        key = ev.get("flow_id") or f"ingest-{ev.get('seq')}"
+        key = f"{key}#h{d.get('turn', ev.get('seq'))}"
+        self._n += 1
+        row = RequestRow(flow_id=key, seq=ev.get("seq") or 0, ts=ev.get("ts") or 0.0, n=self._n,
+                         session=ev.get("session"), ingested=True, mode="history")
+        row.turn = d.get("turn") if isinstance(d.get("turn"), int) else None
+        row.tags = normalise_tags(d.get("tags"))
+        row.tokens_in = d.get("tokens") if isinstance(d.get("tokens"), int) else None
+        row.reason = f"ingested {d.get('items', '')} from history".replace("  ", " ")
+        self.requests[key] = row
+        while len(self.requests) > self.max_requests:
+            self.requests.popitem(last=False)
+        if sess is not None and row.tags:
+            sess.recent_tags.append(row.tags)
+
+    # -- views --------------------------------------------------------------------------------------
+
+    def newest_requests(self, limit: int | None = None) -> list[RequestRow]:
+        rows = list(reversed(self.requests.values()))
+        return rows[:limit] if limit else rows
+
+    def recent_sessions(self, limit: int | None = None) -> list[SessionInfo]:
+        rows = list(reversed(self.sessions.values()))
+        return rows[:limit] if limit else rows
+
+    def active_tags(self, n: int = 10) -> list[tuple[str, int]]:
+        c: Counter[str] = Counter()
+        for s in list(self.sessions.values())[-10:]:
+            for tags in s.recent_tags:
+                c.update(tags)
+        return c.most_common(n)
+
+    def uptime(self, now: float | None = None) -> float | None:
+        if self.runtime_started is None:
+            return None
+        return max(0.0, (now if now is not None else time.time()) - self.runtime_started)
+
+    def session_export(self, session: str) -> dict[str, Any]:
+        """An offline session snapshot (events the TUI holds; bodies need a live proxy)."""
+        flows = {e.get("flow_id") for e in self.raw if e.get("session") == session and e.get("flow_id")}
+        events = [e for e in self.raw if e.get("session") == session or e.get("flow_id") in flows]
+        return {"kind": "contextwarden.session", "version": 1, "session": session, "exported_at": time.time(),
+                "bypassed": session in self.bypass, "profile": self.profile, "settings": self.settings,
+                "events": events, "requests": [], "note": "exported from the TUI's own events: request bodies need a live proxy"}

@@ -1,0 +1,98 @@
+"""The Overview panel: traffic, tokens, provider usage, cost under the caching model, tags, fill."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Label, Static
+
+from .. import format as fmt
+from ..store import Store
+from .fillbar import FillBars
+
+
+def _grid() -> Table:
+    t = Table.grid(padding=(0, 1), expand=True)
+    t.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+    t.add_column(justify="right", no_wrap=True)
+    return t
+
+
+def traffic_table(store: Store, now: float) -> Table:
+    tot = store.totals
+    t = _grid()
+    t.add_row(Text("Traffic", style="bold underline"), "")
+    t.add_row("uptime", fmt.duration(store.uptime(now)) if store.runtime_started else "–")
+    t.add_row("requests", fmt.num(tot.requests))
+    t.add_row("turns", fmt.num(tot.turns))
+    t.add_row("rewritten", fmt.num(tot.rewritten))
+    t.add_row("compactions", fmt.num(tot.compactions))
+    t.add_row("clearings", fmt.num(tot.clearings))
+    t.add_row("memory injections", fmt.num(tot.memory_injections))
+    t.add_row("errors", Text(fmt.num(tot.errors), style="red" if tot.errors else ""))
+    if tot.blocked:
+        t.add_row("blocked (budget)", fmt.num(tot.blocked))
+    return t
+
+
+def tokens_table(store: Store) -> Table:
+    tot = store.totals
+    t = _grid()
+    t.add_row(Text("Tokens, counted by the proxy", style="bold underline"), "")
+    t.add_row("in (as the client sent)", fmt.num(tot.tokens_in))
+    t.add_row("sent upstream", fmt.num(tot.tokens_sent))
+    t.add_row("freed (clearing+compaction)", fmt.num(tot.tokens_freed))
+    t.add_row("memory injected", fmt.num(tot.memory_tokens))
+    t.add_row(Text(f"Provider usage, reported ({fmt.num(tot.measured_turns)} turns)", style="bold underline"), "")
+    t.add_row("input · output", f"{fmt.num(tot.usage_input)} · {fmt.num(tot.usage_output)}")
+    t.add_row("cache write · read", f"{fmt.num(tot.usage_cache_write)} · {fmt.num(tot.usage_cache_read)}")
+    t.add_row(Text("Cost, caching model 1/1.25/0.1x", style="bold underline"), "")
+    if tot.measured_turns:
+        t.add_row("billed input (measured)", f"{fmt.num(tot.billed_units)} u")
+        if tot.saving_turns_tokens_sent:
+            base = tot.billed_units + tot.est_saved_units
+            share = f" {tot.est_saved_units / base * 100:.0f}%" if base > 0 else ""
+            t.add_row(Text("saved (estimate)", style="italic"), Text(f"≈{fmt.num(tot.est_saved_units)} u{share}", style="italic"))
+        else:
+            t.add_row(Text("saved (estimate)", style="italic"), "–")
+    else:
+        t.add_row(Text("no provider usage yet", style="dim"), "")
+    return t
+
+
+class Overview(Vertical):
+    DEFAULT_CSS = """
+    Overview { padding: 0 1; }
+    Overview > Horizontal { height: auto; }
+    Overview #ov-traffic { width: 1fr; margin-right: 2; }
+    Overview #ov-tokens { width: 1fr; }
+    Overview #ov-tags { height: auto; margin-top: 1; }
+    Overview .title { text-style: bold underline; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield Static(id="ov-traffic")
+            yield Static(id="ov-tokens")
+        yield Static(id="ov-tags")
+        yield Label("Context fill (window, soft and hard thresholds marked)", classes="title")
+        yield FillBars(limit=4, id="ov-fill")
+
+    def refresh_from(self, store: Store, now: float) -> None:
+        self.query_one("#ov-traffic", Static).update(traffic_table(store, now))
+        self.query_one("#ov-tokens", Static).update(tokens_table(store))
+        tags = store.active_tags(10)
+        t = Text()
+        t.append("Active tags ", style="bold")
+        if tags:
+            for i, (tag, n) in enumerate(tags):
+                t.append(("" if i == 0 else " ") + tag, style="cyan")
+                if n > 1:
+                    t.append(f"×{n}", style="dim")
+        else:
+            t.append("none yet", style="dim")
+        self.query_one("#ov-tags", Static).update(t)
+        soft, hard = store.thresholds
+        self.query_one("#ov-fill", FillBars).show(store.recent_sessions(4), store.context_window, soft, hard)

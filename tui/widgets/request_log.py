@@ -1,0 +1,127 @@
+"""The Request log: newest first, one row per request, a detail line for the highlighted one."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Static
+
+from .. import format as fmt
+from ..store import RequestRow, Store
+from .synctable import SyncTable
+
+COLUMNS = [("turn", "turn", 4), ("session", "session", 8), ("tags", "tags", 14), ("in", "in", 6),
+           ("sent", "sent", 6), ("mem", "mem", 4), ("stages", "stages ms", 9), ("up", "up ms", 6),
+           ("status", "st", 3), ("level", "lvl", 4), ("time", "time", 8)]
+
+LEVEL_STYLE = {"NORMAL": "", "REDUCED": "yellow", "MINIMAL": "bold yellow", "BLOCKED": "bold red"}
+
+
+def stages_cell(row: RequestRow) -> str:
+    """Total stage time and the slowest stage, e.g. ``4.1 cp``; the detail line has them all."""
+    if not row.stages:
+        return "–"
+    total = sum(row.stages.values())
+    slowest = max(row.stages, key=row.stages.get)
+    bad = [s for s, st in row.stage_status.items() if st != "ok"]
+    return f"{fmt.ms(total)} {fmt.abbrev(bad[0] if bad else slowest)}{'!' if bad else ''}"
+
+
+def row_cells(row: RequestRow) -> tuple:
+    style = "dim" if row.ingested else ""
+    status = row.status
+    st_style = style
+    if isinstance(status, int) and status >= 400 or status == "error":
+        st_style = "red"
+    sent_style = style or ("green" if row.tokens_sent is not None and row.tokens_in is not None and row.tokens_sent < row.tokens_in else "")
+    level = (row.level or "").upper()
+    cells = (
+        Text(str(row.turn) if row.turn is not None else "–", style=style),
+        Text(fmt.short_id(row.session), style=style),
+        Text(",".join(row.tags) if row.tags else "–", style=(style or "cyan") if row.tags else "dim"),
+        Text(fmt.num(row.tokens_in), style=style, justify="right"),
+        Text(fmt.num(row.tokens_sent), style=sent_style, justify="right"),
+        Text(fmt.num(row.mem_tokens) if row.mem_tokens else "–", style=style, justify="right"),
+        Text(stages_cell(row) if not row.ingested else "history", style=style or ("red" if "!" in stages_cell(row) else "")),
+        Text(fmt.ms(row.upstream_ms), style=style, justify="right"),
+        Text(str(status) if status is not None else "…", style=st_style),
+        Text(level[:4] if level else "–", style=style or LEVEL_STYLE.get(level, "")),
+        Text(fmt.clock(row.ts), style=style or "dim"),
+    )
+    return cells
+
+
+def detail_text(row: RequestRow | None) -> Text:
+    if row is None:
+        return Text("no request selected · enter: inspect bodies · b: bypass session · e: export session", style="dim")
+    t = Text()
+    if row.ingested:
+        t.append("ingested from history ", style="dim italic")
+    t.append(f"{row.flow_id[:12]} ", style="bold")
+    t.append(f"{row.api or '?'} {row.model or ''} {row.mode}".strip() + f" · {row.messages if row.messages is not None else '?'} msgs")
+    if row.tags:
+        t.append(" · tags ")
+        t.append(", ".join(row.tags), style="cyan")
+    t.append("\nstages ")
+    if row.stages:
+        t.append(" ".join(f"{s} {fmt.ms(v)}" + ("" if row.stage_status.get(s, "ok") == "ok" else f" ({row.stage_status[s]})")
+                          for s, v in row.stages.items()))
+        if row.pipeline_ms is not None:
+            t.append(f" · pipeline {fmt.ms(row.pipeline_ms)} ms")
+    else:
+        t.append("none ran" if row.mode in ("observe", "bypass") else "–")
+    t.append(f" · upstream {fmt.ms(row.upstream_ms)} ms")
+    if row.reason:
+        t.append(f" · {row.reason}", style="dim")
+    if row.error:
+        t.append(f"\n{row.error}", style="red")
+    return t
+
+
+class RequestLog(Vertical):
+    DEFAULT_CSS = """
+    RequestLog > SyncTable { height: 1fr; }
+    RequestLog > #request-detail { height: 3; padding: 0 1; background: $boost; }
+    """
+
+    class InspectRequested(Message):
+        def __init__(self, flow_id: str) -> None:
+            super().__init__()
+            self.flow_id = flow_id
+
+    def __init__(self, limit: int = 500, **kw) -> None:
+        super().__init__(**kw)
+        self.limit = limit
+        self._rows: dict[str, RequestRow] = {}
+
+    def compose(self) -> ComposeResult:
+        yield SyncTable(COLUMNS, id="requests-table")
+        yield Static(detail_text(None), id="request-detail")
+
+    @property
+    def table(self) -> SyncTable:
+        return self.query_one(SyncTable)
+
+    def refresh_from(self, store: Store) -> None:
+        rows = store.newest_requests(self.limit)
+        self._rows = {r.flow_id: r for r in rows}
+        self.table.sync([(r.flow_id, row_cells(r)) for r in rows])
+        self._show_detail()
+
+    def selected(self) -> RequestRow | None:
+        key = self.table.highlighted_key()
+        return self._rows.get(key) if key else None
+
+    def _show_detail(self) -> None:
+        self.query_one("#request-detail", Static).update(detail_text(self.selected()))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        row = self.selected()
+        if row is not None and not row.ingested:
+            self.post_message(self.InspectRequested(row.flow_id))

@@ -1,0 +1,93 @@
+"""The Sessions list, with the highlighted session's context fill, active tags and mode."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+
+from .. import format as fmt
+from ..store import SessionInfo, Store
+from .fillbar import session_line
+from .synctable import SyncTable
+
+COLUMNS = [("session", "session", 10), ("req", "req", 4), ("fill", "fill", 5), ("ctx", "context", 7),
+           ("freed", "freed", 6), ("cmp", "cmp", 3), ("clr", "clr", 3), ("mode", "mode", 8), ("last", "last", 8),
+           ("model", "model", 18)]
+
+
+def session_cells(s: SessionInfo, window: int) -> tuple:
+    tokens, measured = s.fill_tokens()
+    fill = tokens / window if tokens and window else None
+    soft_style = ""
+    mode = Text("observe", style="bold yellow") if s.bypass else Text("active", style="green")
+    if s.level and s.level.upper() not in ("NORMAL",):
+        mode = Text(s.level.upper()[:8], style="bold red" if s.level.upper() == "BLOCKED" else "yellow")
+        if s.bypass:
+            mode = Text("observe", style="bold yellow")
+    return (
+        Text(fmt.short_id(s.id, 10), style="bold"),
+        Text(str(s.requests), justify="right"),
+        Text(("" if measured else "~") + fmt.pct(fill), justify="right", style=soft_style),
+        Text(fmt.num(tokens), justify="right"),
+        Text(fmt.num(s.tokens_freed) if s.tokens_freed else "–", justify="right"),
+        Text(str(s.compactions), justify="right"),
+        Text(str(s.clearings), justify="right"),
+        mode,
+        Text(fmt.clock(s.last_ts), style="dim"),
+        Text(s.model or "–", style="dim"),
+    )
+
+
+class SessionsPanel(Vertical):
+    DEFAULT_CSS = """
+    SessionsPanel > SyncTable { height: 1fr; }
+    SessionsPanel > #session-detail { height: 4; padding: 0 1; background: $boost; }
+    """
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self._sessions: dict[str, SessionInfo] = {}
+        self._store: Store | None = None
+
+    def compose(self) -> ComposeResult:
+        yield SyncTable(COLUMNS, id="sessions-table")
+        yield Static(id="session-detail")
+
+    @property
+    def table(self) -> SyncTable:
+        return self.query_one(SyncTable)
+
+    def refresh_from(self, store: Store) -> None:
+        self._store = store
+        sessions = store.recent_sessions()
+        self._sessions = {s.id: s for s in sessions}
+        self.table.sync([(s.id, session_cells(s, store.context_window)) for s in sessions])
+        self._show_detail()
+
+    def selected(self) -> SessionInfo | None:
+        key = self.table.highlighted_key()
+        return self._sessions.get(key) if key else None
+
+    def _show_detail(self) -> None:
+        s, store = self.selected(), self._store
+        w = self.query_one("#session-detail", Static)
+        if s is None or store is None:
+            w.update(Text("no session selected · b: bypass (observe-only) · e: export snapshot", style="dim"))
+            return
+        soft, hard = store.thresholds
+        width = max(30, (w.size.width or 78) - 2)
+        t = session_line(width, s, store.context_window, soft, hard, label=10)
+        t.append("\n")
+        t.append(f"{s.id}", style="bold")
+        t.append(" · observe-only (bypassed)" if s.bypass else " · active", style="yellow" if s.bypass else "green")
+        t.append(f" · {s.turns} turns · memory {fmt.num(s.mem_tokens)} tok")
+        t.append("\nactive tags: ")
+        tags = s.active_tags()
+        t.append(" ".join(f"{tag}×{n}" if n > 1 else tag for tag, n in tags) or "none", style="cyan" if tags else "dim")
+        t.append(f"\nsoft {soft:.0%} · hard {hard:.0%} of {fmt.num(store.context_window)} · b: bypass · e: export", style="dim")
+        w.update(t)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail()
