@@ -82,6 +82,8 @@ class Observer:
                 "total_ms": done_ms, "error": error, "streamed": bool(tap and tap.is_sse)}
         if turn is not None:
             data.update(turn.summary())
+        if tap is not None and tap.failed:
+            data["reader_failed"] = tap.failed  # the client still got every byte; only our reading stopped
         rt.bus.emit("response", data, flow_id=flow.id, session=ctx.session if ctx else None)
         if ctx is None or turn is None:
             return

@@ -417,12 +417,16 @@ def test_openai_chat_reasoning_refusal_and_compatible_servers():
         chunk({"role": "assistant", "content": "", "reasoning": "Need a tool."}),
         chunk({"tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "ls", "arguments": {"dir": "/tmp"}}}]}),
         chunk({"tool_calls": [{"id": "call_2", "type": "function", "function": {"name": "pwd", "arguments": "{}"}}]}),
+        # and some repeat the name in every fragment
+        chunk({"tool_calls": [{"index": 2, "id": "call_3", "type": "function", "function": {"name": "grep", "arguments": '{"q":'}}]}),
+        chunk({"tool_calls": [{"index": 2, "function": {"name": "grep", "arguments": ' "TODO"}'}}]}),
         chunk({}, finish="tool_calls"),
     ]
     _, turn = run(CHAT, chat_stream(chunks))
     assert turn.message["content"] is None and turn.message["reasoning_content"] == "Need a tool."
     assert turn.tool_calls == [{"id": "call_1", "name": "ls", "input": {"dir": "/tmp"}},
-                               {"id": "call_2", "name": "pwd", "input": {}}]
+                               {"id": "call_2", "name": "pwd", "input": {}},
+                               {"id": "call_3", "name": "grep", "input": {"q": "TODO"}}]
     assert turn.message["tool_calls"][0]["function"]["arguments"] == '{"dir":"/tmp"}'  # a string, as the API wants
     _, turn = run(CHAT, chat_stream([chunk({"role": "assistant", "content": None, "refusal": "I can't help with that."}),
                                      chunk({}, finish="stop")]))
@@ -531,6 +535,11 @@ def test_openai_responses_assembles_output_when_the_final_event_is_missing():
     assert turn.tool_calls == [{"id": "call_unLAR8MvFNptuiZK6K6HCy5k", "name": "get_weather", "input": {"location": "Zürich"}}]
     assert turn.message["output"][0]["content"][0]["text"] == turn.text
     assert turn.complete is False and turn.usage is None
+    # output_text.done / function_call_arguments.done repeat the whole text: it must not be doubled
+    no_items = [e for e in events if e[0] not in ("response.output_item.done", "response.completed")]
+    _, turn = run(RESP, sse(no_items))
+    assert turn.text == "I'll look up the weather in Zürich — 日本 next 🙂"
+    assert turn.message["output"][1]["arguments"] == '{"location": "Zürich"}'
 
 
 def test_openai_responses_failed_incomplete_and_error():
@@ -644,7 +653,9 @@ def test_sse_line_endings(eol):
     assert turn == reference and turn.complete
 
 
-def test_sse_comments_fields_colon_space_multiline_data_and_bom():
+def spec_stream(eol: str = "\n") -> bytes:
+    """Every SSE rule at once; the event name and the multi-line data matter here, so a blank line
+    invented (or lost) at a chunk boundary changes the result."""
     start = json.dumps(a_start()[1], indent=2).split("\n")  # pretty JSON over several data lines, joined with LF
     stream = (
         "\ufeff: this is a comment, as some proxies send to keep the connection alive\n"
@@ -655,15 +666,22 @@ def test_sse_comments_fields_colon_space_multiline_data_and_bom():
         'data: {"type":"content_block_start","index":0,\n'
         'data:  "content_block":{"type":"text","text":""}}\n\n'
         # no "type" in the data: the SSE event name says what it is
-        'event: content_block_delta\ndata: {"index":0,"delta":{"type":"text_delta","text":" two spaces: one kept"}}\n\n'
+        'event: content_block_delta\ndata: {"index":0,"delta":{"type":"text_delta","text":" two spaces: one kept é"}}\n\n'
         "event: ignored-no-data\n\n"
         'data: {"type":"content_block_stop","index":0}\n\n'
+        "event: message_delta\n"
+        'data: {"delta":{"stop_reason":"end_turn"},\ndata: "usage":{"output_tokens":6}}\n\n'
         'event: message_stop\ndata: {"type":"message_stop"}'  # no final blank line at the end of the stream
     )
-    _, turn = run(A, stream.encode())
-    assert turn.text == " two spaces: one kept"
+    return stream.replace("\n", eol).encode()
+
+
+def test_sse_comments_fields_colon_space_multiline_data_and_bom():
+    _, turn = run(A, spec_stream())
+    assert turn.text == " two spaces: one kept é"
     assert turn.model == "claude-sonnet-4-5-20250929"
-    assert turn.complete is True and turn.events == 5 and turn.skipped == 0
+    assert turn.stop_reason == "end_turn" and turn.usage.output_tokens == 6
+    assert turn.complete is True and turn.events == 6 and turn.skipped == 0
 
 
 def test_sse_blank_line_split_across_chunks():
@@ -678,9 +696,11 @@ def test_sse_blank_line_split_across_chunks():
     assert turn == reference
 
 
-def test_every_single_split_point_and_one_byte_chunks():
-    data = sse(anthropic_tool_events(), "\r\n")
+@pytest.mark.parametrize("data", [sse(anthropic_tool_events(), "\r\n"), spec_stream("\r\n"), spec_stream("\r")],
+                         ids=["anthropic-crlf", "spec-crlf", "spec-cr"])
+def test_every_single_split_point_and_one_byte_chunks(data):
     _, reference = run(A, data)
+    assert reference.complete and reference.skipped == 0
     for i in range(1, len(data)):
         _, turn = run(A, data, chunks=[data[:i], data[i:]])
         assert turn == reference, f"split at byte {i}"
@@ -738,6 +758,7 @@ def _streams() -> dict[str, tuple[ApiKind, str, bytes]]:
     return {
         "anthropic-lf": (A, SSE, sse(anthropic_tool_events() + anthropic_thinking_events()[1:-2])),
         "anthropic-crlf": (A, SSE, sse(anthropic_tool_events(), "\r\n")),
+        "spec-crlf": (A, SSE, spec_stream("\r\n")),
         "anthropic-citations-cr": (A, SSE, sse(anthropic_citation_events(), "\r")),
         "chat-crlf": (CHAT, SSE, chat_stream(chat_tool_chunks(), "\r\n")),
         "responses": (RESP, SSE, sse(responses_events())),

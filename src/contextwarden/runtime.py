@@ -40,6 +40,14 @@ class Runtime:
         self._tokens = None
         self._lock = threading.Lock()
         self.pm.hook.cw_configure(runtime=self)
+        # Loading a tiktoken encoding takes ~0.5 s: do it now, not inside the first request.
+        self.turn_pool.submit(self._warm_tokens)
+
+    def _warm_tokens(self) -> None:
+        try:
+            self.tokens.count_text("warm-up")
+        except Exception as e:
+            self.bus.emit("error", {"where": "tokens", "message": f"warm-up failed: {type(e).__name__}: {e}"})
 
     @classmethod
     def from_profile(cls, profile: str | os.PathLike | None, home: str | os.PathLike | None = None,

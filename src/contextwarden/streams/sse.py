@@ -1,0 +1,114 @@
+"""Incremental ``text/event-stream`` parser, per the WHATWG HTML spec (server-sent events).
+
+Lines end in CRLF, LF or CR (a CRLF may be split across two chunks); a blank line dispatches the
+event; ``data`` lines are joined with LF; ``event`` names it; lines starting with ``:`` are comments;
+one space after the colon is dropped. Only the incomplete line and the current event's data lines
+are held, so memory is bounded by the largest event and each character is scanned once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+_EOL = re.compile(r"\r\n|\r|\n")
+
+
+class EventTooLarge(ValueError):
+    pass
+
+
+class SSEParser:
+    """Feed decoded text with :meth:`feed`; ``on_event(event_name, data)`` gets each dispatched event."""
+
+    def __init__(self, on_event: Callable[[str | None, str], None], max_event_chars: int = 64 * 1024 * 1024) -> None:
+        self._on_event = on_event
+        self._max = max_event_chars
+        self._line: list[str] = []  # pieces of the line not yet ended
+        self._data: list[str] = []  # data lines of the event not yet dispatched
+        self._event: str | None = None
+        self._line_len = 0  # characters in _line
+        self._data_len = 0  # characters in _data
+        self._skip_lf = False  # the last chunk ended in CR: a LF starting the next one belongs to it
+        self._started = False
+        # characters the line scanner looked at plus characters copied to join split lines: linear
+        # work means this stays within a small multiple of the input (tests check it)
+        self.work = 0
+
+    @property
+    def buffered(self) -> int:
+        """Characters held for the incomplete line and event."""
+        return self._line_len + self._data_len
+
+    def feed(self, text: str) -> None:
+        if not self._started and text:
+            self._started = True
+            if text[0] == "\ufeff":  # a byte-order mark at the very start is not part of the stream
+                text = text[1:]
+        if self._skip_lf:
+            self._skip_lf = False
+            if text[:1] == "\n":
+                text = text[1:]
+        if not text:
+            return
+        self.work += len(text)
+        # split in C: str.split when the chunk has no CR (the usual case), the regex otherwise
+        lines = _EOL.split(text) if "\r" in text else text.split("\n")
+        rest = lines.pop()
+        if lines:
+            if self._line:  # the first line began in earlier chunks
+                self._line.append(lines[0])
+                lines[0] = "".join(self._line)
+                self.work += len(lines[0])
+                self._line.clear()
+                self._line_len = 0
+            # a CR ending the chunk may be the first half of a CRLF
+            self._skip_lf = text[-1] == "\r"
+            for line in lines:
+                self._process(line)
+        if rest:
+            self._line.append(rest)
+            self._line_len += len(rest)
+            if self._line_len + self._data_len > self._max:
+                raise EventTooLarge(f"an SSE event larger than {self._max} characters")
+
+    def flush(self) -> None:
+        """The stream ended. The spec drops an event without its closing blank line; we dispatch it,
+        because servers that omit the final blank line would otherwise lose their last event
+        (``[DONE]``, ``message_stop``); a line cut in half then simply fails to parse."""
+        if self._line:
+            line = "".join(self._line)
+            self._line.clear()
+            self._line_len = 0
+            self._process(line)
+        self._process("")
+
+    def _process(self, line: str) -> None:
+        if not line:
+            if self._data:
+                data = "\n".join(self._data)
+                event = self._event
+                self._data.clear()
+                self._data_len = 0
+                self._event = None
+                self._on_event(event, data)
+            else:
+                self._event = None  # an event without data is not dispatched; its name does not carry over
+            return
+        if line.startswith("data:"):  # the common case first
+            value = line[6:] if line.startswith("data: ") else line[5:]
+            self._data.append(value)
+            self._data_len += len(value)
+            if self._line_len + self._data_len > self._max:
+                raise EventTooLarge(f"an SSE event larger than {self._max} characters")
+            return
+        if line[0] == ":":
+            return
+        field, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if field == "data":  # "data" without a colon: an empty data line
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+        # id and retry only matter to a client that reconnects; other fields are ignored per the spec
