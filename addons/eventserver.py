@@ -1,6 +1,518 @@
-"""Placeholder until the TUI's event server lands (issue 5)."""
+"""Serves the live event stream to ``contextwarden tui`` over a WebSocket on 127.0.0.1.
+
+Who may connect: only a client that presents the random token written (with the port and pid) to
+``cw_home/tui.json``, a file created with mode 0600. Browsers are refused outright (any ``Origin``
+header), so a web page cannot reach the stream even by guessing the port.
+
+What a client gets: first a snapshot (recent events, current settings, bypassed sessions, running
+totals since the runtime started), then live events in batches, one message per ~50 ms however many
+events happened. It may send commands: change settings at run time, bypass a session, fetch a
+request's bodies for the inspector, export a session.
+
+Why it never slows the proxy: the server runs on its own thread and event loop. The bus subscriber
+only appends to a bounded deque; batching, JSON encoding and sending happen on the server's thread.
+A client that reads too slowly has whole batches dropped (and is told how many events it missed),
+never pushes back on the proxy. Nothing here imports mitmproxy, the TUI or the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from contextwarden.events import Event
+from contextwarden.redact import is_secret_header
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+INFO_FILE = "tui.json"
+TOKEN_HEADER = "X-Contextwarden-Token"
+# Anthropic's caching prices relative to a base input token: writes 1.25x, reads 0.1x.
+CACHE_WRITE_RATE = 1.25
+CACHE_READ_RATE = 0.1
+
+
+def scrub_headers(headers: Any) -> Any:
+    """Headers as (name, value) pairs or a mapping, with every credential-like value replaced.
+
+    Headers reach events and bodies already redacted by the pipeline; this second pass makes sure
+    nothing the server hands out can carry a credential even if an upstream change forgot to.
+    """
+    if isinstance(headers, dict):
+        return {k: "[redacted]" if is_secret_header(str(k)) else v for k, v in headers.items()}
+    if isinstance(headers, (list, tuple)):
+        out = []
+        for item in headers:
+            if isinstance(item, (list, tuple)) and len(item) == 2:
+                k, v = item
+                out.append([k, "[redacted]" if is_secret_header(str(k)) else v])
+            else:
+                out.append(item)
+        return out
+    return headers
+
+
+def event_dict(ev: Event) -> dict[str, Any]:
+    d = ev.to_dict()
+    data = d.get("data")
+    if isinstance(data, dict) and "headers" in data:
+        d["data"] = {**data, "headers": scrub_headers(data["headers"])}
+    return d
+
+
+class Totals:
+    """Running counters over every event since the runtime started: the Overview's numbers.
+
+    Kept by the server because a client that connects late only gets the recent events; the TUI
+    continues these counters with the live events it receives (same class, same arithmetic).
+
+    Measured: request/turn/stage counts, the provider's reported usage, and billed input units under
+    the caching model (input 1x + cache writes 1.25x + cache reads 0.1x). Counted by the proxy's
+    tokenizer: tokens in and sent, tokens freed by clearing and compaction. Estimated (and labelled so):
+    ``est_saved_units``, the freed tokens priced at the rate each turn actually paid per sent token.
+    """
+
+    COUNTS = ("events", "requests", "turns", "compactions", "clearings", "memory_injections", "errors", "blocked",
+              "rewritten", "bypassed")
+    SUMS = ("tokens_in", "tokens_sent", "tokens_freed", "memory_tokens", "usage_input", "usage_output",
+            "usage_cache_read", "usage_cache_write", "billed_units", "est_saved_units", "measured_turns",
+            "saving_turns_tokens_in", "saving_turns_tokens_sent")
+
+    def __init__(self) -> None:
+        for f in self.COUNTS + self.SUMS:
+            setattr(self, f, 0)
+        self.started: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "Totals":
+        t = cls()
+        for k, v in (d or {}).items():
+            if k in cls.COUNTS or k in cls.SUMS or k == "started":
+                setattr(t, k, v)
+        return t
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f: getattr(self, f) for f in self.COUNTS + self.SUMS}
+        d["started"] = self.started
+        return d
+
+    @staticmethod
+    def _num(v: Any) -> float:
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+    def add(self, ev: dict[str, Any]) -> None:
+        t = ev.get("type")
+        data = ev.get("data") or {}
+        num = self._num
+        self.events += 1
+        if t == "startup":
+            self.started = ev.get("ts")
+        elif t == "request":
+            self.requests += 1
+            if data.get("mode") == "bypass":
+                self.bypassed += 1
+        elif t == "forward":
+            ti, to = data.get("tokens_in"), data.get("tokens_out")
+            if isinstance(ti, (int, float)) and isinstance(to, (int, float)):
+                self.tokens_in += ti
+                self.tokens_sent += to
+            self.rewritten += bool(data.get("changed"))
+            self.blocked += bool(data.get("blocked"))
+        elif t == "compaction":
+            self.compactions += 1
+            self.tokens_freed += max(0, num(data.get("tokens_before")) - num(data.get("tokens_after")))
+        elif t == "clearing":
+            self.clearings += 1
+            self.tokens_freed += max(0, num(data.get("tokens_freed")))
+        elif t == "memory":
+            tok = num(data.get("tokens"))
+            if tok > 0 or num(data.get("injected")) > 0:
+                self.memory_injections += 1
+                self.memory_tokens += tok
+        elif t == "error":
+            self.errors += 1
+        elif t == "turn":
+            self.turns += 1
+            usage = data.get("usage")
+            if isinstance(usage, dict):
+                i, o = num(usage.get("input_tokens")), num(usage.get("output_tokens"))
+                cr, cw = num(usage.get("cache_read_input_tokens")), num(usage.get("cache_creation_input_tokens"))
+                billed = i + CACHE_WRITE_RATE * cw + CACHE_READ_RATE * cr
+                self.usage_input += i
+                self.usage_output += o
+                self.usage_cache_read += cr
+                self.usage_cache_write += cw
+                self.billed_units += billed
+                self.measured_turns += 1
+                ti, ts = data.get("tokens_in"), data.get("tokens_sent")
+                if isinstance(ti, (int, float)) and isinstance(ts, (int, float)) and ts > 0:
+                    # what the freed tokens would have cost at the rate this turn paid per sent token
+                    self.est_saved_units += (ti - ts) * billed / ts
+                    self.saving_turns_tokens_in += ti
+                    self.saving_turns_tokens_sent += ts
+
+
+class _Client:
+    """One connected TUI: an outbox drained by its own sender task."""
+
+    def __init__(self, ws, max_batches: int) -> None:
+        self.ws = ws
+        self.outbox: deque[tuple[bytes, bool]] = deque()  # (message, is a batch of events)
+        self.batches_queued = 0
+        self.max_batches = max_batches
+        self.wake = asyncio.Event()
+        self.dropped = 0  # events in batches dropped since the last one that went out
+
+    def push(self, msg: bytes, *, batch: bool = False, events: int = 0, totals: dict | None = None) -> bool:
+        if batch:
+            if self.batches_queued >= self.max_batches:
+                self.dropped += events
+                return False
+            if self.dropped:
+                # the counters as of just before this batch: they include what the client missed
+                self.outbox.append((orjson.dumps({"kind": "dropped", "events": self.dropped, "totals": totals}), False))
+                self.dropped = 0
+            self.batches_queued += 1
+        self.outbox.append((msg, batch))
+        self.wake.set()
+        return True
+
+
+class EventService:
+    """The WebSocket server for one runtime, on its own thread. ``start()`` then ``stop()``."""
+
+    def __init__(self, runtime, host: str = "127.0.0.1", port: int = 0, batch_ms: float = 50,
+                 client_batches: int = 64, pending_max: int = 20_000) -> None:
+        self.runtime = runtime
+        self.host = host
+        self.requested_port = port
+        self.port: int | None = None
+        self.token = secrets.token_urlsafe(32)
+        self.batch_s = batch_ms / 1000
+        self.client_batches = client_batches
+        self.pending: deque[Event] = deque()
+        self.pending_max = pending_max
+        self.overflow = 0  # events the server thread could not keep up with
+        self.totals = Totals()
+        self.started = time.time()
+        self.clients: set[_Client] = set()
+        self.batches_sent = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._unsubscribe = None
+
+    # -- proxy side (any thread): must stay O(1) -------------------------------------------------
+
+    def _on_event(self, ev: Event) -> None:
+        if len(self.pending) >= self.pending_max:
+            self.overflow += 1
+            return
+        self.pending.append(ev)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def info_path(self) -> Path:
+        return Path(self.runtime.home) / INFO_FILE
+
+    def start(self, timeout: float = 10) -> "EventService":
+        self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
+        recent = self._recent()
+        for ev in recent:  # counters start from what the runtime already did
+            self.totals.add(event_dict(ev))
+        # events published while subscribing are in both; _flush must not count them twice
+        self._baseline = {ev.seq for ev in recent}
+        if self.totals.started is None:
+            self.totals.started = self.started
+        self._thread = threading.Thread(target=self._thread_main, name="cw-eventserver", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._error is not None:
+            self._unsubscribe()
+            raise RuntimeError(f"event server did not start: {self._error!r}")
+        self._write_info()
+        return self
+
+    def stop(self, timeout: float = 5) -> None:
+        if self._unsubscribe:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._loop is not None and self._stop is not None and self._thread and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout)
+        self._remove_info()
+
+    def _write_info(self) -> None:
+        info = {"protocol": PROTOCOL, "host": self.host, "port": self.port, "token": self.token,
+                "pid": os.getpid(), "started": self.started}
+        path = self.info_path
+        tmp = path.with_name(f".{INFO_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(info))
+        os.replace(tmp, path)
+
+    def _remove_info(self) -> None:
+        try:
+            if orjson.loads(self.info_path.read_bytes()).get("token") == self.token:
+                self.info_path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as e:  # reported to start(); the proxy goes on without a TUI
+            self._error = e
+            self._ready.set()
+            log.exception("contextwarden: event server stopped")
+
+    async def _main(self) -> None:
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(self._handler, self.host, self.requested_port, process_request=self._authorise,
+                         origins=[None], compression=None, max_size=4 * 2**20, ping_interval=20,
+                         ping_timeout=60, open_timeout=5, close_timeout=1) as server:
+            self.port = next(s.getsockname()[1] for s in server.sockets)
+            self._ready.set()
+            while not self._stop.is_set():
+                try:
+                    await asyncio.wait_for(self._stop.wait(), self.batch_s)
+                except TimeoutError:
+                    pass
+                self._flush()
+            self._flush()
+            for c in list(self.clients):  # let the final batch (e.g. "shutdown") go out
+                if c.outbox:
+                    try:
+                        await asyncio.wait_for(self._drain(c), 1)
+                    except Exception:
+                        pass
+            server.close()
+
+    # -- connections --------------------------------------------------------------------------------
+
+    def _authorise(self, connection, request):
+        given = request.headers.get(TOKEN_HEADER, "")
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "contextwarden: missing or wrong token\n")
+        return None
+
+    def _recent(self) -> list[Event]:
+        for _ in range(5):
+            try:
+                return list(self.runtime.bus.recent)
+            except RuntimeError:  # deque mutated by another thread while copying
+                continue
+        return []
+
+    def settings_dict(self) -> dict[str, Any]:
+        rt = self.runtime
+        return {"settings": rt.settings.model_dump(mode="json"), "overrides": rt.overrides,
+                "bypass": sorted(rt.bypass), "stages": [n for n, _ in rt.stages()],
+                "available_stages": sorted({i.plugin_name for i in rt.pm.hook.cw_request.get_hookimpls()}),
+                "profile": rt.settings.name}
+
+    def snapshot(self) -> dict[str, Any]:
+        recent = self._recent()
+        return {"kind": "snapshot", "protocol": PROTOCOL, "pid": os.getpid(), "home": str(self.runtime.home),
+                "server_started": self.started, "runtime_started": self.totals.started,
+                "totals": self.totals.to_dict(), "events": [event_dict(e) for e in recent],
+                "recent_max": self.runtime.bus.recent.maxlen, **self.settings_dict()}
+
+    async def _handler(self, ws) -> None:
+        client = _Client(ws, self.client_batches)
+        # Flush first: the snapshot's totals then cover every event published so far, and every later
+        # batch holds only events they do not. A batch may repeat an event the snapshot lists (published
+        # while it was taken): clients de-duplicate rows by seq but count every live event.
+        self._flush()
+        snap = self.snapshot()
+        client.push(orjson.dumps(snap, default=str))
+        self.clients.add(client)
+        sender = asyncio.create_task(self._sender(client))
+        try:
+            async for raw in ws:
+                reply = await self._command(raw)
+                client.push(orjson.dumps(reply, default=str))
+        except Exception:
+            pass
+        finally:
+            self.clients.discard(client)
+            sender.cancel()
+
+    async def _drain(self, client: _Client) -> None:
+        while client.outbox:
+            msg, batch = client.outbox.popleft()
+            if batch:
+                client.batches_queued -= 1
+            await client.ws.send(msg, text=True)
+
+    async def _sender(self, client: _Client) -> None:
+        try:
+            while True:
+                await client.wake.wait()
+                client.wake.clear()
+                await self._drain(client)
+        except Exception:  # closed connection
+            self.clients.discard(client)
+
+    # -- batching -----------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        before = self.totals.to_dict() if any(c.dropped for c in self.clients) else None
+        clients = bool(self.clients)
+        batch = []
+        while self.pending:
+            try:
+                ev = self.pending.popleft()
+            except IndexError:
+                break
+            if ev.seq in self._baseline:  # counted at start
+                self._baseline.discard(ev.seq)
+                counted = True
+            else:
+                counted = False
+            if clients:
+                d = event_dict(ev)
+                batch.append(d)
+                if not counted:
+                    self.totals.add(d)
+            elif not counted:  # nobody to send to: only the counters (no copy, no scrubbing)
+                self.totals.add({"type": ev.type, "ts": ev.ts, "data": ev.data})
+        if not clients or not batch:
+            return
+        msg: dict[str, Any] = {"kind": "events", "events": batch}
+        if self.overflow:
+            msg["overflow"] = self.overflow
+        if any(d["type"] in ("settings", "bypass", "startup") for d in batch):
+            msg.update(self.settings_dict())
+        shared = orjson.dumps(msg, default=str)
+        for c in list(self.clients):
+            c.push(shared, batch=True, events=len(batch), totals=before)
+        self.batches_sent += 1
+
+    # -- commands -----------------------------------------------------------------------------------
+
+    async def _command(self, raw) -> dict[str, Any]:
+        try:
+            req = orjson.loads(raw)
+            if not isinstance(req, dict):
+                raise ValueError("a command is a JSON object")
+        except (orjson.JSONDecodeError, ValueError) as e:
+            return {"kind": "reply", "id": None, "ok": False, "error": f"bad command: {e}"}
+        rid = req.get("id")
+        try:
+            result = await self.run_command(req)
+            return {"kind": "reply", "id": rid, "ok": True, "result": result}
+        except Exception as e:
+            return {"kind": "reply", "id": rid, "ok": False, "error": f"{type(e).__name__}: {e}" if not isinstance(e, (ValueError, KeyError)) else str(e)}
+
+    async def run_command(self, req: dict[str, Any]) -> Any:
+        rt = self.runtime
+        cmd = req.get("cmd")
+        if cmd == "set":
+            overrides = req.get("overrides")
+            if not isinstance(overrides, dict):
+                raise ValueError("set: 'overrides' must be an object, e.g. {\"compaction\": {\"soft_threshold\": 0.6}}")
+            persist = bool(req.get("persist", False))
+            # reloading settings runs cw_configure hooks: keep it off the server loop too
+            await asyncio.to_thread(rt.apply_overrides, overrides, persist)
+            return {**self.settings_dict(), "persisted": persist}
+        if cmd == "bypass":
+            session = req.get("session")
+            if not isinstance(session, str) or not session:
+                raise ValueError("bypass: 'session' is required")
+            on = bool(req.get("on", True))
+            await asyncio.to_thread(rt.set_bypass, session, on)
+            return {"session": session, "on": on, "bypass": sorted(rt.bypass)}
+        if cmd == "bodies":
+            entry = rt.bodies.get(str(req.get("flow_id")))
+            if entry is None:
+                raise ValueError("bodies: not kept for this request (evicted from memory, or not parsed)")
+            entry["headers"] = scrub_headers(entry.get("headers"))
+            return entry
+        if cmd == "export":
+            session = req.get("session")
+            if not isinstance(session, str) or not session:
+                raise ValueError("export: 'session' is required")
+            return self.export_session(session)
+        if cmd == "settings":
+            return self.settings_dict()
+        if cmd == "ping":
+            return {"pong": time.time()}
+        raise ValueError(f"unknown command {cmd!r}")
+
+    def export_session(self, session: str) -> dict[str, Any]:
+        """Everything kept about one session: its recent events, request bodies and settings."""
+        recent = [event_dict(e) for e in self._recent()]
+        flows = {e["flow_id"] for e in recent if e.get("session") == session and e.get("flow_id")}
+        events = [e for e in recent if e.get("session") == session or (e.get("flow_id") in flows)]
+        requests = []
+        for entry in self.runtime.bodies.for_session(session):
+            entry["headers"] = scrub_headers(entry.get("headers"))
+            requests.append(entry)
+        return {"kind": "contextwarden.session", "version": 1, "session": session, "exported_at": time.time(),
+                "bypassed": session in self.runtime.bypass, "profile": self.runtime.settings.name,
+                "settings": self.runtime.settings.model_dump(mode="json"), "events": events, "requests": requests}
 
 
 class EventServer:
+    """mitmproxy addon: runs an :class:`EventService` for the warden's current runtime.
+
+    Starts as soon as the runtime exists (``configure``), at the latest in ``running``; restarts when
+    the runtime is replaced (a new profile or home); stops in ``done``. A server that cannot start is
+    logged and the proxy carries on without it.
+    """
+
     def __init__(self, warden) -> None:
         self.warden = warden
+        self.service: EventService | None = None
+
+    def configure(self, updated) -> None:
+        self._sync()
+
+    def running(self) -> None:
+        self._sync()
+
+    def done(self) -> None:
+        self._stop()
+
+    def _sync(self) -> None:
+        rt = self.warden.runtime
+        if self.service is not None and self.service.runtime is rt:
+            return
+        self._stop()
+        if rt is None or not rt.settings.server.enabled:
+            return
+        try:
+            self.service = EventService(rt, port=rt.settings.server.port).start()
+            log.info(f"contextwarden: event server on {self.service.host}:{self.service.port} "
+                     f"(token in {self.service.info_path})")
+        except Exception as e:
+            self.service = None
+            log.error(f"contextwarden: event server not started: {e}")
+            rt.bus.emit("error", {"where": "eventserver", "message": str(e), "action": "no TUI stream"})
+
+    def _stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None

@@ -1,1 +1,171 @@
-"""Built-in stage `budget` (being written)."""
+"""Built-in stage ``budget``: token budgets per session and per agent, with graded levels.
+
+Use is the input the provider reports for each completed turn (``usage.total_input``: uncached +
+cache read + cache write); when a response carries no usage, our calibrated estimate of what was sent.
+It is accumulated in ``cw_turn_complete`` and kept in the runtime state (namespace ``budget``), so it
+survives restarts. Before each request the stage compares use with the profile's limits
+(``budget.session_tokens``, ``budget.agent_tokens``; 0 = none) and sets ``ctx.notes["level"]``:
+
+- ``NORMAL``  below ``reduced_at`` of every budget;
+- ``REDUCED`` from ``reduced_at`` (the clearing and compaction stages tighten);
+- ``MINIMAL`` from ``minimal_at`` (they are most aggressive);
+- ``BLOCKED`` at 100%: the proxy answers itself, in the provider's own error format, with a 429 and
+  ``retry-after``, so SDKs raise their ordinary rate-limit error.
+
+The stage runs first, so a blocked request costs nothing more. Every request emits a ``budget`` event.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from contextwarden import hookimpl
+from contextwarden.models import ApiKind
+
+NS = "budget"
+
+
+class Level(enum.StrEnum):
+    """A budget level; compares equal to its name (``ctx.notes["level"] == "REDUCED"``)."""
+
+    NORMAL = "NORMAL"
+    REDUCED = "REDUCED"
+    MINIMAL = "MINIMAL"
+    BLOCKED = "BLOCKED"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {Level.NORMAL: 0, Level.REDUCED: 1, Level.MINIMAL: 2, Level.BLOCKED: 3}
+_lock = threading.Lock()  # read-modify-write of use (turn workers run concurrently)
+
+
+def level_for(used: int, limit: int, reduced_at: float, minimal_at: float) -> Level:
+    """The level of ``used`` tokens against ``limit`` (0 = no limit)."""
+    if limit <= 0:
+        return Level.NORMAL
+    frac = used / limit
+    if frac >= 1.0:
+        return Level.BLOCKED
+    if frac >= minimal_at:
+        return Level.MINIMAL
+    if frac >= reduced_at:
+        return Level.REDUCED
+    return Level.NORMAL
+
+
+def scopes(ctx) -> list[tuple[str, str, int]]:
+    """(scope, state key, limit) of every budget that applies to the request."""
+    b = ctx.settings.budget
+    out = []
+    if b.session_tokens > 0:
+        out.append(("session", f"session:{ctx.session}", b.session_tokens))
+    if b.agent_tokens > 0:
+        # with one agent per session (agent_rule: session) the agent's use is the session's
+        key = f"agent:{ctx.agent}" if ctx.agent != ctx.session else f"session:{ctx.session}"
+        out.append(("agent", key, b.agent_tokens))
+    return out
+
+
+def used(state, key: str) -> int:
+    rec = state.get(NS, key)
+    return int(rec.get("used", 0)) if isinstance(rec, dict) else 0
+
+
+def add_use(state, key: str, tokens: int) -> int:
+    """Add ``tokens`` to a budget's use; returns the new total."""
+    with _lock:
+        rec = state.get(NS, key) or {}
+        rec = {"used": int(rec.get("used", 0)) + int(tokens), "turns": int(rec.get("turns", 0)) + 1,
+               "updated": time.time()}
+        state.put(NS, key, rec)
+    return rec["used"]
+
+
+def reset(state, key: str | None = None) -> None:
+    """Forget the use of one budget key (``session:<id>``, ``agent:<key>``), or of all."""
+    state.delete(NS, key)
+
+
+def blocked_response(api: ApiKind, stream: bool, message: str, retry_after_s: int) -> tuple[int, bytes, dict[str, str]]:
+    """(status, body, headers) of a BLOCKED answer in the provider's own error format."""
+    headers = {"retry-after": str(int(retry_after_s)), "x-contextwarden-blocked": "budget"}
+    if api is ApiKind.ANTHROPIC:
+        err = orjson.dumps({"type": "error", "error": {"type": "rate_limit_error", "message": message}})
+        if stream:
+            # what the client reads as a stream: one SSE `error` event carrying the same JSON
+            headers["content-type"] = "text/event-stream; charset=utf-8"
+            headers["cache-control"] = "no-cache"
+            return 429, b"event: error\ndata: " + err + b"\n\n", headers
+        headers["content-type"] = "application/json"
+        return 429, err, headers
+    if api is ApiKind.OLLAMA_CHAT:
+        headers["content-type"] = "application/json; charset=utf-8"
+        return 429, orjson.dumps({"error": message}), headers
+    # OpenAI (chat and responses): the SDKs map 429 to RateLimitError and expose type/code
+    headers["content-type"] = "application/json"
+    return 429, orjson.dumps({"error": {"message": message, "type": "tokens", "param": None,
+                                        "code": "rate_limit_exceeded"}}), headers
+
+
+@hookimpl
+def cw_request(ctx) -> None:
+    b = ctx.settings.budget
+    if not b.enabled:
+        return
+    state = ctx.runtime.state
+    worst, worst_scope = Level.NORMAL, None
+    report = []
+    for scope, key, limit in scopes(ctx):
+        u = used(state, key)
+        lvl = level_for(u, limit, b.reduced_at, b.minimal_at)
+        report.append({"scope": scope, "key": key, "used": u, "limit": limit, "level": lvl.value})
+        if worst_scope is None or lvl.rank > worst.rank:
+            worst, worst_scope = lvl, report[-1]
+    ctx.notes["level"] = worst
+    ctx.notes["budget"] = report
+    if worst_scope is None:
+        ctx.emit("budget", level=worst.value, used=None, limit=None, scope=None, scopes=[])
+        return
+    ctx.emit("budget", level=worst.value, used=worst_scope["used"], limit=worst_scope["limit"],
+             scope=worst_scope["scope"], scopes=report)
+    if worst is Level.BLOCKED:
+        what = "session" if worst_scope["scope"] == "session" else f"agent {ctx.agent}"
+        msg = (f"contextwarden: the token budget of this {what} is used up "
+               f"({worst_scope['used']:,} of {worst_scope['limit']:,} input tokens). "
+               f"Raise budget.{worst_scope['scope']}_tokens in the profile (or at run time) to continue.")
+        status, body, headers = blocked_response(ctx.api, ctx.stream, msg, b.retry_after_s)
+        ctx.block(status, body, headers)
+
+
+@hookimpl
+def cw_turn_complete(ctx, turn) -> None:
+    if ctx is None or not ctx.settings.budget.enabled or ctx.blocked is not None:
+        return
+    usage = getattr(turn, "usage", None)
+    tokens = getattr(usage, "total_input", None) if usage is not None else None
+    if tokens is None:
+        if getattr(turn, "error", None):
+            return  # the provider refused the request: nothing was billed
+        est = ctx.tokens_out if ctx.tokens_out is not None else ctx.tokens_in
+        if not est:
+            return
+        tokens = ctx.runtime.tokens.calibrated(ctx.model, est)
+    if tokens <= 0:
+        return
+    # both keys, whatever the limits now: a limit set later at run time sees the use so far
+    add_use(ctx.runtime.state, f"session:{ctx.session}", tokens)
+    if ctx.agent != ctx.session:
+        add_use(ctx.runtime.state, f"agent:{ctx.agent}", tokens)
+
+
+def snapshot(state) -> dict[str, Any]:
+    """Every budget's use, by key (for the TUI and tests)."""
+    return dict(state.items(NS))

@@ -1,1 +1,488 @@
-"""Built-in stage `compaction` (being written)."""
+"""Built-in stage ``compaction``: old turns become ONE summary message, cache-aware by design.
+
+What it does
+    Past ``soft_threshold`` / ``hard_threshold`` of ``tokens.context_window`` (measured after the
+    clearing stage), the oldest messages, from the first one after any leading system messages up to a
+    cut, are replaced by one user message holding a summary (:mod:`contextwarden.summarise`). The
+    ``protect_recent_turns`` most recent user turns, and the whole turn of the latest assistant message
+    (so its thinking blocks stay verbatim with their signatures), are never compacted. The cut is placed
+    right before an assistant message that starts an assistant run and never inside a tool call/answer
+    pair (:func:`contextwarden.conversation.cut_points`), so the result alternates, starts with a user
+    message, and keeps every pair. Role ``system`` messages inside the span are quoted verbatim in the
+    summary. ``system``, ``tools`` and ``instructions`` are never touched.
+
+Where it cuts
+    In big steps: the smallest cut that brings the request down to ``target`` of the window (or the
+    largest cut allowed when none does), so compactions, each of which re-writes the provider's cache
+    from the summary on, are rare.
+
+Cache stability
+    The decision (how many messages, a hash of them with their ``cache_control`` markers ignored, the
+    summary text and its sections) is stored per session in the runtime state (SQLite, namespace
+    ``compaction``): every later request that still starts with the same messages gets the same summary
+    message, byte for byte, so the cache entry written once is read from then on, across restarts too.
+    When a session grows past the thresholds again, the next compaction extends the previous one (its
+    sections merged with the newly compacted messages).
+
+When it pays
+    Past the hard threshold it always compacts. Between soft and hard it compacts only when
+    :func:`pays_off` says the saving over the cache's lifetime beats the re-write. Under the budget
+    levels REDUCED and MINIMAL the thresholds, target and protected turns shrink by
+    ``compaction.level_factors``.
+
+Cache breakpoints
+    A body keeps at most 4 ``cache_control`` markers: breakpoints inside the compacted span disappear
+    with it, and the summary block gets one (``summary_breakpoint``) when fewer than 4 remain, which is
+    how a breakpoint on a removed message "moves" to the summary. Its TTL is 1h when a later breakpoint
+    uses 1h (longer TTLs must come first).
+
+For other stages
+    ``ctx.notes["compaction"]`` = ``{"lead", "end", "reused", "summary_tokens", "messages"}`` (messages
+    ``lead..end`` of ``ctx.original`` were replaced); ``ctx.notes["compacted"]`` lists the tool results
+    compacted for the first time by this request (``tool_use_id``, ``memory_id``, ``tool``, ``input``,
+    ``text``), so memory can store them under the ids the summary names.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from contextwarden import hookimpl
+from contextwarden.conversation import (
+    SpanHasher,
+    breakpoint_ttls,
+    count_breakpoints,
+    cut_points,
+    entries,
+    entry,
+    messages_of,
+    tool_calls,
+    transcript,
+)
+from contextwarden.memory.ids import memory_id
+from contextwarden.models.base import ApiKind
+from contextwarden.statecache import state_cache
+from contextwarden.summarise import Summary, extractive_summary, llm_summary
+
+NS = "compaction"  # decisions, by tenant|session
+NS_SEEN = "compaction_seen"  # request rhythm, for the cost model
+NS_LLM = "compaction_llm"  # finished LLM summaries, by tenant|session|span hash
+MAX_DECISIONS = 4
+
+#: (cache read, cache write) price factors relative to uncached input, by API.
+CACHE_PRICES: dict[ApiKind, tuple[float, float]] = {
+    ApiKind.ANTHROPIC: (0.1, 1.25),
+    ApiKind.OPENAI_CHAT: (0.5, 1.0),
+    ApiKind.OPENAI_RESPONSES: (0.5, 1.0),
+    ApiKind.OLLAMA_CHAT: (0.1, 1.0),  # no price; prefill reuse of the KV cache, roughly
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the cost model
+
+
+@dataclass
+class CostEstimate:
+    keep: float  # cost of the next n requests without compacting, in uncached-input-token units
+    compact: float  # ... with compacting now
+    n: int  # requests the model expects to read this prefix
+    warm: bool  # the current prefix is assumed to be in the provider's cache
+
+    @property
+    def pays(self) -> bool:
+        return self.compact < self.keep
+
+
+def pays_off(t_now: int, t_after: int, fixed: int, n: int, warm: bool, read: float = 0.1, write: float = 1.25) -> CostEstimate:
+    """Whether compacting now is cheaper than not, over the ``n`` requests that will read the prefix.
+
+    Costs are in units of uncached input tokens. ``t_now`` is the request as it would be sent without
+    a new compaction, ``t_after`` with it, ``fixed`` the part both share (system + tools, the cached
+    head no compaction touches). With cache read factor ``r`` (Anthropic 0.1) and write factor ``w``
+    (Anthropic 1.25)::
+
+        keep    = first + (n - 1) * r * t_now
+                  first = r * t_now                          if the prefix is warm in the cache
+                        = r * fixed + w * (t_now - fixed)    if it is cold (past the TTL: re-written anyway)
+        compact = r * fixed + w * (t_after - fixed) + (n - 1) * r * t_after
+
+    Compact when ``compact < keep``. ``n`` counts this request and the ones expected to follow within
+    the cache's lifetime: 1 + the session's current streak of requests that each came within the TTL
+    (5 minutes) of the previous one (a streak of s suggests about s more), capped by
+    ``compaction.expected_requests_max``. A long warm session therefore compacts at the soft threshold
+    (the write premium of the smaller prefix is repaid by reading it n times at 0.1x instead of the
+    larger one); a session that just started, or one near its end, waits for the hard threshold. A
+    cold prefix always favours compacting, since it is written either way. Growth of the conversation
+    adds the same tokens to both sides and is left out.
+    """
+    n = max(1, n)
+    first_keep = read * t_now if warm else read * fixed + write * (t_now - fixed)
+    keep = first_keep + (n - 1) * read * t_now
+    compact = read * fixed + write * (t_after - fixed) + (n - 1) * read * t_after
+    return CostEstimate(keep=keep, compact=compact, n=n, warm=warm)
+
+
+def _rhythm(store, key: str, ttl: float, cap: int, now: float, persist: bool) -> tuple[int, bool]:
+    """(expected requests reading a new prefix, whether the current prefix is warm); records this
+    request. Kept in memory, and written to SQLite only near the thresholds, where it matters."""
+    seen = store.get(NS_SEEN, key) or {}
+    last = seen.get("last")
+    warm = last is not None and 0 <= now - last <= ttl
+    streak = int(seen.get("streak", 0)) + 1 if warm else 0
+    store.put(NS_SEEN, key, {"last": now, "streak": streak, "n": int(seen.get("n", 0)) + 1}, persist=persist)
+    return 1 + min(cap, streak), warm
+
+
+# ---------------------------------------------------------------------------------------------------
+# the background LLM summariser
+
+_pool: ThreadPoolExecutor | None = None
+_pending: dict[str, Future] = {}
+_pool_lock = threading.Lock()
+
+
+def _submit(job_key: str, fn) -> bool:
+    """Run ``fn`` in the background once per key; False when one is already running."""
+    global _pool
+    with _pool_lock:
+        f = _pending.get(job_key)
+        if f is not None and not f.done():
+            return False
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-summarise")
+        _pending[job_key] = _pool.submit(fn)
+        return True
+
+
+def wait_for_summaries(timeout: float = 30.0) -> None:
+    """Block until background summaries finish (tests, shutdown)."""
+    with _pool_lock:
+        futures = list(_pending.values())
+    for f in futures:
+        try:
+            f.result(timeout)
+        except Exception:
+            pass
+
+
+def _llm_url(ctx, cfg) -> tuple[str, str]:
+    """(endpoint URL, API of that endpoint) for the summary request: the client's own endpoint."""
+    base = (cfg.llm_base_url or f"https://{ctx.host}").rstrip("/")
+    path = ctx.path.split("?", 1)[0]
+    api = ctx.api.value
+    if ctx.api is ApiKind.OPENAI_RESPONSES:
+        path = path[: -len("/responses")] + "/chat/completions" if path.endswith("/responses") else "/v1/chat/completions"
+        api = ApiKind.OPENAI_CHAT.value
+    return base + path, api
+
+
+def _start_llm(ctx, cfg, key: str, span: str, turns, prior: Summary | None, messages: int, tokens: int) -> bool:
+    rt = ctx.runtime
+    url, api = _llm_url(ctx, cfg)
+    auth = dict(ctx.auth)  # never logged: only handed to the HTTP call
+    model = cfg.llm_model or ctx.model or ""
+    session, flow_id = ctx.session, ctx.flow_id
+    job_key = f"{key}|{span}"
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        try:
+            s = llm_summary(api, url, auth, model, turns, prior_text=prior.text if prior else None,
+                            messages=messages + (prior.messages if prior else 0),
+                            tokens=tokens + (prior.source_tokens if prior else 0),
+                            max_tokens=cfg.llm_max_tokens, timeout=cfg.llm_timeout_s)
+        except Exception as e:
+            rt.bus.emit("error", {"where": "summariser", "message": f"{type(e).__name__}: {str(e)[:300]}",
+                                  "action": "extractive summary used"}, flow_id=flow_id, session=session)
+            state_cache(rt).put(NS_LLM, job_key, {"failed": True, "ts": time.time()})
+            return
+        state_cache(rt).put(NS_LLM, job_key, {"text": s.text, "messages": s.messages, "source_tokens": s.source_tokens,
+                                        "usage": s.usage, "ts": time.time()})
+        rt.bus.emit("summariser", {"status": "done", "model": model, "usage": s.usage, "span": span,
+                                   "ms": round((time.perf_counter() - t0) * 1000, 1)}, flow_id=flow_id, session=session)
+
+    started = _submit(job_key, run)
+    if started:
+        ctx.emit("summariser", status="started", model=model, span=span, messages=messages, tokens=tokens)
+    return started
+
+
+# ---------------------------------------------------------------------------------------------------
+# the stage
+
+
+def session_key(ctx) -> str:
+    return f"{ctx.tenant}|{ctx.session}"
+
+
+def effective(cfg, level: str | None, window: int) -> tuple[int, int, int, int]:
+    """(soft, hard, target) in tokens and protected turns under a budget level."""
+    f = cfg.level_factors.get(level or "NORMAL", 1.0)
+    protect = max(1, math.ceil(cfg.protect_recent_turns * f))
+    return int(cfg.soft_threshold * f * window), int(cfg.hard_threshold * f * window), int(cfg.target * f * window), protect
+
+
+def _protected_start(api: ApiKind, msgs: list[Any], protect_turns: int) -> int:
+    """First index that must be kept: the ``protect_turns``-th last user turn, and no later than the
+    turn holding the latest assistant message (0: nothing may be compacted). Scans from the end, so
+    it costs what the recent turns cost, not the whole history."""
+    starts: list[int] = []  # turn starts, latest first
+    last_asst = None
+    before_asst = None  # the latest turn start before the latest assistant message
+    for i in range(len(msgs) - 1, -1, -1):
+        e = entry(api, i, msgs[i])
+        if last_asst is None and e.side == "assistant":
+            last_asst = i
+        if e.turn_start:
+            starts.append(i)
+            if before_asst is None and last_asst is not None and i < last_asst:
+                before_asst = i
+        if len(starts) > protect_turns and before_asst is not None:
+            break
+    if len(starts) <= protect_turns:
+        return 0
+    p = starts[protect_turns - 1]
+    if last_asst is not None:
+        if before_asst is None:
+            return 0
+        p = min(p, before_asst)
+    return p
+
+
+def _current_request(api: ApiKind, es, orig: list[Any], start: int, end: int, prior: Summary | None) -> str | None:
+    """The user's request of the turn a cut falls inside, quoted verbatim in the summary (None when
+    the cut is before that turn, whose request then stays in the messages)."""
+    last_asst = next((e.index for e in reversed(es) if e.side == "assistant"), -1)
+    cur = next((e.index for e in reversed(es[:max(0, last_asst)]) if e.turn_start), -1)
+    if cur >= end or cur < 0:
+        return None
+    if cur < start:  # compacted before: the earlier summary quotes it already
+        return (prior.sections.get("current") or [None])[0] if prior else None
+    return "\n".join(p.text for t in transcript(api, [orig[cur]]) for p in t.parts if p.kind == "text" and p.text.strip()) or None
+
+
+def _prior(active: dict[str, Any] | None) -> Summary | None:
+    if not active:
+        return None
+    return Summary(text=active["summary"], sections=active.get("sections") or {}, messages=int(active.get("messages", 0)),
+                   source_tokens=int(active.get("source_tokens", 0)), summariser=active.get("summariser", "extractive"))
+
+
+def _summary_message(api: ApiKind, text: str, cache_control: dict | None):
+    if api is ApiKind.ANTHROPIC:
+        from contextwarden.models.anthropic import Message
+
+        block: dict[str, Any] = {"type": "text", "text": text}
+        if cache_control:
+            block["cache_control"] = cache_control
+        return Message.model_validate({"role": "user", "content": [block]})
+    if api is ApiKind.OPENAI_RESPONSES:
+        return {"role": "user", "content": text}
+    from contextwarden.models.openai_chat import ChatMessage
+
+    return ChatMessage.model_validate({"role": "user", "content": text})
+
+
+def _summary_cache_control(ctx, cfg, kept: list[Any]) -> dict | None:
+    if ctx.api is not ApiKind.ANTHROPIC or not cfg.summary_breakpoint:
+        return None
+    o = ctx.original
+    others = count_breakpoints(o.get("system")) + count_breakpoints(o.get("tools")) + count_breakpoints(kept)
+    if others >= 4:
+        return None
+    if any(t == "1h" for t in breakpoint_ttls(kept)):
+        return {"type": "ephemeral", "ttl": "1h"}
+    return {"type": "ephemeral"}
+
+
+@hookimpl
+def cw_request(ctx) -> None:
+    cfg = ctx.settings.compaction
+    if not cfg.enabled:
+        return
+    api = ctx.api
+    req = ctx.request
+    if api is ApiKind.OPENAI_RESPONSES:
+        if req.previous_response_id or not isinstance(req.input, list):
+            return  # the server holds the history
+        current = req.input
+    else:
+        current = req.messages
+    orig = messages_of(api, ctx.original) or []
+    if len(orig) != len(current):  # an earlier stage added or removed messages: read what it left
+        orig = [m.wire() if hasattr(m, "wire") else m for m in current]
+    n = len(orig)
+    if n < 3:
+        return
+    rt = ctx.runtime
+    tokens = rt.tokens
+    level = ctx.notes.get("level")
+    soft, hard, target, protect = effective(cfg, level, ctx.settings.tokens.context_window)
+    key = session_key(ctx)
+    now = time.time()
+    store = state_cache(rt)
+
+    cleared = ctx.notes.get("clearing") or {}
+    by_index: dict[int, int] = cleared.get("by_index") or {}
+    total_in = ctx.tokens_in if ctx.tokens_in is not None else tokens.count_request(api, ctx.original, ctx.model)
+    total = max(0, total_in - int(cleared.get("freed", 0)))  # what is sent after clearing
+
+    rec = store.get(NS, key) or {}
+    decisions: list[dict[str, Any]] = rec.get("decisions") or []
+    n_expected, warm = _rhythm(store, key, cfg.cache_ttl_s, cfg.expected_requests_max, now, persist=total > soft // 2)
+    if not decisions and total <= soft:
+        return  # the common case costs nothing more
+
+    lead = 0
+    while lead < n and entry(api, lead, orig[lead]).side == "system":
+        lead += 1
+    spans = SpanHasher(orig)
+
+    # 1. the session's earlier decision, if the client still sends the span it covers
+    active = None
+    last_asst = next((i for i in range(n - 1, -1, -1) if entry(api, i, orig[i]).side == "assistant"), -1)
+    for d in decisions:
+        k = int(d.get("end", 0))
+        # (a rewound conversation must still keep its latest assistant message)
+        if d.get("lead") == lead and lead < k <= last_asst and entry(api, k, orig[k]).side == "assistant" \
+                and spans.at(k) == d.get("hash"):
+            active = d
+            break
+    start = int(active["end"]) if active else lead
+    t_now = total
+    if active:
+        cleared_in_span = sum(v for i, v in by_index.items() if lead <= int(i) < start)
+        t_now = total - (int(active["span_tokens"]) - cleared_in_span) + int(active["summary_tokens"])
+
+    # 2. does it need to compact (further)?
+    trigger = None
+    cost = None
+    new: dict[str, Any] | None = None
+    ready: Summary | None = None  # a finished LLM summary of the chosen span
+    if t_now > soft:
+        es = entries(api, orig)
+        tok = [tokens.count_message(api, m, ctx.model) for m in orig]
+        tok_now = [max(0, t - by_index.get(i, 0)) for i, t in enumerate(tok)]
+        fixed = max(0, total - sum(tok_now))  # system + tools: the head no compaction touches
+        prev_summary = int(active["summary_tokens"]) if active else 0
+        est_summary = min(cfg.summary_max_tokens, 400 + prev_summary)
+        limits = [_protected_start(api, orig, protect)]
+        if t_now > hard:
+            # past hard, protection gives way step by step (one long autonomous turn can fill the window):
+            # the latest turn only, then everything before the latest assistant message
+            limits += [_protected_start(api, orig, 1), last_asst]
+        chosen = None
+        plan = rec.get("plan")
+        for hi in limits:
+            cuts = cut_points(es, start, hi) if hi > start else []
+            if not cuts:
+                continue
+            if plan and plan.get("end") in cuts and spans.at(plan["end"]) == plan.get("hash"):
+                chosen = plan["end"]  # the span an LLM summary was started for
+                break
+            acc, j = 0, start
+            for k in cuts:  # the smallest cut that reaches the target, else the largest
+                acc += sum(tok_now[j:k])
+                j = chosen = k
+                if t_now - prev_summary - acc + est_summary <= target:
+                    break
+            if sum(tok_now[start:chosen]) >= cfg.min_span_tokens:
+                break
+        reason = "nothing worth compacting outside the protected turns"
+        if chosen is not None:
+            span_toks = sum(tok_now[start:chosen])
+            t_after = t_now - prev_summary - span_toks + est_summary
+            if span_toks >= cfg.min_span_tokens and t_after < t_now:
+                read, write = CACHE_PRICES.get(api, (0.1, 1.25))
+                cost = pays_off(t_now, t_after, fixed, n_expected, warm, read, write)
+                trigger = "hard" if t_now > hard else "soft" if cost.pays else None
+                reason = "soft threshold: re-writing the cache does not pay yet"
+                if cfg.summariser == "llm":
+                    span = spans.at(chosen)
+                    done = store.get(NS_LLM, f"{key}|{span}")
+                    if done and not done.get("failed"):
+                        ready = Summary(text=done["text"], messages=done["messages"], source_tokens=done["source_tokens"],
+                                        summariser="llm", usage=done.get("usage"))
+                    elif not done:
+                        # started past soft, so the summary is ready when it is needed
+                        _start_llm(ctx, cfg, key, span, transcript(api, orig[start:chosen], tool_calls(api, orig[:chosen])),
+                                   _prior(active), chosen - start, sum(tok[start:chosen]))
+                        if plan != {"end": chosen, "hash": span}:
+                            store.put(NS, key, {**rec, "plan": {"end": chosen, "hash": span}})
+                        if trigger == "soft":
+                            trigger, reason = None, "waiting for the llm summary"
+                if trigger:
+                    new = {"end": chosen, "span_tokens": sum(tok[start:chosen])}
+        if trigger is None:
+            data = dict(applied=False, reason=reason, tokens_before=total, level=str(level or "NORMAL"))
+            if cost is not None:
+                data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
+            ctx.emit("compaction", **data)
+
+    # 3. a new decision: summarise the span (extending the earlier summary)
+    llm_usage = None
+    if new is not None:
+        end = new["end"]
+        prior = _prior(active)
+        turns = transcript(api, orig[start:end], tool_calls(api, orig[:end]))
+        summary = ready
+        if summary is not None:
+            llm_usage = summary.usage
+        else:
+            summary = extractive_summary(turns, messages=end - start, tokens=new["span_tokens"],
+                                         max_chars=cfg.summary_max_tokens * 4, prior=prior,
+                                         current_request=_current_request(api, es, orig, start, end, prior))
+        decision = {"lead": lead, "end": end, "hash": spans.at(end), "summary": summary.text, "sections": summary.sections,
+                    "messages": summary.messages, "source_tokens": summary.source_tokens,
+                    "span_tokens": new["span_tokens"] + (int(active["span_tokens"]) if active else 0),
+                    "summary_tokens": tokens.count_text(summary.text, ctx.model) + 8,
+                    "summariser": summary.summariser, "created": now, "trigger": trigger}
+        decisions = [decision] + [d for d in decisions if d is not active][: MAX_DECISIONS - 1]
+        store.put(NS, key, {"decisions": decisions})
+        compacted = [{"tool_use_id": p.tool_id, "memory_id": memory_id(p.text), "tool": p.tool, "input": p.tool_input,
+                      "text": p.text} for t in turns for p in t.parts if p.kind == "tool_result" and p.text.strip()]
+        if compacted:
+            ctx.notes.setdefault("compacted", []).extend(compacted)
+        active = decision
+
+    if active is None:
+        return
+
+    # 4. apply: [lead messages] + [summary] + messages[end:]
+    end = int(active["end"])
+    cc = _summary_cache_control(ctx, cfg, orig[end:])
+    summary_msg = _summary_message(api, active["summary"], cc)
+    head = list(current[:lead])
+    if api is ApiKind.OPENAI_RESPONSES:
+        req.input = head + [summary_msg] + list(current[end:])
+    else:
+        req.messages = head + [summary_msg] + list(current[end:])
+    cleared_in_span = sum(v for i, v in by_index.items() if lead <= int(i) < end)
+    t_after = total - (int(active["span_tokens"]) - cleared_in_span) + int(active["summary_tokens"])
+    reused = new is None
+    ctx.notes["compaction"] = {"lead": lead, "end": end, "reused": reused, "summary_tokens": active["summary_tokens"],
+                               "messages": end - lead}
+    data: dict[str, Any] = dict(applied=True, messages=end - lead, tokens_before=total, tokens_after=t_after,
+                                summary_tokens=active["summary_tokens"], reused=reused,
+                                summariser=active.get("summariser", "extractive"), level=str(level or "NORMAL"),
+                                trigger=trigger or "reuse", breakpoint=cc is not None)
+    if cost is not None and not reused:
+        data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
+    if llm_usage:
+        data["llm_usage"] = llm_usage
+    ctx.emit("compaction", **data)
+
+
+@hookimpl
+def cw_shutdown(runtime) -> None:
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)

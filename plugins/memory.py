@@ -1,1 +1,239 @@
-"""Built-in stage `memory` (being written)."""
+"""Built-in stage ``memory``: brings back what the history lost, and remembers every completed turn.
+
+``cw_request`` (last in the pipeline, after clearing and compaction took their share) searches the
+tenant's memory with the last user message, keeps only items the outgoing request no longer holds,
+cuts them to ``memory.top_k`` and ``memory.budget_fraction`` of the context window, and appends them as
+one delimited block at the end of the last user message (cache-safe: see
+:mod:`contextwarden.memory.inject`). A ``memory`` event reports what was injected (ids, scores, tokens,
+ms) or why nothing was (``skipped``). Whatever goes wrong here, the request goes on without memory: the
+other stages' work is kept.
+
+``cw_turn_complete`` (off the request path) hands the request's new messages and the assistant's turn to
+the ingestor's bounded queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import orjson
+
+from contextwarden import hookimpl
+from contextwarden.memory import service as memory_service
+from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, inject, render_block, render_item,
+                                         strip_blocks)
+from contextwarden.memory.retrieve import HistoryIndex, build_query, history_texts, messages_of, role_of, select
+from contextwarden.models.base import ApiKind
+
+STATE_NS = "memory.ingested"
+MIN_BUDGET = 48  # tokens: below this nothing useful fits
+
+
+@hookimpl
+def cw_configure(runtime) -> None:
+    memory_service.configure(runtime)
+
+
+@hookimpl
+def cw_shutdown(runtime) -> None:
+    memory_service.shutdown(runtime)
+
+
+def _count(ctx, text: str) -> int:
+    try:
+        return ctx.runtime.tokens.count_text(text, ctx.model)
+    except Exception:
+        return len(text) // 4 + 1
+
+
+def _request_tokens(ctx) -> int | None:
+    try:
+        return ctx.runtime.tokens.count_request(ctx.api, ctx.request, ctx.model)
+    except Exception:
+        return ctx.tokens_in
+
+
+@hookimpl
+def cw_request(ctx) -> None:
+    m = ctx.settings.memory
+    if not m.enabled:
+        return
+    t0 = time.perf_counter()
+    result = {"injected": 0, "tokens": 0, "ids": [], "scores": [], "skipped": None}
+
+    def finish(**extra) -> None:
+        result.update(extra)
+        result["ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        ctx.notes["memory"] = result
+        ctx.emit("memory", **result)
+
+    if not m.inject:
+        return finish(skipped="inject off")
+    svc = memory_service.get_service(ctx.runtime)
+    if svc is None or not svc.ready.is_set():
+        return finish(skipped="starting")
+    if not svc.available:
+        return finish(skipped="unavailable", error=svc.error)
+    try:
+        _retrieve_and_inject(ctx, svc, t0, result, finish)
+    except Exception as e:  # memory is an extra: the request goes on with the other stages' work
+        ctx.emit("error", where="memory", message=f"{type(e).__name__}: {e}", action="forwarded without memory")
+        finish(skipped="error", injected=0, ids=[], scores=[], tokens=0)
+
+
+def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
+    m = ctx.settings.memory
+    original = messages_of(ctx.api, ctx.original)
+    query, _ = build_query(ctx.api, original, ctx.notes.get("clean_text") or {})
+    if query is None:
+        return finish(skipped="no user text")
+    window = ctx.settings.tokens.context_window
+    want = int(m.budget_fraction * window)
+    # the stages before this one only ever shrink the request, so the original's size bounds it: count
+    # the rewritten body (a full walk of it) only when that bound leaves too little room
+    used = ctx.tokens_in if ctx.tokens_in is not None and ctx.tokens_in + want <= window else _request_tokens(ctx) or 0
+    overhead = _count(ctx, BLOCK_OVERHEAD_TEXT)
+    budget = min(want, window - used) - overhead
+    if budget < MIN_BUDGET:
+        return finish(skipped="no room", budget=max(0, budget))
+    history = HistoryIndex(history_texts(ctx.api, ctx.request))
+    exclude = history.__contains__
+    deadline = t0 + m.timeout_ms / 1000
+    try:
+        ret = svc.search(query, [ctx.tenant], workspace=m.shared_workspace, exclude=exclude,
+                         timeout_s=max(0.0, deadline - time.perf_counter()), settings=ctx.settings)
+    except TimeoutError as e:
+        ctx.emit("error", where="memory", message=f"retrieval timed out: {e}", action="forwarded without memory")
+        return finish(skipped="timeout", budget=budget)
+    if ret.skipped:
+        return finish(skipped=ret.skipped, budget=budget)
+    hits = select(ret, budget=budget, top_k=m.top_k, count=lambda s: _count(ctx, s), render=render_item,
+                  min_score=m.min_score, active_tags=set(ctx.notes.get("active_tags") or ()))
+    info = {"budget": budget, "candidates": ret.candidates, "in_history": ret.in_history,
+            "active_skipped": ret.active, "mode": ret.mode, "timings": ret.timings, "workspace": m.shared_workspace}
+    if not hits:
+        reason = "active topics" if ret.active else ("nothing relevant" if ret.candidates else "no candidates")
+        return finish(skipped=reason, **info)
+    block = render_block([h.item for h in hits])
+    try:
+        where = inject(ctx.api, ctx.request, block)
+    except NotInjectable as e:
+        return finish(skipped=str(e), **info)
+    finish(injected=len(hits), tokens=_count(ctx, block), ids=[h.item.memory_id for h in hits],
+           scores=[h.scores() for h in hits], where=where,
+           sessions=sorted({str(h.item.session) for h in hits}), **info)
+
+
+# --- remembering -----------------------------------------------------------------------------------------
+def _fingerprint(api: ApiKind, msg) -> str:
+    """A message's identity for the ingestion marker: role and content without cache_control (Claude
+    Code moves its breakpoints every turn; that must not look like a rewritten history)."""
+    from contextwarden.conversation import strip_cache_control
+
+    m = msg.wire() if hasattr(msg, "wire") else msg
+    return hashlib.blake2b(orjson.dumps(strip_cache_control(m), option=orjson.OPT_SORT_KEYS, default=str),
+                           digest_size=12).hexdigest()
+
+
+def _assistant_messages(ctx, turn) -> list:
+    msg = getattr(turn, "message", None)
+    if not isinstance(msg, dict):
+        return []
+    if ctx.api is ApiKind.OPENAI_RESPONSES:
+        out = msg.get("output")
+        return [o for o in out if isinstance(o, dict)] if isinstance(out, list) else []
+    return [msg]
+
+
+def _result_index(msgs: list) -> dict[str, int]:
+    """tool call id -> index of the message holding its result."""
+    out: dict[str, int] = {}
+    for i, m in enumerate(msgs):
+        m = m.wire() if hasattr(m, "wire") else m
+        if not isinstance(m, dict):
+            continue
+        for key in ("tool_call_id", "call_id"):
+            if isinstance(m.get(key), str):
+                out[m[key]] = i
+        c = m.get("content")
+        if isinstance(c, list):
+            for b in c:
+                if isinstance(b, dict) and isinstance(b.get("tool_use_id"), str):
+                    out[b["tool_use_id"]] = i
+    return out
+
+
+def _stubbed_items(ctx, msgs: list, workspace: str | None) -> list:
+    """Tool results the clearing and compaction stages replaced for the first time in this request, as
+    items whose ``source_id`` is the id their stub names (normally already stored when their turn
+    completed; this covers a memory that was off or lost then; the store deduplicates)."""
+    from contextwarden.memory.items import MemoryItem
+
+    entries = [e for e in (ctx.notes.get("cleared") or []) + (ctx.notes.get("compacted") or [])
+               if e.get("new") is not False and e.get("text") and e.get("memory_id")]
+    if not entries:
+        return []
+    where = _result_index(msgs)
+    out = []
+    for entry in entries:
+        turn = where.get(entry.get("tool_use_id"), entry.get("message_index"))
+        out.append(MemoryItem(text=entry["text"], session=ctx.session, tenant=ctx.tenant,
+                              turn=int(turn) if isinstance(turn, int) else 0, role="tool",
+                              kind="tool_result", tool=entry.get("tool"), workspace=workspace,
+                              source_id=entry["memory_id"]))
+    return out
+
+
+def items_for_turn(ctx, turn, tagger) -> tuple[list, int]:
+    """The items a completed turn adds to memory (the request's messages not stored before, and the
+    assistant's reply), and the new ingestion marker (how many request messages are now stored)."""
+    from contextwarden.memory.ingest import items_from_messages
+
+    m = ctx.settings.memory
+    msgs = messages_of(ctx.api, ctx.original)
+    key = f"{ctx.tenant}:{ctx.session}"
+    mark = ctx.runtime.state.get(STATE_NS, key) or {}
+    start = int(mark.get("n", 0))
+    if start > len(msgs) or (start and _fingerprint(ctx.api, msgs[start - 1]) != mark.get("h")):
+        start = 0  # the client rewrote its history (its own compaction, a fork): store what is new to the store
+    raw_clean = ctx.notes.get("clean_text") or {}
+    clean = {}
+    for i in range(start, len(msgs)):
+        c = raw_clean.get(i)
+        if c is not None and role_of(msgs[i]) == "user":
+            from contextwarden.memory.retrieve import human_text
+
+            h = human_text(ctx.api, msgs[i])
+            if c != h and len(c) <= len(h):  # envelopes removed, and no tool results mixed in
+                clean[i] = c
+    ws = m.shared_workspace
+    items = items_from_messages(msgs[start:], ctx.api, ctx.session, ctx.tenant, start, clean_text=clean, workspace=ws)
+    if turn is not None and not getattr(turn, "error", None):
+        items += items_from_messages(_assistant_messages(ctx, turn), ctx.api, ctx.session, ctx.tenant, len(msgs),
+                                     workspace=ws)
+    items += _stubbed_items(ctx, msgs, ws)
+    out = []
+    for it in items:
+        it.text = strip_blocks(it.text)
+        if it.text.strip():
+            it.tags = tagger.tag(it.text)
+            out.append(it)
+    return out, len(msgs)
+
+
+@hookimpl
+def cw_turn_complete(ctx, turn) -> None:
+    if ctx is None or not ctx.settings.memory.enabled:
+        return
+    svc = memory_service.get_service(ctx.runtime)
+    if svc is None:
+        return
+    if not svc.ready.wait(10) or not svc.available:
+        return
+    items, n = items_for_turn(ctx, turn, svc.tagger)
+    if not items or svc.submit(items):
+        msgs = messages_of(ctx.api, ctx.original)
+        if msgs:
+            ctx.runtime.state.put(STATE_NS, f"{ctx.tenant}:{ctx.session}",
+                                  {"n": n, "h": _fingerprint(ctx.api, msgs[n - 1])})

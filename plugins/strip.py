@@ -1,1 +1,224 @@
-"""Built-in stage `strip` (being written)."""
+"""Built-in stage ``strip``: removes channel envelopes from message text.
+
+OpenClaw (and the virtual-context tagger plugin) wrap what a user typed in transport metadata:
+
+- ``[vc:prompt]`` marker on the first line (``vc_prompt``);
+- ``[vc:user]...[/vc:user]`` wrapper around the real text, which is kept (``vc_user``);
+- ``System: [2026-01-02 10:00:00 UTC] Event happened`` lines prepended to the message (``system_timestamp``);
+- a channel header such as ``[Telegram Alice (@alice) id:123 +5m 2026-01-02 10:00 UTC]`` (``channel_header``);
+- a ``[message_id: 123]`` footer (``message_id``);
+
+plus the profile's ``strip.user_patterns`` (regular expressions whose matches are removed).
+
+By default the wire is left alone: the cleaned plain text of every message goes to
+``ctx.notes["clean_text"]`` (message index -> text) for tagging and memory, which would otherwise learn
+"telegram" and "message_id" as topics. With ``strip.rewrite_outgoing`` the user messages' text blocks
+are also rewritten; cleaning is a pure function of the text, so an old message comes out the same
+every turn and the provider's cached prefix stays stable. A message that would become empty is left
+as it was.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from contextwarden import hookimpl
+from contextwarden.models import ApiKind
+from contextwarden.models import anthropic as am
+from contextwarden.models import openai_chat as oc
+from contextwarden.models import openai_responses as orr
+
+_VC_PROMPT = re.compile(r"\A\s*\[vc:prompt\][ \t]*(?:\r?\n\s*)?")
+_VC_USER = re.compile(r"\[vc:user\](.*?)\[/vc:user\]", re.S)
+_SYSTEM_EVENTS = re.compile(r"\A(?:[ \t]*System:[ \t]*\[[^\]\n]*\][^\n]*(?:\r?\n|\Z)\s*)+")
+_CHANNELS = ("Telegram|WhatsApp|Discord|Slack|Signal|iMessage|BlueBubbles|WebChat|Matrix|Teams|Mattermost|"
+             "Line|LINE|Zalo|Feishu|Lark|Google Chat|GoogleChat|Twitch|Nostr|IRC|SMS|Email")
+_CHANNEL_HEADER = re.compile(
+    r"\A\s*\[(?:[A-Z][A-Za-z]*[ \t][^\]\n]*\bid:-?\w+\b[^\]\n]*"  # any channel, with an id:N field
+    rf"|(?:{_CHANNELS})[ \t][^\]\n]*\d{{4}}-\d{{2}}-\d{{2}}[^\]\n]*)\][ \t]*(?:\r?\n)?")  # known channel, dated
+_MESSAGE_ID = re.compile(r"(?:\r?\n)?[ \t]*\[message_id:[ \t]*[^\]\n]+\][ \t]*\s*\Z")
+
+BUILTIN = ("vc_prompt", "vc_user", "system_timestamp", "channel_header", "message_id")
+
+
+def _sub(rx: re.Pattern, repl: str | Callable, needle: str | None = None, head: bool = False,
+         tail: int = 0) -> Callable[[str], tuple[str, int]]:
+    """A pattern step. Long tool outputs pass through here every request, so each built-in first checks
+    cheaply whether it can match at all: ``head`` patterns only where the text starts with ``needle``,
+    ``tail`` patterns only in the last ``tail`` characters, others only when ``needle`` occurs."""
+
+    def step(text: str) -> tuple[str, int]:
+        if needle is not None:
+            if head:
+                if not text.lstrip()[: len(needle)] == needle:
+                    return text, 0
+            elif needle not in (text[-tail:] if tail else text):
+                return text, 0
+        if tail and len(text) > tail:
+            cut = len(text) - tail
+            new, n = rx.subn(repl, text[cut:])
+            return (text[:cut] + new, n) if n else (text, 0)
+        return rx.subn(repl, text)
+
+    return step
+
+
+_BUILTIN_FNS: dict[str, Callable[[str], tuple[str, int]]] = {
+    "vc_prompt": _sub(_VC_PROMPT, "", "[vc:prompt]", head=True),
+    "vc_user": _sub(_VC_USER, lambda m: m.group(1).strip(), "[vc:user]"),
+    "system_timestamp": _sub(_SYSTEM_EVENTS, "", "System:", head=True),
+    "channel_header": _sub(_CHANNEL_HEADER, "", "[", head=True),
+    "message_id": _sub(_MESSAGE_ID, "", "[message_id:", tail=256),
+}
+
+
+class Stripper:
+    """The compiled patterns of one profile; ``clean(text)`` is deterministic."""
+
+    def __init__(self, enabled: list[str], user_patterns: list[str]) -> None:
+        self.steps: list[tuple[str, Callable[[str], tuple[str, int]]]] = []
+        self.errors: list[str] = []
+        for name in BUILTIN:  # fixed order: the marker and wrappers first, then headers, then the footer
+            if name in enabled:
+                self.steps.append((name, _BUILTIN_FNS[name]))
+        for name in enabled:
+            if name not in _BUILTIN_FNS:
+                self.errors.append(f"unknown strip pattern {name!r} (known: {', '.join(BUILTIN)})")
+        for i, pat in enumerate(user_patterns):
+            try:
+                rx = re.compile(pat)
+            except re.error as e:
+                self.errors.append(f"strip.user_patterns[{i}] {pat!r}: {e}")
+                continue
+            self.steps.append((f"user_{i}", lambda text, _rx=rx: _rx.subn("", text)))
+
+    def clean(self, text: str) -> tuple[str, dict[str, int]]:
+        """The text without envelopes, and how many matches of each pattern were removed."""
+        counts: dict[str, int] = {}
+        if not text:
+            return text, counts
+        out = text
+        for name, fn in self.steps:
+            out, n = fn(out)
+            if n:
+                counts[name] = counts.get(name, 0) + n
+        if counts:
+            out = out.strip()
+        return out, counts
+
+
+_cache: dict[tuple, Stripper] = {}
+
+
+def stripper_for(settings) -> Stripper:
+    """The compiled stripper of a ``strip`` settings section (compiled once per distinct setting)."""
+    key = (tuple(settings.enabled_patterns), tuple(settings.user_patterns))
+    s = _cache.get(key)
+    if s is None:
+        s = _cache[key] = Stripper(list(settings.enabled_patterns), list(settings.user_patterns))
+    return s
+
+
+@hookimpl
+def cw_configure(runtime) -> None:
+    s = stripper_for(runtime.settings.strip)
+    for err in s.errors:
+        runtime.bus.emit("error", {"where": "strip", "message": err, "action": "pattern skipped"})
+
+
+def _message_text(api: ApiKind, m: Any) -> str:
+    if api is ApiKind.ANTHROPIC:
+        return am.message_text(m)
+    if api is ApiKind.OPENAI_RESPONSES:
+        return orr.item_text(m)
+    return oc.message_text(m)
+
+
+def _rewrite_anthropic(m: am.Message, s: Stripper) -> bool:
+    if isinstance(m.content, str):
+        new, counts = s.clean(m.content)
+        if counts and new.strip():
+            m.content = new
+            return True
+        return False
+    changed = False
+    for b in m.content:
+        if isinstance(b, am.TextBlock):
+            new, counts = s.clean(b.text)
+            if counts and new.strip():
+                b.text = new
+                changed = True
+    return changed
+
+
+def _rewrite_parts(content: Any, s: Stripper, text_types: tuple[str, ...]) -> tuple[Any, bool]:
+    """A copy of a string or list-of-parts content with its text parts cleaned (inputs never mutated)."""
+    if isinstance(content, str):
+        new, counts = s.clean(content)
+        return (new, True) if counts and new.strip() else (content, False)
+    if not isinstance(content, list):
+        return content, False
+    out, changed = [], False
+    for p in content:
+        if isinstance(p, dict) and p.get("type") in text_types and isinstance(p.get("text"), str):
+            new, counts = s.clean(p["text"])
+            if counts and new.strip():
+                p = {**p, "text": new}
+                changed = True
+        out.append(p)
+    return (out, True) if changed else (content, False)
+
+
+@hookimpl
+def cw_request(ctx) -> None:
+    s = stripper_for(ctx.settings.strip)
+    api = ctx.api
+    req = ctx.request
+    items: list = []
+    if api is ApiKind.OPENAI_RESPONSES:
+        inp = req.input
+        items = [inp] if isinstance(inp, str) else (inp if isinstance(inp, list) else [])
+    else:
+        items = req.messages
+    clean: dict[int, str] = {}
+    totals: dict[str, int] = {}
+    cleaned = 0
+    for i, m in enumerate(items):
+        text, counts = s.clean(_message_text(api, m))
+        clean[i] = text
+        if counts:
+            cleaned += 1
+            for k, v in counts.items():
+                totals[k] = totals.get(k, 0) + v
+    ctx.notes["clean_text"] = clean
+
+    rewritten = 0
+    if ctx.settings.strip.rewrite_outgoing and cleaned:
+        if api is ApiKind.ANTHROPIC:
+            rewritten = sum(1 for m in req.messages if m.role == "user" and _rewrite_anthropic(m, s))
+        elif api in (ApiKind.OPENAI_CHAT, ApiKind.OLLAMA_CHAT):
+            for m in req.messages:
+                if m.role == "user":
+                    c, ch = _rewrite_parts(m.content, s, ("text",))
+                    if ch:
+                        m.content = c
+                        rewritten += 1
+        elif isinstance(req.input, str):
+            c, ch = _rewrite_parts(req.input, s, ())
+            if ch:
+                req.input = c
+                rewritten = 1
+        elif isinstance(req.input, list):
+            new_items = []
+            for it in req.input:
+                if isinstance(it, dict) and it.get("role") == "user" and it.get("type") in (None, "message"):
+                    c, ch = _rewrite_parts(it.get("content"), s, ("input_text", "text"))
+                    if ch:
+                        it = {**it, "content": c}
+                        rewritten += 1
+                new_items.append(it)
+            if rewritten:
+                req.input = new_items
+    ctx.emit("strip", messages=len(items), cleaned=cleaned, patterns=totals, rewritten=rewritten,
+             rewrite_outgoing=ctx.settings.strip.rewrite_outgoing)

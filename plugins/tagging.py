@@ -1,1 +1,64 @@
-"""Built-in stage `tagging` (being written)."""
+"""Built-in stage ``tagging``: topic tags of the turn being asked, and the topics the history is on.
+
+``ctx.notes["tags"]`` gets the keyword tags of the last user message (cleaned of channel envelopes by
+the ``strip`` stage); ``ctx.notes["active_tags"]`` the tags of the ``tagging.active_turns`` messages just
+before it, which the history still holds in full: the memory stage does not inject items that are only
+about those topics. Both go out in a ``tags`` event (and the ``turn`` event repeats the turn's tags).
+The tagger works offline; ``tagging.embedding_tagger`` adds the nearest known tags by embedding.
+"""
+
+from __future__ import annotations
+
+import time
+
+from contextwarden import hookimpl
+from contextwarden.memory.retrieve import build_query, human_text, messages_of, role_of
+from contextwarden.memory.tagger import Tagger, tag_key
+
+_taggers: dict[tuple, Tagger] = {}
+
+
+def tagger_for(ctx_or_runtime, settings=None) -> Tagger:
+    """The memory service's tagger when there is one (it may embed), else a keyword tagger."""
+    runtime = getattr(ctx_or_runtime, "runtime", ctx_or_runtime)
+    settings = settings or getattr(ctx_or_runtime, "settings", None) or runtime.settings
+    try:
+        from contextwarden.memory.service import get_service
+
+        svc = get_service(runtime)
+        if svc is not None and svc.tagger.settings == settings.tagging:
+            return svc.tagger
+    except Exception:
+        pass
+    t = settings.tagging
+    key = (t.max_tags, t.merge_similarity)
+    tagger = _taggers.get(key)
+    if tagger is None:
+        tagger = _taggers[key] = Tagger(t)
+    return tagger
+
+
+@hookimpl
+def cw_request(ctx) -> None:
+    t = ctx.settings.tagging
+    if not t.enabled:
+        return
+    t0 = time.perf_counter()
+    tagger = tagger_for(ctx)
+    msgs = messages_of(ctx.api, ctx.original)
+    clean = ctx.notes.get("clean_text") or {}
+    query, idx = build_query(ctx.api, msgs, clean, context_messages=0)
+    tags = tagger.tag(query.text) if query is not None else []
+    active: set[str] = set()
+    if idx is not None and t.active_turns > 0:
+        for j in range(idx - 1, max(-1, idx - 1 - t.active_turns), -1):
+            if role_of(msgs[j]) == "system":
+                continue
+            text = human_text(ctx.api, msgs[j])
+            c = clean.get(j)
+            if c and len(c) <= len(text):
+                text = c
+            active.update(tag_key(x) for x in tagger.tag(text))
+    ctx.notes["tags"] = tags
+    ctx.notes["active_tags"] = sorted(active)
+    ctx.emit("tags", tags=tags, active=sorted(active), ms=round((time.perf_counter() - t0) * 1000, 3))

@@ -76,6 +76,9 @@ def test_vector_query_finds_by_meaning_and_never_crosses_tenants(cw_home):
     cross = [h for q in ("401 expired token", "Caroline dog", "Postgres") for h, _ in s.vector_query(q, ["t-b"], 10)]
     assert cross and {h.tenant for h in cross} == {"t-b"}
     assert s.vector_query("anything", [], 5) == []
+    assert s.vector_query("anything", ["t-never-stored"], 5) == []
+    # isolation is structural: each tenant's vectors are a collection of their own
+    assert s.stats()["partitions"] == 2
     # an extra where narrows within the tenant
     only1 = s.vector_query("database", ["t-a"], 5, where={"turn": 1})
     assert [h.turn for h, _ in only1] == [1]
@@ -94,6 +97,18 @@ def test_shared_workspace_is_readable_by_every_tenant_that_names_it(cw_home):
     assert [h.text for h, _ in hits] == ["runbook: restart the ingest worker with systemctl"]
     assert s.vector_query("how to restart the worker", ["t-b"], 10) == []
     assert len(list(s.iter_items(["t-b"], workspace="ops"))) == 1
+    s.close()
+
+
+def test_partition_names_are_valid_and_distinct(cw_home):
+    from contextwarden.memory.store import partition_name
+
+    names = {partition_name("t-0123456789abcdef"), partition_name("anonymous"), partition_name("x", "team ops/ü"),
+             partition_name("x", "team-ops-"), partition_name("y", "team ops/ü")}
+    assert len(names) == 4  # the workspace decides, not the tenant
+    s = store(cw_home)
+    s.add([item("note in an oddly named workspace", workspace="team ops/ü " + "z" * 80)])
+    assert s.vector_query("note", ["t-other"], 3, workspace="team ops/ü " + "z" * 80)[0][0].text.startswith("note")
     s.close()
 
 
@@ -233,3 +248,48 @@ def test_unreachable_chroma_server_is_reported_not_raised(cw_home):
     with pytest.raises(RuntimeError):
         s.add([item("x")])
     s.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_chroma_server_shared_by_two_proxies_and_reconnects(cw_home, tmp_path):
+    import urllib.request
+    from pathlib import Path
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    a = MemoryStore(cw_home, MemorySection(chroma_url=url), embedder())
+    assert not a.available and url.split("//")[1] in a.error  # the server is not up yet
+    chroma = Path(sys.executable).with_name("chroma")
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "srv"), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "ANONYMIZED_TELEMETRY": "False"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "chroma server did not start"
+                time.sleep(0.2)
+        # the server came up: the next write reconnects, no restart needed
+        assert a.add([item("shared runbook: rotate the TLS cert with certbot", tenant="t-a"),
+                      item("tenant b private notes on certs", tenant="t-b")]) == 2
+        assert a.available
+        b = MemoryStore(tmp_path / "other-proxy-home", MemorySection(chroma_url=url), embedder())
+        assert b.available and b.count() == 2
+        assert b.add([item("shared runbook: rotate the TLS cert with certbot", tenant="t-a")]) == 0  # dedup across proxies
+        hits = b.vector_query("how do I renew the certificate", ["t-a"], 10)
+        assert [h.tenant for h, _ in hits] == ["t-a"]
+        assert not (cw_home / "memory.lock").exists() and not (cw_home / "chroma").exists()
+        b.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        a.close()

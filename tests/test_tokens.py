@@ -322,3 +322,17 @@ def test_observer_turn_complete_calibrates_through_the_runtime(cw_home):
         assert rt.state.get("calibration", ctx.model)["n"] == 1
     finally:
         rt.close()
+
+
+def test_earlier_turns_thinking_is_not_counted_where_the_provider_drops_it(counter):
+    think = {"type": "thinking", "thinking": "deliberating at length " * 100, "signature": "sig"}
+    msgs = [{"role": "user", "content": "first task"},
+            {"role": "assistant", "content": [think, {"type": "text", "text": "done"}]},
+            {"role": "user", "content": "second task"},
+            {"role": "assistant", "content": [dict(think, signature="s2"), {"type": "tool_use", "id": "t", "name": "x", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "ok"}]}]
+    t = counter.count_block(ApiKind.ANTHROPIC, think)
+    keep = counter.count_request(ApiKind.ANTHROPIC, {"model": "claude-opus-4-8", "messages": msgs})
+    drop = counter.count_request(ApiKind.ANTHROPIC, {"model": "claude-opus-4-20250514", "messages": msgs})
+    assert keep - drop == t  # only the first turn's thinking goes; the current tool loop's stays
+    assert counter.count_request(ApiKind.ANTHROPIC, {"messages": msgs}) == keep  # unknown model: kept

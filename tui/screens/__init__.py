@@ -1,0 +1,1 @@
+"""Screens: main (tabs), inspector (body diff), settings (run-time changes)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -20,10 +21,13 @@ def _grid() -> Table:
     return t
 
 
-def traffic_table(store: Store, now: float) -> Table:
+def _head(title: str) -> Text:
+    return Text(title, style="bold underline", no_wrap=True, overflow="ellipsis")
+
+
+def traffic_table(store: Store, now: float) -> Group:
     tot = store.totals
     t = _grid()
-    t.add_row(Text("Traffic", style="bold underline"), "")
     t.add_row("uptime", fmt.duration(store.uptime(now)) if store.runtime_started else "–")
     t.add_row("requests", fmt.num(tot.requests))
     t.add_row("turns", fmt.num(tot.turns))
@@ -34,32 +38,33 @@ def traffic_table(store: Store, now: float) -> Table:
     t.add_row("errors", Text(fmt.num(tot.errors), style="red" if tot.errors else ""))
     if tot.blocked:
         t.add_row("blocked (budget)", fmt.num(tot.blocked))
-    return t
+    return Group(_head("Traffic"), t)
 
 
-def tokens_table(store: Store) -> Table:
+def tokens_table(store: Store) -> Group:
     tot = store.totals
     t = _grid()
-    t.add_row(Text("Tokens, counted by the proxy", style="bold underline"), "")
     t.add_row("in (as the client sent)", fmt.num(tot.tokens_in))
     t.add_row("sent upstream", fmt.num(tot.tokens_sent))
-    t.add_row("freed (clearing+compaction)", fmt.num(tot.tokens_freed))
+    t.add_row("freed (clear+compact)", fmt.num(tot.tokens_freed))
     t.add_row("memory injected", fmt.num(tot.memory_tokens))
-    t.add_row(Text(f"Provider usage, reported ({fmt.num(tot.measured_turns)} turns)", style="bold underline"), "")
-    t.add_row("input · output", f"{fmt.num(tot.usage_input)} · {fmt.num(tot.usage_output)}")
-    t.add_row("cache write · read", f"{fmt.num(tot.usage_cache_write)} · {fmt.num(tot.usage_cache_read)}")
-    t.add_row(Text("Cost, caching model 1/1.25/0.1x", style="bold underline"), "")
+    u = _grid()
+    u.add_row("input · output", f"{fmt.num(tot.usage_input)} · {fmt.num(tot.usage_output)}")
+    u.add_row("cache write · read", f"{fmt.num(tot.usage_cache_write)} · {fmt.num(tot.usage_cache_read)}")
+    c = _grid()
     if tot.measured_turns:
-        t.add_row("billed input (measured)", f"{fmt.num(tot.billed_units)} u")
+        c.add_row("billed input (measured)", f"{fmt.num(tot.billed_units)} u")
         if tot.saving_turns_tokens_sent:
             base = tot.billed_units + tot.est_saved_units
             share = f" {tot.est_saved_units / base * 100:.0f}%" if base > 0 else ""
-            t.add_row(Text("saved (estimate)", style="italic"), Text(f"≈{fmt.num(tot.est_saved_units)} u{share}", style="italic"))
+            c.add_row(Text("saved (estimate)", style="italic"), Text(f"≈{fmt.num(tot.est_saved_units)} u{share}", style="italic"))
         else:
-            t.add_row(Text("saved (estimate)", style="italic"), "–")
+            c.add_row(Text("saved (estimate)", style="italic"), "–")
     else:
-        t.add_row(Text("no provider usage yet", style="dim"), "")
-    return t
+        c.add_row(Text("no provider usage yet", style="dim"), "")
+    return Group(_head("Tokens, counted by the proxy"), t,
+                 _head(f"Provider usage, reported ({fmt.num(tot.measured_turns)} turns)"), u,
+                 _head("Cost, cache pricing 1x/1.25x/0.1x"), c)
 
 
 class Overview(Vertical):

@@ -12,11 +12,13 @@ from .. import format as fmt
 from ..store import RequestRow, Store
 from .synctable import SyncTable
 
-COLUMNS = [("turn", "turn", 4), ("session", "session", 8), ("tags", "tags", 14), ("in", "in", 6),
-           ("sent", "sent", 6), ("mem", "mem", 4), ("stages", "stages ms", 9), ("up", "up ms", 6),
-           ("status", "st", 3), ("level", "lvl", 4), ("time", "time", 8)]
+# Fits 80 columns with the scrollbar; the time and every stage's ms are in the detail lines below.
+COLUMNS = [("turn", "turn", 4), ("session", "session", 8), ("tags", "tags", 12), ("in", "in", 6),
+           ("sent", "sent", 6), ("mem", "mem", 4), ("stages", "stages", 8), ("up", "up ms", 5),
+           ("status", "st", 3), ("level", "lvl", 3)]
 
 LEVEL_STYLE = {"NORMAL": "", "REDUCED": "yellow", "MINIMAL": "bold yellow", "BLOCKED": "bold red"}
+LEVEL_SHORT = {"NORMAL": "–", "REDUCED": "RDC", "MINIMAL": "MIN", "BLOCKED": "BLK"}
 
 
 def stages_cell(row: RequestRow) -> str:
@@ -46,44 +48,52 @@ def row_cells(row: RequestRow) -> tuple:
         Text(fmt.num(row.mem_tokens) if row.mem_tokens else "–", style=style, justify="right"),
         Text(stages_cell(row) if not row.ingested else "history", style=style or ("red" if "!" in stages_cell(row) else "")),
         Text(fmt.ms(row.upstream_ms), style=style, justify="right"),
-        Text(str(status) if status is not None else "…", style=st_style),
-        Text(level[:4] if level else "–", style=style or LEVEL_STYLE.get(level, "")),
-        Text(fmt.clock(row.ts), style=style or "dim"),
+        Text(str(status) if status is not None else ("–" if row.ingested else "…"), style=st_style),
+        Text(LEVEL_SHORT.get(level, level[:3]) if level else "–", style=style or LEVEL_STYLE.get(level, "")),
     )
     return cells
 
 
 def detail_text(row: RequestRow | None) -> Text:
+    """Three lines, each cut to the width rather than wrapped: what the request was, every stage's
+    time, what happened upstream."""
     if row is None:
         return Text("no request selected · enter: inspect bodies · b: bypass session · e: export session", style="dim")
-    t = Text()
+    t = Text(no_wrap=True, overflow="ellipsis")
     if row.ingested:
-        t.append("ingested from history ", style="dim italic")
+        t.append("ingested from history · ", style="dim italic")
+    t.append(f"{fmt.clock(row.ts)} ", style="dim")
     t.append(f"{row.flow_id[:12]} ", style="bold")
-    t.append(f"{row.api or '?'} {row.model or ''} {row.mode}".strip() + f" · {row.messages if row.messages is not None else '?'} msgs")
+    t.append(" ".join(x for x in (row.model, row.mode if row.mode != "active" else None) if x)
+             + f" · {row.messages if row.messages is not None else '?'} msgs")
+    if row.level:
+        t.append(f" · level {row.level}", style=LEVEL_STYLE.get(row.level.upper(), ""))
     if row.tags:
-        t.append(" · tags ")
+        t.append(" · ")
         t.append(", ".join(row.tags), style="cyan")
-    t.append("\nstages ")
+    t.append("\n")
     if row.stages:
         t.append(" ".join(f"{s} {fmt.ms(v)}" + ("" if row.stage_status.get(s, "ok") == "ok" else f" ({row.stage_status[s]})")
                           for s, v in row.stages.items()))
-        if row.pipeline_ms is not None:
-            t.append(f" · pipeline {fmt.ms(row.pipeline_ms)} ms")
     else:
-        t.append("none ran" if row.mode in ("observe", "bypass") else "–")
-    t.append(f" · upstream {fmt.ms(row.upstream_ms)} ms")
+        t.append("no stage ran" if row.mode in ("observe", "bypass") else "stages –", style="dim")
+    t.append("\n")
+    if row.pipeline_ms is not None:
+        t.append(f"pipeline {fmt.ms(row.pipeline_ms)} ms · ")
+    t.append(f"upstream {fmt.ms(row.upstream_ms)} ms")
+    if row.status is not None:
+        t.append(f" · {row.status}")
     if row.reason:
         t.append(f" · {row.reason}", style="dim")
     if row.error:
-        t.append(f"\n{row.error}", style="red")
+        t.append(f" · {row.error}", style="red")
     return t
 
 
 class RequestLog(Vertical):
     DEFAULT_CSS = """
     RequestLog > SyncTable { height: 1fr; }
-    RequestLog > #request-detail { height: 3; padding: 0 1; background: $boost; }
+    RequestLog > #request-detail { height: 3; padding: 0 1; background: $boost; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     class InspectRequested(Message):
@@ -95,6 +105,7 @@ class RequestLog(Vertical):
         super().__init__(**kw)
         self.limit = limit
         self._rows: dict[str, RequestRow] = {}
+        self._last: list[RequestRow] = []
 
     def compose(self) -> ComposeResult:
         yield SyncTable(COLUMNS, id="requests-table")
@@ -105,10 +116,20 @@ class RequestLog(Vertical):
         return self.query_one(SyncTable)
 
     def refresh_from(self, store: Store) -> None:
-        rows = store.newest_requests(self.limit)
+        self._last = store.newest_requests(self.limit)
+        self._sync()
+
+    def _sync(self) -> None:
+        rows = self._last
         self._rows = {r.flow_id: r for r in rows}
         self.table.sync([(r.flow_id, row_cells(r)) for r in rows])
         self._show_detail()
+
+    def on_resize(self) -> None:
+        """Wider terminals give the tags column the room the fixed columns leave."""
+        fixed = sum(w + 2 for k, _, w in COLUMNS if k != "tags") + 2 + 1  # cell padding, tags padding, scrollbar
+        if self.table.set_width("tags", max(12, min(60, self.size.width - fixed))):
+            self._sync()
 
     def selected(self) -> RequestRow | None:
         key = self.table.highlighted_key()

@@ -83,9 +83,11 @@ class SessionsPanel(Vertical):
         t.append(f"{s.id}", style="bold")
         t.append(" · observe-only (bypassed)" if s.bypass else " · active", style="yellow" if s.bypass else "green")
         t.append(f" · {s.turns} turns · memory {fmt.num(s.mem_tokens)} tok")
-        t.append("\nactive tags: ")
         tags = s.active_tags()
-        t.append(" ".join(f"{tag}×{n}" if n > 1 else tag for tag, n in tags) or "none", style="cyan" if tags else "dim")
+        line = Text("\nactive tags: ")
+        line.append(" ".join(f"{tag}×{n}" if n > 1 else tag for tag, n in tags) or "none", style="cyan" if tags else "dim")
+        line.truncate(width + 1, overflow="ellipsis")
+        t.append_text(line)
         t.append(f"\nsoft {soft:.0%} · hard {hard:.0%} of {fmt.num(store.context_window)} · b: bypass · e: export", style="dim")
         w.update(t)
 

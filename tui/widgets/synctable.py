@@ -28,6 +28,20 @@ class SyncTable(DataTable):
         for key, label, width in self._spec:
             self.add_column(label, key=key, width=width)
 
+    def set_width(self, column: str, width: int) -> bool:
+        """Give a column a new width (columns are rebuilt, so call ``sync`` again). Returns whether it changed."""
+        spec = [(k, label, width if k == column else w) for k, label, w in self._spec]
+        if spec == self._spec:
+            return False
+        self._spec = spec
+        self.clear(columns=True)
+        self._cells.clear()
+        self._first.clear()
+        self._order = []
+        for key, label, w in self._spec:
+            self.add_column(label, key=key, width=w)
+        return True
+
     @property
     def keys(self) -> list[str]:
         return list(self._order)

@@ -15,6 +15,15 @@ class TokensSection(Section):
     calibrate: bool = True
     """Learn a per-model correction factor from the input tokens the provider reports."""
 
+    cache_entries: int = 200_000
+    """Token counts remembered per content hash (messages, blocks, long texts); the least recently used go first."""
+
+    image_tokens: int = 1600
+    """Fixed estimate for one image or base64 document (Anthropic's figure for a full-size ~1.15 MP image)."""
+
+    load_timeout_s: float = 15
+    """How long loading a tiktoken encoding may take (a download without a cache) before estimating instead."""
+
 
 class StripSection(Section):
     enabled_patterns: list[str] = ["vc_prompt", "vc_user", "system_timestamp", "channel_header", "message_id"]
@@ -43,6 +52,13 @@ class ClearingSection(Section):
     exclude_tools: list[str] = []
     """Tool names whose results are never cleared."""
 
+    min_result_tokens: int = 100
+    """Results smaller than this are left alone (their stub would save next to nothing)."""
+
+    level_factors: dict[str, float] = {"REDUCED": 0.75, "MINIMAL": 0.5}
+    """Under a budget level, ``trigger_tokens``, ``keep_recent`` and ``clear_at_least`` are multiplied by
+    this factor (``keep_recent`` rounded up), so clearing starts earlier and keeps less."""
+
 
 class CompactionSection(Section):
     enabled: bool = True
@@ -65,6 +81,35 @@ class CompactionSection(Section):
 
     llm_model: str | None = None
     """Model for the llm summariser; defaults to the request's model."""
+
+    llm_base_url: str | None = None
+    """Where the llm summariser sends its request (scheme://host[:port]); defaults to ``https://<request host>``."""
+
+    llm_timeout_s: float = 60.0
+    """Time limit of one llm summariser call (it runs in the background, never on the request path)."""
+
+    llm_max_tokens: int = 2048
+    """``max_tokens`` of the llm summariser's request."""
+
+    summary_max_tokens: int = 3000
+    """Upper bound of a summary's size (the extractive summariser budgets about 4 characters a token)."""
+
+    min_span_tokens: int = 2000
+    """Do not compact spans smaller than this: the re-written cache costs more than it saves."""
+
+    summary_breakpoint: bool = True
+    """Put a ``cache_control`` breakpoint on the summary when the body has fewer than 4, so the compacted
+    prefix is cached on its own (Anthropic only)."""
+
+    cache_ttl_s: float = 300.0
+    """Prompt-cache lifetime assumed by the soft-threshold cost model (Anthropic's default is 5 minutes)."""
+
+    expected_requests_max: int = 50
+    """Cap on how many further requests the cost model expects to read a compacted prefix."""
+
+    level_factors: dict[str, float] = {"REDUCED": 0.8, "MINIMAL": 0.6}
+    """Under a budget level, ``soft_threshold``, ``hard_threshold`` and ``target`` are multiplied by this
+    factor and ``protect_recent_turns`` too (rounded up, at least 1)."""
 
 
 class BudgetSection(Section):

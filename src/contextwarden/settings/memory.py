@@ -18,6 +18,9 @@ class TaggingSection(Section):
     embedding_tagger: bool = False
     """Also tag with the embedding model (nearest of known tags)."""
 
+    active_turns: int = 4
+    """Recent messages of the history whose tags are the active topics (memory skips items about them)."""
+
 
 class MemorySection(Section):
     enabled: bool = True
@@ -55,3 +58,35 @@ class MemorySection(Section):
 
     timeout_ms: float = 150
     """Retrieval gives up after this long and the request goes without memory."""
+
+    candidates: int = 50
+    """Items each ranking (vector, lexical) contributes to the fusion."""
+
+    rrf_k: float = 30
+    """Reciprocal rank fusion constant: larger flattens the difference between ranks."""
+
+    vector_weight: float = 1.5
+    """Weight of the vector ranking in the fusion."""
+
+    lexical_weight: float = 1.0
+    """Weight of the lexical (BM25) ranking in the fusion."""
+
+    context_weight: float = 0.3
+    """Weight of the turns just before the last user message in the query (0: that message alone)."""
+
+    context_below: int = 3
+    """The turns before join the query only when the last user message has fewer content words than
+    this (a follow-up such as "and the tests?"); a self-contained question is searched alone."""
+
+    common_term_ratio: float = 0.2
+    """Query words that more than this share of the stored items contain (names every message carries)
+    are left out of the vector query: they do not tell items apart but dominate a short query's embedding."""
+
+    min_similarity: float = 0.2
+    """Cosine similarity below which a vector hit does not count in the fusion."""
+
+    neighbour_weight: float = 1.0
+    """Weight, in the fusion, of a third ranking: the messages next to the best hits (0: off)."""
+
+    neighbour_depth: int = 15
+    """How many of the best hits lend their neighbouring messages to that ranking."""

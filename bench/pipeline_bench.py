@@ -1,0 +1,306 @@
+"""Pipeline benchmark: validity over many generated conversations, and time per request by history size.
+
+    .venv/bin/python bench/pipeline_bench.py                      # timing table + 300 examples
+    .venv/bin/python bench/pipeline_bench.py --examples 10000     # the 10,000-example validity run
+    .venv/bin/python bench/pipeline_bench.py --examples 0         # timing only
+    .venv/bin/python bench/pipeline_bench.py --traces --examples 0 --no-timing   # real Claude Code traces
+
+Validity: hypothesis-generated Anthropic / OpenAI chat / Responses conversations (see
+tests/support/convgen.py) go through the real stages (strip, clearing, compaction, memory when present)
+at every budget level with small context windows, twice (a request and the next one of the same
+session). A body is invalid when the product's validator or the independent checker finds a problem,
+when a stage fails, or when a reused compaction changes its bytes. Prints the invalid count.
+
+Timing: what the proxy does per request (parse, count, every stage, validate, serialise) at about 15K
+and 150K tokens of history, with the claude-code profile: the first request of a history (token cache
+cold) and repeats with one new message appended (the per-message token cache makes those O(new)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("CONTEXTWARDEN_SHARED", ROOT.parent / "shared"))
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
+os.environ.setdefault("CONTEXTWARDEN_MEMORY__MODEL_DIR", str(SHARED / "models" / "all-MiniLM-L6-v2" / "onnx"))
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+from contextwarden.models.base import ApiKind  # noqa: E402
+
+from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------------
+# validity
+
+
+def run_examples(n: int, home: Path, seed: int | None) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.test_hypothesis_stages import LEVELS, WINDOWS, Bench, bodies, check_example, present_stages
+
+    stages = present_stages()
+    bench = Bench(home, stages)
+    problems: Counter = Counter()
+    invalid_examples = 0
+    examples = 0
+    samples: list[str] = []
+
+    @settings(max_examples=n, deadline=None, database=None, derandomize=seed is not None,
+              suppress_health_check=list(HealthCheck))
+    @given(api_body=bodies, window=st.sampled_from(WINDOWS), protect=st.integers(1, 3), keep=st.integers(0, 3),
+           trigger=st.sampled_from([0.2, 0.5, 0.9]), at_least=st.sampled_from([50, 500, 3000]),
+           summary=st.sampled_from([200, 3000]), level=st.sampled_from(LEVELS))
+    def prop(api_body, window, protect, keep, trigger, at_least, summary, level):
+        nonlocal invalid_examples, examples
+        examples += 1
+        found = check_example(bench, api_body, window, protect, keep, trigger, at_least, summary, level)
+        if found:
+            invalid_examples += 1
+            for p in found:
+                problems[p.split(":")[0] + ": " + p.split(":", 1)[-1][:60]] += 1
+            if len(samples) < 5:
+                samples.append(f"{api_body[0].value}: {found[:3]}")
+        if examples % 1000 == 0:
+            print(f"  ... {examples} examples, {invalid_examples} invalid", flush=True)
+
+    t0 = time.perf_counter()
+    prop()
+    dt = time.perf_counter() - t0
+    bench.h.close()
+    s = bench.stats
+    print(f"\n## Validity ({', '.join(stages)}; levels {', '.join(LEVELS)}; windows {WINDOWS})\n")
+    print("| examples | requests | rewritten | with clearing | with compaction | invalid | seconds |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {examples} | {2 * examples} | {s['rewritten']} | {s['clearing']} | {s['compaction']} | {invalid_examples} | {dt:.0f} |")
+    if problems:
+        print("\nproblems:")
+        for p, c in problems.most_common(10):
+            print(f"  {c:6d}  {p}")
+        for x in samples:
+            print("  e.g.", x)
+
+
+# ---------------------------------------------------------------------------------------------------
+# real Claude Code traces
+
+
+def trace_requests(path: Path) -> list[dict]:
+    """The request bodies Claude Code sent during a recorded session: the history before each
+    assistant message (lines of one assistant message are merged; truncated lines skipped)."""
+    import orjson
+
+    msgs: list[dict] = []
+    ids: list[str | None] = []
+    bodies = []
+    for line in path.read_bytes().splitlines():
+        try:
+            d = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if d.get("type") not in ("user", "assistant") or d.get("isSidechain") or not isinstance(d.get("message"), dict):
+            continue
+        m = d["message"]
+        role, content = m.get("role"), m.get("content")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}] if content.strip() else []
+        if not content:
+            continue
+        if role == "assistant" and msgs and msgs[-1]["role"] == "user":
+            _repair(msgs)
+            bodies.append({"model": "claude-sonnet-4-5", "max_tokens": 8192, "stream": True,
+                           "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+                           "tools": [{"name": "Read", "input_schema": {"type": "object"}}],
+                           "metadata": {"user_id": f"user_x_account_y_session_{d.get('sessionId', 'trace')}"},
+                           "messages": [dict(x) for x in msgs]})
+        if msgs and msgs[-1]["role"] == role and (role == "user" or ids[-1] == m.get("id")):
+            msgs[-1] = {"role": role, "content": msgs[-1]["content"] + content}
+        else:
+            msgs.append({"role": role, "content": content})
+            ids.append(m.get("id"))
+    return bodies
+
+
+def _repair(msgs: list[dict]) -> None:
+    """Make the history what Claude Code sends: a call whose result line was lost (1-4% of trace lines
+    are truncated) gets the error result Claude Code adds for an interrupted call; a result whose
+    call was lost is dropped."""
+    for i, m in enumerate(msgs):
+        if m["role"] == "assistant":
+            uses = [b["id"] for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_use"]
+            if i + 1 >= len(msgs):
+                continue
+            nxt = msgs[i + 1]
+            if nxt["role"] != "user":
+                msgs.insert(i + 1, nxt := {"role": "user", "content": []})
+            have = {b.get("tool_use_id") for b in nxt["content"] if isinstance(b, dict) and b.get("type") == "tool_result"}
+            keep = [b for b in nxt["content"] if not (isinstance(b, dict) and b.get("type") == "tool_result")
+                    or b.get("tool_use_id") in uses]
+            missing = [{"type": "tool_result", "tool_use_id": u, "is_error": True,
+                        "content": "[Request interrupted by user for tool use]"} for u in uses if u not in have]
+            results = missing + [b for b in keep if isinstance(b, dict) and b.get("type") == "tool_result"]
+            others = [b for b in keep if not (isinstance(b, dict) and b.get("type") == "tool_result")]
+            msgs[i + 1] = {"role": "user", "content": results + others or [{"type": "text", "text": "(continue)"}]}
+        elif i == 0 or msgs[i - 1]["role"] != "assistant":
+            c = [b for b in m["content"] if not (isinstance(b, dict) and b.get("type") == "tool_result")]
+            if len(c) != len(m["content"]):
+                msgs[i] = {"role": "user", "content": c or [{"type": "text", "text": "(continue)"}]}
+
+
+def run_traces(home: Path, window: int) -> None:
+    from contextwarden.validate import validate_rewrite
+
+    traces = sorted((SHARED / "eval" / "traces").glob("*.jsonl"))
+    print(f"\n## Real Claude Code traces through strip, clearing, compaction (context window {window:,})\n")
+    print("| trace | requests | rewritten | cleared | compacted (new / reused) | invalid | stage errors | tokens in | tokens out |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for path in traces:
+        d = Path(tempfile.mkdtemp(dir=home))
+        h = Harness(d, profile="claude-code", overrides=settings_overrides(
+            window=window, stages=["strip", "clearing", "compaction"],
+            clearing={"trigger_tokens": window // 2, "clear_at_least": window // 20}))
+        c: Counter = Counter()
+        for body in trace_requests(path):
+            sent = h.send(ApiKind.ANTHROPIC, body)
+            c["requests"] += 1
+            c["in"] += sent.ctx.tokens_in or 0
+            c["out"] += (sent.ctx.tokens_out or 0) if sent.changed else (sent.ctx.tokens_in or 0)
+            if sent.outcome.reason.startswith("stage"):
+                c["errors"] += 1
+            if sent.outcome.reason.startswith("invalid") or (sent.changed and validate_rewrite(ApiKind.ANTHROPIC, sent.body, body)):
+                c["invalid"] += 1
+            if sent.changed:
+                c["rewritten"] += 1
+            c["cleared"] += bool(sent.events("clearing"))
+            for e in sent.events("compaction"):
+                if e.get("applied"):
+                    c["reused" if e["reused"] else "compacted"] += 1
+        h.close()
+        print(f"| {path.name[:24]}… | {c['requests']} | {c['rewritten']} | {c['cleared']} | {c['compacted']} / {c['reused']} | "
+              f"{c['invalid']} | {c['errors']} | {c['in']:,} | {c['out']:,} |")
+
+
+# ---------------------------------------------------------------------------------------------------
+# timing
+
+
+def grow(body: dict, i: int) -> dict:
+    b = dict(body)
+    b["messages"] = body["messages"] + [
+        {"role": "assistant", "content": [{"type": "text", "text": f"Answer {i}: done, see src/mod{i}.py."}]},
+        {"role": "user", "content": [{"type": "text", "text": f"Follow-up {i}: and the tests?"}]}]
+    return b
+
+
+def history(tokens: int, h: Harness) -> dict:
+    """A tool-loop conversation of about ``tokens`` tokens."""
+    turns = 1
+    while True:
+        body = anthropic_tool_loop(turns, result_words=700, session=f"bench-{tokens}")
+        n = h.rt.tokens.count_request(ApiKind.ANTHROPIC, body)
+        if n >= tokens:
+            return body
+        turns = max(turns + 1, int(turns * tokens / max(n, 1)))
+
+
+def timed(h: Harness, body: dict) -> dict[str, float]:
+    """One request as the Interceptor runs it, timed by phase (ms)."""
+    import asyncio
+
+    import orjson
+
+    from contextwarden.pipeline import Pipeline, count_tokens, prepare
+
+    host, path = "api.anthropic.com", "/v1/messages"
+    raw = orjson.dumps(body)
+    t0 = time.perf_counter()
+    ctx = prepare(h.rt, f"bench-{time.perf_counter_ns()}", ApiKind.ANTHROPIC, host, path,
+                  [("content-type", "application/json"), ("x-api-key", "sk-bench")], raw)
+    t1 = time.perf_counter()
+    ctx.tokens_in = count_tokens(ctx, ctx.original)
+    t2 = time.perf_counter()
+    outcome = asyncio.run(Pipeline(h.rt).process(ctx))
+    t3 = time.perf_counter()
+    stages = {r["stage"]: r["ms"] for r in ctx.stage_results}
+    mine = stages.get("clearing", 0.0) + stages.get("compaction", 0.0)
+    return {"total": (t3 - t0) * 1000, "parse": (t1 - t0) * 1000, "count": (t2 - t1) * 1000,
+            "mine": mine, "others": sum(stages.values()) - mine,
+            "finish": (t3 - t2) * 1000 - sum(stages.values()), "outcome": outcome.reason}
+
+
+def run_timing(home: Path, repeats: int) -> None:
+    from contextwarden.pluginmanager import make_plugin_manager
+
+    pm = make_plugin_manager(None)
+    have = {i.plugin_name for i in pm.hook.cw_request.get_hookimpls()}
+    configs = [("clearing+compaction", ["clearing", "compaction"]),
+               ("all stages", [s for s in ("budget", "strip", "tagging", "clearing", "compaction", "memory") if s in have])]
+    rows = []
+    for label, stages in configs:
+        for size in (15_000, 150_000):
+            d = Path(tempfile.mkdtemp(dir=home))
+            h = Harness(d, profile="claude-code", overrides=settings_overrides(stages=stages))
+            body = history(size, h)
+            n_tok = h.rt.tokens.count_request(ApiKind.ANTHROPIC, body)
+            h.restart()  # a fresh token cache: the first request of this history is cold
+            first = timed(h, body)
+            reps = []
+            cur = body
+            for i in range(repeats):
+                cur = grow(cur, i)
+                reps.append(timed(h, cur))
+            # best of N: on a shared 2-core box the minimum is the cost, the rest is waiting for a core
+            best = {k: min(r[k] for r in reps) for k in ("total", "parse", "count", "mine", "others", "finish")}
+            best["median"] = statistics.median(r["total"] for r in reps)
+            rows.append((label, size, n_tok, len(body["messages"]), first, best))
+            h.close()
+    print(f"\n## Pipeline time per request, ms (claude-code profile; repeat = the history + one new exchange, best of {repeats}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n")
+    print("parse = decode + JSON + typed model; count = tokens_in; stages = clearing+compaction / the others; "
+          "finish = wire dump + validator + tokens_out + serialise\n")
+    print("| stages | history | tokens | msgs | first total | repeat total | repeat median | parse | count | clearing+compaction | other stages | finish | first outcome |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for label, size, n_tok, n_msgs, first, m in rows:
+        print(f"| {label} | ~{size // 1000}K | {n_tok:,} | {n_msgs} | {first['total']:.1f} | {m['total']:.1f} | {m['median']:.1f} | {m['parse']:.1f} | "
+              f"{m['count']:.1f} | {m['mine']:.2f} | {m['others']:.2f} | {m['finish']:.1f} | {first['outcome']} |")
+    print()
+    for label, _ in configs:
+        small = next(r for r in rows if r[0] == label and r[1] == 15_000)
+        big = next(r for r in rows if r[0] == label and r[1] == 150_000)
+        ratio = big[5]["total"] / small[5]["total"]
+        mine = big[5]["mine"] / max(small[5]["mine"], 1e-3)
+        print(f"{label}: repeat-request ratio 150K/15K = {ratio:.2f} (target <= 2: {'met' if ratio <= 2 else 'NOT met'}); "
+              f"clearing+compaction alone {mine:.2f}; first-request ratio {big[4]['total'] / small[4]['total']:.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--examples", type=int, default=300, help="generated conversations for the validity run (0: skip)")
+    ap.add_argument("--repeats", type=int, default=7, help="repeat requests per history size")
+    ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--seed", type=int, default=None, help="derandomise hypothesis")
+    ap.add_argument("--traces", action="store_true", help="also replay ../shared/eval/traces through the stages")
+    ap.add_argument("--trace-window", type=int, default=60_000, help="context window for --traces")
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        if not a.no_timing:
+            run_timing(home, a.repeats)
+        if a.traces:
+            run_traces(home, a.trace_window)
+        if a.examples:
+            run_examples(a.examples, home / "validity", a.seed)
+
+
+if __name__ == "__main__":
+    main()

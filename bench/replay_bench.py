@@ -1,0 +1,63 @@
+"""Replay benchmark: the three Claude Code sessions in ../shared/eval/traces through the real pipeline.
+
+    .venv/bin/python bench/replay_bench.py                     # default profile (200K window)
+    .venv/bin/python bench/replay_bench.py --window 60000      # a small window: clearing/compaction work harder
+    .venv/bin/python bench/replay_bench.py --requests          # plus one line per request
+    .venv/bin/python bench/replay_bench.py --set memory.inject=false   # the pruning stages alone
+
+Prints, per trace, tokens sent and the bill simulated under Anthropic's prompt-caching rules for the
+client's original traffic and for ours (the same table `contextwarden replay` prints), and exits 1 if
+any body we would have sent is invalid or ours costs more than the original on any trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("CONTEXTWARDEN_SHARED", ROOT.parent / "shared"))
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
+os.environ.setdefault("CONTEXTWARDEN_MEMORY__MODEL_DIR", str(SHARED / "models" / "all-MiniLM-L6-v2" / "onnx"))
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+import orjson  # noqa: E402
+
+from contextwarden.cli.replay import parse_sets  # noqa: E402
+from contextwarden.replay import details, replay, request_table, summary_table  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--window", type=int, default=None)
+    ap.add_argument("--stage-budget-ms", type=float, default=5000,
+                    help="generous by default: the figures are about what the stages do, not this machine's load")
+    ap.add_argument("--requests", action="store_true")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a profile setting, e.g. --set memory.inject=false")
+    ap.add_argument("--json-out", default=None, help="also write the full reports as JSON to this file")
+    ap.add_argument("traces", nargs="*", default=sorted(str(p) for p in (SHARED / "eval" / "traces").glob("*.jsonl")))
+    args = ap.parse_args(argv)
+    overrides = parse_sets(args.sets)
+    reports = []
+    for t in args.traces:
+        print(f"replaying {Path(t).name} ...", file=sys.stderr, flush=True)
+        reports.append(replay(t, profile=args.profile, window=args.window, stage_budget_ms=args.stage_budget_ms,
+                              overrides=overrides))
+    if args.json_out:
+        Path(args.json_out).write_bytes(orjson.dumps([r.to_dict() for r in reports]))
+    for rep in reports:
+        if args.requests:
+            print(request_table(rep) + "\n")
+    print(summary_table(reports) + "\n")
+    for rep in reports:
+        print(details(rep) + "\n")
+    bad = [r for r in reports if r.totals()["sent_invalid"] or r.totals()["cost_ours"] > r.totals()["cost_original"] + 1e-9]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,169 @@
+"""Retrieval benchmark: the memory stage's time per request with 100K stored chunks.
+
+    .venv/bin/python bench/memory_bench.py --only query     # builds the 100K-chunk store once (storage bench)
+    .venv/bin/python bench/retrieval_bench.py               # then this, on that store
+    .venv/bin/python bench/retrieval_bench.py --queries 100 --history 80
+
+The store is the one ``bench/memory_bench.py`` builds and keeps (4 tenants x 25K chunks of real texts:
+LoCoMo / LongMemEval turns and Claude Code tool outputs); it is opened read-only, nothing is written to it.
+The lexical (BM25) index is built from it as the memory service builds it at start-up.
+
+Rows:
+
+- **memory stage**: ``cw_request`` of the ``memory`` stage inside a real ``Pipeline.process`` (query
+  construction, history exclusion, query embedding, BM25 and Chroma in parallel, fusion with the
+  neighbour ranking, budget cut, injection), for a caller whose tenant holds 25K of the 100K chunks, with a
+  history of ``--history`` LoCoMo messages; each request asks a different real question.
+- **Retriever.search over all 4 partitions**: the same retrieval over all 100K chunks (as a shared
+  workspace that held everything would), without the stage around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+SHARED = Path(os.environ.get("CONTEXTWARDEN_SHARED", ROOT.parent / "shared")).resolve()
+MODEL_DIR = SHARED / "models" / "all-MiniLM-L6-v2" / "onnx"
+EVAL = SHARED / "eval"
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
+os.environ.setdefault("CONTEXTWARDEN_MEMORY__MODEL_DIR", str(MODEL_DIR))
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+from contextwarden.memory.embedder import Embedder  # noqa: E402
+from contextwarden.memory.lexical import LexicalIndex  # noqa: E402
+from contextwarden.memory.replay import Replayer  # noqa: E402
+from contextwarden.memory.retrieve import Query, Retriever  # noqa: E402
+from contextwarden.memory.service import CachedEmbedder  # noqa: E402
+from contextwarden.memory.store import MemoryStore  # noqa: E402
+from contextwarden.settings.memory import MemorySection  # noqa: E402
+
+TENANTS = ["t-alpha", "t-beta", "t-gamma", "t-delta"]  # bench/memory_bench.py's layout
+
+
+def questions() -> list[str]:
+    qs = [q["question"] for conv in json.load(open(EVAL / "locomo_dev.json")) for q in conv["qa"]]
+    qs += [q["question"] for q in json.load(open(EVAL / "longmemeval_s_dev.json"))]
+    return qs
+
+
+def history(n: int) -> list[dict]:
+    conv = json.load(open(EVAL / "locomo_dev.json"))[0]["conversation"]
+    a = conv["speaker_a"]
+    turns = [t for k in sorted((k for k in conv if k.startswith("session_") and isinstance(conv[k], list)),
+                               key=lambda k: int(k.split("_")[1])) for t in conv[k]]
+    msgs = [{"role": "user" if t["speaker"] == a else "assistant", "content": f"{t['speaker']}: {t['text']}"}
+            for t in turns[:n]]
+    if msgs and msgs[-1]["role"] == "user":
+        msgs.pop()
+    return msgs
+
+
+def pct(xs, p) -> float:
+    return float(np.percentile(np.asarray(xs), p)) if xs else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "cw-memory-bench"),
+                    help="the store bench/memory_bench.py built (its --dir)")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--history", type=int, default=40, help="messages of history in each request")
+    a = ap.parse_args()
+    path = Path(a.dir)
+    if not (path / "built.json").exists():
+        print(f"no benchmark store at {path}: run `.venv/bin/python bench/memory_bench.py --only query` first",
+              file=sys.stderr)
+        return 2
+    print(f"store: {path} ({json.loads((path / 'built.json').read_text())})  cpus: {os.cpu_count()}  "
+          f"load: {os.getloadavg()[0]:.2f}")
+    emb = CachedEmbedder(Embedder(MODEL_DIR))
+    store = MemoryStore(path, MemorySection(), emb, read_only=True)
+    if not store.available:
+        print(f"store unavailable: {store.error}", file=sys.stderr)
+        return 1
+    t = time.perf_counter()
+    store.warm()
+    warm_s = time.perf_counter() - t
+    t = time.perf_counter()
+    lexical = LexicalIndex()
+    for tenant in TENANTS:
+        lexical.add(store.iter_items([tenant]))
+    lex_s = time.perf_counter() - t
+    total = len(lexical)
+    print(f"{total:,} chunks; Chroma indexes warmed in {warm_s:.1f} s; BM25 index built in {lex_s:.1f} s")
+
+    qs = questions()
+    random.Random(3).shuffle(qs)
+    qs = qs[: a.queries]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        prof = Path(tmp) / "bench.yaml"
+        prof.write_text(textwrap.dedent("""\
+            extends: claude-code
+            memory: {timeout_ms: 2000}
+            pipeline: {stage_budget_ms: 10000}
+            """))
+        rp = Replayer.from_profile(prof, Path(tmp) / "home")
+        try:
+            svc = rp.memory()
+            svc.store, svc.lexical, svc.embedder = store, lexical, emb  # the 100K store, read-only
+            hist = history(a.history)
+            for q in qs[:5]:  # warm-up
+                rp.send(hist + [{"role": "user", "content": q}], tenant=TENANTS[0])
+            stage, parts, injected, skipped = [], {"embed_ms": [], "lexical_ms": [], "vector_ms": []}, [], {}
+            for q in qs:
+                sent = rp.send(hist + [{"role": "user", "content": q}], tenant=TENANTS[0])
+                stage += [r["ms"] for r in sent.ctx.stage_results if r["stage"] == "memory"]
+                mem = sent.ctx.notes.get("memory") or {}
+                for k in parts:
+                    if k in (mem.get("timings") or {}):
+                        parts[k].append(mem["timings"][k])
+                injected.append(mem.get("injected") or 0)
+                if mem.get("skipped"):
+                    skipped[mem["skipped"]] = skipped.get(mem["skipped"], 0) + 1
+            rows.append((f"memory stage, tenant of {total // len(TENANTS):,} chunks", pct(stage, 50), pct(stage, 99),
+                         statistics.mean(injected)))
+            for k, v in parts.items():
+                rows.append((f"  of which {k[:-3]}", pct(v, 50), pct(v, 99), None))
+        finally:
+            rp.close()
+
+    r = Retriever(store, lexical, emb, None, MemorySection())
+    ts, tv = [], []
+    for q in qs:
+        t = time.perf_counter()
+        ret = r.search(Query(q), TENANTS)
+        ts.append((time.perf_counter() - t) * 1000)
+        tv.append(ret.timings.get("vector_ms", 0.0))
+    rows.append((f"Retriever.search over all 4 partitions ({total:,} chunks)", pct(ts, 50), pct(ts, 99), None))
+    rows.append(("  of which vector (4 Chroma queries)", pct(tv, 50), pct(tv, 99), None))
+    store.close()
+
+    print(f"\n## Retrieval with {total:,} stored chunks ({len(qs)} real questions, history of "
+          f"{a.history} messages)\n")
+    print(f"| {'case':<58} | p50 ms | p99 ms | items injected |")
+    print(f"|{'-' * 60}|-------:|-------:|---------------:|")
+    for name, p50, p99, inj in rows:
+        print(f"| {name:<58} | {p50:6.2f} | {p99:6.2f} | {'' if inj is None else f'{inj:.1f}':>14} |")
+    if skipped:
+        print(f"\nrequests without memory: {skipped}")
+    p50 = rows[0][1]
+    print(f"\ntarget: memory stage p50 <= 25 ms: {'met' if p50 <= 25 else 'NOT met'} ({p50:.1f} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""``contextwarden sessions``, ``contextwarden stats`` and ``contextwarden memory export|import|prune|delete``.
+
+They work on the memory store of ``--home`` (or ``$CONTEXTWARDEN_HOME``), or on the Chroma server the
+profile's ``memory.chroma_url`` names. A local store has one writer process: while a proxy runs on the
+same home, the write commands (import, prune, delete) refuse; the read commands work on a snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from ._common import add_home_profile, home_of
+
+ONE_WRITER = ("A local store (cw_home/chroma) allows one writer process: stop the proxy that uses this home "
+              "before import/prune/delete, or share a Chroma server through memory.chroma_url.")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sessions", help="list the sessions in long-term memory")
+    add_home_profile(p)
+    p.add_argument("--tenant", help="only this tenant")
+    p.add_argument("--limit", type=int, default=50, help="newest N sessions (0: all)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("stats", help="long-term memory totals: items, tenants, sessions, size, model")
+    add_home_profile(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    m = sub.add_parser("memory", help="export, import, prune or delete long-term memory",
+                       description="Manage long-term memory. " + ONE_WRITER)
+    msub = m.add_subparsers(dest="memory_command", metavar="ACTION")
+    m.set_defaults(func=lambda args: (m.print_help(), 2)[1])
+
+    e = msub.add_parser("export", help="write every item to a JSONL file (- for stdout); no vectors")
+    add_home_profile(e)
+    e.add_argument("file")
+    e.set_defaults(func=cmd_export)
+
+    i = msub.add_parser("import", help="add the items of a JSONL export (re-embedded, deduplicated)",
+                        description="Add the items of a JSONL export. " + ONE_WRITER)
+    add_home_profile(i)
+    i.add_argument("file")
+    i.set_defaults(func=cmd_import)
+
+    pr = msub.add_parser("prune", help="delete items older than the TTL (memory.ttl_days, or --days)",
+                         description="TTL expiry. " + ONE_WRITER)
+    add_home_profile(pr)
+    pr.add_argument("--days", type=float, default=None, help="age limit in days (default: the profile's memory.ttl_days)")
+    pr.set_defaults(func=cmd_prune)
+
+    d = msub.add_parser("delete", help="forget one session", description="Forget a session. " + ONE_WRITER)
+    add_home_profile(d)
+    d.add_argument("--session", required=True)
+    d.add_argument("--tenant", default=None, help="only this tenant's items of the session")
+    d.set_defaults(func=cmd_delete)
+
+
+def _open(args, write: bool = False, embed: bool = False):
+    """(store, settings) or (None, None) after printing why."""
+    from contextwarden.home import ensure_home
+    from contextwarden.memory.store import MemoryStore
+    from contextwarden.settings import SettingsError, load_settings
+
+    home = ensure_home(home_of(args))
+    try:
+        settings = load_settings(args.profile, home)
+    except SettingsError as e:
+        print(e, file=sys.stderr)
+        return None, None
+    embedder = None
+    if embed:
+        from contextwarden.memory.embedder import load_embedder
+
+        embedder, msg = load_embedder(settings.memory.model_dir)
+        print(msg, file=sys.stderr)
+    if not settings.memory.chroma_url and not write and not (home / "chroma").is_dir():
+        print(f"no memory stored under {home} yet", file=sys.stderr)
+        return None, settings
+    store = MemoryStore(home, settings.memory, embedder, read_only=not write)
+    if not store.available:
+        print(f"memory store unavailable: {store.error}", file=sys.stderr)
+        return None, None
+    return store, settings
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def cmd_sessions(args) -> int:
+    store, settings = _open(args)
+    if store is None:
+        return 0 if settings is not None else 1
+    with store:
+        rows = store.sessions()
+    if args.tenant:
+        rows = [r for r in rows if r["tenant"] == args.tenant]
+    if args.limit:
+        rows = rows[:args.limit]
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    if not rows:
+        print("no sessions")
+        return 0
+    w = max(7, *(len(r["session"]) for r in rows))
+    print(f"{'SESSION':<{w}}  {'TENANT':<18}  {'ITEMS':>6}  {'TURNS':>5}  {'FIRST':<16}  {'LAST':<16}  TOOLS")
+    for r in rows:
+        tools = ",".join(r["tools"][:6]) + ("…" if len(r["tools"]) > 6 else "")
+        print(f"{r['session']:<{w}}  {r['tenant']:<18}  {r['items']:>6}  {r['turns']:>5}  {_when(r['first']):<16}  "
+              f"{_when(r['last']):<16}  {tools}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    store, settings = _open(args)
+    if store is None:
+        return 0 if settings is not None else 1
+    with store:
+        s = store.stats()
+    if args.json:
+        print(json.dumps(s))
+        return 0
+    print(f"store      {s['backend']}")
+    print(f"items      {s.get('items', 0)}  ({s.get('vectors', 0)} with vectors, {s.get('text_only', 0)} text-only)")
+    print(f"sessions   {s.get('sessions', 0)}")
+    print(f"tenants    {len(s.get('tenants', {}))}: " + ", ".join(f"{t} {n}" for t, n in sorted(s.get("tenants", {}).items())))
+    print("kinds      " + ", ".join(f"{k} {n}" for k, n in sorted(s.get("kinds", {}).items())))
+    print(f"oldest     {_when(s.get('oldest'))}   newest {_when(s.get('newest'))}")
+    if "disk_bytes" in s:
+        print(f"disk       {s['disk_bytes'] / 1e6:.1f} MB")
+    print(f"ttl        {settings.memory.ttl_days:g} days (contextwarden memory prune)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    store, settings = _open(args)
+    if store is None:
+        return 0 if settings is not None else 1
+    with store:
+        path = "/dev/stdout" if args.file == "-" else args.file
+        n = store.export_jsonl(path)
+    print(f"exported {n} items to {args.file}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args) -> int:
+    store, _ = _open(args, write=True, embed=True)
+    if store is None:
+        return 1
+    with store:
+        before = store.count()
+        n = store.import_jsonl(args.file)
+        print(f"imported {n} new items from {args.file} ({before} -> {store.count()})")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    store, settings = _open(args, write=True)
+    if store is None:
+        return 1
+    days = settings.memory.ttl_days if args.days is None else args.days
+    with store:
+        n = store.prune(days)
+    print(f"pruned {n} items older than {days:g} days")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    store, _ = _open(args, write=True)
+    if store is None:
+        return 1
+    with store:
+        n = store.delete_session(args.session, args.tenant)
+    who = f" of tenant {args.tenant}" if args.tenant else ""
+    print(f"deleted {n} items of session {args.session}{who}")
+    return 0

@@ -1,0 +1,76 @@
+"""``contextwarden replay TRACE...``: replay recorded sessions through the real pipeline, offline."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("replay", help="replay recorded sessions offline and compare tokens and simulated cost",
+                       description="Replay Claude Code session logs (*.jsonl) or the proxy's recorded bodies "
+                                   "(cw_home/bodies/<session>/) through the real pipeline, offline, and report tokens "
+                                   "sent and the bill under Anthropic's prompt-caching rules, original vs ours.")
+    p.add_argument("traces", nargs="+", metavar="TRACE", help="a session .jsonl, a bodies folder, or a cw_home")
+    p.add_argument("--profile", default=None, help="profile name or YAML path (default: the default profile)")
+    p.add_argument("--window", type=int, default=None, help="context window in tokens (tokens.context_window)")
+    p.add_argument("--stage-budget-ms", type=float, default=None,
+                   help="time budget of every stage (default: the profile's; a loaded machine may need more)")
+    p.add_argument("--requests", action="store_true", help="also print one line per request")
+    p.add_argument("--limit", type=int, default=None, help="replay only the first N requests of each trace")
+    p.add_argument("--no-compaction-calls", action="store_true",
+                   help="do not replay the client's own compaction calls reconstructed from the log")
+    p.add_argument("--no-turn-hooks", action="store_true", help="do not run cw_turn_complete hooks (memory, budgets)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one profile setting (value read as YAML), e.g. --set memory.inject=false; repeatable")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=run)
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``["memory.inject=false", "compaction.target=0.3"]`` -> nested overrides."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set wants SECTION.KEY=VALUE, got {item!r}")
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def run(args) -> int:
+    import orjson
+
+    from contextwarden.replay import details, replay, request_table, summary_table
+
+    overrides = parse_sets(args.sets)
+    reports = []
+    for path in args.traces:
+        def progress(i, n, _p=path):
+            if not args.json and sys.stderr.isatty():
+                print(f"\r{_p}: {i}/{n}", end="", file=sys.stderr, flush=True)
+
+        rep = replay(path, profile=args.profile, window=args.window, stage_budget_ms=args.stage_budget_ms,
+                     progress=progress, limit=args.limit, compaction_calls=not args.no_compaction_calls,
+                     turn_hooks=not args.no_turn_hooks, overrides=overrides)
+        if not args.json and sys.stderr.isatty():
+            print(file=sys.stderr)
+        reports.append(rep)
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps([r.to_dict() for r in reports], option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    for rep in reports:
+        if args.requests:
+            print(request_table(rep))
+            print()
+    print(summary_table(reports))
+    print()
+    for rep in reports:
+        print(details(rep))
+    bad = sum(r.totals()["sent_invalid"] for r in reports)
+    return 1 if bad else 0

@@ -1,0 +1,100 @@
+"""``contextwarden search "…"``: hybrid search over the memory store, with sources and scores.
+
+Shows, for each hit, where it comes from (tenant, session, message number, role, tool, time, memory id)
+and why it ranked (the fused score and its vector and lexical ranks and scores). The store is opened
+read-only, so this works while the proxy runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search long-term memory (hybrid: vector + lexical)",
+                       description="Hybrid search over the memory store: vector (Chroma) and lexical (BM25) "
+                                   "rankings fused by reciprocal rank fusion, with sources and scores.")
+    p.add_argument("query", help="what to look for")
+    p.add_argument("--session", help="only items of this session")
+    p.add_argument("--limit", type=int, default=10, help="hits to show (default 10)")
+    p.add_argument("--tenant", action="append", help="only this tenant's items (repeatable; default: every tenant)")
+    p.add_argument("--api-key", help="only the items of the tenant this API key maps to")
+    p.add_argument("--profile", default=None, help="profile (for the memory settings); default: the default profile")
+    p.add_argument("--home", default=None, help="cw_home (default: $CONTEXTWARDEN_HOME or the user data dir)")
+    p.add_argument("--full", action="store_true", help="print whole texts, not the first lines")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import orjson
+
+    from ..home import ensure_home, secret_file
+    from ..memory.embedder import load_embedder
+    from ..memory.inject import provenance
+    from ..memory.lexical import LexicalIndex
+    from ..memory.retrieve import Query, Retriever
+    from ..memory.service import CachedEmbedder
+    from ..memory.store import MemoryStore
+    from ..redact import tenant_id
+    from ..settings import SettingsError, load_settings
+
+    home = ensure_home(args.home)
+    try:
+        settings = load_settings(args.profile or "default", home)
+    except SettingsError as e:
+        print(e, file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    emb, message = load_embedder(settings.memory.model_dir, download=False)
+    embedder = CachedEmbedder(emb) if emb is not None else None
+    store = MemoryStore(home, settings.memory, embedder, read_only=True)
+    if not store.available:
+        print(f"memory store unavailable: {store.error}", file=sys.stderr)
+        return 1
+    try:
+        tenants = list(args.tenant or [])
+        if args.api_key:
+            tenants.append(tenant_id(args.api_key, secret_file(home, "tenant.salt")))
+        if not tenants:
+            tenants = sorted((store.stats().get("tenants") or {}).keys())
+        lexical = LexicalIndex()
+        where = {"session": args.session} if args.session else None
+        lexical.add(store.iter_items(tenants, where=where) if tenants else [])
+        ms_open = (time.perf_counter() - t0) * 1000
+        if not tenants or not len(lexical):
+            print("memory is empty" + (f" for session {args.session}" if args.session else ""))
+            return 0
+        retriever = Retriever(store, lexical, embedder, None, settings.memory)
+        keep = (lambda it: it.session != args.session) if args.session else None
+        t1 = time.perf_counter()
+        ret = retriever.search(Query(args.query), tenants, exclude=keep, n=max(args.limit * 3, settings.memory.candidates))
+        ms = (time.perf_counter() - t1) * 1000
+        hits = ret.hits[: args.limit]
+        if args.json:
+            for rank, h in enumerate(hits, 1):
+                it = h.item
+                sys.stdout.write(orjson.dumps({"rank": rank, **h.scores(), "id": it.memory_id, "tenant": it.tenant,
+                                               "session": it.session, "turn": it.turn, "role": it.role, "kind": it.kind,
+                                               "tool": it.tool, "ts": it.ts, "tags": it.tags, "source_id": it.source_id,
+                                               "neighbour_of": h.neighbour_of, "text": it.text}).decode() + "\n")
+            return 0
+        mode = ret.mode if embedder is not None else "lexical only: " + message
+        print(f"{len(hits)} of {ret.candidates} candidates for {args.query!r} ({mode}; vector query "
+              f"{ret.vector_query!r}; {len(lexical):,} items indexed in {ms_open:.0f} ms, search {ms:.1f} ms)")
+        for rank, h in enumerate(hits, 1):
+            it = h.item
+            v = f"{h.vector:.3f} (#{h.vector_rank})" if h.vector is not None else "-"
+            lx = f"{h.lexical:.2f} (#{h.lexical_rank})" if h.lexical is not None else "-"
+            why = f" neighbour of {h.neighbour_of.split(':')[-1][:8]}" if h.neighbour_of else ""
+            print(f"\n{rank:>2}. fused {h.fused:.4f}  vector {v}  lexical {lx}{why}")
+            print(f"    {it.memory_id}  tenant {it.tenant}  session {it.session}  {provenance(it)}"
+                  f"{'  tags ' + ', '.join(it.tags) if it.tags else ''}")
+            text = it.text if args.full else "\n".join(it.text.strip().splitlines()[:4])[:400]
+            for line in text.splitlines():
+                print(f"    | {line}")
+        return 0
+    finally:
+        store.close()

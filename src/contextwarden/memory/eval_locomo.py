@@ -1,0 +1,197 @@
+"""LoCoMo replay: does the evidence of each question reach the upstream, with a 4K-token window?
+
+Each conversation is replayed through the real pipeline (:class:`~contextwarden.memory.replay.Replayer`):
+speaker A is the user, speaker B the assistant; every B turn is the reply to a request holding everything
+said so far (clearing and compaction keep it in the window; every completed turn is ingested). Then every
+question is asked as the last user message after the whole conversation, with the ingestion queue
+flushed first, and the body that would go upstream is checked: a question's recall is the share of its
+evidence turns whose text is in that body (kept history, compaction summary or injected memory).
+
+Baselines in the same run: *truncation* keeps the last messages that fit the tokens the pipeline sent
+for that question; *full history* sends everything (recall 1 by construction; its tokens are the cost).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..models.base import ApiKind
+from .evaluation import contains, mean, request_text, table, truncate_to, write_profile
+from .replay import Replayer
+
+CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
+WINDOW = 4096
+# The profile under test (README: "contextwarden eval locomo"): Claude Code's, with a 4K window.
+# Compaction runs early and keeps ~30% of the window (a 400-token summary and the latest turns) so that
+# memory may use up to 45% of it; the request never exceeds the window (memory gets what is left).
+MEMORY = {"queue_size": 200_000, "budget_fraction": 0.45, "top_k": 60, "timeout_ms": 60000}
+COMPACTION = {"soft_threshold": 0.45, "hard_threshold": 0.55, "target": 0.30, "protect_recent_turns": 2,
+              "summary_max_tokens": 400, "min_span_tokens": 500}
+
+
+@dataclass
+class QuestionResult:
+    conversation: str
+    category: int
+    evidence: int
+    hits: int
+    trunc_hits: int
+    tokens: int
+    trunc_tokens: int
+    full_tokens: int
+    injected: int
+    memory_tokens: int
+    reason: str
+
+    @property
+    def recall(self) -> float:
+        return self.hits / self.evidence if self.evidence else 0.0
+
+    @property
+    def trunc_recall(self) -> float:
+        return self.trunc_hits / self.evidence if self.evidence else 0.0
+
+
+@dataclass
+class Report:
+    questions: list[QuestionResult] = field(default_factory=list)
+    conversations: int = 0
+    turns: int = 0
+    requests: int = 0
+    fallbacks: int = 0  # requests that went out unchanged because a stage failed
+    missing_evidence: int = 0  # evidence ids not in the conversation (data errors), left out
+    seconds: float = 0.0
+    dropped: int = 0  # items the ingestion queue dropped (the replay outran the embedder)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def recall(self, cat: int | None = None, trunc: bool = False) -> float:
+        qs = [q for q in self.questions if cat is None or q.category == cat]
+        return mean(q.trunc_recall if trunc else q.recall for q in qs)
+
+    def render(self) -> str:
+        cats = sorted({q.category for q in self.questions})
+        header = ["method", "recall"] + [CATEGORIES.get(c, str(c)) for c in cats] + ["tokens/question"]
+        rows = [
+            ["contextwarden"] + [self.recall()] + [self.recall(c) for c in cats] + [round(mean(q.tokens for q in self.questions))],
+            ["truncation (last N, same tokens)"] + [self.recall(trunc=True)] + [self.recall(c, True) for c in cats]
+            + [round(mean(q.trunc_tokens for q in self.questions))],
+            ["full history"] + [1.0] * (1 + len(cats)) + [round(mean(q.full_tokens for q in self.questions))],
+        ]
+        title = (f"LoCoMo: {self.conversations} conversations, {self.turns:,} turns, {len(self.questions):,} questions, "
+                 f"window {self.settings.get('window', WINDOW):,} tokens ({self.seconds:.0f} s)")
+        out = table(title, header, rows)
+        out += (f"\ncontextwarden: {mean(q.injected for q in self.questions):.1f} items / "
+                f"{mean(q.memory_tokens for q in self.questions):.0f} tokens of memory per question; "
+                f"{self.requests:,} requests replayed, {self.fallbacks} forwarded unchanged after a stage failure, "
+                f"{self.dropped} items dropped by a full ingestion queue; "
+                f"{self.missing_evidence} evidence ids not in the data were left out")
+        return out
+
+
+def load(path: str | Path) -> list[dict[str, Any]]:
+    return json.loads(Path(path).read_text())
+
+
+def sessions_of(conv: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    keys = [k for k in conv if k.startswith("session_") and not k.endswith("date_time") and isinstance(conv[k], list)]
+    keys.sort(key=lambda k: int(k.split("_")[1]))
+    return [(conv.get(f"{k}_date_time", ""), conv[k]) for k in keys]
+
+
+def turn_content(turn: dict[str, Any]) -> str:
+    """A turn as its message says it: the speaker's name, the text, and a shared photo's caption."""
+    text = f"{turn['speaker']}: {turn['text']}"
+    if turn.get("blip_caption"):
+        text += f" [shares a photo: {turn['blip_caption']}]"
+    return text
+
+
+def run_conversation(rp: Replayer, sample: dict[str, Any], report: Report, max_questions: int | None = None,
+                     progress=None, replay: bool = True) -> None:
+    """Replay one conversation and ask its questions (``replay=False``: the runtime's home already holds
+    the replayed conversation; only the questions are asked)."""
+    conv = sample["conversation"]
+    cid = sample.get("sample_id", "conv")
+    key = f"sk-eval-locomo-{cid}"  # one tenant per conversation: no conversation sees another's memory
+    a = conv["speaker_a"]
+    messages: list[dict[str, Any]] = []
+    by_id: dict[str, str] = {}
+    for _date, turns in sessions_of(conv):
+        for t in turns:
+            by_id[t["dia_id"]] = t["text"]
+            role = "user" if t["speaker"] == a else "assistant"
+            content = turn_content(t)
+            if role == "assistant" and messages and replay:
+                sent = rp.send(messages, api_key=key, session=cid)
+                report.requests += 1
+                report.fallbacks += sent.outcome.reason.startswith(("stage", "invalid"))
+                rp.complete(sent, content)
+            messages.append({"role": role, "content": content})
+            report.turns += 1
+    qa = sample["qa"][:max_questions] if max_questions else sample["qa"]
+    for i, q in enumerate(qa):
+        if not rp.flush():
+            raise RuntimeError("memory ingestion did not finish within the flush timeout")
+        ev = [e for e in q.get("evidence", []) if e in by_id]
+        report.missing_evidence += len(q.get("evidence", [])) - len(ev)
+        if not ev:
+            continue
+        asked = messages + [{"role": "user", "content": q["question"]}]
+        sent = rp.send(asked, api_key=key, session=cid)
+        report.requests += 1
+        report.fallbacks += sent.outcome.reason.startswith(("stage", "invalid"))
+        text = request_text(sent.wire)
+        hits = sum(contains(text, by_id[e]) for e in ev)
+        tokens = sent.tokens()
+        kept, ttoks = truncate_to(rp.runtime, ApiKind.ANTHROPIC, asked, tokens, sent.ctx.model)
+        ttext = request_text({"messages": kept})
+        mem = sent.ctx.notes.get("memory") or {}
+        report.questions.append(QuestionResult(
+            conversation=cid, category=int(q.get("category", 0)), evidence=len(ev), hits=hits,
+            trunc_hits=sum(contains(ttext, by_id[e]) for e in ev), tokens=tokens, trunc_tokens=ttoks,
+            full_tokens=sent.ctx.tokens_in or 0, injected=int(mem.get("injected") or 0),
+            memory_tokens=int(mem.get("tokens") or 0), reason=str(mem.get("skipped") or "")))
+        if progress and (i + 1) % 50 == 0:
+            progress(f"  {cid}: {i + 1}/{len(qa)} questions, recall so far {report.recall():.3f}")
+
+
+def run(data: str | Path, limit: int | None = None, questions: int | None = None, conversation: str | None = None,
+        home: str | Path | None = None, memory: dict[str, Any] | None = None,
+        compaction: dict[str, Any] | None = None, embed_cache: str | Path | None = None, progress=print,
+        replay: bool = True, profile_extra: str = "") -> Report:
+    """Replay the LoCoMo conversations (``limit`` of them, or the one named ``conversation``) and ask
+    their questions (the first ``questions`` of each)."""
+    samples = load(data)
+    if conversation:
+        samples = [s for s in samples if s.get("sample_id") == conversation]
+    if limit:
+        samples = samples[:limit]
+    mem = {**MEMORY, **(memory or {})}
+    comp = {**COMPACTION, **(compaction or {})}
+    report = Report(settings={"memory": mem, "compaction": comp, "window": WINDOW})
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cw-eval-locomo-") as tmp:
+        base = Path(home) if home else Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
+        profile = write_profile(base / "eval-locomo.yaml", WINDOW, mem, comp, profile_extra)
+        rp = Replayer.from_profile(profile, base / "home")
+        try:
+            svc = rp.memory()
+            if svc is not None and embed_cache and svc.embedder is not None:
+                svc.embedder.attach_disk(embed_cache)
+            for sample in samples:
+                run_conversation(rp, sample, report, questions, progress, replay=replay)
+                report.conversations += 1
+                if progress:
+                    progress(f"{sample.get('sample_id')}: recall so far {report.recall():.3f} "
+                             f"({len(report.questions)} questions, {time.perf_counter() - t0:.0f} s)")
+            report.dropped = rp.dropped()
+        finally:
+            rp.close()
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,0 +1,119 @@
+"""What the LoCoMo and LongMemEval replays share: the outgoing text, the baselines, profiles and tables.
+
+A turn counts as *recalled* when its text (whitespace-normalised) is part of the text of the request that
+goes upstream when the question is asked: in the kept history, a compaction summary, or injected memory.
+The check reads only the outgoing body; the pipeline never sees evidence ids.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..models.base import ApiKind
+
+_WS = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    return _WS.sub(" ", text).strip()
+
+
+def _content_texts(content: Any) -> Iterable[str]:
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list):
+        for b in content:
+            if isinstance(b, str):
+                yield b
+            elif isinstance(b, dict):
+                if isinstance(b.get("text"), str):
+                    yield b["text"]
+                if "content" in b:
+                    yield from _content_texts(b["content"])
+                if isinstance(b.get("output"), str):
+                    yield b["output"]
+
+
+def request_text(wire: dict[str, Any]) -> str:
+    """All the text of a request body (system, messages, tool results), normalised."""
+    parts: list[str] = []
+    for key in ("system", "instructions"):
+        parts += list(_content_texts(wire.get(key)))
+    msgs = wire.get("messages") if "messages" in wire else wire.get("input")
+    if isinstance(msgs, str):
+        parts.append(msgs)
+    for m in msgs or []:
+        if isinstance(m, dict):
+            parts += list(_content_texts(m.get("content")))
+            if isinstance(m.get("output"), str):
+                parts.append(m["output"])
+        elif isinstance(m, str):
+            parts.append(m)
+    return normalise("\n".join(parts))
+
+
+def contains(haystack: str, text: str) -> bool:
+    t = normalise(text)
+    return bool(t) and t in haystack
+
+
+def truncate_to(runtime, api: ApiKind, messages: list[dict], budget: int, model: str | None = None) -> tuple[list[dict], int]:
+    """Keep-the-last-N baseline: the longest suffix of ``messages`` whose request fits ``budget`` tokens
+    (the last message is always kept). Returns (messages, tokens)."""
+    tokens = runtime.tokens
+    base = tokens.count_request(api, {"messages": []}, model)
+    used = base
+    kept = 0
+    for m in reversed(messages):
+        c = tokens.count_message(api, m, model)
+        if kept and used + c > budget:
+            break
+        used += c
+        kept += 1
+    return messages[len(messages) - kept:], used
+
+
+def write_profile(path: Path, window: int, memory: dict[str, Any], compaction: dict[str, Any] | None = None,
+                  extra: str = "") -> Path:
+    """An evaluation profile: Claude Code's, with the window and memory settings under test, and stage
+    budgets generous enough that the machine's load cannot turn a slow stage into a full-history pass."""
+    comp = compaction or {}
+    mem = ", ".join(f"{k}: {v}" for k, v in memory.items())
+    cmp_ = ", ".join(f"{k}: {v}" for k, v in comp.items())
+    path.write_text(textwrap.dedent(f"""\
+        extends: claude-code
+        name: eval
+        tokens: {{context_window: {window}, calibrate: false}}
+        clearing: {{trigger_tokens: {window // 2}, clear_at_least: {window // 8}}}
+        compaction: {{{cmp_}}}
+        memory: {{{mem}}}
+        pipeline: {{stage_budget_ms: 120000}}
+        log: {{record_bodies: false}}
+        """) + extra)
+    return path
+
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
+    """A plain text table (numbers right-aligned)."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return "" if v is None else str(v)
+
+    cells = [[fmt(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    lines = [title, "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in cells:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+def mean(xs: Iterable[float]) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else 0.0

@@ -1,0 +1,313 @@
+"""Getting completed turns into the store, off the request path.
+
+The memory stage's ``cw_turn_complete`` hook turns the conversation into items
+(:func:`items_from_messages`) and hands them to :meth:`Ingestor.submit`, which only appends to a
+bounded queue and returns. One worker thread then redacts secrets, cuts long texts into chunks, embeds
+and stores. When the queue is full the work is dropped with a ``memory`` event ``{"dropped": n}``:
+traffic never waits for memory. Chroma failures become ``error`` events, never exceptions in callers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+import orjson
+
+from ..models import anthropic, openai_chat, openai_responses
+from ..models.base import ApiKind
+from .chunking import approx_tokens, chunk_text
+from .ids import memory_id
+from .items import MemoryItem
+from .secrets import redact_secrets
+
+if TYPE_CHECKING:
+    from ..events import EventBus
+    from .store import MemoryStore
+
+_ERROR_EVERY = 60.0  # seconds between repeated identical error events
+
+
+class Ingestor:
+    """Bounded queue + one worker thread that redacts, chunks, embeds and stores items.
+
+    ``queue_size`` bounds the items waiting (a single submit larger than the whole queue is still taken
+    when the queue is empty, so one big turn is not lost). ``on_added`` receives the items that were new
+    to the store, from the worker thread (the retrieval side updates its lexical index with it).
+    """
+
+    def __init__(self, store: "MemoryStore", bus: "EventBus", queue_size: int,
+                 on_added: Callable[[list[MemoryItem]], None] | None = None, *,
+                 chunk_tokens: int | None = None, count: Callable[[str], int] = approx_tokens,
+                 backfill: bool = True) -> None:
+        self.store = store
+        self.bus = bus
+        self.queue_size = max(1, int(queue_size))
+        self.on_added = on_added
+        self.chunk_tokens = int(chunk_tokens or getattr(store.settings, "chunk_tokens", 400) or 400)
+        self.count = count
+        self.stats = {"submitted": 0, "dropped": 0, "stored": 0, "new": 0, "redacted": 0, "errors": 0}
+        self._q: deque[list[MemoryItem]] = deque()
+        self._pending = 0  # items in the queue
+        self._busy = False
+        self._closing = False
+        self._cv = threading.Condition()
+        self._last_error: tuple[str, float] = ("", 0.0)
+        self._backfill = backfill
+        self._thread = threading.Thread(target=self._run, name="cw-memory-ingest", daemon=True)
+        self._thread.start()
+
+    # --- producer side (any thread; never blocks) ----------------------------------------------------
+    def submit(self, items: list[MemoryItem]) -> bool:
+        """Queue ``items`` for storage; False (and a ``memory`` event) if they were dropped."""
+        items = [it for it in items if it.text and it.text.strip()]
+        if not items:
+            return True
+        n = len(items)
+        with self._cv:
+            full = self._closing or (self._pending > 0 and self._pending + n > self.queue_size)
+            if not full:
+                self._q.append(items)
+                self._pending += n
+                self.stats["submitted"] += n
+                self._cv.notify()
+            else:
+                self.stats["dropped"] += n
+        if full:
+            reason = "closed" if self._closing else "queue full"
+            self.bus.emit("memory", {"dropped": n, "reason": reason, "queued": self._pending},
+                          session=_session_of(items))
+            return False
+        return True
+
+    def flush(self, timeout: float = 30) -> bool:
+        """Wait until everything submitted so far is stored (or failed); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._q or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return not (self._q or self._busy)
+                self._cv.wait(left)
+        return True
+
+    def close(self, timeout: float = 10) -> None:
+        """Store what is queued (up to ``timeout``), then stop the worker. Does not close the store."""
+        self.flush(timeout)
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    # --- worker --------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        _lower_priority()
+        if self._backfill:
+            self._safe_backfill()
+        while True:
+            with self._cv:
+                while not self._q and not self._closing:
+                    self._cv.wait()
+                if not self._q and self._closing:
+                    return
+                batches = list(self._q)
+                self._q.clear()
+                taken = self._pending
+                self._pending = 0
+                self._busy = True
+            try:
+                self._process([it for b in batches for it in b])
+            except Exception as e:  # never let the worker die
+                self._error(e, taken)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _safe_backfill(self) -> None:
+        """Before the first turn: embed what was stored without a model, and load the tenants' vector
+        indexes (Chroma loads one on its first query; better here than on a request's clock)."""
+        try:
+            if self.store.available and self.store.embedder is not None and not self.store.read_only:
+                moved = self.store.backfill()
+                if moved:
+                    self.bus.emit("memory", {"backfilled": moved})
+                self.store.warm()
+        except Exception as e:
+            self._error(e, 0, where="memory.backfill")
+
+    def prepare(self, items: list[MemoryItem]) -> tuple[list[MemoryItem], int]:
+        """Redact and chunk: what will be stored for ``items``, and how many secrets were removed."""
+        out: list[MemoryItem] = []
+        redacted = 0
+        for it in items:
+            source = it.source_id or memory_id(it.text)  # the id a clearing stub names: the original text
+            text, k = redact_secrets(it.text)
+            redacted += k
+            pieces = chunk_text(text, self.chunk_tokens, self.count) if self.count(text) > self.chunk_tokens else [text]
+            if len(pieces) <= 1:
+                out.append(_replace(it, text=text, source_id=source))
+            else:
+                out += [_replace(it, text=p, kind="chunk", source_id=source) for p in pieces]
+        return out, redacted
+
+    def _process(self, items: list[MemoryItem]) -> None:
+        t0 = time.perf_counter()
+        prepared, redacted = self.prepare(items)
+        try:
+            new = self.store.add_items(prepared)
+        except Exception as e:
+            self._error(e, len(items))
+            return
+        ms = round((time.perf_counter() - t0) * 1000, 1)
+        self.stats["stored"] += len(prepared)
+        self.stats["new"] += len(new)
+        self.stats["redacted"] += redacted
+        self.bus.emit("memory", {"ingested": len(prepared), "new": len(new), "ms": ms, "redacted": redacted,
+                                 "chunks": sum(1 for it in prepared if it.kind == "chunk")},
+                      session=_session_of(items))
+        if new and self.on_added is not None:
+            try:
+                self.on_added(new)
+            except Exception as e:
+                self._error(e, 0, where="memory.on_added")
+
+    def _error(self, e: BaseException, n: int, where: str = "memory.ingest") -> None:
+        self.stats["errors"] += 1
+        msg = f"{type(e).__name__}: {e}"[:500]
+        now = time.monotonic()
+        last_msg, last_t = self._last_error
+        if msg == last_msg and now - last_t < _ERROR_EVERY:
+            return  # Chroma down: one event a minute, not one a turn
+        self._last_error = (msg, now)
+        self.bus.emit("error", {"where": where, "message": msg, "action": f"dropped {n} items" if n else "skipped"})
+
+
+def _lower_priority() -> None:
+    """Embedding is CPU-bound; on Linux a thread has its own nice value, so the worker yields the CPU to
+    the proxy's request path instead of competing with it."""
+    try:
+        import os
+
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10))
+    except (AttributeError, OSError):
+        pass
+
+
+def _replace(it: MemoryItem, **kw: Any) -> MemoryItem:
+    d = dict(it.__dict__)
+    d["tags"] = list(it.tags)
+    d.update(kw)
+    return MemoryItem(**d)
+
+
+def _session_of(items: list[MemoryItem]) -> str | None:
+    s = {it.session for it in items}
+    return s.pop() if len(s) == 1 else None
+
+
+# --- conversation -> items ------------------------------------------------------------------------------
+def _as_dict(m: Any) -> Any:
+    return m.wire() if hasattr(m, "wire") else m
+
+
+def items_from_messages(messages: list[dict], api: ApiKind, session: str, tenant: str, start_turn: int,
+                        tags: list[str] | None = None, clean_text: dict[int, str] | None = None, *,
+                        workspace: str | None = None, ts: float | None = None) -> list[MemoryItem]:
+    """One item per message (its text, tool calls included) and one per tool result (tool name resolved
+    from the matching tool_use / tool_call in ``messages``).
+
+    ``messages`` are wire dicts (typed models are accepted too); ``messages[i]`` is turn
+    ``start_turn + i``. ``clean_text[turn]`` replaces a message's own text (e.g. the user message without
+    the injected memory block); its tool results are still taken from the message. Thinking, images and
+    leading system/developer messages (the cached prefix) are not stored.
+    """
+    api = ApiKind(api)
+    tags = list(tags or [])
+    clean_text = clean_text or {}
+    when = time.time() if ts is None else ts
+    out: list[MemoryItem] = []
+
+    def add(text: str, turn: int, role: str, kind: str, tool: str | None = None) -> None:
+        if text and text.strip():
+            out.append(MemoryItem(text=text, session=session, tenant=tenant, turn=turn, role=role, kind=kind,
+                                  tool=tool, tags=list(tags), ts=when, workspace=workspace))
+
+    if api == ApiKind.OPENAI_RESPONSES:
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        _responses_items(messages, start_turn, clean_text, add)
+        return out
+
+    tool_names: dict[str, str] = {}
+    prefix = True
+    for i, raw in enumerate(messages):
+        turn = start_turn + i
+        raw = _as_dict(raw)
+        if not isinstance(raw, dict):
+            continue
+        role = str(raw.get("role") or "user")
+        if prefix and role in ("system", "developer"):
+            continue
+        prefix = False
+        if api == ApiKind.ANTHROPIC:
+            msg = anthropic.Message.model_validate(raw)
+            texts, results = [], []
+            for b in msg.blocks():
+                if isinstance(b, anthropic.ToolUseBlock):
+                    tool_names[b.id] = b.name
+                    texts.append(anthropic.block_text(b))
+                elif isinstance(b, anthropic.ToolResultBlock):
+                    results.append(b)
+                elif isinstance(b, anthropic.TextBlock):
+                    texts.append(b.text)
+            add(clean_text.get(turn, "\n".join(t for t in texts if t)), turn, role, "message")
+            for b in results:
+                add(anthropic.content_text(b.content), turn, "tool", "tool_result", tool_names.get(b.tool_use_id))
+        else:  # OpenAI chat and Ollama
+            msg = openai_chat.ChatMessage.model_validate(raw)
+            for tc in msg.tool_calls or []:
+                if tc.function is not None:
+                    tool_names[tc.id] = tc.function.name
+            text = clean_text.get(turn, openai_chat.message_text(msg))
+            if role in ("tool", "function"):
+                tool = tool_names.get(msg.tool_call_id or "") or msg.name or raw.get("tool_name")
+                add(text, turn, "tool", "tool_result", tool)
+            else:
+                add(text, turn, role, "message")
+    return out
+
+
+def _responses_items(items: list[Any], start_turn: int, clean_text: dict[int, str], add) -> None:
+    tool_names: dict[str, str] = {}
+    prefix = True
+    for i, item in enumerate(items):
+        turn = start_turn + i
+        item = _as_dict(item)
+        if isinstance(item, str):
+            item = {"role": "user", "content": item}
+        if not isinstance(item, dict):
+            continue
+        t = item.get("type") or ("message" if "role" in item else None)
+        role = str(item.get("role") or "assistant")
+        if prefix and t == "message" and role in ("system", "developer"):
+            continue
+        prefix = False
+        if t == "reasoning":
+            continue
+        if t and t.endswith("_call") and item.get("call_id"):
+            tool_names[item["call_id"]] = item.get("name") or t.removesuffix("_call")
+        if t and t.endswith("_call_output"):
+            out = item.get("output")
+            text = out if isinstance(out, str) else openai_responses.item_text(item) or (
+                orjson.dumps(out).decode() if out is not None else "")
+            add(clean_text.get(turn, text), turn, "tool", "tool_result", tool_names.get(item.get("call_id", "")))
+        else:
+            add(clean_text.get(turn, openai_responses.item_text(item)), turn,
+                role if t == "message" else "assistant", "message")

@@ -1,0 +1,113 @@
+"""What one remembered piece of a conversation is, and how it maps to a Chroma record.
+
+Identity is content: ``MemoryItem.id`` is the tenant plus the hash of the text, so the same tool output
+seen by two agents (or two sessions) of one tenant is stored once. Chroma rejects ``None`` and empty
+lists as metadata values, so those fields are left out; tags are a list (filter with
+``where={"tags": {"$contains": "auth"}}``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .ids import content_hash, memory_id
+
+KINDS = ("message", "tool_result", "chunk")
+
+
+@dataclass
+class MemoryItem:
+    """One message, tool result, or chunk of a long tool result, as stored."""
+
+    text: str
+    session: str
+    tenant: str
+    turn: int  # index of the message in the conversation
+    role: str  # user / assistant / tool / system
+    kind: str  # "message" | "tool_result" | "chunk"
+    tool: str | None = None
+    tags: list[str] = field(default_factory=list)
+    ts: float = field(default_factory=time.time)
+    workspace: str | None = None
+    # memory_id of the original text this item was cut from (before redaction and chunking): the id a
+    # clearing stub names. Set by ingestion for every item; None only for items built by hand.
+    source_id: str | None = None
+
+    @property
+    def id(self) -> str:
+        """``tenant:hash``: identical content is stored once per tenant (cross-agent dedup)."""
+        return f"{self.tenant}:{content_hash(self.text)[:32]}"
+
+    @property
+    def memory_id(self) -> str:
+        """The short id of this item's own text (``m-…``)."""
+        return memory_id(self.text)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """Chroma metadata: scalars only, ``None`` left out."""
+        md: dict[str, Any] = {
+            "session": self.session,
+            "tenant": self.tenant,
+            "turn": int(self.turn),
+            "role": self.role,
+            "kind": self.kind,
+            "ts": float(self.ts),
+            "hash": content_hash(self.text),
+            "mid": memory_id(self.text),
+        }
+        tags = clean_tags(self.tags)
+        if tags:
+            md["tags"] = tags
+        if self.tool is not None:
+            md["tool"] = self.tool
+        if self.workspace is not None:
+            md["workspace"] = self.workspace
+        if self.source_id is not None:
+            md["source_id"] = self.source_id
+        return md
+
+    def to_record(self) -> dict[str, Any]:
+        """A flat JSON-able record (the JSONL export format): ``id``, ``text`` and the metadata."""
+        return {"id": self.id, "text": self.text, **self.to_metadata()}
+
+    @classmethod
+    def from_record(cls, text: str | Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> "MemoryItem":
+        """Rebuild an item from a Chroma document + metadata, or from one flat export record."""
+        if metadata is None:
+            if not isinstance(text, Mapping):
+                raise TypeError("from_record(text, metadata) or from_record(record)")
+            metadata, text = text, text["text"]
+        md = metadata
+        return cls(
+            text=str(text),
+            session=str(md.get("session", "")),
+            tenant=str(md.get("tenant", "anonymous")),
+            turn=int(md.get("turn", 0)),
+            role=str(md.get("role", "user")),
+            kind=str(md.get("kind", "message")),
+            tool=md.get("tool") or None,
+            tags=parse_tags(md.get("tags")),
+            ts=float(md.get("ts", time.time())),
+            workspace=md.get("workspace") or None,
+            source_id=md.get("source_id") or None,
+        )
+
+
+def clean_tags(tags: list[str] | None) -> list[str]:
+    """Non-empty, stripped, de-duplicated tags in their order."""
+    out: list[str] = []
+    for t in tags or []:
+        t = str(t).strip()
+        if t and t not in out:
+            out.append(t)
+    return out
+
+
+def parse_tags(value: Any) -> list[str]:
+    if not value:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(t) for t in value]
+    return [t for t in str(value).split(",") if t]

@@ -1,0 +1,130 @@
+"""Driving the real pipeline in-process: what the evaluations and memory tests replay conversations with.
+
+A :class:`Replayer` owns a :class:`~contextwarden.runtime.Runtime` (a temporary ``cw_home`` and a
+profile) and sends request bodies exactly as the interceptor does, ``prepare()`` then
+``Pipeline.process()``, returning the body that would go upstream; :meth:`Replayer.complete` then plays
+the assistant's reply as an assembled turn through the ``cw_turn_complete`` hooks (ingestion).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..models.base import ApiKind
+from ..pipeline import Outcome, Pipeline, count_tokens, prepare
+
+_flow_ids = itertools.count(1)
+
+_PATHS = {ApiKind.ANTHROPIC: ("api.anthropic.com", "/v1/messages"),
+          ApiKind.OPENAI_CHAT: ("api.openai.com", "/v1/chat/completions"),
+          ApiKind.OPENAI_RESPONSES: ("api.openai.com", "/v1/responses"),
+          ApiKind.OLLAMA_CHAT: ("localhost", "/api/chat")}
+
+
+@dataclass
+class Sent:
+    """One replayed request: what went upstream and what the stages said."""
+
+    ctx: Any  # RequestContext
+    outcome: Outcome
+    wire: dict[str, Any]  # the body sent upstream (the original when nothing changed)
+
+    @property
+    def changed(self) -> bool:
+        return self.outcome.body is not None
+
+    def tokens(self) -> int:
+        return (self.ctx.tokens_out if self.changed else self.ctx.tokens_in) or 0
+
+
+class Replayer:
+    """Sends bodies through ``prepare()`` + ``Pipeline.process()`` of a real runtime."""
+
+    def __init__(self, runtime, api: ApiKind = ApiKind.ANTHROPIC) -> None:
+        self.runtime = runtime
+        self.api = api
+        self.pipeline = Pipeline(runtime)
+        self.loop = asyncio.new_event_loop()
+
+    @classmethod
+    def from_profile(cls, profile: str | os.PathLike, home: str | os.PathLike, api: ApiKind = ApiKind.ANTHROPIC,
+                     log: bool = False) -> "Replayer":
+        from ..runtime import Runtime
+
+        return cls(Runtime.from_profile(profile, Path(home), log=log), api)
+
+    def memory(self):
+        """The runtime's memory service (ready), or None."""
+        from .service import get_service
+
+        svc = get_service(self.runtime)
+        if svc is not None:
+            svc.wait_ready(120)
+        return svc
+
+    def body(self, messages: list[dict], model: str = "claude-eval", **kw) -> dict[str, Any]:
+        if self.api is ApiKind.ANTHROPIC:
+            return {"model": model, "max_tokens": 1024, "messages": messages, **kw}
+        if self.api is ApiKind.OPENAI_RESPONSES:
+            return {"model": model, "input": messages, **kw}
+        return {"model": model, "messages": messages, **kw}
+
+    def send(self, messages: list[dict] | None = None, *, api_key: str = "sk-eval", session: str | None = None,
+             body: dict[str, Any] | None = None, headers: list[tuple[str, str]] | None = None,
+             tenant: str | None = None) -> Sent:
+        """One request through the pipeline, as the interceptor runs it (``tenant`` overrides the one
+        derived from the key: benchmarks use stores built for named tenants)."""
+        body = body if body is not None else self.body(messages or [])
+        raw = orjson.dumps(body)
+        h = [("content-type", "application/json")]
+        h.append(("authorization", f"Bearer {api_key}") if self.api is not ApiKind.ANTHROPIC else ("x-api-key", api_key))
+        if session:
+            h.append(("x-contextwarden-session", session))
+        h += headers or []
+        host, path = _PATHS[self.api]
+        ctx = prepare(self.runtime, f"replay-{next(_flow_ids)}", self.api, host, path, h, raw)
+        if tenant is not None:
+            ctx.tenant = tenant
+        ctx.tokens_in = count_tokens(ctx, ctx.original)
+        outcome = self.loop.run_until_complete(self.pipeline.process(ctx))
+        wire = orjson.loads(outcome.body) if outcome.body is not None else ctx.original
+        return Sent(ctx, outcome, wire)
+
+    def complete(self, sent: Sent, text: str) -> None:
+        """Play the assistant's reply ``text`` as the turn of ``sent`` (runs the cw_turn_complete hooks)."""
+        from ..streams.turn import AssembledTurn
+
+        if self.api is ApiKind.ANTHROPIC:
+            message = {"role": "assistant", "content": [{"type": "text", "text": text}] if text else []}
+        elif self.api is ApiKind.OPENAI_RESPONSES:
+            message = {"role": "assistant", "output": [{"type": "message", "role": "assistant",
+                                                         "content": [{"type": "output_text", "text": text}]}]}
+        else:
+            message = {"role": "assistant", "content": text}
+        turn = AssembledTurn(api=self.api, model=sent.ctx.model, message=message, text=text, tool_calls=[],
+                             usage=None, stop_reason="end_turn", error=None, complete=True, events=1)
+        self.runtime.pm.hook.cw_turn_complete(ctx=sent.ctx, turn=turn)
+
+    def flush(self, timeout: float = 3600) -> bool:
+        """Wait until memory has stored (and indexed) everything submitted so far."""
+        svc = self.memory()
+        return svc.flush(timeout) if svc is not None else True
+
+    def dropped(self) -> int:
+        """Items the ingestion queue dropped (it was full) since the runtime started."""
+        svc = self.memory()
+        ing = getattr(svc, "ingestor", None)
+        return int(ing.stats.get("dropped", 0)) if ing is not None else 0
+
+    def close(self) -> None:
+        try:
+            self.runtime.close()
+        finally:
+            self.loop.close()

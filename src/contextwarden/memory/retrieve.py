@@ -1,0 +1,421 @@
+"""Hybrid retrieval: vector (Chroma) and lexical (BM25) rankings fused by reciprocal rank fusion.
+
+Only items the outgoing request no longer holds are candidates (what the history still has needs no
+memory), only within the caller's tenant (plus the profile's shared workspace), and the selection stops
+at ``memory.top_k`` items or the token budget, whichever comes first.
+
+Reciprocal rank fusion scores an item ``sum(w / (k + rank))`` over the rankings it appears in: it needs
+no score calibration between a cosine similarity and a BM25 score, and an item both rankings agree on
+beats one that only one of them likes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ..models.base import ApiKind
+from .ids import content_hash
+from .lexical import combine_terms, query_terms
+from .tagger import tag_key
+
+_WS = re.compile(r"\s+")
+_BULLET = re.compile(r"^(?:[-*>•]+|\d+[.)])\s+")
+MIN_LINE = 16  # shorter lines are too common to say an item is in the history
+
+
+def normalise(text: str) -> str:
+    return _WS.sub(" ", text).strip()
+
+
+def _line_key(line: str) -> str:
+    """A line for comparison: whitespace-normalised, without a list bullet (a summary quotes a message
+    as "- <message>")."""
+    return _BULLET.sub("", normalise(line))
+
+
+_LINE_CACHE: "OrderedDict[str, tuple[tuple[str, ...], frozenset[int]]]" = OrderedDict()
+_LINE_CACHE_CHARS = [0]
+_LINE_CACHE_MAX = 40_000_000  # characters of history text remembered between requests
+_cache_lock = threading.Lock()
+
+
+def _text_keys(text: str) -> tuple[tuple[str, ...], frozenset[int]]:
+    """(hashes of the whole text, hashes of its long lines), cached: a history is mostly the same texts
+    request after request, so each is split and hashed once."""
+    with _cache_lock:
+        hit = _LINE_CACHE.get(text)
+        if hit is not None:
+            _LINE_CACHE.move_to_end(text)
+            return hit
+    lines = frozenset(hash(n) for n in (_line_key(x) for x in text.splitlines()) if len(n) >= MIN_LINE)
+    val = ((content_hash(text), content_hash(normalise(text))), lines)
+    with _cache_lock:
+        if text not in _LINE_CACHE:
+            _LINE_CACHE[text] = val
+            _LINE_CACHE_CHARS[0] += len(text)
+            while _LINE_CACHE_CHARS[0] > _LINE_CACHE_MAX and _LINE_CACHE:
+                k, _ = _LINE_CACHE.popitem(last=False)
+                _LINE_CACHE_CHARS[0] -= len(k)
+    return val
+
+
+class HistoryIndex:
+    """What the outgoing request still holds, to tell whether a stored item is already in it.
+
+    An item is in the history when its whole (whitespace-normalised) text is a text of the request,
+    or when nearly all of its lines are lines of the request (a chunk of a tool result still there).
+    Lookups are set probes, so checking a candidate costs microseconds whatever the history's size.
+    """
+
+    def __init__(self, texts: Iterable[str] = ()) -> None:
+        self.hashes: set[str] = set()
+        self.lines: set[int] = set()
+        for t in texts:
+            self.add(t)
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        hashes, lines = _text_keys(text)
+        self.hashes.update(hashes)
+        self.lines |= lines
+
+    def __contains__(self, item) -> bool:
+        text = item.text if hasattr(item, "text") else str(item)
+        if content_hash(text) in self.hashes or content_hash(normalise(text)) in self.hashes:
+            return True
+        long_lines = [x for x in (_line_key(x) for x in text.splitlines()) if len(x) >= MIN_LINE]
+        if not long_lines:
+            return False
+        present = sum(1 for x in long_lines if hash(x) in self.lines)
+        return present >= max(1, math.ceil(0.8 * len(long_lines)))
+
+
+# --- reading a request ----------------------------------------------------------------------------------
+def messages_of(api: ApiKind, body) -> list:
+    """The history list of a wire dict or typed request (Responses ``input`` string -> one item)."""
+    if isinstance(body, dict):
+        v = body.get("input") if api is ApiKind.OPENAI_RESPONSES else body.get("messages")
+    else:
+        v = getattr(body, "input", None) if api is ApiKind.OPENAI_RESPONSES else getattr(body, "messages", None)
+    if isinstance(v, str):
+        return [{"role": "user", "content": v}]
+    return list(v) if isinstance(v, list) else []
+
+
+def _plain(m):
+    return m.wire() if hasattr(m, "wire") else m
+
+
+def role_of(m) -> str:
+    m = m if isinstance(m, dict) else (_plain(m) if hasattr(m, "wire") else {})
+    if isinstance(m, str):
+        return "user"
+    role = m.get("role")
+    if role is None and isinstance(m.get("type"), str) and m["type"] != "message":
+        return "tool" if m["type"].endswith("_output") else "assistant"
+    return str(role or "user")
+
+
+def human_text(api: ApiKind, m) -> str:
+    """What a person wrote in a message: its text blocks/parts, not tool calls or tool results."""
+    m = _plain(m)
+    if isinstance(m, str):
+        return m
+    if not isinstance(m, dict):
+        return ""
+    if api is ApiKind.OPENAI_RESPONSES and m.get("type") not in (None, "message"):
+        return ""
+    if m.get("role") in ("tool", "function"):
+        return ""
+    c = m.get("content")
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list):
+        return "\n".join(p["text"] for p in c if isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text")
+                         and isinstance(p.get("text"), str))
+    return ""
+
+
+def history_texts(api: ApiKind, request) -> list[str]:
+    """Every text of the outgoing request a stored item could equal: messages, text blocks, tool calls
+    and tool results (each tool result is an item of its own)."""
+    from ..models import anthropic as am
+    from ..models import openai_chat as oc
+    from ..models import openai_responses as orr
+
+    out: list[str] = []
+    for m in messages_of(api, request):
+        if api is ApiKind.ANTHROPIC:
+            msg = m if isinstance(m, am.Message) else am.Message.model_validate(m)
+            if isinstance(msg.content, str):
+                out.append(msg.content)
+                continue
+            texts = []
+            for b in msg.content:
+                t = am.block_text(b)
+                if t:
+                    out.append(t)
+                    if not isinstance(b, am.ToolResultBlock):
+                        texts.append(t)
+            if len(texts) > 1:
+                out.append("\n".join(texts))
+        elif api is ApiKind.OPENAI_RESPONSES:
+            t = orr.item_text(_plain(m))
+            if t:
+                out.append(t)
+        else:
+            msg = m if isinstance(m, oc.ChatMessage) else oc.ChatMessage.model_validate(m)
+            t = oc.message_text(msg)
+            if t:
+                out.append(t)
+    return out
+
+
+def _cleaner(text: str, clean: str | None) -> str:
+    """The strip stage's cleaned text when it is the same message minus envelopes (its text of a
+    message with tool results also holds the results, which are not a query)."""
+    return clean if clean and clean.strip() and len(clean) <= len(text) else text
+
+
+def build_query(api: ApiKind, messages: list, clean_text: dict[int, str] | None = None,
+                context_messages: int = 2, context_chars: int = 1500) -> tuple[Query | None, int | None]:
+    """The query for a request: the last user message with text a person wrote (cleaned of channel
+    envelopes), and the few messages before it as context. Returns (query, index of that message)."""
+    clean_text = clean_text or {}
+    for i in range(len(messages) - 1, -1, -1):
+        if role_of(messages[i]) != "user":
+            continue
+        text = human_text(api, messages[i])
+        if not text.strip():
+            continue  # tool results only: the task is further up
+        text = _cleaner(text, clean_text.get(i))
+        from .inject import strip_blocks
+
+        ctx_parts = []
+        for j in range(i - 1, max(-1, i - 1 - context_messages), -1):
+            t = _cleaner(human_text(api, messages[j]), clean_text.get(j))
+            if t.strip():
+                ctx_parts.append(strip_blocks(t)[-context_chars:])
+        return Query(strip_blocks(text), "\n".join(reversed(ctx_parts))[-context_chars:]), i
+    return None, None
+
+
+@dataclass
+class Query:
+    """What to look for: the message being answered now, and a little of what came just before."""
+
+    text: str
+    context: str = ""
+
+    def vector_text(self, limit: int = 1200) -> str:
+        t = self.text.strip()
+        if len(t) > limit:  # the model reads 256 tokens: keep the start and the question at the end
+            t = t[: limit // 2] + " … " + t[-limit // 2:]
+        return t
+
+
+@dataclass
+class Hit:
+    """A retrieved item and why: its fused score and its place in each ranking."""
+
+    item: object  # MemoryItem
+    fused: float = 0.0
+    vector: float | None = None  # cosine similarity
+    lexical: float | None = None  # BM25 score
+    vector_rank: int | None = None
+    lexical_rank: int | None = None
+    tokens: int = 0
+    neighbour_of: str | None = None  # added as context of another hit
+
+    def scores(self) -> dict:
+        return {"fused": round(self.fused, 5),
+                "vector": None if self.vector is None else round(self.vector, 4),
+                "lexical": None if self.lexical is None else round(self.lexical, 3),
+                "vector_rank": self.vector_rank, "lexical_rank": self.lexical_rank}
+
+
+@dataclass
+class Retrieval:
+    """The outcome of one retrieval, for the ``memory`` event and ``contextwarden search``."""
+
+    hits: list[Hit] = field(default_factory=list)
+    candidates: int = 0
+    in_history: int = 0
+    active: int = 0  # candidates skipped because their topics are active in the history
+    tokens: int = 0
+    budget: int = 0
+    ms: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: str | None = None
+    error: str | None = None
+    mode: str = "hybrid"  # hybrid | lexical | vector
+    vector_query: str = ""  # the text embedded (the query less the words most items contain)
+
+
+def rrf(rankings: list[tuple[list[str], float]], k: float) -> dict[str, float]:
+    """Reciprocal rank fusion of ranked id lists, each with a weight."""
+    fused: dict[str, float] = {}
+    for ids, weight in rankings:
+        for rank, key in enumerate(ids, start=1):
+            fused[key] = fused.get(key, 0.0) + weight / (k + rank)
+    return fused
+
+
+class Retriever:
+    """Runs both rankings and fuses them. ``store`` may be None or unavailable (lexical only);
+    ``embedder`` None means lexical only; ``pool`` runs the Chroma query so it can time out."""
+
+    def __init__(self, store, lexical, embedder, pool: cf.Executor | None, settings) -> None:
+        self.store = store
+        self.lexical = lexical
+        self.embedder = embedder
+        self.pool = pool
+        self.settings = settings  # MemorySection
+
+    def _vector_ok(self) -> bool:
+        return self.embedder is not None and self.store is not None and getattr(self.store, "available", False)
+
+    def search(self, query: Query, tenants: list[str], *, workspace: str | None = None,
+               exclude: Callable[[object], bool] | None = None, n: int | None = None,
+               timeout_s: float | None = None, deadline: float | None = None,
+               neighbours: Callable[[object], list] | None = None) -> Retrieval:
+        """Fused candidates (best first), not yet cut to the budget. Raises TimeoutError when the vector
+        query runs past the deadline (the caller decides to go without memory)."""
+        s = self.settings
+        t0 = time.perf_counter()
+        if deadline is None and timeout_s is not None:
+            deadline = t0 + timeout_s
+        out = Retrieval()
+        n = n or s.candidates
+        qtext = query.vector_text()
+        if not qtext.strip():
+            out.skipped = "empty query"
+            return out
+
+        # a follow-up ("and the tests?") means little alone: the turns before it join the query then
+        use_context = bool(query.context.strip()) and s.context_weight > 0 and len(query_terms(query.text)) < s.context_below
+        # the vector query goes first, in the pool, so the lexical ranking overlaps with it
+        vfuture = None
+        partitions = list(tenants) + ([workspace] if workspace else [])
+        if self._vector_ok():
+            te = time.perf_counter()
+            if self.lexical is not None and s.common_term_ratio > 0:
+                qtext = self.lexical.prune_common(qtext, partitions, s.common_term_ratio)
+            out.vector_query = qtext
+            texts = [qtext] + ([query.context[-1500:]] if use_context else [])
+            vecs = self.embedder(texts)
+            vec = vecs[0]
+            if len(vecs) > 1:
+                vec = vec + s.context_weight * vecs[1]
+                vec = vec / max(1e-9, float(np.linalg.norm(vec)))
+            out.timings["embed_ms"] = round((time.perf_counter() - te) * 1000, 2)
+            fetch = n + 24  # room for the items still in the history
+            call = lambda: self.store.vector_query(qtext, tenants, fetch, query_embedding=vec, workspace=workspace)
+            vfuture = self.pool.submit(call) if self.pool is not None else None
+            if vfuture is None:
+                vres = call()
+        else:
+            out.mode = "lexical"
+
+        tl = time.perf_counter()
+        terms = query_terms(query.text)
+        if use_context:
+            terms = combine_terms(terms, query_terms(query.context[-1500:], weight=s.context_weight))
+        lex = self.lexical.query(terms, partitions, n=n, exclude=exclude) if self.lexical is not None else []
+        out.timings["lexical_ms"] = round((time.perf_counter() - tl) * 1000, 2)
+
+        vhits: list[tuple[object, float]] = []
+        if vfuture is not None or out.mode != "lexical":
+            tv = time.perf_counter()
+            if vfuture is not None:
+                remaining = None if deadline is None else max(0.0, deadline - time.perf_counter())
+                try:
+                    vres = vfuture.result(timeout=remaining)
+                except cf.TimeoutError:
+                    vfuture.cancel()
+                    raise TimeoutError(f"vector query ran past {((deadline or 0) - t0) * 1000:.0f} ms") from None
+            for item, sim in vres:
+                if exclude is not None and exclude(item):
+                    out.in_history += 1
+                    continue
+                vhits.append((item, sim))
+                if len(vhits) >= n:
+                    break
+            out.timings["vector_ms"] = round((time.perf_counter() - tv) * 1000, 2)
+
+        floor = s.min_similarity
+        by_id: dict[str, Hit] = {}
+        vids: list[str] = []
+        for rank, (item, sim) in enumerate(vhits, start=1):
+            h = by_id.setdefault(item.id, Hit(item))
+            h.vector, h.vector_rank = sim, rank
+            if sim >= floor:
+                vids.append(item.id)
+        lids: list[str] = []
+        for rank, lh in enumerate(lex, start=1):
+            h = by_id.setdefault(lh.item.id, Hit(lh.item))
+            h.lexical, h.lexical_rank = lh.score, rank
+            lids.append(lh.item.id)
+        rankings = [(vids, s.vector_weight), (lids, s.lexical_weight)]
+        if s.neighbour_weight > 0 and neighbours is not None:
+            # a third ranking: the messages next to the best hits, in their order. A reply that only makes
+            # sense after the message before it ("Yes, tomorrow night!") is found through its neighbour.
+            base = rrf(rankings, s.rrf_k)
+            top = sorted(base, key=lambda k: -base[k])[: s.neighbour_depth]
+            nids: list[str] = []
+            for key in top:
+                for nb in neighbours(by_id[key].item):
+                    if nb.id not in by_id:
+                        if exclude is not None and exclude(nb):
+                            continue
+                        by_id[nb.id] = Hit(nb, neighbour_of=key)
+                    nids.append(nb.id)
+            rankings.append((nids, s.neighbour_weight))
+        fused = rrf(rankings, s.rrf_k)
+        hits = []
+        for key, score in fused.items():
+            h = by_id[key]
+            h.fused = score
+            hits.append(h)
+        hits.sort(key=lambda h: -h.fused)
+        out.hits = hits
+        out.candidates = len(by_id)
+        out.ms = round((time.perf_counter() - t0) * 1000, 2)
+        return out
+
+
+def select(ret: Retrieval, *, budget: int, top_k: int, count: Callable[[str], int], render: Callable[[object], str],
+           min_score: float = 0.0, active_tags: set[str] | None = None) -> list[Hit]:
+    """Cut fused candidates to ``top_k`` items within ``budget`` tokens (greedy by fused score: an item
+    that does not fit is passed over for a smaller one). Items whose tags are all active topics of the
+    history (at least two tags) are skipped: the history is already on them."""
+    chosen: list[Hit] = []
+    used = 0
+    active = active_tags or set()
+    for h in ret.hits:
+        if len(chosen) >= top_k or budget - used < 8:
+            break
+        if h.fused < min_score:
+            break
+        tags = getattr(h.item, "tags", None) or []
+        if active and len(tags) >= 2 and all(tag_key(t) in active for t in tags):
+            ret.active += 1
+            continue
+        cost = count(render(h.item))
+        if used + cost > budget:
+            continue
+        h.tokens = cost
+        chosen.append(h)
+        used += cost
+    ret.tokens = used
+    return chosen

@@ -1,0 +1,166 @@
+"""Redact credentials from text before it is remembered.
+
+Conversations with coding agents are full of secrets: ``cat .env``, ``env``, a curl command with a
+bearer token, a service-account JSON, a git remote with a password in it. Nothing of that may reach the
+memory store (which outlives the conversation and can be exported), so every text passes through
+:func:`redact_secrets` first. Each secret becomes ``[REDACTED:<kind>]``; the surrounding text stays, so
+"the deploy failed because GITHUB_TOKEN was expired" is still remembered. Redaction is idempotent.
+
+It errs on the side of redacting: a false positive costs a few characters of memory, a miss leaks a key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+_R = "[REDACTED:{}]"
+
+
+def _mark(kind: str) -> str:
+    return _R.format(kind)
+
+
+# --- whole-token formats: (kind, pattern); the whole match is the secret -------------------------------
+_TOKENS: list[tuple[str, re.Pattern[str]]] = [(k, re.compile(p)) for k, p in [
+    ("anthropic_key", r"\bsk-ant-[A-Za-z0-9_\-]{16,}"),
+    ("openai_key", r"\bsk-(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{16,}"),
+    ("api_key", r"\bsk-[A-Za-z0-9_\-]{20,}"),  # OpenAI classic and the many look-alikes (DeepSeek, ...)
+    ("aws_access_key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA)[A-Z0-9]{16}\b"),
+    ("github_token", r"\bgh[pousr]_[A-Za-z0-9]{30,}"),
+    ("github_token", r"\bgithub_pat_[A-Za-z0-9_]{20,}"),
+    ("gitlab_token", r"\bglpat-[A-Za-z0-9_\-]{20,}"),
+    ("slack_token", r"\bxox[abposrce]-[A-Za-z0-9\-]{10,}"),
+    ("slack_webhook", r"https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]+"),
+    ("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}"),
+    ("google_oauth", r"\bya29\.[0-9A-Za-z_\-]{20,}"),
+    ("google_client_secret", r"\bGOCSPX-[0-9A-Za-z_\-]{20,}"),
+    ("stripe_key", r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,}"),
+    ("stripe_webhook", r"\bwhsec_[0-9A-Za-z]{20,}"),
+    ("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}"),
+    ("npm_token", r"\bnpm_[A-Za-z0-9]{36}\b"),
+    ("pypi_token", r"\bpypi-[A-Za-z0-9_\-]{50,}"),
+    ("sendgrid_key", r"\bSG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"),
+    ("digitalocean_token", r"\bdo[opr]_v1_[a-f0-9]{64}\b"),
+    ("shopify_token", r"\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b"),
+    ("twilio_key", r"\bSK[0-9a-f]{32}\b"),
+    ("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
+]]
+
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY((?: BLOCK)?)-----.*?-----END \1PRIVATE KEY\2-----", re.S)
+# a key cut off by truncated output: the BEGIN line and the base64 that follows (real or escaped newlines)
+_PEM_OPEN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+                       r"(?:(?:\\n|\r?\n){1,2}(?:[A-Za-z0-9+/=]{4,}|[A-Za-z\-]+: [^\n\\]*))*")
+
+# --- secrets inside a known context: the group "s" is the secret ------------------------------------------
+_CONTEXT: list[tuple[str, re.Pattern[str]]] = [(k, re.compile(p)) for k, p in [
+    # scheme://user:password@host (keeps the user name)
+    ("url_password", r"(?i)\b[a-z][a-z0-9+.\-]*://[^/\s:@\"'<>\[\]]*:(?P<s>[^/\s@\"'<>\[]+)@"),
+    ("authorization", r"(?i)\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:basic|digest|token|apikey|key)\s+(?P<s>[^\s\"'\[]+)"),
+    ("bearer_token", r"(?i)\bbearer\s+(?P<s>[A-Za-z0-9\-._~+/]{12,}=*)"),
+    ("basic_auth", r"(?:^|\s)(?:-u|--user)\s+[\"']?[^\s:\"']+:(?P<s>[^\s\"'\[]+)"),
+]]
+
+# key <sep> value: env dumps, .env, YAML, JSON, .npmrc, headers, CLI flags
+_ASSIGN = re.compile(
+    r"""(?<![\w.\-])(?P<flag>--)?["']?(?P<key>[A-Za-z_][\w.\-]{0,80})["']?"""
+    r"""(?P<sep>\s*(?:=>|=|:)\s*|(?(flag)\s+|(?!)))"""
+    r"""(?:"(?P<v1>[^"\n]*)"|'(?P<v2>[^'\n]*)'|(?P<v3>[^\s"',;}\]\[)]+))""")
+
+_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase", "pass", "token", "apikey",
+                 "credential", "credentials", "authtoken", "auth", "authorization", "cookie", "privatekey",
+                 "accesskey", "secretkey", "sessionkey", "signature", "sig", "dsn", "connectionstring"}
+_KEY_PREFIXES = {"api", "access", "account", "secret", "private", "shared", "master", "signing", "encryption",
+                 "client", "subscription", "session", "auth", "license", "app", "webhook", "service", "admin"}
+_PASSWORD_WORDS = {"password", "passwd", "pwd", "passphrase", "pass", "secret", "secrets"}
+_CODE_PREFIXES = ("os.", "self.", "this.", "process.", "config.", "settings.", "env.", "ENV[", "getenv", "secrets.",
+                  "args.", "options.", "opts.", "params.", "request.", "req.", "ctx.")
+_PLACEHOLDERS = {"", "null", "none", "nil", "true", "false", "undefined", "required", "optional", "string",
+                 "str", "bool", "int", "redacted", "changeme", "xxx", "***", "..."}
+
+
+def _words(key: str) -> list[str]:
+    key = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
+    return [w for w in re.split(r"[^A-Za-z0-9]+", key.lower()) if w]
+
+
+def _secret_key(key: str) -> str | None:
+    """``"password"`` / ``"token"`` if a variable named ``key`` holds a secret, else None."""
+    w = _words(key)
+    if not w:
+        return None
+    if any(x in _PASSWORD_WORDS for x in w):
+        return "password"
+    if any(x in _SECRET_WORDS for x in w):
+        return "token"
+    for a, b in zip(w, w[1:]):
+        if b == "key" and a in _KEY_PREFIXES:
+            return "token"
+    return None
+
+
+def _secret_value(value: str, kind: str) -> bool:
+    v = value.strip()
+    if v.lower() in _PLACEHOLDERS or v.startswith(("[REDACTED", "${", "$(", "<", "{{", "%(", "process.env")):
+        return False
+    if v.startswith("$") and re.fullmatch(r"\$\{?[A-Za-z_]\w*\}?", v):  # a reference, not a value
+        return False
+    if set(v) <= {"*", "x", "X", ".", "-", "_"}:  # masked already
+        return False
+    if kind == "password":
+        return len(v) >= 3
+    # tokens: long enough, and not a count ("max_tokens: 4096") or a word ("auth: required")
+    return len(v) >= 8 and not re.fullmatch(r"[\d.,_]+", v)
+
+
+def _redact_assignments(text: str, counter: list[int]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        kind = _secret_key(m.group("key"))
+        if kind is None:
+            return m.group(0)
+        for g in ("v1", "v2", "v3"):
+            val = m.group(g)
+            if val is not None:
+                break
+        if not _secret_value(val, kind):
+            return m.group(0)
+        if g == "v3" and (m.string[m.end():m.end() + 1] in ("(", "[") or val.startswith(_CODE_PREFIXES)):
+            return m.group(0)  # code reading a secret (api_key = os.environ["KEY"]), not the secret
+        counter[0] += 1
+        s, e = m.span(g)
+        base = m.start(0)
+        whole = m.group(0)
+        return whole[:s - base] + _mark("secret") + whole[e - base:]
+
+    return _ASSIGN.sub(sub, text)
+
+
+def _sub_count(pattern: re.Pattern[str], repl: Callable[[re.Match[str]], str] | str, text: str,
+               counter: list[int]) -> str:
+    new, n = pattern.subn(repl, text)
+    counter[0] += n
+    return new
+
+
+def _group_repl(kind: str) -> Callable[[re.Match[str]], str]:
+    def repl(m: re.Match[str]) -> str:
+        s, e = m.span("s")
+        b = m.start(0)
+        return m.group(0)[:s - b] + _mark(kind) + m.group(0)[e - b:]
+
+    return repl
+
+
+def redact_secrets(text: str) -> tuple[str, int]:
+    """``(text with every secret replaced by [REDACTED:kind], number of secrets replaced)``."""
+    if not text:
+        return text, 0
+    counter = [0]
+    text = _sub_count(_PEM_BLOCK, _mark("private_key"), text, counter)
+    text = _sub_count(_PEM_OPEN, _mark("private_key"), text, counter)
+    for kind, pat in _TOKENS:
+        text = _sub_count(pat, _mark(kind), text, counter)
+    for kind, pat in _CONTEXT:
+        text = _sub_count(pat, _group_repl(kind), text, counter)
+    text = _redact_assignments(text, counter)
+    return text, counter[0]

@@ -1,0 +1,334 @@
+"""The memory of one running proxy: store, embedder, ingestor, lexical index and tagger, together.
+
+There is one :class:`MemoryService` per :class:`~contextwarden.runtime.Runtime`, created by the memory
+stage's ``cw_configure`` and closed by its ``cw_shutdown``. Opening Chroma and loading the model take a
+second or two, so they happen on a background thread: until the service is ready, requests go without
+memory (the ``memory`` event says ``skipped: "starting"``) and nothing waits.
+
+The lexical index lives in this process: it is rebuilt from the store when the service opens and then
+follows every item the ingestor stores (``on_added``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .lexical import LexicalIndex
+from .retrieve import Query, Retrieval, Retriever
+from .tagger import Tagger
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+
+class CachedEmbedder:
+    """An embedder with an LRU of recent texts (a tool loop asks the same query again and again), and
+    optionally a persistent cache on disk (the evaluation replays the same corpora run after run)."""
+
+    def __init__(self, inner, max_entries: int = 4096, disk: str | Path | None = None) -> None:
+        self.inner = inner
+        self.dim = inner.dim
+        self.source = getattr(inner, "source", "?")
+        self.max_entries = max_entries
+        self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self.hits = 0
+        self.misses = 0
+        if disk:
+            self.attach_disk(disk)
+
+    def __repr__(self) -> str:
+        return f"CachedEmbedder({self.inner!r})"
+
+    def attach_disk(self, path: str | Path) -> None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS emb (k BLOB PRIMARY KEY, v BLOB)")
+        with self._lock:
+            self._db = db
+
+    def _key(self, text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16,
+                               person=b"minilm-l6-v2").digest()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        keys = [self._key(t) for t in texts]
+        with self._lock:
+            for i, (t, k) in enumerate(zip(texts, keys)):
+                v = self._lru.get(k)
+                if v is not None:
+                    self._lru.move_to_end(k)
+                    out[i] = v
+                else:
+                    missing.setdefault(t, []).append(i)
+            db = self._db
+        if missing and db is not None:
+            ks = {self._key(t): t for t in missing}
+            found = {}
+            kl = list(ks)
+            for s in range(0, len(kl), 500):
+                part = kl[s:s + 500]
+                rows = db.execute(f"SELECT k, v FROM emb WHERE k IN ({','.join('?' * len(part))})", part).fetchall()
+                found.update({bytes(k): np.frombuffer(v, dtype=np.float32) for k, v in rows})
+            for k, v in found.items():
+                t = ks[k]
+                for i in missing.pop(t):
+                    out[i] = v
+        self.hits += len(texts) - sum(len(v) for v in missing.values())
+        if missing:
+            todo = list(missing)
+            vecs = self.inner(todo)
+            self.misses += len(todo)
+            for t, v in zip(todo, vecs):
+                for i in missing[t]:
+                    out[i] = v
+            if db is not None:
+                db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)",
+                               [(self._key(t), np.asarray(v, dtype=np.float32).tobytes()) for t, v in zip(todo, vecs)])
+        with self._lock:
+            for k, v in zip(keys, out):
+                if k not in self._lru:
+                    self._lru[k] = v.copy()
+            while len(self._lru) > self.max_entries:
+                self._lru.popitem(last=False)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+class MemoryService:
+    """Store + embedder + ingestor + lexical index + tagger of one runtime. Thread-safe."""
+
+    def __init__(self, runtime: "Runtime", background: bool = True) -> None:
+        self.runtime = runtime
+        self.bus = runtime.bus
+        self.home = Path(runtime.home)
+        self.settings = runtime.settings
+        self.lexical = LexicalIndex()
+        self.tagger = Tagger(self.settings.tagging)
+        self.embedder: CachedEmbedder | None = None
+        self.embedder_message = ""
+        self.store = None
+        self.ingestor = None
+        self.error: str | None = None
+        self.ready = threading.Event()
+        self.closed = False
+        self._lexical_ready = threading.Event()
+        self._recent: OrderedDict[str, None] = OrderedDict()  # ids submitted lately
+        self._recent_lock = threading.Lock()
+        # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
+        self._key = self._store_key(self.settings)
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._open, name="cw-memory-open", daemon=True)
+            self._thread.start()
+        else:
+            self._open()
+
+    @staticmethod
+    def _store_key(settings) -> tuple:
+        m = settings.memory
+        return (m.chroma_url, m.model_dir, m.queue_size, m.chunk_tokens)
+
+    # --- life cycle ---------------------------------------------------------------------------------
+    def _open(self) -> None:
+        from .embedder import load_embedder
+        from .ingest import Ingestor
+        from .store import MemoryStore
+
+        t0 = time.perf_counter()
+        m = self.settings.memory
+        try:
+            emb, self.embedder_message = load_embedder(m.model_dir)
+            if emb is not None:
+                # the first run of each input length is slow in ONNX Runtime (~0.3 s): pay it here, not
+                # on the first request
+                emb(["warm up " * n for n in (4, 12, 30)])
+            self.embedder = CachedEmbedder(emb) if emb is not None else None
+            if self.embedder is not None and self.settings.tagging.embedding_tagger:
+                self.tagger = Tagger(self.settings.tagging, self.embedder)
+            if self.closed:
+                return
+            self.store = MemoryStore(self.home, m, self.embedder)
+            if not self.store.available:
+                self.error = self.store.error
+                self.bus.emit("error", {"where": "memory", "message": self.error,
+                                        "action": "requests go without memory"})
+            else:
+                # chunk sizes by the ingestor's cheap estimate: chunking measures text many times over
+                self.ingestor = Ingestor(self.store, self.bus, m.queue_size, on_added=self._on_added)
+        except Exception as e:  # memory is an extra: the proxy runs without it
+            self.error = f"{type(e).__name__}: {e}"
+            self.bus.emit("error", {"where": "memory", "message": self.error, "action": "requests go without memory"})
+        finally:
+            self.ready.set()
+        if self.store is not None and self.store.available:
+            try:  # Chroma loads a partition's index on its first query: not on a request's clock
+                warm = getattr(self.store, "warm", None)
+                if warm is not None and not self.closed:
+                    warm()
+            except Exception:
+                pass
+            self._rebuild_lexical()
+        self.bus.emit("memory_status", {"status": "ready" if self.error is None else "unavailable",
+                                        "error": self.error, "embedder": self.embedder_message,
+                                        "backend": getattr(self.store, "backend", None),
+                                        "lexical_items": len(self.lexical),
+                                        "ms": round((time.perf_counter() - t0) * 1000, 1)})
+
+    def _rebuild_lexical(self) -> None:
+        try:
+            batch = []
+            for it in self.store.iter_items():
+                batch.append(it)
+                if len(batch) >= 2000:
+                    self.lexical.add(batch)
+                    batch = []
+                if self.closed:
+                    return
+            if batch:
+                self.lexical.add(batch)
+        except Exception as e:
+            self.bus.emit("error", {"where": "memory.lexical", "message": f"{type(e).__name__}: {e}",
+                                    "action": "lexical ranking covers new items only"})
+        finally:
+            self._lexical_ready.set()
+
+    def _on_added(self, items) -> None:
+        self.lexical.add(items)
+
+    def wait_ready(self, timeout: float = 60) -> bool:
+        """Block until the store is open and the lexical index rebuilt (tests, CLI, evaluation)."""
+        ok = self.ready.wait(timeout)
+        if ok and self.store is not None and self.store.available:
+            ok = self._lexical_ready.wait(timeout)
+        return ok
+
+    @property
+    def available(self) -> bool:
+        return self.ready.is_set() and self.store is not None and self.store.available and not self.closed
+
+    def update(self, settings) -> bool:
+        """New settings from ``cw_configure``: applied in place, unless the store itself changes (then
+        returns False and the caller replaces the service)."""
+        if self._store_key(settings) != self._key:
+            return False
+        self.settings = settings
+        if self.tagger.settings != settings.tagging:
+            self.tagger = Tagger(settings.tagging, self.embedder if settings.tagging.embedding_tagger else None)
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(30)
+        try:
+            if self.ingestor is not None:
+                self.ingestor.close()
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self.store is not None:
+                self.store.close()
+            if self.embedder is not None:
+                self.embedder.close()
+
+    # --- work ---------------------------------------------------------------------------------------
+    def submit(self, items) -> bool:
+        """Queue items for storage (never blocks); False when dropped or memory is unavailable. Items
+        submitted recently are left out (the assistant's reply comes back as a message of the next
+        request; the store would deduplicate it, after a lookup)."""
+        if self.ingestor is None:
+            return False
+        with self._recent_lock:
+            fresh = [it for it in items if it.id not in self._recent]
+        if not fresh:
+            return True
+        ok = self.ingestor.submit(fresh)
+        if ok:
+            with self._recent_lock:
+                for it in fresh:
+                    self._recent[it.id] = None
+                while len(self._recent) > 50_000:
+                    self._recent.popitem(last=False)
+        return ok
+
+    def flush(self, timeout: float = 120) -> bool:
+        """Wait until everything submitted is stored and indexed."""
+        return self.ingestor.flush(timeout) if self.ingestor is not None else True
+
+    def retriever(self, settings=None) -> Retriever:
+        store = self.store if self.store is not None and self.store.available else None
+        return Retriever(store, self.lexical, self.embedder, self._pool, (settings or self.settings).memory)
+
+    def neighbours(self, item) -> list:
+        """The stored items of the messages just before and after ``item``'s, in its session."""
+        p = item.workspace or item.tenant
+        return self.lexical.at_turn(p, item.session, item.turn - 1) + self.lexical.at_turn(p, item.session, item.turn + 1)
+
+    def search(self, query: Query, tenants: list[str], *, workspace: str | None = None, exclude=None,
+               timeout_s: float | None = None, settings=None, n: int | None = None) -> Retrieval:
+        """Fused candidates for ``query`` (see :meth:`Retriever.search`)."""
+        return self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude,
+                                               timeout_s=timeout_s, n=n, neighbours=self.neighbours)
+
+
+# --- one service per runtime ---------------------------------------------------------------------------
+_services: "weakref.WeakKeyDictionary[object, MemoryService]" = weakref.WeakKeyDictionary()
+_guard = threading.Lock()
+
+
+def get_service(runtime) -> MemoryService | None:
+    """The runtime's memory service, if memory is configured."""
+    with _guard:
+        return _services.get(runtime)
+
+
+def configure(runtime, background: bool = True) -> MemoryService | None:
+    """Create (or update) the runtime's service from its settings; closes it when memory is disabled."""
+    settings = runtime.settings
+    old = None
+    with _guard:
+        svc = _services.get(runtime)
+        if not settings.memory.enabled:
+            old = _services.pop(runtime, None)
+            svc = None
+        elif svc is None or not svc.update(settings):
+            old = svc
+            svc = _services[runtime] = None  # placeholder until opened below
+    if old is not None:
+        old.close()
+    if settings.memory.enabled and svc is None:
+        svc = MemoryService(runtime, background=background)
+        with _guard:
+            _services[runtime] = svc
+    return svc
+
+
+def shutdown(runtime) -> None:
+    """Flush and close the runtime's service."""
+    with _guard:
+        svc = _services.pop(runtime, None)
+    if svc is not None:
+        svc.close()

@@ -1,0 +1,302 @@
+"""Topic tags for turns: an offline keyword tagger, and an optional embedding tagger.
+
+Tags are short labels of what a turn is about (``adoption agency``, ``auth.py``, ``load_embedder``).
+They appear in ``tags`` events, are stored with memory items, and tell the memory stage which topics
+the history already covers (the *active* tags of recent turns), so it does not inject more of them.
+
+The keyword tagger needs no model: it scores code identifiers and file paths, capitalised names, and
+runs of content words (stopwords break runs), then merges near-duplicates with rapidfuzz
+(``tagging.merge_similarity``) and keeps ``tagging.max_tags``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterable
+
+from rapidfuzz import fuzz
+
+STOPWORDS = frozenset("""
+a about above across after again against all almost alone along already also although always am among an and
+another any anybody anyone anything anyway anywhere are aren't around as ask asked asking at away back be became
+because become been before began begin behind being below best better between beyond both bring brought but by
+came can can't cannot could couldn't did didn't do does doesn't doing don't done down during each either else
+enough especially even ever every everybody everyone everything everywhere few find first for found from full
+further gave get gets getting give given go goes going gone good got great had hadn't has hasn't have haven't
+having he he'd he'll he's her here here's hers herself hey hi him himself his how how's however i i'd i'll i'm
+i've if in into is isn't it it's its itself just keep kept kind know known last later least less let let's like
+liked likely made make makes making many may maybe me mean meant might mine more most mostly much must my myself
+need needs never new next no nobody none nor not nothing now of off often oh ok okay old on once one ones only
+onto or other others otherwise our ours ourselves out over own part per perhaps please put quite rather re really
+right said same saw say says see seem seemed seems seen several shall she she'd she'll she's should shouldn't show
+since so some somebody someone something sometimes somewhat soon still such sure take taken tell than thank thanks
+that that's the their theirs them themselves then there there's these they they'd they'll they're they've thing
+things think this those though thought through thus to today together told too took toward towards tried truly
+try trying two under until up upon us use used uses using usually very via want wanted wants was wasn't way we
+we'd we'll we're we've well went were weren't what what's whatever when where where's whether which while who
+who's whole whom whose why will with within without won't wonder would wouldn't yeah yes yet you you'd you'll
+you're you've your yours yourself yourselves
+able actually ah awesome cool definitely glad guess hope hoping lol lot lots nice pretty sounds super sure totally
+wow yep yup amazing wonderful happy love loved loves feel feeling felt time times day days year years week weeks
+thing stuff anyway hmm great fun exciting excited also really
+return returns true false none null self def class import from var let const function
+yesterday tomorrow tonight lately recently recent currently soon ago weekend morning evening night
+provide example examples specific situation situations help question questions answer information tell explain
+describe list lists include includes including based different various important possible sure certain
+etc e.g i.e vs
+""".split())
+
+# file paths and names with an extension (src/app/auth.py, README.md, ./run.sh)
+_PATH = re.compile(r"(?<![\w/.-])(?:\.{0,2}/)?(?:[\w.-]+/)*[\w-]+\.[A-Za-z][A-Za-z0-9]{0,6}(?![\w/])")
+# snake_case, camelCase / PascalCase with an inner capital, dotted.names, kebab-case-words
+_IDENT = re.compile(r"\b(?:[A-Za-z_][A-Za-z0-9]*_[A-Za-z0-9_]+|[a-z]+[A-Z][A-Za-z0-9]*|[A-Z][a-z0-9]+[A-Z][A-Za-z0-9]*"
+                    r"|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\(?)")
+_WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*[A-Za-z]|[A-Za-z]")
+_SENTENCE_END = re.compile(r"[.!?\n:;]\s*$")
+# stop a run of content words at punctuation
+_BREAK = re.compile(r"[,.!?;:()\[\]{}\"“”\n]")
+_EXT_WORDS = frozenset("com org net io www http https".split())
+
+
+def stem(word: str) -> str:
+    """A light English stemmer (plural, -ing, -ed): enough to treat ``agencies``/``agency`` as one tag."""
+    w = word
+    if len(w) <= 3:
+        return w
+    if w.endswith("ies") and len(w) > 4:
+        return w[:-3] + "y"
+    if w.endswith(("sses", "shes", "ches", "xes", "zes")):
+        return w[:-2]
+    if w.endswith("s") and not w.endswith(("ss", "us", "is", "'s")):
+        return w[:-1]
+    if w.endswith("'s"):
+        return w[:-2]
+    if w.endswith("ing") and len(w) > 5:
+        w = w[:-3]
+        if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz":
+            w = w[:-1]
+        return w
+    if w.endswith("ed") and len(w) > 4:
+        w = w[:-2]
+        if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz":
+            w = w[:-1]
+        return w
+    return w
+
+
+@dataclass
+class _Cand:
+    tag: str
+    score: float
+    key: str  # what near-duplicates are compared on
+
+
+def _norm_word(w: str) -> str:
+    w = w.replace("’", "'").lower().strip("'-")
+    return w[:-2] if w.endswith("'s") else w
+
+
+class KeywordTagger:
+    """Offline keyword tags of a text. Thread-safe and cheap (regexes, a small rapidfuzz merge)."""
+
+    def __init__(self, max_tags: int = 6, merge_similarity: float = 88) -> None:
+        self.max_tags = max_tags
+        self.merge_similarity = merge_similarity
+
+    def candidates(self, text: str) -> list[_Cand]:
+        scores: dict[str, float] = {}
+        first_seen: dict[str, int] = {}
+
+        def add(tag: str, weight: float) -> None:
+            if tag not in first_seen:
+                first_seen[tag] = len(first_seen)
+            scores[tag] = scores.get(tag, 0.0) + weight
+
+        text = text[:20_000]  # a tag set does not need more; keeps a huge tool output cheap
+        for m in _PATH.finditer(text):
+            p = m.group(0).strip("./") if m.group(0).startswith("./") else m.group(0)
+            last = p.rsplit("/", 1)[-1]
+            ext = last.rsplit(".", 1)[-1].lower()
+            if ext in _EXT_WORDS or last.replace(".", "").isdigit() or len(p) < 4:
+                continue
+            if "/" not in p and last.split(".")[0].lower() in STOPWORDS:
+                continue  # "e.g", "i.e"
+            add(p, 3.0)
+        for m in _IDENT.finditer(text):
+            ident = m.group(0).rstrip("(")
+            if "." in ident and _PATH.fullmatch(ident):
+                continue  # already a path
+            if len(ident) < 4 or ident.lower() in STOPWORDS:
+                continue
+            add(ident, 2.5)
+        # runs of content words: single words, and adjacent pairs ("support group"); paths and
+        # identifiers are already tags, so their parts are not counted again as words
+        text = _PATH.sub(" , ", _IDENT.sub(" , ", text))
+        for segment in _BREAK.split(text):
+            words = _WORD.findall(segment)
+            run: list[tuple[str, bool]] = []
+            for i, w in enumerate(words):
+                lw = _norm_word(w)
+                if lw in STOPWORDS or len(lw) < 3 or not lw.isascii():
+                    self._flush(run, add)
+                    run = []
+                    continue
+                proper = w[0].isupper() and i > 0  # capitalised inside a sentence: a name
+                run.append((lw, proper))
+            self._flush(run, add)
+        return [_Cand(t, s + 0.001 * (len(first_seen) - first_seen[t]), t.lower()) for t, s in scores.items()]
+
+    @staticmethod
+    def _flush(run: list[tuple[str, bool]], add) -> None:
+        for j, (w, proper) in enumerate(run):
+            add(w, 1.6 if proper else 1.0)
+            if j + 1 < len(run):
+                nxt, p2 = run[j + 1]
+                add(f"{w} {nxt}", 1.4 if (proper and p2) else 1.1)
+
+    def merge(self, cands: Iterable[_Cand]) -> list[_Cand]:
+        """Merge near-duplicates into the best-scored spelling: stems, then rapidfuzz ratio."""
+        by_stem: dict[str, _Cand] = {}
+        for c in cands:
+            k = " ".join(stem(w) for w in c.key.split(" "))
+            if k in by_stem:
+                kept = by_stem[k]
+                best = c if c.score > kept.score else kept
+                by_stem[k] = _Cand(best.tag, kept.score + c.score, k)
+            else:
+                by_stem[k] = _Cand(c.tag, c.score, k)
+        ordered = sorted(by_stem.values(), key=lambda c: -c.score)
+        kept: list[_Cand] = []
+        for c in ordered:
+            for i, k in enumerate(kept):
+                if fuzz.ratio(c.key, k.key) >= self.merge_similarity:
+                    kept[i] = _Cand(k.tag, k.score + c.score, k.key)
+                    break
+            else:
+                kept.append(c)
+        return sorted(kept, key=lambda c: -c.score)
+
+    def tag(self, text: str, max_tags: int | None = None) -> list[str]:
+        """The best ``max_tags`` tags of ``text`` (most relevant first)."""
+        n = self.max_tags if max_tags is None else max_tags
+        if not text or n <= 0:
+            return []
+        merged = self.merge(self.candidates(text))
+        # a pair of common words seen once is mostly noise ("group yesterday"); names pass
+        merged = [c for c in merged if " " not in c.tag or c.score >= 1.4]
+        phrases = [c for c in merged if " " in c.tag][:n]
+        in_phrases = {w for c in phrases for w in c.key.split(" ")}
+        out: list[str] = []
+        for c in merged:
+            if len(out) >= n:
+                break
+            if " " not in c.tag and c.key in in_phrases:
+                continue  # "group" when "support group" is a tag
+            out.append(c.tag)
+        return out
+
+
+class EmbeddingTagger:
+    """Tags a text with the nearest of the tags seen so far (by embedding cosine).
+
+    Catches topics a turn discusses without naming them ("the login flow" near a known ``auth.py``
+    tag). Known tags come from the keyword tagger; each is embedded once.
+    """
+
+    def __init__(self, embedder, threshold: float = 0.45, max_known: int = 5000) -> None:
+        self.embedder = embedder
+        self.threshold = threshold
+        self.max_known = max_known
+        self._known: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._matrix = None
+        self._names: list[str] = []
+
+    def learn(self, tags: Iterable[str]) -> None:
+        new = [t for t in tags if t not in self._known]
+        if not new:
+            return
+        vecs = self.embedder(new)
+        with self._lock:
+            for t, v in zip(new, vecs):
+                self._known[t] = v
+                self._known.move_to_end(t)
+            while len(self._known) > self.max_known:
+                self._known.popitem(last=False)
+            self._matrix = None
+
+    def tag(self, text: str, n: int = 2, exclude: Iterable[str] = ()) -> list[str]:
+        import numpy as np
+
+        with self._lock:
+            if not self._known:
+                return []
+            if self._matrix is None:
+                self._names = list(self._known)
+                self._matrix = np.stack([self._known[t] for t in self._names])
+            names, matrix = self._names, self._matrix
+        q = self.embedder([text[:2000]])[0]
+        sims = matrix @ q
+        skip = set(exclude)
+        out = []
+        for i in np.argsort(-sims)[: n + len(skip)]:
+            if sims[i] >= self.threshold and names[i] not in skip:
+                out.append(names[i])
+            if len(out) >= n:
+                break
+        return out
+
+
+class Tagger:
+    """The tagger the stages use: keyword tags, plus embedding tags when ``tagging.embedding_tagger``."""
+
+    def __init__(self, settings, embedder=None) -> None:
+        self.settings = settings
+        self.keywords = KeywordTagger(settings.max_tags, settings.merge_similarity)
+        self.embedding = EmbeddingTagger(embedder) if settings.embedding_tagger and embedder is not None else None
+        self._cache: OrderedDict[str, list[str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def tag(self, text: str) -> list[str]:
+        """Tags of one text (cached by text: the history's turns are tagged again on every request)."""
+        key = text if len(text) < 256 else f"{len(text)}:{hash(text)}"
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        tags = self.keywords.tag(text)
+        if self.embedding is not None and text.strip():
+            try:
+                # the nearest known topic takes the place of the weakest keyword
+                extra = self.embedding.tag(text, n=1, exclude=tags)
+                self.embedding.learn(tags)
+                tags = tags[: max(0, self.settings.max_tags - len(extra))] + extra
+            except Exception:  # the embedding tagger is an extra; keyword tags stand alone
+                pass
+        with self._lock:
+            self._cache[key] = tags
+            if len(self._cache) > 4096:
+                self._cache.popitem(last=False)
+        return tags
+
+    def tag_many(self, texts: Iterable[str]) -> list[str]:
+        """Tags of several texts together (a turn of several messages), merged and capped."""
+        return self.keywords.tag("\n".join(t for t in texts if t))
+
+
+def merge_tags(tag_lists: Iterable[Iterable[str]], similarity: float = 88) -> set[str]:
+    """The union of tag lists with near-duplicates folded to one spelling (compared lower-cased, stemmed)."""
+    out: set[str] = set()
+    for tags in tag_lists:
+        for t in tags:
+            out.add(tag_key(t))
+    return out
+
+
+def tag_key(tag: str) -> str:
+    """The comparison form of a tag: lower-case, stemmed words."""
+    return " ".join(stem(w) for w in tag.lower().split(" "))

@@ -1,0 +1,331 @@
+"""The validator: every rewritten body is checked before it is sent; a body with problems is not.
+
+``validate_rewrite(api, new, original)`` returns a list of problems (empty: valid). The pipeline
+calls it on every body a stage changed and forwards the client's original bytes when it returns
+anything. It checks what the provider would reject, and what a rewrite must not change:
+
+Anthropic Messages
+    - ``system`` and ``tools`` byte-equal to the original (they are the cached prefix);
+    - every ``tool_use`` in an assistant message answered by a ``tool_result`` in the immediately
+      following user message, every ``tool_result`` answering a ``tool_use`` of the message just
+      before it, ids unique;
+    - the first conversational message is ``user``; consecutive same-role messages only where the
+      original had that kind of pair too; messages of any other role (``system`` mid-conversation, or
+      a role we do not know) only as copies of the original's, in the original's order;
+    - no empty content, no empty or whitespace-only text block;
+    - the latest assistant message's ``thinking``/``redacted_thinking`` blocks identical to the
+      original's, signatures included;
+    - at most 4 ``cache_control`` breakpoints over system + tools + messages;
+    - the last message's role unchanged.
+OpenAI Chat Completions (and Ollama's /api/chat)
+    - ``tools`` unchanged; every assistant ``tool_calls`` id answered by a ``tool`` message in the run
+      that follows it, every ``tool`` message's ``tool_call_id`` issued by that assistant message;
+    - ``content`` non-null unless the message is an assistant message with ``tool_calls``;
+    - the last message's role unchanged.
+OpenAI Responses
+    - ``instructions`` and ``tools`` unchanged; every ``function_call_output`` (and
+      ``custom_tool_call_output``) ``call_id`` issued by an earlier call item.
+
+A defect the client's own body already had (the same tool id unanswered, the same empty message...)
+is not reported: the validator judges the rewrite, not the client. Checking is linear in the body.
+"""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+from typing import Any, Callable, Iterable
+
+import orjson
+
+from .models.base import ApiKind
+
+MAX_BREAKPOINTS = 4
+
+# A problem is (key, message): the key identifies the defect independently of message positions, so
+# the same defect in the original can be recognised and excused.
+Problem = tuple[tuple, str]
+
+
+def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str, Any]) -> list[str]:
+    """Problems of the rewritten body ``new`` compared with the client's ``original`` (empty = valid)."""
+    try:
+        api = ApiKind(api)
+    except ValueError:
+        return [f"unknown api {api!r}"]
+    if not isinstance(new, dict):
+        return ["rewritten body is not a JSON object"]
+    if not isinstance(original, dict):
+        original = {}
+    check: Callable[[dict, dict], list[Problem]] = {
+        ApiKind.ANTHROPIC: _anthropic,
+        ApiKind.OPENAI_CHAT: _chat,
+        ApiKind.OLLAMA_CHAT: _chat,
+        ApiKind.OPENAI_RESPONSES: _responses,
+    }[api]
+    try:
+        found = check(new, original)
+    except Exception as e:  # a body shaped so oddly that checking it fails is not sent
+        return [f"validator could not read the rewritten body: {type(e).__name__}: {e}"]
+    if not found:
+        return []
+    try:
+        inherited = {k for k, _ in check(original, original)}
+    except Exception:
+        inherited = set()
+    return [msg for key, msg in found if key not in inherited]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=str)
+
+
+def _digest(obj: Any) -> bytes:
+    return blake2b(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=str), digest_size=12).digest()
+
+
+def _same_bytes(name: str, new: dict, original: dict) -> list[Problem]:
+    if (name in new) != (name in original):
+        return [(("changed", name), f"`{name}` was {'added' if name in new else 'removed'}")]
+    if name in new and _dumps(new[name]) != _dumps(original[name]):
+        return [(("changed", name), f"`{name}` differs from the original (it is the cached prefix and never rewritten)")]
+    return []
+
+
+def _blocks(content: Any) -> list:
+    if isinstance(content, list):
+        return content
+    return []
+
+
+def _role(m: Any) -> Any:
+    return m.get("role") if isinstance(m, dict) else None
+
+
+def _blank(text: Any) -> bool:
+    return not isinstance(text, str) or not text.strip()
+
+
+def _copies_in_order(kind: str, new_msgs: Iterable[dict], orig_msgs: Iterable[dict]) -> list[Problem]:
+    """Messages of roles other than user/assistant must be copies of the original's, in its order."""
+    orig = [(_role(m), _digest(m)) for m in orig_msgs]
+    problems: list[Problem] = []
+    pos = 0
+    for m in new_msgs:
+        key = (_role(m), _digest(m))
+        try:
+            pos = orig.index(key, pos) + 1
+        except ValueError:
+            if key in orig:
+                problems.append((("order", kind, key), f"role `{key[0]}` message moved out of the original's order"))
+            else:
+                problems.append((("invented", kind, key), f"role `{key[0]}` message that is not in the original"))
+    return problems
+
+
+# ---------------------------------------------------------------------------- Anthropic
+
+
+def _count_breakpoints(body: dict) -> int:
+    n = 0
+    for key in ("system", "tools"):
+        for b in _blocks(body.get(key)):
+            if isinstance(b, dict) and b.get("cache_control") is not None:
+                n += 1
+    for m in body.get("messages") or []:
+        if not isinstance(m, dict):
+            continue
+        for b in _blocks(m.get("content")):
+            if not isinstance(b, dict):
+                continue
+            if b.get("cache_control") is not None:
+                n += 1
+            if b.get("type") == "tool_result":
+                n += sum(1 for x in _blocks(b.get("content")) if isinstance(x, dict) and x.get("cache_control") is not None)
+    return n
+
+
+def _thinking_of(m: dict | None) -> list:
+    if not m:
+        return []
+    return [b for b in _blocks(m.get("content")) if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking")]
+
+
+def _last_assistant(msgs: list) -> dict | None:
+    for m in reversed(msgs):
+        if _role(m) == "assistant":
+            return m
+    return None
+
+
+def _anthropic(new: dict, original: dict) -> list[Problem]:
+    problems: list[Problem] = []
+    problems += _same_bytes("system", new, original)
+    problems += _same_bytes("tools", new, original)
+    msgs = new.get("messages")
+    orig_msgs = original.get("messages") if isinstance(original.get("messages"), list) else []
+    if not isinstance(msgs, list) or not msgs:
+        return problems + [(("no-messages",), "`messages` is missing or empty")]
+
+    seen_use: set[str] = set()
+    seen_result: set[str] = set()
+    prev_uses: set[str] = set()  # tool_use ids of the message just before, still waiting for results
+    prev_role = None
+    pairs = {(_role(a), _role(b)) for a, b in zip(orig_msgs, orig_msgs[1:])}
+    first_conv_checked = False
+    others_new, others_orig = [], [m for m in orig_msgs if _role(m) not in ("user", "assistant")]
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            problems.append((("not-object", i), f"messages[{i}] is not an object"))
+            continue
+        role = m.get("role")
+        content = m.get("content")
+        if role not in ("user", "assistant"):
+            others_new.append(m)
+        elif not first_conv_checked:
+            first_conv_checked = True
+            if role != "user":
+                problems.append((("first-role", role), f"the first user/assistant message is `{role}`, not `user`"))
+        if prev_role is not None and role == prev_role and role in ("user", "assistant") and (role, role) not in pairs:
+            problems.append((("consecutive", role), f"two consecutive `{role}` messages at {i - 1},{i} (the original has none)"))
+
+        # content
+        if content is None or (isinstance(content, str) and _blank(content)) or (isinstance(content, list) and not content):
+            problems.append((("empty", _digest(m)), f"messages[{i}] ({role}) has empty content"))
+        uses: set[str] = set()
+        results: set[str] = set()
+        for b in _blocks(content):
+            if not isinstance(b, dict):
+                continue
+            t = b.get("type")
+            if t == "text" and _blank(b.get("text")):
+                problems.append((("empty-text", _digest(m)), f"messages[{i}] ({role}) has an empty text block"))
+            elif t == "tool_use":
+                tid = str(b.get("id", ""))
+                if role != "assistant":
+                    problems.append((("use-role", tid), f"tool_use {tid} in a `{role}` message"))
+                if tid in seen_use:
+                    problems.append((("dup-use", tid), f"tool_use id {tid} appears twice"))
+                seen_use.add(tid)
+                uses.add(tid)
+            elif t == "tool_result":
+                tid = str(b.get("tool_use_id", ""))
+                if tid in seen_result:
+                    problems.append((("dup-result", tid), f"tool_result for {tid} appears twice"))
+                seen_result.add(tid)
+                results.add(tid)
+                if tid not in prev_uses:
+                    problems.append((("orphan-result", tid), f"tool_result {tid} in messages[{i}] does not answer a tool_use of the message before it"))
+        # pairing with the previous message
+        for tid in sorted(prev_uses - results):
+            problems.append((("unanswered", tid), f"tool_use {tid} is not answered by a tool_result in messages[{i}]"))
+        if results and role != "user":
+            problems.append((("result-role", role), f"tool_result in a `{role}` message at {i}"))
+        prev_uses = uses
+        prev_role = role
+    for tid in sorted(prev_uses):
+        problems.append((("unanswered", tid), f"tool_use {tid} in the last message has no tool_result"))
+
+    problems += _copies_in_order("anthropic", others_new, others_orig)
+
+    if orig_msgs and _role(msgs[-1]) != _role(orig_msgs[-1]):
+        problems.append((("last-role",), f"the last message's role changed from `{_role(orig_msgs[-1])}` to `{_role(msgs[-1])}`"))
+
+    th_new, th_orig = _thinking_of(_last_assistant(msgs)), _thinking_of(_last_assistant(orig_msgs))
+    if _dumps(th_new) != _dumps(th_orig):
+        problems.append((("thinking",), "the latest assistant message's thinking blocks differ from the original's"))
+
+    n = _count_breakpoints(new)
+    if n > MAX_BREAKPOINTS:
+        problems.append((("breakpoints", n), f"{n} cache_control breakpoints (at most {MAX_BREAKPOINTS})"))
+    return problems
+
+
+# ---------------------------------------------------------------------------- OpenAI chat / Ollama
+
+
+def _chat(new: dict, original: dict) -> list[Problem]:
+    problems: list[Problem] = _same_bytes("tools", new, original)
+    msgs = new.get("messages")
+    orig_msgs = original.get("messages") if isinstance(original.get("messages"), list) else []
+    if not isinstance(msgs, list) or not msgs:
+        return problems + [(("no-messages",), "`messages` is missing or empty")]
+    issued: set[str] = set()  # ids of the assistant message that opened the current run of tool messages
+    waiting: set[str] = set()
+    seen: set[str] = set()
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            problems.append((("not-object", i), f"messages[{i}] is not an object"))
+            continue
+        role = m.get("role")
+        calls = m.get("tool_calls") or []
+        if role != "tool" and waiting:
+            for tid in sorted(waiting):
+                problems.append((("unanswered", tid), f"tool call {tid} is not answered by a tool message before messages[{i}]"))
+            waiting = set()
+        if role == "tool":
+            tid = m.get("tool_call_id")
+            if tid is not None:
+                tid = str(tid)
+                if tid not in issued:
+                    problems.append((("orphan-result", tid), f"tool message {i} answers {tid}, which the assistant message before it did not call"))
+                waiting.discard(tid)
+        else:
+            issued = set()
+        if role == "assistant" and calls:
+            for tc in calls:
+                tid = str(tc.get("id", "")) if isinstance(tc, dict) else ""
+                if not tid:
+                    continue  # Ollama tool calls carry no id
+                if tid in seen:
+                    problems.append((("dup-use", tid), f"tool call id {tid} appears twice"))
+                seen.add(tid)
+                issued.add(tid)
+                waiting.add(tid)
+        c = m.get("content")
+        if c is None and not (role == "assistant" and calls):
+            problems.append((("null-content", _digest(m)), f"messages[{i}] ({role}) has null content"))
+    for tid in sorted(waiting):
+        problems.append((("unanswered", tid), f"tool call {tid} in the last messages has no tool message"))
+    if orig_msgs and _role(msgs[-1]) != _role(orig_msgs[-1]):
+        problems.append((("last-role",), f"the last message's role changed from `{_role(orig_msgs[-1])}` to `{_role(msgs[-1])}`"))
+    return problems
+
+
+# ---------------------------------------------------------------------------- OpenAI Responses
+
+
+_CALL_OUTPUT = {"function_call_output": "function_call", "custom_tool_call_output": "custom_tool_call"}
+
+
+def _responses(new: dict, original: dict) -> list[Problem]:
+    problems: list[Problem] = _same_bytes("instructions", new, original) + _same_bytes("tools", new, original)
+    inp = new.get("input")
+    if isinstance(inp, str) or inp is None:
+        if inp is None and original.get("input") is not None:
+            problems.append((("no-input",), "`input` was removed"))
+        return problems
+    if not isinstance(inp, list):
+        return problems + [(("bad-input",), "`input` is neither a string nor a list")]
+    calls: set[tuple[str, str]] = set()
+    outputs: set[str] = set()
+    for i, item in enumerate(inp):
+        if not isinstance(item, dict):
+            continue
+        t = item.get("type")
+        if t in ("function_call", "custom_tool_call"):
+            calls.add((t, str(item.get("call_id", ""))))
+        elif t in _CALL_OUTPUT:
+            cid = str(item.get("call_id", ""))
+            if (_CALL_OUTPUT[t], cid) not in calls:
+                problems.append((("orphan-result", cid), f"input[{i}] {t} {cid} has no earlier {_CALL_OUTPUT[t]}"))
+            if cid in outputs:
+                problems.append((("dup-result", cid), f"{t} for {cid} appears twice"))
+            outputs.add(cid)
+        elif "role" in item and t in (None, "message"):
+            c = item.get("content")
+            if c is None or (isinstance(c, list) and not c):
+                problems.append((("empty", _digest(item)), f"input[{i}] ({item.get('role')}) has empty content"))
+    return problems

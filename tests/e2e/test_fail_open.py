@@ -1,0 +1,142 @@
+"""Fail-open: drop-in stages that raise or overrun their budget never cost a request.
+
+The stages are plugin files in a folder given with ``cw_plugins``; the budget comes from the
+environment (CONTEXTWARDEN_PIPELINE__STAGE_BUDGET_MS), the order from a profile YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.support.proxy import ProxyProcess
+
+BUDGET_MS = 80
+SLEEP_S = 0.3
+
+RAISER = '''
+"""Drop-in stage that fails on purpose when the last message asks it to."""
+from contextwarden import hookimpl
+
+name = "raiser"
+
+
+@hookimpl
+def cw_request(ctx):
+    if "PLEASE-RAISE" in str(ctx.original["messages"][-1]["content"]):
+        raise RuntimeError("raiser failed on purpose")
+'''
+
+SLEEPER = f'''
+"""Drop-in stage that overruns its budget when the last message asks it to."""
+import time
+
+from contextwarden import hookimpl
+
+name = "sleeper"
+
+
+@hookimpl
+def cw_request(ctx):
+    if "PLEASE-SLEEP" in str(ctx.original["messages"][-1]["content"]):
+        time.sleep({SLEEP_S})
+'''
+
+# A rewriting stage after the two: proves the pipeline really runs them (its change reaches the
+# upstream when nothing failed) and that a failure earlier forwards the original instead.
+TAGGER = '''
+"""Drop-in stage that adds a metadata field, so a forwarded rewrite is visible upstream."""
+from contextwarden import hookimpl
+
+name = "marker"
+
+
+@hookimpl
+def cw_request(ctx):
+    ctx.request.metadata = {"user_id": "rewritten-by-marker"}
+'''
+
+PROFILE = """
+name: fail-open-e2e
+extends: default
+pipeline:
+  order: [sleeper, raiser, marker]
+  disabled: [budget, strip, tagging, clearing, compaction, memory]
+memory:
+  enabled: false
+"""
+
+
+@pytest.fixture(scope="module")
+def failopen_proxy(tmp_path_factory, standin):
+    d = tmp_path_factory.mktemp("fail-open")
+    plugins = d / "plugins"
+    plugins.mkdir()
+    for fname, src in (("raiser.py", RAISER), ("sleeper.py", SLEEPER), ("marker.py", TAGGER)):
+        (plugins / fname).write_text(textwrap.dedent(src))
+    profile = d / "fail-open.yaml"
+    profile.write_text(PROFILE)
+    p = ProxyProcess(d, name="fail-open", profile=profile, reverse=standin.url, plugins=plugins,
+                     env={"CONTEXTWARDEN_PIPELINE__STAGE_BUDGET_MS": str(BUDGET_MS)})
+    p.start()
+    yield p
+    p.stop()
+
+
+def _body(i: int, word: str) -> bytes:
+    return json.dumps({"model": "claude-opus-4-8", "max_tokens": 32,
+                       "messages": [{"role": "user", "content": f"request {i}: {word}"}]}).encode()
+
+
+def test_stages_loaded_from_folder(failopen_proxy, standin):
+    [startup] = failopen_proxy.events("startup")
+    assert startup["data"]["stages"] == ["sleeper", "raiser", "marker"]
+    r = httpx.post(failopen_proxy.url + "/v1/messages", content=_body(0, "nothing special"),
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 200
+    [rec] = standin.requests()
+    assert rec.json()["metadata"] == {"user_id": "rewritten-by-marker"}
+
+
+def test_hundred_of_hundred_succeed(failopen_proxy, standin):
+    since = failopen_proxy.mark()
+    bodies = {i: _body(i, "PLEASE-RAISE" if i % 2 else "PLEASE-SLEEP") for i in range(100)}
+
+    def send(i: int) -> tuple[int, int, bytes]:
+        with httpx.Client(timeout=30) as c:
+            r = c.post(failopen_proxy.url + f"/v1/messages?n={i}", content=bodies[i],
+                       headers={"content-type": "application/json", "x-api-key": "sk-ant-failopen"})
+            return i, r.status_code, r.content
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(send, range(100)))
+    assert [s for _, s, _ in results] == [200] * 100
+    assert all(json.loads(body)["content"][0]["text"] for _, _, body in results)
+
+    # every request reached the upstream with the client's original bytes (no stage's change leaked)
+    seen = {r.path: r.body for r in standin.requests("/v1/messages")}
+    assert len(seen) == 100
+    assert all(seen[f"/v1/messages?n={i}"] == bodies[i] for i in range(100))
+
+    errors = failopen_proxy.wait_events(lambda e: e["type"] == "error" and e["data"].get("where") == "stage", 100,
+                                        since=since)
+    by_stage = {"raiser": [], "sleeper": []}
+    for e in errors:
+        by_stage[e["data"]["stage"]].append(e)
+    assert len(by_stage["raiser"]) == 50 and len(by_stage["sleeper"]) == 50
+    assert all("raiser failed on purpose" in e["data"]["message"] for e in by_stage["raiser"])
+    assert all(f"{BUDGET_MS} ms budget" in e["data"]["message"] for e in by_stage["sleeper"])
+    assert all(e["data"]["action"] == "forwarded original" for e in errors)
+
+    stages = failopen_proxy.events("stage", since=since)
+    assert sum(1 for e in stages if e["data"]["stage"] == "sleeper" and e["data"]["status"] == "timeout") == 50
+    assert sum(1 for e in stages if e["data"]["stage"] == "raiser" and e["data"]["status"] == "error") == 50
+    forwards = failopen_proxy.wait_events(lambda e: e["type"] == "forward", 100, since=since)
+    assert len(forwards) == 100 and not any(e["data"]["changed"] for e in forwards)
+    # the overrun stage did not hold its request for the whole sleep
+    assert max(e["data"]["ms"] for e in stages if e["data"]["stage"] == "sleeper") < SLEEP_S * 1000
+    assert failopen_proxy.alive

@@ -1,0 +1,77 @@
+"""Finds the real Claude Code CLI, installing it with npm under ``<repo>/.cache/claude-code`` if absent.
+
+Order: ``$CLAUDE_CODE_BIN`` (an explicit binary), then ``<repo>/.cache/claude-code``, then
+``npm install --prefix <repo>/.cache/claude-code @anthropic-ai/claude-code@<version>``.
+``$CLAUDE_CODE_VERSION`` picks the npm version (default: the one the tests were written against,
+whose requests are in ../shared/eval/requests).
+Missing npm is an error, not a skip: these tests are part of what must be shown.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache" / "claude-code"
+VERSION = os.environ.get("CLAUDE_CODE_VERSION", "2.1.197")
+PACKAGE = "@anthropic-ai/claude-code"
+
+_lock = threading.Lock()
+
+
+def _candidates(prefix: Path) -> list[Path]:
+    nm = prefix / "node_modules"
+    # the native binary the package ships per platform, then the launcher npm links into .bin
+    return sorted(nm.glob("@anthropic-ai/claude-code-*/claude")) + [nm / ".bin" / "claude"]
+
+
+def _usable(p: Path) -> bool:
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        return False
+    try:
+        r = subprocess.run([str(p), "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and "Claude Code" in r.stdout
+
+
+def find_installed(prefix: Path = CACHE) -> Path | None:
+    env = os.environ.get("CLAUDE_CODE_BIN")
+    if env:
+        p = Path(env).expanduser()
+        if not _usable(p):
+            pytest.fail(f"CLAUDE_CODE_BIN={env} is not a working Claude Code binary ('--version' failed)")
+        return p
+    return next((p for p in _candidates(prefix) if _usable(p)), None)
+
+
+def install(prefix: Path = CACHE, version: str = VERSION) -> None:
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("npm is not installed: the Claude Code end-to-end tests need it to install "
+                    f"{PACKAGE} (install Node.js >= 18 with npm, or set CLAUDE_CODE_BIN to a claude binary)")
+    prefix.mkdir(parents=True, exist_ok=True)
+    spec = f"{PACKAGE}@{version}" if version else PACKAGE
+    cmd = [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--loglevel=error", spec]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        pytest.fail(f"`{' '.join(cmd)}` failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+
+
+def claude_code_binary() -> Path:
+    """The path of a working ``claude`` binary; installs it on first use. Fails the test if it cannot."""
+    with _lock:
+        found = find_installed()
+        if found is not None:
+            return found
+        install()
+        found = find_installed()
+        if found is None:
+            pytest.fail(f"npm installed {PACKAGE} into {CACHE} but no working claude binary was found there")
+        return found

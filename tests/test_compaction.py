@@ -1,0 +1,367 @@
+"""The ``compaction`` stage through the real pipeline: thresholds, cut rules, cache stability, cost model."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import orjson
+import pytest
+
+from contextwarden.conversation import count_breakpoints, cut_points, entries
+from contextwarden.models.base import ApiKind
+from contextwarden.plugins import compaction as comp
+from contextwarden.summarise import extract, extractive_summary, render
+from contextwarden.conversation import transcript
+from contextwarden.statecache import state_cache
+from contextwarden.validate import validate_rewrite
+
+from .support.stages import Harness, anthropic_tool_loop, chat_tool_loop, responses_tool_loop, settings_overrides
+
+SUMMARY_HEAD = "[contextwarden: summary of the "
+
+
+def harness(home, window: int, clearing: bool = False, **compaction) -> Harness:
+    cfg = {"protect_recent_turns": 2, "min_span_tokens": 500}
+    cfg.update(compaction)
+    return Harness(home, overrides=settings_overrides(window=window, stages=["strip", "clearing", "compaction"],
+                                                      compaction=cfg, clearing={"enabled": clearing}))
+
+
+def tokens_of(h: Harness, api: ApiKind, body: dict) -> int:
+    return h.rt.tokens.count_request(api, body)
+
+
+def window_for(h: Harness, api: ApiKind, body: dict, fraction: float) -> int:
+    """A context window of which ``body`` uses ``fraction``."""
+    return int(tokens_of(h, api, body) / fraction)
+
+
+def summary_text(msg: dict) -> str:
+    c = msg["content"]
+    return c if isinstance(c, str) else c[0]["text"]
+
+
+def prefix(body: dict, key: str = "messages") -> bytes:
+    """What the provider caches before the first kept message: system, tools, and the summary."""
+    return orjson.dumps([body.get("system"), body.get("tools"), body[key][0]])
+
+
+def test_below_the_soft_threshold_nothing_changes(cw_home):
+    body = anthropic_tool_loop(8)
+    h = harness(cw_home, 10**7)
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert not sent.changed and sent.events("compaction") == []
+    h.close()
+
+
+def test_hard_threshold_compacts_old_turns_into_one_summary(cw_home):
+    body = anthropic_tool_loop(10)
+    original = copy.deepcopy(body)
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.9)}})
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.changed, sent.outcome.reason
+    assert sent.ctx.original == original
+    out = sent.body["messages"]
+    # one summary, as a user message, then an assistant message; system and tools untouched
+    assert out[0]["role"] == "user" and summary_text(out[0]).startswith(SUMMARY_HEAD)
+    assert out[1]["role"] == "assistant"
+    assert sum(1 for m in out if isinstance(m["content"], list) and any(
+        b.get("type") == "text" and b.get("text", "").startswith(SUMMARY_HEAD) for b in m["content"])) == 1
+    assert sent.body["system"] == original["system"] and sent.body["tools"] == original["tools"]
+    # the kept messages are the original's tail, verbatim; the last 2 user turns are among them
+    kept = len(out) - 1
+    assert out[1:] == original["messages"][-kept:]
+    user_turns = [i for i, m in enumerate(original["messages"]) if m["role"] == "user" and any(b.get("type") == "text" for b in m["content"])]
+    assert len(original["messages"]) - kept <= user_turns[-2]
+    # the summary carries the requests, files, commands and memory ids of what it replaced
+    text = summary_text(out[0])
+    assert "Task 0: please fix the bug in src/mod0.py" in text
+    assert "src/mod0_0.py (Read)" in text and "`pytest tests/test_0.py -x`" in text
+    assert "→ m-" in text
+    # event and notes
+    (ev,) = [e for e in sent.events("compaction") if e.get("applied")]
+    assert ev["reused"] is False and ev["trigger"] == "hard" and ev["messages"] == len(original["messages"]) - kept
+    assert ev["tokens_after"] < ev["tokens_before"] * 0.7 and ev["summary_tokens"] > 0
+    assert sent.ctx.notes["compaction"]["end"] == len(original["messages"]) - kept
+    assert {c["tool"] for c in sent.ctx.notes["compacted"]} == {"Read", "Bash"}
+    assert sent.ctx.tokens_out < sent.ctx.tokens_in * 0.7
+    assert validate_rewrite(ApiKind.ANTHROPIC, sent.body, original) == []
+    h.close()
+
+
+def test_compacted_prefix_is_byte_identical_across_requests_and_restarts(cw_home):
+    bodies = [anthropic_tool_loop(n) for n in (10, 11, 12)]
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, bodies[0], 0.9)}})
+    sent = [h.send(ApiKind.ANTHROPIC, b) for b in bodies]
+    assert all(s.changed for s in sent), [s.outcome.reason for s in sent]
+    evs = [[e for e in s.events("compaction") if e.get("applied")][0] for s in sent]
+    assert [e["reused"] for e in evs] == [False, True, True]
+    p0 = prefix(sent[0].body)
+    assert prefix(sent[1].body) == p0 and prefix(sent[2].body) == p0
+    # everything after the summary is the client's own messages
+    end = sent[0].ctx.notes["compaction"]["end"]
+    for s, b in zip(sent, bodies):
+        assert s.body["messages"][1:] == b["messages"][end:]
+    # a restart: a new Runtime on the same cw_home gives the same bytes
+    h.restart()
+    again = h.send(ApiKind.ANTHROPIC, bodies[2])
+    assert orjson.dumps(again.body) == orjson.dumps(sent[2].body)
+    assert [e for e in again.events("compaction") if e.get("applied")][0]["reused"] is True
+    h.close()
+
+
+def test_growing_past_the_hard_threshold_again_extends_the_summary(cw_home):
+    h = harness(cw_home, 1000)
+    first = anthropic_tool_loop(10)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, first, 0.9)}})
+    s1 = h.send(ApiKind.ANTHROPIC, first)
+    later = anthropic_tool_loop(22)
+    s2 = h.send(ApiKind.ANTHROPIC, later)
+    ev = [e for e in s2.events("compaction") if e.get("applied")][0]
+    assert ev["reused"] is False and ev["trigger"] == "hard"
+    t1, t2 = summary_text(s1.body["messages"][0]), summary_text(s2.body["messages"][0])
+    assert t1 != t2
+    assert "Task 0: please fix" in t2  # the first request is kept from the earlier summary
+    assert s2.ctx.notes["compaction"]["end"] > s1.ctx.notes["compaction"]["end"]
+    assert validate_rewrite(ApiKind.ANTHROPIC, s2.body, later) == []
+    h.close()
+
+
+def test_soft_threshold_waits_on_a_warm_cache_and_compacts_a_cold_one(cw_home):
+    body = anthropic_tool_loop(10)
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.78)}})
+    small = anthropic_tool_loop(3)
+    h.send(ApiKind.ANTHROPIC, small)  # the session's previous request, just now: the cache is warm
+    warm = h.send(ApiKind.ANTHROPIC, body)
+    assert not warm.changed
+    (ev,) = warm.events("compaction")
+    assert ev["applied"] is False and ev["warm"] is True and ev["keep_cost"] < ev["compact_cost"]
+    # the same request after the cache expired: re-writing is paid anyway, so compaction pays
+    key = comp.session_key(warm.ctx)
+    seen = state_cache(h.rt).get(comp.NS_SEEN, key)
+    state_cache(h.rt).put(comp.NS_SEEN, key, {**seen, "last": time.time() - 3600})
+    cold = h.send(ApiKind.ANTHROPIC, body)
+    assert cold.changed
+    ev = [e for e in cold.events("compaction") if e.get("applied")][0]
+    assert ev["trigger"] == "soft" and ev["warm"] is False and ev["compact_cost"] < ev["keep_cost"]
+    h.close()
+
+
+def test_cost_model():
+    # a warm prefix read 0.1x: compacting 75% -> 40% of the window pays only over enough requests
+    assert not comp.pays_off(150_000, 80_000, 10_000, n=2, warm=True).pays
+    assert comp.pays_off(150_000, 80_000, 10_000, n=30, warm=True).pays
+    # a cold prefix is written anyway: the smaller one is always cheaper
+    assert comp.pays_off(150_000, 80_000, 10_000, n=1, warm=False).pays
+    c = comp.pays_off(100, 50, 0, n=1, warm=True)
+    assert c.keep == pytest.approx(10.0) and c.compact == pytest.approx(62.5)
+
+
+@pytest.mark.parametrize("level,expect", [("NORMAL", False), ("REDUCED", False), ("MINIMAL", True)])
+def test_budget_levels_lower_the_thresholds(cw_home, level, expect):
+    body = anthropic_tool_loop(10)
+    h = harness(cw_home, 1000)
+    # 0.55 of the window: under NORMAL soft (0.70) and REDUCED hard (0.68), over MINIMAL hard (0.51)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.55)}})
+    h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(2))  # warm cache: only the hard threshold compacts
+    sent = h.send(ApiKind.ANTHROPIC, body, notes={"level": level})
+    assert sent.changed is expect
+    h.close()
+
+
+def test_latest_assistant_turn_and_its_thinking_are_kept(cw_home):
+    body = anthropic_tool_loop(10)
+    # the last user message answers a tool call: the latest assistant turn is a tool loop
+    body["messages"].pop()
+    body["messages"].append({"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "one more look", "signature": "sig-last"},
+        {"type": "tool_use", "id": "toolu_last", "name": "Read", "input": {"file_path": "x.py"}}]})
+    body["messages"].append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_last", "content": "print(1)"}]})
+    h = harness(cw_home, 1000, protect_recent_turns=1)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.95)}})
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.changed, sent.outcome.reason
+    out = sent.body["messages"]
+    # the whole turn from "Task 9" on is kept, thinking blocks and signatures verbatim
+    i = next(i for i, m in enumerate(body["messages"]) if m["role"] == "user" and "Task 9" in str(m["content"]))
+    assert out[-(len(body["messages"]) - i):] == body["messages"][i:]
+    h.close()
+
+
+def test_role_system_messages_in_the_span_are_quoted_verbatim(cw_home):
+    body = anthropic_tool_loop(10)
+    note = "Available agent types for the Agent tool: claude, Explore."
+    body["messages"].insert(1, {"role": "system", "content": note})  # user, system, assistant (as Claude Code)
+    later = "The user switched to plan mode."
+    body["messages"].insert(len(body["messages"]) - 1, {"role": "system", "content": later})
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.9)}})
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.changed, sent.outcome.reason
+    text = summary_text(sent.body["messages"][0])
+    assert f"System messages (verbatim):\n- {note}" in text
+    assert {"role": "system", "content": later} in sent.body["messages"]  # kept where it was
+    h.close()
+
+
+def test_breakpoints_move_to_the_summary_and_never_exceed_four(cw_home):
+    body = anthropic_tool_loop(10)
+    # system has 1 breakpoint, the last message 1; put 2 on old messages (4 in total)
+    body["messages"][2]["content"][0]["cache_control"] = {"type": "ephemeral"}
+    body["messages"][5]["content"][-1]["cache_control"] = {"type": "ephemeral"}
+    assert count_breakpoints(body) == 4
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.9)}})
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.changed, sent.outcome.reason
+    assert sent.body["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert count_breakpoints(sent.body) == 3
+    # a client already using 4 breakpoints outside the span gets no extra one
+    full = anthropic_tool_loop(10, session="full")
+    full["tools"][-1]["cache_control"] = {"type": "ephemeral"}
+    full["messages"][-2]["content"][0]["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+    assert count_breakpoints(full) == 4
+    s2 = h.send(ApiKind.ANTHROPIC, full)
+    assert s2.changed and "cache_control" not in s2.body["messages"][0]["content"][0]
+    assert count_breakpoints(s2.body) == 4
+    h.close()
+
+
+def test_summary_breakpoint_uses_1h_when_a_later_one_does(cw_home):
+    body = anthropic_tool_loop(10)
+    body["messages"][-1]["content"][0]["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+    body["system"][-1]["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.9)}})
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.body["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    h.close()
+
+
+def test_openai_chat_summary_follows_the_system_message(cw_home):
+    body = chat_tool_loop(12)
+    original = copy.deepcopy(body)
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.OPENAI_CHAT, body, 0.9)}})
+    sent = h.send(ApiKind.OPENAI_CHAT, body)
+    assert sent.changed, sent.outcome.reason
+    out = sent.body["messages"]
+    assert out[0] == original["messages"][0]  # the system prompt
+    assert out[1]["role"] == "user" and out[1]["content"].startswith(SUMMARY_HEAD)
+    assert out[2]["role"] == "assistant"
+    assert out[2:] == original["messages"][-(len(out) - 2):]
+    s2 = h.send(ApiKind.OPENAI_CHAT, chat_tool_loop(13))
+    assert s2.body["messages"][1] == out[1]
+    h.close()
+
+
+def test_ollama_summary_is_a_plain_string(cw_home):
+    body = chat_tool_loop(12)
+    body["model"] = "llama3.1"
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.OLLAMA_CHAT, body, 0.9)}})
+    sent = h.send(ApiKind.OLLAMA_CHAT, body)
+    assert sent.changed and isinstance(sent.body["messages"][1]["content"], str)
+    h.close()
+
+
+def test_responses_input_items(cw_home):
+    body = responses_tool_loop(14)
+    original = copy.deepcopy(body)
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.OPENAI_RESPONSES, body, 0.9)}})
+    sent = h.send(ApiKind.OPENAI_RESPONSES, body)
+    assert sent.changed, sent.outcome.reason
+    assert sent.ctx.original == original
+    out = sent.body["input"]
+    assert out[0] == original["input"][0] and out[1]["role"] == "user" and out[1]["content"].startswith(SUMMARY_HEAD)
+    # an assistant group (reasoning + call, or a message) is cut at its start
+    assert out[2].get("type") == "reasoning" or out[2].get("role") == "assistant"
+    i = len(original["input"]) - (len(out) - 2)
+    assert out[2:] == original["input"][i:] and original["input"][i - 1].get("type") != "reasoning"
+    assert sent.body["instructions"] == original["instructions"]
+    # previous_response_id: the server holds the history, nothing to compact
+    body2 = {**copy.deepcopy(body), "previous_response_id": "resp_1"}
+    assert not h.send(ApiKind.OPENAI_RESPONSES, body2).changed
+    h.close()
+
+
+def test_clearing_then_compaction_together(cw_home):
+    body = anthropic_tool_loop(12)
+    h = harness(cw_home, 1000, clearing=True)
+    total = tokens_of(h, ApiKind.ANTHROPIC, body)
+    # clearing takes ~10% off; what is left is still past the hard threshold
+    h.apply({"tokens": {"context_window": total},
+             "clearing": {"trigger_tokens": int(total * 0.9), "clear_at_least": 1000, "keep_recent": 2}})
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.changed, sent.outcome.reason
+    assert sent.events("clearing") and [e for e in sent.events("compaction") if e.get("applied")]
+    # compaction's arithmetic counted what clearing freed
+    ev = [e for e in sent.events("compaction") if e.get("applied")][0]
+    assert ev["tokens_before"] == sent.ctx.tokens_in - sent.events("clearing")[0]["tokens_freed"]
+    assert validate_rewrite(ApiKind.ANTHROPIC, sent.body, body) == []
+    h.close()
+
+
+def test_extractive_summary_is_deterministic_and_bounded(cw_home):
+    body = anthropic_tool_loop(30)
+    turns = transcript(ApiKind.ANTHROPIC, body["messages"][:-1])
+    a = extractive_summary(turns, messages=10, tokens=1000, max_chars=4000)
+    b = extractive_summary(transcript(ApiKind.ANTHROPIC, copy.deepcopy(body)["messages"][:-1]), messages=10, tokens=1000, max_chars=4000)
+    assert a.text == b.text and len(a.text) <= 4400
+    assert "Task 0: please fix" in a.text and "Task 29: please fix" in a.text  # the task and the latest request
+    assert "earlier items omitted" in a.text
+    # merging with a prior summary keeps its items
+    c = extractive_summary(transcript(ApiKind.ANTHROPIC, anthropic_tool_loop(2, seed=5)["messages"]), messages=4, tokens=100,
+                           max_chars=20_000, prior=a)
+    assert c.messages == 14 and "Task 0: please fix" in c.text
+    # errors are picked from tool results
+    sec = extract(transcript(ApiKind.ANTHROPIC, [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "make"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "is_error": True,
+                                      "content": "make: *** No rule to make target 'all'.  Stop."}]}]))
+    assert sec["errors"] == ["Bash: make: *** No rule to make target 'all'. Stop."]
+    assert render(sec, 2, 10, 2000).count("Commands run:\n- `make`") == 1
+
+
+def test_cut_points_never_split_a_pair():
+    body = anthropic_tool_loop(4)
+    es = entries(ApiKind.ANTHROPIC, body["messages"])
+    cuts = cut_points(es, 0, len(es))
+    # a cut goes right before an assistant message, never between a tool_use and its result
+    for k in cuts:
+        assert body["messages"][k]["role"] == "assistant"
+        prev = body["messages"][k - 1]
+        assert not any(b.get("type") == "tool_use" for b in prev["content"] if isinstance(prev["content"], list))
+    assert cuts == [1, 3, 5, 7, 9, 11, 13, 15]
+
+
+def test_llm_summariser_uses_the_clients_credentials_in_the_background(cw_home):
+    from .support.upstream import StandIn
+
+    with StandIn(text="The user fixed src/mod0.py through src/mod9.py; tests pass.") as up:
+        body = anthropic_tool_loop(10)
+        h = harness(cw_home, 1000, summariser="llm", llm_base_url=up.url, llm_model="claude-haiku-4-5")
+        h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.78)}})
+        # soft threshold, cold cache: it pays, but waits for the LLM summary, started in the background
+        first = h.send(ApiKind.ANTHROPIC, body)
+        assert not first.changed
+        assert [e for e in first.events("compaction")][0]["reason"] == "waiting for the llm summary"
+        comp.wait_for_summaries(30)
+        (rec,) = up.requests("/v1/messages")
+        assert rec.header("x-api-key") == "sk-test-secret"
+        assert rec.json()["model"] == "claude-haiku-4-5"
+        # the conversation grows past the hard threshold: the span the summary was made for is used
+        second = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(12))
+        assert second.changed, second.outcome.reason
+        text = summary_text(second.body["messages"][0])
+        assert "compacted by claude-haiku-4-5" in text and "tests pass." in text
+        assert len(up.requests("/v1/messages")) == 1  # no second summary call
+        ev = [e for e in second.events("compaction") if e.get("applied")][0]
+        assert ev["summariser"] == "llm" and ev["llm_usage"]["input_tokens"] > 0 and ev["llm_usage"]["output_tokens"] > 0
+        assert b"sk-test-secret" not in orjson.dumps([e.to_dict() for e in h.rt.bus.recent], default=str)
+        h.close()

@@ -1,0 +1,269 @@
+"""The memory stage through the real pipeline (prepare + Pipeline.process, real Chroma, the real model):
+injection after compaction, cache safety, tenant isolation, fail-open paths and ingestion."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+
+import pytest
+
+from contextwarden.memory.ids import memory_id
+from contextwarden.memory.inject import CLOSE, OPEN
+from contextwarden.memory.replay import Replayer
+from contextwarden.models import ApiKind
+from tests.support.memstore import events
+
+FACTS = ["I adopted a beagle named Biscuit from the Alameda shelter last spring.",
+         "My sister Clara lives in Lisbon and designs bridges for a living.",
+         "The deploy script is tools/deploy.sh and it reads the STAGING_HOST variable."]
+FILLER = ("Turn {i}: let's go over the weekly grocery list again, the usual vegetables, bread and coffee, "
+          "nothing special, and the weather stayed grey and rainy all week long. ")
+
+
+def profile(tmp_path, extra: str = "", window: int = 2048) -> str:
+    p = tmp_path / "profile.yaml"
+    p.write_text(textwrap.dedent(f"""\
+        extends: claude-code
+        tokens: {{context_window: {window}, calibrate: false}}
+        compaction: {{soft_threshold: 0.45, hard_threshold: 0.55, target: 0.3, protect_recent_turns: 2,
+                      summary_max_tokens: 300, min_span_tokens: 300}}
+        memory: {{budget_fraction: 0.35, top_k: 8, timeout_ms: 20000}}
+        pipeline: {{stage_budget_ms: 60000}}
+        """) + textwrap.dedent(extra))
+    return str(p)
+
+
+def replayer(tmp_path, extra: str = "", window: int = 2048, api=ApiKind.ANTHROPIC) -> Replayer:
+    rp = Replayer.from_profile(profile(tmp_path, extra, window), tmp_path / "home", api=api)
+    svc = rp.memory()
+    if svc is not None:
+        assert svc.wait_ready(120)
+    return rp
+
+
+def converse(rp: Replayer, key: str = "sk-alice", session: str = "s1", facts=FACTS, turns: int = 24) -> list[dict]:
+    """A conversation that states ``facts`` early on, then talks long enough for compaction to drop them."""
+    msgs: list[dict] = []
+    for i in range(turns):
+        fact = 0 < i <= len(facts)
+        msgs.append({"role": "user", "content": facts[i - 1] if fact else FILLER.format(i=i)})
+        sent = rp.send(msgs, api_key=key, session=session)
+        reply = f"Noted ({i}). " + FILLER.format(i=i)[:120]
+        rp.complete(sent, reply)
+        msgs.append({"role": "assistant", "content": reply})
+    rp.flush()
+    return msgs
+
+
+def memory_event(rp: Replayer, flow_id: str) -> dict:
+    return next(e.data for e in reversed(rp.runtime.bus.recent) if e.type == "memory" and e.flow_id == flow_id)
+
+
+def ask(rp, msgs, question, key="sk-alice", session="s1", cache_control=True):
+    content = [{"type": "text", "text": question, **({"cache_control": {"type": "ephemeral"}} if cache_control else {})}]
+    return rp.send(msgs + [{"role": "user", "content": content}], api_key=key, session=session)
+
+
+def test_a_compacted_fact_comes_back_after_the_last_cache_breakpoint(tmp_path):
+    rp = replayer(tmp_path)
+    try:
+        msgs = converse(rp)
+        sent = ask(rp, msgs, "What is the name of the dog I adopted?")
+        assert sent.outcome.reason == "rewritten"  # the validator accepted the body
+        wire = sent.wire
+        assert wire["system"] if "system" in sent.ctx.original else True
+        last = wire["messages"][-1]["content"]
+        # the client's block with its breakpoint stays first and unchanged; memory follows it
+        assert last[0] == {"type": "text", "text": "What is the name of the dog I adopted?", "cache_control": {"type": "ephemeral"}}
+        block = last[-1]["text"]
+        assert block.startswith(OPEN) and block.endswith(CLOSE) and "cache_control" not in last[-1]
+        assert FACTS[0] in block and "## session s1" in block and "[#2 user" in block
+        # the fact is nowhere else in the body: compaction took it out, memory brought it back
+        others = [m for m in wire["messages"][:-1]]
+        assert FACTS[0] not in str(others)
+        ev = memory_event(rp, sent.ctx.flow_id)
+        assert ev["injected"] >= 1 and ev["tokens"] > 0 and ev["skipped"] is None and ev["ms"] > 0
+        assert memory_id(FACTS[0]) in ev["ids"]
+        top = ev["scores"][ev["ids"].index(memory_id(FACTS[0]))]
+        assert top["fused"] > 0 and top["vector"] is not None and top["lexical"] is not None
+        assert ev["tokens"] <= ev["budget"] + 200
+        assert sent.tokens() <= 2048
+        compaction = [e.data for e in rp.runtime.bus.recent if e.type == "compaction" and e.flow_id == sent.ctx.flow_id]
+        assert any(c.get("applied") for c in compaction)
+    finally:
+        rp.close()
+
+
+def test_two_api_keys_see_zero_of_each_others_memory(tmp_path):
+    rp = replayer(tmp_path)
+    try:
+        alice = converse(rp, key="sk-alice", session="shared-name")
+        bob_facts = ["My cat is called Pixel and she hates the vacuum cleaner.",
+                     "I moved to Porto for a job at a shipping company."]
+        bob = converse(rp, key="sk-bob", session="shared-name", facts=bob_facts)
+        alice_items = set()
+        svc = rp.memory()
+        a_tenant = rp.send(alice[:1], api_key="sk-alice").ctx.tenant
+        b_tenant = rp.send(bob[:1], api_key="sk-bob").ctx.tenant
+        assert a_tenant != b_tenant
+        for it in svc.store.iter_items([a_tenant]):
+            alice_items.add(it.memory_id)
+        assert {memory_id(f) for f in FACTS} <= alice_items
+        cross = 0
+        for q in ["What is the name of the dog I adopted?", "Where does my sister Clara live?",
+                  "Which variable does tools/deploy.sh read?", "Tell me about Biscuit the beagle"]:
+            sent = ask(rp, bob, q, key="sk-bob", session="shared-name")
+            ev = memory_event(rp, sent.ctx.flow_id)
+            cross += len(set(ev["ids"]) & alice_items)
+            assert not any(f in str(sent.wire) for f in FACTS)
+        assert cross == 0
+        # positive control: the same questions from Alice's key do find her facts
+        sent = ask(rp, alice, "What is the name of the dog I adopted?", key="sk-alice", session="shared-name")
+        assert FACTS[0] in sent.wire["messages"][-1]["content"][-1]["text"]
+    finally:
+        rp.close()
+
+
+def test_a_shared_workspace_is_readable_by_every_tenant(tmp_path):
+    rp = replayer(tmp_path, "memory: {shared_workspace: team}\n")
+    try:
+        converse(rp, key="sk-alice", session="a")
+        bob = converse(rp, key="sk-bob", session="b", facts=["I like green tea."], turns=8)
+        sent = ask(rp, bob, "What is the name of the dog that was adopted?", key="sk-bob", session="b")
+        assert FACTS[0] in str(sent.wire["messages"][-1])
+        assert memory_event(rp, sent.ctx.flow_id)["workspace"] == "team"
+    finally:
+        rp.close()
+
+
+def test_nothing_is_injected_while_the_history_still_holds_it(tmp_path):
+    rp = replayer(tmp_path, window=200_000)
+    try:
+        msgs = converse(rp, turns=6)
+        sent = ask(rp, msgs, "What is the name of the dog I adopted?")
+        ev = memory_event(rp, sent.ctx.flow_id)
+        assert ev["injected"] == 0 and ev["skipped"] in ("nothing relevant", "no candidates", "active topics")
+        assert sent.outcome.reason == "unchanged" and OPEN not in str(sent.wire)
+    finally:
+        rp.close()
+
+
+def test_slow_chroma_times_out_and_the_request_goes_without_memory(tmp_path):
+    rp = replayer(tmp_path, "memory: {timeout_ms: 150}\n")
+    try:
+        msgs = converse(rp)
+        svc = rp.memory()
+        real = svc.store.vector_query
+
+        def slow(*a, **kw):  # the real Chroma query, answering late (a loaded or remote server)
+            time.sleep(1.0)
+            return real(*a, **kw)
+
+        svc.store.vector_query = slow
+        t0 = time.perf_counter()
+        sent = ask(rp, msgs, "What is the name of the dog I adopted?")
+        assert time.perf_counter() - t0 < 0.9 + 5  # the request did not wait for the slow query to finish
+        ev = memory_event(rp, sent.ctx.flow_id)
+        assert ev["skipped"] == "timeout" and ev["injected"] == 0
+        errs = [e.data for e in rp.runtime.bus.recent if e.type == "error" and e.flow_id == sent.ctx.flow_id]
+        assert any(e["where"] == "memory" and "timed out" in e["message"] for e in errs)
+        # the other stages' work still goes out: compacted, valid, no memory block
+        assert sent.outcome.reason == "rewritten" and OPEN not in str(sent.wire)
+    finally:
+        rp.close()
+
+
+def test_chroma_down_means_requests_go_without_memory(tmp_path):
+    rp = replayer(tmp_path, "memory: {chroma_url: 'http://127.0.0.1:9'}\n")
+    try:
+        sent = rp.send([{"role": "user", "content": "hello there, what did we say about Lisbon?"}])
+        ev = memory_event(rp, sent.ctx.flow_id)
+        assert ev["skipped"] == "unavailable" and ev["injected"] == 0
+        assert any(e.type == "error" and e.data.get("where") == "memory" for e in rp.runtime.bus.recent)
+        assert sent.outcome.reason in ("unchanged", "rewritten")
+    finally:
+        rp.close()
+
+
+def test_each_message_is_ingested_once_and_the_reply_too(tmp_path):
+    rp = replayer(tmp_path, window=200_000)
+    try:
+        svc = rp.memory()
+        msgs = [{"role": "user", "content": "first question about the Alameda shelter"}]
+        sent = rp.send(msgs)
+        rp.complete(sent, "first answer mentioning beagles")
+        rp.flush()
+        assert svc.store.count() == 2
+        msgs += [{"role": "assistant", "content": "first answer mentioning beagles"},
+                 {"role": "user", "content": "second question about Lisbon bridges"}]
+        sent = rp.send(msgs)
+        rp.complete(sent, "second answer")
+        rp.flush()
+        texts = sorted(it.text for it in svc.store.iter_items([sent.ctx.tenant]))
+        assert texts == sorted(["first question about the Alameda shelter", "first answer mentioning beagles",
+                                "second question about Lisbon bridges", "second answer"])
+        ingested = [e.data for e in rp.runtime.bus.recent if e.type == "memory" and "ingested" in e.data]
+        assert [d["ingested"] for d in ingested] == [2, 2]  # the marker skips what was stored before
+        assert all(it.tags for it in svc.store.iter_items([sent.ctx.tenant]))
+        assert len(svc.lexical) == 4
+    finally:
+        rp.close()
+
+
+def test_openai_chat_requests_get_memory_in_the_last_user_message(tmp_path):
+    rp = replayer(tmp_path, api=ApiKind.OPENAI_CHAT)
+    try:
+        msgs = converse(rp)
+        sent = rp.send(msgs + [{"role": "user", "content": "Which variable does the deploy script read?"}],
+                       api_key="sk-alice", session="s1")
+        assert sent.outcome.reason == "rewritten"
+        last = sent.wire["messages"][-1]
+        assert last["role"] == "user" and last["content"].startswith("Which variable does the deploy script read?\n\n" + OPEN)
+        assert FACTS[2] in last["content"]
+    finally:
+        rp.close()
+
+
+def test_observe_style_inject_off_still_ingests(tmp_path):
+    rp = replayer(tmp_path, "memory: {inject: false}\n")
+    try:
+        msgs = converse(rp, turns=20)
+        sent = ask(rp, msgs, "What is the name of the dog I adopted?")
+        assert memory_event(rp, sent.ctx.flow_id)["skipped"] == "inject off"
+        assert OPEN not in str(sent.wire)
+        assert rp.memory().store.count() >= 40
+    finally:
+        rp.close()
+
+
+def test_cleared_tool_results_are_findable_by_the_id_their_stub_names(tmp_path):
+    extra = "clearing: {trigger_tokens: 1000, clear_at_least: 200, keep_recent: 1}\n"
+    rp = replayer(tmp_path, extra, window=200_000)
+    try:
+        msgs = []
+        outputs = {}
+        for i in range(3):
+            tid = f"toolu_{i}"
+            out = "\n".join(f"src/module_{i}.py:{n}: def handler_{i}_{n}(request): return respond(request, {n})" for n in range(30))
+            outputs[tid] = out
+            msgs += [{"role": "user", "content": f"read module {i}"} if i == 0 else
+                     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{i - 1}", "content": outputs[f"toolu_{i - 1}"]},
+                                                  {"type": "text", "text": f"now module {i}"}]},
+                     {"role": "assistant", "content": [{"type": "tool_use", "id": tid, "name": "Read", "input": {"path": f"src/module_{i}.py"}}]}]
+            msgs.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": tid, "content": out}]})
+            sent = rp.send(msgs)
+            rp.complete(sent, f"module {i} read")
+            msgs.pop()
+        msgs.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_2", "content": outputs["toolu_2"]}]})
+        sent = rp.send(msgs)
+        rp.complete(sent, "done")
+        rp.flush()
+        cleared = sent.ctx.notes.get("cleared") or []
+        assert cleared, "the clearing stage should have cleared old results"
+        svc = rp.memory()
+        for c in cleared:
+            found = svc.store.get_by_ids([c["memory_id"]], [sent.ctx.tenant])
+            assert found and outputs[c["tool_use_id"]].splitlines()[0] in "\n".join(it.text for it in found)
+    finally:
+        rp.close()

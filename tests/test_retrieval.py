@@ -1,0 +1,265 @@
+"""Retrieval pieces with real parts: BM25, history exclusion, fusion, a real Chroma store and the real
+model, budget cuts, and cache-safe injection checked by the real validator."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+
+from contextwarden.memory.inject import (CLOSE, OPEN, NotInjectable, inject, render_block, render_item,
+                                         strip_blocks)
+from contextwarden.memory.lexical import LexicalIndex, tokenize
+from contextwarden.memory.tagger import tag_key
+from contextwarden.memory.retrieve import HistoryIndex, Query, Retriever, Retrieval, Hit, build_query, rrf, select
+from contextwarden.models import ApiKind, parse_body
+from contextwarden.settings.memory import MemorySection
+from contextwarden.validate import validate_rewrite
+from tests.support.memstore import embedder, item, store
+
+FACTS = [
+    "The staging database password rotation runs every Monday at 04:00 via cron.",
+    "def parse_invoice(path): reads billing/invoices.py records and returns Invoice objects",
+    "My sister Clara moved to Lisbon last year and works as an architect.",
+    "We adopted a beagle named Biscuit from the shelter in April.",
+    "The flaky test is tests/test_payments.py::test_refund_timeout; it fails when Redis is slow.",
+    "Grandma's lasagna recipe uses ricotta, nutmeg and fresh basil.",
+]
+
+
+# --- lexical ------------------------------------------------------------------------------------------
+def test_tokenize_keeps_identifiers_whole_and_split_and_stems_words():
+    toks = tokenize("parse_invoice() in billing/invoices.py; MemoryStore researching agencies")
+    assert {"parse_invoice", "parse", "invoice", "billing/invoices.py", "memorystore", "memory", "store",
+            "research", "agency"} <= set(toks)
+    assert "in" not in toks
+
+
+def test_bm25_ranks_exact_identifier_first_and_grows_incrementally():
+    idx = LexicalIndex()
+    idx.add([item(t, turn=i) for i, t in enumerate(FACTS[:3])])
+    assert idx.query("parse_invoice", ["t-a"], n=3)[0].item.text == FACTS[1]
+    assert idx.add([item(FACTS[1], turn=1)]) == 0  # the same id is indexed once
+    idx.add([item(t, turn=i + 3) for i, t in enumerate(FACTS[3:])])
+    assert len(idx) == len(FACTS)
+    hits = idx.query("which test is flaky because of redis", ["t-a"], n=2)
+    assert hits[0].item.text == FACTS[4]
+
+
+def test_bm25_partitions_by_tenant_and_matches_typos():
+    idx = LexicalIndex()
+    idx.add([item(FACTS[3], tenant="t-a"), item(FACTS[5], tenant="t-b")])
+    assert [h.item.tenant for h in idx.query("beagle lasagna", ["t-a"])] == ["t-a"]
+    assert [h.item.tenant for h in idx.query("beagle lasagna", ["t-b"])] == ["t-b"]
+    assert idx.query("lasagne recipee", ["t-b"])[0].item.text == FACTS[5]  # fuzzy: lasagne -> lasagna
+
+
+def test_prune_common_drops_words_most_items_contain():
+    idx = LexicalIndex()
+    idx.add([item(f"Caroline: message number {i} about topic{i}", turn=i) for i in range(60)])
+    assert idx.prune_common("What did Caroline say about topic7?", ["t-a"], 0.2) == "What did say about topic7?"
+    small = LexicalIndex()
+    small.add([item("Caroline: hello", turn=0)])
+    assert small.prune_common("Caroline topic", ["t-a"], 0.2) == "Caroline topic"  # too few items to judge
+
+
+# --- history exclusion ------------------------------------------------------------------------------------
+def test_history_index_recognises_messages_and_chunks_still_in_the_request():
+    long_output = "\n".join(f"line {i}: some log output that is long enough to count" for i in range(40))
+    hist = HistoryIndex(["Hello   there,\nhow are you?", long_output])
+    assert item("Hello there, how are you?") in hist  # whitespace-normalised
+    chunk = "\n".join(long_output.splitlines()[10:20])
+    assert item(chunk) in hist
+    assert item("line 3: something else entirely that was never in the request") not in hist
+    assert item(FACTS[0]) not in hist
+
+
+def test_rrf_fuses_by_rank_and_weight():
+    fused = rrf([(["a", "b", "c"], 1.0), (["c", "a"], 1.0)], k=10)
+    assert max(fused, key=fused.get) == "a"
+    assert fused["c"] > fused["b"]
+    assert rrf([(["x"], 2.0)], k=10)["x"] == pytest.approx(2.0 / 11)
+
+
+# --- hybrid search over a real store ---------------------------------------------------------------------
+@pytest.fixture
+def mem(tmp_path):
+    st = store(tmp_path)
+    items = [item(t, turn=i, tenant="t-a", session="s1") for i, t in enumerate(FACTS)]
+    items += [item("Tenant B's secret plan: the Lisbon office opens in May.", tenant="t-b", session="s9", turn=0)]
+    st.add(items)
+    lex = LexicalIndex()
+    lex.add(items)
+    yield st, lex
+    st.close()
+
+
+def test_hybrid_search_finds_by_meaning_and_by_identifier(mem):
+    st, lex = mem
+    cfg = MemorySection(neighbour_weight=0)
+    r = Retriever(st, lex, embedder(), None, cfg)
+    ret = r.search(Query("what kind of dog do we have?"), ["t-a"])
+    assert ret.mode == "hybrid" and ret.hits[0].item.text == FACTS[3]
+    assert ret.hits[0].vector is not None
+    ret = r.search(Query("where is parse_invoice defined"), ["t-a"])
+    top = ret.hits[0]
+    assert top.item.text == FACTS[1] and top.lexical_rank == 1 and top.vector_rank is not None
+    assert top.fused == pytest.approx(cfg.vector_weight / (cfg.rrf_k + top.vector_rank)
+                                      + cfg.lexical_weight / (cfg.rrf_k + top.lexical_rank))
+
+
+def test_search_never_crosses_tenants(mem):
+    st, lex = mem
+    r = Retriever(st, lex, embedder(), None, MemorySection(neighbour_weight=1.0))
+    for q in ["Lisbon office opening", "secret plan", "sister in Lisbon", "Tenant B"]:
+        assert {h.item.tenant for h in r.search(Query(q), ["t-a"]).hits} <= {"t-a"}
+        assert {h.item.tenant for h in r.search(Query(q), ["t-b"]).hits} <= {"t-b"}
+
+
+def test_search_skips_items_still_in_the_history(mem):
+    st, lex = mem
+    r = Retriever(st, lex, embedder(), None, MemorySection())
+    hist = HistoryIndex([FACTS[3]])
+    ret = r.search(Query("what kind of dog do we have?"), ["t-a"], exclude=hist.__contains__)
+    assert FACTS[3] not in [h.item.text for h in ret.hits]
+    assert ret.in_history >= 1
+
+
+def test_lexical_only_without_a_model(mem):
+    st, lex = mem
+    ret = Retriever(st, lex, None, None, MemorySection()).search(Query("beagle Biscuit shelter"), ["t-a"])
+    assert ret.mode == "lexical" and ret.hits[0].item.text == FACTS[3] and ret.hits[0].vector is None
+
+
+def test_vector_query_past_the_deadline_raises_timeout(mem):
+    from concurrent.futures import ThreadPoolExecutor
+
+    st, lex = mem
+    real = st.vector_query
+
+    def slow(*a, **kw):  # the real query, on a Chroma that answers late
+        time.sleep(0.5)
+        return real(*a, **kw)
+
+    st.vector_query = slow
+    with ThreadPoolExecutor(1) as pool:
+        r = Retriever(st, lex, embedder(), pool, MemorySection())
+        t0 = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            r.search(Query("dog"), ["t-a"], timeout_s=0.05)
+        assert time.perf_counter() - t0 < 0.4
+
+
+# --- budget ---------------------------------------------------------------------------------------------
+def _ret(texts, tags=None):
+    return Retrieval(hits=[Hit(item(t, turn=i, tags=(tags or {}).get(i, [])), fused=1.0 / (i + 1))
+                           for i, t in enumerate(texts)])
+
+
+def test_select_respects_budget_and_top_k_and_passes_over_what_does_not_fit():
+    count = lambda s: len(s.split())
+    texts = ["short one", "a much longer text " * 20, "short two", "short three"]
+    chosen = select(_ret(texts), budget=20, top_k=10, count=count, render=render_item)
+    assert [h.item.text for h in chosen] == ["short one", "short two", "short three"]
+    assert sum(h.tokens for h in chosen) <= 20
+    assert len(select(_ret(texts), budget=1000, top_k=2, count=count, render=render_item)) == 2
+
+
+def test_select_skips_items_only_about_active_topics():
+    ret = _ret(["Postgres orders table lock", "Lisbon trip plans"], tags={0: ["postgres", "orders table"], 1: ["lisbon", "trip"]})
+    chosen = select(ret, budget=1000, top_k=5, count=len, render=render_item,
+                    active_tags={tag_key("Postgres"), tag_key("orders table"), tag_key("deploy")})
+    assert [h.item.text for h in chosen] == ["Lisbon trip plans"]
+    assert ret.active == 1
+
+
+# --- injection ------------------------------------------------------------------------------------------
+def _anthropic(messages, **kw):
+    return {"model": "claude-sonnet-4-5", "max_tokens": 100, "system": [{"type": "text", "text": "sys",
+            "cache_control": {"type": "ephemeral"}}], "messages": messages, **kw}
+
+
+BLOCK = render_block([item(FACTS[3], turn=7, session="s-old")])
+
+
+def _apply(api, body):
+    original = copy.deepcopy(body)
+    model = parse_body(api, body)
+    where = inject(api, model, BLOCK)
+    wire = model.wire()
+    assert body == original, "the original body must not be mutated"
+    assert validate_rewrite(api, wire, original) == []
+    return wire, where
+
+
+def test_anthropic_string_content_becomes_text_plus_memory_block():
+    wire, where = _apply(ApiKind.ANTHROPIC, _anthropic([{"role": "user", "content": "What dog do we have?"}]))
+    content = wire["messages"][-1]["content"]
+    assert content[0] == {"type": "text", "text": "What dog do we have?"}
+    assert content[-1]["text"] == BLOCK and content[-1]["text"].startswith(OPEN) and content[-1]["text"].endswith(CLOSE)
+    assert wire["system"] == _anthropic([])["system"]
+    assert "session s-old" in BLOCK and "[#7 user" in BLOCK
+
+
+def test_anthropic_block_goes_after_the_last_cache_breakpoint():
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "file text"},
+                                          {"type": "text", "text": "and now?", "cache_control": {"type": "ephemeral"}}]}]
+    wire, _ = _apply(ApiKind.ANTHROPIC, _anthropic(msgs))
+    last = wire["messages"][-1]["content"]
+    assert last[:2] == msgs[2]["content"]  # tool_result first, breakpoint block unchanged
+    assert last[2]["text"] == BLOCK and "cache_control" not in last[2]
+
+
+def test_anthropic_no_injection_before_a_later_breakpoint():
+    msgs = [{"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "text", "text": "prefill", "cache_control": {"type": "ephemeral"}}]}]
+    with pytest.raises(NotInjectable):
+        inject(ApiKind.ANTHROPIC, parse_body(ApiKind.ANTHROPIC, _anthropic(msgs)), BLOCK)
+
+
+@pytest.mark.parametrize("api", [ApiKind.OPENAI_CHAT, ApiKind.OLLAMA_CHAT])
+def test_openai_chat_appends_to_the_last_user_message(api):
+    body = {"model": "gpt-4o", "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "What dog?"}]}
+    wire, _ = _apply(api, body)
+    assert wire["messages"][0] == body["messages"][0]
+    assert wire["messages"][-1]["content"].startswith("What dog?\n\n" + OPEN)
+    parts = {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "What dog?"}]}]}
+    wire, _ = _apply(ApiKind.OPENAI_CHAT, parts)
+    assert wire["messages"][-1]["content"][-1] == {"type": "text", "text": BLOCK}
+
+
+def test_openai_chat_tool_loop_is_not_injected():
+    body = {"model": "gpt-4o", "messages": [
+        {"role": "user", "content": "read it"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "file"}]}
+    with pytest.raises(NotInjectable):
+        inject(ApiKind.OPENAI_CHAT, parse_body(ApiKind.OPENAI_CHAT, body), BLOCK)
+
+
+def test_responses_string_and_list_inputs():
+    wire, _ = _apply(ApiKind.OPENAI_RESPONSES, {"model": "gpt-5", "input": "What dog?"})
+    assert wire["input"].startswith("What dog?\n\n" + OPEN)
+    body = {"model": "gpt-5", "instructions": "be brief",
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "What dog?"}]}]}
+    wire, _ = _apply(ApiKind.OPENAI_RESPONSES, body)
+    assert wire["input"][-1]["content"][-1] == {"type": "input_text", "text": BLOCK}
+    assert wire["instructions"] == "be brief"
+
+
+def test_strip_blocks_removes_an_echoed_memory_block():
+    assert strip_blocks("question\n\n" + BLOCK + "\nafter") == "question\nafter"
+
+
+def test_build_query_uses_last_user_text_and_context():
+    msgs = [{"role": "user", "content": "Set up the Lisbon trip."},
+            {"role": "assistant", "content": "Which dates?"},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x", "content": "ignored"},
+                                         {"type": "text", "text": "May 3 to 9"}]}]
+    q, idx = build_query(ApiKind.ANTHROPIC, msgs)
+    assert idx == 2 and q.text == "May 3 to 9" and "Which dates?" in q.context and "Lisbon" in q.context
+    only_results = msgs[:2] + [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x", "content": "out"}]}]
+    q, idx = build_query(ApiKind.ANTHROPIC, only_results)
+    assert idx == 0 and q.text == "Set up the Lisbon trip."

@@ -1,0 +1,354 @@
+"""Pilot tests of the TUI's panels at 80x24, driven by events fed through the client interface
+(a MemorySource, the same interface the live client and the log reader implement)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import orjson
+import pytest
+from rich.console import Console
+
+from contextwarden.settings import Settings, _deep_merge
+from contextwarden.tui.app import ContextWardenApp
+from contextwarden.tui.client import MemorySource
+from contextwarden.tui.demo import STAGES, EventFactory, demo_snapshot
+from contextwarden.tui.screens.inspector import InspectorScreen
+from contextwarden.tui.screens.settings import SettingsScreen
+from contextwarden.tui.widgets.synctable import SyncTable
+
+NOW = 1_700_000_100.0
+SIZE = (80, 24)
+
+
+def screen_text(app) -> str:
+    """What the terminal shows, as plain text."""
+    w, h = app.size
+    console = Console(width=w, height=h, file=io.StringIO(), force_terminal=True, color_system="truecolor",
+                      record=True, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text()
+
+
+def settings_snapshot(**extra) -> dict:
+    """No events yet, the demo's pinned settings, a proxy up for 1:02:05."""
+    return {**demo_snapshot(), "events": [], "runtime_started": NOW - 3725, **extra}
+
+
+async def settle(pilot, app) -> None:
+    await pilot.pause()
+    app.flush()
+    await pilot.pause()
+
+
+def make_app(source, tmp_path=None, **kw) -> ContextWardenApp:
+    return ContextWardenApp(source, clock=lambda: NOW, tick=0.05, export_dir=tmp_path, **kw)
+
+
+def cell_text(table: SyncTable, key: str, column: str) -> str:
+    return str(table.get_cell(key, column))
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+async def test_request_log_newest_first_with_everything_a_row_shows():
+    src = MemorySource(settings_snapshot())
+    app = make_app(src)
+    f = EventFactory()
+    async with app.run_test(size=SIZE) as pilot:
+        await src.ready()
+        src.feed([f.ingest("s-one", 1, ["history", "setup"])])
+        src.feed(f.request("s-one", tokens_in=50_000, tokens_sent=30_000, tags=["python", "asyncio"], mem_tokens=700,
+                           stage_ms={"budget": 0.2, "tagging": 1.5, "clearing": 2.0, "compaction": 9.5, "memory": 3.0},
+                           clearing={"cleared": ["t1"], "tokens_freed": 20_000}, upstream_ms=812, level="REDUCED"))
+        src.feed(f.request("s-two", tokens_in=900, tags=["rust"], upstream_ms=95, status=429))
+        await settle(pilot, app)
+        await pilot.press("2")
+        await settle(pilot, app)
+        table = app.screen.query_one("#requests-table", SyncTable)
+        assert table.row_count == 3
+        first, second, third = table.keys
+        assert first == "flow-0002" and second == "flow-0001"  # newest first; the history row is oldest
+        row = {c: cell_text(table, second, c) for c in ("turn", "session", "tags", "in", "sent", "mem", "stages", "up", "status", "level")}
+        assert row == {"turn": "1", "session": "s-one", "tags": "python,asyncio", "in": "50.0k", "sent": "30.0k",
+                       "mem": "700", "stages": "16 cp", "up": "812", "status": "200", "level": "RDC"}
+        assert cell_text(table, first, "status") == "429"
+        assert table.get_cell(first, "status").style == "red"
+        # the ingested-history row is dimmed
+        hist = table.get_cell(third, "tags")
+        assert str(hist) == "history,setup" and "dim" in str(hist.style)
+        # the detail line of the highlighted (newest) row, then of the one below: every stage's ms
+        await pilot.press("down")
+        text = screen_text(app)
+        assert "budget 0.2 tagging 1.5 clearing 2.0 compaction 9.5 memory 3.0" in text
+        assert "level REDUCED" in text
+        assert "python,async" in text and "50.0k" in text
+        assert "level REDUCED · python" in text and "pipeline 16 ms · upstream 812 ms · 200 · rewritten" in text
+
+
+async def test_request_log_is_bounded_and_keeps_following_the_newest():
+    src = MemorySource(settings_snapshot())
+    app = make_app(src, max_requests=40)
+    f = EventFactory()
+    async with app.run_test(size=SIZE) as pilot:
+        await src.ready()
+        await pilot.press("2")
+        for _ in range(5):
+            src.feed([e for _ in range(30) for e in f.request("s", tokens_in=100, gap=0.01)])
+            await settle(pilot, app)
+        table = app.screen.query_one("#requests-table", SyncTable)
+        assert table.row_count == 40 and len(app.store.requests) == 40
+        assert table.keys[0] == "flow-0150" and table.highlighted_key() == "flow-0150"
+        # a user looking at an older row keeps it when new rows arrive
+        await pilot.press("down", "down")
+        assert table.highlighted_key() == "flow-0148"
+        src.feed(f.request("s", tokens_in=100))
+        await settle(pilot, app)
+        assert table.keys[0] == "flow-0151" and table.highlighted_key() == "flow-0148"
+
+
+async def test_overview_counts_tokens_and_labels_the_estimate():
+    src = MemorySource(demo_snapshot())
+    app = make_app(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        text = screen_text(app)
+        t = app.store.totals
+        assert (t.requests, t.turns, t.compactions, t.clearings) == (12, 12, 1, 1)
+        assert t.tokens_freed == 24_000 + (110_000 - 48_000)
+        for needle in ("requests                            12", "compactions                          1",
+                       "freed (clear+compact)            86.0k", "saved (estimate)", "billed input (measured)",
+                       "Provider usage, reported (12 turns)", "up 0:01:39"):
+            assert needle in text, needle
+        assert "tests×6" in text  # active tags
+        # one fill line per session, thresholds marked
+        line = next(line for line in text.splitlines() if line.startswith(" sess-a"))
+        assert line.count("│") + line.count("┃") == 2 and "60% 119.0k/200.0k" in line
+
+
+async def test_overview_without_provider_usage_reports_no_cost():
+    src = MemorySource(settings_snapshot())
+    app = make_app(src)
+    f = EventFactory()
+    async with app.run_test(size=SIZE) as pilot:
+        await src.ready()
+        evs = [e for e in f.request("s", tokens_in=1000) if e["type"] not in ("turn", "response")]
+        src.feed(evs)
+        await settle(pilot, app)
+        text = screen_text(app)
+        assert "no provider usage yet" in text and "saved (estimate)" not in text
+
+
+async def test_context_events_panel_lists_compaction_and_clearing():
+    src = MemorySource(demo_snapshot())
+    app = make_app(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        await pilot.press("4")
+        await settle(pilot, app)
+        text = screen_text(app)
+        assert "compaction  40 msgs → summary, 110,000 → 48,000 tok" in text
+        assert "clearing    cleared 3 tool results, −24,000 tok" in text
+        lines = text.splitlines()
+        assert lines.index(next(x for x in lines if "compaction" in x)) < lines.index(next(x for x in lines if "clearing " in x))
+
+
+async def test_sessions_fill_bar_and_bypass_key(tmp_path):
+    calls = []
+
+    def handler(cmd):
+        calls.append(cmd)
+        return {"session": cmd["session"], "on": cmd["on"], "bypass": [cmd["session"]] if cmd["on"] else []}
+
+    src = MemorySource(demo_snapshot(), handler=handler)
+    app = make_app(src, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        await pilot.press("3")
+        await settle(pilot, app)
+        table = app.screen.query_one("#sessions-table", SyncTable)
+        assert table.keys == ["sess-a", "sess-b"]
+        text = screen_text(app)
+        assert "60%" in text and "soft 70% · hard 85% of 200.0k" in text
+        await pilot.press("down", "b")
+        await settle(pilot, app)
+        assert calls == [{"cmd": "bypass", "session": "sess-b", "on": True}]
+        assert str(table.get_cell("sess-b", "mode")) == "observe"
+        assert "observe-only (bypassed)" in screen_text(app)
+        # the proxy's own bypass event later agrees; pressing again turns it off
+        src.feed([{"seq": 9999, "ts": NOW, "type": "bypass", "flow_id": None, "session": "sess-b",
+                   "data": {"session": "sess-b", "on": True}}])
+        await settle(pilot, app)
+        await pilot.press("b")
+        await settle(pilot, app)
+        assert calls[-1] == {"cmd": "bypass", "session": "sess-b", "on": False}
+        assert str(table.get_cell("sess-b", "mode")) == "active"
+
+
+async def test_export_session_snapshot(tmp_path):
+    exported = {"kind": "contextwarden.session", "session": "sess-a", "events": [1, 2], "requests": []}
+    src = MemorySource(demo_snapshot(), handler=lambda cmd: exported if cmd["cmd"] == "export" else None)
+    app = make_app(src, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        await pilot.press("3")
+        await settle(pilot, app)
+        await pilot.press("e")
+        await settle(pilot, app)
+    files = list(tmp_path.glob("contextwarden-session-sess-a-*.json"))
+    assert len(files) == 1 and orjson.loads(files[0].read_bytes()) == exported
+    assert src.commands == [{"cmd": "export", "session": "sess-a"}]
+
+
+EARLY = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"early turn {i}"} for i in range(6)]
+ORIGINAL = {"model": "claude-sonnet-4-5", "max_tokens": 100, "system": "You are helpful.", "messages": [
+    *EARLY,
+    {"role": "user", "content": "start"},
+    {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "ls"}}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "a.txt b.txt " * 50}]},
+    {"role": "assistant", "content": "done"},
+    {"role": "user", "content": "what next?"},
+]}
+REWRITTEN = {**ORIGINAL, "messages": [
+    *EARLY, ORIGINAL["messages"][6], ORIGINAL["messages"][7],
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "[cleared: 600 chars of Bash output]"}]},
+    ORIGINAL["messages"][9],
+    {"role": "user", "content": [{"type": "text", "text": "what next?"}, {"type": "text", "text": "<memory>earlier: a.txt</memory>"}]},
+]}
+
+
+async def test_inspector_shows_the_diff_and_saves_it_without_credentials(tmp_path):
+    def handler(cmd):
+        assert cmd == {"cmd": "bodies", "flow_id": "flow-0001"}
+        return {"flow_id": "flow-0001", "session": "s", "api": "anthropic", "model": "claude-sonnet-4-5", "path": "/v1/messages",
+                "headers": [["x-api-key", "sk-ant-SECRET"], ["authorization", "Bearer SECRET"], ["accept", "*/*"]],
+                "original": ORIGINAL, "rewritten": REWRITTEN}
+
+    src = MemorySource(settings_snapshot(), handler=handler)
+    app = make_app(src, tmp_path)
+    f = EventFactory()
+    async with app.run_test(size=SIZE) as pilot:
+        await src.ready()
+        src.feed(f.request("s", tokens_in=5000, tokens_sent=800))
+        await settle(pilot, app)
+        await pilot.press("2")
+        await settle(pilot, app)
+        await pilot.press("enter")
+        await settle(pilot, app)
+        assert isinstance(app.screen, InspectorScreen)
+        text = screen_text(app)
+        assert "rewritten: 11 → 11 messages" in text
+        assert "~ [tool_result] t1: a.txt b.txt" in text and "~ [tool_result] t1: [cleared: 600" in text
+        assert "+ [text] <memory>earlier:" in text
+        assert "2–7    · 6 unchanged messages ·" in text and "early turn 3" not in text  # the untouched start is collapsed
+        await pilot.press("u")
+        assert "early turn 3" in screen_text(app)
+        await pilot.press("s")
+        await settle(pilot, app)
+        saved = tmp_path / "contextwarden-request-flow-0001.json"
+        data = orjson.loads(saved.read_bytes())
+        assert "SECRET" not in saved.read_text()
+        assert ["x-api-key", "[redacted]"] in data["headers"] and data["rewritten"] == REWRITTEN
+        assert [r["kind"] for r in data["diff"]].count("changed") == 2
+        await pilot.press("escape")
+        assert not isinstance(app.screen, InspectorScreen)
+        await pilot.press("i")  # the footer's key for the same
+        await settle(pilot, app)
+        assert isinstance(app.screen, InspectorScreen) and app.screen.flow_id == "flow-0001"
+
+
+async def test_inspector_when_bodies_are_gone():
+    src = MemorySource(settings_snapshot())  # no handler: the command fails
+    app = make_app(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await src.ready()
+        app.inspect("flow-x")
+        await settle(pilot, app)
+        assert "No bodies for this request" in screen_text(app)
+
+
+async def test_settings_screen_sends_overrides_and_stage_switches():
+    calls = []
+
+    current = settings_snapshot()["settings"]
+
+    def handler(cmd):
+        calls.append(cmd)
+        s = Settings(**_deep_merge(current, cmd["overrides"]))  # what the proxy would validate and apply
+        return {"settings": s.model_dump(mode="json"), "overrides": cmd["overrides"], "bypass": [], "stages": STAGES}
+
+    src = MemorySource(settings_snapshot(), handler=handler)
+    app = make_app(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        await pilot.press("c")
+        await settle(pilot, app)
+        screen = app.screen
+        assert isinstance(screen, SettingsScreen)
+        text = screen_text(app)
+        assert "compaction soft threshold" in text and "0.7" in text
+        soft = screen.query_one("#set-compaction--soft-threshold")
+        soft.value = "0.6"
+        screen.query_one("#stage-memory").value = False
+        await pilot.press("ctrl+s")
+        await settle(pilot, app)
+        assert calls == [{"cmd": "set", "overrides": {"compaction": {"soft_threshold": 0.6}, "pipeline": {"disabled": ["memory"]}},
+                          "persist": False}]
+        assert not isinstance(app.screen, SettingsScreen)
+        assert app.store.thresholds == (0.6, 0.85)
+        # a bad number is refused locally, nothing sent
+        await pilot.press("c")
+        await settle(pilot, app)
+        app.screen.query_one("#set-compaction--hard-threshold").value = "lots"
+        await pilot.press("ctrl+s")
+        await settle(pilot, app)
+        assert len(calls) == 1 and isinstance(app.screen, SettingsScreen)
+
+
+async def test_bursts_are_coalesced_into_few_redraws():
+    src = MemorySource(settings_snapshot())
+    app = ContextWardenApp(src, clock=time.time, tick=0.25)
+    f = EventFactory()
+    async with app.run_test(size=SIZE) as pilot:
+        await src.ready()
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        # a burst: 40 batches (400 events) posted at once -> folded in by one or two ticks, not 40 redraws
+        r0 = app.redraws
+        for i in range(40):
+            src.feed(f.request(f"s{i % 7}", tokens_in=100)[:10])
+        t0 = app.ticks
+        while app.ticks < t0 + 2:
+            await pilot.pause(0.05)
+        assert not app.pending and app.store.events_seen == 400
+        assert 1 <= app.redraws - r0 <= 2
+        # sustained 200 events/s in the server's 50 ms batches: never more than one redraw per tick
+        r0, t0 = app.redraws, app.ticks
+        for i in range(40):
+            src.feed(f.request(f"s{i % 7}", tokens_in=100)[:10])
+            await asyncio.sleep(0.05)
+        await pilot.pause(0.6)
+        assert app.store.events_seen == 800 and not app.pending
+        assert 0 < app.redraws - r0 <= app.ticks - t0 < 40
+
+
+async def test_connection_states_show_in_the_status_line():
+    from contextwarden.tui.messages import ConnectionChanged
+
+    src = MemorySource(settings_snapshot())
+    app = make_app(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        assert "● connected" in screen_text(app)
+        app.post_message(ConnectionChanged("waiting", "no running proxy found"))
+        await settle(pilot, app)
+        assert "◌ waiting no running proxy found" in screen_text(app)

@@ -1,0 +1,27 @@
+"""`contextwarden tui`: arguments, and Textual loaded only when the TUI actually runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from contextwarden.cli import build_parser, main
+
+
+def test_tui_arguments(tmp_path):
+    args = build_parser().parse_args(["tui", "--home", str(tmp_path), "--log", str(tmp_path / "e.jsonl"),
+                                      "--export-dir", str(tmp_path / "out")])
+    assert args.command == "tui" and args.home == tmp_path and args.log == tmp_path / "e.jsonl"
+    assert args.func.__module__ == "contextwarden.cli.tui"
+
+
+def test_missing_log_is_an_error(tmp_path, capsys):
+    assert main(["tui", "--log", str(tmp_path / "nope.jsonl")]) == 2
+    assert "no such log" in capsys.readouterr().out
+
+
+def test_other_commands_do_not_load_textual():
+    code = "import sys; from contextwarden.cli import build_parser; build_parser(); print('textual' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,186 @@
+"""The contextwarden TUI: watch the proxy's traffic and steer it.
+
+Events arrive from a :mod:`~contextwarden.tui.client` source as messages and are queued; a timer
+folds the queue into the :class:`~contextwarden.tui.store.Store` a few times a second and refreshes
+only the visible panel, so a burst of hundreds of events per second costs one redraw per tick.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+from textual.app import App
+
+from .client import CommandError, Source
+from .messages import ConnectionChanged, EventsDropped, EventsReceived, SnapshotReceived
+from .screens.inspector import InspectorScreen
+from .screens.main import MainScreen
+from .screens.settings import SettingsScreen
+from .store import Store
+
+
+class ContextWardenApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "contextwarden"
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(self, source: Source, *, export_dir: Path | str | None = None, clock: Callable[[], float] = time.time,
+                 tick: float = 0.25, max_requests: int = 500, max_pending: int = 5000) -> None:
+        super().__init__()
+        self.source = source
+        self.export_dir = Path(export_dir) if export_dir else Path.cwd()
+        self.clock = clock
+        self.tick = tick
+        self.store = Store(max_requests=max_requests)
+        # batches waiting for the next tick; bounded: if the UI stalls, the oldest are dropped
+        self.pending: deque[tuple[list[dict], dict]] = deque(maxlen=max_pending)
+        self.pending_dropped = 0
+        self.connection_state = "connecting"
+        self.connection_detail = getattr(source, "description", "")
+        self.last_command_error: str | None = None
+        self.ticks = 0
+        self.redraws = 0
+        self._last_second = -1
+
+    def get_default_screen(self) -> MainScreen:
+        return MainScreen()
+
+    @property
+    def main(self) -> MainScreen | None:
+        """The default screen (under any inspector or settings screen); None while starting or closing."""
+        stack = self.screen_stack
+        return stack[0] if stack and isinstance(stack[0], MainScreen) else None
+
+    def redraw(self, dirty: set[str], force: bool = False) -> None:
+        main = self.main
+        if main is not None:
+            main.refresh_panels(dirty, force=force)
+
+    def selected_session(self) -> str | None:
+        main = self.main
+        return main.selected_session() if main is not None else None
+
+    def on_mount(self) -> None:
+        self.run_worker(self.source.run(self.post_message), name="source", group="source", exclusive=True)
+        self.set_interval(self.tick, self.flush)
+
+    # -- from the source ---------------------------------------------------------------------------
+
+    def on_snapshot_received(self, message: SnapshotReceived) -> None:
+        self.pending.clear()
+        dirty = self.store.load_snapshot(message.snapshot)
+        self.redraw(dirty, force=True)
+
+    def on_events_received(self, message: EventsReceived) -> None:
+        if len(self.pending) == self.pending.maxlen:
+            self.pending_dropped += len(self.pending[0][0])
+        self.pending.append((message.events, message.extra))
+
+    def on_events_dropped(self, message: EventsDropped) -> None:
+        self.flush()  # batches queued before the notice come first
+        self.store.dropped_events(message.count, message.totals)
+
+    def on_connection_changed(self, message: ConnectionChanged) -> None:
+        before = self.connection_state
+        self.connection_state, self.connection_detail = message.state, message.detail
+        if before == "connected" and message.state != "connected":
+            self.notify(f"proxy connection lost: {message.detail}", severity="warning", timeout=4)
+        elif message.state == "refused":
+            self.notify(f"the proxy refused the connection: {message.detail}", severity="error", timeout=6)
+        self.redraw({"status"})
+
+    def flush(self) -> None:
+        """Fold every queued batch into the store, then redraw what changed (once)."""
+        self.ticks += 1
+        dirty: set[str] = set()
+        while self.pending:
+            events, extra = self.pending.popleft()
+            if extra and self.store.apply_settings(extra):
+                dirty.add("settings")
+                dirty.add("sessions")
+            dirty |= self.store.apply(events)
+        second = int(self.clock())
+        if second != self._last_second:
+            self._last_second = second
+            dirty.add("clock")
+        if dirty:
+            self.redraws += 1
+            self.redraw(dirty)
+
+    # -- commands ----------------------------------------------------------------------------------
+
+    async def command(self, cmd: dict[str, Any], quiet: bool = False) -> Any | None:
+        """Send a command to the proxy; on failure notify (unless ``quiet``) and return None."""
+        try:
+            self.last_command_error = None
+            return await self.source.command(cmd)
+        except CommandError as e:
+            self.last_command_error = str(e)
+            if not quiet:
+                self.notify(f"{cmd.get('cmd')}: {e}", severity="error", timeout=5)
+            return None
+
+    async def apply_settings(self, overrides: dict[str, Any], persist: bool) -> bool:
+        result = await self.command({"cmd": "set", "overrides": overrides, "persist": persist})
+        if result is None:
+            return False
+        if isinstance(result, dict):
+            self.store.apply_settings(result)
+        where = " and saved in the proxy's runtime state" if persist else " (not saved: until the proxy restarts)"
+        self.notify(f"settings applied to new requests{where}")
+        self.redraw({"settings", "overview", "sessions"}, force=True)
+        return True
+
+    async def action_bypass(self) -> None:
+        session = self.selected_session()
+        if session is None:
+            self.notify("no session to bypass yet", severity="warning")
+            return
+        on = session not in self.store.bypass
+        result = await self.command({"cmd": "bypass", "session": session, "on": on})
+        if result is None:
+            return
+        self.store.apply_settings({"bypass": result.get("bypass", [])} if isinstance(result, dict) else {})
+        self.notify(f"session {session[:12]}: {'observe-only (bypassed)' if on else 'active again'}")
+        self.redraw({"sessions", "requests"}, force=True)
+
+    async def action_export(self) -> None:
+        session = self.selected_session()
+        if session is None:
+            self.notify("no session to export yet", severity="warning")
+            return
+        if self.source.live:
+            snap = await self.command({"cmd": "export", "session": session}, quiet=True)
+            if snap is None:  # an older proxy, or a source without commands: what the TUI holds
+                snap = self.store.session_export(session)
+        else:
+            snap = self.store.session_export(session)
+        path = self.write_export(f"contextwarden-session-{_safe(session)}-{time.strftime('%Y%m%d-%H%M%S')}.json", snap)
+        self.notify(f"exported {path}")
+
+    def write_export(self, name: str, payload: Any) -> Path:
+        path = self.export_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2, default=str))
+        return path
+
+    def action_settings(self) -> None:
+        if not self.source.live:
+            self.notify("offline log: settings can only be changed on a live proxy", severity="warning")
+            return
+        stages = self.store.available_stages or self.store.stages
+        self.push_screen(SettingsScreen(self.store.settings, stages, self.source.live))
+
+    def inspect(self, flow_id: str) -> None:
+        row = self.store.requests.get(flow_id)
+        summary = f"{row.model or ''} session {row.session}" if row else ""
+        self.push_screen(InspectorScreen(flow_id, summary))
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)[:48]
