@@ -112,17 +112,18 @@ def bench_embed(emb: Embedder, n: int) -> None:
                      ("chroma DefaultEmbeddingFunction (pads to 256, 1 thread)", chroma1)):
         for q in qs[:5]:
             fn([q])
-        ts = []
+        ts, cpu = [], []
         for q in qs:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn([q])
             ts.append(time.perf_counter() - t)
-        rows.append((name, pct(ts, 50), pct(ts, 99)))
+            cpu.append(time.process_time() - c)
+        rows.append((name, pct(ts, 50), pct(ts, 99), pct(cpu, 50)))
     print(f"\n## Query embedding ({len(qs)} real questions, median {int(np.median(toks))} tokens)\n")
-    print(f"| {'embedder':<52} | p50 ms | p99 ms |")
-    print(f"|{'-' * 54}|-------:|-------:|")
-    for name, p50, p99 in rows:
-        print(f"| {name:<52} | {p50:6.2f} | {p99:6.2f} |")
+    print(f"| {'embedder':<58} | p50 ms | p99 ms | CPU ms p50 |")
+    print(f"|{'-' * 60}|-------:|-------:|-----------:|")
+    for name, p50, p99, c50 in rows:
+        print(f"| {name:<58} | {p50:6.2f} | {p99:6.2f} | {c50:10.2f} |")
     print(f"\nspeed-up p50: {rows[1][1] / rows[0][1]:.0f}x (same threads: {rows[2][1] / rows[0][1]:.0f}x)   target p50 <= 10 ms: {'met' if rows[0][1] <= 10 else 'NOT met'}")
     a = emb(qs[:50])
     b = np.asarray(chroma(qs[:50]))
@@ -170,6 +171,12 @@ def bench_ingest(emb: Embedder, limit_chunks: int) -> None:
 TENANTS = ["t-alpha", "t-beta", "t-gamma", "t-delta"]
 
 
+def tenant_of(j: int) -> str:
+    """85% of the chunks are one tenant's (a single user's proxy: the hard case), 5% each the others'."""
+    r = j % 20
+    return TENANTS[0] if r < 17 else TENANTS[r - 16]
+
+
 def build_store(emb: Embedder, path: Path, total: int, real: int) -> None:
     pieces = conversation_pieces()
     for t in tool_outputs():
@@ -201,7 +208,7 @@ def build_store(emb: Embedder, path: Path, total: int, real: int) -> None:
                 text = f"{pieces[j % len(pieces)]} (#{j})"
                 v = 0.75 * base[a] + 0.25 * base[b] + rng.normal(0, 0.03, base.shape[1]).astype(np.float32)
                 v = v / np.linalg.norm(v)
-            items.append(MemoryItem(text=text, session=f"s{j % 500}", tenant=TENANTS[j % len(TENANTS)], turn=j % 300,
+            items.append(MemoryItem(text=text, session=f"s{j % 500}", tenant=tenant_of(j), turn=j % 300,
                                     role="tool" if j % 3 == 0 else "user", kind="chunk" if j % 3 == 0 else "message",
                                     tool="Bash" if j % 3 == 0 else None, ts=now - (j % 1000) * 60))
             vecs.append(v)
@@ -212,7 +219,7 @@ def build_store(emb: Embedder, path: Path, total: int, real: int) -> None:
 
 def bench_query(emb: Embedder, path: Path, total: int, real: int, rebuild: bool, n: int) -> None:
     marker = path / "built.json"
-    want = {"total": total, "real": real, "layout": "partition per tenant"}
+    want = {"total": total, "real": real, "layout": "partition per tenant, 85/5/5/5"}
     if rebuild or not marker.exists() or json.loads(marker.read_text()) != want:
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
@@ -228,29 +235,33 @@ def bench_query(emb: Embedder, path: Path, total: int, real: int, rebuild: bool,
     qs = qs[:n]
     vecs = emb(qs)
     rows = []
-    cases = [("1 tenant (25% of items), precomputed query vector", [TENANTS[0]], True, None),
+    cases = [("1 tenant (85% of items), precomputed query vector", [TENANTS[0]], True, None),
              ("1 tenant, query embedded inside vector_query", [TENANTS[0]], False, None),
              ("1 tenant + where session != current", [TENANTS[0]], True, {"session": {"$ne": "s1"}}),
-             ("all 4 tenants ($in)", TENANTS, True, None)]
+             ("4 tenants (4 partitions, all 100%)", TENANTS, True, None),
+             ("small tenant (5%)", [TENANTS[1]], True, None)]
     for name, tenants, pre, where in cases:
         nq = len(qs) if where is None else min(len(qs), 20)  # a where costs a metadata scan: fewer runs
         for k in range(5):
             store.vector_query(qs[k], tenants, 20, where=where, query_embedding=vecs[k] if pre else None)
-        ts, got = [], 0
+        ts, cpu, got = [], [], 0
         for k, q in enumerate(qs[:nq]):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             hits = store.vector_query(q, tenants, 20, where=where, query_embedding=vecs[k] if pre else None)
             ts.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
             got += len(hits)
             assert all(h.tenant in tenants for h, _ in hits)
-        rows.append((name, pct(ts, 50), pct(ts, 99), got / nq))
+        rows.append((name, pct(ts, 50), pct(ts, 99), pct(cpu, 50), got / nq))
     store.close()
     print(f"\n## MemoryStore.vector_query, n=20, {count} stored chunks in {len(TENANTS)} tenant partitions "
           f"({len(qs)} real questions; warm-up of {warmed} indexes {warm_s:.1f} s)\n")
-    print(f"| {'case':<52} | p50 ms | p99 ms | hits |")
-    print(f"|{'-' * 54}|-------:|-------:|-----:|")
-    for name, p50, p99, hits in rows:
-        print(f"| {name:<52} | {p50:6.2f} | {p99:6.2f} | {hits:4.0f} |")
+    print(f"| {'case':<52} | p50 ms | p99 ms | CPU ms p50 | hits |")
+    print(f"|{'-' * 54}|-------:|-------:|-----------:|-----:|")
+    for name, p50, p99, c50, hits in rows:
+        print(f"| {name:<52} | {p50:6.2f} | {p99:7.2f} | {c50:10.2f} | {hits:4.0f} |")
+    print("\n(wall-clock figures include waiting for a CPU on a shared machine; CPU ms is the process's own"
+          " CPU time, all threads)")
 
 
 def main() -> int:
@@ -265,7 +276,7 @@ def main() -> int:
     ap.add_argument("--rebuild", action="store_true")
     a = ap.parse_args()
     emb = Embedder(MODEL_DIR)
-    print(f"model: {MODEL_DIR}  cpus: {os.cpu_count()}  load: {os.getloadavg()[0]:.2f}")
+    print(f"model: {MODEL_DIR}  cpus: {os.cpu_count()}  load average at start: {os.getloadavg()[0]:.2f}")
     if a.only in (None, "embed"):
         bench_embed(emb, a.queries)
     if a.only in (None, "ingest"):

@@ -100,7 +100,13 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=200, help="measured requests per body size and proxy")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--sizes", default="1000,50000,150000", help="target token counts")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment for the contextwarden proxies, e.g. CONTEXTWARDEN_MEMORY__ENABLED=false")
     args = ap.parse_args()
+    cw_env = dict(kv.split("=", 1) for kv in args.env)
+    memory_on = cw_env.get("CONTEXTWARDEN_MEMORY__ENABLED", "true").lower() not in ("false", "0", "no")
+    # ready = warmed up: the memory service loads Chroma and the ONNX model in the background first
+    ready = ("startup", "memory_status") if memory_on else ("startup",)
 
     enc = tiktoken.get_encoding("cl100k_base")
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -113,9 +119,9 @@ def main() -> int:
         procs = {
             "mitmdump": ProxyProcess(work / "plain", script=None, reverse=upstream.url, name="plain"),
             "observe-only": ProxyProcess(work / "observe", profile="observe-only", reverse=upstream.url, name="observe",
-                                         ready_events=("startup", "memory_status")),
+                                         ready_events=ready, env=cw_env),
             "stages off": ProxyProcess(work / "off", profile=work / "stages-off.yaml", reverse=upstream.url, name="off",
-                                       ready_events=("startup", "memory_status")),
+                                       ready_events=ready, env=cw_env),
         }
         for p in procs.values():
             p.launch()
@@ -146,7 +152,7 @@ def main() -> int:
                 p.wait_stopped()
 
     print(f"\nProxy latency, n={args.n} per cell after {args.warmup} warm-up, reverse mode, "
-          f"non-streamed responses (ms, client wall clock)\n")
+          f"non-streamed responses (ms, client wall clock)" + (f"; env: {' '.join(args.env)}" if args.env else "") + "\n")
     print("| body | proxy | p50 | p99 | p50 added | p99 added | p50 ratio |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     verdict = None

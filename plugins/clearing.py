@@ -65,7 +65,8 @@ class Slot:
 
 
 def session_key(ctx) -> str:
-    return f"{ctx.tenant}|{ctx.session}"
+    """One conversation: a tenant's session and agent (subagents share a session id)."""
+    return f"{ctx.tenant}|{ctx.session}|{ctx.agent}"
 
 
 def _digest(text: str) -> str:
@@ -289,7 +290,7 @@ def cw_request(ctx) -> None:
                 note(s, rec, True)
 
     if new_recs:
-        merged = {**remembered, **new_recs}
+        merged = {**(state.get(NS, key, None) or {}), **new_recs}  # re-read: a concurrent request may have added some
         if len(merged) > MAX_REMEMBERED:
             merged = dict(list(merged.items())[-MAX_REMEMBERED:])
         state.put(NS, key, merged)

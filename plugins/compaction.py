@@ -69,7 +69,7 @@ from contextwarden.models.base import ApiKind
 from contextwarden.statecache import state_cache
 from contextwarden.summarise import Summary, extractive_summary, llm_summary
 
-NS = "compaction"  # decisions, by tenant|session
+NS = "compaction"  # decisions, by tenant|session|agent
 NS_SEEN = "compaction_seen"  # request rhythm, for the cost model
 NS_LLM = "compaction_llm"  # finished LLM summaries, by tenant|session|span hash
 MAX_DECISIONS = 4
@@ -135,13 +135,17 @@ def _rhythm(store, key: str, ttl: float, cap: int, now: float, persist: bool) ->
     last = seen.get("last")
     warm = last is not None and 0 <= now - last <= ttl
     streak = int(seen.get("streak", 0)) + 1 if warm else 0
-    store.put(NS_SEEN, key, {"last": now, "streak": streak, "n": int(seen.get("n", 0)) + 1}, persist=persist)
+    saved = float(seen.get("saved", 0.0))
+    persist = persist and (not warm or now - saved > 30)  # at most one write every 30 s per session
+    store.put(NS_SEEN, key, {"last": now, "streak": streak, "n": int(seen.get("n", 0)) + 1,
+                             "saved": now if persist else saved}, persist=persist)
     return 1 + min(cap, streak), warm
 
 
 # ---------------------------------------------------------------------------------------------------
 # the background LLM summariser
 
+_decisions_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pending: dict[str, Future] = {}
 _pool_lock = threading.Lock()
@@ -218,7 +222,9 @@ def _start_llm(ctx, cfg, key: str, span: str, turns, prior: Summary | None, mess
 
 
 def session_key(ctx) -> str:
-    return f"{ctx.tenant}|{ctx.session}"
+    """Decisions belong to one conversation: a tenant's session, and within it one agent (Claude
+    Code's subagents share the main agent's session id but not its conversation)."""
+    return f"{ctx.tenant}|{ctx.session}|{ctx.agent}"
 
 
 def effective(cfg, level: str | None, window: int) -> tuple[int, int, int, int]:
@@ -414,7 +420,8 @@ def cw_request(ctx) -> None:
                         _start_llm(ctx, cfg, key, span, transcript(api, orig[start:chosen], tool_calls(api, orig[:chosen])),
                                    _prior(active), chosen - start, sum(tok[start:chosen]))
                         if plan != {"end": chosen, "hash": span}:
-                            store.put(NS, key, {**rec, "plan": {"end": chosen, "hash": span}})
+                            with _decisions_lock:
+                                store.put(NS, key, {**(store.get(NS, key) or {}), "plan": {"end": chosen, "hash": span}})
                         if trigger == "soft":
                             trigger, reason = None, "waiting for the llm summary"
                 if trigger:
@@ -443,8 +450,10 @@ def cw_request(ctx) -> None:
                     "span_tokens": new["span_tokens"] + (int(active["span_tokens"]) if active else 0),
                     "summary_tokens": tokens.count_text(summary.text, ctx.model) + 8,
                     "summariser": summary.summariser, "created": now, "trigger": trigger}
-        decisions = [decision] + [d for d in decisions if d is not active][: MAX_DECISIONS - 1]
-        store.put(NS, key, {"decisions": decisions})
+        with _decisions_lock:  # concurrent requests of one session: keep the other's decisions too
+            latest = (store.get(NS, key) or {}).get("decisions") or []
+            others = [d for d in latest if d.get("hash") != (active or {}).get("hash") and d.get("hash") != decision["hash"]]
+            store.put(NS, key, {"decisions": [decision] + others[: MAX_DECISIONS - 1]})
         compacted = [{"tool_use_id": p.tool_id, "memory_id": memory_id(p.text), "tool": p.tool, "input": p.tool_input,
                       "text": p.text} for t in turns for p in t.parts if p.kind == "tool_result" and p.text.strip()]
         if compacted:

@@ -21,8 +21,8 @@ import orjson
 
 from contextwarden import hookimpl
 from contextwarden.memory import service as memory_service
-from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, inject, render_block, render_item,
-                                         strip_blocks)
+from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, inject, render_block,
+                                         render_item, strip_blocks)
 from contextwarden.memory.retrieve import HistoryIndex, build_query, history_texts, messages_of, role_of, select
 from contextwarden.models.base import ApiKind
 
@@ -88,6 +88,10 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     query, _ = build_query(ctx.api, original, ctx.notes.get("clean_text") or {})
     if query is None:
         return finish(skipped="no user text")
+    try:
+        check(ctx.api, ctx.request)
+    except NotInjectable as e:
+        return finish(skipped=str(e))
     window = ctx.settings.tokens.context_window
     want = int(m.budget_fraction * window)
     # the stages before this one only ever shrink the request, so the original's size bounds it: count

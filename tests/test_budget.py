@@ -87,7 +87,8 @@ def test_other_agent_rules():
 
 def runtime(home, **budget):
     b = {"enabled": True, **budget}
-    settings = load_settings(None, home, overrides={"pipeline": {"disabled": OTHER_STAGES}, "budget": b})
+    settings = load_settings(None, home, overrides={"pipeline": {"disabled": OTHER_STAGES}, "budget": b,
+                                                    "memory": {"enabled": False}})
     return Runtime(settings, home, log=False)
 
 
@@ -189,7 +190,8 @@ def test_agent_budgets_separate_main_agent_and_subagent(cw_home):
 
 
 def test_disabled_budget_does_nothing(cw_home):
-    settings = load_settings(None, cw_home, overrides={"pipeline": {"disabled": OTHER_STAGES}, "budget": {"session_tokens": 1}})
+    settings = load_settings(None, cw_home, overrides={"pipeline": {"disabled": OTHER_STAGES}, "budget": {"session_tokens": 1},
+                                                       "memory": {"enabled": False}})
     rt = Runtime(settings, cw_home, log=False)
     try:
         ctx, out = request(rt, small("eeeeeeee-0000-0000-0000-000000000005"))

@@ -222,3 +222,20 @@ def test_the_stub_text_is_deterministic_and_never_logs_auth(cw_home):
     h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=500))
     assert b"sk-test-secret" not in orjson.dumps([e.to_dict() for e in h.rt.bus.recent], default=str)
     h.close()
+
+
+def test_results_the_model_has_not_read_are_never_cleared(cw_home):
+    h = harness(cw_home, keep_recent=0, trigger_tokens=1000)
+    body = anthropic_tool_loop(8, result_words=500)
+    body["messages"].pop()  # the request ends with tool results: the model has not seen them yet
+    body["messages"].pop()
+    last = body["messages"][-1]
+    assert last["content"][0]["type"] == "tool_result"
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.changed and sent.body["messages"][-1] == last  # keep_recent 0 clears the rest, not these
+    # the conversation goes on, the client then rewinds to this point: still not cleared
+    grown = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=500))
+    assert all(is_stub(results_of(grown.body)[b["tool_use_id"]]) for b in last["content"])  # read by now: cleared
+    again = h.send(ApiKind.ANTHROPIC, body)
+    assert again.body["messages"][-1] == last
+    h.close()

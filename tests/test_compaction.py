@@ -365,3 +365,56 @@ def test_llm_summariser_uses_the_clients_credentials_in_the_background(cw_home):
         assert ev["summariser"] == "llm" and ev["llm_usage"]["input_tokens"] > 0 and ev["llm_usage"]["output_tokens"] > 0
         assert b"sk-test-secret" not in orjson.dumps([e.to_dict() for e in h.rt.bus.recent], default=str)
         h.close()
+
+
+def test_one_long_autonomous_turn_is_compacted_inside_past_hard(cw_home):
+    """A single user request followed by a long tool loop: no older turn exists, so past the hard
+    threshold the cut goes inside the turn, the request is quoted verbatim and the latest assistant
+    message stays as it is; the next step of the loop reuses the decision."""
+    loop = anthropic_tool_loop(1, result_words=600, tools_per_turn=1)
+    msgs = loop["messages"][:3]  # the request, the first call and its result
+    request = msgs[0]["content"][0]["text"]
+    for r in range(1, 14):
+        msgs.append({"role": "assistant", "content": [
+            {"type": "thinking", "thinking": f"step {r}", "signature": f"sig-{r}"},
+            {"type": "tool_use", "id": f"toolu_r{r}", "name": "Read", "input": {"file_path": f"src/part{r}.py"}}]})
+        msgs.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_r{r}",
+                                                  "content": f"part {r}\n" + " ".join(f"w{r}x{i}" for i in range(600))}]})
+    body = {**loop, "messages": msgs}
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.9)}})
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.changed, sent.outcome.reason
+    out = sent.body["messages"]
+    text = summary_text(out[0])
+    assert text.rstrip().endswith(request)  # quoted verbatim, last
+    assert "The user's current request (verbatim" in text
+    assert out[-2:] == msgs[-2:]  # the latest assistant message (thinking, signature) and its result
+    assert validate_rewrite(ApiKind.ANTHROPIC, sent.body, body) == []
+    # the loop goes on: the decision is reused byte for byte
+    more = {**body, "messages": msgs + [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_z", "name": "Read", "input": {"file_path": "z.py"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_z", "content": "print('z')"}]}]}
+    again = h.send(ApiKind.ANTHROPIC, more)
+    assert again.body["messages"][0] == out[0]
+    assert [e for e in again.events("compaction") if e.get("applied")][0]["reused"] is True
+    h.close()
+
+
+def test_a_rewound_conversation_reuses_only_a_cut_that_keeps_its_latest_assistant_message(cw_home):
+    body = anthropic_tool_loop(10)
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.9)}})
+    first = h.send(ApiKind.ANTHROPIC, body)
+    end = first.ctx.notes["compaction"]["end"]
+    # rewound to just after the first kept assistant message: the cut still keeps it, so it is reused
+    short = {**body, "messages": body["messages"][: end + 2]}
+    s1 = h.send(ApiKind.ANTHROPIC, short)
+    assert s1.body["messages"][0] == first.body["messages"][0] and s1.body["messages"][1:] == short["messages"][end:]
+    assert validate_rewrite(ApiKind.ANTHROPIC, s1.body, short) == []
+    # rewound to before the cut: the span is not there any more; nothing is compacted (below the thresholds)
+    shorter = {**body, "messages": body["messages"][:end]}
+    assert shorter["messages"][-1]["role"] == "user"
+    s2 = h.send(ApiKind.ANTHROPIC, shorter)
+    assert not s2.changed and not [e for e in s2.events("compaction") if e.get("applied")]
+    h.close()

@@ -141,6 +141,7 @@ def check_example(bench: Bench, api_body, window, protect, keep, trigger, at_lea
     return problems
 
 
+@pytest.mark.timeout(1800)
 @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 @given(api_body=bodies, window=st.sampled_from(WINDOWS), protect=st.integers(1, 3), keep=st.integers(0, 3),

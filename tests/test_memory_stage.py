@@ -7,6 +7,7 @@ import textwrap
 import time
 
 import pytest
+import yaml
 
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.inject import CLOSE, OPEN
@@ -22,15 +23,18 @@ FILLER = ("Turn {i}: let's go over the weekly grocery list again, the usual vege
 
 
 def profile(tmp_path, extra: str = "", window: int = 2048) -> str:
+    """Claude Code's profile with a small window (so compaction drops things), plus ``extra`` YAML
+    merged section by section."""
+    data = {"extends": "claude-code",
+            "tokens": {"context_window": window, "calibrate": False},
+            "compaction": {"soft_threshold": 0.45, "hard_threshold": 0.55, "target": 0.3, "protect_recent_turns": 2,
+                           "summary_max_tokens": 300, "min_span_tokens": 300},
+            "memory": {"budget_fraction": 0.35, "top_k": 8, "timeout_ms": 20000},
+            "pipeline": {"stage_budget_ms": 60000}}
+    for section, values in (yaml.safe_load(textwrap.dedent(extra)) or {}).items():
+        data[section] = {**data.get(section, {}), **values}
     p = tmp_path / "profile.yaml"
-    p.write_text(textwrap.dedent(f"""\
-        extends: claude-code
-        tokens: {{context_window: {window}, calibrate: false}}
-        compaction: {{soft_threshold: 0.45, hard_threshold: 0.55, target: 0.3, protect_recent_turns: 2,
-                      summary_max_tokens: 300, min_span_tokens: 300}}
-        memory: {{budget_fraction: 0.35, top_k: 8, timeout_ms: 20000}}
-        pipeline: {{stage_budget_ms: 60000}}
-        """) + textwrap.dedent(extra))
+    p.write_text(yaml.safe_dump(data))
     return str(p)
 
 
@@ -131,8 +135,9 @@ def test_a_shared_workspace_is_readable_by_every_tenant(tmp_path):
         converse(rp, key="sk-alice", session="a")
         bob = converse(rp, key="sk-bob", session="b", facts=["I like green tea."], turns=8)
         sent = ask(rp, bob, "What is the name of the dog that was adopted?", key="sk-bob", session="b")
-        assert FACTS[0] in str(sent.wire["messages"][-1])
-        assert memory_event(rp, sent.ctx.flow_id)["workspace"] == "team"
+        ev = memory_event(rp, sent.ctx.flow_id)
+        assert FACTS[0] in str(sent.wire["messages"][-1]), ev
+        assert ev["workspace"] == "team"
     finally:
         rp.close()
 
@@ -238,14 +243,14 @@ def test_observe_style_inject_off_still_ingests(tmp_path):
 
 
 def test_cleared_tool_results_are_findable_by_the_id_their_stub_names(tmp_path):
-    extra = "clearing: {trigger_tokens: 1000, clear_at_least: 200, keep_recent: 1}\n"
+    extra = "clearing: {trigger_tokens: 500, clear_at_least: 100, keep_recent: 1, min_result_tokens: 50}\n"
     rp = replayer(tmp_path, extra, window=200_000)
     try:
         msgs = []
         outputs = {}
         for i in range(3):
             tid = f"toolu_{i}"
-            out = "\n".join(f"src/module_{i}.py:{n}: def handler_{i}_{n}(request): return respond(request, {n})" for n in range(30))
+            out = "\n".join(f"src/module_{i}.py:{n}: def handler_{i}_{n}(request): return respond(request, {n})" for n in range(14))
             outputs[tid] = out
             msgs += [{"role": "user", "content": f"read module {i}"} if i == 0 else
                      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{i - 1}", "content": outputs[f"toolu_{i - 1}"]},
@@ -265,5 +270,20 @@ def test_cleared_tool_results_are_findable_by_the_id_their_stub_names(tmp_path):
         for c in cleared:
             found = svc.store.get_by_ids([c["memory_id"]], [sent.ctx.tenant])
             assert found and outputs[c["tool_use_id"]].splitlines()[0] in "\n".join(it.text for it in found)
+    finally:
+        rp.close()
+
+
+def test_a_tool_loop_gets_no_memory_and_pays_no_search(tmp_path):
+    rp = replayer(tmp_path, api=ApiKind.OPENAI_CHAT)
+    try:
+        msgs = [{"role": "user", "content": "read the config and tell me the port"},
+                {"role": "assistant", "content": None,
+                 "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "port = 8080"}]
+        sent = rp.send(msgs)
+        ev = memory_event(rp, sent.ctx.flow_id)
+        assert ev["skipped"].startswith("the last message is not the user's") and "timings" not in ev
+        assert sent.outcome.reason == "unchanged"
     finally:
         rp.close()

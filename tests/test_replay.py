@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import orjson
@@ -11,7 +10,7 @@ import pytest
 
 from contextwarden.bodies import record
 from contextwarden.cli import main as cli_main
-from contextwarden.cost import Bill, PromptCache, billed_from_usage, boundaries, price_for
+from contextwarden.cost import PromptCache, billed_from_usage, boundaries, price_for
 from contextwarden.models import ApiKind
 from contextwarden.replay import CONTINUED, load_claude_code, replay
 from contextwarden.settings import load_settings
@@ -224,6 +223,7 @@ def test_requests_are_rebuilt_from_a_session_log(tmp_path, counter):
 # ---------------------------------------------------------------------------- through the real pipeline
 
 
+@pytest.mark.timeout(900)  # ~1 min on an idle 2-core machine; every stage, memory included, runs for 139 requests
 def test_smallest_trace_through_the_real_pipeline():
     """The acceptance check: our traffic never costs more than the client's, and nothing invalid is sent."""
     rep = replay(SMALLEST, window=60_000, stage_budget_ms=5000)

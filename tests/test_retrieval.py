@@ -263,3 +263,35 @@ def test_build_query_uses_last_user_text_and_context():
     only_results = msgs[:2] + [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x", "content": "out"}]}]
     q, idx = build_query(ApiKind.ANTHROPIC, only_results)
     assert idx == 0 and q.text == "Set up the Lisbon trip."
+
+
+# --- contextwarden search --------------------------------------------------------------------------------
+def test_search_cli_shows_sources_and_scores(tmp_path, capsys):
+    import orjson
+
+    from contextwarden.cli import main as cli_main
+    from contextwarden.memory.replay import Replayer
+
+    home = tmp_path / "home"
+    rp = Replayer.from_profile("claude-code", home)
+    try:
+        msgs = []
+        for i, fact in enumerate(FACTS):
+            msgs.append({"role": "user", "content": fact})
+            sent = rp.send(msgs, api_key="sk-one", session="sess-1")
+            rp.complete(sent, f"Noted {i}.")
+            msgs.append({"role": "assistant", "content": f"Noted {i}."})
+        assert rp.flush()
+    finally:
+        rp.close()
+    assert cli_main(["search", "which dog did we adopt", "--home", str(home), "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "hybrid" in out and FACTS[3] in out.split("\n 2.")[0]  # the best hit is the beagle
+    assert "fused" in out and "vector" in out and "lexical" in out and "session sess-1" in out and "message #6" in out
+    assert cli_main(["search", "parse_invoice", "--home", str(home), "--json", "--limit", "2"]) == 0
+    rows = [orjson.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rows[0]["text"] == FACTS[1] and rows[0]["lexical_rank"] == 1 and rows[0]["session"] == "sess-1"
+    assert cli_main(["search", "beagle", "--home", str(home), "--session", "other"]) == 0
+    assert "memory is empty for session other" in capsys.readouterr().out
+    assert cli_main(["search", "beagle", "--home", str(home), "--api-key", "sk-two"]) == 0
+    assert "memory is empty" in capsys.readouterr().out  # another key's tenant holds nothing

@@ -77,3 +77,16 @@ def test_session_falls_back_to_a_stable_first_turn_hash():
     sa, src = derive_session({}, a)
     assert src == "first-turn hash" and sa == derive_session({}, b)[0]
     assert sa != derive_session({}, {"messages": [{"role": "user", "content": "other"}]})[0]
+
+
+def test_persisted_runtime_overrides_survive_a_restart(tmp_path):
+    from contextwarden.runtime import Runtime
+
+    rt = Runtime.from_profile("claude-code", tmp_path, log=False)
+    rt.apply_overrides({"compaction": {"soft_threshold": 0.61}}, persist=True)
+    rt.close()
+    rt2 = Runtime.from_profile("claude-code", tmp_path, log=False)
+    try:
+        assert rt2.settings.compaction.soft_threshold == 0.61
+    finally:
+        rt2.close()

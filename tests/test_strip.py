@@ -75,7 +75,8 @@ def test_bad_user_pattern_is_reported_and_skipped():
 
 
 def runtime(home, **strip):
-    settings = load_settings(None, home, overrides={"pipeline": {"disabled": OTHER_STAGES}, "strip": strip})
+    settings = load_settings(None, home, overrides={"pipeline": {"disabled": OTHER_STAGES}, "strip": strip,
+                                                    "memory": {"enabled": False}})
     return Runtime(settings, home, log=False)
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -308,7 +307,7 @@ def test_observer_turn_complete_calibrates_through_the_runtime(cw_home):
     from contextwarden.pipeline import count_tokens, prepare
     from contextwarden.runtime import Runtime
 
-    rt = Runtime.from_profile(None, cw_home, log=False)
+    rt = Runtime(load_settings(None, cw_home, overrides={"memory": {"enabled": False}}), cw_home, log=False)
     try:
         raw = CC_TURN2.read_bytes()
         ctx = prepare(rt, "f1", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", [("content-type", "application/json")], raw)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 
-import pytest
 from hypothesis import given, settings as hsettings, strategies as st, HealthCheck
 
 from contextwarden.models import ApiKind

@@ -32,6 +32,8 @@ class ContextWardenApp(App):
     def __init__(self, source: Source, *, export_dir: Path | str | None = None, clock: Callable[[], float] = time.time,
                  tick: float = 0.25, max_requests: int = 500, max_pending: int = 5000) -> None:
         super().__init__()
+        # a dashboard redrawn several times a second gains nothing from animated tabs and scrolling
+        self.animation_level = "none"
         self.source = source
         self.export_dir = Path(export_dir) if export_dir else Path.cwd()
         self.clock = clock

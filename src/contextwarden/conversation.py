@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import orjson
 
@@ -104,30 +104,6 @@ def entry(api: ApiKind, index: int, m: Any) -> Entry:
 
 def entries(api: ApiKind, msgs: list[Any]) -> list[Entry]:
     return [entry(api, i, m) for i, m in enumerate(msgs)]
-
-
-def lead_count(es: list[Entry]) -> int:
-    """Leading system/developer messages: the system prompt of chat APIs, never compacted."""
-    n = 0
-    while n < len(es) and es[n].side == "system":
-        n += 1
-    return n
-
-
-def turn_starts(es: list[Entry]) -> list[int]:
-    """Indices of genuine user turns (user text, images...; not messages of tool results only)."""
-    return [e.index for e in es if e.turn_start]
-
-
-def protected_from(es: list[Entry], protect_turns: int) -> int:
-    """Index where the ``protect_turns`` most recent user turns begin (len(es) protects nothing;
-    0 when there are not more turns than that)."""
-    starts = turn_starts(es)
-    if protect_turns <= 0:
-        return len(es)
-    if len(starts) <= protect_turns:
-        return 0
-    return starts[-protect_turns]
 
 
 def cut_points(es: list[Entry], lo: int, hi: int) -> list[int]:

@@ -26,7 +26,6 @@ with the 5-minute TTL run on the trace's own timestamps.
 from __future__ import annotations
 
 import asyncio
-import math
 import tempfile
 import time
 from collections import Counter

@@ -29,11 +29,19 @@ class Runtime:
         if self.log:
             self.bus.subscribe(self.log)
         self.state = StateStore(self.home / "state.sqlite")
+        self.overrides: dict[str, Any] = {}
+        # Settings changed at run time with persist=True (from the TUI) come back after a restart.
+        persisted = self.state.get("runtime", "overrides")
+        if persisted and profile is not None:
+            try:
+                self.settings = settings = load_settings(profile, self.home, overrides=persisted)
+                self.overrides = persisted
+            except Exception as e:
+                self.bus.emit("error", {"where": "settings", "message": f"saved run-time settings ignored: {e}"})
         self.salt = secret_file(self.home, "tenant.salt")
         self.pm = make_plugin_manager(plugins_dir, extra=extra_plugins)
         self.stage_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cw-stage")
         self.turn_pool = ThreadPoolExecutor(max_workers=max(1, settings.pipeline.turn_workers), thread_name_prefix="cw-turn")
-        self.overrides: dict[str, Any] = {}
         # sessions put into observe-only at run time (the TUI's bypass key)
         self.bypass: set[str] = set(self.state.get("runtime", "bypass", []))
         self.bodies = BodyRing()

@@ -53,6 +53,8 @@ def settings_overrides(window: int | None = None, stages: list[str] | None = Non
         o.setdefault("pipeline", {})["order"] = stages
         o["pipeline"]["disabled"] = [s for s in ("budget", "strip", "tagging", "clearing", "compaction", "memory") if s not in stages]
         o["pipeline"].setdefault("stage_budget_ms", 20_000)  # tests run on a loaded 2-core box
+        if "memory" not in stages:  # no Chroma and embedding model loading in the background
+            o.setdefault("memory", {}).setdefault("enabled", False)
     return o
 
 

@@ -33,7 +33,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..home import ensure_home, secret_file
     from ..memory.embedder import load_embedder
-    from ..memory.inject import provenance
     from ..memory.lexical import LexicalIndex
     from ..memory.retrieve import Query, Retriever
     from ..memory.service import CachedEmbedder
@@ -90,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
             lx = f"{h.lexical:.2f} (#{h.lexical_rank})" if h.lexical is not None else "-"
             why = f" neighbour of {h.neighbour_of.split(':')[-1][:8]}" if h.neighbour_of else ""
             print(f"\n{rank:>2}. fused {h.fused:.4f}  vector {v}  lexical {lx}{why}")
-            print(f"    {it.memory_id}  tenant {it.tenant}  session {it.session}  {provenance(it)}"
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(it.ts))
+            print(f"    {it.memory_id}  tenant {it.tenant}  session {it.session}  message #{it.turn}  {it.role}"
+                  f"{' ' + it.tool if it.tool else ''}  {it.kind}  {when}"
+                  f"{'  from ' + it.source_id if it.source_id and it.source_id != it.memory_id else ''}"
                   f"{'  tags ' + ', '.join(it.tags) if it.tags else ''}")
             text = it.text if args.full else "\n".join(it.text.strip().splitlines()[:4])[:400]
             for line in text.splitlines():

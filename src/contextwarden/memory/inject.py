@@ -101,6 +101,33 @@ def _last_user_index(messages: list, role_of) -> int | None:
     return None
 
 
+def check(api: ApiKind, request) -> None:
+    """Raise :class:`NotInjectable` when ``request`` has no cache-safe place for memory (checked before
+    retrieval, so a tool loop does not pay for a search it cannot use)."""
+    if api is ApiKind.ANTHROPIC:
+        msgs = request.messages
+        i = _last_user_index(msgs, lambda m: m.role)
+        if i is None:
+            raise NotInjectable("no user message")
+        if any(_has_cache_control(later.wire()) for later in msgs[i + 1:]):
+            raise NotInjectable("a cache breakpoint follows the last user message")
+    elif api in (ApiKind.OPENAI_CHAT, ApiKind.OLLAMA_CHAT):
+        if not request.messages or request.messages[-1].role != "user":
+            raise NotInjectable("the last message is not the user's (tool loop or prefill)")
+    elif api is ApiKind.OPENAI_RESPONSES:
+        inp = request.input
+        if isinstance(inp, str):
+            return
+        if not isinstance(inp, list) or not inp:
+            raise NotInjectable("no input")
+        last = inp[-1]
+        if not isinstance(last, str) and (not isinstance(last, dict) or last.get("role") != "user"
+                                          or last.get("type", "message") != "message"):
+            raise NotInjectable("the last input item is not a user message (tool loop)")
+    else:
+        raise NotInjectable(f"unsupported api {api}")
+
+
 def inject(api: ApiKind, request, block: str) -> str:
     """Append ``block`` to ``request`` (the typed model, in place). Returns where it went; raises
     :class:`NotInjectable` when there is no cache-safe place."""

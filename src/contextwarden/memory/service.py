@@ -43,6 +43,7 @@ class CachedEmbedder:
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._db_lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         if disk:
@@ -83,10 +84,11 @@ class CachedEmbedder:
             ks = {self._key(t): t for t in missing}
             found = {}
             kl = list(ks)
-            for s in range(0, len(kl), 500):
-                part = kl[s:s + 500]
-                rows = db.execute(f"SELECT k, v FROM emb WHERE k IN ({','.join('?' * len(part))})", part).fetchall()
-                found.update({bytes(k): np.frombuffer(v, dtype=np.float32) for k, v in rows})
+            with self._db_lock:  # one sqlite connection, used from the request and ingestion threads
+                for s in range(0, len(kl), 500):
+                    part = kl[s:s + 500]
+                    rows = db.execute(f"SELECT k, v FROM emb WHERE k IN ({','.join('?' * len(part))})", part).fetchall()
+                    found.update({bytes(k): np.frombuffer(v, dtype=np.float32) for k, v in rows})
             for k, v in found.items():
                 t = ks[k]
                 for i in missing.pop(t):
@@ -100,8 +102,9 @@ class CachedEmbedder:
                 for i in missing[t]:
                     out[i] = v
             if db is not None:
-                db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)",
-                               [(self._key(t), np.asarray(v, dtype=np.float32).tobytes()) for t, v in zip(todo, vecs)])
+                rows = [(self._key(t), np.asarray(v, dtype=np.float32).tobytes()) for t, v in zip(todo, vecs)]
+                with self._db_lock:
+                    db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)", rows)
         with self._lock:
             for k, v in zip(keys, out):
                 if k not in self._lru:
@@ -111,7 +114,7 @@ class CachedEmbedder:
         return out
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._db_lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
