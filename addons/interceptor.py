@@ -17,6 +17,9 @@ from .warden import Warden
 
 log = logging.getLogger(__name__)
 
+# When an observed request is read if its flow has not ended by then (seconds after forwarding).
+OBSERVE_AFTER_S = 0.25
+
 
 class Interceptor:
     def __init__(self, warden: Warden) -> None:
@@ -43,8 +46,14 @@ class Interceptor:
         observe = rt.settings.proxy.observe_only or consumed.get("x-contextwarden-bypass") or not rt.stages()
 
         if observe:
-            # Forward at once; everything else happens on a worker thread while the request is in flight.
-            state.ctx_future = loop.run_in_executor(rt.stage_pool, self._observe, rt, flow.id, api, req.host, req.path, headers, raw, consumed, "observe")
+            # Forward at once and read the request later, on a worker thread. Reading it (parse, count,
+            # events) holds the GIL for ~20 ms at 150K tokens: started now, it would delay relaying this
+            # very flow's bytes. It starts once the request is well on its way (the upstream is still
+            # thinking) or when the flow ends, whichever comes first (bench/proxy_latency.py).
+            state.ctx_future = loop.create_future()
+            args = (rt, flow.id, api, req.host, req.path, headers, raw, consumed, "observe")
+            state.extra["start_observe"] = lambda: self._start_observe(state, args)
+            loop.call_later(OBSERVE_AFTER_S, state.extra["start_observe"])
             return
 
         try:
@@ -87,6 +96,19 @@ class Interceptor:
                  bytes_out=len(req.raw_content or b""), tokens_in=ctx.tokens_in,
                  tokens_out=ctx.tokens_out if outcome.body is not None else ctx.tokens_in, pipeline_ms=ms,
                  stages=ctx.stage_results)
+
+    def _start_observe(self, state: FlowState, args: tuple) -> None:
+        """Run :meth:`_observe` once per flow (the timer and the end of the flow both call this)."""
+        if state.extra.pop("start_observe", None) is None:
+            return
+        out = state.ctx_future
+        work = asyncio.get_running_loop().run_in_executor(args[0].stage_pool, self._observe, *args)
+
+        def settle(w: asyncio.Future) -> None:
+            if not out.done():
+                out.set_result(None if w.cancelled() or w.exception() else w.result())
+
+        work.add_done_callback(settle)
 
     @staticmethod
     def _count_and_announce(ctx, nbytes: int, mode: str) -> None:

@@ -70,6 +70,9 @@ class Observer:
             tap = ResponseTap(st.api, resp.headers.get("content-type", ""), resp.headers.get("content-encoding"), None)
             tap.feed(resp.raw_content)
         turn = tap.finish(error) if tap is not None else None
+        start = st.extra.get("start_observe")  # an observed request not read yet: read it now
+        if start is not None:
+            start()
         try:
             ctx = await st.ctx_future if st.ctx_future is not None else None
         except Exception:

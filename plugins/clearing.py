@@ -301,4 +301,4 @@ def cw_request(ctx) -> None:
     ctx.notes.setdefault("cleared", []).extend(cleared)
     ctx.emit("clearing", cleared=len(cleared), new=len(new_recs), tokens_freed=freed,
              tools=sorted({c["tool"] for c in cleared}), ids=[c["memory_id"] for c in cleared if c["new"]],
-             tokens_before=total, level=ctx.notes.get("level", "NORMAL"))
+             tokens_before=total, level=str(ctx.notes.get("level") or "NORMAL"))

@@ -101,8 +101,10 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     budget = min(want, window - used) - overhead
     if budget < MIN_BUDGET:
         return finish(skipped="no room", budget=max(0, budget))
+    th = time.perf_counter()
     history = HistoryIndex(history_texts(ctx.api, ctx.request))
     exclude = history.__contains__
+    history_ms = round((time.perf_counter() - th) * 1000, 2)
     deadline = t0 + m.timeout_ms / 1000
     try:
         ret = svc.search(query, [ctx.tenant], workspace=m.shared_workspace, exclude=exclude,
@@ -112,8 +114,10 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         return finish(skipped="timeout", budget=budget)
     if ret.skipped:
         return finish(skipped=ret.skipped, budget=budget)
+    ts = time.perf_counter()
     hits = select(ret, budget=budget, top_k=m.top_k, count=lambda s: _count(ctx, s), render=render_item,
                   min_score=m.min_score, active_tags=set(ctx.notes.get("active_tags") or ()))
+    ret.timings.update(history_ms=history_ms, search_ms=ret.ms, select_ms=round((time.perf_counter() - ts) * 1000, 2))
     info = {"budget": budget, "candidates": ret.candidates, "in_history": ret.in_history,
             "active_skipped": ret.active, "mode": ret.mode, "timings": ret.timings, "workspace": m.shared_workspace}
     if not hits:

@@ -119,7 +119,7 @@ def test_planted_secrets_never_reach_chroma_or_an_export(cw_home, tmp_path):
     plants = planted()
     canary = "canary-" + _alnum(20)  # ordinary text: the scan must find it, or it proves nothing
     texts = [t for _, t in plants.values()]
-    env_dump = "$ cat .env\n" + "\n".join(t for t in texts) + "\n" + "\n".join(f"LINE_{i}=value {i}" for i in range(300))
+    env_dump = "$ cat .env\n" + "\n".join(t for t in texts) + "\n" + "\n".join(f"LINE_{i}=value {i}" for i in range(120))
     msgs = [
         {"role": "user", "content": f"{canary}: here is my setup\n" + texts[0]},
         {"role": "assistant", "content": [{"type": "text", "text": texts[1]},
@@ -130,7 +130,7 @@ def test_planted_secrets_never_reach_chroma_or_an_export(cw_home, tmp_path):
     bus = EventBus()
     ing = Ingestor(s, bus, queue_size=1000, chunk_tokens=200)
     assert ing.submit(items_from_messages(msgs, ApiKind.ANTHROPIC, "sess-secret", "t-a", 0))
-    assert ing.flush(60)
+    assert ing.flush(300)
     ev = events(bus, "memory")[-1]
     assert ev["new"] > len(texts) and ev["chunks"] > 1 and ev["redacted"] >= 2 * len(plants)
     ing.close()

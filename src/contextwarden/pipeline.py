@@ -139,7 +139,7 @@ class Pipeline:
                 return Outcome(reason=f"stage {name} {status}: {err}")
             if ctx.blocked is not None:
                 return Outcome(blocked=ctx.blocked, reason=f"blocked by {name}")
-        return await loop.run_in_executor(rt.stage_pool, self.finish, ctx)
+        return await loop.run_in_executor(rt.core_pool, self.finish, ctx)
 
     def finish(self, ctx: RequestContext) -> Outcome:
         """Compare, validate and serialise the result (worker thread)."""

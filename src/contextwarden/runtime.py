@@ -40,7 +40,10 @@ class Runtime:
                 self.bus.emit("error", {"where": "settings", "message": f"saved run-time settings ignored: {e}"})
         self.salt = secret_file(self.home, "tenant.salt")
         self.pm = make_plugin_manager(plugins_dir, extra=extra_plugins)
-        self.stage_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cw-stage")
+        # Stages get their own pool: a stage abandoned past its budget keeps its thread until it
+        # returns, and must not delay the parsing and validation every request needs (core_pool).
+        self.stage_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cw-stage")
+        self.core_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cw-core")
         self.turn_pool = ThreadPoolExecutor(max_workers=max(1, settings.pipeline.turn_workers), thread_name_prefix="cw-turn")
         # sessions put into observe-only at run time (the TUI's bypass key)
         self.bypass: set[str] = set(self.state.get("runtime", "bypass", []))
@@ -112,6 +115,7 @@ class Runtime:
             self.pm.hook.cw_shutdown(runtime=self)
         finally:
             self.stage_pool.shutdown(wait=False, cancel_futures=True)
+            self.core_pool.shutdown(wait=False, cancel_futures=True)
             self.turn_pool.shutdown(wait=True, cancel_futures=False)
             if self.log:
                 self.log.close()

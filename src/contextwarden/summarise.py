@@ -10,6 +10,8 @@ must be reproducible, or the provider's prompt cache is re-written.
 
 A summary is kept as *sections* (lists of short items) as well as text, so that compacting further
 later merges the earlier sections with the newly compacted messages instead of summarising a summary.
+When a cut falls inside the turn the agent is still working on (one long autonomous turn past the hard
+threshold), that turn's user request is quoted verbatim at the end.
 
 The LLM summariser (``compaction.summariser: llm``) sends a transcript to the same upstream the client
 uses, with the client's own credentials, and reports what it cost.
@@ -45,17 +47,24 @@ HEADER = ("[contextwarden: summary of the {messages} earlier messages of this co
 
 _REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.S)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z`\"'(\[])|\n+")
+# what was decided or found, not what is about to be done ("Let me check..." is narration)
 _DECISION = re.compile(
-    r"\b(I'll|I will|I'm going to|let's|let me|we'll|we should|decided|decision|instead|the plan|plan is|"
-    r"chose|choose|going with|will use|should use|must|fixed|the (?:issue|problem|bug|cause|error) (?:is|was)|"
-    r"root cause|because|turns out|conclusion|works now|done|resolved|agreed|confirmed)\b", re.I)
-_ERROR = re.compile(r"\b(error|exception|traceback|failed|failure|fatal|denied|not found|no such|cannot|can't|"
-                    r"undefined|panic|segfault|assert(?:ion)?error|exit code [1-9])\b", re.I)
+    r"\b(decided|decision|instead of|rather than|the plan is|plan:|we should|should (?:use|not|be)|must|going with|"
+    r"chose|will use|fixed|the (?:issue|problem|bug|cause|error|fix) (?:is|was)|root cause|because|turns out|"
+    r"conclusion|works now|now works|resolved|agreed|confirmed|the answer is|in summary|so the)\b", re.I)
+_NARRATION = re.compile(r"^(?:now |first,? |next,? |then )?(?:let me|let's|i'll|i will|i'm going to|i need to)\b", re.I)
+# a line of command output that reports a failure (file contents mentioning "error" are not errors)
+_ERROR = re.compile(r"^\s*(?:error\b|\w*error:|\w+exception\b|traceback \(most recent|fatal:|failed\b|failure\b|"
+                    r"panic:|segmentation fault|.*\b(?:no such file or directory|command not found|permission denied|"
+                    r"exit (?:code|status) [1-9]\d*|\d+ failed\b))", re.I)
+_READERS = frozenset({"read", "grep", "glob", "ls", "webfetch", "websearch", "notebookread", "read_file", "view",
+                      "cat", "search", "list_files", "file_search"})
+_TRIVIAL = re.compile(r"^\s*(?:\[request interrupted[^\]]*\]|\(continue\)|continue|ok|okay|yes|no|thanks?|\.+)\s*$", re.I)
 _PATH = re.compile(r"(?<![\w@/.-])(?:~?/(?:[\w.+-]+/)*[\w.+-]+|(?:[\w.+-]+/)+[\w.+-]+\.\w{1,6}|[\w+-]+\.(?:py|js|ts|tsx|jsx|"
                    r"md|json|ya?ml|toml|rs|go|java|kt|c|h|cc|cpp|hpp|rb|sh|sql|html|css|txt|cfg|ini|lock))(?![\w/])")
 _CODEISH = re.compile(r"`[^`]+`|\w+\(\)|\w+\.\w+\(")
 
-_MAX_ITEM = {"earlier": 100_000, "requests": 400, "system": 800, "decisions": 300, "errors": 220, "commands": 160, "notes": 260}
+_MAX_ITEM = {"earlier": 100_000, "requests": 400, "system": 2000, "decisions": 300, "errors": 220, "commands": 160, "notes": 260}
 
 
 @dataclass
@@ -86,6 +95,8 @@ def _score(sentence: str, last: bool) -> int:
     s = 0
     if _DECISION.search(sentence):
         s += 3
+    if _NARRATION.search(sentence):
+        s -= 3
     if _PATH.search(sentence) or _CODEISH.search(sentence):
         s += 2
     if _ERROR.search(sentence):
@@ -106,7 +117,11 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
     pos = 0
 
     def add(key: str, item: str) -> None:
-        item = shorten(item, _MAX_ITEM.get(key, 240))
+        limit = _MAX_ITEM.get(key, 240)
+        if key == "system":  # quoted as written: only cut, never reflowed
+            item = item.strip() if len(item.strip()) <= limit else item.strip()[: limit - 1] + "…"
+        else:
+            item = shorten(item, limit)
         if item and (key, item) not in seen:
             seen.add((key, item))
             sec[key].append(item)
@@ -115,6 +130,8 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
         path = path.strip().rstrip(".,:;)")
         if len(path) < 3 or len(path) > 200:
             return
+        if tool == "mentioned" and "." not in path.rsplit("/", 1)[-1]:
+            return  # a directory or a fragment of prose: only files are worth listing
         tools = files.setdefault(path, [])
         if tool not in tools:
             tools.append(tool)
@@ -128,7 +145,7 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
         if turn.role == "user":
             for t in texts:
                 t = _clean_user(t)
-                if t:
+                if t and not _TRIVIAL.match(t) and len(t.strip()) >= 3:
                     add("requests", t)
                     for m in _PATH.findall(t):
                         add_file(m, "mentioned")
@@ -138,7 +155,7 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
                 pos += 1
                 for m in _PATH.findall(s):
                     add_file(m, "mentioned")
-                if _DECISION.search(s):
+                if _DECISION.search(s) and not _NARRATION.search(s):
                     add("decisions", s)
                 else:
                     sc = _score(s, i == len(sents) - 1)
@@ -161,9 +178,10 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
                 text = p.text or ""
                 lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
                 if p.is_error and lines:
-                    add("errors", f"{p.tool or 'tool'}: {lines[0]}")
-                else:
-                    hits = [ln for ln in lines if _ERROR.search(ln)][:2]
+                    if not _TRIVIAL.match(lines[0]):
+                        add("errors", f"{p.tool or 'tool'}: {lines[0]}")
+                elif (p.tool or "").lower() not in _READERS:
+                    hits = [ln for ln in lines if _ERROR.match(ln)][:2]
                     for ln in hits:
                         add("errors", f"{p.tool or 'tool'}: {ln}")
                 if len(text) >= 200:

@@ -18,16 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anthropic
-import httpx
 import httpx2
 import openai
 import pytest
 
 from tests.support import rawhttp
+from tests.support.claude_code import claude_code_binary
 from tests.support.proxy import ProxyProcess
 from tests.support.upstream import StandIn
-
-pytestmark = pytest.mark.e2e
 
 ANTHROPIC_HOST = "https://api.anthropic.com"
 OPENAI_HOST = "https://api.openai.com"
@@ -80,12 +78,6 @@ class Route:
         return openai.OpenAI(api_key=api_key, base_url=self.openai_base, max_retries=0,
                              http_client=self.sdk_http_client(event_hooks=kw.pop("event_hooks", None)), **kw)
 
-    def raw(self, **kw) -> httpx.Client:
-        """A plain httpx client (decodes gzip, zstd, br) aimed at this route."""
-        if self.regular:
-            return httpx.Client(proxy=self.proxy.url, verify=self.ssl_context(), trust_env=False, timeout=60, **kw)
-        return httpx.Client(trust_env=False, timeout=60, **kw)
-
     def host_header(self, openai_host: bool = False) -> str:
         """The Host header a client of this route sends."""
         if self.regular:
@@ -99,10 +91,11 @@ class Route:
                                    str(self.proxy.ca_pem))
         return rawhttp.connect(self.proxy.port)
 
-    def url(self, path: str, openai_host: bool = False) -> str:
+    def claude_env(self) -> dict[str, str]:
+        """How Claude Code is pointed at this route: HTTPS_PROXY + the proxy's CA, or ANTHROPIC_BASE_URL."""
         if self.regular:
-            return (OPENAI_HOST if openai_host else ANTHROPIC_HOST) + path
-        return self.proxy.url + path
+            return {"HTTPS_PROXY": self.proxy.url, "NODE_EXTRA_CA_CERTS": str(self.proxy.ca_pem)}
+        return {"ANTHROPIC_BASE_URL": self.proxy.url}
 
 
 @pytest.fixture(scope="session")
@@ -205,9 +198,10 @@ def observe_route(request) -> Route:
     return route_for(request, request.param)
 
 
-@pytest.fixture
-def workdir(tmp_path) -> Path:
-    return tmp_path
+@pytest.fixture(scope="session")
+def claude_bin() -> Path:
+    """The real Claude Code CLI (installed with npm under .cache/ on first use)."""
+    return claude_code_binary()
 
 
 def expected_upstream_headers(route: Route, sent: list[tuple[str, str]], standin) -> list[tuple[str, str]]:

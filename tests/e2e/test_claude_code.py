@@ -3,50 +3,13 @@ and reverse mode through ANTHROPIC_BASE_URL); the stand-in upstream sees the exp
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
 import pytest
 
-from tests.support.claude_code import claude_code_binary
+from tests.support.claude_code import API_KEY, MARKER_FILE, run_claude
 
 from .conftest import Route
 
 pytestmark = pytest.mark.claude_code
-
-API_KEY = "sk-ant-api03-e2eClaudeCodeKey-0123456789abcdef"
-MARKER_FILE = "hello_warden.txt"
-
-
-@pytest.fixture(scope="session")
-def claude_bin() -> Path:
-    return claude_code_binary()
-
-
-def claude_env(home: Path, route_env: dict[str, str]) -> dict[str, str]:
-    """A clean environment: no proxy or Anthropic settings of the developer's leak in."""
-    env = {k: v for k, v in os.environ.items()
-           if not (k.upper().endswith("_PROXY") or k.startswith(("ANTHROPIC_", "CLAUDE_")))}
-    env.update(HOME=str(home), ANTHROPIC_API_KEY=API_KEY, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-               DISABLE_AUTOUPDATER="1", **route_env)
-    return env
-
-
-def route_env(route: Route, base_url: str | None = None) -> dict[str, str]:
-    if route.regular:
-        return {"HTTPS_PROXY": route.proxy.url, "NODE_EXTRA_CA_CERTS": str(route.proxy.ca_pem)}
-    return {"ANTHROPIC_BASE_URL": base_url or route.proxy.url}
-
-
-def run_claude(claude_bin: Path, tmp_path: Path, env_extra: dict[str, str],
-               prompt: str = "list the files here") -> subprocess.CompletedProcess:
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
-    (work / MARKER_FILE).write_text("contextwarden e2e\n")
-    return subprocess.run([str(claude_bin), "-p", prompt, "--allowedTools", "Bash"], cwd=work,
-                          env=claude_env(home, env_extra), capture_output=True, text=True, timeout=180)
 
 
 def check_tool_loop(standin, result) -> list:
@@ -76,16 +39,9 @@ def check_tool_loop(standin, result) -> list:
     return calls
 
 
-def assert_no_secret(proxy, secret: str) -> None:
-    needle = secret.encode()
-    leaks = [str(p) for p in proxy.home.rglob("*") if p.is_file() and needle in p.read_bytes()]
-    assert not leaks, f"the credential was written to {leaks}"
-    assert secret not in proxy.output_text(), "the credential appeared in mitmdump's output"
-
-
 def test_claude_code_tool_loop(route: Route, standin, claude_bin, tmp_path):
     since = route.proxy.mark()
-    result = run_claude(claude_bin, tmp_path, route_env(route))
+    result = run_claude(claude_bin, tmp_path, route.claude_env())
     calls = check_tool_loop(standin, result)
     session = calls[0].header("x-claude-code-session-id")
     if route.regular:
@@ -97,5 +53,9 @@ def test_claude_code_tool_loop(route: Route, standin, claude_bin, tmp_path):
     assert [e["data"]["messages"] for e in reqs] == [len(r.json()["messages"]) for r in calls]
     resps = route.proxy.wait_events(lambda e: e["type"] == "response", len(calls), since=since)
     assert [(e["data"]["status"], e["data"]["streamed"]) for e in resps] == [(200, True)] * len(calls)
-    route.proxy.wait_events(lambda e: e["type"] == "turn", len(calls), since=since, timeout=5)
-    assert_no_secret(route.proxy, API_KEY)
+    # the side reader assembled each streamed answer: the tool call, then the final text
+    turns = route.proxy.wait_events(lambda e: e["type"] == "turn", len(calls), since=since)
+    assert [(t["data"]["stop_reason"], t["data"]["tool_calls"]) for t in turns] == (
+        [("tool_use", ["Bash"])] * (len(calls) - 1) + [("end_turn", [])])
+    assert all(t["data"]["usage"]["output_tokens"] > 0 for t in turns)
+    assert not route.proxy.leaks(API_KEY), "the API key was written by the proxy"

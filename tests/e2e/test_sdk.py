@@ -141,8 +141,12 @@ def test_openai_responses_tool_loop(route: Route, standin, stream):
     assert all(e["data"]["path"].endswith("/v1/responses") for e in evs)
 
 
-def test_anthropic_sdk_with_env_only(route: Route, standin, tmp_path):
+@pytest.mark.parametrize("label", ["active-regular", "observe-reverse"])
+def test_anthropic_sdk_with_env_only(request, label, standin):
     """What the startup banner tells users: HTTPS_PROXY + SSL_CERT_FILE (regular) or a base URL (reverse)."""
+    from .conftest import route_for
+
+    route = route_for(request, label)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_PROXY") and not k.endswith("_proxy")}
     if route.regular:
         env.update(HTTPS_PROXY=route.proxy.url, SSL_CERT_FILE=str(route.proxy.ca_pem))

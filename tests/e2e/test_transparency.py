@@ -15,10 +15,10 @@ import pytest
 
 from tests.conftest import EVAL_DIR
 from tests.support import rawhttp
+from tests.support.claude_code import run_claude
 from tests.support.relay import Relay
 
 from .conftest import Route, expected_upstream_headers
-from .test_claude_code import claude_bin, route_env, run_claude  # noqa: F401  (fixture)
 
 # Valid JSON a re-serialiser would change: spacing, key order, escapes, number spelling, a duplicate key
 QUIRKY_ANTHROPIC = (b'{ "max_tokens" :64,"model":"claude-opus-4-8",\n  "messages":[{"content":"NONCE caf\\u00e9 \\ud83d\\ude00 \xe2\x82\xac",'
@@ -120,12 +120,13 @@ def test_sdk_requests_unchanged(observe_route: Route, standin):
         assert rec.headers == expected_upstream_headers(observe_route, headers, standin)
 
 
-def test_claude_code_requests_unchanged(observe_reverse, standin, claude_bin, tmp_path):  # noqa: F811
+@pytest.mark.claude_code
+def test_claude_code_requests_unchanged(observe_reverse, standin, claude_bin, tmp_path):
     """Claude Code -> recording relay -> observe-only proxy (reverse mode) -> stand-in: every request
     Claude Code put on the wire reaches the upstream with the same bytes and headers."""
     route = Route(observe_reverse, False, "observe-reverse")
     with Relay(("127.0.0.1", observe_reverse.port)) as relay:
-        result = run_claude(claude_bin, tmp_path, route_env(route, base_url=relay.url))
+        result = run_claude(claude_bin, tmp_path, {"ANTHROPIC_BASE_URL": relay.url})
         assert result.returncode == 0, result.stderr
         wire = relay.requests()
     recs = standin.requests()

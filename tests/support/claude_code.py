@@ -22,6 +22,9 @@ CACHE = ROOT / ".cache" / "claude-code"
 VERSION = os.environ.get("CLAUDE_CODE_VERSION", "2.1.197")
 PACKAGE = "@anthropic-ai/claude-code"
 
+API_KEY = "sk-ant-api03-e2eClaudeCodeKey-0123456789abcdef"  # what the tests give Claude Code
+MARKER_FILE = "hello_warden.txt"  # a file in Claude Code's cwd that its `ls` tool call must find
+
 _lock = threading.Lock()
 
 
@@ -75,3 +78,23 @@ def claude_code_binary() -> Path:
         if found is None:
             pytest.fail(f"npm installed {PACKAGE} into {CACHE} but no working claude binary was found there")
         return found
+
+
+def claude_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
+    """A clean environment for the CLI: no proxy or Anthropic settings of the developer's leak in."""
+    env = {k: v for k, v in os.environ.items()
+           if not (k.upper().endswith("_PROXY") or k.startswith(("ANTHROPIC_", "CLAUDE_")))}
+    env.update(HOME=str(home), ANTHROPIC_API_KEY=API_KEY, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+               DISABLE_AUTOUPDATER="1", **extra)
+    return env
+
+
+def run_claude(binary: Path, tmp_path: Path, extra_env: dict[str, str],
+               prompt: str = "list the files here") -> subprocess.CompletedProcess:
+    """``claude -p <prompt> --allowedTools Bash`` in a fresh cwd (holding MARKER_FILE) with a fresh HOME."""
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    (work / MARKER_FILE).write_text("contextwarden e2e\n")
+    return subprocess.run([str(binary), "-p", prompt, "--allowedTools", "Bash"], cwd=work,
+                          env=claude_env(home, extra_env), capture_output=True, text=True, timeout=180)

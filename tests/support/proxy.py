@@ -225,6 +225,13 @@ class ProxyProcess:
         time.sleep(0.05)  # let the log writer drain what earlier requests queued
         return len(self._read_events())
 
+    def leaks(self, secret: str) -> list[str]:
+        """Where ``secret`` was written: files anywhere under cw_home, and mitmdump's stdout/stderr."""
+        needle = secret.encode()
+        found = [str(p.relative_to(self.home)) for p in self.home.rglob("*") if p.is_file() and needle in p.read_bytes()]
+        return found + [name for name, text in (("stdout", self.stdout_text()), ("stderr", self.stderr_text()))
+                        if secret in text]
+
     def stdout_text(self) -> str:
         return self._out.read_text(errors="replace") if self._out.exists() else ""
 

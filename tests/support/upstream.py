@@ -39,7 +39,6 @@ from typing import Any
 
 import zstandard
 
-ANTHROPIC_PATHS = ("/v1/messages",)
 _ids = itertools.count(1)
 
 

@@ -8,7 +8,6 @@ The check reads only the outgoing body; the pipeline never sees evidence ids.
 from __future__ import annotations
 
 import re
-import textwrap
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -79,20 +78,22 @@ def truncate_to(runtime, api: ApiKind, messages: list[dict], budget: int, model:
 def write_profile(path: Path, window: int, memory: dict[str, Any], compaction: dict[str, Any] | None = None,
                   extra: str = "") -> Path:
     """An evaluation profile: Claude Code's, with the window and memory settings under test, and stage
-    budgets generous enough that the machine's load cannot turn a slow stage into a full-history pass."""
-    comp = compaction or {}
-    mem = ", ".join(f"{k}: {v}" for k, v in memory.items())
-    cmp_ = ", ".join(f"{k}: {v}" for k, v in comp.items())
-    path.write_text(textwrap.dedent(f"""\
-        extends: claude-code
-        name: eval
-        tokens: {{context_window: {window}, calibrate: false}}
-        clearing: {{trigger_tokens: {window // 2}, clear_at_least: {window // 8}}}
-        compaction: {{{cmp_}}}
-        memory: {{{mem}}}
-        pipeline: {{stage_budget_ms: 120000}}
-        log: {{record_bodies: false}}
-        """) + extra)
+    budgets generous enough that the machine's load cannot turn a slow stage into a full-history pass.
+    ``extra`` is YAML merged section by section."""
+    import yaml
+
+    data: dict[str, Any] = {
+        "extends": "claude-code", "name": "eval",
+        "tokens": {"context_window": window, "calibrate": False},
+        "clearing": {"trigger_tokens": window // 2, "clear_at_least": window // 8},
+        "compaction": dict(compaction or {}),
+        "memory": dict(memory),
+        "pipeline": {"stage_budget_ms": 120000},
+        "log": {"record_bodies": False},
+    }
+    for section, values in (yaml.safe_load(extra) or {}).items():
+        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 

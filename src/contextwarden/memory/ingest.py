@@ -191,11 +191,12 @@ class Ingestor:
 
 def _lower_priority() -> None:
     """Embedding is CPU-bound; on Linux a thread has its own nice value, so the worker yields the CPU to
-    the proxy's request path instead of competing with it."""
+    the proxy's request path instead of competing with it. +5, not more: at +10 a busy machine starves
+    the worker (a tenth of a core's share) until the queue overflows."""
     try:
         import os
 
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10))
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5))
     except (AttributeError, OSError):
         pass
 

@@ -44,7 +44,7 @@ def _line_key(line: str) -> str:
 
 _LINE_CACHE: "OrderedDict[str, tuple[tuple[str, ...], frozenset[int]]]" = OrderedDict()
 _LINE_CACHE_CHARS = [0]
-_LINE_CACHE_MAX = 40_000_000  # characters of history text remembered between requests
+_LINE_CACHE_MAX = 16_000_000  # characters of history text remembered between requests
 _cache_lock = threading.Lock()
 
 
@@ -320,10 +320,20 @@ class Retriever:
                 vec = vec / max(1e-9, float(np.linalg.norm(vec)))
             out.timings["embed_ms"] = round((time.perf_counter() - te) * 1000, 2)
             fetch = n + 24  # room for the items still in the history
-            call = lambda: self.store.vector_query(qtext, tenants, fetch, query_embedding=vec, workspace=workspace)
+            vtime = [0.0]
+
+            def call():
+                t = time.perf_counter()
+                try:
+                    return self.store.vector_query(qtext, tenants, fetch, query_embedding=vec, workspace=workspace)
+                finally:
+                    vtime[0] = time.perf_counter() - t
+
             vfuture = self.pool.submit(call) if self.pool is not None else None
             if vfuture is None:
+                tv = time.perf_counter()
                 vres = call()
+                out.timings["vector_ms"] = round((time.perf_counter() - tv) * 1000, 2)
         else:
             out.mode = "lexical"
 
@@ -336,14 +346,16 @@ class Retriever:
 
         vhits: list[tuple[object, float]] = []
         if vfuture is not None or out.mode != "lexical":
-            tv = time.perf_counter()
             if vfuture is not None:
+                tv = time.perf_counter()
                 remaining = None if deadline is None else max(0.0, deadline - time.perf_counter())
                 try:
                     vres = vfuture.result(timeout=remaining)
                 except cf.TimeoutError:
                     vfuture.cancel()
                     raise TimeoutError(f"vector query ran past {((deadline or 0) - t0) * 1000:.0f} ms") from None
+                out.timings["vector_wait_ms"] = round((time.perf_counter() - tv) * 1000, 2)
+                out.timings["vector_ms"] = round(vtime[0] * 1000, 2)
             for item, sim in vres:
                 if exclude is not None and exclude(item):
                     out.in_history += 1
@@ -351,7 +363,6 @@ class Retriever:
                 vhits.append((item, sim))
                 if len(vhits) >= n:
                     break
-            out.timings["vector_ms"] = round((time.perf_counter() - tv) * 1000, 2)
 
         floor = s.min_similarity
         by_id: dict[str, Hit] = {}
