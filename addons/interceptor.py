@@ -102,7 +102,12 @@ class Interceptor:
         if state.extra.pop("start_observe", None) is None:
             return
         out = state.ctx_future
-        work = asyncio.get_running_loop().run_in_executor(args[0].stage_pool, self._observe, *args)
+        try:
+            work = asyncio.get_running_loop().run_in_executor(args[0].stage_pool, self._observe, *args)
+        except RuntimeError:  # the runtime was closed meanwhile (shutdown, profile switch)
+            if not out.done():
+                out.set_result(None)
+            return
 
         def settle(w: asyncio.Future) -> None:
             if not out.done():

@@ -15,14 +15,16 @@ the ingestor's bounded queue.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from collections import OrderedDict
 
 import orjson
 
 from contextwarden import hookimpl
 from contextwarden.memory import service as memory_service
-from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, inject, render_block,
-                                         render_item, strip_blocks)
+from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, inject, provenance,
+                                         render_block, strip_blocks)
 from contextwarden.memory.retrieve import HistoryIndex, build_query, history_texts, messages_of, role_of, select
 from contextwarden.models.base import ApiKind
 
@@ -45,6 +47,26 @@ def _count(ctx, text: str) -> int:
         return ctx.runtime.tokens.count_text(text, ctx.model)
     except Exception:
         return len(text) // 4 + 1
+
+
+_item_token_cache: "OrderedDict[tuple[str | None, str], int]" = OrderedDict()
+_item_token_lock = threading.Lock()
+
+
+def _item_tokens(ctx, item) -> int:
+    """Tokens an item costs in the block: its text (cached by content: the same candidates come back
+    request after request) plus its provenance line."""
+    key = (ctx.model, item.id)
+    with _item_token_lock:
+        n = _item_token_cache.get(key)
+    if n is None:
+        n = _count(ctx, item.text)
+        with _item_token_lock:
+            _item_token_cache[key] = n
+            while len(_item_token_cache) > 50_000:
+                _item_token_cache.popitem(last=False)
+    # the provenance line is short and of a fixed shape: ~3 characters a token, rounded up
+    return n + len(provenance(item)) // 3 + 2
 
 
 def _request_tokens(ctx) -> int | None:
@@ -115,7 +137,7 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     if ret.skipped:
         return finish(skipped=ret.skipped, budget=budget)
     ts = time.perf_counter()
-    hits = select(ret, budget=budget, top_k=m.top_k, count=lambda s: _count(ctx, s), render=render_item,
+    hits = select(ret, budget=budget, top_k=m.top_k, cost=lambda it: _item_tokens(ctx, it),
                   min_score=m.min_score, active_tags=set(ctx.notes.get("active_tags") or ()))
     ret.timings.update(history_ms=history_ms, search_ms=ret.ms, select_ms=round((time.perf_counter() - ts) * 1000, 2))
     info = {"budget": budget, "candidates": ret.candidates, "in_history": ret.in_history,

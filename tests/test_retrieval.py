@@ -160,15 +160,15 @@ def _ret(texts, tags=None):
 def test_select_respects_budget_and_top_k_and_passes_over_what_does_not_fit():
     count = lambda s: len(s.split())
     texts = ["short one", "a much longer text " * 20, "short two", "short three"]
-    chosen = select(_ret(texts), budget=20, top_k=10, count=count, render=render_item)
+    chosen = select(_ret(texts), budget=20, top_k=10, cost=lambda it: count(render_item(it)))
     assert [h.item.text for h in chosen] == ["short one", "short two", "short three"]
     assert sum(h.tokens for h in chosen) <= 20
-    assert len(select(_ret(texts), budget=1000, top_k=2, count=count, render=render_item)) == 2
+    assert len(select(_ret(texts), budget=1000, top_k=2, cost=lambda it: count(render_item(it)))) == 2
 
 
 def test_select_skips_items_only_about_active_topics():
     ret = _ret(["Postgres orders table lock", "Lisbon trip plans"], tags={0: ["postgres", "orders table"], 1: ["lisbon", "trip"]})
-    chosen = select(ret, budget=1000, top_k=5, count=len, render=render_item,
+    chosen = select(ret, budget=1000, top_k=5, cost=lambda it: len(render_item(it)),
                     active_tags={tag_key("Postgres"), tag_key("orders table"), tag_key("deploy")})
     assert [h.item.text for h in chosen] == ["Lisbon trip plans"]
     assert ret.active == 1

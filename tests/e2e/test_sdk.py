@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from .conftest import Route
+from .conftest import Route, route_for
 
 MODEL = "claude-opus-4-8"
 BASH = {"name": "Bash", "description": "Run a shell command",
@@ -144,8 +144,6 @@ def test_openai_responses_tool_loop(route: Route, standin, stream):
 @pytest.mark.parametrize("label", ["active-regular", "observe-reverse"])
 def test_anthropic_sdk_with_env_only(request, label, standin):
     """What the startup banner tells users: HTTPS_PROXY + SSL_CERT_FILE (regular) or a base URL (reverse)."""
-    from .conftest import route_for
-
     route = route_for(request, label)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_PROXY") and not k.endswith("_proxy")}
     if route.regular:

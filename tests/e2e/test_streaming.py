@@ -13,8 +13,9 @@ import uuid
 import pytest
 
 from tests.support import rawhttp
+from tests.support.upstream import decode_content
 
-from .conftest import Route
+from .conftest import Route, route_for
 
 DELAY = 0.3
 BODY = json.dumps({"model": "claude-opus-4-8", "max_tokens": 64, "stream": True,
@@ -49,7 +50,9 @@ def test_no_buffering_raw(route: Route, standin):
     got = _event_arrivals(resp.arrivals)
     assert len(got) == len(rec.event_times) >= 8
     late = [(i, round(got[i] - rec.event_times[i + 1], 3)) for i in range(len(got) - 1) if got[i] >= rec.event_times[i + 1]]
-    assert not late, f"events that arrived only after the upstream had sent the next one (index, seconds late): {late}"
+    assert got[0] < rec.event_times[1], f"the first event arrived {got[0] - rec.event_times[1]:.3f} s after the second was sent"
+    # every other one too; one straggler is tolerated (a collector pause on a loaded machine is not buffering)
+    assert len(late) <= 1, f"events that arrived only after the upstream had sent the next one (index, seconds late): {late}"
     # and the client did not get them in one lump at the end
     assert got[-1] - got[0] >= DELAY * (len(got) - 2)
 
@@ -58,8 +61,6 @@ def test_no_buffering_raw(route: Route, standin):
                                        ("active-reverse", "chat"), ("observe-regular", "responses")])
 def test_no_buffering_sdk(request, standin, label, sdk):
     """The SDK yields the first event before the upstream sends the second (then hangs up early)."""
-    from .conftest import route_for
-
     route = route_for(request, label)
     msgs = [{"role": "user", "content": "stream please"}]
 
@@ -138,9 +139,7 @@ def test_response_bytes_unchanged_and_read(route: Route, standin, kind):
 
 
 def _decoded(rec) -> bytes:
-    from tests.support.upstream import _decode
-
-    raw = _decode(bytes(rec.response_body), next((v for k, v in rec.response_headers if k.lower() == "content-encoding"), None))
+    raw = decode_content(bytes(rec.response_body), next((v for k, v in rec.response_headers if k.lower() == "content-encoding"), None))
     if not raw.lstrip().startswith((b"event:", b"data:")):
         return raw
     # the last SSE event that carries usage: Anthropic's message_delta, the chat usage chunk, response.completed

@@ -71,13 +71,14 @@ class Recorded:
         return next((v for k, v in self.headers if k.lower() == name), None)
 
     def decoded_body(self) -> bytes:
-        return _decode(self.body, self.header("content-encoding"))
+        return decode_content(self.body, self.header("content-encoding"))
 
     def json(self) -> Any:
         return json.loads(self.decoded_body())
 
 
-def _decode(raw: bytes, encoding: str | None) -> bytes:
+def decode_content(raw: bytes, encoding: str | None) -> bytes:
+    """Undo a Content-Encoding (gzip, zstd, deflate; anything else is returned as is)."""
     enc = (encoding or "").strip().lower()
     if enc == "gzip":
         return gzip.decompress(raw)
@@ -542,7 +543,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "POST" or route not in ("/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions", "/v1/responses"):
             return self._json(rec, 404, _error(api, 404, f"Not found: {self.command} {route}"))
         try:
-            decoded = _decode(rec.body, rec.header("content-encoding"))
+            decoded = decode_content(rec.body, rec.header("content-encoding"))
             body = json.loads(decoded)
             if not isinstance(body, dict):
                 raise ValueError("the body is not a JSON object")

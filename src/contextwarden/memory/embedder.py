@@ -34,9 +34,6 @@ def chroma_cache_dir() -> Path:
 
 
 def _threads() -> int:
-    env = os.environ.get("CONTEXTWARDEN_EMBED_THREADS")
-    if env and env.isdigit():
-        return max(1, int(env))
     # One thread: a short query is ~5 ms on one core, and extra threads spin against the proxy (and
     # everything else on the machine) for little gain; measured slower on a busy 2-core box.
     return 1
@@ -129,7 +126,8 @@ def _chroma_download() -> Path:
     return Path(ef.DOWNLOAD_PATH) / ef.EXTRACTED_FOLDER_NAME
 
 
-def load_embedder(model_dir: str | os.PathLike | None, download: bool = True) -> tuple[Embedder | None, str]:
+def load_embedder(model_dir: str | os.PathLike | None, download: bool = True,
+                  threads: int | None = None) -> tuple[Embedder | None, str]:
     """Find and load the model: ``(embedder, message)`` or ``(None, why)``. Never raises.
 
     Order: ``model_dir`` (the profile's ``memory.model_dir``), Chroma's cache, Chroma's download
@@ -140,7 +138,7 @@ def load_embedder(model_dir: str | os.PathLike | None, download: bool = True) ->
         d = Path(model_dir).expanduser()
         if _model_files_ok(d):
             try:
-                e = Embedder(d, source=f"model dir {d} (configured)")
+                e = Embedder(d, source=f"model dir {d} (configured)", threads=threads)
                 return e, f"embeddings: {e.source}"
             except Exception as ex:  # a corrupt file must not stop the proxy
                 problems.append(f"configured model dir {d} failed to load: {ex}")
@@ -149,7 +147,7 @@ def load_embedder(model_dir: str | os.PathLike | None, download: bool = True) ->
     cache = chroma_cache_dir()
     if _model_files_ok(cache):
         try:
-            e = Embedder(cache, source=f"chroma cache {cache}")
+            e = Embedder(cache, source=f"chroma cache {cache}", threads=threads)
             return e, f"embeddings: {e.source}" + (f" ({'; '.join(problems)})" if problems else "")
         except Exception as ex:
             problems.append(f"chroma cache {cache} failed to load: {ex}")
@@ -158,7 +156,7 @@ def load_embedder(model_dir: str | os.PathLike | None, download: bool = True) ->
     if download:
         try:
             d = _chroma_download()
-            e = Embedder(d, source=f"chroma cache {d} (downloaded)")
+            e = Embedder(d, source=f"chroma cache {d} (downloaded)", threads=threads)
             return e, f"embeddings: {e.source}"
         except Exception as ex:
             problems.append(f"download failed: {type(ex).__name__}: {str(ex)[:200]}")

@@ -68,6 +68,8 @@ class _Partition:
         self.postings: dict[str, tuple[array, array]] = {}
         self.total_len = 0
         self.by_prefix: dict[str, list[str]] = {}
+        self._norm_key: tuple | None = None
+        self._norm_cache: np.ndarray | None = None
 
     def add(self, item, terms: list[str]) -> bool:
         if item.id in self.ids:
@@ -99,9 +101,7 @@ class _Partition:
         n = len(self.items)
         if n == 0:
             return None
-        dl = np.frombuffer(self.doc_len, dtype=np.uint32).astype(np.float32)
-        avgdl = max(1.0, self.total_len / n)
-        norm = k1 * (1 - b + b * dl / avgdl)
+        norm = self._norm(k1, b)
         acc = np.zeros(n, dtype=np.float32)
         hit = False
         for term, w in weighted.items():
@@ -121,8 +121,17 @@ class _Partition:
             acc[docs] += (w * idf) * tf * (k1 + 1) / (tf + norm[docs])
             hit = True
             del docs, tf  # release the buffer views so the arrays can grow again
-        del dl
         return acc if hit else None
+
+    def _norm(self, k1: float, b: float) -> np.ndarray:
+        """BM25's per-document length normalisation, recomputed only after items were added."""
+        key = (len(self.items), k1, b)
+        if self._norm_key != key:
+            dl = np.array(self.doc_len, dtype=np.float32)
+            avgdl = max(1.0, self.total_len / max(1, len(self.items)))
+            self._norm_cache = k1 * (1 - b + b * dl / avgdl)
+            self._norm_key = key
+        return self._norm_cache
 
 
 class LexicalIndex:

@@ -91,13 +91,12 @@ class HistoryIndex:
 
     def __contains__(self, item) -> bool:
         text = item.text if hasattr(item, "text") else str(item)
-        if content_hash(text) in self.hashes or content_hash(normalise(text)) in self.hashes:
+        hashes, lines = _text_keys(text)  # cached: the same candidates come back request after request
+        if hashes[0] in self.hashes or hashes[1] in self.hashes:
             return True
-        long_lines = [x for x in (_line_key(x) for x in text.splitlines()) if len(x) >= MIN_LINE]
-        if not long_lines:
+        if not lines:
             return False
-        present = sum(1 for x in long_lines if hash(x) in self.lines)
-        return present >= max(1, math.ceil(0.8 * len(long_lines)))
+        return len(lines & self.lines) >= max(1, math.ceil(0.8 * len(lines)))
 
 
 # --- reading a request ----------------------------------------------------------------------------------
@@ -304,36 +303,36 @@ class Retriever:
 
         # a follow-up ("and the tests?") means little alone: the turns before it join the query then
         use_context = bool(query.context.strip()) and s.context_weight > 0 and len(query_terms(query.text)) < s.context_below
-        # the vector query goes first, in the pool, so the lexical ranking overlaps with it
+        # embedding + the vector query run in the pool while this thread ranks lexically (ONNX Runtime and
+        # Chroma release the GIL, so the two overlap)
         vfuture = None
         partitions = list(tenants) + ([workspace] if workspace else [])
         if self._vector_ok():
-            te = time.perf_counter()
             if self.lexical is not None and s.common_term_ratio > 0:
                 qtext = self.lexical.prune_common(qtext, partitions, s.common_term_ratio)
             out.vector_query = qtext
             texts = [qtext] + ([query.context[-1500:]] if use_context else [])
-            vecs = self.embedder(texts)
-            vec = vecs[0]
-            if len(vecs) > 1:
-                vec = vec + s.context_weight * vecs[1]
-                vec = vec / max(1e-9, float(np.linalg.norm(vec)))
-            out.timings["embed_ms"] = round((time.perf_counter() - te) * 1000, 2)
             fetch = n + 24  # room for the items still in the history
-            vtime = [0.0]
+            vtime = {}
 
             def call():
                 t = time.perf_counter()
+                vecs = self.embedder(texts)
+                vec = vecs[0]
+                if len(vecs) > 1:
+                    vec = vec + s.context_weight * vecs[1]
+                    vec = vec / max(1e-9, float(np.linalg.norm(vec)))
+                t2 = time.perf_counter()
+                vtime["embed_ms"] = round((t2 - t) * 1000, 2)
                 try:
                     return self.store.vector_query(qtext, tenants, fetch, query_embedding=vec, workspace=workspace)
                 finally:
-                    vtime[0] = time.perf_counter() - t
+                    vtime["vector_ms"] = round((time.perf_counter() - t2) * 1000, 2)
 
-            vfuture = self.pool.submit(call) if self.pool is not None else None
-            if vfuture is None:
-                tv = time.perf_counter()
+            if self.pool is not None:
+                vfuture = self.pool.submit(call)
+            else:
                 vres = call()
-                out.timings["vector_ms"] = round((time.perf_counter() - tv) * 1000, 2)
         else:
             out.mode = "lexical"
 
@@ -345,7 +344,7 @@ class Retriever:
         out.timings["lexical_ms"] = round((time.perf_counter() - tl) * 1000, 2)
 
         vhits: list[tuple[object, float]] = []
-        if vfuture is not None or out.mode != "lexical":
+        if out.mode != "lexical":
             if vfuture is not None:
                 tv = time.perf_counter()
                 remaining = None if deadline is None else max(0.0, deadline - time.perf_counter())
@@ -355,7 +354,7 @@ class Retriever:
                     vfuture.cancel()
                     raise TimeoutError(f"vector query ran past {((deadline or 0) - t0) * 1000:.0f} ms") from None
                 out.timings["vector_wait_ms"] = round((time.perf_counter() - tv) * 1000, 2)
-                out.timings["vector_ms"] = round(vtime[0] * 1000, 2)
+            out.timings.update(vtime)
             for item, sim in vres:
                 if exclude is not None and exclude(item):
                     out.in_history += 1
@@ -405,10 +404,11 @@ class Retriever:
         return out
 
 
-def select(ret: Retrieval, *, budget: int, top_k: int, count: Callable[[str], int], render: Callable[[object], str],
+def select(ret: Retrieval, *, budget: int, top_k: int, cost: Callable[[object], int],
            min_score: float = 0.0, active_tags: set[str] | None = None) -> list[Hit]:
-    """Cut fused candidates to ``top_k`` items within ``budget`` tokens (greedy by fused score: an item
-    that does not fit is passed over for a smaller one). Items whose tags are all active topics of the
+    """Cut fused candidates to ``top_k`` items within ``budget`` tokens (``cost(item)``: its tokens as
+    rendered in the block; greedy by fused score: an item that does not fit is passed over for a smaller
+    one). Items whose tags are all active topics of the
     history (at least two tags) are skipped: the history is already on them."""
     chosen: list[Hit] = []
     used = 0
@@ -422,11 +422,11 @@ def select(ret: Retrieval, *, budget: int, top_k: int, count: Callable[[str], in
         if active and len(tags) >= 2 and all(tag_key(t) in active for t in tags):
             ret.active += 1
             continue
-        cost = count(render(h.item))
-        if used + cost > budget:
+        c = cost(h.item)
+        if used + c > budget:
             continue
-        h.tokens = cost
+        h.tokens = c
         chosen.append(h)
-        used += cost
+        used += c
     ret.tokens = used
     return chosen
