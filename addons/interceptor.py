@@ -57,7 +57,7 @@ class Interceptor:
             return
 
         try:
-            ctx = await loop.run_in_executor(rt.stage_pool, prepare, rt, flow.id, api, req.host, req.path, headers, raw, consumed)
+            ctx = await loop.run_in_executor(rt.core_pool, prepare, rt, flow.id, api, req.host, req.path, headers, raw, consumed)
         except Skip as e:
             rt.bus.emit("error", {"where": "parse", "message": str(e), "action": "forwarded unchanged", "api": api.value,
                                   "path": req.path, "bytes": len(raw)}, flow_id=flow.id)
@@ -70,12 +70,12 @@ class Interceptor:
             return
         state.ctx_future = _done(ctx)
         if ctx.session in rt.bypass:
-            await loop.run_in_executor(rt.stage_pool, self._count_and_announce, ctx, len(raw), "bypass")
+            await loop.run_in_executor(rt.core_pool, self._count_and_announce, ctx, len(raw), "bypass")
             ctx.emit("forward", changed=False, reason="session bypassed", bytes_in=len(raw), bytes_out=len(raw),
                      tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_in, pipeline_ms=0.0)
             return
         try:
-            await loop.run_in_executor(rt.stage_pool, self._count_and_announce, ctx, len(raw), "active")
+            await loop.run_in_executor(rt.core_pool, self._count_and_announce, ctx, len(raw), "active")
             outcome = await Pipeline(rt).process(ctx)
         except Exception as e:
             log.exception("contextwarden: pipeline failed")
