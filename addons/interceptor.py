@@ -103,7 +103,7 @@ class Interceptor:
             return
         out = state.ctx_future
         try:
-            work = asyncio.get_running_loop().run_in_executor(args[0].stage_pool, self._observe, *args)
+            work = asyncio.get_running_loop().run_in_executor(args[0].core_pool, self._observe, *args)
         except RuntimeError:  # the runtime was closed meanwhile (shutdown, profile switch)
             if not out.done():
                 out.set_result(None)
