@@ -7,7 +7,7 @@ import sys
 # name would then shadow the `contextwarden` package it imports.
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-for _name in [n for n, m in sys.modules.items() if getattr(m, "__file__", None) == os.path.abspath(__file__) and n == "contextwarden"]:
+for _name in [n for n, m in list(sys.modules.items()) if getattr(m, "__file__", None) == os.path.abspath(__file__) and n == "contextwarden"]:
     del sys.modules[_name]
 
 from contextwarden.addons.eventserver import EventServer  # noqa: E402

@@ -44,7 +44,7 @@ def ws(svc: EventService, token: str | None = None, **kw):
     return connect(f"ws://127.0.0.1:{svc.port}/", additional_headers=headers, proxy=None, max_size=None, **kw)
 
 
-async def recv(conn, kind: str, timeout: float = 5.0) -> dict:
+async def recv(conn, kind: str, timeout: float = 20.0) -> dict:
     """The next message of ``kind`` (others are skipped)."""
     deadline = time.monotonic() + timeout
     while True:
