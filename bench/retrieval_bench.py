@@ -122,6 +122,7 @@ def main() -> int:
         rp = Replayer.from_profile(prof, Path(tmp) / "home")
         try:
             svc = rp.memory()
+            own = svc.store, svc.lexical, svc.embedder
             svc.store, svc.lexical, svc.embedder = store, lexical, emb  # the 100K store, read-only
             hist = history(a.history)
             for k, tenant in enumerate(tenants):
@@ -149,6 +150,7 @@ def main() -> int:
                 if skipped:
                     print(f"{tenant}: requests without memory: {skipped}")
         finally:
+            svc.store, svc.lexical, svc.embedder = own  # closing the runtime closes its own store only
             rp.close()
 
     r = Retriever(store, lexical, emb, None, MemorySection())

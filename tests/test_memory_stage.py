@@ -6,14 +6,12 @@ from __future__ import annotations
 import textwrap
 import time
 
-import pytest
 import yaml
 
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.inject import CLOSE, OPEN
 from contextwarden.memory.replay import Replayer
 from contextwarden.models import ApiKind
-from tests.support.memstore import events
 
 FACTS = ["I adopted a beagle named Biscuit from the Alameda shelter last spring.",
          "My sister Clara lives in Lisbon and designs bridges for a living.",
