@@ -14,14 +14,13 @@ for that question; *full history* sends everything (recall 1 by construction; it
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..models.base import ApiKind
-from .evaluation import contains, mean, request_text, table, truncate_to, write_profile
+from .evaluation import contains, eval_replayer, mean, request_text, table, truncate_to
 from .replay import Replayer
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
@@ -175,23 +174,13 @@ def run(data: str | Path, limit: int | None = None, questions: int | None = None
     comp = {**COMPACTION, **(compaction or {})}
     report = Report(settings={"memory": mem, "compaction": comp, "window": WINDOW})
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="cw-eval-locomo-") as tmp:
-        base = Path(home) if home else Path(tmp)
-        base.mkdir(parents=True, exist_ok=True)
-        profile = write_profile(base / "eval-locomo.yaml", WINDOW, mem, comp, profile_extra)
-        rp = Replayer.from_profile(profile, base / "home")
-        try:
-            svc = rp.memory()
-            if svc is not None and embed_cache and svc.embedder is not None:
-                svc.embedder.attach_disk(embed_cache)
-            for sample in samples:
-                run_conversation(rp, sample, report, questions, progress, replay=replay)
-                report.conversations += 1
-                if progress:
-                    progress(f"{sample.get('sample_id')}: recall so far {report.recall():.3f} "
-                             f"({len(report.questions)} questions, {time.perf_counter() - t0:.0f} s)")
-            report.dropped = rp.dropped()
-        finally:
-            rp.close()
+    with eval_replayer("locomo", home, WINDOW, mem, comp, profile_extra, embed_cache) as rp:
+        for sample in samples:
+            run_conversation(rp, sample, report, questions, progress, replay=replay)
+            report.conversations += 1
+            if progress:
+                progress(f"{sample.get('sample_id')}: recall so far {report.recall():.3f} "
+                         f"({len(report.questions)} questions, {time.perf_counter() - t0:.0f} s)")
+        report.dropped = rp.dropped()
     report.seconds = time.perf_counter() - t0
     return report

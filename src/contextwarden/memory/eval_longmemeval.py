@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import ast
 import json
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..models.base import ApiKind
-from .evaluation import mean, normalise, request_text, table, truncate_to, write_profile
+from .evaluation import eval_replayer, mean, normalise, request_text, table, truncate_to
 from .replay import Replayer
 
 WINDOW = 32_768
@@ -227,24 +226,14 @@ def run(data: str | Path, limit: int | None = None, question_ids: list[str] | No
     report = Report(settings={"memory": mem, "compaction": comp, "window": window, "step": step,
                               "haystack_limit": haystack_limit})
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="cw-eval-lme-") as tmp:
-        base = Path(home) if home else Path(tmp)
-        base.mkdir(parents=True, exist_ok=True)
-        profile = write_profile(base / "eval-longmemeval.yaml", window, mem, comp, profile_extra)
-        rp = Replayer.from_profile(profile, base / "home")
-        try:
-            svc = rp.memory()
-            if svc is not None and embed_cache and svc.embedder is not None:
-                svc.embedder.attach_disk(embed_cache)
-            for i, q in enumerate(items):
-                run_question(rp, q, report, step, haystack_limit)
-                if progress:
-                    r = report.questions[-1]
-                    progress(f"{i + 1}/{len(items)} {r.question_id} ({r.qtype}): sessions {r.sessions_hit}/"
-                             f"{r.answer_sessions}, turns {r.turns_hit}/{r.answer_turns}, {r.tokens:,} of "
-                             f"{r.full_tokens:,} tokens ({time.perf_counter() - t0:.0f} s)")
-            report.dropped = rp.dropped()
-        finally:
-            rp.close()
+    with eval_replayer("longmemeval", home, window, mem, comp, profile_extra, embed_cache) as rp:
+        for i, q in enumerate(items):
+            run_question(rp, q, report, step, haystack_limit)
+            if progress:
+                r = report.questions[-1]
+                progress(f"{i + 1}/{len(items)} {r.question_id} ({r.qtype}): sessions {r.sessions_hit}/"
+                         f"{r.answer_sessions}, turns {r.turns_hit}/{r.answer_turns}, {r.tokens:,} of "
+                         f"{r.full_tokens:,} tokens ({time.perf_counter() - t0:.0f} s)")
+        report.dropped = rp.dropped()
     report.seconds = time.perf_counter() - t0
     return report

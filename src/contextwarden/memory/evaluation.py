@@ -8,8 +8,10 @@ The check reads only the outgoing body; the pipeline never sees evidence ids.
 from __future__ import annotations
 
 import re
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..models.base import ApiKind
 
@@ -118,3 +120,25 @@ def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
 def mean(xs: Iterable[float]) -> float:
     xs = list(xs)
     return sum(xs) / len(xs) if xs else 0.0
+
+
+@contextmanager
+def eval_replayer(name: str, home: str | Path | None, window: int, memory: dict[str, Any],
+                  compaction: dict[str, Any], profile_extra: str = "",
+                  embed_cache: str | Path | None = None) -> Iterator[Any]:
+    """A :class:`Replayer` on an evaluation profile, in ``home`` or a temporary folder, with the
+    embedding disk cache attached; closed on exit."""
+    from .replay import Replayer
+
+    with tempfile.TemporaryDirectory(prefix=f"cw-eval-{name}-") as tmp:
+        base = Path(home) if home else Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
+        profile = write_profile(base / f"eval-{name}.yaml", window, memory, compaction, profile_extra)
+        rp = Replayer.from_profile(profile, base / "home")
+        try:
+            svc = rp.memory()
+            if svc is not None and embed_cache and svc.embedder is not None:
+                svc.embedder.attach_disk(embed_cache)
+            yield rp
+        finally:
+            rp.close()
