@@ -218,6 +218,16 @@ def _stubbed_items(ctx, msgs: list, workspace: str | None) -> list:
 def items_for_turn(ctx, turn, tagger) -> tuple[list, int]:
     """The items a completed turn adds to memory (the request's messages not stored before, and the
     assistant's reply), and the new ingestion marker (how many request messages are now stored)."""
+    items, n, _ = _turn_items(ctx, turn, tagger)
+    return items, n
+
+
+HISTORY_MIN_MESSAGES = 3  # a first request holding this many messages resumes a conversation
+
+
+def _turn_items(ctx, turn, tagger) -> tuple[list, int, bool]:
+    """``items_for_turn`` plus whether the items are history the proxy had not seen live: the first
+    request of a session (no marker) already holding earlier messages (a resumed conversation)."""
     from contextwarden.memory.ingest import items_from_messages
 
     m = ctx.settings.memory
@@ -225,6 +235,7 @@ def items_for_turn(ctx, turn, tagger) -> tuple[list, int]:
     key = f"{ctx.tenant}:{ctx.session}"
     mark = ctx.runtime.state.get(STATE_NS, key) or {}
     start = int(mark.get("n", 0))
+    history = not mark and len(msgs) >= HISTORY_MIN_MESSAGES
     if start > len(msgs) or (start and _fingerprint(ctx.api, msgs[start - 1]) != mark.get("h")):
         start = 0  # the client rewrote its history (its own compaction, a fork): store what is new to the store
     raw_clean = ctx.notes.get("clean_text") or {}
@@ -249,7 +260,7 @@ def items_for_turn(ctx, turn, tagger) -> tuple[list, int]:
         if it.text.strip():
             it.tags = tagger.tag(it.text)
             out.append(it)
-    return out, len(msgs)
+    return out, len(msgs), history
 
 
 @hookimpl
@@ -261,8 +272,9 @@ def cw_turn_complete(ctx, turn) -> None:
         return
     if not svc.ready.wait(10) or not svc.available:
         return
-    items, n = items_for_turn(ctx, turn, svc.tagger)
-    if not items or svc.submit(items):
+    items, n, history = _turn_items(ctx, turn, svc.tagger)
+    if not items or svc.submit(items, flow_id=ctx.flow_id, history=history,
+                               messages=n if history else None):
         msgs = messages_of(ctx.api, ctx.original)
         if msgs:
             ctx.runtime.state.put(STATE_NS, f"{ctx.tenant}:{ctx.session}",

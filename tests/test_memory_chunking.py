@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from contextwarden.memory.chunking import approx_tokens, chunk_text
+import pytest
+
+from contextwarden.memory.chunking import approx_tokens, chunk_text, proxy_tokens
+from contextwarden.settings.memory import CHUNK_TOKENS_MAX, MemorySection
 
 DOC = (
     "# Report\n\nSummary line one.\nSummary line two.\n\n"
@@ -68,10 +71,58 @@ def test_a_fence_that_fits_is_never_split():
     assert len(holding) == 1 and all(f"line {i}\n" in holding[0] for i in range(20))
 
 
-def test_an_overlong_single_line_stays_whole():
-    long_line = "x" * 2000
+def test_only_a_line_longer_than_a_chunk_is_cut_at_spaces_and_nothing_is_lost():
+    long_line = " ".join(f"word{i}" for i in range(400))  # ~2,400 characters on one line
     chunks = chunk_text("a\n" + long_line + "\nb\n", 50)
-    assert long_line in chunks
+    assert all(approx_tokens(c) <= 50 for c in chunks)
+    pieces = [c for c in chunks if "word" in c]
+    assert len(pieces) > 5
+    assert all(p.split()[0].startswith("word") and p.split()[-1].startswith("word") for p in pieces)
+    assert " ".join(" ".join(p.split()) for p in pieces).split() == long_line.split()  # cut between words
+    # no space at all: cut between characters, still nothing lost
+    blob = "x" * 2000
+    got = chunk_text(blob, 50)
+    assert "".join(got) == blob and all(approx_tokens(c) <= 50 for c in got)
+
+
+def test_chunks_fit_the_embedding_model_measured_by_its_own_tokenizer():
+    from .support.memstore import embedder
+
+    emb = embedder()
+    count = emb.token_counter()
+    text = ("## Results\n\n" + "".join(f"FAILED tests/unit/test_{i}.py::TestHandler::test_case_{i} - "
+                                        f"AssertionError: {{'id': {i}, 'ok': False}} != {{'id': {i}, 'ok': True}}\n"
+                                        for i in range(60))
+            + "\n```json\n" + ",".join(f'{{"k{i}":"v{i}"}}' for i in range(800)) + "\n```\n")  # minified JSON line
+    chunks = chunk_text(text, 240, count)
+    assert len(chunks) > 5
+    real = emb.count_tokens_batch(chunks)
+    assert max(real) <= 240 and min(real) > 0
+    # whole lines, except the one line longer than a chunk
+    lines = set(text.splitlines())
+    cut = [ln for c in chunks for ln in c.splitlines() if ln not in lines and ln != "```json" and ln != "```"]
+    assert cut and all(ln in text for ln in cut) and all(ln.startswith(("{", '"')) or ln[0] in ',"{' for ln in cut)
+    # the counter is additive over lines: summing line counts is the model's count of the whole
+    assert count("a b\nc d") == count("a b") + count("c d") == emb.count_tokens("a b\nc d")
+
+
+def test_proxy_over_estimates_word_pieces_without_a_model():
+    from .support.memstore import embedder
+
+    emb = embedder()
+    samples = [DOC, "def handler(request):\n    return respond(request, 42)\n", "The deploy script reads STAGING_HOST.",
+               "naïve café résumé", "0x7ffe12ab 0x7ffe12ac 0x7ffe12ad"]
+    for s in samples:
+        assert proxy_tokens(s) >= emb.count_tokens(s), s
+
+
+def test_chunk_tokens_setting_must_fit_the_model():
+    assert MemorySection().chunk_tokens <= CHUNK_TOKENS_MAX < 256
+    assert MemorySection(chunk_tokens=CHUNK_TOKENS_MAX).chunk_tokens == CHUNK_TOKENS_MAX
+    with pytest.raises(ValueError, match="exceeds what the embedding model sees"):
+        MemorySection(chunk_tokens=400)
+    with pytest.raises(ValueError):
+        MemorySection(chunk_tokens=4)
 
 
 def test_custom_counter_is_used():
@@ -94,6 +145,8 @@ _block = st.one_of(
 def test_property_no_line_is_ever_cut(blocks, size):
     text = "".join(blocks)
     lines = set(text.splitlines())
+    overlong = [ln for ln in lines if approx_tokens(ln) > size]
     for c in chunk_text(text, size):
         for line in c.splitlines():
-            assert line in lines or line == "```", (line, text)
+            # whole lines, or pieces of a line longer than a whole chunk
+            assert line in lines or line == "```" or any(line in ln for ln in overlong), (line, text)

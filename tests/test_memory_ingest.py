@@ -114,7 +114,8 @@ def test_full_queue_drops_with_an_event_and_never_blocks(cw_home):
         ok = ing.submit([item(f"third batch {i}") for i in range(2)])
         took = time.perf_counter() - t0
         assert ok is False and took < 0.05
-        assert {"dropped": 2, "reason": "queue full", "queued": 4}.items() <= events(bus, "memory")[-1].items()
+        assert {"dropped": 2, "reason": "queue full", "queued": 4, "queue_size": 5,
+                "history": False}.items() <= events(bus, "memory")[-1].items()
         assert ing.stats["dropped"] == 2
     assert ing.flush(300)
     assert sorted(x.text for x in s.iter_items()) == sorted([f"first batch {i}" for i in range(3)]
@@ -150,3 +151,60 @@ def test_backfill_runs_in_the_worker_when_the_model_appears(cw_home):
     assert s.vector_query("model", ["t-a"], 1)[0][0].text == "stored before the model was there"
     ing.close()
     s.close()
+
+
+def test_history_not_seen_live_is_an_ingest_event_and_a_dimmed_tui_row(cw_home):
+    from contextwarden.tui.store import Store
+
+    s = store(cw_home)
+    bus = EventBus()
+    ing = Ingestor(s, bus, queue_size=100, chunk_tokens=120)
+    history = [item(f"resumed message {i} about the deploy script", turn=i, tags=["deploy"]) for i in range(4)]
+    history.append(item(LONG_OUTPUT, role="tool", kind="tool_result", tool="Bash", turn=4))
+    assert ing.submit(history, flow_id="flow-7", history=True, messages=5) and ing.flush(300)
+    ev = next(e for e in bus.recent if e.type == "ingest")
+    d = ev.data
+    assert ev.session == "s1" and ev.flow_id == "flow-7"
+    assert d["history"] is True and d["messages"] == 5 and d["session"] == "s1" and d["turn"] == 4
+    assert d["items"] == d["new"] == 4 + d["chunks"] and d["chunks"] > 3 and d["deduplicated"] == 0
+    assert d["ms"] > 0 and d["queued"] == 0 and d["tags"] == ["deploy"]
+    # a live turn is a `memory` event only (the TUI would show an `ingest` event as a history row)
+    live = [item("resumed message 0 about the deploy script", turn=5), item("a new live question", turn=6)]
+    assert ing.submit(live, flow_id="flow-8") and ing.flush(300)
+    assert [e.data["history"] for e in bus.recent if e.type == "ingest"] == [True]
+    m = events(bus, "memory")[-1]
+    assert m["new"] == 1 and m["deduplicated"] == 1 and m["items"] == 2 and m["queued"] == 0
+    # the same history again (a second proxy start): stored before, so skipped before redaction
+    assert ing.submit(history, flow_id="flow-9", history=True, messages=5) and ing.flush(300)
+    again = [e.data for e in bus.recent if e.type == "ingest"][-1]
+    assert again["new"] == 0 and again["deduplicated"] == 5 and ing.stats["skipped_seen"] >= 5
+    ing.close()
+    s.close()
+    tui = Store()
+    tui.apply([ev.to_dict()])
+    row = tui.newest_requests()[0]
+    assert row.ingested and row.session == "s1" and row.mode == "history" and row.turn == 4
+    assert row.reason == f"ingested {d['items']} from history" and row.tags == ["deploy"]
+
+
+def test_the_memory_stage_flags_a_resumed_conversation_as_history(tmp_path):
+    from contextwarden.memory.replay import Replayer
+
+    p = tmp_path / "profile.yaml"
+    p.write_text("extends: claude-code\nmemory: {inject: false}\ntokens: {calibrate: false}\n")
+    rp = Replayer.from_profile(str(p), tmp_path / "home")
+    try:
+        assert rp.memory().wait_ready(120)
+        resumed = [{"role": "user", "content": "earlier question about Lisbon bridges"},
+                   {"role": "assistant", "content": "earlier answer"},
+                   {"role": "user", "content": "and now a new question"}]
+        rp.complete(rp.send(resumed, session="resumed-1"), "reply one")
+        rp.complete(rp.send([{"role": "user", "content": "a brand new chat"}], session="fresh-1"), "hi")
+        resumed += [{"role": "assistant", "content": "reply one"}, {"role": "user", "content": "next"}]
+        rp.complete(rp.send(resumed, session="resumed-1"), "reply two")
+        rp.flush()
+        ing = [e for e in rp.runtime.bus.recent if e.type == "ingest"]
+        assert len(ing) == 1 and ing[0].session == "resumed-1" and ing[0].flow_id
+        assert ing[0].data["history"] is True and ing[0].data["messages"] == 3 and ing[0].data["items"] == 4
+    finally:
+        rp.close()

@@ -4,7 +4,13 @@ A 40 KB file dump retrieved whole would blow the memory budget, and cut every 1,
 split functions and sentences. :func:`chunk_text` cuts at markdown headings first, then around code
 fences, then at blank lines, then between lines: never inside a line, and never inside a code fence
 unless the fence alone is larger than a chunk (then it is cut between lines and each piece re-opens and
-closes the fence, so every chunk is valid markdown). A single line longer than a chunk stays whole.
+closes the fence, so every chunk is valid markdown). Only a single line longer than a whole chunk (a
+minified file, a long log line) is cut, at a space or punctuation where there is one: a piece the model
+cannot see is a piece that is never found.
+
+Sizes are the embedding model's word pieces when the caller passes its counter
+(:meth:`~contextwarden.memory.embedder.Embedder.token_counter`: each line is measured once and sums are
+added up), else :func:`proxy_tokens`, an over-estimate of them that needs no model.
 """
 
 from __future__ import annotations
@@ -20,6 +26,48 @@ _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 def approx_tokens(s: str) -> int:
     """The default size measure: ~4 characters a token."""
     return len(s) // 4
+
+
+_PRE = re.compile(r"[^\W_]+|\S", re.UNICODE)
+_RUNS = re.compile(r"[A-Za-z]+|\d+")
+
+
+def proxy_tokens(s: str) -> int:
+    """A model-free upper estimate of all-MiniLM-L6-v2's word pieces: every punctuation mark is a piece,
+    a word is one piece per 4 characters (short words are one), a non-ASCII letter is one. Used to size
+    chunks when no model is loaded (over the Claude Code traces it is ~1.6x the real count)."""
+    n = 0
+    for m in _PRE.finditer(s):
+        w = m.group(0)
+        if not w.isascii():
+            n += len(w)
+        elif len(w) > 3 and not w.isalpha():  # 0x7ffe12ab: letters and digits split apart
+            n += len(_RUNS.findall(w)) + (len(w) - 1) // 3
+        else:
+            n += 1 + (len(w) - 1) // 3
+    return n
+
+
+proxy_tokens.additive = True  # type: ignore[attr-defined]  # regex matches never cross a newline
+
+
+class _Additive:
+    """A measure that counts each line once (``count`` must be additive over lines)."""
+
+    def __init__(self, count: Callable[[str], int]) -> None:
+        self.count = count
+        self.cache: dict[str, int] = {}
+        self.fit = getattr(count, "fit", None)
+
+    def __call__(self, s: str) -> int:
+        total = 0
+        cache = self.cache
+        for line in s.splitlines():
+            n = cache.get(line)
+            if n is None:
+                n = cache[line] = self.count(line)
+            total += n
+        return total
 
 
 @dataclass
@@ -100,13 +148,17 @@ def _split_fence(u: _Unit, max_tokens: int, count: Callable[[str], int]) -> list
         opening += "\n"
     pieces: list[str] = []
     cur: list[str] = []
+    room = max(1, max_tokens - count(opening + close_line))
     for line in body:
         if not line.endswith("\n"):
             line += "\n"
-        if cur and count(opening + "".join(cur) + line + close_line) > max_tokens:
-            pieces.append(opening + "".join(cur) + close_line)
-            cur = []
-        cur.append(line)
+        # only a line longer than a whole chunk is cut (to fit between the fence lines)
+        parts = _cut_line(line, room, count) if count(line) > max_tokens else [line]
+        for part in parts:
+            if cur and count(opening + "".join(cur) + part + close_line) > max_tokens:
+                pieces.append(opening + "".join(cur) + close_line)
+                cur = []
+            cur.append(part)
     if cur or not pieces:
         pieces.append(opening + "".join(cur) + close_line)
     return pieces
@@ -116,6 +168,12 @@ def _split_lines(u: _Unit, max_tokens: int, count: Callable[[str], int]) -> list
     pieces: list[str] = []
     cur = ""
     for line in u.lines:
+        if count(line) > max_tokens:  # a line longer than a chunk: its own pieces
+            if cur:
+                pieces.append(cur)
+                cur = ""
+            pieces += _cut_line(line, max_tokens, count)
+            continue
         if cur and count(cur + line) > max_tokens:
             pieces.append(cur)
             cur = ""
@@ -125,16 +183,68 @@ def _split_lines(u: _Unit, max_tokens: int, count: Callable[[str], int]) -> list
     return pieces
 
 
+_CUT_AT = re.compile(r"[\s,;:.)\]}>|]+")
+
+
+def _cut_line(line: str, max_tokens: int, count: Callable[[str], int]) -> list[str]:
+    """One line too long for a chunk, cut into pieces that fit: after a space or punctuation where
+    possible (the longest prefix that fits, found by bisection), between characters otherwise."""
+    end_nl = line.endswith("\n")
+    rest = line[:-1] if end_nl else line
+    out: list[str] = []
+    fit = getattr(count, "fit", None)
+    while rest:
+        if fit is not None:  # the model's tokenizer says where its pieces end: one call a piece
+            end = fit(rest, max_tokens)
+            if end >= len(rest):
+                out.append(rest)
+                break
+            cuts = [m.end() for m in _CUT_AT.finditer(rest, 0, end) if end // 2 < m.end() <= end]
+            k = cuts[-1] if cuts else max(1, end)
+        else:
+            if count(rest) <= max_tokens:
+                out.append(rest)
+                break
+            window = rest[:max(64, max_tokens * 16)]  # no piece of a chunk is longer than 16 characters
+            cuts = [m.end() for m in _CUT_AT.finditer(window) if 0 < m.end() < len(rest)]
+            k = _longest_fit(rest, cuts, max_tokens, count) if cuts else 0
+            if k <= 0:
+                k = _longest_fit(rest, list(range(1, len(window) + 1)), max_tokens, count) or 1
+        out.append(rest[:k])
+        rest = rest[k:]
+    if end_nl and out:
+        out[-1] += "\n"
+    return [p if p.endswith("\n") else p + "\n" for p in out[:-1]] + out[-1:]
+
+
+def _longest_fit(s: str, cuts: list[int], max_tokens: int, count: Callable[[str], int]) -> int:
+    lo, hi, best = 0, len(cuts) - 1, 0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if count(s[:cuts[mid]]) <= max_tokens:
+            best, lo = cuts[mid], mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
 def _heading_only(u: _Unit) -> bool:
     return u.heading and all(_HEADING.match(x) or not x.strip() for x in u.lines)
 
 
 def chunk_text(text: str, max_tokens: int, count: Callable[[str], int] = approx_tokens) -> list[str]:
     """Pieces of ``text`` of at most ``max_tokens`` (by ``count``) each, cut at structure, never
-    mid-line. A text that fits is returned whole; whitespace-only pieces are dropped."""
+    mid-line unless one line alone is longer than ``max_tokens``. A text that fits is returned whole;
+    whitespace-only pieces are dropped. A ``count`` with ``additive = True`` is called once per line."""
     if not text or not text.strip():
         return []
     max_tokens = max(1, int(max_tokens))
+    if getattr(count, "additive", False):
+        lines = getattr(count, "lines", None)
+        count = _Additive(count)
+        if lines is not None:  # measure every line in one batched call
+            ls = text.splitlines()
+            count.cache.update(zip(ls, lines(ls)))
     if count(text) <= max_tokens:
         return [text]
     out: list[str] = []

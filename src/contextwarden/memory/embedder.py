@@ -20,6 +20,10 @@ from pathlib import Path
 import numpy as np
 
 MAX_TOKENS = 256  # what Chroma (and sentence-transformers) truncate this model to
+# Rows x padded width per ONNX run. Measured on these 2-core machines with ~200-token chunks: 32 rows a
+# run cost ~1.6x the CPU per token of 1-4 rows (the activations of a big batch fall out of the cache, and
+# more padding), while short texts (queries, chat turns) still batch up to ``batch_size`` rows.
+MAX_BATCH_TOKENS = 1024
 REQUIRED_FILES = ("model.onnx", "tokenizer.json")
 
 
@@ -46,7 +50,8 @@ class Embedder:
     """
 
     def __init__(self, model_dir: str | os.PathLike, source: str | None = None, batch_size: int = 32,
-                 max_tokens: int = MAX_TOKENS, threads: int | None = None) -> None:
+                 max_tokens: int = MAX_TOKENS, threads: int | None = None,
+                 max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -54,6 +59,11 @@ class Embedder:
         self.source = source or f"model dir {self.model_dir}"
         self.batch_size = batch_size
         self.max_tokens = max_tokens
+        self.max_batch_tokens = max_batch_tokens
+        counter = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        counter.no_truncation()
+        counter.no_padding()
+        self._counter = counter
         tok = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         tok.enable_truncation(max_length=max_tokens)
         tok.no_padding()  # we pad per batch, to the longest input only
@@ -80,17 +90,43 @@ class Embedder:
         if not texts:
             return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
         encoded = self._tok.encode_batch(texts, add_special_tokens=True)
-        # batch inputs of similar length together so little padding is computed
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i].ids))
+        ids = [e.ids for e in encoded]
         out: np.ndarray | None = None
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            vecs = self._run([encoded[i].ids for i in idx])
+        for idx in self.batches([len(x) for x in ids]):
+            vecs = self._run([ids[i] for i in idx])
             if out is None:
                 out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
             out[idx] = vecs
         assert out is not None
         return out
+
+    def batches(self, lengths: list[int]) -> list[list[int]]:
+        """Indexes of inputs grouped into ONNX runs: sorted by length (little padding), at most
+        ``batch_size`` rows and ``max_batch_tokens`` rows x padded width a run."""
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        out: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:  # ascending: the width of a run is its last input's length
+            if cur and (len(cur) >= self.batch_size or (len(cur) + 1) * lengths[i] > self.max_batch_tokens):
+                out.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            out.append(cur)
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        """Word pieces of ``text`` (no [CLS]/[SEP], no truncation). Additive over lines: BERT's
+        pre-tokenizer splits at whitespace, so the pieces of lines joined by newlines are the sum of each
+        line's pieces (the chunker counts each line once)."""
+        return len(self._counter.encode(text, add_special_tokens=False).ids)
+
+    def count_tokens_batch(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self._counter.encode_batch(list(texts), add_special_tokens=False)]
+
+    def token_counter(self) -> "TokenCounter":
+        """The chunker's measure for this model (see :class:`TokenCounter`)."""
+        return TokenCounter(self)
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         return self._run([e.ids for e in self._tok.encode_batch(texts, add_special_tokens=True)])
@@ -111,6 +147,50 @@ class Embedder:
         norm = np.linalg.norm(pooled, axis=1, keepdims=True)
         norm[norm == 0] = 1e-12
         return (pooled / norm).astype(np.float32)
+
+
+class TokenCounter:
+    """``count(text)`` in the model's word pieces, additive over lines (``additive = True`` lets the
+    chunker count every line once and sum), with a cache of line counts (the lines of a tool output are
+    measured many times while it is cut)."""
+
+    additive = True
+    specials = 2  # [CLS] and [SEP]: what a chunk costs on top of its pieces
+
+    def __init__(self, embedder: "Embedder", cache: int = 20000) -> None:
+        self.embedder = embedder
+        self._cache: dict[str, int] = {}
+        self._max = cache
+
+    def __call__(self, text: str) -> int:
+        n = self._cache.get(text)
+        if n is None:
+            n = self.embedder.count_tokens(text)
+            if len(self._cache) >= self._max:
+                self._cache.clear()
+            self._cache[text] = n
+        return n
+
+    def fit(self, text: str, max_tokens: int) -> int:
+        """Characters of ``text`` that its first ``max_tokens`` word pieces cover (one tokenisation)."""
+        window = max(256, max_tokens * 24)  # tokenise a window, not the whole (maybe huge) line
+        while True:
+            part = text[:window]
+            offs = self.embedder._counter.encode(part, add_special_tokens=False).offsets
+            if len(offs) > max_tokens:
+                return offs[max_tokens - 1][1]
+            if len(part) >= len(text):
+                return len(text)
+            window *= 4
+
+    def lines(self, lines: list[str]) -> list[int]:
+        """Counts of many lines at once (one batched call for those not cached)."""
+        todo = [x for x in dict.fromkeys(lines) if x not in self._cache]
+        if todo:
+            if len(self._cache) + len(todo) >= self._max:
+                self._cache.clear()
+            self._cache.update(zip(todo, self.embedder.count_tokens_batch(todo)))
+        return [self._cache[x] if x in self._cache else self(x) for x in lines]
 
 
 def _model_files_ok(d: Path) -> bool:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.base import ApiKind
+from ..settings.memory import MemorySection
 from .evaluation import eval_replayer, mean, normalise, request_text, table, truncate_to
 from .replay import Replayer
 
@@ -37,7 +38,9 @@ WINDOW = 32_768
 MEMORY = {"queue_size": 200_000, "budget_fraction": 0.15, "top_k": 40, "timeout_ms": 60000}
 COMPACTION = {"soft_threshold": 0.55, "hard_threshold": 0.60, "target": 0.40, "protect_recent_turns": 4,
               "summary_max_tokens": 1500}
-LONG_TURN_CHARS = 1600  # ~ one memory chunk (memory.chunk_tokens 400 at ~4 characters a token)
+# A turn longer than one memory chunk (memory.chunk_tokens word pieces at ~4 characters each) is stored
+# in pieces; it counts as recalled when at least half of its lines reach the upstream.
+LONG_TURN_CHARS = MemorySection().chunk_tokens * 4
 
 
 @dataclass

@@ -5,20 +5,22 @@ The memory stage's ``cw_turn_complete`` hook turns the conversation into items
 bounded queue and returns. One worker thread then redacts secrets, cuts long texts into chunks, embeds
 and stores. When the queue is full the work is dropped with a ``memory`` event ``{"dropped": n}``:
 traffic never waits for memory. Chroma failures become ``error`` events, never exceptions in callers.
+Each stored batch is a ``memory`` event (``ingested``, ``new``, ``deduplicated``, ``chunks``, ``ms``,
+``queued``); history the proxy had not seen live is also an ``ingest`` event (``history: true``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
 from ..models import anthropic, openai_chat, openai_responses
 from ..models.base import ApiKind
-from .chunking import approx_tokens, chunk_text
+from .chunking import chunk_text, proxy_tokens
 from .ids import memory_id
 from .items import MemoryItem
 from .secrets import redact_secrets
@@ -36,49 +38,71 @@ class Ingestor:
     ``queue_size`` bounds the items waiting (a single submit larger than the whole queue is still taken
     when the queue is empty, so one big turn is not lost). ``on_added`` receives the items that were new
     to the store, from the worker thread (the retrieval side updates its lexical index with it).
+
+    The worker takes everything queued at once and works on it as one batch: texts it stored before
+    (the hash of the original text, kept for the last ``SEEN`` texts) are skipped before any redaction;
+    the rest is redacted and chunked (sizes in the model's word pieces, each line measured once), looked up
+    in Chroma in one call per partition, and only what is new is embedded (runs sorted by length) and
+    added (one call per partition and batch).
     """
+
+    SEEN = 100_000  # original texts remembered as stored: a re-sent history costs a set lookup
 
     def __init__(self, store: "MemoryStore", bus: "EventBus", queue_size: int,
                  on_added: Callable[[list[MemoryItem]], None] | None = None, *,
-                 chunk_tokens: int | None = None, count: Callable[[str], int] = approx_tokens,
+                 chunk_tokens: int | None = None, count: Callable[[str], int] | None = None,
                  backfill: bool = True) -> None:
         self.store = store
         self.bus = bus
         self.queue_size = max(1, int(queue_size))
         self.on_added = on_added
-        self.chunk_tokens = int(chunk_tokens or getattr(store.settings, "chunk_tokens", 400) or 400)
+        self.chunk_tokens = int(chunk_tokens or getattr(store.settings, "chunk_tokens", 240) or 240)
+        if count is None:  # the model's own word pieces when it is there, a safe over-estimate otherwise
+            tc = getattr(store.embedder, "token_counter", None)
+            count = tc() if tc is not None else proxy_tokens
         self.count = count
-        self.stats = {"submitted": 0, "dropped": 0, "stored": 0, "new": 0, "redacted": 0, "errors": 0}
-        self._q: deque[list[MemoryItem]] = deque()
+        self.stats = {"submitted": 0, "dropped": 0, "stored": 0, "new": 0, "redacted": 0, "errors": 0,
+                      "skipped_seen": 0, "embedded_tokens": 0}
+        self._q: deque[tuple[list[MemoryItem], dict]] = deque()
         self._pending = 0  # items in the queue
         self._busy = False
         self._closing = False
         self._cv = threading.Condition()
         self._last_error: tuple[str, float] = ("", 0.0)
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (partition, source hash) stored
         self._backfill = backfill
         self._thread = threading.Thread(target=self._run, name="cw-memory-ingest", daemon=True)
         self._thread.start()
 
     # --- producer side (any thread; never blocks) ----------------------------------------------------
-    def submit(self, items: list[MemoryItem]) -> bool:
-        """Queue ``items`` for storage; False (and a ``memory`` event) if they were dropped."""
+    def submit(self, items: list[MemoryItem], *, flow_id: str | None = None, history: bool = False,
+               messages: int | None = None) -> bool:
+        """Queue ``items`` for storage; False (and a ``memory`` event ``dropped``) if they were dropped.
+
+        ``history``: the items come from a conversation's history the proxy had not seen live (the first
+        request of a resumed session); once stored, an ``ingest`` event says so (``messages`` of them).
+        """
         items = [it for it in items if it.text and it.text.strip()]
         if not items:
             return True
         n = len(items)
+        info = {"flow_id": flow_id, "history": bool(history), "messages": messages, "n": n,
+                "session": _session_of(items)}
         with self._cv:
             full = self._closing or (self._pending > 0 and self._pending + n > self.queue_size)
             if not full:
-                self._q.append(items)
+                self._q.append((items, info))
                 self._pending += n
                 self.stats["submitted"] += n
                 self._cv.notify()
             else:
                 self.stats["dropped"] += n
+            queued = self._pending
         if full:
             reason = "closed" if self._closing else "queue full"
-            self.bus.emit("memory", {"dropped": n, "reason": reason, "queued": self._pending},
-                          session=_session_of(items))
+            self.bus.emit("memory", {"dropped": n, "reason": reason, "queued": queued,
+                                     "queue_size": self.queue_size, "history": bool(history)},
+                          flow_id=flow_id, session=info["session"])
             return False
         return True
 
@@ -122,7 +146,7 @@ class Ingestor:
                 self._pending = 0
                 self._busy = True
             try:
-                self._process([it for b in batches for it in b])
+                self._process(batches)
             except Exception as e:  # never let the worker die
                 self._error(e, taken)
             finally:
@@ -144,39 +168,93 @@ class Ingestor:
 
     def prepare(self, items: list[MemoryItem]) -> tuple[list[MemoryItem], int]:
         """Redact and chunk: what will be stored for ``items``, and how many secrets were removed."""
-        out: list[MemoryItem] = []
-        redacted = 0
-        for it in items:
-            source = it.source_id or memory_id(it.text)  # the id a clearing stub names: the original text
-            text, k = redact_secrets(it.text)
-            redacted += k
-            pieces = chunk_text(text, self.chunk_tokens, self.count) if self.count(text) > self.chunk_tokens else [text]
-            if len(pieces) <= 1:
-                out.append(_replace(it, text=text, source_id=source))
-            else:
-                out += [_replace(it, text=p, kind="chunk", source_id=source) for p in pieces]
+        out, redacted, _ = self._prepare(items)
         return out, redacted
 
-    def _process(self, items: list[MemoryItem]) -> None:
+    def _prepare(self, items: list[MemoryItem]) -> tuple[list[MemoryItem], int, list[int]]:
+        out: list[MemoryItem] = []
+        owner: list[int] = []  # index in ``items`` of each prepared item
+        redacted = 0
+        for k, it in enumerate(items):
+            source = it.source_id or memory_id(it.text)  # the id a clearing stub names: the original text
+            text, n = redact_secrets(it.text)
+            redacted += n
+            pieces = chunk_text(text, self.chunk_tokens, self.count) if len(text) > self.chunk_tokens else [text]
+            if len(pieces) <= 1:
+                out.append(_replace(it, text=text, source_id=source))
+                owner.append(k)
+            else:
+                out += [_replace(it, text=p, kind="chunk", source_id=source) for p in pieces]
+                owner += [k] * len(pieces)
+        return out, redacted, owner
+
+    def _process(self, batches: list[tuple[list[MemoryItem], dict]]) -> None:
         t0 = time.perf_counter()
-        prepared, redacted = self.prepare(items)
+        items: list[MemoryItem] = []
+        sub: list[int] = []  # submission of each item
+        skipped = [0] * len(batches)
+        for b, (its, _) in enumerate(batches):
+            for it in its:
+                key = (it.workspace or it.tenant, it.source_id or memory_id(it.text))
+                if key in self._seen:  # stored before: no redaction, no chunking, no lookup
+                    self._seen.move_to_end(key)
+                    skipped[b] += 1
+                    continue
+                items.append(it)
+                sub.append(b)
+        self.stats["skipped_seen"] += sum(skipped)
+        prepared, redacted, owner = self._prepare(items)
         try:
             new = self.store.add_items(prepared)
         except Exception as e:
             self._error(e, len(items))
             return
+        for it in items:
+            self._seen[(it.workspace or it.tenant, it.source_id or memory_id(it.text))] = None
+        while len(self._seen) > self.SEEN:
+            self._seen.popitem(last=False)
         ms = round((time.perf_counter() - t0) * 1000, 1)
+        new_ids = {(_pkey(it), it.id) for it in new}
         self.stats["stored"] += len(prepared)
         self.stats["new"] += len(new)
         self.stats["redacted"] += redacted
+        chunks = sum(1 for it in prepared if it.kind == "chunk")
+        queued = self._pending
+        sessions = {info["session"] for _, info in batches}
         self.bus.emit("memory", {"ingested": len(prepared), "new": len(new), "ms": ms, "redacted": redacted,
-                                 "chunks": sum(1 for it in prepared if it.kind == "chunk")},
-                      session=_session_of(items))
+                                 "chunks": chunks, "items": sum(len(b) for b, _ in batches),
+                                 "deduplicated": len(prepared) - len(new) + sum(skipped), "queued": queued},
+                      session=sessions.pop() if len(sessions) == 1 else None)
+        self._emit_history(batches, sub, owner, prepared, new_ids, skipped, ms, queued)
         if new and self.on_added is not None:
             try:
                 self.on_added(new)
             except Exception as e:
                 self._error(e, 0, where="memory.on_added")
+
+    def _emit_history(self, batches, sub, owner, prepared, new_ids, skipped, ms, queued) -> None:
+        """One ``ingest`` event per submission of history the proxy had not seen live (the TUI shows it
+        as a dimmed row)."""
+        if not any(info["history"] for _, info in batches):
+            return
+        per: list[dict] = [{"items": 0, "chunks": 0, "new": 0, "tags": Counter()} for _ in batches]
+        for it, k in zip(prepared, owner):
+            p = per[sub[k]]
+            p["items"] += 1
+            p["chunks"] += it.kind == "chunk"
+            p["new"] += (_pkey(it), it.id) in new_ids
+            p["tags"].update(it.tags)
+        for b, (its, info) in enumerate(batches):
+            if not info["history"]:
+                continue
+            p = per[b]
+            turns = [it.turn for it in its]
+            self.bus.emit("ingest", {
+                "session": info["session"], "items": p["items"], "chunks": p["chunks"], "new": p["new"],
+                "deduplicated": p["items"] - p["new"] + skipped[b], "ms": ms, "queued": queued,
+                "history": True, "messages": info["messages"], "turn": max(turns) if turns else None,
+                "tags": [t for t, _ in p["tags"].most_common(6)]},
+                flow_id=info["flow_id"], session=info["session"])
 
     def _error(self, e: BaseException, n: int, where: str = "memory.ingest") -> None:
         self.stats["errors"] += 1
@@ -187,6 +265,10 @@ class Ingestor:
             return  # Chroma down: one event a minute, not one a turn
         self._last_error = (msg, now)
         self.bus.emit("error", {"where": where, "message": msg, "action": f"dropped {n} items" if n else "skipped"})
+
+
+def _pkey(it: MemoryItem) -> str:
+    return it.workspace or it.tenant
 
 
 def _lower_priority() -> None:
@@ -203,6 +285,7 @@ def _lower_priority() -> None:
 
 def _replace(it: MemoryItem, **kw: Any) -> MemoryItem:
     d = dict(it.__dict__)
+    d.pop("_digest", None)
     d["tags"] = list(it.tags)
     d.update(kw)
     return MemoryItem(**d)

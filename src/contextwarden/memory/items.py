@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .ids import content_hash, memory_id
+from .ids import content_hash
 
 KINDS = ("message", "tool_result", "chunk")
 
@@ -34,16 +34,26 @@ class MemoryItem:
     # memory_id of the original text this item was cut from (before redaction and chunking): the id a
     # clearing stub names. Set by ingestion for every item; None only for items built by hand.
     source_id: str | None = None
+    # (text, its sha256): hashed once however often the id is asked for, re-hashed if the text changes
+    _digest: tuple[str, str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of the text (cached)."""
+        d = self._digest
+        if d is None or d[0] is not self.text:
+            d = self._digest = (self.text, content_hash(self.text))
+        return d[1]
 
     @property
     def id(self) -> str:
         """``tenant:hash``: identical content is stored once per tenant (cross-agent dedup)."""
-        return f"{self.tenant}:{content_hash(self.text)[:32]}"
+        return f"{self.tenant}:{self.hash[:32]}"
 
     @property
     def memory_id(self) -> str:
         """The short id of this item's own text (``m-…``)."""
-        return memory_id(self.text)
+        return "m-" + self.hash[:16]
 
     def to_metadata(self) -> dict[str, Any]:
         """Chroma metadata: scalars only, ``None`` left out."""
@@ -54,8 +64,8 @@ class MemoryItem:
             "role": self.role,
             "kind": self.kind,
             "ts": float(self.ts),
-            "hash": content_hash(self.text),
-            "mid": memory_id(self.text),
+            "hash": self.hash,
+            "mid": self.memory_id,
         }
         tags = clean_tags(self.tags)
         if tags:

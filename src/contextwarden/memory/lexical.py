@@ -10,9 +10,11 @@ A query term the index has never seen is matched to the closest known term with 
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 from array import array
+from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
@@ -165,6 +167,14 @@ class LexicalIndex:
                     self._neighbours.setdefault((self.partition_of(it), it.session, it.turn), []).append(it)
         return added
 
+    def adopt(self, other: "LexicalIndex") -> None:
+        """Take ``other``'s contents (a loaded snapshot); items added here meanwhile are kept."""
+        with self._lock:
+            mine = [it for p in self._parts.values() for it in p.items]
+            self._parts, self._neighbours = other._parts, other._neighbours
+            if mine:
+                self.add(mine)
+
     def contains(self, item_id: str, tenant: str) -> bool:
         with self._lock:
             p = self._parts.get(tenant)
@@ -243,6 +253,97 @@ class LexicalIndex:
                         break
         hits.sort(key=lambda h: -h.score)
         return hits[:n]
+
+
+SNAPSHOT_VERSION = 1
+
+
+def save_snapshot(index: "LexicalIndex", path: str | os.PathLike, key: dict) -> int:
+    """Write the index to ``path`` (numpy ``.npz``, no pickle: arrays, and JSON as bytes), with ``key``
+    (what the store looked like: :func:`load_snapshot` refuses a snapshot of another state). Atomic.
+    Returns the items written."""
+    import orjson
+
+    arrays: dict[str, np.ndarray] = {}
+    names = []
+    n = 0
+    with index._lock:
+        for pi, (name, part) in enumerate(index._parts.items()):
+            names.append(name)
+            terms = list(part.postings)
+            lens = np.fromiter((len(part.postings[t][0]) for t in terms), dtype=np.int64, count=len(terms))
+            offsets = np.zeros(len(terms) + 1, dtype=np.int64)
+            np.cumsum(lens, out=offsets[1:])
+            docs = np.empty(int(offsets[-1]), dtype=np.uint32)
+            tfs = np.empty(int(offsets[-1]), dtype=np.float32)
+            for t, a, b in zip(terms, offsets[:-1], offsets[1:]):
+                d, f = part.postings[t]
+                docs[a:b] = np.frombuffer(d, dtype=np.uint32)
+                tfs[a:b] = np.frombuffer(f, dtype=np.float32)
+            arrays[f"p{pi}_docs"] = docs
+            arrays[f"p{pi}_tf"] = tfs
+            arrays[f"p{pi}_offsets"] = offsets
+            arrays[f"p{pi}_doclen"] = np.frombuffer(part.doc_len, dtype=np.uint32).copy()
+            arrays[f"p{pi}_terms"] = np.frombuffer(orjson.dumps(terms), dtype=np.uint8)
+            arrays[f"p{pi}_items"] = np.frombuffer(orjson.dumps([it.to_record() for it in part.items]), dtype=np.uint8)
+            n += len(part.items)
+    meta = {"version": SNAPSHOT_VERSION, "key": key, "partitions": names, "k1": index.k1, "b": index.b}
+    arrays["meta"] = np.frombuffer(orjson.dumps(meta), dtype=np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    return n
+
+
+def load_snapshot(path: str | os.PathLike, key: dict | None = None) -> "LexicalIndex | None":
+    """The index saved by :func:`save_snapshot`, or None when there is none, it is unreadable, or it was
+    saved for another ``key`` (the store changed since)."""
+    import orjson
+
+    from .items import MemoryItem
+
+    try:
+        z = np.load(Path(path), allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    with z:
+        try:
+            meta = orjson.loads(z["meta"].tobytes())
+            if meta.get("version") != SNAPSHOT_VERSION or (key is not None and meta.get("key") != key):
+                return None
+            index = LexicalIndex(k1=meta["k1"], b=meta["b"])
+            for pi, name in enumerate(meta["partitions"]):
+                part = _Partition()
+                recs = orjson.loads(z[f"p{pi}_items"].tobytes())
+                for rec in recs:
+                    it = MemoryItem.from_record(rec)
+                    if rec.get("hash"):
+                        it._digest = (it.text, rec["hash"])  # no re-hashing of 100K texts
+                    part.ids[rec["id"]] = len(part.items)
+                    part.items.append(it)
+                    index._neighbours.setdefault((name, it.session, it.turn), []).append(it)
+                part.doc_len = array("I", z[f"p{pi}_doclen"].tobytes())
+                part.total_len = int(sum(part.doc_len))
+                terms = orjson.loads(z[f"p{pi}_terms"].tobytes())
+                offsets = z[f"p{pi}_offsets"]
+                docs = z[f"p{pi}_docs"]
+                tfs = z[f"p{pi}_tf"]
+                db, fb = docs.tobytes(), tfs.tobytes()
+                for t, a, b in zip(terms, offsets[:-1].tolist(), offsets[1:].tolist()):
+                    d = array("I")
+                    d.frombytes(db[a * 4:b * 4])
+                    f = array("f")
+                    f.frombytes(fb[a * 4:b * 4])
+                    part.postings[t] = (d, f)
+                    if len(t) >= 4:
+                        part.by_prefix.setdefault(t[:2], []).append(t)
+                index._parts[name] = part
+        except (KeyError, ValueError, TypeError, orjson.JSONDecodeError):
+            return None
+    return index
 
 
 def query_terms(text: str, weight: float = 1.0) -> dict[str, float]:

@@ -5,8 +5,12 @@ stage's ``cw_configure`` and closed by its ``cw_shutdown``. Opening Chroma and l
 second or two, so they happen on a background thread: until the service is ready, requests go without
 memory (the ``memory`` event says ``skipped: "starting"``) and nothing waits.
 
-The lexical index lives in this process: it is rebuilt from the store when the service opens and then
-follows every item the ingestor stores (``on_added``).
+The lexical index lives in this process and follows every item the ingestor stores (``on_added``). It is
+saved next to the store when the service closes (``cw_home/memory-lexical.npz``, keyed by the item count
+of every collection) and loaded from there at start-up (~1 s at 100K items); only when that snapshot is
+missing or stale is it rebuilt from Chroma (~40-60 s at 100K), on the background thread: requests are
+served meanwhile, their lexical ranking covering what is indexed so far (``lexical_ready`` says when it is
+complete).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .lexical import LexicalIndex
+from .lexical import LexicalIndex, load_snapshot, save_snapshot
 from .retrieve import Query, Retrieval, Retriever
 from .tagger import Tagger
 
@@ -64,6 +68,13 @@ class CachedEmbedder:
     def _key(self, text: str) -> bytes:
         return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16,
                                person=b"minilm-l6-v2").digest()
+
+    def token_counter(self):
+        tc = getattr(self.inner, "token_counter", None)
+        return tc() if tc is not None else None
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         if isinstance(texts, str):
@@ -138,6 +149,10 @@ class MemoryService:
         self.ready = threading.Event()
         self.closed = False
         self._lexical_ready = threading.Event()
+        self.lexical_source = "none"  # "snapshot" | "rebuilt" | "building" | "failed"
+        self.lexical_ms: float | None = None
+        self._lexical_complete = False  # every stored item is indexed (a snapshot may be saved)
+        self._lexical_saved_n = -1
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids submitted lately
         self._recent_lock = threading.Lock()
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
@@ -194,12 +209,62 @@ class MemoryService:
                     warm()
             except Exception:
                 pass
-            self._rebuild_lexical()
+            self._load_lexical()
         self.bus.emit("memory_status", {"status": "ready" if self.error is None else "unavailable",
                                         "error": self.error, "embedder": self.embedder_message,
                                         "backend": getattr(self.store, "backend", None),
-                                        "lexical_items": len(self.lexical),
+                                        "lexical_items": len(self.lexical), "lexical": self.lexical_source,
+                                        "lexical_ms": self.lexical_ms,
                                         "ms": round((time.perf_counter() - t0) * 1000, 1)})
+
+    @property
+    def lexical_path(self) -> Path:
+        return self.home / "memory-lexical.npz"
+
+    @property
+    def lexical_ready(self) -> bool:
+        """True once the lexical index covers every stored item (until then BM25 sees part of them)."""
+        return self._lexical_ready.is_set() and self._lexical_complete
+
+    def _load_lexical(self) -> None:
+        """The lexical index from its snapshot when it matches the store, else rebuilt from Chroma."""
+        t = time.perf_counter()
+        try:
+            snap = load_snapshot(self.lexical_path, self.store.fingerprint())
+        except Exception:
+            snap = None
+        if snap is not None:
+            self.lexical.adopt(snap)
+            self.lexical_source = "snapshot"
+            self._lexical_complete = True
+            self._lexical_saved_n = len(snap)
+            self._lexical_ready.set()
+        else:
+            self.lexical_source = "building"
+            self._rebuild_lexical()
+            self.lexical_source = "rebuilt" if self._lexical_complete else "failed"
+            if self._lexical_complete:
+                self.save_lexical()
+        self.lexical_ms = round((time.perf_counter() - t) * 1000, 1)
+
+    def save_lexical(self) -> bool:
+        """Save the lexical index next to the store (at close, after a rebuild); False if it is not
+        complete or there is nothing new."""
+        if not self._lexical_complete or self.store is None or not self.store.available:
+            return False
+        try:
+            if self.ingestor is not None:
+                self.ingestor.flush(30)
+            n = len(self.lexical)
+            if n == self._lexical_saved_n:
+                return False
+            save_snapshot(self.lexical, self.lexical_path, self.store.fingerprint())
+            self._lexical_saved_n = n
+            return True
+        except Exception as e:
+            self.bus.emit("error", {"where": "memory.lexical", "message": f"{type(e).__name__}: {e}",
+                                    "action": "lexical index rebuilt at next start"})
+            return False
 
     def _rebuild_lexical(self) -> None:
         try:
@@ -213,6 +278,7 @@ class MemoryService:
                     return
             if batch:
                 self.lexical.add(batch)
+            self._lexical_complete = True
         except Exception as e:
             self.bus.emit("error", {"where": "memory.lexical", "message": f"{type(e).__name__}: {e}",
                                     "action": "lexical ranking covers new items only"})
@@ -250,6 +316,7 @@ class MemoryService:
         try:
             if self.ingestor is not None:
                 self.ingestor.close()
+            self.save_lexical()
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             if self.store is not None:
@@ -258,7 +325,7 @@ class MemoryService:
                 self.embedder.close()
 
     # --- work ---------------------------------------------------------------------------------------
-    def submit(self, items) -> bool:
+    def submit(self, items, **info) -> bool:
         """Queue items for storage (never blocks); False when dropped or memory is unavailable. Items
         submitted recently are left out (the assistant's reply comes back as a message of the next
         request; the store would deduplicate it, after a lookup)."""
@@ -268,7 +335,7 @@ class MemoryService:
             fresh = [it for it in items if it.id not in self._recent]
         if not fresh:
             return True
-        ok = self.ingestor.submit(fresh)
+        ok = self.ingestor.submit(fresh, **info)
         if ok:
             with self._recent_lock:
                 for it in fresh:

@@ -453,6 +453,13 @@ class MemoryStore:
             for got in self._pages(col, where, ["metadatas"]):
                 yield from zip(got["ids"], got["metadatas"])
 
+    def fingerprint(self) -> dict:
+        """What the store holds, cheaply: items per collection (keys a snapshot of the lexical index)."""
+        if not self.available:
+            return {}
+        cols = self._collections()
+        return {"backend": self.backend, "counts": {c.name: c.count() for c in cols}}
+
     def count(self) -> int:
         """Items stored (both collections)."""
         if not self.available:

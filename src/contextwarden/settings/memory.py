@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from pydantic import field_validator
+
 from .base import Section
+
+# all-MiniLM-L6-v2 sees 256 word pieces, [CLS] and [SEP] included: a longer chunk is embedded on its
+# first 254 pieces only, and the rest of it is never found by vector search
+MODEL_MAX_TOKENS = 256
+CHUNK_TOKENS_MAX = MODEL_MAX_TOKENS - 2
 
 
 class TaggingSection(Section):
@@ -53,8 +60,9 @@ class MemorySection(Section):
     queue_size: int = 1000
     """Ingestion queue length; when full, work is dropped with an event (never blocks traffic)."""
 
-    chunk_tokens: int = 400
-    """Target size of a chunk of a long tool output."""
+    chunk_tokens: int = 240
+    """Largest chunk of a long text, in the embedding model's word pieces (at most 254: the model sees
+    256, [CLS] and [SEP] included; a longer chunk would be embedded on its beginning only)."""
 
     timeout_ms: float = 150
     """Retrieval gives up after this long and the request goes without memory."""
@@ -90,3 +98,14 @@ class MemorySection(Section):
 
     neighbour_depth: int = 15
     """How many of the best hits lend their neighbouring messages to that ranking."""
+
+    @field_validator("chunk_tokens")
+    @classmethod
+    def _chunk_fits_the_model(cls, v: int) -> int:
+        if v < 16:
+            raise ValueError(f"memory.chunk_tokens must be at least 16, got {v}")
+        if v > CHUNK_TOKENS_MAX:
+            raise ValueError(f"memory.chunk_tokens {v} exceeds what the embedding model sees ({MODEL_MAX_TOKENS} word "
+                             f"pieces, {CHUNK_TOKENS_MAX} of text): the rest of each chunk would never be embedded; "
+                             f"use at most {CHUNK_TOKENS_MAX}")
+        return v
