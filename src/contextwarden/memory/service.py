@@ -359,9 +359,13 @@ class MemoryService:
 
     def search(self, query: Query, tenants: list[str], *, workspace: str | None = None, exclude=None,
                timeout_s: float | None = None, settings=None, n: int | None = None) -> Retrieval:
-        """Fused candidates for ``query`` (see :meth:`Retriever.search`)."""
-        return self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude,
-                                               timeout_s=timeout_s, n=n, neighbours=self.neighbours)
+        """Fused candidates for ``query`` (see :meth:`Retriever.search`). While the lexical index is
+        still being rebuilt, ``mode`` says so: its BM25 ranking covers only part of the store."""
+        ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude,
+                                              timeout_s=timeout_s, n=n, neighbours=self.neighbours)
+        if not self.lexical_ready and ret.mode in ("hybrid", "lexical"):
+            ret.mode += " (lexical index building)"
+        return ret
 
 
 # --- one service per runtime ---------------------------------------------------------------------------
