@@ -18,6 +18,19 @@ namespace ``clearing``), and re-applied byte for byte on every later request whi
 sending the same result, whatever the trigger says then. A stub's text is computed once, so a token
 counter whose calibration drifts never changes it.
 
+Tool inputs (``clearing.clear_tool_inputs``, off by default as Anthropic's ``clear_tool_inputs`` is):
+for a call whose result is cleared, the large values of its input (a Write's file body, an Edit's
+strings) become a stub string too, in an input that stays a JSON object with its small values (the
+path, the command) as they were::
+
+    {"file_path": "src/app.py", "content": "[contextwarden cleared this input value (5,210 tokens):
+    \"def main():…\". Memory id m-…: it is stored in long-term memory.]"}
+
+A Write or Edit, whose result is one short line, is cleared for its input alone. The latest assistant
+message, and the assistant messages of the current turn that carry thinking blocks (their signed turn
+goes back to the API as it was), keep their inputs; thinking blocks are never touched. Input stubs are
+persisted with the result's record and re-applied byte for byte like result stubs.
+
 For later stages: ``ctx.notes["cleared"]`` lists every result cleared in this request (``new`` marks
 the ones cleared for the first time) with its ``memory_id`` and original ``text``, so the memory stage
 can store it under the id the stub names; ``ctx.notes["clearing"]`` holds ``freed`` (tokens) and
@@ -31,6 +44,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import orjson
+
 from contextwarden import hookimpl
 from contextwarden.conversation import image_count, input_hint, result_text, shorten
 from contextwarden.memory.ids import memory_id
@@ -39,6 +54,8 @@ from contextwarden.statecache import state_cache
 
 NS = "clearing"
 STUB_PREFIX = "[contextwarden cleared this "
+INPUT_STUB_PREFIX = STUB_PREFIX + "input value"
+INPUT_VALUE_CHARS = 300  # input values longer than this (serialised) are the ones replaced
 IMAGE_TOKENS = 1_600  # an image's input tokens when its size is unknown (Anthropic: ~1.15 MP max)
 MAX_REMEMBERED = 5_000  # cleared results remembered per session
 
@@ -54,6 +71,9 @@ class Slot:
     content: Any
     set: Callable[[str], None]
     order: int  # position of its call among all calls (for keep_recent)
+    call_index: int = -1  # message / item index of its call
+    set_input: Callable[[Any], None] | None = None  # replaces the call's input (a dict) in the request
+    input_locked: bool = False  # the call is in a message whose input must not change
 
     _text: str | None = None
 
@@ -90,46 +110,114 @@ def stub_text(tool: str, tool_input: Any, text: str, tokens: int, images: int) -
     return f"{STUB_PREFIX}{what} ({size}). Images are not kept in memory; re-run the tool if you need it.]"
 
 
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def _value_text(v: Any) -> str:
+    return v if isinstance(v, str) else _dumps(v)
+
+
+def input_value_stub(text: str, tokens: int) -> str:
+    """The text that replaces one large value of a cleared call's input (deterministic)."""
+    preview = shorten(text, 80)
+    if not preview.endswith("…") and len(text.strip()) > len(preview):
+        preview += "…"
+    return (f'{INPUT_STUB_PREFIX} ({tokens:,} tokens): "{preview}". Memory id {memory_id(text)}: it is stored in '
+            f"long-term memory.]")
+
+
+def input_stub(tool_input: dict, count: Callable[[str], int]) -> tuple[dict, dict[str, str]] | None:
+    """A cleared call's input: the same object with each value longer than ``INPUT_VALUE_CHARS`` (as
+    JSON) replaced by a stub string; and the memory id of each replaced value by key. None when no
+    value is that large (or all of them are stubs already)."""
+    out: dict[str, Any] = {}
+    mids: dict[str, str] = {}
+    for k, v in tool_input.items():
+        text = _value_text(v)
+        if len(text) > INPUT_VALUE_CHARS and not text.startswith(STUB_PREFIX) and text.strip():
+            out[k] = input_value_stub(text, count(text))
+            mids[k] = memory_id(text)
+        else:
+            out[k] = v
+    return (out, mids) if mids else None
+
+
 # ---------------------------------------------------------------------------------------------------
 # finding the tool results of each API in the typed request
 
 
+def _locked_anthropic(req) -> set[int]:
+    """Assistant messages whose tool inputs stay as sent: the latest one, and those of the current
+    turn (from the latest user message that is not only tool results) that carry thinking blocks."""
+    msgs = req.messages
+    locked: set[int] = set()
+    turn_start = 0
+    for i in range(len(msgs) - 1, -1, -1):
+        m = msgs[i]
+        if m.role != "user":
+            continue
+        if isinstance(m.content, str) or any(getattr(b, "type", None) != "tool_result" for b in m.content):
+            turn_start = i
+            break
+    last = next((i for i in range(len(msgs) - 1, -1, -1) if msgs[i].role == "assistant"), None)
+    if last is not None:
+        locked.add(last)
+    for i in range(turn_start, len(msgs)):
+        m = msgs[i]
+        if m.role == "assistant" and not isinstance(m.content, str) and any(
+                getattr(b, "type", None) in ("thinking", "redacted_thinking") for b in m.content):
+            locked.add(i)
+    return locked
+
+
 def _slots_anthropic(req) -> list[Slot]:
-    calls: dict[str, tuple[str, Any, int]] = {}
+    calls: dict[str, tuple[str, Any, int, int, Any]] = {}
     slots: list[Slot] = []
+    locked = _locked_anthropic(req)
     for i, m in enumerate(req.messages):
         if isinstance(m.content, str):
             continue
         for b in m.content:
             t = getattr(b, "type", None)
             if t == "tool_use":
-                calls.setdefault(b.id, (b.name, b.input, len(calls)))
+                calls.setdefault(b.id, (b.name, b.input, len(calls), i, b))
             elif t == "tool_result":
-                name, inp, order = calls.get(b.tool_use_id, ("", None, -1))
+                name, inp, order, ci, use = calls.get(b.tool_use_id, ("", None, -1, -1, None))
 
                 def setter(stub: str, b=b) -> None:
                     b.content = stub
 
-                slots.append(Slot(i, b.tool_use_id, name, inp, b.content, setter, order))
+                def set_input(new: Any, use=use) -> None:
+                    use.input = new  # a new dict: the client's (shared with ctx.original) is never mutated
+
+                slots.append(Slot(i, b.tool_use_id, name, inp, b.content, setter, order, ci,
+                                  set_input if use is not None else None, ci in locked))
     return slots
 
 
 def _slots_chat(req) -> list[Slot]:
     from contextwarden.conversation import _maybe_json
 
-    calls: dict[str, tuple[str, Any, int]] = {}
+    calls: dict[str, tuple[str, Any, int, int, Any]] = {}
     slots: list[Slot] = []
+    last = next((i for i in range(len(req.messages) - 1, -1, -1) if req.messages[i].role == "assistant"), -1)
     for i, m in enumerate(req.messages):
         for tc in m.tool_calls or []:
             fn = tc.function
-            calls.setdefault(tc.id, (fn.name if fn else "", _maybe_json(fn.arguments) if fn else None, len(calls)))
+            calls.setdefault(tc.id, (fn.name if fn else "", _maybe_json(fn.arguments) if fn else None, len(calls), i, fn))
         if m.role == "tool" and m.tool_call_id is not None:
-            name, inp, order = calls.get(m.tool_call_id, (m.name or "", None, -1))
+            name, inp, order, ci, fn = calls.get(m.tool_call_id, (m.name or "", None, -1, -1, None))
 
             def setter(stub: str, m=m) -> None:
                 m.content = stub
 
-            slots.append(Slot(i, m.tool_call_id, name, inp, m.content, setter, order))
+            def set_input(new: Any, fn=fn) -> None:
+                fn.arguments = orjson.dumps(new).decode()  # arguments stay a JSON string of an object
+
+            ok = fn is not None and isinstance(fn.arguments, str)
+            slots.append(Slot(i, m.tool_call_id, name, inp, m.content, setter, order, ci,
+                              set_input if ok else None, ci == last))
     return slots
 
 
@@ -138,17 +226,22 @@ def _slots_responses(req) -> list[Slot]:
 
     if not isinstance(req.input, list):
         return []
-    calls: dict[str, tuple[str, Any, int]] = {}
+    calls: dict[str, tuple[str, Any, int, int]] = {}
     slots: list[Slot] = []
     holder: dict[str, list] = {}
 
-    def replace(i: int, stub: str) -> None:
+    def replace(i: int, key: str, value: Any) -> None:
         # items are the client's own dicts (shared with ctx.original): copy, never mutate
         if "list" not in holder:
             holder["list"] = list(req.input)
             req.input = holder["list"]
-        holder["list"][i] = {**holder["list"][i], "output": stub}
+        holder["list"][i] = {**holder["list"][i], key: value}
 
+    last = -1
+    for i, it in enumerate(req.input):
+        if isinstance(it, dict) and (it.get("role") == "assistant" or it.get("type") == "reasoning"
+                                     or str(it.get("type", "")).endswith("_call")):
+            last = i
     for i, it in enumerate(req.input):
         if not isinstance(it, dict):
             continue
@@ -157,10 +250,13 @@ def _slots_responses(req) -> list[Slot]:
         if not isinstance(t, str) or not isinstance(cid, str):
             continue
         if t.endswith("_call"):
-            calls.setdefault(cid, (str(it.get("name", t)), _maybe_json(it.get("arguments", it.get("input"))), len(calls)))
+            calls.setdefault(cid, (str(it.get("name", t)), _maybe_json(it.get("arguments", it.get("input"))), len(calls), i))
         elif t.endswith("_call_output"):
-            name, inp, order = calls.get(cid, ("", None, -1))
-            slots.append(Slot(i, cid, name, inp, it.get("output"), lambda stub, i=i: replace(i, stub), order))
+            name, inp, order, ci = calls.get(cid, ("", None, -1, -1))
+            ok = ci >= 0 and isinstance(req.input[ci], dict) and isinstance(req.input[ci].get("arguments"), str)
+            slots.append(Slot(i, cid, name, inp, it.get("output"), lambda stub, i=i: replace(i, "output", stub), order, ci,
+                              (lambda new, ci=ci: replace(ci, "arguments", orjson.dumps(new).decode())) if ok else None,
+                              ci == last))
     return slots
 
 
@@ -226,15 +322,40 @@ def cw_request(ctx) -> None:
     by_index: dict[int, int] = {}
     freed = 0
     done: set[str] = set()
+    counts = {"results": 0, "inputs": 0}
+    inputs_on = bool(getattr(cfg, "clear_tool_inputs", False))
 
-    def note(slot: Slot, rec: dict[str, Any], new: bool) -> None:
+    def input_allowed(slot: Slot) -> bool:
+        return inputs_on and slot.set_input is not None and not slot.input_locked and isinstance(slot.tool_input, dict)
+
+    def apply(slot: Slot, rec: dict[str, Any], new: bool) -> bool:
+        """Put the record's stubs in place; notes what it freed. False when nothing applied."""
         nonlocal freed
-        gain = rec["tokens"] - rec["stub_tokens"]
-        freed += gain
-        by_index[slot.index] = by_index.get(slot.index, 0) + gain
+        gain_r = gain_i = 0
+        if rec.get("stub") is not None:
+            slot.set(rec["stub"])
+            gain_r = rec["tokens"] - rec["stub_tokens"]
+        if rec.get("input_stub") is not None and input_allowed(slot) and _digest(_dumps(slot.tool_input)) == rec.get("ih"):
+            slot.set_input(rec["input_stub"])
+            gain_i = rec["input_tokens"] - rec["input_stub_tokens"]
+        elif rec.get("stub") is None:
+            return False
+        freed += gain_r + gain_i
+        if gain_r or rec.get("stub") is not None:
+            by_index[slot.index] = by_index.get(slot.index, 0) + gain_r
+            counts["results"] += 1
+            cleared.append({"tool_use_id": slot.id, "memory_id": rec.get("mid"), "tool": slot.tool, "input": slot.tool_input,
+                            "text": slot.text, "tokens": rec["tokens"], "message_index": slot.index, "new": new})
+        if gain_i:
+            by_index[slot.call_index] = by_index.get(slot.call_index, 0) + gain_i
+            counts["inputs"] += 1
+            for key, mid in (rec.get("input_mids") or {}).items():
+                v = slot.tool_input.get(key)
+                cleared.append({"tool_use_id": slot.id, "memory_id": mid, "tool": slot.tool, "input": slot.tool_input,
+                                "text": _value_text(v), "tokens": None, "message_index": slot.call_index, "new": new,
+                                "kind": "tool_input", "key": key})
         done.add(slot.id)
-        cleared.append({"tool_use_id": slot.id, "memory_id": rec.get("mid"), "tool": slot.tool, "input": slot.tool_input,
-                        "text": slot.text, "tokens": rec["tokens"], "message_index": slot.index, "new": new})
+        return True
 
     # results after the model's last message are new to it: never cleared, even when a rewound
     # conversation brings back ids cleared before
@@ -248,8 +369,7 @@ def cw_request(ctx) -> None:
                 continue
             if rec["h"] != _digest(s.text):  # the client changed this result itself: leave it be
                 continue
-            s.set(rec["stub"])
-            note(s, rec, False)
+            apply(s, rec, False)
 
     # 2. above the trigger: clear more, oldest first, in one step of at least clear_at_least
     total = _input_tokens(ctx)
@@ -263,31 +383,45 @@ def cw_request(ctx) -> None:
                 continue
             if s.index >= unseen_from:
                 continue  # results the model has not read yet are never cleared (keep_recent 0 included)
-            if s.text.startswith(STUB_PREFIX):
-                continue
-            toks = _result_tokens(ctx, s)
-            if toks < cfg.min_result_tokens:
-                continue
-            candidates.append((s, toks))
+            toks = 0
+            if not s.text.startswith(STUB_PREFIX):
+                toks = _result_tokens(ctx, s)
+                if toks < cfg.min_result_tokens:
+                    toks = 0
+            if toks or input_allowed(s):
+                candidates.append((s, toks))
         need = max(clear_at_least, total - freed - trigger)
         chosen, gain = [], 0
         for s, toks in candidates:
             if gain >= need:
                 break
-            stub = stub_text(s.tool, s.tool_input, s.text, toks, image_count(s.content))
-            stub_toks = ctx.runtime.tokens.count_text(stub, ctx.model)
-            if stub_toks >= toks:
+            text = s.text
+            rec: dict[str, Any] = {"h": _digest(text), "stub": None, "tokens": 0, "stub_tokens": 0, "tool": s.tool, "mid": None}
+            g = 0
+            if toks:
+                stub = stub_text(s.tool, s.tool_input, text, toks, image_count(s.content))
+                stub_toks = ctx.runtime.tokens.count_text(stub, ctx.model)
+                if stub_toks < toks:
+                    rec.update(stub=stub, tokens=toks, stub_tokens=stub_toks, mid=memory_id(text) if text.strip() else None)
+                    g += toks - stub_toks
+            if input_allowed(s):
+                made = input_stub(s.tool_input, lambda t: ctx.runtime.tokens.count_text(t, ctx.model))
+                if made is not None:
+                    stub_input, mids = made
+                    in_toks = ctx.runtime.tokens.count_text(_dumps(s.tool_input), ctx.model)
+                    stub_in_toks = ctx.runtime.tokens.count_text(_dumps(stub_input), ctx.model)
+                    if in_toks >= cfg.min_result_tokens and stub_in_toks < in_toks:
+                        rec.update(input_stub=stub_input, ih=_digest(_dumps(s.tool_input)), input_tokens=in_toks,
+                                   input_stub_tokens=stub_in_toks, input_mids=mids)
+                        g += in_toks - stub_in_toks
+            if g <= 0:
                 continue
-            chosen.append((s, toks, stub, stub_toks))
-            gain += toks - stub_toks
+            chosen.append((s, rec))
+            gain += g
         if chosen and gain >= clear_at_least:
-            for s, toks, stub, stub_toks in chosen:
-                text = s.text
-                rec = {"h": _digest(text), "stub": stub, "tokens": toks, "stub_tokens": stub_toks, "tool": s.tool,
-                       "mid": memory_id(text) if text.strip() else None}
-                s.set(stub)
-                new_recs[s.id] = rec
-                note(s, rec, True)
+            for s, rec in chosen:
+                if apply(s, rec, True):
+                    new_recs[s.id] = rec
 
     if new_recs:
         merged = {**(state.get(NS, key, None) or {}), **new_recs}  # re-read: a concurrent request may have added some
@@ -299,6 +433,10 @@ def cw_request(ctx) -> None:
     if not cleared:
         return
     ctx.notes.setdefault("cleared", []).extend(cleared)
-    ctx.emit("clearing", cleared=len(cleared), new=len(new_recs), tokens_freed=freed,
-             tools=sorted({c["tool"] for c in cleared}), ids=[c["memory_id"] for c in cleared if c["new"]],
-             tokens_before=total, level=str(ctx.notes.get("level") or "NORMAL"))
+    data: dict[str, Any] = dict(cleared=counts["results"], new=len(new_recs), tokens_freed=freed,
+                                tools=sorted({c["tool"] for c in cleared}),
+                                ids=[c["memory_id"] for c in cleared if c["new"] and c["memory_id"]],
+                                tokens_before=total, level=str(ctx.notes.get("level") or "NORMAL"))
+    if counts["inputs"]:
+        data["inputs_cleared"] = counts["inputs"]
+    ctx.emit("clearing", **data)

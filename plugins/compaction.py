@@ -186,6 +186,19 @@ def _llm_url(ctx, cfg) -> tuple[str, str]:
     return base + path, api
 
 
+def summariser_cost(usage: dict[str, Any] | None, model: str | None) -> dict[str, Any]:
+    """Event fields for what an LLM summary cost: its tokens, and dollars at the model's list price
+    (``summariser_usd`` is None for a model the price table does not know)."""
+    from contextwarden.cost import usage_usd
+
+    u = usage or {}
+    model = u.get("model") or model
+    usd = usage_usd({"input_tokens": u.get("input_tokens", 0), "output_tokens": u.get("output_tokens", 0)}, model)
+    return {"summariser_model": model, "summariser_input_tokens": int(u.get("input_tokens") or 0),
+            "summariser_output_tokens": int(u.get("output_tokens") or 0),
+            "summariser_usd": round(usd, 8) if usd is not None else None}
+
+
 def _start_llm(ctx, cfg, key: str, span: str, turns, prior: Summary | None, messages: int, tokens: int) -> bool:
     rt = ctx.runtime
     url, api = _llm_url(ctx, cfg)
@@ -209,7 +222,8 @@ def _start_llm(ctx, cfg, key: str, span: str, turns, prior: Summary | None, mess
         state_cache(rt).put(NS_LLM, job_key, {"text": s.text, "messages": s.messages, "source_tokens": s.source_tokens,
                                         "usage": s.usage, "ts": time.time()})
         rt.bus.emit("summariser", {"status": "done", "model": model, "usage": s.usage, "span": span,
-                                   "ms": round((time.perf_counter() - t0) * 1000, 1)}, flow_id=flow_id, session=session)
+                                   "ms": round((time.perf_counter() - t0) * 1000, 1), **summariser_cost(s.usage, model)},
+                    flow_id=flow_id, session=session)
 
     started = _submit(job_key, run)
     if started:
@@ -485,6 +499,7 @@ def cw_request(ctx) -> None:
         data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
     if llm_usage:
         data["llm_usage"] = llm_usage
+        data.update(summariser_cost(llm_usage, llm_usage.get("model")))
     ctx.emit("compaction", **data)
 
 

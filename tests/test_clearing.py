@@ -239,3 +239,254 @@ def test_results_the_model_has_not_read_are_never_cleared(cw_home):
     again = h.send(ApiKind.ANTHROPIC, body)
     assert again.body["messages"][-1] == last
     h.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# clear_tool_inputs: the large input values of cleared calls (Anthropic's ``clear_tool_inputs``)
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from contextwarden.validate import validate_rewrite  # noqa: E402
+from tests.support.stages import words  # noqa: E402
+from tests.support.upstream import strict_problems  # noqa: E402
+
+INPUT_STUB = "[contextwarden cleared this input value ("
+
+
+def write_loop(turns: int, content_words: int = 800, thinking: bool = True, current_turn_thinking: bool = False,
+               seed: int = 0) -> dict:
+    """Turns of Write (a whole file body in its input, a one-line result) and Read (a large result)."""
+    msgs: list[dict] = []
+    for t in range(turns):
+        msgs.append({"role": "user", "content": [{"type": "text", "text": f"Task {t}: write src/gen{t}.py, then read it back."}]})
+        first: list[dict] = []
+        if thinking:
+            first.append({"type": "thinking", "thinking": f"Write the module for task {t}.", "signature": f"sig-{seed}-{t}"})
+        body = f"# module {t}\n" + words(content_words, seed + t)
+        msgs.append({"role": "assistant", "content": first + [
+            {"type": "text", "text": f"Writing src/gen{t}.py."},
+            {"type": "tool_use", "id": f"toolu_w{seed}_{t}", "name": "Write", "input": {"file_path": f"src/gen{t}.py", "content": body}}]})
+        msgs.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_w{seed}_{t}",
+                                                  "content": f"File created successfully at: src/gen{t}.py"}]})
+        msgs.append({"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_r{seed}_{t}", "name": "Read",
+                                                       "input": {"file_path": f"src/gen{t}.py"}}]})
+        msgs.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_r{seed}_{t}", "content": body}]})
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": f"Task {t} done."}]})
+    msgs.append({"role": "user", "content": [{"type": "text", "text": "Now the last one.", "cache_control": {"type": "ephemeral"}}]})
+    if current_turn_thinking:  # the current turn: an assistant message with thinking and a large Write, answered
+        body = "# current\n" + words(content_words, seed + 99)
+        msgs.append({"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "Write the last module.", "signature": f"sig-{seed}-cur"},
+            {"type": "tool_use", "id": f"toolu_cur{seed}", "name": "Write", "input": {"file_path": "src/last.py", "content": body}}]})
+        msgs.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_cur{seed}", "content": "File created."}]})
+        msgs.append({"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_ls{seed}", "name": "Bash",
+                                                       "input": {"command": "ls", "description": "x" * 400}}]})
+        msgs.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_ls{seed}", "content": "last.py"}]})
+    return {"model": "claude-sonnet-4-5", "max_tokens": 4096, "stream": True,
+            "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}],
+            "tools": [{"name": n, "description": n, "input_schema": {"type": "object"}} for n in ("Write", "Read", "Bash")],
+            "messages": msgs}
+
+
+def uses_of(body: dict) -> dict[str, dict]:
+    return {b["id"]: b for m in body["messages"] if isinstance(m["content"], list) for b in m["content"] if b.get("type") == "tool_use"}
+
+
+def test_tool_inputs_are_kept_by_default(cw_home):
+    h = harness(cw_home)
+    body = write_loop(6)
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.changed  # the Read results are cleared
+    assert uses_of(sent.body) == uses_of(body)
+    assert "inputs_cleared" not in sent.events("clearing")[0]
+    h.close()
+
+
+def test_large_input_values_of_cleared_calls_become_stubs(cw_home):
+    h = harness(cw_home, clear_tool_inputs=True, exclude_tools=["Bash"])
+    body = write_loop(6)
+    original = copy.deepcopy(body)
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.outcome.reason == "rewritten"
+    assert sent.ctx.original == original  # the client's dicts are never mutated
+    assert validate_rewrite(ApiKind.ANTHROPIC, sent.body, original) == []
+    assert strict_problems("/v1/messages", sent.body) == []
+    before, after = uses_of(original), uses_of(sent.body)
+    assert list(before) == list(after)  # same calls, same ids, same order
+    stubbed = [tid for tid in before if after[tid] != before[tid]]
+    assert stubbed and all(tid.startswith("toolu_w") for tid in stubbed)
+    order = list(before)
+    recent = order[-2:]
+    assert not set(stubbed) & set(recent)  # keep_recent: the two latest calls keep their inputs
+    for tid in stubbed:
+        old, new = before[tid]["input"], after[tid]["input"]
+        assert isinstance(new, dict) and list(new) == list(old)  # still an object, same keys
+        assert new["file_path"] == old["file_path"]  # small values kept as they were
+        stub = new["content"]
+        assert stub.startswith(INPUT_STUB) and memory_id(old["content"]) in stub
+        assert " ".join(old["content"].split())[:20] in stub  # a preview
+        assert len(stub) < len(old["content"]) // 10
+    # the Write results (one short line) are not stubbed; thinking blocks untouched everywhere
+    assert all(not is_stub(c) for tid, c in results_of(sent.body).items() if tid.startswith("toolu_w"))
+    thinking = lambda b: [x for m in b["messages"] if isinstance(m["content"], list) for x in m["content"] if x.get("type") == "thinking"]  # noqa: E731
+    assert thinking(sent.body) == thinking(original)
+    # memory gets each replaced value under the id its stub names; the event counts inputs separately
+    notes = [n for n in sent.ctx.notes["cleared"] if n.get("kind") == "tool_input"]
+    assert {n["tool_use_id"] for n in notes} == set(stubbed)
+    assert all(n["memory_id"] == memory_id(n["text"]) and n["new"] for n in notes)
+    ev = sent.events("clearing")[0]
+    assert ev["inputs_cleared"] == len(stubbed)
+    assert set(ev["ids"]) >= {n["memory_id"] for n in notes}
+    assert sent.ctx.notes["clearing"]["freed"] == ev["tokens_freed"] > 0
+    h.close()
+
+
+def test_input_stubs_are_reapplied_byte_for_byte_and_survive_a_restart(cw_home):
+    h = harness(cw_home, clear_tool_inputs=True)
+    first = h.send(ApiKind.ANTHROPIC, write_loop(6))
+    stubbed = {tid: u["input"] for tid, u in uses_of(first.body).items() if u["input"] != uses_of(write_loop(6))[tid]["input"]}
+    assert stubbed
+    h.restart()
+    h.apply({"clearing": {"trigger_tokens": 10_000_000}})  # below the trigger now: only re-application
+    grown = write_loop(7)
+    again = h.send(ApiKind.ANTHROPIC, grown)
+    after = uses_of(again.body)
+    for tid, inp in stubbed.items():
+        assert orjson.dumps(after[tid]["input"]) == orjson.dumps(inp)
+    assert all(not n["new"] for n in again.ctx.notes["cleared"])
+    h.close()
+
+
+def test_latest_assistant_message_and_current_turn_thinking_keep_their_inputs(cw_home):
+    h = harness(cw_home, clear_tool_inputs=True, keep_recent=0, trigger_tokens=2000, clear_at_least=100)
+    body = write_loop(4, current_turn_thinking=True)
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.outcome.reason == "rewritten"
+    assert validate_rewrite(ApiKind.ANTHROPIC, sent.body, body) == []
+    before, after = uses_of(body), uses_of(sent.body)
+    assert after["toolu_cur0"] == before["toolu_cur0"]  # current turn, in a message with thinking
+    assert after["toolu_ls0"] == before["toolu_ls0"]  # the latest assistant message
+    assert any(after[t] != before[t] for t in before if t.startswith("toolu_w"))  # earlier turns: cleared
+    assert sent.body["messages"][-4:] == body["messages"][-4:]
+    h.close()
+
+
+def test_chat_and_responses_arguments_stay_a_json_object(cw_home):
+    h = harness(cw_home, clear_tool_inputs=True)
+    chat = {"model": "gpt-4o", "messages": [{"role": "system", "content": "Be brief."}]}
+    items: list = []
+    for t in range(6):
+        content = words(700, t)
+        args = orjson.dumps({"path": f"out{t}.txt", "content": content}).decode()
+        chat["messages"] += [{"role": "user", "content": f"write out{t}.txt"},
+                             {"role": "assistant", "content": None, "tool_calls": [
+                                 {"id": f"call_{t}", "type": "function", "function": {"name": "write_file", "arguments": args}}]},
+                             {"role": "tool", "tool_call_id": f"call_{t}", "content": "ok " + words(400, t)},
+                             {"role": "assistant", "content": f"Wrote out{t}.txt."}]
+        items += [{"role": "user", "content": f"write out{t}.txt"},
+                  {"type": "function_call", "call_id": f"fc_{t}", "name": "write_file", "arguments": args},
+                  {"type": "function_call_output", "call_id": f"fc_{t}", "output": "ok " + words(400, t)},
+                  {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": f"Wrote out{t}.txt."}]}]
+    chat["messages"].append({"role": "user", "content": "next"})
+    items.append({"role": "user", "content": "next"})
+    resp = {"model": "gpt-4o", "input": items, "instructions": "Be brief."}
+    for api, body, route in ((ApiKind.OPENAI_CHAT, chat, "/v1/chat/completions"), (ApiKind.OPENAI_RESPONSES, resp, "/v1/responses")):
+        original = copy.deepcopy(body)
+        sent = h.send(api, body)
+        assert sent.outcome.reason == "rewritten", api
+        assert sent.ctx.original == original
+        assert validate_rewrite(api, sent.body, original) == [] and strict_problems(route, sent.body) == []
+        if api is ApiKind.OPENAI_CHAT:
+            args = [tc["function"]["arguments"] for m in sent.body["messages"] for tc in m.get("tool_calls") or []]
+        else:
+            args = [it["arguments"] for it in sent.body["input"] if it.get("type") == "function_call"]
+        parsed = [orjson.loads(a) for a in args]
+        assert all(isinstance(p, dict) and set(p) == {"path", "content"} for p in parsed)
+        stubbed = [p for p in parsed if p["content"].startswith(INPUT_STUB)]
+        assert stubbed and all(p["path"].startswith("out") for p in stubbed)
+        assert not parsed[-1]["content"].startswith(INPUT_STUB) and not parsed[-2]["content"].startswith(INPUT_STUB)
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def input_bench(tmp_path_factory):
+    h = Harness(tmp_path_factory.mktemp("inputs") / "cw-home",
+                overrides=settings_overrides(window=200_000, stages=["strip", "clearing", "compaction"],
+                                             clearing={"clear_tool_inputs": True, "min_result_tokens": 20}))
+    yield h
+    h.close()
+
+
+_examples = iter(range(10**9))
+_fired: dict[str, int] = {"examples": 0, "inputs": 0, "compaction": 0}
+
+
+@settings(max_examples=int(__import__("os").environ.get("CW_HYPOTHESIS_EXAMPLES", "60")), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(turns=st.integers(1, 6), content=st.sampled_from([30, 200, 900]), thinking=st.booleans(), current=st.booleans(),
+       keep=st.integers(0, 3), trigger=st.sampled_from([500, 3000, 12000]), at_least=st.sampled_from([10, 800, 4000]),
+       exclude=st.sampled_from([[], ["Write"], ["Read"]]), window=st.sampled_from([3000, 8000, 200_000]))
+def test_clearing_inputs_never_produces_an_invalid_body(input_bench, turns, content, thinking, current, keep, trigger,
+                                                        at_least, exclude, window):
+    """With clear_tool_inputs on (and compaction after it), every rewritten body passes the validator and
+    the stand-in's strict check, inputs stay objects, only cleared calls' large values change, excluded
+    tools and the latest assistant message are untouched; the next request re-applies the same bytes."""
+    n = next(_examples)
+    s = load_settings_for(input_bench, window, keep, trigger, at_least, exclude)
+    body = write_loop(turns, content_words=content, thinking=thinking, current_turn_thinking=current, seed=n)
+    original = copy.deepcopy(body)
+    sent = input_bench.send(ApiKind.ANTHROPIC, body, settings=s, headers={"x-contextwarden-session": f"inputs-{n}"})
+    assert sent.outcome.reason in ("unchanged", "rewritten"), sent.outcome.reason
+    assert sent.ctx.original == original
+    if not sent.changed:
+        return
+    assert validate_rewrite(ApiKind.ANTHROPIC, sent.body, original) == []
+    assert strict_problems("/v1/messages", sent.body) == []
+    before, after = uses_of(original), uses_of(sent.body)
+    _fired["examples"] += 1
+    _fired["inputs"] += any(after[t] != before[t] for t in after)
+    _fired["compaction"] += any(e.get("applied") for e in sent.events("compaction"))
+    last_asst = next(m for m in reversed(original["messages"]) if m["role"] == "assistant")
+    assert next(m for m in reversed(sent.body["messages"]) if m["role"] == "assistant") == last_asst
+    for tid, u in after.items():
+        assert isinstance(u["input"], dict) and list(u["input"]) == list(before[tid]["input"])
+        if u["input"] != before[tid]["input"]:
+            assert u["name"] not in exclude
+            for k, v in u["input"].items():
+                assert v == before[tid]["input"][k] or (isinstance(v, str) and v.startswith(INPUT_STUB))
+    # the next request (one exchange later) gets the same stubs
+    grown = copy.deepcopy(original)
+    grown["messages"] += [{"role": "assistant", "content": [{"type": "text", "text": "Done."}]},
+                          {"role": "user", "content": [{"type": "text", "text": "Next."}]}]
+    nxt = input_bench.send(ApiKind.ANTHROPIC, grown, settings=s, headers={"x-contextwarden-session": f"inputs-{n}"})
+    assert nxt.outcome.reason in ("unchanged", "rewritten")
+    if nxt.changed:
+        assert validate_rewrite(ApiKind.ANTHROPIC, nxt.body, grown) == []
+        assert strict_problems("/v1/messages", nxt.body) == []
+        again = uses_of(nxt.body)
+        for tid, u in after.items():
+            if u["input"] != before[tid]["input"] and tid in again:
+                assert orjson.dumps(again[tid]["input"]) == orjson.dumps(u["input"])
+
+
+def test_the_input_examples_make_input_clearing_and_compaction_fire():
+    """Guard against a vacuous property (runs after it): inputs were stubbed, and compaction ran on them."""
+    assert _fired["inputs"] > 0 and _fired["compaction"] > 0, _fired
+
+
+_settings_cache: dict = {}
+
+
+def load_settings_for(h: Harness, window: int, keep: int, trigger: int, at_least: int, exclude: list[str]):
+    from contextwarden.settings import load_settings
+
+    key = (window, keep, trigger, at_least, tuple(exclude))
+    if key not in _settings_cache:
+        o = copy.deepcopy(h.overrides)
+        o["tokens"] = {"context_window": window}
+        o["clearing"] = {"clear_tool_inputs": True, "min_result_tokens": 20, "keep_recent": keep,
+                         "trigger_tokens": trigger, "clear_at_least": at_least, "exclude_tools": exclude}
+        o["compaction"] = {"protect_recent_turns": 1, "min_span_tokens": 50}
+        _settings_cache[key] = load_settings("default", h.home, overrides=o)
+    return _settings_cache[key]

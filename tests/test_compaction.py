@@ -22,7 +22,10 @@ SUMMARY_HEAD = "[contextwarden: summary of the "
 
 
 def harness(home, window: int, clearing: bool = False, **compaction) -> Harness:
-    cfg = {"protect_recent_turns": 2, "min_span_tokens": 500}
+    # the thresholds these tests place their bodies against (0.55, 0.78, 0.9 of the window), pinned
+    # here rather than taken from the default profile, whose thresholds may move
+    cfg = {"protect_recent_turns": 2, "min_span_tokens": 500,
+           "soft_threshold": 0.70, "hard_threshold": 0.85, "target": 0.40}
     cfg.update(compaction)
     return Harness(home, overrides=settings_overrides(window=window, stages=["strip", "clearing", "compaction"],
                                                       compaction=cfg, clearing={"enabled": clearing}))
@@ -364,6 +367,39 @@ def test_llm_summariser_uses_the_clients_credentials_in_the_background(cw_home):
         ev = [e for e in second.events("compaction") if e.get("applied")][0]
         assert ev["summariser"] == "llm" and ev["llm_usage"]["input_tokens"] > 0 and ev["llm_usage"]["output_tokens"] > 0
         assert b"sk-test-secret" not in orjson.dumps([e.to_dict() for e in h.rt.bus.recent], default=str)
+        h.close()
+
+
+@pytest.mark.parametrize("model,prices", [("claude-haiku-4-5", (1.0, 5.0)), ("claude-opus-4-8", (5.0, 25.0)),
+                                          ("some-local-model", None)])
+def test_the_llm_summary_cost_in_dollars_is_in_the_events(cw_home, model, prices):
+    """The summariser's call is answered by a real local upstream with usage; the compaction event that
+    applies the summary (and the summariser's own event) say its tokens and its price in USD: tokens x
+    the model's list prices ($ per million), or None for a model the price table does not know."""
+    from .support.upstream import StandIn
+
+    with StandIn(text="Summary: the user fixed src/mod0.py through src/mod9.py; every test passes now. " * 8) as up:
+        h = harness(cw_home, 1000, summariser="llm", llm_base_url=up.url, llm_model=model)
+        h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, anthropic_tool_loop(10), 0.78)}})
+        h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(10))
+        comp.wait_for_summaries(30)
+        (rec,) = up.requests("/v1/messages")
+        assert rec.status == 200
+        usage = orjson.loads(bytes(rec.response_body))["usage"]  # what the upstream billed
+        tin, tout = usage["input_tokens"], usage["output_tokens"]
+        assert tin > 1000 and tout > 50
+        done = [e.data for e in h.rt.bus.recent if e.type == "summariser" and e.data.get("status") == "done"]
+        second = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(12))
+        assert second.changed, second.outcome.reason
+        ev = [e for e in second.events("compaction") if e.get("applied")][0]
+        for data in (ev, done[0]):
+            assert data["summariser_model"] == model
+            assert (data["summariser_input_tokens"], data["summariser_output_tokens"]) == (tin, tout)
+            if prices is None:
+                assert data["summariser_usd"] is None
+            else:
+                assert data["summariser_usd"] == pytest.approx((tin * prices[0] + tout * prices[1]) / 1e6, rel=1e-6)
+                assert data["summariser_usd"] > 0
         h.close()
 
 

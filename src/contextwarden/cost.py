@@ -224,3 +224,12 @@ def billed_from_usage(usage: dict[str, Any] | None, model: str | None) -> Bill:
     return Bill(tokens=inp + read + write, read=read, write=write, uncached=inp, output=out,
                 input_cost=(inp + read * READ_MULT + write * WRITE_MULT[TTL_5M]) * price.input / 1e6,
                 output_cost=out * price.output / 1e6)
+
+
+def usage_usd(usage: dict[str, Any] | None, model: str | None) -> float | None:
+    """Dollars one call's reported usage costs at ``model``'s list price (cache reads and 5-minute writes
+    included when reported); ``None`` when the price table does not know the model (no guessing)."""
+    m = (model or "").lower().split("/")[-1]
+    if not usage or not any(m.startswith(prefix) for prefix in PRICES):
+        return None
+    return billed_from_usage(usage, model).cost

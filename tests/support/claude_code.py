@@ -90,11 +90,15 @@ def claude_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
 
 
 def run_claude(binary: Path, tmp_path: Path, extra_env: dict[str, str],
-               prompt: str = "list the files here") -> subprocess.CompletedProcess:
-    """``claude -p <prompt> --allowedTools Bash`` in a fresh cwd (holding MARKER_FILE) with a fresh HOME."""
+               prompt: str = "list the files here", *, files: dict[str, str] | None = None,
+               allowed_tools: str = "Bash", timeout: float = 180) -> subprocess.CompletedProcess:
+    """``claude -p <prompt> --allowedTools Bash`` in a fresh cwd (holding MARKER_FILE and ``files``,
+    name -> text) with a fresh HOME."""
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
     home.mkdir()
     (work / MARKER_FILE).write_text("contextwarden e2e\n")
-    return subprocess.run([str(binary), "-p", prompt, "--allowedTools", "Bash"], cwd=work,
-                          env=claude_env(home, extra_env), capture_output=True, text=True, timeout=180)
+    for name, text in (files or {}).items():
+        (work / name).write_text(text)
+    return subprocess.run([str(binary), "-p", prompt, "--allowedTools", allowed_tools], cwd=work,
+                          env=claude_env(home, extra_env), capture_output=True, text=True, timeout=timeout)

@@ -20,12 +20,26 @@ or ``StandIn.mode`` for all. ``x-standin-delay-ms`` overrides the event delay of
 
 Every request is recorded (method, path, headers in wire order, raw body bytes, times) in
 ``StandIn.records``; streamed responses also record when each event was written.
+
+Opt-in, for tests that need more than one tool round or a strict upstream (``reset()`` turns them off):
+
+- ``StandIn.planner``: ``planner(api, body)`` returns ``(text, (tool_name, tool_input) | None)`` to
+  script the answer (multi-round tool loops), or ``None`` for the default answer (``api`` is
+  ``"anthropic"``, ``"openai_chat"`` or ``"openai_responses"``);
+- ``StandIn.strict``: the request is checked like the real API checks it (:func:`strict_problems`) and
+  answered with a 400 ``invalid_request_error`` naming the first problem; ``Recorded.problems`` lists
+  them all;
+- ``StandIn.thinking``: Anthropic answers to a request with thinking enabled start with a thinking
+  block whose ``signature`` is an HMAC of its text, which the strict check verifies on every thinking
+  block it gets back (so a modified thinking block is rejected like the real API rejects it).
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
+import hmac
 import http.server
 import itertools
 import json
@@ -35,7 +49,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import zstandard
 
@@ -61,6 +75,7 @@ class Recorded:
     t_done: float | None = None
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     response_body: bytearray = field(default_factory=bytearray)  # as written (encoded, not chunk-framed)
+    problems: list[str] = field(default_factory=list)  # what the strict check found (StandIn.strict)
 
     @property
     def route(self) -> str:
@@ -132,6 +147,9 @@ class StandIn:
         self.drop_after_events = drop_after_events
         self.retry_after = retry_after
         self.mode: str = ""  # default modes for every request, e.g. "gzip"
+        self.planner: Callable[[str, dict], tuple[str, tuple[str, dict] | None] | None] | None = None
+        self.strict = False  # check requests like the real API and answer 400 (see strict_problems)
+        self.thinking = False  # Anthropic: answer with a signed thinking block when thinking is enabled
         self.records: list[Recorded] = []
         self._queued: list[str] = []
         self._seen_prefixes: set[str] = set()
@@ -187,6 +205,9 @@ class StandIn:
             self._queued.clear()
             self.mode = ""
             self.sse_delay = 0.0
+            self.planner = None
+            self.strict = False
+            self.thinking = False
 
     def requests(self, route: str | None = None) -> list[Recorded]:
         """Recorded requests, optionally only those whose path (without query) equals ``route``."""
@@ -253,9 +274,44 @@ class _Plan:
 
     text: str
     tool: tuple[str, str, dict] | None = None  # (id, name, input)
+    thinking: str | None = None  # Anthropic: a signed thinking block first (StandIn.thinking)
+
+
+def _planned(si: StandIn, api: str, body: dict, id_prefix: str) -> _Plan | None:
+    """The answer ``StandIn.planner`` scripts, if any."""
+    if si.planner is None:
+        return None
+    got = si.planner(api, body)
+    if got is None:
+        return None
+    text, tool = got
+    return _Plan(text=text, tool=(_id(id_prefix), tool[0], tool[1]) if tool else None)
+
+
+_SIGNING_KEY = secrets.token_bytes(32)
+
+
+def thinking_signature(thinking: str) -> str:
+    """The signature the stand-in gives a thinking block (an HMAC of its text, base64)."""
+    mac = hmac.new(_SIGNING_KEY, thinking.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    return base64.b64encode(b"standin" + mac).decode()
+
+
+def _with_thinking(si: StandIn, body: dict, plan: _Plan) -> _Plan:
+    th = body.get("thinking")
+    if si.thinking and isinstance(th, dict) and th.get("type") in ("enabled", "adaptive"):
+        plan.thinking = f"Thinking about the next step ({_id('th_')}): " + (plan.text[:80] or "a tool call")
+    return plan
 
 
 def _anthropic_plan(si: StandIn, body: dict) -> _Plan:
+    planned = _planned(si, "anthropic", body, "toolu_")
+    if planned is not None:
+        return _with_thinking(si, body, planned)
+    return _with_thinking(si, body, _default_anthropic_plan(si, body))
+
+
+def _default_anthropic_plan(si: StandIn, body: dict) -> _Plan:
     tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
     users = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
     last = users[-1].get("content") if users else None
@@ -268,6 +324,9 @@ def _anthropic_plan(si: StandIn, body: dict) -> _Plan:
 
 
 def _openai_chat_plan(si: StandIn, body: dict) -> _Plan:
+    planned = _planned(si, "openai_chat", body, "call_")
+    if planned is not None:
+        return planned
     msgs = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     tools = [(t.get("function") or {}).get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
     if msgs and msgs[-1].get("role") == "tool":
@@ -278,6 +337,9 @@ def _openai_chat_plan(si: StandIn, body: dict) -> _Plan:
 
 
 def _responses_plan(si: StandIn, body: dict) -> _Plan:
+    planned = _planned(si, "openai_responses", body, "call_")
+    if planned is not None:
+        return planned
     inp = body.get("input")
     items = inp if isinstance(inp, list) else []
     tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
@@ -312,6 +374,16 @@ def anthropic_events(si: StandIn, body: dict, decoded: bytes) -> list[bytes]:
            "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
     out = [_sse("message_start", {"type": "message_start", "message": msg})]
     index = 0
+    if plan.thinking:
+        out.append(_sse("content_block_start", {"type": "content_block_start", "index": index,
+                                                "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
+        for piece in _chunks(plan.thinking, 2):
+            out.append(_sse("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                    "delta": {"type": "thinking_delta", "thinking": piece}}))
+        out.append(_sse("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                "delta": {"type": "signature_delta", "signature": thinking_signature(plan.thinking)}}))
+        out.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+        index += 1
     if plan.text:
         out.append(_sse("content_block_start", {"type": "content_block_start", "index": index,
                                                 "content_block": {"type": "text", "text": ""}}))
@@ -339,6 +411,8 @@ def anthropic_events(si: StandIn, body: dict, decoded: bytes) -> list[bytes]:
 def anthropic_message(si: StandIn, body: dict, decoded: bytes) -> dict:
     plan = _anthropic_plan(si, body)
     content: list[dict] = []
+    if plan.thinking:
+        content.append({"type": "thinking", "thinking": plan.thinking, "signature": thinking_signature(plan.thinking)})
     if plan.text:
         content.append({"type": "text", "text": plan.text})
     if plan.tool:
@@ -470,6 +544,163 @@ def _error(api: str, status: int, message: str) -> dict:
     return {"type": "error", "error": {"type": kind, "message": message}, "request_id": _id("req_")}
 
 
+# -- the strict check (StandIn.strict) -------------------------------------------------------
+
+
+def _blank(text: Any) -> bool:
+    return not isinstance(text, str) or not text.strip()
+
+
+def _anthropic_problems(body: dict, signed_thinking: bool = False) -> list[str]:
+    """What the real Messages API rejects with a 400, checked independently of the proxy's validator."""
+    problems: list[str] = []
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return ["messages: at least one message is required"]
+    breakpoints = 0
+    system = body.get("system")
+    for part in ([system] if isinstance(system, dict) else system if isinstance(system, list) else []) + list(body.get("tools") or []):
+        if isinstance(part, dict) and isinstance(part.get("cache_control"), dict):
+            breakpoints += 1
+    conv: list[tuple[int, dict]] = []  # user/assistant messages; role `system` ones may sit anywhere
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            problems.append(f"messages.{i}: not an object")
+            continue
+        role, content = m.get("role"), m.get("content")
+        if role not in ("user", "assistant", "system"):
+            problems.append(f"messages.{i}.role: unexpected role {role!r}")
+        if isinstance(content, str):
+            if _blank(content):
+                problems.append(f"messages.{i}: text content blocks must be non-empty")
+        elif isinstance(content, list):
+            if not content:
+                problems.append(f"messages.{i}: all messages must have non-empty content")
+            for j, b in enumerate(content):
+                if not isinstance(b, dict):
+                    problems.append(f"messages.{i}.content.{j}: not an object")
+                    continue
+                if isinstance(b.get("cache_control"), dict):
+                    breakpoints += 1
+                t = b.get("type")
+                if t == "text" and _blank(b.get("text")):
+                    problems.append(f"messages.{i}.content.{j}: text content blocks must be non-empty")
+                if t == "tool_use" and not isinstance(b.get("input"), dict):
+                    problems.append(f"messages.{i}.content.{j}.input: Input should be a valid dictionary")
+                if t == "thinking" and b.get("signature") != thinking_signature(str(b.get("thinking", ""))) \
+                        and str(b.get("signature", "")).startswith("c3RhbmRp"):  # one of ours, changed
+                    problems.append(f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block")
+        else:
+            problems.append(f"messages.{i}.content: Input should be a valid list or string")
+        if role in ("user", "assistant"):
+            conv.append((i, m))
+    if breakpoints > 4:
+        problems.append(f"A maximum of 4 blocks with cache_control may be provided. Found {breakpoints}.")
+    if conv and conv[0][1].get("role") != "user":
+        problems.append(f"messages.{conv[0][0]}: the first message must use the `user` role")
+
+    def blocks(m: dict, kind: str) -> list[dict]:
+        c = m.get("content")
+        return [b for b in c if isinstance(b, dict) and b.get("type") == kind] if isinstance(c, list) else []
+
+    for (i, a), (k, b) in zip(conv, conv[1:]):
+        if a.get("role") == b.get("role"):
+            problems.append(f"messages.{k}: roles must alternate between `user` and `assistant` (two `{b.get('role')}` at {i},{k})")
+    for n, (i, m) in enumerate(conv):
+        prev = conv[n - 1][1] if n else None
+        nxt = conv[n + 1][1] if n + 1 < len(conv) else None
+        if m.get("role") == "assistant":
+            uses = [u.get("id") for u in blocks(m, "tool_use")]
+            answered = {r.get("tool_use_id") for r in blocks(nxt, "tool_result")} if nxt and nxt.get("role") == "user" else set()
+            missing = [u for u in uses if u not in answered]
+            if missing and nxt is not None:
+                problems.append(f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: {', '.join(map(str, missing))}")
+        for r in blocks(m, "tool_result"):
+            issued = {u.get("id") for u in blocks(prev, "tool_use")} if prev and prev.get("role") == "assistant" else set()
+            if r.get("tool_use_id") not in issued:
+                problems.append(f"messages.{i}: unexpected `tool_use_id` found in `tool_result` blocks: {r.get('tool_use_id')}. "
+                                "Each `tool_result` block must have a corresponding `tool_use` block in the previous message.")
+            if m.get("role") != "user":
+                problems.append(f"messages.{i}: `tool_result` blocks are only allowed in user messages")
+    # with thinking on, the assistant message a tool loop continues must still start with its thinking block
+    th = body.get("thinking")
+    if signed_thinking and isinstance(th, dict) and th.get("type") in ("enabled", "adaptive") and len(conv) >= 2:
+        (i, a), (_, u) = conv[-2], conv[-1]
+        if a.get("role") == "assistant" and blocks(a, "tool_use") and blocks(u, "tool_result"):
+            first = a["content"][0] if isinstance(a.get("content"), list) and a["content"] else {}
+            if not isinstance(first, dict) or first.get("type") not in ("thinking", "redacted_thinking"):
+                problems.append(f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                                f"`{first.get('type') if isinstance(first, dict) else first}`. When `thinking` is enabled, "
+                                "a final `assistant` message must start with a thinking block.")
+    return problems
+
+
+def _chat_problems(body: dict) -> list[str]:
+    problems: list[str] = []
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return ["messages: at least one message is required"]
+    pending: set[str] = set()
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            problems.append(f"messages[{i}]: not an object")
+            continue
+        role = m.get("role")
+        if role == "tool":
+            if m.get("tool_call_id") not in pending:
+                problems.append(f"messages[{i}]: messages with role 'tool' must be a response to a preceding message with 'tool_calls'")
+            pending.discard(m.get("tool_call_id"))
+            continue
+        if pending:
+            problems.append(f"messages[{i}]: an assistant message with 'tool_calls' must be followed by tool messages "
+                            f"responding to each 'tool_call_id' ({', '.join(sorted(pending))})")
+            pending = set()
+        content = m.get("content")
+        if role == "assistant" and m.get("tool_calls"):
+            pending = {tc.get("id") for tc in m["tool_calls"] if isinstance(tc, dict)}
+        elif content is None or (isinstance(content, (str, list)) and not content):
+            problems.append(f"messages[{i}].content: empty content")
+    if pending and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") != "assistant":
+        problems.append("tool_calls without a response")
+    return problems
+
+
+def _responses_problems(body: dict) -> list[str]:
+    inp = body.get("input")
+    if not isinstance(inp, list):
+        return []
+    problems, calls = [], set()
+    for i, it in enumerate(inp):
+        if not isinstance(it, dict):
+            continue
+        t = it.get("type")
+        if isinstance(t, str) and t.endswith("_call"):
+            calls.add(it.get("call_id"))
+        elif isinstance(t, str) and t.endswith("_call_output") and it.get("call_id") not in calls:
+            problems.append(f"input[{i}]: No tool call found for function call output with call_id {it.get('call_id')}.")
+        elif it.get("role") and it.get("content") in (None, "", []):
+            problems.append(f"input[{i}].content: empty content")
+    return problems
+
+
+def strict_problems(route: str, body: dict, signed_thinking: bool = False) -> list[str]:
+    """What the real API would answer with a 400 for this body (the checks ``StandIn.strict`` applies):
+    Anthropic: every ``tool_result`` answers a ``tool_use`` of the previous assistant message and every
+    ``tool_use`` is answered in the next user message, user/assistant alternate starting with ``user``
+    (role ``system`` messages may sit anywhere, as Claude Code sends them), no empty content or text
+    block, a ``tool_use`` input is an object, at most 4 ``cache_control`` blocks, and every thinking block
+    the stand-in signed comes back unchanged. OpenAI: tool messages answer the preceding ``tool_calls``,
+    and each call is answered; Responses: every call output has its call. ``signed_thinking`` (the
+    stand-in answers with thinking): the assistant message a tool loop continues starts with a thinking block."""
+    if route == "/v1/messages":
+        return _anthropic_problems(body, signed_thinking)
+    if route == "/v1/chat/completions":
+        return _chat_problems(body)
+    if route == "/v1/responses":
+        return _responses_problems(body)
+    return []
+
+
 # -- the handler -----------------------------------------------------------------------------
 
 
@@ -551,6 +782,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._json(rec, 400, _error(api, 400, f"Invalid request body: {type(e).__name__}"))
         if route == "/v1/messages/count_tokens":
             return self._json(rec, 200, {"input_tokens": _estimate_tokens(decoded)})
+        if si.strict:
+            rec.problems = strict_problems(route, body, signed_thinking=si.thinking)
+            if rec.problems:
+                return self._json(rec, 400, _error(api, 400, rec.problems[0]))
         stream = bool(body.get("stream"))
         if route == "/v1/messages":
             if stream:

@@ -53,7 +53,16 @@ class ClearingSection(Section):
     """Tool names whose results are never cleared."""
 
     min_result_tokens: int = 100
-    """Results smaller than this are left alone (their stub would save next to nothing)."""
+    """Results smaller than this are left alone (their stub would save next to nothing); with
+    ``clear_tool_inputs``, inputs smaller than this too."""
+
+    clear_tool_inputs: bool = False
+    """For the tool calls being cleared, also replace the large values of the call's ``input`` (a Write's
+    file body, an Edit's strings) with a stub naming their memory id; the input stays a JSON object and
+    keeps its small values (the path, the command). Calls with a short result (Write, Edit) are cleared
+    for their input alone. Off by default, like ``clear_tool_inputs`` in Anthropic's context management:
+    it re-writes the assistant messages too. The latest assistant message, and those of the current turn
+    that carry thinking blocks, always keep their inputs."""
 
     level_factors: dict[str, float] = {"REDUCED": 0.75, "MINIMAL": 0.5}
     """Under a budget level, ``trigger_tokens``, ``keep_recent`` and ``clear_at_least`` are multiplied by
