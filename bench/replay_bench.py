@@ -1,13 +1,16 @@
 """Replay benchmark: the three Claude Code sessions in ../shared/eval/traces through the real pipeline.
 
-    .venv/bin/python bench/replay_bench.py                     # default profile (200K window)
+    .venv/bin/python bench/replay_bench.py                     # default profile (claude-code, 200K window)
+    .venv/bin/python bench/replay_bench.py --profile claude-code-conservative   # the earlier, later-acting thresholds
     .venv/bin/python bench/replay_bench.py --window 60000      # a small window: clearing/compaction work harder
     .venv/bin/python bench/replay_bench.py --requests          # plus one line per request
     .venv/bin/python bench/replay_bench.py --set memory.inject=false   # the pruning stages alone
 
 Prints, per trace, tokens sent and the bill simulated under Anthropic's prompt-caching rules for the
-client's original traffic and for ours (the same table `contextwarden replay` prints), and exits 1 if
-any body we would have sent is invalid or ours costs more than the original on any trace.
+client's original traffic and for ours (the same table `contextwarden replay` prints: tokens per request
+on average and at most, and with --requests one line per request with its tokens, memory and cache
+read/write), and exits 1 if any body we would have sent is invalid, the validator rejected a rewrite, or
+ours costs more than the original on any trace.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ def main(argv: list[str]) -> int:
     print(summary_table(reports) + "\n")
     for rep in reports:
         print(details(rep) + "\n")
-    bad = [r for r in reports if r.totals()["sent_invalid"] or r.totals()["cost_ours"] > r.totals()["cost_original"] + 1e-9]
+    bad = [r for r in reports if r.totals()["sent_invalid"] or r.totals()["validator_rejected"]
+           or r.totals()["cost_ours"] > r.totals()["cost_original"] + 1e-9]
     return 1 if bad else 0
 
 

@@ -97,6 +97,49 @@ def test_a_compacted_fact_comes_back_after_the_last_cache_breakpoint(tmp_path):
         rp.close()
 
 
+def test_the_request_after_an_injection_reads_the_whole_prefix_the_injected_one_wrote(tmp_path, monkeypatch):
+    """Injection is not sticky, and need not be for the cache: the next request is the client's own body,
+    without the block. Billed under the prompt-caching model (contextwarden.cost), it reads what it would
+    have read had nothing been injected, and writes not one token more (docs/REPLAY.md, "Why memory
+    injection is not sticky")."""
+    import copy
+
+    from contextwarden import cost
+    from contextwarden.cost import Price, PromptCache, boundaries
+
+    # the test's prompts are short (a 2K window): a model that caches any prefix, priced like Sonnet
+    monkeypatch.setitem(cost.PRICES, "claude-test-tiny-cache", Price(3, 15, 1))
+    rp = replayer(tmp_path)
+    try:
+        msgs = converse(rp)
+        a = ask(rp, msgs, "What is the name of the dog I adopted?")
+        assert OPEN in a.wire["messages"][-1]["content"][-1]["text"]
+        without = copy.deepcopy(a.wire)
+        without["messages"][-1]["content"].pop()  # the same body, minus the memory block
+        assert OPEN not in str(without)
+        question = {"role": "user", "content": [{"type": "text", "text": "What is the name of the dog I adopted?"}]}
+        later = msgs + [question, {"role": "assistant", "content": "Your beagle is called Biscuit."},
+                        {"role": "user", "content": [{"type": "text", "text": "And where does my sister live?",
+                                                      "cache_control": {"type": "ephemeral"}}]}]
+        # the compaction A got is re-applied as it is, not extended (B is about memory, not compaction)
+        rp.runtime.apply_overrides({"compaction": {"soft_threshold": 0.97, "hard_threshold": 0.99}})
+        b = rp.send(later, api_key="sk-alice", session="s1")
+        assert b.outcome.reason in ("rewritten", "unchanged")
+        assert OPEN not in str(b.wire["messages"][:-1])  # the block did not stay on A's message
+        counter, model = rp.runtime.tokens, "claude-test-tiny-cache"
+        bills = []
+        for first in (a.wire, without):
+            cache = PromptCache()
+            cache.bill(boundaries({**first, "model": model}, counter), 0.0, model)
+            bills.append(cache.bill(boundaries({**b.wire, "model": model}, counter), 60.0, model))
+        injected, plain = bills
+        assert (injected.read, injected.write, injected.uncached) == (plain.read, plain.write, plain.uncached)
+        # all of the injected request's prefix, up to its breakpoint (the client's block before the memory)
+        assert injected.read >= boundaries({**without, "model": model}, counter)[-1].cum > 0
+    finally:
+        rp.close()
+
+
 def test_two_api_keys_see_zero_of_each_others_memory(tmp_path):
     rp = replayer(tmp_path)
     try:

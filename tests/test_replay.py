@@ -268,9 +268,14 @@ def test_cli_prints_the_table_and_json(tmp_path, capsys):
     assert cli_main(["replay", str(trace), "--requests"]) == 0
     out = capsys.readouterr().out
     assert "cost orig $" in out and "s.jsonl" in out and "client-compaction" in out
+    # tokens sent per request: on average and at most in the summary, each request's with --requests
+    assert "avg req ours" in out and "max req ours" in out and "tokens ours" in out and "memory" in out
     assert cli_main(["replay", str(trace), "--json", "--no-turn-hooks"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data[0]["totals"]["requests"] == 5 and data[0]["skipped_lines"] == 1
+    t, reqs = data[0]["totals"], data[0]["requests"]
+    assert t["mean_tokens_sent"] == pytest.approx(sum(r["tokens_sent"] for r in reqs) / 5)
+    assert t["memory_injections"] == 0 and all(r["memory_items"] == 0 and r["tokens_sent"] > 0 for r in reqs)
 
 
 def test_a_new_prompt_rewrites_the_cache_where_earlier_thinking_is_dropped(counter):
@@ -293,3 +298,65 @@ def test_a_new_prompt_rewrites_the_cache_where_earlier_thinking_is_dropped(count
             assert second.read < first.tokens and second.write > second.tokens - first.tokens
         else:
             assert second.read == first.tokens
+
+
+# ---------------------------------------------------------------------------- memory injection and the cache
+
+
+def _inject(b: dict, block: str) -> dict:
+    """``b`` with ``block`` put in by the memory stage's own injector (the typed model, as in the pipeline)."""
+    from contextwarden.memory.inject import inject
+    from contextwarden.models import parse_body
+
+    req = parse_body(ApiKind.ANTHROPIC, json.loads(json.dumps(b)))
+    inject(ApiKind.ANTHROPIC, req, block)
+    return req.wire()
+
+
+@pytest.mark.parametrize("shape", ["list with breakpoint", "string"])
+def test_the_request_after_a_memory_injection_pays_no_extra_cache_write(counter, shape):
+    """Injection is not sticky, and need not be: the block goes after the last breakpoint of request A, so
+    the prefix A writes stops before it; request B (the client's own next body, no block) reads that prefix
+    exactly as it would have without the injection. A pays the block's tokens once, at the base price."""
+    from contextwarden.memory.inject import CLOSE, OPEN
+
+    a = body(4)
+    if shape == "string":  # a string content carries no breakpoint; injection turns it into two text blocks
+        a["messages"].append({"role": "assistant", "content": [{"type": "text", "text": "ok"}]})
+        a["messages"].append({"role": "user", "content": "and now the next step, please"})
+    nxt = json.loads(json.dumps(a))
+    for block in nxt["messages"][-1]["content"] if isinstance(nxt["messages"][-1]["content"], list) else []:
+        block.pop("cache_control", None)  # the client moves its breakpoint to the new last message
+    nxt["messages"] += [{"role": "assistant", "content": [{"type": "text", "text": "done " * 40}]},
+                        {"role": "user", "content": [{"type": "text", "text": "thanks, go on", "cache_control": EP}]}]
+    memory = f"{OPEN}\nexcerpt: the deploy script is tools/deploy.sh " + "and more context " * 200 + f"\n{CLOSE}"
+    injected = _inject(a, memory)
+    assert injected["messages"][:-1] == a["messages"][:-1] and injected["messages"][-1]["content"][-1]["text"] == memory
+    if shape == "string":
+        assert injected["messages"][-1]["content"][0] == {"type": "text", "text": a["messages"][-1]["content"]}
+    assert validate_rewrite(ApiKind.ANTHROPIC, injected, a) == []
+
+    plain_cache, mem_cache = PromptCache(), PromptCache()
+    a_plain = bill(plain_cache, a, 0, counter)
+    a_mem = bill(mem_cache, injected, 0, counter)
+    b_plain = bill(plain_cache, nxt, 30, counter)
+    b_mem = bill(mem_cache, nxt, 30, counter)
+    # A: same read and write; the block is the only difference, billed as new input (1x)
+    extra = a_mem.tokens - a_plain.tokens
+    assert extra > 300
+    assert (a_mem.read, a_mem.write) == (a_plain.read, a_plain.write) and a_mem.uncached == a_plain.uncached + extra
+    # B: not one token more written or less read than without the injection
+    assert (b_mem.read, b_mem.write, b_mem.uncached) == (b_plain.read, b_plain.write, b_plain.uncached)
+    assert b_mem.input_cost == pytest.approx(b_plain.input_cost)
+    if shape == "list with breakpoint":
+        assert b_mem.read >= boundaries(a, counter)[-1].cum  # all of A's prefix, up to its breakpoint
+    # kept on its message instead (sticky): B would write the block with its turn, and every later request
+    # would read it (0.1x) whether it is still relevant or not
+    sticky = json.loads(json.dumps(nxt))
+    sticky["messages"][len(a["messages"]) - 1] = json.loads(json.dumps(injected["messages"][-1]))
+    if shape == "list with breakpoint":
+        sticky["messages"][len(a["messages"]) - 1]["content"][-2].pop("cache_control", None)
+    sticky_cache = PromptCache()
+    bill(sticky_cache, injected, 0, counter)
+    b_sticky = bill(sticky_cache, sticky, 30, counter)
+    assert b_sticky.read == b_mem.read and b_sticky.write == b_mem.write + extra

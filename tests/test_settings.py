@@ -18,6 +18,24 @@ def test_shipped_profiles_load():
     assert load_settings("default").compaction.soft_threshold == load_settings("claude-code").compaction.soft_threshold
 
 
+def test_claude_code_is_lean_and_the_conservative_thresholds_are_their_own_profile():
+    cc, default = load_settings("claude-code"), load_settings("default")
+    assert (cc.clearing.trigger_tokens, cc.clearing.clear_at_least, cc.clearing.keep_recent) == (50_000, 25_000, 6)
+    assert (cc.compaction.soft_threshold, cc.compaction.hard_threshold, cc.compaction.target) == (0.35, 0.50, 0.20)
+    assert cc.memory.top_k == 3 and cc.memory.budget_fraction == 0.05
+    assert default.clearing == cc.clearing and default.compaction == cc.compaction and default.memory == cc.memory
+    cons = load_settings("claude-code-conservative")
+    assert cons.name == "claude-code-conservative"
+    assert (cons.clearing.trigger_tokens, cons.clearing.clear_at_least, cons.clearing.keep_recent) == (100_000, 20_000, 6)
+    assert (cons.compaction.soft_threshold, cons.compaction.hard_threshold, cons.compaction.target) == (0.70, 0.85, 0.40)
+    # everything but the thresholds is claude-code's
+    assert cons.tokens == cc.tokens and cons.memory == cc.memory and cons.budget == cc.budget
+    assert cons.compaction.protect_recent_turns == cc.compaction.protect_recent_turns
+    # the old name still loads, as an alias of claude-code
+    lean = load_settings("claude-code-lean")
+    assert lean.clearing == cc.clearing and lean.compaction == cc.compaction and lean.memory == cc.memory
+
+
 def test_env_overrides_with_prefix_and_double_underscore(monkeypatch):
     monkeypatch.setenv("CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD", "0.55")
     monkeypatch.setenv("CONTEXTWARDEN_PIPELINE__DISABLED", '["memory"]')

@@ -410,6 +410,8 @@ class RequestResult:
     stage_events: dict[str, int] = field(default_factory=dict)  # e.g. compaction: 1
     actual: Bill | None = None  # from the trace's usage, when it has one
     errors: list[str] = field(default_factory=list)  # error events of this request ("where: message")
+    memory_items: int = 0  # excerpts the memory stage injected into this request
+    memory_tokens: int = 0  # their tokens (our count, as in the memory event)
 
     @property
     def rejected(self) -> bool:
@@ -421,6 +423,7 @@ class RequestResult:
                 "tokens_original": self.tokens_original, "tokens_sent": self.tokens_sent,
                 "original": self.original.to_dict(), "ours": self.ours.to_dict(), "problems": self.problems,
                 "stages": self.stages, "stage_events": self.stage_events, "errors": self.errors,
+                "memory_items": self.memory_items, "memory_tokens": self.memory_tokens,
                 "actual": self.actual.to_dict() if self.actual else None}
 
 
@@ -454,6 +457,10 @@ class ReplayReport:
             "tokens_sent": sum(r.tokens_sent for r in self.results),
             "max_tokens_original": max((r.tokens_original for r in self.results), default=0),
             "max_tokens_sent": max((r.tokens_sent for r in self.results), default=0),
+            "mean_tokens_original": _mean([r.tokens_original for r in self.results]),
+            "mean_tokens_sent": _mean([r.tokens_sent for r in self.results]),
+            "memory_injections": sum(1 for r in self.results if r.memory_items),
+            "memory_tokens": sum(r.memory_tokens for r in self.results),
             "cost_original": o.cost, "cost_ours": u.cost,
             "bill_original": o.to_dict(), "bill_ours": u.to_dict(),
             "saving": (1 - u.cost / o.cost) if o.cost else 0.0,
@@ -468,6 +475,10 @@ class ReplayReport:
                 "lines": t.lines, "skipped_lines": t.skipped_lines, "repairs": _repairs(t), "fit": t.fit,
                 "notes": t.notes, "stages": self.stage_order, "seconds": round(self.seconds, 2),
                 "totals": self.totals(), "requests": [r.to_dict() for r in self.results]}
+
+
+def _mean(xs: list[int]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
 
 
 def _repairs(t: Trace) -> dict[str, int]:
@@ -523,6 +534,8 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 bill_u = _flat_bill(rt.tokens.count_request(req.api, sent, model), req.output_tokens, model, factor) if sent is not None else Bill()
             tokens_sent = rt.tokens.count_request(req.api, sent, model) if sent is not None else 0
             key = "messages" if req.api is not ApiKind.OPENAI_RESPONSES else "input"
+            mem = ctx.notes.get("memory") if sent is not None and sent is not ctx.original else None
+            mem = mem if isinstance(mem, dict) and mem.get("injected") else {}
             res = RequestResult(
                 index=i, ts=req.ts, kind=req.kind, outcome=outcome.reason,
                 messages_original=_counts_of(ctx.original.get(key)), messages_sent=_counts_of(sent.get(key)) if sent else 0,
@@ -530,6 +543,7 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 stages={s["stage"]: s["status"] for s in ctx.stage_results if s["status"] != "ok"},
                 stage_events=dict(flow_events.pop(flow_id, Counter())), errors=flow_errors.pop(flow_id, []),
                 actual=billed_from_usage(req.usage, model) if req.usage and any(req.usage.get(k) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")) else None,
+                memory_items=int(mem.get("injected") or 0), memory_tokens=int(mem.get("tokens") or 0),
             )
             out.append(res)
             if turn_hooks and sent is not None:
@@ -571,9 +585,12 @@ def replay(trace_path: str | Path, profile: str | None = None, window: int | Non
            home: str | Path | None = None, stage_budget_ms: float | None = None, overrides: dict | None = None,
            progress: Callable[[int, int], None] | None = None, turn_hooks: bool = True, limit: int | None = None,
            compaction_calls: bool = True, plugins_dir: str | None = None) -> ReplayReport:
-    """Replay one trace through a fresh runtime (its own temporary cw_home unless ``home`` is given)."""
+    """Replay one trace through a fresh runtime (its own temporary cw_home unless ``home`` is given), with
+    ``profile`` (a name or YAML path; None: the ``default`` profile, as ``contextwarden run`` uses)."""
     from .runtime import Runtime
     from .settings import _deep_merge, load_settings
+
+    profile = profile or "default"
 
     ov: dict[str, Any] = dict(overrides or {})
     if window:
@@ -616,13 +633,15 @@ def _pct(new: float, old: float) -> str:
 def summary_table(reports: list[ReplayReport]) -> str:
     """One line per trace: tokens and simulated cost, original vs ours."""
     head = ("trace", "reqs", "rewritten", "invalid", "stage fail", "tokens orig", "tokens ours", "Δ tokens",
-            "max req orig", "max req ours", "cost orig $", "cost ours $", "Δ cost", "actual $")
+            "avg req orig", "avg req ours", "max req orig", "max req ours", "cost orig $", "cost ours $", "Δ cost",
+            "actual $")
     rows = [head]
     for rep in reports:
         t = rep.totals()
         rows.append((Path(rep.trace.path).name[:40], str(t["requests"]), str(t["rewritten"]),
                      f"{t['validator_rejected']}/{t['sent_invalid']}", str(t["stage_failures"]),
                      _k(t["tokens_original"]), _k(t["tokens_sent"]), _pct(t["tokens_sent"], t["tokens_original"]),
+                     _k(t["mean_tokens_original"]), _k(t["mean_tokens_sent"]),
                      _k(t["max_tokens_original"]), _k(t["max_tokens_sent"]),
                      f"{t['cost_original']:.2f}", f"{t['cost_ours']:.2f}", _pct(t["cost_ours"], t["cost_original"]),
                      f"{t['actual_billed']:.2f}" if t["actual_billed"] is not None else "-"))
@@ -630,13 +649,14 @@ def summary_table(reports: list[ReplayReport]) -> str:
 
 
 def request_table(rep: ReplayReport) -> str:
-    head = ("#", "t+s", "kind", "msgs", "tokens orig", "tokens ours", "read/write/new orig", "read/write/new ours",
-            "$ orig", "$ ours", "outcome", "events")
+    head = ("#", "t+s", "kind", "msgs", "tokens orig", "tokens ours", "memory", "read/write/new orig",
+            "read/write/new ours", "$ orig", "$ ours", "outcome", "events")
     rows = [head]
     t0 = rep.results[0].ts if rep.results else 0
     for r in rep.results:
         rows.append((str(r.index), f"{r.ts - t0:.0f}", r.kind, f"{r.messages_original}->{r.messages_sent}",
                      _k(r.tokens_original), _k(r.tokens_sent),
+                     f"{r.memory_items}/{_k(r.memory_tokens)}" if r.memory_items else "-",
                      f"{_k(r.original.read)}/{_k(r.original.write)}/{_k(r.original.uncached)}",
                      f"{_k(r.ours.read)}/{_k(r.ours.write)}/{_k(r.ours.uncached)}",
                      f"{r.original.cost:.3f}", f"{r.ours.cost:.3f}",
@@ -675,6 +695,8 @@ def details(rep: ReplayReport) -> str:
     if t["actual_billed"] is not None:
         out.append(f"  check: the trace's own usage bills ${t['actual_billed']:.2f} for the calls it records; "
                    f"the simulator bills ${t['simulated_same_requests']:.2f} for the same calls")
+    if t["memory_injections"]:
+        out.append(f"  memory: injected into {t['memory_injections']} requests, {_k(t['memory_tokens'])} tokens in all")
     if t["stage_events"]:
         out.append("  stage events: " + ", ".join(f"{k} {v}" for k, v in sorted(t["stage_events"].items())))
     if t["errors"]:
