@@ -57,7 +57,9 @@ class Interceptor:
             return
 
         try:
-            ctx = await loop.run_in_executor(rt.core_pool, prepare, rt, flow.id, api, req.host, req.path, headers, raw, consumed)
+            # parse, identify, count and announce in one trip to the worker pool
+            ctx = await loop.run_in_executor(rt.core_pool, self._prepare_and_announce, rt, flow.id, api, req.host,
+                                             req.path, headers, raw, consumed)
         except Skip as e:
             rt.bus.emit("error", {"where": "parse", "message": str(e), "action": "forwarded unchanged", "api": api.value,
                                   "path": req.path, "bytes": len(raw)}, flow_id=flow.id)
@@ -70,12 +72,10 @@ class Interceptor:
             return
         state.ctx_future = _done(ctx)
         if ctx.session in rt.bypass:
-            await loop.run_in_executor(rt.core_pool, self._count_and_announce, ctx, len(raw), "bypass")
             ctx.emit("forward", changed=False, reason="session bypassed", bytes_in=len(raw), bytes_out=len(raw),
                      tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_in, pipeline_ms=0.0)
             return
         try:
-            await loop.run_in_executor(rt.core_pool, self._count_and_announce, ctx, len(raw), "active")
             outcome = await Pipeline(rt).process(ctx)
         except Exception as e:
             log.exception("contextwarden: pipeline failed")
@@ -114,6 +114,19 @@ class Interceptor:
                 out.set_result(None if w.cancelled() or w.exception() else w.result())
 
         work.add_done_callback(settle)
+
+    @staticmethod
+    def _prepare_and_announce(rt, flow_id, api, host, path, headers, raw, consumed):
+        """prepare(), then tokens_in and the ``request`` event (mode ``bypass`` for a bypassed session).
+        Raises Skip. A failure after parsing (counting, the event) fails open like the pipeline."""
+        ctx = prepare(rt, flow_id, api, host, path, headers, raw, consumed)
+        mode = "bypass" if ctx.session in rt.bypass else "active"
+        try:
+            Interceptor._count_and_announce(ctx, len(raw), mode)
+        except Exception as e:
+            log.exception("contextwarden: announcing the request failed")
+            ctx.emit("error", where="request", message=f"{type(e).__name__}: {e}", action="request event incomplete")
+        return ctx
 
     @staticmethod
     def _count_and_announce(ctx, nbytes: int, mode: str) -> None:

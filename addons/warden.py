@@ -56,6 +56,12 @@ class Warden:
         log.info(f"contextwarden: profile {runtime.settings.name} ({mode}), stages: {stages}, home: {runtime.home}")
         runtime.bus.emit("startup", {"profile": runtime.settings.name, "mode": mode, "home": str(runtime.home),
                                      "stages": [n for n, _ in runtime.stages()]})
+        # warm now: what is loaded stays out of the garbage collector's way (p99 pauses); again when
+        # the memory service has loaded its model
+        try:
+            runtime.settle_gc("startup")
+        except Exception as e:  # tuning must never stop the proxy
+            log.warning(f"contextwarden: gc tuning failed: {e}")
 
     def done(self) -> None:
         if self.runtime is not None:

@@ -6,7 +6,8 @@
 Three real mitmdump processes in reverse mode in front of one local stand-in upstream:
 - ``mitmdump``: no script (the baseline),
 - ``observe-only``: ``-s addons/contextwarden.py --set cw_profile=observe-only``,
-- ``stages off``: the default profile with every built-in stage in ``pipeline.disabled``.
+- ``stages off``: the default profile with every built-in stage in ``pipeline.disabled``,
+- ``claude-code`` (with ``--active``): the claude-code profile, every stage running.
 Bodies are real Claude Code 2.1.197 requests (../shared/eval/requests, with their headers), grown to
 the target size by repeating realistic tool-use turns made of Claude Code's own prompt text.
 Responses are small non-streamed JSON. Requests go round-robin over the three proxies (so machine
@@ -103,6 +104,8 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=200, help="measured requests per body size and proxy")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--sizes", default="1000,50000,150000", help="target token counts")
+    ap.add_argument("--active", action="store_true",
+                    help="also measure a proxy with the claude-code profile (every stage active)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment for the contextwarden proxies, e.g. CONTEXTWARDEN_MEMORY__ENABLED=false")
     args = ap.parse_args()
@@ -127,6 +130,9 @@ def main() -> int:
             "stages off": ProxyProcess(work / "off", profile=work / "stages-off.yaml", reverse=upstream.url, name="off",
                                        ready_events=ready, env=cw_env),
         }
+        if args.active:
+            procs["claude-code"] = ProxyProcess(work / "active", profile="claude-code", reverse=upstream.url,
+                                                name="active", ready_events=ready, env=cw_env)
         for p in procs.values():
             p.launch()
         try:

@@ -16,7 +16,26 @@ from typing import Any
 import orjson
 
 
+def _decoded(entry: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an entry with its bodies as JSON values (they are kept as bytes)."""
+    out = {k: v for k, v in entry.items() if k != "_bytes"}
+    for k in ("original", "rewritten"):
+        v = out.get(k)
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            try:
+                out[k] = orjson.loads(v)
+            except orjson.JSONDecodeError:
+                out[k] = bytes(v).decode("utf-8", "replace")
+    return out
+
+
 class BodyRing:
+    """The last requests' bodies, bounded by bytes and count.
+
+    ``original`` and ``rewritten`` are best given as JSON bytes (``Runtime.remember`` does): bytes are a
+    single object the garbage collector never walks, where a parsed 150K-token body is thousands of
+    tracked dicts and lists. ``get`` and ``for_session`` return them decoded."""
+
     def __init__(self, max_bytes: int = 64_000_000, max_items: int = 500) -> None:
         self.max_bytes = max_bytes
         self.max_items = max_items
@@ -39,11 +58,12 @@ class BodyRing:
     def get(self, flow_id: str) -> dict[str, Any] | None:
         with self._lock:
             e = self._items.get(flow_id)
-        return {k: v for k, v in e.items() if k != "_bytes"} if e else None
+        return _decoded(e) if e else None
 
     def for_session(self, session: str) -> list[dict[str, Any]]:
         with self._lock:
-            return [{k: v for k, v in e.items() if k != "_bytes"} for e in self._items.values() if e.get("session") == session]
+            found = [e for e in self._items.values() if e.get("session") == session]
+        return [_decoded(e) for e in found]
 
 
 def record(home: Path, entry: dict[str, Any]) -> Path:
@@ -51,5 +71,5 @@ def record(home: Path, entry: dict[str, Any]) -> Path:
     d = Path(home) / "bodies" / str(entry.get("session") or "unknown")
     d.mkdir(parents=True, exist_ok=True)
     p = d / f"{time.time():.6f}-{entry['flow_id']}.json"
-    p.write_bytes(orjson.dumps(entry))
+    p.write_bytes(orjson.dumps(_decoded(entry)))
     return p

@@ -49,6 +49,10 @@ class RequestContext:
     # optional LLM summariser). Never emitted, logged or stored; excluded from repr.
     auth: dict[str, str] = field(default_factory=dict, repr=False)
     request_bytes: bytes | None = field(default=None, repr=False)  # the decoded body as received
+    # where this request's time went, ms: parse, count_in, stages, dump, validate, count_out, serialise
+    timings: dict[str, float] = field(default_factory=dict)
+    token_memo: Any = field(default=None, repr=False)  # (messages, per-message counts) of the original
+    message_raw: list[bytes] | None = field(default=None, repr=False)  # orjson.dumps of each original message
 
     def emit(self, type: str, **data: Any):
         data.setdefault("api", self.api.value)

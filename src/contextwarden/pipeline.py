@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
             raw: bytes, consumed: dict[str, str] | None = None) -> RequestContext:
     """Decode, parse and identify a request (runs in a worker thread). Raises Skip."""
     settings = runtime.settings
+    runtime.last_request = time.monotonic()
     h = _Headers(headers + list((consumed or {}).items()))
     ctype = (h.get("content-type") or "").lower()
     if not raw:
@@ -68,6 +70,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         raise Skip(f"content-type {ctype!r} is not JSON")
     if len(raw) > settings.proxy.max_body_mb * 1_000_000:
         raise Skip(f"body of {len(raw)} bytes is over proxy.max_body_mb")
+    t0 = time.perf_counter()
     body = decode_body(raw, h.get("content-encoding"))
     try:
         data = orjson.loads(body)
@@ -84,21 +87,39 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
     from .agents import derive_agent
 
     agent = derive_agent(settings.budget.agent_rule, h, data, session)
-    return RequestContext(
+    ctx = RequestContext(
         runtime=runtime, settings=settings, flow_id=flow_id, api=api, host=host, path=path,
         headers=redact_headers(headers), session=session, session_source=source, tenant=tenant,
         agent=agent, model=data.get("model") if isinstance(data.get("model"), str) else None,
         stream=bool(data.get("stream")), original=data, request=model,
         auth={k.lower(): v for k, v in headers if k.lower() in _AUTH_HEADERS}, request_bytes=body,
     )
+    msgs = data.get("input") if api is ApiKind.OPENAI_RESPONSES else data.get("messages")
+    if isinstance(msgs, list):
+        # each message's own JSON, once: the content key of the per-message caches (token counts,
+        # validation facts); a bytes object keeps its hash, so every later lookup is a memcmp
+        ctx.message_raw = [orjson.dumps(m) for m in msgs]
+    ctx.timings["parse"] = round((time.perf_counter() - t0) * 1000, 3)
+    return ctx
 
 
 def count_tokens(ctx: RequestContext, wire: dict[str, Any]) -> int | None:
+    """Tokens of ``ctx.original`` (kept per message on ctx) or of a rewrite of it (messages equal to the
+    original's reuse those counts)."""
     try:
-        return ctx.runtime.tokens.count_request(ctx.api, wire, ctx.model)
+        if wire is ctx.original:
+            keep: list = []
+            n = ctx.runtime.tokens.count_request(ctx.api, wire, ctx.model, keep=keep, raw=ctx.message_raw)
+            ctx.token_memo = keep[0] if keep else None
+            return n
+        return ctx.runtime.tokens.count_request(ctx.api, wire, ctx.model, reuse=ctx.token_memo)
     except Exception as e:  # accounting must never cost a request
         ctx.emit("error", where="tokens", message=str(e))
         return None
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)
 
 
 def request_event(ctx: RequestContext, nbytes: int, mode: str) -> None:
@@ -117,16 +138,32 @@ class Pipeline:
         rt = self.runtime
         trace = getattr(rt.pm, "cw_trace", None)
         p = ctx.settings.pipeline
+        t_stages = time.perf_counter()
         for name, fn in rt.stages():
             budget = p.budgets_ms.get(name, p.stage_budget_ms) / 1000
             t0 = time.perf_counter()
+            # The breaker: a stage whose previous call ran past its budget and has not returned yet is
+            # skipped, rather than queueing another call (and thread) behind one that hangs. It runs
+            # again on the first request after that call returns.
+            late = rt.overrun_since(name)
+            if late is not None:
+                reason = f"its call of {(time.time() - late) * 1000:.0f} ms ago ran past its {budget * 1000:.0f} ms budget and is still running"
+                ctx.stage_results.append({"stage": name, "ms": 0.0, "status": "skipped"})
+                ctx.emit("stage", stage=name, ms=0.0, status="skipped", error=reason)
+                ctx.emit("error", where="stage", stage=name, message=f"stage {name} skipped: {reason}", reason=reason,
+                         action="stage skipped, other stages ran")
+                continue
             if trace:
                 trace(f"cw_request [{name}] flow={ctx.flow_id} session={ctx.session}\n")
             status, err = "ok", None
+            call: Future | None = None
             try:
-                await asyncio.wait_for(asyncio.shield(loop.run_in_executor(rt.stage_pool, fn, ctx)), budget)
+                call = rt.stage_pool.submit(fn, ctx)
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(call, loop=loop)), budget)
             except asyncio.TimeoutError:
                 status, err = "timeout", f"ran past its {budget * 1000:.0f} ms budget"
+                if call is not None and not call.done():
+                    rt.mark_overrun(name, call, ctx)
             except Exception as e:
                 status, err = "error", f"{type(e).__name__}: {e}"
                 tb = traceback.format_exc(limit=6)
@@ -136,26 +173,43 @@ class Pipeline:
             if status != "ok":
                 ctx.emit("error", where="stage", stage=name, message=err, action="forwarded original",
                          traceback=tb if status == "error" else None)
+                ctx.timings["stages"] = _ms(t_stages)
                 return Outcome(reason=f"stage {name} {status}: {err}")
             if ctx.blocked is not None:
+                ctx.timings["stages"] = _ms(t_stages)
                 return Outcome(blocked=ctx.blocked, reason=f"blocked by {name}")
+        ctx.timings["stages"] = _ms(t_stages)
         return await loop.run_in_executor(rt.core_pool, self.finish, ctx)
 
     def finish(self, ctx: RequestContext) -> Outcome:
-        """Compare, validate and serialise the result (worker thread)."""
+        """Compare, validate and serialise the result (worker thread).
+
+        When nothing changed, the client's own bytes go upstream (nothing is serialised). The validator
+        and the token count of a rewritten body reuse per-message caches, so a history seen before
+        costs a dump and a lookup per message (validate.py, tokens.py)."""
+        t = ctx.timings
+        t0 = time.perf_counter()
         wire = ctx.request.wire()
-        if wire == ctx.original:
+        same = wire == ctx.original
+        t["dump"] = _ms(t0)
+        if same:
             ctx.tokens_out = ctx.tokens_in
             self.runtime.remember(ctx, None, len(ctx.request_bytes or b""))
             return Outcome(reason="unchanged")
         from .validate import validate_rewrite
 
-        problems = validate_rewrite(ctx.api, wire, ctx.original)
+        t0 = time.perf_counter()
+        problems = validate_rewrite(ctx.api, wire, ctx.original, original_raw=ctx.message_raw)
+        t["validate"] = _ms(t0)
         if problems:
             ctx.emit("error", where="validator", message="; ".join(problems[:5]), problems=problems[:20],
                      action="forwarded original")
             return Outcome(reason=f"invalid rewrite: {problems[0]}")
+        t0 = time.perf_counter()
         ctx.tokens_out = count_tokens(ctx, wire)
+        t["count_out"] = _ms(t0)
+        t0 = time.perf_counter()
         body = orjson.dumps(wire)
-        self.runtime.remember(ctx, wire, len(body))
+        t["serialise"] = _ms(t0)
+        self.runtime.remember(ctx, body, len(body))
         return Outcome(body=body, reason="rewritten")

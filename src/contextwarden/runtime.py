@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .bodies import BodyRing, record
 from .events import EventBus, JsonlLog
@@ -50,9 +53,64 @@ class Runtime:
         self.bodies = BodyRing()
         self._tokens = None
         self._lock = threading.Lock()
+        # the stage breaker: stage name -> (its call still running past its budget, when it started)
+        self._overrun: dict[str, tuple[Any, float]] = {}
+        self._overrun_lock = threading.Lock()
+        self._gc_settled_memory = False
+        self._gc_unsubscribe = None
+        self.last_request = time.monotonic()  # prepare() stamps it; the idle collector reads it
+        self._gc_idle_thread: threading.Thread | None = None
+        self._closed = threading.Event()
         self.pm.hook.cw_configure(runtime=self)
         # Loading a tiktoken encoding takes ~0.5 s: do it now, not inside the first request.
         self.turn_pool.submit(self._warm_tokens)
+
+    # ------------------------------------------------------------------ garbage collector
+
+    def settle_gc(self, reason: str = "startup") -> dict[str, Any] | None:
+        """Freeze what exists now (the loaded libraries, models, settings) so that later collections
+        never walk it, and collect the young generation less often. Called when the proxy is warm:
+        at the end of start-up and again when the memory service is ready. Costs one full collection
+        (a pause, once, while warming up). Returns what it did, or None when ``pipeline.gc_tuning`` is off."""
+        if not self.settings.pipeline.gc_tuning:
+            return None
+        t0 = time.perf_counter()
+        gc.unfreeze()  # what an earlier runtime froze and no longer uses can be collected now
+        gc.collect()
+        gc.freeze()
+        g = gc.get_threshold()
+        want = list(self.settings.pipeline.gc_threshold)[:3]
+        gc.set_threshold(*(max(a, int(b)) for a, b in zip(g, want + list(g[len(want):]))))
+        info = {"reason": reason, "frozen": gc.get_freeze_count(), "ms": round((time.perf_counter() - t0) * 1000, 1),
+                "threshold": list(gc.get_threshold())}
+        self.bus.emit("gc", info)
+        if reason == "startup" and self._gc_unsubscribe is None and self.settings.memory.enabled:
+            self._gc_unsubscribe = self.bus.subscribe(self._settle_gc_when_memory_is_ready)
+        if reason == "startup" and self._gc_idle_thread is None and self.settings.pipeline.gc_idle_s > 0:
+            self._gc_idle_thread = threading.Thread(target=self._idle_gc, name="cw-gc-idle", daemon=True)
+            self._gc_idle_thread.start()
+        return info
+
+    def _idle_gc(self) -> None:
+        """A full collection when no request came for ``pipeline.gc_idle_s`` and some is due (the
+        raised thresholds make them rare under load; this runs them while nobody waits)."""
+        done_at = -1.0
+        while not self._closed.wait(1.0):
+            idle = self.settings.pipeline.gc_idle_s
+            if idle <= 0:
+                continue
+            now = time.monotonic()
+            if now - self.last_request >= idle and self.last_request > done_at and gc.get_count()[2] > 0:
+                gc.collect()
+                done_at = time.monotonic()
+
+    def _settle_gc_when_memory_is_ready(self, ev) -> None:
+        if getattr(ev, "type", None) == "memory_status" and not self._gc_settled_memory:
+            self._gc_settled_memory = True
+            try:
+                self.turn_pool.submit(self.settle_gc, "memory ready")
+            except RuntimeError:  # closed meanwhile
+                pass
 
     def _warm_tokens(self) -> None:
         try:
@@ -96,14 +154,65 @@ class Runtime:
         self.pm.hook.cw_configure(runtime=self)
         return self.settings
 
-    def remember(self, ctx, rewritten: dict | None, nbytes: int) -> None:
-        """Keep a request's bodies for the inspector; write them to disk if the profile asks."""
+    def remember(self, ctx, rewritten: bytes | dict | None, nbytes: int) -> None:
+        """Keep a request's bodies for the inspector; write them to disk if the profile asks.
+
+        Bodies are kept as the JSON bytes (the client's, and what was sent), not as parsed objects: a
+        few hundred 150K-token bodies as dicts and lists are millions of objects the garbage
+        collector would walk on every full collection (the p99 pauses of bench/proxy_latency.py)."""
+        original = ctx.request_bytes if ctx.request_bytes is not None else orjson.dumps(ctx.original)
+        if isinstance(rewritten, dict):
+            rewritten = orjson.dumps(rewritten)
         entry = {"flow_id": ctx.flow_id, "session": ctx.session, "ts": time.time(), "api": ctx.api.value,
-                 "path": ctx.path, "model": ctx.model, "headers": ctx.headers, "original": ctx.original,
+                 "path": ctx.path, "model": ctx.model, "headers": ctx.headers, "original": original,
                  "rewritten": rewritten}
-        self.bodies.put(ctx.flow_id, entry, nbytes * (2 if rewritten is not None else 1))
+        self.bodies.put(ctx.flow_id, entry, len(original) + (len(rewritten) if rewritten is not None else 0))
         if self.settings.log.record_bodies:
             self.turn_pool.submit(record, self.home, entry)
+
+    # ------------------------------------------------------------------ the stage breaker
+
+    def overrun_since(self, stage: str) -> float | None:
+        """When the call of ``stage`` that ran past its budget started, if it is still running."""
+        with self._overrun_lock:
+            rec = self._overrun.get(stage)
+        if rec is None:
+            return None
+        if rec[0].done():  # returned meanwhile (its callback clears it too)
+            self._clear_overrun(stage, rec[0])
+            return None
+        return rec[1]
+
+    def mark_overrun(self, stage: str, call, ctx=None) -> None:
+        """``call`` (a concurrent Future running ``stage``) was abandoned past its budget: skip the
+        stage until it returns, then say so."""
+        started = time.time()
+        with self._overrun_lock:
+            self._overrun[stage] = (call, started)
+        flow_id = getattr(ctx, "flow_id", None)
+        session = getattr(ctx, "session", None)
+
+        def returned(f) -> None:
+            self._clear_overrun(stage, f)
+            err = None
+            if f.cancelled():
+                err = "cancelled"
+            elif f.exception() is not None:
+                e = f.exception()
+                err = f"{type(e).__name__}: {e}"
+            try:
+                self.bus.emit("stage_recovered", {"stage": stage, "late_ms": round((time.time() - started) * 1000, 3),
+                                                   "error": err}, flow_id=flow_id, session=session)
+            except Exception:
+                pass
+
+        call.add_done_callback(returned)
+
+    def _clear_overrun(self, stage: str, call) -> None:
+        with self._overrun_lock:
+            rec = self._overrun.get(stage)
+            if rec is not None and rec[0] is call:
+                del self._overrun[stage]
 
     def set_bypass(self, session: str, on: bool = True) -> None:
         (self.bypass.add if on else self.bypass.discard)(session)
@@ -111,6 +220,9 @@ class Runtime:
         self.bus.emit("bypass", {"session": session, "on": on}, session=session)
 
     def close(self) -> None:
+        self._closed.set()
+        if self._gc_unsubscribe is not None:
+            self._gc_unsubscribe()
         try:
             self.pm.hook.cw_shutdown(runtime=self)
         finally:

@@ -29,13 +29,13 @@ Calibration
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 import threading
 import time
 from collections import OrderedDict
-from hashlib import blake2b
 from typing import Any
 
 import orjson
@@ -64,6 +64,7 @@ EMA_ALPHA = 0.2
 CALIBRATION_NS = "calibration"
 
 
+@functools.lru_cache(maxsize=256)
 def encoding_name_for(model: str | None, default: str) -> str:
     """The tiktoken encoding used to count ``model``'s tokens."""
     if model and _OPENAI_MODEL.match(model.strip()):
@@ -175,7 +176,7 @@ class TokenCounter:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._encodings: dict[str, _Encoding] = {}
-        self._cache: OrderedDict[bytes, int] = OrderedDict()
+        self._cache: OrderedDict[tuple, Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
         self._cal: dict[str, dict[str, Any]] = {}
@@ -212,7 +213,7 @@ class TokenCounter:
 
     # ------------------------------------------------------------------ cache
 
-    def _cached(self, key: bytes, compute) -> int:
+    def _cached(self, key: tuple, compute) -> Any:
         with self._lock:
             v = self._cache.get(key)
             if v is not None:
@@ -229,9 +230,12 @@ class TokenCounter:
         return v
 
     @staticmethod
-    def _key(kind: bytes, enc: _Encoding, data: bytes) -> bytes:
-        h = blake2b(data, digest_size=16)
-        return kind + enc.name.encode() + b"\0" + h.digest()
+    def _key(kind: bytes, enc: _Encoding, data: bytes | str) -> tuple:
+        # Python's keyed 64-bit SipHash plus the length: a collision needs two different contents of
+        # the same length and the same hash under this process's random key (a count is an estimate;
+        # even then only one message would be off). Much cheaper than a cryptographic digest, and a
+        # str caches its hash, so the same text object is hashed once.
+        return (kind, enc.name, len(data), hash(data))
 
     @staticmethod
     def _dumps(obj: Any) -> bytes:
@@ -252,18 +256,40 @@ class TokenCounter:
         enc = self._encoding(model)
         if len(text) < 512:
             return enc.count(text)
-        return self._cached(self._key(b"t", enc, text.encode("utf-8", "surrogatepass")), lambda: enc.count(text))
+        return self._cached(self._key(b"t", enc, text), lambda: enc.count(text))
 
     def count_message(self, api: ApiKind | str, message: Any, model: str | None = None) -> int:
         """Tokens of one message (or Responses input item), cached by a hash of its content."""
         api = ApiKind(api)
-        message = _plain(message)
-        enc = self._encoding(model)
-        key = self._key(b"m" + api.value.encode(), enc, self._dumps(message))
-        return self._cached(key, lambda: self._message(api, message, enc))
+        return self._message_entry(api, _plain(message), self._encoding(model))[0]
 
-    def count_request(self, api: ApiKind | str, body: Any, model: str | None = None) -> int:
-        """Tokens of a whole request body: system + tools + messages, plus framing."""
+    def _message_entry(self, api: ApiKind, message: Any, enc: _Encoding) -> tuple[int, int]:
+        """(tokens, tokens of its thinking blocks) of one message, cached by its bytes.
+
+        The thinking part is kept with the count so that a request whose model drops earlier turns'
+        thinking (:func:`strips_thinking`) needs no second pass over the blocks."""
+        key = self._key(b"M" + api.value.encode(), enc, self._dumps(message))
+        return self._cached(key, lambda: (self._message(api, message, enc), self._thinking(api, message, enc)))
+
+    def _thinking(self, api: ApiKind, m: Any, enc: _Encoding) -> int:
+        if api is not ApiKind.ANTHROPIC or not isinstance(m, dict) or m.get("role") != "assistant" \
+                or not isinstance(m.get("content"), list):
+            return 0
+        return sum(self._block(api, b, enc) for b in m["content"]
+                   if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking"))
+
+    def count_request(self, api: ApiKind | str, body: Any, model: str | None = None, *,
+                      reuse: tuple[list, list] | None = None, keep: list | None = None,
+                      raw: list[bytes] | None = None) -> int:
+        """Tokens of a whole request body: system + tools + messages, plus framing.
+
+        A repeat request costs one ``orjson.dumps`` and one (non-cryptographic) hash per message plus
+        tokenising only the messages not seen before. ``keep`` (a list) receives ``(messages, entries)``
+        of this body; passing that as ``reuse`` when counting a rewrite of the same body counts the
+        messages equal to the original's (same index, or same index from the end) without even that.
+        ``raw``: each message's JSON bytes when the caller has them (the pipeline does), used as the
+        cache key instead of dumping the message again.
+        """
         api = ApiKind(api)
         body = _plain(body)
         if not isinstance(body, dict):
@@ -278,26 +304,73 @@ class TokenCounter:
             if isinstance(inp, str):
                 n += MESSAGE_OVERHEAD + self.count_text(inp, model)
             elif isinstance(inp, list):
-                n += sum(self.count_message(api, item, model) for item in inp)
+                entries = self._entries(api, inp, enc, reuse, raw)
+                if keep is not None:
+                    keep.append((inp, entries))
+                n += sum(e[0] for e in entries)
             return n
         if api is ApiKind.ANTHROPIC:
             n += self._system(body.get("system"), enc)
         msgs = body.get("messages")
         if isinstance(msgs, list):
-            n += sum(self.count_message(api, m, model) for m in msgs)
+            entries = self._entries(api, msgs, enc, reuse, raw)
+            if keep is not None:
+                keep.append((msgs, entries))
+            n += sum(e[0] for e in entries)
             if api is ApiKind.ANTHROPIC and strips_thinking(model):
-                n -= self._stripped_thinking(msgs, enc)
+                # earlier turns' thinking blocks, which the provider drops
+                n -= sum(e[1] for e in entries[:current_turn_start(msgs)])
         return n
+
+    def _entries(self, api: ApiKind, msgs: list, enc: _Encoding, reuse: tuple[list, list] | None,
+                 raw: list[bytes] | None = None) -> list[tuple[int, int]]:
+        """:meth:`_message_entry` of every message, the cache read under one lock."""
+        out: list[Any] = [None] * len(msgs)
+        todo: list[int] = []
+        if reuse is not None:
+            pm, pe = reuse
+            shift = len(pm) - len(msgs)
+            for i, m in enumerate(msgs):
+                if i < len(pm) and (pm[i] is m or pm[i] == m):
+                    out[i] = pe[i]
+                elif shift and 0 <= i + shift < len(pm) and pm[i + shift] == m:
+                    out[i] = pe[i + shift]
+                else:
+                    todo.append(i)
+        else:
+            todo = list(range(len(msgs)))
+        if not todo:
+            return out
+        kind = b"M" + api.value.encode()
+        plain = [_plain(msgs[i]) for i in todo]
+        dumps, opt = orjson.dumps, orjson.OPT_SORT_KEYS
+        keys = []
+        if raw is not None and len(raw) == len(msgs):
+            for i in todo:
+                data = raw[i]
+                keys.append((b"R" + kind, enc.name, len(data), hash(data)))
+        else:
+            for m in plain:
+                data = dumps(m, option=opt, default=str)
+                keys.append((kind, enc.name, len(data), hash(data)))
+        missing = []
+        with self._lock:
+            cache = self._cache
+            for i, k, m in zip(todo, keys, plain):
+                v = cache.get(k)
+                if v is None:
+                    missing.append((i, k, m))
+                else:
+                    cache.move_to_end(k)
+                    out[i] = v
+            self.hits += len(todo) - len(missing)
+        for i, k, m in missing:
+            out[i] = self._cached(k, lambda m=m: (self._message(api, m, enc), self._thinking(api, m, enc)))
+        return out
 
     def _stripped_thinking(self, msgs: list, enc: _Encoding) -> int:
         """Tokens of earlier turns' thinking blocks, which the provider drops (see :func:`strips_thinking`)."""
-        n = 0
-        for m in msgs[:current_turn_start(msgs)]:
-            if isinstance(m, dict) and m.get("role") == "assistant" and isinstance(m.get("content"), list):
-                for b in m["content"]:
-                    if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking"):
-                        n += self._block(ApiKind.ANTHROPIC, b, enc)
-        return n
+        return sum(self._message_entry(ApiKind.ANTHROPIC, m, enc)[1] for m in msgs[:current_turn_start(msgs)])
 
     def count_block(self, api: ApiKind | str, block: Any, model: str | None = None) -> int:
         """Tokens of one content block / content part (cached, ``cache_control`` ignored)."""
@@ -389,7 +462,7 @@ class TokenCounter:
             text = self._dumps(text).decode("utf-8", "replace")
         if len(text) < 512:
             return enc.count(text)
-        return self._cached(self._key(b"t", enc, text.encode("utf-8", "surrogatepass")), lambda: enc.count(text))
+        return self._cached(self._key(b"t", enc, text), lambda: enc.count(text))
 
     def _block(self, api: ApiKind, b: Any, enc: _Encoding) -> int:
         """One content block / content part, cached without its cache_control marker."""

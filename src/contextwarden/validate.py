@@ -27,11 +27,16 @@ OpenAI Responses
       ``custom_tool_call_output``) ``call_id`` issued by an earlier call item.
 
 A defect the client's own body already had (the same tool id unanswered, the same empty message...)
-is not reported: the validator judges the rewrite, not the client. Checking is linear in the body.
+is not reported: the validator judges the rewrite, not the client. Checking is linear in the number of
+messages: what a message contributes (its role, tool ids, empty content or text, breakpoints) depends
+on its bytes only, and is kept in a cache keyed by those exact bytes, so a history seen in the
+session's previous request costs one ``orjson.dumps`` and one dictionary lookup per message.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from hashlib import blake2b
 from typing import Any, Callable, Iterable
 
@@ -46,8 +51,13 @@ MAX_BREAKPOINTS = 4
 Problem = tuple[tuple, str]
 
 
-def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str, Any]) -> list[str]:
-    """Problems of the rewritten body ``new`` compared with the client's ``original`` (empty = valid)."""
+def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str, Any],
+                     original_raw: list[bytes] | None = None) -> list[str]:
+    """Problems of the rewritten body ``new`` compared with the client's ``original`` (empty = valid).
+
+    ``original_raw``: ``orjson.dumps`` of each of the original's messages, when the caller has them: a
+    message of ``new`` equal to the original's at the same index (or the same index from the end) is
+    looked up under those bytes instead of being dumped again."""
     try:
         api = ApiKind(api)
     except ValueError:
@@ -63,7 +73,7 @@ def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str
         ApiKind.OPENAI_RESPONSES: _responses,
     }[api]
     try:
-        found = check(new, original)
+        found = _anthropic(new, original, original_raw) if check is _anthropic else check(new, original)
     except Exception as e:  # a body shaped so oddly that checking it fails is not sent
         return [f"validator could not read the rewritten body: {type(e).__name__}: {e}"]
     if not found:
@@ -125,6 +135,72 @@ def _copies_in_order(kind: str, new_msgs: Iterable[dict], orig_msgs: Iterable[di
     return problems
 
 
+# ---------------------------------------------------------------------------- per-message facts
+
+
+class _FactCache:
+    """What a message contributes to the checks, keyed by its exact JSON bytes, bounded by bytes."""
+
+    def __init__(self, max_bytes: int = 32_000_000) -> None:
+        self.max_bytes = max_bytes
+        self._d: OrderedDict[bytes, tuple] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, m: dict, compute: Callable[[dict], tuple], key: bytes | None = None) -> tuple:
+        # exact bytes as the key (hash + memcmp): a wrong fact could let an invalid body through
+        if key is None:
+            key = orjson.dumps(m, default=str)
+        with self._lock:
+            f = self._d.get(key)
+            if f is not None:
+                self._d.move_to_end(key)
+                return f
+        f = compute(m)
+        if len(key) > self.max_bytes // 8:
+            return f
+        with self._lock:
+            if key not in self._d:
+                self._d[key] = f
+                self._bytes += len(key)
+                while self._bytes > self.max_bytes and self._d:
+                    k, _ = self._d.popitem(last=False)
+                    self._bytes -= len(k)
+        return f
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self._bytes = 0
+
+
+_facts = _FactCache()
+
+
+def _anthropic_facts(m: dict) -> tuple:
+    """(role, content empty, block events in order, breakpoints) of one Anthropic message.
+
+    Block events: ("blank",) an empty text block, ("use", id), ("result", id)."""
+    content = m.get("content")
+    empty = content is None or (isinstance(content, str) and _blank(content)) or (isinstance(content, list) and not content)
+    events: list[tuple] = []
+    bps = 0
+    for b in _blocks(content):
+        if not isinstance(b, dict):
+            continue
+        if b.get("cache_control") is not None:
+            bps += 1
+        t = b.get("type")
+        if t == "text" and _blank(b.get("text")):
+            events.append(("blank",))
+        elif t == "tool_use":
+            events.append(("use", str(b.get("id", ""))))
+        elif t == "tool_result":
+            events.append(("result", str(b.get("tool_use_id", ""))))
+            bps += sum(1 for x in _blocks(b.get("content")) if isinstance(x, dict) and x.get("cache_control") is not None)
+    return (m.get("role"), empty, tuple(events), bps)
+
+
 # ---------------------------------------------------------------------------- Anthropic
 
 
@@ -160,7 +236,25 @@ def _last_assistant(msgs: list) -> dict | None:
     return None
 
 
-def _anthropic(new: dict, original: dict) -> list[Problem]:
+def _aligned_raw(msgs: list, orig_msgs: list, raw: list[bytes] | None) -> list[bytes | None]:
+    """For each message of ``msgs``, the original's bytes when it equals the original message at the
+    same index or at the same index from the end (stages replace a span or change a few messages)."""
+    if raw is None or len(raw) != len(orig_msgs):
+        return [None] * len(msgs)
+    out: list[bytes | None] = []
+    shift = len(orig_msgs) - len(msgs)
+    n = len(orig_msgs)
+    for i, m in enumerate(msgs):
+        if i < n and (orig_msgs[i] is m or orig_msgs[i] == m):
+            out.append(raw[i])
+        elif shift and 0 <= i + shift < n and orig_msgs[i + shift] == m:
+            out.append(raw[i + shift])
+        else:
+            out.append(None)
+    return out
+
+
+def _anthropic(new: dict, original: dict, original_raw: list[bytes] | None = None) -> list[Problem]:
     problems: list[Problem] = []
     problems += _same_bytes("system", new, original)
     problems += _same_bytes("tools", new, original)
@@ -173,15 +267,23 @@ def _anthropic(new: dict, original: dict) -> list[Problem]:
     seen_result: set[str] = set()
     prev_uses: set[str] = set()  # tool_use ids of the message just before, still waiting for results
     prev_role = None
-    pairs = {(_role(a), _role(b)) for a, b in zip(orig_msgs, orig_msgs[1:])}
+    orig_roles = [_role(m) for m in orig_msgs]
+    pairs = set(zip(orig_roles, orig_roles[1:]))
     first_conv_checked = False
-    others_new, others_orig = [], [m for m in orig_msgs if _role(m) not in ("user", "assistant")]
+    others_new = []
+    others_orig = [m for m, r in zip(orig_msgs, orig_roles) if r not in ("user", "assistant")]
+    bps = 0
+    for key in ("system", "tools"):
+        for b in _blocks(new.get(key)):
+            if isinstance(b, dict) and b.get("cache_control") is not None:
+                bps += 1
+    keys = _aligned_raw(msgs, orig_msgs, original_raw)
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             problems.append((("not-object", i), f"messages[{i}] is not an object"))
             continue
-        role = m.get("role")
-        content = m.get("content")
+        role, empty, events, n_bp = _facts.get(m, _anthropic_facts, keys[i])
+        bps += n_bp
         if role not in ("user", "assistant"):
             others_new.append(m)
         elif not first_conv_checked:
@@ -192,26 +294,23 @@ def _anthropic(new: dict, original: dict) -> list[Problem]:
             problems.append((("consecutive", role), f"two consecutive `{role}` messages at {i - 1},{i} (the original has none)"))
 
         # content
-        if content is None or (isinstance(content, str) and _blank(content)) or (isinstance(content, list) and not content):
+        if empty:
             problems.append((("empty", _digest(m)), f"messages[{i}] ({role}) has empty content"))
         uses: set[str] = set()
         results: set[str] = set()
-        for b in _blocks(content):
-            if not isinstance(b, dict):
-                continue
-            t = b.get("type")
-            if t == "text" and _blank(b.get("text")):
+        for ev in events:
+            if ev[0] == "blank":
                 problems.append((("empty-text", _digest(m)), f"messages[{i}] ({role}) has an empty text block"))
-            elif t == "tool_use":
-                tid = str(b.get("id", ""))
+            elif ev[0] == "use":
+                tid = ev[1]
                 if role != "assistant":
                     problems.append((("use-role", tid), f"tool_use {tid} in a `{role}` message"))
                 if tid in seen_use:
                     problems.append((("dup-use", tid), f"tool_use id {tid} appears twice"))
                 seen_use.add(tid)
                 uses.add(tid)
-            elif t == "tool_result":
-                tid = str(b.get("tool_use_id", ""))
+            else:
+                tid = ev[1]
                 if tid in seen_result:
                     problems.append((("dup-result", tid), f"tool_result for {tid} appears twice"))
                 seen_result.add(tid)
@@ -219,8 +318,9 @@ def _anthropic(new: dict, original: dict) -> list[Problem]:
                 if tid not in prev_uses:
                     problems.append((("orphan-result", tid), f"tool_result {tid} in messages[{i}] does not answer a tool_use of the message before it"))
         # pairing with the previous message
-        for tid in sorted(prev_uses - results):
-            problems.append((("unanswered", tid), f"tool_use {tid} is not answered by a tool_result in messages[{i}]"))
+        if prev_uses:
+            for tid in sorted(prev_uses - results):
+                problems.append((("unanswered", tid), f"tool_use {tid} is not answered by a tool_result in messages[{i}]"))
         if results and role != "user":
             problems.append((("result-role", role), f"tool_result in a `{role}` message at {i}"))
         prev_uses = uses
@@ -237,7 +337,7 @@ def _anthropic(new: dict, original: dict) -> list[Problem]:
     if _dumps(th_new) != _dumps(th_orig):
         problems.append((("thinking",), "the latest assistant message's thinking blocks differ from the original's"))
 
-    n = _count_breakpoints(new)
+    n = bps
     if n > MAX_BREAKPOINTS:
         problems.append((("breakpoints", n), f"{n} cache_control breakpoints (at most {MAX_BREAKPOINTS})"))
     return problems

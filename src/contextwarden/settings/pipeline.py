@@ -20,3 +20,19 @@ class PipelineSection(Section):
 
     turn_workers: int = 2
     """Threads that run turn-complete hooks (ingestion, calibration) off the event loop."""
+
+    gc_tuning: bool = True
+    """Once the proxy is warm (tokenizers loaded at start-up, the memory model when it is ready), move
+    every object that exists then out of the garbage collector's sight (``gc.freeze``) and collect the
+    young generation less often (``gc_threshold``). Without it, a full collection
+    walks the millions of objects of mitmproxy, Chroma and the embedding runtime: pauses of 0.3-1 s at
+    p99 (bench/proxy_latency.py). Process-wide: once applied it stays until the process ends."""
+
+    gc_threshold: list[int] = [10_000, 20, 100]
+    """With ``gc_tuning``: the collector's thresholds (``gc.set_threshold``); never lowered below Python's.
+    Frozen objects no longer count towards Python's "full collection only when a quarter of the heap is
+    new" rule, so the third threshold is what keeps full collections rare; the proxy also runs one
+    when it has been idle for ``gc_idle_s`` seconds."""
+
+    gc_idle_s: float = 5.0
+    """With ``gc_tuning``: a full collection runs once the proxy has had no request for this long (0: never)."""
