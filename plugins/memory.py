@@ -104,12 +104,23 @@ def cw_request(ctx) -> None:
         finish(skipped="error", injected=0, ids=[], scores=[], tokens=0)
 
 
+def _last_user(messages: list) -> int | None:
+    for i in range(len(messages) - 1, -1, -1):
+        if role_of(messages[i]) == "user":
+            return i
+    return None
+
+
 def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     m = ctx.settings.memory
     original = messages_of(ctx.api, ctx.original)
-    query, _ = build_query(ctx.api, original, ctx.notes.get("clean_text") or {})
+    query, qi = build_query(ctx.api, original, ctx.notes.get("clean_text") or {})
     if query is None:
         return finish(skipped="no user text")
+    if not m.inject_tool_steps and qi != _last_user(original):
+        # a tool-loop step: the block went with the person's message when it was sent; sending it again
+        # with every step is new input each time, for what the model has already acted on
+        return finish(skipped="tool loop step")
     try:
         check(ctx.api, ctx.request)
     except NotInjectable as e:

@@ -328,3 +328,39 @@ def test_a_tool_loop_gets_no_memory_and_pays_no_search(tmp_path):
         assert sent.outcome.reason == "unchanged"
     finally:
         rp.close()
+
+
+def _tool_loop(msgs: list, question: str) -> list:
+    """The person's question, the assistant's tool call, and the tool's result as the last user message."""
+    return msgs + [{"role": "user", "content": question},
+                   {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_01", "name": "Bash",
+                                                      "input": {"command": "ls"}}]},
+                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01",
+                                                 "content": "deploy.sh  README.md"}]}]
+
+
+def test_memory_goes_with_the_persons_message_not_every_tool_loop_step(tmp_path):
+    rp = replayer(tmp_path)
+    try:
+        msgs = converse(rp)
+        first = ask(rp, msgs, "What is the name of the dog I adopted?", cache_control=False)
+        assert memory_event(rp, first.ctx.flow_id)["injected"] >= 1
+        step = rp.send(_tool_loop(msgs, "What is the name of the dog I adopted?"), api_key="sk-alice", session="s1")
+        ev = memory_event(rp, step.ctx.flow_id)
+        assert ev["skipped"] == "tool loop step" and ev["injected"] == 0
+        assert OPEN not in str(step.wire["messages"][-1]["content"])
+    finally:
+        rp.close()
+
+
+def test_inject_tool_steps_brings_memory_to_tool_loop_steps_too(tmp_path):
+    rp = replayer(tmp_path, "memory: {inject_tool_steps: true}")
+    try:
+        msgs = converse(rp)
+        step = rp.send(_tool_loop(msgs, "What is the name of the dog I adopted?"), api_key="sk-alice", session="s1")
+        ev = memory_event(rp, step.ctx.flow_id)
+        assert ev["injected"] >= 1, ev
+        last = step.wire["messages"][-1]["content"]
+        assert last[0]["type"] == "tool_result" and OPEN in last[-1]["text"]
+    finally:
+        rp.close()

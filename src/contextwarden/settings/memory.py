@@ -42,6 +42,12 @@ class MemorySection(Section):
     inject: bool = True
     """Inject retrieved memory into requests (off: store only)."""
 
+    inject_tool_steps: bool = False
+    """Also inject on the steps of a tool loop (a request whose last user message holds only tool
+    results). Off: memory goes with the message a person wrote, once; the steps after it keep their
+    cached prefix and do not pay for the same block again as new input (OpenAI's APIs have no user
+    message at those steps anyway)."""
+
     budget_fraction: float = 0.10
     """Fraction of the context window memory may use in one request."""
 
