@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable
 
 import orjson
@@ -89,16 +90,47 @@ def session_key(ctx) -> str:
     return f"{ctx.tenant}|{ctx.session}|{ctx.agent}"
 
 
+# Memo sizes (least recently used out). Every remembered result is fingerprinted on every request, and
+# a candidate that does not make a step is stubbed again on the next one: both are pure functions of
+# texts the client re-sends unchanged, so they are computed once per distinct text.
+DIGEST_MEMO = 8_192  # per cache; keys of at most ~1K characters each
+STUB_MEMO = 1_024
+STUB_MEMO_CHARS = 16_384  # longer results are not kept in the stub memo (bounds it at ~16M characters)
+
+
+def _digest_raw(n: int, ends: str) -> str:
+    return f"{n}:" + hashlib.blake2b(ends.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+@lru_cache(maxsize=DIGEST_MEMO)
+def _digest_short(text: str) -> str:
+    return _digest_raw(len(text), text)
+
+
+@lru_cache(maxsize=DIGEST_MEMO)
+def _digest_long(n: int, head: str, tail: str) -> str:
+    return _digest_raw(n, head + "\0" + tail)
+
+
 def _digest(text: str) -> str:
     """A cheap fingerprint of a result (its length and both ends): telling whether the client still
-    sends the same result must not cost a hash of every old result on every request."""
-    ends = (text[:512] + "\0" + text[-512:]) if len(text) > 1024 else text
-    return f"{len(text)}:" + hashlib.blake2b(ends.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    sends the same result must not cost a hash of every old result on every request. Memoised by
+    exactly what it is computed from (the text, or its length and both ends)."""
+    n = len(text)
+    if n > 1024:
+        return _digest_long(n, text[:512], text[-512:])
+    return _digest_short(text)
 
 
 def stub_text(tool: str, tool_input: Any, text: str, tokens: int, images: int) -> str:
     """The text that replaces a cleared result (deterministic in its arguments)."""
     hint = input_hint(tool_input, 60)
+    if len(text) <= STUB_MEMO_CHARS:
+        return _stub_text_memo(tool, hint, text, tokens, images)
+    return _stub_text(tool, hint, text, tokens, images)
+
+
+def _stub_text(tool: str, hint: str, text: str, tokens: int, images: int) -> str:
     what = f"{tool or 'tool'} result" + (f" for {hint}" if hint else "")
     size = f"{tokens:,} tokens" + (f", {images} image{'s' if images != 1 else ''}" if images else "")
     if text.strip():
@@ -116,6 +148,9 @@ def _dumps(obj: Any) -> str:
 
 def _value_text(v: Any) -> str:
     return v if isinstance(v, str) else _dumps(v)
+
+
+_stub_text_memo = lru_cache(maxsize=STUB_MEMO)(_stub_text)
 
 
 def input_value_stub(text: str, tokens: int) -> str:
@@ -392,6 +427,10 @@ def cw_request(ctx) -> None:
                 candidates.append((s, toks))
         need = max(clear_at_least, total - freed - trigger)
         chosen, gain = [], 0
+        if sum(toks for _, toks in candidates) < clear_at_least and not any(input_allowed(s) for s, _ in candidates):
+            # a step would free less than its tokens, which is below clear_at_least: it would be dropped
+            # below, so the stubs of this request's candidates are not even computed
+            candidates = []
         for s, toks in candidates:
             if gain >= need:
                 break

@@ -21,7 +21,11 @@ as it was.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from typing import Any, Callable
+
+import orjson
 
 from contextwarden import hookimpl
 from contextwarden.models import ApiKind
@@ -73,12 +77,25 @@ _BUILTIN_FNS: dict[str, Callable[[str], tuple[str, int]]] = {
 }
 
 
+# Cleaned texts remembered per Stripper (see ``Stripper.clean``): a repeat request re-sends the whole
+# history, so an old message costs one lookup instead of every pattern step. Bounded by entries and by
+# the characters held (keys and cleaned texts); least recently used first out.
+MEMO_ENTRIES = 8192
+MEMO_CHARS = 16_000_000
+_SHORT_KEY = 256  # texts up to this long are their own key; longer ones are keyed by length and both ends
+_ENDS = 96
+
+
 class Stripper:
     """The compiled patterns of one profile; ``clean(text)`` is deterministic."""
 
     def __init__(self, enabled: list[str], user_patterns: list[str]) -> None:
         self.steps: list[tuple[str, Callable[[str], tuple[str, int]]]] = []
         self.errors: list[str] = []
+        # text -> (text, cleaned, counts); one memo per Stripper, so other patterns never share an entry
+        self._memo: OrderedDict[Any, tuple[str, str, tuple[tuple[str, int], ...]]] = OrderedDict()
+        self._memo_chars = 0
+        self._memo_lock = threading.Lock()
         for name in BUILTIN:  # fixed order: the marker and wrappers first, then headers, then the footer
             if name in enabled:
                 self.steps.append((name, _BUILTIN_FNS[name]))
@@ -94,10 +111,37 @@ class Stripper:
             self.steps.append((f"user_{i}", lambda text, _rx=rx: _rx.subn("", text)))
 
     def clean(self, text: str) -> tuple[str, dict[str, int]]:
-        """The text without envelopes, and how many matches of each pattern were removed."""
-        counts: dict[str, int] = {}
+        """The text without envelopes, and how many matches of each pattern were removed.
+
+        Memoised by the exact text (a pure function of the text and this Stripper's patterns): a long
+        text is looked up by its length and both ends, and the entry is used only when its whole text
+        is equal (a memory compare, much cheaper than hashing it). The counts are a fresh dict."""
         if not text:
-            return text, counts
+            return text, {}
+        n = len(text)
+        key: Any = text if n <= _SHORT_KEY else (n, text[:_ENDS], text[-_ENDS:])
+        memo = self._memo
+        with self._memo_lock:
+            e = memo.get(key)
+            if e is not None and (e[0] is text or e[0] == text):
+                memo.move_to_end(key)
+                return e[1], dict(e[2])
+        out, counts = self._clean(text)
+        size = n + (len(out) if out is not text else 0)
+        if size <= MEMO_CHARS // 4:
+            with self._memo_lock:
+                old = memo.pop(key, None)
+                if old is not None:
+                    self._memo_chars -= len(old[0]) + (len(old[1]) if old[1] is not old[0] else 0)
+                memo[key] = (text, out, tuple(counts.items()))
+                self._memo_chars += size
+                while len(memo) > MEMO_ENTRIES or self._memo_chars > MEMO_CHARS:
+                    _, old = memo.popitem(last=False)
+                    self._memo_chars -= len(old[0]) + (len(old[1]) if old[1] is not old[0] else 0)
+        return out, counts
+
+    def _clean(self, text: str) -> tuple[str, dict[str, int]]:
+        counts: dict[str, int] = {}
         out = text
         for name, fn in self.steps:
             out, n = fn(out)
@@ -127,9 +171,38 @@ def cw_configure(runtime) -> None:
         runtime.bus.emit("error", {"where": "strip", "message": err, "action": "pattern skipped"})
 
 
+def _tool_use_text(b: am.ToolUseBlock) -> str:
+    return f"{b.name} " + orjson.dumps(b.input).decode("utf-8", "replace")
+
+
+# ``am.block_text`` by exact block type: pydantic's isinstance is slow and this runs for every block of
+# the history on every request. Any other type (and any subclass) goes to ``am.block_text`` itself.
+_BLOCK_TEXT: dict[type, Callable[[Any], str]] = {
+    am.TextBlock: lambda b: b.text,
+    am.ThinkingBlock: lambda b: b.thinking,
+    am.ToolUseBlock: _tool_use_text,
+    am.ToolResultBlock: lambda b: am.content_text(b.content),
+}
+
+
+def _anthropic_text(m: am.Message) -> str:
+    """``am.message_text(m)``, faster."""
+    c = m.content
+    if isinstance(c, str):
+        return c
+    get = _BLOCK_TEXT.get
+    parts = []
+    for b in c:
+        f = get(type(b))
+        t = f(b) if f is not None else am.block_text(b)
+        if t:
+            parts.append(t)
+    return "\n".join(parts)
+
+
 def _message_text(api: ApiKind, m: Any) -> str:
     if api is ApiKind.ANTHROPIC:
-        return am.message_text(m)
+        return _anthropic_text(m)
     if api is ApiKind.OPENAI_RESPONSES:
         return orr.item_text(m)
     return oc.message_text(m)

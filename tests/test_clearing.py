@@ -224,6 +224,42 @@ def test_the_stub_text_is_deterministic_and_never_logs_auth(cw_home):
     h.close()
 
 
+def test_memoised_fingerprints_and_stubs_are_the_plain_computation():
+    import hashlib
+
+    from contextwarden.conversation import input_hint
+    from contextwarden.plugins import clearing
+
+    def plain_digest(text: str) -> str:
+        ends = (text[:512] + "\0" + text[-512:]) if len(text) > 1024 else text
+        return f"{len(text)}:" + hashlib.blake2b(ends.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+    texts = ["", "short", "é\ud800 surrogate", "a" * 1024, "a" * 1025, "b" * 600 + "c" * 600, "b" * 600 + "d" * 600,
+             "x" * 512 + "MIDDLE" + "y" * 512, "x" * 512 + "middle" + "y" * 512]
+    for _ in range(2):
+        for t in texts:
+            assert clearing._digest("".join(list(t))) == plain_digest(t)
+    for text in ["def main():\n    pass\n" * 50, "", "z" * (clearing.STUB_MEMO_CHARS + 1), "  \n "]:
+        for tool, inp, toks, imgs in [("Read", {"file_path": "src/app.py"}, 3120, 0), ("Bash", {"command": "ls"}, 3120, 2),
+                                      ("Read", {"file_path": "src/other.py"}, 3120, 0), ("Read", {"file_path": "src/app.py"}, 99, 1)]:
+            want = clearing._stub_text(tool, input_hint(inp, 60), text, toks, imgs)
+            assert clearing.stub_text(tool, inp, text, toks, imgs) == want
+            assert clearing.stub_text(tool, dict(inp), "".join(list(text)), toks, imgs) == want
+
+
+def test_a_step_that_cannot_reach_clear_at_least_computes_no_stubs(cw_home, monkeypatch):
+    from contextwarden.plugins import clearing
+
+    h = harness(cw_home, trigger_tokens=1_000, keep_recent=2, clear_at_least=10**9)
+    made = []
+    real = clearing.stub_text
+    monkeypatch.setattr(clearing, "stub_text", lambda *a: made.append(a) or real(*a))
+    body = anthropic_tool_loop(8, result_words=500)
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert not sent.changed and made == []
+    h.close()
+
+
 def test_results_the_model_has_not_read_are_never_cleared(cw_home):
     h = harness(cw_home, keep_recent=0, trigger_tokens=1000)
     body = anthropic_tool_loop(8, result_words=500)

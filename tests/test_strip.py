@@ -71,6 +71,77 @@ def test_bad_user_pattern_is_reported_and_skipped():
     assert s.clean("[vc:prompt]\nok")[0] == "ok"
 
 
+def test_a_memoised_clean_is_the_same_as_a_fresh_strippers():
+    long_plain = "x" * 5000
+    texts = [ENVELOPED, "plain words", "[vc:prompt]\nhi", "", long_plain,
+             "[vc:prompt]\n" + "y" * 4000 + "\n[message_id: 9]",
+             # same length and both ends as the one before, a different middle: must not be served its entry
+             "[vc:prompt]\n" + "y" * 1000 + "[vc:user]z[/vc:user]" + "y" * 2980 + "\n[message_id: 9]",
+             "a\n[message_id: 12] in the middle\nof text"]
+    cached = Stripper(ALL, [r"SECRET-\d+"])
+    for _ in range(3):
+        for t in texts:
+            fresh = Stripper(ALL, [r"SECRET-\d+"])
+            copy = "".join(list(t))  # an equal text that is another object (as a new request parses it)
+            want = fresh._clean(t) if t else (t, {})
+            assert cached.clean(copy) == want == fresh.clean(t), t[:40]
+    out, counts = cached.clean(ENVELOPED)
+    counts["vc_prompt"] = 99  # a caller changing the counts it got does not change the memo
+    assert cached.clean(ENVELOPED)[1]["vc_prompt"] == 1
+
+
+def test_different_patterns_never_share_a_memo_entry():
+    from contextwarden.plugins.strip import stripper_for
+    from contextwarden.settings import StripSection
+
+    text = "[vc:prompt]\nticket SECRET-42 fails\n[message_id: 1]"
+    a = Stripper(["message_id"], [])
+    b = Stripper(ALL, [r"\bSECRET-\d+\b"])
+    assert a.clean(text) == ("[vc:prompt]\nticket SECRET-42 fails", {"message_id": 1})
+    assert b.clean(text) == ("ticket  fails", {"vc_prompt": 1, "message_id": 1, "user_0": 1})
+    assert a.clean(text)[0] != b.clean(text)[0]
+    sa = stripper_for(StripSection(enabled_patterns=["message_id"], user_patterns=[]))
+    sb = stripper_for(StripSection(enabled_patterns=["message_id"], user_patterns=[r"SECRET-\d+"]))
+    assert sa is not sb
+    assert sa.clean(text)[0] == "[vc:prompt]\nticket SECRET-42 fails"
+    assert sb.clean(text)[0] == "[vc:prompt]\nticket  fails"
+
+
+def test_memo_is_bounded(monkeypatch):
+    from contextwarden.plugins import strip as mod
+
+    monkeypatch.setattr(mod, "MEMO_ENTRIES", 5)
+    monkeypatch.setattr(mod, "MEMO_CHARS", 10_000)
+    s = Stripper(ALL, [])
+    for i in range(50):
+        assert s.clean(f"[vc:prompt]\nmessage {i}")[0] == f"message {i}"
+        s.clean(f"{i}" * 600)
+    assert len(s._memo) <= 5 and s._memo_chars <= 10_000
+
+
+def test_fast_message_text_is_anthropic_message_text():
+    from contextwarden.models import anthropic as am
+    from contextwarden.plugins.strip import _anthropic_text
+
+    req = am.MessagesRequest.model_validate({"model": "claude-x", "messages": [
+        {"role": "user", "content": "plain [message_id: 1]"},
+        {"role": "user", "content": []},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": "s"}, {"type": "redacted_thinking", "data": "d"},
+            {"type": "text", "text": ""}, {"type": "text", "text": "ok"},
+            {"type": "tool_use", "id": "t1", "name": "Read", "input": {"file_path": "a.py", "n": [1, "é"]}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": "body"},
+            {"type": "tool_result", "tool_use_id": "t2", "content": [{"type": "text", "text": "x"},
+                                                                    {"type": "image", "source": {}}]},
+            {"type": "tool_result", "tool_use_id": "t3"},
+            {"type": "image", "source": {"type": "base64", "data": "AA=="}},
+            {"type": "mystery", "text": "kept?"}, {"type": "text", "text": "[vc:prompt]\nbye"}]},
+    ]})
+    for m in req.messages:
+        assert _anthropic_text(m) == am.message_text(m)
+
+
 # ---------------------------------------------------------------------------- through the pipeline
 
 
