@@ -130,11 +130,13 @@ class Totals:
                 self.tokens_sent += to
             self.rewritten += bool(data.get("changed"))
             self.blocked += bool(data.get("blocked"))
-        elif t == "compaction":
-            self.compactions += 1
+        elif t == "compaction" and data.get("applied") is not False:
+            # a summary re-applied on a later request is the same compaction: counted once, its tokens
+            # freed on every request that sends it
+            self.compactions += not data.get("reused")
             self.tokens_freed += max(0, num(data.get("tokens_before")) - num(data.get("tokens_after")))
         elif t == "clearing":
-            self.clearings += 1
+            self.clearings += data.get("new", 1) != 0
             self.tokens_freed += max(0, num(data.get("tokens_freed")))
         elif t == "memory":
             tok = num(data.get("tokens"))

@@ -352,3 +352,27 @@ async def test_connection_states_show_in_the_status_line():
         app.post_message(ConnectionChanged("waiting", "no running proxy found"))
         await settle(pilot, app)
         assert "◌ waiting no running proxy found" in screen_text(app)
+
+
+def test_events_panel_lists_what_changed_a_request_and_counts_each_compaction_once():
+    from contextwarden.tui.demo import EventFactory
+    from contextwarden.tui.store import Store
+
+    f, store = EventFactory(), Store()
+    evs = [f.startup(), f.ev("request", {"api": "anthropic"}, "f1", "s1"),
+           f.ev("strip", {"messages": 9, "cleaned": 0, "patterns": {}, "rewritten": 0}, "f1", "s1"),
+           f.ev("compaction", {"applied": False, "reason": "below the soft threshold", "tokens_before": 9000}, "f1", "s1"),
+           f.ev("request", {"api": "anthropic"}, "f2", "s1"),
+           f.ev("strip", {"messages": 11, "cleaned": 2, "patterns": {"channel_header": 2}, "rewritten": 0}, "f2", "s1"),
+           f.ev("compaction", {"applied": True, "messages": 7, "tokens_before": 40000, "tokens_after": 30000,
+                               "summary_tokens": 400, "reused": False}, "f2", "s1"),
+           f.ev("request", {"api": "anthropic"}, "f3", "s1"),
+           f.ev("compaction", {"applied": True, "messages": 7, "tokens_before": 44000, "tokens_after": 34000,
+                               "summary_tokens": 400, "reused": True}, "f3", "s1")]
+    store.apply(evs)
+    lines = [c.summary for c in store.context if c.type != "startup"]
+    assert lines == ["stripped envelopes from 2 of 11 messages (channel_header×2)",
+                     "7 msgs → summary, 40,000 → 30,000 tok (−10,000), summary 400 tok",
+                     "7 msgs → summary, 44,000 → 34,000 tok (−10,000), summary 400 tok, reused prefix"]
+    assert store.totals.compactions == 1
+    assert not store.requests["f1"].compacted and store.requests["f3"].compacted

@@ -147,6 +147,8 @@ def summarise(ev: dict[str, Any]) -> str:
     """One line describing a context event, for the Events panel."""
     t, d = ev.get("type"), ev.get("data") or {}
     if t == "compaction":
+        if d.get("applied") is False:
+            return f"not compacted: {d.get('reason') or 'below the thresholds'}"
         before, after = _num(d.get("tokens_before")), _num(d.get("tokens_after"))
         s = f"{d.get('messages', '?')} msgs → summary"
         if before is not None and after is not None:
@@ -174,8 +176,22 @@ def summarise(ev: dict[str, Any]) -> str:
     if t == "shutdown":
         return "proxy stopped"
     if t == "strip":
-        return "stripped envelopes " + _flat({k: v for k, v in d.items() if k != "api"})
+        pats = ", ".join(f"{k}×{v}" for k, v in (d.get("patterns") or {}).items())
+        return (f"stripped envelopes from {d.get('cleaned', 0)} of {d.get('messages', '?')} messages"
+                + (f" ({pats})" if pats else "") + (f", {d['rewritten']} rewritten on the wire" if d.get("rewritten") else ""))
     return _flat(d)
+
+
+def _worth_listing(t: str, d: dict[str, Any]) -> bool:
+    """Whether a context event belongs in the Events panel: what changed a request, not every request's
+    "nothing to do" (a budget at NORMAL, a strip that found no envelope, a compaction not applied)."""
+    if t == "budget":
+        return d.get("level") not in (None, "NORMAL", "normal")
+    if t == "strip":
+        return bool(d.get("cleaned") or d.get("rewritten"))
+    if t == "compaction":
+        return d.get("applied") is not False
+    return True
 
 
 def _flat(d: Any, prefix: str = "") -> str:
@@ -356,7 +372,7 @@ class Store:
         sess = self._session(ev.get("session"), ts) if t in ROW_TYPES or t == "ingest" else None
         if sess is not None:
             dirty.add("sessions")
-        if t in CONTEXT_TYPES and (t != "budget" or d.get("level") not in (None, "NORMAL", "normal")):
+        if t in CONTEXT_TYPES and _worth_listing(t, d):
             self._n += 1
             self.context.append(ContextEvent(ev.get("seq") or 0, ts, t, ev.get("session"), ev.get("flow_id"), summarise(ev), self._n))
             dirty.add("events")
@@ -457,15 +473,16 @@ class Store:
             row.level = d.get("level")
             if sess is not None:
                 sess.level = row.level
-        elif t == "compaction":
+        elif t == "compaction" and d.get("applied") is not False:
             row.compacted = True
             if sess is not None:
-                sess.compactions += 1
+                if not d.get("reused"):  # a re-applied summary is the same compaction, not a new one
+                    sess.compactions += 1
                 sess.tokens_freed += int(max(0, (_num(d.get("tokens_before")) or 0) - (_num(d.get("tokens_after")) or 0)))
         elif t == "clearing":
             row.cleared = True
             if sess is not None:
-                sess.clearings += 1
+                sess.clearings += d.get("new", 1) != 0
                 sess.tokens_freed += int(_num(d.get("tokens_freed")) or 0)
         elif t == "error":
             row.error = str(d.get("message") or d.get("where") or "error")
