@@ -369,8 +369,13 @@ def test_events_panel_lists_what_changed_a_request_and_counts_each_compaction_on
            f.ev("request", {"api": "anthropic"}, "f3", "s1"),
            f.ev("compaction", {"applied": True, "messages": 7, "tokens_before": 44000, "tokens_after": 34000,
                                "summary_tokens": 400, "reused": True}, "f3", "s1")]
+    evs += [f.ev("clearing", {"cleared": 3, "new": 3, "tokens_freed": 9000}, "f2", "s1"),
+            f.ev("clearing", {"cleared": 3, "new": 0, "tokens_freed": 9000}, "f3", "s1")]
     store.apply(evs)
-    lines = [c.summary for c in store.context if c.type != "startup"]
+    lines = [c.summary for c in store.context if c.type not in ("startup", "clearing")]
+    assert [c.summary for c in store.context if c.type == "clearing"] == [
+        "cleared 3 tool results (3 new), −9,000 tok", "cleared 3 tool results (re-applied), −9,000 tok"]
+    assert store.totals.clearings == 1
     assert lines == ["stripped envelopes from 2 of 11 messages (channel_header×2)",
                      "7 msgs → summary, 40,000 → 30,000 tok (−10,000), summary 400 tok",
                      "7 msgs → summary, 44,000 → 34,000 tok (−10,000), summary 400 tok, reused prefix"]

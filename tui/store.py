@@ -161,7 +161,9 @@ def summarise(ev: dict[str, Any]) -> str:
     if t == "clearing":
         cleared = d.get("cleared")
         n = len(cleared) if isinstance(cleared, list) else cleared
-        return f"cleared {n if n is not None else '?'} tool results, −{int(_num(d.get('tokens_freed')) or 0):,} tok"
+        new = d.get("new")
+        fresh = "" if new is None else (" (re-applied)" if new == 0 else f" ({new} new)")
+        return f"cleared {n if n is not None else '?'} tool results{fresh}, −{int(_num(d.get('tokens_freed')) or 0):,} tok"
     if t == "error":
         where = d.get("where", "?") + (f"/{d['stage']}" if d.get("stage") else "")
         return f"{where}: {d.get('message', '')}" + (f" ({d['action']})" if d.get("action") else "")
