@@ -57,8 +57,10 @@ class Bench:
         if s is None:
             o = copy.deepcopy(self.h.overrides)
             o["tokens"] = {"context_window": window}
+            # tool-input clearing on for half the drawn combinations (a function of them, so a failing
+            # example replays with the same setting)
             o["clearing"] = {"trigger_tokens": int(window * trigger), "keep_recent": keep, "clear_at_least": at_least,
-                             "min_result_tokens": 20}
+                             "min_result_tokens": 20, "clear_tool_inputs": (keep + protect) % 2 == 1}
             o["compaction"] = {"protect_recent_turns": protect, "min_span_tokens": 50, "summary_max_tokens": summary}
             s = self._settings[key] = load_settings("default", self.home, overrides=o)
         return s
