@@ -72,6 +72,21 @@ def event_dict(ev: Event) -> dict[str, Any]:
     return d
 
 
+def applied_compaction(data: dict[str, Any]) -> bool:
+    """A ``compaction`` event whose summary went out (newly made or re-applied), not a decision to wait."""
+    return data.get("applied") is not False
+
+
+def new_compaction(data: dict[str, Any]) -> bool:
+    """A compaction made by this request: a summary re-applied on a later request is the same one."""
+    return applied_compaction(data) and not data.get("reused")
+
+
+def new_clearing(data: dict[str, Any]) -> bool:
+    """A ``clearing`` event that cleared results for the first time (``new`` 0: stubs re-applied)."""
+    return data.get("new", 1) != 0
+
+
 class Totals:
     """Running counters over every event since the runtime started: the Overview's numbers.
 
@@ -130,13 +145,12 @@ class Totals:
                 self.tokens_sent += to
             self.rewritten += bool(data.get("changed"))
             self.blocked += bool(data.get("blocked"))
-        elif t == "compaction" and data.get("applied") is not False:
-            # a summary re-applied on a later request is the same compaction: counted once, its tokens
-            # freed on every request that sends it
-            self.compactions += not data.get("reused")
+        elif t == "compaction" and applied_compaction(data):
+            # counted once, its tokens freed on every request that sends it
+            self.compactions += new_compaction(data)
             self.tokens_freed += max(0, num(data.get("tokens_before")) - num(data.get("tokens_after")))
         elif t == "clearing":
-            self.clearings += data.get("new", 1) != 0
+            self.clearings += new_clearing(data)
             self.tokens_freed += max(0, num(data.get("tokens_freed")))
         elif t == "memory":
             tok = num(data.get("tokens"))

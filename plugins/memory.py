@@ -23,8 +23,8 @@ import orjson
 
 from contextwarden import hookimpl
 from contextwarden.memory import service as memory_service
-from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, inject, provenance,
-                                         render_block, strip_blocks)
+from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, inject, last_user_index,
+                                         provenance, render_block, strip_blocks)
 from contextwarden.memory.retrieve import HistoryIndex, build_query, history_texts, messages_of, role_of, select
 from contextwarden.models.base import ApiKind
 
@@ -104,20 +104,13 @@ def cw_request(ctx) -> None:
         finish(skipped="error", injected=0, ids=[], scores=[], tokens=0)
 
 
-def _last_user(messages: list) -> int | None:
-    for i in range(len(messages) - 1, -1, -1):
-        if role_of(messages[i]) == "user":
-            return i
-    return None
-
-
 def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     m = ctx.settings.memory
     original = messages_of(ctx.api, ctx.original)
     query, qi = build_query(ctx.api, original, ctx.notes.get("clean_text") or {})
     if query is None:
         return finish(skipped="no user text")
-    if not m.inject_tool_steps and qi != _last_user(original):
+    if not m.inject_tool_steps and qi != last_user_index(original, role_of):
         # a tool-loop step: the block went with the person's message when it was sent; sending it again
         # with every step is new input each time, for what the model has already acted on
         return finish(skipped="tool loop step")
@@ -226,19 +219,14 @@ def _stubbed_items(ctx, msgs: list, workspace: str | None) -> list:
     return out
 
 
-def items_for_turn(ctx, turn, tagger) -> tuple[list, int]:
-    """The items a completed turn adds to memory (the request's messages not stored before, and the
-    assistant's reply), and the new ingestion marker (how many request messages are now stored)."""
-    items, n, _ = _turn_items(ctx, turn, tagger)
-    return items, n
-
-
 HISTORY_MIN_MESSAGES = 3  # a first request holding this many messages resumes a conversation
 
 
-def _turn_items(ctx, turn, tagger) -> tuple[list, int, bool]:
-    """``items_for_turn`` plus whether the items are history the proxy had not seen live: the first
-    request of a session (no marker) already holding earlier messages (a resumed conversation)."""
+def items_for_turn(ctx, turn, tagger) -> tuple[list, int, bool]:
+    """The items a completed turn adds to memory (the request's messages not stored before, and the
+    assistant's reply), the new ingestion marker (how many request messages are now stored), and
+    whether the items are history the proxy had not seen live: the first request of a session (no
+    marker) already holding earlier messages (a resumed conversation)."""
     from contextwarden.memory.ingest import items_from_messages
 
     m = ctx.settings.memory
@@ -283,7 +271,7 @@ def cw_turn_complete(ctx, turn) -> None:
         return
     if not svc.ready.wait(10) or not svc.available:
         return
-    items, n, history = _turn_items(ctx, turn, svc.tagger)
+    items, n, history = items_for_turn(ctx, turn, svc.tagger)
     if not items or svc.submit(items, flow_id=ctx.flow_id, history=history,
                                messages=n if history else None):
         msgs = messages_of(ctx.api, ctx.original)

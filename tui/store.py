@@ -15,7 +15,8 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from contextwarden.addons.eventserver import CACHE_READ_RATE, CACHE_WRITE_RATE, Totals
+from contextwarden.addons.eventserver import (CACHE_READ_RATE, CACHE_WRITE_RATE, Totals, applied_compaction,
+                                              new_clearing, new_compaction)
 
 CONTEXT_TYPES = ("compaction", "clearing", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip")
 ROW_TYPES = ("request", "stage", "tags", "memory", "forward", "response", "turn", "budget", "clearing",
@@ -147,7 +148,7 @@ def summarise(ev: dict[str, Any]) -> str:
     """One line describing a context event, for the Events panel."""
     t, d = ev.get("type"), ev.get("data") or {}
     if t == "compaction":
-        if d.get("applied") is False:
+        if not applied_compaction(d):
             return f"not compacted: {d.get('reason') or 'below the thresholds'}"
         before, after = _num(d.get("tokens_before")), _num(d.get("tokens_after"))
         s = f"{d.get('messages', '?')} msgs → summary"
@@ -192,7 +193,7 @@ def _worth_listing(t: str, d: dict[str, Any]) -> bool:
     if t == "strip":
         return bool(d.get("cleaned") or d.get("rewritten"))
     if t == "compaction":
-        return d.get("applied") is not False
+        return applied_compaction(d)
     return True
 
 
@@ -475,16 +476,15 @@ class Store:
             row.level = d.get("level")
             if sess is not None:
                 sess.level = row.level
-        elif t == "compaction" and d.get("applied") is not False:
+        elif t == "compaction" and applied_compaction(d):
             row.compacted = True
             if sess is not None:
-                if not d.get("reused"):  # a re-applied summary is the same compaction, not a new one
-                    sess.compactions += 1
+                sess.compactions += new_compaction(d)
                 sess.tokens_freed += int(max(0, (_num(d.get("tokens_before")) or 0) - (_num(d.get("tokens_after")) or 0)))
         elif t == "clearing":
             row.cleared = True
             if sess is not None:
-                sess.clearings += d.get("new", 1) != 0
+                sess.clearings += new_clearing(d)
                 sess.tokens_freed += int(_num(d.get("tokens_freed")) or 0)
         elif t == "error":
             row.error = str(d.get("message") or d.get("where") or "error")

@@ -94,7 +94,7 @@ def _has_cache_control(obj: Any) -> bool:
     return False
 
 
-def _last_user_index(messages: list, role_of) -> int | None:
+def last_user_index(messages: list, role_of) -> int | None:
     for i in range(len(messages) - 1, -1, -1):
         if role_of(messages[i]) == "user":
             return i
@@ -106,7 +106,7 @@ def check(api: ApiKind, request) -> None:
     retrieval, so a tool loop does not pay for a search it cannot use)."""
     if api is ApiKind.ANTHROPIC:
         msgs = request.messages
-        i = _last_user_index(msgs, lambda m: m.role)
+        i = last_user_index(msgs, lambda m: m.role)
         if i is None:
             raise NotInjectable("no user message")
         if any(_has_cache_control(later.wire()) for later in msgs[i + 1:]):
@@ -144,7 +144,7 @@ def _anthropic(req, block: str) -> str:
     from ..models.anthropic import TextBlock
 
     msgs = req.messages
-    i = _last_user_index(msgs, lambda m: m.role)
+    i = last_user_index(msgs, lambda m: m.role)
     if i is None:
         raise NotInjectable("no user message")
     for later in msgs[i + 1:]:
