@@ -59,6 +59,7 @@ class Warden:
         # warm now: what is loaded stays out of the garbage collector's way (p99 pauses); again when
         # the memory service has loaded its model
         try:
+            runtime.tune_malloc()
             runtime.settle_gc("startup")
         except Exception as e:  # tuning must never stop the proxy
             log.warning(f"contextwarden: gc tuning failed: {e}")

@@ -280,6 +280,8 @@ def run_timing(home: Path, repeats: int) -> None:
             body = history(size, h)
             n_tok = h.rt.tokens.count_request(ApiKind.ANTHROPIC, body)
             h.restart()  # a fresh token cache: the first request of this history is cold
+            h.rt.tune_malloc()  # what the proxy does once it is warm (addons/warden.py)
+            h.rt.settle_gc("bench")
             first = timed(h, body)
             reps = []
             cur = body

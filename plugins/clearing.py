@@ -50,7 +50,7 @@ import orjson
 from contextwarden import hookimpl
 from contextwarden.conversation import image_count, input_hint, result_text, shorten
 from contextwarden.memory.ids import memory_id
-from contextwarden.models.base import ApiKind
+from contextwarden.models.base import ApiKind, TrackedList
 from contextwarden.statecache import state_cache
 
 NS = "clearing"
@@ -61,7 +61,7 @@ IMAGE_TOKENS = 1_600  # an image's input tokens when its size is unknown (Anthro
 MAX_REMEMBERED = 5_000  # cleared results remembered per session
 
 
-@dataclass
+@dataclass(slots=True)
 class Slot:
     """One tool result in the request, and how to replace its content."""
 
@@ -70,19 +70,48 @@ class Slot:
     tool: str
     tool_input: Any
     content: Any
-    set: Callable[[str], None]
+    setter: Callable[[str], None] | None  # replaces the content (else recorded in _edits)
     order: int  # position of its call among all calls (for keep_recent)
     call_index: int = -1  # message / item index of its call
-    set_input: Callable[[Any], None] | None = None  # replaces the call's input (a dict) in the request
+    input_setter: Callable[[Any], None] | None = None  # replaces the call's input (a dict) in the request
     input_locked: bool = False  # the call is in a message whose input must not change
 
     _text: str | None = None
+    _digest: str | None = None
+    # typed messages: changes are recorded as edits[message index][(kind, block)] (see _commit);
+    # _pos = (message, block, call message, call block)
+    _edits: dict[int, dict[tuple, Any]] | None = None
+    _pos: tuple[int, int, int, int] | None = None
 
     @property
     def text(self) -> str:
         if self._text is None:
             self._text = result_text(self.content)
         return self._text
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = _digest(self.text)
+        return self._digest
+
+    @property
+    def can_set_input(self) -> bool:
+        return self.input_setter is not None or (self._pos is not None and self._pos[3] >= 0)
+
+    def set(self, stub: str) -> None:
+        if self.setter is not None:
+            self.setter(stub)
+        else:
+            i, bi, _, _ = self._pos
+            self._edits.setdefault(i, {})[("r", bi)] = stub
+
+    def set_input(self, new: Any) -> None:
+        if self.input_setter is not None:
+            self.input_setter(new)
+        else:
+            _, _, ci, ui = self._pos
+            self._edits.setdefault(ci, {})[("i", ui)] = new  # a new dict: the client's is never mutated
 
 
 def session_key(ctx) -> str:
@@ -206,54 +235,120 @@ def _locked_anthropic(req) -> set[int]:
     return locked
 
 
-def _slots_anthropic(req) -> list[Slot]:
-    calls: dict[str, tuple[str, Any, int, int, Any]] = {}
+def _anthropic_facts(m) -> tuple:
+    """What clearing reads of one message: its tool calls ``(0, block, id, name, input)`` and tool
+    results ``(1, block, tool_use_id, content, text, digest)``. A pure function of the message, so it
+    is remembered with it while the message comes back unchanged (``Lease.memo``)."""
+    if isinstance(m.content, str):
+        return ()
+    out = []
+    for bi, b in enumerate(m.content):
+        t = getattr(b, "type", None)
+        if t == "tool_use":
+            out.append((0, bi, b.id, b.name, b.input))
+        elif t == "tool_result":
+            text = result_text(b.content)
+            out.append((1, bi, b.tool_use_id, b.content, text, _digest(text)))
+    return tuple(out)
+
+
+_FACTS_KEY = ("clearing", "facts")
+
+
+def _slots_anthropic(req, edits: dict[int, dict[tuple, Any]], lease=None) -> list[Slot]:
+    calls: dict[str, tuple[str, Any, int, int, int]] = {}
     slots: list[Slot] = []
     locked = _locked_anthropic(req)
-    for i, m in enumerate(req.messages):
-        if isinstance(m.content, str):
-            continue
-        for b in m.content:
-            t = getattr(b, "type", None)
-            if t == "tool_use":
-                calls.setdefault(b.id, (b.name, b.input, len(calls), i, b))
-            elif t == "tool_result":
-                name, inp, order, ci, use = calls.get(b.tool_use_id, ("", None, -1, -1, None))
-
-                def setter(stub: str, b=b) -> None:
-                    b.content = stub
-
-                def set_input(new: Any, use=use) -> None:
-                    use.input = new  # a new dict: the client's (shared with ctx.original) is never mutated
-
-                slots.append(Slot(i, b.tool_use_id, name, inp, b.content, setter, order, ci,
-                                  set_input if use is not None else None, ci in locked))
+    msgs = req.messages
+    every = lease.memos(msgs, _FACTS_KEY, _anthropic_facts) if lease is not None else [_anthropic_facts(m) for m in msgs]
+    for i, facts in enumerate(every):
+        for f in facts:
+            if f[0] == 0:
+                calls.setdefault(f[2], (f[3], f[4], len(calls), i, f[1]))
+            else:
+                _, bi, tid, content, text, digest = f
+                name, inp, order, ci, ui = calls.get(tid, ("", None, -1, -1, -1))
+                slots.append(Slot(i, tid, name, inp, content, None, order, ci, None, ci in locked,
+                                  _text=text, _digest=digest, _edits=edits, _pos=(i, bi, ci, ui)))
     return slots
 
 
-def _slots_chat(req) -> list[Slot]:
+def _edited_anthropic(m, edit: dict[tuple, Any]):
+    """A copy of message ``m`` with the recorded stubs in place (sharing no typed object with ``m``)."""
+    content = []
+    for bi, b in enumerate(m.content):
+        if ("r", bi) in edit:
+            b = b.model_copy(update={"content": edit[("r", bi)]})
+        elif ("i", bi) in edit:
+            b = b.model_copy(update={"input": edit[("i", bi)]})
+        else:
+            b = b.model_copy()
+        content.append(b)
+    return m.model_copy(update={"content": TrackedList(content)})
+
+
+def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
     from contextwarden.conversation import _maybe_json
 
-    calls: dict[str, tuple[str, Any, int, int, Any]] = {}
+    calls: dict[str, tuple[str, Any, int, int, int, Any]] = {}
     slots: list[Slot] = []
     last = next((i for i in range(len(req.messages) - 1, -1, -1) if req.messages[i].role == "assistant"), -1)
     for i, m in enumerate(req.messages):
-        for tc in m.tool_calls or []:
+        for ti, tc in enumerate(m.tool_calls or []):
             fn = tc.function
-            calls.setdefault(tc.id, (fn.name if fn else "", _maybe_json(fn.arguments) if fn else None, len(calls), i, fn))
+            calls.setdefault(tc.id, (fn.name if fn else "", _maybe_json(fn.arguments) if fn else None, len(calls), i, ti, fn))
         if m.role == "tool" and m.tool_call_id is not None:
-            name, inp, order, ci, fn = calls.get(m.tool_call_id, (m.name or "", None, -1, -1, None))
+            name, inp, order, ci, ti, fn = calls.get(m.tool_call_id, (m.name or "", None, -1, -1, -1, None))
 
-            def setter(stub: str, m=m) -> None:
-                m.content = stub
+            def setter(stub: str, i=i) -> None:
+                edits.setdefault(i, {})[("r", 0)] = stub
 
-            def set_input(new: Any, fn=fn) -> None:
-                fn.arguments = orjson.dumps(new).decode()  # arguments stay a JSON string of an object
+            def set_input(new: Any, ci=ci, ti=ti) -> None:
+                # arguments stay a JSON string of an object
+                edits.setdefault(ci, {})[("a", ti)] = orjson.dumps(new).decode()
 
             ok = fn is not None and isinstance(fn.arguments, str)
             slots.append(Slot(i, m.tool_call_id, name, inp, m.content, setter, order, ci,
                               set_input if ok else None, ci == last))
     return slots
+
+
+def _edited_chat(m, edit: dict[tuple, Any]):
+    update: dict[str, Any] = {}
+    if ("r", 0) in edit:
+        update["content"] = edit[("r", 0)]
+    if m.tool_calls is not None:
+        calls = []
+        for ti, tc in enumerate(m.tool_calls):
+            fn = tc.function
+            if fn is not None:
+                fn = fn.model_copy(update={"arguments": edit[("a", ti)]}) if ("a", ti) in edit else fn.model_copy()
+            calls.append(tc.model_copy(update={"function": fn}))
+        update["tool_calls"] = TrackedList(calls)
+    return m.model_copy(update=update)
+
+
+def _commit(ctx, edits: dict[int, dict[tuple, Any]]) -> None:
+    """Put the recorded stubs in: each edited message is replaced by an edited copy. The same stubs on
+    the same message give the same copy on every request, lent by the typed pool (``Lease.derive``)
+    with its wire form known, so re-applying them does not cost a copy, a dump and a validation each."""
+    if not edits:
+        return
+    msgs = ctx.request.messages
+    edited = _edited_anthropic if ctx.api is ApiKind.ANTHROPIC else _edited_chat
+    lease = ctx.lease
+    order = list(edits)
+    builds = [lambda m=msgs[i], edit=edits[i]: edited(m, edit) for i in order]
+    if lease is None:
+        new = [b() for b in builds]
+    else:
+        # the edit, completely: the stub strings come from the session's records (the same objects
+        # every request, so their hashes are kept); an input stub is a dict, named by its JSON
+        keys = [tuple(sorted((k[0], k[1], v if isinstance(v, str) else orjson.dumps(v, option=orjson.OPT_SORT_KEYS))
+                             for k, v in edits[i].items())) for i in order]
+        new = lease.derive_all([(msgs[i], k, b) for i, k, b in zip(order, keys, builds)])
+    for i, m in zip(order, new):
+        msgs[i] = m
 
 
 def _slots_responses(req) -> list[Slot]:
@@ -295,13 +390,14 @@ def _slots_responses(req) -> list[Slot]:
     return slots
 
 
-def find_slots(api: ApiKind, req) -> list[Slot]:
-    """Every tool result of the request, in order."""
+def find_slots(api: ApiKind, req, edits: dict[int, dict[tuple, Any]], lease=None) -> list[Slot]:
+    """Every tool result of the request, in order. The slots' setters of typed messages record into
+    ``edits`` (message index -> changes), which :func:`_commit` puts in."""
     if api is ApiKind.ANTHROPIC:
-        return _slots_anthropic(req)
+        return _slots_anthropic(req, edits, lease)
     if api is ApiKind.OPENAI_RESPONSES:
         return _slots_responses(req)
-    return _slots_chat(req)
+    return _slots_chat(req, edits)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -344,7 +440,8 @@ def cw_request(ctx) -> None:
     cfg = ctx.settings.clearing
     if not cfg.enabled:
         return
-    slots = find_slots(ctx.api, ctx.request)
+    edits: dict[int, dict[tuple, Any]] = {}
+    slots = find_slots(ctx.api, ctx.request, edits, ctx.lease)
     if not slots:
         return
     state = state_cache(ctx.runtime)
@@ -361,7 +458,7 @@ def cw_request(ctx) -> None:
     inputs_on = bool(getattr(cfg, "clear_tool_inputs", False))
 
     def input_allowed(slot: Slot) -> bool:
-        return inputs_on and slot.set_input is not None and not slot.input_locked and isinstance(slot.tool_input, dict)
+        return inputs_on and slot.can_set_input and not slot.input_locked and isinstance(slot.tool_input, dict)
 
     def apply(slot: Slot, rec: dict[str, Any], new: bool) -> bool:
         """Put the record's stubs in place; notes what it freed. False when nothing applied."""
@@ -402,7 +499,7 @@ def cw_request(ctx) -> None:
             rec = remembered.get(s.id)
             if rec is None or s.tool in exclude or s.id in done or s.index >= unseen_from:
                 continue
-            if rec["h"] != _digest(s.text):  # the client changed this result itself: leave it be
+            if rec["h"] != s.digest:  # the client changed this result itself: leave it be
                 continue
             apply(s, rec, False)
 
@@ -435,7 +532,7 @@ def cw_request(ctx) -> None:
             if gain >= need:
                 break
             text = s.text
-            rec: dict[str, Any] = {"h": _digest(text), "stub": None, "tokens": 0, "stub_tokens": 0, "tool": s.tool, "mid": None}
+            rec: dict[str, Any] = {"h": s.digest, "stub": None, "tokens": 0, "stub_tokens": 0, "tool": s.tool, "mid": None}
             g = 0
             if toks:
                 stub = stub_text(s.tool, s.tool_input, text, toks, image_count(s.content))
@@ -462,6 +559,7 @@ def cw_request(ctx) -> None:
                 if apply(s, rec, True):
                     new_recs[s.id] = rec
 
+    _commit(ctx, edits)
     if new_recs:
         merged = {**(state.get(NS, key, None) or {}), **new_recs}  # re-read: a concurrent request may have added some
         if len(merged) > MAX_REMEMBERED:

@@ -10,7 +10,7 @@ OpenClaw (and the virtual-context tagger plugin) wrap what a user typed in trans
 
 plus the profile's ``strip.user_patterns`` (regular expressions whose matches are removed).
 
-By default the wire is left alone: the cleaned plain text of every message goes to
+By default the wire is left alone: the cleaned plain text of every message it changed goes to
 ``ctx.notes["clean_text"]`` (message index -> text) for tagging and memory, which would otherwise learn
 "telegram" and "message_id" as topics. With ``strip.rewrite_outgoing`` the user messages' text blocks
 are also rewritten; cleaning is a pure function of the text, so an old message comes out the same
@@ -90,6 +90,7 @@ class Stripper:
     """The compiled patterns of one profile; ``clean(text)`` is deterministic."""
 
     def __init__(self, enabled: list[str], user_patterns: list[str]) -> None:
+        self.key = ("strip", tuple(enabled), tuple(user_patterns))  # names its results in per-message memos
         self.steps: list[tuple[str, Callable[[str], tuple[str, int]]]] = []
         self.errors: list[str] = []
         # text -> (text, cleaned, counts); one memo per Stripper, so other patterns never share an entry
@@ -257,13 +258,22 @@ def cw_request(ctx) -> None:
     clean: dict[int, str] = {}
     totals: dict[str, int] = {}
     cleaned = 0
-    for i, m in enumerate(items):
+    lease = ctx.lease
+
+    def strip_one(m: Any) -> tuple[str | None, tuple]:
         text, counts = s.clean(_message_text(api, m))
-        clean[i] = text
+        return (text, tuple(counts.items())) if counts else (None, ())
+
+    # a message seen before, unchanged: its result is remembered with it (typedpool.Lease.memo)
+    results = lease.memos(items, s.key, strip_one) if lease is not None else [strip_one(m) for m in items]
+    for i, (text, counts) in enumerate(results):
         if counts:
+            clean[i] = text
             cleaned += 1
-            for k, v in counts.items():
+            for k, v in counts:
                 totals[k] = totals.get(k, 0) + v
+    # only the messages it changed: a reader falls back to a message's own text (which is what
+    # cleaning gives for the others)
     ctx.notes["clean_text"] = clean
 
     rewritten = 0

@@ -53,6 +53,8 @@ class RequestContext:
     timings: dict[str, float] = field(default_factory=dict)
     token_memo: Any = field(default=None, repr=False)  # (messages, per-message counts) of the original
     message_raw: list[bytes] | None = field(default=None, repr=False)  # orjson.dumps of each original message
+    raw_exact: bool = False  # message_raw is exactly orjson.dumps of each original message (not of an equal one)
+    lease: Any = field(default=None, repr=False)  # the typed messages lent by runtime.typed (typedpool.Lease)
 
     def emit(self, type: str, **data: Any):
         data.setdefault("api", self.api.value)

@@ -42,6 +42,12 @@ def cw_request(ctx):
     the proxy forward the client's original bytes and record an ``error`` event naming the stage.
     Change the request in place; the proxy notices what changed, validates the result and sends the
     original if the result is invalid. Emit what you did with ``ctx.emit(type, **data)``.
+
+    Change by assigning: ``block.text = ...``, ``msg.content = [...]``, ``req.messages = ...``. Values
+    of untyped fields (a tool input, a tool_result's list content, unknown extra fields) are the
+    client's own dicts and lists, shared with ``ctx.original``: put a new dict or list there, never
+    mutate them. Typed messages no stage changed are lent to the next request of the conversation
+    once this one is finished, so read ``ctx.request`` only while the stages run.
     """
 
 

@@ -18,6 +18,10 @@ from pydantic import ValidationError
 
 from .context import BlockedResponse, RequestContext
 from .models import ApiKind, parse_body
+from .models import anthropic as am
+from .models import openai_chat as oc
+from .models.base import WireModel
+from .typedpool import Lease
 from .redact import credential_of, redact_headers, tenant_id
 from .sessions import derive_session
 
@@ -73,17 +77,26 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
     t0 = time.perf_counter()
     body = decode_body(raw, h.get("content-encoding"))
     try:
-        data = orjson.loads(body)
+        data, known = runtime.recent.parse(body)  # the history a recent request had is not decoded again
     except orjson.JSONDecodeError as e:
         raise Skip(f"malformed JSON: {e}") from None
     if not isinstance(data, dict):
         raise Skip("JSON body is not an object")
-    try:
-        model = parse_body(api, data)
-    except ValidationError as e:
-        raise Skip(f"body does not match the {api.value} schema: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from None
     session, source = derive_session(h, data)
     tenant = tenant_id(credential_of(h), runtime.salt)
+    msgs = data.get("input") if api is ApiKind.OPENAI_RESPONSES else data.get("messages")
+    raws, exact = runtime.message_bytes(api, tenant, session, msgs, known.raws if known is not None else None) \
+        if isinstance(msgs, list) else (None, False)
+    if api is not ApiKind.OPENAI_RESPONSES:
+        runtime.recent.remember(body, data, raws, known)
+    try:
+        model, lease = _typed(runtime, api, data, raws)
+    except ValidationError:
+        try:  # again as one body, for the error's full location (messages[i]...)
+            parse_body(api, data)
+        except ValidationError as e:
+            raise Skip(f"body does not match the {api.value} schema: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from None
+        raise
     from .agents import derive_agent
 
     agent = derive_agent(settings.budget.agent_rule, h, data, session)
@@ -94,28 +107,136 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         stream=bool(data.get("stream")), original=data, request=model,
         auth={k.lower(): v for k, v in headers if k.lower() in _AUTH_HEADERS}, request_bytes=body,
     )
-    msgs = data.get("input") if api is ApiKind.OPENAI_RESPONSES else data.get("messages")
-    if isinstance(msgs, list):
-        # each message's own JSON, once: the content key of the per-message caches (token counts,
-        # validation facts); a bytes object keeps its hash, so every later lookup is a memcmp
-        ctx.message_raw = [orjson.dumps(m) for m in msgs]
+    # each message's own JSON, once: the content key of the per-message caches (typed messages, token
+    # counts, validation facts); a bytes object keeps its hash, so every later lookup is a memcmp
+    ctx.message_raw = raws
+    ctx.raw_exact = exact
+    ctx.lease = lease
     ctx.timings["parse"] = round((time.perf_counter() - t0) * 1000, 3)
     return ctx
 
 
-def count_tokens(ctx: RequestContext, wire: dict[str, Any]) -> int | None:
+_MESSAGE_MODELS = {ApiKind.ANTHROPIC: am.Message, ApiKind.OPENAI_CHAT: oc.ChatMessage, ApiKind.OLLAMA_CHAT: oc.ChatMessage}
+
+
+def _typed(runtime, api: ApiKind, data: dict, raws: list[bytes] | None) -> tuple[WireModel, Lease | None]:
+    """The typed request, its messages lent by the runtime's pool where the conversation was seen before."""
+    cls = _MESSAGE_MODELS.get(api)
+    msgs = data.get("messages")
+    if cls is None or raws is None or not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
+        return parse_body(api, data), None
+    lease = runtime.typed.lease(api, msgs, raws, cls.model_validate)
+    model = parse_body(api, {**data, "messages": []})
+    # the field is set (it was in the input): stored directly, so the request is not marked touched
+    model.__dict__["messages"] = [e.obj for e in lease.entries]
+    return model, lease
+
+
+def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | None] | None = None) -> int | None:
     """Tokens of ``ctx.original`` (kept per message on ctx) or of a rewrite of it (messages equal to the
-    original's reuse those counts)."""
+    original's reuse those counts; ``raws``: the rewrite's message bytes where known, see wire_of)."""
     try:
         if wire is ctx.original:
             keep: list = []
-            n = ctx.runtime.tokens.count_request(ctx.api, wire, ctx.model, keep=keep, raw=ctx.message_raw)
+            tokens, lease = ctx.runtime.tokens, ctx.lease
+            known = key = None
+            if lease is not None and lease.quiet():
+                # each message's count is remembered with its typed message (typedpool.Lease.memo)
+                key = ("tokens", tokens.encoding_of(ctx.model))
+                known = [e.memo.get(key) if e.memo is not None else None for e in lease.entries]
+            n = tokens.count_request(ctx.api, wire, ctx.model, keep=keep, raw=ctx.message_raw, known=known)
             ctx.token_memo = keep[0] if keep else None
+            if key is not None and keep and len(keep[0][1]) == len(lease.entries):
+                for e, v, k in zip(lease.entries, keep[0][1], known):
+                    if k is None:
+                        if e.memo is None:
+                            e.memo = {}
+                        e.memo[key] = v
             return n
-        return ctx.runtime.tokens.count_request(ctx.api, wire, ctx.model, reuse=ctx.token_memo)
+        return ctx.runtime.tokens.count_request(ctx.api, wire, ctx.model, reuse=ctx.token_memo, raw=raws)
     except Exception as e:  # accounting must never cost a request
         ctx.emit("error", where="tokens", message=str(e))
         return None
+
+
+def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | None]:
+    """``ctx.request.wire()``, and the JSON bytes of each of its messages where known.
+
+    A message no stage touched is the client's own dict, and a derived message (``Lease.derive``) its
+    remembered wire form: neither is dumped again, and their bytes key the validator's and the token
+    counter's caches. A long history costs an identity check per message, not a dump of each."""
+    req, lease = ctx.request, ctx.lease
+    msgs = req.__dict__.get("messages") if lease is not None else None
+    orig = ctx.original.get("messages")
+    if not isinstance(msgs, list) or not isinstance(orig, list) or len(orig) != len(lease.entries):
+        return req.wire(), None
+    out: list[Any] = []
+    raws: list[bytes | None] = []
+    quiet, index, ents, lraws = lease.quiet(), lease.index(), lease.entries, lease.raws
+    for m in msgs:
+        j = index.get(id(m))
+        if j is not None and ents[j].obj is m and (quiet or ents[j].pristine()):
+            out.append(orig[j])
+            raws.append(lraws[j])
+            continue
+        e = lease.derived_entry(m)
+        if e is not None:
+            if e.wire is None:
+                e.wire = m.wire()
+                e.raw = orjson.dumps(e.wire)
+            out.append(e.wire)
+            raws.append(e.raw)
+            continue
+        out.append(m.wire() if isinstance(m, WireModel) else m)
+        raws.append(None)
+    # top-level fields still holding the client's own objects (system, tools: the cached prefix) are
+    # taken as they are, not dumped again
+    o = ctx.original
+    d = req.__dict__
+    same = {k for k, v in d.items() if k != "messages" and isinstance(v, (dict, list)) and o.get(k) is v}
+    extra = req.__pydantic_extra__ or {}
+    same |= {k for k, v in extra.items() if isinstance(v, (dict, list)) and o.get(k) is v}
+    top = req.model_dump(mode="json", exclude_unset=True, by_alias=True, exclude={"messages"} | same)
+    wire: dict[str, Any] = {}
+    fields_set = req.model_fields_set
+    for k in type(req).model_fields:  # the order model_dump would give: fields as declared, then extras
+        if k == "messages":
+            wire["messages"] = out
+        elif k in same and k in fields_set:
+            wire[k] = d[k]
+        elif k in top:
+            wire[k] = top.pop(k)
+    for k in extra:
+        if k in same:
+            wire[k] = extra[k]
+        elif k in top:
+            wire[k] = top.pop(k)
+    wire.update(top)
+    return wire, raws
+
+
+def serialise(wire: dict[str, Any], raws: list[bytes | None] | None) -> bytes:
+    """``orjson.dumps(wire)``, byte for byte; the messages whose exact bytes are known (``raws``, see
+    wire_of) are copied in rather than encoded again."""
+    msgs = wire.get("messages")
+    if raws is None or not isinstance(msgs, list) or len(raws) != len(msgs):
+        return orjson.dumps(wire)
+    parts: list[bytes] = []
+    for k, v in wire.items():
+        parts.append(b"," if parts else b"{")
+        if k == "messages":
+            parts.append(b'"messages":[')
+            for i, (r, m) in enumerate(zip(raws, msgs)):
+                if i:
+                    parts.append(b",")
+                parts.append(r if r is not None else orjson.dumps(m))
+            parts.append(b"]")
+        else:
+            parts.append(orjson.dumps(k))
+            parts.append(b":")
+            parts.append(orjson.dumps(v))
+    parts.append(b"}" if parts else b"{}")
+    return b"".join(parts)
 
 
 def _ms(t0: float) -> float:
@@ -189,8 +310,10 @@ class Pipeline:
         costs a dump and a lookup per message (validate.py, tokens.py)."""
         t = ctx.timings
         t0 = time.perf_counter()
-        wire = ctx.request.wire()
+        wire, raws = wire_of(ctx)
         same = wire == ctx.original
+        if ctx.lease is not None:
+            self.runtime.typed.give_back(ctx.lease)
         t["dump"] = _ms(t0)
         if same:
             ctx.tokens_out = ctx.tokens_in
@@ -199,17 +322,17 @@ class Pipeline:
         from .validate import validate_rewrite
 
         t0 = time.perf_counter()
-        problems = validate_rewrite(ctx.api, wire, ctx.original, original_raw=ctx.message_raw)
+        problems = validate_rewrite(ctx.api, wire, ctx.original, original_raw=ctx.message_raw, raw=raws)
         t["validate"] = _ms(t0)
         if problems:
             ctx.emit("error", where="validator", message="; ".join(problems[:5]), problems=problems[:20],
                      action="forwarded original")
             return Outcome(reason=f"invalid rewrite: {problems[0]}")
         t0 = time.perf_counter()
-        ctx.tokens_out = count_tokens(ctx, wire)
+        ctx.tokens_out = count_tokens(ctx, wire, raws)
         t["count_out"] = _ms(t0)
         t0 = time.perf_counter()
-        body = orjson.dumps(wire)
+        body = serialise(wire, raws if ctx.raw_exact else None)
         t["serialise"] = _ms(t0)
         self.runtime.remember(ctx, body, len(body))
         return Outcome(body=body, reason="rewritten")

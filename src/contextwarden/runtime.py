@@ -6,6 +6,7 @@ import gc
 import os
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from .home import ensure_home, secret_file
 from .pluginmanager import make_plugin_manager, stage_order
 from .settings import Settings, load_settings
 from .state import StateStore
+
+LAST_MESSAGES = 32  # conversations whose latest messages are kept for message_bytes
 
 
 class Runtime:
@@ -51,6 +54,15 @@ class Runtime:
         # sessions put into observe-only at run time (the TUI's bypass key)
         self.bypass: set[str] = set(self.state.get("runtime", "bypass", []))
         self.bodies = BodyRing()
+        from .typedpool import TypedPool
+
+        self.typed = TypedPool()  # typed messages lent from one request of a conversation to the next
+        from .prefixparse import RecentBodies
+
+        self.recent = RecentBodies()  # recent bodies' histories, not decoded again (pipeline.prepare)
+        # each conversation's latest messages and their JSON bytes (message_bytes)
+        self._last_messages: OrderedDict[tuple, tuple[list, list[bytes]]] = OrderedDict()
+        self._last_lock = threading.Lock()
         self._tokens = None
         self._lock = threading.Lock()
         # the stage breaker: stage name -> (its call still running past its budget, when it started)
@@ -66,6 +78,23 @@ class Runtime:
         self.turn_pool.submit(self._warm_tokens)
 
     # ------------------------------------------------------------------ garbage collector
+
+    def tune_malloc(self) -> bool:
+        """Apply ``pipeline.malloc_keep_mb`` (glibc only; True when applied)."""
+        mb = int(self.settings.pipeline.malloc_keep_mb)
+        if mb <= 0:
+            return False
+        try:
+            import ctypes
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            mallopt = libc.mallopt
+        except (OSError, AttributeError):
+            return False  # not glibc (macOS, musl...): nothing to tune
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        n = mb * 1024 * 1024
+        return bool(mallopt(M_TRIM_THRESHOLD, n)) and bool(mallopt(M_MMAP_THRESHOLD, min(n, 32 * 1024 * 1024)))
 
     def settle_gc(self, reason: str = "startup") -> dict[str, Any] | None:
         """Freeze what exists now (the loaded libraries, models, settings) so that later collections
@@ -134,6 +163,45 @@ class Runtime:
 
                     self._tokens = TokenCounter(self.settings.tokens, self.state, self.bus)
         return self._tokens
+
+    def message_bytes(self, api, tenant: str, session: str, msgs: list,
+                      known: list[bytes] | None = None) -> tuple[list[bytes], bool]:
+        """``orjson.dumps`` of each message: the key of the per-message caches (typed messages, token
+        counts, validation facts); and whether each is exactly that (not only of an equal message).
+
+        ``known``: the bytes of the first messages when they are the previous request's own dicts
+        (prefixparse). Otherwise a message equal to the one at its place in the conversation's
+        previous request gets that request's bytes object back instead of a new dump: comparing two
+        parsed messages is cheaper than dumping one, and a bytes object keeps its hash, so every
+        cache lookup after the first in the conversation is a pointer compare. Equal is enough for
+        the caches, which hold what depends on a message's content; the bytes are then not exact (an
+        equal message may order its keys differently), which Pipeline.finish needs to know."""
+        key = (api, tenant, session)
+        exact = True
+        if known is not None:
+            raws = list(known)
+        else:
+            with self._last_lock:
+                prev = self._last_messages.get(key)
+            raws = []
+            if prev is not None:
+                pm, pr = prev
+                for i in range(min(len(pm), len(msgs))):
+                    m = msgs[i]
+                    if m is pm[i]:
+                        raws.append(pr[i])
+                    elif m == pm[i]:
+                        raws.append(pr[i])
+                        exact = False
+                    else:
+                        raws.append(orjson.dumps(m))
+        raws += [orjson.dumps(m) for m in msgs[len(raws):]]
+        with self._last_lock:
+            self._last_messages[key] = (msgs, raws)
+            self._last_messages.move_to_end(key)
+            while len(self._last_messages) > LAST_MESSAGES:
+                self._last_messages.popitem(last=False)
+        return raws, exact
 
     def stages(self) -> list[tuple[str, object]]:
         p = self.settings.pipeline

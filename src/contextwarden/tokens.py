@@ -188,6 +188,10 @@ class TokenCounter:
 
     # ------------------------------------------------------------------ encodings
 
+    def encoding_of(self, model: str | None) -> str:
+        """The name of the encoding ``model``'s tokens are counted with."""
+        return encoding_name_for(model, self.settings.encoding)
+
     def _encoding(self, model: str | None) -> _Encoding:
         name = encoding_name_for(model, self.settings.encoding)
         enc = self._encodings.get(name)
@@ -279,8 +283,8 @@ class TokenCounter:
                    if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking"))
 
     def count_request(self, api: ApiKind | str, body: Any, model: str | None = None, *,
-                      reuse: tuple[list, list] | None = None, keep: list | None = None,
-                      raw: list[bytes] | None = None) -> int:
+                      reuse: tuple | None = None, keep: list | None = None,
+                      raw: list[bytes | None] | None = None, known: list | None = None) -> int:
         """Tokens of a whole request body: system + tools + messages, plus framing.
 
         A repeat request costs one ``orjson.dumps`` and one (non-cryptographic) hash per message plus
@@ -288,7 +292,10 @@ class TokenCounter:
         of this body; passing that as ``reuse`` when counting a rewrite of the same body counts the
         messages equal to the original's (same index, or same index from the end) without even that.
         ``raw``: each message's JSON bytes when the caller has them (the pipeline does), used as the
-        cache key instead of dumping the message again.
+        cache key instead of dumping the message again. ``known``: each message's entry when the
+        caller remembers it (None where not); ``keep`` then holds them all, to remember.
+        The framing, tools and system are not counted again for a rewrite that keeps the original's
+        own ``tools`` and ``system`` objects.
         """
         api = ApiKind(api)
         body = _plain(body)
@@ -297,38 +304,45 @@ class TokenCounter:
         if model is None and isinstance(body.get("model"), str):
             model = body["model"]
         enc = self._encoding(model)
-        n = REQUEST_OVERHEAD + self._tools(body.get("tools"), enc)
+        tools = body.get("tools")
+        system = body.get("instructions") if api is ApiKind.OPENAI_RESPONSES else body.get("system") if api is ApiKind.ANTHROPIC else None
+        fixed = reuse[2] if reuse is not None and len(reuse) > 2 else None
+        if fixed is not None and fixed[0] is tools and fixed[1] is system and fixed[2] is enc:
+            n = fixed[3]  # the original's own tools and system objects: counted already
+        else:
+            n = REQUEST_OVERHEAD + self._tools(tools, enc) + self._system(system, enc)
+        fixed = (tools, system, enc, n)
         if api is ApiKind.OPENAI_RESPONSES:
-            n += self._system(body.get("instructions"), enc)
             inp = body.get("input")
             if isinstance(inp, str):
                 n += MESSAGE_OVERHEAD + self.count_text(inp, model)
             elif isinstance(inp, list):
-                entries = self._entries(api, inp, enc, reuse, raw)
+                entries = self._entries(api, inp, enc, reuse, raw, known)
                 if keep is not None:
-                    keep.append((inp, entries))
+                    keep.append((inp, entries, fixed))
                 n += sum(e[0] for e in entries)
             return n
-        if api is ApiKind.ANTHROPIC:
-            n += self._system(body.get("system"), enc)
         msgs = body.get("messages")
         if isinstance(msgs, list):
-            entries = self._entries(api, msgs, enc, reuse, raw)
+            entries = self._entries(api, msgs, enc, reuse, raw, known)
             if keep is not None:
-                keep.append((msgs, entries))
+                keep.append((msgs, entries, fixed))
             n += sum(e[0] for e in entries)
             if api is ApiKind.ANTHROPIC and strips_thinking(model):
                 # earlier turns' thinking blocks, which the provider drops
                 n -= sum(e[1] for e in entries[:current_turn_start(msgs)])
         return n
 
-    def _entries(self, api: ApiKind, msgs: list, enc: _Encoding, reuse: tuple[list, list] | None,
-                 raw: list[bytes] | None = None) -> list[tuple[int, int]]:
+    def _entries(self, api: ApiKind, msgs: list, enc: _Encoding, reuse: tuple | None,
+                 raw: list[bytes | None] | None = None, known: list | None = None) -> list[tuple[int, int]]:
         """:meth:`_message_entry` of every message, the cache read under one lock."""
-        out: list[Any] = [None] * len(msgs)
-        todo: list[int] = []
-        if reuse is not None:
-            pm, pe = reuse
+        if known is not None and len(known) == len(msgs):
+            out: list[Any] = list(known)
+            todo: list[int] = [i for i, e in enumerate(out) if e is None]
+        elif reuse is not None:
+            out = [None] * len(msgs)
+            todo = []
+            pm, pe = reuse[0], reuse[1]
             shift = len(pm) - len(msgs)
             for i, m in enumerate(msgs):
                 if i < len(pm) and (pm[i] is m or pm[i] == m):
@@ -338,6 +352,7 @@ class TokenCounter:
                 else:
                     todo.append(i)
         else:
+            out = [None] * len(msgs)
             todo = list(range(len(msgs)))
         if not todo:
             return out
@@ -346,8 +361,10 @@ class TokenCounter:
         dumps, opt = orjson.dumps, orjson.OPT_SORT_KEYS
         keys = []
         if raw is not None and len(raw) == len(msgs):
-            for i in todo:
+            for i, m in zip(todo, plain):
                 data = raw[i]
+                if data is None:  # a message the caller has no bytes for: the same key, from a dump
+                    data = dumps(m, default=str)
                 keys.append((b"R" + kind, enc.name, len(data), hash(data)))
         else:
             for m in plain:
@@ -449,6 +466,9 @@ class TokenCounter:
     def _system(self, system: Any, enc: _Encoding) -> int:
         if not system:
             return 0
+        return self._system_count(system, enc)
+
+    def _system_count(self, system: Any, enc: _Encoding) -> int:
         if isinstance(system, str):
             return self._text(system, enc) + MESSAGE_OVERHEAD
         if isinstance(system, list):

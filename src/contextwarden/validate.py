@@ -52,12 +52,13 @@ Problem = tuple[tuple, str]
 
 
 def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str, Any],
-                     original_raw: list[bytes] | None = None) -> list[str]:
+                     original_raw: list[bytes] | None = None, raw: list[bytes | None] | None = None) -> list[str]:
     """Problems of the rewritten body ``new`` compared with the client's ``original`` (empty = valid).
 
     ``original_raw``: ``orjson.dumps`` of each of the original's messages, when the caller has them: a
     message of ``new`` equal to the original's at the same index (or the same index from the end) is
-    looked up under those bytes instead of being dumped again."""
+    looked up under those bytes instead of being dumped again. ``raw``: the same for ``new``'s messages
+    where the caller knows them (None elsewhere)."""
     try:
         api = ApiKind(api)
     except ValueError:
@@ -73,7 +74,7 @@ def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str
         ApiKind.OPENAI_RESPONSES: _responses,
     }[api]
     try:
-        found = _anthropic(new, original, original_raw) if check is _anthropic else check(new, original)
+        found = _anthropic(new, original, original_raw, raw) if check is _anthropic else check(new, original)
     except Exception as e:  # a body shaped so oddly that checking it fails is not sent
         return [f"validator could not read the rewritten body: {type(e).__name__}: {e}"]
     if not found:
@@ -99,7 +100,7 @@ def _digest(obj: Any) -> bytes:
 def _same_bytes(name: str, new: dict, original: dict) -> list[Problem]:
     if (name in new) != (name in original):
         return [(("changed", name), f"`{name}` was {'added' if name in new else 'removed'}")]
-    if name in new and _dumps(new[name]) != _dumps(original[name]):
+    if name in new and new[name] is not original[name] and _dumps(new[name]) != _dumps(original[name]):
         return [(("changed", name), f"`{name}` differs from the original (it is the cached prefix and never rewritten)")]
     return []
 
@@ -254,7 +255,74 @@ def _aligned_raw(msgs: list, orig_msgs: list, raw: list[bytes] | None) -> list[b
     return out
 
 
-def _anthropic(new: dict, original: dict, original_raw: list[bytes] | None = None) -> list[Problem]:
+class _Fold:
+    """The checks' state after a prefix of the messages (see :class:`_Checkpoints`)."""
+
+    __slots__ = ("seen_use", "seen_result", "prev_uses", "prev_role", "first_conv_checked", "others_new", "bps", "problems")
+
+    def __init__(self) -> None:
+        self.seen_use: set[str] = set()
+        self.seen_result: set[str] = set()
+        self.prev_uses: set[str] = set()  # tool_use ids of the message just before, still waiting for results
+        self.prev_role: Any = None
+        self.first_conv_checked = False
+        self.others_new: list[dict] = []
+        self.bps = 0  # breakpoints in the messages
+        self.problems: list[Problem] = []
+
+    def copy(self) -> "_Fold":
+        f = _Fold()
+        f.seen_use, f.seen_result, f.prev_uses = set(self.seen_use), set(self.seen_result), set(self.prev_uses)
+        f.prev_role, f.first_conv_checked, f.bps = self.prev_role, self.first_conv_checked, self.bps
+        f.others_new, f.problems = list(self.others_new), list(self.problems)
+        return f
+
+
+class _Checkpoints:
+    """The fold's state at the end of recently checked bodies, by their messages' exact bytes.
+
+    A coding agent's next request is its previous one plus a few messages, and a rewrite re-applies
+    the same stubs and summary, so the checks of every message but the new ones are the previous
+    request's: resuming from there makes checking a repeat request O(new messages). Found by the
+    number of messages and the last one's bytes, used only when the bytes of every message before it
+    and the original's role pairs (which the checks read) are equal too."""
+
+    SCAN = 16  # checkpoints are looked for this far back from the end of a body
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._d: OrderedDict[tuple[int, bytes | None], tuple[tuple, frozenset, _Fold]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def resume(self, keys: list, pairs: frozenset) -> tuple[int, _Fold]:
+        n = len(keys)
+        with self._lock:
+            for k in range(n, max(0, n - self.SCAN), -1):
+                got = self._d.get((k, keys[k - 1]))
+                if got is None:
+                    continue
+                stored, p, fold = got
+                if p == pairs and stored == tuple(keys[:k]):
+                    self._d.move_to_end((k, keys[k - 1]))
+                    return k, fold.copy()
+        return 0, _Fold()
+
+    def save(self, keys: list, pairs: frozenset, fold: _Fold) -> None:
+        if not keys:
+            return
+        key = (len(keys), keys[-1])
+        with self._lock:
+            self._d[key] = (tuple(keys), pairs, fold.copy())
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+
+_checkpoints = _Checkpoints()
+
+
+def _anthropic(new: dict, original: dict, original_raw: list[bytes] | None = None,
+               raw: list[bytes | None] | None = None) -> list[Problem]:
     problems: list[Problem] = []
     problems += _same_bytes("system", new, original)
     problems += _same_bytes("tools", new, original)
@@ -263,68 +331,78 @@ def _anthropic(new: dict, original: dict, original_raw: list[bytes] | None = Non
     if not isinstance(msgs, list) or not msgs:
         return problems + [(("no-messages",), "`messages` is missing or empty")]
 
-    seen_use: set[str] = set()
-    seen_result: set[str] = set()
-    prev_uses: set[str] = set()  # tool_use ids of the message just before, still waiting for results
-    prev_role = None
-    orig_roles = [_role(m) for m in orig_msgs]
-    pairs = set(zip(orig_roles, orig_roles[1:]))
-    first_conv_checked = False
-    others_new = []
+    orig_roles = [m.get("role") if type(m) is dict else _role(m) for m in orig_msgs]
+    pairs = frozenset(zip(orig_roles, orig_roles[1:]))
     others_orig = [m for m, r in zip(orig_msgs, orig_roles) if r not in ("user", "assistant")]
     bps = 0
     for key in ("system", "tools"):
         for b in _blocks(new.get(key)):
             if isinstance(b, dict) and b.get("cache_control") is not None:
                 bps += 1
-    keys = _aligned_raw(msgs, orig_msgs, original_raw)
-    for i, m in enumerate(msgs):
+    if raw is not None and len(raw) == len(msgs) and None not in raw:
+        keys = raw
+    else:
+        keys = _aligned_raw(msgs, orig_msgs, original_raw)
+        if raw is not None and len(raw) == len(msgs):
+            keys = [r if r is not None else k for r, k in zip(raw, keys)]
+        # (a message that is not an object keys as None: the same defect in the same place)
+        keys = [k if k is not None or type(m) is not dict else orjson.dumps(m, default=str) for k, m in zip(keys, msgs)]
+    begin, f = _checkpoints.resume(keys, pairs)
+    seen_use, seen_result, pf = f.seen_use, f.seen_result, f.problems
+    prev_uses, prev_role, first_conv_checked = f.prev_uses, f.prev_role, f.first_conv_checked
+    for i in range(begin, len(msgs)):
+        m = msgs[i]
         if not isinstance(m, dict):
-            problems.append((("not-object", i), f"messages[{i}] is not an object"))
+            pf.append((("not-object", i), f"messages[{i}] is not an object"))
             continue
         role, empty, events, n_bp = _facts.get(m, _anthropic_facts, keys[i])
-        bps += n_bp
+        f.bps += n_bp
         if role not in ("user", "assistant"):
-            others_new.append(m)
+            f.others_new.append(m)
         elif not first_conv_checked:
             first_conv_checked = True
             if role != "user":
-                problems.append((("first-role", role), f"the first user/assistant message is `{role}`, not `user`"))
+                pf.append((("first-role", role), f"the first user/assistant message is `{role}`, not `user`"))
         if prev_role is not None and role == prev_role and role in ("user", "assistant") and (role, role) not in pairs:
-            problems.append((("consecutive", role), f"two consecutive `{role}` messages at {i - 1},{i} (the original has none)"))
+            pf.append((("consecutive", role), f"two consecutive `{role}` messages at {i - 1},{i} (the original has none)"))
 
         # content
         if empty:
-            problems.append((("empty", _digest(m)), f"messages[{i}] ({role}) has empty content"))
+            pf.append((("empty", _digest(m)), f"messages[{i}] ({role}) has empty content"))
         uses: set[str] = set()
         results: set[str] = set()
         for ev in events:
             if ev[0] == "blank":
-                problems.append((("empty-text", _digest(m)), f"messages[{i}] ({role}) has an empty text block"))
+                pf.append((("empty-text", _digest(m)), f"messages[{i}] ({role}) has an empty text block"))
             elif ev[0] == "use":
                 tid = ev[1]
                 if role != "assistant":
-                    problems.append((("use-role", tid), f"tool_use {tid} in a `{role}` message"))
+                    pf.append((("use-role", tid), f"tool_use {tid} in a `{role}` message"))
                 if tid in seen_use:
-                    problems.append((("dup-use", tid), f"tool_use id {tid} appears twice"))
+                    pf.append((("dup-use", tid), f"tool_use id {tid} appears twice"))
                 seen_use.add(tid)
                 uses.add(tid)
             else:
                 tid = ev[1]
                 if tid in seen_result:
-                    problems.append((("dup-result", tid), f"tool_result for {tid} appears twice"))
+                    pf.append((("dup-result", tid), f"tool_result for {tid} appears twice"))
                 seen_result.add(tid)
                 results.add(tid)
                 if tid not in prev_uses:
-                    problems.append((("orphan-result", tid), f"tool_result {tid} in messages[{i}] does not answer a tool_use of the message before it"))
+                    pf.append((("orphan-result", tid), f"tool_result {tid} in messages[{i}] does not answer a tool_use of the message before it"))
         # pairing with the previous message
         if prev_uses:
             for tid in sorted(prev_uses - results):
-                problems.append((("unanswered", tid), f"tool_use {tid} is not answered by a tool_result in messages[{i}]"))
+                pf.append((("unanswered", tid), f"tool_use {tid} is not answered by a tool_result in messages[{i}]"))
         if results and role != "user":
-            problems.append((("result-role", role), f"tool_result in a `{role}` message at {i}"))
+            pf.append((("result-role", role), f"tool_result in a `{role}` message at {i}"))
         prev_uses = uses
         prev_role = role
+    f.prev_uses, f.prev_role, f.first_conv_checked = prev_uses, prev_role, first_conv_checked
+    _checkpoints.save(keys, pairs, f)
+    problems += pf
+    bps += f.bps
+    others_new = f.others_new
     for tid in sorted(prev_uses):
         problems.append((("unanswered", tid), f"tool_use {tid} in the last message has no tool_result"))
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
-from pydantic import Discriminator, Tag
+from pydantic import Discriminator, Tag, field_validator
 
-from .base import UnknownBlock, WireModel
+from .base import UnknownBlock, WireModel, tracked
 
 
 class TextBlock(WireModel):
@@ -78,6 +78,8 @@ class Message(WireModel):
     # any string: "user", "assistant", and since 2026 "system" mid-conversation, or whatever comes next
     role: str
     content: str | list[Block]
+
+    _track = field_validator("content")(classmethod(lambda cls, v: tracked(v)))
 
     def blocks(self) -> list[WireModel]:
         """Content as a list of blocks (a string content reads as one text block, not written back)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import WireModel
+from pydantic import field_validator
+
+from .base import WireModel, tracked
 
 
 class ToolCallFunction(WireModel):
@@ -25,6 +27,8 @@ class ChatMessage(WireModel):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+
+    _track = field_validator("tool_calls")(classmethod(lambda cls, v: tracked(v)))
 
 
 class ChatRequest(WireModel):
