@@ -12,8 +12,13 @@ session). A body is invalid when the product's validator or the independent chec
 when a stage fails, or when a reused compaction changes its bytes. Prints the invalid count.
 
 Timing: what the proxy does per request (parse, count, every stage, validate, serialise) at about 15K
-and 150K tokens of history, with the claude-code profile: the first request of a history (token cache
-cold) and repeats with one new message appended (the per-message token cache makes those O(new)).
+and 150K tokens of history, with the claude-code profile: the first request of a history (caches
+cold) and repeats, each the previous request plus two messages (the per-message caches make those
+O(new)). Three workloads: the pruning stages alone; every stage on tool-loop steps (a tool call and
+its result appended: most of a coding agent's requests, on which memory does not retrieve); every
+stage on a person's follow-up (memory embeds the question and searches the store, here empty). The
+memory service is started and ready before timing, the two sizes take turns, and the runtime is
+tuned as the proxy tunes it once warm (allocator, garbage collector).
 """
 
 from __future__ import annotations
@@ -195,11 +200,27 @@ def run_traces(home: Path, window: int) -> None:
 # timing
 
 
-def grow(body: dict, i: int) -> dict:
+def grow(body: dict, i: int, kind: str = "person") -> dict:
+    """The next request: the history plus the model's answer and a person's follow-up (``person``), or
+    plus a tool call and its result (``step``: a tool-loop step, most of a coding agent's requests);
+    the cache breakpoint moved from the previous last message to the new one."""
     b = dict(body)
-    b["messages"] = body["messages"] + [
-        {"role": "assistant", "content": [{"type": "text", "text": f"Answer {i}: done, see src/mod{i}.py."}]},
-        {"role": "user", "content": [{"type": "text", "text": f"Follow-up {i}: and the tests?"}]}]
+    if kind == "step":
+        tid = f"toolu_grow_{i}"
+        new = [{"role": "assistant", "content": [{"type": "text", "text": f"Checking src/mod{i}.py."},
+                                                 {"type": "tool_use", "id": tid, "name": "Read", "input": {"file_path": f"src/mod{i}.py"}}]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tid, "content": f"def f{i}():\n    return {i}\n"}]}]
+    else:
+        new = [{"role": "assistant", "content": [{"type": "text", "text": f"Answer {i}: done, see src/mod{i}.py."}]},
+               {"role": "user", "content": [{"type": "text", "text": f"Follow-up {i}: and the tests?"}]}]
+    # the cache breakpoint moves to the newest message, as Claude Code moves it: the previous last
+    # message changes too
+    last = body["messages"][-1]
+    if isinstance(last.get("content"), list):
+        last = {**last, "content": [{k: v for k, v in blk.items() if k != "cache_control"} if isinstance(blk, dict) else blk
+                                    for blk in last["content"]]}
+    new[-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
+    b["messages"] = body["messages"][:-1] + [last] + new
     return b
 
 
@@ -214,6 +235,7 @@ def history(tokens: int, h: Harness) -> dict:
         turns = max(turns + 1, int(turns * tokens / max(n, 1)))
 
 
+WARMUP = 3  # repeats run before the timed ones
 _PARTS = ("parse", "count_in", "mine", "others", "dump", "validate", "count_out", "serialise", "hops")
 
 
@@ -249,6 +271,9 @@ async def _one(h: Harness, body: dict) -> dict[str, float]:
     out = {"total": (t3 - t0) * 1000, "cpu": cpu, "parse": t.get("parse", 0.0), "count_in": count_ms, "mine": mine,
            "others": sum(stages.values()) - mine, "dump": t.get("dump", 0.0), "validate": t.get("validate", 0.0),
            "count_out": t.get("count_out", 0.0), "serialise": t.get("serialise", 0.0), "outcome": outcome.reason}
+    mem = ctx.notes.get("memory")
+    if mem is not None:
+        out["memory"] = f"{mem.get('skipped') or 'retrieved'} ({mem.get('ms', 0):.1f} ms)"
     # what is left: handing work between the event loop and the worker threads (and waiting for a core)
     out["hops"] = out["total"] - sum(out[k] for k in _PARTS if k != "hops")
     return out
@@ -265,34 +290,60 @@ def timed(h: Harness, body: dict) -> dict[str, float]:
     return _loop.run_until_complete(_one(h, body))
 
 
+def _wait_memory(h: Harness) -> None:
+    """Start the memory service and wait until it is ready and idle, so its start-up (loading the
+    embedding model, opening Chroma, building the lexical index) does not run during the timing."""
+    from contextwarden.memory import service as memory_service
+
+    svc = memory_service.get_service(h.rt)
+    if svc is None:
+        return
+    svc.ready.wait(120)
+    deadline = time.monotonic() + 60
+    while not svc.lexical_ready and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def run_timing(home: Path, repeats: int) -> None:
     from contextwarden.pluginmanager import make_plugin_manager
 
     pm = make_plugin_manager(None)
     have = {i.plugin_name for i in pm.hook.cw_request.get_hookimpls()}
-    configs = [("clearing+compaction", ["clearing", "compaction"]),
-               ("all stages", [s for s in ("budget", "strip", "tagging", "clearing", "compaction", "memory") if s in have])]
+    every = [s for s in ("budget", "strip", "tagging", "clearing", "compaction", "memory") if s in have]
+    configs = [("clearing+compaction", ["clearing", "compaction"], "person"),
+               ("all stages, tool-loop step", every, "step"),
+               ("all stages, person's message", every, "person")]
     rows = []
-    for label, stages in configs:
+    for label, stages, kind in configs:
+        runs = {}
         for size in (15_000, 150_000):
             d = Path(tempfile.mkdtemp(dir=home))
             h = Harness(d, profile="claude-code", overrides=settings_overrides(stages=stages))
             body = history(size, h)
             n_tok = h.rt.tokens.count_request(ApiKind.ANTHROPIC, body)
             h.restart()  # a fresh token cache: the first request of this history is cold
+            if "memory" in stages:
+                _wait_memory(h)
             h.rt.tune_malloc()  # what the proxy does once it is warm (addons/warden.py)
             h.rt.settle_gc("bench")
-            first = timed(h, body)
-            reps = []
-            cur = body
-            for i in range(repeats):
-                cur = grow(cur, i)
-                reps.append(timed(h, cur))
+            runs[size] = [h, body, n_tok, timed(h, body), []]
+        # the two sizes take turns, so a busy moment of the machine falls on both alike; the first
+        # WARMUP repeats are not counted (the first request after a cold one still fills caches)
+        for i in range(WARMUP + repeats):
+            for size in (15_000, 150_000):
+                r = runs[size]
+                r[1] = grow(r[1], i, kind)
+                t = timed(r[0], r[1])
+                if i >= WARMUP:
+                    r[4].append(t)
+        for size in (15_000, 150_000):
+            h, body, n_tok, first, reps = runs[size]
             # best of N: on a shared 2-core box the minimum is the cost, the rest is waiting for a core
             best = {k: min(r[k] for r in reps) for k in ("total", "cpu") + _PARTS}
             best["median"] = statistics.median(r["total"] for r in reps)
             best["outcome"] = reps[-1]["outcome"]
-            rows.append((label, size, n_tok, len(body["messages"]), first, best))
+            best["memory"] = reps[-1].get("memory")
+            rows.append((label, size, n_tok, len(body["messages"]) - 2 * (WARMUP + repeats), first, best))
             h.close()
     print(f"\n## Pipeline time per request, ms (claude-code profile; repeat = the history + one new exchange, best of {repeats}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n")
@@ -309,7 +360,7 @@ def run_timing(home: Path, repeats: int) -> None:
               f"{m['parse']:.2f} | {m['count_in']:.2f} | {m['mine']:.2f} | {m['others']:.2f} | {m['dump']:.2f} | "
               f"{m['validate']:.2f} | {m['count_out']:.2f} | {m['serialise']:.2f} | {m['hops']:.2f} | {m['outcome']} |")
     print()
-    for label, _ in configs:
+    for label, _, _ in configs:
         small = next(r for r in rows if r[0] == label and r[1] == 15_000)
         big = next(r for r in rows if r[0] == label and r[1] == 150_000)
         ratio = big[5]["total"] / small[5]["total"]
@@ -320,13 +371,14 @@ def run_timing(home: Path, repeats: int) -> None:
               f"cpu {small[5]['cpu']:.2f} -> {big[5]['cpu']:.2f} ms, ratio {big[5]['cpu'] / max(small[5]['cpu'], 1e-3):.2f}); "
               f"core (parse+count+dump+validate+count out+serialise) {core_small:.2f} -> {core_big:.2f} ms; "
               f"stages {small[5]['mine'] + small[5]['others']:.2f} -> {big[5]['mine'] + big[5]['others']:.2f} ms; "
-              f"first-request ratio {big[4]['total'] / small[4]['total']:.2f}")
+              f"first-request ratio {big[4]['total'] / small[4]['total']:.2f}"
+              + (f"; memory stage on the last repeat: {small[5]['memory']} @15K, {big[5]['memory']} @150K" if big[5].get("memory") else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--examples", type=int, default=300, help="generated conversations for the validity run (0: skip)")
-    ap.add_argument("--repeats", type=int, default=7, help="repeat requests per history size")
+    ap.add_argument("--repeats", type=int, default=30, help="timed repeat requests per history size")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--seed", type=int, default=None, help="derandomise hypothesis")
     ap.add_argument("--traces", action="store_true", help="also replay ../shared/eval/traces through the stages")

@@ -63,25 +63,25 @@ MAX_REMEMBERED = 5_000  # cleared results remembered per session
 
 @dataclass(slots=True)
 class Slot:
-    """One tool result in the request, and how to replace its content."""
+    """One tool result in the request, and how to replace its content.
+
+    A typed message's slot records its changes into the request's ``edits`` (see _commit) and holds
+    nothing else of the request, so the next request of the conversation reuses it (_Prefix)."""
 
     index: int  # message / input item index
     id: str  # tool call id
     tool: str
     tool_input: Any
     content: Any
-    setter: Callable[[str], None] | None  # replaces the content (else recorded in _edits)
+    setter: Callable[[str], None] | None  # replaces the content (else recorded in edits)
     order: int  # position of its call among all calls (for keep_recent)
     call_index: int = -1  # message / item index of its call
     input_setter: Callable[[Any], None] | None = None  # replaces the call's input (a dict) in the request
-    input_locked: bool = False  # the call is in a message whose input must not change
+    input_locked: bool = False  # the call is in a message whose input must not change (else see cw_request's locked)
 
     _text: str | None = None
     _digest: str | None = None
-    # typed messages: changes are recorded as edits[message index][(kind, block)] (see _commit);
-    # _pos = (message, block, call message, call block)
-    _edits: dict[int, dict[tuple, Any]] | None = None
-    _pos: tuple[int, int, int, int] | None = None
+    _pos: tuple[int, int, int, int] | None = None  # (message, block, call message, call block)
 
     @property
     def text(self) -> str:
@@ -99,19 +99,19 @@ class Slot:
     def can_set_input(self) -> bool:
         return self.input_setter is not None or (self._pos is not None and self._pos[3] >= 0)
 
-    def set(self, stub: str) -> None:
+    def set(self, stub: str, edits: dict[int, dict[tuple, Any]]) -> None:
         if self.setter is not None:
             self.setter(stub)
         else:
             i, bi, _, _ = self._pos
-            self._edits.setdefault(i, {})[("r", bi)] = stub
+            edits.setdefault(i, {})[("r", bi)] = stub
 
-    def set_input(self, new: Any) -> None:
+    def set_input(self, new: Any, edits: dict[int, dict[tuple, Any]]) -> None:
         if self.input_setter is not None:
             self.input_setter(new)
         else:
             _, _, ci, ui = self._pos
-            self._edits.setdefault(ci, {})[("i", ui)] = new  # a new dict: the client's is never mutated
+            edits.setdefault(ci, {})[("i", ui)] = new  # a new dict: the client's is never mutated
 
 
 def session_key(ctx) -> str:
@@ -255,22 +255,46 @@ def _anthropic_facts(m) -> tuple:
 _FACTS_KEY = ("clearing", "facts")
 
 
-def _slots_anthropic(req, edits: dict[int, dict[tuple, Any]], lease=None) -> list[Slot]:
-    calls: dict[str, tuple[str, Any, int, int, int]] = {}
-    slots: list[Slot] = []
-    locked = _locked_anthropic(req)
+class _Prefix:
+    """What clearing worked out about a request's first ``n`` messages, for the conversation's next
+    request, which starts with them (``Lease.carried``): the tool calls seen, the slots, and what
+    step 1 re-applied there under a given set of records and settings. Read-only once made."""
+
+    __slots__ = ("n", "calls", "slots", "step1", "derived")
+
+    def __init__(self, n: int, calls: dict, slots: list[Slot], step1: tuple | None) -> None:
+        self.n, self.calls, self.slots, self.step1 = n, calls, slots, step1
+        # message index -> (its edit, pool key, the derived message): the edited copies, handed on
+        self.derived: dict[int, tuple[dict, tuple, Any]] = {}
+
+
+_CARRY = ("clearing", "prefix")
+
+
+def _slots_anthropic(req, lease=None, prior: _Prefix | None = None, cut: int | None = None) -> tuple[list[Slot], dict | None]:
+    """The slots, resuming after ``prior``'s messages when given; and the tool calls seen before
+    message ``cut`` (to carry on), when asked."""
     msgs = req.messages
-    every = lease.memos(msgs, _FACTS_KEY, _anthropic_facts) if lease is not None else [_anthropic_facts(m) for m in msgs]
-    for i, facts in enumerate(every):
+    start = prior.n if prior is not None else 0
+    calls: dict[str, tuple[str, Any, int, int, int]] = dict(prior.calls) if prior is not None else {}
+    slots: list[Slot] = list(prior.slots) if prior is not None else []
+    tail = msgs[start:] if start else msgs
+    every = lease.memos(tail, _FACTS_KEY, _anthropic_facts, start) if lease is not None else [_anthropic_facts(m) for m in tail]
+    calls_at_cut = dict(calls) if cut is not None and cut == start else None
+    for i, facts in enumerate(every, start):
+        if i == cut:
+            calls_at_cut = dict(calls)
         for f in facts:
             if f[0] == 0:
                 calls.setdefault(f[2], (f[3], f[4], len(calls), i, f[1]))
             else:
                 _, bi, tid, content, text, digest = f
                 name, inp, order, ci, ui = calls.get(tid, ("", None, -1, -1, -1))
-                slots.append(Slot(i, tid, name, inp, content, None, order, ci, None, ci in locked,
-                                  _text=text, _digest=digest, _edits=edits, _pos=(i, bi, ci, ui)))
-    return slots
+                slots.append(Slot(i, tid, name, inp, content, None, order, ci, None, False,
+                                  _text=text, _digest=digest, _pos=(i, bi, ci, ui)))
+    if cut is not None and calls_at_cut is None and cut >= len(msgs):
+        calls_at_cut = dict(calls)
+    return slots, calls_at_cut  # (None when cut is before where this resumed: nothing to carry)
 
 
 def _edited_anthropic(m, edit: dict[tuple, Any]):
@@ -328,27 +352,48 @@ def _edited_chat(m, edit: dict[tuple, Any]):
     return m.model_copy(update=update)
 
 
-def _commit(ctx, edits: dict[int, dict[tuple, Any]]) -> None:
+def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: "_Prefix | None" = None, carry: "_Prefix | None" = None) -> None:
     """Put the recorded stubs in: each edited message is replaced by an edited copy. The same stubs on
     the same message give the same copy on every request, lent by the typed pool (``Lease.derive``)
-    with its wire form known, so re-applying them does not cost a copy, a dump and a validation each."""
+    with its wire form known, so re-applying them does not cost a copy, a dump and a validation each.
+    The copies of the messages ``carry`` covers go on with it to the conversation's next request,
+    which takes those of ``prior`` back without even a pool lookup."""
     if not edits:
         return
     msgs = ctx.request.messages
     edited = _edited_anthropic if ctx.api is ApiKind.ANTHROPIC else _edited_chat
     lease = ctx.lease
     order = list(edits)
-    builds = [lambda m=msgs[i], edit=edits[i]: edited(m, edit) for i in order]
     if lease is None:
-        new = [b() for b in builds]
-    else:
+        for i in order:
+            msgs[i] = edited(msgs[i], edits[i])
+        return
+    handed = prior.derived if prior is not None else {}
+    todo = []
+    for i in order:
+        got = handed.get(i)
+        if got is not None and got[0] == edits[i] and got[2].pristine():
+            lease.adopt(got[1], got[2])
+            msgs[i] = got[2].obj
+        else:
+            todo.append(i)
+    if todo:
+        builds = [lambda m=msgs[i], edit=edits[i]: edited(m, edit) for i in todo]
         # the edit, completely: the stub strings come from the session's records (the same objects
         # every request, so their hashes are kept); an input stub is a dict, named by its JSON
         keys = [tuple(sorted((k[0], k[1], v if isinstance(v, str) else orjson.dumps(v, option=orjson.OPT_SORT_KEYS))
-                             for k, v in edits[i].items())) for i in order]
-        new = lease.derive_all([(msgs[i], k, b) for i, k, b in zip(order, keys, builds)])
-    for i, m in zip(order, new):
-        msgs[i] = m
+                             for k, v in edits[i].items())) for i in todo]
+        new = lease.derive_all([(msgs[i], k, b) for i, k, b in zip(todo, keys, builds)])
+        for i, m in zip(todo, new):
+            msgs[i] = m
+    if carry is not None:
+        for i in order:
+            if i >= carry.n:
+                continue
+            got = lease.derived.get(id(msgs[i]))
+            if got is not None:
+                carry.derived[i] = (edits[i], got[0], got[1])
+                lease.keep_out(got[1])
 
 
 def _slots_responses(req) -> list[Slot]:
@@ -391,10 +436,10 @@ def _slots_responses(req) -> list[Slot]:
 
 
 def find_slots(api: ApiKind, req, edits: dict[int, dict[tuple, Any]], lease=None) -> list[Slot]:
-    """Every tool result of the request, in order. The slots' setters of typed messages record into
+    """Every tool result of the request, in order. Setting a typed message's slot records into
     ``edits`` (message index -> changes), which :func:`_commit` puts in."""
     if api is ApiKind.ANTHROPIC:
-        return _slots_anthropic(req, edits, lease)
+        return _slots_anthropic(req, lease)[0]
     if api is ApiKind.OPENAI_RESPONSES:
         return _slots_responses(req)
     return _slots_chat(req, edits)
@@ -441,7 +486,20 @@ def cw_request(ctx) -> None:
     if not cfg.enabled:
         return
     edits: dict[int, dict[tuple, Any]] = {}
-    slots = find_slots(ctx.api, ctx.request, edits, ctx.lease)
+    lease = ctx.lease if ctx.api is ApiKind.ANTHROPIC else None
+    got = lease.carried(_CARRY) if lease is not None else None
+    prior: _Prefix | None = got[1] if got is not None else None
+    # results after the model's last message are new to it: never cleared, even when a rewound
+    # conversation brings back ids cleared before
+    unseen_from = _last_assistant(ctx) + 1
+    if ctx.api is ApiKind.ANTHROPIC:
+        # what is worked out about the messages up to the model's last one holds for the next request
+        # too (the end of the conversation, where locks and unseen results are, is done again)
+        cut = unseen_from - 1 if lease is not None else None
+        slots, calls_at_cut = _slots_anthropic(ctx.request, lease, prior, cut)
+        locked = _locked_anthropic(ctx.request)
+    else:
+        slots, calls_at_cut, cut, locked = find_slots(ctx.api, ctx.request, edits), None, None, set()
     if not slots:
         return
     state = state_cache(ctx.runtime)
@@ -458,17 +516,18 @@ def cw_request(ctx) -> None:
     inputs_on = bool(getattr(cfg, "clear_tool_inputs", False))
 
     def input_allowed(slot: Slot) -> bool:
-        return inputs_on and slot.can_set_input and not slot.input_locked and isinstance(slot.tool_input, dict)
+        return (inputs_on and slot.can_set_input and not slot.input_locked and slot.call_index not in locked
+                and isinstance(slot.tool_input, dict))
 
     def apply(slot: Slot, rec: dict[str, Any], new: bool) -> bool:
         """Put the record's stubs in place; notes what it freed. False when nothing applied."""
         nonlocal freed
         gain_r = gain_i = 0
         if rec.get("stub") is not None:
-            slot.set(rec["stub"])
+            slot.set(rec["stub"], edits)
             gain_r = rec["tokens"] - rec["stub_tokens"]
         if rec.get("input_stub") is not None and input_allowed(slot) and _digest(_dumps(slot.tool_input)) == rec.get("ih"):
-            slot.set_input(rec["input_stub"])
+            slot.set_input(rec["input_stub"], edits)
             gain_i = rec["input_tokens"] - rec["input_stub_tokens"]
         elif rec.get("stub") is None:
             return False
@@ -489,19 +548,46 @@ def cw_request(ctx) -> None:
         done.add(slot.id)
         return True
 
-    # results after the model's last message are new to it: never cleared, even when a rewound
-    # conversation brings back ids cleared before
-    unseen_from = _last_assistant(ctx) + 1
-
-    # 1. what was cleared before is cleared again, identically (the cached prefix holds the stubs)
+    # 1. what was cleared before is cleared again, identically (the cached prefix holds the stubs).
+    # What it did in the messages the previous request had up to the model's last message depends on
+    # nothing else than these: the same records, tools excluded, input clearing and locked calls there.
+    first = 0
+    if prior is not None and cut is not None and prior.step1 is not None and prior.n <= cut:
+        recs, excl, inp_on, lk, effects = prior.step1
+        if recs is remembered and excl == exclude and inp_on == inputs_on and lk == frozenset(x for x in locked if x < prior.n):
+            p_edits, p_cleared, p_by_index, p_freed, p_counts, p_done, first = effects
+            edits.update({i: dict(e) for i, e in p_edits.items()})
+            cleared.extend(p_cleared)
+            by_index.update(p_by_index)
+            freed = p_freed
+            counts.update(p_counts)
+            done.update(p_done)
+    step1_at_cut = None
+    carry: _Prefix | None = None
+    n_cut = len(slots)  # the slots before message cut
+    if calls_at_cut is not None:
+        n_cut = next((si for si in range(len(slots) - 1, -1, -1) if slots[si].index < cut), -1) + 1
+        if first > n_cut:
+            calls_at_cut = None  # (resumed past the cut: nothing to carry)
     if remembered:
-        for s in slots:
+        for si in range(first, len(slots)):
+            s = slots[si]
+            if calls_at_cut is not None and si == n_cut:
+                step1_at_cut = ({i: dict(e) for i, e in edits.items()}, list(cleared), dict(by_index), freed, dict(counts),
+                                set(done), si)
             rec = remembered.get(s.id)
             if rec is None or s.tool in exclude or s.id in done or s.index >= unseen_from:
                 continue
             if rec["h"] != s.digest:  # the client changed this result itself: leave it be
                 continue
             apply(s, rec, False)
+    if calls_at_cut is not None and lease is not None and cut > 0:
+        if step1_at_cut is None:  # (no slot at or after the cut, or nothing remembered: no loop ran there)
+            step1_at_cut = ({i: dict(e) for i, e in edits.items()}, list(cleared), dict(by_index), freed, dict(counts),
+                            set(done), n_cut)
+        carry = _Prefix(cut, calls_at_cut, slots[:n_cut], (
+            remembered, frozenset(exclude), inputs_on, frozenset(x for x in locked if x < cut), step1_at_cut))
+        lease.carry_on(_CARRY, cut, carry)
 
     # 2. above the trigger: clear more, oldest first, in one step of at least clear_at_least
     total = _input_tokens(ctx)
@@ -559,7 +645,7 @@ def cw_request(ctx) -> None:
                 if apply(s, rec, True):
                     new_recs[s.id] = rec
 
-    _commit(ctx, edits)
+    _commit(ctx, edits, prior, carry)
     if new_recs:
         merged = {**(state.get(NS, key, None) or {}), **new_recs}  # re-read: a concurrent request may have added some
         if len(merged) > MAX_REMEMBERED:

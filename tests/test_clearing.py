@@ -526,3 +526,77 @@ def load_settings_for(h: Harness, window: int, keep: int, trigger: int, at_least
         o["compaction"] = {"protect_recent_turns": 1, "min_span_tokens": 50}
         _settings_cache[key] = load_settings("default", h.home, overrides=o)
     return _settings_cache[key]
+
+
+def _growing_session(n: int, big: bool):
+    """Bodies of one Claude-Code-like session: each the previous plus a tool step or a person's message,
+    the cache breakpoint moved to the newest message, some tool inputs large (a Write's body)."""
+    body = anthropic_tool_loop(6, result_words=400)
+    for k, m in enumerate(body["messages"]):
+        if m["role"] == "assistant" and big and k % 3 == 1:
+            for b in m["content"]:
+                if b.get("type") == "tool_use":
+                    b["input"] = {**b["input"], "content": "x = 1\n" * 400}
+    out = [body]
+    for i in range(n):
+        prev = out[-1]
+        last = dict(prev["messages"][-1])
+        last["content"] = [{k: v for k, v in b.items() if k != "cache_control"} for b in last["content"]]
+        if i % 3 == 2:
+            new = [{"role": "assistant", "content": [{"type": "text", "text": f"Done {i}."}]},
+                   {"role": "user", "content": [{"type": "text", "text": f"Next task {i}, please."}]}]
+        else:
+            tid = f"toolu_g{i}"
+            new = [{"role": "assistant", "content": [{"type": "tool_use", "id": tid, "name": "Read",
+                                                      "input": {"file_path": f"src/g{i}.py"}}]},
+                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tid,
+                                                 "content": f"def g{i}():\n    " + "return 1\n    " * 300}]}]
+        new[-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
+        out.append({**prev, "messages": prev["messages"][:-1] + [last] + new})
+    return out
+
+
+@pytest.mark.parametrize("inputs", [False, True])
+def test_what_a_request_hands_on_changes_nothing_sent(cw_home, monkeypatch, inputs):
+    """Each request leaves what clearing worked out about its history to the next (typedpool carries:
+    slots, the re-applied stubs, the edited copies; the wire form) and lends its typed messages on.
+    The bodies sent upstream, and what the clearing events say, are those of a proxy that hands nothing
+    on (carries off, a fresh typed pool every request)."""
+    from contextwarden.typedpool import Lease, TypedPool
+
+    bodies = _growing_session(14, big=inputs)
+    cfg = {"trigger_tokens": 6000, "clear_at_least": 800, "keep_recent": 2, "clear_tool_inputs": inputs}
+
+    def run(home, hand_on: bool):
+        h = harness(home, **cfg)
+        sent = []
+        for b in bodies:
+            if not hand_on:
+                h.rt.typed = TypedPool()
+                h.rt.recent.clear()
+            s = h.send(ApiKind.ANTHROPIC, copy.deepcopy(b))
+            ev = [(e["cleared"], e["new"], e["tokens_freed"], e.get("inputs_cleared")) for e in s.events("clearing")]
+            sent.append((s.outcome.body, s.outcome.reason, ev))
+        h.close()
+        return sent
+
+    used: list = []
+    real = Lease.carried
+
+    def spy(self, key):
+        got = real(self, key)
+        used.append((key, got is not None))
+        return got
+
+    monkeypatch.setattr(Lease, "carried", spy)
+    with_carry = run(cw_home / "a", True)
+    assert sum(hit for key, hit in used if key[0] == "clearing") >= 8, "clearing's carry was not used"
+    assert sum(hit for key, hit in used if key[0] == "pipeline") >= 8, "the wire carry was not used"
+    monkeypatch.setattr(Lease, "carried", lambda self, key: None)
+    without = run(cw_home / "b", False)
+    assert [r for _, r, _ in with_carry].count("rewritten") >= 10
+    assert any(e and e[0][1] for _, _, e in with_carry[3:]), "a new clearing step after the first requests"
+    if inputs:
+        assert any(e and e[0][3] for _, _, e in with_carry), "input stubs applied"
+    for i, (a, b) in enumerate(zip(with_carry, without)):
+        assert a == b, f"request {i}: handing on changed what was sent"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 from typing import Any
 
 AGENT_HEADER = "x-contextwarden-agent"
@@ -40,8 +41,12 @@ def _blocks_text(system: Any) -> list[str]:
 
 def normalise_system(body: dict[str, Any]) -> str:
     """The system prompt with everything that changes within one agent's life removed."""
+    return _normalise_texts(_blocks_text(body.get("system")))
+
+
+def _normalise_texts(texts) -> str:
     out = []
-    for text in _blocks_text(body.get("system")):
+    for text in texts:
         text = _GIT_STATUS.sub("", text)
         text = _VOLATILE_LINE.sub("", text)
         text = _DATE.sub("<date>", text)
@@ -53,12 +58,20 @@ def normalise_system(body: dict[str, Any]) -> str:
 
 def claude_code_agent(body: dict[str, Any], session: str) -> str:
     """``<session>/main`` for Claude Code's main agent, ``<session>/<fingerprint>`` for the others."""
-    text = normalise_system(body)
+    suffix = _agent_suffix(tuple(_blocks_text(body.get("system"))))
+    return f"{session}/{suffix}" if suffix else session
+
+
+@lru_cache(maxsize=256)
+def _agent_suffix(texts: tuple[str, ...]) -> str | None:
+    # memoised by the system texts: an agent sends the same ones (tens of KB for Claude Code) with
+    # every request, and normalising them is a handful of regular expressions over all of it
+    text = _normalise_texts(texts)
     if not text:
-        return session
+        return None
     if _MAIN_AGENT.search(text):
-        return f"{session}/main"
-    return f"{session}/{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        return "main"
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def derive_agent(rule: str, headers, body: dict[str, Any], session: str) -> str:

@@ -55,6 +55,7 @@ class RequestContext:
     message_raw: list[bytes] | None = field(default=None, repr=False)  # orjson.dumps of each original message
     raw_exact: bool = False  # message_raw is exactly orjson.dumps of each original message (not of an equal one)
     lease: Any = field(default=None, repr=False)  # the typed messages lent by runtime.typed (typedpool.Lease)
+    wire_entries: Any = field(default=None, repr=False)  # per message of the rewrite, its pool entry (pipeline.wire_of)
 
     def emit(self, type: str, **data: Any):
         data.setdefault("api", self.api.value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from operator import is_
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -16,12 +17,14 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from .agents import derive_agent
 from .context import BlockedResponse, RequestContext
 from .models import ApiKind, parse_body
 from .models import anthropic as am
 from .models import openai_chat as oc
 from .models.base import WireModel
 from .typedpool import Lease
+from .validate import validate_rewrite
 from .redact import credential_of, redact_headers, tenant_id
 from .sessions import derive_session
 
@@ -97,8 +100,6 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         except ValidationError as e:
             raise Skip(f"body does not match the {api.value} schema: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from None
         raise
-    from .agents import derive_agent
-
     agent = derive_agent(settings.budget.agent_rule, h, data, session)
     ctx = RequestContext(
         runtime=runtime, settings=settings, flow_id=flow_id, api=api, host=host, path=path,
@@ -123,7 +124,7 @@ def _typed(runtime, api: ApiKind, data: dict, raws: list[bytes] | None) -> tuple
     """The typed request, its messages lent by the runtime's pool where the conversation was seen before."""
     cls = _MESSAGE_MODELS.get(api)
     msgs = data.get("messages")
-    if cls is None or raws is None or not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
+    if cls is None or raws is None or not isinstance(msgs, list):
         return parse_body(api, data), None
     lease = runtime.typed.lease(api, msgs, raws, cls.model_validate)
     model = parse_body(api, {**data, "messages": []})
@@ -147,16 +148,43 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
             n = tokens.count_request(ctx.api, wire, ctx.model, keep=keep, raw=ctx.message_raw, known=known)
             ctx.token_memo = keep[0] if keep else None
             if key is not None and keep and len(keep[0][1]) == len(lease.entries):
-                for e, v, k in zip(lease.entries, keep[0][1], known):
-                    if k is None:
-                        if e.memo is None:
-                            e.memo = {}
-                        e.memo[key] = v
+                got, ents = keep[0][1], lease.entries
+                for i in [i for i, k in enumerate(known) if k is None]:
+                    e = ents[i]
+                    if e.memo is None:
+                        e.memo = {}
+                    e.memo[key] = got[i]
             return n
-        return ctx.runtime.tokens.count_request(ctx.api, wire, ctx.model, reuse=ctx.token_memo, raw=raws)
+        srcs = ctx.wire_entries
+        msgs = wire.get("messages")
+        if srcs is None or not isinstance(msgs, list) or len(srcs) != len(msgs):
+            return ctx.runtime.tokens.count_request(ctx.api, wire, ctx.model, reuse=ctx.token_memo, raw=raws)
+        # messages that are pool entries (the original's untouched ones, derived ones) have their count
+        key = ("tokens", ctx.runtime.tokens.encoding_of(ctx.model))
+        known = [e.memo.get(key) if e is not None and e.memo is not None else None for e in srcs]
+        keep = []
+        n = ctx.runtime.tokens.count_request(ctx.api, wire, ctx.model, reuse=ctx.token_memo, raw=raws, known=known, keep=keep)
+        if keep:
+            got = keep[0][1]
+            for i in [i for i, k in enumerate(known) if k is None]:
+                e = srcs[i]
+                if e is not None:
+                    if e.memo is None:
+                        e.memo = {}
+                    e.memo[key] = got[i]
+        return n
     except Exception as e:  # accounting must never cost a request
         ctx.emit("error", where="tokens", message=str(e))
         return None
+
+
+_WIRE_CARRY = ("pipeline", "wire")
+
+
+def _same_prefix(a: list, b: list) -> int:
+    """How many leading elements ``a`` and ``b`` share by identity."""
+    same = list(map(is_, a, b))
+    return same.index(False) if False in same else len(same)
 
 
 def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | None]:
@@ -172,12 +200,32 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
         return req.wire(), None
     out: list[Any] = []
     raws: list[bytes | None] = []
-    quiet, index, ents, lraws = lease.quiet(), lease.index(), lease.entries, lease.raws
-    for m in msgs:
-        j = index.get(id(m))
+    srcs: list[Any] = []  # the pool entry each message is, for its remembered token count (count_tokens)
+    quiet, ents, lraws = lease.quiet(), lease.entries, lease.raws
+    index = None
+    # the previous request of the conversation: where this one's messages start with the very same
+    # typed objects (lent, untouched) and the very same client dicts, its wire form is this one's
+    got = lease.carried(_WIRE_CARRY)
+    start = 0
+    if got is not None and quiet:
+        objs, p_out, p_raws, p_srcs, p_orig = got[1]
+        # as far as both the typed messages and the client's dicts are the very same objects
+        k = _same_prefix(msgs, objs)
+        k = min(k, _same_prefix(orig, p_orig))
+        if k:
+            out, raws, srcs, start = p_out[:k], p_raws[:k], p_srcs[:k], k
+    for p, m in enumerate(msgs[start:] if start else msgs, start):
+        # (a message still at its own place is found without the index of every message)
+        if p < len(ents) and ents[p].obj is m:
+            j = p
+        else:
+            if index is None:
+                index = lease.index()
+            j = index.get(id(m))
         if j is not None and ents[j].obj is m and (quiet or ents[j].pristine()):
             out.append(orig[j])
             raws.append(lraws[j])
+            srcs.append(ents[j])
             continue
         e = lease.derived_entry(m)
         if e is not None:
@@ -186,9 +234,15 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
                 e.raw = orjson.dumps(e.wire)
             out.append(e.wire)
             raws.append(e.raw)
+            srcs.append(e)
             continue
         out.append(m.wire() if isinstance(m, WireModel) else m)
         raws.append(None)
+        srcs.append(None)
+    ctx.wire_entries = srcs
+    if quiet:
+        k = srcs.index(None) if None in srcs else len(srcs)
+        lease.carry_on(_WIRE_CARRY, 0, (msgs[:k], out[:k], raws[:k], srcs[:k], orig))
     # top-level fields still holding the client's own objects (system, tools: the cached prefix) are
     # taken as they are, not dumped again
     o = ctx.original
@@ -319,8 +373,6 @@ class Pipeline:
             ctx.tokens_out = ctx.tokens_in
             self.runtime.remember(ctx, None, len(ctx.request_bytes or b""))
             return Outcome(reason="unchanged")
-        from .validate import validate_rewrite
-
         t0 = time.perf_counter()
         problems = validate_rewrite(ctx.api, wire, ctx.original, original_raw=ctx.message_raw, raw=raws)
         t["validate"] = _ms(t0)

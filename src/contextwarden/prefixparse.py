@@ -3,54 +3,126 @@
 A coding agent's request is its previous request plus a few messages. The JSON text of the old
 messages is byte for byte what it was, so decoding it again (a third of a long request's time in the
 proxy) only rebuilds what the previous request already has. ``RecentBodies`` keeps the last few
-bodies' history as (the body's bytes up to the end of its last known message, those messages, their
-``orjson.dumps``); a new body that starts with one of those prefixes is parsed as
+bodies' history as (the body's bytes up to the end of its last known message, where each message
+ends, those messages, their ``orjson.dumps``); a new body that starts with the bytes of the first
+``L`` of those messages is parsed as
 
-    head (the keys before ``messages``) + the known messages + the rest (new messages, then the keys after)
+    head (the keys before ``messages``) + the first L known messages + the rest (more messages, then the keys after)
 
-where only the head and the rest are decoded. The known messages are the previous request's own dicts
-(``ctx.original`` is never mutated, so sharing them is safe) and their bytes objects, whose hashes are
-already computed, so every per-message cache lookup after this one is a pointer compare.
+where only the head and the rest are decoded. ``L`` is the longest run of known messages the body
+starts with: a client that moves its cache breakpoint to the newest message every turn (Claude Code
+does) changes the previous last message, and everything before it is still known. The known messages
+are the previous request's own dicts (``ctx.original`` is never mutated, so sharing them is safe) and
+their bytes objects, whose hashes are already computed, so every per-message cache lookup after this
+one is a pointer compare.
 
-When is a prefix known? When the client writes each message exactly as ``orjson.dumps`` would
-(compact, UTF-8, keys in order: what Claude Code's ``JSON.stringify`` writes), checked message by
-message with ``bytes.startswith`` at the offsets in the body (``remember``). A client that writes
-otherwise (spaces after separators) simply gets the full parse. The head must decode as an object
-when closed right there, which proves ``"messages"`` is a key of the top-level object and not a
-string's content or a nested key. A rest holding another ``"messages":`` key, or anything that fails
-to decode, falls back to the full parse, so the result is always what ``orjson.loads(body)`` gives.
+When is a message known? When the client writes it exactly as ``orjson.dumps`` would (compact, UTF-8,
+keys in order: what Claude Code's ``JSON.stringify`` writes), checked with ``bytes.startswith`` at its
+offset in the body (``remember``). A client that writes otherwise (spaces after separators) simply
+gets the full parse. The head must decode, closed right there, as an object whose last key is
+``messages``: that proves it is a key of the top-level object, not a string's content or a nested key.
+The rest is decoded under a key no client sends; a rest that holds a ``messages`` key of its own (a
+duplicate, however it is spelled), a comma followed by no value, or anything that fails to decode
+falls back to the full parse, so the result is always what ``orjson.loads(body)`` gives.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from bisect import bisect_right
 from typing import Any
 
 import orjson
 
 _KEY = b'"messages":['
 MAX_CHUNKS = 32  # a remembered prefix is joined into one piece past this many
+# the key the rest of a body is decoded under: random per process, so no body can hold it
+_REST = "\x00contextwarden-rest-" + os.urandom(8).hex()
+_REST_OPEN = orjson.dumps(_REST) + b":["
+_SPACE = b" \t\r\n"
 
 
 class _Known:
-    __slots__ = ("chunks", "size", "head", "msgs", "raws")
+    __slots__ = ("chunks", "size", "head", "start", "ends", "msgs", "raws")
 
-    def __init__(self, chunks: tuple[bytes, ...], head: bytes, msgs: list, raws: list[bytes]) -> None:
+    def __init__(self, chunks: tuple[bytes, ...], head: bytes, start: int, ends: list[int], msgs: list,
+                 raws: list[bytes]) -> None:
         # the body up to the end of its last known message, in pieces: each request of a conversation
         # adds the piece it added, so remembering it does not copy the whole history every time
         self.chunks = chunks
         self.size = sum(len(c) for c in chunks)
         self.head = head  # the body up to "messages", closed into an object with an empty list
+        self.start = start  # where the first message begins
+        self.ends = ends  # where each known message ends
         self.msgs = msgs
         self.raws = raws
 
-    def starts(self, body: bytes) -> bool:
+    def matched(self, body: bytes) -> int:
+        """How many of the known messages ``body`` starts with (with this head)."""
         off = 0
         for c in self.chunks:
             if not body.startswith(c, off):
-                return False
+                break
             off += len(c)
-        return True
+        else:
+            return len(self.raws)
+        # the first piece that differs starts at `off`: the messages that end by then are the same;
+        # the next ones are compared one by one
+        if off < self.start:
+            if not body.startswith(self.head_bytes()):
+                return 0
+            off = self.start
+        i = bisect_right(self.ends, off)
+        n = len(body)
+        while i < len(self.raws):
+            if i:
+                at = self.ends[i - 1]
+                if at >= n or body[at] != 0x2C:  # ","
+                    break
+                at += 1
+            else:
+                at = self.start
+            if not body.startswith(self.raws[i], at):
+                break
+            i += 1
+        return i
+
+    def head_bytes(self) -> bytes:
+        """The body up to where the first message begins."""
+        return self.head[:-len(b"]}")]
+
+    def prefix_to(self, end: int) -> tuple[bytes, ...]:
+        """The pieces of the first ``end`` bytes."""
+        out: list[bytes] = []
+        off = 0
+        for c in self.chunks:
+            if off + len(c) <= end:
+                out.append(c)
+                off += len(c)
+                if off == end:
+                    break
+            else:
+                out.append(c[:end - off])
+                break
+        return tuple(out)
+
+
+class Match:
+    """The known history a body starts with: its first ``count`` messages."""
+
+    __slots__ = ("known", "count")
+
+    def __init__(self, known: _Known, count: int) -> None:
+        self.known, self.count = known, count
+
+    @property
+    def msgs(self) -> list:
+        return self.known.msgs[:self.count]
+
+    @property
+    def raws(self) -> list[bytes]:
+        return self.known.raws[:self.count]
 
 
 class RecentBodies:
@@ -60,45 +132,51 @@ class RecentBodies:
         self._lock = threading.Lock()
         self.hits = 0
 
-    def parse(self, body: bytes) -> tuple[Any, "_Known | None"]:
+    def parse(self, body: bytes) -> tuple[Any, Match | None]:
         """``orjson.loads(body)``, and the known history it starts with (None when it was parsed
-        whole; pass it to ``remember``). Raises what ``orjson.loads(body)`` raises."""
+        whole). Pass it to ``remember``. Raises what ``orjson.loads(body)`` raises."""
         with self._lock:
             known = list(self._known)
+        best, best_n = None, 0
         for k in known:
-            n = k.size
-            if len(body) <= n or not k.starts(body):
-                continue
+            n = k.matched(body)
+            if n > best_n:
+                best, best_n = k, n
+                if n == len(k.raws):
+                    break
+        if best is not None:
             try:
-                data = self._join(k, body, n)
+                data = self._join(best, body, best_n)
             except (orjson.JSONDecodeError, ValueError, TypeError):
                 data = None
             if data is not None:
                 self.hits += 1
-                return data, k
+                return data, Match(best, best_n)
         return orjson.loads(body), None
 
     @staticmethod
-    def _join(k: _Known, body: bytes, n: int) -> dict | None:
+    def _join(k: _Known, body: bytes, count: int) -> dict | None:
+        n = k.ends[count - 1]
         nxt = body[n:n + 1]
         if nxt == b",":
             rest = body[n + 1:]
+            if rest.lstrip(_SPACE)[:1] in (b"]", b""):
+                return None  # a comma and no value: not JSON (the full parse says so)
         elif nxt == b"]":
             rest = body[n:]
         else:
             return None
-        if rest.find(b'"messages":') >= 0:  # a key of that name further on (maybe a duplicate): not ours to merge
-            return None
         head = orjson.loads(k.head)
-        tail = orjson.loads(b'{"messages":[' + rest)
-        if not isinstance(head, dict) or not isinstance(tail, dict) or not isinstance(tail.get("messages"), list):
-            return None
-        head["messages"] = k.msgs + tail.pop("messages")
+        tail = orjson.loads(b"{" + _REST_OPEN + rest)
+        if not isinstance(head, dict) or not isinstance(tail, dict) or "messages" in tail \
+                or not isinstance(tail.get(_REST), list):
+            return None  # (a "messages" key in the rest: a duplicate, whose value a full parse keeps)
+        head["messages"] = k.msgs[:count] + tail.pop(_REST)
         for key, v in tail.items():  # (a key in both: the first place, the last value, as a full parse)
             head[key] = v
         return head
 
-    def remember(self, body: bytes, data: Any, raws: list[bytes] | None, base: "_Known | None" = None) -> None:
+    def remember(self, body: bytes, data: Any, raws: list[bytes] | None, base: Match | None = None) -> None:
         """Learn the body's history for the next request: how many of its messages are written as
         their ``orjson.dumps`` at their place in the body. ``base``: the known history ``parse`` found
         it starts with (only the messages after it are checked)."""
@@ -107,42 +185,51 @@ class RecentBodies:
         msgs = data.get("messages")
         if not isinstance(msgs, list) or len(msgs) != len(raws):
             return
-        if base is not None and len(base.raws) <= len(raws):
-            head, pos, ok = base.head, base.size, len(base.raws)
+        k0, matched = None, 0
+        if base is not None and base.count <= len(raws):
+            k0, ok = base.known, base.count
+            matched = ok
+            head, start, ends = k0.head, k0.start, k0.ends[:ok]
+            pos = ends[-1] if ok else start
         else:
             p = body.find(_KEY)
             if p < 0:
                 return
             head = body[:p] + b'"messages":[]}'
             try:
-                if not isinstance(orjson.loads(head), dict):
-                    return
+                h = orjson.loads(head)
             except orjson.JSONDecodeError:
                 return  # "messages" is not a key of the top-level object there
-            pos, ok = p + len(_KEY), 0
+            if not isinstance(h, dict) or not h or list(h)[-1] != "messages" or h["messages"] != []:
+                return  # (nor there: it was the end of another key)
+            start = pos = p + len(_KEY)
+            ok, ends = 0, []
         n = len(body)
         for i in range(ok, len(raws)):
+            at = pos
             if i:
-                if pos >= n or body[pos] != 0x2C:  # ","
+                if at >= n or body[at] != 0x2C:  # ","
                     break
-                pos += 1
+                at += 1
             r = raws[i]
-            if not body.startswith(r, pos):
+            if not body.startswith(r, at):
                 break
-            pos += len(r)
+            pos = at + len(r)
+            ends.append(pos)
             ok = i + 1
-        if ok == 0 or (base is not None and ok == len(base.raws)):
+        if ok == 0 or (k0 is not None and ok == len(k0.raws) and matched == ok):
             return  # nothing known, or nothing more than before
-        if base is not None:
-            chunks = base.chunks + (body[base.size:pos],)
+        if k0 is not None:
+            cut = ends[matched - 1]
+            chunks = k0.prefix_to(cut) + ((body[cut:pos],) if pos > cut else ())
             if len(chunks) > MAX_CHUNKS:
                 chunks = (b"".join(chunks),)
         else:
             chunks = (body[:pos],)
-        k = _Known(chunks, head, msgs[:ok], raws[:ok])
+        k = _Known(chunks, head, start, ends, msgs[:ok], raws[:ok])
         with self._lock:
             # the longer history of the same conversation replaces the one it extends
-            self._known = [k] + [x for x in self._known if x is not base][: self.size - 1]
+            self._known = [k] + [x for x in self._known if x is not k0][: self.size - 1]
 
     def clear(self) -> None:
         with self._lock:

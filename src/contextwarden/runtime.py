@@ -177,7 +177,7 @@ class Runtime:
         the caches, which hold what depends on a message's content; the bytes are then not exact (an
         equal message may order its keys differently), which Pipeline.finish needs to know."""
         key = (api, tenant, session)
-        exact = True
+        inexact: set[int] = set()  # indexes whose bytes are those of an equal message, not its own
         if known is not None:
             raws = list(known)
         else:
@@ -185,19 +185,22 @@ class Runtime:
                 prev = self._last_messages.get(key)
             raws = []
             if prev is not None:
-                pm, pr = prev
+                pm, pr, pin = prev
                 for i in range(min(len(pm), len(msgs))):
                     m = msgs[i]
                     if m is pm[i]:
                         raws.append(pr[i])
+                        if i in pin:
+                            inexact.add(i)
                     elif m == pm[i]:
                         raws.append(pr[i])
-                        exact = False
+                        inexact.add(i)
                     else:
                         raws.append(orjson.dumps(m))
         raws += [orjson.dumps(m) for m in msgs[len(raws):]]
+        exact = not inexact
         with self._last_lock:
-            self._last_messages[key] = (msgs, raws)
+            self._last_messages[key] = (msgs, raws, inexact)
             self._last_messages.move_to_end(key)
             while len(self._last_messages) > LAST_MESSAGES:
                 self._last_messages.popitem(last=False)

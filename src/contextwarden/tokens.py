@@ -36,6 +36,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -327,10 +328,10 @@ class TokenCounter:
             entries = self._entries(api, msgs, enc, reuse, raw, known)
             if keep is not None:
                 keep.append((msgs, entries, fixed))
-            n += sum(e[0] for e in entries)
+            n += sum(map(itemgetter(0), entries))
             if api is ApiKind.ANTHROPIC and strips_thinking(model):
                 # earlier turns' thinking blocks, which the provider drops
-                n -= sum(e[1] for e in entries[:current_turn_start(msgs)])
+                n -= sum(map(itemgetter(1), entries[:current_turn_start(msgs)]))
         return n
 
     def _entries(self, api: ApiKind, msgs: list, enc: _Encoding, reuse: tuple | None,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from operator import is_
 from typing import Any, Callable
 
 from .models.base import ApiKind, TrackedList, WireModel, touched, touched_list, touches
@@ -87,9 +88,13 @@ class Entry:
 class Lease:
     """The typed messages of one request: which came from which original message, and the derived ones."""
 
-    __slots__ = ("api", "raws", "entries", "pool", "derived", "_index", "_t0")
+    __slots__ = ("api", "raws", "entries", "pool", "derived", "_index", "_t0", "prior", "carry", "kept")
 
-    def __init__(self, api: ApiKind, raws: list[bytes], entries: list[Entry], pool: "TypedPool | None" = None) -> None:
+    def __init__(self, api: ApiKind, raws: list[bytes], entries: list[Entry], pool: "TypedPool | None" = None,
+                 prior: dict | None = None) -> None:
+        self.prior = prior or {}  # the carry of the run this lease took (see carried)
+        self.carry: dict[Any, tuple[int, Any]] = {}
+        self.kept: set[int] = set()  # ids of derived entries that travel in a carry, not back to the pool
         # every entry is as parsed now (the pool holds only untouched ones, and lends each to one
         # request); while the touch count stays at _t0, nothing typed was written anywhere since
         self._t0 = touches[0]
@@ -139,10 +144,24 @@ class Lease:
             v = memo[key] = compute()
             return v
 
-    def memos(self, objs: list, key: Any, compute: Callable[[Any], Any]) -> list:
+    def carried(self, key: Any) -> tuple[int, Any] | None:
+        """``(n, value)`` that the conversation's previous request left under ``key`` with :meth:`carry_on`
+        about its first ``n`` messages, which are this request's first ``n`` (the same typed objects,
+        untouched). None when there is none. The value is shared: read it, never change it."""
+        got = self.prior.get(key)
+        if got is None or not (self.quiet() or all(e.pristine() for e in self.entries[:got[0]])):
+            return None
+        return got
+
+    def carry_on(self, key: Any, n: int, value: Any) -> None:
+        """Leave ``value``, which depends on this request's first ``n`` messages only, to the
+        conversation's next request (it gets it back from :meth:`carried` when it starts with them)."""
+        self.carry[key] = (n, value)
+
+    def memos(self, objs: list, key: Any, compute: Callable[[Any], Any], start: int = 0) -> list:
         """``[self.memo(o, key, lambda: compute(o)) for o in objs]``, faster for the usual case: the
-        request's messages as lent, in order, nothing written since."""
-        ents = self.entries
+        request's messages (from ``start``) as lent, in order, nothing written since."""
+        ents = self.entries[start:] if start else self.entries
         if self.quiet() and len(objs) == len(ents) and all(o is e.obj for o, e in zip(objs, ents)):
             out = []
             for e in ents:
@@ -190,6 +209,15 @@ class Lease:
         self.derived[id(e.obj)] = (pkey, e)
         return e.obj
 
+    def adopt(self, pkey: tuple, e: Entry) -> None:
+        """Take ``e`` (a derived message a stage carried on from the previous request) as this
+        request's derived message under ``pkey``."""
+        self.derived[id(e.obj)] = (pkey, e)
+
+    def keep_out(self, e: Entry) -> None:
+        """``e`` goes on in a stage's carry: not back to the pool, where another request could take it."""
+        self.kept.add(id(e))
+
     def derived_entry(self, obj: Any) -> Entry | None:
         """The derived message ``obj`` made by :meth:`derive`, if nothing touched it since."""
         got = self.derived.get(id(obj))
@@ -207,12 +235,13 @@ class _Run:
     objects (prefixparse and Runtime.message_bytes hand them on), so taking them back is a list
     compare, not a pool lookup per message."""
 
-    __slots__ = ("raws", "entries", "nbytes")
+    __slots__ = ("raws", "entries", "nbytes", "carry")
 
-    def __init__(self, raws: list[bytes], entries: list[Entry]) -> None:
+    def __init__(self, raws: list[bytes], entries: list[Entry], carry: dict | None = None) -> None:
         self.raws = raws
         self.entries = entries
         self.nbytes = sum(map(len, raws))
+        self.carry = carry or {}  # key -> (n, value): what a stage worked out about the first n messages
 
 
 def _size(k: tuple, v: Any) -> int:
@@ -222,29 +251,30 @@ def _size(k: tuple, v: Any) -> int:
 class TypedPool:
     """Typed messages by (api, exact JSON bytes), least recently used out first, bounded by bytes."""
 
-    SCAN = 16  # a run is looked for this far back from the end of a request's messages
-
     def __init__(self, max_bytes: int = 48_000_000) -> None:
         self.max_bytes = max_bytes
         # (api, message bytes) -> an original message; ("d:" + api, message bytes, edit key) -> a derived
-        # one; ("run", api, id of its last message's bytes) -> a _Run
+        # one; ("run", api, id of its first message's bytes) -> a _Run
         self._d: OrderedDict[tuple, Any] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def _take_run(self, api: ApiKind, raws: list[bytes]) -> _Run | None:
-        d = self._d
-        n = len(raws)
-        for i in range(n - 1, max(-1, n - 1 - self.SCAN), -1):
-            k = ("run", api.value, id(raws[i]))
-            run = d.get(k)
-            if run is not None and len(run.raws) == i + 1 and run.raws[-1] is raws[i] and run.raws == raws[:i + 1]:
-                del d[k]
-                self._bytes -= run.nbytes
-                return run
-        return None
+    def _take_run(self, api: ApiKind, raws: list[bytes]) -> tuple[_Run, int] | None:
+        """The run this request starts with, and for how many messages (the same bytes objects: a
+        client that moves its cache breakpoint changes its previous last message, not the ones before)."""
+        if not raws:
+            return None
+        k = ("run", api.value, id(raws[0]))
+        run = self._d.get(k)
+        if run is None or run.raws[0] is not raws[0]:
+            return None
+        same = list(map(is_, run.raws, raws))
+        n = same.index(False) if False in same else len(same)
+        del self._d[k]
+        self._bytes -= run.nbytes
+        return run, n
 
     def lease(self, api: ApiKind, msgs: list, raws: list[bytes], parse: Callable[[Any], WireModel]) -> Lease:
         """Typed objects of ``msgs`` (``raws`` their JSON bytes): from the pool, else ``parse``d.
@@ -252,15 +282,15 @@ class TypedPool:
         kind = api.value
         got: list[Entry | None] = []
         with self._lock:
-            run = self._take_run(api, raws)
-            start = len(run.raws) if run is not None else 0
+            taken = self._take_run(api, raws)
+            run, start = taken if taken is not None else (None, 0)
             d = self._d
             for r in raws[start:]:
                 e = d.pop((kind, r), None)
                 if e is not None:
                     self._bytes -= len(r)
                 got.append(e)
-        entries: list[Entry] = list(run.entries) if run is not None else []
+        entries: list[Entry] = run.entries[:start] if run is not None else []
         hits = start
         for m, e in zip(msgs[start:], got):
             if e is None:
@@ -270,7 +300,8 @@ class TypedPool:
             entries.append(e)
         self.hits += hits
         self.misses += len(raws) - hits
-        return Lease(api, raws, entries, self)
+        prior = {k: v for k, v in run.carry.items() if v[0] <= start} if run is not None else None
+        return Lease(api, raws, entries, self, prior)
 
     def take_all(self, keys: list[tuple]) -> dict[tuple, Entry]:
         out = {}
@@ -301,20 +332,22 @@ class TypedPool:
         if lease.quiet():
             first = len(ents)  # every one is untouched
             loose: list[tuple[tuple, Entry]] = []
-            derived = [(k, e) for k, e in lease.derived.values() if e.wire is not None and len(k[1]) <= limit]
+            derived = [(k, e) for k, e in lease.derived.values() if e.wire is not None and len(k[1]) <= limit
+                       and id(e) not in lease.kept]
         else:
             ok = Entry.pristine
             flags = [ok(e) for e in ents]
             first = flags.index(False) if False in flags else len(ents)
             loose = [((kind, r), e) for r, e, f in zip(raws[first:], ents[first:], flags[first:]) if f and len(r) <= limit]
             # derived messages go back once their wire form is known (they went through Pipeline.finish)
-            derived = [(k, e) for k, e in lease.derived.values() if e.wire is not None and len(k[1]) <= limit and ok(e)]
-        run = _Run(raws[:first], ents[:first]) if first else None
+            derived = [(k, e) for k, e in lease.derived.values() if e.wire is not None and len(k[1]) <= limit and ok(e)
+                       and id(e) not in lease.kept]
+        run = _Run(raws[:first], ents[:first], {k: v for k, v in lease.carry.items() if v[0] <= first}) if first else None
         with self._lock:
             d = self._d
             added = 0
             if run is not None and run.nbytes <= self.max_bytes // 2:
-                k = ("run", kind, id(run.raws[-1]))
+                k = ("run", kind, id(run.raws[0]))
                 if d.setdefault(k, run) is run:
                     added += run.nbytes
             for k, e in loose + derived:

@@ -350,8 +350,14 @@ def _anthropic(new: dict, original: dict, original_raw: list[bytes] | None = Non
     begin, f = _checkpoints.resume(keys, pairs)
     seen_use, seen_result, pf = f.seen_use, f.seen_result, f.problems
     prev_uses, prev_role, first_conv_checked = f.prev_uses, f.prev_role, f.first_conv_checked
+    last = len(msgs) - 1
     for i in range(begin, len(msgs)):
         m = msgs[i]
+        if i == last and i > 0:
+            # also a checkpoint before the last message: a client that moves its cache breakpoint
+            # changes that one in the next request, and the ones before stay
+            f.prev_uses, f.prev_role, f.first_conv_checked = prev_uses, prev_role, first_conv_checked
+            _checkpoints.save(keys[:i], pairs, f)
         if not isinstance(m, dict):
             pf.append((("not-object", i), f"messages[{i}] is not an object"))
             continue
