@@ -53,6 +53,7 @@ class RequestContext:
     timings: dict[str, float] = field(default_factory=dict)
     token_memo: Any = field(default=None, repr=False)  # (messages, per-message counts) of the original
     message_raw: list[bytes] | None = field(default=None, repr=False)  # orjson.dumps of each original message
+    known_messages: int = 0  # leading messages not decoded again: a recent request had them (prefixparse)
     raw_exact: bool = False  # message_raw is exactly orjson.dumps of each original message (not of an equal one)
     lease: Any = field(default=None, repr=False)  # the typed messages lent by runtime.typed (typedpool.Lease)
     wire_entries: Any = field(default=None, repr=False)  # per message of the rewrite, its pool entry (pipeline.wire_of)

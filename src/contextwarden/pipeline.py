@@ -112,6 +112,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
     # counts, validation facts); a bytes object keeps its hash, so every later lookup is a memcmp
     ctx.message_raw = raws
     ctx.raw_exact = exact
+    ctx.known_messages = known.count if known is not None else 0
     ctx.lease = lease
     ctx.timings["parse"] = round((time.perf_counter() - t0) * 1000, 3)
     return ctx
@@ -301,7 +302,8 @@ def request_event(ctx: RequestContext, nbytes: int, mode: str) -> None:
     msgs = ctx.original.get("messages") if ctx.api is not ApiKind.OPENAI_RESPONSES else ctx.original.get("input")
     ctx.emit("request", host=ctx.host, path=ctx.path, model=ctx.model, tenant=ctx.tenant, agent=ctx.agent,
              session_source=ctx.session_source, messages=len(msgs) if isinstance(msgs, list) else 1,
-             stream=ctx.stream, bytes=nbytes, tokens_in=ctx.tokens_in, mode=mode, headers=ctx.headers)
+             stream=ctx.stream, bytes=nbytes, tokens_in=ctx.tokens_in, mode=mode, headers=ctx.headers,
+             known_messages=ctx.known_messages)
 
 
 class Pipeline:

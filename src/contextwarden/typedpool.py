@@ -2,26 +2,34 @@
 
 A coding agent re-sends its whole history with every request. Validating 200 messages into the typed
 model costs as much as the rest of a repeat request, so the pipeline keeps each message's typed object
-in this pool under the message's exact JSON bytes, and the next request of the conversation takes it
-back out instead of parsing it again.
+under the message's exact JSON bytes, and the next request of the conversation takes it back out
+instead of parsing it again.
 
-Stages edit the typed request in place, so an object is *lent*, never shared: ``checkout`` removes it
-from the pool (a concurrent request with the same message parses its own), and ``checkin`` puts back
-only objects no stage changed. A change is seen through :class:`~contextwarden.models.base.WireModel`'s
-attribute writes (``touched``) on the message or any typed object inside it, and through a snapshot of
-the message's typed lists (``content`` blocks, ``tool_calls``), so an ``append`` or ``pop`` counts too.
-Values of ``Any`` fields (a tool input, a tool_result's list content, unknown extras) are the client's
-own dicts and lists, shared with ``ctx.original``: stages replace them and never mutate them (see
+Lent, never shared. Stages edit the typed request in place, so ``TypedPool.lease`` takes the objects
+out of the pool (a concurrent request with the same message parses its own) and ``give_back`` puts
+back only those no stage changed. A change is seen through :class:`~contextwarden.models.base.WireModel`'s
+attribute writes (``touched``) on the message or any typed object inside it, and through its typed
+lists (:class:`~contextwarden.models.base.TrackedList`: ``content`` blocks, ``tool_calls``), so an
+``append`` or ``pop`` counts too; ``touches`` counts every such write, so while it has not moved a
+lease knows without looking that nothing it lent was changed (``Lease.quiet``). Values of ``Any``
+fields (a tool input, a tool_result's list content, unknown extras) are the client's own dicts and
+lists, shared with ``ctx.original``: stages replace them and never mutate them (see
 ``hookspecs.cw_request``), which is also what keeps the original body intact.
 
-A message that went through a request untouched is also *pristine* there: its wire form is the
-client's own dict, so the pipeline does not dump it again (``Pipeline.finish``).
+Runs. A request that went through untouched gives its messages back as one run, which the
+conversation's next request (starting with the very same bytes objects: prefixparse and
+``Runtime.message_bytes`` hand them on) takes back with one list compare, up to the first message
+that differs (where the client moved its cache breakpoint). A message untouched in a request is also
+*pristine* there: its wire form is the client's own dict, so ``pipeline.wire_of`` does not dump it.
 
-A stage that rewrites a message the same way on every request (the clearing stage's stubs) asks for
-a *derived* message instead of editing the lent one: ``Lease.derive`` returns a new typed message made
-from the original by an edit the stage names with a key, built once and then lent from the pool like
-the originals, with its wire form and JSON bytes remembered. So re-applying a hundred stubs costs a
-hundred pool lookups, not a hundred copies, dumps and validations.
+Derived messages. A stage that rewrites a message the same way on every request (the clearing stage's
+stubs) asks for a derived message instead of editing the lent one: ``Lease.derive`` returns a new typed
+message made from the original by an edit the stage names with a key, built once and then lent like
+the originals, with its wire form and JSON bytes remembered.
+
+Memos and carries. ``Lease.memo`` remembers a stage's result that depends on one message alone with
+that message; ``Lease.carry_on`` leaves what a stage worked out about the first ``n`` messages to the
+next request that takes the run (``Lease.carried``): clearing's slots and re-applied stubs, the wire form.
 """
 
 from __future__ import annotations

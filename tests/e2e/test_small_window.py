@@ -250,6 +250,12 @@ def test_claude_code_small_window(small: Route, strict, claude_bin, tmp_path):
         assert f"BIGFILE {n:02d} START" in _result_text(next(b for b in last_user["content"] if b.get("type") == "tool_result"))
 
     fl = flows(small.proxy, since, len(recs))
+    # the CLI writes its messages as orjson does, so the proxy does not decode again the history a request
+    # had: all of it but the last message or two, where the CLI moves its cache breakpoint (from the third
+    # request on; the second changes the first message, which carried the first request's breakpoint)
+    known = [f["request"]["known_messages"] for f in fl]
+    counts = [f["request"]["messages"] for f in fl]
+    assert known[0] == 0 and all(known[i] >= counts[i - 1] - 2 for i in range(2, len(fl))), list(zip(known, counts))
     # system + tools (+ the first user message): what no stage may touch, and what the window is sized to
     fixed = fl[0]["request"]["tokens_in"]
     assert 10_000 < fixed < SOFT // 2, fixed
@@ -266,7 +272,8 @@ def test_claude_code_small_window(small: Route, strict, claude_bin, tmp_path):
                if m["role"] == "assistant")
     assert not small.proxy.leaks(API_KEY)
     print(f"\nclaude-code small window: fixed={fixed} tokens, {stats}, cli {elapsed:.1f}s, "
-          f"tokens_in last={fl[-1]['request']['tokens_in']} sent max={max(f['forward']['tokens_out'] for f in fl)}")
+          f"tokens_in last={fl[-1]['request']['tokens_in']} sent max={max(f['forward']['tokens_out'] for f in fl)}, "
+          f"messages known/sent {list(zip(known, counts))}")
 
 
 # -- the SDKs: a scripted multi-turn conversation with tool calls ---------------------------------
