@@ -629,3 +629,49 @@ def test_a_checkpoint_is_not_used_under_other_original_role_pairs(monkeypatch):
     p3 = validate_rewrite(A, longer, alt_longer)
     assert spy.resumed[0] == 4  # the first body's checkpoint, made under these pairs
     assert p3 == _cold(A, longer, alt_longer) and any("consecutive" in p for p in p3)
+
+
+def test_responses_input_history_is_known_too(cw_home):
+    """The Responses API keeps its history in ``input``: growing bodies parse as orjson does, share the
+    previous request's items, and a pipeline session with clearing sends what a fresh runtime sends."""
+    from .support.stages import Harness, responses_tool_loop, settings_overrides
+
+    rb = RecentBodies()
+    body = responses_tool_loop(4, result_words=60)
+    prev = None
+    for i in range(4):
+        body = {**body, "input": body["input"] + [
+            {"type": "function_call", "call_id": f"g{i}", "name": "read_file", "arguments": '{"path":"x"}'},
+            {"type": "function_call_output", "call_id": f"g{i}", "output": f"line {i}\n" * 30}]}
+        raw = orjson.dumps(body)
+        data, known = rb.parse(raw, "input")
+        assert data == orjson.loads(raw) and list(data) == list(body)
+        if prev is None:
+            assert known is None
+        else:
+            assert known is not None and known.count == len(prev["input"])
+            assert all(a is b for a, b in zip(data["input"], prev["input"]))
+        rb.remember(raw, data, [orjson.dumps(x) for x in data["input"]], known, "input")
+        prev = data
+    # a "messages" history is not offered to an "input" body, and the other way round
+    assert rb.parse(orjson.dumps({"model": "m", "messages": body["input"]}))[1] is None
+
+    cfg = dict(window=200_000, stages=["clearing"], clearing={"trigger_tokens": 3000, "clear_at_least": 500, "keep_recent": 1})
+    h = Harness(cw_home / "a", overrides=settings_overrides(**cfg))
+    bodies, b = [], responses_tool_loop(6, result_words=300)
+    for i in range(6):
+        b = {**b, "input": b["input"] + [{"type": "function_call", "call_id": f"h{i}", "name": "read_file", "arguments": "{}"},
+                                         {"type": "function_call_output", "call_id": f"h{i}", "output": "data " * 300}]}
+        bodies.append(b)
+    sent = [h.send(ApiKind.OPENAI_RESPONSES, copy.deepcopy(x)) for x in bodies]
+    assert [s.ctx.known_messages for s in sent][1:] == [len(x["input"]) for x in bodies[:-1]]
+    assert sum(s.changed for s in sent) >= 4
+    h.close()
+    # the same session through a runtime that knows no history: the same bytes go upstream
+    g = Harness(cw_home / "b", overrides=settings_overrides(**cfg))
+    for x, s in zip(bodies, sent):
+        g.rt.recent.clear()
+        t = g.send(ApiKind.OPENAI_RESPONSES, copy.deepcopy(x))
+        assert t.ctx.known_messages == 0
+        assert (t.outcome.body, t.outcome.reason) == (s.outcome.body, s.outcome.reason)
+    g.close()

@@ -80,7 +80,8 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
     t0 = time.perf_counter()
     body = decode_body(raw, h.get("content-encoding"))
     try:
-        data, known = runtime.recent.parse(body)  # the history a recent request had is not decoded again
+        # the history a recent request had is not decoded again
+        data, known = runtime.recent.parse(body, "input" if api is ApiKind.OPENAI_RESPONSES else "messages")
     except orjson.JSONDecodeError as e:
         raise Skip(f"malformed JSON: {e}") from None
     if not isinstance(data, dict):
@@ -90,8 +91,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
     msgs = data.get("input") if api is ApiKind.OPENAI_RESPONSES else data.get("messages")
     raws, exact = runtime.message_bytes(api, tenant, session, msgs, known.raws if known is not None else None) \
         if isinstance(msgs, list) else (None, False)
-    if api is not ApiKind.OPENAI_RESPONSES:
-        runtime.recent.remember(body, data, raws, known)
+    runtime.recent.remember(body, data, raws, known, "input" if api is ApiKind.OPENAI_RESPONSES else "messages")
     try:
         model, lease = _typed(runtime, api, data, raws)
     except ValidationError:

@@ -9,7 +9,8 @@ ends, those messages, their ``orjson.dumps``); a new body that starts with the b
 
     head (the keys before ``messages``) + the first L known messages + the rest (more messages, then the keys after)
 
-where only the head and the rest are decoded. ``L`` is the longest run of known messages the body
+where only the head and the rest are decoded (the history is ``messages``, or ``input`` for the
+Responses API). ``L`` is the longest run of known messages the body
 starts with: a client that moves its cache breakpoint to the newest message every turn (Claude Code
 does) changes the previous last message, and everything before it is still known. The known messages
 are the previous request's own dicts (``ctx.original`` is never mutated, so sharing them is safe) and
@@ -35,7 +36,6 @@ from typing import Any
 
 import orjson
 
-_KEY = b'"messages":['
 MAX_CHUNKS = 32  # a remembered prefix is joined into one piece past this many
 # the key the rest of a body is decoded under: random per process, so no body can hold it
 _REST = "\x00contextwarden-rest-" + os.urandom(8).hex()
@@ -44,15 +44,16 @@ _SPACE = b" \t\r\n"
 
 
 class _Known:
-    __slots__ = ("chunks", "size", "head", "start", "ends", "msgs", "raws")
+    __slots__ = ("key", "chunks", "size", "head", "start", "ends", "msgs", "raws")
 
-    def __init__(self, chunks: tuple[bytes, ...], head: bytes, start: int, ends: list[int], msgs: list,
+    def __init__(self, key: str, chunks: tuple[bytes, ...], head: bytes, start: int, ends: list[int], msgs: list,
                  raws: list[bytes]) -> None:
+        self.key = key  # "messages" or "input"
         # the body up to the end of its last known message, in pieces: each request of a conversation
         # adds the piece it added, so remembering it does not copy the whole history every time
         self.chunks = chunks
         self.size = sum(len(c) for c in chunks)
-        self.head = head  # the body up to "messages", closed into an object with an empty list
+        self.head = head  # the body up to the history's key, closed into an object with an empty list
         self.start = start  # where the first message begins
         self.ends = ends  # where each known message ends
         self.msgs = msgs
@@ -132,11 +133,12 @@ class RecentBodies:
         self._lock = threading.Lock()
         self.hits = 0
 
-    def parse(self, body: bytes) -> tuple[Any, Match | None]:
+    def parse(self, body: bytes, key: str = "messages") -> tuple[Any, Match | None]:
         """``orjson.loads(body)``, and the known history it starts with (None when it was parsed
-        whole). Pass it to ``remember``. Raises what ``orjson.loads(body)`` raises."""
+        whole). ``key``: the list the history is in. Pass the match to ``remember``. Raises what
+        ``orjson.loads(body)`` raises."""
         with self._lock:
-            known = list(self._known)
+            known = [k for k in self._known if k.key == key]
         best, best_n = None, 0
         for k in known:
             n = k.matched(body)
@@ -168,41 +170,43 @@ class RecentBodies:
             return None
         head = orjson.loads(k.head)
         tail = orjson.loads(b"{" + _REST_OPEN + rest)
-        if not isinstance(head, dict) or not isinstance(tail, dict) or "messages" in tail \
+        if not isinstance(head, dict) or not isinstance(tail, dict) or k.key in tail \
                 or not isinstance(tail.get(_REST), list):
-            return None  # (a "messages" key in the rest: a duplicate, whose value a full parse keeps)
-        head["messages"] = k.msgs[:count] + tail.pop(_REST)
+            return None  # (the history's key in the rest: a duplicate, whose value a full parse keeps)
+        head[k.key] = k.msgs[:count] + tail.pop(_REST)
         for key, v in tail.items():  # (a key in both: the first place, the last value, as a full parse)
             head[key] = v
         return head
 
-    def remember(self, body: bytes, data: Any, raws: list[bytes] | None, base: Match | None = None) -> None:
+    def remember(self, body: bytes, data: Any, raws: list[bytes] | None, base: Match | None = None,
+                 key: str = "messages") -> None:
         """Learn the body's history for the next request: how many of its messages are written as
         their ``orjson.dumps`` at their place in the body. ``base``: the known history ``parse`` found
         it starts with (only the messages after it are checked)."""
         if not isinstance(data, dict) or not raws:
             return
-        msgs = data.get("messages")
+        msgs = data.get(key)
         if not isinstance(msgs, list) or len(msgs) != len(raws):
             return
         k0, matched = None, 0
-        if base is not None and base.count <= len(raws):
+        opener = orjson.dumps(key) + b":["
+        if base is not None and base.known.key == key and base.count <= len(raws):
             k0, ok = base.known, base.count
             matched = ok
             head, start, ends = k0.head, k0.start, k0.ends[:ok]
             pos = ends[-1] if ok else start
         else:
-            p = body.find(_KEY)
+            p = body.find(opener)
             if p < 0:
                 return
-            head = body[:p] + b'"messages":[]}'
+            head = body[:p] + opener + b"]}"
             try:
                 h = orjson.loads(head)
             except orjson.JSONDecodeError:
-                return  # "messages" is not a key of the top-level object there
-            if not isinstance(h, dict) or not h or list(h)[-1] != "messages" or h["messages"] != []:
+                return  # the key is not one of the top-level object there
+            if not isinstance(h, dict) or not h or list(h)[-1] != key or h[key] != []:
                 return  # (nor there: it was the end of another key)
-            start = pos = p + len(_KEY)
+            start = pos = p + len(opener)
             ok, ends = 0, []
         n = len(body)
         for i in range(ok, len(raws)):
@@ -226,7 +230,7 @@ class RecentBodies:
                 chunks = (b"".join(chunks),)
         else:
             chunks = (body[:pos],)
-        k = _Known(chunks, head, start, ends, msgs[:ok], raws[:ok])
+        k = _Known(key, chunks, head, start, ends, msgs[:ok], raws[:ok])
         with self._lock:
             # the longer history of the same conversation replaces the one it extends
             self._known = [k] + [x for x in self._known if x is not k0][: self.size - 1]
