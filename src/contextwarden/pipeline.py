@@ -79,19 +79,19 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         raise Skip(f"body of {len(raw)} bytes is over proxy.max_body_mb")
     t0 = time.perf_counter()
     body = decode_body(raw, h.get("content-encoding"))
+    history = "input" if api is ApiKind.OPENAI_RESPONSES else "messages"
     try:
-        # the history a recent request had is not decoded again
-        data, known = runtime.recent.parse(body, "input" if api is ApiKind.OPENAI_RESPONSES else "messages")
+        data, known = runtime.recent.parse(body, history)  # the history a recent request had is not decoded again
     except orjson.JSONDecodeError as e:
         raise Skip(f"malformed JSON: {e}") from None
     if not isinstance(data, dict):
         raise Skip("JSON body is not an object")
     session, source = derive_session(h, data)
     tenant = tenant_id(credential_of(h), runtime.salt)
-    msgs = data.get("input") if api is ApiKind.OPENAI_RESPONSES else data.get("messages")
+    msgs = data.get(history)
     raws, exact = runtime.message_bytes(api, tenant, session, msgs, known.raws if known is not None else None) \
         if isinstance(msgs, list) else (None, False)
-    runtime.recent.remember(body, data, raws, known, "input" if api is ApiKind.OPENAI_RESPONSES else "messages")
+    runtime.recent.remember(body, data, raws, known, history)
     try:
         model, lease = _typed(runtime, api, data, raws)
     except ValidationError:
