@@ -56,7 +56,8 @@ def cw_response_event(ctx, event):
     """One parsed event of the response, as it streams (an SSE event's JSON, or the whole JSON body).
 
     Runs on the proxy's event loop between chunks: keep it to microseconds. The bytes the client
-    receives are never affected by what this hook does.
+    receives are never affected by what this hook does. The request as the client sent it is
+    ``ctx.original`` (``ctx.request``'s typed messages have been lent on by then).
     """
 
 
@@ -64,7 +65,8 @@ def cw_response_event(ctx, event):
 def cw_turn_complete(ctx, turn):
     """The assistant's turn is assembled (``turn``: :class:`contextwarden.streams.AssembledTurn`) and
     the provider's usage is known. Runs on a worker thread, off the event loop: storing memory,
-    calibrating token counts and updating budgets belong here.
+    calibrating token counts and updating budgets belong here. Read the request from ``ctx.original``
+    (``ctx.request``'s typed messages have been lent on by then).
     """
 
 
