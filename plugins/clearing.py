@@ -260,10 +260,12 @@ class _Prefix:
     request, which starts with them (``Lease.carried``): the tool calls seen, the slots, and what
     step 1 re-applied there under a given set of records and settings. Read-only once made."""
 
-    __slots__ = ("n", "calls", "slots", "step1", "derived")
+    __slots__ = ("n", "calls", "slots", "step1", "derived", "orders", "pending")
 
     def __init__(self, n: int, calls: dict, slots: list[Slot], step1: tuple | None) -> None:
         self.n, self.calls, self.slots, self.step1 = n, calls, slots, step1
+        self.orders: list[int] = []  # the distinct call orders of the slots, sorted (for keep_recent)
+        self.pending: list[Slot] = []  # the slots step 2 may still clear, oldest first (under step1's stamp)
         # message index -> (its edit, pool key, the derived message): the edited copies, handed on
         self.derived: dict[int, tuple[dict, tuple, Any]] = {}
 
@@ -552,9 +554,11 @@ def cw_request(ctx) -> None:
     # What it did in the messages the previous request had up to the model's last message depends on
     # nothing else than these: the same records, tools excluded, input clearing and locked calls there.
     first = 0
+    resumed = False  # step 1 of the previous request's messages taken as it was
     if prior is not None and cut is not None and prior.step1 is not None and prior.n <= cut:
         recs, excl, inp_on, lk, effects = prior.step1
         if recs is remembered and excl == exclude and inp_on == inputs_on and lk == frozenset(x for x in locked if x < prior.n):
+            resumed = True
             p_edits, p_cleared, p_by_index, p_freed, p_counts, p_done, first = effects
             edits.update({i: dict(e) for i, e in p_edits.items()})
             cleared.extend(p_cleared)
@@ -587,16 +591,30 @@ def cw_request(ctx) -> None:
                             set(done), n_cut)
         carry = _Prefix(cut, calls_at_cut, slots[:n_cut], (
             remembered, frozenset(exclude), inputs_on, frozenset(x for x in locked if x < cut), step1_at_cut))
+        done_cut = step1_at_cut[5]
+        base = len(prior.slots) if resumed and len(prior.slots) <= n_cut else 0
+        new_slots = slots[base:n_cut]
+        carry.orders = sorted(set(prior.orders if base else ()) | {s.order for s in new_slots if s.order >= 0})
+        carry.pending = [s for s in (prior.pending if base else ()) if s.id not in done_cut] + [
+            s for s in new_slots if s.order >= 0 and s.tool not in exclude and s.id not in done_cut]
         lease.carry_on(_CARRY, cut, carry)
 
     # 2. above the trigger: clear more, oldest first, in one step of at least clear_at_least
     total = _input_tokens(ctx)
     new_recs: dict[str, dict[str, Any]] = {}
     if total - freed > trigger:
-        orders = sorted({s.order for s in slots if s.order >= 0})
+        if resumed:
+            # the previous request's messages: their orders and the slots step 2 may clear there are
+            # known; only the newer slots are looked at one by one
+            tail = slots[len(prior.slots):]
+            orders = sorted(set(prior.orders[-keep_recent:] if keep_recent > 0 else ()) | {s.order for s in tail if s.order >= 0})
+            looked = prior.pending + tail
+        else:
+            orders = sorted({s.order for s in slots if s.order >= 0})
+            looked = slots
         recent = set(orders[-keep_recent:]) if keep_recent > 0 else set()
         candidates = []
-        for s in slots:
+        for s in looked:
             if s.id in done or s.tool in exclude or s.order in recent or s.order < 0:
                 continue
             if s.index >= unseen_from:
