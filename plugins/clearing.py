@@ -437,14 +437,17 @@ def _slots_responses(req) -> list[Slot]:
     return slots
 
 
-def find_slots(api: ApiKind, req, edits: dict[int, dict[tuple, Any]], lease=None) -> list[Slot]:
+def find_slots(api: ApiKind, req, edits: dict[int, dict[tuple, Any]], lease=None, prior: "_Prefix | None" = None,
+               cut: int | None = None) -> tuple[list[Slot], dict | None]:
     """Every tool result of the request, in order. Setting a typed message's slot records into
-    ``edits`` (message index -> changes), which :func:`_commit` puts in."""
+    ``edits`` (message index -> changes), which :func:`_commit` puts in. For Anthropic messages, the
+    slots resume after ``prior``'s and the tool calls seen before message ``cut`` come back too (to
+    carry on; None otherwise)."""
     if api is ApiKind.ANTHROPIC:
-        return _slots_anthropic(req, lease)[0]
+        return _slots_anthropic(req, lease, prior, cut)
     if api is ApiKind.OPENAI_RESPONSES:
-        return _slots_responses(req)
-    return _slots_chat(req, edits)
+        return _slots_responses(req), None
+    return _slots_chat(req, edits), None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -494,14 +497,11 @@ def cw_request(ctx) -> None:
     # results after the model's last message are new to it: never cleared, even when a rewound
     # conversation brings back ids cleared before
     unseen_from = _last_assistant(ctx) + 1
-    if ctx.api is ApiKind.ANTHROPIC:
-        # what is worked out about the messages up to the model's last one holds for the next request
-        # too (the end of the conversation, where locks and unseen results are, is done again)
-        cut = unseen_from - 1 if lease is not None else None
-        slots, calls_at_cut = _slots_anthropic(ctx.request, lease, prior, cut)
-        locked = _locked_anthropic(ctx.request)
-    else:
-        slots, calls_at_cut, cut, locked = find_slots(ctx.api, ctx.request, edits), None, None, set()
+    # what is worked out about the messages up to the model's last one holds for the next request too
+    # (the end of the conversation, where locks and unseen results are, is done again)
+    cut = unseen_from - 1 if lease is not None else None
+    slots, calls_at_cut = find_slots(ctx.api, ctx.request, edits, lease, prior, cut)
+    locked = _locked_anthropic(ctx.request) if ctx.api is ApiKind.ANTHROPIC else set()
     if not slots:
         return
     state = state_cache(ctx.runtime)
@@ -573,12 +573,16 @@ def cw_request(ctx) -> None:
         n_cut = next((si for si in range(len(slots) - 1, -1, -1) if slots[si].index < cut), -1) + 1
         if first > n_cut:
             calls_at_cut = None  # (resumed past the cut: nothing to carry)
+
+    def step1_effects(si: int) -> tuple:
+        """What step 1 has done so far, up to slot ``si`` (copies: the carry is read-only)."""
+        return {i: dict(e) for i, e in edits.items()}, list(cleared), dict(by_index), freed, dict(counts), set(done), si
+
     if remembered:
         for si in range(first, len(slots)):
             s = slots[si]
             if calls_at_cut is not None and si == n_cut:
-                step1_at_cut = ({i: dict(e) for i, e in edits.items()}, list(cleared), dict(by_index), freed, dict(counts),
-                                set(done), si)
+                step1_at_cut = step1_effects(si)
             rec = remembered.get(s.id)
             if rec is None or s.tool in exclude or s.id in done or s.index >= unseen_from:
                 continue
@@ -587,8 +591,7 @@ def cw_request(ctx) -> None:
             apply(s, rec, False)
     if calls_at_cut is not None and lease is not None and cut > 0:
         if step1_at_cut is None:  # (no slot at or after the cut, or nothing remembered: no loop ran there)
-            step1_at_cut = ({i: dict(e) for i, e in edits.items()}, list(cleared), dict(by_index), freed, dict(counts),
-                            set(done), n_cut)
+            step1_at_cut = step1_effects(n_cut)
         carry = _Prefix(cut, calls_at_cut, slots[:n_cut], (
             remembered, frozenset(exclude), inputs_on, frozenset(x for x in locked if x < cut), step1_at_cut))
         done_cut = step1_at_cut[5]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from operator import is_
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from .models import ApiKind, parse_body
 from .models import anthropic as am
 from .models import openai_chat as oc
 from .models.base import WireModel
-from .typedpool import Lease
+from .typedpool import Lease, same_prefix
 from .validate import validate_rewrite
 from .redact import credential_of, redact_headers, tenant_id
 from .sessions import derive_session
@@ -138,54 +137,48 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
     """Tokens of ``ctx.original`` (kept per message on ctx) or of a rewrite of it (messages equal to the
     original's reuse those counts; ``raws``: the rewrite's message bytes where known, see wire_of)."""
     try:
+        tokens = ctx.runtime.tokens
         if wire is ctx.original:
-            keep: list = []
-            tokens, lease = ctx.runtime.tokens, ctx.lease
-            known = key = None
-            if lease is not None and lease.quiet():
-                # each message's count is remembered with its typed message (typedpool.Lease.memo)
-                key = ("tokens", tokens.encoding_of(ctx.model))
-                known = [e.memo.get(key) if e.memo is not None else None for e in lease.entries]
-            n = tokens.count_request(ctx.api, wire, ctx.model, keep=keep, raw=ctx.message_raw, known=known)
-            ctx.token_memo = keep[0] if keep else None
-            if key is not None and keep and len(keep[0][1]) == len(lease.entries):
-                got, ents = keep[0][1], lease.entries
-                for i in [i for i, k in enumerate(known) if k is None]:
-                    e = ents[i]
-                    if e.memo is None:
-                        e.memo = {}
-                    e.memo[key] = got[i]
+            lease = ctx.lease
+            # each message's count is remembered with its typed message (typedpool.Lease.memo)
+            entries = lease.entries if lease is not None and lease.quiet() else None
+            n, keep = _count_remembering(ctx, wire, entries, raw=ctx.message_raw)
+            ctx.token_memo = keep
             return n
         srcs = ctx.wire_entries
         msgs = wire.get("messages")
         if srcs is None or not isinstance(msgs, list) or len(srcs) != len(msgs):
-            return ctx.runtime.tokens.count_request(ctx.api, wire, ctx.model, reuse=ctx.token_memo, raw=raws)
+            return tokens.count_request(ctx.api, wire, ctx.model, reuse=ctx.token_memo, raw=raws)
         # messages that are pool entries (the original's untouched ones, derived ones) have their count
-        key = ("tokens", ctx.runtime.tokens.encoding_of(ctx.model))
-        known = [e.memo.get(key) if e is not None and e.memo is not None else None for e in srcs]
-        keep = []
-        n = ctx.runtime.tokens.count_request(ctx.api, wire, ctx.model, reuse=ctx.token_memo, raw=raws, known=known, keep=keep)
-        if keep:
-            got = keep[0][1]
-            for i in [i for i, k in enumerate(known) if k is None]:
-                e = srcs[i]
-                if e is not None:
-                    if e.memo is None:
-                        e.memo = {}
-                    e.memo[key] = got[i]
-        return n
+        return _count_remembering(ctx, wire, srcs, reuse=ctx.token_memo, raw=raws)[0]
     except Exception as e:  # accounting must never cost a request
         ctx.emit("error", where="tokens", message=str(e))
         return None
 
 
+def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list | None, **kw) -> tuple[int, Any]:
+    """``count_request`` of ``wire``, taking each message's count from its pool entry's memo
+    (``entries``, aligned with the messages; None where a message has none) and remembering there
+    the counts it computed. Returns the count and what ``count_request`` kept."""
+    tokens = ctx.runtime.tokens
+    keep: list = []
+    if entries is None:
+        return tokens.count_request(ctx.api, wire, ctx.model, keep=keep, **kw), (keep[0] if keep else None)
+    key = ("tokens", tokens.encoding_of(ctx.model))
+    known = [e.memo.get(key) if e is not None and e.memo is not None else None for e in entries]
+    n = tokens.count_request(ctx.api, wire, ctx.model, keep=keep, known=known, **kw)
+    if keep and len(keep[0][1]) == len(entries):
+        got = keep[0][1]
+        for i in [i for i, k in enumerate(known) if k is None]:
+            e = entries[i]
+            if e is not None:
+                if e.memo is None:
+                    e.memo = {}
+                e.memo[key] = got[i]
+    return n, (keep[0] if keep else None)
+
+
 _WIRE_CARRY = ("pipeline", "wire")
-
-
-def _same_prefix(a: list, b: list) -> int:
-    """How many leading elements ``a`` and ``b`` share by identity."""
-    same = list(map(is_, a, b))
-    return same.index(False) if False in same else len(same)
 
 
 def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | None]:
@@ -211,8 +204,7 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
     if got is not None and quiet:
         objs, p_out, p_raws, p_srcs, p_orig = got[1]
         # as far as both the typed messages and the client's dicts are the very same objects
-        k = _same_prefix(msgs, objs)
-        k = min(k, _same_prefix(orig, p_orig))
+        k = min(same_prefix(msgs, objs), same_prefix(orig, p_orig))
         if k:
             out, raws, srcs, start = p_out[:k], p_raws[:k], p_srcs[:k], k
     for p, m in enumerate(msgs[start:] if start else msgs, start):

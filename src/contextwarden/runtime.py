@@ -61,7 +61,7 @@ class Runtime:
 
         self.recent = RecentBodies()  # recent bodies' histories, not decoded again (pipeline.prepare)
         # each conversation's latest messages and their JSON bytes (message_bytes)
-        self._last_messages: OrderedDict[tuple, tuple[list, list[bytes]]] = OrderedDict()
+        self._last_messages: OrderedDict[tuple, tuple[list, list[bytes], set[int]]] = OrderedDict()
         self._last_lock = threading.Lock()
         self._tokens = None
         self._lock = threading.Lock()

@@ -467,9 +467,6 @@ class TokenCounter:
     def _system(self, system: Any, enc: _Encoding) -> int:
         if not system:
             return 0
-        return self._system_count(system, enc)
-
-    def _system_count(self, system: Any, enc: _Encoding) -> int:
         if isinstance(system, str):
             return self._text(system, enc) + MESSAGE_OVERHEAD
         if isinstance(system, list):

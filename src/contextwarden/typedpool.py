@@ -45,6 +45,12 @@ from .models.base import ApiKind, TrackedList, WireModel, touched, touched_list,
 _MISSING = object()
 
 
+def same_prefix(a: list, b: list) -> int:
+    """How many leading elements ``a`` and ``b`` share by identity."""
+    same = list(map(is_, a, b))
+    return same.index(False) if False in same else len(same)
+
+
 class Entry:
     """A typed message, the typed objects inside it and its typed lists as they were parsed."""
 
@@ -207,15 +213,7 @@ class Lease:
         edit that ``key`` names completely (the same key must always give the same message). Lent from
         the pool when this edit of this message was built before; ``base`` itself is left untouched.
         ``build`` must not share typed objects with ``base`` (``model_copy`` every block it keeps)."""
-        j = self.original_index(base)
-        if j is None or self.pool is None:
-            return build()
-        pkey = ("d:" + self.api.value, self.raws[j], key)
-        e = self.pool.take(pkey)
-        if e is None:
-            e = Entry(build())
-        self.derived[id(e.obj)] = (pkey, e)
-        return e.obj
+        return self.derive_all([(base, key, build)])[0]
 
     def adopt(self, pkey: tuple, e: Entry) -> None:
         """Take ``e`` (a derived message a stage carried on from the previous request) as this
@@ -278,8 +276,7 @@ class TypedPool:
         run = self._d.get(k)
         if run is None or run.raws[0] is not raws[0]:
             return None
-        same = list(map(is_, run.raws, raws))
-        n = same.index(False) if False in same else len(same)
+        n = same_prefix(run.raws, raws)
         del self._d[k]
         self._bytes -= run.nbytes
         return run, n
@@ -321,13 +318,6 @@ class TypedPool:
                     self._bytes -= len(k[1])
                     out[k] = e
         return out
-
-    def take(self, key: tuple) -> Entry | None:
-        with self._lock:
-            e = self._d.pop(key, None)
-            if e is not None:
-                self._bytes -= len(key[1])
-        return e
 
     def give_back(self, lease: Lease) -> int:
         """Return the lease's untouched messages; the others are dropped. Returns how many went back.
