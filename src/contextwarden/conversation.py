@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import orjson
 
+from .bytesmemo import BytesMemo
 from .models.base import ApiKind
 
 #: Roles that carry instructions rather than conversation (kept or summarised verbatim, never dropped).
@@ -179,43 +178,15 @@ def message_bytes(m: Any) -> bytes:
     return data
 
 
-class _DigestMemo:
-    """blake2b digests of recently hashed messages, keyed by their exact canonical bytes.
-
-    A session's history is hashed again on every request (compaction's span hashes); a dictionary
-    lookup (Python's hash + memcmp) costs a fraction of the digest. Bounded by the bytes it keeps."""
-
-    def __init__(self, max_bytes: int = 32_000_000) -> None:
-        self.max_bytes = max_bytes
-        self._d: OrderedDict[bytes, bytes] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def digest(self, data: bytes) -> bytes:
-        with self._lock:
-            d = self._d.get(data)
-            if d is not None:
-                self._d.move_to_end(data)
-                return d
-        d = hashlib.blake2b(data, digest_size=16).digest()
-        if len(data) < 256 or len(data) > self.max_bytes // 8:
-            return d  # short ones are cheaper to hash than to keep
-        with self._lock:
-            if data not in self._d:
-                self._d[data] = d
-                self._bytes += len(data)
-                while self._bytes > self.max_bytes and self._d:
-                    k, _ = self._d.popitem(last=False)
-                    self._bytes -= len(k)
-        return d
-
-
-_digests = _DigestMemo()
+# blake2b digests of recently hashed messages: a session's history is hashed again on every request
+# (compaction's span hashes); short messages are cheaper to hash than to keep
+_digests = BytesMemo(min_key=256)
 
 
 def message_hash(m: Any) -> bytes:
     """16-byte digest of a message's content, breakpoints ignored."""
-    return _digests.digest(message_bytes(m))
+    data = message_bytes(m)
+    return _digests.get(data, lambda: hashlib.blake2b(data, digest_size=16).digest())
 
 
 class SpanHasher:

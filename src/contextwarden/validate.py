@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
+from .bytesmemo import BytesMemo
 from .models.base import ApiKind
 
 MAX_BREAKPOINTS = 4
@@ -139,40 +140,12 @@ def _copies_in_order(kind: str, new_msgs: Iterable[dict], orig_msgs: Iterable[di
 # ---------------------------------------------------------------------------- per-message facts
 
 
-class _FactCache:
-    """What a message contributes to the checks, keyed by its exact JSON bytes, bounded by bytes."""
+class _FactCache(BytesMemo):
+    """What a message contributes to the checks, keyed by its exact JSON bytes (a wrong fact could let
+    an invalid body through), bounded by bytes."""
 
-    def __init__(self, max_bytes: int = 32_000_000) -> None:
-        self.max_bytes = max_bytes
-        self._d: OrderedDict[bytes, tuple] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, m: dict, compute: Callable[[dict], tuple], key: bytes | None = None) -> tuple:
-        # exact bytes as the key (hash + memcmp): a wrong fact could let an invalid body through
-        if key is None:
-            key = orjson.dumps(m, default=str)
-        with self._lock:
-            f = self._d.get(key)
-            if f is not None:
-                self._d.move_to_end(key)
-                return f
-        f = compute(m)
-        if len(key) > self.max_bytes // 8:
-            return f
-        with self._lock:
-            if key not in self._d:
-                self._d[key] = f
-                self._bytes += len(key)
-                while self._bytes > self.max_bytes and self._d:
-                    k, _ = self._d.popitem(last=False)
-                    self._bytes -= len(k)
-        return f
-
-    def clear(self) -> None:
-        with self._lock:
-            self._d.clear()
-            self._bytes = 0
+    def fact(self, m: dict, compute: Callable[[dict], tuple], key: bytes | None = None) -> tuple:
+        return self.get(key if key is not None else orjson.dumps(m, default=str), lambda: compute(m))
 
 
 _facts = _FactCache()
@@ -361,7 +334,7 @@ def _anthropic(new: dict, original: dict, original_raw: list[bytes] | None = Non
         if not isinstance(m, dict):
             pf.append((("not-object", i), f"messages[{i}] is not an object"))
             continue
-        role, empty, events, n_bp = _facts.get(m, _anthropic_facts, keys[i])
+        role, empty, events, n_bp = _facts.fact(m, _anthropic_facts, keys[i])
         f.bps += n_bp
         if role not in ("user", "assistant"):
             f.others_new.append(m)
