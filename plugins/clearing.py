@@ -487,6 +487,18 @@ def _last_assistant(ctx) -> int:
 
 @hookimpl
 def cw_request(ctx) -> None:
+    _clear(ctx, decide=True)
+
+
+@hookimpl
+def cw_reapply(ctx) -> None:
+    """The session's stored records, put in again exactly as :func:`cw_request` does (its step 1),
+    and no new clearing (step 2 does not run): the pipeline's fall-back when a stage failed."""
+    _clear(ctx, decide=False)
+
+
+def _clear(ctx, decide: bool) -> None:
+    """Step 1 re-applies the session's records; step 2, when ``decide``, clears more."""
     cfg = ctx.settings.clearing
     if not cfg.enabled:
         return
@@ -605,7 +617,7 @@ def cw_request(ctx) -> None:
     # 2. above the trigger: clear more, oldest first, in one step of at least clear_at_least
     total = _input_tokens(ctx)
     new_recs: dict[str, dict[str, Any]] = {}
-    if total - freed > trigger:
+    if decide and total - freed > trigger:
         if resumed:
             # the previous request's messages: their orders and the slots step 2 may clear there are
             # known; only the newer slots are looked at one by one

@@ -323,6 +323,20 @@ def _summary_cache_control(ctx, cfg, kept: list[Any]) -> dict | None:
 
 @hookimpl
 def cw_request(ctx) -> None:
+    _compact(ctx, decide=True)
+
+
+@hookimpl
+def cw_reapply(ctx) -> None:
+    """The session's stored summary, put in again exactly as :func:`cw_request` does when the client
+    still sends the span it covers (steps 1 and 4), and no new compaction (steps 2 and 3 do not run,
+    nor the request-rhythm bookkeeping): the pipeline's fall-back when a stage failed."""
+    _compact(ctx, decide=False)
+
+
+def _compact(ctx, decide: bool) -> None:
+    """Step 1 finds the session's decision that still applies, 2 and 3 (when ``decide``) make a new
+    one, 4 applies the result."""
     cfg = ctx.settings.compaction
     if not cfg.enabled:
         return
@@ -355,9 +369,13 @@ def cw_request(ctx) -> None:
 
     rec = store.get(NS, key) or {}
     decisions: list[dict[str, Any]] = rec.get("decisions") or []
-    n_expected, warm = _rhythm(store, key, cfg.cache_ttl_s, cfg.expected_requests_max, now, persist=total > soft // 2)
-    if not decisions and total <= soft:
-        return  # the common case costs nothing more
+    if not decide:
+        if not decisions:
+            return
+    else:
+        n_expected, warm = _rhythm(store, key, cfg.cache_ttl_s, cfg.expected_requests_max, now, persist=total > soft // 2)
+        if not decisions and total <= soft:
+            return  # the common case costs nothing more
 
     lead = 0
     while lead < n and entry(api, lead, orig[lead]).side == "system":
@@ -385,7 +403,7 @@ def cw_request(ctx) -> None:
     cost = None
     new: dict[str, Any] | None = None
     ready: Summary | None = None  # a finished LLM summary of the chosen span
-    if t_now > soft:
+    if decide and t_now > soft:
         es = entries(api, orig)
         tok = [tokens.count_message(api, m, ctx.model) for m in orig]
         tok_now = [max(0, t - by_index.get(i, 0)) for i, t in enumerate(tok)]

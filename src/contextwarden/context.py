@@ -57,9 +57,13 @@ class RequestContext:
     raw_exact: bool = False  # message_raw is exactly orjson.dumps of each original message (not of an equal one)
     lease: Any = field(default=None, repr=False)  # the typed messages lent by runtime.typed (typedpool.Lease)
     wire_entries: Any = field(default=None, repr=False)  # per message of the rewrite, its pool entry (pipeline.wire_of)
+    deadline: float | None = None  # perf_counter time by which the running stage must return (its budget)
+    event_extra: dict[str, Any] = field(default_factory=dict)  # added to every event (the fall-back's: fallback=True)
 
     def emit(self, type: str, **data: Any):
         data.setdefault("api", self.api.value)
+        if self.event_extra:
+            data.update(self.event_extra)
         return self.runtime.bus.emit(type, data, flow_id=self.flow_id, session=self.session)
 
     def block(self, status: int, body: bytes, headers: dict[str, str]) -> None:

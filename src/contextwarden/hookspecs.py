@@ -38,8 +38,9 @@ def cw_configure(runtime):
 def cw_request(ctx):
     """A request stage: read and rewrite ``ctx.request`` (the typed, lossless request model).
 
-    Runs in a worker thread under the stage's time budget. Raising, or running past the budget, makes
-    the proxy forward the client's original bytes and record an ``error`` event naming the stage.
+    Runs in a worker thread under the stage's time budget (``ctx.deadline``: the ``perf_counter`` time
+    by which it must return). Raising, or running past the budget, makes the proxy send the session's
+    decided state instead (see :func:`cw_reapply`) and record an ``error`` event naming the stage.
     Change the request in place; the proxy notices what changed, validates the result and sends the
     original if the result is invalid. Emit what you did with ``ctx.emit(type, **data)``.
 
@@ -48,6 +49,26 @@ def cw_request(ctx):
     client's own dicts and lists, shared with ``ctx.original``: put a new dict or list there, never
     mutate them. Typed messages no stage changed are lent to the next request of the conversation
     once this one is finished, so read ``ctx.request`` only while the stages run.
+    """
+
+
+@hookspec
+def cw_reapply(ctx):
+    """Put in again, on ``ctx.request``, ONLY what this stage already decided for the session (stored
+    records, a stored summary), byte for byte, and decide nothing new: no new clearing, no new summary,
+    no retrieval, nothing slow.
+
+    The proxy's fall-back: when any stage raises, runs past its budget, or the rewrite is invalid or
+    above the window, the request goes out as the session's *decided state*: a fresh typed request
+    (one no abandoned stage call can touch) with every stage's ``cw_reapply`` run on it, in the
+    pipeline's order, then validated like any rewrite. A stage the breaker skips (its previous call is
+    still running) gets its ``cw_reapply`` called in its place. If ``cw_reapply`` raises, the client's
+    original bytes go, with an ``error`` event (``where: "reapply"``) naming the stage.
+
+    Implement it with the very code your ``cw_request`` uses to re-apply its stored decisions (a flag
+    that skips the deciding part), not with a second copy of it. A stage that keeps no per-session
+    decisions (memory's injection, tags) does not implement it: its work is simply absent from the
+    decided state.
     """
 
 

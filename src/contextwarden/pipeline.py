@@ -1,12 +1,18 @@
 """Runs the request stages: each in a worker thread under its own time budget, failing open.
 
-The contract: the client's original bytes go upstream unless every stage finished in time, the
-result differs from the original, and the validator accepts it. Every decision is an event.
+The contract: the rewrite goes upstream when every stage finished in time, the result differs from the
+original, the validator accepts it, and it is not above the window because of this request's new work.
+Otherwise the request goes out as the session's *decided state*: the decisions already stored for it
+(clearing's stubs, compaction's summary) re-applied byte for byte by each stage's ``cw_reapply`` on a
+fresh typed request, and nothing new; if even that fails, the client's original bytes go. Every
+decision is an event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 import time
 import traceback
 from concurrent.futures import Future
@@ -40,6 +46,10 @@ class Outcome:
     body: bytes | None = None  # None: forward the original bytes
     blocked: BlockedResponse | None = None
     reason: str = "unchanged"
+    # set when the request went out without its new work: "decided" (the session's decided state:
+    # stored decisions re-applied) or "original" (the client's bytes: even re-applying failed), and why
+    fallback: str | None = None
+    fallback_reason: str | None = None
 
 
 class _Headers:
@@ -298,9 +308,40 @@ def request_event(ctx: RequestContext, nbytes: int, mode: str) -> None:
              known_messages=ctx.known_messages)
 
 
+def _action(outcome: Outcome) -> str:
+    """What went upstream after a failure, for its ``error`` event."""
+    return "forwarded the session's decided state" if outcome.body is not None else "forwarded original"
+
+
 class Pipeline:
     def __init__(self, runtime) -> None:
         self.runtime = runtime
+
+    def reappliers(self) -> list[tuple[str, Any]]:
+        """(name, cw_reapply) of every enabled stage that has one, in the pipeline's order."""
+        impls = {i.plugin_name: i.function for i in self.runtime.pm.hook.cw_reapply.get_hookimpls()}
+        return [(n, impls[n]) for n, _ in self.runtime.stages() if n in impls]
+
+    async def _call(self, ctx: RequestContext, name: str, fn, budget) -> tuple[str, str | None, str | None, float]:
+        """Run one stage function on ``ctx`` in the stage pool under ``budget``: (status, error,
+        traceback, ms). A call past its budget is abandoned (left running; the breaker notes it)."""
+        rt = self.runtime
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        ctx.deadline = t0 + budget.seconds
+        status, err, tb = "ok", None, None
+        call: Future | None = None
+        try:
+            call = rt.stage_pool.submit(fn, ctx)
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(call, loop=loop)), budget.seconds)
+        except asyncio.TimeoutError:
+            status, err = "timeout", f"ran past its {budget.describe()}"
+            if call is not None and not call.done():
+                rt.mark_overrun(name, call, ctx)
+        except Exception as e:
+            status, err = "error", f"{type(e).__name__}: {e}"
+            tb = traceback.format_exc(limit=6)
+        return status, err, tb, (time.perf_counter() - t0) * 1000
 
     async def process(self, ctx: RequestContext) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -308,54 +349,110 @@ class Pipeline:
         trace = getattr(rt.pm, "cw_trace", None)
         p = ctx.settings.pipeline
         t_stages = time.perf_counter()
+        reappliers = None
         for name, fn in rt.stages():
-            budget = p.budgets_ms.get(name, p.stage_budget_ms) / 1000
-            t0 = time.perf_counter()
+            budget = rt.stage_times.budget(name, p)
             # The breaker: a stage whose previous call ran past its budget and has not returned yet is
-            # skipped, rather than queueing another call (and thread) behind one that hangs. It runs
-            # again on the first request after that call returns.
+            # skipped, rather than queueing another call (and thread) behind one that hangs; its stored
+            # decisions are re-applied in its place (cw_reapply). It runs again on the first request
+            # after that call returns.
             late = rt.overrun_since(name)
+            reapplied = False
             if late is not None:
-                reason = f"its call of {(time.time() - late) * 1000:.0f} ms ago ran past its {budget * 1000:.0f} ms budget and is still running"
-                ctx.stage_results.append({"stage": name, "ms": 0.0, "status": "skipped"})
-                ctx.emit("stage", stage=name, ms=0.0, status="skipped", error=reason)
+                reason = f"its call of {(time.time() - late) * 1000:.0f} ms ago ran past its budget and is still running"
+                if reappliers is None:
+                    reappliers = dict(self.reappliers())
+                fn = reappliers.get(name)
+                if fn is None:
+                    ctx.stage_results.append({"stage": name, "ms": 0.0, "status": "skipped"})
+                    ctx.emit("stage", stage=name, ms=0.0, status="skipped", error=reason)
                 ctx.emit("error", where="stage", stage=name, message=f"stage {name} skipped: {reason}", reason=reason,
-                         action="stage skipped, other stages ran")
-                continue
+                         action="stage skipped, its decisions re-applied, other stages ran" if fn is not None
+                         else "stage skipped, other stages ran")
+                if fn is None:
+                    continue
+                reapplied = True
             if trace:
-                trace(f"cw_request [{name}] flow={ctx.flow_id} session={ctx.session}\n")
-            status, err = "ok", None
-            call: Future | None = None
-            try:
-                call = rt.stage_pool.submit(fn, ctx)
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(call, loop=loop)), budget)
-            except asyncio.TimeoutError:
-                status, err = "timeout", f"ran past its {budget * 1000:.0f} ms budget"
-                if call is not None and not call.done():
-                    rt.mark_overrun(name, call, ctx)
-            except Exception as e:
-                status, err = "error", f"{type(e).__name__}: {e}"
-                tb = traceback.format_exc(limit=6)
-            ms = (time.perf_counter() - t0) * 1000
-            ctx.stage_results.append({"stage": name, "ms": round(ms, 3), "status": status})
-            ctx.emit("stage", stage=name, ms=round(ms, 3), status=status, error=err)
+                trace(f"cw_{'reapply' if reapplied else 'request'} [{name}] flow={ctx.flow_id} session={ctx.session}\n")
+            status, err, tb, ms = await self._call(ctx, name, fn, budget)
+            if not reapplied and status != "error":
+                # a call past its budget took at least its budget: a busy machine raises the budgets
+                rt.stage_times.record(name, ms if status == "ok" else budget.ms, p.budget_window)
+            res = {"stage": name, "ms": round(ms, 3), "status": "skipped" if reapplied and status == "ok" else status}
+            if reapplied:
+                res["reapplied"] = True
+            ctx.stage_results.append(res)
+            ctx.emit("stage", **res, error=err if status != "ok" else reason if reapplied else None,
+                     budget_ms=round(budget.ms, 1))
             if status != "ok":
-                ctx.emit("error", where="stage", stage=name, message=err, action="forwarded original",
-                         traceback=tb if status == "error" else None)
                 ctx.timings["stages"] = _ms(t_stages)
-                return Outcome(reason=f"stage {name} {status}: {err}")
+                why = f"stage {name} {status}: {err}"
+                outcome = await self.fall_back(ctx, why)
+                ctx.emit("error", where="stage", stage=name, message=err, action=_action(outcome),
+                         traceback=tb if status == "error" else None)
+                return outcome
             if ctx.blocked is not None:
                 ctx.timings["stages"] = _ms(t_stages)
                 return Outcome(blocked=ctx.blocked, reason=f"blocked by {name}")
         ctx.timings["stages"] = _ms(t_stages)
         return await loop.run_in_executor(rt.core_pool, self.finish, ctx)
 
-    def finish(self, ctx: RequestContext) -> Outcome:
+    async def fall_back(self, ctx: RequestContext, why: str) -> Outcome:
+        """The session's decided state (:meth:`decided`), built within ``pipeline.fallback_budget_ms``;
+        past that, the original (with an event)."""
+        loop = asyncio.get_running_loop()
+        limit = ctx.settings.pipeline.fallback_budget_ms
+        abandoned = threading.Event()
+        call = self.runtime.stage_pool.submit(self.decided, ctx, why, abandoned)
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(call, loop=loop)), limit / 1000)
+        except asyncio.TimeoutError:
+            abandoned.set()
+            msg = f"building the decided state ran past its {limit:.0f} ms limit (pipeline.fallback_budget_ms)"
+        except Exception as e:  # a bug of ours: fail open
+            msg = f"building the decided state failed: {type(e).__name__}: {e}"
+        ctx.emit("error", where="reapply", message=msg, action="forwarded original")
+        return Outcome(reason=why, fallback="original", fallback_reason=f"{why}; {msg}")
+
+    def decided(self, ctx: RequestContext, why: str, abandoned: threading.Event | None = None) -> Outcome:
+        """The request as the session's decided state: every stage's stored decisions re-applied
+        (``cw_reapply``, in the pipeline's order) and nothing new, validated and serialised like any
+        rewrite (worker thread).
+
+        Built on a fresh typed request parsed from ``ctx.original`` (which no stage mutates), never on
+        ``ctx.request``: a stage call abandoned past its budget may still be writing to that one's
+        typed messages. Its typed messages are leased like any request's, and only the untouched ones
+        go back to the pool. Depends on no slow stage (memory, tagging): they have no re-apply."""
+        t0 = time.perf_counter()
+        step, stage = "parsing a fresh typed request", None
+        try:
+            model, lease = _typed(self.runtime, ctx.api, ctx.original, ctx.message_raw)
+            fctx = dataclasses.replace(ctx, request=model, lease=lease, notes={}, stage_results=[], blocked=None,
+                                       wire_entries=None, deadline=None,
+                                       event_extra={**ctx.event_extra, "fallback": True})
+            for stage, fn in self.reappliers():
+                step = f"re-applying {stage}"
+                fn(fctx)
+        except Exception as e:
+            msg = f"{step} failed: {type(e).__name__}: {e}"
+            ctx.emit("error", where="reapply", stage=stage, message=msg, action="forwarded original",
+                     traceback=traceback.format_exc(limit=6))
+            return Outcome(reason=why, fallback="original", fallback_reason=f"{why}; {msg}")
+        out = self.finish(fctx, fallback=True, abandoned=abandoned)
+        ctx.tokens_out = fctx.tokens_out
+        ctx.timings["fallback"] = _ms(t0)
+        if out.body is None and out.reason != "unchanged":  # the decided state itself was invalid
+            return Outcome(reason=why, fallback="original", fallback_reason=f"{why}; decided state: {out.reason}")
+        return Outcome(body=out.body, reason=why, fallback="decided", fallback_reason=why)
+
+    def finish(self, ctx: RequestContext, fallback: bool = False, abandoned: threading.Event | None = None) -> Outcome:
         """Compare, validate and serialise the result (worker thread).
 
         When nothing changed, the client's own bytes go upstream (nothing is serialised). The validator
         and the token count of a rewritten body reuse per-message caches, so a history seen before
-        costs a dump and a lookup per message (validate.py, tokens.py)."""
+        costs a dump and a lookup per message (validate.py, tokens.py). An invalid rewrite, or one
+        above the window that the decided state is not, falls back to the decided state (unless this
+        is the decided state: ``fallback``)."""
         t = ctx.timings
         t0 = time.perf_counter()
         wire, raws = wire_of(ctx)
@@ -365,20 +462,32 @@ class Pipeline:
         t["dump"] = _ms(t0)
         if same:
             ctx.tokens_out = ctx.tokens_in
-            self.runtime.remember(ctx, None, len(ctx.request_bytes or b""))
+            if abandoned is None or not abandoned.is_set():
+                self.runtime.remember(ctx, None, len(ctx.request_bytes or b""))
             return Outcome(reason="unchanged")
         t0 = time.perf_counter()
         problems = validate_rewrite(ctx.api, wire, ctx.original, original_raw=ctx.message_raw, raw=raws)
         t["validate"] = _ms(t0)
         if problems:
+            why = f"invalid rewrite: {problems[0]}"
+            out = Outcome(reason=why) if fallback else self.decided(ctx, why)
             ctx.emit("error", where="validator", message="; ".join(problems[:5]), problems=problems[:20],
-                     action="forwarded original")
-            return Outcome(reason=f"invalid rewrite: {problems[0]}")
+                     action=_action(out))
+            return out
         t0 = time.perf_counter()
         ctx.tokens_out = count_tokens(ctx, wire, raws)
         t["count_out"] = _ms(t0)
+        window = ctx.settings.tokens.context_window
+        if not fallback and ctx.tokens_out is not None and ctx.tokens_out > window:
+            # above the window: never because of this request's new work (injected memory...)
+            mine = ctx.tokens_out
+            out = self.decided(ctx, f"the rewrite ({mine:,} tokens) is above the window ({window:,})")
+            if out.fallback == "decided" and ctx.tokens_out is not None and ctx.tokens_out < mine:
+                return out
+            ctx.tokens_out = mine
         t0 = time.perf_counter()
         body = serialise(wire, raws if ctx.raw_exact else None)
         t["serialise"] = _ms(t0)
-        self.runtime.remember(ctx, body, len(body))
+        if abandoned is None or not abandoned.is_set():
+            self.runtime.remember(ctx, body, len(body))
         return Outcome(body=body, reason="rewritten")

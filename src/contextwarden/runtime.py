@@ -68,6 +68,9 @@ class Runtime:
         # the stage breaker: stage name -> (its call still running past its budget, when it started)
         self._overrun: dict[str, tuple[Any, float]] = {}
         self._overrun_lock = threading.Lock()
+        from .stagebudgets import StageTimes
+
+        self.stage_times = StageTimes()  # each stage's recent durations: its adaptive budget
         self._gc_settled_memory = False
         self._gc_unsubscribe = None
         self.last_request = time.monotonic()  # prepare() stamps it; the idle collector reads it

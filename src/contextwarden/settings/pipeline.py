@@ -13,10 +13,35 @@ class PipelineSection(Section):
     """Stage names that do not run."""
 
     stage_budget_ms: float = 250
-    """Time budget of one stage for one request; a stage past it is abandoned and the original forwarded."""
+    """Time budget of one stage for one request; a stage past it is abandoned and the request goes out as
+    the session's decided state (its stored decisions re-applied, without this request's new work)."""
 
     budgets_ms: dict[str, float] = {}
     """Per-stage budgets that override ``stage_budget_ms``, by stage name."""
+
+    adaptive_budgets: bool = True
+    """Each stage's budget follows how long it recently took: ``budget_p95_factor`` times the p95 of its
+    last ``budget_window`` calls, between ``budget_floor_ms`` and ``budget_ceiling_ms``
+    (:mod:`contextwarden.stagebudgets`). Off: the fixed budgets above."""
+
+    budget_p95_factor: float = 4.0
+    """Adaptive budgets: this many times the stage's recent p95."""
+
+    budget_floor_ms: float | None = None
+    """Adaptive budgets never go below this (None: half the stage's fixed budget)."""
+
+    budget_ceiling_ms: float | None = None
+    """Adaptive budgets never go above this (None: the stage's fixed budget)."""
+
+    budget_window: int = 200
+    """Adaptive budgets: the stage's calls the p95 is taken over."""
+
+    budget_min_samples: int = 20
+    """Adaptive budgets: the fixed budget applies until a stage has this many calls."""
+
+    fallback_budget_ms: float = 2000
+    """Time limit for building the session's decided state (the fall-back after a stage failed or
+    overran: every stage's stored decisions re-applied). Past it, the client's original bytes go."""
 
     turn_workers: int = 2
     """Threads that run turn-complete hooks (ingestion, calibration) off the event loop."""
