@@ -100,7 +100,7 @@ class Totals:
     """
 
     COUNTS = ("events", "requests", "turns", "compactions", "clearings", "memory_injections", "errors", "blocked",
-              "rewritten", "bypassed")
+              "rewritten", "bypassed", "fallback", "fallback_original")
     SUMS = ("tokens_in", "tokens_sent", "tokens_freed", "memory_tokens", "usage_input", "usage_output",
             "usage_cache_read", "usage_cache_write", "billed_units", "est_saved_units", "measured_turns",
             "saving_turns_tokens_in", "saving_turns_tokens_sent")
@@ -145,6 +145,11 @@ class Totals:
                 self.tokens_sent += to
             self.rewritten += bool(data.get("changed"))
             self.blocked += bool(data.get("blocked"))
+            # sent without its new work: as the session's decided state, or (re-applying failed) as sent
+            self.fallback += data.get("fallback") in ("decided", "original")
+            self.fallback_original += data.get("fallback") == "original"
+        elif t in ("compaction", "clearing") and data.get("fallback") is True:
+            pass  # a fall-back's re-applied decisions: counted when they were made, not again
         elif t == "compaction" and applied_compaction(data):
             # counted once, its tokens freed on every request that sends it
             self.compactions += new_compaction(data)

@@ -87,13 +87,17 @@ def test_a_stage_still_running_past_its_budget_is_skipped_until_it_returns(tmp_p
         assert out1.body is None and out1.reason.startswith("stage slow timeout")
         assert _texts(sent1) == ["hello 1"]
         assert any(e.type == "error" and e.data.get("stage") == "slow" for e in ev1)
-        assert ms1 >= BUDGET_MS * 0.9
+        assert [(e.data["stage"], e.data["status"]) for e in ev1 if e.type == "stage"] == [("slow", "timeout")]
         assert rt.overrun_since("slow") is not None
 
-        # 2. while that call still runs: skipped at once (no wait for the budget), the other stages run
+        # 2. while that call still runs: skipped at once (not called, not waited for), the other stages run.
+        # Orderings and events, not wall-clock bounds (a loaded machine stretches every duration): the
+        # request is done while the first call is still held at its gate.
         out2, sent2, ev2, ms2 = _send(rt, 2)
         assert slow.calls == 1  # no second thread queued behind the stuck one
-        assert ms2 < BUDGET_MS / 2
+        assert not slow.returned.is_set() and rt.overrun_since("slow") is not None
+        [slow2] = [e.data for e in ev2 if e.type == "stage" and e.data["stage"] == "slow"]
+        assert slow2["status"] == "skipped" and slow2["ms"] == 0.0
         skipped = [e for e in ev2 if e.type == "error" and e.data.get("stage") == "slow"]
         assert skipped and skipped[0].data["action"].startswith("stage skipped") and skipped[0].data["reason"]
         st = [e.data for e in ev2 if e.type == "stage"]

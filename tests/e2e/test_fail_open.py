@@ -67,6 +67,7 @@ extends: default
 pipeline:
   order: [sleeper, raiser, marker]
   disabled: [budget, strip, tagging, clearing, compaction, memory]
+  adaptive_budgets: false  # the fixed budget from the environment is what these tests pin
 memory:
   enabled: false
 """

@@ -38,6 +38,10 @@ def traffic_table(store: Store, now: float) -> Group:
     t.add_row("errors", Text(fmt.num(tot.errors), style="red" if tot.errors else ""))
     if tot.blocked:
         t.add_row("blocked (budget)", fmt.num(tot.blocked))
+    if tot.fallback:
+        # requests sent without their new work (a stage failed or overran): the session's decided state
+        rate = f" ({tot.fallback / tot.requests * 100:.1f}%)" if tot.requests else ""
+        t.add_row("fell back", Text(f"{fmt.num(tot.fallback)}{rate}", style="yellow"))
     return Group(_head("Traffic"), t)
 
 
