@@ -104,6 +104,23 @@ def cw_request(ctx) -> None:
         finish(skipped="error", injected=0, ids=[], scores=[], tokens=0)
 
 
+SEARCH_SHARE = 0.8  # of the stage's budget, for everything up to the end of the search; the rest selects and injects
+
+
+def retrieval_deadline(ctx, t0: float) -> tuple[float, float, str]:
+    """When retrieval must give up (a ``perf_counter`` time), that limit in ms from ``t0`` (the stage's
+    start), and which budget sets it: ``memory.timeout_ms``, or the stage's own budget (``ctx.deadline``,
+    adaptive) less the time the rest of the stage needs, whichever comes first."""
+    m = ctx.settings.memory
+    own = t0 + m.timeout_ms / 1000
+    if ctx.deadline is not None and ctx.budget_ms is not None:
+        search_ms = SEARCH_SHARE * ctx.budget_ms
+        end = ctx.deadline - (ctx.budget_ms - search_ms) / 1000
+        if end < own:
+            return end, search_ms, f"the memory stage's {ctx.budget_ms:.0f} ms budget ({search_ms:.0f} ms of it for the search)"
+    return own, m.timeout_ms, f"memory.timeout_ms ({m.timeout_ms:.0f} ms)"
+
+
 def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     m = ctx.settings.memory
     original = messages_of(ctx.api, ctx.original)
@@ -131,13 +148,21 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     history = HistoryIndex(history_texts(ctx.api, ctx.request))
     exclude = history.__contains__
     history_ms = round((time.perf_counter() - th) * 1000, 2)
-    deadline = t0 + m.timeout_ms / 1000
+    deadline, limit_ms, against = retrieval_deadline(ctx, t0)
+
+    def give_up(detail: str) -> None:
+        # graceful: the request goes on without memory (no error: the stage did not fail or overrun)
+        after = (time.perf_counter() - t0) * 1000
+        finish(skipped="timeout", budget=budget, gave_up_after_ms=round(after, 1), deadline_ms=round(limit_ms, 1),
+               against=against, gave_up=f"retrieval gave up after {after:.0f} ms against {against}: {detail}")
+
+    if time.perf_counter() >= deadline:
+        return give_up("no time left for the search")
     try:
         ret = svc.search(query, [ctx.tenant], workspace=m.shared_workspace, exclude=exclude,
                          timeout_s=max(0.0, deadline - time.perf_counter()), settings=ctx.settings)
     except TimeoutError as e:
-        ctx.emit("error", where="memory", message=f"retrieval timed out: {e}", action="forwarded without memory")
-        return finish(skipped="timeout", budget=budget)
+        return give_up(str(e))
     if ret.skipped:
         return finish(skipped=ret.skipped, budget=budget)
     ts = time.perf_counter()

@@ -58,6 +58,7 @@ class RequestContext:
     lease: Any = field(default=None, repr=False)  # the typed messages lent by runtime.typed (typedpool.Lease)
     wire_entries: Any = field(default=None, repr=False)  # per message of the rewrite, its pool entry (pipeline.wire_of)
     deadline: float | None = None  # perf_counter time by which the running stage must return (its budget)
+    budget_ms: float | None = None  # the running stage's budget (adaptive: pipeline.adaptive_budgets)
     event_extra: dict[str, Any] = field(default_factory=dict)  # added to every event (the fall-back's: fallback=True)
 
     def emit(self, type: str, **data: Any):

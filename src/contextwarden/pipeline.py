@@ -328,7 +328,7 @@ class Pipeline:
         rt = self.runtime
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        ctx.deadline = t0 + budget.seconds
+        ctx.deadline, ctx.budget_ms = t0 + budget.seconds, budget.ms
         status, err, tb = "ok", None, None
         call: Future | None = None
         try:
@@ -428,7 +428,7 @@ class Pipeline:
         try:
             model, lease = _typed(self.runtime, ctx.api, ctx.original, ctx.message_raw)
             fctx = dataclasses.replace(ctx, request=model, lease=lease, notes={}, stage_results=[], blocked=None,
-                                       wire_entries=None, deadline=None,
+                                       wire_entries=None, deadline=None, budget_ms=None,
                                        event_extra={**ctx.event_extra, "fallback": True})
             for stage, fn in self.reappliers():
                 step = f"re-applying {stage}"

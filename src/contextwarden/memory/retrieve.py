@@ -356,7 +356,9 @@ class Retriever:
                     vres = vfuture.result(timeout=remaining)
                 except cf.TimeoutError:
                     vfuture.cancel()
-                    raise TimeoutError(f"vector query ran past {((deadline or 0) - t0) * 1000:.0f} ms") from None
+                    # how long this search waited, not the caller's budget (which started earlier)
+                    raise TimeoutError(f"the vector query had not returned {(time.perf_counter() - t0) * 1000:.0f} ms "
+                                       f"into the search, at its deadline") from None
                 out.timings["vector_wait_ms"] = round((time.perf_counter() - tv) * 1000, 2)
             out.timings.update(vtime)
             for item, sim in vres:
