@@ -70,10 +70,12 @@ def mitmdump_argv(args) -> list[str]:
 
 
 def run(args) -> int:
+    from contextwarden.pluginmanager import check_stage_names, make_plugin_manager
     from contextwarden.settings import SettingsError, load_settings
 
     try:
         settings = load_settings(args.profile, home_of(args))
+        check_stage_names(make_plugin_manager(args.plugins), settings.pipeline)
     except SettingsError as e:
         print(f"contextwarden: {e}", file=sys.stderr)
         return 2
