@@ -116,3 +116,82 @@ async def test_every_hook_of_the_example_plugin_runs_in_the_proxy(harness_factor
     bus = h.runtime.bus
     h.warden.done()  # cw_shutdown
     assert any(e.type == "tool_output_cap_shutdown" for e in bus.recent)
+
+
+# --- an unknown stage name is a settings error that names it --------------------------------------------
+TYPO_PROFILE = "extends: claude-code\npipeline:\n  order: [budget, strip, taging, clearing, compaction, memory, mine]\n  disabled: [memroy]\n"
+MINE = "from contextwarden import hookimpl\n\n@hookimpl\ndef cw_request(ctx):\n    pass\n"
+
+
+def _typo_profile(tmp_path) -> Path:
+    p = tmp_path / "typo.yaml"
+    p.write_text(TYPO_PROFILE)
+    return p
+
+
+def _mine(tmp_path) -> Path:
+    d = tmp_path / "dropins"
+    d.mkdir(exist_ok=True)
+    (d / "mine.py").write_text(MINE)
+    return d
+
+
+def test_run_refuses_an_unknown_stage_name_and_names_it(capsys, tmp_path):
+    profile = _typo_profile(tmp_path)
+    home = ["--home", str(tmp_path / "home")]
+    assert cli_main(["run", *home, "--profile", str(profile), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "pipeline.order: unknown stage 'taging'" in err
+    assert "pipeline.disabled: unknown stage 'memroy'" in err
+    assert "unknown stage 'mine'" in err  # not loaded without --plugins
+    assert "known stages: budget, clearing, compaction, memory, strip, tagging" in err
+    # with the drop-in folder, 'mine' is a stage like the built-ins: only the typos are left
+    assert cli_main(["run", *home, "--profile", str(profile), "--plugins", str(_mine(tmp_path)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "'taging'" in err and "'memroy'" in err and "'mine'" not in err
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(TYPO_PROFILE.replace("taging", "tagging").replace("memroy", "memory"))
+    assert cli_main(["run", *home, "--profile", str(fixed), "--plugins", str(_mine(tmp_path)), "--dry-run"]) == 0
+    assert "mitmdump -s" in capsys.readouterr().out
+
+
+def test_script_refuses_an_unknown_stage_name(harness_factory, tmp_path):
+    import pytest
+    from mitmproxy import exceptions
+
+    with pytest.raises(exceptions.OptionsError, match=r"pipeline.order: unknown stage 'taging'"):
+        harness_factory(profile=str(_typo_profile(tmp_path)))
+    h = harness_factory(plugins={"mine": MINE},
+                        profile_yaml=TYPO_PROFILE.replace("taging", "tagging").replace("memroy", "memory"))
+    assert [n for n, _ in h.runtime.stages()] == ["budget", "strip", "tagging", "clearing", "compaction", "mine"]
+
+
+def test_mitmdump_exits_with_the_unknown_stage_named(tmp_path):
+    import pytest
+
+    from tests.support.proxy import ProxyProcess, ProxyStartError
+
+    p = ProxyProcess(tmp_path / "proxy", profile=_typo_profile(tmp_path), startup_timeout=60)
+    with pytest.raises(ProxyStartError) as e:
+        p.start()
+    assert p.proc.returncode != 0
+    assert "pipeline.order: unknown stage 'taging'" in str(e.value)
+    assert "pipeline.disabled: unknown stage 'memroy'" in str(e.value)
+
+
+def test_settings_changed_at_run_time_cannot_name_an_unknown_stage(tmp_path):
+    import pytest
+
+    from contextwarden.runtime import Runtime
+    from contextwarden.settings import SettingsError
+
+    rt = Runtime.from_profile("claude-code", tmp_path / "home")
+    try:
+        before = rt.settings
+        with pytest.raises(SettingsError, match="pipeline.disabled: unknown stage 'memroy'"):
+            rt.apply_overrides({"pipeline": {"disabled": ["memroy"]}})
+        assert rt.settings is before
+        rt.apply_overrides({"pipeline": {"disabled": ["memory"]}})
+        assert "memory" not in [n for n, _ in rt.stages()]
+    finally:
+        rt.close()

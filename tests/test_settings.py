@@ -108,3 +108,45 @@ def test_persisted_runtime_overrides_survive_a_restart(tmp_path):
         assert rt2.settings.compaction.soft_threshold == 0.61
     finally:
         rt2.close()
+
+
+@pytest.mark.parametrize("var,value,named", [
+    ("CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD", "abc", "  CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD: Input should be a valid number"),
+    ("CONTEXTWARDEN_PIPELINE__BUDGETS_MS", '{"memory": "x"}',
+     "  CONTEXTWARDEN_PIPELINE__BUDGETS_MS (pipeline.budgets_ms.memory): Input should be a valid number"),
+    ("CONTEXTWARDEN_PIPELINE__DISABLED", "[memory", "  CONTEXTWARDEN_PIPELINE__DISABLED: not valid JSON"),
+    ("CONTEXTWARDEN_MEMORY__TOP_K", "3.5", "  CONTEXTWARDEN_MEMORY__TOP_K: Input should be a valid integer"),
+])
+def test_a_bad_value_from_the_environment_is_blamed_on_the_variable(monkeypatch, var, value, named):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SettingsError) as e:
+        load_settings("claude-code")
+    msg = str(e.value)
+    assert msg.startswith("invalid settings in the environment:\n") and named in msg
+    assert "claude-code.yaml" not in msg  # the profile file is fine
+
+
+def test_file_and_environment_errors_are_each_blamed_on_their_source(monkeypatch, tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("extends: claude-code\nclearing:\n  keep_recent: many\n")
+    monkeypatch.setenv("CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD", "abc")
+    with pytest.raises(SettingsError) as e:
+        load_settings(p)
+    assert str(e.value).splitlines() == [
+        "invalid settings in the environment:",
+        "  CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD: Input should be a valid number, unable to parse string as a number",
+        f"invalid settings in {p}:",
+        "  clearing.keep_recent: Input should be a valid integer, unable to parse string as an integer"]
+    # the same bad value in the file, with a good one in the environment: the environment wins, no error
+    monkeypatch.setenv("CONTEXTWARDEN_CLEARING__KEEP_RECENT", "4")
+    monkeypatch.delenv("CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD")
+    assert load_settings(p).clearing.keep_recent == 4
+
+
+def test_the_script_names_the_variable(monkeypatch, tmp_path):
+    from contextwarden.runtime import Runtime
+
+    monkeypatch.setenv("CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD", "abc")
+    with pytest.raises(SettingsError, match="environment:\n  CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD: "):
+        Runtime.from_profile("claude-code", tmp_path / "home")
+    assert cli_main(["run", "--dry-run", "--home", str(tmp_path / "home")]) == 2

@@ -88,6 +88,29 @@ def stage_order(pm: pluggy.PluginManager, order: list[str], disabled: list[str])
     return [(n, impls[n]) for n in names if n not in disabled]
 
 
+def check_stage_names(pm: pluggy.PluginManager, pipeline) -> None:
+    """Every name in ``pipeline.order`` and ``pipeline.disabled`` is a loaded stage; an unknown one is a
+    settings error that names it (a typo there would otherwise leave a stage off, or on, silently)."""
+    from .settings import SettingsError
+
+    stages = {i.plugin_name for i in pm.hook.cw_request.get_hookimpls()}
+    problems = []
+    for key in ("order", "disabled"):
+        for name in getattr(pipeline, key):
+            if name in stages:
+                continue
+            if name in pm.cw_errors:
+                why = f"it failed to load: {pm.cw_errors[name]}"
+            elif pm.get_plugin(name) is not None:
+                why = "that plugin has no cw_request hook"
+            else:
+                why = "no plugin of that name is loaded (a drop-in folder goes in --plugins / cw_plugins)"
+            problems.append(f"  pipeline.{key}: unknown stage {name!r}: {why}")
+    if problems:
+        known = ", ".join(sorted(stages)) or "none"
+        raise SettingsError("invalid settings:\n" + "\n".join(problems) + f"\n  known stages: {known}")
+
+
 def describe(pm: pluggy.PluginManager, order: list[str] | None = None, disabled: list[str] | None = None) -> list[PluginInfo]:
     hooknames = [n for n in dir(hookspecs) if n.startswith("cw_")]
     stages = [n for n, _ in stage_order(pm, order or [], [])]

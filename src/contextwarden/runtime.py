@@ -16,7 +16,7 @@ import orjson
 from .bodies import BodyRing, record
 from .events import EventBus, JsonlLog
 from .home import ensure_home, secret_file
-from .pluginmanager import make_plugin_manager, stage_order
+from .pluginmanager import check_stage_names, make_plugin_manager, stage_order
 from .settings import Settings, load_settings
 from .state import StateStore
 
@@ -27,6 +27,8 @@ class Runtime:
     def __init__(self, settings: Settings, home: Path, plugins_dir: str | os.PathLike | None = None,
                  profile: str | os.PathLike | None = None, bus: EventBus | None = None,
                  extra_plugins: list[tuple[str, object]] | None = None, log: bool = True) -> None:
+        pm = make_plugin_manager(plugins_dir, extra=extra_plugins)
+        check_stage_names(pm, settings.pipeline)  # before anything is opened: an unknown stage stops the start
         self.settings = settings
         self.profile = profile
         self.home = ensure_home(home)
@@ -40,12 +42,14 @@ class Runtime:
         persisted = self.state.get("runtime", "overrides")
         if persisted and profile is not None:
             try:
-                self.settings = settings = load_settings(profile, self.home, overrides=persisted)
+                loaded = load_settings(profile, self.home, overrides=persisted)
+                check_stage_names(pm, loaded.pipeline)
+                self.settings = settings = loaded
                 self.overrides = persisted
             except Exception as e:
                 self.bus.emit("error", {"where": "settings", "message": f"saved run-time settings ignored: {e}"})
         self.salt = secret_file(self.home, "tenant.salt")
-        self.pm = make_plugin_manager(plugins_dir, extra=extra_plugins)
+        self.pm = pm
         # Stages get their own pool: a stage abandoned past its budget keeps its thread until it
         # returns, and must not delay the parsing and validation every request needs (core_pool).
         self.stage_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cw-stage")
@@ -218,7 +222,9 @@ class Runtime:
         from .settings import _deep_merge
 
         merged = _deep_merge(self.overrides, overrides)
-        self.settings = load_settings(self.profile, self.home, overrides=merged)
+        settings = load_settings(self.profile, self.home, overrides=merged)
+        check_stage_names(self.pm, settings.pipeline)
+        self.settings = settings
         self.overrides = merged
         if self._tokens is not None:
             self._tokens.settings = self.settings.tokens

@@ -70,13 +70,19 @@ def mitmdump_argv(args) -> list[str]:
 
 
 def run(args) -> int:
+    from contextwarden.pluginmanager import check_stage_names, make_plugin_manager
     from contextwarden.settings import SettingsError, load_settings
 
     try:
         settings = load_settings(args.profile, home_of(args))
+        check_stage_names(make_plugin_manager(args.plugins), settings.pipeline)
     except SettingsError as e:
         print(f"contextwarden: {e}", file=sys.stderr)
         return 2
+    from contextwarden.assets import warnings
+
+    for w in warnings(settings):  # the proxy runs without them, but worse: say so, with the fix
+        print(f"contextwarden: warning: {w}", file=sys.stderr)
     print(instructions(args.listen_host, args.port, args.mode, mitmproxy_confdir(args.confdir)))
     mode = "observe-only" if settings.proxy.observe_only else "active"
     print(f"  profile: {settings.name} ({mode}); events: {home_of(args) / 'logs' / 'events.jsonl'}; watch: contextwarden tui\n")

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from .base import Section
 from .context import BudgetSection, ClearingSection, CompactionSection, StripSection, TokensSection
@@ -132,13 +133,66 @@ def check_env(environ: os._Environ | dict | None = None) -> None:
             raise SettingsError(f"unknown setting in environment: {var} (no key {parts[1]!r} in {parts[0]})")
 
 
-def _format_error(e: ValidationError, source: str) -> str:
-    lines = [f"invalid settings in {source}:"]
+def _env_settings(environ) -> dict[tuple[str, ...], str]:
+    """The setting each ``CONTEXTWARDEN_`` variable sets: its path (``("compaction", "soft_threshold")``)
+    -> the variable's name."""
+    out = {}
+    for var in environ:
+        if var.startswith(ENV_PREFIX) and var[len(ENV_PREFIX):].upper() not in NON_SETTING_ENV:
+            out[tuple(var[len(ENV_PREFIX):].lower().split("__"))] = var
+    return out
+
+
+def _env_var_for(loc: tuple, env: dict[tuple[str, ...], str]) -> str | None:
+    """The variable whose value an error at ``loc`` is about: the environment wins over the file, so a
+    variable that sets ``loc`` or a parent of it (a JSON object or list) is where the bad value came from."""
+    parts = tuple(str(x).lower() for x in loc)
+    for n in range(len(parts), 0, -1):
+        if parts[:n] in env:
+            return env[parts[:n]]
+    return None
+
+
+def _format_error(e: ValidationError, source: str, environ=None) -> str:
+    env = _env_settings(os.environ if environ is None else environ)
+    from_file, from_env = [], []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+        var = _env_var_for(err["loc"], env)
+        if var is None:
+            from_file.append(f"  {loc}: {msg}")
+        else:
+            from_env.append(f"  {var}" + ("" if var.lower() == ENV_PREFIX.lower() + loc.replace(".", "__") else f" ({loc})")
+                            + f": {msg}")
+    out = []
+    if from_env:
+        out += ["invalid settings in the environment:", *from_env]
+    if from_file:
+        out += [f"invalid settings in {source}:", *from_file]
+    return "\n".join(out)
+
+
+def _source_error(e: SourceError, environ=None) -> str:
+    """pydantic-settings could not decode a variable's value (a list or object needs JSON)."""
+    import json
+
+    environ = os.environ if environ is None else environ
+    bad = []
+    for path, var in _env_settings(environ).items():
+        try:
+            json.loads(environ[var])
+        except ValueError:
+            field = Settings.model_fields.get(path[0])
+            ann = getattr(field, "annotation", None)
+            if len(path) > 1 and isinstance(ann, type) and issubclass(ann, Section):
+                sub = ann.model_fields.get(path[1])
+                ann = getattr(sub, "annotation", None)
+            kind = getattr(ann, "__origin__", None)
+            if kind in (list, dict):
+                example = '["memory"]' if kind is list else '{"memory": 150}'
+                bad.append(f"  {var}: not valid JSON (a {kind.__name__} is written as JSON, e.g. {example})")
+    return "invalid settings in the environment:\n" + ("\n".join(bad) if bad else f"  {e}")
 
 
 def load_settings(profile: str | os.PathLike | None = "default", home: Path | None = None,
@@ -156,7 +210,9 @@ def load_settings(profile: str | os.PathLike | None = "default", home: Path | No
     try:
         return Settings(**data)
     except ValidationError as e:
-        raise SettingsError(_format_error(e, source)) from None
+        raise SettingsError(_format_error(e, source, environ)) from None
+    except SourceError as e:
+        raise SettingsError(_source_error(e, environ)) from None
 
 
 __all__ = ["Settings", "SettingsError", "Section", "load_settings", "available_profiles", "resolve_profile", "check_env"]
