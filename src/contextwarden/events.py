@@ -2,8 +2,8 @@
 
 Every request produces events (``request``, ``stage``, ``forward``, ``response``, ``turn``, ``error``,
 and whatever stages emit, such as ``compaction`` or ``memory``). The TUI consumes them live through the
-event server, or offline from the log. Event data must never hold a credential: headers pass through
-:func:`contextwarden.redact.redact_headers` before they get here.
+event server, or offline from the log. Event data must never hold a credential or a secret: every event's data goes through
+:func:`contextwarden.scrub.scrub` when it is published, before the log, the TUI or anyone else sees it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import orjson
+
+from .scrub import scrub
 
 _seq = itertools.count(1)
 
@@ -73,6 +75,10 @@ class EventBus:
         return ev
 
     def publish(self, ev: Event) -> None:
+        try:
+            ev.data = scrub(ev.data)
+        except Exception:  # redaction must not lose the event; its data goes no further unscrubbed
+            ev.data = {"error": "event data could not be scrubbed"}
         self.recent.append(ev)
         with self._lock:
             subs = list(self._subs)

@@ -61,6 +61,11 @@ _CONTEXT: list[tuple[str, re.Pattern[str]]] = [(k, re.compile(p)) for k, p in [
     ("basic_auth", r"(?:^|\s)(?:-u|--user)\s+[\"']?[^\s:\"']+:(?P<s>[^\s\"'\[]+)"),
 ]]
 
+# credentials in a URL's query string or fragment: ?api_key=..., &token=..., #access_token=..., &sig=...
+_URL_QUERY = re.compile(r"(?P<lead>[?&#;])(?P<key>[A-Za-z_][\w.\-]{0,60})=(?P<s>[^&#\s\"'<>\[\]]+)")
+_URL_KEY_WORDS = {"key", "apikey", "token", "secret", "sig", "signature", "password", "passwd", "pwd", "auth",
+                  "credential", "credentials", "code", "jwt", "bearer", "session", "ticket", "hmac", "assertion"}
+
 # key <sep> value: env dumps, .env, YAML, JSON, .npmrc, headers, CLI flags
 _ASSIGN = re.compile(
     r"""(?<![\w.\-])(?P<flag>--)?["']?(?P<key>[A-Za-z_][\w.\-]{0,80})["']?"""
@@ -151,16 +156,51 @@ def _group_repl(kind: str) -> Callable[[re.Match[str]], str]:
     return repl
 
 
+def _redact_url_queries(text: str, counter: list[int]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if not any(w in _URL_KEY_WORDS for w in _words(m.group("key"))) or len(m.group("s")) < 3:
+            return m.group(0)
+        counter[0] += 1
+        return f"{m.group('lead')}{m.group('key')}={_mark('url_credential')}"
+
+    return _URL_QUERY.sub(sub, text) if ("=" in text) else text
+
+
+# cheap one-scan hints: a group of patterns runs only where its hint is found (events, tags and header
+# values are redacted on the request path, most of them hold nothing: they cost these scans only)
+_TOKEN_HINT = re.compile(r"sk-|sk_|rk_|pk_|A(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|PKA|ROA)|gh[pousr]_|github_pat_|glpat-"
+                         r"|xox[abposrce]-|hooks\.slack\.com|AIza|ya29\.|GOCSPX-|whsec_|hf_|npm_|pypi-|SG\.|do[opr]_v1_"
+                         r"|shp(?:at|ss|ca|pa)_|SK[0-9a-f]|eyJ")
+_CONTEXT_HINT = re.compile(r"(?i)://|authorization|bearer|-u\s|--user")
+_ASSIGN_HINT = re.compile(r"(?i)secret|pass|pwd|token|key|credential|auth|cookie|sig|dsn|connectionstring|code|session"
+                          r"|ticket|hmac|assertion|jwt|bearer")
+
+
 def redact_secrets(text: str) -> tuple[str, int]:
     """``(text with every secret replaced by [REDACTED:kind], number of secrets replaced)``."""
     if not text:
         return text, 0
     counter = [0]
-    text = _sub_count(_PEM_BLOCK, _mark("private_key"), text, counter)
-    text = _sub_count(_PEM_OPEN, _mark("private_key"), text, counter)
-    for kind, pat in _TOKENS:
-        text = _sub_count(pat, _mark(kind), text, counter)
-    for kind, pat in _CONTEXT:
-        text = _sub_count(pat, _group_repl(kind), text, counter)
-    text = _redact_assignments(text, counter)
+    if "PRIVATE KEY" in text:
+        text = _sub_count(_PEM_BLOCK, _mark("private_key"), text, counter)
+        text = _sub_count(_PEM_OPEN, _mark("private_key"), text, counter)
+    if _TOKEN_HINT.search(text):
+        for kind, pat in _TOKENS:
+            text = _sub_count(pat, _mark(kind), text, counter)
+    if _CONTEXT_HINT.search(text):
+        for kind, pat in _CONTEXT:
+            text = _sub_count(pat, _group_repl(kind), text, counter)
+    if ("=" in text or ":" in text) and _ASSIGN_HINT.search(text):
+        text = _redact_url_queries(text, counter)
+        text = _redact_assignments(text, counter)
     return text, counter[0]
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every secret replaced (:func:`redact_secrets` without the count)."""
+    return redact_secrets(text)[0] if text else text
+
+
+def looks_secret(value: str) -> bool:
+    """Whether a value (a header's, a parameter's) holds something :func:`redact_secrets` would remove."""
+    return bool(value) and redact_secrets(value)[1] > 0
