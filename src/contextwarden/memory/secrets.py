@@ -166,14 +166,15 @@ def _redact_url_queries(text: str, counter: list[int]) -> str:
     return _URL_QUERY.sub(sub, text) if ("=" in text) else text
 
 
-# cheap one-scan hints: a group of patterns runs only where its hint is found (events, tags and header
-# values are redacted on the request path, most of them hold nothing: they cost these scans only)
-_TOKEN_HINT = re.compile(r"sk-|sk_|rk_|pk_|A(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|PKA|ROA)|gh[pousr]_|github_pat_|glpat-"
-                         r"|xox[abposrce]-|hooks\.slack\.com|AIza|ya29\.|GOCSPX-|whsec_|hf_|npm_|pypi-|SG\.|do[opr]_v1_"
-                         r"|shp(?:at|ss|ca|pa)_|SK[0-9a-f]|eyJ")
-_CONTEXT_HINT = re.compile(r"(?i)://|authorization|bearer|-u\s|--user")
-_ASSIGN_HINT = re.compile(r"(?i)secret|pass|pwd|token|key|credential|auth|cookie|sig|dsn|connectionstring|code|session"
-                          r"|ticket|hmac|assertion|jwt|bearer")
+# cheap hints (substring searches, far faster than a regex alternation): a group of patterns runs only
+# where one of its hints is found. Events, tags and header values are redacted on their way out, and most
+# of them hold nothing: they cost these searches only.
+_TOKEN_HINTS = ("sk-", "sk_", "rk_", "pk_", "AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA",
+                "APKA", "AROA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "hooks.slack",
+                "AIza", "ya29.", "GOCSPX-", "whsec_", "hf_", "npm_", "pypi-", "SG.", "_v1_", "shp", "SK", "eyJ")
+_CONTEXT_HINTS = ("://", "authorization", "bearer", "-u", "--user")  # searched in the lower-cased text
+_ASSIGN_HINTS = ("secret", "pass", "pwd", "token", "key", "credential", "auth", "cookie", "sig", "dsn",
+                 "connectionstring", "code", "session", "ticket", "hmac", "assertion", "jwt", "bearer")
 
 
 def redact_secrets(text: str) -> tuple[str, int]:
@@ -184,13 +185,14 @@ def redact_secrets(text: str) -> tuple[str, int]:
     if "PRIVATE KEY" in text:
         text = _sub_count(_PEM_BLOCK, _mark("private_key"), text, counter)
         text = _sub_count(_PEM_OPEN, _mark("private_key"), text, counter)
-    if _TOKEN_HINT.search(text):
+    if any(h in text for h in _TOKEN_HINTS):
         for kind, pat in _TOKENS:
             text = _sub_count(pat, _mark(kind), text, counter)
-    if _CONTEXT_HINT.search(text):
+    low = text.lower()
+    if any(h in low for h in _CONTEXT_HINTS):
         for kind, pat in _CONTEXT:
             text = _sub_count(pat, _group_repl(kind), text, counter)
-    if ("=" in text or ":" in text) and _ASSIGN_HINT.search(text):
+    if ("=" in text or ":" in text) and any(h in low for h in _ASSIGN_HINTS):
         text = _redact_url_queries(text, counter)
         text = _redact_assignments(text, counter)
     return text, counter[0]
