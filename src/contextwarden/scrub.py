@@ -22,23 +22,25 @@ from .redact import REDACTED, is_secret_header
 _MIN = 8  # no secret pattern matches fewer characters
 _CACHE_MAX_LEN = 512
 _cache: "OrderedDict[str, str]" = OrderedDict()
+# a few long strings too: the same long text often comes again (an error message, a tool output that is
+# in several events); a str keeps its hash, so a repeat costs one lookup
+_long: "OrderedDict[str, str]" = OrderedDict()
 _lock = threading.Lock()
 
 
 def scrub_text(s: str) -> str:
     if len(s) < _MIN:
         return s
-    if len(s) > _CACHE_MAX_LEN:
-        return redact_text(s)
+    cache, cap = (_cache, 20_000) if len(s) <= _CACHE_MAX_LEN else (_long, 32)
     with _lock:
-        hit = _cache.get(s)
+        hit = cache.get(s)
     if hit is not None:
         return s if hit == s else hit
     out = redact_text(s)
     with _lock:
-        _cache[s] = out
-        if len(_cache) > 20_000:
-            _cache.popitem(last=False)
+        cache[s] = out
+        if len(cache) > cap:
+            cache.popitem(last=False)
     return out
 
 
