@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from contextwarden.events import Event
-from contextwarden.redact import is_secret_header
+from contextwarden.scrub import scrub, scrub_headers  # noqa: F401 (scrub_headers: imported from here too)
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +42,6 @@ TOKEN_HEADER = "X-Contextwarden-Token"
 # Anthropic's caching prices relative to a base input token: writes 1.25x, reads 0.1x.
 CACHE_WRITE_RATE = 1.25
 CACHE_READ_RATE = 0.1
-
-
-def scrub_headers(headers: Any) -> Any:
-    """Headers as (name, value) pairs or a mapping, with every credential-like value replaced.
-
-    Headers reach events and bodies already redacted by the pipeline; this second pass makes sure
-    nothing the server hands out can carry a credential even if an upstream change forgot to.
-    """
-    if isinstance(headers, dict):
-        return {k: "[redacted]" if is_secret_header(str(k)) else v for k, v in headers.items()}
-    if isinstance(headers, (list, tuple)):
-        out = []
-        for item in headers:
-            if isinstance(item, (list, tuple)) and len(item) == 2:
-                k, v = item
-                out.append([k, "[redacted]" if is_secret_header(str(k)) else v])
-            else:
-                out.append(item)
-        return out
-    return headers
 
 
 def event_dict(ev: Event) -> dict[str, Any]:
@@ -469,13 +449,13 @@ class EventService:
             entry = rt.bodies.get(str(req.get("flow_id")))
             if entry is None:
                 raise ValueError("bodies: not kept for this request (evicted from memory, or not parsed)")
-            entry["headers"] = scrub_headers(entry.get("headers"))
-            return entry
+            # the conversation's own secrets too, not only the headers (the inspector shows and saves it)
+            return await asyncio.to_thread(scrub, entry)
         if cmd == "export":
             session = req.get("session")
             if not isinstance(session, str) or not session:
                 raise ValueError("export: 'session' is required")
-            return self.export_session(session)
+            return await asyncio.to_thread(self.export_session, session)
         if cmd == "settings":
             return self.settings_dict()
         if cmd == "ping":
@@ -489,8 +469,7 @@ class EventService:
         events = [e for e in recent if e.get("session") == session or (e.get("flow_id") in flows)]
         requests = []
         for entry in self.runtime.bodies.for_session(session):
-            entry["headers"] = scrub_headers(entry.get("headers"))
-            requests.append(entry)
+            requests.append(scrub(entry))  # headers and every secret in the bodies
         return {"kind": "contextwarden.session", "version": 1, "session": session, "exported_at": time.time(),
                 "bypassed": session in self.runtime.bypass, "profile": self.runtime.settings.name,
                 "settings": self.runtime.settings.model_dump(mode="json"), "events": events, "requests": requests}

@@ -50,6 +50,7 @@ import orjson
 from contextwarden import hookimpl
 from contextwarden.conversation import image_count, input_hint, result_text, shorten
 from contextwarden.memory.ids import memory_id
+from contextwarden.memory.secrets import redact_text
 from contextwarden.models.base import ApiKind, TrackedList
 from contextwarden.statecache import state_cache
 
@@ -160,10 +161,10 @@ def stub_text(tool: str, tool_input: Any, text: str, tokens: int, images: int) -
 
 
 def _stub_text(tool: str, hint: str, text: str, tokens: int, images: int) -> str:
-    what = f"{tool or 'tool'} result" + (f" for {hint}" if hint else "")
+    what = f"{tool or 'tool'} result" + (f" for {redact_text(hint)}" if hint else "")
     size = f"{tokens:,} tokens" + (f", {images} image{'s' if images != 1 else ''}" if images else "")
     if text.strip():
-        preview = shorten(text, 80)
+        preview = shorten(redact_text(text[:4096]), 80)  # the stub is stored with the session: no secret in it
         if not preview.endswith("…"):
             preview += "…" if len(text.strip()) > len(preview) else ""
         return (f'{STUB_PREFIX}{what} ({size}): "{preview}". Memory id {memory_id(text)}: it is stored in '
@@ -184,7 +185,7 @@ _stub_text_memo = lru_cache(maxsize=STUB_MEMO)(_stub_text)
 
 def input_value_stub(text: str, tokens: int) -> str:
     """The text that replaces one large value of a cleared call's input (deterministic)."""
-    preview = shorten(text, 80)
+    preview = shorten(redact_text(text[:4096]), 80)
     if not preview.endswith("…") and len(text.strip()) > len(preview):
         preview += "…"
     return (f'{INPUT_STUB_PREFIX} ({tokens:,} tokens): "{preview}". Memory id {memory_id(text)}: it is stored in '

@@ -23,8 +23,8 @@ import orjson
 
 from contextwarden import hookimpl
 from contextwarden.memory import service as memory_service
-from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, inject, last_user_index,
-                                         provenance, render_block, strip_blocks)
+from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, framing_tokens, inject,
+                                         last_user_index, render_block, strip_blocks)
 from contextwarden.memory.retrieve import HistoryIndex, build_query, history_texts, messages_of, role_of, select
 from contextwarden.models.base import ApiKind
 
@@ -65,8 +65,7 @@ def _item_tokens(ctx, item) -> int:
             _item_token_cache[key] = n
             while len(_item_token_cache) > 50_000:
                 _item_token_cache.popitem(last=False)
-    # the provenance line is short and of a fixed shape: ~3 characters a token, rounded up
-    return n + len(provenance(item)) // 3 + 2
+    return n + framing_tokens(item)
 
 
 def _request_tokens(ctx) -> int | None:

@@ -9,7 +9,7 @@ import time
 import yaml
 
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.inject import CLOSE, OPEN
+from contextwarden.memory.inject import OPEN, closing_tag
 from contextwarden.memory.replay import Replayer
 from contextwarden.models import ApiKind
 
@@ -79,7 +79,7 @@ def test_a_compacted_fact_comes_back_after_the_last_cache_breakpoint(tmp_path):
         # the client's block with its breakpoint stays first and unchanged; memory follows it
         assert last[0] == {"type": "text", "text": "What is the name of the dog I adopted?", "cache_control": {"type": "ephemeral"}}
         block = last[-1]["text"]
-        assert block.startswith(OPEN) and block.endswith(CLOSE) and "cache_control" not in last[-1]
+        assert block.startswith(OPEN) and block.endswith(closing_tag(block)) and "cache_control" not in last[-1]
         assert FACTS[0] in block and "## session s1" in block and "[#2 user" in block
         # the fact is nowhere else in the body: compaction took it out, memory brought it back
         others = [m for m in wire["messages"][:-1]]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from contextwarden.memory.inject import (CLOSE, OPEN, NotInjectable, inject, render_block, render_item,
+from contextwarden.memory.inject import (OPEN, NotInjectable, closing_tag, inject, render_block, render_item,
                                          strip_blocks)
 from contextwarden.memory.lexical import LexicalIndex, tokenize
 from contextwarden.memory.tagger import tag_key
@@ -197,7 +197,7 @@ def test_anthropic_string_content_becomes_text_plus_memory_block():
     wire, where = _apply(ApiKind.ANTHROPIC, _anthropic([{"role": "user", "content": "What dog do we have?"}]))
     content = wire["messages"][-1]["content"]
     assert content[0] == {"type": "text", "text": "What dog do we have?"}
-    assert content[-1]["text"] == BLOCK and content[-1]["text"].startswith(OPEN) and content[-1]["text"].endswith(CLOSE)
+    assert content[-1]["text"] == BLOCK and content[-1]["text"].startswith(OPEN) and content[-1]["text"].endswith(closing_tag(BLOCK))
     assert wire["system"] == _anthropic([])["system"]
     assert "session s-old" in BLOCK and "[#7 user" in BLOCK
 

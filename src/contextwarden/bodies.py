@@ -1,6 +1,7 @@
 """Recent request bodies, original and rewritten, for the TUI's inspector and for replay.
 
-Bodies hold conversation text but never credentials (those live in headers, which are redacted).
+Bodies hold conversation text but never credentials (those live in headers, which are redacted); what
+is written to disk or handed out has the conversation's secrets redacted too (:mod:`contextwarden.scrub`).
 Kept in memory up to a byte budget; written under ``cw_home/bodies`` only when the profile's
 ``log.record_bodies`` asks for it.
 """
@@ -71,5 +72,7 @@ def record(home: Path, entry: dict[str, Any]) -> Path:
     d = Path(home) / "bodies" / str(entry.get("session") or "unknown")
     d.mkdir(parents=True, exist_ok=True)
     p = d / f"{time.time():.6f}-{entry['flow_id']}.json"
-    p.write_bytes(orjson.dumps(_decoded(entry)))
+    from .scrub import scrub
+
+    p.write_bytes(orjson.dumps(scrub(_decoded(entry))))  # no secret of the conversation reaches the disk
     return p

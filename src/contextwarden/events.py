@@ -2,8 +2,9 @@
 
 Every request produces events (``request``, ``stage``, ``forward``, ``response``, ``turn``, ``error``,
 and whatever stages emit, such as ``compaction`` or ``memory``). The TUI consumes them live through the
-event server, or offline from the log. Event data must never hold a credential: headers pass through
-:func:`contextwarden.redact.redact_headers` before they get here.
+event server, or offline from the log. Event data must never hold a credential or a secret where it is stored or shown: :meth:`Event.to_dict`
+(what the log writes and the event server sends) gives the data through :func:`contextwarden.scrub.scrub`.
+The emitter does not pay for it: the log's writer thread and the server's thread do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, Callable
 
 import orjson
 
+from .scrub import scrub
+
 _seq = itertools.count(1)
 
 
@@ -30,10 +33,24 @@ class Event:
     session: str | None = None
     ts: float = field(default_factory=time.time)
     seq: int = field(default_factory=lambda: next(_seq))
+    _safe: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def safe_data(self) -> dict[str, Any]:
+        """The data with every secret redacted (:func:`contextwarden.scrub.scrub`), worked out once, by
+        the first consumer that writes or sends the event (on its own thread, never the emitter's)."""
+        safe = self._safe
+        if safe is None:
+            try:
+                safe = scrub(self.data)
+            except Exception:  # the data goes no further unscrubbed
+                safe = {"error": "event data could not be scrubbed"}
+            self._safe = safe
+        return safe
 
     def to_dict(self) -> dict[str, Any]:
+        """The event as it may be stored or shown: its data scrubbed of secrets."""
         return {"seq": self.seq, "ts": self.ts, "type": self.type, "flow_id": self.flow_id,
-                "session": self.session, "data": self.data}
+                "session": self.session, "data": self.safe_data()}
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict(), default=str)

@@ -30,7 +30,7 @@ from .models import openai_chat as oc
 from .models.base import WireModel
 from .typedpool import Lease, same_prefix
 from .validate import validate_rewrite
-from .redact import credential_of, redact_headers, tenant_id
+from .redact import redact_headers, redact_path, tenant_of
 from .sessions import derive_session
 
 
@@ -96,7 +96,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
     if not isinstance(data, dict):
         raise Skip("JSON body is not an object")
     session, source = derive_session(h, data)
-    tenant = tenant_id(credential_of(h), runtime.salt)
+    tenant = tenant_of(headers, path, session, runtime.salt)  # every credential; none: a tenant of its own
     msgs = data.get(history)
     raws, exact = runtime.message_bytes(api, tenant, session, msgs, known.raws if known is not None else None) \
         if isinstance(msgs, list) else (None, False)
@@ -111,7 +111,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         raise
     agent = derive_agent(settings.budget.agent_rule, h, data, session)
     ctx = RequestContext(
-        runtime=runtime, settings=settings, flow_id=flow_id, api=api, host=host, path=path,
+        runtime=runtime, settings=settings, flow_id=flow_id, api=api, host=host, path=redact_path(path),
         headers=redact_headers(headers), session=session, session_source=source, tenant=tenant,
         agent=agent, model=data.get("model") if isinstance(data.get("model"), str) else None,
         stream=bool(data.get("stream")), original=data, request=model,

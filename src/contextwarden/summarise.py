@@ -26,6 +26,8 @@ from typing import Any
 
 from .conversation import Turn, input_hint, shorten
 from .memory.ids import memory_id
+from .memory.secrets import redact_text
+from .scrub import scrub
 
 # (key, heading, share of the character budget). Order is the order in the text, and the priority
 # in which unused budget is handed on.
@@ -314,6 +316,9 @@ def extractive_summary(turns: list[Turn], *, messages: int, tokens: int, max_cha
     sections.pop("current", None)
     if current_request:
         sections["current"] = [current_request]
+    # the summary is stored with the session's state (and its sections merged into later summaries):
+    # no secret of the conversation goes into it
+    sections = scrub(sections)
     total_msgs = messages + (prior.messages if prior else 0)
     total_tokens = tokens + (prior.source_tokens if prior else 0)
     text = render(sections, total_msgs, total_tokens, max_chars)
@@ -395,5 +400,5 @@ def llm_summary(api: str, url: str, auth: dict[str, str], model: str, turns: lis
     usage["model"] = model
     usage["ms"] = round((time.perf_counter() - t0) * 1000, 1)
     header = HEADER.format(messages=messages, tokens=f"{tokens:,}", how=f"by {model}")
-    return Summary(text=f"{header}\n\n{text}", sections={}, messages=messages, source_tokens=tokens,
+    return Summary(text=f"{header}\n\n{redact_text(text)}",  # stored with the session: no secret in it sections={}, messages=messages, source_tokens=tokens,
                    summariser="llm", usage=usage)

@@ -61,6 +61,11 @@ _CONTEXT: list[tuple[str, re.Pattern[str]]] = [(k, re.compile(p)) for k, p in [
     ("basic_auth", r"(?:^|\s)(?:-u|--user)\s+[\"']?[^\s:\"']+:(?P<s>[^\s\"'\[]+)"),
 ]]
 
+# credentials in a URL's query string or fragment: ?api_key=..., &token=..., #access_token=..., &sig=...
+_URL_QUERY = re.compile(r"(?P<lead>[?&#;])(?P<key>[A-Za-z_][\w.\-]{0,60})=(?P<s>[^&#\s\"'<>\[\]]+)")
+_URL_KEY_WORDS = {"key", "apikey", "token", "secret", "sig", "signature", "password", "passwd", "pwd", "auth",
+                  "credential", "credentials", "code", "jwt", "bearer", "session", "ticket", "hmac", "assertion"}
+
 # key <sep> value: env dumps, .env, YAML, JSON, .npmrc, headers, CLI flags
 _ASSIGN = re.compile(
     r"""(?<![\w.\-])(?P<flag>--)?["']?(?P<key>[A-Za-z_][\w.\-]{0,80})["']?"""
@@ -151,16 +156,53 @@ def _group_repl(kind: str) -> Callable[[re.Match[str]], str]:
     return repl
 
 
+def _redact_url_queries(text: str, counter: list[int]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if not any(w in _URL_KEY_WORDS for w in _words(m.group("key"))) or len(m.group("s")) < 3:
+            return m.group(0)
+        counter[0] += 1
+        return f"{m.group('lead')}{m.group('key')}={_mark('url_credential')}"
+
+    return _URL_QUERY.sub(sub, text) if ("=" in text) else text
+
+
+# cheap hints (substring searches, far faster than a regex alternation): a group of patterns runs only
+# where one of its hints is found. Events, tags and header values are redacted on their way out, and most
+# of them hold nothing: they cost these searches only.
+_TOKEN_HINTS = ("sk-", "sk_", "rk_", "pk_", "AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA",
+                "APKA", "AROA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "hooks.slack",
+                "AIza", "ya29.", "GOCSPX-", "whsec_", "hf_", "npm_", "pypi-", "SG.", "_v1_", "shp", "SK", "eyJ")
+_CONTEXT_HINTS = ("://", "authorization", "bearer", "-u", "--user")  # searched in the lower-cased text
+_ASSIGN_HINTS = ("secret", "pass", "pwd", "token", "key", "credential", "auth", "cookie", "sig", "dsn",
+                 "connectionstring", "code", "session", "ticket", "hmac", "assertion", "jwt", "bearer")
+
+
 def redact_secrets(text: str) -> tuple[str, int]:
     """``(text with every secret replaced by [REDACTED:kind], number of secrets replaced)``."""
     if not text:
         return text, 0
     counter = [0]
-    text = _sub_count(_PEM_BLOCK, _mark("private_key"), text, counter)
-    text = _sub_count(_PEM_OPEN, _mark("private_key"), text, counter)
-    for kind, pat in _TOKENS:
-        text = _sub_count(pat, _mark(kind), text, counter)
-    for kind, pat in _CONTEXT:
-        text = _sub_count(pat, _group_repl(kind), text, counter)
-    text = _redact_assignments(text, counter)
+    if "PRIVATE KEY" in text:
+        text = _sub_count(_PEM_BLOCK, _mark("private_key"), text, counter)
+        text = _sub_count(_PEM_OPEN, _mark("private_key"), text, counter)
+    if any(h in text for h in _TOKEN_HINTS):
+        for kind, pat in _TOKENS:
+            text = _sub_count(pat, _mark(kind), text, counter)
+    low = text.lower()
+    if any(h in low for h in _CONTEXT_HINTS):
+        for kind, pat in _CONTEXT:
+            text = _sub_count(pat, _group_repl(kind), text, counter)
+    if ("=" in text or ":" in text) and any(h in low for h in _ASSIGN_HINTS):
+        text = _redact_url_queries(text, counter)
+        text = _redact_assignments(text, counter)
     return text, counter[0]
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every secret replaced (:func:`redact_secrets` without the count)."""
+    return redact_secrets(text)[0] if text else text
+
+
+def looks_secret(value: str) -> bool:
+    """Whether a value (a header's, a parameter's) holds something :func:`redact_secrets` would remove."""
+    return bool(value) and redact_secrets(value)[1] > 0

@@ -19,6 +19,8 @@ from typing import Iterable
 
 from rapidfuzz import fuzz
 
+from .secrets import redact_text
+
 STOPWORDS = frozenset("""
 a about above across after again against all almost alone along already also although always am among an and
 another any anybody anyone anything anyway anywhere are aren't around as ask asked asking at away back be became
@@ -99,6 +101,17 @@ def _norm_word(w: str) -> str:
     return w[:-2] if w.endswith("'s") else w
 
 
+_TAG_CHARS = 20_000  # a tag set does not need more of a text
+_MARK = re.compile(r"\[REDACTED:[a-z_]+\]")
+
+
+def redacted_for_tags(text: str) -> str:
+    """``text`` cut to what the tagger reads, its secrets removed and the redaction marks too (a mark's
+    kind is no topic). Cut with a margin first so a secret straddling the cut is still recognised."""
+    text = redact_text(text[: _TAG_CHARS + 4096])[:_TAG_CHARS]
+    return _MARK.sub(" , ", text) if "[REDACTED:" in text else text
+
+
 class KeywordTagger:
     """Offline keyword tags of a text. Thread-safe and cheap (regexes, a small rapidfuzz merge)."""
 
@@ -115,7 +128,7 @@ class KeywordTagger:
                 first_seen[tag] = len(first_seen)
             scores[tag] = scores.get(tag, 0.0) + weight
 
-        text = text[:20_000]  # a tag set does not need more; keeps a huge tool output cheap
+        text = text[:_TAG_CHARS]  # a tag set does not need more; keeps a huge tool output cheap
         for m in _PATH.finditer(text):
             p = m.group(0).strip("./") if m.group(0).startswith("./") else m.group(0)
             last = p.rsplit("/", 1)[-1]
@@ -180,11 +193,13 @@ class KeywordTagger:
         return sorted(kept, key=lambda c: -c.score)
 
     def tag(self, text: str, max_tags: int | None = None) -> list[str]:
-        """The best ``max_tags`` tags of ``text`` (most relevant first)."""
+        """The best ``max_tags`` tags of ``text`` (most relevant first), taken from the text with its
+        secrets redacted: a tag goes to events, Chroma metadata and the lexical index, so a token
+        (``ghp_…``, a URL's password) must never become one."""
         n = self.max_tags if max_tags is None else max_tags
         if not text or n <= 0:
             return []
-        merged = self.merge(self.candidates(text))
+        merged = self.merge(self.candidates(redacted_for_tags(text)))
         # a pair of common words seen once is mostly noise ("group yesterday"); names pass
         merged = [c for c in merged if " " not in c.tag or c.score >= 1.4]
         phrases = [c for c in merged if " " in c.tag][:n]
