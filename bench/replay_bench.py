@@ -29,7 +29,8 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 import orjson  # noqa: E402
 
 from contextwarden.cli.replay import parse_sets  # noqa: E402
-from contextwarden.replay import details, replay, request_table, summary_table  # noqa: E402
+from contextwarden import baselines  # noqa: E402
+from contextwarden.replay import details, lost_examples, replay, request_table, summary_table  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -42,9 +43,19 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a profile setting, e.g. --set memory.inject=false")
     ap.add_argument("--json-out", default=None, help="also write the full reports as JSON to this file")
+    ap.add_argument("--baselines", action="store_true",
+                    help="every baseline on every trace (the client, clear_tool_uses, masking, truncation, our profiles): one table")
+    ap.add_argument("--only", action="append", default=None, metavar="PROFILE",
+                    help="with --baselines: only these baselines' profiles (repeatable)")
+    ap.add_argument("--targets-from", default=None, metavar="JSON",
+                    help="with --baselines: the default profile's tokens per request from an earlier --json-out "
+                         "(the truncation baseline cuts to them without running the default again)")
+    ap.add_argument("--rows-out", default=None, help="with --baselines: write the table's rows as JSON to this file")
     ap.add_argument("traces", nargs="*", default=sorted(str(p) for p in (SHARED / "eval" / "traces").glob("*.jsonl")))
     args = ap.parse_args(argv)
     overrides = parse_sets(args.sets)
+    if args.baselines:
+        return run_baselines(args, overrides)
     reports = []
     for t in args.traces:
         print(f"replaying {Path(t).name} ...", file=sys.stderr, flush=True)
@@ -55,12 +66,39 @@ def main(argv: list[str]) -> int:
     for rep in reports:
         if args.requests:
             print(request_table(rep) + "\n")
+            print(lost_examples(rep) + "\n")
     print(summary_table(reports) + "\n")
     for rep in reports:
         print(details(rep) + "\n")
     bad = [r for r in reports if r.totals()["sent_invalid"] or r.totals()["validator_rejected"]
            or r.totals()["cost_ours"] > r.totals()["cost_original"] + 1e-9]
     return 1 if bad else 0
+
+
+def run_baselines(args, overrides: dict) -> int:
+    rows = []
+    reports = []
+    prior = orjson.loads(Path(args.targets_from).read_bytes()) if args.targets_from else []
+    for t in args.traces:
+        name = Path(t).name
+        targets = next(([r["tokens_sent"] for r in d["requests"]] for d in prior
+                        if Path(d["trace"]).name == name and d.get("baseline", baselines.NAMES[baselines.DEFAULT])
+                        == baselines.NAMES[baselines.DEFAULT]), None)
+        got = baselines.run(t, only=args.only, targets=targets, window=args.window, stage_budget_ms=args.stage_budget_ms,
+                            overrides=overrides,
+                            progress=lambda label, _n=name: print(f"replaying {_n}: {label} ...", file=sys.stderr, flush=True))
+        rows += baselines.rows(name[13:21] if name.startswith("claude-code-") else name, got)
+        reports += got
+    if args.json_out:
+        Path(args.json_out).write_bytes(orjson.dumps([{"baseline": label, **rep.to_dict()} for label, rep in reports]))
+    if args.rows_out:
+        Path(args.rows_out).write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+    for label, rep in reports:
+        print(f"{label}: {details(rep)}\n")
+        if args.requests:
+            print(lost_examples(rep) + "\n")
+    print(baselines.table(rows))
+    return 1 if any(r["invalid"] for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -486,6 +486,32 @@ def _last_assistant(ctx) -> int:
     return -1
 
 
+EDIT_TOOLS = frozenset({"Edit", "MultiEdit", "Write", "NotebookEdit"})
+READ_TOOLS = frozenset({"Read", "NotebookRead"})
+
+
+def _path_of(tool_input: Any) -> str | None:
+    if isinstance(tool_input, dict):
+        p = tool_input.get("file_path") or tool_input.get("notebook_path") or tool_input.get("path")
+        return p if isinstance(p, str) else None
+    return None
+
+
+def _files_being_edited(slots: list[Slot], last_calls: int) -> set[str]:
+    """Files an edit among the last ``last_calls`` tool calls changed (slots are in call order: only
+    the tail is looked at)."""
+    if last_calls <= 0 or not slots:
+        return set()
+    top = max((s.order for s in slots[-last_calls:]), default=-1)
+    out: set[str] = set()
+    for s in reversed(slots):
+        if s.order >= 0 and s.order <= top - last_calls:
+            break
+        if s.tool in EDIT_TOOLS and (p := _path_of(s.tool_input)):
+            out.add(p)
+    return out
+
+
 @hookimpl
 def cw_request(ctx) -> None:
     _clear(ctx, decide=True)
@@ -629,9 +655,12 @@ def _clear(ctx, decide: bool) -> None:
             orders = sorted({s.order for s in slots if s.order >= 0})
             looked = slots
         recent = set(orders[-keep_recent:]) if keep_recent > 0 else set()
+        editing = _files_being_edited(slots, cfg.keep_edited_reads)
         candidates = []
         for s in looked:
             if s.id in done or s.tool in exclude or s.order in recent or s.order < 0:
+                continue
+            if editing and s.tool in READ_TOOLS and _path_of(s.tool_input) in editing:
                 continue
             if s.index >= unseen_from:
                 continue  # results the model has not read yet are never cleared (keep_recent 0 included)
@@ -642,7 +671,7 @@ def _clear(ctx, decide: bool) -> None:
                     toks = 0
             if toks or input_allowed(s):
                 candidates.append((s, toks))
-        need = max(clear_at_least, total - freed - trigger)
+        need = math.inf if cfg.clear_all else max(clear_at_least, total - freed - trigger)
         chosen, gain = [], 0
         if sum(toks for _, toks in candidates) < clear_at_least and not any(input_allowed(s) for s, _ in candidates):
             # a step would free less than its tokens, which is below clear_at_least: it would be dropped

@@ -37,6 +37,8 @@ from typing import Any, Callable
 import orjson
 
 from .cost import Bill, PromptCache, billed_from_usage, boundaries
+from .fidelity import Fidelity, FidelityCounter
+from .fidelity import totals as fidelity_totals
 from .models.base import ApiKind
 
 CONTINUED = "This session is being continued from a previous conversation"
@@ -413,6 +415,7 @@ class RequestResult:
     errors: list[str] = field(default_factory=list)  # error events of this request ("where: message")
     memory_items: int = 0  # excerpts the memory stage injected into this request
     memory_tokens: int = 0  # their tokens (our count, as in the memory event)
+    fidelity: Fidelity | None = None  # what the recorded answer used that ours lost (contextwarden.fidelity)
 
     @property
     def rejected(self) -> bool:
@@ -425,7 +428,8 @@ class RequestResult:
                 "original": self.original.to_dict(), "ours": self.ours.to_dict(), "problems": self.problems,
                 "stages": self.stages, "stage_events": self.stage_events, "errors": self.errors,
                 "memory_items": self.memory_items, "memory_tokens": self.memory_tokens,
-                "actual": self.actual.to_dict() if self.actual else None}
+                "actual": self.actual.to_dict() if self.actual else None,
+                "fidelity": self.fidelity.to_dict() if self.fidelity else None}
 
 
 @dataclass
@@ -468,6 +472,8 @@ class ReplayReport:
             "actual_billed": actual.cost if act else None, "simulated_same_requests": sim.cost if act else None,
             "stage_events": dict(sum((Counter(r.stage_events) for r in self.results), Counter())),
             "errors": dict(Counter(e.split(":", 1)[0] for r in self.results for e in r.errors)),
+            "fidelity": (fid := fidelity_totals(r.fidelity for r in self.results if r.fidelity)),
+            "cost_ours_plus_penalty": u.cost + fid["penalty"],
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -491,7 +497,7 @@ def _counts_of(msgs: Any) -> int:
 
 
 async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None, turn_hooks: bool,
-                  factor: float) -> list[RequestResult]:
+                  factor: float, targets: list[int] | None = None) -> list[RequestResult]:
     from .pipeline import Pipeline, count_tokens, prepare, request_event
     from .validate import validate_rewrite
 
@@ -509,6 +515,7 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
     unsubscribe = rt.bus.subscribe(on_event)
     cache_o, cache_u = PromptCache(), PromptCache()
     pipeline = Pipeline(rt)
+    fidelity = FidelityCounter(rt.tokens.count_text)
     out: list[RequestResult] = []
     try:
         for i, req in enumerate(trace.requests):
@@ -516,6 +523,8 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
             raw = orjson.dumps(req.body)
             ctx = prepare(rt, flow_id, req.api, "api.anthropic.com", req.path, list(req.headers), raw)
             ctx.notes["replay"] = {"ts": req.ts, "index": i}
+            if targets is not None and i < len(targets):  # tokens another run sent (the truncation baseline)
+                ctx.notes["replay"]["target_tokens"] = targets[i]
             ctx.tokens_in = count_tokens(ctx, ctx.original)
             request_event(ctx, len(raw), "replay")
             outcome = await pipeline.process(ctx)
@@ -545,6 +554,8 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 stage_events=dict(flow_events.pop(flow_id, Counter())), errors=flow_errors.pop(flow_id, []),
                 actual=billed_from_usage(req.usage, model) if req.usage and any(req.usage.get(k) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")) else None,
                 memory_items=int(mem.get("injected") or 0), memory_tokens=int(mem.get("tokens") or 0),
+                fidelity=fidelity.request(ctx.original, sent, req.response, model, tokens_sent, factor)
+                if req.api is ApiKind.ANTHROPIC else None,
             )
             out.append(res)
             if turn_hooks and sent is not None:
@@ -585,9 +596,14 @@ def _turn_complete(rt, ctx, req: ReplayRequest, bill: Bill) -> None:
 def replay(trace_path: str | Path, profile: str | None = None, window: int | None = None,
            home: str | Path | None = None, stage_budget_ms: float | None = None, overrides: dict | None = None,
            progress: Callable[[int, int], None] | None = None, turn_hooks: bool = True, limit: int | None = None,
-           compaction_calls: bool = True, plugins_dir: str | None = None) -> ReplayReport:
+           compaction_calls: bool = True, plugins_dir: str | None = None,
+           targets: list[int] | None = None, extra_plugins: list[tuple[str, object]] | None = None) -> ReplayReport:
     """Replay one trace through a fresh runtime (its own temporary cw_home unless ``home`` is given), with
-    ``profile`` (a name or YAML path; None: the ``default`` profile, as ``contextwarden run`` uses)."""
+    ``profile`` (a name or YAML path; None: the ``default`` profile, as ``contextwarden run`` uses).
+
+    ``targets``: per request, a token count handed to the stages as ``ctx.notes["replay"]["target_tokens"]``
+    (the truncation baseline cuts to what another run sent); ``extra_plugins``: stages registered for this
+    replay only (the baselines')."""
     from .runtime import Runtime
     from .settings import _deep_merge, load_settings
 
@@ -604,14 +620,14 @@ def replay(trace_path: str | Path, profile: str | None = None, window: int | Non
         home = tmp.name
     t0 = time.perf_counter()
     settings = load_settings(profile, Path(home), overrides=ov or None)
-    rt = Runtime(settings, Path(home), plugins_dir, profile=profile, log=False)
+    rt = Runtime(settings, Path(home), plugins_dir, profile=profile, log=False, extra_plugins=extra_plugins)
     try:
         trace = load_trace(trace_path, rt.tokens, compaction_calls=compaction_calls) if Path(trace_path).suffix == ".jsonl" \
             else load_trace(trace_path, rt.tokens)
         if limit:
             trace.requests = trace.requests[:limit]
         factor = trace.fit["b"] if trace.fit else 1.0
-        results = asyncio.run(_replay(rt, trace, progress, turn_hooks, factor))
+        results = asyncio.run(_replay(rt, trace, progress, turn_hooks, factor, targets))
         return ReplayReport(trace, settings.name, window, results, time.perf_counter() - t0,
                             [n for n, _ in rt.stages()])
     finally:
@@ -635,7 +651,7 @@ def summary_table(reports: list[ReplayReport]) -> str:
     """One line per trace: tokens and simulated cost, original vs ours."""
     head = ("trace", "reqs", "rewritten", "invalid", "stage fail", "tokens orig", "tokens ours", "Δ tokens",
             "avg req orig", "avg req ours", "max req orig", "max req ours", "cost orig $", "cost ours $", "Δ cost",
-            "actual $")
+            "ours+penalty $", "lost edit src", "lost refs", "actual $")
     rows = [head]
     for rep in reports:
         t = rep.totals()
@@ -645,13 +661,20 @@ def summary_table(reports: list[ReplayReport]) -> str:
                      _k(t["mean_tokens_original"]), _k(t["mean_tokens_sent"]),
                      _k(t["max_tokens_original"]), _k(t["max_tokens_sent"]),
                      f"{t['cost_original']:.2f}", f"{t['cost_ours']:.2f}", _pct(t["cost_ours"], t["cost_original"]),
+                     f"{t['cost_ours_plus_penalty']:.2f}", lost_cell(t["fidelity"], "sources"), lost_cell(t["fidelity"], "refs"),
                      f"{t['actual_billed']:.2f}" if t["actual_billed"] is not None else "-"))
     return _render(rows)
 
 
+def lost_cell(fid: dict, kind: str) -> str:
+    """``lost/used (share)`` of edit sources or references."""
+    used, lost = fid[kind], fid[kind + "_lost"]
+    return f"{lost}/{used} ({lost / used * 100:.1f}%)" if used else "0/0"
+
+
 def request_table(rep: ReplayReport) -> str:
     head = ("#", "t+s", "kind", "msgs", "tokens orig", "tokens ours", "memory", "read/write/new orig",
-            "read/write/new ours", "$ orig", "$ ours", "outcome", "events")
+            "read/write/new ours", "$ orig", "$ ours", "lost src/ref", "outcome", "events")
     rows = [head]
     t0 = rep.results[0].ts if rep.results else 0
     for r in rep.results:
@@ -661,6 +684,7 @@ def request_table(rep: ReplayReport) -> str:
                      f"{_k(r.original.read)}/{_k(r.original.write)}/{_k(r.original.uncached)}",
                      f"{_k(r.ours.read)}/{_k(r.ours.write)}/{_k(r.ours.uncached)}",
                      f"{r.original.cost:.3f}", f"{r.ours.cost:.3f}",
+                     f"{r.fidelity.sources_lost}/{r.fidelity.refs_lost}" if r.fidelity and (r.fidelity.sources_lost or r.fidelity.refs_lost) else "-",
                      (r.outcome if not r.problems else "SENT INVALID: " + r.problems[0])[:40],
                      ",".join(f"{k}:{v}" for k, v in sorted(r.stage_events.items())) or "-"))
     return _render(rows)
@@ -704,6 +728,22 @@ def details(rep: ReplayReport) -> str:
         first = next(e for r in rep.results for e in r.errors)
         out.append("  error events by origin: " + ", ".join(f"{k} {v}" for k, v in sorted(t["errors"].items()))
                    + f" (first: {first})")
+    fid = t["fidelity"]
+    out.append(f"  fidelity: lost edit sources {lost_cell(fid, 'sources')}, lost references {lost_cell(fid, 'refs')}"
+               + (f"; lost content came from {', '.join(f'{k} {v}' for k, v in fid['by_tool'].items())}"
+                  f" ({', '.join(f'{k} {v}' for k, v in fid['by_stage'].items())})" if fid["by_tool"] else "")
+               + f"; penalty estimate {fid['round_trips']} round trips ${fid['penalty']:.2f}: ours + penalty "
+               f"${t['cost_ours_plus_penalty']:.2f} ({_pct(t['cost_ours_plus_penalty'], t['cost_original'])})")
     for n in tr.notes:
         out.append(f"  note: {n}")
+    return "\n".join(out)
+
+
+def lost_examples(rep: ReplayReport) -> str:
+    """Per request, what the answer used that ours had lost (examples)."""
+    out = [f"{Path(rep.trace.path).name}: lost content by request (#, tool that held it, examples)"]
+    for r in rep.results:
+        f = r.fidelity
+        if f and f.lost:
+            out.append(f"  #{r.index} [{', '.join(f'{k} {v}' for k, v in f.by_tool.items())}] " + " | ".join(f.lost))
     return "\n".join(out)

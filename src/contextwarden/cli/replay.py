@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one profile setting (value read as YAML), e.g. --set memory.inject=false; repeatable")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--baselines", action="store_true",
+                   help="replay each trace with every baseline (the client, clear_tool_uses, observation masking, "
+                        "truncation, our profiles) and print one comparison table (--profile is ignored)")
     p.set_defaults(func=run)
 
 
@@ -46,9 +49,11 @@ def parse_sets(items: list[str]) -> dict:
 def run(args) -> int:
     import orjson
 
-    from contextwarden.replay import details, replay, request_table, summary_table
+    from contextwarden.replay import details, lost_examples, replay, request_table, summary_table
 
     overrides = parse_sets(args.sets)
+    if args.baselines:
+        return run_baselines(args, overrides)
     reports = []
     for path in args.traces:
         def progress(i, n, _p=path):
@@ -68,9 +73,41 @@ def run(args) -> int:
         if args.requests:
             print(request_table(rep))
             print()
+            print(lost_examples(rep))
+            print()
     print(summary_table(reports))
     print()
     for rep in reports:
         print(details(rep))
     bad = sum(r.totals()["sent_invalid"] for r in reports)
     return 1 if bad else 0
+
+
+def run_baselines(args, overrides: dict) -> int:
+    import orjson
+
+    from contextwarden import baselines
+    from contextwarden.replay import lost_examples
+
+    rows, reports = [], []
+    for path in args.traces:
+        def progress(label, _p=path):
+            if not args.json and sys.stderr.isatty():
+                print(f"{_p}: {label} ...", file=sys.stderr, flush=True)
+
+        got = baselines.run(path, progress=progress, window=args.window, stage_budget_ms=args.stage_budget_ms,
+                            limit=args.limit, compaction_calls=not args.no_compaction_calls,
+                            turn_hooks=not args.no_turn_hooks, overrides=overrides)
+        from pathlib import Path
+
+        rows += baselines.rows(Path(path).name[:40], got)
+        reports += got
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps({"rows": rows, "reports": [{"baseline": label, **rep.to_dict()} for label, rep in reports]},
+                                             option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    if args.requests:
+        for label, rep in reports:
+            print(f"{label}: " + lost_examples(rep) + "\n")
+    print(baselines.table(rows))
+    return 1 if any(r["invalid"] for r in rows) else 0

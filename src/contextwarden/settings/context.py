@@ -64,6 +64,15 @@ class ClearingSection(Section):
     it re-writes the assistant messages too. The latest assistant message, and those of the current turn
     that carry thinking blocks, always keep their inputs."""
 
+    clear_all: bool = False
+    """Above the trigger, clear every result but the ``keep_recent`` most recent (Anthropic's
+    ``clear_tool_uses``, and observation masking), not just enough to get back under the trigger."""
+
+    keep_edited_reads: int = 0
+    """A new clearing step leaves alone the Read results of files that an Edit, MultiEdit or Write
+    among the last this many tool calls changed: the model copies an Edit's ``old_string`` from them.
+    0: off."""
+
     level_factors: dict[str, float] = {"REDUCED": 0.75, "MINIMAL": 0.5}
     """Under a budget level, ``trigger_tokens``, ``keep_recent`` and ``clear_at_least`` are multiplied by
     this factor (``keep_recent`` rounded up), so clearing starts earlier and keeps less."""

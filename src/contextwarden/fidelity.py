@@ -1,0 +1,339 @@
+"""Fidelity: what the model used next, and whether what we would have sent still held it.
+
+A recorded session holds, after every request, the assistant's answer: that is the test of what the
+model needed from its context. For each request we compare the client's body (``original``) with the
+body we would have sent (``sent``: kept history, stubs, a compaction summary, injected memory):
+
+edit sources
+    The ``old_string`` of every Edit (and of each edit of a MultiEdit) in the answer. Claude Code's
+    Edit needs the exact text, which the model copies from a Read (or an earlier edit's snippet). A
+    source counts when the client's body held it; it is *lost* when ours does not. Compared line by
+    line: Read's ``cat -n`` prefixes (``   12→`` / ``   12\t``) removed, each line stripped, empty lines
+    dropped; every whole line of the source must be a line of the body; a first or last line that may
+    be part of a line (a source of one line, or the ends of a longer one) needs its words in the body.
+references
+    Distinctive strings in the answer's tool inputs and text (file paths, identifiers with ``_``, a
+    dot, a digit or camelCase; error names) that occur in a tool result of the client's body. *Lost*
+    when they occur nowhere in ours (a tool call's input that names a path still holds it).
+
+Each text is indexed once (a set of line hashes and a set of tokens, memoised by the text itself: the
+history repeats from one request to the next), and a request's index is the union of its texts' sets:
+the check is set membership, never a scan of the body per reference, so replay stays linear.
+
+Penalty (an estimate, stated as such): each tool result that lost content the answer used costs at
+least one extra tool round trip to get it back: the request's prefix read from cache (0.1x input), the
+tool result as new input (1x), and the call as output. Lost items that came from one tool result are
+one round trip (re-reading the file brings all of them back).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .conversation import result_text
+from .cost import READ_MULT, price_for
+
+_PREFIX = re.compile(r"^ *\d+(?:→|\t)", re.M)  # Read's / cat -n's line numbers
+_WORD = re.compile(r"\w+")
+_TOKEN = re.compile(r"[/~]?\w[\w.\-/]*\w")
+_CAMEL = re.compile(r"[a-z][A-Z]")
+EDIT_TOOLS = ("Edit", "MultiEdit")
+MEMO = 50_000  # texts whose index is remembered (least recently used out)
+EXAMPLES = 5  # lost items kept per request for --requests
+
+
+def _lines(text: str) -> list[str]:
+    return [s for s in (ln.strip() for ln in _PREFIX.sub("", text).split("\n")) if s]
+
+
+def distinctive(tok: str) -> bool:
+    """A token that names something rather than being a word: a path, an identifier, a version."""
+    if len(tok) < 5 or tok.isdigit():
+        return False
+    if "/" in tok or "_" in tok.strip("_"):
+        return True
+    core = tok.strip(".-")
+    if "." in core and not core.replace(".", "").isdigit():
+        return True  # file.py, module.attr (not a bare number)
+    if any(c.isdigit() for c in tok) and any(c.isalpha() for c in tok):
+        return True
+    return bool(_CAMEL.search(tok))
+
+
+def _tokens(text: str) -> set[str]:
+    """Every word, plus every distinctive token and, for a path, each of its suffixes after a slash
+    (``/repo/src/a.py`` also answers ``src/a.py`` and ``a.py``)."""
+    out = set(_WORD.findall(text))
+    for tok in _TOKEN.findall(text):
+        tok = tok.rstrip(".")
+        if not distinctive(tok):
+            continue
+        out.add(tok)
+        if "/" in tok:
+            parts = tok.split("/")
+            for i in range(1, len(parts)):
+                s = "/".join(parts[i:])
+                if s:
+                    out.add(s)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class TextIndex:
+    lines: frozenset  # hashes of the normalised lines
+    tokens: frozenset  # words, distinctive tokens and path suffixes
+
+
+class Indexer:
+    """Indexes texts once (memoised by the text) and unions them into a body's index."""
+
+    def __init__(self, memo: int = MEMO) -> None:
+        self._memo: OrderedDict[str, TextIndex] = OrderedDict()
+        self._max = memo
+
+    def text(self, text: str) -> TextIndex:
+        got = self._memo.get(text)
+        if got is not None:
+            self._memo.move_to_end(text)
+            return got
+        got = TextIndex(frozenset(hash(s) for s in _lines(text)), frozenset(_tokens(text)))
+        self._memo[text] = got
+        if len(self._memo) > self._max:
+            self._memo.popitem(last=False)
+        return got
+
+    def union(self, texts: Iterable[str]) -> "BodyIndex":
+        lines: set = set()
+        toks: set = set()
+        for t in texts:
+            ix = self.text(t)
+            lines |= ix.lines
+            toks |= ix.tokens
+        return BodyIndex(lines, toks)
+
+
+def has_source(ix, lines: list[str]) -> bool:
+    """Every whole line of an edit source is a line of ``ix``; the ends (possibly parts of a line) are
+    lines there or have all their words there."""
+    last = len(lines) - 1
+    for i, ln in enumerate(lines):
+        if hash(ln) in ix.lines:
+            continue
+        if (i == 0 or i == last) and all(w in ix.tokens for w in _WORD.findall(ln)):
+            continue
+        return False
+    return True
+
+
+@dataclass(slots=True)
+class BodyIndex:
+    lines: set
+    tokens: set
+
+    def has_source(self, lines: list[str]) -> bool:
+        return has_source(self, lines)
+
+    def has_ref(self, ref: str) -> bool:
+        return ref in self.tokens
+
+
+# ---------------------------------------------------------------------------- bodies and answers
+
+
+def _walk_strings(v: Any) -> Iterable[str]:
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, dict):
+        for x in v.values():
+            yield from _walk_strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _walk_strings(x)
+
+
+def _blocks(content: Any) -> list:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def body_texts(body: dict | None) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """(every text of the messages, the tool results as (tool name, tool_use_id, text)).
+
+    Texts: text blocks (a compaction summary, injected memory), tool results, the string values of
+    tool calls' inputs. Thinking and the system prompt are left out (the same on both sides)."""
+    texts: list[str] = []
+    results: list[tuple[str, str, str]] = []
+    names: dict[str, str] = {}
+    for m in (body or {}).get("messages") or []:
+        if not isinstance(m, dict):
+            continue
+        for b in _blocks(m.get("content")):
+            t = b.get("type")
+            if t == "text" and isinstance(b.get("text"), str):
+                texts.append(b["text"])
+            elif t == "tool_use":
+                names[str(b.get("id"))] = str(b.get("name") or "?")
+                texts.extend(_walk_strings(b.get("input")))
+            elif t == "tool_result":
+                txt = result_text(b.get("content"))
+                texts.append(txt)
+                tid = str(b.get("tool_use_id"))
+                results.append((names.get(tid, "?"), tid, txt))
+    return texts, results
+
+
+@dataclass
+class Answer:
+    """What the model used in its answer: edit sources (lines, the call) and references."""
+
+    sources: list[tuple[list[str], str]] = field(default_factory=list)  # (normalised lines, raw old_string)
+    refs: set[str] = field(default_factory=set)
+    calls: dict[str, str] = field(default_factory=dict)  # tool name -> the input's JSON (for output tokens)
+
+
+def answer_items(response: dict | None) -> Answer:
+    out = Answer()
+    for b in _blocks((response or {}).get("content")):
+        t = b.get("type")
+        if t == "text" and isinstance(b.get("text"), str):
+            out.refs |= {x.rstrip(".") for x in _TOKEN.findall(b["text"]) if distinctive(x.rstrip("."))}
+        elif t == "tool_use":
+            inp = b.get("input") if isinstance(b.get("input"), dict) else {}
+            name = str(b.get("name") or "")
+            olds: list[str] = []
+            if name in EDIT_TOOLS:
+                if isinstance(inp.get("old_string"), str):
+                    olds.append(inp["old_string"])
+                for e in inp.get("edits") or []:
+                    if isinstance(e, dict) and isinstance(e.get("old_string"), str):
+                        olds.append(e["old_string"])
+            for o in olds:
+                ls = _lines(o)
+                if ls:
+                    out.sources.append((ls, o))
+            skip = set(olds)
+            for s in _walk_strings(inp):
+                if s in skip:
+                    continue
+                out.refs |= {x.rstrip(".") for x in _TOKEN.findall(s) if distinctive(x.rstrip("."))}
+    return out
+
+
+@dataclass
+class Fidelity:
+    """One request's counts (sources/references the answer used that the client's body held, and how
+    many of them ours lost), where the lost ones came from, and the penalty estimate."""
+
+    sources: int = 0
+    sources_lost: int = 0
+    refs: int = 0
+    refs_lost: int = 0
+    by_tool: dict[str, int] = field(default_factory=dict)  # lost items by the tool whose result held them
+    by_stage: dict[str, int] = field(default_factory=dict)  # cleared (a stub kept its id) / compacted / other
+    round_trips: int = 0
+    penalty: float = 0.0
+    lost: list[str] = field(default_factory=list)  # examples
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sources": self.sources, "sources_lost": self.sources_lost, "refs": self.refs,
+                "refs_lost": self.refs_lost, "by_tool": self.by_tool, "by_stage": self.by_stage,
+                "round_trips": self.round_trips, "penalty": self.penalty, "lost": self.lost}
+
+
+def _short(s: str, n: int = 60) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+class FidelityCounter:
+    """Counts one trace's requests; holds the text memo across them (the history repeats)."""
+
+    def __init__(self, count_text=None) -> None:
+        self.ix = Indexer()
+        self._count = count_text or (lambda s: max(1, len(s) // 4))
+
+    def request(self, original: dict, sent: dict | None, response: dict | None, model: str | None = None,
+                tokens_sent: int = 0, factor: float = 1.0) -> Fidelity:
+        """``tokens_sent``: our count of the body we sent (the round trip re-reads it); ``factor``
+        converts our counts into billed tokens (the replay's size fit)."""
+        ans = answer_items(response)
+        fid = Fidelity()
+        if not ans.sources and not ans.refs:
+            return fid
+        o_texts, o_results = body_texts(original)
+        o_all = self.ix.union(o_texts)
+        o_res = self.ix.union(t for _, _, t in o_results)
+        sources = [(ls, raw) for ls, raw in ans.sources if o_all.has_source(ls)]
+        refs = sorted(r for r in ans.refs if o_res.has_ref(r))
+        fid.sources, fid.refs = len(sources), len(refs)
+        if sent is None or sent is original or not (sources or refs):
+            return fid
+        u_texts, u_results = body_texts(sent)
+        ours = self.ix.union(u_texts)
+        lost_s = [(ls, raw) for ls, raw in sources if not ours.has_source(ls)]
+        lost_r = [r for r in refs if not ours.has_ref(r)]
+        fid.sources_lost, fid.refs_lost = len(lost_s), len(lost_r)
+        if not (lost_s or lost_r):
+            return fid
+        # where the lost content was: the client's tool results that held it (first one found)
+        kept_ids = {tid for _, tid, _ in u_results}
+        origins: dict[str, tuple[str, str]] = {}  # tool_use_id -> (tool, text)
+        by_tool: Counter = Counter()
+        by_stage: Counter = Counter()
+
+        def origin(test) -> None:
+            for name, tid, txt in reversed(o_results):  # the latest result that held it
+                if test(self.ix.text(txt)):
+                    origins[tid] = (name, txt)
+                    by_tool[name] += 1
+                    by_stage["cleared" if tid in kept_ids else "compacted"] += 1
+                    return
+            by_tool["(not a tool result)"] += 1
+            by_stage["other"] += 1
+
+        for ls, raw in lost_s:
+            origin(lambda ix, ls=ls: has_source(ix, ls))
+            if len(fid.lost) < EXAMPLES:
+                fid.lost.append("edit source: " + _short(raw))
+        for r in lost_r:
+            origin(lambda ix, r=r: r in ix.tokens)
+            if len(fid.lost) < EXAMPLES:
+                fid.lost.append("reference: " + _short(r))
+        fid.by_tool, fid.by_stage = dict(by_tool), dict(by_stage)
+        fid.round_trips = len(origins) + (by_stage.get("other", 0) and 1)
+        fid.penalty = round_trip_cost(model, tokens_sent, [self._count(t) for _, t in origins.values()],
+                                      factor, extra_trips=fid.round_trips - len(origins))
+        return fid
+
+
+CALL_OUTPUT_TOKENS = 60  # a tool call's output (name, a path): what the model writes to ask again
+
+
+def round_trip_cost(model: str | None, prefix_tokens: int, result_tokens: list[int], factor: float = 1.0,
+                    extra_trips: int = 0) -> float:
+    """Dollars of the extra round trips: per trip, the prefix read from cache (0.1x input) and the call
+    as output; per result, its tokens as new input (1x). ``extra_trips`` are trips whose result size is
+    unknown (counted for the prefix and the call only)."""
+    p = price_for(model)
+    trips = len(result_tokens) + extra_trips
+    inp = trips * prefix_tokens * factor * READ_MULT + sum(result_tokens) * factor
+    return (inp * p.input + trips * CALL_OUTPUT_TOKENS * p.output) / 1e6
+
+
+def totals(fids: Iterable[Fidelity]) -> dict[str, Any]:
+    out: dict[str, Any] = {"sources": 0, "sources_lost": 0, "refs": 0, "refs_lost": 0, "round_trips": 0, "penalty": 0.0}
+    by_tool: Counter = Counter()
+    by_stage: Counter = Counter()
+    for f in fids:
+        for k in ("sources", "sources_lost", "refs", "refs_lost", "round_trips", "penalty"):
+            out[k] += getattr(f, k)
+        by_tool.update(f.by_tool)
+        by_stage.update(f.by_stage)
+    out["sources_lost_share"] = out["sources_lost"] / out["sources"] if out["sources"] else 0.0
+    out["refs_lost_share"] = out["refs_lost"] / out["refs"] if out["refs"] else 0.0
+    out["by_tool"], out["by_stage"] = dict(by_tool.most_common()), dict(by_stage.most_common())
+    return out
