@@ -305,3 +305,12 @@ def cw_request(ctx) -> None:
                 req.input = new_items
     ctx.emit("strip", messages=len(items), cleaned=cleaned, patterns=totals, rewritten=rewritten,
              rewrite_outgoing=ctx.settings.strip.rewrite_outgoing)
+
+
+@hookimpl
+def cw_reapply(ctx) -> None:
+    """With ``strip.rewrite_outgoing``, the rewrite is a pure function of each message, made again on
+    every request: the session's decided state (the pipeline's fall-back) has it too, or a fall-back
+    would change messages inside the cached prefix. Without it, strip changes nothing that goes out."""
+    if ctx.settings.strip.rewrite_outgoing:
+        cw_request(ctx)

@@ -302,3 +302,27 @@ def test_the_forward_totals_count_fall_backs(mode):
     t.add({"type": "forward", "data": {"changed": True, "fallback": None}})
     t.add({"type": "clearing", "data": {"tokens_freed": 100, "new": 0, "fallback": True}})
     assert (t.fallback, t.fallback_original, t.tokens_freed) == (2, 1, 0)
+
+
+def test_stripped_envelopes_stay_stripped_in_the_decided_state(cw_home):
+    """strip.rewrite_outgoing rewrites every user message the same way on every request: the decided
+    state has that rewrite too (strip's cw_reapply), so a fall-back keeps the cached prefix."""
+    from .test_strip import anthropic_body
+
+    sab = Saboteur()
+    overrides = {"pipeline": {"order": ["strip", "saboteur"], "disabled": ["budget", "tagging", "clearing", "compaction", "memory"],
+                              "stage_budget_ms": 20_000, "adaptive_budgets": False},
+                 "strip": {"rewrite_outgoing": True}, "memory": {"enabled": False}}
+    rt = Runtime(load_settings("default", cw_home, overrides=overrides), cw_home, profile="default", log=False,
+                 extra_plugins=[("saboteur", sab)])
+    try:
+        body = anthropic_body()
+        normal = send(rt, body)
+        assert normal.outcome.fallback is None and "[vc:prompt]" not in normal.raw.decode()
+        sab.mode = "raise"
+        later = send(rt, body)
+        assert later.outcome.fallback == "decided" and later.outcome.body is not None
+        assert orjson.dumps(later.body["messages"][:-1]) == orjson.dumps(normal.body["messages"][:-1])
+        assert "[vc:prompt]" not in later.raw.decode() and not _has_mark(later.body)
+    finally:
+        rt.close()

@@ -60,11 +60,16 @@ class RequestContext:
     deadline: float | None = None  # perf_counter time by which the running stage must return (its budget)
     budget_ms: float | None = None  # the running stage's budget (adaptive: pipeline.adaptive_budgets)
     event_extra: dict[str, Any] = field(default_factory=dict)  # added to every event (the fall-back's: fallback=True)
+    # when set, events are held here (type, data) instead of emitted: the fall-back's, until it is used
+    held_events: list[tuple[str, dict[str, Any]]] | None = field(default=None, repr=False)
 
     def emit(self, type: str, **data: Any):
         data.setdefault("api", self.api.value)
         if self.event_extra:
             data.update(self.event_extra)
+        if self.held_events is not None:
+            self.held_events.append((type, data))
+            return None
         return self.runtime.bus.emit(type, data, flow_id=self.flow_id, session=self.session)
 
     def block(self, status: int, body: bytes, headers: dict[str, str]) -> None:

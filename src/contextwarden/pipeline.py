@@ -414,7 +414,8 @@ class Pipeline:
         ctx.emit("error", where="reapply", message=msg, action="forwarded original")
         return Outcome(reason=why, fallback="original", fallback_reason=f"{why}; {msg}")
 
-    def decided(self, ctx: RequestContext, why: str, abandoned: threading.Event | None = None) -> Outcome:
+    def decided(self, ctx: RequestContext, why: str, abandoned: threading.Event | None = None,
+                hold: list | None = None) -> Outcome:
         """The request as the session's decided state: every stage's stored decisions re-applied
         (``cw_reapply``, in the pipeline's order) and nothing new, validated and serialised like any
         rewrite (worker thread).
@@ -422,14 +423,16 @@ class Pipeline:
         Built on a fresh typed request parsed from ``ctx.original`` (which no stage mutates), never on
         ``ctx.request``: a stage call abandoned past its budget may still be writing to that one's
         typed messages. Its typed messages are leased like any request's, and only the untouched ones
-        go back to the pool. Depends on no slow stage (memory, tagging): they have no re-apply."""
+        go back to the pool. Depends on no slow stage (memory, tagging): they have no re-apply.
+        ``hold``: a list that receives the re-apply's events instead of the bus (the caller releases
+        them if it sends this state)."""
         t0 = time.perf_counter()
         step, stage = "parsing a fresh typed request", None
         try:
             model, lease = _typed(self.runtime, ctx.api, ctx.original, ctx.message_raw)
             fctx = dataclasses.replace(ctx, request=model, lease=lease, notes={}, stage_results=[], blocked=None,
                                        wire_entries=None, deadline=None, budget_ms=None,
-                                       event_extra={**ctx.event_extra, "fallback": True})
+                                       event_extra={**ctx.event_extra, "fallback": True}, held_events=hold)
             for stage, fn in self.reappliers():
                 step = f"re-applying {stage}"
                 fn(fctx)
@@ -481,10 +484,13 @@ class Pipeline:
         if not fallback and ctx.tokens_out is not None and ctx.tokens_out > window:
             # above the window: never because of this request's new work (injected memory...)
             mine = ctx.tokens_out
-            out = self.decided(ctx, f"the rewrite ({mine:,} tokens) is above the window ({window:,})")
+            held: list = []
+            out = self.decided(ctx, f"the rewrite ({mine:,} tokens) is above the window ({window:,})", hold=held)
             if out.fallback == "decided" and ctx.tokens_out is not None and ctx.tokens_out < mine:
+                for type_, data in held:
+                    self.runtime.bus.emit(type_, data, flow_id=ctx.flow_id, session=ctx.session)
                 return out
-            ctx.tokens_out = mine
+            ctx.tokens_out = mine  # the decided state is no smaller: this request's new work is not the cause
         t0 = time.perf_counter()
         body = serialise(wire, raws if ctx.raw_exact else None)
         t["serialise"] = _ms(t0)
