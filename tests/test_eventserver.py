@@ -224,8 +224,9 @@ async def test_slow_client_gets_dropped_batches_and_never_slows_the_bus(runtime)
 def test_totals_count_measured_and_estimated_separately():
     t = Totals()
     t.add({"type": "request", "data": {}})
-    t.add({"type": "forward", "data": {"tokens_in": 1000, "tokens_out": 600, "changed": True}})
-    t.add({"type": "compaction", "data": {"tokens_before": 1000, "tokens_after": 600}})
+    # in the order the proxy emits them: the stage's event, then the request's forward
+    t.add({"type": "compaction", "flow_id": "f1", "data": {"tokens_before": 1000, "tokens_after": 600}})
+    t.add({"type": "forward", "flow_id": "f1", "data": {"tokens_in": 1000, "tokens_out": 600, "changed": True}})
     t.add({"type": "turn", "data": {"tokens_in": 1000, "tokens_sent": 600,
                                     "usage": {"input_tokens": 100, "output_tokens": 10, "cache_read_input_tokens": 400,
                                               "cache_creation_input_tokens": 100}}})
