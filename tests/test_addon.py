@@ -15,9 +15,11 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from contextwarden.events import read_log
 
+from .conftest import EVAL_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "addons" / "contextwarden.py"
-CC_TURN2 = Path(__file__).resolve().parent.parent.parent / "shared" / "eval" / "requests" / "claude-code-2.1.197-turn2.json"
+CC_TURN2 = EVAL_DIR / "requests" / "claude-code-2.1.197-turn2.json"  # ../shared or $CONTEXTWARDEN_SHARED
 
 
 def body(messages=None, **kw) -> bytes:
