@@ -24,7 +24,7 @@ import os
 import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,59 @@ def new_clearing(data: dict[str, Any]) -> bool:
     return data.get("new", 1) != 0
 
 
+FAILED_STAGE = ("timeout", "error")  # a stage status after which the request's new work was not sent
+
+
+class SentLedger:
+    """What a request's rewrite really took out and put in, settled when its ``forward`` event says
+    what went upstream. Clearing, compaction and memory report what they did to the request in the
+    pipeline, but that only reaches the provider when the rewrite is sent: a request that fell back
+    (a stage past its budget or failing, an invalid rewrite) sends the original, or only the
+    session's earlier decisions, and a stage abandoned past its budget may report after the
+    ``forward``. So memory counts for a request only when it went out rewritten with every stage
+    ok, and the tokens freed are never more than it went in minus what was sent.
+    """
+
+    def __init__(self, limit: int = 2000) -> None:
+        self._open: OrderedDict[str, list[float]] = OrderedDict()  # flow id -> [freed, memory tokens, injections]
+        self._limit = limit
+
+    def note(self, ev: dict[str, Any]) -> bool:
+        """Take in a ``clearing``, ``compaction`` or ``memory`` event; False for any other."""
+        t, d, fid = ev.get("type"), ev.get("data") or {}, ev.get("flow_id")
+        num = Totals._num
+        if t == "compaction" and applied_compaction(d):
+            freed, mem = max(0, num(d.get("tokens_before")) - num(d.get("tokens_after"))), 0
+        elif t == "clearing":
+            freed, mem = max(0, num(d.get("tokens_freed"))), 0
+        elif t == "memory" and (num(d.get("tokens")) > 0 or num(d.get("injected")) > 0):
+            freed, mem = 0, num(d.get("tokens"))
+        else:
+            return t in ("compaction", "clearing", "memory")
+        if fid:
+            c = self._open.setdefault(fid, [0, 0, 0])
+            c[0] += freed
+            c[1] += mem
+            c[2] += t == "memory"
+            while len(self._open) > self._limit:
+                self._open.popitem(last=False)
+        return True
+
+    def settle(self, ev: dict[str, Any]) -> tuple[int, int, int]:
+        """For a ``forward`` event: (tokens freed, memory tokens, memory injections) its request sent."""
+        d = ev.get("data") or {}
+        freed, mem, injections = self._open.pop(ev.get("flow_id"), (0, 0, 0)) if ev.get("flow_id") else (0, 0, 0)
+        if not d.get("changed") or d.get("blocked"):
+            return 0, 0, 0
+        ti, to = d.get("tokens_in"), d.get("tokens_out")
+        if isinstance(ti, (int, float)) and isinstance(to, (int, float)):
+            freed = min(freed, max(0, ti - to))
+        stages = d.get("stages") if isinstance(d.get("stages"), list) else []
+        if any(isinstance(s, dict) and s.get("status") in FAILED_STAGE for s in stages):
+            mem, injections = 0, 0
+        return int(freed), int(mem), int(injections)
+
+
 class Totals:
     """Running counters over every event since the runtime started: the Overview's numbers.
 
@@ -89,6 +142,7 @@ class Totals:
         for f in self.COUNTS + self.SUMS:
             setattr(self, f, 0)
         self.started: float | None = None
+        self.sent = SentLedger()  # freed and memory tokens count once the request's forward says they went out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Totals":
@@ -128,20 +182,15 @@ class Totals:
             # sent without its new work: as the session's decided state, or (re-applying failed) as sent
             self.fallback += data.get("fallback") in ("decided", "original")
             self.fallback_original += data.get("fallback") == "original"
-        elif t in ("compaction", "clearing") and data.get("fallback") is True:
-            pass  # a fall-back's re-applied decisions: counted when they were made, not again
-        elif t == "compaction" and applied_compaction(data):
-            # counted once, its tokens freed on every request that sends it
-            self.compactions += new_compaction(data)
-            self.tokens_freed += max(0, num(data.get("tokens_before")) - num(data.get("tokens_after")))
-        elif t == "clearing":
-            self.clearings += new_clearing(data)
-            self.tokens_freed += max(0, num(data.get("tokens_freed")))
-        elif t == "memory":
-            tok = num(data.get("tokens"))
-            if tok > 0 or num(data.get("injected")) > 0:
-                self.memory_injections += 1
-                self.memory_tokens += tok
+            freed, mem, injections = self.sent.settle(ev)
+            self.tokens_freed += freed  # a compaction's tokens freed on every request that sends it
+            self.memory_tokens += mem
+            self.memory_injections += injections
+        elif self.sent.note(ev):
+            if t == "compaction" and applied_compaction(data):
+                self.compactions += new_compaction(data)  # counted once
+            elif t == "clearing":
+                self.clearings += new_clearing(data)
         elif t == "error":
             self.errors += 1
         elif t == "turn":
@@ -398,7 +447,7 @@ class EventService:
                 if not counted:
                     self.totals.add(d)
             elif not counted:  # nobody to send to: only the counters (no copy, no scrubbing)
-                self.totals.add({"type": ev.type, "ts": ev.ts, "data": ev.data})
+                self.totals.add({"type": ev.type, "ts": ev.ts, "data": ev.data, "flow_id": ev.flow_id})
         if not clients or not batch:
             return
         msg: dict[str, Any] = {"kind": "events", "events": batch}

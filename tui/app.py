@@ -18,6 +18,7 @@ from textual.app import App
 
 from .client import CommandError, Source
 from .messages import ConnectionChanged, EventsDropped, EventsReceived, SnapshotReceived
+from .screens.export import ExportPathScreen
 from .screens.inspector import InspectorScreen
 from .screens.main import MainScreen
 from .screens.settings import SettingsScreen
@@ -35,6 +36,8 @@ class ContextWardenApp(App):
         # a dashboard redrawn several times a second gains nothing from animated tabs and scrolling
         self.animation_level = "none"
         self.source = source
+        # exports go where the user said (--export-dir); into the current directory only once confirmed
+        self.export_dir_chosen = export_dir is not None
         self.export_dir = Path(export_dir) if export_dir else Path.cwd()
         self.clock = clock
         self.tick = tick
@@ -162,11 +165,31 @@ class ContextWardenApp(App):
                 snap = self.store.session_export(session)
         else:
             snap = self.store.session_export(session)
-        path = self.write_export(f"contextwarden-session-{_safe(session)}-{time.strftime('%Y%m%d-%H%M%S')}.json", snap)
-        self.notify(f"exported {path}")
+        self.save_export(f"contextwarden-session-{_safe(session)}-{time.strftime('%Y%m%d-%H%M%S')}.json", snap,
+                         "session snapshot", "exported")
 
-    def write_export(self, name: str, payload: Any) -> Path:
+    def save_export(self, name: str, payload: Any, what: str, done: str) -> None:
+        """Write ``payload`` as JSON to the export folder; when that is the current directory (no
+        --export-dir), only after the user confirms or edits the path."""
+        def write(path: Path | None) -> None:
+            if path is None:
+                self.notify(f"{what} not written", severity="warning")
+                return
+            try:
+                written = self.write_export(path, payload)
+            except OSError as e:
+                self.notify(f"{what} not written: {e}", severity="error", timeout=6)
+                return
+            self.notify(f"{done} {written}")
+
         path = self.export_dir / name
+        if self.export_dir_chosen:
+            write(path)
+        else:
+            self.push_screen(ExportPathScreen(path, what), write)
+
+    @staticmethod
+    def write_export(path: Path, payload: Any) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2, default=str))
         return path

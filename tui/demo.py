@@ -33,7 +33,7 @@ class EventFactory:
                 gap: float = 1.0) -> list[dict[str, Any]]:
         """Every event one request produces, in the order the proxy emits them."""
         fid = f"flow-{next(self._flow):04d}"
-        sent = tokens_in if tokens_sent is None else tokens_sent
+        sent = tokens_in + mem_tokens if tokens_sent is None else tokens_sent  # memory goes out with the request
         out = [self.ev("request", {"api": "anthropic", "host": "api.anthropic.com", "path": "/v1/messages",
                                    "model": model, "tenant": "t-1", "agent": "main", "session_source": "metadata.user_id",
                                    "messages": 12, "stream": True, "bytes": tokens_in * 4, "tokens_in": tokens_in,
@@ -82,7 +82,7 @@ def demo_events(n: int = 12) -> list[dict[str, Any]]:
         kw: dict[str, Any] = {}
         if i == 7:
             kw["clearing"] = {"cleared": ["toolu_1", "toolu_2", "toolu_3"], "tokens_freed": 24_000, "ids": ["m9"]}
-            kw["tokens_sent"] = tokens_in - 24_000
+            kw["tokens_sent"] = tokens_in - 24_000 + 600  # the memory block of this request went out too
         if i == 10:
             kw["compaction"] = {"messages": 40, "tokens_before": tokens_in, "tokens_after": 48_000,
                                 "summary_tokens": 2_100, "reused": False}

@@ -15,8 +15,8 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from contextwarden.addons.eventserver import (CACHE_READ_RATE, CACHE_WRITE_RATE, Totals, applied_compaction,
-                                              new_clearing, new_compaction)
+from contextwarden.addons.eventserver import (CACHE_READ_RATE, CACHE_WRITE_RATE, SentLedger, Totals,
+                                              applied_compaction, new_clearing, new_compaction)
 
 CONTEXT_TYPES = ("compaction", "clearing", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip")
 ROW_TYPES = ("request", "stage", "tags", "memory", "forward", "response", "turn", "budget", "clearing",
@@ -39,7 +39,7 @@ class RequestRow:
     tags: list[str] = field(default_factory=list)
     tokens_in: int | None = None
     tokens_sent: int | None = None
-    mem_tokens: int | None = None
+    mem_tokens: int | None = None  # memory the request sent (not what was injected into a rewrite that fell back)
     stages: dict[str, float] = field(default_factory=dict)
     stage_status: dict[str, str] = field(default_factory=dict)
     pipeline_ms: float | None = None
@@ -75,6 +75,7 @@ class SessionInfo:
     tokens_in: int | None = None  # last request, counted
     tokens_sent: int | None = None  # last request, counted
     provider_input: int | None = None  # last turn, measured
+    window: int | None = None  # the context window its last request was managed against (request event)
     compactions: int = 0
     clearings: int = 0
     tokens_freed: int = 0
@@ -235,6 +236,7 @@ class Store:
         self._seen_order: deque[int] = deque()
         self._n = 0
         self._session_requests: dict[str, int] = {}  # requests per session ever seen (turn numbers)
+        self.sent = SentLedger()  # a request's freed and memory tokens, once its forward says they went out
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -299,6 +301,11 @@ class Store:
     @property
     def context_window(self) -> int:
         return int(self.setting("tokens.context_window", 200_000) or 200_000)
+
+    def window_of(self, s: SessionInfo) -> int:
+        """The window a session's fill is measured against: what its requests were managed against
+        (the profile's ``tokens.context_window`` when each was sent), else the current settings'."""
+        return s.window or self.context_window
 
     @property
     def thresholds(self) -> tuple[float, float]:
@@ -421,6 +428,9 @@ class Store:
                 sess.model = row.model or sess.model
                 sess.agent = row.agent or sess.agent
                 sess.tokens_in = row.tokens_in
+                window = _num(d.get("context_window"))
+                if window and window > 0:
+                    sess.window = int(window)
         elif t == "stage":
             name = d.get("stage") or "?"
             if _num(d.get("ms")) is not None:
@@ -432,12 +442,13 @@ class Store:
             if sess is not None and tags:
                 sess.recent_tags.append(tags)
         elif t == "memory":
-            tok = _num(d.get("tokens"))
-            if tok is not None:
-                row.mem_tokens = int(tok)
-                if sess is not None:
-                    sess.mem_tokens += int(tok)
+            self.sent.note(ev)
         elif t == "forward":
+            freed, mem, _ = self.sent.settle(ev)
+            row.mem_tokens = mem or None
+            if sess is not None:
+                sess.tokens_freed += freed
+                sess.mem_tokens += mem
             if d.get("tokens_in") is not None:
                 row.tokens_in = d["tokens_in"]
             if d.get("tokens_out") is not None:
@@ -477,15 +488,15 @@ class Store:
             if sess is not None:
                 sess.level = row.level
         elif t == "compaction" and applied_compaction(d):
+            self.sent.note(ev)
             row.compacted = True
             if sess is not None:
                 sess.compactions += new_compaction(d)
-                sess.tokens_freed += int(max(0, (_num(d.get("tokens_before")) or 0) - (_num(d.get("tokens_after")) or 0)))
         elif t == "clearing":
+            self.sent.note(ev)
             row.cleared = True
             if sess is not None:
                 sess.clearings += new_clearing(d)
-                sess.tokens_freed += int(_num(d.get("tokens_freed")) or 0)
         elif t == "error":
             row.error = str(d.get("message") or d.get("where") or "error")
 

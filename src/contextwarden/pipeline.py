@@ -305,7 +305,7 @@ def request_event(ctx: RequestContext, nbytes: int, mode: str) -> None:
     ctx.emit("request", host=ctx.host, path=ctx.path, model=ctx.model, tenant=ctx.tenant, agent=ctx.agent,
              session_source=ctx.session_source, messages=len(msgs) if isinstance(msgs, list) else 1,
              stream=ctx.stream, bytes=nbytes, tokens_in=ctx.tokens_in, mode=mode, headers=ctx.headers,
-             known_messages=ctx.known_messages)
+             known_messages=ctx.known_messages, context_window=ctx.settings.tokens.context_window)
 
 
 def _action(outcome: Outcome) -> str:

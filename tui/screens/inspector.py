@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -136,7 +134,4 @@ class InspectorScreen(Screen):
         if self.entry is None:
             self.app.notify("nothing to save: the bodies are not available", severity="warning")
             return
-        path = Path(self.app.export_dir) / f"contextwarden-request-{self.flow_id[:12]}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(orjson.dumps(self.save_payload(), option=orjson.OPT_INDENT_2, default=str))
-        self.app.notify(f"saved {path}")
+        self.app.save_export(f"contextwarden-request-{self.flow_id[:12]}.json", self.save_payload(), "request", "saved")

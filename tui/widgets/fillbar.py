@@ -55,8 +55,9 @@ class FillBars(Widget):
         self.limit = limit
         self._lines: list[tuple[SessionInfo, int, float, float]] = []
 
-    def show(self, sessions: list[SessionInfo], window: int, soft: float, hard: float) -> None:
-        self._lines = [(s, window, soft, hard) for s in sessions[: self.limit]]
+    def show(self, sessions: list[SessionInfo], window, soft: float, hard: float) -> None:
+        """``window``: a session's window (``Store.window_of``), or one for all."""
+        self._lines = [(s, window(s) if callable(window) else window, soft, hard) for s in sessions[: self.limit]]
         self.styles.height = max(1, len(self._lines))
         self.refresh()
 

@@ -104,4 +104,4 @@ class Overview(Vertical):
             t.append("none yet", style="dim")
         self.query_one("#ov-tags", Static).update(t)
         soft, hard = store.thresholds
-        self.query_one("#ov-fill", FillBars).show(store.recent_sessions(4), store.context_window, soft, hard)
+        self.query_one("#ov-fill", FillBars).show(store.recent_sessions(4), store.window_of, soft, hard)

@@ -63,7 +63,7 @@ class SessionsPanel(Vertical):
         self._store = store
         sessions = store.recent_sessions()
         self._sessions = {s.id: s for s in sessions}
-        self.table.sync([(s.id, session_cells(s, store.context_window)) for s in sessions])
+        self.table.sync([(s.id, session_cells(s, store.window_of(s))) for s in sessions])
         self._show_detail()
 
     def selected(self) -> SessionInfo | None:
@@ -78,7 +78,8 @@ class SessionsPanel(Vertical):
             return
         soft, hard = store.thresholds
         width = max(30, (w.size.width or 78) - 2)
-        t = session_line(width, s, store.context_window, soft, hard, label=10)
+        window = store.window_of(s)
+        t = session_line(width, s, window, soft, hard, label=10)
         t.append("\n")
         t.append(f"{s.id}", style="bold")
         t.append(" · observe-only (bypassed)" if s.bypass else " · active", style="yellow" if s.bypass else "green")
@@ -88,7 +89,7 @@ class SessionsPanel(Vertical):
         line.append(" ".join(f"{tag}×{n}" if n > 1 else tag for tag, n in tags) or "none", style="cyan" if tags else "dim")
         line.truncate(width + 1, overflow="ellipsis")
         t.append_text(line)
-        t.append(f"\nsoft {soft:.0%} · hard {hard:.0%} of {fmt.num(store.context_window)} · b: bypass · e: export", style="dim")
+        t.append(f"\nsoft {soft:.0%} · hard {hard:.0%} of {fmt.num(window)} · b: bypass · e: export", style="dim")
         w.update(t)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
