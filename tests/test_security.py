@@ -41,6 +41,15 @@ def test_url_query_credentials_are_redacted(param):
         assert redact_secrets(red) == (red, 0)
 
 
+@pytest.mark.parametrize("template", ['Bash {{"command":"aws_secret_access_key = {v}"}}',
+                                      '{{"cmd": "export DB_PASSWORD={v} && ./run"}}', "command: API_TOKEN={v}"])
+def test_an_assignment_inside_an_ordinary_value_is_redacted(template):
+    """A tool call's input is JSON: the secret assignment sits inside the value of an ordinary key."""
+    value = _alnum(20) + "/" + _alnum(19)
+    red, n = redact_secrets(template.format(v=value))
+    assert value not in red and n == 1, red
+
+
 def test_ordinary_query_parameters_stay():
     text = "/v1/messages?beta=true&model=claude-x&limit=20&page=3"
     assert redact_secrets(text) == (text, 0)

@@ -119,16 +119,27 @@ def _secret_value(value: str, kind: str) -> bool:
 
 
 def _redact_assignments(text: str, counter: list[int]) -> str:
-    def sub(m: re.Match[str]) -> str:
-        kind = _secret_key(m.group("key"))
-        if kind is None:
+    def inner(m: re.Match[str], g: str, val: str) -> str:
+        # the value of an ordinary key may hold an assignment itself: {"command": "API_TOKEN=..."}
+        if "=" not in val and ":" not in val:
             return m.group(0)
+        new = _redact_assignments(val, counter)
+        if new == val:
+            return m.group(0)
+        s, e = m.span(g)
+        base = m.start(0)
+        return m.group(0)[:s - base] + new + m.group(0)[e - base:]
+
+    def sub(m: re.Match[str]) -> str:
         for g in ("v1", "v2", "v3"):
             val = m.group(g)
             if val is not None:
                 break
+        kind = _secret_key(m.group("key"))
+        if kind is None:
+            return inner(m, g, val)
         if not _secret_value(val, kind):
-            return m.group(0)
+            return inner(m, g, val)
         if g == "v3" and (m.string[m.end():m.end() + 1] in ("(", "[") or val.startswith(_CODE_PREFIXES)):
             return m.group(0)  # code reading a secret (api_key = os.environ["KEY"]), not the secret
         counter[0] += 1
