@@ -30,10 +30,11 @@ def _current(ctx) -> list:
 
 
 class _View(Sequence):
-    def __init__(self, original: list, current: list, mapping) -> None:
+    def __init__(self, original: list, current: list, mapping, lease=None) -> None:
         self._original = original
         self._current = current
         self._map = mapping
+        self._lease = lease
 
     def __len__(self) -> int:
         return len(self._original)
@@ -49,9 +50,16 @@ class _View(Sequence):
         if j is None:
             return None
         m = self._current[j]
-        if m is self._original[i]:
+        if m is self._original[i] or not hasattr(m, "wire"):
             return m
-        return m.wire() if hasattr(m, "wire") else m
+        lease = self._lease
+        if lease is not None:  # a message no stage wrote is the original: no need to dump it again
+            if lease.original_index(m) == i:
+                return self._original[i]
+            derived = lease.derived_entry(m)
+            if derived is not None and derived.wire is not None:
+                return derived.wire
+        return m.wire()
 
 
 def view(ctx) -> Sequence:
@@ -77,7 +85,7 @@ def view(ctx) -> Sequence:
     else:
         def mapping(i: int) -> int | None:  # a stage added or removed messages: where is not known
             return None
-    return _View(original, current, mapping)
+    return _View(original, current, mapping, getattr(ctx, "lease", None))
 
 
 def capture(ctx, start: int) -> None:
