@@ -42,7 +42,8 @@ def test_url_query_credentials_are_redacted(param):
 
 
 @pytest.mark.parametrize("template", ['Bash {{"command":"aws_secret_access_key = {v}"}}',
-                                      '{{"cmd": "export DB_PASSWORD={v} && ./run"}}', "command: API_TOKEN={v}"])
+                                      '{{"cmd": "export DB_PASSWORD={v} && ./run"}}', "command: API_TOKEN={v}",
+                                      "The tool returned: aws_secret_access_key = {v}\n$ env"])
 def test_an_assignment_inside_an_ordinary_value_is_redacted(template):
     """A tool call's input is JSON: the secret assignment sits inside the value of an ordinary key."""
     value = _alnum(20) + "/" + _alnum(19)

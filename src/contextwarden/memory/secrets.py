@@ -119,36 +119,33 @@ def _secret_value(value: str, kind: str) -> bool:
 
 
 def _redact_assignments(text: str, counter: list[int]) -> str:
-    def inner(m: re.Match[str], g: str, val: str) -> str:
-        # the value of an ordinary key may hold an assignment itself: {"command": "API_TOKEN=..."}
-        if "=" not in val and ":" not in val:
-            return m.group(0)
-        new = _redact_assignments(val, counter)
-        if new == val:
-            return m.group(0)
-        s, e = m.span(g)
-        base = m.start(0)
-        return m.group(0)[:s - base] + new + m.group(0)[e - base:]
-
-    def sub(m: re.Match[str]) -> str:
+    """Secret values of ``key <sep> value`` pairs. A pair whose key or value is not a secret is read again
+    from its value on: the value may itself start a pair (``returned: aws_secret_access_key = ...``,
+    ``{"command": "API_TOKEN=..."}``)."""
+    out: list[str] = []
+    last = pos = 0
+    while True:
+        m = _ASSIGN.search(text, pos)
+        if m is None:
+            break
         for g in ("v1", "v2", "v3"):
             val = m.group(g)
             if val is not None:
                 break
         kind = _secret_key(m.group("key"))
-        if kind is None:
-            return inner(m, g, val)
-        if not _secret_value(val, kind):
-            return inner(m, g, val)
-        if g == "v3" and (m.string[m.end():m.end() + 1] in ("(", "[") or val.startswith(_CODE_PREFIXES)):
-            return m.group(0)  # code reading a secret (api_key = os.environ["KEY"]), not the secret
+        code = g == "v3" and (text[m.end():m.end() + 1] in ("(", "[") or val.startswith(_CODE_PREFIXES))
+        if kind is None or not _secret_value(val, kind) or code:  # code reading a secret is not the secret
+            pos = m.start(g)
+            continue
         counter[0] += 1
         s, e = m.span(g)
-        base = m.start(0)
-        whole = m.group(0)
-        return whole[:s - base] + _mark("secret") + whole[e - base:]
-
-    return _ASSIGN.sub(sub, text)
+        out.append(text[last:s])
+        out.append(_mark("secret"))
+        last = pos = e
+    if not out:
+        return text
+    out.append(text[last:])
+    return "".join(out)
 
 
 def _sub_count(pattern: re.Pattern[str], repl: Callable[[re.Match[str]], str] | str, text: str,
