@@ -11,10 +11,12 @@ for _name in [n for n, m in list(sys.modules.items()) if getattr(m, "__file__", 
     del sys.modules[_name]
 
 from contextwarden.addons.eventserver import EventServer  # noqa: E402
+from contextwarden.addons.exposure import Exposure  # noqa: E402
 from contextwarden.addons.interceptor import Interceptor  # noqa: E402
 from contextwarden.addons.observer import Observer  # noqa: E402
+from contextwarden.addons.outputguard import OutputGuard  # noqa: E402
 from contextwarden.addons.warden import Warden  # noqa: E402
 
 warden = Warden()
 
-addons = [warden, Interceptor(warden), Observer(warden), EventServer(warden)]
+addons = [Exposure(), OutputGuard(), warden, Interceptor(warden), Observer(warden), EventServer(warden)]

@@ -22,6 +22,7 @@ from collections import OrderedDict
 import orjson
 
 from contextwarden import hookimpl
+from contextwarden.memory import produced
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, framing_tokens, inject,
                                          last_user_index, render_block, strip_blocks)
@@ -89,6 +90,9 @@ def cw_request(ctx) -> None:
         ctx.notes["memory"] = result
         ctx.emit("memory", **result)
 
+    # what the stages before this one made of the messages memory has not stored yet: that is what
+    # cw_turn_complete stores (a privacy stage's redactions stay redacted)
+    produced.capture(ctx, _ingest_start(ctx, messages_of(ctx.api, ctx.original))[0])
     if not m.inject:
         return finish(skipped="inject off")
     svc = memory_service.get_service(ctx.runtime)
@@ -244,6 +248,18 @@ def _stubbed_items(ctx, msgs: list, workspace: str | None) -> list:
 
 
 HISTORY_MIN_MESSAGES = 3  # a first request holding this many messages resumes a conversation
+_GONE = {"role": "assistant", "content": ""}  # a message that did not go upstream as such: nothing stored
+
+
+def _ingest_start(ctx, msgs: list) -> tuple[int, bool]:
+    """The first request message memory has not stored yet, and whether the messages before the current
+    turn are history the proxy had not seen live (the session's first request resuming a conversation)."""
+    mark = ctx.runtime.state.get(STATE_NS, f"{ctx.tenant}:{ctx.session}") or {}
+    start = int(mark.get("n", 0))
+    history = not mark and len(msgs) >= HISTORY_MIN_MESSAGES
+    if start > len(msgs) or (start and _fingerprint(ctx.api, msgs[start - 1]) != mark.get("h")):
+        start = 0  # the client rewrote its history (its own compaction, a fork): store what is new to the store
+    return start, history
 
 
 def items_for_turn(ctx, turn, tagger) -> tuple[list, int, bool]:
@@ -255,24 +271,23 @@ def items_for_turn(ctx, turn, tagger) -> tuple[list, int, bool]:
 
     m = ctx.settings.memory
     msgs = messages_of(ctx.api, ctx.original)
-    key = f"{ctx.tenant}:{ctx.session}"
-    mark = ctx.runtime.state.get(STATE_NS, key) or {}
-    start = int(mark.get("n", 0))
-    history = not mark and len(msgs) >= HISTORY_MIN_MESSAGES
-    if start > len(msgs) or (start and _fingerprint(ctx.api, msgs[start - 1]) != mark.get("h")):
-        start = 0  # the client rewrote its history (its own compaction, a fork): store what is new to the store
+    start, history = _ingest_start(ctx, msgs)
+    # the messages as the stages produced them (None: compacted away, not stored from this request)
+    made = produced.to_store(ctx, msgs, start)
+    source = list(msgs) if made is None else msgs[:start] + made
     raw_clean = ctx.notes.get("clean_text") or {}
     clean = {}
     for i in range(start, len(msgs)):
         c = raw_clean.get(i)
-        if c is not None and role_of(msgs[i]) == "user":
+        if c is not None and source[i] is not None and role_of(source[i]) == "user":
             from contextwarden.memory.retrieve import human_text
 
-            h = human_text(ctx.api, msgs[i])
+            h = human_text(ctx.api, source[i])
             if c != h and len(c) <= len(h):  # envelopes removed, and no tool results mixed in
                 clean[i] = c
     ws = m.shared_workspace
-    items = items_from_messages(msgs[start:], ctx.api, ctx.session, ctx.tenant, start, clean_text=clean, workspace=ws)
+    kept = [m if m is not None else _GONE for m in source[start:]]  # keeps each message's number
+    items = items_from_messages(kept, ctx.api, ctx.session, ctx.tenant, start, clean_text=clean, workspace=ws)
     if turn is not None and not getattr(turn, "error", None):
         items += items_from_messages(_assistant_messages(ctx, turn), ctx.api, ctx.session, ctx.tenant, len(msgs),
                                      workspace=ws)

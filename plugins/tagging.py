@@ -45,7 +45,7 @@ def cw_request(ctx) -> None:
         return
     t0 = time.perf_counter()
     tagger = tagger_for(ctx)
-    msgs = messages_of(ctx.api, ctx.original)
+    msgs = messages_of(ctx.api, ctx.request)  # as the stages before this one left it (a privacy stage's work)
     clean = ctx.notes.get("clean_text") or {}
     query, idx = build_query(ctx.api, msgs, clean, context_messages=0)
     tags = tagger.tag(query.text) if query is not None else []

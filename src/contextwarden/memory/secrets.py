@@ -119,25 +119,33 @@ def _secret_value(value: str, kind: str) -> bool:
 
 
 def _redact_assignments(text: str, counter: list[int]) -> str:
-    def sub(m: re.Match[str]) -> str:
-        kind = _secret_key(m.group("key"))
-        if kind is None:
-            return m.group(0)
+    """Secret values of ``key <sep> value`` pairs. A pair whose key or value is not a secret is read again
+    from its value on: the value may itself start a pair (``returned: aws_secret_access_key = ...``,
+    ``{"command": "API_TOKEN=..."}``)."""
+    out: list[str] = []
+    last = pos = 0
+    while True:
+        m = _ASSIGN.search(text, pos)
+        if m is None:
+            break
         for g in ("v1", "v2", "v3"):
             val = m.group(g)
             if val is not None:
                 break
-        if not _secret_value(val, kind):
-            return m.group(0)
-        if g == "v3" and (m.string[m.end():m.end() + 1] in ("(", "[") or val.startswith(_CODE_PREFIXES)):
-            return m.group(0)  # code reading a secret (api_key = os.environ["KEY"]), not the secret
+        kind = _secret_key(m.group("key"))
+        code = g == "v3" and (text[m.end():m.end() + 1] in ("(", "[") or val.startswith(_CODE_PREFIXES))
+        if kind is None or not _secret_value(val, kind) or code:  # code reading a secret is not the secret
+            pos = m.start(g)
+            continue
         counter[0] += 1
         s, e = m.span(g)
-        base = m.start(0)
-        whole = m.group(0)
-        return whole[:s - base] + _mark("secret") + whole[e - base:]
-
-    return _ASSIGN.sub(sub, text)
+        out.append(text[last:s])
+        out.append(_mark("secret"))
+        last = pos = e
+    if not out:
+        return text
+    out.append(text[last:])
+    return "".join(out)
 
 
 def _sub_count(pattern: re.Pattern[str], repl: Callable[[re.Match[str]], str] | str, text: str,

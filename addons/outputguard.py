@@ -1,0 +1,50 @@
+"""mitmdump's own output (the flow lines, the log) without the secrets a URL can carry.
+
+mitmdump prints every request's URL (``flow_detail`` 1, its default), so ``?api_key=...`` or
+``?key=...`` would be on the terminal and in whatever captures the process output. This addon puts a
+redacting writer in front of the dumper's and the terminal log's streams: each line goes through the
+same redaction as events (:func:`contextwarden.scrub.scrub_text`).
+"""
+
+from __future__ import annotations
+
+from typing import IO
+
+from mitmproxy import ctx
+
+from contextwarden.scrub import scrub_text
+
+
+class _Redacting:
+    """A text stream that redacts what is written to it, then writes it to ``inner``."""
+
+    def __init__(self, inner: IO[str]) -> None:
+        self.inner = inner
+
+    def write(self, s: str) -> int:
+        self.inner.write(scrub_text(s) if isinstance(s, str) else s)
+        return len(s)
+
+    def __getattr__(self, name: str):  # flush, isatty, fileno, encoding...
+        return getattr(self.inner, name)
+
+
+class OutputGuard:
+    def running(self) -> None:
+        self.install()
+
+    def configure(self, updated: set[str]) -> None:
+        self.install()
+
+    @staticmethod
+    def install() -> None:
+        master = getattr(ctx, "master", None)
+        if master is None:
+            return
+        dumper = master.addons.get("dumper")
+        if dumper is not None and not isinstance(getattr(dumper, "outfp", None), (_Redacting, type(None))):
+            dumper.outfp = _Redacting(dumper.outfp)
+        termlog = master.addons.get("termlog")
+        handler = getattr(termlog, "logger", None)
+        if handler is not None and not isinstance(getattr(handler, "file", None), (_Redacting, type(None))):
+            handler.file = _Redacting(handler.file)

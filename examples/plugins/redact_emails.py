@@ -1,0 +1,56 @@
+"""Example privacy stage: replaces e-mail addresses in the outgoing request with ``[email]``.
+
+Place it before every built-in stage that reads the conversation (``docs/writing-a-stage.md``,
+"Privacy stages")::
+
+    pipeline:
+      order: [redact_emails, budget, strip, tagging, clearing, compaction, memory]
+
+Then no address goes upstream, into memory (which stores what the stages produced), into tags or
+events. Anthropic Messages and OpenAI chat requests: message text, text blocks and string tool results.
+"""
+
+from __future__ import annotations
+
+import re
+
+from contextwarden import hookimpl
+from contextwarden.models import anthropic as am
+
+name = "redact_emails"
+
+EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+MARK = "[email]"
+
+
+def _clean(text: str) -> str:
+    return EMAIL.sub(MARK, text) if "@" in text else text
+
+
+@hookimpl
+def cw_request(ctx):
+    changed = 0
+    for msg in getattr(ctx.request, "messages", None) or []:
+        content = msg.content
+        if isinstance(content, str):
+            new = _clean(content)
+            if new != content:
+                msg.content = new  # assign: the proxy notices the change and validates the result
+                changed += 1
+            continue
+        for block in content if isinstance(content, list) else []:
+            if isinstance(block, am.TextBlock) and _clean(block.text) != block.text:
+                block.text = _clean(block.text)
+                changed += 1
+            elif isinstance(block, am.ToolResultBlock) and isinstance(block.content, str) \
+                    and _clean(block.content) != block.content:
+                block.content = _clean(block.content)
+                changed += 1
+            elif isinstance(block, dict) and isinstance(block.get("text"), str) and _clean(block["text"]) != block["text"]:
+                # an OpenAI content part: a dict shared with the original, so replace the list, never edit it
+                msg.content = [({**p, "text": _clean(p["text"])} if isinstance(p, dict) and isinstance(p.get("text"), str)
+                                else p) for p in content]
+                changed += 1
+                break
+    if changed:
+        ctx.emit("redact_emails", changed=changed)

@@ -1,0 +1,104 @@
+"""The conversation as the stages left it, aligned with the client's original messages.
+
+Memory and tags must hold what the stages produced, not the client's original text: a user's privacy
+stage (say, one that redacts e-mail addresses) placed before ``memory`` would otherwise be undone by the
+next injection, and its redacted text would sit in Chroma and in the tags of the event log.
+
+:func:`view` is a read-only sequence over the ORIGINAL message indices whose entries are the messages of
+``ctx.request`` at the moment it is called (wire dicts, built only for the entries read). Index ``i`` of
+the original maps to the request's message ``i`` when no stage changed the number of messages; after a
+compaction (``ctx.notes["compaction"]``: messages ``lead..end`` became one summary) the messages from
+``end`` on map to their new places. A message that was compacted away, or whose place cannot be told,
+reads as ``None``: it is not stored from this request (it is not what went upstream).
+
+:func:`capture` is called by the memory stage (the last stage, so after every privacy stage placed
+before it) for the messages memory has not stored yet; ``cw_turn_complete`` stores those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .retrieve import messages_of
+
+NOTE = "memory_source"  # ctx.notes key: {original index: the message as the stages left it}
+
+
+def _current(ctx) -> list:
+    return messages_of(ctx.api, ctx.request)
+
+
+class _View(Sequence):
+    def __init__(self, original: list, current: list, mapping, lease=None) -> None:
+        self._original = original
+        self._current = current
+        self._map = mapping
+        self._lease = lease
+
+    def __len__(self) -> int:
+        return len(self._original)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        j = self._map(i)
+        if j is None:
+            return None
+        m = self._current[j]
+        if m is self._original[i] or not hasattr(m, "wire"):
+            return m
+        lease = self._lease
+        if lease is not None:  # a message no stage wrote is the original: no need to dump it again
+            if lease.original_index(m) == i:
+                return self._original[i]
+            derived = lease.derived_entry(m)
+            if derived is not None and derived.wire is not None:
+                return derived.wire
+        return m.wire()
+
+
+def view(ctx) -> Sequence:
+    """The original's message indices, read from ``ctx.request`` as the stages have left it so far."""
+    original = messages_of(ctx.api, ctx.original)
+    current = _current(ctx)
+    n, k = len(original), len(current)
+    comp = ctx.notes.get("compaction") if isinstance(ctx.notes.get("compaction"), dict) else None
+    if comp is not None and isinstance(comp.get("lead"), int) and isinstance(comp.get("end"), int):
+        lead, end = comp["lead"], comp["end"]
+        shift = (end - lead) - 1  # lead..end-1 became one summary message
+
+        def mapping(i: int) -> int | None:
+            if i < lead:
+                return i
+            if i < end:
+                return None
+            j = i - shift
+            return j if 0 <= j < k else None
+    elif n == k:
+        def mapping(i: int) -> int | None:
+            return i
+    else:
+        def mapping(i: int) -> int | None:  # a stage added or removed messages: where is not known
+            return None
+    return _View(original, current, mapping, getattr(ctx, "lease", None))
+
+
+def capture(ctx, start: int) -> None:
+    """Remember (in ``ctx.notes``) the messages from ``start`` on as the stages produced them."""
+    v = view(ctx)
+    ctx.notes[NOTE] = {i: v[i] for i in range(max(0, start), len(v))}
+
+
+def to_store(ctx, msgs: list, start: int) -> list[Any] | None:
+    """``msgs[start:]`` (the original's) as the stages produced them, ``None`` for a message that did
+    not go upstream as such; ``None`` altogether when the memory stage did not capture them (it did not
+    run for this request: the original is all there is)."""
+    got = ctx.notes.get(NOTE)
+    if not isinstance(got, dict):
+        return None
+    return [got.get(i) for i in range(start, len(msgs))]
