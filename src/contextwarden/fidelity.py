@@ -10,7 +10,8 @@ edit sources
     source counts when the client's body held it; it is *lost* when ours does not. Compared line by
     line: Read's ``cat -n`` prefixes (``   12→`` / ``   12\t``) removed, each line stripped, empty lines
     dropped; every whole line of the source must be a line of the body; a first or last line that may
-    be part of a line (a source of one line, or the ends of a longer one) needs its words in the body.
+    be part of a line (a source of one line, or the ends of a longer one) needs its consecutive word
+    pairs in the body.
 references
     Distinctive strings in the answer's tool inputs and text (file paths, identifiers with ``_``, a
     dot, a digit or camelCase; error names) that occur in a tool result of the client's body. *Lost*
@@ -64,9 +65,11 @@ def distinctive(tok: str) -> bool:
 
 
 def _tokens(text: str) -> set[str]:
-    """Every word, plus every distinctive token and, for a path, each of its suffixes after a slash
+    """Every word and pair of consecutive words, plus every distinctive token and, for a path, each of its suffixes after a slash
     (``/repo/src/a.py`` also answers ``src/a.py`` and ``a.py``)."""
-    out = set(_WORD.findall(text))
+    words = _WORD.findall(text)
+    out = set(words)
+    out.update(f"{a} {b}" for a, b in zip(words, words[1:]))  # word pairs: a part of a line, in order
     for tok in _TOKEN.findall(text):
         tok = tok.rstrip(".")
         if not distinctive(tok):
@@ -115,14 +118,21 @@ class Indexer:
         return BodyIndex(lines, toks)
 
 
+def _part_of_a_line(ix, ln: str) -> bool:
+    words = _WORD.findall(ln)
+    if len(words) == 1:
+        return words[0] in ix.tokens
+    return all(f"{a} {b}" in ix.tokens for a, b in zip(words, words[1:]))
+
+
 def has_source(ix, lines: list[str]) -> bool:
     """Every whole line of an edit source is a line of ``ix``; the ends (possibly parts of a line) are
-    lines there or have all their words there."""
+    lines there or have all their word pairs there."""
     last = len(lines) - 1
     for i, ln in enumerate(lines):
         if hash(ln) in ix.lines:
             continue
-        if (i == 0 or i == last) and all(w in ix.tokens for w in _WORD.findall(ln)):
+        if (i == 0 or i == last) and _part_of_a_line(ix, ln):
             continue
         return False
     return True
@@ -233,7 +243,7 @@ class Fidelity:
     refs: int = 0
     refs_lost: int = 0
     by_tool: dict[str, int] = field(default_factory=dict)  # lost items by the tool whose result held them
-    by_stage: dict[str, int] = field(default_factory=dict)  # cleared (a stub kept its id) / compacted / other
+    by_stage: dict[str, int] = field(default_factory=dict)  # cleared (a stub kept its id) / dropped (compacted or truncated away) / other
     round_trips: int = 0
     penalty: float = 0.0
     lost: list[str] = field(default_factory=list)  # examples
@@ -290,7 +300,7 @@ class FidelityCounter:
                 if test(self.ix.text(txt)):
                     origins[tid] = (name, txt)
                     by_tool[name] += 1
-                    by_stage["cleared" if tid in kept_ids else "compacted"] += 1
+                    by_stage["cleared" if tid in kept_ids else "dropped"] += 1
                     return
             by_tool["(not a tool result)"] += 1
             by_stage["other"] += 1
