@@ -30,6 +30,7 @@ one round trip (re-reading the file brings all of them back).
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -247,9 +248,10 @@ class Fidelity:
     round_trips: int = 0
     penalty: float = 0.0
     lost: list[str] = field(default_factory=list)  # examples
+    ms: float = 0.0  # time the count took (replay stays linear: see the module doc)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sources": self.sources, "sources_lost": self.sources_lost, "refs": self.refs,
+        return {"ms": round(self.ms, 3), "sources": self.sources, "sources_lost": self.sources_lost, "refs": self.refs,
                 "refs_lost": self.refs_lost, "by_tool": self.by_tool, "by_stage": self.by_stage,
                 "round_trips": self.round_trips, "penalty": self.penalty, "lost": self.lost}
 
@@ -270,15 +272,25 @@ class FidelityCounter:
                 tokens_sent: int = 0, factor: float = 1.0) -> Fidelity:
         """``tokens_sent``: our count of the body we sent (the round trip re-reads it); ``factor``
         converts our counts into billed tokens (the replay's size fit)."""
+        t0 = time.perf_counter()
+        fid = self._request(original, sent, response, model, tokens_sent, factor)
+        fid.ms = (time.perf_counter() - t0) * 1000
+        return fid
+
+    def _request(self, original: dict, sent: dict | None, response: dict | None, model: str | None,
+                 tokens_sent: int, factor: float) -> Fidelity:
         ans = answer_items(response)
         fid = Fidelity()
         if not ans.sources and not ans.refs:
             return fid
         o_texts, o_results = body_texts(original)
-        o_all = self.ix.union(o_texts)
-        o_res = self.ix.union(t for _, _, t in o_results)
-        sources = [(ls, raw) for ls, raw in ans.sources if o_all.has_source(ls)]
-        refs = sorted(r for r in ans.refs if o_res.has_ref(r))
+        sources = refs = []
+        if ans.sources:  # (each index only when the answer has something to look up in it)
+            o_all = self.ix.union(o_texts)
+            sources = [(ls, raw) for ls, raw in ans.sources if o_all.has_source(ls)]
+        if ans.refs:
+            o_res = self.ix.union(t for _, _, t in o_results)
+            refs = sorted(r for r in ans.refs if o_res.has_ref(r))
         fid.sources, fid.refs = len(sources), len(refs)
         if sent is None or sent is original or not (sources or refs):
             return fid
@@ -335,11 +347,12 @@ def round_trip_cost(model: str | None, prefix_tokens: int, result_tokens: list[i
 
 
 def totals(fids: Iterable[Fidelity]) -> dict[str, Any]:
-    out: dict[str, Any] = {"sources": 0, "sources_lost": 0, "refs": 0, "refs_lost": 0, "round_trips": 0, "penalty": 0.0}
+    out: dict[str, Any] = {"sources": 0, "sources_lost": 0, "refs": 0, "refs_lost": 0, "round_trips": 0, "penalty": 0.0,
+                           "ms": 0.0}
     by_tool: Counter = Counter()
     by_stage: Counter = Counter()
     for f in fids:
-        for k in ("sources", "sources_lost", "refs", "refs_lost", "round_trips", "penalty"):
+        for k in ("sources", "sources_lost", "refs", "refs_lost", "round_trips", "penalty", "ms"):
             out[k] += getattr(f, k)
         by_tool.update(f.by_tool)
         by_stage.update(f.by_stage)
