@@ -205,3 +205,21 @@ def test_truncation_baseline_cuts_to_the_target_and_stays_valid(tmp_path):
             assert r.messages_sent < r.messages_original and r.stage_events.get("truncation") == 1
     # the last edit's Read of a.py went with the oldest turns: lost
     assert t["fidelity"]["sources_lost"] >= 1 and t["fidelity"]["by_stage"].get("dropped")
+
+
+def test_cli_baselines_prints_one_table_with_every_baseline(tmp_path, capsys):
+    from contextwarden import baselines
+    from contextwarden.cli import main as cli_main
+
+    trace = edit_trace(tmp_path / "e.jsonl")
+    assert cli_main(["replay", "--baselines", "--no-turn-hooks", str(trace)]) == 0
+    out = capsys.readouterr().out
+    assert "lost edit sources" in out and "cost + penalty $" in out and "client as it is" in out
+    for label, _ in baselines.BASELINES:
+        assert label in out
+    assert cli_main(["replay", "--baselines", "--no-turn-hooks", "--json", str(trace)]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert len(rows) == len(baselines.BASELINES) + 1 and rows[0]["baseline"] == "client as it is"
+    # one table from rows of separate runs: one client row, the baselines in their order
+    merged = baselines.merge([rows[:3], rows[2:]])
+    assert [r["baseline"] for r in merged] == [r["baseline"] for r in rows]

@@ -18,8 +18,10 @@ references
     when they occur nowhere in ours (a tool call's input that names a path still holds it).
 
 Each text is indexed once (a set of line hashes and a set of tokens, memoised by the text itself: the
-history repeats from one request to the next), and a request's index is the union of its texts' sets:
-the check is set membership, never a scan of the body per reference, so replay stays linear.
+history repeats from one request to the next), and a body's index counts its texts' entries, kept
+from the previous body of the same conversation with only the texts after the first difference taken
+out and the new ones put in (:class:`Incremental`): the check is a lookup, never a scan of the body
+per reference, and a request costs what its new texts cost.
 
 Penalty (an estimate, stated as such): each tool result that lost content the answer used costs at
 least one extra tool round trip to get it back: the request's prefix read from cache (0.1x input), the
@@ -34,6 +36,8 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+import orjson
 
 from .conversation import result_text
 from .cost import READ_MULT, price_for
@@ -139,10 +143,60 @@ def has_source(ix, lines: list[str]) -> bool:
     return True
 
 
+class Incremental:
+    """The index of the bodies of a conversation, kept from one request to the next: a body shares
+    its leading texts with the previous body of the same conversation (the history is re-sent), so
+    only the texts after the first difference are taken out and the new ones put in. Counts, not sets,
+    so a text can be taken out. Conversations (the main agent, subagents, a summarised restart) are
+    told apart by their first text; a few are kept."""
+
+    def __init__(self, indexer: Indexer, streams: int = 8) -> None:
+        self.ix = indexer
+        self._streams: OrderedDict[str, BodyIndex] = OrderedDict()
+        self._max = streams
+
+    def index(self, texts: list[str]) -> "BodyIndex":
+        key = texts[0] if texts else ""
+        st = self._streams.get(key)
+        if st is None:
+            st = self._streams[key] = BodyIndex(Counter(), Counter(), [])
+            if len(self._streams) > self._max:
+                self._streams.popitem(last=False)
+        else:
+            self._streams.move_to_end(key)
+        old = st.texts
+        k, n = 0, min(len(old), len(texts))
+        while k < n and old[k] == texts[k]:
+            k += 1
+        if len(old) - k > k:  # more to take out than to keep: start again
+            st.lines, st.tokens, k = Counter(), Counter(), 0
+        else:
+            for t in old[k:]:
+                ti = self.ix.text(t)
+                _take(st.lines, ti.lines)
+                _take(st.tokens, ti.tokens)
+        for t in texts[k:]:
+            ti = self.ix.text(t)
+            st.lines.update(ti.lines)
+            st.tokens.update(ti.tokens)
+        st.texts = list(texts)
+        return st
+
+
+def _take(counts: Counter, items: Iterable) -> None:
+    for x in items:
+        c = counts[x] - 1
+        if c > 0:
+            counts[x] = c
+        else:
+            del counts[x]
+
+
 @dataclass(slots=True)
 class BodyIndex:
-    lines: set
-    tokens: set
+    lines: set | Counter
+    tokens: set | Counter
+    texts: list[str] = field(default_factory=list)  # what it indexes (Incremental)
 
     def has_source(self, lines: list[str]) -> bool:
         return has_source(self, lines)
@@ -171,30 +225,65 @@ def _blocks(content: Any) -> list:
     return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
 
 
-def body_texts(body: dict | None) -> tuple[list[str], list[tuple[str, str, str]]]:
-    """(every text of the messages, the tool results as (tool name, tool_use_id, text)).
+Parts = tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+
+
+def message_parts(m: Any) -> Parts:
+    """(texts, tool calls as (id, name), tool results as (tool_use_id, text)) of one message.
 
     Texts: text blocks (a compaction summary, injected memory), tool results, the string values of
-    tool calls' inputs. Thinking and the system prompt are left out (the same on both sides)."""
+    tool calls' inputs. Thinking is left out (the same on both sides)."""
     texts: list[str] = []
-    results: list[tuple[str, str, str]] = []
-    names: dict[str, str] = {}
-    for m in (body or {}).get("messages") or []:
-        if not isinstance(m, dict):
-            continue
+    uses: list[tuple[str, str]] = []
+    results: list[tuple[str, str]] = []
+    if isinstance(m, dict):
         for b in _blocks(m.get("content")):
             t = b.get("type")
             if t == "text" and isinstance(b.get("text"), str):
                 texts.append(b["text"])
             elif t == "tool_use":
-                names[str(b.get("id"))] = str(b.get("name") or "?")
+                uses.append((str(b.get("id")), str(b.get("name") or "?")))
                 texts.extend(_walk_strings(b.get("input")))
             elif t == "tool_result":
                 txt = result_text(b.get("content"))
                 texts.append(txt)
-                tid = str(b.get("tool_use_id"))
-                results.append((names.get(tid, "?"), tid, txt))
+                results.append((str(b.get("tool_use_id")), txt))
+    return tuple(texts), tuple(uses), tuple(results)
+
+
+def body_texts(body: dict | None, parts=message_parts) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """(every text of the messages, the tool results as (tool name, tool_use_id, text)); the system
+    prompt is left out (the replay's is a stand-in, the same on both sides)."""
+    texts: list[str] = []
+    results: list[tuple[str, str, str]] = []
+    names: dict[str, str] = {}
+    for m in (body or {}).get("messages") or []:
+        t, uses, res = parts(m)
+        texts.extend(t)
+        names.update(uses)
+        results.extend((names.get(tid, "?"), tid, txt) for tid, txt in res)
     return texts, results
+
+
+class PartsMemo:
+    """``message_parts`` memoised by the message's JSON bytes: the history is re-sent with every
+    request, and encoding a message is much cheaper than walking it."""
+
+    def __init__(self, size: int = MEMO) -> None:
+        self._memo: OrderedDict[bytes, Parts] = OrderedDict()
+        self._max = size
+
+    def __call__(self, m: Any) -> Parts:
+        try:
+            key = orjson.dumps(m)
+        except TypeError:
+            return message_parts(m)
+        got = self._memo.get(key)
+        if got is None:
+            got = self._memo[key] = message_parts(m)
+            if len(self._memo) > self._max:
+                self._memo.popitem(last=False)
+        return got
 
 
 @dataclass
@@ -266,6 +355,8 @@ class FidelityCounter:
 
     def __init__(self, count_text=None) -> None:
         self.ix = Indexer()
+        self._parts = PartsMemo()
+        self._orig, self._results, self._sent = Incremental(self.ix), Incremental(self.ix), Incremental(self.ix)
         self._count = count_text or (lambda s: max(1, len(s) // 4))
 
     def request(self, original: dict, sent: dict | None, response: dict | None, model: str | None = None,
@@ -283,19 +374,19 @@ class FidelityCounter:
         fid = Fidelity()
         if not ans.sources and not ans.refs:
             return fid
-        o_texts, o_results = body_texts(original)
+        o_texts, o_results = body_texts(original, self._parts)
         sources = refs = []
         if ans.sources:  # (each index only when the answer has something to look up in it)
-            o_all = self.ix.union(o_texts)
+            o_all = self._orig.index(o_texts)
             sources = [(ls, raw) for ls, raw in ans.sources if o_all.has_source(ls)]
         if ans.refs:
-            o_res = self.ix.union(t for _, _, t in o_results)
+            o_res = self._results.index([t for _, _, t in o_results])
             refs = sorted(r for r in ans.refs if o_res.has_ref(r))
         fid.sources, fid.refs = len(sources), len(refs)
         if sent is None or sent is original or not (sources or refs):
             return fid
-        u_texts, u_results = body_texts(sent)
-        ours = self.ix.union(u_texts)
+        u_texts, u_results = body_texts(sent, self._parts)
+        ours = self._sent.index(u_texts)
         lost_s = [(ls, raw) for ls, raw in sources if not ours.has_source(ls)]
         lost_r = [r for r in refs if not ours.has_ref(r)]
         fid.sources_lost, fid.refs_lost = len(lost_s), len(lost_r)
