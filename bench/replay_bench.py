@@ -51,8 +51,14 @@ def main(argv: list[str]) -> int:
                     help="with --baselines: the default profile's tokens per request from an earlier --json-out "
                          "(the truncation baseline cuts to them without running the default again)")
     ap.add_argument("--rows-out", default=None, help="with --baselines: write the table's rows as JSON to this file")
+    ap.add_argument("--table-from", nargs="+", default=None, metavar="ROWS_JSON",
+                    help="print the one table (text and Markdown) from --rows-out files of separate runs, and exit")
     ap.add_argument("traces", nargs="*", default=sorted(str(p) for p in (SHARED / "eval" / "traces").glob("*.jsonl")))
     args = ap.parse_args(argv)
+    if args.table_from:
+        rows = baselines.merge([orjson.loads(Path(f).read_bytes()) for f in args.table_from])
+        print(baselines.table(rows) + "\n\n" + baselines.markdown(rows))
+        return 0
     overrides = parse_sets(args.sets)
     if args.baselines:
         return run_baselines(args, overrides)
@@ -87,7 +93,7 @@ def run_baselines(args, overrides: dict) -> int:
         got = baselines.run(t, only=args.only, targets=targets, window=args.window, stage_budget_ms=args.stage_budget_ms,
                             overrides=overrides,
                             progress=lambda label, _n=name: print(f"replaying {_n}: {label} ...", file=sys.stderr, flush=True))
-        rows += baselines.rows(name[13:21] if name.startswith("claude-code-") else name, got)
+        rows += baselines.rows(name[12:20] if name.startswith("claude-code-") else name, got)
         reports += got
     if args.json_out:
         Path(args.json_out).write_bytes(orjson.dumps([{"baseline": label, **rep.to_dict()} for label, rep in reports]))

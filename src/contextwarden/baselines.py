@@ -74,6 +74,17 @@ def rows(trace: str, reports: list[tuple[str, ReplayReport]]) -> list[dict[str, 
     return out + [row(label, rep.totals(), trace) for label, rep in reports]
 
 
+def merge(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows of separate runs as one table: by trace, then the client, our profiles and the baselines in
+    BASELINES order; one client row per trace."""
+    order = ["client as it is"] + [label for label, _ in BASELINES]
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for rows_ in parts:
+        for r in rows_:
+            seen.setdefault((r["trace"], r["baseline"]), r)
+    return sorted(seen.values(), key=lambda r: (r["trace"], order.index(r["baseline"]) if r["baseline"] in order else 99))
+
+
 def table(rows_: list[dict[str, Any]]) -> str:
     head = ("trace", "baseline", "cost $", "Δ cost", "cost + penalty $", "Δ", "lost edit sources", "lost references",
             "rewritten", "invalid")

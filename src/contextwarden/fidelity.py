@@ -10,15 +10,18 @@ edit sources
     source counts when the client's body held it; it is *lost* when ours does not. Compared line by
     line: Read's ``cat -n`` prefixes (``   12→`` / ``   12\t``) removed, each line stripped, empty lines
     dropped; every whole line of the source must be a line of the body; a first or last line that may
-    be part of a line (a source of one line, or the ends of a longer one) needs its words in the body.
+    be part of a line (a source of one line, or the ends of a longer one) needs its consecutive word
+    pairs in the body.
 references
     Distinctive strings in the answer's tool inputs and text (file paths, identifiers with ``_``, a
     dot, a digit or camelCase; error names) that occur in a tool result of the client's body. *Lost*
     when they occur nowhere in ours (a tool call's input that names a path still holds it).
 
 Each text is indexed once (a set of line hashes and a set of tokens, memoised by the text itself: the
-history repeats from one request to the next), and a request's index is the union of its texts' sets:
-the check is set membership, never a scan of the body per reference, so replay stays linear.
+history repeats from one request to the next), and a body's index counts its texts' entries, kept
+from the previous body of the same conversation with only the texts after the first difference taken
+out and the new ones put in (:class:`Incremental`): the check is a lookup, never a scan of the body
+per reference, and a request costs what its new texts cost.
 
 Penalty (an estimate, stated as such): each tool result that lost content the answer used costs at
 least one extra tool round trip to get it back: the request's prefix read from cache (0.1x input), the
@@ -29,9 +32,12 @@ one round trip (re-reading the file brings all of them back).
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+import orjson
 
 from .conversation import result_text
 from .cost import READ_MULT, price_for
@@ -64,9 +70,11 @@ def distinctive(tok: str) -> bool:
 
 
 def _tokens(text: str) -> set[str]:
-    """Every word, plus every distinctive token and, for a path, each of its suffixes after a slash
+    """Every word and pair of consecutive words, plus every distinctive token and, for a path, each of its suffixes after a slash
     (``/repo/src/a.py`` also answers ``src/a.py`` and ``a.py``)."""
-    out = set(_WORD.findall(text))
+    words = _WORD.findall(text)
+    out = set(words)
+    out.update(f"{a} {b}" for a, b in zip(words, words[1:]))  # word pairs: a part of a line, in order
     for tok in _TOKEN.findall(text):
         tok = tok.rstrip(".")
         if not distinctive(tok):
@@ -115,23 +123,80 @@ class Indexer:
         return BodyIndex(lines, toks)
 
 
+def _part_of_a_line(ix, ln: str) -> bool:
+    words = _WORD.findall(ln)
+    if len(words) == 1:
+        return words[0] in ix.tokens
+    return all(f"{a} {b}" in ix.tokens for a, b in zip(words, words[1:]))
+
+
 def has_source(ix, lines: list[str]) -> bool:
     """Every whole line of an edit source is a line of ``ix``; the ends (possibly parts of a line) are
-    lines there or have all their words there."""
+    lines there or have all their word pairs there."""
     last = len(lines) - 1
     for i, ln in enumerate(lines):
         if hash(ln) in ix.lines:
             continue
-        if (i == 0 or i == last) and all(w in ix.tokens for w in _WORD.findall(ln)):
+        if (i == 0 or i == last) and _part_of_a_line(ix, ln):
             continue
         return False
     return True
 
 
+class Incremental:
+    """The index of the bodies of a conversation, kept from one request to the next: a body shares
+    its leading texts with the previous body of the same conversation (the history is re-sent), so
+    only the texts after the first difference are taken out and the new ones put in. Counts, not sets,
+    so a text can be taken out. Conversations (the main agent, subagents, a summarised restart) are
+    told apart by their first text; a few are kept."""
+
+    def __init__(self, indexer: Indexer, streams: int = 8) -> None:
+        self.ix = indexer
+        self._streams: OrderedDict[str, BodyIndex] = OrderedDict()
+        self._max = streams
+
+    def index(self, texts: list[str]) -> "BodyIndex":
+        key = texts[0] if texts else ""
+        st = self._streams.get(key)
+        if st is None:
+            st = self._streams[key] = BodyIndex(Counter(), Counter(), [])
+            if len(self._streams) > self._max:
+                self._streams.popitem(last=False)
+        else:
+            self._streams.move_to_end(key)
+        old = st.texts
+        k, n = 0, min(len(old), len(texts))
+        while k < n and old[k] == texts[k]:
+            k += 1
+        if len(old) - k > k:  # more to take out than to keep: start again
+            st.lines, st.tokens, k = Counter(), Counter(), 0
+        else:
+            for t in old[k:]:
+                ti = self.ix.text(t)
+                _take(st.lines, ti.lines)
+                _take(st.tokens, ti.tokens)
+        for t in texts[k:]:
+            ti = self.ix.text(t)
+            st.lines.update(ti.lines)
+            st.tokens.update(ti.tokens)
+        st.texts = list(texts)
+        return st
+
+
+def _take(counts: Counter, items: Iterable) -> None:
+    for x in items:
+        c = counts[x] - 1
+        if c > 0:
+            counts[x] = c
+        else:
+            del counts[x]
+
+
 @dataclass(slots=True)
 class BodyIndex:
-    lines: set
-    tokens: set
+    lines: set | Counter
+    tokens: set | Counter
+    texts: list[str] = field(default_factory=list)  # what it indexes (Incremental)
 
     def has_source(self, lines: list[str]) -> bool:
         return has_source(self, lines)
@@ -160,30 +225,65 @@ def _blocks(content: Any) -> list:
     return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
 
 
-def body_texts(body: dict | None) -> tuple[list[str], list[tuple[str, str, str]]]:
-    """(every text of the messages, the tool results as (tool name, tool_use_id, text)).
+Parts = tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+
+
+def message_parts(m: Any) -> Parts:
+    """(texts, tool calls as (id, name), tool results as (tool_use_id, text)) of one message.
 
     Texts: text blocks (a compaction summary, injected memory), tool results, the string values of
-    tool calls' inputs. Thinking and the system prompt are left out (the same on both sides)."""
+    tool calls' inputs. Thinking is left out (the same on both sides)."""
     texts: list[str] = []
-    results: list[tuple[str, str, str]] = []
-    names: dict[str, str] = {}
-    for m in (body or {}).get("messages") or []:
-        if not isinstance(m, dict):
-            continue
+    uses: list[tuple[str, str]] = []
+    results: list[tuple[str, str]] = []
+    if isinstance(m, dict):
         for b in _blocks(m.get("content")):
             t = b.get("type")
             if t == "text" and isinstance(b.get("text"), str):
                 texts.append(b["text"])
             elif t == "tool_use":
-                names[str(b.get("id"))] = str(b.get("name") or "?")
+                uses.append((str(b.get("id")), str(b.get("name") or "?")))
                 texts.extend(_walk_strings(b.get("input")))
             elif t == "tool_result":
                 txt = result_text(b.get("content"))
                 texts.append(txt)
-                tid = str(b.get("tool_use_id"))
-                results.append((names.get(tid, "?"), tid, txt))
+                results.append((str(b.get("tool_use_id")), txt))
+    return tuple(texts), tuple(uses), tuple(results)
+
+
+def body_texts(body: dict | None, parts=message_parts) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """(every text of the messages, the tool results as (tool name, tool_use_id, text)); the system
+    prompt is left out (the replay's is a stand-in, the same on both sides)."""
+    texts: list[str] = []
+    results: list[tuple[str, str, str]] = []
+    names: dict[str, str] = {}
+    for m in (body or {}).get("messages") or []:
+        t, uses, res = parts(m)
+        texts.extend(t)
+        names.update(uses)
+        results.extend((names.get(tid, "?"), tid, txt) for tid, txt in res)
     return texts, results
+
+
+class PartsMemo:
+    """``message_parts`` memoised by the message's JSON bytes: the history is re-sent with every
+    request, and encoding a message is much cheaper than walking it."""
+
+    def __init__(self, size: int = MEMO) -> None:
+        self._memo: OrderedDict[bytes, Parts] = OrderedDict()
+        self._max = size
+
+    def __call__(self, m: Any) -> Parts:
+        try:
+            key = orjson.dumps(m)
+        except TypeError:
+            return message_parts(m)
+        got = self._memo.get(key)
+        if got is None:
+            got = self._memo[key] = message_parts(m)
+            if len(self._memo) > self._max:
+                self._memo.popitem(last=False)
+        return got
 
 
 @dataclass
@@ -233,13 +333,14 @@ class Fidelity:
     refs: int = 0
     refs_lost: int = 0
     by_tool: dict[str, int] = field(default_factory=dict)  # lost items by the tool whose result held them
-    by_stage: dict[str, int] = field(default_factory=dict)  # cleared (a stub kept its id) / compacted / other
+    by_stage: dict[str, int] = field(default_factory=dict)  # cleared (a stub kept its id) / dropped (compacted or truncated away) / other
     round_trips: int = 0
     penalty: float = 0.0
     lost: list[str] = field(default_factory=list)  # examples
+    ms: float = 0.0  # time the count took (replay stays linear: see the module doc)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sources": self.sources, "sources_lost": self.sources_lost, "refs": self.refs,
+        return {"ms": round(self.ms, 3), "sources": self.sources, "sources_lost": self.sources_lost, "refs": self.refs,
                 "refs_lost": self.refs_lost, "by_tool": self.by_tool, "by_stage": self.by_stage,
                 "round_trips": self.round_trips, "penalty": self.penalty, "lost": self.lost}
 
@@ -254,26 +355,38 @@ class FidelityCounter:
 
     def __init__(self, count_text=None) -> None:
         self.ix = Indexer()
+        self._parts = PartsMemo()
+        self._orig, self._results, self._sent = Incremental(self.ix), Incremental(self.ix), Incremental(self.ix)
         self._count = count_text or (lambda s: max(1, len(s) // 4))
 
     def request(self, original: dict, sent: dict | None, response: dict | None, model: str | None = None,
                 tokens_sent: int = 0, factor: float = 1.0) -> Fidelity:
         """``tokens_sent``: our count of the body we sent (the round trip re-reads it); ``factor``
         converts our counts into billed tokens (the replay's size fit)."""
+        t0 = time.perf_counter()
+        fid = self._request(original, sent, response, model, tokens_sent, factor)
+        fid.ms = (time.perf_counter() - t0) * 1000
+        return fid
+
+    def _request(self, original: dict, sent: dict | None, response: dict | None, model: str | None,
+                 tokens_sent: int, factor: float) -> Fidelity:
         ans = answer_items(response)
         fid = Fidelity()
         if not ans.sources and not ans.refs:
             return fid
-        o_texts, o_results = body_texts(original)
-        o_all = self.ix.union(o_texts)
-        o_res = self.ix.union(t for _, _, t in o_results)
-        sources = [(ls, raw) for ls, raw in ans.sources if o_all.has_source(ls)]
-        refs = sorted(r for r in ans.refs if o_res.has_ref(r))
+        o_texts, o_results = body_texts(original, self._parts)
+        sources = refs = []
+        if ans.sources:  # (each index only when the answer has something to look up in it)
+            o_all = self._orig.index(o_texts)
+            sources = [(ls, raw) for ls, raw in ans.sources if o_all.has_source(ls)]
+        if ans.refs:
+            o_res = self._results.index([t for _, _, t in o_results])
+            refs = sorted(r for r in ans.refs if o_res.has_ref(r))
         fid.sources, fid.refs = len(sources), len(refs)
         if sent is None or sent is original or not (sources or refs):
             return fid
-        u_texts, u_results = body_texts(sent)
-        ours = self.ix.union(u_texts)
+        u_texts, u_results = body_texts(sent, self._parts)
+        ours = self._sent.index(u_texts)
         lost_s = [(ls, raw) for ls, raw in sources if not ours.has_source(ls)]
         lost_r = [r for r in refs if not ours.has_ref(r)]
         fid.sources_lost, fid.refs_lost = len(lost_s), len(lost_r)
@@ -290,7 +403,7 @@ class FidelityCounter:
                 if test(self.ix.text(txt)):
                     origins[tid] = (name, txt)
                     by_tool[name] += 1
-                    by_stage["cleared" if tid in kept_ids else "compacted"] += 1
+                    by_stage["cleared" if tid in kept_ids else "dropped"] += 1
                     return
             by_tool["(not a tool result)"] += 1
             by_stage["other"] += 1
@@ -325,11 +438,12 @@ def round_trip_cost(model: str | None, prefix_tokens: int, result_tokens: list[i
 
 
 def totals(fids: Iterable[Fidelity]) -> dict[str, Any]:
-    out: dict[str, Any] = {"sources": 0, "sources_lost": 0, "refs": 0, "refs_lost": 0, "round_trips": 0, "penalty": 0.0}
+    out: dict[str, Any] = {"sources": 0, "sources_lost": 0, "refs": 0, "refs_lost": 0, "round_trips": 0, "penalty": 0.0,
+                           "ms": 0.0}
     by_tool: Counter = Counter()
     by_stage: Counter = Counter()
     for f in fids:
-        for k in ("sources", "sources_lost", "refs", "refs_lost", "round_trips", "penalty"):
+        for k in ("sources", "sources_lost", "refs", "refs_lost", "round_trips", "penalty", "ms"):
             out[k] += getattr(f, k)
         by_tool.update(f.by_tool)
         by_stage.update(f.by_stage)

@@ -733,7 +733,8 @@ def details(rep: ReplayReport) -> str:
                + (f"; lost content came from {', '.join(f'{k} {v}' for k, v in fid['by_tool'].items())}"
                   f" ({', '.join(f'{k} {v}' for k, v in fid['by_stage'].items())})" if fid["by_tool"] else "")
                + f"; penalty estimate {fid['round_trips']} round trips ${fid['penalty']:.2f}: ours + penalty "
-               f"${t['cost_ours_plus_penalty']:.2f} ({_pct(t['cost_ours_plus_penalty'], t['cost_original'])})")
+               f"${t['cost_ours_plus_penalty']:.2f} ({_pct(t['cost_ours_plus_penalty'], t['cost_original'])}); "
+               f"counted in {fid['ms'] / 1000:.1f} s")
     for n in tr.notes:
         out.append(f"  note: {n}")
     return "\n".join(out)
