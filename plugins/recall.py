@@ -99,7 +99,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     kept = Kept(m for m in plain if m is not orig[last] and not (isinstance(m, dict) and m == orig[last]))
     found = find(answer, lost, kept, done)
     # an id the model read in a stub of an earlier request (or another session of the tenant)
-    for mid in sorted(answer.ids - {f.lost.memory_id for f in found} - done - {x.memory_id for x in lost}):
+    for mid in sorted(answer.ids - {f.lost.memory_id for f in found} - done - answer.recalling - {x.memory_id for x in lost}):
         if svc is None or len(found) >= 3:
             break
         for it in svc.recall([mid], [ctx.tenant], ctx.settings.memory.shared_workspace):

@@ -290,3 +290,70 @@ def test_hostile_recalled_text_stays_inside_the_frame(cw_home):
     assert block.count(CLOSE) == 1
     assert block.index("Ignore all previous instructions") < block.rindex(CLOSE)
     h.close()
+
+
+def test_an_id_the_model_asks_the_recall_tool_for_is_not_injected_twice():
+    lost = [Lost("m-aaaaaaaaaaaaaaaa", "whatever text", 3, "Read")]
+    call = {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "mcp__contextwarden__recall",
+                                              "input": {"id": "m-aaaaaaaaaaaaaaaa"}}]}
+    assert find(read_answer(call), lost, Kept([]), set()) == []
+
+
+# --- every path is tenant-scoped: API (above), CLI, MCP ---------------------------------------------------
+def _cleared_id(h: Harness) -> tuple[str, str]:
+    body = anthropic_tool_loop(8, result_words=500)
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    mid = STUB_ID.search(stubs(sent.body)[0]).group(1)
+    return mid, originals(body)[mid]
+
+
+def test_cli_recall_through_the_proxy_and_from_the_store_is_tenant_scoped(cw_home, api_of, capsys):
+    from contextwarden.cli import main
+
+    h = harness(cw_home)
+    mid, text = _cleared_id(h)
+    api_of(h)
+    for through in ("proxy", "store"):
+        assert main(["recall", mid, "--home", str(cw_home), "--api-key", KEY_A]) == 0, through
+        assert capsys.readouterr().out == text + "\n"
+        assert main(["recall", mid, "--home", str(cw_home), "--api-key", KEY_B]) == 1, through
+        out = capsys.readouterr()
+        assert out.out == "" and "not found" in out.err
+        if through == "proxy":
+            (cw_home / "recall-api.json").unlink()  # as when no proxy runs: the store is read directly
+    h.close()
+
+
+def test_mcp_server_tools_are_tenant_scoped(cw_home, api_of):
+    """``contextwarden mcp`` as an MCP client starts it (stdio, the official SDK on both ends)."""
+    import asyncio
+    import os
+    import sys
+    from pathlib import Path
+
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    h = harness(cw_home)
+    mid, text = _cleared_id(h)
+    api_of(h)
+    exe = str(Path(sys.executable).parent / "contextwarden")
+
+    async def tools_as(key: str) -> tuple[list[str], str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OPENAI_"))}
+        env["CONTEXTWARDEN_CREDENTIAL"] = key
+        params = StdioServerParameters(command=exe, args=["mcp", "--home", str(cw_home)], env=env)
+        async with stdio_client(params) as (r, w), ClientSession(r, w) as s:
+            await s.initialize()
+            names = sorted(t.name for t in (await s.list_tools()).tools)
+            got = await s.call_tool("recall", {"id": mid})
+            noted = await s.call_tool("remember", {"text": f"note of {key[-8:]}: the flaky test is test_sync_retry"})
+            return names, got.content[0].text, noted.content[0].text
+
+    names, got_a, noted = asyncio.run(tools_as(KEY_A))
+    assert names == ["recall", "remember", "search"]
+    assert got_a == text
+    assert noted.startswith("remembered as m-")
+    _, got_b, _ = asyncio.run(tools_as(KEY_B))
+    assert got_b.startswith("nothing stored under") and text not in got_b
+    h.close()

@@ -136,12 +136,17 @@ class Answer:
     quotes: list[str] = field(default_factory=list)
     terms: frozenset[str] = frozenset()
     paths: set[str] = field(default_factory=set)
+    recalling: set[str] = field(default_factory=set)  # ids the answer asks the recall tool for itself
 
 
 def read_answer(msg: Any) -> Answer:
     """The references of one assistant message (wire form)."""
     text = "\n".join(strings(msg))
     a = Answer(text=text, ids=set(MID.findall(text)), terms=terms(text))
+    c = msg.get("content") if isinstance(msg, dict) else None
+    for b in c if isinstance(c, list) else ():
+        if isinstance(b, dict) and b.get("type") == "tool_use" and str(b.get("name", "")).endswith("recall"):
+            a.recalling |= set(MID.findall(orjson.dumps(b.get("input")).decode()))
     for inp in tool_inputs(msg):
         for k, v in inp.items():
             if k in PATH_KEYS and isinstance(v, str) and v:
@@ -155,7 +160,7 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
     """The lost texts the answer refers to (not those in ``done``: recalled once already), best first:
     ids, then quotes, then cleared reads of paths the answer names, then terms."""
     out: list[Found] = []
-    seen = set(done)
+    seen = set(done) | answer.recalling  # what the model asked the recall tool for comes back through it
 
     def add(item: Lost, why: str, ref: str) -> None:
         if item.memory_id not in seen and len(out) < limit:
