@@ -496,7 +496,8 @@ def cw_request(ctx) -> None:
         folded = folded_text(turns, start)
         folds = list((active or {}).get("folds") or []) + [[memory_id(folded), start, end - 1]]
         ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
-        text = summary.text + folds_line(folds, ctx)
+        head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
+        text = head + folds_line(folds, ctx) + ("\n\n" + rest if rest else "")
         decision = {"lead": lead, "end": end, "hash": spans.at(end), "summary": text,
                     "folds": folds, "sections": summary.sections,
                     "messages": summary.messages, "source_tokens": summary.source_tokens,
