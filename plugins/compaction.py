@@ -537,6 +537,8 @@ def cw_request(ctx) -> None:
                                 trigger=trigger or "reuse", breakpoint=cc is not None)
     if cost is not None and not reused:
         data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
+    if ctx.notes.get("folded") and not reused:
+        data["folded"] = [f["memory_id"] for f in ctx.notes["folded"]]  # the ids the summary names
     if llm_usage:
         data["llm_usage"] = llm_usage
         data.update(summariser_cost(llm_usage, llm_usage.get("model")))

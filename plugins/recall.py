@@ -16,7 +16,9 @@ nothing was (``skipped``). Everything here fails open: the request goes on with 
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 from contextwarden import hookimpl
@@ -26,6 +28,7 @@ from contextwarden.memory.inject import NotInjectable, inject, render_block
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.retrieve import messages_of, role_of
 from contextwarden.models.base import ApiKind
+from contextwarden.statecache import state_cache
 
 NS = "recall.auto"
 BUDGET_FRACTION = 0.08  # of the context window, at most, for what one request gets back
@@ -63,18 +66,38 @@ def _lost(ctx) -> list[Lost]:
            for e in ctx.notes.get("cleared") or [] if e.get("memory_id") and e.get("text")]
     comp = ctx.notes.get("compaction")
     if comp:
-        from contextwarden.conversation import tool_calls, transcript
-        from contextwarden.memory.ids import memory_id
-
-        orig = messages_of(ctx.api, ctx.original)
-        lead, end = int(comp["lead"]), int(comp["end"])
-        for k, t in enumerate(transcript(ctx.api, orig[lead:end], tool_calls(ctx.api, orig[:end]))):
-            for p in t.parts:
-                if p.kind == "tool_result" and p.text.strip():
-                    out.append(Lost(memory_id(p.text), p.text, lead + k, p.tool, p.tool_input))
-                elif p.kind == "text" and len(p.text) >= 200:
-                    out.append(Lost(memory_id(p.text), p.text, lead + k, None, None, "message"))
+        out += _folded(ctx, int(comp["lead"]), int(comp["end"]))
     return out
+
+
+_FOLDED: "OrderedDict[tuple, list[Lost]]" = OrderedDict()
+_FOLDED_LOCK = threading.Lock()
+
+
+def _folded(ctx, lead: int, end: int) -> list[Lost]:
+    """The tool results and longer texts of the compacted messages ``lead..end``: worked out once per
+    session and span (every later request re-sends the same span while the summary is re-applied)."""
+    from contextwarden.conversation import tool_calls, transcript
+    from contextwarden.memory.ids import memory_id
+
+    key = (_session_key(ctx), lead, end)
+    with _FOLDED_LOCK:
+        got = _FOLDED.get(key)
+    if got is not None:
+        return got
+    orig = messages_of(ctx.api, ctx.original)
+    got = []
+    for k, t in enumerate(transcript(ctx.api, orig[lead:end], tool_calls(ctx.api, orig[:end]))):
+        for p in t.parts:
+            if p.kind == "tool_result" and p.text.strip():
+                got.append(Lost(memory_id(p.text), p.text, lead + k, p.tool, p.tool_input))
+            elif p.kind == "text" and len(p.text) >= 200:
+                got.append(Lost(memory_id(p.text), p.text, lead + k, None, None, "message"))
+    with _FOLDED_LOCK:
+        _FOLDED[key] = got
+        while len(_FOLDED) > 64:
+            _FOLDED.popitem(last=False)
+    return got
 
 
 def auto_recall(ctx, svc) -> dict[str, Any]:
@@ -90,9 +113,9 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     lost = _lost(ctx)
     if not lost:
         return {"skipped": "nothing lost"}
-    state = ctx.runtime.state
+    state = state_cache(ctx.runtime)
     key = _session_key(ctx)
-    done = set(state.get(NS, key) or [])
+    done = set(state.get(NS, key, None) or [])
     cur = messages_of(ctx.api, ctx.request)
     plain = [m.wire() if hasattr(m, "wire") else m for m in cur]
     # the answer itself does not "hold" what it refers to

@@ -55,7 +55,7 @@ def build(home: Path, credential: str | None):
             raise RuntimeError("the contextwarden proxy is not running on this machine (start it: contextwarden run)")
         return c
 
-    @server.tool(name="recall", description=RECALL_DOC)
+    @server.tool(name="recall", description=RECALL_DOC, structured_output=False)
     def recall(id: str) -> str:  # noqa: A002 - the tool's argument is called "id"
         ids = [i.strip() for i in id.replace(",", " ").split() if i.strip()]
         try:
@@ -66,7 +66,7 @@ def build(home: Path, credential: str | None):
             return f"nothing stored under {id} for this tenant (not stored, deleted, or not yours)"
         return "\n\n".join(it["text"] if len(items) == 1 else f"[{it['id']}]\n{it['text']}" for it in items)
 
-    @server.tool(name="search", description=SEARCH_DOC)
+    @server.tool(name="search", description=SEARCH_DOC, structured_output=False)
     def search(query: str, k: int = 5, budget_tokens: int | None = None) -> str:
         c = client()
         try:
@@ -80,7 +80,7 @@ def build(home: Path, credential: str | None):
             return "no memory matches"
         return "\n\n".join(_format_hit(h) for h in hits)
 
-    @server.tool(name="remember", description=REMEMBER_DOC)
+    @server.tool(name="remember", description=REMEMBER_DOC, structured_output=False)
     def remember(text: str, shared: bool = False) -> str:
         c = client()
         try:
