@@ -15,8 +15,11 @@ from contextwarden.addons.exposure import Exposure  # noqa: E402
 from contextwarden.addons.interceptor import Interceptor  # noqa: E402
 from contextwarden.addons.observer import Observer  # noqa: E402
 from contextwarden.addons.outputguard import OutputGuard  # noqa: E402
+from contextwarden.addons.recallapi import RecallApiServer  # noqa: E402
 from contextwarden.addons.warden import Warden  # noqa: E402
 
 warden = Warden()
 
-addons = [Exposure(), OutputGuard(), warden, Interceptor(warden), Observer(warden), EventServer(warden)]
+events = EventServer(warden)
+addons = [Exposure(), OutputGuard(), warden, Interceptor(warden), Observer(warden), events,
+          RecallApiServer(warden, events)]

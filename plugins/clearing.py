@@ -5,7 +5,12 @@ When a request's input is above ``clearing.trigger_tokens``, the content of old 
 ``function_call_output`` items) is replaced by a stub that says what was there and how to get it back::
 
     [contextwarden cleared this Read result for src/app.py (3,120 tokens): "def main():…". Memory id
-    m-0123456789abcdef: it is stored in long-term memory; re-run the tool if you need it verbatim.]
+    m-0123456789abcdef: call mcp__contextwarden__recall with this id to get it back verbatim, or re-run the tool.]
+
+The closing sentence names the way back this session's client has (:func:`recall_wording`): the MCP
+recall tool when the request's ``tools`` offer it, else ``contextwarden recall ID`` (a shell-capable
+agent runs it). It is decided at the session's first clearing and kept with its clearing records
+(namespace ``clearing.recall``, :mod:`contextwarden.memory.wayback`): a stub's text never changes once written.
 
 Only the content is replaced: the call, its id and the result's id stay, so every pair stays whole.
 The ``keep_recent`` most recent tool calls keep their results, results the model has not read yet
@@ -24,7 +29,7 @@ strings) become a stub string too, in an input that stays a JSON object with its
 path, the command) as they were::
 
     {"file_path": "src/app.py", "content": "[contextwarden cleared this input value (5,210 tokens):
-    \"def main():…\". Memory id m-…: it is stored in long-term memory.]"}
+    \"def main():…\". Memory id m-…: call mcp__contextwarden__recall with this id to get it back verbatim.]"}
 
 A Write or Edit, whose result is one short line, is cleared for its input alone. The latest assistant
 message, and the assistant messages of the current turn that carry thinking blocks (their signed turn
@@ -51,6 +56,7 @@ from contextwarden import hookimpl
 from contextwarden.conversation import image_count, input_hint, result_text, shorten
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.secrets import redact_text
+from contextwarden.memory.wayback import recall_wording, way_back
 from contextwarden.models.base import ApiKind, TrackedList
 from contextwarden.statecache import state_cache
 
@@ -152,23 +158,23 @@ def _digest(text: str) -> str:
     return _digest_short(text)
 
 
-def stub_text(tool: str, tool_input: Any, text: str, tokens: int, images: int) -> str:
+def stub_text(tool: str, tool_input: Any, text: str, tokens: int, images: int, how: str = "") -> str:
     """The text that replaces a cleared result (deterministic in its arguments)."""
     hint = input_hint(tool_input, 60)
     if len(text) <= STUB_MEMO_CHARS:
-        return _stub_text_memo(tool, hint, text, tokens, images)
-    return _stub_text(tool, hint, text, tokens, images)
+        return _stub_text_memo(tool, hint, text, tokens, images, how)
+    return _stub_text(tool, hint, text, tokens, images, how)
 
 
-def _stub_text(tool: str, hint: str, text: str, tokens: int, images: int) -> str:
+def _stub_text(tool: str, hint: str, text: str, tokens: int, images: int, how: str = "") -> str:
     what = f"{tool or 'tool'} result" + (f" for {redact_text(hint)}" if hint else "")
     size = f"{tokens:,} tokens" + (f", {images} image{'s' if images != 1 else ''}" if images else "")
     if text.strip():
         preview = shorten(redact_text(text[:4096]), 80)  # the stub is stored with the session: no secret in it
         if not preview.endswith("…"):
             preview += "…" if len(text.strip()) > len(preview) else ""
-        return (f'{STUB_PREFIX}{what} ({size}): "{preview}". Memory id {memory_id(text)}: it is stored in '
-                f"long-term memory; re-run the tool if you need it verbatim.]")
+        mid = memory_id(text)
+        return f'{STUB_PREFIX}{what} ({size}): "{preview}". Memory id {mid}: {way_back(mid, how)}.]'
     return f"{STUB_PREFIX}{what} ({size}). Images are not kept in memory; re-run the tool if you need it.]"
 
 
@@ -183,16 +189,16 @@ def _value_text(v: Any) -> str:
 _stub_text_memo = lru_cache(maxsize=STUB_MEMO)(_stub_text)
 
 
-def input_value_stub(text: str, tokens: int) -> str:
+def input_value_stub(text: str, tokens: int, how: str = "") -> str:
     """The text that replaces one large value of a cleared call's input (deterministic)."""
     preview = shorten(redact_text(text[:4096]), 80)
     if not preview.endswith("…") and len(text.strip()) > len(preview):
         preview += "…"
-    return (f'{INPUT_STUB_PREFIX} ({tokens:,} tokens): "{preview}". Memory id {memory_id(text)}: it is stored in '
-            f"long-term memory.]")
+    mid = memory_id(text)
+    return f'{INPUT_STUB_PREFIX} ({tokens:,} tokens): "{preview}". Memory id {mid}: {way_back(mid, how).removesuffix(", or re-run the tool")}.]'
 
 
-def input_stub(tool_input: dict, count: Callable[[str], int]) -> tuple[dict, dict[str, str]] | None:
+def input_stub(tool_input: dict, count: Callable[[str], int], how: str = "") -> tuple[dict, dict[str, str]] | None:
     """A cleared call's input: the same object with each value longer than ``INPUT_VALUE_CHARS`` (as
     JSON) replaced by a stub string; and the memory id of each replaced value by key. None when no
     value is that large (or all of them are stubs already)."""
@@ -201,7 +207,7 @@ def input_stub(tool_input: dict, count: Callable[[str], int]) -> tuple[dict, dic
     for k, v in tool_input.items():
         text = _value_text(v)
         if len(text) > INPUT_VALUE_CHARS and not text.startswith(STUB_PREFIX) and text.strip():
-            out[k] = input_value_stub(text, count(text))
+            out[k] = input_value_stub(text, count(text), how)
             mids[k] = memory_id(text)
         else:
             out[k] = v
@@ -677,6 +683,7 @@ def _clear(ctx, decide: bool) -> None:
             # a step would free less than its tokens, which is below clear_at_least: it would be dropped
             # below, so the stubs of this request's candidates are not even computed
             candidates = []
+        how = recall_wording(ctx, state, key) if candidates else ""
         for s, toks in candidates:
             if gain >= need:
                 break
@@ -684,13 +691,13 @@ def _clear(ctx, decide: bool) -> None:
             rec: dict[str, Any] = {"h": s.digest, "stub": None, "tokens": 0, "stub_tokens": 0, "tool": s.tool, "mid": None}
             g = 0
             if toks:
-                stub = stub_text(s.tool, s.tool_input, text, toks, image_count(s.content))
+                stub = stub_text(s.tool, s.tool_input, text, toks, image_count(s.content), how)
                 stub_toks = ctx.runtime.tokens.count_text(stub, ctx.model)
                 if stub_toks < toks:
                     rec.update(stub=stub, tokens=toks, stub_tokens=stub_toks, mid=memory_id(text) if text.strip() else None)
                     g += toks - stub_toks
             if input_allowed(s):
-                made = input_stub(s.tool_input, lambda t: ctx.runtime.tokens.count_text(t, ctx.model))
+                made = input_stub(s.tool_input, lambda t: ctx.runtime.tokens.count_text(t, ctx.model), how)
                 if made is not None:
                     stub_input, mids = made
                     in_toks = ctx.runtime.tokens.count_text(_dumps(s.tool_input), ctx.model)

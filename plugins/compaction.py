@@ -40,7 +40,9 @@ For other stages
     ``ctx.notes["compaction"]`` = ``{"lead", "end", "reused", "summary_tokens", "messages"}`` (messages
     ``lead..end`` of ``ctx.original`` were replaced); ``ctx.notes["compacted"]`` lists the tool results
     compacted for the first time by this request (``tool_use_id``, ``memory_id``, ``tool``, ``input``,
-    ``text``), so memory can store them under the ids the summary names.
+    ``text``), so memory can store them under the ids the summary names; ``ctx.notes["folded"]`` the
+    compacted messages whole (``memory_id``, ``text``, ``first``, ``last``), which the summary's last
+    line names (:func:`folds_line`) and the ``recall`` stage keeps before the request is sent.
 """
 
 from __future__ import annotations
@@ -233,6 +235,36 @@ def _start_llm(ctx, cfg, key: str, span: str, turns, prior: Summary | None, mess
 
 # ---------------------------------------------------------------------------------------------------
 # the stage
+
+
+def folded_text(turns, first: int) -> str:
+    """The compacted messages whole, as one readable text (what ``recall`` of the summary's id returns):
+    each message's number and role, its text, its tool calls with their inputs and its tool results."""
+    import orjson
+
+    out = []
+    for k, t in enumerate(turns):
+        lines = [f"[#{first + k} {t.role}]"]
+        for p in t.parts:
+            if p.kind in ("text", "thinking") and p.text:
+                lines.append(p.text)
+            elif p.kind == "tool_use":
+                lines.append(f"[tool call {p.tool or '?'} {p.tool_id or ''}] "
+                             + orjson.dumps(p.tool_input, default=str).decode())
+            elif p.kind == "tool_result":
+                lines.append(f"[tool result {p.tool or '?'} {p.tool_id or ''}{' error' if p.is_error else ''}]\n{p.text}")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def folds_line(folds: list, ctx) -> str:
+    """The summary's last line: the ids its compacted messages are kept whole under."""
+    from contextwarden.memory.wayback import recall_wording
+
+    how = recall_wording(ctx, state_cache(ctx.runtime), session_key(ctx))
+    ids = ", ".join(f"{mid} (messages #{a}–#{b})" for mid, a, b in folds)
+    back = f"call {how} with an id" if how else "run `contextwarden recall ID`"
+    return f"\n\nThe compacted messages are kept whole under memory id {ids}: {back} to read them verbatim."
 
 
 def session_key(ctx) -> str:
@@ -477,10 +509,18 @@ def _compact(ctx, decide: bool) -> None:
             summary = extractive_summary(turns, messages=end - start, tokens=new["span_tokens"],
                                          max_chars=cfg.summary_max_tokens * 4, prior=prior,
                                          current_request=_current_request(api, es, orig, start, end, prior))
-        decision = {"lead": lead, "end": end, "hash": spans.at(end), "summary": summary.text, "sections": summary.sections,
+        # the folded messages are kept whole under one id the summary names (the recall stage stores
+        # them before this request goes out): every compaction can be undone by recall
+        folded = folded_text(turns, start)
+        folds = list((active or {}).get("folds") or []) + [[memory_id(folded), start, end - 1]]
+        ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
+        head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
+        text = head + folds_line(folds, ctx) + ("\n\n" + rest if rest else "")
+        decision = {"lead": lead, "end": end, "hash": spans.at(end), "summary": text,
+                    "folds": folds, "sections": summary.sections,
                     "messages": summary.messages, "source_tokens": summary.source_tokens,
                     "span_tokens": new["span_tokens"] + (int(active["span_tokens"]) if active else 0),
-                    "summary_tokens": tokens.count_text(summary.text, ctx.model) + 8,
+                    "summary_tokens": tokens.count_text(text, ctx.model) + 8,
                     "summariser": summary.summariser, "created": now, "trigger": trigger}
         with _decisions_lock:  # concurrent requests of one session: keep the other's decisions too
             latest = (store.get(NS, key) or {}).get("decisions") or []
@@ -515,6 +555,8 @@ def _compact(ctx, decide: bool) -> None:
                                 trigger=trigger or "reuse", breakpoint=cc is not None)
     if cost is not None and not reused:
         data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
+    if ctx.notes.get("folded") and not reused:
+        data["folded"] = [f["memory_id"] for f in ctx.notes["folded"]]  # the ids the summary names
     if llm_usage:
         data["llm_usage"] = llm_usage
         data.update(summariser_cost(llm_usage, llm_usage.get("model")))

@@ -2,7 +2,8 @@
 
 They work on the memory store of ``--home`` (or ``$CONTEXTWARDEN_HOME``), or on the Chroma server the
 profile's ``memory.chroma_url`` names. A local store has one writer process: while a proxy runs on the
-same home, the write commands (import, prune, delete) refuse; the read commands work on a snapshot.
+same home, import and delete go through its recall API (:mod:`contextwarden.memory.api`), prune refuses;
+the read commands work on a snapshot.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import time
 
 from ._common import add_home_profile, home_of
 
-ONE_WRITER = ("A local store (cw_home/chroma) allows one writer process: stop the proxy that uses this home "
-              "before import/prune/delete, or share a Chroma server through memory.chroma_url.")
+ONE_WRITER = ("A local store (cw_home/chroma) allows one writer process: while a proxy runs on this home, import "
+              "and delete go through it; stop it before prune, or share a Chroma server through memory.chroma_url.")
 
 
 def register(sub) -> None:
@@ -149,7 +150,33 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _proxy(args):
+    """The running proxy's recall API client when a proxy holds this home's store, else None."""
+    from contextwarden.memory.api import RecallClient
+
+    from .recall import credential_from
+
+    return RecallClient.find(home_of(args), credential_from(args))
+
+
 def cmd_import(args) -> int:
+    client = _proxy(args)
+    if client is not None:  # the proxy holds the store: the items go through its ingestor
+        records = []
+        with open(args.file, "rb") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    records.append(rec)
+        n = 0
+        for i in range(0, len(records), 2000):
+            n += client.call("import", records=records[i:i + 2000])["queued"]
+        client.close()
+        print(f"imported {n} items from {args.file} through the running proxy (deduplicated as they are stored)")
+        return 0
     store, _ = _open(args, write=True, embed=True)
     if store is None:
         return 1
@@ -172,6 +199,13 @@ def cmd_prune(args) -> int:
 
 
 def cmd_delete(args) -> int:
+    client = _proxy(args)
+    if client is not None:  # the proxy holds the store
+        n = client.call("delete", session=args.session, tenant=args.tenant)["deleted"]
+        client.close()
+        who = f" of tenant {args.tenant}" if args.tenant else ""
+        print(f"deleted {n} items of session {args.session}{who} through the running proxy")
+        return 0
     store, _ = _open(args, write=True)
     if store is None:
         return 1

@@ -51,8 +51,10 @@ class Ingestor:
     def __init__(self, store: "MemoryStore", bus: "EventBus", queue_size: int,
                  on_added: Callable[[list[MemoryItem]], None] | None = None, *,
                  chunk_tokens: int | None = None, count: Callable[[str], int] | None = None,
-                 backfill: bool = True) -> None:
+                 backfill: bool = True, on_originals: Callable[[list[MemoryItem]], None] | None = None) -> None:
         self.store = store
+        # receives each text whole (redacted, not chunked) under the id its stub names: recall(id)
+        self.on_originals = on_originals
         self.bus = bus
         self.queue_size = max(1, int(queue_size))
         self.on_added = on_added
@@ -188,6 +190,22 @@ class Ingestor:
                 owner += [k] * len(pieces)
         return out, redacted, owner
 
+    @staticmethod
+    def _wholes(prepared: list[MemoryItem], owner: list[int], items: list[MemoryItem]) -> list[MemoryItem]:
+        """Each submitted item once, with its redacted text whole (its chunks joined back only when it was
+        not cut: a cut text's whole redacted form is redacted again, which is cheap next to embedding)."""
+        out: list[MemoryItem] = []
+        seen: set[int] = set()
+        for it, k in zip(prepared, owner):
+            if k in seen:
+                continue
+            seen.add(k)
+            if it.kind == "chunk":
+                text, _ = redact_secrets(items[k].text)
+                it = _replace(items[k], text=text, source_id=it.source_id)
+            out.append(it)
+        return out
+
     def _process(self, batches: list[tuple[list[MemoryItem], dict]]) -> None:
         t0 = time.perf_counter()
         items: list[MemoryItem] = []
@@ -204,6 +222,11 @@ class Ingestor:
                 sub.append(b)
         self.stats["skipped_seen"] += sum(skipped)
         prepared, redacted, owner = self._prepare(items)
+        if self.on_originals is not None and items:
+            try:
+                self.on_originals(self._wholes(prepared, owner, items))
+            except Exception as e:
+                self._error(e, 0, where="memory.originals")
         try:
             new = self.store.add_items(prepared)
         except Exception as e:

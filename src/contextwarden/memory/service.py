@@ -154,6 +154,8 @@ class MemoryService:
         self._lexical_complete = False  # every stored item is indexed (a snapshot may be saved)
         self._lexical_saved_n = -1
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids submitted lately
+        self.originals = _open_originals(self.home)
+        self._forgotten: set[tuple[str, str]] = set()  # (tenant, session) deleted while running
         self._recent_lock = threading.Lock()
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
@@ -196,7 +198,8 @@ class MemoryService:
                                         "action": "requests go without memory"})
             else:
                 # chunk sizes by the ingestor's cheap estimate: chunking measures text many times over
-                self.ingestor = Ingestor(self.store, self.bus, m.queue_size, on_added=self._on_added)
+                self.ingestor = Ingestor(self.store, self.bus, m.queue_size, on_added=self._on_added,
+                                         on_originals=self.originals.put if self.originals is not None else None)
         except Exception as e:  # memory is an extra: the proxy runs without it
             self.error = f"{type(e).__name__}: {e}"
             self.bus.emit("error", {"where": "memory", "message": self.error, "action": "requests go without memory"})
@@ -323,6 +326,8 @@ class MemoryService:
                 self.store.close()
             if self.embedder is not None:
                 self.embedder.close()
+            if self.originals is not None:
+                self.originals.close()
 
     # --- work ---------------------------------------------------------------------------------------
     def submit(self, items, **info) -> bool:
@@ -366,6 +371,129 @@ class MemoryService:
         if not self.lexical_ready and ret.mode in ("hybrid", "lexical"):
             ret.mode += " (lexical index building)"
         return ret
+
+
+    # --- recall: plain data in, plain data / MemoryItems out (callable across a process boundary) -------
+    def keep(self, items: list) -> list[str]:
+        """Keep ``items`` whole NOW (redacted), under ``source_id`` (the id a stub or summary names), so
+        that ``recall`` finds them before the request that names them is sent; and queue them for the
+        searchable store. Returns their ids."""
+        from .ingest import _replace
+        from .secrets import redact_secrets
+
+        wholes = []
+        for it in items:
+            if not it.text or not it.text.strip():
+                continue
+            text, _ = redact_secrets(it.text)
+            wholes.append(_replace(it, text=text, source_id=it.source_id or it.memory_id))
+        if self.originals is not None:
+            self.originals.put(wholes)
+        if self.ingestor is not None:
+            self.submit(items)
+        return [w.source_id for w in wholes]
+
+    def recall(self, memory_ids: list[str], tenants: list[str], workspace: str | None = None) -> list:
+        """The stored originals of ``memory_ids`` verbatim (secrets redacted), within ``tenants`` and the
+        shared ``workspace``; ids of other tenants find nothing. An id only the searchable store knows
+        (stored before originals were kept) comes back as its chunks, joined."""
+        from .ingest import _replace
+
+        found = self.originals.get(memory_ids, tenants, workspace) if self.originals is not None else []
+        missing = [i for i in memory_ids if i not in {f.source_id for f in found}]
+        if missing and self.available:
+            chunks: dict[str, list] = {}
+            for it in self.store.get_by_ids(missing, tenants, workspace):
+                chunks.setdefault(it.source_id or it.memory_id, []).append(it)
+                if it.memory_id != (it.source_id or it.memory_id):
+                    chunks.setdefault(it.memory_id, []).append(it)
+            for mid in missing:
+                parts = chunks.get(mid)
+                if parts:
+                    first = parts[0]
+                    found.append(_replace(first, text="\n".join(p.text for p in parts), source_id=mid))
+        order = {m: k for k, m in enumerate(memory_ids)}
+        return [it for it in sorted(found, key=lambda it: order.get(it.source_id, len(order)))
+                if (it.tenant, it.session) not in self._forgotten]
+
+    def search_hits(self, query: str, tenants: list[str], k: int = 10, budget_tokens: int | None = None,
+                    workspace: str | None = None) -> dict:
+        """Hybrid search for the recall API and the MCP ``search`` tool: the ``k`` best hits (or, with
+        ``budget_tokens``, the most relevant that fit in it), each with its id, the id of the whole
+        original it was cut from, its scores and where it came from."""
+        from .retrieve import Query
+
+        t0 = time.perf_counter()
+        forgotten = self._forgotten
+        ret = self.search(Query(query), tenants, workspace=workspace, n=max(k * 3, self.settings.memory.candidates),
+                          exclude=(lambda it: (it.tenant, it.session) in forgotten) if forgotten else None)
+        hits, used = [], 0
+        for h in ret.hits:
+            it = h.item
+            toks = max(1, len(it.text) // 4)
+            if budget_tokens is not None and used + toks > budget_tokens:
+                continue
+            used += toks
+            hits.append({"id": it.memory_id, "source_id": it.source_id or it.memory_id, **h.scores(),
+                         "session": it.session, "turn": it.turn, "role": it.role, "kind": it.kind, "tool": it.tool,
+                         "ts": it.ts, "tenant": it.tenant, "workspace": it.workspace, "tokens": toks, "text": it.text})
+            if budget_tokens is None and len(hits) >= k:
+                break
+        return {"hits": hits, "candidates": ret.candidates, "mode": ret.mode, "tokens": used,
+                "ms": round((time.perf_counter() - t0) * 1000, 2), "skipped": ret.skipped}
+
+    def remember(self, text: str, tenant: str, session: str = "notes", workspace: str | None = None,
+                 agent: str | None = None, tags: list[str] | None = None) -> str:
+        """An agent's note, kept for later turns and for the other agents of ``tenant`` (or of the shared
+        ``workspace``): whole at once, and searchable once ingested. Returns its id."""
+        from .items import MemoryItem
+
+        item = MemoryItem(text=text, session=session, tenant=tenant, turn=0, role=agent or "agent", kind="note",
+                          tags=list(tags or []), workspace=workspace)
+        return self.keep([item])[0]
+
+    def tenants(self) -> list[str]:
+        """Every tenant this memory holds (the scope of a caller on this machine that shows only the token)."""
+        out = set(self.originals.tenants()) if self.originals is not None else set()
+        for p in list(getattr(self.lexical, "_parts", {}) or {}):
+            if isinstance(p, str) and p.startswith("t-") or p == "anonymous":
+                out.add(p)
+        return sorted(out)
+
+    def delete_session(self, session: str, tenant: str | None = None) -> int:
+        """Forget a session (``memory delete`` while the proxy runs); its items leave search at once."""
+        n = self.store.delete_session(session, tenant) if self.available else 0
+        if self.originals is not None:
+            n = max(n, self.originals.delete_session(session, tenant))
+        for t in ([tenant] if tenant else self.tenants()):
+            self._forgotten.add((t, session))
+        return n
+
+    def import_records(self, records: list[dict]) -> int:
+        """Items of a JSONL export (``memory import`` while the proxy runs), through the ingestor: redacted
+        again, chunked, embedded, indexed and kept whole. Returns how many were queued."""
+        from .items import MemoryItem
+
+        items = []
+        for rec in records:
+            try:
+                items.append(MemoryItem.from_record(rec))
+            except (KeyError, TypeError, ValueError):
+                continue
+        if not items or self.ingestor is None:
+            return 0
+        self.submit(items)
+        self.flush(120)
+        return len(items)
+
+
+def _open_originals(home: Path):
+    from .originals import OriginalStore
+
+    try:
+        return OriginalStore(home)
+    except Exception:  # an unreadable file costs recall, never the proxy
+        return None
 
 
 # --- one service per runtime ---------------------------------------------------------------------------

@@ -60,6 +60,11 @@ class MemorySection(Section):
     shared_workspace: str | None = None
     """Name of a workspace whose memory every tenant may read; by default memory is per tenant."""
 
+    api_require_credential: bool = False
+    """The recall API (``contextwarden recall|search``, ``contextwarden mcp``) answers a caller that shows
+    only the token with every tenant of this home (one user, one machine). A shared proxy sets this: a
+    caller must then send the credential its client uses, and sees that tenant's memory only."""
+
     ttl_days: float = 30
     """Items older than this are expired by ``contextwarden memory prune``."""
 

@@ -1,0 +1,177 @@
+"""Built-in stage ``recall`` (after clearing and compaction, before memory): nothing is lost.
+
+1. **Kept before sent.** Every tool result (or input value) clearing takes out for the first time, every
+   tool result compaction folds and every span of messages a compaction summary names
+   (``ctx.notes["cleared"]``, ``["compacted"]``, ``["folded"]``) is kept whole in memory's originals
+   (:meth:`MemoryService.keep`) before this request goes upstream, so ``recall`` of the id its stub or
+   summary names finds it as soon as the model can read that id.
+2. **Automatic recall.** When the model's latest answer refers to something only cleared or compacted
+   content holds (:mod:`contextwarden.memory.autorecall`), that content is injected into this request
+   where memory goes (after the last cache breakpoint, framed as memory is), once per session: the
+   ids recalled are kept per session (state namespace ``recall.auto``) and never injected again.
+
+A ``recall`` event says what was kept (``kept``) and recalled (``ids``, ``why``, ``tokens``), or why
+nothing was (``skipped``). Everything here fails open: the request goes on with the other stages' work.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from contextwarden import hookimpl
+from contextwarden.memory import service as memory_service
+from contextwarden.memory.autorecall import Kept, Lost, find, read_answer
+from contextwarden.memory.inject import NotInjectable, inject, render_block
+from contextwarden.memory.items import MemoryItem
+from contextwarden.memory.retrieve import messages_of, role_of
+from contextwarden.models.base import ApiKind
+from contextwarden.statecache import state_cache
+
+NS = "recall.auto"
+BUDGET_FRACTION = 0.08  # of the context window, at most, for what one request gets back
+MAX_REMEMBERED = 2_000  # recalled ids remembered per session
+
+
+def _session_key(ctx) -> str:
+    return f"{ctx.tenant}|{ctx.session}|{ctx.agent}"
+
+
+def _item(ctx, mid: str, text: str, turn: int, tool: str | None, kind: str) -> MemoryItem:
+    return MemoryItem(text=text, session=ctx.session, tenant=ctx.tenant, turn=int(turn), role="tool" if tool else "context",
+                      kind=kind, tool=tool, workspace=ctx.settings.memory.shared_workspace, source_id=mid)
+
+
+def keep_lost(ctx, svc) -> int:
+    """Keep what this request takes out for the first time, whole, before it is sent."""
+    items = []
+    for e in (ctx.notes.get("cleared") or []) + (ctx.notes.get("compacted") or []):
+        if e.get("new") is not False and e.get("text") and e.get("memory_id"):
+            turn = e.get("message_index")
+            items.append(_item(ctx, e["memory_id"], e["text"], turn if isinstance(turn, int) else 0, e.get("tool"),
+                               "tool_input" if e.get("kind") == "tool_input" else "tool_result"))
+    for f in ctx.notes.get("folded") or []:
+        items.append(_item(ctx, f["memory_id"], f["text"], f.get("first", 0), None, "compacted"))
+    if not items:
+        return 0
+    return len(svc.keep(items))
+
+
+def _lost(ctx) -> list[Lost]:
+    """What clearing and compaction took out of this request (the client still sends it whole)."""
+    out = [Lost(e["memory_id"], e["text"], int(e.get("message_index") or 0), e.get("tool"), e.get("input"),
+                "tool_input" if e.get("kind") == "tool_input" else "tool_result")
+           for e in ctx.notes.get("cleared") or [] if e.get("memory_id") and e.get("text")]
+    comp = ctx.notes.get("compaction")
+    if comp:
+        out += _folded(ctx, int(comp["lead"]), int(comp["end"]))
+    return out
+
+
+_FOLDED: "OrderedDict[tuple, list[Lost]]" = OrderedDict()
+_FOLDED_LOCK = threading.Lock()
+
+
+def _folded(ctx, lead: int, end: int) -> list[Lost]:
+    """The tool results and longer texts of the compacted messages ``lead..end``: worked out once per
+    session and span (every later request re-sends the same span while the summary is re-applied)."""
+    from contextwarden.conversation import tool_calls, transcript
+    from contextwarden.memory.ids import memory_id
+
+    key = (_session_key(ctx), lead, end)
+    with _FOLDED_LOCK:
+        got = _FOLDED.get(key)
+    if got is not None:
+        return got
+    orig = messages_of(ctx.api, ctx.original)
+    got = []
+    for k, t in enumerate(transcript(ctx.api, orig[lead:end], tool_calls(ctx.api, orig[:end]))):
+        for p in t.parts:
+            if p.kind == "tool_result" and p.text.strip():
+                got.append(Lost(memory_id(p.text), p.text, lead + k, p.tool, p.tool_input))
+            elif p.kind == "text" and len(p.text) >= 200:
+                got.append(Lost(memory_id(p.text), p.text, lead + k, None, None, "message"))
+    with _FOLDED_LOCK:
+        _FOLDED[key] = got
+        while len(_FOLDED) > 64:
+            _FOLDED.popitem(last=False)
+    return got
+
+
+def auto_recall(ctx, svc) -> dict[str, Any]:
+    if not ctx.notes.get("cleared") and not ctx.notes.get("compaction"):
+        return {"skipped": "nothing cleared or compacted"}
+    orig = messages_of(ctx.api, ctx.original)
+    last = next((i for i in range(len(orig) - 1, -1, -1) if role_of(orig[i]) == "assistant"), None)
+    if last is None:
+        return {"skipped": "no answer yet"}
+    answer = read_answer(orig[last] if isinstance(orig[last], dict) else orig[last].wire())
+    if not (answer.ids or answer.quotes or answer.terms or answer.paths):
+        return {"skipped": "no references"}
+    lost = _lost(ctx)
+    if not lost:
+        return {"skipped": "nothing lost"}
+    state = state_cache(ctx.runtime)
+    key = _session_key(ctx)
+    done = set(state.get(NS, key, None) or [])
+    cur = messages_of(ctx.api, ctx.request)
+    plain = [m.wire() if hasattr(m, "wire") else m for m in cur]
+    # the answer itself does not "hold" what it refers to
+    kept = Kept(m for m in plain if m is not orig[last] and not (isinstance(m, dict) and m == orig[last]))
+    found = find(answer, lost, kept, done)
+    # an id the model read in a stub of an earlier request (or another session of the tenant)
+    for mid in sorted(answer.ids - {f.lost.memory_id for f in found} - done - answer.recalling - {x.memory_id for x in lost}):
+        if svc is None or len(found) >= 3:
+            break
+        for it in svc.recall([mid], [ctx.tenant], ctx.settings.memory.shared_workspace):
+            from contextwarden.memory.autorecall import Found
+
+            found.append(Found(Lost(mid, it.text, it.turn, it.tool, None, it.kind), "id", mid))
+    if not found:
+        return {"skipped": "no reference to lost content"}
+    budget = int(BUDGET_FRACTION * ctx.settings.tokens.context_window)
+    chosen, tokens, over = [], 0, []
+    for f in found:
+        n = ctx.runtime.tokens.count_text(f.lost.text, ctx.model)
+        if tokens + n > budget:
+            over.append(f.lost.memory_id)
+            continue
+        chosen.append(f)
+        tokens += n
+    if not chosen:
+        return {"skipped": "over budget", "over_budget": over, "budget": budget}
+    items = [_item(ctx, f.lost.memory_id, f.lost.text, f.lost.turn, f.lost.tool, f.lost.kind) for f in chosen]
+    try:
+        where = inject(ctx.api, ctx.request, render_block(items))
+    except NotInjectable as e:
+        return {"skipped": str(e)}
+    state.put(NS, key, (list(done) + [f.lost.memory_id for f in chosen])[-MAX_REMEMBERED:])
+    return {"injected": len(chosen), "ids": [f.lost.memory_id for f in chosen], "why": [f.why for f in chosen],
+            "refs": [f.ref for f in chosen], "tokens": tokens, "where": where, "over_budget": over}
+
+
+@hookimpl
+def cw_request(ctx) -> None:
+    if not ctx.settings.memory.enabled:
+        return
+    t0 = time.perf_counter()
+    svc = memory_service.get_service(ctx.runtime)
+    data: dict[str, Any] = {}
+    try:
+        if svc is not None:
+            kept = keep_lost(ctx, svc)
+            if kept:
+                data["kept"] = kept
+    except Exception as e:  # recall is an extra: the request goes on
+        ctx.emit("error", where="recall", message=f"keeping originals: {type(e).__name__}: {e}", action="not kept")
+    try:
+        if ctx.api is not ApiKind.OPENAI_RESPONSES or isinstance(getattr(ctx.request, "input", None), list):
+            data.update(auto_recall(ctx, svc))
+    except Exception as e:
+        ctx.emit("error", where="recall", message=f"{type(e).__name__}: {e}", action="forwarded without recall")
+        data["skipped"] = "error"
+    if data.get("kept") or data.get("injected"):
+        data["ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        ctx.emit("recall", **data)

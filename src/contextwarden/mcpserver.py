@@ -1,0 +1,98 @@
+"""``contextwarden mcp``: an MCP server (stdio, the official ``mcp`` SDK) that lets an agent get back what
+contextwarden took out of its context, search its memory, and leave notes for later turns and for the
+other agents of its tenant.
+
+Set up::
+
+    claude mcp add contextwarden -- contextwarden mcp          # Claude Code
+
+    [mcp_servers.contextwarden]                                # Codex CLI, ~/.codex/config.toml
+    command = "contextwarden"
+    args = ["mcp"]
+
+The tools talk to the running proxy's recall API (:mod:`contextwarden.memory.api`, found through
+``cw_home/recall-api.json``); ``recall`` also works without a proxy (it reads the originals on disk).
+The tenant is the one of the credential the agent's own client uses (``$CONTEXTWARDEN_CREDENTIAL``,
+``$ANTHROPIC_API_KEY`` or ``$OPENAI_API_KEY`` in the server's environment, which the client passes on),
+hashed by the proxy as it hashes the client's requests; without one, this machine's user's tenants.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+NAME = "contextwarden"
+RECALL_DOC = ("Get back, verbatim, content contextwarden took out of this conversation: a tool result a stub "
+              "replaced ('Memory id m-…'), or the messages a compaction summary folded. Pass the memory id.")
+SEARCH_DOC = ("Search this agent's long-term memory (earlier in this conversation, other sessions, notes of other "
+              "agents) by meaning and keywords. Returns ids, scores and where each hit came from; recall an id for "
+              "the whole text. budget_tokens: the most relevant hits that fit in that many tokens.")
+REMEMBER_DOC = ("Store a note for later turns and for the other agents of this tenant (shared=true: of the shared "
+                "workspace too). Returns its memory id.")
+
+
+def _format_hit(h: dict) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(h["ts"])) if h.get("ts") else "?"
+    src = f" (part of {h['source_id']})" if h.get("source_id") and h["source_id"] != h["id"] else ""
+    return (f"[{h['id']}{src} score {h.get('fused', 0):.4f} · session {str(h.get('session'))[:16]} message "
+            f"#{h.get('turn')} {h.get('role')}{' ' + h['tool'] if h.get('tool') else ''} · {when}]\n{h['text']}")
+
+
+def build(home: Path, credential: str | None):
+    """The FastMCP server (not started)."""
+    from mcp.server.fastmcp import FastMCP
+
+    from .cli.recall import recall_items
+    from .memory.api import ApiError, RecallClient
+
+    server = FastMCP(NAME, instructions="contextwarden keeps what it clears or compacts out of the context; "
+                                        "recall a memory id from a stub to read it verbatim.")
+
+    def client() -> RecallClient:
+        c = RecallClient.find(home, credential)
+        if c is None:
+            raise RuntimeError("the contextwarden proxy is not running on this machine (start it: contextwarden run)")
+        return c
+
+    @server.tool(name="recall", description=RECALL_DOC, structured_output=False)
+    def recall(id: str) -> str:  # noqa: A002 - the tool's argument is called "id"
+        ids = [i.strip() for i in id.replace(",", " ").split() if i.strip()]
+        try:
+            items, _ = recall_items(home, ids, credential)
+        except ApiError as e:
+            return f"recall refused: {e}"
+        if not items:
+            return f"nothing stored under {id} for this tenant (not stored, deleted, or not yours)"
+        return "\n\n".join(it["text"] if len(items) == 1 else f"[{it['id']}]\n{it['text']}" for it in items)
+
+    @server.tool(name="search", description=SEARCH_DOC, structured_output=False)
+    def search(query: str, k: int = 5, budget_tokens: int | None = None) -> str:
+        c = client()
+        try:
+            out = c.call("search", query=query, k=k, budget_tokens=budget_tokens)
+        except ApiError as e:
+            return f"search failed: {e}"
+        finally:
+            c.close()
+        hits = out.get("hits") or []
+        if not hits:
+            return "no memory matches"
+        return "\n\n".join(_format_hit(h) for h in hits)
+
+    @server.tool(name="remember", description=REMEMBER_DOC, structured_output=False)
+    def remember(text: str, shared: bool = False) -> str:
+        c = client()
+        try:
+            out = c.call("remember", text=text, shared=shared, agent="mcp")
+        except ApiError as e:
+            return f"remember failed: {e}"
+        finally:
+            c.close()
+        return f"remembered as {out['id']}"
+
+    return server
+
+
+def serve(home: Path, credential: str | None) -> None:
+    build(home, credential).run("stdio")

@@ -1,0 +1,212 @@
+"""Automatic recall: what the model's latest answer refers to that only cleared or compacted content holds.
+
+A way back that needs the model's cooperation is rarely taken, so this needs none. The references are
+the ones a reader of the answer would follow:
+
+- a memory id (``m-`` + 16 hex) the model read in a stub or a summary;
+- a string a tool call of the answer quotes (an Edit's ``old_string``, a search pattern: 12 characters
+  or more) that a lost text holds and the request no longer does;
+- a distinctive term of the answer (a path, a snake_case or camelCase identifier, a long hex hash) that
+  a lost text holds, at most two lost texts hold (more is a common word of the session, not a
+  reference), and the request no longer does;
+- a path the answer's tool calls name whose cleared result was that path's content (the Read of the
+  file it now edits).
+
+"The request no longer holds it": neither a message, nor a tool call, nor a kept tool result; stubs and
+compaction summaries do not count (they name things, they do not hold them), nor does the answer itself.
+Pure functions here; the ``recall`` stage (``plugins/recall.py``) feeds them and injects what they find.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import orjson
+
+MID = re.compile(r"\bm-[0-9a-f]{16}\b")
+_PATH = re.compile(r"(?<![\w/.-])(?:\.{0,2}/)?(?:[\w.-]+/)+[\w.-]*\w|\b[\w-]+\.(?:py|js|mjs|ts|tsx|jsx|go|rs|java|kt|c|h|"
+                   r"cc|cpp|hpp|cs|rb|php|swift|md|rst|json|ya?ml|toml|ini|cfg|txt|sh|sql|css|scss|html|vue|lock)\b")
+_IDENT = re.compile(r"\b(?:[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9_]*[A-Za-z0-9]|[a-z]+[A-Z][A-Za-z0-9]*|[A-Z][a-z0-9]+[A-Z][A-Za-z0-9]*)\b")
+_HEX = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{8,40}\b")
+MIN_TERM = 6
+MIN_QUOTE = 12
+MAX_TERM_OWNERS = 2  # a term more lost texts hold is the session's vocabulary, not a reference
+PATH_KEYS = ("file_path", "path", "notebook_path")
+_SKIP_KEYS = frozenset({"id", "type", "role", "cache_control", "signature", "tool_use_id", "call_id", "name"})
+STUB_PREFIX = "[contextwarden cleared this "
+SUMMARY_PREFIX = "[contextwarden: summary"
+
+
+def terms(text: str) -> frozenset[str]:
+    """The distinctive terms of a text: paths, identifiers, long hex hashes."""
+    out = set()
+    for rx in (_PATH, _IDENT, _HEX):
+        for m in rx.finditer(text):
+            t = m.group(0).rstrip(".,:;")
+            if len(t) >= MIN_TERM:
+                out.add(t)
+    return frozenset(out)
+
+
+_TERMS: "OrderedDict[str, frozenset[str]]" = OrderedDict()
+_TERMS_LOCK = threading.Lock()
+_TERMS_MAX = 4096
+
+
+def terms_of(key: str, text: str) -> frozenset[str]:
+    """:func:`terms`, remembered by ``key`` (a memory id: the same lost text comes back every request)."""
+    with _TERMS_LOCK:
+        got = _TERMS.get(key)
+        if got is not None:
+            _TERMS.move_to_end(key)
+            return got
+    got = terms(text)
+    with _TERMS_LOCK:
+        _TERMS[key] = got
+        while len(_TERMS) > _TERMS_MAX:
+            _TERMS.popitem(last=False)
+    return got
+
+
+def strings(obj: Any, skip: frozenset[str] = _SKIP_KEYS) -> Iterator[str]:
+    """Every string value of a wire message (not ids, types, roles or signatures)."""
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            if k not in skip:
+                yield from strings(v, skip)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from strings(v, skip)
+
+
+def tool_inputs(msg: Any) -> list[dict]:
+    """The inputs of the tool calls in one wire message (Anthropic blocks, chat tool_calls, a Responses item)."""
+    out: list[dict] = []
+    if not isinstance(msg, dict):
+        return out
+    c = msg.get("content")
+    for b in c if isinstance(c, list) else ():
+        if isinstance(b, dict) and b.get("type") == "tool_use" and isinstance(b.get("input"), dict):
+            out.append(b["input"])
+    calls = list(msg.get("tool_calls") or [])
+    if isinstance(msg.get("arguments"), str):
+        calls.append({"function": {"arguments": msg["arguments"]}})
+    for tc in calls:
+        args = (tc.get("function") or {}).get("arguments") if isinstance(tc, dict) else None
+        try:
+            v = orjson.loads(args) if isinstance(args, str) else None
+        except orjson.JSONDecodeError:
+            v = None
+        if isinstance(v, dict):
+            out.append(v)
+    return out
+
+
+@dataclass
+class Lost:
+    """One text clearing or compaction took out of the request, as the client still sends it."""
+
+    memory_id: str
+    text: str
+    turn: int
+    tool: str | None = None
+    tool_input: Any = None
+    kind: str = "tool_result"
+
+
+@dataclass
+class Found:
+    lost: Lost
+    why: str  # "id" | "quote" | "term" | "path"
+    ref: str
+
+
+@dataclass
+class Answer:
+    """What the model's latest answer refers to."""
+
+    text: str = ""
+    ids: set[str] = field(default_factory=set)
+    quotes: list[str] = field(default_factory=list)
+    terms: frozenset[str] = frozenset()
+    paths: set[str] = field(default_factory=set)
+    recalling: set[str] = field(default_factory=set)  # ids the answer asks the recall tool for itself
+
+
+def read_answer(msg: Any) -> Answer:
+    """The references of one assistant message (wire form)."""
+    text = "\n".join(strings(msg))
+    a = Answer(text=text, ids=set(MID.findall(text)), terms=terms(text))
+    c = msg.get("content") if isinstance(msg, dict) else None
+    for b in c if isinstance(c, list) else ():
+        if isinstance(b, dict) and b.get("type") == "tool_use" and str(b.get("name", "")).endswith("recall"):
+            a.recalling |= set(MID.findall(orjson.dumps(b.get("input")).decode()))
+    for inp in tool_inputs(msg):
+        for k, v in inp.items():
+            if k in PATH_KEYS and isinstance(v, str) and v:
+                a.paths.add(v)
+            elif isinstance(v, str) and len(v.strip()) >= MIN_QUOTE:
+                a.quotes.append(v.strip())
+    return a
+
+
+def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: int = 3) -> list[Found]:
+    """The lost texts the answer refers to (not those in ``done``: recalled once already), best first:
+    ids, then quotes, then cleared reads of paths the answer names, then terms."""
+    out: list[Found] = []
+    seen = set(done) | answer.recalling  # what the model asked the recall tool for comes back through it
+
+    def add(item: Lost, why: str, ref: str) -> None:
+        if item.memory_id not in seen and len(out) < limit:
+            seen.add(item.memory_id)
+            out.append(Found(item, why, ref))
+
+    by_id = {x.memory_id: x for x in lost}
+    for mid in sorted(answer.ids):
+        if mid in by_id:
+            add(by_id[mid], "id", mid)
+    newest = sorted(lost, key=lambda x: -x.turn)
+    for q in answer.quotes:
+        owners = [x for x in newest if q in x.text]
+        if owners and not kept.holds(q):
+            add(owners[0], "quote", q[:80])
+    for p in sorted(answer.paths):
+        for x in newest:
+            inp = x.tool_input if isinstance(x.tool_input, dict) else {}
+            if x.kind == "tool_result" and any(inp.get(k) == p for k in PATH_KEYS):
+                add(x, "path", p)
+                break
+    if answer.terms:
+        owners: dict[str, list[Lost]] = {}
+        for x in newest:
+            for t in answer.terms & terms_of(x.memory_id, x.text):
+                owners.setdefault(t, []).append(x)
+        for t in sorted(owners, key=len, reverse=True):  # the longest, most specific terms first
+            xs = owners[t]
+            if len(xs) <= MAX_TERM_OWNERS and not kept.holds(t):
+                add(xs[0], "term", t)
+    return out
+
+
+class Kept:
+    """What the outgoing request still holds (built on first use: most requests never ask)."""
+
+    def __init__(self, messages: Iterable[Any]) -> None:
+        self._messages = messages
+        self._text: str | None = None
+
+    def holds(self, s: str) -> bool:
+        if self._text is None:
+            parts = []
+            for m in self._messages:
+                for t in strings(m):
+                    if not t.startswith(STUB_PREFIX) and not t.startswith(SUMMARY_PREFIX) and "<contextwarden-memory" not in t:
+                        parts.append(t)
+            self._text = "\n".join(parts)
+        return s in self._text
