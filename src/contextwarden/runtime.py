@@ -50,7 +50,12 @@ class Runtime:
         # returns, and must not delay the parsing and validation every request needs (core_pool).
         self.stage_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cw-stage")
         self.core_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cw-core")
-        self.turn_pool = ThreadPoolExecutor(max_workers=max(1, settings.pipeline.turn_workers), thread_name_prefix="cw-turn")
+        # bounded: under a load the turn workers cannot follow, the oldest waiting turns are dropped
+        from .boundedpool import BoundedExecutor
+
+        self.turn_pool = BoundedExecutor(max(1, settings.pipeline.turn_workers), settings.pipeline.turn_queue,
+                                         "cw-turn", on_drop=self._turn_dropped)
+        self._turn_drop_emitted = 0.0
         # sessions put into observe-only at run time (the TUI's bypass key)
         self.bypass: set[str] = set(self.state.get("runtime", "bypass", []))
         self.bodies = BodyRing()
@@ -140,6 +145,14 @@ class Runtime:
                 self.turn_pool.submit(self.settle_gc, "memory ready")
             except RuntimeError:  # closed meanwhile
                 pass
+
+    def _turn_dropped(self, dropped: int, waiting: int) -> None:
+        """A ``backpressure`` event at most once a second while turn work is being dropped."""
+        now = time.monotonic()
+        if now - self._turn_drop_emitted >= 1.0:
+            self._turn_drop_emitted = now
+            self.bus.emit("backpressure", {"pool": "turn", "dropped": dropped, "waiting": waiting,
+                                           "max_pending": self.turn_pool.max_pending})
 
     def _warm_tokens(self) -> None:
         try:
@@ -299,7 +312,9 @@ class Runtime:
         finally:
             self.stage_pool.shutdown(wait=False, cancel_futures=True)
             self.core_pool.shutdown(wait=False, cancel_futures=True)
-            self.turn_pool.shutdown(wait=True, cancel_futures=False)
+            # in-flight turn work finishes; what still waits after a few seconds is dropped (its items
+            # are sent again with the session's next request: the ingestion marker did not move)
+            self.turn_pool.shutdown(wait=True, cancel_futures=False, timeout=self.settings.pipeline.shutdown_turn_s)
             if self.log:
                 self.log.close()
             self.state.close()
