@@ -192,6 +192,8 @@ class RemoteMemoryService:
                 self.error = self._state.get("error")
                 if not self.closed:
                     self.ready.set()
+                    self.bus.emit("memory_process", {"pid": self.pid, "restarts": self.restarts,
+                                                     "ms": round((time.monotonic() - started) * 1000, 1)})
             except Exception as e:
                 if not self.closed:
                     self.error = f"{type(e).__name__}: {e}"

@@ -116,6 +116,10 @@ class Ingestor:
         return True
 
     def _submit_journal(self, items: list[MemoryItem], info: dict) -> bool:
+        # secrets never reach the disk: redacted before the journal (the id a clearing stub names is
+        # the original text's, fixed first)
+        items = [_replace(it, text=redact_secrets(it.text)[0], source_id=it.source_id or memory_id(it.text))
+                 for it in items]
         with self._cv:
             if self._closing:
                 self.stats["dropped"] += len(items)
