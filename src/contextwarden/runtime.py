@@ -23,6 +23,17 @@ from .state import StateStore
 LAST_MESSAGES = 32  # conversations whose latest messages are kept for message_bytes
 
 
+def trim_malloc() -> bool:
+    """glibc's ``malloc_trim(0)``: return free heap pages to the system (False where there is none)."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 class Runtime:
     def __init__(self, settings: Settings, home: Path, plugins_dir: str | os.PathLike | None = None,
                  profile: str | os.PathLike | None = None, bus: EventBus | None = None,
@@ -136,6 +147,7 @@ class Runtime:
             now = time.monotonic()
             if now - self.last_request >= idle and self.last_request > done_at and gc.get_count()[2] > 0:
                 gc.collect()
+                trim_malloc()  # idle: give the freed heap back to the system (RSS shrinks)
                 done_at = time.monotonic()
 
     def _settle_gc_when_memory_is_ready(self, ev) -> None:

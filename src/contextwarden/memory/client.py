@@ -259,7 +259,10 @@ class RemoteMemoryService:
         if kind == "missing":
             raise AttributeError(name)
         if kind == "value":
-            return wire.decode(self._op("get", m=name))
+            try:
+                return wire.decode(self._op("get", m=name))
+            except (TypeError, ConnectionError, TimeoutError) as e:  # e.g. the store: not sendable
+                raise AttributeError(f"{name}: {e}") from None
         return lambda *a, **k: self.call(name, *a, **k)
 
     # --- the service's own surface ------------------------------------------------------------------
