@@ -319,14 +319,14 @@ class Runtime:
         self._closed.set()
         if self._gc_unsubscribe is not None:
             self._gc_unsubscribe()
+        # in-flight turn work finishes first (it hands items to memory, closed next); what still waits
+        # after a few seconds is dropped (the ingestion marker did not move: sent again next time)
+        self.turn_pool.shutdown(wait=True, cancel_futures=False, timeout=self.settings.pipeline.shutdown_turn_s)
         try:
             self.pm.hook.cw_shutdown(runtime=self)
         finally:
             self.stage_pool.shutdown(wait=False, cancel_futures=True)
             self.core_pool.shutdown(wait=False, cancel_futures=True)
-            # in-flight turn work finishes; what still waits after a few seconds is dropped (its items
-            # are sent again with the session's next request: the ingestion marker did not move)
-            self.turn_pool.shutdown(wait=True, cancel_futures=False, timeout=self.settings.pipeline.shutdown_turn_s)
             if self.log:
                 self.log.close()
             self.state.close()

@@ -53,6 +53,7 @@ class Ingestor:
                  on_added: Callable[[list[MemoryItem]], None] | None = None, *,
                  chunk_tokens: int | None = None, count: Callable[[str], int] | None = None,
                  backfill: bool = True, journal: "PendingTable | None" = None, batch_max: int = 256,
+                 batch_chars: int | None = None,
                  tag: Callable[[str], list[str]] | None = None) -> None:
         self.store = store
         self.bus = bus
@@ -77,6 +78,7 @@ class Ingestor:
         # it they wait in memory and are dropped when the queue is full
         self.journal = journal
         self.batch_max = max(1, int(batch_max))  # items one batch takes: what a shutdown may wait for
+        self.batch_chars = batch_chars  # and characters (journal mode): a tool output is ~13 chunks
         self.tag = tag  # tags items that come untagged (the memory process tags off the proxy)
         self._thread = threading.Thread(target=self._run, name="cw-memory-ingest", daemon=True)
         self._thread.start()
@@ -203,7 +205,7 @@ class Ingestor:
             self._busy = True
         rows = []
         try:
-            rows = self.journal.take(self.batch_max)
+            rows = self.journal.take(self.batch_max, self.batch_chars)
             if rows:
                 self._process([(items, info) for _, items, info in rows])
         except Exception as e:  # never let the worker die; the rows are dropped (a poison batch must not loop)

@@ -57,20 +57,23 @@ class PendingTable:
             self.dropped += dropped
         return dropped
 
-    def take(self, max_items: int) -> list[tuple[int, list[MemoryItem], dict]]:
-        """The oldest submissions not being worked on, up to ``max_items`` items (at least one)."""
+    def take(self, max_items: int, max_chars: int | None = None) -> list[tuple[int, list[MemoryItem], dict]]:
+        """The oldest submissions not being worked on, up to ``max_items`` items and ``max_chars``
+        characters of text (at least one submission): what one batch embeds, so what a shutdown may
+        wait for."""
         out = []
-        n = 0
+        n = chars = 0
         with self._lock:
             cur = self._db.execute("SELECT id, n, info, items FROM pending ORDER BY id")
             for rid, k, info, blob in cur:
                 if rid in self._taken:
                     continue
-                if out and n + k > max_items:
+                if out and (n + k > max_items or (max_chars is not None and chars + len(blob) > max_chars)):
                     break
                 out.append((rid, k, info, blob))
                 self._taken.add(rid)
                 n += k
+                chars += len(blob)
             cur.close()
         return [(rid, [MemoryItem.from_record(r) for r in orjson.loads(blob)], orjson.loads(info))
                 for rid, k, info, blob in out]

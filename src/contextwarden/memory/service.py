@@ -208,6 +208,7 @@ class MemoryService:
                         self.bus.emit("memory", {"recovered": journal.recovered, "pending": journal.items})
                 self.ingestor = Ingestor(self.store, self.bus, m.queue_size, on_added=self._on_added,
                                          journal=journal, batch_max=m.ingest_batch if self.separate else 256,
+                                         batch_chars=m.ingest_batch_chars,
                                          tag=self._tag if self.separate else None)
         except Exception as e:  # memory is an extra: the proxy runs without it
             self.error = f"{type(e).__name__}: {e}"

@@ -79,7 +79,11 @@ class MemorySection(Section):
     ingest_batch: int = 64
     """Items the memory process's ingestion takes per batch (a shutdown waits for at most one)."""
 
-    shutdown_flush_s: float = 3.0
+    ingest_batch_chars: int = 24_000
+    """And characters of text per batch (~25 chunks to embed: a second or two on a busy core); a
+    submission larger than this is still taken whole."""
+
+    shutdown_flush_s: float = 2.0
     """On shutdown, seconds spent storing pending items; the rest is stored at the next start."""
 
     @field_validator("process")
