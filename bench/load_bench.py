@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import copy
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -35,29 +34,19 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-SHARED = Path(os.environ.get("CONTEXTWARDEN_SHARED", ROOT.parent / "shared"))
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
-os.environ.setdefault("CONTEXTWARDEN_MEMORY__MODEL_DIR", str(SHARED / "models" / "all-MiniLM-L6-v2" / "onnx"))
-os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the same set-up as the latency benchmark (paths, offline assets, the stand-in and mitmdump helpers)
+from proxy_latency import REQUESTS, ROOT, ProxyProcess, StandIn, pct as _pct  # noqa: E402
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
 
-from tests.support.proxy import ProxyProcess  # noqa: E402
-from tests.support.upstream import StandIn  # noqa: E402
-
-REQUESTS = SHARED / "eval" / "requests"
 _TOOL_ID = re.compile(rb'"type":"tool_use","id":"([^"]+)"')
 HUMAN_EVERY = 8
 
 
 def pct(xs: list[float], p: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))]
+    return _pct(xs, p) if xs else None
 
 
 def corpus() -> str:
