@@ -321,6 +321,7 @@ class RemoteMemoryService:
         """Ask the process to close (it flushes ``memory.shutdown_flush_s``, leaves the rest pending),
         then wait for it; terminate, then kill, what does not exit."""
         self.closed = True
+        t0 = time.monotonic()
         flush = float(getattr(self.settings.memory, "shutdown_flush_s", 3.0))
         budget = timeout if timeout is not None else flush + 5.0
         deadline = time.monotonic() + budget
@@ -347,3 +348,5 @@ class RemoteMemoryService:
             os.unlink(self._path)
         except OSError:
             pass
+        self.bus.emit("memory_process", {"pid": self.pid, "stopped": True, "exit": proc.returncode if proc else None,
+                                         "ms": round((time.monotonic() - t0) * 1000, 1)})

@@ -25,7 +25,7 @@ class PipelineSection(Section):
     """Completed turns waiting for those threads at most; past it the oldest waiting is dropped (a
     ``backpressure`` event says how many): each holds its parsed request, and traffic never waits."""
 
-    shutdown_turn_s: float = 3.0
+    shutdown_turn_s: float = 2.0
     """On shutdown, seconds given to the turn work still waiting."""
 
     gc_tuning: bool = True
