@@ -243,7 +243,7 @@ def main() -> int:
         records.clear()
 
         proxy = ProxyProcess(work, profile=args.profile, reverse=standin.url, name="load",
-                             ready_events=("startup", "memory_process"), startup_timeout=300)
+                             ready_events=("startup", "memory_status"), startup_timeout=300)
         t = time.monotonic()
         proxy.start()
         mem_pid = [None]

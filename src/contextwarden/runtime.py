@@ -145,9 +145,10 @@ class Runtime:
             if idle <= 0:
                 continue
             now = time.monotonic()
-            if now - self.last_request >= idle and self.last_request > done_at and gc.get_count()[2] > 0:
-                gc.collect()
-                trim_malloc()  # idle: give the freed heap back to the system (RSS shrinks)
+            if now - self.last_request >= idle and self.last_request > done_at:
+                if gc.get_count()[2] > 0:
+                    gc.collect()
+                trim_malloc()  # once per idle spell: give the freed heap back to the system (RSS shrinks)
                 done_at = time.monotonic()
 
     def _settle_gc_when_memory_is_ready(self, ev) -> None:
