@@ -23,6 +23,17 @@ from .state import StateStore
 LAST_MESSAGES = 32  # conversations whose latest messages are kept for message_bytes
 
 
+def trim_malloc() -> bool:
+    """glibc's ``malloc_trim(0)``: return free heap pages to the system (False where there is none)."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 class Runtime:
     def __init__(self, settings: Settings, home: Path, plugins_dir: str | os.PathLike | None = None,
                  profile: str | os.PathLike | None = None, bus: EventBus | None = None,
@@ -54,7 +65,12 @@ class Runtime:
         # returns, and must not delay the parsing and validation every request needs (core_pool).
         self.stage_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cw-stage")
         self.core_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cw-core")
-        self.turn_pool = ThreadPoolExecutor(max_workers=max(1, settings.pipeline.turn_workers), thread_name_prefix="cw-turn")
+        # bounded: under a load the turn workers cannot follow, the oldest waiting turns are dropped
+        from .boundedpool import BoundedExecutor
+
+        self.turn_pool = BoundedExecutor(max(1, settings.pipeline.turn_workers), settings.pipeline.turn_queue,
+                                         "cw-turn", on_drop=self._turn_dropped)
+        self._turn_drop_emitted = 0.0
         # sessions put into observe-only at run time (the TUI's bypass key)
         self.bypass: set[str] = set(self.state.get("runtime", "bypass", []))
         self.bodies = BodyRing()
@@ -136,8 +152,10 @@ class Runtime:
             if idle <= 0:
                 continue
             now = time.monotonic()
-            if now - self.last_request >= idle and self.last_request > done_at and gc.get_count()[2] > 0:
-                gc.collect()
+            if now - self.last_request >= idle and self.last_request > done_at:
+                if gc.get_count()[2] > 0:
+                    gc.collect()
+                trim_malloc()  # once per idle spell: give the freed heap back to the system (RSS shrinks)
                 done_at = time.monotonic()
 
     def _settle_gc_when_memory_is_ready(self, ev) -> None:
@@ -147,6 +165,14 @@ class Runtime:
                 self.turn_pool.submit(self.settle_gc, "memory ready")
             except RuntimeError:  # closed meanwhile
                 pass
+
+    def _turn_dropped(self, dropped: int, waiting: int) -> None:
+        """A ``backpressure`` event at most once a second while turn work is being dropped."""
+        now = time.monotonic()
+        if now - self._turn_drop_emitted >= 1.0:
+            self._turn_drop_emitted = now
+            self.bus.emit("backpressure", {"pool": "turn", "dropped": dropped, "waiting": waiting,
+                                           "max_pending": self.turn_pool.max_pending})
 
     def _warm_tokens(self) -> None:
         try:
@@ -303,12 +329,14 @@ class Runtime:
         self._closed.set()
         if self._gc_unsubscribe is not None:
             self._gc_unsubscribe()
+        # in-flight turn work finishes first (it hands items to memory, closed next); what still waits
+        # after a few seconds is dropped (the ingestion marker did not move: sent again next time)
+        self.turn_pool.shutdown(wait=True, cancel_futures=False, timeout=self.settings.pipeline.shutdown_turn_s)
         try:
             self.pm.hook.cw_shutdown(runtime=self)
         finally:
             self.stage_pool.shutdown(wait=False, cancel_futures=True)
             self.core_pool.shutdown(wait=False, cancel_futures=True)
-            self.turn_pool.shutdown(wait=True, cancel_futures=False)
             if self.log:
                 self.log.close()
             self.state.close()

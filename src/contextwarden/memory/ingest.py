@@ -27,6 +27,7 @@ from .secrets import redact_secrets
 
 if TYPE_CHECKING:
     from ..events import EventBus
+    from .pending import PendingTable
     from .store import MemoryStore
 
 _ERROR_EVERY = 60.0  # seconds between repeated identical error events
@@ -51,7 +52,10 @@ class Ingestor:
     def __init__(self, store: "MemoryStore", bus: "EventBus", queue_size: int,
                  on_added: Callable[[list[MemoryItem]], None] | None = None, *,
                  chunk_tokens: int | None = None, count: Callable[[str], int] | None = None,
-                 backfill: bool = True, on_originals: Callable[[list[MemoryItem]], None] | None = None) -> None:
+                 backfill: bool = True, journal: "PendingTable | None" = None, batch_max: int = 256,
+                 batch_chars: int | None = None,
+                 tag: Callable[[str], list[str]] | None = None,
+                 on_originals: Callable[[list[MemoryItem]], None] | None = None) -> None:
         self.store = store
         # receives each text whole (redacted, not chunked) under the id its stub names: recall(id)
         self.on_originals = on_originals
@@ -73,6 +77,12 @@ class Ingestor:
         self._last_error: tuple[str, float] = ("", 0.0)
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (partition, source hash) stored
         self._backfill = backfill
+        # journal: submissions are stored there at once and drained in batches (see pending.py); without
+        # it they wait in memory and are dropped when the queue is full
+        self.journal = journal
+        self.batch_max = max(1, int(batch_max))  # items one batch takes: what a shutdown may wait for
+        self.batch_chars = batch_chars  # and characters (journal mode): a tool output is ~13 chunks
+        self.tag = tag  # tags items that come untagged (the memory process tags off the proxy)
         self._thread = threading.Thread(target=self._run, name="cw-memory-ingest", daemon=True)
         self._thread.start()
 
@@ -90,6 +100,8 @@ class Ingestor:
         n = len(items)
         info = {"flow_id": flow_id, "history": bool(history), "messages": messages, "n": n,
                 "session": _session_of(items)}
+        if self.journal is not None:
+            return self._submit_journal(items, info)
         with self._cv:
             full = self._closing or (self._pending > 0 and self._pending + n > self.queue_size)
             if not full:
@@ -108,19 +120,42 @@ class Ingestor:
             return False
         return True
 
+    def _submit_journal(self, items: list[MemoryItem], info: dict) -> bool:
+        # secrets never reach the disk: redacted before the journal (the id a clearing stub names is
+        # the original text's, fixed first)
+        items = [_replace(it, text=redact_secrets(it.text)[0], source_id=it.source_id or memory_id(it.text))
+                 for it in items]
+        with self._cv:
+            if self._closing:
+                self.stats["dropped"] += len(items)
+                return False
+            dropped = self.journal.add(items, info)
+            self.stats["submitted"] += len(items)
+            self.stats["dropped"] += dropped
+            self._cv.notify()
+        if dropped:
+            self.bus.emit("memory", {"dropped": dropped, "reason": "pending full, oldest dropped",
+                                     "pending": self.journal.items, "pending_max": self.journal.max_items},
+                          flow_id=info["flow_id"], session=info["session"])
+        return True
+
+    def _has_work(self) -> bool:
+        return bool(self._q) or (self.journal is not None and self.journal.items > 0)
+
     def flush(self, timeout: float = 30) -> bool:
         """Wait until everything submitted so far is stored (or failed); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cv:
-            while self._q or self._busy:
+            while self._has_work() or self._busy:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._thread.is_alive():
-                    return not (self._q or self._busy)
-                self._cv.wait(left)
+                    return not (self._has_work() or self._busy)
+                self._cv.wait(min(left, 0.5))
         return True
 
     def close(self, timeout: float = 10) -> None:
-        """Store what is queued (up to ``timeout``), then stop the worker. Does not close the store."""
+        """Store what is queued (up to ``timeout``), then stop the worker after its current batch (with
+        a journal, what is left stays there for the next start). Does not close the store."""
         self.flush(timeout)
         with self._cv:
             self._closing = True
@@ -129,7 +164,7 @@ class Ingestor:
 
     @property
     def pending(self) -> int:
-        return self._pending
+        return self._pending + (self.journal.items if self.journal is not None else 0)
 
     # --- worker --------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -137,15 +172,22 @@ class Ingestor:
         if self._backfill:
             self._safe_backfill()
         while True:
+            if self.journal is not None:
+                if not self._run_journal():
+                    return
+                continue
             with self._cv:
                 while not self._q and not self._closing:
                     self._cv.wait()
                 if not self._q and self._closing:
                     return
-                batches = list(self._q)
-                self._q.clear()
-                taken = self._pending
-                self._pending = 0
+                batches = []
+                taken = 0
+                while self._q and (not batches or taken + len(self._q[0][0]) <= self.batch_max):
+                    b = self._q.popleft()
+                    batches.append(b)
+                    taken += len(b[0])
+                self._pending -= taken
                 self._busy = True
             try:
                 self._process(batches)
@@ -155,6 +197,28 @@ class Ingestor:
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
+
+    def _run_journal(self) -> bool:
+        """One batch from the journal; False when closing."""
+        with self._cv:
+            while self.journal.items <= 0 and not self._closing:
+                self._cv.wait(1.0)
+            if self._closing:
+                return False
+            self._busy = True
+        rows = []
+        try:
+            rows = self.journal.take(self.batch_max, self.batch_chars)
+            if rows:
+                self._process([(items, info) for _, items, info in rows])
+        except Exception as e:  # never let the worker die; the rows are dropped (a poison batch must not loop)
+            self._error(e, sum(len(items) for _, items, _ in rows))
+        finally:
+            self.journal.done([rid for rid, _, _ in rows])
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+        return True
 
     def _safe_backfill(self) -> None:
         """Before the first turn: embed what was stored without a model, and load the tenants' vector
@@ -221,6 +285,10 @@ class Ingestor:
                 items.append(it)
                 sub.append(b)
         self.stats["skipped_seen"] += sum(skipped)
+        if self.tag is not None:
+            for it in items:
+                if not it.tags:
+                    it.tags = self.tag(it.text)
         prepared, redacted, owner = self._prepare(items)
         if self.on_originals is not None and items:
             try:
@@ -242,7 +310,7 @@ class Ingestor:
         self.stats["new"] += len(new)
         self.stats["redacted"] += redacted
         chunks = sum(1 for it in prepared if it.kind == "chunk")
-        queued = self._pending
+        queued = self.pending
         sessions = {info["session"] for _, info in batches}
         self.bus.emit("memory", {"ingested": len(prepared), "new": len(new), "ms": ms, "redacted": redacted,
                                  "chunks": chunks, "items": sum(len(b) for b, _ in batches),

@@ -12,6 +12,7 @@ beats one that only one of them likes.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import math
 import re
 import threading
@@ -48,6 +49,12 @@ _LINE_CACHE_MAX = 16_000_000  # characters of history text remembered between re
 _cache_lock = threading.Lock()
 
 
+def _stable_hash(s: str) -> int:
+    """A line's hash, the same in every process (``hash()`` is salted per process, and the memory
+    service, in its own process, tests the proxy's HistoryIndex)."""
+    return int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little", signed=True)
+
+
 def _text_keys(text: str) -> tuple[tuple[str, ...], frozenset[int]]:
     """(hashes of the whole text, hashes of its long lines), cached: a history is mostly the same texts
     request after request, so each is split and hashed once."""
@@ -56,7 +63,7 @@ def _text_keys(text: str) -> tuple[tuple[str, ...], frozenset[int]]:
         if hit is not None:
             _LINE_CACHE.move_to_end(text)
             return hit
-    lines = frozenset(hash(n) for n in (_line_key(x) for x in text.splitlines()) if len(n) >= MIN_LINE)
+    lines = frozenset(_stable_hash(n) for n in (_line_key(x) for x in text.splitlines()) if len(n) >= MIN_LINE)
     val = ((content_hash(text), content_hash(normalise(text))), lines)
     with _cache_lock:
         if text not in _LINE_CACHE:

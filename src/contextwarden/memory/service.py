@@ -134,8 +134,11 @@ class CachedEmbedder:
 class MemoryService:
     """Store + embedder + ingestor + lexical index + tagger of one runtime. Thread-safe."""
 
-    def __init__(self, runtime: "Runtime", background: bool = True) -> None:
+    def __init__(self, runtime: "Runtime", background: bool = True, separate: bool = False) -> None:
         self.runtime = runtime
+        # in the memory process (server.py): ingestion goes through the pending table, tags what comes
+        # untagged, and a shutdown flushes only ``memory.shutdown_flush_s``
+        self.separate = separate
         self.bus = runtime.bus
         self.home = Path(runtime.home)
         self.settings = runtime.settings
@@ -198,7 +201,17 @@ class MemoryService:
                                         "action": "requests go without memory"})
             else:
                 # chunk sizes by the ingestor's cheap estimate: chunking measures text many times over
+                journal = None
+                if self.separate:
+                    from .pending import PendingTable
+
+                    journal = PendingTable(self.home / "memory-pending.sqlite", m.pending_max)
+                    if journal.recovered:
+                        self.bus.emit("memory", {"recovered": journal.recovered, "pending": journal.items})
                 self.ingestor = Ingestor(self.store, self.bus, m.queue_size, on_added=self._on_added,
+                                         journal=journal, batch_max=m.ingest_batch if self.separate else 256,
+                                         batch_chars=m.ingest_batch_chars,
+                                         tag=self._tag if self.separate else None,
                                          on_originals=self.originals.put if self.originals is not None else None)
         except Exception as e:  # memory is an extra: the proxy runs without it
             self.error = f"{type(e).__name__}: {e}"
@@ -288,6 +301,9 @@ class MemoryService:
         finally:
             self._lexical_ready.set()
 
+    def _tag(self, text: str) -> list[str]:
+        return self.tagger.tag(text) if self.settings.tagging.enabled else []
+
     def _on_added(self, items) -> None:
         self.lexical.add(items)
 
@@ -305,7 +321,7 @@ class MemoryService:
     def update(self, settings) -> bool:
         """New settings from ``cw_configure``: applied in place, unless the store itself changes (then
         returns False and the caller replaces the service)."""
-        if self._store_key(settings) != self._key:
+        if self._store_key(settings) != self._key or (process_mode(settings) == "separate") != self.separate:
             return False
         self.settings = settings
         if self.tagger.settings != settings.tagging:
@@ -318,10 +334,12 @@ class MemoryService:
             self._thread.join(30)
         try:
             if self.ingestor is not None:
-                self.ingestor.close()
+                self.ingestor.close(self.settings.memory.shutdown_flush_s if self.separate else 10)
             self.save_lexical()
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
+            if self.ingestor is not None and self.ingestor.journal is not None:
+                self.ingestor.journal.close()
             if self.store is not None:
                 self.store.close()
             if self.embedder is not None:
@@ -501,6 +519,16 @@ _services: "weakref.WeakKeyDictionary[object, MemoryService]" = weakref.WeakKeyD
 _guard = threading.Lock()
 
 
+# memory.process "auto": the proxy (addons/warden.py) sets this to "separate"; tests, replay, evaluation
+# and the CLI keep the service in their own process
+AUTO_PROCESS = "inline"
+
+
+def process_mode(settings) -> str:
+    mode = getattr(settings.memory, "process", "inline")
+    return AUTO_PROCESS if mode == "auto" else mode
+
+
 def get_service(runtime) -> MemoryService | None:
     """The runtime's memory service, if memory is configured."""
     with _guard:
@@ -522,7 +550,12 @@ def configure(runtime, background: bool = True) -> MemoryService | None:
     if old is not None:
         old.close()
     if settings.memory.enabled and svc is None:
-        svc = MemoryService(runtime, background=background)
+        if process_mode(settings) == "separate":
+            from .client import RemoteMemoryService
+
+            svc = RemoteMemoryService(runtime)
+        else:
+            svc = MemoryService(runtime, background=background)
         with _guard:
             _services[runtime] = svc
     return svc

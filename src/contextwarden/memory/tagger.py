@@ -60,6 +60,9 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*[A-Za-z]|[A-Za-z]")
 _SENTENCE_END = re.compile(r"[.!?\n:;]\s*$")
 # stop a run of content words at punctuation
 _BREAK = re.compile(r"[,.!?;:()\[\]{}\"“”\n]")
+# the budget of one text: characters read (the work after that is linear in them, and the pairwise
+# merge is bounded by KeywordTagger.fuzzy_limit)
+MAX_CHARS = 20_000
 _EXT_WORDS = frozenset("com org net io www http https".split())
 
 
@@ -101,7 +104,7 @@ def _norm_word(w: str) -> str:
     return w[:-2] if w.endswith("'s") else w
 
 
-_TAG_CHARS = 20_000  # a tag set does not need more of a text
+_TAG_CHARS = MAX_CHARS  # a tag set does not need more of a text
 _MARK = re.compile(r"\[REDACTED:[a-z_]+\]")
 
 
@@ -118,6 +121,8 @@ class KeywordTagger:
     def __init__(self, max_tags: int = 6, merge_similarity: float = 88) -> None:
         self.max_tags = max_tags
         self.merge_similarity = merge_similarity
+        # candidates merged by rapidfuzz at most (the pairwise merge is quadratic in this, not in the text)
+        self.fuzzy_limit = max(48, 8 * max_tags)
 
     def candidates(self, text: str) -> list[_Cand]:
         scores: dict[str, float] = {}
@@ -128,7 +133,7 @@ class KeywordTagger:
                 first_seen[tag] = len(first_seen)
             scores[tag] = scores.get(tag, 0.0) + weight
 
-        text = text[:_TAG_CHARS]  # a tag set does not need more; keeps a huge tool output cheap
+        text = text[:MAX_CHARS]  # a tag set does not need more; keeps a huge tool output cheap
         for m in _PATH.finditer(text):
             p = m.group(0).strip("./") if m.group(0).startswith("./") else m.group(0)
             last = p.rsplit("/", 1)[-1]
@@ -181,7 +186,10 @@ class KeywordTagger:
                 by_stem[k] = _Cand(best.tag, kept.score + c.score, k)
             else:
                 by_stem[k] = _Cand(c.tag, c.score, k)
-        ordered = sorted(by_stem.values(), key=lambda c: -c.score)
+        # Only the best-scored candidates are compared pairwise: comparing every candidate with every kept
+        # one is quadratic (random-word tool output has thousands of distinct words: 3.7 s for 10 KB),
+        # and a candidate far down the list only ever adds a little to a kept one's score.
+        ordered = sorted(by_stem.values(), key=lambda c: -c.score)[: self.fuzzy_limit]
         kept: list[_Cand] = []
         for c in ordered:
             for i, k in enumerate(kept):

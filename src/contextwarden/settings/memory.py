@@ -69,7 +69,34 @@ class MemorySection(Section):
     """Items older than this are expired by ``contextwarden memory prune``."""
 
     queue_size: int = 1000
-    """Ingestion queue length; when full, work is dropped with an event (never blocks traffic)."""
+    """Ingestion queue length; when full, work is dropped with an event (never blocks traffic). In the
+    memory process (``process: separate``) work waits in the pending table instead (``pending_max``)."""
+
+    process: str = "auto"
+    """Where embedding, the lexical index, Chroma and ingestion run: ``separate`` (a memory process the
+    proxy starts, stops and restarts, spoken to over a Unix socket under cw_home), ``inline`` (in the
+    calling process: tests, replay, evaluation), ``auto`` (separate in the proxy, inline elsewhere)."""
+
+    pending_max: int = 200_000
+    """Items waiting to be embedded in the memory process's pending table (stored at once, embedded
+    later); past this the oldest are dropped, counted in a ``memory`` event."""
+
+    ingest_batch: int = 64
+    """Items the memory process's ingestion takes per batch (a shutdown waits for at most one)."""
+
+    ingest_batch_chars: int = 24_000
+    """And characters of text per batch (~25 chunks to embed: a second or two on a busy core); a
+    submission larger than this is still taken whole."""
+
+    shutdown_flush_s: float = 2.0
+    """On shutdown, seconds spent storing pending items; the rest is stored at the next start."""
+
+    @field_validator("process")
+    @classmethod
+    def _process_mode(cls, v: str) -> str:
+        if v not in ("auto", "separate", "inline"):
+            raise ValueError("memory.process: auto, separate or inline")
+        return v
 
     chunk_tokens: int = 240
     """Largest chunk of a long text, in the embedding model's word pieces (at most 254: the model sees

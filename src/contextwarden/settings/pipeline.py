@@ -46,6 +46,13 @@ class PipelineSection(Section):
     turn_workers: int = 2
     """Threads that run turn-complete hooks (ingestion, calibration) off the event loop."""
 
+    turn_queue: int = 256
+    """Completed turns waiting for those threads at most; past it the oldest waiting is dropped (a
+    ``backpressure`` event says how many): each holds its parsed request, and traffic never waits."""
+
+    shutdown_turn_s: float = 2.0
+    """On shutdown, seconds given to the turn work still waiting."""
+
     gc_tuning: bool = True
     """Once the proxy is warm (tokenizers loaded at start-up, the memory model when it is ready), move
     every object that exists then out of the garbage collector's sight (``gc.freeze``) and collect the

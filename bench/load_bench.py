@@ -1,0 +1,337 @@
+"""Load: N concurrent streaming tool-loop sessions for T seconds, straight to the stand-in upstream and
+through a real mitmdump with the claude-code profile and memory on, in the same run.
+
+    nice .venv/bin/python bench/load_bench.py --sessions 50 --seconds 60
+    .venv/bin/python bench/load_bench.py --sessions 10 --seconds 20      # a quick look
+
+Each session has its own API key and session id and plays a Claude Code tool loop: the stand-in
+answers every request with a streamed Bash tool call, the session appends the call and its result (a
+slice of this repository's own source code, ~``--step-tokens`` tokens) and sends again; every 8th
+step is a message a person wrote instead (memory searches and injects there). A session whose
+history passes ``--max-tokens`` starts over as a new session. Requests are the real Claude Code
+request (system prompt, tools, headers) of ../shared/eval/requests.
+
+Printed: completed and error counts per phase, byte-identity of every streamed response (what the
+client read through the proxy against what the stand-in wrote for that request), time to first byte
+p50/p99 and the added p50/p99, throughput and its ratio, fall-backs (a request forwarded as the client's
+original because a stage ran past its budget), RSS of the proxy and of its memory process over time,
+ingestion dropped / pending, and how long SIGTERM took to stop the proxy afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import re
+import signal
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the same set-up as the latency benchmark (paths, offline assets, the stand-in and mitmdump helpers)
+from proxy_latency import REQUESTS, ROOT, ProxyProcess, StandIn, pct as _pct  # noqa: E402
+
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+
+_TOOL_ID = re.compile(rb'"type":"tool_use","id":"([^"]+)"')
+HUMAN_EVERY = 8
+
+
+def pct(xs: list[float], p: float) -> float | None:
+    return _pct(xs, p) if xs else None
+
+
+def corpus() -> str:
+    """This repository's own source code, the tool output of the loop."""
+    parts = []
+    for folder in ("src", "plugins", "addons", "tests", "bench"):
+        for p in sorted((ROOT / folder).rglob("*.py")):
+            parts.append(f"# {p.relative_to(ROOT)}\n" + p.read_text(errors="replace"))
+    return "\n".join(parts)
+
+
+class Session:
+    def __init__(self, k: int, base: dict, headers: dict, code: str, step_chars: int, max_chars: int) -> None:
+        self.k = k
+        self.base = base
+        self.headers0 = headers
+        self.code = code
+        self.step_chars = step_chars
+        self.max_chars = max_chars
+        self.offset = (k * 7919 * step_chars) % max(1, len(code) - step_chars)
+        self.generation = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.generation += 1
+        self.session = str(uuid.uuid4())
+        self.key = f"sk-ant-load-{self.k}-{uuid.uuid4().hex[:12]}"
+        self.messages: list[dict] = [{"role": "user", "content": [
+            {"type": "text", "text": f"Session {self.k}: read through the code of this repository and tell me how the "
+                                     f"memory service is started and how ingestion is bounded."}]}]
+        self.chars = 0
+        self.step = 0
+
+    def body(self) -> bytes:
+        b = dict(self.base)
+        msgs = copy.deepcopy(self.messages[-1:])
+        last = msgs[-1]["content"]
+        if isinstance(last, list) and last:
+            last[-1] = {**last[-1], "cache_control": {"type": "ephemeral"}}
+        b["messages"] = self.messages[:-1] + msgs
+        b["metadata"] = {"user_id": json.dumps({"device_id": "bench", "account_uuid": "", "session_id": self.session})}
+        b["stream"] = True
+        return orjson.dumps(b)
+
+    def headers(self, rid: str) -> dict:
+        return {**self.headers0, "x-api-key": self.key, "X-Claude-Code-Session-Id": self.session,
+                "x-contextwarden-session": self.session, "x-bench-req": rid}
+
+    def advance(self, raw: bytes) -> None:
+        m = _TOOL_ID.search(raw)
+        tool_id = m.group(1).decode() if m else f"toolu_{uuid.uuid4().hex[:16]}"
+        self.step += 1
+        self.messages.append({"role": "assistant", "content": [
+            {"type": "text", "text": "I'll read the next file."},
+            {"type": "tool_use", "id": tool_id, "name": "Bash", "input": {"command": f"cat part_{self.step}.py"}}]})
+        s = (self.offset + self.step * self.step_chars) % max(1, len(self.code) - self.step_chars)
+        out = self.code[s:s + self.step_chars]
+        content = [{"type": "tool_result", "tool_use_id": tool_id, "content": out}]
+        if self.step % HUMAN_EVERY == 0:
+            content.append({"type": "text", "text": f"Thanks. Now, about step {self.step}: where is the pending "
+                                                    f"table drained, and what happens to session {self.k}'s turns "
+                                                    f"when the proxy stops?"})
+        self.messages.append({"role": "user", "content": content})
+        self.chars += len(out)
+        if self.chars > self.max_chars:
+            self.reset()
+
+
+class Phase:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ttfb: list[float] = []
+        self.completed = 0
+        self.errors: list[str] = []
+        self.mismatched = 0
+        self.checked = 0
+        self.seconds = 0.0
+
+
+async def run_phase(phase: Phase, url: str, sessions: list[Session], seconds: float, records: dict,
+                    lock: threading.Lock) -> None:
+    stop = time.monotonic() + seconds
+
+    async def one(s: Session) -> None:
+        async with httpx.AsyncClient(timeout=180, trust_env=False) as c:
+            while time.monotonic() < stop:
+                rid = uuid.uuid4().hex
+                body = s.body()
+                t0 = time.perf_counter()
+                first = None
+                chunks = []
+                try:
+                    async with c.stream("POST", url + "/v1/messages", content=body, headers=s.headers(rid)) as r:
+                        async for chunk in r.aiter_raw():
+                            if first is None:
+                                first = time.perf_counter() - t0
+                            chunks.append(chunk)
+                        status = r.status_code
+                except Exception as e:
+                    phase.errors.append(f"{type(e).__name__}: {e}"[:200])
+                    await asyncio.sleep(0.5)
+                    continue
+                raw = b"".join(chunks)
+                if status != 200:
+                    phase.errors.append(f"status {status}: {raw[:200]!r}")
+                    continue
+                phase.completed += 1
+                if first is not None:
+                    phase.ttfb.append(first * 1000)
+                with lock:
+                    rec = records.pop(rid, None)
+                if rec is not None:
+                    phase.checked += 1
+                    if bytes(rec.response_body) != raw:
+                        phase.mismatched += 1
+                s.advance(raw)
+
+    t = time.monotonic()
+    await asyncio.gather(*(one(s) for s in sessions))
+    phase.seconds = time.monotonic() - t
+
+
+def rss_mb(pid: int | None) -> float | None:
+    if not pid:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def sample_rss(pids: dict, out: list, stop: threading.Event, every: float) -> None:
+    t0 = time.monotonic()
+    while not stop.wait(every):
+        out.append((round(time.monotonic() - t0, 1), {k: rss_mb(p()) for k, p in pids.items()}))
+
+
+def pending_items(home: Path) -> int | None:
+    p = home / "memory-pending.sqlite"
+    if not p.exists():
+        return None
+    db = sqlite3.connect(str(p))
+    try:
+        return int(db.execute("SELECT COALESCE(SUM(n), 0) FROM pending").fetchone()[0])
+    finally:
+        db.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sessions", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--step-tokens", type=int, default=3000)
+    ap.add_argument("--max-tokens", type=int, default=150_000, help="a session starts over past this history")
+    ap.add_argument("--sse-delay", type=float, default=0.005, help="seconds between the stand-in's SSE events")
+    ap.add_argument("--profile", default="claude-code")
+    ap.add_argument("--idle", type=float, default=0, help="seconds of idle after the load, RSS sampled (shrinks?)")
+    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    args = ap.parse_args()
+
+    base = json.loads((REQUESTS / "claude-code-2.1.197-turn2.json").read_text())
+    base["messages"] = []
+    base.pop("context_management", None)
+    captured = json.loads((REQUESTS / "claude-code-2.1.197-headers.json").read_text())["headers"]
+    hdrs = {k: v for k, v in captured.items() if k.lower() not in ("host", "content-length", "connection", "accept-encoding")}
+    code = corpus()
+    step_chars = args.step_tokens * 4
+
+    def make_sessions() -> list[Session]:
+        return [Session(k, base, hdrs, code, step_chars, args.max_tokens * 4) for k in range(args.sessions)]
+
+    records: dict = {}
+    lock = threading.Lock()
+    standin = StandIn(sse_delay=args.sse_delay)
+    standin.planner = lambda api, body: ("I'll read the next file.", ("Bash", {"command": "cat next.py"}))
+
+    def keep(rec) -> None:  # only what byte-identity needs, dropped once checked
+        rid = rec.header("x-bench-req")
+        if rid:
+            with lock:
+                records[rid] = rec
+
+    standin._record = keep
+    standin.start()
+    work = Path(tempfile.mkdtemp(prefix="cw-load-"))
+    results: dict = {"sessions": args.sessions, "seconds": args.seconds, "step_tokens": args.step_tokens}
+    try:
+        direct = Phase("direct")
+        print(f"direct: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
+        asyncio.run(run_phase(direct, standin.url, make_sessions(), args.seconds, records, lock))
+        records.clear()
+
+        proxy = ProxyProcess(work, profile=args.profile, reverse=standin.url, name="load",
+                             ready_events=("startup", "memory_status"), startup_timeout=300)
+        t = time.monotonic()
+        proxy.start()
+        mem_pid = [None]
+        evs = proxy.events("memory_process", wait=5)
+        if evs:
+            mem_pid[0] = evs[-1]["data"]["pid"]
+        print(f"proxy ready in {time.monotonic() - t:.1f} s (memory process pid {mem_pid[0]})", flush=True)
+
+        def current_mem_pid():
+            evs = proxy.events("memory_process", wait=0)
+            return evs[-1]["data"]["pid"] if evs else None
+
+        rss: list = []
+        stop = threading.Event()
+        sampler = threading.Thread(target=sample_rss, args=({"proxy": lambda: proxy.proc.pid, "memory": current_mem_pid},
+                                                            rss, stop, 5.0), daemon=True)
+        sampler.start()
+        through = Phase("proxy")
+        mark = proxy.mark()
+        print(f"proxy: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
+        asyncio.run(run_phase(through, proxy.url, make_sessions(), args.seconds, records, lock))
+        if args.idle:
+            print(f"idle {args.idle:.0f} s ...", flush=True)
+            time.sleep(args.idle)
+        stop.set()
+        events = proxy._read_events()[mark:]
+        forwards = [e["data"] for e in events if e["type"] == "forward"]
+        fallbacks = [f for f in forwards if not f.get("changed") and "timeout" in str(f.get("reason") or "")]
+        stage_timeouts = sum(1 for e in events if e["type"] == "stage" and e["data"].get("status") == "timeout")
+        mem = [e["data"] for e in events if e["type"] == "memory"]
+        dropped = sum(int(d.get("dropped") or 0) for d in mem)
+        ingested = sum(int(d.get("ingested") or 0) for d in mem)
+        injected = sum(1 for d in mem if d.get("injected"))
+        searched = sum(1 for d in mem if "injected" in d and d.get("skipped") not in ("tool loop step", "starting"))
+        mem_timeouts = sum(1 for d in mem if d.get("skipped") == "timeout")
+        turn_drops = max([int(e["data"].get("dropped") or 0) for e in events if e["type"] == "backpressure"] or [0])
+        pending = pending_items(proxy.home)
+        t = time.monotonic()
+        proxy.proc.send_signal(signal.SIGTERM)
+        proxy.wait_stopped(120)
+        sigterm_s = time.monotonic() - t
+        pending_after = pending_items(proxy.home)
+    finally:
+        standin.stop()
+
+    d_p50, d_p99 = pct(direct.ttfb, 50), pct(direct.ttfb, 99)
+    p_p50, p_p99 = pct(through.ttfb, 50), pct(through.ttfb, 99)
+    results.update({
+        "direct": {"completed": direct.completed, "errors": len(direct.errors), "rps": direct.completed / direct.seconds,
+                   "ttfb_p50_ms": d_p50, "ttfb_p99_ms": d_p99, "identical": direct.checked - direct.mismatched,
+                   "checked": direct.checked},
+        "proxy": {"completed": through.completed, "errors": len(through.errors), "rps": through.completed / through.seconds,
+                  "ttfb_p50_ms": p_p50, "ttfb_p99_ms": p_p99, "identical": through.checked - through.mismatched,
+                  "checked": through.checked},
+        "added_ttfb_p50_ms": None if p_p50 is None or d_p50 is None else p_p50 - d_p50,
+        "added_ttfb_p99_ms": None if p_p99 is None or d_p99 is None else p_p99 - d_p99,
+        "throughput_ratio": (through.completed / through.seconds) / max(1e-9, direct.completed / direct.seconds),
+        "fallbacks": len(fallbacks), "forwards": len(forwards), "stage_timeouts": stage_timeouts,
+        "memory": {"ingested": ingested, "dropped": dropped, "pending_at_end": pending, "pending_after_sigterm": pending_after,
+                   "searches": searched, "injected": injected, "search_timeouts": mem_timeouts},
+        "turn_work_dropped": turn_drops,
+        "rss_mb": rss, "sigterm_s": sigterm_s,
+        "error_samples": (direct.errors + through.errors)[:5],
+    })
+    r = results
+    print()
+    print(f"{'':10}{'completed':>10}{'errors':>8}{'req/s':>8}{'ttfb p50':>10}{'ttfb p99':>10}{'identical':>14}")
+    for name in ("direct", "proxy"):
+        x = r[name]
+        print(f"{name:10}{x['completed']:>10}{x['errors']:>8}{x['rps']:>8.1f}{x['ttfb_p50_ms'] or 0:>9.1f}m"
+              f"{x['ttfb_p99_ms'] or 0:>9.1f}m{x['identical']:>8}/{x['checked']}")
+    print(f"added time to first byte: p50 {r['added_ttfb_p50_ms'] or 0:.1f} ms, p99 {r['added_ttfb_p99_ms'] or 0:.1f} ms")
+    print(f"throughput through the proxy: {r['throughput_ratio'] * 100:.0f}% of direct")
+    print(f"fall-backs (stage past its budget): {r['fallbacks']} of {r['forwards']} requests "
+          f"({100 * r['fallbacks'] / max(1, r['forwards']):.2f}%); stage timeouts {r['stage_timeouts']}")
+    m = r["memory"]
+    print(f"memory: {m['ingested']} items ingested, {m['dropped']} dropped, {m['pending_at_end']} pending at the end "
+          f"(embedding lag), {m['pending_after_sigterm']} left pending after SIGTERM; searches {m['searches']}, "
+          f"injected {m['injected']}, search timeouts {m['search_timeouts']}; turn work dropped {r['turn_work_dropped']}")
+    print("RSS MB (t s: proxy / memory): " + ", ".join(
+        f"{t:.0f}: {v['proxy'] or 0:.0f}/{v['memory'] or 0:.0f}" for t, v in rss))
+    print(f"SIGTERM to exit: {r['sigterm_s']:.1f} s")
+    if r["error_samples"]:
+        print("errors:", *r["error_samples"], sep="\n  ")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    return 0 if not (direct.errors or through.errors or through.mismatched) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The proxy's side of the memory process: starts it, talks to it, restarts it when it dies.
+
+:class:`RemoteMemoryService` stands where :class:`~contextwarden.memory.service.MemoryService` stands
+(``service.get_service(runtime)``) and behaves the same for its callers: ``ready``, ``available``,
+``error``, ``wait_ready``, ``update``, ``close`` are its own; every other public attribute is forwarded
+BY NAME to the service in the memory process (a method added to MemoryService works here unchanged),
+its arguments and result carried by :mod:`contextwarden.memory.wire`. Events the service emits come
+back over the socket onto the runtime's bus.
+
+Fail open, with the budgets of the in-process service: ``search`` waits ``timeout_s`` (plus the socket
+hop) and raises TimeoutError; ``submit`` waits at most ``SUBMIT_WAIT_S`` for the pending table's
+acknowledgement and returns False otherwise (the memory stage then leaves its ingestion marker where it
+was, and the next turn sends the items again); while the process is starting or restarting, ``ready``
+is clear and requests go without memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+from . import wire
+
+SUBMIT_WAIT_S = 2.0
+CALL_WAIT_S = 30.0
+SEARCH_MARGIN_S = 0.05  # the socket hop and decoding, on top of the search's own budget
+START_WAIT_S = 120.0
+_names = itertools.count(1)
+
+
+class NullTagger:
+    """The proxy does not tag for memory: items go untagged and the memory process tags them."""
+
+    settings = None
+
+    def tag(self, text: str) -> list[str]:
+        return []
+
+    def tag_many(self, texts) -> list[str]:
+        return []
+
+
+def socket_path(home: Path) -> Path:
+    """A socket path under cw_home/run, unless that is too long for AF_UNIX (then a private temp dir)."""
+    name = f"memory-{os.getpid()}-{next(_names)}.sock"
+    p = Path(home) / "run" / name
+    if len(str(p).encode()) < 100:
+        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return p
+    return Path(tempfile.mkdtemp(prefix="cw-mem-")) / name
+
+
+class RemoteMemoryService:
+    def __init__(self, runtime) -> None:
+        from .service import MemoryService
+
+        self.runtime = runtime
+        self.bus = runtime.bus
+        self.home = Path(runtime.home)
+        self.settings = runtime.settings
+        self.separate = True
+        self._key = MemoryService._store_key(self.settings)
+        self.tagger = NullTagger()
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self.closed = False
+        self.restarts = 0
+        self.pid: int | None = None
+        self._state: dict = {}
+        self._sock = None
+        self._wlock = threading.Lock()
+        self._calls: dict[int, Future] = {}
+        self._calls_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._kinds: dict[str, str] = {}
+        self._proc: subprocess.Popen | None = None
+        self._path = socket_path(self.home)
+        self._thread = threading.Thread(target=self._supervise, name="cw-memory-client", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"RemoteMemoryService(pid={self.pid}, ready={self.ready.is_set()})"
+
+    # --- the process --------------------------------------------------------------------------------
+    def _spawn(self) -> None:
+        log_dir = self.home / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(log_dir / "memory-server.log", "ab")
+        env = dict(os.environ)
+        src = str(Path(__file__).resolve().parents[2])  # the contextwarden package's own folder first
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "contextwarden.memory.server", "--home", str(self.home),
+             "--socket", str(self._path), "--parent-pid", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
+        log.close()
+        self.pid = self._proc.pid
+
+    def _connect(self) -> None:
+        import socket
+
+        deadline = time.monotonic() + START_WAIT_S
+        while True:
+            if self.closed:
+                raise ConnectionError("closed")
+            if self._proc is not None and self._proc.poll() is not None:
+                raise ConnectionError(f"memory process exited with {self._proc.returncode}")
+            if self._path.exists():
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.connect(str(self._path))
+                    break
+                except OSError:
+                    s.close()
+            if time.monotonic() > deadline:
+                raise ConnectionError("memory process did not open its socket")
+            time.sleep(0.05)
+        self._sock = s
+        threading.Thread(target=self._read, args=(s,), name="cw-memory-reader", daemon=True).start()
+
+    def _read(self, s) -> None:
+        from ..events import Event
+
+        try:
+            while True:
+                msg = wire.recv_frame(s)
+                if msg is None:
+                    break
+                ev = msg.get("ev")
+                if ev is not None:
+                    if ev.get("type") == "memory_status":
+                        self._on_status(ev.get("data") or {})
+                    self.bus.publish(Event(type=ev["type"], data=ev.get("data") or {}, flow_id=ev.get("flow_id"),
+                                           session=ev.get("session"), ts=ev.get("ts") or time.time()))
+                    continue
+                with self._calls_lock:
+                    fut = self._calls.pop(msg.get("id"), None)
+                if fut is None or fut.done():
+                    continue
+                if "e" in msg:
+                    fut.set_exception(wire.decode_error(msg["e"]))
+                else:
+                    fut.set_result(msg.get("r"))
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._lost(s)
+
+    def _on_status(self, data: dict) -> None:
+        self._state.update(available=data.get("status") == "ready", error=data.get("error"))
+        self.error = data.get("error")
+
+    def _lost(self, s) -> None:
+        """The connection is gone: calls waiting on it fail at once (the caller goes without memory)."""
+        if self._sock is s:
+            self.ready.clear()
+            self._sock = None
+        with self._calls_lock:
+            calls, self._calls = self._calls, {}
+        for f in calls.values():
+            if not f.done():
+                f.set_exception(ConnectionError("memory process connection lost"))
+        try:
+            s.close()
+        except OSError:
+            pass
+
+    def _supervise(self) -> None:
+        backoff = 0.5
+        while not self.closed:
+            started = time.monotonic()
+            try:
+                self._spawn()
+                self._connect()
+                self._op("events")
+                self._op("open", settings=wire.encode(self.settings), timeout=CALL_WAIT_S)
+                while not self.closed and not self._op("ready", timeout=1.0, wait=2.0):
+                    pass
+                self._state = self._op("state")
+                self.error = self._state.get("error")
+                if not self.closed:
+                    self.ready.set()
+                    self.bus.emit("memory_process", {"pid": self.pid, "restarts": self.restarts,
+                                                     "ms": round((time.monotonic() - started) * 1000, 1)})
+            except Exception as e:
+                if not self.closed:
+                    self.error = f"{type(e).__name__}: {e}"
+                    self.bus.emit("error", {"where": "memory.process", "message": self.error,
+                                            "action": "requests go without memory; restarting it"})
+            proc = self._proc
+            if proc is not None:
+                while proc.poll() is None and not self.closed:
+                    time.sleep(0.2)
+            if self.closed:
+                return
+            self.ready.clear()
+            if self._sock is not None:
+                self._lost(self._sock)
+            self.restarts += 1
+            if time.monotonic() - started > 60:
+                backoff = 0.5
+            self.bus.emit("memory_status", {"status": "restarting", "exit": proc.returncode if proc else None,
+                                            "restarts": self.restarts, "in_s": backoff})
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    # --- calls --------------------------------------------------------------------------------------
+    def _op(self, op: str, timeout: float | None = None, wait: float | None = None, **fields):
+        s = self._sock
+        if s is None:
+            raise ConnectionError("memory process not connected")
+        rid = next(self._ids)
+        fut: Future = Future()
+        with self._calls_lock:
+            self._calls[rid] = fut
+        try:
+            wire.send_frame(s, {"id": rid, "op": op, **({"timeout": timeout} if timeout is not None else {}), **fields},
+                            self._wlock)
+        except OSError as e:
+            with self._calls_lock:
+                self._calls.pop(rid, None)
+            raise ConnectionError(f"memory process: {e}") from None
+        limit = wait if wait is not None else (timeout if timeout is not None else CALL_WAIT_S)
+        try:
+            return fut.result(limit)
+        except FutureTimeout:
+            with self._calls_lock:
+                self._calls.pop(rid, None)
+            raise TimeoutError(f"memory process did not answer {op} in {limit:.2f} s") from None
+
+    def call(self, name: str, *args, _wait: float | None = None, **kwargs):
+        """``name(*args, **kwargs)`` on the service in the memory process."""
+        a, k = wire.encode(list(args)), wire.encode(kwargs)  # TypeError before anything is sent
+        r = self._op("call", m=name, a=a, k=k, wait=_wait if _wait is not None else CALL_WAIT_S)
+        return wire.decode(r)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        kind = self._kinds.get(name)
+        if kind is None:
+            try:
+                kind = self._op("kind", m=name)
+            except (ConnectionError, TimeoutError) as e:
+                raise AttributeError(f"{name}: {e}") from None
+            self._kinds[name] = kind
+        if kind == "missing":
+            raise AttributeError(name)
+        if kind == "value":
+            try:
+                return wire.decode(self._op("get", m=name))
+            except (TypeError, ConnectionError, TimeoutError) as e:  # e.g. the store: not sendable
+                raise AttributeError(f"{name}: {e}") from None
+        return lambda *a, **k: self.call(name, *a, **k)
+
+    # --- the service's own surface ------------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        return (self.ready.is_set() and self._sock is not None and not self.closed
+                and bool(self._state.get("available")))
+
+    @property
+    def lexical_ready(self) -> bool:
+        try:
+            return bool(self._op("state", wait=2.0).get("lexical_ready"))
+        except (ConnectionError, TimeoutError):
+            return False
+
+    def wait_ready(self, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        if not self.ready.wait(timeout):
+            return False
+        try:
+            return bool(self.call("wait_ready", max(0.0, deadline - time.monotonic()),
+                                  _wait=max(0.0, deadline - time.monotonic()) + 5))
+        except (ConnectionError, TimeoutError):
+            return False
+
+    def search(self, query, tenants, *, timeout_s: float | None = None, **kw):
+        wait = CALL_WAIT_S if timeout_s is None else timeout_s + SEARCH_MARGIN_S
+        return self.call("search", query, tenants, timeout_s=timeout_s, _wait=wait, **kw)
+
+    def submit(self, items, **info) -> bool:
+        if not self.available:
+            return False
+        try:
+            return bool(self.call("submit", items, _wait=SUBMIT_WAIT_S, **info))
+        except (ConnectionError, TimeoutError):
+            return False
+
+    def flush(self, timeout: float = 120) -> bool:
+        if self._sock is None:
+            return False
+        return bool(self.call("flush", timeout, _wait=timeout + 5))
+
+    def update(self, settings) -> bool:
+        from .service import MemoryService, process_mode
+
+        if MemoryService._store_key(settings) != self._key or process_mode(settings) != "separate":
+            return False
+        self.settings = settings
+        try:
+            self.call("update", settings, _wait=5.0)
+        except Exception:  # applied at the next restart (it opens with self.settings)
+            pass
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Ask the process to close (it flushes ``memory.shutdown_flush_s``, leaves the rest pending),
+        then wait for it; terminate, then kill, what does not exit."""
+        self.closed = True
+        t0 = time.monotonic()
+        flush = float(getattr(self.settings.memory, "shutdown_flush_s", 3.0))
+        budget = timeout if timeout is not None else flush + 5.0
+        deadline = time.monotonic() + budget
+        try:
+            if self._sock is not None:
+                self._op("close", wait=budget)
+        except Exception:
+            pass
+        proc = self._proc
+        if proc is not None:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(2)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(2)
+        if self._sock is not None:
+            self._lost(self._sock)
+        self.ready.clear()
+        try:
+            os.unlink(self._path)
+        except OSError:
+            pass
+        self.bus.emit("memory_process", {"pid": self.pid, "stopped": True, "exit": proc.returncode if proc else None,
+                                         "ms": round((time.monotonic() - t0) * 1000, 1)})

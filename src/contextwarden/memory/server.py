@@ -1,0 +1,243 @@
+"""The memory process: one :class:`~contextwarden.memory.service.MemoryService` behind a Unix socket.
+
+``python -m contextwarden.memory.server --home DIR --socket PATH [--profile P] [--parent-pid N]``
+
+The proxy starts it (see :mod:`contextwarden.memory.client`), so that embedding, the lexical index,
+Chroma, tagging for memory and ingestion never hold the proxy's interpreter lock. It serves any method
+of the service by name (arguments and results through :mod:`contextwarden.memory.wire`), forwards the
+events the service emits to every connection that asked for them, and exits when asked to close, on
+SIGTERM, or when the process that started it is gone. The socket file is created with mode 0600.
+
+Frames in: ``{"id", "op": "open"|"call"|"kind"|"get"|"ready"|"state"|"close"|"events", ...}``;
+frames out: ``{"id", "r": result}`` or ``{"id", "e": {"type", "message"}}``, and ``{"ev": event}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..events import EventBus
+from . import wire
+
+
+class _Runtime:
+    """What MemoryService reads of a runtime: its settings, home and event bus."""
+
+    def __init__(self, settings, home: Path, bus: EventBus) -> None:
+        self.settings = settings
+        self.home = home
+        self.bus = bus
+
+
+class MemoryServer:
+    def __init__(self, home: str | Path, sock_path: str | Path, settings=None, parent_pid: int | None = None) -> None:
+        from . import service
+
+        service.AUTO_PROCESS = "separate"  # this process is the separate one: update() must agree
+        self.home = Path(home)
+        self.sock_path = str(sock_path)
+        self.bus = EventBus(recent=16)
+        self.settings = settings
+        self.service = None
+        self.parent_pid = parent_pid
+        self._lock = threading.Lock()
+        self._conns: dict[socket.socket, tuple[threading.Lock, bool]] = {}
+        self._conns_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cw-memsrv")
+        self._stop = threading.Event()
+        self._closed = threading.Event()
+        self.bus.subscribe(self._forward)
+        if settings is not None:
+            self._open(settings)
+
+    # --- the service ------------------------------------------------------------------------------
+    def _open(self, settings):
+        from .service import MemoryService
+
+        with self._lock:
+            if self.service is None:
+                self.settings = settings
+                self.service = MemoryService(_Runtime(settings, self.home, self.bus), background=True, separate=True)
+            return self.service
+
+    def close(self) -> None:
+        """Close the service once (flushes what fits in ``memory.shutdown_flush_s``)."""
+        with self._lock:
+            svc, self.service = self.service, None
+        if svc is not None:
+            try:
+                svc.close()
+            except Exception as e:
+                print(f"contextwarden memory: close failed: {type(e).__name__}: {e}", file=sys.stderr)
+        self._closed.set()
+        self._stop.set()
+
+    def _forward(self, ev) -> None:
+        frame = {"ev": ev.to_dict()}
+        with self._conns_lock:
+            conns = [(c, lk) for c, (lk, wants) in self._conns.items() if wants]
+        for c, lk in conns:
+            try:
+                wire.send_frame(c, frame, lk)
+            except (OSError, TypeError):
+                pass
+
+    # --- requests ---------------------------------------------------------------------------------
+    def _handle(self, msg: dict):
+        op = msg.get("op")
+        if op == "open":
+            self._open(wire.decode(msg["settings"]))
+            return True
+        if op == "close":
+            self.close()
+            return True
+        svc = self.service
+        if svc is None:
+            raise RuntimeError("memory service not open")
+        if op == "ready":
+            return svc.ready.wait(float(msg.get("timeout", 0)))
+        if op == "state":
+            return {"ready": svc.ready.is_set(), "available": svc.available, "error": svc.error,
+                    "lexical_ready": svc.lexical_ready, "pid": os.getpid()}
+        name = msg.get("m", "")
+        if name.startswith("_"):
+            raise AttributeError(f"{name} is private")
+        if op == "kind":
+            if not hasattr(svc, name):
+                return "missing"
+            return "method" if callable(getattr(svc, name)) else "value"
+        if op == "get":
+            return wire.encode(getattr(svc, name))
+        if op == "call":
+            fn = getattr(svc, name)
+            return wire.encode(fn(*wire.decode(msg.get("a") or []), **wire.decode(msg.get("k") or {})))
+        raise ValueError(f"unknown op {op!r}")
+
+    def _serve_call(self, conn: socket.socket, lk: threading.Lock, msg: dict) -> None:
+        try:
+            out = {"id": msg.get("id"), "r": self._handle(msg)}
+        except BaseException as e:
+            out = {"id": msg.get("id"), "e": wire.encode_error(e)}
+        try:
+            wire.send_frame(conn, out, lk)
+        except (OSError, TypeError) as e:
+            try:
+                wire.send_frame(conn, {"id": msg.get("id"), "e": wire.encode_error(e)}, lk)
+            except OSError:
+                pass
+
+    def _serve_conn(self, conn: socket.socket) -> None:
+        lk = threading.Lock()
+        with self._conns_lock:
+            self._conns[conn] = (lk, False)
+        try:
+            while True:
+                msg = wire.recv_frame(conn)
+                if msg is None:
+                    break
+                if msg.get("op") == "events":
+                    with self._conns_lock:
+                        self._conns[conn] = (lk, True)
+                    wire.send_frame(conn, {"id": msg.get("id"), "r": True}, lk)
+                    continue
+                if msg.get("op") == "close":
+                    self._serve_call(conn, lk, msg)  # in this thread: the reply goes once closed
+                    break
+                try:
+                    self._pool.submit(self._serve_call, conn, lk, msg)
+                except RuntimeError:
+                    break
+        except (OSError, ValueError):
+            pass
+        finally:
+            with self._conns_lock:
+                self._conns.pop(conn, None)
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _watch_parent(self) -> None:
+        while not self._stop.wait(1.0):
+            if self.parent_pid is None:
+                continue
+            try:
+                os.kill(self.parent_pid, 0)
+            except ProcessLookupError:
+                self.close()
+                return
+            except PermissionError:
+                pass
+            if os.getppid() != self.parent_pid and os.getppid() == 1:
+                self.close()
+                return
+
+    def serve(self) -> None:
+        try:
+            os.unlink(self.sock_path)
+        except FileNotFoundError:
+            pass
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            srv.bind(self.sock_path)
+        finally:
+            os.umask(old)
+        os.chmod(self.sock_path, 0o600)
+        srv.listen(16)
+        srv.settimeout(0.5)
+        threading.Thread(target=self._watch_parent, name="cw-memsrv-parent", daemon=True).start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    conn, _ = srv.accept()
+                except socket.timeout:
+                    continue
+                conn.settimeout(None)
+                threading.Thread(target=self._serve_conn, args=(conn,), name="cw-memsrv-conn", daemon=True).start()
+        finally:
+            srv.close()
+            try:
+                os.unlink(self.sock_path)
+            except OSError:
+                pass
+        self._closed.wait(60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m contextwarden.memory.server")
+    ap.add_argument("--home", required=True)
+    ap.add_argument("--socket", required=True)
+    ap.add_argument("--profile", default=None, help="open the service at once with this profile's settings "
+                                                   "(otherwise the first client sends its settings)")
+    ap.add_argument("--parent-pid", type=int, default=None)
+    args = ap.parse_args(argv)
+    settings = None
+    if args.profile:
+        from ..settings import load_settings
+
+        settings = load_settings(args.profile, Path(args.home))
+    server = MemoryServer(args.home, args.socket, settings, parent_pid=args.parent_pid)
+
+    def on_term(signum, frame) -> None:
+        threading.Thread(target=server.close, name="cw-memsrv-term", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    t0 = time.monotonic()
+    server.serve()
+    print(f"contextwarden memory: stopped after {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(0)  # Chroma and ONNX Runtime threads must not hold the exit
+
+
+if __name__ == "__main__":
+    sys.exit(main())

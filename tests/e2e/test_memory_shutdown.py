@@ -1,0 +1,100 @@
+"""A real mitmdump with memory in its own process: SIGTERM right after a burst of ingestion exits in
+seconds (not after embedding the whole burst), the memory process goes with it, and what was left
+pending is stored at the next start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+import uuid
+
+import httpx
+
+from tests.support.proxy import ProxyProcess
+from tests.support.upstream import StandIn
+
+ENV = {"CONTEXTWARDEN_MEMORY__SHUTDOWN_FLUSH_S": "1", "CONTEXTWARDEN_MEMORY__INGEST_BATCH": "16"}
+
+
+def _pending(home) -> int:
+    p = home / "memory-pending.sqlite"
+    if not p.exists():
+        return -1
+    db = sqlite3.connect(str(p))
+    try:
+        return int(db.execute("SELECT COALESCE(SUM(n), 0) FROM pending").fetchone()[0])
+    finally:
+        db.close()
+
+
+def _history(k: int, n: int) -> list[dict]:
+    msgs = []
+    for i in range(n):
+        role = "user" if i % 2 == 0 else "assistant"
+        msgs.append({"role": role, "content": f"conversation {k} message {i}: the invoice batch {k}-{i} for "
+                                              f"warehouse {uuid.uuid4().hex[:8]} ships on pallet {i * 7 + k}"})
+    return msgs
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_sigterm_after_a_burst_of_ingestion_is_quick_and_the_rest_is_stored_at_the_next_start(tmp_path):
+    with StandIn() as standin:
+        proxy = ProxyProcess(tmp_path / "p", profile="claude-code", reverse=standin.url, env=ENV,
+                             ready_events=("startup", "memory_process"))
+        proxy.start()
+        try:
+            pid = proxy.events("memory_process", wait=5)[0]["data"]["pid"]
+            assert pid != proxy.proc.pid and _alive(pid)
+            with httpx.Client(timeout=60) as c:
+                for k in range(6):
+                    r = c.post(proxy.url + "/v1/messages",
+                               headers={"x-api-key": f"sk-ant-shutdown-{k}", "anthropic-version": "2023-06-01",
+                                        "x-contextwarden-session": f"burst-{k}"},
+                               json={"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": _history(k, 61)})
+                    assert r.status_code == 200
+            # every turn reached the memory process's pending table (stored, not yet all embedded)
+            assert proxy.wait_events(lambda e: e["type"] == "turn", 6, timeout=60)
+            deadline = time.monotonic() + 30
+            while _pending(proxy.home) <= 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            t0 = time.monotonic()
+            proxy.proc.send_signal(signal.SIGTERM)
+            code = proxy.wait_stopped(30)
+            took = time.monotonic() - t0
+        finally:
+            proxy.stop()
+        print(f"SIGTERM to exit: {took:.2f} s")
+        assert code is not None and took < 30, took
+        assert proxy.events("shutdown", wait=0)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid)
+        left = _pending(proxy.home)
+        assert left > 0, "the burst was all stored before the shutdown: nothing left to recover"
+
+        again = ProxyProcess(tmp_path / "p", profile="claude-code", reverse=standin.url, env=ENV, name="again",
+                             ready_events=("startup", "memory_process"))
+        mark = len(again._read_events())
+        again.start()
+        try:
+            recovered = again.wait_events(lambda e: e["type"] == "memory" and e["data"].get("recovered"),
+                                          since=mark, timeout=60)
+            assert recovered and recovered[0]["data"]["recovered"] == left
+            deadline = time.monotonic() + 600
+            while _pending(again.home) > 0 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert _pending(again.home) == 0
+            stored = again.wait_events(lambda e: e["type"] == "memory" and "ingested" in e["data"], since=mark)
+            assert sum(e["data"]["items"] for e in stored) >= left
+        finally:
+            again.stop()
