@@ -14,7 +14,9 @@ from contextwarden.addons.eventserver import EventServer  # noqa: E402
 from contextwarden.addons.interceptor import Interceptor  # noqa: E402
 from contextwarden.addons.observer import Observer  # noqa: E402
 from contextwarden.addons.warden import Warden  # noqa: E402
+from contextwarden.addons.websocket import WebSocketResponses  # noqa: E402
 
 warden = Warden()
+interceptor = Interceptor(warden)
 
-addons = [warden, Interceptor(warden), Observer(warden), EventServer(warden)]
+addons = [warden, interceptor, Observer(warden), WebSocketResponses(warden, interceptor), EventServer(warden)]

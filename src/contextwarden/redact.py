@@ -6,12 +6,15 @@ import hashlib
 from typing import Iterable
 
 # Header names whose values are credentials. Anything matching these never reaches an event.
-_SECRET_HEADER_WORDS = ("authorization", "api-key", "apikey", "x-api-key", "cookie", "token", "secret", "session-key")
+_SECRET_HEADER_WORDS = ("authorization", "api-key", "apikey", "x-api-key", "cookie", "token", "secret", "session-key",
+                        "account-id")
+# Codex's own headers (x-codex-turn-metadata names the installation, ...): kept out of events too
+_SECRET_HEADER_PREFIXES = ("x-codex-",)
 
 
 def is_secret_header(name: str) -> bool:
     n = name.lower()
-    return any(w in n for w in _SECRET_HEADER_WORDS)
+    return any(w in n for w in _SECRET_HEADER_WORDS) or n.startswith(_SECRET_HEADER_PREFIXES)
 
 
 def redact_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -20,7 +23,8 @@ def redact_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def credential_of(headers) -> str | None:
     """The caller's credential (API key or bearer token), for tenant hashing only."""
-    for name in ("x-api-key", "authorization", "api-key"):
+    # a ChatGPT plan's account id first: its bearer token is a short-lived OAuth token that rotates
+    for name in ("chatgpt-account-id", "x-api-key", "authorization", "api-key"):
         v = headers.get(name)
         if v:
             return v.removeprefix("Bearer ").removeprefix("bearer ").strip()

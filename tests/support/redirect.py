@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from mitmproxy import ctx, http
 
-DEFAULT_HOSTS = "api.anthropic.com,api.openai.com"
+DEFAULT_HOSTS = "api.anthropic.com,api.openai.com,chatgpt.com"
 
 
 class Redirect:
