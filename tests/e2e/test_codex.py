@@ -16,6 +16,7 @@ over HTTP (SSE) and over Codex's WebSocket transport (tests/support/codex_upstre
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -52,17 +53,23 @@ def step_files(n: int = STEPS, size: int = 0) -> dict[str, str]:
     return {f"step_{k}.txt": f"marker-{k} of the codex tool loop\n{filler}" for k in range(1, n + 1)}
 
 
-def loop_planner(steps: int = STEPS):
-    """Each answer runs ``cat step_K.txt`` with Codex's ``exec_command`` until ``steps`` outputs came back.
-    The planner sees the whole input, the history behind ``previous_response_id`` included."""
+def loop_planner(steps: int = STEPS, notes: int = 0):
+    """Each answer runs ``cat step_K.txt`` with Codex's ``exec_command`` until step ``steps``'s output
+    came back. The step reached is the highest ``marker-K`` in the whole input (the history behind
+    ``previous_response_id`` included): it is in the newest tool output, which is never cleared or
+    compacted, so the loop goes on whatever the proxy did to older items. ``notes``: characters of
+    notes the model writes before each call (what clearing cannot remove)."""
 
     def planner(api, body):
         items = body.get("input") if isinstance(body.get("input"), list) else []
         tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
         assert "exec_command" in tools, f"Codex offered no exec_command tool: {tools}"
-        done = [it for it in items if isinstance(it, dict) and it.get("type") == "function_call_output"]
-        if len(done) < steps:
-            return "", ("exec_command", {"cmd": f"cat step_{len(done) + 1}.txt"})
+        outputs = [str(it.get("output")) for it in items if isinstance(it, dict) and it.get("type") == "function_call_output"]
+        done = max((int(m) for o in outputs for m in re.findall(r"marker-(\d+) of the codex tool loop", o)), default=0)
+        if done < steps:
+            text = "".join(f"Note {i} on step {done}: the output looks consistent with the plan so far. "
+                           for i in range(notes // 70))
+            return text, ("exec_command", {"cmd": f"cat step_{done + 1}.txt"})
         return f"All {steps} steps done.", None
 
     return planner
@@ -267,3 +274,55 @@ def test_codex_reverse_mode_provider_entry(ws_proxy, codex_standin, codex_bin, t
         assert len(outs) == STEPS and all(o["output"].endswith("[stamped by contextwarden]") for o in outs)
         # encrypted reasoning came back byte for byte, right before its call (the strict stand-in checked)
         assert sum(1 for it in last["input"] if isinstance(it, dict) and it.get("type") == "reasoning") == STEPS
+
+
+# -- a small window: clearing and compaction on Codex's own requests --------------------------------
+
+SMALL_STEPS = 10
+SMALL_WINDOW = 24_000
+SMALL = {
+    "CONTEXTWARDEN_TOKENS__CONTEXT_WINDOW": str(SMALL_WINDOW),
+    "CONTEXTWARDEN_TOKENS__CALIBRATE": "false",  # the stand-in's usage is an estimate: keep counts deterministic
+    "CONTEXTWARDEN_CLEARING__TRIGGER_TOKENS": "11000",
+    "CONTEXTWARDEN_CLEARING__KEEP_RECENT": "2",
+    "CONTEXTWARDEN_CLEARING__CLEAR_AT_LEAST": "1500",
+    "CONTEXTWARDEN_CLEARING__MIN_RESULT_TOKENS": "300",
+    "CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD": "0.55",
+    "CONTEXTWARDEN_COMPACTION__HARD_THRESHOLD": "0.62",
+    "CONTEXTWARDEN_COMPACTION__TARGET": "0.45",
+    "CONTEXTWARDEN_COMPACTION__MIN_SPAN_TOKENS": "1000",
+    "CONTEXTWARDEN_MEMORY__ENABLED": "false",
+}
+
+
+def test_codex_small_window_clearing_and_compaction(codex_standin, codex_bin, tmp_path, tmp_path_factory):
+    from contextwarden.plugins.clearing import STUB_PREFIX
+    from contextwarden.summarise import HEADER
+
+    si = codex_standin
+    si.planner = loop_planner(SMALL_STEPS, notes=4000)
+    d = tmp_path_factory.mktemp("codex-small")
+    with ProxyProcess(d, name="codex-small", profile="codex", reverse=si.url, env=SMALL) as p:
+        since = p.mark()
+        result = run_codex(codex_bin, tmp_path, {}, "run the steps", files=step_files(SMALL_STEPS, 6000),
+                           login=False, args=provider_args(p.url + "/v1"))
+        recs = check_loop(si, result, SMALL_STEPS)  # the strict stand-in accepted every request
+        p.wait_events(lambda e: e["type"] == "forward", n=len(recs), since=since)
+        clearing = [e["data"] for e in p.events("clearing", since=since) if e["data"].get("cleared")]
+        compaction = [e["data"] for e in p.events("compaction", since=since) if e["data"].get("applied")]
+        forwards = [e["data"] for e in p.events("forward", since=since)]
+    assert clearing, "clearing never fired"
+    assert any(c["trigger"] == "hard" for c in compaction), compaction
+    assert any(c["reused"] for c in compaction), "a compaction was never re-applied"
+    assert max(f["tokens_out"] for f in forwards) < 0.7 * max(f["tokens_in"] for f in forwards)
+    bodies = [r.json() for r in recs]
+    # cleared stubs and the summary reached the upstream, and a re-applied summary is the same bytes
+    assert any(STUB_PREFIX in str(it.get("output")) for b in bodies for it in b["input"] if isinstance(it, dict))
+    marker = HEADER.split("{")[0]
+    summaries = [json.dumps(it) for b in bodies for it in b["input"]
+                 if isinstance(it, dict) and it.get("role") == "user" and marker in str(it.get("content"))]
+    assert summaries and max(summaries.count(x) for x in summaries) >= 2
+    # what Codex owns is untouched: instructions and tools byte-equal, encrypted reasoning verified
+    # byte for byte by the strict stand-in, each right before its call
+    assert len({json.dumps(b["tools"]) for b in bodies}) == 1
+    assert len({json.dumps(b.get("instructions")) for b in bodies}) == 1

@@ -111,15 +111,18 @@ def codex_problems(items: list[Any]) -> list[str]:
 
 
 def codex_output(si: StandIn, body: dict) -> list[dict]:
-    """The output items of one answer: reasoning + a call of ``tool_name``, or a message."""
+    """The output items of one answer: a message, then reasoning + a call of ``tool_name`` (either may be absent)."""
     plan = _planned(si, "openai_responses", body, "call_") or _default_plan(si, body)
+    out = []
+    if plan.text:  # (with a call: the model's notes before it)
+        out.append({"type": "message", "id": _id("msg_"), "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": plan.text, "annotations": []}]})
     if plan.tool:
         tid, name, tinput = plan.tool
-        return [{"type": "reasoning", "id": _id("rs_"), "summary": [], "encrypted_content": encrypted_reasoning(tid)},
+        out += [{"type": "reasoning", "id": _id("rs_"), "summary": [], "encrypted_content": encrypted_reasoning(tid)},
                 {"type": "function_call", "id": _id("fc_"), "call_id": tid, "name": name,
                  "arguments": json.dumps(tinput), "status": "completed"}]
-    return [{"type": "message", "id": _id("msg_"), "status": "completed", "role": "assistant",
-             "content": [{"type": "output_text", "text": plan.text, "annotations": []}]}]
+    return out
 
 
 def _default_plan(si: StandIn, body: dict) -> _Plan:
