@@ -146,18 +146,18 @@ class WebSocketResponses:
             return len(body)
 
         def block(b) -> None:
-            msg.drop()
             r.blocked = b
 
         await self.interceptor.run(r.state, r.flow_id, sock.api, sock.host, sock.path, sock.headers, raw,
                                    sock.consumed, rewrite, block, transport="websocket")
         r.t_sent = time.time()
         if r.blocked is not None:
-            self._answer_blocked(flow, sock, r)
+            self._answer_blocked(flow, sock, r, msg)
 
-    def _answer_blocked(self, flow: http.HTTPFlow, sock: _Socket, r: _Request) -> None:
+    def _answer_blocked(self, flow: http.HTTPFlow, sock: _Socket, r: _Request, msg) -> None:
         """A stage answered instead of forwarding (a BLOCKED budget): the client gets the provider's
-        error as the WebSocket's ``error`` event, and the request ends there."""
+        error as the WebSocket's ``error`` event, and its message goes nowhere. When that answer cannot
+        be given, the message goes upstream after all (fail open: the client must get an answer)."""
         b = r.blocked
         try:
             error = orjson.loads(b.body)
@@ -166,7 +166,13 @@ class WebSocketResponses:
         event = {"type": "error", "status": b.status, **(error if isinstance(error, dict) else {"error": error}),
                  "headers": dict(b.headers)}
         data = orjson.dumps(event)
-        mitmctx.master.commands.call("inject.websocket", flow, True, data, True)
+        try:
+            _inject(flow, data)
+        except Exception as e:
+            self.warden.runtime.bus.emit("error", {"where": "websocket", "message": f"{type(e).__name__}: {e}",
+                                                   "action": "blocked request forwarded"}, flow_id=r.flow_id)
+            return
+        msg.drop()
         self._feed(sock, r, data)
 
     def _server_message(self, flow: http.HTTPFlow, sock: _Socket, msg) -> None:
@@ -253,6 +259,11 @@ class WebSocketResponses:
         if ctx is None or turn is None:
             return
         asyncio.get_running_loop().run_in_executor(rt.turn_pool, Observer._turn_complete, rt, ctx, turn)
+
+
+def _inject(flow: http.HTTPFlow, data: bytes) -> None:
+    """Send ``data`` to the client as a text message of the flow's WebSocket."""
+    mitmctx.master.commands.call("inject.websocket", flow, True, data, True)
 
 
 class _Utf8Fragmentizer(ws_layer.Fragmentizer):
