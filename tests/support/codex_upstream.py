@@ -30,11 +30,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import http.server
 import itertools
 import json
 import secrets
-import threading
 import time
 from typing import Any
 
@@ -177,17 +175,7 @@ class CodexStandIn(StandIn):
         super().__init__(tool_name=tool_name, tool_input=tool_input or {"cmd": "ls"}, **kw)
         self.model = model
         self.ws_sent: list[list[str]] = []  # per WebSocket connection, the text messages sent
-
-    def start(self) -> "CodexStandIn":
-        handler = type("Handler", (_CodexHandler,), {"standin": self})
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
-        server.block_on_close = False
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="codex-standin", daemon=True)
-        self._thread.start()
-        return self
+        self.handler_class = _CodexHandler
 
     def reset(self) -> None:
         super().reset()
