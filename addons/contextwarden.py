@@ -17,9 +17,11 @@ from contextwarden.addons.observer import Observer  # noqa: E402
 from contextwarden.addons.outputguard import OutputGuard  # noqa: E402
 from contextwarden.addons.recallapi import RecallApiServer  # noqa: E402
 from contextwarden.addons.warden import Warden  # noqa: E402
+from contextwarden.addons.websocket import WebSocketResponses  # noqa: E402
 
 warden = Warden()
+interceptor = Interceptor(warden)
 
 events = EventServer(warden)
-addons = [Exposure(), OutputGuard(), warden, Interceptor(warden), Observer(warden), events,
-          RecallApiServer(warden, events)]
+addons = [Exposure(), OutputGuard(), warden, interceptor, Observer(warden), WebSocketResponses(warden, interceptor),
+          events, RecallApiServer(warden, events)]

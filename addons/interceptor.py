@@ -41,7 +41,23 @@ class Interceptor:
         state = FlowState(api=api, t_request=time.time())
         flow.metadata["contextwarden"] = state
         headers = list(req.headers.items(multi=True))
-        raw = req.raw_content or b""
+
+        def rewrite(body: bytes) -> int:
+            req.content = body  # re-encoded with the client's content-encoding
+            return len(req.raw_content or b"")
+
+        def block(b) -> None:
+            flow.response = http.Response.make(b.status, b.body, b.headers)
+
+        await self.run(state, flow.id, api, req.host, req.path, headers, req.raw_content or b"", consumed, rewrite, block)
+
+    async def run(self, state: FlowState, flow_id: str, api, host: str, path: str, headers: list[tuple[str, str]],
+                  raw: bytes, consumed: dict[str, str], rewrite, block, transport: str = "http") -> None:
+        """One request's lifecycle, whatever carries it (an HTTP request, a Responses WebSocket message):
+        announce, run the stages, validate, then ``rewrite(body) -> bytes sent`` puts a rewritten body in
+        place or ``block(BlockedResponse)`` answers instead; neither is called when the original goes.
+        ``state.ctx_future`` resolves to the request's context (None when it could not be read)."""
+        rt = self.warden.runtime
         loop = asyncio.get_running_loop()
         observe = rt.settings.proxy.observe_only or consumed.get("x-contextwarden-bypass") or not rt.stages()
 
@@ -51,23 +67,23 @@ class Interceptor:
             # very flow's bytes. It starts once the request is well on its way (the upstream is still
             # thinking) or when the flow ends, whichever comes first (bench/proxy_latency.py).
             state.ctx_future = loop.create_future()
-            args = (rt, flow.id, api, req.host, req.path, headers, raw, consumed, "observe")
+            args = (rt, flow_id, api, host, path, headers, raw, consumed, "observe", transport)
             state.extra["start_observe"] = lambda: self._start_observe(state, args)
             loop.call_later(OBSERVE_AFTER_S, state.extra["start_observe"])
             return
 
         try:
             # parse, identify, count and announce in one trip to the worker pool
-            ctx = await loop.run_in_executor(rt.core_pool, self._prepare_and_announce, rt, flow.id, api, req.host,
-                                             req.path, headers, raw, consumed)
+            ctx = await loop.run_in_executor(rt.core_pool, self._prepare_and_announce, rt, flow_id, api, host,
+                                             path, headers, raw, consumed, transport)
         except Skip as e:
             rt.bus.emit("error", {"where": "parse", "message": str(e), "action": "forwarded unchanged", "api": api.value,
-                                  "path": req.path, "bytes": len(raw)}, flow_id=flow.id)
+                                  "path": path, "bytes": len(raw)}, flow_id=flow_id)
             state.ctx_future = _done(None)
             return
         except Exception as e:  # fail open on our own bugs too
             log.exception("contextwarden: prepare failed")
-            rt.bus.emit("error", {"where": "prepare", "message": f"{type(e).__name__}: {e}", "action": "forwarded unchanged"}, flow_id=flow.id)
+            rt.bus.emit("error", {"where": "prepare", "message": f"{type(e).__name__}: {e}", "action": "forwarded unchanged"}, flow_id=flow_id)
             state.ctx_future = _done(None)
             return
         state.ctx_future = _done(ctx)
@@ -84,16 +100,17 @@ class Interceptor:
         ms = round((time.perf_counter() - ctx.started) * 1000, 3)
         if outcome.blocked is not None:
             b = outcome.blocked
-            flow.response = http.Response.make(b.status, b.body, b.headers)
+            block(b)
             ctx.emit("forward", changed=False, blocked=True, reason=outcome.reason, status=b.status, pipeline_ms=ms,
                      tokens_in=ctx.tokens_in)
             return
+        bytes_out = len(raw)
         if outcome.body is not None:
             if rt.settings.log.record_bodies:
                 state.rewritten = outcome.body
-            req.content = outcome.body  # re-encoded with the client's content-encoding
+            bytes_out = rewrite(outcome.body)
         ctx.emit("forward", changed=outcome.body is not None, reason=outcome.reason, bytes_in=len(raw),
-                 bytes_out=len(req.raw_content or b""), tokens_in=ctx.tokens_in,
+                 bytes_out=bytes_out, tokens_in=ctx.tokens_in,
                  tokens_out=ctx.tokens_out if outcome.body is not None else ctx.tokens_in, pipeline_ms=ms,
                  stages=ctx.stage_results, fallback=outcome.fallback, fallback_reason=outcome.fallback_reason)
 
@@ -116,10 +133,10 @@ class Interceptor:
         work.add_done_callback(settle)
 
     @staticmethod
-    def _prepare_and_announce(rt, flow_id, api, host, path, headers, raw, consumed):
+    def _prepare_and_announce(rt, flow_id, api, host, path, headers, raw, consumed, transport="http"):
         """prepare(), then tokens_in and the ``request`` event (mode ``bypass`` for a bypassed session).
         Raises Skip. A failure after parsing (counting, the event) fails open like the pipeline."""
-        ctx = prepare(rt, flow_id, api, host, path, headers, raw, consumed)
+        ctx = prepare(rt, flow_id, api, host, path, headers, raw, consumed, transport)
         mode = "bypass" if ctx.session in rt.bypass else "active"
         try:
             Interceptor._count_and_announce(ctx, len(raw), mode)
@@ -134,10 +151,10 @@ class Interceptor:
         request_event(ctx, nbytes, mode)
 
     @staticmethod
-    def _observe(rt, flow_id, api, host, path, headers, raw, consumed, mode):
+    def _observe(rt, flow_id, api, host, path, headers, raw, consumed, mode, transport="http"):
         t0 = time.perf_counter()
         try:
-            ctx = prepare(rt, flow_id, api, host, path, headers, raw, consumed)
+            ctx = prepare(rt, flow_id, api, host, path, headers, raw, consumed, transport)
         except Skip as e:
             rt.bus.emit("error", {"where": "parse", "message": str(e), "action": "forwarded unchanged",
                                   "api": api.value, "path": path, "bytes": len(raw)}, flow_id=flow_id)

@@ -353,6 +353,16 @@ def _summary_cache_control(ctx, cfg, kept: list[Any]) -> dict | None:
     return {"type": "ephemeral"}
 
 
+def _after_client_compaction(items: list[Any]) -> int:
+    """The index after the last item of the client's own compaction (Codex's ``compaction`` items,
+    whose ``encrypted_content`` is the summary the server made), or 0: compaction only starts after it."""
+    for i in range(len(items) - 1, -1, -1):
+        it = items[i]
+        if isinstance(it, dict) and isinstance(it.get("type"), str) and it["type"].startswith("compaction"):
+            return i + 1
+    return 0
+
+
 @hookimpl
 def cw_request(ctx) -> None:
     _compact(ctx, decide=True)
@@ -412,6 +422,8 @@ def _compact(ctx, decide: bool) -> None:
     lead = 0
     while lead < n and entry(api, lead, orig[lead]).side == "system":
         lead += 1
+    if api is ApiKind.OPENAI_RESPONSES:  # the client's own compaction (Codex): kept, with all before it
+        lead = max(lead, _after_client_compaction(orig))
     spans = SpanHasher(orig)
 
     # 1. the session's earlier decision, if the client still sends the span it covers

@@ -32,6 +32,7 @@ class RequestRow:
     session: str | None = None
     turn: int | None = None  # the request's number within its session
     api: str = ""
+    transport: str = "http"  # or "websocket": a message of the Responses WebSocket (Codex CLI)
     model: str | None = None
     mode: str = ""
     agent: str | None = None
@@ -412,6 +413,7 @@ class Store:
         if t == "request":
             row.ts = ts
             row.api = d.get("api") or row.api
+            row.transport = d.get("transport") or row.transport
             row.model = d.get("model") or row.model
             row.mode = d.get("mode") or row.mode
             row.agent = d.get("agent") or row.agent

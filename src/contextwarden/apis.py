@@ -12,7 +12,9 @@ def _path_api(path: str, ollama: bool) -> ApiKind | None:
         return ApiKind.ANTHROPIC
     if p.endswith("/v1/chat/completions") or p.endswith("/api/v1/chat/completions"):
         return ApiKind.OPENAI_CHAT
-    if p.endswith("/v1/responses"):
+    if p.endswith("/v1/responses") or p.endswith("/backend-api/codex/responses"):
+        # (Codex signed in with a ChatGPT plan uses the second; /responses/compact, Codex's own
+        # compaction request, is neither and passes untouched)
         return ApiKind.OPENAI_RESPONSES
     if ollama and p == "/api/chat":
         return ApiKind.OLLAMA_CHAT
@@ -38,3 +40,10 @@ def classify(method: str, host: str, port: int, path: str, proxy: ProxySection, 
     else:
         known = proxy.openai_hosts + proxy.openai_compatible_hosts + proxy.ollama_hosts
     return api if (host in known or hostport in known) else None
+
+
+def classify_websocket(host: str, port: int, path: str, proxy: ProxySection, reverse: bool = False) -> ApiKind | None:
+    """The API of a WebSocket opened to ``path``: only the Responses API has a WebSocket transport
+    (each client ``response.create`` message is one request); None for any other WebSocket."""
+    api = classify("POST", host, port, path, proxy, reverse)
+    return api if api is ApiKind.OPENAI_RESPONSES else None

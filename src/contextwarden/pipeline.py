@@ -74,8 +74,9 @@ def decode_body(raw: bytes, encoding: str | None) -> bytes:
 
 
 def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: list[tuple[str, str]],
-            raw: bytes, consumed: dict[str, str] | None = None) -> RequestContext:
-    """Decode, parse and identify a request (runs in a worker thread). Raises Skip."""
+            raw: bytes, consumed: dict[str, str] | None = None, transport: str = "http") -> RequestContext:
+    """Decode, parse and identify a request (runs in a worker thread). Raises Skip. ``transport``:
+    ``http``, or ``websocket`` for a message of the Responses WebSocket (``ctx.notes["transport"]``)."""
     settings = runtime.settings
     runtime.last_request = time.monotonic()
     h = _Headers(headers + list((consumed or {}).items()))
@@ -120,6 +121,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
     # each message's own JSON, once: the content key of the per-message caches (typed messages, token
     # counts, validation facts); a bytes object keeps its hash, so every later lookup is a memcmp
     ctx.message_raw = raws
+    ctx.notes["transport"] = transport
     ctx.raw_exact = exact
     ctx.known_messages = known.count if known is not None else 0
     ctx.lease = lease
@@ -305,7 +307,8 @@ def request_event(ctx: RequestContext, nbytes: int, mode: str) -> None:
     ctx.emit("request", host=ctx.host, path=ctx.path, model=ctx.model, tenant=ctx.tenant, agent=ctx.agent,
              session_source=ctx.session_source, messages=len(msgs) if isinstance(msgs, list) else 1,
              stream=ctx.stream, bytes=nbytes, tokens_in=ctx.tokens_in, mode=mode, headers=ctx.headers,
-             known_messages=ctx.known_messages, context_window=ctx.settings.tokens.context_window)
+             known_messages=ctx.known_messages, context_window=ctx.settings.tokens.context_window,
+             transport=ctx.notes.get("transport", "http"))
 
 
 def _action(outcome: Outcome) -> str:

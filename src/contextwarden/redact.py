@@ -13,7 +13,7 @@ from .memory.secrets import looks_secret, redact_text
 # Header (and query parameter) names whose values are credentials. Any name containing one of these,
 # or any value that looks like a credential, never reaches an event.
 _SECRET_HEADER_WORDS = ("authorization", "auth", "api-key", "apikey", "api_key", "cookie", "token", "secret",
-                        "session-key", "password", "passwd", "credential", "signature")
+                        "session-key", "password", "passwd", "credential", "signature", "account-id")
 # whole words of a name (split at - and _): x-goog-api-key, x-foo-key, x-amz-sig
 _SECRET_NAME_PARTS = {"key", "sig", "pwd", "jwt", "bearer"}
 # names that carry no credential although they contain a word above (their values stay visible)
@@ -25,6 +25,9 @@ _PER_REQUEST = {"idempotency-key", "x-idempotency-key", "x-request-id", "x-clien
 # an opaque token: long, base64/url-safe, mixing upper case, lower case and digits (a UUID is not one)
 _OPAQUE = re.compile(r"(?=[^\s]*[A-Z])(?=[^\s]*[a-z])(?=[^\s]*\d)[A-Za-z0-9_\-+/=.~]{32,}")
 REDACTED = "[redacted]"
+# hidden from events although not credentials: Codex's own headers (x-codex-turn-metadata names the
+# installation); they change per turn, so they are no part of the tenant either
+_HIDDEN_PREFIXES = ("x-codex-",)
 
 
 @lru_cache(maxsize=1024)
@@ -37,7 +40,7 @@ def is_secret_name(name: str) -> bool:
 
 def is_secret_header(name: str, value: Any = None) -> bool:
     """A header whose name OR value looks like a credential (``x-custom-auth-value``, ``x-foo: sk-ant-...``)."""
-    if is_secret_name(str(name)):
+    if is_secret_name(str(name)) or str(name).lower().startswith(_HIDDEN_PREFIXES):
         return True
     if not isinstance(value, str) or not value or str(name).lower() in _NOT_SECRET:
         return False
@@ -84,8 +87,9 @@ def credentials_of(headers: Iterable[tuple[str, str]], path: str = "") -> list[t
 
 def credential_of(headers) -> str | None:
     """The caller's main credential (API key or bearer token) from a ``.get`` mapping (kept for callers
-    that want only that one: the LLM summariser's auth)."""
-    for name in ("x-api-key", "authorization", "api-key"):
+    that want only that one: the LLM summariser's auth). A ChatGPT plan's account id comes first: its
+    bearer token is a short-lived OAuth token that rotates."""
+    for name in ("chatgpt-account-id", "x-api-key", "authorization", "api-key"):
         v = headers.get(name)
         if v:
             return v.removeprefix("Bearer ").removeprefix("bearer ").strip()
@@ -104,6 +108,10 @@ def tenant_of(headers: Iterable[tuple[str, str]], path: str, session: str | None
     scheme (``x-goog-api-key``, a cookie, ``?key=``) are told apart. A request with none gets a tenant of
     its own session's ("a-..."), which shares memory with nobody (a profile's ``memory.shared_workspace``
     is the way to share)."""
+    headers = list(headers)
+    for k, v in headers:
+        if str(k).lower() == "chatgpt-account-id" and v:
+            return tenant_id(v.strip(), salt)  # a ChatGPT plan's bearer token rotates; its account id does not
     creds = credentials_of(headers, path)
     if len(creds) == 1 and creds[0][0] in ("h:x-api-key", "h:authorization", "h:api-key"):
         return tenant_id(creds[0][1], salt)  # the same tenant as before for the common single-key case

@@ -24,7 +24,11 @@ OpenAI Chat Completions (and Ollama's /api/chat)
     - the last message's role unchanged.
 OpenAI Responses
     - ``instructions`` and ``tools`` unchanged; every ``function_call_output`` (and
-      ``custom_tool_call_output``) ``call_id`` issued by an earlier call item.
+      ``custom_tool_call_output``) ``call_id`` issued by an earlier call item;
+    - items the server encrypted (``reasoning``, Codex's ``compaction`` items: anything with
+      ``encrypted_content``) byte-identical to one of the original's, or gone;
+    - a reasoning item and the item it precedes (the call or message it was produced with) kept or
+      dropped together, and still adjacent.
 
 A defect the client's own body already had (the same tool id unanswered, the same empty message...)
 is not reported: the validator judges the rewrite, not the client. Checking is linear in the number of
@@ -485,4 +489,46 @@ def _responses(new: dict, original: dict) -> list[Problem]:
             c = item.get("content")
             if c is None or (isinstance(c, list) and not c):
                 problems.append((("empty", _digest(item)), f"input[{i}] ({item.get('role')}) has empty content"))
+    orig = original.get("input")
+    if isinstance(orig, list) and any(isinstance(it, dict) and (it.get("type") == "reasoning" or "encrypted_content" in it)
+                                      for it in orig + inp):
+        problems += _encrypted_items(inp, orig)
+    return problems
+
+
+def _item_key(item: Any) -> Any:
+    """What identifies an input item across a rewrite: a call and its output by ``call_id`` (clearing
+    edits their arguments and output), an item with an ``id`` by it, anything else by its bytes."""
+    if not isinstance(item, dict):
+        return ("value", _dumps(item))
+    t = item.get("type")
+    cid = item.get("call_id")
+    if isinstance(t, str) and isinstance(cid, str) and (t.endswith("_call") or t.endswith("_call_output")):
+        return (t, cid)
+    if isinstance(item.get("id"), str):
+        return (t, "id", item["id"])
+    return ("bytes", _dumps(item))
+
+
+def _encrypted_items(new: list, orig: list) -> list[Problem]:
+    """Encrypted items pass byte for byte; a reasoning item stays right before the item it precedes."""
+    problems: list[Problem] = []
+    originals = {_dumps(it) for it in orig if isinstance(it, dict) and "encrypted_content" in it}
+    where = {}
+    for i, it in enumerate(new):
+        where.setdefault(_item_key(it), i)
+        if isinstance(it, dict) and "encrypted_content" in it and _dumps(it) not in originals:
+            problems.append((("encrypted-altered", _item_key(it)),
+                             f"input[{i}] ({it.get('type')}) carries encrypted content that is not the original's, byte for byte"))
+    for j, it in enumerate(orig[:-1]):
+        if not isinstance(it, dict) or it.get("type") != "reasoning":
+            continue
+        nxt = orig[j + 1]
+        a, b = where.get(_item_key(it)), where.get(_item_key(nxt))
+        if a is None and b is None:
+            continue
+        if a is None or b is None or b != a + 1:
+            problems.append((("reasoning-split", _item_key(it)),
+                             f"reasoning item {it.get('id') or j} was separated from the item it precedes "
+                             f"({nxt.get('type') if isinstance(nxt, dict) else 'value'})"))
     return problems

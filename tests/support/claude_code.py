@@ -54,13 +54,14 @@ def find_installed(prefix: Path = CACHE) -> Path | None:
     return next((p for p in _candidates(prefix) if _usable(p)), None)
 
 
-def install(prefix: Path = CACHE, version: str = VERSION) -> None:
+def install(prefix: Path = CACHE, version: str = VERSION, package: str = PACKAGE) -> None:
+    """``npm install --prefix PREFIX package@version`` (the Codex CLI's tests use it too)."""
     npm = shutil.which("npm")
     if npm is None:
-        pytest.fail("npm is not installed: the Claude Code end-to-end tests need it to install "
-                    f"{PACKAGE} (install Node.js >= 18 with npm, or set CLAUDE_CODE_BIN to a claude binary)")
+        pytest.fail("npm is not installed: the end-to-end tests need it to install "
+                    f"{package} (install Node.js >= 18 with npm, or set the binary's *_BIN variable)")
     prefix.mkdir(parents=True, exist_ok=True)
-    spec = f"{PACKAGE}@{version}" if version else PACKAGE
+    spec = f"{package}@{version}" if version else package
     cmd = [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--loglevel=error", spec]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if r.returncode != 0:

@@ -15,13 +15,16 @@ from urllib.parse import urlsplit
 
 from mitmproxy import ctx, http
 
-DEFAULT_HOSTS = "api.anthropic.com,api.openai.com"
+DEFAULT_HOSTS = "api.anthropic.com,api.openai.com,chatgpt.com"
 
 
 class Redirect:
     def load(self, loader) -> None:
         loader.add_option("redirect_to", str, "", "Stand-in upstream URL (http://127.0.0.1:PORT) for the API hosts.")
         loader.add_option("redirect_hosts", str, DEFAULT_HOSTS, "Comma-separated hosts to redirect.")
+        loader.add_option("redirect_block_others", bool, False,
+                          "Answer 502 to requests for any other non-loopback host instead of connecting "
+                          "(clients that also call home: the Codex CLI syncs plugins from GitHub).")
 
     def request(self, flow: http.HTTPFlow) -> None:
         target = ctx.options.redirect_to
@@ -29,6 +32,8 @@ class Redirect:
             return
         hosts = {h.strip().lower() for h in ctx.options.redirect_hosts.split(",") if h.strip()}
         if flow.request.host.lower() not in hosts:
+            if ctx.options.redirect_block_others and flow.request.host not in ("127.0.0.1", "localhost", "::1"):
+                flow.response = http.Response.make(502, b"offline test: not redirected", {"content-type": "text/plain"})
             return
         t = urlsplit(target)
         if t.hostname not in ("127.0.0.1", "localhost", "::1"):

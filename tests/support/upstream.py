@@ -159,8 +159,10 @@ class StandIn:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    handler_class: type | None = None  # a subclass of _Handler (None: _Handler), for stand-ins that answer more
+
     def start(self) -> "StandIn":
-        handler = type("Handler", (_Handler,), {"standin": self})
+        handler = type("Handler", (self.handler_class or _Handler,), {"standin": self})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         server.daemon_threads = True
         server.block_on_close = False

@@ -65,6 +65,7 @@ def detail_text(row: RequestRow | None) -> Text:
     t.append(f"{fmt.clock(row.ts)} ", style="dim")
     t.append(f"{row.flow_id[:12]} ", style="bold")
     t.append(" ".join(x for x in (row.model, row.mode if row.mode != "active" else None) if x)
+             + (f" · {row.transport}" if row.transport != "http" else "")
              + f" · {row.messages if row.messages is not None else '?'} msgs")
     if row.level:
         t.append(f" · level {row.level}", style=LEVEL_STYLE.get(row.level.upper(), ""))

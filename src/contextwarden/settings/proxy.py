@@ -10,8 +10,9 @@ class ProxySection(Section):
     anthropic_hosts: list[str] = ["api.anthropic.com"]
     """Hosts whose /v1/messages requests are Anthropic Messages calls."""
 
-    openai_hosts: list[str] = ["api.openai.com", "openrouter.ai"]
-    """Hosts whose /v1/chat/completions and /v1/responses requests are handled."""
+    openai_hosts: list[str] = ["api.openai.com", "chatgpt.com", "openrouter.ai"]
+    """Hosts whose /v1/chat/completions and /v1/responses requests are handled (and Codex's ChatGPT-plan
+    endpoint /backend-api/codex/responses), over HTTP and the Responses WebSocket."""
 
     openai_compatible_hosts: list[str] = []
     """More OpenAI-compatible hosts (``host`` or ``host:port``), e.g. a vLLM or LiteLLM server."""

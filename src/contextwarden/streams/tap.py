@@ -111,6 +111,21 @@ class ResponseTap:
         except Exception as e:
             self._fail(e)
 
+    def feed_message(self, data: bytes | str) -> None:
+        """Read one message that is already framed (a Responses WebSocket message: the JSON an SSE
+        ``data`` line would carry). Never raises."""
+        if self.failed is not None or self._turn is not None or self._asm is None:
+            return
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            self._skip(f"message is not JSON: {e}")
+            return
+        except Exception as e:
+            self._fail(e)
+            return
+        self._deliver(None, obj, whole=False)
+
     def finish(self, error: str | None = None) -> AssembledTurn:
         """The response ended (``error``: the connection failed). Idempotent: later calls return the
         same turn. Never raises."""

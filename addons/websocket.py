@@ -1,0 +1,310 @@
+"""The Responses API over WebSocket: Codex CLI's default transport.
+
+Codex opens one WebSocket to the Responses endpoint (``wss://api.openai.com/v1/responses``, or
+``chatgpt.com/backend-api/codex/responses`` with a ChatGPT plan) and sends each request as a text
+message ``{"type": "response.create", <the request's fields>}``; the server answers with the events
+the SSE stream would carry, one JSON message each. Here each ``response.create`` message is one
+request of the Responses API, with the HTTP request's lifecycle (``Interceptor.run``: the same
+stages, validator, fail open, events): a rewritten message replaces the client's, and the client's
+own message goes whenever anything fails. Server messages are read on the side (``ResponseTap``) into
+the turn, like an SSE stream, and forwarded unchanged. Nothing is held back: mitmproxy relays each
+message once its hook returns. A message the proxy does not understand passes unchanged and unread.
+
+Requests on one socket are answered in order (Codex waits for ``response.completed`` before sending
+the next), so server messages belong to the oldest request not finished yet. Each request gets its
+own flow id (``<websocket flow id>.<n>``) so the TUI shows it as its own row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from mitmproxy import ctx as mitmctx
+from mitmproxy import http
+from mitmproxy.proxy.layers import websocket as ws_layer
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from contextwarden.apis import classify_websocket
+from contextwarden.flowstate import FlowState
+from contextwarden.streams import ResponseTap
+
+from .interceptor import Interceptor
+from .observer import Observer
+from .warden import Warden
+
+log = logging.getLogger(__name__)
+
+KEY = "contextwarden_ws"
+_CREATE_HEAD = re.compile(rb'\A\s*\{\s*"type"\s*:\s*"([^"\\]*)"')
+# the events after which the server sends nothing more for a request
+_TERMINAL = {"response.completed", "response.failed", "response.incomplete", "response.cancelled", "error"}
+
+
+@dataclass
+class _Request:
+    """One ``response.create`` in flight on a socket."""
+
+    flow_id: str
+    state: FlowState
+    t_sent: float = 0.0
+    t_first: float | None = None  # the first server message for it
+    status: int | None = None
+    blocked: Any = None  # the BlockedResponse a stage answered with, instead of forwarding
+    last_type: str | None = None
+
+
+@dataclass
+class _Socket:
+    """What is kept on a WebSocket flow of the Responses API."""
+
+    api: Any
+    host: str
+    path: str
+    headers: list[tuple[str, str]]
+    consumed: dict[str, str]
+    count: int = 0
+    pending: deque = field(default_factory=deque)
+
+
+def message_type(content: bytes) -> str | None:
+    """The ``type`` of a Responses WebSocket message (None when it is not a JSON object with one).
+    Codex writes ``type`` first: read from the head; otherwise the whole message is parsed."""
+    m = _CREATE_HEAD.match(content)
+    if m is not None:
+        return m.group(1).decode("utf-8", "replace")
+    try:
+        obj = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    t = obj.get("type") if isinstance(obj, dict) else None
+    return t if isinstance(t, str) else None
+
+
+class WebSocketResponses:
+    def __init__(self, warden: Warden, interceptor: Interceptor) -> None:
+        self.warden = warden
+        self.interceptor = interceptor
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- the upgrade request ----------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        """A WebSocket opened to a Responses endpoint: remember it, and take the headers addressed to
+        the proxy off the upgrade request (by its real host: a test redirect runs after this)."""
+        rt = self.warden.runtime
+        req = flow.request
+        if rt is None or flow.response is not None or req.method != "GET" \
+                or (req.headers.get("upgrade") or "").lower() != "websocket":
+            return
+        reverse = isinstance(getattr(flow.client_conn, "proxy_mode", None), ReverseMode)
+        api = classify_websocket(req.host, req.port, req.path, rt.settings.proxy, reverse)
+        if api is None:
+            return
+        consumed = {}
+        for name in rt.settings.proxy.consumed_headers:
+            if name in req.headers:
+                consumed[name.lower()] = req.headers.pop(name)
+        flow.metadata[KEY] = _Socket(api, req.host, req.path, list(req.headers.items(multi=True)), consumed)
+
+    # -- messages ---------------------------------------------------------------------------
+
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        sock: _Socket | None = flow.metadata.get(KEY)
+        rt = self.warden.runtime
+        if sock is None or rt is None or flow.websocket is None or not flow.websocket.messages:
+            return
+        msg = flow.websocket.messages[-1]
+        if msg.injected or not msg.is_text:
+            return
+        try:
+            if msg.from_client:
+                await self._client_message(flow, sock, msg)
+            else:
+                self._server_message(flow, sock, msg)
+        except Exception as e:  # the message still goes as it is
+            log.exception("contextwarden: websocket message")
+            rt.bus.emit("error", {"where": "websocket", "message": f"{type(e).__name__}: {e}",
+                                  "action": "message forwarded unchanged"}, flow_id=flow.id)
+
+    async def _client_message(self, flow: http.HTTPFlow, sock: _Socket, msg) -> None:
+        raw = msg.content
+        if message_type(raw) != "response.create":
+            return  # anything else (response.cancel, pings as JSON, ...) passes unread
+        r = _Request(f"{flow.id}.{sock.count}", FlowState(api=sock.api, t_request=time.time()))
+        sock.count += 1
+        sock.pending.append(r)
+
+        def rewrite(body: bytes) -> int:
+            msg.content = body
+            return len(body)
+
+        def block(b) -> None:
+            r.blocked = b
+
+        await self.interceptor.run(r.state, r.flow_id, sock.api, sock.host, sock.path, sock.headers, raw,
+                                   sock.consumed, rewrite, block, transport="websocket")
+        r.t_sent = time.time()
+        if r.blocked is not None:
+            self._answer_blocked(flow, sock, r, msg)
+
+    def _answer_blocked(self, flow: http.HTTPFlow, sock: _Socket, r: _Request, msg) -> None:
+        """A stage answered instead of forwarding (a BLOCKED budget): the client gets the provider's
+        error as the WebSocket's ``error`` event, and its message goes nowhere. When that answer cannot
+        be given, the message goes upstream after all (fail open: the client must get an answer)."""
+        b = r.blocked
+        try:
+            error = orjson.loads(b.body)
+        except orjson.JSONDecodeError:
+            error = {"error": {"message": b.body.decode("utf-8", "replace")}}
+        event = {"type": "error", "status": b.status, **(error if isinstance(error, dict) else {"error": error}),
+                 "headers": dict(b.headers)}
+        data = orjson.dumps(event)
+        try:
+            _inject(flow, data)
+        except Exception as e:
+            self.warden.runtime.bus.emit("error", {"where": "websocket", "message": f"{type(e).__name__}: {e}",
+                                                   "action": "blocked request forwarded"}, flow_id=r.flow_id)
+            return
+        msg.drop()
+        self._feed(sock, r, data)
+
+    def _server_message(self, flow: http.HTTPFlow, sock: _Socket, msg) -> None:
+        if not sock.pending:
+            return
+        self._feed(sock, sock.pending[0], msg.content)
+
+    def _feed(self, sock: _Socket, r: _Request, data: bytes) -> None:
+        st = r.state
+        if r.t_first is None:
+            r.t_first = time.time()
+        if st.tap is None:
+            st.tap = ResponseTap(sock.api, "", None, self._on_event(r))
+        st.tap.feed_message(data)
+        if r.last_type in _TERMINAL:
+            if r in sock.pending:
+                sock.pending.remove(r)
+            self._spawn(self._finish(r, None))
+
+    def _on_event(self, r: _Request):
+        rt = self.warden.runtime
+        hook = rt.pm.hook.cw_response_event
+        has_hook = bool(hook.get_hookimpls())
+
+        def on_event(event: dict) -> None:
+            t = event.get("type")
+            r.last_type = t if isinstance(t, str) else None
+            if t == "error":
+                s = event.get("status")
+                r.status = s if isinstance(s, int) else 400
+            elif t in _TERMINAL:
+                r.status = 200
+            if not has_hook:
+                return
+            fut = r.state.ctx_future
+            ctx = fut.result() if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None else None
+            try:
+                hook(ctx=ctx, event=event)
+            except Exception as e:
+                rt.bus.emit("error", {"where": "cw_response_event", "message": f"{type(e).__name__}: {e}"}, flow_id=r.flow_id)
+
+        return on_event
+
+    # -- the end of a request ---------------------------------------------------------------
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        sock: _Socket | None = flow.metadata.get(KEY)
+        if sock is None:
+            return
+        ws = flow.websocket
+        why = f"websocket closed ({ws.close_code})" if ws is not None and ws.close_code not in (None, 1000) else "websocket closed"
+        while sock.pending:
+            self._spawn(self._finish(sock.pending.popleft(), why))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, r: _Request, error: str | None) -> None:
+        """The ``response`` event and the turn's completion, as Observer._finish does for HTTP."""
+        rt = self.warden.runtime
+        if rt is None:
+            return
+        st = r.state
+        tap = st.tap
+        turn = tap.finish(error) if tap is not None else None
+        start = st.extra.get("start_observe")  # an observed request not read yet: read it now
+        if start is not None:
+            start()
+        try:
+            ctx = await st.ctx_future if st.ctx_future is not None else None
+        except Exception:
+            ctx = None
+        upstream_ms = round((r.t_first - r.t_sent) * 1000, 1) if r.t_first and r.t_sent else None
+        data = {"api": st.api.value, "status": r.status, "upstream_ms": upstream_ms,
+                "total_ms": round((time.time() - st.t_request) * 1000, 1), "error": error, "streamed": True,
+                "transport": "websocket"}
+        if turn is not None:
+            data.update(turn.summary())
+        if tap is not None and tap.failed:
+            data["reader_failed"] = tap.failed
+        rt.bus.emit("response", data, flow_id=r.flow_id, session=ctx.session if ctx else None)
+        if ctx is None or turn is None:
+            return
+        asyncio.get_running_loop().run_in_executor(rt.turn_pool, Observer._turn_complete, rt, ctx, turn)
+
+
+def _inject(flow: http.HTTPFlow, data: bytes) -> None:
+    """Send ``data`` to the client as a text message of the flow's WebSocket."""
+    mitmctx.master.commands.call("inject.websocket", flow, True, data, True)
+
+
+class _Utf8Fragmentizer(ws_layer.Fragmentizer):
+    """mitmproxy re-frames a modified message in 4,000-byte pieces and decodes each piece of a text
+    message on its own (``errors="replace"``), which corrupts a character that straddles a cut. Here
+    a modified text message is cut at character boundaries only, and goes as one frame when the client
+    sent it as one. Unmodified messages keep the client's own framing (mitmproxy's rule)."""
+
+    def __call__(self, content: bytes):
+        if not self.is_text:
+            yield from super().__call__(content)
+            return
+        lengths = self.fragment_lengths
+        if len(content) == sum(lengths) and all(_boundary(content, o) for o in _offsets(lengths)):
+            yield from super().__call__(content)
+            return
+        if len(lengths) <= 1:
+            yield self.msg(content, True)
+            return
+        size = max(self.FRAGMENT_SIZE, max(lengths))
+        offset = 0
+        while len(content) - offset > size:
+            cut = offset + size
+            while cut > offset + 1 and not _boundary(content, cut):
+                cut -= 1
+            yield self.msg(content[offset:cut], False)
+            offset = cut
+        yield self.msg(content[offset:], True)
+
+
+def _offsets(lengths: list[int]) -> list[int]:
+    out, o = [], 0
+    for n in lengths[:-1]:
+        o += n
+        out.append(o)
+    return out
+
+
+def _boundary(content: bytes, i: int) -> bool:
+    """Whether a cut before byte ``i`` falls between two UTF-8 characters."""
+    return i <= 0 or i >= len(content) or (content[i] & 0xC0) != 0x80
+
+
+ws_layer.Fragmentizer = _Utf8Fragmentizer
