@@ -30,10 +30,14 @@ class Event:
     session: str | None = None
     ts: float = field(default_factory=time.time)
     seq: int = field(default_factory=lambda: next(_seq))
+    replica: str | None = None  # the proxy that served it, when several share one state
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "ts": self.ts, "type": self.type, "flow_id": self.flow_id,
-                "session": self.session, "data": self.data}
+        d = {"seq": self.seq, "ts": self.ts, "type": self.type, "flow_id": self.flow_id,
+             "session": self.session, "data": self.data}
+        if self.replica is not None:
+            d["replica"] = self.replica
+        return d
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict(), default=str)
@@ -41,7 +45,7 @@ class Event:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Event":
         return cls(type=d["type"], data=d.get("data") or {}, flow_id=d.get("flow_id"),
-                   session=d.get("session"), ts=d.get("ts", 0.0), seq=d.get("seq", 0))
+                   session=d.get("session"), ts=d.get("ts", 0.0), seq=d.get("seq", 0), replica=d.get("replica"))
 
 
 Subscriber = Callable[[Event], None]
@@ -54,6 +58,7 @@ class EventBus:
         self._subs: list[Subscriber] = []
         self._lock = threading.Lock()
         self.recent: deque[Event] = deque(maxlen=recent)
+        self.replica: str | None = None  # stamped on every event published here (Runtime sets it)
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         with self._lock:
@@ -73,6 +78,8 @@ class EventBus:
         return ev
 
     def publish(self, ev: Event) -> None:
+        if ev.replica is None and self.replica is not None:
+            ev.replica = self.replica
         self.recent.append(ev)
         with self._lock:
             subs = list(self._subs)

@@ -18,9 +18,21 @@ from .events import EventBus, JsonlLog
 from .home import ensure_home, secret_file
 from .pluginmanager import make_plugin_manager, stage_order
 from .settings import Settings, load_settings
-from .state import StateStore
+from .state import StateUnavailable, open_state
 
 LAST_MESSAGES = 32  # conversations whose latest messages are kept for message_bytes
+
+
+def replica_name(settings: Settings, state) -> str | None:
+    """This proxy's name among replicas: ``state.replica``, else host:pid when the state is shared
+    (None for a lone proxy: its events need no name)."""
+    if settings.state.replica:
+        return settings.state.replica
+    if getattr(state, "shared", False):
+        import socket
+
+        return f"{socket.gethostname()}:{os.getpid()}"
+    return None
 
 
 class Runtime:
@@ -34,10 +46,13 @@ class Runtime:
         self.log = JsonlLog(self.home / "logs", int(settings.log.events_max_mb * 1e6), settings.log.events_backups) if log else None
         if self.log:
             self.bus.subscribe(self.log)
-        self.state = StateStore(self.home / "state.sqlite")
+        self.state = open_state(settings, self.home, self.bus)
+        self.replica = replica_name(settings, self.state)
+        if self.replica:
+            self.bus.replica = self.replica  # every event says which replica served it
         self.overrides: dict[str, Any] = {}
         # Settings changed at run time with persist=True (from the TUI) come back after a restart.
-        persisted = self.state.get("runtime", "overrides")
+        persisted = self._shared_get("overrides", None)
         if persisted and profile is not None:
             try:
                 self.settings = settings = load_settings(profile, self.home, overrides=persisted)
@@ -52,7 +67,7 @@ class Runtime:
         self.core_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cw-core")
         self.turn_pool = ThreadPoolExecutor(max_workers=max(1, settings.pipeline.turn_workers), thread_name_prefix="cw-turn")
         # sessions put into observe-only at run time (the TUI's bypass key)
-        self.bypass: set[str] = set(self.state.get("runtime", "bypass", []))
+        self.bypass: set[str] = set(self._shared_get("bypass", []))
         self.bodies = BodyRing()
         from .typedpool import TypedPool
 
@@ -76,6 +91,33 @@ class Runtime:
         self.pm.hook.cw_configure(runtime=self)
         # Loading a tiktoken encoding takes ~0.5 s: do it now, not inside the first request.
         self.turn_pool.submit(self._warm_tokens)
+        if self.state.shared:  # what another replica's TUI changes reaches this one too
+            threading.Thread(target=self._sync_shared, name="cw-state-sync", daemon=True).start()
+
+    # ------------------------------------------------------------------ shared state
+
+    def _shared_get(self, key: str, default: Any) -> Any:
+        try:
+            return self.state.get("runtime", key, default)
+        except StateUnavailable:
+            return default  # a shared server down at start-up: picked up by _sync_shared when back
+
+    def _sync_shared(self) -> None:
+        """With a shared backend: apply the run-time settings and bypass another replica stored."""
+        while not self._closed.wait(max(0.1, self.settings.state.sync_s)):
+            try:
+                over = self.state.get("runtime", "overrides") or {}
+                bypass = set(self.state.get("runtime", "bypass", []))
+            except Exception:
+                continue  # down: the store reported it; keep what this replica has
+            if bypass != self.bypass:
+                self.bypass = bypass
+            if over != self.overrides and self.profile is not None:
+                try:
+                    self.overrides = {}
+                    self.apply_overrides(over, persist=False)
+                except Exception as e:
+                    self.bus.emit("error", {"where": "settings", "message": f"shared run-time settings ignored: {e}"})
 
     # ------------------------------------------------------------------ garbage collector
 
@@ -219,7 +261,7 @@ class Runtime:
         self.overrides = merged
         if self._tokens is not None:
             self._tokens.settings = self.settings.tokens
-        if persist:
+        if persist or self.state.shared:  # shared: one gateway, one set of settings for every replica
             self.state.put("runtime", "overrides", merged)
         self.bus.emit("settings", {"overrides": merged, "persisted": persist})
         self.pm.hook.cw_configure(runtime=self)
@@ -287,7 +329,11 @@ class Runtime:
 
     def set_bypass(self, session: str, on: bool = True) -> None:
         (self.bypass.add if on else self.bypass.discard)(session)
-        self.state.put("runtime", "bypass", sorted(self.bypass))
+        if self.state.shared:  # another replica may have bypassed other sessions meanwhile
+            self.bypass = set(self.state.update("runtime", "bypass", lambda cur: sorted(
+                (set(cur or []) | {session}) if on else (set(cur or []) - {session}))))
+        else:
+            self.state.put("runtime", "bypass", sorted(self.bypass))
         self.bus.emit("bypass", {"session": session, "on": on}, session=session)
 
     def close(self) -> None:
