@@ -60,6 +60,7 @@ class Runtime:
             except Exception as e:
                 self.bus.emit("error", {"where": "settings", "message": f"saved run-time settings ignored: {e}"})
         self.salt = secret_file(self.home, "tenant.salt")
+        self._salt_shared = not self.state.shared or self._share_salt()
         self.pm = make_plugin_manager(plugins_dir, extra=extra_plugins)
         # Stages get their own pool: a stage abandoned past its budget keeps its thread until it
         # returns, and must not delay the parsing and validation every request needs (core_pool).
@@ -67,7 +68,9 @@ class Runtime:
         self.core_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cw-core")
         self.turn_pool = ThreadPoolExecutor(max_workers=max(1, settings.pipeline.turn_workers), thread_name_prefix="cw-turn")
         # sessions put into observe-only at run time (the TUI's bypass key)
-        self.bypass: set[str] = set(self._shared_get("bypass", []))
+        stored_bypass = self._shared_get("bypass", None)
+        self.bypass: set[str] = set(stored_bypass or [])
+        self._seen_shared = (persisted, stored_bypass)  # (overrides, bypass) as last read from the store
         self.bodies = BodyRing()
         from .typedpool import TypedPool
 
@@ -102,20 +105,33 @@ class Runtime:
         except StateUnavailable:
             return default  # a shared server down at start-up: picked up by _sync_shared when back
 
+    def _share_salt(self) -> bool:
+        """Replicas must hash a credential to the same tenant (session keys, memory collections): the
+        first replica's salt is stored and every other one takes it. False while the server is down."""
+        local = self.salt
+        try:
+            self.salt = self.state.update("_meta", "tenant_salt", lambda cur: cur or local)
+            return True
+        except StateUnavailable:
+            return False
+
     def _sync_shared(self) -> None:
         """With a shared backend: apply the run-time settings and bypass another replica stored."""
         while not self._closed.wait(max(0.1, self.settings.state.sync_s)):
+            if not self._salt_shared:
+                self._salt_shared = self._share_salt()
             try:
-                over = self.state.get("runtime", "overrides") or {}
-                bypass = set(self.state.get("runtime", "bypass", []))
+                over = self.state.get("runtime", "overrides")
+                bypass = self.state.get("runtime", "bypass")
             except Exception:
                 continue  # down: the store reported it; keep what this replica has
-            if bypass != self.bypass:
-                self.bypass = bypass
-            if over != self.overrides and self.profile is not None:
+            last, self._seen_shared = self._seen_shared, (over, bypass)  # only changes are applied
+            if bypass != last[1]:
+                self.bypass = set(bypass or [])
+            if over != last[0] and over != self.overrides and self.profile is not None:
                 try:
                     self.overrides = {}
-                    self.apply_overrides(over, persist=False)
+                    self.apply_overrides(over or {}, persist=False)
                 except Exception as e:
                     self.bus.emit("error", {"where": "settings", "message": f"shared run-time settings ignored: {e}"})
 
