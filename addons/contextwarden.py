@@ -12,9 +12,10 @@ for _name in [n for n, m in list(sys.modules.items()) if getattr(m, "__file__", 
 
 from contextwarden.addons.eventserver import EventServer  # noqa: E402
 from contextwarden.addons.interceptor import Interceptor  # noqa: E402
+from contextwarden.addons.metrics import MetricsServer  # noqa: E402
 from contextwarden.addons.observer import Observer  # noqa: E402
 from contextwarden.addons.warden import Warden  # noqa: E402
 
 warden = Warden()
 
-addons = [warden, Interceptor(warden), Observer(warden), EventServer(warden)]
+addons = [warden, Interceptor(warden), Observer(warden), EventServer(warden), MetricsServer(warden)]
