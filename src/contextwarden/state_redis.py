@@ -87,6 +87,9 @@ class RedisStateStore(Codec):
                                     "down_s": round(time.monotonic() - since, 3)})
 
     def ping(self) -> bool:
+        """Whether the server answers now (always tried, even while failing fast: readiness probes and
+        the run-time sync use it, so a server that is back is noticed within a probe)."""
+        self._last_try = 0.0
         try:
             return bool(self._call(self.r.ping))
         except StateUnavailable:
