@@ -113,7 +113,7 @@ class Sealer:
         return self.open(blob).decode("utf-8")
 
 
-_current = Sealer(None)
+_current: Sealer | None = None  # until configure(): the key from the environment only
 _current_lock = threading.Lock()
 
 
@@ -127,4 +127,12 @@ def configure(key_file: str | os.PathLike | None = None) -> Sealer:
 
 
 def current() -> Sealer:
-    return _current
+    """The process's sealer (the memory store reads it); configured from the environment on first use
+    when nothing called :func:`configure`."""
+    s = _current
+    if s is None:
+        with _current_lock:
+            s = _current
+        if s is None:
+            s = configure()
+    return s

@@ -292,8 +292,14 @@ def save_snapshot(index: "LexicalIndex", path: str | os.PathLike, key: dict) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    import io
+
+    from .. import sealing
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        f.write(sealing.current().seal(buf.getvalue()))  # holds every item's text: sealed like the store
     os.replace(tmp, path)
     return n
 
@@ -305,10 +311,14 @@ def load_snapshot(path: str | os.PathLike, key: dict | None = None) -> "LexicalI
 
     from .items import MemoryItem
 
+    import io
+
+    from .. import sealing
+
     try:
-        z = np.load(Path(path), allow_pickle=False)
-    except (OSError, ValueError):
-        return None
+        z = np.load(io.BytesIO(sealing.current().open(Path(path).read_bytes())), allow_pickle=False)
+    except (OSError, ValueError, sealing.SealError):
+        return None  # (sealed with another key: rebuilt from the store, which then says what is wrong)
     with z:
         try:
             meta = orjson.loads(z["meta"].tobytes())
