@@ -11,6 +11,7 @@ for _name in [n for n, m in list(sys.modules.items()) if getattr(m, "__file__", 
     del sys.modules[_name]
 
 from contextwarden.addons.eventserver import EventServer  # noqa: E402
+from contextwarden.addons.eventstream import EventStream  # noqa: E402
 from contextwarden.addons.interceptor import Interceptor  # noqa: E402
 from contextwarden.addons.metrics import MetricsServer  # noqa: E402
 from contextwarden.addons.observer import Observer  # noqa: E402
@@ -18,4 +19,4 @@ from contextwarden.addons.warden import Warden  # noqa: E402
 
 warden = Warden()
 
-addons = [warden, Interceptor(warden), Observer(warden), EventServer(warden), MetricsServer(warden)]
+addons = [warden, Interceptor(warden), Observer(warden), EventServer(warden), MetricsServer(warden), EventStream(warden)]
