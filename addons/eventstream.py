@@ -15,6 +15,8 @@ from collections import deque
 
 from contextwarden.events import Event
 
+from .perruntime import PerRuntime
+
 log = logging.getLogger(__name__)
 
 STREAM_MAX = 20_000  # events kept in the stream (approximately: MAXLEN ~)
@@ -68,7 +70,7 @@ class EventPublisher:
                     if not self._stop:
                         self._cv.wait(1.0)
 
-    def close(self) -> None:
+    def stop(self) -> None:
         self._unsubscribe()
         with self._cv:
             self._stop = True
@@ -76,33 +78,14 @@ class EventPublisher:
         self._thread.join(timeout=2)
 
 
-class EventStream:
+class EventStream(PerRuntime):
     """mitmproxy addon: publishes the runtime's events to Redis when the state is shared there."""
 
-    def __init__(self, warden) -> None:
-        self.warden = warden
-        self.publisher: EventPublisher | None = None
+    what = "event stream"
 
-    def configure(self, updated) -> None:
-        self._sync()
-
-    def running(self) -> None:
-        self._sync()
-
-    def done(self) -> None:
-        self._stop()
-
-    def _sync(self) -> None:
-        rt = self.warden.runtime
-        if self.publisher is not None and self.publisher.runtime is rt:
-            return
-        self._stop()
-        if rt is None or not hasattr(rt.state, "r"):
-            return
-        self.publisher = EventPublisher(rt)
-        log.info(f"contextwarden: events published to the Redis stream {self.publisher.key}")
-
-    def _stop(self) -> None:
-        if self.publisher is not None:
-            self.publisher.close()
-            self.publisher = None
+    def start(self, rt) -> EventPublisher | None:
+        if not hasattr(rt.state, "r"):
+            return None
+        pub = EventPublisher(rt)
+        log.info(f"contextwarden: events published to the Redis stream {pub.key}")
+        return pub

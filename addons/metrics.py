@@ -24,6 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, price_for
 from contextwarden.events import Event
 
+from .perruntime import PerRuntime
+
 log = logging.getLogger(__name__)
 
 # seconds: stages are sub-millisecond to tens of ms; upstream calls are seconds
@@ -225,44 +227,18 @@ class MetricsService:
         self.server.server_close()
 
 
-class MetricsServer:
-    """mitmproxy addon: runs a :class:`MetricsService` for the warden's runtime when ``metrics.port``
-    is set; restarts it when the runtime is replaced; a port that cannot be bound is logged and the
-    proxy carries on without metrics."""
+class MetricsServer(PerRuntime):
+    """mitmproxy addon: a :class:`MetricsService` for the warden's runtime when ``metrics.port`` is set."""
 
-    def __init__(self, warden) -> None:
-        self.warden = warden
-        self.service: MetricsService | None = None
+    what = "metrics"
 
-    def configure(self, updated) -> None:
-        self._sync()
-
-    def running(self) -> None:
-        self._sync()
-
-    def done(self) -> None:
-        self._stop()
-
-    def _sync(self) -> None:
-        rt = self.warden.runtime
-        if self.service is not None and self.service.runtime is rt:
-            return
-        self._stop()
-        if rt is None or not rt.settings.metrics.port:
-            return
+    def start(self, rt) -> MetricsService | None:
         m = rt.settings.metrics
-        try:
-            self.service = MetricsService(rt, m.host, m.port)
-            log.info(f"contextwarden: metrics on http://{self.service.host}:{self.service.port}/metrics")
-        except Exception as e:
-            self.service = None
-            log.error(f"contextwarden: metrics endpoint not started: {e}")
-            rt.bus.emit("error", {"where": "metrics", "message": str(e), "action": "no metrics endpoint"})
-
-    def _stop(self) -> None:
-        if self.service is not None:
-            self.service.stop()
-            self.service = None
+        if not m.port:
+            return None
+        svc = MetricsService(rt, m.host, m.port)
+        log.info(f"contextwarden: metrics on http://{svc.host}:{svc.port}/metrics")
+        return svc
 
 
 __all__ = ["Metrics", "MetricsServer", "MetricsService", "outcome_of"]

@@ -11,18 +11,10 @@ from contextwarden.addons.metrics import MetricsService, outcome_of
 from contextwarden.events import Event
 from contextwarden.tui.demo import EventFactory
 
+from .support.prom import parse_metrics as values
 from .support.stages import Harness, settings_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def values(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
 
 
 def test_outcomes():

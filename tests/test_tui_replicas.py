@@ -74,5 +74,5 @@ async def test_one_tui_shows_every_replica(tmp_path):
                 assert all(e.get("replica") in ("A", "B") for e in app.store.raw)
         finally:
             for h, pub in replicas.values():
-                pub.close()
+                pub.stop()
                 h.close()

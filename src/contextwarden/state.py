@@ -146,7 +146,9 @@ def open_state(settings, home: Path, bus=None) -> Codec:
     elif not url or url.startswith("sqlite:///"):
         st = StateStore(url[len("sqlite:///"):] if url else Path(home) / "state.sqlite", sealer)
     else:
-        raise ValueError(f"state.url: unsupported backend {url!r} (sqlite:///PATH or redis://HOST:PORT/DB)")
+        from .settings import SettingsError
+
+        raise SettingsError(f"state.url: unsupported backend {url!r} (sqlite:///PATH or redis://HOST:PORT/DB)")
     try:
         st.check_key()
     except StateUnavailable:

@@ -14,7 +14,6 @@ compaction decides on request 11 (past the hard threshold) and re-applies its su
 from __future__ import annotations
 
 import json
-import re
 import signal
 import time
 import urllib.error
@@ -22,6 +21,7 @@ import urllib.request
 
 import httpx
 import orjson
+from tests.support.prom import parse_metrics
 from tests.support.proxy import ProxyProcess, free_port
 from tests.support.redis_server import RedisServer
 from tests.support.stages import anthropic_tool_loop
@@ -75,13 +75,7 @@ def replica(tmp, name: str, upstream: str, redis_url: str | None, metrics_port: 
 
 
 def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
+    return parse_metrics(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
 
 
 def ready(port: int) -> tuple[int, dict]:
