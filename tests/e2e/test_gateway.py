@@ -167,6 +167,13 @@ def test_replicas_on_redis_send_what_one_proxy_sends(tmp_path):
             assert got[REQUESTS] == reference[REQUESTS], "after Redis came back the session must resume its decisions"
             assert ready(ports["C"])[0] == 200
             assert c.events("state", wait=5)[-1]["data"]["status"] == "up"
+            # one view of every replica: their events in the Redis stream `contextwarden tui --redis` reads
+            import redis as redis_client
+
+            stream = redis_client.Redis.from_url(redis.url).xrange("cw:events")
+            served = {orjson.loads(f[b"e"]).get("replica") for _, f in stream
+                      if orjson.loads(f[b"e"])["type"] == "forward"}
+            assert {"A", "B", "C"} <= served
         finally:
             for p in procs:
                 p.stop(timeout=5)
