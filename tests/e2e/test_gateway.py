@@ -178,3 +178,47 @@ def test_replicas_on_redis_send_what_one_proxy_sends(tmp_path):
             for p in procs:
                 p.stop(timeout=5)
 
+
+
+def test_a_fact_ingested_through_one_replica_is_injected_by_another(tmp_path):
+    """Memory shared whole: replicas on one Chroma server and one Redis (which gives them one tenant
+    salt, so one API key is one tenant everywhere)."""
+    from tests.support.chroma_server import ChromaServer
+
+    with StandIn() as standin, RedisServer(tmp_path) as redis, ChromaServer(tmp_path) as chroma:
+        env = {"CONTEXTWARDEN_STATE__URL": redis.url, "CONTEXTWARDEN_MEMORY__CHROMA_URL": chroma.url,
+               "CONTEXTWARDEN_MEMORY__TIMEOUT_MS": "10000",  # a loaded 2-core box
+               "CONTEXTWARDEN_PIPELINE__STAGE_BUDGET_MS": "20000"}
+        a = ProxyProcess(tmp_path / "A", name="A", profile="claude-code", reverse=standin.url,
+                         env={**env, "CONTEXTWARDEN_STATE__REPLICA": "A"}, ready_events=("startup", "memory_status"))
+        b = ProxyProcess(tmp_path / "B", name="B", profile="claude-code", reverse=standin.url,
+                         env={**env, "CONTEXTWARDEN_STATE__REPLICA": "B"}, ready_events=("startup", "memory_status"))
+        a.launch()
+        b.launch()
+        try:
+            a.wait_ready()
+            b.wait_ready()
+
+            def ask(proxy, session: str, text: str) -> dict:
+                body = {"model": "claude-sonnet-4-5", "max_tokens": 256,
+                        "metadata": {"user_id": f"user_x_account_y_session_{session}"},
+                        "messages": [{"role": "user", "content": text}]}
+                before = len(standin.requests("/v1/messages"))
+                r = httpx.post(proxy.url + "/v1/messages", json=body, headers=HEADERS, timeout=60)
+                assert r.status_code == 200, r.text[:300]
+                return standin.wait_for(before + 1, "/v1/messages")[-1].json()
+
+            ask(a, "s-one", "Remember this: the staging database password is rotated by the script "
+                            "zebra_rotate_creds.sh every Tuesday at noon.")
+            stored = a.wait_events(lambda e: e["type"] == "memory" and (e["data"].get("new") or 0) > 0, timeout=60)
+            assert stored, "replica A never stored the turn"
+            sent = ask(b, "s-two", "Which script rotates the staging database password, and when does it run?")
+            last = sent["messages"][-1]["content"]
+            text = last if isinstance(last, str) else " ".join(p.get("text", "") for p in last)
+            assert "zebra_rotate_creds.sh" in text, ("replica B did not bring back what replica A stored",
+                                                     [e["data"] for e in b.events("memory")], b.events("error"))
+            [ev] = [e for e in b.events("memory", wait=5) if e["data"].get("injected")]
+            assert ev["replica"] == "B"
+        finally:
+            a.stop(timeout=5)
+            b.stop(timeout=5)
