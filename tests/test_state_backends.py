@@ -222,3 +222,19 @@ def test_sealed_text_round_trips_and_plain_text_passes():
     assert s.open_text("plain text") == "plain text"
     with pytest.raises(SealError):
         Sealer(None).open_text(t)
+
+
+def test_a_replica_started_while_redis_is_down_takes_the_shared_salt_when_it_is_back(tmp_path):
+    with RedisServer(tmp_path) as rs:
+        over = settings_overrides(window=50_000, stages=["clearing"], state={"url": rs.url, "prefix": "salt"})
+        a = Harness(tmp_path / "a", overrides=over)
+        rs.stop()
+        b = Harness(tmp_path / "b", overrides=over)  # starts without the server: traffic flows, unshared
+        assert b.rt.salt != a.rt.salt
+        rs.start()
+        deadline = time.monotonic() + 10
+        while b.rt.salt != a.rt.salt:  # the next request after the server is back keys tenants like A
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        a.close()
+        b.close()

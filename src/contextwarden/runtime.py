@@ -59,7 +59,7 @@ class Runtime:
                 self.overrides = persisted
             except Exception as e:
                 self.bus.emit("error", {"where": "settings", "message": f"saved run-time settings ignored: {e}"})
-        self.salt = secret_file(self.home, "tenant.salt")
+        self._salt = secret_file(self.home, "tenant.salt")
         self._salt_shared = not self.state.shared or self._share_salt()
         self.pm = make_plugin_manager(plugins_dir, extra=extra_plugins)
         # Stages get their own pool: a stage abandoned past its budget keeps its thread until it
@@ -105,12 +105,21 @@ class Runtime:
         except StateUnavailable:
             return default  # a shared server down at start-up: picked up by _sync_shared when back
 
+    @property
+    def salt(self) -> str:
+        """The salt a credential is hashed with into a tenant. With a shared state, the replicas' one:
+        until it could be read (a server down at start-up) every request asks again, failing fast, so no
+        request is keyed with this replica's own salt once the server answers."""
+        if not self._salt_shared:
+            self._salt_shared = self._share_salt()
+        return self._salt
+
     def _share_salt(self) -> bool:
         """Replicas must hash a credential to the same tenant (session keys, memory collections): the
         first replica's salt is stored and every other one takes it. False while the server is down."""
-        local = self.salt
+        local = self._salt
         try:
-            self.salt = self.state.update("_meta", "tenant_salt", lambda cur: cur or local)
+            self._salt = self.state.update("_meta", "tenant_salt", lambda cur: cur or local)
             return True
         except StateUnavailable:
             return False
@@ -118,8 +127,6 @@ class Runtime:
     def _sync_shared(self) -> None:
         """With a shared backend: apply the run-time settings and bypass another replica stored."""
         while not self._closed.wait(max(0.1, self.settings.state.sync_s)):
-            if not self._salt_shared:
-                self._salt_shared = self._share_salt()
             try:
                 over = self.state.get("runtime", "overrides")
                 bypass = self.state.get("runtime", "bypass")
