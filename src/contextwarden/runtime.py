@@ -16,23 +16,12 @@ import orjson
 from .bodies import BodyRing, record
 from .events import EventBus, JsonlLog
 from .home import ensure_home, secret_file
+from . import replicas
 from .pluginmanager import make_plugin_manager, stage_order
 from .settings import Settings, load_settings
-from .state import StateUnavailable, open_state
+from .state import open_state
 
 LAST_MESSAGES = 32  # conversations whose latest messages are kept for message_bytes
-
-
-def replica_name(settings: Settings, state) -> str | None:
-    """This proxy's name among replicas: ``state.replica``, else host:pid when the state is shared
-    (None for a lone proxy: its events need no name)."""
-    if settings.state.replica:
-        return settings.state.replica
-    if getattr(state, "shared", False):
-        import socket
-
-        return f"{socket.gethostname()}:{os.getpid()}"
-    return None
 
 
 class Runtime:
@@ -47,12 +36,12 @@ class Runtime:
         if self.log:
             self.bus.subscribe(self.log)
         self.state = open_state(settings, self.home, self.bus)
-        self.replica = replica_name(settings, self.state)
+        self.replica = replicas.name(settings, self.state)
         if self.replica:
             self.bus.replica = self.replica  # every event says which replica served it
         self.overrides: dict[str, Any] = {}
         # Settings changed at run time with persist=True (from the TUI) come back after a restart.
-        persisted = self._shared_get("overrides", None)
+        persisted = replicas.read(self.state, "overrides")
         if persisted and profile is not None:
             try:
                 self.settings = settings = load_settings(profile, self.home, overrides=persisted)
@@ -60,7 +49,7 @@ class Runtime:
             except Exception as e:
                 self.bus.emit("error", {"where": "settings", "message": f"saved run-time settings ignored: {e}"})
         self._salt = secret_file(self.home, "tenant.salt")
-        self._salt_shared = not self.state.shared or self._share_salt()
+        self._salt_shared = replicas.share_salt(self)
         self.pm = make_plugin_manager(plugins_dir, extra=extra_plugins)
         # Stages get their own pool: a stage abandoned past its budget keeps its thread until it
         # returns, and must not delay the parsing and validation every request needs (core_pool).
@@ -68,7 +57,7 @@ class Runtime:
         self.core_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cw-core")
         self.turn_pool = ThreadPoolExecutor(max_workers=max(1, settings.pipeline.turn_workers), thread_name_prefix="cw-turn")
         # sessions put into observe-only at run time (the TUI's bypass key)
-        stored_bypass = self._shared_get("bypass", None)
+        stored_bypass = replicas.read(self.state, "bypass")
         self.bypass: set[str] = set(stored_bypass or [])
         self._seen_shared = (persisted, stored_bypass)  # (overrides, bypass) as last read from the store
         self.bodies = BodyRing()
@@ -95,52 +84,15 @@ class Runtime:
         # Loading a tiktoken encoding takes ~0.5 s: do it now, not inside the first request.
         self.turn_pool.submit(self._warm_tokens)
         if self.state.shared:  # what another replica's TUI changes reaches this one too
-            threading.Thread(target=self._sync_shared, name="cw-state-sync", daemon=True).start()
-
-    # ------------------------------------------------------------------ shared state
-
-    def _shared_get(self, key: str, default: Any) -> Any:
-        try:
-            return self.state.get("runtime", key, default)
-        except StateUnavailable:
-            return default  # a shared server down at start-up: picked up by _sync_shared when back
+            replicas.start_sync(self)
 
     @property
     def salt(self) -> str:
-        """The salt a credential is hashed with into a tenant. With a shared state, the replicas' one:
-        until it could be read (a server down at start-up) every request asks again, failing fast, so no
-        request is keyed with this replica's own salt once the server answers."""
+        """The salt a credential is hashed with into a tenant: with a shared state, the replicas' one
+        (until it could be read, every request asks again, failing fast while the server is down)."""
         if not self._salt_shared:
-            self._salt_shared = self._share_salt()
+            self._salt_shared = replicas.share_salt(self)
         return self._salt
-
-    def _share_salt(self) -> bool:
-        """Replicas must hash a credential to the same tenant (session keys, memory collections): the
-        first replica's salt is stored and every other one takes it. False while the server is down."""
-        local = self._salt
-        try:
-            self._salt = self.state.update("_meta", "tenant_salt", lambda cur: cur or local)
-            return True
-        except StateUnavailable:
-            return False
-
-    def _sync_shared(self) -> None:
-        """With a shared backend: apply the run-time settings and bypass another replica stored."""
-        while not self._closed.wait(max(0.1, self.settings.state.sync_s)):
-            try:
-                over = self.state.get("runtime", "overrides")
-                bypass = self.state.get("runtime", "bypass")
-            except Exception:
-                continue  # down: the store reported it; keep what this replica has
-            last, self._seen_shared = self._seen_shared, (over, bypass)  # only changes are applied
-            if bypass != last[1]:
-                self.bypass = set(bypass or [])
-            if over != last[0] and over != self.overrides and self.profile is not None:
-                try:
-                    self.overrides = {}
-                    self.apply_overrides(over or {}, persist=False)
-                except Exception as e:
-                    self.bus.emit("error", {"where": "settings", "message": f"shared run-time settings ignored: {e}"})
 
     # ------------------------------------------------------------------ garbage collector
 
@@ -352,9 +304,8 @@ class Runtime:
 
     def set_bypass(self, session: str, on: bool = True) -> None:
         (self.bypass.add if on else self.bypass.discard)(session)
-        if self.state.shared:  # another replica may have bypassed other sessions meanwhile
-            self.bypass = set(self.state.update("runtime", "bypass", lambda cur: sorted(
-                (set(cur or []) | {session}) if on else (set(cur or []) - {session}))))
+        if self.state.shared:
+            self.bypass = replicas.toggle_bypass(self.state, session, on)
         else:
             self.state.put("runtime", "bypass", sorted(self.bypass))
         self.bus.emit("bypass", {"session": session, "on": on}, session=session)
