@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 
 class PerRuntime:
     what = "service"  # for the log and the error event
+    without = ""  # what the proxy goes without when it cannot start (the error event's action)
 
     def __init__(self, warden) -> None:
         self.warden = warden
@@ -45,7 +46,7 @@ class PerRuntime:
         except Exception as e:
             self.service = None
             log.error(f"contextwarden: {self.what} not started: {e}")
-            rt.bus.emit("error", {"where": self.what, "message": str(e), "action": f"no {self.what}"})
+            rt.bus.emit("error", {"where": self.what, "message": str(e), "action": self.without or f"no {self.what}"})
 
     def _stop(self) -> None:
         if self.service is not None:
