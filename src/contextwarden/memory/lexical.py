@@ -9,6 +9,7 @@ A query term the index has never seen is matched to the closest known term with 
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -22,6 +23,7 @@ from typing import Iterable
 import numpy as np
 from rapidfuzz import fuzz, process
 
+from .. import sealing
 from .tagger import STOPWORDS, stem
 
 _TOKEN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_'’.\-/]*[A-Za-z0-9_]|[A-Za-z0-9]")
@@ -292,10 +294,6 @@ def save_snapshot(index: "LexicalIndex", path: str | os.PathLike, key: dict) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    import io
-
-    from .. import sealing
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     with open(tmp, "wb") as f:
@@ -310,10 +308,6 @@ def load_snapshot(path: str | os.PathLike, key: dict | None = None) -> "LexicalI
     import orjson
 
     from .items import MemoryItem
-
-    import io
-
-    from .. import sealing
 
     try:
         z = np.load(io.BytesIO(sealing.current().open(Path(path).read_bytes())), allow_pickle=False)
