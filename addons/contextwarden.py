@@ -12,7 +12,9 @@ for _name in [n for n, m in list(sys.modules.items()) if getattr(m, "__file__", 
 
 from contextwarden.addons.eventserver import EventServer  # noqa: E402
 from contextwarden.addons.exposure import Exposure  # noqa: E402
+from contextwarden.addons.eventstream import EventStream  # noqa: E402
 from contextwarden.addons.interceptor import Interceptor  # noqa: E402
+from contextwarden.addons.metrics import MetricsServer  # noqa: E402
 from contextwarden.addons.observer import Observer  # noqa: E402
 from contextwarden.addons.outputguard import OutputGuard  # noqa: E402
 from contextwarden.addons.recallapi import RecallApiServer  # noqa: E402
@@ -24,4 +26,4 @@ interceptor = Interceptor(warden)
 
 events = EventServer(warden)
 addons = [Exposure(), OutputGuard(), warden, interceptor, Observer(warden), WebSocketResponses(warden, interceptor),
-          events, RecallApiServer(warden, events)]
+          events, RecallApiServer(warden, events), MetricsServer(warden), EventStream(warden)]

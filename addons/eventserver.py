@@ -34,6 +34,8 @@ import orjson
 from contextwarden.events import Event
 from contextwarden.scrub import scrub, scrub_headers  # noqa: F401 (scrub_headers: imported from here too)
 
+from .perruntime import PerRuntime
+
 log = logging.getLogger(__name__)
 
 PROTOCOL = 1
@@ -524,44 +526,16 @@ class EventService:
                 "settings": self.runtime.settings.model_dump(mode="json"), "events": events, "requests": requests}
 
 
-class EventServer:
-    """mitmproxy addon: runs an :class:`EventService` for the warden's current runtime.
+class EventServer(PerRuntime):
+    """mitmproxy addon: runs an :class:`EventService` for the warden's current runtime (lifecycle:
+    :class:`~contextwarden.addons.perruntime.PerRuntime`); none when the profile turns the server off."""
 
-    Starts as soon as the runtime exists (``configure``), at the latest in ``running``; restarts when
-    the runtime is replaced (a new profile or home); stops in ``done``. A server that cannot start is
-    logged and the proxy carries on without it.
-    """
+    what = "eventserver"
+    without = "no TUI stream"
 
-    def __init__(self, warden) -> None:
-        self.warden = warden
-        self.service: EventService | None = None
-
-    def configure(self, updated) -> None:
-        self._sync()
-
-    def running(self) -> None:
-        self._sync()
-
-    def done(self) -> None:
-        self._stop()
-
-    def _sync(self) -> None:
-        rt = self.warden.runtime
-        if self.service is not None and self.service.runtime is rt:
-            return
-        self._stop()
-        if rt is None or not rt.settings.server.enabled:
-            return
-        try:
-            self.service = EventService(rt, port=rt.settings.server.port).start()
-            log.info(f"contextwarden: event server on {self.service.host}:{self.service.port} "
-                     f"(token in {self.service.info_path})")
-        except Exception as e:
-            self.service = None
-            log.error(f"contextwarden: event server not started: {e}")
-            rt.bus.emit("error", {"where": "eventserver", "message": str(e), "action": "no TUI stream"})
-
-    def _stop(self) -> None:
-        if self.service is not None:
-            self.service.stop()
-            self.service = None
+    def start(self, rt) -> EventService | None:
+        if not rt.settings.server.enabled:
+            return None
+        svc = EventService(rt, port=rt.settings.server.port).start()
+        log.info(f"contextwarden: event server on {svc.host}:{svc.port} (token in {svc.info_path})")
+        return svc

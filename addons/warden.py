@@ -9,6 +9,7 @@ from mitmproxy import ctx, exceptions
 
 from contextwarden.home import default_home
 from contextwarden.runtime import Runtime
+from contextwarden.sealing import SealError
 from contextwarden.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Warden:
             raise exceptions.OptionsError(f"cw_plugins: not a folder: {o.cw_plugins}")
         try:
             runtime = Runtime.from_profile(o.cw_profile, home, o.cw_plugins or None)
-        except SettingsError as e:
+        except (SettingsError, SealError) as e:  # (a wrong or missing encryption key: say which)
             raise exceptions.OptionsError(str(e)) from None
         old, self.runtime, self._key = self.runtime, runtime, key
         if old is not None:

@@ -81,11 +81,10 @@ def used(state, key: str) -> int:
 
 def add_use(state, key: str, tokens: int) -> int:
     """Add ``tokens`` to a budget's use; returns the new total."""
-    with _lock:
-        rec = state.get(NS, key) or {}
-        rec = {"used": int(rec.get("used", 0)) + int(tokens), "turns": int(rec.get("turns", 0)) + 1,
-               "updated": time.time()}
-        state.put(NS, key, rec)
+    now = time.time()
+    with _lock:  # (and atomically in the store: replicas sharing it count into one total)
+        rec = state.update(NS, key, lambda cur: {"used": int((cur or {}).get("used", 0)) + int(tokens),
+                                                 "turns": int((cur or {}).get("turns", 0)) + 1, "updated": now})
     return rec["used"]
 
 

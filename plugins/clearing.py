@@ -717,10 +717,11 @@ def _clear(ctx, decide: bool) -> None:
 
     _commit(ctx, edits, prior, carry)
     if new_recs:
-        merged = {**(state.get(NS, key, None) or {}), **new_recs}  # re-read: a concurrent request may have added some
-        if len(merged) > MAX_REMEMBERED:
-            merged = dict(list(merged.items())[-MAX_REMEMBERED:])
-        state.put(NS, key, merged)
+        def merge(cur):  # atomically: a concurrent request (another replica) may have added some
+            merged = {**(cur or {}), **new_recs}
+            return dict(list(merged.items())[-MAX_REMEMBERED:]) if len(merged) > MAX_REMEMBERED else merged
+
+        state.update(NS, key, merge)
 
     ctx.notes["clearing"] = {"freed": freed, "by_index": by_index}
     if not cleared:

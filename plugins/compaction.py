@@ -147,7 +147,6 @@ def _rhythm(store, key: str, ttl: float, cap: int, now: float, persist: bool) ->
 # ---------------------------------------------------------------------------------------------------
 # the background LLM summariser
 
-_decisions_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pending: dict[str, Future] = {}
 _pool_lock = threading.Lock()
@@ -496,8 +495,7 @@ def _compact(ctx, decide: bool) -> None:
                         _start_llm(ctx, cfg, key, span, transcript(api, orig[start:chosen], tool_calls(api, orig[:chosen])),
                                    _prior(active), chosen - start, sum(tok[start:chosen]))
                         if plan != {"end": chosen, "hash": span}:
-                            with _decisions_lock:
-                                store.put(NS, key, {**(store.get(NS, key) or {}), "plan": {"end": chosen, "hash": span}})
+                            store.update(NS, key, lambda cur: {**(cur or {}), "plan": {"end": chosen, "hash": span}})
                         if trigger == "soft":
                             trigger, reason = None, "waiting for the llm summary"
                 if trigger:
@@ -534,15 +532,32 @@ def _compact(ctx, decide: bool) -> None:
                     "span_tokens": new["span_tokens"] + (int(active["span_tokens"]) if active else 0),
                     "summary_tokens": tokens.count_text(text, ctx.model) + 8,
                     "summariser": summary.summariser, "created": now, "trigger": trigger}
-        with _decisions_lock:  # concurrent requests of one session: keep the other's decisions too
-            latest = (store.get(NS, key) or {}).get("decisions") or []
+        known = {(d.get("end"), d.get("hash")) for d in decisions}
+        won: list[dict[str, Any]] = []
+
+        def decide(cur):
+            """Compare-and-set: a decision another request (another replica) stored since this one read
+            the record, and that this request can apply, wins; both then send the same bytes."""
+            latest = (cur or {}).get("decisions") or []
+            for d in latest:
+                k = int(d.get("end", 0))
+                if (d.get("end"), d.get("hash")) not in known and d.get("lead") == lead and start < k <= last_asst \
+                        and entry(api, k, orig[k]).side == "assistant" and spans.at(k) == d.get("hash"):
+                    won[:] = [d]
+                    return cur
+            won.clear()
             others = [d for d in latest if d.get("hash") != (active or {}).get("hash") and d.get("hash") != decision["hash"]]
-            store.put(NS, key, {"decisions": [decision] + others[: MAX_DECISIONS - 1]})
-        compacted = [{"tool_use_id": p.tool_id, "memory_id": memory_id(p.text), "tool": p.tool, "input": p.tool_input,
-                      "text": p.text} for t in turns for p in t.parts if p.kind == "tool_result" and p.text.strip()]
-        if compacted:
-            ctx.notes.setdefault("compacted", []).extend(compacted)
-        active = decision
+            return {"decisions": [decision] + others[: MAX_DECISIONS - 1]}
+
+        store.update(NS, key, decide)
+        if won:
+            new, active = None, won[0]
+        else:
+            compacted = [{"tool_use_id": p.tool_id, "memory_id": memory_id(p.text), "tool": p.tool, "input": p.tool_input,
+                          "text": p.text} for t in turns for p in t.parts if p.kind == "tool_result" and p.text.strip()]
+            if compacted:
+                ctx.notes.setdefault("compacted", []).extend(compacted)
+            active = decision
 
     if active is None:
         return

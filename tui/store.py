@@ -56,6 +56,7 @@ class RequestRow:
     cleared: bool = False
     ingested: bool = False
     usage: dict[str, Any] | None = None
+    replica: str | None = None  # the gateway replica that served it (events of several replicas)
     version: int = 0
 
     @property
@@ -373,6 +374,8 @@ class Store:
             row.version += 1
             if not row.session and ev.get("session"):
                 row.session = ev["session"]
+            if row.replica is None and ev.get("replica"):
+                row.replica = ev["replica"]
         return row
 
     def _apply_one(self, ev: dict[str, Any], dirty: set[str]) -> None:

@@ -34,6 +34,7 @@ class Event:
     ts: float = field(default_factory=time.time)
     seq: int = field(default_factory=lambda: next(_seq))
     _safe: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    replica: str | None = None  # the proxy that served it, when several share one state
 
     def safe_data(self) -> dict[str, Any]:
         """The data with every secret redacted (:func:`contextwarden.scrub.scrub`), worked out once, by
@@ -49,8 +50,11 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The event as it may be stored or shown: its data scrubbed of secrets."""
-        return {"seq": self.seq, "ts": self.ts, "type": self.type, "flow_id": self.flow_id,
-                "session": self.session, "data": self.safe_data()}
+        d = {"seq": self.seq, "ts": self.ts, "type": self.type, "flow_id": self.flow_id,
+             "session": self.session, "data": self.safe_data()}
+        if self.replica is not None:
+            d["replica"] = self.replica
+        return d
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict(), default=str)
@@ -58,7 +62,7 @@ class Event:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Event":
         return cls(type=d["type"], data=d.get("data") or {}, flow_id=d.get("flow_id"),
-                   session=d.get("session"), ts=d.get("ts", 0.0), seq=d.get("seq", 0))
+                   session=d.get("session"), ts=d.get("ts", 0.0), seq=d.get("seq", 0), replica=d.get("replica"))
 
 
 Subscriber = Callable[[Event], None]
@@ -71,6 +75,7 @@ class EventBus:
         self._subs: list[Subscriber] = []
         self._lock = threading.Lock()
         self.recent: deque[Event] = deque(maxlen=recent)
+        self.replica: str | None = None  # stamped on every event published here (Runtime sets it)
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         with self._lock:
@@ -90,6 +95,8 @@ class EventBus:
         return ev
 
     def publish(self, ev: Event) -> None:
+        if ev.replica is None and self.replica is not None:
+            ev.replica = self.replica
         self.recent.append(ev)
         with self._lock:
             subs = list(self._subs)

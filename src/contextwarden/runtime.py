@@ -16,9 +16,10 @@ import orjson
 from .bodies import BodyRing, record
 from .events import EventBus, JsonlLog
 from .home import ensure_home, secret_file
+from . import replicas
 from .pluginmanager import check_stage_names, make_plugin_manager, stage_order
 from .settings import Settings, load_settings
-from .state import StateStore
+from .state import open_state
 
 LAST_MESSAGES = 32  # conversations whose latest messages are kept for message_bytes
 
@@ -47,10 +48,13 @@ class Runtime:
         self.log = JsonlLog(self.home / "logs", int(settings.log.events_max_mb * 1e6), settings.log.events_backups) if log else None
         if self.log:
             self.bus.subscribe(self.log)
-        self.state = StateStore(self.home / "state.sqlite")
+        self.state = open_state(settings, self.home, self.bus)
+        self.replica = replicas.name(settings, self.state)
+        if self.replica:
+            self.bus.replica = self.replica  # every event says which replica served it
         self.overrides: dict[str, Any] = {}
         # Settings changed at run time with persist=True (from the TUI) come back after a restart.
-        persisted = self.state.get("runtime", "overrides")
+        persisted = replicas.read(self.state, "overrides")
         if persisted and profile is not None:
             try:
                 loaded = load_settings(profile, self.home, overrides=persisted)
@@ -59,7 +63,8 @@ class Runtime:
                 self.overrides = persisted
             except Exception as e:
                 self.bus.emit("error", {"where": "settings", "message": f"saved run-time settings ignored: {e}"})
-        self.salt = secret_file(self.home, "tenant.salt")
+        self._salt = secret_file(self.home, "tenant.salt")
+        self._salt_shared = replicas.share_salt(self)
         self.pm = pm
         # Stages get their own pool: a stage abandoned past its budget keeps its thread until it
         # returns, and must not delay the parsing and validation every request needs (core_pool).
@@ -72,7 +77,9 @@ class Runtime:
                                          "cw-turn", on_drop=self._turn_dropped)
         self._turn_drop_emitted = 0.0
         # sessions put into observe-only at run time (the TUI's bypass key)
-        self.bypass: set[str] = set(self.state.get("runtime", "bypass", []))
+        stored_bypass = replicas.read(self.state, "bypass")
+        self.bypass: set[str] = set(stored_bypass or [])
+        self._seen_shared = (persisted, stored_bypass)  # (overrides, bypass) as last read from the store
         self.bodies = BodyRing()
         from .typedpool import TypedPool
 
@@ -99,6 +106,16 @@ class Runtime:
         self.pm.hook.cw_configure(runtime=self)
         # Loading a tiktoken encoding takes ~0.5 s: do it now, not inside the first request.
         self.turn_pool.submit(self._warm_tokens)
+        if self.state.shared:  # what another replica's TUI changes reaches this one too
+            replicas.start_sync(self)
+
+    @property
+    def salt(self) -> str:
+        """The salt a credential is hashed with into a tenant: with a shared state, the replicas' one
+        (until it could be read, every request asks again, failing fast while the server is down)."""
+        if not self._salt_shared:
+            self._salt_shared = replicas.share_salt(self)
+        return self._salt
 
     # ------------------------------------------------------------------ garbage collector
 
@@ -254,7 +271,7 @@ class Runtime:
         self.overrides = merged
         if self._tokens is not None:
             self._tokens.settings = self.settings.tokens
-        if persist:
+        if persist or self.state.shared:  # shared: one gateway, one set of settings for every replica
             self.state.put("runtime", "overrides", merged)
         self.bus.emit("settings", {"overrides": merged, "persisted": persist})
         self.pm.hook.cw_configure(runtime=self)
@@ -322,7 +339,10 @@ class Runtime:
 
     def set_bypass(self, session: str, on: bool = True) -> None:
         (self.bypass.add if on else self.bypass.discard)(session)
-        self.state.put("runtime", "bypass", sorted(self.bypass))
+        if self.state.shared:
+            self.bypass = replicas.toggle_bypass(self.state, session, on)
+        else:
+            self.state.put("runtime", "bypass", sorted(self.bypass))
         self.bus.emit("bypass", {"session": session, "on": on}, session=session)
 
     def close(self) -> None:

@@ -61,6 +61,7 @@ _OPENAI_MODEL = re.compile(r"^(?:openai/)?(?:gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5
 FACTOR_MIN, FACTOR_MAX = 0.5, 2.5  # a calibrated factor outside this range means a broken estimate, not a tokenizer
 RATIO_MIN, RATIO_MAX = 0.25, 4.0  # a single observation outside this range is not learned from
 EMA_ALPHA = 0.2
+CAL_REFRESH_S = 5.0  # with a shared state: how often the factors other replicas learned are read
 
 CALIBRATION_NS = "calibration"
 
@@ -181,6 +182,7 @@ class TokenCounter:
         self.hits = 0
         self.misses = 0
         self._cal: dict[str, dict[str, Any]] = {}
+        self._cal_read = time.monotonic()
         if state is not None:
             try:
                 self._cal = {k: v for k, v in state.items(CALIBRATION_NS) if isinstance(v, dict) and "factor" in v}
@@ -408,6 +410,12 @@ class TokenCounter:
         """The learned provider/estimate ratio for ``model`` (1.0 until something was learned)."""
         if not self.settings.calibrate:
             return 1.0
+        if getattr(self.state, "shared", False) and time.monotonic() - self._cal_read > CAL_REFRESH_S:
+            self._cal_read = time.monotonic()  # what other replicas learned
+            try:
+                self._cal.update({k: v for k, v in self.state.items(CALIBRATION_NS) if isinstance(v, dict) and "factor" in v})
+            except Exception:
+                pass  # down: keep what this replica knows
         rec = self._cal.get(model or "unknown")
         return float(rec["factor"]) if rec else 1.0
 
@@ -434,17 +442,27 @@ class TokenCounter:
         key = model or "unknown"
         ratio = provider / estimate
         applied = RATIO_MIN <= ratio <= RATIO_MAX
-        with self._lock:
-            rec = dict(self._cal.get(key) or {"factor": 1.0, "n": 0})
+        now = time.time()
+
+        def learn(cur: dict | None) -> dict:
+            rec = dict(cur or {"factor": 1.0, "n": 0})
             if applied:
                 f = ratio if rec["n"] == 0 else (1 - EMA_ALPHA) * rec["factor"] + EMA_ALPHA * ratio
                 rec["factor"] = min(FACTOR_MAX, max(FACTOR_MIN, f))
                 rec["n"] += 1
-            rec.update(last_estimate=int(estimate), last_provider=int(provider), updated=time.time())
-            self._cal[key] = rec
+            rec.update(last_estimate=int(estimate), last_provider=int(provider), updated=now)
+            return rec
+
+        with self._lock:
+            rec = self._cal[key] = learn(self._cal.get(key))
         if self.state is not None:
             try:
-                self.state.put(CALIBRATION_NS, key, rec)
+                if getattr(self.state, "shared", False):  # replicas learn into one record
+                    rec = self.state.update(CALIBRATION_NS, key, learn)
+                    with self._lock:
+                        self._cal[key] = rec
+                else:
+                    self.state.put(CALIBRATION_NS, key, rec)
             except Exception as e:  # a closed or locked state file must not lose the response
                 if self.bus is not None:
                     self.bus.emit("error", {"where": "tokens", "message": f"calibration not saved: {e}"})

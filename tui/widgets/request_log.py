@@ -41,7 +41,7 @@ def row_cells(row: RequestRow) -> tuple:
     level = (row.level or "").upper()
     cells = (
         Text(str(row.turn) if row.turn is not None else "–", style=style),
-        Text(fmt.short_id(row.session), style=style),
+        Text((f"{row.replica}·" if row.replica else "") + fmt.short_id(row.session), style=style),
         Text(",".join(row.tags) if row.tags else "–", style=(style or "cyan") if row.tags else "dim"),
         Text(fmt.num(row.tokens_in), style=style, justify="right"),
         Text(fmt.num(row.tokens_sent), style=sent_style, justify="right"),
@@ -64,6 +64,8 @@ def detail_text(row: RequestRow | None) -> Text:
         t.append("ingested from history · ", style="dim italic")
     t.append(f"{fmt.clock(row.ts)} ", style="dim")
     t.append(f"{row.flow_id[:12]} ", style="bold")
+    if row.replica:
+        t.append(f"replica {row.replica} · ", style="magenta")
     t.append(" ".join(x for x in (row.model, row.mode if row.mode != "active" else None) if x)
              + (f" · {row.transport}" if row.transport != "http" else "")
              + f" · {row.messages if row.messages is not None else '?'} msgs")

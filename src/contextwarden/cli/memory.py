@@ -72,6 +72,13 @@ def _open(args, write: bool = False, embed: bool = False):
     except SettingsError as e:
         print(e, file=sys.stderr)
         return None, None
+    from contextwarden.sealing import SealError, configure
+
+    try:
+        configure(settings.state.key_file or None)  # stored documents are sealed when a key is set
+    except SealError as e:
+        print(e, file=sys.stderr)
+        return None, None
     embedder = None
     if embed:
         from contextwarden.memory.embedder import load_embedder

@@ -15,6 +15,9 @@ def register(subparsers) -> None:
                    help="the proxy's data directory (default: $CONTEXTWARDEN_HOME, else the user data dir)")
     p.add_argument("--log", type=Path, default=None, metavar="FILE",
                    help="open a recorded events.jsonl instead of connecting (read-only)")
+    p.add_argument("--redis", default=None, metavar="URL",
+                   help="read the events of every replica from the Redis stream of a team gateway (state.url; read-only)")
+    p.add_argument("--prefix", default="cw", help="with --redis: the gateway's state.prefix (default: cw)")
     p.add_argument("--export-dir", type=Path, default=None,
                    help="where session snapshots and saved requests go (default: the current directory)")
     p.set_defaults(func=run)
@@ -27,7 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from contextwarden.tui.app import ContextWardenApp
     from contextwarden.tui.client import LiveClient, LogSource
 
-    if args.log is not None:
+    if args.redis:
+        from contextwarden.tui.replicas import RedisStreamSource
+
+        source = RedisStreamSource(args.redis, args.prefix)
+    elif args.log is not None:
         if not args.log.is_file():
             print(f"contextwarden tui: no such log: {args.log}")
             return 2

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .. import sealing
 from .ids import content_hash
 
 KINDS = ("message", "tool_result", "chunk")
@@ -89,6 +90,8 @@ class MemoryItem:
             if not isinstance(text, Mapping):
                 raise TypeError("from_record(text, metadata) or from_record(record)")
             metadata, text = text, text["text"]
+        else:  # a Chroma document: sealed when a key was set (sealing.py); a wrong key raises SealError
+            text = sealing.current().open_text(text)
         md = metadata
         return cls(
             text=str(text),

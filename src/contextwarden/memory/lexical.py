@@ -9,6 +9,7 @@ A query term the index has never seen is matched to the closest known term with 
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -22,6 +23,7 @@ from typing import Iterable
 import numpy as np
 from rapidfuzz import fuzz, process
 
+from .. import sealing
 from .tagger import STOPWORDS, stem
 
 _TOKEN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_'’.\-/]*[A-Za-z0-9_]|[A-Za-z0-9]")
@@ -292,8 +294,10 @@ def save_snapshot(index: "LexicalIndex", path: str | os.PathLike, key: dict) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        f.write(sealing.current().seal(buf.getvalue()))  # holds every item's text: sealed like the store
     os.replace(tmp, path)
     return n
 
@@ -306,9 +310,9 @@ def load_snapshot(path: str | os.PathLike, key: dict | None = None) -> "LexicalI
     from .items import MemoryItem
 
     try:
-        z = np.load(Path(path), allow_pickle=False)
-    except (OSError, ValueError):
-        return None
+        z = np.load(io.BytesIO(sealing.current().open(Path(path).read_bytes())), allow_pickle=False)
+    except (OSError, ValueError, sealing.SealError):
+        return None  # (sealed with another key: rebuilt from the store, which then says what is wrong)
     with z:
         try:
             meta = orjson.loads(z["meta"].tobytes())

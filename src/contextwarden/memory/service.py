@@ -226,6 +226,10 @@ class MemoryService:
             except Exception:
                 pass
             self._load_lexical()
+            if m.chroma_url and not self.closed:  # other replicas write there too: index their items
+                from .lexical_refresh import LexicalRefresh
+
+                LexicalRefresh(self).start()
         self.bus.emit("memory_status", {"status": "ready" if self.error is None else "unavailable",
                                         "error": self.error, "embedder": self.embedder_message,
                                         "backend": getattr(self.store, "backend", None),

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import orjson
 
+from .. import sealing
 from .items import MemoryItem
 from .secrets import redact_secrets
 
@@ -324,8 +325,8 @@ class MemoryStore:
                 for i in range(0, len(ks), step):
                     idx = ks[i:i + step]
                     batch = [items[k] for k in idx]
-                    docs = [it.text for it in batch]
-                    kw = {"ids": [it.id for it in batch], "documents": docs,
+                    docs = [it.text for it in batch]  # embedded as they are; stored sealed when a key is set
+                    kw = {"ids": [it.id for it in batch], "documents": [sealing.current().seal_text(d) for d in docs],
                           "metadatas": [it.to_metadata() for it in batch]}
                     if part is None:
                         col.add(embeddings=[_PLACEHOLDER] * len(batch), **kw)

@@ -17,6 +17,7 @@ from pydantic_settings import SettingsError as SourceError
 
 from .base import Section
 from .context import BudgetSection, ClearingSection, CompactionSection, StripSection, TokensSection
+from .gateway import MetricsSection, StateSection
 from .memory import MemorySection, TaggingSection
 from .pipeline import PipelineSection
 from .proxy import ProxySection
@@ -24,7 +25,7 @@ from .server import LogSection, ServerSection
 
 ENV_PREFIX = "CONTEXTWARDEN_"
 # Variables with the prefix that are not profile settings.
-NON_SETTING_ENV = {"HOME", "PROFILE", "TRACE", "PLUGINS", "SHARED"}
+NON_SETTING_ENV = {"HOME", "PROFILE", "TRACE", "PLUGINS", "SHARED", "KEY"}
 
 
 class SettingsError(ValueError):
@@ -52,6 +53,8 @@ class Settings(BaseSettings):
     budget: BudgetSection = BudgetSection()
     server: ServerSection = ServerSection()
     log: LogSection = LogSection()
+    state: StateSection = StateSection()
+    metrics: MetricsSection = MetricsSection()
     plugins: dict[str, dict[str, Any]] = {}
     """Settings of third-party stages, by stage name; each stage validates its own."""
 

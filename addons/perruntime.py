@@ -1,0 +1,55 @@
+"""The lifecycle of an addon that runs one service for the warden's current runtime: started as soon
+as the runtime exists (``configure``), at the latest in ``running``; replaced when the runtime is
+(a new profile or home); stopped in ``done``. A service that cannot start is logged, reported as an
+``error`` event, and the proxy carries on without it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class PerRuntime:
+    what = "service"  # for the log and the error event
+    without = ""  # what the proxy goes without when it cannot start (the error event's action)
+
+    def __init__(self, warden) -> None:
+        self.warden = warden
+        self.service: Any = None
+        self._for: Any = None  # the runtime the service was made for
+
+    def start(self, rt) -> Any:
+        """The service for ``rt`` (it has a ``stop()``), or None when ``rt``'s settings want none."""
+        raise NotImplementedError
+
+    def configure(self, updated) -> None:
+        self._sync()
+
+    def running(self) -> None:
+        self._sync()
+
+    def done(self) -> None:
+        self._stop()
+
+    def _sync(self) -> None:
+        rt = self.warden.runtime
+        if rt is self._for:
+            return
+        self._stop()
+        self._for = rt
+        if rt is None:
+            return
+        try:
+            self.service = self.start(rt)
+        except Exception as e:
+            self.service = None
+            log.error(f"contextwarden: {self.what} not started: {e}")
+            rt.bus.emit("error", {"where": self.what, "message": str(e), "action": self.without or f"no {self.what}"})
+
+    def _stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+        self._for = None

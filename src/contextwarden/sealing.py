@@ -1,0 +1,138 @@
+"""Encryption at rest: AES-256-GCM over stored state values and memory documents.
+
+The key (32 bytes, written as 64 hex digits or base64) comes from ``CONTEXTWARDEN_KEY`` or from the
+file ``state.key_file`` names. Without a key nothing is sealed (the single-user default). A sealed
+value is ``MAGIC + nonce(12) + ciphertext+tag``; reading one without the key, or with another key, is
+a :class:`SealError` that says so: never silent garbage. Values written before a key was set are read
+as they are and sealed on their next write.
+
+Memory documents are text in Chroma: they are sealed the same way and written as ``cw1:`` + base64.
+Embeddings are computed from the plain text before it is sealed, so vector search still works; the
+metadata (session, role, tool, tags, timestamps) is not sealed, since Chroma filters on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import threading
+from pathlib import Path
+
+MAGIC = b"\x00cw1"
+TEXT_PREFIX = "cw1:"
+ENV = "CONTEXTWARDEN_KEY"
+
+
+class SealError(RuntimeError):
+    """A sealed value that cannot be opened (no key, wrong key, damaged), or a malformed key."""
+
+
+def parse_key(text: str) -> bytes:
+    s = text.strip()
+    raw: bytes | None = None
+    if len(s) == 64:
+        try:
+            raw = bytes.fromhex(s)
+        except ValueError:
+            raw = None
+    if raw is None:
+        try:
+            raw = base64.b64decode(s + "=" * (-len(s) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raw = None
+    if raw is None or len(raw) != 32:
+        raise SealError(f"the encryption key must be 32 bytes written as 64 hex digits or base64 (got {len(s)} characters)")
+    return raw
+
+
+def load_key(key_file: str | os.PathLike | None = None) -> bytes | None:
+    """The key from the environment, else from ``key_file``; None when neither is set."""
+    env = os.environ.get(ENV)
+    if env:
+        return parse_key(env)
+    if key_file:
+        p = Path(key_file).expanduser()
+        try:
+            return parse_key(p.read_text())
+        except OSError as e:
+            raise SealError(f"cannot read the key file {p}: {e}") from None
+    return None
+
+
+def new_key() -> str:
+    """A fresh key, as 64 hex digits."""
+    return os.urandom(32).hex()
+
+
+class Sealer:
+    def __init__(self, key: bytes | None) -> None:
+        self.key = key
+        self._aead = None
+        if key is not None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            self._aead = AESGCM(key)
+
+    @property
+    def on(self) -> bool:
+        return self._aead is not None
+
+    def seal(self, data: bytes) -> bytes:
+        if self._aead is None:
+            return data
+        nonce = os.urandom(12)
+        return MAGIC + nonce + self._aead.encrypt(nonce, data, MAGIC)
+
+    def open(self, blob: bytes) -> bytes:
+        if not blob.startswith(MAGIC):
+            return blob  # written before a key was set: plain
+        if self._aead is None:
+            raise SealError(f"stored data is encrypted and no key is set ({ENV} or state.key_file)")
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return self._aead.decrypt(blob[len(MAGIC):len(MAGIC) + 12], blob[len(MAGIC) + 12:], MAGIC)
+        except InvalidTag:
+            raise SealError(f"stored data cannot be decrypted with this key: wrong key ({ENV} or state.key_file)") from None
+
+    def seal_text(self, text: str) -> str:
+        if self._aead is None:
+            return text
+        return TEXT_PREFIX + base64.b64encode(self.seal(text.encode("utf-8"))).decode("ascii")
+
+    def open_text(self, text: str) -> str:
+        if not isinstance(text, str) or not text.startswith(TEXT_PREFIX):
+            return text
+        try:
+            blob = base64.b64decode(text[len(TEXT_PREFIX):], validate=True)
+        except (binascii.Error, ValueError):
+            return text  # a document that merely starts with the prefix
+        if not blob.startswith(MAGIC):
+            return text
+        return self.open(blob).decode("utf-8")
+
+
+_current: Sealer | None = None  # until configure(): the key from the environment only
+_current_lock = threading.Lock()
+
+
+def configure(key_file: str | os.PathLike | None = None) -> Sealer:
+    """Load the process's key (environment, else ``key_file``) and make it the current sealer."""
+    global _current
+    s = Sealer(load_key(key_file))
+    with _current_lock:
+        _current = s
+    return s
+
+
+def current() -> Sealer:
+    """The process's sealer (the memory store reads it); configured from the environment on first use
+    when nothing called :func:`configure`."""
+    s = _current
+    if s is None:
+        with _current_lock:
+            s = _current
+        if s is None:
+            s = configure()
+    return s
