@@ -41,7 +41,8 @@ class Harness:
         self.script = script
         # tctx.script returns the loaded script module itself
         self.warden = script.warden
-        self.interceptor, self.observer = script.addons[1], script.addons[2]
+        by_name = {type(a).__name__: a for a in script.addons}
+        self.interceptor, self.observer = by_name["Interceptor"], by_name["Observer"]
 
     @property
     def runtime(self):

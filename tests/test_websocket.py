@@ -68,7 +68,7 @@ class WS:
 
     def __init__(self, harness, flow):
         self.h = harness
-        self.addon = harness.script.addons[3]
+        self.addon = next(a for a in harness.script.addons if type(a).__name__ == "WebSocketResponses")
         self.flow = flow
         flow.response = None
         self.addon.request(flow)  # the upgrade request
