@@ -2,9 +2,9 @@
 
 The client's requests of one session alternate between the replicas; the bodies the upstream gets
 are byte-identical to a single-proxy run of the same session (SQLite, one process). Mid-session one
-replica is killed (a third one, which had not served the session, takes its place), and Redis is stopped: the request sent meanwhile goes
-upstream exactly as the client sent it, with error events, and once Redis is back the session's
-decisions apply again. ``/metrics`` is scraped along the way.
+replica is killed (a third one, which had not served the session, takes its place), and Redis is
+stopped: the request sent meanwhile goes upstream exactly as the client sent it, with error events,
+and once Redis is back the session's decisions apply again. ``/metrics`` is scraped along the way.
 
 The session: 14 requests of a growing Claude-Code-like tool loop (``anthropic_tool_loop``) with the
 claude-code profile on a 16K window: clearing decides new stubs on requests 5-8, 10, 12 and 14,
