@@ -2,9 +2,9 @@
 
 The client's requests of one session alternate between the replicas; the bodies the upstream gets
 are byte-identical to a single-proxy run of the same session (SQLite, one process). Mid-session one
-replica is killed (a fresh one takes its place), and Redis is stopped: the request sent meanwhile goes
-upstream exactly as the client sent it, with error events, and once Redis is back the session's
-decisions apply again. ``/metrics`` is scraped along the way.
+replica is killed (a third one, which had not served the session, takes its place), and Redis is
+stopped: the request sent meanwhile goes upstream exactly as the client sent it, with error events,
+and once Redis is back the session's decisions apply again. ``/metrics`` is scraped along the way.
 
 The session: 14 requests of a growing Claude-Code-like tool loop (``anthropic_tool_loop``) with the
 claude-code profile on a 16K window: clearing decides new stubs on requests 5-8, 10, 12 and 14,
@@ -93,11 +93,12 @@ def test_replicas_on_redis_send_what_one_proxy_sends(tmp_path):
         ports = {"A": free_port(), "B": free_port(), "C": free_port()}
         a = replica(tmp_path, "A", standin.url, redis.url, ports["A"])
         b = replica(tmp_path, "B", standin.url, redis.url, ports["B"])
-        for p in (single, a, b):
+        c = replica(tmp_path, "C", standin.url, redis.url, ports["C"])  # takes A's place once A is killed
+        procs = [single, a, b, c]
+        for p in procs:
             p.launch()  # they warm up together
-        procs = [single, a, b]
         try:
-            for p in (single, a, b):
+            for p in procs:
                 p.wait_ready()
             reference = {}
             for n in range(1, REQUESTS + 1):
@@ -123,14 +124,10 @@ def test_replicas_on_redis_send_what_one_proxy_sends(tmp_path):
             assert {e.get("replica") for e in a.events("forward")} == {"A"}
             assert {e.get("replica") for e in b.events("forward")} == {"B"}
 
-            # -- replica A dies (no goodbye); a fresh replica with an empty data directory takes its place
+            # -- replica A dies (no goodbye); replica C, which has not seen the session, takes its place
             a.proc.send_signal(signal.SIGKILL)
             a.proc.wait(10)
-            c = replica(tmp_path, "C", standin.url, redis.url, ports["C"])
-            c.launch()
-            procs.append(c)
             got[KILL_AFTER + 1] = send(b, KILL_AFTER + 1, standin)
-            c.wait_ready()
             for n in range(KILL_AFTER + 2, REDIS_DOWN_AT):
                 got[n] = send(c if n % 2 else b, n, standin)
             for n in range(KILL_AFTER + 1, REDIS_DOWN_AT):
