@@ -34,10 +34,7 @@ class Interceptor:
         api = classify(req.method, req.host, req.port, req.path, rt.settings.proxy, reverse)
         if api is None:
             return
-        consumed = {}
-        for name in rt.settings.proxy.consumed_headers:
-            if name in req.headers:
-                consumed[name.lower()] = req.headers.pop(name)
+        consumed = consume_headers(req.headers, rt.settings.proxy.consumed_headers)
         state = FlowState(api=api, t_request=time.time())
         flow.metadata["contextwarden"] = state
         headers = list(req.headers.items(multi=True))
@@ -168,6 +165,15 @@ class Interceptor:
                  tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_in,
                  pipeline_ms=round((time.perf_counter() - t0) * 1000, 3))
         return ctx
+
+
+def consume_headers(headers, names) -> dict[str, str]:
+    """Take the headers addressed to the proxy itself off a request (they never go upstream)."""
+    consumed = {}
+    for name in names:
+        if name in headers:
+            consumed[name.lower()] = headers.pop(name)
+    return consumed
 
 
 def _done(value):

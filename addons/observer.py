@@ -70,6 +70,19 @@ class Observer:
             tap = ResponseTap(st.api, resp.headers.get("content-type", ""), resp.headers.get("content-encoding"), None)
             tap.feed(resp.raw_content)
         turn = tap.finish(error) if tap is not None else None
+        upstream_ms = None
+        if resp is not None and resp.timestamp_start and flow.request.timestamp_end:
+            upstream_ms = round((resp.timestamp_start - flow.request.timestamp_end) * 1000, 1)
+        done_ms = round(((resp.timestamp_end if resp and resp.timestamp_end else time.time()) - st.t_request) * 1000, 1)
+        data = {"api": st.api.value, "status": resp.status_code if resp is not None else None, "upstream_ms": upstream_ms,
+                "total_ms": done_ms, "error": error, "streamed": bool(tap and tap.is_sse)}
+        await self.report(rt, st, flow.id, data, tap, turn)
+
+    @staticmethod
+    async def report(rt, st: FlowState, flow_id: str, data: dict, tap, turn) -> None:
+        """The ``response`` event (``data`` plus the turn's summary) and the turn's completion on the turn
+        pool, once the request's context is known: for an HTTP response, and for an answer on the
+        Responses WebSocket (addons/websocket.py)."""
         start = st.extra.get("start_observe")  # an observed request not read yet: read it now
         if start is not None:
             start()
@@ -77,20 +90,14 @@ class Observer:
             ctx = await st.ctx_future if st.ctx_future is not None else None
         except Exception:
             ctx = None
-        upstream_ms = None
-        if resp is not None and resp.timestamp_start and flow.request.timestamp_end:
-            upstream_ms = round((resp.timestamp_start - flow.request.timestamp_end) * 1000, 1)
-        done_ms = round(((resp.timestamp_end if resp and resp.timestamp_end else time.time()) - st.t_request) * 1000, 1)
-        data = {"api": st.api.value, "status": resp.status_code if resp is not None else None, "upstream_ms": upstream_ms,
-                "total_ms": done_ms, "error": error, "streamed": bool(tap and tap.is_sse)}
         if turn is not None:
             data.update(turn.summary())
         if tap is not None and tap.failed:
             data["reader_failed"] = tap.failed  # the client still got every byte; only our reading stopped
-        rt.bus.emit("response", data, flow_id=flow.id, session=ctx.session if ctx else None)
+        rt.bus.emit("response", data, flow_id=flow_id, session=ctx.session if ctx else None)
         if ctx is None or turn is None:
             return
-        asyncio.get_running_loop().run_in_executor(rt.turn_pool, self._turn_complete, rt, ctx, turn)
+        asyncio.get_running_loop().run_in_executor(rt.turn_pool, Observer._turn_complete, rt, ctx, turn)
 
     @staticmethod
     def _turn_complete(rt, ctx, turn) -> None:

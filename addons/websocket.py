@@ -35,7 +35,7 @@ from contextwarden.apis import classify_websocket
 from contextwarden.flowstate import FlowState
 from contextwarden.streams import ResponseTap
 
-from .interceptor import Interceptor
+from .interceptor import Interceptor, consume_headers
 from .observer import Observer
 from .warden import Warden
 
@@ -107,10 +107,7 @@ class WebSocketResponses:
         api = classify_websocket(req.host, req.port, req.path, rt.settings.proxy, reverse)
         if api is None:
             return
-        consumed = {}
-        for name in rt.settings.proxy.consumed_headers:
-            if name in req.headers:
-                consumed[name.lower()] = req.headers.pop(name)
+        consumed = consume_headers(req.headers, rt.settings.proxy.consumed_headers)
         flow.metadata[KEY] = _Socket(api, req.host, req.path, list(req.headers.items(multi=True)), consumed)
 
     # -- messages ---------------------------------------------------------------------------
@@ -240,25 +237,11 @@ class WebSocketResponses:
         st = r.state
         tap = st.tap
         turn = tap.finish(error) if tap is not None else None
-        start = st.extra.get("start_observe")  # an observed request not read yet: read it now
-        if start is not None:
-            start()
-        try:
-            ctx = await st.ctx_future if st.ctx_future is not None else None
-        except Exception:
-            ctx = None
         upstream_ms = round((r.t_first - r.t_sent) * 1000, 1) if r.t_first and r.t_sent else None
         data = {"api": st.api.value, "status": r.status, "upstream_ms": upstream_ms,
                 "total_ms": round((time.time() - st.t_request) * 1000, 1), "error": error, "streamed": True,
                 "transport": "websocket"}
-        if turn is not None:
-            data.update(turn.summary())
-        if tap is not None and tap.failed:
-            data["reader_failed"] = tap.failed
-        rt.bus.emit("response", data, flow_id=r.flow_id, session=ctx.session if ctx else None)
-        if ctx is None or turn is None:
-            return
-        asyncio.get_running_loop().run_in_executor(rt.turn_pool, Observer._turn_complete, rt, ctx, turn)
+        await Observer.report(rt, st, r.flow_id, data, tap, turn)
 
 
 def _inject(flow: http.HTTPFlow, data: bytes) -> None:

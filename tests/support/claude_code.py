@@ -34,14 +34,15 @@ def _candidates(prefix: Path) -> list[Path]:
     return sorted(nm.glob("@anthropic-ai/claude-code-*/claude")) + [nm / ".bin" / "claude"]
 
 
-def _usable(p: Path) -> bool:
+def _usable(p: Path, marker: str = "Claude Code") -> bool:
+    """Whether ``p --version`` runs and names ``marker`` (the Codex CLI's tests use it too)."""
     if not (p.is_file() and os.access(p, os.X_OK)):
         return False
     try:
         r = subprocess.run([str(p), "--version"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return r.returncode == 0 and "Claude Code" in r.stdout
+    return r.returncode == 0 and marker.lower() in r.stdout.lower()
 
 
 def find_installed(prefix: Path = CACHE) -> Path | None:

@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 from .claude_code import ROOT, _lock, install
+from .claude_code import _usable as _usable_binary
 
 CACHE = ROOT / ".cache" / "codex"
 VERSION = os.environ.get("CODEX_VERSION", "0.169.0")
@@ -31,13 +32,7 @@ def _candidates(prefix: Path) -> list[Path]:
 
 
 def _usable(p: Path) -> bool:
-    if not (p.is_file() and os.access(p, os.X_OK)):
-        return False
-    try:
-        r = subprocess.run([str(p), "--version"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0 and "codex" in r.stdout.lower()
+    return _usable_binary(p, "codex-cli")
 
 
 def codex_binary() -> Path:

@@ -46,8 +46,8 @@ from .upstream import (
     _Handler,
     _id,
     _openai_usage,
-    _planned,
     _Plan,
+    _responses_plan,
     _response_obj,
     _responses_problems,
     decode_content,
@@ -110,7 +110,7 @@ def codex_problems(items: list[Any]) -> list[str]:
 
 def codex_output(si: StandIn, body: dict) -> list[dict]:
     """The output items of one answer: a message, then reasoning + a call of ``tool_name`` (either may be absent)."""
-    plan = _planned(si, "openai_responses", body, "call_") or _default_plan(si, body)
+    plan = _responses_plan(si, body)
     out = []
     if plan.text:  # (with a call: the model's notes before it)
         out.append({"type": "message", "id": _id("msg_"), "status": "completed", "role": "assistant",
@@ -121,16 +121,6 @@ def codex_output(si: StandIn, body: dict) -> list[dict]:
                 {"type": "function_call", "id": _id("fc_"), "call_id": tid, "name": name,
                  "arguments": json.dumps(tinput), "status": "completed"}]
     return out
-
-
-def _default_plan(si: StandIn, body: dict) -> _Plan:
-    items = body.get("input") if isinstance(body.get("input"), list) else []
-    tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
-    if items and isinstance(items[-1], dict) and items[-1].get("type") == "function_call_output":
-        return _Plan(text=f"The tool returned: {str(items[-1].get('output'))[:400]}")
-    if si.tool_name in tools:
-        return _Plan(text="", tool=(_id("call_"), si.tool_name, si.tool_input))
-    return _Plan(text=si.text)
 
 
 def codex_events(si: StandIn, body: dict, output: list[dict], decoded: bytes, rid: str) -> list[dict]:

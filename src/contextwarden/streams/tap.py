@@ -117,14 +117,9 @@ class ResponseTap:
         if self.failed is not None or self._turn is not None or self._asm is None:
             return
         try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as e:
-            self._skip(f"message is not JSON: {e}")
-            return
+            self._on_line(data)  # one JSON document, like an NDJSON line
         except Exception as e:
             self._fail(e)
-            return
-        self._deliver(None, obj, whole=False)
 
     def finish(self, error: str | None = None) -> AssembledTurn:
         """The response ended (``error``: the connection failed). Idempotent: later calls return the
