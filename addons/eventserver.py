@@ -150,6 +150,12 @@ class Totals:
             self.fallback_original += data.get("fallback") == "original"
         elif t in ("compaction", "clearing") and data.get("fallback") is True:
             pass  # a fall-back's re-applied decisions: counted when they were made, not again
+        elif t in ("compaction", "clearing") and data.get("late"):
+            # made (and stored) by a call abandoned past its budget: a decision, but none of it went out
+            if t == "compaction":
+                self.compactions += new_compaction(data)
+            else:
+                self.clearings += new_clearing(data)
         elif t == "compaction" and applied_compaction(data):
             # counted once, its tokens freed on every request that sends it
             self.compactions += new_compaction(data)
