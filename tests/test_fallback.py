@@ -283,12 +283,18 @@ def test_adaptive_budgets_follow_the_recent_p95_within_the_profile_bounds(cw_hom
         for _ in range(p.budget_min_samples):
             t.record("x", 1.0, p.budget_window)
         b = t.budget("x", p)
-        assert b.p95_ms == 1.0 and b.ms == p.stage_budget_ms / 2  # the floor: half the fixed budget
+        assert b.p95_ms == 1.0 and b.ms == p.stage_budget_ms  # the floor: the fixed budget
+        assert t.budget("x", p.model_copy(update={"budget_floor_ms": 10.0})).ms == 10.0  # a profile's lower floor
         for _ in range(p.budget_window):
             t.record("x", p.stage_budget_ms, p.budget_window)  # a busy machine: calls past their budget
-        assert t.budget("x", p).ms == p.stage_budget_ms  # the ceiling: the fixed budget
-        q = p.model_copy(update={"budget_ceiling_ms": 5000.0, "budget_floor_ms": 10.0})
-        assert t.budget("x", q).ms == min(5000.0, p.budget_p95_factor * p.stage_budget_ms)
+        b = t.budget("x", p)
+        assert b.ms == 4 * p.stage_budget_ms and b.ms > b.fixed_ms  # stretched, up to the ceiling (4x the fixed)
+        assert "adaptive" in b.describe() and f"{b.ms:.0f} ms" in b.describe()
+        for _ in range(p.budget_window // 2):
+            t.record("x", p.stage_budget_ms / 10, p.budget_window)  # it calms down: half the window is quick
+        assert t.budget("x", p).ms == 4 * p.stage_budget_ms  # the p95 still sees the slow half
+        q = p.model_copy(update={"budget_ceiling_ms": 600.0})
+        assert t.budget("x", q).ms == 600.0
         assert t.budget("x", p.model_copy(update={"adaptive_budgets": False})).ms == p.stage_budget_ms
     finally:
         rt.close()
