@@ -275,8 +275,11 @@ def test_claude_code_small_window(small: Route, strict, claude_bin, tmp_path):
 
     assert all(b["tools"] == bodies[0]["tools"] and system(b) == system(bodies[0]) for b in bodies)
     stats = check_effects(fl, recs)
-    # without the stages the last request would be far past the window's hard threshold
-    assert fl[-1]["request"]["tokens_in"] > HARD > max(f["forward"]["tokens_out"] for f in fl)
+    # without the stages the last request would be far past the window's hard threshold; a request whose
+    # compaction ran past its budget on a loaded machine goes out as the decided state, without that
+    # new summary (it lands on the next request): still under the window
+    assert fl[-1]["request"]["tokens_in"] > HARD > max(f["forward"]["tokens_out"] for f in fl if not f["forward"].get("fallback"))
+    assert WINDOW > max(f["forward"]["tokens_out"] for f in fl)
     # the thinking blocks of the latest assistant turn came back as the stand-in signed them
     assert all(m["content"][0]["type"] == "thinking" for b in bodies[1:] for m in b["messages"][-3:]
                if m["role"] == "assistant")
