@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,11 +63,16 @@ class RequestContext:
     event_extra: dict[str, Any] = field(default_factory=dict)  # added to every event (the fall-back's: fallback=True)
     # when set, events are held here (type, data) instead of emitted: the fall-back's, until it is used
     held_events: list[tuple[str, dict[str, Any]]] | None = field(default=None, repr=False)
+    # threads running a stage call abandoned past its budget: what they emit from then on is marked
+    # ``late`` (it says what that call did, not what went upstream)
+    late_threads: set[int] = field(default_factory=set, repr=False)
 
     def emit(self, type: str, **data: Any):
         data.setdefault("api", self.api.value)
         if self.event_extra:
             data.update(self.event_extra)
+        if self.late_threads and threading.get_ident() in self.late_threads:
+            data["late"] = True
         if self.held_events is not None:
             self.held_events.append((type, data))
             return None

@@ -311,6 +311,12 @@ def request_event(ctx: RequestContext, nbytes: int, mode: str) -> None:
              transport=ctx.notes.get("transport", "http"))
 
 
+def _on_thread(where: list[int], fn, ctx: RequestContext):
+    """``fn(ctx)``, noting the thread it runs on (see ``RequestContext.late_threads``)."""
+    where.append(threading.get_ident())
+    return fn(ctx)
+
+
 def _action(outcome: Outcome) -> str:
     """What went upstream after a failure, for its ``error`` event."""
     return "forwarded the session's decided state" if outcome.body is not None else "forwarded original"
@@ -334,12 +340,14 @@ class Pipeline:
         ctx.deadline, ctx.budget_ms = t0 + budget.seconds, budget.ms
         status, err, tb = "ok", None, None
         call: Future | None = None
+        where: list[int] = []  # the thread the call runs on
         try:
-            call = rt.stage_pool.submit(fn, ctx)
+            call = rt.stage_pool.submit(_on_thread, where, fn, ctx)
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(call, loop=loop)), budget.seconds)
         except asyncio.TimeoutError:
             status, err = "timeout", f"ran past its {budget.describe()}"
             if call is not None and not call.done():
+                ctx.late_threads.update(where)
                 rt.mark_overrun(name, call, ctx)
         except Exception as e:
             status, err = "error", f"{type(e).__name__}: {e}"
@@ -369,11 +377,11 @@ class Pipeline:
                 if fn is None:
                     ctx.stage_results.append({"stage": name, "ms": 0.0, "status": "skipped"})
                     ctx.emit("stage", stage=name, ms=0.0, status="skipped", error=reason)
-                ctx.emit("error", where="stage", stage=name, message=f"stage {name} skipped: {reason}", reason=reason,
-                         action="stage skipped, its decisions re-applied, other stages ran" if fn is not None
-                         else "stage skipped, other stages ran")
-                if fn is None:
+                    ctx.emit("error", where="stage", stage=name, message=f"stage {name} skipped: {reason}",
+                             reason=reason, action="stage skipped, other stages ran")
                     continue
+                ctx.emit("error", where="stage", stage=name, message=f"stage {name} skipped: {reason}", reason=reason,
+                         action="stage skipped, its decisions re-applied, other stages ran")
                 reapplied = True
             if trace:
                 trace(f"cw_{'reapply' if reapplied else 'request'} [{name}] flow={ctx.flow_id} session={ctx.session}\n")
@@ -434,7 +442,7 @@ class Pipeline:
         try:
             model, lease = _typed(self.runtime, ctx.api, ctx.original, ctx.message_raw)
             fctx = dataclasses.replace(ctx, request=model, lease=lease, notes={}, stage_results=[], blocked=None,
-                                       wire_entries=None, deadline=None, budget_ms=None,
+                                       wire_entries=None, deadline=None, budget_ms=None, late_threads=set(),
                                        event_extra={**ctx.event_extra, "fallback": True}, held_events=hold)
             for stage, fn in self.reappliers():
                 step = f"re-applying {stage}"

@@ -28,10 +28,12 @@ class PipelineSection(Section):
     """Adaptive budgets: this many times the stage's recent p95."""
 
     budget_floor_ms: float | None = None
-    """Adaptive budgets never go below this (None: half the stage's fixed budget)."""
+    """Adaptive budgets never go below this (None: the stage's fixed budget, so a quiet machine keeps the
+    profile's budgets). Lower it to abandon a hung stage sooner where its p95 is small."""
 
     budget_ceiling_ms: float | None = None
-    """Adaptive budgets never go above this (None: the stage's fixed budget)."""
+    """Adaptive budgets never go above this (None: 4 times the stage's fixed budget: on a busy machine,
+    where every stage runs slower, a budget stretches rather than the request falling back)."""
 
     budget_window: int = 200
     """Adaptive budgets: the stage's calls the p95 is taken over."""
