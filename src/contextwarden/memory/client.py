@@ -185,9 +185,14 @@ class RemoteMemoryService:
                 self._connect()
                 self._op("events")
                 self._op("open", settings=wire.encode(self.settings), timeout=CALL_WAIT_S)
-                while not self.closed and not self._op("ready", timeout=1.0, wait=2.0):
-                    pass
-                self._state = self._op("state")
+                while not self.closed:
+                    try:  # the model loads for a while; a busy machine answers late: ask again
+                        if self._op("ready", timeout=1.0, wait=5.0):
+                            break
+                    except TimeoutError:
+                        if self._proc is not None and self._proc.poll() is not None:
+                            raise
+                self._state = self._op("state", wait=CALL_WAIT_S)
                 self.error = self._state.get("error")
                 if not self.closed:
                     self.ready.set()
