@@ -17,11 +17,6 @@ log = logging.getLogger(__name__)
 
 class Warden:
     def __init__(self) -> None:
-        from contextwarden.memory import service as memory_service
-
-        # memory.process "auto" means its own process in the proxy: model inference never holds the
-        # interpreter lock the event loop and the pipeline need
-        memory_service.AUTO_PROCESS = "separate"
         self.runtime: Runtime | None = None
         self._key: tuple | None = None
 

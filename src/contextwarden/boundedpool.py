@@ -82,7 +82,8 @@ class BoundedExecutor(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None) -> None:
         """Stop taking work. ``wait``: let the workers finish (at most ``timeout`` seconds, then the
-        waiting tasks are cancelled; the running ones are left to end on their own threads)."""
+        waiting tasks are cancelled and the running ones get ``timeout`` more before they are left to
+        end on their own threads)."""
         with self._cv:
             self._shutdown = True
             if cancel_futures:
@@ -103,3 +104,7 @@ class BoundedExecutor(Executor):
             self._q.clear()
         for f in left:
             f.cancel()
+        if deadline is not None:  # what is running gets as long again to finish (then it is left behind)
+            deadline = time.monotonic() + timeout
+            for t in list(self._threads):
+                t.join(max(0.0, deadline - time.monotonic()))

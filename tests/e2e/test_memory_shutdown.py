@@ -49,7 +49,7 @@ def _alive(pid: int) -> bool:
 def test_sigterm_after_a_burst_of_ingestion_is_quick_and_the_rest_is_stored_at_the_next_start(tmp_path):
     with StandIn() as standin:
         proxy = ProxyProcess(tmp_path / "p", profile="claude-code", reverse=standin.url, env=ENV,
-                             ready_events=("startup", "memory_process"))
+                             ready_events=("startup", "memory_process"), startup_timeout=300)
         proxy.start()
         try:
             pid = proxy.events("memory_process", wait=5)[0]["data"]["pid"]
@@ -83,7 +83,7 @@ def test_sigterm_after_a_burst_of_ingestion_is_quick_and_the_rest_is_stored_at_t
         assert left > 0, "the burst was all stored before the shutdown: nothing left to recover"
 
         again = ProxyProcess(tmp_path / "p", profile="claude-code", reverse=standin.url, env=ENV, name="again",
-                             ready_events=("startup", "memory_process"))
+                             ready_events=("startup", "memory_process"), startup_timeout=300)
         mark = len(again._read_events())
         again.start()
         try:

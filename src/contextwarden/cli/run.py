@@ -93,4 +93,8 @@ def run(args) -> int:
     sys.stdout.flush()
     from mitmproxy.tools.main import mitmdump
 
+    from ..memory import service as memory_service
+
+    memory_service.AUTO_PROCESS = "separate"  # this process is the proxy: memory in its own process
+
     return mitmdump(argv) or 0

@@ -8,10 +8,10 @@ its arguments and result carried by :mod:`contextwarden.memory.wire`. Events the
 back over the socket onto the runtime's bus.
 
 Fail open, with the budgets of the in-process service: ``search`` waits ``timeout_s`` (plus the socket
-hop) and raises TimeoutError; ``submit`` waits at most ``SUBMIT_WAIT_S`` for the pending table's
-acknowledgement and returns False otherwise (the memory stage then leaves its ingestion marker where it
-was, and the next turn sends the items again); while the process is starting or restarting, ``ready``
-is clear and requests go without memory.
+hop) and raises TimeoutError; ``submit`` sends and does not wait (False only when the process is not
+there: the memory stage then leaves its ingestion marker where it was, and the next turn sends the
+items again); while the process is starting or restarting, ``ready`` is clear and requests go without
+memory.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from pathlib import Path
 
 from . import wire
 
-SUBMIT_WAIT_S = 2.0
 CALL_WAIT_S = 30.0
 SEARCH_MARGIN_S = 0.05  # the socket hop and decoding, on top of the search's own budget
 START_WAIT_S = 120.0
@@ -186,9 +185,14 @@ class RemoteMemoryService:
                 self._connect()
                 self._op("events")
                 self._op("open", settings=wire.encode(self.settings), timeout=CALL_WAIT_S)
-                while not self.closed and not self._op("ready", timeout=1.0, wait=2.0):
-                    pass
-                self._state = self._op("state")
+                while not self.closed:
+                    try:  # the model loads for a while; a busy machine answers late: ask again
+                        if self._op("ready", timeout=1.0, wait=5.0):
+                            break
+                    except TimeoutError:
+                        if self._proc is not None and self._proc.poll() is not None:
+                            raise
+                self._state = self._op("state", wait=CALL_WAIT_S)
                 self.error = self._state.get("error")
                 if not self.closed:
                     self.ready.set()
@@ -293,12 +297,19 @@ class RemoteMemoryService:
         return self.call("search", query, tenants, timeout_s=timeout_s, _wait=wait, **kw)
 
     def submit(self, items, **info) -> bool:
-        if not self.available:
+        """Hand items to the memory process without waiting for it (it stores them in its pending
+        table, redacted): True once sent. Waiting for its answer made the
+        proxy's turn work as slow as the memory process under load, and a late answer (False) made the
+        next turn send everything again."""
+        s = self._sock
+        if not self.available or s is None:
             return False
+        frame = {"id": 0, "op": "call", "m": "submit", "a": wire.encode([items]), "k": wire.encode(info)}
         try:
-            return bool(self.call("submit", items, _wait=SUBMIT_WAIT_S, **info))
-        except (ConnectionError, TimeoutError):
+            wire.send_frame(s, frame, self._wlock)
+        except OSError:
             return False
+        return True
 
     def flush(self, timeout: float = 120) -> bool:
         if self._sock is None:

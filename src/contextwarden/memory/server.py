@@ -149,6 +149,8 @@ class MemoryServer:
                     wire.send_frame(conn, {"id": msg.get("id"), "r": True}, lk)
                     continue
                 if msg.get("op") == "close":
+                    # the calls sent before it (submits the proxy did not wait for) are done first
+                    self._pool.shutdown(wait=True)
                     self._serve_call(conn, lk, msg)  # in this thread: the reply goes once closed
                     break
                 try:

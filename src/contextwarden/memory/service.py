@@ -16,7 +16,9 @@ complete).
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -523,14 +525,19 @@ _services: "weakref.WeakKeyDictionary[object, MemoryService]" = weakref.WeakKeyD
 _guard = threading.Lock()
 
 
-# memory.process "auto": the proxy (addons/warden.py) sets this to "separate"; tests, replay, evaluation
-# and the CLI keep the service in their own process
+# memory.process "auto": separate in the proxy (a mitmdump / mitmproxy / mitmweb process, or
+# ``contextwarden run``, which sets this), inline elsewhere (tests, replay, evaluation, the CLI; also the
+# addon loaded into a test's own process)
 AUTO_PROCESS = "inline"
+_PROXY_TOOLS = ("mitmdump", "mitmproxy", "mitmweb")
 
 
 def process_mode(settings) -> str:
     mode = getattr(settings.memory, "process", "inline")
-    return AUTO_PROCESS if mode == "auto" else mode
+    if mode != "auto":
+        return mode
+    tool = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "separate" if tool.startswith(_PROXY_TOOLS) else AUTO_PROCESS
 
 
 def get_service(runtime) -> MemoryService | None:
