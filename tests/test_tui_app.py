@@ -339,7 +339,9 @@ async def test_bursts_are_coalesced_into_few_redraws():
             await asyncio.sleep(0.05)
         await pilot.pause(0.6)
         assert app.store.events_seen == 800 and not app.pending
-        assert 0 < app.redraws - r0 <= app.ticks - t0 < 40
+        # (how many ticks the 40 batches spanned depends on the machine's load: a bound on the tick count
+        # would be a wall-clock bound; what must hold is at most one redraw per tick, and per batch)
+        assert 0 < app.redraws - r0 <= min(app.ticks - t0, 40)
 
 
 async def test_connection_states_show_in_the_status_line():

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from .conversation import strip_cache_control
+
 _SESSION_IN_USER_ID = re.compile(r"session_([0-9a-fA-F-]{8,})")
 
 
@@ -45,20 +47,12 @@ def _first_user_message(body: dict[str, Any]) -> Any:
 
 def _block(b: Any) -> Any:
     """One content block as it is hashed: a text block is its text; anything else loses only its
-    ``cache_control`` (at any depth)."""
+    ``cache_control`` (nested blocks' too)."""
     if isinstance(b, str):
         return {"type": "text", "text": b}
     if isinstance(b, dict) and b.get("type") in _TEXT_TYPES and isinstance(b.get("text"), str):
         return {"type": "text", "text": b["text"]}
-    return _without_cache_control(b)
-
-
-def _without_cache_control(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _without_cache_control(v) for k, v in obj.items() if k != "cache_control"}
-    if isinstance(obj, list):
-        return [_without_cache_control(v) for v in obj]
-    return obj
+    return strip_cache_control(b)
 
 
 def first_turn_content(body: dict[str, Any]) -> list[Any] | None:
@@ -74,7 +68,7 @@ def first_turn_content(body: dict[str, Any]) -> list[Any] | None:
     if first is None:
         return None
     if isinstance(first, dict) and "content" not in first:  # no message at all (a lone tool call item)
-        return [_without_cache_control(first)]
+        return [strip_cache_control(first)]
     content = first.get("content") if isinstance(first, dict) else first
     if content is None:
         return []
