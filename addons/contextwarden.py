@@ -19,4 +19,5 @@ from contextwarden.addons.warden import Warden  # noqa: E402
 
 warden = Warden()
 
-addons = [Exposure(), OutputGuard(), warden, Interceptor(warden), Observer(warden), EventServer(warden)]
+# Exposure: listen on loopback unless told otherwise; OutputGuard: no secret in mitmdump's own output
+addons = [warden, Interceptor(warden), Observer(warden), EventServer(warden), Exposure(), OutputGuard()]
