@@ -25,5 +25,6 @@ warden = Warden()
 interceptor = Interceptor(warden)
 
 events = EventServer(warden)
-addons = [Exposure(), OutputGuard(), warden, interceptor, Observer(warden), WebSocketResponses(warden, interceptor),
-          events, RecallApiServer(warden, events), MetricsServer(warden), EventStream(warden)]
+# Exposure: listen on loopback unless told otherwise; OutputGuard: no secret in mitmdump's own output
+addons = [warden, interceptor, Observer(warden), WebSocketResponses(warden, interceptor), events,
+          RecallApiServer(warden, events), MetricsServer(warden), EventStream(warden), Exposure(), OutputGuard()]

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 
 from contextwarden import hookimpl
-from contextwarden.memory.retrieve import build_query, human_text, messages_of, role_of
+from contextwarden.memory import produced
+from contextwarden.memory.retrieve import build_query, human_text, role_of
 from contextwarden.memory.tagger import Tagger, tag_key
 
 _taggers: dict[tuple, Tagger] = {}
@@ -45,7 +46,7 @@ def cw_request(ctx) -> None:
         return
     t0 = time.perf_counter()
     tagger = tagger_for(ctx)
-    msgs = messages_of(ctx.api, ctx.request)  # as the stages before this one left it (a privacy stage's work)
+    msgs = produced.view(ctx)  # as the stages before this one left them (a privacy stage's work)
     clean = ctx.notes.get("clean_text") or {}
     query, idx = build_query(ctx.api, msgs, clean, context_messages=0)
     tags = tagger.tag(query.text) if query is not None else []
