@@ -22,10 +22,6 @@ name = "truncation"
 TRUNCATED = "[earlier conversation truncated]"
 
 
-def _blocks(m) -> list:
-    return m.content if isinstance(m.content, list) else []
-
-
 @hookimpl
 def cw_request(ctx) -> None:
     cfg = ctx.settings.plugins.get(name) or {}

@@ -96,7 +96,7 @@ class TextIndex:
 
 
 class Indexer:
-    """Indexes texts once (memoised by the text) and unions them into a body's index."""
+    """Indexes texts once (memoised by the text)."""
 
     def __init__(self, memo: int = MEMO) -> None:
         self._memo: OrderedDict[str, TextIndex] = OrderedDict()
@@ -112,15 +112,6 @@ class Indexer:
         if len(self._memo) > self._max:
             self._memo.popitem(last=False)
         return got
-
-    def union(self, texts: Iterable[str]) -> "BodyIndex":
-        lines: set = set()
-        toks: set = set()
-        for t in texts:
-            ix = self.text(t)
-            lines |= ix.lines
-            toks |= ix.tokens
-        return BodyIndex(lines, toks)
 
 
 def _part_of_a_line(ix, ln: str) -> bool:

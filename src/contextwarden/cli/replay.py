@@ -84,6 +84,8 @@ def run(args) -> int:
 
 
 def run_baselines(args, overrides: dict) -> int:
+    from pathlib import Path
+
     import orjson
 
     from contextwarden import baselines
@@ -98,8 +100,6 @@ def run_baselines(args, overrides: dict) -> int:
         got = baselines.run(path, progress=progress, window=args.window, stage_budget_ms=args.stage_budget_ms,
                             limit=args.limit, compaction_calls=not args.no_compaction_calls,
                             turn_hooks=not args.no_turn_hooks, overrides=overrides)
-        from pathlib import Path
-
         rows += baselines.rows(Path(path).name[:40], got)
         reports += got
     if args.json:
