@@ -2,9 +2,10 @@
 
 1. **Kept before sent.** Every tool result (or input value) clearing takes out for the first time, every
    tool result compaction folds and every span of messages a compaction summary names
-   (``ctx.notes["cleared"]``, ``["compacted"]``, ``["folded"]``) is kept whole in memory's originals
-   (:meth:`MemoryService.keep`) before this request goes upstream, so ``recall`` of the id its stub or
-   summary names finds it as soon as the model can read that id.
+   (``ctx.notes["cleared"]``, ``["compacted"]``, ``["folded"]``) is handed to memory's originals
+   (:meth:`MemoryService.keep`) before this request goes upstream. Handing over costs the request a
+   queue append; memory's keeper thread redacts and writes, and ``recall`` waits for whatever is still
+   pending, so the id its stub or summary names is found as soon as the model can read that id.
 2. **Automatic recall.** When the model's latest answer refers to something only cleared or compacted
    content holds (:mod:`contextwarden.memory.autorecall`), that content is injected into this request
    where memory goes (after the last cache breakpoint, framed as memory is), once per session: the
