@@ -45,7 +45,7 @@ def _item(ctx, mid: str, text: str, turn: int, tool: str | None, kind: str) -> M
                       kind=kind, tool=tool, workspace=ctx.settings.memory.shared_workspace, source_id=mid)
 
 
-def keep_lost(ctx, svc) -> int:
+def keep_lost(ctx, svc) -> list[str]:
     """Keep what this request takes out for the first time, whole, before it is sent."""
     items = []
     for e in (ctx.notes.get("cleared") or []) + (ctx.notes.get("compacted") or []):
@@ -56,8 +56,8 @@ def keep_lost(ctx, svc) -> int:
     for f in ctx.notes.get("folded") or []:
         items.append(_item(ctx, f["memory_id"], f["text"], f.get("first", 0), None, "compacted"))
     if not items:
-        return 0
-    return len(svc.keep(items))
+        return []
+    return svc.keep(items)
 
 
 def _lost(ctx) -> list[Lost]:
@@ -126,7 +126,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     for mid in sorted(answer.ids - {f.lost.memory_id for f in found} - done - answer.recalling - {x.memory_id for x in lost}):
         if svc is None or len(found) >= 3:
             break
-        for it in svc.recall([mid], [ctx.tenant], ctx.settings.memory.shared_workspace):
+        for it in svc.recall([mid], [ctx.tenant], ctx.settings.memory.shared_workspace, wait_s=0, chunks=False):
             from contextwarden.memory.autorecall import Found
 
             found.append(Found(Lost(mid, it.text, it.turn, it.tool, None, it.kind), "id", mid))
@@ -164,7 +164,8 @@ def cw_request(ctx) -> None:
         if svc is not None:
             kept = keep_lost(ctx, svc)
             if kept:
-                data["kept"] = kept
+                data["kept"] = len(kept)
+                data["kept_ids"] = kept
     except Exception as e:  # recall is an extra: the request goes on
         ctx.emit("error", where="recall", message=f"keeping originals: {type(e).__name__}: {e}", action="not kept")
     try:

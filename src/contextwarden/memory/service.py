@@ -430,16 +430,19 @@ class MemoryService:
                 self._keep_cv.wait(left)
         return True
 
-    def recall(self, memory_ids: list[str], tenants: list[str], workspace: str | None = None) -> list:
+    def recall(self, memory_ids: list[str], tenants: list[str], workspace: str | None = None,
+               wait_s: float = 10.0, chunks: bool = True) -> list:
         """The stored originals of ``memory_ids`` verbatim (secrets redacted), within ``tenants`` and the
-        shared ``workspace``; ids of other tenants find nothing. An id only the searchable store knows
-        (stored before originals were kept) comes back as its chunks, joined."""
+        shared ``workspace``; ids of other tenants find nothing. Waits up to ``wait_s`` for originals
+        still being written. With ``chunks``, an id only the searchable store knows (stored before
+        originals were kept) comes back as its chunks, joined (a Chroma scan: not on a request's clock)."""
         from .ingest import _replace
 
-        self.flush_kept()
+        if wait_s > 0:
+            self.flush_kept(wait_s)
         found = self.originals.get(memory_ids, tenants, workspace) if self.originals is not None else []
         missing = [i for i in memory_ids if i not in {f.source_id for f in found}]
-        if missing and self.available:
+        if missing and chunks and self.available:
             chunks: dict[str, list] = {}
             for it in self.store.get_by_ids(missing, tenants, workspace):
                 chunks.setdefault(it.source_id or it.memory_id, []).append(it)
