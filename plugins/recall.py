@@ -57,7 +57,9 @@ def keep_lost(ctx, svc) -> list[str]:
         items.append(_item(ctx, f["memory_id"], f["text"], f.get("first", 0), None, "compacted"))
     if not items:
         return []
-    return svc.keep(items)
+    # only for recall by id: the memory stage stores the tool results for search itself, and a folded
+    # span's messages are searchable one by one already
+    return svc.keep(items, searchable=False)
 
 
 def _lost(ctx) -> list[Lost]:

@@ -379,9 +379,9 @@ class MemoryService:
 
 
     # --- recall: plain data in, plain data / MemoryItems out (callable across a process boundary) -------
-    def keep(self, items: list) -> list[str]:
-        """Keep ``items`` whole (redacted), under ``source_id`` (the id a stub or summary names), and queue
-        them for the searchable store. Returns their ids at once: the writing (redaction and SQLite) is
+    def keep(self, items: list, searchable: bool = True) -> list[str]:
+        """Keep ``items`` whole (redacted), under ``source_id`` (the id a stub or summary names), and (with
+        ``searchable``) queue them for the searchable store. Returns their ids at once: the writing (redaction and SQLite) is
         done by a thread of its own, and :meth:`recall` waits for what is pending, so an id is found as
         soon as anyone can have read it, while the request that names it never waits."""
         todo = [it for it in items if it.text and it.text.strip()]
@@ -393,7 +393,7 @@ class MemoryService:
             if self._keep_thread is None:
                 self._keep_thread = threading.Thread(target=self._keeper, name="cw-memory-keep", daemon=True)
                 self._keep_thread.start()
-        if self.ingestor is not None:
+        if searchable and self.ingestor is not None:
             self.submit(todo)
         return [it.source_id or it.memory_id for it in todo]
 
