@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from contextwarden.events import Event
+from contextwarden.home import write_private
 from contextwarden.scrub import scrub, scrub_headers  # noqa: F401 (scrub_headers: imported from here too)
 
 from .perruntime import PerRuntime
@@ -311,13 +312,7 @@ class EventService:
     def _write_info(self) -> None:
         info = {"protocol": PROTOCOL, "host": self.host, "port": self.port, "token": self.token,
                 "pid": os.getpid(), "started": self.started}
-        path = self.info_path
-        tmp = path.with_name(f".{INFO_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(info))
-        os.replace(tmp, path)
+        write_private(self.info_path, orjson.dumps(info))
 
     def _remove_info(self) -> None:
         try:

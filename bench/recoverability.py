@@ -41,6 +41,8 @@ def main() -> None:
         ids: dict[str, str] = {}
         recalled: Counter = Counter()
         recall_tokens = 0
+        errors: list[str] = []
+        kept = [0]
         import contextwarden.runtime as runtime_mod
 
         orig_init = runtime_mod.Runtime.__init__
@@ -55,7 +57,13 @@ def main() -> None:
                     ids.update({i: "cleared" for i in d.get("ids") or []})
                 elif ev.type == "compaction" and d.get("folded"):
                     ids.update({i: "compacted" for i in d["folded"]})
-                elif ev.type == "recall" and d.get("injected"):
+                elif ev.type == "error" and str(d.get("where", "")).startswith(("recall", "memory")):
+                    errors.append(f"{d.get('where')}: {str(d.get('message'))[:200]}")
+                elif ev.type == "recall" and d.get("kept"):
+                    kept[0] += int(d["kept"])
+                    for i in d.get("kept_ids") or []:
+                        ids.setdefault(i, "kept (compacted or cleared tool result)")
+                if ev.type == "recall" and d.get("injected"):
                     recalled.update(d.get("why") or [])
                     recall_tokens += int(d.get("tokens") or 0)
             self.bus.subscribe(on)
@@ -71,6 +79,9 @@ def main() -> None:
         print(f"ids named by stubs and summaries: {len(ids)} ({dict(kinds)})")
         print(f"retrievable by that id: {len(found)}/{len(ids)}"
               f" ({100 * len(found) / max(1, len(ids)):.1f}%); byte for byte: {exact} (the rest had secrets redacted)")
+        st = Counter(f"{k}:{v}" for r in rep.results for k, v in r.stages.items() if k in ("recall", "compaction", "clearing"))
+        print(f"stages not ok: {dict(st)}")
+        print(f"kept whole before sending: {kept[0]} items; errors: {errors[:5]}")
         print(f"automatic recall: {sum(recalled.values())} items injected {dict(recalled)}, {recall_tokens:,} tokens"
               f" = {100 * recall_tokens / max(1, sent):.2f}% of the {sent:,} tokens sent")
 

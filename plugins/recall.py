@@ -2,9 +2,10 @@
 
 1. **Kept before sent.** Every tool result (or input value) clearing takes out for the first time, every
    tool result compaction folds and every span of messages a compaction summary names
-   (``ctx.notes["cleared"]``, ``["compacted"]``, ``["folded"]``) is kept whole in memory's originals
-   (:meth:`MemoryService.keep`) before this request goes upstream, so ``recall`` of the id its stub or
-   summary names finds it as soon as the model can read that id.
+   (``ctx.notes["cleared"]``, ``["compacted"]``, ``["folded"]``) is handed to memory's originals
+   (:meth:`MemoryService.keep`) before this request goes upstream. Handing over costs the request a
+   queue append; memory's keeper thread redacts and writes, and ``recall`` waits for whatever is still
+   pending, so the id its stub or summary names is found as soon as the model can read that id.
 2. **Automatic recall.** When the model's latest answer refers to something only cleared or compacted
    content holds (:mod:`contextwarden.memory.autorecall`), that content is injected into this request
    where memory goes (after the last cache breakpoint, framed as memory is), once per session: the
@@ -44,7 +45,7 @@ def _item(ctx, mid: str, text: str, turn: int, tool: str | None, kind: str) -> M
                       kind=kind, tool=tool, workspace=ctx.settings.memory.shared_workspace, source_id=mid)
 
 
-def keep_lost(ctx, svc) -> int:
+def keep_lost(ctx, svc) -> list[str]:
     """Keep what this request takes out for the first time, whole, before it is sent."""
     items = []
     for e in (ctx.notes.get("cleared") or []) + (ctx.notes.get("compacted") or []):
@@ -55,8 +56,10 @@ def keep_lost(ctx, svc) -> int:
     for f in ctx.notes.get("folded") or []:
         items.append(_item(ctx, f["memory_id"], f["text"], f.get("first", 0), None, "compacted"))
     if not items:
-        return 0
-    return len(svc.keep(items))
+        return []
+    # only for recall by id: the memory stage stores the tool results for search itself, and a folded
+    # span's messages are searchable one by one already
+    return svc.keep(items, searchable=False)
 
 
 def _lost(ctx) -> list[Lost]:
@@ -125,7 +128,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     for mid in sorted(answer.ids - {f.lost.memory_id for f in found} - done - answer.recalling - {x.memory_id for x in lost}):
         if svc is None or len(found) >= 3:
             break
-        for it in svc.recall([mid], [ctx.tenant], ctx.settings.memory.shared_workspace):
+        for it in svc.recall([mid], [ctx.tenant], ctx.settings.memory.shared_workspace, wait_s=0, chunks=False):
             from contextwarden.memory.autorecall import Found
 
             found.append(Found(Lost(mid, it.text, it.turn, it.tool, None, it.kind), "id", mid))
@@ -163,7 +166,8 @@ def cw_request(ctx) -> None:
         if svc is not None:
             kept = keep_lost(ctx, svc)
             if kept:
-                data["kept"] = kept
+                data["kept"] = len(kept)
+                data["kept_ids"] = kept
     except Exception as e:  # recall is an extra: the request goes on
         ctx.emit("error", where="recall", message=f"keeping originals: {type(e).__name__}: {e}", action="not kept")
     try:

@@ -357,3 +357,32 @@ def test_mcp_server_tools_are_tenant_scoped(cw_home, api_of):
     _, got_b, _ = asyncio.run(tools_as(KEY_B))
     assert got_b.startswith("nothing stored under") and text not in got_b
     h.close()
+
+
+def test_memory_delete_and_import_work_while_the_proxy_runs(cw_home, api_of, capsys, tmp_path):
+    """The proxy holds the store's writer lock: the write commands go through its recall API."""
+    import orjson
+
+    from contextwarden.cli import main
+
+    h = harness(cw_home)
+    mid, text = _cleared_id(h)
+    api_of(h)
+    svc = memory_service.get_service(h.rt)
+    assert svc.flush(120)
+    session = svc.recall([mid], svc.tenants())[0].session
+    export = tmp_path / "notes.jsonl"
+    rec = {"text": "Imported while running: the cache key is build_cache_key_v2", "session": "imported-1",
+           "tenant": svc.tenants()[0], "turn": 0, "role": "user", "kind": "message"}
+    export.write_bytes(orjson.dumps(rec) + b"\n")
+    assert main(["memory", "import", str(export), "--home", str(cw_home)]) == 0
+    assert "through the running proxy" in capsys.readouterr().out
+    from contextwarden.memory.ids import memory_id
+
+    got = RecallClient.find(cw_home).call("recall", ids=[memory_id(rec["text"])])["items"]
+    assert [it["text"] for it in got] == [rec["text"]]
+    assert main(["memory", "delete", "--session", session, "--home", str(cw_home)]) == 0
+    out = capsys.readouterr().out
+    assert "through the running proxy" in out and not out.startswith("deleted 0 ")
+    assert RecallClient.find(cw_home, KEY_A).call("recall", ids=[mid])["items"] == []
+    h.close()

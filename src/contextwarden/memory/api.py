@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import orjson
 
+from ..home import write_private
 from ..redact import tenant_id
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,8 @@ class RecallApi:
         self._thread = threading.Thread(target=self._server.serve_forever, name="cw-recall-api", daemon=True)
         self._thread.start()
         self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
-        _write_private(self.info_path, {"host": self.host, "port": self.port, "token": self.token,
-                                        "pid": os.getpid(), "started": time.time()})
+        write_private(self.info_path, orjson.dumps({"host": self.host, "port": self.port, "token": self.token,
+                                                    "pid": os.getpid(), "started": time.time()}))
         return self
 
     def stop(self) -> None:
@@ -224,15 +225,6 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # the API is an extra: an error is an answer, never a dead server
             log.exception("recall api")
             self._reply(500, {"error": f"{type(e).__name__}: {e}"})
-
-
-def _write_private(path: Path, info: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(orjson.dumps(info))
-    os.replace(tmp, path)
 
 
 # --- the client side (CLI, MCP server, bench) ------------------------------------------------------------

@@ -41,8 +41,13 @@ STUB_PREFIX = "[contextwarden cleared this "
 SUMMARY_PREFIX = "[contextwarden: summary"
 
 
+TERMS_CHARS = 100_000  # of a long text, the terms of its first and last 50K characters
+
+
 def terms(text: str) -> frozenset[str]:
     """The distinctive terms of a text: paths, identifiers, long hex hashes."""
+    if len(text) > TERMS_CHARS:
+        text = text[: TERMS_CHARS // 2] + "\n" + text[-TERMS_CHARS // 2:]
     out = set()
     for rx in (_PATH, _IDENT, _HEX):
         for m in rx.finditer(text):

@@ -161,6 +161,10 @@ class MemoryService:
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids submitted lately
         self.originals = _open_originals(self.home)
         self._forgotten: set[tuple[str, str]] = set()  # (tenant, session) deleted while running
+        self._keep_q: list[list] = []  # items keep() took, written by the keeper thread
+        self._keep_cv = threading.Condition()
+        self._keep_busy = False
+        self._keep_thread: threading.Thread | None = None
         self._recent_lock = threading.Lock()
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
@@ -339,6 +343,7 @@ class MemoryService:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(30)
         try:
+            self.flush_kept(30)
             if self.ingestor is not None:
                 self.ingestor.close(self.settings.memory.shutdown_flush_s if self.separate else 10)
             self.save_lexical()
@@ -398,34 +403,70 @@ class MemoryService:
 
 
     # --- recall: plain data in, plain data / MemoryItems out (callable across a process boundary) -------
-    def keep(self, items: list) -> list[str]:
-        """Keep ``items`` whole NOW (redacted), under ``source_id`` (the id a stub or summary names), so
-        that ``recall`` finds them before the request that names them is sent; and queue them for the
-        searchable store. Returns their ids."""
+    def keep(self, items: list, searchable: bool = True) -> list[str]:
+        """Keep ``items`` whole (redacted), under ``source_id`` (the id a stub or summary names), and (with
+        ``searchable``) queue them for the searchable store. Returns their ids at once: the writing (redaction and SQLite) is
+        done by a thread of its own, and :meth:`recall` waits for what is pending, so an id is found as
+        soon as anyone can have read it, while the request that names it never waits."""
+        todo = [it for it in items if it.text and it.text.strip()]
+        if not todo:
+            return []
+        with self._keep_cv:
+            self._keep_q.append(todo)
+            self._keep_cv.notify()
+            if self._keep_thread is None:
+                self._keep_thread = threading.Thread(target=self._keeper, name="cw-memory-keep", daemon=True)
+                self._keep_thread.start()
+        if searchable and self.ingestor is not None:
+            self.submit(todo)
+        return [it.source_id or it.memory_id for it in todo]
+
+    def _keeper(self) -> None:
         from .ingest import _replace
         from .secrets import redact_secrets
 
-        wholes = []
-        for it in items:
-            if not it.text or not it.text.strip():
-                continue
-            text, _ = redact_secrets(it.text)
-            wholes.append(_replace(it, text=text, source_id=it.source_id or it.memory_id))
-        if self.originals is not None:
-            self.originals.put(wholes)
-        if self.ingestor is not None:
-            self.submit(items)
-        return [w.source_id for w in wholes]
+        while True:
+            with self._keep_cv:
+                while not self._keep_q:
+                    self._keep_busy = False
+                    self._keep_cv.notify_all()
+                    self._keep_cv.wait()
+                batch = [it for b in self._keep_q for it in b]
+                self._keep_q.clear()
+                self._keep_busy = True
+            try:
+                wholes = [_replace(it, text=redact_secrets(it.text)[0], source_id=it.source_id or it.memory_id)
+                          for it in batch]
+                if self.originals is not None:
+                    self.originals.put(wholes)
+            except Exception as e:  # an unwritable file costs recall, never the proxy
+                self.bus.emit("error", {"where": "memory.originals", "message": f"{type(e).__name__}: {e}",
+                                        "action": f"{len(batch)} originals not kept"})
 
-    def recall(self, memory_ids: list[str], tenants: list[str], workspace: str | None = None) -> list:
+    def flush_kept(self, timeout: float = 10) -> bool:
+        """Wait until every item :meth:`keep` took is written."""
+        deadline = time.monotonic() + timeout
+        with self._keep_cv:
+            while self._keep_q or self._keep_busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._keep_cv.wait(left)
+        return True
+
+    def recall(self, memory_ids: list[str], tenants: list[str], workspace: str | None = None,
+               wait_s: float = 10.0, chunks: bool = True) -> list:
         """The stored originals of ``memory_ids`` verbatim (secrets redacted), within ``tenants`` and the
-        shared ``workspace``; ids of other tenants find nothing. An id only the searchable store knows
-        (stored before originals were kept) comes back as its chunks, joined."""
+        shared ``workspace``; ids of other tenants find nothing. Waits up to ``wait_s`` for originals
+        still being written. With ``chunks``, an id only the searchable store knows (stored before
+        originals were kept) comes back as its chunks, joined (a Chroma scan: not on a request's clock)."""
         from .ingest import _replace
 
+        if wait_s > 0:
+            self.flush_kept(wait_s)
         found = self.originals.get(memory_ids, tenants, workspace) if self.originals is not None else []
         missing = [i for i in memory_ids if i not in {f.source_id for f in found}]
-        if missing and self.available:
+        if missing and chunks and self.available:
             chunks: dict[str, list] = {}
             for it in self.store.get_by_ids(missing, tenants, workspace):
                 chunks.setdefault(it.source_id or it.memory_id, []).append(it)
