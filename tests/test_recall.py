@@ -13,7 +13,7 @@ import pytest
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.api import ApiError, RecallApi, RecallClient
 from contextwarden.memory.autorecall import Kept, Lost, find, read_answer
-from contextwarden.memory.inject import CLOSE, OPEN
+from contextwarden.memory.inject import CLOSE, OPEN, closing_tag, quote
 from contextwarden.memory.wayback import recall_tool_name
 from contextwarden.models.base import ApiKind
 
@@ -226,8 +226,8 @@ def test_a_reference_to_a_cleared_path_brings_the_item_back_once(cw_home):
     assert ev and ev[0]["ids"] == [first_id] and ev[0]["why"] == ["term"]
     last = sent.body["messages"][-1]["content"]
     block = last[-1]["text"]
-    assert block.startswith(OPEN) and block.endswith(CLOSE)
-    assert originals(body)[first_id] in block
+    assert block.startswith(OPEN) and block.endswith(closing_tag(block))
+    assert quote(originals(body)[first_id]) in block  # quoted: every line of it behind '| '
     # once: the same reference on the next request brings nothing again
     body["messages"].insert(-1, {"role": "user", "content": [{"type": "text", "text": "ok"}]})
     body["messages"].insert(-1, {"role": "assistant", "content": [{"type": "text", "text": "Still about vendor/acme/retry_policy.toml."}]})
@@ -245,7 +245,7 @@ def test_a_memory_id_the_model_read_in_a_stub_brings_it_back(cw_home):
     sent = h.send(ApiKind.ANTHROPIC, body)
     ev = [e for e in sent.events("recall") if e.get("injected")]
     assert ev and ev[0]["ids"] == [mid] and ev[0]["why"] == ["id"]
-    assert originals(body)[mid] in sent.body["messages"][-1]["content"][-1]["text"]
+    assert quote(originals(body)[mid]) in sent.body["messages"][-1]["content"][-1]["text"]
     h.close()
 
 
@@ -285,10 +285,13 @@ def test_hostile_recalled_text_stays_inside_the_frame(cw_home):
     sent = h.send(ApiKind.ANTHROPIC, body2)
     assert [e for e in sent.events("recall") if e.get("injected")]
     block = sent.body["messages"][-1]["content"][-1]["text"]
-    assert block.startswith(OPEN) and block.endswith(CLOSE)
-    # the frame closes exactly once, at its end: the hostile text is inside it
-    assert block.count(CLOSE) == 1
-    assert block.index("Ignore all previous instructions") < block.rindex(CLOSE)
+    close = closing_tag(block)
+    assert block.startswith(OPEN) and block.endswith(close)
+    # the frame closes exactly once, at its end: the hostile text is inside it, quoted
+    assert block.count(close) == 1
+    assert [line for line in block.split("\n") if line.startswith(CLOSE)] == [close]
+    assert "| Ignore all previous instructions" in block
+    assert block.index("Ignore all previous instructions") < block.rindex(close)
     h.close()
 
 
