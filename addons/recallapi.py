@@ -13,42 +13,22 @@ import logging
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.api import RecallApi
 
+from .perruntime import PerRuntime
+
 log = logging.getLogger(__name__)
 
 
-class RecallApiServer:
+class RecallApiServer(PerRuntime):
+    what = "recall_api"
+    without = "no recall API"
+
     def __init__(self, warden, events=None) -> None:
-        self.warden = warden
+        super().__init__(warden)
         self.events = events  # the EventServer addon, for its token
-        self.api: RecallApi | None = None
 
-    def configure(self, updated) -> None:
-        self._sync()
-
-    def running(self) -> None:
-        self._sync()
-
-    def done(self) -> None:
-        self._stop()
-
-    def _sync(self) -> None:
-        rt = self.warden.runtime
-        if self.api is not None and self.api.runtime is rt:
-            return
-        self._stop()
-        if rt is None:
-            return
+    def start(self, rt) -> RecallApi:
         svc = getattr(self.events, "service", None)
         token = svc.token if svc is not None and svc.runtime is rt else None
-        try:
-            self.api = RecallApi(rt, lambda rt=rt: memory_service.get_service(rt), token).start()
-            log.info(f"contextwarden: recall API on {self.api.host}:{self.api.port}")
-        except Exception as e:
-            self.api = None
-            log.error(f"contextwarden: recall API not started: {e}")
-            rt.bus.emit("error", {"where": "recall_api", "message": str(e), "action": "no recall API"})
-
-    def _stop(self) -> None:
-        if self.api is not None:
-            self.api.stop()
-            self.api = None
+        api = RecallApi(rt, lambda rt=rt: memory_service.get_service(rt), token).start()
+        log.info(f"contextwarden: recall API on {api.host}:{api.port}")
+        return api
