@@ -210,7 +210,8 @@ class Ingestor:
         try:
             rows = self.journal.take(self.batch_max, self.batch_chars)
             if rows:
-                self._process([(items, info) for _, items, info in rows])
+                self._process([(items, info) for _, items, info in rows],
+                              in_flight=sum(len(items) for _, items, _ in rows))
         except Exception as e:  # never let the worker die; the rows are dropped (a poison batch must not loop)
             self._error(e, sum(len(items) for _, items, _ in rows))
         finally:
@@ -270,7 +271,7 @@ class Ingestor:
             out.append(it)
         return out
 
-    def _process(self, batches: list[tuple[list[MemoryItem], dict]]) -> None:
+    def _process(self, batches: list[tuple[list[MemoryItem], dict]], in_flight: int = 0) -> None:
         t0 = time.perf_counter()
         items: list[MemoryItem] = []
         sub: list[int] = []  # submission of each item
@@ -310,7 +311,8 @@ class Ingestor:
         self.stats["new"] += len(new)
         self.stats["redacted"] += redacted
         chunks = sum(1 for it in prepared if it.kind == "chunk")
-        queued = self.pending
+        # what waits after this batch: the journal still counts the batch's rows until they are done
+        queued = max(0, self.pending - in_flight)
         sessions = {info["session"] for _, info in batches}
         self.bus.emit("memory", {"ingested": len(prepared), "new": len(new), "ms": ms, "redacted": redacted,
                                  "chunks": chunks, "items": sum(len(b) for b, _ in batches),
