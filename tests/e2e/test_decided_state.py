@@ -152,6 +152,12 @@ def test_under_a_saturated_cpu_every_request_carries_the_decided_state(tmp_path,
         with httpx.Client(timeout=60) as c:
             for n in range(1, steps + 1):
                 query = f"step={n}" + ("&stall=1" if n % 4 == 3 else "")
+                if "stall=1" in query:
+                    # the previous stall call has returned (else the breaker skips the stage and this
+                    # request shows no fall-back): on a quiet machine 4 requests take less than its sleep
+                    overran = len(proxy.events("stage", since=since, wait=0, stage="stall", status="timeout"))
+                    proxy.wait_events(lambda e: e["type"] == "stage_recovered" and e["data"].get("stage") == "stall",
+                                      overran, since=since, timeout=20)
                 sent[f"/v1/messages?{query}"] = body = json.dumps(history(n, session)).encode()
                 _post(c, proxy, body, query)
         got = {r.path: r for r in strict.requests("/v1/messages")}

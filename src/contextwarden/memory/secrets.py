@@ -50,7 +50,8 @@ _TOKENS: list[tuple[str, re.Pattern[str]]] = [(k, re.compile(p)) for k, p in [
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY((?: BLOCK)?)-----.*?-----END \1PRIVATE KEY\2-----", re.S)
 # a key cut off by truncated output: the BEGIN line and the base64 that follows (real or escaped newlines)
 _PEM_OPEN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
-                       r"(?:(?:\\n|\r?\n){1,2}(?:[A-Za-z0-9+/=]{4,}|[A-Za-z\-]+: [^\n\\]*))*")
+                       r"(?:(?:\\n|\r?\n){1,2}(?:[|>] ?)?(?:[A-Za-z0-9+/=]{4,}|[A-Za-z\-]+: [^\n\\]*))*")
+# (a line may be quoted: "| " is how a memory block quotes recalled text, "> " how mail and markdown do)
 
 # --- secrets inside a known context: the group "s" is the secret ------------------------------------------
 _CONTEXT: list[tuple[str, re.Pattern[str]]] = [(k, re.compile(p)) for k, p in [
