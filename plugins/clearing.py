@@ -57,7 +57,7 @@ from contextwarden.conversation import image_count, input_hint, result_text, sho
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.secrets import redact_text
 from contextwarden.memory.wayback import recall_wording, way_back
-from contextwarden.models.base import ApiKind, TrackedList
+from contextwarden.models.base import ApiKind
 from contextwarden.statecache import state_cache
 
 NS = "clearing"
@@ -264,23 +264,21 @@ _FACTS_KEY = ("clearing", "facts")
 
 class _Prefix:
     """What clearing worked out about a request's first ``n`` messages, for the conversation's next
-    request, which starts with them (``Lease.carried``): the tool calls seen, the slots, and what
+    request, which starts with them (``History.carried``): the tool calls seen, the slots, and what
     step 1 re-applied there under a given set of records and settings. Read-only once made."""
 
-    __slots__ = ("n", "calls", "slots", "step1", "derived", "orders", "pending")
+    __slots__ = ("n", "calls", "slots", "step1", "orders", "pending")
 
     def __init__(self, n: int, calls: dict, slots: list[Slot], step1: tuple | None) -> None:
         self.n, self.calls, self.slots, self.step1 = n, calls, slots, step1
         self.orders: list[int] = []  # the distinct call orders of the slots, sorted (for keep_recent)
         self.pending: list[Slot] = []  # the slots step 2 may still clear, oldest first (under step1's stamp)
-        # message index -> (its edit, pool key, the derived message): the edited copies, handed on
-        self.derived: dict[int, tuple[dict, tuple, Any]] = {}
 
 
 _CARRY = ("clearing", "prefix")
 
 
-def _slots_anthropic(req, lease=None, prior: _Prefix | None = None, cut: int | None = None) -> tuple[list[Slot], dict | None]:
+def _slots_anthropic(req, history=None, prior: _Prefix | None = None, cut: int | None = None) -> tuple[list[Slot], dict | None]:
     """The slots, resuming after ``prior``'s messages when given; and the tool calls seen before
     message ``cut`` (to carry on), when asked."""
     msgs = req.messages
@@ -288,7 +286,7 @@ def _slots_anthropic(req, lease=None, prior: _Prefix | None = None, cut: int | N
     calls: dict[str, tuple[str, Any, int, int, int]] = dict(prior.calls) if prior is not None else {}
     slots: list[Slot] = list(prior.slots) if prior is not None else []
     tail = msgs[start:] if start else msgs
-    every = lease.memos(tail, _FACTS_KEY, _anthropic_facts, start) if lease is not None else [_anthropic_facts(m) for m in tail]
+    every = history.memos(tail, _FACTS_KEY, _anthropic_facts, start) if history is not None else [_anthropic_facts(m) for m in tail]
     calls_at_cut = dict(calls) if cut is not None and cut == start else None
     for i, facts in enumerate(every, start):
         if i == cut:
@@ -307,17 +305,15 @@ def _slots_anthropic(req, lease=None, prior: _Prefix | None = None, cut: int | N
 
 
 def _edited_anthropic(m, edit: dict[tuple, Any]):
-    """A copy of message ``m`` with the recorded stubs in place (sharing no typed object with ``m``)."""
+    """A copy of message ``m`` with the recorded stubs in place."""
     content = []
     for bi, b in enumerate(m.content):
         if ("r", bi) in edit:
             b = b.model_copy(update={"content": edit[("r", bi)]})
         elif ("i", bi) in edit:
             b = b.model_copy(update={"input": edit[("i", bi)]})
-        else:
-            b = b.model_copy()
-        content.append(b)
-    return m.model_copy(update={"content": TrackedList(content)})
+        content.append(b)  # (an unchanged block is shared: typed blocks are frozen)
+    return m.model_copy(update={"content": content})
 
 
 def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
@@ -355,54 +351,35 @@ def _edited_chat(m, edit: dict[tuple, Any]):
         for ti, tc in enumerate(m.tool_calls):
             fn = tc.function
             if fn is not None:
-                fn = fn.model_copy(update={"arguments": edit[("a", ti)]}) if ("a", ti) in edit else fn.model_copy()
+                fn = fn.model_copy(update={"arguments": edit[("a", ti)]}) if ("a", ti) in edit else fn
             calls.append(tc.model_copy(update={"function": fn}))
-        update["tool_calls"] = TrackedList(calls)
+        update["tool_calls"] = calls
     return m.model_copy(update=update)
 
 
 def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: "_Prefix | None" = None, carry: "_Prefix | None" = None) -> None:
     """Put the recorded stubs in: each edited message is replaced by an edited copy. The same stubs on
-    the same message give the same copy on every request, lent by the typed pool (``Lease.derive``)
-    with its wire form known, so re-applying them does not cost a copy, a dump and a validation each.
-    The copies of the messages ``carry`` covers go on with it to the conversation's next request,
-    which takes those of ``prior`` back without even a pool lookup."""
+    the same message give the same copy on every request, kept by the conversation (``History.derive``)
+    with its wire form known, so re-applying them does not cost a copy, a dump and a validation each."""
     if not edits:
         return
     msgs = ctx.request.messages
     edited = _edited_anthropic if ctx.api is ApiKind.ANTHROPIC else _edited_chat
-    lease = ctx.lease
-    order = list(edits)
-    if lease is None:
-        for i in order:
+    history = ctx.history
+    todo = list(edits)
+    if history is None:
+        for i in todo:
             msgs[i] = edited(msgs[i], edits[i])
         return
-    handed = prior.derived if prior is not None else {}
-    todo = []
-    for i in order:
-        got = handed.get(i)
-        if got is not None and got[0] == edits[i] and got[2].pristine():
-            lease.adopt(got[1], got[2])
-            msgs[i] = got[2].obj
-        else:
-            todo.append(i)
     if todo:
         builds = [lambda m=msgs[i], edit=edits[i]: edited(m, edit) for i in todo]
         # the edit, completely: the stub strings come from the session's records (the same objects
         # every request, so their hashes are kept); an input stub is a dict, named by its JSON
         keys = [tuple(sorted((k[0], k[1], v if isinstance(v, str) else orjson.dumps(v, option=orjson.OPT_SORT_KEYS))
                              for k, v in edits[i].items())) for i in todo]
-        new = lease.derive_all([(msgs[i], k, b) for i, k, b in zip(todo, keys, builds)])
+        new = history.derive_all([(msgs[i], k, b) for i, k, b in zip(todo, keys, builds)])
         for i, m in zip(todo, new):
             msgs[i] = m
-    if carry is not None:
-        for i in order:
-            if i >= carry.n:
-                continue
-            got = lease.derived.get(id(msgs[i]))
-            if got is not None:
-                carry.derived[i] = (edits[i], got[0], got[1])
-                lease.keep_out(got[1])
 
 
 def _slots_responses(req) -> list[Slot]:
@@ -444,14 +421,14 @@ def _slots_responses(req) -> list[Slot]:
     return slots
 
 
-def find_slots(api: ApiKind, req, edits: dict[int, dict[tuple, Any]], lease=None, prior: "_Prefix | None" = None,
+def find_slots(api: ApiKind, req, edits: dict[int, dict[tuple, Any]], history=None, prior: "_Prefix | None" = None,
                cut: int | None = None) -> tuple[list[Slot], dict | None]:
     """Every tool result of the request, in order. Setting a typed message's slot records into
     ``edits`` (message index -> changes), which :func:`_commit` puts in. For Anthropic messages, the
     slots resume after ``prior``'s and the tool calls seen before message ``cut`` come back too (to
     carry on; None otherwise)."""
     if api is ApiKind.ANTHROPIC:
-        return _slots_anthropic(req, lease, prior, cut)
+        return _slots_anthropic(req, history, prior, cut)
     if api is ApiKind.OPENAI_RESPONSES:
         return _slots_responses(req), None
     return _slots_chat(req, edits), None
@@ -536,16 +513,16 @@ def _clear(ctx, decide: bool) -> None:
     if not cfg.enabled:
         return
     edits: dict[int, dict[tuple, Any]] = {}
-    lease = ctx.lease if ctx.api is ApiKind.ANTHROPIC else None
-    got = lease.carried(_CARRY) if lease is not None else None
+    history = ctx.history if ctx.api is ApiKind.ANTHROPIC else None
+    got = history.carried(_CARRY) if history is not None else None
     prior: _Prefix | None = got[1] if got is not None else None
     # results after the model's last message are new to it: never cleared, even when a rewound
     # conversation brings back ids cleared before
     unseen_from = _last_assistant(ctx) + 1
     # what is worked out about the messages up to the model's last one holds for the next request too
     # (the end of the conversation, where locks and unseen results are, is done again)
-    cut = unseen_from - 1 if lease is not None else None
-    slots, calls_at_cut = find_slots(ctx.api, ctx.request, edits, lease, prior, cut)
+    cut = unseen_from - 1 if history is not None else None
+    slots, calls_at_cut = find_slots(ctx.api, ctx.request, edits, history, prior, cut)
     locked = _locked_anthropic(ctx.request) if ctx.api is ApiKind.ANTHROPIC else set()
     if not slots:
         return
@@ -634,7 +611,7 @@ def _clear(ctx, decide: bool) -> None:
             if rec["h"] != s.digest:  # the client changed this result itself: leave it be
                 continue
             apply(s, rec, False)
-    if calls_at_cut is not None and lease is not None and cut > 0:
+    if calls_at_cut is not None and history is not None and cut > 0:
         if step1_at_cut is None:  # (no slot at or after the cut, or nothing remembered: no loop ran there)
             step1_at_cut = step1_effects(n_cut)
         carry = _Prefix(cut, calls_at_cut, slots[:n_cut], (
@@ -645,7 +622,7 @@ def _clear(ctx, decide: bool) -> None:
         carry.orders = sorted(set(prior.orders if base else ()) | {s.order for s in new_slots if s.order >= 0})
         carry.pending = [s for s in (prior.pending if base else ()) if s.id not in done_cut] + [
             s for s in new_slots if s.order >= 0 and s.tool not in exclude and s.id not in done_cut]
-        lease.carry_on(_CARRY, cut, carry)
+        history.carry_on(_CARRY, cut, carry)
 
     # 2. above the trigger: clear more, oldest first, in one step of at least clear_at_least
     total = _input_tokens(ctx)

@@ -209,21 +209,22 @@ def _message_text(api: ApiKind, m: Any) -> str:
     return oc.message_text(m)
 
 
-def _rewrite_anthropic(m: am.Message, s: Stripper) -> bool:
+def _rewrite_anthropic(m: am.Message, s: Stripper) -> am.Message | None:
+    """A copy of ``m`` with its text cleaned, or None when nothing changed."""
     if isinstance(m.content, str):
         new, counts = s.clean(m.content)
         if counts and new.strip():
-            m.content = new
-            return True
-        return False
-    changed = False
+            return m.model_copy(update={"content": new})
+        return None
+    blocks, changed = [], False
     for b in m.content:
         if isinstance(b, am.TextBlock):
             new, counts = s.clean(b.text)
             if counts and new.strip():
-                b.text = new
+                b = b.model_copy(update={"text": new})
                 changed = True
-    return changed
+        blocks.append(b)
+    return m.model_copy(update={"content": blocks}) if changed else None
 
 
 def _rewrite_parts(content: Any, s: Stripper, text_types: tuple[str, ...]) -> tuple[Any, bool]:
@@ -258,14 +259,14 @@ def cw_request(ctx) -> None:
     clean: dict[int, str] = {}
     totals: dict[str, int] = {}
     cleaned = 0
-    lease = ctx.lease
+    history = ctx.history
 
     def strip_one(m: Any) -> tuple[str | None, tuple]:
         text, counts = s.clean(_message_text(api, m))
         return (text, tuple(counts.items())) if counts else (None, ())
 
-    # a message seen before, unchanged: its result is remembered with it (typedpool.Lease.memo)
-    results = lease.memos(items, s.key, strip_one) if lease is not None else [strip_one(m) for m in items]
+    # a message seen before, unchanged: its result is remembered with it (history.Entry.memo)
+    results = history.memos(items, s.key, strip_one) if history is not None else [strip_one(m) for m in items]
     for i, (text, counts) in enumerate(results):
         if counts:
             clean[i] = text
@@ -279,13 +280,17 @@ def cw_request(ctx) -> None:
     rewritten = 0
     if ctx.settings.strip.rewrite_outgoing and cleaned:
         if api is ApiKind.ANTHROPIC:
-            rewritten = sum(1 for m in req.messages if m.role == "user" and _rewrite_anthropic(m, s))
+            for i, m in enumerate(req.messages):
+                new = _rewrite_anthropic(m, s) if m.role == "user" else None
+                if new is not None:
+                    req.messages[i] = new
+                    rewritten += 1
         elif api in (ApiKind.OPENAI_CHAT, ApiKind.OLLAMA_CHAT):
-            for m in req.messages:
+            for i, m in enumerate(req.messages):
                 if m.role == "user":
                     c, ch = _rewrite_parts(m.content, s, ("text",))
                     if ch:
-                        m.content = c
+                        req.messages[i] = m.model_copy(update={"content": c})
                         rewritten += 1
         elif isinstance(req.input, str):
             c, ch = _rewrite_parts(req.input, s, ())

@@ -110,9 +110,8 @@ APPEND_STAGE = """
     @hookimpl
     def cw_request(ctx):
         last = ctx.request.messages[-1]
-        if isinstance(last.content, str):
-            last.content = [TextBlock(type="text", text=last.content)]
-        last.content.append(TextBlock(type="text", text="[appended]"))
+        blocks = [TextBlock(type="text", text=last.content)] if isinstance(last.content, str) else list(last.content)
+        ctx.request.messages[-1] = last.model_copy(update={"content": blocks + [TextBlock(type="text", text="[appended]")]})
 """
 
 RAISING_STAGE = """
@@ -133,7 +132,7 @@ GATED_STAGE = """
     @hookimpl
     def cw_request(ctx):
         gate.wait(60)  # until the test lets it go: past any budget however loaded the machine
-        ctx.request.messages[-1].content = "changed too late"
+        ctx.request.messages[-1] = ctx.request.messages[-1].model_copy(update={"content": "changed too late"})
         finished.set()
 """
 

@@ -44,9 +44,8 @@ class Appender:
 
 def _append(ctx, text: str) -> None:
     last = ctx.request.messages[-1]
-    if isinstance(last.content, str):
-        last.content = [TextBlock(type="text", text=last.content)]
-    last.content.append(TextBlock(type="text", text=text))
+    blocks = [TextBlock(type="text", text=last.content)] if isinstance(last.content, str) else list(last.content)
+    ctx.request.messages[-1] = last.model_copy(update={"content": blocks + [TextBlock(type="text", text=text)]})
 
 
 def _runtime(tmp_path, slow: SlowStage) -> Runtime:

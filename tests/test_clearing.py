@@ -558,11 +558,11 @@ def _growing_session(n: int, big: bool):
 
 @pytest.mark.parametrize("inputs", [False, True])
 def test_what_a_request_hands_on_changes_nothing_sent(cw_home, monkeypatch, inputs):
-    """Each request leaves what clearing worked out about its history to the next (typedpool carries:
-    slots, the re-applied stubs, the edited copies; the wire form) and lends its typed messages on.
-    The bodies sent upstream, and what the clearing events say, are those of a proxy that hands nothing
-    on (carries off, a fresh typed pool every request)."""
-    from contextwarden.typedpool import Lease, TypedPool
+    """Each request leaves what clearing worked out about its history to the next (its slot in the
+    conversation: slots, the re-applied stubs) and the conversation keeps its typed messages and edited
+    copies. The bodies sent upstream, and what the clearing events say, are those of a proxy that hands
+    nothing on (carries off, the conversations forgotten before every request)."""
+    from contextwarden.history import Conversations, History
 
     bodies = _growing_session(14, big=inputs)
     cfg = {"trigger_tokens": 6000, "clear_at_least": 800, "keep_recent": 2, "clear_tool_inputs": inputs}
@@ -572,7 +572,7 @@ def test_what_a_request_hands_on_changes_nothing_sent(cw_home, monkeypatch, inpu
         sent = []
         for b in bodies:
             if not hand_on:
-                h.rt.typed = TypedPool()
+                h.rt.conversations = Conversations()
                 h.rt.recent.clear()
             s = h.send(ApiKind.ANTHROPIC, copy.deepcopy(b))
             ev = [(e["cleared"], e["new"], e["tokens_freed"], e.get("inputs_cleared")) for e in s.events("clearing")]
@@ -581,18 +581,17 @@ def test_what_a_request_hands_on_changes_nothing_sent(cw_home, monkeypatch, inpu
         return sent
 
     used: list = []
-    real = Lease.carried
+    real = History.carried
 
     def spy(self, key):
         got = real(self, key)
         used.append((key, got is not None))
         return got
 
-    monkeypatch.setattr(Lease, "carried", spy)
+    monkeypatch.setattr(History, "carried", spy)
     with_carry = run(cw_home / "a", True)
     assert sum(hit for key, hit in used if key[0] == "clearing") >= 8, "clearing's carry was not used"
-    assert sum(hit for key, hit in used if key[0] == "pipeline") >= 8, "the wire carry was not used"
-    monkeypatch.setattr(Lease, "carried", lambda self, key: None)
+    monkeypatch.setattr(History, "carried", lambda self, key: None)
     without = run(cw_home / "b", False)
     assert [r for _, r, _ in with_carry].count("rewritten") >= 10
     assert any(e and e[0][1] for _, _, e in with_carry[3:]), "a new clearing step after the first requests"

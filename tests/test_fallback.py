@@ -43,18 +43,18 @@ class Saboteur:
         if self.mode == "raise":
             raise RuntimeError("saboteur failed on purpose")
         if self.mode == "hang":
-            # an abandoned call still writing to the typed messages of its request
-            ctx.request.messages[0].content = "CORRUPTED BY THE ABANDONED CALL"
+            # an abandoned call still putting edited messages into its request
+            msgs = ctx.request.messages
+            msgs[0] = msgs[0].model_copy(update={"content": "CORRUPTED BY THE ABANDONED CALL"})
             self.gate.wait(30)
-            ctx.request.messages[1].content = "CORRUPTED LATER"
+            msgs[1] = msgs[1].model_copy(update={"content": "CORRUPTED LATER"})
             ctx.emit("saboteur", done=True)
             self.returned.set()
             return
         last = ctx.request.messages[-1]
-        if isinstance(last.content, str):
-            last.content = [TextBlock(type="text", text=last.content)]
+        blocks = [TextBlock(type="text", text=last.content)] if isinstance(last.content, str) else list(last.content)
         text = MARK if self.mode == "ok" else MARK + " " + "bloat " * 40_000
-        last.content = list(last.content) + [TextBlock(type="text", text=text)]
+        ctx.request.messages[-1] = last.model_copy(update={"content": blocks + [TextBlock(type="text", text=text)]})
 
 
 def _runtime(home, sab: Saboteur, window: int = 30_000, budgets: dict | None = None) -> Runtime:

@@ -412,22 +412,22 @@ def harness(cw_home):
 def test_message_bytes_hands_on_known_bytes_and_says_when_they_are_exact(harness):
     rt = harness.rt
     msgs = conversation(2)
-    raws, exact = rt.message_bytes(A, "t", "s", msgs)
+    raws, exact = rt.conversations.get((A, "t", "s")).message_bytes(msgs)
     assert exact and raws == [orjson.dumps(m) for m in msgs]
     # known bytes (prefixparse) are handed on as the same objects
     more = msgs + [{"role": "user", "content": "next"}]
-    raws2, exact2 = rt.message_bytes(A, "t", "s", more, known=raws[:3])
+    raws2, exact2 = rt.conversations.get((A, "t", "s")).message_bytes(more, known=raws[:3])
     assert exact2 and all(a is b for a, b in zip(raws2, raws[:3])) and raws2 == [orjson.dumps(m) for m in more]
     # equal messages (parsed again) get the previous request's bytes objects
     again = orjson.loads(orjson.dumps(more))
-    raws3, _ = rt.message_bytes(A, "t", "s", again)
+    raws3, _ = rt.conversations.get((A, "t", "s")).message_bytes(again)
     assert all(a is b for a, b in zip(raws3, raws2))
     # the same content with keys in another order: the bytes are of an equal message, not exact
     reordered = [dict(reversed(list(m.items()))) for m in again]
-    raws4, exact4 = rt.message_bytes(A, "t", "s", reordered)
+    raws4, exact4 = rt.conversations.get((A, "t", "s")).message_bytes(reordered)
     assert not exact4 and raws4 == raws2
     # another session does not share
-    raws5, exact5 = rt.message_bytes(A, "t", "other", reordered)
+    raws5, exact5 = rt.conversations.get((A, "t", "other")).message_bytes(reordered)
     assert exact5 and raws5 == [orjson.dumps(m) for m in reordered]
 
 
@@ -435,11 +435,11 @@ def test_message_bytes_of_the_same_messages_twice_stays_inexact(harness):
     """A message that *is* the previous call's message (``m is pm[i]``) gets the previous bytes, which may
     themselves be only of an equal message (the previous call said exact=False): exact stays False."""
     rt = harness.rt
-    rt.message_bytes(A, "t", "s", [{"b": 1, "a": 2}])
+    rt.conversations.get((A, "t", "s")).message_bytes([{"b": 1, "a": 2}])
     msgs = [{"a": 2, "b": 1}]
-    raws, exact = rt.message_bytes(A, "t", "s", msgs)
+    raws, exact = rt.conversations.get((A, "t", "s")).message_bytes(msgs)
     assert not exact
-    raws, exact = rt.message_bytes(A, "t", "s", msgs)  # the very same list and dicts again
+    raws, exact = rt.conversations.get((A, "t", "s")).message_bytes(msgs)  # the very same list and dicts again
     assert not exact or raws == [orjson.dumps(m) for m in msgs], (
         f"message_bytes says exact but returns {raws!r} for {msgs!r} (orjson.dumps gives {orjson.dumps(msgs[0])!r})")
 
@@ -549,7 +549,9 @@ def test_a_session_sends_exact_bytes_and_validates_as_a_fresh_process(cw_home, m
         assert compacted >= 1, "the session no longer reaches compaction: lower its window"
         if not moving_breakpoint:
             assert any(r > 0 for r in spy.resumed), "the validator never resumed from a checkpoint"
-            assert h.rt.typed.hits > 0
+            # the typed messages of the first request are the last one's (the conversation keeps them)
+            first, last = sent_all[0][1].ctx.history.entries, sent_all[-1][1].ctx.history.entries
+            assert all(x.obj is y.obj for x, y in zip(first[:-1], last))
         # no request changed what an earlier one parsed (the histories are shared dicts)
         for raw, sent in sent_all:
             assert sent.ctx.original == orjson.loads(raw)

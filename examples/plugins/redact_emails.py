@@ -30,27 +30,32 @@ def _clean(text: str) -> str:
 @hookimpl
 def cw_request(ctx):
     changed = 0
-    for msg in getattr(ctx.request, "messages", None) or []:
+    msgs = getattr(ctx.request, "messages", None) or []
+    for i, msg in enumerate(msgs):
         content = msg.content
         if isinstance(content, str):
             new = _clean(content)
             if new != content:
-                msg.content = new  # assign: the proxy notices the change and validates the result
+                # typed messages are frozen: put an edited copy in the message's place
+                msgs[i] = msg.model_copy(update={"content": new})
                 changed += 1
             continue
+        blocks, n = [], 0
         for block in content if isinstance(content, list) else []:
             if isinstance(block, am.TextBlock) and _clean(block.text) != block.text:
-                block.text = _clean(block.text)
-                changed += 1
+                block = block.model_copy(update={"text": _clean(block.text)})
+                n += 1
             elif isinstance(block, am.ToolResultBlock) and isinstance(block.content, str) \
                     and _clean(block.content) != block.content:
-                block.content = _clean(block.content)
-                changed += 1
+                block = block.model_copy(update={"content": _clean(block.content)})
+                n += 1
             elif isinstance(block, dict) and isinstance(block.get("text"), str) and _clean(block["text"]) != block["text"]:
-                # an OpenAI content part: a dict shared with the original, so replace the list, never edit it
-                msg.content = [({**p, "text": _clean(p["text"])} if isinstance(p, dict) and isinstance(p.get("text"), str)
-                                else p) for p in content]
-                changed += 1
-                break
+                # an OpenAI content part: a dict shared with the original, so a new dict, never an edit
+                block = {**block, "text": _clean(block["text"])}
+                n += 1
+            blocks.append(block)
+        if n:
+            msgs[i] = msg.model_copy(update={"content": blocks})
+            changed += n
     if changed:
         ctx.emit("redact_emails", changed=changed)

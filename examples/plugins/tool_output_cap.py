@@ -37,12 +37,18 @@ def cw_request(ctx):
     if ctx.api.value != "anthropic":
         return
     trimmed = 0
-    for msg in ctx.request.messages:
-        for block in msg.blocks() if isinstance(msg.content, list) else []:
+    msgs = ctx.request.messages
+    for i, msg in enumerate(msgs):
+        if not isinstance(msg.content, list):
+            continue
+        blocks = list(msg.content)
+        for bi, block in enumerate(blocks):
             if isinstance(block, am.ToolResultBlock) and isinstance(block.content, str) and len(block.content) > MAX_CHARS:
                 cut = len(block.content) - MAX_CHARS
-                block.content = block.content[:MAX_CHARS] + f"\n[... {cut} characters cut by tool_output_cap]"
+                blocks[bi] = block.model_copy(update={"content": block.content[:MAX_CHARS] + f"\n[... {cut} characters cut by tool_output_cap]"})
                 trimmed += 1
+        if blocks != list(msg.content):
+            msgs[i] = msg.model_copy(update={"content": blocks})  # typed messages are frozen: replace, never mutate
     if trimmed:
         ctx.emit("tool_output_cap", trimmed=trimmed, max_chars=MAX_CHARS)
 

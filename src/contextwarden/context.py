@@ -39,7 +39,7 @@ class RequestContext:
     model: str | None
     stream: bool
     original: dict[str, Any]  # the decoded body as the client sent it: never mutate
-    request: WireModel  # the typed body stages rewrite in place
+    request: WireModel  # the typed body: stages put edited copies of its frozen messages in (hookspecs)
     notes: dict[str, Any] = field(default_factory=dict)  # data stages hand to later stages and hooks
     stage_results: list[dict[str, Any]] = field(default_factory=list)
     blocked: BlockedResponse | None = None
@@ -52,12 +52,10 @@ class RequestContext:
     request_bytes: bytes | None = field(default=None, repr=False)  # the decoded body as received
     # where this request's time went, ms: parse, count_in, stages, dump, validate, count_out, serialise
     timings: dict[str, float] = field(default_factory=dict)
-    token_memo: Any = field(default=None, repr=False)  # (messages, per-message counts) of the original
     message_raw: list[bytes] | None = field(default=None, repr=False)  # orjson.dumps of each original message
     known_messages: int = 0  # leading messages not decoded again: a recent request had them (prefixparse)
     raw_exact: bool = False  # message_raw is exactly orjson.dumps of each original message (not of an equal one)
-    lease: Any = field(default=None, repr=False)  # the typed messages lent by runtime.typed (typedpool.Lease)
-    wire_entries: Any = field(default=None, repr=False)  # per message of the rewrite, its pool entry (pipeline.wire_of)
+    history: Any = field(default=None, repr=False)  # this request's view of its conversation (history.History)
     deadline: float | None = None  # perf_counter time by which the running stage must return (its budget)
     budget_ms: float | None = None  # the running stage's budget (adaptive: pipeline.adaptive_budgets)
     event_extra: dict[str, Any] = field(default_factory=dict)  # added to every event (the fall-back's: fallback=True)

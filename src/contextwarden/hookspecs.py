@@ -41,14 +41,16 @@ def cw_request(ctx):
     Runs in a worker thread under the stage's time budget (``ctx.deadline``: the ``perf_counter`` time
     by which it must return). Raising, or running past the budget, makes the proxy send the session's
     decided state instead (see :func:`cw_reapply`) and record an ``error`` event naming the stage.
-    Change the request in place; the proxy notices what changed, validates the result and sends the
-    original if the result is invalid. Emit what you did with ``ctx.emit(type, **data)``.
+    The proxy sees what changed, validates the result and sends the original if the result is
+    invalid. Emit what you did with ``ctx.emit(type, **data)``.
 
-    Change by assigning: ``block.text = ...``, ``msg.content = [...]``, ``req.messages = ...``. Values
-    of untyped fields (a tool input, a tool_result's list content, unknown extra fields) are the
-    client's own dicts and lists, shared with ``ctx.original``: put a new dict or list there, never
-    mutate them. Typed messages no stage changed are lent to the next request of the conversation
-    once this one is finished, so read ``ctx.request`` only while the stages run.
+    **The contract, in one line: typed messages and blocks are frozen; replace, never mutate** —
+    ``ctx.request.messages[i] = msg.model_copy(update={...})`` or ``ctx.request.messages = [...]``
+    (``req.input = [...]`` for the Responses API); never ``block.text = ...`` or ``msg.content.append``
+    (both raise), never change ``ctx.original`` or the dicts and lists it shares with the typed request
+    (a tool input, a tool_result's list content, unknown extra fields, Responses items): build new ones.
+    A message that is still the object the request was prepared with (``ctx.history.entries[i].obj``)
+    is the client's message, unchanged; typed messages are shared with the conversation's other requests.
     """
 
 
@@ -78,7 +80,7 @@ def cw_response_event(ctx, event):
 
     Runs on the proxy's event loop between chunks: keep it to microseconds. The bytes the client
     receives are never affected by what this hook does. The request as the client sent it is
-    ``ctx.original`` (``ctx.request``'s typed messages have been lent on by then).
+    ``ctx.original``.
     """
 
 
@@ -86,8 +88,7 @@ def cw_response_event(ctx, event):
 def cw_turn_complete(ctx, turn):
     """The assistant's turn is assembled (``turn``: :class:`contextwarden.streams.AssembledTurn`) and
     the provider's usage is known. Runs on a worker thread, off the event loop: storing memory,
-    calibrating token counts and updating budgets belong here. Read the request from ``ctx.original``
-    (``ctx.request``'s typed messages have been lent on by then).
+    calibrating token counts and updating budgets belong here. Read the request from ``ctx.original``.
     """
 
 

@@ -28,7 +28,7 @@ from .models import ApiKind, parse_body
 from .models import anthropic as am
 from .models import openai_chat as oc
 from .models.base import WireModel
-from .typedpool import Lease, same_prefix
+from .history import History
 from .validate import validate_rewrite
 from .redact import redact_headers, redact_path, tenant_of
 from .sessions import derive_session
@@ -98,19 +98,19 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         raise Skip("JSON body is not an object")
     session, source = derive_session(h, data)
     tenant = tenant_of(headers, path, session, runtime.salt)  # every credential; none: a tenant of its own
+    agent = derive_agent(settings.budget.agent_rule, h, data, session)
     msgs = data.get(history)
-    raws, exact = runtime.message_bytes(api, tenant, session, msgs, known.raws if known is not None else None) \
-        if isinstance(msgs, list) else (None, False)
+    conv = runtime.conversations.get((api, tenant, session, agent)) if isinstance(msgs, list) else None
+    raws, exact = conv.message_bytes(msgs, known.raws if known is not None else None) if conv is not None else (None, False)
     runtime.recent.remember(body, data, raws, known, history)
     try:
-        model, lease = _typed(runtime, api, data, raws)
+        model, hist = _typed(api, data, raws, conv)
     except ValidationError:
         try:  # again as one body, for the error's full location (messages[i]...)
             parse_body(api, data)
         except ValidationError as e:
             raise Skip(f"body does not match the {api.value} schema: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from None
         raise
-    agent = derive_agent(settings.budget.agent_rule, h, data, session)
     ctx = RequestContext(
         runtime=runtime, settings=settings, flow_id=flow_id, api=api, host=host, path=redact_path(path),
         headers=redact_headers(headers), session=session, session_source=source, tenant=tenant,
@@ -124,7 +124,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
     ctx.notes["transport"] = transport
     ctx.raw_exact = exact
     ctx.known_messages = known.count if known is not None else 0
-    ctx.lease = lease
+    ctx.history = hist
     ctx.timings["parse"] = round((time.perf_counter() - t0) * 1000, 3)
     return ctx
 
@@ -132,17 +132,20 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
 _MESSAGE_MODELS = {ApiKind.ANTHROPIC: am.Message, ApiKind.OPENAI_CHAT: oc.ChatMessage, ApiKind.OLLAMA_CHAT: oc.ChatMessage}
 
 
-def _typed(runtime, api: ApiKind, data: dict, raws: list[bytes] | None) -> tuple[WireModel, Lease | None]:
-    """The typed request, its messages lent by the runtime's pool where the conversation was seen before."""
+def _typed(api: ApiKind, data: dict, raws: list[bytes] | None, conv, entries: list | None = None
+           ) -> tuple[WireModel, History | None]:
+    """The typed request, its (frozen) messages the conversation's own where it had them
+    (``entries``: those of a request prepared before, for its decided state)."""
     cls = _MESSAGE_MODELS.get(api)
     msgs = data.get("messages")
     if cls is None or raws is None or not isinstance(msgs, list):
         return parse_body(api, data), None
-    lease = runtime.typed.lease(api, msgs, raws, cls.model_validate)
+    if entries is None:
+        entries = conv.typed(msgs, raws, cls.model_validate)
     model = parse_body(api, {**data, "messages": []})
-    # the field is set (it was in the input): stored directly, so the request is not marked touched
-    model.__dict__["messages"] = [e.obj for e in lease.entries]
-    return model, lease
+    # the field is set (it was in the input): stored directly, as parsing it would have
+    model.__dict__["messages"] = [e.obj for e in entries]
+    return model, History(api, conv, raws, entries)
 
 
 def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | None] | None = None) -> int | None:
@@ -150,19 +153,20 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
     original's reuse those counts; ``raws``: the rewrite's message bytes where known, see wire_of)."""
     try:
         tokens = ctx.runtime.tokens
+        h = ctx.history
         if wire is ctx.original:
-            lease = ctx.lease
-            # each message's count is remembered with its typed message (typedpool.Lease.memo)
-            entries = lease.entries if lease is not None and lease.quiet() else None
-            n, keep = _count_remembering(ctx, wire, entries, raw=ctx.message_raw)
-            ctx.token_memo = keep
+            # each message's count is remembered with its typed message (history.Entry.memo)
+            n, keep = _count_remembering(ctx, wire, h.entries if h is not None else None, raw=ctx.message_raw)
+            if h is not None:
+                h.tokens_kept = keep
             return n
-        srcs = ctx.wire_entries
+        srcs = h.wire_entries if h is not None else None
+        kept = h.tokens_kept if h is not None else None
         msgs = wire.get("messages")
         if srcs is None or not isinstance(msgs, list) or len(srcs) != len(msgs):
-            return tokens.count_request(ctx.api, wire, ctx.model, reuse=ctx.token_memo, raw=raws)
-        # messages that are pool entries (the original's untouched ones, derived ones) have their count
-        return _count_remembering(ctx, wire, srcs, reuse=ctx.token_memo, raw=raws)[0]
+            return tokens.count_request(ctx.api, wire, ctx.model, reuse=kept, raw=raws)
+        # messages with an entry (the original's unchanged ones, derived ones) have their count
+        return _count_remembering(ctx, wire, srcs, reuse=kept, raw=raws)[0]
     except Exception as e:  # accounting must never cost a request
         ctx.emit("error", where="tokens", message=str(e))
         return None
@@ -177,63 +181,46 @@ def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list 
     if entries is None:
         return tokens.count_request(ctx.api, wire, ctx.model, keep=keep, **kw), (keep[0] if keep else None)
     key = ("tokens", tokens.encoding_of(ctx.model))
-    known = [e.memo.get(key) if e is not None and e.memo is not None else None for e in entries]
+    known = [e.memo.get(key) if e is not None else None for e in entries]
     n = tokens.count_request(ctx.api, wire, ctx.model, keep=keep, known=known, **kw)
     if keep and len(keep[0][1]) == len(entries):
         got = keep[0][1]
         for i in [i for i, k in enumerate(known) if k is None]:
             e = entries[i]
             if e is not None:
-                if e.memo is None:
-                    e.memo = {}
                 e.memo[key] = got[i]
     return n, (keep[0] if keep else None)
-
-
-_WIRE_CARRY = ("pipeline", "wire")
 
 
 def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | None]:
     """``ctx.request.wire()``, and the JSON bytes of each of its messages where known.
 
-    A message no stage touched is the client's own dict, and a derived message (``Lease.derive``) its
-    remembered wire form: neither is dumped again, and their bytes key the validator's and the token
-    counter's caches. A long history costs an identity check per message, not a dump of each."""
-    req, lease = ctx.request, ctx.lease
-    msgs = req.__dict__.get("messages") if lease is not None else None
+    A message that is still the one the request was prepared with is the client's own dict, and an
+    edited copy made by ``History.derive`` has its remembered wire form: neither is dumped again, and
+    their bytes key the validator's and the token counter's caches. A long history costs an identity
+    check per message, not a dump of each."""
+    req, h = ctx.request, ctx.history
+    msgs = req.__dict__.get("messages") if h is not None else None
     orig = ctx.original.get("messages")
-    if not isinstance(msgs, list) or not isinstance(orig, list) or len(orig) != len(lease.entries):
+    if not isinstance(msgs, list) or not isinstance(orig, list) or len(orig) != len(h.entries):
         return req.wire(), None
     out: list[Any] = []
     raws: list[bytes | None] = []
-    srcs: list[Any] = []  # the pool entry each message is, for its remembered token count (count_tokens)
-    quiet, ents, lraws = lease.quiet(), lease.entries, lease.raws
-    index = None
-    # the previous request of the conversation: where this one's messages start with the very same
-    # typed objects (lent, untouched) and the very same client dicts, its wire form is this one's
-    got = lease.carried(_WIRE_CARRY)
-    start = 0
-    if got is not None and quiet:
-        objs, p_out, p_raws, p_srcs, p_orig = got[1]
-        # as far as both the typed messages and the client's dicts are the very same objects
-        k = min(same_prefix(msgs, objs), same_prefix(orig, p_orig))
-        if k:
-            out, raws, srcs, start = p_out[:k], p_raws[:k], p_srcs[:k], k
-    for p, m in enumerate(msgs[start:] if start else msgs, start):
-        # (a message still at its own place is found without the index of every message)
-        if p < len(ents) and ents[p].obj is m:
+    srcs: list[Any] = []  # the entry each message is, for its remembered token count (count_tokens)
+    ents, lraws = h.entries, h.raws
+    n = len(ents)
+    for p, m in enumerate(msgs):
+        if p < n and ents[p].obj is m:  # (a message still at its own place is found without the index)
             j = p
         else:
-            if index is None:
-                index = lease.index()
-            j = index.get(id(m))
-        if j is not None and ents[j].obj is m and (quiet or ents[j].pristine()):
+            j = h.original_index(m)
+        if j is not None:
             out.append(orig[j])
             raws.append(lraws[j])
             srcs.append(ents[j])
             continue
-        e = lease.derived_entry(m)
-        if e is not None:
+        e = h.derived.get(id(m))
+        if e is not None and e.obj is m:
             if e.wire is None:
                 e.wire = m.wire()
                 e.raw = orjson.dumps(e.wire)
@@ -244,10 +231,7 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
         out.append(m.wire() if isinstance(m, WireModel) else m)
         raws.append(None)
         srcs.append(None)
-    ctx.wire_entries = srcs
-    if quiet:
-        k = srcs.index(None) if None in srcs else len(srcs)
-        lease.carry_on(_WIRE_CARRY, 0, (msgs[:k], out[:k], raws[:k], srcs[:k], orig))
+    h.wire_entries = srcs
     # top-level fields still holding the client's own objects (system, tools: the cached prefix) are
     # taken as they are, not dumped again
     o = ctx.original
@@ -432,17 +416,18 @@ class Pipeline:
         rewrite (worker thread).
 
         Built on a fresh typed request parsed from ``ctx.original`` (which no stage mutates), never on
-        ``ctx.request``: a stage call abandoned past its budget may still be writing to that one's
-        typed messages. Its typed messages are leased like any request's, and only the untouched ones
-        go back to the pool. Depends on no slow stage (memory, tagging): they have no re-apply.
+        ``ctx.request``: a stage call abandoned past its budget may still be putting messages into that
+        one's list. Its typed messages are the ones ``ctx`` was prepared with (frozen: shared as they are). Depends on no slow stage (memory, tagging): they have no re-apply.
         ``hold``: a list that receives the re-apply's events instead of the bus (the caller releases
         them if it sends this state)."""
         t0 = time.perf_counter()
         step, stage = "parsing a fresh typed request", None
         try:
-            model, lease = _typed(self.runtime, ctx.api, ctx.original, ctx.message_raw)
-            fctx = dataclasses.replace(ctx, request=model, lease=lease, notes={}, stage_results=[], blocked=None,
-                                       wire_entries=None, deadline=None, budget_ms=None, late_threads=set(),
+            h = ctx.history
+            model, hist = _typed(ctx.api, ctx.original, ctx.message_raw, h.conv if h is not None else None,
+                                 h.entries if h is not None else None)
+            fctx = dataclasses.replace(ctx, request=model, history=hist, notes={}, stage_results=[], blocked=None,
+                                       deadline=None, budget_ms=None, late_threads=set(),
                                        event_extra={**ctx.event_extra, "fallback": True}, held_events=hold)
             for stage, fn in self.reappliers():
                 step = f"re-applying {stage}"
@@ -471,8 +456,6 @@ class Pipeline:
         t0 = time.perf_counter()
         wire, raws = wire_of(ctx)
         same = wire == ctx.original
-        if ctx.lease is not None:
-            self.runtime.typed.give_back(ctx.lease)
         t["dump"] = _ms(t0)
         if same:
             ctx.tokens_out = ctx.tokens_in

@@ -6,7 +6,6 @@ import gc
 import os
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from .pluginmanager import check_stage_names, make_plugin_manager, stage_order
 from .settings import Settings, load_settings
 from .state import open_state
 
-LAST_MESSAGES = 32  # conversations whose latest messages are kept for message_bytes
 
 
 def trim_malloc() -> bool:
@@ -81,15 +79,14 @@ class Runtime:
         self.bypass: set[str] = set(stored_bypass or [])
         self._seen_shared = (persisted, stored_bypass)  # (overrides, bypass) as last read from the store
         self.bodies = BodyRing()
-        from .typedpool import TypedPool
+        from .history import Conversations
 
-        self.typed = TypedPool()  # typed messages lent from one request of a conversation to the next
+        # what the proxy remembers about each conversation: its messages' bytes, typed messages, per-message
+        # results, the stages' slots (history.py)
+        self.conversations = Conversations()
         from .prefixparse import RecentBodies
 
         self.recent = RecentBodies()  # recent bodies' histories, not decoded again (pipeline.prepare)
-        # each conversation's latest messages and their JSON bytes (message_bytes)
-        self._last_messages: OrderedDict[tuple, tuple[list, list[bytes], set[int]]] = OrderedDict()
-        self._last_lock = threading.Lock()
         self._tokens = None
         self._lock = threading.Lock()
         # the stage breaker: stage name -> (its call still running past its budget, when it started)
@@ -213,48 +210,6 @@ class Runtime:
 
                     self._tokens = TokenCounter(self.settings.tokens, self.state, self.bus)
         return self._tokens
-
-    def message_bytes(self, api, tenant: str, session: str, msgs: list,
-                      known: list[bytes] | None = None) -> tuple[list[bytes], bool]:
-        """``orjson.dumps`` of each message: the key of the per-message caches (typed messages, token
-        counts, validation facts); and whether each is exactly that (not only of an equal message).
-
-        ``known``: the bytes of the first messages when they are the previous request's own dicts
-        (prefixparse). Otherwise a message equal to the one at its place in the conversation's
-        previous request gets that request's bytes object back instead of a new dump: comparing two
-        parsed messages is cheaper than dumping one, and a bytes object keeps its hash, so every
-        cache lookup after the first in the conversation is a pointer compare. Equal is enough for
-        the caches, which hold what depends on a message's content; the bytes are then not exact (an
-        equal message may order its keys differently), which Pipeline.finish needs to know."""
-        key = (api, tenant, session)
-        inexact: set[int] = set()  # indexes whose bytes are those of an equal message, not its own
-        if known is not None:
-            raws = list(known)
-        else:
-            with self._last_lock:
-                prev = self._last_messages.get(key)
-            raws = []
-            if prev is not None:
-                pm, pr, pin = prev
-                for i in range(min(len(pm), len(msgs))):
-                    m = msgs[i]
-                    if m is pm[i]:
-                        raws.append(pr[i])
-                        if i in pin:
-                            inexact.add(i)
-                    elif m == pm[i]:
-                        raws.append(pr[i])
-                        inexact.add(i)
-                    else:
-                        raws.append(orjson.dumps(m))
-        raws += [orjson.dumps(m) for m in msgs[len(raws):]]
-        exact = not inexact
-        with self._last_lock:
-            self._last_messages[key] = (msgs, raws, inexact)
-            self._last_messages.move_to_end(key)
-            while len(self._last_messages) > LAST_MESSAGES:
-                self._last_messages.popitem(last=False)
-        return raws, exact
 
     def stages(self) -> list[tuple[str, object]]:
         p = self.settings.pipeline

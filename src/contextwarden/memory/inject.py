@@ -189,7 +189,7 @@ def check(api: ApiKind, request) -> None:
 
 
 def inject(api: ApiKind, request, block: str) -> str:
-    """Append ``block`` to ``request`` (the typed model, in place). Returns where it went; raises
+    """Append ``block`` to ``request``'s last user message (an edited copy put in its place). Returns where it went; raises
     :class:`NotInjectable` when there is no cache-safe place."""
     if api is ApiKind.ANTHROPIC:
         return _anthropic(request, block)
@@ -212,9 +212,9 @@ def _anthropic(req, block: str) -> str:
             raise NotInjectable("a cache breakpoint follows the last user message")
     m = msgs[i]
     if isinstance(m.content, str):
-        m.content = [TextBlock(type="text", text=m.content), TextBlock(type="text", text=block)]
+        msgs[i] = m.model_copy(update={"content": [TextBlock(type="text", text=m.content), TextBlock(type="text", text=block)]})
     else:
-        m.content = list(m.content) + [TextBlock(type="text", text=block)]
+        msgs[i] = m.model_copy(update={"content": list(m.content) + [TextBlock(type="text", text=block)]})
     return f"messages[{i}] text block"
 
 
@@ -226,13 +226,13 @@ def _chat(req, block: str, parts: bool) -> str:
     m = msgs[i]
     c = m.content
     if isinstance(c, list) and parts:
-        m.content = list(c) + [{"type": "text", "text": block}]
+        msgs[i] = m.model_copy(update={"content": list(c) + [{"type": "text", "text": block}]})
         return f"messages[{i}] text part"
     if isinstance(c, str):
-        m.content = (c.rstrip() + "\n\n" + block) if c.strip() else block
+        msgs[i] = m.model_copy(update={"content": (c.rstrip() + "\n\n" + block) if c.strip() else block})
         return f"messages[{i}] content"
     if c is None:
-        m.content = block
+        msgs[i] = m.model_copy(update={"content": block})
         return f"messages[{i}] content"
     raise NotInjectable("the last user message's content has an unknown shape")
 

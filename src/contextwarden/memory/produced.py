@@ -30,11 +30,11 @@ def _current(ctx) -> list:
 
 
 class _View(Sequence):
-    def __init__(self, original: list, current: list, mapping, lease=None) -> None:
+    def __init__(self, original: list, current: list, mapping, history=None) -> None:
         self._original = original
         self._current = current
         self._map = mapping
-        self._lease = lease
+        self._history = history
 
     def __len__(self) -> int:
         return len(self._original)
@@ -52,12 +52,12 @@ class _View(Sequence):
         m = self._current[j]
         if m is self._original[i] or not hasattr(m, "wire"):
             return m
-        lease = self._lease
-        if lease is not None:  # a message no stage wrote is the original: no need to dump it again
-            if lease.original_index(m) == i:
+        history = self._history
+        if history is not None:  # a message no stage replaced is the original: no need to dump it again
+            if history.original_index(m) == i:
                 return self._original[i]
-            derived = lease.derived_entry(m)
-            if derived is not None and derived.wire is not None:
+            derived = history.derived.get(id(m))
+            if derived is not None and derived.obj is m and derived.wire is not None:
                 return derived.wire
         return m.wire()
 
@@ -85,7 +85,7 @@ def view(ctx) -> Sequence:
     else:
         def mapping(i: int) -> int | None:  # a stage added or removed messages: where is not known
             return None
-    return _View(original, current, mapping, getattr(ctx, "lease", None))
+    return _View(original, current, mapping, getattr(ctx, "history", None))
 
 
 def capture(ctx, start: int) -> None:

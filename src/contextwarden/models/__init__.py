@@ -8,10 +8,6 @@ next month is lost when a stage rewrites a body.
 from .base import ApiKind, WireModel, UnknownBlock, dump_body
 from . import anthropic, openai_chat, openai_responses
 
-from .base import _ROOTS
-
-_ROOTS.update({anthropic.MessagesRequest, openai_chat.ChatRequest, openai_responses.ResponsesRequest})
-
 __all__ = ["ApiKind", "WireModel", "UnknownBlock", "dump_body", "anthropic", "openai_chat", "openai_responses", "parse_body"]
 
 

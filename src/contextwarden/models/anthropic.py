@@ -6,7 +6,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Discriminator, Tag, field_validator
 
-from .base import UnknownBlock, WireModel, tracked
+from .base import REQUEST_CONFIG, UnknownBlock, WireModel, frozen_list
 
 
 class TextBlock(WireModel):
@@ -79,7 +79,7 @@ class Message(WireModel):
     role: str
     content: str | list[Block]
 
-    _track = field_validator("content")(classmethod(lambda cls, v: tracked(v)))
+    _frozen = field_validator("content")(classmethod(lambda cls, v: frozen_list(v)))
 
     def blocks(self) -> list[WireModel]:
         """Content as a list of blocks (a string content reads as one text block, not written back)."""
@@ -89,6 +89,7 @@ class Message(WireModel):
 
 
 class MessagesRequest(WireModel):
+    model_config = REQUEST_CONFIG
     model: str | None = None
     messages: list[Message] = []
     # system and tools are never rewritten by built-in stages: they are the cached prefix

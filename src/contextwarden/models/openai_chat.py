@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import field_validator
 
-from .base import WireModel, tracked
+from .base import REQUEST_CONFIG, WireModel, frozen_list
 
 
 class ToolCallFunction(WireModel):
@@ -28,10 +28,11 @@ class ChatMessage(WireModel):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
 
-    _track = field_validator("tool_calls")(classmethod(lambda cls, v: tracked(v)))
+    _frozen = field_validator("tool_calls")(classmethod(lambda cls, v: frozen_list(v)))
 
 
 class ChatRequest(WireModel):
+    model_config = REQUEST_CONFIG
     model: str | None = None
     messages: list[ChatMessage] = []
     tools: Any = None

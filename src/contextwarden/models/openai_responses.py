@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import WireModel
+from .base import REQUEST_CONFIG, WireModel
 
 
 class ResponsesRequest(WireModel):
+    model_config = REQUEST_CONFIG
     model: str | None = None
     # a string, or a list of input items (messages, function_call, function_call_output, ...)
     input: Any = None
