@@ -57,6 +57,7 @@ from typing import Any
 from contextwarden import hookimpl
 from contextwarden.conversation import (
     SpanHasher,
+    digest_memo,
     breakpoint_ttls,
     count_breakpoints,
     cut_points,
@@ -423,7 +424,7 @@ def _compact(ctx, decide: bool) -> None:
         lead += 1
     if api is ApiKind.OPENAI_RESPONSES:  # the client's own compaction (Codex): kept, with all before it
         lead = max(lead, _after_client_compaction(orig))
-    spans = SpanHasher(orig)
+    spans = SpanHasher(orig, rt.memo("conversation.digests", digest_memo))
 
     # 1. the session's earlier decision, if the client still sends the span it covers
     active = None

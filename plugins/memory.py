@@ -15,9 +15,7 @@ the ingestor's bounded queue.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from collections import OrderedDict
 
 import orjson
 
@@ -28,6 +26,7 @@ from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, che
                                          last_user_index, render_block, strip_blocks)
 from contextwarden.memory.retrieve import HistoryIndex, build_query, history_texts, messages_of, role_of, select
 from contextwarden.models.base import ApiKind
+from contextwarden.lru import LRU
 
 STATE_NS = "memory.ingested"
 MIN_BUDGET = 48  # tokens: below this nothing useful fits
@@ -50,22 +49,10 @@ def _count(ctx, text: str) -> int:
         return len(text) // 4 + 1
 
 
-_item_token_cache: "OrderedDict[tuple[str | None, str], int]" = OrderedDict()
-_item_token_lock = threading.Lock()
-
-
 def _item_tokens(ctx, item) -> int:
     """Tokens an item costs in the block: its text (cached by content: the same candidates come back
     request after request) plus its provenance line."""
-    key = (ctx.model, item.id)
-    with _item_token_lock:
-        n = _item_token_cache.get(key)
-    if n is None:
-        n = _count(ctx, item.text)
-        with _item_token_lock:
-            _item_token_cache[key] = n
-            while len(_item_token_cache) > 50_000:
-                _item_token_cache.popitem(last=False)
+    n = ctx.runtime.memo("memory.item_tokens", lambda: LRU(50_000)).get((ctx.model, item.id), lambda: _count(ctx, item.text))
     return n + framing_tokens(item)
 
 

@@ -17,14 +17,13 @@ nothing was (``skipped``). Everything here fails open: the request goes on with 
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
 from contextwarden import hookimpl
 from contextwarden.memory import service as memory_service
-from contextwarden.memory.autorecall import Kept, Lost, find, read_answer
+from contextwarden.lru import LRU
+from contextwarden.memory.autorecall import Kept, Lost, find, read_answer, terms_memo
 from contextwarden.memory.inject import NotInjectable, inject, render_block
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.retrieve import messages_of, role_of
@@ -73,21 +72,20 @@ def _lost(ctx) -> list[Lost]:
     return out
 
 
-_FOLDED: "OrderedDict[tuple, list[Lost]]" = OrderedDict()
-_FOLDED_LOCK = threading.Lock()
-
-
 def _folded(ctx, lead: int, end: int) -> list[Lost]:
     """The tool results and longer texts of the compacted messages ``lead..end``: worked out once per
     session and span (every later request re-sends the same span while the summary is re-applied)."""
     from contextwarden.conversation import tool_calls, transcript
     from contextwarden.memory.ids import memory_id
 
-    key = (_session_key(ctx), lead, end)
-    with _FOLDED_LOCK:
-        got = _FOLDED.get(key)
-    if got is not None:
-        return got
+    return ctx.runtime.memo("recall.folded", lambda: LRU(64)).get(
+        (_session_key(ctx), lead, end), lambda: _folded_of(ctx, lead, end))
+
+
+def _folded_of(ctx, lead: int, end: int) -> list[Lost]:
+    from contextwarden.conversation import tool_calls, transcript
+    from contextwarden.memory.ids import memory_id
+
     orig = messages_of(ctx.api, ctx.original)
     got = []
     for k, t in enumerate(transcript(ctx.api, orig[lead:end], tool_calls(ctx.api, orig[:end]))):
@@ -96,10 +94,6 @@ def _folded(ctx, lead: int, end: int) -> list[Lost]:
                 got.append(Lost(memory_id(p.text), p.text, lead + k, p.tool, p.tool_input))
             elif p.kind == "text" and len(p.text) >= 200:
                 got.append(Lost(memory_id(p.text), p.text, lead + k, None, None, "message"))
-    with _FOLDED_LOCK:
-        _FOLDED[key] = got
-        while len(_FOLDED) > 64:
-            _FOLDED.popitem(last=False)
     return got
 
 
@@ -123,7 +117,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     plain = [m.wire() if hasattr(m, "wire") else m for m in cur]
     # the answer itself does not "hold" what it refers to
     kept = Kept(m for m in plain if m is not orig[last] and not (isinstance(m, dict) and m == orig[last]))
-    found = find(answer, lost, kept, done)
+    found = find(answer, lost, kept, done, memo=ctx.runtime.memo("autorecall.terms", terms_memo))
     # an id the model read in a stub of an earlier request (or another session of the tenant)
     for mid in sorted(answer.ids - {f.lost.memory_id for f in found} - done - answer.recalling - {x.memory_id for x in lost}):
         if svc is None or len(found) >= 3:

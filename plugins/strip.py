@@ -153,21 +153,21 @@ class Stripper:
         return out, counts
 
 
-_cache: dict[tuple, Stripper] = {}
-
-
-def stripper_for(settings) -> Stripper:
-    """The compiled stripper of a ``strip`` settings section (compiled once per distinct setting)."""
+def stripper_for(settings, memo: dict | None = None) -> Stripper:
+    """The compiled stripper of a ``strip`` settings section (compiled once per distinct setting, in
+    ``memo``: the runtime's ``memo("strip.strippers", dict)``)."""
     key = (tuple(settings.enabled_patterns), tuple(settings.user_patterns))
-    s = _cache.get(key)
+    s = memo.get(key) if memo is not None else None
     if s is None:
-        s = _cache[key] = Stripper(list(settings.enabled_patterns), list(settings.user_patterns))
+        s = Stripper(list(settings.enabled_patterns), list(settings.user_patterns))
+        if memo is not None:
+            memo[key] = s
     return s
 
 
 @hookimpl
 def cw_configure(runtime) -> None:
-    s = stripper_for(runtime.settings.strip)
+    s = stripper_for(runtime.settings.strip, runtime.memo("strip.strippers", dict))
     for err in s.errors:
         runtime.bus.emit("error", {"where": "strip", "message": err, "action": "pattern skipped"})
 
@@ -247,7 +247,7 @@ def _rewrite_parts(content: Any, s: Stripper, text_types: tuple[str, ...]) -> tu
 
 @hookimpl
 def cw_request(ctx) -> None:
-    s = stripper_for(ctx.settings.strip)
+    s = stripper_for(ctx.settings.strip, ctx.runtime.memo("strip.strippers", dict))
     api = ctx.api
     req = ctx.request
     items: list = []

@@ -16,7 +16,6 @@ from contextwarden.memory import produced
 from contextwarden.memory.retrieve import build_query, human_text, role_of
 from contextwarden.memory.tagger import Tagger, tag_key
 
-_taggers: dict[tuple, Tagger] = {}
 
 
 def tagger_for(ctx_or_runtime, settings=None) -> Tagger:
@@ -33,9 +32,10 @@ def tagger_for(ctx_or_runtime, settings=None) -> Tagger:
         pass
     t = settings.tagging
     key = (t.max_tags, t.merge_similarity)
-    tagger = _taggers.get(key)
+    taggers = runtime.memo("tagging.taggers", dict)
+    tagger = taggers.get(key)
     if tagger is None:
-        tagger = _taggers[key] = Tagger(t)
+        tagger = taggers[key] = Tagger(t)
     return tagger
 
 

@@ -84,10 +84,11 @@ def test_validation_with_cached_facts_equals_validation_from_scratch():
     body = orjson.loads(orjson.dumps(anthropic_tool_loop(8, result_words=50)))
     raw = [orjson.dumps(m) for m in body["messages"]]
     for new in _rewrites(body):
-        v._facts.clear()
+        facts = v.FactCache()  # (a runtime's: runtime.memo("validate.facts", FactCache))
         cold = validate_rewrite(ApiKind.ANTHROPIC, new, body)
-        warm = validate_rewrite(ApiKind.ANTHROPIC, new, body, original_raw=raw)
-        again = validate_rewrite(ApiKind.ANTHROPIC, new, body, original_raw=raw)
+        warm = validate_rewrite(ApiKind.ANTHROPIC, new, body, original_raw=raw, facts=facts)
+        assert len(facts) > 0
+        again = validate_rewrite(ApiKind.ANTHROPIC, new, body, original_raw=raw, facts=facts)
         assert cold == warm == again
     assert any(validate_rewrite(ApiKind.ANTHROPIC, new, body) for new in _rewrites(body))  # the broken ones are caught
     assert not validate_rewrite(ApiKind.ANTHROPIC, _rewrites(body)[0], body, original_raw=raw)

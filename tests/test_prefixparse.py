@@ -1,6 +1,6 @@
 """Parsing a body by its remembered history (prefixparse.py), the message bytes that key the caches
 (Runtime.message_bytes), and what the pipeline makes of them: the bytes sent upstream (wire_of,
-serialise) and the validator resuming from checkpoints (validate._Checkpoints).
+serialise) and the validator resuming from checkpoints (validate.Checkpoints, one per conversation).
 
 The contract checked everywhere: ``RecentBodies.parse(body)[0] == orjson.loads(body)``, whatever was
 remembered before, and a rewritten body's bytes and validation are what a fresh process would give.
@@ -448,7 +448,7 @@ def test_message_bytes_of_the_same_messages_twice_stays_inexact(harness):
 # the pipeline: bytes upstream and validation, request after request
 
 
-class _SpyCheckpoints(validate._Checkpoints):
+class _SpyCheckpoints(validate.Checkpoints):
     def __init__(self) -> None:
         super().__init__()
         self.resumed: list[int] = []
@@ -461,12 +461,7 @@ class _SpyCheckpoints(validate._Checkpoints):
 
 def _cold(api, new, original):
     """validate_rewrite in a fresh process: no checkpoints, no cached facts, the bodies as parsed anew."""
-    saved_cp, saved_facts = validate._checkpoints, validate._facts
-    validate._checkpoints, validate._facts = validate._Checkpoints(), validate._FactCache()
-    try:
-        return validate_rewrite(api, orjson.loads(orjson.dumps(new)), orjson.loads(orjson.dumps(original)))
-    finally:
-        validate._checkpoints, validate._facts = saved_cp, saved_facts
+    return validate_rewrite(api, orjson.loads(orjson.dumps(new)), orjson.loads(orjson.dumps(original)))
 
 
 def _broken_variants(wire: dict) -> list[dict]:
@@ -492,8 +487,10 @@ def _broken_variants(wire: dict) -> list[dict]:
 
 @pytest.mark.parametrize("moving_breakpoint", [False, True], ids=["stable", "moving-breakpoint"])
 def test_a_session_sends_exact_bytes_and_validates_as_a_fresh_process(cw_home, monkeypatch, moving_breakpoint):
+    from contextwarden import history
+
     spy = _SpyCheckpoints()
-    monkeypatch.setattr(validate, "_checkpoints", spy)
+    monkeypatch.setattr(history, "Checkpoints", lambda size=8: spy)  # the conversation's checkpoints
     h = Harness(cw_home, profile="claude-code", overrides=settings_overrides(
         window=9_000, stages=["strip", "tagging", "clearing", "compaction"],
         clearing={"trigger_tokens": 3000, "clear_at_least": 500, "keep_recent": 2}))
@@ -575,7 +572,6 @@ def test_sending_the_same_bodies_to_a_fresh_runtime_gives_the_same_bytes(tmp_pat
         last = h.send(A, {**top, "messages": msgs[:n]})
     assert last is not None and last.changed
     h.close()
-    validate._checkpoints._d.clear()
     h2 = Harness(home, profile="claude-code", overrides=ov)
     try:
         again = h2.send(A, {**top, "messages": msgs[:len(msgs) if len(msgs) % 2 else len(msgs) - 1]})
@@ -590,7 +586,6 @@ def test_sending_the_same_bodies_to_a_fresh_runtime_gives_the_same_bytes(tmp_pat
 
 def test_a_checkpoint_keeps_the_problems_of_the_history_it_stands_for(monkeypatch):
     spy = _SpyCheckpoints()
-    monkeypatch.setattr(validate, "_checkpoints", spy)
     body = orjson.loads(orjson.dumps(anthropic_tool_loop(4, result_words=20)))
     orig1 = {**body, "messages": body["messages"][:9]}
     new1 = copy.deepcopy(orig1)
@@ -598,37 +593,36 @@ def test_a_checkpoint_keeps_the_problems_of_the_history_it_stands_for(monkeypatc
     # (a different last message too: a checkpoint is found by the number of messages and the last one's
     # bytes, and the original's own check, run when there are problems, would take the same place)
     new1["messages"][8]["content"].append({"type": "text", "text": "and one more thing"})
-    p1 = validate_rewrite(A, new1, orig1)
+    p1 = validate_rewrite(A, new1, orig1, checkpoints=spy)
     assert p1 and p1 == _cold(A, new1, orig1)
     orig2 = {**body, "messages": body["messages"][:11]}
     new2 = {**new1, "messages": new1["messages"] + body["messages"][9:11]}
     spy.resumed.clear()
-    p2 = validate_rewrite(A, new2, orig2)
+    p2 = validate_rewrite(A, new2, orig2, checkpoints=spy)
     assert spy.resumed and spy.resumed[0] == 9, "the second body should resume from the first one's checkpoint"
     assert p2 == _cold(A, new2, orig2) and any("empty text block" in p for p in p2)
 
 
 def test_a_checkpoint_is_not_used_under_other_original_role_pairs(monkeypatch):
     spy = _SpyCheckpoints()
-    monkeypatch.setattr(validate, "_checkpoints", spy)
     u = lambda t: {"role": "user", "content": [{"type": "text", "text": t}]}  # noqa: E731
     a = lambda t: {"role": "assistant", "content": [{"type": "text", "text": t}]}  # noqa: E731
     new = {"model": "m", "messages": [u("one"), u("two"), a("three"), u("four")]}
     alternating = {"model": "m", "messages": [u("one"), a("x"), u("two"), a("three"), u("four")]}
-    p1 = validate_rewrite(A, new, alternating)
+    p1 = validate_rewrite(A, new, alternating, checkpoints=spy)
     assert any("consecutive" in p for p in p1)
     # the same new messages, against an original that has a user,user pair itself: no problem
     same_pairs = {"model": "m", "messages": [u("one"), u("two"), a("three"), u("four")]}
     longer = {"model": "m", "messages": new["messages"] + [a("five"), u("six")]}
     longer_orig = {"model": "m", "messages": same_pairs["messages"] + [a("five"), u("six")]}
     spy.resumed.clear()
-    p2 = validate_rewrite(A, longer, longer_orig)
+    p2 = validate_rewrite(A, longer, longer_orig, checkpoints=spy)
     assert spy.resumed[0] == 0, "a checkpoint made under other role pairs was resumed from"
     assert p2 == [] == _cold(A, longer, longer_orig)
     # and back: the pairs without user,user again
     alt_longer = {"model": "m", "messages": alternating["messages"] + [a("five"), u("six")]}
     spy.resumed.clear()
-    p3 = validate_rewrite(A, longer, alt_longer)
+    p3 = validate_rewrite(A, longer, alt_longer, checkpoints=spy)
     assert spy.resumed[0] == 4  # the first body's checkpoint, made under these pairs
     assert p3 == _cold(A, longer, alt_longer) and any("consecutive" in p for p in p3)
 

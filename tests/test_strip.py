@@ -100,9 +100,11 @@ def test_different_patterns_never_share_a_memo_entry():
     assert a.clean(text) == ("[vc:prompt]\nticket SECRET-42 fails", {"message_id": 1})
     assert b.clean(text) == ("ticket  fails", {"vc_prompt": 1, "message_id": 1, "user_0": 1})
     assert a.clean(text)[0] != b.clean(text)[0]
-    sa = stripper_for(StripSection(enabled_patterns=["message_id"], user_patterns=[]))
-    sb = stripper_for(StripSection(enabled_patterns=["message_id"], user_patterns=[r"SECRET-\d+"]))
+    memo: dict = {}  # (a runtime's: runtime.memo("strip.strippers", dict))
+    sa = stripper_for(StripSection(enabled_patterns=["message_id"], user_patterns=[]), memo)
+    sb = stripper_for(StripSection(enabled_patterns=["message_id"], user_patterns=[r"SECRET-\d+"]), memo)
     assert sa is not sb
+    assert stripper_for(StripSection(enabled_patterns=["message_id"], user_patterns=[]), memo) is sa
     assert sa.clean(text)[0] == "[vc:prompt]\nticket SECRET-42 fails"
     assert sb.clean(text)[0] == "[vc:prompt]\nticket  fails"
 

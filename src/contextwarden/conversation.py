@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import orjson
 
-from .bytesmemo import BytesMemo
+from .lru import BytesMemo
 from .models.base import ApiKind
 
 #: Roles that carry instructions rather than conversation (kept or summarised verbatim, never dropped).
@@ -178,22 +178,27 @@ def message_bytes(m: Any) -> bytes:
     return data
 
 
-# blake2b digests of recently hashed messages: a session's history is hashed again on every request
-# (compaction's span hashes); short messages are cheaper to hash than to keep
-_digests = BytesMemo(min_key=256)
+def digest_memo() -> BytesMemo:
+    """A memo of message digests (a runtime's: ``runtime.memo("conversation.digests", digest_memo)``): a
+    session's history is hashed again on every request (compaction's span hashes); short messages are
+    cheaper to hash than to keep."""
+    return BytesMemo(min_key=256)
 
 
-def message_hash(m: Any) -> bytes:
+def message_hash(m: Any, memo: BytesMemo | None = None) -> bytes:
     """16-byte digest of a message's content, breakpoints ignored."""
     data = message_bytes(m)
-    return _digests.get(data, lambda: hashlib.blake2b(data, digest_size=16).digest())
+    if memo is None:
+        return hashlib.blake2b(data, digest_size=16).digest()
+    return memo.get(data, lambda: hashlib.blake2b(data, digest_size=16).digest())
 
 
 class SpanHasher:
     """Digests of ``msgs[:k]`` for growing k, hashing each message once (breakpoints ignored)."""
 
-    def __init__(self, msgs: list[Any]) -> None:
+    def __init__(self, msgs: list[Any], memo: BytesMemo | None = None) -> None:
         self.msgs = msgs
+        self.memo = memo
         self._h = hashlib.blake2b(digest_size=16)
         self._n = 0
 
@@ -201,10 +206,10 @@ class SpanHasher:
         if k < self._n:  # rare: an earlier cut asked after a later one
             h = hashlib.blake2b(digest_size=16)
             for m in self.msgs[:k]:
-                h.update(message_hash(m))
+                h.update(message_hash(m, self.memo))
             return h.hexdigest()
         while self._n < k:
-            self._h.update(message_hash(self.msgs[self._n]))
+            self._h.update(message_hash(self.msgs[self._n], self.memo))
             self._n += 1
         return self._h.hexdigest()
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import orjson
 
 from .models.base import ApiKind, WireModel
+from .validate import Checkpoints
 
 _MISSING = object()
 
@@ -52,10 +53,10 @@ class Entry:
 
 class Conversation:
     """One conversation's memory: its latest messages (the client's dicts), their JSON bytes, their
-    typed entries, the edited copies stages made of them, and a slot per stage for what it carries
-    to the next request. Written by ``prepare`` (messages) and :meth:`History.carry_on` (slots) only."""
+    typed entries, the edited copies stages made of them, the validator's checkpoints, and a slot per
+    stage for what it carries to the next request. Written by ``prepare`` (messages) and :meth:`History.carry_on` (slots) only."""
 
-    __slots__ = ("key", "last", "entries", "derived", "slots", "nbytes")
+    __slots__ = ("key", "last", "entries", "derived", "slots", "nbytes", "checkpoints")
 
     def __init__(self, key: tuple) -> None:
         self.key = key
@@ -66,6 +67,7 @@ class Conversation:
         self.derived: dict[tuple, Entry] = {}  # (base bytes, edit key) -> the edited copy
         self.slots: dict[Any, tuple[list, int, Any]] = {}  # stage key -> (the first n messages, n, value)
         self.nbytes = 0
+        self.checkpoints = Checkpoints(size=8)  # the validator's state at the end of recently checked bodies
 
     def message_bytes(self, msgs: list, known: list[bytes] | None = None) -> tuple[list[bytes], bool]:
         """``orjson.dumps`` of each message, and whether each is exactly that (not of an equal message).

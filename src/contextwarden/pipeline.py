@@ -29,7 +29,7 @@ from .models import anthropic as am
 from .models import openai_chat as oc
 from .models.base import WireModel
 from .history import History
-from .validate import validate_rewrite
+from .validate import FactCache, validate_rewrite
 from .redact import redact_headers, redact_path, tenant_of
 from .sessions import derive_session
 
@@ -463,7 +463,10 @@ class Pipeline:
                 self.runtime.remember(ctx, None, len(ctx.request_bytes or b""))
             return Outcome(reason="unchanged")
         t0 = time.perf_counter()
-        problems = validate_rewrite(ctx.api, wire, ctx.original, original_raw=ctx.message_raw, raw=raws)
+        h = ctx.history
+        problems = validate_rewrite(ctx.api, wire, ctx.original, original_raw=ctx.message_raw, raw=raws,
+                                    facts=self.runtime.memo("validate.facts", FactCache),
+                                    checkpoints=h.conv.checkpoints if h is not None and h.conv is not None else None)
         t["validate"] = _ms(t0)
         if problems:
             why = f"invalid rewrite: {problems[0]}"

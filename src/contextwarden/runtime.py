@@ -89,6 +89,7 @@ class Runtime:
         self.recent = RecentBodies()  # recent bodies' histories, not decoded again (pipeline.prepare)
         self._tokens = None
         self._lock = threading.Lock()
+        self._memos: dict[str, Any] = {}  # the request path's caches, by name (memo): this runtime's alone
         # the stage breaker: stage name -> (its call still running past its budget, when it started)
         self._overrun: dict[str, tuple[Any, float]] = {}
         self._overrun_lock = threading.Lock()
@@ -210,6 +211,17 @@ class Runtime:
 
                     self._tokens = TokenCounter(self.settings.tokens, self.state, self.bus)
         return self._tokens
+
+    def memo(self, name: str, factory):
+        """This runtime's cache ``name`` (``factory()`` the first time): every cache of the request path
+        lives here, never in a module, so two runtimes in one process share nothing."""
+        m = self._memos.get(name)
+        if m is None:
+            with self._lock:
+                m = self._memos.get(name)
+                if m is None:
+                    m = self._memos[name] = factory()
+        return m
 
     def stages(self) -> list[tuple[str, object]]:
         p = self.settings.pipeline

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
-from .bytesmemo import BytesMemo
+from .lru import BytesMemo
 from .models.base import ApiKind
 
 MAX_BREAKPOINTS = 4
@@ -57,13 +57,15 @@ Problem = tuple[tuple, str]
 
 
 def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str, Any],
-                     original_raw: list[bytes] | None = None, raw: list[bytes | None] | None = None) -> list[str]:
+                     original_raw: list[bytes] | None = None, raw: list[bytes | None] | None = None,
+                     facts: "FactCache | None" = None, checkpoints: "Checkpoints | None" = None) -> list[str]:
     """Problems of the rewritten body ``new`` compared with the client's ``original`` (empty = valid).
 
     ``original_raw``: ``orjson.dumps`` of each of the original's messages, when the caller has them: a
     message of ``new`` equal to the original's at the same index (or the same index from the end) is
     looked up under those bytes instead of being dumped again. ``raw``: the same for ``new``'s messages
-    where the caller knows them (None elsewhere)."""
+    where the caller knows them (None elsewhere). ``facts`` (the runtime's) and ``checkpoints`` (the
+    conversation's) remember what earlier checks found; without them the check starts cold."""
     try:
         api = ApiKind(api)
     except ValueError:
@@ -79,7 +81,7 @@ def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str
         ApiKind.OPENAI_RESPONSES: _responses,
     }[api]
     try:
-        found = _anthropic(new, original, original_raw, raw) if check is _anthropic else check(new, original)
+        found = _anthropic(new, original, original_raw, raw, facts, checkpoints) if check is _anthropic else check(new, original)
     except Exception as e:  # a body shaped so oddly that checking it fails is not sent
         return [f"validator could not read the rewritten body: {type(e).__name__}: {e}"]
     if not found:
@@ -144,15 +146,13 @@ def _copies_in_order(kind: str, new_msgs: Iterable[dict], orig_msgs: Iterable[di
 # ---------------------------------------------------------------------------- per-message facts
 
 
-class _FactCache(BytesMemo):
+class FactCache(BytesMemo):
     """What a message contributes to the checks, keyed by its exact JSON bytes (a wrong fact could let
     an invalid body through), bounded by bytes."""
 
     def fact(self, m: dict, compute: Callable[[dict], tuple], key: bytes | None = None) -> tuple:
         return self.get(key if key is not None else orjson.dumps(m, default=str), lambda: compute(m))
 
-
-_facts = _FactCache()
 
 
 def _anthropic_facts(m: dict) -> tuple:
@@ -233,7 +233,7 @@ def _aligned_raw(msgs: list, orig_msgs: list, raw: list[bytes] | None) -> list[b
 
 
 class _Fold:
-    """The checks' state after a prefix of the messages (see :class:`_Checkpoints`)."""
+    """The checks' state after a prefix of the messages (see :class:`Checkpoints`)."""
 
     __slots__ = ("seen_use", "seen_result", "prev_uses", "prev_role", "first_conv_checked", "others_new", "bps", "problems")
 
@@ -255,7 +255,7 @@ class _Fold:
         return f
 
 
-class _Checkpoints:
+class Checkpoints:
     """The fold's state at the end of recently checked bodies, by their messages' exact bytes.
 
     A coding agent's next request is its previous one plus a few messages, and a rewrite re-applies
@@ -295,11 +295,12 @@ class _Checkpoints:
                 self._d.popitem(last=False)
 
 
-_checkpoints = _Checkpoints()
-
 
 def _anthropic(new: dict, original: dict, original_raw: list[bytes] | None = None,
-               raw: list[bytes | None] | None = None) -> list[Problem]:
+               raw: list[bytes | None] | None = None, _facts: FactCache | None = None,
+               _checkpoints: Checkpoints | None = None) -> list[Problem]:
+    _facts = _facts if _facts is not None else FactCache(max_bytes=0)
+    _checkpoints = _checkpoints if _checkpoints is not None else Checkpoints(size=0)
     problems: list[Problem] = []
     problems += _same_bytes("system", new, original)
     problems += _same_bytes("tools", new, original)

@@ -20,12 +20,12 @@ Pure functions here; the ``recall`` stage (``plugins/recall.py``) feeds them and
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import orjson
+
+from ..lru import LRU
 
 MID = re.compile(r"\bm-[0-9a-f]{16}\b")
 _PATH = re.compile(r"(?<![\w/.-])(?:\.{0,2}/)?(?:[\w.-]+/)+[\w.-]*\w|\b[\w-]+\.(?:py|js|mjs|ts|tsx|jsx|go|rs|java|kt|c|h|"
@@ -57,24 +57,14 @@ def terms(text: str) -> frozenset[str]:
     return frozenset(out)
 
 
-_TERMS: "OrderedDict[str, frozenset[str]]" = OrderedDict()
-_TERMS_LOCK = threading.Lock()
-_TERMS_MAX = 4096
+def terms_memo() -> LRU:
+    """A runtime's memo of :func:`terms` by memory id (``runtime.memo("autorecall.terms", terms_memo)``)."""
+    return LRU(4096)
 
 
-def terms_of(key: str, text: str) -> frozenset[str]:
-    """:func:`terms`, remembered by ``key`` (a memory id: the same lost text comes back every request)."""
-    with _TERMS_LOCK:
-        got = _TERMS.get(key)
-        if got is not None:
-            _TERMS.move_to_end(key)
-            return got
-    got = terms(text)
-    with _TERMS_LOCK:
-        _TERMS[key] = got
-        while len(_TERMS) > _TERMS_MAX:
-            _TERMS.popitem(last=False)
-    return got
+def terms_of(key: str, text: str, memo: LRU | None = None) -> frozenset[str]:
+    """:func:`terms`, remembered by ``key`` in ``memo`` (a memory id: the same lost text comes back every request)."""
+    return terms(text) if memo is None else memo.get(key, lambda: terms(text))
 
 
 def strings(obj: Any, skip: frozenset[str] = _SKIP_KEYS) -> Iterator[str]:
@@ -161,7 +151,8 @@ def read_answer(msg: Any) -> Answer:
     return a
 
 
-def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: int = 3) -> list[Found]:
+def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: int = 3,
+         memo: LRU | None = None) -> list[Found]:
     """The lost texts the answer refers to (not those in ``done``: recalled once already), best first:
     ids, then quotes, then cleared reads of paths the answer names, then terms."""
     out: list[Found] = []
@@ -190,7 +181,7 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
     if answer.terms:
         owners: dict[str, list[Lost]] = {}
         for x in newest:
-            for t in answer.terms & terms_of(x.memory_id, x.text):
+            for t in answer.terms & terms_of(x.memory_id, x.text, memo):
                 owners.setdefault(t, []).append(x)
         for t in sorted(owners, key=len, reverse=True):  # the longest, most specific terms first
             xs = owners[t]
