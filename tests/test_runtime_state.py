@@ -27,6 +27,7 @@ from .support.stages import Harness, anthropic_tool_loop, settings_overrides
 # text alone: secret scrubbing and header redaction, an encoding's loader, a text's digest, a stub's text)
 PURE = {
     "contextwarden.scrub._cache", "contextwarden.scrub._long",  # a text, its secrets redacted
+    "contextwarden.memory.retrieve._LINE_CACHE",  # a text, its lines hashed
     "contextwarden.redact.is_secret_name", "contextwarden.redact._known_secret",  # a header name / value
     "contextwarden.tokens.encoding_name_for", "contextwarden.agents._agent_suffix",  # a model / a system prompt
     "contextwarden.plugins.clearing._digest_short", "contextwarden.plugins.clearing._digest_long",  # a text

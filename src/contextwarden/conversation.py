@@ -23,16 +23,14 @@ import orjson
 from .lru import BytesMemo
 from .models.base import ApiKind
 
+
+def dialect(api):
+    from .dialects import dialect as of
+
+    return of(api)
+
 #: Roles that carry instructions rather than conversation (kept or summarised verbatim, never dropped).
 SYSTEM_ROLES = frozenset({"system", "developer"})
-
-# Responses input items produced by the model (the assistant side of the conversation).
-_RESPONSES_ASSISTANT_TYPES = frozenset({
-    "reasoning", "function_call", "custom_tool_call", "computer_call", "local_shell_call", "web_search_call",
-    "file_search_call", "code_interpreter_call", "image_generation_call", "mcp_call", "mcp_list_tools",
-    "mcp_approval_request", "shell_call", "apply_patch_call",
-})
-
 
 @dataclass(slots=True)
 class Entry:
@@ -48,63 +46,27 @@ class Entry:
 
 def messages_of(api: ApiKind, body: dict[str, Any]) -> list[Any] | None:
     """The history list of a wire body (``messages``, or the Responses ``input`` list); None if absent."""
-    key = "input" if api is ApiKind.OPENAI_RESPONSES else "messages"
-    v = body.get(key)
-    return v if isinstance(v, list) else None
+    return dialect(api).messages_of(body)
 
 
-def _side(role: str) -> str:
+def side_of(role: str) -> str:
+    """Who produced a message of ``role``: "system", "assistant", or "user" (tool and unknown roles sit on
+    the caller's side)."""
     if role in SYSTEM_ROLES:
         return "system"
     if role == "assistant":
         return "assistant"
-    return "user"  # user, tool, function, and unknown roles sit on the caller's side
+    return "user"
 
 
 def entry(api: ApiKind, index: int, m: Any) -> Entry:
-    """Classify one wire message / input item."""
-    if not isinstance(m, dict):  # a bare string input item is a user message
-        return Entry(index, "user", "user", turn_start=True)
-    if api is ApiKind.OPENAI_RESPONSES:
-        t = m.get("type")
-        if t is None or t == "message":
-            role = str(m.get("role", "user"))
-            side = _side(role)
-            return Entry(index, role, side, turn_start=side == "user")
-        cid = m.get("call_id")
-        if t.endswith("_output"):
-            return Entry(index, "tool", "user", results=(cid,) if isinstance(cid, str) else ())
-        if t in _RESPONSES_ASSISTANT_TYPES or t.endswith("_call"):
-            # server-side calls (web_search_call...) carry no call_id: nothing for the client to answer
-            opens = (cid,) if isinstance(cid, str) and t.endswith("_call") else ()
-            return Entry(index, "assistant", "assistant", uses=opens)
-        return Entry(index, str(t), "user")
-    role = str(m.get("role", "user"))
-    side = _side(role)
-    if api is ApiKind.ANTHROPIC:
-        c = m.get("content")
-        if not isinstance(c, list):
-            return Entry(index, role, side, turn_start=side == "user")
-        uses, results, other = [], [], False
-        for b in c:
-            t = b.get("type") if isinstance(b, dict) else None
-            if t == "tool_use":
-                uses.append(str(b.get("id", "")))
-            elif t == "tool_result":
-                results.append(str(b.get("tool_use_id", "")))
-            else:
-                other = True
-        return Entry(index, role, side, tuple(uses), tuple(results), turn_start=side == "user" and other)
-    # OpenAI chat / Ollama
-    if role == "tool":
-        tid = m.get("tool_call_id")
-        return Entry(index, role, "user", results=(tid,) if isinstance(tid, str) else ())
-    uses = tuple(str(tc.get("id", "")) for tc in (m.get("tool_calls") or []) if isinstance(tc, dict))
-    return Entry(index, role, side, uses=uses, turn_start=side == "user")
+    """Classify one wire message / input item (its dialect's ``entry``)."""
+    return dialect(api).entry(index, m)
 
 
 def entries(api: ApiKind, msgs: list[Any]) -> list[Entry]:
-    return [entry(api, i, m) for i, m in enumerate(msgs)]
+    classify = dialect(api).entry
+    return [classify(i, m) for i, m in enumerate(msgs)]
 
 
 def cut_points(es: list[Entry], lo: int, hi: int) -> list[int]:
@@ -291,38 +253,20 @@ class ToolCall:
 
 
 def tool_calls(api: ApiKind, msgs: list[Any]) -> dict[str, ToolCall]:
-    """Every tool call of the history by id, in order."""
-    out: dict[str, ToolCall] = {}
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            continue
-        if api is ApiKind.ANTHROPIC:
-            c = m.get("content")
-            if isinstance(c, list):
-                for b in c:
-                    if isinstance(b, dict) and b.get("type") == "tool_use":
-                        out.setdefault(str(b.get("id", "")), ToolCall(str(b.get("id", "")), str(b.get("name", "")), b.get("input"), i))
-        elif api is ApiKind.OPENAI_RESPONSES:
-            t = m.get("type")
-            if isinstance(t, str) and t.endswith("_call") and isinstance(m.get("call_id"), str):
-                args = m.get("arguments", m.get("input", m.get("action")))
-                out.setdefault(m["call_id"], ToolCall(m["call_id"], str(m.get("name", t)), _maybe_json(args), i))
-        else:
-            for tc in m.get("tool_calls") or []:
-                if isinstance(tc, dict):
-                    fn = tc.get("function") or {}
-                    out.setdefault(str(tc.get("id", "")), ToolCall(str(tc.get("id", "")), str(fn.get("name", "")),
-                                                                   _maybe_json(fn.get("arguments")), i))
-    return out
+    """Every tool call of the history by id, in order (its dialect's ``tool_calls``)."""
+    return dialect(api).tool_calls(msgs)
 
 
-def _maybe_json(v: Any) -> Any:
+def maybe_json(v: Any) -> Any:
     if isinstance(v, str) and v[:1] in ("{", "["):
         try:
             return orjson.loads(v)
         except orjson.JSONDecodeError:
             return v
     return v
+
+
+_maybe_json = maybe_json  # (the name clearing imports)
 
 
 def input_hint(tool_input: Any, limit: int = 80) -> str:

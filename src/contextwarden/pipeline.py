@@ -24,9 +24,8 @@ from pydantic import ValidationError
 
 from .agents import derive_agent
 from .context import BlockedResponse, RequestContext
+from .dialects import dialect
 from .models import ApiKind, parse_body
-from .models import anthropic as am
-from .models import openai_chat as oc
 from .models.base import WireModel
 from .history import History
 from .validate import FactCache, validate_rewrite
@@ -89,7 +88,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         raise Skip(f"body of {len(raw)} bytes is over proxy.max_body_mb")
     t0 = time.perf_counter()
     body = decode_body(raw, h.get("content-encoding"))
-    history = "input" if api is ApiKind.OPENAI_RESPONSES else "messages"
+    history = dialect(api).history_key
     try:
         data, known = runtime.recent.parse(body, history)  # the history a recent request had is not decoded again
     except orjson.JSONDecodeError as e:
@@ -129,14 +128,11 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
     return ctx
 
 
-_MESSAGE_MODELS = {ApiKind.ANTHROPIC: am.Message, ApiKind.OPENAI_CHAT: oc.ChatMessage, ApiKind.OLLAMA_CHAT: oc.ChatMessage}
-
-
 def _typed(api: ApiKind, data: dict, raws: list[bytes] | None, conv, entries: list | None = None
            ) -> tuple[WireModel, History | None]:
     """The typed request, its (frozen) messages the conversation's own where it had them
     (``entries``: those of a request prepared before, for its decided state)."""
-    cls = _MESSAGE_MODELS.get(api)
+    cls = dialect(api).message_model
     msgs = data.get("messages")
     if cls is None or raws is None or not isinstance(msgs, list):
         return parse_body(api, data), None
@@ -287,7 +283,7 @@ def _ms(t0: float) -> float:
 
 
 def request_event(ctx: RequestContext, nbytes: int, mode: str) -> None:
-    msgs = ctx.original.get("messages") if ctx.api is not ApiKind.OPENAI_RESPONSES else ctx.original.get("input")
+    msgs = ctx.original.get(dialect(ctx.api).history_key)
     ctx.emit("request", host=ctx.host, path=ctx.path, model=ctx.model, tenant=ctx.tenant, agent=ctx.agent,
              session_source=ctx.session_source, messages=len(msgs) if isinstance(msgs, list) else 1,
              stream=ctx.stream, bytes=nbytes, tokens_in=ctx.tokens_in, mode=mode, headers=ctx.headers,

@@ -39,6 +39,7 @@ import orjson
 from .cost import Bill, PromptCache, billed_from_usage, boundaries
 from .fidelity import Fidelity, FidelityCounter
 from .fidelity import totals as fidelity_totals
+from .dialects import dialect
 from .models.base import ApiKind
 
 CONTINUED = "This session is being continued from a previous conversation"
@@ -543,7 +544,7 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 bill_o = _flat_bill(rt.tokens.count_request(req.api, ctx.original, model), req.output_tokens, model, factor)
                 bill_u = _flat_bill(rt.tokens.count_request(req.api, sent, model), req.output_tokens, model, factor) if sent is not None else Bill()
             tokens_sent = rt.tokens.count_request(req.api, sent, model) if sent is not None else 0
-            key = "messages" if req.api is not ApiKind.OPENAI_RESPONSES else "input"
+            key = dialect(req.api).history_key
             mem = ctx.notes.get("memory") if sent is not None and sent is not ctx.original else None
             mem = mem if isinstance(mem, dict) and mem.get("injected") else {}
             res = RequestResult(

@@ -12,36 +12,25 @@ result: the pass costs a dictionary lookup for most of them.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
 from .memory.secrets import redact_text
+from .lru import LRU
 from .redact import REDACTED, is_secret_header
 
 _MIN = 8  # no secret pattern matches fewer characters
 _CACHE_MAX_LEN = 512
-_cache: "OrderedDict[str, str]" = OrderedDict()
-# a few long strings too: the same long text often comes again (an error message, a tool output that is
-# in several events); a str keeps its hash, so a repeat costs one lookup
-_long: "OrderedDict[str, str]" = OrderedDict()
-_lock = threading.Lock()
+# a pure function of the text (shared by every runtime of the process on purpose: the same text always
+# scrubs the same); a few long strings too: the same long text often comes again (an error message, a
+# tool output that is in several events); a str keeps its hash, so a repeat costs one lookup
+_cache = LRU(20_000)
+_long = LRU(32)
 
 
 def scrub_text(s: str) -> str:
     if len(s) < _MIN:
         return s
-    cache, cap = (_cache, 20_000) if len(s) <= _CACHE_MAX_LEN else (_long, 32)
-    with _lock:
-        hit = cache.get(s)
-    if hit is not None:
-        return s if hit == s else hit
-    out = redact_text(s)
-    with _lock:
-        cache[s] = out
-        if len(cache) > cap:
-            cache.popitem(last=False)
-    return out
+    return (_cache if len(s) <= _CACHE_MAX_LEN else _long).get(s, lambda: redact_text(s))
 
 
 def scrub_headers(headers: Any) -> Any:

@@ -74,14 +74,11 @@ def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str
         return ["rewritten body is not a JSON object"]
     if not isinstance(original, dict):
         original = {}
-    check: Callable[[dict, dict], list[Problem]] = {
-        ApiKind.ANTHROPIC: _anthropic,
-        ApiKind.OPENAI_CHAT: _chat,
-        ApiKind.OLLAMA_CHAT: _chat,
-        ApiKind.OPENAI_RESPONSES: _responses,
-    }[api]
+    from .dialects import dialect
+
+    check: Callable[..., list[Problem]] = dialect(api).check  # the dialect's rules
     try:
-        found = _anthropic(new, original, original_raw, raw, facts, checkpoints) if check is _anthropic else check(new, original)
+        found = check(new, original, original_raw, raw, facts, checkpoints)
     except Exception as e:  # a body shaped so oddly that checking it fails is not sent
         return [f"validator could not read the rewritten body: {type(e).__name__}: {e}"]
     if not found:

@@ -163,41 +163,45 @@ def last_user_index(messages: list, role_of) -> int | None:
 
 def check(api: ApiKind, request) -> None:
     """Raise :class:`NotInjectable` when ``request`` has no cache-safe place for memory (checked before
-    retrieval, so a tool loop does not pay for a search it cannot use)."""
-    if api is ApiKind.ANTHROPIC:
-        msgs = request.messages
-        i = last_user_index(msgs, lambda m: m.role)
-        if i is None:
-            raise NotInjectable("no user message")
-        if any(_has_cache_control(later.wire()) for later in msgs[i + 1:]):
-            raise NotInjectable("a cache breakpoint follows the last user message")
-    elif api in (ApiKind.OPENAI_CHAT, ApiKind.OLLAMA_CHAT):
-        if not request.messages or request.messages[-1].role != "user":
-            raise NotInjectable("the last message is not the user's (tool loop or prefill)")
-    elif api is ApiKind.OPENAI_RESPONSES:
-        inp = request.input
-        if isinstance(inp, str):
-            return
-        if not isinstance(inp, list) or not inp:
-            raise NotInjectable("no input")
-        last = inp[-1]
-        if not isinstance(last, str) and (not isinstance(last, dict) or last.get("role") != "user"
-                                          or last.get("type", "message") != "message"):
-            raise NotInjectable("the last input item is not a user message (tool loop)")
-    else:
-        raise NotInjectable(f"unsupported api {api}")
+    retrieval, so a tool loop does not pay for a search it cannot use). The rules are the dialect's."""
+    from ..dialects import dialect
+
+    dialect(api).injectable(request)
+
+
+def check_anthropic(request) -> None:
+    msgs = request.messages
+    i = last_user_index(msgs, lambda m: m.role)
+    if i is None:
+        raise NotInjectable("no user message")
+    if any(_has_cache_control(later.wire()) for later in msgs[i + 1:]):
+        raise NotInjectable("a cache breakpoint follows the last user message")
+
+
+def check_chat(request) -> None:
+    if not request.messages or request.messages[-1].role != "user":
+        raise NotInjectable("the last message is not the user's (tool loop or prefill)")
+
+
+def check_responses(request) -> None:
+    inp = request.input
+    if isinstance(inp, str):
+        return
+    if not isinstance(inp, list) or not inp:
+        raise NotInjectable("no input")
+    last = inp[-1]
+    if not isinstance(last, str) and (not isinstance(last, dict) or last.get("role") != "user"
+                                      or last.get("type", "message") != "message"):
+        raise NotInjectable("the last input item is not a user message (tool loop)")
 
 
 def inject(api: ApiKind, request, block: str) -> str:
-    """Append ``block`` to ``request``'s last user message (an edited copy put in its place). Returns where it went; raises
-    :class:`NotInjectable` when there is no cache-safe place."""
-    if api is ApiKind.ANTHROPIC:
-        return _anthropic(request, block)
-    if api in (ApiKind.OPENAI_CHAT, ApiKind.OLLAMA_CHAT):
-        return _chat(request, block, parts=api is ApiKind.OPENAI_CHAT)
-    if api is ApiKind.OPENAI_RESPONSES:
-        return _responses(request, block)
-    raise NotInjectable(f"unsupported api {api}")
+    """Append ``block`` to ``request``'s last user message (an edited copy put in its place). Returns
+    where it went; raises :class:`NotInjectable` when there is no cache-safe place. The place is the
+    dialect's."""
+    from ..dialects import dialect
+
+    return dialect(api).inject(request, block)
 
 
 def _anthropic(req, block: str) -> str:

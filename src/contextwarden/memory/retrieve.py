@@ -15,14 +15,13 @@ import concurrent.futures as cf
 import hashlib
 import math
 import re
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
 
+from ..lru import LRU
 from ..models.base import ApiKind
 from .ids import content_hash
 from .lexical import combine_terms, query_terms
@@ -43,10 +42,8 @@ def _line_key(line: str) -> str:
     return _BULLET.sub("", normalise(line))
 
 
-_LINE_CACHE: "OrderedDict[str, tuple[tuple[str, ...], frozenset[int]]]" = OrderedDict()
-_LINE_CACHE_CHARS = [0]
-_LINE_CACHE_MAX = 16_000_000  # characters of history text remembered between requests
-_cache_lock = threading.Lock()
+# a pure function of the text, remembered in the process (the memory service's too): 16M characters
+_LINE_CACHE = LRU(16_000_000, size=len)
 
 
 def _stable_hash(s: str) -> int:
@@ -58,21 +55,12 @@ def _stable_hash(s: str) -> int:
 def _text_keys(text: str) -> tuple[tuple[str, ...], frozenset[int]]:
     """(hashes of the whole text, hashes of its long lines), cached: a history is mostly the same texts
     request after request, so each is split and hashed once."""
-    with _cache_lock:
-        hit = _LINE_CACHE.get(text)
-        if hit is not None:
-            _LINE_CACHE.move_to_end(text)
-            return hit
+    return _LINE_CACHE.get(text, lambda: _text_keys_of(text))
+
+
+def _text_keys_of(text: str) -> tuple[tuple[str, ...], frozenset[int]]:
     lines = frozenset(_stable_hash(n) for n in (_line_key(x) for x in text.splitlines()) if len(n) >= MIN_LINE)
-    val = ((content_hash(text), content_hash(normalise(text))), lines)
-    with _cache_lock:
-        if text not in _LINE_CACHE:
-            _LINE_CACHE[text] = val
-            _LINE_CACHE_CHARS[0] += len(text)
-            while _LINE_CACHE_CHARS[0] > _LINE_CACHE_MAX and _LINE_CACHE:
-                k, _ = _LINE_CACHE.popitem(last=False)
-                _LINE_CACHE_CHARS[0] -= len(k)
-    return val
+    return ((content_hash(text), content_hash(normalise(text))), lines)
 
 
 class HistoryIndex:
@@ -109,10 +97,10 @@ class HistoryIndex:
 # --- reading a request ----------------------------------------------------------------------------------
 def messages_of(api: ApiKind, body) -> list:
     """The history list of a wire dict or typed request (Responses ``input`` string -> one item)."""
-    if isinstance(body, dict):
-        v = body.get("input") if api is ApiKind.OPENAI_RESPONSES else body.get("messages")
-    else:
-        v = getattr(body, "input", None) if api is ApiKind.OPENAI_RESPONSES else getattr(body, "messages", None)
+    from ..dialects import dialect
+
+    key = dialect(api).history_key
+    v = body.get(key) if isinstance(body, dict) else getattr(body, key, None)
     if isinstance(v, str):
         return [{"role": "user", "content": v}]
     return list(v) if isinstance(v, list) else []

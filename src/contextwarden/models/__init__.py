@@ -13,10 +13,6 @@ __all__ = ["ApiKind", "WireModel", "UnknownBlock", "dump_body", "anthropic", "op
 
 def parse_body(api: "ApiKind", data: dict):
     """Validate a decoded JSON body into the typed request model of ``api``."""
-    cls = {
-        ApiKind.ANTHROPIC: anthropic.MessagesRequest,
-        ApiKind.OPENAI_CHAT: openai_chat.ChatRequest,
-        ApiKind.OLLAMA_CHAT: openai_chat.ChatRequest,
-        ApiKind.OPENAI_RESPONSES: openai_responses.ResponsesRequest,
-    }[api]
-    return cls.model_validate(data)
+    from ..dialects import dialect
+
+    return dialect(api).parse(data)

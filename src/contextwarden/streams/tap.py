@@ -16,13 +16,9 @@ import orjson
 
 from contextwarden.models.base import ApiKind
 
-from .anthropic import AnthropicAssembler
 from .assembler import Assembler
 from .decoding import Decoder, make_decoder
 from .ndjson import LineSplitter
-from .ollama import OllamaAssembler
-from .openai_chat import ChatAssembler
-from .openai_responses import ResponsesAssembler
 from .sse import SSEParser
 from .turn import AssembledTurn
 
@@ -30,14 +26,6 @@ MAX_BODY = 64 * 1024 * 1024  # a whole (non-SSE) body larger than this is not re
 
 _NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl",
                  "application/x-jsonlines", "application/jsonlines"}
-
-_ASSEMBLERS: dict[ApiKind, type[Assembler]] = {
-    ApiKind.ANTHROPIC: AnthropicAssembler,
-    ApiKind.OPENAI_CHAT: ChatAssembler,
-    ApiKind.OPENAI_RESPONSES: ResponsesAssembler,
-    ApiKind.OLLAMA_CHAT: OllamaAssembler,
-}
-
 
 class BodyTooLarge(ValueError):
     pass
@@ -69,7 +57,9 @@ class ResponseTap:
         self._lines: LineSplitter | None = None
         self._body: bytearray | None = None
         try:
-            self._asm = _ASSEMBLERS[ApiKind(api)]()
+            from ..dialects import dialect
+
+            self._asm = dialect(api).assembler()  # the dialect's assembler
             self._decoder = make_decoder(content_encoding)
             if self.is_sse:
                 # incremental: a multi-byte character split across two chunks is decoded whole

@@ -1,0 +1,53 @@
+"""One module per API dialect: what differs between the APIs the proxy understands, in one place each.
+
+A :class:`Dialect` names, for one API: where a body keeps its history (``history_key``), its typed
+request and message models, how to read one history entry for the conversation walk (``entry``: roles,
+tool calls opened and answered, user turns), where its tool calls are (``tool_calls``), its validator
+rules (``check``), its stream assembler, and how memory is put into a request (``inject``/``injectable``).
+Code that needs one of these asks ``dialect(api)`` instead of branching on :class:`ApiKind`; a new API
+is one new module here. (Token walk, summary message and budget rules still branch where they are;
+see docs/ARCHITECTURE.md.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..models.base import ApiKind, WireModel
+
+
+@dataclass(frozen=True)
+class Dialect:
+    kind: ApiKind
+    history_key: str  # "messages", or the Responses API's "input"
+    request_model: type[WireModel]
+    message_model: type[WireModel] | None  # the typed history entry (None: entries stay the client's dicts)
+    entry: Callable[[int, Any], Any]  # one wire message / item -> conversation.Entry
+    tool_calls: Callable[[list[Any]], dict]  # the history's tool calls by id -> conversation.ToolCall
+    check: Callable[..., list]  # the validator's rules: (new, original) -> problems
+    assembler: type  # the stream assembler (contextwarden.streams): the assistant's turn from the response
+    inject: Callable[[Any, str], str]  # memory: append a block to the request (typed), where it went
+    injectable: Callable[[Any], None]  # memory: raise NotInjectable when there is no cache-safe place
+
+    def messages_of(self, body: Any) -> list | None:
+        """The history list of a wire dict or a typed request; None when absent or not a list."""
+        v = body.get(self.history_key) if isinstance(body, dict) else getattr(body, self.history_key, None)
+        return v if isinstance(v, list) else None
+
+    def parse(self, body: dict) -> WireModel:
+        return self.request_model.model_validate(body)
+
+
+
+_DIALECTS: dict[ApiKind, Dialect] = {}
+
+
+def dialect(api: ApiKind | str) -> Dialect:
+    """The dialect of ``api``."""
+    if not _DIALECTS:
+        from . import anthropic, ollama, openai_chat, responses
+
+        for m in (anthropic, openai_chat, responses, ollama):
+            _DIALECTS[m.DIALECT.kind] = m.DIALECT
+    return _DIALECTS[ApiKind(api)]

@@ -1,0 +1,18 @@
+"""Ollama's native ``/api/chat``: OpenAI-chat-shaped messages; content is a string (no parts), NDJSON streams."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..models.base import ApiKind
+from ..streams.ollama import OllamaAssembler
+from . import openai_chat
+
+
+def inject(req, block: str) -> str:
+    from ..memory.inject import _chat
+
+    return _chat(req, block, parts=False)
+
+
+DIALECT = replace(openai_chat.DIALECT, kind=ApiKind.OLLAMA_CHAT, assembler=OllamaAssembler, inject=inject)
