@@ -54,6 +54,7 @@ import orjson
 
 from contextwarden import hookimpl
 from contextwarden.conversation import image_count, input_hint, result_text, shorten
+from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.secrets import redact_text
 from contextwarden.memory.wayback import recall_wording, way_back
@@ -119,11 +120,6 @@ class Slot:
         else:
             _, _, ci, ui = self._pos
             edits.setdefault(ci, {})[("i", ui)] = new  # a new dict: the client's is never mutated
-
-
-def session_key(ctx) -> str:
-    """One conversation: a tenant's session and agent (subagents share a session id)."""
-    return f"{ctx.tenant}|{ctx.session}|{ctx.agent}"
 
 
 # Memo sizes (least recently used out). Every remembered result is fingerprinted on every request, and

@@ -67,6 +67,7 @@ from contextwarden.conversation import (
     tool_calls,
     transcript,
 )
+from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
 from contextwarden.statecache import state_cache
@@ -265,12 +266,6 @@ def folds_line(folds: list, ctx) -> str:
     ids = ", ".join(f"{mid} (messages #{a}–#{b})" for mid, a, b in folds)
     back = f"call {how} with an id" if how else "run `contextwarden recall ID`"
     return f"\n\nThe compacted messages are kept whole under memory id {ids}: {back} to read them verbatim."
-
-
-def session_key(ctx) -> str:
-    """Decisions belong to one conversation: a tenant's session, and within it one agent (Claude
-    Code's subagents share the main agent's session id but not its conversation)."""
-    return f"{ctx.tenant}|{ctx.session}|{ctx.agent}"
 
 
 def effective(cfg, level: str | None, window: int) -> tuple[int, int, int, int]:

@@ -24,7 +24,7 @@ from contextwarden.memory import produced
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, framing_tokens, inject,
                                          last_user_index, render_block, strip_blocks)
-from contextwarden.memory.retrieve import HistoryIndex, build_query, history_texts, messages_of, role_of, select
+from contextwarden.memory.retrieve import HistoryIndex, build_query, history_texts, history_items, role_of, select
 from contextwarden.models.base import ApiKind
 from contextwarden.lru import LRU
 
@@ -79,7 +79,7 @@ def cw_request(ctx) -> None:
 
     # what the stages before this one made of the messages memory has not stored yet: that is what
     # cw_turn_complete stores (a privacy stage's redactions stay redacted)
-    produced.capture(ctx, _ingest_start(ctx, messages_of(ctx.api, ctx.original))[0])
+    produced.capture(ctx, _ingest_start(ctx, history_items(ctx.api, ctx.original))[0])
     if not m.inject:
         return finish(skipped="inject off")
     svc = memory_service.get_service(ctx.runtime)
@@ -113,7 +113,7 @@ def retrieval_deadline(ctx, t0: float) -> tuple[float, float, str]:
 
 def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     m = ctx.settings.memory
-    original = messages_of(ctx.api, ctx.original)
+    original = history_items(ctx.api, ctx.original)
     query, qi = build_query(ctx.api, original, ctx.notes.get("clean_text") or {})
     if query is None:
         return finish(skipped="no user text")
@@ -257,7 +257,7 @@ def items_for_turn(ctx, turn, tagger) -> tuple[list, int, bool]:
     from contextwarden.memory.ingest import items_from_messages
 
     m = ctx.settings.memory
-    msgs = messages_of(ctx.api, ctx.original)
+    msgs = history_items(ctx.api, ctx.original)
     start, history = _ingest_start(ctx, msgs)
     # the messages as the stages produced them (None: compacted away, not stored from this request)
     made = produced.to_store(ctx, msgs, start)
@@ -300,7 +300,7 @@ def cw_turn_complete(ctx, turn) -> None:
     items, n, history = items_for_turn(ctx, turn, svc.tagger)
     if not items or svc.submit(items, flow_id=ctx.flow_id, history=history,
                                messages=n if history else None):
-        msgs = messages_of(ctx.api, ctx.original)
+        msgs = history_items(ctx.api, ctx.original)
         if msgs:
             ctx.runtime.state.put(STATE_NS, f"{ctx.tenant}:{ctx.session}",
                                   {"n": n, "h": _fingerprint(ctx.api, msgs[n - 1])})

@@ -22,21 +22,18 @@ from typing import Any
 
 from contextwarden import hookimpl
 from contextwarden.memory import service as memory_service
+from contextwarden.history import session_key as _session_key
 from contextwarden.lru import LRU
 from contextwarden.memory.autorecall import Kept, Lost, find, read_answer, terms_memo
 from contextwarden.memory.inject import NotInjectable, inject, render_block
 from contextwarden.memory.items import MemoryItem
-from contextwarden.memory.retrieve import messages_of, role_of
+from contextwarden.memory.retrieve import history_items, role_of
 from contextwarden.models.base import ApiKind
 from contextwarden.statecache import state_cache
 
 NS = "recall.auto"
 BUDGET_FRACTION = 0.08  # of the context window, at most, for what one request gets back
 MAX_REMEMBERED = 2_000  # recalled ids remembered per session
-
-
-def _session_key(ctx) -> str:
-    return f"{ctx.tenant}|{ctx.session}|{ctx.agent}"
 
 
 def _item(ctx, mid: str, text: str, turn: int, tool: str | None, kind: str) -> MemoryItem:
@@ -86,7 +83,7 @@ def _folded_of(ctx, lead: int, end: int) -> list[Lost]:
     from contextwarden.conversation import tool_calls, transcript
     from contextwarden.memory.ids import memory_id
 
-    orig = messages_of(ctx.api, ctx.original)
+    orig = history_items(ctx.api, ctx.original)
     got = []
     for k, t in enumerate(transcript(ctx.api, orig[lead:end], tool_calls(ctx.api, orig[:end]))):
         for p in t.parts:
@@ -100,7 +97,7 @@ def _folded_of(ctx, lead: int, end: int) -> list[Lost]:
 def auto_recall(ctx, svc) -> dict[str, Any]:
     if not ctx.notes.get("cleared") and not ctx.notes.get("compaction"):
         return {"skipped": "nothing cleared or compacted"}
-    orig = messages_of(ctx.api, ctx.original)
+    orig = history_items(ctx.api, ctx.original)
     last = next((i for i in range(len(orig) - 1, -1, -1) if role_of(orig[i]) == "assistant"), None)
     if last is None:
         return {"skipped": "no answer yet"}
@@ -113,7 +110,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     state = state_cache(ctx.runtime)
     key = _session_key(ctx)
     done = set(state.get(NS, key, None) or [])
-    cur = messages_of(ctx.api, ctx.request)
+    cur = history_items(ctx.api, ctx.request)
     plain = [m.wire() if hasattr(m, "wire") else m for m in cur]
     # the answer itself does not "hold" what it refers to
     kept = Kept(m for m in plain if m is not orig[last] and not (isinstance(m, dict) and m == orig[last]))

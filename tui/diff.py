@@ -106,7 +106,7 @@ def _label(m: Any, i: int) -> str:
     return f"{i + 1} {role}"
 
 
-def messages_of(body: dict[str, Any] | None) -> list[Any]:
+def body_messages(body: dict[str, Any] | None) -> list[Any]:
     if not isinstance(body, dict):
         return []
     for key in ("messages", "input"):
@@ -135,7 +135,7 @@ def diff_bodies(original: dict[str, Any] | None, rewritten: dict[str, Any] | Non
             left = [Block(k, _short(a, limit), "removed")] if k in original else []
             right = [Block(k, _short(b, limit), "added")] if k in after else []
             rows.append(DiffRow("field", k, left, right))
-    ma, mb = messages_of(original), messages_of(after)
+    ma, mb = body_messages(original), body_messages(after)
     fa, fb = [_fp(m) for m in ma], [_fp(m) for m in mb]
     sm = difflib.SequenceMatcher(a=fa, b=fb, autojunk=False)
     for op, i1, i2, j1, j2 in sm.get_opcodes():

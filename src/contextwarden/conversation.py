@@ -132,7 +132,7 @@ def strip_cache_control(obj: Any, depth: int = 0) -> Any:
 _CC_MEMBER = re.compile(rb',"cache_control":\{[^{}]*\}|"cache_control":\{[^{}]*\},?')
 
 
-def message_bytes(m: Any) -> bytes:
+def canonical_bytes(m: Any) -> bytes:
     """Canonical bytes of a message for hashing: sorted keys, ``cache_control`` members removed."""
     data = orjson.dumps(m, option=orjson.OPT_SORT_KEYS)
     if b'"cache_control":' in data:
@@ -149,7 +149,7 @@ def digest_memo() -> BytesMemo:
 
 def message_hash(m: Any, memo: BytesMemo | None = None) -> bytes:
     """16-byte digest of a message's content, breakpoints ignored."""
-    data = message_bytes(m)
+    data = canonical_bytes(m)
     if memo is None:
         return hashlib.blake2b(data, digest_size=16).digest()
     return memo.get(data, lambda: hashlib.blake2b(data, digest_size=16).digest())

@@ -32,13 +32,19 @@ from .validate import Checkpoints
 _MISSING = object()
 
 
+def session_key(ctx) -> str:
+    """The key a stage's stored decisions are kept under: one conversation, a tenant's session and, within
+    it, one agent (Claude Code's subagents share the main agent's session id but not its conversation)."""
+    return f"{ctx.tenant}|{ctx.session}|{ctx.agent}"
+
+
 def same_prefix(a: list, b: list) -> int:
     """How many leading elements ``a`` and ``b`` share by identity."""
     same = list(map(is_, a, b))
     return same.index(False) if False in same else len(same)
 
 
-class Entry:
+class Typed:
     """A typed message and what is known about it: its JSON bytes, its wire dict once known, and the
     results stages remembered with it (``memo``). Never changes what it holds, only adds to ``memo``."""
 
@@ -63,8 +69,8 @@ class Conversation:
         # the latest request's messages (the client's dicts), their bytes, and the indexes whose bytes
         # are those of an equal message, not its own: one tuple, replaced whole (concurrent requests)
         self.last: tuple[list, list[bytes], set[int]] = ([], [], set())
-        self.entries: list[Entry] = []  # their typed entries
-        self.derived: dict[tuple, Entry] = {}  # (base bytes, edit key) -> the edited copy
+        self.entries: list[Typed] = []  # their typed entries
+        self.derived: dict[tuple, Typed] = {}  # (base bytes, edit key) -> the edited copy
         self.slots: dict[Any, tuple[list, int, Any]] = {}  # stage key -> (the first n messages, n, value)
         self.nbytes = 0
         self.checkpoints = Checkpoints(size=8)  # the validator's state at the end of recently checked bodies
@@ -101,19 +107,19 @@ class Conversation:
         self.nbytes = sum(map(len, raws))
         return raws, not inexact
 
-    def typed(self, msgs: list, raws: list[bytes], parse: Callable[[Any], WireModel]) -> list[Entry]:
+    def typed(self, msgs: list, raws: list[bytes], parse: Callable[[Any], WireModel]) -> list[Typed]:
         """The typed entries of ``msgs`` (``raws`` their bytes): the conversation's own where the bytes
         are the same, else ``parse``d. Raises what ``parse`` raises (the conversation left as it was)."""
         old = self.entries
         k = min(len(old), len(raws))
-        out: list[Entry] = []
+        out: list[Typed] = []
         for i, (m, r) in enumerate(zip(msgs, raws)):
             if i < k:
                 e = old[i]
                 if e.raw is r or e.raw == r:
                     out.append(e)
                     continue
-            out.append(Entry(parse(m), r, m))
+            out.append(Typed(parse(m), r, m))
         self.entries = out
         return out
 
@@ -156,14 +162,14 @@ class History:
 
     __slots__ = ("api", "conv", "raws", "entries", "derived", "_index", "_used", "wire_entries", "tokens_kept")
 
-    def __init__(self, api: ApiKind, conv: Conversation | None, raws: list[bytes], entries: list[Entry]) -> None:
+    def __init__(self, api: ApiKind, conv: Conversation | None, raws: list[bytes], entries: list[Typed]) -> None:
         self.api = api
         self.conv = conv
         self.raws = raws
         self.entries = entries
-        self.derived: dict[int, Entry] = {}  # id(obj) -> entry of an edited copy made by derive
+        self.derived: dict[int, Typed] = {}  # id(obj) -> entry of an edited copy made by derive
         self._index: dict[int, int] | None = None
-        self._used: dict[tuple, Entry] = {}  # the derived copies this request used, by (base bytes, edit key)
+        self._used: dict[tuple, Typed] = {}  # the derived copies this request used, by (base bytes, edit key)
         self.wire_entries: list | None = None  # per message of the rewrite, its entry or None (pipeline.wire_of)
         self.tokens_kept: Any = None  # (messages, per-message counts) of the original (pipeline.count_tokens)
 
@@ -174,7 +180,7 @@ class History:
         j = self._index.get(id(obj))
         return j if j is not None and self.entries[j].obj is obj else None
 
-    def entry_of(self, obj: Any, at: int | None = None) -> Entry | None:
+    def entry_of(self, obj: Any, at: int | None = None) -> Typed | None:
         """The entry of ``obj``: one of the prepared messages (``at``: where to look first) or an
         edited copy :meth:`derive` made; None for a message a stage built otherwise."""
         ents = self.entries
@@ -224,7 +230,7 @@ class History:
             k = (self.raws[j], key)
             e = conv.derived.get(k) or self._used.get(k)
             if e is None:
-                e = Entry(build())
+                e = Typed(build())
             self._used[k] = e
             self.derived[id(e.obj)] = e
             out.append(e.obj)

@@ -151,7 +151,7 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
         tokens = ctx.runtime.tokens
         h = ctx.history
         if wire is ctx.original:
-            # each message's count is remembered with its typed message (history.Entry.memo)
+            # each message's count is remembered with its typed message (history.Typed.memo)
             n, keep = _count_remembering(ctx, wire, h.entries if h is not None else None, raw=ctx.message_raw)
             if h is not None:
                 h.tokens_kept = keep

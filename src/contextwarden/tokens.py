@@ -388,10 +388,6 @@ class TokenCounter:
             out[i] = self._cached(k, lambda m=m: (self._message(api, m, enc), self._thinking(api, m, enc)))
         return out
 
-    def _stripped_thinking(self, msgs: list, enc: _Encoding) -> int:
-        """Tokens of earlier turns' thinking blocks, which the provider drops (see :func:`strips_thinking`)."""
-        return sum(self._message_entry(ApiKind.ANTHROPIC, m, enc)[1] for m in msgs[:current_turn_start(msgs)])
-
     def count_block(self, api: ApiKind | str, block: Any, model: str | None = None) -> int:
         """Tokens of one content block / content part (cached, ``cache_control`` ignored)."""
         return self._block(ApiKind(api), _plain(block), self._encoding(model))

@@ -179,25 +179,6 @@ def _anthropic_facts(m: dict) -> tuple:
 # ---------------------------------------------------------------------------- Anthropic
 
 
-def _count_breakpoints(body: dict) -> int:
-    n = 0
-    for key in ("system", "tools"):
-        for b in _blocks(body.get(key)):
-            if isinstance(b, dict) and b.get("cache_control") is not None:
-                n += 1
-    for m in body.get("messages") or []:
-        if not isinstance(m, dict):
-            continue
-        for b in _blocks(m.get("content")):
-            if not isinstance(b, dict):
-                continue
-            if b.get("cache_control") is not None:
-                n += 1
-            if b.get("type") == "tool_result":
-                n += sum(1 for x in _blocks(b.get("content")) if isinstance(x, dict) and x.get("cache_control") is not None)
-    return n
-
-
 def _thinking_of(m: dict | None) -> list:
     if not m:
         return []

@@ -20,13 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .retrieve import messages_of
+from .retrieve import history_items
 
 NOTE = "memory_source"  # ctx.notes key: {original index: the message as the stages left it}
 
 
 def _current(ctx) -> list:
-    return messages_of(ctx.api, ctx.request)
+    return history_items(ctx.api, ctx.request)
 
 
 class _View(Sequence):
@@ -64,7 +64,7 @@ class _View(Sequence):
 
 def view(ctx) -> Sequence:
     """The original's message indices, read from ``ctx.request`` as the stages have left it so far."""
-    original = messages_of(ctx.api, ctx.original)
+    original = history_items(ctx.api, ctx.original)
     current = _current(ctx)
     n, k = len(original), len(current)
     comp = ctx.notes.get("compaction") if isinstance(ctx.notes.get("compaction"), dict) else None

@@ -95,7 +95,7 @@ class HistoryIndex:
 
 
 # --- reading a request ----------------------------------------------------------------------------------
-def messages_of(api: ApiKind, body) -> list:
+def history_items(api: ApiKind, body) -> list:
     """The history list of a wire dict or typed request (Responses ``input`` string -> one item)."""
     from ..dialects import dialect
 
@@ -148,7 +148,7 @@ def history_texts(api: ApiKind, request) -> list[str]:
     from ..models import openai_responses as orr
 
     out: list[str] = []
-    for m in messages_of(api, request):
+    for m in history_items(api, request):
         if api is ApiKind.ANTHROPIC:
             msg = m if isinstance(m, am.Message) else am.Message.model_validate(m)
             if isinstance(msg.content, str):

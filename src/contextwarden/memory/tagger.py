@@ -311,15 +311,6 @@ class Tagger:
         return self.keywords.tag("\n".join(t for t in texts if t))
 
 
-def merge_tags(tag_lists: Iterable[Iterable[str]], similarity: float = 88) -> set[str]:
-    """The union of tag lists with near-duplicates folded to one spelling (compared lower-cased, stemmed)."""
-    out: set[str] = set()
-    for tags in tag_lists:
-        for t in tags:
-            out.add(tag_key(t))
-    return out
-
-
 def tag_key(tag: str) -> str:
     """The comparison form of a tag: lower-case, stemmed words."""
     return " ".join(stem(w) for w in tag.lower().split(" "))
