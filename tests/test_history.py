@@ -300,4 +300,4 @@ def test_conversations_stay_within_their_bounds():
         prepared(convs.get(("c", i)), conversation(2, seed=i))
         convs.get(("c", i))
     assert len(convs) <= 4  # (a conversation's bytes are counted once it has messages)
-    assert convs.get(("c", 5)).last[0], "the latest conversation is kept"
+    assert convs.get(("c", 5)).last.msgs, "the latest conversation is kept"

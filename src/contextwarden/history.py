@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from operator import is_
 from typing import Any, Callable
 
@@ -57,6 +58,25 @@ class Typed:
         self.memo: dict[Any, Any] = {}
 
 
+@dataclass(frozen=True, slots=True)
+class Latest:
+    """A conversation's latest messages (the client's dicts) and their bytes; replaced whole, never
+    changed (concurrent requests of a conversation read one or the other, never a mix)."""
+
+    msgs: list = field(default_factory=list)
+    raws: list[bytes] = field(default_factory=list)
+    inexact: frozenset[int] = frozenset()  # indexes whose bytes are those of an equal message, not its own
+
+
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """What a stage left about the first ``n`` messages of a request (``objs``: those messages)."""
+
+    objs: list
+    n: int
+    value: Any
+
+
 class Conversation:
     """One conversation's memory: its latest messages (the client's dicts), their JSON bytes, their
     typed entries, the edited copies stages made of them, the validator's checkpoints, and a slot per
@@ -66,12 +86,10 @@ class Conversation:
 
     def __init__(self, key: tuple) -> None:
         self.key = key
-        # the latest request's messages (the client's dicts), their bytes, and the indexes whose bytes
-        # are those of an equal message, not its own: one tuple, replaced whole (concurrent requests)
-        self.last: tuple[list, list[bytes], set[int]] = ([], [], set())
+        self.last = Latest()
         self.entries: list[Typed] = []  # their typed entries
         self.derived: dict[tuple, Typed] = {}  # (base bytes, edit key) -> the edited copy
-        self.slots: dict[Any, tuple[list, int, Any]] = {}  # stage key -> (the first n messages, n, value)
+        self.slots: dict[Any, Carried] = {}  # stage key -> what it carries to the next request
         self.nbytes = 0
         self.checkpoints = Checkpoints(size=8)  # the validator's state at the end of recently checked bodies
 
@@ -89,7 +107,8 @@ class Conversation:
         if known is not None:
             raws = list(known)
         else:
-            pm, pr, pin = self.last
+            last = self.last
+            pm, pr, pin = last.msgs, last.raws, last.inexact
             raws = []
             for i in range(min(len(pm), len(msgs))):
                 m = msgs[i]
@@ -103,7 +122,7 @@ class Conversation:
                 else:
                     raws.append(orjson.dumps(m))
         raws += [orjson.dumps(m) for m in msgs[len(raws):]]
-        self.last = (msgs, raws, inexact)
+        self.last = Latest(msgs, raws, frozenset(inexact))
         self.nbytes = sum(map(len, raws))
         return raws, not inexact
 
@@ -253,13 +272,13 @@ class History:
         got = conv.slots.get(key) if conv is not None else None
         if got is None:
             return None
-        objs, n, value = got
-        if n > len(self.entries) or same_prefix(objs, [e.obj for e in self.entries[:n]]) < n:
+        n = got.n
+        if n > len(self.entries) or same_prefix(got.objs, [e.obj for e in self.entries[:n]]) < n:
             return None
-        return n, value
+        return n, got.value
 
     def carry_on(self, key: Any, n: int, value: Any) -> None:
         """Leave ``value``, which depends on this request's first ``n`` messages only, to the
         conversation's next request (:meth:`carried`)."""
         if self.conv is not None:
-            self.conv.slots[key] = ([e.obj for e in self.entries[:n]], n, value)
+            self.conv.slots[key] = Carried([e.obj for e in self.entries[:n]], n, value)
