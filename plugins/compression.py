@@ -145,8 +145,10 @@ def limits_of(cfg) -> Limits:
 
 def _compress(ctx, decide: bool) -> None:
     cfg = ctx.settings.compression
-    if not cfg.enabled or not ctx.settings.clearing.enabled:
-        return  # (clearing's records re-apply the decisions on later requests: without it, none is made)
+    if not cfg.enabled or not ctx.settings.clearing.enabled or not ctx.settings.memory.enabled:
+        # clearing's records re-apply the decisions on later requests, and memory keeps the whole output
+        # the first line names: without either, nothing is compressed
+        return
     edits: dict[int, dict[tuple, Any]] = {}
     slots, errors = _tail(ctx, edits)
     if not slots:

@@ -25,7 +25,7 @@ from typing import Any
 from contextwarden.conversation import input_hint
 from contextwarden.memory.wayback import way_back
 
-from .cleanup import cap_long_lines, clean_lines, cleanup, collapse
+from .cleanup import cap_long_lines, clean_lines, cleanup, collapse_weighted
 from .jsonshape import compress_json, parse
 from .listing import compress_listing, kind_of
 from .logs import classify, compress_log, is_log
@@ -98,14 +98,14 @@ def compress(text: str, *, tool: str = "", tool_input: Any = None, query: str = 
     elif listing is not None and (tool in LISTING_TOOLS or LISTING_COMMANDS.match(_command(tool_input)) or listing == "grep"):
         kind, (body, facts) = "listing", _listing(lines, listing, budget)
     else:
-        col = collapse(lines)
+        col, weights = collapse_weighted(lines)
         classes = classify(col)
         if is_log(classes):
-            kind, (body, facts) = "log", compress_log(col, budget, classes)
+            kind, (body, facts) = "log", compress_log(col, budget, classes, weights)
         elif listing is not None:
             kind, (body, facts) = "listing", _listing(lines, listing, budget)
         else:
-            kind, (body, facts) = "relevant", compress_relevant(col, f"{input_hint(tool_input, 400)}\n{query}", budget)
+            kind, (body, facts) = "relevant", compress_relevant(col, f"{input_hint(tool_input, 400)}\n{query}", budget, weights)
     if len(body) > n * (1 - limits.min_gain):
         return None
     shown = sum(1 for x in body.split("\n") if not x.startswith(MARK))

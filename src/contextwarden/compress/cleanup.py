@@ -53,6 +53,16 @@ def similar_marker(n: int) -> str:
     return f"[… {n:,} similar line{'s' if n != 1 else ''} (differing only in numbers) left out …]"
 
 
+_TELLING = ("error", "fail", "fatal", "exception", "panic", "warn", "assert", "denied", "traceback")
+
+
+def _telling(line: str) -> bool:
+    """A line that reports a problem: lines like it that differ in numbers (which test, which file,
+    which line) are each worth keeping, so they are never collapsed as near-identical."""
+    low = line.lower()
+    return any(w in low for w in _TELLING)
+
+
 def block_marker(k: int, n: int) -> str:
     return f"[… the {k} lines above repeated {n:,} more time{'s' if n != 1 else ''} …]"
 
@@ -75,8 +85,16 @@ def _block_run(lines: list[str], i: int) -> tuple[int, int]:
 
 def collapse(lines: list[str]) -> list[str]:
     """Runs of identical lines → one line and a count; runs of at least ``MIN_RUN`` lines of the same
-    shape (digits left out) → the first and the last, and a count of those between."""
+    shape (digits left out) → the first and the last, and a count of those between; a block of lines
+    repeated in a row → once, and a count."""
+    return collapse_weighted(lines)[0]
+
+
+def collapse_weighted(lines: list[str]) -> tuple[list[str], list[int]]:
+    """:func:`collapse`, and how many lines of the input each output line stands for (a note: those it
+    counts; any other line: 1), so that what is left out later is counted in lines of the output as it came."""
     out: list[str] = []
+    w: list[int] = []
     i, n = 0, len(lines)
     keys = shapes(lines)
     while i < n:
@@ -85,8 +103,8 @@ def collapse(lines: list[str]) -> list[str]:
         while j < n and lines[j] == line:
             j += 1
         if j - i > 1 and line.strip():
-            out.append(line)
-            out.append(identical_marker(j - i - 1))
+            out += [line, identical_marker(j - i - 1)]
+            w += [1, j - i - 1]
             i = j
             continue
         if i + 2 < n and line.strip():
@@ -94,22 +112,23 @@ def collapse(lines: list[str]) -> list[str]:
             if k:
                 out.extend(lines[i:i + k])
                 out.append(block_marker(k, r - 1))
+                w += [1] * k + [k * (r - 1)]
                 i += k * r
                 continue
         key = keys[i]
-        if len(key) != len(line) and line.strip():
+        if len(key) != len(line) and line.strip() and not _telling(line):
             k = i + 1
             while k < n and keys[k] == key:
                 k += 1
             if k - i >= MIN_RUN:
-                out.append(line)
-                out.append(similar_marker(k - i - 2))
-                out.append(lines[k - 1])
+                out += [line, similar_marker(k - i - 2), lines[k - 1]]
+                w += [1, k - i - 2, 1]
                 i = k
                 continue
         out.append(line)
+        w.append(1)
         i += 1
-    return out
+    return out, w
 
 
 def cap_line(line: str) -> str:

@@ -7,11 +7,13 @@ def gap_marker(n: int) -> str:
     return f"[… {n:,} line{'s' if n != 1 else ''} left out …]"
 
 
-def join_kept(lines: list[str], keep: list[bool]) -> tuple[str, int]:
-    """The kept lines in order, each run left out replaced by one marker; and how many lines were kept."""
+def join_kept(lines: list[str], keep: list[bool], weights: list[int] | None = None) -> tuple[str, int]:
+    """The kept lines in order, each run left out replaced by one marker counting the lines it stands
+    for (``weights``: how many lines of the original each line is; 1 each without); and how many lines
+    were kept."""
     out: list[str] = []
     gap = kept = 0
-    for line, k in zip(lines, keep):
+    for i, (line, k) in enumerate(zip(lines, keep)):
         if k:
             if gap:
                 out.append(gap_marker(gap))
@@ -19,7 +21,7 @@ def join_kept(lines: list[str], keep: list[bool]) -> tuple[str, int]:
             out.append(line)
             kept += 1
         else:
-            gap += 1
+            gap += weights[i] if weights is not None else 1
     if gap:
         out.append(gap_marker(gap))
     return "\n".join(out), kept

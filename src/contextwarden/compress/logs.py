@@ -77,7 +77,8 @@ def is_log(classes: Classes) -> bool:
     return len(errors) + len(warnings) + len(keep) >= 2
 
 
-def compress_log(lines: list[str], budget_chars: int, classes: Classes | None = None) -> tuple[str, dict]:
+def compress_log(lines: list[str], budget_chars: int, classes: Classes | None = None,
+                 weights: list[int] | None = None) -> tuple[str, dict]:
     n = len(lines)
     errors, warnings, marked = classes if classes is not None else classify(lines)
     kept_warnings: list[int] = []
@@ -100,7 +101,7 @@ def compress_log(lines: list[str], budget_chars: int, classes: Classes | None = 
                     mark_span(keep, i - b, i + a + 1)
                 else:
                     keep[i] = True
-        return join_kept(lines, keep)
+        return join_kept(lines, keep, weights)
 
     text, kept = build(True)
     if len(text) > budget_chars:

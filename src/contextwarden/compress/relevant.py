@@ -16,18 +16,23 @@ from contextwarden.memory.lexical import tokenize
 from .gaps import gap_marker
 
 CHUNK_LINES = 20
+CHUNK_CHARS = 1_200
 K1, B = 1.2, 0.75
 
 
-def chunks_of(lines: list[str], size: int = CHUNK_LINES) -> list[tuple[int, int]]:
-    """(start, end) line spans: ``size`` lines, extended to the next blank line within half as many more."""
+def chunks_of(lines: list[str], size: int = CHUNK_LINES, chars: int = CHUNK_CHARS) -> list[tuple[int, int]]:
+    """(start, end) line spans of at most ``size`` lines and about ``chars`` characters, ending after a
+    blank line when one comes within the last third."""
     out, i, n = [], 0, len(lines)
     while i < n:
-        j = min(n, i + size)
-        k = j
-        while k < n and k < j + size // 2 and lines[k - 1].strip():
-            k += 1
-        j = k if k < n and not lines[k - 1].strip() else j
+        j, used, blank = i, 0, -1
+        while j < n and j - i < size and (used < chars or j == i):
+            used += len(lines[j]) + 1
+            if not lines[j].strip() and j > i:
+                blank = j + 1
+            j += 1
+        if j < n and blank > i + (j - i) * 2 // 3:
+            j = blank
         out.append((i, j))
         i = j
     return out
@@ -53,7 +58,7 @@ def bm25(docs: list[str], query: list[str]) -> list[float]:
     return scores
 
 
-def compress_relevant(lines: list[str], query: str, budget_chars: int) -> tuple[str, dict]:
+def compress_relevant(lines: list[str], query: str, budget_chars: int, weights: list[int] | None = None) -> tuple[str, dict]:
     spans = chunks_of(lines)
     texts = ["\n".join(lines[a:b]) for a, b in spans]
     scores = bm25([t.lower() for t in texts], tokenize(query)[:64])
@@ -66,16 +71,17 @@ def compress_relevant(lines: list[str], query: str, budget_chars: int) -> tuple[
             continue
         chosen.add(i)
         used += len(texts[i])
+    w = weights if weights is not None else [1] * len(lines)
     out: list[str] = []
     prev_end = 0
     kept = 0
     for i in sorted(chosen):
         a, b = spans[i]
         if a > prev_end:
-            out.append(gap_marker(a - prev_end))
+            out.append(gap_marker(sum(w[prev_end:a])))
         out.append(texts[i])
         kept += b - a
         prev_end = b
     if prev_end < len(lines):
-        out.append(gap_marker(len(lines) - prev_end))
+        out.append(gap_marker(sum(w[prev_end:])))
     return "\n".join(out), {"lines": len(lines), "kept_lines": kept, "chunks": len(spans), "kept_chunks": len(chosen)}
