@@ -203,7 +203,7 @@ def responses_bodies(draw, session: str | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # the independent checker
 
-STUB = "[contextwarden cleared this "
+STUB = ("[contextwarden cleared this ", "[contextwarden compressed this ")  # a clearing stub, a compressed output
 
 
 def _blocks(c: Any) -> list:
