@@ -89,3 +89,36 @@ def test_compressed_at_first_sight_recallable_and_reapplied_byte_for_byte(tmp_pa
         assert fwd[0]["data"]["tokens_out"] < fwd[0]["data"]["tokens_in"] // 10
     finally:
         proxy.stop(timeout=5)
+
+
+@pytest.mark.claude_code
+def test_the_real_claude_code_cli_runs_with_compression_on(tmp_path, standin, claude_bin):
+    """Claude Code runs ``cat build.log`` through the proxy (reverse mode): the upstream receives the
+    output compressed in the request that carries it, every failing test still named, and the CLI's
+    turn completes."""
+    from tests.support.claude_code import run_claude
+
+    from .conftest import Route
+
+    proxy = ProxyProcess(tmp_path / "proxy", name="compression-cli", profile="claude-code", reverse=standin.url,
+                         env=SETTINGS, ready_events=("startup", "memory_status")).start()
+    saved = standin.tool_input
+    standin.tool_input = {"command": "cat build.log", "description": "Show the test log"}
+    try:
+        log, failed = T.failing_pytest(400, failing=(17, 204, 377))
+        assert 5_000 < len(log) < 30_000  # (Claude Code truncates a Bash output past 30,000 characters)
+        result = run_claude(claude_bin, tmp_path, Route(proxy, False, "compression-cli").claude_env(),
+                            prompt="run the tests", files={"build.log": log})
+        assert result.returncode == 0, f"claude exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        calls = standin.requests("/v1/messages")
+        results = [b for r in calls for m in r.json()["messages"] if m["role"] == "user" and isinstance(m["content"], list)
+                   for b in m["content"] if b.get("type") == "tool_result"]
+        assert results
+        text = results[-1]["content"] if isinstance(results[-1]["content"], str) else results[-1]["content"][0]["text"]
+        assert text.startswith(PREFIX + "Bash result for cat build.log ("), text[:300]
+        assert all(f"FAILED {name}" in text for name in failed)
+        assert not any(r.problems for r in calls)
+        assert proxy.events("compression")
+    finally:
+        standin.tool_input = saved
+        proxy.stop(timeout=5)
