@@ -137,6 +137,37 @@ def allowed(cfg, tool: str, tool_input: Any, is_error: bool, edited: Any = ()) -
     return True
 
 
+def _result_tokens(ctx, slot: Slot, lazy: dict) -> int:
+    """Tokens of a result, from its message's count the pipeline already made for the request (a share
+    by characters when the message holds other parts): a 100 KB output is not tokenised a second time."""
+    per = lazy.setdefault("msg_tokens", {})
+    i = slot.index
+    if i not in per:
+        memo = ctx.token_memo
+        msgs = messages_of(ctx.api, ctx.original)
+        if memo is not None and memo[0] is not None and len(memo[1]) == len(msgs):
+            n = memo[1][i][0]
+        else:
+            n = ctx.runtime.tokens.count_message(ctx.api, msgs[i], ctx.model)
+        per[i] = (n, _text_chars(msgs[i]))
+    n, chars = per[i]
+    return max(1, round(n * len(slot.text) / max(chars, len(slot.text), 1)))
+
+
+def _text_chars(m: Any) -> int:
+    """Characters of a message's texts and tool results (what its tokens are mostly made of)."""
+    if not isinstance(m, dict):
+        return 0
+    c = m.get("content") if "content" in m else m.get("output")
+    if isinstance(c, str):
+        return len(c)
+    n = 0
+    for b in c if isinstance(c, list) else ():
+        if isinstance(b, dict):
+            n += len(result_text(b.get("content"))) if b.get("type") == "tool_result" else len(b.get("text") or "")
+    return n
+
+
 def limits_of(cfg) -> Limits:
     return Limits(medium_chars=cfg.medium_chars if cfg.medium else cfg.large_chars, large_chars=cfg.large_chars,
                   keep_ratio=cfg.keep_ratio, min_keep_chars=cfg.min_keep_chars, max_keep_chars=cfg.max_keep_chars,
@@ -187,7 +218,7 @@ def _compress(ctx, decide: bool) -> None:
         # the record is stored with the session: no secret in it (memory keeps the original redacted too)
         got = type(got)(redact_text(got.body), got.kind, got.facts)
         new = render(got, s.tool, s.tool_input, len(text), mid, lazy["how"])
-        toks, new_toks = count(text), count(new)
+        toks, new_toks = _result_tokens(ctx, s, lazy), count(new)
         if new_toks >= toks:
             continue
         rec = {"h": s.digest, "stub": new, "tokens": toks, "stub_tokens": new_toks, "tool": s.tool, "mid": mid,

@@ -27,7 +27,7 @@ from contextwarden.memory.wayback import way_back
 
 from .cleanup import cap_long_lines, clean_lines, cleanup, collapse_weighted
 from .jsonshape import compress_json, parse
-from .listing import compress_listing, kind_of
+from .listing import compress_listing, group, kind_of
 from .logs import classify, compress_log, is_log
 from .relevant import compress_relevant
 
@@ -114,8 +114,9 @@ def compress(text: str, *, tool: str = "", tool_input: Any = None, query: str = 
 
 def _listing(lines: list[str], kind: str, budget: int) -> tuple[str, dict]:
     """The listing with the most entries per group and groups that fits the budget (or the smallest)."""
+    grouped = group(lines, kind)
     for per_group, groups in ((5, 40), (3, 30), (2, 20), (1, 15)):
-        body, facts = compress_listing(lines, kind, per_group, groups)
+        body, facts = compress_listing(lines, kind, per_group, groups, grouped)
         if len(body) <= budget:
             break
     return body, facts

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from .scan import shapes
+from .scan import line_starts, lines_with, shapes
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _DIGITS = re.compile(r"\d+(?:[.,:]\d+)*")
@@ -53,14 +53,9 @@ def similar_marker(n: int) -> str:
     return f"[… {n:,} similar line{'s' if n != 1 else ''} (differing only in numbers) left out …]"
 
 
+# a line that reports a problem: lines like it that differ in numbers (which test, which file, which
+# line) are each worth keeping, so they are never collapsed as near-identical
 _TELLING = ("error", "fail", "fatal", "exception", "panic", "warn", "assert", "denied", "traceback")
-
-
-def _telling(line: str) -> bool:
-    """A line that reports a problem: lines like it that differ in numbers (which test, which file,
-    which line) are each worth keeping, so they are never collapsed as near-identical."""
-    low = line.lower()
-    return any(w in low for w in _TELLING)
 
 
 def block_marker(k: int, n: int) -> str:
@@ -97,6 +92,7 @@ def collapse_weighted(lines: list[str]) -> tuple[list[str], list[int]]:
     w: list[int] = []
     i, n = 0, len(lines)
     keys = shapes(lines)
+    telling = lines_with("\n".join(lines).lower(), line_starts(lines), _TELLING)
     while i < n:
         line = lines[i]
         j = i + 1
@@ -116,7 +112,7 @@ def collapse_weighted(lines: list[str]) -> tuple[list[str], list[int]]:
                 i += k * r
                 continue
         key = keys[i]
-        if len(key) != len(line) and line.strip() and not _telling(line):
+        if len(key) != len(line) and line.strip() and i not in telling:
             k = i + 1
             while k < n and keys[k] == key:
                 k += 1

@@ -55,7 +55,8 @@ def _group_key(kind: str, line: str, current_dir: str) -> tuple[str, str]:
     return (p.rsplit("/", 1)[0] if "/" in p else "."), "entry"
 
 
-def compress_listing(lines: list[str], kind: str, per_group: int = PER_GROUP, max_groups: int = MAX_GROUPS) -> tuple[str, dict]:
+def group(lines: list[str], kind: str) -> tuple[dict[str, list[str]], int]:
+    """The listing's entries by group (file for grep, directory otherwise), in order; and their number."""
     groups: dict[str, list[str]] = {}
     current = "."
     total = 0
@@ -73,6 +74,12 @@ def compress_listing(lines: list[str], kind: str, per_group: int = PER_GROUP, ma
         g, _ = _group_key(kind, line, current)
         groups.setdefault(g, []).append(line)
         total += 1
+    return groups, total
+
+
+def compress_listing(lines: list[str], kind: str, per_group: int = PER_GROUP, max_groups: int = MAX_GROUPS,
+                     grouped: tuple[dict[str, list[str]], int] | None = None) -> tuple[str, dict]:
+    groups, total = grouped if grouped is not None else group(lines, kind)
     noun = "match" if kind == "grep" else "entry"
     nouns = "matches" if kind == "grep" else "entries"
     unit = "file" if kind == "grep" else "directory"
