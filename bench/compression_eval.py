@@ -168,6 +168,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--no-replay", action="store_true")
     ap.add_argument("--stage-budget-ms", type=float, default=20_000)
+    ap.add_argument("--replay-only", action="store_true", help="skip the per-tool table")
+    ap.add_argument("--fast", action="store_true",
+                    help="replay without turn hooks and memory injection, on both sides (memory's ingestion is most of "
+                         "a replay's time; compression does not change what memory injects, so the difference holds)")
     ap.add_argument("traces", nargs="*", default=sorted(str(p) for p in (SHARED / "eval" / "traces").glob("*.jsonl")))
     a = ap.parse_args(argv)
     ov = parse_sets(a.sets)
@@ -175,21 +179,34 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="cw-compress-eval-") as home:
         settings = load_settings(a.profile, Path(home), overrides=on)
         counter = TokenCounter(settings.tokens)
-        rows = {t: per_tool(t, settings, counter) for t in a.traces}
+        rows = {t: per_tool(t, settings, counter) for t in a.traces} if not a.replay_only else {}
+    if rows:
+        _print_rows(a, settings, rows)
+    if a.no_replay:
+        return 0
+    _replays(a, ov, on)
+    return 0
+
+
+def _print_rows(a, settings, rows) -> None:
     print(f"Per tool, every tool result at first sight (policy: profile {a.profile}, tools {settings.compression.tools}, "
           f"never {settings.compression.never_tools}, keep_errors {settings.compression.keep_errors}, "
           f"keep_edited_reads {settings.compression.keep_edited_reads}):\n")
     print(_table(rows))
-    if a.no_replay:
-        return 0
+
+
+def _replays(a, ov: dict, on: dict) -> None:
     off = {**ov, "compression": {**ov.get("compression", {}), "enabled": False}}
+    if a.fast:
+        on = {**on, "memory": {**on.get("memory", {}), "inject": False}}
+        off = {**off, "memory": {**off.get("memory", {}), "inject": False}}
     print("\nReplay (cost under caching, fidelity over every request's answer):\n")
     print(f"{'trace':14} {'cost without $':>14} {'cost with $':>11} {'Δ':>7} {'refs lost without':>18} {'with':>14} "
           f"{'edit src lost without':>22} {'with':>10} {'compressions':>12}")
     for t in a.traces:
         reps = {}
         for name, o in (("without", off), ("with", on)):
-            reps[name] = replay(t, a.profile, stage_budget_ms=a.stage_budget_ms, overrides=o)
+            reps[name] = replay(t, a.profile, stage_budget_ms=a.stage_budget_ms, overrides=o, turn_hooks=not a.fast)
         line = []
         for name in ("without", "with"):
             tot = reps[name].totals() if callable(getattr(reps[name], "totals", None)) else reps[name].to_dict()["totals"]
@@ -201,7 +218,6 @@ def main(argv: list[str]) -> int:
               f"{100 * (w1['cost_ours'] / w0['cost_ours'] - 1):>+6.1f}% {f0['refs_lost']:>8}/{f0['refs']:<9} {f1['refs_lost']:>6}/{f1['refs']:<7} "
               f"{f0['sources_lost']:>12}/{f0['sources']:<9} {f1['sources_lost']:>4}/{f1['sources']:<5} {comp:>12}")
         sys.stdout.flush()
-    return 0
 
 
 if __name__ == "__main__":
