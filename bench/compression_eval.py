@@ -36,6 +36,8 @@ from contextwarden.cli.replay import parse_sets  # noqa: E402
 from contextwarden.compress import compress  # noqa: E402
 from contextwarden.conversation import result_text  # noqa: E402
 from contextwarden.fidelity import Indexer, answer_items, body_texts, has_source  # noqa: E402
+from contextwarden.memory.retrieve import human_text, role_of  # noqa: E402
+from contextwarden.models.base import ApiKind  # noqa: E402
 from contextwarden.plugins.clearing import EDIT_TOOLS, _path_of  # noqa: E402
 from contextwarden.plugins.compression import allowed, limits_of  # noqa: E402
 from contextwarden.replay import load_trace, replay  # noqa: E402
@@ -59,6 +61,14 @@ def _newest_results(body: dict) -> tuple[dict[str, tuple[str, object]], list[tup
             if b.get("type") == "tool_result":
                 out.append((b.get("tool_use_id"), b.get("content"), bool(b.get("is_error"))))
     return calls, out
+
+
+def _last_human(body: dict) -> str:
+    """What the person last wrote (the stage's query for the relevant-chunks compressor)."""
+    for m in reversed(body.get("messages") or []):
+        if role_of(m) == "user" and (t := human_text(ApiKind.ANTHROPIC, m)).strip():
+            return t[-2000:]
+    return ""
 
 
 def _edited(body: dict) -> set[str]:
@@ -101,7 +111,7 @@ def per_tool(trace_path: str, settings, counter: TokenCounter) -> dict[str, dict
                 row["big_after"] += toks if big else 0
                 row["after"] += toks
                 continue
-            got = compress(text, tool=name, tool_input=inp, limits=limits)
+            got = compress(text, tool=name, tool_input=inp, query=_last_human(req.body), limits=limits)
             if got is None:
                 row["big_after"] += toks if big else 0
                 row["after"] += toks

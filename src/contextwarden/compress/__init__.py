@@ -96,14 +96,14 @@ def compress(text: str, *, tool: str = "", tool_input: Any = None, query: str = 
             return None
         kind, (body, facts) = "json", got
     elif listing is not None and (tool in LISTING_TOOLS or LISTING_COMMANDS.match(_command(tool_input)) or listing == "grep"):
-        kind, (body, facts) = "listing", _listing(lines, listing, budget)
+        kind, (body, facts) = "listing", _listing(lines, listing, budget, _terms(tool_input, query))
     else:
         col, weights = collapse_weighted(lines)
         classes = classify(col)
         if is_log(classes):
             kind, (body, facts) = "log", compress_log(col, budget, classes, weights)
         elif listing is not None:
-            kind, (body, facts) = "listing", _listing(lines, listing, budget)
+            kind, (body, facts) = "listing", _listing(lines, listing, budget, _terms(tool_input, query))
         else:
             kind, (body, facts) = "relevant", compress_relevant(col, f"{input_hint(tool_input, 400)}\n{query}", budget, weights)
     if len(body) > n * (1 - limits.min_gain):
@@ -112,11 +112,18 @@ def compress(text: str, *, tool: str = "", tool_input: Any = None, query: str = 
     return Compressed(body, kind, {**facts, "chars": n, "lines": len(lines), "kept_lines": min(shown, len(lines))})
 
 
-def _listing(lines: list[str], kind: str, budget: int) -> tuple[str, dict]:
+def _terms(tool_input: Any, query: str) -> tuple[str, ...]:
+    """The task's words a listing entry may name (memory's terms, stemmed, 4 characters or more)."""
+    from contextwarden.memory.lexical import tokenize
+
+    return tuple(sorted({t for t in tokenize(f"{input_hint(tool_input, 400)}\n{query}") if len(t) >= 4 and "/" not in t}))[:40]
+
+
+def _listing(lines: list[str], kind: str, budget: int, terms: tuple[str, ...] = ()) -> tuple[str, dict]:
     """The listing with the most entries per group and groups that fits the budget (or the smallest)."""
     grouped = group(lines, kind)
     for per_group, groups in ((5, 40), (3, 30), (2, 20), (1, 15)):
-        body, facts = compress_listing(lines, kind, per_group, groups, grouped)
+        body, facts = compress_listing(lines, kind, per_group, groups, grouped, terms)
         if len(body) <= budget:
             break
     return body, facts

@@ -78,7 +78,10 @@ def group(lines: list[str], kind: str) -> tuple[dict[str, list[str]], int]:
 
 
 def compress_listing(lines: list[str], kind: str, per_group: int = PER_GROUP, max_groups: int = MAX_GROUPS,
-                     grouped: tuple[dict[str, list[str]], int] | None = None) -> tuple[str, dict]:
+                     grouped: tuple[dict[str, list[str]], int] | None = None, terms: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """The listing grouped and capped. An entry past its group's cap that names one of ``terms`` (the
+    task's words, lower case) is shown too, up to as many again: the file the task is about is the one
+    the model asks for next."""
     groups, total = grouped if grouped is not None else group(lines, kind)
     noun = "match" if kind == "grep" else "entry"
     nouns = "matches" if kind == "grep" else "entries"
@@ -90,9 +93,12 @@ def compress_listing(lines: list[str], kind: str, per_group: int = PER_GROUP, ma
         items = groups[g]
         if kind == "ls":
             out.append(f"{g}:")
-        out.extend(items[:per_group])
-        shown += min(len(items), per_group)
-        more = len(items) - per_group
+        pick = items[:per_group]
+        if terms and len(items) > per_group:
+            pick += [x for x in items[per_group:] if any(t in x.lower() for t in terms)][:per_group]
+        out.extend(pick)
+        shown += len(pick)
+        more = len(items) - len(pick)
         if more > 0:
             out.append(f"[… {more:,} more {noun if more == 1 else nouns} in {g} left out …]")
     rest = names[max_groups:]
