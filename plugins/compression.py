@@ -168,6 +168,16 @@ def _text_chars(m: Any) -> int:
     return n
 
 
+def _plain_text(content: Any) -> bool:
+    """A result that is only text (a string, or text parts without a breakpoint of their own): one string
+    can take its place without losing an image or a ``cache_control``."""
+    if isinstance(content, str):
+        return True
+    return isinstance(content, list) and not image_count(content) and all(
+        isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text") and "cache_control" not in p
+        for p in content)
+
+
 def limits_of(cfg) -> Limits:
     return Limits(medium_chars=cfg.medium_chars if cfg.medium else cfg.large_chars, large_chars=cfg.large_chars,
                   keep_ratio=cfg.keep_ratio, min_keep_chars=cfg.min_keep_chars, max_keep_chars=cfg.max_keep_chars,
@@ -198,7 +208,7 @@ def _compress(ctx, decide: bool) -> None:
             if rec.get("kind") == COMPRESSED and rec["h"] == s.digest and rec.get("stub") is not None:
                 applied.append((s, rec, False))
             continue  # (a clearing record on an unseen result: clearing leaves it, and so does this)
-        if not decide or len(s.text) < limits.medium_chars or image_count(s.content):
+        if not decide or len(s.text) < limits.medium_chars or not _plain_text(s.content):
             continue
         if cfg.keep_edited_reads and s.tool in clearing.READ_TOOLS and "edited" not in lazy:
             lazy["edited"] = _edited_paths(ctx)

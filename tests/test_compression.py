@@ -267,6 +267,19 @@ def test_policy_never_compresses_edits_reads_or_errors_by_default(cw_home, name,
     h.close()
 
 
+def test_a_result_with_a_breakpoint_or_an_image_inside_stays_whole(cw_home):
+    h = harness(cw_home)
+    log, _ = T.build_log()
+    body = anthropic_body([("Bash", {"command": "make"}, log, False), ("Bash", {"command": "make"}, log + "\n", False)],
+                          session="cmp-parts")
+    body["messages"][-1]["content"][0]["content"] = [{"type": "text", "text": log, "cache_control": {"type": "ephemeral"}}]
+    body["messages"][-1]["content"][1]["content"] = [{"type": "text", "text": log},
+                                                     {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert [b["content"] for b in sent.body["messages"][-1]["content"]] == [b["content"] for b in body["messages"][-1]["content"]]
+    h.close()
+
+
 def test_a_read_of_a_file_the_session_edited_stays_whole_when_reads_are_allowed(cw_home):
     h = harness(cw_home, never_tools=["Edit", "Write"])
     log, _ = T.build_log()
