@@ -67,6 +67,7 @@ INPUT_STUB_PREFIX = STUB_PREFIX + "input value"
 INPUT_VALUE_CHARS = 300  # input values longer than this (serialised) are the ones replaced
 IMAGE_TOKENS = 1_600  # an image's input tokens when its size is unknown (Anthropic: ~1.15 MP max)
 MAX_REMEMBERED = 5_000  # cleared results remembered per session
+COMPRESSED = "compressed"  # a record's kind when the compression stage made it (plugins/compression.py)
 
 
 @dataclass(slots=True)
@@ -491,6 +492,23 @@ def _files_being_edited(slots: list[Slot], last_calls: int) -> set[str]:
     return out
 
 
+def remember(state, key: str, new_recs: dict[str, dict[str, Any]]) -> None:
+    """Add records to the session's (atomically: a concurrent request, another replica, may have added some)."""
+    def merge(cur):
+        merged = {**(cur or {}), **new_recs}
+        return dict(list(merged.items())[-MAX_REMEMBERED:]) if len(merged) > MAX_REMEMBERED else merged
+
+    state.update(NS, key, merge)
+
+
+def _compressed_gain(rec: dict[str, Any] | None, slot: Slot) -> int:
+    """What a compression record re-applied on this slot by step 1 frees (a clearing step may still
+    replace it with a stub, which then frees only the rest)."""
+    if rec is None or rec.get("kind") != COMPRESSED or rec["h"] != slot.digest:
+        return 0
+    return rec["tokens"] - rec["stub_tokens"]
+
+
 @hookimpl
 def cw_request(ctx) -> None:
     _clear(ctx, decide=True)
@@ -546,6 +564,10 @@ def _clear(ctx, decide: bool) -> None:
         if rec.get("stub") is not None:
             slot.set(rec["stub"], edits)
             gain_r = rec["tokens"] - rec["stub_tokens"]
+            if new and (prev := _compressed_gain(remembered.get(slot.id), slot)):
+                gain_r -= prev  # the compressed text it replaces freed that much already
+                cleared[:] = [c for c in cleared if c["tool_use_id"] != slot.id]
+                counts["results"] -= 1
         if rec.get("input_stub") is not None and input_allowed(slot) and _digest(_dumps(slot.tool_input)) == rec.get("ih"):
             slot.set_input(rec["input_stub"], edits)
             gain_i = rec["input_tokens"] - rec["input_stub_tokens"]
@@ -565,7 +587,8 @@ def _clear(ctx, decide: bool) -> None:
                 cleared.append({"tool_use_id": slot.id, "memory_id": mid, "tool": slot.tool, "input": slot.tool_input,
                                 "text": _value_text(v), "tokens": None, "message_index": slot.call_index, "new": new,
                                 "kind": "tool_input", "key": key})
-        done.add(slot.id)
+        if rec.get("kind") != COMPRESSED:  # a compressed result may still be cleared by a step
+            done.add(slot.id)
         return True
 
     # 1. what was cleared before is cleared again, identically (the cached prefix holds the stubs).
@@ -602,7 +625,7 @@ def _clear(ctx, decide: bool) -> None:
             if calls_at_cut is not None and si == n_cut:
                 step1_at_cut = step1_effects(si)
             rec = remembered.get(s.id)
-            if rec is None or s.tool in exclude or s.id in done or s.index >= unseen_from:
+            if rec is None or (s.tool in exclude and rec.get("kind") != COMPRESSED) or s.id in done or s.index >= unseen_from:
                 continue
             if rec["h"] != s.digest:  # the client changed this result itself: leave it be
                 continue
@@ -679,6 +702,7 @@ def _clear(ctx, decide: bool) -> None:
                         rec.update(input_stub=stub_input, ih=_digest(_dumps(s.tool_input)), input_tokens=in_toks,
                                    input_stub_tokens=stub_in_toks, input_mids=mids)
                         g += in_toks - stub_in_toks
+            g -= _compressed_gain(remembered.get(s.id), s)
             if g <= 0:
                 continue
             chosen.append((s, rec))
@@ -690,11 +714,7 @@ def _clear(ctx, decide: bool) -> None:
 
     _commit(ctx, edits, prior, carry)
     if new_recs:
-        def merge(cur):  # atomically: a concurrent request (another replica) may have added some
-            merged = {**(cur or {}), **new_recs}
-            return dict(list(merged.items())[-MAX_REMEMBERED:]) if len(merged) > MAX_REMEMBERED else merged
-
-        state.update(NS, key, merge)
+        remember(state, key, new_recs)
 
     ctx.notes["clearing"] = {"freed": freed, "by_index": by_index}
     if not cleared:

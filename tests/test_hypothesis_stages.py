@@ -39,7 +39,7 @@ def present_stages() -> list[str]:
     """The built-in stages that implement cw_request now (memory is optional)."""
     pm = make_plugin_manager(None)
     have = {i.plugin_name for i in pm.hook.cw_request.get_hookimpls()}
-    return [s for s in ("strip", "clearing", "compaction", "memory") if s in have]
+    return [s for s in ("strip", "clearing", "compression", "compaction", "memory") if s in have]
 
 
 class Bench:
@@ -62,6 +62,9 @@ class Bench:
             o["clearing"] = {"trigger_tokens": int(window * trigger), "keep_recent": keep, "clear_at_least": at_least,
                              "min_result_tokens": 20, "clear_tool_inputs": (keep + protect) % 2 == 1}
             o["compaction"] = {"protect_recent_turns": protect, "min_span_tokens": 50, "summary_max_tokens": summary}
+            # tool outputs compressed at first sight, with small tiers so that the generated results reach them
+            o["compression"] = {"enabled": True, "medium_chars": 1_000, "large_chars": 4_000, "min_keep_chars": 500,
+                                "min_gain": 0.05}
             s = self._settings[key] = load_settings("default", self.home, overrides=o)
         return s
 
@@ -79,7 +82,7 @@ class Bench:
             self.stats["rewritten"] += 1
             problems += [f"validator: {p}" for p in validate_rewrite(api, sent.body, original)]
             problems += [f"checker: {p}" for p in CHECKS[api](sent.body, original)]
-        for t in ("clearing", "compaction"):
+        for t in ("clearing", "compaction", "compression"):
             if any(e.get("applied", True) for e in sent.events(t)):
                 self.stats[t] += 1
         self.last = sent
@@ -158,3 +161,4 @@ def test_the_generated_examples_make_the_stages_fire(bench):
     """Guard against a vacuous property: over a fixed sample, both stages really rewrite bodies."""
     assert bench.stats["rewritten"] > 0
     assert bench.stats["clearing"] > 0 and bench.stats["compaction"] > 0, dict(bench.stats)
+    assert bench.stats["compression"] > 0, dict(bench.stats)

@@ -203,7 +203,7 @@ def responses_bodies(draw, session: str | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # the independent checker
 
-STUB = "[contextwarden cleared this "
+STUB = ("[contextwarden cleared this ", "[contextwarden compressed this ")  # a clearing stub, a compressed output
 
 
 def _blocks(c: Any) -> list:
@@ -226,7 +226,8 @@ def check_anthropic(new: dict, orig: dict) -> list[str]:
     for a, b in zip(conv, conv[1:]):
         if a["role"] == b["role"]:
             p.append(f"two {a['role']} messages in a row")
-    if msgs[-1] != orig["messages"][-1] and not _only_memory_added(msgs[-1], orig["messages"][-1]):
+    last = _uncompressed(msgs[-1], orig["messages"][-1])
+    if last != orig["messages"][-1] and not _only_memory_added(last, orig["messages"][-1]):
         p.append(f"the last message changed: {orjson.dumps(msgs[-1])[:600]!r} vs {orjson.dumps(orig['messages'][-1])[:300]!r}")
     orig_uses = {b["id"]: b for m in orig["messages"] for b in _blocks(m["content"]) if b.get("type") == "tool_use"}
     orig_results = {b["tool_use_id"]: b for m in orig["messages"] for b in _blocks(m["content"]) if b.get("type") == "tool_result"}
@@ -277,6 +278,22 @@ def check_anthropic(new: dict, orig: dict) -> list[str]:
     if not all(any(s == o for o in it) for s in sys_new):
         p.append("role system messages invented or reordered")
     return p
+
+
+def _uncompressed(new: dict, orig: dict) -> dict:
+    """``new`` with each tool result the compression stage rewrote (its content only: the text starts
+    with the stage's first line) put back as the client sent it; anything else left as it is."""
+    if not isinstance(new.get("content"), list) or not isinstance(orig.get("content"), list):
+        return new
+    sent = {b.get("tool_use_id"): b for b in orig["content"] if isinstance(b, dict) and b.get("type") == "tool_result"}
+    out = []
+    for b in new["content"]:
+        o = sent.get(b.get("tool_use_id")) if isinstance(b, dict) and b.get("type") == "tool_result" else None
+        if o is not None and isinstance(b.get("content"), str) and b["content"].startswith(STUB[1]) \
+                and {k: v for k, v in b.items() if k != "content"} == {k: v for k, v in o.items() if k != "content"}:
+            b = o
+        out.append(b)
+    return {**new, "content": out}
 
 
 def _only_memory_added(new: dict, old: dict) -> bool:

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings import SettingsError as SourceError
 
 from .base import Section
+from .compression import CompressionSection
 from .context import BudgetSection, ClearingSection, CompactionSection, StripSection, TokensSection
 from .gateway import MetricsSection, StateSection
 from .memory import MemorySection, TaggingSection
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     memory: MemorySection = MemorySection()
     clearing: ClearingSection = ClearingSection()
     compaction: CompactionSection = CompactionSection()
+    compression: CompressionSection = CompressionSection()
     budget: BudgetSection = BudgetSection()
     server: ServerSection = ServerSection()
     log: LogSection = LogSection()

@@ -4,7 +4,7 @@ from .base import Section
 
 
 class PipelineSection(Section):
-    order: list[str] = ["budget", "strip", "tagging", "clearing", "compaction", "recall", "memory"]
+    order: list[str] = ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory"]
     """Stage names in the order they run. Registered stages not listed run after these, in load order.
     ``budget`` first (a BLOCKED request costs nothing more); ``memory`` last, so it knows what the
     pruning stages took out of the history and injects into the final last user message."""

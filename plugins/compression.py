@@ -1,0 +1,257 @@
+"""Built-in stage ``compression`` (after clearing): a large tool result shrinks the first time it is seen.
+
+A tool result is cheapest to shrink when it arrives: every token removed then is never written to the
+prompt cache and never read again. So this stage looks only at the newest tool results of a request
+(those after the model's last message, which the model has not read yet) and, per the profile's
+``compression`` settings, puts in their place the text :mod:`contextwarden.compress` makes of them
+(clean-up for a medium result; a log, JSON, listing or relevant-chunks compressor for a large one),
+whose first line says it is compressed, how much was kept and under which memory id the whole output
+is kept::
+
+    [contextwarden compressed this Bash result for pytest -q (errors, failures, warnings with context,
+    summary lines, head and tail kept; kept 9% of 48,210 characters; 131 of 1,650 lines). The whole
+    output is memory id m-0123456789abcdef: call mcp__contextwarden__recall with this id to get it back
+    verbatim, or re-run the tool.]
+
+**One record mechanism.** The decision is a clearing record (``kind: "compressed"``) in the session's
+clearing records (:mod:`contextwarden.plugins.clearing`), whose text is computed once: from the next
+request on, when the result is no longer after the model's last message, the clearing stage's step 1
+re-applies it byte for byte with every other record (and a later clearing step may still replace it
+with a stub). This stage re-applies a record only where clearing does not look: a result still after
+the model's last message (the client re-sending the same request). :func:`cw_reapply` runs the very
+code :func:`cw_request` runs, deciding nothing.
+
+**Kept before sent.** The whole output goes into ``ctx.notes["cleared"]`` (``new``), which the
+``recall`` stage hands to memory's originals before the request goes upstream, as it does for clearing.
+
+**Never compressed** (defaults): Edit / MultiEdit / Write / NotebookEdit results, a Read of a file the
+session has edited, a result flagged ``is_error``, tools outside ``compression.tools``, a result with
+images, and anything the compressor cannot shrink by ``min_gain``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contextwarden import hookimpl
+from contextwarden.compress import Limits, compress, render
+from contextwarden.conversation import image_count, result_text
+from contextwarden.memory.ids import memory_id
+from contextwarden.memory.retrieve import human_text, messages_of, role_of
+from contextwarden.memory.secrets import redact_text
+from contextwarden.memory.wayback import recall_wording
+from contextwarden.models.base import ApiKind
+from contextwarden.plugins import clearing
+from contextwarden.plugins.clearing import COMPRESSED, Slot, _commit, _last_assistant, _path_of, find_slots, session_key
+from contextwarden.statecache import state_cache
+
+
+@hookimpl
+def cw_request(ctx) -> None:
+    _compress(ctx, decide=True)
+
+
+@hookimpl
+def cw_reapply(ctx) -> None:
+    """The records of the newest results put in again, exactly as :func:`cw_request` does; nothing new."""
+    _compress(ctx, decide=False)
+
+
+def _tail_anthropic(req, last: int) -> tuple[list[Slot], dict[str, bool]]:
+    """The tool results after message ``last`` (the model's last), with their calls from that message."""
+    msgs = req.messages
+    calls: dict[str, tuple[str, Any, int]] = {}
+    if last >= 0 and not isinstance(msgs[last].content, str):
+        for ui, b in enumerate(msgs[last].content):
+            if getattr(b, "type", None) == "tool_use":
+                calls[b.id] = (b.name, b.input, ui)
+    slots: list[Slot] = []
+    errors: dict[str, bool] = {}
+    for i in range(last + 1, len(msgs)):
+        m = msgs[i]
+        if m.role != "user" or isinstance(m.content, str):
+            continue
+        for bi, b in enumerate(m.content):
+            if getattr(b, "type", None) != "tool_result":
+                continue
+            name, inp, ui = calls.get(b.tool_use_id, ("", None, -1))
+            slots.append(Slot(i, b.tool_use_id, name, inp, b.content, None, -1, last if ui >= 0 else -1,
+                              _pos=(i, bi, last if ui >= 0 else -1, ui)))
+            errors[b.tool_use_id] = bool(b.is_error)
+    return slots, errors
+
+
+def _tail(ctx, edits: dict) -> tuple[list[Slot], dict[str, bool]]:
+    last = _last_assistant(ctx)
+    if ctx.api is ApiKind.ANTHROPIC:
+        return _tail_anthropic(ctx.request, last)
+    slots, _ = find_slots(ctx.api, ctx.request, edits)
+    return [s for s in slots if s.index > last], {}
+
+
+def _last_human(ctx) -> str:
+    """What the person last wrote (the task the relevant-chunks compressor scores against)."""
+    msgs = messages_of(ctx.api, ctx.original)
+    for m in reversed(msgs):
+        if role_of(m) == "user":
+            t = human_text(ctx.api, m)
+            if t.strip():
+                return t[-2000:]
+    return ""
+
+
+def _edited_paths(ctx) -> set[str]:
+    """Paths an Edit, MultiEdit, Write or NotebookEdit call of this request changed."""
+    out: set[str] = set()
+    for m in messages_of(ctx.api, ctx.original):
+        if not isinstance(m, dict):
+            continue
+        if ctx.api is ApiKind.ANTHROPIC:
+            c = m.get("content")
+            for b in c if m.get("role") == "assistant" and isinstance(c, list) else ():
+                if isinstance(b, dict) and b.get("type") == "tool_use" and b.get("name") in clearing.EDIT_TOOLS:
+                    if p := _path_of(b.get("input")):
+                        out.add(p)
+        else:
+            from contextwarden.conversation import _maybe_json
+
+            for tc in m.get("tool_calls") or ():
+                fn = tc.get("function") if isinstance(tc, dict) else None
+                if isinstance(fn, dict) and fn.get("name") in clearing.EDIT_TOOLS:
+                    if p := _path_of(_maybe_json(fn.get("arguments"))):
+                        out.add(p)
+            if m.get("type") == "function_call" and m.get("name") in clearing.EDIT_TOOLS:
+                if p := _path_of(_maybe_json(m.get("arguments"))):
+                    out.add(p)
+    return out
+
+
+def allowed(cfg, tool: str, tool_input: Any, is_error: bool, edited: Any = ()) -> bool:
+    """The profile's per-tool policy: may this result be compressed?"""
+    if tool in cfg.never_tools or ("*" not in cfg.tools and tool not in cfg.tools):
+        return False
+    if cfg.keep_errors and is_error:
+        return False
+    if cfg.keep_edited_reads and tool in clearing.READ_TOOLS and _path_of(tool_input) in edited:
+        return False
+    return True
+
+
+def _result_tokens(ctx, slot: Slot, lazy: dict) -> int:
+    """Tokens of a result, from its message's count the pipeline already made for the request (a share
+    by characters when the message holds other parts): a 100 KB output is not tokenised a second time."""
+    per = lazy.setdefault("msg_tokens", {})
+    i = slot.index
+    if i not in per:
+        memo = ctx.token_memo
+        msgs = messages_of(ctx.api, ctx.original)
+        if memo is not None and memo[0] is not None and len(memo[1]) == len(msgs):
+            n = memo[1][i][0]
+        else:
+            n = ctx.runtime.tokens.count_message(ctx.api, msgs[i], ctx.model)
+        per[i] = (n, _text_chars(msgs[i]))
+    n, chars = per[i]
+    return max(1, round(n * len(slot.text) / max(chars, len(slot.text), 1)))
+
+
+def _text_chars(m: Any) -> int:
+    """Characters of a message's texts and tool results (what its tokens are mostly made of)."""
+    if not isinstance(m, dict):
+        return 0
+    c = m.get("content") if "content" in m else m.get("output")
+    if isinstance(c, str):
+        return len(c)
+    n = 0
+    for b in c if isinstance(c, list) else ():
+        if isinstance(b, dict):
+            n += len(result_text(b.get("content"))) if b.get("type") == "tool_result" else len(b.get("text") or "")
+    return n
+
+
+def _plain_text(content: Any) -> bool:
+    """A result that is only text (a string, or text parts without a breakpoint of their own): one string
+    can take its place without losing an image or a ``cache_control``."""
+    if isinstance(content, str):
+        return True
+    return isinstance(content, list) and not image_count(content) and all(
+        isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text") and "cache_control" not in p
+        for p in content)
+
+
+def limits_of(cfg) -> Limits:
+    return Limits(medium_chars=cfg.medium_chars if cfg.medium else cfg.large_chars, large_chars=cfg.large_chars,
+                  keep_ratio=cfg.keep_ratio, min_keep_chars=cfg.min_keep_chars, max_keep_chars=cfg.max_keep_chars,
+                  min_gain=cfg.min_gain)
+
+
+def _compress(ctx, decide: bool) -> None:
+    cfg = ctx.settings.compression
+    if not cfg.enabled or not ctx.settings.clearing.enabled or not ctx.settings.memory.enabled:
+        # clearing's records re-apply the decisions on later requests, and memory keeps the whole output
+        # the first line names: without either, nothing is compressed
+        return
+    edits: dict[int, dict[tuple, Any]] = {}
+    slots, errors = _tail(ctx, edits)
+    if not slots:
+        return
+    state = state_cache(ctx.runtime)
+    key = session_key(ctx)
+    remembered: dict[str, dict[str, Any]] = state.get(clearing.NS, key, None) or {}
+    limits = limits_of(cfg)
+    count = lambda t: ctx.runtime.tokens.count_text(t, ctx.model)  # noqa: E731
+    lazy: dict[str, Any] = {}
+    applied: list[tuple[Slot, dict, bool]] = []
+    new_recs: dict[str, dict[str, Any]] = {}
+    for s in slots:
+        rec = remembered.get(s.id)
+        if rec is not None:
+            if rec.get("kind") == COMPRESSED and rec["h"] == s.digest and rec.get("stub") is not None:
+                applied.append((s, rec, False))
+            continue  # (a clearing record on an unseen result: clearing leaves it, and so does this)
+        if not decide or len(s.text) < limits.medium_chars or not _plain_text(s.content):
+            continue
+        if cfg.keep_edited_reads and s.tool in clearing.READ_TOOLS and "edited" not in lazy:
+            lazy["edited"] = _edited_paths(ctx)
+        if not allowed(cfg, s.tool, s.tool_input, errors.get(s.id, False), lazy.get("edited", ())):
+            continue
+        if "query" not in lazy:
+            lazy["query"] = _last_human(ctx)
+        text = s.text
+        if text.startswith((clearing.STUB_PREFIX, "[contextwarden compressed this ")):
+            continue
+        got = compress(text, tool=s.tool, tool_input=s.tool_input, query=lazy["query"], limits=limits)
+        if got is None:
+            continue
+        if "how" not in lazy:
+            lazy["how"] = recall_wording(ctx, state, key)
+        mid = memory_id(text)
+        # the record is stored with the session: no secret in it (memory keeps the original redacted too)
+        got = type(got)(redact_text(got.body), got.kind, got.facts)
+        new = render(got, s.tool, s.tool_input, len(text), mid, lazy["how"])
+        toks, new_toks = _result_tokens(ctx, s, lazy), count(new)
+        if new_toks >= toks:
+            continue
+        rec = {"h": s.digest, "stub": new, "tokens": toks, "stub_tokens": new_toks, "tool": s.tool, "mid": mid,
+               "kind": COMPRESSED, "compressor": got.kind}
+        new_recs[s.id] = rec
+        applied.append((s, rec, True))
+    if not applied:
+        return
+    for s, rec, _ in applied:
+        s.set(rec["stub"], edits)
+    _commit(ctx, edits)
+    if new_recs:
+        clearing.remember(state, key, new_recs)
+    freed = sum(rec["tokens"] - rec["stub_tokens"] for _, rec, _ in applied)
+    prev = ctx.notes.get("clearing") or {}
+    by_index = dict(prev.get("by_index") or {})
+    for s, rec, _ in applied:
+        by_index[s.index] = by_index.get(s.index, 0) + rec["tokens"] - rec["stub_tokens"]
+    ctx.notes["clearing"] = {**prev, "freed": int(prev.get("freed", 0)) + freed, "by_index": by_index}
+    ctx.notes["cleared"] = list(ctx.notes.get("cleared") or []) + [
+        {"tool_use_id": s.id, "memory_id": rec["mid"], "tool": s.tool, "input": s.tool_input, "text": s.text,
+         "tokens": rec["tokens"], "message_index": s.index, "new": new, "compressed": True} for s, rec, new in applied]
+    ctx.emit("compression", compressed=len(new_recs), reapplied=len(applied) - len(new_recs),
+             tokens_before=sum(rec["tokens"] for _, rec, _ in applied), tokens_after=sum(rec["stub_tokens"] for _, rec, _ in applied),
+             tools=sorted({s.tool for s, _, _ in applied}), kinds=sorted({rec.get("compressor", "") for _, rec, _ in applied}),
+             ids=[rec["mid"] for _, rec, new in applied if new])

@@ -1,0 +1,111 @@
+"""Listings and search results (ls, find, glob, grep): grouped, capped, with exact counts, never complete.
+
+- search results (``path:line:text`` or ``path:text`` lines, or ``path`` lines under grep's
+  files-with-matches mode): grouped by file in order of first appearance; each file keeps its first
+  ``per_group`` matches and says how many more it has; past ``max_groups`` files, the rest are counted
+  (files and matches);
+- path listings (find, glob, ``ls -R``, ``ls -la``): grouped by directory, each directory keeps its
+  first ``per_group`` entries and says how many more it has; past ``max_groups`` directories, the rest
+  are counted.
+
+The last line always says the listing is incomplete and how much of it is shown.
+"""
+
+from __future__ import annotations
+
+import re
+
+GREP_LINE = re.compile(r"([^:\s][^:\n]*):(\d+)[:\-]")
+GREP_FILE = re.compile(r"([^:\s]+\.\w+):(?![\d:])")
+PATHLIKE = re.compile(r"^\.{0,2}/?[\w.@+~-]+(?:/[\w .@+~-]+)+/?$|^[\w.@+~-]+\.[\w]+$")
+LS_LONG = re.compile(r"^[dlcbps-][rwxsStT-]{9}[@+.]?\s+\d+")
+LS_HEADER = re.compile(r"^(.+):$")
+PER_GROUP = 5
+MAX_GROUPS = 40
+
+
+def kind_of(lines: list[str]) -> str | None:
+    """"grep", "paths", "ls" or None, from most of the non-empty lines."""
+    if len(lines) - lines.count("") < 10:
+        return None
+    sample = [x for x in lines[:: max(1, len(lines) // 200)] if x.strip()]
+    n = len(sample)
+    if not n:
+        return None
+    grep = sum(1 for x in sample if GREP_LINE.match(x) or GREP_FILE.match(x))
+    if grep >= 0.7 * n:
+        return "grep"
+    ls = sum(1 for x in sample if LS_LONG.match(x) or LS_HEADER.match(x) or x.startswith("total "))
+    if ls >= 0.6 * n:
+        return "ls"
+    paths = sum(1 for x in sample if PATHLIKE.match(x.strip()))
+    if paths >= 0.8 * n:
+        return "paths"
+    return None
+
+
+def _group_key(kind: str, line: str, current_dir: str) -> tuple[str, str]:
+    """(group, kind of entry) for one line."""
+    if kind == "grep":
+        m = GREP_LINE.match(line) or GREP_FILE.match(line)
+        return (m.group(1) if m else line), "match"
+    if kind == "ls":
+        return current_dir, "entry"
+    p = line.strip().rstrip("/")
+    return (p.rsplit("/", 1)[0] if "/" in p else "."), "entry"
+
+
+def group(lines: list[str], kind: str) -> tuple[dict[str, list[str]], int]:
+    """The listing's entries by group (file for grep, directory otherwise), in order; and their number."""
+    groups: dict[str, list[str]] = {}
+    current = "."
+    total = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        if kind == "ls":
+            m = LS_HEADER.match(line)
+            if m and not LS_LONG.match(line):
+                current = m.group(1)
+                groups.setdefault(current, [])
+                continue
+            if line.startswith("total "):
+                continue
+        g, _ = _group_key(kind, line, current)
+        groups.setdefault(g, []).append(line)
+        total += 1
+    return groups, total
+
+
+def compress_listing(lines: list[str], kind: str, per_group: int = PER_GROUP, max_groups: int = MAX_GROUPS,
+                     grouped: tuple[dict[str, list[str]], int] | None = None, terms: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """The listing grouped and capped. An entry past its group's cap that names one of ``terms`` (the
+    task's words, lower case) is shown too, up to as many again: the file the task is about is the one
+    the model asks for next."""
+    groups, total = grouped if grouped is not None else group(lines, kind)
+    noun = "match" if kind == "grep" else "entry"
+    nouns = "matches" if kind == "grep" else "entries"
+    unit = "file" if kind == "grep" else "directory"
+    out: list[str] = []
+    shown = 0
+    names = list(groups)
+    for g in names[:max_groups]:
+        items = groups[g]
+        if kind == "ls":
+            out.append(f"{g}:")
+        pick = items[:per_group]
+        if terms and len(items) > per_group:
+            pick += [x for x in items[per_group:] if any(t in x.lower() for t in terms)][:per_group]
+        out.extend(pick)
+        shown += len(pick)
+        more = len(items) - len(pick)
+        if more > 0:
+            out.append(f"[… {more:,} more {noun if more == 1 else nouns} in {g} left out …]")
+    rest = names[max_groups:]
+    if rest:
+        n_rest = sum(len(groups[g]) for g in rest)
+        out.append(f"[… {len(rest):,} more {unit if len(rest) == 1 else ('directories' if unit == 'directory' else 'files')} "
+                   f"with {n_rest:,} {noun if n_rest == 1 else nouns} left out …]")
+    out.append(f"[… this listing is NOT complete: {shown:,} of {total:,} {nouns} shown, "
+               f"in {min(len(names), max_groups):,} of {len(names):,} {'files' if kind == 'grep' else 'directories'} …]")
+    return "\n".join(out), {"entries": total, "shown": shown, "groups": len(names)}

@@ -1,0 +1,109 @@
+"""Logs, build and test output: what went wrong, and how it ended.
+
+Kept, always: every line that reports an error or a failure (with ``context`` lines around it), every
+test-runner header and summary line (pytest's ``____ test_x ____`` sections and ``short test summary``,
+``N passed, M failed``, ``Ran N tests``, ``BUILD FAILED``, ``make: ***``), the head and the tail.
+Warnings are kept with less context, and only up to ``max_warnings`` distinct ones (the rest counted).
+Lines in between are left out with an exact count. Runs of repeated lines were collapsed before
+(:mod:`.cleanup`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from .cleanup import shape
+from .gaps import join_kept, mark_span
+from .scan import line_starts, lines_with
+
+ERROR = re.compile(
+    r"(?i)(\berror\b|\berrors\b(?!\s*[:=]?\s*0\b)|\bfail(?:ed|ure|ures|ing|s)?\b|\bexception\b|traceback|\bpanic"
+    r"|\bfatal\b|\bsegmentation fault|\bcore dumped|\bassert(?:ion)?(?:error)?\b|\babort(?:ed)?\b|\bdenied\b"
+    r"|\bnot found\b|\bcannot\b|\bcould not\b|\bundefined reference|\bunresolved\b|\bexit (?:code|status) [1-9]"
+    r"|^E\s{2,}|^\s*[✗✘×]\s|npm ERR!|\bERR!|make(?:\[\d+\])?: \*\*\*|\bFAIL\b|\bKilled\b|\bTimeout\b|\btimed out\b)")
+# lines that say "0 errors" / "no errors" are not errors
+NOT_ERROR = re.compile(r"(?i)\b(?:0|no|zero) (?:errors?|failures?|failed)\b|\berrors?: 0\b|\bfailures?: 0\b")
+WARNING = re.compile(r"(?i)\bwarn(?:ing|ings)?\b|\bdeprecat")
+SUMMARY = re.compile(
+    r"(?i)^={3,}.*={3,}$|^_{3,} .* _{3,}$|^-{3,} .* -{3,}$|short test summary|\b\d+ (?:passed|failed|errors?|skipped|"
+    r"xfailed|xpassed|warnings?|deselected|tests?|examples?|specs?|suites?)\b|^Ran \d+ tests?|^(?:OK|FAILED)\b"
+    r"|\bBUILD (?:SUCCESS|SUCCESSFUL|FAILED|FAILURE)\b|^Tests?:|^Test Suites:|\btest result:|^Finished\b|^Compiling\b.*\berror"
+    r"|^\s*(?:PASS|FAIL|ERROR)\s|\bexit code\b|\breturn(?:ed)? code\b|^Done in\b|^real\s+\d")
+# "file.py:12: in test_x" / "  File "x.py", line 3" / "src/a.rs:10:5" — where an error happened
+LOCATION = re.compile(r"^\s*File \"[^\"]+\", line \d+|^[\w./\\-]+\.\w+:\d+(?::\d+)?:")
+
+# what a line must contain (lower case) to be looked at with the regexes above
+ERROR_WORDS = ("error", "fail", "exception", "traceback", "panic", "fatal", "segmentation", "core dumped", "assert",
+               "abort", "denied", "not found", "cannot", "could not", "undefined", "unresolved", "exit code",
+               "exit status", "err!", "***", "killed", "timeout", "timed out", "e  ", "✗", "✘", "× ")
+WARNING_WORDS = ("warn", "deprecat")
+SUMMARY_WORDS = ("===", "___", "---", "passed", "failed", "skipped", "error", "warning", "deselected", " test", "example",
+                 "spec", "suite", "ran ", "ok", "build ", "result", "finished", "pass", "exit code", "return", "done in",
+                 "real")
+LOCATION_WORDS = ('file "', ".py:", ".c:", ".h:", ".cc:", ".cpp:", ".rs:", ".go:", ".ts:", ".tsx:", ".js:", ".java:",
+                  ".kt:", ".rb:", ".ex:", ".exs:", ".swift:", ".cs:", ".php:")
+ALL_WORDS = tuple(dict.fromkeys(ERROR_WORDS + WARNING_WORDS + SUMMARY_WORDS + LOCATION_WORDS))
+
+HEAD = 15
+TAIL = 25
+ERROR_CONTEXT = (2, 3)  # lines before, after
+WARNING_CONTEXT = (0, 1)
+MAX_WARNINGS = 30  # distinct (by shape) warnings kept with their context
+
+
+Classes = tuple[list[int], list[int], set[int]]
+
+
+def classify(lines: list[str]) -> Classes:
+    """(error lines, warning lines, summary / location lines), by index: one ``find`` pass per keyword
+    over the lower-cased text, then the regexes on the lines a keyword is in."""
+    low = "\n".join(lines).lower()
+    starts = line_starts(lines)
+    errors, warnings, keep = [], [], set()
+    for i in sorted(lines_with(low, starts, ALL_WORDS)):
+        line = lines[i]
+        if ERROR.search(line) and not NOT_ERROR.search(line):
+            errors.append(i)
+        elif WARNING.search(line):
+            warnings.append(i)
+        if SUMMARY.search(line.strip()) or LOCATION.search(line):
+            keep.add(i)
+    return errors, warnings, keep
+
+
+def is_log(classes: Classes) -> bool:
+    """Does this read like a log or test run (at least two lines say error, warning or sum up)?"""
+    errors, warnings, keep = classes
+    return len(errors) + len(warnings) + len(keep) >= 2
+
+
+def compress_log(lines: list[str], budget_chars: int, classes: Classes | None = None,
+                 weights: list[int] | None = None) -> tuple[str, dict]:
+    n = len(lines)
+    errors, warnings, marked = classes if classes is not None else classify(lines)
+    kept_warnings: list[int] = []
+    warn_shapes: set[str] = set()
+    for i in warnings:
+        k = shape(lines[i].strip())
+        if k not in warn_shapes and len(warn_shapes) < MAX_WARNINGS:
+            warn_shapes.add(k)
+            kept_warnings.append(i)
+
+    def build(context: bool) -> tuple[str, int]:
+        keep = [False] * n
+        mark_span(keep, 0, HEAD)
+        mark_span(keep, n - TAIL, n)
+        for i in marked:
+            keep[i] = True
+        for idx, (b, a) in ((errors, ERROR_CONTEXT), (kept_warnings, WARNING_CONTEXT)):
+            for i in idx:
+                if context:
+                    mark_span(keep, i - b, i + a + 1)
+                else:
+                    keep[i] = True
+        return join_kept(lines, keep, weights)
+
+    text, kept = build(True)
+    if len(text) > budget_chars:
+        text, kept = build(False)  # too much context: the matched lines themselves (every error line stays)
+    return text, {"lines": n, "kept_lines": kept, "errors": len(errors), "warnings": len(warnings)}
