@@ -37,7 +37,7 @@ from contextwarden import hookimpl
 from contextwarden.compress import Limits, compress, render
 from contextwarden.conversation import image_count, result_text
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.retrieve import human_text, messages_of, role_of
+from contextwarden.memory.retrieve import history_items, human_text, role_of
 from contextwarden.memory.secrets import redact_text
 from contextwarden.memory.wayback import recall_wording
 from contextwarden.models.base import ApiKind
@@ -91,7 +91,7 @@ def _tail(ctx, edits: dict) -> tuple[list[Slot], dict[str, bool]]:
 
 def _last_human(ctx) -> str:
     """What the person last wrote (the task the relevant-chunks compressor scores against)."""
-    msgs = messages_of(ctx.api, ctx.original)
+    msgs = history_items(ctx.api, ctx.original)
     for m in reversed(msgs):
         if role_of(m) == "user":
             t = human_text(ctx.api, m)
@@ -103,7 +103,7 @@ def _last_human(ctx) -> str:
 def _edited_paths(ctx) -> set[str]:
     """Paths an Edit, MultiEdit, Write or NotebookEdit call of this request changed."""
     out: set[str] = set()
-    for m in messages_of(ctx.api, ctx.original):
+    for m in history_items(ctx.api, ctx.original):
         if not isinstance(m, dict):
             continue
         if ctx.api is ApiKind.ANTHROPIC:
@@ -143,8 +143,8 @@ def _result_tokens(ctx, slot: Slot, lazy: dict) -> int:
     per = lazy.setdefault("msg_tokens", {})
     i = slot.index
     if i not in per:
-        memo = ctx.token_memo
-        msgs = messages_of(ctx.api, ctx.original)
+        memo = ctx.history.tokens_kept if ctx.history is not None else None  # per-message counts of the original
+        msgs = history_items(ctx.api, ctx.original)
         if memo is not None and memo[0] is not None and len(memo[1]) == len(msgs):
             n = memo[1][i][0]
         else:
