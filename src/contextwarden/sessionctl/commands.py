@@ -51,7 +51,7 @@ def resolve(rt, ident: str) -> str:
         raise CommandError(f"no session {ident!r} (contextwarden session list shows them)")
     if len(found) > 1:
         # one session, several agents (Claude Code's subagents): the main agent's conversation, if one is
-        main = [k for k in found if k.rsplit("|", 1)[-1] in ("main", "")]
+        main = [k for k in found if (a := k.rsplit("|", 1)[-1]) in ("main", "") or a.endswith("/main")]
         if len(main) == 1:
             return main[0]
         raise CommandError(f"{ident!r} names {len(found)} conversations; give one of: " + ", ".join(sorted(found)))
