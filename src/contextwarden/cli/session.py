@@ -85,23 +85,16 @@ def _num(v: Any) -> str:
 
 def version_line(v: dict[str, Any]) -> str:
     """One version as a line: number, time, what, trigger, tokens before -> after, what changed."""
-    if v.get("kind") == "rollback":
-        what = f"rollback to v{v.get('to')}"
-        changed = ""
-    else:
-        what = v.get("stage", "?")
-        span = v.get("span")
-        msgs = f"messages {span[0]}–{span[1]}" if span else (
-            f"messages {','.join(map(str, v.get('messages')[:8]))}{'…' if len(v.get('messages') or []) > 8 else ''}"
-            if v.get("messages") else "")
-        ids = v.get("tool_ids") or []
-        changed = " · ".join(x for x in (msgs, f"{len(ids)} tool ids ({', '.join(ids[:3])}{'…' if len(ids) > 3 else ''})" if ids else "") if x)
+    from ..sessionctl.render import changed, what
+
     mark = "" if v.get("kind") != "decision" else (" " if v.get("applied", True) else "✗")
-    return (f"{mark}v{v['n']:<3} {_clock(v.get('ts'))}  {what:<16} {str(v.get('trigger') or ''):<11} "
-            f"{_num(v.get('tokens_before')):>8} → {_num(v.get('tokens_after')):<8} {changed}").rstrip()
+    return (f"{mark}v{v['n']:<3} {_clock(v.get('ts'))}  {what(v):<16} {str(v.get('trigger') or ''):<11} "
+            f"{_num(v.get('tokens_before')):>8} → {_num(v.get('tokens_after')):<8} {changed(v)}").rstrip()
 
 
 def render(action: str, out: dict[str, Any]) -> str:
+    from ..sessionctl.render import pin_text
+
     if action == "list":
         rows = out.get("sessions") or []
         if not rows:
@@ -119,7 +112,7 @@ def render(action: str, out: dict[str, Any]) -> str:
         lines.append("  v0   (the client's own history)")
         lines += ["  " + version_line(v) for v in vs]
         pins = out.get("pin_list") or []
-        lines.append("pins: " + (", ".join(f"#{p['id']} {p['kind']}:{p['value']}" for p in pins) if pins else "none"))
+        lines.append("pins: " + (", ".join(pin_text(p) for p in pins) if pins else "none"))
         return "\n".join(lines)
     if action == "rollback":
         parts = [f"rollback of {out['key']} from v{out['from']} to v{out['to']}"]
@@ -139,7 +132,7 @@ def render(action: str, out: dict[str, Any]) -> str:
         return "\n".join(parts)
     if action in ("pin", "unpin"):
         pins = out.get("pins") or []
-        return "pins: " + (", ".join(f"#{p['id']} {p['kind']}:{p['value']}" for p in pins) if pins else "none")
+        return "pins: " + (", ".join(pin_text(p) for p in pins) if pins else "none")
     if action == "compact":
         return "the next request of this session compacts and clears"
     return orjson.dumps(out).decode()
