@@ -16,6 +16,7 @@ from contextwarden.sessionctl.preview import decided_state
 from contextwarden.statecache import state_cache
 
 from .support.stages import Harness, anthropic_tool_loop, settings_overrides
+from .test_state_backends import prefix, redis_server  # noqa: F401 (fixtures: a real redis-server)
 
 SUMMARY_HEAD = "[contextwarden: summary of the "
 H = {"x-contextwarden-session": "s-ctl"}
@@ -162,3 +163,29 @@ def test_unknown_session_and_bad_targets_are_refused(cw_home):
     assert commands.parse_target("toolu_abc") == {"kind": "tool", "value": "toolu_abc"}
     assert commands.parse_target("def main") == {"kind": "text", "value": "def main"}
     h.close()
+
+
+def test_versions_and_rollback_on_a_shared_redis_state_reach_every_replica(tmp_path, redis_server, prefix):
+    """Two proxies on one Redis: the version replica A records and the rollback made on A apply on B."""
+    def replica(name: str, window: int) -> Harness:
+        over = settings_overrides(window=window, stages=["compaction"], state={"url": redis_server.url, "prefix": prefix},
+                                  compaction={"protect_recent_turns": 2, "min_span_tokens": 500, "soft_threshold": 0.70,
+                                              "hard_threshold": 0.85, "target": 0.40, "summariser": "extractive"})
+        return Harness(tmp_path / name, overrides=over)
+
+    body = anthropic_tool_loop(10)
+    a = replica("a", 1000)
+    window = int(a.rt.tokens.count_request(ApiKind.ANTHROPIC, body) / 0.9)
+    a.close()
+    a, b = replica("a", window), replica("b", window)
+    first = a.send(ApiKind.ANTHROPIC, body, H)
+    assert summary_at(first.body) == 0
+    assert [v["stage"] for v in commands.show(b.rt, "s-ctl")["version_list"]] == ["compaction"]  # B reads A's versions
+    assert commands.rollback(a.rt, "s-ctl", 0)["applied"]
+    on_b = b.send(ApiKind.ANTHROPIC, body, H)
+    assert on_b.body["messages"] == body["messages"]
+    assert commands.rollback(b.rt, "s-ctl", 1)["applied"]  # (B has a request of its own now: it previews)
+    assert a.send(ApiKind.ANTHROPIC, body, H).body["messages"] == first.body["messages"]
+    assert [v["kind"] for v in commands.show(a.rt, "s-ctl")["version_list"]] == ["decision", "rollback", "rollback"]
+    a.close()
+    b.close()
