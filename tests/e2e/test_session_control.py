@@ -207,3 +207,39 @@ def test_a_history_past_the_window_gets_the_providers_prompt_is_too_long(ctl: Ro
         client.messages.create(model=MODEL, max_tokens=64, messages=msgs)
     assert "prompt is too long" in str(err.value)
     assert strict.requests("/v1/messages")[-1].status == 400
+
+
+@pytest.mark.claude_code
+def test_claude_code_answers_prompt_is_too_long_with_its_own_compaction(ctl: Route, strict, claude_bin, tmp_path):
+    """What happens once the client's own history outgrows the window and the proxy does not rewrite it
+    (here the session is bypassed; the same holds when failing open has only the client's history to
+    send): the provider's "prompt is too long" reaches Claude Code untouched, and Claude Code answers it
+    with its own compaction request, then carries on from its summary."""
+    compacted: list[int] = []
+
+    def planner(api: str, body: dict):
+        last = json.dumps((body.get("messages") or [{}])[-1])
+        if CLIENT_COMPACTION in last:
+            compacted.append(len(body["messages"]))
+            return "<analysis>Files read so far.</analysis>\n<summary>The user asked to read the big files; some are read. " \
+                   "Continue with the task.</summary>", None
+        if compacted:
+            return f"All files read. {DONE}", None
+        return file_loop(api, body)
+
+    strict.planner = planner
+    strict.thinking = True
+    strict.window = 30_000  # the stand-in's own count (bytes / 4): passed after a few rounds
+    env = {**ctl.claude_env(), "ANTHROPIC_CUSTOM_HEADERS": "x-contextwarden-bypass: 1"}
+    result = run_claude(claude_bin, tmp_path, env, f"Read big_01.txt to big_{ROUNDS:02d}.txt one by one.",
+                        files={f"big_{n:02d}.txt": big_file(n) for n in range(1, ROUNDS + 1)}, timeout=240)
+    assert result.returncode == 0, f"claude exited {result.returncode}:\n{result.stdout}\n{result.stderr[-3000:]}"
+    assert DONE in result.stdout
+    recs = strict.requests("/v1/messages")
+    rows = [(r.status, CLIENT_COMPACTION in r.decoded_body().decode("utf-8", "replace"), len(r.decoded_body())) for r in recs]
+    first_400 = next(i for i, r in enumerate(rows) if r[0] == 400)
+    assert "prompt is too long" in recs[first_400].response_body.decode()
+    assert not any(r[1] for r in rows[:first_400])  # no compaction of its own before the error
+    assert rows[first_400 + 1][:2] == (200, True), rows  # its answer: its own compaction request
+    assert rows[first_400 + 2][0] == 200 and rows[first_400 + 2][2] < rows[first_400][2], rows  # then on, smaller
+    print(f"\nclaude code past the window: {[(s, c) for s, c, _ in rows]}")
