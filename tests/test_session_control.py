@@ -12,7 +12,7 @@ import pytest
 
 from contextwarden.models.base import ApiKind
 from contextwarden.sessionctl import commands, ledger
-from contextwarden.sessionctl.preview import decided_state
+from contextwarden.sessionctl.preview import decided_state, latest
 from contextwarden.statecache import state_cache
 
 from .support.stages import Harness, anthropic_tool_loop, settings_overrides
@@ -145,11 +145,47 @@ def test_the_dry_run_changes_no_session_state(cw_home):
     h.apply({"tokens": {"context_window": int(total / 0.9)}})
     sent = h.send(ApiKind.ANTHROPIC, body, H)
     before = {ns: list(h.rt.state.items(ns)) for ns in ("session", "compaction", "clearing")}
-    ctx = ledger.last_request(h.rt, ledger.session_key(sent.ctx))
+    ctx = latest(h.rt, ledger.session_key(sent.ctx))
     out, tokens = decided_state(h.rt, ctx)
     assert out is not None and orjson.loads(out)["messages"] == sent.body["messages"]
     assert tokens < total
     assert {ns: list(h.rt.state.items(ns)) for ns in before} == before
+    h.close()
+
+
+def test_compaction_folds_nothing_from_a_pinned_message_on(cw_home):
+    body = anthropic_tool_loop(10)
+    h = harness(cw_home, 1000)
+    total = h.rt.tokens.count_request(ApiKind.ANTHROPIC, body)
+    h.apply({"tokens": {"context_window": int(total / 0.9)}})
+    h.send(ApiKind.ANTHROPIC, {**body, "messages": body["messages"][:1]}, H)
+    commands.pin(h.rt, "s-ctl", "index:16")  # the user message of task 4
+    sent = h.send(ApiKind.ANTHROPIC, body, H)
+    assert summary_at(sent.body) == 0
+    kept = len(sent.body["messages"]) - 1
+    assert len(body["messages"]) - kept <= 16  # the cut is at or before the pinned message
+    assert sent.body["messages"][-kept:] == body["messages"][-kept:]
+    span = commands.show(h.rt, "s-ctl")["version_list"][0]["span"]
+    assert span[1] < 16
+    h.close()
+
+
+def test_the_event_server_serves_the_session_commands(cw_home):
+    import asyncio
+
+    from contextwarden.addons.eventserver import EventService
+
+    body = anthropic_tool_loop(10)
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": int(h.rt.tokens.count_request(ApiKind.ANTHROPIC, body) / 0.9)}})
+    h.send(ApiKind.ANTHROPIC, body, H)
+    svc = EventService(h.rt)
+    shown = asyncio.run(svc.run_command({"cmd": "session", "action": "show", "session": "s-ctl"}))
+    assert [v["stage"] for v in shown["version_list"]] == ["compaction"]
+    listed = asyncio.run(svc.run_command({"cmd": "session", "action": "list"}))
+    assert [r["session"] for r in listed["sessions"]] == ["s-ctl"]
+    out = asyncio.run(svc.run_command({"cmd": "session", "action": "compact", "session": "s-ctl"}))
+    assert out["compact_now"]
     h.close()
 
 

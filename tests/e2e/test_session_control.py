@@ -62,6 +62,13 @@ def cli(route: Route, *args: str) -> dict:
     return json.loads(r.stdout)
 
 
+def cli_text(route: Route, *args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "contextwarden", "session", "--home", str(route.proxy.home), *args],
+                       capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 def sdk(route: Route, sid: str) -> anthropic.Anthropic:
     return route.anthropic(default_headers={"x-contextwarden-session": sid})
 
@@ -112,7 +119,8 @@ def test_claude_code_never_compacts_on_its_own(ctl: Route, strict, claude_bin, t
     stages = [v["stage"] for v in shown["version_list"]]
     assert "clearing" in stages and "compaction" in stages, stages
     assert all(v["tokens_after"] < v["tokens_before"] for v in shown["version_list"])
-    print(f"\nclaude code, {len(recs)} requests: client history up to {raw} tokens ({raw / WINDOW:.2f}x the window), "
+    counted = strict.requests("/v1/messages/count_tokens")
+    print(f"\nclaude code, {len(recs)} requests, {len(counted)} count_tokens: client history up to {raw} tokens ({raw / WINDOW:.2f}x the window), "
           f"sent at most {sent}; versions {[(v['n'], v['stage'], v['trigger']) for v in shown['version_list']]}")
 
 
@@ -160,6 +168,9 @@ def test_rollback_restores_the_span_and_its_undo_the_summary_byte_for_byte(ctl: 
     again = strict.requests("/v1/messages")[-1].json()["messages"]
     assert json.dumps(again[:-1]).encode() == json.dumps(first[:-1]).encode()
     assert [v["kind"] for v in cli(ctl, "show", "rollback-e2e")["version_list"]] == ["decision", "rollback", "rollback"]
+    text = cli_text(ctl, "show", "rollback-e2e")
+    assert "v0   (the client's own history)" in text and "rollback to v0" in text and "rollback to v1" in text
+    assert re.search(r"v1 +\S+ +compaction +(hard|soft)", text), text
     accepted(strict.requests("/v1/messages")[-3:])
 
 

@@ -16,7 +16,7 @@ from ..cost import WRITE_MULT, TTL_5M, price_for
 from ..statecache import state_cache
 from . import ledger
 from .ledger import NS, _append, last_request, off_at
-from .preview import decided_body, decided_state
+from .preview import decided_body, decided_state, latest
 
 
 class CommandError(ValueError):
@@ -141,10 +141,11 @@ def rollback(rt, ident: str, to: Any, apply: bool = True) -> dict[str, Any]:
     if to == current:
         raise CommandError(f"rollback: the session is at version {to} already")
     window = rt.settings.tokens.context_window
-    ctx = last_request(rt, key)
+    ctx = latest(rt, key)
     out: dict[str, Any] = {"key": key, "to": to, "from": current, "window": window}
     if ctx is None:
-        out.update(preview=False, note="no request of this session since the proxy started: cost and fit unknown")
+        out.update(preview=False, note="no recent request of this session in the proxy (restarted, or its body "
+                                       "evicted): cost and fit unknown")
     else:
         _, before = decided_state(rt, ctx)  # the latest request as the session's decided state now
         candidate = _rolled(rec, to, time.time(), before, None)

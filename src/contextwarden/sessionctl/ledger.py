@@ -134,9 +134,12 @@ def control(ctx, live: bool = False) -> Control:
 def _remember(ctx, key: str) -> None:
     import dataclasses
 
-    lite = dataclasses.replace(ctx, request=None, lease=None, notes={}, stage_results=[], blocked=None,
+    # what the request was, without its body (kept as bytes by runtime.bodies, read back for a preview):
+    # a parsed body per session would be thousands of objects for the collector to walk
+    lite = dataclasses.replace(ctx, original={}, request=None, lease=None, notes={}, stage_results=[], blocked=None,
                                wire_entries=None, deadline=None, budget_ms=None, late_threads=set(),
-                               held_events=None, request_bytes=None, auth={})
+                               held_events=None, request_bytes=None, auth={}, message_raw=None, token_memo=None,
+                               raw_exact=False, known_messages=0)
     with _last_lock:
         per = _last.setdefault(ctx.runtime, {})
         per.pop(key, None)
@@ -146,7 +149,7 @@ def _remember(ctx, key: str) -> None:
 
 
 def last_request(runtime, key: str):
-    """The session's latest live request (a stripped context), or None."""
+    """The session's latest live request (a context without its body: see preview.latest), or None."""
     with _last_lock:
         return (_last.get(runtime) or {}).get(key)
 

@@ -21,6 +21,22 @@ import orjson
 from .ledger import override
 
 
+def latest(runtime, key: str):
+    """The session's latest live request as a context to preview with: its body read back from the
+    runtime's recent bodies (None when the session had no request since the proxy started, or its
+    body was evicted)."""
+    from .ledger import last_request
+
+    lite = last_request(runtime, key)
+    if lite is None:
+        return None
+    entry = runtime.bodies.get(lite.flow_id)
+    body = entry.get("original") if entry else None
+    if not isinstance(body, dict):
+        return None
+    return dataclasses.replace(lite, original=body)
+
+
 def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str | None = None) -> tuple[bytes | None, int | None]:
     """(the body as the decided state, its tokens) of ``ctx``'s request; under ``record`` as the
     session's controls when given. The body is None when it is the client's own."""
