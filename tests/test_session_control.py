@@ -31,6 +31,16 @@ def harness(home, window: int, **clearing) -> Harness:
                     "hard_threshold": 0.85, "target": 0.40, "summariser": "extractive"}))
 
 
+def past_hard(home, fraction: float = 0.9) -> tuple[Harness, dict, int]:
+    """A harness whose window the 10-turn loop fills to ``fraction`` (0.9: past hard, it compacts);
+    (harness, body, the body's tokens)."""
+    body = anthropic_tool_loop(10)
+    h = harness(home, 1000)
+    total = h.rt.tokens.count_request(ApiKind.ANTHROPIC, body)
+    h.apply({"tokens": {"context_window": int(total / fraction)}})
+    return h, body, total
+
+
 def summary_at(body: dict) -> int | None:
     for i, m in enumerate(body["messages"]):
         c = m["content"]
@@ -85,10 +95,7 @@ def test_compaction_is_a_version_and_rollback_restores_the_span_and_its_undo_the
 
 
 def test_rollback_refuses_when_the_restored_request_does_not_fit_and_names_the_smallest_that_does(cw_home):
-    body = anthropic_tool_loop(10)
-    h = harness(cw_home, 1000)
-    total = h.rt.tokens.count_request(ApiKind.ANTHROPIC, body)
-    h.apply({"tokens": {"context_window": int(total / 1.1)}})  # the client's history no longer fits
+    h, body, total = past_hard(cw_home, 1.1)  # the client's history no longer fits
     sent = h.send(ApiKind.ANTHROPIC, body, H)
     assert summary_at(sent.body) == 0
     out = commands.rollback(h.rt, "s-ctl", 0)
@@ -139,10 +146,7 @@ def test_compact_now_compacts_and_clears_below_every_threshold_in_one_request(cw
 
 
 def test_the_dry_run_changes_no_session_state(cw_home):
-    body = anthropic_tool_loop(10)
-    h = harness(cw_home, 1000)
-    total = h.rt.tokens.count_request(ApiKind.ANTHROPIC, body)
-    h.apply({"tokens": {"context_window": int(total / 0.9)}})
+    h, body, total = past_hard(cw_home)
     sent = h.send(ApiKind.ANTHROPIC, body, H)
     before = {ns: list(h.rt.state.items(ns)) for ns in ("session", "compaction", "clearing")}
     ctx = latest(h.rt, ledger.session_key(sent.ctx))
@@ -154,10 +158,7 @@ def test_the_dry_run_changes_no_session_state(cw_home):
 
 
 def test_compaction_folds_nothing_from_a_pinned_message_on(cw_home):
-    body = anthropic_tool_loop(10)
-    h = harness(cw_home, 1000)
-    total = h.rt.tokens.count_request(ApiKind.ANTHROPIC, body)
-    h.apply({"tokens": {"context_window": int(total / 0.9)}})
+    h, body, total = past_hard(cw_home)
     h.send(ApiKind.ANTHROPIC, {**body, "messages": body["messages"][:1]}, H)
     commands.pin(h.rt, "s-ctl", "index:16")  # the user message of task 4
     sent = h.send(ApiKind.ANTHROPIC, body, H)
@@ -175,9 +176,7 @@ def test_the_event_server_serves_the_session_commands(cw_home):
 
     from contextwarden.addons.eventserver import EventService
 
-    body = anthropic_tool_loop(10)
-    h = harness(cw_home, 1000)
-    h.apply({"tokens": {"context_window": int(h.rt.tokens.count_request(ApiKind.ANTHROPIC, body) / 0.9)}})
+    h, body, _ = past_hard(cw_home)
     h.send(ApiKind.ANTHROPIC, body, H)
     svc = EventService(h.rt)
     shown = asyncio.run(svc.run_command({"cmd": "session", "action": "show", "session": "s-ctl"}))

@@ -26,7 +26,8 @@ from tests.support.claude_code import run_claude
 from tests.support.proxy import ProxyProcess
 
 from .conftest import Route
-from .test_small_window import SETTINGS, WINDOW, _result_text, accepted, big_file, pasted, round_notes, summary_index
+from .test_small_window import SETTINGS, WINDOW, _result_text, accepted, big_file, pasted, summary_index
+from .test_small_window import file_loop as small_window_loop
 
 ROUNDS = 13  # ~7.5K tokens of history a round: the CLI's own history passes 1.5 x 64K (measured 1.89x at 15)
 DONE = "SESSION-CONTROL-DONE"
@@ -77,20 +78,7 @@ def sdk(route: Route, sid: str) -> anthropic.Anthropic:
 
 
 def file_loop(api: str, body: dict):
-    if api != "anthropic" or not any(isinstance(t, dict) and t.get("name") == "Bash" for t in body.get("tools") or []):
-        return None
-    users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
-    content = users[-1].get("content") if users else None
-    results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"] if isinstance(content, list) else []
-    n = 0
-    if results:
-        m = re.search(r"BIGFILE (\d+) START", _result_text(results[-1]))
-        if not m:
-            return f"Stopping: no file ({_result_text(results[-1])[:200]!r}).", None
-        n = int(m.group(1))
-    if n >= ROUNDS:
-        return f"All {ROUNDS} files read. {DONE}", None
-    return round_notes(n + 1), ("Bash", {"command": f"cat big_{n + 1:02d}.txt", "description": f"Show big file {n + 1}"})
+    return small_window_loop(api, body, ROUNDS, DONE)
 
 
 @pytest.mark.claude_code
