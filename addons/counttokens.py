@@ -6,7 +6,8 @@ the two disagree, and a client deciding from the count would compact on its own 
 is rewritten into the session's decided state (every stored decision re-applied through the stages'
 ``cw_reapply``, nothing new decided: :mod:`contextwarden.sessionctl.preview`, which changes no session
 state), and forwarded, so the provider counts it. Fails open: any problem forwards the body untouched.
-A ``count_tokens`` event says what it did (tokens as the client sent them and as forwarded).
+A rewritten one is announced by a ``count_tokens`` event (tokens as the client sent them and as
+forwarded); one the session's decisions leave as it is passes untouched and unannounced, as before.
 """
 
 from __future__ import annotations
@@ -66,13 +67,13 @@ class CountTokens:
 
         try:
             ctx = prepare(rt, flow_id, ApiKind.ANTHROPIC, host, path, headers, raw, consumed)
-        except Skip as e:
-            rt.bus.emit("error", {"where": "count_tokens", "message": str(e), "action": "forwarded unchanged"}, flow_id=flow_id)
+        except Skip:  # not a body we read: it goes as it came, like any request we do not manage
             return None
         if ctx.session in rt.bypass:
             return None
         ctx.tokens_in = count_tokens(ctx, ctx.original)
         body, tokens = decided_state(rt, ctx)
-        ctx.emit("count_tokens", changed=body is not None, tokens_in=ctx.tokens_in, tokens_out=tokens,
-                 messages=len(ctx.original.get("messages") or []))
+        if body is not None:  # (a session with nothing decided: untouched and unannounced, as before)
+            ctx.emit("count_tokens", changed=True, tokens_in=ctx.tokens_in, tokens_out=tokens,
+                     messages=len(ctx.original.get("messages") or []))
         return body

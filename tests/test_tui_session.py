@@ -157,3 +157,19 @@ def test_session_view_80x24(snap_compare):
         return ContextWardenApp(MemorySource(demo_snapshot(), handler=FakeProxy()), clock=lambda: NOW, tick=3600)
 
     assert snap_compare(clocked(), press=["3", "v"], terminal_size=(80, 24), run_before=loaded)
+
+
+async def test_session_controls_show_in_the_events_panel(tmp_path):
+    src = MemorySource(demo_snapshot(), handler=FakeProxy())
+    app = make_app(src, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        src.feed([{"seq": 9001, "ts": NOW, "type": "session", "flow_id": None, "session": "sess-a",
+                   "data": {"action": "rollback", "key": "t|sess-a|main", "to": 1, "version": 3}},
+                  {"seq": 9002, "ts": NOW, "type": "session", "flow_id": None, "session": "sess-a",
+                   "data": {"action": "pin", "key": "t|sess-a|main", "target": {"kind": "tool", "value": "toolu_02"}}}])
+        await settle(pilot, app)
+        await pilot.press("4")
+        await settle(pilot, app)
+        text = screen_text(app)
+        assert "rolled back to v1 (version v3)" in text and "pinned tool:toolu_02" in text

@@ -25,7 +25,7 @@ from contextwarden.sessionctl.render import changed, pin_text, what
 from .. import format as fmt
 from ..widgets.synctable import SyncTable
 
-COLUMNS = [("v", "v", 3), ("time", "time", 8), ("what", "what", 12), ("trigger", "trigger", 8),
+COLUMNS = [("v", "v", 3), ("time", "time", 8), ("what", "what", 14), ("trigger", "trigger", 7),
            ("before", "before", 6), ("after", "after", 6), ("changed", "changed", 40)]
 
 
