@@ -10,6 +10,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 for _name in [n for n, m in list(sys.modules.items()) if getattr(m, "__file__", None) == os.path.abspath(__file__) and n == "contextwarden"]:
     del sys.modules[_name]
 
+from contextwarden.addons.counttokens import CountTokens  # noqa: E402
 from contextwarden.addons.eventserver import EventServer  # noqa: E402
 from contextwarden.addons.exposure import Exposure  # noqa: E402
 from contextwarden.addons.eventstream import EventStream  # noqa: E402
@@ -26,5 +27,5 @@ interceptor = Interceptor(warden)
 
 events = EventServer(warden)
 # Exposure: listen on loopback unless told otherwise; OutputGuard: no secret in mitmdump's own output
-addons = [warden, interceptor, Observer(warden), WebSocketResponses(warden, interceptor), events,
+addons = [warden, interceptor, CountTokens(warden), Observer(warden), WebSocketResponses(warden, interceptor), events,
           RecallApiServer(warden, events), MetricsServer(warden), EventStream(warden), Exposure(), OutputGuard()]

@@ -504,6 +504,10 @@ class EventService:
             return await asyncio.to_thread(self.export_session, session)
         if cmd == "settings":
             return self.settings_dict()
+        if cmd == "session":  # context versions, rollback, pins, compact-now (sessionctl.commands)
+            from contextwarden.sessionctl.commands import run as session_command
+
+            return await asyncio.to_thread(session_command, rt, req)
         if cmd == "ping":
             return {"pong": time.time()}
         raise ValueError(f"unknown command {cmd!r}")

@@ -59,6 +59,8 @@ from contextwarden.memory.ids import memory_id
 from contextwarden.memory.secrets import redact_text
 from contextwarden.memory.wayback import recall_wording, way_back
 from contextwarden.models.base import ApiKind
+from contextwarden.sessionctl import ledger as session_ledger
+from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.statecache import state_cache
 
 NS = "clearing"
@@ -526,6 +528,7 @@ def _clear(ctx, decide: bool) -> None:
     cfg = ctx.settings.clearing
     if not cfg.enabled:
         return
+    ctl = session_ledger.control(ctx, live=decide)  # the user's controls: rollback, pins, compact now
     edits: dict[int, dict[tuple, Any]] = {}
     history = ctx.history if ctx.api is ApiKind.ANTHROPIC else None
     got = history.carried(_CARRY) if history is not None else None
@@ -543,8 +546,13 @@ def _clear(ctx, decide: bool) -> None:
     state = state_cache(ctx.runtime)
     key = session_key(ctx)
     remembered: dict[str, dict[str, Any]] = state.get(NS, key, None) or {}
+    # the user's controls (sessionctl): records a rollback turned off and pinned results are not re-applied
+    pinned = pinned_tool_ids(ctx, ((s.id, s.index, s.text) for s in slots)) if ctl.pins else frozenset()
+    remembered = ctl.applied(NS, remembered, pinned)
     exclude = set(cfg.exclude_tools)
     trigger, keep_recent, clear_at_least = effective(cfg, ctx.notes.get("level"))
+    if ctl.compact_now:  # compact now: clear what may be cleared, whatever the trigger
+        trigger, clear_at_least = 0, 0
 
     cleared: list[dict[str, Any]] = []
     by_index: dict[int, int] = {}
@@ -646,7 +654,8 @@ def _clear(ctx, decide: bool) -> None:
     # 2. above the trigger: clear more, oldest first, in one step of at least clear_at_least
     total = _input_tokens(ctx)
     new_recs: dict[str, dict[str, Any]] = {}
-    if decide and total - freed > trigger:
+    freed_before = freed
+    if decide and total - freed > trigger and not ctl.holds(total - freed, ctx.settings):
         if resumed:
             # the previous request's messages: their orders and the slots step 2 may clear there are
             # known; only the newer slots are looked at one by one
@@ -660,7 +669,7 @@ def _clear(ctx, decide: bool) -> None:
         editing = _files_being_edited(slots, cfg.keep_edited_reads)
         candidates = []
         for s in looked:
-            if s.id in done or s.tool in exclude or s.order in recent or s.order < 0:
+            if s.id in done or s.tool in exclude or s.order in recent or s.order < 0 or s.id in pinned:
                 continue
             if editing and s.tool in READ_TOOLS and _path_of(s.tool_input) in editing:
                 continue
@@ -673,7 +682,7 @@ def _clear(ctx, decide: bool) -> None:
                     toks = 0
             if toks or input_allowed(s):
                 candidates.append((s, toks))
-        need = math.inf if cfg.clear_all else max(clear_at_least, total - freed - trigger)
+        need = math.inf if cfg.clear_all or ctl.compact_now else max(clear_at_least, total - freed - trigger)
         chosen, gain = [], 0
         if sum(toks for _, toks in candidates) < clear_at_least and not any(input_allowed(s) for s, _ in candidates):
             # a step would free less than its tokens, which is below clear_at_least: it would be dropped
@@ -715,6 +724,11 @@ def _clear(ctx, decide: bool) -> None:
     _commit(ctx, edits, prior, carry)
     if new_recs:
         remember(state, key, new_recs)
+        session_ledger.record_decision(
+            ctx, NS, trigger="compact-now" if ctl.compact_now else "tokens", tokens_before=total - freed_before,
+            tokens_after=total - freed, messages=[s.index for s, _ in chosen], tool_ids=list(new_recs), refs=list(new_recs))
+    if decide and ctl.compact_now and not ctx.settings.compaction.enabled:
+        session_ledger.consume_compact_now(ctx)
 
     ctx.notes["clearing"] = {"freed": freed, "by_index": by_index}
     if not cleared:

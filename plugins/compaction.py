@@ -70,6 +70,8 @@ from contextwarden.conversation import (
 from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
+from contextwarden.sessionctl import ledger as session_ledger
+from contextwarden.sessionctl.pins import first_pinned_index
 from contextwarden.statecache import state_cache
 from contextwarden.summarise import Summary, extractive_summary, llm_summary
 
@@ -406,13 +408,17 @@ def _compact(ctx, decide: bool) -> None:
 
     rec = store.get(NS, key) or {}
     decisions: list[dict[str, Any]] = rec.get("decisions") or []
+    ctl = session_ledger.control(ctx, live=decide)  # the user's controls: rollback, pins, compact now
     if not decide:
         if not decisions:
             return
     else:
         n_expected, warm = _rhythm(store, key, cfg.cache_ttl_s, cfg.expected_requests_max, now, persist=total > soft // 2)
-        if not decisions and total <= soft:
+        if not decisions and total <= soft and not ctl.compact_now:
             return  # the common case costs nothing more
+    # nothing from the first pinned message on is folded (no pin: n)
+    pin_at = first_pinned_index(ctx, orig) if ctl.pins else None
+    pin_at = n if pin_at is None else pin_at
 
     lead = 0
     while lead < n and entry(api, lead, orig[lead]).side == "system":
@@ -426,6 +432,8 @@ def _compact(ctx, decide: bool) -> None:
     last_asst = next((i for i in range(n - 1, -1, -1) if entry(api, i, orig[i]).side == "assistant"), -1)
     for d in decisions:
         k = int(d.get("end", 0))
+        if k > pin_at or ctl.is_off(NS, d.get("hash")):
+            continue  # rolled back, or covering pinned content
         # (a rewound conversation must still keep its latest assistant message)
         if d.get("lead") == lead and lead < k <= last_asst and entry(api, k, orig[k]).side == "assistant" \
                 and spans.at(k) == d.get("hash"):
@@ -442,7 +450,7 @@ def _compact(ctx, decide: bool) -> None:
     cost = None
     new: dict[str, Any] | None = None
     ready: Summary | None = None  # a finished LLM summary of the chosen span
-    if decide and t_now > soft:
+    if decide and (t_now > soft or ctl.compact_now) and not ctl.holds(t_now, ctx.settings):
         es = entries(api, orig)
         tok = [tokens.count_message(api, m, ctx.model) for m in orig]
         tok_now = [max(0, t - by_index.get(i, 0)) for i, t in enumerate(tok)]
@@ -454,6 +462,8 @@ def _compact(ctx, decide: bool) -> None:
             # past hard, protection gives way step by step (one long autonomous turn can fill the window):
             # the latest turn only, then everything before the latest assistant message
             limits += [_protected_start(api, orig, 1), last_asst]
+        limits = [min(hi, pin_at) for hi in limits]
+        min_span = 1 if ctl.compact_now else cfg.min_span_tokens  # compact now: any span is worth it
         chosen = None
         plan = rec.get("plan")
         for hi in limits:
@@ -467,18 +477,18 @@ def _compact(ctx, decide: bool) -> None:
             for k in cuts:  # the smallest cut that reaches the target, else the largest
                 acc += sum(tok_now[j:k])
                 j = chosen = k
-                if t_now - prev_summary - acc + est_summary <= target:
+                if t_now - prev_summary - acc + est_summary <= target and not ctl.compact_now:  # (compact now: all it may)
                     break
-            if sum(tok_now[start:chosen]) >= cfg.min_span_tokens:
+            if sum(tok_now[start:chosen]) >= min_span:
                 break
         reason = "nothing worth compacting outside the protected turns"
         if chosen is not None:
             span_toks = sum(tok_now[start:chosen])
             t_after = t_now - prev_summary - span_toks + est_summary
-            if span_toks >= cfg.min_span_tokens and t_after < t_now:
+            if span_toks >= min_span and t_after < t_now:
                 read, write = CACHE_PRICES.get(api, (0.1, 1.25))
                 cost = pays_off(t_now, t_after, fixed, n_expected, warm, read, write)
-                trigger = "hard" if t_now > hard else "soft" if cost.pays else None
+                trigger = "manual" if ctl.compact_now else "hard" if t_now > hard else "soft" if cost.pays else None
                 reason = "soft threshold: re-writing the cache does not pay yet"
                 if cfg.summariser == "llm":
                     span = spans.at(chosen)
@@ -542,7 +552,8 @@ def _compact(ctx, decide: bool) -> None:
                     won[:] = [d]
                     return cur
             won.clear()
-            others = [d for d in latest if d.get("hash") != (active or {}).get("hash") and d.get("hash") != decision["hash"]]
+            # (the decision this one extends stays: a rollback of this one applies it again)
+            others = [d for d in latest if d.get("hash") != decision["hash"]]
             return {"decisions": [decision] + others[: MAX_DECISIONS - 1]}
 
         store.update(NS, key, decide)
@@ -554,6 +565,13 @@ def _compact(ctx, decide: bool) -> None:
             if compacted:
                 ctx.notes.setdefault("compacted", []).extend(compacted)
             active = decision
+            session_ledger.record_decision(
+                ctx, NS, trigger=trigger, tokens_before=t_now,
+                tokens_after=total - (decision["span_tokens"] - sum(v for i, v in by_index.items() if lead <= int(i) < end))
+                + decision["summary_tokens"], span=(lead, end - 1), tool_ids=[c["tool_use_id"] for c in compacted],
+                refs=[decision["hash"]], summary_tokens=decision["summary_tokens"])
+    if decide and ctl.compact_now:
+        session_ledger.consume_compact_now(ctx)
 
     if active is None:
         return

@@ -201,6 +201,16 @@ class ContextWardenApp(App):
         stages = self.store.available_stages or self.store.stages
         self.push_screen(SettingsScreen(self.store.settings, stages, self.source.live))
 
+    def action_session_view(self) -> None:
+        """The highlighted session's context versions and pins (rollback, compact now, pin)."""
+        from .screens.session import SessionScreen
+
+        session = self.selected_session()
+        if session is None:
+            self.notify("no session yet", severity="warning")
+            return
+        self.push_screen(SessionScreen(session))
+
     def inspect(self, flow_id: str) -> None:
         row = self.store.requests.get(flow_id)
         summary = f"{row.model or ''} session {row.session}" if row else ""

@@ -18,7 +18,8 @@ from typing import Any, Iterable
 from contextwarden.addons.eventserver import (CACHE_READ_RATE, CACHE_WRITE_RATE, SentLedger, Totals,
                                               applied_compaction, new_clearing, new_compaction)
 
-CONTEXT_TYPES = ("compaction", "clearing", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip")
+CONTEXT_TYPES = ("compaction", "clearing", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip",
+                 "session")
 ROW_TYPES = ("request", "stage", "tags", "memory", "forward", "response", "turn", "budget", "clearing",
              "compaction", "error", "strip")
 
@@ -181,6 +182,17 @@ def summarise(ev: dict[str, Any]) -> str:
         return f"proxy started: profile {d.get('profile')} ({d.get('mode')}), stages {', '.join(d.get('stages') or []) or 'none'}"
     if t == "shutdown":
         return "proxy stopped"
+    if t == "session":  # a session control (docs/session-control.md)
+        act = d.get("action")
+        if act == "rollback":
+            return f"rolled back to v{d.get('to')} (version v{d.get('version')})"
+        if act == "pin":
+            p = d.get("target") or {}
+            return f"pinned {p.get('kind')}:{p.get('value')}"
+        if act == "unpin":
+            return f"unpinned #{', #'.join(map(str, d.get('ids') or []))}"
+        if act == "compact":
+            return "compact now: the next request compacts and clears"
     if t == "strip":
         pats = ", ".join(f"{k}×{v}" for k, v in (d.get("patterns") or {}).items())
         return (f"stripped envelopes from {d.get('cleaned', 0)} of {d.get('messages', '?')} messages"

@@ -217,7 +217,7 @@ def _result_text(block: dict) -> str:
     return c if isinstance(c, str) else " ".join(b.get("text", "") for b in c if isinstance(b, dict)) if isinstance(c, list) else ""
 
 
-def file_loop(api: str, body: dict):
+def file_loop(api: str, body: dict, rounds: int = ROUNDS, done: str = DONE):
     """The stand-in's script for Claude Code: read big_01.txt .. big_NN.txt, one Bash call a round. The
     round comes from the last tool result (the history itself may be cleared or compacted by then)."""
     if api != "anthropic" or not any(isinstance(t, dict) and t.get("name") == "Bash" for t in body.get("tools") or []):
@@ -231,8 +231,8 @@ def file_loop(api: str, body: dict):
         if not m:
             return f"Stopping: the tool did not show the file ({_result_text(results[-1])[:200]!r}).", None
         n = int(m.group(1))
-    if n >= ROUNDS:
-        return f"All {ROUNDS} files read; every record is noted. {DONE}", None
+    if n >= rounds:
+        return f"All {rounds} files read; every record is noted. {done}", None
     return round_notes(n + 1), ("Bash", {"command": f"cat big_{n + 1:02d}.txt", "description": f"Show big file {n + 1}"})
 
 

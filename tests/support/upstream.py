@@ -150,6 +150,7 @@ class StandIn:
         self.planner: Callable[[str, dict], tuple[str, tuple[str, dict] | None] | None] | None = None
         self.strict = False  # check requests like the real API and answer 400 (see strict_problems)
         self.thinking = False  # Anthropic: answer with a signed thinking block when thinking is enabled
+        self.window: int | None = None  # Anthropic: a longer request (bytes / 4) gets the API's "prompt is too long"
         self.records: list[Recorded] = []
         self._queued: list[str] = []
         self._seen_prefixes: set[str] = set()
@@ -210,6 +211,7 @@ class StandIn:
             self.planner = None
             self.strict = False
             self.thinking = False
+            self.window = None
 
     def requests(self, route: str | None = None) -> list[Recorded]:
         """Recorded requests, optionally only those whose path (without query) equals ``route``."""
@@ -788,6 +790,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             rec.problems = strict_problems(route, body, signed_thinking=si.thinking)
             if rec.problems:
                 return self._json(rec, 400, _error(api, 400, rec.problems[0]))
+        if route == "/v1/messages" and si.window is not None and _estimate_tokens(decoded) > si.window:
+            return self._json(rec, 400, _error(api, 400, f"prompt is too long: {_estimate_tokens(decoded)} tokens > {si.window} maximum"))
         stream = bool(body.get("stream"))
         if route == "/v1/messages":
             if stream:

@@ -27,6 +27,7 @@ class MainScreen(Screen):
         Binding("3", "show_tab('sessions')", "Sessions", show=False),
         Binding("4", "show_tab('events')", "Events", show=False),
         Binding("i", "inspect", "Inspect"),
+        Binding("v", "app.session_view", "Versions", show=False),  # (named in the Sessions tab)
         Binding("b", "app.bypass", "Bypass"),
         Binding("e", "app.export", "Export"),
         Binding("c", "app.settings", "Settings"),

@@ -89,7 +89,7 @@ class SessionsPanel(Vertical):
         line.append(" ".join(f"{tag}×{n}" if n > 1 else tag for tag, n in tags) or "none", style="cyan" if tags else "dim")
         line.truncate(width + 1, overflow="ellipsis")
         t.append_text(line)
-        t.append(f"\nsoft {soft:.0%} · hard {hard:.0%} of {fmt.num(window)} · b: bypass · e: export", style="dim")
+        t.append(f"\nsoft {soft:.0%} · hard {hard:.0%} of {fmt.num(window)} · v: versions · b: bypass · e: export", style="dim")
         w.update(t)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

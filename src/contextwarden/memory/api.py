@@ -127,6 +127,13 @@ class RecallApi:
         return svc.tenants(), m.shared_workspace
 
     def call(self, method: str, args: dict[str, Any], credential: str | None) -> Any:
+        if method == "session":  # context versions, rollback, pins, compact-now (sessionctl.commands)
+            from ..sessionctl.commands import CommandError, run
+
+            try:
+                return run(self.runtime, args)
+            except CommandError as e:
+                raise Refused(400, str(e)) from None
         svc = self.service()
         if method == "status":
             return {"pid": os.getpid(), "memory": svc is not None and svc.available,

@@ -1,0 +1,138 @@
+"""``contextwarden session list | show | rollback | pin | unpin | compact``: a session's context versions
+and the controls over them, through the running proxy's local API (:mod:`contextwarden.sessionctl`).
+
+The proxy holds the session state it applies on every request, so these commands ask it (127.0.0.1,
+the token in cw_home); with no proxy running on the home they say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from ._common import home_of
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("session", help="a session's context versions: list, show, rollback, pin, unpin, compact",
+                       description="Context versions of a session (every clearing step and compaction), rollback, "
+                                   "pins and compact-now, through the running proxy.")
+    p.add_argument("--home", default=None, help="cw_home of the proxy (default: $CONTEXTWARDEN_HOME or the user data dir)")
+    p.add_argument("--json", action="store_true", help="print the proxy's answer as JSON")
+    ss = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ss.add_parser("list", help="the sessions the proxy knows, with their versions and pins")
+    s = ss.add_parser("show", help="a session's versions (time, trigger, tokens before/after, what changed) and pins")
+    s.add_argument("session", metavar="ID")
+    r = ss.add_parser("rollback", help="stop applying the decisions after VERSION (0: the client's own history)")
+    r.add_argument("session", metavar="ID")
+    r.add_argument("--to", required=True, type=int, metavar="VERSION")
+    r.add_argument("--dry-run", action="store_true", help="only say what it would cost and whether it fits")
+    for name, what in (("pin", "keep content out of clearing, compaction and compression"), ("unpin", "remove a pin")):
+        q = ss.add_parser(name, help=what)
+        q.add_argument("session", metavar="ID")
+        q.add_argument("target", metavar="TARGET",
+                       help="a tool_use id, a message index, or a text (tool:ID, index:N, text:... to be explicit)"
+                            + ("; or #N, a pin's number" if name == "unpin" else ""))
+    c = ss.add_parser("compact", help="the next request of the session compacts and clears, whatever the thresholds")
+    c.add_argument("session", metavar="ID")
+    p.set_defaults(func=run_session)
+
+
+def call(home, **args: Any) -> Any:
+    from ..memory.api import RecallClient
+
+    client = RecallClient.find(home)
+    if client is None:
+        raise SystemExit(f"no proxy is running on {home} (start one with `contextwarden run`)")
+    try:
+        return client.call("session", **args)
+    finally:
+        client.close()
+
+
+def run_session(args) -> int:
+    from ..memory.api import ApiError
+
+    req: dict[str, Any] = {"action": args.action}
+    for k in ("session", "target"):
+        if getattr(args, k, None) is not None:
+            req[k] = getattr(args, k)
+    if args.action == "rollback":
+        req.update(to=args.to, dry_run=args.dry_run)
+    try:
+        out = call(home_of(args), **req)
+    except ApiError as e:
+        print(f"contextwarden session {args.action}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return 0 if not (isinstance(out, dict) and out.get("refused")) else 1
+    print(render(args.action, out))
+    return 1 if isinstance(out, dict) and out.get("refused") else 0
+
+
+def _clock(ts: Any) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "–"
+
+
+def _num(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) else "–"
+
+
+def version_line(v: dict[str, Any]) -> str:
+    """One version as a line: number, time, what, trigger, tokens before -> after, what changed."""
+    from ..sessionctl.render import changed, what
+
+    mark = "" if v.get("kind") != "decision" else (" " if v.get("applied", True) else "✗")
+    return (f"{mark}v{v['n']:<3} {_clock(v.get('ts'))}  {what(v):<16} {str(v.get('trigger') or ''):<11} "
+            f"{_num(v.get('tokens_before')):>8} → {_num(v.get('tokens_after')):<8} {changed(v)}").rstrip()
+
+
+def render(action: str, out: dict[str, Any]) -> str:
+    from ..sessionctl.render import pin_text
+
+    if action == "list":
+        rows = out.get("sessions") or []
+        if not rows:
+            return "no session yet"
+        lines = [f"{'session':<38} {'agent':<12} {'ver':>4} {'applied':>8} {'pins':>4}  last"]
+        for r in rows:
+            lines.append(f"{r['session'][:38]:<38} {str(r['agent'])[:12]:<12} {r['current']:>4} {len(r['applied']):>8} "
+                         f"{r['pins']:>4}  {_clock(r.get('last_ts'))}" + ("  (held after rollback)" if r.get("hold") else "")
+                         + ("  (compact now)" if r.get("compact_now") else ""))
+        return "\n".join(lines)
+    if action == "show":
+        lines = [f"session {out['session']} · agent {out['agent']} · at version {out['current']}"
+                 + (" · held after a rollback" if out.get("hold") else "") + (" · compact now" if out.get("compact_now") else "")]
+        vs = out.get("version_list") or []
+        lines.append("  v0   (the client's own history)")
+        lines += ["  " + version_line(v) for v in vs]
+        pins = out.get("pin_list") or []
+        lines.append("pins: " + (", ".join(pin_text(p) for p in pins) if pins else "none"))
+        return "\n".join(lines)
+    if action == "rollback":
+        parts = [f"rollback of {out['key']} from v{out['from']} to v{out['to']}"]
+        if out.get("preview"):
+            parts.append(f"the next request: {_num(out.get('tokens_before'))} → {_num(out.get('tokens_after'))} tokens "
+                         f"(window {_num(out.get('window'))})")
+            parts.append(f"cost: {_num(out.get('rewrite_tokens'))} tokens written to the cache again from message "
+                         f"{out.get('first_changed_message')} (≈ ${out.get('rewrite_usd', 0):.4f} at {out.get('model') or 'default'} prices)")
+        elif out.get("note"):
+            parts.append(out["note"])
+        if out.get("refused"):
+            parts.append("refused: " + out["refused"])
+        elif out.get("applied"):
+            parts.append(f"done: version {out['version']} (undo: contextwarden session rollback ID --to {out['from']})")
+        else:
+            parts.append("not applied (--dry-run)")
+        return "\n".join(parts)
+    if action in ("pin", "unpin"):
+        pins = out.get("pins") or []
+        return "pins: " + (", ".join(pin_text(p) for p in pins) if pins else "none")
+    if action == "compact":
+        return "the next request of this session compacts and clears"
+    return orjson.dumps(out).decode()

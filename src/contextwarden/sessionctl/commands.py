@@ -1,0 +1,277 @@
+"""The session commands, as the running proxy serves them (recall API method ``session``, event server
+command ``session``): ``list``, ``show``, ``rollback``, ``pin``, ``unpin``, ``compact``.
+
+Each takes and returns plain JSON. A session is named by its id (``contextwarden session list`` shows
+them), a unique prefix of it, or the full key ``tenant|session|agent`` when a session has several agents.
+Writes go through the runtime's state cache, so the proxy's next request of the session sees them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..conversation import messages_of, strip_cache_control
+from ..cost import WRITE_MULT, TTL_5M, price_for
+from ..statecache import state_cache
+from . import ledger
+from .ledger import NS, _append, last_request, off_at
+from .preview import decided_body, decided_state, latest
+
+
+class CommandError(ValueError):
+    """A session command that cannot be done (the message says why)."""
+
+
+def _keys(rt) -> dict[str, dict[str, Any]]:
+    """Every session key the proxy knows: with a record, or a live request since it started."""
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for k, rec in rt.state.items(NS):
+            out[k] = rec if isinstance(rec, dict) else {}
+    except Exception:  # a shared state down: the live sessions only
+        pass
+    with ledger._last_lock:
+        live = list((ledger._last.get(rt) or {}).keys())
+    for k in live:
+        out.setdefault(k, {})
+    return out
+
+
+def resolve(rt, ident: str) -> str:
+    """The session key ``ident`` names (a key, a session id, or a unique prefix of one)."""
+    if not isinstance(ident, str) or not ident:
+        raise CommandError("a session id is required")
+    keys = list(_keys(rt))
+    if ident in keys:
+        return ident
+    exact = [k for k in keys if k.split("|")[1:2] == [ident]]
+    found = exact or [k for k in keys if (k.split("|") + [""])[1].startswith(ident)]
+    if not found:
+        raise CommandError(f"no session {ident!r} (contextwarden session list shows them)")
+    if len(found) > 1:
+        # one session, several agents (Claude Code's subagents): the main agent's conversation, if one is
+        main = [k for k in found if (a := k.rsplit("|", 1)[-1]) in ("main", "") or a.endswith("/main")]
+        if len(main) == 1:
+            return main[0]
+        raise CommandError(f"{ident!r} names {len(found)} conversations; give one of: " + ", ".join(sorted(found)))
+    return found[0]
+
+
+def _record(rt, key: str) -> dict[str, Any]:
+    return state_cache(rt).get(NS, key) or {}
+
+
+def _summary(rt, key: str, rec: dict[str, Any]) -> dict[str, Any]:
+    tenant, session, agent = (key.split("|") + ["", "", ""])[:3]
+    versions = rec.get("versions") or []
+    last = last_request(rt, key)
+    return {"key": key, "session": session, "agent": agent, "tenant": tenant, "versions": len(versions),
+            "current": versions[-1]["n"] if versions else 0, "applied": ledger.applied_versions(rec),
+            "pins": len(rec.get("pins") or []), "hold": bool(rec.get("hold")), "compact_now": bool(rec.get("compact_now")),
+            "last_ts": max([v.get("ts") or 0 for v in versions] + [0]) or None,
+            "live": last is not None, "tokens_in": getattr(last, "tokens_in", None)}
+
+
+def list_sessions(rt) -> dict[str, Any]:
+    rows = [_summary(rt, k, rec) for k, rec in _keys(rt).items()]
+    rows.sort(key=lambda r: r["last_ts"] or 0, reverse=True)
+    return {"sessions": rows}
+
+
+def show(rt, ident: str) -> dict[str, Any]:
+    key = resolve(rt, ident)
+    rec = _record(rt, key)
+    applied = set(ledger.applied_versions(rec))
+    versions = [{**v, "applied": v["n"] in applied} if v.get("kind") == "decision" else dict(v)
+                for v in rec.get("versions") or []]
+    return {**_summary(rt, key, rec), "version_list": versions, "pin_list": rec.get("pins") or [],
+            "window": rt.settings.tokens.context_window}
+
+
+# -- rollback -----------------------------------------------------------------------------------------
+
+
+def _last_sent(rt, ctx) -> dict[str, Any] | None:
+    entry = rt.bodies.get(ctx.flow_id)
+    if entry is None:
+        return None
+    body = entry.get("rewritten") or entry.get("original")
+    return body if isinstance(body, dict) else None
+
+
+def rewrite_cost(rt, ctx, restored: dict[str, Any]) -> dict[str, Any]:
+    """What the restored request writes to the provider's cache again: the tokens from the first
+    message that differs from what the session sent last (cache markers aside) to its end, and their
+    price as a 5-minute cache write at the model's list price."""
+    sent = _last_sent(rt, ctx)
+    new = messages_of(ctx.api, restored) or []
+    old = (messages_of(ctx.api, sent) or []) if sent is not None else []
+    first = 0
+    while first < min(len(new), len(old)) and strip_cache_control(new[first]) == strip_cache_control(old[first]):
+        first += 1
+    tokens = sum(rt.tokens.count_message(ctx.api, m, ctx.model) for m in new[first:])
+    usd = tokens * price_for(ctx.model).input * WRITE_MULT[TTL_5M] / 1e6
+    return {"first_changed_message": first, "rewrite_tokens": tokens, "rewrite_usd": round(usd, 6),
+            "model": ctx.model, "known_last_sent": sent is not None}
+
+
+def _rolled(rec: dict[str, Any], to: int, now: float, tokens_before: int | None, tokens_after: int | None) -> dict[str, Any]:
+    v = {"kind": "rollback", "stage": "session", "to": to, "set_off": off_at(rec, to), "ts": now,
+         "trigger": "user", "tokens_before": tokens_before, "tokens_after": tokens_after}
+    out = _append(rec, v)
+    out["hold"] = True
+    out["compact_now"] = False
+    return out
+
+
+def rollback(rt, ident: str, to: Any, apply: bool = True) -> dict[str, Any]:
+    """Roll the session back to version ``to`` (0: the client's own history): says what it costs and
+    whether it fits; does it when ``apply`` and it fits."""
+    key = resolve(rt, ident)
+    rec = _record(rt, key)
+    versions = rec.get("versions") or []
+    try:
+        to = int(to)
+    except (TypeError, ValueError):
+        raise CommandError("rollback: --to VERSION is a version number (0: before any decision)") from None
+    current = versions[-1]["n"] if versions else 0
+    if not 0 <= to <= current:
+        raise CommandError(f"rollback: version {to} does not exist (versions 0..{current})")
+    if to == current:
+        raise CommandError(f"rollback: the session is at version {to} already")
+    window = rt.settings.tokens.context_window
+    ctx = latest(rt, key)
+    out: dict[str, Any] = {"key": key, "to": to, "from": current, "window": window}
+    if ctx is None:
+        out.update(preview=False, note="no recent request of this session in the proxy (restarted, or its body "
+                                       "evicted): cost and fit unknown")
+    else:
+        _, before = decided_state(rt, ctx)  # the latest request as the session's decided state now
+        candidate = _rolled(rec, to, time.time(), before, None)
+        body, tokens = decided_body(rt, ctx, candidate, key)
+        out.update(preview=True, tokens_before=before, tokens_after=tokens, fits=tokens is not None and tokens <= window,
+                   **rewrite_cost(rt, ctx, body))
+        if not out["fits"]:
+            fits = None
+            for x in [0] + [v["n"] for v in versions]:
+                _, t = decided_state(rt, ctx, _rolled(rec, x, time.time(), before, None), key)
+                if t is not None and t <= window:
+                    fits = x
+                    break
+            out["smallest_fitting_version"] = fits
+            out["applied"] = False
+            out["refused"] = (f"the restored request ({tokens:,} tokens) would not fit the window ({window:,})"
+                              + (f"; the smallest version that fits is {fits}" if fits is not None else "; no version fits"))
+            return out
+    if not apply:
+        out["applied"] = False
+        return out
+    after = out.get("tokens_after")
+    stored = state_cache(rt).update(NS, key, lambda cur: _rolled(cur or {}, to, time.time(), out.get("tokens_before"), after))
+    out["applied"] = True
+    out["version"] = stored["versions"][-1]["n"]
+    rt.bus.emit("session", {"action": "rollback", "key": key, "to": to, "version": out["version"],
+                            "tokens_after": after, "rewrite_tokens": out.get("rewrite_tokens")},
+                session=key.split("|")[1] if "|" in key else key)
+    return out
+
+
+# -- pins and compact-now ---------------------------------------------------------------------------------
+
+
+def parse_target(target: Any) -> dict[str, Any]:
+    """A pin's target: ``tool:ID`` / ``index:N`` / ``text:...``, or guessed: a tool id (``toolu_``,
+    ``call_``, ``fc_``...), a message index (digits), else a text to match."""
+    if isinstance(target, int):
+        return {"kind": "index", "value": target}
+    if not isinstance(target, str) or not target:
+        raise CommandError("pin: a TARGET is required (a tool_use id, a message index or a text)")
+    for kind in ("tool", "index", "text"):
+        if target.startswith(kind + ":"):
+            value: Any = target[len(kind) + 1:]
+            if kind == "index":
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise CommandError("pin: index:N takes a number") from None
+            return {"kind": kind, "value": value}
+    if target.isdigit():
+        return {"kind": "index", "value": int(target)}
+    if target.startswith(("toolu_", "call_", "fc_", "srvtoolu_")) and " " not in target:
+        return {"kind": "tool", "value": target}
+    return {"kind": "text", "value": target}
+
+
+def _emit(rt, key: str, **data: Any) -> None:
+    rt.bus.emit("session", {"key": key, **data}, session=key.split("|")[1] if "|" in key else key)
+
+
+def pin(rt, ident: str, target: Any) -> dict[str, Any]:
+    key = resolve(rt, ident)
+    p = parse_target(target)
+
+    def add(cur):
+        cur = dict(cur or {})
+        pins = list(cur.get("pins") or [])
+        if any(x["kind"] == p["kind"] and x["value"] == p["value"] for x in pins):
+            return cur
+        n = int(cur.get("pin_next") or 1)
+        cur.update(pins=pins + [{**p, "id": n, "ts": time.time()}], pin_next=n + 1)
+        return cur
+
+    rec = state_cache(rt).update(NS, key, add)
+    _emit(rt, key, action="pin", target=p)
+    return {"key": key, "pins": rec.get("pins") or []}
+
+
+def unpin(rt, ident: str, target: Any) -> dict[str, Any]:
+    """Remove a pin: by its number (``#N`` or N as listed by show) or by its target."""
+    key = resolve(rt, ident)
+    rec = _record(rt, key)
+    pins = rec.get("pins") or []
+    want: dict[str, Any] | None = None
+    sel = str(target)
+    if sel.startswith("#") and sel[1:].isdigit():
+        num = int(sel[1:])
+        hit = [x for x in pins if x["id"] == num]
+    else:
+        want = parse_target(target)
+        hit = [x for x in pins if x["kind"] == want["kind"] and x["value"] == want["value"]]
+        if not hit and sel.isdigit():  # "3": a pin's number when no index pin 3 exists
+            hit = [x for x in pins if x["id"] == int(sel)]
+    if not hit:
+        raise CommandError(f"unpin: no pin {target!r} (contextwarden session show lists them)")
+    gone = {x["id"] for x in hit}
+    new = state_cache(rt).update(NS, key, lambda cur: {**(cur or {}), "pins": [x for x in (cur or {}).get("pins") or []
+                                                                            if x["id"] not in gone]})
+    _emit(rt, key, action="unpin", ids=sorted(gone))
+    return {"key": key, "pins": new.get("pins") or [], "removed": sorted(gone)}
+
+
+def compact(rt, ident: str) -> dict[str, Any]:
+    """The next request of the session compacts and clears whatever the thresholds say (and ends a
+    rollback's hold)."""
+    key = resolve(rt, ident)
+    state_cache(rt).update(NS, key, lambda cur: {**(cur or {}), "compact_now": True, "hold": False})
+    _emit(rt, key, action="compact")
+    return {"key": key, "compact_now": True}
+
+
+def run(rt, args: dict[str, Any]) -> Any:
+    """Dispatch one command: ``{"action": ..., "session": ..., ...}``."""
+    action = args.get("action")
+    if action == "list":
+        return list_sessions(rt)
+    ident = args.get("session")
+    if action == "show":
+        return show(rt, ident)
+    if action == "rollback":
+        return rollback(rt, ident, args.get("to"), apply=not args.get("dry_run"))
+    if action == "pin":
+        return pin(rt, ident, args.get("target"))
+    if action == "unpin":
+        return unpin(rt, ident, args.get("target"))
+    if action == "compact":
+        return compact(rt, ident)
+    raise CommandError(f"unknown session action {action!r} (list, show, rollback, pin, unpin, compact)")

@@ -1,0 +1,248 @@
+"""A session's context versions and the user's controls over them (state namespace ``session``).
+
+One record per conversation (``tenant|session|agent``, the key clearing and compaction use), in the
+runtime state (SQLite or Redis, through :func:`contextwarden.statecache.state_cache`)::
+
+    {"next": 4,                      # the next version number
+     "versions": [{n, ts, stage, kind, trigger, tokens_before, tokens_after, messages, tool_ids, refs, off, ...}],
+     "off": {"clearing": [tool ids], "compaction": [decision hashes]},   # decisions not re-applied
+     "hold": false,                  # after a rollback: no new decision while the request fits the window
+     "compact_now": false,           # the next request compacts and clears whatever the thresholds say
+     "pins": [{"id": 1, "kind": "tool" | "index" | "text", "value": ..., "ts": ...}], "pin_next": 2}
+
+A stage that makes a decision calls :func:`record_decision` with what it changed and ``refs``: the keys of
+its own stored records (clearing: tool ids; compaction: the decision's span hash). A stage re-applying
+its stored records asks :meth:`Control.is_off` (or :meth:`Control.applied`) which of them a rollback
+turned off. Version 0 is the client's own history (no decision).
+
+Every version keeps ``off`` as it was right after it, so a rollback to version X is: turn off every
+decision not applied at X. A rollback is a version too, so rolling back to the version before it puts
+the decisions back, and their stored records (stubs, summary) come back byte for byte.
+
+Stages read a :class:`Control` once per request (:func:`control`); the common case (nothing recorded,
+or no pin, rollback or compact-now) costs one lookup in the state cache.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..statecache import state_cache
+
+NS = "session"
+MAX_VERSIONS = 500
+_NOTE = "session_control"
+
+# A preview (rollback cost, count_tokens of another state) runs the re-apply path under a record of its
+# own: (session key, record) while it runs, on this thread.
+_override: contextvars.ContextVar[tuple[str, dict] | None] = contextvars.ContextVar("cw_session_override", default=None)
+
+
+def session_key(ctx) -> str:
+    return f"{ctx.tenant}|{ctx.session}|{ctx.agent}"
+
+
+@dataclass(frozen=True)
+class Control:
+    """What the user decided for a session, as one request sees it (read-only)."""
+
+    key: str
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pins(self) -> list[dict[str, Any]]:
+        return self.record.get("pins") or []
+
+    @property
+    def compact_now(self) -> bool:
+        return bool(self.record.get("compact_now"))
+
+    @property
+    def hold(self) -> bool:
+        return bool(self.record.get("hold"))
+
+    def off(self, stage: str) -> frozenset:
+        return frozenset((self.record.get("off") or {}).get(stage) or ())
+
+    def is_off(self, stage: str, ref: str) -> bool:
+        refs = (self.record.get("off") or {}).get(stage)
+        return bool(refs) and ref in refs
+
+    def holds(self, tokens: int, settings) -> bool:
+        """After a rollback, new decisions wait while the request fits the window (else the next
+        request, past the thresholds still, would make again the decision just rolled back); compact
+        now, or a request that would not fit, ends the wait."""
+        if not self.hold or self.compact_now:
+            return False
+        return tokens <= settings.tokens.context_window
+
+    def applied(self, stage: str, records: dict[str, Any], pinned: frozenset = frozenset()) -> dict[str, Any]:
+        """``records`` (a stage's stored records by ref) without those turned off or pinned; the same
+        object when none is, and the same filtered object while neither changes (stages compare the
+        records they re-applied by identity)."""
+        off = self.off(stage)
+        if not (off or pinned) or not records:
+            return records
+        drop = (off | pinned) & records.keys()
+        if not drop:
+            return records
+        memo_key = (self.key, stage)
+        with _memo_lock:
+            got = _memo.get(memo_key)
+            if got is not None and got[0] is records and got[1] == drop:
+                return got[2]
+        out = {k: v for k, v in records.items() if k not in drop}
+        with _memo_lock:
+            _memo[memo_key] = (records, drop, out)
+            while len(_memo) > 4096:
+                _memo.pop(next(iter(_memo)))
+        return out
+
+
+_memo: dict[tuple[str, str], tuple[Any, frozenset, dict]] = {}
+_memo_lock = threading.Lock()
+
+# the last live request of each session, per runtime (what previews re-apply decisions to)
+_last: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_last_lock = threading.Lock()
+
+
+def control(ctx, live: bool = False) -> Control:
+    """The session's controls for this request (read once per request). ``live``: a request that
+    goes upstream with new decisions (not a fall-back, count_tokens or a preview): remembered as the
+    session's latest request, which previews start from."""
+    got = ctx.notes.get(_NOTE)
+    if got is not None:
+        return got
+    key = session_key(ctx)
+    ov = _override.get()
+    if ov is not None and ov[0] == key:
+        c = Control(key, ov[1])
+    else:
+        c = Control(key, state_cache(ctx.runtime).get(NS, key) or {})
+        if live:
+            _remember(ctx, key)
+    ctx.notes[_NOTE] = c
+    return c
+
+
+def _remember(ctx, key: str) -> None:
+    import dataclasses
+
+    # what the request was, without its body (kept as bytes by runtime.bodies, read back for a preview):
+    # a parsed body per session would be thousands of objects for the collector to walk
+    lite = dataclasses.replace(ctx, original={}, request=None, lease=None, notes={}, stage_results=[], blocked=None,
+                               wire_entries=None, deadline=None, budget_ms=None, late_threads=set(),
+                               held_events=None, request_bytes=None, auth={}, message_raw=None, token_memo=None,
+                               raw_exact=False, known_messages=0)
+    with _last_lock:
+        per = _last.setdefault(ctx.runtime, {})
+        per.pop(key, None)
+        per[key] = lite
+        while len(per) > 256:
+            per.pop(next(iter(per)))
+
+
+def last_request(runtime, key: str):
+    """The session's latest live request (a context without its body: see preview.latest), or None."""
+    with _last_lock:
+        return (_last.get(runtime) or {}).get(key)
+
+
+class override:
+    """``with override(key, record):`` stages of this thread see ``record`` as the session's controls."""
+
+    def __init__(self, key: str, record: dict[str, Any]) -> None:
+        self.key, self.record, self._tok = key, record, None
+
+    def __enter__(self):
+        self._tok = _override.set((self.key, self.record))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _override.reset(self._tok)
+
+
+# -- writing ------------------------------------------------------------------------------------------
+
+
+def _append(cur: dict[str, Any] | None, version: dict[str, Any]) -> dict[str, Any]:
+    cur = dict(cur or {})
+    n = int(cur.get("next") or 1)
+    off = {k: list(v) for k, v in (cur.get("off") or {}).items()}
+    if version.get("kind") == "decision":
+        stage = version["stage"]
+        new = set(version.get("refs") or ())
+        if stage in off:  # a decision made again is applied again
+            off[stage] = [r for r in off[stage] if r not in new]
+    elif "set_off" in version:
+        off = version.pop("set_off")
+    off = {k: v for k, v in off.items() if v}
+    version = {**version, "n": n, "ts": version.get("ts") or time.time(), "off": off}
+    versions = list(cur.get("versions") or []) + [version]
+    cur.update(next=n + 1, versions=versions[-MAX_VERSIONS:], off=off)
+    if version.get("kind") == "decision":
+        cur["hold"] = False
+    return cur
+
+
+def record_decision(ctx, stage: str, *, trigger: str | None, tokens_before: int | None, tokens_after: int | None,
+                    messages: list[int] | None = None, tool_ids: list[str] | None = None, refs: list[str] | None = None,
+                    span: tuple[int, int] | None = None, **extra: Any) -> int | None:
+    """Append a decision of ``stage`` as the session's next version; returns its number (None in a
+    preview, which records nothing). ``refs``: the stage's own record keys this decision wrote."""
+    if _override.get() is not None:
+        return None
+    v: dict[str, Any] = {"kind": "decision", "stage": stage, "trigger": trigger, "tokens_before": tokens_before,
+                         "tokens_after": tokens_after, "messages": sorted(set(messages or ())),
+                         "tool_ids": list(tool_ids or ()), "refs": list(refs or ()), "flow_id": ctx.flow_id}
+    if span is not None:
+        v["span"] = list(span)
+    v.update(extra)
+    out = state_cache(ctx.runtime).update(NS, session_key(ctx), lambda cur: _append(cur, v))
+    ctx.notes.pop(_NOTE, None)
+    return int(out["next"]) - 1
+
+
+def consume_compact_now(ctx) -> None:
+    """The compact-now request was served (the stage that decides last calls it)."""
+    c = ctx.notes.get(_NOTE)
+    if _override.get() is not None or (c is not None and not c.compact_now):
+        return
+
+    def clear(cur):
+        if not cur or not cur.get("compact_now"):
+            return cur
+        return {**cur, "compact_now": False}
+
+    state_cache(ctx.runtime).update(NS, session_key(ctx), clear)
+
+
+def decision_refs(versions: list[dict[str, Any]], upto: int | None = None) -> set[tuple[str, str]]:
+    """(stage, ref) of every decision among ``versions`` (up to version ``upto`` included)."""
+    return {(v["stage"], r) for v in versions if v.get("kind") == "decision" and (upto is None or v["n"] <= upto)
+            for r in v.get("refs") or ()}
+
+
+def off_at(rec: dict[str, Any], version: int) -> dict[str, list[str]]:
+    """The ``off`` a rollback to ``version`` sets: every decision not applied at that version."""
+    versions = rec.get("versions") or []
+    at = next((v for v in reversed(versions) if v["n"] <= version), None)
+    off_then = {(s, r) for s, refs in ((at or {}).get("off") or {}).items() for r in refs}
+    on = decision_refs(versions, version) - off_then
+    out: dict[str, list[str]] = {}
+    for s, r in sorted(decision_refs(versions) - on):
+        out.setdefault(s, []).append(r)
+    return out
+
+
+def applied_versions(rec: dict[str, Any]) -> list[int]:
+    """The decision versions whose records are applied now (not turned off)."""
+    off = {(s, r) for s, refs in (rec.get("off") or {}).items() for r in refs}
+    return [v["n"] for v in rec.get("versions") or [] if v.get("kind") == "decision"
+            and any((v["stage"], r) not in off for r in v.get("refs") or ())]

@@ -1,0 +1,62 @@
+"""The decided state of a session's request under other controls, without changing any state.
+
+Runs the pipeline's re-apply path (:meth:`contextwarden.pipeline.Pipeline.decided`: every stage's stored
+records, put in through the stages' own ``cw_reapply``, nothing decided) with the session's controls
+replaced for this thread only (:class:`~contextwarden.sessionctl.ledger.override`). Nothing it does is
+stored: no decision (re-apply decides nothing), no version, no body for the inspector (the call counts
+as abandoned), no event (they are held and dropped).
+
+Used for a rollback's cost and fit (the session's latest request under the rolled-back controls) and for
+``/v1/messages/count_tokens`` (the request as the proxy would send it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import orjson
+
+from .ledger import override
+
+
+def latest(runtime, key: str):
+    """The session's latest live request as a context to preview with: its body read back from the
+    runtime's recent bodies (None when the session had no request since the proxy started, or its
+    body was evicted)."""
+    from .ledger import last_request
+
+    lite = last_request(runtime, key)
+    if lite is None:
+        return None
+    entry = runtime.bodies.get(lite.flow_id)
+    body = entry.get("original") if entry else None
+    if not isinstance(body, dict):
+        return None
+    return dataclasses.replace(lite, original=body)
+
+
+def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str | None = None) -> tuple[bytes | None, int | None]:
+    """(the body as the decided state, its tokens) of ``ctx``'s request; under ``record`` as the
+    session's controls when given. The body is None when it is the client's own."""
+    from ..pipeline import Pipeline
+
+    fctx = dataclasses.replace(ctx, notes={}, stage_results=[], tokens_out=None, event_extra={**ctx.event_extra, "dry": True})
+    quiet = threading.Event()
+    quiet.set()  # finish() keeps no body of an abandoned call: a dry run is not a request
+    held: list = []
+    if record is not None:
+        with override(key, record):
+            out = Pipeline(runtime).decided(fctx, "dry run", abandoned=quiet, hold=held)
+    else:
+        out = Pipeline(runtime).decided(fctx, "dry run", abandoned=quiet, hold=held)
+    if out.body is not None:
+        return out.body, fctx.tokens_out
+    return None, ctx.tokens_in
+
+
+def decided_body(runtime, ctx, record: dict[str, Any] | None = None, key: str | None = None) -> tuple[dict[str, Any], int | None]:
+    """:func:`decided_state` with the body decoded (the client's own when nothing applies)."""
+    body, tokens = decided_state(runtime, ctx, record, key)
+    return (orjson.loads(body) if body is not None else ctx.original), tokens
