@@ -43,6 +43,8 @@ from contextwarden.memory.wayback import recall_wording
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins import clearing
 from contextwarden.plugins.clearing import COMPRESSED, Slot, _commit, _last_assistant, _path_of, find_slots, session_key
+from contextwarden.sessionctl import ledger as session_ledger
+from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.statecache import state_cache
 
 
@@ -197,6 +199,11 @@ def _compress(ctx, decide: bool) -> None:
     state = state_cache(ctx.runtime)
     key = session_key(ctx)
     remembered: dict[str, dict[str, Any]] = state.get(clearing.NS, key, None) or {}
+    # the user's controls (sessionctl), as clearing reads them: a rolled-back compression is not
+    # re-applied, and a pinned result is neither re-applied nor compressed
+    ctl = session_ledger.control(ctx, live=decide)
+    pinned = pinned_tool_ids(ctx, ((s.id, s.index, s.text) for s in slots)) if ctl.pins else frozenset()
+    remembered = ctl.applied(clearing.NS, remembered, pinned)
     limits = limits_of(cfg)
     count = lambda t: ctx.runtime.tokens.count_text(t, ctx.model)  # noqa: E731
     lazy: dict[str, Any] = {}
@@ -208,7 +215,7 @@ def _compress(ctx, decide: bool) -> None:
             if rec.get("kind") == COMPRESSED and rec["h"] == s.digest and rec.get("stub") is not None:
                 applied.append((s, rec, False))
             continue  # (a clearing record on an unseen result: clearing leaves it, and so does this)
-        if not decide or len(s.text) < limits.medium_chars or not _plain_text(s.content):
+        if not decide or s.id in pinned or len(s.text) < limits.medium_chars or not _plain_text(s.content):
             continue
         if cfg.keep_edited_reads and s.tool in clearing.READ_TOOLS and "edited" not in lazy:
             lazy["edited"] = _edited_paths(ctx)
@@ -242,6 +249,11 @@ def _compress(ctx, decide: bool) -> None:
     _commit(ctx, edits)
     if new_recs:
         clearing.remember(state, key, new_recs)
+        # a version of the session (rollback turns it off: the records live in clearing's namespace)
+        session_ledger.record_decision(
+            ctx, clearing.NS, trigger="compression", tokens_before=sum(r["tokens"] for r in new_recs.values()),
+            tokens_after=sum(r["stub_tokens"] for r in new_recs.values()),
+            messages=[s.index for s, _, new in applied if new], tool_ids=list(new_recs), refs=list(new_recs))
     freed = sum(rec["tokens"] - rec["stub_tokens"] for _, rec, _ in applied)
     prev = ctx.notes.get("clearing") or {}
     by_index = dict(prev.get("by_index") or {})

@@ -32,6 +32,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..history import session_key
 from ..statecache import state_cache
 
 NS = "session"
@@ -43,16 +44,14 @@ _NOTE = "session_control"
 _override: contextvars.ContextVar[tuple[str, dict] | None] = contextvars.ContextVar("cw_session_override", default=None)
 
 
-def session_key(ctx) -> str:
-    return f"{ctx.tenant}|{ctx.session}|{ctx.agent}"
-
-
 @dataclass(frozen=True)
 class Control:
     """What the user decided for a session, as one request sees it (read-only)."""
 
     key: str
     record: dict[str, Any] = field(default_factory=dict)
+    # the runtime's memo of filtered records (see applied): never a module's, so runtimes share nothing
+    memo: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def pins(self) -> list[dict[str, Any]]:
@@ -92,19 +91,19 @@ class Control:
         if not drop:
             return records
         memo_key = (self.key, stage)
+        memo = self.memo if self.memo is not None else {}
         with _memo_lock:
-            got = _memo.get(memo_key)
+            got = memo.get(memo_key)
             if got is not None and got[0] is records and got[1] == drop:
                 return got[2]
         out = {k: v for k, v in records.items() if k not in drop}
         with _memo_lock:
-            _memo[memo_key] = (records, drop, out)
-            while len(_memo) > 4096:
-                _memo.pop(next(iter(_memo)))
+            memo[memo_key] = (records, drop, out)
+            while len(memo) > 4096:
+                memo.pop(next(iter(memo)))
         return out
 
 
-_memo: dict[tuple[str, str], tuple[Any, frozenset, dict]] = {}
 _memo_lock = threading.Lock()
 
 # the last live request of each session, per runtime (what previews re-apply decisions to)
@@ -122,9 +121,9 @@ def control(ctx, live: bool = False) -> Control:
     key = session_key(ctx)
     ov = _override.get()
     if ov is not None and ov[0] == key:
-        c = Control(key, ov[1])
+        c = Control(key, ov[1], memo=ctx.runtime.memo("sessionctl.applied", dict))
     else:
-        c = Control(key, state_cache(ctx.runtime).get(NS, key) or {})
+        c = Control(key, state_cache(ctx.runtime).get(NS, key) or {}, memo=ctx.runtime.memo("sessionctl.applied", dict))
         if live:
             _remember(ctx, key)
     ctx.notes[_NOTE] = c
@@ -136,9 +135,9 @@ def _remember(ctx, key: str) -> None:
 
     # what the request was, without its body (kept as bytes by runtime.bodies, read back for a preview):
     # a parsed body per session would be thousands of objects for the collector to walk
-    lite = dataclasses.replace(ctx, original={}, request=None, lease=None, notes={}, stage_results=[], blocked=None,
-                               wire_entries=None, deadline=None, budget_ms=None, late_threads=set(),
-                               held_events=None, request_bytes=None, auth={}, message_raw=None, token_memo=None,
+    lite = dataclasses.replace(ctx, original={}, request=None, history=None, notes={}, stage_results=[], blocked=None,
+                               deadline=None, budget_ms=None, late_threads=set(),
+                               held_events=None, request_bytes=None, auth={}, message_raw=None,
                                raw_exact=False, known_messages=0)
     with _last_lock:
         per = _last.setdefault(ctx.runtime, {})
