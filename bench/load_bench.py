@@ -181,6 +181,30 @@ def rss_mb(pid: int | None) -> float | None:
     return None
 
 
+def cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_py_spy(pid: int, out: Path, seconds: float, gil: bool = False):
+    """``py-spy record`` of the proxy process for the load phase (collapsed stacks: one line a stack)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    cmd = [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50", "--format", "raw",
+           "--threads", "--output", str(out)] + (["--gil"] if gil else [])
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def sample_rss(pids: dict, out: list, stop: threading.Event, every: float) -> None:
     t0 = time.monotonic()
     while not stop.wait(every):
@@ -208,6 +232,11 @@ def main() -> int:
     ap.add_argument("--profile", default="claude-code")
     ap.add_argument("--idle", type=float, default=0, help="seconds of idle after the load, RSS sampled (shrinks?)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--py-spy", default=None, metavar="FILE",
+                    help="record the proxy process with py-spy during the load (collapsed stacks to FILE)")
+    ap.add_argument("--py-spy-gil", action="store_true", help="with --py-spy: only the thread holding the GIL")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a proxy setting for this run (CONTEXTWARDEN_ env override, e.g. pipeline.stage_budget_ms=100)")
     args = ap.parse_args()
 
     base = json.loads((REQUESTS / "claude-code-2.1.197-turn2.json").read_text())
@@ -242,7 +271,11 @@ def main() -> int:
         asyncio.run(run_phase(direct, standin.url, make_sessions(), args.seconds, records, lock))
         records.clear()
 
-        proxy = ProxyProcess(work, profile=args.profile, reverse=standin.url, name="load",
+        env = {}
+        for kv in args.set:
+            k, v = kv.split("=", 1)
+            env["CONTEXTWARDEN_" + "__".join(k.upper().split("."))] = v
+        proxy = ProxyProcess(work, profile=args.profile, reverse=standin.url, name="load", env=env or None,
                              ready_events=("startup", "memory_status"), startup_timeout=300)
         t = time.monotonic()
         proxy.start()
@@ -264,7 +297,15 @@ def main() -> int:
         through = Phase("proxy")
         mark = proxy.mark()
         print(f"proxy: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
+        spy = start_py_spy(proxy.proc.pid, Path(args.py_spy), args.seconds, args.py_spy_gil) if args.py_spy else None
+        cpu0 = (cpu_s(proxy.proc.pid), cpu_s(current_mem_pid()))
         asyncio.run(run_phase(through, proxy.url, make_sessions(), args.seconds, records, lock))
+        cpu1 = (cpu_s(proxy.proc.pid), cpu_s(current_mem_pid()))
+        if spy is not None:
+            try:
+                spy.wait(30)
+            except Exception:
+                spy.kill()
         if args.idle:
             print(f"idle {args.idle:.0f} s ...", flush=True)
             time.sleep(args.idle)
@@ -305,6 +346,10 @@ def main() -> int:
         "memory": {"ingested": ingested, "dropped": dropped, "pending_at_end": pending, "pending_after_sigterm": pending_after,
                    "searches": searched, "injected": injected, "search_timeouts": mem_timeouts},
         "turn_work_dropped": turn_drops,
+        "cpu_ms_per_request": {k: None if a is None or b is None else round((b - a) * 1000 / max(1, through.completed), 2)
+                               for k, a, b in zip(("proxy", "memory"), cpu0, cpu1)},
+        "cpu_share_of_core": {k: None if a is None or b is None else round((b - a) / through.seconds, 2)
+                              for k, a, b in zip(("proxy", "memory"), cpu0, cpu1)},
         "rss_mb": rss, "sigterm_s": sigterm_s,
         "error_samples": (direct.errors + through.errors)[:5],
     })
@@ -323,6 +368,9 @@ def main() -> int:
     print(f"memory: {m['ingested']} items ingested, {m['dropped']} dropped, {m['pending_at_end']} pending at the end "
           f"(embedding lag), {m['pending_after_sigterm']} left pending after SIGTERM; searches {m['searches']}, "
           f"injected {m['injected']}, search timeouts {m['search_timeouts']}; turn work dropped {r['turn_work_dropped']}")
+    c, sh = r["cpu_ms_per_request"], r["cpu_share_of_core"]
+    print(f"CPU per proxied request: proxy process {c['proxy']} ms, memory process {c['memory']} ms "
+          f"(cores busy: proxy {sh['proxy']}, memory {sh['memory']})")
     print("RSS MB (t s: proxy / memory): " + ", ".join(
         f"{t:.0f}: {v['proxy'] or 0:.0f}/{v['memory'] or 0:.0f}" for t, v in rss))
     print(f"SIGTERM to exit: {r['sigterm_s']:.1f} s")
