@@ -124,6 +124,7 @@ class Phase:
         self.mismatched = 0
         self.checked = 0
         self.seconds = 0.0
+        self.cpu_ms = 0.0
 
 
 async def run_phase(phase: Phase, url: str, sessions: list[Session], seconds: float, records: dict,
@@ -235,6 +236,8 @@ def main() -> int:
     ap.add_argument("--py-spy", default=None, metavar="FILE",
                     help="record the proxy process with py-spy during the load (collapsed stacks to FILE)")
     ap.add_argument("--py-spy-gil", action="store_true", help="with --py-spy: only the thread holding the GIL")
+    ap.add_argument("--plain", action="store_true",
+                    help="also run the sessions through plain mitmdump (no contextwarden): mitmproxy's own share")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a proxy setting for this run (CONTEXTWARDEN_ env override, e.g. pipeline.stage_budget_ms=100)")
     args = ap.parse_args()
@@ -270,6 +273,19 @@ def main() -> int:
         print(f"direct: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
         asyncio.run(run_phase(direct, standin.url, make_sessions(), args.seconds, records, lock))
         records.clear()
+        plain = None
+        if args.plain:
+            plain = Phase("mitmdump")
+            # streaming responses as contextwarden does (mitmdump buffers them by default)
+            pp = ProxyProcess(work / "plain", profile=None, script=None, reverse=standin.url, name="plain",
+                              options={"stream_large_bodies": "1"})
+            pp.start()
+            print(f"plain mitmdump: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
+            c0 = cpu_s(pp.proc.pid)
+            asyncio.run(run_phase(plain, pp.url, make_sessions(), args.seconds, records, lock))
+            plain.cpu_ms = (cpu_s(pp.proc.pid) - c0) * 1000 / max(1, plain.completed)
+            pp.stop()
+            records.clear()
 
         env = {}
         for kv in args.set:
@@ -312,7 +328,13 @@ def main() -> int:
         stop.set()
         events = proxy._read_events()[mark:]
         forwards = [e["data"] for e in events if e["type"] == "forward"]
-        fallbacks = [f for f in forwards if not f.get("changed") and "timeout" in str(f.get("reason") or "")]
+        # a fall-back: the request went without its new work, as the session's decided state or the
+        # client's original (forward event's ``fallback``), because a stage overran or failed
+        fallbacks = [f for f in forwards if f.get("fallback")]
+        overrun_by = {}
+        for e in events:
+            if e["type"] == "stage" and e["data"].get("status") == "timeout":
+                overrun_by[e["data"].get("stage")] = overrun_by.get(e["data"].get("stage"), 0) + 1
         stage_timeouts = sum(1 for e in events if e["type"] == "stage" and e["data"].get("status") == "timeout")
         mem = [e["data"] for e in events if e["type"] == "memory"]
         dropped = sum(int(d.get("dropped") or 0) for d in mem)
@@ -343,6 +365,7 @@ def main() -> int:
         "added_ttfb_p99_ms": None if p_p99 is None or d_p99 is None else p_p99 - d_p99,
         "throughput_ratio": (through.completed / through.seconds) / max(1e-9, direct.completed / direct.seconds),
         "fallbacks": len(fallbacks), "forwards": len(forwards), "stage_timeouts": stage_timeouts,
+        "fallbacks_decided": sum(1 for f in fallbacks if f.get("fallback") == "decided"), "overruns_by_stage": overrun_by,
         "memory": {"ingested": ingested, "dropped": dropped, "pending_at_end": pending, "pending_after_sigterm": pending_after,
                    "searches": searched, "injected": injected, "search_timeouts": mem_timeouts},
         "turn_work_dropped": turn_drops,
@@ -353,21 +376,34 @@ def main() -> int:
         "rss_mb": rss, "sigterm_s": sigterm_s,
         "error_samples": (direct.errors + through.errors)[:5],
     })
+    if plain is not None:
+        x_p50, x_p99 = pct(plain.ttfb, 50), pct(plain.ttfb, 99)
+        results["mitmdump"] = {"completed": plain.completed, "errors": len(plain.errors),
+                               "rps": plain.completed / plain.seconds, "ttfb_p50_ms": x_p50, "ttfb_p99_ms": x_p99,
+                               "identical": plain.checked - plain.mismatched, "checked": plain.checked,
+                               "cpu_ms_per_request": round(plain.cpu_ms, 2)}
     r = results
     print()
     print(f"{'':10}{'completed':>10}{'errors':>8}{'req/s':>8}{'ttfb p50':>10}{'ttfb p99':>10}{'identical':>14}")
-    for name in ("direct", "proxy"):
+    for name in ("direct", "mitmdump", "proxy"):
+        if name not in r:
+            continue
         x = r[name]
         print(f"{name:10}{x['completed']:>10}{x['errors']:>8}{x['rps']:>8.1f}{x['ttfb_p50_ms'] or 0:>9.1f}m"
               f"{x['ttfb_p99_ms'] or 0:>9.1f}m{x['identical']:>8}/{x['checked']}")
     print(f"added time to first byte: p50 {r['added_ttfb_p50_ms'] or 0:.1f} ms, p99 {r['added_ttfb_p99_ms'] or 0:.1f} ms")
     print(f"throughput through the proxy: {r['throughput_ratio'] * 100:.0f}% of direct")
-    print(f"fall-backs (stage past its budget): {r['fallbacks']} of {r['forwards']} requests "
-          f"({100 * r['fallbacks'] / max(1, r['forwards']):.2f}%); stage timeouts {r['stage_timeouts']}")
+    print(f"fall-backs (a stage past its budget or failed): {r['fallbacks']} of {r['forwards']} requests "
+          f"({100 * r['fallbacks'] / max(1, r['forwards']):.2f}%; {r['fallbacks_decided']} kept the session's decisions); "
+          f"stage timeouts {r['stage_timeouts']} {r['overruns_by_stage'] or ''}")
     m = r["memory"]
     print(f"memory: {m['ingested']} items ingested, {m['dropped']} dropped, {m['pending_at_end']} pending at the end "
           f"(embedding lag), {m['pending_after_sigterm']} left pending after SIGTERM; searches {m['searches']}, "
           f"injected {m['injected']}, search timeouts {m['search_timeouts']}; turn work dropped {r['turn_work_dropped']}")
+    if "mitmdump" in r:
+        m0 = r["mitmdump"]
+        print(f"plain mitmdump: {m0['rps'] / max(1e-9, r['direct']['rps']) * 100:.0f}% of direct, CPU per request "
+              f"{m0['cpu_ms_per_request']} ms (mitmproxy's own share of the proxy's)")
     c, sh = r["cpu_ms_per_request"], r["cpu_share_of_core"]
     print(f"CPU per proxied request: proxy process {c['proxy']} ms, memory process {c['memory']} ms "
           f"(cores busy: proxy {sh['proxy']}, memory {sh['memory']})")

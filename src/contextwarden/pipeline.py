@@ -337,7 +337,7 @@ class Pipeline:
             ctx.late_threads.add(clock.thread)
             rt.mark_overrun(name, clock.returned, ctx)
             p = ctx.settings.pipeline
-            budget = rt.stage_times.budget(name, p)
+            budget = clock.budget
             # a call past its budget took at least its budget: a busy machine raises the budgets
             rt.stage_times.record(name, budget.ms, p.budget_window)
             err = f"ran past its {budget.describe()}"
@@ -389,7 +389,7 @@ class Pipeline:
             if trace:
                 trace(f"cw_{'reapply' if reapplied else 'request'} [{name}] flow={ctx.flow_id} session={ctx.session}\n")
             status, err, tb, failure = "ok", None, None, None
-            t0 = clock.begin(name, budget.seconds)
+            t0 = clock.begin(name, budget)
             ctx.deadline, ctx.budget_ms = t0 + budget.seconds, budget.ms
             try:
                 fn(ctx)

@@ -120,7 +120,13 @@ class Runtime:
     # ------------------------------------------------------------------ garbage collector
 
     def tune_malloc(self) -> bool:
-        """Apply ``pipeline.malloc_keep_mb`` (glibc only; True when applied)."""
+        """Apply ``pipeline.malloc_keep_mb`` (glibc only; True when applied) and
+        ``pipeline.switch_interval_ms``."""
+        sw = float(self.settings.pipeline.switch_interval_ms)
+        if sw > 0:
+            import sys
+
+            sys.setswitchinterval(sw / 1000)
         mb = int(self.settings.pipeline.malloc_keep_mb)
         if mb <= 0:
             return False

@@ -46,6 +46,7 @@ class StageClock:
         self.name: str | None = None
         self.started = 0.0  # perf_counter at the running stage's start
         self.cpu_started = 0.0
+        self.budget = None  # the running stage's Budget
         self.budget_s = 0.0
         self.abandoned: str | None = None  # the stage the loop gave up on
         self.abandoned_ms = 0.0
@@ -53,14 +54,15 @@ class StageClock:
         self.t_stages = 0.0  # perf_counter when the stages started
 
     # --- the stage thread ------------------------------------------------------------------------
-    def begin(self, name: str, budget_s: float) -> float:
-        """A stage starts on this thread now (returns its start, a perf_counter time)."""
+    def begin(self, name: str, budget) -> float:
+        """A stage starts on this thread now, under ``budget`` (a stagebudgets.Budget); returns its
+        start, a perf_counter time."""
         tid = threading.get_ident()
         if self.thread != tid:
             self.thread, self._cpu = tid, _cpu_clock(tid)
         cpu = time.thread_time()
         with self._lock:
-            self.name, self.budget_s, self.cpu_started = name, budget_s, cpu
+            self.name, self.budget, self.budget_s, self.cpu_started = name, budget, budget.seconds, cpu
             self.started = time.perf_counter()
             return self.started
 

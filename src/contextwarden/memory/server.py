@@ -28,6 +28,11 @@ from ..events import EventBus
 from . import wire
 
 
+# calls answered on the connection's own thread, in the order they came: a queue append each
+# (``keep``: a recall of the kept ids, sent after it, must find them pending)
+INLINE = frozenset({"keep"})
+
+
 class _Runtime:
     """What MemoryService reads of a runtime: its settings, home and event bus."""
 
@@ -153,6 +158,9 @@ class MemoryServer:
                     self._pool.shutdown(wait=True)
                     self._serve_call(conn, lk, msg)  # in this thread: the reply goes once closed
                     break
+                if msg.get("op") == "call" and msg.get("m") in INLINE:
+                    self._serve_call(conn, lk, msg)  # cheap, and in the order sent (before any later call)
+                    continue
                 try:
                     self._pool.submit(self._serve_call, conn, lk, msg)
                 except RuntimeError:

@@ -78,3 +78,10 @@ class PipelineSection(Section):
     kernel and give them back when freed, so a 600 KB request pays for faulting its memory in again:
     a 150K-token repeat request's parse time varied 0.6-2.7 ms from that alone (in a VM, where a page
     fault costs most). 0 leaves glibc's defaults. Process-wide, like ``gc_tuning``."""
+
+    switch_interval_ms: float = 1.0
+    """The interpreter's thread switch interval (``sys.setswitchinterval``), applied at start-up. The event
+    loop that relays every byte takes the interpreter lock back after each socket call; while a worker
+    thread computes (a stage, reading an observed request, turn work) it waits up to this long each time,
+    and a streamed response makes hundreds of such calls. Python's default, 5 ms, made that wait most of
+    the latency the proxy added under load. 0 leaves Python's default. Process-wide."""
