@@ -86,7 +86,8 @@ class Runtime:
         self.typed = TypedPool()  # typed messages lent from one request of a conversation to the next
         from .prefixparse import RecentBodies
 
-        self.recent = RecentBodies()  # recent bodies' histories, not decoded again (pipeline.prepare)
+        # recent bodies' histories, not decoded again (pipeline.prepare): one per conversation in flight
+        self.recent = RecentBodies(max(8, settings.pipeline.recent_conversations))
         # each conversation's latest messages and their JSON bytes (message_bytes)
         self._last_messages: OrderedDict[tuple, tuple[list, list[bytes], set[int]]] = OrderedDict()
         self._last_lock = threading.Lock()
@@ -258,7 +259,7 @@ class Runtime:
         with self._last_lock:
             self._last_messages[key] = (msgs, raws, inexact)
             self._last_messages.move_to_end(key)
-            while len(self._last_messages) > LAST_MESSAGES:
+            while len(self._last_messages) > max(LAST_MESSAGES, self.settings.pipeline.recent_conversations):
                 self._last_messages.popitem(last=False)
         return raws, exact
 

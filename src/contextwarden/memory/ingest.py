@@ -162,11 +162,14 @@ class Ingestor:
     def close(self, timeout: float = 10) -> None:
         """Store what is queued (up to ``timeout``), then stop the worker after its current batch (with
         a journal, what is left stays there for the next start). Does not close the store."""
+        deadline = time.monotonic() + timeout
         self.flush(timeout)
         with self._cv:
             self._closing = True
             self._cv.notify_all()
-        self._thread.join(timeout)
+        # one budget for both: a batch still embedding is left to the process's exit (its rows stay
+        # pending and are stored at the next start)
+        self._thread.join(max(0.2, deadline - time.monotonic()))
 
     @property
     def pending(self) -> int:

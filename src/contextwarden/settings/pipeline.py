@@ -79,6 +79,12 @@ class PipelineSection(Section):
     a 150K-token repeat request's parse time varied 0.6-2.7 ms from that alone (in a VM, where a page
     fault costs most). 0 leaves glibc's defaults. Process-wide, like ``gc_tuning``."""
 
+    recent_conversations: int = 64
+    """Conversations whose latest body the proxy keeps to read the next one as only its new messages
+    (prefixparse, message bytes). Under more concurrent sessions than this, every request is parsed and
+    dumped whole again (50 sessions against the earlier 8 and 32: a few ms of CPU per 150K-token request).
+    Each costs its parsed history in memory (~3 MB at 150K tokens) while kept."""
+
     switch_interval_ms: float = 1.0
     """The interpreter's thread switch interval (``sys.setswitchinterval``), applied at start-up. The event
     loop that relays every byte takes the interpreter lock back after each socket call; while a worker
