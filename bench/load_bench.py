@@ -124,6 +124,7 @@ class Phase:
         self.mismatched = 0
         self.checked = 0
         self.seconds = 0.0
+        self.cpu_ms = 0.0
 
 
 async def run_phase(phase: Phase, url: str, sessions: list[Session], seconds: float, records: dict,
@@ -181,6 +182,30 @@ def rss_mb(pid: int | None) -> float | None:
     return None
 
 
+def cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_py_spy(pid: int, out: Path, seconds: float, gil: bool = False):
+    """``py-spy record`` of the proxy process for the load phase (collapsed stacks: one line a stack)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    cmd = [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50", "--format", "raw",
+           "--threads", "--output", str(out)] + (["--gil"] if gil else [])
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def sample_rss(pids: dict, out: list, stop: threading.Event, every: float) -> None:
     t0 = time.monotonic()
     while not stop.wait(every):
@@ -208,6 +233,13 @@ def main() -> int:
     ap.add_argument("--profile", default="claude-code")
     ap.add_argument("--idle", type=float, default=0, help="seconds of idle after the load, RSS sampled (shrinks?)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--py-spy", default=None, metavar="FILE",
+                    help="record the proxy process with py-spy during the load (collapsed stacks to FILE)")
+    ap.add_argument("--py-spy-gil", action="store_true", help="with --py-spy: only the thread holding the GIL")
+    ap.add_argument("--plain", action="store_true",
+                    help="also run the sessions through plain mitmdump (no contextwarden): mitmproxy's own share")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a proxy setting for this run (CONTEXTWARDEN_ env override, e.g. pipeline.stage_budget_ms=100)")
     args = ap.parse_args()
 
     base = json.loads((REQUESTS / "claude-code-2.1.197-turn2.json").read_text())
@@ -241,8 +273,25 @@ def main() -> int:
         print(f"direct: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
         asyncio.run(run_phase(direct, standin.url, make_sessions(), args.seconds, records, lock))
         records.clear()
+        plain = None
+        if args.plain:
+            plain = Phase("mitmdump")
+            # streaming responses as contextwarden does (mitmdump buffers them by default)
+            pp = ProxyProcess(work / "plain", profile=None, script=None, reverse=standin.url, name="plain",
+                              options={"stream_large_bodies": "1"})
+            pp.start()
+            print(f"plain mitmdump: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
+            c0 = cpu_s(pp.proc.pid)
+            asyncio.run(run_phase(plain, pp.url, make_sessions(), args.seconds, records, lock))
+            plain.cpu_ms = (cpu_s(pp.proc.pid) - c0) * 1000 / max(1, plain.completed)
+            pp.stop()
+            records.clear()
 
-        proxy = ProxyProcess(work, profile=args.profile, reverse=standin.url, name="load",
+        env = {}
+        for kv in args.set:
+            k, v = kv.split("=", 1)
+            env["CONTEXTWARDEN_" + "__".join(k.upper().split("."))] = v
+        proxy = ProxyProcess(work, profile=args.profile, reverse=standin.url, name="load", env=env or None,
                              ready_events=("startup", "memory_status"), startup_timeout=300)
         t = time.monotonic()
         proxy.start()
@@ -264,14 +313,28 @@ def main() -> int:
         through = Phase("proxy")
         mark = proxy.mark()
         print(f"proxy: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
+        spy = start_py_spy(proxy.proc.pid, Path(args.py_spy), args.seconds, args.py_spy_gil) if args.py_spy else None
+        cpu0 = (cpu_s(proxy.proc.pid), cpu_s(current_mem_pid()))
         asyncio.run(run_phase(through, proxy.url, make_sessions(), args.seconds, records, lock))
+        cpu1 = (cpu_s(proxy.proc.pid), cpu_s(current_mem_pid()))
+        if spy is not None:
+            try:
+                spy.wait(30)
+            except Exception:
+                spy.kill()
         if args.idle:
             print(f"idle {args.idle:.0f} s ...", flush=True)
             time.sleep(args.idle)
         stop.set()
         events = proxy._read_events()[mark:]
         forwards = [e["data"] for e in events if e["type"] == "forward"]
-        fallbacks = [f for f in forwards if not f.get("changed") and "timeout" in str(f.get("reason") or "")]
+        # a fall-back: the request went without its new work, as the session's decided state or the
+        # client's original (forward event's ``fallback``), because a stage overran or failed
+        fallbacks = [f for f in forwards if f.get("fallback")]
+        overrun_by = {}
+        for e in events:
+            if e["type"] == "stage" and e["data"].get("status") == "timeout":
+                overrun_by[e["data"].get("stage")] = overrun_by.get(e["data"].get("stage"), 0) + 1
         stage_timeouts = sum(1 for e in events if e["type"] == "stage" and e["data"].get("status") == "timeout")
         mem = [e["data"] for e in events if e["type"] == "memory"]
         dropped = sum(int(d.get("dropped") or 0) for d in mem)
@@ -302,27 +365,48 @@ def main() -> int:
         "added_ttfb_p99_ms": None if p_p99 is None or d_p99 is None else p_p99 - d_p99,
         "throughput_ratio": (through.completed / through.seconds) / max(1e-9, direct.completed / direct.seconds),
         "fallbacks": len(fallbacks), "forwards": len(forwards), "stage_timeouts": stage_timeouts,
+        "fallbacks_decided": sum(1 for f in fallbacks if f.get("fallback") == "decided"), "overruns_by_stage": overrun_by,
         "memory": {"ingested": ingested, "dropped": dropped, "pending_at_end": pending, "pending_after_sigterm": pending_after,
                    "searches": searched, "injected": injected, "search_timeouts": mem_timeouts},
         "turn_work_dropped": turn_drops,
+        "cpu_ms_per_request": {k: None if a is None or b is None else round((b - a) * 1000 / max(1, through.completed), 2)
+                               for k, a, b in zip(("proxy", "memory"), cpu0, cpu1)},
+        "cpu_share_of_core": {k: None if a is None or b is None else round((b - a) / through.seconds, 2)
+                              for k, a, b in zip(("proxy", "memory"), cpu0, cpu1)},
         "rss_mb": rss, "sigterm_s": sigterm_s,
         "error_samples": (direct.errors + through.errors)[:5],
     })
+    if plain is not None:
+        x_p50, x_p99 = pct(plain.ttfb, 50), pct(plain.ttfb, 99)
+        results["mitmdump"] = {"completed": plain.completed, "errors": len(plain.errors),
+                               "rps": plain.completed / plain.seconds, "ttfb_p50_ms": x_p50, "ttfb_p99_ms": x_p99,
+                               "identical": plain.checked - plain.mismatched, "checked": plain.checked,
+                               "cpu_ms_per_request": round(plain.cpu_ms, 2)}
     r = results
     print()
     print(f"{'':10}{'completed':>10}{'errors':>8}{'req/s':>8}{'ttfb p50':>10}{'ttfb p99':>10}{'identical':>14}")
-    for name in ("direct", "proxy"):
+    for name in ("direct", "mitmdump", "proxy"):
+        if name not in r:
+            continue
         x = r[name]
         print(f"{name:10}{x['completed']:>10}{x['errors']:>8}{x['rps']:>8.1f}{x['ttfb_p50_ms'] or 0:>9.1f}m"
               f"{x['ttfb_p99_ms'] or 0:>9.1f}m{x['identical']:>8}/{x['checked']}")
     print(f"added time to first byte: p50 {r['added_ttfb_p50_ms'] or 0:.1f} ms, p99 {r['added_ttfb_p99_ms'] or 0:.1f} ms")
     print(f"throughput through the proxy: {r['throughput_ratio'] * 100:.0f}% of direct")
-    print(f"fall-backs (stage past its budget): {r['fallbacks']} of {r['forwards']} requests "
-          f"({100 * r['fallbacks'] / max(1, r['forwards']):.2f}%); stage timeouts {r['stage_timeouts']}")
+    print(f"fall-backs (a stage past its budget or failed): {r['fallbacks']} of {r['forwards']} requests "
+          f"({100 * r['fallbacks'] / max(1, r['forwards']):.2f}%; {r['fallbacks_decided']} kept the session's decisions); "
+          f"stage timeouts {r['stage_timeouts']} {r['overruns_by_stage'] or ''}")
     m = r["memory"]
     print(f"memory: {m['ingested']} items ingested, {m['dropped']} dropped, {m['pending_at_end']} pending at the end "
           f"(embedding lag), {m['pending_after_sigterm']} left pending after SIGTERM; searches {m['searches']}, "
           f"injected {m['injected']}, search timeouts {m['search_timeouts']}; turn work dropped {r['turn_work_dropped']}")
+    if "mitmdump" in r:
+        m0 = r["mitmdump"]
+        print(f"plain mitmdump: {m0['rps'] / max(1e-9, r['direct']['rps']) * 100:.0f}% of direct, CPU per request "
+              f"{m0['cpu_ms_per_request']} ms (mitmproxy's own share of the proxy's)")
+    c, sh = r["cpu_ms_per_request"], r["cpu_share_of_core"]
+    print(f"CPU per proxied request: proxy process {c['proxy']} ms, memory process {c['memory']} ms "
+          f"(cores busy: proxy {sh['proxy']}, memory {sh['memory']})")
     print("RSS MB (t s: proxy / memory): " + ", ".join(
         f"{t:.0f}: {v['proxy'] or 0:.0f}/{v['memory'] or 0:.0f}" for t, v in rss))
     print(f"SIGTERM to exit: {r['sigterm_s']:.1f} s")

@@ -27,6 +27,7 @@ from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, che
 from contextwarden.memory.retrieve import HistoryIndex, build_query, history_texts, history_items, role_of, select
 from contextwarden.models.base import ApiKind
 from contextwarden.lru import LRU
+from contextwarden.statecache import state_cache
 
 STATE_NS = "memory.ingested"
 MIN_BUDGET = 48  # tokens: below this nothing useful fits
@@ -238,14 +239,23 @@ HISTORY_MIN_MESSAGES = 3  # a first request holding this many messages resumes a
 _GONE = {"role": "assistant", "content": ""}  # a message that did not go upstream as such: nothing stored
 
 
+START_NOTE = "memory_ingest_start"  # ctx.notes: (start, history) of _ingest_start, worked out once a request
+
+
 def _ingest_start(ctx, msgs: list) -> tuple[int, bool]:
     """The first request message memory has not stored yet, and whether the messages before the current
-    turn are history the proxy had not seen live (the session's first request resuming a conversation)."""
-    mark = ctx.runtime.state.get(STATE_NS, f"{ctx.tenant}:{ctx.session}") or {}
+    turn are history the proxy had not seen live (the session's first request resuming a conversation).
+    Read once per request (the memory stage, then cw_turn_complete reuse it), through the runtime's
+    state cache (with a shared store, one round trip)."""
+    got = ctx.notes.get(START_NOTE)
+    if got is not None:
+        return got
+    mark = state_cache(ctx.runtime).get(STATE_NS, f"{ctx.tenant}:{ctx.session}") or {}
     start = int(mark.get("n", 0))
     history = not mark and len(msgs) >= HISTORY_MIN_MESSAGES
     if start > len(msgs) or (start and _fingerprint(ctx.api, msgs[start - 1]) != mark.get("h")):
         start = 0  # the client rewrote its history (its own compaction, a fork): store what is new to the store
+    ctx.notes[START_NOTE] = (start, history)
     return start, history
 
 
@@ -302,5 +312,5 @@ def cw_turn_complete(ctx, turn) -> None:
                                messages=n if history else None):
         msgs = history_items(ctx.api, ctx.original)
         if msgs:
-            ctx.runtime.state.put(STATE_NS, f"{ctx.tenant}:{ctx.session}",
-                                  {"n": n, "h": _fingerprint(ctx.api, msgs[n - 1])})
+            state_cache(ctx.runtime).put(STATE_NS, f"{ctx.tenant}:{ctx.session}",
+                                         {"n": n, "h": _fingerprint(ctx.api, msgs[n - 1])})

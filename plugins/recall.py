@@ -111,8 +111,9 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     key = _session_key(ctx)
     done = set(state.get(NS, key, None) or [])
     cur = history_items(ctx.api, ctx.request)
-    plain = [m.wire() if hasattr(m, "wire") else m for m in cur]
-    # the answer itself does not "hold" what it refers to
+    # the answer itself does not "hold" what it refers to; each message's wire form is made only if
+    # Kept is asked (most requests never ask: a full walk of a long history otherwise)
+    plain = (m.wire() if hasattr(m, "wire") else m for m in cur)
     kept = Kept(m for m in plain if m is not orig[last] and not (isinstance(m, dict) and m == orig[last]))
     found = find(answer, lost, kept, done, memo=ctx.runtime.memo("autorecall.terms", terms_memo))
     # an id the model read in a stub of an earlier request (or another session of the tenant)

@@ -15,7 +15,6 @@ import dataclasses
 import threading
 import time
 import traceback
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ from .dialects import dialect
 from .models import ApiKind, parse_body
 from .models.base import WireModel
 from .history import History
+from .stageclock import StageClock
 from .validate import FactCache, validate_rewrite
 from .redact import redact_headers, redact_path, tenant_of
 from .sessions import derive_session
@@ -291,12 +291,6 @@ def request_event(ctx: RequestContext, nbytes: int, mode: str) -> None:
              transport=ctx.notes.get("transport", "http"))
 
 
-def _on_thread(where: list[int], fn, ctx: RequestContext):
-    """``fn(ctx)``, noting the thread it runs on (see ``RequestContext.late_threads``)."""
-    where.append(threading.get_ident())
-    return fn(ctx)
-
-
 def _action(outcome: Outcome) -> str:
     """What went upstream after a failure, for its ``error`` event."""
     return "forwarded the session's decided state" if outcome.body is not None else "forwarded original"
@@ -311,35 +305,44 @@ class Pipeline:
         impls = {i.plugin_name: i.function for i in self.runtime.pm.hook.cw_reapply.get_hookimpls()}
         return [(n, impls[n]) for n, _ in self.runtime.stages() if n in impls]
 
-    async def _call(self, ctx: RequestContext, name: str, fn, budget) -> tuple[str, str | None, str | None, float]:
-        """Run one stage function on ``ctx`` in the stage pool under ``budget``: (status, error,
-        traceback, ms). A call past its budget is abandoned (left running; the breaker notes it)."""
-        rt = self.runtime
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
-        ctx.deadline, ctx.budget_ms = t0 + budget.seconds, budget.ms
-        status, err, tb = "ok", None, None
-        call: Future | None = None
-        where: list[int] = []  # the thread the call runs on
-        try:
-            call = rt.stage_pool.submit(_on_thread, where, fn, ctx)
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(call, loop=loop)), budget.seconds)
-        except asyncio.TimeoutError:
-            status, err = "timeout", f"ran past its {budget.describe()}"
-            if call is not None and not call.done():
-                ctx.late_threads.update(where)
-                rt.mark_overrun(name, call, ctx)
-        except Exception as e:
-            status, err = "error", f"{type(e).__name__}: {e}"
-            tb = traceback.format_exc(limit=6)
-        return status, err, tb, (time.perf_counter() - t0) * 1000
-
     async def process(self, ctx: RequestContext) -> Outcome:
-        loop = asyncio.get_running_loop()
+        """Run the stages and finish the request, in ONE trip to a worker thread (stageclock.py says
+        why); the event loop watches the running stage's budget and, past it, abandons the stage (left
+        running; the breaker notes it) and sends the session's decided state."""
+        rt = self.runtime
+        clock = StageClock()
+        got = await clock.watch(rt.stage_pool.submit(self._run, ctx, clock))
+        if got is None:  # the watchdog abandoned a stage
+            name, ms = clock.abandoned, clock.abandoned_ms
+            ctx.late_threads.add(clock.thread)
+            rt.mark_overrun(name, clock.returned, ctx)
+            p = ctx.settings.pipeline
+            budget = clock.budget
+            # a call past its budget took at least its budget: a busy machine raises the budgets
+            rt.stage_times.record(name, budget.ms, p.budget_window)
+            err = f"ran past its {budget.describe()}"
+            res = {"stage": name, "ms": round(ms, 3), "status": "timeout"}
+            ctx.stage_results.append(res)
+            ctx.emit("stage", **res, error=err, budget_ms=round(budget.ms, 1))
+            got = ("timeout", name, err, None)
+        if isinstance(got, Outcome):
+            return got
+        status, name, err, tb = got
+        ctx.timings["stages"] = _ms(clock.t_stages)
+        why = f"stage {name} {status}: {err}"
+        outcome = await self.fall_back(ctx, why)
+        ctx.emit("error", where="stage", stage=name, message=err, action=_action(outcome),
+                 traceback=tb if status == "error" else None)
+        return outcome
+
+    def _run(self, ctx: RequestContext, clock: StageClock):
+        """The stages one after another, then :meth:`finish` (on the stage thread). Returns the Outcome,
+        or (status, stage, error, traceback) of a stage that failed; None once the loop abandoned a
+        stage (nothing more is done for this request here)."""
         rt = self.runtime
         trace = getattr(rt.pm, "cw_trace", None)
         p = ctx.settings.pipeline
-        t_stages = time.perf_counter()
+        t_stages = clock.t_stages = time.perf_counter()
         reappliers = None
         for name, fn in rt.stages():
             budget = rt.stage_times.budget(name, p)
@@ -365,10 +368,19 @@ class Pipeline:
                 reapplied = True
             if trace:
                 trace(f"cw_{'reapply' if reapplied else 'request'} [{name}] flow={ctx.flow_id} session={ctx.session}\n")
-            status, err, tb, ms = await self._call(ctx, name, fn, budget)
+            status, err, tb, failure = "ok", None, None, None
+            t0 = clock.begin(name, budget)
+            ctx.deadline, ctx.budget_ms = t0 + budget.seconds, budget.ms
+            try:
+                fn(ctx)
+            except Exception as e:
+                status, err, failure = "error", f"{type(e).__name__}: {e}", e
+                tb = traceback.format_exc(limit=6)
+            ms = (time.perf_counter() - t0) * 1000
+            if not clock.end(failure):
+                return None  # abandoned past its budget: the loop went on without this request's work
             if not reapplied and status != "error":
-                # a call past its budget took at least its budget: a busy machine raises the budgets
-                rt.stage_times.record(name, ms if status == "ok" else budget.ms, p.budget_window)
+                rt.stage_times.record(name, ms, p.budget_window)
             res = {"stage": name, "ms": round(ms, 3), "status": "skipped" if reapplied and status == "ok" else status}
             if reapplied:
                 res["reapplied"] = True
@@ -376,17 +388,12 @@ class Pipeline:
             ctx.emit("stage", **res, error=err if status != "ok" else reason if reapplied else None,
                      budget_ms=round(budget.ms, 1))
             if status != "ok":
-                ctx.timings["stages"] = _ms(t_stages)
-                why = f"stage {name} {status}: {err}"
-                outcome = await self.fall_back(ctx, why)
-                ctx.emit("error", where="stage", stage=name, message=err, action=_action(outcome),
-                         traceback=tb if status == "error" else None)
-                return outcome
+                return status, name, err, tb
             if ctx.blocked is not None:
                 ctx.timings["stages"] = _ms(t_stages)
                 return Outcome(blocked=ctx.blocked, reason=f"blocked by {name}")
         ctx.timings["stages"] = _ms(t_stages)
-        return await loop.run_in_executor(rt.core_pool, self.finish, ctx)
+        return self.finish(ctx)
 
     async def fall_back(self, ctx: RequestContext, why: str) -> Outcome:
         """The session's decided state (:meth:`decided`), built within ``pipeline.fallback_budget_ms``;

@@ -86,7 +86,8 @@ class Runtime:
         self.conversations = Conversations()
         from .prefixparse import RecentBodies
 
-        self.recent = RecentBodies()  # recent bodies' histories, not decoded again (pipeline.prepare)
+        # recent bodies' histories, not decoded again (pipeline.prepare): one per conversation in flight
+        self.recent = RecentBodies(max(8, settings.pipeline.recent_conversations))
         self._tokens = None
         self._lock = threading.Lock()
         self._memos: dict[str, Any] = {}  # the request path's caches, by name (memo): this runtime's alone
@@ -118,7 +119,13 @@ class Runtime:
     # ------------------------------------------------------------------ garbage collector
 
     def tune_malloc(self) -> bool:
-        """Apply ``pipeline.malloc_keep_mb`` (glibc only; True when applied)."""
+        """Apply ``pipeline.malloc_keep_mb`` (glibc only; True when applied) and
+        ``pipeline.switch_interval_ms``."""
+        sw = float(self.settings.pipeline.switch_interval_ms)
+        if sw > 0:
+            import sys
+
+            sys.setswitchinterval(sw / 1000)
         mb = int(self.settings.pipeline.malloc_keep_mb)
         if mb <= 0:
             return False

@@ -181,6 +181,10 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
     if answer.terms:
         owners: dict[str, list[Lost]] = {}
         for x in newest:
+            # a term of a text is a substring of it: only a text holding one of the answer's few terms
+            # is split into its own (a regex pass over each lost text, every request, otherwise)
+            if not any(t in x.text for t in answer.terms):
+                continue
             for t in answer.terms & terms_of(x.memory_id, x.text, memo):
                 owners.setdefault(t, []).append(x)
         for t in sorted(owners, key=len, reverse=True):  # the longest, most specific terms first

@@ -311,6 +311,25 @@ class RemoteMemoryService:
             return False
         return True
 
+    def keep(self, items, searchable: bool = True) -> list[str]:
+        """Hand originals to the memory process without waiting (as :meth:`submit`): the ids are known
+        here (what ``MemoryService.keep`` returns). The recall stage calls this on the request path;
+        waiting for the answer made the request as slow as the memory process under load (the budget
+        then abandoned the stage). The memory process takes ``keep`` in the order it was sent, before
+        any later call (a recall of these ids waits for them there)."""
+        todo = [it for it in items if it.text and it.text.strip()]
+        if not todo:
+            return []
+        s = self._sock
+        if not self.available or s is None:
+            return []
+        frame = {"id": 0, "op": "call", "m": "keep", "a": wire.encode([todo]), "k": wire.encode({"searchable": searchable})}
+        try:
+            wire.send_frame(s, frame, self._wlock)
+        except OSError:
+            return []
+        return [it.source_id or it.memory_id for it in todo]
+
     def flush(self, timeout: float = 120) -> bool:
         if self._sock is None:
             return False

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 _ERROR_EVERY = 60.0  # seconds between repeated identical error events
 
 
+REDACTED_NOTE = "redacted"  # a journal submission's info: secrets removed when it was stored (redacted once)
+
+
 class Ingestor:
     """Bounded queue + one worker thread that redacts, chunks, embeds and stores items.
 
@@ -123,8 +126,11 @@ class Ingestor:
     def _submit_journal(self, items: list[MemoryItem], info: dict) -> bool:
         # secrets never reach the disk: redacted before the journal (the id a clearing stub names is
         # the original text's, fixed first)
-        items = [_replace(it, text=redact_secrets(it.text)[0], source_id=it.source_id or memory_id(it.text))
-                 for it in items]
+        red = [redact_secrets(it.text) for it in items]
+        items = [_replace(it, text=t, source_id=it.source_id or memory_id(it.text)) for it, (t, _) in zip(items, red)]
+        # what the journal holds is redacted: the worker does not redact it again (REDACTED_NOTE), and
+        # takes the count of what was removed from here
+        info = {**info, REDACTED_NOTE: sum(n for _, n in red)}
         with self._cv:
             if self._closing:
                 self.stats["dropped"] += len(items)
@@ -156,11 +162,14 @@ class Ingestor:
     def close(self, timeout: float = 10) -> None:
         """Store what is queued (up to ``timeout``), then stop the worker after its current batch (with
         a journal, what is left stays there for the next start). Does not close the store."""
+        deadline = time.monotonic() + timeout
         self.flush(timeout)
         with self._cv:
             self._closing = True
             self._cv.notify_all()
-        self._thread.join(timeout)
+        # one budget for both: a batch still embedding is left to the process's exit (its rows stay
+        # pending and are stored at the next start)
+        self._thread.join(max(0.2, deadline - time.monotonic()))
 
     @property
     def pending(self) -> int:
@@ -211,7 +220,7 @@ class Ingestor:
             rows = self.journal.take(self.batch_max, self.batch_chars)
             if rows:
                 self._process([(items, info) for _, items, info in rows],
-                              in_flight=sum(len(items) for _, items, _ in rows))
+                              in_flight=sum(len(items) for _, items, _ in rows), redacted=True)
         except Exception as e:  # never let the worker die; the rows are dropped (a poison batch must not loop)
             self._error(e, sum(len(items) for _, items, _ in rows))
         finally:
@@ -235,43 +244,37 @@ class Ingestor:
 
     def prepare(self, items: list[MemoryItem]) -> tuple[list[MemoryItem], int]:
         """Redact and chunk: what will be stored for ``items``, and how many secrets were removed."""
-        out, redacted, _ = self._prepare(items)
+        out, redacted, _, _ = self._prepare(items)
         return out, redacted
 
-    def _prepare(self, items: list[MemoryItem]) -> tuple[list[MemoryItem], int, list[int]]:
+    def _prepare(self, items: list[MemoryItem], redacted_already: bool = False
+                 ) -> tuple[list[MemoryItem], int, list[int], list[MemoryItem]]:
+        """(chunks to store, secrets removed, index in ``items`` of each chunk, each item whole and
+        redacted: what the originals keep). Each text is redacted once, here, unless it was before
+        (``redacted_already``: it came through the journal, which holds only redacted text)."""
         out: list[MemoryItem] = []
         owner: list[int] = []  # index in ``items`` of each prepared item
+        wholes: list[MemoryItem] = []
         redacted = 0
         for k, it in enumerate(items):
             source = it.source_id or memory_id(it.text)  # the id a clearing stub names: the original text
-            text, n = redact_secrets(it.text)
-            redacted += n
+            if redacted_already:
+                text = it.text
+            else:
+                text, n = redact_secrets(it.text)
+                redacted += n
+            whole = _replace(it, text=text, source_id=source)
+            wholes.append(whole)
             pieces = chunk_text(text, self.chunk_tokens, self.count) if len(text) > self.chunk_tokens else [text]
             if len(pieces) <= 1:
-                out.append(_replace(it, text=text, source_id=source))
+                out.append(whole)
                 owner.append(k)
             else:
                 out += [_replace(it, text=p, kind="chunk", source_id=source) for p in pieces]
                 owner += [k] * len(pieces)
-        return out, redacted, owner
+        return out, redacted, owner, wholes
 
-    @staticmethod
-    def _wholes(prepared: list[MemoryItem], owner: list[int], items: list[MemoryItem]) -> list[MemoryItem]:
-        """Each submitted item once, with its redacted text whole (its chunks joined back only when it was
-        not cut: a cut text's whole redacted form is redacted again, which is cheap next to embedding)."""
-        out: list[MemoryItem] = []
-        seen: set[int] = set()
-        for it, k in zip(prepared, owner):
-            if k in seen:
-                continue
-            seen.add(k)
-            if it.kind == "chunk":
-                text, _ = redact_secrets(items[k].text)
-                it = _replace(items[k], text=text, source_id=it.source_id)
-            out.append(it)
-        return out
-
-    def _process(self, batches: list[tuple[list[MemoryItem], dict]], in_flight: int = 0) -> None:
+    def _process(self, batches: list[tuple[list[MemoryItem], dict]], in_flight: int = 0, redacted: bool = False) -> None:
         t0 = time.perf_counter()
         items: list[MemoryItem] = []
         sub: list[int] = []  # submission of each item
@@ -290,10 +293,13 @@ class Ingestor:
             for it in items:
                 if not it.tags:
                     it.tags = self.tag(it.text)
-        prepared, redacted, owner = self._prepare(items)
+        already = redacted
+        prepared, redacted, owner, wholes = self._prepare(items, redacted_already=already)
+        if already:  # counted when the journal took them
+            redacted = sum(int(info.get(REDACTED_NOTE) or 0) for _, info in batches)
         if self.on_originals is not None and items:
             try:
-                self.on_originals(self._wholes(prepared, owner, items))
+                self.on_originals(wholes)
             except Exception as e:
                 self._error(e, 0, where="memory.originals")
         try:

@@ -28,6 +28,11 @@ from ..events import EventBus
 from . import wire
 
 
+# calls answered on the connection's own thread, in the order they came: a queue append each
+# (``keep``: a recall of the kept ids, sent after it, must find them pending)
+INLINE = frozenset({"keep"})
+
+
 class _Runtime:
     """What MemoryService reads of a runtime: its settings, home and event bus."""
 
@@ -73,10 +78,12 @@ class MemoryServer:
         with self._lock:
             svc, self.service = self.service, None
         if svc is not None:
+            t0 = time.monotonic()
             try:
                 svc.close()
             except Exception as e:
                 print(f"contextwarden memory: close failed: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"contextwarden memory: service closed in {time.monotonic() - t0:.1f} s", file=sys.stderr)
         self._closed.set()
         self._stop.set()
 
@@ -150,9 +157,15 @@ class MemoryServer:
                     continue
                 if msg.get("op") == "close":
                     # the calls sent before it (submits the proxy did not wait for) are done first
+                    t0 = time.monotonic()
                     self._pool.shutdown(wait=True)
+                    print(f"contextwarden memory: calls sent before close done in {time.monotonic() - t0:.1f} s",
+                          file=sys.stderr)
                     self._serve_call(conn, lk, msg)  # in this thread: the reply goes once closed
                     break
+                if msg.get("op") == "call" and msg.get("m") in INLINE:
+                    self._serve_call(conn, lk, msg)  # cheap, and in the order sent (before any later call)
+                    continue
                 try:
                     self._pool.submit(self._serve_call, conn, lk, msg)
                 except RuntimeError:

@@ -273,13 +273,15 @@ class MemoryService:
                 self.save_lexical()
         self.lexical_ms = round((time.perf_counter() - t) * 1000, 1)
 
-    def save_lexical(self) -> bool:
+    def save_lexical(self, flush: bool = True) -> bool:
         """Save the lexical index next to the store (at close, after a rebuild); False if it is not
-        complete or there is nothing new."""
+        complete or there is nothing new. ``flush``: wait for ingestion first (not at close: the
+        ingestor has had its time, and with a pending table that is not empty the wait never ended
+        before the 30 s limit, which made every shutdown under load miss the snapshot and its budget)."""
         if not self._lexical_complete or self.store is None or not self.store.available:
             return False
         try:
-            if self.ingestor is not None:
+            if flush and self.ingestor is not None:
                 self.ingestor.flush(30)
             n = len(self.lexical)
             if n == self._lexical_saved_n:
@@ -346,7 +348,7 @@ class MemoryService:
             self.flush_kept(30)
             if self.ingestor is not None:
                 self.ingestor.close(self.settings.memory.shutdown_flush_s if self.separate else 10)
-            self.save_lexical()
+            self.save_lexical(flush=False)
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             if self.ingestor is not None and self.ingestor.journal is not None:

@@ -78,3 +78,16 @@ class PipelineSection(Section):
     kernel and give them back when freed, so a 600 KB request pays for faulting its memory in again:
     a 150K-token repeat request's parse time varied 0.6-2.7 ms from that alone (in a VM, where a page
     fault costs most). 0 leaves glibc's defaults. Process-wide, like ``gc_tuning``."""
+
+    recent_conversations: int = 64
+    """Conversations whose latest body the proxy keeps to read the next one as only its new messages
+    (prefixparse, message bytes). Under more concurrent sessions than this, every request is parsed and
+    dumped whole again (50 sessions against the earlier 8 and 32: a few ms of CPU per 150K-token request).
+    Each costs its parsed history in memory (~3 MB at 150K tokens) while kept."""
+
+    switch_interval_ms: float = 1.0
+    """The interpreter's thread switch interval (``sys.setswitchinterval``), applied at start-up. The event
+    loop that relays every byte takes the interpreter lock back after each socket call; while a worker
+    thread computes (a stage, reading an observed request, turn work) it waits up to this long each time,
+    and a streamed response makes hundreds of such calls. Python's default, 5 ms, made that wait most of
+    the latency the proxy added under load. 0 leaves Python's default. Process-wide."""

@@ -1,0 +1,158 @@
+"""Stages under load (issue 19): one trip to a worker thread per request, budgets that measure the
+stage's own work (not the time queued for a thread, nor waiting while other threads compute)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+
+from contextwarden import hookimpl
+from contextwarden.models.base import ApiKind
+from contextwarden.pipeline import Pipeline, count_tokens, prepare
+from contextwarden.runtime import Runtime
+from contextwarden.settings import load_settings
+from contextwarden.stagebudgets import Budget
+from contextwarden.stageclock import StageClock
+
+BUDGET_MS = 200
+OFF = ["budget", "strip", "tagging", "clearing", "compaction", "recall", "memory"]
+
+
+class Recorder:
+    """Notes the thread each call runs on."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    @hookimpl
+    def cw_request(self, ctx) -> None:
+        self.threads.append(threading.get_ident())
+
+
+def _runtime(tmp_path, stages: dict) -> Runtime:
+    overrides = {"pipeline": {"order": list(stages), "stage_budget_ms": BUDGET_MS, "adaptive_budgets": False,
+                              "disabled": OFF},
+                 "memory": {"enabled": False}}
+    home = tmp_path / "home"
+    return Runtime(load_settings("claude-code", home, overrides=overrides), home, profile="claude-code", log=False,
+                   extra_plugins=list(stages.items()))
+
+
+def _send(rt: Runtime, n: int):
+    raw = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 10,
+                        "metadata": {"user_id": "user_x_account_y_session_clock"},
+                        "messages": [{"role": "user", "content": f"hello {n}"}]})
+    ctx = prepare(rt, f"flow-{n}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages",
+                  [("content-type", "application/json"), ("x-api-key", "sk-test")], raw)
+    ctx.tokens_in = count_tokens(ctx, ctx.original)
+    outcome = asyncio.run(Pipeline(rt).process(ctx))
+    return outcome, ctx
+
+
+def test_every_stage_of_a_request_runs_on_one_thread(tmp_path):
+    a, b = Recorder(), Recorder()
+    rt = _runtime(tmp_path, {"a": a, "b": b})
+    try:
+        for n in range(3):
+            outcome, ctx = _send(rt, n)
+            assert outcome.fallback is None
+            assert [r["status"] for r in ctx.stage_results] == ["ok", "ok"]
+            assert a.threads[-1] == b.threads[-1]  # one trip to the pool, not one per stage
+    finally:
+        rt.close()
+
+
+def test_time_queued_for_a_worker_thread_is_not_a_stage_overrun(tmp_path):
+    """Every worker of the stage pool busy for several budgets (other sessions' slow work): the request
+    waits for a thread, and its stages, quick once they run, keep their work (no fall-back)."""
+    a = Recorder()
+    rt = _runtime(tmp_path, {"a": a})
+    gate = threading.Event()
+    started = threading.Semaphore(0)
+
+    def busy():
+        started.release()
+        gate.wait(60)
+
+    workers = rt.stage_pool._max_workers
+    try:
+        for _ in range(workers):
+            rt.stage_pool.submit(busy)
+        for _ in range(workers):
+            assert started.acquire(timeout=60)
+        threading.Timer(5 * BUDGET_MS / 1000, gate.set).start()  # released well past the budget
+        outcome, ctx = _send(rt, 1)
+        assert gate.is_set()  # the request did wait for a thread
+        assert outcome.fallback is None, outcome
+        assert ctx.stage_results == [{"stage": "a", "ms": ctx.stage_results[0]["ms"], "status": "ok"}]
+        assert not [e for e in rt.bus.recent if e.type == "error" and e.flow_id == ctx.flow_id]
+    finally:
+        gate.set()
+        rt.close()
+
+
+def _watch(clock: StageClock, work):
+    return asyncio.run(clock.watch(work))
+
+
+def _run_stage(clock: StageClock, budget_ms: float, body) -> str:
+    clock.begin("s", Budget(budget_ms, budget_ms))
+    try:
+        body()
+    finally:
+        ok = clock.end()
+    return "returned" if ok else "abandoned"
+
+
+def test_a_stage_that_waits_is_given_time_and_one_that_works_past_its_budget_is_abandoned():
+    pool = ThreadPoolExecutor(2)
+    try:
+        # waiting (sleep: no CPU) past its budget, well under the wall-clock limit: its result stands
+        clock = StageClock(wall_factor=50)
+        work = pool.submit(_run_stage, clock, 100, lambda: time.sleep(0.25))
+        assert _watch(clock, work) == "returned"
+        assert clock.abandoned is None
+
+        # computing past its budget: abandoned (the CPU it used, not only the clock, says it worked)
+        stop = threading.Event()
+
+        def spin():
+            while not stop.is_set():
+                sum(range(1000))
+
+        clock = StageClock(wall_factor=1000)
+        work = pool.submit(_run_stage, clock, 50, spin)
+        assert _watch(clock, work) is None
+        assert clock.abandoned == "s"
+        stop.set()
+        assert work.result(30) == "abandoned"  # it learns so when it returns: nothing more runs there
+        assert clock.returned.done()  # what the breaker waits for
+
+        # waiting past the wall-clock limit (a hang on I/O): abandoned too
+        gate = threading.Event()
+        clock = StageClock(wall_factor=2)
+        work = pool.submit(_run_stage, clock, 50, lambda: gate.wait(30))
+        assert _watch(clock, work) is None and clock.abandoned == "s"
+        gate.set()
+        assert work.result(30) == "abandoned"
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_queued_work_is_never_abandoned():
+    """No stage has begun (the call waits for a thread): nothing to abandon, however long it waits."""
+    pool = ThreadPoolExecutor(1)
+    gate = threading.Event()
+    try:
+        pool.submit(gate.wait, 30)
+        clock = StageClock(wall_factor=1)
+        work = pool.submit(_run_stage, clock, 10, lambda: None)
+        threading.Timer(0.6, gate.set).start()
+        assert _watch(clock, work) == "returned"
+    finally:
+        gate.set()
+        pool.shutdown(wait=True)
