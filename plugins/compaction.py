@@ -266,6 +266,33 @@ def folds_line(folds: list, ctx) -> str:
     return f"\n\nThe compacted messages are kept whole under memory id {ids}: {back} to read them verbatim."
 
 
+WORKING_HEAD = ("\n\nFiles this conversation is working with, as last read and edited since (verbatim, from the "
+                "compacted messages):")
+
+
+def working_appendix(ctx, cfg, orig: list, lead: int, end: int) -> str:
+    """The working set's results (:mod:`contextwarden.workingset`, over the whole history) that the span
+    ``lead..end`` folds, verbatim, for the summary: the model copies its next Edit's ``old_string`` from
+    the files it is working with. Empty when ``compaction.working_set_tokens`` is 0 or none is folded."""
+    budget = getattr(cfg, "working_set_tokens", 0)
+    if budget <= 0:
+        return ""
+    from contextwarden.workingset import Call, path_of, working_set
+
+    api, n = ctx.api, len(orig)
+    calls: list[Call] = []
+    for i, t in enumerate(transcript(api, orig[lead:n], tool_calls(api, orig[:n]))):
+        for p in t.parts:
+            if p.kind == "tool_result" and p.text.strip():
+                calls.append(Call(len(calls), p.tool or "", p.tool_input, lead + i, p.text))
+    kept = [c for c in working_set(calls, budget, lambda c: ctx.runtime.tokens.count_text(c.text, ctx.model))
+            if c.key < end]
+    if not kept:
+        return ""
+    kept.sort(key=lambda c: c.order)
+    return WORKING_HEAD + "".join(f"\n\n[{c.tool} {path_of(c.tool_input)}]\n{c.text}" for c in kept)
+
+
 def session_key(ctx) -> str:
     """Decisions belong to one conversation: a tenant's session, and within it one agent (Claude
     Code's subagents share the main agent's session id but not its conversation)."""
@@ -525,7 +552,7 @@ def _compact(ctx, decide: bool) -> None:
         folds = list((active or {}).get("folds") or []) + [[memory_id(folded), start, end - 1]]
         ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
         head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
-        text = head + folds_line(folds, ctx) + ("\n\n" + rest if rest else "")
+        text = head + folds_line(folds, ctx) + working_appendix(ctx, cfg, orig, lead, end) + ("\n\n" + rest if rest else "")
         decision = {"lead": lead, "end": end, "hash": spans.at(end), "summary": text,
                     "folds": folds, "sections": summary.sections,
                     "messages": summary.messages, "source_tokens": summary.source_tokens,

@@ -151,6 +151,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     except NotInjectable as e:
         return {"skipped": str(e)}
     state.put(NS, key, (list(done) + [f.lost.memory_id for f in chosen])[-MAX_REMEMBERED:])
+    ctx.notes["recalled"] = [f.lost.text for f in chosen]  # (the replay's fidelity counts what came back)
     return {"injected": len(chosen), "ids": [f.lost.memory_id for f in chosen], "why": [f.why for f in chosen],
             "refs": [f.ref for f in chosen], "tokens": tokens, "where": where, "over_budget": over}
 
