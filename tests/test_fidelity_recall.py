@@ -70,6 +70,12 @@ def test_what_the_next_request_puts_back_is_counted_once_per_lost_item():
     fc.request(body, cleared(body), EDIT, MODEL)
     f = fc.request(nxt, cleared(nxt), done, MODEL)
     assert f.back == 0 and f.back_of == n and f.present < n
+    # a re-read the model asked for (the new tool result) is not a put-back
+    reread = copy.deepcopy(nxt)
+    reread["messages"][-1]["content"][0]["content"] = READ_RESULT
+    fc = FidelityCounter()
+    fc.request(body, cleared(body), EDIT, MODEL)
+    assert fc.request(reread, cleared(reread), done, MODEL).present == 0
     t = totals([lost, f])
     assert (t["back"], t["back_of"]) == (0, n)
     # another conversation's request in between does not take the count

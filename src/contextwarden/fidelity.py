@@ -336,8 +336,9 @@ class Fidelity:
     # every lost item: kind ("source" / "ref"), what (the old_string or the reference), tool and
     # tool_use_id of the client's result that held it, stage (cleared / dropped / other)
     items: list[dict[str, str]] = field(default_factory=list)
-    # of the items the previous request of this conversation lost, how many this request carries again
-    # in what the recall stage injected (``back``) and anywhere in the body (``present``)
+    # of the items the previous request of this conversation lost (``back_of``), how many this request
+    # carries again in what the recall stage injected (``back``), and anywhere but in the previous
+    # answer itself and the new tool results (a re-read the model asked for): ``present``
     back: int = 0
     back_of: int = 0
     present: int = 0
@@ -392,13 +393,19 @@ class FidelityCounter:
     def _put_back(self, fid: Fidelity, items: list[dict[str, str]], answer: frozenset, sent: dict,
                   recalled: list[str]) -> None:
         """Of the previous request's lost items, those this one carries in what recall injected, and
-        those it carries anywhere (a recalled block, memory, or the new tool result that read it again)."""
+        those it carries anywhere but in the previous answer and the new tool results (a recalled block,
+        memory, a re-applied rewrite that no longer takes it out)."""
         back = BodyIndex(set(), set())
         for t in recalled:
             ti = self.ix.text(t)
             back.lines |= ti.lines
             back.tokens |= ti.tokens
-        u_texts, _ = body_texts(sent, self._parts)
+        msgs = (sent or {}).get("messages") or []
+        u_texts, _ = body_texts({"messages": msgs[:-1]}, self._parts)
+        if msgs:  # the new message: what was injected into it, not the new tool results (a re-read)
+            texts, _, res = self._parts(msgs[-1])
+            new_results = {t for _, t in res}
+            u_texts += [t for t in texts if t not in new_results]
         body = BodyIndex(set(), set())
         for t in u_texts:
             if t in answer:

@@ -33,6 +33,7 @@ _PATH = re.compile(r"(?<![\w/.-])(?:\.{0,2}/)?(?:[\w.-]+/)+[\w.-]*\w|\b[\w-]+\.(
 _IDENT = re.compile(r"\b(?:[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9_]*[A-Za-z0-9]|[a-z]+[A-Z][A-Za-z0-9]*|[A-Z][a-z0-9]+[A-Z][A-Za-z0-9]*)\b")
 _HEX = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{8,40}\b")
 MIN_TERM = 6
+MIN_REF = 5  # the fidelity measure's shortest reference
 MIN_QUOTE = 12
 MAX_TERM_OWNERS = 2  # a term more lost texts hold is the session's vocabulary, not a reference
 PATH_KEYS = ("file_path", "path", "notebook_path")
@@ -45,7 +46,12 @@ TERMS_CHARS = 100_000  # of a long text, the terms of its first and last 50K cha
 
 
 def terms(text: str) -> frozenset[str]:
-    """The distinctive terms of a text: paths, identifiers, long hex hashes."""
+    """The distinctive terms of a text: paths, identifiers, long hex hashes, and every token the replay's
+    fidelity measure counts as a reference (:func:`contextwarden.fidelity.distinctive`: a path, a
+    dotted name, an identifier with ``_``, digits or camelCase), with a path's suffixes after each slash
+    (``/repo/src/a.py`` also answers ``src/a.py``): what the model writes is what the measure checks."""
+    from contextwarden.fidelity import _TOKEN, distinctive
+
     if len(text) > TERMS_CHARS:
         text = text[: TERMS_CHARS // 2] + "\n" + text[-TERMS_CHARS // 2:]
     out = set()
@@ -54,6 +60,13 @@ def terms(text: str) -> frozenset[str]:
             t = m.group(0).rstrip(".,:;")
             if len(t) >= MIN_TERM:
                 out.add(t)
+    for tok in _TOKEN.findall(text):
+        tok = tok.rstrip(".")
+        if len(tok) >= MIN_REF and distinctive(tok):
+            out.add(tok)
+            if "/" in tok:
+                parts = tok.split("/")
+                out.update(x for x in ("/".join(parts[i:]) for i in range(1, len(parts))) if len(x) >= MIN_REF)
     return frozenset(out)
 
 
@@ -165,11 +178,12 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
     """The lost texts the answer refers to (not those in ``done``: recalled once already), best first:
     ids, then quotes, then cleared reads of paths the answer names, then terms."""
     out: list[Found] = []
-    seen = set(done) | answer.recalling  # what the model asked the recall tool for comes back through it
+    taken: set[str] = set(answer.recalling)  # what the model asked the recall tool for comes back through it
 
-    def add(item: Lost, why: str, ref: str) -> None:
-        if item.memory_id not in seen and len(out) < limit:
-            seen.add(item.memory_id)
+    def add(item: Lost, why: str, ref: str, again: bool = False) -> None:
+        """(``again``: even if recalled once before, in an earlier request)"""
+        if item.memory_id not in taken and (again or item.memory_id not in done) and len(out) < limit:
+            taken.add(item.memory_id)
             out.append(Found(item, why, ref))
 
     by_id = {x.memory_id: x for x in lost}
@@ -178,9 +192,11 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
             add(by_id[mid], "id", mid)
     newest = sorted(lost, key=lambda x: -x.turn)
     for q in answer.quotes:
-        owners = [x for x in newest if q in x.text]
+        owners = [x for x in newest if quoted_in(q, x)]
         if owners and not kept.holds(q):
-            add(owners[0], "quote", q[:80])
+            # an Edit's old_string only a lost text holds: needed now, even if recalled once before
+            # (what recall injects goes into one request only; the same file is edited again and again)
+            add(owners[0], "quote", q[:80], again=True)
     for p in sorted(answer.paths):
         for x in newest:
             inp = x.tool_input if isinstance(x.tool_input, dict) else {}
@@ -197,6 +213,34 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
             if len(xs) <= MAX_TERM_OWNERS and not kept.holds(t):
                 add(xs[0], "term", t)
     return out
+
+
+_LINE_IX: "OrderedDict[str, frozenset[int]]" = OrderedDict()
+
+
+def quoted_in(q: str, x: Lost) -> bool:
+    """``q`` is in the lost text: as it is, or line by line as the fidelity measure compares an Edit's
+    ``old_string`` with a Read result (line numbers and quote marks removed, each line stripped; the
+    first and last line may be part of a line)."""
+    if q in x.text:
+        return True
+    if "\n" not in q.strip():
+        return False
+    from contextwarden.fidelity import _lines
+
+    lines = _lines(q)
+    with _TERMS_LOCK:
+        ix = _LINE_IX.get(x.memory_id)
+    if ix is None:
+        ix = frozenset(hash(ln) for ln in _lines(x.text))
+        with _TERMS_LOCK:
+            _LINE_IX[x.memory_id] = ix
+            while len(_LINE_IX) > 512:
+                _LINE_IX.popitem(last=False)
+    inner = lines[1:-1] if len(lines) > 2 else []
+    if not inner:  # two lines: each must be (part of) a line of the text
+        return all(any(ln in t for t in x.text.split("\n")) for ln in lines)
+    return all(hash(ln) in ix for ln in inner) and all(ln in x.text for ln in (lines[0], lines[-1]))
 
 
 class Kept:
