@@ -266,10 +266,6 @@ def folds_line(folds: list, ctx) -> str:
     return f"\n\nThe compacted messages are kept whole under memory id {ids}: {back} to read them verbatim."
 
 
-WORKING_HEAD = ("\n\nFiles this conversation is working with, as last read and edited since (verbatim, from the "
-                "compacted messages):")
-
-
 def working_appendix(ctx, cfg, orig: list, lead: int, end: int) -> str:
     """The working set's results (:mod:`contextwarden.workingset`, over the whole history) that the span
     ``lead..end`` folds, verbatim, for the summary: the model copies its next Edit's ``old_string`` from
@@ -277,7 +273,7 @@ def working_appendix(ctx, cfg, orig: list, lead: int, end: int) -> str:
     budget = getattr(cfg, "working_set_tokens", 0)
     if budget <= 0:
         return ""
-    from contextwarden.workingset import Call, path_of, working_set
+    from contextwarden.workingset import WORKING_HEAD, Call, path_of, working_set
 
     api, n = ctx.api, len(orig)
     calls: list[Call] = []
@@ -290,7 +286,7 @@ def working_appendix(ctx, cfg, orig: list, lead: int, end: int) -> str:
     if not kept:
         return ""
     kept.sort(key=lambda c: c.order)
-    return WORKING_HEAD + "".join(f"\n\n[{c.tool} {path_of(c.tool_input)}]\n{c.text}" for c in kept)
+    return "\n\n" + WORKING_HEAD + "".join(f"\n\n[{c.tool} {path_of(c.tool_input)}]\n{c.text}" for c in kept)
 
 
 def session_key(ctx) -> str:

@@ -28,6 +28,8 @@ def test_latest_read_per_file_and_its_edits_newest_file_first_within_the_budget(
     assert [c.key for c in working_set(calls, 20, tokens)] == [4, 3]  # a.py (Read + Edit: 20) does not fit any more
     assert [c.key for c in working_set(calls, 30, tokens)] == [4, 3]
     assert working_set(calls, 0, tokens) == []
+    # a file edited but never read here: its edits' results are what the model saw of it
+    assert [c.key for c in working_set(calls + [_c(9, "Edit", "e.py")], 1_000, tokens)] == [9, 4, 3, 0, 2]
     # a file too big for what is left does not push out a smaller, older one
     big = calls + [_c(8, "Read", "huge.py", key=8)]
     sizes = lambda c: 500 if c.key == 8 else 10  # noqa: E731

@@ -8,7 +8,8 @@ dozens of calls later). Which file will be edited next is not knowable live; whi
 are still current is:
 
 - per path, the latest Read of it (a later Read of the same path supersedes it), and the results of the
-  Edits made to the file since (their snippets show the text as it now is);
+  Edits made to the file since (their snippets show the text as it now is; of a file edited but not
+  read in this conversation, its Edits' results are all the model saw of it);
 - not when a Write of the path came after that Read (the Write's input holds the whole new content);
 - ranked by the path's latest touch (a Read, Edit or Write naming it): the files most recently worked
   on first; kept while their results fit ``budget`` tokens (older files fall out of the set first).
@@ -23,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+# heads the working set's results a compaction summary keeps verbatim (automatic recall counts them as held)
+WORKING_HEAD = "Files this conversation is working with, as last read and edited since (verbatim, from the compacted messages):"
 READ_TOOLS = frozenset({"Read", "NotebookRead"})
 EDIT_TOOLS = frozenset({"Edit", "MultiEdit", "NotebookEdit"})
 WRITE_TOOLS = frozenset({"Write"})
@@ -54,7 +57,7 @@ def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int
     if budget <= 0:
         return []
     latest_read: dict[str, Call] = {}
-    edits_since: dict[str, list[Call]] = {}
+    edits_since: dict[str, list[Call]] = {}  # (of a file never read here, its edits: all the model saw of it)
     touched: dict[str, int] = {}
     for c in sorted(calls, key=lambda c: c.order):
         p = path_of(c.tool_input)
@@ -64,8 +67,7 @@ def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int
             latest_read[p] = c
             edits_since[p] = []
         elif c.tool in EDIT_TOOLS:
-            if p in latest_read:
-                edits_since[p].append(c)
+            edits_since.setdefault(p, []).append(c)
         elif c.tool in WRITE_TOOLS:
             latest_read.pop(p, None)  # superseded: the Write's input is the file now
             edits_since.pop(p, None)
@@ -74,8 +76,10 @@ def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int
         touched[p] = c.order
     out: list[Call] = []
     used = 0
-    for p in sorted(latest_read, key=lambda p: -touched[p]):
-        group = [latest_read[p]] + edits_since.get(p, [])
+    for p in sorted(set(latest_read) | set(edits_since), key=lambda p: -touched[p]):
+        group = ([latest_read[p]] if p in latest_read else []) + edits_since.get(p, [])
+        if not group:
+            continue
         n = sum(tokens(c) for c in group)
         if used + n > budget:
             continue  # a smaller, older file may still fit

@@ -5,10 +5,11 @@ the ones a reader of the answer would follow:
 
 - a memory id (``m-`` + 16 hex) the model read in a stub or a summary;
 - a string a tool call of the answer quotes (an Edit's ``old_string``, a search pattern: 12 characters
-  or more) that a lost text holds and the request no longer does;
-- a distinctive term of the answer (a path, a snake_case or camelCase identifier, a long hex hash) that
-  a lost text holds, at most two lost texts hold (more is a common word of the session, not a
-  reference), and the request no longer does;
+  or more) that a lost text holds (as it is, or line by line as a Read shows it, with line numbers) and
+  the request no longer does: brought back even when it was recalled once before;
+- a distinctive term of the answer (a path, a snake_case or camelCase identifier, a long hex hash, any
+  token the replay's fidelity measure counts as a reference) that a lost text holds, at most two lost
+  texts hold (more is a common word of the session, not a reference), and the request no longer does;
 - a path the answer's tool calls name whose cleared result was that path's content (the Read of the
   file it now edits).
 
@@ -253,9 +254,13 @@ class Kept:
     def holds(self, s: str) -> bool:
         if self._text is None:
             parts = []
+            from contextwarden.workingset import WORKING_HEAD
+
             for m in self._messages:
                 for t in strings(m):
-                    if not t.startswith(STUB_PREFIX) and not t.startswith(SUMMARY_PREFIX) and "<contextwarden-memory" not in t:
+                    if t.startswith(SUMMARY_PREFIX) and WORKING_HEAD in t:
+                        parts.append(t[t.index(WORKING_HEAD):])  # the files a summary keeps verbatim are held
+                    elif not t.startswith(STUB_PREFIX) and not t.startswith(SUMMARY_PREFIX) and "<contextwarden-memory" not in t:
                         parts.append(t)
             self._text = "\n".join(parts)
         return s in self._text
