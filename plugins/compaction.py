@@ -281,8 +281,8 @@ def working_appendix(ctx, cfg, orig: list, lead: int, end: int) -> str:
         for p in t.parts:
             if p.kind == "tool_result" and p.text.strip():
                 calls.append(Call(len(calls), p.tool or "", p.tool_input, lead + i, p.text))
-    kept = [c for c in working_set(calls, budget, lambda c: ctx.runtime.tokens.count_text(c.text, ctx.model))
-            if c.key < end]
+    kept = [c for c in working_set(calls, budget, lambda c: ctx.runtime.tokens.count_text(c.text, ctx.model),
+                                   edited_only=True) if c.key < end]
     if not kept:
         return ""
     kept.sort(key=lambda c: c.order)
@@ -475,7 +475,9 @@ def _compact(ctx, decide: bool) -> None:
         tok_now = [max(0, t - by_index.get(i, 0)) for i, t in enumerate(tok)]
         fixed = max(0, total - sum(tok_now))  # system + tools: the head no compaction touches
         prev_summary = int(active["summary_tokens"]) if active else 0
-        est_summary = min(cfg.summary_max_tokens, 400 + prev_summary)
+        # (the files a summary keeps verbatim count at most their budget: cut deeper for them, or the
+        # request lands above the target and compacts again soon, re-writing the cache each time)
+        est_summary = min(cfg.summary_max_tokens, 400 + prev_summary) + max(0, getattr(cfg, "working_set_tokens", 0))
         limits = [_protected_start(api, orig, protect)]
         if t_now > hard:
             # past hard, protection gives way step by step (one long autonomous turn can fill the window):

@@ -30,6 +30,7 @@ def test_latest_read_per_file_and_its_edits_newest_file_first_within_the_budget(
     assert working_set(calls, 0, tokens) == []
     # a file edited but never read here: its edits' results are what the model saw of it
     assert [c.key for c in working_set(calls + [_c(9, "Edit", "e.py")], 1_000, tokens)] == [9, 4, 3, 0, 2]
+    assert [c.key for c in working_set(calls + [_c(9, "Edit", "e.py")], 1_000, tokens, edited_only=True)] == [9, 0, 2]
     # a file too big for what is left does not push out a smaller, older one
     big = calls + [_c(8, "Read", "huge.py", key=8)]
     sizes = lambda c: 500 if c.key == 8 else 10  # noqa: E731
@@ -50,8 +51,13 @@ def test_compaction_keeps_the_folded_working_set_verbatim_in_its_summary(cw_home
     body = anthropic_tool_loop(10)
     read = body["messages"][2]["content"][0]  # the first Read's result (src/mod0_0.py)
     assert body["messages"][1]["content"][-2]["name"] == "Read"
+    # the turn's other call edits that file (a file being edited); task 1's Read is of a file never edited
+    body["messages"][1]["content"][-1].update(name="Edit", input={"file_path": "src/mod0_0.py", "old_string": "a",
+                                                                  "new_string": "b"})
+    edit = body["messages"][2]["content"][1]
+    other = body["messages"][6]["content"][0]
     results = []
-    for budget in (0, 200_000):
+    for budget in (0, 20_000):
         h = harness(cw_home / str(budget), 1000, working_set_tokens=budget)
         h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.9)}})
         sent = h.send(ApiKind.ANTHROPIC, copy.deepcopy(body))
@@ -63,5 +69,6 @@ def test_compaction_keeps_the_folded_working_set_verbatim_in_its_summary(cw_home
         h.close()
     off, on = results
     assert read["content"] not in off
-    assert "Files this conversation is working with" in on and "[Read src/mod0_0.py]\n" + read["content"] in on
-    assert "[Bash" not in on.split("Files this conversation is working with")[1]
+    kept = on.split("Files this conversation is working with")[1]
+    assert "[Read src/mod0_0.py]\n" + read["content"] in kept and "[Edit src/mod0_0.py]\n" + edit["content"] in kept
+    assert other["content"] not in kept and "[Bash" not in kept  # read for context only, never edited

@@ -740,6 +740,10 @@ def details(rep: ReplayReport) -> str:
                + f"; penalty estimate {fid['round_trips']} round trips ${fid['penalty']:.2f}: ours + penalty "
                f"${t['cost_ours_plus_penalty']:.2f} ({_pct(t['cost_ours_plus_penalty'], t['cost_original'])}); "
                f"counted in {fid['ms'] / 1000:.1f} s")
+    if fid.get("back_of"):
+        out.append(f"  put back in the next request: {lost_cell({'n': fid['back_of'], 'n_lost': fid['back']}, 'n')} of the "
+                   f"lost items by automatic recall, {lost_cell({'n': fid['back_of'], 'n_lost': fid['present']}, 'n')} "
+                   f"held there in all (not counting the new tool results)")
     for n in tr.notes:
         out.append(f"  note: {n}")
     return "\n".join(out)

@@ -52,8 +52,10 @@ class Call:
     text: str  # the result's text as the client sends it
 
 
-def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int]) -> list[Call]:
-    """The results the working set keeps, newest file first, within ``budget`` tokens (0: none)."""
+def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int], edited_only: bool = False) -> list[Call]:
+    """The results the working set keeps, newest file first, within ``budget`` tokens (0: none);
+    ``edited_only``: only the files an Edit changed (the set a compaction keeps: the files being
+    changed, not every document read for context)."""
     if budget <= 0:
         return []
     latest_read: dict[str, Call] = {}
@@ -78,7 +80,7 @@ def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int
     used = 0
     for p in sorted(set(latest_read) | set(edits_since), key=lambda p: -touched[p]):
         group = ([latest_read[p]] if p in latest_read else []) + edits_since.get(p, [])
-        if not group:
+        if not group or (edited_only and not edits_since.get(p)):
             continue
         n = sum(tokens(c) for c in group)
         if used + n > budget:

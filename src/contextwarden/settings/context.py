@@ -121,9 +121,9 @@ class CompactionSection(Section):
     """Do not compact spans smaller than this: the re-written cache costs more than it saves."""
 
     working_set_tokens: int = 0
-    """The working set's results (:mod:`contextwarden.workingset`: per file, its latest Read and the Edit
-    results since, the most recently touched files first, up to this many tokens) that a compaction folds
-    are kept verbatim in its summary message. 0: off."""
+    """The files being edited (:mod:`contextwarden.workingset`: per file an Edit changed, its latest Read
+    and the Edit results since, the most recently touched files first, up to this many tokens) that a
+    compaction folds are kept verbatim in its summary message; the cut goes that much deeper. 0: off."""
 
     summary_breakpoint: bool = True
     """Put a ``cache_control`` breakpoint on the summary when the body has fewer than 4, so the compacted
