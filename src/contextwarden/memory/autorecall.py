@@ -211,7 +211,7 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
                 owners.setdefault(t, []).append(x)
         for t in sorted(owners, key=len, reverse=True):  # the longest, most specific terms first
             xs = owners[t]
-            if len(xs) <= MAX_TERM_OWNERS and not kept.holds(t):
+            if len(xs) <= MAX_TERM_OWNERS and not kept.holds_term(t):
                 add(xs[0], "term", t)
     return out
 
@@ -249,10 +249,11 @@ class Kept:
 
     def __init__(self, messages: Iterable[Any]) -> None:
         self._messages = messages
+        self._parts: list[str] | None = None
         self._text: str | None = None
 
-    def holds(self, s: str) -> bool:
-        if self._text is None:
+    def parts(self) -> list[str]:
+        if self._parts is None:
             parts = []
             from contextwarden.workingset import WORKING_HEAD
 
@@ -262,5 +263,35 @@ class Kept:
                         parts.append(t[t.index(WORKING_HEAD):])  # the files a summary keeps verbatim are held
                     elif not t.startswith(STUB_PREFIX) and not t.startswith(SUMMARY_PREFIX) and "<contextwarden-memory" not in t:
                         parts.append(t)
-            self._text = "\n".join(parts)
+            self._parts = parts
+        return self._parts
+
+    def holds(self, s: str) -> bool:
+        if self._text is None:
+            self._text = "\n".join(self.parts())
         return s in self._text
+
+    def holds_term(self, term: str) -> bool:
+        """The term is a token of a kept text (as the fidelity measure reads a body: ``/chat`` is not
+        held by ``/chat-history``, a path is held by a longer path ending with it)."""
+        return any(term in _term_index(t) for t in self.parts())
+
+
+_TOKENS_IX: "OrderedDict[str, frozenset[str]]" = OrderedDict()
+
+
+def _term_index(text: str) -> frozenset[str]:
+    """The fidelity measure's tokens of one text, remembered by the text (the history repeats)."""
+    with _TERMS_LOCK:
+        got = _TOKENS_IX.get(text)
+        if got is not None:
+            _TOKENS_IX.move_to_end(text)
+            return got
+    from contextwarden.fidelity import _tokens
+
+    got = frozenset(_tokens(text))
+    with _TERMS_LOCK:
+        _TOKENS_IX[text] = got
+        while len(_TOKENS_IX) > 2048:
+            _TOKENS_IX.popitem(last=False)
+    return got
