@@ -146,10 +146,12 @@ def main() -> int:
     ap.add_argument("--no-search", action="store_true", help="skip (b): no waiting for ingestion")
     ap.add_argument("--misses", action="store_true", help="list what was not found")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--json-out", default=None, help="also write the replays' reports (as bench/replay_bench.py does)")
     args = ap.parse_args()
     from contextwarden.cli.replay import parse_sets
 
     rows = []
+    reports = []
     for trace in args.traces:
         name = Path(trace).name
         print(f"replaying {name} ...", file=sys.stderr, flush=True)
@@ -203,6 +205,11 @@ def main() -> int:
         finally:
             runtime_mod.Runtime.__init__ = orig_init
             fidelity_mod.FidelityCounter.request = orig_request
+        reports.append(rep)
+        if args.json_out:
+            import orjson
+
+            Path(args.json_out).write_bytes(orjson.dumps([r.to_dict() for r in reports]))
         t = rep.totals()
         fid = t["fidelity"]
         model = rep.trace.requests[0].body.get("model") if rep.trace.requests else None

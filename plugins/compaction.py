@@ -280,7 +280,10 @@ def working_appendix(ctx, cfg, orig: list, lead: int, end: int) -> str:
     for i, t in enumerate(transcript(api, orig[lead:n], tool_calls(api, orig[:n]))):
         for p in t.parts:
             if p.kind == "tool_result" and p.text.strip():
-                calls.append(Call(len(calls), p.tool or "", p.tool_input, lead + i, p.text))
+                text = p.text
+                if p.tool == "Write" and isinstance(p.tool_input, dict) and isinstance(p.tool_input.get("content"), str):
+                    text = p.tool_input["content"]  # what the file is now (the result only says it was written)
+                calls.append(Call(len(calls), p.tool or "", p.tool_input, lead + i, text))
     kept = [c for c in working_set(calls, budget, lambda c: ctx.runtime.tokens.count_text(c.text, ctx.model),
                                    edited_only=True) if c.key < end]
     if not kept:

@@ -22,19 +22,20 @@ def test_latest_read_per_file_and_its_edits_newest_file_first_within_the_budget(
              _c(4, "Read", "b.py"), _c(5, "Read", "d.py"), _c(6, "Write", "d.py"), _c(7, "Bash", "ignored")]
     tokens = lambda c: 10  # noqa: E731
     got = working_set(calls, 1_000, tokens)
-    # b.py's second Read supersedes its first; d.py was written after its Read; c.py and b.py were
-    # touched after a.py's edit, so they come first
-    assert [c.key for c in got] == [4, 3, 0, 2]
-    assert [c.key for c in working_set(calls, 20, tokens)] == [4, 3]  # a.py (Read + Edit: 20) does not fit any more
-    assert [c.key for c in working_set(calls, 30, tokens)] == [4, 3]
+    # b.py's second Read supersedes its first; d.py's Write supersedes its Read; d.py, b.py and c.py
+    # were touched after a.py's edit, so they come first
+    assert [c.key for c in got] == [6, 4, 3, 0, 2]
+    assert [c.key for c in working_set(calls, 30, tokens)] == [6, 4, 3]  # a.py (Read + Edit: 20) does not fit any more
     assert working_set(calls, 0, tokens) == []
     # a file edited but never read here: its edits' results are what the model saw of it
-    assert [c.key for c in working_set(calls + [_c(9, "Edit", "e.py")], 1_000, tokens)] == [9, 4, 3, 0, 2]
+    assert [c.key for c in working_set(calls + [_c(9, "Edit", "e.py")], 1_000, tokens)] == [9, 6, 4, 3, 0, 2]
     assert [c.key for c in working_set(calls + [_c(9, "Edit", "e.py")], 1_000, tokens, edited_only=True)] == [9, 0, 2]
+    # a file written, then edited: its Write (whose input is the file) and the edits since
+    assert [c.key for c in working_set(calls + [_c(9, "Edit", "d.py")], 1_000, tokens, edited_only=True)] == [6, 9, 0, 2]
     # a file too big for what is left does not push out a smaller, older one
     big = calls + [_c(8, "Read", "huge.py", key=8)]
     sizes = lambda c: 500 if c.key == 8 else 10  # noqa: E731
-    assert [c.key for c in working_set(big, 40, sizes)] == [4, 3, 0, 2]
+    assert [c.key for c in working_set(big, 50, sizes)] == [6, 4, 3, 0, 2]
 
 
 def test_clearing_leaves_the_working_set_alone(tmp_path):

@@ -7,10 +7,10 @@ of the default profile's lost edit sources there (documents read at the start of
 dozens of calls later). Which file will be edited next is not knowable live; which files were read and
 are still current is:
 
-- per path, the latest Read of it (a later Read of the same path supersedes it), and the results of the
-  Edits made to the file since (their snippets show the text as it now is; of a file edited but not
-  read in this conversation, its Edits' results are all the model saw of it);
-- not when a Write of the path came after that Read (the Write's input holds the whole new content);
+- per path, the latest Read or Write of it (a later one supersedes it; a Write's input holds the whole
+  new content), and the results of the Edits made to the file since (their snippets show the text as it
+  now is; of a file edited but neither read nor written in this conversation, its Edits' results are
+  all the model saw of it);
 - ranked by the path's latest touch (a Read, Edit or Write naming it): the files most recently worked
   on first; kept while their results fit ``budget`` tokens (older files fall out of the set first).
 
@@ -71,8 +71,8 @@ def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int
         elif c.tool in EDIT_TOOLS:
             edits_since.setdefault(p, []).append(c)
         elif c.tool in WRITE_TOOLS:
-            latest_read.pop(p, None)  # superseded: the Write's input is the file now
-            edits_since.pop(p, None)
+            latest_read[p] = c  # the Write's input is the file now (the caller gives its content as text)
+            edits_since[p] = []
         else:
             continue
         touched[p] = c.order
