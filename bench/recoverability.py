@@ -1,19 +1,35 @@
-"""Recoverability on an eval trace: is everything clearing and compaction took out retrievable by the id
-its stub or summary names, and what does automatic recall put back, at what cost?
+"""Recoverability on the eval traces: is what clearing and compaction took out, and the model used next,
+retrievable by the id its stub names, found by a search for the reference the model used, and put back
+by automatic recall in the very next request, at what cost?
 
-    .venv/bin/python bench/recoverability.py [TRACE] [--profile claude-code] [--limit N]
+    .venv/bin/python bench/recoverability.py                       # every trace of ../shared/eval/traces
+    .venv/bin/python bench/recoverability.py TRACE --profile claude-code-conservative
+    .venv/bin/python bench/recoverability.py TRACE --no-search     # skip (b): no waiting for ingestion
 
-Replays a Claude Code trace (default: the smallest of ../shared/eval/traces) through the real pipeline
-with a kept cw_home, collects every id the ``clearing`` events (new stubs) and ``compaction`` events
-(folded spans) name, and looks each one up in the originals afterwards: found, and found byte for byte
-(the SHA-256 of the stored text is the id: nothing was redacted from it). Automatic recall: the
-``recall`` events' injections (how many, why, tokens) against the tokens the replay sent.
+Each trace is replayed through the real pipeline with a kept cw_home (turn hooks on, so memory ingests
+as it would live). The fidelity measure (``contextwarden.fidelity``) lists every lost item: an edit
+source or a reference the model's recorded next answer used that the client's body held in a tool result
+and ours did not. For each one, with the replay's runtime still open:
+
+(a) **by id**: the id the stub names (a cleared result: the memory id of its text) or the ids a compaction
+    summary names (its folded spans, and each compacted tool result, kept under its own id): does
+    ``recall`` of that id return a text that holds the item (the same test the fidelity measure uses)?
+(b) **by search**: ``search(reference, k=3)`` (the recall API's and MCP tool's hybrid search, after
+    ingestion settled): does a top-3 hit, or the whole original it was cut from, hold the item? The query
+    is the reference itself, or an edit source's ``old_string``.
+(c) **automatic recall**: of the items a request lost, the share the recall stage injected into the next
+    request of the same conversation, and what its injections cost (their tokens billed as new input,
+    against the cost of what we sent). Also the share the next request held anywhere (a recalled block,
+    memory, or the new tool result of a re-read).
+
+Also, as before: every id a stub or summary named came back, byte for byte.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -25,24 +41,123 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 os.environ.setdefault("CONTEXTWARDEN_MEMORY__MODEL_DIR", str(SHARED / "models" / "all-MiniLM-L6-v2" / "onnx"))
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
+from contextwarden.conversation import result_text  # noqa: E402
+from contextwarden.cost import price_for  # noqa: E402
+from contextwarden.fidelity import BodyIndex, Indexer, _lines  # noqa: E402
 from contextwarden.memory.ids import memory_id  # noqa: E402
-from contextwarden.memory.originals import OriginalStore  # noqa: E402
 from contextwarden.replay import replay  # noqa: E402
 
+MID = re.compile(r"\bm-[0-9a-f]{16}\b")
 
-def main() -> None:
-    traces = sorted((SHARED / "eval" / "traces").glob("*.jsonl"), key=lambda p: p.stat().st_size)
-    ap = argparse.ArgumentParser()
-    ap.add_argument("trace", nargs="?", default=str(traces[0]) if traces else None)
-    ap.add_argument("--profile", default="claude-code")
+
+def holds(ix: Indexer, text: str, item: dict) -> bool:
+    """The fidelity measure's test: the text holds the lost edit source / reference."""
+    ti = ix.text(text)
+    b = BodyIndex(ti.lines, ti.tokens)
+    return b.has_source(_lines(item["what"])) if item["kind"] == "source" else b.has_ref(item["what"])
+
+
+def result_texts(body: dict) -> dict[str, str]:
+    out = {}
+    for m in body.get("messages") or []:
+        c = m.get("content")
+        for b in c if isinstance(c, list) else ():
+            if isinstance(b, dict) and b.get("type") == "tool_result":
+                out[str(b.get("tool_use_id"))] = result_text(b.get("content"))
+    return out
+
+
+def summary_ids(body: dict) -> list[str]:
+    """The ids the compaction summary of a body names (the first user message, when it is one)."""
+    msgs = body.get("messages") or []
+    for m in msgs[:2]:
+        c = m.get("content")
+        for b in c if isinstance(c, list) else [{"type": "text", "text": c}]:
+            t = b.get("text") if isinstance(b, dict) else None
+            if isinstance(t, str) and t.startswith("[contextwarden: summary"):
+                return MID.findall(t)
+    return []
+
+
+class Measure:
+    """What one trace's replay shows, computed with its runtime still open."""
+
+    def __init__(self, search: bool, k: int = 3) -> None:
+        self.search, self.k = search, k
+        self.ix = Indexer()
+        self.by_id = Counter()
+        self.by_search = Counter()
+        self.misses: list[str] = []
+        self.sent_bodies: dict[int, list[str]] = {}  # request index -> the summary ids of what we sent
+
+    def __call__(self, rt, rep) -> None:
+        from contextwarden.memory import service as memory_service
+
+        svc = memory_service.get_service(rt)
+        if svc is None:
+            raise SystemExit("memory is off in this profile: nothing to recall")
+        svc.flush_kept(60)
+        tenants = svc.tenants()
+        ws = rt.settings.memory.shared_workspace
+        if self.search:
+            print("  waiting for ingestion to settle (search needs the indexed turns) ...", file=sys.stderr, flush=True)
+            svc.flush(3600)
+        for r, req in zip(rep.results, rep.trace.requests):
+            f = r.fidelity
+            if not f or not f.items:
+                continue
+            results = result_texts(req.body)
+            for it in f.items:
+                kind = it["kind"]
+                self.by_id[kind + " lost"] += 1
+                ids = []
+                if it["tool_use_id"] in results:
+                    ids.append(memory_id(results[it["tool_use_id"]]))
+                ids += self.sent_bodies.get(r.index, [])
+                got = svc.recall(ids, tenants, ws, wait_s=0, chunks=False) if ids else []
+                if any(holds(self.ix, g.text, it) for g in got):
+                    self.by_id[kind + " found"] += 1
+                else:
+                    self.misses.append(f"#{r.index} by id {it['stage']} {it['tool']}: {it['what'][:60]!r}")
+                if not self.search:
+                    continue
+                hits = svc.search_hits(it["what"][:2000], tenants, k=self.k, workspace=ws)["hits"]
+                ok = any(holds(self.ix, h["text"], it) for h in hits)
+                if not ok:
+                    whole = svc.recall([h["source_id"] for h in hits], tenants, ws, wait_s=0, chunks=False)
+                    ok = any(holds(self.ix, g.text, it) for g in whole)
+                self.by_search[kind + " lost"] += 1
+                if ok:
+                    self.by_search[kind + " found"] += 1
+                else:
+                    self.misses.append(f"#{r.index} search {it['tool']}: {it['what'][:60]!r}")
+
+
+def pct(a: int, b: int) -> str:
+    return f"{a}/{b} ({100 * a / b:.1f}%)" if b else "0/0"
+
+
+def main() -> int:
+    traces = sorted(str(p) for p in (SHARED / "eval" / "traces").glob("*.jsonl"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("traces", nargs="*", default=traces)
+    ap.add_argument("--profile", default=None, help="default: the default profile")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--no-search", action="store_true", help="skip (b): no waiting for ingestion")
+    ap.add_argument("--misses", action="store_true", help="list what was not found")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--json-out", default=None, help="also write the replays' reports (as bench/replay_bench.py does)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        ids: dict[str, str] = {}
-        recalled: Counter = Counter()
-        recall_tokens = 0
-        errors: list[str] = []
-        kept = [0]
+    from contextwarden.cli.replay import parse_sets
+
+    rows = []
+    reports = []
+    for trace in args.traces:
+        name = Path(trace).name
+        print(f"replaying {name} ...", file=sys.stderr, flush=True)
+        m = Measure(search=not args.no_search)
+        recall_tokens = Counter()
+        ids_named: dict[str, str] = {}
         import contextwarden.runtime as runtime_mod
 
         orig_init = runtime_mod.Runtime.__init__
@@ -51,39 +166,71 @@ def main() -> None:
             orig_init(self, *a, **kw)
 
             def on(ev):
-                nonlocal recall_tokens
                 d = ev.data or {}
                 if ev.type == "clearing":
-                    ids.update({i: "cleared" for i in d.get("ids") or []})
+                    ids_named.update({i: "cleared" for i in d.get("ids") or []})
                 elif ev.type == "compaction" and d.get("folded"):
-                    ids.update({i: "compacted" for i in d["folded"]})
-                elif ev.type == "error" and str(d.get("where", "")).startswith(("recall", "memory")):
-                    errors.append(f"{d.get('where')}: {str(d.get('message'))[:200]}")
-                elif ev.type == "recall" and d.get("kept"):
-                    kept[0] += int(d["kept"])
-                    for i in d.get("kept_ids") or []:
-                        ids.setdefault(i, "kept (compacted or cleared tool result)")
-                if ev.type == "recall" and d.get("injected"):
-                    recalled.update(d.get("why") or [])
-                    recall_tokens += int(d.get("tokens") or 0)
+                    ids_named.update({i: "compacted" for i in d["folded"]})
+                elif ev.type == "recall" and d.get("injected"):
+                    recall_tokens[ev.flow_id] += int(d.get("tokens") or 0)
             self.bus.subscribe(on)
 
+        # the ids each sent body's summary names, by request (a lost item that was compacted away is in them)
+        import contextwarden.fidelity as fidelity_mod
+
+        orig_request = fidelity_mod.FidelityCounter.request
+        seen = [0]
+
+        def request(self, original, sent, *a, **kw):
+            if sent is not None:
+                ids = summary_ids(sent)
+                if ids:
+                    m.sent_bodies[seen[0]] = ids
+            seen[0] += 1
+            return orig_request(self, original, sent, *a, **kw)
+
         runtime_mod.Runtime.__init__ = init
-        rep = replay(args.trace, args.profile, home=tmp, limit=args.limit, turn_hooks=False)
-        store = OriginalStore(tmp, read_only=True)
-        found = {it.source_id: it for it in store.get(list(ids), store.tenants())} if ids else {}
-        exact = sum(1 for i, it in found.items() if memory_id(it.text) == i)
-        sent = sum(r.tokens_sent for r in rep.results)
-        kinds = Counter(ids.values())
-        print(f"trace {Path(args.trace).name}: {len(rep.results)} requests, profile {args.profile}")
-        print(f"ids named by stubs and summaries: {len(ids)} ({dict(kinds)})")
-        print(f"retrievable by that id: {len(found)}/{len(ids)}"
-              f" ({100 * len(found) / max(1, len(ids)):.1f}%); byte for byte: {exact} (the rest had secrets redacted)")
-        st = Counter(f"{k}:{v}" for r in rep.results for k, v in r.stages.items() if k in ("recall", "compaction", "clearing"))
-        print(f"stages not ok: {dict(st)}")
-        print(f"kept whole before sending: {kept[0]} items; errors: {errors[:5]}")
-        print(f"automatic recall: {sum(recalled.values())} items injected {dict(recalled)}, {recall_tokens:,} tokens"
-              f" = {100 * recall_tokens / max(1, sent):.2f}% of the {sent:,} tokens sent")
+        fidelity_mod.FidelityCounter.request = request
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                rep = replay(trace, args.profile, home=tmp, limit=args.limit, overrides=parse_sets(args.sets) or None,
+                             stage_budget_ms=5000, before_close=m)
+                # every id named came back whole (the original kept under it)
+                from contextwarden.memory.originals import OriginalStore
+
+                store = OriginalStore(tmp, read_only=True)
+                found = {it.source_id: it for it in store.get(list(ids_named), store.tenants())} if ids_named else {}
+                exact = sum(1 for i, it in found.items() if memory_id(it.text) == i)
+                store.close()
+        finally:
+            runtime_mod.Runtime.__init__ = orig_init
+            fidelity_mod.FidelityCounter.request = orig_request
+        reports.append(rep)
+        if args.json_out:
+            import orjson
+
+            Path(args.json_out).write_bytes(orjson.dumps([r.to_dict() for r in reports]))
+        t = rep.totals()
+        fid = t["fidelity"]
+        model = rep.trace.requests[0].body.get("model") if rep.trace.requests else None
+        factor = rep.trace.fit["b"] if rep.trace.fit else 1.0
+        rtok = sum(recall_tokens.values())
+        recall_usd = rtok * factor * price_for(model).input / 1e6
+        rows.append((name[12:20] if name.startswith("claude-code-") else name, t, fid, m, len(ids_named), len(found), exact,
+                     rtok, recall_usd))
+        for line in m.misses if args.misses else ():
+            print("  miss " + line)
+
+    print("| trace | lost edit sources / refs | (a) by the stub's id | (b) search top 3 | (c) auto-recall put back next request | held anywhere next request | recall tokens | recall cost | ids named back whole |")
+    print("| --- | --- | --- | --- | --- | --- | ---: | ---: | --- |")
+    for name, t, fid, m, named, found, exact, rtok, usd in rows:
+        a = pct(m.by_id["source found"] + m.by_id["ref found"], m.by_id["source lost"] + m.by_id["ref lost"])
+        b = pct(m.by_search["source found"] + m.by_search["ref found"],
+                m.by_search["source lost"] + m.by_search["ref lost"]) if m.search else "-"
+        print(f"| {name} | {fid['sources_lost']} / {fid['refs_lost']} | {a} | {b} | {pct(fid['back'], fid['back_of'])} "
+              f"| {pct(fid['present'], fid['back_of'])} | {rtok:,} | ${usd:.2f} ({100 * usd / max(1e-9, t['cost_ours']):.2f}%) "
+              f"| {exact}/{named} |")
+    return 0
 
 
 if __name__ == "__main__":

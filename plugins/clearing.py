@@ -511,6 +511,18 @@ def _compressed_gain(rec: dict[str, Any] | None, slot: Slot) -> int:
     return rec["tokens"] - rec["stub_tokens"]
 
 
+def _working_set(ctx, slots: list[Slot], budget: int) -> set[str]:
+    """Ids of the results the working set keeps (:mod:`contextwarden.workingset`): the latest Read of
+    each file still current, and the Edits made to it since, within ``budget`` tokens."""
+    if budget <= 0:
+        return set()
+    from contextwarden.workingset import Call, working_set
+
+    calls = [Call(s.order, s.tool, s.tool_input, s.id, s.text) for s in slots if s.order >= 0]
+    byid = {s.id: s for s in slots}
+    return {c.key for c in working_set(calls, budget, lambda c: _result_tokens(ctx, byid[c.key]))}
+
+
 @hookimpl
 def cw_request(ctx) -> None:
     _clear(ctx, decide=True)
@@ -667,9 +679,10 @@ def _clear(ctx, decide: bool) -> None:
             looked = slots
         recent = set(orders[-keep_recent:]) if keep_recent > 0 else set()
         editing = _files_being_edited(slots, cfg.keep_edited_reads)
+        working = _working_set(ctx, slots, getattr(cfg, "working_set_tokens", 0))
         candidates = []
         for s in looked:
-            if s.id in done or s.tool in exclude or s.order in recent or s.order < 0 or s.id in pinned:
+            if s.id in done or s.tool in exclude or s.order in recent or s.order < 0 or s.id in pinned or s.id in working:
                 continue
             if editing and s.tool in READ_TOOLS and _path_of(s.tool_input) in editing:
                 continue

@@ -270,6 +270,32 @@ def folds_line(folds: list, ctx) -> str:
     return f"\n\nThe compacted messages are kept whole under memory id {ids}: {back} to read them verbatim."
 
 
+def working_appendix(ctx, cfg, orig: list, lead: int, end: int) -> str:
+    """The working set's results (:mod:`contextwarden.workingset`, over the whole history) that the span
+    ``lead..end`` folds, verbatim, for the summary: the model copies its next Edit's ``old_string`` from
+    the files it is working with. Empty when ``compaction.working_set_tokens`` is 0 or none is folded."""
+    budget = getattr(cfg, "working_set_tokens", 0)
+    if budget <= 0:
+        return ""
+    from contextwarden.workingset import WORKING_HEAD, Call, path_of, working_set
+
+    api, n = ctx.api, len(orig)
+    calls: list[Call] = []
+    for i, t in enumerate(transcript(api, orig[lead:n], tool_calls(api, orig[:n]))):
+        for p in t.parts:
+            if p.kind == "tool_result" and p.text.strip():
+                text = p.text
+                if p.tool == "Write" and isinstance(p.tool_input, dict) and isinstance(p.tool_input.get("content"), str):
+                    text = p.tool_input["content"]  # what the file is now (the result only says it was written)
+                calls.append(Call(len(calls), p.tool or "", p.tool_input, lead + i, text))
+    kept = [c for c in working_set(calls, budget, lambda c: ctx.runtime.tokens.count_text(c.text, ctx.model),
+                                   edited_only=True) if c.key < end]
+    if not kept:
+        return ""
+    kept.sort(key=lambda c: c.order)
+    return "\n\n" + WORKING_HEAD + "".join(f"\n\n[{c.tool} {path_of(c.tool_input)}]\n{c.text}" for c in kept)
+
+
 def effective(cfg, level: str | None, window: int) -> tuple[int, int, int, int]:
     """(soft, hard, target) in tokens and protected turns under a budget level."""
     f = cfg.level_factors.get(level or "NORMAL", 1.0)
@@ -456,7 +482,9 @@ def _compact(ctx, decide: bool) -> None:
         tok_now = [max(0, t - by_index.get(i, 0)) for i, t in enumerate(tok)]
         fixed = max(0, total - sum(tok_now))  # system + tools: the head no compaction touches
         prev_summary = int(active["summary_tokens"]) if active else 0
-        est_summary = min(cfg.summary_max_tokens, 400 + prev_summary)
+        # (the files a summary keeps verbatim count at most their budget: cut deeper for them, or the
+        # request lands above the target and compacts again soon, re-writing the cache each time)
+        est_summary = min(cfg.summary_max_tokens, 400 + prev_summary) + max(0, getattr(cfg, "working_set_tokens", 0))
         limits = [_protected_start(api, orig, protect)]
         if t_now > hard:
             # past hard, protection gives way step by step (one long autonomous turn can fill the window):
@@ -531,7 +559,7 @@ def _compact(ctx, decide: bool) -> None:
         folds = list((active or {}).get("folds") or []) + [[memory_id(folded), start, end - 1]]
         ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
         head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
-        text = head + folds_line(folds, ctx) + ("\n\n" + rest if rest else "")
+        text = head + folds_line(folds, ctx) + working_appendix(ctx, cfg, orig, lead, end) + ("\n\n" + rest if rest else "")
         decision = {"lead": lead, "end": end, "hash": spans.at(end), "summary": text,
                     "folds": folds, "sections": summary.sections,
                     "messages": summary.messages, "source_tokens": summary.source_tokens,

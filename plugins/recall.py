@@ -9,7 +9,9 @@
 2. **Automatic recall.** When the model's latest answer refers to something only cleared or compacted
    content holds (:mod:`contextwarden.memory.autorecall`), that content is injected into this request
    where memory goes (after the last cache breakpoint, framed as memory is), once per session: the
-   ids recalled are kept per session (state namespace ``recall.auto``) and never injected again.
+   ids recalled are kept per session (state namespace ``recall.auto``) and not injected again for a
+   path or a term, only when an Edit quotes text that only the lost content holds (what recall
+   injects goes into one request; the model edits the same file again and again).
 
 A ``recall`` event says what was kept (``kept``) and recalled (``ids``, ``why``, ``tokens``), or why
 nothing was (``skipped``). Everything here fails open: the request goes on with the other stages' work.
@@ -143,6 +145,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     except NotInjectable as e:
         return {"skipped": str(e)}
     state.put(NS, key, (list(done) + [f.lost.memory_id for f in chosen])[-MAX_REMEMBERED:])
+    ctx.notes["recalled"] = [f.lost.text for f in chosen]  # (the replay's fidelity counts what came back)
     return {"injected": len(chosen), "ids": [f.lost.memory_id for f in chosen], "why": [f.why for f in chosen],
             "refs": [f.ref for f in chosen], "tokens": tokens, "where": where, "over_budget": over}
 

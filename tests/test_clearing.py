@@ -17,7 +17,8 @@ STAGES = ["strip", "clearing"]
 
 
 def harness(home, **clearing) -> Harness:
-    cfg = {"trigger_tokens": 8000, "clear_at_least": 1000, "keep_recent": 2, "keep_edited_reads": 0}  # the policy has its own tests (test_fidelity)
+    # the policies that keep the files being worked on have their own tests (test_fidelity, test_workingset)
+    cfg = {"trigger_tokens": 8000, "clear_at_least": 1000, "keep_recent": 2, "keep_edited_reads": 0, "working_set_tokens": 0}
     cfg.update(clearing)
     return Harness(home, overrides=settings_overrides(window=200_000, stages=STAGES, clearing=cfg))
 

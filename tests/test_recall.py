@@ -267,8 +267,19 @@ def test_find_rules():
     assert find(read_answer({"role": "assistant", "content": "about common_name"}), lost, kept, set()) == []
     lost.append(Lost("m-eeeeeeeeeeeeeeee", "still_here_ident", 11))
     assert find(read_answer({"role": "assistant", "content": "still_here_ident"}), lost, kept, set()) == []
-    # done: recalled once already
-    assert find(read_answer(edit), lost, kept, {"m-aaaaaaaaaaaaaaaa"}) == []
+    # done: recalled once already; a path or a term does not bring it again, an Edit quoting text only
+    # it holds does (what recall injects goes into one request only, and the file is edited again)
+    assert find(read_answer(edit2), lost, kept, {"m-aaaaaaaaaaaaaaaa"}) == []
+    assert [f.why for f in find(read_answer(edit), lost, kept, {"m-aaaaaaaaaaaaaaaa"})] == ["quote"]
+    # an Edit's multi-line old_string matches a Read result line by line (its line numbers removed)
+    read = Lost("m-ffffffffffffffff", "".join(f"{i:6d}→{ln}\n" for i, ln in enumerate(
+        ["def handler(req):", "    token = issue_token(req)", "    log_event(token)", "    return token"], start=1)), 12, "Read",
+        {"file_path": "src/h.py"})
+    multi = {"role": "assistant", "content": [{"type": "tool_use", "id": "t3", "name": "Edit", "input": {
+        "file_path": "src/other.py", "old_string": "token = issue_token(req)\n    log_event(token)\n    return tok",
+        "new_string": "x"}}]}
+    assert [(f.lost.memory_id, f.why) for f in find(read_answer(multi), lost + [read], kept, set())] == [
+        ("m-ffffffffffffffff", "quote")]
 
 
 def test_hostile_recalled_text_stays_inside_the_frame(cw_home):

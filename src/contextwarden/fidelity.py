@@ -42,7 +42,9 @@ import orjson
 from .conversation import result_text
 from .cost import READ_MULT, price_for
 
-_PREFIX = re.compile(r"^ *\d+(?:→|\t)", re.M)  # Read's / cat -n's line numbers
+# Read's / cat -n's line numbers, also behind the memory block's quote mark ("| ": injected memory holds
+# the text it brings back line by line, quoted)
+_PREFIX = re.compile(r"^(?:\| )? *\d+(?:→|\t)", re.M)
 _WORD = re.compile(r"\w+")
 _TOKEN = re.compile(r"[/~]?\w[\w.\-/]*\w")
 _CAMEL = re.compile(r"[a-z][A-Z]")
@@ -52,7 +54,9 @@ EXAMPLES = 5  # lost items kept per request for --requests
 
 
 def _lines(text: str) -> list[str]:
-    return [s for s in (ln.strip() for ln in _PREFIX.sub("", text).split("\n")) if s]
+    """Normalised lines: line numbers removed, stripped, and any leading quote marks (``|``) too, on
+    both sides (so a Markdown table row and the same row quoted in a memory block compare equal)."""
+    return [s for s in (ln.strip().lstrip("| ").rstrip() for ln in _PREFIX.sub("", text).split("\n")) if s]
 
 
 def distinctive(tok: str) -> bool:
@@ -329,11 +333,21 @@ class Fidelity:
     penalty: float = 0.0
     lost: list[str] = field(default_factory=list)  # examples
     ms: float = 0.0  # time the count took (replay stays linear: see the module doc)
+    # every lost item: kind ("source" / "ref"), what (the old_string or the reference), tool and
+    # tool_use_id of the client's result that held it, stage (cleared / dropped / other)
+    items: list[dict[str, str]] = field(default_factory=list)
+    # of the items the previous request of this conversation lost (``back_of``), how many this request
+    # carries again in what the recall stage injected (``back``), and anywhere but in the previous
+    # answer itself and the new tool results (a re-read the model asked for): ``present``
+    back: int = 0
+    back_of: int = 0
+    present: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"ms": round(self.ms, 3), "sources": self.sources, "sources_lost": self.sources_lost, "refs": self.refs,
                 "refs_lost": self.refs_lost, "by_tool": self.by_tool, "by_stage": self.by_stage,
-                "round_trips": self.round_trips, "penalty": self.penalty, "lost": self.lost}
+                "round_trips": self.round_trips, "penalty": self.penalty, "lost": self.lost, "items": self.items,
+                "back": self.back, "back_of": self.back_of, "present": self.present}
 
 
 def _short(s: str, n: int = 60) -> str:
@@ -349,15 +363,66 @@ class FidelityCounter:
         self._parts = PartsMemo()
         self._orig, self._results, self._sent = Incremental(self.ix), Incremental(self.ix), Incremental(self.ix)
         self._count = count_text or (lambda s: max(1, len(s) // 4))
+        # conversation -> what its last request lost, and the texts of that request's answer
+        self._pending: dict[str, tuple[list[dict[str, str]], frozenset]] = {}
 
     def request(self, original: dict, sent: dict | None, response: dict | None, model: str | None = None,
-                tokens_sent: int = 0, factor: float = 1.0) -> Fidelity:
+                tokens_sent: int = 0, factor: float = 1.0, recalled: list[str] | None = None) -> Fidelity:
         """``tokens_sent``: our count of the body we sent (the round trip re-reads it); ``factor``
-        converts our counts into billed tokens (the replay's size fit)."""
+        converts our counts into billed tokens (the replay's size fit); ``recalled``: the texts the
+        recall stage injected into this request (what it put back of the previous request's losses)."""
         t0 = time.perf_counter()
+        conv = self._conversation(original)
+        pending = self._pending.pop(conv, None)
         fid = self._request(original, sent, response, model, tokens_sent, factor)
+        if pending:
+            self._put_back(fid, pending[0], pending[1], sent if sent is not None else original, recalled or [])
+        if fid.items:
+            # (the answer itself, re-sent in the next request, does not hold what it used)
+            self._pending[conv] = (fid.items, frozenset(message_parts(response or {})[0]))
+            if len(self._pending) > 64:
+                self._pending.pop(next(iter(self._pending)))
         fid.ms = (time.perf_counter() - t0) * 1000
         return fid
+
+    def _conversation(self, body: dict) -> str:
+        msgs = (body or {}).get("messages") or []
+        texts = self._parts(msgs[0])[0] if msgs else ()
+        return texts[0] if texts else ""
+
+    def _put_back(self, fid: Fidelity, items: list[dict[str, str]], answer: frozenset, sent: dict,
+                  recalled: list[str]) -> None:
+        """Of the previous request's lost items, those this one carries in what recall injected, and
+        those it carries anywhere but in the previous answer and the new tool results (a recalled block,
+        memory, a re-applied rewrite that no longer takes it out)."""
+        back = BodyIndex(set(), set())
+        for t in recalled:
+            ti = self.ix.text(t)
+            back.lines |= ti.lines
+            back.tokens |= ti.tokens
+        msgs = (sent or {}).get("messages") or []
+        u_texts, _ = body_texts({"messages": msgs[:-1]}, self._parts)
+        if msgs:  # the new message: what was injected into it, not the new tool results (a re-read)
+            texts, _, res = self._parts(msgs[-1])
+            new_results = {t for _, t in res}
+            u_texts += [t for t in texts if t not in new_results]
+        body = BodyIndex(set(), set())
+        for t in u_texts:
+            if t in answer:
+                continue
+            ti = self.ix.text(t)
+            body.lines |= ti.lines
+            body.tokens |= ti.tokens
+        for it in items:
+            lines = _lines(it["what"]) if it["kind"] == "source" else None
+
+            def holds(ix: BodyIndex) -> bool:
+                return ix.has_source(lines) if lines is not None else ix.has_ref(it["what"])
+            fid.back_of += 1
+            if recalled and holds(back):
+                fid.back += 1
+            if holds(body):
+                fid.present += 1
 
     def _request(self, original: dict, sent: dict | None, response: dict | None, model: str | None,
                  tokens_sent: int, factor: float) -> Fidelity:
@@ -389,22 +454,25 @@ class FidelityCounter:
         by_tool: Counter = Counter()
         by_stage: Counter = Counter()
 
-        def origin(test) -> None:
+        def origin(kind: str, what: str, test) -> None:
             for name, tid, txt in reversed(o_results):  # the latest result that held it
                 if test(self.ix.text(txt)):
                     origins[tid] = (name, txt)
                     by_tool[name] += 1
-                    by_stage["cleared" if tid in kept_ids else "dropped"] += 1
+                    stage = "cleared" if tid in kept_ids else "dropped"
+                    by_stage[stage] += 1
+                    fid.items.append({"kind": kind, "what": what, "tool": name, "tool_use_id": tid, "stage": stage})
                     return
             by_tool["(not a tool result)"] += 1
             by_stage["other"] += 1
+            fid.items.append({"kind": kind, "what": what, "tool": "", "tool_use_id": "", "stage": "other"})
 
         for ls, raw in lost_s:
-            origin(lambda ix, ls=ls: has_source(ix, ls))
+            origin("source", raw, lambda ix, ls=ls: has_source(ix, ls))
             if len(fid.lost) < EXAMPLES:
                 fid.lost.append("edit source: " + _short(raw))
         for r in lost_r:
-            origin(lambda ix, r=r: r in ix.tokens)
+            origin("ref", r, lambda ix, r=r: r in ix.tokens)
             if len(fid.lost) < EXAMPLES:
                 fid.lost.append("reference: " + _short(r))
         fid.by_tool, fid.by_stage = dict(by_tool), dict(by_stage)
@@ -430,11 +498,11 @@ def round_trip_cost(model: str | None, prefix_tokens: int, result_tokens: list[i
 
 def totals(fids: Iterable[Fidelity]) -> dict[str, Any]:
     out: dict[str, Any] = {"sources": 0, "sources_lost": 0, "refs": 0, "refs_lost": 0, "round_trips": 0, "penalty": 0.0,
-                           "ms": 0.0}
+                           "ms": 0.0, "back": 0, "back_of": 0, "present": 0}
     by_tool: Counter = Counter()
     by_stage: Counter = Counter()
     for f in fids:
-        for k in ("sources", "sources_lost", "refs", "refs_lost", "round_trips", "penalty", "ms"):
+        for k in ("sources", "sources_lost", "refs", "refs_lost", "round_trips", "penalty", "ms", "back", "back_of", "present"):
             out[k] += getattr(f, k)
         by_tool.update(f.by_tool)
         by_stage.update(f.by_stage)

@@ -555,7 +555,8 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 stage_events=dict(flow_events.pop(flow_id, Counter())), errors=flow_errors.pop(flow_id, []),
                 actual=billed_from_usage(req.usage, model) if req.usage and any(req.usage.get(k) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")) else None,
                 memory_items=int(mem.get("injected") or 0), memory_tokens=int(mem.get("tokens") or 0),
-                fidelity=fidelity.request(ctx.original, sent, req.response, model, tokens_sent, factor)
+                fidelity=fidelity.request(ctx.original, sent, req.response, model, tokens_sent, factor,
+                                          recalled=ctx.notes.get("recalled") if sent is not ctx.original else None)
                 if req.api is ApiKind.ANTHROPIC else None,
             )
             out.append(res)
@@ -598,13 +599,15 @@ def replay(trace_path: str | Path, profile: str | None = None, window: int | Non
            home: str | Path | None = None, stage_budget_ms: float | None = None, overrides: dict | None = None,
            progress: Callable[[int, int], None] | None = None, turn_hooks: bool = True, limit: int | None = None,
            compaction_calls: bool = True, plugins_dir: str | None = None,
-           targets: list[int] | None = None, extra_plugins: list[tuple[str, object]] | None = None) -> ReplayReport:
+           targets: list[int] | None = None, extra_plugins: list[tuple[str, object]] | None = None,
+           before_close: Callable[[Any, ReplayReport], None] | None = None) -> ReplayReport:
     """Replay one trace through a fresh runtime (its own temporary cw_home unless ``home`` is given), with
     ``profile`` (a name or YAML path; None: the ``default`` profile, as ``contextwarden run`` uses).
 
     ``targets``: per request, a token count handed to the stages as ``ctx.notes["replay"]["target_tokens"]``
     (the truncation baseline cuts to what another run sent); ``extra_plugins``: stages registered for this
-    replay only (the baselines')."""
+    replay only (the baselines'); ``before_close(runtime, report)``: called with the replay's runtime
+    still open (its memory searched, its originals recalled: bench/recoverability.py)."""
     from .runtime import Runtime
     from .settings import _deep_merge, load_settings
 
@@ -629,8 +632,10 @@ def replay(trace_path: str | Path, profile: str | None = None, window: int | Non
             trace.requests = trace.requests[:limit]
         factor = trace.fit["b"] if trace.fit else 1.0
         results = asyncio.run(_replay(rt, trace, progress, turn_hooks, factor, targets))
-        return ReplayReport(trace, settings.name, window, results, time.perf_counter() - t0,
-                            [n for n, _ in rt.stages()])
+        rep = ReplayReport(trace, settings.name, window, results, time.perf_counter() - t0, [n for n, _ in rt.stages()])
+        if before_close is not None:
+            before_close(rt, rep)
+        return rep
     finally:
         rt.close()
         if tmp is not None:
@@ -736,6 +741,10 @@ def details(rep: ReplayReport) -> str:
                + f"; penalty estimate {fid['round_trips']} round trips ${fid['penalty']:.2f}: ours + penalty "
                f"${t['cost_ours_plus_penalty']:.2f} ({_pct(t['cost_ours_plus_penalty'], t['cost_original'])}); "
                f"counted in {fid['ms'] / 1000:.1f} s")
+    if fid.get("back_of"):
+        out.append(f"  put back in the next request: {lost_cell({'n': fid['back_of'], 'n_lost': fid['back']}, 'n')} of the "
+                   f"lost items by automatic recall, {lost_cell({'n': fid['back_of'], 'n_lost': fid['present']}, 'n')} "
+                   f"held there in all (not counting the new tool results)")
     for n in tr.notes:
         out.append(f"  note: {n}")
     return "\n".join(out)

@@ -5,10 +5,11 @@ the ones a reader of the answer would follow:
 
 - a memory id (``m-`` + 16 hex) the model read in a stub or a summary;
 - a string a tool call of the answer quotes (an Edit's ``old_string``, a search pattern: 12 characters
-  or more) that a lost text holds and the request no longer does;
-- a distinctive term of the answer (a path, a snake_case or camelCase identifier, a long hex hash) that
-  a lost text holds, at most two lost texts hold (more is a common word of the session, not a
-  reference), and the request no longer does;
+  or more) that a lost text holds (as it is, or line by line as a Read shows it, with line numbers) and
+  the request no longer does: brought back even when it was recalled once before;
+- a distinctive term of the answer (a path, a snake_case or camelCase identifier, a long hex hash, any
+  token the replay's fidelity measure counts as a reference) that a lost text holds, at most two lost
+  texts hold (more is a common word of the session, not a reference), and the request no longer does;
 - a path the answer's tool calls name whose cleared result was that path's content (the Read of the
   file it now edits).
 
@@ -33,6 +34,7 @@ _PATH = re.compile(r"(?<![\w/.-])(?:\.{0,2}/)?(?:[\w.-]+/)+[\w.-]*\w|\b[\w-]+\.(
 _IDENT = re.compile(r"\b(?:[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9_]*[A-Za-z0-9]|[a-z]+[A-Z][A-Za-z0-9]*|[A-Z][a-z0-9]+[A-Z][A-Za-z0-9]*)\b")
 _HEX = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{8,40}\b")
 MIN_TERM = 6
+MIN_REF = 5  # the fidelity measure's shortest reference
 MIN_QUOTE = 12
 MAX_TERM_OWNERS = 2  # a term more lost texts hold is the session's vocabulary, not a reference
 PATH_KEYS = ("file_path", "path", "notebook_path")
@@ -45,7 +47,12 @@ TERMS_CHARS = 100_000  # of a long text, the terms of its first and last 50K cha
 
 
 def terms(text: str) -> frozenset[str]:
-    """The distinctive terms of a text: paths, identifiers, long hex hashes."""
+    """The distinctive terms of a text: paths, identifiers, long hex hashes, and every token the replay's
+    fidelity measure counts as a reference (:func:`contextwarden.fidelity.distinctive`: a path, a
+    dotted name, an identifier with ``_``, digits or camelCase), with a path's suffixes after each slash
+    (``/repo/src/a.py`` also answers ``src/a.py``): what the model writes is what the measure checks."""
+    from contextwarden.fidelity import _TOKEN, distinctive
+
     if len(text) > TERMS_CHARS:
         text = text[: TERMS_CHARS // 2] + "\n" + text[-TERMS_CHARS // 2:]
     out = set()
@@ -54,6 +61,13 @@ def terms(text: str) -> frozenset[str]:
             t = m.group(0).rstrip(".,:;")
             if len(t) >= MIN_TERM:
                 out.add(t)
+    for tok in _TOKEN.findall(text):
+        tok = tok.rstrip(".")
+        if len(tok) >= MIN_REF and distinctive(tok):
+            out.add(tok)
+            if "/" in tok:
+                parts = tok.split("/")
+                out.update(x for x in ("/".join(parts[i:]) for i in range(1, len(parts))) if len(x) >= MIN_REF)
     return frozenset(out)
 
 
@@ -156,11 +170,12 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
     """The lost texts the answer refers to (not those in ``done``: recalled once already), best first:
     ids, then quotes, then cleared reads of paths the answer names, then terms."""
     out: list[Found] = []
-    seen = set(done) | answer.recalling  # what the model asked the recall tool for comes back through it
+    taken: set[str] = set(answer.recalling)  # what the model asked the recall tool for comes back through it
 
-    def add(item: Lost, why: str, ref: str) -> None:
-        if item.memory_id not in seen and len(out) < limit:
-            seen.add(item.memory_id)
+    def add(item: Lost, why: str, ref: str, again: bool = False) -> None:
+        """(``again``: even if recalled once before, in an earlier request)"""
+        if item.memory_id not in taken and (again or item.memory_id not in done) and len(out) < limit:
+            taken.add(item.memory_id)
             out.append(Found(item, why, ref))
 
     by_id = {x.memory_id: x for x in lost}
@@ -169,9 +184,11 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
             add(by_id[mid], "id", mid)
     newest = sorted(lost, key=lambda x: -x.turn)
     for q in answer.quotes:
-        owners = [x for x in newest if q in x.text]
+        owners = [x for x in newest if quoted_in(q, x)]
         if owners and not kept.holds(q):
-            add(owners[0], "quote", q[:80])
+            # an Edit's old_string only a lost text holds: needed now, even if recalled once before
+            # (what recall injects goes into one request only; the same file is edited again and again)
+            add(owners[0], "quote", q[:80], again=True)
     for p in sorted(answer.paths):
         for x in newest:
             inp = x.tool_input if isinstance(x.tool_input, dict) else {}
@@ -189,9 +206,37 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
                 owners.setdefault(t, []).append(x)
         for t in sorted(owners, key=len, reverse=True):  # the longest, most specific terms first
             xs = owners[t]
-            if len(xs) <= MAX_TERM_OWNERS and not kept.holds(t):
+            if len(xs) <= MAX_TERM_OWNERS and not kept.holds_term(t):
                 add(xs[0], "term", t)
     return out
+
+
+_LINE_IX: "OrderedDict[str, frozenset[int]]" = OrderedDict()
+
+
+def quoted_in(q: str, x: Lost) -> bool:
+    """``q`` is in the lost text: as it is, or line by line as the fidelity measure compares an Edit's
+    ``old_string`` with a Read result (line numbers and quote marks removed, each line stripped; the
+    first and last line may be part of a line)."""
+    if q in x.text:
+        return True
+    if "\n" not in q.strip():
+        return False
+    from contextwarden.fidelity import _lines
+
+    lines = _lines(q)
+    with _TERMS_LOCK:
+        ix = _LINE_IX.get(x.memory_id)
+    if ix is None:
+        ix = frozenset(hash(ln) for ln in _lines(x.text))
+        with _TERMS_LOCK:
+            _LINE_IX[x.memory_id] = ix
+            while len(_LINE_IX) > 512:
+                _LINE_IX.popitem(last=False)
+    inner = lines[1:-1] if len(lines) > 2 else []
+    if not inner:  # two lines: each must be (part of) a line of the text
+        return all(any(ln in t for t in x.text.split("\n")) for ln in lines)
+    return all(hash(ln) in ix for ln in inner) and all(ln in x.text for ln in (lines[0], lines[-1]))
 
 
 class Kept:
@@ -199,14 +244,49 @@ class Kept:
 
     def __init__(self, messages: Iterable[Any]) -> None:
         self._messages = messages
+        self._parts: list[str] | None = None
         self._text: str | None = None
+
+    def parts(self) -> list[str]:
+        if self._parts is None:
+            parts = []
+            from contextwarden.workingset import WORKING_HEAD
+
+            for m in self._messages:
+                for t in strings(m):
+                    if t.startswith(SUMMARY_PREFIX) and WORKING_HEAD in t:
+                        parts.append(t[t.index(WORKING_HEAD):])  # the files a summary keeps verbatim are held
+                    elif not t.startswith(STUB_PREFIX) and not t.startswith(SUMMARY_PREFIX) and "<contextwarden-memory" not in t:
+                        parts.append(t)
+            self._parts = parts
+        return self._parts
 
     def holds(self, s: str) -> bool:
         if self._text is None:
-            parts = []
-            for m in self._messages:
-                for t in strings(m):
-                    if not t.startswith(STUB_PREFIX) and not t.startswith(SUMMARY_PREFIX) and "<contextwarden-memory" not in t:
-                        parts.append(t)
-            self._text = "\n".join(parts)
+            self._text = "\n".join(self.parts())
         return s in self._text
+
+    def holds_term(self, term: str) -> bool:
+        """The term is a token of a kept text (as the fidelity measure reads a body: ``/chat`` is not
+        held by ``/chat-history``, a path is held by a longer path ending with it)."""
+        return any(term in _term_index(t) for t in self.parts())
+
+
+_TOKENS_IX: "OrderedDict[str, frozenset[str]]" = OrderedDict()
+
+
+def _term_index(text: str) -> frozenset[str]:
+    """The fidelity measure's tokens of one text, remembered by the text (the history repeats)."""
+    with _TERMS_LOCK:
+        got = _TOKENS_IX.get(text)
+        if got is not None:
+            _TOKENS_IX.move_to_end(text)
+            return got
+    from contextwarden.fidelity import _tokens
+
+    got = frozenset(_tokens(text))
+    with _TERMS_LOCK:
+        _TOKENS_IX[text] = got
+        while len(_TOKENS_IX) > 2048:
+            _TOKENS_IX.popitem(last=False)
+    return got

@@ -495,7 +495,7 @@ class MemoryService:
         ret = self.search(Query(query), tenants, workspace=workspace, n=max(k * 3, self.settings.memory.candidates),
                           exclude=(lambda it: (it.tenant, it.session) in forgotten) if forgotten else None)
         hits, used = [], 0
-        for h in ret.hits:
+        for h in exact_first(query, ret.hits):
             it = h.item
             toks = max(1, len(it.text) // 4)
             if budget_tokens is not None and used + toks > budget_tokens:
@@ -581,6 +581,21 @@ def process_mode(settings) -> str:
         return mode
     tool = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     return "separate" if tool.startswith(_PROXY_TOOLS) else AUTO_PROCESS
+
+
+def exact_first(query: str, hits: list) -> list:
+    """Hits whose text holds the query as written (a path, an identifier, an error string, a quoted line
+    the model used) before the others, each group in its fused order: a search for an exact string is
+    answered by the texts that hold it, however the ranking weighed its words."""
+    q = query.strip()
+    if not q or len(q) > 2000:
+        return hits
+    first = q.split("\n", 1)[0].strip()  # of a multi-line quote (an Edit's old_string), its first line
+    exact = [h for h in hits if q in h.item.text or (first != q and len(first) >= 12 and first in h.item.text)]
+    if not exact:
+        return hits
+    taken = {id(h) for h in exact}
+    return exact + [h for h in hits if id(h) not in taken]
 
 
 def get_service(runtime) -> MemoryService | None:

@@ -73,6 +73,11 @@ class ClearingSection(Section):
     among the last this many tool calls changed: the model copies an Edit's ``old_string`` from them.
     0: off."""
 
+    working_set_tokens: int = 0
+    """A new clearing step leaves alone the working set (:mod:`contextwarden.workingset`): per file, its
+    latest Read (unless a Write came after it) and the Edit results since, the most recently touched
+    files first, up to this many tokens. The model copies its Edits' ``old_string`` from them. 0: off."""
+
     level_factors: dict[str, float] = {"REDUCED": 0.75, "MINIMAL": 0.5}
     """Under a budget level, ``trigger_tokens``, ``keep_recent`` and ``clear_at_least`` are multiplied by
     this factor (``keep_recent`` rounded up), so clearing starts earlier and keeps less."""
@@ -114,6 +119,11 @@ class CompactionSection(Section):
 
     min_span_tokens: int = 2000
     """Do not compact spans smaller than this: the re-written cache costs more than it saves."""
+
+    working_set_tokens: int = 0
+    """The files being edited (:mod:`contextwarden.workingset`: per file an Edit changed, its latest Read
+    and the Edit results since, the most recently touched files first, up to this many tokens) that a
+    compaction folds are kept verbatim in its summary message; the cut goes that much deeper. 0: off."""
 
     summary_breakpoint: bool = True
     """Put a ``cache_control`` breakpoint on the summary when the body has fewer than 4, so the compacted

@@ -1,0 +1,75 @@
+"""The working set (contextwarden.workingset): what it keeps, and clearing and compaction keeping it."""
+
+from __future__ import annotations
+
+import copy
+
+from contextwarden.models.base import ApiKind
+from contextwarden.replay import replay
+from contextwarden.workingset import Call, working_set
+
+from .test_compaction import SUMMARY_HEAD, harness, summary_text, window_for
+from .support.stages import anthropic_tool_loop
+from .test_fidelity import MASK, edit_trace
+
+
+def _c(order, tool, path, text="x" * 40, key=None):
+    return Call(order, tool, {"file_path": path}, key if key is not None else order, text)
+
+
+def test_latest_read_per_file_and_its_edits_newest_file_first_within_the_budget():
+    calls = [_c(0, "Read", "a.py"), _c(1, "Read", "b.py"), _c(2, "Edit", "a.py"), _c(3, "Read", "c.py"),
+             _c(4, "Read", "b.py"), _c(5, "Read", "d.py"), _c(6, "Write", "d.py"), _c(7, "Bash", "ignored")]
+    tokens = lambda c: 10  # noqa: E731
+    got = working_set(calls, 1_000, tokens)
+    # b.py's second Read supersedes its first; d.py's Write supersedes its Read; d.py, b.py and c.py
+    # were touched after a.py's edit, so they come first
+    assert [c.key for c in got] == [6, 4, 3, 0, 2]
+    assert [c.key for c in working_set(calls, 30, tokens)] == [6, 4, 3]  # a.py (Read + Edit: 20) does not fit any more
+    assert working_set(calls, 0, tokens) == []
+    # a file edited but never read here: its edits' results are what the model saw of it
+    assert [c.key for c in working_set(calls + [_c(9, "Edit", "e.py")], 1_000, tokens)] == [9, 6, 4, 3, 0, 2]
+    assert [c.key for c in working_set(calls + [_c(9, "Edit", "e.py")], 1_000, tokens, edited_only=True)] == [9, 0, 2]
+    # a file written, then edited: its Write (whose input is the file) and the edits since
+    assert [c.key for c in working_set(calls + [_c(9, "Edit", "d.py")], 1_000, tokens, edited_only=True)] == [6, 9, 0, 2]
+    # a file too big for what is left does not push out a smaller, older one
+    big = calls + [_c(8, "Read", "huge.py", key=8)]
+    sizes = lambda c: 500 if c.key == 8 else 10  # noqa: E731
+    assert [c.key for c in working_set(big, 50, sizes)] == [6, 4, 3, 0, 2]
+
+
+def test_clearing_leaves_the_working_set_alone(tmp_path):
+    trace = edit_trace(tmp_path / "e.jsonl")
+    lost = replay(trace, profile="baseline-observation-masking", overrides=MASK, turn_hooks=False).totals()
+    assert lost["fidelity"]["sources_lost"] == 1
+    ov = {"clearing": {**MASK["clearing"], "working_set_tokens": 50_000}}
+    t = replay(trace, profile="baseline-observation-masking", overrides=ov, turn_hooks=False).totals()
+    assert t["fidelity"]["sources"] == 2 and t["fidelity"]["sources_lost"] == 0
+    assert t["sent_invalid"] == 0
+
+
+def test_compaction_keeps_the_folded_working_set_verbatim_in_its_summary(cw_home):
+    body = anthropic_tool_loop(10)
+    read = body["messages"][2]["content"][0]  # the first Read's result (src/mod0_0.py)
+    assert body["messages"][1]["content"][-2]["name"] == "Read"
+    # the turn's other call edits that file (a file being edited); task 1's Read is of a file never edited
+    body["messages"][1]["content"][-1].update(name="Edit", input={"file_path": "src/mod0_0.py", "old_string": "a",
+                                                                  "new_string": "b"})
+    edit = body["messages"][2]["content"][1]
+    other = body["messages"][6]["content"][0]
+    results = []
+    for budget in (0, 20_000):
+        h = harness(cw_home / str(budget), 1000, working_set_tokens=budget)
+        h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.9)}})
+        sent = h.send(ApiKind.ANTHROPIC, copy.deepcopy(body))
+        text = summary_text(sent.body["messages"][0])
+        assert text.startswith(SUMMARY_HEAD)
+        results.append(text)
+        again = h.send(ApiKind.ANTHROPIC, copy.deepcopy(body))  # re-applied byte for byte
+        assert summary_text(again.body["messages"][0]) == text
+        h.close()
+    off, on = results
+    assert read["content"] not in off
+    kept = on.split("Files this conversation is working with")[1]
+    assert "[Read src/mod0_0.py]\n" + read["content"] in kept and "[Edit src/mod0_0.py]\n" + edit["content"] in kept
+    assert other["content"] not in kept and "[Bash" not in kept  # read for context only, never edited
