@@ -62,6 +62,7 @@ from contextwarden.models.base import ApiKind
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.statecache import state_cache
+from contextwarden.workingset import budget_in
 
 NS = "clearing"
 STUB_PREFIX = "[contextwarden cleared this "
@@ -679,7 +680,7 @@ def _clear(ctx, decide: bool) -> None:
             looked = slots
         recent = set(orders[-keep_recent:]) if keep_recent > 0 else set()
         editing = _files_being_edited(slots, cfg.keep_edited_reads)
-        working = _working_set(ctx, slots, getattr(cfg, "working_set_tokens", 0))
+        working = _working_set(ctx, slots, budget_in(getattr(cfg, "working_set_tokens", 0), ctx.settings.tokens.context_window))
         candidates = []
         for s in looked:
             if s.id in done or s.tool in exclude or s.order in recent or s.order < 0 or s.id in pinned or s.id in working:

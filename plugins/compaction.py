@@ -68,6 +68,7 @@ from contextwarden.conversation import (
     transcript,
 )
 from contextwarden.history import session_key
+from contextwarden.workingset import budget_in
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
 from contextwarden.sessionctl import ledger as session_ledger
@@ -274,10 +275,11 @@ def working_appendix(ctx, cfg, orig: list, lead: int, end: int) -> str:
     """The working set's results (:mod:`contextwarden.workingset`, over the whole history) that the span
     ``lead..end`` folds, verbatim, for the summary: the model copies its next Edit's ``old_string`` from
     the files it is working with. Empty when ``compaction.working_set_tokens`` is 0 or none is folded."""
-    budget = getattr(cfg, "working_set_tokens", 0)
+    from contextwarden.workingset import WORKING_HEAD, Call, budget_in, path_of, working_set
+
+    budget = budget_in(getattr(cfg, "working_set_tokens", 0), ctx.settings.tokens.context_window)
     if budget <= 0:
         return ""
-    from contextwarden.workingset import WORKING_HEAD, Call, path_of, working_set
 
     api, n = ctx.api, len(orig)
     calls: list[Call] = []
@@ -484,7 +486,7 @@ def _compact(ctx, decide: bool) -> None:
         prev_summary = int(active["summary_tokens"]) if active else 0
         # (the files a summary keeps verbatim count at most their budget: cut deeper for them, or the
         # request lands above the target and compacts again soon, re-writing the cache each time)
-        est_summary = min(cfg.summary_max_tokens, 400 + prev_summary) + max(0, getattr(cfg, "working_set_tokens", 0))
+        est_summary = min(cfg.summary_max_tokens, 400 + prev_summary) + budget_in(getattr(cfg, "working_set_tokens", 0), ctx.settings.tokens.context_window)
         limits = [_protected_start(api, orig, protect)]
         if t_now > hard:
             # past hard, protection gives way step by step (one long autonomous turn can fill the window):

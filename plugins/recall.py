@@ -116,8 +116,9 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     # the answer itself does not "hold" what it refers to; each message's wire form is made only if
     # Kept is asked (most requests never ask: a full walk of a long history otherwise)
     plain = (m.wire() if hasattr(m, "wire") else m for m in cur)
-    kept = Kept(m for m in plain if m is not orig[last] and not (isinstance(m, dict) and m == orig[last]))
-    found = find(answer, lost, kept, done, memo=ctx.runtime.memo("autorecall.terms", terms_memo))
+    memo = ctx.runtime.memo("autorecall.terms", terms_memo)
+    kept = Kept((m for m in plain if m is not orig[last] and not (isinstance(m, dict) and m == orig[last])), memo)
+    found = find(answer, lost, kept, done, memo=memo)
     # an id the model read in a stub of an earlier request (or another session of the tenant)
     for mid in sorted(answer.ids - {f.lost.memory_id for f in found} - done - answer.recalling - {x.memory_id for x in lost}):
         if svc is None or len(found) >= 3:

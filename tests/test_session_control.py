@@ -23,12 +23,14 @@ H = {"x-contextwarden-session": "s-ctl"}
 
 
 def harness(home, window: int, **clearing) -> Harness:
-    clr = {"enabled": True, "trigger_tokens": 10**9, "keep_recent": 2, "clear_at_least": 500, "min_result_tokens": 100}
+    # (no working set: these tests pin what clearing takes, and the default working set keeps the loop's reads)
+    clr = {"enabled": True, "trigger_tokens": 10**9, "keep_recent": 2, "clear_at_least": 500, "min_result_tokens": 100,
+           "working_set_tokens": 0}
     clr.update(clearing)
     return Harness(home, overrides=settings_overrides(
         window=window, stages=["clearing", "compaction"], clearing=clr,
         compaction={"protect_recent_turns": 2, "min_span_tokens": 500, "soft_threshold": 0.70,
-                    "hard_threshold": 0.85, "target": 0.40, "summariser": "extractive"}))
+                    "hard_threshold": 0.85, "target": 0.40, "summariser": "extractive", "working_set_tokens": 0}))
 
 
 def past_hard(home, fraction: float = 0.9) -> tuple[Harness, dict, int]:

@@ -19,7 +19,7 @@ from contextwarden.stagebudgets import Budget
 from contextwarden.stageclock import StageClock
 
 BUDGET_MS = 200
-OFF = ["budget", "strip", "tagging", "clearing", "compaction", "recall", "memory"]
+OFF = ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory"]
 
 
 class Recorder:

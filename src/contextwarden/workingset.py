@@ -32,6 +32,16 @@ WRITE_TOOLS = frozenset({"Write"})
 PATH_KEYS = ("file_path", "notebook_path", "path")
 
 
+# at most this share of the window goes to the working set: a budget in tokens that suits a 200K window
+# would, in a small one, keep so much that clearing and compaction could free nothing
+MAX_WINDOW_SHARE = 0.10
+
+
+def budget_in(settings_tokens: int, window: int) -> int:
+    """The working set's budget: the profile's ``working_set_tokens``, capped by the window's share."""
+    return max(0, min(int(settings_tokens or 0), int(window * MAX_WINDOW_SHARE)))
+
+
 def path_of(tool_input: Any) -> str | None:
     if isinstance(tool_input, dict):
         for k in PATH_KEYS:

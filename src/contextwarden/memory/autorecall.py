@@ -184,7 +184,7 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
             add(by_id[mid], "id", mid)
     newest = sorted(lost, key=lambda x: -x.turn)
     for q in answer.quotes:
-        owners = [x for x in newest if quoted_in(q, x)]
+        owners = [x for x in newest if quoted_in(q, x, memo)]
         if owners and not kept.holds(q):
             # an Edit's old_string only a lost text holds: needed now, even if recalled once before
             # (what recall injects goes into one request only; the same file is edited again and again)
@@ -211,10 +211,7 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
     return out
 
 
-_LINE_IX: "OrderedDict[str, frozenset[int]]" = OrderedDict()
-
-
-def quoted_in(q: str, x: Lost) -> bool:
+def quoted_in(q: str, x: Lost, memo: LRU | None = None) -> bool:
     """``q`` is in the lost text: as it is, or line by line as the fidelity measure compares an Edit's
     ``old_string`` with a Read result (line numbers and quote marks removed, each line stripped; the
     first and last line may be part of a line)."""
@@ -225,14 +222,12 @@ def quoted_in(q: str, x: Lost) -> bool:
     from contextwarden.fidelity import _lines
 
     lines = _lines(q)
-    with _TERMS_LOCK:
-        ix = _LINE_IX.get(x.memory_id)
-    if ix is None:
-        ix = frozenset(hash(ln) for ln in _lines(x.text))
-        with _TERMS_LOCK:
-            _LINE_IX[x.memory_id] = ix
-            while len(_LINE_IX) > 512:
-                _LINE_IX.popitem(last=False)
+
+    def index() -> frozenset[int]:
+        return frozenset(hash(ln) for ln in _lines(x.text))
+
+    # the lost text's lines, remembered with its terms (the runtime's memo, keyed apart from them)
+    ix = index() if memo is None else memo.get(("lines", x.memory_id), index)
     inner = lines[1:-1] if len(lines) > 2 else []
     if not inner:  # two lines: each must be (part of) a line of the text
         return all(any(ln in t for t in x.text.split("\n")) for ln in lines)
@@ -242,8 +237,9 @@ def quoted_in(q: str, x: Lost) -> bool:
 class Kept:
     """What the outgoing request still holds (built on first use: most requests never ask)."""
 
-    def __init__(self, messages: Iterable[Any]) -> None:
+    def __init__(self, messages: Iterable[Any], memo: LRU | None = None) -> None:
         self._messages = messages
+        self._memo = memo  # the runtime's (terms_memo): each text's tokens, remembered
         self._parts: list[str] | None = None
         self._text: str | None = None
 
@@ -269,24 +265,14 @@ class Kept:
     def holds_term(self, term: str) -> bool:
         """The term is a token of a kept text (as the fidelity measure reads a body: ``/chat`` is not
         held by ``/chat-history``, a path is held by a longer path ending with it)."""
-        return any(term in _term_index(t) for t in self.parts())
+        return any(term in _term_index(t, self._memo) for t in self.parts())
 
 
-_TOKENS_IX: "OrderedDict[str, frozenset[str]]" = OrderedDict()
-
-
-def _term_index(text: str) -> frozenset[str]:
-    """The fidelity measure's tokens of one text, remembered by the text (the history repeats)."""
-    with _TERMS_LOCK:
-        got = _TOKENS_IX.get(text)
-        if got is not None:
-            _TOKENS_IX.move_to_end(text)
-            return got
+def _term_index(text: str, memo: LRU | None = None) -> frozenset[str]:
+    """The fidelity measure's tokens of one text, remembered by the text in ``memo`` (the history repeats)."""
     from contextwarden.fidelity import _tokens
 
-    got = frozenset(_tokens(text))
-    with _TERMS_LOCK:
-        _TOKENS_IX[text] = got
-        while len(_TOKENS_IX) > 2048:
-            _TOKENS_IX.popitem(last=False)
-    return got
+    def compute() -> frozenset[str]:
+        return frozenset(_tokens(text))
+
+    return compute() if memo is None else memo.get(("tokens", text), compute)
