@@ -13,7 +13,6 @@ import pytest
 from contextwarden.models.base import ApiKind
 from contextwarden.sessionctl import commands, ledger
 from contextwarden.sessionctl.preview import decided_state, latest
-from contextwarden.statecache import state_cache
 
 from .support.stages import Harness, anthropic_tool_loop, settings_overrides
 from .test_state_backends import prefix, redis_server  # noqa: F401 (fixtures: a real redis-server)
@@ -81,7 +80,7 @@ def test_compaction_is_a_version_and_rollback_restores_the_span_and_its_undo_the
     again = h.send(ApiKind.ANTHROPIC, body, H)
     assert summary_at(again.body) is None
     assert again.body["messages"] == body["messages"]  # the client's own history for the span
-    rec = state_cache(h.rt).get(ledger.NS, key)
+    rec = ledger.read(h.rt, key)
     assert rec["hold"] and rec["versions"][-1]["kind"] == "rollback"
 
     # rollback of the rollback: the summary comes back byte for byte
@@ -148,7 +147,7 @@ def test_compact_now_compacts_and_clears_below_every_threshold_in_one_request(cw
 def test_the_dry_run_changes_no_session_state(cw_home):
     h, body, total = past_hard(cw_home)
     sent = h.send(ApiKind.ANTHROPIC, body, H)
-    before = {ns: list(h.rt.state.items(ns)) for ns in ("session", "compaction", "clearing")}
+    before = {ns: list(h.rt.state.items(ns)) for ns in ("session", "session_versions", "compaction", "clearing")}
     ctx = latest(h.rt, ledger.session_key(sent.ctx))
     out, tokens = decided_state(h.rt, ctx)
     assert out is not None and orjson.loads(out)["messages"] == sent.body["messages"]
