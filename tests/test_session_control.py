@@ -223,3 +223,18 @@ def test_versions_and_rollback_on_a_shared_redis_state_reach_every_replica(tmp_p
     assert [v["kind"] for v in commands.show(a.rt, "s-ctl")["version_list"]] == ["decision", "rollback", "rollback"]
     a.close()
     b.close()
+
+
+def test_rollback_of_a_clearing_step_brings_the_results_back_and_its_undo_the_same_stubs(cw_home):
+    body = anthropic_tool_loop(6)
+    h = harness(cw_home, 10**7, trigger_tokens=100)
+    first = h.send(ApiKind.ANTHROPIC, copy.deepcopy(body), H)
+    stubbed = [t for t in ("toolu_0_1", "toolu_0_2") if tool_result(first.body, t).startswith("[contextwarden cleared")]
+    assert stubbed == ["toolu_0_1", "toolu_0_2"]
+    assert commands.rollback(h.rt, "s-ctl", 0)["applied"]
+    back = h.send(ApiKind.ANTHROPIC, copy.deepcopy(body), H)
+    assert back.body["messages"] == body["messages"]  # held: nothing cleared again while it fits
+    assert commands.rollback(h.rt, "s-ctl", 1)["applied"]
+    again = h.send(ApiKind.ANTHROPIC, copy.deepcopy(body), H)
+    assert orjson.dumps(again.body["messages"]) == orjson.dumps(first.body["messages"])
+    h.close()
