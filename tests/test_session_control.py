@@ -13,7 +13,6 @@ import pytest
 from contextwarden.models.base import ApiKind
 from contextwarden.sessionctl import commands, ledger
 from contextwarden.sessionctl.preview import decided_state, latest
-from contextwarden.statecache import state_cache
 
 from .support.stages import Harness, anthropic_tool_loop, settings_overrides
 from .test_state_backends import prefix, redis_server  # noqa: F401 (fixtures: a real redis-server)
@@ -83,7 +82,7 @@ def test_compaction_is_a_version_and_rollback_restores_the_span_and_its_undo_the
     again = h.send(ApiKind.ANTHROPIC, body, H)
     assert summary_at(again.body) is None
     assert again.body["messages"] == body["messages"]  # the client's own history for the span
-    rec = state_cache(h.rt).get(ledger.NS, key)
+    rec = ledger.read(h.rt, key)
     assert rec["hold"] and rec["versions"][-1]["kind"] == "rollback"
 
     # rollback of the rollback: the summary comes back byte for byte
@@ -150,7 +149,7 @@ def test_compact_now_compacts_and_clears_below_every_threshold_in_one_request(cw
 def test_the_dry_run_changes_no_session_state(cw_home):
     h, body, total = past_hard(cw_home)
     sent = h.send(ApiKind.ANTHROPIC, body, H)
-    before = {ns: list(h.rt.state.items(ns)) for ns in ("session", "compaction", "clearing")}
+    before = {ns: list(h.rt.state.items(ns)) for ns in ("session", "session_versions", "compaction", "clearing")}
     ctx = latest(h.rt, ledger.session_key(sent.ctx))
     out, tokens = decided_state(h.rt, ctx)
     assert out is not None and orjson.loads(out)["messages"] == sent.body["messages"]
@@ -226,3 +225,18 @@ def test_versions_and_rollback_on_a_shared_redis_state_reach_every_replica(tmp_p
     assert [v["kind"] for v in commands.show(a.rt, "s-ctl")["version_list"]] == ["decision", "rollback", "rollback"]
     a.close()
     b.close()
+
+
+def test_rollback_of_a_clearing_step_brings_the_results_back_and_its_undo_the_same_stubs(cw_home):
+    body = anthropic_tool_loop(6)
+    h = harness(cw_home, 10**7, trigger_tokens=100)
+    first = h.send(ApiKind.ANTHROPIC, copy.deepcopy(body), H)
+    stubbed = [t for t in ("toolu_0_1", "toolu_0_2") if tool_result(first.body, t).startswith("[contextwarden cleared")]
+    assert stubbed == ["toolu_0_1", "toolu_0_2"]
+    assert commands.rollback(h.rt, "s-ctl", 0)["applied"]
+    back = h.send(ApiKind.ANTHROPIC, copy.deepcopy(body), H)
+    assert back.body["messages"] == body["messages"]  # held: nothing cleared again while it fits
+    assert commands.rollback(h.rt, "s-ctl", 1)["applied"]
+    again = h.send(ApiKind.ANTHROPIC, copy.deepcopy(body), H)
+    assert orjson.dumps(again.body["messages"]) == orjson.dumps(first.body["messages"])
+    h.close()

@@ -15,7 +15,7 @@ from ..conversation import messages_of, strip_cache_control
 from ..cost import WRITE_MULT, TTL_5M, price_for
 from ..statecache import state_cache
 from . import ledger
-from .ledger import NS, _append, last_request, off_at
+from .ledger import NS, _bump, append_version, last_request, off_at
 from .preview import decided_body, decided_state, latest
 
 
@@ -59,7 +59,7 @@ def resolve(rt, ident: str) -> str:
 
 
 def _record(rt, key: str) -> dict[str, Any]:
-    return state_cache(rt).get(NS, key) or {}
+    return ledger.read(rt, key)
 
 
 def _summary(rt, key: str, rec: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def _summary(rt, key: str, rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_sessions(rt) -> dict[str, Any]:
-    rows = [_summary(rt, k, rec) for k, rec in _keys(rt).items()]
+    rows = [_summary(rt, k, _record(rt, k)) for k in _keys(rt)]
     rows.sort(key=lambda r: r["last_ts"] or 0, reverse=True)
     return {"sessions": rows}
 
@@ -116,13 +116,17 @@ def rewrite_cost(rt, ctx, restored: dict[str, Any]) -> dict[str, Any]:
             "model": ctx.model, "known_last_sent": sent is not None}
 
 
-def _rolled(rec: dict[str, Any], to: int, now: float, tokens_before: int | None, tokens_after: int | None) -> dict[str, Any]:
-    v = {"kind": "rollback", "stage": "session", "to": to, "set_off": off_at(rec, to), "ts": now,
-         "trigger": "user", "tokens_before": tokens_before, "tokens_after": tokens_after}
-    out = _append(rec, v)
-    out["hold"] = True
-    out["compact_now"] = False
-    return out
+ROLLED = {"hold": True, "compact_now": False}  # what a rollback sets besides its version
+
+
+def _rollback_version(rec: dict[str, Any], to: int, tokens_before: int | None, tokens_after: int | None) -> dict[str, Any]:
+    return {"kind": "rollback", "stage": "session", "to": to, "set_off": off_at(rec, to), "ts": time.time(),
+            "trigger": "user", "tokens_before": tokens_before, "tokens_after": tokens_after}
+
+
+def _rolled(rec: dict[str, Any], to: int) -> dict[str, Any]:
+    """The control record a rollback to ``to`` would leave (for a preview)."""
+    return {**_bump(rec, _rollback_version(rec, to, None, None))[0], **ROLLED}
 
 
 def rollback(rt, ident: str, to: Any, apply: bool = True) -> dict[str, Any]:
@@ -148,14 +152,14 @@ def rollback(rt, ident: str, to: Any, apply: bool = True) -> dict[str, Any]:
                                        "evicted): cost and fit unknown")
     else:
         _, before = decided_state(rt, ctx)  # the latest request as the session's decided state now
-        candidate = _rolled(rec, to, time.time(), before, None)
+        candidate = _rolled(rec, to)
         body, tokens = decided_body(rt, ctx, candidate, key)
         out.update(preview=True, tokens_before=before, tokens_after=tokens, fits=tokens is not None and tokens <= window,
                    **rewrite_cost(rt, ctx, body))
         if not out["fits"]:
             fits = None
             for x in [0] + [v["n"] for v in versions]:
-                _, t = decided_state(rt, ctx, _rolled(rec, x, time.time(), before, None), key)
+                _, t = decided_state(rt, ctx, _rolled(rec, x), key)
                 if t is not None and t <= window:
                     fits = x
                     break
@@ -168,9 +172,9 @@ def rollback(rt, ident: str, to: Any, apply: bool = True) -> dict[str, Any]:
         out["applied"] = False
         return out
     after = out.get("tokens_after")
-    stored = state_cache(rt).update(NS, key, lambda cur: _rolled(cur or {}, to, time.time(), out.get("tokens_before"), after))
+    stored = append_version(rt, key, _rollback_version(_record(rt, key), to, out.get("tokens_before"), after), ROLLED)
     out["applied"] = True
-    out["version"] = stored["versions"][-1]["n"]
+    out["version"] = stored["n"]
     rt.bus.emit("session", {"action": "rollback", "key": key, "to": to, "version": out["version"],
                             "tokens_after": after, "rewrite_tokens": out.get("rewrite_tokens")},
                 session=key.split("|")[1] if "|" in key else key)

@@ -1,10 +1,15 @@
-"""A session's context versions and the user's controls over them (state namespace ``session``).
+"""A session's context versions and the user's controls over them (state namespaces ``session`` and
+``session_versions``).
 
-One record per conversation (``tenant|session|agent``, the key clearing and compaction use), in the
-runtime state (SQLite or Redis, through :func:`contextwarden.statecache.state_cache`)::
+Two records per conversation (``tenant|session|agent``, the key clearing and compaction use), in the
+runtime state (SQLite or Redis, through :func:`contextwarden.statecache.state_cache`). The versions
+(namespace ``session_versions``, read by the commands only)::
+
+    {"versions": [{n, ts, stage, kind, trigger, tokens_before, tokens_after, messages, tool_ids, refs, off, ...}]}
+
+and the controls every request reads (namespace ``session``, small)::
 
     {"next": 4,                      # the next version number
-     "versions": [{n, ts, stage, kind, trigger, tokens_before, tokens_after, messages, tool_ids, refs, off, ...}],
      "off": {"clearing": [tool ids], "compaction": [decision hashes]},   # decisions not re-applied
      "hold": false,                  # after a rollback: no new decision while the request fits the window
      "compact_now": false,           # the next request compacts and clears whatever the thresholds say
@@ -35,7 +40,8 @@ from typing import Any
 from ..history import session_key
 from ..statecache import state_cache
 
-NS = "session"
+NS = "session"  # the controls every request reads
+NS_VERSIONS = "session_versions"  # the version list, read by the commands
 MAX_VERSIONS = 500
 _NOTE = "session_control"
 
@@ -170,8 +176,10 @@ class override:
 # -- writing ------------------------------------------------------------------------------------------
 
 
-def _append(cur: dict[str, Any] | None, version: dict[str, Any]) -> dict[str, Any]:
+def _bump(cur: dict[str, Any] | None, version: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the control record after ``version``, the version numbered, with its ``off``)."""
     cur = dict(cur or {})
+    version = dict(version)
     n = int(cur.get("next") or 1)
     off = {k: list(v) for k, v in (cur.get("off") or {}).items()}
     if version.get("kind") == "decision":
@@ -183,11 +191,37 @@ def _append(cur: dict[str, Any] | None, version: dict[str, Any]) -> dict[str, An
         off = version.pop("set_off")
     off = {k: v for k, v in off.items() if v}
     version = {**version, "n": n, "ts": version.get("ts") or time.time(), "off": off}
-    versions = list(cur.get("versions") or []) + [version]
-    cur.update(next=n + 1, versions=versions[-MAX_VERSIONS:], off=off)
+    cur.update(next=n + 1, off=off)
     if version.get("kind") == "decision":
         cur["hold"] = False
-    return cur
+    return cur, version
+
+
+def append_version(runtime, key: str, version: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Number ``version`` and store it: the control record first (atomically: the number, ``off``,
+    and ``extra`` fields), then the version list (namespace ``session_versions``, read by the commands
+    only: the control record every request reads stays small). Returns the stored version."""
+    made: dict[str, Any] = {}
+
+    def bump(cur):
+        new, v = _bump(cur, version)
+        if extra:
+            new.update(extra)
+        made["v"] = v
+        return new
+
+    store = state_cache(runtime)
+    store.update(NS, key, bump)
+    v = made["v"]
+    store.update(NS_VERSIONS, key, lambda cur: {"versions": ([x for x in (cur or {}).get("versions") or []
+                                                               if x.get("n") != v["n"]] + [v])[-MAX_VERSIONS:]})
+    return v
+
+
+def read(runtime, key: str) -> dict[str, Any]:
+    """The session's control record with its ``versions`` (the commands' view)."""
+    store = state_cache(runtime)
+    return {**(store.get(NS, key) or {}), "versions": (store.get(NS_VERSIONS, key) or {}).get("versions") or []}
 
 
 def record_decision(ctx, stage: str, *, trigger: str | None, tokens_before: int | None, tokens_after: int | None,
@@ -203,9 +237,9 @@ def record_decision(ctx, stage: str, *, trigger: str | None, tokens_before: int 
     if span is not None:
         v["span"] = list(span)
     v.update(extra)
-    out = state_cache(ctx.runtime).update(NS, session_key(ctx), lambda cur: _append(cur, v))
+    stored = append_version(ctx.runtime, session_key(ctx), v)
     ctx.notes.pop(_NOTE, None)
-    return int(out["next"]) - 1
+    return int(stored["n"])
 
 
 def consume_compact_now(ctx) -> None:
