@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default=None, help="also write per-question results as JSON to this file")
     p.add_argument("--check", action="store_true", help="exit 1 when the target is not met")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--live", action="store_true",
+                   help="LoCoMo: also drive the same conversations and questions through a live proxy "
+                        "(contextwarden run in front of a recording stand-in upstream) and print both recalls")
+    p.add_argument("--shared-tenant", action="store_true",
+                   help="LoCoMo: one tenant holds every conversation (a session each)")
     p.set_defaults(func=run)
 
 
@@ -79,8 +84,15 @@ def run(args: argparse.Namespace) -> int:
         from ..memory import eval_locomo as ev
 
         report = ev.run(data, limit=args.limit, questions=args.questions, conversation=args.conversation,
-                        home=args.home, memory=memory, embed_cache=cache, progress=progress)
+                        home=args.home, memory=memory, embed_cache=cache, progress=progress,
+                        shared_tenant=args.shared_tenant)
         score = report.recall()
+        if args.live:
+            from ..memory import eval_live
+
+            live = eval_live.run(data, limit=args.limit, questions=args.questions, conversation=args.conversation,
+                                 memory=memory, progress=progress, shared_tenant=args.shared_tenant)
+            print(eval_live.side_by_side(report, live))
     else:
         from ..memory import eval_longmemeval as ev
 
