@@ -190,12 +190,12 @@ class LiveProxy:
 
 @contextmanager
 def live_proxy(home: str | Path | None, memory: dict[str, Any], compaction: dict[str, Any],
-               profile_extra: str = "") -> Iterator[tuple[LiveProxy, RecordingUpstream]]:
+               profile_extra: str = "", window: int = ev.WINDOW) -> Iterator[tuple[LiveProxy, RecordingUpstream]]:
     """The recording upstream and a live proxy on the LoCoMo eval's profile (the in-process eval's)."""
     with tempfile.TemporaryDirectory(prefix="cw-eval-live-") as tmp:
         base = Path(home) if home else Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
-        profile = write_profile(base / "eval-locomo.yaml", ev.WINDOW, memory, compaction, profile_extra)
+        profile = write_profile(base / "eval-locomo.yaml", window, memory, compaction, profile_extra)
         upstream = RecordingUpstream()
         try:
             proxy = LiveProxy(base / "home", profile, upstream.url)
@@ -269,18 +269,18 @@ def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict
 def run(data: str | Path, limit: int | None = None, questions: int | None = None, conversation: str | None = None,
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, shared_tenant: bool = False, progress=print,
-        profile_extra: str = "") -> "ev.Report":
+        profile_extra: str = "", window: int = ev.WINDOW) -> "ev.Report":
     """The LoCoMo eval through a live proxy (see the module docstring); the same selection and settings
     as :func:`.eval_locomo.run`. With ``shared_tenant`` every conversation is replayed first (one tenant
     holds them all), then every conversation's questions are asked."""
     samples = ev.select_samples(ev.load(data), limit, conversation)
     mem = {**ev.MEMORY, **(memory or {})}
     comp = {**ev.COMPACTION, **(compaction or {})}
-    report = ev.Report(settings={"memory": mem, "compaction": comp, "window": ev.WINDOW, "live": True,
+    report = ev.Report(settings={"memory": mem, "compaction": comp, "window": window, "live": True,
                                  "shared_tenant": shared_tenant})
     t0 = time.perf_counter()
     key = ev.SHARED_KEY if shared_tenant else None
-    with live_proxy(home, mem, comp, profile_extra) as (proxy, upstream):
+    with live_proxy(home, mem, comp, profile_extra, window) as (proxy, upstream):
         if shared_tenant:  # everything stored first: each conversation's questions see all the others
             for sample in samples:
                 run_conversation(proxy, upstream, sample, report, key=key, ask=False)

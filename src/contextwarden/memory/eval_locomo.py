@@ -92,8 +92,9 @@ class Report:
         return out
 
 
-def load(path: str | Path) -> list[dict[str, Any]]:
-    return json.loads(Path(path).read_text())
+def load(path: str | Path | list) -> list[dict[str, Any]]:
+    """The samples of a LoCoMo file (or ``path`` itself when it is a list of samples already)."""
+    return path if isinstance(path, list) else json.loads(Path(path).read_text())
 
 
 def sessions_of(conv: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -182,17 +183,17 @@ def run_conversation(rp: Replayer, sample: dict[str, Any], report: Report, max_q
 def run(data: str | Path, limit: int | None = None, questions: int | None = None, conversation: str | None = None,
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, embed_cache: str | Path | None = None, progress=print,
-        replay: bool = True, profile_extra: str = "", shared_tenant: bool = False) -> Report:
+        replay: bool = True, profile_extra: str = "", shared_tenant: bool = False, window: int = WINDOW) -> Report:
     """Replay the LoCoMo conversations (``limit`` of them, or the one named ``conversation``) and ask
     their questions (the first ``questions`` of each). With ``shared_tenant`` one tenant holds every
     conversation (a session each): all are replayed first, then each one's questions are asked."""
     samples = select_samples(load(data), limit, conversation)
     mem = {**MEMORY, **(memory or {})}
     comp = {**COMPACTION, **(compaction or {})}
-    report = Report(settings={"memory": mem, "compaction": comp, "window": WINDOW, "shared_tenant": shared_tenant})
+    report = Report(settings={"memory": mem, "compaction": comp, "window": window, "shared_tenant": shared_tenant})
     t0 = time.perf_counter()
     key = SHARED_KEY if shared_tenant else None
-    with eval_replayer("locomo", home, WINDOW, mem, comp, profile_extra, embed_cache) as rp:
+    with eval_replayer("locomo", home, window, mem, comp, profile_extra, embed_cache) as rp:
         if shared_tenant and replay:
             for sample in samples:
                 run_conversation(rp, sample, report, key=key, ask=False)

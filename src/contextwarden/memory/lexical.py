@@ -74,6 +74,28 @@ class _Partition:
         self.by_prefix: dict[str, list[str]] = {}
         self._norm_key: tuple | None = None
         self._norm_cache: np.ndarray | None = None
+        # each item's session as a small integer, caught up lazily with ``items`` (a snapshot's load
+        # fills ``items`` directly): what a query scoped to one session masks the scores with
+        self._sess_codes = array("I")
+        self._sess_ids: dict[str, int] = {}
+        self._sess_counts: Counter = Counter()
+
+    def _sync_sessions(self) -> None:
+        for it in self.items[len(self._sess_codes):]:
+            code = self._sess_ids.setdefault(str(it.session), len(self._sess_ids))
+            self._sess_codes.append(code)
+            self._sess_counts[code] += 1
+
+    def session_count(self, session: str) -> int:
+        """Items of ``session`` in this partition."""
+        self._sync_sessions()
+        code = self._sess_ids.get(str(session))
+        return 0 if code is None else self._sess_counts[code]
+
+    def session_mask(self, session: str) -> np.ndarray:
+        self._sync_sessions()
+        code = self._sess_ids.get(str(session), -1)
+        return np.frombuffer(self._sess_codes, dtype=np.uint32)[: len(self.items)] == code
 
     def add(self, item, terms: list[str]) -> bool:
         if item.id in self.ids:
@@ -187,6 +209,15 @@ class LexicalIndex:
         with self._lock:
             return list(self._neighbours.get((partition, session, turn), ()))
 
+    def other_sessions(self, partitions: Iterable[str], session: str) -> bool:
+        """Whether the partitions hold items of sessions other than ``session``."""
+        with self._lock:
+            for name in dict.fromkeys(partitions):
+                part = self._parts.get(name)
+                if part is not None and part.session_count(session) < len(part.items):
+                    return True
+        return False
+
     def df_ratio(self, term: str, partitions: Iterable[str]) -> tuple[float, int]:
         """Share of the partitions' items that contain ``term``, and how many items there are."""
         with self._lock:
@@ -221,10 +252,11 @@ class LexicalIndex:
         return " ".join(kept) if dropped and len(kept) >= 2 else text
 
     def query(self, text: str | dict[str, float], partitions: Iterable[str], n: int = 50,
-              exclude=None) -> list[LexicalHit]:
+              exclude=None, session: str | None = None) -> list[LexicalHit]:
         """Top ``n`` items of the partitions by BM25. ``text`` is a query, or term -> weight.
 
-        ``exclude(item) -> bool`` drops items before the cut (the ones still in the history).
+        ``exclude(item) -> bool`` drops items before the cut (the ones still in the history);
+        ``session``: only that session's items.
         """
         weighted = text if isinstance(text, dict) else query_terms(text)
         if not weighted:
@@ -238,6 +270,8 @@ class LexicalIndex:
                 acc = part.scores(weighted, self.k1, self.b, self.fuzzy_cutoff)
                 if acc is None:
                     continue
+                if session is not None:
+                    acc = np.where(part.session_mask(session), acc, 0.0).astype(np.float32)
                 want = min(len(acc), n * 3 + 16)  # extra room for excluded items
                 top = np.argpartition(-acc, want - 1)[:want] if want < len(acc) else np.arange(len(acc))
                 top = top[np.argsort(-acc[top], kind="stable")]

@@ -392,11 +392,12 @@ class MemoryService:
         return self.lexical.at_turn(p, item.session, item.turn - 1) + self.lexical.at_turn(p, item.session, item.turn + 1)
 
     def search(self, query: Query, tenants: list[str], *, workspace: str | None = None, exclude=None,
-               timeout_s: float | None = None, settings=None, n: int | None = None) -> Retrieval:
+               timeout_s: float | None = None, settings=None, n: int | None = None,
+               session: str | None = None) -> Retrieval:
         """Fused candidates for ``query`` (see :meth:`Retriever.search`). While the lexical index is
         still being rebuilt, ``mode`` says so: its BM25 ranking covers only part of the store."""
         ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude,
-                                              timeout_s=timeout_s, n=n, neighbours=self.neighbours)
+                                              timeout_s=timeout_s, n=n, neighbours=self.neighbours, session=session)
         if not self.lexical_ready and ret.mode in ("hybrid", "lexical"):
             ret.mode += " (lexical index building)"
         return ret
