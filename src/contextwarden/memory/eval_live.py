@@ -39,10 +39,14 @@ _LISTENING = re.compile(r"listening at (?:\*|[\d.]+|\[[0-9a-f:]+\]):(\d+)", re.I
 
 class RecordingUpstream:
     """A minimal Anthropic Messages endpoint on 127.0.0.1: answers each request with ``reply`` (set by
-    the driver before it sends; requests are sequential) as one JSON body, and records every body."""
+    the driver before it sends; requests are sequential) as one JSON body, and records every body. With
+    ``drop`` it records the body and closes the connection without an answer: the proxy then completes no
+    turn, so memory stores nothing of that request."""
 
     def __init__(self) -> None:
         self.reply = ""
+        self.drop = False
+        self.answered = 0  # requests answered: each is a turn the proxy completes
         self.bodies: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         up = self
@@ -61,7 +65,12 @@ class RecordingUpstream:
                     body = {}
                 with up._lock:
                     up.bodies.append(body)
-                    text = up.reply
+                    text, drop = up.reply, up.drop
+                    up.answered += not drop
+                if drop:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 out = json.dumps({
                     "id": f"msg_eval{len(up.bodies):06d}", "type": "message", "role": "assistant",
                     "model": body.get("model", "claude-eval"),
@@ -219,7 +228,7 @@ def _memory_event(proxy: LiveProxy, since: int, session: str) -> dict:
 
 def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict[str, Any], report: "ev.Report",
                      max_questions: int | None = None, key: str | None = None, progress=None,
-                     replay: bool = True, ask: bool = True) -> None:
+                     replay: bool = True, ask: bool = True, remember_questions: bool = False) -> None:
     """Replay one conversation through the proxy, wait until ingestion settled, ask its questions.
     ``replay=False``: only the questions (the conversation was replayed already); ``ask=False``: only
     the replay."""
@@ -242,9 +251,13 @@ def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict
             messages.append({"role": role, "content": content})
             report.turns += 1
     qa = (sample["qa"][:max_questions] if max_questions else sample["qa"]) if ask else []
-    upstream.reply = ""  # the questions' answers add nothing to memory (as in the in-process eval)
+    # As in the in-process eval, every question is asked against the conversation's memory alone: the
+    # upstream does not answer it (the proxy completes no turn and stores nothing of it). Answered
+    # (``remember_questions``), each question and the conversation's last message are stored, and the
+    # later questions find the earlier ones: what a person asking them in a row would get.
+    upstream.reply, upstream.drop = "", not remember_questions
     for i, q in enumerate(qa):
-        proxy.settle(report.requests)
+        proxy.settle(upstream.answered)
         ev_ids = [e for e in q.get("evidence", []) if e in by_id]
         report.missing_evidence += len(q.get("evidence", [])) - len(ev_ids)
         if not ev_ids:
@@ -253,8 +266,8 @@ def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict
         before = len(upstream.bodies)
         r = proxy.post(ev.body_of(messages + [{"role": "user", "content": q["question"]}]), key, cid)
         report.requests += 1
-        report.fallbacks += r.status_code != 200
-        body = upstream.bodies[-1] if len(upstream.bodies) > before else {}
+        report.fallbacks += remember_questions and r.status_code != 200
+        body = upstream.bodies[before] if len(upstream.bodies) > before else {}
         text = request_text(body)
         mem = _memory_event(proxy, mark, cid)
         report.questions.append(ev.QuestionResult(
@@ -269,7 +282,7 @@ def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict
 def run(data: str | Path, limit: int | None = None, questions: int | None = None, conversation: str | None = None,
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, shared_tenant: bool = False, progress=print,
-        profile_extra: str = "", window: int = ev.WINDOW) -> "ev.Report":
+        profile_extra: str = "", window: int = ev.WINDOW, remember_questions: bool = False) -> "ev.Report":
     """The LoCoMo eval through a live proxy (see the module docstring); the same selection and settings
     as :func:`.eval_locomo.run`. With ``shared_tenant`` every conversation is replayed first (one tenant
     holds them all), then every conversation's questions are asked."""
@@ -286,7 +299,7 @@ def run(data: str | Path, limit: int | None = None, questions: int | None = None
                 run_conversation(proxy, upstream, sample, report, key=key, ask=False)
         for sample in samples:
             run_conversation(proxy, upstream, sample, report, questions, key=key, progress=progress,
-                             replay=not shared_tenant)
+                             replay=not shared_tenant, remember_questions=remember_questions)
             report.conversations += 1
             if progress:
                 progress(f"live {sample.get('sample_id')}: recall so far {report.recall():.3f} "
