@@ -34,6 +34,7 @@ import httpx
 from . import eval_locomo as ev
 from .evaluation import contains, request_text, write_profile
 
+LIVE_TOLERANCE = 0.01  # the target: live recall within this of the in-process eval's
 _LISTENING = re.compile(r"listening at (?:\*|[\d.]+|\[[0-9a-f:]+\]):(\d+)", re.I)
 
 
