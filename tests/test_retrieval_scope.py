@@ -75,3 +75,15 @@ def test_a_tenant_with_one_session_ranks_as_before(tmp_path):
         assert [(h.item.id, h.fused) for h in a.hits] == [(h.item.id, h.fused) for h in b.hits]
     finally:
         st.close()
+
+
+def test_words_common_in_the_current_session_are_pruned_there():
+    # the two names every message of this chat carries are rare in the tenant (many other chats), yet
+    # they tell none of this session's items apart: the vector query of the session leaves them out
+    lex = LexicalIndex()
+    lex.add([item(f"Caroline: message number {i} about topic{i}", session="cur", turn=i) for i in range(60)])
+    lex.add([item(f"Someone else: note {i} on subject{i}", session=f"old-{i}", turn=0) for i in range(400)])
+    q = "What did Caroline say about topic7?"
+    assert lex.prune_common(q, ["t-a"], 0.2) == q
+    assert lex.prune_common(q, ["t-a"], 0.2, session="cur") == "What did say about topic7?"
+    assert lex.df_ratio("caroline", ["t-a"], "cur") == (1.0, 60)

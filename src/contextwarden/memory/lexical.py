@@ -218,23 +218,31 @@ class LexicalIndex:
                     return True
         return False
 
-    def df_ratio(self, term: str, partitions: Iterable[str]) -> tuple[float, int]:
-        """Share of the partitions' items that contain ``term``, and how many items there are."""
+    def df_ratio(self, term: str, partitions: Iterable[str], session: str | None = None) -> tuple[float, int]:
+        """Share of the partitions' items (of ``session``'s, when given) that contain ``term``, and how
+        many items there are."""
         with self._lock:
             df = total = 0
             for name in dict.fromkeys(partitions):
                 part = self._parts.get(name)
                 if part is None:
                     continue
-                total += len(part.items)
                 p = part.postings.get(term)
-                df += len(p[0]) if p is not None else 0
+                if session is None:
+                    total += len(part.items)
+                    df += len(p[0]) if p is not None else 0
+                else:
+                    total += part.session_count(session)
+                    if p is not None:
+                        df += int(np.count_nonzero(part.session_mask(session)[np.frombuffer(p[0], dtype=np.uint32)]))
         return (df / total if total else 0.0), total
 
-    def prune_common(self, text: str, partitions: Iterable[str], ratio: float, min_items: int = 50) -> str:
+    def prune_common(self, text: str, partitions: Iterable[str], ratio: float, min_items: int = 50,
+                     session: str | None = None) -> str:
         """``text`` without the words that most stored items contain (the two names every message of a
         chat carries, a project's name): they do not tell items apart, yet they dominate a short query's
-        embedding. Unchanged when the memory is small or nothing would be left."""
+        embedding. Unchanged when the memory is small or nothing would be left. ``session``: common
+        among that session's items (the scope searched first)."""
         partitions = list(partitions)
         if ratio <= 0 or ratio >= 1:
             return text
@@ -242,7 +250,7 @@ class LexicalIndex:
         for w in text.split():
             toks = tokenize(w)
             if toks:
-                rs = [self.df_ratio(t, partitions) for t in toks]
+                rs = [self.df_ratio(t, partitions, session) for t in toks]
                 if rs[0][1] < min_items:
                     return text
                 if all(r > ratio for r, _ in rs):

@@ -324,7 +324,8 @@ class Retriever:
                   and self.lexical.other_sessions(partitions, session))
         if self._vector_ok():
             if self.lexical is not None and s.common_term_ratio > 0:
-                qtext = self.lexical.prune_common(qtext, partitions, s.common_term_ratio)
+                qtext = self.lexical.prune_common(qtext, partitions, s.common_term_ratio,
+                                                  session=session if scoped else None)
             out.vector_query = qtext
             texts = [qtext] + ([query.context[-600:]] if use_context else [])  # the same bound as vector_text
             fetch = n + 24  # room for the items still in the history
