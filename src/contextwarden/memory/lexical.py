@@ -209,6 +209,20 @@ class LexicalIndex:
         with self._lock:
             return list(self._neighbours.get((partition, session, turn), ()))
 
+    def session_size(self, partition: str, session: str) -> int:
+        """How many items of ``session`` ``partition`` holds."""
+        with self._lock:
+            part = self._parts.get(partition)
+            return 0 if part is None else part.session_count(session)
+
+    def session_items(self, partition: str, session: str) -> list:
+        """The items of ``session`` in ``partition``, in the order they were indexed."""
+        with self._lock:
+            part = self._parts.get(partition)
+            if part is None or not part.session_count(session):
+                return []
+            return [part.items[i] for i in np.flatnonzero(part.session_mask(session))]
+
     def other_sessions(self, partitions: Iterable[str], session: str) -> bool:
         """Whether the partitions hold items of sessions other than ``session``."""
         with self._lock:

@@ -285,12 +285,14 @@ class Retriever:
     """Runs both rankings and fuses them. ``store`` may be None or unavailable (lexical only);
     ``embedder`` None means lexical only; ``pool`` runs the Chroma query so it can time out."""
 
-    def __init__(self, store, lexical, embedder, pool: cf.Executor | None, settings) -> None:
+    def __init__(self, store, lexical, embedder, pool: cf.Executor | None, settings, scope=None) -> None:
         self.store = store
         self.lexical = lexical
         self.embedder = embedder
         self.pool = pool
         self.settings = settings  # MemorySection
+        # the current session's exact vector ranking (memory.scope.SessionVectors; made here when None)
+        self.scope = scope
 
     def _vector_ok(self) -> bool:
         return self.embedder is not None and self.store is not None and getattr(self.store, "available", False)
@@ -343,8 +345,11 @@ class Retriever:
                 try:
                     got = self.store.vector_query(qtext, tenants, fetch, query_embedding=vec, workspace=workspace)
                     if scoped:  # exact within the session (its items may all lie below the tenant's top)
-                        got = got + self.store.vector_query(qtext, tenants, fetch, query_embedding=vec,
-                                                            workspace=workspace, where={"session": session})
+                        if self.scope is None:
+                            from .scope import SessionVectors
+
+                            self.scope = SessionVectors(self.store)
+                        got = got + self.scope.rank(self.lexical, partitions, session, vec, fetch)
                     return got
                 finally:
                     vtime["vector_ms"] = round((time.perf_counter() - t2) * 1000, 2)

@@ -168,6 +168,7 @@ class MemoryService:
         self._recent_lock = threading.Lock()
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
+        self._scope = None  # memory.scope.SessionVectors, made with the first retriever
         self._key = self._store_key(self.settings)
         self._thread: threading.Thread | None = None
         if background:
@@ -384,7 +385,12 @@ class MemoryService:
 
     def retriever(self, settings=None) -> Retriever:
         store = self.store if self.store is not None and self.store.available else None
-        return Retriever(store, self.lexical, self.embedder, self._pool, (settings or self.settings).memory)
+        if store is not None and self._scope is None:
+            from .scope import SessionVectors
+
+            self._scope = SessionVectors(store)  # the current sessions' vectors, kept between searches
+        return Retriever(store, self.lexical, self.embedder, self._pool, (settings or self.settings).memory,
+                         scope=self._scope if store is not None else None)
 
     def neighbours(self, item) -> list:
         """The stored items of the messages just before and after ``item``'s, in its session."""
