@@ -151,7 +151,8 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         return give_up("no time left for the search")
     try:
         ret = svc.search(query, [ctx.tenant], workspace=m.shared_workspace, exclude=exclude,
-                         timeout_s=max(0.0, deadline - time.perf_counter()), settings=ctx.settings)
+                         timeout_s=max(0.0, deadline - time.perf_counter()), settings=ctx.settings,
+                         session=ctx.session)
     except TimeoutError as e:
         return give_up(str(e))
     if ret.skipped:

@@ -92,8 +92,9 @@ class Report:
         return out
 
 
-def load(path: str | Path) -> list[dict[str, Any]]:
-    return json.loads(Path(path).read_text())
+def load(path: str | Path | list) -> list[dict[str, Any]]:
+    """The samples of a LoCoMo file (or ``path`` itself when it is a list of samples already)."""
+    return path if isinstance(path, list) else json.loads(Path(path).read_text())
 
 
 def sessions_of(conv: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -110,13 +111,33 @@ def turn_content(turn: dict[str, Any]) -> str:
     return text
 
 
+SHARED_KEY = "sk-eval-locomo-shared"  # shared_tenant: one tenant holds every conversation (a session each)
+
+
+def tenant_key(cid: str) -> str:
+    """The API key of a conversation: one tenant per conversation, no conversation sees another's memory."""
+    return f"sk-eval-locomo-{cid}"
+
+
+def body_of(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The request body a replayed turn sends (as :meth:`Replayer.body` builds it)."""
+    return {"model": "claude-eval", "max_tokens": 1024, "messages": messages}
+
+
+def select_samples(samples: list[dict[str, Any]], limit: int | None, conversation: str | None) -> list[dict[str, Any]]:
+    if conversation:
+        samples = [s for s in samples if s.get("sample_id") == conversation]
+    return samples[:limit] if limit else samples
+
+
 def run_conversation(rp: Replayer, sample: dict[str, Any], report: Report, max_questions: int | None = None,
-                     progress=None, replay: bool = True) -> None:
+                     progress=None, replay: bool = True, key: str | None = None, ask: bool = True) -> None:
     """Replay one conversation and ask its questions (``replay=False``: the runtime's home already holds
-    the replayed conversation; only the questions are asked)."""
+    the replayed conversation; only the questions are asked; ``ask=False``: only the replay; ``key``:
+    the API key, by default the conversation's own tenant)."""
     conv = sample["conversation"]
     cid = sample.get("sample_id", "conv")
-    key = f"sk-eval-locomo-{cid}"  # one tenant per conversation: no conversation sees another's memory
+    key = key or tenant_key(cid)
     a = conv["speaker_a"]
     messages: list[dict[str, Any]] = []
     by_id: dict[str, str] = {}
@@ -132,7 +153,7 @@ def run_conversation(rp: Replayer, sample: dict[str, Any], report: Report, max_q
                 rp.complete(sent, content)
             messages.append({"role": role, "content": content})
             report.turns += 1
-    qa = sample["qa"][:max_questions] if max_questions else sample["qa"]
+    qa = (sample["qa"][:max_questions] if max_questions else sample["qa"]) if ask else []
     for i, q in enumerate(qa):
         if not rp.flush():
             raise RuntimeError("memory ingestion did not finish within the flush timeout")
@@ -162,21 +183,22 @@ def run_conversation(rp: Replayer, sample: dict[str, Any], report: Report, max_q
 def run(data: str | Path, limit: int | None = None, questions: int | None = None, conversation: str | None = None,
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, embed_cache: str | Path | None = None, progress=print,
-        replay: bool = True, profile_extra: str = "") -> Report:
+        replay: bool = True, profile_extra: str = "", shared_tenant: bool = False, window: int = WINDOW) -> Report:
     """Replay the LoCoMo conversations (``limit`` of them, or the one named ``conversation``) and ask
-    their questions (the first ``questions`` of each)."""
-    samples = load(data)
-    if conversation:
-        samples = [s for s in samples if s.get("sample_id") == conversation]
-    if limit:
-        samples = samples[:limit]
+    their questions (the first ``questions`` of each). With ``shared_tenant`` one tenant holds every
+    conversation (a session each): all are replayed first, then each one's questions are asked."""
+    samples = select_samples(load(data), limit, conversation)
     mem = {**MEMORY, **(memory or {})}
     comp = {**COMPACTION, **(compaction or {})}
-    report = Report(settings={"memory": mem, "compaction": comp, "window": WINDOW})
+    report = Report(settings={"memory": mem, "compaction": comp, "window": window, "shared_tenant": shared_tenant})
     t0 = time.perf_counter()
-    with eval_replayer("locomo", home, WINDOW, mem, comp, profile_extra, embed_cache) as rp:
+    key = SHARED_KEY if shared_tenant else None
+    with eval_replayer("locomo", home, window, mem, comp, profile_extra, embed_cache) as rp:
+        if shared_tenant and replay:
+            for sample in samples:
+                run_conversation(rp, sample, report, key=key, ask=False)
         for sample in samples:
-            run_conversation(rp, sample, report, questions, progress, replay=replay)
+            run_conversation(rp, sample, report, questions, progress, replay=replay and not shared_tenant, key=key)
             report.conversations += 1
             if progress:
                 progress(f"{sample.get('sample_id')}: recall so far {report.recall():.3f} "

@@ -74,6 +74,28 @@ class _Partition:
         self.by_prefix: dict[str, list[str]] = {}
         self._norm_key: tuple | None = None
         self._norm_cache: np.ndarray | None = None
+        # each item's session as a small integer, caught up lazily with ``items`` (a snapshot's load
+        # fills ``items`` directly): what a query scoped to one session masks the scores with
+        self._sess_codes = array("I")
+        self._sess_ids: dict[str, int] = {}
+        self._sess_counts: Counter = Counter()
+
+    def _sync_sessions(self) -> None:
+        for it in self.items[len(self._sess_codes):]:
+            code = self._sess_ids.setdefault(str(it.session), len(self._sess_ids))
+            self._sess_codes.append(code)
+            self._sess_counts[code] += 1
+
+    def session_count(self, session: str) -> int:
+        """Items of ``session`` in this partition."""
+        self._sync_sessions()
+        code = self._sess_ids.get(str(session))
+        return 0 if code is None else self._sess_counts[code]
+
+    def session_mask(self, session: str) -> np.ndarray:
+        self._sync_sessions()
+        code = self._sess_ids.get(str(session), -1)
+        return np.frombuffer(self._sess_codes, dtype=np.uint32)[: len(self.items)] == code
 
     def add(self, item, terms: list[str]) -> bool:
         if item.id in self.ids:
@@ -187,23 +209,54 @@ class LexicalIndex:
         with self._lock:
             return list(self._neighbours.get((partition, session, turn), ()))
 
-    def df_ratio(self, term: str, partitions: Iterable[str]) -> tuple[float, int]:
-        """Share of the partitions' items that contain ``term``, and how many items there are."""
+    def session_size(self, partition: str, session: str) -> int:
+        """How many items of ``session`` ``partition`` holds."""
+        with self._lock:
+            part = self._parts.get(partition)
+            return 0 if part is None else part.session_count(session)
+
+    def session_items(self, partition: str, session: str) -> list:
+        """The items of ``session`` in ``partition``, in the order they were indexed."""
+        with self._lock:
+            part = self._parts.get(partition)
+            if part is None or not part.session_count(session):
+                return []
+            return [part.items[i] for i in np.flatnonzero(part.session_mask(session))]
+
+    def other_sessions(self, partitions: Iterable[str], session: str) -> bool:
+        """Whether the partitions hold items of sessions other than ``session``."""
+        with self._lock:
+            for name in dict.fromkeys(partitions):
+                part = self._parts.get(name)
+                if part is not None and part.session_count(session) < len(part.items):
+                    return True
+        return False
+
+    def df_ratio(self, term: str, partitions: Iterable[str], session: str | None = None) -> tuple[float, int]:
+        """Share of the partitions' items (of ``session``'s, when given) that contain ``term``, and how
+        many items there are."""
         with self._lock:
             df = total = 0
             for name in dict.fromkeys(partitions):
                 part = self._parts.get(name)
                 if part is None:
                     continue
-                total += len(part.items)
                 p = part.postings.get(term)
-                df += len(p[0]) if p is not None else 0
+                if session is None:
+                    total += len(part.items)
+                    df += len(p[0]) if p is not None else 0
+                else:
+                    total += part.session_count(session)
+                    if p is not None:
+                        df += int(np.count_nonzero(part.session_mask(session)[np.frombuffer(p[0], dtype=np.uint32)]))
         return (df / total if total else 0.0), total
 
-    def prune_common(self, text: str, partitions: Iterable[str], ratio: float, min_items: int = 50) -> str:
+    def prune_common(self, text: str, partitions: Iterable[str], ratio: float, min_items: int = 50,
+                     session: str | None = None) -> str:
         """``text`` without the words that most stored items contain (the two names every message of a
         chat carries, a project's name): they do not tell items apart, yet they dominate a short query's
-        embedding. Unchanged when the memory is small or nothing would be left."""
+        embedding. Unchanged when the memory is small or nothing would be left. ``session``: common
+        among that session's items (the scope searched first)."""
         partitions = list(partitions)
         if ratio <= 0 or ratio >= 1:
             return text
@@ -211,7 +264,7 @@ class LexicalIndex:
         for w in text.split():
             toks = tokenize(w)
             if toks:
-                rs = [self.df_ratio(t, partitions) for t in toks]
+                rs = [self.df_ratio(t, partitions, session) for t in toks]
                 if rs[0][1] < min_items:
                     return text
                 if all(r > ratio for r, _ in rs):
@@ -221,10 +274,11 @@ class LexicalIndex:
         return " ".join(kept) if dropped and len(kept) >= 2 else text
 
     def query(self, text: str | dict[str, float], partitions: Iterable[str], n: int = 50,
-              exclude=None) -> list[LexicalHit]:
+              exclude=None, session: str | None = None) -> list[LexicalHit]:
         """Top ``n`` items of the partitions by BM25. ``text`` is a query, or term -> weight.
 
-        ``exclude(item) -> bool`` drops items before the cut (the ones still in the history).
+        ``exclude(item) -> bool`` drops items before the cut (the ones still in the history);
+        ``session``: only that session's items.
         """
         weighted = text if isinstance(text, dict) else query_terms(text)
         if not weighted:
@@ -238,6 +292,8 @@ class LexicalIndex:
                 acc = part.scores(weighted, self.k1, self.b, self.fuzzy_cutoff)
                 if acc is None:
                     continue
+                if session is not None:
+                    acc = np.where(part.session_mask(session), acc, 0.0).astype(np.float32)
                 want = min(len(acc), n * 3 + 16)  # extra room for excluded items
                 top = np.argpartition(-acc, want - 1)[:want] if want < len(acc) else np.arange(len(acc))
                 top = top[np.argsort(-acc[top], kind="stable")]

@@ -273,12 +273,14 @@ class Retriever:
     """Runs both rankings and fuses them. ``store`` may be None or unavailable (lexical only);
     ``embedder`` None means lexical only; ``pool`` runs the Chroma query so it can time out."""
 
-    def __init__(self, store, lexical, embedder, pool: cf.Executor | None, settings) -> None:
+    def __init__(self, store, lexical, embedder, pool: cf.Executor | None, settings, scope=None) -> None:
         self.store = store
         self.lexical = lexical
         self.embedder = embedder
         self.pool = pool
         self.settings = settings  # MemorySection
+        # the current session's exact vector ranking (memory.scope.SessionVectors; made here when None)
+        self.scope = scope
 
     def _vector_ok(self) -> bool:
         return self.embedder is not None and self.store is not None and getattr(self.store, "available", False)
@@ -286,9 +288,10 @@ class Retriever:
     def search(self, query: Query, tenants: list[str], *, workspace: str | None = None,
                exclude: Callable[[object], bool] | None = None, n: int | None = None,
                timeout_s: float | None = None, deadline: float | None = None,
-               neighbours: Callable[[object], list] | None = None) -> Retrieval:
+               neighbours: Callable[[object], list] | None = None, session: str | None = None) -> Retrieval:
         """Fused candidates (best first), not yet cut to the budget. Raises TimeoutError when the vector
-        query runs past the deadline (the caller decides to go without memory)."""
+        query runs past the deadline (the caller decides to go without memory). ``session``: the
+        current session, ranked first (``memory.other_sessions_weight``)."""
         s = self.settings
         t0 = time.perf_counter()
         if deadline is None and timeout_s is not None:
@@ -306,9 +309,13 @@ class Retriever:
         # Chroma release the GIL, so the two overlap)
         vfuture = None
         partitions = list(tenants) + ([workspace] if workspace else [])
+        # the current session first: its own rankings, and the other sessions' at a lower weight
+        scoped = (session is not None and s.other_sessions_weight < 1 and self.lexical is not None
+                  and self.lexical.other_sessions(partitions, session))
         if self._vector_ok():
             if self.lexical is not None and s.common_term_ratio > 0:
-                qtext = self.lexical.prune_common(qtext, partitions, s.common_term_ratio)
+                qtext = self.lexical.prune_common(qtext, partitions, s.common_term_ratio,
+                                                  session=session if scoped else None)
             out.vector_query = qtext
             texts = [qtext] + ([query.context[-600:]] if use_context else [])  # the same bound as vector_text
             fetch = n + 24  # room for the items still in the history
@@ -324,7 +331,14 @@ class Retriever:
                 t2 = time.perf_counter()
                 vtime["embed_ms"] = round((t2 - t) * 1000, 2)
                 try:
-                    return self.store.vector_query(qtext, tenants, fetch, query_embedding=vec, workspace=workspace)
+                    got = self.store.vector_query(qtext, tenants, fetch, query_embedding=vec, workspace=workspace)
+                    if scoped:  # exact within the session (its items may all lie below the tenant's top)
+                        if self.scope is None:
+                            from .scope import SessionVectors
+
+                            self.scope = SessionVectors(self.store)
+                        got = got + self.scope.rank(self.lexical, partitions, session, vec, fetch)
+                    return got
                 finally:
                     vtime["vector_ms"] = round((time.perf_counter() - t2) * 1000, 2)
 
@@ -340,6 +354,8 @@ class Retriever:
         if use_context:
             terms = combine_terms(terms, query_terms(query.context[-1500:], weight=s.context_weight))
         lex = self.lexical.query(terms, partitions, n=n, exclude=exclude) if self.lexical is not None else []
+        if scoped:
+            lex = lex + self.lexical.query(terms, partitions, n=n, exclude=exclude, session=session)
         out.timings["lexical_ms"] = round((time.perf_counter() - tl) * 1000, 2)
 
         vhits: list[tuple[object, float]] = []
@@ -356,28 +372,47 @@ class Retriever:
                                        f"into the search, at its deadline") from None
                 out.timings["vector_wait_ms"] = round((time.perf_counter() - tv) * 1000, 2)
             out.timings.update(vtime)
-            for item, sim in vres:
+            seen: set[str] = set()
+            for item, sim in sorted(vres, key=lambda x: -x[1]):  # scoped: two result lists, merged
+                if item.id in seen:
+                    continue
+                seen.add(item.id)
                 if exclude is not None and exclude(item):
                     out.in_history += 1
                     continue
                 vhits.append((item, sim))
-                if len(vhits) >= n:
+                if not scoped and len(vhits) >= n:
                     break
-
+        if scoped:
+            lex = list({lh.item.id: lh for lh in sorted(lex, key=lambda h: -h.score)}.values())
+            lex.sort(key=lambda h: -h.score)
         floor = s.min_similarity
         by_id: dict[str, Hit] = {}
-        vids: list[str] = []
-        for rank, (item, sim) in enumerate(vhits, start=1):
+        # one ranking per kind, or (scoped) one for the current session and one for the other sessions
+        groups = (lambda it: str(it.session) == session) if scoped else (lambda it: True)
+        vranks: dict[bool, list[str]] = {True: [], False: []}
+        lranks: dict[bool, list[str]] = {True: [], False: []}
+        vcount = {True: 0, False: 0}
+        for item, sim in vhits:
+            g = groups(item)
+            if vcount[g] >= n:
+                continue
+            vcount[g] += 1
             h = by_id.setdefault(item.id, Hit(item))
-            h.vector, h.vector_rank = sim, rank
+            h.vector, h.vector_rank = sim, vcount[g]
             if sim >= floor:
-                vids.append(item.id)
-        lids: list[str] = []
-        for rank, lh in enumerate(lex, start=1):
+                vranks[g].append(item.id)
+        for lh in lex:
+            g = groups(lh.item)
+            if len(lranks[g]) >= n:
+                continue
             h = by_id.setdefault(lh.item.id, Hit(lh.item))
-            h.lexical, h.lexical_rank = lh.score, rank
-            lids.append(lh.item.id)
-        rankings = [(vids, s.vector_weight), (lids, s.lexical_weight)]
+            h.lexical, h.lexical_rank = lh.score, len(lranks[g]) + 1
+            lranks[g].append(lh.item.id)
+        rankings = [(vranks[True], s.vector_weight), (lranks[True], s.lexical_weight)]
+        if scoped:
+            w = s.other_sessions_weight
+            rankings += [(vranks[False], w * s.vector_weight), (lranks[False], w * s.lexical_weight)]
         if s.neighbour_weight > 0 and neighbours is not None:
             # a third ranking: the messages next to the best hits, in their order. A reply that only makes
             # sense after the message before it ("Yes, tomorrow night!") is found through its neighbour.

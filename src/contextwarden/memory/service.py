@@ -168,6 +168,7 @@ class MemoryService:
         self._recent_lock = threading.Lock()
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
+        self._scope = None  # memory.scope.SessionVectors, made with the first retriever
         self._key = self._store_key(self.settings)
         self._thread: threading.Thread | None = None
         if background:
@@ -386,7 +387,12 @@ class MemoryService:
 
     def retriever(self, settings=None) -> Retriever:
         store = self.store if self.store is not None and self.store.available else None
-        return Retriever(store, self.lexical, self.embedder, self._pool, (settings or self.settings).memory)
+        if store is not None and self._scope is None:
+            from .scope import SessionVectors
+
+            self._scope = SessionVectors(store)  # the current sessions' vectors, kept between searches
+        return Retriever(store, self.lexical, self.embedder, self._pool, (settings or self.settings).memory,
+                         scope=self._scope if store is not None else None)
 
     def neighbours(self, item) -> list:
         """The stored items of the messages just before and after ``item``'s, in its session."""
@@ -394,11 +400,12 @@ class MemoryService:
         return self.lexical.at_turn(p, item.session, item.turn - 1) + self.lexical.at_turn(p, item.session, item.turn + 1)
 
     def search(self, query: Query, tenants: list[str], *, workspace: str | None = None, exclude=None,
-               timeout_s: float | None = None, settings=None, n: int | None = None) -> Retrieval:
+               timeout_s: float | None = None, settings=None, n: int | None = None,
+               session: str | None = None) -> Retrieval:
         """Fused candidates for ``query`` (see :meth:`Retriever.search`). While the lexical index is
         still being rebuilt, ``mode`` says so: its BM25 ranking covers only part of the store."""
         ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude,
-                                              timeout_s=timeout_s, n=n, neighbours=self.neighbours)
+                                              timeout_s=timeout_s, n=n, neighbours=self.neighbours, session=session)
         if not self.lexical_ready and ret.mode in ("hybrid", "lexical"):
             ret.mode += " (lexical index building)"
         return ret

@@ -137,6 +137,12 @@ class MemorySection(Section):
     neighbour_depth: int = 15
     """How many of the best hits lend their neighbouring messages to that ranking."""
 
+    other_sessions_weight: float = 0.5
+    """The current session first: when the tenant's memory holds other sessions too, the vector and BM25
+    rankings are made twice, within the current session and over the other sessions, and the latter
+    count this much in the fusion (1: no preference; 0: the current session only). A tenant holding
+    many sessions then ranks the current one's items as if it held that session alone."""
+
     @field_validator("chunk_tokens")
     @classmethod
     def _chunk_fits_the_model(cls, v: int) -> int:

@@ -1,0 +1,328 @@
+"""LoCoMo through a live proxy: the same conversations, questions and profile as :mod:`.eval_locomo`, sent
+as real HTTP requests through ``contextwarden run`` (a real mitmdump, memory in its own process) to a
+local stand-in upstream that records every body it receives.
+
+The conversation is replayed as in the in-process eval: speaker A is the user, speaker B the assistant;
+every B turn is the upstream's answer to a request holding everything said so far. Once the proxy has
+completed every turn and the memory process has stored everything (ingestion settled), each question is
+sent as the last user message, and its recall is read from the body the upstream received: the share of
+its evidence turns whose text is in it (kept history, compaction summary or injected memory).
+
+``shared_tenant``: every conversation under one API key (one tenant holding all of them, one session per
+conversation), to measure whether the other sessions' memory crowds out the current one's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from . import eval_locomo as ev
+from .evaluation import contains, request_text, write_profile
+
+LIVE_TOLERANCE = 0.01  # the issue's target: live recall within this of the in-process eval's
+_LISTENING = re.compile(r"listening at (?:\*|[\d.]+|\[[0-9a-f:]+\]):(\d+)", re.I)
+
+
+class RecordingUpstream:
+    """A minimal Anthropic Messages endpoint on 127.0.0.1: answers each request with ``reply`` (set by
+    the driver before it sends; requests are sequential) as one JSON body, and records every body. With
+    ``drop`` it records the body and closes the connection without an answer: the proxy then completes no
+    turn, so memory stores nothing of that request."""
+
+    def __init__(self) -> None:
+        self.reply = ""
+        self.drop = False
+        self.answered = 0  # requests answered: each is a turn the proxy completes
+        self.bodies: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        up = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a) -> None:  # quiet
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = {}
+                with up._lock:
+                    up.bodies.append(body)
+                    text, drop = up.reply, up.drop
+                    up.answered += not drop
+                if drop:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                out = json.dumps({
+                    "id": f"msg_eval{len(up.bodies):06d}", "type": "message", "role": "assistant",
+                    "model": body.get("model", "claude-eval"),
+                    "content": [{"type": "text", "text": text}] if text else [],
+                    "stop_reason": "end_turn", "stop_sequence": None,
+                    "usage": {"input_tokens": max(1, len(raw) // 4), "output_tokens": max(1, len(text) // 4)},
+                }).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="cw-eval-upstream", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class LiveProxy:
+    """``contextwarden run`` in reverse mode in front of ``upstream``, on a port the OS picks."""
+
+    def __init__(self, home: Path, profile: Path, upstream: str, startup_timeout: float = 300) -> None:
+        self.home = home
+        self.events_path = home / "logs" / "events.jsonl"
+        home.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "contextwarden", "run", "--home", str(home), "--profile", str(profile),
+               "--port", "0", "--mode", f"reverse:{upstream}", "--confdir", str(home / "mitmproxy")]
+        self._out = open(home / "proxy.out", "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        self.port: int | None = None
+        self._wait_started(startup_timeout)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=600)
+
+    def output(self) -> str:
+        try:
+            return (self.home / "proxy.out").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def events(self) -> list[dict]:
+        out = []
+        try:
+            with open(self.events_path, "rb") as f:
+                for line in f:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        continue
+        except FileNotFoundError:
+            pass
+        return out
+
+    def _wait_started(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the proxy exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+            if self.port is None:
+                m = _LISTENING.search(self.output())
+                if m:
+                    self.port = int(m.group(1))
+            if self.port is not None and any(e["type"] == "memory_status" and (e.get("data") or {}).get("status")
+                                             for e in self.events()):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the proxy did not start in {timeout:.0f} s:\n{self.output()[-3000:]}")
+
+    def post(self, body: dict[str, Any], api_key: str, session: str) -> httpx.Response:
+        return self.client.post("/v1/messages", json=body, headers={
+            "x-api-key": api_key, "anthropic-version": "2023-06-01", "x-contextwarden-session": session})
+
+    # --- ingestion settled ---------------------------------------------------------------------------
+    def _memory_call(self, name: str, *args, wait: float = 600) -> Any:
+        """``name(*args)`` on the memory service in the memory process, over its socket."""
+        from . import wire
+
+        socks = sorted((self.home / "run").glob("memory-*.sock"))
+        if not socks:
+            raise RuntimeError("no memory process socket under cw_home/run")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(wait)
+            s.connect(str(socks[-1]))
+            wire.send_frame(s, {"id": 1, "op": "call", "m": name, "a": wire.encode(list(args)), "k": wire.encode({})})
+            while True:
+                msg = wire.recv_frame(s)
+                if msg is None:
+                    raise RuntimeError("the memory process closed the socket")
+                if msg.get("id") == 1:
+                    if "e" in msg:
+                        raise wire.decode_error(msg["e"])
+                    return wire.decode(msg["r"])
+
+    def settle(self, turns: int, timeout: float = 1800) -> None:
+        """Wait until the proxy completed ``turns`` turns (each hands its items to the memory process
+        before its ``turn`` event) and the memory process stored everything it was handed."""
+        deadline = time.monotonic() + timeout
+        while sum(e["type"] == "turn" for e in self.events()) < turns:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"the proxy completed fewer than {turns} turns:\n{self.output()[-2000:]}")
+            time.sleep(0.05)
+        self._memory_call("wait_ready", 600)
+        time.sleep(0.2)  # the last submit frames reach the memory process's pool
+        if not self._memory_call("flush", max(1.0, deadline - time.monotonic())):
+            raise RuntimeError("memory ingestion did not settle in time")
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
+                try:
+                    self.proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
+            self._out.close()
+
+
+@contextmanager
+def live_proxy(home: str | Path | None, memory: dict[str, Any], compaction: dict[str, Any],
+               profile_extra: str = "", window: int = ev.WINDOW) -> Iterator[tuple[LiveProxy, RecordingUpstream]]:
+    """The recording upstream and a live proxy on the LoCoMo eval's profile (the in-process eval's)."""
+    with tempfile.TemporaryDirectory(prefix="cw-eval-live-") as tmp:
+        base = Path(home) if home else Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
+        profile = write_profile(base / "eval-locomo.yaml", window, memory, compaction, profile_extra)
+        upstream = RecordingUpstream()
+        try:
+            proxy = LiveProxy(base / "home", profile, upstream.url)
+            try:
+                yield proxy, upstream
+            finally:
+                proxy.close()
+        finally:
+            upstream.close()
+
+
+def _memory_event(proxy: LiveProxy, since: int, session: str) -> dict:
+    """The ``memory`` event of the last request sent after event ``since`` (the stage's report)."""
+    for e in reversed(proxy.events()[since:]):
+        d = e.get("data") or {}
+        if e["type"] == "memory" and ("injected" in d or "skipped" in d) and "ingested" not in d \
+                and e.get("session") in (session, None):
+            return d
+    return {}
+
+
+def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict[str, Any], report: "ev.Report",
+                     max_questions: int | None = None, key: str | None = None, progress=None,
+                     replay: bool = True, ask: bool = True, remember_questions: bool = False) -> None:
+    """Replay one conversation through the proxy, wait until ingestion settled, ask its questions.
+    ``replay=False``: only the questions (the conversation was replayed already); ``ask=False``: only
+    the replay."""
+    conv = sample["conversation"]
+    cid = sample.get("sample_id", "conv")
+    key = key or ev.tenant_key(cid)
+    a = conv["speaker_a"]
+    messages: list[dict[str, Any]] = []
+    by_id: dict[str, str] = {}
+    for _date, turns in ev.sessions_of(conv):
+        for t in turns:
+            by_id[t["dia_id"]] = t["text"]
+            role = "user" if t["speaker"] == a else "assistant"
+            content = ev.turn_content(t)
+            if role == "assistant" and messages and replay:
+                upstream.reply = content
+                r = proxy.post(ev.body_of(messages), key, cid)
+                report.requests += 1
+                report.fallbacks += r.status_code != 200
+            messages.append({"role": role, "content": content})
+            report.turns += 1
+    qa = (sample["qa"][:max_questions] if max_questions else sample["qa"]) if ask else []
+    # As in the in-process eval, every question is asked against the conversation's memory alone: the
+    # upstream does not answer it (the proxy completes no turn and stores nothing of it). Answered
+    # (``remember_questions``), each question and the conversation's last message are stored, and the
+    # later questions find the earlier ones: what a person asking them in a row would get.
+    upstream.reply, upstream.drop = "", not remember_questions
+    for i, q in enumerate(qa):
+        proxy.settle(upstream.answered)
+        ev_ids = [e for e in q.get("evidence", []) if e in by_id]
+        report.missing_evidence += len(q.get("evidence", [])) - len(ev_ids)
+        if not ev_ids:
+            continue
+        mark = len(proxy.events())
+        before = len(upstream.bodies)
+        r = proxy.post(ev.body_of(messages + [{"role": "user", "content": q["question"]}]), key, cid)
+        report.requests += 1
+        report.fallbacks += remember_questions and r.status_code != 200
+        body = upstream.bodies[before] if len(upstream.bodies) > before else {}
+        text = request_text(body)
+        mem = _memory_event(proxy, mark, cid)
+        report.questions.append(ev.QuestionResult(
+            conversation=cid, category=int(q.get("category", 0)), evidence=len(ev_ids),
+            hits=sum(contains(text, by_id[e]) for e in ev_ids), trunc_hits=0, tokens=0, trunc_tokens=0,
+            full_tokens=0, injected=int(mem.get("injected") or 0), memory_tokens=int(mem.get("tokens") or 0),
+            reason=str(mem.get("skipped") or "")))
+        if progress and (i + 1) % 50 == 0:
+            progress(f"  live {cid}: {i + 1}/{len(qa)} questions, recall so far {report.recall():.3f}")
+
+
+def run(data: str | Path, limit: int | None = None, questions: int | None = None, conversation: str | None = None,
+        home: str | Path | None = None, memory: dict[str, Any] | None = None,
+        compaction: dict[str, Any] | None = None, shared_tenant: bool = False, progress=print,
+        profile_extra: str = "", window: int = ev.WINDOW, remember_questions: bool = False) -> "ev.Report":
+    """The LoCoMo eval through a live proxy (see the module docstring); the same selection and settings
+    as :func:`.eval_locomo.run`. With ``shared_tenant`` every conversation is replayed first (one tenant
+    holds them all), then every conversation's questions are asked."""
+    samples = ev.select_samples(ev.load(data), limit, conversation)
+    mem = {**ev.MEMORY, **(memory or {})}
+    comp = {**ev.COMPACTION, **(compaction or {})}
+    report = ev.Report(settings={"memory": mem, "compaction": comp, "window": window, "live": True,
+                                 "shared_tenant": shared_tenant})
+    t0 = time.perf_counter()
+    key = ev.SHARED_KEY if shared_tenant else None
+    with live_proxy(home, mem, comp, profile_extra, window) as (proxy, upstream):
+        if shared_tenant:  # everything stored first: each conversation's questions see all the others
+            for sample in samples:
+                run_conversation(proxy, upstream, sample, report, key=key, ask=False)
+        for sample in samples:
+            run_conversation(proxy, upstream, sample, report, questions, key=key, progress=progress,
+                             replay=not shared_tenant, remember_questions=remember_questions)
+            report.conversations += 1
+            if progress:
+                progress(f"live {sample.get('sample_id')}: recall so far {report.recall():.3f} "
+                         f"({len(report.questions)} questions, {time.perf_counter() - t0:.0f} s)")
+        report.dropped = sum(int((e.get("data") or {}).get("dropped") or 0) for e in proxy.events()
+                             if e["type"] == "memory")
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def side_by_side(inproc: "ev.Report", live: "ev.Report") -> str:
+    """Both recalls on the same questions, and how many questions differ (and which way)."""
+    key = lambda q: (q.conversation, q.category, q.evidence)  # noqa: E731
+    pairs = list(zip(inproc.questions, live.questions))
+    same = all(key(a) == key(b) for a, b in pairs) and len(inproc.questions) == len(live.questions)
+    lower = sum(b.hits < a.hits for a, b in pairs)
+    higher = sum(b.hits > a.hits for a, b in pairs)
+    convs = sorted({q.conversation for q in inproc.questions})
+    tenant = "one tenant for all" if live.settings.get("shared_tenant") else "one tenant per conversation"
+    return (f"\nLoCoMo in-process vs live proxy ({', '.join(convs)}; {len(pairs)} questions; {tenant}):\n"
+            f"  in-process recall {inproc.recall():.3f}   live recall {live.recall():.3f}   "
+            f"difference {live.recall() - inproc.recall():+.3f}\n"
+            f"  questions where live recalled less / more evidence: {lower} / {higher}"
+            f"{'' if same else ' (question lists differ!)'}; live: {live.requests:,} requests, "
+            f"{live.fallbacks} not answered 200, {live.dropped} items dropped, {live.seconds:.0f} s")

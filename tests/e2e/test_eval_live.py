@@ -1,0 +1,47 @@
+"""``contextwarden eval locomo --live``, small: the first sessions of one LoCoMo conversation replayed
+in-process and through a real proxy (``contextwarden run``, memory in its own process, a recording
+stand-in upstream) with the same profile, at a window small enough that compaction and memory do the
+work; the questions whose evidence lies in those sessions must recall the same evidence both ways."""
+
+from __future__ import annotations
+
+import json
+
+from contextwarden.memory import eval_live
+from contextwarden.memory import eval_locomo as ev
+from tests.conftest import EVAL_DIR, MODEL_DIR
+
+SESSIONS = 4
+QUESTIONS = 6
+WINDOW = 2048
+COMPACTION = {"summary_max_tokens": 200, "min_span_tokens": 200}
+
+
+def small_sample() -> dict:
+    """conv-30's first sessions, and the first questions whose evidence lies in them."""
+    sample = next(s for s in json.loads((EVAL_DIR / "locomo_dev.json").read_text()) if s["sample_id"] == "conv-30")
+    conv = {k: v for k, v in sample["conversation"].items() if not k.startswith("session_")}
+    ids = set()
+    for i in range(1, SESSIONS + 1):
+        conv[f"session_{i}"] = sample["conversation"][f"session_{i}"]
+        conv[f"session_{i}_date_time"] = sample["conversation"].get(f"session_{i}_date_time", "")
+        ids |= {t["dia_id"] for t in conv[f"session_{i}"]}
+    qa = [q for q in sample["qa"] if q.get("evidence") and all(e in ids for e in q["evidence"])][:QUESTIONS]
+    return {"sample_id": "conv-30", "conversation": conv, "qa": qa}
+
+
+def test_live_proxy_recalls_what_the_in_process_eval_recalls(tmp_path):
+    data = [small_sample()]
+    mem = {"model_dir": str(MODEL_DIR)}
+    inproc = ev.run(data, memory=mem, compaction=COMPACTION, window=WINDOW, progress=None, home=tmp_path / "inproc")
+    live = eval_live.run(data, memory=mem, compaction=COMPACTION, window=WINDOW, progress=None,
+                         home=tmp_path / "live")
+    assert len(live.questions) == len(inproc.questions) == QUESTIONS
+    assert live.fallbacks == 0 and live.dropped == 0
+    # the window is too small for the whole conversation: memory brought evidence back, live too
+    assert sum(q.injected for q in live.questions) > 0
+    assert [q.hits for q in live.questions] == [q.hits for q in inproc.questions], \
+        (eval_live.side_by_side(inproc, live), [(q.hits, q.injected, q.reason) for q in live.questions],
+         [(q.hits, q.injected, q.reason) for q in inproc.questions])
+    out = eval_live.side_by_side(inproc, live)
+    assert "difference +0.000" in out and "conv-30" in out
