@@ -373,11 +373,9 @@ def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: "_Prefix | None" = N
         return
     if todo:
         builds = [lambda m=msgs[i], edit=edits[i]: edited(m, edit) for i in todo]
-        # the edit, completely: the stub strings come from the session's records (the same objects
-        # every request, so their hashes are kept); an input stub is a dict, named by its JSON
-        keys = [tuple(sorted((k[0], k[1], v if isinstance(v, str) else orjson.dumps(v, option=orjson.OPT_SORT_KEYS))
-                             for k, v in edits[i].items())) for i in todo]
-        new = history.derive_all([(msgs[i], k, b) for i, k, b in zip(todo, keys, builds)])
+        # the edit, completely: the stubs by block (the stub strings come from the session's records,
+        # the same objects every request, so comparing them is a pointer compare)
+        new = history.derive_all([(msgs[i], edits[i], b) for i, b in zip(todo, builds)])
         for i, m in zip(todo, new):
             msgs[i] = m
 

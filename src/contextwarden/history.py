@@ -88,7 +88,7 @@ class Conversation:
         self.key = key
         self.last = Latest()
         self.entries: list[Typed] = []  # their typed entries
-        self.derived: dict[tuple, Typed] = {}  # (base bytes, edit key) -> the edited copy
+        self.derived: dict[bytes, tuple[Any, Typed]] = {}  # base message bytes -> (edit, the edited copy)
         self.slots: dict[Any, Carried] = {}  # stage key -> what it carries to the next request
         self.nbytes = 0
         self.checkpoints = Checkpoints(size=8)  # the validator's state at the end of recently checked bodies
@@ -188,7 +188,7 @@ class History:
         self.entries = entries
         self.derived: dict[int, Typed] = {}  # id(obj) -> entry of an edited copy made by derive
         self._index: dict[int, int] | None = None
-        self._used: dict[tuple, Typed] = {}  # the derived copies this request used, by (base bytes, edit key)
+        self._used: dict[bytes, tuple[Any, Typed]] = {}  # the edited copies this request used, by base bytes
         self.wire_entries: list | None = None  # per message of the rewrite, its entry or None (pipeline.wire_of)
         self.tokens_kept: Any = None  # (messages, per-message counts) of the original (pipeline.count_tokens)
 
@@ -238,31 +238,31 @@ class History:
         return out
 
     def derive_all(self, items: list[tuple[WireModel, Any, Callable[[], WireModel]]]) -> list[WireModel]:
-        """:meth:`derive` of each ``(base, key, build)``."""
+        """:meth:`derive` of each ``(base, edit, build)``."""
         conv = self.conv
         out = []
-        for base, key, build in items:
+        for base, edit, build in items:
             j = self.original_index(base)
             if j is None or conv is None:
                 out.append(build())
                 continue
-            k = (self.raws[j], key)
-            e = conv.derived.get(k) or self._used.get(k)
-            if e is None:
-                e = Typed(build())
-            self._used[k] = e
+            raw = self.raws[j]
+            got = self._used.get(raw) or conv.derived.get(raw)
+            e = got[1] if got is not None and got[0] == edit else Typed(build())
+            self._used[raw] = (edit, e)
             self.derived[id(e.obj)] = e
             out.append(e.obj)
         if conv is not None and self._used:
             conv.derived = dict(self._used)  # (only what the latest request used is kept)
         return out
 
-    def derive(self, base: WireModel, key: Any, build: Callable[[], WireModel]) -> WireModel:
-        """A new typed message equal to ``build()``: ``base`` (a prepared message) changed by an edit
-        ``key`` names completely (the same key always gives the same message). The conversation keeps
-        it with its wire form and bytes once known, so the next request that makes the same edit gets
-        the very same object back, not a copy to dump and validate again."""
-        return self.derive_all([(base, key, build)])[0]
+    def derive(self, base: WireModel, edit: Any, build: Callable[[], WireModel]) -> WireModel:
+        """A new typed message equal to ``build()``: ``base`` (a prepared message) changed by ``edit``
+        (a value that describes the change completely and compares with ``==``: the same edit always
+        gives the same message). The conversation keeps the latest edited copy of each message with its
+        wire form and bytes once known, so the next request that makes the same edit gets the very same
+        object back, not a copy to build, dump and validate again."""
+        return self.derive_all([(base, edit, build)])[0]
 
     def carried(self, key: Any) -> tuple[int, Any] | None:
         """``(n, value)`` the conversation's previous request left under ``key`` with :meth:`carry_on`
