@@ -9,9 +9,9 @@ whose first line says it is compressed, how much was kept and under which memory
 is kept::
 
     [contextwarden compressed this Bash result for pytest -q (errors, failures, warnings with context,
-    summary lines, head and tail kept; kept 9% of 48,210 characters; 131 of 1,650 lines). The whole
-    output is memory id m-0123456789abcdef: call mcp__contextwarden__recall with this id to get it back
-    verbatim, or re-run the tool.]
+    summary lines, head and tail kept; kept 9% of 48,210 characters; 131 of 1,650 lines); the whole
+    output is kept. Memory id m-0123456789abcdef: call mcp__contextwarden__recall with this id to get it
+    back verbatim, or re-run the tool.]
 
 **One record mechanism.** The decision is a clearing record (``kind: "compressed"``) in the session's
 clearing records (:mod:`contextwarden.plugins.clearing`), whose text is computed once: from the next

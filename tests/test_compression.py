@@ -22,7 +22,7 @@ from contextwarden.plugins import compression
 from .support import tool_outputs as T
 from .support.stages import Harness, settings_overrides
 
-MID = re.compile(r"memory id (m-[0-9a-f]{16})")
+MID = re.compile(r"Memory id (m-[0-9a-f]{16})")
 NUM = re.compile(r"\d[\d,]*")
 
 
@@ -218,7 +218,8 @@ def test_the_stage_compresses_at_first_sight_and_clearing_reapplies_it_byte_for_
     assert head.startswith(PREFIX + "Bash result for make -j8 (") and "kept 1% of 373,270 characters" in head
     mid = MID.search(head).group(1)
     assert mid == memory_id(log)
-    assert head.endswith(f"`contextwarden recall {mid}` prints it verbatim, or re-run the tool.]")
+    assert head.endswith(f"; the whole output is kept. Memory id {mid}: `contextwarden recall {mid}` prints it verbatim, "
+                         "or re-run the tool.]")  # the clearing stubs' wording
     assert all(e in first for e in errors)
     assert res["toolu_1"]["content"] == small  # small: untouched
     assert res["toolu_1"]["cache_control"] == {"type": "ephemeral"}  # fields kept
