@@ -51,7 +51,7 @@ def _append(ctx, text: str) -> None:
 
 def _runtime(tmp_path, slow: SlowStage) -> Runtime:
     overrides = {"pipeline": {"order": ["slow", "fast"], "stage_budget_ms": BUDGET_MS,
-                              "disabled": ["budget", "strip", "tagging", "clearing", "compaction", "recall", "memory"]},
+                              "disabled": ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory"]},
                  "memory": {"enabled": False}}
     home = tmp_path / "home"
     return Runtime(load_settings("claude-code", home, overrides=overrides), home, profile="claude-code", log=False,

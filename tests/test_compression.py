@@ -227,7 +227,8 @@ def test_the_stage_compresses_at_first_sight_and_clearing_reapplies_it_byte_for_
     [ev] = sent.events("compression")
     assert ev["compressed"] == 1 and ev["ids"] == [mid] and ev["tokens_after"] < ev["tokens_before"] // 10
     kept = [c for c in sent.ctx.notes["cleared"] if c.get("compressed")]
-    assert [(c["memory_id"], c["text"], c["new"]) for c in kept] == [(mid, log, True)]  # handed to recall's keep
+    assert [(c["memory_id"], c["text"]) for c in kept] == [(mid, log)]  # for automatic recall
+    assert ev["kept"] == 1  # handed to memory's originals by the stage itself
     # the next request: the model has read it; clearing's records put the same text back, byte for byte
     sent2 = h.send(ApiKind.ANTHROPIC, next_body(body))
     assert results_of(sent2.body)["toolu_0"]["content"] == first
@@ -346,7 +347,7 @@ def test_the_whole_output_is_kept_before_sending_and_recalled_byte_for_byte(cw_h
     sent = h.send(ApiKind.ANTHROPIC, body)
     res = results_of(sent.body)
     ids = [MID.search(res[f"toolu_{i}"]["content"].split("\n", 1)[0]).group(1) for i in range(len(outputs))]
-    assert [e for e in sent.events("recall") if e.get("kept")][0]["kept"] >= 4
+    assert sent.events("compression")[0]["kept"] == 4
     svc = memory_service.get_service(h.rt)
     got = svc.recall(ids, [sent.ctx.tenant])
     assert [it.text for it in got] == outputs  # verbatim
