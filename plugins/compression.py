@@ -87,6 +87,9 @@ def _tail(ctx, edits: dict) -> tuple[list[Slot], dict[str, bool]]:
     last = _last_assistant(ctx)
     if ctx.api is ApiKind.ANTHROPIC:
         return _tail_anthropic(ctx.request, last)
+    items = ctx.request.input if ctx.api is ApiKind.OPENAI_RESPONSES else ctx.request.messages
+    if not isinstance(items, list) or not any(role_of(it) == "tool" for it in items[last + 1:]):
+        return [], {}  # no new tool result: the history is not walked
     slots, _ = find_slots(ctx.api, ctx.request, edits)
     return [s for s in slots if s.index > last], {}
 
