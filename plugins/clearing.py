@@ -586,7 +586,6 @@ def _clear(ctx, decide: bool) -> None:
             if new and (prev := _compressed_gain(remembered.get(slot.id), slot)):
                 gain_r -= prev  # the compressed text it replaces freed that much already
                 cleared[:] = [c for c in cleared if c["tool_use_id"] != slot.id]
-                counts["results"] -= 1
         if rec.get("input_stub") is not None and input_allowed(slot) and _digest(_dumps(slot.tool_input)) == rec.get("ih"):
             slot.set_input(rec["input_stub"], edits)
             gain_i = rec["input_tokens"] - rec["input_stub_tokens"]
@@ -595,9 +594,11 @@ def _clear(ctx, decide: bool) -> None:
         freed += gain_r + gain_i
         if gain_r or rec.get("stub") is not None:
             by_index[slot.index] = by_index.get(slot.index, 0) + gain_r
-            counts["results"] += 1
+            mine = rec.get("kind") != COMPRESSED  # (a compression record: in notes, not in clearing's event)
+            counts["results"] += mine
             cleared.append({"tool_use_id": slot.id, "memory_id": rec.get("mid"), "tool": slot.tool, "input": slot.tool_input,
-                            "text": slot.text, "tokens": rec["tokens"], "message_index": slot.index, "new": new})
+                            "text": slot.text, "tokens": rec["tokens"], "message_index": slot.index, "new": new,
+                            **({} if mine else {"compressed": True})})
         if gain_i:
             by_index[slot.call_index] = by_index.get(slot.call_index, 0) + gain_i
             counts["inputs"] += 1
@@ -746,9 +747,14 @@ def _clear(ctx, decide: bool) -> None:
     if not cleared:
         return
     ctx.notes.setdefault("cleared", []).extend(cleared)
+    own = [c for c in cleared if not c.get("compressed")]
+    if not own:
+        return  # only compression records put back: the compression stage reports those
+    freed -= sum(c["tokens"] - remembered[c["tool_use_id"]]["stub_tokens"] for c in cleared
+                 if c.get("compressed") and c["tool_use_id"] in remembered)
     data: dict[str, Any] = dict(cleared=counts["results"], new=len(new_recs), tokens_freed=freed,
-                                tools=sorted({c["tool"] for c in cleared}),
-                                ids=[c["memory_id"] for c in cleared if c["new"] and c["memory_id"]],
+                                tools=sorted({c["tool"] for c in own}),
+                                ids=[c["memory_id"] for c in own if c["new"] and c["memory_id"]],
                                 tokens_before=total, level=str(ctx.notes.get("level") or "NORMAL"))
     if counts["inputs"]:
         data["inputs_cleared"] = counts["inputs"]

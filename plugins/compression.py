@@ -9,9 +9,9 @@ whose first line says it is compressed, how much was kept and under which memory
 is kept::
 
     [contextwarden compressed this Bash result for pytest -q (errors, failures, warnings with context,
-    summary lines, head and tail kept; kept 9% of 48,210 characters; 131 of 1,650 lines). The whole
-    output is memory id m-0123456789abcdef: call mcp__contextwarden__recall with this id to get it back
-    verbatim, or re-run the tool.]
+    summary lines, head and tail kept; kept 9% of 48,210 characters; 131 of 1,650 lines); the whole
+    output is kept. Memory id m-0123456789abcdef: call mcp__contextwarden__recall with this id to get it
+    back verbatim, or re-run the tool.]
 
 **One record mechanism.** The decision is a clearing record (``kind: "compressed"``) in the session's
 clearing records (:mod:`contextwarden.plugins.clearing`), whose text is computed once: from the next
@@ -21,8 +21,10 @@ with a stub). This stage re-applies a record only where clearing does not look: 
 the model's last message (the client re-sending the same request). :func:`cw_reapply` runs the very
 code :func:`cw_request` runs, deciding nothing.
 
-**Kept before sent.** The whole output goes into ``ctx.notes["cleared"]`` (``new``), which the
-``recall`` stage hands to memory's originals before the request goes upstream, as it does for clearing.
+**Kept before sent.** The whole output is handed to memory's originals (``MemoryService.keep``, the
+call the ``recall`` stage makes for clearing) before the request goes upstream, wherever the stage runs
+in the pipeline; when memory cannot take it, the result goes whole. ``ctx.notes["cleared"]`` lists the
+compressed results (not ``new``: already kept) for automatic recall.
 
 **Never compressed** (defaults): Edit / MultiEdit / Write / NotebookEdit results, a Read of a file the
 session has edited, a result flagged ``is_error``, tools outside ``compression.tools``, a result with
@@ -87,6 +89,9 @@ def _tail(ctx, edits: dict) -> tuple[list[Slot], dict[str, bool]]:
     last = _last_assistant(ctx)
     if ctx.api is ApiKind.ANTHROPIC:
         return _tail_anthropic(ctx.request, last)
+    items = ctx.request.input if ctx.api is ApiKind.OPENAI_RESPONSES else ctx.request.messages
+    if not isinstance(items, list) or not any(role_of(it) == "tool" for it in items[last + 1:]):
+        return [], {}  # no new tool result: the history is not walked
     slots, _ = find_slots(ctx.api, ctx.request, edits)
     return [s for s in slots if s.index > last], {}
 
@@ -170,6 +175,23 @@ def _text_chars(m: Any) -> int:
     return n
 
 
+def _keep(ctx, chosen: list[tuple[Slot, dict]]) -> list[str]:
+    """Hand the whole outputs to memory's originals under the ids their first lines name, before the
+    request is sent (a queue append: memory's keeper thread redacts and writes, and a recall waits for
+    what is pending), whatever place the stage has in the pipeline. [] when memory cannot take them."""
+    from contextwarden.memory import service as memory_service
+    from contextwarden.plugins.recall import _item
+
+    svc = memory_service.get_service(ctx.runtime)
+    if svc is None:
+        return []
+    try:
+        return svc.keep([_item(ctx, rec["mid"], s.text, s.index, s.tool, "tool_result") for s, rec in chosen], searchable=False)
+    except Exception as e:  # fail open: the results go whole
+        ctx.emit("error", where="compression", message=f"keeping originals: {type(e).__name__}: {e}", action="not compressed")
+        return []
+
+
 def _plain_text(content: Any) -> bool:
     """A result that is only text (a string, or text parts without a breakpoint of their own): one string
     can take its place without losing an image or a ``cache_control``."""
@@ -244,6 +266,13 @@ def _compress(ctx, decide: bool) -> None:
         applied.append((s, rec, True))
     if not applied:
         return
+    kept = _keep(ctx, [(s, rec) for s, rec, new in applied if new]) if new_recs else []
+    if new_recs and len(kept) < len(new_recs):
+        # memory could not take the whole outputs: none of this request's new decisions is made
+        applied = [(s, rec, new) for s, rec, new in applied if not new]
+        new_recs = {}
+        if not applied:
+            return
     for s, rec, _ in applied:
         s.set(rec["stub"], edits)
     _commit(ctx, edits)
@@ -261,9 +290,10 @@ def _compress(ctx, decide: bool) -> None:
         by_index[s.index] = by_index.get(s.index, 0) + rec["tokens"] - rec["stub_tokens"]
     ctx.notes["clearing"] = {**prev, "freed": int(prev.get("freed", 0)) + freed, "by_index": by_index}
     ctx.notes["cleared"] = list(ctx.notes.get("cleared") or []) + [
+        # ("new": False: kept here already, the recall stage does not keep it again)
         {"tool_use_id": s.id, "memory_id": rec["mid"], "tool": s.tool, "input": s.tool_input, "text": s.text,
-         "tokens": rec["tokens"], "message_index": s.index, "new": new, "compressed": True} for s, rec, new in applied]
+         "tokens": rec["tokens"], "message_index": s.index, "new": False, "compressed": True} for s, rec, new in applied]
     ctx.emit("compression", compressed=len(new_recs), reapplied=len(applied) - len(new_recs),
              tokens_before=sum(rec["tokens"] for _, rec, _ in applied), tokens_after=sum(rec["stub_tokens"] for _, rec, _ in applied),
              tools=sorted({s.tool for s, _, _ in applied}), kinds=sorted({rec.get("compressor", "") for _, rec, _ in applied}),
-             ids=[rec["mid"] for _, rec, new in applied if new])
+             ids=[rec["mid"] for _, rec, new in applied if new], kept=len(kept))

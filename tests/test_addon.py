@@ -93,7 +93,7 @@ def harness_factory(tmp_path):
 ONLY = """
 pipeline:
   order: [{stages}]
-  disabled: [budget, strip, tagging, memory, clearing, compaction, recall]
+  disabled: [budget, strip, tagging, memory, clearing, compression, compaction, recall]
   stage_budget_ms: {budget}
 """
 

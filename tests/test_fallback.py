@@ -319,7 +319,7 @@ def test_stripped_envelopes_stay_stripped_in_the_decided_state(cw_home):
     from .test_strip import anthropic_body
 
     sab = Saboteur()
-    overrides = {"pipeline": {"order": ["strip", "saboteur"], "disabled": ["budget", "tagging", "clearing", "compaction", "memory"],
+    overrides = {"pipeline": {"order": ["strip", "saboteur"], "disabled": ["budget", "tagging", "clearing", "compression", "compaction", "memory"],
                               "stage_budget_ms": 20_000, "adaptive_budgets": False},
                  "strip": {"rewrite_outgoing": True}, "memory": {"enabled": False}}
     rt = Runtime(load_settings("default", cw_home, overrides=overrides), cw_home, profile="default", log=False,

@@ -64,7 +64,7 @@ class Bench:
             o["compaction"] = {"protect_recent_turns": protect, "min_span_tokens": 50, "summary_max_tokens": summary}
             # tool outputs compressed at first sight, with small tiers so that the generated results reach them
             o["compression"] = {"enabled": True, "medium_chars": 1_000, "large_chars": 4_000, "min_keep_chars": 500,
-                                "min_gain": 0.05}
+                                "min_gain": 0.05, "never_tools": [], "keep_errors": False}
             s = self._settings[key] = load_settings("default", self.home, overrides=o)
         return s
 
@@ -161,4 +161,20 @@ def test_the_generated_examples_make_the_stages_fire(bench):
     """Guard against a vacuous property: over a fixed sample, both stages really rewrite bodies."""
     assert bench.stats["rewritten"] > 0
     assert bench.stats["clearing"] > 0 and bench.stats["compaction"] > 0, dict(bench.stats)
-    assert bench.stats["compression"] > 0, dict(bench.stats)
+
+
+def test_a_compressed_newest_result_is_valid_and_reapplied(bench):
+    """The compression stage on a fixed conversation whose newest result is a large log (the generated
+    ones reach it only now and then): valid bodies, this request and the next."""
+    from .support.tool_outputs import build_log
+
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "system": [{"type": "text", "text": "You are Claude Code."}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Fix the build."}]},
+                         {"role": "assistant", "content": [{"type": "thinking", "thinking": "Build first.", "signature": "EqQBsig"},
+                                                           {"type": "tool_use", "id": "toolu_hyp_big", "name": "Bash",
+                                                            "input": {"command": "make"}}]},
+                         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_hyp_big",
+                                                       "content": build_log()[0], "cache_control": {"type": "ephemeral"}}]}]}
+    before = bench.stats["compression"]
+    assert check_example(bench, (ApiKind.ANTHROPIC, body), 60_000, 1, 2, 0.9, 3000, 3000, "NORMAL") == []
+    assert bench.stats["compression"] == before + 1

@@ -22,7 +22,7 @@ from tests.support import tool_outputs as T
 from tests.support.proxy import ProxyProcess
 
 PREFIX = "[contextwarden compressed this "
-MID = re.compile(r"memory id (m-[0-9a-f]{16})")
+MID = re.compile(r"Memory id (m-[0-9a-f]{16})")
 KEY = "sk-ant-compression-e2e"
 SETTINGS = {
     "CONTEXTWARDEN_TOKENS__CALIBRATE": "false",

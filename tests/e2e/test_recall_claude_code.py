@@ -33,6 +33,7 @@ SETTINGS = {
     "CONTEXTWARDEN_CLEARING__MIN_RESULT_TOKENS": "500",
     "CONTEXTWARDEN_COMPACTION__ENABLED": "false",
     "CONTEXTWARDEN_MEMORY__INJECT": "false",  # what arrives is the tool's result, not injected memory
+    "CONTEXTWARDEN_COMPRESSION__ENABLED": "false",  # the files arrive whole, so that clearing is what takes them out
 }
 TOOL = "mcp__contextwarden__recall"
 STUB_ID = re.compile(r"Memory id (m-[0-9a-f]{16})")

@@ -53,6 +53,9 @@ SETTINGS = {
     "CONTEXTWARDEN_COMPACTION__TARGET": "0.45",
     "CONTEXTWARDEN_COMPACTION__PROTECT_RECENT_TURNS": "2",
     "CONTEXTWARDEN_COMPACTION__MIN_SPAN_TOKENS": "2000",
+    # the files arrive whole: these tests pin how clearing and compaction share the window (compressed at
+    # first sight, they would leave clearing too little to take, and compaction would come first)
+    "CONTEXTWARDEN_COMPRESSION__ENABLED": "false",
 }
 SOFT, HARD = int(0.60 * WINDOW), int(0.68 * WINDOW)
 

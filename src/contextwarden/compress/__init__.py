@@ -137,8 +137,8 @@ def header(c: Compressed, tool: str, tool_input: Any, original_chars: int, mid: 
     lines = ""
     if "lines" in c.facts and "kept_lines" in c.facts:
         lines = f"; {c.facts['kept_lines']:,} of {c.facts['lines']:,} lines"
-    return (f"{PREFIX}{what} ({WHAT[c.kind]}; kept {pct}% of {original_chars:,} characters{lines}). "
-            f"The whole output is memory id {mid}: {way_back(mid, how)}.]")
+    return (f"{PREFIX}{what} ({WHAT[c.kind]}; kept {pct}% of {original_chars:,} characters{lines}); the whole "
+            f"output is kept. Memory id {mid}: {way_back(mid, how)}.]")
 
 
 def render(c: Compressed, tool: str, tool_input: Any, original_chars: int, mid: str, how: str = "") -> str:
