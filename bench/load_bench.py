@@ -15,7 +15,16 @@ Printed: completed and error counts per phase, byte-identity of every streamed r
 client read through the proxy against what the stand-in wrote for that request), time to first byte
 p50/p99 and the added p50/p99, throughput and its ratio, fall-backs (a request forwarded as the client's
 original because a stage ran past its budget), RSS of the proxy and of its memory process over time,
-ingestion dropped / pending, and how long SIGTERM took to stop the proxy afterwards.
+ingestion dropped / pending, and how long SIGTERM took to stop the proxy afterwards; CPU time per
+proxied request of the proxy and of its memory process (steadier than latency on a shared machine).
+
+    --plain              also through plain mitmdump (streaming, no contextwarden): mitmproxy's own share
+    --py-spy FILE        py-spy record of the proxy during the load (collapsed stacks; --py-spy-gil: only
+                         the thread holding the interpreter lock, i.e. where its CPU goes)
+    --set KEY=VALUE      a proxy setting for the run (pipeline.switch_interval_ms=5 ...)
+
+A fall-back is a request that went out without its new work (the forward event's ``fallback``:
+the session's decided state, or the client's original), because a stage ran past its budget or failed.
 """
 
 from __future__ import annotations

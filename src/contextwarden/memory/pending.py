@@ -29,6 +29,7 @@ class PendingTable:
         self._db.execute("CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER, "
                          "info BLOB, items BLOB)")
         self._lock = threading.Lock()
+        self._closed = False
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM pending").fetchone()
         self.rows, self.items = int(row[0]), int(row[1])
         self.recovered = self.items  # left by the previous run
@@ -79,8 +80,11 @@ class PendingTable:
                 for rid, k, info, blob in out]
 
     def done(self, ids: list[int]) -> None:
-        """Submissions stored (or failed for good): removed."""
+        """Submissions stored (or failed for good): removed. After close (a batch that outlived the
+        shutdown's budget), nothing: its rows are stored again at the next start (deduplicated)."""
         with self._lock:
+            if self._closed:
+                return
             for rid in ids:
                 self._taken.discard(rid)
                 row = self._db.execute("DELETE FROM pending WHERE id = ? RETURNING n", (rid,)).fetchone()
@@ -95,4 +99,5 @@ class PendingTable:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()

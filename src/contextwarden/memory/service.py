@@ -343,23 +343,34 @@ class MemoryService:
 
     def close(self) -> None:
         self.closed = True
+        took: list[tuple[str, float]] = []  # where a shutdown's seconds went (the memory process logs it)
+
+        def step(name: str, fn, *a) -> None:
+            t = time.monotonic()
+            try:
+                fn(*a)
+            finally:
+                took.append((name, time.monotonic() - t))
+
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(30)
+            step("start thread", self._thread.join, 30)
         try:
-            self.flush_kept(30)
+            step("originals", self.flush_kept, 30)
             if self.ingestor is not None:
-                self.ingestor.close(self.settings.memory.shutdown_flush_s if self.separate else 10)
-            self.save_lexical(flush=False)
+                step("ingestion", self.ingestor.close, self.settings.memory.shutdown_flush_s if self.separate else 10)
+            step("lexical", self.save_lexical, False)
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             if self.ingestor is not None and self.ingestor.journal is not None:
                 self.ingestor.journal.close()
             if self.store is not None:
-                self.store.close()
+                step("store", self.store.close)
             if self.embedder is not None:
                 self.embedder.close()
             if self.originals is not None:
                 self.originals.close()
+            if self.separate:
+                print("contextwarden memory: close: " + ", ".join(f"{n} {t:.1f} s" for n, t in took), file=sys.stderr)
 
     # --- work ---------------------------------------------------------------------------------------
     def submit(self, items, **info) -> bool:
