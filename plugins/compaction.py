@@ -266,11 +266,11 @@ def folds_line(folds: list, ctx) -> str:
     return f"\n\nThe compacted messages are kept whole under memory id {ids}: {back} to read them verbatim."
 
 
-def working_appendix(ctx, cfg, orig: list, lead: int, end: int) -> str:
-    """The working set's results (:mod:`contextwarden.workingset`, over the whole history) that the span
-    ``lead..end`` folds, verbatim, for the summary: the model copies its next Edit's ``old_string`` from
-    the files it is working with. Empty when ``compaction.working_set_tokens`` is 0 or none is folded."""
-    budget = getattr(cfg, "working_set_tokens", 0)
+def working_appendix(ctx, budget: int, orig: list, lead: int, end: int) -> str:
+    """The working set's results (:mod:`contextwarden.workingset`, over the whole history, within
+    ``budget`` tokens) that the span ``lead..end`` folds, verbatim, for the summary: the model copies
+    its next Edit's ``old_string`` from the files it is working with. Empty when the budget is 0
+    (``compaction.working_set_tokens``, at most a quarter of the target) or none is folded."""
     if budget <= 0:
         return ""
     from contextwarden.workingset import WORKING_HEAD, Call, path_of, working_set
@@ -425,6 +425,7 @@ def _compact(ctx, decide: bool) -> None:
     tokens = rt.tokens
     level = ctx.notes.get("level")
     soft, hard, target, protect = effective(cfg, level, ctx.settings.tokens.context_window)
+    ws_budget = min(max(0, getattr(cfg, "working_set_tokens", 0)), target // 4)  # (a small window keeps less)
     key = session_key(ctx)
     now = time.time()
     store = state_cache(rt)
@@ -480,7 +481,7 @@ def _compact(ctx, decide: bool) -> None:
         prev_summary = int(active["summary_tokens"]) if active else 0
         # (the files a summary keeps verbatim count at most their budget: cut deeper for them, or the
         # request lands above the target and compacts again soon, re-writing the cache each time)
-        est_summary = min(cfg.summary_max_tokens, 400 + prev_summary) + max(0, getattr(cfg, "working_set_tokens", 0))
+        est_summary = min(cfg.summary_max_tokens, 400 + prev_summary) + ws_budget
         limits = [_protected_start(api, orig, protect)]
         if t_now > hard:
             # past hard, protection gives way step by step (one long autonomous turn can fill the window):
@@ -553,7 +554,7 @@ def _compact(ctx, decide: bool) -> None:
         folds = list((active or {}).get("folds") or []) + [[memory_id(folded), start, end - 1]]
         ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
         head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
-        text = head + folds_line(folds, ctx) + working_appendix(ctx, cfg, orig, lead, end) + ("\n\n" + rest if rest else "")
+        text = head + folds_line(folds, ctx) + working_appendix(ctx, ws_budget, orig, lead, end) + ("\n\n" + rest if rest else "")
         decision = {"lead": lead, "end": end, "hash": spans.at(end), "summary": text,
                     "folds": folds, "sections": summary.sections,
                     "messages": summary.messages, "source_tokens": summary.source_tokens,
