@@ -221,7 +221,7 @@ def main() -> int:
         for line in m.misses if args.misses else ():
             print("  miss " + line)
 
-    print("| trace | lost edit sources / refs | (a) by the stub's id | (b) search top 3 | (c) auto-recall put back next request | held anywhere next request | recall tokens | recall cost | ids named back whole |")
+    print("| trace | lost edit sources / refs | (a) by the stub's id | (b) search top 3 | (c) auto-recall put back next request | held anywhere next request | recall tokens | recall cost | ids named found (byte for byte) |")
     print("| --- | --- | --- | --- | --- | --- | ---: | ---: | --- |")
     for name, t, fid, m, named, found, exact, rtok, usd in rows:
         a = pct(m.by_id["source found"] + m.by_id["ref found"], m.by_id["source lost"] + m.by_id["ref lost"])
@@ -229,7 +229,7 @@ def main() -> int:
                 m.by_search["source lost"] + m.by_search["ref lost"]) if m.search else "-"
         print(f"| {name} | {fid['sources_lost']} / {fid['refs_lost']} | {a} | {b} | {pct(fid['back'], fid['back_of'])} "
               f"| {pct(fid['present'], fid['back_of'])} | {rtok:,} | ${usd:.2f} ({100 * usd / max(1e-9, t['cost_ours']):.2f}%) "
-              f"| {exact}/{named} |")
+              f"| {found}/{named} ({exact}) |")
     return 0
 
 

@@ -68,7 +68,6 @@ from contextwarden.conversation import (
     transcript,
 )
 from contextwarden.history import session_key
-from contextwarden.workingset import budget_in
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
 from contextwarden.sessionctl import ledger as session_ledger
@@ -271,13 +270,11 @@ def folds_line(folds: list, ctx) -> str:
     return f"\n\nThe compacted messages are kept whole under memory id {ids}: {back} to read them verbatim."
 
 
-def working_appendix(ctx, cfg, orig: list, lead: int, end: int) -> str:
-    """The working set's results (:mod:`contextwarden.workingset`, over the whole history) that the span
-    ``lead..end`` folds, verbatim, for the summary: the model copies its next Edit's ``old_string`` from
-    the files it is working with. Empty when ``compaction.working_set_tokens`` is 0 or none is folded."""
-    from contextwarden.workingset import WORKING_HEAD, Call, budget_in, path_of, working_set
-
-    budget = budget_in(getattr(cfg, "working_set_tokens", 0), ctx.settings.tokens.context_window)
+def working_appendix(ctx, budget: int, orig: list, lead: int, end: int) -> str:
+    """The working set's results (:mod:`contextwarden.workingset`, over the whole history, within
+    ``budget`` tokens) that the span ``lead..end`` folds, verbatim, for the summary: the model copies
+    its next Edit's ``old_string`` from the files it is working with. Empty when the budget is 0
+    (``compaction.working_set_tokens``, at most a quarter of the target) or none is folded."""
     if budget <= 0:
         return ""
 
@@ -425,6 +422,7 @@ def _compact(ctx, decide: bool) -> None:
     tokens = rt.tokens
     level = ctx.notes.get("level")
     soft, hard, target, protect = effective(cfg, level, ctx.settings.tokens.context_window)
+    ws_budget = min(max(0, getattr(cfg, "working_set_tokens", 0)), target // 4)  # (a small window keeps less)
     key = session_key(ctx)
     now = time.time()
     store = state_cache(rt)
@@ -486,7 +484,7 @@ def _compact(ctx, decide: bool) -> None:
         prev_summary = int(active["summary_tokens"]) if active else 0
         # (the files a summary keeps verbatim count at most their budget: cut deeper for them, or the
         # request lands above the target and compacts again soon, re-writing the cache each time)
-        est_summary = min(cfg.summary_max_tokens, 400 + prev_summary) + budget_in(getattr(cfg, "working_set_tokens", 0), ctx.settings.tokens.context_window)
+        est_summary = min(cfg.summary_max_tokens, 400 + prev_summary) + ws_budget
         limits = [_protected_start(api, orig, protect)]
         if t_now > hard:
             # past hard, protection gives way step by step (one long autonomous turn can fill the window):
@@ -561,7 +559,7 @@ def _compact(ctx, decide: bool) -> None:
         folds = list((active or {}).get("folds") or []) + [[memory_id(folded), start, end - 1]]
         ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
         head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
-        text = head + folds_line(folds, ctx) + working_appendix(ctx, cfg, orig, lead, end) + ("\n\n" + rest if rest else "")
+        text = head + folds_line(folds, ctx) + working_appendix(ctx, ws_budget, orig, lead, end) + ("\n\n" + rest if rest else "")
         decision = {"lead": lead, "end": end, "hash": spans.at(end), "summary": text,
                     "folds": folds, "sections": summary.sections,
                     "messages": summary.messages, "source_tokens": summary.source_tokens,

@@ -15,10 +15,10 @@ def test_terms_hold_the_fidelity_measures_references():
 
 
 def test_a_term_is_held_as_a_token_not_as_part_of_a_longer_one():
-    lost = [Lost("m-aaaaaaaaaaaaaaaa", 'routes: live "/chat", ChatLive\n', 3, "Edit", {"file_path": "lib/router.ex"})]
+    lost = [Lost("m-a1a1a1a1a1a1a1a1", 'routes: live "/chat", ChatLive\n', 3, "Edit", {"file_path": "lib/router.ex"})]
     kept = Kept([{"role": "user", "content": "synced /chat-history/x.jsonl"}])
     answer = read_answer({"role": "assistant", "content": "The /chat route is the one to change."})
-    assert [(f.lost.memory_id, f.why, f.ref) for f in find(answer, lost, kept, set())] == [("m-aaaaaaaaaaaaaaaa", "term", "/chat")]
+    assert [(f.lost.memory_id, f.why, f.ref) for f in find(answer, lost, kept, set())] == [("m-a1a1a1a1a1a1a1a1", "term", "/chat")]
     # held for real: nothing to bring back
     held = Kept([{"role": "user", "content": "the /chat route"}])
     assert find(answer, lost, held, set()) == []

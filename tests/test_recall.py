@@ -27,7 +27,7 @@ MCP_TOOL = {"name": "mcp__contextwarden__recall", "description": "recall", "inpu
 def harness(home, memory: bool = True, **mem) -> Harness:
     stages = ["strip", "clearing", "compaction", "recall"] + (["memory"] if memory else [])
     o = settings_overrides(window=200_000, stages=stages,
-                           # (no working set: these tests recall what clearing took; the working set's policy has its own)
+                           # (recall's mechanics: the working set, which would keep the Reads, has its own tests)
                            clearing={"trigger_tokens": 8000, "clear_at_least": 1000, "keep_recent": 2, "working_set_tokens": 0},
                            compaction={"enabled": False}, memory={"inject": False, **mem} if memory else {})
     h = Harness(home, overrides=o)

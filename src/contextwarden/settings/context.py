@@ -123,7 +123,8 @@ class CompactionSection(Section):
     working_set_tokens: int = 0
     """The files being edited (:mod:`contextwarden.workingset`: per file an Edit changed, its latest Read
     and the Edit results since, the most recently touched files first, up to this many tokens) that a
-    compaction folds are kept verbatim in its summary message; the cut goes that much deeper. 0: off."""
+    compaction folds are kept verbatim in its summary message; the cut goes that much deeper. At most a
+    quarter of ``target`` (of the window). 0: off."""
 
     summary_breakpoint: bool = True
     """Put a ``cache_control`` breakpoint on the summary when the body has fewer than 4, so the compacted
