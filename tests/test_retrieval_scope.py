@@ -87,3 +87,20 @@ def test_words_common_in_the_current_session_are_pruned_there():
     assert lex.prune_common(q, ["t-a"], 0.2) == q
     assert lex.prune_common(q, ["t-a"], 0.2, session="cur") == "What did say about topic7?"
     assert lex.df_ratio("caroline", ["t-a"], "cur") == (1.0, 60)
+
+
+def test_session_vectors_follow_what_the_session_stores(crowded):
+    from contextwarden.memory.scope import SessionVectors
+
+    st, lex, _ = crowded
+    sv = SessionVectors(st)
+    q = embedder()(["a holiday in Lisbon"])[0]
+    first = sv.rank(lex, ["t-a"], "cur", q, 10)
+    assert {it.session for it, _ in first} == {"cur"} and len(first) == 2
+    later = item("Next summer we spend a holiday in Lisbon by the sea.", session="cur", turn=2)
+    st.add([later])
+    lex.add([later])
+    again = sv.rank(lex, ["t-a"], "cur", q, 10)
+    assert len(again) == 3 and again[0][0].text == later.text  # the kept matrix grew by the new item
+    sims = dict((it.id, s) for it, s in st.vector_query("", ["t-a"], 50, query_embedding=q))
+    assert again[0][1] == pytest.approx(sims[later.id], abs=1e-4)  # the same similarity Chroma gives

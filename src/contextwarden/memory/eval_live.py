@@ -118,18 +118,14 @@ class LiveProxy:
         except OSError:
             return ""
 
-    def events(self) -> list[dict]:
-        out = []
+    def events(self) -> list:
+        """The proxy's events so far (:class:`~contextwarden.events.Event`)."""
+        from ..events import read_log
+
         try:
-            with open(self.events_path, "rb") as f:
-                for line in f:
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        continue
+            return read_log(self.events_path)
         except FileNotFoundError:
-            pass
-        return out
+            return []
 
     def _wait_started(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -140,7 +136,7 @@ class LiveProxy:
                 m = _LISTENING.search(self.output())
                 if m:
                     self.port = int(m.group(1))
-            if self.port is not None and any(e["type"] == "memory_status" and (e.get("data") or {}).get("status")
+            if self.port is not None and any(e.type == "memory_status" and e.data.get("status")
                                              for e in self.events()):
                 return
             time.sleep(0.1)
@@ -175,7 +171,7 @@ class LiveProxy:
         """Wait until the proxy completed ``turns`` turns (each hands its items to the memory process
         before its ``turn`` event) and the memory process stored everything it was handed."""
         deadline = time.monotonic() + timeout
-        while sum(e["type"] == "turn" for e in self.events()) < turns:
+        while sum(e.type == "turn" for e in self.events()) < turns:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"the proxy completed fewer than {turns} turns:\n{self.output()[-2000:]}")
             time.sleep(0.05)
@@ -220,9 +216,9 @@ def live_proxy(home: str | Path | None, memory: dict[str, Any], compaction: dict
 def _memory_event(proxy: LiveProxy, since: int, session: str) -> dict:
     """The ``memory`` event of the last request sent after event ``since`` (the stage's report)."""
     for e in reversed(proxy.events()[since:]):
-        d = e.get("data") or {}
-        if e["type"] == "memory" and ("injected" in d or "skipped" in d) and "ingested" not in d \
-                and e.get("session") in (session, None):
+        d = e.data
+        if e.type == "memory" and ("injected" in d or "skipped" in d) and "ingested" not in d \
+                and e.session in (session, None):
             return d
     return {}
 
@@ -305,8 +301,7 @@ def run(data: str | Path, limit: int | None = None, questions: int | None = None
             if progress:
                 progress(f"live {sample.get('sample_id')}: recall so far {report.recall():.3f} "
                          f"({len(report.questions)} questions, {time.perf_counter() - t0:.0f} s)")
-        report.dropped = sum(int((e.get("data") or {}).get("dropped") or 0) for e in proxy.events()
-                             if e["type"] == "memory")
+        report.dropped = sum(int(e.data.get("dropped") or 0) for e in proxy.events() if e.type == "memory")
     report.seconds = time.perf_counter() - t0
     return report
 
