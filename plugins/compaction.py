@@ -277,6 +277,7 @@ def working_appendix(ctx, budget: int, orig: list, lead: int, end: int) -> str:
     (``compaction.working_set_tokens``, at most a quarter of the target) or none is folded."""
     if budget <= 0:
         return ""
+    from contextwarden.workingset import WORKING_HEAD, Call, path_of, working_set
 
     api, n = ctx.api, len(orig)
     calls: list[Call] = []

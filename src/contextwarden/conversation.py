@@ -338,7 +338,9 @@ def transcript(api: ApiKind, msgs: list[Any], calls: dict[str, ToolCall] | None 
                 txt = "\n".join(s.get("text", "") for s in summ if isinstance(s, dict)) if isinstance(summ, list) else ""
                 out.append(Turn("assistant", [Part("thinking", txt)]))
             else:
-                out.append(Turn("assistant" if t in _RESPONSES_ASSISTANT_TYPES else "user", [Part("other", "")]))
+                from .dialects.responses import ASSISTANT_TYPES  # (the dialect imports this module)
+
+                out.append(Turn("assistant" if t in ASSISTANT_TYPES else "user", [Part("other", "")]))
             continue
         role = str(m.get("role", "user"))
         c = m.get("content")
