@@ -351,26 +351,34 @@ class MemoryService:
                 fn(*a)
             finally:
                 took.append((name, time.monotonic() - t))
+                if self.separate:
+                    print(f"contextwarden memory: close: {name} {took[-1][1]:.1f} s", file=sys.stderr, flush=True)
+
+        # in the memory process, originals still being written and ingestion share one budget (what
+        # ingestion leaves stays pending for the next start; the turn's items carry the same texts)
+        flush_s = self.settings.memory.shutdown_flush_s if self.separate else None
+        end = None if flush_s is None else time.monotonic() + flush_s
+
+        def left(default: float) -> float:
+            return default if end is None else max(0.5, end - time.monotonic())
 
         if self._thread is not None and self._thread is not threading.current_thread():
-            step("start thread", self._thread.join, 30)
+            step("start thread", self._thread.join, left(30))
         try:
-            step("originals", self.flush_kept, 30)
+            step("originals", self.flush_kept, left(30))
             if self.ingestor is not None:
-                step("ingestion", self.ingestor.close, self.settings.memory.shutdown_flush_s if self.separate else 10)
+                step("ingestion", self.ingestor.close, left(10))
             step("lexical", self.save_lexical, False)
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             if self.ingestor is not None and self.ingestor.journal is not None:
                 self.ingestor.journal.close()
             if self.store is not None:
-                step("store", self.store.close)
+                step("store", self.store.close, None if end is None else left(1.0))
             if self.embedder is not None:
                 self.embedder.close()
             if self.originals is not None:
                 self.originals.close()
-            if self.separate:
-                print("contextwarden memory: close: " + ", ".join(f"{n} {t:.1f} s" for n, t in took), file=sys.stderr)
 
     # --- work ---------------------------------------------------------------------------------------
     def submit(self, items, **info) -> bool:

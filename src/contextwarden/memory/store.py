@@ -233,12 +233,20 @@ class MemoryStore:
             self._open()
         return self.available
 
-    def close(self) -> None:
-        """Release Chroma and the writer lock. The store is unusable afterwards."""
-        with self._lock:
+    def close(self, timeout: float | None = None) -> None:
+        """Release Chroma and the writer lock. The store is unusable afterwards. ``timeout``: how long to
+        wait for a write in progress (an ingestion batch embedding holds the store); past it, the store
+        is only marked closed and Chroma is left to the process's exit (the memory process, exiting)."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            self._closed = True
+            self.available = False
+            return
+        try:
             self._closed = True
             self.available = False
             self._release()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "MemoryStore":
         return self
