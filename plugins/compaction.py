@@ -252,8 +252,13 @@ def folded_text(turns, first: int) -> str:
             if p.kind in ("text", "thinking") and p.text:
                 lines.append(p.text)
             elif p.kind == "tool_use":
-                lines.append(f"[tool call {p.tool or '?'} {p.tool_id or ''}] "
-                             + orjson.dumps(p.tool_input, default=str).decode())
+                # multi-line string values (a Write's content, an Edit's strings) verbatim under the call,
+                # not JSON-escaped: recalled, they read as the file did (the model copies from them)
+                inp = p.tool_input
+                long = {k: v for k, v in inp.items() if isinstance(v, str) and "\n" in v} if isinstance(inp, dict) else {}
+                small = {k: v for k, v in inp.items() if k not in long} if long else inp
+                lines.append(f"[tool call {p.tool or '?'} {p.tool_id or ''}] " + orjson.dumps(small, default=str).decode())
+                lines.extend(f"[{k}]\n{v}" for k, v in long.items())
             elif p.kind == "tool_result":
                 lines.append(f"[tool result {p.tool or '?'} {p.tool_id or ''}{' error' if p.is_error else ''}]\n{p.text}")
         out.append("\n".join(lines))

@@ -79,7 +79,8 @@ def test_memory_documents_are_sealed_and_still_found_by_meaning(cw_home, tmp_pat
 def test_session_decisions_are_sealed_in_the_state_file(cw_home, key):
     h = Harness(cw_home, overrides=settings_overrides(window=50_000, stages=["clearing"],
                                                       clearing={"trigger_tokens": 3000, "keep_recent": 1,
-                                                                "clear_at_least": 500, "min_result_tokens": 100}))
+                                                                "clear_at_least": 500, "min_result_tokens": 100,
+                                                                "working_set_tokens": 0}))  # (the Reads cleared)
     body = anthropic_tool_loop(6, result_words=300)
     sent = h.send(ApiKind.ANTHROPIC, body)
     assert sent.changed and sent.events("clearing")

@@ -293,6 +293,7 @@ def test_observe_style_inject_off_still_ingests(tmp_path):
 
 
 def test_cleared_tool_results_are_findable_by_the_id_their_stub_names(tmp_path):
+    # (the working set, which keeps recent Reads, has its own tests: this one is about what memory stores)
     extra = "clearing: {trigger_tokens: 500, clear_at_least: 100, keep_recent: 1, min_result_tokens: 50, working_set_tokens: 0}\n"
     rp = replayer(tmp_path, extra, window=200_000)
     try:

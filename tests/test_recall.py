@@ -180,6 +180,10 @@ def test_every_compaction_names_the_id_of_the_messages_it_folded(cw_home):
     h = Harness(cw_home, overrides=o)
     assert memory_service.get_service(h.rt).wait_ready(120)
     body = anthropic_tool_loop(6, result_words=150, thinking=False)
+    write = {"type": "tool_use", "id": "toolu_w", "name": "Write",
+             "input": {"file_path": "docs/HOOKS.md", "content": "# Git Hooks\n\n## Active hooks\n- pre-commit: redact\n"}}
+    body["messages"][1]["content"].append(write)
+    body["messages"][2]["content"].append({"type": "tool_result", "tool_use_id": "toolu_w", "content": "File created"})
     sent = h.send(ApiKind.ANTHROPIC, body)
     comp = [e for e in sent.events("compaction") if e.get("applied")]
     assert comp, sent.events("compaction")
@@ -200,6 +204,8 @@ def test_every_compaction_names_the_id_of_the_messages_it_folded(cw_home):
                 assert b["content"] in text
             elif b["type"] == "text":
                 assert b["text"] in text
+    # a Write's multi-line content reads as the file did, not JSON-escaped
+    assert '[tool call Write toolu_w] {"file_path":"docs/HOOKS.md"}\n[content]\n' + write["input"]["content"] in text
     h.close()
 
 

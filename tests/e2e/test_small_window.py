@@ -46,6 +46,7 @@ SETTINGS = {
     "CONTEXTWARDEN_CLEARING__CLEAR_AT_LEAST": "6000",
     "CONTEXTWARDEN_CLEARING__MIN_RESULT_TOKENS": "500",
     "CONTEXTWARDEN_CLEARING__CLEAR_TOOL_INPUTS": "true",  # the SDK conversations write whole files
+    "CONTEXTWARDEN_CLEARING__WORKING_SET_TOKENS": "0",  # (the working set has its own tests)
     "CONTEXTWARDEN_COMPACTION__ENABLED": "true",
     "CONTEXTWARDEN_COMPACTION__SUMMARISER": "extractive",
     "CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD": "0.60",
@@ -56,6 +57,7 @@ SETTINGS = {
     # the files arrive whole: these tests pin how clearing and compaction share the window (compressed at
     # first sight, they would leave clearing too little to take, and compaction would come first)
     "CONTEXTWARDEN_COMPRESSION__ENABLED": "false",
+    "CONTEXTWARDEN_COMPACTION__WORKING_SET_TOKENS": "0",
 }
 SOFT, HARD = int(0.60 * WINDOW), int(0.68 * WINDOW)
 
