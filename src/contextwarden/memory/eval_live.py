@@ -241,7 +241,7 @@ def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict
             role = "user" if t["speaker"] == a else "assistant"
             content = ev.turn_content(t)
             if role == "assistant" and messages and replay:
-                upstream.reply = content
+                upstream.reply, upstream.drop = content, False
                 r = proxy.post(ev.body_of(messages), key, cid)
                 report.requests += 1
                 report.fallbacks += r.status_code != 200
