@@ -103,6 +103,8 @@ class LiveProxy:
         self.home = home
         self.events_path = home / "logs" / "events.jsonl"
         home.mkdir(parents=True, exist_ok=True)
+        self._events: list = []
+        self._offset = 0
         cmd = [sys.executable, "-m", "contextwarden", "run", "--home", str(home), "--profile", str(profile),
                "--port", "0", "--mode", f"reverse:{upstream}", "--confdir", str(home / "mitmproxy")]
         self._out = open(home / "proxy.out", "wb")
@@ -119,13 +121,26 @@ class LiveProxy:
             return ""
 
     def events(self) -> list:
-        """The proxy's events so far (:class:`~contextwarden.events.Event`)."""
-        from ..events import read_log
+        """The proxy's events so far (:class:`~contextwarden.events.Event`), read incrementally: the log
+        grows by thousands of events per conversation and is read at every question."""
+        import orjson
+
+        from ..events import Event
 
         try:
-            return read_log(self.events_path)
+            with open(self.events_path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
         except FileNotFoundError:
             return []
+        end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next read
+        for line in chunk[:end].splitlines():
+            try:
+                self._events.append(Event.from_dict(orjson.loads(line)))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+        self._offset += end
+        return self._events
 
     def _wait_started(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -201,7 +216,9 @@ def live_proxy(home: str | Path | None, memory: dict[str, Any], compaction: dict
     with tempfile.TemporaryDirectory(prefix="cw-eval-live-") as tmp:
         base = Path(home) if home else Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
-        profile = write_profile(base / "eval-locomo.yaml", window, memory, compaction, profile_extra)
+        # one event log for the whole run (the driver counts its turn events; rotation would hide some)
+        extra = "log: {events_max_mb: 100000}\n" + profile_extra
+        profile = write_profile(base / "eval-locomo.yaml", window, memory, compaction, extra)
         upstream = RecordingUpstream()
         try:
             proxy = LiveProxy(base / "home", profile, upstream.url)
@@ -241,7 +258,7 @@ def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict
             role = "user" if t["speaker"] == a else "assistant"
             content = ev.turn_content(t)
             if role == "assistant" and messages and replay:
-                upstream.reply = content
+                upstream.reply, upstream.drop = content, False
                 r = proxy.post(ev.body_of(messages), key, cid)
                 report.requests += 1
                 report.fallbacks += r.status_code != 200
