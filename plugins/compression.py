@@ -255,8 +255,8 @@ def _compress(ctx, decide: bool) -> None:
             lazy["how"] = recall_wording(ctx, state, key)
         mid = memory_id(text)
         # the record is stored with the session: no secret in it (memory keeps the original redacted too)
-        got = type(got)(redact_text(got.body), got.kind, got.facts)
-        new = render(got, s.tool, s.tool_input, len(text), mid, lazy["how"])
+        # the first line names the tool's input (a command can hold a token): the whole text is redacted
+        new = redact_text(render(got, s.tool, s.tool_input, len(text), mid, lazy["how"]))
         toks, new_toks = _result_tokens(ctx, s, lazy), count(new)
         if new_toks >= toks:
             continue
