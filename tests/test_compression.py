@@ -361,3 +361,38 @@ def test_limits_come_from_the_profile(cw_home):
     assert results_of(sent.body)["toolu_0"]["content"] == log  # under large_chars and no clean-up tier
     assert compression.limits_of(h.rt.settings.compression) == Limits(medium_chars=500_000, large_chars=500_000)
     h.close()
+
+
+def test_a_pinned_result_is_not_compressed_and_each_compression_is_a_version_rollback_undoes(cw_home):
+    """The user's controls reach the compression stage as they reach clearing: a pinned result stays
+    whole, a compression is a numbered version of the session, and rolling it back sends the whole
+    output again (the record lives in clearing's namespace, which rollback turns off)."""
+    from contextwarden.history import session_key
+    from contextwarden.sessionctl import commands
+
+    h = harness(cw_home)
+    log, errors = T.build_log()
+    other = log[:60_000].replace("error", "failure")  # (with it whole, the restored request still fits the window)
+    body = anthropic_body([("Bash", {"command": "make -j8"}, log, False)], session="cmp-ctl")
+    sent = h.send(ApiKind.ANTHROPIC, copy.deepcopy(body))
+    key = session_key(sent.ctx)
+    first = results_of(sent.body)["toolu_0"]["content"]
+    assert first.startswith(PREFIX)
+    [v] = [v for v in commands.show(h.rt, key)["version_list"] if v.get("trigger") == "compression"]
+    assert v["tool_ids"] == ["toolu_0"] and v["tokens_after"] < v["tokens_before"]
+    # a pin before the next large output arrives: it stays whole
+    commands.pin(h.rt, key, "toolu_9")
+    nxt = next_body(body)
+    nxt["messages"][-2]["content"][-1] = {"type": "tool_use", "id": "toolu_9", "name": "Bash", "input": {"command": "make check"}}
+    nxt["messages"][-1]["content"][0] = {"type": "tool_result", "tool_use_id": "toolu_9", "content": other,
+                                         "cache_control": {"type": "ephemeral"}}
+    sent2 = h.send(ApiKind.ANTHROPIC, copy.deepcopy(nxt))
+    res = results_of(sent2.body)
+    assert res["toolu_9"]["content"] == other  # pinned: whole
+    assert res["toolu_0"]["content"] == first  # re-applied byte for byte
+    # rolled back to before the compression: the whole output goes again
+    out = commands.rollback(h.rt, key, v["n"] - 1)
+    assert out["applied"], out
+    back = h.send(ApiKind.ANTHROPIC, copy.deepcopy(nxt))
+    assert results_of(back.body)["toolu_0"]["content"] == log
+    h.close()
