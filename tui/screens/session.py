@@ -25,8 +25,8 @@ from contextwarden.sessionctl.render import changed, pin_text, what
 from .. import format as fmt
 from ..widgets.synctable import SyncTable
 
-COLUMNS = [("v", "v", 3), ("time", "time", 8), ("what", "what", 14), ("trigger", "trigger", 7),
-           ("before", "before", 6), ("after", "after", 6), ("changed", "changed", 40)]
+COLUMNS = [("v", "v", 3), ("time", "time", 8), ("what", "what", 16), ("trigger", "trigger", 11),
+           ("before", "before", 6), ("after", "after", 6), ("changed", "changed", 34)]  # ("rollback to v14", "compression": whole)
 
 
 def version_cells(v: dict[str, Any]) -> tuple:
