@@ -26,7 +26,7 @@ from contextwarden import hookimpl
 from contextwarden.memory import service as memory_service
 from contextwarden.history import session_key as _session_key
 from contextwarden.lru import LRU
-from contextwarden.memory.autorecall import Kept, Lost, find, read_answer, terms_memo
+from contextwarden.memory.autorecall import Kept, Lost, Memos, find, read_answer
 from contextwarden.memory.inject import NotInjectable, inject, render_block
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.retrieve import history_items, role_of
@@ -74,9 +74,6 @@ def _lost(ctx) -> list[Lost]:
 def _folded(ctx, lead: int, end: int) -> list[Lost]:
     """The tool results and longer texts of the compacted messages ``lead..end``: worked out once per
     session and span (every later request re-sends the same span while the summary is re-applied)."""
-    from contextwarden.conversation import tool_calls, transcript
-    from contextwarden.memory.ids import memory_id
-
     return ctx.runtime.memo("recall.folded", lambda: LRU(64)).get(
         (_session_key(ctx), lead, end), lambda: _folded_of(ctx, lead, end))
 
@@ -116,8 +113,8 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     # the answer itself does not "hold" what it refers to; each message's wire form is made only if
     # Kept is asked (most requests never ask: a full walk of a long history otherwise)
     plain = (m.wire() if hasattr(m, "wire") else m for m in cur)
-    memo = ctx.runtime.memo("autorecall.terms", terms_memo)
-    kept = Kept((m for m in plain if m is not orig[last] and not (isinstance(m, dict) and m == orig[last])), memo)
+    memo = ctx.runtime.memo("autorecall", Memos.new)
+    kept = Kept((m for m in plain if m is not orig[last] and not (isinstance(m, dict) and m == orig[last])), memo.tokens)
     found = find(answer, lost, kept, done, memo=memo)
     # an id the model read in a stub of an earlier request (or another session of the tenant)
     for mid in sorted(answer.ids - {f.lost.memory_id for f in found} - done - answer.recalling - {x.memory_id for x in lost}):

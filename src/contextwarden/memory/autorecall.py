@@ -71,9 +71,19 @@ def terms(text: str) -> frozenset[str]:
     return frozenset(out)
 
 
-def terms_memo() -> LRU:
-    """A runtime's memo of :func:`terms` by memory id (``runtime.memo("autorecall.terms", terms_memo)``)."""
-    return LRU(4096)
+@dataclass(frozen=True)
+class Memos:
+    """A runtime's memos of this module (``runtime.memo("autorecall", Memos.new)``), each bounded on its
+    own: a kept text's tokens are keyed by the text itself, so they must not share a count with the
+    small per-id entries."""
+
+    terms: LRU  # a lost text's terms (:func:`terms`), by memory id
+    lines: LRU  # a lost text's line hashes (:func:`quoted_in`), by memory id
+    tokens: LRU  # a kept text's tokens (:meth:`Kept.holds_term`), by the text
+
+    @classmethod
+    def new(cls) -> "Memos":
+        return cls(terms=LRU(4096), lines=LRU(512), tokens=LRU(2048))
 
 
 def terms_of(key: str, text: str, memo: LRU | None = None) -> frozenset[str]:
@@ -166,7 +176,7 @@ def read_answer(msg: Any) -> Answer:
 
 
 def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: int = 3,
-         memo: LRU | None = None) -> list[Found]:
+         memo: Memos | None = None) -> list[Found]:
     """The lost texts the answer refers to (not those in ``done``: recalled once already), best first:
     ids, then quotes, then cleared reads of paths the answer names, then terms."""
     out: list[Found] = []
@@ -184,7 +194,7 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
             add(by_id[mid], "id", mid)
     newest = sorted(lost, key=lambda x: -x.turn)
     for q in answer.quotes:
-        owners = [x for x in newest if quoted_in(q, x, memo)]
+        owners = [x for x in newest if quoted_in(q, x, memo.lines if memo else None)]
         if owners and not kept.holds(q):
             # an Edit's old_string only a lost text holds: needed now, even if recalled once before
             # (what recall injects goes into one request only; the same file is edited again and again)
@@ -202,7 +212,7 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
             # is split into its own (a regex pass over each lost text, every request, otherwise)
             if not any(t in x.text for t in answer.terms):
                 continue
-            for t in answer.terms & terms_of(x.memory_id, x.text, memo):
+            for t in answer.terms & terms_of(x.memory_id, x.text, memo.terms if memo else None):
                 owners.setdefault(t, []).append(x)
         for t in sorted(owners, key=len, reverse=True):  # the longest, most specific terms first
             xs = owners[t]
@@ -226,8 +236,8 @@ def quoted_in(q: str, x: Lost, memo: LRU | None = None) -> bool:
     def index() -> frozenset[int]:
         return frozenset(hash(ln) for ln in _lines(x.text))
 
-    # the lost text's lines, remembered with its terms (the runtime's memo, keyed apart from them)
-    ix = index() if memo is None else memo.get(("lines", x.memory_id), index)
+    # the lost text's lines, remembered by its id (the runtime's Memos.lines)
+    ix = index() if memo is None else memo.get(x.memory_id, index)
     inner = lines[1:-1] if len(lines) > 2 else []
     if not inner:  # two lines: each must be (part of) a line of the text
         return all(any(ln in t for t in x.text.split("\n")) for ln in lines)
@@ -239,7 +249,7 @@ class Kept:
 
     def __init__(self, messages: Iterable[Any], memo: LRU | None = None) -> None:
         self._messages = messages
-        self._memo = memo  # the runtime's (terms_memo): each text's tokens, remembered
+        self._memo = memo  # the runtime's (Memos.tokens): each text's tokens, remembered
         self._parts: list[str] | None = None
         self._text: str | None = None
 
@@ -275,4 +285,4 @@ def _term_index(text: str, memo: LRU | None = None) -> frozenset[str]:
     def compute() -> frozenset[str]:
         return frozenset(_tokens(text))
 
-    return compute() if memo is None else memo.get(("tokens", text), compute)
+    return compute() if memo is None else memo.get(text, compute)
