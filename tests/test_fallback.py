@@ -12,6 +12,7 @@ import threading
 import time
 
 import orjson
+import pytest
 
 from contextwarden import hookimpl
 from contextwarden.models.anthropic import TextBlock
@@ -123,61 +124,62 @@ def _session(rt: Runtime, sab: Saboteur) -> tuple[Sent, dict]:
     return first, anthropic_tool_loop(11, result_words=500)
 
 
-def test_a_stage_that_raises_costs_only_the_new_work(cw_home):
+@pytest.fixture
+def sabotaged(cw_home):
+    """A runtime with the Saboteur stage, closed (its hung call released first) after the test."""
     sab = Saboteur()
     rt = _runtime(cw_home, sab)
-    try:
-        first, body = _session(rt, sab)
-        sab.mode = "raise"
-        later = send(rt, body)
-        assert later.outcome.fallback == "decided" and later.outcome.body is not None
-        assert later.outcome.reason == "stage saboteur error: RuntimeError: saboteur failed on purpose"
-        assert not _has_mark(later.body)
-        _decided_prefix(first, later)
-        assert _stubs(later.body)  # what clearing decided in this request before the failure is stored: it goes
-        assert later.ctx.tokens_out < later.ctx.tokens_in
-        [err] = [e for e in later.events("error") if e.get("where") == "stage"]
-        assert err["stage"] == "saboteur" and err["action"] == "forwarded the session's decided state"
-        # the re-applied decisions are events marked as the fall-back's (not counted again)
-        assert any(e.get("fallback") is True and e["reused"] for e in later.events("compaction"))
-        # and the same request without a failure carries the same decisions, plus its new work
-        sab.mode = "ok"
-        again = send(rt, body)
-        assert again.outcome.fallback is None and _has_mark(again.body)
-        assert orjson.dumps(again.body["messages"][:-1]) == orjson.dumps(later.body["messages"][:-1])
-    finally:
-        rt.close()
+    yield sab, rt
+    sab.gate.set()
+    rt.close()
 
 
-def test_a_stage_past_its_budget_the_decided_state_is_built_on_a_fresh_request(cw_home):
-    sab = Saboteur()
-    rt = _runtime(cw_home, sab)
-    try:
-        first, body = _session(rt, sab)
-        sab.mode = "hang"
-        later = send(rt, body)
-        assert later.outcome.fallback == "decided", later.outcome.reason
-        assert later.outcome.reason == f"stage saboteur timeout: ran past its {SABOTEUR_BUDGET_MS} ms budget"
-        # the abandoned call wrote into ctx.request before the fall-back was built: none of it went
-        assert "CORRUPTED" not in later.raw.decode() and not _has_mark(later.body)
-        _decided_prefix(first, later)
-        stages = [(e["stage"], e["status"]) for e in later.events("stage")]
-        assert stages == [("clearing", "ok"), ("compaction", "ok"), ("saboteur", "timeout")]
-        # the abandoned call goes on writing to its request's typed messages: none of them is lent on
-        sab.gate.set()
-        assert sab.returned.wait(10)
-        # what the abandoned call emitted after its request went out is marked late
-        assert later.events("saboteur") == [{"done": True, "api": "anthropic", "late": True}]
-        deadline = time.time() + 10
-        while rt.overrun_since("saboteur") is not None and time.time() < deadline:
-            time.sleep(0.01)
-        sab.mode = "ok"
-        again = send(rt, body)
-        assert again.outcome.fallback is None and "CORRUPTED" not in again.raw.decode()
-        assert orjson.dumps(again.body["messages"][:-1]) == orjson.dumps(later.body["messages"][:-1])
-    finally:
-        sab.gate.set()
-        rt.close()
+def test_a_stage_that_raises_costs_only_the_new_work(sabotaged):
+    sab, rt = sabotaged
+    first, body = _session(rt, sab)
+    sab.mode = "raise"
+    later = send(rt, body)
+    assert later.outcome.fallback == "decided" and later.outcome.body is not None
+    assert later.outcome.reason == "stage saboteur error: RuntimeError: saboteur failed on purpose"
+    assert not _has_mark(later.body)
+    _decided_prefix(first, later)
+    assert _stubs(later.body)  # what clearing decided in this request before the failure is stored: it goes
+    assert later.ctx.tokens_out < later.ctx.tokens_in
+    [err] = [e for e in later.events("error") if e.get("where") == "stage"]
+    assert err["stage"] == "saboteur" and err["action"] == "forwarded the session's decided state"
+    # the re-applied decisions are events marked as the fall-back's (not counted again)
+    assert any(e.get("fallback") is True and e["reused"] for e in later.events("compaction"))
+    # and the same request without a failure carries the same decisions, plus its new work
+    sab.mode = "ok"
+    again = send(rt, body)
+    assert again.outcome.fallback is None and _has_mark(again.body)
+    assert orjson.dumps(again.body["messages"][:-1]) == orjson.dumps(later.body["messages"][:-1])
+
+
+def test_a_stage_past_its_budget_the_decided_state_is_built_on_a_fresh_request(sabotaged):
+    sab, rt = sabotaged
+    first, body = _session(rt, sab)
+    sab.mode = "hang"
+    later = send(rt, body)
+    assert later.outcome.fallback == "decided", later.outcome.reason
+    assert later.outcome.reason == f"stage saboteur timeout: ran past its {SABOTEUR_BUDGET_MS} ms budget"
+    # the abandoned call wrote into ctx.request before the fall-back was built: none of it went
+    assert "CORRUPTED" not in later.raw.decode() and not _has_mark(later.body)
+    _decided_prefix(first, later)
+    stages = [(e["stage"], e["status"]) for e in later.events("stage")]
+    assert stages == [("clearing", "ok"), ("compaction", "ok"), ("saboteur", "timeout")]
+    # the abandoned call goes on writing to its request's typed messages: none of them is lent on
+    sab.gate.set()
+    assert sab.returned.wait(10)
+    # what the abandoned call emitted after its request went out is marked late
+    assert later.events("saboteur") == [{"done": True, "api": "anthropic", "late": True}]
+    deadline = time.time() + 10
+    while rt.overrun_since("saboteur") is not None and time.time() < deadline:
+        time.sleep(0.01)
+    sab.mode = "ok"
+    again = send(rt, body)
+    assert again.outcome.fallback is None and "CORRUPTED" not in again.raw.decode()
+    assert orjson.dumps(again.body["messages"][:-1]) == orjson.dumps(later.body["messages"][:-1])
 
 
 def test_a_breaker_skipped_clearing_re_applies_its_records_in_place(cw_home, monkeypatch):
@@ -218,9 +220,8 @@ def test_a_breaker_skipped_clearing_re_applies_its_records_in_place(cw_home, mon
         rt.close()
 
 
-def test_when_re_applying_fails_the_original_goes_with_an_event(cw_home, monkeypatch):
-    sab = Saboteur()
-    rt = _runtime(cw_home, sab)
+def test_when_re_applying_fails_the_original_goes_with_an_event(sabotaged, monkeypatch):
+    sab, rt = sabotaged
     real = compaction._compact
 
     def broken(ctx, decide):
@@ -228,50 +229,39 @@ def test_when_re_applying_fails_the_original_goes_with_an_event(cw_home, monkeyp
             raise ValueError("stored summary unreadable")
         return real(ctx, decide)
 
-    try:
-        _, body = _session(rt, sab)
-        monkeypatch.setattr(compaction, "_compact", broken)
-        sab.mode = "raise"
-        later = send(rt, body)
-        assert later.outcome.fallback == "original" and later.outcome.body is None
-        assert later.raw == orjson.dumps(body)
-        assert "re-applying compaction failed: ValueError: stored summary unreadable" in later.outcome.fallback_reason
-        [re] = [e for e in later.events("error") if e.get("where") == "reapply"]
-        assert re["stage"] == "compaction" and re["action"] == "forwarded original"
-        [err] = [e for e in later.events("error") if e.get("where") == "stage"]
-        assert err["action"] == "forwarded original"
-    finally:
-        rt.close()
+    _, body = _session(rt, sab)
+    monkeypatch.setattr(compaction, "_compact", broken)
+    sab.mode = "raise"
+    later = send(rt, body)
+    assert later.outcome.fallback == "original" and later.outcome.body is None
+    assert later.raw == orjson.dumps(body)
+    assert "re-applying compaction failed: ValueError: stored summary unreadable" in later.outcome.fallback_reason
+    [re] = [e for e in later.events("error") if e.get("where") == "reapply"]
+    assert re["stage"] == "compaction" and re["action"] == "forwarded original"
+    [err] = [e for e in later.events("error") if e.get("where") == "stage"]
+    assert err["action"] == "forwarded original"
 
 
-def test_new_work_that_would_go_above_the_window_is_left_out(cw_home):
-    sab = Saboteur()
-    rt = _runtime(cw_home, sab)
-    try:
-        first, body = _session(rt, sab)
-        sab.mode = "bloat"  # ~40K tokens of new work on a 30K window
-        later = send(rt, body)
-        window = rt.settings.tokens.context_window
-        assert later.outcome.fallback == "decided", later.outcome.reason
-        assert "above the window" in later.outcome.reason
-        assert not _has_mark(later.body) and later.ctx.tokens_out <= window
-        assert rt.tokens.count_request(ApiKind.ANTHROPIC, later.body) <= window
-        _decided_prefix(first, later)
-    finally:
-        rt.close()
+def test_new_work_that_would_go_above_the_window_is_left_out(sabotaged):
+    sab, rt = sabotaged
+    first, body = _session(rt, sab)
+    sab.mode = "bloat"  # ~40K tokens of new work on a 30K window
+    later = send(rt, body)
+    window = rt.settings.tokens.context_window
+    assert later.outcome.fallback == "decided", later.outcome.reason
+    assert "above the window" in later.outcome.reason
+    assert not _has_mark(later.body) and later.ctx.tokens_out <= window
+    assert rt.tokens.count_request(ApiKind.ANTHROPIC, later.body) <= window
+    _decided_prefix(first, later)
 
 
-def test_a_session_without_decisions_falls_back_to_its_own_bytes(cw_home):
-    sab = Saboteur()
-    rt = _runtime(cw_home, sab)
-    try:
-        sab.mode = "raise"
-        body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
-        sent = send(rt, body)
-        assert sent.outcome.fallback == "decided" and sent.outcome.body is None
-        assert sent.raw == orjson.dumps(body)
-    finally:
-        rt.close()
+def test_a_session_without_decisions_falls_back_to_its_own_bytes(sabotaged):
+    sab, rt = sabotaged
+    sab.mode = "raise"
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    sent = send(rt, body)
+    assert sent.outcome.fallback == "decided" and sent.outcome.body is None
+    assert sent.raw == orjson.dumps(body)
 
 
 def test_adaptive_budgets_follow_the_recent_p95_within_the_profile_bounds(cw_home):
