@@ -20,7 +20,8 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from contextwarden.apis import classify
 from contextwarden.models.base import ApiKind
-from contextwarden.pipeline import Skip, count_tokens, prepare
+from contextwarden import lifecycle
+from contextwarden.pipeline import Skip
 
 from .interceptor import consume_headers
 from .warden import Warden
@@ -66,12 +67,11 @@ class CountTokens:
         from contextwarden.sessionctl.preview import decided_state
 
         try:
-            ctx = prepare(rt, flow_id, ApiKind.ANTHROPIC, host, path, headers, raw, consumed)
+            ctx = lifecycle.admit(rt, flow_id, ApiKind.ANTHROPIC, host, path, headers, raw, consumed)
         except Skip:  # not a body we read: it goes as it came, like any request we do not manage
             return None
         if ctx.session in rt.bypass:
             return None
-        ctx.tokens_in = count_tokens(ctx, ctx.original)
         body, tokens = decided_state(rt, ctx)
         if body is not None:  # (a session with nothing decided: untouched and unannounced, as before)
             ctx.emit("count_tokens", changed=True, tokens_in=ctx.tokens_in, tokens_out=tokens,

@@ -11,7 +11,8 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from contextwarden.apis import classify
 from contextwarden.flowstate import FlowState
-from contextwarden.pipeline import Pipeline, Skip, count_tokens, prepare, request_event
+from contextwarden import lifecycle
+from contextwarden.pipeline import Skip
 
 from .warden import Warden
 
@@ -89,7 +90,7 @@ class Interceptor:
                      tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_in, pipeline_ms=0.0)
             return
         try:
-            outcome = await Pipeline(rt).process(ctx)
+            outcome = await lifecycle.process(rt, ctx)
         except Exception as e:
             log.exception("contextwarden: pipeline failed")
             ctx.emit("error", where="pipeline", message=f"{type(e).__name__}: {e}", action="forwarded original")
@@ -131,27 +132,16 @@ class Interceptor:
 
     @staticmethod
     def _prepare_and_announce(rt, flow_id, api, host, path, headers, raw, consumed, transport="http"):
-        """prepare(), then tokens_in and the ``request`` event (mode ``bypass`` for a bypassed session).
-        Raises Skip. A failure after parsing (counting, the event) fails open like the pipeline."""
-        ctx = prepare(rt, flow_id, api, host, path, headers, raw, consumed, transport)
-        mode = "bypass" if ctx.session in rt.bypass else "active"
-        try:
-            Interceptor._count_and_announce(ctx, len(raw), mode)
-        except Exception as e:
-            log.exception("contextwarden: announcing the request failed")
-            ctx.emit("error", where="request", message=f"{type(e).__name__}: {e}", action="request event incomplete")
-        return ctx
-
-    @staticmethod
-    def _count_and_announce(ctx, nbytes: int, mode: str) -> None:
-        ctx.tokens_in = count_tokens(ctx, ctx.original)
-        request_event(ctx, nbytes, mode)
+        """lifecycle.admit: prepare, tokens_in and the ``request`` event (mode ``bypass`` for a bypassed
+        session). Raises Skip. A failure after parsing (counting, the event) fails open like the pipeline."""
+        return lifecycle.admit(rt, flow_id, api, host, path, headers, raw, consumed, transport,
+                               mode=lambda ctx: "bypass" if ctx.session in rt.bypass else "active")
 
     @staticmethod
     def _observe(rt, flow_id, api, host, path, headers, raw, consumed, mode, transport="http"):
         t0 = time.perf_counter()
         try:
-            ctx = prepare(rt, flow_id, api, host, path, headers, raw, consumed, transport)
+            ctx = lifecycle.admit(rt, flow_id, api, host, path, headers, raw, consumed, transport, mode=mode)
         except Skip as e:
             rt.bus.emit("error", {"where": "parse", "message": str(e), "action": "forwarded unchanged",
                                   "api": api.value, "path": path, "bytes": len(raw)}, flow_id=flow_id)
@@ -159,7 +149,6 @@ class Interceptor:
         except Exception as e:
             rt.bus.emit("error", {"where": "prepare", "message": f"{type(e).__name__}: {e}", "action": "forwarded unchanged"}, flow_id=flow_id)
             return None
-        Interceptor._count_and_announce(ctx, len(raw), mode)
         rt.remember(ctx, None, len(raw))
         ctx.emit("forward", changed=False, reason=mode, bytes_in=len(raw), bytes_out=len(raw),
                  tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_in,

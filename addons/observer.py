@@ -12,6 +12,7 @@ import time
 
 from mitmproxy import http
 
+from contextwarden import lifecycle
 from contextwarden.flowstate import FlowState
 from contextwarden.streams import ResponseTap
 
@@ -101,13 +102,4 @@ class Observer:
 
     @staticmethod
     def _turn_complete(rt, ctx, turn) -> None:
-        try:
-            if turn.usage is not None and ctx.settings.tokens.calibrate:
-                rt.tokens.observe_usage(ctx.model, ctx.tokens_out, turn.usage)
-        except Exception as e:
-            ctx.emit("error", where="calibration", message=f"{type(e).__name__}: {e}")
-        try:
-            rt.pm.hook.cw_turn_complete(ctx=ctx, turn=turn)
-        except Exception as e:
-            ctx.emit("error", where="cw_turn_complete", message=f"{type(e).__name__}: {e}")
-        ctx.emit("turn", **turn.summary(), tags=ctx.notes.get("tags"), tokens_sent=ctx.tokens_out, tokens_in=ctx.tokens_in)
+        lifecycle.complete(rt, ctx, turn)  # calibration, cw_turn_complete hooks, the turn event

@@ -41,7 +41,7 @@ import orjson  # noqa: E402
 
 from contextwarden.memory import service as memory_service  # noqa: E402
 from contextwarden.models.base import ApiKind  # noqa: E402
-from contextwarden.pipeline import count_tokens, prepare  # noqa: E402
+from contextwarden import lifecycle  # noqa: E402
 from contextwarden.plugins import clearing, compression  # noqa: E402
 from tests.support import tool_outputs as T  # noqa: E402
 from tests.support.stages import Harness, settings_overrides  # noqa: E402
@@ -73,9 +73,9 @@ def conversation(session: str, big: str, extra: bool) -> dict:
 
 
 def ctx_for(h: Harness, body: dict, n: int):
-    ctx = prepare(h.rt, f"bench-{n}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", HDRS, orjson.dumps(body))
-    ctx.tokens_in = count_tokens(ctx, ctx.original)  # as the pipeline does before the stages run (untimed)
-    return ctx
+    # prepared and counted as the pipeline does before the stages run (untimed)
+    return lifecycle.admit(h.rt, f"bench-{n}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", HDRS,
+                           orjson.dumps(body))
 
 
 def timed(fn, ctx) -> float:

@@ -244,25 +244,19 @@ async def _one(h: Harness, body: dict) -> dict[str, float]:
     stages each on the stage pool, finish on the core pool), timed by phase (ms)."""
     import orjson
 
-    from contextwarden.pipeline import Pipeline, count_tokens, prepare
+    from contextwarden import lifecycle
 
     loop = asyncio.get_running_loop()
     rt = h.rt
     raw = orjson.dumps(body)
-
-    def prepare_and_count():
-        ctx = prepare(rt, f"bench-{time.perf_counter_ns()}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages",
-                      [("content-type", "application/json"), ("x-api-key", "sk-bench")], raw)
-        t = time.perf_counter()
-        ctx.tokens_in = count_tokens(ctx, ctx.original)
-        ctx.timings["count_in"] = (time.perf_counter() - t) * 1000
-        return ctx
+    hdrs = [("content-type", "application/json"), ("x-api-key", "sk-bench")]
 
     c0 = time.process_time()
     t0 = time.perf_counter()
-    ctx = await loop.run_in_executor(rt.core_pool, prepare_and_count)
+    ctx = await loop.run_in_executor(rt.core_pool, lambda: lifecycle.admit(
+        rt, f"bench-{time.perf_counter_ns()}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", hdrs, raw))
     count_ms = ctx.timings["count_in"]
-    outcome = await Pipeline(rt).process(ctx)
+    outcome = await lifecycle.process(rt, ctx)
     t3 = time.perf_counter()
     cpu = (time.process_time() - c0) * 1000
     stages = {r["stage"]: r["ms"] for r in ctx.stage_results}

@@ -11,7 +11,6 @@ checks that both sent the same bytes.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT.parent / "shared" / "tiktok
 import orjson  # noqa: E402
 
 from contextwarden.models.base import ApiKind  # noqa: E402
-from contextwarden.pipeline import Pipeline, count_tokens, prepare  # noqa: E402
+from contextwarden import lifecycle  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 from tests.support.stages import Harness, anthropic_tool_loop  # noqa: E402
 
@@ -42,9 +41,7 @@ def timed_send(h: Harness, body: bytes, n: int) -> tuple[float, bytes]:
     rt = h.rt
     hdrs = [("content-type", "application/json"), ("x-api-key", "sk-bench")]
     t0 = time.perf_counter()
-    ctx = prepare(rt, f"flow-{n}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", hdrs, body)
-    ctx.tokens_in = count_tokens(ctx, ctx.original)
-    out = asyncio.run(Pipeline(rt).process(ctx))
+    _, out = lifecycle.send(rt, ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", hdrs, body, f"flow-{n}")
     ms = (time.perf_counter() - t0) * 1000
     return ms, out.body if out.body is not None else body
 

@@ -11,7 +11,7 @@ import orjson
 from contextwarden import hookimpl
 from contextwarden.models.anthropic import TextBlock
 from contextwarden.models.base import ApiKind
-from contextwarden.pipeline import Pipeline, count_tokens, prepare
+from contextwarden import lifecycle
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
 
@@ -61,11 +61,10 @@ def _send(rt: Runtime, n: int):
     raw = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 10,
                         "metadata": {"user_id": "user_x_account_y_session_breaker"},
                         "messages": [{"role": "user", "content": f"hello {n}"}]})
-    ctx = prepare(rt, f"flow-{n}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages",
-                  [("content-type", "application/json"), ("x-api-key", "sk-test")], raw)
-    ctx.tokens_in = count_tokens(ctx, ctx.original)
+    ctx = lifecycle.admit(rt, f"flow-{n}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages",
+                          [("content-type", "application/json"), ("x-api-key", "sk-test")], raw)
     t0 = time.perf_counter()
-    outcome = asyncio.run(Pipeline(rt).process(ctx))
+    outcome = asyncio.run(lifecycle.process(rt, ctx))
     ms = (time.perf_counter() - t0) * 1000
     events = [e for e in rt.bus.recent if e.flow_id == ctx.flow_id]
     sent = orjson.loads(outcome.body) if outcome.body is not None else ctx.original

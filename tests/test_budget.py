@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import textwrap
@@ -14,7 +13,7 @@ import pytest
 
 from contextwarden.agents import derive_agent, normalise_system
 from contextwarden.models import ApiKind
-from contextwarden.pipeline import Pipeline, count_tokens, prepare
+from contextwarden import lifecycle
 from contextwarden.plugins import budget as B
 from contextwarden.plugins.budget import Level, blocked_response, level_for
 from contextwarden.runtime import Runtime
@@ -93,9 +92,8 @@ def runtime(home, **budget):
 
 
 def request(rt, body, api=ApiKind.ANTHROPIC, headers=(), path="/v1/messages"):
-    ctx = prepare(rt, "f", api, "api.anthropic.com", path, [("content-type", "application/json"), *headers], orjson.dumps(body))
-    ctx.tokens_in = count_tokens(ctx, ctx.original)
-    outcome = asyncio.run(Pipeline(rt).process(ctx))
+    ctx, outcome = lifecycle.send(rt, api, "api.anthropic.com", path, [("content-type", "application/json"), *headers],
+                                  orjson.dumps(body), "f")
     if ctx.tokens_out is None:
         ctx.tokens_out = ctx.tokens_in
     return ctx, outcome

@@ -7,7 +7,6 @@ again byte for byte. Only when even re-applying fails does the client's original
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
@@ -17,7 +16,7 @@ import pytest
 from contextwarden import hookimpl
 from contextwarden.models.anthropic import TextBlock
 from contextwarden.models.base import ApiKind
-from contextwarden.pipeline import Pipeline, count_tokens, prepare
+from contextwarden import lifecycle
 from contextwarden.plugins import clearing, compaction
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
@@ -88,10 +87,9 @@ _n = iter(range(1, 10**6))
 
 def send(rt: Runtime, body: dict) -> Sent:
     raw = orjson.dumps(body)
-    ctx = prepare(rt, f"flow-{next(_n)}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages",
-                  [("content-type", "application/json"), ("x-api-key", "sk-test")], raw)
-    ctx.tokens_in = count_tokens(ctx, ctx.original)
-    return Sent(rt, ctx, asyncio.run(Pipeline(rt).process(ctx)))
+    ctx, outcome = lifecycle.send(rt, ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages",
+                                  [("content-type", "application/json"), ("x-api-key", "sk-test")], raw, f"flow-{next(_n)}")
+    return Sent(rt, ctx, outcome)
 
 
 def _has_mark(body: dict) -> bool:

@@ -9,7 +9,6 @@ message (its count, a stage's result, an edited copy, a carried slot) is what co
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import pickle
 
@@ -22,7 +21,8 @@ from contextwarden.history import Conversation, Conversations, History
 from contextwarden.models import anthropic as am
 from contextwarden.models import openai_chat as oc
 from contextwarden.models.base import ApiKind, FrozenList
-from contextwarden.pipeline import Pipeline, _typed, count_tokens, prepare, serialise, wire_of
+from contextwarden import lifecycle
+from contextwarden.pipeline import _typed, serialise, wire_of
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
 
@@ -150,10 +150,8 @@ def _runtime(tmp_path, stage) -> Runtime:
 def _send(rt: Runtime, msgs: list[dict], n: int = 0):
     raw = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": msgs,
                         "metadata": {"user_id": "user_x_account_y_session_history"}})
-    ctx = prepare(rt, f"flow-{n}", A, "api.anthropic.com", "/v1/messages",
-                  [("content-type", "application/json"), ("x-api-key", "sk-test")], raw)
-    ctx.tokens_in = count_tokens(ctx, ctx.original)
-    out = asyncio.run(Pipeline(rt).process(ctx))
+    ctx, out = lifecycle.send(rt, A, "api.anthropic.com", "/v1/messages",
+                              [("content-type", "application/json"), ("x-api-key", "sk-test")], raw, f"flow-{n}")
     return ctx, out, [e for e in rt.bus.recent if e.flow_id == ctx.flow_id]
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import orjson
 import pytest
 
 from contextwarden.models import ApiKind
-from contextwarden.pipeline import Pipeline, prepare
+from contextwarden import lifecycle
 from contextwarden.plugins.strip import Stripper
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
@@ -155,8 +154,8 @@ def runtime(home, **strip):
 
 def run(rt, api, body, path="/v1/messages"):
     raw = orjson.dumps(body)
-    ctx = prepare(rt, "f1", api, "api.example.com", path, [("content-type", "application/json")], raw)
-    outcome = asyncio.run(Pipeline(rt).process(ctx))
+    ctx, outcome = lifecycle.send(rt, api, "api.example.com", path, [("content-type", "application/json")], raw, "f1",
+                                  count=False)
     return ctx, outcome
 
 

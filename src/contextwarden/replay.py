@@ -499,7 +499,7 @@ def _counts_of(msgs: Any) -> int:
 
 async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None, turn_hooks: bool,
                   factor: float, targets: list[int] | None = None) -> list[RequestResult]:
-    from .pipeline import Pipeline, count_tokens, prepare, request_event
+    from . import lifecycle
     from .validate import validate_rewrite
 
     flow_events: dict[str, Counter] = {}
@@ -515,27 +515,20 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
 
     unsubscribe = rt.bus.subscribe(on_event)
     cache_o, cache_u = PromptCache(), PromptCache()
-    pipeline = Pipeline(rt)
     fidelity = FidelityCounter(rt.tokens.count_text)
     out: list[RequestResult] = []
     try:
         for i, req in enumerate(trace.requests):
             flow_id = f"replay-{i:05d}"
             raw = orjson.dumps(req.body)
-            ctx = prepare(rt, flow_id, req.api, "api.anthropic.com", req.path, list(req.headers), raw)
-            ctx.notes["replay"] = {"ts": req.ts, "index": i}
+            notes = {"ts": req.ts, "index": i}
             if targets is not None and i < len(targets):  # tokens another run sent (the truncation baseline)
-                ctx.notes["replay"]["target_tokens"] = targets[i]
-            ctx.tokens_in = count_tokens(ctx, ctx.original)
-            request_event(ctx, len(raw), "replay")
-            outcome = await pipeline.process(ctx)
+                notes["target_tokens"] = targets[i]
+            ctx = lifecycle.admit(rt, flow_id, req.api, "api.anthropic.com", req.path, list(req.headers), raw,
+                                  mode="replay", notes={"replay": notes})
+            outcome = await lifecycle.process(rt, ctx)
             model = ctx.model
-            if outcome.blocked is not None:
-                sent = None
-            elif outcome.body is not None:
-                sent = orjson.loads(outcome.body)
-            else:
-                sent = ctx.original
+            sent = lifecycle.sent(ctx, outcome)
             problems = validate_rewrite(req.api, sent, ctx.original) if sent is not None and sent is not ctx.original else []
             if req.api is ApiKind.ANTHROPIC:
                 bill_o = cache_o.bill(boundaries(ctx.original, rt.tokens, model, factor), req.ts, model, req.output_tokens)
@@ -578,21 +571,15 @@ def _flat_bill(tokens: int, output: int, model: str | None, factor: float) -> Bi
 
 
 def _turn_complete(rt, ctx, req: ReplayRequest, bill: Bill) -> None:
-    """Run the turn hooks as the Observer would, with the usage our traffic would have been billed."""
-    from .streams.turn import AssembledTurn, Usage
+    """The response's side of the lifecycle, with the usage our traffic would have been billed (no
+    calibration on it, no ``turn`` event: see lifecycle.complete)."""
+    from .lifecycle import complete, turn_of
+    from .streams.turn import Usage
 
-    msg = req.response or {"role": "assistant", "content": []}
-    text = "\n".join(b.get("text", "") for b in _blocks(msg.get("content")) if b.get("type") == "text")
-    calls = [{"id": b.get("id"), "name": b.get("name"), "input": b.get("input")} for b in _blocks(msg.get("content"))
-             if b.get("type") == "tool_use"]
-    turn = AssembledTurn(api=ctx.api, model=ctx.model, message=msg, text=text, tool_calls=calls,
-                         usage=Usage(input_tokens=bill.uncached, output_tokens=req.output_tokens,
-                                     cache_read_input_tokens=bill.read, cache_creation_input_tokens=bill.write),
-                         stop_reason="tool_use" if calls else "end_turn", error=None, complete=True, events=0)
-    try:
-        rt.pm.hook.cw_turn_complete(ctx=ctx, turn=turn)
-    except Exception as e:  # a hook's failure is reported, the replay goes on
-        ctx.emit("error", where="cw_turn_complete", message=f"{type(e).__name__}: {e}")
+    usage = Usage(input_tokens=bill.uncached, output_tokens=req.output_tokens,
+                  cache_read_input_tokens=bill.read, cache_creation_input_tokens=bill.write)
+    turn = turn_of(ctx.api, ctx.model, req.response or {"role": "assistant", "content": []}, usage, events=0)
+    complete(rt, ctx, turn, calibrate=False, announce=False)
 
 
 def replay(trace_path: str | Path, profile: str | None = None, window: int | None = None,

@@ -1,13 +1,12 @@
 """Running request bodies through the real stage pipeline in-process (tests and bench/pipeline_bench.py).
 
 ``Harness`` owns a real :class:`~contextwarden.runtime.Runtime` on a cw_home; ``send`` does what the
-Interceptor does for one request (prepare, count, Pipeline.process with the validator) and returns
+Interceptor does for one request (lifecycle.send: prepare, count, the stages, the validator) and returns
 the body that would go upstream. Plus small builders of Anthropic / OpenAI conversations.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import itertools
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from typing import Any
 import orjson
 
 from contextwarden.models.base import ApiKind
-from contextwarden.pipeline import Outcome, count_tokens, prepare
-from contextwarden.pipeline import Pipeline
+from contextwarden import lifecycle
+from contextwarden.pipeline import Outcome
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
 
@@ -93,14 +92,8 @@ class Harness:
         hdrs = [("content-type", "application/json"), ("x-api-key", "sk-test-secret")]
         hdrs += list((headers or {}).items())
         raw = orjson.dumps(body)
-        ctx = prepare(self.rt, f"flow-{next(_flow)}", api, host, path, hdrs, raw)
-        if settings is not None:
-            ctx.settings = settings
-        if notes:
-            ctx.notes.update(notes)
-        if count:
-            ctx.tokens_in = count_tokens(ctx, ctx.original)
-        outcome = asyncio.run(Pipeline(self.rt).process(ctx))
+        ctx, outcome = lifecycle.send(self.rt, api, host, path, hdrs, raw, f"flow-{next(_flow)}",
+                                      settings=settings, notes=notes, count=count)
         sent = orjson.loads(outcome.body) if outcome.body is not None else ctx.original
         return Sent(sent, ctx, outcome)
 

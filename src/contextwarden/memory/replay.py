@@ -1,9 +1,10 @@
 """Driving the real pipeline in-process: what the evaluations and memory tests replay conversations with.
 
 A :class:`Replayer` owns a :class:`~contextwarden.runtime.Runtime` (a temporary ``cw_home`` and a
-profile) and sends request bodies exactly as the interceptor does, ``prepare()`` then
-``Pipeline.process()``, returning the body that would go upstream; :meth:`Replayer.complete` then plays
-the assistant's reply as an assembled turn through the ``cw_turn_complete`` hooks (ingestion).
+profile) and sends request bodies through the interceptor's lifecycle (``lifecycle.admit`` then
+``lifecycle.process``), returning the body that would go upstream; :meth:`Replayer.complete` then plays
+the assistant's reply as an assembled turn through ``lifecycle.complete`` (the ``cw_turn_complete``
+hooks: ingestion).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 import orjson
 
 from ..models.base import ApiKind
-from ..pipeline import Outcome, Pipeline, count_tokens, prepare
+from .. import lifecycle
+from ..pipeline import Outcome
 
 _flow_ids = itertools.count(1)
 
@@ -45,12 +47,11 @@ class Sent:
 
 
 class Replayer:
-    """Sends bodies through ``prepare()`` + ``Pipeline.process()`` of a real runtime."""
+    """Sends bodies through the request lifecycle (lifecycle.py) of a real runtime."""
 
     def __init__(self, runtime, api: ApiKind = ApiKind.ANTHROPIC) -> None:
         self.runtime = runtime
         self.api = api
-        self.pipeline = Pipeline(runtime)
         self.loop = asyncio.new_event_loop()
 
     @classmethod
@@ -89,18 +90,13 @@ class Replayer:
             h.append(("x-contextwarden-session", session))
         h += headers or []
         host, path = _PATHS[self.api]
-        ctx = prepare(self.runtime, f"replay-{next(_flow_ids)}", self.api, host, path, h, raw)
-        if tenant is not None:
-            ctx.tenant = tenant
-        ctx.tokens_in = count_tokens(ctx, ctx.original)
-        outcome = self.loop.run_until_complete(self.pipeline.process(ctx))
-        wire = orjson.loads(outcome.body) if outcome.body is not None else ctx.original
+        ctx, outcome = lifecycle.send(self.runtime, self.api, host, path, h, raw, f"replay-{next(_flow_ids)}",
+                                      loop=self.loop, tenant=tenant)
+        wire = lifecycle.sent(ctx, outcome) or ctx.original
         return Sent(ctx, outcome, wire)
 
     def complete(self, sent: Sent, text: str) -> None:
         """Play the assistant's reply ``text`` as the turn of ``sent`` (runs the cw_turn_complete hooks)."""
-        from ..streams.turn import AssembledTurn
-
         if self.api is ApiKind.ANTHROPIC:
             message = {"role": "assistant", "content": [{"type": "text", "text": text}] if text else []}
         elif self.api is ApiKind.OPENAI_RESPONSES:
@@ -108,9 +104,8 @@ class Replayer:
                                                          "content": [{"type": "output_text", "text": text}]}]}
         else:
             message = {"role": "assistant", "content": text}
-        turn = AssembledTurn(api=self.api, model=sent.ctx.model, message=message, text=text, tool_calls=[],
-                             usage=None, stop_reason="end_turn", error=None, complete=True, events=1)
-        self.runtime.pm.hook.cw_turn_complete(ctx=sent.ctx, turn=turn)
+        turn = lifecycle.turn_of(self.api, sent.ctx.model, message)
+        lifecycle.complete(self.runtime, sent.ctx, turn)
 
     def flush(self, timeout: float = 3600) -> bool:
         """Wait until memory has stored (and indexed) everything submitted so far."""
