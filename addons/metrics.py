@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, price_for
+from contextwarden.cost import billed_units, price_for
 from contextwarden.events import Event
 
 from .perruntime import PerRuntime
@@ -146,7 +146,7 @@ class Metrics:
                 self.usage.labels(kind).inc(v)
         ti, ts = _num(d.get("tokens_in")), _num(d.get("tokens_sent"))
         if ti is not None and ts and ti > ts:
-            billed = i + WRITE_MULT[TTL_5M] * cw + READ_MULT * cr  # input units this turn paid
+            billed = billed_units(usage)  # input units this turn paid
             self.saving.inc((ti - ts) * billed / ts * price_for(d.get("model")).input / 1e6)
 
     # ------------------------------------------------------------------ health

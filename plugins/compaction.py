@@ -67,6 +67,7 @@ from contextwarden.conversation import (
     tool_calls,
     transcript,
 )
+from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors
 from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
@@ -80,13 +81,6 @@ NS_SEEN = "compaction_seen"  # request rhythm, for the cost model
 NS_LLM = "compaction_llm"  # finished LLM summaries, by tenant|session|span hash
 MAX_DECISIONS = 4
 
-#: (cache read, cache write) price factors relative to uncached input, by API.
-CACHE_PRICES: dict[ApiKind, tuple[float, float]] = {
-    ApiKind.ANTHROPIC: (0.1, 1.25),
-    ApiKind.OPENAI_CHAT: (0.5, 1.0),
-    ApiKind.OPENAI_RESPONSES: (0.5, 1.0),
-    ApiKind.OLLAMA_CHAT: (0.1, 1.0),  # no price; prefill reuse of the KV cache, roughly
-}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -105,7 +99,8 @@ class CostEstimate:
         return self.compact < self.keep
 
 
-def pays_off(t_now: int, t_after: int, fixed: int, n: int, warm: bool, read: float = 0.1, write: float = 1.25) -> CostEstimate:
+def pays_off(t_now: int, t_after: int, fixed: int, n: int, warm: bool, read: float = READ_MULT,
+             write: float = WRITE_MULT[TTL_5M]) -> CostEstimate:
     """Whether compacting now is cheaper than not, over the ``n`` requests that will read the prefix.
 
     Costs are in units of uncached input tokens. ``t_now`` is the request as it would be sent without
@@ -520,7 +515,7 @@ def _compact(ctx, decide: bool) -> None:
             span_toks = sum(tok_now[start:chosen])
             t_after = t_now - prev_summary - span_toks + est_summary
             if span_toks >= min_span and t_after < t_now:
-                read, write = CACHE_PRICES.get(api, (0.1, 1.25))
+                read, write = cache_factors(api)
                 cost = pays_off(t_now, t_after, fixed, n_expected, warm, read, write)
                 trigger = "manual" if ctl.compact_now else "hard" if t_now > hard else "soft" if cost.pays else None
                 reason = "soft threshold: re-writing the cache does not pay yet"

@@ -16,7 +16,8 @@ from mitmproxy.test import taddons
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from contextwarden.addons.eventserver import INFO_FILE, TOKEN_HEADER, EventServer, EventService, Totals
+from contextwarden.addons.eventserver import EventServer, EventService
+from contextwarden.liveprotocol import INFO_FILE, TOKEN_HEADER, Totals
 from contextwarden.addons.warden import Warden
 from contextwarden.runtime import Runtime
 

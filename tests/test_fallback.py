@@ -289,7 +289,7 @@ def test_adaptive_budgets_follow_the_recent_p95_within_the_profile_bounds(cw_hom
 
 
 def test_the_forward_totals_count_fall_backs():
-    from contextwarden.addons.eventserver import Totals
+    from contextwarden.liveprotocol import Totals
 
     t = Totals()
     t.add({"type": "forward", "data": {"changed": True, "fallback": "decided"}})

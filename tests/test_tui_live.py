@@ -13,7 +13,8 @@ import httpx2
 import orjson
 import pytest
 
-from contextwarden.addons.eventserver import INFO_FILE, EventService
+from contextwarden.addons.eventserver import EventService
+from contextwarden.liveprotocol import INFO_FILE
 from contextwarden.runtime import Runtime
 from contextwarden.tui.app import ContextWardenApp
 from contextwarden.tui.client import ConnectionInfo, LiveClient, LogSource

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import orjson
 
-from contextwarden.addons.eventserver import INFO_FILE, TOKEN_HEADER
+from contextwarden.liveprotocol import INFO_FILE, TOKEN_HEADER
 
 from .messages import ConnectionChanged, EventsDropped, EventsReceived, SnapshotReceived
 

@@ -15,8 +15,8 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from contextwarden.addons.eventserver import (CACHE_READ_RATE, CACHE_WRITE_RATE, SentLedger, Totals,
-                                              applied_compaction, new_clearing, new_compaction)
+from contextwarden import cost
+from contextwarden.liveprotocol import SentLedger, Totals, applied_compaction, new_clearing, new_compaction
 
 CONTEXT_TYPES = ("compaction", "clearing", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip",
                  "session")
@@ -123,8 +123,7 @@ def usage_input(usage: Any) -> int | None:
 def billed_units(usage: Any) -> float | None:
     if not isinstance(usage, dict):
         return None
-    g = lambda k: usage.get(k) if isinstance(usage.get(k), (int, float)) else 0  # noqa: E731
-    return g("input_tokens") + CACHE_WRITE_RATE * g("cache_creation_input_tokens") + CACHE_READ_RATE * g("cache_read_input_tokens")
+    return cost.billed_units(usage)
 
 
 def normalise_tags(value: Any) -> list[str]:

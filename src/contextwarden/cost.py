@@ -59,6 +59,32 @@ PRICES: dict[str, Price] = {
 }
 DEFAULT_PRICE = Price(3, 15, 1024)
 
+#: (cache read, cache write) price factors relative to uncached input, by API (``ApiKind`` value): what
+#: compaction's cost model weighs a re-written prefix with.
+CACHE_FACTORS: dict[str, tuple[float, float]] = {
+    "anthropic": (READ_MULT, WRITE_MULT[TTL_5M]),
+    "openai_chat": (0.5, 1.0),
+    "openai_responses": (0.5, 1.0),
+    "ollama_chat": (0.1, 1.0),  # no price; prefill reuse of the KV cache, roughly
+}
+
+
+def cache_factors(api: Any) -> tuple[float, float]:
+    """(cache read, cache write) price factors of ``api`` (an ApiKind or its value), relative to
+    uncached input; Anthropic's for an API not in the table."""
+    return CACHE_FACTORS.get(getattr(api, "value", api), CACHE_FACTORS["anthropic"])
+
+
+def billed_units(usage: dict[str, Any]) -> float:
+    """Input units a response's reported usage was billed, in uncached-input tokens: input 1x, cache
+    writes 1.25x (5-minute), cache reads 0.1x. Fields that are not numbers count 0."""
+    def g(k: str) -> float:
+        v = usage.get(k)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+    return (g("input_tokens") + WRITE_MULT[TTL_5M] * g("cache_creation_input_tokens")
+            + READ_MULT * g("cache_read_input_tokens"))
+
 
 def price_for(model: str | None) -> Price:
     m = (model or "").lower().split("/")[-1]

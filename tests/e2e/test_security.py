@@ -25,7 +25,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from contextwarden.addons.eventserver import INFO_FILE, TOKEN_HEADER
+from contextwarden.liveprotocol import INFO_FILE, TOKEN_HEADER
 from tests.support.proxy import ProxyProcess
 from tests.test_memory_secrets import _alnum, _windows, planted
 
