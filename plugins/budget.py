@@ -22,9 +22,8 @@ import threading
 import time
 from typing import Any
 
-import orjson
-
 from contextwarden import hookimpl
+from contextwarden.dialects import dialect
 from contextwarden.models import ApiKind
 
 NS = "budget"
@@ -95,23 +94,8 @@ def reset(state, key: str | None = None) -> None:
 
 def blocked_response(api: ApiKind, stream: bool, message: str, retry_after_s: int) -> tuple[int, bytes, dict[str, str]]:
     """(status, body, headers) of a BLOCKED answer in the provider's own error format."""
-    headers = {"retry-after": str(int(retry_after_s)), "x-contextwarden-blocked": "budget"}
-    if api is ApiKind.ANTHROPIC:
-        err = orjson.dumps({"type": "error", "error": {"type": "rate_limit_error", "message": message}})
-        if stream:
-            # what the client reads as a stream: one SSE `error` event carrying the same JSON
-            headers["content-type"] = "text/event-stream; charset=utf-8"
-            headers["cache-control"] = "no-cache"
-            return 429, b"event: error\ndata: " + err + b"\n\n", headers
-        headers["content-type"] = "application/json"
-        return 429, err, headers
-    if api is ApiKind.OLLAMA_CHAT:
-        headers["content-type"] = "application/json; charset=utf-8"
-        return 429, orjson.dumps({"error": message}), headers
-    # OpenAI (chat and responses): the SDKs map 429 to RateLimitError and expose type/code
-    headers["content-type"] = "application/json"
-    return 429, orjson.dumps({"error": {"message": message, "type": "tokens", "param": None,
-                                        "code": "rate_limit_exceeded"}}), headers
+    body, kind = dialect(api).error_answer(message, stream)  # the provider's own 429 (a stream: an SSE error)
+    return 429, body, {"retry-after": str(int(retry_after_s)), "x-contextwarden-blocked": "budget", **kind}
 
 
 @hookimpl

@@ -54,6 +54,7 @@ import orjson
 
 from contextwarden import hookimpl
 from contextwarden.conversation import image_count, input_hint, result_text, shorten
+from contextwarden.dialects import dialect
 from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.secrets import redact_text
@@ -455,7 +456,7 @@ def effective(cfg, level: str | None) -> tuple[int, int, int]:
 
 def _last_assistant(ctx) -> int:
     """Index of the last message/item the model produced; results after it are still unseen."""
-    items = ctx.request.input if ctx.api is ApiKind.OPENAI_RESPONSES else ctx.request.messages
+    items = dialect(ctx.api).messages_of(ctx.request) or []
     for i in range(len(items) - 1, -1, -1):
         it = items[i]
         if isinstance(it, dict):

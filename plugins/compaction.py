@@ -63,11 +63,11 @@ from contextwarden.conversation import (
     cut_points,
     entries,
     entry,
-    messages_of,
     tool_calls,
     transcript,
 )
 from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors
+from contextwarden.dialects import dialect
 from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
@@ -349,21 +349,6 @@ def _prior(active: dict[str, Any] | None) -> Summary | None:
                    source_tokens=int(active.get("source_tokens", 0)), summariser=active.get("summariser", "extractive"))
 
 
-def _summary_message(api: ApiKind, text: str, cache_control: dict | None):
-    if api is ApiKind.ANTHROPIC:
-        from contextwarden.models.anthropic import Message
-
-        block: dict[str, Any] = {"type": "text", "text": text}
-        if cache_control:
-            block["cache_control"] = cache_control
-        return Message.model_validate({"role": "user", "content": [block]})
-    if api is ApiKind.OPENAI_RESPONSES:
-        return {"role": "user", "content": text}
-    from contextwarden.models.openai_chat import ChatMessage
-
-    return ChatMessage.model_validate({"role": "user", "content": text})
-
-
 def _summary_cache_control(ctx, cfg, kept: list[Any]) -> dict | None:
     if ctx.api is not ApiKind.ANTHROPIC or not cfg.summary_breakpoint:
         return None
@@ -399,28 +384,96 @@ def cw_reapply(ctx) -> None:
     _compact(ctx, decide=False)
 
 
+@dataclass
+class _Compaction:
+    """What the four steps of one request's compaction share: the request's history as the stage reads it,
+    the session's stored record and controls, the thresholds. Built by :func:`_frame`."""
+
+    ctx: Any
+    cfg: Any
+    api: ApiKind
+    req: Any
+    current: list  # the request's history (typed), as the earlier stages left it
+    orig: list  # the same as wire dicts
+    level: Any
+    soft: int
+    hard: int
+    target: int
+    protect: int
+    ws_budget: int
+    key: str
+    now: float
+    store: Any
+    by_index: dict  # tokens clearing freed, by message index
+    total: int  # what is sent after clearing
+    rec: dict  # the session's stored record (decisions, plan)
+    decisions: list
+    ctl: Any  # the user's controls: rollback, pins, compact now
+    pin_at: int  # nothing from the first pinned message on is folded (no pin: the length)
+    lead: int  # leading messages kept as they are (system side; Codex: up to the client's own compaction)
+    spans: Any  # SpanHasher over orig
+    last_asst: int
+    n_expected: int = 0
+    warm: bool = False
+
+
+@dataclass
+class _Found:
+    """Step 1's answer: the stored decision that still applies (or None), where a new span would start,
+    and the tokens sent with it applied."""
+
+    active: dict[str, Any] | None
+    start: int
+    t_now: int
+
+
+@dataclass
+class _Decision:
+    """Step 2's answer: whether to compact further (``new``: the span's end and tokens), why, at what cost."""
+
+    new: dict[str, Any] | None = None
+    trigger: str | None = None
+    cost: CostEstimate | None = None
+    ready: Summary | None = None  # a finished LLM summary of the chosen span
+    es: list | None = None  # the conversation walk (entries), when it was read
+    tok: list | None = None  # per-message tokens, when counted
+
+
 def _compact(ctx, decide: bool) -> None:
-    """Step 1 finds the session's decision that still applies, 2 and 3 (when ``decide``) make a new
-    one, 4 applies the result."""
+    """find (the session's decision that still applies) → decide (when ``decide``: compact further?) →
+    summarise (a new decision, stored) → apply (the summary in place of the span it covers)."""
+    f = _frame(ctx, decide)
+    if f is None:
+        return
+    found = _find(f)
+    d = _decide(f, found) if decide else _Decision()
+    active, new, llm_usage = found.active, d.new, None
+    if new is not None:
+        active, new, llm_usage = _summarise(f, found, d)
+    if decide and f.ctl.compact_now:
+        session_ledger.consume_compact_now(ctx)
+    if active is not None:
+        _apply(f, active, reused=new is None, trigger=d.trigger, cost=d.cost, llm_usage=llm_usage)
+
+
+def _frame(ctx, decide: bool) -> _Compaction | None:
+    """The request as compaction reads it, or None when there is nothing to do (the common case costs
+    nothing more)."""
     cfg = ctx.settings.compaction
     if not cfg.enabled:
-        return
+        return None
     api = ctx.api
     req = ctx.request
-    if api is ApiKind.OPENAI_RESPONSES:
-        if req.previous_response_id or not isinstance(req.input, list):
-            return  # the server holds the history
-        current = req.input
-    else:
-        current = req.messages
-    orig = messages_of(api, ctx.original) or []
+    current = dialect(api).messages_of(req)
+    if current is None or getattr(req, "previous_response_id", None):
+        return None  # the server holds the history (Responses)
+    orig = dialect(api).messages_of(ctx.original) or []
     if len(orig) != len(current):  # an earlier stage added or removed messages: read what it left
         orig = [m.wire() if hasattr(m, "wire") else m for m in current]
     n = len(orig)
     if n < 3:
-        return
+        return None
     rt = ctx.runtime
-    tokens = rt.tokens
     level = ctx.notes.get("level")
     soft, hard, target, protect = effective(cfg, level, ctx.settings.tokens.context_window)
     ws_budget = min(max(0, getattr(cfg, "working_set_tokens", 0)), target // 4)  # (a small window keeps less)
@@ -430,20 +483,20 @@ def _compact(ctx, decide: bool) -> None:
 
     cleared = ctx.notes.get("clearing") or {}
     by_index: dict[int, int] = cleared.get("by_index") or {}
-    total_in = ctx.tokens_in if ctx.tokens_in is not None else tokens.count_request(api, ctx.original, ctx.model)
+    total_in = ctx.tokens_in if ctx.tokens_in is not None else rt.tokens.count_request(api, ctx.original, ctx.model)
     total = max(0, total_in - int(cleared.get("freed", 0)))  # what is sent after clearing
 
     rec = store.get(NS, key) or {}
     decisions: list[dict[str, Any]] = rec.get("decisions") or []
     ctl = session_ledger.control(ctx, live=decide)  # the user's controls: rollback, pins, compact now
+    n_expected, warm = 0, False
     if not decide:
         if not decisions:
-            return
+            return None
     else:
         n_expected, warm = _rhythm(store, key, cfg.cache_ttl_s, cfg.expected_requests_max, now, persist=total > soft // 2)
         if not decisions and total <= soft and not ctl.compact_now:
-            return  # the common case costs nothing more
-    # nothing from the first pinned message on is folded (no pin: n)
+            return None  # the common case costs nothing more
     pin_at = first_pinned_index(ctx, orig) if ctl.pins else None
     pin_at = n if pin_at is None else pin_at
 
@@ -453,180 +506,193 @@ def _compact(ctx, decide: bool) -> None:
     if api is ApiKind.OPENAI_RESPONSES:  # the client's own compaction (Codex): kept, with all before it
         lead = max(lead, _after_client_compaction(orig))
     spans = SpanHasher(orig, rt.memo("conversation.digests", digest_memo))
-
-    # 1. the session's earlier decision, if the client still sends the span it covers
-    active = None
     last_asst = next((i for i in range(n - 1, -1, -1) if entry(api, i, orig[i]).side == "assistant"), -1)
-    for d in decisions:
+    return _Compaction(ctx, cfg, api, req, current, orig, level, soft, hard, target, protect, ws_budget, key, now,
+                       store, by_index, total, rec, decisions, ctl, pin_at, lead, spans, last_asst, n_expected, warm)
+
+
+def _find(f: _Compaction) -> _Found:
+    """Step 1: the session's earlier decision, if the client still sends the span it covers."""
+    api, orig = f.api, f.orig
+    active = None
+    for d in f.decisions:
         k = int(d.get("end", 0))
-        if k > pin_at or ctl.is_off(NS, d.get("hash")):
+        if k > f.pin_at or f.ctl.is_off(NS, d.get("hash")):
             continue  # rolled back, or covering pinned content
         # (a rewound conversation must still keep its latest assistant message)
-        if d.get("lead") == lead and lead < k <= last_asst and entry(api, k, orig[k]).side == "assistant" \
-                and spans.at(k) == d.get("hash"):
+        if d.get("lead") == f.lead and f.lead < k <= f.last_asst and entry(api, k, orig[k]).side == "assistant" \
+                and f.spans.at(k) == d.get("hash"):
             active = d
             break
-    start = int(active["end"]) if active else lead
-    t_now = total
+    start = int(active["end"]) if active else f.lead
+    t_now = f.total
     if active:
-        cleared_in_span = sum(v for i, v in by_index.items() if lead <= int(i) < start)
-        t_now = total - (int(active["span_tokens"]) - cleared_in_span) + int(active["summary_tokens"])
+        cleared_in_span = sum(v for i, v in f.by_index.items() if f.lead <= int(i) < start)
+        t_now = f.total - (int(active["span_tokens"]) - cleared_in_span) + int(active["summary_tokens"])
+    return _Found(active, start, t_now)
 
-    # 2. does it need to compact (further)?
-    trigger = None
-    cost = None
-    new: dict[str, Any] | None = None
-    ready: Summary | None = None  # a finished LLM summary of the chosen span
-    if decide and (t_now > soft or ctl.compact_now) and not ctl.holds(t_now, ctx.settings):
-        es = entries(api, orig)
-        tok = [tokens.count_message(api, m, ctx.model) for m in orig]
-        tok_now = [max(0, t - by_index.get(i, 0)) for i, t in enumerate(tok)]
-        fixed = max(0, total - sum(tok_now))  # system + tools: the head no compaction touches
-        prev_summary = int(active["summary_tokens"]) if active else 0
-        # (the files a summary keeps verbatim count at most their budget: cut deeper for them, or the
-        # request lands above the target and compacts again soon, re-writing the cache each time)
-        est_summary = min(cfg.summary_max_tokens, 400 + prev_summary) + ws_budget
-        limits = [_protected_start(api, orig, protect)]
-        if t_now > hard:
-            # past hard, protection gives way step by step (one long autonomous turn can fill the window):
-            # the latest turn only, then everything before the latest assistant message
-            limits += [_protected_start(api, orig, 1), last_asst]
-        limits = [min(hi, pin_at) for hi in limits]
-        min_span = 1 if ctl.compact_now else cfg.min_span_tokens  # compact now: any span is worth it
-        chosen = None
-        plan = rec.get("plan")
-        for hi in limits:
-            cuts = cut_points(es, start, hi) if hi > start else []
-            if not cuts:
-                continue
-            if plan and plan.get("end") in cuts and spans.at(plan["end"]) == plan.get("hash"):
-                chosen = plan["end"]  # the span an LLM summary was started for
+
+def _decide(f: _Compaction, found: _Found) -> _Decision:
+    """Step 2: does it need to compact (further)? The span to fold and why (a ``compaction`` event with
+    ``applied: false`` when it does not)."""
+    ctx, cfg, api, orig, ctl = f.ctx, f.cfg, f.api, f.orig, f.ctl
+    active, start, t_now = found.active, found.start, found.t_now
+    out = _Decision()
+    if not ((t_now > f.soft or ctl.compact_now) and not ctl.holds(t_now, ctx.settings)):
+        return out
+    tokens = ctx.runtime.tokens
+    store, key, by_index, total = f.store, f.key, f.by_index, f.total
+    es = out.es = entries(api, orig)
+    tok = out.tok = [tokens.count_message(api, m, ctx.model) for m in orig]
+    tok_now = [max(0, t - by_index.get(i, 0)) for i, t in enumerate(tok)]
+    fixed = max(0, total - sum(tok_now))  # system + tools: the head no compaction touches
+    prev_summary = int(active["summary_tokens"]) if active else 0
+    # (the files a summary keeps verbatim count at most their budget: cut deeper for them, or the
+    # request lands above the target and compacts again soon, re-writing the cache each time)
+    est_summary = min(cfg.summary_max_tokens, 400 + prev_summary) + f.ws_budget
+    limits = [_protected_start(api, orig, f.protect)]
+    if t_now > f.hard:
+        # past hard, protection gives way step by step (one long autonomous turn can fill the window):
+        # the latest turn only, then everything before the latest assistant message
+        limits += [_protected_start(api, orig, 1), f.last_asst]
+    limits = [min(hi, f.pin_at) for hi in limits]
+    min_span = 1 if ctl.compact_now else cfg.min_span_tokens  # compact now: any span is worth it
+    chosen = None
+    plan = f.rec.get("plan")
+    for hi in limits:
+        cuts = cut_points(es, start, hi) if hi > start else []
+        if not cuts:
+            continue
+        if plan and plan.get("end") in cuts and f.spans.at(plan["end"]) == plan.get("hash"):
+            chosen = plan["end"]  # the span an LLM summary was started for
+            break
+        acc, j = 0, start
+        for k in cuts:  # the smallest cut that reaches the target, else the largest
+            acc += sum(tok_now[j:k])
+            j = chosen = k
+            if t_now - prev_summary - acc + est_summary <= f.target and not ctl.compact_now:  # (compact now: all it may)
                 break
-            acc, j = 0, start
-            for k in cuts:  # the smallest cut that reaches the target, else the largest
-                acc += sum(tok_now[j:k])
-                j = chosen = k
-                if t_now - prev_summary - acc + est_summary <= target and not ctl.compact_now:  # (compact now: all it may)
-                    break
-            if sum(tok_now[start:chosen]) >= min_span:
-                break
-        reason = "nothing worth compacting outside the protected turns"
-        if chosen is not None:
-            span_toks = sum(tok_now[start:chosen])
-            t_after = t_now - prev_summary - span_toks + est_summary
-            if span_toks >= min_span and t_after < t_now:
-                read, write = cache_factors(api)
-                cost = pays_off(t_now, t_after, fixed, n_expected, warm, read, write)
-                trigger = "manual" if ctl.compact_now else "hard" if t_now > hard else "soft" if cost.pays else None
-                reason = "soft threshold: re-writing the cache does not pay yet"
-                if cfg.summariser == "llm":
-                    span = spans.at(chosen)
-                    done = store.get(NS_LLM, f"{key}|{span}")
-                    if done and not done.get("failed"):
-                        ready = Summary(text=done["text"], messages=done["messages"], source_tokens=done["source_tokens"],
+        if sum(tok_now[start:chosen]) >= min_span:
+            break
+    reason = "nothing worth compacting outside the protected turns"
+    trigger = cost = None
+    if chosen is not None:
+        span_toks = sum(tok_now[start:chosen])
+        t_after = t_now - prev_summary - span_toks + est_summary
+        if span_toks >= min_span and t_after < t_now:
+            read, write = cache_factors(api)
+            cost = pays_off(t_now, t_after, fixed, f.n_expected, f.warm, read, write)
+            trigger = "manual" if ctl.compact_now else "hard" if t_now > f.hard else "soft" if cost.pays else None
+            reason = "soft threshold: re-writing the cache does not pay yet"
+            if cfg.summariser == "llm":
+                span = f.spans.at(chosen)
+                done = store.get(NS_LLM, f"{key}|{span}")
+                if done and not done.get("failed"):
+                    out.ready = Summary(text=done["text"], messages=done["messages"], source_tokens=done["source_tokens"],
                                         summariser="llm", usage=done.get("usage"))
-                    elif not done:
-                        # started past soft, so the summary is ready when it is needed
-                        _start_llm(ctx, cfg, key, span, transcript(api, orig[start:chosen], tool_calls(api, orig[:chosen])),
-                                   _prior(active), chosen - start, sum(tok[start:chosen]))
-                        if plan != {"end": chosen, "hash": span}:
-                            store.update(NS, key, lambda cur: {**(cur or {}), "plan": {"end": chosen, "hash": span}})
-                        if trigger == "soft":
-                            trigger, reason = None, "waiting for the llm summary"
-                if trigger:
-                    new = {"end": chosen, "span_tokens": sum(tok[start:chosen])}
-        if trigger is None:
-            data = dict(applied=False, reason=reason, tokens_before=total, level=str(level or "NORMAL"))
-            if cost is not None:
-                data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
-            ctx.emit("compaction", **data)
+                elif not done:
+                    # started past soft, so the summary is ready when it is needed
+                    _start_llm(ctx, cfg, key, span, transcript(api, orig[start:chosen], tool_calls(api, orig[:chosen])),
+                               _prior(active), chosen - start, sum(tok[start:chosen]))
+                    if plan != {"end": chosen, "hash": span}:
+                        store.update(NS, key, lambda cur: {**(cur or {}), "plan": {"end": chosen, "hash": span}})
+                    if trigger == "soft":
+                        trigger, reason = None, "waiting for the llm summary"
+            if trigger:
+                out.new = {"end": chosen, "span_tokens": sum(tok[start:chosen])}
+    out.trigger, out.cost = trigger, cost
+    if trigger is None:
+        data = dict(applied=False, reason=reason, tokens_before=total, level=str(f.level or "NORMAL"))
+        if cost is not None:
+            data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
+        ctx.emit("compaction", **data)
+    return out
 
-    # 3. a new decision: summarise the span (extending the earlier summary)
+
+def _summarise(f: _Compaction, found: _Found, d: _Decision) -> tuple[dict[str, Any], dict[str, Any] | None, Any]:
+    """Step 3: a new decision: summarise the span (extending the earlier summary) and store it
+    (compare-and-set). Returns (the decision to apply, the new one or None when another request's won,
+    the LLM summary's usage)."""
+    ctx, cfg, api, orig, lead = f.ctx, f.cfg, f.api, f.orig, f.lead
+    active, start, new = found.active, found.start, d.new
     llm_usage = None
-    if new is not None:
-        end = new["end"]
-        prior = _prior(active)
-        turns = transcript(api, orig[start:end], tool_calls(api, orig[:end]))
-        summary = ready
-        if summary is not None:
-            llm_usage = summary.usage
-        else:
-            summary = extractive_summary(turns, messages=end - start, tokens=new["span_tokens"],
-                                         max_chars=cfg.summary_max_tokens * 4, prior=prior,
-                                         current_request=_current_request(api, es, orig, start, end, prior))
-        # the folded messages are kept whole under one id the summary names (the recall stage stores
-        # them before this request goes out): every compaction can be undone by recall
-        folded = folded_text(turns, start)
-        folds = list((active or {}).get("folds") or []) + [[memory_id(folded), start, end - 1]]
-        ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
-        head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
-        text = head + folds_line(folds, ctx) + working_appendix(ctx, ws_budget, orig, lead, end) + ("\n\n" + rest if rest else "")
-        decision = {"lead": lead, "end": end, "hash": spans.at(end), "summary": text,
-                    "folds": folds, "sections": summary.sections,
-                    "messages": summary.messages, "source_tokens": summary.source_tokens,
-                    "span_tokens": new["span_tokens"] + (int(active["span_tokens"]) if active else 0),
-                    "summary_tokens": tokens.count_text(text, ctx.model) + 8,
-                    "summariser": summary.summariser, "created": now, "trigger": trigger}
-        known = {(d.get("end"), d.get("hash")) for d in decisions}
-        won: list[dict[str, Any]] = []
-
-        def decide(cur):
-            """Compare-and-set: a decision another request (another replica) stored since this one read
-            the record, and that this request can apply, wins; both then send the same bytes."""
-            latest = (cur or {}).get("decisions") or []
-            for d in latest:
-                k = int(d.get("end", 0))
-                if (d.get("end"), d.get("hash")) not in known and d.get("lead") == lead and start < k <= last_asst \
-                        and entry(api, k, orig[k]).side == "assistant" and spans.at(k) == d.get("hash"):
-                    won[:] = [d]
-                    return cur
-            won.clear()
-            # (the decision this one extends stays: a rollback of this one applies it again)
-            others = [d for d in latest if d.get("hash") != decision["hash"]]
-            return {"decisions": [decision] + others[: MAX_DECISIONS - 1]}
-
-        store.update(NS, key, decide)
-        if won:
-            new, active = None, won[0]
-        else:
-            compacted = [{"tool_use_id": p.tool_id, "memory_id": memory_id(p.text), "tool": p.tool, "input": p.tool_input,
-                          "text": p.text} for t in turns for p in t.parts if p.kind == "tool_result" and p.text.strip()]
-            if compacted:
-                ctx.notes.setdefault("compacted", []).extend(compacted)
-            active = decision
-            session_ledger.record_decision(
-                ctx, NS, trigger=trigger, tokens_before=t_now,
-                tokens_after=total - (decision["span_tokens"] - sum(v for i, v in by_index.items() if lead <= int(i) < end))
-                + decision["summary_tokens"], span=(lead, end - 1), tool_ids=[c["tool_use_id"] for c in compacted],
-                refs=[decision["hash"]], summary_tokens=decision["summary_tokens"])
-    if decide and ctl.compact_now:
-        session_ledger.consume_compact_now(ctx)
-
-    if active is None:
-        return
-
-    # 4. apply: [lead messages] + [summary] + messages[end:]
-    end = int(active["end"])
-    cc = _summary_cache_control(ctx, cfg, orig[end:])
-    summary_msg = _summary_message(api, active["summary"], cc)
-    head = list(current[:lead])
-    if api is ApiKind.OPENAI_RESPONSES:
-        req.input = head + [summary_msg] + list(current[end:])
+    end = new["end"]
+    prior = _prior(active)
+    turns = transcript(api, orig[start:end], tool_calls(api, orig[:end]))
+    summary = d.ready
+    if summary is not None:
+        llm_usage = summary.usage
     else:
-        req.messages = head + [summary_msg] + list(current[end:])
-    cleared_in_span = sum(v for i, v in by_index.items() if lead <= int(i) < end)
+        summary = extractive_summary(turns, messages=end - start, tokens=new["span_tokens"],
+                                     max_chars=cfg.summary_max_tokens * 4, prior=prior,
+                                     current_request=_current_request(api, d.es, orig, start, end, prior))
+    # the folded messages are kept whole under one id the summary names (the recall stage stores
+    # them before this request goes out): every compaction can be undone by recall
+    folded = folded_text(turns, start)
+    folds = list((active or {}).get("folds") or []) + [[memory_id(folded), start, end - 1]]
+    ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
+    head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
+    text = head + folds_line(folds, ctx) + working_appendix(ctx, f.ws_budget, orig, lead, end) + ("\n\n" + rest if rest else "")
+    decision = {"lead": lead, "end": end, "hash": f.spans.at(end), "summary": text,
+                "folds": folds, "sections": summary.sections,
+                "messages": summary.messages, "source_tokens": summary.source_tokens,
+                "span_tokens": new["span_tokens"] + (int(active["span_tokens"]) if active else 0),
+                "summary_tokens": ctx.runtime.tokens.count_text(text, ctx.model) + 8,
+                "summariser": summary.summariser, "created": f.now, "trigger": d.trigger}
+    known = {(x.get("end"), x.get("hash")) for x in f.decisions}
+    won: list[dict[str, Any]] = []
+
+    def decide(cur):
+        """Compare-and-set: a decision another request (another replica) stored since this one read
+        the record, and that this request can apply, wins; both then send the same bytes."""
+        latest = (cur or {}).get("decisions") or []
+        for x in latest:
+            k = int(x.get("end", 0))
+            if (x.get("end"), x.get("hash")) not in known and x.get("lead") == lead and start < k <= f.last_asst \
+                    and entry(api, k, orig[k]).side == "assistant" and f.spans.at(k) == x.get("hash"):
+                won[:] = [x]
+                return cur
+        won.clear()
+        # (the decision this one extends stays: a rollback of this one applies it again)
+        others = [x for x in latest if x.get("hash") != decision["hash"]]
+        return {"decisions": [decision] + others[: MAX_DECISIONS - 1]}
+
+    f.store.update(NS, f.key, decide)
+    if won:
+        return won[0], None, llm_usage
+    compacted = [{"tool_use_id": p.tool_id, "memory_id": memory_id(p.text), "tool": p.tool, "input": p.tool_input,
+                  "text": p.text} for t in turns for p in t.parts if p.kind == "tool_result" and p.text.strip()]
+    if compacted:
+        ctx.notes.setdefault("compacted", []).extend(compacted)
+    session_ledger.record_decision(
+        ctx, NS, trigger=d.trigger, tokens_before=found.t_now,
+        tokens_after=f.total - (decision["span_tokens"] - sum(v for i, v in f.by_index.items() if lead <= int(i) < end))
+        + decision["summary_tokens"], span=(lead, end - 1), tool_ids=[c["tool_use_id"] for c in compacted],
+        refs=[decision["hash"]], summary_tokens=decision["summary_tokens"])
+    return decision, new, llm_usage
+
+
+def _apply(f: _Compaction, active: dict[str, Any], reused: bool, trigger: str | None, cost: CostEstimate | None,
+           llm_usage: Any) -> None:
+    """Step 4: [lead messages] + [summary] + messages[end:], and the ``compaction`` event."""
+    ctx, cfg, api, lead, total = f.ctx, f.cfg, f.api, f.lead, f.total
+    end = int(active["end"])
+    cc = _summary_cache_control(ctx, cfg, f.orig[end:])
+    summary_msg = dialect(api).summary_message(active["summary"], cc)
+    head = list(f.current[:lead])
+    setattr(f.req, dialect(api).history_key, head + [summary_msg] + list(f.current[end:]))
+    cleared_in_span = sum(v for i, v in f.by_index.items() if lead <= int(i) < end)
     t_after = total - (int(active["span_tokens"]) - cleared_in_span) + int(active["summary_tokens"])
-    reused = new is None
     ctx.notes["compaction"] = {"lead": lead, "end": end, "reused": reused, "summary_tokens": active["summary_tokens"],
                                "messages": end - lead}
     data: dict[str, Any] = dict(applied=True, messages=end - lead, tokens_before=total, tokens_after=t_after,
                                 summary_tokens=active["summary_tokens"], reused=reused,
-                                summariser=active.get("summariser", "extractive"), level=str(level or "NORMAL"),
+                                summariser=active.get("summariser", "extractive"), level=str(f.level or "NORMAL"),
                                 trigger=trigger or "reuse", breakpoint=cc is not None)
     if cost is not None and not reused:
         data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
     if ctx.notes.get("folded") and not reused:
-        data["folded"] = [f["memory_id"] for f in ctx.notes["folded"]]  # the ids the summary names
+        data["folded"] = [x["memory_id"] for x in ctx.notes["folded"]]  # the ids the summary names
     if llm_usage:
         data["llm_usage"] = llm_usage
         data.update(summariser_cost(llm_usage, llm_usage.get("model")))

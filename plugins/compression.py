@@ -36,6 +36,7 @@ from __future__ import annotations
 from typing import Any
 
 from contextwarden import hookimpl
+from contextwarden.dialects import dialect
 from contextwarden.compress import Limits, compress, render
 from contextwarden.conversation import image_count, result_text
 from contextwarden.memory.ids import memory_id
@@ -89,7 +90,7 @@ def _tail(ctx, edits: dict) -> tuple[list[Slot], dict[str, bool]]:
     last = _last_assistant(ctx)
     if ctx.api is ApiKind.ANTHROPIC:
         return _tail_anthropic(ctx.request, last)
-    items = ctx.request.input if ctx.api is ApiKind.OPENAI_RESPONSES else ctx.request.messages
+    items = dialect(ctx.api).messages_of(ctx.request)
     if not isinstance(items, list) or not any(role_of(it) == "tool" for it in items[last + 1:]):
         return [], {}  # no new tool result: the history is not walked
     slots, _ = find_slots(ctx.api, ctx.request, edits)

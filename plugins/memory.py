@@ -20,6 +20,7 @@ import time
 import orjson
 
 from contextwarden import hookimpl
+from contextwarden.dialects import dialect
 from contextwarden.memory import produced
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, framing_tokens, inject,
@@ -191,10 +192,7 @@ def _assistant_messages(ctx, turn) -> list:
     msg = getattr(turn, "message", None)
     if not isinstance(msg, dict):
         return []
-    if ctx.api is ApiKind.OPENAI_RESPONSES:
-        out = msg.get("output")
-        return [o for o in out if isinstance(o, dict)] if isinstance(out, list) else []
-    return [msg]
+    return dialect(ctx.api).answer_messages(msg)
 
 
 def _result_index(msgs: list) -> dict[str, int]:

@@ -25,13 +25,10 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable
 
-import orjson
-
 from contextwarden import hookimpl
+from contextwarden.dialects import dialect
 from contextwarden.models import ApiKind
 from contextwarden.models import anthropic as am
-from contextwarden.models import openai_chat as oc
-from contextwarden.models import openai_responses as orr
 
 _VC_PROMPT = re.compile(r"\A\s*\[vc:prompt\][ \t]*(?:\r?\n\s*)?")
 _VC_USER = re.compile(r"\[vc:user\](.*?)\[/vc:user\]", re.S)
@@ -172,43 +169,6 @@ def cw_configure(runtime) -> None:
         runtime.bus.emit("error", {"where": "strip", "message": err, "action": "pattern skipped"})
 
 
-def _tool_use_text(b: am.ToolUseBlock) -> str:
-    return f"{b.name} " + orjson.dumps(b.input).decode("utf-8", "replace")
-
-
-# ``am.block_text`` by exact block type: pydantic's isinstance is slow and this runs for every block of
-# the history on every request. Any other type (and any subclass) goes to ``am.block_text`` itself.
-_BLOCK_TEXT: dict[type, Callable[[Any], str]] = {
-    am.TextBlock: lambda b: b.text,
-    am.ThinkingBlock: lambda b: b.thinking,
-    am.ToolUseBlock: _tool_use_text,
-    am.ToolResultBlock: lambda b: am.content_text(b.content),
-}
-
-
-def _anthropic_text(m: am.Message) -> str:
-    """``am.message_text(m)``, faster."""
-    c = m.content
-    if isinstance(c, str):
-        return c
-    get = _BLOCK_TEXT.get
-    parts = []
-    for b in c:
-        f = get(type(b))
-        t = f(b) if f is not None else am.block_text(b)
-        if t:
-            parts.append(t)
-    return "\n".join(parts)
-
-
-def _message_text(api: ApiKind, m: Any) -> str:
-    if api is ApiKind.ANTHROPIC:
-        return _anthropic_text(m)
-    if api is ApiKind.OPENAI_RESPONSES:
-        return orr.item_text(m)
-    return oc.message_text(m)
-
-
 def _rewrite_anthropic(m: am.Message, s: Stripper) -> am.Message | None:
     """A copy of ``m`` with its text cleaned, or None when nothing changed."""
     if isinstance(m.content, str):
@@ -250,19 +210,19 @@ def cw_request(ctx) -> None:
     s = stripper_for(ctx.settings.strip, ctx.runtime.memo("strip.strippers", dict))
     api = ctx.api
     req = ctx.request
-    items: list = []
-    if api is ApiKind.OPENAI_RESPONSES:
-        inp = req.input
-        items = [inp] if isinstance(inp, str) else (inp if isinstance(inp, list) else [])
-    else:
-        items = req.messages
+    d = dialect(api)
+    text_of = d.text_of
+    items = d.messages_of(req)
+    if items is None:  # a Responses ``input`` that is one string: one user message
+        inp = getattr(req, d.history_key, None)
+        items = [inp] if isinstance(inp, str) else []
     clean: dict[int, str] = {}
     totals: dict[str, int] = {}
     cleaned = 0
     history = ctx.history
 
     def strip_one(m: Any) -> tuple[str | None, tuple]:
-        text, counts = s.clean(_message_text(api, m))
+        text, counts = s.clean(text_of(m))
         return (text, tuple(counts.items())) if counts else (None, ())
 
     # a message seen before, unchanged: its result is remembered with it (history.Entry.memo)

@@ -122,7 +122,7 @@ def test_memo_is_bounded(monkeypatch):
 
 def test_fast_message_text_is_anthropic_message_text():
     from contextwarden.models import anthropic as am
-    from contextwarden.plugins.strip import _anthropic_text
+    _anthropic_text = am.message_text_fast  # (was plugins.strip._anthropic_text: now the dialect's text_of)
 
     req = am.MessagesRequest.model_validate({"model": "claude-x", "messages": [
         {"role": "user", "content": "plain [message_id: 1]"},

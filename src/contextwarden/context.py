@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .models.base import ApiKind, WireModel
+from .notes import Notes
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -40,7 +41,7 @@ class RequestContext:
     stream: bool
     original: dict[str, Any]  # the decoded body as the client sent it: never mutate
     request: WireModel  # the typed body: stages put edited copies of its frozen messages in (hookspecs)
-    notes: dict[str, Any] = field(default_factory=dict)  # data stages hand to later stages and hooks
+    notes: Notes = field(default_factory=dict)  # type: ignore[assignment]  # data stages hand on: notes.py declares each key
     stage_results: list[dict[str, Any]] = field(default_factory=list)
     blocked: BlockedResponse | None = None
     started: float = field(default_factory=time.perf_counter)

@@ -24,10 +24,10 @@ from .lru import BytesMemo
 from .models.base import ApiKind
 
 
-def dialect(api):
-    from .dialects import dialect as of
+def _dialect(api):
+    from .dialects import dialect  # (lazily: the dialects import this module)
 
-    return of(api)
+    return dialect(api)
 
 #: Roles that carry instructions rather than conversation (kept or summarised verbatim, never dropped).
 SYSTEM_ROLES = frozenset({"system", "developer"})
@@ -44,11 +44,6 @@ class Entry:
     turn_start: bool = False  # a user message with something besides tool results
 
 
-def messages_of(api: ApiKind, body: dict[str, Any]) -> list[Any] | None:
-    """The history list of a wire body (``messages``, or the Responses ``input`` list); None if absent."""
-    return dialect(api).messages_of(body)
-
-
 def side_of(role: str) -> str:
     """Who produced a message of ``role``: "system", "assistant", or "user" (tool and unknown roles sit on
     the caller's side)."""
@@ -61,11 +56,11 @@ def side_of(role: str) -> str:
 
 def entry(api: ApiKind, index: int, m: Any) -> Entry:
     """Classify one wire message / input item (its dialect's ``entry``)."""
-    return dialect(api).entry(index, m)
+    return _dialect(api).entry(index, m)
 
 
 def entries(api: ApiKind, msgs: list[Any]) -> list[Entry]:
-    classify = dialect(api).entry
+    classify = _dialect(api).entry
     return [classify(i, m) for i, m in enumerate(msgs)]
 
 
@@ -254,7 +249,7 @@ class ToolCall:
 
 def tool_calls(api: ApiKind, msgs: list[Any]) -> dict[str, ToolCall]:
     """Every tool call of the history by id, in order (its dialect's ``tool_calls``)."""
-    return dialect(api).tool_calls(msgs)
+    return _dialect(api).tool_calls(msgs)
 
 
 def maybe_json(v: Any) -> Any:

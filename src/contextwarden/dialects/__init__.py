@@ -5,8 +5,8 @@ request and message models, how to read one history entry for the conversation w
 tool calls opened and answered, user turns), where its tool calls are (``tool_calls``), its validator
 rules (``check``), its stream assembler, and how memory is put into a request (``inject``/``injectable``).
 Code that needs one of these asks ``dialect(api)`` instead of branching on :class:`ApiKind`; a new API
-is one new module here. (Token walk, summary message and budget rules still branch where they are;
-see docs/ARCHITECTURE.md.)
+is one new module here. (The token walk and strip's rewrite still branch where they are; see
+docs/ARCHITECTURE.md.)
 """
 
 from __future__ import annotations
@@ -29,6 +29,17 @@ class Dialect:
     assembler: type  # the stream assembler (contextwarden.streams): the assistant's turn from the response
     inject: Callable[[Any, str], str]  # memory: append a block to the request (typed), where it went
     injectable: Callable[[Any], None]  # memory: raise NotInjectable when there is no cache-safe place
+    text_of: Callable[[Any], str]  # a (typed) history entry's plain text: what strip cleans
+    summary_message: Callable[[str, dict | None], Any]  # compaction: its summary as a user message (cache_control: Anthropic's breakpoint)
+    error_answer: Callable[[str, bool], tuple[bytes, dict[str, str]]]  # (body, headers) of an error in the API's own format (stream: as the client reads a stream)
+    endpoint: tuple[str, str]  # a default (host, path) of the API (in-process replay and evaluations)
+    reply: Callable[[str], dict]  # an assistant answer of plain text, as the API returns it (replayed turns)
+    answer_messages: Callable[[dict], list]  # the history entries an answer (AssembledTurn.message) adds
+    request_defaults: tuple[tuple[str, Any], ...] = ()  # fields a minimal request needs besides model and history
+
+    def body(self, history: list, model: str, **extra) -> dict[str, Any]:
+        """A minimal request body of this API around ``history`` (replay, evaluations)."""
+        return {"model": model, **dict(self.request_defaults), self.history_key: history, **extra}
 
     def messages_of(self, body: Any) -> list | None:
         """The history list of a wire dict or a typed request; None when absent or not a list."""

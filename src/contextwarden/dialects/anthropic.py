@@ -60,5 +60,31 @@ def injectable(req) -> None:
     check_anthropic(req)
 
 
+def summary_message(text: str, cache_control: dict | None = None) -> am.Message:
+    block: dict[str, Any] = {"type": "text", "text": text}
+    if cache_control:
+        block["cache_control"] = cache_control
+    return am.Message.model_validate({"role": "user", "content": [block]})
+
+
+def error_answer(message: str, stream: bool) -> tuple[bytes, dict[str, str]]:
+    import orjson
+
+    err = orjson.dumps({"type": "error", "error": {"type": "rate_limit_error", "message": message}})
+    if stream:  # what the client reads as a stream: one SSE `error` event carrying the same JSON
+        return b"event: error\ndata: " + err + b"\n\n", {"content-type": "text/event-stream; charset=utf-8",
+                                                         "cache-control": "no-cache"}
+    return err, {"content-type": "application/json"}
+
+
+def reply(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}] if text else []}
+
+
+def answer_messages(message: dict) -> list:
+    return [message]
+
+
 DIALECT = Dialect(ApiKind.ANTHROPIC, "messages", am.MessagesRequest, am.Message, entry, tool_calls, check,
-                  AnthropicAssembler, inject, injectable)
+                  AnthropicAssembler, inject, injectable, am.message_text_fast, summary_message, error_answer,
+                  ("api.anthropic.com", "/v1/messages"), reply, answer_messages, (("max_tokens", 1024),))

@@ -15,4 +15,11 @@ def inject(req, block: str) -> str:
     return _chat(req, block, parts=False)
 
 
-DIALECT = replace(openai_chat.DIALECT, kind=ApiKind.OLLAMA_CHAT, assembler=OllamaAssembler, inject=inject)
+def error_answer(message: str, stream: bool) -> tuple[bytes, dict[str, str]]:
+    import orjson
+
+    return orjson.dumps({"error": message}), {"content-type": "application/json; charset=utf-8"}
+
+
+DIALECT = replace(openai_chat.DIALECT, kind=ApiKind.OLLAMA_CHAT, assembler=OllamaAssembler, inject=inject,
+                  error_answer=error_answer, endpoint=("localhost", "/api/chat"))

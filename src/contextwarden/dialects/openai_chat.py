@@ -54,5 +54,27 @@ def injectable(req) -> None:
     check_chat(req)
 
 
+def summary_message(text: str, cache_control: dict | None = None) -> oc.ChatMessage:
+    return oc.ChatMessage.model_validate({"role": "user", "content": text})
+
+
+def error_answer(message: str, stream: bool) -> tuple[bytes, dict[str, str]]:
+    """OpenAI's error object (chat and responses): the SDKs map a 429 to RateLimitError and expose
+    type and code."""
+    import orjson
+
+    return (orjson.dumps({"error": {"message": message, "type": "tokens", "param": None, "code": "rate_limit_exceeded"}}),
+            {"content-type": "application/json"})
+
+
+def reply(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def answer_messages(message: dict) -> list:
+    return [message]
+
+
 DIALECT = Dialect(ApiKind.OPENAI_CHAT, "messages", oc.ChatRequest, oc.ChatMessage, entry, tool_calls, check,
-                  ChatAssembler, inject, injectable)
+                  ChatAssembler, inject, injectable, oc.message_text, summary_message, error_answer,
+                  ("api.openai.com", "/v1/chat/completions"), reply, answer_messages)

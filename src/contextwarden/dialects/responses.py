@@ -9,7 +9,7 @@ from ..conversation import Entry, ToolCall, maybe_json, side_of
 from ..models import openai_responses as orr
 from ..models.base import ApiKind
 from ..streams.openai_responses import ResponsesAssembler
-from . import Dialect
+from . import Dialect, openai_chat
 
 # input items produced by the model (the assistant side of the conversation)
 ASSISTANT_TYPES = frozenset({
@@ -67,5 +67,21 @@ def injectable(req) -> None:
     check_responses(req)
 
 
+def summary_message(text: str, cache_control: dict | None = None) -> dict:
+    return {"role": "user", "content": text}
+
+
+def reply(text: str) -> dict:
+    return {"role": "assistant", "output": [{"type": "message", "role": "assistant",
+                                             "content": [{"type": "output_text", "text": text}]}]}
+
+
+def answer_messages(message: dict) -> list:
+    """A response's output items (messages, calls, reasoning): each an entry of the next ``input``."""
+    out = message.get("output")
+    return [o for o in out if isinstance(o, dict)] if isinstance(out, list) else []
+
+
 DIALECT = Dialect(ApiKind.OPENAI_RESPONSES, "input", orr.ResponsesRequest, None, entry, tool_calls, check,
-                  ResponsesAssembler, inject, injectable)
+                  ResponsesAssembler, inject, injectable, orr.item_text, summary_message, openai_chat.error_answer,
+                  ("api.openai.com", "/v1/responses"), reply, answer_messages)

@@ -124,9 +124,9 @@ class Embedder:
     def count_tokens_batch(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self._counter.encode_batch(list(texts), add_special_tokens=False)]
 
-    def token_counter(self) -> "TokenCounter":
-        """The chunker's measure for this model (see :class:`TokenCounter`)."""
-        return TokenCounter(self)
+    def token_counter(self) -> "PieceCounter":
+        """The chunker's measure for this model (see :class:`PieceCounter`)."""
+        return PieceCounter(self)
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         return self._run([e.ids for e in self._tok.encode_batch(texts, add_special_tokens=True)])
@@ -149,7 +149,7 @@ class Embedder:
         return (pooled / norm).astype(np.float32)
 
 
-class TokenCounter:
+class PieceCounter:
     """``count(text)`` in the model's word pieces, additive over lines (``additive = True`` lets the
     chunker count every line once and sum), with a cache of line counts (the lines of a tool output are
     measured many times while it is cut)."""

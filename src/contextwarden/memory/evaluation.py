@@ -7,19 +7,14 @@ The check reads only the outgoing body; the pipeline never sees evidence ids.
 
 from __future__ import annotations
 
-import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..models.base import ApiKind
+from .retrieve import normalise  # noqa: F401 (the evaluations' normalise: retrieval's own)
 
-_WS = re.compile(r"\s+")
-
-
-def normalise(text: str) -> str:
-    return _WS.sub(" ", text).strip()
 
 
 def _content_texts(content: Any) -> Iterable[str]:

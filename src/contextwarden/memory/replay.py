@@ -20,14 +20,10 @@ import orjson
 
 from ..models.base import ApiKind
 from .. import lifecycle
+from ..dialects import dialect
 from ..pipeline import Outcome
 
 _flow_ids = itertools.count(1)
-
-_PATHS = {ApiKind.ANTHROPIC: ("api.anthropic.com", "/v1/messages"),
-          ApiKind.OPENAI_CHAT: ("api.openai.com", "/v1/chat/completions"),
-          ApiKind.OPENAI_RESPONSES: ("api.openai.com", "/v1/responses"),
-          ApiKind.OLLAMA_CHAT: ("localhost", "/api/chat")}
 
 
 @dataclass
@@ -71,11 +67,7 @@ class Replayer:
         return svc
 
     def body(self, messages: list[dict], model: str = "claude-eval", **kw) -> dict[str, Any]:
-        if self.api is ApiKind.ANTHROPIC:
-            return {"model": model, "max_tokens": 1024, "messages": messages, **kw}
-        if self.api is ApiKind.OPENAI_RESPONSES:
-            return {"model": model, "input": messages, **kw}
-        return {"model": model, "messages": messages, **kw}
+        return dialect(self.api).body(messages, model, **kw)
 
     def send(self, messages: list[dict] | None = None, *, api_key: str = "sk-eval", session: str | None = None,
              body: dict[str, Any] | None = None, headers: list[tuple[str, str]] | None = None,
@@ -89,7 +81,7 @@ class Replayer:
         if session:
             h.append(("x-contextwarden-session", session))
         h += headers or []
-        host, path = _PATHS[self.api]
+        host, path = dialect(self.api).endpoint
         ctx, outcome = lifecycle.send(self.runtime, self.api, host, path, h, raw, f"replay-{next(_flow_ids)}",
                                       loop=self.loop, tenant=tenant)
         wire = lifecycle.sent(ctx, outcome) or ctx.original
@@ -97,14 +89,7 @@ class Replayer:
 
     def complete(self, sent: Sent, text: str) -> None:
         """Play the assistant's reply ``text`` as the turn of ``sent`` (runs the cw_turn_complete hooks)."""
-        if self.api is ApiKind.ANTHROPIC:
-            message = {"role": "assistant", "content": [{"type": "text", "text": text}] if text else []}
-        elif self.api is ApiKind.OPENAI_RESPONSES:
-            message = {"role": "assistant", "output": [{"type": "message", "role": "assistant",
-                                                         "content": [{"type": "output_text", "text": text}]}]}
-        else:
-            message = {"role": "assistant", "content": text}
-        turn = lifecycle.turn_of(self.api, sent.ctx.model, message)
+        turn = lifecycle.turn_of(self.api, sent.ctx.model, dialect(self.api).reply(text))
         lifecycle.complete(self.runtime, sent.ctx, turn)
 
     def flush(self, timeout: float = 3600) -> bool:

@@ -136,3 +136,34 @@ def message_text(msg: Message) -> str:
     if isinstance(msg.content, str):
         return msg.content
     return "\n".join(t for t in (block_text(b) for b in msg.content) if t)
+
+
+def _tool_use_text(b: ToolUseBlock) -> str:
+    import orjson
+
+    return f"{b.name} " + orjson.dumps(b.input).decode("utf-8", "replace")
+
+
+# ``block_text`` by exact block type: pydantic's isinstance is slow and this runs for every block of the
+# history on every request (strip). Any other type (and any subclass) goes to ``block_text`` itself.
+_BLOCK_TEXT: dict[type, Any] = {
+    TextBlock: lambda b: b.text,
+    ThinkingBlock: lambda b: b.thinking,
+    ToolUseBlock: _tool_use_text,
+    ToolResultBlock: lambda b: content_text(b.content),
+}
+
+
+def message_text_fast(m: Message) -> str:
+    """``message_text(m)``, faster (the dialect's ``text_of``)."""
+    c = m.content
+    if isinstance(c, str):
+        return c
+    get = _BLOCK_TEXT.get
+    parts = []
+    for b in c:
+        f = get(type(b))
+        t = f(b) if f is not None else block_text(b)
+        if t:
+            parts.append(t)
+    return "\n".join(parts)

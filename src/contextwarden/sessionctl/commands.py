@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..conversation import messages_of, strip_cache_control
+from ..conversation import strip_cache_control
+from ..dialects import dialect
 from ..cost import WRITE_MULT, TTL_5M, price_for
 from ..statecache import state_cache
 from . import ledger
@@ -105,8 +106,8 @@ def rewrite_cost(rt, ctx, restored: dict[str, Any]) -> dict[str, Any]:
     message that differs from what the session sent last (cache markers aside) to its end, and their
     price as a 5-minute cache write at the model's list price."""
     sent = _last_sent(rt, ctx)
-    new = messages_of(ctx.api, restored) or []
-    old = (messages_of(ctx.api, sent) or []) if sent is not None else []
+    new = dialect(ctx.api).messages_of(restored) or []
+    old = (dialect(ctx.api).messages_of(sent) or []) if sent is not None else []
     first = 0
     while first < min(len(new), len(old)) and strip_cache_control(new[first]) == strip_cache_control(old[first]):
         first += 1
