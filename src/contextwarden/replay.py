@@ -530,10 +530,10 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
             model = ctx.model
             sent = lifecycle.sent(ctx, outcome)
             problems = validate_rewrite(req.api, sent, ctx.original) if sent is not None and sent is not ctx.original else []
-            if req.api is ApiKind.ANTHROPIC:
+            if dialect(req.api).cache_breakpoints:
                 bill_o = cache_o.bill(boundaries(ctx.original, rt.tokens, model, factor), req.ts, model, req.output_tokens)
                 bill_u = cache_u.bill(boundaries(sent, rt.tokens, model, factor), req.ts, model, req.output_tokens) if sent is not None else Bill()
-            else:  # no Anthropic cache rules: everything is base input
+            else:  # no cache breakpoints: everything is base input
                 bill_o = _flat_bill(rt.tokens.count_request(req.api, ctx.original, model), req.output_tokens, model, factor)
                 bill_u = _flat_bill(rt.tokens.count_request(req.api, sent, model), req.output_tokens, model, factor) if sent is not None else Bill()
             tokens_sent = rt.tokens.count_request(req.api, sent, model) if sent is not None else 0

@@ -41,6 +41,7 @@ from typing import Any
 
 import orjson
 
+from .dialects import dialect
 from .models.base import ApiKind
 
 CHARS_PER_TOKEN = 4
@@ -279,7 +280,7 @@ class TokenCounter:
         return self._cached(key, lambda: (self._message(api, message, enc), self._thinking(api, message, enc)))
 
     def _thinking(self, api: ApiKind, m: Any, enc: _Encoding) -> int:
-        if api is not ApiKind.ANTHROPIC or not isinstance(m, dict) or m.get("role") != "assistant" \
+        if not dialect(api).thinking_dropped or not isinstance(m, dict) or m.get("role") != "assistant" \
                 or not isinstance(m.get("content"), list):
             return 0
         return sum(self._block(api, b, enc) for b in m["content"]
@@ -308,7 +309,8 @@ class TokenCounter:
             model = body["model"]
         enc = self._encoding(model)
         tools = body.get("tools")
-        system = body.get("instructions") if api is ApiKind.OPENAI_RESPONSES else body.get("system") if api is ApiKind.ANTHROPIC else None
+        d = dialect(api)
+        system = body.get(d.system_key) if d.system_key is not None else None
         fixed = reuse[2] if reuse is not None and len(reuse) > 2 else None
         if fixed is not None and fixed[0] is tools and fixed[1] is system and fixed[2] is enc:
             n = fixed[3]  # the original's own tools and system objects: counted already
@@ -331,7 +333,7 @@ class TokenCounter:
             if keep is not None:
                 keep.append((msgs, entries, fixed))
             n += sum(map(itemgetter(0), entries))
-            if api is ApiKind.ANTHROPIC and strips_thinking(model):
+            if d.thinking_dropped and strips_thinking(model):
                 # earlier turns' thinking blocks, which the provider drops
                 n -= sum(map(itemgetter(1), entries[:current_turn_start(msgs)]))
         return n

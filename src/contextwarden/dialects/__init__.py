@@ -36,6 +36,9 @@ class Dialect:
     reply: Callable[[str], dict]  # an assistant answer of plain text, as the API returns it (replayed turns)
     answer_messages: Callable[[dict], list]  # the history entries an answer (AssembledTurn.message) adds
     request_defaults: tuple[tuple[str, Any], ...] = ()  # fields a minimal request needs besides model and history
+    system_key: str | None = None  # the request's top-level instructions (Anthropic ``system``, Responses ``instructions``)
+    cache_breakpoints: bool = False  # prompt caching by ``cache_control`` breakpoints (cost.PromptCache bills it)
+    thinking_dropped: bool = False  # the provider drops earlier turns' thinking blocks for some models (tokens.strips_thinking)
 
     def body(self, history: list, model: str, **extra) -> dict[str, Any]:
         """A minimal request body of this API around ``history`` (replay, evaluations)."""

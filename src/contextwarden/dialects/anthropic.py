@@ -87,4 +87,5 @@ def answer_messages(message: dict) -> list:
 
 DIALECT = Dialect(ApiKind.ANTHROPIC, "messages", am.MessagesRequest, am.Message, entry, tool_calls, check,
                   AnthropicAssembler, inject, injectable, am.message_text_fast, summary_message, error_answer,
-                  ("api.anthropic.com", "/v1/messages"), reply, answer_messages, (("max_tokens", 1024),))
+                  ("api.anthropic.com", "/v1/messages"), reply, answer_messages, (("max_tokens", 1024),),
+                  system_key="system", cache_breakpoints=True, thinking_dropped=True)

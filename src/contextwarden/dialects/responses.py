@@ -84,4 +84,4 @@ def answer_messages(message: dict) -> list:
 
 DIALECT = Dialect(ApiKind.OPENAI_RESPONSES, "input", orr.ResponsesRequest, None, entry, tool_calls, check,
                   ResponsesAssembler, inject, injectable, orr.item_text, summary_message, openai_chat.error_answer,
-                  ("api.openai.com", "/v1/responses"), reply, answer_messages)
+                  ("api.openai.com", "/v1/responses"), reply, answer_messages, system_key="instructions")
