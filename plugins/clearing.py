@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -536,63 +536,75 @@ def cw_reapply(ctx) -> None:
 
 
 def _clear(ctx, decide: bool) -> None:
-    """Step 1 re-applies the session's records; step 2, when ``decide``, clears more."""
-    cfg = ctx.settings.clearing
-    if not cfg.enabled:
+    """re-apply (step 1: the session's records, put in again) → choose (step 2, when ``decide``: clear
+    more) → commit (the stubs in, the new records stored, the notes and the event)."""
+    st = _begin(ctx, decide)
+    if st is None:
         return
-    ctl = session_ledger.control(ctx, live=decide)  # the user's controls: rollback, pins, compact now
-    edits: dict[int, dict[tuple, Any]] = {}
-    history = ctx.history if ctx.api is ApiKind.ANTHROPIC else None
-    got = history.carried(_CARRY) if history is not None else None
-    prior: _Prefix | None = got[1] if got is not None else None
-    # results after the model's last message are new to it: never cleared, even when a rewound
-    # conversation brings back ids cleared before
-    unseen_from = _last_assistant(ctx) + 1
-    # what is worked out about the messages up to the model's last one holds for the next request too
-    # (the end of the conversation, where locks and unseen results are, is done again)
-    cut = unseen_from - 1 if history is not None else None
-    slots, calls_at_cut = find_slots(ctx.api, ctx.request, edits, history, prior, cut)
-    locked = _locked_anthropic(ctx.request) if ctx.api is ApiKind.ANTHROPIC else set()
-    if not slots:
-        return
-    state = state_cache(ctx.runtime)
-    key = session_key(ctx)
-    remembered: dict[str, dict[str, Any]] = state.get(NS, key, None) or {}
-    # the user's controls (sessionctl): records a rollback turned off and pinned results are not re-applied
-    pinned = pinned_tool_ids(ctx, ((s.id, s.index, s.text) for s in slots)) if ctl.pins else frozenset()
-    remembered = ctl.applied(NS, remembered, pinned)
-    exclude = set(cfg.exclude_tools)
-    trigger, keep_recent, clear_at_least = effective(cfg, ctx.notes.get("level"))
-    if ctl.compact_now:  # compact now: clear what may be cleared, whatever the trigger
-        trigger, clear_at_least = 0, 0
+    _reapply(st)
+    if decide:
+        _choose(st)
+    _commit_step(st)
 
-    cleared: list[dict[str, Any]] = []
-    by_index: dict[int, int] = {}
-    freed = 0
-    done: set[str] = set()
-    counts = {"results": 0, "inputs": 0}
-    inputs_on = bool(getattr(cfg, "clear_tool_inputs", False))
 
-    def input_allowed(slot: Slot) -> bool:
-        return (inputs_on and slot.can_set_input and not slot.input_locked and slot.call_index not in locked
+@dataclass
+class _Clearing:
+    """What the steps of one request's clearing share (built by :func:`_begin`): the slots, the session's
+    records and controls, the settings in effect, and what the steps did so far."""
+
+    ctx: Any
+    cfg: Any
+    decide: bool
+    ctl: Any  # the user's controls: rollback, pins, compact now
+    edits: dict[int, dict[tuple, Any]]
+    history: Any
+    prior: "_Prefix | None"
+    unseen_from: int  # results from this message on are new to the model
+    cut: int | None
+    slots: list[Slot]
+    calls_at_cut: dict | None
+    locked: set
+    state: Any
+    key: str
+    remembered: dict[str, dict[str, Any]]
+    pinned: frozenset
+    exclude: set
+    trigger: int
+    keep_recent: int
+    clear_at_least: int
+    inputs_on: bool
+    cleared: list[dict[str, Any]] = field(default_factory=list)
+    by_index: dict[int, int] = field(default_factory=dict)
+    freed: int = 0
+    done: set[str] = field(default_factory=set)
+    counts: dict[str, int] = field(default_factory=lambda: {"results": 0, "inputs": 0})
+    resumed: bool = False  # step 1 of the previous request's messages taken as it was
+    carry: "_Prefix | None" = None
+    total: int = 0
+    freed_before: int = 0
+    new_recs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    chosen: list = field(default_factory=list)
+
+    def input_allowed(self, slot: Slot) -> bool:
+        return (self.inputs_on and slot.can_set_input and not slot.input_locked and slot.call_index not in self.locked
                 and isinstance(slot.tool_input, dict))
 
-    def apply(slot: Slot, rec: dict[str, Any], new: bool) -> bool:
+    def apply(self, slot: Slot, rec: dict[str, Any], new: bool) -> bool:
         """Put the record's stubs in place; notes what it freed. False when nothing applied."""
-        nonlocal freed
+        edits, cleared, by_index, counts = self.edits, self.cleared, self.by_index, self.counts
         gain_r = gain_i = 0
         if rec.get("stub") is not None:
             slot.set(rec["stub"], edits)
             gain_r = rec["tokens"] - rec["stub_tokens"]
-            if new and (prev := _compressed_gain(remembered.get(slot.id), slot)):
+            if new and (prev := _compressed_gain(self.remembered.get(slot.id), slot)):
                 gain_r -= prev  # the compressed text it replaces freed that much already
                 cleared[:] = [c for c in cleared if c["tool_use_id"] != slot.id]
-        if rec.get("input_stub") is not None and input_allowed(slot) and _digest(_dumps(slot.tool_input)) == rec.get("ih"):
+        if rec.get("input_stub") is not None and self.input_allowed(slot) and _digest(_dumps(slot.tool_input)) == rec.get("ih"):
             slot.set_input(rec["input_stub"], edits)
             gain_i = rec["input_tokens"] - rec["input_stub_tokens"]
         elif rec.get("stub") is None:
             return False
-        freed += gain_r + gain_i
+        self.freed += gain_r + gain_i
         if gain_r or rec.get("stub") is not None:
             by_index[slot.index] = by_index.get(slot.index, 0) + gain_r
             mine = rec.get("kind") != COMPRESSED  # (a compression record: in notes, not in clearing's event)
@@ -609,27 +621,67 @@ def _clear(ctx, decide: bool) -> None:
                                 "text": _value_text(v), "tokens": None, "message_index": slot.call_index, "new": new,
                                 "kind": "tool_input", "key": key})
         if rec.get("kind") != COMPRESSED:  # a compressed result may still be cleared by a step
-            done.add(slot.id)
+            self.done.add(slot.id)
         return True
 
-    # 1. what was cleared before is cleared again, identically (the cached prefix holds the stubs).
+
+def _begin(ctx, decide: bool) -> _Clearing | None:
+    """The slots of the request and what the steps read (None: nothing to clear)."""
+    cfg = ctx.settings.clearing
+    if not cfg.enabled:
+        return None
+    ctl = session_ledger.control(ctx, live=decide)  # the user's controls: rollback, pins, compact now
+    edits: dict[int, dict[tuple, Any]] = {}
+    history = ctx.history if ctx.api is ApiKind.ANTHROPIC else None
+    got = history.carried(_CARRY) if history is not None else None
+    prior: _Prefix | None = got[1] if got is not None else None
+    # results after the model's last message are new to it: never cleared, even when a rewound
+    # conversation brings back ids cleared before
+    unseen_from = _last_assistant(ctx) + 1
+    # what is worked out about the messages up to the model's last one holds for the next request too
+    # (the end of the conversation, where locks and unseen results are, is done again)
+    cut = unseen_from - 1 if history is not None else None
+    slots, calls_at_cut = find_slots(ctx.api, ctx.request, edits, history, prior, cut)
+    locked = _locked_anthropic(ctx.request) if ctx.api is ApiKind.ANTHROPIC else set()
+    if not slots:
+        return None
+    state = state_cache(ctx.runtime)
+    key = session_key(ctx)
+    remembered: dict[str, dict[str, Any]] = state.get(NS, key, None) or {}
+    # the user's controls (sessionctl): records a rollback turned off and pinned results are not re-applied
+    pinned = pinned_tool_ids(ctx, ((s.id, s.index, s.text) for s in slots)) if ctl.pins else frozenset()
+    remembered = ctl.applied(NS, remembered, pinned)
+    exclude = set(cfg.exclude_tools)
+    trigger, keep_recent, clear_at_least = effective(cfg, ctx.notes.get("level"))
+    if ctl.compact_now:  # compact now: clear what may be cleared, whatever the trigger
+        trigger, clear_at_least = 0, 0
+    inputs_on = bool(getattr(cfg, "clear_tool_inputs", False))
+    return _Clearing(ctx, cfg, decide, ctl, edits, history, prior, unseen_from, cut, slots, calls_at_cut, locked,
+                     state, key, remembered, pinned, exclude, trigger, keep_recent, clear_at_least, inputs_on)
+
+
+def _reapply(st: _Clearing) -> None:
+    """Step 1: what was cleared before is cleared again, identically (the cached prefix holds the
+    stubs); and what it did up to the model's last message, carried on to the next request."""
+    prior, cut, history, locked, slots = st.prior, st.cut, st.history, st.locked, st.slots
+    remembered, exclude, inputs_on = st.remembered, st.exclude, st.inputs_on
+    edits, cleared, by_index, counts, done = st.edits, st.cleared, st.by_index, st.counts, st.done
+    calls_at_cut = st.calls_at_cut
     # What it did in the messages the previous request had up to the model's last message depends on
     # nothing else than these: the same records, tools excluded, input clearing and locked calls there.
     first = 0
-    resumed = False  # step 1 of the previous request's messages taken as it was
     if prior is not None and cut is not None and prior.step1 is not None and prior.n <= cut:
         recs, excl, inp_on, lk, effects = prior.step1
         if recs is remembered and excl == exclude and inp_on == inputs_on and lk == frozenset(x for x in locked if x < prior.n):
-            resumed = True
+            st.resumed = True
             p_edits, p_cleared, p_by_index, p_freed, p_counts, p_done, first = effects
             edits.update({i: dict(e) for i, e in p_edits.items()})
             cleared.extend(p_cleared)
             by_index.update(p_by_index)
-            freed = p_freed
+            st.freed = p_freed
             counts.update(p_counts)
             done.update(p_done)
     step1_at_cut = None
-    carry: _Prefix | None = None
     n_cut = len(slots)  # the slots before message cut
     if calls_at_cut is not None:
         n_cut = next((si for si in range(len(slots) - 1, -1, -1) if slots[si].index < cut), -1) + 1
@@ -638,7 +690,7 @@ def _clear(ctx, decide: bool) -> None:
 
     def step1_effects(si: int) -> tuple:
         """What step 1 has done so far, up to slot ``si`` (copies: the carry is read-only)."""
-        return {i: dict(e) for i, e in edits.items()}, list(cleared), dict(by_index), freed, dict(counts), set(done), si
+        return {i: dict(e) for i, e in edits.items()}, list(cleared), dict(by_index), st.freed, dict(counts), set(done), si
 
     if remembered:
         for si in range(first, len(slots)):
@@ -646,30 +698,35 @@ def _clear(ctx, decide: bool) -> None:
             if calls_at_cut is not None and si == n_cut:
                 step1_at_cut = step1_effects(si)
             rec = remembered.get(s.id)
-            if rec is None or (s.tool in exclude and rec.get("kind") != COMPRESSED) or s.id in done or s.index >= unseen_from:
+            if rec is None or (s.tool in exclude and rec.get("kind") != COMPRESSED) or s.id in done or s.index >= st.unseen_from:
                 continue
             if rec["h"] != s.digest:  # the client changed this result itself: leave it be
                 continue
-            apply(s, rec, False)
+            st.apply(s, rec, False)
     if calls_at_cut is not None and history is not None and cut > 0:
         if step1_at_cut is None:  # (no slot at or after the cut, or nothing remembered: no loop ran there)
             step1_at_cut = step1_effects(n_cut)
-        carry = _Prefix(cut, calls_at_cut, slots[:n_cut], (
+        carry = st.carry = _Prefix(cut, calls_at_cut, slots[:n_cut], (
             remembered, frozenset(exclude), inputs_on, frozenset(x for x in locked if x < cut), step1_at_cut))
         done_cut = step1_at_cut[5]
-        base = len(prior.slots) if resumed and len(prior.slots) <= n_cut else 0
+        base = len(prior.slots) if st.resumed and len(prior.slots) <= n_cut else 0
         new_slots = slots[base:n_cut]
         carry.orders = sorted(set(prior.orders if base else ()) | {s.order for s in new_slots if s.order >= 0})
         carry.pending = [s for s in (prior.pending if base else ()) if s.id not in done_cut] + [
             s for s in new_slots if s.order >= 0 and s.tool not in exclude and s.id not in done_cut]
         history.carry_on(_CARRY, cut, carry)
+    st.total = _input_tokens(st.ctx)
+    st.freed_before = st.freed
 
-    # 2. above the trigger: clear more, oldest first, in one step of at least clear_at_least
-    total = _input_tokens(ctx)
-    new_recs: dict[str, dict[str, Any]] = {}
-    freed_before = freed
-    if decide and total - freed > trigger and not ctl.holds(total - freed, ctx.settings):
-        if resumed:
+
+def _choose(st: _Clearing) -> None:
+    """Step 2: above the trigger, clear more, oldest first, in one step of at least clear_at_least."""
+    ctx, cfg, ctl, slots, prior, done = st.ctx, st.cfg, st.ctl, st.slots, st.prior, st.done
+    total, trigger, keep_recent, clear_at_least = st.total, st.trigger, st.keep_recent, st.clear_at_least
+    exclude, pinned, unseen_from, remembered = st.exclude, st.pinned, st.unseen_from, st.remembered
+    input_allowed, new_recs = st.input_allowed, st.new_recs
+    if total - st.freed > trigger and not ctl.holds(total - st.freed, ctx.settings):
+        if st.resumed:
             # the previous request's messages: their orders and the slots step 2 may clear there are
             # known; only the newer slots are looked at one by one
             tail = slots[len(prior.slots):]
@@ -696,13 +753,13 @@ def _clear(ctx, decide: bool) -> None:
                     toks = 0
             if toks or input_allowed(s):
                 candidates.append((s, toks))
-        need = math.inf if cfg.clear_all or ctl.compact_now else max(clear_at_least, total - freed - trigger)
-        chosen, gain = [], 0
+        need = math.inf if cfg.clear_all or ctl.compact_now else max(clear_at_least, total - st.freed - trigger)
+        chosen, gain = st.chosen, 0
         if sum(toks for _, toks in candidates) < clear_at_least and not any(input_allowed(s) for s, _ in candidates):
             # a step would free less than its tokens, which is below clear_at_least: it would be dropped
             # below, so the stubs of this request's candidates are not even computed
             candidates = []
-        how = recall_wording(ctx, state, key) if candidates else ""
+        how = recall_wording(ctx, st.state, st.key) if candidates else ""
         for s, toks in candidates:
             if gain >= need:
                 break
@@ -732,31 +789,37 @@ def _clear(ctx, decide: bool) -> None:
             gain += g
         if chosen and gain >= clear_at_least:
             for s, rec in chosen:
-                if apply(s, rec, True):
+                if st.apply(s, rec, True):
                     new_recs[s.id] = rec
 
-    _commit(ctx, edits, prior, carry)
+
+def _commit_step(st: _Clearing) -> None:
+    """Commit: the stubs into the request (:func:`_commit`), the new records stored, the notes for
+    later stages and the ``clearing`` event."""
+    ctx, ctl, key, total, new_recs, cleared = st.ctx, st.ctl, st.key, st.total, st.new_recs, st.cleared
+    _commit(ctx, st.edits, st.prior, st.carry)
     if new_recs:
-        remember(state, key, new_recs)
+        remember(st.state, key, new_recs)
         session_ledger.record_decision(
-            ctx, NS, trigger="compact-now" if ctl.compact_now else "tokens", tokens_before=total - freed_before,
-            tokens_after=total - freed, messages=[s.index for s, _ in chosen], tool_ids=list(new_recs), refs=list(new_recs))
-    if decide and ctl.compact_now and not ctx.settings.compaction.enabled:
+            ctx, NS, trigger="compact-now" if ctl.compact_now else "tokens", tokens_before=total - st.freed_before,
+            tokens_after=total - st.freed, messages=[s.index for s, _ in st.chosen], tool_ids=list(new_recs), refs=list(new_recs))
+    if st.decide and ctl.compact_now and not ctx.settings.compaction.enabled:
         session_ledger.consume_compact_now(ctx)
 
-    ctx.notes["clearing"] = {"freed": freed, "by_index": by_index}
+    freed = st.freed
+    ctx.notes["clearing"] = {"freed": freed, "by_index": st.by_index}
     if not cleared:
         return
     ctx.notes.setdefault("cleared", []).extend(cleared)
     own = [c for c in cleared if not c.get("compressed")]
     if not own:
         return  # only compression records put back: the compression stage reports those
-    freed -= sum(c["tokens"] - remembered[c["tool_use_id"]]["stub_tokens"] for c in cleared
-                 if c.get("compressed") and c["tool_use_id"] in remembered)
-    data: dict[str, Any] = dict(cleared=counts["results"], new=len(new_recs), tokens_freed=freed,
+    freed -= sum(c["tokens"] - st.remembered[c["tool_use_id"]]["stub_tokens"] for c in cleared
+                 if c.get("compressed") and c["tool_use_id"] in st.remembered)
+    data: dict[str, Any] = dict(cleared=st.counts["results"], new=len(new_recs), tokens_freed=freed,
                                 tools=sorted({c["tool"] for c in own}),
                                 ids=[c["memory_id"] for c in own if c["new"] and c["memory_id"]],
                                 tokens_before=total, level=str(ctx.notes.get("level") or "NORMAL"))
-    if counts["inputs"]:
-        data["inputs_cleared"] = counts["inputs"]
+    if st.counts["inputs"]:
+        data["inputs_cleared"] = st.counts["inputs"]
     ctx.emit("clearing", **data)
