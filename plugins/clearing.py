@@ -48,7 +48,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import orjson
 
@@ -243,20 +243,53 @@ def _locked_anthropic(req) -> set[int]:
     return locked
 
 
-def _anthropic_facts(m) -> tuple:
-    """What clearing reads of one message: its tool calls ``(0, block, id, name, input)`` and tool
-    results ``(1, block, tool_use_id, content, text, digest)``. A pure function of the message, so it
-    is remembered with it while the message comes back unchanged (``Lease.memo``)."""
+class _Use(NamedTuple):
+    """A tool_use block as clearing reads it."""
+
+    block: int  # its index in the message's content
+    id: str
+    name: str
+    input: Any
+
+
+class _Result(NamedTuple):
+    """A tool_result block as clearing reads it."""
+
+    block: int
+    tool_use_id: str
+    content: Any
+    text: str
+    digest: str
+
+
+class _Call(NamedTuple):
+    """A tool call seen so far: what a result's slot needs of the call it answers."""
+
+    name: str
+    input: Any
+    order: int  # among the request's calls
+    message: int  # the index of the message holding it
+    block: int  # its index in that message's content (chat: in its tool_calls)
+    function: Any = None  # (chat: the call's function object)
+
+
+_NO_CALL = _Call("", None, -1, -1, -1)
+
+
+def _tool_facts(m) -> tuple:
+    """What clearing reads of one message: its tool calls (_Use) and tool results (_Result). A pure
+    function of the message, so it is remembered with it while the message comes back unchanged
+    (``History.memos``)."""
     if isinstance(m.content, str):
         return ()
     out = []
     for bi, b in enumerate(m.content):
         t = getattr(b, "type", None)
         if t == "tool_use":
-            out.append((0, bi, b.id, b.name, b.input))
+            out.append(_Use(bi, b.id, b.name, b.input))
         elif t == "tool_result":
             text = result_text(b.content)
-            out.append((1, bi, b.tool_use_id, b.content, text, _digest(text)))
+            out.append(_Result(bi, b.tool_use_id, b.content, text, _digest(text)))
     return tuple(out)
 
 
@@ -284,20 +317,20 @@ def _slots_anthropic(req, history=None, prior: _Prefix | None = None, cut: int |
     message ``cut`` (to carry on), when asked."""
     msgs = req.messages
     start = prior.n if prior is not None else 0
-    calls: dict[str, tuple[str, Any, int, int, int]] = dict(prior.calls) if prior is not None else {}
+    calls: dict[str, _Call] = dict(prior.calls) if prior is not None else {}
     slots: list[Slot] = list(prior.slots) if prior is not None else []
     tail = msgs[start:] if start else msgs
-    every = history.memos(tail, _FACTS_KEY, _anthropic_facts, start) if history is not None else [_anthropic_facts(m) for m in tail]
+    every = history.memos(tail, _FACTS_KEY, _tool_facts, start) if history is not None else [_tool_facts(m) for m in tail]
     calls_at_cut = dict(calls) if cut is not None and cut == start else None
     for i, facts in enumerate(every, start):
         if i == cut:
             calls_at_cut = dict(calls)
         for f in facts:
-            if f[0] == 0:
-                calls.setdefault(f[2], (f[3], f[4], len(calls), i, f[1]))
+            if type(f) is _Use:
+                calls.setdefault(f.id, _Call(f.name, f.input, len(calls), i, f.block))
             else:
-                _, bi, tid, content, text, digest = f
-                name, inp, order, ci, ui = calls.get(tid, ("", None, -1, -1, -1))
+                bi, tid, content, text, digest = f
+                name, inp, order, ci, ui, _ = calls.get(tid, _NO_CALL)
                 slots.append(Slot(i, tid, name, inp, content, None, order, ci, None, False,
                                   _text=text, _digest=digest, _pos=(i, bi, ci, ui)))
     if cut is not None and calls_at_cut is None and cut >= len(msgs):
@@ -320,15 +353,15 @@ def _edited_anthropic(m, edit: dict[tuple, Any]):
 def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
     from contextwarden.conversation import _maybe_json
 
-    calls: dict[str, tuple[str, Any, int, int, int, Any]] = {}
+    calls: dict[str, _Call] = {}
     slots: list[Slot] = []
     last = next((i for i in range(len(req.messages) - 1, -1, -1) if req.messages[i].role == "assistant"), -1)
     for i, m in enumerate(req.messages):
         for ti, tc in enumerate(m.tool_calls or []):
             fn = tc.function
-            calls.setdefault(tc.id, (fn.name if fn else "", _maybe_json(fn.arguments) if fn else None, len(calls), i, ti, fn))
+            calls.setdefault(tc.id, _Call(fn.name if fn else "", _maybe_json(fn.arguments) if fn else None, len(calls), i, ti, fn))
         if m.role == "tool" and m.tool_call_id is not None:
-            name, inp, order, ci, ti, fn = calls.get(m.tool_call_id, (m.name or "", None, -1, -1, -1, None))
+            name, inp, order, ci, ti, fn = calls.get(m.tool_call_id, _NO_CALL._replace(name=m.name or ""))
 
             def setter(stub: str, i=i) -> None:
                 edits.setdefault(i, {})[("r", 0)] = stub
