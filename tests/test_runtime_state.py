@@ -104,3 +104,38 @@ def test_two_runtimes_share_no_conversation_or_cache(cw_home):
     finally:
         a.close()
         b.close()
+
+
+def test_the_whole_lifecycle_leaves_no_state_in_any_module(cw_home):
+    """The same scan over the response's side too (lifecycle.complete: calibration, the turn hooks, the
+    turn event) and the live protocol's totals, with the compression stage among the stages."""
+    from contextwarden import lifecycle
+    from contextwarden.liveprotocol import Totals
+    from contextwarden.streams.turn import Usage
+
+    stages = ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall"]
+    ov = settings_overrides(window=9_000, stages=stages, tokens={"calibrate": True},
+                            clearing={"trigger_tokens": 3000, "clear_at_least": 500, "keep_recent": 2})
+
+    def run(home, session, seed):
+        h = Harness(home, profile="claude-code", overrides=ov)
+        full = anthropic_tool_loop(7, result_words=250, session=session, seed=seed)
+        msgs, top = full["messages"][:-1], {k: v for k, v in full.items() if k != "messages"}
+        totals = Totals()
+        try:
+            for n in range(3, len(msgs) + 1, 2):
+                s = h.send(ApiKind.ANTHROPIC, {**top, "messages": msgs[:n]})
+                usage = Usage(input_tokens=10, output_tokens=5, cache_read_input_tokens=s.ctx.tokens_in or 0)
+                lifecycle.complete(h.rt, s.ctx, lifecycle.turn_of(ApiKind.ANTHROPIC, s.ctx.model, msgs[n - 1], usage))
+            for e in h.rt.bus.recent:
+                totals.add(e.to_dict())
+            assert totals.turns and h.rt.state.get("calibration", top["model"])
+        finally:
+            h.close()
+
+    run(cw_home / "warm", "life-1", 0)  # imports and tables built once
+    before = _state()
+    run(cw_home / "one", "life-2", 1)
+    after = _state()
+    grew = sorted(k for k in after if after[k] > before.get(k, 0) and k not in PURE)
+    assert not grew, f"module-level state changed by a runtime's lifecycle (move it onto the Runtime): {grew}"
