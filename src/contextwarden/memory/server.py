@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..events import EventBus
 from . import wire
+from .ingest import _lower_priority
 
 
 # calls answered on the connection's own thread, in the order they came: a queue append each
@@ -61,7 +62,9 @@ class MemoryServer:
         self._conns: dict[socket.socket, tuple[threading.Lock, bool]] = {}
         self._conns_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cw-memsrv")
-        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-memsrv-ingest")
+        # (niced like the ingestion worker: the proxy's requests and the searches come first for the CPU too)
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-memsrv-ingest",
+                                              initializer=_lower_priority)
         self._stop = threading.Event()
         self._closed = threading.Event()
         self.bus.subscribe(self._forward)
