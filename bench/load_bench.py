@@ -75,6 +75,16 @@ def corpus() -> str:
     return "\n".join(parts)
 
 
+def claude_code_request() -> tuple[dict, dict]:
+    """The real Claude Code request (system prompt, tools) without its messages, and its headers."""
+    base = json.loads((REQUESTS / "claude-code-2.1.197-turn2.json").read_text())
+    base["messages"] = []
+    base.pop("context_management", None)
+    captured = json.loads((REQUESTS / "claude-code-2.1.197-headers.json").read_text())["headers"]
+    skip = ("host", "content-length", "connection", "accept-encoding")
+    return base, {k: v for k, v in captured.items() if k.lower() not in skip}
+
+
 class Session:
     def __init__(self, k: int, base: dict, headers: dict, code: str, step_chars: int, max_chars: int) -> None:
         self.k = k
@@ -302,11 +312,7 @@ def main() -> int:
                     help="a proxy setting for this run (CONTEXTWARDEN_ env override, e.g. pipeline.stage_budget_ms=100)")
     args = ap.parse_args()
 
-    base = json.loads((REQUESTS / "claude-code-2.1.197-turn2.json").read_text())
-    base["messages"] = []
-    base.pop("context_management", None)
-    captured = json.loads((REQUESTS / "claude-code-2.1.197-headers.json").read_text())["headers"]
-    hdrs = {k: v for k, v in captured.items() if k.lower() not in ("host", "content-length", "connection", "accept-encoding")}
+    base, hdrs = claude_code_request()
     code = corpus()
     step_chars = args.step_tokens * 4
 

@@ -24,24 +24,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_bench import Session, corpus, cpu_s, start_py_spy  # noqa: E402
-from proxy_latency import REQUESTS, ProxyProcess, StandIn  # noqa: E402
+from load_bench import Session, claude_code_request, corpus, cpu_s, start_py_spy, thread_cpu  # noqa: E402
+from proxy_latency import ProxyProcess, StandIn  # noqa: E402
 
 import httpx  # noqa: E402
-
-
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds of each thread of a process, by OS thread id (Linux /proc)."""
-    import os
-
-    out = {}
-    for t in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            f = (t / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(t.name)] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-    return out
 
 
 def thread_names(spy_file: Path | None) -> dict[int, str]:
@@ -87,11 +73,7 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    base = json.loads((REQUESTS / "claude-code-2.1.197-turn2.json").read_text())
-    base["messages"] = []
-    base.pop("context_management", None)
-    captured = json.loads((REQUESTS / "claude-code-2.1.197-headers.json").read_text())["headers"]
-    hdrs = {k: v for k, v in captured.items() if k.lower() not in ("host", "content-length", "connection", "accept-encoding")}
+    base, hdrs = claude_code_request()
     code = corpus()
     step_chars = args.step_tokens * 4
 
@@ -137,9 +119,9 @@ def main() -> int:
             # per thread: the event loop (the main thread) against the workers
             names = thread_names(spy_dir / f"{name}.txt" if spy_dir else None)
             by: dict[str, float] = {}
-            for tid, c in th1.items():
+            for tid, (_, c) in th1.items():
                 label = "event loop (main thread)" if tid == pp.proc.pid else re.sub(r"_\d+$", "_*", names.get(tid, "other"))
-                by[label] = by.get(label, 0.0) + (c - th0.get(tid, 0.0))
+                by[label] = by.get(label, 0.0) + (c - th0.get(tid, ("", 0.0))[1])
             r["threads_cpu_ms_per_request"] = {k: round(v * 1000 / max(1, ok), 2)
                                                for k, v in sorted(by.items(), key=lambda x: -x[1]) if v > 0}
             out[name] = r

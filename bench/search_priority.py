@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_bench import corpus  # noqa: E402
-from proxy_latency import ROOT, SHARED  # noqa: E402  (paths and offline assets)
+from proxy_latency import SHARED  # noqa: E402  (paths and offline assets)
 
 os.environ.setdefault("CONTEXTWARDEN_MEMORY__MODEL_DIR", str(SHARED / "models" / "all-MiniLM-L6-v2" / "onnx"))
 
