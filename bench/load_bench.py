@@ -15,8 +15,8 @@ issue's targets were set for. Both are worth reporting; say which one a figure i
 Each session has its own API key and session id and plays a Claude Code tool loop: the stand-in
 answers every request with a streamed Bash tool call, the session appends the call and its result (a
 slice of this repository's own source code, ~``--step-tokens`` tokens) and sends again; every 8th
-step is a message a person wrote instead (memory searches and injects there). A session whose
-history passes ``--max-tokens`` starts over as a new session. Requests are the real Claude Code
+step (staggered between sessions) is a message a person wrote instead (memory searches and injects
+there). A session whose history passes ``--max-tokens`` starts over as a new session. Requests are the real Claude Code
 request (system prompt, tools, headers) of ../shared/eval/requests.
 
 Printed: completed and error counts per phase, byte-identity of every streamed response (what the
@@ -132,7 +132,10 @@ class Session:
         s = (self.offset + self.step * self.step_chars) % max(1, len(self.code) - self.step_chars)
         out = self.code[s:s + self.step_chars]
         content = [{"type": "tool_result", "tool_use_id": tool_id, "content": out}]
-        if self.step % HUMAN_EVERY == 0:
+        # every 8th step a person writes, each session at its own step (k): all 50 sessions start
+        # together, and with the same step they all searched memory in the same instant (50 searches
+        # queued behind each other in the memory process, every one past its budget)
+        if (self.step + self.k) % HUMAN_EVERY == 0:
             content.append({"type": "text", "text": f"Thanks. Now, about step {self.step}: where is the pending "
                                                     f"table drained, and what happens to session {self.k}'s turns "
                                                     f"when the proxy stops?"})
