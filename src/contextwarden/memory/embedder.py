@@ -92,7 +92,10 @@ class Embedder:
         encoded = self._tok.encode_batch(texts, add_special_tokens=True)
         ids = [e.ids for e in encoded]
         out: np.ndarray | None = None
+        pause = getattr(self, "pause", None)  # ingestion's thread waits here while a search runs
         for idx in self.batches([len(x) for x in ids]):
+            if pause is not None:
+                pause()
             vecs = self._run([ids[i] for i in idx])
             if out is None:
                 out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)

@@ -28,6 +28,7 @@ from .secrets import redact_secrets
 if TYPE_CHECKING:
     from ..events import EventBus
     from .pending import PendingTable
+    from .priority import SearchFirst
     from .store import MemoryStore
 
 _ERROR_EVERY = 60.0  # seconds between repeated identical error events
@@ -56,7 +57,7 @@ class Ingestor:
                  on_added: Callable[[list[MemoryItem]], None] | None = None, *,
                  chunk_tokens: int | None = None, count: Callable[[str], int] | None = None,
                  backfill: bool = True, journal: "PendingTable | None" = None, batch_max: int = 256,
-                 batch_chars: int | None = None,
+                 batch_chars: int | None = None, priority: "SearchFirst | None" = None,
                  tag: Callable[[str], list[str]] | None = None,
                  on_originals: Callable[[list[MemoryItem]], None] | None = None) -> None:
         self.store = store
@@ -86,6 +87,7 @@ class Ingestor:
         self.batch_max = max(1, int(batch_max))  # items one batch takes: what a shutdown may wait for
         self.batch_chars = batch_chars  # and characters (journal mode): a tool output is ~13 chunks
         self.tag = tag  # tags items that come untagged (the memory process tags off the proxy)
+        self.priority = priority  # searches first: this worker waits between its steps while one runs
         self._thread = threading.Thread(target=self._run, name="cw-memory-ingest", daemon=True)
         self._thread.start()
 
@@ -126,6 +128,7 @@ class Ingestor:
     def _submit_journal(self, items: list[MemoryItem], info: dict) -> bool:
         # secrets never reach the disk: redacted before the journal (the id a clearing stub names is
         # the original text's, fixed first)
+        self._pause()  # (on the memory process's submission thread: searches first)
         red = [redact_secrets(it.text) for it in items]
         items = [_replace(it, text=t, source_id=it.source_id or memory_id(it.text)) for it, (t, _) in zip(items, red)]
         # what the journal holds is redacted: the worker does not redact it again (REDACTED_NOTE), and
@@ -176,8 +179,14 @@ class Ingestor:
         return self._pending + (self.journal.items if self.journal is not None else 0)
 
     # --- worker --------------------------------------------------------------------------------------
+    def _pause(self) -> None:
+        if self.priority is not None:
+            self.priority.pause()
+
     def _run(self) -> None:
         _lower_priority()
+        if self.priority is not None:
+            self.priority.background()
         if self._backfill:
             self._safe_backfill()
         while True:
@@ -292,7 +301,9 @@ class Ingestor:
         if self.tag is not None:
             for it in items:
                 if not it.tags:
+                    self._pause()
                     it.tags = self.tag(it.text)
+        self._pause()
         already = redacted
         prepared, redacted, owner, wholes = self._prepare(items, redacted_already=already)
         if already:  # counted when the journal took them
@@ -302,6 +313,7 @@ class Ingestor:
                 self.on_originals(wholes)
             except Exception as e:
                 self._error(e, 0, where="memory.originals")
+        self._pause()
         try:
             new = self.store.add_items(prepared)
         except Exception as e:

@@ -12,6 +12,7 @@ It errs on the side of redacting: a false positive costs a few characters of mem
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Callable
 
 _R = "[REDACTED:{}]"
@@ -21,30 +22,36 @@ def _mark(kind: str) -> str:
     return _R.format(kind)
 
 
-# --- whole-token formats: (kind, pattern); the whole match is the secret -------------------------------
-_TOKENS: list[tuple[str, re.Pattern[str]]] = [(k, re.compile(p)) for k, p in [
-    ("anthropic_key", r"\bsk-ant-[A-Za-z0-9_\-]{16,}"),
-    ("openai_key", r"\bsk-(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{16,}"),
-    ("api_key", r"\bsk-[A-Za-z0-9_\-]{20,}"),  # OpenAI classic and the many look-alikes (DeepSeek, ...)
-    ("aws_access_key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA)[A-Z0-9]{16}\b"),
-    ("github_token", r"\bgh[pousr]_[A-Za-z0-9]{30,}"),
-    ("github_token", r"\bgithub_pat_[A-Za-z0-9_]{20,}"),
-    ("gitlab_token", r"\bglpat-[A-Za-z0-9_\-]{20,}"),
-    ("slack_token", r"\bxox[abposrce]-[A-Za-z0-9\-]{10,}"),
-    ("slack_webhook", r"https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]+"),
-    ("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}"),
-    ("google_oauth", r"\bya29\.[0-9A-Za-z_\-]{20,}"),
-    ("google_client_secret", r"\bGOCSPX-[0-9A-Za-z_\-]{20,}"),
-    ("stripe_key", r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,}"),
-    ("stripe_webhook", r"\bwhsec_[0-9A-Za-z]{20,}"),
-    ("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}"),
-    ("npm_token", r"\bnpm_[A-Za-z0-9]{36}\b"),
-    ("pypi_token", r"\bpypi-[A-Za-z0-9_\-]{50,}"),
-    ("sendgrid_key", r"\bSG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"),
-    ("digitalocean_token", r"\bdo[opr]_v1_[a-f0-9]{64}\b"),
-    ("shopify_token", r"\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b"),
-    ("twilio_key", r"\bSK[0-9a-f]{32}\b"),
-    ("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
+_AWS = ("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA", "APKA", "AROA")
+
+# --- whole-token formats: (kind, pattern, literals); the whole match is the secret -----------------------
+# ``literals``: strings of which every match holds at least one. A pattern runs only on a text that holds
+# one of them (a substring search, ~100x cheaper than a regex pass): on 12 KB of source code the 22
+# passes cost ~10 ms, and each text the proxy redacts on the request path (a compressed result, a
+# stub's preview) paid all of them whenever one hint was found anywhere in it.
+_TOKENS: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = [(k, re.compile(p), lits) for k, p, lits in [
+    ("anthropic_key", r"\bsk-ant-[A-Za-z0-9_\-]{16,}", ("sk-ant-",)),
+    ("openai_key", r"\bsk-(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{16,}", ("sk-",)),
+    ("api_key", r"\bsk-[A-Za-z0-9_\-]{20,}", ("sk-",)),  # OpenAI classic and the many look-alikes (DeepSeek, ...)
+    ("aws_access_key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA)[A-Z0-9]{16}\b", _AWS),
+    ("github_token", r"\bgh[pousr]_[A-Za-z0-9]{30,}", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),
+    ("github_token", r"\bgithub_pat_[A-Za-z0-9_]{20,}", ("github_pat_",)),
+    ("gitlab_token", r"\bglpat-[A-Za-z0-9_\-]{20,}", ("glpat-",)),
+    ("slack_token", r"\bxox[abposrce]-[A-Za-z0-9\-]{10,}", ("xox",)),
+    ("slack_webhook", r"https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]+", ("https://hooks.slack.com/services/",)),
+    ("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}", ("AIza",)),
+    ("google_oauth", r"\bya29\.[0-9A-Za-z_\-]{20,}", ("ya29.",)),
+    ("google_client_secret", r"\bGOCSPX-[0-9A-Za-z_\-]{20,}", ("GOCSPX-",)),
+    ("stripe_key", r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,}", ("_live_", "_test_")),
+    ("stripe_webhook", r"\bwhsec_[0-9A-Za-z]{20,}", ("whsec_",)),
+    ("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}", ("hf_",)),
+    ("npm_token", r"\bnpm_[A-Za-z0-9]{36}\b", ("npm_",)),
+    ("pypi_token", r"\bpypi-[A-Za-z0-9_\-]{50,}", ("pypi-",)),
+    ("sendgrid_key", r"\bSG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}", ("SG.",)),
+    ("digitalocean_token", r"\bdo[opr]_v1_[a-f0-9]{64}\b", ("doo_v1_", "dop_v1_", "dor_v1_")),
+    ("shopify_token", r"\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b", ("shpat_", "shpss_", "shpca_", "shppa_")),
+    ("twilio_key", r"\bSK[0-9a-f]{32}\b", ("SK",)),
+    ("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", ("eyJ",)),
 ]]
 
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY((?: BLOCK)?)-----.*?-----END \1PRIVATE KEY\2-----", re.S)
@@ -54,12 +61,14 @@ _PEM_OPEN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
 # (a line may be quoted: "| " is how a memory block quotes recalled text, "> " how mail and markdown do)
 
 # --- secrets inside a known context: the group "s" is the secret ------------------------------------------
-_CONTEXT: list[tuple[str, re.Pattern[str]]] = [(k, re.compile(p)) for k, p in [
+# (``literals`` as for _TOKENS, searched in the lower-cased text)
+_CONTEXT: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = [(k, re.compile(p), lits) for k, p, lits in [
     # scheme://user:password@host (keeps the user name)
-    ("url_password", r"(?i)\b[a-z][a-z0-9+.\-]*://[^/\s:@\"'<>\[\]]*:(?P<s>[^/\s@\"'<>\[]+)@"),
-    ("authorization", r"(?i)\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:basic|digest|token|apikey|key)\s+(?P<s>[^\s\"'\[]+)"),
-    ("bearer_token", r"(?i)\bbearer\s+(?P<s>[A-Za-z0-9\-._~+/]{12,}=*)"),
-    ("basic_auth", r"(?:^|\s)(?:-u|--user)\s+[\"']?[^\s:\"']+:(?P<s>[^\s\"'\[]+)"),
+    ("url_password", r"(?i)\b[a-z][a-z0-9+.\-]*://[^/\s:@\"'<>\[\]]*:(?P<s>[^/\s@\"'<>\[]+)@", ("://",)),
+    ("authorization", r"(?i)\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:basic|digest|token|apikey|key)\s+(?P<s>[^\s\"'\[]+)",
+     ("authorization",)),
+    ("bearer_token", r"(?i)\bbearer\s+(?P<s>[A-Za-z0-9\-._~+/]{12,}=*)", ("bearer",)),
+    ("basic_auth", r"(?:^|\s)(?:-u|--user)\s+[\"']?[^\s:\"']+:(?P<s>[^\s\"'\[]+)", ("-u",)),
 ]]
 
 # credentials in a URL's query string or fragment: ?api_key=..., &token=..., #access_token=..., &sig=...
@@ -73,6 +82,9 @@ _ASSIGN = re.compile(
     r"""(?P<sep>\s*(?:=>|=|:)\s*|(?(flag)\s+|(?!)))"""
     r"""(?:"(?P<v1>[^"\n]*)"|'(?P<v2>[^'\n]*)'|(?P<v3>[^\s"',;}\]\[)]+))""")
 
+_KEY, _V1, _V2, _V3 = (_ASSIGN.groupindex[n] for n in ("key", "v1", "v2", "v3"))
+assert _V1 < _V2 < _V3 == _ASSIGN.groups  # (the values are the last groups: m.lastindex names the one matched)
+
 _SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase", "pass", "token", "apikey",
                  "credential", "credentials", "authtoken", "auth", "authorization", "cookie", "privatekey",
                  "accesskey", "secretkey", "sessionkey", "signature", "sig", "dsn", "connectionstring"}
@@ -85,13 +97,19 @@ _PLACEHOLDERS = {"", "null", "none", "nil", "true", "false", "undefined", "requi
                  "str", "bool", "int", "redacted", "changeme", "xxx", "***", "..."}
 
 
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
+_NON_WORD = re.compile(r"[^A-Za-z0-9]+")
+
+
 def _words(key: str) -> list[str]:
-    key = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
-    return [w for w in re.split(r"[^A-Za-z0-9]+", key.lower()) if w]
+    key = _CAMEL.sub(r"\1_\2", key)
+    return [w for w in _NON_WORD.split(key.lower()) if w]
 
 
+@lru_cache(maxsize=4096)
 def _secret_key(key: str) -> str | None:
-    """``"password"`` / ``"token"`` if a variable named ``key`` holds a secret, else None."""
+    """``"password"`` / ``"token"`` if a variable named ``key`` holds a secret, else None. (Memoised: a
+    pure function of a short name, and source code and env dumps repeat the same names over and over.)"""
     w = _words(key)
     if not w:
         return None
@@ -125,16 +143,18 @@ def _redact_assignments(text: str, counter: list[int]) -> str:
     ``{"command": "API_TOKEN=..."}``)."""
     out: list[str] = []
     last = pos = 0
+    search = _ASSIGN.search
     while True:
-        m = _ASSIGN.search(text, pos)
+        m = search(text, pos)
         if m is None:
             break
-        for g in ("v1", "v2", "v3"):
-            val = m.group(g)
-            if val is not None:
-                break
-        kind = _secret_key(m.group("key"))
-        code = g == "v3" and (text[m.end():m.end() + 1] in ("(", "[") or val.startswith(_CODE_PREFIXES))
+        g = m.lastindex  # the value's group (v1, v2 or v3) is the last one a match closes
+        kind = _secret_key(m.group(_KEY))
+        if kind is None:  # most pairs (every assignment of source code): read on from the value
+            pos = m.start(g)
+            continue
+        val = m.group(g)
+        code = g == _V3 and (text[m.end():m.end() + 1] in ("(", "[") or val.startswith(_CODE_PREFIXES))
         if kind is None or not _secret_value(val, kind) or code:  # code reading a secret is not the secret
             pos = m.start(g)
             continue
@@ -195,12 +215,18 @@ def redact_secrets(text: str) -> tuple[str, int]:
         text = _sub_count(_PEM_BLOCK, _mark("private_key"), text, counter)
         text = _sub_count(_PEM_OPEN, _mark("private_key"), text, counter)
     if any(h in text for h in _TOKEN_HINTS):
-        for kind, pat in _TOKENS:
-            text = _sub_count(pat, _mark(kind), text, counter)
+        for kind, pat, lits in _TOKENS:
+            if any(x in text for x in lits):  # (the text as the patterns before left it)
+                text = _sub_count(pat, _mark(kind), text, counter)
     low = text.lower()
     if any(h in low for h in _CONTEXT_HINTS):
-        for kind, pat in _CONTEXT:
-            text = _sub_count(pat, _group_repl(kind), text, counter)
+        now = low  # the text as the patterns before left it, lower-cased
+        for kind, pat, lits in _CONTEXT:
+            if any(x in now for x in lits):
+                n = counter[0]
+                text = _sub_count(pat, _group_repl(kind), text, counter)
+                if counter[0] != n:
+                    now = text.lower()
     if ("=" in text or ":" in text) and any(h in low for h in _ASSIGN_HINTS):
         text = _redact_url_queries(text, counter)
         text = _redact_assignments(text, counter)

@@ -26,11 +26,16 @@ from pathlib import Path
 
 from ..events import EventBus
 from . import wire
+from .ingest import _lower_priority
 
 
 # calls answered on the connection's own thread, in the order they came: a queue append each
 # (``keep``: a recall of the kept ids, sent after it, must find them pending)
 INLINE = frozenset({"keep"})
+# calls that feed ingestion (redacting texts into the pending table): one thread takes them in the order
+# they came, and it waits while a search runs (priority.py), instead of up to 8 pool threads holding the
+# interpreter lock while a request's search waits for it
+BACKGROUND = frozenset({"submit"})
 
 
 class _Runtime:
@@ -57,6 +62,9 @@ class MemoryServer:
         self._conns: dict[socket.socket, tuple[threading.Lock, bool]] = {}
         self._conns_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cw-memsrv")
+        # (niced like the ingestion worker: the proxy's requests and the searches come first for the CPU too)
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-memsrv-ingest",
+                                              initializer=_lower_priority)
         self._stop = threading.Event()
         self._closed = threading.Event()
         self.bus.subscribe(self._forward)
@@ -124,6 +132,8 @@ class MemoryServer:
         if op == "get":
             return wire.encode(getattr(svc, name))
         if op == "call":
+            if name in BACKGROUND:
+                svc.priority.background()  # (this call runs on the background thread)
             fn = getattr(svc, name)
             return wire.encode(fn(*wire.decode(msg.get("a") or []), **wire.decode(msg.get("k") or {})))
         raise ValueError(f"unknown op {op!r}")
@@ -158,6 +168,7 @@ class MemoryServer:
                 if msg.get("op") == "close":
                     # the calls sent before it (submits the proxy did not wait for) are done first
                     t0 = time.monotonic()
+                    self._background.shutdown(wait=True)
                     self._pool.shutdown(wait=True)
                     print(f"contextwarden memory: calls sent before close done in {time.monotonic() - t0:.1f} s",
                           file=sys.stderr)
@@ -166,8 +177,9 @@ class MemoryServer:
                 if msg.get("op") == "call" and msg.get("m") in INLINE:
                     self._serve_call(conn, lk, msg)  # cheap, and in the order sent (before any later call)
                     continue
+                pool = self._background if msg.get("op") == "call" and msg.get("m") in BACKGROUND else self._pool
                 try:
-                    self._pool.submit(self._serve_call, conn, lk, msg)
+                    pool.submit(self._serve_call, conn, lk, msg)
                 except RuntimeError:
                     break
         except (OSError, ValueError):

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .lexical import LexicalIndex, load_snapshot, save_snapshot
+from .priority import SearchFirst
 from .retrieve import Query, Retrieval, Retriever
 from .tagger import Tagger
 
@@ -166,6 +167,8 @@ class MemoryService:
         self._keep_busy = False
         self._keep_thread: threading.Thread | None = None
         self._recent_lock = threading.Lock()
+        # searches first: ingestion's threads wait between their steps while one runs (priority.py)
+        self.priority = SearchFirst()
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
         self._scope = None  # memory.scope.SessionVectors, made with the first retriever
@@ -196,12 +199,15 @@ class MemoryService:
                 # the first run of each input length is slow in ONNX Runtime (~0.3 s): pay it here, not
                 # on the first request
                 emb(["warm up " * n for n in (4, 12, 30)])
+            if emb is not None:
+                emb.pause = self.priority.pause  # between embedding runs, ingestion yields to searches
             self.embedder = CachedEmbedder(emb) if emb is not None else None
             if self.embedder is not None and self.settings.tagging.embedding_tagger:
                 self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:
                 return
             self.store = MemoryStore(self.home, m, self.embedder)
+            self.store.pause = self.priority.pause  # and before each batch it stores
             if not self.store.available:
                 self.error = self.store.error
                 self.bus.emit("error", {"where": "memory", "message": self.error,
@@ -219,7 +225,8 @@ class MemoryService:
                                          journal=journal, batch_max=m.ingest_batch if self.separate else 256,
                                          batch_chars=m.ingest_batch_chars,
                                          tag=self._tag if self.separate else None,
-                                         on_originals=self.originals.put if self.originals is not None else None)
+                                         on_originals=self.originals.put if self.originals is not None else None,
+                                         priority=self.priority)
         except Exception as e:  # memory is an extra: the proxy runs without it
             self.error = f"{type(e).__name__}: {e}"
             self.bus.emit("error", {"where": "memory", "message": self.error, "action": "requests go without memory"})
@@ -423,8 +430,9 @@ class MemoryService:
                session: str | None = None) -> Retrieval:
         """Fused candidates for ``query`` (see :meth:`Retriever.search`). While the lexical index is
         still being rebuilt, ``mode`` says so: its BM25 ranking covers only part of the store."""
-        ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude,
-                                              timeout_s=timeout_s, n=n, neighbours=self.neighbours, session=session)
+        with self.priority:  # ingestion waits meanwhile (priority.py)
+            ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude,
+                                                  timeout_s=timeout_s, n=n, neighbours=self.neighbours, session=session)
         if not self.lexical_ready and ret.mode in ("hybrid", "lexical"):
             ret.mode += " (lexical index building)"
         return ret
