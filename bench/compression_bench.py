@@ -56,7 +56,8 @@ HDRS = [("content-type", "application/json"), ("x-api-key", "sk-bench")]
 
 def outputs() -> dict[str, str]:
     return {"build log": T.build_log()[0][:100_000], "pytest": T.failing_pytest(2000)[0][:100_000],
-            "json": T.api_json(160)[0], "grep": T.recursive_grep(260)[0][:100_000]}
+            "json": T.api_json(160)[0], "grep": T.recursive_grep(260)[0][:100_000], "distinct build log": T.cargo_build()[0],
+            "web page": T.docs_page()}
 
 
 def conversation(session: str, big: str, extra: bool) -> dict:
@@ -130,7 +131,8 @@ def main(argv: list[str]) -> int:
         for r in range(a.rounds):
             for name, big in texts.items():
                 n += 1
-                big = f"{name} run {r}\n" + big  # a new text: nothing cached
+                # a new text each round, so nothing is cached (JSON stays JSON: a first key is added)
+                big = f'{{"run": {r}, ' + big[1:] if name == "json" else f"{name} run {r}\n" + big
                 session = f"{name}-{r}"
                 first = conversation(session, big, False)
                 ctx = ctx_for(h, first, n)

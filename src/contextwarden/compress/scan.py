@@ -32,6 +32,12 @@ def lines_with(low: str, starts: list[int], words: tuple[str, ...], limit: int |
     return out
 
 
+def lines_matching(low: str, starts: list[int], rx) -> set[int]:
+    """Indices of the lines (``starts`` of ``low``'s lines) where ``rx`` (no line breaks in what it
+    matches; best with a literal first character, which ``re`` looks for at C speed) finds a match."""
+    return {bisect_right(starts, m.start()) - 1 for m in rx.finditer(low)}
+
+
 def shapes(lines: list[str]) -> list[bytes]:
     """Each line without its digits (lines of the same shape differ only in numbers), in one C pass."""
     return "\n".join(lines).encode("utf-8", "surrogatepass").translate(None, _DIGITS).split(b"\n")
