@@ -81,7 +81,9 @@ def _edited(body: dict) -> set[str]:
     return out
 
 
-def per_tool(trace_path: str, settings, counter: TokenCounter) -> dict[str, dict]:
+def per_tool(trace_path: str, settings, counter: TokenCounter, by: str = "tool") -> dict[str, dict]:
+    """Rows by tool (``by="kind"``: by tool and the compressor the content called for, which is how a
+    policy by content type would decide)."""
     cfg = settings.compression
     limits = limits_of(cfg)
     trace = load_trace(trace_path, counter)
@@ -99,7 +101,10 @@ def per_tool(trace_path: str, settings, counter: TokenCounter) -> dict[str, dict
             seen.add(tid)
             name, inp = calls.get(tid, ("?", None))
             text = result_text(content)
-            row = rows[name]
+            got = None
+            if by == "kind" and isinstance(content, (str, list)) and len(text) >= limits.medium_chars:
+                got = compress(text, tool=name, tool_input=inp, query=_last_human(req.body), limits=limits)
+            row = rows[f"{name} / {got.kind if got else '-'}" if by == "kind" else name]
             row["results"] += 1
             toks = counter.count_text(text)
             row["tokens"] += toks
@@ -111,7 +116,8 @@ def per_tool(trace_path: str, settings, counter: TokenCounter) -> dict[str, dict
                 row["big_after"] += toks if big else 0
                 row["after"] += toks
                 continue
-            got = compress(text, tool=name, tool_input=inp, query=_last_human(req.body), limits=limits)
+            if by != "kind":
+                got = compress(text, tool=name, tool_input=inp, query=_last_human(req.body), limits=limits)
             if got is None:
                 row["big_after"] += toks if big else 0
                 row["after"] += toks
@@ -177,6 +183,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--no-replay", action="store_true")
+    ap.add_argument("--by", choices=("tool", "kind"), default="tool",
+                    help="rows by tool, or by tool and the compressor its content called for")
+    ap.add_argument("--per-tool-cost", action="store_true",
+                    help="also replay each trace with compression on for one tool at a time (the tools it compressed)")
     ap.add_argument("--stage-budget-ms", type=float, default=20_000)
     ap.add_argument("--replay-only", action="store_true", help="skip the per-tool table")
     ap.add_argument("--fast", action="store_true",
@@ -189,12 +199,15 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="cw-compress-eval-") as home:
         settings = load_settings(a.profile, Path(home), overrides=on)
         counter = TokenCounter(settings.tokens)
-        rows = {t: per_tool(t, settings, counter) for t in a.traces} if not a.replay_only else {}
+        rows = {t: per_tool(t, settings, counter, a.by) for t in a.traces} if not a.replay_only else {}
     if rows:
         _print_rows(a, settings, rows)
     if a.no_replay:
         return 0
-    _replays(a, ov, on)
+    per_tool_sets = None
+    if a.per_tool_cost:
+        per_tool_sets = {t: sorted(k for k, r in (rows.get(t) or {}).items() if r.get("compressed")) for t in a.traces}
+    _replays(a, ov, on, per_tool_sets)
     return 0
 
 
@@ -205,7 +218,7 @@ def _print_rows(a, settings, rows) -> None:
     print(_table(rows))
 
 
-def _replays(a, ov: dict, on: dict) -> None:
+def _replays(a, ov: dict, on: dict, per_tool_sets: dict[str, list[str]] | None = None) -> None:
     off = {**ov, "compression": {**ov.get("compression", {}), "enabled": False}}
     if a.fast:
         on = {**on, "memory": {**on.get("memory", {}), "inject": False}}
@@ -214,20 +227,24 @@ def _replays(a, ov: dict, on: dict) -> None:
     print(f"{'trace':14} {'cost without $':>14} {'cost with $':>11} {'Δ':>7} {'refs lost without':>18} {'with':>14} "
           f"{'edit src lost without':>22} {'with':>10} {'compressions':>12}")
     for t in a.traces:
-        reps = {}
-        for name, o in (("without", off), ("with", on)):
-            reps[name] = replay(t, a.profile, stage_budget_ms=a.stage_budget_ms, overrides=o, turn_hooks=not a.fast)
-        line = []
-        for name in ("without", "with"):
-            tot = reps[name].totals() if callable(getattr(reps[name], "totals", None)) else reps[name].to_dict()["totals"]
-            line.append(tot)
-        w0, w1 = line
-        f0, f1 = w0["fidelity"], w1["fidelity"]
-        comp = w1.get("stage_events", {}).get("compression", 0)
-        print(f"{Path(t).name[12:20]:14} {w0['cost_ours']:>14.2f} {w1['cost_ours']:>11.2f} "
-              f"{100 * (w1['cost_ours'] / w0['cost_ours'] - 1):>+6.1f}% {f0['refs_lost']:>8}/{f0['refs']:<9} {f1['refs_lost']:>6}/{f1['refs']:<7} "
-              f"{f0['sources_lost']:>12}/{f0['sources']:<9} {f1['sources_lost']:>4}/{f1['sources']:<5} {comp:>12}")
-        sys.stdout.flush()
+        runs = [("with", on)]
+        for tool in (per_tool_sets or {}).get(t, []):
+            # compression on for this tool only: what it alone changes in the bill and the references
+            runs.append((f"  {tool} only", {**on, "compression": {**on["compression"], "tools": [tool]}}))
+        w0 = _totals(replay(t, a.profile, stage_budget_ms=a.stage_budget_ms, overrides=off, turn_hooks=not a.fast))
+        for label, o in runs:
+            w1 = _totals(replay(t, a.profile, stage_budget_ms=a.stage_budget_ms, overrides=o, turn_hooks=not a.fast))
+            f0, f1 = w0["fidelity"], w1["fidelity"]
+            comp = w1.get("stage_events", {}).get("compression", 0)
+            name = Path(t).name[12:20] if label == "with" else label
+            print(f"{name:14} {w0['cost_ours']:>14.2f} {w1['cost_ours']:>11.2f} "
+                  f"{100 * (w1['cost_ours'] / w0['cost_ours'] - 1):>+6.1f}% {f0['refs_lost']:>8}/{f0['refs']:<9} {f1['refs_lost']:>6}/{f1['refs']:<7} "
+                  f"{f0['sources_lost']:>12}/{f0['sources']:<9} {f1['sources_lost']:>4}/{f1['sources']:<5} {comp:>12}")
+            sys.stdout.flush()
+
+
+def _totals(rep) -> dict:
+    return rep.totals() if callable(getattr(rep, "totals", None)) else rep.to_dict()["totals"]
 
 
 if __name__ == "__main__":

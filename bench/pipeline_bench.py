@@ -86,9 +86,10 @@ def run_examples(n: int, home: Path, seed: int | None) -> None:
     bench.h.close()
     s = bench.stats
     print(f"\n## Validity ({', '.join(stages)}; levels {', '.join(LEVELS)}; windows {WINDOWS})\n")
-    print("| examples | requests | rewritten | with clearing | with compaction | invalid | seconds |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {examples} | {2 * examples} | {s['rewritten']} | {s['clearing']} | {s['compaction']} | {invalid_examples} | {dt:.0f} |")
+    print("| examples | requests | rewritten | with clearing | with compression | with compaction | invalid | seconds |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {examples} | {2 * examples} | {s['rewritten']} | {s['clearing']} | {s['compression']} | {s['compaction']} | "
+          f"{invalid_examples} | {dt:.0f} |")
     if problems:
         print("\nproblems:")
         for p, c in problems.most_common(10):

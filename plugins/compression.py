@@ -297,4 +297,5 @@ def _compress(ctx, decide: bool) -> None:
     ctx.emit("compression", compressed=len(new_recs), reapplied=len(applied) - len(new_recs),
              tokens_before=sum(rec["tokens"] for _, rec, _ in applied), tokens_after=sum(rec["stub_tokens"] for _, rec, _ in applied),
              tools=sorted({s.tool for s, _, _ in applied}), kinds=sorted({rec.get("compressor", "") for _, rec, _ in applied}),
-             ids=[rec["mid"] for _, rec, new in applied if new], kept=len(kept))
+             ids=[rec["mid"] for _, rec, new in applied if new], kept=len(kept),
+             tokens_saved=sum(rec["tokens"] - rec["stub_tokens"] for rec in new_recs.values()))

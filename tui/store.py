@@ -18,9 +18,9 @@ from typing import Any, Iterable
 from contextwarden import cost
 from contextwarden.liveprotocol import SentLedger, Totals, applied_compaction, new_clearing, new_compaction
 
-CONTEXT_TYPES = ("compaction", "clearing", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip",
+CONTEXT_TYPES = ("compaction", "clearing", "compression", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip",
                  "session")
-ROW_TYPES = ("request", "stage", "tags", "memory", "forward", "response", "turn", "budget", "clearing",
+ROW_TYPES = ("request", "stage", "tags", "memory", "forward", "response", "turn", "budget", "clearing", "compression",
              "compaction", "error", "strip")
 
 
@@ -168,6 +168,13 @@ def summarise(ev: dict[str, Any]) -> str:
         new = d.get("new")
         fresh = "" if new is None else (" (re-applied)" if new == 0 else f" ({new} new)")
         return f"cleared {n if n is not None else '?'} tool results{fresh}, −{int(_num(d.get('tokens_freed')) or 0):,} tok"
+    if t == "compression":
+        n, again = int(_num(d.get("compressed")) or 0), int(_num(d.get("reapplied")) or 0)
+        tools = f" ({', '.join(d.get('tools') or [])})" if d.get("tools") else ""
+        if not n:  # the client sent the same request again: the same texts put back
+            return f"re-applied {again} compressed tool output{'s' if again != 1 else ''}{tools}"
+        return (f"compressed {n} tool output{'s' if n != 1 else ''}{tools}, −{int(_num(d.get('tokens_saved')) or 0):,} tok"
+                + (f", {again} re-applied" if again else ""))
     if t == "error":
         where = d.get("where", "?") + (f"/{d['stage']}" if d.get("stage") else "")
         return f"{where}: {d.get('message', '')}" + (f" ({d['action']})" if d.get("action") else "")

@@ -107,9 +107,9 @@ class Totals:
     ``est_saved_units``, the freed tokens priced at the rate each turn actually paid per sent token.
     """
 
-    COUNTS = ("events", "requests", "turns", "compactions", "clearings", "memory_injections", "errors", "blocked",
-              "rewritten", "bypassed", "fallback", "fallback_original")
-    SUMS = ("tokens_in", "tokens_sent", "tokens_freed", "memory_tokens", "usage_input", "usage_output",
+    COUNTS = ("events", "requests", "turns", "compactions", "clearings", "compressions", "memory_injections", "errors",
+              "blocked", "rewritten", "bypassed", "fallback", "fallback_original")
+    SUMS = ("tokens_in", "tokens_sent", "tokens_freed", "compression_saved", "memory_tokens", "usage_input", "usage_output",
             "usage_cache_read", "usage_cache_write", "billed_units", "est_saved_units", "measured_turns",
             "saving_turns_tokens_in", "saving_turns_tokens_sent")
 
@@ -166,6 +166,11 @@ class Totals:
                 self.compactions += new_compaction(data)  # counted once
             elif t == "clearing":
                 self.clearings += new_clearing(data)
+        elif t == "compression":
+            # tool outputs compressed at first sight, and the tokens that took out of each (counted once:
+            # clearing's records put the same text back on later requests)
+            self.compressions += int(num(data.get("compressed")))
+            self.compression_saved += num(data.get("tokens_saved"))
         elif t == "error":
             self.errors += 1
         elif t == "turn":

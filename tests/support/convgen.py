@@ -35,6 +35,27 @@ def _tool_input(name: str, seed: int) -> dict[str, Any]:
     return {"file_path": f"src/mod{seed % 11}.py"}
 
 
+def tool_text(name: str, n: int, seed: int) -> str:
+    """About ``n`` words of what the tool would print: for the larger sizes, a test run (Bash), search
+    results (Grep) or a JSON response (WebFetch), so that the compression stage's log, listing and JSON
+    compressors meet generated bodies too (prose otherwise). A function of its arguments: no draw."""
+    if n < 1000 or name not in ("Bash", "Grep", "WebFetch"):
+        return words(n, seed)
+    rows = n // 8
+    if name == "Bash":
+        out = [f"tests/test_{(i + seed) % 40}.py::test_{words(1, seed + i)} " + ("FAILED" if (i + seed) % 97 == 0 else "PASSED")
+               + f" [{100 * i // rows:3d}%]" for i in range(rows)]
+        out += ["=" * 20 + " FAILURES " + "=" * 20, f"E   AssertionError: {words(6, seed)}",
+                f"{rows // 97} failed, {rows - rows // 97} passed in {seed % 60}.{seed % 100:02d}s"]
+        return "\n".join(out)
+    if name == "Grep":
+        return "\n".join(f"src/mod{(i * 3 + seed) % 23}.py:{10 + i}:    def handler_{seed % 7}({words(3, seed + i)}):"
+                         for i in range(rows))
+    return orjson.dumps({"total": rows, "items": [{"id": i, "name": words(2, seed + i), "ok": (i + seed) % 50 != 0,
+                                                   "note": words(3, i)} for i in range(rows)]},
+                        option=orjson.OPT_INDENT_2).decode()
+
+
 def _system_note(seed: int) -> str:
     return ["Available agent types: claude, Explore.", "The user switched to plan mode.",
             f"Reminder {seed}: keep answers short.", "Todo list was updated."][seed % 4]
@@ -83,7 +104,7 @@ def anthropic_bodies(draw, session: str | None = None) -> dict[str, Any]:
             results: list[dict[str, Any]] = []
             for j, u in enumerate(uses):
                 size = draw(st.sampled_from(RESULT_SIZES))
-                text = f"{u['name']} output {j}:\n" + words(size, seed + t * 7 + r * 3 + j)
+                text = f"{u['name']} output {j}:\n" + tool_text(u["name"], size, seed + t * 7 + r * 3 + j)
                 res: dict[str, Any] = {"type": "tool_result", "tool_use_id": u["id"], "content": text}
                 kind = draw(st.integers(0, 9))
                 if kind == 0:
@@ -166,7 +187,7 @@ def chat_bodies(draw, session: str | None = None) -> dict[str, Any]:
             msgs.append({"role": "assistant", "content": draw(st.sampled_from([None, "Checking."])), "tool_calls": calls})
             for j, c in enumerate(calls):
                 msgs.append({"role": "tool", "tool_call_id": c["id"],
-                             "content": words(draw(st.sampled_from(RESULT_SIZES)), seed + t + r + j)})
+                             "content": tool_text(c["function"]["name"], draw(st.sampled_from(RESULT_SIZES)), seed + t + r + j)})
         msgs.append({"role": "assistant", "content": f"Turn {t} done: " + words(draw(st.sampled_from([5, 60])), seed - t)})
     if msgs[-1]["role"] == "assistant":
         msgs.append({"role": "user", "content": "And next?"})
@@ -189,12 +210,12 @@ def responses_bodies(draw, session: str | None = None) -> dict[str, Any]:
             for _ in range(draw(st.integers(1, 2))):
                 cid = f"call_{seed}_{next(ids)}"
                 name = draw(st.sampled_from(TOOLS))
-                calls.append(cid)
+                calls.append((cid, name))
                 items.append({"type": "function_call", "call_id": cid, "name": name,
                               "arguments": orjson.dumps(_tool_input(name, seed)).decode()})
-            for cid in calls:
+            for cid, name in calls:
                 items.append({"type": "function_call_output", "call_id": cid,
-                              "output": words(draw(st.sampled_from(RESULT_SIZES)), seed + r)})
+                              "output": tool_text(name, draw(st.sampled_from(RESULT_SIZES)), seed + r)})
         items.append({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": f"Turn {t} done."}]})
     items.append({"role": "user", "content": "Continue."})
     return {"model": "gpt-4o", "input": items, "instructions": "Terse.", "prompt_cache_key": session or f"hyp-resp-{seed}"}

@@ -82,3 +82,44 @@ def recursive_grep(files: int = 120, per_file: int = 9, seed: int = 3) -> tuple[
             ln = 10 + j * rnd.randint(3, 30)
             lines.append(f"{path}:{ln}:    result = parse_config(path_{j}, strict=True)  # match {j}")
     return "\n".join(lines), counts
+
+
+def cargo_build(chars: int = 100_000, seed: int = 1) -> tuple[str, list[str]]:
+    """A build log whose lines nearly all differ (crate names, versions, paths): nothing collapses, so every
+    line goes through the log compressor's scan (the synthetic logs above collapse to a few dozen lines).
+    Returns the log and its error lines."""
+    rnd = random.Random(seed)
+    parts = "alpha beta gamma delta parser lexer codegen runtime storage network client server cache index query".split()
+    lines: list[str] = []
+    errors: list[str] = []
+    size = 0
+    while size < chars:
+        a, b = rnd.sample(parts, 2)
+        r = rnd.random()
+        if r < 0.01:
+            line = f"src/{a}/{b}.rs:{rnd.randint(1, 900)}:{rnd.randint(1, 80)}: error[E0308]: mismatched types in {a}_{b}"
+            errors.append(line)
+        elif r < 0.04:
+            line = f"warning: unused variable `{a}_{b}` in crate {a}"
+        else:
+            line = (f"   Compiling {a}-{b}-{''.join(rnd.choices('abcdefghij', k=5))} v0.{rnd.randint(1, 9)}.{rnd.randint(0, 30)} "
+                    f"(/home/u/proj/{a}/{b})")
+        lines.append(line)
+        size += len(line) + 1
+    lines.append(f"error: could not compile `proj` due to {len(errors)} previous errors")
+    return "\n".join(lines), errors
+
+
+def docs_page(paras: int = 460, seed: int = 5) -> str:
+    """A fetched documentation page as text: paragraphs of prose with a few code lines (no log words)."""
+    rnd = random.Random(seed)
+    topics = "the upload client retries with backoff; the cache keeps entries for an hour; tokens expire daily; " \
+             "the index is rebuilt nightly; requests are signed with the account key; pages hold 50 items".split("; ")
+    out = []
+    for i in range(paras):
+        out.append(f"## Section {i}")
+        out.append(" ".join(rnd.choice(topics).capitalize() + "." for _ in range(6)))
+        if i % 4 == 0:
+            out.append(f"    client.configure(section={i}, retries={rnd.randint(1, 6)})")
+        out.append("")
+    return "\n".join(out)

@@ -34,6 +34,7 @@ def traffic_table(store: Store, now: float) -> Group:
     t.add_row("rewritten", fmt.num(tot.rewritten))
     t.add_row("compactions", fmt.num(tot.compactions))
     t.add_row("clearings", fmt.num(tot.clearings))
+    t.add_row("compressions", fmt.num(tot.compressions))
     t.add_row("memory injections", fmt.num(tot.memory_injections))
     t.add_row("errors", Text(fmt.num(tot.errors), style="red" if tot.errors else ""))
     if tot.blocked:
@@ -51,6 +52,7 @@ def tokens_table(store: Store) -> Group:
     t.add_row("in (as the client sent)", fmt.num(tot.tokens_in))
     t.add_row("sent upstream", fmt.num(tot.tokens_sent))
     t.add_row("freed (clear+compact)", fmt.num(tot.tokens_freed))
+    t.add_row("saved by compression", fmt.num(tot.compression_saved))
     t.add_row("memory injected", fmt.num(tot.memory_tokens))
     u = _grid()
     u.add_row("input · output", f"{fmt.num(tot.usage_input)} · {fmt.num(tot.usage_output)}")

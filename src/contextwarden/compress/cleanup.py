@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from .scan import line_starts, lines_with, shapes
+from .scan import repeat_starts, shapes
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _DIGITS = re.compile(r"\d+(?:[.,:]\d+)*")
@@ -58,6 +58,11 @@ def similar_marker(n: int) -> str:
 _TELLING = ("error", "fail", "fatal", "exception", "panic", "warn", "assert", "denied", "traceback")
 
 
+def _telling(line: str) -> bool:
+    low = line.lower()
+    return any(w in low for w in _TELLING)
+
+
 def block_marker(k: int, n: int) -> str:
     return f"[… the {k} lines above repeated {n:,} more time{'s' if n != 1 else ''} …]"
 
@@ -92,8 +97,21 @@ def collapse_weighted(lines: list[str]) -> tuple[list[str], list[int]]:
     w: list[int] = []
     i, n = 0, len(lines)
     keys = shapes(lines)
-    telling = lines_with("\n".join(lines).lower(), line_starts(lines), _TELLING)
+    # Where a run can start: a line whose shape comes again within MAX_BLOCK lines (identical lines,
+    # a repeated block and a run of the same shape all need that), found at C speed, so that the loop
+    # below copies the stretches between them at once: most lines of a 100 KB output differ.
+    starts = repeat_starts(keys, MAX_BLOCK)
+    nxt = 0  # index into starts of the first start >= i
+    run_end = 0  # the end of the run of lines of the same shape that line i is in, once scanned
     while i < n:
+        while nxt < len(starts) and starts[nxt] < i:
+            nxt += 1
+        stop = starts[nxt] if nxt < len(starts) else n
+        if stop > i:  # no run starts before stop: those lines stay as they are
+            out.extend(lines[i:stop])
+            w.extend([1] * (stop - i))
+            i = stop
+            continue
         line = lines[i]
         j = i + 1
         while j < n and lines[j] == line:
@@ -103,7 +121,8 @@ def collapse_weighted(lines: list[str]) -> tuple[list[str], list[int]]:
             w += [1, j - i - 1]
             i = j
             continue
-        if i + 2 < n and line.strip():
+        # (a block run needs the line again 2 to MAX_BLOCK lines on: checked here, without a call)
+        if i + 2 < n and line in lines[i + 2:i + MAX_BLOCK + 1] and line.strip():
             k, r = _block_run(lines, i)
             if k:
                 out.extend(lines[i:i + k])
@@ -112,11 +131,13 @@ def collapse_weighted(lines: list[str]) -> tuple[list[str], list[int]]:
                 i += k * r
                 continue
         key = keys[i]
-        if len(key) != len(line) and line.strip() and i not in telling:
-            k = i + 1
+        if len(key) != len(line) and line.strip():
+            k = run_end if i < run_end else i + 1
             while k < n and keys[k] == key:
                 k += 1
-            if k - i >= MIN_RUN:
+            run_end = k
+            # (a telling line is tested only where a run would take it: one line, not the whole text)
+            if k - i >= MIN_RUN and not _telling(line):
                 out += [line, similar_marker(k - i - 2), lines[k - 1]]
                 w += [1, k - i - 2, 1]
                 i = k
@@ -136,6 +157,8 @@ def cap_line(line: str) -> str:
 
 def cap_long_lines(lines: list[str]) -> list[str]:
     """Very long lines (a minified file, a JSONL record a grep matched) keep their start and end."""
+    if max(map(len, lines), default=0) <= LONG_LINE:
+        return lines
     return [cap_line(x) if len(x) > LONG_LINE else x for x in lines]
 
 

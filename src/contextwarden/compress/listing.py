@@ -32,16 +32,41 @@ def kind_of(lines: list[str]) -> str | None:
     n = len(sample)
     if not n:
         return None
-    grep = sum(1 for x in sample if GREP_LINE.match(x) or GREP_FILE.match(x))
-    if grep >= 0.7 * n:
+    if _most(sample, 0.7, lambda x: ":" in x and bool(GREP_LINE.match(x) or GREP_FILE.match(x))):
         return "grep"
-    ls = sum(1 for x in sample if LS_LONG.match(x) or LS_HEADER.match(x) or x.startswith("total "))
-    if ls >= 0.6 * n:
+    if _most(sample, 0.6, lambda x: x.startswith("total ") or (x[0] in _LS_FIRST and bool(LS_LONG.match(x)))
+             or (x.endswith(":") and bool(LS_HEADER.match(x)))):
         return "ls"
-    paths = sum(1 for x in sample if PATHLIKE.match(x.strip()))
-    if paths >= 0.8 * n:
+    if _most(sample, 0.8, _pathlike):
         return "paths"
     return None
+
+
+_LS_FIRST = frozenset("dlcbps-")
+
+
+def _pathlike(x: str) -> bool:
+    s = x.strip()
+    # (a path with a space in it has a "/"; a bare file name has none and a dot)
+    return ("/" in s or (" " not in s and "." in s)) and bool(PATHLIKE.match(s))
+
+
+def _most(sample: list[str], share: float, test) -> bool:
+    """Do at least ``share`` of the lines pass ``test``? Stops as soon as the answer is known (a log's
+    lines rule out a listing within the first few misses)."""
+    need = share * len(sample)
+    misses_allowed = len(sample) - need
+    hits = misses = 0
+    for x in sample:
+        if test(x):
+            hits += 1
+            if hits >= need:
+                return True
+        else:
+            misses += 1
+            if misses > misses_allowed:
+                return False
+    return hits >= need
 
 
 def _group_key(kind: str, line: str, current_dir: str) -> tuple[str, str]:

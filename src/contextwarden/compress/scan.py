@@ -7,6 +7,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from itertools import accumulate
 
+import numpy as np
+
 _DIGITS = bytes(range(48, 58))
 
 
@@ -30,6 +32,25 @@ def lines_with(low: str, starts: list[int], words: tuple[str, ...], limit: int |
     return out
 
 
+def lines_matching(low: str, starts: list[int], rx) -> set[int]:
+    """Indices of the lines (``starts`` of ``low``'s lines) where ``rx`` (no line breaks in what it
+    matches; best with a literal first character, which ``re`` looks for at C speed) finds a match."""
+    return {bisect_right(starts, m.start()) - 1 for m in rx.finditer(low)}
+
+
 def shapes(lines: list[str]) -> list[bytes]:
     """Each line without its digits (lines of the same shape differ only in numbers), in one C pass."""
     return "\n".join(lines).encode("utf-8", "surrogatepass").translate(None, _DIGITS).split(b"\n")
+
+
+def repeat_starts(keys: list[bytes], within: int) -> list[int]:
+    """Indices i (ascending) where ``keys[i]`` may come again within ``within`` lines: every i where it
+    does, and perhaps a few more (compared by hash: a collision only adds an index to look at)."""
+    n = len(keys)
+    if n < 2:
+        return []
+    h = np.fromiter(map(hash, keys), dtype=np.int64, count=n)
+    hit = np.zeros(n, dtype=bool)
+    for d in range(1, min(within, n - 1) + 1):
+        hit[:-d] |= h[:-d] == h[d:]
+    return np.flatnonzero(hit).tolist()
