@@ -117,3 +117,24 @@ def test_mentions_find_a_path_by_its_name_in_commands_and_words():
     # (README.md is two files here; a.py is too short to tell from a word)
     assert got == {"/r/scripts/run.sh": 7, "/r/docs/README.md": 4, "/r/src/unseen_mod.py": 5}
     assert mentions(paths, []) == {}
+
+
+def test_compaction_keeps_a_read_file_the_kept_turns_name(cw_home):
+    """A file read for context and not edited yet, which the model names again in the turns a compaction
+    keeps (it is about to change it), is kept verbatim in the summary with working_set_mentions."""
+    body = anthropic_tool_loop(10)
+    read = body["messages"][2]["content"][0]  # task 0's Read (src/mod0_0.py), never edited
+    other = body["messages"][6]["content"][0]  # task 1's Read, never named again
+    body["messages"][-2]["content"][0]["text"] = "Tests pass. Next I will change src/mod0_0.py the same way."
+    kept = []
+    for mentions_on in (False, True):
+        h = harness(cw_home / str(mentions_on), 1000, working_set_tokens=20_000, working_set_mentions=mentions_on)
+        h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.9)}})
+        sent = h.send(ApiKind.ANTHROPIC, copy.deepcopy(body))
+        text = summary_text(sent.body["messages"][0])
+        assert text.startswith(SUMMARY_HEAD)
+        kept.append(text.split("Files this conversation is working with")[1] if "Files this conversation" in text else "")
+        h.close()
+    off, on = kept
+    assert read["content"] not in off
+    assert "[Read src/mod0_0.py]\n" + read["content"] in on and other["content"] not in on
