@@ -277,19 +277,25 @@ def working_appendix(ctx, budget: int, orig: list, lead: int, end: int) -> str:
     (``compaction.working_set_tokens``, at most a quarter of the target) or none is folded."""
     if budget <= 0:
         return ""
-    from contextwarden.workingset import WORKING_HEAD, Call, path_of, working_set
+    from contextwarden.workingset import WORKING_HEAD, Call, mentions, path_of, said, working_set
 
     api, n = ctx.api, len(orig)
+    cfg = ctx.settings.compaction
     calls: list[Call] = []
+    recent: list[tuple[int, str]] = []  # what the model wrote in the messages it keeps (files it works on now)
     for i, t in enumerate(transcript(api, orig[lead:n], tool_calls(api, orig[:n]))):
+        if cfg.working_set_mentions and lead + i >= end and t.role == "assistant":
+            recent.extend((len(calls), s) for s in said(t.parts))
         for p in t.parts:
             if p.kind == "tool_result" and p.text.strip():
                 text = p.text
                 if p.tool == "Write" and isinstance(p.tool_input, dict) and isinstance(p.tool_input.get("content"), str):
                     text = p.tool_input["content"]  # what the file is now (the result only says it was written)
                 calls.append(Call(len(calls), p.tool or "", p.tool_input, lead + i, text))
-    kept = [c for c in working_set(calls, budget, lambda c: ctx.runtime.tokens.count_text(c.text, ctx.model),
-                                   edited_only=True) if c.key < end]
+    named = mentions((q for c in calls if c.key < end and (q := path_of(c.tool_input))), recent) if recent else None
+    # (results the kept messages hold cost the summary nothing: the budget is for the folded ones)
+    kept = [c for c in working_set(calls, budget, lambda c: ctx.runtime.tokens.count_text(c.text, ctx.model) if c.key < end else 0,
+                                   edited_only=True, mentioned=named, written=cfg.working_set_written) if c.key < end]
     if not kept:
         return ""
     kept.sort(key=lambda c: c.order)

@@ -6,7 +6,7 @@ import copy
 
 from contextwarden.models.base import ApiKind
 from contextwarden.replay import replay
-from contextwarden.workingset import Call, working_set
+from contextwarden.workingset import Call, mentions, working_set
 
 from .test_compaction import SUMMARY_HEAD, harness, summary_text, window_for
 from .support.stages import anthropic_tool_loop
@@ -73,3 +73,68 @@ def test_compaction_keeps_the_folded_working_set_verbatim_in_its_summary(cw_home
     kept = on.split("Files this conversation is working with")[1]
     assert "[Read src/mod0_0.py]\n" + read["content"] in kept and "[Edit src/mod0_0.py]\n" + edit["content"] in kept
     assert other["content"] not in kept and "[Bash" not in kept  # read for context only, never edited
+
+
+def test_a_file_named_after_its_read_counts_as_being_worked_on():
+    # a.py read for context, then the model runs it / talks about it; c.py is being edited
+    calls = [_c(0, "Read", "a.py"), _c(1, "Read", "b.py"), _c(2, "Read", "c.py"), _c(3, "Edit", "c.py")]
+    tokens = lambda c: 10  # noqa: E731
+    assert [c.key for c in working_set(calls, 1_000, tokens, edited_only=True)] == [2, 3]
+    # named after its Read: being worked on, and touched then (ranked first)
+    assert [c.key for c in working_set(calls, 1_000, tokens, edited_only=True, mentioned={"a.py": 9})] == [0, 2, 3]
+    assert [c.key for c in working_set(calls, 10, tokens, edited_only=True, mentioned={"a.py": 9})] == [0]
+    # named before its latest Read (the name led to the Read): not a sign of work on it
+    assert [c.key for c in working_set(calls + [_c(10, "Read", "a.py")], 1_000, tokens, edited_only=True,
+                                       mentioned={"a.py": 9})] == [2, 3]
+    # the whole set (clearing's): a mention only moves the file up
+    assert [c.key for c in working_set(calls, 1_000, tokens)] == [2, 3, 1, 0]
+    assert [c.key for c in working_set(calls, 1_000, tokens, mentioned={"a.py": 9})] == [0, 2, 3, 1]
+
+
+def test_a_written_file_counts_as_being_edited_when_asked():
+    calls = [_c(0, "Write", "new.md"), _c(1, "Read", "old.md"), _c(2, "Read", "c.py"), _c(3, "Edit", "c.py")]
+    tokens = lambda c: 10  # noqa: E731
+    assert [c.key for c in working_set(calls, 1_000, tokens, edited_only=True)] == [2, 3]
+    assert [c.key for c in working_set(calls, 1_000, tokens, edited_only=True, written=True)] == [2, 3, 0]
+
+
+def test_a_file_whose_read_no_longer_fits_keeps_its_edit_snippets():
+    calls = [_c(0, "Read", "big.md", key=0), _c(1, "Edit", "big.md", key=1), _c(2, "Edit", "big.md", key=2),
+             _c(3, "Read", "small.py", key=3)]
+    sizes = lambda c: 500 if c.key == 0 else 10  # noqa: E731
+    assert [c.key for c in working_set(calls, 1_000, sizes)] == [3, 0, 1, 2]
+    assert [c.key for c in working_set(calls, 50, sizes)] == [3, 1, 2]  # big.md's Edits' snippets only
+    assert [c.key for c in working_set(calls, 25, sizes)] == [3]  # not even those
+    assert working_set(calls[:1] + calls[3:], 50, sizes) == [calls[3]]  # a Read alone: nothing of it
+
+
+def test_mentions_find_a_path_by_its_name_in_commands_and_words():
+    paths = ["/r/scripts/run.sh", "/r/docs/README.md", "/r/lib/README.md", "/r/src/unseen_mod.py", "/r/a.py"]
+    texts = [(3, "cd /r && ./scripts/run.sh --all"), (4, "Now update docs/README.md and README.md"),
+             (5, "fixed the call in unseen_mod.py"), (6, "the a.py helper"), (7, "run.sh again")]
+    got = mentions(paths, texts)
+    # a file name alone names a file when no other file of the set has it and it looks like one
+    # (README.md is two files here; a.py is too short to tell from a word)
+    assert got == {"/r/scripts/run.sh": 7, "/r/docs/README.md": 4, "/r/src/unseen_mod.py": 5}
+    assert mentions(paths, []) == {}
+
+
+def test_compaction_keeps_a_read_file_the_kept_turns_name(cw_home):
+    """A file read for context and not edited yet, which the model names again in the turns a compaction
+    keeps (it is about to change it), is kept verbatim in the summary with working_set_mentions."""
+    body = anthropic_tool_loop(10)
+    read = body["messages"][2]["content"][0]  # task 0's Read (src/mod0_0.py), never edited
+    other = body["messages"][6]["content"][0]  # task 1's Read, never named again
+    body["messages"][-2]["content"][0]["text"] = "Tests pass. Next I will change src/mod0_0.py the same way."
+    kept = []
+    for mentions_on in (False, True):
+        h = harness(cw_home / str(mentions_on), 1000, working_set_tokens=20_000, working_set_mentions=mentions_on)
+        h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.9)}})
+        sent = h.send(ApiKind.ANTHROPIC, copy.deepcopy(body))
+        text = summary_text(sent.body["messages"][0])
+        assert text.startswith(SUMMARY_HEAD)
+        kept.append(text.split("Files this conversation is working with")[1] if "Files this conversation" in text else "")
+        h.close()
+    off, on = kept
+    assert read["content"] not in off
+    assert "[Read src/mod0_0.py]\n" + read["content"] in on and other["content"] not in on

@@ -62,12 +62,20 @@ class Call:
     text: str  # the result's text as the client sends it
 
 
-def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int], edited_only: bool = False) -> list[Call]:
+def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int], edited_only: bool = False,
+                mentioned: dict[str, int] | None = None, written: bool = False) -> list[Call]:
     """The results the working set keeps, newest file first, within ``budget`` tokens (0: none);
     ``edited_only``: only the files an Edit changed (the set a compaction keeps: the files being
-    changed, not every document read for context)."""
+    changed, not every document read for context), and, with ``written``, the files a Write made (the
+    agent writes a file, then edits it: its next ``old_string`` is in the Write's content);
+    ``mentioned``: path -> order of the latest tool call or message that names the file without reading
+    or editing it (:func:`mentions`: the model runs the script, talks about the document): a touch, and
+    with ``edited_only`` a file being worked on (the next Edit of a file read for context comes after the
+    model starts talking about it). A file whose Read does not fit any more keeps its Edits' results
+    when they fit (each shows the text around what it changed, as the file is now)."""
     if budget <= 0:
         return []
+    mentioned = mentioned or {}
     latest_read: dict[str, Call] = {}
     edits_since: dict[str, list[Call]] = {}  # (of a file never read here, its edits: all the model saw of it)
     touched: dict[str, int] = {}
@@ -86,15 +94,71 @@ def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int
         else:
             continue
         touched[p] = c.order
+    for p, order in mentioned.items():
+        if p in touched and order > touched[p]:
+            touched[p] = order
     out: list[Call] = []
     used = 0
     for p in sorted(set(latest_read) | set(edits_since), key=lambda p: -touched[p]):
-        group = ([latest_read[p]] if p in latest_read else []) + edits_since.get(p, [])
-        if not group or (edited_only and not edits_since.get(p)):
+        edits = edits_since.get(p, [])
+        group = ([latest_read[p]] if p in latest_read else []) + edits
+        base = latest_read.get(p)
+        changing = bool(edits) or (written and base is not None and base.tool in WRITE_TOOLS) \
+            or (p in mentioned and (base is None or mentioned[p] > base.order))
+        if not group or (edited_only and not changing):
             continue
         n = sum(tokens(c) for c in group)
         if used + n > budget:
-            continue  # a smaller, older file may still fit
+            if not edits or len(edits) == len(group):
+                continue  # a smaller, older file may still fit
+            group, n = edits, sum(tokens(c) for c in edits)  # its Read is too big: the snippets of its Edits
+            if used + n > budget:
+                continue
         used += n
         out.extend(group)
     return out
+
+
+def _names(path: str, basenames: dict[str, int]) -> tuple[str, ...]:
+    """How a text names ``path``: the path, its last two parts (``scripts/run.sh``), and its file name
+    when no other file of the set has it and it looks like a file name (``run.sh``, not ``README``)."""
+    parts = [x for x in path.split("/") if x]
+    out = [path]
+    if len(parts) >= 2:
+        out.append("/".join(parts[-2:]))
+    if parts:
+        base = parts[-1]
+        if basenames.get(base, 0) == 1 and len(base) >= 6 and "." in base.strip("."):
+            out.append(base)
+    return tuple(out)
+
+
+def mentions(paths: Iterable[str], texts: Iterable[tuple[int, str]]) -> dict[str, int]:
+    """Of ``paths``, those the texts name (``texts``: (order, text), e.g. the strings of the recent tool
+    calls' inputs and the assistant's words): path -> the largest order that names it. Names are matched
+    as substrings (a path inside a shell command, a file name in a sentence): linear in the texts times
+    the number of files, so the caller passes the recent texts only."""
+    paths = list(dict.fromkeys(paths))
+    basenames: dict[str, int] = {}
+    for p in paths:
+        b = p.rstrip("/").rsplit("/", 1)[-1]
+        basenames[b] = basenames.get(b, 0) + 1
+    names = [(p, _names(p, basenames)) for p in paths]
+    out: dict[str, int] = {}
+    for order, text in texts:
+        if not text:
+            continue
+        for p, ns in names:
+            if order > out.get(p, -1) and any(n in text for n in ns):
+                out[p] = order
+    return out
+
+
+def said(parts: Iterable[Any]) -> Iterable[str]:
+    """The texts of one assistant message that may name a file: its words and the string values of its
+    tool calls' inputs (``conversation.transcript`` parts)."""
+    for p in parts:
+        if p.kind == "text" and p.text:
+            yield p.text
+        elif p.kind == "tool_use" and isinstance(p.tool_input, dict):
+            yield from (v for v in p.tool_input.values() if isinstance(v, str))

@@ -126,6 +126,15 @@ class CompactionSection(Section):
     compaction folds are kept verbatim in its summary message; the cut goes that much deeper. At most a
     quarter of ``target`` (of the window). 0: off."""
 
+    working_set_written: bool = False
+    """The files a Write made count as files being edited for ``working_set_tokens`` (the agent writes a
+    file, then edits it: the ``old_string`` is in the Write's content)."""
+
+    working_set_mentions: bool = False
+    """A file the assistant's messages that stay (after the cut) name, in their words or their tool
+    calls' inputs (it runs the script, it talks about the document), counts as a file being edited for
+    ``working_set_tokens``, and as touched then for its rank."""
+
     summary_breakpoint: bool = True
     """Put a ``cache_control`` breakpoint on the summary when the body has fewer than 4, so the compacted
     prefix is cached on its own (Anthropic only)."""
