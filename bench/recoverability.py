@@ -158,6 +158,7 @@ def main() -> int:
         m = Measure(search=not args.no_search)
         recall_tokens = Counter()
         ids_named: dict[str, str] = {}
+        recall_events: list[dict] = []  # the recall events of the request being replayed
         import contextwarden.runtime as runtime_mod
 
         orig_init = runtime_mod.Runtime.__init__
@@ -172,6 +173,7 @@ def main() -> int:
                 elif ev.type == "compaction" and d.get("folded"):
                     ids_named.update({i: "compacted" for i in d["folded"]})
                 elif ev.type == "recall" and d.get("injected"):
+                    recall_events.append(d)
                     recall_tokens[ev.flow_id] += int(d.get("tokens") or 0)
             self.bus.subscribe(on)
 
@@ -179,6 +181,7 @@ def main() -> int:
         import contextwarden.fidelity as fidelity_mod
 
         orig_request = fidelity_mod.FidelityCounter.request
+        orig_put_back = fidelity_mod.FidelityCounter._put_back
         seen = [0]
 
         def request(self, original, sent, *a, **kw):
@@ -186,11 +189,39 @@ def main() -> int:
                 ids = summary_ids(sent)
                 if ids:
                     m.sent_bodies[seen[0]] = ids
-            seen[0] += 1
-            return orig_request(self, original, sent, *a, **kw)
+            try:
+                return orig_request(self, original, sent, *a, **kw)
+            finally:
+                seen[0] += 1
+                recall_events.clear()
 
+        def put_back(self, fid, items, answer, sent, recalled):
+            orig_put_back(self, fid, items, answer, sent, recalled)
+            if not args.misses:
+                return
+            for it in items:  # (c) one item at a time: which ones the recall stage did not put back, and why
+                one = fidelity_mod.Fidelity()
+                orig_put_back(self, one, [it], answer, sent, recalled)
+                if not one.back:
+                    ev = recall_events[-1] if recall_events else {}
+                    why = ev.get("skipped") or f"injected {ev.get('why')} {[str(r)[:40] for r in ev.get('refs') or []]}"
+                    m.misses.append(f"#{seen[0]} auto-recall {it['kind']} {it['stage']} {it['tool']}: {it['what'][:60]!r}"
+                                    f" (present anyway: {bool(one.present)}; recall: {why})")
+
+        import contextwarden.plugins.recall as recall_plugin
+
+        orig_auto = recall_plugin.auto_recall
+
+        def auto(ctx, svc):  # what the stage decided, also when it emits nothing (nothing kept, nothing injected)
+            got = orig_auto(ctx, svc)
+            if not got.get("injected"):
+                recall_events.append(got)
+            return got
+
+        recall_plugin.auto_recall = auto
         runtime_mod.Runtime.__init__ = init
         fidelity_mod.FidelityCounter.request = request
+        fidelity_mod.FidelityCounter._put_back = put_back
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 rep = replay(trace, args.profile, home=tmp, limit=args.limit, overrides=parse_sets(args.sets) or None,
@@ -205,6 +236,8 @@ def main() -> int:
         finally:
             runtime_mod.Runtime.__init__ = orig_init
             fidelity_mod.FidelityCounter.request = orig_request
+            recall_plugin.auto_recall = orig_auto
+            fidelity_mod.FidelityCounter._put_back = orig_put_back
         reports.append(rep)
         if args.json_out:
             import orjson
