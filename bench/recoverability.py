@@ -82,12 +82,13 @@ def summary_ids(body: dict) -> list[str]:
 class Measure:
     """What one trace's replay shows, computed with its runtime still open."""
 
-    def __init__(self, search: bool, k: int = 3) -> None:
-        self.search, self.k = search, k
+    def __init__(self, search: bool, k: int = 3, show_misses: bool = False) -> None:
+        self.search, self.k, self.show_misses = search, k, show_misses
         self.ix = Indexer()
         self.by_id = Counter()
         self.by_search = Counter()
         self.misses: list[str] = []
+        self.printed = 0
         self.sent_bodies: dict[int, list[str]] = {}  # request index -> the summary ids of what we sent
 
     def __call__(self, rt, rep) -> None:
@@ -96,6 +97,7 @@ class Measure:
         svc = memory_service.get_service(rt)
         if svc is None:
             raise SystemExit("memory is off in this profile: nothing to recall")
+        self.print_misses()
         svc.flush_kept(60)
         tenants = svc.tenants()
         ws = rt.settings.memory.shared_workspace
@@ -131,6 +133,14 @@ class Measure:
                     self.by_search[kind + " found"] += 1
                 else:
                     self.misses.append(f"#{r.index} search {it['tool']}: {it['what'][:60]!r}")
+        self.print_misses()
+
+    def print_misses(self) -> None:
+        """Printed while the runtime is open: closing it waits for the ingestion batch in progress
+        (minutes on a busy machine); (c)'s before the wait for ingestion that (b) needs."""
+        for line in self.misses[self.printed:] if self.show_misses else ():
+            print("  miss " + line, flush=True)
+        self.printed = len(self.misses)
 
 
 def pct(a: int, b: int) -> str:
@@ -155,7 +165,7 @@ def main() -> int:
     for trace in args.traces:
         name = Path(trace).name
         print(f"replaying {name} ...", file=sys.stderr, flush=True)
-        m = Measure(search=not args.no_search)
+        m = Measure(search=not args.no_search, show_misses=args.misses)
         recall_tokens = Counter()
         ids_named: dict[str, str] = {}
         recall_events: list[dict] = []  # the recall events of the request being replayed
@@ -251,8 +261,6 @@ def main() -> int:
         recall_usd = rtok * factor * price_for(model).input / 1e6
         rows.append((name[12:20] if name.startswith("claude-code-") else name, t, fid, m, len(ids_named), len(found), exact,
                      rtok, recall_usd))
-        for line in m.misses if args.misses else ():
-            print("  miss " + line)
 
     print("| trace | lost edit sources / refs | (a) by the stub's id | (b) search top 3 | (c) auto-recall put back next request | held anywhere next request | recall tokens | recall cost | ids named found (byte for byte) |")
     print("| --- | --- | --- | --- | --- | --- | ---: | ---: | --- |")

@@ -300,8 +300,10 @@ def test_find_rules():
     # an edit of the file whose Read was cleared
     edit2 = {"role": "assistant", "content": [{"type": "tool_use", "id": "t2", "name": "Edit", "input": {"file_path": "src/x.py"}}]}
     assert [f.why for f in find(read_answer(edit2), lost, kept, set())] == ["path"]
-    # a term three lost texts hold is the session's vocabulary, not a reference; a kept one is no loss
-    assert find(read_answer({"role": "assistant", "content": "about common_name"}), lost, kept, set()) == []
+    # a term three lost texts hold is the session's vocabulary: only the lines around it in the newest
+    # of them come back; a kept one is no loss
+    assert [(f.lost.memory_id, f.why, f.whole) for f in find(read_answer({"role": "assistant", "content": "about common_name"}),
+                                                             lost, kept, set())] == [("m-dddddddddddddddd", "term", False)]
     lost.append(Lost("m-eeeeeeeeeeeeeeee", "still_here_ident", 11))
     assert find(read_answer({"role": "assistant", "content": "still_here_ident"}), lost, kept, set()) == []
     # done: recalled once already; a path or a term does not bring it again, an Edit quoting text only
