@@ -82,12 +82,13 @@ def summary_ids(body: dict) -> list[str]:
 class Measure:
     """What one trace's replay shows, computed with its runtime still open."""
 
-    def __init__(self, search: bool, k: int = 3) -> None:
-        self.search, self.k = search, k
+    def __init__(self, search: bool, k: int = 3, show_misses: bool = False) -> None:
+        self.search, self.k, self.show_misses = search, k, show_misses
         self.ix = Indexer()
         self.by_id = Counter()
         self.by_search = Counter()
         self.misses: list[str] = []
+        self.printed = 0
         self.sent_bodies: dict[int, list[str]] = {}  # request index -> the summary ids of what we sent
 
     def __call__(self, rt, rep) -> None:
@@ -96,6 +97,7 @@ class Measure:
         svc = memory_service.get_service(rt)
         if svc is None:
             raise SystemExit("memory is off in this profile: nothing to recall")
+        self.print_misses()
         svc.flush_kept(60)
         tenants = svc.tenants()
         ws = rt.settings.memory.shared_workspace
@@ -131,6 +133,14 @@ class Measure:
                     self.by_search[kind + " found"] += 1
                 else:
                     self.misses.append(f"#{r.index} search {it['tool']}: {it['what'][:60]!r}")
+        self.print_misses()
+
+    def print_misses(self) -> None:
+        """Printed while the runtime is open: closing it waits for the ingestion batch in progress
+        (minutes on a busy machine); (c)'s before the wait for ingestion that (b) needs."""
+        for line in self.misses[self.printed:] if self.show_misses else ():
+            print("  miss " + line, flush=True)
+        self.printed = len(self.misses)
 
 
 def pct(a: int, b: int) -> str:
@@ -155,9 +165,10 @@ def main() -> int:
     for trace in args.traces:
         name = Path(trace).name
         print(f"replaying {name} ...", file=sys.stderr, flush=True)
-        m = Measure(search=not args.no_search)
+        m = Measure(search=not args.no_search, show_misses=args.misses)
         recall_tokens = Counter()
         ids_named: dict[str, str] = {}
+        recall_events: list[dict] = []  # the recall events of the request being replayed
         import contextwarden.runtime as runtime_mod
 
         orig_init = runtime_mod.Runtime.__init__
@@ -172,6 +183,7 @@ def main() -> int:
                 elif ev.type == "compaction" and d.get("folded"):
                     ids_named.update({i: "compacted" for i in d["folded"]})
                 elif ev.type == "recall" and d.get("injected"):
+                    recall_events.append(d)
                     recall_tokens[ev.flow_id] += int(d.get("tokens") or 0)
             self.bus.subscribe(on)
 
@@ -179,6 +191,7 @@ def main() -> int:
         import contextwarden.fidelity as fidelity_mod
 
         orig_request = fidelity_mod.FidelityCounter.request
+        orig_put_back = fidelity_mod.FidelityCounter._put_back
         seen = [0]
 
         def request(self, original, sent, *a, **kw):
@@ -186,11 +199,39 @@ def main() -> int:
                 ids = summary_ids(sent)
                 if ids:
                     m.sent_bodies[seen[0]] = ids
-            seen[0] += 1
-            return orig_request(self, original, sent, *a, **kw)
+            try:
+                return orig_request(self, original, sent, *a, **kw)
+            finally:
+                seen[0] += 1
+                recall_events.clear()
 
+        def put_back(self, fid, items, answer, sent, recalled):
+            orig_put_back(self, fid, items, answer, sent, recalled)
+            if not args.misses:
+                return
+            for it in items:  # (c) one item at a time: which ones the recall stage did not put back, and why
+                one = fidelity_mod.Fidelity()
+                orig_put_back(self, one, [it], answer, sent, recalled)
+                if not one.back:
+                    ev = recall_events[-1] if recall_events else {}
+                    why = ev.get("skipped") or f"injected {ev.get('why')} {[str(r)[:40] for r in ev.get('refs') or []]}"
+                    m.misses.append(f"#{seen[0]} auto-recall {it['kind']} {it['stage']} {it['tool']}: {it['what'][:60]!r}"
+                                    f" (present anyway: {bool(one.present)}; recall: {why})")
+
+        import contextwarden.plugins.recall as recall_plugin
+
+        orig_auto = recall_plugin.auto_recall
+
+        def auto(ctx, svc):  # what the stage decided, also when it emits nothing (nothing kept, nothing injected)
+            got = orig_auto(ctx, svc)
+            if not got.get("injected"):
+                recall_events.append(got)
+            return got
+
+        recall_plugin.auto_recall = auto
         runtime_mod.Runtime.__init__ = init
         fidelity_mod.FidelityCounter.request = request
+        fidelity_mod.FidelityCounter._put_back = put_back
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 rep = replay(trace, args.profile, home=tmp, limit=args.limit, overrides=parse_sets(args.sets) or None,
@@ -205,6 +246,8 @@ def main() -> int:
         finally:
             runtime_mod.Runtime.__init__ = orig_init
             fidelity_mod.FidelityCounter.request = orig_request
+            recall_plugin.auto_recall = orig_auto
+            fidelity_mod.FidelityCounter._put_back = orig_put_back
         reports.append(rep)
         if args.json_out:
             import orjson
@@ -218,8 +261,6 @@ def main() -> int:
         recall_usd = rtok * factor * price_for(model).input / 1e6
         rows.append((name[12:20] if name.startswith("claude-code-") else name, t, fid, m, len(ids_named), len(found), exact,
                      rtok, recall_usd))
-        for line in m.misses if args.misses else ():
-            print("  miss " + line)
 
     print("| trace | lost edit sources / refs | (a) by the stub's id | (b) search top 3 | (c) auto-recall put back next request | held anywhere next request | recall tokens | recall cost | ids named found (byte for byte) |")
     print("| --- | --- | --- | --- | --- | --- | ---: | ---: | --- |")

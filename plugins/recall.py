@@ -26,7 +26,7 @@ from contextwarden import hookimpl
 from contextwarden.memory import service as memory_service
 from contextwarden.history import session_key as _session_key
 from contextwarden.lru import LRU
-from contextwarden.memory.autorecall import Kept, Lost, Memos, find, read_answer
+from contextwarden.memory.autorecall import Kept, Lost, Memos, excerpt, find, read_answer
 from contextwarden.memory.inject import NotInjectable, inject, render_block
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.retrieve import history_items, role_of
@@ -127,25 +127,32 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     if not found:
         return {"skipped": "no reference to lost content"}
     budget = int(BUDGET_FRACTION * ctx.settings.tokens.context_window)
-    chosen, tokens, over = [], 0, []
+    chosen, texts, tokens, over = [], [], 0, []
     for f in found:
-        n = ctx.runtime.tokens.count_text(f.lost.text, ctx.model)
+        text = f.lost.text
+        n = ctx.runtime.tokens.count_text(text, ctx.model)
+        if not f.whole or tokens + n > budget and f.why in ("quote", "term"):
+            # only a part, or too big to come back whole: the lines the reference is on, and some around them
+            text = excerpt(text, [f.ref]) or ("" if not f.whole else text)
+            n = ctx.runtime.tokens.count_text(text, ctx.model) if text else budget + 1
         if tokens + n > budget:
             over.append(f.lost.memory_id)
             continue
         chosen.append(f)
+        texts.append(text)
         tokens += n
     if not chosen:
         return {"skipped": "over budget", "over_budget": over, "budget": budget}
-    items = [_item(ctx, f.lost.memory_id, f.lost.text, f.lost.turn, f.lost.tool, f.lost.kind) for f in chosen]
+    items = [_item(ctx, f.lost.memory_id, t, f.lost.turn, f.lost.tool, f.lost.kind) for f, t in zip(chosen, texts)]
     try:
         where = inject(ctx.api, ctx.request, render_block(items))
     except NotInjectable as e:
         return {"skipped": str(e)}
     state.put(NS, key, (list(done) + [f.lost.memory_id for f in chosen])[-MAX_REMEMBERED:])
-    ctx.notes["recalled"] = [f.lost.text for f in chosen]  # (the replay's fidelity counts what came back)
+    ctx.notes["recalled"] = texts  # (the replay's fidelity counts what came back)
     return {"injected": len(chosen), "ids": [f.lost.memory_id for f in chosen], "why": [f.why for f in chosen],
-            "refs": [f.ref for f in chosen], "tokens": tokens, "where": where, "over_budget": over}
+            "refs": [f.ref[:80] for f in chosen], "tokens": tokens, "where": where, "over_budget": over,
+            "excerpts": sum(t is not f.lost.text for f, t in zip(chosen, texts))}
 
 
 @hookimpl

@@ -22,3 +22,27 @@ def test_a_term_is_held_as_a_token_not_as_part_of_a_longer_one():
     # held for real: nothing to bring back
     held = Kept([{"role": "user", "content": "the /chat route"}])
     assert find(answer, lost, held, set()) == []
+
+
+def test_an_excerpt_holds_what_the_reference_needs_and_says_what_it_left_out():
+    from contextwarden.fidelity import BodyIndex, Indexer, _lines
+    from contextwarden.memory.autorecall import excerpt
+
+    body = [f"line {i} filler words here" for i in range(1, 400)]
+    body[200] = "    token = issue_token(req)"
+    body[201] = "    log_event(token)"
+    body[300] = "config lives in vendor/acme/retry_policy.toml today"
+    read = "".join(f"{i:6d}→{ln}\n" for i, ln in enumerate(body, start=1))
+    quote = "token = issue_token(req)\n    log_event(token)"
+    got = excerpt(read, [quote, "vendor/acme/retry_policy.toml"], context=5)
+    ti = Indexer().text(got)
+    held = BodyIndex(ti.lines, ti.tokens)
+    assert held.has_source(_lines(quote)) and held.has_ref("vendor/acme/retry_policy.toml")
+    assert len(got) < len(read) / 8
+    assert got.startswith("[… ") and "lines left out …]" in got and got.endswith("lines left out …]")
+    assert "   201→line 201" not in got and "   196→" in got  # five lines of context before the quote
+    # a reference on a very long line: the part around it, cut at spaces
+    long_line = " ".join(f"w{i}" for i in range(5000)) + " needle_ident_42 " + " ".join(f"v{i}" for i in range(5000))
+    cut = excerpt("head\n" + long_line + "\ntail", ["needle_ident_42"])
+    assert "needle_ident_42" in cut and len(cut) < 1200 and " w4999 needle_ident_42 v0 " in cut
+    assert excerpt(read, ["not_there_at_all"]) is None

@@ -256,6 +256,36 @@ def test_a_memory_id_the_model_read_in_a_stub_brings_it_back(cw_home):
     h.close()
 
 
+def test_another_tenants_id_in_an_answer_brings_nothing_back(cw_home):
+    """Automatic recall of an id the answer names (not one of this request's own lost texts) looks in the
+    caller's tenant only: tenant B naming tenant A's id gets nothing, tenant A naming it gets it back."""
+    h = harness(cw_home)
+    sent_a = h.send(ApiKind.ANTHROPIC, _loop_with_answer("Next task."))
+    mid = STUB_ID.search(stubs(sent_a.body)[-1]).group(1)
+    text = originals(_loop_with_answer("Next task."))[mid]
+
+    def naming(session: str) -> dict:  # other content: the id is none of this request's own lost texts
+        body = anthropic_tool_loop(8, result_words=500, session=session)
+        for m in body["messages"]:
+            for b in m["content"]:
+                if b.get("type") == "tool_result":
+                    b["content"] = "other work\n" + b["content"]
+        body["messages"][-1] = {"role": "assistant", "content": [{"type": "text", "text": f"I should look at {mid} again."}]}
+        body["messages"].append({"role": "user", "content": [{"type": "text", "text": "go on", "cache_control": {"type": "ephemeral"}}]})
+        return body
+
+    sent_b = h.send(ApiKind.ANTHROPIC, naming("sess-b"), headers={"authorization": "Bearer " + KEY_B})
+    assert sent_b.ctx.tenant != sent_a.ctx.tenant
+    assert stubs(sent_b.body)  # clearing fired for B too: the recall stage looked
+    assert not [e for e in sent_b.events("recall") if e.get("injected")], (mid, sent_b.events("recall"))
+    assert text not in str(sent_b.body) and quote(text) not in str(sent_b.body)
+    sent_a2 = h.send(ApiKind.ANTHROPIC, naming("sess-a2"))
+    assert sent_a2.ctx.tenant == sent_a.ctx.tenant
+    ev = [e for e in sent_a2.events("recall") if e.get("injected")]
+    assert ev and ev[0]["ids"] == [mid] and ev[0]["why"] == ["id"]
+    h.close()
+
+
 def test_find_rules():
     lost = [Lost("m-aaaaaaaaaaaaaaaa", "alpha\nold_value = compute_thing(42)\nbeta", 3, "Read", {"file_path": "src/x.py"}),
             Lost("m-bbbbbbbbbbbbbbbb", "common_name here", 5, "Bash", {"command": "ls"}),
@@ -270,8 +300,10 @@ def test_find_rules():
     # an edit of the file whose Read was cleared
     edit2 = {"role": "assistant", "content": [{"type": "tool_use", "id": "t2", "name": "Edit", "input": {"file_path": "src/x.py"}}]}
     assert [f.why for f in find(read_answer(edit2), lost, kept, set())] == ["path"]
-    # a term three lost texts hold is the session's vocabulary, not a reference; a kept one is no loss
-    assert find(read_answer({"role": "assistant", "content": "about common_name"}), lost, kept, set()) == []
+    # a term three lost texts hold is the session's vocabulary: only the lines around it in the newest
+    # of them come back; a kept one is no loss
+    assert [(f.lost.memory_id, f.why, f.whole) for f in find(read_answer({"role": "assistant", "content": "about common_name"}),
+                                                             lost, kept, set())] == [("m-dddddddddddddddd", "term", False)]
     lost.append(Lost("m-eeeeeeeeeeeeeeee", "still_here_ident", 11))
     assert find(read_answer({"role": "assistant", "content": "still_here_ident"}), lost, kept, set()) == []
     # done: recalled once already; a path or a term does not bring it again, an Edit quoting text only
@@ -368,15 +400,23 @@ def test_mcp_server_tools_are_tenant_scoped(cw_home, api_of):
             await s.initialize()
             names = sorted(t.name for t in (await s.list_tools()).tools)
             got = await s.call_tool("recall", {"id": mid})
+            # (searched before this caller remembers its own note: what it finds was there before)
+            found = await s.call_tool("search", {"query": "which test is flaky, test_sync_retry", "k": 3})
             noted = await s.call_tool("remember", {"text": f"note of {key[-8:]}: the flaky test is test_sync_retry"})
-            return names, got.content[0].text, noted.content[0].text
+            return names, got.content[0].text, noted.content[0].text, found.content[0].text
 
-    names, got_a, noted = asyncio.run(tools_as(KEY_A))
+    svc = memory_service.get_service(h.rt)
+    names, got_a, noted, _ = asyncio.run(tools_as(KEY_A))
     assert names == ["recall", "remember", "search"]
     assert got_a == text
     assert noted.startswith("remembered as m-")
-    _, got_b, _ = asyncio.run(tools_as(KEY_B))
+    assert svc.flush(120)
+    _, got_b, _, found_b = asyncio.run(tools_as(KEY_B))
     assert got_b.startswith("nothing stored under") and text not in got_b
+    assert found_b == "no memory matches"  # tenant A's note is not B's to find
+    assert svc.flush(120)
+    _, _, _, found_a = asyncio.run(tools_as(KEY_A))
+    assert "test_sync_retry" in found_a and "note of t-secret" in found_a and "ant-b" not in found_a
     h.close()
 
 

@@ -8,8 +8,9 @@ the ones a reader of the answer would follow:
   or more) that a lost text holds (as it is, or line by line as a Read shows it, with line numbers) and
   the request no longer does: brought back even when it was recalled once before;
 - a distinctive term of the answer (a path, a snake_case or camelCase identifier, a long hex hash, any
-  token the replay's fidelity measure counts as a reference) that a lost text holds, at most two lost
-  texts hold (more is a common word of the session, not a reference), and the request no longer does;
+  token the replay's fidelity measure counts as a reference) that a lost text holds and the request no
+  longer does (not even an earlier answer): the whole text when at most two lost texts hold it, else
+  only the lines around it in the newest of them (a term many hold is the session's vocabulary);
 - a path the answer's tool calls name whose cleared result was that path's content (the Read of the
   file it now edits).
 
@@ -144,6 +145,7 @@ class Found:
     lost: Lost
     why: str  # "id" | "quote" | "term" | "path"
     ref: str
+    whole: bool = True  # False: only the lines around the reference come back (:func:`excerpt`)
 
 
 @dataclass
@@ -182,11 +184,11 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
     out: list[Found] = []
     taken: set[str] = set(answer.recalling)  # what the model asked the recall tool for comes back through it
 
-    def add(item: Lost, why: str, ref: str, again: bool = False) -> None:
+    def add(item: Lost, why: str, ref: str, again: bool = False, whole: bool = True) -> None:
         """(``again``: even if recalled once before, in an earlier request)"""
         if item.memory_id not in taken and (again or item.memory_id not in done) and len(out) < limit:
             taken.add(item.memory_id)
-            out.append(Found(item, why, ref))
+            out.append(Found(item, why, ref, whole))
 
     by_id = {x.memory_id: x for x in lost}
     for mid in sorted(answer.ids):
@@ -198,7 +200,7 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
         if owners and not kept.holds(q):
             # an Edit's old_string only a lost text holds: needed now, even if recalled once before
             # (what recall injects goes into one request only; the same file is edited again and again)
-            add(owners[0], "quote", q[:80], again=True)
+            add(owners[0], "quote", q, again=True)
     for p in sorted(answer.paths):
         for x in newest:
             inp = x.tool_input if isinstance(x.tool_input, dict) else {}
@@ -214,10 +216,13 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
                 continue
             for t in answer.terms & terms_of(x.memory_id, x.text, memo.terms if memo else None):
                 owners.setdefault(t, []).append(x)
-        for t in sorted(owners, key=len, reverse=True):  # the longest, most specific terms first
+        # the longest, most specific terms first; a term many lost texts hold (a column name, a common
+        # path) that the request holds nowhere, not even in an earlier answer, brings back only the
+        # lines around it in the newest of them (where the model last saw it)
+        for t in sorted(owners, key=lambda t: (len(owners[t]) > MAX_TERM_OWNERS, -len(t))):
             xs = owners[t]
-            if len(xs) <= MAX_TERM_OWNERS and not kept.holds_term(t):
-                add(xs[0], "term", t)
+            if not kept.holds_term(t):
+                add(xs[0], "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
     return out
 
 
@@ -286,3 +291,59 @@ def _term_index(text: str, memo: LRU | None = None) -> frozenset[str]:
         return frozenset(_tokens(text))
 
     return compute() if memo is None else memo.get(text, compute)
+
+
+EXCERPT_CONTEXT = 12  # lines kept before and after the lines a reference is on
+EXCERPT_LINE_CHARS = 400  # of a longer line (minified JSON, a log line), this much on each side of the reference
+
+
+def excerpt(text: str, refs: Iterable[str], context: int = EXCERPT_CONTEXT) -> str | None:
+    """The lines of ``text`` the references are on, with ``context`` lines around them, the rest left
+    out (``[… N lines left out …]``): what a reference needs when the whole text does not fit the
+    budget. A multi-line reference (an Edit's ``old_string``) is found by its longest line, and the
+    window spans as many lines as it has. None when no reference is found (as written, or as a line of
+    the text after the fidelity measure's normalisation)."""
+    from contextwarden.fidelity import _lines
+
+    refs = [r for r in refs if r.strip()]
+    lines = text.split("\n")
+    spans: list[tuple[int, int]] = []
+    for ref in refs:
+        ls = _lines(ref) if "\n" in ref.strip() else [ref.strip()]
+        if not ls:
+            continue
+        key = max(ls, key=len)
+        at = [i for i, ln in enumerate(lines) if key in ln]
+        for i in at[:3]:  # the first few places (a term the text repeats does not take it all)
+            spans.append((max(0, i - len(ls) - context), min(len(lines), i + len(ls) + context + 1)))
+    if not spans:
+        return None
+    spans.sort()
+    merged = [list(spans[0])]
+    for a, b in spans[1:]:
+        if a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    out, pos = [], 0
+    for a, b in merged:
+        if a > pos:
+            out.append(f"[… {a - pos} lines left out …]")
+        out.extend(_cut(ln, refs) for ln in lines[a:b])
+        pos = b
+    if pos < len(lines):
+        out.append(f"[… {len(lines) - pos} lines left out …]")
+    return "\n".join(out)
+
+
+def _cut(line: str, refs: Iterable[str]) -> str:
+    """A very long line around the first reference it holds (cut at spaces, so no token is split)."""
+    if len(line) <= 2 * EXCERPT_LINE_CHARS:
+        return line
+    at = next((line.find(r) for r in refs if r and line.find(r) >= 0), 0)
+    a, b = max(0, at - EXCERPT_LINE_CHARS), min(len(line), at + EXCERPT_LINE_CHARS)
+    a = line.rfind(" ", 0, a) + 1 if a else 0
+    nb = line.find(" ", b)
+    b = len(line) if nb < 0 else nb
+    return ("…" if a else "") + line[a:b] + ("…" if b < len(line) else "")
+
