@@ -39,6 +39,10 @@ class MemorySection(Section):
     model_dir: str | None = None
     """Directory of the all-MiniLM-L6-v2 ONNX model; default is Chroma's cache, downloaded if missing."""
 
+    embed_cache: str | None = None
+    """A file of embeddings kept between runs (SQLite, by text hash): the evaluations replay the same
+    corpora run after run, in-process and through a live proxy. None (the default): no disk cache."""
+
     inject: bool = True
     """Inject retrieved memory into requests (off: store only)."""
 
@@ -142,6 +146,12 @@ class MemorySection(Section):
     rankings are made twice, within the current session and over the other sessions, and the latter
     count this much in the fusion (1: no preference; 0: the current session only). A tenant holding
     many sessions then ranks the current one's items as if it held that session alone."""
+
+    project_weight: float = 0.8
+    """The current project next: the other sessions of the project the request's client works in (its
+    working directory, ``memory.project``) get rankings of their own, counted this much in the fusion,
+    between the current session (1) and the rest of the tenant (``other_sessions_weight``). At or below
+    ``other_sessions_weight``: no preference for the project."""
 
     @field_validator("chunk_tokens")
     @classmethod
