@@ -164,3 +164,28 @@ def test_past_pending_max_the_oldest_are_stored_as_text_and_embedded_later_never
     assert s._text_col.count() == 0 and s._part(partition_name("t-a")).count() == 18
     assert all(isinstance(e.get("lag_s"), float) for e in mem if "ingested" in e)  # the embedding lag, reported
     s.close()
+
+
+def test_the_tui_totals_show_what_memory_stored_what_waits_and_what_it_dropped():
+    from rich.console import Console
+
+    from contextwarden.addons.eventserver import Totals
+    from contextwarden.tui.store import Store
+    from contextwarden.tui.widgets.overview import traffic_table
+
+    t = Totals()
+    t.add({"type": "request", "data": {}})
+    t.add({"type": "memory", "data": {"injected": 2, "tokens": 40}})  # a search: not ingestion
+    t.add({"type": "memory", "data": {"ingested": 12, "new": 10, "queued": 300, "lag_s": 42.0}})
+    t.add({"type": "memory", "data": {"ingested": 8, "new": 8, "queued": 120, "lag_s": 30.5, "text_only": 8}})
+    assert (t.memory_stored, t.memory_text_only, t.memory_pending, t.memory_lag_s, t.memory_dropped) == (18, 8, 120, 30.5, 0)
+    assert Totals.from_dict(t.to_dict()).to_dict() == t.to_dict()
+    store = Store()
+    store.totals = t
+    console = Console(width=80, record=True)
+    console.print(traffic_table(store, 0.0))
+    text = console.export_text()
+    assert "memory stored" in text and "120 (30 s behind)" in text and "memory dropped" not in text
+    t.add({"type": "memory", "data": {"dropped": 5, "pending": 400_000}})
+    console.print(traffic_table(store, 0.0))
+    assert "memory dropped" in console.export_text()
