@@ -227,33 +227,36 @@ class LexicalIndex:
         with self._lock:
             return list(self._neighbours.get((partition, session, turn), ()))
 
-    def session_size(self, partition: str, session: str) -> int:
-        """How many items of ``session`` ``partition`` holds."""
+    def _scope_size(self, partition: str, name: str, project: bool) -> int:
         with self._lock:
             part = self._parts.get(partition)
-            return 0 if part is None else part.session_count(session)
+            if part is None:
+                return 0
+            return part.project_count(name) if project else part.session_count(name)
+
+    def _scope_items(self, partition: str, name: str, project: bool) -> list:
+        with self._lock:
+            part = self._parts.get(partition)
+            if part is None or not (part.project_count(name) if project else part.session_count(name)):
+                return []
+            mask = part.project_mask(name) if project else part.session_mask(name)
+            return [part.items[i] for i in np.flatnonzero(mask)]
+
+    def session_size(self, partition: str, session: str) -> int:
+        """How many items of ``session`` ``partition`` holds."""
+        return self._scope_size(partition, session, False)
 
     def session_items(self, partition: str, session: str) -> list:
         """The items of ``session`` in ``partition``, in the order they were indexed."""
-        with self._lock:
-            part = self._parts.get(partition)
-            if part is None or not part.session_count(session):
-                return []
-            return [part.items[i] for i in np.flatnonzero(part.session_mask(session))]
+        return self._scope_items(partition, session, False)
 
     def project_size(self, partition: str, project: str) -> int:
         """How many items of ``project`` ``partition`` holds."""
-        with self._lock:
-            part = self._parts.get(partition)
-            return 0 if part is None else part.project_count(project)
+        return self._scope_size(partition, project, True)
 
     def project_items(self, partition: str, project: str) -> list:
         """The items of ``project`` in ``partition``, in the order they were indexed."""
-        with self._lock:
-            part = self._parts.get(partition)
-            if part is None or not part.project_count(project):
-                return []
-            return [part.items[i] for i in np.flatnonzero(part.project_mask(project))]
+        return self._scope_items(partition, project, True)
 
     def other_sessions(self, partitions: Iterable[str], session: str) -> bool:
         """Whether the partitions hold items of sessions other than ``session``."""
