@@ -72,6 +72,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--limit", type=int, default=3, help="LoCoMo conversations (projects)")
     ap.add_argument("--questions", type=int, default=None, help="the first N questions of each")
+    ap.add_argument("--weights", default=None,
+                    help="memory.project_weight values to ask with, comma-separated (default: the default and "
+                         "other_sessions_weight, i.e. no preference)")
     args = ap.parse_args()
     samples = ev.select_samples(ev.load(SHARED / "eval" / "locomo_dev.json"), args.limit, None)
     mem = {**ev.MEMORY, "model_dir": str(SHARED / "models" / "all-MiniLM-L6-v2" / "onnx")}
@@ -86,11 +89,14 @@ def main() -> int:
         print(f"replayed {len(samples)} projects in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         rows = []
         off = MemorySection().other_sessions_weight
-        for tag, weight in (("project", MemorySection().project_weight), ("flat", off)):
+        weights = ([float(w) for w in args.weights.split(",")] if args.weights
+                   else [MemorySection().project_weight, off])
+        for n, weight in enumerate(weights):
+            tag = "flat" if weight <= off else "project"
             rp.runtime.apply_overrides({"memory": {"project_weight": weight}})
-            r = ask(rp, samples, by_id, args.questions, tag)
+            r = ask(rp, samples, by_id, args.questions, f"{tag}{n}")
             rows.append((tag, weight, sum(r) / max(1, len(r)), len(r)))
-            print(f"  {tag}: recall {rows[-1][2]:.3f} ({len(r)} questions)", file=sys.stderr)
+            print(f"  {tag} {weight}: recall {rows[-1][2]:.3f} ({len(r)} questions)", file=sys.stderr)
     names = ", ".join(s["sample_id"] for s in samples)
     print(f"\nLoCoMo as projects ({names}: one tenant, a session per LoCoMo session, questions in a new session "
           f"with no history; {time.perf_counter() - t0:.0f} s)")
