@@ -181,15 +181,21 @@ def test_current_project_is_found_among_other_projects(projects):
     assert PROJECT_FACT not in _texts(off.search(q, ["t-a"], session="cur", project="/src/app"), 10)
 
 
-def test_current_session_comes_before_the_current_project(projects):
+def test_the_current_session_and_project_come_before_the_rest(projects):
     st, lex = projects
     mine = item("Today we agreed the release checklist also needs the changelog updated.", session="cur", turn=1,
                 project="/src/app")
     st.add([mine])
     lex.add([mine])
+    q = Query("what is on the release checklist?")
+    # by default the project weighs as the session: both first in their scope, tied, above the rest
     r = Retriever(st, lex, embedder(), None, MemorySection(candidates=10, neighbour_weight=0))
-    texts = _texts(r.search(Query("what is on the release checklist?"), ["t-a"], session="cur", project="/src/app"), 3)
-    assert texts[:2] == [mine.text, PROJECT_FACT]
+    hits = r.search(q, ["t-a"], session="cur", project="/src/app").hits
+    assert {h.item.text for h in hits[:2]} == {mine.text, PROJECT_FACT} and hits[0].fused == hits[1].fused
+    assert all(h.fused < hits[1].fused for h in hits[2:])
+    # weighed below the session, the project comes second
+    r = Retriever(st, lex, embedder(), None, MemorySection(candidates=10, neighbour_weight=0, project_weight=0.8))
+    assert _texts(r.search(q, ["t-a"], session="cur", project="/src/app"), 3)[:2] == [mine.text, PROJECT_FACT]
 
 
 def _project_body(workdir: str, messages: list[dict]) -> dict:
@@ -225,3 +231,26 @@ def test_the_proxy_stores_each_items_project_and_ranks_the_current_project_first
             assert mine in ids and (theirs not in ids or ids.index(mine) < ids.index(theirs)), (workdir, ids)
     finally:
         rp.close()
+
+
+def test_an_older_sessions_neighbours_get_that_sessions_weight(tmp_path):
+    # the message next to another session's hit comes in through the neighbour ranking, at the weight
+    # of the other sessions: it must not rank as if it were the current session's
+    st = store(tmp_path)
+    reply = "Sounds lovely, tell me more."
+    items = [item("I had pasta for lunch today.", session="cur", turn=0), item(CURRENT, session="cur", turn=1),
+             item(CROWD[0], session="old", turn=0), item(reply, session="old", turn=1)]
+    st.add(items)
+    lex = LexicalIndex()
+    lex.add(items)
+    neighbours = lambda it: lex.at_turn(it.tenant, it.session, it.turn - 1) + lex.at_turn(it.tenant, it.session, it.turn + 1)  # noqa: E731
+    try:
+        cfg = MemorySection(candidates=10)
+        ret = Retriever(st, lex, embedder(), None, cfg).search(Query("what dog did we adopt from the shelter?"),
+                                                               ["t-a"], session="cur", neighbours=neighbours)
+        nb = next(h for h in ret.hits if h.item.text == reply)
+        assert nb.lexical is None and (nb.vector or 0) < cfg.min_similarity  # found as a neighbour only
+        assert nb.fused == pytest.approx(cfg.other_sessions_weight * cfg.neighbour_weight / (cfg.rrf_k + 1))
+        assert ret.hits[0].item.text == CURRENT
+    finally:
+        st.close()

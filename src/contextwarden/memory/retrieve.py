@@ -434,17 +434,23 @@ class Retriever:
         if s.neighbour_weight > 0 and neighbours is not None:
             # a third ranking: the messages next to the best hits, in their order. A reply that only makes
             # sense after the message before it ("Yes, tomorrow night!") is found through its neighbour.
+            # Scoped, one per scope, weighted as the scope's other rankings: an older session's hit does
+            # not lend its neighbours the current session's weight.
             base = rrf(rankings, s.rrf_k)
             top = sorted(base, key=lambda k: -base[k])[: s.neighbour_depth]
-            nids: list[str] = []
+            nids: dict[int, list[str]] = {0: [], 1: [], 2: []}
             for key in top:
                 for nb in neighbours(by_id[key].item):
                     if nb.id not in by_id:
                         if exclude is not None and exclude(nb):
                             continue
                         by_id[nb.id] = Hit(nb, neighbour_of=key)
-                    nids.append(nb.id)
-            rankings.append((nids, s.neighbour_weight))
+                    nids[groups(nb)].append(nb.id)
+            rankings.append((nids[0], s.neighbour_weight))
+            if in_project:
+                rankings.append((nids[1], s.project_weight * s.neighbour_weight))
+            if scoped:
+                rankings.append((nids[2], s.other_sessions_weight * s.neighbour_weight))
         fused = rrf(rankings, s.rrf_k)
         hits = []
         for key, score in fused.items():

@@ -147,11 +147,11 @@ class MemorySection(Section):
     count this much in the fusion (1: no preference; 0: the current session only). A tenant holding
     many sessions then ranks the current one's items as if it held that session alone."""
 
-    project_weight: float = 0.8
-    """The current project next: the other sessions of the project the request's client works in (its
-    working directory, ``memory.project``) get rankings of their own, counted this much in the fusion,
-    between the current session (1) and the rest of the tenant (``other_sessions_weight``). At or below
-    ``other_sessions_weight``: no preference for the project."""
+    project_weight: float = 1.0
+    """The current project as the current session: the other sessions of the project the request's client
+    works in (its working directory, ``memory/project.py``) get rankings of their own, counted this much
+    in the fusion (1: like the current session's; below 1, the current session first); the rest of the
+    tenant counts ``other_sessions_weight``. At or below that: no preference for the project."""
 
     @field_validator("chunk_tokens")
     @classmethod
