@@ -137,8 +137,8 @@ def test_project_of_reads_the_working_directory_clients_send():
     assert project_of(chat) == "C:\\work\\app"
     # not a statement of where the client runs: a tool description, or a directory named later on
     assert project_of({"system": "Working directory persists between calls.", "messages": []}) is None
-    late = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}, {"role": "user", "content": "z"},
-            {"role": "assistant", "content": "w"}, {"role": "user", "content": "Working directory: /elsewhere"}]
+    late = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}] * 3
+    late.append({"role": "user", "content": "Working directory: /elsewhere"})
     assert project_of({"messages": late}) is None and project_of(None) is None
 
 

@@ -23,7 +23,7 @@ from typing import Any
 _WORKDIR = re.compile(r"^[ \t>*\-]*(?:primary |current )?working directory\**:\**[ \t]*`?([^\s`][^\n`]*?)`?[ \t]*$",
                       re.I | re.M)
 _CWD_TAG = re.compile(r"<cwd>\s*([^<\n]+?)\s*</cwd>")
-EARLY_MESSAGES = 3  # the first messages that may carry the client's environment
+EARLY_MESSAGES = 5  # the first messages that may carry the client's environment (Codex: its third or so)
 MAX_CHARS = 60_000  # of each text searched: the environment is in the first part of a message
 MAX_PROJECT = 300
 
