@@ -177,7 +177,8 @@ def test_current_project_is_found_among_other_projects(projects):
     assert top.fused == pytest.approx(cfg.project_weight * (cfg.vector_weight + cfg.lexical_weight) / (cfg.rrf_k + 1))
     assert any(h.item.project != "/src/app" for h in ret.hits[1:10])  # the other projects still come, below
     # a project weighed no more than the other sessions: no preference
-    off = Retriever(st, lex, embedder(), None, MemorySection(candidates=10, neighbour_weight=0, project_weight=0.5))
+    off = Retriever(st, lex, embedder(), None, MemorySection(candidates=10, neighbour_weight=0,
+                                                             project_weight=cfg.other_sessions_weight))
     assert PROJECT_FACT not in _texts(off.search(q, ["t-a"], session="cur", project="/src/app"), 10)
 
 

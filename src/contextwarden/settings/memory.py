@@ -141,7 +141,7 @@ class MemorySection(Section):
     neighbour_depth: int = 15
     """How many of the best hits lend their neighbouring messages to that ranking."""
 
-    other_sessions_weight: float = 0.5
+    other_sessions_weight: float = 0.35
     """The current session first: when the tenant's memory holds other sessions too, the vector and BM25
     rankings are made twice, within the current session and over the other sessions, and the latter
     count this much in the fusion (1: no preference; 0: the current session only). A tenant holding
