@@ -23,6 +23,7 @@ from contextwarden import hookimpl
 from contextwarden.dialects import dialect
 from contextwarden.memory import produced
 from contextwarden.memory import service as memory_service
+from contextwarden.memory.project import request_project
 from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, framing_tokens, inject,
                                          last_user_index, render_block, strip_blocks)
 from contextwarden.memory.retrieve import HistoryIndex, build_query, history_texts, history_items, role_of, select
@@ -153,7 +154,7 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     try:
         ret = svc.search(query, [ctx.tenant], workspace=m.shared_workspace, exclude=exclude,
                          timeout_s=max(0.0, deadline - time.perf_counter()), settings=ctx.settings,
-                         session=ctx.session)
+                         session=ctx.session, project=request_project(ctx))
     except TimeoutError as e:
         return give_up(str(e))
     if ret.skipped:
@@ -289,10 +290,12 @@ def items_for_turn(ctx, turn, tagger) -> tuple[list, int, bool]:
                                      workspace=ws)
     items += _stubbed_items(ctx, msgs, ws)
     out = []
+    project = request_project(ctx)  # stored with each item: retrieval ranks the current project's next
     for it in items:
         it.text = strip_blocks(it.text)
         if it.text.strip():
             it.tags = tagger.tag(it.text)
+            it.project = project
             out.append(it)
     return out, len(msgs), history
 

@@ -110,3 +110,82 @@ def test_keep_does_not_wait_for_a_busy_memory_process(tmp_path):
         assert sorted(it.text for it in got) == sorted(it.text for it in its)
     finally:
         rp.close()
+
+
+class _GatedEmbedder:
+    """The real model, held on its first call until ``gate`` opens: the journal fills behind it."""
+
+    def __init__(self, inner) -> None:
+        import threading
+
+        self.inner, self.gate, self.entered = inner, threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, texts):
+        self.entered.set()
+        self.gate.wait(120)
+        return self.inner(texts)
+
+
+def test_past_pending_max_the_oldest_are_stored_as_text_and_embedded_later_never_dropped(cw_home):
+    from contextwarden.memory.store import partition_name
+
+    s = store(cw_home)
+    gated = _GatedEmbedder(s.embedder)
+    s.embedder = gated
+    bus = EventBus()
+    added: list[MemoryItem] = []
+    ing = Ingestor(s, bus, queue_size=1000, journal=PendingTable(cw_home / "pending.sqlite", max_items=10),
+                   on_added=added.extend, backfill=False)
+    texts = [f"Note {i}: the build of module {i} needs the flag --opt-{i} set." for i in range(18)]
+    try:
+        assert ing.submit([item(texts[0], turn=0), item(texts[1], turn=1)])
+        assert gated.entered.wait(60)  # the worker embeds the first submission; the rest piles up
+        for k in range(2, 18, 2):
+            assert ing.submit([item(texts[k], turn=k), item(texts[k + 1], turn=k + 1)])
+        assert ing.journal.items == 18 > ing.journal.max_items
+        gated.gate.set()
+        assert ing.flush(300)
+        deadline = time.monotonic() + 120
+        while ing.deferred and time.monotonic() < deadline:  # embedded later, once the journal is empty
+            time.sleep(0.1)
+    finally:
+        gated.gate.set()
+        ing.close()
+    mem = events(bus, "memory")
+    assert ing.stats["dropped"] == 0 and not any(e.get("dropped") for e in mem)
+    # the oldest waiting were stored as text at once (searchable by BM25 through on_added), then embedded
+    # (18 waiting, 2 of them being embedded: once those are stored, 16 wait, 6 over the bound of 10)
+    assert sum(e.get("text_only") or 0 for e in mem) == ing.stats["stored_text_only"] == 6
+    assert sum(e.get("backfilled") or 0 for e in mem) == ing.stats["stored_text_only"] and ing.deferred == 0
+    assert sorted(it.text for it in added) == sorted(texts)
+    assert s._text_col.count() == 0 and s._part(partition_name("t-a")).count() == 18
+    assert all(isinstance(e.get("lag_s"), float) for e in mem if "ingested" in e)  # the embedding lag, reported
+    s.close()
+
+
+def test_the_tui_totals_show_what_memory_stored_what_waits_and_what_it_dropped():
+    from rich.console import Console
+
+    from contextwarden.addons.eventserver import Totals
+    from contextwarden.tui.store import Store
+    from contextwarden.tui.widgets.overview import traffic_table
+
+    t = Totals()
+    t.add({"type": "request", "data": {}})
+    t.add({"type": "memory", "data": {"injected": 2, "tokens": 40}})  # a search: not ingestion
+    t.add({"type": "memory", "data": {"ingested": 12, "new": 10, "queued": 300, "lag_s": 42.0}})
+    t.add({"type": "memory", "data": {"ingested": 8, "new": 8, "queued": 120, "lag_s": 30.5, "text_only": 8}})
+    assert (t.memory_stored, t.memory_text_only, t.memory_pending, t.memory_lag_s, t.memory_dropped) == (18, 8, 120, 30.5, 0)
+    assert Totals.from_dict(t.to_dict()).to_dict() == t.to_dict()
+    store = Store()
+    store.totals = t
+    console = Console(width=80, record=True)
+    console.print(traffic_table(store, 0.0))
+    text = console.export_text()
+    assert "memory stored" in text and "120 (30 s behind)" in text and "memory dropped" not in text
+    t.add({"type": "memory", "data": {"dropped": 5, "pending": 400_000}})
+    console.print(traffic_table(store, 0.0))
+    assert "memory dropped" in console.export_text()

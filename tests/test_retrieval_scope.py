@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from contextwarden.memory.ids import memory_id
 from contextwarden.memory.lexical import LexicalIndex
 from contextwarden.memory.retrieve import Query, Retriever
 from contextwarden.settings.memory import MemorySection
@@ -104,3 +105,153 @@ def test_session_vectors_follow_what_the_session_stores(crowded):
     assert len(again) == 3 and again[0][0].text == later.text  # the kept matrix grew by the new item
     sims = dict((it.id, s) for it, s in st.vector_query("", ["t-a"], 50, query_embedding=q))
     assert again[0][1] == pytest.approx(sims[later.id], abs=1e-4)  # the same similarity Chroma gives
+
+
+# --- the current project --------------------------------------------------------------------------------
+PROJECT_FACT = "The release checklist says: bump the version in setup.cfg, then tag and push."
+# other projects' sessions of the same tenant, on the same subject: they crowd the tenant-wide rankings
+OTHER_PROJECTS = [f"Our release checklist for service {i}: bump the version number, tag the release and push it."
+                  for i in range(40)]
+
+
+def test_project_of_reads_the_working_directory_clients_send():
+    import json
+
+    from contextwarden.memory.project import project_of
+    from tests.conftest import EVAL_DIR
+
+    # Claude Code 2.x, as recorded: " - Primary working directory: /tmp/ccwork2" in its system prompt
+    recorded = json.loads((EVAL_DIR / "requests" / "claude-code-2.1.197-turn1.json").read_text())
+    assert project_of(recorded) == "/tmp/ccwork2"
+    older = {"system": "You are Claude Code.\n<env>\nWorking directory: /home/u/repo/\nIs directory a git repo: Yes\n"
+                       "</env>", "messages": [{"role": "user", "content": "hi"}]}
+    assert project_of(older) == "/home/u/repo"
+    codex = {"instructions": "You are Codex.", "input": [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text":
+         "<environment_context>\n  <cwd>/srv/codex-proj</cwd>\n  <approval_policy>never</approval_policy>\n"
+         "</environment_context>"}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "fix the tests"}]}]}
+    assert project_of(codex) == "/srv/codex-proj"
+    chat = {"messages": [{"role": "system", "content": "Current working directory: `C:\\work\\app`"},
+                         {"role": "user", "content": "hello"}]}
+    assert project_of(chat) == "C:\\work\\app"
+    # not a statement of where the client runs: a tool description, or a directory named later on
+    assert project_of({"system": "Working directory persists between calls.", "messages": []}) is None
+    late = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}] * 3
+    late.append({"role": "user", "content": "Working directory: /elsewhere"})
+    assert project_of({"messages": late}) is None and project_of(None) is None
+
+
+@pytest.fixture
+def projects(tmp_path):
+    st = store(tmp_path)
+    items = [item("I had pasta for lunch today.", session="cur", turn=0, project="/src/app"),
+             item("Unrelated: the office plants need water on Fridays.", session="app-old", turn=0, project="/src/app"),
+             item(PROJECT_FACT, session="app-old", turn=1, project="/src/app")]
+    items += [item(t, session=f"other-{i}", turn=0, project=f"/src/svc{i}") for i, t in enumerate(OTHER_PROJECTS)]
+    st.add(items)
+    lex = LexicalIndex()
+    lex.add(items)
+    yield st, lex
+    st.close()
+
+
+def test_lexical_query_scoped_to_a_project(projects):
+    _, lex = projects
+    assert lex.project_size("t-a", "/src/app") == 3 and lex.project_size("t-a", "/nowhere") == 0
+    hits = lex.query("release checklist version", ["t-a"], n=5, project="/src/app")
+    assert [h.item.text for h in hits] == [PROJECT_FACT]
+    assert PROJECT_FACT not in [h.item.text for h in lex.query("release checklist version", ["t-a"], n=5)]
+
+
+def test_current_project_is_found_among_other_projects(projects):
+    st, lex = projects
+    q = Query("what is on the release checklist?")
+    r = Retriever(st, lex, embedder(), None, MemorySection(candidates=10, neighbour_weight=0))
+    # the session first, but no project: the project's older session is crowded out by the other projects
+    assert PROJECT_FACT not in _texts(r.search(q, ["t-a"], session="cur"), 10)
+    ret = r.search(q, ["t-a"], session="cur", project="/src/app")
+    top = ret.hits[0]
+    assert top.item.text == PROJECT_FACT and top.vector_rank == 1 and top.lexical_rank == 1
+    cfg = r.settings
+    assert top.fused == pytest.approx(cfg.project_weight * (cfg.vector_weight + cfg.lexical_weight) / (cfg.rrf_k + 1))
+    assert any(h.item.project != "/src/app" for h in ret.hits[1:10])  # the other projects still come, below
+    # a project weighed no more than the other sessions: no preference
+    off = Retriever(st, lex, embedder(), None, MemorySection(candidates=10, neighbour_weight=0,
+                                                             project_weight=cfg.other_sessions_weight))
+    assert PROJECT_FACT not in _texts(off.search(q, ["t-a"], session="cur", project="/src/app"), 10)
+
+
+def test_the_current_session_and_project_come_before_the_rest(projects):
+    st, lex = projects
+    mine = item("Today we agreed the release checklist also needs the changelog updated.", session="cur", turn=1,
+                project="/src/app")
+    st.add([mine])
+    lex.add([mine])
+    q = Query("what is on the release checklist?")
+    # by default the project weighs as the session: both first in their scope, tied, above the rest
+    r = Retriever(st, lex, embedder(), None, MemorySection(candidates=10, neighbour_weight=0))
+    hits = r.search(q, ["t-a"], session="cur", project="/src/app").hits
+    assert {h.item.text for h in hits[:2]} == {mine.text, PROJECT_FACT} and hits[0].fused == hits[1].fused
+    assert all(h.fused < hits[1].fused for h in hits[2:])
+    # weighed below the session, the project comes second
+    r = Retriever(st, lex, embedder(), None, MemorySection(candidates=10, neighbour_weight=0, project_weight=0.8))
+    assert _texts(r.search(q, ["t-a"], session="cur", project="/src/app"), 3)[:2] == [mine.text, PROJECT_FACT]
+
+
+def _project_body(workdir: str, messages: list[dict]) -> dict:
+    return {"model": "claude-eval", "max_tokens": 1024, "messages": messages,
+            "system": [{"type": "text", "text": "You are a coding agent.\n\n# Environment\n"
+                                                f" - Primary working directory: {workdir}\n - Platform: linux\n"}]}
+
+
+def test_the_proxy_stores_each_items_project_and_ranks_the_current_project_first(tmp_path):
+    """Through the real pipeline: the project comes from the system prompt the client sends, is stored
+    with every item of its turns, and a new session's question finds its own project's answer first."""
+    from tests.test_memory_stage import memory_event, replayer
+
+    facts = {"/src/app": "The staging database for this repo is pg-staging-7 on port 6432.",
+             "/src/other": "The staging database for this repo is mysql-stage-2 on port 3307."}
+    rp = replayer(tmp_path, window=8192)
+    try:
+        for n, (workdir, fact) in enumerate(facts.items()):
+            msgs = [{"role": "user", "content": fact}]
+            rp.complete(rp.send(body=_project_body(workdir, msgs), session=f"old-{n}"), ["Thanks.", "Got it."][n])
+        assert rp.flush()
+        stored = {it.text: it.project for it in rp.memory().store.iter_items()}
+        assert {stored[f] for f in facts.values()} == set(facts) and set(stored.values()) == set(facts)
+        for n, (workdir, fact) in enumerate(facts.items()):
+            first = [{"role": "user", "content": f"Good morning, let's continue in {workdir}."}]
+            rp.complete(rp.send(body=_project_body(workdir, first), session=f"new-{n}"), "Morning!")
+            assert rp.flush()
+            asked = first + [{"role": "assistant", "content": "Morning!"},
+                             {"role": "user", "content": "Which staging database does this repo use?"}]
+            sent = rp.send(body=_project_body(workdir, asked), session=f"new-{n}")
+            ids = memory_event(rp, sent.ctx.flow_id).get("ids") or []
+            mine, theirs = memory_id(fact), memory_id(next(f for f in facts.values() if f != fact))
+            assert mine in ids and (theirs not in ids or ids.index(mine) < ids.index(theirs)), (workdir, ids)
+    finally:
+        rp.close()
+
+
+def test_an_older_sessions_neighbours_get_that_sessions_weight(tmp_path):
+    # the message next to another session's hit comes in through the neighbour ranking, at the weight
+    # of the other sessions: it must not rank as if it were the current session's
+    st = store(tmp_path)
+    reply = "Sounds lovely, tell me more."
+    items = [item("I had pasta for lunch today.", session="cur", turn=0), item(CURRENT, session="cur", turn=1),
+             item(CROWD[0], session="old", turn=0), item(reply, session="old", turn=1)]
+    st.add(items)
+    lex = LexicalIndex()
+    lex.add(items)
+    neighbours = lambda it: lex.at_turn(it.tenant, it.session, it.turn - 1) + lex.at_turn(it.tenant, it.session, it.turn + 1)  # noqa: E731
+    try:
+        cfg = MemorySection(candidates=10)
+        ret = Retriever(st, lex, embedder(), None, cfg).search(Query("what dog did we adopt from the shelter?"),
+                                                               ["t-a"], session="cur", neighbours=neighbours)
+        nb = next(h for h in ret.hits if h.item.text == reply)
+        assert nb.lexical is None and (nb.vector or 0) < cfg.min_similarity  # found as a neighbour only
+        assert nb.fused == pytest.approx(cfg.other_sessions_weight * cfg.neighbour_weight / (cfg.rrf_k + 1))
+        assert ret.hits[0].item.text == CURRENT
+    finally:
+        st.close()

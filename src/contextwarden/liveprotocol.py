@@ -111,10 +111,14 @@ class Totals:
               "blocked", "rewritten", "bypassed", "fallback", "fallback_original")
     SUMS = ("tokens_in", "tokens_sent", "tokens_freed", "compression_saved", "memory_tokens", "usage_input", "usage_output",
             "usage_cache_read", "usage_cache_write", "billed_units", "est_saved_units", "measured_turns",
-            "saving_turns_tokens_in", "saving_turns_tokens_sent")
+            "saving_turns_tokens_in", "saving_turns_tokens_sent",
+            "memory_stored", "memory_text_only", "memory_dropped")
+    # the latest value, not a sum: memory's ingestion backlog (items waiting to be embedded) and how
+    # long the last stored batch's oldest item had waited
+    GAUGES = ("memory_pending", "memory_lag_s")
 
     def __init__(self) -> None:
-        for f in self.COUNTS + self.SUMS:
+        for f in self.COUNTS + self.SUMS + self.GAUGES:
             setattr(self, f, 0)
         self.started: float | None = None
         self.sent = SentLedger()  # freed and memory tokens count once the request's forward says they went out
@@ -123,12 +127,12 @@ class Totals:
     def from_dict(cls, d: dict[str, Any] | None) -> "Totals":
         t = cls()
         for k, v in (d or {}).items():
-            if k in cls.COUNTS or k in cls.SUMS or k == "started":
+            if k in cls.COUNTS or k in cls.SUMS or k in cls.GAUGES or k == "started":
                 setattr(t, k, v)
         return t
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f: getattr(self, f) for f in self.COUNTS + self.SUMS}
+        d = {f: getattr(self, f) for f in self.COUNTS + self.SUMS + self.GAUGES}
         d["started"] = self.started
         return d
 
@@ -141,6 +145,8 @@ class Totals:
         data = ev.get("data") or {}
         num = self._num
         self.events += 1
+        if t == "memory" and ("ingested" in data or "dropped" in data or "backfilled" in data):
+            self._memory_ingestion(data)
         if t == "startup":
             self.started = ev.get("ts")
         elif t == "request":
@@ -192,3 +198,14 @@ class Totals:
                     self.est_saved_units += (ti - ts) * billed / ts
                     self.saving_turns_tokens_in += ti
                     self.saving_turns_tokens_sent += ts
+
+    def _memory_ingestion(self, data: dict[str, Any]) -> None:
+        """Memory's ingestion events: items stored (as text only under load), dropped, still waiting."""
+        num = self._num
+        self.memory_stored += num(data.get("new"))
+        self.memory_text_only += num(data.get("text_only"))
+        self.memory_dropped += num(data.get("dropped"))
+        for key, gauge in (("queued", "memory_pending"), ("pending", "memory_pending"), ("lag_s", "memory_lag_s")):
+            if isinstance(data.get(key), (int, float)):
+                setattr(self, gauge, data[key])
+

@@ -36,6 +36,13 @@ def traffic_table(store: Store, now: float) -> Group:
     t.add_row("clearings", fmt.num(tot.clearings))
     t.add_row("compressions", fmt.num(tot.compressions))
     t.add_row("memory injections", fmt.num(tot.memory_injections))
+    if tot.memory_stored or tot.memory_pending or tot.memory_dropped:
+        # memory's ingestion: what it stored, what still waits to be embedded (the lag), what it dropped
+        t.add_row("memory stored", fmt.num(tot.memory_stored))
+        lag = f" ({tot.memory_lag_s:.0f} s behind)" if tot.memory_lag_s >= 1 else ""
+        t.add_row("memory waiting to embed", f"{fmt.num(tot.memory_pending)}{lag}")
+        if tot.memory_dropped:
+            t.add_row("memory dropped", Text(fmt.num(tot.memory_dropped), style="red"))
     t.add_row("errors", Text(fmt.num(tot.errors), style="red" if tot.errors else ""))
     if tot.blocked:
         t.add_row("blocked (budget)", fmt.num(tot.blocked))

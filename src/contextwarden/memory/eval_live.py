@@ -211,14 +211,15 @@ class LiveProxy:
 
 @contextmanager
 def live_proxy(home: str | Path | None, memory: dict[str, Any], compaction: dict[str, Any],
-               profile_extra: str = "", window: int = ev.WINDOW) -> Iterator[tuple[LiveProxy, RecordingUpstream]]:
-    """The recording upstream and a live proxy on the LoCoMo eval's profile (the in-process eval's)."""
-    with tempfile.TemporaryDirectory(prefix="cw-eval-live-") as tmp:
+               profile_extra: str = "", window: int = ev.WINDOW,
+               name: str = "locomo") -> Iterator[tuple[LiveProxy, RecordingUpstream]]:
+    """The recording upstream and a live proxy on an eval's profile (the in-process eval's settings)."""
+    with tempfile.TemporaryDirectory(prefix=f"cw-eval-live-{name}-") as tmp:
         base = Path(home) if home else Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
         # one event log for the whole run (the driver counts its turn events; rotation would hide some)
         extra = "log: {events_max_mb: 100000}\n" + profile_extra
-        profile = write_profile(base / "eval-locomo.yaml", window, memory, compaction, extra)
+        profile = write_profile(base / f"eval-{name}.yaml", window, memory, compaction, extra)
         upstream = RecordingUpstream()
         try:
             proxy = LiveProxy(base / "home", profile, upstream.url)

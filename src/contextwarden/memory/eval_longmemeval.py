@@ -24,7 +24,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..models.base import ApiKind
 from ..settings.memory import MemorySection
@@ -140,13 +140,9 @@ def reached(haystack: str, text: str) -> bool:
     return covered >= 0.5 * sum(len(x) for x in lines)
 
 
-def run_question(rp: Replayer, q: dict[str, Any], report: Report, step: str = "session",
-                 haystack_limit: int | None = None) -> None:
-    """Replay one question's haystack and ask it. ``haystack_limit`` (smoke tests only, not the
-    benchmark) keeps that many sessions: the answer sessions first, then the earliest others."""
-    qid = str(q["question_id"])
-    key = f"sk-eval-lme-{qid}"  # one tenant per question: haystacks never see each other
-    session = f"lme-{qid}"
+def haystack(q: dict[str, Any], haystack_limit: int | None = None) -> tuple[list[str], list[list], set[str]]:
+    """A question's (session ids, sessions, answer session ids). ``haystack_limit`` (smoke tests only, not
+    the benchmark) keeps that many sessions: the answer sessions first, then the earliest others."""
     sessions = [_list(s) for s in _list(q["haystack_sessions"])]
     sids = [str(x) for x in _list(q["haystack_session_ids"])]
     answer = {str(x) for x in _list(q["answer_session_ids"])}
@@ -156,15 +152,14 @@ def run_question(rp: Replayer, q: dict[str, Any], report: Report, step: str = "s
         keep = [p for p in pairs if p[0] in answer]
         keep += [p for p in pairs if p[0] not in answer][: max(0, haystack_limit - len(keep))]
         sids, sessions = [k for k, _ in keep], [v for _, v in keep]
-    messages: list[dict[str, Any]] = []
-    marks: list[tuple[str, str, bool]] = []  # (session id, text, has_answer) per message
+    return sids, sessions, answer
 
-    def send_and_reply(upto: int, reply: str) -> None:
-        sent = rp.send(messages[:upto], api_key=key, session=session)
-        report.requests += 1
-        report.fallbacks += sent.outcome.reason.startswith(("stage", "invalid"))
-        rp.complete(sent, reply)
 
+def replay_haystack(sids: list[str], sessions: list[list], messages: list[dict[str, Any]],
+                    marks: list[tuple[str, str, bool]], report: Report, step: str,
+                    send_and_reply: Callable[[int, str], None]) -> None:
+    """Walk the haystack into ``messages`` (and ``marks``: session id, text, has_answer per message),
+    calling ``send_and_reply(upto, reply)`` where the client sends ``messages[:upto]`` and gets ``reply``."""
     for sid, turns in zip(sids, sessions):
         turns = [t for t in turns if isinstance(t, dict) and str(t.get("content") or "").strip()]
         for t in turns:
@@ -181,6 +176,38 @@ def run_question(rp: Replayer, q: dict[str, Any], report: Report, step: str = "s
                 tail = messages[last_user + 1:]
                 send_and_reply(last_user + 1, tail[0]["content"] if tail else "")
 
+
+def session_hits(hay: str, answer: set[str], marks: list[tuple[str, str, bool]]) -> tuple[int, int, int]:
+    """(answer sessions reached, answer turns reached, answer turns) in the request text ``hay``."""
+    hit_sessions, turns_hit, turns = 0, 0, 0
+    for sid in answer:
+        own = [(txt, ha) for s, txt, ha in marks if s == sid]
+        marked = [txt for txt, ha in own if ha]
+        turns += len(marked)
+        got = [reached(hay, txt) for txt in marked]
+        turns_hit += sum(got)
+        if any(got) if marked else any(reached(hay, txt) for txt, _ in own):
+            hit_sessions += 1
+    return hit_sessions, turns_hit, turns
+
+
+def run_question(rp: Replayer, q: dict[str, Any], report: Report, step: str = "session",
+                 haystack_limit: int | None = None) -> None:
+    """Replay one question's haystack and ask it (``haystack_limit``: see :func:`haystack`)."""
+    qid = str(q["question_id"])
+    key = f"sk-eval-lme-{qid}"  # one tenant per question: haystacks never see each other
+    session = f"lme-{qid}"
+    sids, sessions, answer = haystack(q, haystack_limit)
+    messages: list[dict[str, Any]] = []
+    marks: list[tuple[str, str, bool]] = []  # (session id, text, has_answer) per message
+
+    def send_and_reply(upto: int, reply: str) -> None:
+        sent = rp.send(messages[:upto], api_key=key, session=session)
+        report.requests += 1
+        report.fallbacks += sent.outcome.reason.startswith(("stage", "invalid"))
+        rp.complete(sent, reply)
+
+    replay_haystack(sids, sessions, messages, marks, report, step, send_and_reply)
     if not rp.flush():
         raise RuntimeError("memory ingestion did not finish within the flush timeout")
     asked = messages + [{"role": "user", "content": str(q["question"])}]
@@ -191,21 +218,8 @@ def run_question(rp: Replayer, q: dict[str, Any], report: Report, step: str = "s
     tokens = sent.tokens()
     kept, ttoks = truncate_to(rp.runtime, ApiKind.ANTHROPIC, asked, tokens, sent.ctx.model)
     ttext = request_text({"messages": kept})
-
-    def session_hits(hay: str) -> tuple[int, int, int]:
-        hit_sessions, turns_hit, turns = 0, 0, 0
-        for sid in answer:
-            own = [(txt, ha) for s, txt, ha in marks if s == sid]
-            marked = [txt for txt, ha in own if ha]
-            turns += len(marked)
-            got = [reached(hay, txt) for txt in marked]
-            turns_hit += sum(got)
-            if any(got) if marked else any(reached(hay, txt) for txt, _ in own):
-                hit_sessions += 1
-        return hit_sessions, turns_hit, turns
-
-    s_hit, t_hit, n_turns = session_hits(text)
-    ts_hit, tt_hit, _ = session_hits(ttext)
+    s_hit, t_hit, n_turns = session_hits(text, answer, marks)
+    ts_hit, tt_hit, _ = session_hits(ttext, answer, marks)
     mem = sent.ctx.notes.get("memory") or {}
     report.questions.append(QuestionResult(
         question_id=qid, qtype=str(q.get("question_type", "?")), answer_sessions=len(answer), sessions_hit=s_hit,
@@ -214,16 +228,18 @@ def run_question(rp: Replayer, q: dict[str, Any], report: Report, step: str = "s
         memory_tokens=int(mem.get("tokens") or 0), reason=str(mem.get("skipped") or "")))
 
 
+def select(items: list[dict[str, Any]], limit: int | None, question_ids: list[str] | None) -> list[dict[str, Any]]:
+    if question_ids:
+        items = [q for q in items if str(q.get("question_id")) in set(question_ids)]
+    return items[:limit] if limit else items
+
+
 def run(data: str | Path, limit: int | None = None, question_ids: list[str] | None = None,
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, embed_cache: str | Path | None = None, step: str = "session",
         progress=print, profile_extra: str = "", window: int = WINDOW, haystack_limit: int | None = None) -> Report:
     """Replay ``limit`` questions (or those in ``question_ids``) and ask each."""
-    items = load(data)
-    if question_ids:
-        items = [q for q in items if str(q.get("question_id")) in set(question_ids)]
-    if limit:
-        items = items[:limit]
+    items = select(load(data), limit, question_ids)
     mem = {**MEMORY, **(memory or {})}
     comp = {**COMPACTION, **(compaction or {})}
     report = Report(settings={"memory": mem, "compaction": comp, "window": window, "step": step,

@@ -72,7 +72,8 @@ class Ingestor:
             count = tc() if tc is not None else proxy_tokens
         self.count = count
         self.stats = {"submitted": 0, "dropped": 0, "stored": 0, "new": 0, "redacted": 0, "errors": 0,
-                      "skipped_seen": 0, "embedded_tokens": 0}
+                      "skipped_seen": 0, "embedded_tokens": 0, "stored_text_only": 0, "embedded_later": 0}
+        self.deferred = 0  # items stored as text under load, not embedded yet (journal mode)
         self._q: deque[tuple[list[MemoryItem], dict]] = deque()
         self._pending = 0  # items in the queue
         self._busy = False
@@ -143,7 +144,7 @@ class Ingestor:
             self.stats["dropped"] += dropped
             self._cv.notify()
         if dropped:
-            self.bus.emit("memory", {"dropped": dropped, "reason": "pending full, oldest dropped",
+            self.bus.emit("memory", {"dropped": dropped, "reason": "pending over its hard bound, oldest dropped",
                                      "pending": self.journal.items, "pending_max": self.journal.max_items},
                           flow_id=info["flow_id"], session=info["session"])
         return True
@@ -217,19 +218,25 @@ class Ingestor:
                     self._cv.notify_all()
 
     def _run_journal(self) -> bool:
-        """One batch from the journal; False when closing."""
+        """One batch from the journal; False when closing. Over ``memory.pending_max``, the oldest
+        submissions are stored as text first (searchable at once, not embedded: nothing is dropped);
+        once the journal is empty, what was stored so is embedded, a batch at a time."""
         with self._cv:
-            while self.journal.items <= 0 and not self._closing:
+            while self.journal.items <= 0 and not self._closing and not self.deferred:
                 self._cv.wait(1.0)
             if self._closing:
                 return False
             self._busy = True
         rows = []
         try:
-            rows = self.journal.take(self.batch_max, self.batch_chars)
+            if self.journal.items <= 0:
+                self._embed_deferred()
+                return True
+            over = self.journal.take_over()
+            rows = over or self.journal.take(self.batch_max, self.batch_chars)
             if rows:
                 self._process([(items, info) for _, items, info in rows],
-                              in_flight=sum(len(items) for _, items, _ in rows), redacted=True)
+                              in_flight=sum(len(items) for _, items, _ in rows), redacted=True, text_only=bool(over))
         except Exception as e:  # never let the worker die; the rows are dropped (a poison batch must not loop)
             self._error(e, sum(len(items) for _, items, _ in rows))
         finally:
@@ -238,6 +245,18 @@ class Ingestor:
                 self._busy = False
                 self._cv.notify_all()
         return True
+
+    def _embed_deferred(self) -> None:
+        """Embed one batch of what was stored as text under load (see :meth:`_run_journal`)."""
+        try:
+            moved = self.store.backfill(limit=self.batch_max)
+        except Exception as e:
+            self._error(e, 0, where="memory.backfill")
+            moved = 0
+        self.deferred = max(0, self.deferred - moved) if moved else 0
+        if moved:
+            self.stats["embedded_later"] += moved
+            self.bus.emit("memory", {"backfilled": moved, "deferred": self.deferred})
 
     def _safe_backfill(self) -> None:
         """Before the first turn: embed what was stored without a model, and load the tenants' vector
@@ -283,8 +302,11 @@ class Ingestor:
                 owner += [k] * len(pieces)
         return out, redacted, owner, wholes
 
-    def _process(self, batches: list[tuple[list[MemoryItem], dict]], in_flight: int = 0, redacted: bool = False) -> None:
+    def _process(self, batches: list[tuple[list[MemoryItem], dict]], in_flight: int = 0, redacted: bool = False,
+                 text_only: bool = False) -> None:
         t0 = time.perf_counter()
+        # the embedding lag: how long the batch's oldest item waited since its turn completed
+        lag_s = round(max(0.0, time.time() - min((it.ts for its, _ in batches for it in its), default=time.time())), 1)
         items: list[MemoryItem] = []
         sub: list[int] = []  # submission of each item
         skipped = [0] * len(batches)
@@ -315,7 +337,7 @@ class Ingestor:
                 self._error(e, 0, where="memory.originals")
         self._pause()
         try:
-            new = self.store.add_items(prepared)
+            new = self.store.add_items(prepared, text_only=text_only)
         except Exception as e:
             self._error(e, len(items))
             return
@@ -327,6 +349,9 @@ class Ingestor:
         new_ids = {(_pkey(it), it.id) for it in new}
         self.stats["stored"] += len(prepared)
         self.stats["new"] += len(new)
+        if text_only:
+            self.deferred += len(new)
+            self.stats["stored_text_only"] += len(new)
         self.stats["redacted"] += redacted
         chunks = sum(1 for it in prepared if it.kind == "chunk")
         # what waits after this batch: the journal still counts the batch's rows until they are done
@@ -334,7 +359,9 @@ class Ingestor:
         sessions = {info["session"] for _, info in batches}
         self.bus.emit("memory", {"ingested": len(prepared), "new": len(new), "ms": ms, "redacted": redacted,
                                  "chunks": chunks, "items": sum(len(b) for b, _ in batches),
-                                 "deduplicated": len(prepared) - len(new) + sum(skipped), "queued": queued},
+                                 "deduplicated": len(prepared) - len(new) + sum(skipped), "queued": queued,
+                                 "lag_s": lag_s, **({"text_only": len(new), "deferred": self.deferred}
+                                                    if text_only else {})},
                       session=sessions.pop() if len(sessions) == 1 else None)
         self._emit_history(batches, sub, owner, prepared, new_ids, skipped, ms, queued)
         if new and self.on_added is not None:

@@ -35,6 +35,9 @@ class MemoryItem:
     # memory_id of the original text this item was cut from (before redaction and chunking): the id a
     # clearing stub names. Set by ingestion for every item; None only for items built by hand.
     source_id: str | None = None
+    # the project the client worked in (its working directory, memory.project.project_of): retrieval ranks
+    # the current project's items above the rest of the tenant's memory. None: the client did not say.
+    project: str | None = None
     # (text, its sha256): hashed once however often the id is asked for, re-hashed if the text changes
     _digest: tuple[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -77,6 +80,8 @@ class MemoryItem:
             md["workspace"] = self.workspace
         if self.source_id is not None:
             md["source_id"] = self.source_id
+        if self.project is not None:
+            md["project"] = self.project
         return md
 
     def to_record(self) -> dict[str, Any]:
@@ -105,6 +110,7 @@ class MemoryItem:
             ts=float(md.get("ts", time.time())),
             workspace=md.get("workspace") or None,
             source_id=md.get("source_id") or None,
+            project=md.get("project") or None,
         )
 
 

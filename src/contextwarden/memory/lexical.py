@@ -79,12 +79,30 @@ class _Partition:
         self._sess_codes = array("I")
         self._sess_ids: dict[str, int] = {}
         self._sess_counts: Counter = Counter()
+        # the same for each item's project (0: none), for a query scoped to the current project
+        self._proj_codes = array("I")
+        self._proj_ids: dict[str | None, int] = {None: 0}
+        self._proj_counts: Counter = Counter()
 
     def _sync_sessions(self) -> None:
         for it in self.items[len(self._sess_codes):]:
             code = self._sess_ids.setdefault(str(it.session), len(self._sess_ids))
             self._sess_codes.append(code)
             self._sess_counts[code] += 1
+            pcode = self._proj_ids.setdefault(getattr(it, "project", None) or None, len(self._proj_ids))
+            self._proj_codes.append(pcode)
+            self._proj_counts[pcode] += 1
+
+    def project_count(self, project: str) -> int:
+        """Items of ``project`` in this partition."""
+        self._sync_sessions()
+        code = self._proj_ids.get(project or None)
+        return 0 if not code else self._proj_counts[code]
+
+    def project_mask(self, project: str) -> np.ndarray:
+        self._sync_sessions()
+        code = self._proj_ids.get(project or None) or -1
+        return np.frombuffer(self._proj_codes, dtype=np.uint32)[: len(self.items)] == code
 
     def session_count(self, session: str) -> int:
         """Items of ``session`` in this partition."""
@@ -209,19 +227,36 @@ class LexicalIndex:
         with self._lock:
             return list(self._neighbours.get((partition, session, turn), ()))
 
-    def session_size(self, partition: str, session: str) -> int:
-        """How many items of ``session`` ``partition`` holds."""
+    def _scope_size(self, partition: str, name: str, project: bool) -> int:
         with self._lock:
             part = self._parts.get(partition)
-            return 0 if part is None else part.session_count(session)
+            if part is None:
+                return 0
+            return part.project_count(name) if project else part.session_count(name)
+
+    def _scope_items(self, partition: str, name: str, project: bool) -> list:
+        with self._lock:
+            part = self._parts.get(partition)
+            if part is None or not (part.project_count(name) if project else part.session_count(name)):
+                return []
+            mask = part.project_mask(name) if project else part.session_mask(name)
+            return [part.items[i] for i in np.flatnonzero(mask)]
+
+    def session_size(self, partition: str, session: str) -> int:
+        """How many items of ``session`` ``partition`` holds."""
+        return self._scope_size(partition, session, False)
 
     def session_items(self, partition: str, session: str) -> list:
         """The items of ``session`` in ``partition``, in the order they were indexed."""
-        with self._lock:
-            part = self._parts.get(partition)
-            if part is None or not part.session_count(session):
-                return []
-            return [part.items[i] for i in np.flatnonzero(part.session_mask(session))]
+        return self._scope_items(partition, session, False)
+
+    def project_size(self, partition: str, project: str) -> int:
+        """How many items of ``project`` ``partition`` holds."""
+        return self._scope_size(partition, project, True)
+
+    def project_items(self, partition: str, project: str) -> list:
+        """The items of ``project`` in ``partition``, in the order they were indexed."""
+        return self._scope_items(partition, project, True)
 
     def other_sessions(self, partitions: Iterable[str], session: str) -> bool:
         """Whether the partitions hold items of sessions other than ``session``."""
@@ -274,11 +309,11 @@ class LexicalIndex:
         return " ".join(kept) if dropped and len(kept) >= 2 else text
 
     def query(self, text: str | dict[str, float], partitions: Iterable[str], n: int = 50,
-              exclude=None, session: str | None = None) -> list[LexicalHit]:
+              exclude=None, session: str | None = None, project: str | None = None) -> list[LexicalHit]:
         """Top ``n`` items of the partitions by BM25. ``text`` is a query, or term -> weight.
 
         ``exclude(item) -> bool`` drops items before the cut (the ones still in the history);
-        ``session``: only that session's items.
+        ``session``: only that session's items; ``project``: only that project's.
         """
         weighted = text if isinstance(text, dict) else query_terms(text)
         if not weighted:
@@ -294,6 +329,8 @@ class LexicalIndex:
                     continue
                 if session is not None:
                     acc = np.where(part.session_mask(session), acc, 0.0).astype(np.float32)
+                if project is not None:
+                    acc = np.where(part.project_mask(project), acc, 0.0).astype(np.float32)
                 want = min(len(acc), n * 3 + 16)  # extra room for excluded items
                 top = np.argpartition(-acc, want - 1)[:want] if want < len(acc) else np.arange(len(acc))
                 top = top[np.argsort(-acc[top], kind="stable")]

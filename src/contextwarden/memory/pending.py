@@ -3,8 +3,10 @@
 A submission is written here at once (one insert, no embedding) and taken by the ingestor's worker in
 bounded batches, deleted only once stored. So a burst larger than the embedder can follow waits on disk
 instead of being dropped, a shutdown leaves what it did not finish here, and the next start finishes it.
-The table is bounded too (``memory.pending_max`` items): past it, the oldest submissions are dropped
-and counted (never the traffic's problem).
+The table is bounded too (``memory.pending_max`` items): past it, the ingestor stores the oldest
+submissions' text without embedding them (searchable by BM25 and by id at once, embedded when the
+table is empty again: :meth:`take_over`). Only past ``HARD_FACTOR`` times the bound (the worker cannot
+even store text: Chroma down) are the oldest dropped, and counted (never the traffic's problem).
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ import orjson
 from .items import MemoryItem
 
 
+HARD_FACTOR = 2  # past this many times ``max_items`` the oldest submissions are dropped
+
+
 class PendingTable:
     def __init__(self, path: str | Path, max_items: int = 200_000) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_items = max(1, int(max_items))
+        self.hard_max = HARD_FACTOR * self.max_items
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -37,7 +43,8 @@ class PendingTable:
         self.dropped = 0
 
     def add(self, items: list[MemoryItem], info: dict) -> int:
-        """Store one submission; returns how many items were dropped (oldest first) to stay bounded."""
+        """Store one submission; returns how many items were dropped (oldest first) to stay under the
+        hard bound (the ingestor keeps the table under ``max_items`` by storing text: :meth:`take_over`)."""
         blob = orjson.dumps([it.to_record() for it in items])
         with self._lock:
             self._db.execute("INSERT INTO pending (n, info, items) VALUES (?, ?, ?)",
@@ -45,7 +52,7 @@ class PendingTable:
             self.rows += 1
             self.items += len(items)
             dropped = 0
-            while self.items > self.max_items and self.rows > 1:
+            while self.items > self.hard_max and self.rows > 1:
                 row = self._db.execute("SELECT id, n FROM pending WHERE id NOT IN (%s) ORDER BY id LIMIT 1"
                                        % ",".join(str(i) for i in self._taken) if self._taken else
                                        "SELECT id, n FROM pending ORDER BY id LIMIT 1").fetchone()
@@ -75,6 +82,27 @@ class PendingTable:
                 self._taken.add(rid)
                 n += k
                 chars += len(blob)
+            cur.close()
+        return [(rid, [MemoryItem.from_record(r) for r in orjson.loads(blob)], orjson.loads(info))
+                for rid, k, info, blob in out]
+
+    def take_over(self) -> list[tuple[int, list[MemoryItem], dict]]:
+        """The oldest submissions not being worked on whose items take the table over ``max_items``
+        (the ingestor stores their text now and embeds it later), or nothing when it is not over."""
+        out = []
+        with self._lock:
+            excess = self.items - self.max_items
+            if excess <= 0:
+                return []
+            cur = self._db.execute("SELECT id, n, info, items FROM pending ORDER BY id")
+            for rid, k, info, blob in cur:
+                if excess <= 0:
+                    break
+                if rid in self._taken:
+                    continue
+                out.append((rid, k, info, blob))
+                self._taken.add(rid)
+                excess -= k
             cur.close()
         return [(rid, [MemoryItem.from_record(r) for r in orjson.loads(blob)], orjson.loads(info))
                 for rid, k, info, blob in out]

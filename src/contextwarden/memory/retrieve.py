@@ -288,10 +288,12 @@ class Retriever:
     def search(self, query: Query, tenants: list[str], *, workspace: str | None = None,
                exclude: Callable[[object], bool] | None = None, n: int | None = None,
                timeout_s: float | None = None, deadline: float | None = None,
-               neighbours: Callable[[object], list] | None = None, session: str | None = None) -> Retrieval:
+               neighbours: Callable[[object], list] | None = None, session: str | None = None,
+               project: str | None = None) -> Retrieval:
         """Fused candidates (best first), not yet cut to the budget. Raises TimeoutError when the vector
         query runs past the deadline (the caller decides to go without memory). ``session``: the
-        current session, ranked first (``memory.other_sessions_weight``)."""
+        current session, ranked first (``memory.other_sessions_weight``); ``project``: the current
+        project, whose other sessions rank next (``memory.project_weight``)."""
         s = self.settings
         t0 = time.perf_counter()
         if deadline is None and timeout_s is not None:
@@ -312,6 +314,10 @@ class Retriever:
         # the current session first: its own rankings, and the other sessions' at a lower weight
         scoped = (session is not None and s.other_sessions_weight < 1 and self.lexical is not None
                   and self.lexical.other_sessions(partitions, session))
+        # the current project next: its other sessions' own rankings (the project's items may all lie
+        # below the tenant's top too)
+        in_project = (scoped and bool(project) and s.project_weight > s.other_sessions_weight
+                      and any(self.lexical.project_size(p, project) for p in dict.fromkeys(partitions)))
         if self._vector_ok():
             if self.lexical is not None and s.common_term_ratio > 0:
                 qtext = self.lexical.prune_common(qtext, partitions, s.common_term_ratio,
@@ -338,6 +344,8 @@ class Retriever:
 
                             self.scope = SessionVectors(self.store)
                         got = got + self.scope.rank(self.lexical, partitions, session, vec, fetch)
+                        if in_project:
+                            got = got + self.scope.rank(self.lexical, partitions, session, vec, fetch + n, project)
                     return got
                 finally:
                     vtime["vector_ms"] = round((time.perf_counter() - t2) * 1000, 2)
@@ -356,6 +364,8 @@ class Retriever:
         lex = self.lexical.query(terms, partitions, n=n, exclude=exclude) if self.lexical is not None else []
         if scoped:
             lex = lex + self.lexical.query(terms, partitions, n=n, exclude=exclude, session=session)
+        if in_project:  # deep enough that the current session's items in it leave n of the others
+            lex = lex + self.lexical.query(terms, partitions, n=2 * n, exclude=exclude, project=project)
         out.timings["lexical_ms"] = round((time.perf_counter() - tl) * 1000, 2)
 
         vhits: list[tuple[object, float]] = []
@@ -388,11 +398,16 @@ class Retriever:
             lex.sort(key=lambda h: -h.score)
         floor = s.min_similarity
         by_id: dict[str, Hit] = {}
-        # one ranking per kind, or (scoped) one for the current session and one for the other sessions
-        groups = (lambda it: str(it.session) == session) if scoped else (lambda it: True)
-        vranks: dict[bool, list[str]] = {True: [], False: []}
-        lranks: dict[bool, list[str]] = {True: [], False: []}
-        vcount = {True: 0, False: 0}
+        # one ranking per kind, or (scoped) one for the current session, one for the current project's
+        # other sessions and one for the rest of the tenant's memory
+        def groups(it) -> int:
+            if not scoped or str(it.session) == session:
+                return 0
+            return 1 if in_project and getattr(it, "project", None) == project else 2
+
+        vranks: dict[int, list[str]] = {0: [], 1: [], 2: []}
+        lranks: dict[int, list[str]] = {0: [], 1: [], 2: []}
+        vcount = {0: 0, 1: 0, 2: 0}
         for item, sim in vhits:
             g = groups(item)
             if vcount[g] >= n:
@@ -409,24 +424,33 @@ class Retriever:
             h = by_id.setdefault(lh.item.id, Hit(lh.item))
             h.lexical, h.lexical_rank = lh.score, len(lranks[g]) + 1
             lranks[g].append(lh.item.id)
-        rankings = [(vranks[True], s.vector_weight), (lranks[True], s.lexical_weight)]
+        rankings = [(vranks[0], s.vector_weight), (lranks[0], s.lexical_weight)]
+        if in_project:
+            w = s.project_weight
+            rankings += [(vranks[1], w * s.vector_weight), (lranks[1], w * s.lexical_weight)]
         if scoped:
             w = s.other_sessions_weight
-            rankings += [(vranks[False], w * s.vector_weight), (lranks[False], w * s.lexical_weight)]
+            rankings += [(vranks[2], w * s.vector_weight), (lranks[2], w * s.lexical_weight)]
         if s.neighbour_weight > 0 and neighbours is not None:
             # a third ranking: the messages next to the best hits, in their order. A reply that only makes
             # sense after the message before it ("Yes, tomorrow night!") is found through its neighbour.
+            # Scoped, one per scope, weighted as the scope's other rankings: an older session's hit does
+            # not lend its neighbours the current session's weight.
             base = rrf(rankings, s.rrf_k)
             top = sorted(base, key=lambda k: -base[k])[: s.neighbour_depth]
-            nids: list[str] = []
+            nids: dict[int, list[str]] = {0: [], 1: [], 2: []}
             for key in top:
                 for nb in neighbours(by_id[key].item):
                     if nb.id not in by_id:
                         if exclude is not None and exclude(nb):
                             continue
                         by_id[nb.id] = Hit(nb, neighbour_of=key)
-                    nids.append(nb.id)
-            rankings.append((nids, s.neighbour_weight))
+                    nids[groups(nb)].append(nb.id)
+            rankings.append((nids[0], s.neighbour_weight))
+            if in_project:
+                rankings.append((nids[1], s.project_weight * s.neighbour_weight))
+            if scoped:
+                rankings.append((nids[2], s.other_sessions_weight * s.neighbour_weight))
         fused = rrf(rankings, s.rrf_k)
         hits = []
         for key, score in fused.items():

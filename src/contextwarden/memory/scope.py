@@ -1,4 +1,4 @@
-"""The current session's own vector ranking, exact and cheap.
+"""The current session's (and project's) own vector ranking, exact and cheap.
 
 A tenant's memory holds every session it had; ranked tenant-wide, the current session's items can all lie
 below the top that Chroma returns. Asking Chroma again with a ``where`` on the session is exact but scans
@@ -7,6 +7,7 @@ costs as much. Instead the session's items (the lexical index knows them, in the
 are scored here against the query embedding: their vectors are read from Chroma by id (a primary-key
 lookup) the first time, kept as one matrix per session and extended with the items stored since, so a
 search costs a matrix product. An item's id is its content's hash: a kept vector never goes stale.
+The current project's items (``MemoryItem.project``) are kept and ranked the same way.
 """
 
 from __future__ import annotations
@@ -61,15 +62,19 @@ class SessionVectors:
         m = np.stack(rows)
         return kept, m / np.maximum(1e-9, np.linalg.norm(m, axis=1, keepdims=True))
 
-    def _matrix(self, lexical, partition: str, session: str) -> _Session | None:
-        key = (partition, session)
+    def _matrix(self, lexical, partition: str, session: str, project: str | None = None) -> _Session | None:
+        # a project's items, like a session's, only ever grow at the end of the partition's order
+        key = (partition, session) if project is None else (partition, "\0project", project)
+        size, members = ((lexical.session_size, lexical.session_items) if project is None
+                         else (lexical.project_size, lexical.project_items))
+        name = session if project is None else project
         with self._lock:
             st = self._sessions.get(key)
             if st is not None:
                 self._sessions.move_to_end(key)
-        if st is not None and lexical.session_size(partition, session) == st.seen:
+        if st is not None and size(partition, name) == st.seen:
             return st  # nothing stored since: the matrix as it is
-        items = lexical.session_items(partition, session)
+        items = members(partition, name)
         if not items:
             return None
         if st is None or len(items) < st.seen:
@@ -92,14 +97,15 @@ class SessionVectors:
         return st
 
     def rank(self, lexical, partitions: list[str], session: str, query_vec: np.ndarray,
-             n: int) -> list[tuple[object, float]]:
-        """The ``n`` items of ``session`` (in ``partitions``) nearest to ``query_vec``, best first, with
-        cosine similarity clipped to [0, 1] (as :meth:`MemoryStore.vector_query` gives it)."""
+             n: int, project: str | None = None) -> list[tuple[object, float]]:
+        """The ``n`` items of ``session`` (of ``project`` instead, when given; in ``partitions``) nearest
+        to ``query_vec``, best first, with cosine similarity clipped to [0, 1] (as
+        :meth:`MemoryStore.vector_query` gives it)."""
         q = np.asarray(query_vec, dtype=np.float32)
         q = q / max(1e-9, float(np.linalg.norm(q)))
         scored: list[tuple[float, object]] = []
         for part in dict.fromkeys(partitions):
-            st = self._matrix(lexical, part, session)
+            st = self._matrix(lexical, part, session, project)
             if st is None or not st.items:
                 continue
             sims = np.einsum("ij,j->i", st.matrix, q)  # not BLAS: its threads wait on a busy machine

@@ -62,7 +62,9 @@ class CachedEmbedder:
     def attach_disk(self, path: str | Path) -> None:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None)
+        # several processes may share the file (an eval and its live proxy's memory process): wait for
+        # a writer rather than fail, and treat the cache as best effort (see __call__)
+        db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE TABLE IF NOT EXISTS emb (k BLOB PRIMARY KEY, v BLOB)")
         with self._lock:
@@ -101,7 +103,11 @@ class CachedEmbedder:
             with self._db_lock:  # one sqlite connection, used from the request and ingestion threads
                 for s in range(0, len(kl), 500):
                     part = kl[s:s + 500]
-                    rows = db.execute(f"SELECT k, v FROM emb WHERE k IN ({','.join('?' * len(part))})", part).fetchall()
+                    try:
+                        rows = db.execute(f"SELECT k, v FROM emb WHERE k IN ({','.join('?' * len(part))})",
+                                          part).fetchall()
+                    except sqlite3.Error:  # a cache: a miss costs an embedding, never the caller
+                        rows = []
                     found.update({bytes(k): np.frombuffer(v, dtype=np.float32) for k, v in rows})
             for k, v in found.items():
                 t = ks[k]
@@ -118,7 +124,10 @@ class CachedEmbedder:
             if db is not None:
                 rows = [(self._key(t), np.asarray(v, dtype=np.float32).tobytes()) for t, v in zip(todo, vecs)]
                 with self._db_lock:
-                    db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)", rows)
+                    try:
+                        db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)", rows)
+                    except sqlite3.Error:
+                        pass  # not cached this time
         with self._lock:
             for k, v in zip(keys, out):
                 if k not in self._lru:
@@ -201,7 +210,7 @@ class MemoryService:
                 emb(["warm up " * n for n in (4, 12, 30)])
             if emb is not None:
                 emb.pause = self.priority.pause  # between embedding runs, ingestion yields to searches
-            self.embedder = CachedEmbedder(emb) if emb is not None else None
+            self.embedder = CachedEmbedder(emb, disk=m.embed_cache) if emb is not None else None
             if self.embedder is not None and self.settings.tagging.embedding_tagger:
                 self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:
@@ -427,12 +436,13 @@ class MemoryService:
 
     def search(self, query: Query, tenants: list[str], *, workspace: str | None = None, exclude=None,
                timeout_s: float | None = None, settings=None, n: int | None = None,
-               session: str | None = None) -> Retrieval:
+               session: str | None = None, project: str | None = None) -> Retrieval:
         """Fused candidates for ``query`` (see :meth:`Retriever.search`). While the lexical index is
         still being rebuilt, ``mode`` says so: its BM25 ranking covers only part of the store."""
         with self.priority:  # ingestion waits meanwhile (priority.py)
             ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude,
-                                                  timeout_s=timeout_s, n=n, neighbours=self.neighbours, session=session)
+                                                  timeout_s=timeout_s, n=n, neighbours=self.neighbours, session=session,
+                                                  project=project)
         if not self.lexical_ready and ret.mode in ("hybrid", "lexical"):
             ret.mode += " (lexical index building)"
         return ret

@@ -305,9 +305,11 @@ class MemoryStore:
                 found.update(col.get(ids=ids[i:i + self._max_batch], include=[])["ids"])
         return found
 
-    def add_items(self, items: Iterable[MemoryItem], embeddings=None, *, _moving: bool = False) -> list[MemoryItem]:
+    def add_items(self, items: Iterable[MemoryItem], embeddings=None, *, _moving: bool = False,
+                  text_only: bool = False) -> list[MemoryItem]:
         """Store what is not stored yet; returns the items that were new. Embeds in batches, unless
-        ``embeddings`` (one row per item, in order) are given."""
+        ``embeddings`` (one row per item, in order) are given; ``text_only``: not embedded now, stored
+        as while no model is available (:meth:`backfill` embeds them later)."""
         if not self.available:
             self.reopen_if_down()
         self._check(write=True)
@@ -326,8 +328,8 @@ class MemoryStore:
             new = [k for (_, i), k in unique.items() if i not in have]
             groups: dict[str | None, list[int]] = {}
             for k in new:
-                groups.setdefault(_partition_of(items[k]) if embeddings is not None or self.embedder else None,
-                                  []).append(k)
+                groups.setdefault(_partition_of(items[k]) if not text_only and (embeddings is not None or self.embedder)
+                                  else None, []).append(k)
             step = max(1, min(self._max_batch, 256 if embeddings is None else 4096))
             for part, ks in groups.items():
                 col = self._text_col if part is None else self._part(part, create=True)

@@ -39,6 +39,10 @@ class MemorySection(Section):
     model_dir: str | None = None
     """Directory of the all-MiniLM-L6-v2 ONNX model; default is Chroma's cache, downloaded if missing."""
 
+    embed_cache: str | None = None
+    """A file of embeddings kept between runs (SQLite, by text hash): the evaluations replay the same
+    corpora run after run, in-process and through a live proxy. None (the default): no disk cache."""
+
     inject: bool = True
     """Inject retrieved memory into requests (off: store only)."""
 
@@ -137,11 +141,17 @@ class MemorySection(Section):
     neighbour_depth: int = 15
     """How many of the best hits lend their neighbouring messages to that ranking."""
 
-    other_sessions_weight: float = 0.5
+    other_sessions_weight: float = 0.35
     """The current session first: when the tenant's memory holds other sessions too, the vector and BM25
     rankings are made twice, within the current session and over the other sessions, and the latter
     count this much in the fusion (1: no preference; 0: the current session only). A tenant holding
     many sessions then ranks the current one's items as if it held that session alone."""
+
+    project_weight: float = 1.0
+    """The current project as the current session: the other sessions of the project the request's client
+    works in (its working directory, ``memory/project.py``) get rankings of their own, counted this much
+    in the fusion (1: like the current session's; below 1, the current session first); the rest of the
+    tenant counts ``other_sessions_weight``. At or below that: no preference for the project."""
 
     @field_validator("chunk_tokens")
     @classmethod
