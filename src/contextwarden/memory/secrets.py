@@ -50,12 +50,12 @@ _TOKENS: list[tuple[str, re.Pattern[str]]] = [(k, re.compile(p)) for k, p in [
 # what each of _TOKENS (same order) cannot match without: a pattern that starts with \b has no literal
 # prefix for ``re`` to look for, so it is tried at every position; on a text that holds none of its
 # literals (an "rk_" in "network_" sent every pattern over a 6 KB build log: ~5 ms) it is not run
-_TOKEN_NEEDS: list[tuple[str, ...]] = [
+_TOKEN_NEEDS: tuple[tuple[str, ...], ...] = (
     ("sk-ant-",), ("sk-",), ("sk-",), ("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA", "APKA", "AROA"),
     ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), ("github_pat_",), ("glpat-",), ("xox",), ("hooks.slack.com/services/",),
     ("AIza",), ("ya29.",), ("GOCSPX-",), ("_live_", "_test_"), ("whsec_",), ("hf_",), ("npm_",), ("pypi-",), ("SG.",),
     ("_v1_",), ("shpat_", "shpss_", "shpca_", "shppa_"), ("SK",), ("eyJ",),
-]
+)
 assert len(_TOKEN_NEEDS) == len(_TOKENS)
 
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY((?: BLOCK)?)-----.*?-----END \1PRIVATE KEY\2-----", re.S)
