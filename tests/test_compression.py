@@ -423,3 +423,18 @@ def test_a_pinned_result_is_not_compressed_and_each_compression_is_a_version_rol
     back = h.send(ApiKind.ANTHROPIC, copy.deepcopy(nxt))
     assert results_of(back.body)["toolu_0"]["content"] == log
     h.close()
+
+
+def test_the_split_summary_regex_agrees_with_the_whole_one():
+    """The log classifier tries SUMMARY's start-anchored half at the start only (for speed): it must find
+    exactly the lines SUMMARY finds."""
+    from contextwarden.compress import logs
+
+    lines = {x.strip() for t in (T.failing_pytest()[0], T.build_log()[0], T.cargo_build()[0]) for x in t.split("\n")}
+    lines |= {"====== 3 failed ======", "OK", "OK (skipped=1)", "FAILED (failures=2)", "Ran 12 tests in 0.3s", "Tests: 3 passed",
+              "Test Suites: 1 failed", "Finished dev [unoptimized]", "Compiling foo: error", "PASS src/a.test.js", "FAIL x",
+              "Done in 3.2s", "real 0m1.2s", "test result: ok. 3 passed", "exit code 2", "returned code 1",
+              "BUILD SUCCESSFUL in 3s", "short test summary info", "____ test_x ____", "---- a ----", "okay then",
+              "Finishedx", "realx 1", "ran out of memory"}
+    assert sum(bool(logs.SUMMARY.search(x)) for x in lines) > 20
+    assert all(bool(logs.SUMMARY.search(x)) == logs.is_summary(x) for x in lines)
