@@ -149,11 +149,16 @@ def projects(tmp_path):
              item("Unrelated: the office plants need water on Fridays.", session="app-old", turn=0, project="/src/app"),
              item(PROJECT_FACT, session="app-old", turn=1, project="/src/app")]
     items += [item(t, session=f"other-{i}", turn=0, project=f"/src/svc{i}") for i, t in enumerate(OTHER_PROJECTS)]
+    yield _stored(st, items)
+    st.close()
+
+
+def _stored(st, items: list) -> tuple:
+    """``items`` in the store ``st`` and in a BM25 index of their own: (st, index)."""
     st.add(items)
     lex = LexicalIndex()
     lex.add(items)
-    yield st, lex
-    st.close()
+    return st, lex
 
 
 def test_lexical_query_scoped_to_a_project(projects):
@@ -241,9 +246,7 @@ def test_an_older_sessions_neighbours_get_that_sessions_weight(tmp_path):
     reply = "Sounds lovely, tell me more."
     items = [item("I had pasta for lunch today.", session="cur", turn=0), item(CURRENT, session="cur", turn=1),
              item(CROWD[0], session="old", turn=0), item(reply, session="old", turn=1)]
-    st.add(items)
-    lex = LexicalIndex()
-    lex.add(items)
+    _, lex = _stored(st, items)
     neighbours = lambda it: lex.at_turn(it.tenant, it.session, it.turn - 1) + lex.at_turn(it.tenant, it.session, it.turn + 1)  # noqa: E731
     try:
         cfg = MemorySection(candidates=10)

@@ -233,7 +233,10 @@ class Ingestor:
                 self._embed_deferred()
                 return True
             over = self.journal.take_over()
-            rows = over or self.journal.take(self.batch_max, self.batch_chars)
+            # near the bound, smaller embedding batches: back sooner to store what goes over it as text
+            near = self.journal.items > self.journal.max_items // 2
+            chars = self.batch_chars // 4 if near and self.batch_chars else self.batch_chars
+            rows = over or self.journal.take(max(1, self.batch_max // 4) if near else self.batch_max, chars)
             if rows:
                 self._process([(items, info) for _, items, info in rows],
                               in_flight=sum(len(items) for _, items, _ in rows), redacted=True, text_only=bool(over))
