@@ -582,6 +582,9 @@ def _turn_complete(rt, ctx, req: ReplayRequest, bill: Bill) -> None:
     complete(rt, ctx, turn, calibrate=False, announce=False)
 
 
+TOKENIZER_WAIT_S = 600.0  # how long a replay waits for tiktoken to load before estimating
+
+
 def replay(trace_path: str | Path, profile: str | None = None, window: int | None = None,
            home: str | Path | None = None, stage_budget_ms: float | None = None, overrides: dict | None = None,
            progress: Callable[[int, int], None] | None = None, turn_hooks: bool = True, limit: int | None = None,
@@ -600,7 +603,9 @@ def replay(trace_path: str | Path, profile: str | None = None, window: int | Non
 
     profile = profile or "default"
 
-    ov: dict[str, Any] = dict(overrides or {})
+    # offline, the tokenizer may take its time: under load its 15 s limit made some replays count with
+    # the 4-characters estimate, whose thresholds fall elsewhere (figures that moved with the machine)
+    ov: dict[str, Any] = _deep_merge({"tokens": {"load_timeout_s": TOKENIZER_WAIT_S}}, dict(overrides or {}))
     if window:
         ov = _deep_merge(ov, {"tokens": {"context_window": int(window)}})
     if stage_budget_ms:
