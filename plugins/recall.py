@@ -36,6 +36,9 @@ from contextwarden.statecache import state_cache
 NS = "recall.auto"
 BUDGET_FRACTION = 0.08  # of the context window, at most, for what one request gets back
 MAX_REMEMBERED = 2_000  # recalled ids remembered per session
+# a term the answer names brings back a longer text as an excerpt (the lines around it): a name is not
+# a reason to re-send a whole file (its id, in the excerpt's header, recalls the rest)
+TERM_WHOLE_TOKENS = 2_000
 
 
 def _item(ctx, mid: str, text: str, turn: int, tool: str | None, kind: str) -> MemoryItem:
@@ -131,7 +134,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     for f in found:
         text = f.lost.text
         n = ctx.runtime.tokens.count_text(text, ctx.model)
-        if not f.whole or tokens + n > budget and f.why in ("quote", "term"):
+        if not f.whole or (f.why == "term" and n > TERM_WHOLE_TOKENS) or (f.why in ("quote", "term") and tokens + n > budget):
             # only a part, or too big to come back whole: the lines the reference is on, and some around them
             text = excerpt(text, [f.ref]) or ("" if not f.whole else text)
             n = ctx.runtime.tokens.count_text(text, ctx.model) if text else budget + 1

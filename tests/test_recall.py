@@ -17,7 +17,7 @@ from contextwarden.memory.inject import CLOSE, OPEN, closing_tag, quote
 from contextwarden.memory.wayback import recall_tool_name
 from contextwarden.models.base import ApiKind
 
-from .support.stages import Harness, anthropic_tool_loop, settings_overrides
+from .support.stages import Harness, anthropic_tool_loop, settings_overrides, words
 
 STUB_ID = re.compile(r"Memory id (m-[0-9a-f]{16})")
 KEY_A, KEY_B = "sk-test-secret", "sk-tenant-b"
@@ -241,6 +241,31 @@ def test_a_reference_to_a_cleared_path_brings_the_item_back_once(cw_home):
     sent2 = h.send(ApiKind.ANTHROPIC, body)
     assert not [e for e in sent2.events("recall") if e.get("injected")]
     assert all(OPEN not in str(m["content"]) for m in sent2.body["messages"])
+    h.close()
+
+
+def test_a_term_in_a_long_cleared_text_brings_back_the_lines_around_it(cw_home):
+    """A name is not a reason to re-send a whole long file: the lines around it come back, the rest is
+    marked as left out, and the excerpt names the id that recalls the whole."""
+    h = harness(cw_home)
+
+    def body_with(answer: str) -> dict:
+        body = _loop_with_answer(answer)
+        first = body["messages"][2]["content"][0]
+        filler = "\n".join(f"row {i}: " + words(12, i) for i in range(600))
+        first["content"] = filler + "\nthe knob is set_retry_ceiling_ms in here\n" + filler
+        return body
+
+    h.send(ApiKind.ANTHROPIC, body_with("Let me look at the remaining tasks."))
+    body = body_with("So set_retry_ceiling_ms is the knob to change.")
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    ev = [e for e in sent.events("recall") if e.get("injected")]
+    assert ev and ev[0]["why"] == ["term"] and ev[0]["excerpts"] == 1, (sent.events("recall"), sent.events("clearing"))
+    whole = body["messages"][2]["content"][0]["content"]
+    assert ev[0]["tokens"] < h.rt.tokens.count_text(whole, "claude-sonnet-4-5") / 10
+    block = sent.body["messages"][-1]["content"][-1]["text"]
+    assert "| the knob is set_retry_ceiling_ms in here" in block and "lines left out …]" in block
+    assert ev[0]["ids"][0] in block  # the id that recalls the whole
     h.close()
 
 

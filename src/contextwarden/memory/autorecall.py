@@ -212,9 +212,13 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
         for x in newest:
             # a term of a text is a substring of it: only a text holding one of the answer's few terms
             # is split into its own (a regex pass over each lost text, every request, otherwise)
-            if not any(t in x.text for t in answer.terms):
+            inside = [t for t in answer.terms if t in x.text]
+            if not inside:
                 continue
-            for t in answer.terms & terms_of(x.memory_id, x.text, memo.terms if memo else None):
+            own = answer.terms & terms_of(x.memory_id, x.text, memo.terms if memo else None)
+            if len(x.text) > TERMS_CHARS:  # (its terms are those of its head and tail: the middle, asked here)
+                own |= {t for t in inside if t not in own and _bounded(t, x.text)}
+            for t in own:
                 owners.setdefault(t, []).append(x)
         # the longest, most specific terms first; a term many lost texts hold (a column name, a common
         # path) that the request holds nowhere, not even in an earlier answer, brings back only the
@@ -224,6 +228,11 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
             if not kept.holds_term(t):
                 add(xs[0], "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
     return out
+
+
+def _bounded(term: str, text: str) -> bool:
+    """``term`` is in ``text`` as a word of its own (not inside a longer identifier)."""
+    return re.search(r"(?<!\w)" + re.escape(term) + r"(?!\w)", text) is not None
 
 
 def quoted_in(q: str, x: Lost, memo: LRU | None = None) -> bool:
