@@ -455,7 +455,9 @@ def test_memory_delete_and_import_work_while_the_proxy_runs(cw_home, api_of, cap
     mid, text = _cleared_id(h)
     api_of(h)
     svc = memory_service.get_service(h.rt)
-    assert svc.flush(120)
+    # both writers: the ingestion (searchable chunks) and the keeper (verbatim originals), which recall
+    # waits on for only 10 s by itself: a loaded machine can take longer
+    assert svc.flush(120) and svc.flush_kept(120)
     session = svc.recall([mid], svc.tenants())[0].session
     export = tmp_path / "notes.jsonl"
     rec = {"text": "Imported while running: the cache key is build_cache_key_v2", "session": "imported-1",
