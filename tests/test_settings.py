@@ -25,7 +25,7 @@ def test_claude_code_is_lean_and_the_conservative_thresholds_are_their_own_profi
     # tuned on cost and fidelity (docs/REPLAY.md): 5 turns protected, Read results of files being edited kept,
     # the files the kept turns name kept by a compaction, results under 500 tokens never cleared
     assert cc.compaction.protect_recent_turns == 5 and cc.clearing.keep_edited_reads == 20
-    assert cc.clearing.working_set_tokens == 12000 and cc.compaction.working_set_tokens == 10000
+    assert cc.clearing.working_set_tokens == 12000 and cc.compaction.working_set_tokens == 8000
     assert cc.compaction.working_set_mentions is True and cc.compaction.working_set_written is False
     assert cc.clearing.min_result_tokens == 500
     assert cc.memory.top_k == 8 and cc.memory.budget_fraction == 0.05 and cc.memory.inject_tool_steps is False
