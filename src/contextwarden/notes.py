@@ -33,6 +33,7 @@ class Notes(TypedDict, total=False):
     memory: dict[str, Any]  # what retrieval injected (injected, tokens, ids, ms, skipped, ...)
     memory_source: dict[int, Any]  # memory.produced: original index -> the message as the stages left it
     memory_ingest_start: tuple  # (start, history) of the memory stage's ingestion start, worked out once
+    memory_project: str | None  # the client's working directory (memory/project.py), worked out once
     # recall
     recalled: list[str]  # the texts auto-recall put back (replay's fidelity counts them)
     # session control (sessionctl.ledger)
