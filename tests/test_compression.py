@@ -407,6 +407,9 @@ def test_a_pinned_result_is_not_compressed_and_each_compression_is_a_version_rol
     assert first.startswith(PREFIX)
     [v] = [v for v in commands.show(h.rt, key)["version_list"] if v.get("trigger") == "compression"]
     assert v["tool_ids"] == ["toolu_0"] and v["tokens_after"] < v["tokens_before"]
+    from contextwarden.sessionctl.render import what
+
+    assert what(v) == "compression"  # how `session show` and the TUI's session view name it
     # a pin before the next large output arrives: it stays whole
     commands.pin(h.rt, key, "toolu_9")
     nxt = next_body(body)

@@ -6,8 +6,12 @@ from typing import Any
 
 
 def what(v: dict[str, Any]) -> str:
-    """``compaction``, ``clearing``, ``rollback to v2``..."""
-    return f"rollback to v{v.get('to')}" if v.get("kind") == "rollback" else str(v.get("stage") or "?")
+    """``compaction``, ``clearing``, ``compression``, ``rollback to v2``..."""
+    if v.get("kind") == "rollback":
+        return f"rollback to v{v.get('to')}"
+    if v.get("trigger") == "compression":
+        return "compression"  # its records live in clearing's namespace (so rollback turns them off), not its name
+    return str(v.get("stage") or "?")
 
 
 def changed(v: dict[str, Any], ids: int = 3) -> str:
