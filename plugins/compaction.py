@@ -55,17 +55,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from contextwarden import hookimpl
-from contextwarden.conversation import (
-    SpanHasher,
-    digest_memo,
-    breakpoint_ttls,
-    count_breakpoints,
-    cut_points,
-    entries,
-    entry,
-    tool_calls,
-    transcript,
-)
+from contextwarden.conversation import (SpanHasher, breakpoint_ttls, count_breakpoints, cut_points, digest_memo,
+                                        entries, entry, tool_calls, transcript)
 from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors
 from contextwarden.dialects import dialect
 from contextwarden.history import session_key

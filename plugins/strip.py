@@ -27,8 +27,6 @@ from typing import Any, Callable
 
 from contextwarden import hookimpl
 from contextwarden.dialects import dialect
-from contextwarden.models import ApiKind
-from contextwarden.models import anthropic as am
 
 _VC_PROMPT = re.compile(r"\A\s*\[vc:prompt\][ \t]*(?:\r?\n\s*)?")
 _VC_USER = re.compile(r"\[vc:user\](.*?)\[/vc:user\]", re.S)
@@ -169,42 +167,6 @@ def cw_configure(runtime) -> None:
         runtime.bus.emit("error", {"where": "strip", "message": err, "action": "pattern skipped"})
 
 
-def _rewrite_anthropic(m: am.Message, s: Stripper) -> am.Message | None:
-    """A copy of ``m`` with its text cleaned, or None when nothing changed."""
-    if isinstance(m.content, str):
-        new, counts = s.clean(m.content)
-        if counts and new.strip():
-            return m.model_copy(update={"content": new})
-        return None
-    blocks, changed = [], False
-    for b in m.content:
-        if isinstance(b, am.TextBlock):
-            new, counts = s.clean(b.text)
-            if counts and new.strip():
-                b = b.model_copy(update={"text": new})
-                changed = True
-        blocks.append(b)
-    return m.model_copy(update={"content": blocks}) if changed else None
-
-
-def _rewrite_parts(content: Any, s: Stripper, text_types: tuple[str, ...]) -> tuple[Any, bool]:
-    """A copy of a string or list-of-parts content with its text parts cleaned (inputs never mutated)."""
-    if isinstance(content, str):
-        new, counts = s.clean(content)
-        return (new, True) if counts and new.strip() else (content, False)
-    if not isinstance(content, list):
-        return content, False
-    out, changed = [], False
-    for p in content:
-        if isinstance(p, dict) and p.get("type") in text_types and isinstance(p.get("text"), str):
-            new, counts = s.clean(p["text"])
-            if counts and new.strip():
-                p = {**p, "text": new}
-                changed = True
-        out.append(p)
-    return (out, True) if changed else (content, False)
-
-
 @hookimpl
 def cw_request(ctx) -> None:
     s = stripper_for(ctx.settings.strip, ctx.runtime.memo("strip.strippers", dict))
@@ -239,35 +201,16 @@ def cw_request(ctx) -> None:
 
     rewritten = 0
     if ctx.settings.strip.rewrite_outgoing and cleaned:
-        if api is ApiKind.ANTHROPIC:
-            for i, m in enumerate(req.messages):
-                new = _rewrite_anthropic(m, s) if m.role == "user" else None
-                if new is not None:
-                    req.messages[i] = new
-                    rewritten += 1
-        elif api in (ApiKind.OPENAI_CHAT, ApiKind.OLLAMA_CHAT):
-            for i, m in enumerate(req.messages):
-                if m.role == "user":
-                    c, ch = _rewrite_parts(m.content, s, ("text",))
-                    if ch:
-                        req.messages[i] = m.model_copy(update={"content": c})
-                        rewritten += 1
-        elif isinstance(req.input, str):
-            c, ch = _rewrite_parts(req.input, s, ())
-            if ch:
-                req.input = c
-                rewritten = 1
-        elif isinstance(req.input, list):
-            new_items = []
-            for it in req.input:
-                if isinstance(it, dict) and it.get("role") == "user" and it.get("type") in (None, "message"):
-                    c, ch = _rewrite_parts(it.get("content"), s, ("input_text", "text"))
-                    if ch:
-                        it = {**it, "content": c}
-                        rewritten += 1
-                new_items.append(it)
-            if rewritten:
-                req.input = new_items
+        def fn(text: str) -> str | None:
+            new, counts = s.clean(text)
+            return new if counts and new.strip() else None
+
+        # the user's messages with their text cleaned (copies: the client's objects are never mutated)
+        new = [d.rewrite_text(m, fn) for m in items]
+        rewritten = sum(x is not None for x in new)
+        if rewritten:
+            new = [m if x is None else x for m, x in zip(items, new)]
+            setattr(req, d.history_key, new[0] if isinstance(getattr(req, d.history_key), str) else new)
     ctx.emit("strip", messages=len(items), cleaned=cleaned, patterns=totals, rewritten=rewritten,
              rewrite_outgoing=ctx.settings.strip.rewrite_outgoing)
 

@@ -43,10 +43,6 @@ class LRU:
         self.put(key, v)
         return v
 
-    def peek(self, key: Hashable) -> Any:
-        with self._lock:
-            return self._d.get(key)
-
     def put(self, key: Hashable, v: Any) -> None:
         n = self.size(key) if self.size is not None else 1
         if n < self.min_size or n > self.max_item or v is None:

@@ -317,18 +317,10 @@ class TokenCounter:
         else:
             n = REQUEST_OVERHEAD + self._tools(tools, enc) + self._system(system, enc)
         fixed = (tools, system, enc, n)
-        if api is ApiKind.OPENAI_RESPONSES:
-            inp = body.get("input")
-            if isinstance(inp, str):
-                n += MESSAGE_OVERHEAD + self.count_text(inp, model)
-            elif isinstance(inp, list):
-                entries = self._entries(api, inp, enc, reuse, raw, known)
-                if keep is not None:
-                    keep.append((inp, entries, fixed))
-                n += sum(e[0] for e in entries)
-            return n
-        msgs = body.get("messages")
-        if isinstance(msgs, list):
+        msgs = body.get(d.history_key)
+        if isinstance(msgs, str):  # (a Responses ``input`` may be one string)
+            n += MESSAGE_OVERHEAD + self.count_text(msgs, model)
+        elif isinstance(msgs, list):
             entries = self._entries(api, msgs, enc, reuse, raw, known)
             if keep is not None:
                 keep.append((msgs, entries, fixed))
@@ -522,7 +514,7 @@ class TokenCounter:
         if t == "redacted_thinking":
             # encrypted: only its size is known
             return BLOCK_OVERHEAD + math.ceil(len(str(b.get("data", ""))) / CHARS_PER_TOKEN)
-        frame = ANTHROPIC_TOOL_OVERHEAD if api is ApiKind.ANTHROPIC else TOOL_CALL_OVERHEAD
+        frame = dialect(api).tool_frame
         if t in ("tool_use", "server_tool_use"):
             return frame + self._text(b.get("name"), enc) + self._text(b.get("input"), enc)
         if isinstance(t, str) and (t == "tool_result" or t.endswith("_tool_result")):
@@ -548,29 +540,7 @@ class TokenCounter:
             return MESSAGE_OVERHEAD + self._text(m, enc)
         if not isinstance(m, dict):
             return 0
-        if api is ApiKind.ANTHROPIC:
-            return MESSAGE_OVERHEAD + self._content(api, m.get("content"), enc)
-        if api is ApiKind.OPENAI_RESPONSES:
-            return self._responses_item(m, enc)
-        # OpenAI chat / Ollama chat
-        n = MESSAGE_OVERHEAD + self._content(api, m.get("content"), enc)
-        if m.get("name"):
-            n += 1 + self._text(m.get("name"), enc)
-        for tc in m.get("tool_calls") or []:
-            fn = tc.get("function") if isinstance(tc, dict) else None
-            if isinstance(fn, dict):
-                n += TOOL_CALL_OVERHEAD + self._text(fn.get("name"), enc) + self._text(fn.get("arguments"), enc)
-            else:
-                n += TOOL_CALL_OVERHEAD + self._text(tc, enc)
-        if m.get("tool_call_id"):
-            n += 2
-        for key in ("thinking", "reasoning_content", "reasoning"):  # Ollama / OpenAI-compatible reasoning text
-            if isinstance(m.get(key), str):
-                n += self._text(m[key], enc)
-        images = m.get("images")  # Ollama: a list of base64 strings
-        if isinstance(images, list):
-            n += len(images) * self.settings.image_tokens
-        return n
+        return dialect(api).message_tokens(self, m, enc)
 
     def _content(self, api: ApiKind, c: Any, enc: _Encoding) -> int:
         if c is None:
@@ -580,27 +550,6 @@ class TokenCounter:
         if isinstance(c, list):
             return sum(self._block(api, b, enc) for b in c)
         return self._text(c, enc)
-
-    def _responses_item(self, item: dict, enc: _Encoding) -> int:
-        t = item.get("type")
-        if "role" in item and t in (None, "message"):
-            return MESSAGE_OVERHEAD + self._content(ApiKind.OPENAI_RESPONSES, item.get("content"), enc)
-        if t in ("function_call", "custom_tool_call"):
-            return TOOL_CALL_OVERHEAD + self._text(item.get("name"), enc) + self._text(item.get("arguments", item.get("input")), enc)
-        if t in ("function_call_output", "custom_tool_call_output") or (isinstance(t, str) and t.endswith("_output")):
-            out = item.get("output")
-            if isinstance(out, list):
-                return TOOL_CALL_OVERHEAD + sum(self._block(ApiKind.OPENAI_RESPONSES, x, enc) for x in out)
-            return TOOL_CALL_OVERHEAD + self._text(out, enc)
-        if t == "reasoning":
-            n = BLOCK_OVERHEAD
-            for s in item.get("summary") or []:
-                if isinstance(s, dict):
-                    n += self._text(s.get("text"), enc)
-            if isinstance(item.get("encrypted_content"), str):
-                n += math.ceil(len(item["encrypted_content"]) / CHARS_PER_TOKEN / 2)
-            return n
-        return self._block(ApiKind.OPENAI_RESPONSES, item, enc)
 
 
 def _plain(obj: Any) -> Any:

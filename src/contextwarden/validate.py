@@ -386,7 +386,7 @@ def _anthropic(new: dict, original: dict, original_raw: list[bytes] | None = Non
 # ---------------------------------------------------------------------------- OpenAI chat / Ollama
 
 
-def _chat(new: dict, original: dict) -> list[Problem]:
+def _chat(new: dict, original: dict, *_) -> list[Problem]:
     problems: list[Problem] = _same_bytes("tools", new, original)
     msgs = new.get("messages")
     orig_msgs = original.get("messages") if isinstance(original.get("messages"), list) else []
@@ -440,7 +440,7 @@ def _chat(new: dict, original: dict) -> list[Problem]:
 _CALL_OUTPUT = {"function_call_output": "function_call", "custom_tool_call_output": "custom_tool_call"}
 
 
-def _responses(new: dict, original: dict) -> list[Problem]:
+def _responses(new: dict, original: dict, *_) -> list[Problem]:
     problems: list[Problem] = _same_bytes("instructions", new, original) + _same_bytes("tools", new, original)
     inp = new.get("input")
     if isinstance(inp, str) or inp is None:

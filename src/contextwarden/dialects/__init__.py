@@ -5,8 +5,7 @@ request and message models, how to read one history entry for the conversation w
 tool calls opened and answered, user turns), where its tool calls are (``tool_calls``), its validator
 rules (``check``), its stream assembler, and how memory is put into a request (``inject``/``injectable``).
 Code that needs one of these asks ``dialect(api)`` instead of branching on :class:`ApiKind`; a new API
-is one new module here. (The token walk and strip's rewrite still branch where they are; see
-docs/ARCHITECTURE.md.)
+is one new module here.
 """
 
 from __future__ import annotations
@@ -35,9 +34,13 @@ class Dialect:
     endpoint: tuple[str, str]  # a default (host, path) of the API (in-process replay and evaluations)
     reply: Callable[[str], dict]  # an assistant answer of plain text, as the API returns it (replayed turns)
     answer_messages: Callable[[dict], list]  # the history entries an answer (AssembledTurn.message) adds
+    rewrite_text: Callable[[Any, Callable[[str], str | None]], Any]  # strip: a copy of a user message with fn applied to its texts (None: unchanged)
+    item_texts: Callable[[Any], list[str]]  # memory: the texts of a history entry a stored item could equal
+    message_tokens: Callable[[Any, dict, Any], int]  # (TokenCounter, a wire message, encoding): its tokens
     request_defaults: tuple[tuple[str, Any], ...] = ()  # fields a minimal request needs besides model and history
     system_key: str | None = None  # the request's top-level instructions (Anthropic ``system``, Responses ``instructions``)
     cache_breakpoints: bool = False  # prompt caching by ``cache_control`` breakpoints (cost.PromptCache bills it)
+    tool_frame: int = 8  # tokens around a tool call or result (tokens.TOOL_CALL_OVERHEAD; Anthropic's differ)
     thinking_dropped: bool = False  # the provider drops earlier turns' thinking blocks for some models (tokens.strips_thinking)
 
     def body(self, history: list, model: str, **extra) -> dict[str, Any]:
@@ -52,6 +55,18 @@ class Dialect:
     def parse(self, body: dict) -> WireModel:
         return self.request_model.model_validate(body)
 
+
+
+def rewrite_parts(content: Any, fn: Callable[[str], str | None], text_types: tuple[str, ...]) -> Any:
+    """A copy of a string or list-of-parts content with ``fn`` applied to its text parts, or None when
+    ``fn`` changed nothing (``fn``: a new text, None for unchanged)."""
+    if isinstance(content, str):
+        return fn(content)
+    if not isinstance(content, list):
+        return None
+    out = [{**p, "text": t} if isinstance(p, dict) and p.get("type") in text_types and isinstance(p.get("text"), str)
+           and (t := fn(p["text"])) is not None else p for p in content]
+    return out if any(a is not b for a, b in zip(out, content)) else None
 
 
 _DIALECTS: dict[ApiKind, Dialect] = {}

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..conversation import Entry, ToolCall, side_of
+from ..memory.inject import _anthropic as inject, check_anthropic as injectable
 from ..models import anthropic as am
 from ..models.base import ApiKind
 from ..streams.anthropic import AnthropicAssembler
+from ..tokens import ANTHROPIC_TOOL_OVERHEAD, MESSAGE_OVERHEAD
+from ..validate import _anthropic as check
 from . import Dialect
 
 
@@ -42,24 +45,6 @@ def tool_calls(msgs: list[Any]) -> dict[str, ToolCall]:
     return out
 
 
-def check(new: dict, original: dict, *a) -> list:
-    from ..validate import _anthropic
-
-    return _anthropic(new, original, *a)
-
-
-def inject(req, block: str) -> str:
-    from ..memory.inject import _anthropic
-
-    return _anthropic(req, block)
-
-
-def injectable(req) -> None:
-    from ..memory.inject import check_anthropic
-
-    check_anthropic(req)
-
-
 def summary_message(text: str, cache_control: dict | None = None) -> am.Message:
     block: dict[str, Any] = {"type": "text", "text": text}
     if cache_control:
@@ -85,7 +70,38 @@ def answer_messages(message: dict) -> list:
     return [message]
 
 
+def rewrite_text(m: am.Message, fn) -> am.Message | None:
+    if m.role != "user":
+        return None
+    if isinstance(m.content, str):
+        new = fn(m.content)
+        return None if new is None else m.model_copy(update={"content": new})
+    blocks = [b.model_copy(update={"text": t}) if isinstance(b, am.TextBlock) and (t := fn(b.text)) is not None else b
+              for b in m.content]
+    return m.model_copy(update={"content": blocks}) if any(a is not b for a, b in zip(blocks, m.content)) else None
+
+
+def item_texts(m: Any) -> list[str]:
+    """Its text, or its blocks' texts (tool calls and results included) and, of two or more, all of them
+    but the results together."""
+    msg = m if isinstance(m, am.Message) else am.Message.model_validate(m)
+    if isinstance(msg.content, str):
+        return [msg.content]
+    out, texts = [], []
+    for b in msg.content:
+        if t := am.block_text(b):
+            out.append(t)
+            if not isinstance(b, am.ToolResultBlock):
+                texts.append(t)
+    return out + ["\n".join(texts)] if len(texts) > 1 else out
+
+
+def message_tokens(tc, m: dict, enc) -> int:
+    return MESSAGE_OVERHEAD + tc._content(ApiKind.ANTHROPIC, m.get("content"), enc)
+
+
 DIALECT = Dialect(ApiKind.ANTHROPIC, "messages", am.MessagesRequest, am.Message, entry, tool_calls, check,
                   AnthropicAssembler, inject, injectable, am.message_text_fast, summary_message, error_answer,
-                  ("api.anthropic.com", "/v1/messages"), reply, answer_messages, (("max_tokens", 1024),),
-                  system_key="system", cache_breakpoints=True, thinking_dropped=True)
+                  ("api.anthropic.com", "/v1/messages"), reply, answer_messages, rewrite_text, item_texts,
+                  message_tokens, (("max_tokens", 1024),), system_key="system", tool_frame=ANTHROPIC_TOOL_OVERHEAD,
+                  cache_breakpoints=True, thinking_dropped=True)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
+from ..memory.inject import _chat
 from ..models.base import ApiKind
 from ..streams.ollama import OllamaAssembler
 from . import openai_chat
-
-
-def inject(req, block: str) -> str:
-    from ..memory.inject import _chat
-
-    return _chat(req, block, parts=False)
 
 
 def error_answer(message: str, stream: bool) -> tuple[bytes, dict[str, str]]:
@@ -21,5 +17,5 @@ def error_answer(message: str, stream: bool) -> tuple[bytes, dict[str, str]]:
     return orjson.dumps({"error": message}), {"content-type": "application/json; charset=utf-8"}
 
 
-DIALECT = replace(openai_chat.DIALECT, kind=ApiKind.OLLAMA_CHAT, assembler=OllamaAssembler, inject=inject,
-                  error_answer=error_answer, endpoint=("localhost", "/api/chat"))
+DIALECT = replace(openai_chat.DIALECT, kind=ApiKind.OLLAMA_CHAT, assembler=OllamaAssembler,
+                  inject=partial(_chat, parts=False), error_answer=error_answer, endpoint=("localhost", "/api/chat"))

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..conversation import Entry, ToolCall, maybe_json, side_of
+from ..memory.inject import _chat as inject, check_chat as injectable
 from ..models import openai_chat as oc
 from ..models.base import ApiKind
 from ..streams.openai_chat import ChatAssembler
-from . import Dialect
+from ..tokens import MESSAGE_OVERHEAD, TOOL_CALL_OVERHEAD
+from ..validate import _chat as check
+from . import Dialect, rewrite_parts
 
 
 def entry(index: int, m: Any) -> Entry:
@@ -36,24 +39,6 @@ def tool_calls(msgs: list[Any]) -> dict[str, ToolCall]:
     return out
 
 
-def check(new: dict, original: dict, *a) -> list:
-    from ..validate import _chat
-
-    return _chat(new, original)
-
-
-def inject(req, block: str) -> str:
-    from ..memory.inject import _chat
-
-    return _chat(req, block, parts=True)
-
-
-def injectable(req) -> None:
-    from ..memory.inject import check_chat
-
-    check_chat(req)
-
-
 def summary_message(text: str, cache_control: dict | None = None) -> oc.ChatMessage:
     return oc.ChatMessage.model_validate({"role": "user", "content": text})
 
@@ -75,6 +60,39 @@ def answer_messages(message: dict) -> list:
     return [message]
 
 
+def rewrite_text(m: oc.ChatMessage, fn) -> oc.ChatMessage | None:
+    c = rewrite_parts(m.content, fn, ("text",)) if m.role == "user" else None
+    return None if c is None else m.model_copy(update={"content": c})
+
+
+def item_texts(m: Any) -> list[str]:
+    t = oc.message_text(m if isinstance(m, oc.ChatMessage) else oc.ChatMessage.model_validate(m))
+    return [t] if t else []
+
+
+def message_tokens(tc, m: dict, enc) -> int:
+    """(OpenAI chat and Ollama: name, tool calls, reasoning text and Ollama's base64 images besides the content)"""
+    n = MESSAGE_OVERHEAD + tc._content(ApiKind.OPENAI_CHAT, m.get("content"), enc)
+    if m.get("name"):
+        n += 1 + tc._text(m.get("name"), enc)
+    for c in m.get("tool_calls") or []:
+        fn = c.get("function") if isinstance(c, dict) else None
+        if isinstance(fn, dict):
+            n += TOOL_CALL_OVERHEAD + tc._text(fn.get("name"), enc) + tc._text(fn.get("arguments"), enc)
+        else:
+            n += TOOL_CALL_OVERHEAD + tc._text(c, enc)
+    if m.get("tool_call_id"):
+        n += 2
+    for key in ("thinking", "reasoning_content", "reasoning"):  # Ollama / OpenAI-compatible reasoning text
+        if isinstance(m.get(key), str):
+            n += tc._text(m[key], enc)
+    images = m.get("images")  # Ollama: a list of base64 strings
+    if isinstance(images, list):
+        n += len(images) * tc.settings.image_tokens
+    return n
+
+
 DIALECT = Dialect(ApiKind.OPENAI_CHAT, "messages", oc.ChatRequest, oc.ChatMessage, entry, tool_calls, check,
                   ChatAssembler, inject, injectable, oc.message_text, summary_message, error_answer,
-                  ("api.openai.com", "/v1/chat/completions"), reply, answer_messages)
+                  ("api.openai.com", "/v1/chat/completions"), reply, answer_messages, rewrite_text, item_texts,
+                  message_tokens)

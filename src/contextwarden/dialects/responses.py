@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..conversation import Entry, ToolCall, maybe_json, side_of
+from ..memory.inject import _responses as inject, check_responses as injectable
 from ..models import openai_responses as orr
 from ..models.base import ApiKind
 from ..streams.openai_responses import ResponsesAssembler
-from . import Dialect, openai_chat
+from ..tokens import BLOCK_OVERHEAD, CHARS_PER_TOKEN, MESSAGE_OVERHEAD, TOOL_CALL_OVERHEAD
+from ..validate import _responses as check
+from . import Dialect, openai_chat, rewrite_parts
 
 # input items produced by the model (the assistant side of the conversation)
 ASSISTANT_TYPES = frozenset({
@@ -49,24 +53,6 @@ def tool_calls(msgs: list[Any]) -> dict[str, ToolCall]:
     return out
 
 
-def check(new: dict, original: dict, *a) -> list:
-    from ..validate import _responses
-
-    return _responses(new, original)
-
-
-def inject(req, block: str) -> str:
-    from ..memory.inject import _responses
-
-    return _responses(req, block)
-
-
-def injectable(req) -> None:
-    from ..memory.inject import check_responses
-
-    check_responses(req)
-
-
 def summary_message(text: str, cache_control: dict | None = None) -> dict:
     return {"role": "user", "content": text}
 
@@ -82,6 +68,40 @@ def answer_messages(message: dict) -> list:
     return [o for o in out if isinstance(o, dict)] if isinstance(out, list) else []
 
 
+def rewrite_text(it: Any, fn) -> Any:
+    if isinstance(it, str):  # the ``input`` string, or a bare string item: the user's
+        return fn(it)
+    if isinstance(it, dict) and it.get("role") == "user" and it.get("type") in (None, "message"):
+        c = rewrite_parts(it.get("content"), fn, ("input_text", "text"))
+        return None if c is None else {**it, "content": c}
+    return None
+
+
+def item_texts(m: Any) -> list[str]:
+    t = orr.item_text(m.wire() if hasattr(m, "wire") else m)
+    return [t] if t else []
+
+
+def message_tokens(tc, item: dict, enc) -> int:
+    api, t = ApiKind.OPENAI_RESPONSES, item.get("type")
+    if "role" in item and t in (None, "message"):
+        return MESSAGE_OVERHEAD + tc._content(api, item.get("content"), enc)
+    if t in ("function_call", "custom_tool_call"):
+        return TOOL_CALL_OVERHEAD + tc._text(item.get("name"), enc) + tc._text(item.get("arguments", item.get("input")), enc)
+    if t in ("function_call_output", "custom_tool_call_output") or (isinstance(t, str) and t.endswith("_output")):
+        out = item.get("output")
+        if isinstance(out, list):
+            return TOOL_CALL_OVERHEAD + sum(tc._block(api, x, enc) for x in out)
+        return TOOL_CALL_OVERHEAD + tc._text(out, enc)
+    if t == "reasoning":
+        n = BLOCK_OVERHEAD + sum(tc._text(s.get("text"), enc) for s in item.get("summary") or [] if isinstance(s, dict))
+        if isinstance(item.get("encrypted_content"), str):
+            n += math.ceil(len(item["encrypted_content"]) / CHARS_PER_TOKEN / 2)
+        return n
+    return tc._block(api, item, enc)
+
+
 DIALECT = Dialect(ApiKind.OPENAI_RESPONSES, "input", orr.ResponsesRequest, None, entry, tool_calls, check,
                   ResponsesAssembler, inject, injectable, orr.item_text, summary_message, openai_chat.error_answer,
-                  ("api.openai.com", "/v1/responses"), reply, answer_messages, system_key="instructions")
+                  ("api.openai.com", "/v1/responses"), reply, answer_messages, rewrite_text, item_texts, message_tokens,
+                  system_key="instructions")

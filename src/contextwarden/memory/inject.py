@@ -207,13 +207,9 @@ def inject(api: ApiKind, request, block: str) -> str:
 def _anthropic(req, block: str) -> str:
     from ..models.anthropic import TextBlock
 
+    check_anthropic(req)
     msgs = req.messages
     i = last_user_index(msgs, lambda m: m.role)
-    if i is None:
-        raise NotInjectable("no user message")
-    for later in msgs[i + 1:]:
-        if _has_cache_control(later.wire()):
-            raise NotInjectable("a cache breakpoint follows the last user message")
     m = msgs[i]
     if isinstance(m.content, str):
         msgs[i] = m.model_copy(update={"content": [TextBlock(type="text", text=m.content), TextBlock(type="text", text=block)]})
@@ -222,10 +218,10 @@ def _anthropic(req, block: str) -> str:
     return f"messages[{i}] text block"
 
 
-def _chat(req, block: str, parts: bool) -> str:
+def _chat(req, block: str, parts: bool = True) -> str:
+    """(``parts``: the content may be a list of parts; Ollama's is a string)"""
+    check_chat(req)
     msgs = req.messages
-    if not msgs or msgs[-1].role != "user":
-        raise NotInjectable("the last message is not the user's (tool loop or prefill)")
     i = len(msgs) - 1
     m = msgs[i]
     c = m.content
@@ -242,19 +238,16 @@ def _chat(req, block: str, parts: bool) -> str:
 
 
 def _responses(req, block: str) -> str:
+    check_responses(req)
     inp = req.input
     if isinstance(inp, str):
         req.input = inp.rstrip() + "\n\n" + block
         return "input"
-    if not isinstance(inp, list) or not inp:
-        raise NotInjectable("no input")
     last = inp[-1]
     # a new list: the model's list may be the very list of ctx.original, which is never mutated
     if isinstance(last, str):
         req.input = inp[:-1] + [last.rstrip() + "\n\n" + block]
         return f"input[{len(inp) - 1}]"
-    if not isinstance(last, dict) or last.get("role") != "user" or last.get("type", "message") != "message":
-        raise NotInjectable("the last input item is not a user message (tool loop)")
     c = last.get("content")
     new = dict(last)
     if isinstance(c, list):

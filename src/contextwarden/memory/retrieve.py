@@ -127,9 +127,7 @@ def human_text(api: ApiKind, m) -> str:
         return m
     if not isinstance(m, dict):
         return ""
-    if api is ApiKind.OPENAI_RESPONSES and m.get("type") not in (None, "message"):
-        return ""
-    if m.get("role") in ("tool", "function"):
+    if m.get("type") not in (None, "message") or m.get("role") in ("tool", "function"):  # (Responses: calls, outputs)
         return ""
     c = m.get("content")
     if isinstance(c, str):
@@ -142,37 +140,11 @@ def human_text(api: ApiKind, m) -> str:
 
 def history_texts(api: ApiKind, request) -> list[str]:
     """Every text of the outgoing request a stored item could equal: messages, text blocks, tool calls
-    and tool results (each tool result is an item of its own)."""
-    from ..models import anthropic as am
-    from ..models import openai_chat as oc
-    from ..models import openai_responses as orr
+    and tool results (each tool result is an item of its own): the dialect's ``item_texts``."""
+    from ..dialects import dialect
 
-    out: list[str] = []
-    for m in history_items(api, request):
-        if api is ApiKind.ANTHROPIC:
-            msg = m if isinstance(m, am.Message) else am.Message.model_validate(m)
-            if isinstance(msg.content, str):
-                out.append(msg.content)
-                continue
-            texts = []
-            for b in msg.content:
-                t = am.block_text(b)
-                if t:
-                    out.append(t)
-                    if not isinstance(b, am.ToolResultBlock):
-                        texts.append(t)
-            if len(texts) > 1:
-                out.append("\n".join(texts))
-        elif api is ApiKind.OPENAI_RESPONSES:
-            t = orr.item_text(_plain(m))
-            if t:
-                out.append(t)
-        else:
-            msg = m if isinstance(m, oc.ChatMessage) else oc.ChatMessage.model_validate(m)
-            t = oc.message_text(msg)
-            if t:
-                out.append(t)
-    return out
+    texts = dialect(api).item_texts
+    return [t for m in history_items(api, request) for t in texts(m)]
 
 
 def _cleaner(text: str, clean: str | None) -> str:
