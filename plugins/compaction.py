@@ -52,6 +52,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from contextwarden import hookimpl
@@ -381,47 +382,18 @@ def cw_reapply(ctx) -> None:
     _compact(ctx, decide=False)
 
 
-@dataclass
-class _Compaction:
-    """What the four steps of one request's compaction share: the request's history as the stage reads it,
-    the session's stored record and controls, the thresholds. Built by :func:`_frame`."""
-
-    ctx: Any
-    cfg: Any
-    api: ApiKind
-    req: Any
-    current: list  # the request's history (typed), as the earlier stages left it
-    orig: list  # the same as wire dicts
-    level: Any
-    soft: int
-    hard: int
-    target: int
-    protect: int
-    ws_budget: int
-    key: str
-    now: float
-    store: Any
-    by_index: dict  # tokens clearing freed, by message index
-    total: int  # what is sent after clearing
-    rec: dict  # the session's stored record (decisions, plan)
-    decisions: list
-    ctl: Any  # the user's controls: rollback, pins, compact now
-    pin_at: int  # nothing from the first pinned message on is folded (no pin: the length)
-    lead: int  # leading messages kept as they are (system side; Codex: up to the client's own compaction)
-    spans: Any  # SpanHasher over orig
-    last_asst: int
-    n_expected: int = 0
-    warm: bool = False
-
-
-@dataclass
-class _Found:
-    """Step 1's answer: the stored decision that still applies (or None), where a new span would start,
-    and the tokens sent with it applied."""
-
-    active: dict[str, Any] | None
-    start: int
-    t_now: int
+class _Compaction(SimpleNamespace):
+    """What the four steps of one request's compaction share, built by :func:`_frame`: ``ctx``, ``cfg``,
+    ``api``, ``req``; ``current`` (the request's history, typed, as the earlier stages left it) and ``orig``
+    (the same as wire dicts); the thresholds (``level``, ``soft``, ``hard``, ``target``, ``protect``,
+    ``ws_budget``); ``key``, ``now``, ``store``; ``by_index`` (tokens clearing freed, by message index) and
+    ``total`` (what is sent after clearing); ``rec`` (the session's stored record: decisions, plan),
+    ``decisions``, ``ctl`` (the user's controls: rollback, pins, compact now); ``pin_at`` (nothing from the
+    first pinned message on is folded; no pin: the length), ``lead`` (leading messages kept as they are:
+    system side; Codex: up to the client's own compaction), ``spans`` (SpanHasher over orig),
+    ``last_asst``; ``n_expected``, ``warm`` (the request rhythm). Step 1 (:func:`_find`) adds ``active``
+    (the stored decision that still applies, or None), ``start`` (where a new span would start) and
+    ``t_now`` (the tokens sent with it applied)."""
 
 
 @dataclass
@@ -442,11 +414,11 @@ def _compact(ctx, decide: bool) -> None:
     f = _frame(ctx, decide)
     if f is None:
         return
-    found = _find(f)
-    d = _decide(f, found) if decide else _Decision()
-    active, new, llm_usage = found.active, d.new, None
+    _find(f)
+    d = _decide(f) if decide else _Decision()
+    active, new, llm_usage = f.active, d.new, None
     if new is not None:
-        active, new, llm_usage = _summarise(f, found, d)
+        active, new, llm_usage = _summarise(f, d)
     if decide and f.ctl.compact_now:
         session_ledger.consume_compact_now(ctx)
     if active is not None:
@@ -504,11 +476,13 @@ def _frame(ctx, decide: bool) -> _Compaction | None:
         lead = max(lead, _after_client_compaction(orig))
     spans = SpanHasher(orig, rt.memo("conversation.digests", digest_memo))
     last_asst = next((i for i in range(n - 1, -1, -1) if entry(api, i, orig[i]).side == "assistant"), -1)
-    return _Compaction(ctx, cfg, api, req, current, orig, level, soft, hard, target, protect, ws_budget, key, now,
-                       store, by_index, total, rec, decisions, ctl, pin_at, lead, spans, last_asst, n_expected, warm)
+    return _Compaction(ctx=ctx, cfg=cfg, api=api, req=req, current=current, orig=orig, level=level, soft=soft,
+                       hard=hard, target=target, protect=protect, ws_budget=ws_budget, key=key, now=now, store=store,
+                       by_index=by_index, total=total, rec=rec, decisions=decisions, ctl=ctl, pin_at=pin_at, lead=lead,
+                       spans=spans, last_asst=last_asst, n_expected=n_expected, warm=warm)
 
 
-def _find(f: _Compaction) -> _Found:
+def _find(f: _Compaction) -> None:
     """Step 1: the session's earlier decision, if the client still sends the span it covers."""
     api, orig = f.api, f.orig
     active = None
@@ -521,19 +495,17 @@ def _find(f: _Compaction) -> _Found:
                 and f.spans.at(k) == d.get("hash"):
             active = d
             break
-    start = int(active["end"]) if active else f.lead
-    t_now = f.total
+    f.active, f.start, f.t_now = active, int(active["end"]) if active else f.lead, f.total
     if active:
-        cleared_in_span = sum(v for i, v in f.by_index.items() if f.lead <= int(i) < start)
-        t_now = f.total - (int(active["span_tokens"]) - cleared_in_span) + int(active["summary_tokens"])
-    return _Found(active, start, t_now)
+        cleared_in_span = sum(v for i, v in f.by_index.items() if f.lead <= int(i) < f.start)
+        f.t_now = f.total - (int(active["span_tokens"]) - cleared_in_span) + int(active["summary_tokens"])
 
 
-def _decide(f: _Compaction, found: _Found) -> _Decision:
+def _decide(f: _Compaction) -> _Decision:
     """Step 2: does it need to compact (further)? The span to fold and why (a ``compaction`` event with
     ``applied: false`` when it does not)."""
     ctx, cfg, api, orig, ctl = f.ctx, f.cfg, f.api, f.orig, f.ctl
-    active, start, t_now = found.active, found.start, found.t_now
+    active, start, t_now = f.active, f.start, f.t_now
     out = _Decision()
     if not ((t_now > f.soft or ctl.compact_now) and not ctl.holds(t_now, ctx.settings)):
         return out
@@ -606,12 +578,12 @@ def _decide(f: _Compaction, found: _Found) -> _Decision:
     return out
 
 
-def _summarise(f: _Compaction, found: _Found, d: _Decision) -> tuple[dict[str, Any], dict[str, Any] | None, Any]:
+def _summarise(f: _Compaction, d: _Decision) -> tuple[dict[str, Any], dict[str, Any] | None, Any]:
     """Step 3: a new decision: summarise the span (extending the earlier summary) and store it
     (compare-and-set). Returns (the decision to apply, the new one or None when another request's won,
     the LLM summary's usage)."""
     ctx, cfg, api, orig, lead = f.ctx, f.cfg, f.api, f.orig, f.lead
-    active, start, new = found.active, found.start, d.new
+    active, start, new = f.active, f.start, d.new
     llm_usage = None
     end = new["end"]
     prior = _prior(active)
@@ -662,7 +634,7 @@ def _summarise(f: _Compaction, found: _Found, d: _Decision) -> tuple[dict[str, A
     if compacted:
         ctx.notes.setdefault("compacted", []).extend(compacted)
     session_ledger.record_decision(
-        ctx, NS, trigger=d.trigger, tokens_before=found.t_now,
+        ctx, NS, trigger=d.trigger, tokens_before=f.t_now,
         tokens_after=f.total - (decision["span_tokens"] - sum(v for i, v in f.by_index.items() if lead <= int(i) < end))
         + decision["summary_tokens"], span=(lead, end - 1), tool_ids=[c["tool_use_id"] for c in compacted],
         refs=[decision["hash"]], summary_tokens=decision["summary_tokens"])
