@@ -348,7 +348,7 @@ def _prior(active: dict[str, Any] | None) -> Summary | None:
 
 
 def _summary_cache_control(ctx, cfg, kept: list[Any]) -> dict | None:
-    if ctx.api is not ApiKind.ANTHROPIC or not cfg.summary_breakpoint:
+    if not dialect(ctx.api).cache_breakpoints or not cfg.summary_breakpoint:
         return None
     o = ctx.original
     others = count_breakpoints(o.get("system")) + count_breakpoints(o.get("tools")) + count_breakpoints(kept)

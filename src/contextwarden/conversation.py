@@ -318,7 +318,7 @@ def transcript(api: ApiKind, msgs: list[Any], calls: dict[str, ToolCall] | None 
             continue
         if not isinstance(m, dict):
             continue
-        if api is ApiKind.OPENAI_RESPONSES and m.get("type") not in (None, "message"):
+        if m.get("type") not in (None, "message"):  # a Responses item other than a message
             t = str(m.get("type"))
             cid = m.get("call_id")
             if t.endswith("_output"):
@@ -365,15 +365,14 @@ def transcript(api: ApiKind, msgs: list[Any], calls: dict[str, ToolCall] | None 
                     parts.append(Part("image"))
                 else:
                     parts.append(Part("other"))
-        if api is not ApiKind.ANTHROPIC:
-            if role == "tool":
-                tid = m.get("tool_call_id")
-                call = calls.get(tid) if isinstance(tid, str) else None
-                txt = "\n".join(p.text for p in parts if p.text)
-                parts = [Part("tool_result", txt, call.name if call else m.get("name"), call.input if call else None, tid)]
-            for tc in m.get("tool_calls") or []:
-                if isinstance(tc, dict):
-                    call = calls.get(str(tc.get("id", "")))
-                    parts.append(Part("tool_use", "", call.name if call else None, call.input if call else None, tc.get("id")))
+        if role == "tool":  # (OpenAI chat, Ollama)
+            tid = m.get("tool_call_id")
+            call = calls.get(tid) if isinstance(tid, str) else None
+            txt = "\n".join(p.text for p in parts if p.text)
+            parts = [Part("tool_result", txt, call.name if call else m.get("name"), call.input if call else None, tid)]
+        for tc in m.get("tool_calls") or []:
+            if isinstance(tc, dict):
+                call = calls.get(str(tc.get("id", "")))
+                parts.append(Part("tool_use", "", call.name if call else None, call.input if call else None, tc.get("id")))
         out.append(Turn(role, parts))
     return out
