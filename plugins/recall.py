@@ -126,11 +126,14 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     key = _session_key(ctx)
     done = set(state.get(NS, key, None) or [])
     cur = history_items(ctx.api, ctx.request)
-    # the answer itself does not "hold" what it refers to; each message's wire form is made only if
-    # Kept is asked (most requests never ask: a full walk of a long history otherwise)
-    plain = (m.wire() if hasattr(m, "wire") else m for m in cur)
+    # what the answer refers to is held or not when the model wrote it: in the messages before it (the
+    # stages before this one rewrite old turns only, so the answer and what followed it, the results of
+    # its own calls, are this request's last ``len(orig) - last`` messages). A reference its own call
+    # fetches again was lost all the same (as the fidelity measure counts it). Each message's wire form
+    # is made only if Kept is asked (most requests never ask: a full walk of a long history otherwise).
+    plain = (m.wire() if hasattr(m, "wire") else m for m in cur[: max(0, len(cur) - (len(orig) - last))])
     memo = ctx.runtime.memo("autorecall", Memos.new)
-    kept = Kept((m for m in plain if m is not orig[last] and not (isinstance(m, dict) and m == orig[last])), memo.tokens)
+    kept = Kept(plain, memo.tokens)
     found = find(answer, lost, kept, done, memo=memo, index=_term_index(ctx))
     # an id the model read in a stub of an earlier request (or another session of the tenant)
     for mid in sorted(answer.ids - {f.lost.memory_id for f in found} - done - answer.recalling - {x.memory_id for x in lost}):

@@ -36,8 +36,12 @@ def scan_find(answer, lost, kept, done, limit=3, memo=None):
         for t in own:
             owners.setdefault(t, []).append(x)
     for t in sorted(owners, key=lambda t: (len(owners[t]) > MAX_TERM_OWNERS, -len(t), t)):
-        if not kept.holds_term(t):
-            add(owners[t][0], "term", t, whole=len(owners[t]) <= MAX_TERM_OWNERS)
+        xs = owners[t]
+        if any(x.memory_id in taken for x in xs) or kept.holds_term(t):
+            continue
+        x = next((x for x in xs if x.memory_id not in done), None)
+        if x is not None:
+            add(x, "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
     return out
 
 

@@ -232,10 +232,15 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
         # the longest, most specific terms first; a term many lost texts hold (a column name, a common
         # path) that the request holds nowhere, not even in an earlier answer, brings back only the
         # lines around it in the newest of them (where the model last saw it)
+        # (the newest of them not brought back already: one that was went into one request only, and
+        # an older text holding the term holds what the reference needs as well)
         for t in sorted(owners, key=lambda t: (len(owners[t]) > MAX_TERM_OWNERS, -len(t), t)):
             xs = owners[t]
-            if not kept.holds_term(t):
-                add(xs[0], "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
+            if any(x.memory_id in taken for x in xs) or kept.holds_term(t):
+                continue  # coming back anyway, or held
+            x = next((x for x in xs if x.memory_id not in done), None)
+            if x is not None:
+                add(x, "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
     return out
 
 
