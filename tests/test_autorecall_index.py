@@ -13,18 +13,24 @@ from contextwarden.memory.autorecall import (MAX_TERM_OWNERS, TERMS_CHARS, Found
 
 
 def scan_find(answer, lost, kept, done, limit=3, memo=None):
-    """The term search as it was before the index (every lost text scanned for the answer's terms on every
-    request), with the ids / quotes / paths steps of :func:`find` left out: the reference the index must match.
+    """The path and term search as they were before the index (every lost text scanned for the answer's
+    terms on every request), with the ids and quotes steps of :func:`find` left out: the reference to match.
     (Ties between terms of one length are broken by the term, as :func:`find` now does.)"""
     out: list[Found] = []
     taken: set[str] = set(answer.recalling)
 
-    def add(item, why, ref, whole=True):
+    def add(item, why, ref, whole=True):  # noqa: E306
         if item.memory_id not in taken and item.memory_id not in done and len(out) < limit:
             taken.add(item.memory_id)
             out.append(Found(item, why, ref, whole))
 
     newest = sorted(lost, key=lambda x: -x.turn)
+    for p in sorted(answer.paths):
+        for x in newest:
+            inp = x.tool_input if isinstance(x.tool_input, dict) else {}
+            if x.kind == "tool_result" and any(inp.get(k) == p for k in ("file_path", "path", "notebook_path")):
+                add(x, "path", p)
+                break
     owners: dict[str, list[Lost]] = {}
     for x in newest:
         inside = [t for t in answer.terms if t in x.text]
@@ -56,7 +62,7 @@ def _text(rng: random.Random, n: int) -> str:
 
 
 def _key(found):
-    return [(f.lost.memory_id, f.lost.turn, f.why, f.ref, f.whole) for f in found]
+    return [(f.lost.memory_id, f.lost.turn, f.why, f.ref, f.whole) for f in found if f.why in ("path", "term")]
 
 
 def test_the_index_finds_what_a_scan_of_every_lost_text_finds():
@@ -71,12 +77,16 @@ def test_the_index_finds_what_a_scan_of_every_lost_text_finds():
                 if rng.random() < 0.05:  # a long text: a term in its middle is looked for as a word of it
                     text = "x " * (TERMS_CHARS // 2 + 10) + rng.choice(VOCAB) + " " + "y " * (TERMS_CHARS // 2 + 10)
                 mid = memory_id(text)
-                lost.append(Lost(mid, text, rng.randint(0, 50)))
+                path = rng.choice(VOCAB[:3])
+                lost.append(Lost(mid, text, rng.randint(0, 50), "Read", {"file_path": path}))
                 if rng.random() < 0.1:  # the same text lost twice (the same output, two calls)
-                    lost.append(Lost(mid, text, rng.randint(0, 50)))
+                    lost.append(Lost(mid, text, rng.randint(0, 50), "Read", {"file_path": path}))
             if rng.random() < 0.2 and lost:  # a text no longer lost (the client rewound)
                 lost.pop(rng.randrange(len(lost)))
-            answer = read_answer({"role": "assistant", "content": _text(rng, rng.randint(1, 8))})
+            content = [{"type": "text", "text": _text(rng, rng.randint(1, 8))}]
+            if rng.random() < 0.3:  # a call on a path whose Read was cleared
+                content.append({"type": "tool_use", "id": "t", "name": "Edit", "input": {"file_path": rng.choice(VOCAB[:4])}})
+            answer = read_answer({"role": "assistant", "content": content})
             kept = Kept([{"role": "user", "content": _text(rng, rng.randint(0, 10))}])
             got = find(answer, lost, kept, done, memo=memo, index=index)
             want = scan_find(answer, lost, kept, done, memo=memo)

@@ -204,22 +204,31 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
             # an Edit's old_string only a lost text holds: needed now, even if recalled once before
             # (what recall injects goes into one request only; the same file is edited again and again)
             add(owners[0], "quote", q, again=True)
-    for p in sorted(answer.paths):
+    if answer.paths:  # the newest cleared result of a call on each path (one pass for all of them)
+        of_path: dict[str, Lost] = {}
         for x in newest:
-            inp = x.tool_input if isinstance(x.tool_input, dict) else {}
-            if x.kind == "tool_result" and any(inp.get(k) == p for k in PATH_KEYS):
-                add(x, "path", p)
-                break
+            inp = x.tool_input
+            if x.kind == "tool_result" and isinstance(inp, dict):
+                for k in PATH_KEYS:
+                    v = inp.get(k)
+                    if isinstance(v, str) and v in answer.paths and v not in of_path:
+                        of_path[v] = x
+        for p in sorted(answer.paths):
+            if p in of_path:
+                add(of_path[p], "path", p)
     if answer.terms:
         index = index if index is not None else TermIndex()
         index.add(lost, memo.terms if memo else None)
+        held = {t: index.holding(t) for t in answer.terms}
+        if not any(held.values()) and not index.has_long():
+            return out
         rank = {id(x): i for i, x in enumerate(newest)}
         same: dict[str, list[Lost]] = {}  # id -> the lost entries of that text (the same text may be lost twice)
         for x in newest:
             same.setdefault(x.memory_id, []).append(x)
         owners: dict[str, list[Lost]] = {}
-        for t in answer.terms:
-            xs = [x for mid in index.holding(t) for x in same.get(mid, ())]
+        for t, mids in held.items():
+            xs = [x for mid in mids for x in same.get(mid, ())]
             if xs:
                 owners[t] = xs
         for mid, own in index.long_terms(same):  # (a text's terms are those of its head and tail: the middle, asked here)
@@ -273,6 +282,9 @@ class TermIndex:
                 if len(x.text) > TERMS_CHARS:
                     self._long[mid] = ts
         return len(new)
+
+    def has_long(self) -> bool:
+        return bool(self._long)
 
     def holding(self, term: str) -> tuple[str, ...]:
         """The ids of the indexed texts that hold ``term`` (as :func:`terms` reads them)."""
