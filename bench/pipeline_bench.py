@@ -265,7 +265,8 @@ async def _one(h: Harness, body: dict) -> dict[str, float]:
     t = ctx.timings
     out = {"total": (t3 - t0) * 1000, "cpu": cpu, "parse": t.get("parse", 0.0), "count_in": count_ms, "mine": mine,
            "others": sum(stages.values()) - mine, "dump": t.get("dump", 0.0), "validate": t.get("validate", 0.0),
-           "count_out": t.get("count_out", 0.0), "serialise": t.get("serialise", 0.0), "outcome": outcome.reason}
+           "count_out": t.get("count_out", 0.0), "serialise": t.get("serialise", 0.0), "outcome": outcome.reason,
+           "stages": stages}
     mem = ctx.notes.get("memory")
     if mem is not None:
         out["memory"] = f"{mem.get('skipped') or 'retrieved'} ({mem.get('ms', 0):.1f} ms)"
@@ -330,6 +331,7 @@ def _measure(home: Path, label: str, stages: list[str], kind: str, repeats: int)
         best["median"] = statistics.median(r["total"] for r in reps)
         best["outcome"] = reps[-1]["outcome"]
         best["memory"] = reps[-1].get("memory")
+        best["stages"] = {k: min(r["stages"].get(k, 0.0) for r in reps) for k in reps[-1]["stages"]}
         rows.append((label, size, n_tok, len(body["messages"]) - 2 * (WARMUP + repeats), first, best))
         h.close()
     return rows
@@ -382,6 +384,8 @@ def run_timing(home: Path, repeats: int, rounds: int = 3) -> None:
               f"first-request ratio {big[4]['total'] / small[4]['total']:.2f}"
               + (f"; memory stage on the last repeat: {small[5]['memory']} @15K, {big[5]['memory']} @150K" if big[5].get("memory") else "")
               + f"; ratio in each round: {', '.join(f'{x:.2f}' for x in spread[label])}")
+        print("  each stage, best of the repeats, ms @15K -> @150K: " + ", ".join(
+            f"{k} {small[5]['stages'].get(k, 0.0):.3f} -> {v:.3f}" for k, v in big[5]["stages"].items()))
 
 
 def main(argv: list[str] | None = None) -> None:

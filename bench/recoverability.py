@@ -28,10 +28,12 @@ Also, as before: every id a stub or summary named came back, byte for byte.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -47,7 +49,10 @@ from contextwarden.fidelity import BodyIndex, Indexer, _lines  # noqa: E402
 from contextwarden.memory.ids import memory_id  # noqa: E402
 from contextwarden.replay import replay  # noqa: E402
 
+import orjson  # noqa: E402
+
 MID = re.compile(r"\bm-[0-9a-f]{16}\b")
+ITEMS = "recoverability-items.json"  # in a --keep-home: the lost items, for --search-from
 
 
 def holds(ix: Indexer, text: str, item: dict) -> bool:
@@ -82,8 +87,9 @@ def summary_ids(body: dict) -> list[str]:
 class Measure:
     """What one trace's replay shows, computed with its runtime still open."""
 
-    def __init__(self, search: bool, k: int = 3, show_misses: bool = False) -> None:
-        self.search, self.k, self.show_misses = search, k, show_misses
+    def __init__(self, search: bool, k: int = 3, show_misses: bool = False, keep: str | None = None) -> None:
+        self.search, self.k, self.show_misses, self.keep = search, k, show_misses, keep
+        self.items: list[dict] = []  # every lost item (request, kind, what, tool)
         self.ix = Indexer()
         self.by_id = Counter()
         self.by_search = Counter()
@@ -121,19 +127,34 @@ class Measure:
                     self.by_id[kind + " found"] += 1
                 else:
                     self.misses.append(f"#{r.index} by id {it['stage']} {it['tool']}: {it['what'][:60]!r}")
-                if not self.search:
-                    continue
-                hits = svc.search_hits(it["what"][:2000], tenants, k=self.k, workspace=ws)["hits"]
-                ok = any(holds(self.ix, h["text"], it) for h in hits)
-                if not ok:
-                    whole = svc.recall([h["source_id"] for h in hits], tenants, ws, wait_s=0, chunks=False)
-                    ok = any(holds(self.ix, g.text, it) for g in whole)
-                self.by_search[kind + " lost"] += 1
-                if ok:
-                    self.by_search[kind + " found"] += 1
-                else:
-                    self.misses.append(f"#{r.index} search {it['tool']}: {it['what'][:60]!r}")
+                self.items.append({"request": r.index, "kind": kind, "what": it["what"], "tool": it["tool"]})
+                if self.search:
+                    self.search_one(svc, tenants, ws, self.items[-1])
         self.print_misses()
+        if self.keep is not None:  # for --search-from: (b) again on this store, without replaying
+            Path(self.keep, ITEMS).write_bytes(orjson.dumps(self.items))
+
+    def search_one(self, svc, tenants: list[str], ws: str | None, it: dict) -> bool:
+        """(b) for one lost item: does a top-k hit of a search for it, or the original a hit was cut
+        from, hold it? A miss lists the deeper hits (rank, holds, scores) when misses are shown."""
+        kind = it["kind"]
+        hits = svc.search_hits(it["what"][:2000], tenants, k=self.k, workspace=ws)["hits"]
+        ok = any(holds(self.ix, h["text"], it) for h in hits)
+        if not ok:
+            whole = svc.recall([h["source_id"] for h in hits], tenants, ws, wait_s=0, chunks=False)
+            ok = any(holds(self.ix, g.text, it) for g in whole)
+        self.by_search[kind + " lost"] += 1
+        if ok:
+            self.by_search[kind + " found"] += 1
+            return True
+        self.misses.append(f"#{it['request']} search {it['tool']}: {it['what'][:60]!r}")
+        if self.show_misses:
+            deep = svc.search_hits(it["what"][:2000], tenants, k=30, workspace=ws)["hits"]
+            for rank, h in enumerate(deep, start=1):
+                scores = {k: v for k, v in h.items() if k in ("fused", "vector", "lexical", "vector_rank", "lexical_rank")}
+                self.misses.append(f"    {rank}. holds={holds(self.ix, h['text'], it)} {h['kind']} {h['tool']} {scores} "
+                                   f"{h['text'][:90]!r}")
+        return False
 
     def print_misses(self) -> None:
         """Printed while the runtime is open: closing it waits for the ingestion batch in progress
@@ -141,6 +162,39 @@ class Measure:
         for line in self.misses[self.printed:] if self.show_misses else ():
             print("  miss " + line, flush=True)
         self.printed = len(self.misses)
+
+
+def search_from(root: Path, profile: str | None, show_misses: bool) -> int:
+    """(b) again on the memory of a --keep-home run (each DIR/<trace> holding the lost items), with the
+    code as it is now: to try a change of the search without replaying and ingesting the trace again."""
+    from contextwarden.memory import service as memory_service
+    from contextwarden.runtime import Runtime
+    from contextwarden.settings import load_settings
+
+    homes = [root] if (root / ITEMS).exists() else sorted(p.parent for p in root.glob("*/" + ITEMS))
+    if not homes:
+        raise SystemExit(f"no {ITEMS} under {root}: replay with --keep-home first")
+    print("| trace | (b) search top 3 |\n| --- | --- |")
+    for home in homes:
+        rt = Runtime(load_settings(profile or "default", home), home, None, profile=profile or "default", log=False)
+        try:
+            svc = memory_service.get_service(rt)
+            if svc is None:
+                raise SystemExit("memory is off in this profile")
+            svc.ready.wait(600)
+            deadline = time.monotonic() + 600
+            while not svc.lexical_ready and time.monotonic() < deadline:
+                time.sleep(0.1)
+            m = Measure(search=True, show_misses=show_misses)
+            for it in orjson.loads((home / ITEMS).read_bytes()):
+                m.search_one(svc, svc.tenants(), rt.settings.memory.shared_workspace, it)
+            m.print_misses()
+            found = m.by_search["source found"] + m.by_search["ref found"]
+            print(f"| {home.name[12:20] if home.name.startswith('claude-code-') else home.name} "
+                  f"| {pct(found, m.by_search['source lost'] + m.by_search['ref lost'])} |", flush=True)
+        finally:
+            rt.close()
+    return 0
 
 
 def pct(a: int, b: int) -> str:
@@ -157,15 +211,26 @@ def main() -> int:
     ap.add_argument("--misses", action="store_true", help="list what was not found")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--json-out", default=None, help="also write the replays' reports (as bench/replay_bench.py does)")
+    ap.add_argument("--keep-home", default=None, metavar="DIR",
+                    help="replay into DIR/<trace> and keep it (its memory and the lost items) for --search-from")
+    ap.add_argument("--search-from", default=None, metavar="DIR",
+                    help="only (b), on the memory a --keep-home run left in DIR: no replay, no ingestion (minutes, not an hour)")
     args = ap.parse_args()
     from contextwarden.cli.replay import parse_sets
+
+    if args.search_from:
+        return search_from(Path(args.search_from), args.profile, args.misses)
 
     rows = []
     reports = []
     for trace in args.traces:
         name = Path(trace).name
         print(f"replaying {name} ...", file=sys.stderr, flush=True)
-        m = Measure(search=not args.no_search, show_misses=args.misses)
+        keep = None
+        if args.keep_home:
+            keep = Path(args.keep_home) / Path(trace).stem
+            keep.mkdir(parents=True, exist_ok=True)
+        m = Measure(search=not args.no_search, show_misses=args.misses, keep=str(keep) if keep else None)
         recall_tokens = Counter()
         ids_named: dict[str, str] = {}
         recall_events: list[dict] = []  # the recall events of the request being replayed
@@ -233,7 +298,7 @@ def main() -> int:
         fidelity_mod.FidelityCounter.request = request
         fidelity_mod.FidelityCounter._put_back = put_back
         try:
-            with tempfile.TemporaryDirectory() as tmp:
+            with (contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory()) as tmp:
                 rep = replay(trace, args.profile, home=tmp, limit=args.limit, overrides=parse_sets(args.sets) or None,
                              stage_budget_ms=5000, before_close=m)
                 # every id named came back whole (the original kept under it)

@@ -26,7 +26,7 @@ from contextwarden import hookimpl
 from contextwarden.memory import service as memory_service
 from contextwarden.history import session_key as _session_key
 from contextwarden.lru import LRU
-from contextwarden.memory.autorecall import Kept, Lost, Memos, excerpt, find, read_answer
+from contextwarden.memory.autorecall import Kept, Lost, Memos, TermIndex, excerpt, find, read_answer
 from contextwarden.memory.inject import NotInjectable, inject, render_block
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.retrieve import history_items, role_of
@@ -34,6 +34,7 @@ from contextwarden.models.base import ApiKind
 from contextwarden.statecache import state_cache
 
 NS = "recall.auto"
+TERMS_SLOT = "recall.terms"  # the conversation slot of its lost texts' TermIndex
 BUDGET_FRACTION = 0.08  # of the context window, at most, for what one request gets back
 MAX_REMEMBERED = 2_000  # recalled ids remembered per session
 # a term the answer names brings back a longer text as an excerpt (the lines around it): a name is not
@@ -96,6 +97,18 @@ def _folded_of(ctx, lead: int, end: int) -> list[Lost]:
     return got
 
 
+def _term_index(ctx) -> TermIndex:
+    """The conversation's index of its lost texts' terms (its ``recall`` slot): each lost text is read
+    once, when it is first lost, not again on every request. Carried about no message (n = 0): what it
+    holds depends on the texts alone."""
+    history = ctx.history
+    got = history.carried(TERMS_SLOT) if history is not None else None
+    index = got[1] if got is not None else TermIndex()
+    if history is not None and got is None:
+        history.carry_on(TERMS_SLOT, 0, index)
+    return index
+
+
 def auto_recall(ctx, svc) -> dict[str, Any]:
     if not ctx.notes.get("cleared") and not ctx.notes.get("compaction"):
         return {"skipped": "nothing cleared or compacted"}
@@ -113,12 +126,15 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     key = _session_key(ctx)
     done = set(state.get(NS, key, None) or [])
     cur = history_items(ctx.api, ctx.request)
-    # the answer itself does not "hold" what it refers to; each message's wire form is made only if
-    # Kept is asked (most requests never ask: a full walk of a long history otherwise)
-    plain = (m.wire() if hasattr(m, "wire") else m for m in cur)
+    # what the answer refers to is held or not when the model wrote it: in the messages before it (the
+    # stages before this one rewrite old turns only, so the answer and what followed it, the results of
+    # its own calls, are this request's last ``len(orig) - last`` messages). A reference its own call
+    # fetches again was lost all the same (as the fidelity measure counts it). Each message's wire form
+    # is made only if Kept is asked (most requests never ask: a full walk of a long history otherwise).
+    plain = (m.wire() if hasattr(m, "wire") else m for m in cur[: max(0, len(cur) - (len(orig) - last))])
     memo = ctx.runtime.memo("autorecall", Memos.new)
-    kept = Kept((m for m in plain if m is not orig[last] and not (isinstance(m, dict) and m == orig[last])), memo.tokens)
-    found = find(answer, lost, kept, done, memo=memo)
+    kept = Kept(plain, memo.tokens)
+    found = find(answer, lost, kept, done, memo=memo, index=_term_index(ctx))
     # an id the model read in a stub of an earlier request (or another session of the tenant)
     for mid in sorted(answer.ids - {f.lost.memory_id for f in found} - done - answer.recalling - {x.memory_id for x in lost}):
         if svc is None or len(found) >= 3:

@@ -22,6 +22,7 @@ Pure functions here; the ``recall`` stage (``plugins/recall.py``) feeds them and
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -178,9 +179,11 @@ def read_answer(msg: Any) -> Answer:
 
 
 def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: int = 3,
-         memo: Memos | None = None) -> list[Found]:
+         memo: Memos | None = None, index: "TermIndex | None" = None) -> list[Found]:
     """The lost texts the answer refers to (not those in ``done``: recalled once already), best first:
-    ids, then quotes, then cleared reads of paths the answer names, then terms."""
+    ids, then quotes, then cleared reads of paths the answer names, then terms. ``index``: the
+    conversation's :class:`TermIndex` (its lost texts' terms, kept from request to request), so the
+    term search costs what the new lost texts and the answer's terms cost, not a scan of every lost text."""
     out: list[Found] = []
     taken: set[str] = set(answer.recalling)  # what the model asked the recall tool for comes back through it
 
@@ -201,33 +204,97 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
             # an Edit's old_string only a lost text holds: needed now, even if recalled once before
             # (what recall injects goes into one request only; the same file is edited again and again)
             add(owners[0], "quote", q, again=True)
-    for p in sorted(answer.paths):
+    if answer.paths:  # the newest cleared result of a call on each path (one pass for all of them)
+        of_path: dict[str, Lost] = {}
         for x in newest:
-            inp = x.tool_input if isinstance(x.tool_input, dict) else {}
-            if x.kind == "tool_result" and any(inp.get(k) == p for k in PATH_KEYS):
-                add(x, "path", p)
-                break
+            inp = x.tool_input
+            if x.kind == "tool_result" and isinstance(inp, dict):
+                for k in PATH_KEYS:
+                    v = inp.get(k)
+                    if isinstance(v, str) and v in answer.paths and v not in of_path:
+                        of_path[v] = x
+        for p in sorted(answer.paths):
+            if p in of_path:
+                add(of_path[p], "path", p)
     if answer.terms:
-        owners: dict[str, list[Lost]] = {}
+        index = index if index is not None else TermIndex()
+        index.add(lost, memo.terms if memo else None)
+        held = {t: index.holding(t) for t in answer.terms}
+        if not any(held.values()) and not index.has_long():
+            return out
+        rank = {id(x): i for i, x in enumerate(newest)}
+        same: dict[str, list[Lost]] = {}  # id -> the lost entries of that text (the same text may be lost twice)
         for x in newest:
-            # a term of a text is a substring of it: only a text holding one of the answer's few terms
-            # is split into its own (a regex pass over each lost text, every request, otherwise)
-            inside = [t for t in answer.terms if t in x.text]
-            if not inside:
-                continue
-            own = answer.terms & terms_of(x.memory_id, x.text, memo.terms if memo else None)
-            if len(x.text) > TERMS_CHARS:  # (its terms are those of its head and tail: the middle, asked here)
-                own |= {t for t in inside if t not in own and _bounded(t, x.text)}
-            for t in own:
-                owners.setdefault(t, []).append(x)
+            same.setdefault(x.memory_id, []).append(x)
+        owners: dict[str, list[Lost]] = {}
+        for t, mids in held.items():
+            xs = [x for mid in mids for x in same.get(mid, ())]
+            if xs:
+                owners[t] = xs
+        for mid, own in index.long_terms(same):  # (a text's terms are those of its head and tail: the middle, asked here)
+            for x in same[mid]:
+                for t in answer.terms:
+                    if t not in own and t in x.text and _bounded(t, x.text):
+                        owners.setdefault(t, []).append(x)
+        for xs in owners.values():
+            xs.sort(key=lambda x: rank[id(x)])  # newest first
         # the longest, most specific terms first; a term many lost texts hold (a column name, a common
         # path) that the request holds nowhere, not even in an earlier answer, brings back only the
         # lines around it in the newest of them (where the model last saw it)
-        for t in sorted(owners, key=lambda t: (len(owners[t]) > MAX_TERM_OWNERS, -len(t))):
+        # (the newest of them not brought back already: one that was went into one request only, and
+        # an older text holding the term holds what the reference needs as well)
+        for t in sorted(owners, key=lambda t: (len(owners[t]) > MAX_TERM_OWNERS, -len(t), t)):
             xs = owners[t]
-            if not kept.holds_term(t):
-                add(xs[0], "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
+            if any(x.memory_id in taken for x in xs) or kept.holds_term(t):
+                continue  # coming back anyway, or held
+            x = next((x for x in xs if x.memory_id not in done), None)
+            if x is not None:
+                add(x, "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
     return out
+
+
+class TermIndex:
+    """The terms of a conversation's lost texts (:func:`terms`): term -> the ids of the texts that hold
+    it. A text is indexed once, the first time it is lost; every later request only looks the answer's
+    terms up (a conversation's lost texts come back with every request, and grow by a few at a time).
+
+    A memo of a pure function of the texts (an id names one text), shared by the requests of one
+    conversation (``History.carry_on``): entries of texts no longer lost are harmless, as
+    :func:`find` keeps only the ids of the request's own lost texts; additions are made under a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owners: dict[str, list[str]] = {}
+        self._known: set[str] = set()
+        self._long: dict[str, frozenset[str]] = {}  # texts over TERMS_CHARS: their terms (of head and tail only)
+
+    def add(self, lost: Iterable[Lost], memo: LRU | None = None) -> int:
+        """Index the texts of ``lost`` not indexed yet. Returns how many were new."""
+        new = {x.memory_id: x for x in lost if x.memory_id not in self._known}
+        for mid, x in new.items():
+            ts = terms_of(mid, x.text, memo)
+            with self._lock:
+                if mid in self._known:
+                    continue
+                self._known.add(mid)
+                for t in ts:
+                    self._owners.setdefault(t, []).append(mid)
+                if len(x.text) > TERMS_CHARS:
+                    self._long[mid] = ts
+        return len(new)
+
+    def has_long(self) -> bool:
+        return bool(self._long)
+
+    def holding(self, term: str) -> tuple[str, ...]:
+        """The ids of the indexed texts that hold ``term`` (as :func:`terms` reads them)."""
+        with self._lock:
+            return tuple(self._owners.get(term, ()))
+
+    def long_terms(self, ids: dict | set) -> list[tuple[str, frozenset[str]]]:
+        """Of ``ids``, the texts over TERMS_CHARS, with their indexed terms."""
+        with self._lock:
+            return [(mid, ts) for mid, ts in self._long.items() if mid in ids]
 
 
 def _bounded(term: str, text: str) -> bool:
