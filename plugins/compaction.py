@@ -287,7 +287,8 @@ def working_appendix(ctx, budget: int, orig: list, lead: int, end: int) -> str:
     named = mentions((q for c in calls if c.key < end and (q := path_of(c.tool_input))), recent) if recent else None
     # (results the kept messages hold cost the summary nothing: the budget is for the folded ones)
     kept = [c for c in working_set(calls, budget, lambda c: ctx.runtime.tokens.count_text(c.text, ctx.model) if c.key < end else 0,
-                                   edited_only=True, mentioned=named, written=cfg.working_set_written) if c.key < end]
+                                   edited_only=True, mentioned=named, written=cfg.working_set_written,
+                                   latest_edits=cfg.working_set_latest_edits) if c.key < end]
     if not kept:
         return ""
     kept.sort(key=lambda c: c.order)

@@ -63,7 +63,7 @@ class Call:
 
 
 def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int], edited_only: bool = False,
-                mentioned: dict[str, int] | None = None, written: bool = False) -> list[Call]:
+                mentioned: dict[str, int] | None = None, written: bool = False, latest_edits: float = 0.0) -> list[Call]:
     """The results the working set keeps, newest file first, within ``budget`` tokens (0: none);
     ``edited_only``: only the files an Edit changed (the set a compaction keeps: the files being
     changed, not every document read for context), and, with ``written``, the files a Write made (the
@@ -72,7 +72,14 @@ def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int
     or editing it (:func:`mentions`: the model runs the script, talks about the document): a touch, and
     with ``edited_only`` a file being worked on (the next Edit of a file read for context comes after the
     model starts talking about it). A file whose Read does not fit any more keeps its Edits' results
-    when they fit (each shows the text around what it changed, as the file is now)."""
+    when they fit (each shows the text around what it changed, as the file is now).
+
+    ``latest_edits`` (a share of the budget, 0: off): first, within that share, the latest Edit result of
+    every file being changed, newest file first; then the files whole as above with what is left. An
+    agent that edits a dozen documents in turn comes back to one of them long after its last Edit, and
+    its next ``old_string`` is next to the text it last changed there (the next glossary entry after the
+    one it added): that snippet is a few hundred tokens, the file's Read thousands, and ranking whole
+    files by recency kept the Reads of the last few files and none of the older files' snippets."""
     if budget <= 0:
         return []
     mentioned = mentioned or {}
@@ -97,9 +104,18 @@ def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int
     for p, order in mentioned.items():
         if p in touched and order > touched[p]:
             touched[p] = order
-    out: list[Call] = []
+    ranked = sorted(set(latest_read) | set(edits_since), key=lambda p: -touched[p])
     used = 0
-    for p in sorted(set(latest_read) | set(edits_since), key=lambda p: -touched[p]):
+    first: dict[str, Call] = {}  # path -> its latest Edit's result, kept ahead of the files whole
+    if latest_edits > 0:
+        for p in ranked:
+            if edits := edits_since.get(p):
+                n = tokens(edits[-1])
+                if used + n <= budget * latest_edits:
+                    first[p] = edits[-1]
+                    used += n
+    out: list[Call] = []
+    for p in ranked:
         edits = edits_since.get(p, [])
         group = ([latest_read[p]] if p in latest_read else []) + edits
         base = latest_read.get(p)
@@ -107,14 +123,14 @@ def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int
             or (p in mentioned and (base is None or mentioned[p] > base.order))
         if not group or (edited_only and not changing):
             continue
-        n = sum(tokens(c) for c in group)
-        if used + n > budget:
-            if not edits or len(edits) == len(group):
-                continue  # a smaller, older file may still fit
-            group, n = edits, sum(tokens(c) for c in edits)  # its Read is too big: the snippets of its Edits
-            if used + n > budget:
-                continue
-        used += n
+        kept = first.get(p)
+        more = lambda g: sum(tokens(c) for c in g if c is not kept)  # noqa: E731 (what the group adds)
+        if used + more(group) > budget:
+            # its Read is too big: the snippets of its Edits; else its latest snippet if kept ahead, else
+            # nothing of it (a smaller, older file may still fit)
+            fit = edits and len(edits) < len(group) and used + more(edits) <= budget
+            group = edits if fit else [kept] if kept else []
+        used += more(group)
         out.extend(group)
     return out
 

@@ -78,6 +78,12 @@ class ClearingSection(Section):
     latest Read (unless a Write came after it) and the Edit results since, the most recently touched
     files first, up to this many tokens. The model copies its Edits' ``old_string`` from them. 0: off."""
 
+    current_files_last: bool = False
+    """A clearing step takes first the results that no longer show a file as it now is (superseded
+    Reads, command outputs, searches), oldest first, and only then the current text of files (each file's
+    latest Read or Write and the Edit results since, beyond ``working_set_tokens``), oldest first: a step
+    that frees enough before reaching them leaves them alone."""
+
     level_factors: dict[str, float] = {"REDUCED": 0.75, "MINIMAL": 0.5}
     """Under a budget level, ``trigger_tokens``, ``keep_recent`` and ``clear_at_least`` are multiplied by
     this factor (``keep_recent`` rounded up), so clearing starts earlier and keeps less."""
@@ -134,6 +140,11 @@ class CompactionSection(Section):
     """A file the assistant's messages that stay (after the cut) name, in their words or their tool
     calls' inputs (it runs the script, it talks about the document), counts as a file being edited for
     ``working_set_tokens``, and as touched then for its rank."""
+
+    working_set_latest_edits: float = 0.0
+    """This share of ``working_set_tokens`` goes first to the latest Edit result of each file being
+    edited (newest file first), the rest to the files whole: a file edited long ago keeps the text its
+    next Edit starts from. 0: off (files whole, the most recently touched first)."""
 
     summary_breakpoint: bool = True
     """Put a ``cache_control`` breakpoint on the summary when the body has fewer than 4, so the compacted
