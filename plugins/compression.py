@@ -33,16 +33,16 @@ images, and anything the compressor cannot shrink by ``min_gain``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from contextwarden import hookimpl
 from contextwarden.dialects import dialect
-from contextwarden.compress import Limits, compress, render
+from contextwarden.compress import Limits, compress, offload
 from contextwarden.conversation import image_count, result_text
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.retrieve import history_items, human_text, role_of
-from contextwarden.memory.secrets import redact_text
-from contextwarden.memory.wayback import recall_wording
+from contextwarden.memory.wayback import peek_wording, recall_wording
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins import clearing
 from contextwarden.plugins.clearing import COMPRESSED, Slot, _commit, _last_assistant, _path_of, find_slots, session_key
@@ -54,6 +54,23 @@ from contextwarden.statecache import state_cache
 @hookimpl
 def cw_request(ctx) -> None:
     _compress(ctx, decide=True)
+
+
+@hookimpl
+def cw_configure(runtime) -> None:
+    """In the proxy, the compression workers start with it (the first large result does not wait for one)."""
+    cfg = runtime.settings.compression
+    if cfg.enabled and offload.mode(cfg.process) == "separate":
+        tokens = runtime.tokens
+        encoding = tokens.encoding_of(None) if tokens.source_for(None).startswith("tiktoken ") else None
+        runtime.memo(offload.NAME, lambda: offload.Offload(cfg.workers, encoding)).start()
+
+
+@hookimpl
+def cw_shutdown(runtime) -> None:
+    pool = runtime.memo(offload.NAME, lambda: None)  # (None: never started)
+    if pool is not None:
+        pool.close()
 
 
 @hookimpl
@@ -209,6 +226,46 @@ def limits_of(cfg) -> Limits:
                   min_gain=cfg.min_gain)
 
 
+WORKER_SHARE = 0.8  # of the stage's budget, for everything up to a worker's answer; the rest keeps and commits
+
+
+def _first_sight(ctx, s: Slot, text: str, mid: str, limits: Limits, lazy: dict, state, key: str):
+    """``(new text, compressor, its tokens or None)`` of a result seen for the first time, or None: it stays.
+
+    In the stage's thread (``compression.process`` inline), or in a worker process (separate: the proxy's
+    interpreter lock is not held by it) until ``WORKER_SHARE`` of the stage's budget; a worker with no
+    answer by then, dead, or not startable leaves the result uncompressed, as the stage running past its
+    budget does (compress/offload.py). The same text either way."""
+    cfg = ctx.settings.compression
+    if offload.mode(cfg.process) != "separate":
+        got = compress(text, tool=s.tool, tool_input=s.tool_input, query=lazy["query"], limits=limits)
+        if got is None:
+            return None
+        if "how" not in lazy:
+            lazy["how"] = recall_wording(ctx, state, key)
+        return offload.dress(got, s.tool, s.tool_input, len(text), mid, lazy["how"]), got.kind, None
+    # the way back the first line names, as recall_wording will decide it if this result is compressed
+    how = lazy["how"] if "how" in lazy else peek_wording(ctx, state, key)
+    tokens = ctx.runtime.tokens
+    encoding = tokens.encoding_of(ctx.model) if tokens.source_for(ctx.model).startswith("tiktoken ") else None
+    pool = ctx.runtime.memo(offload.NAME, lambda: offload.Offload(cfg.workers, encoding))
+    end = ctx.deadline - (1 - WORKER_SHARE) * ctx.budget_ms / 1000 if ctx.deadline is not None and ctx.budget_ms \
+        else time.perf_counter() + ctx.settings.pipeline.stage_budget_ms * WORKER_SHARE / 1000
+    try:
+        made = pool.call(offload.first_sight, text, s.tool, s.tool_input, lazy["query"], limits, mid, how, encoding,
+                         timeout=end - time.perf_counter())
+    except offload.Unavailable as e:
+        ctx.emit("error", where="compression", message=f"compression worker: {e}", action="not compressed")
+        return None
+    if made is None:
+        return None
+    if "how" not in lazy:
+        lazy["how"] = recall_wording(ctx, state, key)
+    if lazy["how"] != how:  # decided meanwhile by another request of the session: its first line here
+        return offload.first_sight(text, s.tool, s.tool_input, lazy["query"], limits, mid, lazy["how"])
+    return made
+
+
 def _compress(ctx, decide: bool) -> None:
     cfg = ctx.settings.compression
     if not cfg.enabled or not ctx.settings.clearing.enabled or not ctx.settings.memory.enabled:
@@ -249,20 +306,18 @@ def _compress(ctx, decide: bool) -> None:
         text = s.text
         if text.startswith((clearing.STUB_PREFIX, "[contextwarden compressed this ")):
             continue
-        got = compress(text, tool=s.tool, tool_input=s.tool_input, query=lazy["query"], limits=limits)
-        if got is None:
-            continue
-        if "how" not in lazy:
-            lazy["how"] = recall_wording(ctx, state, key)
         mid = memory_id(text)
-        # the record is stored with the session: no secret in it (memory keeps the original redacted too)
-        # the first line names the tool's input (a command can hold a token): the whole text is redacted
-        new = redact_text(render(got, s.tool, s.tool_input, len(text), mid, lazy["how"]))
-        toks, new_toks = _result_tokens(ctx, s, lazy), count(new)
+        made = _first_sight(ctx, s, text, mid, limits, lazy, state, key)
+        if made is None:
+            continue
+        new, kind, new_toks = made
+        toks = _result_tokens(ctx, s, lazy)
+        if new_toks is None:
+            new_toks = count(new)
         if new_toks >= toks:
             continue
         rec = {"h": s.digest, "stub": new, "tokens": toks, "stub_tokens": new_toks, "tool": s.tool, "mid": mid,
-               "kind": COMPRESSED, "compressor": got.kind}
+               "kind": COMPRESSED, "compressor": kind}
         new_recs[s.id] = rec
         applied.append((s, rec, True))
     if not applied:

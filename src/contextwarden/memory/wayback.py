@@ -34,10 +34,19 @@ def recall_wording(ctx, state, key: str) -> str:
     """The session's way back ("" = the CLI), decided on first use and kept from then on."""
     rec = state.get(NS, key, None)
     if rec is None:
-        tools = ctx.original.get("tools") if isinstance(ctx.original, dict) else None
-        rec = {"tool": recall_tool_name(tools)}
+        rec = _first_wording(ctx)
         state.put(NS, key, rec)
     return rec.get("tool") or ""
+
+
+def peek_wording(ctx, state, key: str) -> str:
+    """What :func:`recall_wording` answers now, without deciding it for the session (nothing stored)."""
+    return (state.get(NS, key, None) or _first_wording(ctx)).get("tool") or ""
+
+
+def _first_wording(ctx) -> dict:
+    tools = ctx.original.get("tools") if isinstance(ctx.original, dict) else None
+    return {"tool": recall_tool_name(tools)}
 
 
 def way_back(mid: str, how: str) -> str:

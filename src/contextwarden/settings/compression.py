@@ -47,3 +47,12 @@ class CompressionSection(Section):
 
     keep_errors: bool = True
     """Never compress a result flagged as an error (``is_error``): the model is about to fix what it says."""
+
+    process: str = "auto"
+    """Where a result's first-sight work (compressing, the first line, redacting, counting) runs:
+    ``separate`` (worker processes: the proxy's interpreter lock is not held by it; a worker with no
+    answer by 80% of the stage's budget leaves that result uncompressed), ``inline`` (in the stage's
+    thread: tests, replay, evaluations), ``auto`` (separate in the proxy, in-line elsewhere)."""
+
+    workers: int = 1
+    """Worker processes when ``process`` is separate."""

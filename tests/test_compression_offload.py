@@ -1,0 +1,173 @@
+"""Compression's first-sight work in a worker process (compress/offload.py): the same text, byte for byte,
+as in the stage's thread; a worker that dies or has no answer in time leaves the result uncompressed (no
+fall-back) and the session's earlier decisions stay; the next request starts a new worker."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from contextwarden.compress import Limits, offload
+from contextwarden.memory.ids import memory_id
+from contextwarden.models.base import ApiKind
+
+from .support import tool_outputs as T
+from .test_compression import anthropic_body, harness, next_body, results_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def outputs() -> list[tuple[str, str, dict, str]]:
+    """(name, tool, input, text): every compressor's kind, the clean-up tier, one left whole, source code."""
+    code = "\n".join(p.read_text() for p in sorted((ROOT / "src" / "contextwarden" / "compress").glob("*.py")))
+    secret = "deploy log\n" + "\n".join(f"step {i}: ok" for i in range(400)) + \
+        "\nexport AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\nERROR: upload failed\n"
+    return [("pytest", "Bash", {"command": "pytest -v"}, T.failing_pytest()[0]),
+            ("build", "Bash", {"command": "make -j8 TOKEN=sk-ant-api03-" + "x" * 40}, T.build_log()[0]),
+            ("cargo", "Bash", {"command": "cargo build"}, T.cargo_build()[0]),
+            ("json", "WebFetch", {"url": "https://api.example.com/items"}, T.api_json()[0]),
+            ("grep", "Grep", {"pattern": "TODO"}, T.recursive_grep()[0]),
+            ("docs", "WebFetch", {"url": "https://docs.example.com"}, T.docs_page()),
+            ("medium", "Bash", {"command": "npm install"}, "\x1b[32mok\x1b[0m\n" * 300 + "done\n"),
+            ("small", "Bash", {"command": "ls"}, "a.txt\n"),
+            ("code", "Bash", {"command": "cat compress/*.py"}, code[:12_000]),
+            ("code2", "Bash", {"command": "cat compress/*.py"}, code[12_000:60_000]),
+            ("secret", "Bash", {"command": "./deploy.sh"}, secret)]
+
+
+def test_a_worker_gives_the_same_text_as_the_stage_thread_byte_for_byte():
+    pool = offload.Offload(1, "cl100k_base")
+    try:
+        import tiktoken
+
+        enc = tiktoken.get_encoding("cl100k_base")
+        query = "The build fails: find out why and fix it."
+        for name, tool, inp, text in outputs():
+            args = (text, tool, inp, query, Limits(), memory_id(text), "mcp__contextwarden__recall")
+            here = offload.first_sight(*args)
+            there = pool.call(offload.first_sight, *args, "cl100k_base", timeout=60)
+            if here is None:
+                assert there is None, name
+                continue
+            assert there is not None and there[:2] == here[:2], name  # the text and the compressor
+            assert here[2] is None and there[2] == len(enc.encode_ordinary(here[0])), name  # counted there
+        assert pool.started == 1 and pool.failures == 0
+    finally:
+        pool.close()
+
+
+def test_a_worker_past_its_time_is_stopped_and_the_next_call_starts_a_new_one():
+    pool = offload.Offload(1)
+    try:
+        assert pool.call(len, "abc", timeout=60) == 3
+        with pytest.raises(offload.Unavailable, match="no answer"):
+            pool.call(time.sleep, 30, timeout=0.3)
+        assert pool.failures == 1
+        t0 = time.monotonic()
+        assert pool.call(len, "abcd", timeout=60) == 4  # a new worker (the old one was stopped, not waited for)
+        assert time.monotonic() - t0 < 30 and pool.started == 2
+    finally:
+        pool.close()
+    with pytest.raises(offload.Unavailable):
+        pool.call(len, "x", timeout=1)  # closed
+
+
+def _kill_workers(pool: offload.Offload) -> None:
+    for p in list(pool._pool._processes.values()):
+        p.kill()
+        p.join(10)
+
+
+def separate(cw_home, **cfg):
+    h = harness(cw_home, process="separate", **cfg)
+    return h, h.rt.memo(offload.NAME, lambda: None)
+
+
+def step(body: dict, tid: str, text: str) -> dict:
+    """The next request of the tool loop: the model calls Bash again and ``text`` is its result."""
+    b = copy.deepcopy(body)
+    for blk in b["messages"][-1]["content"]:
+        blk.pop("cache_control", None)
+    b["messages"].append({"role": "assistant", "content": [{"type": "text", "text": "Next."}, {
+        "type": "tool_use", "id": tid, "name": "Bash", "input": {"command": f"run {tid}"}}]})
+    b["messages"].append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": tid, "content": text,
+                                                       "cache_control": {"type": "ephemeral"}}]})
+    return b
+
+
+def test_the_stage_with_a_worker_sends_the_same_bodies_and_events_as_in_line(tmp_path):
+    log, _ = T.build_log()
+    grep, _ = T.recursive_grep()
+    body = anthropic_body([("Bash", {"command": "make -j8"}, log, False), ("Grep", {"pattern": "TODO"}, grep, False),
+                           ("Bash", {"command": "echo hi"}, "ok\n" * 10, False)])
+    seen = {}
+    for mode in ("inline", "separate"):
+        h = harness(tmp_path / mode, process=mode)
+        try:
+            sent = [h.send(ApiKind.ANTHROPIC, b) for b in (body, next_body(body), body)]
+            seen[mode] = ([s.body for s in sent],
+                          [{k: v for k, v in e.items() if k not in ("ts", "seq", "flow_id")}
+                           for s in sent for e in s.events("compression")],
+                          [s.outcome.fallback for s in sent])
+            if mode == "separate":
+                pool = h.rt.memo(offload.NAME, lambda: None)
+                assert pool is not None and pool.started == 1 and pool.failures == 0  # it ran there
+        finally:
+            h.close()
+    assert seen["separate"] == seen["inline"]
+    assert seen["inline"][1][0]["compressed"] == 2 and seen["inline"][2] == [None, None, None]
+
+
+def test_a_dead_worker_leaves_the_new_result_whole_and_the_sessions_decisions_stay(cw_home):
+    h, _ = separate(cw_home)
+    try:
+        log, _ = T.build_log()
+        body = anthropic_body([("Bash", {"command": "make -j8"}, log, False)], session="off-1")
+        first = h.send(ApiKind.ANTHROPIC, body)
+        stub = results_of(first.body)["toolu_0"]["content"]
+        assert stub != log
+        pool = h.rt.memo(offload.NAME, lambda: None)
+        _kill_workers(pool)
+        # the next step brings a new large result while the worker is dead
+        out2, out3 = T.failing_pytest()[0], T.cargo_build()[0]
+        nxt = step(body, "toolu_a", out2)
+        second = h.send(ApiKind.ANTHROPIC, nxt)
+        res = results_of(second.body)
+        assert res["toolu_0"]["content"] == stub  # the earlier decision, byte for byte
+        assert res["toolu_a"]["content"] == out2  # the new result whole: not compressed ...
+        assert second.outcome.fallback is None  # ... and no fall-back: the other stages' work went
+        [err] = [e for e in second.events("error") if e["where"] == "compression"]
+        assert err["action"] == "not compressed" and "worker" in err["message"]
+        # it stays whole on later requests (no record was made), and a new worker compresses the next one
+        third = h.send(ApiKind.ANTHROPIC, step(nxt, "toolu_b", out3))
+        res = results_of(third.body)
+        assert third.outcome.fallback is None
+        assert res["toolu_0"]["content"] == stub and res["toolu_a"]["content"] == out2
+        assert res["toolu_b"]["content"] != out3 and memory_id(out3) in res["toolu_b"]["content"]
+        assert pool.started == 2
+    finally:
+        h.close()
+
+
+def test_a_busy_worker_past_the_stages_budget_leaves_the_result_whole_without_a_fall_back(cw_home):
+    h, _ = separate(cw_home)
+    try:
+        h.apply({"pipeline": {"budgets_ms": {"compression": 1500}}})  # the worker has until 1.2 s
+        pool = h.rt.memo(offload.NAME, lambda: offload.Offload(1))
+        busy = threading.Thread(target=lambda: pool.call(time.sleep, 6, timeout=30), daemon=True)
+        busy.start()
+        time.sleep(0.5)  # the worker is asleep: the stage's call waits in the queue behind it
+        log, _ = T.build_log()
+        body = anthropic_body([("Bash", {"command": "make -j8"}, log, False)], session="off-2")
+        sent = h.send(ApiKind.ANTHROPIC, body)
+        assert results_of(sent.body)["toolu_0"]["content"] == log
+        assert sent.outcome.fallback is None
+        assert any(e["where"] == "compression" and "no answer" in e["message"] for e in sent.events("error"))
+        busy.join(30)
+        assert pool.failures == 0  # a call still waiting is withdrawn; the busy worker is not stopped for it
+    finally:
+        h.close()
