@@ -22,11 +22,12 @@ def test_claude_code_is_lean_and_the_conservative_thresholds_are_their_own_profi
     cc, default = load_settings("claude-code"), load_settings("default")
     assert (cc.clearing.trigger_tokens, cc.clearing.clear_at_least, cc.clearing.keep_recent) == (50_000, 25_000, 6)
     assert (cc.compaction.soft_threshold, cc.compaction.hard_threshold, cc.compaction.target) == (0.35, 0.50, 0.20)
-    # tuned on cost and fidelity (docs/REPLAY.md): 5 turns protected, Read results of files being edited kept,
+    # tuned on cost and fidelity (docs/REPLAY.md): 6 turns protected, Read results of files being edited kept,
     # the files the kept turns name kept by a compaction, results under 500 tokens never cleared
-    assert cc.compaction.protect_recent_turns == 5 and cc.clearing.keep_edited_reads == 20
+    assert cc.compaction.protect_recent_turns == 6 and cc.clearing.keep_edited_reads == 20
     assert cc.clearing.working_set_tokens == 12000 and cc.compaction.working_set_tokens == 8000
     assert cc.compaction.working_set_mentions is True and cc.compaction.working_set_written is False
+    assert cc.compaction.working_set_latest_edits == 0.5 and cc.clearing.current_files_last is False
     assert cc.clearing.min_result_tokens == 500
     assert cc.memory.top_k == 8 and cc.memory.budget_fraction == 0.05 and cc.memory.inject_tool_steps is False
     assert default.clearing == cc.clearing and default.compaction == cc.compaction and default.memory == cc.memory
