@@ -139,13 +139,16 @@ class Measure:
         from, hold it? A miss lists the deeper hits (rank, holds, scores) when misses are shown."""
         kind = it["kind"]
         hits = svc.search_hits(it["what"][:2000], tenants, k=self.k, workspace=ws)["hits"]
-        ok = any(holds(self.ix, h["text"], it) for h in hits)
-        if not ok:
-            whole = svc.recall([h["source_id"] for h in hits], tenants, ws, wait_s=0, chunks=False)
-            ok = any(holds(self.ix, g.text, it) for g in whole)
+        at = next((i for i, h in enumerate(hits, start=1) if holds(self.ix, h["text"], it)), None)
+        if at is None:
+            whole = {g.source_id: g for g in svc.recall([h["source_id"] for h in hits], tenants, ws, wait_s=0, chunks=False)}
+            at = next((i for i, h in enumerate(hits, start=1)
+                       if h["source_id"] in whole and holds(self.ix, whole[h["source_id"]].text, it)), None)
         self.by_search[kind + " lost"] += 1
-        if ok:
+        if at is not None:
             self.by_search[kind + " found"] += 1
+            if at > 1:  # a near miss: found, but not first
+                self.misses.append(f"#{it['request']} search found at rank {at} {it['tool']}: {it['what'][:60]!r}")
             return True
         self.misses.append(f"#{it['request']} search {it['tool']}: {it['what'][:60]!r}")
         if self.show_misses:
