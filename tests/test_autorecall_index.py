@@ -19,8 +19,8 @@ def scan_find(answer, lost, kept, done, limit=3, memo=None):
     out: list[Found] = []
     taken: set[str] = set(answer.recalling)
 
-    def add(item, why, ref, whole=True):  # noqa: E306
-        if item.memory_id not in taken and item.memory_id not in done and len(out) < limit:
+    def add(item, why, ref, again=False, whole=True):  # noqa: E306
+        if item.memory_id not in taken and (again or item.memory_id not in done) and len(out) < limit:
             taken.add(item.memory_id)
             out.append(Found(item, why, ref, whole))
 
@@ -48,6 +48,8 @@ def scan_find(answer, lost, kept, done, limit=3, memo=None):
         x = next((x for x in xs if x.memory_id not in done), None)
         if x is not None:
             add(x, "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
+        else:
+            add(xs[0], "term", t, again=True, whole=False)
     return out
 
 
@@ -106,3 +108,18 @@ def test_each_lost_text_is_read_once_however_many_requests_ask(monkeypatch):
         assert [f.ref for f in got] == [f"src/mod{i}.py"]
     # the answers' own terms, once each, and each lost text once
     assert len([t for t in read if t.startswith("output ")]) == 49
+
+
+def test_a_term_whose_newest_text_was_recalled_comes_back_from_the_next_and_then_as_an_excerpt():
+    lost = [Lost(f"m-{i:016x}", f"edit {i}: The file docs/GLOSSARY.md has been updated\n", i, "Edit") for i in range(4)]
+    answer = read_answer({"role": "assistant", "content": "Reading docs/GLOSSARY.md again"})
+    newest = find(answer, lost, Kept([]), set())
+    assert [(f.lost.memory_id, f.whole) for f in newest] == [("m-0000000000000003", False)]  # four hold it: an excerpt
+    # the newest went into one request only: the next newest holds what the reference needs as well
+    again = find(answer, lost, Kept([]), {"m-0000000000000003"})
+    assert [f.lost.memory_id for f in again] == ["m-0000000000000002"]
+    # all of them recalled once: the lines around the term in the newest, again
+    every = find(answer, lost, Kept([]), {x.memory_id for x in lost})
+    assert [(f.lost.memory_id, f.whole) for f in every] == [("m-0000000000000003", False)]
+    # held by a message before the answer (an earlier answer that used it): nothing
+    assert find(answer, lost, Kept([{"role": "assistant", "content": "see docs/GLOSSARY.md"}]), set()) == []

@@ -244,6 +244,23 @@ def test_a_reference_to_a_cleared_path_brings_the_item_back_once(cw_home):
     h.close()
 
 
+def test_a_reference_the_answers_own_call_fetches_again_is_brought_back_all_the_same(cw_home):
+    """Held or not is judged on what the model had when it wrote the answer: the result of its own call,
+    which holds the name too, does not count (the fidelity measure counts the reference as lost)."""
+    h = harness(cw_home)
+    h.send(ApiKind.ANTHROPIC, _loop_with_answer("Let me look at the remaining tasks."))
+    body = _loop_with_answer("x")
+    body["messages"][-2] = {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_grep", "name": "Bash", "input": {"command": "grep -rn configure_backoff_jitter ."}}]}
+    body["messages"][-1] = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_grep",
+                                                         "content": "src/net.py:3: def configure_backoff_jitter():",
+                                                         "cache_control": {"type": "ephemeral"}}]}
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    ev = [e for e in sent.events("recall") if e.get("injected")]
+    assert ev and ev[0]["why"] == ["term"] and ev[0]["refs"] == ["configure_backoff_jitter"], sent.events("recall")
+    h.close()
+
+
 def test_a_term_in_a_long_cleared_text_brings_back_the_lines_around_it(cw_home):
     """A name is not a reason to re-send a whole long file: the lines around it come back, the rest is
     marked as left out, and the excerpt names the id that recalls the whole."""

@@ -242,7 +242,9 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
         # path) that the request holds nowhere, not even in an earlier answer, brings back only the
         # lines around it in the newest of them (where the model last saw it)
         # (the newest of them not brought back already: one that was went into one request only, and
-        # an older text holding the term holds what the reference needs as well)
+        # an older text holding the term holds what the reference needs as well; when all were, the
+        # lines around the term in the newest again: a term no message before the answer holds, not
+        # even an earlier answer, so once per term as long as the answer that uses it is kept)
         for t in sorted(owners, key=lambda t: (len(owners[t]) > MAX_TERM_OWNERS, -len(t), t)):
             xs = owners[t]
             if any(x.memory_id in taken for x in xs) or kept.holds_term(t):
@@ -250,6 +252,8 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
             x = next((x for x in xs if x.memory_id not in done), None)
             if x is not None:
                 add(x, "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
+            else:
+                add(xs[0], "term", t, again=True, whole=False)
     return out
 
 
