@@ -8,14 +8,14 @@ import re
 
 from contextwarden.memory import autorecall
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.autorecall import (MAX_TERM_OWNERS, TERMS_CHARS, Found, Kept, Lost, Memos, TermIndex, find,
-                                             read_answer, terms_of)
+from contextwarden.memory.autorecall import (TERMS_CHARS, Found, Kept, Lost, Memos, TermIndex, find, pick_terms, read_answer,
+                                             terms_of)
 
 
 def scan_find(answer, lost, kept, done, limit=3, memo=None):
     """The path and term search as they were before the index (every lost text scanned for the answer's
     terms on every request), with the ids and quotes steps of :func:`find` left out: the reference to match.
-    (Ties between terms of one length are broken by the term, as :func:`find` now does.)"""
+    Which of a term's owners comes back is :func:`pick_terms`, shared: what is tested is who owns what."""
     out: list[Found] = []
     taken: set[str] = set(answer.recalling)
 
@@ -41,15 +41,7 @@ def scan_find(answer, lost, kept, done, limit=3, memo=None):
             own |= {t for t in inside if t not in own and re.search(r"(?<!\w)" + re.escape(t) + r"(?!\w)", x.text)}
         for t in own:
             owners.setdefault(t, []).append(x)
-    for t in sorted(owners, key=lambda t: (len(owners[t]) > MAX_TERM_OWNERS, -len(t), t)):
-        xs = owners[t]
-        if any(x.memory_id in taken for x in xs) or kept.holds_term(t):
-            continue
-        x = next((x for x in xs if x.memory_id not in done), None)
-        if x is not None:
-            add(x, "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
-        else:
-            add(xs[0], "term", t, again=True, whole=False)
+    pick_terms(owners, kept, done, taken, add)
     return out
 
 
