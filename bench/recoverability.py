@@ -286,6 +286,13 @@ def main() -> int:
                     m.misses.append(f"#{seen[0]} auto-recall {it['kind']} {it['stage']} {it['tool']}: {it['what'][:60]!r}"
                                     f" (present anyway: {bool(one.present)}; recall: {why})")
 
+        if not m.search and not keep:
+            # nothing will be searched and the home is thrown away: closing does not wait for the embedding
+            # batch in progress (on a loaded machine that wait was most of a run's time)
+            from contextwarden.memory.store import MemoryStore
+
+            orig_close = MemoryStore.close
+            MemoryStore.close = lambda self, timeout=None: orig_close(self, 5.0)
         import contextwarden.plugins.recall as recall_plugin
 
         orig_auto = recall_plugin.auto_recall
@@ -313,6 +320,8 @@ def main() -> int:
                 store.close()
         finally:
             runtime_mod.Runtime.__init__ = orig_init
+            if not m.search and not keep:
+                MemoryStore.close = orig_close
             fidelity_mod.FidelityCounter.request = orig_request
             recall_plugin.auto_recall = orig_auto
             fidelity_mod.FidelityCounter._put_back = orig_put_back
