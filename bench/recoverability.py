@@ -108,8 +108,7 @@ class Measure:
         tenants = svc.tenants()
         ws = rt.settings.memory.shared_workspace
         if self.search:
-            print("  waiting for ingestion to settle (search needs the indexed turns) ...", file=sys.stderr, flush=True)
-            svc.flush(3600)
+            settle(svc)
         for r, req in zip(rep.results, rep.trace.requests):
             f = r.fidelity
             if not f or not f.items:
@@ -198,6 +197,24 @@ def search_from(root: Path, profile: str | None, show_misses: bool) -> int:
         finally:
             rt.close()
     return 0
+
+
+def settle(svc) -> None:
+    """Wait until every ingested turn is indexed (a search before that misses what is still queued),
+    saying how much is left now and then. The ingestion thread yields to the request path (its nice value
+    5 above the process's); the replay is over, there is none: it runs at the process's own."""
+    t0 = time.monotonic()
+    th = getattr(svc.ingestor, "_thread", None)
+    if th is not None and th.native_id is not None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, th.native_id, os.getpriority(os.PRIO_PROCESS, 0))
+        except (AttributeError, OSError):
+            pass
+    print(f"  waiting for ingestion to settle (search needs the indexed turns): {svc.ingestor.pending} pending ...",
+          file=sys.stderr, flush=True)
+    while not svc.flush(300):
+        print(f"  ... {svc.ingestor.pending} pending after {(time.monotonic() - t0) / 60:.0f} min", file=sys.stderr, flush=True)
+    print(f"  ingestion settled in {(time.monotonic() - t0) / 60:.1f} min", file=sys.stderr, flush=True)
 
 
 def pct(a: int, b: int) -> str:
