@@ -115,3 +115,20 @@ def test_a_term_whose_newest_text_was_recalled_comes_back_from_the_next_and_then
     assert [(f.lost.memory_id, f.whole) for f in every] == [("m-0000000000000003", False)]
     # held by a message before the answer (an earlier answer that used it): nothing
     assert find(answer, lost, Kept([{"role": "assistant", "content": "see docs/GLOSSARY.md"}]), set()) == []
+
+
+def test_the_lost_entries_of_a_request_are_made_once_and_only_the_latest_kept():
+    index, made = TermIndex(), []
+
+    def make(e):
+        made.append(e["memory_id"])
+        return Lost(e["memory_id"], e["text"], 0) if e.get("text") else None
+
+    a, b, c = {"memory_id": "m-a", "text": "x"}, {"memory_id": "m-b", "text": ""}, {"memory_id": "m-c", "text": "z"}
+    first = index.entries([a, b], make)
+    second = index.entries([a, b, c], make)
+    assert [x.memory_id for x in second] == ["m-a", "m-c"] and second[0] is first[0]
+    assert made == ["m-a", "m-b", "m-c"]
+    index.entries([c], make)
+    index.entries([a], make)  # a was let go: made again
+    assert made == ["m-a", "m-b", "m-c", "m-a"]

@@ -276,6 +276,7 @@ class TermIndex:
         self._owners: dict[str, list[str]] = {}
         self._known: set[str] = set()
         self._long: dict[str, frozenset[str]] = {}  # texts over TERMS_CHARS: their terms (of head and tail only)
+        self._entries: dict[int, tuple[Any, Lost | None]] = {}  # (:meth:`entries`)
 
     def add(self, lost: Iterable[Lost], memo: LRU | None = None) -> int:
         """Index the texts of ``lost`` not indexed yet. Returns how many were new."""
@@ -291,6 +292,21 @@ class TermIndex:
                 if len(x.text) > TERMS_CHARS:
                     self._long[mid] = ts
         return len(new)
+
+    def entries(self, entries: list, make) -> list[Lost]:
+        """``make(e)`` of each entry (None: not a lost text), remembered by the entry object itself:
+        clearing hands the same entries on from request to request, so a request makes only the new ones.
+        Only the latest request's entries are kept."""
+        old, new, out = self._entries, {}, []
+        for e in entries:
+            got = old.get(id(e))
+            if got is None or got[0] is not e:  # (the entry is held: its id is not reused meanwhile)
+                got = (e, make(e))
+            new[id(e)] = got
+            if got[1] is not None:
+                out.append(got[1])
+        self._entries = new
+        return out
 
     def has_long(self) -> bool:
         return bool(self._long)
