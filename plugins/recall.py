@@ -100,6 +100,12 @@ def _folded_of(ctx, lead: int, end: int) -> list[Lost]:
                 got.append(Lost(memory_id(p.text), p.text, lead + k, p.tool, p.tool_input))
             elif p.kind == "text" and len(p.text) >= 200:
                 got.append(Lost(memory_id(p.text), p.text, lead + k, None, None, "message"))
+            elif p.kind == "tool_use" and isinstance(p.tool_input, dict):
+                # what a call wrote (a Write's content, an Edit's new_string) is the file as the model
+                # last saw it: a later Edit quotes it
+                for v in p.tool_input.values():
+                    if isinstance(v, str) and len(v) >= 200:
+                        got.append(Lost(memory_id(v), v, lead + k, p.tool, p.tool_input, "tool_input"))
     return got
 
 
