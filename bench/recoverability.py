@@ -203,6 +203,8 @@ def settle(svc) -> None:
     """Wait until every ingested turn is indexed (a search before that misses what is still queued),
     saying how much is left now and then. The ingestion thread yields to the request path (its nice value
     5 above the process's); the replay is over, there is none: it runs at the process's own."""
+    if svc.ingestor is None:
+        return
     t0 = time.monotonic()
     th = getattr(svc.ingestor, "_thread", None)
     if th is not None and th.native_id is not None:
