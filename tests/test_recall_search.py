@@ -36,6 +36,8 @@ def test_a_dotted_name_in_a_json_escaped_tool_input_is_a_term_of_its_own():
     toks = set(tokenize(write))
     assert {"ds_store", "thumbs.db"} <= toks and not {"n.ds_store", "nthumbs.db", "tdef"} & toks
     assert "new_dir" in tokenize("C:\\\\new_dir")  # an escaped backslash stays one: the word after it is whole
+    read = "     1\t# macOS\n     2\t.DS_Store\n     3\t.DS_Store?\n     4\t._*\n     5\t.Spotlight-V100\n"
     idx = LexicalIndex()
-    idx.add([item(write, turn=0)] + [item(f"stored a data store of size {i}; DS meeting notes", turn=i + 1) for i in range(20)])
-    assert idx.query("DS_Store", ["t-a"], n=3)[0].item.text == write
+    idx.add([item(write, turn=0), item(read, turn=1)]
+            + [item(f"stored a data store of size {i}; DS meeting notes in /repo/{i}/.DS_Store_old", turn=i + 2) for i in range(20)])
+    assert {h.item.text for h in idx.query("DS_Store", ["t-a"], n=2)} == {write, read}
