@@ -64,11 +64,17 @@ def keep_lost(ctx, svc) -> list[str]:
     return svc.keep(items, searchable=False)
 
 
-def _lost(ctx) -> list[Lost]:
-    """What clearing and compaction took out of this request (the client still sends it whole)."""
-    out = [Lost(e["memory_id"], e["text"], int(e.get("message_index") or 0), e.get("tool"), e.get("input"),
+def _lost_entry(e: dict) -> Lost | None:
+    if not (e.get("memory_id") and e.get("text")):
+        return None
+    return Lost(e["memory_id"], e["text"], int(e.get("message_index") or 0), e.get("tool"), e.get("input"),
                 "tool_input" if e.get("kind") == "tool_input" else "tool_result")
-           for e in ctx.notes.get("cleared") or [] if e.get("memory_id") and e.get("text")]
+
+
+def _lost(ctx, index: TermIndex | None = None) -> list[Lost]:
+    """What clearing and compaction took out of this request (the client still sends it whole)."""
+    cleared = ctx.notes.get("cleared") or []
+    out = index.entries(cleared, _lost_entry) if index is not None else [x for x in map(_lost_entry, cleared) if x]
     comp = ctx.notes.get("compaction")
     if comp:
         out += _folded(ctx, int(comp["lead"]), int(comp["end"]))
@@ -94,6 +100,12 @@ def _folded_of(ctx, lead: int, end: int) -> list[Lost]:
                 got.append(Lost(memory_id(p.text), p.text, lead + k, p.tool, p.tool_input))
             elif p.kind == "text" and len(p.text) >= 200:
                 got.append(Lost(memory_id(p.text), p.text, lead + k, None, None, "message"))
+            elif p.kind == "tool_use" and isinstance(p.tool_input, dict):
+                # what a call wrote (a Write's content, an Edit's new_string) is the file as the model
+                # last saw it: a later Edit quotes it
+                for v in p.tool_input.values():
+                    if isinstance(v, str) and len(v) >= 200:
+                        got.append(Lost(memory_id(v), v, lead + k, p.tool, p.tool_input, "tool_input"))
     return got
 
 
@@ -119,7 +131,8 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     answer = read_answer(orig[last] if isinstance(orig[last], dict) else orig[last].wire())
     if not (answer.ids or answer.quotes or answer.terms or answer.paths):
         return {"skipped": "no references"}
-    lost = _lost(ctx)
+    index = _term_index(ctx)
+    lost = _lost(ctx, index)
     if not lost:
         return {"skipped": "nothing lost"}
     state = state_cache(ctx.runtime)
@@ -134,7 +147,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     plain = (m.wire() if hasattr(m, "wire") else m for m in cur[: max(0, len(cur) - (len(orig) - last))])
     memo = ctx.runtime.memo("autorecall", Memos.new)
     kept = Kept(plain, memo.tokens)
-    found = find(answer, lost, kept, done, memo=memo, index=_term_index(ctx))
+    found = find(answer, lost, kept, done, memo=memo, index=index)
     # an id the model read in a stub of an earlier request (or another session of the tenant)
     for mid in sorted(answer.ids - {f.lost.memory_id for f in found} - done - answer.recalling - {x.memory_id for x in lost}):
         if svc is None or len(found) >= 3:

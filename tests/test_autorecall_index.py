@@ -8,19 +8,19 @@ import re
 
 from contextwarden.memory import autorecall
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.autorecall import (MAX_TERM_OWNERS, TERMS_CHARS, Found, Kept, Lost, Memos, TermIndex, find,
-                                             read_answer, terms_of)
+from contextwarden.memory.autorecall import (TERMS_CHARS, Found, Kept, Lost, Memos, TermIndex, find, pick_terms, read_answer,
+                                             terms_of)
 
 
 def scan_find(answer, lost, kept, done, limit=3, memo=None):
     """The path and term search as they were before the index (every lost text scanned for the answer's
     terms on every request), with the ids and quotes steps of :func:`find` left out: the reference to match.
-    (Ties between terms of one length are broken by the term, as :func:`find` now does.)"""
+    Which of a term's owners comes back is :func:`pick_terms`, shared: what is tested is who owns what."""
     out: list[Found] = []
     taken: set[str] = set(answer.recalling)
 
-    def add(item, why, ref, whole=True):  # noqa: E306
-        if item.memory_id not in taken and item.memory_id not in done and len(out) < limit:
+    def add(item, why, ref, again=False, whole=True):  # noqa: E306
+        if item.memory_id not in taken and (again or item.memory_id not in done) and len(out) < limit:
             taken.add(item.memory_id)
             out.append(Found(item, why, ref, whole))
 
@@ -41,13 +41,7 @@ def scan_find(answer, lost, kept, done, limit=3, memo=None):
             own |= {t for t in inside if t not in own and re.search(r"(?<!\w)" + re.escape(t) + r"(?!\w)", x.text)}
         for t in own:
             owners.setdefault(t, []).append(x)
-    for t in sorted(owners, key=lambda t: (len(owners[t]) > MAX_TERM_OWNERS, -len(t), t)):
-        xs = owners[t]
-        if any(x.memory_id in taken for x in xs) or kept.holds_term(t):
-            continue
-        x = next((x for x in xs if x.memory_id not in done), None)
-        if x is not None:
-            add(x, "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
+    pick_terms(owners, kept, done, taken, add)
     return out
 
 
@@ -106,3 +100,35 @@ def test_each_lost_text_is_read_once_however_many_requests_ask(monkeypatch):
         assert [f.ref for f in got] == [f"src/mod{i}.py"]
     # the answers' own terms, once each, and each lost text once
     assert len([t for t in read if t.startswith("output ")]) == 49
+
+
+def test_a_term_whose_newest_text_was_recalled_comes_back_from_the_next_and_then_as_an_excerpt():
+    lost = [Lost(f"m-{i:016x}", f"edit {i}: The file docs/GLOSSARY.md has been updated\n", i, "Edit") for i in range(4)]
+    answer = read_answer({"role": "assistant", "content": "Reading docs/GLOSSARY.md again"})
+    newest = find(answer, lost, Kept([]), set())
+    assert [(f.lost.memory_id, f.whole) for f in newest] == [("m-0000000000000003", False)]  # four hold it: an excerpt
+    # the newest went into one request only: the next newest holds what the reference needs as well
+    again = find(answer, lost, Kept([]), {"m-0000000000000003"})
+    assert [f.lost.memory_id for f in again] == ["m-0000000000000002"]
+    # all of them recalled once: the lines around the term in the newest, again
+    every = find(answer, lost, Kept([]), {x.memory_id for x in lost})
+    assert [(f.lost.memory_id, f.whole) for f in every] == [("m-0000000000000003", False)]
+    # held by a message before the answer (an earlier answer that used it): nothing
+    assert find(answer, lost, Kept([{"role": "assistant", "content": "see docs/GLOSSARY.md"}]), set()) == []
+
+
+def test_the_lost_entries_of_a_request_are_made_once_and_only_the_latest_kept():
+    index, made = TermIndex(), []
+
+    def make(e):
+        made.append(e["memory_id"])
+        return Lost(e["memory_id"], e["text"], 0) if e.get("text") else None
+
+    a, b, c = {"memory_id": "m-a", "text": "x"}, {"memory_id": "m-b", "text": ""}, {"memory_id": "m-c", "text": "z"}
+    first = index.entries([a, b], make)
+    second = index.entries([a, b, c], make)
+    assert [x.memory_id for x in second] == ["m-a", "m-c"] and second[0] is first[0]
+    assert made == ["m-a", "m-b", "m-c"]
+    index.entries([c], make)
+    index.entries([a], make)  # a was let go: made again
+    assert made == ["m-a", "m-b", "m-c", "m-a"]

@@ -12,7 +12,7 @@ import pytest
 
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.api import ApiError, RecallApi, RecallClient
-from contextwarden.memory.autorecall import Kept, Lost, find, read_answer
+from contextwarden.memory.autorecall import Kept, Lost, find, read_answer, strings
 from contextwarden.memory.inject import CLOSE, OPEN, closing_tag, quote
 from contextwarden.memory.wayback import recall_tool_name
 from contextwarden.models.base import ApiKind
@@ -209,6 +209,38 @@ def test_every_compaction_names_the_id_of_the_messages_it_folded(cw_home):
     h.close()
 
 
+def test_an_edit_quoting_what_a_compacted_write_wrote_brings_the_content_back(cw_home):
+    """What a call wrote (a Write's content) is the file as the model last saw it: when compaction folded
+    the call away, an Edit quoting its lines gets it back."""
+    o = settings_overrides(window=6000, stages=["strip", "compaction", "recall", "memory"],
+                           compaction={"soft_threshold": 0.4, "hard_threshold": 0.5, "target": 0.25,
+                                       "protect_recent_turns": 1, "min_span_tokens": 200, "working_set_tokens": 0},
+                           memory={"inject": False})
+    h = Harness(cw_home, overrides=o)
+    assert memory_service.get_service(h.rt).wait_ready(120)
+    body = anthropic_tool_loop(6, result_words=150, thinking=False)
+    content = "# Git Hooks\n\n" + "".join(f"- hook_{i}: runs check number {i} before each commit\n" for i in range(8))
+    write = {"type": "tool_use", "id": "toolu_w", "name": "Write", "input": {"file_path": "docs/HOOKS.md", "content": content}}
+    body["messages"][1]["content"].append(write)
+    body["messages"][2]["content"].append({"type": "tool_result", "tool_use_id": "toolu_w", "content": "File created"})
+    last = body["messages"][-1]
+    edit = {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_e", "name": "Edit", "input": {
+        "file_path": "docs/HOOKS.md", "old_string": "- hook_3: runs check number 3 before each commit\n- hook_4: runs check",
+        "new_string": "- hook_3: gone"}}]}
+    body["messages"] = body["messages"][:-1] + [{**last, "content": [{k: v for k, v in b.items() if k != "cache_control"}
+                                                                      for b in last["content"]]}, edit,
+                                                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_e",
+                                                                              "content": "The file docs/HOOKS.md has been updated.",
+                                                                              "cache_control": {"type": "ephemeral"}}]}]
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert [e for e in sent.events("compaction") if e.get("applied")], sent.events("compaction")
+    assert "hook_3" not in "\n".join(strings(sent.body["messages"][:-2]))  # folded away, not kept in the summary
+    ev = [e for e in sent.events("recall") if e.get("injected")]
+    assert ev and ev[0]["why"][0] == "quote", sent.events("recall")
+    assert quote(content.rstrip("\n")) in sent.body["messages"][-1]["content"][-1]["text"]
+    h.close()
+
+
 # --- automatic recall ------------------------------------------------------------------------------------
 def _loop_with_answer(answer_text: str, turns: int = 8) -> dict:
     body = anthropic_tool_loop(turns, result_words=500)
@@ -241,6 +273,23 @@ def test_a_reference_to_a_cleared_path_brings_the_item_back_once(cw_home):
     sent2 = h.send(ApiKind.ANTHROPIC, body)
     assert not [e for e in sent2.events("recall") if e.get("injected")]
     assert all(OPEN not in str(m["content"]) for m in sent2.body["messages"])
+    h.close()
+
+
+def test_a_reference_the_answers_own_call_fetches_again_is_brought_back_all_the_same(cw_home):
+    """Held or not is judged on what the model had when it wrote the answer: the result of its own call,
+    which holds the name too, does not count (the fidelity measure counts the reference as lost)."""
+    h = harness(cw_home)
+    h.send(ApiKind.ANTHROPIC, _loop_with_answer("Let me look at the remaining tasks."))
+    body = _loop_with_answer("x")
+    body["messages"][-2] = {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_grep", "name": "Bash", "input": {"command": "grep -rn configure_backoff_jitter ."}}]}
+    body["messages"][-1] = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_grep",
+                                                         "content": "src/net.py:3: def configure_backoff_jitter():",
+                                                         "cache_control": {"type": "ephemeral"}}]}
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    ev = [e for e in sent.events("recall") if e.get("injected")]
+    assert ev and ev[0]["why"] == ["term"] and ev[0]["refs"] == ["configure_backoff_jitter"], sent.events("recall")
     h.close()
 
 

@@ -238,19 +238,28 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
                         owners.setdefault(t, []).append(x)
         for xs in owners.values():
             xs.sort(key=lambda x: rank[id(x)])  # newest first
-        # the longest, most specific terms first; a term many lost texts hold (a column name, a common
-        # path) that the request holds nowhere, not even in an earlier answer, brings back only the
-        # lines around it in the newest of them (where the model last saw it)
-        # (the newest of them not brought back already: one that was went into one request only, and
-        # an older text holding the term holds what the reference needs as well)
-        for t in sorted(owners, key=lambda t: (len(owners[t]) > MAX_TERM_OWNERS, -len(t), t)):
-            xs = owners[t]
-            if any(x.memory_id in taken for x in xs) or kept.holds_term(t):
-                continue  # coming back anyway, or held
-            x = next((x for x in xs if x.memory_id not in done), None)
-            if x is not None:
-                add(x, "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
+        pick_terms(owners, kept, done, taken, add)
     return out
+
+
+def pick_terms(owners: dict[str, list[Lost]], kept: "Kept", done: set[str], taken: set[str], add) -> None:
+    """Of the answer's terms and the lost texts that hold each (newest first), what comes back (``add``).
+
+    The longest, most specific terms first; a term many lost texts hold (a column name, a common path)
+    that the request holds nowhere, not even in an earlier answer, brings back only the lines around it
+    in the newest of them (where the model last saw it). The newest not brought back already: one that
+    was went into one request only, and an older text holding the term holds what the reference needs as
+    well; when all were, the lines around the term in the newest again (a term no message before the
+    answer holds: once per term while the answer using it is kept)."""
+    for t in sorted(owners, key=lambda t: (len(owners[t]) > MAX_TERM_OWNERS, -len(t), t)):
+        xs = owners[t]
+        if any(x.memory_id in taken for x in xs) or kept.holds_term(t):
+            continue  # coming back anyway, or held
+        x = next((x for x in xs if x.memory_id not in done), None)
+        if x is not None:
+            add(x, "term", t, whole=len(xs) <= MAX_TERM_OWNERS)
+        else:
+            add(xs[0], "term", t, again=True, whole=False)
 
 
 class TermIndex:
@@ -267,6 +276,7 @@ class TermIndex:
         self._owners: dict[str, list[str]] = {}
         self._known: set[str] = set()
         self._long: dict[str, frozenset[str]] = {}  # texts over TERMS_CHARS: their terms (of head and tail only)
+        self._entries: dict[int, tuple[Any, Lost | None]] = {}  # (:meth:`entries`)
 
     def add(self, lost: Iterable[Lost], memo: LRU | None = None) -> int:
         """Index the texts of ``lost`` not indexed yet. Returns how many were new."""
@@ -282,6 +292,21 @@ class TermIndex:
                 if len(x.text) > TERMS_CHARS:
                     self._long[mid] = ts
         return len(new)
+
+    def entries(self, entries: list, make) -> list[Lost]:
+        """``make(e)`` of each entry (None: not a lost text), remembered by the entry object itself:
+        clearing hands the same entries on from request to request, so a request makes only the new ones.
+        Only the latest request's entries are kept."""
+        old, new, out = self._entries, {}, []
+        for e in entries:
+            got = old.get(id(e))
+            if got is None or got[0] is not e:  # (the entry is held: its id is not reused meanwhile)
+                got = (e, make(e))
+            new[id(e)] = got
+            if got[1] is not None:
+                out.append(got[1])
+        self._entries = new
+        return out
 
     def has_long(self) -> bool:
         return bool(self._long)

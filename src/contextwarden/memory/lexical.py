@@ -29,6 +29,9 @@ from .tagger import STOPWORDS, stem
 _TOKEN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_'’.\-/]*[A-Za-z0-9_]|[A-Za-z0-9]")
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _SPLIT = re.compile(r"[_.\-/]+")
+# a JSON escape (a tool call's input is stored as JSON: a Write's ``"…\n.DS_Store\nThumbs.db"``): a
+# separator, not the first letter of the next word (``n.ds_store``, ``nthumbs.db`` otherwise)
+_ESCAPE = re.compile(r'(?<!\\)\\[ntrbf"]')
 MAX_TERMS_PER_DOC = 4000  # a long chunk is indexed on its first terms only
 
 
@@ -36,6 +39,8 @@ def tokenize(text: str) -> list[str]:
     """Index terms of a text: lower-cased, stemmed words without stopwords; code identifiers and paths
     are kept whole *and* split into their parts (``load_embedder`` -> ``load_embedder load embedder``)."""
     out: list[str] = []
+    if "\\" in text:
+        text = _ESCAPE.sub(" ", text)
     for m in _TOKEN.finditer(text):
         tok = m.group(0).replace("’", "'")
         if "'" in tok:
@@ -350,7 +355,7 @@ class LexicalIndex:
         return hits[:n]
 
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: JSON escapes separate words (an index saved before has other terms)
 
 
 def save_snapshot(index: "LexicalIndex", path: str | os.PathLike, key: dict) -> int:
