@@ -46,7 +46,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import SimpleNamespace
 from functools import lru_cache
 from typing import Any, Callable, NamedTuple
 
@@ -580,43 +581,19 @@ def _clear(ctx, decide: bool) -> None:
     _commit_step(st)
 
 
-@dataclass
-class _Clearing:
-    """What the steps of one request's clearing share (built by :func:`_begin`): the slots, the session's
-    records and controls, the settings in effect, and what the steps did so far."""
+class _Clearing(SimpleNamespace):
+    """What the steps of one request's clearing share, built by :func:`_begin`: ``ctx``, ``cfg``, ``decide``,
+    ``ctl`` (the user's controls: rollback, pins, compact now), ``edits`` (message index -> changes),
+    ``history``, ``prior`` (a _Prefix), ``unseen_from`` (results from this message on are new to the model),
+    ``cut``, ``slots``, ``calls_at_cut``, ``locked``, ``state``, ``key``, ``remembered`` (the session's records),
+    ``pinned``, ``exclude``, ``trigger``, ``keep_recent``, ``clear_at_least``, ``inputs_on``; and what the
+    steps did so far: ``cleared``, ``by_index``, ``freed``, ``done``, ``counts``, ``resumed`` (step 1 of the
+    previous request's messages taken as it was), ``carry``, ``total``, ``freed_before``, ``new_recs``,
+    ``chosen``."""
 
-    ctx: Any
-    cfg: Any
-    decide: bool
-    ctl: Any  # the user's controls: rollback, pins, compact now
-    edits: dict[int, dict[tuple, Any]]
-    history: Any
-    prior: "_Prefix | None"
-    unseen_from: int  # results from this message on are new to the model
-    cut: int | None
-    slots: list[Slot]
-    calls_at_cut: dict | None
-    locked: set
-    state: Any
-    key: str
-    remembered: dict[str, dict[str, Any]]
-    pinned: frozenset
-    exclude: set
-    trigger: int
-    keep_recent: int
-    clear_at_least: int
-    inputs_on: bool
-    cleared: list[dict[str, Any]] = field(default_factory=list)
-    by_index: dict[int, int] = field(default_factory=dict)
-    freed: int = 0
-    done: set[str] = field(default_factory=set)
-    counts: dict[str, int] = field(default_factory=lambda: {"results": 0, "inputs": 0})
-    resumed: bool = False  # step 1 of the previous request's messages taken as it was
-    carry: "_Prefix | None" = None
-    total: int = 0
-    freed_before: int = 0
-    new_recs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    chosen: list = field(default_factory=list)
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(cleared=[], by_index={}, freed=0, done=set(), counts={"results": 0, "inputs": 0},
+                         resumed=False, carry=None, total=0, freed_before=0, new_recs={}, chosen=[], **kw)
 
     def input_allowed(self, slot: Slot) -> bool:
         return (self.inputs_on and slot.can_set_input and not slot.input_locked and slot.call_index not in self.locked
@@ -689,8 +666,10 @@ def _begin(ctx, decide: bool) -> _Clearing | None:
     if ctl.compact_now:  # compact now: clear what may be cleared, whatever the trigger
         trigger, clear_at_least = 0, 0
     inputs_on = bool(getattr(cfg, "clear_tool_inputs", False))
-    return _Clearing(ctx, cfg, decide, ctl, edits, history, prior, unseen_from, cut, slots, calls_at_cut, locked,
-                     state, key, remembered, pinned, exclude, trigger, keep_recent, clear_at_least, inputs_on)
+    return _Clearing(ctx=ctx, cfg=cfg, decide=decide, ctl=ctl, edits=edits, history=history, prior=prior,
+                     unseen_from=unseen_from, cut=cut, slots=slots, calls_at_cut=calls_at_cut, locked=locked,
+                     state=state, key=key, remembered=remembered, pinned=pinned, exclude=exclude, trigger=trigger,
+                     keep_recent=keep_recent, clear_at_least=clear_at_least, inputs_on=inputs_on)
 
 
 def _reapply(st: _Clearing) -> None:
