@@ -406,13 +406,12 @@ def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: "_Prefix | None" = N
         for i in todo:
             msgs[i] = edited(msgs[i], edits[i])
         return
-    if todo:
-        builds = [lambda m=msgs[i], edit=edits[i]: edited(m, edit) for i in todo]
-        # the edit, completely: the stubs by block (the stub strings come from the session's records,
-        # the same objects every request, so comparing them is a pointer compare)
-        new = history.derive_all([(msgs[i], edits[i], b) for i, b in zip(todo, builds)])
-        for i, m in zip(todo, new):
-            msgs[i] = m
+    builds = [lambda m=msgs[i], edit=edits[i]: edited(m, edit) for i in todo]
+    # the edit, completely: the stubs by block (the stub strings come from the session's records,
+    # the same objects every request, so comparing them is a pointer compare)
+    new = history.derive_all([(msgs[i], edits[i], b) for i, b in zip(todo, builds)])
+    for i, m in zip(todo, new):
+        msgs[i] = m
 
 
 def _slots_responses(req) -> list[Slot]:

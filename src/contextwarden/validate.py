@@ -110,9 +110,7 @@ def _same_bytes(name: str, new: dict, original: dict) -> list[Problem]:
 
 
 def _blocks(content: Any) -> list:
-    if isinstance(content, list):
-        return content
-    return []
+    return content if isinstance(content, list) else []
 
 
 def _role(m: Any) -> Any:
