@@ -172,12 +172,17 @@ def _stub_text(tool: str, hint: str, text: str, tokens: int, images: int, how: s
     what = f"{tool or 'tool'} result" + (f" for {redact_text(hint)}" if hint else "")
     size = f"{tokens:,} tokens" + (f", {images} image{'s' if images != 1 else ''}" if images else "")
     if text.strip():
-        preview = shorten(redact_text(text[:4096]), 80)  # the stub is stored with the session: no secret in it
-        if not preview.endswith("…"):
-            preview += "…" if len(text.strip()) > len(preview) else ""
         mid = memory_id(text)
-        return f'{STUB_PREFIX}{what} ({size}): "{preview}". Memory id {mid}: {way_back(mid, how)}.]'
+        return f'{STUB_PREFIX}{what} ({size}): "{_preview(text)}". Memory id {mid}: {way_back(mid, how)}.]'
     return f"{STUB_PREFIX}{what} ({size}). Images are not kept in memory; re-run the tool if you need it.]"
+
+
+def _preview(text: str) -> str:
+    """A stub's quote of the start of what it replaced (the stub is stored with the session: no secret in it)."""
+    preview = shorten(redact_text(text[:4096]), 80)
+    if not preview.endswith("…") and len(text.strip()) > len(preview):
+        preview += "…"
+    return preview
 
 
 def _dumps(obj: Any) -> str:
@@ -193,11 +198,8 @@ _stub_text_memo = lru_cache(maxsize=STUB_MEMO)(_stub_text)
 
 def input_value_stub(text: str, tokens: int, how: str = "") -> str:
     """The text that replaces one large value of a cleared call's input (deterministic)."""
-    preview = shorten(redact_text(text[:4096]), 80)
-    if not preview.endswith("…") and len(text.strip()) > len(preview):
-        preview += "…"
     mid = memory_id(text)
-    return f'{INPUT_STUB_PREFIX} ({tokens:,} tokens): "{preview}". Memory id {mid}: {way_back(mid, how).removesuffix(", or re-run the tool")}.]'
+    return f'{INPUT_STUB_PREFIX} ({tokens:,} tokens): "{_preview(text)}". Memory id {mid}: {way_back(mid, how).removesuffix(", or re-run the tool")}.]'
 
 
 def input_stub(tool_input: dict, count: Callable[[str], int], how: str = "") -> tuple[dict, dict[str, str]] | None:
@@ -394,7 +396,7 @@ def _edited_chat(m, edit: dict[tuple, Any]):
 
 def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: "_Prefix | None" = None, carry: "_Prefix | None" = None) -> None:
     """Put the recorded stubs in: each edited message is replaced by an edited copy. The same stubs on
-    the same message give the same copy on every request, kept by the conversation (``History.derive``)
+    the same message give the same copy on every request, kept by the conversation (``History.derive_all``)
     with its wire form known, so re-applying them does not cost a copy, a dump and a validation each."""
     if not edits:
         return

@@ -189,7 +189,7 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
     """``ctx.request.wire()``, and the JSON bytes of each of its messages where known.
 
     A message that is still the one the request was prepared with is the client's own dict, and an
-    edited copy made by ``History.derive`` has its remembered wire form: neither is dumped again, and
+    edited copy made by ``History.derive_all`` has its remembered wire form: neither is dumped again, and
     their bytes key the validator's and the token counter's caches. A long history costs an identity
     check per message, not a dump of each."""
     req, h = ctx.request, ctx.history

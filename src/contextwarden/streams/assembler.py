@@ -80,6 +80,13 @@ class Assembler:
         self.error = err
         self.complete = False
 
+    def failed(self, data: dict[str, Any]) -> bool:
+        """True when ``data`` is a provider error (then the turn's error)."""
+        err = error_from(data)
+        if err is not None:
+            self.set_error(err)
+        return err is not None
+
     def assemble(self) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
         """The message in native shape, its visible text, and the normalised tool calls."""
         raise NotImplementedError
