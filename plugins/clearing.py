@@ -54,7 +54,7 @@ from typing import Any, Callable, NamedTuple
 import orjson
 
 from contextwarden import hookimpl
-from contextwarden.conversation import image_count, input_hint, result_text, shorten
+from contextwarden.conversation import image_count, input_hint, maybe_json, result_text, shorten
 from contextwarden.dialects import dialect
 from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
@@ -354,15 +354,13 @@ def _edited_anthropic(m, edit: dict[tuple, Any]):
 
 
 def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
-    from contextwarden.conversation import _maybe_json
-
     calls: dict[str, _Call] = {}
     slots: list[Slot] = []
-    last = next((i for i in range(len(req.messages) - 1, -1, -1) if req.messages[i].role == "assistant"), -1)
+    last = _last_produced(req.messages)
     for i, m in enumerate(req.messages):
         for ti, tc in enumerate(m.tool_calls or []):
             fn = tc.function
-            calls.setdefault(tc.id, _Call(fn.name if fn else "", _maybe_json(fn.arguments) if fn else None, len(calls), i, ti, fn))
+            calls.setdefault(tc.id, _Call(fn.name if fn else "", maybe_json(fn.arguments) if fn else None, len(calls), i, ti, fn))
         if m.role == "tool" and m.tool_call_id is not None:
             name, inp, order, ci, ti, fn = calls.get(m.tool_call_id, _NO_CALL._replace(name=m.name or ""))
 
@@ -417,8 +415,6 @@ def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: "_Prefix | None" = N
 
 
 def _slots_responses(req) -> list[Slot]:
-    from contextwarden.conversation import _maybe_json
-
     if not isinstance(req.input, list):
         return []
     calls: dict[str, tuple[str, Any, int, int]] = {}
@@ -432,11 +428,7 @@ def _slots_responses(req) -> list[Slot]:
             req.input = holder["list"]
         holder["list"][i] = {**holder["list"][i], key: value}
 
-    last = -1
-    for i, it in enumerate(req.input):
-        if isinstance(it, dict) and (it.get("role") == "assistant" or it.get("type") == "reasoning"
-                                     or str(it.get("type", "")).endswith("_call")):
-            last = i
+    last = _last_produced(req.input)
     for i, it in enumerate(req.input):
         if not isinstance(it, dict):
             continue
@@ -445,7 +437,7 @@ def _slots_responses(req) -> list[Slot]:
         if not isinstance(t, str) or not isinstance(cid, str):
             continue
         if t.endswith("_call"):
-            calls.setdefault(cid, (str(it.get("name", t)), _maybe_json(it.get("arguments", it.get("input"))), len(calls), i))
+            calls.setdefault(cid, (str(it.get("name", t)), maybe_json(it.get("arguments", it.get("input"))), len(calls), i))
         elif t.endswith("_call_output"):
             name, inp, order, ci = calls.get(cid, ("", None, -1, -1))
             ok = ci >= 0 and isinstance(req.input[ci], dict) and isinstance(req.input[ci].get("arguments"), str)
@@ -491,7 +483,11 @@ def effective(cfg, level: str | None) -> tuple[int, int, int]:
 
 def _last_assistant(ctx) -> int:
     """Index of the last message/item the model produced; results after it are still unseen."""
-    items = dialect(ctx.api).messages_of(ctx.request) or []
+    return _last_produced(dialect(ctx.api).messages_of(ctx.request) or [])
+
+
+def _last_produced(items: list) -> int:
+    """Index of the last of ``items`` (typed messages, or Responses items) the model produced, or -1."""
     for i in range(len(items) - 1, -1, -1):
         it = items[i]
         if isinstance(it, dict):

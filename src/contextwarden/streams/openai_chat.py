@@ -14,7 +14,7 @@ import orjson
 from contextwarden.models.base import ApiKind
 
 from .assembler import Assembler, parse_arguments, str_or_none
-from .turn import as_int, merge_usage
+from .turn import as_int
 
 
 class _Call:
@@ -60,20 +60,11 @@ class ChatAssembler(Assembler):
             self._usage(usage)
 
     def _usage(self, usage: dict[str, Any]) -> None:
-        prompt = as_int(usage.get("prompt_tokens"))
         details = usage.get("prompt_tokens_details")
         cached = as_int(details.get("cached_tokens")) if isinstance(details, dict) else None
         if cached is None:
             cached = as_int(usage.get("prompt_cache_hit_tokens"))  # DeepSeek's name for it
-        cached = cached or 0
-        # prompt_tokens includes the cached part; Usage.input_tokens does not (Anthropic's meaning)
-        self.usage = merge_usage(
-            self.usage,
-            input_tokens=prompt - cached if prompt is not None else None,
-            output_tokens=usage.get("completion_tokens"),
-            cache_read_input_tokens=cached if prompt is not None else None,
-            cache_creation_input_tokens=0 if prompt is not None else None,
-        )
+        self.openai_usage(usage.get("prompt_tokens"), cached, usage.get("completion_tokens"))
 
     def _delta(self, delta: dict[str, Any]) -> None:
         content = delta.get("content")
