@@ -49,9 +49,7 @@ def side_of(role: str) -> str:
     the caller's side)."""
     if role in SYSTEM_ROLES:
         return "system"
-    if role == "assistant":
-        return "assistant"
-    return "user"
+    return "assistant" if role == "assistant" else "user"
 
 
 def entry(api: ApiKind, index: int, m: Any) -> Entry:

@@ -538,13 +538,9 @@ class TokenCounter:
         return dialect(api).message_tokens(self, m, enc)
 
     def _content(self, api: ApiKind, c: Any, enc: _Encoding) -> int:
-        if c is None:
-            return 0
-        if isinstance(c, str):
-            return self._text(c, enc)
         if isinstance(c, list):
             return sum(self._block(api, b, enc) for b in c)
-        return self._text(c, enc)
+        return self._text(c, enc)  # (a string; None and empty count 0)
 
 
 def _plain(obj: Any) -> Any:
