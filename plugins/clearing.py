@@ -46,14 +46,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import SimpleNamespace
 from functools import lru_cache
 from typing import Any, Callable, NamedTuple
 
 import orjson
 
 from contextwarden import hookimpl
-from contextwarden.conversation import image_count, input_hint, result_text, shorten
+from contextwarden.conversation import image_count, input_hint, maybe_json, result_text, shorten
 from contextwarden.dialects import dialect
 from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
@@ -171,12 +172,17 @@ def _stub_text(tool: str, hint: str, text: str, tokens: int, images: int, how: s
     what = f"{tool or 'tool'} result" + (f" for {redact_text(hint)}" if hint else "")
     size = f"{tokens:,} tokens" + (f", {images} image{'s' if images != 1 else ''}" if images else "")
     if text.strip():
-        preview = shorten(redact_text(text[:4096]), 80)  # the stub is stored with the session: no secret in it
-        if not preview.endswith("…"):
-            preview += "…" if len(text.strip()) > len(preview) else ""
         mid = memory_id(text)
-        return f'{STUB_PREFIX}{what} ({size}): "{preview}". Memory id {mid}: {way_back(mid, how)}.]'
+        return f'{STUB_PREFIX}{what} ({size}): "{_preview(text)}". Memory id {mid}: {way_back(mid, how)}.]'
     return f"{STUB_PREFIX}{what} ({size}). Images are not kept in memory; re-run the tool if you need it.]"
+
+
+def _preview(text: str) -> str:
+    """A stub's quote of the start of what it replaced (the stub is stored with the session: no secret in it)."""
+    preview = shorten(redact_text(text[:4096]), 80)
+    if not preview.endswith("…") and len(text.strip()) > len(preview):
+        preview += "…"
+    return preview
 
 
 def _dumps(obj: Any) -> str:
@@ -192,11 +198,8 @@ _stub_text_memo = lru_cache(maxsize=STUB_MEMO)(_stub_text)
 
 def input_value_stub(text: str, tokens: int, how: str = "") -> str:
     """The text that replaces one large value of a cleared call's input (deterministic)."""
-    preview = shorten(redact_text(text[:4096]), 80)
-    if not preview.endswith("…") and len(text.strip()) > len(preview):
-        preview += "…"
     mid = memory_id(text)
-    return f'{INPUT_STUB_PREFIX} ({tokens:,} tokens): "{preview}". Memory id {mid}: {way_back(mid, how).removesuffix(", or re-run the tool")}.]'
+    return f'{INPUT_STUB_PREFIX} ({tokens:,} tokens): "{_preview(text)}". Memory id {mid}: {way_back(mid, how).removesuffix(", or re-run the tool")}.]'
 
 
 def input_stub(tool_input: dict, count: Callable[[str], int], how: str = "") -> tuple[dict, dict[str, str]] | None:
@@ -351,15 +354,13 @@ def _edited_anthropic(m, edit: dict[tuple, Any]):
 
 
 def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
-    from contextwarden.conversation import _maybe_json
-
     calls: dict[str, _Call] = {}
     slots: list[Slot] = []
-    last = next((i for i in range(len(req.messages) - 1, -1, -1) if req.messages[i].role == "assistant"), -1)
+    last = _last_produced(req.messages)
     for i, m in enumerate(req.messages):
         for ti, tc in enumerate(m.tool_calls or []):
             fn = tc.function
-            calls.setdefault(tc.id, _Call(fn.name if fn else "", _maybe_json(fn.arguments) if fn else None, len(calls), i, ti, fn))
+            calls.setdefault(tc.id, _Call(fn.name if fn else "", maybe_json(fn.arguments) if fn else None, len(calls), i, ti, fn))
         if m.role == "tool" and m.tool_call_id is not None:
             name, inp, order, ci, ti, fn = calls.get(m.tool_call_id, _NO_CALL._replace(name=m.name or ""))
 
@@ -393,7 +394,7 @@ def _edited_chat(m, edit: dict[tuple, Any]):
 
 def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: "_Prefix | None" = None, carry: "_Prefix | None" = None) -> None:
     """Put the recorded stubs in: each edited message is replaced by an edited copy. The same stubs on
-    the same message give the same copy on every request, kept by the conversation (``History.derive``)
+    the same message give the same copy on every request, kept by the conversation (``History.derive_all``)
     with its wire form known, so re-applying them does not cost a copy, a dump and a validation each."""
     if not edits:
         return
@@ -405,18 +406,15 @@ def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: "_Prefix | None" = N
         for i in todo:
             msgs[i] = edited(msgs[i], edits[i])
         return
-    if todo:
-        builds = [lambda m=msgs[i], edit=edits[i]: edited(m, edit) for i in todo]
-        # the edit, completely: the stubs by block (the stub strings come from the session's records,
-        # the same objects every request, so comparing them is a pointer compare)
-        new = history.derive_all([(msgs[i], edits[i], b) for i, b in zip(todo, builds)])
-        for i, m in zip(todo, new):
-            msgs[i] = m
+    builds = [lambda m=msgs[i], edit=edits[i]: edited(m, edit) for i in todo]
+    # the edit, completely: the stubs by block (the stub strings come from the session's records,
+    # the same objects every request, so comparing them is a pointer compare)
+    new = history.derive_all([(msgs[i], edits[i], b) for i, b in zip(todo, builds)])
+    for i, m in zip(todo, new):
+        msgs[i] = m
 
 
 def _slots_responses(req) -> list[Slot]:
-    from contextwarden.conversation import _maybe_json
-
     if not isinstance(req.input, list):
         return []
     calls: dict[str, tuple[str, Any, int, int]] = {}
@@ -430,11 +428,7 @@ def _slots_responses(req) -> list[Slot]:
             req.input = holder["list"]
         holder["list"][i] = {**holder["list"][i], key: value}
 
-    last = -1
-    for i, it in enumerate(req.input):
-        if isinstance(it, dict) and (it.get("role") == "assistant" or it.get("type") == "reasoning"
-                                     or str(it.get("type", "")).endswith("_call")):
-            last = i
+    last = _last_produced(req.input)
     for i, it in enumerate(req.input):
         if not isinstance(it, dict):
             continue
@@ -443,7 +437,7 @@ def _slots_responses(req) -> list[Slot]:
         if not isinstance(t, str) or not isinstance(cid, str):
             continue
         if t.endswith("_call"):
-            calls.setdefault(cid, (str(it.get("name", t)), _maybe_json(it.get("arguments", it.get("input"))), len(calls), i))
+            calls.setdefault(cid, (str(it.get("name", t)), maybe_json(it.get("arguments", it.get("input"))), len(calls), i))
         elif t.endswith("_call_output"):
             name, inp, order, ci = calls.get(cid, ("", None, -1, -1))
             ok = ci >= 0 and isinstance(req.input[ci], dict) and isinstance(req.input[ci].get("arguments"), str)
@@ -489,7 +483,11 @@ def effective(cfg, level: str | None) -> tuple[int, int, int]:
 
 def _last_assistant(ctx) -> int:
     """Index of the last message/item the model produced; results after it are still unseen."""
-    items = dialect(ctx.api).messages_of(ctx.request) or []
+    return _last_produced(dialect(ctx.api).messages_of(ctx.request) or [])
+
+
+def _last_produced(items: list) -> int:
+    """Index of the last of ``items`` (typed messages, or Responses items) the model produced, or -1."""
     for i in range(len(items) - 1, -1, -1):
         it = items[i]
         if isinstance(it, dict):
@@ -605,43 +603,19 @@ def _clear(ctx, decide: bool) -> None:
     _commit_step(st)
 
 
-@dataclass
-class _Clearing:
-    """What the steps of one request's clearing share (built by :func:`_begin`): the slots, the session's
-    records and controls, the settings in effect, and what the steps did so far."""
+class _Clearing(SimpleNamespace):
+    """What the steps of one request's clearing share, built by :func:`_begin`: ``ctx``, ``cfg``, ``decide``,
+    ``ctl`` (the user's controls: rollback, pins, compact now), ``edits`` (message index -> changes),
+    ``history``, ``prior`` (a _Prefix), ``unseen_from`` (results from this message on are new to the model),
+    ``cut``, ``slots``, ``calls_at_cut``, ``locked``, ``state``, ``key``, ``remembered`` (the session's records),
+    ``pinned``, ``exclude``, ``trigger``, ``keep_recent``, ``clear_at_least``, ``inputs_on``; and what the
+    steps did so far: ``cleared``, ``by_index``, ``freed``, ``done``, ``counts``, ``resumed`` (step 1 of the
+    previous request's messages taken as it was), ``carry``, ``total``, ``freed_before``, ``new_recs``,
+    ``chosen``."""
 
-    ctx: Any
-    cfg: Any
-    decide: bool
-    ctl: Any  # the user's controls: rollback, pins, compact now
-    edits: dict[int, dict[tuple, Any]]
-    history: Any
-    prior: "_Prefix | None"
-    unseen_from: int  # results from this message on are new to the model
-    cut: int | None
-    slots: list[Slot]
-    calls_at_cut: dict | None
-    locked: set
-    state: Any
-    key: str
-    remembered: dict[str, dict[str, Any]]
-    pinned: frozenset
-    exclude: set
-    trigger: int
-    keep_recent: int
-    clear_at_least: int
-    inputs_on: bool
-    cleared: list[dict[str, Any]] = field(default_factory=list)
-    by_index: dict[int, int] = field(default_factory=dict)
-    freed: int = 0
-    done: set[str] = field(default_factory=set)
-    counts: dict[str, int] = field(default_factory=lambda: {"results": 0, "inputs": 0})
-    resumed: bool = False  # step 1 of the previous request's messages taken as it was
-    carry: "_Prefix | None" = None
-    total: int = 0
-    freed_before: int = 0
-    new_recs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    chosen: list = field(default_factory=list)
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(cleared=[], by_index={}, freed=0, done=set(), counts={"results": 0, "inputs": 0},
+                         resumed=False, carry=None, total=0, freed_before=0, new_recs={}, chosen=[], **kw)
 
     def input_allowed(self, slot: Slot) -> bool:
         return (self.inputs_on and slot.can_set_input and not slot.input_locked and slot.call_index not in self.locked
@@ -714,8 +688,10 @@ def _begin(ctx, decide: bool) -> _Clearing | None:
     if ctl.compact_now:  # compact now: clear what may be cleared, whatever the trigger
         trigger, clear_at_least = 0, 0
     inputs_on = bool(getattr(cfg, "clear_tool_inputs", False))
-    return _Clearing(ctx, cfg, decide, ctl, edits, history, prior, unseen_from, cut, slots, calls_at_cut, locked,
-                     state, key, remembered, pinned, exclude, trigger, keep_recent, clear_at_least, inputs_on)
+    return _Clearing(ctx=ctx, cfg=cfg, decide=decide, ctl=ctl, edits=edits, history=history, prior=prior,
+                     unseen_from=unseen_from, cut=cut, slots=slots, calls_at_cut=calls_at_cut, locked=locked,
+                     state=state, key=key, remembered=remembered, pinned=pinned, exclude=exclude, trigger=trigger,
+                     keep_recent=keep_recent, clear_at_least=clear_at_least, inputs_on=inputs_on)
 
 
 def _reapply(st: _Clearing) -> None:

@@ -460,13 +460,10 @@ def _frame(ctx, decide: bool) -> _Compaction | None:
     decisions: list[dict[str, Any]] = rec.get("decisions") or []
     ctl = session_ledger.control(ctx, live=decide)  # the user's controls: rollback, pins, compact now
     n_expected, warm = 0, False
-    if not decide:
-        if not decisions:
-            return None
-    else:
+    if decide:
         n_expected, warm = _rhythm(store, key, cfg.cache_ttl_s, cfg.expected_requests_max, now, persist=total > soft // 2)
-        if not decisions and total <= soft and not ctl.compact_now:
-            return None  # the common case costs nothing more
+    if not decisions and (not decide or (total <= soft and not ctl.compact_now)):
+        return None  # the common case costs nothing more
     pin_at = first_pinned_index(ctx, orig) if ctl.pins else None
     pin_at = n if pin_at is None else pin_at
 

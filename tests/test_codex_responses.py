@@ -10,7 +10,7 @@ import pytest
 
 from contextwarden.apis import classify, classify_websocket
 from contextwarden.models.base import ApiKind
-from contextwarden.redact import credential_of, redact_headers
+from contextwarden.redact import redact_headers, tenant_id, tenant_of
 from contextwarden.settings.proxy import ProxySection
 from contextwarden.validate import validate_rewrite
 from tests.support.stages import Harness, responses_tool_loop, settings_overrides, words
@@ -44,13 +44,10 @@ def test_codex_headers_are_never_shown():
     assert shown["x-codex-turn-metadata"] == shown["x-codex-window-id"] == "[redacted]"
     assert shown["originator"] == "codex_exec" and shown["session-id"] == "0192"
 
-    class H(dict):
-        def get(self, k, d=None):
-            return super().get(k.lower(), d)
-
     # the tenant of a ChatGPT plan is its account, not its short-lived OAuth token
-    assert credential_of(H({"chatgpt-account-id": "acct-42", "authorization": "Bearer tok-1"})) == "acct-42"
-    assert credential_of(H({"authorization": "Bearer sk-proj-1"})) == "sk-proj-1"
+    plan = [("Chatgpt-Account-Id", "acct-42"), ("authorization", "Bearer tok-1")]
+    assert tenant_of(plan, "/v1/responses", "s", "salt") == tenant_id("acct-42", "salt")
+    assert tenant_of([("authorization", "Bearer sk-proj-1")], "/v1/responses", "s", "salt") == tenant_id("sk-proj-1", "salt")
 
 
 # -- the validator's Responses rules -------------------------------------------------------------

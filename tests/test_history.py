@@ -265,10 +265,10 @@ def test_an_edited_copy_and_its_wire_form_are_reused_by_the_next_request():
     # another edit of the same message is another copy; a message that is not the request's is built
     raws, _ = conv.message_bytes(msgs)
     model, h = _typed(A, data, raws, conv)
-    other = h.derive(model.messages[2], b"other", stub_build(model.messages[2], "OTHER"))
+    other = h.derive_all([(model.messages[2], b"other", stub_build(model.messages[2], "OTHER"))])[0]
     assert other is not prev[0] and other.content[0].content == "OTHER"
     foreign = am.Message.model_validate(msgs[2])
-    assert h.derive(foreign, b"stub", stub_build(foreign, "S")) is not prev[0] and h.entry_of(foreign) is None
+    assert h.derive_all([(foreign, b"stub", stub_build(foreign, "S"))])[0] is not prev[0] and h.entry_of(foreign) is None
 
 
 def test_a_carried_slot_holds_only_while_the_messages_it_is_about_are_the_same():

@@ -103,7 +103,7 @@ def test_tags_never_carry_secrets():
     pw = "Pg-" + _alnum(16)
     text = (f"Clone with https://{gh}@github.com/acme/deploy_tool.git then set DATABASE_URL="
             f"postgres://admin:{pw}@db.internal:5432/app and run load_embedder in auth_service.py")
-    tags = tagger.tag(text) + tagger.tag_many([text])
+    tags = tagger.tag(text) + tagger.keywords.tag(text)
     assert tags and not any(gh in t or pw in t or "REDACTED" in t.upper() for t in tags), tags
     assert any("auth_service" in t or "load_embedder" in t for t in tags)
 

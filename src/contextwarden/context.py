@@ -80,7 +80,3 @@ class RequestContext:
     def block(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         """Answer the client directly instead of forwarding (the budget stage's BLOCKED)."""
         self.blocked = BlockedResponse(status, headers, body)
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        return next((v for k, v in self.headers if k.lower() == name), None)

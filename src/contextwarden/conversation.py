@@ -49,9 +49,7 @@ def side_of(role: str) -> str:
     the caller's side)."""
     if role in SYSTEM_ROLES:
         return "system"
-    if role == "assistant":
-        return "assistant"
-    return "user"
+    return "assistant" if role == "assistant" else "user"
 
 
 def entry(api: ApiKind, index: int, m: Any) -> Entry:
@@ -86,16 +84,12 @@ def cut_points(es: list[Entry], lo: int, hi: int) -> list[int]:
     # bad[k] > 0 when some pair has its call before k and its answer at or after k
     delta = [0] * (n + 2)
     for tid, u in first_use.items():
-        r = last_result.get(tid)
-        if r is not None and r > u:
+        # a call with no answer in the history (the client's problem) pins nothing but must not be
+        # separated from what follows it either: treat it as answered at the end
+        r = last_result.get(tid, n)
+        if r > u:
             delta[u + 1] += 1
             delta[r + 1] -= 1
-    # a call with no answer in the history (the client's problem) pins nothing but must not be
-    # separated from what follows it either: treat it as answered at the end
-    for tid, u in first_use.items():
-        if tid not in last_result:
-            delta[u + 1] += 1
-            delta[n + 1] -= 1
     out, run = [], 0
     for k in range(n + 1):
         run += delta[k]
@@ -261,7 +255,7 @@ def maybe_json(v: Any) -> Any:
     return v
 
 
-_maybe_json = maybe_json  # (the name clearing imports)
+_maybe_json = maybe_json  # (the name compression imports)
 
 
 def input_hint(tool_input: Any, limit: int = 80) -> str:

@@ -12,7 +12,7 @@ conversation, and to concurrent ones, as they are; and "did a stage change messa
 ``request.messages[j] is history.entries[i].obj``.
 
 :class:`History` is one request's view (``ctx.history``): the entries it was prepared with, the edited
-copies its stages made (:meth:`History.derive`), and the conversation's slots (:meth:`History.carried`,
+copies its stages made (:meth:`History.derive_all`), and the conversation's slots (:meth:`History.carried`,
 :meth:`History.carry_on`). Its conversation is updated once, in ``prepare``; stages write only their own
 slot, with ``carry_on``.
 """
@@ -238,7 +238,11 @@ class History:
         return out
 
     def derive_all(self, items: list[tuple[WireModel, Any, Callable[[], WireModel]]]) -> list[WireModel]:
-        """:meth:`derive` of each ``(base, edit, build)``."""
+        """For each ``(base, edit, build)``: a new typed message equal to ``build()``, ``base`` (a prepared
+        message) changed by ``edit`` (a value that describes the change completely and compares with
+        ``==``: the same edit always gives the same message). The conversation keeps the latest edited
+        copy of each message with its wire form and bytes once known, so the next request that makes the
+        same edit gets the very same object back, not a copy to build, dump and validate again."""
         conv = self.conv
         out = []
         for base, edit, build in items:
@@ -255,14 +259,6 @@ class History:
         if conv is not None and self._used:
             conv.derived = dict(self._used)  # (only what the latest request used is kept)
         return out
-
-    def derive(self, base: WireModel, edit: Any, build: Callable[[], WireModel]) -> WireModel:
-        """A new typed message equal to ``build()``: ``base`` (a prepared message) changed by ``edit``
-        (a value that describes the change completely and compares with ``==``: the same edit always
-        gives the same message). The conversation keeps the latest edited copy of each message with its
-        wire form and bytes once known, so the next request that makes the same edit gets the very same
-        object back, not a copy to build, dump and validate again."""
-        return self.derive_all([(base, edit, build)])[0]
 
     def carried(self, key: Any) -> tuple[int, Any] | None:
         """``(n, value)`` the conversation's previous request left under ``key`` with :meth:`carry_on`

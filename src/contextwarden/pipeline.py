@@ -116,14 +116,11 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         agent=agent, model=data.get("model") if isinstance(data.get("model"), str) else None,
         stream=bool(data.get("stream")), original=data, request=model,
         auth={k.lower(): v for k, v in headers if k.lower() in _AUTH_HEADERS}, request_bytes=body,
+        # each message's own JSON, once: the content key of the per-message caches (typed messages, token
+        # counts, validation facts); a bytes object keeps its hash, so every later lookup is a memcmp
+        message_raw=raws, raw_exact=exact, known_messages=known.count if known is not None else 0, history=hist,
     )
-    # each message's own JSON, once: the content key of the per-message caches (typed messages, token
-    # counts, validation facts); a bytes object keeps its hash, so every later lookup is a memcmp
-    ctx.message_raw = raws
     ctx.notes["transport"] = transport
-    ctx.raw_exact = exact
-    ctx.known_messages = known.count if known is not None else 0
-    ctx.history = hist
     ctx.timings["parse"] = round((time.perf_counter() - t0) * 1000, 3)
     return ctx
 
@@ -192,7 +189,7 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
     """``ctx.request.wire()``, and the JSON bytes of each of its messages where known.
 
     A message that is still the one the request was prepared with is the client's own dict, and an
-    edited copy made by ``History.derive`` has its remembered wire form: neither is dumped again, and
+    edited copy made by ``History.derive_all`` has its remembered wire form: neither is dumped again, and
     their bytes key the validator's and the token counter's caches. A long history costs an identity
     check per message, not a dump of each."""
     req, h = ctx.request, ctx.history

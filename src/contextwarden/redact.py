@@ -85,17 +85,6 @@ def credentials_of(headers: Iterable[tuple[str, str]], path: str = "") -> list[t
     return sorted(out)
 
 
-def credential_of(headers) -> str | None:
-    """The caller's main credential (API key or bearer token) from a ``.get`` mapping (kept for callers
-    that want only that one: the LLM summariser's auth). A ChatGPT plan's account id comes first: its
-    bearer token is a short-lived OAuth token that rotates."""
-    for name in ("chatgpt-account-id", "x-api-key", "authorization", "api-key"):
-        v = headers.get(name)
-        if v:
-            return v.removeprefix("Bearer ").removeprefix("bearer ").strip()
-    return None
-
-
 def tenant_id(credential: str | None, salt: str) -> str:
     """A salted hash of the credential: stable per key, useless to anyone who reads it."""
     if not credential:

@@ -259,12 +259,7 @@ class TokenCounter:
         """Tokens of a plain text (long texts are cached by hash)."""
         if not text:
             return 0
-        if not isinstance(text, str):
-            text = str(text)
-        enc = self._encoding(model)
-        if len(text) < 512:
-            return enc.count(text)
-        return self._cached(self._key(b"t", enc, text), lambda: enc.count(text))
+        return self._text(text if isinstance(text, str) else str(text), self._encoding(model))
 
     def count_message(self, api: ApiKind | str, message: Any, model: str | None = None) -> int:
         """Tokens of one message (or Responses input item), cached by a hash of its content."""
@@ -543,13 +538,9 @@ class TokenCounter:
         return dialect(api).message_tokens(self, m, enc)
 
     def _content(self, api: ApiKind, c: Any, enc: _Encoding) -> int:
-        if c is None:
-            return 0
-        if isinstance(c, str):
-            return self._text(c, enc)
         if isinstance(c, list):
             return sum(self._block(api, b, enc) for b in c)
-        return self._text(c, enc)
+        return self._text(c, enc)  # (a string; None and empty count 0)
 
 
 def _plain(obj: Any) -> Any:

@@ -110,9 +110,7 @@ def _same_bytes(name: str, new: dict, original: dict) -> list[Problem]:
 
 
 def _blocks(content: Any) -> list:
-    if isinstance(content, list):
-        return content
-    return []
+    return content if isinstance(content, list) else []
 
 
 def _role(m: Any) -> Any:
@@ -179,17 +177,12 @@ def _anthropic_facts(m: dict) -> tuple:
 # ---------------------------------------------------------------------------- Anthropic
 
 
-def _thinking_of(m: dict | None) -> list:
+def _last_thinking(msgs: list) -> list:
+    """The thinking blocks of the last assistant message."""
+    m = next((m for m in reversed(msgs) if _role(m) == "assistant"), None)
     if not m:
         return []
     return [b for b in _blocks(m.get("content")) if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking")]
-
-
-def _last_assistant(msgs: list) -> dict | None:
-    for m in reversed(msgs):
-        if _role(m) == "assistant":
-            return m
-    return None
 
 
 def _aligned_raw(msgs: list, orig_msgs: list, raw: list[bytes] | None) -> list[bytes | None]:
@@ -373,7 +366,7 @@ def _anthropic(new: dict, original: dict, original_raw: list[bytes] | None = Non
     if orig_msgs and _role(msgs[-1]) != _role(orig_msgs[-1]):
         problems.append((("last-role",), f"the last message's role changed from `{_role(orig_msgs[-1])}` to `{_role(msgs[-1])}`"))
 
-    th_new, th_orig = _thinking_of(_last_assistant(msgs)), _thinking_of(_last_assistant(orig_msgs))
+    th_new, th_orig = _last_thinking(msgs), _last_thinking(orig_msgs)
     if _dumps(th_new) != _dumps(th_orig):
         problems.append((("thinking",), "the latest assistant message's thinking blocks differ from the original's"))
 

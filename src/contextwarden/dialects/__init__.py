@@ -35,7 +35,7 @@ class Dialect:
     reply: Callable[[str], dict]  # an assistant answer of plain text, as the API returns it (replayed turns)
     answer_messages: Callable[[dict], list]  # the history entries an answer (AssembledTurn.message) adds
     rewrite_text: Callable[[Any, Callable[[str], str | None]], Any]  # strip: a copy of a user message with fn applied to its texts (None: unchanged)
-    item_texts: Callable[[Any], list[str]]  # memory: the texts of a history entry a stored item could equal
+    item_texts: Callable[[Any, list], None]  # memory: (entry, out) appends the texts of the entry a stored item could equal
     message_tokens: Callable[[Any, dict, Any], int]  # (TokenCounter, a wire message, encoding): its tokens
     request_defaults: tuple[tuple[str, Any], ...] = ()  # fields a minimal request needs besides model and history
     system_key: str | None = None  # the request's top-level instructions (Anthropic ``system``, Responses ``instructions``)

@@ -81,19 +81,21 @@ def rewrite_text(m: am.Message, fn) -> am.Message | None:
     return m.model_copy(update={"content": blocks}) if any(a is not b for a, b in zip(blocks, m.content)) else None
 
 
-def item_texts(m: Any) -> list[str]:
+def item_texts(m: Any, out: list) -> None:
     """Its text, or its blocks' texts (tool calls and results included) and, of two or more, all of them
     but the results together."""
     msg = m if isinstance(m, am.Message) else am.Message.model_validate(m)
     if isinstance(msg.content, str):
-        return [msg.content]
-    out, texts = [], []
+        out.append(msg.content)
+        return
+    texts = []
     for b in msg.content:
         if t := am.block_text(b):
             out.append(t)
             if not isinstance(b, am.ToolResultBlock):
                 texts.append(t)
-    return out + ["\n".join(texts)] if len(texts) > 1 else out
+    if len(texts) > 1:
+        out.append("\n".join(texts))
 
 
 def message_tokens(tc, m: dict, enc) -> int:

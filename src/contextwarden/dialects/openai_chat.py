@@ -65,9 +65,9 @@ def rewrite_text(m: oc.ChatMessage, fn) -> oc.ChatMessage | None:
     return None if c is None else m.model_copy(update={"content": c})
 
 
-def item_texts(m: Any) -> list[str]:
-    t = oc.message_text(m if isinstance(m, oc.ChatMessage) else oc.ChatMessage.model_validate(m))
-    return [t] if t else []
+def item_texts(m: Any, out: list) -> None:
+    if t := oc.message_text(m if isinstance(m, oc.ChatMessage) else oc.ChatMessage.model_validate(m)):
+        out.append(t)
 
 
 def message_tokens(tc, m: dict, enc) -> int:

@@ -77,9 +77,9 @@ def rewrite_text(it: Any, fn) -> Any:
     return None
 
 
-def item_texts(m: Any) -> list[str]:
-    t = orr.item_text(m.wire() if hasattr(m, "wire") else m)
-    return [t] if t else []
+def item_texts(m: Any, out: list) -> None:
+    if t := orr.item_text(m.wire() if hasattr(m, "wire") else m):
+        out.append(t)
 
 
 def message_tokens(tc, item: dict, enc) -> int:

@@ -43,9 +43,6 @@ class NullTagger:
     def tag(self, text: str) -> list[str]:
         return []
 
-    def tag_many(self, texts) -> list[str]:
-        return []
-
 
 def socket_path(home: Path) -> Path:
     """A socket path under cw_home/run, unless that is too long for AF_UNIX (then a private temp dir)."""

@@ -143,8 +143,10 @@ def history_texts(api: ApiKind, request) -> list[str]:
     and tool results (each tool result is an item of its own): the dialect's ``item_texts``."""
     from ..dialects import dialect
 
-    texts = dialect(api).item_texts
-    return [t for m in history_items(api, request) for t in texts(m)]
+    texts, out = dialect(api).item_texts, []
+    for m in history_items(api, request):
+        texts(m, out)
+    return out
 
 
 def _cleaner(text: str, clean: str | None) -> str:

@@ -306,10 +306,6 @@ class Tagger:
                 self._cache.popitem(last=False)
         return tags
 
-    def tag_many(self, texts: Iterable[str]) -> list[str]:
-        """Tags of several texts together (a turn of several messages), merged and capped."""
-        return self.keywords.tag("\n".join(t for t in texts if t))
-
 
 def tag_key(tag: str) -> str:
     """The comparison form of a tag: lower-case, stemmed words."""

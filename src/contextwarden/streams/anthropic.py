@@ -136,9 +136,7 @@ class AnthropicAssembler(Assembler):
     # -- whole body ------------------------------------------------------------------------
 
     def body(self, data: dict[str, Any]) -> None:
-        err = error_from(data)
-        if err is not None:
-            self.set_error(err)
+        if self.failed(data):
             return
         content = data.get("content")
         if not isinstance(content, list):

@@ -8,7 +8,7 @@ import orjson
 
 from contextwarden.models.base import ApiKind
 
-from .turn import AssembledTurn, Usage
+from .turn import AssembledTurn, Usage, as_int, merge_usage
 
 
 def error_from(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -79,6 +79,22 @@ class Assembler:
     def set_error(self, err: dict[str, Any]) -> None:
         self.error = err
         self.complete = False
+
+    def failed(self, data: dict[str, Any]) -> bool:
+        """True when ``data`` is a provider error (then the turn's error)."""
+        err = error_from(data)
+        if err is not None:
+            self.set_error(err)
+        return err is not None
+
+    def openai_usage(self, total: Any, cached: Any, output: Any) -> None:
+        """OpenAI's usage (chat and Responses): its ``total`` input tokens include the ``cached`` ones;
+        Usage.input_tokens does not (Anthropic's meaning)."""
+        total, cached = as_int(total), as_int(cached) or 0
+        known = total is not None
+        self.usage = merge_usage(self.usage, input_tokens=total - cached if known else None, output_tokens=output,
+                                 cache_read_input_tokens=cached if known else None,
+                                 cache_creation_input_tokens=0 if known else None)
 
     def assemble(self) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
         """The message in native shape, its visible text, and the normalised tool calls."""

@@ -13,8 +13,8 @@ import orjson
 
 from contextwarden.models.base import ApiKind
 
-from .assembler import Assembler, error_from, parse_arguments, str_or_none
-from .turn import as_int, merge_usage
+from .assembler import Assembler, parse_arguments, str_or_none
+from .turn import as_int
 
 
 class _Call:
@@ -38,9 +38,7 @@ class ChatAssembler(Assembler):
         self._by_index: dict[int, _Call] = {}
 
     def event(self, name: str | None, data: dict[str, Any]) -> None:
-        err = error_from(data)
-        if err is not None:
-            self.set_error(err)
+        if self.failed(data):
             return
         self._meta(data)
         choices = data.get("choices")
@@ -62,20 +60,11 @@ class ChatAssembler(Assembler):
             self._usage(usage)
 
     def _usage(self, usage: dict[str, Any]) -> None:
-        prompt = as_int(usage.get("prompt_tokens"))
         details = usage.get("prompt_tokens_details")
         cached = as_int(details.get("cached_tokens")) if isinstance(details, dict) else None
         if cached is None:
             cached = as_int(usage.get("prompt_cache_hit_tokens"))  # DeepSeek's name for it
-        cached = cached or 0
-        # prompt_tokens includes the cached part; Usage.input_tokens does not (Anthropic's meaning)
-        self.usage = merge_usage(
-            self.usage,
-            input_tokens=prompt - cached if prompt is not None else None,
-            output_tokens=usage.get("completion_tokens"),
-            cache_read_input_tokens=cached if prompt is not None else None,
-            cache_creation_input_tokens=0 if prompt is not None else None,
-        )
+        self.openai_usage(usage.get("prompt_tokens"), cached, usage.get("completion_tokens"))
 
     def _delta(self, delta: dict[str, Any]) -> None:
         content = delta.get("content")
@@ -132,9 +121,7 @@ class ChatAssembler(Assembler):
         self.complete = self.error is None
 
     def body(self, data: dict[str, Any]) -> None:
-        err = error_from(data)
-        if err is not None:
-            self.set_error(err)
+        if self.failed(data):
             return
         choices = data.get("choices")
         if not isinstance(choices, list):

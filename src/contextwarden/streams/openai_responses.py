@@ -12,7 +12,6 @@ from typing import Any
 from contextwarden.models.base import ApiKind
 
 from .assembler import Assembler, error_from, parse_arguments, str_or_none
-from .turn import as_int, merge_usage
 
 _TERMINAL = {"completed", "incomplete", "failed", "cancelled"}
 # item type -> the string field its argument deltas extend
@@ -140,17 +139,9 @@ class ResponsesAssembler(Assembler):
             self.stop_reason = str_or_none(reason) or status
         usage = r.get("usage")
         if isinstance(usage, dict):
-            total = as_int(usage.get("input_tokens"))
             details = usage.get("input_tokens_details")
-            cached = (as_int(details.get("cached_tokens")) if isinstance(details, dict) else None) or 0
-            # input_tokens includes the cached part; Usage.input_tokens does not (Anthropic's meaning)
-            self.usage = merge_usage(
-                self.usage,
-                input_tokens=total - cached if total is not None else None,
-                output_tokens=usage.get("output_tokens"),
-                cache_read_input_tokens=cached if total is not None else None,
-                cache_creation_input_tokens=0 if total is not None else None,
-            )
+            cached = details.get("cached_tokens") if isinstance(details, dict) else None
+            self.openai_usage(usage.get("input_tokens"), cached, usage.get("output_tokens"))
 
     def body(self, data: dict[str, Any]) -> None:
         err = error_from(data)
