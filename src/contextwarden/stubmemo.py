@@ -16,7 +16,7 @@ from contextwarden.lru import LRU
 from contextwarden.memory.ids import memory_id
 
 MEMO = "clearing.result_stubs"
-MEMO_CHARS = 16_000_000  # bounded by the characters of the results it holds (their texts are its keys)
+MEMO_CHARS = 4_000_000  # bounded by the characters of the results it holds (their texts are its keys)
 
 
 def result_stub(ctx, tool: str, tool_input: Any, text: str, tokens: int, images: int, how: str,
