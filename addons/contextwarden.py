@@ -13,6 +13,7 @@ for _name in [n for n, m in list(sys.modules.items()) if getattr(m, "__file__", 
 from contextwarden.addons.counttokens import CountTokens  # noqa: E402
 from contextwarden.addons.eventserver import EventServer  # noqa: E402
 from contextwarden.addons.exposure import Exposure  # noqa: E402
+from contextwarden.addons.flowlines import FlowLines  # noqa: E402
 from contextwarden.addons.eventstream import EventStream  # noqa: E402
 from contextwarden.addons.interceptor import Interceptor  # noqa: E402
 from contextwarden.addons.metrics import MetricsServer  # noqa: E402
@@ -28,4 +29,4 @@ interceptor = Interceptor(warden)
 events = EventServer(warden)
 # Exposure: listen on loopback unless told otherwise; OutputGuard: no secret in mitmdump's own output
 addons = [warden, interceptor, CountTokens(warden), Observer(warden), WebSocketResponses(warden, interceptor), events,
-          RecallApiServer(warden, events), MetricsServer(warden), EventStream(warden), Exposure(), OutputGuard()]
+          RecallApiServer(warden, events), MetricsServer(warden), EventStream(warden), Exposure(), OutputGuard(), FlowLines()]

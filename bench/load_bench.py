@@ -419,6 +419,10 @@ def main() -> int:
             if e["type"] == "stage" and e["data"].get("status") == "timeout":
                 overrun_by[e["data"].get("stage")] = overrun_by.get(e["data"].get("stage"), 0) + 1
         stage_timeouts = sum(1 for e in events if e["type"] == "stage" and e["data"].get("status") == "timeout")
+        # a result the compression worker gave no answer for in time goes whole (not a fall-back)
+        left_whole = sum(1 for e in events if e["type"] == "error" and e["data"].get("where") == "compression"
+                         and e["data"].get("action") == "not compressed")
+        compressed = sum(int(e["data"].get("compressed") or 0) for e in events if e["type"] == "compression")
         mem = [e["data"] for e in events if e["type"] == "memory"]
         dropped = sum(int(d.get("dropped") or 0) for d in mem)
         ingested = sum(int(d.get("ingested") or 0) for d in mem)
@@ -449,6 +453,7 @@ def main() -> int:
         "throughput_ratio": (through.completed / through.seconds) / max(1e-9, direct.completed / direct.seconds),
         "fallbacks": len(fallbacks), "forwards": len(forwards), "stage_timeouts": stage_timeouts,
         "fallbacks_decided": sum(1 for f in fallbacks if f.get("fallback") == "decided"), "overruns_by_stage": overrun_by,
+        "compressed": compressed, "compression_left_whole": left_whole,
         "memory": {"ingested": ingested, "dropped": dropped, "pending_at_end": pending, "pending_after_sigterm": pending_after,
                    "searches": searched, "injected": injected, "search_timeouts": mem_timeouts},
         "turn_work_dropped": turn_drops,
@@ -483,6 +488,8 @@ def main() -> int:
     print(f"fall-backs (a stage past its budget or failed): {r['fallbacks']} of {r['forwards']} requests "
           f"({100 * r['fallbacks'] / max(1, r['forwards']):.2f}%; {r['fallbacks_decided']} kept the session's decisions); "
           f"stage timeouts {r['stage_timeouts']} {r['overruns_by_stage'] or ''}")
+    print(f"compression: {r['compressed']} results compressed at first sight, {r['compression_left_whole']} left whole "
+          f"(its worker gave no answer in time, died or could not start)")
     m = r["memory"]
     print(f"memory: {m['ingested']} items ingested, {m['dropped']} dropped, {m['pending_at_end']} pending at the end "
           f"(embedding lag), {m['pending_after_sigterm']} left pending after SIGTERM; searches {m['searches']}, "

@@ -39,6 +39,21 @@ def thread_names(spy_file: Path | None) -> dict[int, str]:
     return names
 
 
+def helpers(pid: int, skip: int | None) -> list[int]:
+    """The proxy's child processes other than its memory process (the compression workers; Linux /proc)."""
+    out = []
+    for t in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out += [int(x) for x in t.read_text().split()]
+        except OSError:
+            pass
+    return [c for c in out if c != skip]
+
+
+def helpers_cpu(pids: list[int]) -> dict[int, float]:
+    return {p: c for p in pids if (c := cpu_s(p)) is not None}
+
+
 async def play(url: str, sessions: list[Session], steps: int) -> tuple[int, int]:
     """Every session plays ``steps`` requests; returns (completed, errors)."""
     done = [0, 0]
@@ -70,6 +85,8 @@ def main() -> int:
     ap.add_argument("--no-plain", action="store_true", help="contextwarden only")
     ap.add_argument("--py-spy", default=None, metavar="DIR", help="py-spy --gil records of each proxy into DIR")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a proxy setting for the run")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a mitmproxy option for contextwarden's proxy (e.g. cw_flow_lines=true)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -94,7 +111,7 @@ def main() -> int:
                                                          options={"stream_large_bodies": "1"}))]
         env = {"CONTEXTWARDEN_" + "__".join(k.upper().split(".")): v for k, v in (kv.split("=", 1) for kv in args.set)}
         runs.append(("cw", dict(profile=args.profile, env=env or None, ready_events=("startup", "memory_status"),
-                                startup_timeout=300)))
+                                options=dict(kv.split("=", 1) for kv in args.option) or None, startup_timeout=300)))
         for name, kw in runs:
             pp = ProxyProcess(work / name, reverse=standin.url, name=name, **kw)
             pp.start()
@@ -105,17 +122,21 @@ def main() -> int:
                 time.sleep(2)  # start-up work settles
             spy = start_py_spy(pp.proc.pid, spy_dir / f"{name}.txt", 3600, gil=True) if spy_dir else None
             th0 = thread_cpu(pp.proc.pid)
+            w0 = helpers_cpu(helpers(pp.proc.pid, mem))
             c0, m0, t0 = cpu_s(pp.proc.pid), cpu_s(mem), time.monotonic()
             ok, errors = asyncio.run(play(pp.url, sessions(), args.steps))
             c1, m1, secs = cpu_s(pp.proc.pid), cpu_s(mem), time.monotonic() - t0
             th1 = thread_cpu(pp.proc.pid)
+            w1 = helpers_cpu(helpers(pp.proc.pid, mem))
             if spy is not None:
                 spy.send_signal(2)  # SIGINT: py-spy writes what it has
                 spy.wait(30)
             r = {"completed": ok, "errors": errors, "seconds": round(secs, 1),
                  "cpu_ms_per_request": round((c1 - c0) * 1000 / max(1, ok), 2)}
-            if mem:
+            if mem and m0 is not None and m1 is not None:  # (None: the memory process is gone)
                 r["memory_cpu_ms_per_request"] = round((m1 - m0) * 1000 / max(1, ok), 2)
+            if w1:  # (a worker started during the run counts from 0)
+                r["workers_cpu_ms_per_request"] = round(sum(c - w0.get(p, 0.0) for p, c in w1.items()) * 1000 / max(1, ok), 2)
             # per thread: the event loop (the main thread) against the workers
             names = thread_names(spy_dir / f"{name}.txt" if spy_dir else None)
             by: dict[str, float] = {}
@@ -127,7 +148,9 @@ def main() -> int:
             out[name] = r
             print(f"{name:6} {ok} requests ({errors} errors) in {secs:.1f} s: proxy process CPU "
                   f"{r['cpu_ms_per_request']} ms/request"
-                  + (f", memory process {r['memory_cpu_ms_per_request']} ms/request" if mem else ""), flush=True)
+                  + (f", memory process {r['memory_cpu_ms_per_request']} ms/request" if "memory_cpu_ms_per_request" in r else "")
+                  + (f", its other processes (compression workers) {r['workers_cpu_ms_per_request']} ms/request"
+                     if "workers_cpu_ms_per_request" in r else ""), flush=True)
             print("   by thread (ms/request): " + ", ".join(f"{k} {v}" for k, v in r["threads_cpu_ms_per_request"].items()))
             pp.stop()
     finally:

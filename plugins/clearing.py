@@ -64,6 +64,7 @@ from contextwarden.models.base import ApiKind
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.statecache import state_cache
+from contextwarden.stubmemo import result_stub
 from contextwarden.workingset import budget_in
 
 NS = "clearing"
@@ -803,10 +804,9 @@ def _choose(st: _Clearing) -> None:
             rec: dict[str, Any] = {"h": s.digest, "stub": None, "tokens": 0, "stub_tokens": 0, "tool": s.tool, "mid": None}
             g = 0
             if toks:
-                stub = stub_text(s.tool, s.tool_input, text, toks, image_count(s.content), how)
-                stub_toks = ctx.runtime.tokens.count_text(stub, ctx.model)
+                stub, stub_toks, mid = result_stub(ctx, s.tool, s.tool_input, text, toks, image_count(s.content), how, stub_text)
                 if stub_toks < toks:
-                    rec.update(stub=stub, tokens=toks, stub_tokens=stub_toks, mid=memory_id(text) if text.strip() else None)
+                    rec.update(stub=stub, tokens=toks, stub_tokens=stub_toks, mid=mid)
                     g += toks - stub_toks
             if input_allowed(s):
                 made = input_stub(s.tool_input, lambda t: ctx.runtime.tokens.count_text(t, ctx.model), how)

@@ -259,6 +259,8 @@ def _first_sight(ctx, s: Slot, text: str, mid: str, limits: Limits, lazy: dict, 
         return None
     if made is None:
         return None
+    if made[2] is not None:  # counted there: the body's count (finish) looks it up
+        tokens.remember_text(made[0], made[2], ctx.model)
     if "how" not in lazy:
         lazy["how"] = recall_wording(ctx, state, key)
     if lazy["how"] != how:  # decided meanwhile by another request of the session: its first line here

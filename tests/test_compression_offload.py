@@ -42,6 +42,7 @@ def outputs() -> list[tuple[str, str, dict, str]]:
 def test_a_worker_gives_the_same_text_as_the_stage_thread_byte_for_byte():
     pool = offload.Offload(1, "cl100k_base")
     try:
+        assert pool.wait_ready(60)
         import tiktoken
 
         enc = tiktoken.get_encoding("cl100k_base")
@@ -63,13 +64,19 @@ def test_a_worker_gives_the_same_text_as_the_stage_thread_byte_for_byte():
 def test_a_worker_past_its_time_is_stopped_and_the_next_call_starts_a_new_one():
     pool = offload.Offload(1)
     try:
+        with pytest.raises(offload.Unavailable, match="starting"):
+            pool.call(len, "abc", timeout=60)  # a call does not wait for a worker to start: it would be charged
+        assert pool.wait_ready(60)
         assert pool.call(len, "abc", timeout=60) == 3
         with pytest.raises(offload.Unavailable, match="no answer"):
             pool.call(time.sleep, 30, timeout=0.3)
         assert pool.failures == 1
-        t0 = time.monotonic()
+        assert pool.wait_ready(60)
         assert pool.call(len, "abcd", timeout=60) == 4  # a new worker (the old one was stopped, not waited for)
-        assert time.monotonic() - t0 < 30 and pool.started == 2
+        assert pool.started == 2
+        with pytest.raises(offload.Unavailable, match="ValueError"):
+            pool.call(int, "x", timeout=60)  # a call that raises there: the caller leaves the result whole
+        assert pool.call(len, "ab", timeout=60) == 2 and pool.failures == 1  # and the worker goes on
     finally:
         pool.close()
     with pytest.raises(offload.Unavailable):
@@ -77,14 +84,20 @@ def test_a_worker_past_its_time_is_stopped_and_the_next_call_starts_a_new_one():
 
 
 def _kill_workers(pool: offload.Offload) -> None:
-    for p in list(pool._pool._processes.values()):
-        p.kill()
-        p.join(10)
+    import os
+    import signal
+
+    for pid in pool.pids():
+        os.kill(pid, signal.SIGKILL)
+    for w in pool.workers:
+        w.proc.wait(10)
 
 
 def separate(cw_home, **cfg):
     h = harness(cw_home, process="separate", **cfg)
-    return h, h.rt.memo(offload.NAME, lambda: None)
+    pool = h.rt.memo(offload.NAME, lambda: None)
+    assert pool is not None and pool.wait_ready(60)  # started with the runtime
+    return h, pool
 
 
 def step(body: dict, tid: str, text: str) -> dict:
@@ -107,6 +120,8 @@ def test_the_stage_with_a_worker_sends_the_same_bodies_and_events_as_in_line(tmp
     seen = {}
     for mode in ("inline", "separate"):
         h = harness(tmp_path / mode, process=mode)
+        if mode == "separate":
+            assert h.rt.memo(offload.NAME, lambda: None).wait_ready(60)
         try:
             sent = [h.send(ApiKind.ANTHROPIC, b) for b in (body, next_body(body), body)]
             seen[mode] = ([s.body for s in sent],
@@ -142,6 +157,7 @@ def test_a_dead_worker_leaves_the_new_result_whole_and_the_sessions_decisions_st
         assert second.outcome.fallback is None  # ... and no fall-back: the other stages' work went
         [err] = [e for e in second.events("error") if e["where"] == "compression"]
         assert err["action"] == "not compressed" and "worker" in err["message"]
+        assert pool.wait_ready(60)
         # it stays whole on later requests (no record was made), and a new worker compresses the next one
         third = h.send(ApiKind.ANTHROPIC, step(nxt, "toolu_b", out3))
         res = results_of(third.body)
@@ -151,13 +167,14 @@ def test_a_dead_worker_leaves_the_new_result_whole_and_the_sessions_decisions_st
         assert pool.started == 2
     finally:
         h.close()
+    assert not pool.pids()  # stopped with the runtime
 
 
 def test_a_busy_worker_past_the_stages_budget_leaves_the_result_whole_without_a_fall_back(cw_home):
     h, _ = separate(cw_home)
     try:
         h.apply({"pipeline": {"budgets_ms": {"compression": 1500}}})  # the worker has until 1.2 s
-        pool = h.rt.memo(offload.NAME, lambda: offload.Offload(1))
+        pool = h.rt.memo(offload.NAME, lambda: None)
         busy = threading.Thread(target=lambda: pool.call(time.sleep, 6, timeout=30), daemon=True)
         busy.start()
         time.sleep(0.5)  # the worker is asleep: the stage's call waits in the queue behind it

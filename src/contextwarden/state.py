@@ -21,6 +21,7 @@ from typing import Any, Callable
 import orjson
 
 from .sealing import Sealer, SealError
+from .statewrites import LastWritten
 
 KEY_CHECK = ("_meta", "key_check")  # a sealed marker: a wrong or missing key is found at start-up
 
@@ -90,6 +91,7 @@ class StateStore(Codec):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (ns TEXT, key TEXT, value BLOB, updated REAL, PRIMARY KEY (ns, key))")
+        self._updated = LastWritten()
 
     def load(self, ns: str, key: str) -> bytes | None:
         with self._lock:
@@ -105,10 +107,12 @@ class StateStore(Codec):
             self._db.execute("BEGIN IMMEDIATE")  # also excludes other processes on this file
             try:
                 row = self._db.execute("SELECT value FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
-                cur = self.decode(row[0]) if row else None
+                cur = self._updated.current(ns, key, row[0] if row else None, self.decode)
                 new = fn(cur)
                 if new is not cur:
-                    self._db.execute("INSERT OR REPLACE INTO kv VALUES (?,?,?,?)", (ns, key, self.encode(new), time.time()))
+                    blob = self.encode(new)
+                    self._db.execute("INSERT OR REPLACE INTO kv VALUES (?,?,?,?)", (ns, key, blob, time.time()))
+                    self._updated.wrote(ns, key, blob, new)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -38,6 +38,20 @@ def strict(standin):
     return standin
 
 
+def child_cmdlines(pid: int) -> list[str]:
+    """The command lines of a process's children (Linux /proc)."""
+    from pathlib import Path
+
+    out = []
+    for t in Path(f"/proc/{pid}/task").glob("*/children"):
+        for c in t.read_text().split():
+            try:
+                out.append(Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                pass
+    return out
+
+
 def body(session: str, log: str, steps: int) -> dict:
     msgs: list[dict] = [{"role": "user", "content": [{"type": "text", "text": f"Task {session}: the build fails, fix it."}]},
                         {"role": "assistant", "content": [{"type": "text", "text": "Running the build."},
@@ -87,6 +101,9 @@ def test_compressed_at_first_sight_recallable_and_reapplied_byte_for_byte(tmp_pa
         fwd = proxy.events("forward")
         assert all(e["data"]["fallback"] is None for e in fwd)
         assert fwd[0]["data"]["tokens_out"] < fwd[0]["data"]["tokens_in"] // 10
+        # compressed in the proxy's compression worker (compression.process auto: separate in mitmdump)
+        assert any("contextwarden.compress.offload" in cmd for cmd in child_cmdlines(proxy.proc.pid))
+        assert not [e for e in proxy.events("error") if e["data"].get("where") == "compression"]
     finally:
         proxy.stop(timeout=5)
 

@@ -18,6 +18,7 @@ def register(sub) -> None:
                    help="regular (HTTPS_PROXY, recommended) or reverse:https://api.anthropic.com (base URL)")
     p.add_argument("--plugins", default=None, help="a folder of drop-in plugin files")
     p.add_argument("--confdir", default=None, help="mitmproxy's confdir (its CA lives there; default ~/.mitmproxy)")
+    p.add_argument("--flow-lines", action="store_true", help="print mitmdump's line per flow (off by default)")
     p.add_argument("--dry-run", action="store_true", help="print the instructions and the mitmdump command, do not start")
     p.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="extra mitmdump arguments after --")
     p.set_defaults(func=run)
@@ -61,6 +62,8 @@ def mitmdump_argv(args) -> list[str]:
         argv += ["--set", f"cw_plugins={args.plugins}"]
     if args.confdir:
         argv += ["--set", f"confdir={args.confdir}"]
+    if getattr(args, "flow_lines", False):
+        argv += ["--set", "cw_flow_lines=true"]
     # Claude Code opens CONNECT tunnels before it knows the host it needs; lazy connects keep that cheap
     argv += ["--set", "connection_strategy=lazy"]
     extra = args.mitmdump_args

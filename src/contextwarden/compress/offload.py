@@ -6,23 +6,28 @@ line, redacting the whole text, counting its tokens) is pure Python and regular 
 request's ~30 ms in the proxy process on the load benchmark, all of it holding the GIL that the event
 loop and every other request also need (bench/proxy_cpu.py). :func:`first_sight` is that work as one pure
 function of its arguments; the stage calls it in-line (tests, replay, evaluations: ``compression.process``
-``inline``) or, in the proxy (``separate``; ``auto`` is separate in a mitmdump process), in a worker of a
-:class:`Offload` pool of ``compression.workers`` processes, waiting at most until its own budget is spent.
+``inline``) or, in the proxy (``separate``; ``auto`` is separate in a mitmdump process), in one of
+``compression.workers`` worker processes (:class:`Offload`), waiting at most until its own budget is spent.
 
 Fails open: a worker that does not answer in time (it is stopped: the next call starts a new one), has
-died, or cannot be started leaves that result uncompressed, exactly what the result gets when the stage
-runs past its budget (no record: it goes whole, now and on every later request). The answer itself is the
+died, is still starting (its start-up is never charged to a call), or cannot be started leaves that
+result uncompressed, exactly what the result gets when the stage runs past its budget (no record: it goes
+whole, now and on every later request). The calling thread speaks to its worker over a pipe itself: no
+pool threads of the proxy's take the interpreter lock for it (a ProcessPoolExecutor's two took 0.7 ms per
+request), and the worker is ``python -m`` this module, never a re-run of the proxy's main script. The answer itself is the
 same text, byte for byte, as in-line (``tests/test_compression_offload.py``).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import os
+import pickle
+import select
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from contextwarden.memory.secrets import redact_text
@@ -83,92 +88,183 @@ class Unavailable(Exception):
     """The worker gave no answer in time, died, or could not be started (the result is left as it is)."""
 
 
-class Offload:
-    """A pool of worker processes (spawned: the proxy has threads, so no fork), started on first use and
-    started again after a failure. One per runtime (``runtime.memo(NAME, ...)``), closed by the stage's
-    ``cw_shutdown``."""
+class _Worker:
+    """One worker process (``python -m contextwarden.compress.offload``: started, not forked, and without
+    re-running the proxy's main script) spoken to over its stdin and stdout: a call is a length-prefixed
+    pickle of ``(fn, args)``, the answer one of ``(ok, value)``. The calling thread writes and reads
+    itself (no pool threads taking the interpreter lock); one call at a time (``lock``)."""
 
-    def __init__(self, workers: int = 1, encoding: str | None = None) -> None:
-        self.workers = max(1, int(workers))
+    def __init__(self, encoding: str | None) -> None:
         self.encoding = encoding
-        self._pool: cf.ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self.started = 0  # pools started (a restart after a failure counts)
-        self.failures = 0
-
-    def _get(self) -> cf.ProcessPoolExecutor:
-        with self._lock:
-            if self._closed:
-                raise Unavailable("closed")
-            if self._pool is None:
-                self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=_warm, initargs=(self.encoding,))
-                self.started += 1
-            return self._pool
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen | None = None
+        self._ready = False
 
     def start(self) -> None:
-        """Start the workers now (start-up), so the first request does not wait for a process to spawn."""
+        env = dict(os.environ)
+        src = str(Path(__file__).resolve().parents[2])  # this contextwarden package first (as memory's process)
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen([sys.executable, "-m", "contextwarden.compress.offload", self.encoding or ""],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     bufsize=0, env=env, start_new_session=True)
+        self._ready = False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ready(self, wait: float = 0.0) -> bool:
+        """Whether the worker has loaded what it needs (it says so with an empty answer once, at start)."""
+        if not self._ready and self.proc is not None:
+            if select.select([self.proc.stdout.fileno()], [], [], wait)[0]:
+                self._ready = self._read(4, time.monotonic() + 5) == bytes(4)
+        return self._ready
+
+    def exchange(self, payload: bytes, deadline: float) -> bytes:
+        """Send one call, read its answer by ``deadline`` (``time.monotonic``). Raises TimeoutError, OSError."""
+        p = self.proc
+        p.stdin.write(len(payload).to_bytes(4, "big") + payload)
+        n = int.from_bytes(self._read(4, deadline), "big")
+        return self._read(n, deadline)
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        fd, got = self.proc.stdout.fileno(), bytearray()
+        while len(got) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, n - len(got))
+            if not chunk:
+                raise EOFError("the worker exited")
+            got += chunk
+        return bytes(got)
+
+    def stop(self) -> None:
+        p, self.proc = self.proc, None
+        if p is None:
+            return
+        for f in (p.stdin, p.stdout):
+            try:
+                f.close()
+            except Exception:
+                pass
         try:
-            self._get().submit(_count, "", None)
-        except Exception:  # the first call tries again
+            p.kill()
+            p.wait(2)
+        except Exception:
             pass
+
+
+class Offload:
+    """``workers`` worker processes, started on first use (or :meth:`start`) and again after a failure. One
+    per runtime (``runtime.memo(NAME, ...)``), closed by the stage's ``cw_shutdown``."""
+
+    def __init__(self, workers: int = 1, encoding: str | None = None) -> None:
+        self.workers = [_Worker(encoding) for _ in range(max(1, int(workers)))]
+        self._next = 0
+        self._closed = False
+        self.started = 0  # worker processes started (a restart after a failure counts)
+        self.failures = 0  # workers stopped: no answer in time, or dead
+
+    def start(self) -> None:
+        """Start the workers now (start-up, not waiting for them), so that the first request finds them ready."""
+        for w in self.workers:
+            with w.lock:
+                try:
+                    self._ensure(w)
+                except Exception:  # the first call tries again
+                    pass
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Start the workers and wait until every one is ready (tests, benchmarks)."""
+        self.start()
+        deadline = time.monotonic() + timeout
+        for w in self.workers:
+            with w.lock:
+                if not w.alive() or not w.ready(max(0.0, deadline - time.monotonic())):
+                    return False
+        return True
+
+    def _ensure(self, w: _Worker) -> None:
+        """A worker process for ``w`` (a dead one is started again). Raises Unavailable while it starts:
+        its start-up (imports, the encoding) is never charged to a call's time."""
+        if self._closed:
+            raise Unavailable("closed")
+        if not w.alive():
+            if w.proc is not None:
+                self.failures += 1
+                w.stop()
+            w.start()
+            self.started += 1
+        if not w.ready():
+            raise Unavailable("the worker is starting")
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers if w.alive()]
+
+    def _free(self, deadline: float) -> _Worker:
+        """A worker free now, else the next in turn once it is free (by ``deadline``)."""
+        for w in self.workers:
+            if w.lock.acquire(blocking=False):
+                return w
+        w = self.workers[self._next % len(self.workers)]
+        self._next += 1
+        if not w.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise Unavailable("no answer in time: every worker busy")
+        return w
 
     def call(self, fn, *args, timeout: float) -> Any:
         """``fn(*args)`` in a worker, waiting at most ``timeout`` seconds. Raises :class:`Unavailable`."""
         if timeout <= 0:
             raise Unavailable("no time left")
+        deadline = time.monotonic() + timeout
+        w = self._free(deadline)
         try:
-            pool = self._get()
-            fut = pool.submit(fn, *args)
-        except Unavailable:
-            raise
-        except Exception as e:  # broken or shut down under us: a new pool next time
-            self._reset(None)
-            raise Unavailable(f"{type(e).__name__}: {e}") from e
-        try:
-            return fut.result(timeout)
-        except cf.TimeoutError:
-            if not fut.cancel():
-                # running past the time it had: stop it rather than queue every later call behind it
-                self._reset(pool, wait=False)
-            raise Unavailable(f"no answer within {timeout * 1000:.0f} ms") from None
-        except cf.process.BrokenProcessPool as e:
-            self._reset(pool, wait=False)
-            raise Unavailable(f"worker died: {e}") from e
+            try:
+                self._ensure(w)
+                ok, value = pickle.loads(w.exchange(pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL), deadline))
+            except TimeoutError:
+                self._fail(w)  # running past its time: stopped, rather than every later call waiting behind it
+                raise Unavailable(f"no answer within {timeout * 1000:.0f} ms") from None
+            except Unavailable:
+                raise
+            except Exception as e:  # died, or could not start
+                self._fail(w)
+                raise Unavailable(f"worker died: {type(e).__name__}: {e}") from e
+        finally:
+            w.lock.release()
+        if not ok:
+            raise Unavailable(f"the call failed in the worker: {value}")
+        return value
 
-    def _reset(self, pool: cf.ProcessPoolExecutor | None, wait: bool = False) -> None:
-        """Drop ``pool`` (the current one when None) and stop its processes; the next call starts anew."""
-        with self._lock:
-            if pool is None:
-                pool = self._pool
-            if pool is None or pool is not self._pool:
-                return  # another thread reset it already
-            self._pool = None
-            self.failures += 1
-        _stop(pool, wait)
+    def _fail(self, w: _Worker) -> None:
+        self.failures += 1
+        w.stop()
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            _stop(pool, wait=True)
+        self._closed = True
+        for w in self.workers:
+            w.stop()
 
 
-def _stop(pool: cf.ProcessPoolExecutor, wait: bool) -> None:
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in procs:  # a worker busy past its time would otherwise finish its call first
+def _serve(encoding: str | None) -> None:
+    """The worker's loop: calls from stdin, answers to stdout, until stdin closes (the proxy is gone)."""
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # anything a module prints goes to stderr, never into the answers
+    inp = sys.stdin.buffer
+    _warm(encoding)
+    out.write(bytes(4))  # ready
+    while True:
+        head = inp.read(4)
+        if len(head) < 4:
+            return
+        fn, args = pickle.loads(inp.read(int.from_bytes(head, "big")))
         try:
-            p.terminate()
-        except Exception:
-            pass
-    if not wait:  # (a request's thread: the pool's own manager thread reaps them)
-        return
-    deadline = time.monotonic() + 2
-    for p in procs:
-        try:
-            p.join(max(0.0, deadline - time.monotonic()))
-        except Exception:
-            pass
+            res = (True, fn(*args))
+        except Exception as e:  # the caller leaves the result whole
+            res = (False, f"{type(e).__name__}: {e}")
+        data = pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL)
+        out.write(len(data).to_bytes(4, "big") + data)
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None)

@@ -1,0 +1,37 @@
+"""mitmdump's per-flow lines off unless asked for.
+
+mitmdump prints a line per flow (``flow_detail`` 1, its default): formatting it costs the proxy's event
+loop ~6% of its time per request (issue 19), and a line per request is noise next to contextwarden's
+own events (``contextwarden events``, the TUI). So, once mitmproxy has applied the command line, the
+flow lines are turned off (``flow_detail`` 0) when the user left ``flow_detail`` at its default.
+They come back with ``--set cw_flow_lines=true`` (``contextwarden run --flow-lines``), with ``-v``, or
+with ``--set flow_detail=2`` or more; ``-q`` keeps them off as before.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import ctx
+
+
+class FlowLines:
+    def load(self, loader) -> None:
+        loader.add_option("cw_flow_lines", bool, False,
+                          "print mitmdump's line per flow (off by default: it costs the proxy CPU per request)")
+
+    def running(self) -> None:
+        self.apply()
+
+    def configure(self, updated: set[str]) -> None:
+        if "cw_flow_lines" in updated:
+            self.apply()
+
+    @staticmethod
+    def apply() -> None:
+        opts = ctx.options
+        if "flow_detail" not in opts:  # not mitmdump (no dumper): nothing prints flows
+            return
+        if opts.cw_flow_lines:
+            if opts.flow_detail == 0:
+                opts.update(flow_detail=1)
+        elif not opts.has_changed("flow_detail"):
+            opts.update(flow_detail=0)

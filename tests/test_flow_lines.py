@@ -1,0 +1,59 @@
+"""mitmdump's per-flow lines are off by default (they cost the proxy's event loop CPU per request) and
+come back when asked for (addons/flowlines.py)."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+from mitmproxy.addons.dumper import Dumper
+from mitmproxy.test import taddons, tflow
+
+from contextwarden.addons.flowlines import FlowLines
+from contextwarden.cli.run import mitmdump_argv
+from tests.support.proxy import ProxyProcess
+from tests.support.upstream import StandIn
+
+
+def _printed(apply: bool = True, **opts) -> str:
+    out = io.StringIO()
+    dumper, lines = Dumper(out), FlowLines()
+    with taddons.context(dumper, lines) as tctx:
+        if opts:
+            tctx.configure(lines, **opts)
+        if apply:
+            lines.running()
+        dumper.response(tflow.tflow(resp=True))
+    return out.getvalue()
+
+
+def test_flow_lines_are_off_by_default():
+    assert _printed() == ""
+    assert "GET" in _printed(apply=False)  # control: mitmdump alone prints the same flow's line
+
+
+def test_asking_for_flow_lines_brings_them_back():
+    assert "GET" in _printed(cw_flow_lines=True)
+    assert "GET" in _printed(flow_detail=2)  # -v (or a detail above the default) is kept
+    assert _printed(flow_detail=0) == ""  # -q too
+
+
+def test_run_passes_flow_lines_on_request():
+    import argparse
+    base = dict(listen_host="127.0.0.1", port=8080, profile="default", mode="regular", home=None, plugins=None,
+                confdir=None, mitmdump_args=[])
+    assert "cw_flow_lines=true" not in mitmdump_argv(argparse.Namespace(**base, flow_lines=False))
+    assert "cw_flow_lines=true" in mitmdump_argv(argparse.Namespace(**base, flow_lines=True))
+
+
+def test_mitmdump_prints_no_flow_line_by_default(tmp_path):
+    with StandIn() as standin:
+        with ProxyProcess(tmp_path / "px", profile="observe-only", reverse=standin.url) as proxy:
+            with httpx.Client(trust_env=False, timeout=60) as c:
+                r = c.post(proxy.url + "/v1/messages", json={"model": "claude-sonnet-4-5", "max_tokens": 20,
+                                                             "messages": [{"role": "user", "content": "hi"}]},
+                           headers={"x-api-key": "sk-ant-lines", "anthropic-version": "2023-06-01"})
+            assert r.status_code == 200
+            assert proxy.wait_events(lambda e: e["type"] == "response")
+            out = proxy.stdout_text()
+    assert "/v1/messages" not in out and "<< 200" not in out, out[-2000:]
