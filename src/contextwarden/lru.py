@@ -33,6 +33,11 @@ class LRU:
         self._total = 0
         self._lock = threading.Lock()
 
+    def peek(self, key: Hashable) -> Any:
+        """The value held for ``key`` (None when absent), without counting it as a use."""
+        with self._lock:
+            return self._d.get(key)
+
     def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         with self._lock:
             v = self._d.get(key)
