@@ -136,7 +136,9 @@ class AnthropicAssembler(Assembler):
     # -- whole body ------------------------------------------------------------------------
 
     def body(self, data: dict[str, Any]) -> None:
-        if self.failed(data):
+        err = error_from(data)
+        if err is not None:
+            self.set_error(err)
             return
         content = data.get("content")
         if not isinstance(content, list):

@@ -80,13 +80,6 @@ class Assembler:
         self.error = err
         self.complete = False
 
-    def failed(self, data: dict[str, Any]) -> bool:
-        """True when ``data`` is a provider error (then the turn's error)."""
-        err = error_from(data)
-        if err is not None:
-            self.set_error(err)
-        return err is not None
-
     def openai_usage(self, total: Any, cached: Any, output: Any) -> None:
         """OpenAI's usage (chat and Responses): its ``total`` input tokens include the ``cached`` ones;
         Usage.input_tokens does not (Anthropic's meaning)."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from contextwarden.models.base import ApiKind
 
-from .assembler import Assembler, parse_arguments, str_or_none
+from .assembler import Assembler, error_from, parse_arguments, str_or_none
 from .turn import merge_usage
 
 
@@ -21,7 +21,9 @@ class OllamaAssembler(Assembler):
         self._calls: list[dict[str, Any]] = []
 
     def event(self, name: str | None, data: dict[str, Any]) -> None:
-        if self.failed(data):
+        err = error_from(data)
+        if err is not None:
+            self.set_error(err)
             return
         self.model = str_or_none(data.get("model")) or self.model
         msg = data.get("message")

@@ -13,7 +13,7 @@ import orjson
 
 from contextwarden.models.base import ApiKind
 
-from .assembler import Assembler, parse_arguments, str_or_none
+from .assembler import Assembler, error_from, parse_arguments, str_or_none
 from .turn import as_int
 
 
@@ -38,7 +38,9 @@ class ChatAssembler(Assembler):
         self._by_index: dict[int, _Call] = {}
 
     def event(self, name: str | None, data: dict[str, Any]) -> None:
-        if self.failed(data):
+        err = error_from(data)
+        if err is not None:
+            self.set_error(err)
             return
         self._meta(data)
         choices = data.get("choices")
@@ -121,7 +123,9 @@ class ChatAssembler(Assembler):
         self.complete = self.error is None
 
     def body(self, data: dict[str, Any]) -> None:
-        if self.failed(data):
+        err = error_from(data)
+        if err is not None:
+            self.set_error(err)
             return
         choices = data.get("choices")
         if not isinstance(choices, list):
