@@ -555,31 +555,6 @@ def _working_set(ctx, slots: list[Slot], budget: int) -> set[str]:
     return {c.key for c in working_set(calls, budget, lambda c: _result_tokens(ctx, byid[c.key]))}
 
 
-def _current_last(slots: list[Slot], candidates: list) -> list:
-    """``candidates`` ((slot, tokens), oldest first) in the order a step clears them
-    (``clearing.current_files_last``): results that no longer show a file as it is (superseded Reads,
-    command outputs, searches), then the current text of files only read, then that of files being
-    edited, the least recently touched first: the model copies its next Edit's ``old_string`` from the
-    latest Read of a file it is changing and the Edit results since."""
-    from contextwarden.workingset import EDIT_TOOLS, Call, path_of, working_set
-
-    calls = [Call(s.order, s.tool, s.tool_input, s.id, "") for s in slots if s.order >= 0]
-    touched: dict[str, int] = {}
-    edited: set[str] = set()
-    for c in calls:
-        if p := path_of(c.tool_input):
-            touched[p] = max(touched.get(p, -1), c.order)
-            if c.tool in EDIT_TOOLS:
-                edited.add(p)
-    current = {c.key: path_of(c.tool_input) for c in working_set(calls, 1, lambda c: 0)}  # (all: none counted)
-
-    def rank(c) -> tuple:
-        p = current.get(c[0].id)
-        return (0, 0) if p is None else (2 if p in edited else 1, touched.get(p, -1))
-
-    return sorted(candidates, key=rank)
-
-
 @hookimpl
 def cw_request(ctx) -> None:
     _clear(ctx, decide=True)
@@ -788,8 +763,6 @@ def _choose(st: _Clearing) -> None:
                     toks = 0
             if toks or input_allowed(s):
                 candidates.append((s, toks))
-        if candidates and getattr(cfg, "current_files_last", False):
-            candidates = _current_last(slots, candidates)
         need = math.inf if cfg.clear_all or ctl.compact_now else max(clear_at_least, total - st.freed - trigger)
         chosen, gain = st.chosen, 0
         if sum(toks for _, toks in candidates) < clear_at_least and not any(input_allowed(s) for s, _ in candidates):

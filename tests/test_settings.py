@@ -27,7 +27,7 @@ def test_claude_code_is_lean_and_the_conservative_thresholds_are_their_own_profi
     assert cc.compaction.protect_recent_turns == 6 and cc.clearing.keep_edited_reads == 20
     assert cc.clearing.working_set_tokens == 12000 and cc.compaction.working_set_tokens == 8000
     assert cc.compaction.working_set_mentions is True and cc.compaction.working_set_written is False
-    assert cc.compaction.working_set_latest_edits == 0.5 and cc.clearing.current_files_last is False
+    assert cc.compaction.working_set_latest_edits == 0.5
     assert cc.clearing.min_result_tokens == 500
     assert cc.memory.top_k == 8 and cc.memory.budget_fraction == 0.05 and cc.memory.inject_tool_steps is False
     assert default.clearing == cc.clearing and default.compaction == cc.compaction and default.memory == cc.memory

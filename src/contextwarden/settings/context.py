@@ -78,12 +78,6 @@ class ClearingSection(Section):
     latest Read (unless a Write came after it) and the Edit results since, the most recently touched
     files first, up to this many tokens. The model copies its Edits' ``old_string`` from them. 0: off."""
 
-    current_files_last: bool = False
-    """A clearing step takes first the results that no longer show a file as it now is (superseded
-    Reads, command outputs, searches), oldest first, and only then the current text of files (each file's
-    latest Read or Write and the Edit results since, beyond ``working_set_tokens``), oldest first: a step
-    that frees enough before reaching them leaves them alone."""
-
     level_factors: dict[str, float] = {"REDUCED": 0.75, "MINIMAL": 0.5}
     """Under a budget level, ``trigger_tokens``, ``keep_recent`` and ``clear_at_least`` are multiplied by
     this factor (``keep_recent`` rounded up), so clearing starts earlier and keeps less."""
