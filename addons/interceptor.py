@@ -110,7 +110,8 @@ class Interceptor:
         ctx.emit("forward", changed=outcome.body is not None, reason=outcome.reason, bytes_in=len(raw),
                  bytes_out=bytes_out, tokens_in=ctx.tokens_in,
                  tokens_out=ctx.tokens_out if outcome.body is not None else ctx.tokens_in, pipeline_ms=ms,
-                 stages=ctx.stage_results, fallback=outcome.fallback, fallback_reason=outcome.fallback_reason)
+                 stages=ctx.stage_results, fallback=outcome.fallback, fallback_reason=outcome.fallback_reason,
+                 hook_ms=round((time.time() - state.t_request) * 1000, 3), timings=ctx.timings)
 
     def _start_observe(self, state: FlowState, args: tuple) -> None:
         """Run :meth:`_observe` once per flow (the timer and the end of the flow both call this)."""

@@ -232,6 +232,22 @@ def cpu_s(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def kids_cpu(pid: int | None, skip: int | None = None) -> dict[int, float]:
+    """CPU seconds of each live child process of ``pid`` but ``skip`` (the compression workers of the
+    proxy, the embedding worker of the memory process; Linux /proc)."""
+    out = {}
+    if pid:
+        for t in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                kids = [int(x) for x in t.read_text().split()]
+            except OSError:
+                continue
+            for k in kids:
+                if k != skip and (c := cpu_s(k)) is not None:
+                    out[k] = c
+    return out
+
+
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     """(name, CPU seconds) of each thread of a process, by OS thread id (Linux /proc; Python 3.12 does
     not name OS threads, so pool threads show as the process's name). Per-thread CPU says where the
@@ -397,8 +413,13 @@ def main() -> int:
         spy = start_py_spy(proxy.proc.pid, Path(args.py_spy), args.seconds, args.py_spy_gil) if args.py_spy else None
         th0 = thread_cpu(proxy.proc.pid)
         cpu0 = (cpu_s(proxy.proc.pid), cpu_s(current_mem_pid()))
+        kids0 = (kids_cpu(proxy.proc.pid, current_mem_pid()), kids_cpu(current_mem_pid()))
         asyncio.run(run_phase(through, proxy.url, make_sessions(), args.seconds, records, lock))
         cpu1 = (cpu_s(proxy.proc.pid), cpu_s(current_mem_pid()))
+        kids1 = (kids_cpu(proxy.proc.pid, current_mem_pid()), kids_cpu(current_mem_pid()))
+        # (a worker's CPU since the phase began; one started during it counts whole)
+        kid_s = [sum(c - k0.get(p, 0.0) for p, c in k1.items()) for k0, k1 in zip(kids0, kids1)]
+        cpu0, cpu1 = cpu0 + (0.0, 0.0), cpu1 + tuple(kid_s)
         th1 = thread_cpu(proxy.proc.pid)
         if spy is not None:
             try:
@@ -457,13 +478,22 @@ def main() -> int:
         "memory": {"ingested": ingested, "dropped": dropped, "pending_at_end": pending, "pending_after_sigterm": pending_after,
                    "searches": searched, "injected": injected, "search_timeouts": mem_timeouts},
         "turn_work_dropped": turn_drops,
+        # where a request's time goes in the proxy (p50, ms): from the request hook's start to the forward
+        # event (hook), prepare's start to the forward (pipeline), and their parts (the context's timings:
+        # count_in, parse, to_stages = prepare's start to the first stage, waits included; stages)
+        "hook_ms": {p: pct([f["hook_ms"] for f in forwards if "hook_ms" in f], p) for p in (50, 99)},
+        "pipeline_ms": {p: pct([f["pipeline_ms"] for f in forwards if "pipeline_ms" in f], p) for p in (50, 99)},
+        "timings_p50": {k: pct([f["timings"][k] for f in forwards if k in (f.get("timings") or {})], 50)
+                        for k in sorted({k for f in forwards for k in (f.get("timings") or {})})},
+        "stage_ms_p50": {n: pct([s["ms"] for f in forwards for s in f.get("stages") or [] if s.get("stage") == n], 50)
+                         for n in sorted({s.get("stage") for f in forwards for s in f.get("stages") or []})},
         "cpu_ms_per_request": {k: None if a is None or b is None else round((b - a) * 1000 / max(1, through.completed), 2)
-                               for k, a, b in zip(("proxy", "memory"), cpu0, cpu1)},
+                               for k, a, b in zip(("proxy", "memory", "compression_workers", "embedding_worker"), cpu0, cpu1)},
         # where the proxy's CPU went, by thread: the event loop (mitmproxy, our hooks) against the
         # workers (prepare and count: core; stages and finish: stage; turn work; event log...)
         "proxy_cpu_ms_per_request_by_thread": by_thread(proxy.proc.pid, th0, th1, through.completed),
         "cpu_share_of_core": {k: None if a is None or b is None else round((b - a) / through.seconds, 2)
-                              for k, a, b in zip(("proxy", "memory"), cpu0, cpu1)},
+                              for k, a, b in zip(("proxy", "memory", "compression_workers", "embedding_worker"), cpu0, cpu1)},
         "rss_mb": rss, "sigterm_s": sigterm_s,
         "error_samples": (direct.errors + through.errors)[:5],
     })
@@ -499,10 +529,19 @@ def main() -> int:
         print(f"plain mitmdump: {m0['rps'] / max(1e-9, r['direct']['rps']) * 100:.0f}% of direct, CPU per request "
               f"{m0['cpu_ms_per_request']} ms (mitmproxy's own share of the proxy's)")
     c, sh = r["cpu_ms_per_request"], r["cpu_share_of_core"]
-    print(f"CPU per proxied request: proxy process {c['proxy']} ms, memory process {c['memory']} ms "
-          f"(cores busy: proxy {sh['proxy']}, memory {sh['memory']})")
+    print(f"CPU per proxied request: proxy process {c['proxy']} ms, memory process {c['memory']} ms, "
+          f"compression workers {c['compression_workers']} ms, memory's embedding worker {c['embedding_worker']} ms "
+          f"(cores busy: proxy {sh['proxy']}, memory {sh['memory']}, compression {sh['compression_workers']}, "
+          f"embedding {sh['embedding_worker']})")
     print("proxy CPU per request by thread (ms): " + ", ".join(
         f"{k} {v}" for k, v in r["proxy_cpu_ms_per_request_by_thread"].items()))
+    def ms(v):
+        return "-" if v is None else f"{v:.1f}"
+
+    print(f"in the proxy's request hook: p50/p99 {ms(r['hook_ms'][50])}/{ms(r['hook_ms'][99])} ms "
+          f"(prepare to forward {ms(r['pipeline_ms'][50])}/{ms(r['pipeline_ms'][99])}); its parts, p50 ms: "
+          + ", ".join(f"{k} {ms(v)}" for k, v in r["timings_p50"].items()))
+    print("stages, p50 ms: " + ", ".join(f"{k} {ms(v)}" for k, v in r["stage_ms_p50"].items()))
     print("RSS MB (t s: proxy / memory): " + ", ".join(
         f"{t:.0f}: {v['proxy'] or 0:.0f}/{v['memory'] or 0:.0f}" for t, v in rss))
     print(f"SIGTERM to exit: {r['sigterm_s']:.1f} s")

@@ -308,7 +308,7 @@ class Pipeline:
         running; the breaker notes it) and sends the session's decided state."""
         rt = self.runtime
         clock = StageClock()
-        got = await clock.watch(rt.stage_pool.submit(self._run, ctx, clock))
+        got = await clock.watch(rt.stage_pool.submit(self._run_turn, ctx, clock))
         if got is None:  # the watchdog abandoned a stage
             name, ms = clock.abandoned, clock.abandoned_ms
             ctx.late_threads.add(clock.thread)
@@ -332,6 +332,10 @@ class Pipeline:
                  traceback=tb if status == "error" else None)
         return outcome
 
+    def _run_turn(self, ctx: RequestContext, clock: StageClock):
+        with self.runtime.cpu.turn():  # (cpugate.py: a few request threads run Python at once)
+            return self._run(ctx, clock)
+
     def _run(self, ctx: RequestContext, clock: StageClock):
         """The stages one after another, then :meth:`finish` (on the stage thread). Returns the Outcome,
         or (status, stage, error, traceback) of a stage that failed; None once the loop abandoned a
@@ -340,6 +344,7 @@ class Pipeline:
         trace = getattr(rt.pm, "cw_trace", None)
         p = ctx.settings.pipeline
         t_stages = clock.t_stages = time.perf_counter()
+        ctx.timings["to_stages"] = round((t_stages - ctx.started) * 1000, 3)  # prepare's start -> here: waits included
         reappliers = None
         for name, fn in rt.stages():
             budget = rt.stage_times.budget(name, p)

@@ -241,7 +241,10 @@ class Ingestor:
                 self._process([(items, info) for _, items, info in rows],
                               in_flight=sum(len(items) for _, items, _ in rows), redacted=True, text_only=bool(over))
         except Exception as e:  # never let the worker die; the rows are dropped (a poison batch must not loop)
-            self._error(e, sum(len(items) for _, items, _ in rows))
+            if self._closing:  # (failed because memory is shutting down: the rows stay for the next start)
+                rows = []
+            else:
+                self._error(e, sum(len(items) for _, items, _ in rows))
         finally:
             self.journal.done([rid for rid, _, _ in rows])
             with self._cv:

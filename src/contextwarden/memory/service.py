@@ -53,6 +53,9 @@ class CachedEmbedder:
         self._db_lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        # what background threads' misses go to (embedworker.BackgroundEmbedder), and which threads those are
+        self.background = None
+        self.is_background = lambda: False
         if disk:
             self.attach_disk(disk)
 
@@ -116,7 +119,8 @@ class CachedEmbedder:
         self.hits += len(texts) - sum(len(v) for v in missing.values())
         if missing:
             todo = list(missing)
-            vecs = self.inner(todo)
+            bg = self.background
+            vecs = (bg if bg is not None and self.is_background() else self.inner)(todo)
             self.misses += len(todo)
             for t, v in zip(todo, vecs):
                 for i in missing[t]:
@@ -137,6 +141,8 @@ class CachedEmbedder:
         return out
 
     def close(self) -> None:
+        if self.background is not None:
+            self.background.close()
         with self._lock, self._db_lock:
             if self._db is not None:
                 self._db.close()
@@ -211,6 +217,11 @@ class MemoryService:
             if emb is not None:
                 emb.pause = self.priority.pause  # between embedding runs, ingestion yields to searches
             self.embedder = CachedEmbedder(emb, disk=m.embed_cache) if emb is not None else None
+            if self.embedder is not None and self.separate and m.embed_idle:
+                from .embedworker import BackgroundEmbedder
+
+                self.embedder.background = BackgroundEmbedder(emb, emb.model_dir)
+                self.embedder.is_background = self.priority.is_background
             if self.embedder is not None and self.settings.tagging.embedding_tagger:
                 self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:

@@ -92,6 +92,11 @@ class MemorySection(Section):
     """And characters of text per batch (~25 chunks to embed: a second or two on a busy core); a
     submission larger than this is still taken whole."""
 
+    embed_idle: bool = True
+    """In the memory process, ingestion's embeddings run in a worker process of their own at the idle
+    CPU priority (memory/embedworker.py): under load they lag instead of taking CPU from requests.
+    False: in the memory process's ingestion thread (niced)."""
+
     shutdown_flush_s: float = 2.0
     """On shutdown, seconds spent storing pending items; the rest is stored at the next start."""
 

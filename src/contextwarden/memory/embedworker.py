@@ -1,0 +1,93 @@
+"""Ingestion's embeddings in a process of their own, at the lowest CPU priority (``SCHED_IDLE``).
+
+Embedding what the turns said is the biggest CPU cost of memory (all-MiniLM over every chunk of every
+tool result: ~80 ms of a core per 3K-token result) and none of it is on a request's clock: ingestion
+may lag, it is never dropped (the pending table holds what waits). In the memory process, even niced,
+it took ~0.4 of a core from the two that the proxy's requests, the compression worker and the clients
+share, and a busy machine is where time to first byte grows (issue 19). In a process of its own at the
+idle scheduling class, the kernel runs it only on CPU nobody else wants: under load, embedding lags
+(the lag is reported, and the text is stored and searchable by words meanwhile); idle, it catches up
+at full speed. A thread of the memory process could not do this: while descheduled it could hold the
+interpreter lock that the process's searches need.
+
+Searches embed their short queries in the memory process itself, at once (the thread that asks
+decides: only background threads, ``SearchFirst.background``, come here). Fails open: a worker that
+cannot start, dies or does not answer in time leaves the call to the in-process embedder, except once
+closed (shutdown), where the batch fails and its rows stay pending for the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+_model: dict[str, Any] = {}  # in the worker: model dir -> Embedder (loaded on the first call)
+
+
+def embed(model_dir: str, texts: list[str]) -> np.ndarray:
+    """The vectors of ``texts`` (runs in the worker process)."""
+    e = _model.get(model_dir)
+    if e is None:
+        _idle()
+        from .embedder import Embedder
+
+        e = _model[model_dir] = Embedder(model_dir, threads=1)
+    return e(texts)
+
+
+def _idle() -> None:
+    """This process's thread to the idle scheduling class (Linux; elsewhere the lowest nice value)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.nice(19)
+        except (AttributeError, OSError):
+            pass
+
+
+class Closed(RuntimeError):
+    """The background embedder was closed while a batch waited on it (shutdown)."""
+
+
+class BackgroundEmbedder:
+    """``__call__(texts)`` as the in-process ``inner`` embedder gives, computed in the worker process."""
+
+    def __init__(self, inner, model_dir: str, timeout_s: float = 900.0, start_s: float = 60.0) -> None:
+        from ..compress.offload import Offload
+
+        self.inner = inner
+        self.model_dir = str(model_dir)
+        self.timeout_s = timeout_s
+        self.start_s = start_s
+        self._offload = Offload(workers=1)
+        self._offload.start()
+        self._closed = threading.Event()
+        self.calls = 0
+        self.fallbacks = 0  # calls the in-process embedder answered (the worker was unavailable)
+
+    def pids(self) -> list[int]:
+        return self._offload.pids()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        from ..compress.offload import Unavailable
+
+        self.calls += 1
+        if not self._closed.is_set():
+            try:
+                self._offload.wait_ready(self.start_s)
+                return self._offload.call(embed, self.model_dir, list(texts), timeout=self.timeout_s)
+            except Unavailable:
+                if self._closed.is_set():
+                    raise Closed("memory is shutting down") from None
+        if self._closed.is_set():
+            raise Closed("memory is shutting down")
+        self.fallbacks += 1
+        return self.inner(texts)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._offload.close()

@@ -1,0 +1,68 @@
+"""Ingestion's embeddings in a worker process at the idle CPU priority (memory/embedworker.py): the same
+vectors as in-process, only background threads' embeddings go there, and once closed (shutdown) a batch
+fails instead of running in the memory process."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from contextwarden.memory.embedder import Embedder
+from contextwarden.memory.embedworker import BackgroundEmbedder, Closed
+from contextwarden.memory.priority import SearchFirst
+from contextwarden.memory.service import CachedEmbedder
+
+from .conftest import MODEL_DIR
+
+TEXTS = ["hi", "def load(path):\n    return json.load(open(path))\n", "word " * 400, "Ünïcödé 🎉 日本語"]
+
+
+@pytest.fixture(scope="module")
+def inner():
+    return Embedder(MODEL_DIR)
+
+
+def test_the_worker_gives_the_in_process_vectors_at_the_idle_priority(inner):
+    bg = BackgroundEmbedder(inner, MODEL_DIR)
+    try:
+        got = bg(TEXTS)
+        assert np.allclose(got, inner(TEXTS), atol=1e-5) and got.shape == (len(TEXTS), 384)
+        assert bg.fallbacks == 0
+        (pid,) = bg.pids()
+        assert pid != os.getpid()
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # the kernel runs it on CPU nobody else wants
+    finally:
+        bg.close()
+    with pytest.raises(Closed):  # shutting down: the batch fails (its rows stay pending), not run here
+        bg(["after close"])
+
+
+def test_only_background_threads_embed_in_the_worker(inner):
+    calls = []
+
+    class Recorder:
+        dim = 384
+
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, texts):
+            calls.append((self.name, list(texts)))
+            return inner(texts)
+
+    cached = CachedEmbedder(Recorder("in-process"))
+    prio = SearchFirst()
+    cached.background, cached.is_background = Recorder("worker"), prio.is_background
+    cached(["a search's query"])
+
+    def ingest():
+        prio.background()
+        cached(["what a turn said"])
+
+    t = threading.Thread(target=ingest)
+    t.start()
+    t.join(30)
+    assert calls == [("in-process", ["a search's query"]), ("worker", ["what a turn said"])]
