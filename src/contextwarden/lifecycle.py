@@ -36,12 +36,6 @@ def admit(rt, flow_id: str, api: ApiKind, host: str, path: str, headers: list[tu
     ``tenant``, ``notes``, ``settings``: set on the context before counting (benchmarks use stores
     built for named tenants; replay hands the stages its clock; a test a run-time settings change).
     A failure after parsing (counting, the event) fails open: an ``error`` event, the request goes on."""
-    with rt.cpu.turn():
-        return _admit(rt, flow_id, api, host, path, headers, raw, consumed, transport, mode, count, tenant, notes,
-                      settings)
-
-
-def _admit(rt, flow_id, api, host, path, headers, raw, consumed, transport, mode, count, tenant, notes, settings):
     ctx = prepare(rt, flow_id, api, host, path, headers, raw, consumed, transport)
     if tenant is not None:
         ctx.tenant = tenant

@@ -308,7 +308,7 @@ class Pipeline:
         running; the breaker notes it) and sends the session's decided state."""
         rt = self.runtime
         clock = StageClock()
-        got = await clock.watch(rt.stage_pool.submit(self._run_turn, ctx, clock))
+        got = await clock.watch(rt.stage_pool.submit(self._run, ctx, clock))
         if got is None:  # the watchdog abandoned a stage
             name, ms = clock.abandoned, clock.abandoned_ms
             ctx.late_threads.add(clock.thread)
@@ -331,10 +331,6 @@ class Pipeline:
         ctx.emit("error", where="stage", stage=name, message=err, action=_action(outcome),
                  traceback=tb if status == "error" else None)
         return outcome
-
-    def _run_turn(self, ctx: RequestContext, clock: StageClock):
-        with self.runtime.cpu.turn():  # (cpugate.py: a few request threads run Python at once)
-            return self._run(ctx, clock)
 
     def _run(self, ctx: RequestContext, clock: StageClock):
         """The stages one after another, then :meth:`finish` (on the stage thread). Returns the Outcome,

@@ -68,9 +68,6 @@ class Runtime:
         # returns, and must not delay the parsing and validation every request needs (core_pool).
         self.stage_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cw-stage")
         self.core_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cw-core")
-        from .cpugate import CpuGate
-
-        self.cpu = CpuGate(settings.pipeline.cpu_turns)
         # bounded: under a load the turn workers cannot follow, the oldest waiting turns are dropped
         from .boundedpool import BoundedExecutor
 

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from contextwarden.cpugate import waiting
 from contextwarden.memory.secrets import redact_text
 
 from . import Limits, compress, render
@@ -218,10 +217,6 @@ class Offload:
         if timeout <= 0:
             raise Unavailable("no time left")
         deadline = time.monotonic() + timeout
-        with waiting():  # (the worker's answer is another process's CPU: no turn of the proxy's is held)
-            return self._call(fn, args, timeout, deadline)
-
-    def _call(self, fn, args: tuple, timeout: float, deadline: float) -> Any:
         w = self._free(deadline)
         try:
             try:

@@ -28,7 +28,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from . import wire
-from ..cpugate import waiting
 
 CALL_WAIT_S = 30.0
 SEARCH_MARGIN_S = 0.05  # the socket hop and decoding, on top of the search's own budget
@@ -236,8 +235,7 @@ class RemoteMemoryService:
             raise ConnectionError(f"memory process: {e}") from None
         limit = wait if wait is not None else (timeout if timeout is not None else CALL_WAIT_S)
         try:
-            with waiting():
-                return fut.result(limit)
+            return fut.result(limit)
         except FutureTimeout:
             with self._calls_lock:
                 self._calls.pop(rid, None)

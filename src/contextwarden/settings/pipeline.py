@@ -45,10 +45,6 @@ class PipelineSection(Section):
     """Time limit for building the session's decided state (the fall-back after a stage failed or
     overran: every stage's stored decisions re-applied). Past it, the client's original bytes go."""
 
-    cpu_turns: int = 2
-    """Request threads that run Python at once in the proxy (parse, count, stages, validate); the others
-    wait for a turn, and a wait on another process gives the turn back (cpugate.py says why). 0: no limit."""
-
     turn_workers: int = 2
     """Threads that run turn-complete hooks (ingestion, calibration) off the event loop."""
 
