@@ -107,7 +107,7 @@ LATER: list[tuple[str, str, list[str]]] = [
     ("compression", "stage and its compressors", ["plugins/compression.py"] + [
         S + "compress/" + f for f in ("__init__.py", "cleanup.py", "gaps.py", "jsonshape.py", "listing.py",
                                       "logs.py", "relevant.py", "scan.py")]),
-    ("recall", "stage and auto-recall (auto-recall added after b4461b9)", ["plugins/recall.py", S + "memory/autorecall.py",
+    ("recall", "stage and auto-recall (auto-recall added after b4461b9)", ["plugins/recall.py", S + "memory/autorecall.py", S + "memory/prefilter.py",
                                                                          S + "memory/client.py::keep"]),
     ("session control", "ledger, pins, count_tokens for the decided state", ["addons/counttokens.py"] + [
         S + "sessionctl/" + f for f in ("__init__.py", "ledger.py", "pins.py")]),
