@@ -51,7 +51,7 @@ def test_it_is_bounded_and_a_text_it_does_not_take_is_tested_as_before():
     pre = Prefilter(max_texts=2)
     assert pre.add("a", "alpha_one") and pre.add("b", "beta_two")
     assert not pre.add("c", "gamma_three") and pre.bit("c") is None
-    index = TermIndex()
+    index = TermIndex(read_from=0)
     index._runs = pre
     lost = [Lost("a", "alpha_one", 1), Lost("b", "beta_two", 2), Lost("c", "gamma_three", 3)]
     assert [x.memory_id for x in index.unread(lost, frozenset({"gamma_three", "alpha_one"}))] == ["a", "c"]
@@ -67,10 +67,24 @@ def test_it_is_bounded_and_a_text_it_does_not_take_is_tested_as_before():
 
 
 def test_unread_yields_the_texts_a_substring_test_finds_and_skips_those_read():
-    index = TermIndex()
+    index = TermIndex(read_from=0)
     lost = [Lost(f"m-{i:016x}", f"output {i}: src/mod{i}.py, parse_body and x.y\n", i) for i in range(30)]
     for terms in ({"src/mod3.py"}, {"mod1"}, {"parse_body", "zzz_none"}, {"x.y"}, {"nowhere"}):
         want = [x.memory_id for x in lost if any(t in x.text for t in terms)]
         assert [x.memory_id for x in index.unread(lost, frozenset(terms))] == want
     index.add(lost[:5])
     assert [x.memory_id for x in index.unread(lost, frozenset({"parse_body"}))] == [x.memory_id for x in lost[5:]]
+
+
+def test_lost_texts_are_read_into_the_prefilter_once_they_hold_enough_and_then_until_none_is_left():
+    index = TermIndex(read_from=1_000)
+    lost = [Lost(f"m{i}", f"text {i} of src/mod{i}.py " + "x" * 300, i) for i in range(3)]
+    list(index.unread(lost, frozenset({"src/mod1.py"})))
+    assert index._runs.bit("m0") is None  # 3 texts of ~330 characters: tested, not read
+    lost += [Lost(f"m{i}", f"text {i} of src/mod{i}.py " + "y" * 300, i) for i in range(3, 200)]
+    assert [x.memory_id for x in index.unread(lost, frozenset({"src/mod1.py"}))] == ["m1"]
+    read = sum(index._runs.bit(x.memory_id) is not None for x in lost)
+    assert 0 < read < len(lost)  # PREFILTER_CHARS a request
+    for _ in range(5):
+        assert [x.memory_id for x in index.unread(lost, frozenset({"src/mod150.py"}))] == ["m150"]
+    assert all(index._runs.bit(x.memory_id) is not None for x in lost)

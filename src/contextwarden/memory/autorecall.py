@@ -49,7 +49,11 @@ SUMMARY_PREFIX = "[contextwarden: summary"
 
 
 TERMS_CHARS = 100_000  # of a long text, the terms of its first and last 50K characters
-PREFILTER_CHARS = 64_000  # of lost texts new to a conversation's Prefilter, read into it per request at most (~0.5 ms)
+# A conversation's lost texts are read into its Prefilter once those it has not read hold more than
+# PREFILTER_FROM characters (fewer cost less to test for an answer's terms each time than to read: a
+# tool loop of a few dozen steps never gets there), then until none is left, PREFILTER_CHARS a request.
+PREFILTER_FROM = 256_000
+PREFILTER_CHARS = 64_000  # (~0.5 ms)
 
 
 def terms(text: str) -> frozenset[str]:
@@ -279,24 +283,29 @@ class TermIndex:
     conversation (``History.carry_on``): entries of texts no longer lost are harmless, as
     :func:`find` keeps only the ids of the request's own lost texts; additions are made under a lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_from: int = PREFILTER_FROM) -> None:
         self._lock = threading.Lock()
         self._owners: dict[str, list[str]] = {}
         self._known: set[str] = set()
         self._long: dict[str, frozenset[str]] = {}  # texts over TERMS_CHARS: their terms (of head and tail only)
         self._entries: dict[int, tuple[Any, Lost | None]] = {}  # (:meth:`entries`)
         self._runs = Prefilter()
+        self._read_from, self._reading = read_from, False  # (PREFILTER_FROM)
 
     def unread(self, lost: list[Lost], terms: frozenset[str]) -> Iterator[Lost]:
         """Of ``lost``, the texts whose terms are not read yet that hold one of ``terms`` as a substring
-        (only they can hold it as a term): exactly those a substring test of each finds. Texts new to
-        the prefilter are read into it first (PREFILTER_CHARS a request at most, the rest on the next
-        ones: a text it does not know is tested as before); it rules out most of the others."""
+        (only they can hold it as a term): exactly those a substring test of each finds. The prefilter
+        rules out most texts it has read; the others are tested as before. Texts new to it are read
+        first, once they hold more than ``read_from`` characters (PREFILTER_FROM), until none is left
+        (PREFILTER_CHARS a request at most)."""
         todo = [x for x in lost if x.memory_id not in self._known]
         if not todo:
             return
         pre = self._runs
-        pre.read(((x.memory_id, x.text) for x in todo), PREFILTER_CHARS)
+        unread = [(x.memory_id, x.text) for x in todo if pre.bit(x.memory_id) is None]
+        self._reading = bool(unread) and (self._reading or sum(len(t) for _, t in unread) > self._read_from)
+        if self._reading:
+            pre.read(unread, PREFILTER_CHARS)
         masks = pre.holders(terms)
         anyone = None if None in masks.values() else reduce(or_, masks.values(), 0)
         for x in todo:
