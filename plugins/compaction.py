@@ -170,12 +170,11 @@ def wait_for_summaries(timeout: float = 30.0) -> None:
 def _llm_url(ctx, cfg) -> tuple[str, str]:
     """(endpoint URL, API of that endpoint) for the summary request: the client's own endpoint."""
     base = (cfg.llm_base_url or f"https://{ctx.host}").rstrip("/")
-    path = ctx.path.split("?", 1)[0]
-    api = ctx.api.value
-    if ctx.api is ApiKind.OPENAI_RESPONSES:
-        path = path[: -len("/responses")] + "/chat/completions" if path.endswith("/responses") else "/v1/chat/completions"
-        api = ApiKind.OPENAI_CHAT.value
-    return base + path, api
+    path, api = ctx.path.split("?", 1)[0], ctx.api
+    route = dialect(api).summary_route
+    if route is not None:
+        path, api = route(path)
+    return base + path, api.value
 
 
 def summariser_cost(usage: dict[str, Any] | None, model: str | None) -> dict[str, Any]:

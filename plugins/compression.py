@@ -61,9 +61,16 @@ def cw_configure(runtime) -> None:
     """In the proxy, the compression workers start with it (the first large result does not wait for one)."""
     cfg = runtime.settings.compression
     if cfg.enabled and offload.mode(cfg.process) == "separate":
-        tokens = runtime.tokens
-        encoding = tokens.encoding_of(None) if tokens.source_for(None).startswith("tiktoken ") else None
-        runtime.memo(offload.NAME, lambda: offload.Offload(cfg.workers, encoding)).start()
+        _workers(runtime, cfg, None)[0].start()
+
+
+def _workers(runtime, cfg, model: str | None) -> tuple[offload.Offload, str | None]:
+    """The runtime's compression workers, and the tiktoken encoding of ``model`` they count tokens with
+    (None: the counter is not tiktoken's, the tokens are counted in the proxy). The encoding is looked
+    up here, never inside the memo's factory (a tokenizer lookup there hung the workers' start)."""
+    tokens = runtime.tokens
+    encoding = tokens.encoding_of(model) if tokens.source_for(model).startswith("tiktoken ") else None
+    return runtime.memo(offload.NAME, lambda: offload.Offload(cfg.workers, encoding)), encoding
 
 
 @hookimpl
@@ -246,9 +253,7 @@ def _first_sight(ctx, s: Slot, text: str, mid: str, limits: Limits, lazy: dict, 
         return offload.dress(got, s.tool, s.tool_input, len(text), mid, lazy["how"]), got.kind, None
     # the way back the first line names, as recall_wording will decide it if this result is compressed
     how = lazy["how"] if "how" in lazy else peek_wording(ctx, state, key)
-    tokens = ctx.runtime.tokens
-    encoding = tokens.encoding_of(ctx.model) if tokens.source_for(ctx.model).startswith("tiktoken ") else None
-    pool = ctx.runtime.memo(offload.NAME, lambda: offload.Offload(cfg.workers, encoding))
+    pool, encoding = _workers(ctx.runtime, cfg, ctx.model)
     end = ctx.deadline - (1 - WORKER_SHARE) * ctx.budget_ms / 1000 if ctx.deadline is not None and ctx.budget_ms \
         else time.perf_counter() + ctx.settings.pipeline.stage_budget_ms * WORKER_SHARE / 1000
     try:
@@ -260,7 +265,7 @@ def _first_sight(ctx, s: Slot, text: str, mid: str, limits: Limits, lazy: dict, 
     if made is None:
         return None
     if made[2] is not None:  # counted there: the body's count (finish) looks it up
-        tokens.remember_text(made[0], made[2], ctx.model)
+        ctx.runtime.tokens.remember_text(made[0], made[2], ctx.model)
     if "how" not in lazy:
         lazy["how"] = recall_wording(ctx, state, key)
     if lazy["how"] != how:  # decided meanwhile by another request of the session: its first line here

@@ -110,9 +110,9 @@ def _folded_of(ctx, lead: int, end: int) -> list[Lost]:
 
 
 def _term_index(ctx) -> TermIndex:
-    """The conversation's index of its lost texts' terms (its ``recall`` slot): each lost text is read
-    once, when it is first lost, not again on every request. Carried about no message (n = 0): what it
-    holds depends on the texts alone."""
+    """The conversation's index of its lost texts (its ``recall`` slot): each lost text's runs are read
+    once, when it is first lost, and its terms once, when an answer's term is first in it; not again on
+    every request. Carried about no message (n = 0): what it holds depends on the texts alone."""
     history = ctx.history
     got = history.carried(TERMS_SLOT) if history is not None else None
     index = got[1] if got is not None else TermIndex()

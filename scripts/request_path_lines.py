@@ -84,6 +84,7 @@ ROWS: list[tuple[str, str, list[str], list[str]]] = [
     ("memory/retrieve.py", "the memory stage's query and selection", [S + "memory/retrieve.py"], [S + "memory/retrieve.py"]),
     ("memory/produced.py", "what the proxy produced (not remembered)", [S + "memory/produced.py"], [S + "memory/produced.py"]),
     ("memory/ingest.py (items_from_messages)", "turn hook: a turn's memory items (the rest runs in the memory process)",
+     # (the per-API readers, _responses_items among them, are the dialects' memory_items since: in dialects/)
      *([[S + "memory/ingest.py::items_from_messages,_responses_items,_as_dict"]] * 2)),
     ("memory/items.py", "memory items", [S + "memory/items.py"], [S + "memory/items.py"]),
     ("memory/ids.py", "stable ids of cleared items", [S + "memory/ids.py"], [S + "memory/ids.py"]),
@@ -107,7 +108,7 @@ LATER: list[tuple[str, str, list[str]]] = [
     ("compression", "stage and its compressors", ["plugins/compression.py"] + [
         S + "compress/" + f for f in ("__init__.py", "cleanup.py", "gaps.py", "jsonshape.py", "listing.py",
                                       "logs.py", "relevant.py", "scan.py")]),
-    ("recall", "stage and auto-recall (auto-recall added after b4461b9)", ["plugins/recall.py", S + "memory/autorecall.py",
+    ("recall", "stage and auto-recall (auto-recall added after b4461b9)", ["plugins/recall.py", S + "memory/autorecall.py", S + "memory/prefilter.py",
                                                                          S + "memory/client.py::keep"]),
     ("session control", "ledger, pins, count_tokens for the decided state", ["addons/counttokens.py"] + [
         S + "sessionctl/" + f for f in ("__init__.py", "ledger.py", "pins.py")]),

@@ -62,7 +62,8 @@ def _key(found):
 def test_the_index_finds_what_a_scan_of_every_lost_text_finds():
     rng = random.Random(18)
     for case in range(200):
-        index, memo = TermIndex(), Memos.new()
+        # every other conversation with its lost texts read into the prefilter at once
+        index, memo = TermIndex(read_from=0 if case % 2 else autorecall.PREFILTER_FROM), Memos.new()
         lost: list[Lost] = []
         done: set[str] = set()
         for step in range(6):  # one conversation: lost texts come back on every request, a few new each time

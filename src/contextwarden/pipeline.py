@@ -51,16 +51,6 @@ class Outcome:
     fallback_reason: str | None = None
 
 
-class _Headers:
-    """Case-insensitive lookup over a list of (name, value) pairs."""
-
-    def __init__(self, items: list[tuple[str, str]]) -> None:
-        self._d = {k.lower(): v for k, v in items}
-
-    def get(self, name: str, default=None):
-        return self._d.get(name.lower(), default)
-
-
 def decode_body(raw: bytes, encoding: str | None) -> bytes:
     if not encoding or encoding.strip().lower() in ("identity", ""):
         return raw
@@ -78,7 +68,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
     ``http``, or ``websocket`` for a message of the Responses WebSocket (``ctx.notes["transport"]``)."""
     settings = runtime.settings
     runtime.last_request = time.monotonic()
-    h = _Headers(headers + list((consumed or {}).items()))
+    h = {k.lower(): v for k, v in headers + list((consumed or {}).items())}  # (looked up by lower-case names)
     ctype = (h.get("content-type") or "").lower()
     if not raw:
         raise Skip("empty body")

@@ -337,7 +337,7 @@ def load_claude_code(path: Path, counter, compaction_calls: bool = True, sidecha
                   "metadata": {"user_id": f"user_replay_account__session_{session}"}, "stream": True}
         # a fixed placeholder, not a credential: the pipeline derives the replay's tenant from it
         r.headers = [("content-type", "application/json"), ("anthropic-version", "2023-06-01"),
-                     ("x-api-key", "sk-ant-replay"), ("user-agent", "claude-cli/replay"),
+                     ("x-api-key", "replay-placeholder"), ("user-agent", "claude-cli/replay"),
                      ("x-claude-code-session-id", session)]
     trace.requests = reqs
     return trace

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .conversation import Turn, input_hint, shorten
+from .dialects import dialect
 from .memory.ids import memory_id
 from .memory.secrets import redact_text
 from .scrub import scrub
@@ -366,35 +367,17 @@ def llm_summary(api: str, url: str, auth: dict[str, str], model: str, turns: lis
     body_text = transcript_text(turns)
     if prior_text:
         body_text = f"EARLIER SUMMARY:\n{prior_text}\n\nCONVERSATION SINCE:\n{body_text}"
-    headers = {k: v for k, v in auth.items()}
-    headers["content-type"] = "application/json"
-    if api == "anthropic":
-        headers.setdefault("anthropic-version", "2023-06-01")
-        headers.pop("anthropic-beta", None)
-        payload = {"model": model, "max_tokens": max_tokens, "system": LLM_PROMPT,
-                   "messages": [{"role": "user", "content": body_text}]}
-    elif api == "ollama_chat":
-        payload = {"model": model, "stream": False,
-                   "messages": [{"role": "system", "content": LLM_PROMPT}, {"role": "user", "content": body_text}]}
-    else:
-        payload = {"model": model, "max_tokens": max_tokens,
-                   "messages": [{"role": "system", "content": LLM_PROMPT}, {"role": "user", "content": body_text}]}
+    d = dialect(api)
+    payload, headers = d.summary_request(auth, model, LLM_PROMPT, body_text, max_tokens)
     t0 = time.perf_counter()
     r = httpx.post(url, json=payload, headers=headers, timeout=timeout)
     r.raise_for_status()
-    data = r.json()
-    if api == "anthropic":
-        text = "".join(b.get("text", "") for b in data.get("content", []) if isinstance(b, dict) and b.get("type") == "text")
-        u = data.get("usage") or {}
-        usage = {"input_tokens": u.get("input_tokens", 0), "output_tokens": u.get("output_tokens", 0)}
-    elif api == "ollama_chat":
-        text = (data.get("message") or {}).get("content", "")
-        usage = {"input_tokens": data.get("prompt_eval_count", 0), "output_tokens": data.get("eval_count", 0)}
-    else:
-        text = ((data.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
-        u = data.get("usage") or {}
-        usage = {"input_tokens": u.get("prompt_tokens", 0), "output_tokens": u.get("completion_tokens", 0)}
-    text = text.strip()
+    answer = d.assembler()  # the answer read as a whole response body of the API is
+    answer.body(r.json())
+    text = answer.assemble()[1].strip()
+    u = answer.usage
+    # the whole prompt (OpenAI's prompt_tokens: Usage.input_tokens leaves its cached part out)
+    usage = {"input_tokens": (u.total_input if u else None) or 0, "output_tokens": (u.output_tokens if u else None) or 0}
     if not text:
         raise ValueError("the upstream returned an empty summary")
     usage["model"] = model

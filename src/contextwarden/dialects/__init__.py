@@ -11,7 +11,7 @@ is one new module here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..models.base import ApiKind, WireModel
 
@@ -41,7 +41,15 @@ class Dialect:
     system_key: str | None = None  # the request's top-level instructions (Anthropic ``system``, Responses ``instructions``)
     cache_breakpoints: bool = False  # prompt caching by ``cache_control`` breakpoints (cost.PromptCache bills it)
     tool_frame: int = 8  # tokens around a tool call or result (tokens.TOOL_CALL_OVERHEAD; Anthropic's differ)
+    # memory: (history, first turn, clean_text, add) calls add(text, turn, role, kind, tool) for each item a
+    # history holds: a message's text and each tool result (memory.ingest.items_from_messages)
+    memory_items: Callable[[list, int, dict, Callable], None] | None = None
     thinking_dropped: bool = False  # the provider drops earlier turns' thinking blocks for some models (tokens.strips_thinking)
+    # compaction's LLM summary (summarise.llm_summary): (auth headers, model, instructions, transcript,
+    # max_tokens) -> the body and headers of a one-off request to the client's endpoint
+    summary_request: Callable[[dict, str, str, str, int], tuple[dict, dict]] | None = None
+    # where that request goes when not to the client's own endpoint: request path -> (path, API of it)
+    summary_route: Callable[[str], tuple[str, ApiKind]] | None = None
 
     def body(self, history: list, model: str, **extra) -> dict[str, Any]:
         """A minimal request body of this API around ``history`` (replay, evaluations)."""
@@ -67,6 +75,21 @@ def rewrite_parts(content: Any, fn: Callable[[str], str | None], text_types: tup
     out = [{**p, "text": t} if isinstance(p, dict) and p.get("type") in text_types and isinstance(p.get("text"), str)
            and (t := fn(p["text"])) is not None else p for p in content]
     return out if any(a is not b for a, b in zip(out, content)) else None
+
+
+def history_dicts(messages: list, start_turn: int) -> Iterator[tuple[int, dict, str]]:
+    """(turn, wire dict, role) of each message after the leading system/developer ones (the cached
+    prefix memory does not store); a typed message is read as its wire form, a non-object skipped."""
+    prefix = True
+    for i, raw in enumerate(messages):
+        raw = raw.wire() if hasattr(raw, "wire") else raw
+        if not isinstance(raw, dict):
+            continue
+        role = str(raw.get("role") or "user")
+        if prefix and role in ("system", "developer"):
+            continue
+        prefix = False
+        yield start_turn + i, raw, role
 
 
 _DIALECTS: dict[ApiKind, Dialect] = {}

@@ -11,7 +11,7 @@ from ..models.base import ApiKind
 from ..streams.anthropic import AnthropicAssembler
 from ..tokens import ANTHROPIC_TOOL_OVERHEAD, MESSAGE_OVERHEAD
 from ..validate import _anthropic as check
-from . import Dialect
+from . import Dialect, history_dicts
 
 
 def entry(index: int, m: Any) -> Entry:
@@ -102,8 +102,32 @@ def message_tokens(tc, m: dict, enc) -> int:
     return MESSAGE_OVERHEAD + tc._content(ApiKind.ANTHROPIC, m.get("content"), enc)
 
 
+def memory_items(messages: list, start_turn: int, clean_text: dict[int, str], add) -> None:
+    tool_names: dict[str, str] = {}
+    for turn, raw, role in history_dicts(messages, start_turn):
+        texts, results = [], []
+        for b in am.Message.model_validate(raw).blocks():
+            if isinstance(b, am.ToolUseBlock):
+                tool_names[b.id] = b.name
+                texts.append(am.block_text(b))
+            elif isinstance(b, am.ToolResultBlock):
+                results.append(b)
+            elif isinstance(b, am.TextBlock):
+                texts.append(b.text)
+        add(clean_text.get(turn, "\n".join(t for t in texts if t)), turn, role, "message")
+        for b in results:
+            add(am.content_text(b.content), turn, "tool", "tool_result", tool_names.get(b.tool_use_id))
+
+
+def summary_request(auth: dict, model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict, dict]:
+    headers = {k: v for k, v in auth.items() if k != "anthropic-beta"} | {"content-type": "application/json"}
+    headers.setdefault("anthropic-version", "2023-06-01")
+    return {"model": model, "max_tokens": max_tokens, "system": prompt, "messages": [{"role": "user", "content": text}]}, headers
+
+
 DIALECT = Dialect(ApiKind.ANTHROPIC, "messages", am.MessagesRequest, am.Message, entry, tool_calls, check,
                   AnthropicAssembler, inject, injectable, am.message_text_fast, summary_message, error_answer,
                   ("api.anthropic.com", "/v1/messages"), reply, answer_messages, rewrite_text, item_texts,
                   message_tokens, (("max_tokens", 1024),), system_key="system", tool_frame=ANTHROPIC_TOOL_OVERHEAD,
-                  cache_breakpoints=True, thinking_dropped=True)
+                  cache_breakpoints=True, thinking_dropped=True, summary_request=summary_request,
+                  memory_items=memory_items)

@@ -17,5 +17,11 @@ def error_answer(message: str, stream: bool) -> tuple[bytes, dict[str, str]]:
     return orjson.dumps({"error": message}), {"content-type": "application/json; charset=utf-8"}
 
 
+def summary_request(auth: dict, model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict, dict]:
+    body, headers = openai_chat.summary_request(auth, model, prompt, text, max_tokens)
+    return {"model": model, "stream": False, "messages": body["messages"]}, headers  # (no max_tokens in /api/chat)
+
+
 DIALECT = replace(openai_chat.DIALECT, kind=ApiKind.OLLAMA_CHAT, assembler=OllamaAssembler,
-                  inject=partial(_chat, parts=False), error_answer=error_answer, endpoint=("localhost", "/api/chat"))
+                  inject=partial(_chat, parts=False), error_answer=error_answer, endpoint=("localhost", "/api/chat"),
+                  summary_request=summary_request)

@@ -11,7 +11,7 @@ from ..models.base import ApiKind
 from ..streams.openai_chat import ChatAssembler
 from ..tokens import MESSAGE_OVERHEAD, TOOL_CALL_OVERHEAD
 from ..validate import _chat as check
-from . import Dialect, rewrite_parts
+from . import Dialect, history_dicts, rewrite_parts
 
 
 def entry(index: int, m: Any) -> Entry:
@@ -92,7 +92,26 @@ def message_tokens(tc, m: dict, enc) -> int:
     return n
 
 
+def memory_items(messages: list, start_turn: int, clean_text: dict[int, str], add) -> None:
+    tool_names: dict[str, str] = {}
+    for turn, raw, role in history_dicts(messages, start_turn):
+        msg = oc.ChatMessage.model_validate(raw)
+        for tc in msg.tool_calls or []:
+            if tc.function is not None:
+                tool_names[tc.id] = tc.function.name
+        text = clean_text.get(turn, oc.message_text(msg))
+        if role in ("tool", "function"):
+            add(text, turn, "tool", "tool_result", tool_names.get(msg.tool_call_id or "") or msg.name or raw.get("tool_name"))
+        else:
+            add(text, turn, role, "message")
+
+
+def summary_request(auth: dict, model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict, dict]:
+    return ({"model": model, "max_tokens": max_tokens, "messages": [{"role": "system", "content": prompt}, {"role": "user", "content": text}]},
+            {**auth, "content-type": "application/json"})
+
+
 DIALECT = Dialect(ApiKind.OPENAI_CHAT, "messages", oc.ChatRequest, oc.ChatMessage, entry, tool_calls, check,
                   ChatAssembler, inject, injectable, oc.message_text, summary_message, error_answer,
                   ("api.openai.com", "/v1/chat/completions"), reply, answer_messages, rewrite_text, item_texts,
-                  message_tokens)
+                  message_tokens, summary_request=summary_request, memory_items=memory_items)

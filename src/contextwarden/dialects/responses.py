@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
+
 from ..conversation import Entry, ToolCall, maybe_json, side_of
 from ..memory.inject import _responses as inject, check_responses as injectable
 from ..models import openai_responses as orr
@@ -101,7 +103,43 @@ def message_tokens(tc, item: dict, enc) -> int:
     return tc._block(api, item, enc)
 
 
+def memory_items(items: list | str, start_turn: int, clean_text: dict[int, str], add) -> None:
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    tool_names: dict[str, str] = {}
+    prefix = True
+    for i, item in enumerate(items):
+        turn = start_turn + i
+        item = item.wire() if hasattr(item, "wire") else item
+        if isinstance(item, str):
+            item = {"role": "user", "content": item}
+        if not isinstance(item, dict):
+            continue
+        t = item.get("type") or ("message" if "role" in item else None)
+        role = str(item.get("role") or "assistant")
+        if prefix and t == "message" and role in ("system", "developer"):
+            continue
+        prefix = False
+        if t == "reasoning":
+            continue
+        if t and t.endswith("_call") and item.get("call_id"):
+            tool_names[item["call_id"]] = item.get("name") or t.removesuffix("_call")
+        if t and t.endswith("_call_output"):
+            out = item.get("output")
+            text = out if isinstance(out, str) else orr.item_text(item) or (orjson.dumps(out).decode() if out is not None else "")
+            add(clean_text.get(turn, text), turn, "tool", "tool_result", tool_names.get(item.get("call_id", "")))
+        else:
+            add(clean_text.get(turn, orr.item_text(item)), turn, role if t == "message" else "assistant", "message")
+
+
+def summary_route(path: str) -> tuple[str, ApiKind]:
+    """A summary is asked of the same provider's Chat Completions endpoint (one answer, no items)."""
+    return (path[: -len("/responses")] + "/chat/completions" if path.endswith("/responses") else "/v1/chat/completions",
+            ApiKind.OPENAI_CHAT)
+
+
 DIALECT = Dialect(ApiKind.OPENAI_RESPONSES, "input", orr.ResponsesRequest, None, entry, tool_calls, check,
                   ResponsesAssembler, inject, injectable, orr.item_text, summary_message, openai_chat.error_answer,
                   ("api.openai.com", "/v1/responses"), reply, answer_messages, rewrite_text, item_texts, message_tokens,
-                  system_key="instructions")
+                  system_key="instructions", summary_route=summary_route,
+                  memory_items=memory_items)

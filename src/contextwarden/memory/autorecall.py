@@ -24,11 +24,14 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
+from functools import reduce
+from operator import or_
 from typing import Any, Iterable, Iterator
 
 import orjson
 
 from ..lru import LRU
+from .prefilter import Prefilter
 
 MID = re.compile(r"\bm-[0-9a-f]{16}\b")
 _PATH = re.compile(r"(?<![\w/.-])(?:\.{0,2}/)?(?:[\w.-]+/)+[\w.-]*\w|\b[\w-]+\.(?:py|js|mjs|ts|tsx|jsx|go|rs|java|kt|c|h|"
@@ -46,6 +49,11 @@ SUMMARY_PREFIX = "[contextwarden: summary"
 
 
 TERMS_CHARS = 100_000  # of a long text, the terms of its first and last 50K characters
+# A conversation's lost texts are read into its Prefilter once those it has not read hold more than
+# PREFILTER_FROM characters (fewer cost less to test for an answer's terms each time than to read: a
+# tool loop of a few dozen steps never gets there), then until none is left, PREFILTER_CHARS a request.
+PREFILTER_FROM = 256_000
+PREFILTER_CHARS = 64_000  # (~0.5 ms)
 
 
 def terms(text: str) -> frozenset[str]:
@@ -182,8 +190,9 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
          memo: Memos | None = None, index: "TermIndex | None" = None) -> list[Found]:
     """The lost texts the answer refers to (not those in ``done``: recalled once already), best first:
     ids, then quotes, then cleared reads of paths the answer names, then terms. ``index``: the
-    conversation's :class:`TermIndex` (its lost texts' terms, kept from request to request), so the
-    term search costs what the new lost texts and the answer's terms cost, not a scan of every lost text."""
+    conversation's :class:`TermIndex` (the terms of the lost texts read so far, and the runs of every
+    lost text seen, kept from request to request), so the term search costs what the new lost texts and
+    the answer's terms cost, not a substring test of every lost text."""
     out: list[Found] = []
     taken: set[str] = set(answer.recalling)  # what the model asked the recall tool for comes back through it
 
@@ -218,11 +227,7 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
                 add(of_path[p], "path", p)
     if answer.terms:
         index = index if index is not None else TermIndex()
-        # Only a text that holds one of the answer's terms as a substring can hold it as a term: the
-        # others are not read (terms() of a 12 KB text costs milliseconds, a substring test microseconds;
-        # indexing every lost text on sight cost a busy proxy 7 ms a request). What is indexed stays so.
-        index.add((x for x in lost if not index.knows(x.memory_id) and any(t in x.text for t in answer.terms)),
-                  memo.terms if memo else None)
+        index.add(index.unread(lost, answer.terms), memo.terms if memo else None)
         held = {t: index.holding(t) for t in answer.terms}
         if not any(held.values()) and not index.has_long():
             return out
@@ -268,19 +273,51 @@ def pick_terms(owners: dict[str, list[Lost]], kept: "Kept", done: set[str], take
 
 class TermIndex:
     """The terms of a conversation's lost texts (:func:`terms`): term -> the ids of the texts that hold
-    it. A text is indexed once, the first time an answer's term is a substring of it (:func:`find`); every
-    later request looks the answer's terms up in it, and tests only the texts not indexed yet for them.
+    it. A text's terms are read once, the first time an answer's term is a substring of it
+    (:meth:`unread`: terms() of 12 KB of code costs 8-24 ms, and most lost texts are never referred to);
+    every later request looks the answer's terms up here. Which texts not read yet hold a term as a
+    substring is asked of a :class:`~contextwarden.memory.prefilter.Prefilter` of every lost text's
+    runs, read once on sight, so a request tests only the texts it cannot rule out, not all of them.
 
-    A memo of a pure function of the texts (an id names one text), shared by the requests of one
+    A memo of pure functions of the texts (an id names one text), shared by the requests of one
     conversation (``History.carry_on``): entries of texts no longer lost are harmless, as
     :func:`find` keeps only the ids of the request's own lost texts; additions are made under a lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_from: int = PREFILTER_FROM) -> None:
         self._lock = threading.Lock()
         self._owners: dict[str, list[str]] = {}
         self._known: set[str] = set()
         self._long: dict[str, frozenset[str]] = {}  # texts over TERMS_CHARS: their terms (of head and tail only)
         self._entries: dict[int, tuple[Any, Lost | None]] = {}  # (:meth:`entries`)
+        self._runs = Prefilter()
+        self._read_from, self._reading = read_from, False  # (PREFILTER_FROM)
+
+    def unread(self, lost: list[Lost], terms: frozenset[str]) -> Iterator[Lost]:
+        """Of ``lost``, the texts whose terms are not read yet that hold one of ``terms`` as a substring
+        (only they can hold it as a term): exactly those a substring test of each finds. The prefilter
+        rules out most texts it has read; the others are tested as before. Texts new to it are read
+        first, once they hold more than ``read_from`` characters (PREFILTER_FROM), until none is left
+        (PREFILTER_CHARS a request at most)."""
+        todo = [x for x in lost if x.memory_id not in self._known]
+        if not todo:
+            return
+        pre = self._runs
+        unread = [(x.memory_id, x.text) for x in todo if pre.bit(x.memory_id) is None]
+        self._reading = bool(unread) and (self._reading or sum(len(t) for _, t in unread) > self._read_from)
+        if self._reading:
+            pre.read(unread, PREFILTER_CHARS)
+        masks = pre.holders(terms)
+        anyone = None if None in masks.values() else reduce(or_, masks.values(), 0)
+        for x in todo:
+            bit = pre.bit(x.memory_id)
+            if bit is None:
+                maybe: Iterable[str] = terms
+            elif anyone is not None and not anyone & bit:
+                continue  # no term's runs are all in runs of this text
+            else:
+                maybe = [t for t, m in masks.items() if m is None or m & bit]
+            if any(t in x.text for t in maybe):
+                yield x
 
     def add(self, lost: Iterable[Lost], memo: LRU | None = None) -> int:
         """Index the texts of ``lost`` not indexed yet. Returns how many were new."""
@@ -311,9 +348,6 @@ class TermIndex:
                 out.append(got[1])
         self._entries = new
         return out
-
-    def knows(self, mid: str) -> bool:
-        return mid in self._known
 
     def has_long(self) -> bool:
         return bool(self._long)

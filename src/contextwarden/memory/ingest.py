@@ -16,9 +16,6 @@ import time
 from collections import Counter, OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Callable
 
-import orjson
-
-from ..models import anthropic, openai_chat, openai_responses
 from ..models.base import ApiKind
 from .chunking import chunk_text, proxy_tokens
 from .ids import memory_id
@@ -441,24 +438,20 @@ def _session_of(items: list[MemoryItem]) -> str | None:
 
 
 # --- conversation -> items ------------------------------------------------------------------------------
-def _as_dict(m: Any) -> Any:
-    return m.wire() if hasattr(m, "wire") else m
-
-
 def items_from_messages(messages: list[dict], api: ApiKind, session: str, tenant: str, start_turn: int,
                         tags: list[str] | None = None, clean_text: dict[int, str] | None = None, *,
                         workspace: str | None = None, ts: float | None = None) -> list[MemoryItem]:
     """One item per message (its text, tool calls included) and one per tool result (tool name resolved
-    from the matching tool_use / tool_call in ``messages``).
+    from the matching tool_use / tool_call in ``messages``), as the API's dialect reads them (``memory_items``).
 
     ``messages`` are wire dicts (typed models are accepted too); ``messages[i]`` is turn
     ``start_turn + i``. ``clean_text[turn]`` replaces a message's own text (e.g. the user message without
     the injected memory block); its tool results are still taken from the message. Thinking, images and
     leading system/developer messages (the cached prefix) are not stored.
     """
-    api = ApiKind(api)
+    from ..dialects import dialect
+
     tags = list(tags or [])
-    clean_text = clean_text or {}
     when = time.time() if ts is None else ts
     out: list[MemoryItem] = []
 
@@ -467,75 +460,7 @@ def items_from_messages(messages: list[dict], api: ApiKind, session: str, tenant
             out.append(MemoryItem(text=text, session=session, tenant=tenant, turn=turn, role=role, kind=kind,
                                   tool=tool, tags=list(tags), ts=when, workspace=workspace))
 
-    if api == ApiKind.OPENAI_RESPONSES:
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
-        _responses_items(messages, start_turn, clean_text, add)
-        return out
-
-    tool_names: dict[str, str] = {}
-    prefix = True
-    for i, raw in enumerate(messages):
-        turn = start_turn + i
-        raw = _as_dict(raw)
-        if not isinstance(raw, dict):
-            continue
-        role = str(raw.get("role") or "user")
-        if prefix and role in ("system", "developer"):
-            continue
-        prefix = False
-        if api == ApiKind.ANTHROPIC:
-            msg = anthropic.Message.model_validate(raw)
-            texts, results = [], []
-            for b in msg.blocks():
-                if isinstance(b, anthropic.ToolUseBlock):
-                    tool_names[b.id] = b.name
-                    texts.append(anthropic.block_text(b))
-                elif isinstance(b, anthropic.ToolResultBlock):
-                    results.append(b)
-                elif isinstance(b, anthropic.TextBlock):
-                    texts.append(b.text)
-            add(clean_text.get(turn, "\n".join(t for t in texts if t)), turn, role, "message")
-            for b in results:
-                add(anthropic.content_text(b.content), turn, "tool", "tool_result", tool_names.get(b.tool_use_id))
-        else:  # OpenAI chat and Ollama
-            msg = openai_chat.ChatMessage.model_validate(raw)
-            for tc in msg.tool_calls or []:
-                if tc.function is not None:
-                    tool_names[tc.id] = tc.function.name
-            text = clean_text.get(turn, openai_chat.message_text(msg))
-            if role in ("tool", "function"):
-                tool = tool_names.get(msg.tool_call_id or "") or msg.name or raw.get("tool_name")
-                add(text, turn, "tool", "tool_result", tool)
-            else:
-                add(text, turn, role, "message")
+    dialect(api).memory_items(messages, start_turn, clean_text or {}, add)
     return out
 
 
-def _responses_items(items: list[Any], start_turn: int, clean_text: dict[int, str], add) -> None:
-    tool_names: dict[str, str] = {}
-    prefix = True
-    for i, item in enumerate(items):
-        turn = start_turn + i
-        item = _as_dict(item)
-        if isinstance(item, str):
-            item = {"role": "user", "content": item}
-        if not isinstance(item, dict):
-            continue
-        t = item.get("type") or ("message" if "role" in item else None)
-        role = str(item.get("role") or "assistant")
-        if prefix and t == "message" and role in ("system", "developer"):
-            continue
-        prefix = False
-        if t == "reasoning":
-            continue
-        if t and t.endswith("_call") and item.get("call_id"):
-            tool_names[item["call_id"]] = item.get("name") or t.removesuffix("_call")
-        if t and t.endswith("_call_output"):
-            out = item.get("output")
-            text = out if isinstance(out, str) else openai_responses.item_text(item) or (
-                orjson.dumps(out).decode() if out is not None else "")
-            add(clean_text.get(turn, text), turn, "tool", "tool_result", tool_names.get(item.get("call_id", "")))
-        else:
-            add(clean_text.get(turn, openai_responses.item_text(item)), turn,
-                role if t == "message" else "assistant", "message")
