@@ -232,20 +232,31 @@ def cpu_s(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    out = []
+    for t in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out += [int(x) for x in t.read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def memory_child(pid: int | None) -> int | None:
+    """The pid of the proxy's memory process (``-m contextwarden.memory.server``), or None."""
+    for k in children(pid) if pid else ():
+        try:
+            if b"contextwarden.memory.server" in Path(f"/proc/{k}/cmdline").read_bytes():
+                return k
+        except OSError:
+            pass
+    return None
+
+
 def kids_cpu(pid: int | None, skip: int | None = None) -> dict[int, float]:
     """CPU seconds of each live child process of ``pid`` but ``skip`` (the compression workers of the
     proxy, the embedding worker of the memory process; Linux /proc)."""
-    out = {}
-    if pid:
-        for t in Path(f"/proc/{pid}/task").glob("*/children"):
-            try:
-                kids = [int(x) for x in t.read_text().split()]
-            except OSError:
-                continue
-            for k in kids:
-                if k != skip and (c := cpu_s(k)) is not None:
-                    out[k] = c
-    return out
+    return {k: c for k in (children(pid) if pid else ()) if k != skip and (c := cpu_s(k)) is not None}
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
@@ -399,8 +410,10 @@ def main() -> int:
         print(f"proxy ready in {time.monotonic() - t:.1f} s (memory process pid {mem_pid[0]})", flush=True)
 
         def current_mem_pid():
-            evs = proxy.events("memory_process", wait=0)
-            return evs[-1]["data"]["pid"] if evs else None
+            # the proxy's child running the memory server (read from /proc: parsing the event log every
+            # few seconds cost the bench's own process, which also runs the clients, ~0.2 of a core once
+            # the log had grown, and the log rotates)
+            return memory_child(proxy.proc.pid)
 
         rss: list = []
         stop = threading.Event()

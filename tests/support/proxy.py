@@ -178,16 +178,20 @@ class ProxyProcess:
         return self.home / "logs" / "events.jsonl"
 
     def _read_events(self) -> list[dict]:
+        """Every event written, the rotated logs' (events.jsonl.N ... .1) before the current one's."""
         out = []
-        try:
-            with open(self.events_path, "rb") as f:
-                for line in f:
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:  # a line being written
-                        continue
-        except FileNotFoundError:
-            pass
+        rotated = sorted(self.events_path.parent.glob(self.events_path.name + ".*"),
+                         key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
+        for path in [*rotated, self.events_path]:
+            try:
+                with open(path, "rb") as f:
+                    for line in f:
+                        try:
+                            out.append(json.loads(line))
+                        except ValueError:  # a line being written
+                            continue
+            except FileNotFoundError:
+                pass
         return out
 
     def events(self, type: str | None = None, *, since: int = 0, wait: float = 0.5, **match) -> list[dict]:
