@@ -127,7 +127,8 @@ class Runtime:
 
             sys.setswitchinterval(sw / 1000)
         mb = int(self.settings.pipeline.malloc_keep_mb)
-        arenas = int(self.settings.pipeline.malloc_arenas)
+        if mb <= 0:
+            return False
         try:
             import ctypes
             import ctypes.util
@@ -136,11 +137,7 @@ class Runtime:
             mallopt = libc.mallopt
         except (OSError, AttributeError):
             return False  # not glibc (macOS, musl...): nothing to tune
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-        if arenas > 0:
-            mallopt(M_ARENA_MAX, arenas)
-        if mb <= 0:
-            return False
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
         n = mb * 1024 * 1024
         return bool(mallopt(M_TRIM_THRESHOLD, n)) and bool(mallopt(M_MMAP_THRESHOLD, min(n, 32 * 1024 * 1024)))
 

@@ -71,13 +71,6 @@ class PipelineSection(Section):
     gc_idle_s: float = 5.0
     """With ``gc_tuning``: a full collection runs once the proxy has had no request for this long (0: never)."""
 
-    malloc_arenas: int = 2
-    """On Linux with glibc: at most this many C allocator arenas (``M_ARENA_MAX``), applied at start-up
-    before the worker threads exist. glibc gives each thread that allocates while another holds an arena
-    a new one, up to 8 per core; each arena keeps its own freed request bodies (``malloc_keep_mb``), so
-    the proxy's ~25 threads held ever more of them: 3 GB after 5 minutes of the load benchmark, most of
-    it freed memory. 0 leaves glibc's default."""
-
     malloc_keep_mb: int = 64
     """On Linux with glibc: the C allocator keeps up to this much freed memory for reuse and serves
     blocks up to this size from it (``M_TRIM_THRESHOLD``, ``M_MMAP_THRESHOLD``), applied at start-up.
