@@ -399,8 +399,10 @@ def main() -> int:
         for kv in args.set:
             k, v = kv.split("=", 1)
             env["CONTEXTWARDEN_" + "__".join(k.upper().split("."))] = v
+        memory_off = env.get("CONTEXTWARDEN_MEMORY__ENABLED", "").lower() in ("false", "0", "no")  # (no memory_status comes)
         proxy = ProxyProcess(work, profile=args.profile, reverse=standin.url, name="load", env=env or None,
-                             ready_events=("startup", "memory_status"), startup_timeout=300)
+                             ready_events=("startup",) if memory_off else ("startup", "memory_status"),
+                             startup_timeout=300)
         t = time.monotonic()
         proxy.start()
         mem_pid = [None]
