@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_bench import Session, claude_code_request, corpus, cpu_s, start_py_spy, thread_cpu  # noqa: E402
+from load_bench import Session, children, claude_code_request, corpus, cpu_s, start_py_spy, thread_cpu  # noqa: E402
 from proxy_latency import ProxyProcess, StandIn  # noqa: E402
 
 import httpx  # noqa: E402
@@ -41,13 +41,7 @@ def thread_names(spy_file: Path | None) -> dict[int, str]:
 
 def helpers(pid: int, skip: int | None) -> list[int]:
     """The proxy's child processes other than its memory process (the compression workers; Linux /proc)."""
-    out = []
-    for t in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            out += [int(x) for x in t.read_text().split()]
-        except OSError:
-            pass
-    return [c for c in out if c != skip]
+    return [c for c in children(pid) if c != skip]
 
 
 def helpers_cpu(pids: list[int]) -> dict[int, float]:
