@@ -259,6 +259,27 @@ def kids_cpu(pid: int | None, skip: int | None = None) -> dict[int, float]:
     return {k: c for k in (children(pid) if pid else ()) if k != skip and (c := cpu_s(k)) is not None}
 
 
+def cpu_now(proxy_pid: int) -> dict:
+    """CPU seconds used so far by the proxy, its memory process, the proxy's other children (the
+    compression workers, by pid) and the memory process's (its embedding worker, by pid)."""
+    mem = memory_child(proxy_pid)
+    return {"proxy": cpu_s(proxy_pid), "memory": cpu_s(mem), "compression_workers": kids_cpu(proxy_pid, mem),
+            "embedding_worker": kids_cpu(mem)}
+
+
+def cpu_spent(before: dict, after: dict) -> dict[str, float | None]:
+    """CPU seconds between two :func:`cpu_now` (None: a process was not there); a worker started
+    in between counts whole."""
+    out = {}
+    for k, b in after.items():
+        a = before[k]
+        if isinstance(b, dict):
+            out[k] = sum(c - a.get(p, 0.0) for p, c in b.items())
+        else:
+            out[k] = None if a is None or b is None else b - a
+    return out
+
+
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     """(name, CPU seconds) of each thread of a process, by OS thread id (Linux /proc; Python 3.12 does
     not name OS threads, so pool threads show as the process's name). Per-thread CPU says where the
@@ -427,14 +448,9 @@ def main() -> int:
         print(f"proxy: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
         spy = start_py_spy(proxy.proc.pid, Path(args.py_spy), args.seconds, args.py_spy_gil) if args.py_spy else None
         th0 = thread_cpu(proxy.proc.pid)
-        cpu0 = (cpu_s(proxy.proc.pid), cpu_s(current_mem_pid()))
-        kids0 = (kids_cpu(proxy.proc.pid, current_mem_pid()), kids_cpu(current_mem_pid()))
+        cpu0 = cpu_now(proxy.proc.pid)
         asyncio.run(run_phase(through, proxy.url, make_sessions(), args.seconds, records, lock))
-        cpu1 = (cpu_s(proxy.proc.pid), cpu_s(current_mem_pid()))
-        kids1 = (kids_cpu(proxy.proc.pid, current_mem_pid()), kids_cpu(current_mem_pid()))
-        # (a worker's CPU since the phase began; one started during it counts whole)
-        kid_s = [sum(c - k0.get(p, 0.0) for p, c in k1.items()) for k0, k1 in zip(kids0, kids1)]
-        cpu0, cpu1 = cpu0 + (0.0, 0.0), cpu1 + tuple(kid_s)
+        cpu = cpu_spent(cpu0, cpu_now(proxy.proc.pid))
         th1 = thread_cpu(proxy.proc.pid)
         if spy is not None:
             try:
@@ -502,13 +518,11 @@ def main() -> int:
                         for k in sorted({k for f in forwards for k in (f.get("timings") or {})})},
         "stage_ms_p50": {n: pct([s["ms"] for f in forwards for s in f.get("stages") or [] if s.get("stage") == n], 50)
                          for n in sorted({s.get("stage") for f in forwards for s in f.get("stages") or []})},
-        "cpu_ms_per_request": {k: None if a is None or b is None else round((b - a) * 1000 / max(1, through.completed), 2)
-                               for k, a, b in zip(("proxy", "memory", "compression_workers", "embedding_worker"), cpu0, cpu1)},
+        "cpu_ms_per_request": {k: None if s is None else round(s * 1000 / max(1, through.completed), 2) for k, s in cpu.items()},
         # where the proxy's CPU went, by thread: the event loop (mitmproxy, our hooks) against the
         # workers (prepare and count: core; stages and finish: stage; turn work; event log...)
         "proxy_cpu_ms_per_request_by_thread": by_thread(proxy.proc.pid, th0, th1, through.completed),
-        "cpu_share_of_core": {k: None if a is None or b is None else round((b - a) / through.seconds, 2)
-                              for k, a, b in zip(("proxy", "memory", "compression_workers", "embedding_worker"), cpu0, cpu1)},
+        "cpu_share_of_core": {k: None if s is None else round(s / through.seconds, 2) for k, s in cpu.items()},
         "rss_mb": rss, "sigterm_s": sigterm_s,
         "error_samples": (direct.errors + through.errors)[:5],
     })

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_bench import Session, children, claude_code_request, corpus, cpu_s, start_py_spy, thread_cpu  # noqa: E402
+from load_bench import Session, claude_code_request, corpus, cpu_s, kids_cpu, start_py_spy, thread_cpu  # noqa: E402
 from proxy_latency import ProxyProcess, StandIn  # noqa: E402
 
 import httpx  # noqa: E402
@@ -37,15 +37,6 @@ def thread_names(spy_file: Path | None) -> dict[int, str]:
         for m in re.finditer(r"thread \((?:0x)?(\d+)\): ([^;]+);", spy_file.read_text()):
             names[int(m.group(1))] = m.group(2)
     return names
-
-
-def helpers(pid: int, skip: int | None) -> list[int]:
-    """The proxy's child processes other than its memory process (the compression workers; Linux /proc)."""
-    return [c for c in children(pid) if c != skip]
-
-
-def helpers_cpu(pids: list[int]) -> dict[int, float]:
-    return {p: c for p in pids if (c := cpu_s(p)) is not None}
 
 
 async def play(url: str, sessions: list[Session], steps: int) -> tuple[int, int]:
@@ -116,14 +107,14 @@ def main() -> int:
                 time.sleep(2)  # start-up work settles
             spy = start_py_spy(pp.proc.pid, spy_dir / f"{name}.txt", 3600, gil=True) if spy_dir else None
             th0 = thread_cpu(pp.proc.pid)
-            w0 = helpers_cpu(helpers(pp.proc.pid, mem))
-            mw0 = helpers_cpu(helpers(mem, None)) if mem else {}  # memory's embedding worker
+            w0 = kids_cpu(pp.proc.pid, mem)  # the compression workers
+            mw0 = kids_cpu(mem)  # memory's embedding worker
             c0, m0, t0 = cpu_s(pp.proc.pid), cpu_s(mem), time.monotonic()
             ok, errors = asyncio.run(play(pp.url, sessions(), args.steps))
             c1, m1, secs = cpu_s(pp.proc.pid), cpu_s(mem), time.monotonic() - t0
             th1 = thread_cpu(pp.proc.pid)
-            w1 = helpers_cpu(helpers(pp.proc.pid, mem))
-            mw1 = helpers_cpu(helpers(mem, None)) if mem else {}
+            w1 = kids_cpu(pp.proc.pid, mem)
+            mw1 = kids_cpu(mem)
             if m1 is not None:  # (the memory process's figure includes its embedding worker's)
                 m1 += sum(c - mw0.get(p, 0.0) for p, c in mw1.items())
             if spy is not None:
