@@ -66,7 +66,6 @@ class BackgroundEmbedder:
         self._offload = Offload(workers=1)
         self._offload.start()
         self._closed = threading.Event()
-        self.calls = 0
         self.fallbacks = 0  # calls the in-process embedder answered (the worker was unavailable)
 
     def pids(self) -> list[int]:
@@ -75,7 +74,6 @@ class BackgroundEmbedder:
     def __call__(self, texts: list[str]) -> np.ndarray:
         from ..compress.offload import Unavailable
 
-        self.calls += 1
         if not self._closed.is_set():
             try:
                 self._offload.wait_ready(self.start_s)
