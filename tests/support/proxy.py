@@ -180,8 +180,8 @@ class ProxyProcess:
     def _read_events(self) -> list[dict]:
         """Every event written, the rotated logs' (events.jsonl.N ... .1) before the current one's."""
         out = []
-        rotated = sorted(self.events_path.parent.glob(self.events_path.name + ".*"),
-                         key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
+        rotated = sorted((p for p in self.events_path.parent.glob(self.events_path.name + ".*")
+                          if p.suffix[1:].isdigit()), key=lambda p: -int(p.suffix[1:]))
         for path in [*rotated, self.events_path]:
             try:
                 with open(path, "rb") as f:
