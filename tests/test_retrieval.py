@@ -75,6 +75,24 @@ def test_history_index_recognises_messages_and_chunks_still_in_the_request():
     assert item(FACTS[0]) not in hist
 
 
+def test_line_keys_are_the_regex_normalisation_for_every_whitespace_and_bullet():
+    # normalise and _line_key use str.split (a third of the regex's time): the keys must be the ones the
+    # regex gave, for every code point between words, at the ends, and before a bullet
+    import re
+    import sys
+
+    from contextwarden.memory.retrieve import _BULLET, _line_key, normalise
+
+    ws = re.compile(r"\s+")
+    for c in map(chr, range(sys.maxunicode + 1)):
+        for s in (f"a{c}b", f"{c}x{c}", f"-{c}item", f"3){c}step"):
+            want = ws.sub(" ", s).strip()
+            assert normalise(s) == want, hex(ord(c))
+            assert _line_key(s) == _BULLET.sub("", want), hex(ord(c))
+    for s in ("- a bullet line that is long", "• dot", "12. numbered", ">> quoted", "*", "7", "plain line"):
+        assert _line_key(s) == _BULLET.sub("", ws.sub(" ", s).strip())
+
+
 def test_rrf_fuses_by_rank_and_weight():
     fused = rrf([(["a", "b", "c"], 1.0), (["c", "a"], 1.0)], k=10)
     assert max(fused, key=fused.get) == "a"
