@@ -10,7 +10,6 @@ The emitter does not pay for it: the log's writer thread and the server's thread
 from __future__ import annotations
 
 import itertools
-import queue
 import threading
 import time
 from collections import deque
@@ -110,23 +109,29 @@ class EventBus:
 class JsonlLog:
     """Appends events to ``events.jsonl`` from a writer thread, rotating by size.
 
-    Writing happens off the event loop so disk latency never reaches a request.
+    Writing happens off the event loop so disk latency never reaches a request. The emitter only appends
+    to a deque; the writer wakes every ``batch_s`` and writes what came (as the event server sends). A
+    queue whose ``put`` woke the writer for each event handed the interpreter lock over ~13 times a
+    request: 80 us of the emitting stage thread's time per event, and as many switches away from the
+    event loop.
     """
 
-    def __init__(self, directory: Path, max_bytes: int = 20_000_000, backups: int = 5) -> None:
+    def __init__(self, directory: Path, max_bytes: int = 20_000_000, backups: int = 5, batch_s: float = 0.05) -> None:
         self.path = Path(directory) / "events.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.backups = backups
-        self._q: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self.batch_s = batch_s
+        self._buf: deque[Event] = deque()
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cw-eventlog", daemon=True)
         self._thread.start()
 
     def __call__(self, ev: Event) -> None:
-        self._q.put(ev)
+        self._buf.append(ev)  # (atomic: no lock, no wake-up)
 
     def close(self, timeout: float = 5.0) -> None:
-        self._q.put(None)
+        self._closing.set()
         self._thread.join(timeout)
 
     def _rotate(self) -> None:
@@ -139,27 +144,22 @@ class JsonlLog:
 
     def _run(self) -> None:
         f = open(self.path, "ab")
+        buf = self._buf
         try:
             while True:
-                ev = self._q.get()
-                if ev is None:
+                closing = self._closing.wait(self.batch_s)
+                batch = []
+                while buf:
+                    batch.append(buf.popleft())
+                if batch:
+                    f.write(b"".join(e.to_json() + b"\n" for e in batch))
+                    f.flush()
+                    if f.tell() > self.max_bytes:
+                        f.close()
+                        self._rotate()
+                        f = open(self.path, "ab")
+                if closing and not buf:
                     break
-                batch = [ev]
-                while True:  # drain what is queued so bursts cost one write
-                    try:
-                        nxt = self._q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        self._q.put(None)
-                        break
-                    batch.append(nxt)
-                f.write(b"".join(e.to_json() + b"\n" for e in batch))
-                f.flush()
-                if f.tell() > self.max_bytes:
-                    f.close()
-                    self._rotate()
-                    f = open(self.path, "ab")
         finally:
             f.close()
 

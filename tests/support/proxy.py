@@ -226,8 +226,16 @@ class ProxyProcess:
 
     def mark(self) -> int:
         """The number of events written so far; pass it as ``since`` to see only later ones."""
-        time.sleep(0.05)  # let the log writer drain what earlier requests queued
-        return len(self._read_events())
+        # what earlier requests queued is written once the log stops growing (events.JsonlLog writes every
+        # 50 ms; a loaded machine schedules its writer late)
+        deadline = time.monotonic() + 3.0
+        n = len(self._read_events())
+        while True:
+            time.sleep(0.15)
+            m = len(self._read_events())
+            if m == n or time.monotonic() >= deadline:
+                return m
+            n = m
 
     def leaks(self, secret: str) -> list[str]:
         """Where ``secret`` was written: files anywhere under cw_home, and mitmdump's stdout/stderr."""
