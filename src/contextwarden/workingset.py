@@ -129,7 +129,7 @@ def working_set(calls: Iterable[Call] | Files, budget: int, tokens: Callable[[Ca
     for p, order in mentioned.items():
         if p in touched and order > touched[p]:
             touched[p] = order
-    ranked = sorted(set(latest_read) | set(edits_since), key=lambda p: -touched[p])
+    ranked = sorted(set(latest_read) | set(edits_since), key=touched.__getitem__, reverse=True)  # (stable, as -touched[p])
     used = 0
     first: dict[str, Call] = {}  # path -> its latest Edit's result, kept ahead of the files whole
     if latest_edits > 0:
@@ -141,13 +141,18 @@ def working_set(calls: Iterable[Call] | Files, budget: int, tokens: Callable[[Ca
                     used += n
     out: list[Call] = []
     for p in ranked:
-        edits = edits_since.get(p, [])
+        edits = edits_since.get(p, ())
         base = latest_read.get(p)
-        group = [base, *edits] if base is not None else edits
-        if not group or (edited_only and not (edits or (written and base is not None and base.tool in WRITE_TOOLS)
-                                              or (p in mentioned and (base is None or mentioned[p] > base.order)))):
+        if edited_only and not (edits or (written and base is not None and base.tool in WRITE_TOOLS)
+                                or (p in mentioned and (base is None or mentioned[p] > base.order))):
+            continue
+        if not edits:  # (most files: one Read or Write, kept whole when it fits; a file without one has edits)
+            if used + (n := tokens(base)) <= budget:
+                used += n
+                out.append(base)
             continue
         kept = first.get(p)
+        group = [base, *edits] if base is not None else edits
         add = sum(tokens(c) for c in group if c is not kept)  # (what the group adds: each call counted once)
         if used + add > budget:
             # its Read is too big: the snippets of its Edits; else its latest snippet if kept ahead, else
