@@ -251,7 +251,12 @@ def serialise(wire: dict[str, Any], raws: list[bytes | None] | None) -> bytes:
     for k, v in wire.items():
         parts.append(b"," if parts else b"{")
         if k == "messages":
-            parts += (b'"messages":[', b",".join([r if r is not None else orjson.dumps(m) for r, m in zip(raws, msgs)]), b"]")
+            parts.append(b'"messages":[')
+            for i, (r, m) in enumerate(zip(raws, msgs)):
+                if i:
+                    parts.append(b",")
+                parts.append(r if r is not None else orjson.dumps(m))
+            parts.append(b"]")
         else:
             parts.append(orjson.dumps(k))
             parts.append(b":")
