@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from functools import lru_cache
 from typing import Any, Callable, NamedTuple
@@ -56,7 +56,7 @@ import orjson
 from contextwarden import hookimpl
 from contextwarden.conversation import image_count, input_hint, maybe_json, result_text, shorten
 from contextwarden.dialects import dialect
-from contextwarden.history import session_key
+from contextwarden.history import same_prefix, session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.secrets import redact_text
 from contextwarden.memory.wayback import recall_wording, way_back
@@ -65,7 +65,7 @@ from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.statecache import state_cache
 from contextwarden.stubmemo import result_stub
-from contextwarden.workingset import budget_in
+from contextwarden.workingset import READ_TOOLS, budget_in, path_of as _path_of  # (compression reads them here too)
 
 NS = "clearing"
 STUB_PREFIX = "[contextwarden cleared this "
@@ -97,6 +97,7 @@ class Slot:
     _text: str | None = None
     _digest: str | None = None
     _pos: tuple[int, int, int, int] | None = None  # (message, block, call message, call block)
+    _tokens: dict = field(default_factory=dict, compare=False, repr=False)  # model -> tokens: counted once, the slot carried
 
     @property
     def text(self) -> str:
@@ -471,7 +472,8 @@ def _input_tokens(ctx) -> int:
 
 
 def _result_tokens(ctx, slot: Slot) -> int:
-    return ctx.runtime.tokens.count_text(slot.text, ctx.model) + IMAGE_TOKENS * image_count(slot.content)
+    return slot._tokens.get(ctx.model) or slot._tokens.setdefault(  # (a slot of the prefix comes back: counted once)
+        ctx.model, ctx.runtime.tokens.count_text(slot.text, ctx.model) + IMAGE_TOKENS * image_count(slot.content))
 
 
 def effective(cfg, level: str | None) -> tuple[int, int, int]:
@@ -500,15 +502,7 @@ def _last_produced(items: list) -> int:
     return -1
 
 
-EDIT_TOOLS = frozenset({"Edit", "MultiEdit", "Write", "NotebookEdit"})
-READ_TOOLS = frozenset({"Read", "NotebookRead"})
-
-
-def _path_of(tool_input: Any) -> str | None:
-    if isinstance(tool_input, dict):
-        p = tool_input.get("file_path") or tool_input.get("notebook_path") or tool_input.get("path")
-        return p if isinstance(p, str) else None
-    return None
+EDIT_TOOLS = frozenset({"Edit", "MultiEdit", "Write", "NotebookEdit"})  # (a Write changes the file too)
 
 
 def _files_being_edited(slots: list[Slot], last_calls: int) -> set[str]:
@@ -543,16 +537,26 @@ def _compressed_gain(rec: dict[str, Any] | None, slot: Slot) -> int:
     return rec["tokens"] - rec["stub_tokens"]
 
 
-def _working_set(ctx, slots: list[Slot], budget: int) -> set[str]:
+def _working_set(ctx, slots: list[Slot], budget: int, carry: _Prefix | None = None) -> set[str]:
     """Ids of the results the working set keeps (:mod:`contextwarden.workingset`): the latest Read of
-    each file still current, and the Edits made to it since, within ``budget`` tokens."""
+    each file still current, and the Edits made to it since, within ``budget`` tokens. The files of the
+    calls in ``carry``'s slots (this request's carried prefix) are left to the next request, which has
+    the same slot objects and reads only the calls after them."""
     if budget <= 0:
         return set()
-    from contextwarden.workingset import Call, working_set
+    from contextwarden.workingset import files, working_set
 
-    calls = [Call(s.order, s.tool, s.tool_input, s.id, s.text) for s in slots if s.order >= 0]
-    byid = {s.id: s for s in slots}
-    return {c.key for c in working_set(calls, budget, lambda c: _result_tokens(ctx, byid[c.key]))}
+    calls = [s for s in slots if s.order >= 0]  # (a slot is a call as working_set reads one)
+    m = len([s for s in carry.slots if s.order >= 0]) if carry is not None and ctx.history is not None else 0
+    key = ("clearing", "working set")  # the conversation's slot of the files (workingset.Files) of the carried calls
+    got = ctx.history.carried(key) if m else None  # (carried about no message: its calls are checked here)
+    known = got[1] if got is not None and len(got[1].calls) <= m else None
+    if known is not None and same_prefix(known.calls, calls) < len(known.calls):
+        known = None
+    head = files(calls[len(known.calls) if known is not None else 0:m], known)
+    if m:
+        ctx.history.carry_on(key, 0, head)
+    return {s.id for s in working_set(files(calls[m:], head), budget, lambda s: _result_tokens(ctx, s))}
 
 
 @hookimpl
@@ -747,7 +751,7 @@ def _choose(st: _Clearing) -> None:
             looked = slots
         recent = set(orders[-keep_recent:]) if keep_recent > 0 else set()
         editing = _files_being_edited(slots, cfg.keep_edited_reads)
-        working = _working_set(ctx, slots, budget_in(getattr(cfg, "working_set_tokens", 0), ctx.settings.tokens.context_window))
+        working = _working_set(ctx, slots, budget_in(getattr(cfg, "working_set_tokens", 0), ctx.settings.tokens.context_window), st.carry)
         candidates = []
         for s in looked:
             if s.id in done or s.tool in exclude or s.order in recent or s.order < 0 or s.id in pinned or s.id in working:

@@ -6,7 +6,7 @@ import copy
 
 from contextwarden.models.base import ApiKind
 from contextwarden.replay import replay
-from contextwarden.workingset import Call, mentions, working_set
+from contextwarden.workingset import Call, files, mentions, working_set
 
 from .test_compaction import SUMMARY_HEAD, harness, summary_text, window_for
 from .support.stages import anthropic_tool_loop
@@ -36,6 +36,29 @@ def test_latest_read_per_file_and_its_edits_newest_file_first_within_the_budget(
     big = calls + [_c(8, "Read", "huge.py", key=8)]
     sizes = lambda c: 500 if c.key == 8 else 10  # noqa: E731
     assert [c.key for c in working_set(big, 50, sizes)] == [6, 4, 3, 0, 2]
+
+
+def test_files_extended_with_later_calls_give_the_working_set_of_all_of_them():
+    """A conversation's next request reads only the calls after those it read before (clearing carries
+    their files): the same set as reading them all, also when a later call comes before some of them."""
+    import random
+
+    rnd = random.Random(7)
+    for _ in range(300):
+        calls = [_c(o, rnd.choice(["Read", "Edit", "Write", "MultiEdit", "Bash"]), rnd.choice("abcdef") + ".py",
+                    "x" * rnd.randrange(1, 200)) for o in range(rnd.randrange(0, 30))]
+        if calls and rnd.random() < 0.3:
+            i, j = rnd.randrange(len(calls)), rnd.randrange(len(calls))
+            calls[i], calls[j] = calls[j], calls[i]  # (a result answering an earlier call)
+        k = rnd.randrange(len(calls) + 1)
+        known = files(calls[:k])
+        tokens = lambda c: len(c.text)  # noqa: E731
+        for budget in (50, 400, 5_000):
+            want = [c.key for c in working_set(calls, budget, tokens)]
+            assert [c.key for c in working_set(files(calls[k:], known), budget, tokens)] == want
+            assert [c.key for c in working_set(files(calls[k:], files(calls[:k])), budget, tokens, latest_edits=0.3)] == \
+                [c.key for c in working_set(calls, budget, tokens, latest_edits=0.3)]
+        assert known == files(calls[:k])  # (what was carried is not changed by the next request)
 
 
 def test_clearing_leaves_the_working_set_alone(tmp_path):

@@ -225,9 +225,9 @@ class History:
     def memos(self, objs: list, key: Any, compute: Callable[[Any], Any], start: int = 0) -> list:
         """``[self.memo(o, key, lambda: compute(o)) for o in objs]`` (``objs`` usually the prepared
         messages from ``start`` on)."""
-        out = []
+        out, ents = [], self.entries
         for p, o in enumerate(objs, start):
-            e = self.entry_of(o, p)
+            e = ents[p] if p < len(ents) and ents[p].obj is o else self.entry_of(o, p)  # (at its own place: no call)
             if e is None:
                 out.append(compute(o))
                 continue

@@ -31,7 +31,7 @@ class Notes(TypedDict, total=False):
     folded: list[dict[str, Any]]  # the spans a new summary folded, kept whole (memory_id, text, first, last)
     # memory
     memory: dict[str, Any]  # what retrieval injected (injected, tokens, ids, ms, skipped, ...)
-    memory_source: dict[int, Any]  # memory.produced: original index -> the message as the stages left it
+    memory_source: tuple  # memory.produced: (first index captured, a view of the messages as the stages left them)
     memory_ingest_start: tuple  # (start, history) of the memory stage's ingestion start, worked out once
     memory_project: str | None  # the client's working directory (memory/project.py), worked out once
     # recall

@@ -62,9 +62,49 @@ class Call:
     text: str  # the result's text as the client sends it
 
 
-def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int], edited_only: bool = False,
+@dataclass(frozen=True, slots=True)
+class Files:
+    """working_set's first pass over ``calls`` (in order; ``upto``: the last order read): per path its
+    latest Read or Write, the Edits made since and the order of its latest touch. Never changed once
+    made (a conversation's next request extends a copy: :func:`files`)."""
+
+    calls: tuple
+    latest_read: dict
+    edits_since: dict  # path -> tuple of its Edits since its latest Read or Write
+    touched: dict
+    upto: int = -1
+
+
+def files(calls: Iterable[Call], known: Files | None = None) -> Files:
+    """``files(known.calls + calls)``, reading only ``calls`` when they all come after ``known``'s (a
+    coding agent's next request: the same calls and a few more)."""
+    calls = list(calls)
+    if known is not None and any(c.order <= known.upto for c in calls):
+        calls, known = [*known.calls, *calls], None  # (one comes before: read them all in order)
+    if any(a.order > b.order for a, b in zip(calls, calls[1:])):  # (usually in order already: no sort)
+        calls.sort(key=lambda c: c.order)
+    k = known if known is not None else Files((), {}, {}, {})
+    latest_read, edits_since, touched = dict(k.latest_read), dict(k.edits_since), dict(k.touched)
+    for c in calls:
+        p = path_of(c.tool_input)
+        if p is None:
+            continue
+        if c.tool in READ_TOOLS or c.tool in WRITE_TOOLS:
+            latest_read[p] = c  # (a Write's input is the file now: the caller gives its content as text)
+            edits_since[p] = ()
+        elif c.tool in EDIT_TOOLS:
+            edits_since[p] = edits_since.get(p, ()) + (c,)  # (of a file never read here: all the model saw of it)
+        else:
+            continue
+        touched[p] = c.order
+    return Files(k.calls + tuple(calls), latest_read, edits_since, touched, calls[-1].order if calls else k.upto)
+
+
+def working_set(calls: Iterable[Call] | Files, budget: int, tokens: Callable[[Call], int], edited_only: bool = False,
                 mentioned: dict[str, int] | None = None, written: bool = False, latest_edits: float = 0.0) -> list[Call]:
-    """The results the working set keeps, newest file first, within ``budget`` tokens (0: none);
+    """The results the working set keeps, newest file first, within ``budget`` tokens (0: none) (a call:
+    a :class:`Call`, or any object with its ``order``, ``tool`` and ``tool_input``, e.g. clearing's slot;
+    ``calls`` may be their :func:`files` already);
     ``edited_only``: only the files an Edit changed (the set a compaction keeps: the files being
     changed, not every document read for context), and, with ``written``, the files a Write made (the
     agent writes a file, then edits it: its next ``old_string`` is in the Write's content);
@@ -83,28 +123,13 @@ def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int
     if budget <= 0:
         return []
     mentioned = mentioned or {}
-    latest_read: dict[str, Call] = {}
-    edits_since: dict[str, list[Call]] = {}  # (of a file never read here, its edits: all the model saw of it)
-    touched: dict[str, int] = {}
-    for c in sorted(calls, key=lambda c: c.order):
-        p = path_of(c.tool_input)
-        if p is None:
-            continue
-        if c.tool in READ_TOOLS:
-            latest_read[p] = c
-            edits_since[p] = []
-        elif c.tool in EDIT_TOOLS:
-            edits_since.setdefault(p, []).append(c)
-        elif c.tool in WRITE_TOOLS:
-            latest_read[p] = c  # the Write's input is the file now (the caller gives its content as text)
-            edits_since[p] = []
-        else:
-            continue
-        touched[p] = c.order
+    seen = calls if isinstance(calls, Files) else files(calls)
+    latest_read, edits_since = seen.latest_read, seen.edits_since
+    touched = dict(seen.touched) if mentioned else seen.touched  # (``seen`` may be shared: not changed)
     for p, order in mentioned.items():
         if p in touched and order > touched[p]:
             touched[p] = order
-    ranked = sorted(set(latest_read) | set(edits_since), key=lambda p: -touched[p])
+    ranked = sorted(set(latest_read) | set(edits_since), key=touched.__getitem__, reverse=True)  # (stable, as -touched[p])
     used = 0
     first: dict[str, Call] = {}  # path -> its latest Edit's result, kept ahead of the files whole
     if latest_edits > 0:
@@ -116,21 +141,26 @@ def working_set(calls: Iterable[Call], budget: int, tokens: Callable[[Call], int
                     used += n
     out: list[Call] = []
     for p in ranked:
-        edits = edits_since.get(p, [])
-        group = ([latest_read[p]] if p in latest_read else []) + edits
+        edits = edits_since.get(p, ())
         base = latest_read.get(p)
-        changing = bool(edits) or (written and base is not None and base.tool in WRITE_TOOLS) \
-            or (p in mentioned and (base is None or mentioned[p] > base.order))
-        if not group or (edited_only and not changing):
+        if edited_only and not (edits or (written and base is not None and base.tool in WRITE_TOOLS)
+                                or (p in mentioned and (base is None or mentioned[p] > base.order))):
+            continue
+        if not edits:  # (most files: one Read or Write, kept whole when it fits; a file without one has edits)
+            if used + (n := tokens(base)) <= budget:
+                used += n
+                out.append(base)
             continue
         kept = first.get(p)
-        more = lambda g: sum(tokens(c) for c in g if c is not kept)  # noqa: E731 (what the group adds)
-        if used + more(group) > budget:
+        group = [base, *edits] if base is not None else edits
+        add = sum(tokens(c) for c in group if c is not kept)  # (what the group adds: each call counted once)
+        if used + add > budget:
             # its Read is too big: the snippets of its Edits; else its latest snippet if kept ahead, else
             # nothing of it (a smaller, older file may still fit)
-            fit = edits and len(edits) < len(group) and used + more(edits) <= budget
+            fit = edits and base is not None and used + sum(tokens(c) for c in edits if c is not kept) <= budget
             group = edits if fit else [kept] if kept else []
-        used += more(group)
+            add = sum(tokens(c) for c in group if c is not kept)
+        used += add
         out.extend(group)
     return out
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from .retrieve import history_items
 
-NOTE = "memory_source"  # ctx.notes key: {original index: the message as the stages left it}
+NOTE = "memory_source"  # ctx.notes key: (first index captured, the view of the messages as the stages left them)
 
 
 def _current(ctx) -> list:
@@ -89,9 +89,10 @@ def view(ctx) -> Sequence:
 
 
 def capture(ctx, start: int) -> None:
-    """Remember (in ``ctx.notes``) the messages from ``start`` on as the stages produced them."""
-    v = view(ctx)
-    ctx.notes[NOTE] = {i: v[i] for i in range(max(0, start), len(v))}
+    """Remember (in ``ctx.notes``) the messages from ``start`` on as the stages produced them: the view
+    as it is now (it holds a copy of the request's list of frozen messages), read when they are stored,
+    so a long history costs nothing here."""
+    ctx.notes[NOTE] = (max(0, start), view(ctx))
 
 
 def to_store(ctx, msgs: list, start: int) -> list[Any] | None:
@@ -99,6 +100,7 @@ def to_store(ctx, msgs: list, start: int) -> list[Any] | None:
     not go upstream as such; ``None`` altogether when the memory stage did not capture them (it did not
     run for this request: the original is all there is)."""
     got = ctx.notes.get(NOTE)
-    if not isinstance(got, dict):
+    if not isinstance(got, tuple):
         return None
-    return [got.get(i) for i in range(start, len(msgs))]
+    first, v = got
+    return [v[i] if first <= i < len(v) else None for i in range(start, len(msgs))]
