@@ -195,7 +195,8 @@ class Runtime:
         done_at = -1.0
         full = FullCollections()
         while not self._closed.wait(1.0):
-            info = full.due(self.settings.pipeline.gc_full_s)
+            # (only while requests come: an idle proxy has its idle collection, and nothing to free)
+            info = full.due(self.settings.pipeline.gc_full_s) if self.last_request >= full.last else None
             if info is not None:
                 self.bus.emit("gc", {"reason": "load", **info})
             idle = self.settings.pipeline.gc_idle_s
