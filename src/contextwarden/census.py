@@ -28,12 +28,14 @@ from typing import Any
 
 import orjson
 
-_watched: dict[str, Any] = {}
+_watched: dict[str, Any] = {}  # only while a census runs (nothing of a runtime is kept otherwise)
+_running = False
 
 
 def watch(name: str, obj: Any) -> None:
-    """Report ``len()`` of ``obj``'s sized attributes (and of ``obj``) in every census."""
-    _watched[name] = obj
+    """Report ``len()`` of ``obj``'s sized attributes (and of ``obj``) in every census (when one runs)."""
+    if _running:
+        _watched[name] = obj
 
 
 def rss_mb() -> float | None:
@@ -254,4 +256,6 @@ def from_env(runtime: Any) -> Census | None:
         return None
     every = float(os.environ.get("CONTEXTWARDEN_CENSUS_S") or 30)
     frames = int(os.environ.get("CONTEXTWARDEN_TRACEMALLOC") or 0)
+    global _running
+    _running = True
     return Census(path, runtime, every, frames).start()
