@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from contextwarden import census
 from contextwarden.events import Event
 from contextwarden.home import write_private
 # the live protocol (token file and header, event form, totals) is core: liveprotocol.py
@@ -360,5 +361,6 @@ class EventServer(PerRuntime):
         if not rt.settings.server.enabled:
             return None
         svc = EventService(rt, port=rt.settings.server.port).start()
+        census.watch("eventserver", svc)
         log.info(f"contextwarden: event server on {svc.host}:{svc.port} (token in {svc.info_path})")
         return svc

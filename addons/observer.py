@@ -77,7 +77,10 @@ class Observer:
         done_ms = round(((resp.timestamp_end if resp and resp.timestamp_end else time.time()) - st.t_request) * 1000, 1)
         data = {"api": st.api.value, "status": resp.status_code if resp is not None else None, "upstream_ms": upstream_ms,
                 "total_ms": done_ms, "error": error, "streamed": bool(tap and tap.is_sse)}
-        await self.report(rt, st, flow.id, data, tap, turn)
+        try:
+            await self.report(rt, st, flow.id, data, tap, turn)
+        finally:
+            release(flow, st)
 
     @staticmethod
     async def report(rt, st: FlowState, flow_id: str, data: dict, tap, turn) -> None:
@@ -103,3 +106,14 @@ class Observer:
     @staticmethod
     def _turn_complete(rt, ctx, turn) -> None:
         lifecycle.complete(rt, ctx, turn)  # calibration, cw_turn_complete hooks, the turn event
+
+
+def release(flow: http.HTTPFlow, st: FlowState) -> None:
+    """Drop what the flow holds of ours once it is reported. mitmproxy's finished flows are cyclic
+    garbage (a stream layer and its context refer to each other) that only a full collection frees;
+    until then the flow must not keep the request's context (its parsed request, original bytes and
+    history view) or the response's reader alive with it."""
+    flow.metadata.pop("contextwarden", None)
+    st.ctx_future = None
+    st.tap = None
+

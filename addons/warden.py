@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 
+from contextwarden import census
 from contextwarden.home import default_home
 from contextwarden.runtime import Runtime
 from contextwarden.sealing import SealError
@@ -19,6 +20,7 @@ class Warden:
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
         self._key: tuple | None = None
+        self._census = None  # census.from_env's, when CONTEXTWARDEN_CENSUS asks for one
 
     def load(self, loader) -> None:
         loader.add_option("cw_profile", str, "default",
@@ -45,6 +47,12 @@ class Warden:
         old, self.runtime, self._key = self.runtime, runtime, key
         if old is not None:
             old.close()
+        if self._census is not None:
+            self._census.runtime = runtime
+        else:
+            self._census = census.from_env(runtime)
+        for name in ("bodies", "conversations", "recent", "turn_pool", "stage_pool", "core_pool", "log", "bus"):
+            census.watch(name, getattr(runtime, name))
         # Load both tokenizers before the proxy listens: loading one holds the GIL for ~0.5 s, which on
         # the first Anthropic / OpenAI request would stall every response being streamed at the time.
         for model in (None, "gpt-4o"):
@@ -66,6 +74,8 @@ class Warden:
             log.warning(f"contextwarden: gc tuning failed: {e}")
 
     def done(self) -> None:
+        if self._census is not None:
+            self._census.stop()
         if self.runtime is not None:
             self.runtime.bus.emit("shutdown", {})
             self.runtime.close()

@@ -481,6 +481,10 @@ def main() -> int:
         injected = sum(1 for d in mem if d.get("injected"))
         searched = sum(1 for d in mem if "injected" in d and d.get("skipped") not in ("tool loop step", "starting"))
         mem_timeouts = sum(1 for d in mem if d.get("skipped") == "timeout")
+        # the full collections run under load (pipeline.gc_full_s): how many, and their pauses
+        full_gcs = [e["data"] for e in events if e["type"] == "gc" and e["data"].get("reason") == "load"]
+        full_gc_ms = [d.get("ms") or 0 for d in full_gcs]
+        full_gc_cpu = [d.get("cpu_ms") or 0 for d in full_gcs]
         turn_drops = max([int(e["data"].get("dropped") or 0) for e in events if e["type"] == "backpressure"] or [0])
         pending = pending_items(proxy.home)
         t = time.monotonic()
@@ -524,6 +528,8 @@ def main() -> int:
         "proxy_cpu_ms_per_request_by_thread": by_thread(proxy.proc.pid, th0, th1, through.completed),
         "cpu_share_of_core": {k: None if s is None else round(s / through.seconds, 2) for k, s in cpu.items()},
         "rss_mb": rss, "sigterm_s": sigterm_s,
+        "full_gc_under_load": {"count": len(full_gc_ms), "ms_p50": pct(full_gc_ms, 50), "ms_max": max(full_gc_ms or [0]),
+                              "cpu_ms_p50": pct(full_gc_cpu, 50), "cpu_ms_max": max(full_gc_cpu or [0])},
         "error_samples": (direct.errors + through.errors)[:5],
     })
     if plain is not None:
@@ -573,6 +579,9 @@ def main() -> int:
     print("stages, p50 ms: " + ", ".join(f"{k} {ms(v)}" for k, v in r["stage_ms_p50"].items()))
     print("RSS MB (t s: proxy / memory): " + ", ".join(
         f"{t:.0f}: {v['proxy'] or 0:.0f}/{v['memory'] or 0:.0f}" for t, v in rss))
+    g = r["full_gc_under_load"]
+    print(f"full collections under load (pipeline.gc_full_s): {g['count']}, wall p50 {ms(g['ms_p50'])} ms, max {g['ms_max']} ms; "
+          f"its own CPU p50 {ms(g['cpu_ms_p50'])} ms, max {g['cpu_ms_max']} ms")
     print(f"SIGTERM to exit: {r['sigterm_s']:.1f} s")
     if r["error_samples"]:
         print("errors:", *r["error_samples"], sep="\n  ")

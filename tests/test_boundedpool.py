@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 from contextwarden.boundedpool import BoundedExecutor
 
@@ -40,3 +41,24 @@ def test_asyncio_run_in_executor_works_with_it():
 
     assert asyncio.run(main()) == 42
     pool.shutdown()
+
+
+def test_a_waiting_worker_lets_go_of_its_last_task():
+    """A worker waiting for work holds nothing of the task it ran last (a turn's whole parsed request)."""
+    import weakref
+
+    class Request:
+        pass
+
+    pool = BoundedExecutor(1, 4)
+    try:
+        req = Request()
+        gone = weakref.ref(req)
+        pool.submit(lambda r: None, req).result(timeout=5)
+        del req
+        deadline = time.monotonic() + 5
+        while gone() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gone() is None
+    finally:
+        pool.shutdown()

@@ -70,15 +70,16 @@ class BoundedExecutor(Executor):
                 if not self._q:
                     return
                 fut, fn, args, kwargs = self._q.popleft()
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn(*args, **kwargs))
-            except BaseException as e:
-                fut.set_exception(e)
-            finally:
-                with self._cv:
-                    self.completed += 1
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args, **kwargs))
+                except BaseException as e:
+                    fut.set_exception(e)
+                finally:
+                    with self._cv:
+                        self.completed += 1
+            # a worker waiting for work must not keep its last task's arguments (a turn's parsed request)
+            del fut, fn, args, kwargs
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None) -> None:
         """Stop taking work. ``wait``: let the workers finish (at most ``timeout`` seconds, then the

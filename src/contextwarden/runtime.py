@@ -33,6 +33,30 @@ def trim_malloc() -> bool:
         return False
 
 
+class FullCollections:
+    """Runs a full collection when none ran (ours or the interpreter's own) for a given time."""
+
+    def __init__(self) -> None:
+        self.seen = gc.get_stats()[2]["collections"]
+        self.last = time.monotonic()
+
+    def due(self, every_s: float) -> dict[str, Any] | None:
+        """Collect when the last full collection is ``every_s`` old (0: never); what it did, or None."""
+        now = time.monotonic()
+        n = gc.get_stats()[2]["collections"]
+        if n != self.seen:  # one ran meanwhile (thresholds, the idle one, someone's gc.collect())
+            self.seen, self.last = n, now
+        if every_s <= 0 or now - self.last < every_s:
+            return None
+        t0, c0 = time.perf_counter(), time.thread_time()
+        freed = gc.collect()
+        self.seen, self.last = gc.get_stats()[2]["collections"], time.monotonic()
+        # cpu_ms: the collection's own work (holding the interpreter lock); ms also counts the time
+        # other threads ran meanwhile (the garbage's finalizers are Python code that lets them)
+        return {"freed": freed, "ms": round((time.perf_counter() - t0) * 1000, 1),
+                "cpu_ms": round((time.thread_time() - c0) * 1000, 1)}
+
+
 class Runtime:
     def __init__(self, settings: Settings, home: Path, plugins_dir: str | os.PathLike | None = None,
                  profile: str | os.PathLike | None = None, bus: EventBus | None = None,
@@ -160,16 +184,24 @@ class Runtime:
         self.bus.emit("gc", info)
         if reason == "startup" and self._gc_unsubscribe is None and self.settings.memory.enabled:
             self._gc_unsubscribe = self.bus.subscribe(self._settle_gc_when_memory_is_ready)
-        if reason == "startup" and self._gc_idle_thread is None and self.settings.pipeline.gc_idle_s > 0:
+        p = self.settings.pipeline
+        if reason == "startup" and self._gc_idle_thread is None and (p.gc_idle_s > 0 or p.gc_full_s > 0):
             self._gc_idle_thread = threading.Thread(target=self._idle_gc, name="cw-gc-idle", daemon=True)
             self._gc_idle_thread.start()
         return info
 
     def _idle_gc(self) -> None:
         """A full collection when no request came for ``pipeline.gc_idle_s`` and some is due (the
-        raised thresholds make them rare under load; this runs them while nobody waits)."""
+        raised thresholds make them rare under load; this runs them while nobody waits); and under
+        load one at least every ``pipeline.gc_full_s`` (what only a full collection frees, mitmproxy's
+        finished flows, must not pile up for as long as the load lasts)."""
         done_at = -1.0
+        full = FullCollections()
         while not self._closed.wait(1.0):
+            # (only while requests come: an idle proxy has its idle collection, and nothing to free)
+            info = full.due(self.settings.pipeline.gc_full_s) if self.last_request >= full.last else None
+            if info is not None:
+                self.bus.emit("gc", {"reason": "load", **info})
             idle = self.settings.pipeline.gc_idle_s
             if idle <= 0:
                 continue

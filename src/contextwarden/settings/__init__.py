@@ -26,7 +26,7 @@ from .server import LogSection, ServerSection
 
 ENV_PREFIX = "CONTEXTWARDEN_"
 # Variables with the prefix that are not profile settings.
-NON_SETTING_ENV = {"HOME", "PROFILE", "TRACE", "PLUGINS", "SHARED", "KEY"}
+NON_SETTING_ENV = {"HOME", "PROFILE", "TRACE", "PLUGINS", "SHARED", "KEY", "CENSUS", "CENSUS_S", "TRACEMALLOC"}  # census.py: debugging
 
 
 class SettingsError(ValueError):

@@ -1,0 +1,54 @@
+"""The opt-in census of the live proxy (CONTEXTWARDEN_CENSUS): one JSON line per census, with what
+finding a leak needs."""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import orjson
+
+from contextwarden import census
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+        self.body = b"x" * 100_000
+
+
+def test_a_census_reports_sizes_garbage_and_the_heap(tmp_path, monkeypatch):
+    out = tmp_path / "census.jsonl"
+    monkeypatch.setenv("CONTEXTWARDEN_CENSUS", str(out))
+    monkeypatch.setenv("CONTEXTWARDEN_CENSUS_S", "3600")  # only when asked (SIGUSR2's event)
+    monkeypatch.setattr(census, "_watched", {})
+
+    class Runtime:
+        def __init__(self) -> None:
+            self.queue = [1, 2, 3]
+            self._memos = {"cache": {"a": 1}}
+
+    c = census.from_env(Runtime())
+    try:
+        census.watch("ring", {"x": 1, "y": 2})
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            for _ in range(5):
+                _Cycle()
+            c._now.set()  # what SIGUSR2 does
+            deadline = time.monotonic() + 30
+            while not (out.exists() and out.read_bytes().endswith(b"\n")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            if was:
+                gc.enable()
+    finally:
+        c.stop()
+        monkeypatch.setattr(census, "_running", False)
+    rec = orjson.loads(out.read_bytes().splitlines()[0])
+    assert rec["sizes"]["runtime"]["queue"] == 3 and rec["sizes"]["ring"] == {"len": 2}
+    assert rec["memos"]["cache"] == {"len": 1}
+    garbage = dict(rec["garbage"]["by_count"])
+    assert garbage.get(f"{__name__}._Cycle") == 5 and rec["garbage"]["held_bytes_mb"] >= 0.5
+    assert rec["rss_mb"] > 0 and rec["types"]["tracked"] > 0 and rec["types"]["by_count"]

@@ -1,0 +1,96 @@
+"""Issue 19's RSS: what only a full collection frees (mitmproxy's finished flows, cyclic) does not pile
+up under load, and a finished flow no longer holds the request's context."""
+
+from __future__ import annotations
+
+import gc
+import time
+import weakref
+
+import orjson
+from mitmproxy import http
+from mitmproxy.test import tutils
+
+from contextwarden.runtime import FullCollections, Runtime
+from contextwarden.settings import load_settings
+
+from .test_addon import anthropic_flow, body  # noqa: F401
+from .test_addon import harness_factory  # noqa: F401
+
+
+class _Flowish:
+    """A cycle like mitmproxy's stream layer and its context, holding a request body."""
+
+    def __init__(self) -> None:
+        self.me = self
+        self.body = bytes(1_000_000)
+
+
+def _cycle() -> weakref.ref:
+    return weakref.ref(_Flowish())
+
+
+def test_a_full_collection_runs_when_none_ran_for_gc_full_s():
+    was = gc.isenabled()
+    gc.disable()  # only the collections FullCollections runs
+    try:
+        full = FullCollections()
+        garbage = _cycle()
+        assert full.due(10.0) is None and garbage() is not None  # not due yet
+        assert full.due(0) is None and garbage() is not None  # 0: never
+        full.last -= 10.0
+        info = full.due(10.0)
+        assert info is not None and info["freed"] >= 2 and garbage() is None
+        # one that ran meanwhile (the interpreter's, the idle one) counts: the clock starts again
+        gc.collect()
+        full.last -= 10.0
+        assert full.due(10.0) is None
+    finally:
+        if was:
+            gc.enable()
+
+
+def test_the_proxy_collects_under_load(tmp_path):
+    """Requests keep coming (never idle): the runtime's collector thread still runs a full collection
+    within ``gc_full_s``, so a finished flow's cycle is freed while the load lasts."""
+    settings = load_settings("observe-only", tmp_path).model_copy(deep=True)
+    settings.pipeline.gc_full_s = 1.0
+    settings.pipeline.gc_idle_s = 60.0
+    settings.memory.enabled = False
+    rt = Runtime(settings, tmp_path / "home")
+    was = gc.isenabled()
+    try:
+        rt.settle_gc("startup")
+        gc.disable()
+        garbage = _cycle()
+        deadline = time.monotonic() + 5
+        while garbage() is not None and time.monotonic() < deadline:
+            rt.last_request = time.monotonic()  # under load
+            time.sleep(0.05)
+        assert garbage() is None
+        assert any(e.type == "gc" and e.data.get("reason") == "load" for e in rt.bus.recent)
+    finally:
+        if was:
+            gc.enable()
+        rt.close()
+
+
+async def test_a_finished_flow_lets_go_of_the_request(harness_factory):
+    """After the response, the flow (cyclic garbage until a full collection) no longer holds the
+    request's context or the response reader."""
+    h = harness_factory()
+    f = await h.send(anthropic_flow(body(stream=True)))
+    st = f.metadata["contextwarden"]
+    ctx = weakref.ref(st.ctx_future.result())
+    f.response = tutils.tresp(status_code=200, content=b"", headers=http.Headers([(b"content-type", b"text/event-stream")]))
+    h.observer.responseheaders(f)
+    f.response.stream(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+    await h.observer.response(f)
+    assert "contextwarden" not in f.metadata and st.ctx_future is None and st.tap is None
+    # the turn work (and a stage abandoned past its budget, on a loaded machine) lets go of it too;
+    # a flow that kept it would keep it for good
+    deadline = time.monotonic() + 30
+    while ctx() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ctx() is None  # by reference counting: no collection needed
+    assert orjson.loads(f.request.content)["messages"]  # the flow itself is untouched
