@@ -11,7 +11,8 @@ import orjson
 from mitmproxy import http
 from mitmproxy.test import tutils
 
-from contextwarden.runtime import FullCollections, Runtime
+from contextwarden.collector import FullCollections
+from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
 
 from .test_addon import anthropic_flow, body  # noqa: F401

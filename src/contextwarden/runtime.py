@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import threading
 import time
@@ -12,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from . import collector
 from .bodies import BodyRing, record
 from .events import EventBus, JsonlLog
 from .home import ensure_home, secret_file
@@ -20,41 +20,6 @@ from .pluginmanager import check_stage_names, make_plugin_manager, stage_order
 from .settings import Settings, load_settings
 from .state import open_state
 
-
-
-def trim_malloc() -> bool:
-    """glibc's ``malloc_trim(0)``: return free heap pages to the system (False where there is none)."""
-    try:
-        import ctypes
-        import ctypes.util
-
-        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
-class FullCollections:
-    """Runs a full collection when none ran (ours or the interpreter's own) for a given time."""
-
-    def __init__(self) -> None:
-        self.seen = gc.get_stats()[2]["collections"]
-        self.last = time.monotonic()
-
-    def due(self, every_s: float) -> dict[str, Any] | None:
-        """Collect when the last full collection is ``every_s`` old (0: never); what it did, or None."""
-        now = time.monotonic()
-        n = gc.get_stats()[2]["collections"]
-        if n != self.seen:  # one ran meanwhile (thresholds, the idle one, someone's gc.collect())
-            self.seen, self.last = n, now
-        if every_s <= 0 or now - self.last < every_s:
-            return None
-        t0, c0 = time.perf_counter(), time.thread_time()
-        freed = gc.collect()
-        self.seen, self.last = gc.get_stats()[2]["collections"], time.monotonic()
-        # cpu_ms: the collection's own work (holding the interpreter lock); ms also counts the time
-        # other threads ran meanwhile (the garbage's finalizers are Python code that lets them)
-        return {"freed": freed, "ms": round((time.perf_counter() - t0) * 1000, 1),
-                "cpu_ms": round((time.thread_time() - c0) * 1000, 1)}
 
 
 class Runtime:
@@ -143,74 +108,25 @@ class Runtime:
     # ------------------------------------------------------------------ garbage collector
 
     def tune_malloc(self) -> bool:
-        """Apply ``pipeline.malloc_keep_mb`` (glibc only; True when applied) and
-        ``pipeline.switch_interval_ms``."""
-        sw = float(self.settings.pipeline.switch_interval_ms)
-        if sw > 0:
-            import sys
-
-            sys.setswitchinterval(sw / 1000)
-        mb = int(self.settings.pipeline.malloc_keep_mb)
-        if mb <= 0:
-            return False
-        try:
-            import ctypes
-            import ctypes.util
-
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):
-            return False  # not glibc (macOS, musl...): nothing to tune
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        n = mb * 1024 * 1024
-        return bool(mallopt(M_TRIM_THRESHOLD, n)) and bool(mallopt(M_MMAP_THRESHOLD, min(n, 32 * 1024 * 1024)))
+        """``collector.tune_malloc`` with this runtime's settings (True when the allocator was tuned)."""
+        return collector.tune_malloc(self.settings.pipeline)
 
     def settle_gc(self, reason: str = "startup") -> dict[str, Any] | None:
-        """Freeze what exists now (the loaded libraries, models, settings) so that later collections
-        never walk it, and collect the young generation less often. Called when the proxy is warm:
-        at the end of start-up and again when the memory service is ready. Costs one full collection
-        (a pause, once, while warming up). Returns what it did, or None when ``pipeline.gc_tuning`` is off."""
-        if not self.settings.pipeline.gc_tuning:
+        """``collector.settle`` (freeze what exists, raise the thresholds; None when ``pipeline.gc_tuning``
+        is off); at start-up also again once memory is ready, and the background collections
+        (``collector.background``: under load every ``gc_full_s``, when idle after ``gc_idle_s``)."""
+        info = collector.settle(self.settings.pipeline, reason)
+        if info is None:
             return None
-        t0 = time.perf_counter()
-        gc.unfreeze()  # what an earlier runtime froze and no longer uses can be collected now
-        gc.collect()
-        gc.freeze()
-        g = gc.get_threshold()
-        want = list(self.settings.pipeline.gc_threshold)[:3]
-        gc.set_threshold(*(max(a, int(b)) for a, b in zip(g, want + list(g[len(want):]))))
-        info = {"reason": reason, "frozen": gc.get_freeze_count(), "ms": round((time.perf_counter() - t0) * 1000, 1),
-                "threshold": list(gc.get_threshold())}
         self.bus.emit("gc", info)
         if reason == "startup" and self._gc_unsubscribe is None and self.settings.memory.enabled:
             self._gc_unsubscribe = self.bus.subscribe(self._settle_gc_when_memory_is_ready)
         p = self.settings.pipeline
         if reason == "startup" and self._gc_idle_thread is None and (p.gc_idle_s > 0 or p.gc_full_s > 0):
-            self._gc_idle_thread = threading.Thread(target=self._idle_gc, name="cw-gc-idle", daemon=True)
+            self._gc_idle_thread = threading.Thread(target=collector.background, args=(self,), name="cw-gc-idle",
+                                                    daemon=True)
             self._gc_idle_thread.start()
         return info
-
-    def _idle_gc(self) -> None:
-        """A full collection when no request came for ``pipeline.gc_idle_s`` and some is due (the
-        raised thresholds make them rare under load; this runs them while nobody waits); and under
-        load one at least every ``pipeline.gc_full_s`` (what only a full collection frees, mitmproxy's
-        finished flows, must not pile up for as long as the load lasts)."""
-        done_at = -1.0
-        full = FullCollections()
-        while not self._closed.wait(1.0):
-            # (only while requests come: an idle proxy has its idle collection, and nothing to free)
-            info = full.due(self.settings.pipeline.gc_full_s) if self.last_request >= full.last else None
-            if info is not None:
-                self.bus.emit("gc", {"reason": "load", **info})
-            idle = self.settings.pipeline.gc_idle_s
-            if idle <= 0:
-                continue
-            now = time.monotonic()
-            if now - self.last_request >= idle and self.last_request > done_at:
-                if gc.get_count()[2] > 0:
-                    gc.collect()
-                trim_malloc()  # once per idle spell: give the freed heap back to the system (RSS shrinks)
-                done_at = time.monotonic()
 
     def _settle_gc_when_memory_is_ready(self, ev) -> None:
         if getattr(ev, "type", None) == "memory_status" and not self._gc_settled_memory:

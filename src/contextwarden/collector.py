@@ -1,0 +1,117 @@
+"""The proxy process's garbage collector and allocator (never on a request's path: start-up, and the
+``cw-gc-idle`` thread).
+
+- ``tune_malloc``: glibc keeps freed memory for reuse (``pipeline.malloc_keep_mb``) and the interpreter's
+  switch interval (``pipeline.switch_interval_ms``);
+- ``settle``: once warm, what exists is frozen out of the collector's sight and the young generation is
+  collected less often (``pipeline.gc_tuning``, ``gc_threshold``);
+- ``background``: under load a full collection at least every ``pipeline.gc_full_s`` (mitmproxy's
+  finished flows are cyclic garbage only a full collection frees), and once per idle spell of
+  ``pipeline.gc_idle_s`` a full collection and ``malloc_trim`` (the RSS shrinks).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def trim_malloc() -> bool:
+    """glibc's ``malloc_trim(0)``: return free heap pages to the system (False where there is none)."""
+    try:
+        return bool(_libc().malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def tune_malloc(p) -> bool:
+    """Apply ``malloc_keep_mb`` (glibc only; True when applied) and ``switch_interval_ms`` of the
+    pipeline settings ``p``."""
+    sw = float(p.switch_interval_ms)
+    if sw > 0:
+        import sys
+
+        sys.setswitchinterval(sw / 1000)
+    mb = int(p.malloc_keep_mb)
+    if mb <= 0:
+        return False
+    try:
+        mallopt = _libc().mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc (macOS, musl...): nothing to tune
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    n = mb * 1024 * 1024
+    return bool(mallopt(M_TRIM_THRESHOLD, n)) and bool(mallopt(M_MMAP_THRESHOLD, min(n, 32 * 1024 * 1024)))
+
+
+def settle(p, reason: str) -> dict[str, Any] | None:
+    """Freeze what exists now (the loaded libraries, models, settings) so that later collections never
+    walk it, and collect the young generation less often. Called when the proxy is warm: at the end of
+    start-up and again when the memory service is ready. Costs one full collection (a pause, once,
+    while warming up). What it did (the ``gc`` event's data), or None when ``p.gc_tuning`` is off."""
+    if not p.gc_tuning:
+        return None
+    t0 = time.perf_counter()
+    gc.unfreeze()  # what an earlier runtime froze and no longer uses can be collected now
+    gc.collect()
+    gc.freeze()
+    g = gc.get_threshold()
+    want = list(p.gc_threshold)[:3]
+    gc.set_threshold(*(max(a, int(b)) for a, b in zip(g, want + list(g[len(want):]))))
+    return {"reason": reason, "frozen": gc.get_freeze_count(), "ms": round((time.perf_counter() - t0) * 1000, 1),
+            "threshold": list(gc.get_threshold())}
+
+
+class FullCollections:
+    """Runs a full collection when none ran (ours or the interpreter's own) for a given time."""
+
+    def __init__(self) -> None:
+        self.seen = gc.get_stats()[2]["collections"]
+        self.last = time.monotonic()
+
+    def due(self, every_s: float) -> dict[str, Any] | None:
+        """Collect when the last full collection is ``every_s`` old (0: never); what it did, or None."""
+        now = time.monotonic()
+        n = gc.get_stats()[2]["collections"]
+        if n != self.seen:  # one ran meanwhile (thresholds, the idle one, someone's gc.collect())
+            self.seen, self.last = n, now
+        if every_s <= 0 or now - self.last < every_s:
+            return None
+        t0, c0 = time.perf_counter(), time.thread_time()
+        freed = gc.collect()
+        self.seen, self.last = gc.get_stats()[2]["collections"], time.monotonic()
+        # cpu_ms: the collection's own work (holding the interpreter lock); ms also counts the time
+        # other threads ran meanwhile (the garbage's finalizers are Python code that lets them)
+        return {"freed": freed, "ms": round((time.perf_counter() - t0) * 1000, 1),
+                "cpu_ms": round((time.thread_time() - c0) * 1000, 1)}
+
+
+def background(rt) -> None:
+    """The ``cw-gc-idle`` thread of runtime ``rt`` until it closes: under load a full collection at least
+    every ``gc_full_s`` (what only a full collection frees, mitmproxy's finished flows, must not pile up
+    for as long as the load lasts; a ``gc`` event, reason ``load``); a full collection when no request
+    came for ``gc_idle_s`` and some is due (the raised thresholds make them rare under load; this runs
+    them while nobody waits)."""
+    done_at = -1.0
+    full = FullCollections()
+    while not rt._closed.wait(1.0):
+        p = rt.settings.pipeline
+        # (only while requests come: an idle proxy has its idle collection, and nothing to free)
+        info = full.due(p.gc_full_s) if rt.last_request >= full.last else None
+        if info is not None:
+            rt.bus.emit("gc", {"reason": "load", **info})
+        if p.gc_idle_s <= 0:
+            continue
+        if time.monotonic() - rt.last_request >= p.gc_idle_s and rt.last_request > done_at:
+            if gc.get_count()[2] > 0:
+                gc.collect()
+            trim_malloc()  # once per idle spell: give the freed heap back to the system (RSS shrinks)
+            done_at = time.monotonic()
