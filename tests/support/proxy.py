@@ -226,8 +226,8 @@ class ProxyProcess:
 
     def mark(self) -> int:
         """The number of events written so far; pass it as ``since`` to see only later ones."""
-        # what earlier requests queued is written once the log stops growing (events.JsonlLog writes every
-        # 50 ms; a loaded machine schedules its writer late)
+        # what earlier requests queued is written once the log stops growing (a loaded machine schedules
+        # the log's writer thread late)
         deadline = time.monotonic() + 3.0
         n = len(self._read_events())
         while True:
