@@ -34,8 +34,10 @@ def test_a_census_reports_sizes_garbage_and_the_heap(tmp_path, monkeypatch):
         was = gc.isenabled()
         gc.disable()
         try:
-            for _ in range(5):
-                _Cycle()
+            # garbage only from just before the census: another thread's gc.collect() (a background
+            # collector of a runtime an earlier test left) would otherwise free them first
+            cycles = [_Cycle() for _ in range(5)]
+            del cycles
             c._now.set()  # what SIGUSR2 does
             deadline = time.monotonic() + 30
             while not (out.exists() and out.read_bytes().endswith(b"\n")) and time.monotonic() < deadline:
