@@ -34,10 +34,16 @@ def test_a_census_reports_sizes_garbage_and_the_heap(tmp_path, monkeypatch):
         was = gc.isenabled()
         gc.disable()
         try:
-            # garbage only from just before the census: another thread's gc.collect() (a background
-            # collector of a runtime an earlier test left) would otherwise free them first
+            # garbage only from inside the census's own collection: another thread's gc.collect() (a
+            # background collector of a runtime an earlier test left) would otherwise free them first
             cycles = [_Cycle() for _ in range(5)]
-            del cycles
+            real = census.collect_garbage
+
+            def collect(*a, **k):
+                cycles.clear()
+                return real(*a, **k)
+
+            monkeypatch.setattr(census, "collect_garbage", collect)
             c._now.set()  # what SIGUSR2 does
             deadline = time.monotonic() + 30
             while not (out.exists() and out.read_bytes().endswith(b"\n")) and time.monotonic() < deadline:
