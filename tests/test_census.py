@@ -34,14 +34,23 @@ def test_a_census_reports_sizes_garbage_and_the_heap(tmp_path, monkeypatch):
         was = gc.isenabled()
         gc.disable()
         try:
-            # garbage only from inside the census's own collection: another thread's gc.collect() (a
-            # background collector of a runtime an earlier test left) would otherwise free them first
+            # another thread's gc.collect() (a background collector of a runtime an earlier test left)
+            # may run at any moment: with DEBUG_SAVEALL set before the cycles become garbage, whichever
+            # collection finds them leaves them in gc.garbage, where the census reads them
+            gc.collect()
             cycles = [_Cycle() for _ in range(5)]
             real = census.collect_garbage
 
             def collect(*a, **k):
-                cycles.clear()
-                return real(*a, **k)
+                old = gc.get_debug()
+                gc.set_debug(old | gc.DEBUG_SAVEALL)
+                try:
+                    cycles.clear()
+                    # every type: the suite's own garbage (hundreds of arrays and locks) outnumbers 5
+                    return real(top=100_000)
+                finally:
+                    gc.set_debug(old)
+                    gc.garbage.clear()
 
             monkeypatch.setattr(census, "collect_garbage", collect)
             c._now.set()  # what SIGUSR2 does
