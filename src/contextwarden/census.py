@@ -16,7 +16,6 @@ and runs a full collection: a debugging tool, off unless asked for.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import os
 import signal
@@ -27,6 +26,8 @@ from collections import Counter
 from typing import Any
 
 import orjson
+
+from .collector import libc, trim_malloc
 
 _watched: dict[str, Any] = {}  # only while a census runs (nothing of a runtime is kept otherwise)
 _running = False
@@ -51,17 +52,9 @@ class _Mallinfo2(ctypes.Structure):
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-def _libc():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
 def mallinfo() -> dict[str, float] | None:
     """glibc's heap in MB (main arena and the others): in use, free inside it, mmapped chunks."""
-    libc = _libc()
-    fn = getattr(libc, "mallinfo2", None)
+    fn = getattr(libc(), "mallinfo2", None)
     if fn is None:
         return None
     fn.restype = _Mallinfo2
@@ -226,9 +219,7 @@ class Census:
         rec["gc_freed"], rec["garbage"] = collect_garbage()
         rec["gc_ms"] = round((time.perf_counter() - t) * 1000)
         rec["rss_after_gc_mb"] = rss_mb()
-        libc = _libc()
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
+        if trim_malloc() is not None:
             rec["rss_after_trim_mb"] = rss_mb()
             rec["malloc_after_trim"] = mallinfo()
         return rec

@@ -17,19 +17,22 @@ import time
 from typing import Any
 
 
-def _libc():
+def libc():
+    """The C library (ctypes), or None where it cannot be loaded."""
     import ctypes
     import ctypes.util
 
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-
-
-def trim_malloc() -> bool:
-    """glibc's ``malloc_trim(0)``: return free heap pages to the system (False where there is none)."""
     try:
-        return bool(_libc().malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_malloc() -> bool | None:
+    """glibc's ``malloc_trim(0)``: return free heap pages to the system. Whether it released any; None
+    where there is no ``malloc_trim`` (not glibc)."""
+    fn = getattr(libc(), "malloc_trim", None)
+    return None if fn is None else bool(fn(0))
 
 
 def tune_malloc(p) -> bool:
@@ -43,9 +46,8 @@ def tune_malloc(p) -> bool:
     mb = int(p.malloc_keep_mb)
     if mb <= 0:
         return False
-    try:
-        mallopt = _libc().mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(libc(), "mallopt", None)
+    if mallopt is None:
         return False  # not glibc (macOS, musl...): nothing to tune
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     n = mb * 1024 * 1024
