@@ -78,8 +78,8 @@ _URL_KEY_WORDS = {"key", "apikey", "token", "secret", "sig", "signature", "passw
 
 # key <sep> value: env dumps, .env, YAML, JSON, .npmrc, headers, CLI flags
 _ASSIGN = re.compile(
-    r"""(?<![\w.\-])(?P<flag>--)?["']?(?P<key>[A-Za-z_][\w.\-]{0,80})["']?"""
-    r"""(?P<sep>\s*(?:=>|=|:)\s*|(?(flag)\s+|(?!)))"""
+    r"""(?<![\w.\-])(?P<flag>--)?["']?(?P<key>[A-Za-z_][\w.\-]{0,80}+)["']?"""
+    r"""(?P<sep>\s*+(?:=>|=|:)\s*+|(?(flag)\s+|(?!)))"""
     r"""(?:"(?P<v1>[^"\n]*)"|'(?P<v2>[^'\n]*)'|(?P<v3>[^\s"',;}\]\[)]+))""")
 
 _KEY, _V1, _V2, _V3 = (_ASSIGN.groupindex[n] for n in ("key", "v1", "v2", "v3"))
@@ -144,8 +144,23 @@ def _redact_assignments(text: str, counter: list[int]) -> str:
     out: list[str] = []
     last = pos = 0
     search = _ASSIGN.search
+    # Only a pair whose key holds a hint can be redacted (each word _secret_key names holds one), and
+    # source code is mostly other pairs (every assignment, annotation, dict entry): each costs a turn of
+    # this loop. So each search starts no earlier than _KEY_SPAN before the next hint at or after pos:
+    # the pairs it passes have no hint (their keys lie before that hint), and reading on from their
+    # values would only have reached the same next pair (no pair starts between a pair's key and its
+    # value: key characters, a quote, the separator). Same pairs, in the same order, as reading every one.
+    hints = _HINT.finditer(text)
+    h = -1
     while True:
-        m = search(text, pos)
+        if h < pos:
+            for hm in hints:
+                if hm.start() >= pos:
+                    h = hm.start()
+                    break
+            else:
+                break  # no hint from pos on: no pair left that could be redacted
+        m = search(text, max(pos, h - _KEY_SPAN))
         if m is None:
             break
         g = m.lastindex  # the value's group (v1, v2 or v3) is the last one a match closes
@@ -203,6 +218,12 @@ _TOKEN_HINTS = tuple(dict.fromkeys(x for _, _, lits in _TOKENS for x in lits))
 _CONTEXT_HINTS = tuple(dict.fromkeys(x for _, _, lits in _CONTEXT for x in lits))  # searched in the lower-cased text
 _ASSIGN_HINTS = ("secret", "pass", "pwd", "token", "key", "credential", "auth", "cookie", "sig", "dsn",
                  "connectionstring", "code", "session", "ticket", "hmac", "assertion", "jwt", "bearer")
+# Where a word a secret's key holds is, in any case (_secret_key reads the key lower-cased); found on the
+# text itself, so positions are the text's (lower() can lengthen a text).
+_KEY_HINTS = ("secret", "pass", "pwd", "token", "key", "credential", "auth", "cookie", "sig", "dsn", "connectionstring")
+assert all(any(h in w for h in _KEY_HINTS) for w in _SECRET_WORDS | _PASSWORD_WORDS | {"key"})  # what _secret_key names
+_HINT = re.compile("(?i:" + "|".join(map(re.escape, _KEY_HINTS)) + ")")
+_KEY_SPAN = 83  # a pair starts at most this far before any character of its key ("--", a quote, 80 more)
 
 
 def redact_secrets(text: str) -> tuple[str, int]:
