@@ -52,6 +52,7 @@ class StageClock:
         self.abandoned_ms = 0.0
         self.returned: Future = Future()  # resolves when the abandoned stage's call returns
         self.t_stages = 0.0  # perf_counter when the stages started
+        self.ctx = None  # the request's context, once the stage thread has it (Pipeline.admit_and_process)
 
     # --- the stage thread ------------------------------------------------------------------------
     def begin(self, name: str, budget) -> float:
