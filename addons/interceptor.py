@@ -107,7 +107,8 @@ class Interceptor:
                  bytes_out=bytes_out, tokens_in=ctx.tokens_in,
                  tokens_out=ctx.tokens_out if outcome.body is not None else ctx.tokens_in, pipeline_ms=ms,
                  stages=ctx.stage_results, fallback=outcome.fallback, fallback_reason=outcome.fallback_reason,
-                 hook_ms=round((time.time() - state.t_request) * 1000, 3), timings=ctx.timings)
+                 hook_ms=round((time.time() - state.t_request) * 1000, 3),
+                 timings=dict(ctx.timings))  # (a copy: a stage call abandoned past its budget may still add to it)
 
     def _start_observe(self, state: FlowState, args: tuple) -> None:
         """Run :meth:`_observe` once per flow (the timer and the end of the flow both call this)."""

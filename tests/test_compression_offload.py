@@ -83,6 +83,24 @@ def test_a_worker_past_its_time_is_stopped_and_the_next_call_starts_a_new_one():
         pool.call(len, "x", timeout=1)  # closed
 
 
+def test_an_answer_of_any_size_is_read_whole_and_the_wait_is_told_in_parts():
+    """The answer is read as the pipe holds it (not its length, then the rest): one larger than the pipe
+    comes whole, the next call's answer is its own; ``timings`` gets where each call's wait went."""
+    pool = offload.Offload(1)
+    try:
+        assert pool.wait_ready(60)
+        big = "x" * 300_000 + "é"  # several pipe-fulls
+        timings: dict[str, float] = {}
+        assert pool.call(str.upper, big, timeout=60, timings=timings) == big.upper()
+        assert pool.call(len, "abc", timeout=60, timings=timings) == 3
+        assert pool.call(str.upper, "", timeout=60) == ""  # (an empty value: a short answer)
+        assert set(timings) == set(offload.PARTS) and all(v >= 0 for v in timings.values())
+        assert sum(timings.values()) > 0
+        assert pool.failures == 0 and pool.started == 1
+    finally:
+        pool.close()
+
+
 def _kill_workers(pool: offload.Offload) -> None:
     import os
     import signal
