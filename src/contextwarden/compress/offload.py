@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import select
 import subprocess
 import sys
@@ -169,7 +170,11 @@ class Offload:
 
     def __init__(self, workers: int = 1, encoding: str | None = None) -> None:
         self.workers = [_Worker(encoding) for _ in range(max(1, int(workers)))]
-        self._next = 0
+        # the workers no call holds, the longest free first: a call takes whichever is free first,
+        # rather than waiting on one in turn while another is free
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        for w in self.workers:
+            self._idle.put(w)
         self._closed = False
         self.started = 0  # worker processes started (a restart after a failure counts)
         self.failures = 0  # workers stopped: no answer in time, or dead
@@ -211,15 +216,19 @@ class Offload:
         return [w.proc.pid for w in self.workers if w.alive()]
 
     def _free(self, deadline: float) -> _Worker:
-        """A worker free now, else the next in turn once it is free (by ``deadline``)."""
-        for w in self.workers:
-            if w.lock.acquire(blocking=False):
-                return w
-        w = self.workers[self._next % len(self.workers)]
-        self._next += 1
-        if not w.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        """The first worker free (by ``deadline``), held (its ``lock``) until :meth:`_release`."""
+        try:
+            w = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise Unavailable("no answer in time: every worker busy") from None
+        if not w.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):  # (start() may hold it a moment)
+            self._idle.put(w)
             raise Unavailable("no answer in time: every worker busy")
         return w
+
+    def _release(self, w: _Worker) -> None:
+        w.lock.release()
+        self._idle.put(w)
 
     def call(self, fn, *args, timeout: float, timings: dict[str, float] | None = None) -> Any:
         """``fn(*args)`` in a worker, waiting at most ``timeout`` seconds. Raises :class:`Unavailable`.
@@ -244,7 +253,7 @@ class Offload:
                 self._fail(w)
                 raise Unavailable(f"worker died: {type(e).__name__}: {e}") from e
         finally:
-            w.lock.release()
+            self._release(w)
         if timings is not None:
             # CLOCK_MONOTONIC is the machine's: the worker's stamps compare with this process's
             for k, a, b in zip(PARTS, (t0, t1, t_in, t_out), (t1, t_in, t_out, time.monotonic())):
