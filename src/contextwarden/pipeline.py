@@ -314,6 +314,8 @@ class Pipeline:
         ctx = clock.ctx
         if got is _NOT_RUN:
             return ctx, None
+        if clock.t_done:  # the stage thread's end to the loop having its answer: the way back's wait
+            ctx.timings["to_loop"] = _ms(clock.t_done)
         return ctx, await self._outcome(ctx, clock, got)
 
     def _admit_run(self, admit, clock: StageClock):
@@ -321,7 +323,9 @@ class Pipeline:
         clock.ctx = ctx  # (read by the loop once this call returned, or once it abandoned a stage)
         if ctx is None or not run:
             return _NOT_RUN
-        return self._run(ctx, clock)
+        got = self._run(ctx, clock)
+        clock.t_done = time.perf_counter()
+        return got
 
     async def _outcome(self, ctx: RequestContext, clock: StageClock, got) -> Outcome:
         """The Outcome of the stage thread's answer ``got`` (see :meth:`_run`)."""

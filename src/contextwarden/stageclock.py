@@ -53,6 +53,7 @@ class StageClock:
         self.returned: Future = Future()  # resolves when the abandoned stage's call returns
         self.t_stages = 0.0  # perf_counter when the stages started
         self.ctx = None  # the request's context, once the stage thread has it (Pipeline.admit_and_process)
+        self.t_done = 0.0  # perf_counter when the stage thread's work for the request ended
 
     # --- the stage thread ------------------------------------------------------------------------
     def begin(self, name: str, budget) -> float:
