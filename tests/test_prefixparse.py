@@ -313,7 +313,9 @@ def _known_tail(rb: RecentBodies) -> tuple[bytes, list[dict]]:
     msgs = conversation(3)
     for n in (1, 3, 5):
         body = orjson.dumps(body_with(msgs[:n]))
-        step(rb, body)
+        data, _ = step(rb, body)
+        if n == 3:  # learnt from the second body, as decoded for it (not decoded a second time)
+            assert rb._known[0].rest["tools"] is data["tools"]
     assert rb._known[0].tail is not None and body.endswith(rb._known[0].tail)
     return body, msgs
 

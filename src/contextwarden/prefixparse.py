@@ -127,10 +127,11 @@ class _Known:
 class Match:
     """The known history a body starts with: its first ``count`` messages."""
 
-    __slots__ = ("known", "count")
+    __slots__ = ("known", "count", "rest")
 
-    def __init__(self, known: _Known, count: int) -> None:
+    def __init__(self, known: _Known, count: int, rest: dict | None = None) -> None:
         self.known, self.count = known, count
+        self.rest = rest  # the body's keys after its history, as decoded with it
 
     @property
     def msgs(self) -> list:
@@ -163,16 +164,18 @@ class RecentBodies:
                     break
         if best is not None:
             try:
-                data = self._join(best, body, best_n)
+                data, rest = self._join(best, body, best_n)
             except (orjson.JSONDecodeError, ValueError, TypeError):
                 data = None
             if data is not None:
                 self.hits += 1
-                return data, Match(best, best_n)
+                return data, Match(best, best_n, rest)
         return orjson.loads(body), None
 
     @staticmethod
-    def _join(k: _Known, body: bytes, count: int) -> dict | None:
+    def _join(k: _Known, body: bytes, count: int) -> tuple[dict | None, dict | None]:
+        """The body decoded, the known messages not decoded again, and its keys after the history;
+        (None, None) when it cannot be (the caller parses it whole)."""
         n = k.ends[count - 1]
         if k.tail is not None and len(body) - len(k.tail) >= n and body.endswith(k.tail):
             # the same keys after the history as the known body's: only the new messages are decoded
@@ -182,25 +185,25 @@ class RecentBodies:
                 head[k.key] = k.msgs[:count] + new
                 for key, v in k.rest.items():  # (a key in both: as below)
                     head[key] = v
-                return head
+                return head, k.rest
         nxt = body[n:n + 1]
         if nxt == b",":
             rest = body[n + 1:]
             if rest.lstrip(_SPACE)[:1] in (b"]", b""):
-                return None  # a comma and no value: not JSON (the full parse says so)
+                return None, None  # a comma and no value: not JSON (the full parse says so)
         elif nxt == b"]":
             rest = body[n:]
         else:
-            return None
+            return None, None
         head = dict(k.head_obj())
         tail = orjson.loads(b"{" + _REST_OPEN + rest)
         if not isinstance(head, dict) or not isinstance(tail, dict) or k.key in tail \
                 or not isinstance(tail.get(_REST), list):
-            return None  # (the history's key in the rest: a duplicate, whose value a full parse keeps)
+            return None, None  # (the history's key in the rest: a duplicate, whose value a full parse keeps)
         head[k.key] = k.msgs[:count] + tail.pop(_REST)
         for key, v in tail.items():  # (a key in both: the first place, the last value, as a full parse)
             head[key] = v
-        return head
+        return head, tail
 
     def remember(self, body: bytes, data: Any, raws: list[bytes] | None, base: Match | None = None,
                  key: str = "messages") -> None:
@@ -247,9 +250,7 @@ class RecentBodies:
             ok = i + 1
         if ok == 0 or (k0 is not None and ok == len(k0.raws) and matched == ok):
             return  # nothing known, or nothing more than before
-        # (learnt from a conversation's second body on: a body parsed whole may be one of more conversations
-        # than are remembered, every one of whose bodies would pay for decoding its tail twice)
-        tail, rest = _tail_of(body, pos, k0, key) if ok == len(raws) and k0 is not None else (None, None)
+        tail, rest = _tail_of(body, pos, base) if ok == len(raws) and k0 is not None else (None, None)
         if k0 is not None:
             cut = ends[matched - 1]
             chunks = k0.prefix_to(cut) + ((body[cut:pos],) if pos > cut else ())
@@ -280,19 +281,13 @@ def _messages_between(body: bytes, start: int, end: int) -> list | None:
     return new if new else None  # (a comma and no value: not JSON)
 
 
-def _tail_of(body: bytes, pos: int, k0: _Known, key: str) -> tuple[bytes | None, dict | None]:
-    """The body's tail (from ``pos``, where its last message ends) and the keys in it, decoded: the
-    known body's own when the tail is the same bytes (not decoded again), (None, None) when it is not
-    ``]`` and keys of the top-level object."""
+def _tail_of(body: bytes, pos: int, base: Match) -> tuple[bytes | None, dict | None]:
+    """The body's tail (from ``pos``, where its last message ends) and the keys in it as ``parse``
+    decoded them (never decoded again here): the known body's own when the tail is the same bytes;
+    (None, None) when the history is not closed right there."""
+    k0 = base.known
     if k0.tail is not None and len(body) - len(k0.tail) == pos and body.endswith(k0.tail):
         return k0.tail, k0.rest
-    if body[pos:pos + 1] != b"]":
+    if base.rest is None or body[pos:pos + 1] != b"]":
         return None, None
-    tail = body[pos:]
-    try:
-        rest = orjson.loads(b"{" + _REST_OPEN + tail)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(rest, dict) or rest.pop(_REST, None) != [] or key in rest:
-        return None, None
-    return tail, rest
+    return body[pos:], base.rest
