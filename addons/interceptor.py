@@ -70,30 +70,26 @@ class Interceptor:
             loop.call_later(OBSERVE_AFTER_S, state.extra["start_observe"])
             return
 
+        # read the request (parse, identify, count, announce) and run its stages in ONE trip to a stage
+        # thread (Pipeline.admit_and_process); the flow's context is known once the trip is back
+        fut = state.ctx_future = loop.create_future()
+        admitted: list = []
         try:
-            # parse, identify, count and announce in one trip to the worker pool
-            ctx = await loop.run_in_executor(rt.core_pool, self._prepare_and_announce, rt, flow_id, api, host,
-                                             path, headers, raw, consumed, transport)
-        except Skip as e:
-            rt.bus.emit("error", {"where": "parse", "message": str(e), "action": "forwarded unchanged", "api": api.value,
-                                  "path": path, "bytes": len(raw)}, flow_id=flow_id)
-            state.ctx_future = _done(None)
-            return
-        except Exception as e:  # fail open on our own bugs too
-            log.exception("contextwarden: prepare failed")
-            rt.bus.emit("error", {"where": "prepare", "message": f"{type(e).__name__}: {e}", "action": "forwarded unchanged"}, flow_id=flow_id)
-            state.ctx_future = _done(None)
-            return
-        state.ctx_future = _done(ctx)
-        if ctx.session in rt.bypass:
-            ctx.emit("forward", changed=False, reason="session bypassed", bytes_in=len(raw), bytes_out=len(raw),
-                     tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_in, pipeline_ms=0.0)
-            return
-        try:
-            outcome = await lifecycle.process(rt, ctx)
+            ctx, outcome = await lifecycle.admit_and_process(
+                rt, lambda: self._admit(rt, admitted, flow_id, api, host, path, headers, raw, consumed, transport))
         except Exception as e:
             log.exception("contextwarden: pipeline failed")
-            ctx.emit("error", where="pipeline", message=f"{type(e).__name__}: {e}", action="forwarded original")
+            if admitted:
+                admitted[0].emit("error", where="pipeline", message=f"{type(e).__name__}: {e}", action="forwarded original")
+            return
+        finally:
+            if not fut.done():
+                fut.set_result(admitted[0] if admitted else None)
+        if ctx is None:
+            return
+        if outcome is None:
+            ctx.emit("forward", changed=False, reason="session bypassed", bytes_in=len(raw), bytes_out=len(raw),
+                     tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_in, pipeline_ms=0.0)
             return
         ms = round((time.perf_counter() - ctx.started) * 1000, 3)
         if outcome.blocked is not None:
@@ -111,7 +107,8 @@ class Interceptor:
                  bytes_out=bytes_out, tokens_in=ctx.tokens_in,
                  tokens_out=ctx.tokens_out if outcome.body is not None else ctx.tokens_in, pipeline_ms=ms,
                  stages=ctx.stage_results, fallback=outcome.fallback, fallback_reason=outcome.fallback_reason,
-                 hook_ms=round((time.time() - state.t_request) * 1000, 3), timings=ctx.timings)
+                 hook_ms=round((time.time() - state.t_request) * 1000, 3),
+                 timings=dict(ctx.timings))  # (a copy: a stage call abandoned past its budget may still add to it)
 
     def _start_observe(self, state: FlowState, args: tuple) -> None:
         """Run :meth:`_observe` once per flow (the timer and the end of the flow both call this)."""
@@ -132,11 +129,24 @@ class Interceptor:
         work.add_done_callback(settle)
 
     @staticmethod
-    def _prepare_and_announce(rt, flow_id, api, host, path, headers, raw, consumed, transport="http"):
-        """lifecycle.admit: prepare, tokens_in and the ``request`` event (mode ``bypass`` for a bypassed
-        session). Raises Skip. A failure after parsing (counting, the event) fails open like the pipeline."""
-        return lifecycle.admit(rt, flow_id, api, host, path, headers, raw, consumed, transport,
-                               mode=lambda ctx: "bypass" if ctx.session in rt.bypass else "active")
+    def _admit(rt, admitted: list, flow_id, api, host, path, headers, raw, consumed, transport):
+        """lifecycle.admit on the stage thread: prepare, tokens_in and the ``request`` event (mode
+        ``bypass`` for a bypassed session); ``(ctx, whether its stages run)``, ``(None, False)`` when the
+        request cannot be read (an ``error`` event says why; it goes unchanged). The context is also
+        put in ``admitted``, for the loop should the trip fail after it."""
+        try:
+            ctx = lifecycle.admit(rt, flow_id, api, host, path, headers, raw, consumed, transport,
+                                  mode=lambda c: "bypass" if c.session in rt.bypass else "active")
+        except Skip as e:
+            rt.bus.emit("error", {"where": "parse", "message": str(e), "action": "forwarded unchanged", "api": api.value,
+                                  "path": path, "bytes": len(raw)}, flow_id=flow_id)
+            return None, False
+        except Exception as e:  # fail open on our own bugs too
+            log.exception("contextwarden: prepare failed")
+            rt.bus.emit("error", {"where": "prepare", "message": f"{type(e).__name__}: {e}", "action": "forwarded unchanged"}, flow_id=flow_id)
+            return None, False
+        admitted.append(ctx)
+        return ctx, ctx.session not in rt.bypass
 
     @staticmethod
     def _observe(rt, flow_id, api, host, path, headers, raw, consumed, mode, transport="http"):
@@ -165,8 +175,3 @@ def consume_headers(headers, names) -> dict[str, str]:
             consumed[name.lower()] = headers.pop(name)
     return consumed
 
-
-def _done(value):
-    f = asyncio.get_running_loop().create_future()
-    f.set_result(value)
-    return f

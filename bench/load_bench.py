@@ -515,7 +515,9 @@ def main() -> int:
         "turn_work_dropped": turn_drops,
         # where a request's time goes in the proxy (p50, ms): from the request hook's start to the forward
         # event (hook), prepare's start to the forward (pipeline), and their parts (the context's timings:
-        # count_in, parse, to_stages = prepare's start to the first stage, waits included; stages)
+        # count_in, parse, to_stages = prepare's start to the first stage, waits included; stages;
+        # to_loop = the stage thread's end to the loop having the answer; offload_* = where the
+        # compression worker's calls waited: queue, send, work, back, compress/offload.py)
         "hook_ms": {p: pct([f["hook_ms"] for f in forwards if "hook_ms" in f], p) for p in (50, 99)},
         "pipeline_ms": {p: pct([f["pipeline_ms"] for f in forwards if "pipeline_ms" in f], p) for p in (50, 99)},
         "timings_p50": {k: pct([f["timings"][k] for f in forwards if k in (f.get("timings") or {})], 50)

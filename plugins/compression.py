@@ -258,7 +258,7 @@ def _first_sight(ctx, s: Slot, text: str, mid: str, limits: Limits, lazy: dict, 
         else time.perf_counter() + ctx.settings.pipeline.stage_budget_ms * WORKER_SHARE / 1000
     try:
         made = pool.call(offload.first_sight, text, s.tool, s.tool_input, lazy["query"], limits, mid, how, encoding,
-                         timeout=end - time.perf_counter())
+                         timeout=end - time.perf_counter(), timings=ctx.timings)
     except offload.Unavailable as e:
         ctx.emit("error", where="compression", message=f"compression worker: {e}", action="not compressed")
         return None

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import textwrap
+import threading
 from pathlib import Path
 
 import orjson
@@ -265,6 +266,59 @@ async def test_bypassed_session_is_not_rewritten(harness_factory):
     f = await h.send(anthropic_flow(raw, headers=[("X-Contextwarden-Session", "s-1")]))
     assert f.request.raw_content == raw
     assert h.events("forward")[-1].data["reason"] == "session bypassed"
+
+
+THREAD_STAGE = """
+    import threading
+    from contextwarden import hookimpl
+    name = "where"
+    seen = []
+
+    @hookimpl
+    def cw_request(ctx):
+        seen.append(threading.get_ident())
+"""
+
+
+async def test_a_request_is_read_and_its_stages_run_in_one_trip_to_a_stage_thread(harness_factory):
+    """Parsing, counting, the request event and the stages run on one stage thread, one after another:
+    no trip to the core pool first (each trip waits for a thread and the interpreter lock, twice). The
+    flow's context is known once the trip is back; a bypassed session's request is read there too, and
+    no stage runs."""
+    h = harness_factory(plugins={"where": THREAD_STAGE}, profile_yaml=only("where"))
+    mod = h.runtime.pm.get_plugin("where")
+    rt = h.runtime
+    emitted: list[tuple[str, int]] = []
+    unsub = rt.bus.subscribe(lambda ev: emitted.append((ev.type, threading.get_ident())))
+
+    def no_core(*a, **k):
+        raise AssertionError("a trip to the core pool")
+
+    rt.core_pool.submit = no_core
+    try:
+        f = anthropic_flow(body(), headers=[("X-Contextwarden-Session", "s-1")])
+        await h.interceptor.request(f)
+        st = f.metadata["contextwarden"]
+        assert st.ctx_future.done() and st.ctx_future.result().session == "s-1"
+        [req_thread] = [t for ty, t in emitted if ty == "request"]
+        assert mod.seen == [req_thread] and req_thread != threading.get_ident()
+        fwd = h.events("forward")[-1].data
+        assert fwd["timings"]["to_stages"] >= fwd["timings"]["count_in"] and "to_loop" in fwd["timings"]
+
+        rt.set_bypass("s-2")
+        f = anthropic_flow(body(), headers=[("X-Contextwarden-Session", "s-2")])
+        await h.interceptor.request(f)
+        assert f.metadata["contextwarden"].ctx_future.result().session == "s-2"
+        assert h.events("request")[-1].data["mode"] == "bypass" and len(mod.seen) == 1
+        assert h.events("forward")[-1].data["reason"] == "session bypassed"
+
+        f = anthropic_flow(b"{not json")
+        await h.interceptor.request(f)
+        assert f.metadata["contextwarden"].ctx_future.result() is None
+        assert "malformed JSON" in [e for e in h.events("error") if e.data["where"] == "parse"][-1].data["message"]
+    finally:
+        del rt.core_pool.submit
+        unsub()
 
 
 async def test_events_reach_the_jsonl_log(harness_factory, tmp_path):

@@ -83,6 +83,60 @@ def test_a_worker_past_its_time_is_stopped_and_the_next_call_starts_a_new_one():
         pool.call(len, "x", timeout=1)  # closed
 
 
+def test_an_answer_of_any_size_is_read_whole_and_the_wait_is_told_in_parts():
+    """The answer is read as the pipe holds it (not its length, then the rest): one larger than the pipe
+    comes whole, the next call's answer is its own; ``timings`` gets where each call's wait went."""
+    pool = offload.Offload(1)
+    try:
+        assert pool.wait_ready(60)
+        big = "x" * 300_000 + "é"  # several pipe-fulls
+        timings: dict[str, float] = {}
+        assert pool.call(str.upper, big, timeout=60, timings=timings) == big.upper()
+        assert pool.call(len, "abc", timeout=60, timings=timings) == 3
+        assert pool.call(str.upper, "", timeout=60) == ""  # (an empty value: a short answer)
+        assert set(timings) == set(offload.PARTS) and all(v >= 0 for v in timings.values())
+        assert sum(timings.values()) > 0
+        assert pool.failures == 0 and pool.started == 1
+    finally:
+        pool.close()
+
+
+def test_a_call_takes_whichever_worker_is_free_first():
+    """With one worker busy, a call goes to the other at once rather than queueing behind the busy one
+    (each gets the next in turn otherwise); with both busy it waits for the first to be free."""
+    pool = offload.Offload(2)
+    try:
+        assert pool.wait_ready(60)
+        for _ in range(2):  # whichever was used last, the other is busy next
+            busy = threading.Thread(target=lambda: pool.call(time.sleep, 1.5, timeout=30), daemon=True)
+            busy.start()
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            assert pool.call(len, "abc", timeout=5) == 3
+            assert time.monotonic() - t0 < 0.9  # not behind the sleeping one
+            busy.join()
+        both = [threading.Thread(target=lambda: pool.call(time.sleep, 1.0, timeout=30), daemon=True) for _ in range(2)]
+        for t in both:
+            t.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert pool.call(len, "ab", timeout=5) == 2
+        assert time.monotonic() - t0 > 0.4  # it waited for one of them
+        for t in both:
+            t.join()
+        with pytest.raises(offload.Unavailable, match="every worker busy"):
+            both = [threading.Thread(target=lambda: pool.call(time.sleep, 1.0, timeout=30), daemon=True) for _ in range(2)]
+            for t in both:
+                t.start()
+            time.sleep(0.3)
+            pool.call(len, "a", timeout=0.2)
+        for t in both:
+            t.join()
+        assert pool.failures == 0 and pool.started == 2
+    finally:
+        pool.close()
+
+
 def _kill_workers(pool: offload.Offload) -> None:
     import os
     import signal
@@ -94,7 +148,9 @@ def _kill_workers(pool: offload.Offload) -> None:
 
 
 def separate(cw_home, **cfg):
-    h = harness(cw_home, process="separate", **cfg)
+    """A harness whose compression runs in worker processes (one unless ``workers`` says otherwise: the
+    tests of a dead or busy worker are about the only one)."""
+    h = harness(cw_home, process="separate", **{"workers": 1, **cfg})
     pool = h.rt.memo(offload.NAME, lambda: None)
     assert pool is not None and pool.wait_ready(60)  # started with the runtime
     return h, pool
@@ -130,7 +186,7 @@ def test_the_stage_with_a_worker_sends_the_same_bodies_and_events_as_in_line(tmp
                           [s.outcome.fallback for s in sent])
             if mode == "separate":
                 pool = h.rt.memo(offload.NAME, lambda: None)
-                assert pool is not None and pool.started == 1 and pool.failures == 0  # it ran there
+                assert pool is not None and pool.started == len(pool.workers) == 2 and pool.failures == 0  # it ran there
         finally:
             h.close()
     assert seen["separate"] == seen["inline"]

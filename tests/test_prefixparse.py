@@ -307,6 +307,55 @@ def test_a_trailing_comma_after_the_known_history_is_rejected_like_orjson(tail):
                 f"known history): it returned {str(got[0])[:80]}...")
 
 
+def _known_tail(rb: RecentBodies) -> tuple[bytes, list[dict]]:
+    """Three bodies of one conversation with the same keys after the history, so that the tail is known;
+    the third's bytes and messages."""
+    msgs = conversation(3)
+    for n in (1, 3, 5):
+        body = orjson.dumps(body_with(msgs[:n]))
+        data, _ = step(rb, body)
+        if n == 3:  # learnt from the second body, as decoded for it (not decoded a second time)
+            assert rb._known[0].rest["tools"] is data["tools"]
+    assert rb._known[0].tail is not None and body.endswith(rb._known[0].tail)
+    return body, msgs
+
+
+def test_the_keys_after_the_history_are_decoded_once_per_conversation():
+    """A client sends the same system prompt and tools every time: after the history, only the new
+    messages are decoded; the keys after them are the known body's own objects (like its messages)."""
+    rb = RecentBodies()
+    body, msgs = _known_tail(rb)
+    d3, _ = rb.parse(body)
+    b4 = orjson.dumps(body_with(msgs[:7]))
+    d4, k4 = step(rb, b4)
+    assert k4 is not None and d4 == orjson.loads(b4) and list(d4) == list(orjson.loads(b4))
+    assert d4["system"] is d3["system"] and d4["tools"] is d3["tools"] and d4["metadata"] is d3["metadata"]
+    d5, _ = step(rb, b4)  # the same body again: no new message
+    assert d5 == orjson.loads(b4) and d5["tools"] is d3["tools"]
+    b6 = orjson.dumps(body_with(msgs[:7], metadata={"user_id": "another"}))  # another tail: decoded
+    d6, _ = step(rb, b6)
+    assert d6 == orjson.loads(b6) and d6["tools"] is not d3["tools"]
+
+
+@pytest.mark.parametrize("middle", [b",", b", ", b",{}garbage", b',{"role":"user","content":"x"},',
+                                    b',{"role":"user","content":"x"}],"messages":[{"role":"user"}',
+                                    b',{"role":"user","content":"x}', b'{"role":"user","content":"x"}'])
+def test_new_messages_before_a_known_tail_parse_as_orjson(middle):
+    """Whatever is written between the known history and the known tail, the result is what
+    ``orjson.loads`` gives, or its error (a trailing comma, garbage, a duplicate history key...)."""
+    rb = RecentBodies()
+    body, _ = _known_tail(rb)
+    k = rb._known[0]
+    bad = body[:k.ends[-1]] + middle + k.tail
+    try:
+        want = orjson.loads(bad)
+    except orjson.JSONDecodeError:
+        with pytest.raises(orjson.JSONDecodeError):
+            rb.parse(bad)
+        return
+    assert rb.parse(bad)[0] == want
+
+
 @pytest.mark.parametrize("key", [b'"messages" :', b'"m\\u0065ssages":', b'"messages"\n:'])
 def test_a_duplicate_messages_key_spelled_otherwise_gives_the_last_value(key):
     """A later duplicate top-level ``messages`` key, however it is written (whitespace before the colon,

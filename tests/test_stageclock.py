@@ -147,3 +147,36 @@ def test_queued_work_is_never_abandoned():
     finally:
         gate.set()
         pool.shutdown(wait=True)
+
+
+def test_the_end_of_the_call_reaches_the_loop_in_two_turns():
+    """Under load a turn of the event loop is tens of ms: the call's end wakes the watching task in two
+    turns (the stage thread's callback, then the task), not three (asyncio.wait on a wrapped future)."""
+    from concurrent.futures import Future
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        turns = [0]
+
+        def tick():
+            turns[0] += 1
+            loop.call_soon(tick)
+
+        loop.call_soon(tick)
+        clock = StageClock()
+        work: Future = Future()
+
+        async def watched():
+            got = await clock.watch(work)
+            return got, turns[0]
+
+        task = asyncio.ensure_future(watched())
+        for _ in range(5):
+            await asyncio.sleep(0)  # the watch is waiting
+        at = turns[0]
+        work.set_result("returned")  # (as the stage thread does: the future's callbacks run here)
+        got, back = await task
+        return got, back - at
+
+    got, turns = asyncio.run(main())
+    assert got == "returned" and turns <= 2

@@ -21,7 +21,7 @@ from .context import RequestContext
 from .models.base import ApiKind
 from .pipeline import Outcome, Pipeline, Skip, count_tokens, prepare, request_event
 
-__all__ = ["Skip", "admit", "process", "send", "sent", "complete", "turn_of"]
+__all__ = ["Skip", "admit", "process", "admit_and_process", "send", "sent", "complete", "turn_of"]
 
 
 def admit(rt, flow_id: str, api: ApiKind, host: str, path: str, headers: list[tuple[str, str]], raw: bytes,
@@ -58,6 +58,13 @@ def admit(rt, flow_id: str, api: ApiKind, host: str, path: str, headers: list[tu
 async def process(rt, ctx: RequestContext) -> Outcome:
     """The stages, the validator and the serialiser (``Pipeline.process``: fails open)."""
     return await Pipeline(rt).process(ctx)
+
+
+async def admit_and_process(rt, admit: Callable[[], tuple[RequestContext | None, bool]]
+                            ) -> tuple[RequestContext | None, Outcome | None]:
+    """``admit()`` (a call of :func:`admit` giving ``(ctx, whether the stages run)``) and :func:`process`
+    in ONE trip to a stage thread and back (``Pipeline.admit_and_process``): the proxy's way."""
+    return await Pipeline(rt).admit_and_process(admit)
 
 
 def sent(ctx: RequestContext, outcome: Outcome) -> dict[str, Any] | None:

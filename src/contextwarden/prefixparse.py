@@ -44,10 +44,11 @@ _SPACE = b" \t\r\n"
 
 
 class _Known:
-    __slots__ = ("key", "chunks", "size", "head", "start", "ends", "msgs", "raws")
+    __slots__ = ("key", "chunks", "size", "head", "start", "ends", "msgs", "raws", "tail", "rest", "_head_obj")
 
     def __init__(self, key: str, chunks: tuple[bytes, ...], head: bytes, start: int, ends: list[int], msgs: list,
-                 raws: list[bytes]) -> None:
+                 raws: list[bytes], tail: bytes | None = None, rest: dict | None = None,
+                 head_obj: dict | None = None) -> None:
         self.key = key  # "messages" or "input"
         # the body up to the end of its last known message, in pieces: each request of a conversation
         # adds the piece it added, so remembering it does not copy the whole history every time
@@ -58,9 +59,23 @@ class _Known:
         self.ends = ends  # where each known message ends
         self.msgs = msgs
         self.raws = raws
+        # when every message of the body was known: the body from the ``]`` closing its history to its
+        # end, and the keys there, decoded (a client sends the same system prompt and tools every time)
+        self.tail = tail
+        self.rest = rest
+        self._head_obj = head_obj
+
+    def head_obj(self) -> dict:
+        """``head`` decoded, once (the caller copies it: its values are shared, as the messages are)."""
+        h = self._head_obj
+        if h is None:
+            h = self._head_obj = orjson.loads(self.head)
+        return h
 
     def matched(self, body: bytes) -> int:
         """How many of the known messages ``body`` starts with (with this head)."""
+        if not body.startswith(self.raws[0], self.start):
+            return 0  # (another conversation's body: most of the known ones are, under many sessions)
         off = 0
         for c in self.chunks:
             if not body.startswith(c, off):
@@ -112,10 +127,11 @@ class _Known:
 class Match:
     """The known history a body starts with: its first ``count`` messages."""
 
-    __slots__ = ("known", "count")
+    __slots__ = ("known", "count", "rest")
 
-    def __init__(self, known: _Known, count: int) -> None:
+    def __init__(self, known: _Known, count: int, rest: dict | None = None) -> None:
         self.known, self.count = known, count
+        self.rest = rest  # the body's keys after its history, as decoded with it
 
     @property
     def msgs(self) -> list:
@@ -148,35 +164,46 @@ class RecentBodies:
                     break
         if best is not None:
             try:
-                data = self._join(best, body, best_n)
+                data, rest = self._join(best, body, best_n)
             except (orjson.JSONDecodeError, ValueError, TypeError):
                 data = None
             if data is not None:
                 self.hits += 1
-                return data, Match(best, best_n)
+                return data, Match(best, best_n, rest)
         return orjson.loads(body), None
 
     @staticmethod
-    def _join(k: _Known, body: bytes, count: int) -> dict | None:
+    def _join(k: _Known, body: bytes, count: int) -> tuple[dict | None, dict | None]:
+        """The body decoded, the known messages not decoded again, and its keys after the history;
+        (None, None) when it cannot be (the caller parses it whole)."""
         n = k.ends[count - 1]
+        if k.tail is not None and len(body) - len(k.tail) >= n and body.endswith(k.tail):
+            # the same keys after the history as the known body's: only the new messages are decoded
+            new = _messages_between(body, n, len(body) - len(k.tail))
+            if new is not None:
+                head = dict(k.head_obj())
+                head[k.key] = k.msgs[:count] + new
+                for key, v in k.rest.items():  # (a key in both: as below)
+                    head[key] = v
+                return head, k.rest
         nxt = body[n:n + 1]
         if nxt == b",":
             rest = body[n + 1:]
             if rest.lstrip(_SPACE)[:1] in (b"]", b""):
-                return None  # a comma and no value: not JSON (the full parse says so)
+                return None, None  # a comma and no value: not JSON (the full parse says so)
         elif nxt == b"]":
             rest = body[n:]
         else:
-            return None
-        head = orjson.loads(k.head)
+            return None, None
+        head = dict(k.head_obj())
         tail = orjson.loads(b"{" + _REST_OPEN + rest)
         if not isinstance(head, dict) or not isinstance(tail, dict) or k.key in tail \
                 or not isinstance(tail.get(_REST), list):
-            return None  # (the history's key in the rest: a duplicate, whose value a full parse keeps)
+            return None, None  # (the history's key in the rest: a duplicate, whose value a full parse keeps)
         head[k.key] = k.msgs[:count] + tail.pop(_REST)
         for key, v in tail.items():  # (a key in both: the first place, the last value, as a full parse)
             head[key] = v
-        return head
+        return head, tail
 
     def remember(self, body: bytes, data: Any, raws: list[bytes] | None, base: Match | None = None,
                  key: str = "messages") -> None:
@@ -223,6 +250,7 @@ class RecentBodies:
             ok = i + 1
         if ok == 0 or (k0 is not None and ok == len(k0.raws) and matched == ok):
             return  # nothing known, or nothing more than before
+        tail, rest = _tail_of(body, pos, base) if ok == len(raws) and k0 is not None else (None, None)
         if k0 is not None:
             cut = ends[matched - 1]
             chunks = k0.prefix_to(cut) + ((body[cut:pos],) if pos > cut else ())
@@ -230,7 +258,8 @@ class RecentBodies:
                 chunks = (b"".join(chunks),)
         else:
             chunks = (body[:pos],)
-        k = _Known(key, chunks, head, start, ends, msgs[:ok], raws[:ok])
+        k = _Known(key, chunks, head, start, ends, msgs[:ok], raws[:ok], tail, rest,
+                   k0._head_obj if k0 is not None and k0.head is head else None)
         with self._lock:
             # the longer history of the same conversation replaces the one it extends
             self._known = [k] + [x for x in self._known if x is not k0][: self.size - 1]
@@ -238,3 +267,27 @@ class RecentBodies:
     def clear(self) -> None:
         with self._lock:
             self._known = []
+
+
+def _messages_between(body: bytes, start: int, end: int) -> list | None:
+    """The messages written in ``body[start:end]`` (after a known message, up to the ``]`` closing the
+    history): ``,`` and one or more values, or nothing. None when it is not that (the caller parses
+    another way). Raises what ``orjson.loads`` raises."""
+    if start == end:
+        return []
+    if body[start] != 0x2C:  # ","
+        return None
+    new = orjson.loads(b"[" + body[start + 1:end] + b"]")
+    return new if new else None  # (a comma and no value: not JSON)
+
+
+def _tail_of(body: bytes, pos: int, base: Match) -> tuple[bytes | None, dict | None]:
+    """The body's tail (from ``pos``, where its last message ends) and the keys in it as ``parse``
+    decoded them (never decoded again here): the known body's own when the tail is the same bytes;
+    (None, None) when the history is not closed right there."""
+    k0 = base.known
+    if k0.tail is not None and len(body) - len(k0.tail) == pos and body.endswith(k0.tail):
+        return k0.tail, k0.rest
+    if base.rest is None or body[pos:pos + 1] != b"]":
+        return None, None
+    return body[pos:], base.rest

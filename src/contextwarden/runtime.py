@@ -53,8 +53,10 @@ class Runtime:
         self._salt = secret_file(self.home, "tenant.salt")
         self._salt_shared = replicas.share_salt(self)
         self.pm = pm
-        # Stages get their own pool: a stage abandoned past its budget keeps its thread until it
-        # returns, and must not delay the parsing and validation every request needs (core_pool).
+        # A request is read and its stages run in one trip to the stage pool (Pipeline.admit_and_process);
+        # a stage abandoned past its budget keeps its thread until it returns (the breaker lets at most
+        # one per stage be), so the pool has room beyond that. The core pool reads what no stage
+        # changes (observe-only requests, count_tokens), never behind a hung stage.
         self.stage_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cw-stage")
         self.core_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cw-core")
         # bounded: under a load the turn workers cannot follow, the oldest waiting turns are dropped

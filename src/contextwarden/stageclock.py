@@ -52,6 +52,8 @@ class StageClock:
         self.abandoned_ms = 0.0
         self.returned: Future = Future()  # resolves when the abandoned stage's call returns
         self.t_stages = 0.0  # perf_counter when the stages started
+        self.ctx = None  # the request's context, once the stage thread has it (Pipeline.admit_and_process)
+        self.t_done = 0.0  # perf_counter when the stage thread's work for the request ended
 
     # --- the stage thread ------------------------------------------------------------------------
     def begin(self, name: str, budget) -> float:
@@ -116,20 +118,61 @@ class StageClock:
 
     async def watch(self, work: Future):
         """The result of ``work`` (the stage thread's call), or None when a stage was abandoned
-        (``self.abandoned`` names it; ``work`` is left to finish on its own)."""
-        fut = asyncio.wrap_future(work)
+        (``self.abandoned`` names it; ``work`` is left to finish on its own).
+
+        The call's end wakes this task in two turns of the event loop, not three: the stage thread
+        schedules :func:`_finished`, which both keeps the result and wakes the task's current wait
+        (``asyncio.wait`` on a wrapped future took a turn more: the wrapped future's callback, then
+        wait's, then the task; under load a turn of the loop is tens of ms)."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        waiting: list = [None]  # the task's current wait (a loop future), woken by _finished
+
+        def settle(w: Future) -> None:  # (on the thread that ended the call, or here if it had)
+            try:
+                loop.call_soon_threadsafe(_finished, w, done, waiting)
+            except RuntimeError:  # the loop is closed (shutdown): nobody waits any more
+                pass
+
+        work.add_done_callback(settle)
         while True:
+            if done.done():
+                return done.result()
             due = self._due()
             wait = IDLE_WAIT_S if due is None else max(0.0, due)
             if wait > 0:
-                done, _ = await asyncio.wait({fut}, timeout=wait)
-                if done:
-                    return fut.result()
-            elif fut.done():
-                return fut.result()
+                waiter = waiting[0] = loop.create_future()
+                timer = loop.call_later(wait, _wake, waiter)
+                try:
+                    await waiter
+                except asyncio.CancelledError:  # (the request's task is cancelled: the call goes on alone)
+                    done.add_done_callback(_quiet)
+                    raise
+                finally:
+                    timer.cancel()
+                    waiting[0] = None
+                if done.done():
+                    return done.result()
             if self._abandon() is not None:
-                fut.add_done_callback(_quiet)
+                done.add_done_callback(_quiet)
                 return None
+
+
+def _finished(work: Future, done: asyncio.Future, waiting: list) -> None:
+    """On the loop: ``work``'s outcome into ``done``, and the task waiting on it woken."""
+    if not done.done():
+        if work.cancelled():
+            done.cancel()
+        elif work.exception() is not None:
+            done.set_exception(work.exception())
+        else:
+            done.set_result(work.result())
+    _wake(waiting[0])
+
+
+def _wake(waiter: asyncio.Future | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _quiet(f) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import select
 import subprocess
 import sys
@@ -35,6 +36,10 @@ from contextwarden.memory.secrets import redact_text
 from . import Limits, compress, render
 
 NAME = "compression.offload"  # the runtime memo holding the pool
+# a call's wait, in parts (Offload.call's ``timings``): for a free worker, to the worker (sending, and the
+# worker being scheduled), the worker's own work, and back (the caller woken and holding the GIL again)
+PARTS = ("offload_queue", "offload_send", "offload_work", "offload_back")
+_READ = 1 << 16  # what one read of an answer asks for (a pipe holds 64 KiB)
 
 
 def first_sight(text: str, tool: str, tool_input: Any, query: str, limits: Limits, mid: str, how: str,
@@ -91,7 +96,7 @@ class Unavailable(Exception):
 class _Worker:
     """One worker process (``python -m contextwarden.compress.offload``: started, not forked, and without
     re-running the proxy's main script) spoken to over its stdin and stdout: a call is a length-prefixed
-    pickle of ``(fn, args)``, the answer one of ``(ok, value)``. The calling thread writes and reads
+    pickle of ``(fn, args)``, the answer one of ``(ok, value, received, answered)`` (monotonic times). The calling thread writes and reads
     itself (no pool threads taking the interpreter lock); one call at a time (``lock``)."""
 
     def __init__(self, encoding: str | None) -> None:
@@ -116,27 +121,32 @@ class _Worker:
         """Whether the worker has loaded what it needs (it says so with an empty answer once, at start)."""
         if not self._ready and self.proc is not None:
             if select.select([self.proc.stdout.fileno()], [], [], wait)[0]:
-                self._ready = self._read(4, time.monotonic() + 5) == bytes(4)
+                self._ready = self._answer(time.monotonic() + 5) == b""
         return self._ready
 
     def exchange(self, payload: bytes, deadline: float) -> bytes:
-        """Send one call, read its answer by ``deadline`` (``time.monotonic``). Raises TimeoutError, OSError."""
-        p = self.proc
-        p.stdin.write(len(payload).to_bytes(4, "big") + payload)
-        n = int.from_bytes(self._read(4, deadline), "big")
-        return self._read(n, deadline)
+        """Send one call (one write), read its answer by ``deadline`` (``time.monotonic``). Raises
+        TimeoutError, OSError."""
+        self.proc.stdin.write(len(payload).to_bytes(4, "big") + payload)
+        return self._answer(deadline)
 
-    def _read(self, n: int, deadline: float) -> bytes:
-        fd, got = self.proc.stdout.fileno(), bytearray()
-        while len(got) < n:
+    def _answer(self, deadline: float) -> bytes:
+        """One length-prefixed answer, read as it is available: a wait and one read of whatever the pipe
+        holds (usually the whole answer), not a read of the length then one of the rest. Every return
+        from a blocking call takes the interpreter lock again, a wait of its own behind busy threads
+        under load. Only one call is ever in flight, so nothing past this answer is read."""
+        fd, got, size = self.proc.stdout.fileno(), bytearray(), None
+        while size is None or len(got) < size:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 raise TimeoutError
-            chunk = os.read(fd, n - len(got))
+            chunk = os.read(fd, _READ if size is None else max(_READ, size - len(got)))
             if not chunk:
                 raise EOFError("the worker exited")
             got += chunk
-        return bytes(got)
+            if size is None and len(got) >= 4:
+                size = 4 + int.from_bytes(got[:4], "big")
+        return bytes(got[4:size])
 
     def stop(self) -> None:
         p, self.proc = self.proc, None
@@ -160,7 +170,11 @@ class Offload:
 
     def __init__(self, workers: int = 1, encoding: str | None = None) -> None:
         self.workers = [_Worker(encoding) for _ in range(max(1, int(workers)))]
-        self._next = 0
+        # the workers no call holds, the longest free first: a call takes whichever is free first,
+        # rather than waiting on one in turn while another is free
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        for w in self.workers:
+            self._idle.put(w)
         self._closed = False
         self.started = 0  # worker processes started (a restart after a failure counts)
         self.failures = 0  # workers stopped: no answer in time, or dead
@@ -202,26 +216,34 @@ class Offload:
         return [w.proc.pid for w in self.workers if w.alive()]
 
     def _free(self, deadline: float) -> _Worker:
-        """A worker free now, else the next in turn once it is free (by ``deadline``)."""
-        for w in self.workers:
-            if w.lock.acquire(blocking=False):
-                return w
-        w = self.workers[self._next % len(self.workers)]
-        self._next += 1
-        if not w.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        """The first worker free (by ``deadline``), held (its ``lock``) until :meth:`_release`."""
+        try:
+            w = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise Unavailable("no answer in time: every worker busy") from None
+        if not w.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):  # (start() may hold it a moment)
+            self._idle.put(w)
             raise Unavailable("no answer in time: every worker busy")
         return w
 
-    def call(self, fn, *args, timeout: float) -> Any:
-        """``fn(*args)`` in a worker, waiting at most ``timeout`` seconds. Raises :class:`Unavailable`."""
+    def _release(self, w: _Worker) -> None:
+        w.lock.release()
+        self._idle.put(w)
+
+    def call(self, fn, *args, timeout: float, timings: dict[str, float] | None = None) -> Any:
+        """``fn(*args)`` in a worker, waiting at most ``timeout`` seconds. Raises :class:`Unavailable`.
+        ``timings``: where the call's wait went is added there (ms; see :data:`PARTS`)."""
         if timeout <= 0:
             raise Unavailable("no time left")
-        deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        deadline = t0 + timeout
         w = self._free(deadline)
         try:
             try:
                 self._ensure(w)
-                ok, value = pickle.loads(w.exchange(pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL), deadline))
+                t1 = time.monotonic()
+                ok, value, t_in, t_out = pickle.loads(
+                    w.exchange(pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL), deadline))
             except TimeoutError:
                 self._fail(w)  # running past its time: stopped, rather than every later call waiting behind it
                 raise Unavailable(f"no answer within {timeout * 1000:.0f} ms") from None
@@ -231,7 +253,11 @@ class Offload:
                 self._fail(w)
                 raise Unavailable(f"worker died: {type(e).__name__}: {e}") from e
         finally:
-            w.lock.release()
+            self._release(w)
+        if timings is not None:
+            # CLOCK_MONOTONIC is the machine's: the worker's stamps compare with this process's
+            for k, a, b in zip(PARTS, (t0, t1, t_in, t_out), (t1, t_in, t_out, time.monotonic())):
+                timings[k] = round(timings.get(k, 0.0) + max(0.0, b - a) * 1000, 3)
         if not ok:
             raise Unavailable(f"the call failed in the worker: {value}")
         return value
@@ -255,14 +281,15 @@ def _serve(encoding: str | None) -> None:
     out.write(bytes(4))  # ready
     while True:
         head = inp.read(4)
+        t_in = time.monotonic()  # (woken by the call)
         if len(head) < 4:
             return
         fn, args = pickle.loads(inp.read(int.from_bytes(head, "big")))
         try:
-            res = (True, fn(*args))
+            ok, value = True, fn(*args)
         except Exception as e:  # the caller leaves the result whole
-            res = (False, f"{type(e).__name__}: {e}")
-        data = pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL)
+            ok, value = False, f"{type(e).__name__}: {e}"
+        data = pickle.dumps((ok, value, t_in, time.monotonic()), protocol=pickle.HIGHEST_PROTOCOL)
         out.write(len(data).to_bytes(4, "big") + data)
 
 

@@ -54,5 +54,7 @@ class CompressionSection(Section):
     answer by 80% of the stage's budget leaves that result uncompressed), ``inline`` (in the stage's
     thread: tests, replay, evaluations), ``auto`` (separate in the proxy, in-line elsewhere)."""
 
-    workers: int = 1
-    """Worker processes when ``process`` is separate."""
+    workers: int = 2
+    """Worker processes when ``process`` is separate (a call takes whichever is free first). Two: with one,
+    calls under 50 concurrent sessions queued for it 146 ms at the median (bench/load_bench.py, the
+    ``offload_queue`` timing) and most results went uncompressed; each is ~90 MB (tiktoken's tables)."""
