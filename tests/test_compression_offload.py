@@ -61,7 +61,7 @@ def test_a_worker_gives_the_same_text_as_the_stage_thread_byte_for_byte():
         pool.close()
 
 
-def test_a_worker_past_its_time_is_stopped_and_the_next_call_starts_a_new_one():
+def test_a_late_worker_is_left_to_finish_and_only_a_hung_one_is_started_again(monkeypatch):
     pool = offload.Offload(1)
     try:
         with pytest.raises(offload.Unavailable, match="starting"):
@@ -69,10 +69,21 @@ def test_a_worker_past_its_time_is_stopped_and_the_next_call_starts_a_new_one():
         assert pool.wait_ready(60)
         assert pool.call(len, "abc", timeout=60) == 3
         with pytest.raises(offload.Unavailable, match="no answer"):
-            pool.call(time.sleep, 30, timeout=0.3)
+            pool.call(time.sleep, 3, timeout=0.2)  # late (a busy machine), not hung: left to finish
+        with pytest.raises(offload.Unavailable, match="still busy"):
+            pool.call(len, "x", timeout=0.1)  # its late answer not there yet: no longer a wait than the call's own
+        assert pool.call(len, "abcd", timeout=60) == 4  # the late answer read and dropped first, then this one's
+        assert pool.failures == 0 and pool.started == 1  # no restart: a new interpreter's start-up is not paid
+
+        monkeypatch.setattr(offload, "HUNG_S", 0.5)
+        with pytest.raises(offload.Unavailable, match="no answer"):
+            pool.call(time.sleep, 60, timeout=0.2)
+        time.sleep(0.6)
+        with pytest.raises(offload.Unavailable, match="stopped"):
+            pool.call(len, "x", timeout=0.2)  # no answer for HUNG_S: stopped
         assert pool.failures == 1
         assert pool.wait_ready(60)
-        assert pool.call(len, "abcd", timeout=60) == 4  # a new worker (the old one was stopped, not waited for)
+        assert pool.call(len, "abcd", timeout=60) == 4  # a new worker (the hung one was stopped, not waited for)
         assert pool.started == 2
         with pytest.raises(offload.Unavailable, match="ValueError"):
             pool.call(int, "x", timeout=60)  # a call that raises there: the caller leaves the result whole

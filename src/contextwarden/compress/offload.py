@@ -9,7 +9,8 @@ function of its arguments; the stage calls it in-line (tests, replay, evaluation
 ``inline``) or, in the proxy (``separate``; ``auto`` is separate in a mitmdump process), in one of
 ``compression.workers`` worker processes (:class:`Offload`), waiting at most until its own budget is spent.
 
-Fails open: a worker that does not answer in time (it is stopped: the next call starts a new one), has
+Fails open: a worker that does not answer in time (left to finish: the next call on it reads that answer
+first; stopped and started again only once it is ``HUNG_S`` late), has
 died, is still starting (its start-up is never charged to a call), or cannot be started leaves that
 result uncompressed, exactly what the result gets when the stage runs past its budget (no record: it goes
 whole, now and on every later request). The calling thread speaks to its worker over a pipe itself: no
@@ -40,6 +41,11 @@ NAME = "compression.offload"  # the runtime memo holding the pool
 # worker being scheduled), the worker's own work, and back (the caller woken and holding the GIL again)
 PARTS = ("offload_queue", "offload_send", "offload_work", "offload_back")
 _READ = 1 << 16  # what one read of an answer asks for (a pipe holds 64 KiB)
+# A worker whose answer came too late for its call is left to finish (a busy machine, not a hung
+# worker): the next call on it reads that answer first and drops it. Only when it is this late is it
+# stopped and started again; a restart costs a new interpreter's start-up, during which every result
+# goes whole, so restarting on each late answer under load left most results uncompressed.
+HUNG_S = 10.0
 
 
 def first_sight(text: str, tool: str, tool_input: Any, query: str, limits: Limits, mid: str, how: str,
@@ -104,6 +110,7 @@ class _Worker:
         self.lock = threading.Lock()
         self.proc: subprocess.Popen | None = None
         self._ready = False
+        self.late: float | None = None  # when a call gave up on its answer (still to be read), else None
 
     def start(self) -> None:
         env = dict(os.environ)
@@ -113,6 +120,7 @@ class _Worker:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      bufsize=0, env=env, start_new_session=True)
         self._ready = False
+        self.late = None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -139,6 +147,8 @@ class _Worker:
         while size is None or len(got) < size:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
+                if got:  # part of an answer: what is left of it cannot be told from the next one
+                    raise EOFError("an answer cut short")
                 raise TimeoutError
             chunk = os.read(fd, _READ if size is None else max(_READ, size - len(got)))
             if not chunk:
@@ -226,6 +236,18 @@ class Offload:
             raise Unavailable("no answer in time: every worker busy")
         return w
 
+    def _catch_up(self, w: _Worker, deadline: float) -> None:
+        """Read and drop the answer ``w`` owes a call that gave up on it, by ``deadline``. Raises
+        Unavailable meanwhile (stopping ``w`` once it is :data:`HUNG_S` late)."""
+        try:
+            w._answer(deadline)
+        except TimeoutError:
+            if time.monotonic() - w.late > HUNG_S:
+                self._fail(w)
+                raise Unavailable(f"a worker gave no answer for {HUNG_S:.0f} s: stopped") from None
+            raise Unavailable("every worker still busy with a call past its time") from None
+        w.late = None
+
     def _release(self, w: _Worker) -> None:
         w.lock.release()
         self._idle.put(w)
@@ -241,11 +263,13 @@ class Offload:
         try:
             try:
                 self._ensure(w)
+                if w.late is not None:
+                    self._catch_up(w, deadline)
                 t1 = time.monotonic()
                 ok, value, t_in, t_out = pickle.loads(
                     w.exchange(pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL), deadline))
             except TimeoutError:
-                self._fail(w)  # running past its time: stopped, rather than every later call waiting behind it
+                w.late = time.monotonic()  # its answer is read by the next call on it (HUNG_S)
                 raise Unavailable(f"no answer within {timeout * 1000:.0f} ms") from None
             except Unavailable:
                 raise
