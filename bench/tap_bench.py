@@ -101,31 +101,46 @@ def recorded_answers(limit: int = 200) -> list[list[bytes]]:
     return out
 
 
-def read(api: ApiKind, chunks: list[bytes], live: bool) -> tuple[float, float, dict]:
-    """(seconds on the loop, seconds off it, the summary) for one answer."""
-    t0 = time.perf_counter()
+def read_all(api: ApiKind, answers: list[list[bytes]], live: bool) -> tuple[float, float]:
+    """CPU seconds of this thread (other processes on the machine do not count) reading ``answers``:
+    (on the loop, off it). Live: creation, feeds, finish and summary all on the loop; deferred:
+    creation and feeds on the loop, finish and summary off it."""
+    t0 = time.thread_time()
+    taps = []
+    for chunks in answers:
+        tap = ResponseTap(api, SSE, None, None, live=live)
+        feed = tap.feed  # as the observer's stream callable holds it
+        for c in chunks:
+            feed(c)
+        if live:
+            tap.finish().summary()
+        else:
+            taps.append(tap)
+    t1 = time.thread_time()
+    for tap in taps:
+        tap.finish().summary()
+    return t1 - t0, time.thread_time() - t1
+
+
+def summary(api: ApiKind, chunks: list[bytes], live: bool) -> dict:
     tap = ResponseTap(api, SSE, None, None, live=live)
-    feed = tap.feed
     for c in chunks:
-        feed(c)
-    t1 = time.perf_counter()
-    summary = tap.finish().summary()
-    t2 = time.perf_counter()
-    return (t2 - t0, 0.0, summary) if live else (t1 - t0, t2 - t1, summary)
+        tap.feed(c)
+    return tap.finish().summary()
 
 
 def measure(api: ApiKind, answers: list[list[bytes]], n: int, repeat: int) -> dict[str, float]:
     """Microseconds per answer: live on the loop, deferred on the loop, deferred off it (best of ``repeat``)."""
     for chunks in answers:  # the same turn either way
-        assert read(api, chunks, True)[2] == read(api, chunks, False)[2]
+        assert summary(api, chunks, True) == summary(api, chunks, False)
     best = {"live": float("inf"), "loop": float("inf"), "off": float("inf")}
     picks = [answers[i % len(answers)] for i in range(n)]
     for _ in range(repeat):
-        live = sum(read(api, c, True)[0] for c in picks)
-        deferred = [read(api, c, False) for c in picks]
+        live, _ = read_all(api, picks, True)
+        loop, off = read_all(api, picks, False)
         best["live"] = min(best["live"], live * 1e6 / n)
-        best["loop"] = min(best["loop"], sum(d[0] for d in deferred) * 1e6 / n)
-        best["off"] = min(best["off"], sum(d[1] for d in deferred) * 1e6 / n)
+        best["loop"] = min(best["loop"], loop * 1e6 / n)
+        best["off"] = min(best["off"], off * 1e6 / n)
     return best
 
 
