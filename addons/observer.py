@@ -1,12 +1,14 @@
 """Streams every response of a recognised request through unchanged, reading it on the side.
 
 The bytes the client receives are exactly the bytes the upstream sent, chunk by chunk as they
-arrive: the tap only copies them into an incremental reader that assembles the assistant's turn.
+arrive: the tap only keeps a reference to each chunk (an append on the event loop), and the turn is
+read from them once the response has ended, on the turn pool, with its completion (one hand-off per
+response, as before). Only when a plugin reads the events live (``cw_response_event``) is each chunk
+read as it comes, on the loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -43,11 +45,11 @@ class Observer:
 
         st.tap = ResponseTap(st.api, flow.response.headers.get("content-type", ""),
                              flow.response.headers.get("content-encoding"), on_event if has_hook else None)
-        tap = st.tap
+        feed = st.tap.feed
 
         def stream(chunk: bytes) -> bytes:
             if chunk:
-                tap.feed(chunk)  # never raises; a reader error only disables the reader
+                feed(chunk)  # never raises; a reader error only disables the reader
             return chunk
 
         flow.response.stream = stream
@@ -70,7 +72,6 @@ class Observer:
             # a response we did not stream (set by a stage, e.g. BLOCKED): read it whole
             tap = ResponseTap(st.api, resp.headers.get("content-type", ""), resp.headers.get("content-encoding"), None)
             tap.feed(resp.raw_content)
-        turn = tap.finish(error) if tap is not None else None
         upstream_ms = None
         if resp is not None and resp.timestamp_start and flow.request.timestamp_end:
             upstream_ms = round((resp.timestamp_start - flow.request.timestamp_end) * 1000, 1)
@@ -78,15 +79,15 @@ class Observer:
         data = {"api": st.api.value, "status": resp.status_code if resp is not None else None, "upstream_ms": upstream_ms,
                 "total_ms": done_ms, "error": error, "streamed": bool(tap and tap.is_sse)}
         try:
-            await self.report(rt, st, flow.id, data, tap, turn)
+            await self.report(rt, st, flow.id, data, tap, error)
         finally:
             release(flow, st)
 
     @staticmethod
-    async def report(rt, st: FlowState, flow_id: str, data: dict, tap, turn) -> None:
-        """The ``response`` event (``data`` plus the turn's summary) and the turn's completion on the turn
-        pool, once the request's context is known: for an HTTP response, and for an answer on the
-        Responses WebSocket (addons/websocket.py)."""
+    async def report(rt, st: FlowState, flow_id: str, data: dict, tap: ResponseTap | None, error: str | None) -> None:
+        """Once the request's context is known, on the turn pool: the turn read from the tap, the
+        ``response`` event (``data`` plus the turn's summary) and the turn's completion. For an HTTP
+        response, and for an answer on the Responses WebSocket (addons/websocket.py)."""
         start = st.extra.get("start_observe")  # an observed request not read yet: read it now
         if start is not None:
             start()
@@ -94,18 +95,27 @@ class Observer:
             ctx = await st.ctx_future if st.ctx_future is not None else None
         except Exception:
             ctx = None
-        if turn is not None:
-            data.update(turn.summary())
-        if tap is not None and tap.failed:
-            data["reader_failed"] = tap.failed  # the client still got every byte; only our reading stopped
-        rt.bus.emit("response", data, flow_id=flow_id, session=ctx.session if ctx else None)
-        if ctx is None or turn is None:
+        try:
+            fut = rt.turn_pool.submit(_read_and_complete, rt, ctx, flow_id, data, tap, error, True)
+        except RuntimeError:  # the pool is shut down (the proxy is stopping): the event still goes
+            _read_and_complete(rt, ctx, flow_id, data, tap, error, False)
             return
-        asyncio.get_running_loop().run_in_executor(rt.turn_pool, Observer._turn_complete, rt, ctx, turn)
+        # a full pool drops its oldest work: that turn's completion is lost, its response event is not
+        fut.add_done_callback(lambda f: f.cancelled() and _read_and_complete(rt, ctx, flow_id, data, tap, error, False))
 
-    @staticmethod
-    def _turn_complete(rt, ctx, turn) -> None:
-        lifecycle.complete(rt, ctx, turn)  # calibration, cw_turn_complete hooks, the turn event
+
+def _read_and_complete(rt, ctx, flow_id: str, data: dict, tap: ResponseTap | None, error: str | None,
+                       complete: bool) -> None:
+    """The turn read from the tap (its deferred reading, off the loop), the ``response`` event, and,
+    when ``complete``, the turn's completion: calibration, cw_turn_complete hooks, the turn event."""
+    turn = tap.finish(error) if tap is not None else None  # never raises
+    if turn is not None:
+        data.update(turn.summary())
+    if tap is not None and tap.failed:
+        data["reader_failed"] = tap.failed  # the client still got every byte; only our reading stopped
+    rt.bus.emit("response", data, flow_id=flow_id, session=ctx.session if ctx else None)
+    if complete and ctx is not None and turn is not None:
+        lifecycle.complete(rt, ctx, turn)
 
 
 def release(flow: http.HTTPFlow, st: FlowState) -> None:

@@ -235,13 +235,11 @@ class WebSocketResponses:
         if rt is None:
             return
         st = r.state
-        tap = st.tap
-        turn = tap.finish(error) if tap is not None else None
         upstream_ms = round((r.t_first - r.t_sent) * 1000, 1) if r.t_first and r.t_sent else None
         data = {"api": st.api.value, "status": r.status, "upstream_ms": upstream_ms,
                 "total_ms": round((time.time() - st.t_request) * 1000, 1), "error": error, "streamed": True,
                 "transport": "websocket"}
-        await Observer.report(rt, st, r.flow_id, data, tap, turn)
+        await Observer.report(rt, st, r.flow_id, data, st.tap, error)
 
 
 def _inject(flow: http.HTTPFlow, data: bytes) -> None:

@@ -48,9 +48,14 @@ def ndjson(objs: list[dict]) -> bytes:
     return b"".join(json.dumps(o, ensure_ascii=False).encode() + b"\n" for o in objs)
 
 
+# how a stream is read: as each chunk comes, or held and read at the end (the proxy's way when no
+# one reads it live), or held and read in small batches (batch boundaries at chunk boundaries)
+MODES = {"live": {"live": True}, "deferred": {}, "batches": {"live": False, "batch": 7}}
+
+
 def run(api, data: bytes, ctype: str = SSE, enc: str | None = None, chunks: list[bytes] | None = None,
-        on_event=None, error: str | None = None) -> tuple[ResponseTap, AssembledTurn]:
-    tap = ResponseTap(api, ctype, enc, on_event)
+        on_event=None, error: str | None = None, mode: str = "deferred") -> tuple[ResponseTap, AssembledTurn]:
+    tap = ResponseTap(api, ctype, enc, on_event, **MODES[mode])
     for c in chunks if chunks is not None else [data]:
         tap.feed(c)
     return tap, tap.finish(error)
@@ -323,6 +328,56 @@ def test_connection_error_mid_block_keeps_what_arrived():
     assert turn.text == "".join(TEXT_PIECES)
     assert turn.tool_calls == [{"id": TOOL_ID, "name": "get_weather", "input": '{"locat'}]  # unparsable: raw
     assert turn.stop_reason is None and turn.usage.output_tokens == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stream_cut_inside_a_character_or_a_blank_line_ends_the_same_in_every_mode(mode):
+    """A connection that breaks mid-character or between the two LFs of a blank line: what arrived
+    is read the same way whether it was read live, at the end, or in batches."""
+    data = sse(anthropic_tool_events())
+    inside_char = data.index("日".encode()) + 1
+    inside_blank = data.index(b"\n\n", inside_char) + 1
+    for cut in (inside_char, inside_blank):
+        head = data[:cut]
+        chunks = [head[i:i + 5] for i in range(0, len(head), 5)]
+        _, turn = run(A, head, chunks=chunks, error="connection reset", mode=mode)
+        _, reference = run(A, head, error="connection reset", mode="live")
+        assert turn == reference and turn.complete is False
+        assert turn.error == {"type": "connection", "message": "connection reset"}
+    tap, turn = run(A, data[:inside_char], mode=mode)  # no error: the stream just ended there
+    # the half event (its half character replaced) is not JSON: skipped, the text before it kept
+    assert tap.failed is None and turn.skipped == 1 and turn.text == "".join(TEXT_PIECES[:3])
+    assert turn == run(A, data[:inside_char], mode="live")[1]
+
+
+def test_deferred_reading_only_holds_chunks_until_a_batch_or_the_end():
+    """Without a live reader the loop's share is an append: nothing is read (not even the reader set
+    up) until a batch is full or the stream ends, and the turn is the one read live."""
+    data = sse(anthropic_tool_events())
+    tap = ResponseTap(A, SSE, None, None)
+    for i in range(0, len(data), 10):
+        tap.feed(data[i:i + 10])
+    assert tap.events == 0 and tap.buffered == len(data) and tap._sse is None
+    turn = tap.finish()
+    assert tap.buffered == 0 and turn == run(A, data, mode="live")[1]
+    # a batch is read as soon as it is full: what is held stays within a batch plus one event
+    tap = ResponseTap(A, SSE, None, None, batch=64)
+    for i in range(0, len(data), 10):
+        tap.feed(data[i:i + 10])
+        assert tap.buffered < 64 + 10 + max(len(e) for e in data.split(b"\n\n"))
+    assert tap.events > 0 and tap.finish() == turn
+
+
+def test_deferred_reading_of_a_broken_encoding_fails_quietly_at_the_end():
+    packed = bytearray(gzip.compress(sse(anthropic_tool_events())))
+    packed[len(packed) // 2] ^= 0xFF
+    tap = ResponseTap(A, SSE, "gzip", None)
+    for i in range(0, len(packed), 16):
+        tap.feed(bytes(packed[i:i + 16]))
+    assert tap.failed is None  # not read yet
+    turn = tap.finish()
+    assert tap.failed is not None and turn.complete is False and tap.finish() is turn
+    tap.feed(b"data: after finish\n\n")  # a no-op, not an error
 
 
 def test_provider_error_wins_over_connection_error():
@@ -684,27 +739,29 @@ def test_sse_comments_fields_colon_space_multiline_data_and_bom():
     assert turn.complete is True and turn.events == 6 and turn.skipped == 0
 
 
-def test_sse_blank_line_split_across_chunks():
+@pytest.mark.parametrize("mode", MODES)
+def test_sse_blank_line_split_across_chunks(mode):
     data = sse(anthropic_tool_events(), "\r\n")
     _, reference = run(A, data)
     boundaries = [i for i in range(len(data)) if data[i:i + 4] == b"\r\n\r\n"]
     for offset in (1, 2, 3):  # "\r" | "\n\r\n", "\r\n" | "\r\n", "\r\n\r" | "\n"
-        _, turn = run(A, data, chunks=split_at(data, [b + offset for b in boundaries]))
+        _, turn = run(A, data, chunks=split_at(data, [b + offset for b in boundaries]), mode=mode)
         assert turn == reference
     cr = sse(anthropic_tool_events(), "\r")
-    _, turn = run(A, cr, chunks=split_at(cr, [i + 1 for i in range(len(cr)) if cr[i:i + 2] == b"\r\r"]))
+    _, turn = run(A, cr, chunks=split_at(cr, [i + 1 for i in range(len(cr)) if cr[i:i + 2] == b"\r\r"]), mode=mode)
     assert turn == reference
 
 
 @pytest.mark.parametrize("data", [sse(anthropic_tool_events(), "\r\n"), spec_stream("\r\n"), spec_stream("\r")],
                          ids=["anthropic-crlf", "spec-crlf", "spec-cr"])
-def test_every_single_split_point_and_one_byte_chunks(data):
+@pytest.mark.parametrize("mode", MODES)
+def test_every_single_split_point_and_one_byte_chunks(data, mode):
     _, reference = run(A, data)
     assert reference.complete and reference.skipped == 0
     for i in range(1, len(data)):
-        _, turn = run(A, data, chunks=[data[:i], data[i:]])
+        _, turn = run(A, data, chunks=[data[:i], data[i:]], mode=mode)
         assert turn == reference, f"split at byte {i}"
-    _, turn = run(A, data, chunks=[data[i:i + 1] for i in range(len(data))])
+    _, turn = run(A, data, chunks=[data[i:i + 1] for i in range(len(data))], mode=mode)
     assert turn == reference
 
 
@@ -718,11 +775,12 @@ def test_invalid_utf8_is_replaced_not_fatal():
 # -- content encodings --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("enc", ["gzip", "deflate", "br", "zstd", "identity", "GZIP"])
-def test_content_encodings_with_mitmproxy_encoders(enc):
+@pytest.mark.parametrize("mode", MODES)
+def test_content_encodings_with_mitmproxy_encoders(enc, mode):
     raw = sse(anthropic_tool_events())
     packed = mitm_encoding.encode(raw, enc.lower())
     _, reference = run(A, raw)
-    tap, turn = run(A, packed, enc=enc, chunks=split_at(packed, range(7, len(packed), 13)))
+    tap, turn = run(A, packed, enc=enc, chunks=split_at(packed, range(7, len(packed), 13)), mode=mode)
     assert tap.failed is None and turn == reference
 
 
@@ -767,29 +825,30 @@ def _streams() -> dict[str, tuple[ApiKind, str, bytes]]:
 
 
 STREAMS = _streams()
-REFERENCE = {name: run(api, data, ctype)[1] for name, (api, ctype, data) in STREAMS.items()}
+REFERENCE = {name: run(api, data, ctype, mode="live")[1] for name, (api, ctype, data) in STREAMS.items()}
 COMPRESSED = {(name, enc): mitm_encoding.encode(data, enc) for name, (_, _, data) in STREAMS.items() for enc in ("gzip", "zstd")}
 split_settings = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @split_settings
-@given(name=st.sampled_from(sorted(STREAMS)), data=st.data())
-def test_random_splits_give_the_same_turn(name, data):
+@given(name=st.sampled_from(sorted(STREAMS)), mode=st.sampled_from(sorted(MODES)), data=st.data())
+def test_random_splits_give_the_same_turn(name, mode, data):
     api, ctype, raw = STREAMS[name]
     positions = st.one_of(st.sampled_from(tricky_cuts(raw)), st.integers(1, len(raw) - 1))
     cuts = data.draw(st.lists(positions, max_size=60))
-    tap, turn = run(api, raw, ctype, chunks=split_at(raw, cuts))
+    tap, turn = run(api, raw, ctype, chunks=split_at(raw, cuts), mode=mode)
     assert turn == REFERENCE[name]
     assert tap.failed is None and turn.complete
 
 
 @split_settings
-@given(name=st.sampled_from(sorted(STREAMS)), enc=st.sampled_from(["gzip", "zstd"]), data=st.data())
-def test_random_splits_of_compressed_streams_give_the_same_turn(name, enc, data):
+@given(name=st.sampled_from(sorted(STREAMS)), enc=st.sampled_from(["gzip", "zstd"]), mode=st.sampled_from(sorted(MODES)),
+       data=st.data())
+def test_random_splits_of_compressed_streams_give_the_same_turn(name, enc, mode, data):
     api, ctype, _ = STREAMS[name]
     packed = COMPRESSED[(name, enc)]
     cuts = data.draw(st.lists(st.integers(1, len(packed) - 1), max_size=40))
-    tap, turn = run(api, packed, ctype, enc=enc, chunks=split_at(packed, cuts))
+    tap, turn = run(api, packed, ctype, enc=enc, chunks=split_at(packed, cuts), mode=mode)
     assert turn == REFERENCE[name]
     assert tap.failed is None
 
@@ -886,9 +945,12 @@ def test_summary_and_usage_dicts():
 
 # -- linear work ----------------------------------------------------------------------------------
 
-def test_ten_thousand_small_chunks_do_linear_work():
+@pytest.mark.parametrize("live", [True, False])
+def test_ten_thousand_small_chunks_do_linear_work(live):
     """No quadratic re-scanning or re-joining: the scanner's work stays within a constant factor of the
-    input, and what is held never exceeds the incomplete event (not the stream so far)."""
+    input, and what is held never exceeds the incomplete event (not the stream so far), plus, when the
+    reading is deferred, one batch of wire bytes not read yet."""
+    slack = 0 if live else tap_module.BATCH
     # one event of ~1 MB (a huge tool input) arriving in 10,000 chunks of 100 bytes: the case where
     # `pending += chunk` or re-searching the buffer for "\n\n" goes quadratic
     big = "x" * 1_000_000
@@ -896,10 +958,10 @@ def test_ten_thousand_small_chunks_do_linear_work():
                 a_stop(0), *a_end("end_turn", 1)])
     chunks = [data[i:i + 100] for i in range(0, len(data), 100)]
     assert len(chunks) >= 10_000
-    tap = ResponseTap(A, SSE, None, None)
+    tap = ResponseTap(A, SSE, None, None, live=live)
     for c in chunks:
         tap.feed(c)
-        assert tap.buffered <= len(big) + 200
+        assert tap.buffered <= len(big) + 200 + slack
     assert tap.work <= 2 * len(data)
     assert tap.finish().text == big
 
@@ -909,12 +971,12 @@ def test_ten_thousand_small_chunks_do_linear_work():
               *a_end("end_turn", 10_000)]
     data = sse(events)
     step = len(data) // 10_000 + 1
-    tap = ResponseTap(A, SSE, None, None)
+    tap = ResponseTap(A, SSE, None, None, live=live)
     peak = 0
     for i in range(0, len(data), step):
         tap.feed(data[i:i + step])
         peak = max(peak, tap.buffered)
-    assert peak < 400  # one event's worth, though the stream is ~1 MB
+    assert peak < 400 + slack  # one event's worth (and a batch), though the stream is ~1 MB
     assert tap.work <= 2 * len(data.decode())
     turn = tap.finish()
     assert turn.events == len(events) and turn.text == "".join(f"tok{i} é " for i in range(10_000))
