@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import secrets as rnd
 import string
+import threading
+import time
 
 import orjson
 from hypothesis import given, settings
@@ -152,3 +154,45 @@ def test_a_subscriber_added_or_removed_while_publishing_is_safe():
     bus.emit("x")
     bus.emit("x")
     assert seen == ["first", "second", "second"]
+
+
+def _publish_from(thread_name: str, bus: EventBus, *types: str) -> None:
+    t = threading.Thread(target=lambda: [bus.emit(ty, {"by": thread_name}) for ty in types], name=thread_name)
+    t.start()
+    t.join()
+
+
+def _types_written(path, timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [e.type for e in read_log(path)] if path.exists() else []
+        if got or time.monotonic() >= deadline:
+            return got
+        time.sleep(0.01)
+
+
+def test_a_requests_stage_events_are_written_with_its_forward_in_order(tmp_path):
+    bus = EventBus()
+    log = JsonlLog(tmp_path, straggler_s=30.0)  # only the forward can have them written in this test
+    bus.subscribe(log)
+    _publish_from("cw-core_0", bus, "request")
+    _publish_from("cw-stage_0", bus, "stage", "compression", "stage")
+    time.sleep(0.2)
+    assert _types_written(tmp_path / "events.jsonl", 0.0) == []  # nobody woke the writer for them
+    bus.emit("forward", {"changed": False})  # the event loop's, before the request goes upstream
+    assert _types_written(tmp_path / "events.jsonl", 10.0) == ["request", "stage", "compression", "stage", "forward"]
+    log.close()
+
+
+def test_a_stage_event_with_none_after_it_is_written_within_the_straggler_wait(tmp_path):
+    bus = EventBus()
+    log = JsonlLog(tmp_path, straggler_s=0.05)
+    bus.subscribe(log)
+    _publish_from("cw-stage_1", bus, "stage")  # a stage abandoned past its budget, reporting late
+    assert _types_written(tmp_path / "events.jsonl", 10.0) == ["stage"]
+    _publish_from("cw-core_1", bus, "forward")  # an observed request's forward, from its core thread: not held
+    deadline = time.monotonic() + 10
+    while len(_types_written(tmp_path / "events.jsonl", 0.0)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    log.close()
+    assert [e.type for e in read_log(tmp_path / "events.jsonl")] == ["stage", "forward"]

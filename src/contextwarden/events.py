@@ -118,32 +118,60 @@ class EventBus:
 class JsonlLog:
     """Appends events to ``events.jsonl`` from a writer thread, rotating by size.
 
-    Writing happens off the event loop so disk latency never reaches a request. The emitter puts the
-    event on a ``queue.SimpleQueue`` (C code: a put wakes the writer only when it waits for one, with no
-    Python-level lock or condition); the writer writes all that waits in one ``write`` and takes no
-    other system call (each one gives the interpreter lock up and must win it back). A queue whose
-    ``put`` woke the writer for each of a request's ~17 events cost the emitting thread ~80 us an event
-    (an interpreter-lock hand-off each); a writer that waited a fixed time to batch left events
-    unwritten for that long after their request was answered, which readers of the log (the live
-    evaluations, the tests) rely on not happening.
+    Writing happens off the event loop so disk latency never reaches a request. Waking the writer is
+    the dear part on a busy proxy: it must win the interpreter lock from the thread that runs (~40 us
+    of CPU a wake on the 2-core machine under load, bench/events_bench.py), more than scrubbing and
+    writing an event. So:
+
+    - The emitter appends to a deque and puts a token on a ``queue.SimpleQueue`` (C code: a put wakes
+      the writer only when it waits, with no Python-level lock or condition); the writer writes all that
+      waits in one ``write`` and takes no other system call (each gives the interpreter lock up and must
+      win it back).
+    - Events published by a stage thread (``cw-stage``: a request's ~12 stage events, while its pipeline
+      runs) and the ``request`` event (published by a ``cw-core`` thread as the stages' work starts)
+      wake nobody: the request's ``forward`` event (published by the event loop when the stages are
+      done, or by that same ``cw-core`` thread for a request that is only observed), before the
+      request goes upstream, wakes the writer, which writes them in order with it. So they are in the
+      log before the request's answer, as every event before them. A stage's event with no event
+      after it (a stage abandoned past its budget that reports late, after the answer) waits at most
+      ``straggler_s``: the writer waits no longer than that for a token.
+
+    A ``put`` that woke the writer for each event cost the emitting thread ~80 us an event; a writer
+    that waited a fixed time to batch left events unwritten for that long after their request was
+    answered, which readers of the log (the live evaluations, the tests) rely on not happening.
     """
 
-    def __init__(self, directory: Path, max_bytes: int = 20_000_000, backups: int = 5) -> None:
+    # (thread name prefix, the types of its events that wake nobody: None for all); the class doc says why
+    DEFERRED: tuple[tuple[str, frozenset[str] | None], ...] = (("cw-stage", None), ("cw-core", frozenset({"request"})))
+
+    def __init__(self, directory: Path, max_bytes: int = 20_000_000, backups: int = 5,
+                 straggler_s: float = 0.1) -> None:
         self.path = Path(directory) / "events.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.backups = backups
-        self._q: queue.SimpleQueue[Event | None] = queue.SimpleQueue()  # None: close
+        self.straggler_s = straggler_s
+        self._buf: deque[Event] = deque()
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._deferred: dict[int, Any] = {}  # thread id -> its DEFERRED types (None: all, () none)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="cw-eventlog", daemon=True)
         self._thread.start()
 
     def __call__(self, ev: Event) -> None:
-        self._q.put(ev)
+        self._buf.append(ev)  # (atomic; before the token: the writer drains tokens, then the deque)
+        tid = threading.get_ident()
+        try:
+            types = self._deferred[tid]
+        except KeyError:
+            name = threading.current_thread().name
+            types = self._deferred[tid] = next((t for p, t in self.DEFERRED if name.startswith(p)), ())
+        if types is not None and ev.type not in types:
+            self._wake.put(None)
 
     def close(self, timeout: float = 5.0) -> None:
         self._closing = True
-        self._q.put(None)
+        self._wake.put(None)
         self._thread.join(timeout)
 
     def _rotate(self) -> None:
@@ -160,12 +188,19 @@ class JsonlLog:
 
     def _run(self) -> None:
         fd, size = self._open()
-        q = self._q
+        wake, buf, straggler_s = self._wake, self._buf, self.straggler_s
         try:
             while True:
-                batch = [q.get()]  # waits (the interpreter lock released) for the next event
-                while not q.empty():
-                    batch.append(q.get_nowait())
+                try:
+                    wake.get(timeout=straggler_s)  # (the interpreter lock released while it waits)
+                except queue.Empty:
+                    if not buf and not self._closing:
+                        continue
+                while not wake.empty():  # tokens first: an event appended after this has one still
+                    wake.get_nowait()
+                batch = []
+                while buf:
+                    batch.append(buf.popleft())
                 lines = _lines(batch)
                 if lines:
                     chunk = b"\n".join(lines) + b"\n"
@@ -175,24 +210,23 @@ class JsonlLog:
                         os.close(fd)
                         self._rotate()
                         fd, size = self._open()
-                if self._closing and q.empty():
+                if self._closing and not buf:
                     break
         finally:
             os.close(fd)
 
 
-def _lines(batch: list[Event | None]) -> list[bytes]:
+def _lines(batch: list[Event]) -> list[bytes]:
     """Each event's JSON; one that cannot be serialised is left out (it must not stop the writer)."""
     try:
-        return [e.to_json() for e in batch if e is not None]
+        return [e.to_json() for e in batch]
     except Exception:
         out = []
         for e in batch:
-            if e is not None:
-                try:
-                    out.append(e.to_json())
-                except Exception:
-                    pass
+            try:
+                out.append(e.to_json())
+            except Exception:
+                pass
         return out
 
 
