@@ -153,21 +153,19 @@ class JsonlLog:
         self.straggler_s = straggler_s
         self._buf: deque[Event] = deque()
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._deferred: dict[int, Any] = {}  # thread id -> its DEFERRED types (None: all, () none)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="cw-eventlog", daemon=True)
         self._thread.start()
 
     def __call__(self, ev: Event) -> None:
         self._buf.append(ev)  # (atomic; before the token: the writer drains tokens, then the deque)
-        tid = threading.get_ident()
-        try:
-            types = self._deferred[tid]
-        except KeyError:
-            name = threading.current_thread().name
-            types = self._deferred[tid] = next((t for p, t in self.DEFERRED if name.startswith(p)), ())
-        if types is not None and ev.type not in types:
-            self._wake.put(None)
+        name = threading.current_thread().name  # (not remembered by thread id: a new thread may reuse a dead one's)
+        for prefix, types in self.DEFERRED:
+            if name.startswith(prefix):
+                if types is None or ev.type in types:
+                    return
+                break
+        self._wake.put(None)
 
     def close(self, timeout: float = 5.0) -> None:
         self._closing = True
