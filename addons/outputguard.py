@@ -16,6 +16,8 @@ from mitmproxy import ctx
 
 from contextwarden.memory.secrets import redact_text
 
+_MIN = 8  # no secret pattern matches fewer characters (the line's end is written on its own)
+
 
 class _Redacting:
     """A text stream that redacts what is written to it, then writes it to ``inner``."""
@@ -24,7 +26,7 @@ class _Redacting:
         self.inner = inner
 
     def write(self, s: str) -> int:
-        self.inner.write(redact_text(s) if isinstance(s, str) else s)
+        self.inner.write(redact_text(s) if isinstance(s, str) and len(s) >= _MIN else s)
         return len(s)
 
     def __getattr__(self, name: str):  # flush, isatty, fileno, encoding...
