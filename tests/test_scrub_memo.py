@@ -196,3 +196,18 @@ def test_a_stage_event_with_none_after_it_is_written_within_the_straggler_wait(t
         time.sleep(0.01)
     log.close()
     assert [e.type for e in read_log(tmp_path / "events.jsonl")] == ["stage", "forward"]
+
+
+def test_terminal_lines_are_redacted_and_not_remembered():
+    import io
+
+    from addons.outputguard import _Redacting
+
+    key = "sk-ant-api03-" + _alnum(40)
+    out = io.StringIO()
+    term = _Redacting(out)
+    before = len(scrub_module._young) + len(scrub_module._old)
+    for i in range(50):
+        print(f"[03:21:10.{i:03d}][127.0.0.1:34346] GET https://host/v1?key={key} Streaming response", file=term)
+    assert key not in out.getvalue() and out.getvalue().count("\n") == 50
+    assert len(scrub_module._young) + len(scrub_module._old) == before  # each line is new: none kept

@@ -66,6 +66,12 @@ def scrub_text(s: str) -> str:
     return s if v is _SAME else v
 
 
+def scrub_once(s: str) -> str:
+    """:func:`scrub_text` without the memo, for a text that will not come again (a terminal line: it
+    starts with the time): remembering it would only push the texts that do repeat out."""
+    return s if len(s) < _MIN else redact_text(s)
+
+
 def _secret_header(k: Any, v: Any) -> bool:
     """``is_secret_header``, remembered for (name, value) texts: they repeat with every request of a client."""
     if type(k) is not str or type(v) is not str:
