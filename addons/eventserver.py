@@ -252,7 +252,8 @@ class EventService:
             return
         before = self.totals.to_dict() if any(c.dropped for c in self.clients) else None
         clients = bool(self.clients)
-        batch = []
+        batch: list[orjson.Fragment] = []
+        types: set[str] = set()
         while self.pending:
             try:
                 ev = self.pending.popleft()
@@ -264,10 +265,11 @@ class EventService:
             else:
                 counted = False
             if clients:
-                d = event_dict(ev)
-                batch.append(d)
+                # the JSON the log wrote (Event.to_json, worked out once), not serialised again
+                batch.append(orjson.Fragment(ev.to_json()))
+                types.add(ev.type)
                 if not counted:
-                    self.totals.add(d)
+                    self.totals.add(event_dict(ev))
             elif not counted:  # nobody to send to: only the counters (no copy, no scrubbing)
                 self.totals.add({"type": ev.type, "ts": ev.ts, "data": ev.data, "flow_id": ev.flow_id})
         if not clients or not batch:
@@ -275,7 +277,7 @@ class EventService:
         msg: dict[str, Any] = {"kind": "events", "events": batch}
         if self.overflow:
             msg["overflow"] = self.overflow
-        if any(d["type"] in ("settings", "bypass", "startup") for d in batch):
+        if types & {"settings", "bypass", "startup"}:
             msg.update(self.settings_dict())
         shared = orjson.dumps(msg, default=str)
         for c in list(self.clients):

@@ -3,7 +3,8 @@
 mitmdump prints every request's URL (``flow_detail`` 1, its default), so ``?api_key=...`` or
 ``?key=...`` would be on the terminal and in whatever captures the process output. This addon puts a
 redacting writer in front of the dumper's and the terminal log's streams: each line goes through the
-same redaction as events (:func:`contextwarden.scrub.scrub_text`).
+same redaction as events (:func:`contextwarden.scrub.scrub_once`: without events' memo of texts, as
+every line is new: the terminal log's start with the time).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import IO
 
 from mitmproxy import ctx
 
-from contextwarden.scrub import scrub_text
+from contextwarden.scrub import scrub_once
 
 
 class _Redacting:
@@ -22,7 +23,7 @@ class _Redacting:
         self.inner = inner
 
     def write(self, s: str) -> int:
-        self.inner.write(scrub_text(s) if isinstance(s, str) else s)
+        self.inner.write(scrub_once(s) if isinstance(s, str) else s)
         return len(s)
 
     def __getattr__(self, name: str):  # flush, isatty, fileno, encoding...

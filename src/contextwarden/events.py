@@ -4,12 +4,15 @@ Every request produces events (``request``, ``stage``, ``forward``, ``response``
 and whatever stages emit, such as ``compaction`` or ``memory``). The TUI consumes them live through the
 event server, or offline from the log. Event data must never hold a credential or a secret where it is stored or shown: :meth:`Event.to_dict`
 (what the log writes and the event server sends) gives the data through :func:`contextwarden.scrub.scrub`.
-The emitter does not pay for it: the log's writer thread and the server's thread do.
+The emitter does not pay for it: the log's writer thread and the server's thread do, once an event
+(:meth:`Event.to_json` is worked out once and shared by the log and the server).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import queue
 import threading
 import time
 from collections import deque
@@ -34,6 +37,7 @@ class Event:
     seq: int = field(default_factory=lambda: next(_seq))
     _safe: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     replica: str | None = None  # the proxy that served it, when several share one state
+    _json: bytes | None = field(default=None, repr=False, compare=False)
 
     def safe_data(self) -> dict[str, Any]:
         """The data with every secret redacted (:func:`contextwarden.scrub.scrub`), worked out once, by
@@ -56,7 +60,11 @@ class Event:
         return d
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict(), default=str)
+        """:meth:`to_dict` as JSON, worked out once: the log writes it, the event server sends it."""
+        j = self._json
+        if j is None:
+            j = self._json = orjson.dumps(self.to_dict(), default=str)
+        return j
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Event":
@@ -71,25 +79,28 @@ class EventBus:
     """Thread-safe publish/subscribe. Subscribers must be quick; slow consumers queue their own work."""
 
     def __init__(self, recent: int = 2000) -> None:
-        self._subs: list[Subscriber] = []
+        # replaced whole on (un)subscribing, never edited: publishing reads it without the lock
+        self._subs: tuple[Subscriber, ...] = ()
         self._lock = threading.Lock()
         self.recent: deque[Event] = deque(maxlen=recent)
         self.replica: str | None = None  # stamped on every event published here (Runtime sets it)
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         with self._lock:
-            self._subs.append(fn)
+            self._subs = (*self._subs, fn)
 
         def unsubscribe() -> None:
             with self._lock:
                 if fn in self._subs:
-                    self._subs.remove(fn)
+                    subs = list(self._subs)
+                    subs.remove(fn)
+                    self._subs = tuple(subs)
 
         return unsubscribe
 
     def emit(self, type: str, data: dict[str, Any] | None = None, *, flow_id: str | None = None,
              session: str | None = None) -> Event:
-        ev = Event(type=type, data=data or {}, flow_id=flow_id, session=session)
+        ev = Event(type, data or {}, flow_id, session, time.time(), next(_seq))
         self.publish(ev)
         return ev
 
@@ -97,9 +108,7 @@ class EventBus:
         if ev.replica is None and self.replica is not None:
             ev.replica = self.replica
         self.recent.append(ev)
-        with self._lock:
-            subs = list(self._subs)
-        for fn in subs:
+        for fn in self._subs:
             try:
                 fn(ev)
             except Exception:  # a broken consumer must not break traffic
@@ -109,33 +118,58 @@ class EventBus:
 class JsonlLog:
     """Appends events to ``events.jsonl`` from a writer thread, rotating by size.
 
-    Writing happens off the event loop so disk latency never reaches a request. The emitter appends to a
-    deque and wakes the writer only when it was idle (the wake-up's flag was clear); the writer writes
-    all that waits in one go. A queue whose ``put`` woke the writer for each of a request's ~13 events
-    cost the emitting thread ~80 us an event (an interpreter-lock hand-off each); a writer that waited
-    a fixed time to batch left events unwritten for that long after their request was answered, which
-    readers of the log (the live evaluations, the tests) rely on not happening.
+    Writing happens off the event loop so disk latency never reaches a request. Waking the writer is
+    the dear part on a busy proxy: it must win the interpreter lock from the thread that runs (~40 us
+    of CPU a wake on the 2-core machine under load, bench/events_bench.py), more than scrubbing and
+    writing an event. So:
+
+    - The emitter appends to a deque and puts a token on a ``queue.SimpleQueue`` (C code: a put wakes
+      the writer only when it waits, with no Python-level lock or condition); the writer writes all that
+      waits in one ``write`` and takes no other system call (each gives the interpreter lock up and must
+      win it back).
+    - Events published by a stage thread (``cw-stage``: a request's ~12 stage events, while its pipeline
+      runs) and the ``request`` event (published by a ``cw-core`` thread as the stages' work starts)
+      wake nobody: the request's ``forward`` event (published by the event loop when the stages are
+      done, or by that same ``cw-core`` thread for a request that is only observed), before the
+      request goes upstream, wakes the writer, which writes them in order with it. So they are in the
+      log before the request's answer, as every event before them. A stage's event with no event
+      after it (a stage abandoned past its budget that reports late, after the answer) waits at most
+      ``straggler_s``: the writer waits no longer than that for a token.
+
+    A ``put`` that woke the writer for each event cost the emitting thread ~80 us an event; a writer
+    that waited a fixed time to batch left events unwritten for that long after their request was
+    answered, which readers of the log (the live evaluations, the tests) rely on not happening.
     """
 
-    def __init__(self, directory: Path, max_bytes: int = 20_000_000, backups: int = 5) -> None:
+    # (thread name prefix, the types of its events that wake nobody: None for all); the class doc says why
+    DEFERRED: tuple[tuple[str, frozenset[str] | None], ...] = (("cw-stage", None), ("cw-core", frozenset({"request"})))
+
+    def __init__(self, directory: Path, max_bytes: int = 20_000_000, backups: int = 5,
+                 straggler_s: float = 0.1) -> None:
         self.path = Path(directory) / "events.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.backups = backups
+        self.straggler_s = straggler_s
         self._buf: deque[Event] = deque()
-        self._wake = threading.Event()
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="cw-eventlog", daemon=True)
         self._thread.start()
 
     def __call__(self, ev: Event) -> None:
-        self._buf.append(ev)  # (atomic)
-        if not self._wake.is_set():  # the writer clears it before it drains: nothing appended is missed
-            self._wake.set()
+        self._buf.append(ev)  # (atomic; before the token: the writer drains tokens, then the deque)
+        name = threading.current_thread().name  # (not remembered by thread id: a new thread may reuse a dead one's)
+        for prefix, types in self.DEFERRED:
+            if name.startswith(prefix):
+                if types is None or ev.type in types:
+                    return
+                break
+        self._wake.put(None)
 
     def close(self, timeout: float = 5.0) -> None:
         self._closing = True
-        self._wake.set()
+        self._wake.put(None)
         self._thread.join(timeout)
 
     def _rotate(self) -> None:
@@ -146,27 +180,58 @@ class JsonlLog:
         if self.path.exists():
             self.path.replace(self.path.with_name("events.jsonl.1"))
 
+    def _open(self) -> tuple[int, int]:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # (as open(path, "ab"))
+        return fd, os.fstat(fd).st_size
+
     def _run(self) -> None:
-        f = open(self.path, "ab")
-        buf = self._buf
+        fd, size = self._open()
+        wake, buf, straggler_s = self._wake, self._buf, self.straggler_s
         try:
             while True:
-                self._wake.wait()
-                self._wake.clear()
+                try:
+                    wake.get(timeout=straggler_s)  # (the interpreter lock released while it waits)
+                except queue.Empty:
+                    if not buf and not self._closing:
+                        continue
+                while not wake.empty():  # tokens first: an event appended after this has one still
+                    wake.get_nowait()
                 batch = []
                 while buf:
                     batch.append(buf.popleft())
-                if batch:
-                    f.write(b"".join(e.to_json() + b"\n" for e in batch))
-                    f.flush()
-                    if f.tell() > self.max_bytes:
-                        f.close()
+                lines = _lines(batch)
+                if lines:
+                    chunk = b"\n".join(lines) + b"\n"
+                    _write_all(fd, chunk)
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        os.close(fd)
                         self._rotate()
-                        f = open(self.path, "ab")
+                        fd, size = self._open()
                 if self._closing and not buf:
                     break
         finally:
-            f.close()
+            os.close(fd)
+
+
+def _lines(batch: list[Event]) -> list[bytes]:
+    """Each event's JSON; one that cannot be serialised is left out (it must not stop the writer)."""
+    try:
+        return [e.to_json() for e in batch]
+    except Exception:
+        out = []
+        for e in batch:
+            try:
+                out.append(e.to_json())
+            except Exception:
+                pass
+        return out
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def read_log(path: Path) -> list[Event]:

@@ -12,7 +12,6 @@ from typing import Any
 
 from .cost import billed_units
 from .events import Event
-from .scrub import scrub_headers
 
 PROTOCOL = 1
 INFO_FILE = "tui.json"
@@ -20,11 +19,8 @@ TOKEN_HEADER = "X-Contextwarden-Token"
 
 
 def event_dict(ev: Event) -> dict[str, Any]:
-    d = ev.to_dict()
-    data = d.get("data")
-    if isinstance(data, dict) and "headers" in data:
-        d["data"] = {**data, "headers": scrub_headers(data["headers"])}
-    return d
+    """An event as clients get it: :meth:`Event.to_dict` (its data scrubbed, headers included)."""
+    return ev.to_dict()
 
 
 def applied_compaction(data: dict[str, Any]) -> bool:

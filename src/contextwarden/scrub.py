@@ -6,65 +6,184 @@ patterns memory uses, URL query credentials included), and every ``headers`` lis
 value of each credential-like header (by name or by value) replaced. Structures are copied where
 something changed, never edited in place (a caller may still hold them).
 
-Event strings repeat (tags, models, session ids, paths), so short ones are remembered with their
-result: the pass costs a dictionary lookup for most of them.
+Cheap because every event goes through it (~17 a request, on the log's writer thread, under the
+interpreter lock the event loop needs): numbers, booleans and None are passed over without a call,
+strings shorter than any secret are kept as they are, and the rest repeat (tags, models, session ids,
+paths, header values), so they are remembered with their result: a dictionary lookup for most of them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .memory.secrets import redact_text
 from .lru import LRU
+from .memory.secrets import redact_text
 from .redact import REDACTED, is_secret_header
 
 _MIN = 8  # no secret pattern matches fewer characters
 _CACHE_MAX_LEN = 512
-# a pure function of the text (shared by every runtime of the process on purpose: the same text always
-# scrubs the same); a few long strings too: the same long text often comes again (an error message, a
-# tool output that is in several events); a str keeps its hash, so a repeat costs one lookup
-_cache = LRU(20_000)
+_GENERATION = 10_000  # texts (and header pairs) remembered: this many recent ones, and the generation before
+# Pure functions of the text (shared by every runtime of the process on purpose: the same text always
+# scrubs the same). Two generations of plain dictionaries rather than an LRU: a lookup is one dict.get
+# with no lock (each dict operation is atomic under the interpreter lock; a race between threads at
+# most forgets an entry, which is computed again), and what is used again moves to the young one.
+# A text maps to its redacted form, or to _SAME when nothing in it is a secret (the common case: no
+# comparison of the two texts is needed to see that nothing changed).
+_young: dict[Any, Any] = {}
+_old: dict[Any, Any] = {}
+_SAME = object()
+# a few long strings too: the same long text often comes again (an error message, a tool output that
+# is in several events); a str keeps its hash, so a repeat costs one lookup
 _long = LRU(32)
+_PLAIN = frozenset({int, float, bool, type(None)})  # JSON values that cannot hold text
+
+
+def _remember(key: Any, v: Any) -> Any:
+    global _young, _old
+    if len(_young) >= _GENERATION:
+        _old, _young = _young, {}
+    _young[key] = v
+    return v
+
+
+def _text(s: str) -> Any:
+    """What :func:`scrub_text` gives for a text of _MIN to _CACHE_MAX_LEN characters, or _SAME."""
+    v = _old.get(s)
+    if v is None:
+        r = redact_text(s)
+        v = _SAME if r == s else r
+    return _remember(s, v)
 
 
 def scrub_text(s: str) -> str:
     if len(s) < _MIN:
         return s
-    return (_cache if len(s) <= _CACHE_MAX_LEN else _long).get(s, lambda: redact_text(s))
+    if len(s) > _CACHE_MAX_LEN:
+        return _long.get(s, lambda: redact_text(s))
+    v = _young.get(s)
+    if v is None:
+        v = _text(s)
+    return s if v is _SAME else v
+
+
+def scrub_once(s: str) -> str:
+    """:func:`scrub_text` without the memo, for a text that will not come again (a terminal line: it
+    starts with the time): remembering it would only push the texts that do repeat out."""
+    return s if len(s) < _MIN else redact_text(s)
+
+
+def _secret_header(k: Any, v: Any) -> bool:
+    """``is_secret_header``, remembered for (name, value) texts: they repeat with every request of a client."""
+    if type(k) is not str or type(v) is not str:
+        return is_secret_header(str(k), v)
+    key = (k, v)
+    secret = _young.get(key)
+    if secret is None:
+        secret = _old.get(key)
+        if secret is None:
+            secret = is_secret_header(k, v)
+        _remember(key, secret)
+    return secret
 
 
 def scrub_headers(headers: Any) -> Any:
-    """Headers as (name, value) pairs or a mapping, with every credential-like value replaced."""
+    """Headers as (name, value) pairs or a mapping, with every credential-like value replaced (the same
+    object when none was); a value that is not a string is scrubbed as data."""
     if isinstance(headers, dict):
-        return {k: REDACTED if is_secret_header(str(k), v) else v for k, v in headers.items()}
+        out = None
+        for k, v in headers.items():
+            nv = REDACTED if _secret_header(k, v) else v if type(v) is str else scrub(v)
+            if nv is not v:
+                if out is None:
+                    out = dict(headers)
+                out[k] = nv
+        return headers if out is None else out
     if isinstance(headers, (list, tuple)):
-        out = []
-        for item in headers:
+        new = None
+        for i, item in enumerate(headers):
             if isinstance(item, (list, tuple)) and len(item) == 2:
                 k, v = item
-                out.append([k, REDACTED if is_secret_header(str(k), v) else v])
+                nv = REDACTED if _secret_header(k, v) else v if type(v) is str else scrub(v)
+                if nv is v:
+                    continue
+                item = [k, nv]
             else:
-                out.append(item)
-        return out
-    return headers
+                nitem = scrub(item)
+                if nitem is item:
+                    continue
+                item = nitem
+            if new is None:
+                new = list(headers)
+            new[i] = item
+        return headers if new is None else new
+    return scrub(headers)
+
+
+def _scrub_dict(obj: dict) -> dict:
+    out = None
+    young = _young  # (a generation swapped meanwhile only costs lookups)
+    for k, v in obj.items():
+        t = type(v)
+        if t is str:
+            if len(v) < _MIN:
+                continue
+            nv = young.get(v)
+            if nv is _SAME:
+                continue
+            nv = scrub_text(v)
+            if nv is v:
+                continue
+        elif t in _PLAIN:
+            continue
+        else:
+            nv = scrub_headers(v) if k == "headers" else scrub(v)
+            if nv is v:
+                continue
+        if out is None:
+            out = dict(obj)
+        out[k] = nv
+    return obj if out is None else out
+
+
+def _scrub_seq(obj: list | tuple) -> list | tuple:
+    new = None
+    young = _young
+    for i, v in enumerate(obj):
+        t = type(v)
+        if t is str:
+            if len(v) < _MIN or young.get(v) is _SAME:
+                continue
+            nv = scrub_text(v)
+        elif t in _PLAIN:
+            continue
+        else:
+            nv = scrub(v)
+        if nv is v:
+            continue
+        if new is None:
+            new = list(obj)
+        new[i] = nv
+    if new is None:
+        return obj
+    return new if isinstance(obj, list) else tuple(new)
 
 
 def scrub(obj: Any) -> Any:
-    """``obj`` (JSON-like: dicts, lists, strings, numbers) with every secret in it replaced."""
-    if isinstance(obj, str):
+    """``obj`` (JSON-like: dicts, lists, strings, numbers) with every secret in it replaced: the same
+    object when nothing was, else a copy of what changed."""
+    t = type(obj)
+    if t is str:
+        return scrub_text(obj)
+    if t is dict:
+        return _scrub_dict(obj)
+    if t is list or t is tuple:
+        return _scrub_seq(obj)
+    if t in _PLAIN:
+        return obj
+    if isinstance(obj, str):  # subclasses (a str enum): as their text
         return scrub_text(obj)
     if isinstance(obj, dict):
-        out = None
-        for k, v in obj.items():
-            nv = scrub_headers(v) if k == "headers" else scrub(v)
-            if nv is not v and (k == "headers" or nv != v):
-                if out is None:
-                    out = dict(obj)
-                out[k] = nv
-        return obj if out is None else out
+        return _scrub_dict(obj)
     if isinstance(obj, (list, tuple)):
-        new = [scrub(v) for v in obj]
-        if any(a is not b for a, b in zip(new, obj)):
-            return new if isinstance(obj, list) else tuple(new)
-        return obj
+        return _scrub_seq(obj)
     return obj
