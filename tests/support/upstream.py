@@ -134,6 +134,12 @@ class _Dropped(Exception):
     """The scripted connection drop happened; the handler closes the socket."""
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # Python's listen backlog is 5: fifty clients connecting at once (the load benchmark) overflowed it,
+    # and a connection the kernel dropped from the queue reads as an error in the client
+    request_queue_size = 256
+
+
 class StandIn:
     """A threaded local Anthropic/OpenAI stand-in. Use as a context manager, or ``start()``/``stop()``."""
 
@@ -164,7 +170,7 @@ class StandIn:
 
     def start(self) -> "StandIn":
         handler = type("Handler", (self.handler_class or _Handler,), {"standin": self})
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = _Server(("127.0.0.1", 0), handler)
         server.daemon_threads = True
         server.block_on_close = False
         self._server = server
