@@ -306,23 +306,31 @@ def test_usage_total_input_shapes():
 
 
 def test_observer_turn_complete_calibrates_through_the_runtime(cw_home):
-    """The Observer's turn hook hands the provider's usage to the runtime's counter."""
-    from contextwarden.addons.observer import Observer
+    """The Observer's turn job (the answer read off the loop, then the turn completed) hands the
+    provider's usage to the runtime's counter."""
+    from contextwarden.addons.observer import _read_and_complete
     from contextwarden.pipeline import count_tokens, prepare
     from contextwarden.runtime import Runtime
+    from contextwarden.streams.tap import ResponseTap
 
     rt = Runtime(load_settings(None, cw_home, overrides={"memory": {"enabled": False}}), cw_home, log=False)
     try:
         raw = CC_TURN2.read_bytes()
         ctx = prepare(rt, "f1", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", [("content-type", "application/json")], raw)
         ctx.tokens_in = ctx.tokens_out = count_tokens(ctx, ctx.original)
-        turn = AssembledTurn(api=ApiKind.ANTHROPIC, model=ctx.model, message={"role": "assistant", "content": []}, text="",
-                             tool_calls=[], usage=Usage(input_tokens=5, cache_read_input_tokens=ctx.tokens_in, output_tokens=9),
-                             stop_reason="end_turn", error=None, complete=True, events=3)
-        Observer._turn_complete(rt, ctx, turn)
+        usage = {"input_tokens": 5, "cache_read_input_tokens": ctx.tokens_in, "output_tokens": 1}
+        events = [("message_start", {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant",
+                                                                            "model": ctx.model, "content": [], "usage": usage}}),
+                  ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}}),
+                  ("message_stop", {"type": "message_stop"})]
+        tap = ResponseTap(ApiKind.ANTHROPIC, "text/event-stream", None, None)
+        for name, data in events:  # as the loop holds them: chunks, read when the job runs
+            tap.feed(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        _read_and_complete(rt, ctx, "f1", {}, tap, None, True)
         cal = [e.data for e in rt.bus.recent if e.type == "calibration"]
         assert cal and cal[0]["estimate"] == ctx.tokens_in and cal[0]["provider"] == ctx.tokens_in + 5
         assert rt.state.get("calibration", ctx.model)["n"] == 1
+        assert [e.type for e in rt.bus.recent if e.type in ("response", "turn")] == ["response", "turn"]
     finally:
         rt.close()
 
