@@ -79,50 +79,36 @@ class SSEParser:
             line = "".join(self._line)
             self._line.clear()
             self._line_len = 0
-            self._process(line)
-        self._process("")
+            self._process_lines((line, ""))
+        else:
+            self._process_lines(("",))
 
-    def _process_lines(self, lines: list[str]) -> None:
-        """:meth:`_process` for each line, with the two lines every event has (``data:`` and the blank
-        line ending it) handled here: a chunk read in one go (deferred reading) holds many events, and
-        a call per line was most of the parser's time."""
+    def _process_lines(self, lines) -> None:
+        """Each line of the stream, in order. The two lines every event has (``data:`` and the blank line
+        ending it) are handled here, without a call: a chunk read in one go (deferred reading) holds many
+        events, and a call per line was most of the parser's time."""
         data = self._data
         for line in lines:
-            if line.startswith("data:"):
+            if line.startswith("data:"):  # the common case first
                 value = line[6:] if line[5:6] == " " else line[5:]
                 data.append(value)
                 self._data_len += len(value)
                 if self._line_len + self._data_len > self._max:
                     raise EventTooLarge(f"an SSE event larger than {self._max} characters")
-            elif line or not data:
-                self._process(line)
-            else:  # the blank line ending an event with data: dispatch it
+            elif line:
+                self._field(line)
+            elif data:  # the blank line ending an event with data: dispatch it
                 joined = data[0] if len(data) == 1 else "\n".join(data)
                 event = self._event
                 data.clear()
                 self._data_len = 0
                 self._event = None
                 self._on_event(event, joined)
-
-    def _process(self, line: str) -> None:
-        if not line:
-            if self._data:
-                data = "\n".join(self._data)
-                event = self._event
-                self._data.clear()
-                self._data_len = 0
-                self._event = None
-                self._on_event(event, data)
             else:
                 self._event = None  # an event without data is not dispatched; its name does not carry over
-            return
-        if line.startswith("data:"):  # the common case first
-            value = line[6:] if line.startswith("data: ") else line[5:]
-            self._data.append(value)
-            self._data_len += len(value)
-            if self._line_len + self._data_len > self._max:
-                raise EventTooLarge(f"an SSE event larger than {self._max} characters")
-            return
+
+    def _field(self, line: str) -> None:
+        """A line other than ``data: ...`` and the blank one: a comment, or a field."""
         if line[0] == ":":
             return
         field, colon, value = line.partition(":")
