@@ -127,11 +127,12 @@ class JsonlLog:
       the writer only when it waits, with no Python-level lock or condition); the writer writes all that
       waits in one ``write`` and takes no other system call (each gives the interpreter lock up and must
       win it back).
-    - Events published by a stage thread (``cw-stage``: a request's ~12 stage events, while its pipeline
-      runs) and the ``request`` event (published by a ``cw-core`` thread as the stages' work starts)
-      wake nobody: the request's ``forward`` event (published by the event loop when the stages are
-      done, or by that same ``cw-core`` thread for a request that is only observed), before the
-      request goes upstream, wakes the writer, which writes them in order with it. So they are in the
+    - Events published by a stage thread (``cw-stage``: a request's ``request`` event and its ~12 stage
+      events, read and run there in one trip) and the ``request`` event of a ``cw-core`` thread (a
+      request that is only observed, read there) wake nobody: the request's
+      ``forward`` event (published by the event loop when the stages are done, or by that same
+      ``cw-core`` thread), before the request goes upstream, wakes the writer, which writes them in
+      order with it. So they are in the
       log before the request's answer, as every event before them. A stage's event with no event
       after it (a stage abandoned past its budget that reports late, after the answer) waits at most
       ``straggler_s``: the writer waits no longer than that for a token.
