@@ -78,6 +78,13 @@ class PipelineSection(Section):
     the raised thresholds none ran under load, so the proxy grew ~10 MB/s for as long as the load lasted
     (issue 19: 3.2 GB at 5 minutes). A full collection walks only what is not frozen: tens of ms."""
 
+    release_flows: bool = True
+    """A finished flow is freed by reference counting (``contextwarden.flowrelease``): once mitmproxy drops
+    a request's stream layer, the layer's reference to its flow is cut, so the flow and its request and
+    response bodies do not wait as cyclic garbage for a full collection. Process-wide, applied at
+    start-up (a patch of mitmproxy's HTTP layer; skipped, with a warning, on a mitmproxy whose layer
+    differs)."""
+
     malloc_keep_mb: int = 64
     """On Linux with glibc: the C allocator keeps up to this much freed memory for reuse and serves
     blocks up to this size from it (``M_TRIM_THRESHOLD``, ``M_MMAP_THRESHOLD``), applied at start-up.
