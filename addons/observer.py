@@ -119,10 +119,11 @@ def _read_and_complete(rt, ctx, flow_id: str, data: dict, tap: ResponseTap | Non
 
 
 def release(flow: http.HTTPFlow, st: FlowState) -> None:
-    """Drop what the flow holds of ours once it is reported. mitmproxy's finished flows are cyclic
-    garbage (a stream layer and its context refer to each other) that only a full collection frees;
-    until then the flow must not keep the request's context (its parsed request, original bytes and
-    history view) or the response's reader alive with it."""
+    """Drop what the flow holds of ours once it is reported. A finished flow is freed by reference
+    counting once mitmproxy drops its stream layer (``contextwarden.flowrelease``), or, without it, by a
+    full collection (the layer is a cycle holding the flow); either way the flow must not keep the
+    request's context (its parsed request, original bytes and history view) or the response's reader
+    alive with it, nor be part of a cycle of ours."""
     flow.metadata.pop("contextwarden", None)
     st.ctx_future = None
     st.tap = None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 
-from contextwarden import census
+from contextwarden import census, flowrelease
 from contextwarden.home import default_home
 from contextwarden.runtime import Runtime
 from contextwarden.sealing import SealError
@@ -68,6 +68,8 @@ class Warden:
         # warm now: what is loaded stays out of the garbage collector's way (p99 pauses); again when
         # the memory service has loaded its model
         try:
+            if runtime.settings.pipeline.release_flows:
+                flowrelease.install()
             runtime.tune_malloc()
             runtime.settle_gc("startup")
         except Exception as e:  # tuning must never stop the proxy

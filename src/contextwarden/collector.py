@@ -5,9 +5,10 @@
   switch interval (``pipeline.switch_interval_ms``);
 - ``settle``: once warm, what exists is frozen out of the collector's sight and the young generation is
   collected less often (``pipeline.gc_tuning``, ``gc_threshold``);
-- ``background``: under load a full collection at least every ``pipeline.gc_full_s`` (mitmproxy's
-  finished flows are cyclic garbage only a full collection frees), and once per idle spell of
-  ``pipeline.gc_idle_s`` a full collection and ``malloc_trim`` (the RSS shrinks).
+- ``background``: under load a full collection at least every ``pipeline.gc_full_s`` (the cyclic garbage
+  of requests: mitmproxy's finished stream layers and type-check tracebacks; the flows themselves are
+  freed by reference counting, ``flowrelease``), and once per idle spell of ``pipeline.gc_idle_s`` a full
+  collection and ``malloc_trim`` (the RSS shrinks).
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ class FullCollections:
 
 def background(rt) -> None:
     """The ``cw-gc-idle`` thread of runtime ``rt`` until it closes: under load a full collection at least
-    every ``gc_full_s`` (what only a full collection frees, mitmproxy's finished flows, must not pile up
-    for as long as the load lasts; a ``gc`` event, reason ``load``); a full collection when no request
+    every ``gc_full_s`` (what only a full collection frees, the requests' cyclic garbage, must not pile
+    up for as long as the load lasts; a ``gc`` event, reason ``load``); a full collection when no request
     came for ``gc_idle_s`` and some is due (the raised thresholds make them rare under load; this runs
     them while nobody waits)."""
     done_at = -1.0

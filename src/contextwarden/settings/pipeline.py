@@ -76,12 +76,20 @@ class PipelineSection(Section):
     gc_idle_s: float = 5.0
     """With ``gc_tuning``: a full collection runs once the proxy has had no request for this long (0: never)."""
 
-    gc_full_s: float = 10.0
-    """With ``gc_tuning``: under load, a full collection at least this often (0: only when idle). mitmproxy's
-    finished flows are cyclic (a stream layer and its context refer to each other) and hold their request
-    body and our context for it (~1 MB a flow at 150K tokens): only a full collection frees them, and with
-    the raised thresholds none ran under load, so the proxy grew ~10 MB/s for as long as the load lasted
-    (issue 19: 3.2 GB at 5 minutes). A full collection walks only what is not frozen: tens of ms."""
+    gc_full_s: float = 60.0
+    """With ``gc_tuning``: under load, a full collection at least this often (0: only when idle). Once
+    mitmproxy's finished flows (request and response bodies) waited as cyclic garbage for it, ~15 MB/s at
+    issue 19's load, so it ran every 10 s; with ``release_flows`` they are freed by reference counting
+    and what waits is small (their stream layers, mitmproxy's type-check tracebacks: ~0.3 MB/s). Each
+    walks every live object that is not frozen: ~0.1-0.4 s holding the interpreter lock at that load,
+    a pause every request in flight waits out, so the rarer the better (bench/load_bench.py prints them)."""
+
+    release_flows: bool = True
+    """A finished flow is freed by reference counting (``contextwarden.flowrelease``): once mitmproxy drops
+    a request's stream layer, the layer's reference to its flow is cut, so the flow and its request and
+    response bodies do not wait as cyclic garbage for a full collection. Process-wide, applied at
+    start-up (a patch of mitmproxy's HTTP layer; skipped, with a warning, on a mitmproxy whose layer
+    differs)."""
 
     malloc_keep_mb: int = 64
     """On Linux with glibc: the C allocator keeps up to this much freed memory for reuse and serves
