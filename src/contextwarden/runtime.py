@@ -57,7 +57,7 @@ class Runtime:
         # a stage abandoned past its budget keeps its thread until it returns (the breaker lets at most
         # one per stage be), so the pool has room beyond that. The core pool reads what no stage
         # changes (observe-only requests, count_tokens), never behind a hung stage.
-        self.stage_pool = ThreadPoolExecutor(max_workers=max(2, settings.pipeline.stage_threads), thread_name_prefix="cw-stage")
+        self.stage_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cw-stage")
         self.core_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cw-core")
         # bounded: under a load the turn workers cannot follow, the oldest waiting turns are dropped
         from .boundedpool import BoundedExecutor

@@ -45,11 +45,6 @@ class PipelineSection(Section):
     """Time limit for building the session's decided state (the fall-back after a stage failed or
     overran: every stage's stored decisions re-applied). Past it, the client's original bytes go."""
 
-    stage_threads: int = 16
-    """Threads that read requests and run their stages. Room beyond the concurrent requests: a stage
-    abandoned past its budget keeps its thread until it returns. Each busy one also competes for the
-    interpreter lock with the event loop that relays every byte."""
-
     turn_workers: int = 2
     """Threads that run turn-complete hooks (ingestion, calibration) off the event loop."""
 
