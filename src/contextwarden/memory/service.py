@@ -169,10 +169,6 @@ class MemoryService:
         self.error: str | None = None
         self.ready = threading.Event()
         self.closed = False
-        # close() waits for the opening thread only once it makes the store (and the ingestor's threads);
-        # while it still loads the model, close() leaves it: it sees ``closed`` and returns
-        self._open_lock = threading.Lock()
-        self._making_store = False
         self._lexical_ready = threading.Event()
         self.lexical_source = "none"  # "snapshot" | "rebuilt" | "building" | "failed"
         self.lexical_ms: float | None = None
@@ -220,23 +216,15 @@ class MemoryService:
                 emb(["warm up " * n for n in (4, 12, 30)])
             if emb is not None:
                 emb.pause = self.priority.pause  # between embedding runs, ingestion yields to searches
-            cached = CachedEmbedder(emb, disk=m.embed_cache) if emb is not None else None
-            if cached is not None and self.separate and m.embed_idle:
+            self.embedder = CachedEmbedder(emb, disk=m.embed_cache) if emb is not None else None
+            if self.embedder is not None and self.separate and m.embed_idle:
                 from .embedworker import BackgroundEmbedder
 
-                cached.background = BackgroundEmbedder(emb, emb.model_dir)
-                cached.is_background = self.priority.is_background
-            tagger = Tagger(self.settings.tagging, cached) \
-                if cached is not None and self.settings.tagging.embedding_tagger else None
-            with self._open_lock:
-                if not self.closed:
-                    self.embedder = cached
-                    if tagger is not None:
-                        self.tagger = tagger
-                    self._making_store = True
-            if not self._making_store:  # closed meanwhile, without waiting for this thread: it closes its own
-                if cached is not None:
-                    cached.close()
+                self.embedder.background = BackgroundEmbedder(emb, emb.model_dir)
+                self.embedder.is_background = self.priority.is_background
+            if self.embedder is not None and self.settings.tagging.embedding_tagger:
+                self.tagger = Tagger(self.settings.tagging, self.embedder)
+            if self.closed:
                 return
             self.store = MemoryStore(self.home, m, self.embedder)
             self.store.pause = self.priority.pause  # and before each batch it stores
@@ -381,9 +369,7 @@ class MemoryService:
         return True
 
     def close(self) -> None:
-        with self._open_lock:
-            self.closed = True
-            making_store = self._making_store
+        self.closed = True
         took: list[tuple[str, float]] = []  # where a shutdown's seconds went (the memory process logs it)
 
         def step(name: str, fn, *a) -> None:
@@ -403,7 +389,7 @@ class MemoryService:
         def left(default: float) -> float:
             return default if end is None else max(0.5, end - time.monotonic())
 
-        if making_store and self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is not None and self._thread is not threading.current_thread():
             step("start thread", self._thread.join, left(30))
         try:
             step("originals", self.flush_kept, left(30))
