@@ -1,6 +1,7 @@
-"""End-to-end fixtures: one stand-in upstream and a few real mitmdump processes shared by the session.
+"""End-to-end fixtures: one stand-in upstream and a few real mitmdump processes shared by the e2e tests.
 
-Processes start on first use and live until the session ends (a start costs 1-3 s). Tests that
+Processes start on first use and live until the last e2e test has run (a start costs 1-3 s; stopped
+then, the four proxies and their memory processes do not idle beside the unit tests that follow). Tests that
 share one tell their events apart with ``proxy.mark()`` and unique paths or bodies, and the
 stand-in's records are cleared before every test.
 
@@ -98,7 +99,7 @@ class Route:
         return {"ANTHROPIC_BASE_URL": self.proxy.url}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def standin():
     with StandIn() as si:
         yield si
@@ -147,29 +148,29 @@ class ProxyFarm:
             p.wait_stopped()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def proxy_farm(tmp_path_factory, standin):
     farm = ProxyFarm(tmp_path_factory, standin)
     yield farm
     farm.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def observe_reverse(proxy_farm):
     return proxy_farm.get("observe-reverse")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def observe_regular(proxy_farm):
     return proxy_farm.get("observe-regular")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def active_reverse(proxy_farm):
     return proxy_farm.get("active-reverse")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def active_regular(proxy_farm):
     return proxy_farm.get("active-regular")
 

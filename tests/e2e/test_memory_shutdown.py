@@ -92,7 +92,7 @@ def test_sigterm_after_a_burst_of_ingestion_is_quick_and_the_rest_is_stored_at_t
             assert recovered and recovered[0]["data"]["recovered"] == left
             deadline = time.monotonic() + 600
             while _pending(again.home) > 0 and time.monotonic() < deadline:
-                time.sleep(0.5)
+                time.sleep(0.1)
             assert _pending(again.home) == 0
             stored = again.wait_events(lambda e: e["type"] == "memory" and "ingested" in e["data"], since=mark)
             assert sum(e["data"]["items"] for e in stored) >= left
