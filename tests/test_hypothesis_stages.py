@@ -151,12 +151,21 @@ def check_example(bench: Bench, api_body, window, protect, keep, trigger, at_lea
     return problems
 
 
+# an example: a body, and the stages' settings drawn with it
+EXAMPLE = dict(api_body=bodies, window=st.sampled_from(WINDOWS), protect=st.integers(1, 3), keep=st.integers(0, 3),
+               trigger=st.sampled_from([0.2, 0.5, 0.9]), at_least=st.sampled_from([50, 500, 3000]),
+               summary=st.sampled_from([200, 3000]), level=st.sampled_from(LEVELS))
+
+
+def sample(n: int, fixed: bool):
+    """Hypothesis settings of ``n`` examples: random ones, or the same ones every run (``fixed``)."""
+    return settings(max_examples=n, deadline=None, database=None, derandomize=fixed,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+
+
 @pytest.mark.timeout(1800)
-@settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
-@given(api_body=bodies, window=st.sampled_from(WINDOWS), protect=st.integers(1, 3), keep=st.integers(0, 3),
-       trigger=st.sampled_from([0.2, 0.5, 0.9]), at_least=st.sampled_from([50, 500, 3000]),
-       summary=st.sampled_from([200, 3000]), level=st.sampled_from(LEVELS))
+@sample(EXAMPLES, fixed=False)
+@given(**EXAMPLE)
 def test_stages_never_produce_an_invalid_body(bench, api_body, window, protect, keep, trigger, at_least, summary, level):
     problems = check_example(bench, api_body, window, protect, keep, trigger, at_least, summary, level)
     assert problems == []
@@ -166,11 +175,8 @@ FIXED_EXAMPLES = 60
 
 
 @pytest.mark.timeout(900)
-@settings(max_examples=FIXED_EXAMPLES, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
-@given(api_body=bodies, window=st.sampled_from(WINDOWS), protect=st.integers(1, 3), keep=st.integers(0, 3),
-       trigger=st.sampled_from([0.2, 0.5, 0.9]), at_least=st.sampled_from([50, 500, 3000]),
-       summary=st.sampled_from([200, 3000]), level=st.sampled_from(LEVELS))
+@sample(FIXED_EXAMPLES, fixed=True)
+@given(**EXAMPLE)
 def test_a_fixed_sample_is_valid_too(bench, api_body, window, protect, keep, trigger, at_least, summary, level):
     """The same property on the same examples every run (``derandomize``): what the guard below counts.
     (The random examples explore; whether they happen to reach a stage is chance: one CI run drew 150
