@@ -106,10 +106,12 @@ async def test_a_turn_dropped_by_a_full_turn_pool_still_reports_its_response(har
         await h.observer.response(second)  # the pool holds one: the first's work is dropped
         [resp] = wait_for(h, "response", first.id, timeout=1)  # read and reported at once all the same
         assert {k: resp.data[k] for k in live_summary(SSE)} == live_summary(SSE)
-        assert not wait_for(h, "response", second.id, timeout=0.2)  # still waiting for the worker
     finally:
         gate.set()
         rt.turn_pool.shutdown(wait=True)
         rt.turn_pool = pool
-    assert wait_for(h, "turn", second.id) and wait_for(h, "response", second.id)
-    assert not wait_for(h, "turn", first.id, timeout=0.2)  # its completion was the part dropped
+    # which of the flows' jobs the full pool dropped is the scheduler's (an answer's reading is handed
+    # to the pool apart from its completion: one CI run saw the second's dropped too, a local run the
+    # first's completion kept); whichever it was, each response is reported, once
+    time.sleep(0.2)
+    assert len(wait_for(h, "response", second.id)) == 1 and len(wait_for(h, "response", first.id)) == 1
