@@ -73,7 +73,3 @@ def install() -> bool:
     HttpLayer.__init__ = __init__
     _installed = True
     return True
-
-
-def installed() -> bool:
-    return _installed
