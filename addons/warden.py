@@ -31,9 +31,13 @@ class Warden:
                           "A folder of drop-in contextwarden plugin files (*.py).")
 
     def configure(self, updated: set[str]) -> None:
-        if not updated & {"cw_profile", "cw_home", "cw_plugins"}:
+        if not updated & {"cw_profile", "cw_home", "cw_plugins", "cw_engine"}:
             return
         o = ctx.options
+        if "cw_engine" in o and o.cw_engine:  # the engine process runs the runtime (addons/enginelink.py)
+            self.done()
+            self._key = None
+            return
         key = (o.cw_profile, o.cw_home, o.cw_plugins)
         if key == self._key and self.runtime is not None:
             return

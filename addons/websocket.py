@@ -92,6 +92,9 @@ class WebSocketResponses:
         self.warden = warden
         self.interceptor = interceptor
         self._tasks: set[asyncio.Task] = set()
+        # how a message reaches the client unasked; None: mitmproxy's inject.websocket here (the engine
+        # sets its own: the message goes back to mitmdump's process with the reply)
+        self.inject = None
 
     # -- the upgrade request ----------------------------------------------------------------
 
@@ -164,7 +167,7 @@ class WebSocketResponses:
                  "headers": dict(b.headers)}
         data = orjson.dumps(event)
         try:
-            _inject(flow, data)
+            (self.inject or _inject)(flow, data)
         except Exception as e:
             self.warden.runtime.bus.emit("error", {"where": "websocket", "message": f"{type(e).__name__}: {e}",
                                                    "action": "blocked request forwarded"}, flow_id=r.flow_id)

@@ -242,15 +242,26 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def memory_child(pid: int | None) -> int | None:
-    """The pid of the proxy's memory process (``-m contextwarden.memory.server``), or None."""
+def child_running(pid: int | None, module: bytes) -> int | None:
+    """The pid of ``pid``'s child running ``python -m module``, or None."""
     for k in children(pid) if pid else ():
         try:
-            if b"contextwarden.memory.server" in Path(f"/proc/{k}/cmdline").read_bytes():
+            if module in Path(f"/proc/{k}/cmdline").read_bytes():
                 return k
         except OSError:
             pass
     return None
+
+
+def engine_child(pid: int | None) -> int | None:
+    """The pid of mitmdump's engine process (``-m contextwarden.engine``; none with ``cw_engine`` off)."""
+    return child_running(pid, b"contextwarden.engine")
+
+
+def memory_child(pid: int | None) -> int | None:
+    """The pid of the memory process (``-m contextwarden.memory.server``): the engine's child, or
+    mitmdump's own with the engine off."""
+    return child_running(engine_child(pid) or pid, b"contextwarden.memory.server")
 
 
 def kids_cpu(pid: int | None, skip: int | None = None) -> dict[int, float]:
@@ -260,10 +271,14 @@ def kids_cpu(pid: int | None, skip: int | None = None) -> dict[int, float]:
 
 
 def cpu_now(proxy_pid: int) -> dict:
-    """CPU seconds used so far by the proxy, its memory process, the proxy's other children (the
-    compression workers, by pid) and the memory process's (its embedding worker, by pid)."""
+    """CPU seconds used so far by the proxy (mitmdump's process), its engine, the memory process, the
+    engine's other children (the compression workers, by pid) and the memory process's (its embedding
+    worker, by pid)."""
+    engine = engine_child(proxy_pid)
     mem = memory_child(proxy_pid)
-    return {"proxy": cpu_s(proxy_pid), "memory": cpu_s(mem), "compression_workers": kids_cpu(proxy_pid, mem),
+    host = engine or proxy_pid
+    return {"proxy": cpu_s(proxy_pid), "engine": cpu_s(engine) if engine else 0.0, "memory": cpu_s(mem),
+            "compression_workers": {k: c for k, c in kids_cpu(host, mem).items() if k != engine},
             "embedding_worker": kids_cpu(mem)}
 
 
@@ -440,18 +455,21 @@ def main() -> int:
 
         rss: list = []
         stop = threading.Event()
-        sampler = threading.Thread(target=sample_rss, args=({"proxy": lambda: proxy.proc.pid, "memory": current_mem_pid},
+        sampler = threading.Thread(target=sample_rss, args=({"proxy": lambda: proxy.proc.pid,
+                                                             "engine": lambda: engine_child(proxy.proc.pid),
+                                                             "memory": current_mem_pid},
                                                             rss, stop, 5.0), daemon=True)
         sampler.start()
         through = Phase("proxy")
         mark = proxy.mark()
         print(f"proxy: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
         spy = start_py_spy(proxy.proc.pid, Path(args.py_spy), args.seconds, args.py_spy_gil) if args.py_spy else None
-        th0 = thread_cpu(proxy.proc.pid)
+        engine_pid = engine_child(proxy.proc.pid)
+        th0, te0 = thread_cpu(proxy.proc.pid), thread_cpu(engine_pid) if engine_pid else {}
         cpu0 = cpu_now(proxy.proc.pid)
         asyncio.run(run_phase(through, proxy.url, make_sessions(), args.seconds, records, lock))
         cpu = cpu_spent(cpu0, cpu_now(proxy.proc.pid))
-        th1 = thread_cpu(proxy.proc.pid)
+        th1, te1 = thread_cpu(proxy.proc.pid), thread_cpu(engine_pid) if engine_pid else {}
         if spy is not None:
             try:
                 spy.wait(30)
@@ -528,6 +546,7 @@ def main() -> int:
         # where the proxy's CPU went, by thread: the event loop (mitmproxy, our hooks) against the
         # workers (prepare and count: core; stages and finish: stage; turn work; event log...)
         "proxy_cpu_ms_per_request_by_thread": by_thread(proxy.proc.pid, th0, th1, through.completed),
+        "engine_cpu_ms_per_request_by_thread": by_thread(engine_pid, te0, te1, through.completed) if engine_pid else None,
         "cpu_share_of_core": {k: None if s is None else round(s / through.seconds, 2) for k, s in cpu.items()},
         "rss_mb": rss, "sigterm_s": sigterm_s,
         "full_gc_under_load": {"count": len(full_gc_ms), "ms_p50": pct(full_gc_ms, 50), "ms_max": max(full_gc_ms or [0]),
@@ -566,12 +585,15 @@ def main() -> int:
         print(f"plain mitmdump: {m0['rps'] / max(1e-9, r['direct']['rps']) * 100:.0f}% of direct, CPU per request "
               f"{m0['cpu_ms_per_request']} ms (mitmproxy's own share of the proxy's)")
     c, sh = r["cpu_ms_per_request"], r["cpu_share_of_core"]
-    print(f"CPU per proxied request: proxy process {c['proxy']} ms, memory process {c['memory']} ms, "
-          f"compression workers {c['compression_workers']} ms, memory's embedding worker {c['embedding_worker']} ms "
-          f"(cores busy: proxy {sh['proxy']}, memory {sh['memory']}, compression {sh['compression_workers']}, "
-          f"embedding {sh['embedding_worker']})")
+    print(f"CPU per proxied request: proxy process {c['proxy']} ms, engine process {c['engine']} ms, memory process "
+          f"{c['memory']} ms, compression workers {c['compression_workers']} ms, memory's embedding worker "
+          f"{c['embedding_worker']} ms (cores busy: proxy {sh['proxy']}, engine {sh['engine']}, memory {sh['memory']}, "
+          f"compression {sh['compression_workers']}, embedding {sh['embedding_worker']})")
     print("proxy CPU per request by thread (ms): " + ", ".join(
         f"{k} {v}" for k, v in r["proxy_cpu_ms_per_request_by_thread"].items()))
+    if r["engine_cpu_ms_per_request_by_thread"]:
+        print("engine CPU per request by thread (ms): " + ", ".join(
+            f"{k} {v}" for k, v in r["engine_cpu_ms_per_request_by_thread"].items()))
     def ms(v):
         return "-" if v is None else f"{v:.1f}"
 
@@ -579,8 +601,8 @@ def main() -> int:
           f"(prepare to forward {ms(r['pipeline_ms'][50])}/{ms(r['pipeline_ms'][99])}); its parts, p50 ms: "
           + ", ".join(f"{k} {ms(v)}" for k, v in r["timings_p50"].items()))
     print("stages, p50 ms: " + ", ".join(f"{k} {ms(v)}" for k, v in r["stage_ms_p50"].items()))
-    print("RSS MB (t s: proxy / memory): " + ", ".join(
-        f"{t:.0f}: {v['proxy'] or 0:.0f}/{v['memory'] or 0:.0f}" for t, v in rss))
+    print("RSS MB (t s: proxy / engine / memory): " + ", ".join(
+        f"{t:.0f}: {v['proxy'] or 0:.0f}/{v['engine'] or 0:.0f}/{v['memory'] or 0:.0f}" for t, v in rss))
     g = r["full_gc_under_load"]
     print(f"full collections under load (pipeline.gc_full_s): {g['count']}, wall p50 {ms(g['ms_p50'])} ms, max {g['ms_max']} ms; "
           f"its own CPU p50 {ms(g['cpu_ms_p50'])} ms, max {g['cpu_ms_max']} ms")

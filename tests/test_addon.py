@@ -72,7 +72,7 @@ def harness_factory(tmp_path):
         # tctx.script registers the module (load() ran, options exist) but does not chain it as the
         # script loader would, so option changes would not reach configure() without this
         tctx.master.addons.chain.append(sc)
-        kw = {"cw_home": str(tmp_path / "home")}
+        kw = {"cw_home": str(tmp_path / "home"), "cw_engine": False}  # the chain in this process
         if plugins:
             d = tmp_path / "plugins"
             d.mkdir(exist_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import anthropic
 import httpx2
@@ -173,7 +174,11 @@ async def test_real_proxy_sdk_traffic_appears_with_tags_and_stage_timings(tmp_pa
         proxy = await asyncio.to_thread(ProxyProcess(tmp_path / "px", profile="default", reverse=standin.url).start)
         try:
             info = json.loads((proxy.home / INFO_FILE).read_text())
-            assert info["pid"] == proxy.proc.pid and (proxy.home / INFO_FILE).stat().st_mode & 0o077 == 0
+            # the event server runs in mitmdump's engine process (its child)
+            engine = Path(f"/proc/{info['pid']}")
+            assert b"contextwarden.engine" in (engine / "cmdline").read_bytes()
+            assert f"PPid:\t{proxy.proc.pid}\n" in (engine / "status").read_text()
+            assert (proxy.home / INFO_FILE).stat().st_mode & 0o077 == 0
 
             def ask(prompt: str, session: str):
                 client = anthropic.Anthropic(api_key=API_KEY, base_url=proxy.url, max_retries=0,

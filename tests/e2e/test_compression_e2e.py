@@ -39,7 +39,7 @@ def strict(standin):
 
 
 def child_cmdlines(pid: int) -> list[str]:
-    """The command lines of a process's children (Linux /proc)."""
+    """The command lines of a process's descendants (Linux /proc): mitmdump's engine and its children."""
     from pathlib import Path
 
     out = []
@@ -47,6 +47,7 @@ def child_cmdlines(pid: int) -> list[str]:
         for c in t.read_text().split():
             try:
                 out.append(Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+                out += child_cmdlines(int(c))
             except OSError:
                 pass
     return out

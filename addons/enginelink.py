@@ -1,0 +1,368 @@
+"""mitmdump's side of the engine: hands each LLM API flow's hooks to the engine process and applies
+what it sends back (``contextwarden.engine``; ``cw_engine``, on by default).
+
+What stays here is what only mitmdump's process can do: relaying the bytes (every response chunk is
+returned as it came; a copy goes to the engine, whose observer reads it on the side), putting a
+rewritten request or an answer in place, dropping or injecting a WebSocket message. What goes to the
+engine is chosen here by the same classification the interceptor uses, so other traffic (a client's
+telemetry through ``HTTPS_PROXY``) never crosses.
+
+Fail open: a request the engine does not answer within ``REQUEST_TIMEOUT_S`` (or while it is down)
+goes as the client sent it, and the engine's log says so once it can. An engine that dies is started
+again; requests meanwhile wait for it up to ``RESTART_WAIT_S``, then go unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from contextwarden import flowrelease
+from contextwarden.apis import classify, classify_websocket
+from contextwarden.engine import wire
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 300.0  # the engine's start: imports, the runtime, the tokenizers (first run: their download)
+REQUEST_TIMEOUT_S = 60.0  # the engine enforces the stages' budgets; this only catches an engine that hangs
+RESTART_WAIT_S = 30.0
+STOP_WAIT_S = 8.0  # SIGTERM to exit must stay under 10 s
+BUFFER_LIMIT = 64 << 20  # response copies waiting for the engine: past this, copies stop (bytes still relay)
+_COUNT_TOKENS = "/count_tokens"
+
+
+class _Engine:
+    """One engine process and the socket to it."""
+
+    def __init__(self, proc: subprocess.Popen, sock: socket.socket, ready: dict) -> None:
+        self.proc = proc
+        self.sock = sock
+        self.proxy = ready["proxy"]  # its settings' proxy section: what it handles
+        self.pid = ready.get("pid")
+        self.release_flows = ready.get("release_flows", True)
+        self.writer: asyncio.StreamWriter | None = None
+        self.reading: asyncio.Task | None = None
+        self.waiting: dict[int, asyncio.Future] = {}
+        self.seq = 0
+        self.closed = False
+
+    @classmethod
+    def start(cls, options: dict[str, Any]) -> "_Engine":
+        """Start the process and wait for its runtime (blocking: the proxy does not take requests
+        before contextwarden can read them, as when the runtime was built in mitmdump's process)."""
+        mine, theirs = socket.socketpair()
+        proc = subprocess.Popen([sys.executable, "-m", "contextwarden.engine", str(theirs.fileno())],
+                                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        theirs.close()
+        try:
+            wire.send_blocking(mine, "start", None, options)
+            frame = wire.read_blocking(mine, START_TIMEOUT_S)
+        except OSError as e:
+            frame = ("fatal", None, f"the engine did not answer: {e}")
+        if frame is None or frame[0] != "ready":
+            why = frame[2] if frame is not None else f"the engine exited ({proc.poll()})"
+            _end(proc, mine)
+            raise exceptions.OptionsError(str(why))
+        return cls(proc, mine, frame[2])
+
+    async def connect(self) -> None:
+        self.sock.setblocking(False)
+        reader, self.writer = await asyncio.open_connection(sock=self.sock)
+        self.reading = asyncio.ensure_future(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            frame = await wire.read(reader)
+            if frame is None:
+                break
+            op, key, payload = frame
+            if op == "reply":
+                fut = self.waiting.pop(key, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(payload)
+            elif op == "proxy":  # its settings changed at run time: classify by the new ones
+                self.proxy = payload
+            elif op == "bye":
+                break
+        self.closed = True
+        if self.writer is not None:
+            self.writer.close()  # off the event loop's selector: a new engine's socket may get this fd number
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_result(None)
+        self.waiting.clear()
+
+    def send(self, op: str, key: Any = None, payload: Any = None) -> bool:
+        w = self.writer
+        if self.closed or w is None or w.is_closing():
+            return False
+        w.write(wire.encode(op, key, payload))
+        return True
+
+    async def call(self, op: str, payload: Any, key=None) -> dict | None:
+        """Send and wait for the reply (None: no reply in time, or the engine is gone)."""
+        self.seq += 1
+        seq = self.seq
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting[seq] = fut
+        if not self.send(op, seq if key is None else (seq, key), payload):
+            self.waiting.pop(seq, None)
+            return None
+        try:
+            return await asyncio.wait_for(fut, REQUEST_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self.waiting.pop(seq, None)
+            return None
+
+    def backlog(self) -> int:
+        t = self.writer.transport if self.writer is not None else None
+        return t.get_write_buffer_size() if t is not None else 0
+
+    async def stop(self) -> None:
+        if self.send("shutdown"):
+            try:
+                await self.writer.drain()
+            except Exception:
+                pass
+        deadline = time.monotonic() + STOP_WAIT_S
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        _end(self.proc, self.sock)
+        if self.reading is not None:
+            self.reading.cancel()
+
+    def stop_blocking(self) -> None:
+        try:
+            wire.send_blocking(self.sock, "shutdown")
+        except OSError:
+            pass
+        try:
+            self.proc.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        _end(self.proc, self.sock)
+
+
+def _end(proc: subprocess.Popen, sock: socket.socket) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class EngineLink:
+    def __init__(self) -> None:
+        self.engine: _Engine | None = None
+        self._options: dict[str, Any] | None = None
+        self._linked: asyncio.Future | None = None  # resolves to the connected engine (None: none)
+        self._stopping = False
+        self.watched: set[str] = set()  # flows the engine mirrors, until their end
+        self.streamed: set[str] = set()
+        self.failed_open = 0
+
+    # -- options and lifecycle ---------------------------------------------------------------
+
+    def load(self, loader) -> None:
+        loader.add_option("cw_engine", bool, True,
+                          "Run contextwarden's request path in a process of its own (the engine), beside "
+                          "mitmdump's: its work never holds up the bytes mitmdump relays. Off: in mitmdump's process.")
+
+    def configure(self, updated: set[str]) -> None:
+        o = ctx.options
+        if not o.cw_engine:
+            self._stop_now()
+            return
+        if not updated & {"cw_profile", "cw_home", "cw_plugins", "cw_engine", "termlog_verbosity"}:
+            return
+        if o.cw_plugins and not Path(o.cw_plugins).expanduser().is_dir():
+            raise exceptions.OptionsError(f"cw_plugins: not a folder: {o.cw_plugins}")
+        wanted = {"cw_profile": o.cw_profile, "cw_home": o.cw_home, "cw_plugins": o.cw_plugins}
+        if "termlog_verbosity" in o:
+            wanted["termlog_verbosity"] = o.termlog_verbosity
+        if wanted == self._options and self.engine is not None and self.engine.proc.poll() is None:
+            return
+        self._stop_now()
+        self.engine = _Engine.start(wanted)  # an OptionsError stops mitmdump with the engine's reason
+        self._options = wanted
+        self._linked = None
+        try:
+            if self.engine.release_flows:
+                flowrelease.install()  # mitmdump's finished flows freed without a full collection
+        except Exception as e:
+            log.warning(f"contextwarden: flow release not installed: {e}")
+        log.info(f"contextwarden: engine process {self.engine.pid} runs the request path")
+
+    def _stop_now(self) -> None:
+        if self.engine is not None:
+            self.engine.stop_blocking()
+            self.engine = None
+            self._options = None
+            self._linked = None
+
+    async def done(self) -> None:
+        self._stopping = True
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
+
+    async def _link(self) -> _Engine | None:
+        """The connected engine; one that died is started again (requests wait up to RESTART_WAIT_S)."""
+        if self.engine is None or self._stopping:
+            return None
+        if self._linked is None or (self._linked.done() and self._linked.result() is not None
+                                    and self._linked.result().closed):
+            self._linked = asyncio.ensure_future(self._connect())
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._linked), RESTART_WAIT_S)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _connect(self) -> _Engine | None:
+        eng = self.engine
+        if eng is None:
+            return None
+        if eng.closed or eng.proc.poll() is not None:  # it died: a new one, started off the event loop
+            log.error(f"contextwarden: the engine process stopped ({eng.proc.poll()}); starting it again")
+            if eng.writer is not None:
+                eng.writer.close()
+            _end(eng.proc, eng.sock)
+            try:
+                eng = await asyncio.get_running_loop().run_in_executor(None, _Engine.start, self._options)
+            except Exception as e:
+                log.error(f"contextwarden: the engine did not start again: {e}")
+                self.engine = None
+                return None
+            self.engine = eng
+        if eng.writer is None:
+            await eng.connect()
+        return eng
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def _wanted(self, flow: http.HTTPFlow, proxy) -> bool:
+        req = flow.request
+        reverse = isinstance(getattr(flow.client_conn, "proxy_mode", None), ReverseMode)
+        if req.method == "POST":
+            if classify("POST", req.host, req.port, req.path, proxy, reverse) is not None:
+                return True
+            path = req.path.split("?", 1)[0].rstrip("/")
+            return path.endswith(_COUNT_TOKENS) and \
+                classify("POST", req.host, req.port, path[: -len(_COUNT_TOKENS)], proxy, reverse) is not None
+        if req.method == "GET" and (req.headers.get("upgrade") or "").lower() == "websocket":
+            return classify_websocket(req.host, req.port, req.path, proxy, reverse) is not None
+        return False
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        eng = self.engine
+        if eng is None or flow.response is not None or not self._wanted(flow, eng.proxy):
+            return
+        eng = await self._link()
+        reply = await eng.call("request", flow.get_state()) if eng is not None else None
+        if reply is None or "error" in reply:
+            self._failed_open(eng, flow, reply.get("error") if reply else "no answer from the engine")
+            return
+        r = reply.get("request")
+        if r is not None:
+            flow.request.headers = http.Headers(r["headers"])
+            flow.request.raw_content = r["raw_content"]
+        if reply.get("response") is not None:
+            flow.response = http.Response.from_state(reply["response"])
+        if reply.get("watch"):
+            self.watched.add(flow.id)
+
+    def _failed_open(self, eng: _Engine | None, flow: http.HTTPFlow, why: str) -> None:
+        self.failed_open += 1
+        log.warning(f"contextwarden: {flow.request.path} forwarded unchanged: {why}")
+        if eng is not None:
+            eng.send("note", None, {"where": "engine link", "message": why, "action": "forwarded unchanged",
+                                    "flow_id": flow.id})
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        eng = self.engine
+        if flow.id not in self.watched or eng is None or flow.response is None or flow.websocket is not None \
+                or flow.response.status_code == 101:
+            return
+        if not eng.send("headers", flow.id, flow.response.get_state()):
+            return
+        inner = flow.response.stream
+        fid = flow.id
+        self.streamed.add(fid)
+        lossy = []
+
+        def stream(chunk: bytes) -> bytes:
+            if callable(inner):
+                chunk = inner(chunk)
+            if chunk and not lossy:
+                if eng.backlog() > BUFFER_LIMIT:  # the engine is far behind: stop copying, keep relaying
+                    lossy.append(True)
+                    eng.send("note", None, {"where": "engine link", "flow_id": fid, "action": "answer not read",
+                                            "message": "the engine fell behind reading answers"})
+                else:
+                    eng.send("chunk", fid, bytes(chunk))
+            return chunk
+
+        flow.response.stream = stream
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None and (flow.response is None or flow.response.status_code != 101):
+            self._end(flow, None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._end(flow, str(flow.error) if flow.error else "error")
+
+    def _end(self, flow: http.HTTPFlow, error: str | None) -> None:
+        if flow.id not in self.watched:
+            return
+        self.watched.discard(flow.id)
+        streamed = flow.id in self.streamed
+        self.streamed.discard(flow.id)
+        if self.engine is None:
+            return
+        resp = flow.response.get_state() if flow.response is not None else None
+        if resp is not None and streamed:
+            resp["content"] = None  # the engine read it chunk by chunk
+        self.engine.send("end", flow.id, {"response": resp, "replaced": not streamed, "error": error})
+
+    # -- the Responses WebSocket --------------------------------------------------------------
+
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        eng = self.engine
+        if flow.id not in self.watched or eng is None or flow.websocket is None or not flow.websocket.messages:
+            return
+        msg = flow.websocket.messages[-1]
+        if msg.injected or not msg.is_text:
+            return
+        if not msg.from_client:
+            eng.send("ws_server", flow.id, msg.get_state())
+            return
+        eng = await self._link()
+        reply = await eng.call("ws", msg.get_state(), key=flow.id) if eng is not None else None
+        if reply is None or "error" in reply:
+            self._failed_open(eng, flow, reply.get("error") if reply else "no answer from the engine")
+            return
+        for data in reply.get("inject") or ():
+            ctx.master.commands.call("inject.websocket", flow, True, data, True)
+        if reply.get("content") is not None:
+            msg.content = reply["content"]
+        if reply.get("dropped"):
+            msg.drop()
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        if flow.id not in self.watched:
+            return
+        self.watched.discard(flow.id)
+        if self.engine is not None:
+            ws = flow.websocket
+            self.engine.send("ws_end", flow.id, ws.close_code if ws is not None else None)

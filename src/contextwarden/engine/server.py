@@ -1,0 +1,298 @@
+"""The engine process: contextwarden's addons on mirrors of mitmdump's flows (``python -m contextwarden.engine FD``).
+
+It is a mitmproxy master without a proxy server, running the same addons as an in-process proxy
+would (``contextwarden.addons.chain``), so the request path, the answers' reading and the servers
+(TUI events, recall API, metrics) are the code the tests and the replay run. mitmdump's link sends,
+over the socket pair ``FD``:
+
+    start       the options (profile, home, plugins)       → ready {proxy settings} | fatal {message}
+    request     a flow's state, once its request is read   → reply {request changes, response, watch}
+    headers     the response's head (no body)               the observer's tap is set on the mirror
+    chunk       a piece of the body, as relayed              fed to that tap
+    end         the response's end (or its error)            the observer reports the turn
+    ws          a client message of a Responses WebSocket  → reply {content, dropped, inject}
+    ws_server   a server message                             read on the side
+    ws_end      the socket closed
+    shutdown                                              → bye (after the addons' ``done``)
+
+Mirrors live from ``request`` to ``end`` (or ``ws_end``); one the link never ends is dropped after
+``STALE_S``. The engine ends when told to, or when the socket closes (mitmdump is gone): either way
+the addons' ``done`` runs (state persisted, the memory process stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from mitmproxy import exceptions, hooks, http, options, websocket
+from mitmproxy.proxy.layers.http import HttpErrorHook, HttpRequestHook, HttpResponseHeadersHook, HttpResponseHook
+from mitmproxy.proxy.layers.websocket import WebsocketEndHook, WebsocketMessageHook
+from mitmproxy.flow import Error
+from mitmproxy.master import Master
+
+from . import wire
+
+log = logging.getLogger(__name__)
+
+STALE_S = 3600.0  # a mirror whose flow never ended (a lost frame, a bug): dropped after this
+
+
+class Engine:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.master: Master | None = None
+        self.warden = None
+        self.mirrors: dict[str, tuple[http.HTTPFlow, float]] = {}
+        self.writer: asyncio.StreamWriter | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self._proxy_sent = None  # the proxy settings the link classifies by, as last sent
+
+    # -- start --------------------------------------------------------------------------------
+
+    def start(self, opts_values: dict[str, Any]) -> str | None:
+        """The master and its addons, configured with mitmdump's options; an error message, or None."""
+        from contextwarden.addons.chain import engine_addons
+        from contextwarden.addons.warden import Warden
+
+        self.master = Master(options.Options(), with_termlog=True)
+        self.warden = Warden()
+        addons = engine_addons(self.warden)
+        for a in addons:
+            if type(a).__name__ == "WebSocketResponses":
+                a.inject = _collect_inject  # the injection happens in mitmdump's process: sent back
+        self.master.addons.add(*addons)
+        try:
+            self.master.options.update(**opts_values)
+        except (exceptions.OptionsError, KeyError, ValueError) as e:
+            return str(e)
+        if self.warden.runtime is None:
+            return "contextwarden: the runtime did not start (see the log above)"
+        return None
+
+    async def run(self, opts_values: dict[str, Any]) -> int:
+        error = self.start(opts_values)
+        if error is not None:
+            wire.send_blocking(self.sock, "fatal", None, error)
+            return 1
+        await self.master.addons.trigger_event(hooks.RunningHook())
+        rt = self.warden.runtime
+        self._proxy_sent = rt.settings.proxy
+        wire.send_blocking(self.sock, "ready", None, {"proxy": rt.settings.proxy, "pid": os.getpid(),
+                                                      "release_flows": rt.settings.pipeline.release_flows})
+        self.sock.setblocking(False)
+        reader, self.writer = await asyncio.open_connection(sock=self.sock)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        reading = asyncio.ensure_future(self.read(reader))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([reading, stopping], return_when=asyncio.FIRST_COMPLETED)
+        await self.close()
+        reading.cancel()
+        stopping.cancel()
+        return 0
+
+    async def close(self) -> None:
+        """The addons' ``done``: the runtime closes (state persisted, memory stopped)."""
+        if self.master is None:
+            return
+        master, self.master = self.master, None
+        for t in list(self.tasks):
+            if not t.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(t), 2.0)
+                except Exception:
+                    pass
+        await master.addons.trigger_event(hooks.DoneHook())
+        self._send("bye")
+
+    # -- frames -------------------------------------------------------------------------------
+
+    async def read(self, reader: asyncio.StreamReader) -> None:
+        sweep = time.monotonic() + 60
+        while True:
+            frame = await wire.read(reader)
+            if frame is None:
+                return  # mitmdump is gone
+            op, key, payload = frame
+            if op == "shutdown":
+                return
+            try:
+                if op == "request":
+                    self._spawn(self.request(key, payload))
+                elif op == "headers":
+                    await self.headers(key, payload)
+                elif op == "chunk":
+                    self.chunk(key, payload)
+                elif op == "end":
+                    self._spawn(self.end(key, payload))
+                elif op == "ws":
+                    self._spawn(self.ws_message(key, payload))
+                elif op == "ws_server":
+                    await self.ws_server(key, payload)
+                elif op == "ws_end":
+                    await self.ws_end(key, payload)
+                elif op == "note" and self.warden.runtime is not None:  # the link forwarded a request unchanged
+                    fid = payload.pop("flow_id", None)
+                    self.warden.runtime.bus.emit("error", payload, flow_id=fid)
+            except Exception:
+                log.exception(f"contextwarden engine: {op}")
+            now = time.monotonic()
+            if now > sweep:
+                sweep = now + 60
+                for fid in [f for f, (_, t) in self.mirrors.items() if now - t > STALE_S]:
+                    self.mirrors.pop(fid, None)
+
+    def _send(self, op: str, key: Any = None, payload: Any = None) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(wire.encode(op, key, payload))
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.ensure_future(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    async def request(self, seq: int, state: dict) -> None:
+        reply: dict[str, Any] = {"watch": False}
+        try:
+            flow = http.HTTPFlow.from_state(state)
+            flow.metadata = {}  # what the addons put here says whether the flow is watched
+            raw, fields = flow.request.raw_content, flow.request.headers.fields
+            await self.master.addons.trigger_event(HttpRequestHook(flow))
+            req = flow.request
+            if req.raw_content is not raw or req.headers.fields != fields:
+                reply["request"] = {"headers": req.headers.fields, "raw_content": req.raw_content}
+            if flow.response is not None:
+                reply["response"] = flow.response.get_state()
+            if flow.metadata:
+                reply["watch"] = True
+                self.mirrors[flow.id] = (flow, time.monotonic())
+        except Exception as e:  # the link forwards the request as it came
+            log.exception("contextwarden engine: request")
+            reply["error"] = f"{type(e).__name__}: {e}"
+        self._send("reply", seq, reply)
+        rt = self.warden.runtime
+        if rt is not None and rt.settings.proxy is not self._proxy_sent:  # changed at run time (the TUI)
+            self._proxy_sent = rt.settings.proxy
+            self._send("proxy", None, rt.settings.proxy)
+
+    async def headers(self, flow_id: str, state: dict) -> None:
+        m = self.mirrors.get(flow_id)
+        if m is None:
+            return
+        flow = m[0]
+        flow.response = http.Response.from_state(state)
+        await self.master.addons.trigger_event(HttpResponseHeadersHook(flow))
+
+    def chunk(self, flow_id: str, data: bytes) -> None:
+        m = self.mirrors.get(flow_id)
+        if m is None:
+            return
+        stream = m[0].response.stream if m[0].response is not None else None
+        if callable(stream):
+            stream(data)
+
+    async def end(self, flow_id: str, payload: dict) -> None:
+        m = self.mirrors.pop(flow_id, None)
+        if m is None:
+            return
+        flow = m[0]
+        resp = payload.get("response")
+        if resp is not None:
+            if flow.response is None or payload.get("replaced"):
+                flow.response = http.Response.from_state(resp)
+            else:  # the head came before: the end's timestamps (the body was streamed to the tap)
+                flow.response.timestamp_end = resp.get("timestamp_end")
+        if payload.get("error") is not None:
+            flow.error = Error(payload["error"])
+            await self.master.addons.trigger_event(HttpErrorHook(flow))
+        else:
+            await self.master.addons.trigger_event(HttpResponseHook(flow))
+
+    def _ws_flow(self, flow_id: str, message: dict) -> tuple[http.HTTPFlow, websocket.WebSocketMessage] | None:
+        m = self.mirrors.get(flow_id)
+        if m is None:
+            return None
+        flow = m[0]
+        if flow.websocket is None:
+            flow.websocket = websocket.WebSocketData()
+        msg = websocket.WebSocketMessage.from_state(message)
+        flow.websocket.messages = [msg]  # the addon reads the newest; the mirror keeps no history
+        self.mirrors[flow_id] = (flow, time.monotonic())
+        return flow, msg
+
+    async def ws_message(self, key: tuple[int, str], message: dict) -> None:
+        seq, flow_id = key
+        reply: dict[str, Any] = {}
+        try:
+            got = self._ws_flow(flow_id, message)
+            if got is not None:
+                flow, msg = got
+                content = msg.content
+                flow.metadata.pop(INJECT, None)
+                await self.master.addons.trigger_event(WebsocketMessageHook(flow))
+                if msg.content is not content:
+                    reply["content"] = msg.content
+                reply["dropped"] = msg.dropped
+                reply["inject"] = flow.metadata.pop(INJECT, [])
+        except Exception as e:
+            log.exception("contextwarden engine: websocket message")
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        self._send("reply", seq, reply)
+
+    async def ws_server(self, flow_id: str, message: dict) -> None:
+        got = self._ws_flow(flow_id, message)
+        if got is not None:
+            await self.master.addons.trigger_event(WebsocketMessageHook(got[0]))
+
+    async def ws_end(self, flow_id: str, close_code: int | None) -> None:
+        m = self.mirrors.pop(flow_id, None)
+        if m is None:
+            return
+        flow = m[0]
+        if flow.websocket is None:
+            flow.websocket = websocket.WebSocketData()
+        flow.websocket.close_code = close_code
+        await self.master.addons.trigger_event(WebsocketEndHook(flow))
+
+
+INJECT = "contextwarden_engine_inject"
+
+
+def _collect_inject(flow: http.HTTPFlow, data: bytes) -> None:
+    """The WebSocket addon's injection, in the engine: kept on the mirror, sent back with the reply."""
+    flow.metadata.setdefault(INJECT, []).append(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Ctrl-C in a terminal reaches the whole process group: mitmdump's process decides when the
+    # engine stops (it asks, or its end closes the socket), so that it can still finish its flows
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the engine is the proxy: memory and compression run in processes of their own (``auto``), as in mitmdump
+    from contextwarden.memory import service as memory_service
+
+    memory_service.AUTO_PROCESS = "separate"
+    sys.stdout.reconfigure(line_buffering=True)  # its log lines among mitmdump's, as they happen
+    logging.getLogger().setLevel(logging.INFO)  # as mitmdump's: the termlog handler filters by its verbosity
+    sock = socket.socket(fileno=int(argv[0]))
+    first = wire.read_blocking(sock, None)
+    if first is None or first[0] != "start":
+        return 2
+    engine = Engine(sock)
+    try:
+        return asyncio.run(engine.run(first[2]))
+    except Exception as e:
+        log.exception("contextwarden engine")
+        try:
+            wire.send_blocking(sock, "fatal", None, f"{type(e).__name__}: {e}")
+        except OSError:
+            pass
+        return 1

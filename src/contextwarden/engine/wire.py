@@ -1,0 +1,66 @@
+"""Frames between mitmdump's process and the engine: a 4-byte big-endian length, then a pickle.
+
+The two ends are one socket pair made by mitmdump's process for its own child: nothing else can write
+to it, so pickle (the fastest way to move a flow's state, bodies as bytes without copying them into
+text) carries no one else's data. Each frame is a tuple ``(op, key, payload)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+import struct
+from typing import Any
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 1 << 30  # a request body of 1 GB is not a conversation
+
+
+def encode(op: str, key: Any = None, payload: Any = None) -> bytes:
+    data = pickle.dumps((op, key, payload), protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(data)) + data
+
+
+def decode(data: bytes) -> tuple[str, Any, Any]:
+    return pickle.loads(data)
+
+
+async def read(reader: asyncio.StreamReader) -> tuple[str, Any, Any] | None:
+    """The next frame, or None at the end of the stream (the other process is gone)."""
+    try:
+        head = await reader.readexactly(HEADER.size)
+        (n,) = HEADER.unpack(head)
+        if n > MAX_FRAME:
+            raise ValueError(f"engine frame of {n} bytes")
+        return decode(await reader.readexactly(n))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
+def send_blocking(sock: socket.socket, op: str, key: Any = None, payload: Any = None) -> None:
+    sock.sendall(encode(op, key, payload))
+
+
+def read_blocking(sock: socket.socket, timeout: float | None) -> tuple[str, Any, Any] | None:
+    """One frame read before either side runs its event loop (the start-up handshake)."""
+    sock.settimeout(timeout)
+    try:
+        head = _exactly(sock, HEADER.size)
+        if head is None:
+            return None
+        (n,) = HEADER.unpack(head)
+        body = _exactly(sock, n)
+        return None if body is None else decode(body)
+    finally:
+        sock.settimeout(None)
+
+
+def _exactly(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        part = sock.recv(n - len(buf))
+        if not part:
+            return None
+        buf += part
+    return bytes(buf)

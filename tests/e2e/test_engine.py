@@ -1,0 +1,82 @@
+"""The engine process (contextwarden.engine) through a real mitmdump: it runs the request path beside
+mitmdump's process, comes back when it dies, and stops with mitmdump; ``cw_engine=false`` keeps the
+chain in mitmdump's process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.proxy import ProxyProcess
+from tests.support.upstream import StandIn
+
+ENV = {"CONTEXTWARDEN_MEMORY__ENABLED": "false"}
+BODY = {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True,
+        "messages": [{"role": "user", "content": "hello engine"}]}
+HEADERS = {"x-api-key": "sk-ant-engine", "anthropic-version": "2023-06-01"}
+
+
+def engines(pid: int) -> list[int]:
+    out = []
+    for t in Path(f"/proc/{pid}/task").glob("*/children"):
+        for c in t.read_text().split():
+            try:
+                if b"contextwarden.engine" in Path(f"/proc/{c}/cmdline").read_bytes():
+                    out.append(int(c))
+            except OSError:
+                pass
+    return out
+
+
+def ask(proxy: ProxyProcess) -> httpx.Response:
+    r = httpx.post(proxy.url + "/v1/messages", json=BODY, headers=HEADERS, timeout=120, trust_env=False)
+    assert r.status_code == 200 and b"message_stop" in r.content, r.text[:500]
+    return r
+
+
+def test_the_engine_reads_requests_and_answers_comes_back_and_stops_with_mitmdump(tmp_path):
+    with StandIn(sse_delay=0.005) as upstream:
+        proxy = ProxyProcess(tmp_path, profile="claude-code", reverse=upstream.url, env=ENV).start()
+        try:
+            [engine] = engines(proxy.proc.pid)
+            ask(proxy)
+            # the stages ran (in the engine: mitmdump's process has no runtime) and the answer was read
+            assert proxy.wait_events(lambda e: e["type"] == "turn")
+            assert proxy.events("forward")[-1]["data"]["stages"]
+            os.kill(engine, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while proxy.alive and (not engines(proxy.proc.pid) or engines(proxy.proc.pid) == [engine]):
+                ask(proxy)  # forwarded (unchanged while no engine answers) until a new one runs
+                assert time.monotonic() < deadline, "no new engine"
+                time.sleep(0.2)
+            [again] = engines(proxy.proc.pid)
+            assert again != engine and proxy.alive
+            mark = proxy.mark()
+            ask(proxy)
+            assert proxy.wait_events(lambda e: e["type"] == "turn", since=mark)  # the new engine's work
+            assert proxy.events("forward", since=mark)[-1]["data"]["stages"]
+            t = time.monotonic()
+            proxy.proc.send_signal(signal.SIGTERM)
+            proxy.wait_stopped(30)
+            assert time.monotonic() - t < 10
+        finally:
+            proxy.stop()
+    assert not Path(f"/proc/{again}").exists() or b"zombie" in Path(f"/proc/{again}/status").read_bytes().lower()
+    assert proxy.events("shutdown")  # the engine closed its runtime, not killed
+
+
+def test_without_the_engine_the_chain_runs_in_mitmdump(tmp_path):
+    with StandIn(sse_delay=0.005) as upstream:
+        proxy = ProxyProcess(tmp_path, profile="claude-code", reverse=upstream.url, env=ENV,
+                             options={"cw_engine": "false"}).start()
+        try:
+            assert engines(proxy.proc.pid) == []
+            ask(proxy)
+            assert proxy.wait_events(lambda e: e["type"] == "turn")
+            assert proxy.events("forward")[-1]["data"]["stages"]
+        finally:
+            proxy.stop()
