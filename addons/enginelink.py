@@ -7,7 +7,7 @@ rewritten request or an answer in place, dropping or injecting a WebSocket messa
 engine is chosen here by the same classification the interceptor uses, so other traffic (a client's
 telemetry through ``HTTPS_PROXY``) never crosses.
 
-Fail open: a request the engine does not answer within ``REQUEST_TIMEOUT_S`` (or while it is down)
+Fail open: a request the engine does not answer within ``pipeline.engine_timeout_s`` (60 s) (or while it is down)
 goes as the client sent it, and the engine's log says so once it can. An engine that dies is started
 again; requests meanwhile wait for it up to ``RESTART_WAIT_S``, then go unchanged.
 """
@@ -33,7 +33,7 @@ from contextwarden.engine import wire
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0  # the engine's start: imports, the runtime, the tokenizers (first run: their download)
-REQUEST_TIMEOUT_S = 60.0  # the engine enforces the stages' budgets; this only catches an engine that hangs
+REQUEST_TIMEOUT_S = 60.0  # unless the engine's settings say (pipeline.engine_timeout_s)
 RESTART_WAIT_S = 30.0
 STOP_WAIT_S = 8.0  # SIGTERM to exit must stay under 10 s
 BUFFER_LIMIT = 64 << 20  # response copies waiting for the engine: past this, copies stop (bytes still relay)
@@ -49,6 +49,7 @@ class _Engine:
         self.proxy = ready["proxy"]  # its settings' proxy section: what it handles
         self.pid = ready.get("pid")
         self.release_flows = ready.get("release_flows", True)
+        self.timeout_s = ready.get("timeout_s") or REQUEST_TIMEOUT_S
         self.writer: asyncio.StreamWriter | None = None
         self.reading: asyncio.Task | None = None
         self.waiting: dict[int, asyncio.Future] = {}
@@ -118,7 +119,7 @@ class _Engine:
             self.waiting.pop(seq, None)
             return None
         try:
-            return await asyncio.wait_for(fut, REQUEST_TIMEOUT_S)
+            return await asyncio.wait_for(fut, self.timeout_s)
         except asyncio.TimeoutError:
             self.waiting.pop(seq, None)
             return None

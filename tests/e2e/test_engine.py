@@ -80,3 +80,28 @@ def test_without_the_engine_the_chain_runs_in_mitmdump(tmp_path):
             assert proxy.events("forward")[-1]["data"]["stages"]
         finally:
             proxy.stop()
+
+
+def test_a_hung_engine_lets_requests_go_unchanged_and_says_so(tmp_path):
+    env = {**ENV, "CONTEXTWARDEN_PIPELINE__ENGINE_TIMEOUT_S": "2"}
+    with StandIn(sse_delay=0.005) as upstream:
+        proxy = ProxyProcess(tmp_path, profile="claude-code", reverse=upstream.url, env=env).start()
+        try:
+            [engine] = engines(proxy.proc.pid)
+            ask(proxy)
+            assert proxy.wait_events(lambda e: e["type"] == "turn")
+            os.kill(engine, signal.SIGSTOP)  # alive, answering nothing
+            try:
+                t = time.monotonic()
+                ask(proxy)  # the client's own request went upstream after the link's timeout
+                assert 2 <= time.monotonic() - t < 30
+                assert upstream.requests("/v1/messages")[-1].json()["messages"] == BODY["messages"]
+            finally:
+                os.kill(engine, signal.SIGCONT)
+            assert proxy.wait_events(lambda e: e["type"] == "error" and e["data"].get("where") == "engine link")
+            assert engines(proxy.proc.pid) == [engine]  # the same engine carries on
+            mark = proxy.mark()
+            ask(proxy)
+            assert proxy.wait_events(lambda e: e["type"] == "turn", since=mark)
+        finally:
+            proxy.stop()

@@ -85,7 +85,8 @@ class Engine:
         rt = self.warden.runtime
         self._proxy_sent = rt.settings.proxy
         wire.send_blocking(self.sock, "ready", None, {"proxy": rt.settings.proxy, "pid": os.getpid(),
-                                                      "release_flows": rt.settings.pipeline.release_flows})
+                                                      "release_flows": rt.settings.pipeline.release_flows,
+                                                      "timeout_s": rt.settings.pipeline.engine_timeout_s})
         self.sock.setblocking(False)
         reader, self.writer = await asyncio.open_connection(sock=self.sock)
         loop = asyncio.get_running_loop()

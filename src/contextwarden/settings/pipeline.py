@@ -79,6 +79,11 @@ class PipelineSection(Section):
     walks every live object that is not frozen: ~0.1-0.4 s holding the interpreter lock at that load,
     a pause every request in flight waits out, so the rarer the better (bench/load_bench.py prints them)."""
 
+    engine_timeout_s: float = 60.0
+    """How long mitmdump's process waits for the engine's answer to a request before sending the client's
+    own (``contextwarden.engine``: the engine enforces the stages' budgets itself; this only catches an
+    engine that hangs or is stopped). An ``error`` event (``where: engine link``) says so."""
+
     release_flows: bool = True
     """A finished flow is freed by reference counting (``contextwarden.flowrelease``): once mitmproxy drops
     a request's stream layer, the layer's reference to its flow is cut, so the flow and its request and
