@@ -38,15 +38,20 @@ def ask(proxy: ProxyProcess) -> httpx.Response:
     return r
 
 
+def ask_and_read(proxy: ProxyProcess) -> None:
+    """A request, its stages run and its answer read (a ``turn`` event) by the engine."""
+    mark = proxy.mark()
+    ask(proxy)
+    assert proxy.wait_events(lambda e: e["type"] == "turn", since=mark)
+    assert proxy.events("forward", since=mark)[-1]["data"]["stages"]
+
+
 def test_the_engine_reads_requests_and_answers_comes_back_and_stops_with_mitmdump(tmp_path):
     with StandIn(sse_delay=0.005) as upstream:
         proxy = ProxyProcess(tmp_path, profile="claude-code", reverse=upstream.url, env=ENV).start()
         try:
             [engine] = engines(proxy.proc.pid)
-            ask(proxy)
-            # the stages ran (in the engine: mitmdump's process has no runtime) and the answer was read
-            assert proxy.wait_events(lambda e: e["type"] == "turn")
-            assert proxy.events("forward")[-1]["data"]["stages"]
+            ask_and_read(proxy)  # in the engine: mitmdump's process has no runtime
             os.kill(engine, signal.SIGKILL)
             deadline = time.monotonic() + 60
             while proxy.alive and (not engines(proxy.proc.pid) or engines(proxy.proc.pid) == [engine]):
@@ -55,10 +60,7 @@ def test_the_engine_reads_requests_and_answers_comes_back_and_stops_with_mitmdum
                 time.sleep(0.2)
             [again] = engines(proxy.proc.pid)
             assert again != engine and proxy.alive
-            mark = proxy.mark()
-            ask(proxy)
-            assert proxy.wait_events(lambda e: e["type"] == "turn", since=mark)  # the new engine's work
-            assert proxy.events("forward", since=mark)[-1]["data"]["stages"]
+            ask_and_read(proxy)  # the new engine's work
             t = time.monotonic()
             proxy.proc.send_signal(signal.SIGTERM)
             proxy.wait_stopped(30)
@@ -75,9 +77,7 @@ def test_without_the_engine_the_chain_runs_in_mitmdump(tmp_path):
                              options={"cw_engine": "false"}).start()
         try:
             assert engines(proxy.proc.pid) == []
-            ask(proxy)
-            assert proxy.wait_events(lambda e: e["type"] == "turn")
-            assert proxy.events("forward")[-1]["data"]["stages"]
+            ask_and_read(proxy)
         finally:
             proxy.stop()
 
@@ -88,8 +88,7 @@ def test_a_hung_engine_lets_requests_go_unchanged_and_says_so(tmp_path):
         proxy = ProxyProcess(tmp_path, profile="claude-code", reverse=upstream.url, env=env).start()
         try:
             [engine] = engines(proxy.proc.pid)
-            ask(proxy)
-            assert proxy.wait_events(lambda e: e["type"] == "turn")
+            ask_and_read(proxy)
             os.kill(engine, signal.SIGSTOP)  # alive, answering nothing
             try:
                 t = time.monotonic()
@@ -100,8 +99,6 @@ def test_a_hung_engine_lets_requests_go_unchanged_and_says_so(tmp_path):
                 os.kill(engine, signal.SIGCONT)
             assert proxy.wait_events(lambda e: e["type"] == "error" and e["data"].get("where") == "engine link")
             assert engines(proxy.proc.pid) == [engine]  # the same engine carries on
-            mark = proxy.mark()
-            ask(proxy)
-            assert proxy.wait_events(lambda e: e["type"] == "turn", since=mark)
+            ask_and_read(proxy)
         finally:
             proxy.stop()
