@@ -30,6 +30,8 @@ from contextwarden import flowrelease
 from contextwarden.apis import classify, classify_websocket
 from contextwarden.engine import wire
 
+from .counttokens import SUFFIX as COUNT_TOKENS
+
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0  # the engine's start: imports, the runtime, the tokenizers (first run: their download)
@@ -37,7 +39,6 @@ REQUEST_TIMEOUT_S = 60.0  # unless the engine's settings say (pipeline.engine_ti
 RESTART_WAIT_S = 30.0
 STOP_WAIT_S = 8.0  # SIGTERM to exit must stay under 10 s
 BUFFER_LIMIT = 64 << 20  # response copies waiting for the engine: past this, copies stop (bytes still relay)
-_COUNT_TOKENS = "/count_tokens"
 
 
 class _Engine:
@@ -259,8 +260,8 @@ class EngineLink:
             if classify("POST", req.host, req.port, req.path, proxy, reverse) is not None:
                 return True
             path = req.path.split("?", 1)[0].rstrip("/")
-            return path.endswith(_COUNT_TOKENS) and \
-                classify("POST", req.host, req.port, path[: -len(_COUNT_TOKENS)], proxy, reverse) is not None
+            return path.endswith(COUNT_TOKENS) and \
+                classify("POST", req.host, req.port, path[: -len(COUNT_TOKENS)], proxy, reverse) is not None
         if req.method == "GET" and (req.headers.get("upgrade") or "").lower() == "websocket":
             return classify_websocket(req.host, req.port, req.path, proxy, reverse) is not None
         return False
