@@ -16,19 +16,18 @@ import asyncio
 import logging
 
 from mitmproxy import http
-from mitmproxy.proxy.mode_specs import ReverseMode
 
-from contextwarden.apis import classify
+from contextwarden.apis import COUNT
 from contextwarden.models.base import ApiKind
 from contextwarden import lifecycle
 from contextwarden.pipeline import Skip
 
 from .interceptor import consume_headers
+from .routing import route_of
 from .warden import Warden
 
 log = logging.getLogger(__name__)
 
-SUFFIX = "/count_tokens"
 
 
 class CountTokens:
@@ -38,13 +37,10 @@ class CountTokens:
     async def request(self, flow: http.HTTPFlow) -> None:
         rt = self.warden.runtime
         req = flow.request
-        if rt is None or flow.response is not None or req.method != "POST":
+        if rt is None or flow.response is not None:
             return
-        path = req.path.split("?", 1)[0].rstrip("/")
-        if not path.endswith("/v1/messages" + SUFFIX):
-            return
-        reverse = isinstance(getattr(flow.client_conn, "proxy_mode", None), ReverseMode)
-        if classify("POST", req.host, req.port, path[: -len(SUFFIX)], rt.settings.proxy, reverse) is not ApiKind.ANTHROPIC:
+        got = route_of(flow, rt.settings.proxy)
+        if got is None or got[0] != COUNT:
             return
         consumed = consume_headers(req.headers, rt.settings.proxy.consumed_headers)  # never sent upstream
         if rt.settings.proxy.observe_only or consumed.get("x-contextwarden-bypass") or not rt.stages():

@@ -7,13 +7,13 @@ import logging
 import time
 
 from mitmproxy import http
-from mitmproxy.proxy.mode_specs import ReverseMode
 
-from contextwarden.apis import classify
+from contextwarden.apis import HTTP
 from contextwarden.flowstate import FlowState
 from contextwarden import lifecycle
 from contextwarden.pipeline import Skip
 
+from .routing import route_of
 from .warden import Warden
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,10 @@ class Interceptor:
         if rt is None or flow.response is not None:
             return
         req = flow.request
-        reverse = isinstance(getattr(flow.client_conn, "proxy_mode", None), ReverseMode)
-        api = classify(req.method, req.host, req.port, req.path, rt.settings.proxy, reverse)
-        if api is None:
+        got = route_of(flow, rt.settings.proxy)
+        if got is None or got[0] != HTTP:
             return
+        api = got[1]
         consumed = consume_headers(req.headers, rt.settings.proxy.consumed_headers)
         state = FlowState(api=api, t_request=time.time())
         flow.metadata["contextwarden"] = state

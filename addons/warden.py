@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 
-from contextwarden import census, flowrelease
+from contextwarden import census, flowrelease, typecheckfix
 from contextwarden.home import default_home
 from contextwarden.runtime import Runtime
 from contextwarden.sealing import SealError
@@ -74,6 +74,7 @@ class Warden:
         try:
             if runtime.settings.pipeline.release_flows:
                 flowrelease.install()
+                typecheckfix.install()  # (the engine's mirrors too: their bodies no longer wait for a collection)
             runtime.tune_malloc()
             runtime.settle_gc("startup")
         except Exception as e:  # tuning must never stop the proxy

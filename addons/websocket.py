@@ -29,14 +29,14 @@ import orjson
 from mitmproxy import ctx as mitmctx
 from mitmproxy import http
 from mitmproxy.proxy.layers import websocket as ws_layer
-from mitmproxy.proxy.mode_specs import ReverseMode
 
-from contextwarden.apis import classify_websocket
+from contextwarden.apis import WEBSOCKET
 from contextwarden.flowstate import FlowState
 from contextwarden.streams import ResponseTap
 
 from .interceptor import Interceptor, consume_headers
 from .observer import Observer
+from .routing import route_of
 from .warden import Warden
 
 log = logging.getLogger(__name__)
@@ -103,13 +103,12 @@ class WebSocketResponses:
         the proxy off the upgrade request (by its real host: a test redirect runs after this)."""
         rt = self.warden.runtime
         req = flow.request
-        if rt is None or flow.response is not None or req.method != "GET" \
-                or (req.headers.get("upgrade") or "").lower() != "websocket":
+        if rt is None or flow.response is not None:
             return
-        reverse = isinstance(getattr(flow.client_conn, "proxy_mode", None), ReverseMode)
-        api = classify_websocket(req.host, req.port, req.path, rt.settings.proxy, reverse)
-        if api is None:
+        got = route_of(flow, rt.settings.proxy)
+        if got is None or got[0] != WEBSOCKET:
             return
+        api = got[1]
         consumed = consume_headers(req.headers, rt.settings.proxy.consumed_headers)
         flow.metadata[KEY] = _Socket(api, req.host, req.path, list(req.headers.items(multi=True)), consumed)
 

@@ -158,10 +158,12 @@ class Phase:
 
 
 async def run_phase(phase: Phase, url: str, sessions: list[Session], seconds: float, records: dict,
-                    lock: threading.Lock) -> None:
+                    lock: threading.Lock, stagger: float = 0.0) -> None:
     stop = time.monotonic() + seconds
 
     async def one(s: Session) -> None:
+        if stagger > 0:  # session k starts k/n of the way into the stagger (users who did not all start at once)
+            await asyncio.sleep(stagger * s.k / max(1, len(sessions)))
         async with httpx.AsyncClient(timeout=180, trust_env=False) as c:
             while time.monotonic() < stop:
                 rid = uuid.uuid4().hex
@@ -367,11 +369,18 @@ def main() -> int:
     ap.add_argument("--sse-delay", type=float, default=None,
                     help="seconds between the stand-in's SSE events (overrides --step-seconds and --heavy)")
     ap.add_argument("--profile", default="claude-code")
+    ap.add_argument("--stagger", type=float, default=0.0, metavar="SECONDS",
+                    help="start the sessions spread over this many seconds, in every phase (default 0: all at "
+                         "once, as the issue measured: their histories then grow in step, and every session's "
+                         "clearing step falls in the same few seconds); ~100 s, one session's life at the "
+                         "issue's pace, is the steady state of independent users")
     ap.add_argument("--idle", type=float, default=0, help="seconds of idle after the load, RSS sampled (shrinks?)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--py-spy", default=None, metavar="FILE",
                     help="record the proxy process with py-spy during the load (collapsed stacks to FILE)")
     ap.add_argument("--py-spy-gil", action="store_true", help="with --py-spy: only the thread holding the GIL")
+    ap.add_argument("--py-spy-of", choices=("proxy", "engine"), default="proxy",
+                    help="with --py-spy: mitmdump's process (default) or the engine's")
     ap.add_argument("--plain", action="store_true",
                     help="also run the sessions through plain mitmdump (no contextwarden): mitmproxy's own share")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -410,12 +419,12 @@ def main() -> int:
     print(f"pace: {pace}", flush=True)
     standin._record = keep
     work = Path(tempfile.mkdtemp(prefix="cw-load-"))
-    results: dict = {"sessions": args.sessions, "seconds": args.seconds, "step_tokens": args.step_tokens, "pace": pace,
+    results: dict = {"sessions": args.sessions, "seconds": args.seconds, "step_tokens": args.step_tokens, "pace": pace, "stagger_s": args.stagger,
                      "sse_delay_s": standin.sse_delay}
     try:
         direct = Phase("direct")
         print(f"direct: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
-        asyncio.run(run_phase(direct, standin.url, make_sessions(), args.seconds, records, lock))
+        asyncio.run(run_phase(direct, standin.url, make_sessions(), args.seconds, records, lock, args.stagger))
         records.clear()
         plain = None
         if args.plain:
@@ -426,7 +435,7 @@ def main() -> int:
             pp.start()
             print(f"plain mitmdump: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
             c0 = cpu_s(pp.proc.pid)
-            asyncio.run(run_phase(plain, pp.url, make_sessions(), args.seconds, records, lock))
+            asyncio.run(run_phase(plain, pp.url, make_sessions(), args.seconds, records, lock, args.stagger))
             plain.cpu_ms = (cpu_s(pp.proc.pid) - c0) * 1000 / max(1, plain.completed)
             pp.stop()
             records.clear()
@@ -463,11 +472,12 @@ def main() -> int:
         through = Phase("proxy")
         mark = proxy.mark()
         print(f"proxy: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
-        spy = start_py_spy(proxy.proc.pid, Path(args.py_spy), args.seconds, args.py_spy_gil) if args.py_spy else None
         engine_pid = engine_child(proxy.proc.pid)
+        spied = engine_pid if args.py_spy_of == "engine" and engine_pid else proxy.proc.pid
+        spy = start_py_spy(spied, Path(args.py_spy), args.seconds, args.py_spy_gil) if args.py_spy else None
         th0, te0 = thread_cpu(proxy.proc.pid), thread_cpu(engine_pid) if engine_pid else {}
         cpu0 = cpu_now(proxy.proc.pid)
-        asyncio.run(run_phase(through, proxy.url, make_sessions(), args.seconds, records, lock))
+        asyncio.run(run_phase(through, proxy.url, make_sessions(), args.seconds, records, lock, args.stagger))
         cpu = cpu_spent(cpu0, cpu_now(proxy.proc.pid))
         th1, te1 = thread_cpu(proxy.proc.pid), thread_cpu(engine_pid) if engine_pid else {}
         if spy is not None:
@@ -561,7 +571,8 @@ def main() -> int:
                                "cpu_ms_per_request": round(plain.cpu_ms, 2)}
     r = results
     print()
-    print(f"{args.sessions} sessions, {args.seconds:.0f} s a phase, pace: {pace}")
+    print(f"{args.sessions} sessions, {args.seconds:.0f} s a phase, pace: {pace}"
+          + (f", starts spread over {args.stagger:g} s" if args.stagger else ", all starting at once"))
     print(f"{'':10}{'completed':>10}{'errors':>8}{'req/s':>8}{'ttfb p50':>10}{'ttfb p99':>10}{'identical':>14}")
     for name in ("direct", "mitmdump", "proxy"):
         if name not in r:

@@ -88,3 +88,17 @@ def test_lost_texts_are_read_into_the_prefilter_once_they_hold_enough_and_then_u
     for _ in range(5):
         assert [x.memory_id for x in index.unread(lost, frozenset({"src/mod150.py"}))] == ["m150"]
     assert all(index._runs.bit(x.memory_id) is not None for x in lost)
+
+
+def test_the_index_is_out_of_the_garbage_collectors_sight():
+    """Its dicts hold only atoms (bytes, ints): a full collection, which holds the interpreter lock,
+    never walks them (under issue 19's load the conversations' indexes were two thirds of the
+    engine's tracked objects, as lists of runs)."""
+    import gc
+
+    pre = Prefilter()
+    for i in range(40):
+        pre.add(f"t{i}", " ".join(f"name_{i}_{j} value{j * i} path/to/file_{j}.py" for j in range(200)))
+    gc.collect()
+    assert not any(gc.is_tracked(d) for d in (pre._bit, pre._texts, pre._run, pre._grams))
+    assert pre.holders(["file_7.py"])["file_7.py"] == (1 << 40) - 1

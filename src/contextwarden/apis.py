@@ -47,3 +47,32 @@ def classify_websocket(host: str, port: int, path: str, proxy: ProxySection, rev
     (each client ``response.create`` message is one request); None for any other WebSocket."""
     api = classify("POST", host, port, path, proxy, reverse)
     return api if api is ApiKind.OPENAI_RESPONSES else None
+
+
+COUNT_TOKENS = "/count_tokens"  # Anthropic's token count of a Messages body: ``/v1/messages/count_tokens``
+
+# What :func:`route` says a request is, by the addon that takes it
+HTTP, COUNT, WEBSOCKET = "http", "count_tokens", "websocket"
+
+
+def route(method: str, host: str, port: int, path: str, upgrade: str | None, proxy: ProxySection,
+          reverse: bool = False) -> tuple[str, ApiKind] | None:
+    """Which of contextwarden's handlers takes a request, and its API: ``(HTTP, api)`` for a request the
+    stages run on (the interceptor), ``(COUNT, ANTHROPIC)`` for a Messages count_tokens request (rewritten
+    into the session's decided state), ``(WEBSOCKET, OPENAI_RESPONSES)`` for the opening of a Responses
+    WebSocket; None for anything else (it passes untouched). The one decision the interceptor, the
+    count_tokens and WebSocket addons and the engine link all take, so that what crosses to the engine
+    is exactly what the engine handles. ``upgrade``: the request's ``Upgrade`` header."""
+    if method == "POST":
+        api = classify(method, host, port, path, proxy, reverse)
+        if api is not None:
+            return HTTP, api
+        p = path.split("?", 1)[0].rstrip("/")
+        if p.endswith("/v1/messages" + COUNT_TOKENS) and \
+                classify("POST", host, port, p[: -len(COUNT_TOKENS)], proxy, reverse) is ApiKind.ANTHROPIC:
+            return COUNT, ApiKind.ANTHROPIC
+        return None
+    if method == "GET" and (upgrade or "").lower() == "websocket":
+        api = classify_websocket(host, port, path, proxy, reverse)
+        return (WEBSOCKET, api) if api is not None else None
+    return None

@@ -6,9 +6,11 @@
 - ``settle``: once warm, what exists is frozen out of the collector's sight and the young generation is
   collected less often (``pipeline.gc_tuning``, ``gc_threshold``);
 - ``background``: under load a full collection at least every ``pipeline.gc_full_s`` (the cyclic garbage
-  of requests: mitmproxy's finished stream layers and type-check tracebacks; the flows themselves are
-  freed by reference counting, ``flowrelease``), and once per idle spell of ``pipeline.gc_idle_s`` a full
-  collection and ``malloc_trim`` (the RSS shrinks).
+  of requests: mitmproxy's finished stream layers; the flows themselves are freed by reference counting,
+  ``flowrelease`` and ``typecheckfix``), its survivors then frozen (``gc_freeze_under_load``: the next
+  one walks only what is newer) and the freed heap trimmed; once per idle spell of
+  ``pipeline.gc_idle_s`` a full collection of everything not frozen at start-up and ``malloc_trim``
+  (the RSS shrinks).
 """
 
 from __future__ import annotations
@@ -79,9 +81,11 @@ class FullCollections:
     def __init__(self) -> None:
         self.seen = gc.get_stats()[2]["collections"]
         self.last = time.monotonic()
+        self.frozen = False  # survivors frozen under load since the last idle collection
 
-    def due(self, every_s: float) -> dict[str, Any] | None:
-        """Collect when the last full collection is ``every_s`` old (0: never); what it did, or None."""
+    def due(self, every_s: float, freeze: bool = False) -> dict[str, Any] | None:
+        """Collect when the last full collection is ``every_s`` old (0: never); what it did, or None.
+        ``freeze``: then freeze what survived (the next one walks only what is newer)."""
         now = time.monotonic()
         n = gc.get_stats()[2]["collections"]
         if n != self.seen:  # one ran meanwhile (thresholds, the idle one, someone's gc.collect())
@@ -90,11 +94,17 @@ class FullCollections:
             return None
         t0, c0 = time.perf_counter(), time.thread_time()
         freed = gc.collect()
+        if freeze:
+            gc.freeze()  # O(1): the survivors move to the permanent generation
+            self.frozen = True
         self.seen, self.last = gc.get_stats()[2]["collections"], time.monotonic()
         # cpu_ms: the collection's own work (holding the interpreter lock); ms also counts the time
         # other threads ran meanwhile (the garbage's finalizers are Python code that lets them)
         return {"freed": freed, "ms": round((time.perf_counter() - t0) * 1000, 1),
-                "cpu_ms": round((time.thread_time() - c0) * 1000, 1)}
+                "cpu_ms": round((time.thread_time() - c0) * 1000, 1), "frozen": gc.get_freeze_count() if freeze else None}
+
+
+TRIM_S = 60.0  # under load, malloc_trim after a full collection at most this often
 
 
 def background(rt) -> None:
@@ -104,17 +114,31 @@ def background(rt) -> None:
     came for ``gc_idle_s`` and some is due (the raised thresholds make them rare under load; this runs
     them while nobody waits)."""
     done_at = -1.0
+    trimmed_at = float("-inf")  # (the first collection under load trims)
     full = FullCollections()
     while not rt._closed.wait(1.0):
         p = rt.settings.pipeline
         # (only while requests come: an idle proxy has its idle collection, and nothing to free)
-        info = full.due(p.gc_full_s) if rt.last_request >= full.last else None
+        info = full.due(p.gc_full_s, p.gc_tuning and p.gc_freeze_under_load) if rt.last_request >= full.last else None
         if info is not None:
+            # and, at most once a TRIM_S, the freed heap back to the system: under a load that never
+            # pauses there is no idle spell to do it in, and glibc keeps what was freed (a foreign
+            # call: the interpreter lock is not held, but an allocation waits for the arena it trims)
+            if time.monotonic() - trimmed_at >= TRIM_S:
+                t0 = time.perf_counter()
+                info["trimmed"] = trim_malloc()
+                info["trim_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+                trimmed_at = float("-inf")  # (the first collection under load trims)
             rt.bus.emit("gc", {"reason": "load", **info})
         if p.gc_idle_s <= 0:
             continue
         if time.monotonic() - rt.last_request >= p.gc_idle_s and rt.last_request > done_at:
-            if gc.get_count()[2] > 0:
+            if full.frozen:  # what was frozen under load and has become cyclic garbage since: freed now
+                full.frozen = False
+                gc.unfreeze()
+                rt.bus.emit("gc", {"reason": "idle", "freed": gc.collect()})
+                gc.freeze()
+            elif gc.get_count()[2] > 0:
                 gc.collect()
             trim_malloc()  # once per idle spell: give the freed heap back to the system (RSS shrinks)
             done_at = time.monotonic()

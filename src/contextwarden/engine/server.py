@@ -87,8 +87,7 @@ class Engine:
         wire.send_blocking(self.sock, "ready", None, {"proxy": rt.settings.proxy, "pid": os.getpid(),
                                                       "release_flows": rt.settings.pipeline.release_flows,
                                                       "timeout_s": rt.settings.pipeline.engine_timeout_s})
-        self.sock.setblocking(False)
-        reader, self.writer = await asyncio.open_connection(sock=self.sock)
+        reader, self.writer = await wire.open_stream(self.sock)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -15,6 +15,26 @@ from typing import Any
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 1 << 30  # a request body of 1 GB is not a conversation
+# A frame is a whole request (~600 KB at 150K tokens) or its rewrite. With the defaults (a 208 KB socket
+# buffer, a StreamReader that stops reading past 128 KB) one frame took several turns of each side's
+# event loop, each waiting behind whatever else the loop had to do; with these it crosses in one or two.
+BUFFER = 4 << 20  # SO_SNDBUF / SO_RCVBUF asked for (the kernel caps it at net.core.[wr]mem_max)
+READ_LIMIT = 16 << 20  # the StreamReader's limit: it reads on until this much waits unread
+
+
+def tune(sock: socket.socket) -> None:
+    """Large buffers on one end of the pair (the kernel may give less; nothing else changes)."""
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, BUFFER)
+        except OSError:
+            pass
+
+
+async def open_stream(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """asyncio's streams on one end of the pair, read in large steps."""
+    sock.setblocking(False)
+    return await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
 
 
 def encode(op: str, key: Any = None, payload: Any = None) -> bytes:

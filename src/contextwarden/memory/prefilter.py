@@ -17,11 +17,17 @@ sight (one ``bytes.translate`` and ``split`` of the text's UTF-8) and never rule
 The answer is a superset of the texts holding ``s`` (a string without a run of ``MIN_RUN`` bytes
 rules nothing out): the caller still tests those exactly. Bounded: past ``max_texts`` texts or
 ``max_runs`` runs it takes no more texts, and the caller tests those it does not know.
+
+Out of the garbage collector's sight: every key and value here is an atom (a trigram's runs are their
+numbers packed in one ``bytes``, extended once per text read), so its dicts are never tracked. A list of runs per trigram made the conversations' indexes two
+thirds of the engine's tracked objects under issue 19's load (233K lists), and every full collection,
+which holds the interpreter lock, walked them all (300-500 ms a collection).
 """
 
 from __future__ import annotations
 
 import threading
+from array import array
 from typing import Iterable
 
 # Read as UTF-8 (a substring's bytes are a substring of the text's bytes), where translating and
@@ -47,7 +53,8 @@ class Prefilter:
         self._lock = threading.Lock()
         self._bit: dict[str, int] = {}  # a text's key -> its bit in the masks
         self._texts: dict[bytes, int] = {}  # a run of MIN_RUN bytes or more -> the mask of the texts that have it
-        self._grams: dict[bytes, list[bytes]] = {}  # a trigram -> the runs holding it
+        self._run: dict[int, bytes] = {}  # a run's number -> the run
+        self._grams: dict[bytes, bytes] = {}  # a trigram -> the numbers of the runs holding it (packed "i")
 
     def bit(self, key: str) -> int | None:
         """The text's bit; None when it was not added."""
@@ -64,13 +71,24 @@ class Prefilter:
             if len(self._bit) >= self.max_texts or len(self._texts) >= self.max_runs:
                 return False
             bit = self._bit[key] = 1 << len(self._bit)
-            texts, grams = self._texts, self._grams
+            texts, numbered = self._texts, self._run
+            new: dict[bytes, list[int]] = {}  # (this text's, then packed onto each trigram's bytes once)
             for r in long:
                 m = texts.get(r)
                 texts[r] = bit if m is None else m | bit
                 if m is None:  # a run new to the conversation: listed under each of its trigrams
+                    n = len(numbered)
+                    numbered[n] = r
                     for i in range(len(r) - 2):
-                        grams.setdefault(r[i:i + 3], []).append(r)
+                        g = r[i:i + 3]
+                        a = new.get(g)
+                        if a is None:
+                            new[g] = [n]
+                        else:
+                            a.append(n)
+            grams = self._grams
+            for g, a in new.items():
+                grams[g] = grams.get(g, b"") + array("i", a).tobytes()
             return True
 
     def read(self, texts: Iterable[tuple[str, str]], chars: int) -> None:
@@ -101,7 +119,7 @@ class Prefilter:
 
     def _run_holders(self, r: bytes) -> int:
         """The mask of the texts with a run that holds ``r``."""
-        rarest: list[bytes] | None = None
+        rarest: bytes | None = None
         for i in range(len(r) - 2):
             got = self._grams.get(r[i:i + 3])
             if got is None:
@@ -109,7 +127,9 @@ class Prefilter:
             if rarest is None or len(got) < len(rarest):
                 rarest = got
         m = 0
-        for run in rarest or ():
+        numbered, texts = self._run, self._texts
+        for n in memoryview(rarest or b"").cast("i"):
+            run = numbered[n]
             if r in run:
-                m |= self._texts[run]
+                m |= texts[run]
         return m

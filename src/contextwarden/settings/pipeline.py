@@ -71,13 +71,23 @@ class PipelineSection(Section):
     gc_idle_s: float = 5.0
     """With ``gc_tuning``: a full collection runs once the proxy has had no request for this long (0: never)."""
 
-    gc_full_s: float = 60.0
+    gc_full_s: float = 15.0
     """With ``gc_tuning``: under load, a full collection at least this often (0: only when idle). Once
     mitmproxy's finished flows (request and response bodies) waited as cyclic garbage for it, ~15 MB/s at
-    issue 19's load, so it ran every 10 s; with ``release_flows`` they are freed by reference counting
-    and what waits is small (their stream layers, mitmproxy's type-check tracebacks: ~0.3 MB/s). Each
-    walks every live object that is not frozen: ~0.1-0.4 s holding the interpreter lock at that load,
-    a pause every request in flight waits out, so the rarer the better (bench/load_bench.py prints them)."""
+    issue 19's load; with ``release_flows`` they are freed by reference counting and what waits is small.
+    Each walks every live object that is not frozen, holding the interpreter lock (a pause every request
+    in flight waits out). With ``gc_freeze_under_load`` what survives one is frozen, so the next walks
+    only what was made since: the more often, the shorter each pause (issue 19's load, the engine: every
+    60 s, 130-190 ms of CPU each; every 15 s, a quarter of that), the same work in all."""
+
+    gc_freeze_under_load: bool = True
+    """With ``gc_tuning``: what survives a full collection under load is frozen (``gc.freeze``), so the
+    next one walks only what was made since: the conversations' histories, which live as long as their
+    sessions, are walked once, not every ``gc_full_s`` (issue 19: a collection's pause 230-340 ms at
+    p50/max after the cycles below were gone, every request in flight waiting it out). What is frozen
+    and later dies is freed by reference counting as before; cyclic garbage among it waits for the idle
+    collection, which unfreezes first. Safe because the request path makes next to no cyclic garbage
+    (``release_flows``, ``contextwarden.typecheckfix``; a ``gc`` event's ``freed`` shows it)."""
 
     engine_timeout_s: float = 60.0
     """How long mitmdump's process waits for the engine's answer to a request before sending the client's
@@ -89,7 +99,9 @@ class PipelineSection(Section):
     a request's stream layer, the layer's reference to its flow is cut, so the flow and its request and
     response bodies do not wait as cyclic garbage for a full collection. Process-wide, applied at
     start-up (a patch of mitmproxy's HTTP layer; skipped, with a warning, on a mitmproxy whose layer
-    differs)."""
+    differs). With it, mitmproxy's type check of optional fields no longer leaves an exception cycle
+    holding the flow being built (``contextwarden.typecheckfix``: every request and response, and each
+    mirror the engine rebuilds)."""
 
     malloc_keep_mb: int = 64
     """On Linux with glibc: the C allocator keeps up to this much freed memory for reuse and serves
