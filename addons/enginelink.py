@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -64,7 +63,7 @@ class _Engine:
         wire.tune(mine)
         wire.tune(theirs)
         proc = subprocess.Popen([sys.executable, "-m", "contextwarden.engine", str(theirs.fileno())],
-                                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=engine_env())
+                                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         theirs.close()
         try:
             wire.send_blocking(mine, "start", None, options)
@@ -152,20 +151,6 @@ class _Engine:
         except subprocess.TimeoutExpired:
             pass
         _end(self.proc, self.sock)
-
-
-ARENAS = "2"
-
-
-def engine_env() -> dict[str, str]:
-    """The engine's environment: mitmdump's, with glibc's malloc arenas capped at ``ARENAS`` unless the
-    user set ``MALLOC_ARENA_MAX``. Its sixteen stage threads each got an arena of their own (up to eight
-    per core), each keeping its own freed blocks of the requests it handled: the engine's RSS grew past
-    what it held (issue 19's 1.5 GB). Its threads take turns on one interpreter lock, so they seldom
-    allocate at the same moment and sharing two arenas costs them nothing measurable."""
-    env = dict(os.environ)
-    env.setdefault("MALLOC_ARENA_MAX", ARENAS)
-    return env
 
 
 def _end(proc: subprocess.Popen, sock: socket.socket) -> None:

@@ -6,7 +6,6 @@ import pytest
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 
-from contextwarden.addons.enginelink import engine_env
 from contextwarden.addons.routing import route_of
 from contextwarden.apis import COUNT, HTTP, WEBSOCKET, route
 from contextwarden.models.base import ApiKind
@@ -49,10 +48,3 @@ def test_in_reverse_mode_the_host_is_the_configured_upstream(proxy):
     assert route_of(f, proxy) == (COUNT, A)
     f.request.path = "/v1/messages"
     assert route_of(f, proxy) == (HTTP, A)
-
-
-def test_the_engine_gets_capped_malloc_arenas_unless_the_user_chose(monkeypatch):
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    assert engine_env()["MALLOC_ARENA_MAX"] == "2"
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
-    assert engine_env()["MALLOC_ARENA_MAX"] == "8"

@@ -51,8 +51,6 @@ def test_the_engine_reads_requests_and_answers_comes_back_and_stops_with_mitmdum
         proxy = ProxyProcess(tmp_path, profile="claude-code", reverse=upstream.url, env=ENV).start()
         try:
             [engine] = engines(proxy.proc.pid)
-            # glibc's arenas capped for the engine's many threads (its RSS), unless the user chose
-            assert b"MALLOC_ARENA_MAX=2" in Path(f"/proc/{engine}/environ").read_bytes().split(b"\0")
             ask_and_read(proxy)  # in the engine: mitmdump's process has no runtime
             os.kill(engine, signal.SIGKILL)
             deadline = time.monotonic() + 60
