@@ -30,6 +30,9 @@ proxied request of the proxy and of its memory process (steadier than latency on
     --py-spy FILE        py-spy record of the proxy during the load (collapsed stacks; --py-spy-gil: only
                          the thread holding the interpreter lock, i.e. where its CPU goes)
     --set KEY=VALUE      a proxy setting for the run (pipeline.switch_interval_ms=5 ...)
+    --stagger SECONDS    start the sessions spread over this long (default 0: all at once, as the issue
+                         measured; their clearing steps then fall in the same seconds of every cycle)
+    --py-spy-of engine   with --py-spy: profile the engine process instead of mitmdump's
 
 A fall-back is a request that went out without its new work (the forward event's ``fallback``:
 the session's decided state, or the client's original), because a stage ran past its budget or failed.
