@@ -93,12 +93,17 @@ def test_the_proxy_collects_under_load(tmp_path):
     within ``gc_full_s``, so a finished flow's cycle is freed while the load lasts."""
     with _collecting_runtime(tmp_path, 60.0) as rt:
         garbage = _cycle()
-        deadline = time.monotonic() + 5
-        while garbage() is not None and time.monotonic() < deadline:
+
+        def loads() -> list[dict]:
+            return [e.data for e in rt.bus.recent if e.type == "gc" and e.data.get("reason") == "load"]
+
+        deadline = time.monotonic() + 10
+        # (the collection frees it before its event is emitted, after the trim: both are waited for)
+        while (garbage() is not None or not loads()) and time.monotonic() < deadline:
             rt.last_request = time.monotonic()  # under load
             time.sleep(0.05)
         assert garbage() is None
-        load = [e.data for e in rt.bus.recent if e.type == "gc" and e.data.get("reason") == "load"]
+        load = loads()
         assert load
         # followed by malloc_trim (no idle spell to do it in under a load that never pauses), at most
         # once a TRIM_S
@@ -133,16 +138,16 @@ def test_under_load_the_survivors_are_frozen_and_the_idle_collection_frees_what_
     with _collecting_runtime(tmp_path, 1.0) as rt:
         alive = _Flowish()  # alive during the collection under load: frozen with the survivors
         garbage = weakref.ref(alive)
-        frozen0 = gc.get_freeze_count()
         deadline = time.monotonic() + 10
         while not [e for e in rt.bus.recent if e.type == "gc" and e.data.get("reason") == "load"]:
             rt.last_request = time.monotonic()  # under load
             assert time.monotonic() < deadline, "no collection under load"
             time.sleep(0.05)
         load = [e.data for e in rt.bus.recent if e.type == "gc" and e.data.get("reason") == "load"][0]
-        assert load["frozen"] is not None and load["frozen"] >= frozen0 and gc.get_freeze_count() >= frozen0
+        assert load["frozen"] and load["frozen"] >= 1  # (frozen objects that die leave the count: it moves)
         del alive  # dies while frozen: a cycle, so only a collection of the unfrozen frees it
-        assert garbage() is not None
+        gc.collect()
+        assert garbage() is not None  # frozen: a full collection does not see it
         deadline = time.monotonic() + 10  # idle now: the idle collection unfreezes first
         while garbage() is not None or not any(e.type == "gc" and e.data.get("reason") == "idle" for e in rt.bus.recent):
             assert time.monotonic() < deadline, "the idle collection did not free what died frozen"
