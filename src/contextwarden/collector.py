@@ -128,7 +128,7 @@ def background(rt) -> None:
                 t0 = time.perf_counter()
                 info["trimmed"] = trim_malloc()
                 info["trim_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-                trimmed_at = float("-inf")  # (the first collection under load trims)
+                trimmed_at = time.monotonic()
             rt.bus.emit("gc", {"reason": "load", **info})
         if p.gc_idle_s <= 0:
             continue

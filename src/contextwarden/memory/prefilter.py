@@ -19,9 +19,10 @@ rules nothing out): the caller still tests those exactly. Bounded: past ``max_te
 ``max_runs`` runs it takes no more texts, and the caller tests those it does not know.
 
 Out of the garbage collector's sight: every key and value here is an atom (a trigram's runs are their
-numbers packed in one ``bytes``, extended once per text read), so its dicts are never tracked. A list of runs per trigram made the conversations' indexes two
-thirds of the engine's tracked objects under issue 19's load (233K lists), and every full collection,
-which holds the interpreter lock, walked them all (300-500 ms a collection).
+numbers packed in one ``bytes``, extended once per text read), so its dicts are never tracked. A list
+of runs per trigram made the conversations' indexes two thirds of the engine's tracked objects under
+issue 19's load (233K lists), and every full collection, which holds the interpreter lock, walked them
+all (300-500 ms a collection).
 """
 
 from __future__ import annotations
