@@ -33,6 +33,8 @@ proxied request of the proxy and of its memory process (steadier than latency on
     --stagger SECONDS    start the sessions spread over this long (default 0: all at once, as the issue
                          measured; their clearing steps then fall in the same seconds of every cycle)
     --py-spy-of engine   with --py-spy: profile the engine process instead of mitmdump's
+    --direct-seconds S   a shorter direct phase (its rate and time to first byte settle in ~30 s) for quick
+                         comparisons; the issue's figures are taken with both phases the same length
 
 A fall-back is a request that went out without its new work (the forward event's ``fallback``:
 the session's decided state, or the client's original), because a stage ran past its budget or failed.
@@ -361,6 +363,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessions", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=300, help="seconds of load per phase (default 300, as the issue)")
+    ap.add_argument("--direct-seconds", type=float, default=None,
+                    help="seconds of the direct phase (default: --seconds); a shorter one for quick comparisons")
     ap.add_argument("--step-tokens", type=int, default=3000)
     ap.add_argument("--max-tokens", type=int, default=150_000, help="a session starts over past this history")
     ap.add_argument("--step-seconds", type=float, default=1.5,
@@ -426,8 +430,9 @@ def main() -> int:
                      "sse_delay_s": standin.sse_delay}
     try:
         direct = Phase("direct")
-        print(f"direct: {args.sessions} sessions for {args.seconds:.0f} s ...", flush=True)
-        asyncio.run(run_phase(direct, standin.url, make_sessions(), args.seconds, records, lock, args.stagger))
+        direct_s = args.direct_seconds if args.direct_seconds is not None else args.seconds
+        print(f"direct: {args.sessions} sessions for {direct_s:.0f} s ...", flush=True)
+        asyncio.run(run_phase(direct, standin.url, make_sessions(), direct_s, records, lock, args.stagger))
         records.clear()
         plain = None
         if args.plain:

@@ -179,12 +179,38 @@ def _stub_text(tool: str, hint: str, text: str, tokens: int, images: int, how: s
     return f"{STUB_PREFIX}{what} ({size}). Images are not kept in memory; re-run the tool if you need it.]"
 
 
+PREVIEW_CHARS = 80
+PREVIEW_READ = 4096  # what the preview's redaction reads at most
+PREVIEW_MARGIN = 1024  # characters of the redacted window past the preview's end (a secret starting in it is read whole)
+
+
 def _preview(text: str) -> str:
     """A stub's quote of the start of what it replaced (the stub is stored with the session: no secret in it)."""
-    preview = shorten(redact_text(text[:4096]), 80)
+    preview = shorten(_redacted_start(text[:PREVIEW_READ]), PREVIEW_CHARS)
     if not preview.endswith("…") and len(text.strip()) > len(preview):
         preview += "…"
     return preview
+
+
+def _redacted_start(head: str) -> str:
+    """``redact_text(head)``, or the redaction of a shorter start of ``head`` (~2 KB, doubled until it
+    holds) whose first PREVIEW_CHARS collapsed characters end PREVIEW_MARGIN characters before its end:
+    a secret starting in the preview is read whole there unless it runs on past the window's end, and
+    one that does (a value with no white space in the window's last PREVIEW_MARGIN characters: a long
+    token, a quoted key) sends it to the whole 4 KB, as before. A clearing step stubs 20-40 results at
+    once, and redacting 4 KB of source code for each (~0.9 ms) was most of its CPU (issue 19): ~0.45 ms
+    now, the same previews on ~7,000 texts (the traces' tool results, this repository's code cut at
+    random, both with secrets of 20-1,500 characters planted in and around the preview)."""
+    w = PREVIEW_CHARS + 2 * PREVIEW_MARGIN
+    while w < len(head):
+        window = head[:w]
+        if not any(c.isspace() for c in window[-PREVIEW_MARGIN:]):
+            break  # something runs on past the cut: read it all
+        red = redact_text(window)
+        if len(" ".join(red[:len(red) - PREVIEW_MARGIN].split())) > PREVIEW_CHARS:
+            return red
+        w *= 2
+    return redact_text(head)
 
 
 def _dumps(obj: Any) -> str:
@@ -522,11 +548,30 @@ def _files_being_edited(slots: list[Slot], last_calls: int) -> set[str]:
 
 def remember(state, key: str, new_recs: dict[str, dict[str, Any]]) -> None:
     """Add records to the session's (atomically: a concurrent request, another replica, may have added some)."""
+    state.update(*remembering(key, new_recs))
+
+
+def remembering(key: str, new_recs: dict[str, dict[str, Any]]) -> tuple[str, str, Callable[[Any], Any]]:
+    """:func:`remember` as an ``(ns, key, fn)`` update, for a decision's one transaction
+    (``session_ledger.record_decision(also=...)``)."""
     def merge(cur):
         merged = {**(cur or {}), **new_recs}
         return dict(list(merged.items())[-MAX_REMEMBERED:]) if len(merged) > MAX_REMEMBERED else merged
 
-    state.update(NS, key, merge)
+    return NS, key, merge
+
+
+def _may_step(candidates: list[tuple[Slot, int]], remembered: dict[str, dict[str, Any]], clear_at_least: int,
+              input_allowed: Callable[[Slot], bool]) -> bool:
+    """Whether ``candidates`` could make a step of ``clear_at_least`` tokens. A step frees at most their
+    tokens less what their compression freed already (a stub's own tokens come off that too), so below
+    clear_at_least it would be dropped, whatever the stubs. Counting a compressed result at its whole
+    size (as before) let every request between the trigger and a step compute ~8 stubs that no step
+    took: half the engine's stage CPU under issue 19's load, each stub redacting its preview. An input
+    that may be cleared is not counted here: it may always be worth a look."""
+    if any(input_allowed(s) for s, _ in candidates):
+        return True
+    return sum(max(0, toks - _compressed_gain(remembered.get(s.id), s)) for s, toks in candidates) >= clear_at_least
 
 
 def _compressed_gain(rec: dict[str, Any] | None, slot: Slot) -> int:
@@ -769,10 +814,8 @@ def _choose(st: _Clearing) -> None:
                 candidates.append((s, toks))
         need = math.inf if cfg.clear_all or ctl.compact_now else max(clear_at_least, total - st.freed - trigger)
         chosen, gain = st.chosen, 0
-        if sum(toks for _, toks in candidates) < clear_at_least and not any(input_allowed(s) for s, _ in candidates):
-            # a step would free less than its tokens, which is below clear_at_least: it would be dropped
-            # below, so the stubs of this request's candidates are not even computed
-            candidates = []
+        if not _may_step(candidates, remembered, clear_at_least, input_allowed):
+            candidates = []  # (their stubs are not even computed)
         how = recall_wording(ctx, st.state, st.key) if candidates else ""
         for s, toks in candidates:
             if gain >= need:
@@ -811,11 +854,11 @@ def _commit_step(st: _Clearing) -> None:
     later stages and the ``clearing`` event."""
     ctx, ctl, key, total, new_recs, cleared = st.ctx, st.ctl, st.key, st.total, st.new_recs, st.cleared
     _commit(ctx, st.edits, st.prior, st.carry)
-    if new_recs:
-        remember(st.state, key, new_recs)
+    if new_recs:  # the records and the session's version: one transaction
         session_ledger.record_decision(
             ctx, NS, trigger="compact-now" if ctl.compact_now else "tokens", tokens_before=total - st.freed_before,
-            tokens_after=total - st.freed, messages=[s.index for s, _ in st.chosen], tool_ids=list(new_recs), refs=list(new_recs))
+            tokens_after=total - st.freed, messages=[s.index for s, _ in st.chosen], tool_ids=list(new_recs), refs=list(new_recs),
+            also=[remembering(key, new_recs)])
     if st.decide and ctl.compact_now and not ctx.settings.compaction.enabled:
         session_ledger.consume_compact_now(ctx)
 

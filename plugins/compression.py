@@ -340,12 +340,13 @@ def _compress(ctx, decide: bool) -> None:
         s.set(rec["stub"], edits)
     _commit(ctx, edits)
     if new_recs:
-        clearing.remember(state, key, new_recs)
-        # a version of the session (rollback turns it off: the records live in clearing's namespace)
+        # the records and a version of the session, in one transaction (rollback turns it off: the
+        # records live in clearing's namespace)
         session_ledger.record_decision(
             ctx, clearing.NS, trigger="compression", tokens_before=sum(r["tokens"] for r in new_recs.values()),
             tokens_after=sum(r["stub_tokens"] for r in new_recs.values()),
-            messages=[s.index for s, _, new in applied if new], tool_ids=list(new_recs), refs=list(new_recs))
+            messages=[s.index for s, _, new in applied if new], tool_ids=list(new_recs), refs=list(new_recs),
+            also=[clearing.remembering(key, new_recs)])
     freed = sum(rec["tokens"] - rec["stub_tokens"] for _, rec, _ in applied)
     prev = ctx.notes.get("clearing") or {}
     by_index = dict(prev.get("by_index") or {})

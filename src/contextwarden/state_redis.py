@@ -138,6 +138,40 @@ class RedisStateStore(Codec):
             raise RuntimeError(f"state update of {ns}/{key}: too many concurrent writers")
         return self._call(go)
 
+    def update_many(self, updates: list[tuple[str, str, Callable[[Any], Any]]]) -> list[Any]:
+        """Every ``(ns, key, fn)`` in one MULTI, every key watched: decided again, all of them, when
+        another writer got in between (one round trip for the reads, one for the writes)."""
+        keys = [self._k(ns, key) for ns, key, _ in updates]
+
+        def go():
+            for _ in range(MAX_CAS_TRIES):
+                with self.r.pipeline(transaction=True) as p:
+                    try:
+                        p.watch(*dict.fromkeys(keys))
+                        stored = dict(zip(keys, p.mget(keys))) if keys else {}
+                        now: dict[str, Any] = {}  # key -> its value so far in this batch
+                        out, writes = [], {}
+                        for k, (ns, key, fn) in zip(keys, updates):
+                            cur = now[k] if k in now else (self.decode(stored[k]) if stored[k] is not None else None)
+                            new = fn(cur)
+                            if new is not cur:
+                                writes[k] = (ns, key, new)
+                            now[k] = new
+                            out.append(new)
+                        if not writes:
+                            p.unwatch()
+                            return out
+                        p.multi()
+                        for k, (ns, key, new) in writes.items():
+                            p.set(k, self.encode(new))
+                            p.sadd(self._idx(ns), key)
+                        p.execute()
+                        return out
+                    except self._watch_error:
+                        continue
+            raise RuntimeError("state update of several keys: too many concurrent writers")
+        return self._call(go)
+
     def delete(self, ns: str, key: str | None = None) -> None:
         def go():
             if key is not None:

@@ -73,6 +73,13 @@ class StateCache:
         self._remember((ns, key), v)
         return v
 
+    def update_many(self, updates: list[tuple[str, str, Any]]) -> list[Any]:
+        """Each ``(ns, key, fn)`` as :meth:`update`, in order, in one transaction of the store."""
+        vs = self.state.update_many(updates)
+        for (ns, key, _), v in zip(updates, vs):
+            self._remember((ns, key), v)
+        return vs
+
     def _remember(self, k: tuple[str, str], v: Any, blob: bytes | None = None) -> None:
         with self._lock:
             self._d[k] = (v, blob)

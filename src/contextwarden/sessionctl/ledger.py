@@ -197,10 +197,13 @@ def _bump(cur: dict[str, Any] | None, version: dict[str, Any]) -> tuple[dict[str
     return cur, version
 
 
-def append_version(runtime, key: str, version: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Number ``version`` and store it: the control record first (atomically: the number, ``off``,
-    and ``extra`` fields), then the version list (namespace ``session_versions``, read by the commands
-    only: the control record every request reads stays small). Returns the stored version."""
+def append_version(runtime, key: str, version: dict[str, Any], extra: dict[str, Any] | None = None,
+                   also: list[tuple[str, str, Any]] = ()) -> dict[str, Any]:
+    """Number ``version`` and store it: the control record (atomically: the number, ``off``, and
+    ``extra`` fields), then the version list (namespace ``session_versions``, read by the commands
+    only: the control record every request reads stays small), in one transaction with ``also``
+    (``(ns, key, fn)`` updates stored first: the stage's own records of the decision). Returns the
+    stored version."""
     made: dict[str, Any] = {}
 
     def bump(cur):
@@ -210,12 +213,12 @@ def append_version(runtime, key: str, version: dict[str, Any], extra: dict[str, 
         made["v"] = v
         return new
 
-    store = state_cache(runtime)
-    store.update(NS, key, bump)
-    v = made["v"]
-    store.update(NS_VERSIONS, key, lambda cur: {"versions": ([x for x in (cur or {}).get("versions") or []
-                                                               if x.get("n") != v["n"]] + [v])[-MAX_VERSIONS:]})
-    return v
+    def listed(cur):
+        v = made["v"]  # (bump ran first, in the same transaction)
+        return {"versions": ([x for x in (cur or {}).get("versions") or [] if x.get("n") != v["n"]] + [v])[-MAX_VERSIONS:]}
+
+    state_cache(runtime).update_many([*also, (NS, key, bump), (NS_VERSIONS, key, listed)])
+    return made["v"]
 
 
 def read(runtime, key: str) -> dict[str, Any]:
@@ -226,10 +229,15 @@ def read(runtime, key: str) -> dict[str, Any]:
 
 def record_decision(ctx, stage: str, *, trigger: str | None, tokens_before: int | None, tokens_after: int | None,
                     messages: list[int] | None = None, tool_ids: list[str] | None = None, refs: list[str] | None = None,
-                    span: tuple[int, int] | None = None, **extra: Any) -> int | None:
+                    span: tuple[int, int] | None = None, also: list[tuple[str, str, Any]] = (),
+                    **extra: Any) -> int | None:
     """Append a decision of ``stage`` as the session's next version; returns its number (None in a
-    preview, which records nothing). ``refs``: the stage's own record keys this decision wrote."""
+    preview, which records nothing). ``refs``: the stage's own record keys this decision wrote;
+    ``also``: the stage's own ``(ns, key, fn)`` updates that store them, committed with the version
+    (one transaction; in a preview, made alone, as the stage would have made them)."""
     if _override.get() is not None:
+        if also:
+            state_cache(ctx.runtime).update_many(list(also))
         return None
     v: dict[str, Any] = {"kind": "decision", "stage": stage, "trigger": trigger, "tokens_before": tokens_before,
                          "tokens_after": tokens_after, "messages": sorted(set(messages or ())),
@@ -237,7 +245,7 @@ def record_decision(ctx, stage: str, *, trigger: str | None, tokens_before: int 
     if span is not None:
         v["span"] = list(span)
     v.update(extra)
-    stored = append_version(ctx.runtime, session_key(ctx), v)
+    stored = append_version(ctx.runtime, session_key(ctx), v, also=also)
     ctx.notes.pop(_NOTE, None)
     return int(stored["n"])
 
