@@ -40,3 +40,35 @@ def test_unsendable_and_foreign_objects_are_refused():
         wire.encode(threading.Lock())
     with pytest.raises(TypeError):
         wire.decode({"$C": "os:system", "v": {}})
+
+
+def test_the_outbox_writes_in_order_and_never_makes_its_caller_wait_for_the_reader():
+    """A reader that does not read (a busy memory process) fills the socket; the caller's puts return at
+    once, up to the bound, and everything queued arrives in order once the reader reads."""
+    import socket
+    import time
+
+    a, b = socket.socketpair()
+    try:
+        ob = wire.Outbox(a, max_bytes=2_000_000)
+        big = {"text": "x" * 100_000}
+        t0 = time.monotonic()
+        sent = 0
+        while ob.put({**big, "n": sent}):  # nobody reads b: past the socket's buffers, the outbox holds them
+            sent += 1
+        assert time.monotonic() - t0 < 5 and 10 <= sent <= 40  # (the bound, not a blocked write, stopped it)
+        assert ob.queued > 1_000_000
+        got = [wire.recv_frame(b)["n"] for _ in range(sent)]  # read now: all of them, in order
+        assert got == list(range(sent))
+        assert ob.put({"n": "after"}) and wire.recv_frame(b) == {"n": "after"}
+        with pytest.raises(ValueError):
+            ob.put({"text": "y" * (wire.MAX_FRAME + 1)})
+        b.close()
+        deadline = time.monotonic() + 10
+        with pytest.raises(OSError):  # the peer is gone: the writer's error is every later put's
+            while time.monotonic() < deadline:
+                ob.put(big)
+                time.sleep(0.01)
+    finally:
+        a.close()
+        b.close()

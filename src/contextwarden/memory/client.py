@@ -72,7 +72,7 @@ class RemoteMemoryService:
         self.pid: int | None = None
         self._state: dict = {}
         self._sock = None
-        self._wlock = threading.Lock()
+        self._outbox: wire.Outbox | None = None  # frames to the socket, written by a thread of its own
         self._calls: dict[int, Future] = {}
         self._calls_lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -123,6 +123,11 @@ class RemoteMemoryService:
             if time.monotonic() > deadline:
                 raise ConnectionError("memory process did not open its socket")
             time.sleep(0.05)
+        try:  # room for a turn's frames without a wait for the memory process to read them
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        except OSError:
+            pass
+        self._outbox = wire.Outbox(s)
         self._sock = s
         threading.Thread(target=self._read, args=(s,), name="cw-memory-reader", daemon=True).start()
 
@@ -163,6 +168,9 @@ class RemoteMemoryService:
         if self._sock is s:
             self.ready.clear()
             self._sock = None
+        ob = self._outbox
+        if ob is not None and ob.sock is s:
+            ob.close()
         with self._calls_lock:
             calls, self._calls = self._calls, {}
         for f in calls.values():
@@ -227,8 +235,7 @@ class RemoteMemoryService:
         with self._calls_lock:
             self._calls[rid] = fut
         try:
-            wire.send_frame(s, {"id": rid, "op": op, **({"timeout": timeout} if timeout is not None else {}), **fields},
-                            self._wlock)
+            self._send(s, {"id": rid, "op": op, **({"timeout": timeout} if timeout is not None else {}), **fields})
         except OSError as e:
             with self._calls_lock:
                 self._calls.pop(rid, None)
@@ -240,6 +247,15 @@ class RemoteMemoryService:
             with self._calls_lock:
                 self._calls.pop(rid, None)
             raise TimeoutError(f"memory process did not answer {op} in {limit:.2f} s") from None
+
+    def _send(self, s, frame: dict) -> None:
+        """``frame`` queued for socket ``s`` (written in order by the outbox's thread); OSError when it
+        cannot be: the connection is gone, or past the outbox's bound (the memory process reads nothing)."""
+        ob = self._outbox
+        if ob is None or ob.sock is not s:
+            raise OSError("memory process not connected")
+        if not ob.put(frame):
+            raise OSError(f"memory process: {ob.queued} bytes wait to be written")
 
     def call(self, name: str, *args, _wait: float | None = None, **kwargs):
         """``name(*args, **kwargs)`` on the service in the memory process."""
@@ -303,7 +319,7 @@ class RemoteMemoryService:
             return False
         frame = {"id": 0, "op": "call", "m": "submit", "a": wire.encode([items]), "k": wire.encode(info)}
         try:
-            wire.send_frame(s, frame, self._wlock)
+            self._send(s, frame)
         except OSError:
             return False
         return True
@@ -322,7 +338,7 @@ class RemoteMemoryService:
             return []
         frame = {"id": 0, "op": "call", "m": "keep", "a": wire.encode([todo]), "k": wire.encode({"searchable": searchable})}
         try:
-            wire.send_frame(s, frame, self._wlock)
+            self._send(s, frame)
         except OSError:
             return []
         return [it.source_id or it.memory_id for it in todo]
