@@ -44,6 +44,38 @@ def make_store(kind: str, tmp_path, redis_server, prefix, sealer=None, bus=None)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_update_many_on_both_backends(kind, tmp_path, redis_server, prefix):
+    """Several keys in one transaction (a decision's records, control record and versions): a later
+    ``fn`` sees an earlier one's value; nothing is stored when one fails; a concurrent writer's change
+    is decided again, not lost."""
+    st = make_store(kind, tmp_path, redis_server, prefix)
+    st.put("a", "k", {"n": 1})
+    assert st.update_many([("a", "k", lambda c: {"n": c["n"] + 1}), ("b", "k", lambda c: {"after": (c or {}).get("n")}),
+                           ("a", "k", lambda c: {"n": c["n"] * 10})]) == [{"n": 2}, {"after": None}, {"n": 20}]
+    assert st.get("a", "k") == {"n": 20} and st.items("b") == [("k", {"after": None})]
+
+    def boom(cur):
+        raise RuntimeError("no")
+    with pytest.raises(RuntimeError):
+        st.update_many([("a", "k", lambda c: {"n": -1}), ("c", "k", lambda c: 1), ("a", "k", boom)])
+    assert st.get("a", "k") == {"n": 20} and st.get("c", "k") is None
+    # two writers adding to one key at once: every addition kept
+    other = make_store(kind, tmp_path, redis_server, prefix)
+    def add(store, tag):
+        for i in range(30):
+            store.update_many([("a", "list", lambda c, t=f"{tag}{i}": (c or []) + [t]), ("a", "count", lambda c: (c or 0) + 1)])
+    ts = [threading.Thread(target=add, args=(x, tag)) for x, tag in ((st, "s"), (other, "o"))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sorted(st.get("a", "list")) == sorted([f"s{i}" for i in range(30)] + [f"o{i}" for i in range(30)])
+    assert st.get("a", "count") == 60
+    other.close()
+    st.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_one_interface_on_both_backends(kind, tmp_path, redis_server, prefix):
     st = make_store(kind, tmp_path, redis_server, prefix)
     assert st.get("ns", "a") is None and st.get("ns", "a", 5) == 5
