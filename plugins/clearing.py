@@ -200,7 +200,7 @@ def _redacted_start(head: str) -> str:
     token, a quoted key) sends it to the whole 4 KB, as before. A clearing step stubs 20-40 results at
     once, and redacting 4 KB of source code for each (~0.9 ms) was most of its CPU (issue 19): ~0.45 ms
     now, the same previews on ~7,000 texts (the traces' tool results, this repository's code cut at
-    random, both with secrets of 20-1,500 characters planted in and around the preview)."""
+    random, both with secrets of 20-2,000 characters planted in and around the preview)."""
     w = PREVIEW_CHARS + 2 * PREVIEW_MARGIN
     while w < len(head):
         window = head[:w]

@@ -62,13 +62,6 @@ class LRU:
                 k, _ = self._d.popitem(last=False)
                 self._total -= self.size(k) if self.size is not None else 1
 
-    def drop(self, key: Hashable) -> None:
-        """Forget ``key`` (nothing when absent)."""
-        with self._lock:
-            if key in self._d:
-                del self._d[key]
-                self._total -= self.size(key) if self.size is not None else 1
-
     def clear(self) -> None:
         with self._lock:
             self._d.clear()

@@ -131,9 +131,7 @@ class StateStore(Codec):
                     out.append(new)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
-                for ns, key, _ in updates:  # (what it wrote was not committed: decode the stored bytes next time)
-                    self._updated.forget(ns, key)
+                self._db.execute("ROLLBACK")  # (what it remembered writing is not what is stored: decoded next time)
                 raise
         return out
 

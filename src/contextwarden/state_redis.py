@@ -115,28 +115,7 @@ class RedisStateStore(Codec):
         self._call(go)
 
     def update(self, ns: str, key: str, fn: Callable[[Any], Any]) -> Any:
-        k = self._k(ns, key)
-
-        def go():
-            for _ in range(MAX_CAS_TRIES):
-                with self.r.pipeline(transaction=True) as p:
-                    try:
-                        p.watch(k)
-                        blob = p.get(k)
-                        cur = self.decode(blob) if blob is not None else None
-                        new = fn(cur)
-                        if new is cur:
-                            p.unwatch()
-                            return cur
-                        p.multi()
-                        p.set(k, self.encode(new))
-                        p.sadd(self._idx(ns), key)
-                        p.execute()
-                        return new
-                    except self._watch_error:
-                        continue  # another writer got in between: read theirs and decide again
-            raise RuntimeError(f"state update of {ns}/{key}: too many concurrent writers")
-        return self._call(go)
+        return self.update_many([(ns, key, fn)])[0]
 
     def update_many(self, updates: list[tuple[str, str, Callable[[Any], Any]]]) -> list[Any]:
         """Every ``(ns, key, fn)`` in one MULTI, every key watched: decided again, all of them, when

@@ -31,6 +31,3 @@ class LastWritten:
 
     def wrote(self, ns: str, key: str, blob: bytes, value: Any) -> None:
         self._lru.put((ns, key), (blob, value))
-
-    def forget(self, ns: str, key: str) -> None:
-        self._lru.drop((ns, key))

@@ -29,11 +29,16 @@ _TRUSTED = "contextwarden."
 
 
 # --- framing ------------------------------------------------------------------------------------------
-def send_frame(sock: socket.socket, obj: Any, lock: threading.Lock | None = None) -> None:
+def frame_bytes(obj: Any) -> bytes:
+    """``obj`` as one frame: its length, then its JSON (ValueError past MAX_FRAME)."""
     data = orjson.dumps(obj)
     if len(data) > MAX_FRAME:
         raise ValueError(f"frame of {len(data)} bytes is over {MAX_FRAME}")
-    buf = _HEADER.pack(len(data)) + data
+    return _HEADER.pack(len(data)) + data
+
+
+def send_frame(sock: socket.socket, obj: Any, lock: threading.Lock | None = None) -> None:
+    buf = frame_bytes(obj)
     if lock is None:
         sock.sendall(buf)
     else:
@@ -64,10 +69,7 @@ class Outbox:
         self._thread.start()
 
     def put(self, obj: Any) -> bool:
-        data = orjson.dumps(obj)
-        if len(data) > MAX_FRAME:
-            raise ValueError(f"frame of {len(data)} bytes is over {MAX_FRAME}")
-        buf = _HEADER.pack(len(data)) + data
+        buf = frame_bytes(obj)
         with self._cv:
             if self._error is not None or self._closed:
                 raise self._error or OSError("the connection is closed")
