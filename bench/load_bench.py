@@ -24,7 +24,9 @@ client read through the proxy against what the stand-in wrote for that request),
 p50/p99 and the added p50/p99, throughput and its ratio, fall-backs (a request forwarded as the client's
 original because a stage ran past its budget), RSS of the proxy and of its memory process over time,
 ingestion dropped / pending, and how long SIGTERM took to stop the proxy afterwards; CPU time per
-proxied request of the proxy and of its memory process (steadier than latency on a shared machine).
+proxied request of the proxy and of its memory process (steadier than latency on a shared machine), and
+how long each process waited for a core per second of CPU it used (runnable, not running: what the
+machine's other work costs it, as opposed to its own work or its interpreter lock).
 
     --plain              also through plain mitmdump (streaming, no contextwarden): mitmproxy's own share
     --py-spy FILE        py-spy record of the proxy during the load (collapsed stacks; --py-spy-gil: only
@@ -289,6 +291,64 @@ def cpu_now(proxy_pid: int) -> dict:
             "embedding_worker": kids_cpu(mem)}
 
 
+def slowest(events: list[dict], share: float = 0.01) -> dict | None:
+    """What the slowest ``share`` of the engine's request hooks had in common, against all requests: a
+    memory search (a person's message), a clearing step (new stubs), a full collection under load
+    during the hook (by the events' times). Says what the p99 is made of."""
+    hooks = [e for e in events if e["type"] == "forward" and "hook_ms" in e["data"] and e.get("flow_id")]
+    if len(hooks) < 100:
+        return None
+    searched = {e["flow_id"] for e in events if e["type"] == "memory" and "injected" in e["data"]
+                and e["data"].get("skipped") not in ("tool loop step", "starting")}
+    stepped = {e["flow_id"] for e in events if e["type"] == "clearing" and e["data"].get("new")}
+    gcs = [(e["ts"] - (e["data"].get("ms") or 0) / 1000, e["ts"]) for e in events
+           if e["type"] == "gc" and e["data"].get("reason") == "load"]
+
+    def kinds(e: dict) -> tuple[bool, bool, bool]:
+        end = e["ts"]
+        start = end - e["data"]["hook_ms"] / 1000
+        return (e["flow_id"] in searched, e["flow_id"] in stepped, any(a < end and b > start for a, b in gcs))
+
+    hooks.sort(key=lambda e: e["data"]["hook_ms"])
+    top = hooks[-max(1, int(len(hooks) * share)):]
+    every = [kinds(e) for e in hooks]
+    worst = [kinds(e) for e in top]
+    frac = lambda xs, i: round(100 * sum(1 for x in xs if x[i]) / len(xs), 1)  # noqa: E731
+    return {"n": len(top), "from_ms": round(top[0]["data"]["hook_ms"], 1),
+            "searched_pct": frac(worst, 0), "searched_pct_all": frac(every, 0),
+            "clearing_step_pct": frac(worst, 1), "clearing_step_pct_all": frac(every, 1),
+            "during_full_gc_pct": frac(worst, 2), "during_full_gc_pct_all": frac(every, 2)}
+
+
+def sched_wait_s(pid: int | None) -> float | None:
+    """Seconds the process's live threads have spent runnable but waiting for a core (Linux
+    /proc/PID/task/*/schedstat, its second field): how much of the latency is the machine's CPU, not the
+    process's own work or its interpreter lock (a thread waiting for that lock sleeps; it does not
+    count here)."""
+    if not pid:
+        return None
+    total, seen = 0, False
+    for t in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(t.read_text().split()[1])
+            seen = True
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9 if seen else None
+
+
+def waits_now(proxy_pid: int) -> dict:
+    """:func:`sched_wait_s` of the processes :func:`cpu_now` reads, in its shape."""
+    engine = engine_child(proxy_pid)
+    mem = memory_child(proxy_pid)
+    host = engine or proxy_pid
+    kids = lambda pid, skip=None: {k: w for k in (children(pid) if pid else ()) if k != skip  # noqa: E731
+                                   and (w := sched_wait_s(k)) is not None}
+    return {"proxy": sched_wait_s(proxy_pid), "engine": sched_wait_s(engine) if engine else 0.0,
+            "memory": sched_wait_s(mem), "compression_workers": {k: w for k, w in kids(host, mem).items() if k != engine},
+            "embedding_worker": kids(mem)}
+
+
 def cpu_spent(before: dict, after: dict) -> dict[str, float | None]:
     """CPU seconds between two :func:`cpu_now` (None: a process was not there); a worker started
     in between counts whole."""
@@ -484,9 +544,9 @@ def main() -> int:
         spied = engine_pid if args.py_spy_of == "engine" and engine_pid else proxy.proc.pid
         spy = start_py_spy(spied, Path(args.py_spy), args.seconds, args.py_spy_gil) if args.py_spy else None
         th0, te0 = thread_cpu(proxy.proc.pid), thread_cpu(engine_pid) if engine_pid else {}
-        cpu0 = cpu_now(proxy.proc.pid)
+        cpu0, wait0 = cpu_now(proxy.proc.pid), waits_now(proxy.proc.pid)
         asyncio.run(run_phase(through, proxy.url, make_sessions(), args.seconds, records, lock, args.stagger))
-        cpu = cpu_spent(cpu0, cpu_now(proxy.proc.pid))
+        cpu, waited = cpu_spent(cpu0, cpu_now(proxy.proc.pid)), cpu_spent(wait0, waits_now(proxy.proc.pid))
         th1, te1 = thread_cpu(proxy.proc.pid), thread_cpu(engine_pid) if engine_pid else {}
         if spy is not None:
             try:
@@ -555,6 +615,7 @@ def main() -> int:
         # to_loop = the stage thread's end to the loop having the answer; offload_* = where the
         # compression worker's calls waited: queue, send, work, back, compress/offload.py)
         "hook_ms": {p: pct([f["hook_ms"] for f in forwards if "hook_ms" in f], p) for p in (50, 99)},
+        "slowest_hooks": slowest(events),
         "pipeline_ms": {p: pct([f["pipeline_ms"] for f in forwards if "pipeline_ms" in f], p) for p in (50, 99)},
         "timings_p50": {k: pct([f["timings"][k] for f in forwards if k in (f.get("timings") or {})], 50)
                         for k in sorted({k for f in forwards for k in (f.get("timings") or {})})},
@@ -566,6 +627,8 @@ def main() -> int:
         "proxy_cpu_ms_per_request_by_thread": by_thread(proxy.proc.pid, th0, th1, through.completed),
         "engine_cpu_ms_per_request_by_thread": by_thread(engine_pid, te0, te1, through.completed) if engine_pid else None,
         "cpu_share_of_core": {k: None if s is None else round(s / through.seconds, 2) for k, s in cpu.items()},
+        # runnable but not running, per second of CPU: > 1 means the process waited for a core longer than it ran
+        "core_wait_per_cpu_s": {k: None if w is None or not cpu.get(k) else round(w / cpu[k], 2) for k, w in waited.items()},
         "rss_mb": rss, "sigterm_s": sigterm_s,
         "full_gc_under_load": {"count": len(full_gc_ms), "ms_p50": pct(full_gc_ms, 50), "ms_max": max(full_gc_ms or [0]),
                               "cpu_ms_p50": pct(full_gc_cpu, 50), "cpu_ms_max": max(full_gc_cpu or [0])},
@@ -608,6 +671,8 @@ def main() -> int:
           f"{c['memory']} ms, compression workers {c['compression_workers']} ms, memory's embedding worker "
           f"{c['embedding_worker']} ms (cores busy: proxy {sh['proxy']}, engine {sh['engine']}, memory {sh['memory']}, "
           f"compression {sh['compression_workers']}, embedding {sh['embedding_worker']})")
+    print("waited for a core per second of CPU (runnable, not running: the machine's share): " + ", ".join(
+        f"{k} {v}" for k, v in r["core_wait_per_cpu_s"].items()))
     print("proxy CPU per request by thread (ms): " + ", ".join(
         f"{k} {v}" for k, v in r["proxy_cpu_ms_per_request_by_thread"].items()))
     if r["engine_cpu_ms_per_request_by_thread"]:
@@ -619,6 +684,12 @@ def main() -> int:
     print(f"in the proxy's request hook: p50/p99 {ms(r['hook_ms'][50])}/{ms(r['hook_ms'][99])} ms "
           f"(prepare to forward {ms(r['pipeline_ms'][50])}/{ms(r['pipeline_ms'][99])}); its parts, p50 ms: "
           + ", ".join(f"{k} {ms(v)}" for k, v in r["timings_p50"].items()))
+    w = r.get("slowest_hooks")
+    if w:
+        print(f"the slowest 1% of hooks ({w['n']}, from {w['from_ms']} ms): with a memory search {w['searched_pct']}% "
+              f"(of all requests {w['searched_pct_all']}%), a clearing step {w['clearing_step_pct']}% "
+              f"({w['clearing_step_pct_all']}%), during a full collection {w['during_full_gc_pct']}% "
+              f"({w['during_full_gc_pct_all']}%)")
     print("stages, p50 ms: " + ", ".join(f"{k} {ms(v)}" for k, v in r["stage_ms_p50"].items()))
     print("RSS MB (t s: proxy / engine / memory): " + ", ".join(
         f"{t:.0f}: {v['proxy'] or 0:.0f}/{v['engine'] or 0:.0f}/{v['memory'] or 0:.0f}" for t, v in rss))

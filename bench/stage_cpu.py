@@ -69,6 +69,8 @@ def main() -> int:
     ap.add_argument("--step-tokens", type=int, default=3000)
     ap.add_argument("--long", type=int, default=110_000, help="tokens over which a request counts as long")
     ap.add_argument("--top", type=int, default=25, help="functions printed per kind (0: none)")
+    ap.add_argument("--sort", default="cumulative", choices=("cumulative", "tottime"),
+                    help="order of the functions printed (tottime: each function's own time, waits for the other processes included)")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="cw-stage-cpu-"))
     h = Harness(home, "claude-code", {"memory": {"process": "separate"}, "compression": {"process": "separate"},
@@ -125,8 +127,8 @@ def main() -> int:
                     continue
                 out = io.StringIO()
                 st.stream = out
-                st.sort_stats("cumulative").print_stats(args.top)
-                print(f"\n== {kind} (cumulative seconds over all its requests)")
+                st.sort_stats(args.sort).print_stats(args.top)
+                print(f"\n== {kind} ({args.sort} seconds over all its requests)")
                 print(out.getvalue().split("\n\n", 1)[-1].rstrip())
     finally:
         h.close()

@@ -107,7 +107,7 @@ def test_the_proxy_collects_under_load(tmp_path):
         load = _gc_events(rt, "load")
         assert len(load) >= 3
         # the first followed by malloc_trim (no idle spell to do it in under a load that never pauses),
-        # then none for TRIM_S (30 s)
+        # then none for TRIM_S (15 s)
         assert "trimmed" in load[0] and load[0]["trim_ms"] >= 0
         assert not any("trimmed" in d for d in load[1:])
 

@@ -106,8 +106,10 @@ class FullCollections:
 
 # Under load, malloc_trim after a full collection at most this often. The engine's heap grows ~5 MB/s
 # under issue 19's load between trims (freed, kept by glibc): a minute of it took the peak past 1.5 GB
-# (1,538 MB in a 5-minute run), half a minute keeps it ~150 MB lower, for a 10-30 ms trim twice as often.
-TRIM_S = 30.0
+# (1,538 MB in a 5-minute run); with half a minute the peak was 1,488-1,508 MB in three runs, at the
+# target's edge; 15 s (every full collection under load, gc_full_s) keeps ~75 MB more of it away, for a
+# 10-30 ms trim that does not hold the interpreter lock.
+TRIM_S = 15.0
 
 
 def background(rt) -> None:

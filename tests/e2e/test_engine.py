@@ -51,6 +51,8 @@ def test_the_engine_reads_requests_and_answers_comes_back_and_stops_with_mitmdum
         proxy = ProxyProcess(tmp_path, profile="claude-code", reverse=upstream.url, env=ENV).start()
         try:
             [engine] = engines(proxy.proc.pid)
+            # its own session (a scheduling group of its own under Linux's autogroups, not a share of mitmdump's)
+            assert os.getsid(engine) == engine != os.getsid(proxy.proc.pid)
             ask_and_read(proxy)  # in the engine: mitmdump's process has no runtime
             os.kill(engine, signal.SIGKILL)
             deadline = time.monotonic() + 60

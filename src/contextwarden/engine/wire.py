@@ -34,7 +34,12 @@ def tune(sock: socket.socket) -> None:
 async def open_stream(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """asyncio's streams on one end of the pair, read in large steps."""
     sock.setblocking(False)
-    return await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
+    # asyncio's socket transport reads at most 256 KB a turn of the loop: a 600 KB frame took three
+    # turns, each behind whatever else the loop (and, in the engine, its interpreter lock) had to do
+    if hasattr(writer.transport, "max_size"):
+        writer.transport.max_size = BUFFER
+    return reader, writer
 
 
 def encode(op: str, key: Any = None, payload: Any = None) -> bytes:

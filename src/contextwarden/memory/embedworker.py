@@ -5,7 +5,8 @@ tool result: ~80 ms of a core per 3K-token result) and none of it is on a reques
 may lag, it is never dropped (the pending table holds what waits). In the memory process, even niced,
 it took ~0.4 of a core from the two that the proxy's requests, the compression worker and the clients
 share, and a busy machine is where time to first byte grows (issue 19). In a process of its own at the
-idle scheduling class, the kernel runs it only on CPU nobody else wants: under load, embedding lags
+idle scheduling class, its session's scheduling group at the lowest weight (:func:`_idle`), the kernel
+runs it only on CPU nobody else wants: under load, embedding lags
 (the lag is reported, and the text is stored and searchable by words meanwhile); idle, it catches up
 at full speed. A thread of the memory process could not do this: while descheduled it could hold the
 interpreter lock that the process's searches need.
@@ -39,7 +40,15 @@ def embed(model_dir: str, texts: list[str]) -> np.ndarray:
 
 
 def _idle() -> None:
-    """This process's thread to the idle scheduling class (Linux; elsewhere the lowest nice value)."""
+    """This process's thread to the idle scheduling class (Linux; elsewhere the lowest nice value), and
+    its scheduling group to the lowest weight.
+
+    The class alone is not enough: with Linux's autogroups (``kernel.sched_autogroup_enabled``, the
+    default) every session is a group with one weight at the top level, whatever its tasks' classes, and
+    the worker is started in a session of its own (``start_new_session``), so an idle-class worker alone
+    in its group took a full group's share: as much CPU as the proxy's whole session (measured: two
+    busy loops on one core, each in its own session, one at ``SCHED_IDLE``: 50% each; with the idle
+    one's group at nice 19: 1% and 99%)."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
@@ -47,6 +56,20 @@ def _idle() -> None:
             os.nice(19)
         except (AttributeError, OSError):
             pass
+    lowest_group_weight()
+
+
+def lowest_group_weight() -> bool:
+    """Nice 19 for this process's autogroup, when it leads its own session (the group is then its own
+    and its children's, nobody else's); False when there is no such group or it may not be changed."""
+    try:
+        if os.getsid(0) != os.getpid():
+            return False
+        with open("/proc/self/autogroup", "w") as f:  # raising a nice value needs no privilege
+            f.write("19")
+        return True
+    except (AttributeError, OSError):
+        return False
 
 
 class Closed(RuntimeError):
