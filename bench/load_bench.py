@@ -25,8 +25,8 @@ p50/p99 and the added p50/p99, throughput and its ratio, fall-backs (a request f
 original because a stage ran past its budget), RSS of the proxy and of its memory process over time,
 ingestion dropped / pending, and how long SIGTERM took to stop the proxy afterwards; CPU time per
 proxied request of the proxy and of its memory process (steadier than latency on a shared machine), and
-how long each process waited for a core per second of CPU it used (runnable, not running: what the
-machine's other work costs it, as opposed to its own work or its interpreter lock).
+how long each process waited for a core per second of CPU it used (runnable, not running: mostly what
+the machine's other work costs it; see ``sched_wait_s``).
 
     --plain              also through plain mitmdump (streaming, no contextwarden): mitmproxy's own share
     --py-spy FILE        py-spy record of the proxy during the load (collapsed stacks; --py-spy-gil: only
@@ -273,22 +273,22 @@ def memory_child(pid: int | None) -> int | None:
     return child_running(engine_child(pid) or pid, b"contextwarden.memory.server")
 
 
-def kids_cpu(pid: int | None, skip: int | None = None) -> dict[int, float]:
-    """CPU seconds of each live child process of ``pid`` but ``skip`` (the compression workers of the
-    proxy, the embedding worker of the memory process; Linux /proc)."""
-    return {k: c for k in (children(pid) if pid else ()) if k != skip and (c := cpu_s(k)) is not None}
+def kids_cpu(pid: int | None, skip: int | None = None, of=cpu_s) -> dict[int, float]:
+    """CPU seconds (or another per-process figure ``of``) of each live child process of ``pid`` but
+    ``skip`` (the compression workers of the proxy, the embedding worker of the memory process; Linux /proc)."""
+    return {k: c for k in (children(pid) if pid else ()) if k != skip and (c := of(k)) is not None}
 
 
-def cpu_now(proxy_pid: int) -> dict:
+def cpu_now(proxy_pid: int, of=cpu_s) -> dict:
     """CPU seconds used so far by the proxy (mitmdump's process), its engine, the memory process, the
     engine's other children (the compression workers, by pid) and the memory process's (its embedding
-    worker, by pid)."""
+    worker, by pid); with ``of=sched_wait_s``, the seconds each waited for a core instead."""
     engine = engine_child(proxy_pid)
     mem = memory_child(proxy_pid)
     host = engine or proxy_pid
-    return {"proxy": cpu_s(proxy_pid), "engine": cpu_s(engine) if engine else 0.0, "memory": cpu_s(mem),
-            "compression_workers": {k: c for k, c in kids_cpu(host, mem).items() if k != engine},
-            "embedding_worker": kids_cpu(mem)}
+    return {"proxy": of(proxy_pid), "engine": of(engine) if engine else 0.0, "memory": of(mem),
+            "compression_workers": {k: c for k, c in kids_cpu(host, mem, of).items() if k != engine},
+            "embedding_worker": kids_cpu(mem, of=of)}
 
 
 def slowest(events: list[dict], share: float = 0.01) -> dict | None:
@@ -322,9 +322,9 @@ def slowest(events: list[dict], share: float = 0.01) -> dict | None:
 
 def sched_wait_s(pid: int | None) -> float | None:
     """Seconds the process's live threads have spent runnable but waiting for a core (Linux
-    /proc/PID/task/*/schedstat, its second field): how much of the latency is the machine's CPU, not the
-    process's own work or its interpreter lock (a thread waiting for that lock sleeps; it does not
-    count here)."""
+    /proc/PID/task/*/schedstat, its second field): what the machine's other work costs the process. A
+    thread waiting for the interpreter lock sleeps, but wakes each switch interval to ask for it, and
+    those wake-ups count when no core is free: the figure mixes the CPU and the lock's convoy."""
     if not pid:
         return None
     total, seen = 0, False
@@ -335,18 +335,6 @@ def sched_wait_s(pid: int | None) -> float | None:
         except (OSError, IndexError, ValueError):
             pass
     return total / 1e9 if seen else None
-
-
-def waits_now(proxy_pid: int) -> dict:
-    """:func:`sched_wait_s` of the processes :func:`cpu_now` reads, in its shape."""
-    engine = engine_child(proxy_pid)
-    mem = memory_child(proxy_pid)
-    host = engine or proxy_pid
-    kids = lambda pid, skip=None: {k: w for k in (children(pid) if pid else ()) if k != skip  # noqa: E731
-                                   and (w := sched_wait_s(k)) is not None}
-    return {"proxy": sched_wait_s(proxy_pid), "engine": sched_wait_s(engine) if engine else 0.0,
-            "memory": sched_wait_s(mem), "compression_workers": {k: w for k, w in kids(host, mem).items() if k != engine},
-            "embedding_worker": kids(mem)}
 
 
 def cpu_spent(before: dict, after: dict) -> dict[str, float | None]:
@@ -544,9 +532,9 @@ def main() -> int:
         spied = engine_pid if args.py_spy_of == "engine" and engine_pid else proxy.proc.pid
         spy = start_py_spy(spied, Path(args.py_spy), args.seconds, args.py_spy_gil) if args.py_spy else None
         th0, te0 = thread_cpu(proxy.proc.pid), thread_cpu(engine_pid) if engine_pid else {}
-        cpu0, wait0 = cpu_now(proxy.proc.pid), waits_now(proxy.proc.pid)
+        cpu0, wait0 = cpu_now(proxy.proc.pid), cpu_now(proxy.proc.pid, of=sched_wait_s)
         asyncio.run(run_phase(through, proxy.url, make_sessions(), args.seconds, records, lock, args.stagger))
-        cpu, waited = cpu_spent(cpu0, cpu_now(proxy.proc.pid)), cpu_spent(wait0, waits_now(proxy.proc.pid))
+        cpu, waited = cpu_spent(cpu0, cpu_now(proxy.proc.pid)), cpu_spent(wait0, cpu_now(proxy.proc.pid, of=sched_wait_s))
         th1, te1 = thread_cpu(proxy.proc.pid), thread_cpu(engine_pid) if engine_pid else {}
         if spy is not None:
             try:

@@ -9,7 +9,7 @@ through ``lifecycle.send`` with the claude-code profile, memory and compression 
 as in the proxy, and the stages run on the calling thread, so that each request's thread CPU is its
 own and cProfile sees all of it. Printed: CPU per request (p50, p90, mean) of the requests that made
 a clearing step, of those with a long history (over ``--long`` tokens) and of the others, and the
-functions each kind spent it in (cumulative). Unlike the load benchmark's timings, it does not depend
+functions each kind spent it in (cumulative, or ``--sort tottime``). Unlike the load benchmark's timings, it does not depend
 on how busy the machine is (waits for the memory and compression processes show as time, not CPU).
 
 This is what found that every request between clearing's trigger and its next step computed ~8 stubs
