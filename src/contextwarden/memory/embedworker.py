@@ -5,8 +5,7 @@ tool result: ~80 ms of a core per 3K-token result) and none of it is on a reques
 may lag, it is never dropped (the pending table holds what waits). In the memory process, even niced,
 it took ~0.4 of a core from the two that the proxy's requests, the compression worker and the clients
 share, and a busy machine is where time to first byte grows (issue 19). In a process of its own at the
-idle scheduling class, its session's scheduling group at the lowest weight (:func:`_idle`), the kernel
-runs it only on CPU nobody else wants: under load, embedding lags
+idle scheduling class, the kernel runs it only on CPU nobody else in its group wants (:func:`_idle`): under load, embedding lags
 (the lag is reported, and the text is stored and searchable by words meanwhile); idle, it catches up
 at full speed. A thread of the memory process could not do this: while descheduled it could hold the
 interpreter lock that the process's searches need.
@@ -40,15 +39,13 @@ def embed(model_dir: str, texts: list[str]) -> np.ndarray:
 
 
 def _idle() -> None:
-    """This process's thread to the idle scheduling class (Linux; elsewhere the lowest nice value), and
-    its scheduling group to the lowest weight.
+    """This process's thread to the idle scheduling class (Linux; elsewhere the lowest nice value).
 
-    The class alone is not enough: with Linux's autogroups (``kernel.sched_autogroup_enabled``, the
-    default) every session is a group with one weight at the top level, whatever its tasks' classes, and
-    the worker is started in a session of its own (``start_new_session``), so an idle-class worker alone
-    in its group took a full group's share: as much CPU as the proxy's whole session (measured: two
-    busy loops on one core, each in its own session, one at ``SCHED_IDLE``: 50% each; with the idle
-    one's group at nice 19: 1% and 99%)."""
+    Under Linux's autogroups the class ranks it only inside its own session's group (it is started in
+    a session of its own), so on a busy machine it still gets a group's share. Its group at nice 19
+    made it truly idle and was tried (issue 19): on a machine kept busy, ingestion then stopped, and what
+    waits in the pending table is not searchable yet, so memory found nothing new; not kept until
+    pending items can be found by their words."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
@@ -56,20 +53,6 @@ def _idle() -> None:
             os.nice(19)
         except (AttributeError, OSError):
             pass
-    lowest_group_weight()
-
-
-def lowest_group_weight() -> bool:
-    """Nice 19 for this process's autogroup, when it leads its own session (the group is then its own
-    and its children's, nobody else's); False when there is no such group or it may not be changed."""
-    try:
-        if os.getsid(0) != os.getpid():
-            return False
-        with open("/proc/self/autogroup", "w") as f:  # raising a nice value needs no privilege
-            f.write("19")
-        return True
-    except (AttributeError, OSError):
-        return False
 
 
 class Closed(RuntimeError):
