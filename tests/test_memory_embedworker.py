@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +26,9 @@ def inner():
     return Embedder(MODEL_DIR)
 
 
-def test_the_worker_gives_the_in_process_vectors_at_the_idle_priority(inner):
-    bg = BackgroundEmbedder(inner, MODEL_DIR)
+@pytest.mark.parametrize("lowest_group", [False, True], ids=["embed-as-it-goes", "index-first"])
+def test_the_worker_gives_the_in_process_vectors_at_the_idle_priority(inner, lowest_group):
+    bg = BackgroundEmbedder(inner, MODEL_DIR, lowest_group=lowest_group)
     try:
         got = bg(TEXTS)
         assert np.allclose(got, inner(TEXTS), atol=1e-5) and got.shape == (len(TEXTS), 384)
@@ -34,6 +36,10 @@ def test_the_worker_gives_the_in_process_vectors_at_the_idle_priority(inner):
         (pid,) = bg.pids()
         assert pid != os.getpid()
         assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # the kernel runs it on CPU nobody else wants
+        group = Path(f"/proc/{pid}/autogroup")
+        if group.exists():  # ... and with memory.index_first its session's group weighs least (the class
+            # alone did not); without, it keeps a group's share, or ingestion stops on a never-idle machine
+            assert os.getsid(pid) == pid and group.read_text().split()[-1] == ("19" if lowest_group else "0")
     finally:
         bg.close()
     with pytest.raises(Closed):  # shutting down: the batch fails (its rows stay pending), not run here

@@ -166,6 +166,82 @@ def test_past_pending_max_the_oldest_are_stored_as_text_and_embedded_later_never
     s.close()
 
 
+def test_what_waits_for_its_vector_is_searchable_by_its_words_and_recallable_at_once(cw_home):
+    """Embedding lags under load (the worker runs at the lowest priority): the indexer has made each
+    submission searchable by its words, and its originals recallable, before the storer embeds it."""
+    from contextwarden.memory.lexical import LexicalIndex
+    from contextwarden.memory.originals import OriginalStore
+
+    s = store(cw_home)
+    gated = _GatedEmbedder(s.embedder)
+    s.embedder = gated
+    bus = EventBus()
+    lexical = LexicalIndex()
+    added: list[MemoryItem] = []
+    originals = OriginalStore(cw_home)
+    ing = Ingestor(s, bus, queue_size=1000, chunk_tokens=120, journal=PendingTable(cw_home / "pending.sqlite"),
+                   on_indexed=lexical.add, on_added=added.extend, on_originals=originals.put, backfill=False,
+                   tag=lambda text: ["uploads"] if "upload" in text else [])
+    first = item("warm-up note: nothing to see", turn=0)
+    late = [item(f"the flaky test test_upload_{i} needs RETRIES={i} in CI", turn=i + 1) for i in range(6)]
+    late.append(item("\n".join(f"def handler_{i}(event): return route(event, 'zanzibar-{i}')" for i in range(80)),
+                     turn=9, kind="tool_result"))  # a long tool output: chunked, each chunk searchable
+    try:
+        assert ing.submit([first])
+        assert gated.entered.wait(60)  # the storer is stuck embedding the first submission
+        for it in late:
+            assert ing.submit([it])
+        deadline = time.monotonic() + 60
+        while ing.indexed < len(late) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ing.indexed == len(late) and not added  # indexed, nothing stored yet
+        hits = lexical.query("test_upload_3 RETRIES", ["t-a"], n=3)
+        assert hits and hits[0].item.text == late[3].text and hits[0].item.tags == []  # tagged when stored
+        hits = lexical.query("zanzibar-77", ["t-a"], n=3)
+        assert hits and hits[0].item.kind == "chunk" and "zanzibar-77" in hits[0].item.text
+        assert s.get_by_ids([hits[0].item.source_id], ["t-a"]) == []  # not in the store yet ...
+        assert [o.text for o in originals.get([hits[0].item.source_id], ["t-a"])] == [late[6].text]  # ... recallable
+        gated.gate.set()
+        assert ing.flush(300)
+    finally:
+        gated.gate.set()
+        ing.close()
+    assert ing.indexed == 0 and ing.stats["dropped"] == 0
+    assert lexical.query("test_upload_3 RETRIES", ["t-a"], n=1)[0].item.tags == ["uploads"]  # the storer's tags
+    stored = {it.id for it in s.iter_items()}
+    assert {it.id for it in added} == stored and len(lexical) == len(stored)  # the same items, indexed once
+    mem = [e for e in events(bus, "memory") if "ingested" in e]
+    assert any(e.get("indexed") for e in mem)  # the backlog searchable by words, reported with each batch
+    originals.close()
+    s.close()
+
+
+def test_without_index_first_the_indexer_stays_one_batch_ahead(cw_home):
+    """memory.index_first off (the default): nothing is searchable before it is stored, so the indexer
+    prepares only the storer's next batch, and its CPU is spent as fast as the embedder goes."""
+    s = store(cw_home)
+    gated = _GatedEmbedder(s.embedder)
+    s.embedder = gated
+    bus = EventBus()
+    ing = Ingestor(s, bus, queue_size=1000, journal=PendingTable(cw_home / "pending.sqlite"), batch_max=2,
+                   backfill=False)
+    try:
+        assert ing.submit([item("first note", turn=0)])
+        assert gated.entered.wait(60)
+        for k in range(1, 9):
+            assert ing.submit([item(f"note {k} about the release", turn=k)])
+        time.sleep(1.0)
+        assert ing.indexed <= 2 and ing.journal.untaken >= 6  # the rest waits in the table, untouched
+        gated.gate.set()
+        assert ing.flush(300)
+    finally:
+        gated.gate.set()
+        ing.close()
+    assert len(list(s.iter_items())) == 9
+    assert not any("indexed" in e for e in events(bus, "memory"))  # nothing to report: not searchable early
+    s.close()
+
+
 def test_the_tui_totals_show_what_memory_stored_what_waits_and_what_it_dropped():
     from rich.console import Console
 
@@ -177,15 +253,41 @@ def test_the_tui_totals_show_what_memory_stored_what_waits_and_what_it_dropped()
     t.add({"type": "request", "data": {}})
     t.add({"type": "memory", "data": {"injected": 2, "tokens": 40}})  # a search: not ingestion
     t.add({"type": "memory", "data": {"ingested": 12, "new": 10, "queued": 300, "lag_s": 42.0}})
-    t.add({"type": "memory", "data": {"ingested": 8, "new": 8, "queued": 120, "lag_s": 30.5, "text_only": 8}})
+    t.add({"type": "memory", "data": {"ingested": 8, "new": 8, "queued": 120, "lag_s": 30.5, "text_only": 8,
+                                      "indexed": 96}})
     assert (t.memory_stored, t.memory_text_only, t.memory_pending, t.memory_lag_s, t.memory_dropped) == (18, 8, 120, 30.5, 0)
+    assert t.memory_indexed == 96
     assert Totals.from_dict(t.to_dict()).to_dict() == t.to_dict()
     store = Store()
     store.totals = t
     console = Console(width=80, record=True)
     console.print(traffic_table(store, 0.0))
     text = console.export_text()
-    assert "memory stored" in text and "120 (30 s behind)" in text and "memory dropped" not in text
+    assert "memory stored" in text and "memory dropped" not in text
+    assert "120 (96 searchable by words; 30 s behind)" in text
     t.add({"type": "memory", "data": {"dropped": 5, "pending": 400_000}})
     console.print(traffic_table(store, 0.0))
     assert "memory dropped" in console.export_text()
+
+
+def test_the_shutdown_snapshot_of_the_lexical_index_keeps_to_its_budget():
+    """Under load the index also holds what waits for its vectors; writing it took seconds past the
+    shutdown's budget. Past the budget the process goes without a new snapshot (rebuilt at next start)."""
+    import threading
+    from types import SimpleNamespace
+
+    from contextwarden.memory.service import MemoryService
+
+    release = threading.Event()
+    bus = EventBus()
+    fake = SimpleNamespace(save_lexical=lambda flush: release.wait(30), bus=bus, lexical=[1, 2, 3])
+    t0 = time.monotonic()
+    MemoryService._save_lexical_within(fake, 0.3)
+    took = time.monotonic() - t0
+    release.set()
+    assert 0.3 <= took < 5
+    assert events(bus, "memory") == [{"snapshot": "skipped", "reason": "not written in 0.3 s of shutdown",
+                                      "lexical_items": 3}]
+    quick = SimpleNamespace(save_lexical=lambda flush: None, bus=bus, lexical=[])
+    MemoryService._save_lexical_within(quick, 0.3)
+    assert len(events(bus, "memory")) == 1

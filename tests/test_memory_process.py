@@ -103,3 +103,52 @@ def test_pending_ingestion_left_at_shutdown_is_stored_at_the_next_start(tmp_path
         assert recovered and recovered[0]["recovered"] > 0
     finally:
         rp.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def test_with_index_first_what_waits_for_the_embedder_is_found_by_its_words(tmp_path):
+    """memory.index_first: the memory process indexes a submission by its words as it arrives; with the
+    embedding worker stopped (a machine that never idles), a search still finds it, and it is stored
+    once the worker runs again."""
+    from contextwarden.memory.retrieve import Query
+
+    rp = replayer(tmp_path, "memory: {process: separate, index_first: true}")
+    stopped: list[int] = []
+    try:
+        svc = get_service(rp.runtime)
+        assert isinstance(svc, RemoteMemoryService) and _wait(lambda: svc.available)
+        assert _wait(lambda: bool(_children(svc.pid)))  # the embedding worker
+        stopped = _children(svc.pid)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        text = "The staging database lives on host quokka-db-7, port 6543; the nightly dump runs at 02:10."
+        item = MemoryItem(text=text, session="s-idx", tenant="t-idx", turn=3, role="user", kind="message")
+        assert svc.submit([item])
+
+        def found() -> bool:
+            got = svc.search(Query("which host runs the staging database quokka"), ["t-idx"], timeout_s=20)
+            return any(h.item.text == text for h in got.hits)
+
+        def stored() -> list[dict]:
+            return [e.data for e in list(rp.runtime.bus.recent) if e.type == "memory" and e.data.get("new")]
+
+        assert _wait(found, 60)
+        assert not stored()  # not stored yet: the worker is stopped
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        stopped = []
+        assert _wait(lambda: bool(stored()), 120)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        rp.close()

@@ -107,6 +107,28 @@ def test_session_vectors_follow_what_the_session_stores(crowded):
     assert again[0][1] == pytest.approx(sims[later.id], abs=1e-4)  # the same similarity Chroma gives
 
 
+def test_an_item_indexed_before_its_vector_joins_the_session_ranking_once_stored(crowded):
+    """The ingestor indexes words first and embeds later: an item the session's matrix read without a
+    vector is read again once the store has it (``stored``), and not looked up on every search before."""
+    from contextwarden.memory.scope import SessionVectors
+
+    st, lex, _ = crowded
+    sv = SessionVectors(st)
+    q = embedder()(["a holiday in Lisbon"])[0]
+    assert len(sv.rank(lex, ["t-a"], "cur", q, 10)) == 2
+    later = item("Next summer we spend a holiday in Lisbon by the sea.", session="cur", turn=2)
+    lex.add([later])  # searchable by words; its vector still waits
+    fetched: list[int] = []
+    real = sv._fetch
+    sv._fetch = lambda items: (fetched.append(len(items)), real(items))[1]
+    assert later.text not in [it.text for it, _ in sv.rank(lex, ["t-a"], "cur", q, 10)] and fetched == [1]
+    assert len(sv.rank(lex, ["t-a"], "cur", q, 10)) == 2 and fetched == [1]  # waiting: not read again
+    st.add([later])
+    sv.stored([later])
+    again = sv.rank(lex, ["t-a"], "cur", q, 10)
+    assert fetched == [1, 1] and len(again) == 3 and again[0][0].text == later.text
+
+
 # --- the current project --------------------------------------------------------------------------------
 PROJECT_FACT = "The release checklist says: bump the version in setup.cfg, then tag and push."
 # other projects' sessions of the same tenant, on the same subject: they crowd the tenant-wide rankings

@@ -109,9 +109,10 @@ class Totals:
             "usage_cache_read", "usage_cache_write", "billed_units", "est_saved_units", "measured_turns",
             "saving_turns_tokens_in", "saving_turns_tokens_sent",
             "memory_stored", "memory_text_only", "memory_dropped")
-    # the latest value, not a sum: memory's ingestion backlog (items waiting to be embedded) and how
-    # long the last stored batch's oldest item had waited
-    GAUGES = ("memory_pending", "memory_lag_s")
+    # the latest value, not a sum: memory's ingestion backlog (items waiting to be embedded), how many
+    # of those are searchable by their words already, and how long the last stored batch's oldest item
+    # had waited
+    GAUGES = ("memory_pending", "memory_indexed", "memory_lag_s")
 
     def __init__(self) -> None:
         for f in self.COUNTS + self.SUMS + self.GAUGES:
@@ -201,7 +202,8 @@ class Totals:
         self.memory_stored += num(data.get("new"))
         self.memory_text_only += num(data.get("text_only"))
         self.memory_dropped += num(data.get("dropped"))
-        for key, gauge in (("queued", "memory_pending"), ("pending", "memory_pending"), ("lag_s", "memory_lag_s")):
+        for key, gauge in (("queued", "memory_pending"), ("pending", "memory_pending"), ("indexed", "memory_indexed"),
+                           ("lag_s", "memory_lag_s")):
             if isinstance(data.get(key), (int, float)):
                 setattr(self, gauge, data[key])
 

@@ -39,8 +39,10 @@ def traffic_table(store: Store, now: float) -> Group:
     if tot.memory_stored or tot.memory_pending or tot.memory_dropped:
         # memory's ingestion: what it stored, what still waits to be embedded (the lag), what it dropped
         t.add_row("memory stored", fmt.num(tot.memory_stored))
-        lag = f" ({tot.memory_lag_s:.0f} s behind)" if tot.memory_lag_s >= 1 else ""
-        t.add_row("memory waiting to embed", f"{fmt.num(tot.memory_pending)}{lag}")
+        # (searchable by their words meanwhile: the ingestor indexes before it embeds)
+        notes = ([f"{fmt.num(min(tot.memory_indexed, tot.memory_pending))} searchable by words"] if tot.memory_indexed else []) \
+            + ([f"{tot.memory_lag_s:.0f} s behind"] if tot.memory_lag_s >= 1 else [])
+        t.add_row("memory waiting to embed", fmt.num(tot.memory_pending) + (f" ({'; '.join(notes)})" if notes else ""))
         if tot.memory_dropped:
             t.add_row("memory dropped", Text(fmt.num(tot.memory_dropped), style="red"))
     t.add_row("errors", Text(fmt.num(tot.errors), style="red" if tot.errors else ""))

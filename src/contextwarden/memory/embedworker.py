@@ -5,9 +5,11 @@ tool result: ~80 ms of a core per 3K-token result) and none of it is on a reques
 may lag, it is never dropped (the pending table holds what waits). In the memory process, even niced,
 it took ~0.4 of a core from the two that the proxy's requests, the compression worker and the clients
 share, and a busy machine is where time to first byte grows (issue 19). In a process of its own at the
-idle scheduling class, the kernel runs it only on CPU nobody else in its group wants (:func:`_idle`): under load, embedding lags
-(the lag is reported, and the text is stored and searchable by words meanwhile); idle, it catches up
-at full speed. A thread of the memory process could not do this: while descheduled it could hold the
+idle scheduling class, its session's scheduling group at the lowest weight (:func:`_idle`), the kernel
+runs it only on CPU nobody else wants (a group at nice 19 still gets ~1.5% against a busy loop: it
+is never starved outright): under load, embedding lags (the lag is reported; the ingestor's indexer has
+made each item searchable by its words and recallable by id before it waits here, ``ingest.py``);
+idle, it catches up at full speed. A thread of the memory process could not do this: while descheduled it could hold the
 interpreter lock that the process's searches need.
 
 Searches embed their short queries in the memory process itself, at once (the thread that asks
@@ -27,25 +29,28 @@ import numpy as np
 _model: dict[str, Any] = {}  # in the worker: model dir -> Embedder (loaded on the first call)
 
 
-def embed(model_dir: str, texts: list[str]) -> np.ndarray:
-    """The vectors of ``texts`` (runs in the worker process)."""
+def embed(model_dir: str, texts: list[str], lowest_group: bool = False) -> np.ndarray:
+    """The vectors of ``texts`` (runs in the worker process; ``lowest_group``: its scheduling group at
+    the lowest weight too, ``memory.index_first``)."""
     e = _model.get(model_dir)
     if e is None:
-        _idle()
+        _idle(lowest_group)
         from .embedder import Embedder
 
         e = _model[model_dir] = Embedder(model_dir, threads=1)
     return e(texts)
 
 
-def _idle() -> None:
-    """This process's thread to the idle scheduling class (Linux; elsewhere the lowest nice value).
+def _idle(lowest_group: bool = False) -> None:
+    """This process's thread to the idle scheduling class (Linux; elsewhere the lowest nice value), and
+    its scheduling group to the lowest weight.
 
-    Under Linux's autogroups the class ranks it only inside its own session's group (it is started in
-    a session of its own), so on a busy machine it still gets a group's share. Its group at nice 19
-    made it truly idle and was tried (issue 19): on a machine kept busy, ingestion then stopped, and what
-    waits in the pending table is not searchable yet, so memory found nothing new; not kept until
-    pending items can be found by their words."""
+    The class alone is not enough: with Linux's autogroups (``kernel.sched_autogroup_enabled``, the
+    default) every session is a group with one weight at the top level, whatever its tasks' classes, and
+    the worker is started in a session of its own (``start_new_session``), so an idle-class worker alone
+    in its group took a full group's share: as much CPU as the proxy's whole session (measured: two
+    busy loops on one core, each in its own session, one at ``SCHED_IDLE``: 50% each; with the idle
+    one's group at nice 19: 1% and 99%)."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
@@ -53,6 +58,21 @@ def _idle() -> None:
             os.nice(19)
         except (AttributeError, OSError):
             pass
+    if lowest_group:  # only when words come first (memory.index_first): else ingestion would stop on a
+        lowest_group_weight()  # machine that never idles, with nothing of what waits searchable
+
+
+def lowest_group_weight() -> bool:
+    """Nice 19 for this process's autogroup, when it leads its own session (the group is then its own
+    and its children's, nobody else's); False when there is no such group or it may not be changed."""
+    try:
+        if os.getsid(0) != os.getpid():
+            return False
+        with open("/proc/self/autogroup", "w") as f:  # raising a nice value needs no privilege
+            f.write("19")
+        return True
+    except (AttributeError, OSError):
+        return False
 
 
 class Closed(RuntimeError):
@@ -62,11 +82,13 @@ class Closed(RuntimeError):
 class BackgroundEmbedder:
     """``__call__(texts)`` as the in-process ``inner`` embedder gives, computed in the worker process."""
 
-    def __init__(self, inner, model_dir: str, timeout_s: float = 900.0, start_s: float = 60.0) -> None:
+    def __init__(self, inner, model_dir: str, timeout_s: float = 900.0, start_s: float = 60.0,
+                 lowest_group: bool = False) -> None:
         from ..compress.offload import Offload
 
         self.inner = inner
         self.model_dir = str(model_dir)
+        self.lowest_group = lowest_group
         self.timeout_s = timeout_s
         self.start_s = start_s
         self._offload = Offload(workers=1)
@@ -83,7 +105,7 @@ class BackgroundEmbedder:
         if not self._closed.is_set():
             try:
                 self._offload.wait_ready(self.start_s)
-                return self._offload.call(embed, self.model_dir, list(texts), timeout=self.timeout_s)
+                return self._offload.call(embed, self.model_dir, list(texts), self.lowest_group, timeout=self.timeout_s)
             except Unavailable:
                 if self._closed.is_set():
                     raise Closed("memory is shutting down") from None

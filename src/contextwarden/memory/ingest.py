@@ -7,6 +7,13 @@ and stores. When the queue is full the work is dropped with a ``memory`` event `
 traffic never waits for memory. Chroma failures become ``error`` events, never exceptions in callers.
 Each stored batch is a ``memory`` event (``ingested``, ``new``, ``deduplicated``, ``chunks``, ``ms``,
 ``queued``); history the proxy had not seen live is also an ``ingest`` event (``history: true``).
+
+With a pending table (the memory process) there are two worker threads: the *indexer* takes each
+submission, chunks it, keeps its originals and indexes it by its words (``on_indexed``), and the
+*storer* tags, embeds and stores what the indexer made, as fast as the embedder goes. With
+``memory.index_first`` the indexer takes each submission as it arrives (searchable by words and
+recallable at once; on a busy machine vectors lag, reported as ``lag_s`` and ``indexed``, while words do
+not); without, it stays one batch ahead of the storer and an item is found once stored.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..models.base import ApiKind
@@ -56,8 +64,11 @@ class Ingestor:
                  backfill: bool = True, journal: "PendingTable | None" = None, batch_max: int = 256,
                  batch_chars: int | None = None, priority: "SearchFirst | None" = None,
                  tag: Callable[[str], list[str]] | None = None,
-                 on_originals: Callable[[list[MemoryItem]], None] | None = None) -> None:
+                 on_originals: Callable[[list[MemoryItem]], None] | None = None,
+                 on_indexed: Callable[[list[MemoryItem]], None] | None = None) -> None:
         self.store = store
+        # receives each batch's chunks before they are embedded (the lexical index: searchable by words)
+        self.on_indexed = on_indexed
         # receives each text whole (redacted, not chunked) under the id its stub names: recall(id)
         self.on_originals = on_originals
         self.bus = bus
@@ -69,7 +80,8 @@ class Ingestor:
             count = tc() if tc is not None else proxy_tokens
         self.count = count
         self.stats = {"submitted": 0, "dropped": 0, "stored": 0, "new": 0, "redacted": 0, "errors": 0,
-                      "skipped_seen": 0, "embedded_tokens": 0, "stored_text_only": 0, "embedded_later": 0}
+                      "skipped_seen": 0, "embedded_tokens": 0, "stored_text_only": 0, "embedded_later": 0,
+                      "indexed": 0}
         self.deferred = 0  # items stored as text under load, not embedded yet (journal mode)
         self._q: deque[tuple[list[MemoryItem], dict]] = deque()
         self._pending = 0  # items in the queue
@@ -78,6 +90,7 @@ class Ingestor:
         self._cv = threading.Condition()
         self._last_error: tuple[str, float] = ("", 0.0)
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (partition, source hash) stored
+        self._seen_lock = threading.Lock()
         self._backfill = backfill
         # journal: submissions are stored there at once and drained in batches (see pending.py); without
         # it they wait in memory and are dropped when the queue is full
@@ -86,8 +99,20 @@ class Ingestor:
         self.batch_chars = batch_chars  # and characters (journal mode): a tool output is ~13 chunks
         self.tag = tag  # tags items that come untagged (the memory process tags off the proxy)
         self.priority = priority  # searches first: this worker waits between its steps while one runs
+        # journal mode: submissions the indexer made searchable, oldest first, that the storer has not
+        # stored yet (one per journal row; their rows stay in the journal until stored)
+        self._indexed: deque[_Indexed] = deque()
+        self._indexed_items = 0
+        self._indexing = False
+        # how far the indexer may run ahead of the storer: as far as the journal's bound when what it
+        # indexes is searchable at once (``on_indexed``), else one batch (the storer's next, ready)
+        self._lead = (journal.max_items if on_indexed is not None else self.batch_max) if journal is not None else 0
         self._thread = threading.Thread(target=self._run, name="cw-memory-ingest", daemon=True)
         self._thread.start()
+        self._indexer: threading.Thread | None = None
+        if journal is not None:
+            self._indexer = threading.Thread(target=self._run_indexer, name="cw-memory-index", daemon=True)
+            self._indexer.start()
 
     # --- producer side (any thread; never blocks) ----------------------------------------------------
     def submit(self, items: list[MemoryItem], *, flow_id: str | None = None, history: bool = False,
@@ -147,16 +172,16 @@ class Ingestor:
         return True
 
     def _has_work(self) -> bool:
-        return bool(self._q) or (self.journal is not None and self.journal.items > 0)
+        return bool(self._q) or bool(self._indexed) or (self.journal is not None and self.journal.items > 0)
 
     def flush(self, timeout: float = 30) -> bool:
         """Wait until everything submitted so far is stored (or failed); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cv:
-            while self._has_work() or self._busy:
+            while self._has_work() or self._busy or self._indexing:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._thread.is_alive():
-                    return not (self._has_work() or self._busy)
+                    return not (self._has_work() or self._busy or self._indexing)
                 self._cv.wait(min(left, 0.5))
         return True
 
@@ -171,10 +196,17 @@ class Ingestor:
         # one budget for both: a batch still embedding is left to the process's exit (its rows stay
         # pending and are stored at the next start)
         self._thread.join(max(0.2, deadline - time.monotonic()))
+        if self._indexer is not None:
+            self._indexer.join(max(0.2, deadline - time.monotonic()))
 
     @property
     def pending(self) -> int:
         return self._pending + (self.journal.items if self.journal is not None else 0)
+
+    @property
+    def indexed(self) -> int:
+        """Items searchable by their words that wait for their vectors (journal mode)."""
+        return self._indexed_items
 
     # --- worker --------------------------------------------------------------------------------------
     def _pause(self) -> None:
@@ -214,36 +246,87 @@ class Ingestor:
                     self._busy = False
                     self._cv.notify_all()
 
+    def _run_indexer(self) -> None:
+        """Journal mode: each submission, as it arrives, chunked and indexed by its words
+        (:meth:`_index`), then handed to the storer. Stops taking while the storer is ``max_items``
+        behind (the journal's own bound then applies to what is not taken); without ``on_indexed``,
+        one batch ahead (nothing is searchable before it is stored: why run further)."""
+        _lower_priority()  # (as the storer: the searches of this process come first)
+        if self.priority is not None:
+            self.priority.background()
+        while True:
+            with self._cv:
+                while not self._closing and (self.journal.untaken <= 0
+                                             or self._indexed_items >= self._lead):
+                    self._cv.wait(1.0)
+                if self._closing:
+                    return
+                self._indexing = True
+            rows = []
+            try:
+                rows = self.journal.take(self.batch_max, self.batch_chars)
+                for rid, items, info in rows:
+                    done = self._index([(items, info)], redacted=True)
+                    done.rows = [rid]
+                    with self._cv:
+                        self._indexed.append(done)
+                        self._indexed_items += done.submitted
+                        self._cv.notify_all()
+                    rows = rows[1:]
+            except Exception as e:  # never let the indexer die; a poison submission is dropped
+                if not self._closing:
+                    self._error(e, sum(len(items) for _, items, _ in rows))
+                    self.journal.done([rid for rid, _, _ in rows])
+            finally:
+                with self._cv:
+                    self._indexing = False
+                    self._cv.notify_all()
+
     def _run_journal(self) -> bool:
-        """One batch from the journal; False when closing. Over ``memory.pending_max``, the oldest
-        submissions are stored as text first (searchable at once, not embedded: nothing is dropped);
-        once the journal is empty, what was stored so is embedded, a batch at a time."""
+        """The storer (journal mode): one batch of what the indexer made, embedded and stored; False
+        when closing. Over ``memory.pending_max``, the oldest submissions are stored as text first (not
+        embedded: nothing is dropped); once nothing waits, what was stored so is embedded, a batch at a
+        time."""
         with self._cv:
-            while self.journal.items <= 0 and not self._closing and not self.deferred:
+            while not self._indexed and not self._closing and not (self.deferred and self.journal.items <= 0):
                 self._cv.wait(1.0)
             if self._closing:
                 return False
             self._busy = True
-        rows = []
+            taken: list[_Indexed] = []
+            excess = self.journal.items - self.journal.max_items
+            over = excess > 0
+            if over:  # store the oldest as text until the table is back under its bound
+                while self._indexed and excess > 0:
+                    taken.append(self._indexed.popleft())
+                    excess -= taken[-1].submitted
+            else:
+                # near the bound, smaller embedding batches: back sooner to store what goes over it as text
+                near = self.journal.items > self.journal.max_items // 2
+                max_items = max(1, self.batch_max // 4) if near else self.batch_max
+                chars_max = (self.batch_chars // 4 if near else self.batch_chars) if self.batch_chars else None
+                n = chars = 0
+                while self._indexed:
+                    nxt = self._indexed[0]
+                    if taken and (n + nxt.submitted > max_items or (chars_max is not None and chars + nxt.chars > chars_max)):
+                        break
+                    taken.append(self._indexed.popleft())
+                    n += nxt.submitted
+                    chars += nxt.chars
+            self._indexed_items -= sum(t.submitted for t in taken)
+        batch = _Indexed.merge(taken)
         try:
-            if self.journal.items <= 0:
+            if not taken:
                 self._embed_deferred()
                 return True
-            over = self.journal.take_over()
-            # near the bound, smaller embedding batches: back sooner to store what goes over it as text
-            near = self.journal.items > self.journal.max_items // 2
-            chars = self.batch_chars // 4 if near and self.batch_chars else self.batch_chars
-            rows = over or self.journal.take(max(1, self.batch_max // 4) if near else self.batch_max, chars)
-            if rows:
-                self._process([(items, info) for _, items, info in rows],
-                              in_flight=sum(len(items) for _, items, _ in rows), redacted=True, text_only=bool(over))
+            self._store(batch, in_flight=batch.submitted, text_only=over)
         except Exception as e:  # never let the worker die; the rows are dropped (a poison batch must not loop)
             if self._closing:  # (failed because memory is shutting down: the rows stay for the next start)
-                rows = []
+                batch.rows = []
             else:
-                self._error(e, sum(len(items) for _, items, _ in rows))
+                self._error(e, batch.submitted)
         finally:
-            self.journal.done([rid for rid, _, _ in rows])
+            self.journal.done(batch.rows)
             with self._cv:
                 self._busy = False
                 self._cv.notify_all()
@@ -307,48 +390,77 @@ class Ingestor:
 
     def _process(self, batches: list[tuple[list[MemoryItem], dict]], in_flight: int = 0, redacted: bool = False,
                  text_only: bool = False) -> None:
+        """Index, then store, in one go (without a pending table: one worker thread)."""
+        self._store(self._index(batches, redacted), in_flight, text_only)
+
+    def _index(self, batches: list[tuple[list[MemoryItem], dict]], redacted: bool = False) -> "_Indexed":
+        """Submissions made ready to store: items stored before skipped, the rest redacted (unless
+        ``redacted``: from the journal) and chunked; their originals kept; the chunks indexed by their
+        words (``on_indexed``). Tagged by :meth:`_store`."""
         t0 = time.perf_counter()
-        # the embedding lag: how long the batch's oldest item waited since its turn completed
-        lag_s = round(max(0.0, time.time() - min((it.ts for its, _ in batches for it in its), default=time.time())), 1)
         items: list[MemoryItem] = []
         sub: list[int] = []  # submission of each item
         skipped = [0] * len(batches)
-        for b, (its, _) in enumerate(batches):
-            for it in its:
-                key = (it.workspace or it.tenant, it.source_id or memory_id(it.text))
-                if key in self._seen:  # stored before: no redaction, no chunking, no lookup
-                    self._seen.move_to_end(key)
-                    skipped[b] += 1
-                    continue
-                items.append(it)
-                sub.append(b)
+        with self._seen_lock:  # (the storer adds to it meanwhile)
+            for b, (its, _) in enumerate(batches):
+                for it in its:
+                    key = (it.workspace or it.tenant, it.source_id or memory_id(it.text))
+                    if key in self._seen:  # stored before: no redaction, no chunking, no lookup
+                        self._seen.move_to_end(key)
+                        skipped[b] += 1
+                        continue
+                    items.append(it)
+                    sub.append(b)
         self.stats["skipped_seen"] += sum(skipped)
-        if self.tag is not None:
-            for it in items:
-                if not it.tags:
-                    self._pause()
-                    it.tags = self.tag(it.text)
+        # (tags are the storer's: words need none, and tagging cost as much as the rest of this
+        # together, for every item, where the storer tags only what it has time to store)
         self._pause()
-        already = redacted
-        prepared, redacted, owner, wholes = self._prepare(items, redacted_already=already)
-        if already:  # counted when the journal took them
-            redacted = sum(int(info.get(REDACTED_NOTE) or 0) for _, info in batches)
+        prepared, n_red, owner, wholes = self._prepare(items, redacted_already=redacted)
+        if redacted:  # counted when the journal took them
+            n_red = sum(int(info.get(REDACTED_NOTE) or 0) for _, info in batches)
         if self.on_originals is not None and items:
             try:
                 self.on_originals(wholes)
             except Exception as e:
                 self._error(e, 0, where="memory.originals")
+        if self.on_indexed is not None and prepared:
+            try:
+                self.on_indexed(prepared)
+                self.stats["indexed"] += len(prepared)
+            except Exception as e:
+                self._error(e, 0, where="memory.index")
+        return _Indexed(batches=batches, items=items, sub=sub, skipped=skipped, prepared=prepared, owner=owner,
+                        redacted=n_red, ms=(time.perf_counter() - t0) * 1000)
+
+    def _store(self, done: "_Indexed", in_flight: int = 0, text_only: bool = False) -> None:
+        """Tag, embed and store what :meth:`_index` made (``text_only``: stored now, embedded later)."""
+        t0 = time.perf_counter()
+        batches = done.batches
+        # the embedding lag: how long the batch's oldest item waited since its turn completed
+        lag_s = round(max(0.0, time.time() - min((it.ts for its, _ in batches for it in its), default=time.time())), 1)
+        items, prepared, redacted = done.items, done.prepared, done.redacted
+        if self.tag is not None:
+            tagged = set()
+            for k, it in enumerate(items):
+                if not it.tags:
+                    self._pause()
+                    it.tags = self.tag(it.text)
+                    tagged.add(k)
+            for chunk, k in zip(prepared, done.owner):
+                if k in tagged:  # the same objects the lexical index holds: their tags appear there too
+                    chunk.tags = list(items[k].tags)
         self._pause()
         try:
             new = self.store.add_items(prepared, text_only=text_only)
         except Exception as e:
             self._error(e, len(items))
             return
-        for it in items:
-            self._seen[(it.workspace or it.tenant, it.source_id or memory_id(it.text))] = None
-        while len(self._seen) > self.SEEN:
-            self._seen.popitem(last=False)
-        ms = round((time.perf_counter() - t0) * 1000, 1)
+        with self._seen_lock:
+            for it in items:
+                self._seen[(it.workspace or it.tenant, it.source_id or memory_id(it.text))] = None
+            while len(self._seen) > self.SEEN:
+                self._seen.popitem(last=False)
+        ms = round(done.ms + (time.perf_counter() - t0) * 1000, 1)
         new_ids = {(_pkey(it), it.id) for it in new}
         self.stats["stored"] += len(prepared)
         self.stats["new"] += len(new)
@@ -362,11 +474,11 @@ class Ingestor:
         sessions = {info["session"] for _, info in batches}
         self.bus.emit("memory", {"ingested": len(prepared), "new": len(new), "ms": ms, "redacted": redacted,
                                  "chunks": chunks, "items": sum(len(b) for b, _ in batches),
-                                 "deduplicated": len(prepared) - len(new) + sum(skipped), "queued": queued,
-                                 "lag_s": lag_s, **({"text_only": len(new), "deferred": self.deferred}
-                                                    if text_only else {})},
+                                 "deduplicated": len(prepared) - len(new) + sum(done.skipped), "queued": queued,
+                                 "lag_s": lag_s, **({"indexed": self._indexed_items} if self.journal is not None and self.on_indexed is not None else {}),
+                                 **({"text_only": len(new), "deferred": self.deferred} if text_only else {})},
                       session=sessions.pop() if len(sessions) == 1 else None)
-        self._emit_history(batches, sub, owner, prepared, new_ids, skipped, ms, queued)
+        self._emit_history(batches, done.sub, done.owner, prepared, new_ids, done.skipped, ms, queued)
         if new and self.on_added is not None:
             try:
                 self.on_added(new)
@@ -406,6 +518,47 @@ class Ingestor:
             return  # Chroma down: one event a minute, not one a turn
         self._last_error = (msg, now)
         self.bus.emit("error", {"where": where, "message": msg, "action": f"dropped {n} items" if n else "skipped"})
+
+
+@dataclass
+class _Indexed:
+    """Submissions :meth:`Ingestor._index` made ready to store (searchable by their words already)."""
+
+    batches: list  # the submissions: (items, info)
+    items: list  # their items not stored before
+    sub: list  # submission of each item
+    skipped: list  # items per submission stored before
+    prepared: list  # what is stored: the items redacted and chunked
+    owner: list  # index in ``items`` of each prepared item
+    redacted: int = 0
+    ms: float = 0.0
+    rows: list = field(default_factory=list)  # journal rows, done once stored
+
+    @property
+    def submitted(self) -> int:
+        """Items as the journal counts them (its ``n`` per row)."""
+        return sum(len(its) for its, _ in self.batches)
+
+    @property
+    def chars(self) -> int:
+        return sum(len(it.text) for it in self.prepared)
+
+    @classmethod
+    def merge(cls, parts: list["_Indexed"]) -> "_Indexed":
+        """One batch of several (one embedding run and one store call for all)."""
+        out = cls(batches=[], items=[], sub=[], skipped=[], prepared=[], owner=[])
+        for p in parts:
+            nb, ni = len(out.batches), len(out.items)
+            out.batches += p.batches
+            out.items += p.items
+            out.sub += [k + nb for k in p.sub]
+            out.skipped += p.skipped
+            out.prepared += p.prepared
+            out.owner += [k + ni for k in p.owner]
+            out.redacted += p.redacted
+            out.ms += p.ms
+            out.rows += p.rows
+        return out
 
 
 def _pkey(it: MemoryItem) -> str:

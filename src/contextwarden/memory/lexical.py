@@ -391,6 +391,11 @@ def save_snapshot(index: "LexicalIndex", path: str | os.PathLike, key: dict) -> 
     arrays["meta"] = np.frombuffer(orjson.dumps(meta), dtype=np.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(path.name + ".tmp*"):  # a save cut short by a shutdown's budget
+        try:
+            stale.unlink()
+        except OSError:
+            pass
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     buf = io.BytesIO()
     np.savez(buf, **arrays)

@@ -1,12 +1,13 @@
 """Ingestion work stored before it is done: a table in SQLite under cw_home that the ingestor drains.
 
-A submission is written here at once (one insert, no embedding) and taken by the ingestor's worker in
-bounded batches, deleted only once stored. So a burst larger than the embedder can follow waits on disk
-instead of being dropped, a shutdown leaves what it did not finish here, and the next start finishes it.
-The table is bounded too (``memory.pending_max`` items): past it, the ingestor stores the oldest
-submissions' text without embedding them (searchable by BM25 and by id at once, embedded when the
-table is empty again: :meth:`take_over`). Only past ``HARD_FACTOR`` times the bound (the worker cannot
-even store text: Chroma down) are the oldest dropped, and counted (never the traffic's problem).
+A submission is written here at once (one insert, no embedding). The ingestor's indexer takes it
+(:meth:`take`: it is then searchable by its words), its storer embeds and stores it and only then deletes
+the row (:meth:`done`). So a burst larger than the embedder can follow waits on disk instead of being
+dropped, a shutdown leaves what it did not store here, and the next start finishes it. The table is
+bounded too (``memory.pending_max`` items): past it, the ingestor stores the oldest submissions' text
+without embedding them (embedded when the table is empty again). Only past ``HARD_FACTOR`` times the
+bound (the worker cannot even store text: Chroma down) are the oldest not yet taken dropped, and
+counted (never the traffic's problem).
 """
 
 from __future__ import annotations
@@ -39,12 +40,15 @@ class PendingTable:
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM pending").fetchone()
         self.rows, self.items = int(row[0]), int(row[1])
         self.recovered = self.items  # left by the previous run
-        self._taken: set[int] = set()  # rows a batch is working on (not dropped as oldest under it)
+        self._taken: set[int] = set()  # rows taken and not done yet (never dropped as oldest)
+        # rows are taken in id order and new rows get larger ids: everything up to here has been taken
+        # (so a take reads only what is new, however many taken rows wait to be stored)
+        self._mark = 0
         self.dropped = 0
 
     def add(self, items: list[MemoryItem], info: dict) -> int:
         """Store one submission; returns how many items were dropped (oldest first) to stay under the
-        hard bound (the ingestor keeps the table under ``max_items`` by storing text: :meth:`take_over`)."""
+        hard bound (the ingestor keeps the table under ``max_items`` by storing text)."""
         blob = orjson.dumps([it.to_record() for it in items])
         with self._lock:
             self._db.execute("INSERT INTO pending (n, info, items) VALUES (?, ?, ?)",
@@ -53,9 +57,8 @@ class PendingTable:
             self.items += len(items)
             dropped = 0
             while self.items > self.hard_max and self.rows > 1:
-                row = self._db.execute("SELECT id, n FROM pending WHERE id NOT IN (%s) ORDER BY id LIMIT 1"
-                                       % ",".join(str(i) for i in self._taken) if self._taken else
-                                       "SELECT id, n FROM pending ORDER BY id LIMIT 1").fetchone()
+                row = self._db.execute("SELECT id, n FROM pending WHERE id > ? ORDER BY id LIMIT 1",
+                                       (self._mark,)).fetchone()
                 if row is None:
                     break
                 self._db.execute("DELETE FROM pending WHERE id = ?", (row[0],))
@@ -66,43 +69,20 @@ class PendingTable:
         return dropped
 
     def take(self, max_items: int, max_chars: int | None = None) -> list[tuple[int, list[MemoryItem], dict]]:
-        """The oldest submissions not being worked on, up to ``max_items`` items and ``max_chars``
-        characters of text (at least one submission): what one batch embeds, so what a shutdown may
-        wait for."""
+        """The oldest submissions not taken yet, up to ``max_items`` items and ``max_chars`` characters
+        of text (at least one submission), oldest first. They stay in the table until :meth:`done`."""
         out = []
         n = chars = 0
         with self._lock:
-            cur = self._db.execute("SELECT id, n, info, items FROM pending ORDER BY id")
+            cur = self._db.execute("SELECT id, n, info, items FROM pending WHERE id > ? ORDER BY id", (self._mark,))
             for rid, k, info, blob in cur:
-                if rid in self._taken:
-                    continue
                 if out and (n + k > max_items or (max_chars is not None and chars + len(blob) > max_chars)):
                     break
                 out.append((rid, k, info, blob))
                 self._taken.add(rid)
+                self._mark = rid
                 n += k
                 chars += len(blob)
-            cur.close()
-        return [(rid, [MemoryItem.from_record(r) for r in orjson.loads(blob)], orjson.loads(info))
-                for rid, k, info, blob in out]
-
-    def take_over(self) -> list[tuple[int, list[MemoryItem], dict]]:
-        """The oldest submissions not being worked on whose items take the table over ``max_items``
-        (the ingestor stores their text now and embeds it later), or nothing when it is not over."""
-        out = []
-        with self._lock:
-            excess = self.items - self.max_items
-            if excess <= 0:
-                return []
-            cur = self._db.execute("SELECT id, n, info, items FROM pending ORDER BY id")
-            for rid, k, info, blob in cur:
-                if excess <= 0:
-                    break
-                if rid in self._taken:
-                    continue
-                out.append((rid, k, info, blob))
-                self._taken.add(rid)
-                excess -= k
             cur.close()
         return [(rid, [MemoryItem.from_record(r) for r in orjson.loads(blob)], orjson.loads(info))
                 for rid, k, info, blob in out]
@@ -120,10 +100,11 @@ class PendingTable:
                     self.rows -= 1
                     self.items -= row[0]
 
-    def release(self, ids: list[int]) -> None:
-        """Taken but not stored (shutting down): left for the next run."""
+    @property
+    def untaken(self) -> int:
+        """Submissions no one has taken yet (what the indexer has still to read)."""
         with self._lock:
-            self._taken.difference_update(ids)
+            return self.rows - len(self._taken)
 
     def close(self) -> None:
         with self._lock:

@@ -8,6 +8,10 @@ are scored here against the query embedding: their vectors are read from Chroma 
 lookup) the first time, kept as one matrix per session and extended with the items stored since, so a
 search costs a matrix product. An item's id is its content's hash: a kept vector never goes stale.
 The current project's items (``MemoryItem.project``) are kept and ranked the same way.
+
+The lexical index holds items before they have a vector (the ingestor indexes words first, and embeds
+at the lowest priority): those are remembered as waiting and read once :meth:`SessionVectors.stored`
+says they were stored, not looked up again on every search.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ CACHE_MAX = 20_000  # vectors kept over all sessions (384 floats each: ~30 MB); 
 
 
 class _Session:
-    __slots__ = ("seen", "items", "matrix")
+    __slots__ = ("seen", "items", "matrix", "waiting", "ready")
 
     def __init__(self) -> None:
         self.seen = 0  # the session's items (in the lexical partition) read so far
         self.items: list = []  # the items that have a vector, in the matrix's row order
         self.matrix = np.zeros((0, 0), dtype=np.float32)  # rows normalised
+        self.waiting: dict[str, object] = {}  # id -> item read without a vector (not stored yet)
+        self.ready: list = []  # waiting items stored since: read at the next search
 
 
 class SessionVectors:
@@ -38,6 +44,22 @@ class SessionVectors:
         self.max_rows = max_rows
         self._sessions: OrderedDict[tuple[str, str], _Session] = OrderedDict()
         self._lock = threading.Lock()
+        self._fetching = 0  # reads from the store under way
+        self._during: set[str] = set()  # ids stored while one was (it may have missed them)
+
+    def stored(self, items) -> None:
+        """``items`` now have their vectors in the store (the ingestor's ``on_added``): those a
+        session's matrix read while they had none are read at its next search."""
+        with self._lock:
+            ids = {it.id for it in items}
+            if self._fetching:
+                self._during |= ids
+            if not any(st.waiting for st in self._sessions.values()):
+                return
+            for st in self._sessions.values():
+                if st.waiting and not ids.isdisjoint(st.waiting):
+                    for i in ids.intersection(st.waiting):
+                        st.ready.append(st.waiting.pop(i))
 
     def _fetch(self, items: list) -> tuple[list, np.ndarray | None]:
         """The vectors of ``items`` from their Chroma collections (items without one are left out)."""
@@ -72,7 +94,7 @@ class SessionVectors:
             st = self._sessions.get(key)
             if st is not None:
                 self._sessions.move_to_end(key)
-        if st is not None and size(partition, name) == st.seen:
+        if st is not None and size(partition, name) == st.seen and not st.ready:
             return st  # nothing stored since: the matrix as it is
         items = members(partition, name)
         if not items:
@@ -80,8 +102,28 @@ class SessionVectors:
         if st is None or len(items) < st.seen:
             st = _Session()
             st.seen = max(0, len(items) - SCOPE_MAX)  # a long session: its latest items only
-        if len(items) > st.seen:
-            new, m = self._fetch(items[st.seen:])
+        if len(items) > st.seen or st.ready:
+            with self._lock:
+                todo, st.ready = st.ready + items[st.seen:], []
+                self._fetching += 1
+            try:
+                new, m = self._fetch(todo)
+            finally:
+                with self._lock:
+                    self._fetching -= 1
+                    during, self._during = (self._during, set()) if not self._fetching else (set(self._during), self._during)
+            if len(new) < len(todo):
+                got = {it.id for it in new}
+                with self._lock:
+                    for it in todo:
+                        if it.id in got:
+                            continue
+                        if it.id in during:  # stored while this read ran: read again next time
+                            st.ready.append(it)
+                        else:
+                            st.waiting[it.id] = it
+                    while len(st.waiting) > SCOPE_MAX:  # the oldest go: a session's latest items count
+                        st.waiting.pop(next(iter(st.waiting)))
             if m is not None:
                 st.items = st.items + new
                 st.matrix = m if not st.matrix.size else np.vstack([st.matrix, m])

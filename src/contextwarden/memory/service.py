@@ -5,7 +5,9 @@ stage's ``cw_configure`` and closed by its ``cw_shutdown``. Opening Chroma and l
 second or two, so they happen on a background thread: until the service is ready, requests go without
 memory (the ``memory`` event says ``skipped: "starting"``) and nothing waits.
 
-The lexical index lives in this process and follows every item the ingestor stores (``on_added``). It is
+The lexical index lives in this process and follows every item the ingestor stores (``on_added``); with
+``memory.index_first``, each is indexed by its words as soon as it arrives, before it is embedded
+(``on_indexed``: searchable while its vector lags; ``on_added`` is then a no-op). It is
 saved next to the store when the service closes (``cw_home/memory-lexical.npz``, keyed by the item count
 of every collection) and loaded from there at start-up (~1 s at 100K items); only when that snapshot is
 missing or stale is it rebuilt from Chroma (~40-60 s at 100K), on the background thread: requests are
@@ -220,7 +222,7 @@ class MemoryService:
             if self.embedder is not None and self.separate and m.embed_idle:
                 from .embedworker import BackgroundEmbedder
 
-                self.embedder.background = BackgroundEmbedder(emb, emb.model_dir)
+                self.embedder.background = BackgroundEmbedder(emb, emb.model_dir, lowest_group=m.index_first)
                 self.embedder.is_background = self.priority.is_background
             if self.embedder is not None and self.settings.tagging.embedding_tagger:
                 self.tagger = Tagger(self.settings.tagging, self.embedder)
@@ -246,6 +248,7 @@ class MemoryService:
                                          batch_chars=m.ingest_batch_chars,
                                          tag=self._tag if self.separate else None,
                                          on_originals=self.originals.put if self.originals is not None else None,
+                                         on_indexed=self.lexical.add if m.index_first else None,
                                          priority=self.priority)
         except Exception as e:  # memory is an extra: the proxy runs without it
             self.error = f"{type(e).__name__}: {e}"
@@ -322,6 +325,22 @@ class MemoryService:
                                     "action": "lexical index rebuilt at next start"})
             return False
 
+    def _save_lexical_within(self, budget: float | None) -> None:
+        """The snapshot at close, given ``budget`` seconds (None: as long as it takes). Under load the
+        index holds what waits for its vectors too (indexed by words first), and writing ~200K chunks
+        took seconds past a shutdown's budget: past it, the process exits without a new snapshot, and
+        the next start rebuilds the index from the store in the background (the pending table's items
+        are indexed again by the ingestor)."""
+        if budget is None:
+            self.save_lexical(False)
+            return
+        t = threading.Thread(target=self.save_lexical, args=(False,), name="cw-memory-snapshot", daemon=True)
+        t.start()
+        t.join(budget)
+        if t.is_alive():
+            self.bus.emit("memory", {"snapshot": "skipped", "reason": f"not written in {budget:.1f} s of shutdown",
+                                     "lexical_items": len(self.lexical)})
+
     def _rebuild_lexical(self) -> None:
         try:
             batch = []
@@ -345,7 +364,9 @@ class MemoryService:
         return self.tagger.tag(text) if self.settings.tagging.enabled else []
 
     def _on_added(self, items) -> None:
-        self.lexical.add(items)
+        self.lexical.add(items)  # (indexed before they were embedded: a no-op then)
+        if self._scope is not None:
+            self._scope.stored(items)
 
     def wait_ready(self, timeout: float = 60) -> bool:
         """Block until the store is open and the lexical index rebuilt (tests, CLI, evaluation)."""
@@ -395,7 +416,9 @@ class MemoryService:
             step("originals", self.flush_kept, left(30))
             if self.ingestor is not None:
                 step("ingestion", self.ingestor.close, left(10))
-            step("lexical", self.save_lexical, False)
+            # (with index_first the index also holds what waits for its vectors: large under load)
+            step("lexical", self._save_lexical_within,
+                 max(1.5, left(0.0)) if end is not None and self.settings.memory.index_first else None)
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             if self.ingestor is not None and self.ingestor.journal is not None:

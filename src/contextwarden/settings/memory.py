@@ -97,6 +97,15 @@ class MemorySection(Section):
     CPU priority (memory/embedworker.py): under load they lag instead of taking CPU from requests.
     False: in the memory process's ingestion thread (niced)."""
 
+    index_first: bool = False
+    """In the memory process, index each submission by its words (and keep its original for recall by
+    id) as soon as it arrives, ahead of its embedding, and run the embedding worker's scheduling group at
+    the lowest weight: on a busy machine vectors lag, words do not. Off: an item is indexed when it is
+    stored (embedded), and the worker keeps a group's share of the CPU. On costs the memory process CPU
+    for every item as it arrives (at issue 19's load, 50 sessions on 2 cores: ~11 ms more a request,
+    and slower first bytes in each of three runs), so it is off by default; see docs/memory-process.md,
+    "Words first, vectors later"."""
+
     shutdown_flush_s: float = 2.0
     """On shutdown, seconds spent storing pending items; the rest is stored at the next start."""
 
