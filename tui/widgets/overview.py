@@ -39,7 +39,7 @@ def traffic_table(store: Store, now: float) -> Group:
     if tot.memory_stored or tot.memory_pending or tot.memory_dropped:
         # memory's ingestion: what it stored, what still waits to be embedded (the lag), what it dropped
         t.add_row("memory stored", fmt.num(tot.memory_stored))
-        # (searchable by their words meanwhile: the ingestor indexes before it embeds)
+        # (with memory.index_first, searchable by their words meanwhile: indexed before embedded)
         notes = ([f"{fmt.num(min(tot.memory_indexed, tot.memory_pending))} searchable by words"] if tot.memory_indexed else []) \
             + ([f"{tot.memory_lag_s:.0f} s behind"] if tot.memory_lag_s >= 1 else [])
         t.add_row("memory waiting to embed", fmt.num(tot.memory_pending) + (f" ({'; '.join(notes)})" if notes else ""))

@@ -5,11 +5,11 @@ tool result: ~80 ms of a core per 3K-token result) and none of it is on a reques
 may lag, it is never dropped (the pending table holds what waits). In the memory process, even niced,
 it took ~0.4 of a core from the two that the proxy's requests, the compression worker and the clients
 share, and a busy machine is where time to first byte grows (issue 19). In a process of its own at the
-idle scheduling class, its session's scheduling group at the lowest weight (:func:`_idle`), the kernel
-runs it only on CPU nobody else wants (a group at nice 19 still gets ~1.5% against a busy loop: it
-is never starved outright): under load, embedding lags (the lag is reported; the ingestor's indexer has
-made each item searchable by its words and recallable by id before it waits here, ``ingest.py``);
-idle, it catches up at full speed. A thread of the memory process could not do this: while descheduled it could hold the
+idle scheduling class, and with ``memory.index_first`` its session's scheduling group at the lowest
+weight (:func:`_idle`), the kernel runs it only on CPU nobody else wants (a group at nice 19 still
+gets ~1.5% against a busy loop: it is never starved outright): under load, embedding lags (the lag is
+reported; the ingestor's indexer has made each item searchable by its words and recallable by id
+before it waits here, ``ingest.py``); idle, it catches up at full speed. A thread of the memory process could not do this: while descheduled it could hold the
 interpreter lock that the process's searches need.
 
 Searches embed their short queries in the memory process itself, at once (the thread that asks
@@ -43,7 +43,7 @@ def embed(model_dir: str, texts: list[str], lowest_group: bool = False) -> np.nd
 
 def _idle(lowest_group: bool = False) -> None:
     """This process's thread to the idle scheduling class (Linux; elsewhere the lowest nice value), and
-    its scheduling group to the lowest weight.
+    with ``lowest_group`` its scheduling group to the lowest weight.
 
     The class alone is not enough: with Linux's autogroups (``kernel.sched_autogroup_enabled``, the
     default) every session is a group with one weight at the top level, whatever its tasks' classes, and

@@ -99,8 +99,8 @@ class Ingestor:
         self.batch_chars = batch_chars  # and characters (journal mode): a tool output is ~13 chunks
         self.tag = tag  # tags items that come untagged (the memory process tags off the proxy)
         self.priority = priority  # searches first: this worker waits between its steps while one runs
-        # journal mode: submissions the indexer made searchable, oldest first, that the storer has not
-        # stored yet (one per journal row; their rows stay in the journal until stored)
+        # journal mode: submissions the indexer made ready (searchable with ``on_indexed``), oldest first,
+        # that the storer has not stored yet (one per journal row; their rows stay in the journal until stored)
         self._indexed: deque[_Indexed] = deque()
         self._indexed_items = 0
         self._indexing = False
@@ -522,7 +522,8 @@ class Ingestor:
 
 @dataclass
 class _Indexed:
-    """Submissions :meth:`Ingestor._index` made ready to store (searchable by their words already)."""
+    """Submissions :meth:`Ingestor._index` made ready to store (searchable by their words already when
+    the ingestor has ``on_indexed``)."""
 
     batches: list  # the submissions: (items, info)
     items: list  # their items not stored before

@@ -1,7 +1,7 @@
 """Ingestion work stored before it is done: a table in SQLite under cw_home that the ingestor drains.
 
 A submission is written here at once (one insert, no embedding). The ingestor's indexer takes it
-(:meth:`take`: it is then searchable by its words), its storer embeds and stores it and only then deletes
+(:meth:`take`; with ``memory.index_first`` it is then searchable by its words), its storer embeds and stores it and only then deletes
 the row (:meth:`done`). So a burst larger than the embedder can follow waits on disk instead of being
 dropped, a shutdown leaves what it did not store here, and the next start finishes it. The table is
 bounded too (``memory.pending_max`` items): past it, the ingestor stores the oldest submissions' text

@@ -9,8 +9,8 @@ lookup) the first time, kept as one matrix per session and extended with the ite
 search costs a matrix product. An item's id is its content's hash: a kept vector never goes stale.
 The current project's items (``MemoryItem.project``) are kept and ranked the same way.
 
-The lexical index holds items before they have a vector (the ingestor indexes words first, and embeds
-at the lowest priority): those are remembered as waiting and read once :meth:`SessionVectors.stored`
+With ``memory.index_first`` the lexical index holds items before they have a vector (the ingestor
+indexes words first, and embeds at the lowest priority): those are remembered as waiting and read once :meth:`SessionVectors.stored`
 says they were stored, not looked up again on every search.
 """
 
@@ -54,8 +54,6 @@ class SessionVectors:
             ids = {it.id for it in items}
             if self._fetching:
                 self._during |= ids
-            if not any(st.waiting for st in self._sessions.values()):
-                return
             for st in self._sessions.values():
                 if st.waiting and not ids.isdisjoint(st.waiting):
                     for i in ids.intersection(st.waiting):
@@ -111,7 +109,9 @@ class SessionVectors:
             finally:
                 with self._lock:
                     self._fetching -= 1
-                    during, self._during = (self._during, set()) if not self._fetching else (set(self._during), self._during)
+                    during = set(self._during)
+                    if not self._fetching:
+                        self._during.clear()
             if len(new) < len(todo):
                 got = {it.id for it in new}
                 with self._lock:
