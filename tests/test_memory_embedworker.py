@@ -26,9 +26,9 @@ def inner():
     return Embedder(MODEL_DIR)
 
 
-@pytest.mark.parametrize("lowest_group", [False, True], ids=["embed-as-it-goes", "index-first"])
-def test_the_worker_gives_the_in_process_vectors_at_the_idle_priority(inner, lowest_group):
-    bg = BackgroundEmbedder(inner, MODEL_DIR, lowest_group=lowest_group)
+@pytest.mark.parametrize("group_nice", [0, 10, 19], ids=["full-share", "embed-group-nice-10", "index-first"])
+def test_the_worker_gives_the_in_process_vectors_at_the_idle_priority(inner, group_nice):
+    bg = BackgroundEmbedder(inner, MODEL_DIR, group_nice=group_nice)
     try:
         got = bg(TEXTS)
         assert np.allclose(got, inner(TEXTS), atol=1e-5) and got.shape == (len(TEXTS), 384)
@@ -37,9 +37,9 @@ def test_the_worker_gives_the_in_process_vectors_at_the_idle_priority(inner, low
         assert pid != os.getpid()
         assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # the kernel runs it on CPU nobody else wants
         group = Path(f"/proc/{pid}/autogroup")
-        if group.exists():  # ... and with memory.index_first its session's group weighs least (the class
-            # alone did not); without, it keeps a group's share, or ingestion stops on a never-idle machine
-            assert os.getsid(pid) == pid and group.read_text().split()[-1] == ("19" if lowest_group else "0")
+        if group.exists():  # ... and its session's group weighs what memory.embed_group_nice says (19 with
+            # memory.index_first): the class alone did not lower the group's share
+            assert os.getsid(pid) == pid and group.read_text().split()[-1] == str(group_nice)
     finally:
         bg.close()
     with pytest.raises(Closed):  # shutting down: the batch fails (its rows stay pending), not run here

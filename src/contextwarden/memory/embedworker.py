@@ -29,21 +29,21 @@ import numpy as np
 _model: dict[str, Any] = {}  # in the worker: model dir -> Embedder (loaded on the first call)
 
 
-def embed(model_dir: str, texts: list[str], lowest_group: bool = False) -> np.ndarray:
-    """The vectors of ``texts`` (runs in the worker process; ``lowest_group``: its scheduling group at
-    the lowest weight too, ``memory.index_first``)."""
+def embed(model_dir: str, texts: list[str], group_nice: int = 0) -> np.ndarray:
+    """The vectors of ``texts`` (runs in the worker process; ``group_nice``: its scheduling group's nice
+    value, ``memory.embed_group_nice``)."""
     e = _model.get(model_dir)
     if e is None:
-        _idle(lowest_group)
+        _idle(group_nice)
         from .embedder import Embedder
 
         e = _model[model_dir] = Embedder(model_dir, threads=1)
     return e(texts)
 
 
-def _idle(lowest_group: bool = False) -> None:
+def _idle(group_nice: int = 0) -> None:
     """This process's thread to the idle scheduling class (Linux; elsewhere the lowest nice value), and
-    with ``lowest_group`` its scheduling group to the lowest weight.
+    its scheduling group to nice ``group_nice`` (a lower weight against the other groups).
 
     The class alone is not enough: with Linux's autogroups (``kernel.sched_autogroup_enabled``, the
     default) every session is a group with one weight at the top level, whatever its tasks' classes, and
@@ -58,18 +58,18 @@ def _idle(lowest_group: bool = False) -> None:
             os.nice(19)
         except (AttributeError, OSError):
             pass
-    if lowest_group:  # only when words come first (memory.index_first): else ingestion would stop on a
-        lowest_group_weight()  # machine that never idles, with nothing of what waits searchable
+    if group_nice > 0:
+        group_weight(group_nice)
 
 
-def lowest_group_weight() -> bool:
-    """Nice 19 for this process's autogroup, when it leads its own session (the group is then its own
-    and its children's, nobody else's); False when there is no such group or it may not be changed."""
+def group_weight(nice: int) -> bool:
+    """Nice ``nice`` for this process's autogroup, when it leads its own session (the group is then its
+    own and its children's, nobody else's); False when there is no such group or it may not be changed."""
     try:
         if os.getsid(0) != os.getpid():
             return False
         with open("/proc/self/autogroup", "w") as f:  # raising a nice value needs no privilege
-            f.write("19")
+            f.write(str(max(0, min(19, int(nice)))))
         return True
     except (AttributeError, OSError):
         return False
@@ -83,12 +83,12 @@ class BackgroundEmbedder:
     """``__call__(texts)`` as the in-process ``inner`` embedder gives, computed in the worker process."""
 
     def __init__(self, inner, model_dir: str, timeout_s: float = 900.0, start_s: float = 60.0,
-                 lowest_group: bool = False) -> None:
+                 group_nice: int = 0) -> None:
         from ..compress.offload import Offload
 
         self.inner = inner
         self.model_dir = str(model_dir)
-        self.lowest_group = lowest_group
+        self.group_nice = group_nice
         self.timeout_s = timeout_s
         self.start_s = start_s
         self._offload = Offload(workers=1)
@@ -105,7 +105,7 @@ class BackgroundEmbedder:
         if not self._closed.is_set():
             try:
                 self._offload.wait_ready(self.start_s)
-                return self._offload.call(embed, self.model_dir, list(texts), self.lowest_group, timeout=self.timeout_s)
+                return self._offload.call(embed, self.model_dir, list(texts), self.group_nice, timeout=self.timeout_s)
             except Unavailable:
                 if self._closed.is_set():
                     raise Closed("memory is shutting down") from None

@@ -222,7 +222,7 @@ class MemoryService:
             if self.embedder is not None and self.separate and m.embed_idle:
                 from .embedworker import BackgroundEmbedder
 
-                self.embedder.background = BackgroundEmbedder(emb, emb.model_dir, lowest_group=m.index_first)
+                self.embedder.background = BackgroundEmbedder(emb, emb.model_dir, group_nice=19 if m.index_first else m.embed_group_nice)
                 self.embedder.is_background = self.priority.is_background
             if self.embedder is not None and self.settings.tagging.embedding_tagger:
                 self.tagger = Tagger(self.settings.tagging, self.embedder)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from .base import Section
 
@@ -96,6 +96,13 @@ class MemorySection(Section):
     """In the memory process, ingestion's embeddings run in a worker process of their own at the idle
     CPU priority (memory/embedworker.py): under load they lag instead of taking CPU from requests.
     False: in the memory process's ingestion thread (niced)."""
+
+    embed_group_nice: int = Field(0, ge=0, le=19)
+    """The nice value of the embedding worker's scheduling group (Linux's autogroups: the worker leads a
+    session of its own, and a group competes for the CPU by its weight, whatever its threads' class):
+    0 is a group's full share against the proxy's, the engine's and the clients' groups; higher leaves
+    more of a busy machine to requests, and embedding lags more (idle, it runs at full speed either way).
+    With ``index_first`` it is 19."""
 
     index_first: bool = False
     """In the memory process, index each submission by its words (and keep its original for recall by
