@@ -291,6 +291,31 @@ def cpu_now(proxy_pid: int, of=cpu_s) -> dict:
             "embedding_worker": kids_cpu(mem, of=of)}
 
 
+def searches(events: list[dict]) -> dict | None:
+    """The requests that searched memory (a person's message): their hook p50/p99 against the rest, the
+    memory stage's p50/p99 and its search's parts (the vector query's wait, the embedding, BM25), and how
+    many had their vector half started as the request was read (``memory.prefetch``)."""
+    mem = {e["flow_id"]: e["data"] for e in events if e["type"] == "memory" and "injected" in e["data"]
+           and e["data"].get("skipped") not in ("tool loop step", "starting") and e.get("flow_id")}
+    if not mem:
+        return None
+    hooks = {e["flow_id"]: e["data"]["hook_ms"] for e in events if e["type"] == "forward" and "hook_ms" in e["data"]}
+    timings = [d.get("timings") or {} for d in mem.values()]
+
+    def p(values: list, q: int):
+        v = pct([x for x in values if x is not None], q)
+        return None if v is None else round(v, 1)
+
+    out = {"n": len(mem), "prefetched": sum(1 for t in timings if t.get("prefetched")),
+           "timeouts": sum(1 for d in mem.values() if d.get("skipped") == "timeout"),
+           "hook_ms": {q: p([hooks.get(f) for f in mem], q) for q in (50, 99)},
+           "other_hook_ms": {q: p([v for f, v in hooks.items() if f not in mem], q) for q in (50, 99)},
+           "stage_ms": {q: p([d.get("ms") for d in mem.values()], q) for q in (50, 99)}}
+    for k in ("vector_wait_ms", "embed_ms", "vector_ms", "lexical_ms", "history_ms"):
+        out[k] = {q: p([t.get(k) for t in timings], q) for q in (50, 99)}
+    return out
+
+
 def slowest(events: list[dict], share: float = 0.01) -> dict | None:
     """What the slowest ``share`` of the engine's request hooks had in common, against all requests: a
     memory search (a person's message), a clearing step (new stubs), a full collection under load
@@ -318,6 +343,20 @@ def slowest(events: list[dict], share: float = 0.01) -> dict | None:
             "searched_pct": frac(worst, 0), "searched_pct_all": frac(every, 0),
             "clearing_step_pct": frac(worst, 1), "clearing_step_pct_all": frac(every, 1),
             "during_full_gc_pct": frac(worst, 2), "during_full_gc_pct_all": frac(every, 2)}
+
+
+def steal_now() -> tuple[int, int]:
+    """(stolen, all) CPU ticks of the machine so far (/proc/stat): time the hypervisor ran others on
+    our virtual cores. A phase whose share is high ran on a slower machine than one whose share is not."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return f[7] if len(f) > 7 else 0, sum(f[:8])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
+def steal_pct(a: tuple[int, int], b: tuple[int, int]) -> float | None:
+    return None if b[1] <= a[1] else round(100 * (b[0] - a[0]) / (b[1] - a[1]), 2)
 
 
 def sched_wait_s(pid: int | None) -> float | None:
@@ -480,7 +519,9 @@ def main() -> int:
         direct = Phase("direct")
         direct_s = args.direct_seconds if args.direct_seconds is not None else args.seconds
         print(f"direct: {args.sessions} sessions for {direct_s:.0f} s ...", flush=True)
+        st0 = steal_now()
         asyncio.run(run_phase(direct, standin.url, make_sessions(), direct_s, records, lock, args.stagger))
+        results["steal_pct"] = {"direct": steal_pct(st0, steal_now())}
         records.clear()
         plain = None
         if args.plain:
@@ -533,7 +574,9 @@ def main() -> int:
         spy = start_py_spy(spied, Path(args.py_spy), args.seconds, args.py_spy_gil) if args.py_spy else None
         th0, te0 = thread_cpu(proxy.proc.pid), thread_cpu(engine_pid) if engine_pid else {}
         cpu0, wait0 = cpu_now(proxy.proc.pid), cpu_now(proxy.proc.pid, of=sched_wait_s)
+        st0 = steal_now()
         asyncio.run(run_phase(through, proxy.url, make_sessions(), args.seconds, records, lock, args.stagger))
+        results["steal_pct"]["proxy"] = steal_pct(st0, steal_now())
         cpu, waited = cpu_spent(cpu0, cpu_now(proxy.proc.pid)), cpu_spent(wait0, cpu_now(proxy.proc.pid, of=sched_wait_s))
         th1, te1 = thread_cpu(proxy.proc.pid), thread_cpu(engine_pid) if engine_pid else {}
         if spy is not None:
@@ -604,6 +647,7 @@ def main() -> int:
         # compression worker's calls waited: queue, send, work, back, compress/offload.py)
         "hook_ms": {p: pct([f["hook_ms"] for f in forwards if "hook_ms" in f], p) for p in (50, 99)},
         "slowest_hooks": slowest(events),
+        "searches": searches(events),
         "pipeline_ms": {p: pct([f["pipeline_ms"] for f in forwards if "pipeline_ms" in f], p) for p in (50, 99)},
         "timings_p50": {k: pct([f["timings"][k] for f in forwards if k in (f.get("timings") or {})], 50)
                         for k in sorted({k for f in forwards for k in (f.get("timings") or {})})},
@@ -639,6 +683,9 @@ def main() -> int:
         x = r[name]
         print(f"{name:10}{x['completed']:>10}{x['errors']:>8}{x['rps']:>8.1f}{x['ttfb_p50_ms'] or 0:>9.1f}m"
               f"{x['ttfb_p99_ms'] or 0:>9.1f}m{x['identical']:>8}/{x['checked']}")
+    st = r.get("steal_pct") or {}
+    print(f"CPU time the hypervisor took from this machine (steal): direct phase {st.get('direct')}%, proxy phase "
+          f"{st.get('proxy')}% (a phase with more ran on a slower machine)")
     print(f"added time to first byte: p50 {r['added_ttfb_p50_ms'] or 0:.1f} ms, p99 {r['added_ttfb_p99_ms'] or 0:.1f} ms")
     print(f"throughput through the proxy: {r['throughput_ratio'] * 100:.0f}% of direct")
     print(f"fall-backs (a stage past its budget or failed): {r['fallbacks']} of {r['forwards']} requests "
@@ -678,6 +725,16 @@ def main() -> int:
               f"(of all requests {w['searched_pct_all']}%), a clearing step {w['clearing_step_pct']}% "
               f"({w['clearing_step_pct_all']}%), during a full collection {w['during_full_gc_pct']}% "
               f"({w['during_full_gc_pct_all']}%)")
+    q = r.get("searches")
+    if q:
+        def pq(d):
+            return f"{ms(d[50])}/{ms(d[99])}"
+
+        print(f"requests with a memory search ({q['n']}, {q['prefetched']} started as read, {q['timeouts']} past the "
+              f"budget): hook p50/p99 {pq(q['hook_ms'])} ms (the others {pq(q['other_hook_ms'])}), memory stage "
+              f"{pq(q['stage_ms'])}; its parts p50/p99: vector wait {pq(q['vector_wait_ms'])}, embedding "
+              f"{pq(q['embed_ms'])}, vector query {pq(q['vector_ms'])}, BM25 {pq(q['lexical_ms'])}, history index "
+              f"{pq(q['history_ms'])}")
     print("stages, p50 ms: " + ", ".join(f"{k} {ms(v)}" for k, v in r["stage_ms_p50"].items()))
     print("RSS MB (t s: proxy / engine / memory): " + ", ".join(
         f"{t:.0f}: {v['proxy'] or 0:.0f}/{v['engine'] or 0:.0f}/{v['memory'] or 0:.0f}" for t, v in rss))

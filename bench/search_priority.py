@@ -2,6 +2,7 @@
 
     nice .venv/bin/python bench/search_priority.py                 # 4 rounds of 20 searches per mode
     .venv/bin/python bench/search_priority.py --rounds 2 --searches 10
+    nice .venv/bin/python bench/search_priority.py --switch        # the interpreter's switch interval instead
 
 One MemoryService as the memory process runs it (pending table, tagging, embedding in the background),
 fed tool outputs of this repository's own source code (~12 KB each, as bench/load_bench.py's sessions
@@ -10,6 +11,11 @@ runs every 50 ms. The two modes take turns round by round (a shared machine's lo
 ``first`` (the default: ingestion waits between its steps while a search runs) and ``off`` (it never
 waits). Printed: search wall time p50/p90/max per mode, how many searches would have missed the memory
 stage's 150 ms budget, and the items ingestion stored meanwhile (what searches-first costs it: lag).
+
+``--switch`` compares the interpreter's switch interval instead (searches-first on in both): ``1ms``
+(``pipeline.switch_interval_ms``, which the memory process applies) against ``5ms`` (Python's default).
+A search's threads (the caller, the query pool's embedding) wait for the interpreter lock each time
+ingestion's Python work (tagging, redaction, chunking) holds it, up to the interval each time.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--searches", type=int, default=20, help="searches per round")
+    ap.add_argument("--switch", action="store_true", help="compare switch intervals (1 ms, 5 ms) instead")
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="cw-prio-"))
@@ -80,13 +87,16 @@ def main() -> int:
     feeder.start()
     time.sleep(2)  # the worker is busy
     real_pause = svc.priority.pause
-    times: dict[str, list[float]] = {"first": [], "off": []}
-    stored: dict[str, int] = {"first": 0, "off": 0}
-    spent: dict[str, float] = {"first": 0.0, "off": 0.0}
+    modes = ("1ms", "5ms") if args.switch else ("first", "off")
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    stored: dict[str, int] = {m: 0 for m in modes}
+    spent: dict[str, float] = {m: 0.0 for m in modes}
     try:
         for r in range(args.rounds):
-            for mode in (("first", "off") if r % 2 == 0 else ("off", "first")):
-                svc.priority.pause = real_pause if mode == "first" else (lambda: 0.0)
+            for mode in (modes if r % 2 == 0 else modes[::-1]):
+                if args.switch:
+                    sys.setswitchinterval(0.001 if mode == "1ms" else 0.005)
+                svc.priority.pause = real_pause if mode != "off" else (lambda: 0.0)
                 if svc.embedder is not None:
                     svc.embedder.inner.pause = svc.priority.pause
                 svc.store.pause = svc.priority.pause

@@ -97,6 +97,69 @@ def cw_request(ctx) -> None:
         finish(skipped="error", injected=0, ids=[], scores=[], tokens=0)
 
 
+PREFETCH_NOTE = "memory_prefetch"  # ctx.notes: (token, query) of the search cw_request_start began
+
+
+@hookimpl
+def cw_request_start(ctx) -> None:
+    """A person's message: start its search's vector half in the memory service now (embedding the
+    query, the vector query), so that it runs while clearing, compression and compaction do; the stage
+    finishes the search (the BM25 half and the fusion, which need the outgoing request) with it. Only
+    the query and who asks go ahead, and nothing is used unless the stage builds the same query: the
+    results are the same as without it (``memory.prefetch``)."""
+    m = ctx.settings.memory
+    if not (m.enabled and m.inject and m.prefetch):
+        return
+    svc = memory_service.get_service(ctx.runtime)
+    if svc is None or not svc.available or not hasattr(svc, "prepare"):
+        return
+    original = history_items(ctx.api, ctx.original)
+    query, qi = build_query(ctx.api, original, _clean_text(ctx, original))
+    if query is None or (not m.inject_tool_steps and qi != last_user_index(original, role_of)):
+        return  # nothing to search, or a tool-loop step (the stage skips those)
+    try:
+        check(ctx.api, ctx.request)  # nowhere to put a block (e.g. the last message is a tool's)
+    except NotInjectable:
+        return
+    token = f"{ctx.flow_id}:{time.perf_counter_ns()}"
+    if svc.prepare(token, query, [ctx.tenant], workspace=m.shared_workspace, settings=ctx.settings,
+                   session=ctx.session, project=request_project(ctx)) is not False:
+        ctx.notes[PREFETCH_NOTE] = (token, query)
+
+
+class _LazyClean:
+    """The strip stage's ``clean_text`` before it has run: a message's cleaned text, worked out only for
+    the messages the query reads (the same pure function of the text the stage applies)."""
+
+    def __init__(self, stripper, text_of, items) -> None:
+        self._s, self._text_of, self._items = stripper, text_of, items
+
+    def __bool__(self) -> bool:  # (build_query reads a falsy clean_text as none)
+        return True
+
+    def get(self, i, default=None):
+        if not 0 <= i < len(self._items):
+            return default
+        text, counts = self._s.clean(self._text_of(self._items[i]))
+        return text if counts else default
+
+
+def _clean_text(ctx, original: list):
+    """What ``ctx.notes["clean_text"]`` will hold for the query's messages once the strip stage ran
+    (empty when it is not in the pipeline)."""
+    if "strip" not in {n for n, _ in ctx.runtime.stages()}:
+        return {}
+    from contextwarden.dialects import dialect as _dialect
+    from contextwarden.plugins.strip import stripper_for
+
+    d = _dialect(ctx.api)
+    items = d.messages_of(ctx.request)
+    if items is None:
+        inp = getattr(ctx.request, d.history_key, None)
+        items = [inp] if isinstance(inp, str) else []
+    return _LazyClean(stripper_for(ctx.settings.strip, ctx.runtime.memo("strip.strippers", dict)), d.text_of, items)
+
+
 SEARCH_SHARE = 0.8  # of the stage's budget, for everything up to the end of the search; the rest selects and injects
 
 
@@ -151,10 +214,12 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
 
     if time.perf_counter() >= deadline:
         return give_up("no time left for the search")
+    ahead = ctx.notes.pop(PREFETCH_NOTE, None)  # cw_request_start began this very search's vector half
+    extra = {"prepared": ahead[0]} if ahead is not None and ahead[1] == query else {}
     try:
         ret = svc.search(query, [ctx.tenant], workspace=m.shared_workspace, exclude=exclude,
                          timeout_s=max(0.0, deadline - time.perf_counter()), settings=ctx.settings,
-                         session=ctx.session, project=request_project(ctx))
+                         session=ctx.session, project=request_project(ctx), **extra)
     except TimeoutError as e:
         return give_up(str(e))
     if ret.skipped:

@@ -323,3 +323,42 @@ def test_stripped_envelopes_stay_stripped_in_the_decided_state(cw_home):
         assert "[vc:prompt]" not in later.raw.decode() and not _has_mark(later.body)
     finally:
         rt.close()
+
+
+class EarlyStarter:
+    """A stage with cw_request_start: records what it saw before any stage ran, or raises."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.seen = []
+
+    @hookimpl
+    def cw_request_start(self, ctx) -> None:
+        if self.fail:
+            raise RuntimeError("early start failed on purpose")
+        self.seen.append([r["stage"] for r in ctx.stage_results])  # before every stage
+        ctx.notes["started_early"] = True
+
+    @hookimpl
+    def cw_request(self, ctx) -> None:
+        ctx.emit("early", started=bool(ctx.notes.get("started_early")))
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["starts", "raises"])
+def test_request_start_runs_before_the_stages_and_a_failing_one_changes_nothing_else(cw_home, fail):
+    early = EarlyStarter(fail)
+    overrides = {"pipeline": {"order": ["clearing", "early"], "disabled": ["budget", "strip", "tagging", "memory"]},
+                 "memory": {"enabled": False}}
+    rt = Runtime(load_settings("default", cw_home, overrides=overrides), cw_home, profile="default", log=False,
+                 extra_plugins=[("early", early)])
+    try:
+        sent = send(rt, anthropic_tool_loop(3, result_words=50))
+        assert sent.outcome.fallback is None and sent.events("stage")  # the stages ran, nothing fell back
+        assert [e["started"] for e in sent.events("early")] == [not fail]
+        errors = [e for e in sent.events("error") if e.get("where") == "request_start"]
+        if fail:
+            assert errors and errors[0]["stage"] == "early" and "on purpose" in errors[0]["message"]
+        else:
+            assert early.seen == [[]] and not errors
+    finally:
+        rt.close()

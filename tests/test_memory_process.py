@@ -39,6 +39,9 @@ def test_the_memory_stage_injects_through_the_memory_process(tmp_path):
         ev = memory_event(rp, sent.ctx.flow_id)
         assert ev["injected"] > 0, ev
         assert "Biscuit" in str(sent.wire["messages"][-1])
+        # its vector half was started in the memory process as the request was read (memory.prefetch),
+        # before the other stages ran, and the stage finished that very search
+        assert ev["timings"].get("prefetched") == 1, ev["timings"]
         # the service's events reached the proxy's bus (ingestion happened in the other process)
         ingested = [e.data for e in rp.runtime.bus.recent if e.type == "memory" and "ingested" in e.data]
         assert ingested and sum(d["new"] for d in ingested) >= len(FACTS)

@@ -374,3 +374,36 @@ def test_inject_tool_steps_brings_memory_to_tool_loop_steps_too(tmp_path):
         assert last[0]["type"] == "tool_result" and OPEN in last[-1]["text"]
     finally:
         rp.close()
+
+
+def test_a_persons_message_starts_its_search_as_it_is_read_and_injects_the_same(tmp_path):
+    """memory.prefetch: the search's vector half starts before the other stages run (cw_request_start)
+    and the stage finishes that very search, with the strip stage's cleaning of a channel envelope
+    worked out ahead the same way; the block is the one a search made in the stage injects. A tool-loop
+    step and a request memory cannot inject into start nothing."""
+    question = "[Telegram Alice (@alice) id:123 +5m 2026-01-02 10:00 UTC]\nWhat is the name of the dog I adopted?"
+    got = {}
+    for name, extra in (("on", ""), ("off", "memory: {prefetch: false}")):
+        (tmp_path / name).mkdir()
+        rp = replayer(tmp_path / name, extra)
+        try:
+            msgs = converse(rp)
+            sent = ask(rp, msgs, question, cache_control=False)
+            ev = memory_event(rp, sent.ctx.flow_id)
+            assert ev["injected"] >= 1 and "Biscuit" in str(sent.wire["messages"][-1]), ev
+            got[name] = (ev, sent.wire["messages"][-1])
+            step = rp.send(_tool_loop(msgs, question), api_key="sk-alice", session="s1")
+            assert "memory_prefetch" not in step.ctx.notes and memory_event(rp, step.ctx.flow_id)["skipped"] == "tool loop step"
+            svc = rp.memory()
+            assert not svc._prepared and svc.priority.searching == 0  # nothing left waiting, ingestion not held
+        finally:
+            rp.close()
+    on, off = got["on"], got["off"]
+    assert on[0]["timings"].get("prefetched") == 1 and "prefetched" not in off[0]["timings"]
+    assert on[0]["ids"] == off[0]["ids"] and on[0]["scores"] == off[0]["scores"]
+    import re
+
+    def same(m):  # the block's delimiter carries each home's own nonce
+        return re.sub(r"contextwarden-memory-[0-9a-f]+", "contextwarden-memory-N", str(m))
+
+    assert same(on[1]) == same(off[1])

@@ -280,3 +280,38 @@ def test_an_older_sessions_neighbours_get_that_sessions_weight(tmp_path):
         assert ret.hits[0].item.text == CURRENT
     finally:
         st.close()
+
+
+def test_a_search_whose_vector_half_started_ahead_ranks_as_one_made_at_once(crowded):
+    """memory.prefetch: Retriever.start (the embedding and the vector query, which need no exclude)
+    made before the stages run, finished by search(vectors=...): the same candidates, scores and ranks
+    as a search made in one go, exclusions applied the same; another query's start is not used."""
+    import concurrent.futures as cf
+
+    st, lex, items = crowded
+    pool = cf.ThreadPoolExecutor(2)
+    try:
+        r = Retriever(st, lex, embedder(), pool, MemorySection(candidates=10))
+        q = Query("what dog did we adopt from the shelter?", context="we talked about pets")
+        gone = {items[3].id, items[1].id}  # the current session's answer among them: still in the history
+
+        def exclude(it):
+            return it.id in gone
+
+        ahead = r.start(q, ["t-a"], session="cur")
+        assert ahead.future is not None and ahead.scoped
+        a = r.search(q, ["t-a"], session="cur", exclude=exclude, vectors=ahead)
+        b = r.search(q, ["t-a"], session="cur", exclude=exclude)
+        assert a.timings.get("prefetched") == 1 and "prefetched" not in b.timings
+        assert a.hits and [(h.item.id, round(h.fused, 9), h.vector_rank, h.lexical_rank) for h in a.hits] == \
+               [(h.item.id, round(h.fused, 9), h.vector_rank, h.lexical_rank) for h in b.hits]
+        assert a.in_history == b.in_history > 0 and not gone & {h.item.id for h in a.hits}
+        assert a.mode == b.mode == "hybrid" and a.vector_query == b.vector_query
+        # a start for another query (or another session) is not this search's: made anew
+        other = r.start(Query("pasta for lunch"), ["t-a"], session="cur")
+        c = r.search(q, ["t-a"], session="cur", exclude=exclude, vectors=other)
+        assert "prefetched" not in c.timings and [h.item.id for h in c.hits] == [h.item.id for h in b.hits]
+        d = r.search(q, ["t-a"], session="old-1", exclude=exclude, vectors=r.start(q, ["t-a"], session="cur"))
+        assert "prefetched" not in d.timings
+    finally:
+        pool.shutdown()

@@ -55,6 +55,19 @@ def cw_request(ctx):
 
 
 @hookspec
+def cw_request_start(ctx):
+    """The request is read and its stages are about to run: start slow work whose input no stage
+    changes, so that it runs while the stages do (the memory stage starts embedding the person's
+    message here, and its ``cw_request`` finishes the search).
+
+    Runs on the stage thread before the first stage, outside every stage's budget: keep it to what
+    starts the work (a message sent, a future submitted), never the work itself. Raising is reported
+    (an ``error`` event) and changes nothing else. Read ``ctx.original`` and ``ctx.request``; change
+    neither: the stages decide what goes upstream. Put what the stage will need in ``ctx.notes``.
+    """
+
+
+@hookspec
 def cw_reapply(ctx):
     """Put in again, on ``ctx.request``, ONLY what this stage already decided for the session (stored
     records, a stored summary), byte for byte, and decide nothing new: no new clearing, no new summary,

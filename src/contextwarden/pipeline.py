@@ -362,8 +362,10 @@ class Pipeline:
         p = ctx.settings.pipeline
         t_stages = clock.t_stages = time.perf_counter()
         ctx.timings["to_stages"] = round((t_stages - ctx.started) * 1000, 3)  # prepare's start -> here: waits included
+        stages = rt.stages()
+        self._start(ctx, stages)
         reappliers = None
-        for name, fn in rt.stages():
+        for name, fn in stages:
             budget = rt.stage_times.budget(name, p)
             # The breaker: a stage whose previous call ran past its budget and has not returned yet is
             # skipped, rather than queueing another call (and thread) behind one that hangs; its stored
@@ -413,6 +415,21 @@ class Pipeline:
                 return Outcome(blocked=ctx.blocked, reason=f"blocked by {name}")
         ctx.timings["stages"] = _ms(t_stages)
         return self.finish(ctx)
+
+    def _start(self, ctx: RequestContext, stages: list[tuple[str, Any]]) -> None:
+        """``cw_request_start`` of the enabled stages that have one: work that overlaps the stages."""
+        impls = self.runtime.pm.hook.cw_request_start.get_hookimpls()
+        if not impls:
+            return
+        enabled = {n for n, _ in stages}
+        for impl in impls:
+            if impl.plugin_name not in enabled:
+                continue
+            try:
+                impl.function(ctx)
+            except Exception as e:  # an extra: the stages run as they would without it
+                ctx.emit("error", where="request_start", stage=impl.plugin_name, message=f"{type(e).__name__}: {e}",
+                         action="stages ran without it")
 
     async def fall_back(self, ctx: RequestContext, why: str) -> Outcome:
         """The session's decided state (:meth:`decided`), built within ``pipeline.fallback_budget_ms``;

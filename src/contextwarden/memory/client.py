@@ -309,6 +309,20 @@ class RemoteMemoryService:
         wait = CALL_WAIT_S if timeout_s is None else timeout_s + SEARCH_MARGIN_S
         return self.call("search", query, tenants, timeout_s=timeout_s, _wait=wait, **kw)
 
+    def prepare(self, token: str, query, tenants, **kw) -> bool:
+        """Start the vector half of a search in the memory process without waiting
+        (``MemoryService.prepare``): sent now, it runs while the stages do; the memory process takes it
+        before any later call on this connection (the search that names ``token``)."""
+        s = self._sock
+        if not self.available or s is None:
+            return False
+        frame = {"id": 0, "op": "call", "m": "prepare", "a": wire.encode([token, query, tenants]), "k": wire.encode(kw)}
+        try:
+            self._send(s, frame)
+        except OSError:
+            return False
+        return True
+
     def submit(self, items, **info) -> bool:
         """Hand items to the memory process without waiting for it (it stores them in its pending
         table, redacted): True once sent. Waiting for its answer made the

@@ -239,6 +239,23 @@ class Retrieval:
     vector_query: str = ""  # the text embedded (the query less the words most items contain)
 
 
+@dataclass(eq=False)
+class Vectors:
+    """A search's half that no ``exclude`` changes (:meth:`Retriever.start`): its rankings' scopes and
+    the vector ranking, running (``future``) or done (``result``)."""
+
+    key: tuple
+    mode: str = "lexical"  # "hybrid" once a vector ranking is started
+    vector_query: str = ""
+    use_context: bool = False
+    partitions: list = field(default_factory=list)
+    scoped: bool = False
+    in_project: bool = False
+    future: cf.Future | None = None
+    result: list | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
 def rrf(rankings: list[tuple[list[str], float]], k: float) -> dict[str, float]:
     """Reciprocal rank fusion of ranked id lists, each with a weight."""
     fused: dict[str, float] = {}
@@ -264,77 +281,95 @@ class Retriever:
     def _vector_ok(self) -> bool:
         return self.embedder is not None and self.store is not None and getattr(self.store, "available", False)
 
+    def start(self, query: Query, tenants: list[str], *, workspace: str | None = None, n: int | None = None,
+              session: str | None = None, project: str | None = None) -> "Vectors":
+        """The half of a search that no ``exclude`` changes: which rankings it has (scoped to the
+        session, the project) and the vector ranking, started in the pool (embedding the query and the
+        vector query). :meth:`search` with ``vectors=`` finishes it; started as soon as the request is
+        read (``memory.prefetch``), the embedding runs while the other stages do."""
+        s = self.settings
+        v = Vectors(key=(query.text, query.context, tuple(tenants), workspace, n, session, project))
+        n = n or s.candidates
+        qtext = query.vector_text()
+        # a follow-up ("and the tests?") means little alone: the turns before it join the query then
+        v.use_context = bool(query.context.strip()) and s.context_weight > 0 and len(query_terms(query.text)) < s.context_below
+        partitions = v.partitions = list(tenants) + ([workspace] if workspace else [])
+        # the current session first: its own rankings, and the other sessions' at a lower weight
+        scoped = v.scoped = (session is not None and s.other_sessions_weight < 1 and self.lexical is not None
+                             and self.lexical.other_sessions(partitions, session))
+        # the current project next: its other sessions' own rankings (the project's items may all lie
+        # below the tenant's top too)
+        in_project = v.in_project = (scoped and bool(project) and s.project_weight > s.other_sessions_weight
+                                     and any(self.lexical.project_size(p, project) for p in dict.fromkeys(partitions)))
+        if not qtext.strip() or not self._vector_ok():
+            return v
+        v.mode = "hybrid"
+        if self.lexical is not None and s.common_term_ratio > 0:
+            qtext = self.lexical.prune_common(qtext, partitions, s.common_term_ratio,
+                                              session=session if scoped else None)
+        v.vector_query = qtext
+        texts = [qtext] + ([query.context[-600:]] if v.use_context else [])  # the same bound as vector_text
+        fetch = n + 24  # room for the items still in the history
+        vtime = v.timings
+
+        def call():
+            t = time.perf_counter()
+            vecs = self.embedder(texts)
+            vec = vecs[0]
+            if len(vecs) > 1:
+                vec = vec + s.context_weight * vecs[1]
+                vec = vec / max(1e-9, float(np.linalg.norm(vec)))
+            t2 = time.perf_counter()
+            vtime["embed_ms"] = round((t2 - t) * 1000, 2)
+            try:
+                got = self.store.vector_query(qtext, tenants, fetch, query_embedding=vec, workspace=workspace)
+                if scoped:  # exact within the session (its items may all lie below the tenant's top)
+                    if self.scope is None:
+                        from .scope import SessionVectors
+
+                        self.scope = SessionVectors(self.store)
+                    got = got + self.scope.rank(self.lexical, partitions, session, vec, fetch)
+                    if in_project:
+                        got = got + self.scope.rank(self.lexical, partitions, session, vec, fetch + n, project)
+                return got
+            finally:
+                vtime["vector_ms"] = round((time.perf_counter() - t2) * 1000, 2)
+
+        # embedding + the vector query run in the pool while the caller ranks lexically (ONNX Runtime
+        # and Chroma release the GIL, so the two overlap)
+        if self.pool is not None:
+            v.future = self.pool.submit(call)
+        else:
+            v.result = call()
+        return v
+
     def search(self, query: Query, tenants: list[str], *, workspace: str | None = None,
                exclude: Callable[[object], bool] | None = None, n: int | None = None,
                timeout_s: float | None = None, deadline: float | None = None,
                neighbours: Callable[[object], list] | None = None, session: str | None = None,
-               project: str | None = None) -> Retrieval:
+               project: str | None = None, vectors: "Vectors | None" = None) -> Retrieval:
         """Fused candidates (best first), not yet cut to the budget. Raises TimeoutError when the vector
         query runs past the deadline (the caller decides to go without memory). ``session``: the
         current session, ranked first (``memory.other_sessions_weight``); ``project``: the current
-        project, whose other sessions rank next (``memory.project_weight``)."""
+        project, whose other sessions rank next (``memory.project_weight``). ``vectors``: this very
+        search's :meth:`start`, made earlier (used only when its arguments are these)."""
         s = self.settings
         t0 = time.perf_counter()
         if deadline is None and timeout_s is not None:
             deadline = t0 + timeout_s
         out = Retrieval()
-        n = n or s.candidates
-        qtext = query.vector_text()
-        if not qtext.strip():
+        if not query.vector_text().strip():
             out.skipped = "empty query"
             return out
-
-        # a follow-up ("and the tests?") means little alone: the turns before it join the query then
-        use_context = bool(query.context.strip()) and s.context_weight > 0 and len(query_terms(query.text)) < s.context_below
-        # embedding + the vector query run in the pool while this thread ranks lexically (ONNX Runtime and
-        # Chroma release the GIL, so the two overlap)
-        vfuture = None
-        partitions = list(tenants) + ([workspace] if workspace else [])
-        # the current session first: its own rankings, and the other sessions' at a lower weight
-        scoped = (session is not None and s.other_sessions_weight < 1 and self.lexical is not None
-                  and self.lexical.other_sessions(partitions, session))
-        # the current project next: its other sessions' own rankings (the project's items may all lie
-        # below the tenant's top too)
-        in_project = (scoped and bool(project) and s.project_weight > s.other_sessions_weight
-                      and any(self.lexical.project_size(p, project) for p in dict.fromkeys(partitions)))
-        if self._vector_ok():
-            if self.lexical is not None and s.common_term_ratio > 0:
-                qtext = self.lexical.prune_common(qtext, partitions, s.common_term_ratio,
-                                                  session=session if scoped else None)
-            out.vector_query = qtext
-            texts = [qtext] + ([query.context[-600:]] if use_context else [])  # the same bound as vector_text
-            fetch = n + 24  # room for the items still in the history
-            vtime = {}
-
-            def call():
-                t = time.perf_counter()
-                vecs = self.embedder(texts)
-                vec = vecs[0]
-                if len(vecs) > 1:
-                    vec = vec + s.context_weight * vecs[1]
-                    vec = vec / max(1e-9, float(np.linalg.norm(vec)))
-                t2 = time.perf_counter()
-                vtime["embed_ms"] = round((t2 - t) * 1000, 2)
-                try:
-                    got = self.store.vector_query(qtext, tenants, fetch, query_embedding=vec, workspace=workspace)
-                    if scoped:  # exact within the session (its items may all lie below the tenant's top)
-                        if self.scope is None:
-                            from .scope import SessionVectors
-
-                            self.scope = SessionVectors(self.store)
-                        got = got + self.scope.rank(self.lexical, partitions, session, vec, fetch)
-                        if in_project:
-                            got = got + self.scope.rank(self.lexical, partitions, session, vec, fetch + n, project)
-                    return got
-                finally:
-                    vtime["vector_ms"] = round((time.perf_counter() - t2) * 1000, 2)
-
-            if self.pool is not None:
-                vfuture = self.pool.submit(call)
-            else:
-                vres = call()
+        if vectors is None or vectors.key != (query.text, query.context, tuple(tenants), workspace, n, session, project):
+            vectors = self.start(query, tenants, workspace=workspace, n=n, session=session, project=project)
         else:
-            out.mode = "lexical"
+            out.timings["prefetched"] = 1
+        n = n or s.candidates
+        use_context, partitions, scoped, in_project = vectors.use_context, vectors.partitions, vectors.scoped, vectors.in_project
+        out.mode = vectors.mode
+        out.vector_query = vectors.vector_query
+        vfuture, vres, vtime = vectors.future, vectors.result, vectors.timings
 
         tl = time.perf_counter()
         terms = query_terms(query.text)

@@ -30,8 +30,9 @@ from .ingest import _lower_priority
 
 
 # calls answered on the connection's own thread, in the order they came: a queue append each
-# (``keep``: a recall of the kept ids, sent after it, must find them pending)
-INLINE = frozenset({"keep"})
+# (``keep``: a recall of the kept ids, sent after it, must find them pending; ``prepare``: the search
+# that names its token, sent after it, must find it, and it only starts the vector half in the pool)
+INLINE = frozenset({"keep", "prepare"})
 # calls that feed ingestion (redacting texts into the pending table): one thread takes them in the order
 # they came, and it waits while a search runs (priority.py), instead of up to 8 pool threads holding the
 # interpreter lock while a request's search waits for it

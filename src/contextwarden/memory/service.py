@@ -189,6 +189,9 @@ class MemoryService:
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
         self._scope = None  # memory.scope.SessionVectors, made with the first retriever
+        # searches' vector halves started ahead (prepare): token -> (Vectors, when), the newest few
+        self._prepared: OrderedDict[str, tuple] = OrderedDict()
+        self._prepared_lock = threading.Lock()
         self._key = self._store_key(self.settings)
         self._thread: threading.Thread | None = None
         if background:
@@ -468,15 +471,51 @@ class MemoryService:
         p = item.workspace or item.tenant
         return self.lexical.at_turn(p, item.session, item.turn - 1) + self.lexical.at_turn(p, item.session, item.turn + 1)
 
+    PREPARED_MAX = 64  # vector halves kept for their searches (a search comes within ms of its prepare)
+    PREPARED_TTL_S = 30.0
+
+    def prepare(self, token: str, query: Query, tenants: list[str], *, workspace: str | None = None,
+                settings=None, n: int | None = None, session: str | None = None, project: str | None = None) -> None:
+        """Start the vector half of the search that :meth:`search` with ``prepared=token`` and these same
+        arguments will finish (:meth:`Retriever.start`: embedding the query and the vector query, which
+        need no ``exclude``). The memory stage calls it as the request is read, so the embedding runs
+        while the other stages do instead of after them (``memory.prefetch``). Ingestion waits while it
+        runs, as for a search. A search with other arguments, or none within ``PREPARED_TTL_S``, leaves
+        it unused: the results are those of a search made at once."""
+        if not self.available:
+            return
+        self.priority.__enter__()
+        try:
+            v = self.retriever(settings).start(query, tenants, workspace=workspace, n=n, session=session, project=project)
+        except BaseException:
+            self.priority.__exit__(None, None, None)
+            raise
+        if v.future is not None:
+            v.future.add_done_callback(lambda _f: self.priority.__exit__(None, None, None))
+        else:
+            self.priority.__exit__(None, None, None)
+        now = time.monotonic()
+        with self._prepared_lock:
+            self._prepared[token] = (v, now)
+            while self._prepared and (len(self._prepared) > self.PREPARED_MAX
+                                      or now - next(iter(self._prepared.values()))[1] > self.PREPARED_TTL_S):
+                self._prepared.popitem(last=False)
+
     def search(self, query: Query, tenants: list[str], *, workspace: str | None = None, exclude=None,
                timeout_s: float | None = None, settings=None, n: int | None = None,
-               session: str | None = None, project: str | None = None) -> Retrieval:
+               session: str | None = None, project: str | None = None, prepared: str | None = None) -> Retrieval:
         """Fused candidates for ``query`` (see :meth:`Retriever.search`). While the lexical index is
-        still being rebuilt, ``mode`` says so: its BM25 ranking covers only part of the store."""
+        still being rebuilt, ``mode`` says so: its BM25 ranking covers only part of the store.
+        ``prepared``: the token of this search's :meth:`prepare`."""
+        vectors = None
+        if prepared is not None:
+            with self._prepared_lock:
+                got = self._prepared.pop(prepared, None)
+            vectors = got[0] if got is not None else None
         with self.priority:  # ingestion waits meanwhile (priority.py)
             ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude,
                                                   timeout_s=timeout_s, n=n, neighbours=self.neighbours, session=session,
-                                                  project=project)
+                                                  project=project, vectors=vectors)
         if not self.lexical_ready and ret.mode in ("hybrid", "lexical"):
             ret.mode += " (lexical index building)"
         return ret
