@@ -268,6 +268,14 @@ def test_the_tui_totals_show_what_memory_stored_what_waits_and_what_it_dropped()
     t.add({"type": "memory", "data": {"dropped": 5, "pending": 400_000}})
     console.print(traffic_table(store, 0.0))
     assert "memory dropped" in console.export_text()
+    # caught up: the last item waited 2 s, nothing waits now, so nothing is "behind" (seen in the TUI)
+    caught = Totals()
+    caught.add({"type": "memory", "data": {"ingested": 5, "new": 5, "queued": 0, "lag_s": 2.0}})
+    store.totals = caught
+    console = Console(width=80, record=True)
+    console.print(traffic_table(store, 0.0))
+    row = next(line for line in console.export_text().splitlines() if "memory waiting to embed" in line)
+    assert row.split()[-1] == "0" and "behind" not in row
 
 
 def test_the_shutdown_snapshot_of_the_lexical_index_keeps_to_its_budget():

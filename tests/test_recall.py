@@ -162,7 +162,11 @@ def test_search_and_remember_through_the_api_stay_within_the_tenant(cw_home, api
     assert svc.flush(60)
     hits = a.call("search", query="when does the staging password rotation happen", k=3)["hits"]
     assert hits and hits[0]["source_id"] == mid and "rotate_pw.sh" in hits[0]["text"]
-    assert {"id", "fused", "session", "turn", "tool", "ts", "kind"} <= set(hits[0])
+    assert {"id", "fused", "session", "turn", "tool", "ts", "kind", "exact"} <= set(hits[0])
+    assert hits[0]["exact"] is False  # the question is not written in the note as such
+    # a hit that holds the query as written says so (it comes first, whatever its fused score)
+    got = a.call("search", query="rotate_pw.sh", k=3)["hits"]
+    assert got[0]["source_id"] == mid and got[0]["exact"] is True
     assert b.call("search", query="when does the staging password rotation happen", k=3)["hits"] == []
     assert b.call("recall", ids=[mid])["items"] == []
     assert a.call("recall", ids=[mid])["items"][0]["text"].endswith("rotate_pw.sh")

@@ -138,7 +138,9 @@ def _through_proxy(args: argparse.Namespace, home) -> int | None:
     for rank, h in enumerate(hits, 1):
         v = f"{h['vector']:.3f} (#{h['vector_rank']})" if h.get("vector") is not None else "-"
         lx = f"{h['lexical']:.2f} (#{h['lexical_rank']})" if h.get("lexical") is not None else "-"
-        print(f"\n{rank:>2}. fused {h['fused']:.4f}  vector {v}  lexical {lx}")
+        # a hit that holds the query as written comes first, whatever its fused score (exact_first)
+        why = "  holds the query as written" if h.get("exact") else ""
+        print(f"\n{rank:>2}. fused {h['fused']:.4f}  vector {v}  lexical {lx}{why}")
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(h["ts"]))
         src = f"  from {h['source_id']}" if h.get("source_id") and h["source_id"] != h["id"] else ""
         print(f"    {h['id']}  tenant {h['tenant']}  session {h['session']}  message #{h['turn']}  {h['role']}"

@@ -619,6 +619,7 @@ class MemoryService:
                 continue
             used += toks
             hits.append({"id": it.memory_id, "source_id": it.source_id or it.memory_id, **h.scores(),
+                         "exact": holds_exactly(query, it.text),
                          "session": it.session, "turn": it.turn, "role": it.role, "kind": it.kind, "tool": it.tool,
                          "ts": it.ts, "tenant": it.tenant, "workspace": it.workspace, "tokens": toks, "text": it.text})
             if budget_tokens is None and len(hits) >= k:
@@ -700,15 +701,21 @@ def process_mode(settings) -> str:
     return "separate" if tool.startswith(_PROXY_TOOLS) else AUTO_PROCESS
 
 
+def holds_exactly(query: str, text: str) -> bool:
+    """``text`` holds ``query`` as written (of a multi-line quote, an Edit's old_string, its first line
+    of 12 characters or more is enough)."""
+    q = query.strip()
+    if not q or len(q) > 2000:
+        return False
+    first = q.split("\n", 1)[0].strip()
+    return q in text or (first != q and len(first) >= 12 and first in text)
+
+
 def exact_first(query: str, hits: list) -> list:
     """Hits whose text holds the query as written (a path, an identifier, an error string, a quoted line
     the model used) before the others, each group in its fused order: a search for an exact string is
     answered by the texts that hold it, however the ranking weighed its words."""
-    q = query.strip()
-    if not q or len(q) > 2000:
-        return hits
-    first = q.split("\n", 1)[0].strip()  # of a multi-line quote (an Edit's old_string), its first line
-    exact = [h for h in hits if q in h.item.text or (first != q and len(first) >= 12 and first in h.item.text)]
+    exact = [h for h in hits if holds_exactly(query, h.item.text)]
     if not exact:
         return hits
     taken = {id(h) for h in exact}
