@@ -26,7 +26,8 @@ from contextwarden.memory import service as memory_service
 from contextwarden.memory.project import request_project
 from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, framing_tokens, inject,
                                          last_user_index, render_block, strip_blocks)
-from contextwarden.memory.retrieve import HistoryIndex, build_query, history_texts, history_items, role_of, select
+from contextwarden.memory.retrieve import (HistoryIndex, build_query, history_texts, history_items, human_text, role_of,
+                                           select)
 from contextwarden.models.base import ApiKind
 from contextwarden.lru import LRU
 from contextwarden.statecache import state_cache
@@ -114,9 +115,12 @@ def cw_request_start(ctx) -> None:
     if svc is None or not svc.available or not hasattr(svc, "prepare"):
         return
     original = history_items(ctx.api, ctx.original)
+    last = last_user_index(original, role_of)
+    if last is None or (not m.inject_tool_steps and not human_text(ctx.api, original[last]).strip()):
+        return  # no user message, or a tool-loop step (the stage skips those): most requests, so cheaply
     query, qi = build_query(ctx.api, original, _clean_text(ctx, original))
-    if query is None or (not m.inject_tool_steps and qi != last_user_index(original, role_of)):
-        return  # nothing to search, or a tool-loop step (the stage skips those)
+    if query is None or (not m.inject_tool_steps and qi != last):
+        return
     try:
         check(ctx.api, ctx.request)  # nowhere to put a block (e.g. the last message is a tool's)
     except NotInjectable:
