@@ -29,6 +29,7 @@ from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, che
 from contextwarden.memory.retrieve import (HistoryIndex, build_query, history_texts, history_items, human_text, role_of,
                                            select)
 from contextwarden.models.base import ApiKind
+from contextwarden.plugins.strip import clean_text_ahead
 from contextwarden.lru import LRU
 from contextwarden.statecache import state_cache
 
@@ -118,50 +119,13 @@ def cw_request_start(ctx) -> None:
     last = last_user_index(original, role_of)
     if last is None or (not m.inject_tool_steps and not human_text(ctx.api, original[last]).strip()):
         return  # no user message, or a tool-loop step (the stage skips those): most requests, so cheaply
-    query, qi = build_query(ctx.api, original, _clean_text(ctx, original))
-    if query is None or (not m.inject_tool_steps and qi != last):
-        return
-    try:
-        check(ctx.api, ctx.request)  # nowhere to put a block (e.g. the last message is a tool's)
-    except NotInjectable:
+    query, _skipped = _query(ctx, original, clean_text_ahead(ctx))
+    if query is None:
         return
     token = f"{ctx.flow_id}:{time.perf_counter_ns()}"
     if svc.prepare(token, query, [ctx.tenant], workspace=m.shared_workspace, settings=ctx.settings,
                    session=ctx.session, project=request_project(ctx)) is not False:
         ctx.notes[PREFETCH_NOTE] = (token, query)
-
-
-class _LazyClean:
-    """The strip stage's ``clean_text`` before it has run: a message's cleaned text, worked out only for
-    the messages the query reads (the same pure function of the text the stage applies)."""
-
-    def __init__(self, stripper, text_of, items) -> None:
-        self._s, self._text_of, self._items = stripper, text_of, items
-
-    def __bool__(self) -> bool:  # (build_query reads a falsy clean_text as none)
-        return True
-
-    def get(self, i, default=None):
-        if not 0 <= i < len(self._items):
-            return default
-        text, counts = self._s.clean(self._text_of(self._items[i]))
-        return text if counts else default
-
-
-def _clean_text(ctx, original: list):
-    """What ``ctx.notes["clean_text"]`` will hold for the query's messages once the strip stage ran
-    (empty when it is not in the pipeline)."""
-    if "strip" not in {n for n, _ in ctx.runtime.stages()}:
-        return {}
-    from contextwarden.dialects import dialect as _dialect
-    from contextwarden.plugins.strip import stripper_for
-
-    d = _dialect(ctx.api)
-    items = d.messages_of(ctx.request)
-    if items is None:
-        inp = getattr(ctx.request, d.history_key, None)
-        items = [inp] if isinstance(inp, str) else []
-    return _LazyClean(stripper_for(ctx.settings.strip, ctx.runtime.memo("strip.strippers", dict)), d.text_of, items)
 
 
 SEARCH_SHARE = 0.8  # of the stage's budget, for everything up to the end of the search; the rest selects and injects
@@ -181,20 +145,30 @@ def retrieval_deadline(ctx, t0: float) -> tuple[float, float, str]:
     return own, m.timeout_ms, f"memory.timeout_ms ({m.timeout_ms:.0f} ms)"
 
 
+def _query(ctx, original: list, clean_text) -> tuple:
+    """The request's query, or None and why there is none to search for: no text a person wrote, a
+    tool-loop step, nowhere to put a block. The stage and its search started ahead
+    (:func:`cw_request_start`) decide the same way."""
+    query, qi = build_query(ctx.api, original, clean_text)
+    if query is None:
+        return None, "no user text"
+    if not ctx.settings.memory.inject_tool_steps and qi != last_user_index(original, role_of):
+        # a tool-loop step: the block went with the person's message when it was sent; sending it again
+        # with every step is new input each time, for what the model has already acted on
+        return None, "tool loop step"
+    try:
+        check(ctx.api, ctx.request)  # e.g. the last message is a tool's
+    except NotInjectable as e:
+        return None, str(e)
+    return query, None
+
+
 def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     m = ctx.settings.memory
     original = history_items(ctx.api, ctx.original)
-    query, qi = build_query(ctx.api, original, ctx.notes.get("clean_text") or {})
+    query, skipped = _query(ctx, original, ctx.notes.get("clean_text") or {})
     if query is None:
-        return finish(skipped="no user text")
-    if not m.inject_tool_steps and qi != last_user_index(original, role_of):
-        # a tool-loop step: the block went with the person's message when it was sent; sending it again
-        # with every step is new input each time, for what the model has already acted on
-        return finish(skipped="tool loop step")
-    try:
-        check(ctx.api, ctx.request)
-    except NotInjectable as e:
-        return finish(skipped=str(e))
+        return finish(skipped=skipped)
     window = ctx.settings.tokens.context_window
     want = int(m.budget_fraction * window)
     # the stages before this one only ever shrink the request, so the original's size bounds it: count

@@ -167,25 +167,62 @@ def cw_configure(runtime) -> None:
         runtime.bus.emit("error", {"where": "strip", "message": err, "action": "pattern skipped"})
 
 
+def _items(d, req) -> list:
+    """The request's messages (a Responses ``input`` that is one string: one user message)."""
+    items = d.messages_of(req)
+    if items is None:
+        inp = getattr(req, d.history_key, None)
+        items = [inp] if isinstance(inp, str) else []
+    return items
+
+
+def _clean_one(s: "Stripper", text_of, m: Any) -> tuple[str | None, tuple]:
+    """A message's cleaned text and what was removed (None, () when nothing was)."""
+    text, counts = s.clean(text_of(m))
+    return (text, tuple(counts.items())) if counts else (None, ())
+
+
+class CleanAhead:
+    """``ctx.notes["clean_text"]`` as this stage will write it, read before it has run (another stage's
+    ``cw_request_start``): a message's cleaned text, worked out only for the messages asked for."""
+
+    def __init__(self, stripper: "Stripper", text_of, items: list) -> None:
+        self._s, self._text_of, self._items = stripper, text_of, items
+
+    def __bool__(self) -> bool:  # (a reader may take a falsy clean_text for none)
+        return True
+
+    def get(self, i: int, default=None):
+        if not 0 <= i < len(self._items):
+            return default
+        text = _clean_one(self._s, self._text_of, self._items[i])[0]
+        return default if text is None else text
+
+
+def clean_text_ahead(ctx) -> "CleanAhead | dict":
+    """What this stage will put in ``ctx.notes["clean_text"]``, for a reader that runs before it (the
+    memory stage's search, started as the request is read): empty when the stage is not in the
+    pipeline. Cleaning is a pure function of the text, so it is the same as the stage's."""
+    if "strip" not in {n for n, _ in ctx.runtime.stages()}:
+        return {}
+    d = dialect(ctx.api)
+    return CleanAhead(stripper_for(ctx.settings.strip, ctx.runtime.memo("strip.strippers", dict)), d.text_of,
+                      _items(d, ctx.request))
+
+
 @hookimpl
 def cw_request(ctx) -> None:
     s = stripper_for(ctx.settings.strip, ctx.runtime.memo("strip.strippers", dict))
-    api = ctx.api
     req = ctx.request
-    d = dialect(api)
-    text_of = d.text_of
-    items = d.messages_of(req)
-    if items is None:  # a Responses ``input`` that is one string: one user message
-        inp = getattr(req, d.history_key, None)
-        items = [inp] if isinstance(inp, str) else []
+    d = dialect(ctx.api)
+    items = _items(d, req)
     clean: dict[int, str] = {}
     totals: dict[str, int] = {}
     cleaned = 0
     history = ctx.history
 
     def strip_one(m: Any) -> tuple[str | None, tuple]:
-        text, counts = s.clean(text_of(m))
-        return (text, tuple(counts.items())) if counts else (None, ())
+        return _clean_one(s, d.text_of, m)
 
     # a message seen before, unchanged: its result is remembered with it (history.Entry.memo)
     results = history.memos(items, s.key, strip_one) if history is not None else [strip_one(m) for m in items]

@@ -255,6 +255,12 @@ class Vectors:
     result: list | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
+    @staticmethod
+    def key_of(query: "Query", tenants: list[str], workspace: str | None, n: int | None, session: str | None,
+               project: str | None) -> tuple:
+        """What a search's vector half depends on: a start is a search's only when these are the same."""
+        return (query.text, query.context, tuple(tenants), workspace, n, session, project)
+
 
 def rrf(rankings: list[tuple[list[str], float]], k: float) -> dict[str, float]:
     """Reciprocal rank fusion of ranked id lists, each with a weight."""
@@ -288,7 +294,7 @@ class Retriever:
         vector query). :meth:`search` with ``vectors=`` finishes it; started as soon as the request is
         read (``memory.prefetch``), the embedding runs while the other stages do."""
         s = self.settings
-        v = Vectors(key=(query.text, query.context, tuple(tenants), workspace, n, session, project))
+        v = Vectors(key=Vectors.key_of(query, tenants, workspace, n, session, project))
         n = n or s.candidates
         qtext = query.vector_text()
         # a follow-up ("and the tests?") means little alone: the turns before it join the query then
@@ -361,7 +367,7 @@ class Retriever:
         if not query.vector_text().strip():
             out.skipped = "empty query"
             return out
-        if vectors is None or vectors.key != (query.text, query.context, tuple(tenants), workspace, n, session, project):
+        if vectors is None or vectors.key != Vectors.key_of(query, tenants, workspace, n, session, project):
             vectors = self.start(query, tenants, workspace=workspace, n=n, session=session, project=project)
         else:
             out.timings["prefetched"] = 1
