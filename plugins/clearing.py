@@ -98,6 +98,11 @@ class Slot:
     _digest: str | None = None
     _pos: tuple[int, int, int, int] | None = None  # (message, block, call message, call block)
     _tokens: dict = field(default_factory=dict, compare=False, repr=False)  # model -> tokens: counted once, the slot carried
+    # (model, wording, tokens) -> (stub, its tokens, memory id): worked out once, the slot carried. The
+    # runtime's memo (stubmemo) is shared by every conversation and bounded: under issue 19's load 50
+    # sessions' candidates were more than it holds, each request evicted what the next one needed, and
+    # stubbing them again was a twentieth of the engine's request-path CPU
+    _stubs: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def text(self) -> str:
@@ -824,7 +829,11 @@ def _choose(st: _Clearing) -> None:
             rec: dict[str, Any] = {"h": s.digest, "stub": None, "tokens": 0, "stub_tokens": 0, "tool": s.tool, "mid": None}
             g = 0
             if toks:
-                stub, stub_toks, mid = result_stub(ctx, s.tool, s.tool_input, text, toks, image_count(s.content), how, stub_text)
+                made = s._stubs.get((ctx.model, how, toks))
+                if made is None:
+                    made = s._stubs[(ctx.model, how, toks)] = result_stub(
+                        ctx, s.tool, s.tool_input, text, toks, image_count(s.content), how, stub_text)
+                stub, stub_toks, mid = made
                 if stub_toks < toks:
                     rec.update(stub=stub, tokens=toks, stub_tokens=stub_toks, mid=mid)
                     g += toks - stub_toks

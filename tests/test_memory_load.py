@@ -299,3 +299,43 @@ def test_the_shutdown_snapshot_of_the_lexical_index_keeps_to_its_budget():
     quick = SimpleNamespace(save_lexical=lambda flush: None, bus=bus, lexical=[])
     MemoryService._save_lexical_within(quick, 0.3)
     assert len(events(bus, "memory")) == 1
+
+
+def test_a_kept_text_is_redacted_once_for_its_original_and_for_the_searchable_store(tmp_path, monkeypatch):
+    """keep() hands its texts to the keeper thread, which redacts each once and writes the original and
+    the journal row from that (the submission redacted it again: 2 ms per 12 KB of code, twice per
+    compressed result under load); keep() itself only queues."""
+    from contextwarden.memory import secrets
+    from contextwarden.memory.service import MemoryService
+
+    calls: list[str] = []
+    real = secrets.redact_secrets
+
+    def counting(text):
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(secrets, "redact_secrets", counting)
+    monkeypatch.setattr(ingest, "redact_secrets", counting)
+    rp = replayer(tmp_path)
+    try:
+        svc = get_service(rp.runtime)
+        assert isinstance(svc, MemoryService) and svc.ingestor is not None
+        sec = [s for s, _ in planted().values()][0]
+        its = [MemoryItem(text=f"output {i}: export API_TOKEN={sec}\nthe retry loop lives in sync_worker_{i}.py",
+                          session="s1", tenant="t-keep", turn=i, role="tool", kind="tool_result",
+                          source_id=f"m-{i:016x}") for i in range(3)]
+        before = svc.ingestor.stats["submitted"]
+        ids = svc.keep(its)
+        assert ids == [it.source_id for it in its]
+        assert svc.flush(120)
+        assert sorted(calls) == sorted(it.text for it in its)  # once each
+        got = svc.recall(ids, ["t-keep"])
+        assert len(got) == 3 and all(sec not in g.text and "[REDACTED:" in g.text for g in got)
+        assert svc.ingestor.stats["submitted"] - before == 3  # and searchable
+        assert svc.ingestor.stats["redacted"] >= 3  # the secrets removed are still counted
+        stored = svc.store.get_by_ids(ids, ["t-keep"], None)
+        assert stored and all(sec not in it.text for it in stored)
+        assert {it.source_id for it in stored} == set(ids)
+    finally:
+        rp.close()

@@ -77,3 +77,34 @@ def test_clearing_through_the_memo_sends_the_same_bodies(cw_home, monkeypatch):
         finally:
             h.close()
     assert outs[0] == outs[1]
+
+
+def test_a_carried_result_is_stubbed_once_however_many_sessions_share_the_memo(cw_home, monkeypatch):
+    """A conversation's carried slot keeps its stub: looked at again on the next request, it is not
+    stubbed again even when the runtime's shared memo no longer holds it (50 sessions' candidates were
+    more than it holds, and each request evicted what the next one needed)."""
+    import contextwarden.plugins.clearing as clearing
+    ov = settings_overrides(window=9_000, stages=["strip", "clearing"],
+                            clearing={"trigger_tokens": 3000, "clear_at_least": 100_000, "keep_recent": 2})
+    full = anthropic_tool_loop(9, result_words=250, session="memo-carried")
+    msgs, top = full["messages"][:-1], {k: v for k, v in full.items() if k != "messages"}
+    bodies = [{**top, "messages": msgs[:n]} for n in range(7, len(msgs) + 1, 2)]
+    made: list[str] = []
+
+    def forgetful(ctx, tool, tool_input, text, *rest):
+        made.append(text)
+        ctx.runtime._memos.pop(MEMO, None)  # the shared memo holds nothing from one call to the next
+        return result_stub(ctx, tool, tool_input, text, *rest)
+
+    monkeypatch.setattr(clearing, "result_stub", forgetful)
+    # every request looks at its candidates' stubs and makes no step (the gain never reaches the huge
+    # clear_at_least): the same results are looked at request after request
+    monkeypatch.setattr(clearing, "_may_step", lambda *a: True)
+    h = Harness(cw_home / "carried", profile="claude-code", overrides=ov)
+    try:
+        for b in bodies:
+            h.send(ApiKind.ANTHROPIC, copy.deepcopy(b))
+    finally:
+        h.close()
+    assert len(bodies) >= 3 and len(made) >= 3  # results were stubbed, on several requests
+    assert len(made) == len(set(made))  # each once

@@ -19,10 +19,12 @@ rules nothing out): the caller still tests those exactly. Bounded: past ``max_te
 ``max_runs`` runs it takes no more texts, and the caller tests those it does not know.
 
 Out of the garbage collector's sight: every key and value here is an atom (a trigram's runs are their
-numbers packed in one ``bytes``, extended once per text read), so its dicts are never tracked. A list
-of runs per trigram made the conversations' indexes two thirds of the engine's tracked objects under
-issue 19's load (233K lists), and every full collection, which holds the interpreter lock, walked them
-all (300-500 ms a collection).
+numbers packed in one ``bytearray``, extended in place once per text read), so its dicts are never
+tracked. A list of runs per trigram made the conversations' indexes two thirds of the engine's tracked
+objects under issue 19's load (233K lists), and every full collection, which holds the interpreter
+lock, walked them all (300-500 ms a collection). (``bytes``, concatenated, copied a common trigram's
+whole list for each text that added a run holding it: under issue 19's load :meth:`Prefilter.add` was a
+fifth of the engine's request-path CPU; a ``bytearray`` grows in place and is not tracked either.)
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class Prefilter:
         self._bit: dict[str, int] = {}  # a text's key -> its bit in the masks
         self._texts: dict[bytes, int] = {}  # a run of MIN_RUN bytes or more -> the mask of the texts that have it
         self._run: dict[int, bytes] = {}  # a run's number -> the run
-        self._grams: dict[bytes, bytes] = {}  # a trigram -> the numbers of the runs holding it (packed "i")
+        self._grams: dict[bytes, bytearray] = {}  # a trigram -> the numbers of the runs holding it (packed "i")
 
     def bit(self, key: str) -> int | None:
         """The text's bit; None when it was not added."""
@@ -89,7 +91,12 @@ class Prefilter:
                             a.append(n)
             grams = self._grams
             for g, a in new.items():
-                grams[g] = grams.get(g, b"") + array("i", a).tobytes()
+                packed = array("i", a).tobytes()
+                held = grams.get(g)
+                if held is None:
+                    grams[g] = bytearray(packed)
+                else:
+                    held += packed  # in place (amortised): no view of it outlives a call made under the lock
             return True
 
     def read(self, texts: Iterable[tuple[str, str]], chars: int) -> None:
@@ -120,7 +127,7 @@ class Prefilter:
 
     def _run_holders(self, r: bytes) -> int:
         """The mask of the texts with a run that holds ``r``."""
-        rarest: bytes | None = None
+        rarest: bytearray | None = None
         for i in range(len(r) - 2):
             got = self._grams.get(r[i:i + 3])
             if got is None:
@@ -129,8 +136,10 @@ class Prefilter:
                 rarest = got
         m = 0
         numbered, texts = self._run, self._texts
-        for n in memoryview(rarest or b"").cast("i"):
-            run = numbered[n]
-            if r in run:
-                m |= texts[run]
+        # (the views are released on leaving: a bytearray with a view cannot grow, and add extends it)
+        with memoryview(rarest or b"") as view, view.cast("i") as numbers:
+            for n in numbers:
+                run = numbered[n]
+                if r in run:
+                    m |= texts[run]
         return m

@@ -27,7 +27,7 @@ import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -179,7 +179,7 @@ class MemoryService:
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids submitted lately
         self.originals = _open_originals(self.home)
         self._forgotten: set[tuple[str, str]] = set()  # (tenant, session) deleted while running
-        self._keep_q: list[list] = []  # items keep() took, written by the keeper thread
+        self._keep_q: list[tuple[list, bool]] = []  # (items, searchable) keep() took, for the keeper thread
         self._keep_cv = threading.Condition()
         self._keep_busy = False
         self._keep_thread: threading.Thread | None = None
@@ -454,8 +454,10 @@ class MemoryService:
         return ok
 
     def flush(self, timeout: float = 120) -> bool:
-        """Wait until everything submitted is stored and indexed."""
-        return self.ingestor.flush(timeout) if self.ingestor is not None else True
+        """Wait until everything submitted (and kept: the keeper submits what it wrote) is stored and indexed."""
+        end = time.monotonic() + timeout
+        kept = self.flush_kept(timeout)
+        return kept and (self.ingestor.flush(max(0.0, end - time.monotonic())) if self.ingestor is not None else True)
 
     def retriever(self, settings=None) -> Retriever:
         store = self.store if self.store is not None and self.store.available else None
@@ -524,20 +526,19 @@ class MemoryService:
     # --- recall: plain data in, plain data / MemoryItems out (callable across a process boundary) -------
     def keep(self, items: list, searchable: bool = True) -> list[str]:
         """Keep ``items`` whole (redacted), under ``source_id`` (the id a stub or summary names), and (with
-        ``searchable``) queue them for the searchable store. Returns their ids at once: the writing (redaction and SQLite) is
-        done by a thread of its own, and :meth:`recall` waits for what is pending, so an id is found as
-        soon as anyone can have read it, while the request that names it never waits."""
+        ``searchable``) queue them for the searchable store. Returns their ids at once: the work (redaction,
+        SQLite, the submission) is done by a thread of its own, and :meth:`recall` waits for what is
+        pending, so an id is found as soon as anyone can have read it, while the request that names it
+        never waits."""
         todo = [it for it in items if it.text and it.text.strip()]
         if not todo:
             return []
         with self._keep_cv:
-            self._keep_q.append(todo)
+            self._keep_q.append((todo, searchable))
             self._keep_cv.notify()
             if self._keep_thread is None:
                 self._keep_thread = threading.Thread(target=self._keeper, name="cw-memory-keep", daemon=True)
                 self._keep_thread.start()
-        if searchable and self.ingestor is not None:
-            self.submit(todo)
         return [it.source_id or it.memory_id for it in todo]
 
     def _keeper(self) -> None:
@@ -550,17 +551,32 @@ class MemoryService:
                     self._keep_busy = False
                     self._keep_cv.notify_all()
                     self._keep_cv.wait()
-                batch = [it for b in self._keep_q for it in b]
+                batch = [(it, searchable) for b, searchable in self._keep_q for it in b]
                 self._keep_q.clear()
                 self._keep_busy = True
+            # each text is redacted once, here, for its original and for the searchable store (the
+            # submission used to redact it again: 2 ms per 12 KB, twice per compressed result under load)
+            red = [redact_secrets(it.text) for it, _ in batch]
+            wholes = [_replace(it, text=t, source_id=it.source_id or it.memory_id) for (it, _), (t, _) in zip(batch, red)]
             try:
-                wholes = [_replace(it, text=redact_secrets(it.text)[0], source_id=it.source_id or it.memory_id)
-                          for it in batch]
                 if self.originals is not None:
                     self.originals.put(wholes)
             except Exception as e:  # an unwritable file costs recall, never the proxy
                 self.bus.emit("error", {"where": "memory.originals", "message": f"{type(e).__name__}: {e}",
                                         "action": f"{len(batch)} originals not kept"})
+            searchable = [(it, w, n) for (it, s), w, (_, n) in zip(batch, wholes, red) if s]
+            if searchable and self.ingestor is not None:
+                self._submit_redacted(searchable)
+
+    def _submit_redacted(self, kept: list[tuple[Any, Any, int]]) -> None:
+        """:meth:`submit` of kept texts already redacted: ``(the item as sent, it redacted, secrets
+        removed)``; recent ones are known by the id of the text as sent, as :meth:`submit` knows them."""
+        with self._recent_lock:
+            fresh = [(it, w, n) for it, w, n in kept if it.id not in self._recent]
+        if fresh and self.ingestor.submit([w for _, w, _ in fresh], redacted=sum(n for _, _, n in fresh)):
+            with self._recent_lock:
+                for it, _, _ in fresh:
+                    self._recent[it.id] = None
 
     def flush_kept(self, timeout: float = 10) -> bool:
         """Wait until every item :meth:`keep` took is written."""
