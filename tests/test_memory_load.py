@@ -23,15 +23,24 @@ from .test_memory_secrets import planted
 from .test_memory_stage import replayer
 
 
-def test_a_text_is_redacted_once_from_the_journal_to_the_store_and_the_originals(cw_home, monkeypatch):
+def counting_redactions(monkeypatch, *modules) -> list[str]:
+    """The texts ``redact_secrets`` is called with, through each of ``modules``' names for it."""
+    from contextwarden.memory import secrets
+
     calls: list[str] = []
-    real = ingest.redact_secrets
+    real = secrets.redact_secrets
 
     def counting(text):
         calls.append(text)
         return real(text)
 
-    monkeypatch.setattr(ingest, "redact_secrets", counting)
+    for m in modules:
+        monkeypatch.setattr(m, "redact_secrets", counting)
+    return calls
+
+
+def test_a_text_is_redacted_once_from_the_journal_to_the_store_and_the_originals(cw_home, monkeypatch):
+    calls = counting_redactions(monkeypatch, ingest)
     secrets = [s for s, _ in planted().values()][:4]
     long_text = "\n".join(f"line {i}: export TOKEN_{i}={secrets[i % len(secrets)]}" for i in range(300))  # chunked
     items = [item(f"my key is {s}", turn=i) for i, s in enumerate(secrets)] + [item(long_text, turn=9, kind="tool_result")]
@@ -303,20 +312,12 @@ def test_the_shutdown_snapshot_of_the_lexical_index_keeps_to_its_budget():
 
 def test_a_kept_text_is_redacted_once_for_its_original_and_for_the_searchable_store(tmp_path, monkeypatch):
     """keep() hands its texts to the keeper thread, which redacts each once and writes the original and
-    the journal row from that (the submission redacted it again: 2 ms per 12 KB of code, twice per
-    compressed result under load); keep() itself only queues."""
+    the journal row from that (the submission, made in keep() on the connection's thread, redacted it
+    again: 2 ms per 12 KB of code); keep() itself only queues."""
     from contextwarden.memory import secrets
     from contextwarden.memory.service import MemoryService
 
-    calls: list[str] = []
-    real = secrets.redact_secrets
-
-    def counting(text):
-        calls.append(text)
-        return real(text)
-
-    monkeypatch.setattr(secrets, "redact_secrets", counting)
-    monkeypatch.setattr(ingest, "redact_secrets", counting)
+    calls = counting_redactions(monkeypatch, secrets, ingest)
     rp = replayer(tmp_path)
     try:
         svc = get_service(rp.runtime)
