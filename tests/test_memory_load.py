@@ -340,3 +340,36 @@ def test_a_kept_text_is_redacted_once_for_its_original_and_for_the_searchable_st
         assert {it.source_id for it in stored} == set(ids)
     finally:
         rp.close()
+
+
+def test_a_compressed_results_original_and_its_turn_are_redacted_once(tmp_path, monkeypatch):
+    """A compressed result's original is kept (``searchable=False``) as its request is read, and the same
+    text comes to be stored when its turn ends: the memory service redacts it once (``redact``)."""
+    from contextwarden.memory import secrets
+    from contextwarden.memory.ids import memory_id
+    from contextwarden.memory.service import REDACT_MEMO_MIN, MemoryService
+
+    calls = counting_redactions(monkeypatch, secrets, ingest)
+    rp = replayer(tmp_path)
+    try:
+        svc = get_service(rp.runtime)
+        assert isinstance(svc, MemoryService)
+        sec = [s for s, _ in planted().values()][0]
+        text = "\n".join(f"line {i}: export API_TOKEN={sec}  # the retry loop lives in sync_worker.py" for i in range(30))
+        assert len(text) >= REDACT_MEMO_MIN
+        mid = memory_id(text)
+        svc.keep([MemoryItem(text=text, session="s1", tenant="t-keep", turn=1, role="tool", kind="tool_result",
+                             source_id=mid)], searchable=False)
+        assert svc.flush_kept(60)
+        again = "".join(list(text))  # its turn's text: equal, another string
+        assert svc.submit([MemoryItem(text=again, session="s1", tenant="t-keep", turn=1, role="tool", kind="tool_result")])
+        assert svc.flush(120)
+        assert calls.count(text) == 1
+        stored = svc.store.get_by_ids([mid], ["t-keep"], None)
+        assert stored and all(sec not in it.text and it.source_id == mid for it in stored)
+        short = "my key is " + sec  # shorter texts are redacted again: cheaper than remembering them
+        assert len(short) < REDACT_MEMO_MIN
+        svc.redact(short), svc.redact(short)
+        assert calls.count(short) == 2
+    finally:
+        rp.close()

@@ -65,8 +65,11 @@ class Ingestor:
                  batch_chars: int | None = None, priority: "SearchFirst | None" = None,
                  tag: Callable[[str], list[str]] | None = None,
                  on_originals: Callable[[list[MemoryItem]], None] | None = None,
-                 on_indexed: Callable[[list[MemoryItem]], None] | None = None) -> None:
+                 on_indexed: Callable[[list[MemoryItem]], None] | None = None,
+                 redact: Callable[[str], tuple[str, int]] | None = None) -> None:
         self.store = store
+        # redact_secrets, or the memory service's remembered one (a kept text comes again with its turn)
+        self._redact = redact
         # receives each batch's chunks before they are embedded (the lexical index: searchable by words)
         self.on_indexed = on_indexed
         # receives each text whole (redacted, not chunked) under the id its stub names: recall(id)
@@ -114,6 +117,9 @@ class Ingestor:
             self._indexer = threading.Thread(target=self._run_indexer, name="cw-memory-index", daemon=True)
             self._indexer.start()
 
+    def _redacted(self, text: str) -> tuple[str, int]:
+        return self._redact(text) if self._redact is not None else redact_secrets(text)
+
     # --- producer side (any thread; never blocks) ----------------------------------------------------
     def submit(self, items: list[MemoryItem], *, flow_id: str | None = None, history: bool = False,
                messages: int | None = None, redacted: int | None = None) -> bool:
@@ -157,7 +163,7 @@ class Ingestor:
         # the original text's, fixed first), unless the caller did (``redacted``: how many it removed)
         self._pause()  # (on the memory process's submission thread: searches first)
         if redacted is None:
-            red = [redact_secrets(it.text) for it in items]
+            red = [self._redacted(it.text) for it in items]
             items = [_replace(it, text=t, source_id=it.source_id or memory_id(it.text)) for it, (t, _) in zip(items, red)]
             redacted = sum(n for _, n in red)
         # what the journal holds is redacted: the worker does not redact it again (REDACTED_NOTE), and
@@ -382,7 +388,7 @@ class Ingestor:
             if redacted_already if isinstance(redacted_already, bool) else redacted_already[k]:
                 text = it.text
             else:
-                text, n = redact_secrets(it.text)
+                text, n = self._redacted(it.text)
                 redacted += n
             whole = _replace(it, text=text, source_id=source)
             wholes.append(whole)

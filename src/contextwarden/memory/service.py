@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..lru import LRU
 from .lexical import LexicalIndex, load_snapshot, save_snapshot
 from .priority import SearchFirst
 from .retrieve import Query, Retrieval, Retriever
@@ -38,6 +39,12 @@ from .tagger import Tagger
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
+
+# MemoryService.redact remembers the redaction of texts of REDACT_MEMO_MIN characters or more (shorter
+# ones cost less to redact again than to keep), REDACT_MEMO_CHARS characters of them in all (the texts
+# of ~10 s of issue 19's load: a kept text comes again to be stored ~1.5 s later)
+REDACT_MEMO_MIN = 512
+REDACT_MEMO_CHARS = 4_000_000
 
 
 class CachedEmbedder:
@@ -180,6 +187,8 @@ class MemoryService:
         self.originals = _open_originals(self.home)
         self._forgotten: set[tuple[str, str]] = set()  # (tenant, session) deleted while running
         self._keep_q: list[tuple[list, bool]] = []  # (items, searchable) keep() took, for the keeper thread
+        # a text's redaction, remembered a while (:meth:`redact`)
+        self._redactions = LRU(REDACT_MEMO_CHARS, size=len, min_size=REDACT_MEMO_MIN)
         self._keep_cv = threading.Condition()
         self._keep_busy = False
         self._keep_thread: threading.Thread | None = None
@@ -252,7 +261,7 @@ class MemoryService:
                                          tag=self._tag if self.separate else None,
                                          on_originals=self.originals.put if self.originals is not None else None,
                                          on_indexed=self.lexical.add if m.index_first else None,
-                                         priority=self.priority)
+                                         priority=self.priority, redact=self.redact)
         except Exception as e:  # memory is an extra: the proxy runs without it
             self.error = f"{type(e).__name__}: {e}"
             self.bus.emit("error", {"where": "memory", "message": self.error, "action": "requests go without memory"})
@@ -541,9 +550,17 @@ class MemoryService:
                 self._keep_thread.start()
         return [it.source_id or it.memory_id for it in todo]
 
+    def redact(self, text: str) -> tuple[str, int]:
+        """``redact_secrets(text)``, remembered a while: a compressed result's original is kept (and
+        redacted) as its request is read, and the same text comes again to be stored when its turn ends,
+        ~1.5 s later under issue 19's load; redacting it twice cost ~2 ms per 12 KB of code, a quarter
+        of this process's CPU a request."""
+        from . import secrets
+
+        return self._redactions.get(text, lambda: secrets.redact_secrets(text))
+
     def _keeper(self) -> None:
         from .ingest import _replace
-        from .secrets import redact_secrets
 
         while True:
             with self._keep_cv:
@@ -556,7 +573,7 @@ class MemoryService:
                 self._keep_busy = True
             # each text is redacted once, here, for its original and for the searchable store (the
             # submission used to redact it again: 2 ms per 12 KB, twice per compressed result under load)
-            red = [redact_secrets(it.text) for it, _ in batch]
+            red = [self.redact(it.text) for it, _ in batch]
             wholes = [_replace(it, text=t, source_id=it.source_id or it.memory_id) for (it, _), (t, _) in zip(batch, red)]
             try:
                 if self.originals is not None:
