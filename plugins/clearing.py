@@ -100,8 +100,7 @@ class Slot:
     _tokens: dict = field(default_factory=dict, compare=False, repr=False)  # model -> tokens: counted once, the slot carried
     # (model, wording, tokens) -> (stub, its tokens, memory id): worked out once, the slot carried. The
     # runtime's memo (stubmemo) is shared by every conversation and bounded: under issue 19's load 50
-    # sessions' candidates were more than it holds, each request evicted what the next one needed, and
-    # stubbing them again was a twentieth of the engine's request-path CPU
+    # sessions' candidates were more than it holds, and each request evicted what the next one needed
     _stubs: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property

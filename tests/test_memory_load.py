@@ -315,7 +315,7 @@ def test_a_kept_text_is_redacted_once_for_its_original_and_for_the_searchable_st
     the journal row from that (the submission, made in keep() on the connection's thread, redacted it
     again: 2 ms per 12 KB of code); keep() itself only queues."""
     from contextwarden.memory import secrets
-    from contextwarden.memory.service import MemoryService
+    from contextwarden.memory.service import REDACT_MEMO_MIN, MemoryService
 
     calls = counting_redactions(monkeypatch, secrets, ingest)
     rp = replayer(tmp_path)
@@ -323,9 +323,11 @@ def test_a_kept_text_is_redacted_once_for_its_original_and_for_the_searchable_st
         svc = get_service(rp.runtime)
         assert isinstance(svc, MemoryService) and svc.ingestor is not None
         sec = [s for s, _ in planted().values()][0]
-        its = [MemoryItem(text=f"output {i}: export API_TOKEN={sec}\nthe retry loop lives in sync_worker_{i}.py",
+        # (texts the size of a tool's output: MemoryService.redact remembers those of REDACT_MEMO_MIN or more)
+        its = [MemoryItem(text=f"output {i}: export API_TOKEN={sec}\n" + f"the retry loop lives in sync_worker_{i}.py\n" * 12,
                           session="s1", tenant="t-keep", turn=i, role="tool", kind="tool_result",
                           source_id=f"m-{i:016x}") for i in range(3)]
+        assert all(len(it.text) >= REDACT_MEMO_MIN for it in its)
         before = svc.ingestor.stats["submitted"]
         ids = svc.keep(its)
         assert ids == [it.source_id for it in its]

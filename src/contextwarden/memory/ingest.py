@@ -122,13 +122,11 @@ class Ingestor:
 
     # --- producer side (any thread; never blocks) ----------------------------------------------------
     def submit(self, items: list[MemoryItem], *, flow_id: str | None = None, history: bool = False,
-               messages: int | None = None, redacted: int | None = None) -> bool:
+               messages: int | None = None) -> bool:
         """Queue ``items`` for storage; False (and a ``memory`` event ``dropped``) if they were dropped.
 
         ``history``: the items come from a conversation's history the proxy had not seen live (the first
         request of a resumed session); once stored, an ``ingest`` event says so (``messages`` of them).
-        ``redacted``: the texts are redacted already, with ``source_id`` set (the memory process's
-        keeper: each kept text is redacted once), and this many secrets were removed.
         """
         items = [it for it in items if it.text and it.text.strip()]
         if not items:
@@ -137,9 +135,7 @@ class Ingestor:
         info = {"flow_id": flow_id, "history": bool(history), "messages": messages, "n": n,
                 "session": _session_of(items)}
         if self.journal is not None:
-            return self._submit_journal(items, info, redacted)
-        if redacted is not None:
-            info[REDACTED_NOTE] = redacted
+            return self._submit_journal(items, info)
         with self._cv:
             full = self._closing or (self._pending > 0 and self._pending + n > self.queue_size)
             if not full:
@@ -158,17 +154,15 @@ class Ingestor:
             return False
         return True
 
-    def _submit_journal(self, items: list[MemoryItem], info: dict, redacted: int | None = None) -> bool:
+    def _submit_journal(self, items: list[MemoryItem], info: dict) -> bool:
         # secrets never reach the disk: redacted before the journal (the id a clearing stub names is
-        # the original text's, fixed first), unless the caller did (``redacted``: how many it removed)
+        # the original text's, fixed first)
         self._pause()  # (on the memory process's submission thread: searches first)
-        if redacted is None:
-            red = [self._redacted(it.text) for it in items]
-            items = [_replace(it, text=t, source_id=it.source_id or memory_id(it.text)) for it, (t, _) in zip(items, red)]
-            redacted = sum(n for _, n in red)
+        red = [self._redacted(it.text) for it in items]
+        items = [_replace(it, text=t, source_id=it.source_id or memory_id(it.text)) for it, (t, _) in zip(items, red)]
         # what the journal holds is redacted: the worker does not redact it again (REDACTED_NOTE), and
         # takes the count of what was removed from here
-        info = {**info, REDACTED_NOTE: redacted}
+        info = {**info, REDACTED_NOTE: sum(n for _, n in red)}
         with self._cv:
             if self._closing:
                 self.stats["dropped"] += len(items)
@@ -373,19 +367,18 @@ class Ingestor:
         out, redacted, _, _ = self._prepare(items)
         return out, redacted
 
-    def _prepare(self, items: list[MemoryItem], redacted_already: bool | list[bool] = False
+    def _prepare(self, items: list[MemoryItem], redacted_already: bool = False
                  ) -> tuple[list[MemoryItem], int, list[int], list[MemoryItem]]:
         """(chunks to store, secrets removed, index in ``items`` of each chunk, each item whole and
         redacted: what the originals keep). Each text is redacted once, here, unless it was before
-        (``redacted_already``, for all items or item by item: it came through the journal, which holds
-        only redacted text, or from the memory process's keeper)."""
+        (``redacted_already``: it came through the journal, which holds only redacted text)."""
         out: list[MemoryItem] = []
         owner: list[int] = []  # index in ``items`` of each prepared item
         wholes: list[MemoryItem] = []
         redacted = 0
         for k, it in enumerate(items):
             source = it.source_id or memory_id(it.text)  # the id a clearing stub names: the original text
-            if redacted_already if isinstance(redacted_already, bool) else redacted_already[k]:
+            if redacted_already:
                 text = it.text
             else:
                 text, n = self._redacted(it.text)
@@ -428,11 +421,9 @@ class Ingestor:
         # (tags are the storer's: words need none, and tagging cost as much as the rest of this
         # together, for every item, where the storer tags only what it has time to store)
         self._pause()
-        # a submission redacted before it came (the journal's, the keeper's) says so in its info
-        done = [redacted or REDACTED_NOTE in batches[b][1] for b in sub]
-        prepared, n_red, owner, wholes = self._prepare(items, redacted_already=done)
-        # (counted when they were redacted)
-        n_red += sum(int(info.get(REDACTED_NOTE) or 0) for _, info in batches)
+        prepared, n_red, owner, wholes = self._prepare(items, redacted_already=redacted)
+        if redacted:  # counted when the journal took them
+            n_red = sum(int(info.get(REDACTED_NOTE) or 0) for _, info in batches)
         if self.on_originals is not None and items:
             try:
                 self.on_originals(wholes)

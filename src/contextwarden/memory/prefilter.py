@@ -23,8 +23,8 @@ numbers packed in one ``bytearray``, extended in place once per text read), so i
 tracked. A list of runs per trigram made the conversations' indexes two thirds of the engine's tracked
 objects under issue 19's load (233K lists), and every full collection, which holds the interpreter
 lock, walked them all (300-500 ms a collection). (``bytes``, concatenated, copied a common trigram's
-whole list for each text that added a run holding it: under issue 19's load :meth:`Prefilter.add` was a
-fifth of the engine's request-path CPU; a ``bytearray`` grows in place and is not tracked either.)
+whole list for each text that added a run holding it: adding a 12 KB text after 100-200 others cost
+1.7-2.4 ms, 0.5-0.8 ms with a ``bytearray``, which grows in place and is not tracked either.)
 """
 
 from __future__ import annotations
