@@ -72,3 +72,25 @@ def test_only_background_threads_embed_in_the_worker(inner):
     t.start()
     t.join(30)
     assert calls == [("in-process", ["a search's query"]), ("worker", ["what a turn said"])]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="scheduling classes are Linux's")
+def test_the_model_is_loaded_before_the_worker_drops_to_the_idle_class(inner):
+    """At the idle class on a machine that never idles (CI beside other jobs), the worker's imports and
+    model took minutes: it loads them as it starts, at its starting class, then every thread of it runs at
+    the idle class."""
+    import time
+
+    bg = BackgroundEmbedder(inner, MODEL_DIR, group_nice=19)
+    try:
+        deadline = time.monotonic() + 120
+        while bg.loaded is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert bg.loaded == (os.SCHED_OTHER, os.SCHED_IDLE)
+        (pid,) = bg.pids()
+        tids = os.listdir(f"/proc/{pid}/task")
+        assert tids and all(os.sched_getscheduler(int(t)) == os.SCHED_IDLE for t in tids)
+        got = bg(TEXTS)  # the loaded model answers (no second load)
+        assert np.allclose(got, inner(TEXTS), atol=1e-5) and bg.fallbacks == 0
+    finally:
+        bg.close()

@@ -9,8 +9,10 @@ idle scheduling class, and with ``memory.index_first`` its session's scheduling 
 weight (:func:`_idle`), the kernel runs it only on CPU nobody else wants (a group at nice 19 still
 gets ~1.5% against a busy loop: it is never starved outright): under load, embedding lags (the lag is
 reported; the ingestor's indexer has made each item searchable by its words and recallable by id
-before it waits here, ``ingest.py``); idle, it catches up at full speed. A thread of the memory process could not do this: while descheduled it could hold the
-interpreter lock that the process's searches need.
+before it waits here, ``ingest.py``); idle, it catches up at full speed. A thread of the memory process
+could not do this: while descheduled it could hold the interpreter lock that the process's searches need.
+The model is loaded as the worker starts, before it drops to the idle class (:func:`load`): a one-time
+start-up at the idle class took minutes on a machine that never idles.
 
 Searches embed their short queries in the memory process itself, at once (the thread that asks
 decides: only background threads, ``SearchFirst.background``, come here). Fails open: a worker that
@@ -32,13 +34,40 @@ _model: dict[str, Any] = {}  # in the worker: model dir -> Embedder (loaded on t
 def embed(model_dir: str, texts: list[str], group_nice: int = 0) -> np.ndarray:
     """The vectors of ``texts`` (runs in the worker process; ``group_nice``: its scheduling group's nice
     value, ``memory.embed_group_nice``)."""
+    return _loaded(model_dir, group_nice)(texts)
+
+
+def load(model_dir: str, group_nice: int = 0) -> tuple[int, int]:
+    """Load and warm the model now (the worker's first call, sent as it starts); the scheduling policy
+    the loading ran at and the one the worker runs at after (for the tests: ``SCHED_OTHER``, then
+    ``SCHED_IDLE`` on Linux)."""
+    during = _policy()
+    _loaded(model_dir, group_nice)
+    return during, _policy()
+
+
+def _loaded(model_dir: str, group_nice: int):
+    """The worker's embedder of ``model_dir``, loaded at the priority the worker started with and only
+    then moved to the idle class. Loaded at the idle class on a machine that never idles (CI beside
+    other jobs, two busy loops), the imports and the model's ~2 s of CPU took minutes at ~1.5% of a
+    core, and nothing was embedded meanwhile; a one-time start-up cost is not the steady background
+    work the idle class is for."""
     e = _model.get(model_dir)
     if e is None:
-        _idle(group_nice)
         from .embedder import Embedder
 
-        e = _model[model_dir] = Embedder(model_dir, threads=1)
-    return e(texts)
+        e = Embedder(model_dir, threads=1)
+        e(["warm up " * n for n in (4, 12, 30)])  # ONNX Runtime's first run of each length is slow
+        _model[model_dir] = e
+        _idle(group_nice)
+    return e
+
+
+def _policy() -> int:
+    try:
+        return os.sched_getscheduler(0)
+    except (AttributeError, OSError):
+        return -1
 
 
 def _idle(group_nice: int = 0) -> None:
@@ -52,7 +81,13 @@ def _idle(group_nice: int = 0) -> None:
     busy loops on one core, each in its own session, one at ``SCHED_IDLE``: 50% each; with the idle
     one's group at nice 19: 1% and 99%)."""
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        # every thread of the process (a policy is a thread's own; the model is loaded by then, and any
+        # thread its runtime started would otherwise keep the normal class)
+        for tid in _threads_of_process():
+            try:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            except ProcessLookupError:  # (a thread that ended meanwhile)
+                pass
     except (AttributeError, OSError):
         try:
             os.nice(19)
@@ -60,6 +95,13 @@ def _idle(group_nice: int = 0) -> None:
             pass
     if group_nice > 0:
         group_weight(group_nice)
+
+
+def _threads_of_process() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # (no /proc: this thread only)
+        return [0]
 
 
 def group_weight(nice: int) -> bool:
@@ -95,6 +137,20 @@ class BackgroundEmbedder:
         self._offload.start()
         self._closed = threading.Event()
         self.fallbacks = 0  # calls the in-process embedder answered (the worker was unavailable)
+        self.loaded: tuple[int, int] | None = None  # load()'s answer, once the worker has the model
+        # the model loads as the memory service starts, at the worker's starting priority (_loaded),
+        # not with the first batch; a batch sent meanwhile waits for the worker as it would anyway
+        self._loading = threading.Thread(target=self._load, name="cw-embed-load", daemon=True)
+        self._loading.start()
+
+    def _load(self) -> None:
+        from ..compress.offload import Unavailable
+
+        try:
+            if self._offload.wait_ready(self.start_s):
+                self.loaded = self._offload.call(load, self.model_dir, self.group_nice, timeout=self.timeout_s)
+        except Unavailable:  # (closed meanwhile, or it could not start: the first batch tries again)
+            pass
 
     def pids(self) -> list[int]:
         return self._offload.pids()
