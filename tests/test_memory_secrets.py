@@ -145,3 +145,24 @@ def test_planted_secrets_never_reach_chroma_or_an_export(cw_home, tmp_path):
     assert canary.encode() in exported and b"[REDACTED:" in exported
     assert _leaks(exported, plants) == []
     assert _leaks(b"".join(e.to_json() for e in bus.recent), plants) == []
+
+
+def test_keys_are_found_in_any_case_whether_or_not_lowering_the_text_moves_its_characters():
+    """The words a secret's key holds are looked for on the text lower-cased (the fast way) unless
+    lowering lengthens it ("İ" becomes two characters): then on the text itself. Both find the same."""
+    from contextwarden.memory import secrets
+
+    value = _alnum(24)
+    pairs = [f"API_KEY={value}", f"Api_Key: '{value}'", f"PASSWORD = \"{value}\"", f"client_Secret => {value}",
+             f"x-Auth-Token: {value}", f"DB_DSN={value}", f"{{\"sessionKey\": \"{value}\"}}"]
+    code = "def load(path):\n    return json.load(open(path))  # the key of the cache\n" * 20
+    for pair in pairs:
+        for before in ("", "Kelvin K and ſ, ", "naïve café "):
+            plain = code + before + pair + "\n" + code
+            moved = "İstanbul " + plain  # lower() lengthens it: the hints are found on the text itself
+            assert len(moved.lower()) != len(moved)
+            for text in (plain, moved):
+                red, n = redact_secrets(text)
+                assert value not in red and n >= 1, (pair, before, text[:12])
+            assert redact_secrets(moved)[0] == "İstanbul " + redact_secrets(plain)[0]
+            assert [m.start() for m in secrets._hints(plain)] == [m.start() for m in secrets._HINT_LOWER.finditer(plain.lower())]

