@@ -27,3 +27,26 @@ def test_the_latest_edit_of_every_file_being_edited_comes_before_the_files_whole
     assert working_set(calls, 1_025, sizes, latest_edits=0.001) == working_set(calls, 1_025, sizes)
     # with room for all, the same set either way
     assert {c.key for c in working_set(calls, 5_000, sizes, latest_edits=0.5)} == set(range(7))
+
+
+def test_files_touched_by_the_same_message_keep_one_order_in_every_process():
+    """Files a message names together tie on their latest touch: they keep the order they were first
+    seen in. Ranked from a set, ties followed the interpreter's string hashes, so the summary a
+    compaction wrote (and every request's bytes after it) changed from one process to the next."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from contextwarden.workingset import Call, working_set\n"
+        "paths = [f'src/module_{k}.py' for k in range(8)]\n"
+        "calls = [Call(k, 'Read', {'file_path': p}, k, 'x') for k, p in enumerate(paths)]\n"
+        "named = {p: 20 for p in paths}\n"  # one message at order 20 names every file
+        "print([c.key for c in working_set(calls, 10_000, lambda c: 1, mentioned=named)])\n")
+    got = set()
+    for seed in range(6):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONHASHSEED": str(seed)})
+        assert out.returncode == 0, out.stderr
+        got.add(out.stdout.strip())
+    assert got == {str(list(range(8)))}

@@ -129,7 +129,10 @@ def working_set(calls: Iterable[Call] | Files, budget: int, tokens: Callable[[Ca
     for p, order in mentioned.items():
         if p in touched and order > touched[p]:
             touched[p] = order
-    ranked = sorted(set(latest_read) | set(edits_since), key=touched.__getitem__, reverse=True)  # (stable, as -touched[p])
+    # newest touch first; files touched by the same call (a message naming several) keep the order they
+    # were first seen in: a set here ordered ties by the interpreter's string hashes, so a compaction's
+    # summary (and the bill of every request after it) changed from one process to the next
+    ranked = sorted(dict.fromkeys([*latest_read, *edits_since]), key=touched.__getitem__, reverse=True)
     used = 0
     first: dict[str, Call] = {}  # path -> its latest Edit's result, kept ahead of the files whole
     if latest_edits > 0:
