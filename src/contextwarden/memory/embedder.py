@@ -82,6 +82,11 @@ class Embedder:
     def __repr__(self) -> str:
         return f"Embedder(dim={self.dim}, source={self.source!r})"
 
+    def warm(self) -> None:
+        """Run a few input lengths once: ONNX Runtime's first run of each length is slow (~0.3 s), paid
+        here rather than by the first request (the memory service) or the first batch (its worker)."""
+        self(["warm up " * n for n in (4, 12, 30)])
+
     def __call__(self, texts: list[str]) -> np.ndarray:
         """Vectors for ``texts`` in order: float32 array of shape ``(len(texts), dim)``."""
         if isinstance(texts, str):

@@ -57,7 +57,7 @@ def _loaded(model_dir: str, group_nice: int):
         from .embedder import Embedder
 
         e = Embedder(model_dir, threads=1)
-        e(["warm up " * n for n in (4, 12, 30)])  # ONNX Runtime's first run of each length is slow
+        e.warm()
         _model[model_dir] = e
         _idle(group_nice)
     return e
@@ -71,7 +71,7 @@ def _policy() -> int:
 
 
 def _idle(group_nice: int = 0) -> None:
-    """This process's thread to the idle scheduling class (Linux; elsewhere the lowest nice value), and
+    """Every thread of this process to the idle scheduling class (Linux; elsewhere the lowest nice value), and
     its scheduling group to nice ``group_nice`` (a lower weight against the other groups).
 
     The class alone is not enough: with Linux's autogroups (``kernel.sched_autogroup_enabled``, the

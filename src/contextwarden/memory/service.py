@@ -225,10 +225,7 @@ class MemoryService:
         try:
             emb, self.embedder_message = load_embedder(m.model_dir)
             if emb is not None:
-                # the first run of each input length is slow in ONNX Runtime (~0.3 s): pay it here, not
-                # on the first request
-                emb(["warm up " * n for n in (4, 12, 30)])
-            if emb is not None:
+                emb.warm()
                 emb.pause = self.priority.pause  # between embedding runs, ingestion yields to searches
             self.embedder = CachedEmbedder(emb, disk=m.embed_cache) if emb is not None else None
             if self.embedder is not None and self.separate and m.embed_idle:
@@ -554,8 +551,7 @@ class MemoryService:
         """``redact_secrets(text)``, remembered a while: a compressed result's original is kept (and
         redacted) as its request is read, and the same text comes again to be stored when its turn ends,
         ~1.5 s later under issue 19's load (a searchable kept text is submitted right after it is kept);
-        redacting 12 KB of code costs ~2 ms. Under the load benchmark this process's CPU a request went
-        from 8.8-9.0 to 8.2 ms."""
+        redacting 12 KB of code costs ~1 ms."""
         from . import secrets
 
         return self._redactions.get(text, lambda: secrets.redact_secrets(text))
