@@ -281,7 +281,7 @@ def test_results_the_model_has_not_read_are_never_cleared(cw_home):
 # ---------------------------------------------------------------------------------------------------
 # clear_tool_inputs: the large input values of cleared calls (Anthropic's ``clear_tool_inputs``)
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from contextwarden.validate import validate_rewrite  # noqa: E402
@@ -464,6 +464,9 @@ _fired: dict[str, int] = {"examples": 0, "inputs": 0, "compaction": 0}
 @given(turns=st.integers(1, 6), content=st.sampled_from([30, 200, 900]), thinking=st.booleans(), current=st.booleans(),
        keep=st.integers(0, 3), trigger=st.sampled_from([500, 3000, 12000]), at_least=st.sampled_from([10, 800, 4000]),
        exclude=st.sampled_from([[], ["Write"], ["Read"]]), window=st.sampled_from([3000, 8000, 200_000]))
+# two cases that stub inputs and compact whatever the draws (in one full-suite run the random draws stubbed none)
+@example(turns=5, content=900, thinking=False, current=False, keep=0, trigger=500, at_least=4000, exclude=[], window=3000)
+@example(turns=5, content=900, thinking=True, current=False, keep=1, trigger=500, at_least=4000, exclude=[], window=3000)
 def test_clearing_inputs_never_produces_an_invalid_body(input_bench, turns, content, thinking, current, keep, trigger,
                                                         at_least, exclude, window):
     """With clear_tool_inputs on (and compaction after it), every rewritten body passes the validator and

@@ -195,6 +195,8 @@ class MemoryService:
         self._recent_lock = threading.Lock()
         # searches first: ingestion's threads wait between their steps while one runs (priority.py)
         self.priority = SearchFirst()
+        # the embedding worker's group weight, by the proxy's load (embedshare.py; the memory process only)
+        self.embed_share = None
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
         self._scope = None  # memory.scope.SessionVectors, made with the first retriever
@@ -231,8 +233,15 @@ class MemoryService:
             if self.embedder is not None and self.separate and m.embed_idle:
                 from .embedworker import BackgroundEmbedder
 
-                self.embedder.background = BackgroundEmbedder(emb, emb.model_dir, group_nice=19 if m.index_first else m.embed_group_nice)
+                quiet = 19 if m.index_first else m.embed_group_nice
+                bg = BackgroundEmbedder(emb, emb.model_dir, group_nice=quiet)
+                self.embedder.background = bg
                 self.embedder.is_background = self.priority.is_background
+                if quiet < 19 and m.embed_busy_turns_per_s > 0:
+                    from .embedshare import EmbedShare
+
+                    self.embed_share = EmbedShare(bg.pids, quiet, m.embed_busy_turns_per_s,
+                                                  emit=lambda d: self.bus.emit("memory", d)).start()
             if self.embedder is not None and self.settings.tagging.embedding_tagger:
                 self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:
@@ -434,6 +443,8 @@ class MemoryService:
                 self.ingestor.journal.close()
             if self.store is not None:
                 step("store", self.store.close, None if end is None else left(1.0))
+            if self.embed_share is not None:
+                self.embed_share.close()
             if self.embedder is not None:
                 self.embedder.close()
             if self.originals is not None:
@@ -448,6 +459,9 @@ class MemoryService:
             return False
         with self._recent_lock:
             fresh = [it for it in items if it.id not in self._recent]
+        share = self.embed_share
+        if share is not None and info.get("flow_id"):  # a turn of the proxy's (not an import, not a keep)
+            share.turn()
         if not fresh:
             return True
         ok = self.ingestor.submit(fresh, **info)

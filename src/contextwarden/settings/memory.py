@@ -110,6 +110,12 @@ class MemorySection(Section):
     more of a busy machine to requests, and embedding lags more (idle, it runs at full speed either way).
     With ``index_first`` it is 19."""
 
+    embed_busy_turns_per_s: float = Field(2.0, ge=0)
+    """While the proxy hands memory more turns a second than this (over the last 10 s), the embedding
+    worker's group goes to nice 19: a loaded machine's CPU goes to requests first and embedding lags
+    (reported); under half of it, back to ``embed_group_nice``. One person's tool loop stays under it.
+    0: the group keeps ``embed_group_nice`` whatever the load (memory/embedshare.py)."""
+
     index_first: bool = False
     """In the memory process, index each submission by its words (and keep its original for recall by
     id) as soon as it arrives, ahead of its embedding, and run the embedding worker's scheduling group at
