@@ -70,7 +70,6 @@ class EmbedShare:
         self.window_s = window_s
         self.clock = clock
         self.busy = False
-        self.changes = 0  # times the state flipped (events, tests)
         self._turns: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -99,13 +98,12 @@ class EmbedShare:
             busy = r >= self.busy_per_s if not self.busy else r >= self.busy_per_s / 2
             if busy != self.busy:
                 self.busy = busy
-                self.changes += 1
                 if self.emit is not None:
                     self.emit({"embedding": "yielding" if busy else "full share", "turns_per_s": round(r, 1)})
         self.apply()
 
-    def apply(self, nice: int | None = None) -> None:
-        want = self.nice() if nice is None else nice
+    def apply(self) -> None:
+        want = self.nice()
         for pid in self.pids():
             have = autogroup_nice(pid)
             if have is not None and have != want:
@@ -125,12 +123,7 @@ class EmbedShare:
                 pass
 
     def close(self) -> None:
-        """Stop; the worker back at the quiet weight (what shutdown's flush stores, it stores at once)."""
+        """Stop deciding (the memory service then stops the worker itself)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2.0)
-        self.busy = False
-        try:
-            self.apply(self.quiet_nice)
-        except Exception:
-            pass

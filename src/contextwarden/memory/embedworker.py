@@ -107,14 +107,9 @@ def _threads_of_process() -> list[int]:
 def group_weight(nice: int) -> bool:
     """Nice ``nice`` for this process's autogroup, when it leads its own session (the group is then its
     own and its children's, nobody else's); False when there is no such group or it may not be changed."""
-    try:
-        if os.getsid(0) != os.getpid():
-            return False
-        with open("/proc/self/autogroup", "w") as f:  # raising a nice value needs no privilege
-            f.write(str(max(0, min(19, int(nice)))))
-        return True
-    except (AttributeError, OSError):
-        return False
+    from .embedshare import set_autogroup_nice
+
+    return set_autogroup_nice(os.getpid(), nice)
 
 
 class Closed(RuntimeError):
