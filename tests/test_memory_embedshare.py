@@ -101,10 +101,12 @@ def test_a_process_that_does_not_lead_its_session_is_left_alone():
 
 def _embedding_worker(memory_pid: int) -> int | None:
     for tid in os.listdir(f"/proc/{memory_pid}/task"):
-        for child in Path(f"/proc/{memory_pid}/task/{tid}/children").read_text().split():
-            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"contextwarden.compress.offload" in cmd:
-                return int(child)
+        try:  # (a thread, or a child, may end between the listing and the read)
+            for child in Path(f"/proc/{memory_pid}/task/{tid}/children").read_text().split():
+                if b"contextwarden.compress.offload" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+        except OSError:
+            continue
     return None
 
 
@@ -121,3 +123,63 @@ def test_turns_through_the_memory_process_move_the_real_workers_group(tmp_path):
                                  for e in rp.runtime.bus.recent), 10)
     finally:
         rp.close()
+
+
+def _busy(share: EmbedShare, clock: Clock) -> None:
+    for _ in range(60):  # a team's pace: 6 turns a second
+        clock.t += 1 / 6
+        share.turn()
+    share.tick()
+    assert share.busy
+
+
+def _in_thread(fn):
+    import threading
+
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (fn(), done.set()), daemon=True)
+    t.start()
+    return done
+
+
+def test_while_busy_background_batches_take_turns_and_quiet_they_do_not_wait():
+    clock = Clock()
+    share = EmbedShare(lambda: [], busy_per_s=2.0, clock=clock, busy_share=0.25)
+    try:
+        share.ran(2.0)  # quiet: a batch earns no wait
+        t0 = time.monotonic()
+        share.before()
+        assert time.monotonic() - t0 < 0.1 and share.waited_s == 0
+        _busy(share, clock)
+        share.before()  # busy, but no batch ran yet: it goes
+        share.ran(1.0)  # a batch of 1 s at a 25% share: the next waits 3 s
+        done = _in_thread(share.before)
+        assert not done.wait(1.5)
+        clock.t += 2.0
+        assert not done.wait(1.5)  # (1 s left)
+        clock.t += 1.0
+        assert done.wait(3.0)
+        assert share.waited_s == pytest.approx(3.0)
+    finally:
+        share.close()
+
+
+def test_a_share_of_zero_holds_batches_until_the_load_falls_and_closing_releases_them():
+    import threading
+
+    clock = Clock()
+    share = EmbedShare(lambda: [], busy_per_s=2.0, clock=clock, busy_share=0.0)
+    _busy(share, clock)
+    done = _in_thread(share.before)
+    assert not done.wait(1.5)
+    clock.t += 11.0  # no turns for longer than the window: quiet again
+    share.tick()
+    assert not share.busy and done.wait(3.0)
+    # a batch held back while memory closes goes at once (shutdown's flush is not throttled)
+    _busy(share, clock)
+    closed = threading.Event()
+    done = _in_thread(lambda: share.before(closed))
+    assert not done.wait(1.0)
+    t0 = time.monotonic()
+    share.close()
+    assert done.wait(3.0) and time.monotonic() - t0 < 1.5

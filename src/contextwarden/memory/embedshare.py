@@ -15,6 +15,14 @@ nice 19 (requests first; embedding lags, the pending table holds what waits, the
 the rate falls under half of that, back to ``memory.embed_group_nice``. One person's tool loop is well
 under the threshold, so a single user's memory keeps up as before; a team's load is well over it.
 
+The weight alone left the worker ~0.5 of a core under that load (the CPU nobody else wanted at each
+moment), and a request's processes still waited behind it whenever they woke: stopped outright in
+every other 15 s of one run, the proxied first byte was p90 136 against 174 ms and p99 213 against
+331 ms (p50 57 against 60). So while busy the worker also gets turns (:meth:`EmbedShare.before`, before
+each background batch): after a batch that took ``t`` seconds, the next waits ``t * (1/share - 1)``
+(``memory.embed_busy_share``, 5% of the time by default; 0: no batch until the load falls). Embedding
+still progresses under a sustained load, at a rate that no longer depends on how busy the scheduler is.
+
 The group is the worker's own (it leads its session), so its nice value is written to
 ``/proc/PID/autogroup`` from the memory process: raising it and lowering it back to 0 need no privilege
 (below 0 would); an unprivileged process may change an autogroup's nice at most every 100 ms
@@ -62,8 +70,11 @@ class EmbedShare:
 
     def __init__(self, pids: Callable[[], list[int]], quiet_nice: int = 0, busy_per_s: float = 2.0,
                  emit: Callable[[dict], None] | None = None, window_s: float = WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, busy_share: float = 1.0) -> None:
         self.pids = pids
+        self.busy_share = busy_share
+        self._next_batch = 0.0  # (clock) while busy, no background batch starts before this
+        self.waited_s = 0.0  # batches held back, in total
         self.quiet_nice = quiet_nice
         self.busy_per_s = busy_per_s
         self.emit = emit
@@ -121,6 +132,22 @@ class EmbedShare:
                 self.tick()
             except Exception:  # a weight is an optimisation: never the memory process's failure
                 pass
+
+    def before(self, closed: threading.Event | None = None) -> None:
+        """Before a background batch: while busy, wait until the last batch's off-time has passed (with a
+        share of 0, until the load falls). Returns at once when quiet, and as soon as the service closes."""
+        t0 = self.clock()
+        while self.busy and self.busy_share < 1 and not self._stop.is_set() and not (closed and closed.is_set()):
+            left = self._next_batch - self.clock()
+            if left <= 0 and self.busy_share > 0:
+                break
+            self._stop.wait(min(TICK_S, left) if left > 0 else TICK_S)  # (busy is re-read every tick)
+        self.waited_s += self.clock() - t0
+
+    def ran(self, seconds: float) -> None:
+        """A background batch took ``seconds``: while busy, the next one waits for its share."""
+        if self.busy and 0 < self.busy_share < 1:
+            self._next_batch = self.clock() + seconds * (1 / self.busy_share - 1)
 
     def close(self) -> None:
         """Stop deciding (the memory service then stops the worker itself)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,7 @@ class BackgroundEmbedder:
         self._offload = Offload(workers=1)
         self._offload.start()
         self._closed = threading.Event()
+        self.share = None  # an EmbedShare: while the proxy is busy, batches take turns (embedshare.py)
         self.fallbacks = 0  # calls the in-process embedder answered (the worker was unavailable)
         self.loaded: tuple[int, int] | None = None  # load()'s answer, once the worker has the model
         # the model loads as the memory service starts, at the worker's starting priority (_loaded),
@@ -156,7 +158,14 @@ class BackgroundEmbedder:
         if not self._closed.is_set():
             try:
                 self._offload.wait_ready(self.start_s)
-                return self._offload.call(embed, self.model_dir, list(texts), self.group_nice, timeout=self.timeout_s)
+                share = self.share
+                if share is not None:
+                    share.before(self._closed)
+                t0 = time.perf_counter()
+                out = self._offload.call(embed, self.model_dir, list(texts), self.group_nice, timeout=self.timeout_s)
+                if share is not None:
+                    share.ran(time.perf_counter() - t0)
+                return out
             except Unavailable:
                 if self._closed.is_set():
                     raise Closed("memory is shutting down") from None

@@ -241,7 +241,9 @@ class MemoryService:
                     from .embedshare import EmbedShare
 
                     self.embed_share = EmbedShare(bg.pids, quiet, m.embed_busy_turns_per_s,
-                                                  emit=lambda d: self.bus.emit("memory", d)).start()
+                                                  emit=lambda d: self.bus.emit("memory", d),
+                                                  busy_share=m.embed_busy_share).start()
+                    bg.share = self.embed_share
             if self.embedder is not None and self.settings.tagging.embedding_tagger:
                 self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:
@@ -428,6 +430,8 @@ class MemoryService:
         def left(default: float) -> float:
             return default if end is None else max(0.5, end - time.monotonic())
 
+        if self.embed_share is not None:  # first: a batch waiting for its turn goes now (the flush below)
+            self.embed_share.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             step("start thread", self._thread.join, left(30))
         try:
@@ -443,8 +447,6 @@ class MemoryService:
                 self.ingestor.journal.close()
             if self.store is not None:
                 step("store", self.store.close, None if end is None else left(1.0))
-            if self.embed_share is not None:
-                self.embed_share.close()
             if self.embedder is not None:
                 self.embedder.close()
             if self.originals is not None:

@@ -116,6 +116,12 @@ class MemorySection(Section):
     (reported); under half of it, back to ``embed_group_nice``. One person's tool loop stays under it.
     0: the group keeps ``embed_group_nice`` whatever the load (memory/embedshare.py)."""
 
+    embed_busy_share: float = Field(0.05, ge=0, le=1)
+    """While yielding (``embed_busy_turns_per_s``), the share of the time the embedding worker may embed:
+    after a batch of ``t`` seconds the next waits ``t * (1/share - 1)``. Its group's low weight still let it
+    take ~0.5 of a core under issue 19's load, and requests waited behind it; turns cap that. 0: nothing is
+    embedded until the load falls; 1: the weight alone (memory/embedshare.py)."""
+
     index_first: bool = False
     """In the memory process, index each submission by its words (and keep its original for recall by
     id) as soon as it arrives, ahead of its embedding, and run the embedding worker's scheduling group at
