@@ -21,7 +21,9 @@ request (system prompt, tools, headers) of ../shared/eval/requests.
 
 Printed: completed and error counts per phase, byte-identity of every streamed response (what the
 client read through the proxy against what the stand-in wrote for that request), time to first byte
-p50/p99 and the added p50/p99, throughput and its ratio, fall-backs (a request forwarded as the client's
+p50/p99 and the added p50/p99 (also after the first 10 s of each phase: the sessions all start at once,
+and the first requests queue behind each other directly too, so the whole phase's p99 is the start's),
+throughput and its ratio, fall-backs (a request forwarded as the client's
 original because a stage ran past its budget), RSS of the proxy and of its memory process over time,
 ingestion dropped / pending, and how long SIGTERM took to stop the proxy afterwards; CPU time per
 proxied request of the proxy and of its memory process (steadier than latency on a shared machine), and
@@ -67,6 +69,9 @@ import orjson  # noqa: E402
 
 _TOOL_ID = re.compile(rb'"type":"tool_use","id":"([^"]+)"')
 HUMAN_EVERY = 8
+
+
+STEADY_AFTER_S = 10.0  # the steady figures leave out the requests started in a phase's first seconds
 
 
 def pct(xs: list[float], p: float) -> float | None:
@@ -156,6 +161,7 @@ class Phase:
     def __init__(self, name: str) -> None:
         self.name = name
         self.ttfb: list[float] = []
+        self.started: list[float] = []  # seconds into the phase each ttfb's request started
         self.completed = 0
         self.errors: list[str] = []
         self.mismatched = 0
@@ -167,6 +173,7 @@ class Phase:
 async def run_phase(phase: Phase, url: str, sessions: list[Session], seconds: float, records: dict,
                     lock: threading.Lock, stagger: float = 0.0) -> None:
     stop = time.monotonic() + seconds
+    begun = time.perf_counter()
 
     async def one(s: Session) -> None:
         if stagger > 0:  # session k starts k/n of the way into the stagger (users who did not all start at once)
@@ -196,6 +203,7 @@ async def run_phase(phase: Phase, url: str, sessions: list[Session], seconds: fl
                 phase.completed += 1
                 if first is not None:
                     phase.ttfb.append(first * 1000)
+                    phase.started.append(t0 - begun)
                 with lock:
                     rec = records.pop(rid, None)
                 if rec is not None:
@@ -624,6 +632,11 @@ def main() -> int:
 
     d_p50, d_p99 = pct(direct.ttfb, 50), pct(direct.ttfb, 99)
     p_p50, p_p99 = pct(through.ttfb, 50), pct(through.ttfb, 99)
+    # after the first STEADY_AFTER_S of each phase: all sessions start at once, and the first requests
+    # queue behind each other directly too (their p99 is the start's, not the load's)
+    steady = {name: [x for x, t0 in zip(ph.ttfb, ph.started) if t0 >= STEADY_AFTER_S] for name, ph in
+              (("direct", direct), ("proxy", through))}
+    sd, sp = steady["direct"], steady["proxy"]
     results.update({
         "direct": {"completed": direct.completed, "errors": len(direct.errors), "rps": direct.completed / direct.seconds,
                    "ttfb_p50_ms": d_p50, "ttfb_p99_ms": d_p99, "identical": direct.checked - direct.mismatched,
@@ -633,6 +646,10 @@ def main() -> int:
                   "checked": through.checked},
         "added_ttfb_p50_ms": None if p_p50 is None or d_p50 is None else p_p50 - d_p50,
         "added_ttfb_p99_ms": None if p_p99 is None or d_p99 is None else p_p99 - d_p99,
+        "steady_after_s": STEADY_AFTER_S,
+        "steady_ttfb_ms": {k: {"n": len(v), "p50": pct(v, 50), "p99": pct(v, 99)} for k, v in steady.items()},
+        "steady_added_ttfb_p50_ms": None if not sd or not sp else pct(sp, 50) - pct(sd, 50),
+        "steady_added_ttfb_p99_ms": None if not sd or not sp else pct(sp, 99) - pct(sd, 99),
         "throughput_ratio": (through.completed / through.seconds) / max(1e-9, direct.completed / direct.seconds),
         "fallbacks": len(fallbacks), "forwards": len(forwards), "stage_timeouts": stage_timeouts,
         "fallbacks_decided": sum(1 for f in fallbacks if f.get("fallback") == "decided"), "overruns_by_stage": overrun_by,
@@ -687,6 +704,11 @@ def main() -> int:
     print(f"CPU time the hypervisor took from this machine (steal): direct phase {st.get('direct')}%, proxy phase "
           f"{st.get('proxy')}% (a phase with more ran on a slower machine)")
     print(f"added time to first byte: p50 {r['added_ttfb_p50_ms'] or 0:.1f} ms, p99 {r['added_ttfb_p99_ms'] or 0:.1f} ms")
+    sd = r.get("steady_ttfb_ms") or {}
+    if r.get("steady_added_ttfb_p50_ms") is not None:
+        print(f"  after the first {r['steady_after_s']:.0f} s of each phase (the start's queue left out): direct p50/p99 "
+              f"{sd['direct']['p50']:.1f}/{sd['direct']['p99']:.1f} ms, proxy {sd['proxy']['p50']:.1f}/{sd['proxy']['p99']:.1f} ms; "
+              f"added p50 {r['steady_added_ttfb_p50_ms']:.1f} ms, p99 {r['steady_added_ttfb_p99_ms']:.1f} ms")
     print(f"throughput through the proxy: {r['throughput_ratio'] * 100:.0f}% of direct")
     print(f"fall-backs (a stage past its budget or failed): {r['fallbacks']} of {r['forwards']} requests "
           f"({100 * r['fallbacks'] / max(1, r['forwards']):.2f}%; {r['fallbacks_decided']} kept the session's decisions); "
