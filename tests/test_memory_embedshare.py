@@ -144,7 +144,8 @@ def _in_thread(fn):
 
 def test_while_busy_background_batches_take_turns_and_quiet_they_do_not_wait():
     clock = Clock()
-    share = EmbedShare(lambda: [], busy_per_s=2.0, clock=clock, busy_share=0.25)
+    events: list[dict] = []
+    share = EmbedShare(lambda: [], busy_per_s=2.0, clock=clock, busy_share=0.25, emit=events.append)
     try:
         share.ran(2.0)  # quiet: a batch earns no wait
         t0 = time.monotonic()
@@ -160,6 +161,10 @@ def test_while_busy_background_batches_take_turns_and_quiet_they_do_not_wait():
         clock.t += 1.0
         assert done.wait(3.0)
         assert share.waited_s == pytest.approx(3.0)
+        clock.t += 11.0  # quiet: the event says how long batches waited for their turns meanwhile
+        share.tick()
+        assert events[0]["embedding"] == "yielding" and events[0]["share"] == 0.25
+        assert events[-1] == {"embedding": "full share", "turns_per_s": 0.0, "held_s": 3.0}
     finally:
         share.close()
 

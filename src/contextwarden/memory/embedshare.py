@@ -74,7 +74,8 @@ class EmbedShare:
         self.pids = pids
         self.busy_share = busy_share
         self._next_batch = 0.0  # (clock) while busy, no background batch starts before this
-        self.waited_s = 0.0  # batches held back, in total
+        self.waited_s = 0.0  # seconds background batches waited for their turns, in total
+        self._waited_before = 0.0  # waited_s when the current busy period began
         self.quiet_nice = quiet_nice
         self.busy_per_s = busy_per_s
         self.emit = emit
@@ -109,8 +110,15 @@ class EmbedShare:
             busy = r >= self.busy_per_s if not self.busy else r >= self.busy_per_s / 2
             if busy != self.busy:
                 self.busy = busy
+                if busy:
+                    self._waited_before = self.waited_s
                 if self.emit is not None:
-                    self.emit({"embedding": "yielding" if busy else "full share", "turns_per_s": round(r, 1)})
+                    ev = {"embedding": "yielding" if busy else "full share", "turns_per_s": round(r, 1)}
+                    if busy and self.busy_share < 1:
+                        ev["share"] = self.busy_share
+                    elif not busy and self.busy_share < 1:  # how long batches waited for their turns meanwhile
+                        ev["held_s"] = round(self.waited_s - self._waited_before, 1)
+                    self.emit(ev)
         self.apply()
 
     def apply(self) -> None:
