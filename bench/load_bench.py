@@ -634,8 +634,10 @@ def main() -> int:
     p_p50, p_p99 = pct(through.ttfb, 50), pct(through.ttfb, 99)
     # after the first STEADY_AFTER_S of each phase: all sessions start at once, and the first requests
     # queue behind each other directly too (their p99 is the start's, not the load's)
-    steady = {name: [x for x, t0 in zip(ph.ttfb, ph.started) if t0 >= STEADY_AFTER_S] for name, ph in
-              (("direct", direct), ("proxy", through))}
+    steady: dict[str, dict[str, float | int | None]] = {}
+    for name, ph in (("direct", direct), ("proxy", through)):
+        xs = [x for x, t0 in zip(ph.ttfb, ph.started) if t0 >= STEADY_AFTER_S]
+        steady[name] = {"n": len(xs), "p50": pct(xs, 50), "p99": pct(xs, 99)}
     sd, sp = steady["direct"], steady["proxy"]
     results.update({
         "direct": {"completed": direct.completed, "errors": len(direct.errors), "rps": direct.completed / direct.seconds,
@@ -647,9 +649,9 @@ def main() -> int:
         "added_ttfb_p50_ms": None if p_p50 is None or d_p50 is None else p_p50 - d_p50,
         "added_ttfb_p99_ms": None if p_p99 is None or d_p99 is None else p_p99 - d_p99,
         "steady_after_s": STEADY_AFTER_S,
-        "steady_ttfb_ms": {k: {"n": len(v), "p50": pct(v, 50), "p99": pct(v, 99)} for k, v in steady.items()},
-        "steady_added_ttfb_p50_ms": None if not sd or not sp else pct(sp, 50) - pct(sd, 50),
-        "steady_added_ttfb_p99_ms": None if not sd or not sp else pct(sp, 99) - pct(sd, 99),
+        "steady_ttfb_ms": steady,
+        "steady_added_ttfb_p50_ms": None if sp["p50"] is None or sd["p50"] is None else sp["p50"] - sd["p50"],
+        "steady_added_ttfb_p99_ms": None if sp["p99"] is None or sd["p99"] is None else sp["p99"] - sd["p99"],
         "throughput_ratio": (through.completed / through.seconds) / max(1e-9, direct.completed / direct.seconds),
         "fallbacks": len(fallbacks), "forwards": len(forwards), "stage_timeouts": stage_timeouts,
         "fallbacks_decided": sum(1 for f in fallbacks if f.get("fallback") == "decided"), "overruns_by_stage": overrun_by,
@@ -704,10 +706,11 @@ def main() -> int:
     print(f"CPU time the hypervisor took from this machine (steal): direct phase {st.get('direct')}%, proxy phase "
           f"{st.get('proxy')}% (a phase with more ran on a slower machine)")
     print(f"added time to first byte: p50 {r['added_ttfb_p50_ms'] or 0:.1f} ms, p99 {r['added_ttfb_p99_ms'] or 0:.1f} ms")
-    sd = r.get("steady_ttfb_ms") or {}
+    steady_ms = r.get("steady_ttfb_ms") or {}
     if r.get("steady_added_ttfb_p50_ms") is not None:
+        d, p = steady_ms["direct"], steady_ms["proxy"]
         print(f"  after the first {r['steady_after_s']:.0f} s of each phase (the start's queue left out): direct p50/p99 "
-              f"{sd['direct']['p50']:.1f}/{sd['direct']['p99']:.1f} ms, proxy {sd['proxy']['p50']:.1f}/{sd['proxy']['p99']:.1f} ms; "
+              f"{d['p50']:.1f}/{d['p99']:.1f} ms, proxy {p['p50']:.1f}/{p['p99']:.1f} ms; "
               f"added p50 {r['steady_added_ttfb_p50_ms']:.1f} ms, p99 {r['steady_added_ttfb_p99_ms']:.1f} ms")
     print(f"throughput through the proxy: {r['throughput_ratio'] * 100:.0f}% of direct")
     print(f"fall-backs (a stage past its budget or failed): {r['fallbacks']} of {r['forwards']} requests "
