@@ -11,13 +11,14 @@ ARGS   ?=
 # Offline assets for tests and benchmarks (on a user's machine tiktoken and Chroma download them).
 TEST_ENV := TIKTOKEN_CACHE_DIR=$(SHARED)/tiktoken CONTEXTWARDEN_SHARED=$(SHARED)
 
-.PHONY: run test bench install clean
+.PHONY: run test bench install clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else "contextwarden needs Python >= 3.12 (found %s); with pyenv, .python-version selects 3.12" % sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -30,6 +31,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(TEST_ENV) $(BIN)/python bench/run_all.py $(ARGS)
+
+# Re-pin requirements.lock from pyproject.toml in a scratch venv.
+lock:
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv && .lockvenv/bin/pip install --quiet --upgrade pip
+	.lockvenv/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Every package contextwarden and its tests install, pinned: 'make' and .ci/run install from this file."; \
+	  echo "# Regenerate after changing pyproject.toml's dependencies: make lock"; \
+	  .lockvenv/bin/pip freeze | grep -v -i -e '^-e' -e '^contextwarden'; } > requirements.lock
+	rm -rf .lockvenv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
