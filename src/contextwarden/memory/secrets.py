@@ -92,6 +92,8 @@ _CONTEXT: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = [(k, re.compile(p
     ("bearer_token", r"(?i)\bbearer\s+(?P<s>[A-Za-z0-9\-._~+/]{12,}=*)", ("bearer",)),
     ("basic_auth", r"(?:^|\s)(?:-u|--user)\s+[\"']?[^\s:\"']+:(?P<s>[^\s\"'\[]+)", ("-u",)),
     ("password", r"(?i)\b(?:mysql|mysqldump|mysqladmin|mariadb)\b[^\n]*?\s-p(?P<s>[^\s\"'\[]{3,})", ("mysql", "mariadb")),
+    ("password", r"(?i)\b(?:sshpass|(?:docker|podman|helm|nerdctl) (?:registry )?login)\b[^\n]*?\s-p\s+[\"']?(?P<s>[^\s\"'\[]{3,})",
+     ("sshpass", " login")),
     ("dsn_key", r"(?i)\bhttps?://(?P<s>[0-9a-f]{32})@", ("://",)),
 ]]
 
@@ -127,6 +129,7 @@ _PLACEHOLDERS = {"", "null", "none", "nil", "true", "false", "undefined", "requi
 # OPENAI_API_KEY metavar, a REDACTED_TOKEN placeholder) or a value that starts a pair of its own
 # (PROVIDER=...). Only without a digit: a secret has one (almost always), code names seldom do.
 _CODE_VALUE = re.compile(r"[^(\[]*[(\[].*|[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)+|\\[sSdDwWbB].*|\w*_\w*")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z_\-]*")
 _NAME_VALUE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[A-Z][A-Z0-9_]*=.*")
 
 
@@ -157,15 +160,17 @@ def _secret_key(key: str) -> str | None:
 
 
 def _secret_value(value: str, kind: str) -> bool:
-    v = value.strip()
+    v = value.strip().strip("`")  # (markdown's code quotes)
+    if v.startswith("--"):  # a flag's name
+        return False
     if v.lower() in _PLACEHOLDERS or v.startswith(("[REDACTED", "${", "$(", "<", "{{", "%(", "process.env")):
         return False
     if v.startswith("$") and re.fullmatch(r"\$\{?[A-Za-z_]\w*\}?", v):  # a reference, not a value
         return False
     if set(v) <= {"*", "x", "X", ".", "-", "_"}:  # masked already
         return False
-    if _NAME_VALUE.fullmatch(v) and not any(c.isdigit() for c in v):
-        return False
+    if not any(c.isdigit() for c in v) and (_NAME_VALUE.fullmatch(v) or (_IDENT.fullmatch(v) and _secret_key(v))):
+        return False  # a name: OPENAI_API_KEY, a placeholder, a variable called like the key (password = password)
     if kind == "password":
         return len(v) >= 3
     # tokens: long enough, and not a count ("max_tokens: 4096") or a word ("auth: required")
@@ -209,7 +214,7 @@ def _redact_assignments(text: str, counter: list[int]) -> str:
             val = _ESCAPED_END.sub("", val)
             e = s + len(val)
         code = g == _V3 and (text[m.end():m.end() + 1] in ("(", "[") or val.startswith(_CODE_PREFIXES)
-                             or (_CODE_VALUE.fullmatch(val) is not None and not any(c.isdigit() for c in val)))
+                             or (_CODE_VALUE.fullmatch(val.strip("`")) is not None and not any(c.isdigit() for c in val)))
         if kind is None or not _secret_value(val, kind) or code:  # code reading a secret is not the secret
             pos = m.start(g)
             continue
@@ -228,9 +233,9 @@ def _redact_assignments(text: str, counter: list[int]) -> str:
 # "pw: hunter2xyz". Read on the lower-cased text (_hints' way: same positions), the value's case read
 # back from the text. The value must look like one (_prose_value): prose says "the token is invalid".
 _PROSE = re.compile(
-    r"(?<![\w$.\-])(?P<w>pass(?:word|wd|phrase|code)|pwd|pw|pin|secret|token|credentials?|"
-    r"(?:api|access|secret|private|license|auth|master|encryption|signing|admin|deploy|ssh)[ _\-]?key|key)s?(?![\w\-])"
-    r"(?P<for>\s+(?:for|of|on|to|at)\s+(?:[^\s=:]+\s+){0,2}?[^\s=:]+)?"  # what it is for: "for the admin account"
+    r"(?<![\w$.\-])(?P<w>(?:api|access|secret|private|license|auth|master|encryption|signing|admin|deploy|ssh)[ _\-]?key|"
+    r"pass(?:word|wd|phrase|code)|pwd|pw|pin|secret|token|credentials?|key)s?(?![\w\-])"  # (the longer names first)
+    r"(?P<for>\s+(?:for|of|on|to|at)\s+(?:[^\s=:]+\s+){0,3}?[^\s=:]+)?"  # what it is for: "for the admin account"
     r"(?:\s*[:=]\s*|\s+(?:is|was|are|were|will be|should be|is now|=|:|-)\s+(?:now\s+|still\s+|set\s+to\s+)?"
     r"|\s+(?:set|changed|reset)\s+to\s+|(?(for)(?!)|\s+))"  # (a bare space only right after the word)
     r"[\"'`]?(?P<s>[^\s\"'`<>\[\]\\]{4,200})")
@@ -238,8 +243,10 @@ _PROSE_HINTS = ("pass", "pw", "pin", "secret", "token", "cred", "key")  # each c
 _PROSE_HINGE = re.compile("|".join(_PROSE_HINTS))  # on the lower-cased text (or, rarely, _PROSE_HINGE_ANYCASE)
 _PROSE_HINGE_ANYCASE = re.compile(_PROSE_HINGE.pattern, re.I)
 _PROSE_STRIP = ".,;:!?)]}*"
-_UNIT = re.compile(r"v?\d+(?:[.,_]\d+)*[a-z%]{0,3}|[a-z]+[\-_]?\d{1,2}(?:\.\d+)?[a-z]?|\d+(?:x\d+)+",
-                   re.I)  # 4096, 1.2.3, 32k, 2x4, a model's name (gpt-4o)
+_UNIT = re.compile(r"v?\d+(?:[.,_]\d+)*[a-z%]{0,3}|\d+(?:x\d+)+", re.I)  # 4096, v1.2.3, 32k, 2x4
+# a path (each part a word: /run/secrets/token, ~/.ssh), a flag (--insecure), an anchor or a colour (#setup, #fff)
+_PATH_FLAG = re.compile(r"[~.]?(?:/[A-Za-z]?[a-z0-9_.\-]*)+|[~.][a-z0-9_.\-/]*|-{1,2}[a-z][a-z\-]*|#[a-z_\-]+|#[0-9a-fA-F]{3,8}")
+_GLOB = re.compile(r"[\w\-]\*(?!\*)$")  # a pattern, not a key: sk-or-v1-*
 _PAIR_VALUE = re.compile(r"[A-Za-z_]\w*=")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _WEAK_WORDS = {"key", "pin", "token"}  # said of many things that are no secret: longer, stranger values only
@@ -248,9 +255,9 @@ _WEAK_WORDS = {"key", "pin", "token"}  # said of many things that are no secret:
 def _prose_value(v: str, word: str) -> bool:
     """Whether ``v``, named by ``word`` in prose, is a secret: mixed letters and digits (or symbols),
     long enough, and neither code, a path, a number with a unit, nor a reference."""
-    if v.startswith(("$", "{", "%", "http", "/", "~", ".", "-", "#", "@", "&", "=")) or "(" in v or "*" in v \
-            or v.endswith("-") or _NAME_VALUE.fullmatch(v) or _PAIR_VALUE.match(v):
-        return False  # a reference, a path, a pattern (sk-or-v1-*), a name, a pair of its own
+    if v.startswith(("$", "{", "%", "http", "@", "&", "=")) or "(" in v or "*" in v or _NAME_VALUE.fullmatch(v) \
+            or _PAIR_VALUE.match(v) or _PATH_FLAG.fullmatch(v):
+        return False  # a reference, a path, a flag, an anchor, a pattern (sk-or-v1-*), a name, a pair of its own
     has_digit = any(c.isdigit() for c in v)
     has_alpha = any(c.isalpha() for c in v)
     weak = word.rstrip("s") in _WEAK_WORDS
@@ -299,8 +306,10 @@ def _redact_prose(text: str, low: str, counter: list[int]) -> str:
             if m is None or m.start("s") < last:
                 continue
             s, e = m.span("s")
-            v = text[s:e].rstrip(_PROSE_STRIP)
-            if v and _prose_value(v, m.group("w").lower()):
+            raw = text[s:e]
+            v = raw.lstrip("*").rstrip(_PROSE_STRIP)  # (markdown's bold: **hunter2**)
+            if v and _prose_value(v, m.group("w").lower()) and not _GLOB.search(raw.rstrip(".,;:!?)]}")):
+                s = e - len(raw.lstrip("*"))
                 counter[0] += 1
                 out.append(text[last:s])
                 out.append(_mark("secret"))
