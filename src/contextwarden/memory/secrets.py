@@ -52,6 +52,16 @@ _TOKENS: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = [(k, re.compile(p)
     ("shopify_token", r"\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b", ("shpat_", "shpss_", "shpca_", "shppa_")),
     ("twilio_key", r"\bSK[0-9a-f]{32}\b", ("SK",)),
     ("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", ("eyJ",)),
+    ("groq_key", r"\bgsk_[A-Za-z0-9]{40,}", ("gsk_",)),
+    ("replicate_token", r"\br8_[A-Za-z0-9]{30,}", ("r8_",)),
+    ("databricks_token", r"\bdapi[a-f0-9]{32}\b", ("dapi",)),
+    ("vault_token", r"\bhv[sbr]\.[A-Za-z0-9_\-]{24,}", ("hvs.", "hvb.", "hvr.")),
+    ("mailgun_key", r"\bkey-[0-9a-zA-Z]{32}\b", ("key-",)),
+    ("alibaba_key", r"\bLTAI[A-Za-z0-9]{12,20}\b", ("LTAI",)),
+    ("notion_token", r"\b(?:ntn_|secret_)[A-Za-z0-9]{40,}", ("ntn_", "secret_")),
+    ("linear_key", r"\blin_api_[A-Za-z0-9]{32,}", ("lin_api_",)),
+    ("newrelic_key", r"\bNRAK-[A-Z0-9]{27}\b", ("NRAK-",)),
+    ("postman_key", r"\bPMAK-[a-f0-9]{24}-[a-f0-9]{34}\b", ("PMAK-",)),
 ]]
 
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY((?: BLOCK)?)-----.*?-----END \1PRIVATE KEY\2-----", re.S)
@@ -59,6 +69,18 @@ _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY((?: BLOCK)?)-----.*
 _PEM_OPEN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
                        r"(?:(?:\\n|\r?\n){1,2}(?:[|>] ?)?(?:[A-Za-z0-9+/=]{4,}|[A-Za-z\-]+: [^\n\\]*))*")
 # (a line may be quoted: "| " is how a memory block quotes recalled text, "> " how mail and markdown do)
+# the other half: base64 lines up to the END line, without their BEGIN line (``tail -6 key``)
+_NL = r"(?:\r?\n|\\r?\\n)"  # a line break, real or escaped (a JSON dump in a tool result)
+_PEM_TAIL = re.compile(r"(?:(?<![A-Za-z0-9+/=])(?:[|>] ?)?[A-Za-z0-9+/=]{4,80}" + _NL + r")*"
+                       r"-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+# a key's middle, alone (a key pasted in pieces): two or more lines of 64 (PEM) or 70 (OpenSSH) base64
+# characters. A certificate's body has the same shape and is public, but is redacted too (nothing edits
+# it); hex lines (hashes) have no upper case and are left alone (_pem_run)
+_PEM_RUN = re.compile(r"(?<![A-Za-z0-9+/=])(?:(?:[A-Za-z0-9+/]{64}|[A-Za-z0-9+/]{70})" + _NL + r"){2,}"
+                      r"(?:[A-Za-z0-9+/]{1,70}={0,2}(?![A-Za-z0-9+/=]))?")
+# (found first by the second line's start: a search for a line break, ~10x cheaper than the run's pattern)
+_PEM_RUN_HINT = re.compile(r"\n[A-Za-z0-9+/]{60}")
+_PEM_RUN_HINT_ESCAPED = re.compile(r"\\n[A-Za-z0-9+/]{60}")
 
 # --- secrets inside a known context: the group "s" is the secret ------------------------------------------
 # (``literals`` as for _TOKENS, searched in the lower-cased text)
@@ -69,6 +91,10 @@ _CONTEXT: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = [(k, re.compile(p
      ("authorization",)),
     ("bearer_token", r"(?i)\bbearer\s+(?P<s>[A-Za-z0-9\-._~+/]{12,}=*)", ("bearer",)),
     ("basic_auth", r"(?:^|\s)(?:-u|--user)\s+[\"']?[^\s:\"']+:(?P<s>[^\s\"'\[]+)", ("-u",)),
+    ("password", r"(?i)\b(?:mysql|mysqldump|mysqladmin|mariadb)\b[^\n]*?\s-p(?P<s>[^\s\"'\[]{3,})", ("mysql", "mariadb")),
+    ("password", r"(?i)\b(?:sshpass|(?:docker|podman|helm|nerdctl) (?:registry )?login)\b[^\n]*?\s-p\s+[\"']?(?P<s>[^\s\"'\[]{3,})",
+     ("sshpass", " login")),
+    ("dsn_key", r"(?i)\bhttps?://(?P<s>[0-9a-f]{32})@", ("://",)),
 ]]
 
 # credentials in a URL's query string or fragment: ?api_key=..., &token=..., #access_token=..., &sig=...
@@ -82,19 +108,29 @@ _ASSIGN = re.compile(
     r"""(?P<sep>\s*+(?:=>|=|:)\s*+|(?(flag)\s+|(?!)))"""
     r"""(?:"(?P<v1>[^"\n]*)"|'(?P<v2>[^'\n]*)'|(?P<v3>[^\s"',;}\]\[)]+))""")
 
+_ESCAPED_END = re.compile(r"(?:\\[nrt])+$")
 _KEY, _V1, _V2, _V3 = (_ASSIGN.groupindex[n] for n in ("key", "v1", "v2", "v3"))
 assert _V1 < _V2 < _V3 == _ASSIGN.groups  # (the values are the last groups: m.lastindex names the one matched)
 
-_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "passphrase", "pass", "token", "apikey",
-                 "credential", "credentials", "authtoken", "auth", "authorization", "cookie", "privatekey",
-                 "accesskey", "secretkey", "sessionkey", "signature", "sig", "dsn", "connectionstring"}
+_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "pw", "passphrase", "pass", "passcode", "token",
+                 "apikey", "credential", "credentials", "authtoken", "auth", "authorization", "cookie", "privatekey",
+                 "accesskey", "secretkey", "sessionkey", "signature", "sig", "dsn", "connectionstring", "sessionid"}
 _KEY_PREFIXES = {"api", "access", "account", "secret", "private", "shared", "master", "signing", "encryption",
                  "client", "subscription", "session", "auth", "license", "app", "webhook", "service", "admin"}
-_PASSWORD_WORDS = {"password", "passwd", "pwd", "passphrase", "pass", "secret", "secrets"}
+_PASSWORD_WORDS = {"password", "passwd", "pwd", "pw", "passphrase", "pass", "passcode", "secret", "secrets"}
+# one word ending in one of these holds a secret too: PGPASSWORD, csrftoken, xsrftoken, clientsecret
+_SECRET_SUFFIXES = ("password", "passwd", "token", "secret", "apikey")
 _CODE_PREFIXES = ("os.", "self.", "this.", "process.", "config.", "settings.", "env.", "ENV[", "getenv", "secrets.",
                   "args.", "options.", "opts.", "params.", "request.", "req.", "ctx.")
 _PLACEHOLDERS = {"", "null", "none", "nil", "true", "false", "undefined", "required", "optional", "string",
                  "str", "bool", "int", "redacted", "changeme", "xxx", "***", "..."}
+# an unquoted value that is code, not a secret: a call or subscript, a dotted name (form.password), a
+# snake_case name (token_value), a regex class (\s*); and, quoted or not, a name in capitals (a flag's
+# OPENAI_API_KEY metavar, a REDACTED_TOKEN placeholder) or a value that starts a pair of its own
+# (PROVIDER=...). Only without a digit: a secret has one (almost always), code names seldom do.
+_CODE_VALUE = re.compile(r"[^(\[]*[(\[].*|[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)+|\\[sSdDwWbB].*|\w*_\w*")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z_\-]*")
+_NAME_VALUE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[A-Z][A-Z0-9_]*=.*")
 
 
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
@@ -113,9 +149,9 @@ def _secret_key(key: str) -> str | None:
     w = _words(key)
     if not w:
         return None
-    if any(x in _PASSWORD_WORDS for x in w):
+    if any(x in _PASSWORD_WORDS or x.endswith(("password", "passwd")) for x in w):
         return "password"
-    if any(x in _SECRET_WORDS for x in w):
+    if any(x in _SECRET_WORDS or x.endswith(_SECRET_SUFFIXES) for x in w):
         return "token"
     for a, b in zip(w, w[1:]):
         if b == "key" and a in _KEY_PREFIXES:
@@ -124,13 +160,17 @@ def _secret_key(key: str) -> str | None:
 
 
 def _secret_value(value: str, kind: str) -> bool:
-    v = value.strip()
+    v = value.strip().strip("`")  # (markdown's code quotes)
+    if v.startswith("--"):  # a flag's name
+        return False
     if v.lower() in _PLACEHOLDERS or v.startswith(("[REDACTED", "${", "$(", "<", "{{", "%(", "process.env")):
         return False
     if v.startswith("$") and re.fullmatch(r"\$\{?[A-Za-z_]\w*\}?", v):  # a reference, not a value
         return False
     if set(v) <= {"*", "x", "X", ".", "-", "_"}:  # masked already
         return False
+    if not any(c.isdigit() for c in v) and (_NAME_VALUE.fullmatch(v) or (_IDENT.fullmatch(v) and _secret_key(v))):
+        return False  # a name: OPENAI_API_KEY, a placeholder, a variable called like the key (password = password)
     if kind == "password":
         return len(v) >= 3
     # tokens: long enough, and not a count ("max_tokens: 4096") or a word ("auth: required")
@@ -169,15 +209,112 @@ def _redact_assignments(text: str, counter: list[int]) -> str:
             pos = m.start(g)
             continue
         val = m.group(g)
-        code = g == _V3 and (text[m.end():m.end() + 1] in ("(", "[") or val.startswith(_CODE_PREFIXES))
+        s, e = m.span(g)
+        if g == _V3 and "\\" in val:  # an escaped line break after the value (a JSON dump) is not part of it
+            val = _ESCAPED_END.sub("", val)
+            e = s + len(val)
+        code = g == _V3 and (text[m.end():m.end() + 1] in ("(", "[") or val.startswith(_CODE_PREFIXES)
+                             or (_CODE_VALUE.fullmatch(val.strip("`")) is not None and not any(c.isdigit() for c in val)))
         if kind is None or not _secret_value(val, kind) or code:  # code reading a secret is not the secret
             pos = m.start(g)
             continue
         counter[0] += 1
-        s, e = m.span(g)
         out.append(text[last:s])
         out.append(_mark("secret"))
         last = pos = e
+    if not out:
+        return text
+    out.append(text[last:])
+    return "".join(out)
+
+
+# --- secrets named in prose: a credential word, what it is for, "is"/":"/"=", the value ----------------
+# "the wifi password is Tango5...", "api key 8f14e45f...", "the password for the admin account is x9y",
+# "pw: hunter2xyz". Read on the lower-cased text (_hints' way: same positions), the value's case read
+# back from the text. The value must look like one (_prose_value): prose says "the token is invalid".
+_PROSE = re.compile(
+    r"(?<![\w$.\-])(?P<w>(?:api|access|secret|private|license|auth|master|encryption|signing|admin|deploy|ssh)[ _\-]?key|"
+    r"pass(?:word|wd|phrase|code)|pwd|pw|pin|secret|token|credentials?|key)s?(?![\w\-])"  # (the longer names first)
+    r"(?P<for>\s+(?:for|of|on|to|at)\s+(?:[^\s=:]+\s+){0,3}?[^\s=:]+)?"  # what it is for: "for the admin account"
+    r"(?:\s*[:=]\s*|\s+(?:is|was|are|were|will be|should be|is now|=|:|-)\s+(?:now\s+|still\s+|set\s+to\s+)?"
+    r"|\s+(?:set|changed|reset)\s+to\s+|(?(for)(?!)|\s+))"  # (a bare space only right after the word)
+    r"[\"'`]?(?P<s>[^\s\"'`<>\[\]\\]{4,200})")
+_PROSE_HINTS = ("pass", "pw", "pin", "secret", "token", "cred", "key")  # each credential word holds one
+_PROSE_HINGE = re.compile("|".join(_PROSE_HINTS))  # on the lower-cased text (or, rarely, _PROSE_HINGE_ANYCASE)
+_PROSE_HINGE_ANYCASE = re.compile(_PROSE_HINGE.pattern, re.I)
+_PROSE_STRIP = ".,;:!?)]}*"
+_UNIT = re.compile(r"v?\d+(?:[.,_]\d+)*[a-z%]{0,3}|\d+(?:x\d+)+", re.I)  # 4096, v1.2.3, 32k, 2x4
+# a path (each part a word: /run/secrets/token, ~/.ssh), a flag (--insecure), an anchor or a colour (#setup, #fff)
+_PATH_FLAG = re.compile(r"[~.]?(?:/[A-Za-z]?[a-z0-9_.\-]*)+|[~.][a-z0-9_.\-/]*|-{1,2}[a-z][a-z\-]*|#[a-z_\-]+|#[0-9a-fA-F]{3,8}")
+_GLOB = re.compile(r"[\w\-]\*(?!\*)$")  # a pattern, not a key: sk-or-v1-*
+_PAIR_VALUE = re.compile(r"[A-Za-z_]\w*=")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_WEAK_WORDS = {"key", "pin", "token"}  # said of many things that are no secret: longer, stranger values only
+
+
+def _prose_value(v: str, word: str) -> bool:
+    """Whether ``v``, named by ``word`` in prose, is a secret: mixed letters and digits (or symbols),
+    long enough, and neither code, a path, a number with a unit, nor a reference."""
+    if v.startswith(("$", "{", "%", "http", "@", "&", "=")) or "(" in v or "*" in v or _NAME_VALUE.fullmatch(v) \
+            or _PAIR_VALUE.match(v) or _PATH_FLAG.fullmatch(v):
+        return False  # a reference, a path, a flag, an anchor, a pattern (sk-or-v1-*), a name, a pair of its own
+    has_digit = any(c.isdigit() for c in v)
+    has_alpha = any(c.isalpha() for c in v)
+    weak = word.rstrip("s") in _WEAK_WORDS
+    if not has_alpha:  # digits only: a PIN or a passcode
+        return word.startswith(("pin", "passcode")) and len(v) >= 4 and v.isdigit()
+    if len(v) < (16 if weak else 6) or _UNIT.fullmatch(v):
+        return False
+    if weak and (":" in v or "/" in v or "." in v or _UUID.fullmatch(v)) and word.rstrip("s") != "token":
+        return False  # a cache key, a path, a dotted name, an id
+    if _CODE_VALUE.fullmatch(v) and not has_digit:
+        return False
+    if has_digit:
+        return True
+    # no digit: symbols among letters (p@ss!word), or mixed case past the first letter (not a CamelName)
+    return (any(c in "!@#$%^&*+=?~" for c in v[1:]) or
+            (not weak and len(v) >= 10 and sum(c.isupper() for c in v[1:]) >= 2 and not v.isupper()
+             and not re.fullmatch(r"(?:[A-Z][a-z]+)+", v)))
+
+
+def _prose_starts(src: str, i: int) -> tuple[int, ...]:
+    """Where a credential word holding the hinge word found at ``i`` may start: the word's own start,
+    and the start of the word before it ("api key", "ssh-key")."""
+    j = i
+    while j and src[j - 1].isalpha():
+        j -= 1
+    if j < 2 or src[j - 1] not in " _-" or not src[j - 2].isalpha():
+        return (j,)
+    k = j - 2
+    while k and src[k - 1].isalpha():
+        k -= 1
+    return (k, j)
+
+
+def _redact_prose(text: str, low: str, counter: list[int]) -> str:
+    """Secrets named in prose (_PROSE). Each match is tried only where a hinge word is (a plain search,
+    ~4x cheaper than running the whole pattern along the text)."""
+    src = low if len(low) == len(text) else text
+    pat = _PROSE if src is low else _PROSE_ANYCASE
+    out: list[str] = []
+    last = 0
+    for h in (_PROSE_HINGE if src is low else _PROSE_HINGE_ANYCASE).finditer(src):
+        if h.start() < last:
+            continue
+        for j in _prose_starts(src, h.start()):
+            m = pat.match(src, j)
+            if m is None or m.start("s") < last:
+                continue
+            s, e = m.span("s")
+            raw = text[s:e]
+            v = raw.lstrip("*").rstrip(_PROSE_STRIP)  # (markdown's bold: **hunter2**)
+            if v and _prose_value(v, m.group("w").lower()) and not _GLOB.search(raw.rstrip(".,;:!?)]}")):
+                s = e - len(raw.lstrip("*"))
+                counter[0] += 1
+                out.append(text[last:s])
+                out.append(_mark("secret"))
+                last = s + len(v)
+                break
     if not out:
         return text
     out.append(text[last:])
@@ -224,16 +361,18 @@ def _redact_url_queries(text: str, counter: list[int]) -> str:
 # are redacted on their way out, and most of them hold nothing: they cost these searches only.
 _TOKEN_HINTS = tuple(dict.fromkeys(x for _, _, lits in _TOKENS for x in lits))
 _CONTEXT_HINTS = tuple(dict.fromkeys(x for _, _, lits in _CONTEXT for x in lits))  # searched in the lower-cased text
-_ASSIGN_HINTS = ("secret", "pass", "pwd", "token", "key", "credential", "auth", "cookie", "sig", "dsn",
+_ASSIGN_HINTS = ("secret", "pass", "pw", "token", "key", "credential", "auth", "cookie", "sig", "dsn",
                  "connectionstring", "code", "session", "ticket", "hmac", "assertion", "jwt", "bearer")
 # Where a word a secret's key holds is, in any case (_secret_key reads the key lower-cased); positions are
 # the text's (_hints: on the text lower-cased unless lowering lengthened it, as "İ" does).
-_KEY_HINTS = ("secret", "pass", "pwd", "token", "key", "credential", "auth", "cookie", "sig", "dsn", "connectionstring")
+_KEY_HINTS = ("secret", "pass", "pw", "token", "key", "credential", "auth", "cookie", "sig", "dsn", "connectionstring",
+              "sessionid")
 assert all(any(h in w for h in _KEY_HINTS) for w in _SECRET_WORDS | _PASSWORD_WORDS | {"key"})  # what _secret_key names
 _HINT = re.compile("(?i:" + "|".join(map(re.escape, _KEY_HINTS)) + ")")
 # The same words found on text.lower(): ~10x faster than the case-insensitive alternation (1.0 -> 0.1 ms
 # for 12 KB of source code; redacting it 2.5 -> 1.1 ms).
 _HINT_LOWER = re.compile("|".join(map(re.escape, _KEY_HINTS)))
+_PROSE_ANYCASE = re.compile(_PROSE.pattern, re.I)
 _KEY_SPAN = 83  # a pair starts at most this far before any character of its key ("--", a quote, 80 more)
 
 
@@ -261,7 +400,19 @@ def redact_secrets(text: str) -> tuple[str, int]:
     if ("=" in text or ":" in text) and any(h in low for h in _ASSIGN_HINTS):
         text = _redact_url_queries(text, counter)
         text = _redact_assignments(text, counter)
+    if any(h in low for h in _PROSE_HINTS):
+        text = _redact_prose(text, text.lower(), counter)
+    if "-----END" in text:
+        text = _sub_count(_PEM_TAIL, _mark("private_key"), text, counter)
+    if _PEM_RUN_HINT.search(text) or ("\\n" in text and _PEM_RUN_HINT_ESCAPED.search(text)):
+        text = _sub_count(_PEM_RUN, _pem_run, text, counter)
     return text, counter[0]
+
+
+def _pem_run(m: re.Match[str]) -> str:
+    """A run of base64 lines is a key's body unless it is hex (hashes: no upper case)."""
+    run = m.group(0)
+    return run if run.lower() == run or run.upper() == run else _mark("private_key")
 
 
 def redact_text(text: str) -> str:
