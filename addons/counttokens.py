@@ -42,7 +42,7 @@ class CountTokens:
         got = route_of(flow, rt.settings.proxy)
         if got is None or got[0] != COUNT:
             return
-        consumed = consume_headers(req.headers, rt.settings.proxy.consumed_headers)  # never sent upstream
+        consumed = consume_headers(flow, rt.settings.proxy.consumed_headers)  # never sent upstream
         if rt.settings.proxy.observe_only or consumed.get("x-contextwarden-bypass") or not rt.stages():
             return
         headers = list(req.headers.items(multi=True))

@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from mitmproxy import ctx
+from mitmproxy.proxy import mode_specs
 from mitmproxy.utils import asyncio_utils
 
 from contextwarden.home import default_home, ensure_home, secret_file
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 USER = "contextwarden"
 CREDENTIAL_FILE = "proxy-credential"
+# the modes whose clients connect to the address listen_host gives (not transparent, WireGuard, local, tun)
+LISTENING_MODES = ("regular", "reverse", "upstream", "socks5", "http3", "dns")
 
 
 def is_loopback(host: str) -> bool:
@@ -41,8 +44,6 @@ def is_loopback(host: str) -> bool:
 
 def listen_hosts(modes, default: str) -> list[str]:
     """The address each mode's server listens on ("" = every interface)."""
-    from mitmproxy.proxy import mode_specs
-
     out = []
     for m in modes or ["regular"]:
         try:
@@ -52,9 +53,28 @@ def listen_hosts(modes, default: str) -> list[str]:
     return out
 
 
+def _misplaced(mode, addr) -> bool:
+    """A connection or listening address off loopback for a mode that listens where ``listen_host`` says."""
+    return bool(addr) and mode.custom_listen_host is None and mode.type_name in LISTENING_MODES \
+        and not is_loopback(str(addr[0]))
+
+
+def _stop_the_first_start() -> None:
+    """mitmproxy (12) loads scripts after its servers began to start: the start in progress read the
+    address before this script could set it, and binds it once its address lookup returns. Stopped
+    before that, no socket is ever opened on every interface (``_rebind`` starts them where the
+    options say)."""
+    ps = ctx.master.addons.get("proxyserver")
+    start = getattr(type(ps), "setup_servers", None)
+    for task in asyncio.all_tasks():
+        if start is not None and getattr(task.get_coro(), "cr_code", None) is start.__code__ and not task.done():
+            task.cancel()
+
+
 class Exposure:
     def __init__(self) -> None:
         self.announced: tuple | None = None
+        self.forced = False  # listen_host was not given: this addon set loopback
 
     def load(self, loader) -> None:
         loader.add_option("cw_open_proxy", bool, False,
@@ -66,8 +86,9 @@ class Exposure:
             return
         o = ctx.options
         if not o.listen_host:
+            self.forced = True
             o.update(listen_host=LOOPBACK)  # configure runs again with it
-            # mitmproxy (12) starts its servers while scripts load: one may already listen everywhere
+            _stop_the_first_start()
             asyncio_utils.create_task(self._rebind(), name="contextwarden rebind", keep_ref=True)
             return
         exposed = [h or "every interface" for h in listen_hosts(o.mode, o.listen_host) if not is_loopback(h)]
@@ -89,23 +110,34 @@ class Exposure:
                               f"password in {home / CREDENTIAL_FILE} (--set proxyauth=USER:PASS to choose one, "
                               "--set cw_open_proxy=true to listen without)")
 
-    async def _rebind(self) -> None:
-        """Restart the servers that started before ``listen_host`` was set and listen on every interface."""
-        from mitmproxy.proxy import mode_specs
+    def client_connected(self, client) -> None:
+        """A connection to an address the user did not choose is closed unread: one accepted by a server
+        that was listening before this script was loaded (another mitmproxy's order of start-up)."""
+        if self.forced and _misplaced(client.proxy_mode, client.sockname):
+            client.error = "contextwarden: not the address the proxy listens on"
 
+    async def _rebind(self) -> None:
+        """Start the servers whose first start was stopped, and restart any that listens where the
+        options do not say (it started before ``listen_host`` was set)."""
         ps = ctx.master.addons.get("proxyserver")
         if ps is None:
             return
-        while ps.servers.is_updating:  # let a start in progress finish: it read the old address
-            await asyncio.sleep(0.02)
-        exposed = [a for srv in ps.servers for a in srv.listen_addrs if not is_loopback(str(a[0]))]
-        if not exposed:
+        while ps.servers.is_updating:  # the first start, stopping
+            await asyncio.sleep(0.01)
+        if not len(ps.servers):  # stopped before it made its servers
+            await ps.servers.update([mode_specs.ProxyMode.parse(m) for m in ctx.options.mode])
             return
-        modes = [mode_specs.ProxyMode.parse(m) for m in ctx.options.mode]
-        await ps.servers.update([])
-        await ps.servers.update(modes)
-        log.info(f"contextwarden: the proxy had started on every interface before this script loaded; "
-                 f"it listens on {ctx.options.listen_host} now")
+        moved = False
+        for srv in list(ps.servers):
+            if srv.is_running and any(_misplaced(srv.mode, a) for a in srv.listen_addrs):
+                await srv.stop()
+                moved = True
+            if not srv.is_running:
+                await srv.start()
+        await ps.servers.changed.send()
+        if moved:
+            log.info(f"contextwarden: the proxy had started on every interface before this script loaded; "
+                     f"it listens on {ctx.options.listen_host} now")
 
     def _say(self, level: str, message: str) -> None:
         if self.announced != (level, message):  # once per state, not on every option change

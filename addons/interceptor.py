@@ -11,7 +11,7 @@ from mitmproxy import http
 from contextwarden.apis import HTTP
 from contextwarden.flowstate import FlowState
 from contextwarden import lifecycle
-from contextwarden.pipeline import Skip
+from contextwarden.pipeline import ORIGIN, Skip
 
 from .routing import route_of
 from .warden import Warden
@@ -35,7 +35,7 @@ class Interceptor:
         if got is None or got[0] != HTTP:
             return
         api = got[1]
-        consumed = consume_headers(req.headers, rt.settings.proxy.consumed_headers)
+        consumed = consume_headers(flow, rt.settings.proxy.consumed_headers)
         state = FlowState(api=api, t_request=time.time())
         flow.metadata["contextwarden"] = state
         headers = list(req.headers.items(multi=True))
@@ -167,11 +167,25 @@ class Interceptor:
         return ctx
 
 
-def consume_headers(headers, names) -> dict[str, str]:
-    """Take the headers addressed to the proxy itself off a request (they never go upstream)."""
+def consume_headers(flow: http.HTTPFlow, names) -> dict[str, str]:
+    """Take the headers addressed to the proxy itself off a request (they never go upstream), and add
+    who sent it (``ORIGIN``: no header a client can send sets it)."""
+    headers = flow.request.headers
     consumed = {}
     for name in names:
         if name in headers:
             consumed[name.lower()] = headers.pop(name)
+    consumed[ORIGIN] = origin_of(flow)
     return consumed
 
+
+def origin_of(flow: http.HTTPFlow) -> str:
+    """Who sent a request, as far as the proxy can vouch for it: the user of the proxy credential when
+    the proxy requires one (mitmproxy's proxyauth), else the client's address. It scopes the tenant of
+    a request without a provider credential (``pipeline.prepare``): a client can guess a session id,
+    not this."""
+    auth = flow.metadata.get("proxyauth")
+    if auth:
+        return f"user:{auth[0]}"
+    peer = flow.client_conn.peername
+    return f"addr:{peer[0]}" if peer else ""

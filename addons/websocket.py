@@ -109,7 +109,7 @@ class WebSocketResponses:
         if got is None or got[0] != WEBSOCKET:
             return
         api = got[1]
-        consumed = consume_headers(req.headers, rt.settings.proxy.consumed_headers)
+        consumed = consume_headers(flow, rt.settings.proxy.consumed_headers)
         flow.metadata[KEY] = _Socket(api, req.host, req.path, list(req.headers.items(multi=True)), consumed)
 
     # -- messages ---------------------------------------------------------------------------

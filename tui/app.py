@@ -16,6 +16,8 @@ from typing import Any, Callable
 import orjson
 from textual.app import App
 
+from contextwarden.home import write_private
+
 from .client import CommandError, Source
 from .messages import ConnectionChanged, EventsDropped, EventsReceived, SnapshotReceived
 from .screens.export import ExportPathScreen
@@ -190,8 +192,8 @@ class ContextWardenApp(App):
 
     @staticmethod
     def write_export(path: Path, payload: Any) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2, default=str))
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(path, orjson.dumps(payload, option=orjson.OPT_INDENT_2, default=str))  # 0600: a session's bodies
         return path
 
     def action_settings(self) -> None:

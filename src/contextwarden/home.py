@@ -17,8 +17,15 @@ def default_home() -> Path:
 
 
 def ensure_home(path: str | os.PathLike | None) -> Path:
+    """The data directory, made this user's only. The one place that sets who may read what this
+    process (and the engine, memory and embedding processes it starts, which inherit it) writes: umask
+    077, so every file is 0600 and every folder 0700 from creation (events, state, originals, Chroma's
+    files, recorded bodies, exports). A home an older version left 0755 becomes 0700: nothing under it
+    is reachable by another user."""
+    os.umask(0o077)
     home = Path(path).expanduser() if path else default_home()
     home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
     return home
 
 

@@ -33,6 +33,9 @@ from .redact import redact_headers, redact_path, tenant_of
 from .sessions import derive_session
 
 
+# Who sent a request, as the proxy saw it (addons/interceptor.origin_of), among the consumed headers: a
+# name no HTTP header can have, so no client sets it
+ORIGIN = ":origin"
 _AUTH_HEADERS = {"x-api-key", "authorization", "api-key", "anthropic-version", "anthropic-beta", "openai-organization", "openai-project"}
 
 
@@ -87,10 +90,15 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         raise Skip("JSON body is not an object")
     session, source = derive_session(h, data)
     tenant = tenant_of(headers, path, session, runtime.salt)  # every credential; none: a tenant of its own
+    if tenant.startswith("a-") and h.get(ORIGIN):  # no credential: the session within who the proxy saw send it
+        tenant = tenant_of((), "", h[ORIGIN] + "\0" + str(session or ""), runtime.salt)
     agent = derive_agent(settings.budget.agent_rule, h, data, session)
     msgs = data.get(history)
     conv = runtime.conversations.get((api, tenant, session, agent)) if isinstance(msgs, list) else None
-    raws, exact = conv.message_bytes(msgs, known.raws if known is not None else None) if conv is not None else (None, False)
+    try:
+        raws, exact = conv.message_bytes(msgs, known.raws if known is not None else None) if conv is not None else (None, False)
+    except orjson.JSONEncodeError as e:  # parsed (depth < 1024) but deeper than orjson writes (254)
+        raise Skip(f"nested too deep: {e}") from None
     runtime.recent.remember(body, data, raws, known, history)
     try:
         model, hist = _typed(api, data, raws, conv)

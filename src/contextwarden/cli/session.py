@@ -2,7 +2,8 @@
 and the controls over them, through the running proxy's local API (:mod:`contextwarden.sessionctl`).
 
 The proxy holds the session state it applies on every request, so these commands ask it (127.0.0.1,
-the token in cw_home); with no proxy running on the home they say so.
+the token in cw_home); with no proxy running on the home they say so. With ``$CONTEXTWARDEN_CREDENTIAL``
+(the key your client uses) they see and change that key's sessions only (a shared proxy requires it).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def call(home, **args: Any) -> Any:
     from ..memory.api import RecallClient
+    from .recall import credential_from
 
-    client = RecallClient.find(home)
+    client = RecallClient.find(home, credential_from(None))
     if client is None:
         raise SystemExit(f"no proxy is running on {home} (start one with `contextwarden run`)")
     try:

@@ -159,7 +159,10 @@ class Engine:
         reply: dict[str, Any] = {"watch": False}
         try:
             flow = http.HTTPFlow.from_state(state)
-            flow.metadata = {}  # what the addons put here says whether the flow is watched
+            # what the addons put here says whether the flow is watched; the user the proxy credential
+            # vouched for stays (the tenant of a request without a provider credential: origin_of)
+            vouched = {k: v for k, v in flow.metadata.items() if k == "proxyauth"}
+            flow.metadata = dict(vouched)
             raw, fields = flow.request.raw_content, flow.request.headers.fields
             await self.master.addons.trigger_event(HttpRequestHook(flow))
             req = flow.request
@@ -167,7 +170,7 @@ class Engine:
                 reply["request"] = {"headers": req.headers.fields, "raw_content": req.raw_content}
             if flow.response is not None:
                 reply["response"] = flow.response.get_state()
-            if flow.metadata:
+            if flow.metadata.keys() - vouched.keys():
                 reply["watch"] = True
                 self.mirrors[flow.id] = (flow, time.monotonic())
         except Exception as e:  # the link forwards the request as it came

@@ -15,6 +15,9 @@ Which memory (the tenant scope of a call):
   default: one user on one machine, whose files hold every tenant's memory anyway), gets every tenant
   this memory holds. A shared proxy sets ``memory.api_require_credential: true``: then a call without
   a credential is refused.
+- The scope is decided before any method runs, the session commands (``POST /v1/session``) included:
+  a credential lists and changes its own tenant's sessions only. ``remember`` files a note under the
+  credential's tenant, or a tenant the token-only caller names (``tenant``); without either it is refused.
 
 Every method takes and returns plain JSON; the work is done by :class:`~contextwarden.memory.service.MemoryService`
 methods (``recall``, ``search_hits``, ``remember``, ``delete_session``, ``import_records``), so this
@@ -72,10 +75,8 @@ class RecallApi:
         self.token = token or secrets.token_urlsafe(32)
         self.host = host
         self.port: int | None = None
-        self.last_tenant: str | None = None  # of the latest request the proxy served: remember's default
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._unsubscribe = None
 
     # --- life cycle ---------------------------------------------------------------------------------
     @property
@@ -96,15 +97,11 @@ class RecallApi:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": POLL_S},
                                         name="cw-recall-api", daemon=True)
         self._thread.start()
-        self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
         write_private(self.info_path, orjson.dumps({"host": self.host, "port": self.port, "token": self.token,
                                                     "pid": os.getpid(), "started": time.time()}))
         return self
 
     def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -115,27 +112,23 @@ class RecallApi:
         except (OSError, ValueError):
             pass
 
-    def _on_event(self, ev) -> None:
-        if ev.type == "request":
-            t = (ev.data or {}).get("tenant")
-            if isinstance(t, str) and t:
-                self.last_tenant = t
-
     # --- the methods ----------------------------------------------------------------------------------
-    def scope(self, credential: str | None, svc) -> tuple[list[str], str | None]:
-        m = self.runtime.settings.memory
+    def mine(self, credential: str | None) -> list[str] | None:
+        """The tenants a caller may touch, decided before any method runs: its credential's one; the
+        token alone: every tenant (None), unless ``memory.api_require_credential`` refuses it."""
         if credential:
-            return [tenant_id(credential, self.runtime.salt)], m.shared_workspace
-        if getattr(m, "api_require_credential", False):
+            return [tenant_id(credential, self.runtime.salt)]
+        if self.runtime.settings.memory.api_require_credential:
             raise Refused(403, "this proxy is shared: send the credential your client uses (X-Contextwarden-Credential)")
-        return svc.tenants(), m.shared_workspace
+        return None
 
     def call(self, method: str, args: dict[str, Any], credential: str | None) -> Any:
+        mine = self.mine(credential)
         if method == "session":  # context versions, rollback, pins, compact-now (sessionctl.commands)
             from ..sessionctl.commands import CommandError, run
 
             try:
-                return run(self.runtime, args)
+                return run(self.runtime, args, mine)
             except CommandError as e:
                 raise Refused(400, str(e)) from None
         svc = self.service()
@@ -144,7 +137,7 @@ class RecallApi:
                     "originals": svc is not None and svc.originals is not None}
         if svc is None:
             raise Refused(503, "memory is off in this proxy's profile")
-        tenants, ws = self.scope(credential, svc)
+        tenants, ws = mine if mine is not None else svc.tenants(), self.runtime.settings.memory.shared_workspace
         if method == "recall":
             ids = args.get("ids")
             if isinstance(ids, str):
@@ -167,10 +160,10 @@ class RecallApi:
             text = args.get("text")
             if not isinstance(text, str) or not text.strip():
                 raise Refused(400, "remember: 'text' is required")
-            if credential:
-                tenant = tenants[0]
-            else:
-                tenant = self.last_tenant or (tenants[0] if len(tenants) == 1 else "anonymous")
+            tenant = tenants[0] if mine is not None else args.get("tenant")
+            if not isinstance(tenant, str) or not tenant:  # never "whichever tenant sent the last request"
+                raise Refused(400, "remember: send the credential your client uses (X-Contextwarden-Credential) "
+                                   "or name the tenant ('tenant')")
             shared = bool(args.get("shared")) and ws
             mid = svc.remember(text, tenant, str(args.get("session") or "notes"), ws if shared else None,
                                args.get("agent"), args.get("tags"))

@@ -24,8 +24,9 @@ class CommandError(ValueError):
     """A session command that cannot be done (the message says why)."""
 
 
-def _keys(rt) -> dict[str, dict[str, Any]]:
-    """Every session key the proxy knows: with a record, or a live request since it started."""
+def _keys(rt, tenants: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Every session key the proxy knows (with a record, or a live request since it started) of
+    ``tenants`` (None: every tenant's)."""
     out: dict[str, dict[str, Any]] = {}
     try:
         for k, rec in rt.state.items(NS):
@@ -36,14 +37,16 @@ def _keys(rt) -> dict[str, dict[str, Any]]:
         live = list((ledger._last.get(rt) or {}).keys())
     for k in live:
         out.setdefault(k, {})
+    if tenants is not None:
+        out = {k: v for k, v in out.items() if k.split("|", 1)[0] in tenants}
     return out
 
 
-def resolve(rt, ident: str) -> str:
-    """The session key ``ident`` names (a key, a session id, or a unique prefix of one)."""
+def resolve(rt, ident: str, tenants: list[str] | None = None) -> str:
+    """The session key ``ident`` names (a key, a session id, or a unique prefix of one), among ``tenants``'."""
     if not isinstance(ident, str) or not ident:
         raise CommandError("a session id is required")
-    keys = list(_keys(rt))
+    keys = list(_keys(rt, tenants))
     if ident in keys:
         return ident
     exact = [k for k in keys if k.split("|")[1:2] == [ident]]
@@ -74,8 +77,8 @@ def _summary(rt, key: str, rec: dict[str, Any]) -> dict[str, Any]:
             "live": last is not None, "tokens_in": getattr(last, "tokens_in", None)}
 
 
-def list_sessions(rt) -> dict[str, Any]:
-    rows = [_summary(rt, k, _record(rt, k)) for k in _keys(rt)]
+def list_sessions(rt, tenants: list[str] | None = None) -> dict[str, Any]:
+    rows = [_summary(rt, k, _record(rt, k)) for k in _keys(rt, tenants)]
     rows.sort(key=lambda r: r["last_ts"] or 0, reverse=True)
     return {"sessions": rows}
 
@@ -263,20 +266,21 @@ def compact(rt, ident: str) -> dict[str, Any]:
     return {"key": key, "compact_now": True}
 
 
-def run(rt, args: dict[str, Any]) -> Any:
-    """Dispatch one command: ``{"action": ..., "session": ..., ...}``."""
+def run(rt, args: dict[str, Any], tenants: list[str] | None = None) -> Any:
+    """Dispatch one command: ``{"action": ..., "session": ..., ...}``, on ``tenants``' sessions only
+    (None: every tenant's; the recall API passes its caller's)."""
     action = args.get("action")
     if action == "list":
-        return list_sessions(rt)
-    ident = args.get("session")
+        return list_sessions(rt, tenants)
+    if action not in ("show", "rollback", "pin", "unpin", "compact"):
+        raise CommandError(f"unknown session action {action!r} (list, show, rollback, pin, unpin, compact)")
+    key = resolve(rt, args.get("session"), tenants)  # another tenant's session is "no session"
     if action == "show":
-        return show(rt, ident)
+        return show(rt, key)
     if action == "rollback":
-        return rollback(rt, ident, args.get("to"), apply=not args.get("dry_run"))
+        return rollback(rt, key, args.get("to"), apply=not args.get("dry_run"))
     if action == "pin":
-        return pin(rt, ident, args.get("target"))
+        return pin(rt, key, args.get("target"))
     if action == "unpin":
-        return unpin(rt, ident, args.get("target"))
-    if action == "compact":
-        return compact(rt, ident)
-    raise CommandError(f"unknown session action {action!r} (list, show, rollback, pin, unpin, compact)")
+        return unpin(rt, key, args.get("target"))
+    return compact(rt, key)
