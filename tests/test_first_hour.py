@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from contextwarden.cli import main as cli_main
 from contextwarden.replay import replay, request_table, summary_table
 from tests.test_replay import SMALLEST, mini_trace
@@ -83,3 +85,19 @@ def test_the_replay_tables_fit_100_columns_and_list_only_applied_decisions():
     assert idle and all(rows[r.index][-1] == "-" for r in idle)
     assert any(rows[r.index][-1].startswith("compact") for r in rep.results if r.outcome == "rewritten")
     assert "tokens orig" in summary_table([rep], wide=True) and "events" in request_table(rep, wide=True)
+
+
+def test_the_overview_prices_usage_in_dollars_at_list_price():
+    from contextwarden.cost import price_for
+    from contextwarden.liveprotocol import Totals
+
+    t = Totals()
+    usage = {"input_tokens": 100_000, "output_tokens": 2_000, "cache_read_input_tokens": 400_000,
+             "cache_creation_input_tokens": 10_000}
+    t.add({"type": "turn", "data": {"model": "claude-sonnet-4-5", "tokens_in": 600_000, "tokens_sent": 510_000,
+                                    "usage": usage}})
+    t.add({"type": "turn", "data": {"model": "some-local-model", "usage": usage}})  # no price: not guessed
+    p = price_for("claude-sonnet-4-5")
+    inp = (100_000 + 1.25 * 10_000 + 0.1 * 400_000) * p.input / 1e6
+    assert t.usd == pytest.approx(inp + 2_000 * p.output / 1e6) and t.priced_turns == 1 and t.measured_turns == 2
+    assert t.est_saved_usd == pytest.approx(90_000 * inp / 510_000)
