@@ -178,6 +178,7 @@ class EngineLink:
         self.watched: set[str] = set()  # flows the engine mirrors, until their end
         self.streamed: set[str] = set()
         self.failed_open = 0
+        self.listening = False  # mitmdump listens: an engine (a restarted one too) hears ``running``
 
     # -- options and lifecycle ---------------------------------------------------------------
 
@@ -219,6 +220,13 @@ class EngineLink:
             self._options = None
             self._linked = None
 
+    async def running(self) -> None:
+        """The proxy listens: the engine's servers may now write their discovery files (``tui.json``)."""
+        eng = await self._link()
+        if eng is not None:
+            await eng.call("running", None)
+        self.listening = True
+
     async def done(self) -> None:
         self._stopping = True
         if self.engine is not None:
@@ -255,6 +263,8 @@ class EngineLink:
             self.engine = eng
         if eng.writer is None:
             await eng.connect()
+            if self.listening:  # a restarted engine: its servers publish as the first one's did
+                eng.send("running", 0)
         return eng
 
     # -- HTTP --------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import orjson
 
 from contextwarden import census
 from contextwarden.events import Event
-from contextwarden.home import write_private
+from contextwarden.home import publish, unpublish
 # the live protocol (token file and header, event form, totals) is core: liveprotocol.py
 from contextwarden.liveprotocol import INFO_FILE, PROTOCOL, TOKEN_HEADER, Totals, event_dict
 from contextwarden.scrub import scrub
@@ -108,7 +108,8 @@ class EventService:
     def info_path(self) -> Path:
         return Path(self.runtime.home) / INFO_FILE
 
-    def start(self, timeout: float = 10) -> "EventService":
+    def start(self, timeout: float = 10, publish: bool = True) -> "EventService":
+        """Listen; ``publish``: write the discovery file now (the addon does once the proxy listens)."""
         self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
         recent = self._recent()
         for ev in recent:  # counters start from what the runtime already did
@@ -122,7 +123,8 @@ class EventService:
         if not self._ready.wait(timeout) or self._error is not None:
             self._unsubscribe()
             raise RuntimeError(f"event server did not start: {self._error!r}")
-        self._write_info()
+        if publish:
+            self.publish()
         return self
 
     def stop(self, timeout: float = 5) -> None:
@@ -132,19 +134,11 @@ class EventService:
         if self._loop is not None and self._stop is not None and self._thread and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(timeout)
-        self._remove_info()
+        unpublish(self.info_path, self.token)
 
-    def _write_info(self) -> None:
-        info = {"protocol": PROTOCOL, "host": self.host, "port": self.port, "token": self.token,
-                "pid": os.getpid(), "started": self.started}
-        write_private(self.info_path, orjson.dumps(info))
-
-    def _remove_info(self) -> None:
-        try:
-            if orjson.loads(self.info_path.read_bytes()).get("token") == self.token:
-                self.info_path.unlink()
-        except (OSError, ValueError):
-            pass
+    def publish(self) -> None:
+        publish(self.info_path, {"protocol": PROTOCOL, "host": self.host, "port": self.port, "token": self.token,
+                                 "started": self.started})
 
     def _thread_main(self) -> None:
         try:
@@ -362,7 +356,7 @@ class EventServer(PerRuntime):
     def start(self, rt) -> EventService | None:
         if not rt.settings.server.enabled:
             return None
-        svc = EventService(rt, port=rt.settings.server.port).start()
+        svc = EventService(rt, port=rt.settings.server.port).start(publish=False)
         census.watch("eventserver", svc)
         log.info(f"contextwarden: event server on {svc.host}:{svc.port} (token in {svc.info_path})")
         return svc

@@ -1,6 +1,8 @@
 """The lifecycle of an addon that runs one service for the warden's current runtime: started as soon
 as the runtime exists (``configure``), at the latest in ``running``; replaced when the runtime is
-(a new profile or home); stopped in ``done``. A service that cannot start is logged, reported as an
+(a new profile or home); stopped in ``done``. A service that others find through a file
+(``publish``: the TUI's ``tui.json``, the recall API's) writes it only once the proxy listens
+(``running``): a second proxy that fails to bind the same port never replaces the first one's. A service that cannot start is logged, reported as an
 ``error`` event, and the proxy carries on without it."""
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class PerRuntime:
         self.warden = warden
         self.service: Any = None
         self._for: Any = None  # the runtime the service was made for
+        self.listening = False  # the proxy listens (``running``): services publish their discovery files
 
     def start(self, rt) -> Any:
         """The service for ``rt`` (it has a ``stop()``), or None when ``rt``'s settings want none."""
@@ -28,6 +31,9 @@ class PerRuntime:
         self._sync()
 
     def running(self) -> None:
+        self.listening = True
+        if self.warden.runtime is self._for:
+            self._publish()
         self._sync()
 
     def done(self) -> None:
@@ -43,10 +49,17 @@ class PerRuntime:
             return
         try:
             self.service = self.start(rt)
+            if self.listening:
+                self._publish()
         except Exception as e:
             self.service = None
             log.error(f"contextwarden: {self.what} not started: {e}")
             rt.bus.emit("error", {"where": self.what, "message": str(e), "action": self.without or f"no {self.what}"})
+
+    def _publish(self) -> None:
+        publish = getattr(self.service, "publish", None)
+        if publish is not None:
+            publish()
 
     def _stop(self) -> None:
         if self.service is not None:

@@ -29,6 +29,6 @@ class RecallApiServer(PerRuntime):
     def start(self, rt) -> RecallApi:
         svc = getattr(self.events, "service", None)
         token = svc.token if svc is not None and svc.runtime is rt else None
-        api = RecallApi(rt, lambda rt=rt: memory_service.get_service(rt), token).start()
+        api = RecallApi(rt, lambda rt=rt: memory_service.get_service(rt), token).start(publish=False)
         log.info(f"contextwarden: recall API on {api.host}:{api.port}")
         return api

@@ -9,6 +9,7 @@ from mitmproxy import ctx, exceptions
 
 from contextwarden import census, flowrelease, typecheckfix
 from contextwarden.home import default_home
+from contextwarden.pluginmanager import order_warnings
 from contextwarden.runtime import Runtime
 from contextwarden.sealing import SealError
 from contextwarden.settings import SettingsError
@@ -21,6 +22,7 @@ class Warden:
         self.runtime: Runtime | None = None
         self._key: tuple | None = None
         self._census = None  # census.from_env's, when CONTEXTWARDEN_CENSUS asks for one
+        self._refused = False  # the last configure refused its options: the next one is mitmproxy's rollback
 
     def load(self, loader) -> None:
         loader.add_option("cw_profile", str, "default",
@@ -32,6 +34,9 @@ class Warden:
 
     def configure(self, updated: set[str]) -> None:
         if not updated & {"cw_profile", "cw_home", "cw_plugins", "cw_engine"}:
+            return
+        if self._refused:  # mitmproxy puts the previous values back: what runs stays (at start-up, nothing:
+            self._refused = False  # not the default profile's runtime logged as a normal start before the error)
             return
         o = ctx.options
         if "cw_engine" in o and o.cw_engine:  # the engine process runs the runtime (addons/enginelink.py)
@@ -47,6 +52,7 @@ class Warden:
         try:
             runtime = Runtime.from_profile(o.cw_profile, home, o.cw_plugins or None)
         except (SettingsError, SealError) as e:  # (a wrong or missing encryption key: say which)
+            self._refused = True
             raise exceptions.OptionsError(str(e)) from None
         old, self.runtime, self._key = self.runtime, runtime, key
         if old is not None:
@@ -67,6 +73,8 @@ class Warden:
         stages = ", ".join(n for n, _ in runtime.stages()) or "none"
         mode = "observe-only" if runtime.settings.proxy.observe_only else "active"
         log.info(f"contextwarden: profile {runtime.settings.name} ({mode}), stages: {stages}, home: {runtime.home}")
+        for w in order_warnings(runtime.pm, runtime.settings.pipeline):
+            log.warning(f"contextwarden: warning: {w}")
         runtime.bus.emit("startup", {"profile": runtime.settings.name, "mode": mode, "home": str(runtime.home),
                                      "stages": [n for n, _ in runtime.stages()]})
         # warm now: what is loaded stays out of the garbage collector's way (p99 pauses); again when

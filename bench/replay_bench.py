@@ -71,9 +71,9 @@ def main(argv: list[str]) -> int:
         Path(args.json_out).write_bytes(orjson.dumps([r.to_dict() for r in reports]))
     for rep in reports:
         if args.requests:
-            print(request_table(rep) + "\n")
+            print(request_table(rep, wide=True) + "\n")
             print(lost_examples(rep) + "\n")
-    print(summary_table(reports) + "\n")
+    print(summary_table(reports, wide=True) + "\n")
     for rep in reports:
         print(details(rep) + "\n")
     bad = [r for r in reports if r.totals()["sent_invalid"] or r.totals()["validator_rejected"]

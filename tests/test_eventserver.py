@@ -280,6 +280,9 @@ async def test_addon_lifecycle_start_restart_stop(tmp_path):
     with taddons.context(warden, server) as tctx:
         tctx.configure(warden, cw_home=str(home), cw_profile="default")
         assert server.service is not None and server.service.runtime is warden.runtime
+        # the file that lets the TUI find it is written once the proxy listens, not before
+        assert not (home / INFO_FILE).exists()
+        tctx.master.addons.invoke_addon_sync(server, hooks.RunningHook())
         first = info(home)
         async with ws(server.service) as conn:
             snap = await recv(conn, "snapshot")

@@ -265,7 +265,7 @@ def test_recorded_bodies_replay(tmp_path):
 
 def test_cli_prints_the_table_and_json(tmp_path, capsys):
     trace = mini_trace(tmp_path / "s.jsonl")
-    assert cli_main(["replay", str(trace), "--requests"]) == 0
+    assert cli_main(["replay", str(trace), "--requests", "--wide"]) == 0
     out = capsys.readouterr().out
     assert "cost orig $" in out and "s.jsonl" in out and "client-compaction" in out
     # tokens sent per request: on average and at most in the summary, each request's with --requests

@@ -6,6 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
+import orjson
 import platformdirs
 
 
@@ -52,3 +53,19 @@ def write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def publish(path: Path, info: dict) -> None:
+    """Write a discovery file (``tui.json``, ``recall-api.json``): ``info`` and this process's pid. Only
+    once the proxy listens: a second proxy that fails to start must not replace the running one's."""
+    write_private(path, orjson.dumps({**info, "pid": os.getpid()}))
+
+
+def unpublish(path: Path, token: str) -> None:
+    """Remove a discovery file this process wrote (its pid and token in it); another process's stays."""
+    try:
+        info = orjson.loads(path.read_bytes())
+        if info.get("pid") == os.getpid() and info.get("token") == token:
+            path.unlink()
+    except (OSError, ValueError):
+        pass

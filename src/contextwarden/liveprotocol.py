@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from .cost import billed_units
+from .cost import billed_from_usage, billed_units, usage_usd
 from .events import Event
 
 PROTOCOL = 1
@@ -101,12 +101,15 @@ class Totals:
     the caching model (input 1x + cache writes 1.25x + cache reads 0.1x). Counted by the proxy's
     tokenizer: tokens in and sent, tokens freed by clearing and compaction. Estimated (and labelled so):
     ``est_saved_units``, the freed tokens priced at the rate each turn actually paid per sent token.
+    Dollars at the model's list price (``cost.py``): ``usd`` (input and output) and ``est_saved_usd``
+    over the ``priced_turns`` whose model the price table knows (no guessing for the others).
     """
 
     COUNTS = ("events", "requests", "turns", "compactions", "clearings", "compressions", "memory_injections", "errors",
               "blocked", "rewritten", "bypassed", "fallback", "fallback_original")
     SUMS = ("tokens_in", "tokens_sent", "tokens_freed", "compression_saved", "memory_tokens", "usage_input", "usage_output",
             "usage_cache_read", "usage_cache_write", "billed_units", "est_saved_units", "measured_turns",
+            "usd", "est_saved_usd", "priced_turns",
             "saving_turns_tokens_in", "saving_turns_tokens_sent",
             "memory_stored", "memory_text_only", "memory_dropped")
     # the latest value, not a sum: memory's ingestion backlog (items waiting to be embedded), how many
@@ -191,10 +194,16 @@ class Totals:
                 self.usage_cache_write += cw
                 self.billed_units += billed
                 self.measured_turns += 1
+                usd = usage_usd(usage, data.get("model"))
+                if usd is not None:
+                    self.usd += usd
+                    self.priced_turns += 1
                 ti, ts = data.get("tokens_in"), data.get("tokens_sent")
                 if isinstance(ti, (int, float)) and isinstance(ts, (int, float)) and ts > 0:
                     # what the freed tokens would have cost at the rate this turn paid per sent token
                     self.est_saved_units += (ti - ts) * billed / ts
+                    if usd is not None:
+                        self.est_saved_usd += (ti - ts) * billed_from_usage(usage, data.get("model")).input_cost / ts
                     self.saving_turns_tokens_in += ti
                     self.saving_turns_tokens_sent += ts
 

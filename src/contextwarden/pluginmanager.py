@@ -111,6 +111,21 @@ def check_stage_names(pm: pluggy.PluginManager, pipeline) -> None:
         raise SettingsError("invalid settings:\n" + "\n".join(problems) + f"\n  known stages: {known}")
 
 
+def order_warnings(pm: pluggy.PluginManager, pipeline) -> list[str]:
+    """Built-in stages that a profile's ``pipeline.order`` leaves out while they are on: they still run,
+    but after every listed stage (a copied order from before a stage existed moves it silently)."""
+    from .settings.pipeline import PipelineSection
+
+    stages = {i.plugin_name for i in pm.hook.cw_request.get_hookimpls()}
+    left_out = [n for n in PipelineSection.model_fields["order"].default
+                if n in stages and n not in pipeline.order and n not in pipeline.disabled]
+    if not left_out:
+        return []
+    return [f"pipeline.order leaves out the built-in stage{'s' * (len(left_out) > 1)} {', '.join(left_out)}: "
+            f"{'they run' if len(left_out) > 1 else 'it runs'} after {pipeline.order[-1] if pipeline.order else 'nothing'}, "
+            "last; list them where they belong or put them in pipeline.disabled"]
+
+
 def describe(pm: pluggy.PluginManager, order: list[str] | None = None, disabled: list[str] | None = None) -> list[PluginInfo]:
     hooknames = [n for n in dir(hookspecs) if n.startswith("cw_")]
     stages = [n for n, _ in stage_order(pm, order or [], [])]

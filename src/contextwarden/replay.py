@@ -645,8 +645,19 @@ def _pct(new: float, old: float) -> str:
     return f"{(new / old - 1) * 100:+.1f}%" if old else "n/a"
 
 
-def summary_table(reports: list[ReplayReport]) -> str:
-    """One line per trace: tokens and simulated cost, original vs ours."""
+def summary_table(reports: list[ReplayReport], wide: bool = False) -> str:
+    """One line per trace: tokens and simulated cost, original vs ours, within 100 columns; ``wide``: the
+    requests' averages and maxima, failures, the penalty and the trace's own bill as well."""
+    if not wide:
+        rows = [("trace", "reqs", "rewr", "tok orig", "tok ours", "Δ tok", "$ orig", "$ ours", "Δ $", "lost refs")]
+        for rep in reports:
+            t = rep.totals()
+            rows.append((Path(rep.trace.path).stem.removeprefix("claude-code-")[:16], str(t["requests"]),
+                         str(t["rewritten"]), _k(t["tokens_original"]), _k(t["tokens_sent"]),
+                         _pct(t["tokens_sent"], t["tokens_original"]), f"{t['cost_original']:.2f}",
+                         f"{t['cost_ours']:.2f}", _pct(t["cost_ours"], t["cost_original"]),
+                         lost_cell(t["fidelity"], "refs")))
+        return _render(rows)
     head = ("trace", "reqs", "rewritten", "invalid", "stage fail", "tokens orig", "tokens ours", "Δ tokens",
             "avg req orig", "avg req ours", "max req orig", "max req ours", "cost orig $", "cost ours $", "Δ cost",
             "ours+penalty $", "lost edit src", "lost refs", "actual $")
@@ -670,7 +681,27 @@ def lost_cell(fid: dict, kind: str) -> str:
     return f"{lost}/{used} ({lost / used * 100:.1f}%)" if used else "0/0"
 
 
-def request_table(rep: ReplayReport) -> str:
+_APPLIED = {"clearing": "clear", "compression": "compress", "compaction": "compact", "recall": "recall"}
+
+
+def _applied(r) -> str:
+    """The decisions that shaped what was sent (none when the client's request went as it came)."""
+    if r.outcome == "unchanged" or r.tokens_sent == 0 or r.problems:
+        return "-"
+    names = [short for stage, short in _APPLIED.items() if r.stage_events.get(stage)]
+    return "+".join(names + (["memory"] if r.memory_items else [])) or "-"
+
+
+def request_table(rep: ReplayReport, wide: bool = False) -> str:
+    """One line per request: within 100 columns, the decisions applied; ``wide``: the bill's parts, memory,
+    losses and every stage event as well (whether applied or not)."""
+    if not wide:
+        rows = [("#", "msgs", "tok orig", "tok ours", "$ orig", "$ ours", "outcome", "applied")]
+        for r in rep.results:
+            rows.append((str(r.index), f"{r.messages_original}->{r.messages_sent}", _k(r.tokens_original),
+                         _k(r.tokens_sent), f"{r.original.cost:.3f}", f"{r.ours.cost:.3f}",
+                         (r.outcome if not r.problems else "SENT INVALID")[:14], _applied(r)))
+        return _render(rows)
     head = ("#", "t+s", "kind", "msgs", "tokens orig", "tokens ours", "memory", "read/write/new orig",
             "read/write/new ours", "$ orig", "$ ours", "lost src/ref", "outcome", "events")
     rows = [head]

@@ -132,7 +132,9 @@ class ProxyProcess:
 
     def _ready(self) -> bool:
         seen = {e["type"] for e in self._read_events()}
-        return all(t in seen for t in self.ready_events)
+        # the TUI's file is written once mitmdump listens, just after it says so
+        published = "event server on" not in self.output_text() or (self.home / "tui.json").exists()
+        return published and all(t in seen for t in self.ready_events)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGINT (mitmproxy shuts down its addons, contextwarden flushes its log), then kill."""

@@ -70,18 +70,22 @@ def tokens_table(store: Store) -> Group:
     u.add_row("cache write · read", f"{fmt.num(tot.usage_cache_write)} · {fmt.num(tot.usage_cache_read)}")
     c = _grid()
     if tot.measured_turns:
-        c.add_row("billed input (measured)", f"{fmt.num(tot.billed_units)} u")
+        # dollars at list price for the turns whose model has a price; the input billed in tokens at 1x
+        unpriced = tot.measured_turns - tot.priced_turns
+        c.add_row("billed, list price", f"${tot.usd:,.2f}" + (f" ({fmt.num(unpriced)} turns unpriced)" if unpriced else ""))
+        c.add_row("billed input", f"{fmt.num(tot.billed_units)} tokens at 1x")
         if tot.saving_turns_tokens_sent:
             base = tot.billed_units + tot.est_saved_units
             share = f" {tot.est_saved_units / base * 100:.0f}%" if base > 0 else ""
-            c.add_row(Text("saved (estimate)", style="italic"), Text(f"≈{fmt.num(tot.est_saved_units)} u{share}", style="italic"))
+            saved = f"≈${tot.est_saved_usd:,.2f}" if tot.priced_turns else f"≈{fmt.num(tot.est_saved_units)} tokens"
+            c.add_row(Text("saved (estimate)", style="italic"), Text(f"{saved}{share}", style="italic"))
         else:
             c.add_row(Text("saved (estimate)", style="italic"), "–")
     else:
         c.add_row(Text("no provider usage yet", style="dim"), "")
     return Group(_head("Tokens, counted by the proxy"), t,
                  _head(f"Provider usage, reported ({fmt.num(tot.measured_turns)} turns)"), u,
-                 _head("Cost, cache pricing 1x/1.25x/0.1x"), c)
+                 _head("Cost (cache write 1.25x, read 0.1x)"), c)
 
 
 class Overview(Vertical):

@@ -17,6 +17,22 @@ def home_of(args) -> Path:
     return Path(args.home).expanduser() if getattr(args, "home", None) else default_home()
 
 
+def checked_settings(args):
+    """The profile's settings, checked against the stages loaded with ``args.plugins`` (an unknown stage
+    is a SettingsError), and the warnings about their order."""
+    from contextwarden.pluginmanager import check_stage_names, make_plugin_manager, order_warnings
+    from contextwarden.settings import load_settings
+
+    settings = load_settings(args.profile, home_of(args))
+    pm = make_plugin_manager(getattr(args, "plugins", None))
+    check_stage_names(pm, settings.pipeline)
+    return settings, order_warnings(pm, settings.pipeline)
+
+
+def add_plugins(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugins", default=None, help="a folder of drop-in plugin files (*.py)")
+
+
 def script_path() -> Path:
     import contextwarden.addons as addons
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ._common import add_home_profile, home_of
+from ._common import add_home_profile, add_plugins, home_of
 
 
 def register(sub) -> None:
     p = sub.add_parser("plugins", help="list stages in order, their hooks and where each was loaded from")
     add_home_profile(p)
-    p.add_argument("--plugins", default=None, help="a folder of drop-in plugin files to include")
+    add_plugins(p)
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from ._common import add_home_profile, home_of
+from ._common import add_home_profile, add_plugins, checked_settings, home_of
 
 
 def register(sub) -> None:
@@ -15,6 +15,7 @@ def register(sub) -> None:
     p.set_defaults(func=list_profiles)
     c = sub.add_parser("config", help="print a profile's effective settings (after extends and env overrides)")
     add_home_profile(c)
+    add_plugins(c)
     c.set_defaults(func=show_config)
 
 
@@ -31,12 +32,14 @@ def list_profiles(args) -> int:
 
 
 def show_config(args) -> int:
-    from contextwarden.settings import SettingsError, load_settings
+    from contextwarden.settings import SettingsError
 
     try:
-        s = load_settings(args.profile, home_of(args))
+        s, order = checked_settings(args)
     except SettingsError as e:
-        print(e, file=sys.stderr)
+        print(f"contextwarden: {e}", file=sys.stderr)
         return 2
+    for w in order:
+        print(f"contextwarden: warning: {w}", file=sys.stderr)
     print(yaml.safe_dump(s.model_dump(mode="json"), sort_keys=False), end="")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ._common import add_plugins
+
 
 def register(sub) -> None:
     p = sub.add_parser("replay", help="replay recorded sessions offline and compare tokens and simulated cost",
@@ -12,10 +14,13 @@ def register(sub) -> None:
                                    "sent and the bill under Anthropic's prompt-caching rules, original vs ours.")
     p.add_argument("traces", nargs="+", metavar="TRACE", help="a session .jsonl, a bodies folder, or a cw_home")
     p.add_argument("--profile", default=None, help="profile name or YAML path (default: the default profile)")
+    add_plugins(p)
     p.add_argument("--window", type=int, default=None, help="context window in tokens (tokens.context_window)")
     p.add_argument("--stage-budget-ms", type=float, default=None,
                    help="time budget of every stage (default: the profile's; a loaded machine may need more)")
     p.add_argument("--requests", action="store_true", help="also print one line per request")
+    p.add_argument("--wide", action="store_true",
+                   help="the tables with every column (the bill's parts, averages, losses, every stage event)")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N requests of each trace")
     p.add_argument("--no-compaction-calls", action="store_true",
                    help="do not replay the client's own compaction calls reconstructed from the log")
@@ -50,6 +55,7 @@ def run(args) -> int:
     import orjson
 
     from contextwarden.replay import details, lost_examples, replay, request_table, summary_table
+    from contextwarden.settings import SettingsError
 
     overrides = parse_sets(args.sets)
     if args.baselines:
@@ -60,9 +66,13 @@ def run(args) -> int:
             if not args.json and sys.stderr.isatty():
                 print(f"\r{_p}: {i}/{n}", end="", file=sys.stderr, flush=True)
 
-        rep = replay(path, profile=args.profile, window=args.window, stage_budget_ms=args.stage_budget_ms,
-                     progress=progress, limit=args.limit, compaction_calls=not args.no_compaction_calls,
-                     turn_hooks=not args.no_turn_hooks, overrides=overrides)
+        try:
+            rep = replay(path, profile=args.profile, window=args.window, stage_budget_ms=args.stage_budget_ms,
+                         progress=progress, limit=args.limit, compaction_calls=not args.no_compaction_calls,
+                         turn_hooks=not args.no_turn_hooks, overrides=overrides, plugins_dir=args.plugins)
+        except SettingsError as e:
+            print(f"contextwarden: {e}", file=sys.stderr)
+            return 2
         if not args.json and sys.stderr.isatty():
             print(file=sys.stderr)
         reports.append(rep)
@@ -71,11 +81,11 @@ def run(args) -> int:
         return 0
     for rep in reports:
         if args.requests:
-            print(request_table(rep))
+            print(request_table(rep, wide=args.wide))
             print()
             print(lost_examples(rep))
             print()
-    print(summary_table(reports))
+    print(summary_table(reports, wide=args.wide))
     print()
     for rep in reports:
         print(details(rep))
@@ -99,7 +109,7 @@ def run_baselines(args, overrides: dict) -> int:
 
         got = baselines.run(path, progress=progress, window=args.window, stage_budget_ms=args.stage_budget_ms,
                             limit=args.limit, compaction_calls=not args.no_compaction_calls,
-                            turn_hooks=not args.no_turn_hooks, overrides=overrides)
+                            turn_hooks=not args.no_turn_hooks, overrides=overrides, plugins_dir=args.plugins)
         rows += baselines.rows(Path(path).name[:40], got)
         reports += got
     if args.json:

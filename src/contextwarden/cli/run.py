@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 
-from ._common import add_home_profile, home_of, mitmproxy_confdir, script_path
+from ._common import add_home_profile, add_plugins, checked_settings, home_of, mitmproxy_confdir, script_path
 
 
 def register(sub) -> None:
@@ -16,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--mode", default="regular",
                    help="regular (HTTPS_PROXY, recommended) or reverse:https://api.anthropic.com (base URL)")
-    p.add_argument("--plugins", default=None, help="a folder of drop-in plugin files")
+    add_plugins(p)
     p.add_argument("--confdir", default=None, help="mitmproxy's confdir (its CA lives there; default ~/.mitmproxy)")
     p.add_argument("--flow-lines", action="store_true", help="print mitmdump's line per flow (off by default)")
     p.add_argument("--dry-run", action="store_true", help="print the instructions and the mitmdump command, do not start")
@@ -51,6 +53,24 @@ def instructions(host: str, port: int, mode: str, confdir) -> str:
 """
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether ``host:port`` is already bound (as mitmproxy binds: SO_REUSEADDR). Checked before
+    anything starts, so the hint names this command's option, not mitmproxy's ``--mode regular@PORT``."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False  # mitmproxy reports a host it cannot resolve itself
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
 def mitmdump_argv(args) -> list[str]:
     argv = ["-s", str(script_path()), "--listen-host", args.listen_host, "--listen-port", str(args.port),
             "--set", f"cw_profile={args.profile}"]
@@ -69,23 +89,29 @@ def mitmdump_argv(args) -> list[str]:
     extra = args.mitmdump_args
     if extra and extra[0] == "--":
         extra = extra[1:]
-    return argv + extra
+    # an option the user sets after -- wins over ours (mitmdump refuses two values for one option)
+    theirs = {v.split("=", 1)[0] for k, v in zip(extra, extra[1:]) if k == "--set"}
+    ours = [a for pair in zip(argv[::2], argv[1::2]) if not (pair[0] == "--set" and pair[1].split("=", 1)[0] in theirs)
+            for a in pair]
+    return ours + extra
 
 
 def run(args) -> int:
-    from contextwarden.pluginmanager import check_stage_names, make_plugin_manager
-    from contextwarden.settings import SettingsError, load_settings
+    from contextwarden.settings import SettingsError
 
     try:
-        settings = load_settings(args.profile, home_of(args))
-        check_stage_names(make_plugin_manager(args.plugins), settings.pipeline)
+        settings, order = checked_settings(args)
     except SettingsError as e:
         print(f"contextwarden: {e}", file=sys.stderr)
         return 2
     from contextwarden.assets import warnings
 
-    for w in warnings(settings):  # the proxy runs without them, but worse: say so, with the fix
+    for w in order + warnings(settings):  # the proxy runs without them, but worse: say so, with the fix
         print(f"contextwarden: warning: {w}", file=sys.stderr)
+    if not args.dry_run and args.port and port_taken(args.listen_host, args.port):
+        print(f"contextwarden: {args.listen_host}:{args.port} is already in use (a proxy running there? "
+              f"`contextwarden tui` watches it); another port: contextwarden run --port {args.port + 2}", file=sys.stderr)
+        return 1
     print(instructions(args.listen_host, args.port, args.mode, mitmproxy_confdir(args.confdir)))
     mode = "observe-only" if settings.proxy.observe_only else "active"
     print(f"  profile: {settings.name} ({mode}); events: {home_of(args) / 'logs' / 'events.jsonl'}; watch: contextwarden tui\n")

@@ -6,6 +6,7 @@ would (``contextwarden.addons.chain``), so the request path, the answers' readin
 over the socket pair ``FD``:
 
     start       the options (profile, home, plugins)       → ready {proxy settings} | fatal {message}
+    running     mitmdump listens                            → reply (the addons' ``running``: discovery files written)
     request     a flow's state, once its request is read   → reply {request changes, response, watch}
     headers     the response's head (no body)               the observer's tap is set on the mirror
     chunk       a piece of the body, as relayed              fed to that tap
@@ -81,7 +82,6 @@ class Engine:
         if error is not None:
             wire.send_blocking(self.sock, "fatal", None, error)
             return 1
-        await self.master.addons.trigger_event(hooks.RunningHook())
         rt = self.warden.runtime
         self._proxy_sent = rt.settings.proxy
         wire.send_blocking(self.sock, "ready", None, {"proxy": rt.settings.proxy, "pid": os.getpid(),
@@ -121,7 +121,10 @@ class Engine:
             if op == "shutdown":
                 return
             try:
-                if op == "request":
+                if op == "running":  # mitmdump listens: now the addons may tell the world (tui.json)
+                    await self.master.addons.trigger_event(hooks.RunningHook())
+                    self._send("reply", key, {})
+                elif op == "request":
                     self._spawn(self.request(key, payload))
                 elif op == "headers":
                     await self.headers(key, payload)

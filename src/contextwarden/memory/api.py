@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import orjson
 
-from ..home import write_private
+from ..home import publish, unpublish
 from ..redact import tenant_id
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,8 @@ class RecallApi:
     def info_path(self) -> Path:
         return Path(self.runtime.home) / INFO_FILE
 
-    def start(self) -> "RecallApi":
+    def start(self, publish: bool = True) -> "RecallApi":
+        """Listen; ``publish``: write the discovery file now (the addon does once the proxy listens)."""
         api = self
 
         class Handler(_Handler):
@@ -97,20 +98,19 @@ class RecallApi:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": POLL_S},
                                         name="cw-recall-api", daemon=True)
         self._thread.start()
-        write_private(self.info_path, orjson.dumps({"host": self.host, "port": self.port, "token": self.token,
-                                                    "pid": os.getpid(), "started": time.time()}))
+        if publish:
+            self.publish()
         return self
+
+    def publish(self) -> None:
+        publish(self.info_path, {"host": self.host, "port": self.port, "token": self.token, "started": time.time()})
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        try:
-            if orjson.loads(self.info_path.read_bytes()).get("token") == self.token:
-                self.info_path.unlink()
-        except (OSError, ValueError):
-            pass
+        unpublish(self.info_path, self.token)
 
     # --- the methods ----------------------------------------------------------------------------------
     def mine(self, credential: str | None) -> list[str] | None:

@@ -6,6 +6,7 @@ defaults. Unknown keys, in YAML or env, are an error that names the key.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,37 @@ def resolve_profile(profile: str | os.PathLike, home: Path | None = None) -> Pat
         return p
     found = available_profiles(home)
     if str(profile) not in found:
-        raise SettingsError(f"unknown profile {profile!r}; available: {', '.join(sorted(found))}")
+        raise SettingsError(f"unknown profile {profile!r}{_did_you_mean(str(profile), found)}; "
+                            f"available: {', '.join(sorted(found))}")
     return found[str(profile)]
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fields_at(loc: tuple) -> dict:
+    """The keys allowed where ``loc`` points (its last part the key): a section's fields, or the top level's."""
+    fields = Settings.model_fields
+    for part in loc[:-1]:
+        ann = getattr(fields.get(str(part)), "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, Section)):
+            return {}
+        fields = ann.model_fields
+    return fields
+
+
+def _load_yaml(path: Path) -> Any:
+    """The file's YAML; a syntax error is one line naming the file and the line."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise SettingsError(f"{where}: invalid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise SettingsError(f"{path}: invalid YAML: {e}") from None
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -107,7 +137,7 @@ def _deep_merge(base: dict, over: dict) -> dict:
 def _read_profile(path: Path, home: Path | None, seen: tuple[Path, ...] = ()) -> dict:
     if path in seen:
         raise SettingsError(f"profile extends itself: {' -> '.join(map(str, seen + (path,)))}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _load_yaml(path) or {}
     if not isinstance(data, dict):
         raise SettingsError(f"{path}: a profile is a mapping of sections")
     parent = data.pop("extends", None)
@@ -163,7 +193,9 @@ def _format_error(e: ValidationError, source: str, environ=None) -> str:
     from_file, from_env = [], []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key" + _did_you_mean(str(err["loc"][-1]), _fields_at(err["loc"]))
         var = _env_var_for(err["loc"], env)
         if var is None:
             from_file.append(f"  {loc}: {msg}")

@@ -1,0 +1,95 @@
+"""What a new user trips over in the first hour (issue 39): a second start, a bad profile, a busy port.
+
+Real processes: ``contextwarden run`` and ``mitmdump -s addons/contextwarden.py`` beside a running proxy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.support.proxy import MITMDUMP, SCRIPT, ProxyProcess
+
+pytestmark = pytest.mark.e2e
+
+CLI = [sys.executable, "-m", "contextwarden"]
+DISCOVERY = ("tui.json", "recall-api.json")
+
+
+def _marked_pids(mark: str) -> list[int]:
+    """Processes (the command and its engine, memory, workers) started with ``CW_TEST_MARK=mark``."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if f"CW_TEST_MARK={mark}".encode() in (d / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _run_marked(cmd: list[str], home: Path, timeout: float = 120) -> tuple[subprocess.CompletedProcess, str]:
+    """Run ``cmd`` with a mark in its environment; return once it and every process it started are gone."""
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "CW_TEST_MARK": mark, "CONTEXTWARDEN_HOME": str(home)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while _marked_pids(mark) and time.monotonic() < deadline:  # its engine ends after it, on its socket's close
+        time.sleep(0.05)
+    assert not _marked_pids(mark), "the failed start left processes behind"
+    return done, done.stdout + done.stderr
+
+
+@pytest.fixture
+def running(tmp_path):
+    with ProxyProcess(tmp_path / "first", profile="observe-only") as proxy:
+        before = {name: (proxy.home / name).read_bytes() for name in DISCOVERY}
+        assert all(orjson.loads(b)["pid"] for b in before.values())
+        yield proxy, before
+
+
+def test_a_second_run_on_the_same_port_leaves_the_running_proxy_reachable(running):
+    proxy, before = running
+    done, out = _run_marked(CLI + ["run", "--home", str(proxy.home), "--profile", "observe-only",
+                                   "--port", str(proxy.port)], proxy.home)
+    assert done.returncode == 1, out
+    # the hint names this command's option, not mitmproxy's --mode regular@PORT
+    assert f"--port {proxy.port + 2}" in out and "--mode" not in out, out
+    assert {name: (proxy.home / name).read_bytes() for name in DISCOVERY} == before
+    session = subprocess.run(CLI + ["session", "--home", str(proxy.home), "list"], capture_output=True, text=True,
+                             timeout=60)
+    assert session.returncode == 0 and "no proxy" not in (session.stdout + session.stderr).lower(), session.stderr
+
+
+def test_a_second_mitmdump_that_cannot_listen_leaves_the_files_alone(running):
+    proxy, before = running
+    done, out = _run_marked([str(MITMDUMP), "-s", str(SCRIPT), "--listen-host", "127.0.0.1", "--listen-port",
+                             str(proxy.port), "--set", f"cw_home={proxy.home}", "--set", "cw_profile=observe-only",
+                             "--set", f"confdir={proxy.confdir}"], proxy.home)
+    assert done.returncode != 0 and "address already in use" in out, out
+    assert {name: (proxy.home / name).read_bytes() for name in DISCOVERY} == before
+
+
+def test_a_bad_profile_under_mitmdump_starts_nothing_and_overwrites_nothing(running):
+    proxy, before = running
+    # its default data directory is the running proxy's: a start with the default profile would write there
+    done, out = _run_marked([str(MITMDUMP), "-s", str(SCRIPT), "--listen-host", "127.0.0.1", "--listen-port", "0",
+                             "--set", "cw_profile=claude-cod", "--set", f"confdir={proxy.confdir}"], proxy.home)
+    assert done.returncode != 0 and "unknown profile 'claude-cod'" in out, out
+    assert "contextwarden: profile" not in out and "event server on" not in out, out  # no normal start-up first
+    assert {name: (proxy.home / name).read_bytes() for name in DISCOVERY} == before
+
+
+def test_run_accepts_connection_strategy_again_after_the_double_dash(tmp_path):
+    done = subprocess.run(CLI + ["run", "--home", str(tmp_path / "h"), "--dry-run", "--",
+                                 "--set", "connection_strategy=lazy"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("connection_strategy=") == 1, done.stdout
