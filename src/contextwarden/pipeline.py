@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from .agents import derive_agent
 from .context import BlockedResponse, RequestContext
-from .dialects import dialect
+from .dialects import NO_PROVIDER, dialect
 from .models import ApiKind, parse_body
 from .models.base import WireModel
 from .history import History
@@ -111,8 +111,26 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         message_raw=raws, raw_exact=exact, known_messages=known.count if known is not None else 0, history=hist,
     )
     ctx.notes["transport"] = transport
+    ctx.notes["provider"] = dialect(api).provider_context(data, body, frozenset(settings.pipeline.provider_take_over))
+    _hand_over(ctx)
     ctx.timings["parse"] = round((time.perf_counter() - t0) * 1000, 3)
     return ctx
+
+
+def _hand_over(ctx: RequestContext) -> None:
+    """The client's delegated edits the profile takes over, out of the request (``ProviderContext.update``:
+    a top-level field set, or removed when None); prepare's and the decided state's request alike."""
+    update = ctx.notes.get("provider", NO_PROVIDER).update
+    if update:
+        req = ctx.request.model_copy()
+        extra = dict(req.__pydantic_extra__ or {})
+        for k, v in update:
+            if v is None:
+                extra.pop(k, None)
+            else:
+                extra[k] = v
+        req.__pydantic_extra__ = extra
+        ctx.request = req
 
 
 def _typed(api: ApiKind, data: dict, raws: list[bytes] | None, conv, entries: list | None = None
@@ -465,9 +483,10 @@ class Pipeline:
             h = ctx.history
             model, hist = _typed(ctx.api, ctx.original, ctx.message_raw, h.conv if h is not None else None,
                                  h.entries if h is not None else None)
-            fctx = dataclasses.replace(ctx, request=model, history=hist, notes={}, stage_results=[], blocked=None,
-                                       deadline=None, budget_ms=None, late_threads=set(),
+            fctx = dataclasses.replace(ctx, request=model, history=hist, notes={"provider": ctx.notes.get("provider", NO_PROVIDER)},
+                                       stage_results=[], blocked=None, deadline=None, budget_ms=None, late_threads=set(),
                                        event_extra={**ctx.event_extra, "fallback": True}, held_events=hold)
+            _hand_over(fctx)
             for stage, fn in self.reappliers():
                 step = f"re-applying {stage}"
                 fn(fctx)
