@@ -15,6 +15,7 @@ Anthropic Messages
     - no empty content, no empty or whitespace-only text block;
     - the latest assistant message's ``thinking``/``redacted_thinking`` blocks identical to the
       original's, signatures included;
+    - the message holding the latest ``compaction`` block, and all before it, as the client sent them;
     - at most 4 ``cache_control`` breakpoints over system + tools + messages;
     - the last message's role unchanged.
 OpenAI Chat Completions (and Ollama's /api/chat)
@@ -369,6 +370,7 @@ def _anthropic(new: dict, original: dict, original_raw: list[bytes] | None = Non
     th_new, th_orig = _last_thinking(msgs), _last_thinking(orig_msgs)
     if _dumps(th_new) != _dumps(th_orig):
         problems.append((("thinking",), "the latest assistant message's thinking blocks differ from the original's"))
+    problems += _compaction_kept(msgs, orig_msgs, original_raw)
 
     n = bps
     if n > MAX_BREAKPOINTS:
@@ -480,6 +482,18 @@ def _item_key(item: Any) -> Any:
     if isinstance(item.get("id"), str):
         return (t, "id", item["id"])
     return ("bytes", _dumps(item))
+
+
+def _compaction_kept(msgs: list, orig_msgs: list, original_raw: list[bytes] | None) -> list[Problem]:
+    """Anthropic's ``compaction`` blocks: the message holding the latest one, and every message before it
+    (the provider drops them, and checks the block), exactly as the client sent them."""
+    if original_raw is not None and len(original_raw) == len(orig_msgs) and not any(b'"compaction"' in r for r in original_raw):
+        return []
+    n = next((i + 1 for i in range(len(orig_msgs) - 1, -1, -1) if isinstance(orig_msgs[i], dict)
+              and any(isinstance(b, dict) and b.get("type") == "compaction" for b in _blocks(orig_msgs[i].get("content")))), 0)
+    if n and msgs[:n] != orig_msgs[:n]:
+        return [(("compaction",), f"messages[:{n}] (up to the latest compaction block) differ from the original's")]
+    return []
 
 
 def _encrypted_items(new: list, orig: list) -> list[Problem]:
