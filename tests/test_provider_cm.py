@@ -12,12 +12,13 @@ import orjson
 import pytest
 
 from contextwarden import hookimpl
-from contextwarden.cost import billed_from_usage, billed_units, provider_compaction
+from contextwarden.cost import billed_from_usage, billed_units, boundaries, provider_compaction
 from contextwarden.dialects import NO_PROVIDER, dialect
 from contextwarden.models.base import ApiKind
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
 from contextwarden.streams.anthropic import AnthropicAssembler
+from contextwarden.tokens import TokenCounter
 from contextwarden.validate import validate_rewrite
 
 from .support.stages import Harness, anthropic_tool_loop, settings_overrides
@@ -147,3 +148,15 @@ def test_the_assembler_reads_compaction_blocks_iterations_and_applied_edits():
     assert provider_compaction(u)["input_tokens"] == 180000
     assert billed_units(u) == pytest.approx(23000 + 180000)
     assert billed_from_usage(u, "claude-sonnet-4-6").cost == pytest.approx(((23000 + 180000) * 3 + (1000 + 3500) * 15) / 1e6)
+
+
+def test_replay_bills_only_what_the_provider_keeps(tmp_path):
+    """What precedes the latest compaction block is dropped by the API: neither side of a replay is billed
+    for it, so a saving there is nobody's."""
+    counter = TokenCounter(load_settings("claude-code", tmp_path).tokens)
+    body = anthropic_tool_loop(3, result_words=300)
+    tail = boundaries(body, counter)[-1].cum
+    body["messages"][5]["content"].insert(0, dict(BLOCK))
+    kept = boundaries(body, counter)[-1].cum
+    body["messages"][2]["content"][0]["content"] = "x"  # a result before the block, cleared: billed the same
+    assert 0 < kept < tail - 500 and boundaries(body, counter)[-1].cum == kept

@@ -15,6 +15,8 @@ The model (Anthropic's documented behaviour):
 - Models before Claude Opus 4.5 drop the thinking blocks of earlier turns from the prompt: once a new
   user message arrives, everything after the first dropped thinking block is a different prefix and is
   written again (the trace's own usage shows exactly these re-writes).
+- With server-side compaction the API drops every message block before the latest ``compaction`` block;
+  the compaction itself is billed apart (``usage.iterations``: :func:`provider_compaction`).
 
 Token counts come from :class:`contextwarden.tokens.TokenCounter`, times an optional ``factor``
 (the provider/estimate ratio, so that dollars are in the provider's tokens).
@@ -182,8 +184,11 @@ def boundaries(body: dict[str, Any], counter, model: str | None = None, factor: 
             push(b"S", b, counter.count_block(ApiKind.ANTHROPIC, b, model) + (MESSAGE_OVERHEAD if i == 0 else 0))
     msgs = body.get("messages") or []
     strip_before = current_turn_start(msgs) if strips_thinking(model) else 0
+    # the provider drops every block before the latest compaction block: not billed, not cached
+    dropped = next((k for k in range(len(msgs) - 1, -1, -1) if isinstance(msgs[k], dict) and isinstance(msgs[k].get("content"), list)
+                    and any(isinstance(b, dict) and b.get("type") == "compaction" for b in msgs[k]["content"])), 0)
     for k, m in enumerate(msgs):
-        if not isinstance(m, dict):
+        if k < dropped or not isinstance(m, dict):
             continue
         role = str(m.get("role")).encode()
         content = m.get("content")

@@ -187,6 +187,7 @@ def anthropic_managed(si, body: dict, est: int) -> Managed:
             g.compaction_usage = {"type": "compaction", "input_tokens": est - g.cleared, "output_tokens": _tokens(SUMMARY),
                                   "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
             g.paused = bool(e.get("pause_after_compaction"))
+            g.dropped += est - g.cleared - _tokens(SUMMARY) - _tokens(msgs[-1:])  # (sampled on the summary onwards)
     return g
 
 
