@@ -46,7 +46,7 @@ def test_the_table_of_cases_anthropic():
     alone = decide(A, {"messages": msgs, "context_management": {"edits": [CLEAR]}}, ["clear_tool_uses", "compaction"])
     assert alone.update == (("context_management", None),)  # nothing left: the field goes
     # a compaction block without the edit: the stages work after it (no step back), never before
-    assert decide(A, {"messages": msgs}) == NO_PROVIDER.__class__(boundary=2)
+    assert decide(A, {"messages": msgs}) == NO_PROVIDER.__class__(boundary=2, dropped=1)
 
 
 def test_the_table_of_cases_responses():
@@ -160,3 +160,19 @@ def test_replay_bills_only_what_the_provider_keeps(tmp_path):
     kept = boundaries(body, counter)[-1].cum
     body["messages"][2]["content"][0]["content"] = "x"  # a result before the block, cleared: billed the same
     assert 0 < kept < tail - 500 and boundaries(body, counter)[-1].cum == kept
+
+
+def test_tokens_in_leave_out_what_the_provider_drops(tmp_path):
+    """The messages before Anthropic's latest compaction block are dropped by the API: not counted as
+    the request's tokens (the stages' triggers read them), the block's own message still is."""
+    h = Harness(tmp_path, overrides=settings_overrides(window=200_000, stages=["strip"]))
+    try:
+        body = anthropic_tool_loop(4, result_words=300, thinking=False, session="pcm-count")
+        whole = h.send(A, copy.deepcopy(body)).ctx.tokens_in
+        body["messages"][13]["content"].insert(0, dict(BLOCK))
+        sent = h.send(A, copy.deepcopy(body))
+        tail = {**body, "messages": body["messages"][13:]}
+        assert sent.ctx.notes["provider"].dropped == 13
+        assert sent.ctx.tokens_in == h.rt.tokens.count_request(A, tail) < whole / 2
+    finally:
+        h.close()

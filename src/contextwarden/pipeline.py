@@ -28,6 +28,7 @@ from .models import ApiKind, parse_body
 from .models.base import WireModel
 from .history import History
 from .stageclock import StageClock
+from .tokens import current_turn_start, strips_thinking
 from .validate import FactCache, validate_rewrite
 from .redact import redact_headers, redact_path, tenant_of
 from .sessions import derive_session
@@ -160,17 +161,30 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
             n, keep = _count_remembering(ctx, wire, h.entries if h is not None else None, raw=ctx.message_raw)
             if h is not None:
                 h.tokens_kept = keep
-            return n
+            return n - _provider_dropped(ctx)
         srcs = h.wire_entries if h is not None else None
         kept = h.tokens_kept if h is not None else None
         msgs = wire.get("messages")
         if srcs is None or not isinstance(msgs, list) or len(srcs) != len(msgs):
-            return tokens.count_request(ctx.api, wire, ctx.model, reuse=kept, raw=raws)
+            return tokens.count_request(ctx.api, wire, ctx.model, reuse=kept, raw=raws) - _provider_dropped(ctx)
         # messages with an entry (the original's unchanged ones, derived ones) have their count
-        return _count_remembering(ctx, wire, srcs, reuse=kept, raw=raws)[0]
+        return _count_remembering(ctx, wire, srcs, reuse=kept, raw=raws)[0] - _provider_dropped(ctx)
     except Exception as e:  # accounting must never cost a request
         ctx.emit("error", where="tokens", message=str(e))
         return None
+
+
+def _provider_dropped(ctx: RequestContext) -> int:
+    """Tokens of the leading messages the provider drops (before its latest compaction block: the model
+    never reads them, and they are not ours to save), from the original's per-message counts (the
+    validator keeps those messages as they came in any rewrite)."""
+    d = ctx.notes.get("provider", NO_PROVIDER).dropped
+    kept = ctx.history.tokens_kept if d and ctx.history is not None else None
+    if not kept:
+        return 0
+    msgs, entries = kept[0], kept[1]
+    cut = current_turn_start(msgs) if dialect(ctx.api).thinking_dropped and strips_thinking(ctx.model) else 0
+    return sum(t - (th if i < cut else 0) for i, (t, th) in enumerate(entries[:d]))  # (thinking: not counted there)
 
 
 def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list | None, **kw) -> tuple[int, Any]:

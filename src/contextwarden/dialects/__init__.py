@@ -31,6 +31,7 @@ class ProviderContext:
     clears_thinking: bool = False  # the provider clears thinking (Anthropic clear_thinking_20251015)
     compacts: bool = False  # the provider compacts (compact_20260112; Responses compact_threshold; compaction_trigger)
     boundary: int = 0
+    dropped: int = 0  # leading messages the provider drops (Anthropic: those before the compaction block's)
     taken: tuple[str, ...] = ()  # what was delegated and is taken over (pipeline.provider_take_over)
     update: tuple[tuple[str, Any], ...] = ()
 

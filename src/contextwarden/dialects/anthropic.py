@@ -151,7 +151,7 @@ def provider(body: dict, raw: bytes, take_over: frozenset[str]) -> ProviderConte
         update = (("context_management", {**cm, "edits": kept} if kept else None),)
     return ProviderContext(clears_tool_uses=CLEAR_TOOL_USES in kinds and "clear_tool_uses" not in taken,
                            clears_thinking=CLEAR_THINKING in kinds, compacts=COMPACT in kinds and "compaction" not in taken,
-                           boundary=boundary, taken=taken, update=update)
+                           boundary=boundary, dropped=max(0, boundary - 1), taken=taken, update=update)
 
 
 DIALECT = Dialect(ApiKind.ANTHROPIC, "messages", am.MessagesRequest, am.Message, entry, tool_calls, check,
