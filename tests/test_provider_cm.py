@@ -176,3 +176,18 @@ def test_tokens_in_leave_out_what_the_provider_drops(tmp_path):
         assert sent.ctx.tokens_in == h.rt.tokens.count_request(A, tail) < whole / 2
     finally:
         h.close()
+
+
+def test_thinking_kept_by_a_keep_all_edit_is_counted_and_billed(tmp_path):
+    """Claude Code sends ``clear_thinking_20251015`` with ``keep: "all"``: a model that drops earlier turns'
+    thinking by default keeps it then, so the count and the replayed bill include it."""
+    h = Harness(tmp_path, overrides=settings_overrides(window=200_000, stages=["strip"]))
+    try:
+        body = anthropic_tool_loop(4, result_words=100, session="pcm-think")  # claude-sonnet-4-5: drops it by default
+        dropped = h.send(A, copy.deepcopy(body)).ctx.tokens_in
+        kept_body = {**body, "context_management": {"edits": [THINK]}}
+        kept = h.send(A, copy.deepcopy(kept_body)).ctx.tokens_in
+        assert kept == h.rt.tokens.count_request(A, {**body, "model": "claude-opus-4-6"}) > dropped
+        assert boundaries(kept_body, h.rt.tokens)[-1].cum > boundaries(body, h.rt.tokens)[-1].cum
+    finally:
+        h.close()

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from .dialects import dialect
 from .models.base import ApiKind
 from .tokens import MESSAGE_OVERHEAD, REQUEST_OVERHEAD, current_turn_start, strips_thinking
 
@@ -183,7 +184,8 @@ def boundaries(body: dict[str, Any], counter, model: str | None = None, factor: 
         for i, b in enumerate(system):
             push(b"S", b, counter.count_block(ApiKind.ANTHROPIC, b, model) + (MESSAGE_OVERHEAD if i == 0 else 0))
     msgs = body.get("messages") or []
-    strip_before = current_turn_start(msgs) if strips_thinking(model) else 0
+    kept = dialect(ApiKind.ANTHROPIC).provider_context(body, b"").keeps_thinking  # (clear_thinking keep "all")
+    strip_before = current_turn_start(msgs) if strips_thinking(model) and not kept else 0
     # the provider drops every block before the latest compaction block: not billed, not cached
     dropped = next((k for k in range(len(msgs) - 1, -1, -1) if isinstance(msgs[k], dict) and isinstance(msgs[k].get("content"), list)
                     and any(isinstance(b, dict) and b.get("type") == "compaction" for b in msgs[k]["content"])), 0)

@@ -175,16 +175,20 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
 
 
 def _provider_dropped(ctx: RequestContext) -> int:
-    """Tokens of the leading messages the provider drops (before its latest compaction block: the model
-    never reads them, and they are not ours to save), from the original's per-message counts (the
-    validator keeps those messages as they came in any rewrite)."""
-    d = ctx.notes.get("provider", NO_PROVIDER).dropped
-    kept = ctx.history.tokens_kept if d and ctx.history is not None else None
+    """Tokens of the count that the provider does not read: the leading messages it drops (before its
+    latest compaction block: not ours to save either), less the earlier turns' thinking a ``keep: "all"``
+    edit keeps (which the count leaves out for models that drop it by default). From the original's
+    per-message counts (the validator keeps those messages as they came in any rewrite)."""
+    pc = ctx.notes.get("provider", NO_PROVIDER)
+    kept = ctx.history.tokens_kept if (pc.dropped or pc.keeps_thinking) and ctx.history is not None else None
     if not kept:
         return 0
     msgs, entries = kept[0], kept[1]
     cut = current_turn_start(msgs) if dialect(ctx.api).thinking_dropped and strips_thinking(ctx.model) else 0
-    return sum(t - (th if i < cut else 0) for i, (t, th) in enumerate(entries[:d]))  # (thinking: not counted there)
+    off = sum(t - (th if i < cut else 0) for i, (t, th) in enumerate(entries[:pc.dropped]))
+    if pc.keeps_thinking:
+        off -= sum(th for _, th in entries[pc.dropped:cut])
+    return off
 
 
 def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list | None, **kw) -> tuple[int, Any]:

@@ -29,6 +29,7 @@ class ProviderContext:
 
     clears_tool_uses: bool = False  # the provider clears tool uses (Anthropic clear_tool_uses_20250919)
     clears_thinking: bool = False  # the provider clears thinking (Anthropic clear_thinking_20251015)
+    keeps_thinking: bool = False  # ... with ``keep: "all"``: earlier turns' thinking stays in the prompt (Claude Code)
     compacts: bool = False  # the provider compacts (compact_20260112; Responses compact_threshold; compaction_trigger)
     boundary: int = 0
     dropped: int = 0  # leading messages the provider drops (Anthropic: those before the compaction block's)

@@ -149,8 +149,10 @@ def provider(body: dict, raw: bytes, take_over: frozenset[str]) -> ProviderConte
     if taken:  # the client's edit out; what is left of context_management (none: the field goes)
         kept = [e for e in edits if not (isinstance(e, dict) and _TAKEN_AS.get(e.get("type")) in taken)]
         update = (("context_management", {**cm, "edits": kept} if kept else None),)
+    keep_all = any(isinstance(e, dict) and e.get("type") == CLEAR_THINKING and e.get("keep") in ("all", {"type": "all"})
+                   for e in edits) if kinds else False
     return ProviderContext(clears_tool_uses=CLEAR_TOOL_USES in kinds and "clear_tool_uses" not in taken,
-                           clears_thinking=CLEAR_THINKING in kinds, compacts=COMPACT in kinds and "compaction" not in taken,
+                           clears_thinking=CLEAR_THINKING in kinds, keeps_thinking=keep_all, compacts=COMPACT in kinds and "compaction" not in taken,
                            boundary=boundary, dropped=max(0, boundary - 1), taken=taken, update=update)
 
 
