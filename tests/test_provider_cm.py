@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 
-import orjson
 import pytest
 
 from contextwarden import hookimpl
@@ -31,7 +30,7 @@ BLOCK = {"type": "compaction", "content": "Summary so far.", "encrypted_content"
 
 
 def decide(api, body, take=()):
-    return dialect(api).provider_context(body, orjson.dumps(body), frozenset(take))
+    return dialect(api).provider_context(body, None, frozenset(take))
 
 
 def test_the_table_of_cases_anthropic():
@@ -61,15 +60,24 @@ def test_the_table_of_cases_responses():
     assert trig.compacts and trig.boundary == 4  # asked for now: never taken over
 
 
+def test_the_boundary_is_looked_for_in_the_new_messages_only():
+    msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": [BLOCK]}, {"role": "user", "content": "b"}]
+    assert decide(A, {"messages": msgs}).boundary == 2
+    # (n, index) the previous request found in its first n messages: taken as it is, the rest looked at
+    assert dialect(A).provider_context({"messages": msgs}, (2, 0)).boundary == 0
+    assert dialect(A).provider_context({"messages": msgs + msgs}, (3, 2)).boundary == 5
+
+
 def test_the_validator_keeps_a_compaction_block_and_what_precedes_it():
     body = anthropic_tool_loop(3, result_words=50)
     body["messages"][3]["content"].insert(0, dict(BLOCK))
-    assert validate_rewrite(A, copy.deepcopy(body), body) == []
+    fixed = decide(A, body).boundary
+    assert fixed == 4 and validate_rewrite(A, copy.deepcopy(body), body, fixed=fixed) == []
     for edit in (lambda m: m[3]["content"][0].update(content="Edited."),  # the block changed
                  lambda m: m[2]["content"][0].update(content="stub")):  # a message the provider drops, changed
         bad = copy.deepcopy(body)
         edit(bad["messages"])
-        assert any("compaction" in p for p in validate_rewrite(A, bad, body))
+        assert any("compaction" in p for p in validate_rewrite(A, bad, body, fixed=fixed))
 
 
 class Failing:

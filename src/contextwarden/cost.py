@@ -184,7 +184,7 @@ def boundaries(body: dict[str, Any], counter, model: str | None = None, factor: 
         for i, b in enumerate(system):
             push(b"S", b, counter.count_block(ApiKind.ANTHROPIC, b, model) + (MESSAGE_OVERHEAD if i == 0 else 0))
     msgs = body.get("messages") or []
-    kept = dialect(ApiKind.ANTHROPIC).provider_context(body, b"").keeps_thinking  # (clear_thinking keep "all")
+    kept = dialect(ApiKind.ANTHROPIC).provider_context(body).keeps_thinking  # (clear_thinking keep "all")
     strip_before = current_turn_start(msgs) if strips_thinking(model) and not kept else 0
     # the provider drops every block before the latest compaction block: not billed, not cached
     dropped = next((k for k in range(len(msgs) - 1, -1, -1) if isinstance(msgs[k], dict) and isinstance(msgs[k].get("content"), list)

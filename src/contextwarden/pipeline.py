@@ -112,10 +112,16 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         message_raw=raws, raw_exact=exact, known_messages=known.count if known is not None else 0, history=hist,
     )
     ctx.notes["transport"] = transport
-    ctx.notes["provider"] = dialect(api).provider_context(data, body, frozenset(settings.pipeline.provider_take_over))
+    seen = hist.carried(_PROVIDER) if hist is not None else None  # (only the new messages are looked at)
+    pc = ctx.notes["provider"] = dialect(api).provider_context(data, seen, frozenset(settings.pipeline.provider_take_over))
+    if hist is not None:
+        hist.carry_on(_PROVIDER, len(hist.entries), pc.boundary)
     _hand_over(ctx)
     ctx.timings["parse"] = round((time.perf_counter() - t0) * 1000, 3)
     return ctx
+
+
+_PROVIDER = "provider"  # the conversation's slot: where the latest compaction block of the messages seen is
 
 
 def _hand_over(ctx: RequestContext) -> None:
@@ -541,6 +547,7 @@ class Pipeline:
         t0 = time.perf_counter()
         h = ctx.history
         problems = validate_rewrite(ctx.api, wire, ctx.original, original_raw=ctx.message_raw, raw=raws,
+                                    fixed=ctx.notes.get("provider", NO_PROVIDER).boundary,
                                     facts=self.runtime.memo("validate.facts", FactCache),
                                     checkpoints=h.conv.checkpoints if h is not None and h.conv is not None else None)
         t["validate"] = _ms(t0)

@@ -15,7 +15,6 @@ Anthropic Messages
     - no empty content, no empty or whitespace-only text block;
     - the latest assistant message's ``thinking``/``redacted_thinking`` blocks identical to the
       original's, signatures included;
-    - the message holding the latest ``compaction`` block, and all before it, as the client sent them;
     - at most 4 ``cache_control`` breakpoints over system + tools + messages;
     - the last message's role unchanged.
 OpenAI Chat Completions (and Ollama's /api/chat)
@@ -30,6 +29,8 @@ OpenAI Responses
       ``encrypted_content``) byte-identical to one of the original's, or gone;
     - a reasoning item and the item it precedes (the call or message it was produced with) kept or
       dropped together, and still adjacent.
+
+Every API: the history up to the provider's latest compaction block or item (``fixed``), as it came.
 
 A defect the client's own body already had (the same tool id unanswered, the same empty message...)
 is not reported: the validator judges the rewrite, not the client. Checking is linear in the number of
@@ -59,14 +60,17 @@ Problem = tuple[tuple, str]
 
 def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str, Any],
                      original_raw: list[bytes] | None = None, raw: list[bytes | None] | None = None,
-                     facts: "FactCache | None" = None, checkpoints: "Checkpoints | None" = None) -> list[str]:
+                     facts: "FactCache | None" = None, checkpoints: "Checkpoints | None" = None,
+                     fixed: int = 0) -> list[str]:
     """Problems of the rewritten body ``new`` compared with the client's ``original`` (empty = valid).
 
     ``original_raw``: ``orjson.dumps`` of each of the original's messages, when the caller has them: a
     message of ``new`` equal to the original's at the same index (or the same index from the end) is
     looked up under those bytes instead of being dumped again. ``raw``: the same for ``new``'s messages
     where the caller knows them (None elsewhere). ``facts`` (the runtime's) and ``checkpoints`` (the
-    conversation's) remember what earlier checks found; without them the check starts cold."""
+    conversation's) remember what earlier checks found; without them the check starts cold. ``fixed``: the
+    first history entries are the provider's (up to its latest compaction block or item: ProviderContext.
+    boundary) and must be the original's, as they came."""
     try:
         api = ApiKind(api)
     except ValueError:
@@ -82,6 +86,9 @@ def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str
         found = check(new, original, original_raw, raw, facts, checkpoints)
     except Exception as e:  # a body shaped so oddly that checking it fails is not sent
         return [f"validator could not read the rewritten body: {type(e).__name__}: {e}"]
+    hk = dialect(api).history_key
+    if fixed and (new.get(hk) or [])[:fixed] != (original.get(hk) or [])[:fixed]:
+        found = [*found, (("provider-prefix",), f"{hk}[:{fixed}] (up to the provider's latest compaction) differ from the original's")]
     if not found:
         return []
     try:
@@ -370,7 +377,6 @@ def _anthropic(new: dict, original: dict, original_raw: list[bytes] | None = Non
     th_new, th_orig = _last_thinking(msgs), _last_thinking(orig_msgs)
     if _dumps(th_new) != _dumps(th_orig):
         problems.append((("thinking",), "the latest assistant message's thinking blocks differ from the original's"))
-    problems += _compaction_kept(msgs, orig_msgs, original_raw)
 
     n = bps
     if n > MAX_BREAKPOINTS:
@@ -482,18 +488,6 @@ def _item_key(item: Any) -> Any:
     if isinstance(item.get("id"), str):
         return (t, "id", item["id"])
     return ("bytes", _dumps(item))
-
-
-def _compaction_kept(msgs: list, orig_msgs: list, original_raw: list[bytes] | None) -> list[Problem]:
-    """Anthropic's ``compaction`` blocks: the message holding the latest one, and every message before it
-    (the provider drops them, and checks the block), exactly as the client sent them."""
-    if original_raw is not None and len(original_raw) == len(orig_msgs) and not any(b'"compaction"' in r for r in original_raw):
-        return []
-    n = next((i + 1 for i in range(len(orig_msgs) - 1, -1, -1) if isinstance(orig_msgs[i], dict)
-              and any(isinstance(b, dict) and b.get("type") == "compaction" for b in _blocks(orig_msgs[i].get("content")))), 0)
-    if n and msgs[:n] != orig_msgs[:n]:
-        return [(("compaction",), f"messages[:{n}] (up to the latest compaction block) differ from the original's")]
-    return []
 
 
 def _encrypted_items(new: list, orig: list) -> list[Problem]:

@@ -55,12 +55,14 @@ def taking_over(delegated: dict[str, bool], take_over: frozenset[str]) -> tuple[
     return tuple(k for k, on in delegated.items() if on and k in take_over)
 
 
-def last_index(items: Any, raw: bytes, found: Callable[[Any], bool]) -> int:
-    """The index after the last history entry ``found`` is true of, or 0 (no scan when ``raw``, the
-    body's JSON, does not name a compaction at all)."""
-    if not isinstance(items, list) or b'"compaction' not in raw:
+def last_index(items: Any, found: Callable[[Any], bool], known: tuple[int, int] | None = None) -> int:
+    """The index after the last history entry ``found`` is true of, or 0. ``known``: ``(n, index)``
+    worked out for the first ``n`` entries by the conversation's previous request: only the entries
+    after them are looked at."""
+    if not isinstance(items, list):
         return 0
-    return next((i + 1 for i in range(len(items) - 1, -1, -1) if found(items[i])), 0)
+    n, prior = known if known is not None and known[0] <= len(items) else (0, 0)
+    return next((i + 1 for i in range(len(items) - 1, n - 1, -1) if found(items[i])), prior)
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,10 @@ class Dialect:
     summary_request: Callable[[dict, str, str, str, int], tuple[dict, dict]] | None = None
     # where that request goes when not to the client's own endpoint: request path -> (path, API of it)
     summary_route: Callable[[str], tuple[str, ApiKind]] | None = None
-    # the provider's own context management a request asks for: (body, its JSON bytes, kinds the profile
-    # takes over) -> ProviderContext (None: the API has none)
-    provider: Callable[[dict, bytes, frozenset[str]], ProviderContext] | None = None
+    # the provider's own context management a request asks for: (body, what the previous request worked
+    # out about its first messages (last_index), kinds the profile takes over) -> ProviderContext (None:
+    # the API has none)
+    provider: Callable[[dict, tuple[int, int] | None, frozenset[str]], ProviderContext] | None = None
 
     def body(self, history: list, model: str, **extra) -> dict[str, Any]:
         """A minimal request body of this API around ``history`` (replay, evaluations)."""
@@ -110,10 +113,11 @@ class Dialect:
         v = body.get(self.history_key) if isinstance(body, dict) else getattr(body, self.history_key, None)
         return v if isinstance(v, list) else None
 
-    def provider_context(self, body: dict, raw: bytes, take_over: frozenset[str] = frozenset()) -> ProviderContext:
-        """What ``body`` (``raw``: its JSON) delegates to the provider (the one decision per request:
-        pipeline.prepare)."""
-        return self.provider(body, raw, take_over) if self.provider is not None else NO_PROVIDER
+    def provider_context(self, body: dict, known: tuple[int, int] | None = None,
+                         take_over: frozenset[str] = frozenset()) -> ProviderContext:
+        """What ``body`` delegates to the provider (the one decision per request: pipeline.prepare;
+        ``known``: see :func:`last_index`)."""
+        return self.provider(body, known, take_over) if self.provider is not None else NO_PROVIDER
 
     def parse(self, body: dict) -> WireModel:
         return self.request_model.model_validate(body)

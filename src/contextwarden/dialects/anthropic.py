@@ -135,13 +135,13 @@ def _holds_compaction(m: Any) -> bool:
     return isinstance(c, list) and any(isinstance(b, dict) and b.get("type") == "compaction" for b in c)
 
 
-def provider(body: dict, raw: bytes, take_over: frozenset[str]) -> ProviderContext:
+def provider(body: dict, known: tuple[int, int] | None, take_over: frozenset[str]) -> ProviderContext:
     """``context_management.edits`` and the latest message holding a ``compaction`` block (the API drops
     every block before it, and the block goes back as it came)."""
     cm = body.get("context_management")
     edits = cm.get("edits") if isinstance(cm, dict) else None
     kinds = {e.get("type") for e in edits if isinstance(e, dict)} if isinstance(edits, list) else set()
-    boundary = last_index(body.get("messages"), raw, _holds_compaction)
+    boundary = last_index(body.get("messages"), _holds_compaction, known)
     if not kinds and not boundary:
         return NO_PROVIDER
     taken = taking_over({v: k in kinds for k, v in _TAKEN_AS.items()}, take_over)

@@ -144,14 +144,14 @@ def _compaction_item(it: Any) -> bool:
     return isinstance(it, dict) and isinstance(it.get("type"), str) and it["type"].startswith("compaction")
 
 
-def provider(body: dict, raw: bytes, take_over: frozenset[str]) -> ProviderContext:
+def provider(body: dict, known: tuple[int, int] | None, take_over: frozenset[str]) -> ProviderContext:
     """``context_management`` entries of type ``compaction`` (``compact_threshold``), an on-demand
     ``compaction_trigger`` (the last input item: never taken over, the client asked for it now), and the
     latest compaction item (kept byte-exact, with all before it)."""
     cm = body.get("context_management")
     auto = isinstance(cm, list) and any(isinstance(e, dict) and e.get("type") == "compaction" for e in cm)
     items = body.get("input")
-    boundary = last_index(items, raw, _compaction_item)
+    boundary = last_index(items, _compaction_item, known)
     now = boundary > 0 and boundary == len(items) and items[-1].get("type") == "compaction_trigger"
     if not auto and not boundary:
         return NO_PROVIDER
