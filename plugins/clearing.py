@@ -55,7 +55,7 @@ import orjson
 
 from contextwarden import hookimpl
 from contextwarden.conversation import image_count, input_hint, maybe_json, result_text, shorten
-from contextwarden.dialects import dialect
+from contextwarden.dialects import NO_PROVIDER, dialect
 from contextwarden.history import same_prefix, session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.secrets import redact_text
@@ -627,7 +627,7 @@ def _clear(ctx, decide: bool) -> None:
     if st is None:
         return
     _reapply(st)
-    if decide:
+    if decide and not ctx.notes.get("provider", NO_PROVIDER).clearing_steps_back:  # (the provider clears)
         _choose(st)
     _commit_step(st)
 
@@ -788,6 +788,7 @@ def _choose(st: _Clearing) -> None:
     total, trigger, keep_recent, clear_at_least = st.total, st.trigger, st.keep_recent, st.clear_at_least
     exclude, pinned, unseen_from, remembered = st.exclude, st.pinned, st.unseen_from, st.remembered
     input_allowed, new_recs = st.input_allowed, st.new_recs
+    boundary = ctx.notes.get("provider", NO_PROVIDER).boundary
     if total - st.freed > trigger and not ctl.holds(total - st.freed, ctx.settings):
         if st.resumed:
             # the previous request's messages: their orders and the slots step 2 may clear there are
@@ -807,8 +808,9 @@ def _choose(st: _Clearing) -> None:
                 continue
             if editing and s.tool in READ_TOOLS and _path_of(s.tool_input) in editing:
                 continue
-            if s.index >= unseen_from:
-                continue  # results the model has not read yet are never cleared (keep_recent 0 included)
+            if s.index >= unseen_from or s.index < boundary:
+                continue  # results the model has not read yet are never cleared (keep_recent 0 included),
+                # nor those the provider's compaction holds or dropped
             toks = 0
             if not s.text.startswith(STUB_PREFIX):
                 toks = _result_tokens(ctx, s)

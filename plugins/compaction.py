@@ -59,7 +59,7 @@ from contextwarden import hookimpl
 from contextwarden.conversation import (SpanHasher, breakpoint_ttls, count_breakpoints, cut_points, digest_memo,
                                         entries, entry, tool_calls, transcript)
 from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors
-from contextwarden.dialects import dialect
+from contextwarden.dialects import NO_PROVIDER, ProviderContext, dialect
 from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
@@ -359,16 +359,6 @@ def _summary_cache_control(ctx, cfg, kept: list[Any]) -> dict | None:
     return {"type": "ephemeral"}
 
 
-def _after_client_compaction(items: list[Any]) -> int:
-    """The index after the last item of the client's own compaction (Codex's ``compaction`` items,
-    whose ``encrypted_content`` is the summary the server made), or 0: compaction only starts after it."""
-    for i in range(len(items) - 1, -1, -1):
-        it = items[i]
-        if isinstance(it, dict) and isinstance(it.get("type"), str) and it["type"].startswith("compaction"):
-            return i + 1
-    return 0
-
-
 @hookimpl
 def cw_request(ctx) -> None:
     _compact(ctx, decide=True)
@@ -411,7 +401,9 @@ class _Decision:
 def _compact(ctx, decide: bool) -> None:
     """find (the session's decision that still applies) → decide (when ``decide``: compact further?) →
     summarise (a new decision, stored) → apply (the summary in place of the span it covers)."""
-    f = _frame(ctx, decide)
+    provider = ctx.notes.get("provider", NO_PROVIDER)
+    decide = decide and not provider.compaction_steps_back  # (the provider compacts: its earlier summary only)
+    f = _frame(ctx, decide, provider)
     if f is None:
         return
     _find(f)
@@ -425,7 +417,7 @@ def _compact(ctx, decide: bool) -> None:
         _apply(f, active, reused=new is None, trigger=d.trigger, cost=d.cost, llm_usage=llm_usage)
 
 
-def _frame(ctx, decide: bool) -> _Compaction | None:
+def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
     """The request as compaction reads it, or None when there is nothing to do (the common case costs
     nothing more)."""
     cfg = ctx.settings.compaction
@@ -469,8 +461,7 @@ def _frame(ctx, decide: bool) -> _Compaction | None:
     lead = 0
     while lead < n and entry(api, lead, orig[lead]).side == "system":
         lead += 1
-    if api is ApiKind.OPENAI_RESPONSES:  # the client's own compaction (Codex): kept, with all before it
-        lead = max(lead, _after_client_compaction(orig))
+    lead = max(lead, provider.boundary)  # the provider's compaction: kept, with all before it
     spans = SpanHasher(orig, rt.memo("conversation.digests", digest_memo))
     last_asst = next((i for i in range(n - 1, -1, -1) if entry(api, i, orig[i]).side == "assistant"), -1)
     return _Compaction(ctx=ctx, cfg=cfg, api=api, req=req, current=current, orig=orig, level=level, soft=soft,

@@ -15,6 +15,8 @@ The model (Anthropic's documented behaviour):
 - Models before Claude Opus 4.5 drop the thinking blocks of earlier turns from the prompt: once a new
   user message arrives, everything after the first dropped thinking block is a different prefix and is
   written again (the trace's own usage shows exactly these re-writes).
+- With server-side compaction the API drops every message block before the latest ``compaction`` block;
+  the compaction itself is billed apart (``usage.iterations``: :func:`provider_compaction`).
 
 Token counts come from :class:`contextwarden.tokens.TokenCounter`, times an optional ``factor``
 (the provider/estimate ratio, so that dollars are in the provider's tokens).
@@ -28,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from .dialects import dialect
 from .models.base import ApiKind
 from .tokens import MESSAGE_OVERHEAD, REQUEST_OVERHEAD, current_turn_start, strips_thinking
 
@@ -75,15 +78,33 @@ def cache_factors(api: Any) -> tuple[float, float]:
     return CACHE_FACTORS.get(getattr(api, "value", api), CACHE_FACTORS["anthropic"])
 
 
+def _num(d: dict[str, Any], k: str) -> float:
+    v = d.get(k)
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+
+_COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+def provider_compaction(usage: dict[str, Any] | None) -> dict[str, int]:
+    """The provider's own compaction in a response's usage: its ``iterations`` entries of type
+    ``compaction`` summed (Anthropic: "A compaction entry's tokens are not included in the top-level
+    usage fields"; billed like any sampling). Empty when there was none."""
+    its = (usage or {}).get("iterations")
+    comp = [i for i in its if isinstance(i, dict) and i.get("type") == "compaction"] if isinstance(its, list) else []
+    return {k: int(sum(_num(i, k) for i in comp)) for k in _COUNTS} | {"iterations": len(comp)} if comp else {}
+
+
 def billed_units(usage: dict[str, Any]) -> float:
     """Input units a response's reported usage was billed, in uncached-input tokens: input 1x, cache
-    writes 1.25x (5-minute), cache reads 0.1x. Fields that are not numbers count 0."""
-    def g(k: str) -> float:
-        v = usage.get(k)
-        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+    writes 1.25x (5-minute), cache reads 0.1x, the provider's compaction iterations included. Fields
+    that are not numbers count 0."""
+    def units(u: dict[str, Any]) -> float:
+        return (_num(u, "input_tokens") + WRITE_MULT[TTL_5M] * _num(u, "cache_creation_input_tokens")
+                + READ_MULT * _num(u, "cache_read_input_tokens"))
 
-    return (g("input_tokens") + WRITE_MULT[TTL_5M] * g("cache_creation_input_tokens")
-            + READ_MULT * g("cache_read_input_tokens"))
+    comp = provider_compaction(usage)
+    return units(usage) + (units(comp) if comp else 0)
 
 
 def price_for(model: str | None) -> Price:
@@ -163,9 +184,13 @@ def boundaries(body: dict[str, Any], counter, model: str | None = None, factor: 
         for i, b in enumerate(system):
             push(b"S", b, counter.count_block(ApiKind.ANTHROPIC, b, model) + (MESSAGE_OVERHEAD if i == 0 else 0))
     msgs = body.get("messages") or []
-    strip_before = current_turn_start(msgs) if strips_thinking(model) else 0
+    kept = dialect(ApiKind.ANTHROPIC).provider_context(body).keeps_thinking  # (clear_thinking keep "all")
+    strip_before = current_turn_start(msgs) if strips_thinking(model) and not kept else 0
+    # the provider drops every block before the latest compaction block: not billed, not cached
+    dropped = next((k for k in range(len(msgs) - 1, -1, -1) if isinstance(msgs[k], dict) and isinstance(msgs[k].get("content"), list)
+                    and any(isinstance(b, dict) and b.get("type") == "compaction" for b in msgs[k]["content"])), 0)
     for k, m in enumerate(msgs):
-        if not isinstance(m, dict):
+        if k < dropped or not isinstance(m, dict):
             continue
         role = str(m.get("role")).encode()
         content = m.get("content")
@@ -240,13 +265,15 @@ class PromptCache:
 
 
 def billed_from_usage(usage: dict[str, Any] | None, model: str | None) -> Bill:
-    """What a response's reported usage cost (5-minute writes assumed)."""
+    """What a response's reported usage cost (5-minute writes assumed; the provider's compaction
+    iterations included)."""
     u = usage or {}
     price = price_for(model)
-    inp = int(u.get("input_tokens") or 0)
-    read = int(u.get("cache_read_input_tokens") or 0)
-    write = int(u.get("cache_creation_input_tokens") or 0)
-    out = int(u.get("output_tokens") or 0)
+    comp = provider_compaction(u)  # (the provider's compaction: billed, not in the top-level fields)
+    inp = int(u.get("input_tokens") or 0) + comp.get("input_tokens", 0)
+    read = int(u.get("cache_read_input_tokens") or 0) + comp.get("cache_read_input_tokens", 0)
+    write = int(u.get("cache_creation_input_tokens") or 0) + comp.get("cache_creation_input_tokens", 0)
+    out = int(u.get("output_tokens") or 0) + comp.get("output_tokens", 0)
     return Bill(tokens=inp + read + write, read=read, write=write, uncached=inp, output=out,
                 input_cost=(inp + read * READ_MULT + write * WRITE_MULT[TTL_5M]) * price.input / 1e6,
                 output_cost=out * price.output / 1e6)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from .cost import billed_from_usage, billed_units, usage_usd
+from .cost import billed_from_usage, billed_units, provider_compaction, usage_usd
 from .events import Event
 
 PROTOCOL = 1
@@ -111,6 +111,7 @@ class Totals:
             "usage_cache_read", "usage_cache_write", "billed_units", "est_saved_units", "measured_turns",
             "usd", "est_saved_usd", "priced_turns",
             "saving_turns_tokens_in", "saving_turns_tokens_sent",
+            "provider_compactions", "provider_compaction_units", "provider_cleared",
             "memory_stored", "memory_text_only", "memory_dropped")
     # the latest value, not a sum: memory's ingestion backlog (items waiting to be embedded), how many
     # of those are searchable by their words already, and how long the last stored batch's oldest item
@@ -192,12 +193,17 @@ class Totals:
                 self.usage_output += o
                 self.usage_cache_read += cr
                 self.usage_cache_write += cw
-                self.billed_units += billed
+                self.billed_units += billed  # (the provider's compaction included: cost.billed_units)
                 self.measured_turns += 1
                 usd = usage_usd(usage, data.get("model"))
                 if usd is not None:
                     self.usd += usd
                     self.priced_turns += 1
+                comp = provider_compaction(usage)  # the provider's own context management, apart
+                if comp:
+                    self.provider_compactions += comp["iterations"]
+                    self.provider_compaction_units += billed_units(comp)
+                self.provider_cleared += num(usage.get("provider_cleared_tokens"))
                 ti, ts = data.get("tokens_in"), data.get("tokens_sent")
                 if isinstance(ti, (int, float)) and isinstance(ts, (int, float)) and ts > 0:
                     # what the freed tokens would have cost at the rate this turn paid per sent token

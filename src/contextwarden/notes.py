@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 class Notes(TypedDict, total=False):
     # the core (pipeline.prepare, lifecycle.admit)
     transport: str  # "http", or "websocket" for a message of the Responses WebSocket
+    provider: Any  # what the client delegated to the provider (dialects.ProviderContext): read once, in prepare
     replay: dict[str, Any]  # replay only: {"ts", "index", "target_tokens"?} (plugins/baselines.py reads it)
     # budget
     level: Any  # the budget level (budget.Level, compares equal to its name), None: NORMAL

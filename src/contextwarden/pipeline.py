@@ -23,11 +23,12 @@ from pydantic import ValidationError
 
 from .agents import derive_agent
 from .context import BlockedResponse, RequestContext
-from .dialects import dialect
+from .dialects import NO_PROVIDER, dialect
 from .models import ApiKind, parse_body
 from .models.base import WireModel
 from .history import History
 from .stageclock import StageClock
+from .tokens import current_turn_start, strips_thinking
 from .validate import FactCache, validate_rewrite
 from .redact import redact_headers, redact_path, tenant_of
 from .sessions import derive_session
@@ -119,8 +120,32 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         message_raw=raws, raw_exact=exact, known_messages=known.count if known is not None else 0, history=hist,
     )
     ctx.notes["transport"] = transport
+    seen = hist.carried(_PROVIDER) if hist is not None else None  # (only the new messages are looked at)
+    pc = ctx.notes["provider"] = dialect(api).provider_context(data, seen, frozenset(settings.pipeline.provider_take_over))
+    if hist is not None:
+        hist.carry_on(_PROVIDER, len(hist.entries), pc.boundary)
+    _hand_over(ctx)
     ctx.timings["parse"] = round((time.perf_counter() - t0) * 1000, 3)
     return ctx
+
+
+_PROVIDER = "provider"  # the conversation's slot: where the latest compaction block of the messages seen is
+
+
+def _hand_over(ctx: RequestContext) -> None:
+    """The client's delegated edits the profile takes over, out of the request (``ProviderContext.update``:
+    a top-level field set, or removed when None); prepare's and the decided state's request alike."""
+    update = ctx.notes.get("provider", NO_PROVIDER).update
+    if update:
+        req = ctx.request.model_copy()
+        extra = dict(req.__pydantic_extra__ or {})
+        for k, v in update:
+            if v is None:
+                extra.pop(k, None)
+            else:
+                extra[k] = v
+        req.__pydantic_extra__ = extra
+        ctx.request = req
 
 
 def _typed(api: ApiKind, data: dict, raws: list[bytes] | None, conv, entries: list | None = None
@@ -150,17 +175,34 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
             n, keep = _count_remembering(ctx, wire, h.entries if h is not None else None, raw=ctx.message_raw)
             if h is not None:
                 h.tokens_kept = keep
-            return n
+            return n - _provider_dropped(ctx)
         srcs = h.wire_entries if h is not None else None
         kept = h.tokens_kept if h is not None else None
         msgs = wire.get("messages")
         if srcs is None or not isinstance(msgs, list) or len(srcs) != len(msgs):
-            return tokens.count_request(ctx.api, wire, ctx.model, reuse=kept, raw=raws)
+            return tokens.count_request(ctx.api, wire, ctx.model, reuse=kept, raw=raws) - _provider_dropped(ctx)
         # messages with an entry (the original's unchanged ones, derived ones) have their count
-        return _count_remembering(ctx, wire, srcs, reuse=kept, raw=raws)[0]
+        return _count_remembering(ctx, wire, srcs, reuse=kept, raw=raws)[0] - _provider_dropped(ctx)
     except Exception as e:  # accounting must never cost a request
         ctx.emit("error", where="tokens", message=str(e))
         return None
+
+
+def _provider_dropped(ctx: RequestContext) -> int:
+    """Tokens of the count that the provider does not read: the leading messages it drops (before its
+    latest compaction block: not ours to save either), less the earlier turns' thinking a ``keep: "all"``
+    edit keeps (which the count leaves out for models that drop it by default). From the original's
+    per-message counts (the validator keeps those messages as they came in any rewrite)."""
+    pc = ctx.notes.get("provider", NO_PROVIDER)
+    kept = ctx.history.tokens_kept if (pc.dropped or pc.keeps_thinking) and ctx.history is not None else None
+    if not kept:
+        return 0
+    msgs, entries = kept[0], kept[1]
+    cut = current_turn_start(msgs) if dialect(ctx.api).thinking_dropped and strips_thinking(ctx.model) else 0
+    off = sum(t - (th if i < cut else 0) for i, (t, th) in enumerate(entries[:pc.dropped]))
+    if pc.keeps_thinking:
+        off -= sum(th for _, th in entries[pc.dropped:cut])
+    return off
 
 
 def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list | None, **kw) -> tuple[int, Any]:
@@ -473,9 +515,10 @@ class Pipeline:
             h = ctx.history
             model, hist = _typed(ctx.api, ctx.original, ctx.message_raw, h.conv if h is not None else None,
                                  h.entries if h is not None else None)
-            fctx = dataclasses.replace(ctx, request=model, history=hist, notes={}, stage_results=[], blocked=None,
-                                       deadline=None, budget_ms=None, late_threads=set(),
+            fctx = dataclasses.replace(ctx, request=model, history=hist, notes={"provider": ctx.notes.get("provider", NO_PROVIDER)},
+                                       stage_results=[], blocked=None, deadline=None, budget_ms=None, late_threads=set(),
                                        event_extra={**ctx.event_extra, "fallback": True}, held_events=hold)
+            _hand_over(fctx)
             for stage, fn in self.reappliers():
                 step = f"re-applying {stage}"
                 fn(fctx)
@@ -512,6 +555,7 @@ class Pipeline:
         t0 = time.perf_counter()
         h = ctx.history
         problems = validate_rewrite(ctx.api, wire, ctx.original, original_raw=ctx.message_raw, raw=raws,
+                                    fixed=ctx.notes.get("provider", NO_PROVIDER).boundary,
                                     facts=self.runtime.memo("validate.facts", FactCache),
                                     checkpoints=h.conv.checkpoints if h is not None and h.conv is not None else None)
         t["validate"] = _ms(t0)

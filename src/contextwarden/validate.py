@@ -30,6 +30,8 @@ OpenAI Responses
     - a reasoning item and the item it precedes (the call or message it was produced with) kept or
       dropped together, and still adjacent.
 
+Every API: the history up to the provider's latest compaction block or item (``fixed``), as it came.
+
 A defect the client's own body already had (the same tool id unanswered, the same empty message...)
 is not reported: the validator judges the rewrite, not the client. Checking is linear in the number of
 messages: what a message contributes (its role, tool ids, empty content or text, breakpoints) depends
@@ -58,14 +60,17 @@ Problem = tuple[tuple, str]
 
 def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str, Any],
                      original_raw: list[bytes] | None = None, raw: list[bytes | None] | None = None,
-                     facts: "FactCache | None" = None, checkpoints: "Checkpoints | None" = None) -> list[str]:
+                     facts: "FactCache | None" = None, checkpoints: "Checkpoints | None" = None,
+                     fixed: int = 0) -> list[str]:
     """Problems of the rewritten body ``new`` compared with the client's ``original`` (empty = valid).
 
     ``original_raw``: ``orjson.dumps`` of each of the original's messages, when the caller has them: a
     message of ``new`` equal to the original's at the same index (or the same index from the end) is
     looked up under those bytes instead of being dumped again. ``raw``: the same for ``new``'s messages
     where the caller knows them (None elsewhere). ``facts`` (the runtime's) and ``checkpoints`` (the
-    conversation's) remember what earlier checks found; without them the check starts cold."""
+    conversation's) remember what earlier checks found; without them the check starts cold. ``fixed``: the
+    first history entries are the provider's (up to its latest compaction block or item: ProviderContext.
+    boundary) and must be the original's, as they came."""
     try:
         api = ApiKind(api)
     except ValueError:
@@ -81,6 +86,9 @@ def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str
         found = check(new, original, original_raw, raw, facts, checkpoints)
     except Exception as e:  # a body shaped so oddly that checking it fails is not sent
         return [f"validator could not read the rewritten body: {type(e).__name__}: {e}"]
+    hk = dialect(api).history_key
+    if fixed and (new.get(hk) or [])[:fixed] != (original.get(hk) or [])[:fixed]:
+        found = [*found, (("provider-prefix",), f"{hk}[:{fixed}] (up to the provider's latest compaction) differ from the original's")]
     if not found:
         return []
     try:

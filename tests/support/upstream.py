@@ -3,7 +3,9 @@
 ``StandIn`` is a real HTTP/1.1 server on 127.0.0.1 (a free port, threaded, plain HTTP). It answers
 
 - Anthropic ``POST /v1/messages`` (with or without ``?beta=true``) and ``/v1/messages/count_tokens``,
-- OpenAI ``POST /v1/chat/completions`` and ``/v1/responses``,
+- OpenAI ``POST /v1/chat/completions``, ``/v1/responses`` and ``/v1/responses/compact``,
+- the providers' own context management (context editing, compaction blocks and items, usage
+  iterations, ``/v1/responses/compact``), strictly checked (``provider_cm``),
 - ``GET /v1/models``; anything else gets a 404 in Anthropic's error shape,
 
 streaming (SSE, one flush per event, ``sse_delay`` seconds between events) or as one JSON body,
@@ -52,6 +54,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import zstandard
+
+from . import provider_cm
 
 _ids = itertools.count(1)
 
@@ -157,6 +161,7 @@ class StandIn:
         self.strict = False  # check requests like the real API and answer 400 (see strict_problems)
         self.thinking = False  # Anthropic: answer with a signed thinking block when thinking is enabled
         self.window: int | None = None  # Anthropic: a longer request (bytes / 4) gets the API's "prompt is too long"
+        self.compactions: dict[str, dict] = {}  # compaction blocks / items issued, by their opaque part (provider_cm)
         self.records: list[Recorded] = []
         self._queued: list[str] = []
         self._seen_prefixes: set[str] = set()
@@ -217,7 +222,7 @@ class StandIn:
             self.planner = None
             self.strict = False
             self.thinking = False
-            self.window = None
+            self.window = None  # (compactions stay: a provider can verify its blocks for good)
 
     def requests(self, route: str | None = None) -> list[Recorded]:
         """Recorded requests, optionally only those whose path (without query) equals ``route``."""
@@ -364,8 +369,10 @@ def _estimate_tokens(decoded: bytes) -> int:
     return max(1, len(decoded) // 4)
 
 
-def _anthropic_usage(si: StandIn, body: dict, decoded: bytes) -> dict:
+def _anthropic_usage(si: StandIn, body: dict, decoded: bytes, managed: provider_cm.Managed | None = None) -> dict:
     est = _estimate_tokens(decoded)
+    if managed is not None:  # what the provider's own context management dropped or cleared is not input
+        est = max(1, est - managed.dropped - managed.cleared)
     cached = b"cache_control" in decoded
     prefix = json.dumps([body.get("system"), body.get("tools")], sort_keys=True).encode()
     creation, read = si._cache_usage(prefix, est, cached)
@@ -373,17 +380,37 @@ def _anthropic_usage(si: StandIn, body: dict, decoded: bytes) -> dict:
             "cache_read_input_tokens": read, "output_tokens": 0, "service_tier": "standard"}
 
 
+def _anthropic_managed(si: StandIn, body: dict, decoded: bytes) -> tuple[_Plan, provider_cm.Managed]:
+    g = provider_cm.anthropic_managed(si, body, _estimate_tokens(decoded))
+    plan = _anthropic_plan(si, body)
+    if g.paused:
+        plan = _Plan(text="")
+    return plan, g
+
+
+def _usage_extras(g: provider_cm.Managed, usage: dict) -> dict:
+    """``usage.iterations`` when the provider compacted (the top-level fields: the sampling alone)."""
+    return {**usage, "iterations": provider_cm.iterations(g, usage)} if g.compaction_usage else usage
+
+
 def _out_tokens(plan: _Plan) -> int:
     return max(1, len(plan.text) // 4) + (24 if plan.tool else 0)
 
 
 def anthropic_events(si: StandIn, body: dict, decoded: bytes) -> list[bytes]:
-    plan = _anthropic_plan(si, body)
-    usage = _anthropic_usage(si, body, decoded)
+    plan, g = _anthropic_managed(si, body, decoded)
+    usage = _anthropic_usage(si, body, decoded, g)
     msg = {"id": _id("msg_"), "type": "message", "role": "assistant", "model": body.get("model") or "claude-sonnet-4-5",
            "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
     out = [_sse("message_start", {"type": "message_start", "message": msg})]
     index = 0
+    if g.block is not None:  # the summary arrives whole in one compaction_delta
+        out.append(_sse("content_block_start", {"type": "content_block_start", "index": index,
+                                                "content_block": {"type": "compaction", "content": None}}))
+        out.append(_sse("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                "delta": {"type": "compaction_delta", **{k: v for k, v in g.block.items() if k != "type"}}}))
+        out.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+        index += 1
     if plan.thinking:
         out.append(_sse("content_block_start", {"type": "content_block_start", "index": index,
                                                 "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
@@ -411,16 +438,23 @@ def anthropic_events(si: StandIn, body: dict, decoded: bytes) -> list[bytes]:
             out.append(_sse("content_block_delta", {"type": "content_block_delta", "index": index,
                                                     "delta": {"type": "input_json_delta", "partial_json": piece}}))
         out.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
-    out.append(_sse("message_delta", {"type": "message_delta",
-                                      "delta": {"stop_reason": "tool_use" if plan.tool else "end_turn", "stop_sequence": None},
-                                      "usage": {"output_tokens": _out_tokens(plan)}}))
+    delta_usage = {"output_tokens": _out_tokens(plan)}
+    delta = {"type": "message_delta", "delta": {"stop_reason": _stop(plan, g), "stop_sequence": None},
+             "usage": _usage_extras(g, {**usage, **delta_usage}) if g.compaction_usage else delta_usage}
+    if g.applied_edits:
+        delta["context_management"] = {"applied_edits": g.applied_edits}
+    out.append(_sse("message_delta", delta))
     out.append(_sse("message_stop", {"type": "message_stop"}))
     return out
 
 
+def _stop(plan: _Plan, g: provider_cm.Managed) -> str:
+    return "compaction" if g.paused else "tool_use" if plan.tool else "end_turn"
+
+
 def anthropic_message(si: StandIn, body: dict, decoded: bytes) -> dict:
-    plan = _anthropic_plan(si, body)
-    content: list[dict] = []
+    plan, g = _anthropic_managed(si, body, decoded)
+    content: list[dict] = [dict(g.block)] if g.block is not None else []
     if plan.thinking:
         content.append({"type": "thinking", "thinking": plan.thinking, "signature": thinking_signature(plan.thinking)})
     if plan.text:
@@ -428,11 +462,13 @@ def anthropic_message(si: StandIn, body: dict, decoded: bytes) -> dict:
     if plan.tool:
         tid, name, tinput = plan.tool
         content.append({"type": "tool_use", "id": tid, "name": name, "input": tinput})
-    usage = _anthropic_usage(si, body, decoded)
+    usage = _anthropic_usage(si, body, decoded, g)
     usage["output_tokens"] = _out_tokens(plan)
-    return {"id": _id("msg_"), "type": "message", "role": "assistant", "model": body.get("model") or "claude-sonnet-4-5",
-            "content": content, "stop_reason": "tool_use" if plan.tool else "end_turn", "stop_sequence": None,
-            "usage": usage}
+    out = {"id": _id("msg_"), "type": "message", "role": "assistant", "model": body.get("model") or "claude-sonnet-4-5",
+           "content": content, "stop_reason": _stop(plan, g), "stop_sequence": None, "usage": _usage_extras(g, usage)}
+    if g.applied_edits:
+        out["context_management"] = {"applied_edits": g.applied_edits}
+    return out
 
 
 def _openai_usage(si: StandIn, body: dict, decoded: bytes, plan: _Plan, responses: bool) -> dict:
@@ -508,9 +544,21 @@ def _response_obj(body: dict, status: str, output: list, usage: dict | None, rid
             "metadata": {}, "store": bool(body.get("store", True))}
 
 
+def _compaction_first(si: StandIn, body: dict, decoded: bytes) -> list[dict]:
+    """The provider's compaction item, first in the output, when it compacts (provider_cm)."""
+    return [provider_cm.compaction_item(si)] if provider_cm.responses_compacts(body, _estimate_tokens(decoded)) else []
+
+
+def _trigger_only(body: dict) -> bool:
+    items = body.get("input")
+    return isinstance(items, list) and bool(items) and isinstance(items[-1], dict) and items[-1].get("type") == "compaction_trigger"
+
+
 def response_json(si: StandIn, body: dict, decoded: bytes) -> dict:
     plan = _responses_plan(si, body)
-    return _response_obj(body, "completed", _responses_output(plan), _openai_usage(si, body, decoded, plan, True), _id("resp_"))
+    first = _compaction_first(si, body, decoded)
+    output = first + ([] if _trigger_only(body) else _responses_output(plan))
+    return _response_obj(body, "completed", output, _openai_usage(si, body, decoded, plan, True), _id("resp_"))
 
 
 def response_events(si: StandIn, body: dict, decoded: bytes) -> list[bytes]:
@@ -524,23 +572,33 @@ def response_events(si: StandIn, body: dict, decoded: bytes) -> list[bytes]:
 
     ev("response.created", response=_response_obj(body, "in_progress", [], None, rid))
     ev("response.in_progress", response=_response_obj(body, "in_progress", [], None, rid))
+    first = _compaction_first(si, body, decoded)
+    for cmp in first:  # the compaction item: added, compacting, done (its content only in done)
+        ev("response.output_item.added", output_index=0, item={"type": "compaction", "id": cmp["id"]})
+        ev("response.compaction.compacting", item_id=cmp["id"], output_index=0)
+        ev("response.output_item.done", output_index=0, item=cmp)
+    if first and _trigger_only(body):
+        ev("response.completed", response=_response_obj(body, "completed", first,
+                                                         _openai_usage(si, body, decoded, plan, True), rid))
+        return out
+    oi = len(first)
     item = _responses_output(plan)[0]
     if plan.tool:
-        ev("response.output_item.added", output_index=0, item={**item, "arguments": "", "status": "in_progress"})
+        ev("response.output_item.added", output_index=oi, item={**item, "arguments": "", "status": "in_progress"})
         for piece in _chunks(item["arguments"], 2):
-            ev("response.function_call_arguments.delta", item_id=item["id"], output_index=0, delta=piece)
-        ev("response.function_call_arguments.done", item_id=item["id"], output_index=0, arguments=item["arguments"])
+            ev("response.function_call_arguments.delta", item_id=item["id"], output_index=oi, delta=piece)
+        ev("response.function_call_arguments.done", item_id=item["id"], output_index=oi, arguments=item["arguments"])
     else:
-        ev("response.output_item.added", output_index=0, item={**item, "content": [], "status": "in_progress"})
+        ev("response.output_item.added", output_index=oi, item={**item, "content": [], "status": "in_progress"})
         part = {"type": "output_text", "text": "", "annotations": []}
-        ev("response.content_part.added", item_id=item["id"], output_index=0, content_index=0, part=part)
+        ev("response.content_part.added", item_id=item["id"], output_index=oi, content_index=0, part=part)
         for piece in _chunks(plan.text):
-            ev("response.output_text.delta", item_id=item["id"], output_index=0, content_index=0, delta=piece, logprobs=[])
-        ev("response.output_text.done", item_id=item["id"], output_index=0, content_index=0, text=plan.text, logprobs=[])
-        ev("response.content_part.done", item_id=item["id"], output_index=0, content_index=0,
+            ev("response.output_text.delta", item_id=item["id"], output_index=oi, content_index=0, delta=piece, logprobs=[])
+        ev("response.output_text.done", item_id=item["id"], output_index=oi, content_index=0, text=plan.text, logprobs=[])
+        ev("response.content_part.done", item_id=item["id"], output_index=oi, content_index=0,
            part={**part, "text": plan.text})
-    ev("response.output_item.done", output_index=0, item=item)
-    ev("response.completed", response=_response_obj(body, "completed", [item],
+    ev("response.output_item.done", output_index=oi, item=item)
+    ev("response.completed", response=_response_obj(body, "completed", first + [item],
                                                      _openai_usage(si, body, decoded, plan, True), rid))
     return out
 
@@ -750,7 +808,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self._read_body()
         rec = Recorded(self.command, self.path, headers, body, time.time())
         route = rec.route.rstrip("/")
-        api = "openai" if route in ("/v1/chat/completions", "/v1/responses") else "anthropic"
+        api = "openai" if route in ("/v1/chat/completions", "/v1/responses", "/v1/responses/compact") else "anthropic"
         rec.modes = si._modes_for(headers, self.command == "POST" and route in ("/v1/messages", "/v1/chat/completions", "/v1/responses"))
         si._record(rec)
         try:
@@ -781,7 +839,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                          "has_more": False, "first_id": "claude-sonnet-4-5", "last_id": "claude-sonnet-4-5"})
         if self.command == "HEAD":
             return self._json(rec, 200, {})
-        if self.command != "POST" or route not in ("/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions", "/v1/responses"):
+        if self.command != "POST" or route not in ("/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions", "/v1/responses",
+                                                   "/v1/responses/compact"):
             return self._json(rec, 404, _error(api, 404, f"Not found: {self.command} {route}"))
         try:
             decoded = decode_content(rec.body, rec.header("content-encoding"))
@@ -794,10 +853,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._json(rec, 200, {"input_tokens": _estimate_tokens(decoded)})
         if si.strict:
             rec.problems = strict_problems(route, body, signed_thinking=si.thinking)
+            rec.problems += (provider_cm.anthropic_problems(si, body, rec.header("anthropic-beta") or "")
+                             if api == "anthropic" else provider_cm.responses_problems(si, body))
             if rec.problems:
                 return self._json(rec, 400, _error(api, 400, rec.problems[0]))
         if route == "/v1/messages" and si.window is not None and _estimate_tokens(decoded) > si.window:
             return self._json(rec, 400, _error(api, 400, f"prompt is too long: {_estimate_tokens(decoded)} tokens > {si.window} maximum"))
+        if route == "/v1/responses/compact":
+            return self._json(rec, 200, provider_cm.compacted_response(si, body, _openai_usage(si, body, decoded, _Plan(text=provider_cm.SUMMARY), True)))
         stream = bool(body.get("stream"))
         if route == "/v1/messages":
             if stream:

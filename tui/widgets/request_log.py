@@ -8,6 +8,8 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from contextwarden.cost import billed_units, provider_compaction
+
 from .. import format as fmt
 from ..store import RequestRow, Store
 from .synctable import SyncTable
@@ -86,6 +88,11 @@ def detail_text(row: RequestRow | None) -> Text:
     t.append(f"upstream {fmt.ms(row.upstream_ms)} ms")
     if row.status is not None:
         t.append(f" · {row.status}")
+    comp = provider_compaction(row.usage)  # the provider's own context management, billed on top
+    if comp:
+        t.append(f" · provider compacted ({fmt.num(billed_units(comp))} u, {fmt.num(comp['output_tokens'])} out)", style="magenta")
+    if (row.usage or {}).get("provider_cleared_tokens"):
+        t.append(f" · provider cleared {fmt.num(row.usage['provider_cleared_tokens'])}", style="magenta")
     if row.reason:
         t.append(f" · {row.reason}", style="dim")
     if row.error:

@@ -17,6 +17,55 @@ from ..models.base import ApiKind, WireModel
 
 
 @dataclass(frozen=True)
+class ProviderContext:
+    """What a request asks the provider to manage itself, and what our stages do about it: decided once
+    per request by the dialect (``Dialect.provider``), handed to the stages as ``ctx.notes["provider"]``
+    (docs/provider-context-management.md has the table of cases).
+
+    ``boundary``: the first history index our stages may edit; what comes before (up to and including the
+    message or item that holds the latest compaction block or item) is the provider's: kept byte-exact,
+    and what the provider drops before it is not ours to save. ``update``: top-level fields to set in
+    the request (None: remove the field) when a delegated edit is taken over."""
+
+    clears_tool_uses: bool = False  # the provider clears tool uses (Anthropic clear_tool_uses_20250919)
+    clears_thinking: bool = False  # the provider clears thinking (Anthropic clear_thinking_20251015)
+    keeps_thinking: bool = False  # ... with ``keep: "all"``: earlier turns' thinking stays in the prompt (Claude Code)
+    compacts: bool = False  # the provider compacts (compact_20260112; Responses compact_threshold; compaction_trigger)
+    boundary: int = 0
+    dropped: int = 0  # leading messages the provider drops (Anthropic: those before the compaction block's)
+    taken: tuple[str, ...] = ()  # what was delegated and is taken over (pipeline.provider_take_over)
+    update: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def clearing_steps_back(self) -> bool:
+        """Our clearing decides nothing new (it re-applies its earlier records): the provider clears."""
+        return self.clears_tool_uses
+
+    @property
+    def compaction_steps_back(self) -> bool:
+        """Our compaction does nothing (not even re-applying a summary): the provider compacts."""
+        return self.compacts
+
+
+NO_PROVIDER = ProviderContext()
+
+
+def taking_over(delegated: dict[str, bool], take_over: frozenset[str]) -> tuple[str, ...]:
+    """The delegated kinds (``clear_tool_uses``, ``compaction``) the profile takes over."""
+    return tuple(k for k, on in delegated.items() if on and k in take_over)
+
+
+def last_index(items: Any, found: Callable[[Any], bool], known: tuple[int, int] | None = None) -> int:
+    """The index after the last history entry ``found`` is true of, or 0. ``known``: ``(n, index)``
+    worked out for the first ``n`` entries by the conversation's previous request: only the entries
+    after them are looked at."""
+    if not isinstance(items, list):
+        return 0
+    n, prior = known if known is not None and known[0] <= len(items) else (0, 0)
+    return next((i + 1 for i in range(len(items) - 1, n - 1, -1) if found(items[i])), prior)
+
+
+@dataclass(frozen=True)
 class Dialect:
     kind: ApiKind
     history_key: str  # "messages", or the Responses API's "input"
@@ -50,6 +99,10 @@ class Dialect:
     summary_request: Callable[[dict, str, str, str, int], tuple[dict, dict]] | None = None
     # where that request goes when not to the client's own endpoint: request path -> (path, API of it)
     summary_route: Callable[[str], tuple[str, ApiKind]] | None = None
+    # the provider's own context management a request asks for: (body, what the previous request worked
+    # out about its first messages (last_index), kinds the profile takes over) -> ProviderContext (None:
+    # the API has none)
+    provider: Callable[[dict, tuple[int, int] | None, frozenset[str]], ProviderContext] | None = None
 
     def body(self, history: list, model: str, **extra) -> dict[str, Any]:
         """A minimal request body of this API around ``history`` (replay, evaluations)."""
@@ -59,6 +112,12 @@ class Dialect:
         """The history list of a wire dict or a typed request; None when absent or not a list."""
         v = body.get(self.history_key) if isinstance(body, dict) else getattr(body, self.history_key, None)
         return v if isinstance(v, list) else None
+
+    def provider_context(self, body: dict, known: tuple[int, int] | None = None,
+                         take_over: frozenset[str] = frozenset()) -> ProviderContext:
+        """What ``body`` delegates to the provider (the one decision per request: pipeline.prepare;
+        ``known``: see :func:`last_index`)."""
+        return self.provider(body, known, take_over) if self.provider is not None else NO_PROVIDER
 
     def parse(self, body: dict) -> WireModel:
         return self.request_model.model_validate(body)

@@ -11,7 +11,12 @@ from ..models.base import ApiKind
 from ..streams.anthropic import AnthropicAssembler
 from ..tokens import ANTHROPIC_TOOL_OVERHEAD, MESSAGE_OVERHEAD
 from ..validate import _anthropic as check
-from . import Dialect, history_dicts
+from . import NO_PROVIDER, Dialect, ProviderContext, history_dicts, last_index, taking_over
+
+# context_management edits (Anthropic's context editing and compaction, beta context-management-2025-06-27
+# and compact-2026-01-12), by what taking one over means (pipeline.provider_take_over)
+CLEAR_TOOL_USES, CLEAR_THINKING, COMPACT = "clear_tool_uses_20250919", "clear_thinking_20251015", "compact_20260112"
+_TAKEN_AS = {CLEAR_TOOL_USES: "clear_tool_uses", COMPACT: "compaction"}
 
 
 def entry(index: int, m: Any) -> Entry:
@@ -125,9 +130,35 @@ def summary_request(auth: dict, model: str, prompt: str, text: str, max_tokens: 
     return {"model": model, "max_tokens": max_tokens, "system": prompt, "messages": [{"role": "user", "content": text}]}, headers
 
 
+def _holds_compaction(m: Any) -> bool:
+    c = m.get("content") if isinstance(m, dict) else None
+    return isinstance(c, list) and any(isinstance(b, dict) and b.get("type") == "compaction" for b in c)
+
+
+def provider(body: dict, known: tuple[int, int] | None, take_over: frozenset[str]) -> ProviderContext:
+    """``context_management.edits`` and the latest message holding a ``compaction`` block (the API drops
+    every block before it, and the block goes back as it came)."""
+    cm = body.get("context_management")
+    edits = cm.get("edits") if isinstance(cm, dict) else None
+    kinds = {e.get("type") for e in edits if isinstance(e, dict)} if isinstance(edits, list) else set()
+    boundary = last_index(body.get("messages"), _holds_compaction, known)
+    if not kinds and not boundary:
+        return NO_PROVIDER
+    taken = taking_over({v: k in kinds for k, v in _TAKEN_AS.items()}, take_over)
+    update: tuple = ()
+    if taken:  # the client's edit out; what is left of context_management (none: the field goes)
+        kept = [e for e in edits if not (isinstance(e, dict) and _TAKEN_AS.get(e.get("type")) in taken)]
+        update = (("context_management", {**cm, "edits": kept} if kept else None),)
+    keep_all = any(isinstance(e, dict) and e.get("type") == CLEAR_THINKING and e.get("keep") in ("all", {"type": "all"})
+                   for e in edits) if kinds else False
+    return ProviderContext(clears_tool_uses=CLEAR_TOOL_USES in kinds and "clear_tool_uses" not in taken,
+                           clears_thinking=CLEAR_THINKING in kinds, keeps_thinking=keep_all, compacts=COMPACT in kinds and "compaction" not in taken,
+                           boundary=boundary, dropped=max(0, boundary - 1), taken=taken, update=update)
+
+
 DIALECT = Dialect(ApiKind.ANTHROPIC, "messages", am.MessagesRequest, am.Message, entry, tool_calls, check,
                   AnthropicAssembler, inject, injectable, am.message_text_fast, summary_message, error_answer,
                   ("api.anthropic.com", "/v1/messages"), reply, answer_messages, rewrite_text, item_texts,
                   message_tokens, (("max_tokens", 1024),), system_key="system", tool_frame=ANTHROPIC_TOOL_OVERHEAD,
                   cache_breakpoints=True, thinking_dropped=True, summary_request=summary_request,
-                  memory_items=memory_items)
+                  memory_items=memory_items, provider=provider)

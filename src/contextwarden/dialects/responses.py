@@ -15,7 +15,7 @@ from ..models.base import ApiKind
 from ..streams.openai_responses import ResponsesAssembler
 from ..tokens import BLOCK_OVERHEAD, CHARS_PER_TOKEN, MESSAGE_OVERHEAD, TOOL_CALL_OVERHEAD
 from ..validate import _responses as check
-from . import Dialect, openai_chat, rewrite_parts
+from . import NO_PROVIDER, Dialect, ProviderContext, last_index, openai_chat, rewrite_parts, taking_over
 
 # input items produced by the model (the assistant side of the conversation)
 ASSISTANT_TYPES = frozenset({
@@ -138,8 +138,33 @@ def summary_route(path: str) -> tuple[str, ApiKind]:
             ApiKind.OPENAI_CHAT)
 
 
+def _compaction_item(it: Any) -> bool:
+    """The client's own compaction: ``compaction`` items (``encrypted_content``: the summary the server
+    made; Codex's ``compaction_summary`` too) and Codex's ``compaction_trigger``."""
+    return isinstance(it, dict) and isinstance(it.get("type"), str) and it["type"].startswith("compaction")
+
+
+def provider(body: dict, known: tuple[int, int] | None, take_over: frozenset[str]) -> ProviderContext:
+    """``context_management`` entries of type ``compaction`` (``compact_threshold``), an on-demand
+    ``compaction_trigger`` (the last input item: never taken over, the client asked for it now), and the
+    latest compaction item (kept byte-exact, with all before it)."""
+    cm = body.get("context_management")
+    auto = isinstance(cm, list) and any(isinstance(e, dict) and e.get("type") == "compaction" for e in cm)
+    items = body.get("input")
+    boundary = last_index(items, _compaction_item, known)
+    now = boundary > 0 and boundary == len(items) and items[-1].get("type") == "compaction_trigger"
+    if not auto and not boundary:
+        return NO_PROVIDER
+    taken = taking_over({"compaction": auto}, take_over)
+    update: tuple = ()
+    if taken:
+        kept = [e for e in cm if not (isinstance(e, dict) and e.get("type") == "compaction")]
+        update = (("context_management", kept or None),)
+    return ProviderContext(compacts=(auto and not taken) or now, boundary=boundary, taken=taken, update=update)
+
+
 DIALECT = Dialect(ApiKind.OPENAI_RESPONSES, "input", orr.ResponsesRequest, None, entry, tool_calls, check,
                   ResponsesAssembler, inject, injectable, orr.item_text, summary_message, openai_chat.error_answer,
                   ("api.openai.com", "/v1/responses"), reply, answer_messages, rewrite_text, item_texts, message_tokens,
                   system_key="instructions", summary_route=summary_route,
-                  memory_items=memory_items)
+                  memory_items=memory_items, provider=provider)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from .base import Section
 
 
@@ -11,6 +13,13 @@ class PipelineSection(Section):
 
     disabled: list[str] = []
     """Stage names that do not run."""
+
+    provider_take_over: list[Literal["clear_tool_uses", "compaction"]] = []
+    """What a client delegated to the provider's own context management that the proxy does instead: the
+    client's edit (Anthropic ``clear_tool_uses_20250919``; ``compact_20260112`` or the Responses
+    ``context_management`` compaction entry) is taken out of the request and clearing / compaction do the
+    work cache-safely. Empty (the default): the stages step back for what was delegated
+    (docs/provider-context-management.md)."""
 
     stage_budget_ms: float = 250
     """Time budget of one stage for one request; a stage past it is abandoned and the request goes out as

@@ -7,7 +7,7 @@ from typing import Any
 from contextwarden.models.base import ApiKind
 
 from .assembler import Assembler, error_from, parse_arguments, str_or_none
-from .turn import merge_usage
+from .turn import as_int, merge_usage
 
 # a delta that arrives for a block we never saw start (a proxy dropped it) still gets a block to land in
 _IMPLIED_BLOCK = {
@@ -53,7 +53,7 @@ class AnthropicAssembler(Assembler):
     def _message_start(self, msg: dict[str, Any]) -> None:
         self.model = str_or_none(msg.get("model")) or self.model
         self.id = str_or_none(msg.get("id")) or self.id
-        self._usage(msg.get("usage"))
+        self._usage(msg.get("usage"), msg.get("context_management"))
 
     def _message_delta(self, data: dict[str, Any]) -> None:
         delta = data.get("delta") or {}
@@ -61,9 +61,9 @@ class AnthropicAssembler(Assembler):
             self.stop_reason = str_or_none(delta["stop_reason"])
         if "stop_sequence" in delta:
             self.stop_sequence = str_or_none(delta["stop_sequence"])
-        self._usage(data.get("usage"))
+        self._usage(data.get("usage"), data.get("context_management"))
 
-    def _usage(self, usage: Any) -> None:
+    def _usage(self, usage: Any, managed: Any = None) -> None:
         if isinstance(usage, dict):
             self.usage = merge_usage(
                 self.usage,
@@ -72,6 +72,13 @@ class AnthropicAssembler(Assembler):
                 cache_read_input_tokens=usage.get("cache_read_input_tokens"),
                 cache_creation_input_tokens=usage.get("cache_creation_input_tokens"),
             )
+            its = usage.get("iterations")
+            if self.usage is not None and isinstance(its, list):  # (the latest: message_delta repeats totals)
+                self.usage.iterations = [dict(i) for i in its if isinstance(i, dict)]
+        edits = managed.get("applied_edits") if isinstance(managed, dict) else None
+        if self.usage is not None and isinstance(edits, list):  # what the provider's context editing cleared
+            self.usage.provider_cleared_tokens = sum(as_int(e.get("cleared_input_tokens")) or 0
+                                                     for e in edits if isinstance(e, dict))
 
     def _start(self, data: dict[str, Any]) -> None:
         block = data.get("content_block")
@@ -110,6 +117,8 @@ class AnthropicAssembler(Assembler):
                 self._json.setdefault(index, []).append(piece)
         elif dtype == "signature_delta":
             block["signature"] = delta.get("signature")
+        elif dtype == "compaction_delta":  # the summary whole (not a piece), and its opaque part
+            block.update((k, delta[k]) for k in ("content", "encrypted_content") if k in delta)
         elif dtype == "citations_delta":
             citations = block.get("citations")
             if not isinstance(citations, list):

@@ -27,6 +27,11 @@ class Usage:
     output_tokens: int | None = None
     cache_read_input_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
+    # the provider's own context management (Anthropic): ``usage.iterations`` as reported (its
+    # ``compaction`` entries are billed on top of the fields above: cost.provider_compaction), and the
+    # input tokens its context edits cleared (``context_management.applied_edits``: not the proxy's savings)
+    iterations: list[dict[str, Any]] | None = None
+    provider_cleared_tokens: int | None = None
 
     @property
     def total_input(self) -> int | None:
@@ -35,8 +40,13 @@ class Usage:
             return None
         return sum(p or 0 for p in parts)
 
-    def to_dict(self) -> dict[str, int | None]:
-        return {name: getattr(self, name) for name in _USAGE_FIELDS}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in _USAGE_FIELDS}
+        if self.iterations is not None:
+            out["iterations"] = self.iterations
+        if self.provider_cleared_tokens is not None:
+            out["provider_cleared_tokens"] = self.provider_cleared_tokens
+        return out
 
 
 def merge_usage(current: Usage | None, **values: Any) -> Usage | None:
