@@ -45,6 +45,7 @@ can store it under the id the stub names; ``ctx.notes["clearing"]`` holds ``free
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -61,6 +62,8 @@ from contextwarden.memory.ids import memory_id
 from contextwarden.memory.secrets import redact_text
 from contextwarden.memory.wayback import recall_wording, way_back
 from contextwarden.models.base import ApiKind
+from contextwarden import policy as learned_policy
+from contextwarden.policy import prefix_expired, request_time
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.statecache import state_cache
@@ -637,7 +640,8 @@ class _Clearing(SimpleNamespace):
     ``ctl`` (the user's controls: rollback, pins, compact now), ``edits`` (message index -> changes),
     ``history``, ``prior`` (a _Prefix), ``unseen_from`` (results from this message on are new to the model),
     ``cut``, ``slots``, ``calls_at_cut``, ``locked``, ``state``, ``key``, ``remembered`` (the session's records),
-    ``pinned``, ``exclude``, ``trigger``, ``keep_recent``, ``clear_at_least``, ``inputs_on``; and what the
+    ``pinned``, ``exclude``, ``trigger``, ``keep_recent``, ``clear_at_least``, ``inputs_on``, ``learned`` (the
+    tenant's learned policy, or None); and what the
     steps did so far: ``cleared``, ``by_index``, ``freed``, ``done``, ``counts``, ``resumed`` (step 1 of the
     previous request's messages taken as it was), ``carry``, ``total``, ``freed_before``, ``new_recs``,
     ``chosen``."""
@@ -716,11 +720,15 @@ def _begin(ctx, decide: bool) -> _Clearing | None:
     trigger, keep_recent, clear_at_least = effective(cfg, ctx.notes.get("level"))
     if ctl.compact_now:  # compact now: clear what may be cleared, whatever the trigger
         trigger, clear_at_least = 0, 0
+    elif cfg.cold_trigger_factor != 1.0 and prefix_expired(ctx, state, key, ctx.settings.compaction.cache_ttl_s):
+        # a free moment: the cached prefix has expired, whatever is sent is written again
+        trigger, clear_at_least = int(trigger * cfg.cold_trigger_factor), 0
     inputs_on = bool(getattr(cfg, "clear_tool_inputs", False))
     return _Clearing(ctx=ctx, cfg=cfg, decide=decide, ctl=ctl, edits=edits, history=history, prior=prior,
                      unseen_from=unseen_from, cut=cut, slots=slots, calls_at_cut=calls_at_cut, locked=locked,
                      state=state, key=key, remembered=remembered, pinned=pinned, exclude=exclude, trigger=trigger,
-                     keep_recent=keep_recent, clear_at_least=clear_at_least, inputs_on=inputs_on)
+                     keep_recent=keep_recent, clear_at_least=clear_at_least, inputs_on=inputs_on,
+                     learned=learned_policy.load(state, ctx.tenant) if cfg.policy != "off" else None)
 
 
 def _reapply(st: _Clearing) -> None:
@@ -787,7 +795,7 @@ def _choose(st: _Clearing) -> None:
     ctx, cfg, ctl, slots, prior, done = st.ctx, st.cfg, st.ctl, st.slots, st.prior, st.done
     total, trigger, keep_recent, clear_at_least = st.total, st.trigger, st.keep_recent, st.clear_at_least
     exclude, pinned, unseen_from, remembered = st.exclude, st.pinned, st.unseen_from, st.remembered
-    input_allowed, new_recs = st.input_allowed, st.new_recs
+    input_allowed, new_recs, learned = st.input_allowed, st.new_recs, st.learned
     boundary = ctx.notes.get("provider", NO_PROVIDER).boundary
     if total - st.freed > trigger and not ctl.holds(total - st.freed, ctx.settings):
         if st.resumed:
@@ -808,6 +816,9 @@ def _choose(st: _Clearing) -> None:
                 continue
             if editing and s.tool in READ_TOOLS and _path_of(s.tool_input) in editing:
                 continue
+            if learned is not None and (learned.keeps_tool(s.tool) or (
+                    s.tool in READ_TOOLS and learned.keeps_path(_path_of(s.tool_input)))):
+                continue  # what the tenant's sessions fetched again after it was cleared
             if s.index >= unseen_from or s.index < boundary:
                 continue  # results the model has not read yet are never cleared (keep_recent 0 included),
                 # nor those the provider's compaction holds or dropped
@@ -859,11 +870,43 @@ def _choose(st: _Clearing) -> None:
                     new_recs[s.id] = rec
 
 
+def _call_key(s: Slot) -> str:
+    """What makes two calls the same fetch: a read tool's path, else the whole input."""
+    return (s.tool in READ_TOOLS and _path_of(s.tool_input)) or _dumps(s.tool_input)
+
+
+def _learn(st: _Clearing) -> None:
+    """The tenant's policy learns what this request shows: the results a new step cleared, by tool, and
+    the cleared results the model fetched again (a new call of the same tool with the same input, or
+    one naming the memory id a stub gave). Written only when there is something to add."""
+    cleared = Counter(rec.get("tool") or "" for rec in st.new_recs.values())
+    fresh = [s for s in st.slots if s.index >= st.unseen_from]
+    back: list[tuple[str, str | None]] = []
+    if fresh and st.remembered:
+        by_call: dict[tuple[str, str], Slot] = {}
+        by_mid: dict[str, Slot] = {}
+        for s in st.slots:
+            rec = st.remembered.get(s.id)
+            if s.index < st.unseen_from and rec is not None and rec.get("stub") is not None and rec.get("kind") != COMPRESSED:
+                by_call[(s.tool, _call_key(s))] = s
+                if rec.get("mid"):
+                    by_mid[rec["mid"]] = s
+        for n in fresh:
+            text = _dumps(n.tool_input)
+            old = by_call.get((n.tool, _call_key(n))) or next((s for mid, s in by_mid.items() if mid in text), None)
+            if old is not None:
+                back.append((old.tool, _path_of(old.tool_input)))
+    if cleared or back:
+        learned_policy.learn(st.state, st.ctx.tenant, dict(cleared), back, request_time(st.ctx))
+
+
 def _commit_step(st: _Clearing) -> None:
     """Commit: the stubs into the request (:func:`_commit`), the new records stored, the notes for
     later stages and the ``clearing`` event."""
     ctx, ctl, key, total, new_recs, cleared = st.ctx, st.ctl, st.key, st.total, st.new_recs, st.cleared
     _commit(ctx, st.edits, st.prior, st.carry)
+    if st.decide and st.cfg.policy == "learn":
+        _learn(st)
     if new_recs:  # the records and the session's version: one transaction
         session_ledger.record_decision(
             ctx, NS, trigger="compact-now" if ctl.compact_now else "tokens", tokens_before=total - st.freed_before,

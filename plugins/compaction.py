@@ -63,13 +63,13 @@ from contextwarden.dialects import NO_PROVIDER, ProviderContext, dialect
 from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
+from contextwarden.policy import NS_SEEN, request_time
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import first_pinned_index
 from contextwarden.statecache import state_cache
 from contextwarden.summarise import Summary, extractive_summary, llm_summary
 
 NS = "compaction"  # decisions, by tenant|session|agent
-NS_SEEN = "compaction_seen"  # request rhythm, for the cost model
 NS_LLM = "compaction_llm"  # finished LLM summaries, by tenant|session|span hash
 MAX_DECISIONS = 4
 
@@ -439,7 +439,7 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
     soft, hard, target, protect = effective(cfg, level, ctx.settings.tokens.context_window)
     ws_budget = min(max(0, getattr(cfg, "working_set_tokens", 0)), target // 4)  # (a small window keeps less)
     key = session_key(ctx)
-    now = time.time()
+    now = request_time(ctx)  # (a replay's: the trace's own, so its idle gaps count)
     store = state_cache(rt)
 
     cleared = ctx.notes.get("clearing") or {}

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import time
 
 import orjson
 import pytest
 
 from contextwarden.conversation import result_text
+from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
+from contextwarden.policy import NS_SEEN
+from contextwarden.statecache import state_cache
 
 from .support.stages import Harness, anthropic_tool_loop, chat_tool_loop, responses_tool_loop, settings_overrides
 
@@ -603,3 +607,22 @@ def test_what_a_request_hands_on_changes_nothing_sent(cw_home, monkeypatch, inpu
         assert any(e and e[0][3] for _, _, e in with_carry), "input stubs applied"
     for i, (a, b) in enumerate(zip(with_carry, without)):
         assert a == b, f"request {i}: handing on changed what was sent"
+
+
+def test_a_free_moment_clears_below_the_trigger(cw_home):
+    """The session's cached prefix has expired (its previous request came more than the cache's
+    lifetime ago): whatever is sent is written again, so a step costs nothing extra and goes below the
+    trigger, of any size (issue 38's free moments)."""
+    body = anthropic_tool_loop(8, result_words=500)
+    h = harness(cw_home, trigger_tokens=1_000_000, clear_at_least=10_000_000, cold_trigger_factor=0.001)
+    warm = h.send(ApiKind.ANTHROPIC, body)
+    assert not warm.changed  # no previous request: not a free moment
+    key = session_key(warm.ctx)
+    state_cache(h.rt).put(NS_SEEN, key, {"last": time.time() - 60})
+    assert not h.send(ApiKind.ANTHROPIC, body).changed  # a minute ago: the prefix is still cached
+    state_cache(h.rt).put(NS_SEEN, key, {"last": time.time() - 3600})
+    cold = h.send(ApiKind.ANTHROPIC, body)
+    assert cold.changed and any(is_stub(c) for c in results_of(cold.body).values())
+    (ev,) = cold.events("clearing")
+    assert ev["new"] > 0
+    h.close()

@@ -31,6 +31,10 @@ def register(sub) -> None:
     p.add_argument("--baselines", action="store_true",
                    help="replay each trace with every baseline (the client, clear_tool_uses, observation masking, "
                         "truncation, our profiles) and print one comparison table (--profile is ignored)")
+    p.add_argument("--oracle", action="store_true",
+                   help="also compute the hindsight ceiling (the cheapest rewrites that lose nothing used later) and "
+                        "print the default (or --profile; with --baselines, every baseline) beside it, with the share "
+                        "of the ceiling's saving each achieves")
     p.set_defaults(func=run)
 
 
@@ -58,6 +62,8 @@ def run(args) -> int:
     from contextwarden.settings import SettingsError
 
     overrides = parse_sets(args.sets)
+    if args.oracle:
+        return run_oracle(args, overrides)
     if args.baselines:
         return run_baselines(args, overrides)
     reports = []
@@ -121,3 +127,45 @@ def run_baselines(args, overrides: dict) -> int:
             print(f"{label}: " + lost_examples(rep) + "\n")
     print(baselines.table(rows))
     return 1 if any(r["invalid"] for r in rows) else 0
+
+
+def run_oracle(args, overrides: dict) -> int:
+    """``--oracle``: per trace, the runs (the profile, or every baseline) and the hindsight ceiling in one
+    table, and the time each took."""
+    import time
+    from pathlib import Path
+
+    import orjson
+
+    from contextwarden import baselines, oracle
+    from contextwarden.replay import replay
+
+    rows, timings, extra = [], [], []
+    for path in args.traces:
+        name = Path(path).name[:40]
+        kw = dict(window=args.window, stage_budget_ms=args.stage_budget_ms, limit=args.limit,
+                  compaction_calls=not args.no_compaction_calls, turn_hooks=not args.no_turn_hooks, overrides=overrides)
+        t0 = time.perf_counter()
+        if args.baselines:
+            got = baselines.run(path, **kw)
+        else:
+            label = baselines.NAMES.get(args.profile or baselines.DEFAULT, args.profile)
+            got = [(label, replay(path, profile=args.profile, **kw))]
+        t1 = time.perf_counter()
+        orc = oracle.run(path, overrides=overrides, limit=args.limit)
+        rows += baselines.rows(name, got) + [baselines.row("oracle", orc.report.totals(), name)]
+        timings.append((name, got[0][1].seconds, orc.seconds, t1 - t0))
+        extra.append((name, orc))
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps({"rows": rows, "oracle": [
+            {"trace": n, "seconds": o.seconds, "rewrites": o.plan.rewrites, "free_rewrites": o.plan.free,
+             "free_moments": o.free_moments, "report": o.report.to_dict()} for n, o in extra]},
+            option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    print(oracle.table(rows))
+    print()
+    for (name, first, orc_s, _), (_, o) in zip(timings, extra):
+        print(f"{name.removeprefix('claude-code-')[:8]}: the replay {first:.1f} s, the oracle {orc_s:.1f} s "
+              f"({orc_s / first:.2f}x); {len(o.plan.rewrites)} rewrites, {o.plan.free} where a write was due anyway")
+        print(f"  (a first request, an expired prefix); {o.free_moments} expired prefixes or model switches in the trace")
+    return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from .base import Section
 
 
@@ -77,6 +79,17 @@ class ClearingSection(Section):
     """A new clearing step leaves alone the working set (:mod:`contextwarden.workingset`): per file, its
     latest Read (unless a Write came after it) and the Edit results since, the most recently touched
     files first, up to this many tokens. The model copies its Edits' ``old_string`` from them. 0: off."""
+
+    policy: Literal["off", "learn", "frozen"] = "off"
+    """The tenant's learned policy (:mod:`contextwarden.policy`, ``contextwarden policy show``): ``learn``
+    counts which cleared results the model fetched again (re-read, re-run, recalled by the stub's id)
+    and leaves alone the results of tools that keep coming back and the Reads of paths that did;
+    ``frozen`` applies what was learned without learning more; ``off`` neither."""
+
+    cold_trigger_factor: float = 1.0
+    """At a free moment (the session's previous request came more than ``compaction.cache_ttl_s`` ago:
+    the provider's cached prefix has expired and whatever is sent is written again), a step needs only
+    ``trigger_tokens`` times this factor and clears any amount. 1.0: off."""
 
     level_factors: dict[str, float] = {"REDUCED": 0.75, "MINIMAL": 0.5}
     """Under a budget level, ``trigger_tokens``, ``keep_recent`` and ``clear_at_least`` are multiplied by
