@@ -13,6 +13,7 @@ import pytest
 from contextwarden import hookimpl
 from contextwarden.cost import billed_from_usage, billed_units, boundaries, provider_compaction
 from contextwarden.dialects import NO_PROVIDER, dialect
+from contextwarden.liveprotocol import Totals
 from contextwarden.models.base import ApiKind
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
@@ -199,3 +200,23 @@ def test_thinking_kept_by_a_keep_all_edit_is_counted_and_billed(tmp_path):
         assert boundaries(kept_body, h.rt.tokens)[-1].cum > boundaries(body, h.rt.tokens)[-1].cum
     finally:
         h.close()
+
+
+def test_the_overview_bills_the_provider_compaction_and_prices_savings_without_it():
+    """The Overview's totals: the provider's compaction billed (and counted apart), the proxy's saving
+    priced at the rate of the request's own sampling, not inflated by the compaction's."""
+    top = {"input_tokens": 20000, "output_tokens": 500, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+    comp = {"type": "compaction", "input_tokens": 150000, "output_tokens": 3000, "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0}
+    turn = {"type": "turn", "data": {"model": "claude-sonnet-4-6", "tokens_in": 30000, "tokens_sent": 20000,
+                                     "usage": {**top, "iterations": [comp, {"type": "message", **top}],
+                                               "provider_cleared_tokens": 700}}}
+    plain = {"type": "turn", "data": {**turn["data"], "usage": top}}
+    with_comp, without = Totals(), Totals()
+    with_comp.add(turn)
+    without.add(plain)
+    assert with_comp.billed_units == without.billed_units + 150000
+    assert (with_comp.provider_compactions, with_comp.provider_compaction_units, with_comp.provider_cleared) == (1, 150000, 700)
+    assert with_comp.est_saved_units == pytest.approx(without.est_saved_units) == pytest.approx(10000)
+    assert with_comp.usd == pytest.approx(without.usd + (150000 * 3 + 3000 * 15) / 1e6)
+    assert with_comp.est_saved_usd == pytest.approx(without.est_saved_usd)

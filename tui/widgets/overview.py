@@ -69,7 +69,7 @@ def tokens_table(store: Store) -> Group:
     u.add_row("input · output", f"{fmt.num(tot.usage_input)} · {fmt.num(tot.usage_output)}")
     u.add_row("cache write · read", f"{fmt.num(tot.usage_cache_write)} · {fmt.num(tot.usage_cache_read)}")
     if tot.provider_compactions or tot.provider_cleared:  # the provider's own context management
-        u.add_row("provider compacted", f"{fmt.num(tot.provider_compactions)}× · {fmt.num(tot.provider_compaction_units)} u")
+        u.add_row("provider compacted", f"{fmt.num(tot.provider_compactions)}× · {fmt.num(tot.provider_compaction_units)} tokens at 1x")
         u.add_row("provider cleared", fmt.num(tot.provider_cleared))
     c = _grid()
     if tot.measured_turns:
