@@ -139,9 +139,10 @@ def summary_route(path: str) -> tuple[str, ApiKind]:
 
 
 def _compaction_item(it: Any) -> bool:
-    """The client's own compaction: ``compaction`` items (``encrypted_content``: the summary the server
-    made; Codex's ``compaction_summary`` too) and Codex's ``compaction_trigger``."""
-    return isinstance(it, dict) and isinstance(it.get("type"), str) and it["type"].startswith("compaction")
+    """The provider's compaction in the history: ``compaction`` items (``encrypted_content``: the summary
+    the server made; Codex's ``compaction_summary`` too), not the ``compaction_trigger`` that asks for one."""
+    return isinstance(it, dict) and isinstance(it.get("type"), str) and it["type"].startswith("compaction") \
+        and it["type"] != "compaction_trigger"
 
 
 def provider(body: dict, known: tuple[int, int] | None, take_over: frozenset[str]) -> ProviderContext:
@@ -152,8 +153,8 @@ def provider(body: dict, known: tuple[int, int] | None, take_over: frozenset[str
     auto = isinstance(cm, list) and any(isinstance(e, dict) and e.get("type") == "compaction" for e in cm)
     items = body.get("input")
     boundary = last_index(items, _compaction_item, known)
-    now = boundary > 0 and boundary == len(items) and items[-1].get("type") == "compaction_trigger"
-    if not auto and not boundary:
+    now = isinstance(items, list) and bool(items) and isinstance(items[-1], dict) and items[-1].get("type") == "compaction_trigger"
+    if not auto and not boundary and not now:
         return NO_PROVIDER
     taken = taking_over({"compaction": auto}, take_over)
     update: tuple = ()
