@@ -652,6 +652,7 @@ class _Clearing(SimpleNamespace):
 
     def input_allowed(self, slot: Slot) -> bool:
         return (self.inputs_on and slot.can_set_input and not slot.input_locked and slot.call_index not in self.locked
+                and slot.call_index >= self.boundary
                 and isinstance(slot.tool_input, dict))
 
     def apply(self, slot: Slot, rec: dict[str, Any], new: bool) -> bool:
@@ -728,6 +729,7 @@ def _begin(ctx, decide: bool) -> _Clearing | None:
                      unseen_from=unseen_from, cut=cut, slots=slots, calls_at_cut=calls_at_cut, locked=locked,
                      state=state, key=key, remembered=remembered, pinned=pinned, exclude=exclude, trigger=trigger,
                      keep_recent=keep_recent, clear_at_least=clear_at_least, inputs_on=inputs_on,
+                     boundary=ctx.notes.get("provider", NO_PROVIDER).boundary,
                      learned=learned_policy.load(state, ctx.tenant) if cfg.policy != "off" else None)
 
 
@@ -742,8 +744,9 @@ def _reapply(st: _Clearing) -> None:
     # nothing else than these: the same records, tools excluded, input clearing and locked calls there.
     first = 0
     if prior is not None and cut is not None and prior.step1 is not None and prior.n <= cut:
-        recs, excl, inp_on, lk, effects = prior.step1
-        if recs is remembered and excl == exclude and inp_on == inputs_on and lk == frozenset(x for x in locked if x < prior.n):
+        recs, excl, inp_on, lk, bnd, effects = prior.step1
+        if recs is remembered and excl == exclude and inp_on == inputs_on and lk == frozenset(x for x in locked if x < prior.n) \
+                and bnd == st.boundary:
             st.resumed = True
             p_edits, p_cleared, p_by_index, p_freed, p_counts, p_done, first = effects
             edits.update({i: dict(e) for i, e in p_edits.items()})
@@ -769,7 +772,8 @@ def _reapply(st: _Clearing) -> None:
             if calls_at_cut is not None and si == n_cut:
                 step1_at_cut = step1_effects(si)
             rec = remembered.get(s.id)
-            if rec is None or (s.tool in exclude and rec.get("kind") != COMPRESSED) or s.id in done or s.index >= st.unseen_from:
+            if rec is None or (s.tool in exclude and rec.get("kind") != COMPRESSED) or s.id in done or s.index >= st.unseen_from \
+                    or s.index < st.boundary:  # (what the provider's compaction holds or dropped: as it came)
                 continue
             if rec["h"] != s.digest:  # the client changed this result itself: leave it be
                 continue
@@ -778,7 +782,7 @@ def _reapply(st: _Clearing) -> None:
         if step1_at_cut is None:  # (no slot at or after the cut, or nothing remembered: no loop ran there)
             step1_at_cut = step1_effects(n_cut)
         carry = st.carry = _Prefix(cut, calls_at_cut, slots[:n_cut], (
-            remembered, frozenset(exclude), inputs_on, frozenset(x for x in locked if x < cut), step1_at_cut))
+            remembered, frozenset(exclude), inputs_on, frozenset(x for x in locked if x < cut), st.boundary, step1_at_cut))
         done_cut = step1_at_cut[5]
         base = len(prior.slots) if st.resumed and len(prior.slots) <= n_cut else 0
         new_slots = slots[base:n_cut]
@@ -796,7 +800,7 @@ def _choose(st: _Clearing) -> None:
     total, trigger, keep_recent, clear_at_least = st.total, st.trigger, st.keep_recent, st.clear_at_least
     exclude, pinned, unseen_from, remembered = st.exclude, st.pinned, st.unseen_from, st.remembered
     input_allowed, new_recs, learned = st.input_allowed, st.new_recs, st.learned
-    boundary = ctx.notes.get("provider", NO_PROVIDER).boundary
+    boundary = st.boundary
     if total - st.freed > trigger and not ctl.holds(total - st.freed, ctx.settings):
         if st.resumed:
             # the previous request's messages: their orders and the slots step 2 may clear there are

@@ -220,3 +220,26 @@ def test_the_overview_bills_the_provider_compaction_and_prices_savings_without_i
     assert with_comp.est_saved_units == pytest.approx(without.est_saved_units) == pytest.approx(10000)
     assert with_comp.usd == pytest.approx(without.usd + (150000 * 3 + 3000 * 15) / 1e6)
     assert with_comp.est_saved_usd == pytest.approx(without.est_saved_usd)
+
+
+def test_clearing_leaves_what_precedes_a_new_compaction_block_as_it_came(tmp_path):
+    """Results cleared before the provider compacted are not stubbed again in the messages its compaction
+    block now holds or drops (the validator would refuse the rewrite, the request going as the original
+    after an error): clearing works after the block, its earlier work resumes there."""
+    h = Harness(tmp_path, overrides=settings_overrides(window=200_000, stages=["clearing"],
+                                                       clearing={"trigger_tokens": 1000, "keep_recent": 1, "clear_at_least": 100}))
+    try:
+        body = anthropic_tool_loop(4, result_words=300, thinking=False, session="pcm-after")
+        first = h.send(A, copy.deepcopy(body))
+        assert first.changed and first.ctx.notes["clearing"]["freed"] > 0
+        later = copy.deepcopy(body)  # the provider compacted at the end of turn 2; two more turns follow
+        later["messages"][7]["content"].insert(0, dict(BLOCK))
+        more = anthropic_tool_loop(2, result_words=300, thinking=False, seed=9, session="pcm-after")["messages"]
+        later["messages"][-1:] = [{"role": "user", "content": "go on"}, {"role": "assistant", "content": "ok"}] + more
+        for _ in range(2):  # the second resumes the first's step 1
+            sent = h.send(A, copy.deepcopy(later))
+            assert sent.outcome.fallback is None and not sent.events("error"), sent.outcome
+            assert sent.body["messages"][:8] == later["messages"][:8]
+            assert sent.changed and sent.ctx.notes["clearing"]["freed"] > 0  # after the block: cleared
+    finally:
+        h.close()
