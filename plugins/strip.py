@@ -26,7 +26,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from contextwarden import hookimpl
-from contextwarden.dialects import dialect
+from contextwarden.dialects import NO_PROVIDER, dialect
 
 _VC_PROMPT = re.compile(r"\A\s*\[vc:prompt\][ \t]*(?:\r?\n\s*)?")
 _VC_USER = re.compile(r"\[vc:user\](.*?)\[/vc:user\]", re.S)
@@ -242,8 +242,10 @@ def cw_request(ctx) -> None:
             new, counts = s.clean(text)
             return new if counts and new.strip() else None
 
-        # the user's messages with their text cleaned (copies: the client's objects are never mutated)
-        new = [d.rewrite_text(m, fn) for m in items]
+        # the user's messages with their text cleaned (copies: the client's objects are never mutated),
+        # after the provider's latest compaction (what precedes it goes as it came)
+        fixed = ctx.notes.get("provider", NO_PROVIDER).boundary
+        new = [d.rewrite_text(m, fn) if i >= fixed else None for i, m in enumerate(items)]
         rewritten = sum(x is not None for x in new)
         if rewritten:
             new = [m if x is None else x for m, x in zip(items, new)]

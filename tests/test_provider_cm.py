@@ -243,3 +243,15 @@ def test_clearing_leaves_what_precedes_a_new_compaction_block_as_it_came(tmp_pat
             assert sent.changed and sent.ctx.notes["clearing"]["freed"] > 0  # after the block: cleared
     finally:
         h.close()
+
+
+def test_strip_rewrites_no_message_before_the_provider_compaction(tmp_path):
+    h = Harness(tmp_path, overrides=settings_overrides(window=200_000, stages=["strip"], strip={"rewrite_outgoing": True}))
+    try:
+        env = "[vc:user]hello there[/vc:user]"
+        msgs = [{"role": "user", "content": env}, {"role": "assistant", "content": [BLOCK]}, {"role": "user", "content": env}]
+        sent = h.send(A, {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": copy.deepcopy(msgs)})
+        assert sent.outcome.fallback is None and sent.body["messages"][:2] == msgs[:2]
+        assert sent.body["messages"][2]["content"] != env  # after the block: cleaned
+    finally:
+        h.close()
