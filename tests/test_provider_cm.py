@@ -11,10 +11,12 @@ import copy
 import pytest
 
 from contextwarden import hookimpl
+from contextwarden.bodies import record
 from contextwarden.cost import billed_from_usage, billed_units, boundaries, provider_compaction
 from contextwarden.dialects import NO_PROVIDER, dialect
 from contextwarden.liveprotocol import Totals
 from contextwarden.models.base import ApiKind
+from contextwarden.replay import replay
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
 from contextwarden.streams.anthropic import AnthropicAssembler
@@ -255,3 +257,23 @@ def test_strip_rewrites_no_message_before_the_provider_compaction(tmp_path):
         assert sent.body["messages"][2]["content"] != env  # after the block: cleaned
     finally:
         h.close()
+
+
+def test_replay_counts_no_saving_for_what_the_provider_dropped_or_cleared(tmp_path):
+    """Recorded bodies that delegated tool clearing, and one that carries a compaction block: replayed, the
+    stages step back (no rewrite, no saving of ours) and both sides count what the provider reads."""
+    home = tmp_path / "cwhome"
+    cleared = anthropic_tool_loop(4, result_words=300, thinking=False, session="r1")
+    cleared["context_management"] = {"edits": [CLEAR]}
+    compacted = anthropic_tool_loop(4, result_words=300, thinking=False, seed=5, session="r1")
+    compacted["messages"][13]["content"].insert(0, dict(BLOCK))
+    for i, body in enumerate((cleared, compacted)):
+        record(home, {"flow_id": f"f{i}", "session": "s1", "ts": 1000.0 + i, "api": "anthropic", "path": "/v1/messages",
+                      "model": body["model"], "headers": [["content-type", "application/json"]], "original": body,
+                      "rewritten": None})
+    rep = replay(home / "bodies" / "s1", turn_hooks=False,
+                 overrides={"clearing": {"trigger_tokens": 1000, "keep_recent": 1, "clear_at_least": 100},
+                            "memory": {"enabled": False}})
+    assert [r.outcome for r in rep.results] == ["unchanged", "unchanged"]
+    assert [r.tokens_sent for r in rep.results] == [r.tokens_original for r in rep.results]
+    assert rep.results[1].tokens_sent < rep.results[0].tokens_sent / 2  # (the dropped messages: nobody's)

@@ -537,6 +537,8 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 bill_o = _flat_bill(rt.tokens.count_request(req.api, ctx.original, model), req.output_tokens, model, factor)
                 bill_u = _flat_bill(rt.tokens.count_request(req.api, sent, model), req.output_tokens, model, factor) if sent is not None else Bill()
             tokens_sent = rt.tokens.count_request(req.api, sent, model) if sent is not None else 0
+            if sent is not None and ctx.tokens_in is not None:  # the provider's view, as tokens_in (pipeline._provider_dropped)
+                tokens_sent -= rt.tokens.count_request(req.api, ctx.original, model) - ctx.tokens_in
             key = dialect(req.api).history_key
             mem = ctx.notes.get("memory") if sent is not None and sent is not ctx.original else None
             mem = mem if isinstance(mem, dict) and mem.get("injected") else {}
