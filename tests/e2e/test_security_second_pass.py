@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
 import re
@@ -143,7 +145,7 @@ def test_anonymous_clients_from_two_addresses_never_share_memory(proxy, standin,
     standin.reset()
     _post(proxy, ask, session=session, source="127.0.0.1")  # the control: the same user gets it back
     assert secret in standin.requests()[-1].body.decode()
-    tenants = [e["data"]["tenant"] for e in proxy.events("request", since=since)]
+    tenants = [e["data"]["tenant"] for e in proxy.wait_events(lambda e: e["type"] == "request", 3, since=since)]
     assert len(tenants) == 3 and tenants[0] == tenants[2] != tenants[1]
 
 
@@ -228,3 +230,25 @@ def test_deep_input_goes_unchanged_with_an_error_event_and_no_traceback(proxy, s
     out = proxy.output_text()[printed:]
     assert "Traceback" not in out and "prepare failed" not in out, out[-3000:]
     assert not re.search(r"Recursion limit reached\n", out)
+
+
+def test_behind_a_proxy_credential_its_user_not_the_address_scopes_an_anonymous_request(tmp_path, standin):
+    """With ``proxyauth`` the origin is the credential's user: the same user from two addresses is one
+    tenant, through the engine process too (the user crosses with the flow)."""
+    p = ProxyProcess(tmp_path / "auth", name="auth", profile="observe-only", redirect=standin.url,
+                     options={"proxyauth": "alice:pw-1"})
+    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64,
+                       "messages": [{"role": "user", "content": "hello"}]}).encode()
+    with p:
+        since = p.mark()
+        for source in ("127.0.0.1", "127.0.0.2"):  # a forward-proxy request in plain HTTP, from each address
+            conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=60, source_address=(source, 0))
+            conn.request("POST", "http://api.anthropic.com/v1/messages", body,
+                         {"content-type": "application/json", "anthropic-version": "2023-06-01",
+                          "X-Contextwarden-Session": "s-auth",
+                          "Proxy-Authorization": "Basic " + base64.b64encode(b"alice:pw-1").decode()})
+            r = conn.getresponse()
+            assert r.status == 200, r.read()[:300]
+            conn.close()
+        tenants = [e["data"]["tenant"] for e in p.wait_events(lambda e: e["type"] == "request", 2, since=since)]
+    assert len(tenants) == 2 and tenants[0] == tenants[1], tenants
