@@ -26,7 +26,10 @@ def ensure_home(path: str | os.PathLike | None) -> Path:
     os.umask(0o077)
     home = Path(path).expanduser() if path else default_home()
     home.mkdir(parents=True, exist_ok=True)
-    home.chmod(0o700)
+    try:
+        home.chmod(0o700)
+    except PermissionError:  # another user's home, read (contextwarden search --home): not ours to change
+        pass
     return home
 
 
