@@ -200,6 +200,7 @@ password_min_length: 8
 key = cache_key(user.id, "profile")
 for key, value in sorted(params.items()):
 cache key=user:1234:profile hit
+the cache key is build_cache_key_v2
 commit 3f9a1c2e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a39
 Merge: 1a2b3c4 5d6e7f8
 request_id=550e8400-e29b-41d4-a716-446655440000 status=200
