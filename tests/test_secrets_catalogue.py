@@ -166,6 +166,21 @@ def test_every_shape_holds_for_many_random_values():
     assert misses == {}
 
 
+def test_a_secret_named_by_its_field_in_structured_data():
+    """A tool call's input or a body's member: the value alone does not say it is a secret, its name does."""
+    value = _mix(12)
+    body = {"messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "db_login", "input": {"host": "db01", "db_password": value}},
+        {"type": "thinking", "thinking": "ok", "signature": "Eq" + _mix(60)}]}], "max_tokens": 64}
+    out = scrub(body)
+    block, thinking = out["messages"][0]["content"]
+    assert block["input"] == {"host": "db01", "db_password": "[REDACTED:secret]"}
+    assert thinking == body["messages"][0]["content"][1]  # a signature is no credential
+    assert body["messages"][0]["content"][0]["input"]["db_password"] == value  # the caller's copy untouched
+    assert scrub({"token_type": "Bearer", "password_min_length": 8, "token": "[REDACTED:secret]", "api_key": "${API_KEY}"}) == \
+        {"token_type": "Bearer", "password_min_length": 8, "token": "[REDACTED:secret]", "api_key": "${API_KEY}"}
+
+
 def test_the_issue_examples():
     for text, value in (("the wifi password is TangoPIeJDt5cQ29", "TangoPIeJDt5cQ29"),
                         ("ADMIN_PW=hunter2xyz99", "hunter2xyz99")):

@@ -132,7 +132,8 @@ _PLACEHOLDERS = {"", "null", "none", "nil", "true", "false", "undefined", "requi
 # OPENAI_API_KEY metavar, a REDACTED_TOKEN placeholder) or a value that starts a pair of its own
 # (PROVIDER=...). Only without a digit: a secret has one (almost always), code names seldom do.
 _CODE_VALUE = re.compile(r"[^(\[]*[(\[].*|[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)+|\\[sSdDwWbB].*|\w*_\w*")
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z_\-]*")
+# a name made of words (password, passwordInput, X-Contextwarden-Token, proxy-credential), not letters at random
+_IDENT = re.compile(r"_?(?:[A-Z]+|[A-Z]?[a-z]+(?:[A-Z][a-z]+)*)(?:[_\-](?:[A-Z]+|[A-Z]?[a-z]+(?:[A-Z][a-z]+)*))*")
 _NAME_VALUE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[A-Z][A-Z0-9_]*=.*")
 
 
@@ -423,6 +424,28 @@ def _pem_run(m: re.Match[str]) -> str:
 def redact_text(text: str) -> str:
     """``text`` with every secret replaced (:func:`redact_secrets` without the count)."""
     return redact_secrets(text)[0] if text else text
+
+
+@lru_cache(maxsize=4096)
+def _field_kind(key: str) -> str | None:
+    """``_secret_key`` for a structured field's name, except a signature (a thinking block's is no credential)."""
+    kind = _secret_key(key)
+    return None if kind is None or {"signature", "sig"} & set(_words(key)) else kind
+
+
+def redact_field(key: str, value: str) -> str:
+    """A structured field's value (a JSON member: a tool call's input, a body's field) with its secrets
+    redacted: the whole value when the field's name says it is one (``{"db_password": "..."}``: the
+    text alone does not say so), else :func:`redact_text`'s."""
+    kind = _field_kind(key)
+    if kind is not None and _secret_value(value, kind):
+        return _mark("secret")
+    return redact_text(value)
+
+
+def field_names_secret(key: str) -> bool:
+    """Whether :func:`redact_field` may redact a value of this field whole."""
+    return _field_kind(key) is not None
 
 
 def looks_secret(value: str) -> bool:
