@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from contextwarden import policy
+from contextwarden import replay as replay_mod
 from contextwarden.cli import main as cli_main
+from contextwarden.fidelity import Fidelity
 from contextwarden.models.base import ApiKind
 from contextwarden.statecache import state_cache
 
@@ -124,3 +126,17 @@ def test_policy_show_and_reset_on_a_running_proxy(learning_proxy, capsys):
     assert "reset the learned policy of 1 tenant" in capsys.readouterr().out
     assert cli_main(["policy", "show", *home]) == 0
     assert "nothing learned yet" in capsys.readouterr().out
+
+
+def test_a_replay_learns_from_the_cleared_results_the_recorded_answers_used(cw_home):
+    """In a replay the recorded answers were written against the client's history: a cleared result an
+    answer used (the fidelity measure's loss) stands for the re-read the model would have made live."""
+    h = harness(cw_home, "learn")
+    sent = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=500), headers=key(1))
+    item = {"kind": "ref", "what": "handler_0", "tool": "Read", "tool_use_id": "toolu_0_1", "stage": "cleared"}
+    taught: set[str] = set()
+    for _ in range(2):  # the same loss counted again on a later request teaches once
+        replay_mod._learn_losses(h.rt, sent.ctx, Fidelity(items=[item, {**item, "stage": "dropped", "tool_use_id": "x"}]), taught)
+    learned = policy.load(state_cache(h.rt), sent.ctx.tenant)
+    assert learned.tools["Read"].refetched == 1 and learned.keeps_path("src/mod0_0.py")
+    h.close()
