@@ -546,7 +546,8 @@ def share(row: dict[str, Any], oracle_row: dict[str, Any]) -> float | None:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """Per trace: the client, our runs, the oracle and the baselines (rows of :func:`baselines.row`,
+    """Per trace: the client, our runs (the default, the learned policy: ``--set clearing.policy=learn``),
+    the oracle and the baselines (rows of :func:`baselines.row`,
     one labelled ``oracle``): cost, Δ cost and Δ cost + penalty against the client's, lost edit
     sources and references, and the share of the oracle's saving (cost + penalty) each achieves."""
     head = ("trace", "run", "cost $", "Δ cost", "Δ +pen", "lost edit src", "lost refs", "of oracle")
