@@ -27,7 +27,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import tflow
 
+from contextwarden.addons.exposure import Exposure
 from contextwarden.memory.api import ApiError, RecallClient
 from contextwarden.redact import tenant_id
 from contextwarden.tui.app import ContextWardenApp
@@ -124,6 +127,21 @@ def test_the_documented_command_accepts_nothing_off_loopback_while_it_starts(tmp
     out = p.output_text()
     assert ready_at > 0 and knock.accepted == 0, (knock.tries, knock.accepted)
     assert "proxy listening at *" not in out and f"listening at 127.0.0.1:{port}" in out, out[-2000:]
+
+
+def test_a_connection_to_an_address_nobody_chose_is_closed_unread():
+    """The fallback should a mitmproxy bind before the script loads: such a connection is refused at
+    once (on 12, no such socket exists: the test above)."""
+    guard = Exposure()
+    guard.forced = True  # no listen_host given: the addon chose loopback
+    cases = {("regular", "192.0.2.2"): True, ("reverse:http://x", "10.1.2.3"): True, ("regular", "127.0.0.1"): False,
+             ("regular@0.0.0.0:8080", "192.0.2.2"): False,  # the user's own choice of address
+             ("transparent", "192.0.2.2"): False}  # the original destination, not the listening socket
+    for (mode, addr), refused in cases.items():
+        client = tflow.tclient_conn()
+        client.proxy_mode, client.sockname, client.error = ProxyMode.parse(mode), (addr, 8080), None
+        guard.client_connected(client)
+        assert (client.error is not None) is refused, (mode, addr)
 
 
 # --- 3. a tenant no one reaches by guessing -------------------------------------------------------------
