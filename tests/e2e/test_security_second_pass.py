@@ -31,6 +31,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 
 from contextwarden.addons.exposure import Exposure
+from contextwarden.home import ensure_home
 from contextwarden.memory.api import ApiError, RecallClient
 from contextwarden.redact import tenant_id
 from contextwarden.tui.app import ContextWardenApp
@@ -270,3 +271,18 @@ def test_behind_a_proxy_credential_its_user_not_the_address_scopes_an_anonymous_
             conn.close()
         tenants = [e["data"]["tenant"] for e in p.wait_events(lambda e: e["type"] == "request", 2, since=since)]
     assert len(tenants) == 2 and tenants[0] == tenants[1], tenants
+
+
+def test_a_home_an_older_version_left_open_is_closed_whole(tmp_path):
+    """A data directory written before the modes were set (0755 folders, 0644 files) is closed at the
+    next start, everything under it: the files it already holds are as private as new ones."""
+    home = tmp_path / "old-home"
+    (home / "chroma" / "seg").mkdir(parents=True)
+    for f in (home / "events.jsonl", home / "chroma" / "chroma.sqlite3", home / "chroma" / "seg" / "data.bin"):
+        f.write_bytes(b"x")
+        f.chmod(0o644)
+    for d in (home, home / "chroma", home / "chroma" / "seg"):
+        d.chmod(0o755)
+    ensure_home(home)
+    opened = [p for p in [home, *home.rglob("*")] if p.stat().st_mode & 0o077]
+    assert opened == []
