@@ -45,8 +45,8 @@ can store it under the id the stub names; ``ctx.notes["clearing"]`` holds ``free
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from functools import lru_cache

@@ -23,6 +23,8 @@ from contextwarden import hookimpl
 from contextwarden.dialects import dialect
 from contextwarden.memory import produced
 from contextwarden.memory import service as memory_service
+from contextwarden.memory.envelopes import content_words
+from contextwarden.memory.lexical import tokenize
 from contextwarden.memory.project import request_project
 from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, framing_tokens, inject,
                                          last_user_index, render_block, strip_blocks)
@@ -78,6 +80,7 @@ def cw_request(ctx) -> None:
 
     def finish(**extra) -> None:
         result.update(extra)
+        result.setdefault("why", _why(result))
         result["ms"] = round((time.perf_counter() - t0) * 1000, 3)
         ctx.notes["memory"] = result
         ctx.emit("memory", **result)
@@ -97,6 +100,36 @@ def cw_request(ctx) -> None:
     except Exception as e:  # memory is an extra: the request goes on with the other stages' work
         ctx.emit("error", where="memory", message=f"{type(e).__name__}: {e}", action="forwarded without memory")
         finish(skipped="error", injected=0, ids=[], scores=[], tokens=0)
+
+
+WHY_SKIPPED = {  # the memory event's "why" (the TUI shows it) when nothing was injected
+    "no content words": "nothing to look for: the message has no content words (a greeting, an acknowledgement, "
+                        "an agent's own reminder)",
+    "no user text": "nothing to look for: no text a person wrote",
+    "tool loop step": "a tool-loop step: memory went with the person's message",
+    "nothing relevant": "nothing relevant: no stored item came above the relevance floor",
+    "no candidates": "nothing stored that matches",
+    "active topics": "what matched is on topics the history still holds",
+    "no room": "no room left in the context window",
+    "starting": "memory is starting",
+    "inject off": "memory.inject is off (remembering only)",
+    "timeout": "the search did not finish in time; the request went without memory",
+    "unavailable": "memory is unavailable",
+    "error": "memory failed; the request went without it",
+}
+
+
+def _why(result: dict) -> str:
+    """A short reason for the ``memory`` event: why nothing was injected, or why these items."""
+    if not result.get("injected"):
+        skipped = str(result.get("skipped") or "")
+        return WHY_SKIPPED.get(skipped, skipped or "nothing injected")
+    n, sessions = result["injected"], len(result.get("sessions") or ())
+    best = (result.get("scores") or [{}])[0]
+    words = ", ".join(result.get("matched") or ()) or "meaning only"
+    sim = f", similarity {best['vector']:.2f}" if best.get("vector") is not None else ""
+    return (f"{n} item{'s' * (n != 1)} from {sessions} session{'s' * (sessions != 1)} the history no longer "
+            f"holds; best match on {words}{sim}")
 
 
 PREFETCH_NOTE = "memory_prefetch"  # ctx.notes: (token, query) of the search cw_request_start began
@@ -152,6 +185,8 @@ def _query(ctx, original: list, clean_text) -> tuple:
     query, qi = build_query(ctx.api, original, clean_text)
     if query is None:
         return None, "no user text"
+    if not content_words(query.text):  # "hello", "thanks", "go on", an agent's reminder alone
+        return None, "no content words"
     if not ctx.settings.memory.inject_tool_steps and qi != last_user_index(original, role_of):
         # a tool-loop step: the block went with the person's message when it was sent; sending it again
         # with every step is new input each time, for what the model has already acted on
@@ -202,6 +237,11 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         return give_up(str(e))
     if ret.skipped:
         return finish(skipped=ret.skipped, budget=budget)
+    best = max((h.vector for h in ret.hits if h.vector is not None), default=None)
+    if best is not None and best < m.relevance_floor:
+        return finish(skipped="nothing relevant", budget=budget, candidates=ret.candidates, best_similarity=round(best, 4),
+                      why=f"nothing relevant: the best match's similarity {best:.2f} is under the relevance floor "
+                          f"{m.relevance_floor:.2f} (memory.relevance_floor)")
     ts = time.perf_counter()
     hits = select(ret, budget=budget, top_k=m.top_k, cost=lambda it: _item_tokens(ctx, it),
                   min_score=m.min_score, active_tags=set(ctx.notes.get("active_tags") or ()))
@@ -212,11 +252,17 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         reason = "active topics" if ret.active else ("nothing relevant" if ret.candidates else "no candidates")
         return finish(skipped=reason, **info)
     block = render_block([h.item for h in hits])
+    while len(hits) > 1 and _count(ctx, block) > budget + overhead:
+        # the items' costs leave out the group headings past the first (sessions, dates): the weakest go
+        hits.pop()
+        block = render_block([h.item for h in hits])
     try:
         where = inject(ctx.api, ctx.request, block)
     except NotInjectable as e:
         return finish(skipped=str(e), **info)
-    finish(injected=len(hits), tokens=_count(ctx, block), ids=[h.item.memory_id for h in hits],
+    best = set(tokenize(hits[0].item.text))
+    matched = [w for w in dict.fromkeys(content_words(query.text)) if w in best][:5]
+    finish(injected=len(hits), tokens=_count(ctx, block), ids=[h.item.memory_id for h in hits], matched=matched,
            scores=[h.scores() for h in hits], where=where,
            sessions=sorted({str(h.item.session) for h in hits}), **info)
 

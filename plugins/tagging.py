@@ -13,6 +13,7 @@ import time
 
 from contextwarden import hookimpl
 from contextwarden.memory import produced
+from contextwarden.memory.envelopes import strip_envelopes
 from contextwarden.memory.retrieve import build_query, human_text, role_of
 from contextwarden.memory.tagger import Tagger, tag_key
 
@@ -59,7 +60,7 @@ def cw_request(ctx) -> None:
             c = clean.get(j)
             if c and len(c) <= len(text):
                 text = c
-            active.update(tag_key(x) for x in tagger.tag(text))
+            active.update(tag_key(x) for x in tagger.tag(strip_envelopes(text)))
     ctx.notes["tags"] = tags
     ctx.notes["active_tags"] = sorted(active)
     ctx.emit("tags", tags=tags, active=sorted(active), ms=round((time.perf_counter() - t0) * 1000, 3))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import orjson
 
 from contextwarden.cli import main as cli_main
+from contextwarden.memory import eval_locomo as ev
 from contextwarden.memory import eval_longmemeval as lme
 from contextwarden.memory.evaluation import contains, request_text, truncate_to
 from contextwarden.models import ApiKind
@@ -15,14 +16,18 @@ from tests.conftest import EVAL_DIR
 def test_locomo_cli_one_conversation_beats_truncation(tmp_path, capsys, shared):
     out = tmp_path / "locomo.json"
     rc = cli_main(["eval", "locomo", "--conversation", "conv-30", "--questions", "12", "--cache", "none",
-                   "--quiet", "--json", str(out), "--data", str(EVAL_DIR / "locomo_dev.json")])
+                   "--quiet", "--json", str(out), "--data", str(EVAL_DIR / "locomo_dev.json"),
+                   "--framing", "turns,dated-merged"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "LoCoMo: 1 conversations, 369 turns" in printed
-    for row in ("contextwarden", "truncation (last N, same tokens)", "full history", "target: recall >= 0.85"):
+    assert "LoCoMo (turns): 1 conversations, 369 turns" in printed
+    assert "LoCoMo (dated-merged): 1 conversations, 369 turns" in printed
+    for row in ("contextwarden", "truncation (last N, same tokens)", "full history", "evidence-weighted, categories 1-4",
+                "LoCoMo by framing", "target: evidence-weighted recall"):
         assert row in printed
     res = orjson.loads(out.read_bytes())
-    qs = res["questions"]
+    assert set(res["framings"]) == {"turns", "dated-merged"}
+    qs = res["framings"]["turns"]
     assert len(qs) == 12 and res["settings"]["window"] == 4096
     recall = sum(q["hits"] / q["evidence"] for q in qs) / len(qs)
     trunc = sum(q["trunc_hits"] / q["evidence"] for q in qs) / len(qs)
@@ -30,6 +35,24 @@ def test_locomo_cli_one_conversation_beats_truncation(tmp_path, capsys, shared):
     assert all(q["tokens"] <= 4096 for q in qs)  # the window holds, memory included
     assert all(q["trunc_tokens"] <= q["tokens"] for q in qs)
     assert sum(q["injected"] for q in qs) > 0
+
+
+def test_locomo_framings_keep_every_turn_text_and_the_speakers_roles():
+    """Each framing holds every turn's own text once, in a message of its speaker's role: merged ones
+    join consecutive turns of one speaker, dated ones write the session's date before each turn."""
+    sample = next(s for s in orjson.loads((EVAL_DIR / "locomo_dev.json").read_bytes()) if s["sample_id"] == "conv-30")
+    conv = sample["conversation"]
+    turns, by_id = ev.framed(conv, "turns")
+    merged, _ = ev.framed(conv, "merged")
+    dated, _ = ev.framed(conv, "dated-merged")
+    assert len(turns) == len(by_id) > len(merged) == len(dated)
+    assert all(a["role"] != b["role"] for a, b in zip(merged, merged[1:]))
+    date = conv["session_1_date_time"]
+    first = conv["session_1"][0]
+    assert dated[0]["content"].startswith(f"({date}) {first['speaker']}: {first['text']}")
+    for framing in (merged, dated):
+        text = "\n".join(m["content"] for m in framing)
+        assert all(t in text for t in by_id.values())
 
 
 def test_longmemeval_smoke_beats_truncation(shared):

@@ -10,13 +10,16 @@ import pytest
 import yaml
 
 from contextwarden import policy
+from contextwarden import replay as replay_mod
 from contextwarden.cli import main as cli_main
+from contextwarden.fidelity import Fidelity
 from contextwarden.models.base import ApiKind
 from contextwarden.statecache import state_cache
 
 from .support.proxy import ProxyProcess
 from .support.stages import Harness, anthropic_tool_loop, settings_overrides
 from .support.upstream import StandIn
+from .test_state_backends import prefix, redis_server  # noqa: F401 (fixtures: a real redis-server)
 
 CLEARING = {"trigger_tokens": 4000, "clear_at_least": 500, "keep_recent": 2, "keep_edited_reads": 0,
             "working_set_tokens": 0, "min_result_tokens": 100}
@@ -124,3 +127,38 @@ def test_policy_show_and_reset_on_a_running_proxy(learning_proxy, capsys):
     assert "reset the learned policy of 1 tenant" in capsys.readouterr().out
     assert cli_main(["policy", "show", *home]) == 0
     assert "nothing learned yet" in capsys.readouterr().out
+
+
+def test_a_replay_learns_from_the_cleared_results_the_recorded_answers_used(cw_home):
+    """In a replay the recorded answers were written against the client's history: a cleared result an
+    answer used (the fidelity measure's loss) stands for the re-read the model would have made live."""
+    h = harness(cw_home, "learn")
+    sent = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=500), headers=key(1))
+    item = {"kind": "ref", "what": "handler_0", "tool": "Read", "tool_use_id": "toolu_0_1", "stage": "cleared"}
+    taught: set[str] = set()
+    for _ in range(2):  # the same loss counted again on a later request teaches once
+        replay_mod._learn_losses(h.rt, sent.ctx, Fidelity(items=[item, {**item, "stage": "dropped", "tool_use_id": "x"}]), taught)
+    learned = policy.load(state_cache(h.rt), sent.ctx.tenant)
+    assert learned.tools["Read"].refetched == 1 and learned.keeps_path("src/mod0_0.py")
+    h.close()
+
+
+def test_replicas_on_one_redis_learn_into_the_same_policy(tmp_path, redis_server, prefix):
+    """Two proxies on one Redis: what replica A learned is applied by B, and B's learning adds to it."""
+    def replica(name: str) -> Harness:
+        return Harness(tmp_path / name, overrides=settings_overrides(
+            window=200_000, stages=["strip", "clearing"], state={"url": redis_server.url, "prefix": prefix},
+            clearing={**CLEARING, "policy": "learn"}))
+
+    a, b = replica("a"), replica("b")
+    body = anthropic_tool_loop(8, result_words=500)
+    first = a.send(ApiKind.ANTHROPIC, body, headers=key(1))
+    a.send(ApiKind.ANTHROPIC, reread(body, "src/mod0_0.py"), headers=key(1))
+    on_b = b.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=500, seed=9), headers=key(1))
+    assert on_b.ctx.tenant == first.ctx.tenant  # (the replicas share the tenant salt)
+    kept = {c["input"]["file_path"] for c in on_b.ctx.notes["cleared"] if c["tool"] == "Read"}
+    assert kept and "src/mod0_0.py" not in kept  # B keeps the path A saw come back
+    learned = policy.load(state_cache(a.rt), first.ctx.tenant)
+    assert learned.tools["Read"].refetched == 1 and learned.tools["Read"].cleared > 4  # both replicas' steps
+    for r in (a, b):
+        r.close()

@@ -149,6 +149,12 @@ def test_a_shared_proxy_requires_the_credential(cw_home, api_of):
     with pytest.raises(ApiError) as e:
         RecallClient.find(cw_home).call("recall", ids=["m-0000000000000000"])
     assert e.value.status == 403
+    for method, args in (("session", {"action": "list"}), ("session", {"action": "compact", "session": "s"}),
+                         ("status", {})):  # every method, the session commands included
+        with pytest.raises(ApiError) as e:
+            RecallClient.find(cw_home).call(method, **args)
+        assert e.value.status == 403
+    assert RecallClient.find(cw_home, KEY_A).call("session", action="list") == {"sessions": []}
     assert RecallClient.find(cw_home, KEY_A).call("recall", ids=["m-0000000000000000"])["missing"] == ["m-0000000000000000"]
     h.close()
 

@@ -166,6 +166,21 @@ def test_every_shape_holds_for_many_random_values():
     assert misses == {}
 
 
+def test_a_secret_named_by_its_field_in_structured_data():
+    """A tool call's input or a body's member: the value alone does not say it is a secret, its name does."""
+    value = _mix(12)
+    body = {"messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "db_login", "input": {"host": "db01", "db_password": value}},
+        {"type": "thinking", "thinking": "ok", "signature": "Eq" + _mix(60)}]}], "max_tokens": 64}
+    out = scrub(body)
+    block, thinking = out["messages"][0]["content"]
+    assert block["input"] == {"host": "db01", "db_password": "[REDACTED:secret]"}
+    assert thinking == body["messages"][0]["content"][1]  # a signature is no credential
+    assert body["messages"][0]["content"][0]["input"]["db_password"] == value  # the caller's copy untouched
+    assert scrub({"token_type": "Bearer", "password_min_length": 8, "token": "[REDACTED:secret]", "api_key": "${API_KEY}"}) == \
+        {"token_type": "Bearer", "password_min_length": 8, "token": "[REDACTED:secret]", "api_key": "${API_KEY}"}
+
+
 def test_the_issue_examples():
     for text, value in (("the wifi password is TangoPIeJDt5cQ29", "TangoPIeJDt5cQ29"),
                         ("ADMIN_PW=hunter2xyz99", "hunter2xyz99")):
@@ -200,6 +215,7 @@ password_min_length: 8
 key = cache_key(user.id, "profile")
 for key, value in sorted(params.items()):
 cache key=user:1234:profile hit
+the cache key is build_cache_key_v2
 commit 3f9a1c2e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a39
 Merge: 1a2b3c4 5d6e7f8
 request_id=550e8400-e29b-41d4-a716-446655440000 status=200

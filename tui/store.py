@@ -19,7 +19,7 @@ from contextwarden import cost
 from contextwarden.liveprotocol import SentLedger, Totals, applied_compaction, new_clearing, new_compaction
 
 CONTEXT_TYPES = ("compaction", "clearing", "compression", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip",
-                 "session")
+                 "session", "memory")
 ROW_TYPES = ("request", "stage", "tags", "memory", "forward", "response", "turn", "budget", "clearing", "compression",
              "compaction", "error", "strip")
 
@@ -199,6 +199,9 @@ def summarise(ev: dict[str, Any]) -> str:
             return f"unpinned #{', #'.join(map(str, d.get('ids') or []))}"
         if act == "compact":
             return "compact now: the next request compacts and clears"
+    if t == "memory":  # a request's search: what it injected and why, or why nothing
+        got = f"injected {d['injected']} items, {d.get('tokens', 0)} tokens: " if d.get("injected") else ""
+        return got + str(d.get("why"))
     if t == "strip":
         pats = ", ".join(f"{k}×{v}" for k, v in (d.get("patterns") or {}).items())
         return (f"stripped envelopes from {d.get('cleaned', 0)} of {d.get('messages', '?')} messages"
@@ -215,6 +218,8 @@ def _worth_listing(t: str, d: dict[str, Any]) -> bool:
         return bool(d.get("cleaned") or d.get("rewritten"))
     if t == "compaction":
         return applied_compaction(d)
+    if t == "memory":  # a person's message's search (not ingestion, not a tool-loop step)
+        return "why" in d and d.get("skipped") not in ("tool loop step", "starting")
     return True
 
 

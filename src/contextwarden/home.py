@@ -21,13 +21,29 @@ def ensure_home(path: str | os.PathLike | None) -> Path:
     """The data directory, made this user's only. The one place that sets who may read what this
     process (and the engine, memory and embedding processes it starts, which inherit it) writes: umask
     077, so every file is 0600 and every folder 0700 from creation (events, state, originals, Chroma's
-    files, recorded bodies, exports). A home an older version left 0755 becomes 0700: nothing under it
-    is reachable by another user."""
+    files, recorded bodies, exports). A home an older version left open (0755, files 0644) is closed
+    once, everything under it included: nothing under it stays reachable by another user."""
     os.umask(0o077)
     home = Path(path).expanduser() if path else default_home()
     home.mkdir(parents=True, exist_ok=True)
-    home.chmod(0o700)
+    if home.stat().st_mode & 0o077:
+        try:
+            _close(home)
+        except PermissionError:  # another user's home, read (contextwarden search --home): not ours to change
+            pass
     return home
+
+
+def _close(home: Path) -> None:
+    """Folders 0700 and files 0600 (an executable one 0700) under ``home``, ``home`` first."""
+    home.chmod(0o700)
+    for root, dirs, files in os.walk(home):
+        for d in dirs:
+            Path(root, d).chmod(0o700)
+        for f in files:
+            p = Path(root, f)
+            if not p.is_symlink():
+                p.chmod(0o700 if p.stat().st_mode & 0o100 else 0o600)
 
 
 def secret_file(home: Path, name: str, nbytes: int = 32) -> str:

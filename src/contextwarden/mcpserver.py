@@ -14,7 +14,8 @@ The tools talk to the running proxy's recall API (:mod:`contextwarden.memory.api
 ``cw_home/recall-api.json``); ``recall`` also works without a proxy (it reads the originals on disk).
 The tenant is the one of the credential the agent's own client uses (``$CONTEXTWARDEN_CREDENTIAL``,
 ``$ANTHROPIC_API_KEY`` or ``$OPENAI_API_KEY`` in the server's environment, which the client passes on),
-hashed by the proxy as it hashes the client's requests; without one, this machine's user's tenants.
+hashed by the proxy as it hashes the client's requests; without one, this machine's user's tenants
+(``remember`` then refuses: a note goes to a tenant the caller names, never to the latest request's).
 """
 
 from __future__ import annotations

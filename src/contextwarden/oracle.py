@@ -1,16 +1,17 @@
-"""The hindsight ceiling: the cheapest sequence of clearing rewrites that loses nothing used later.
+"""The hindsight ceiling: the cheapest sequence of rewrites that loses nothing used later.
 
-With every later request of a trace known, a tool result is *dead* from the first request at which
-the model has seen it and no later answer uses it (an edit source or a reference it alone holds:
-:func:`last_uses`, the notion :mod:`contextwarden.fidelity` counts). Clearing a dead result (its
-content replaced by the clearing stub) never loses anything the model used later.
+A *unit* is what a rewrite may replace by a short stub: a tool result, a tool call's large input
+values, an assistant text (:func:`units`). With every later request of a trace known, a unit is
+*dead* from the first request at which the model has seen it and no later answer needs it (an edit
+source or a reference only it holds: :func:`last_uses`, what :mod:`contextwarden.fidelity` counts).
+Replacing a dead unit never loses anything the model used later.
 
-Action space: at any request of a conversation, a *rewrite* clears every result dead at that request.
-Dead sets only grow (a dead result stays dead), so after a rewrite at request r the cleared set is
+Action space: at any request of a conversation, a *rewrite* replaces every unit dead at that request.
+Dead sets only grow (a dead unit stays dead), so after a rewrite at request r the cleared set is
 ``dead(r)`` whatever came before: the state of a dynamic program is the last rewrite point.
 Between rewrites the history grows append-only and is billed as the provider bills it (cache read up
 to the previous request's breakpoint when it is still alive, the new part written); a rewrite at t
-reads the longest prefix cached before the first newly cleared result (within the provider's
+reads the longest prefix cached before the first newly replaced unit (within the provider's
 20-block lookback) and writes the rest. ``best[t] = min over r < t of best[r] + sum of the requests
 r+1..t-1 kept at dead(r) + the rewrite at t``; the first request of a conversation is a rewrite
 for free (nothing is cached). O(m^2) per conversation of m requests.
@@ -47,8 +48,8 @@ SCAN_BACK = 40  # earlier requests whose cached end is looked for at a rewrite
 
 
 @dataclass(frozen=True, slots=True)
-class ResultBlock:
-    """A tool result in one request's body, as the plan sees it."""
+class PlacedUnit:
+    """A unit in one request's body, as the plan sees it."""
 
     id: str
     block: int  # its boundary index (cost.boundaries)
@@ -58,14 +59,14 @@ class ResultBlock:
 
 @dataclass(slots=True)
 class Request:
-    """One request of the trace: its boundaries and tool results."""
+    """One request of the trace: its boundaries and units."""
 
     index: int
     ts: float
     model: str
     conv: bytes  # the key of the prefix through the first message: requests that share a cache
     bounds: list[Boundary]
-    results: list[ResultBlock]
+    units: list[PlacedUnit]
     n_sys: int  # boundaries before the first message block
 
     @property
@@ -75,7 +76,7 @@ class Request:
 
 @dataclass
 class Plan:
-    """Per request, the tool results the oracle clears; the rewrite points; the DP's own estimate."""
+    """Per request, the units the oracle replaces; the rewrite points; the DP's own estimate."""
 
     cleared: list[frozenset[str]]
     rewrites: list[int]
@@ -288,6 +289,7 @@ def cleared_body(body: dict, cleared: frozenset[str], stubs: Stubs, model: str, 
 
 
 def prepare(trace, counter, factor: float, stubs: Stubs, kinds: tuple[str, ...] = KINDS) -> list[Request]:
+    """Each request's boundaries (as the replay bills them) and its units, placed at their boundary."""
     out = []
     for i, rq in enumerate(trace.requests):
         body, model = rq.body, rq.body.get("model") or ""
@@ -298,10 +300,10 @@ def prepare(trace, counter, factor: float, stubs: Stubs, kinds: tuple[str, ...] 
         msgs = body.get("messages") or []
         calls = _calls(body)
         us, _, last = units(body, kinds)
-        results = [ResultBlock(u.id, where[(u.message, u.block)], sv, u.message < last) for u in us if (u.message, u.block) in where
-                   and (sv := stubs.saving(u, msgs[u.message]["content"][u.block], calls, model)) > 0]  # (a stub no smaller: kept)
+        placed = [PlacedUnit(u.id, where[(u.message, u.block)], sv, u.message < last) for u in us if (u.message, u.block) in where
+                  and (sv := stubs.saving(u, msgs[u.message]["content"][u.block], calls, model)) > 0]  # (a stub no smaller: kept)
         conv = bounds[min(n_sys, len(bounds) - 1)].key if bounds else b""
-        out.append(Request(i, rq.ts, model.lower(), conv, bounds, results, n_sys))
+        out.append(Request(i, rq.ts, model.lower(), conv, bounds, placed, n_sys))
     return out
 
 
@@ -319,10 +321,10 @@ def _plan_conversation(reqs: list[Request], last_use: dict[str, int]) -> tuple[l
     """The rewrite points (local indices) of one conversation's requests, the DP's input dollars, and
     how many rewrites fell on a free moment."""
     m = len(reqs)
-    # dead_from[id]: the first local request at which the result is seen and no later answer needs it
+    # dead_from[id]: the first local request at which the unit is seen and no later answer needs it
     dead_from: dict[str, int] = {}
     for t, q in enumerate(reqs):
-        for rb in q.results:
+        for rb in q.units:
             if rb.id not in dead_from and rb.seen and last_use.get(rb.id, -1) < q.index:
                 dead_from[rb.id] = t
     # sav[t][r]: tokens the stubs of dead(r) save in request t (r <= t)
@@ -331,7 +333,7 @@ def _plan_conversation(reqs: list[Request], last_use: dict[str, int]) -> tuple[l
     for t, q in enumerate(reqs):
         by = [0] * (t + 1)
         first = [float("inf")] * (t + 1)
-        for rb in q.results:
+        for rb in q.units:
             d = dead_from.get(rb.id)
             if d is None or d > t or not rb.seen:
                 continue
@@ -429,7 +431,7 @@ def conversations(reqs: list[Request]) -> list[list[Request]]:
 
 def dead_at(q: Request, last_use: dict[str, int]) -> frozenset[str]:
     """The units of request q the model has seen and no later answer needs."""
-    return frozenset(rb.id for rb in q.results if rb.seen and last_use.get(rb.id, -1) < q.index)
+    return frozenset(rb.id for rb in q.units if rb.seen and last_use.get(rb.id, -1) < q.index)
 
 
 def cleared_sets(rs: list[Request], points: list[int], last_use: dict[str, int]) -> list[frozenset[str]]:
@@ -441,7 +443,7 @@ def cleared_sets(rs: list[Request], points: list[int], last_use: dict[str, int])
     for t, q in enumerate(rs):
         if t in todo:
             dead = dead_at(q, last_use)
-        out.append(dead & {rb.id for rb in q.results if rb.seen})
+        out.append(dead & {rb.id for rb in q.units if rb.seen})
     return out
 
 
@@ -546,7 +548,8 @@ def share(row: dict[str, Any], oracle_row: dict[str, Any]) -> float | None:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """Per trace: the client, our runs, the oracle and the baselines (rows of :func:`baselines.row`,
+    """Per trace: the client, our runs (the default, the learned policy: ``--set clearing.policy=learn``),
+    the oracle and the baselines (rows of :func:`baselines.row`,
     one labelled ``oracle``): cost, Δ cost and Δ cost + penalty against the client's, lost edit
     sources and references, and the share of the oracle's saving (cost + penalty) each achieves."""
     head = ("trace", "run", "cost $", "Δ cost", "Δ +pen", "lost edit src", "lost refs", "of oracle")

@@ -41,6 +41,9 @@ from .fidelity import Fidelity, FidelityCounter
 from .fidelity import totals as fidelity_totals
 from .dialects import dialect
 from .models.base import ApiKind
+from . import policy
+from .statecache import state_cache
+from .workingset import path_of
 
 CONTINUED = "This session is being continued from a previous conversation"
 COMPACT_INSTRUCTION = (
@@ -516,6 +519,8 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
     unsubscribe = rt.bus.subscribe(on_event)
     cache_o, cache_u = PromptCache(), PromptCache()
     fidelity = FidelityCounter(rt.tokens.count_text)
+    learning = rt.settings.clearing.policy == "learn"
+    taught: set[str] = set()  # cleared results whose loss the policy learned from (once each)
     out: list[RequestResult] = []
     try:
         for i, req in enumerate(trace.requests):
@@ -555,6 +560,8 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 if req.api is ApiKind.ANTHROPIC else None,
             )
             out.append(res)
+            if learning and res.fidelity is not None and res.fidelity.items:
+                _learn_losses(rt, ctx, res.fidelity, taught)
             if turn_hooks and sent is not None:
                 _turn_complete(rt, ctx, req, bill_u)
             if progress:
@@ -562,6 +569,20 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
     finally:
         unsubscribe()
     return out
+
+
+def _learn_losses(rt, ctx, fid: Fidelity, taught: set[str]) -> None:
+    """The live signal a replay cannot see, from the fidelity measure: a cleared result the recorded
+    answer used is one the model would have fetched again (the recorded answers were written against the
+    client's history, so its own re-reads of what we cleared are there only by chance)."""
+    lost = [it for it in fid.items if it["stage"] == "cleared" and it["tool_use_id"] not in taught]
+    if not lost:
+        return
+    inputs = {b.get("id"): b.get("input") for m in ctx.original.get("messages") or [] if isinstance(m.get("content"), list)
+              for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_use"}
+    taught.update(it["tool_use_id"] for it in lost)
+    policy.learn(state_cache(rt), ctx.tenant, {}, [(it["tool"], path_of(inputs.get(it["tool_use_id"]))) for it in lost],
+                 policy.request_time(ctx))
 
 
 def _flat_bill(tokens: int, output: int, model: str | None, factor: float) -> Bill:

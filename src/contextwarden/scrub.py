@@ -2,8 +2,9 @@
 
 Events (the JSONL log and the TUI's stream), exports and the inspector's bodies go through
 :func:`scrub`: every string in them gets :func:`contextwarden.memory.secrets.redact_secrets` (the same
-patterns memory uses, URL query credentials included), and every ``headers`` list or mapping has the
-value of each credential-like header (by name or by value) replaced. Structures are copied where
+patterns memory uses, URL query credentials included), a string whose member's name says it is a secret
+(``{"db_password": ...}``, a tool call's input) is replaced whole, and every ``headers`` list or mapping
+has the value of each credential-like header (by name or by value) replaced. Structures are copied where
 something changed, never edited in place (a caller may still hold them).
 
 Cheap because every event goes through it (~17 a request, on the log's writer thread, under the
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .lru import LRU
-from .memory.secrets import redact_text
+from .memory.secrets import field_names_secret, redact_field, redact_text
 from .redact import REDACTED, is_secret_header
 
 _MIN = 8  # no secret pattern matches fewer characters
@@ -125,14 +126,19 @@ def _scrub_dict(obj: dict) -> dict:
     for k, v in obj.items():
         t = type(v)
         if t is str:
-            if len(v) < _MIN:
+            if type(k) is str and field_names_secret(k):  # {"db_password": "..."}: the name says what the value is
+                nv = redact_field(k, v)
+                if nv == v:
+                    continue
+            elif len(v) < _MIN:
                 continue
-            nv = young.get(v)
-            if nv is _SAME:
-                continue
-            nv = scrub_text(v)
-            if nv is v:
-                continue
+            else:
+                nv = young.get(v)
+                if nv is _SAME:
+                    continue
+                nv = scrub_text(v)
+                if nv is v:
+                    continue
         elif t in _PLAIN:
             continue
         else:

@@ -62,23 +62,28 @@ def proxy(tmp_path_factory, standin):
 
 def test_no_catalogued_secret_anywhere_after_a_live_session(proxy, standin, tmp_path):
     standin.strict = True  # requests checked like the real API: a rewrite that breaks one fails here
-    shapes = catalogue() + ISSUE + [_key_tail()]
+    tail = _key_tail()
+    shapes = catalogue() + ISSUE + [tail]
     canary = "quokkacanary" + uuid.uuid4().hex[:8]
     session = f"cat-{uuid.uuid4().hex[:8]}"
     key = "sk-ant-api03-" + uuid.uuid4().hex + "AA"
     tap = TuiTap(proxy.home)
     since = proxy.mark()
 
+    # a secret only its field's name tells: a tool call's input (request bodies, events, memory)
+    field = Shape("tool_input_field", "", ("fld" + uuid.uuid4().hex[:14] + "Q7",))
+    shapes.append(field)
     # half the shapes in user messages, half in tool results, a few per turn, over several turns
     rounds = 8
     history: list[dict] = [{"role": "user", "content": f"{canary} round 0: {shapes[0].text}"}]
     _post(proxy, history, session=session, headers={"x-api-key": key})
     for r in range(rounds):
-        mine = shapes[1 + r::rounds]
+        mine = [s for s in shapes[1 + r::rounds] if s.text]
         said, results = mine[::2], mine[1::2]
         history.append({"role": "assistant", "content": [
             {"type": "text", "text": f"Looking at round {r}."},
-            {"type": "tool_use", "id": f"toolu_{r:04d}", "name": "Bash", "input": {"command": f"cat notes-{r}.txt"}}]})
+            {"type": "tool_use", "id": f"toolu_{r:04d}", "name": "Bash",
+             "input": {"command": f"cat notes-{r}.txt", **({"db_password": field.values[0]} if r == 0 else {})}}]})
         output = "\n".join(s.text for s in results) + "\n" + "\n".join(f"line {i} of notes {r}" for i in range(30))
         history.append({"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": f"toolu_{r:04d}", "content": output},
@@ -91,7 +96,7 @@ def test_no_catalogued_secret_anywhere_after_a_live_session(proxy, standin, tmp_
                                  default_headers={"X-Contextwarden-Session": sdk_session},
                                  http_client=httpx2.Client(trust_env=False, timeout=60))
     msgs: list[dict] = []
-    for shape in shapes[-3:]:
+    for shape in ISSUE + [tail]:
         msgs.append({"role": "user", "content": f"{canary} note this: {shape.text}"})
         answer = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=msgs)
         msgs.append({"role": "assistant", "content": answer.content[0].text})

@@ -7,11 +7,15 @@
 4. the local API's session commands apply the caller's tenant: user B neither lists nor compacts A's session;
 5. ``remember`` without a credential is refused, never filed under the tenant of the latest request;
 6. everything under the data directory is 0600 (files) in 0700 (folders) after a live session;
-7. a request nested too deep goes out unchanged with an ``error`` event and no traceback in the output.
+7. a request nested too deep goes out unchanged with an ``error`` event and no traceback in the output
+   (255 to 1,023 levels printed one on f105a14: parsed, then too deep for orjson to write; 10,000 is
+   refused by the parser already).
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
 import re
@@ -23,7 +27,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import tflow
 
+from contextwarden.addons.exposure import Exposure
+from contextwarden.home import ensure_home
 from contextwarden.memory.api import ApiError, RecallClient
 from contextwarden.redact import tenant_id
 from contextwarden.tui.app import ContextWardenApp
@@ -36,6 +44,7 @@ extends: default
 name: security-second-pass
 memory: {min_score: 0.0, timeout_ms: 20000}
 pipeline: {stage_budget_ms: 30000}
+log: {record_bodies: true}
 """
 KEY_A = "sk-ant-api03-" + "a" * 40
 KEY_B = "sk-ant-api03-" + "b" * 40
@@ -121,6 +130,21 @@ def test_the_documented_command_accepts_nothing_off_loopback_while_it_starts(tmp
     assert "proxy listening at *" not in out and f"listening at 127.0.0.1:{port}" in out, out[-2000:]
 
 
+def test_a_connection_to_an_address_nobody_chose_is_closed_unread():
+    """The fallback should a mitmproxy bind before the script loads: such a connection is refused at
+    once (on 12, no such socket exists: the test above)."""
+    guard = Exposure()
+    guard.forced = True  # no listen_host given: the addon chose loopback
+    cases = {("regular", "192.0.2.2"): True, ("reverse:http://x", "10.1.2.3"): True, ("regular", "127.0.0.1"): False,
+             ("regular@0.0.0.0:8080", "192.0.2.2"): False,  # the user's own choice of address
+             ("transparent", "192.0.2.2"): False}  # the original destination, not the listening socket
+    for (mode, addr), refused in cases.items():
+        client = tflow.tclient_conn()
+        client.proxy_mode, client.sockname, client.error = ProxyMode.parse(mode), (addr, 8080), None
+        guard.client_connected(client)
+        assert (client.error is not None) is refused, (mode, addr)
+
+
 # --- 3. a tenant no one reaches by guessing -------------------------------------------------------------
 @pytest.mark.parametrize("named", [True, False], ids=["same session id", "same first message"])
 def test_anonymous_clients_from_two_addresses_never_share_memory(proxy, standin, named):
@@ -140,7 +164,7 @@ def test_anonymous_clients_from_two_addresses_never_share_memory(proxy, standin,
     standin.reset()
     _post(proxy, ask, session=session, source="127.0.0.1")  # the control: the same user gets it back
     assert secret in standin.requests()[-1].body.decode()
-    tenants = [e["data"]["tenant"] for e in proxy.events("request", since=since)]
+    tenants = [e["data"]["tenant"] for e in proxy.wait_events(lambda e: e["type"] == "request", 3, since=since)]
     assert len(tenants) == 3 and tenants[0] == tenants[2] != tenants[1]
 
 
@@ -201,6 +225,7 @@ def test_every_file_under_the_data_directory_is_private_after_a_live_session(pro
                 loose.append(f"{p.relative_to(proxy.home)} {oct(stat.S_IMODE(mode))}")
     assert stat.S_IMODE(proxy.home.stat().st_mode) == 0o700
     assert (proxy.home / "logs" / "events.jsonl").exists() and (proxy.home / "chroma").is_dir()
+    assert any((proxy.home / "bodies").rglob("*.json"))  # recorded bodies
     assert loose == []
 
 
@@ -224,3 +249,40 @@ def test_deep_input_goes_unchanged_with_an_error_event_and_no_traceback(proxy, s
     out = proxy.output_text()[printed:]
     assert "Traceback" not in out and "prepare failed" not in out, out[-3000:]
     assert not re.search(r"Recursion limit reached\n", out)
+
+
+def test_behind_a_proxy_credential_its_user_not_the_address_scopes_an_anonymous_request(tmp_path, standin):
+    """With ``proxyauth`` the origin is the credential's user: the same user from two addresses is one
+    tenant, through the engine process too (the user crosses with the flow)."""
+    p = ProxyProcess(tmp_path / "auth", name="auth", profile="observe-only", redirect=standin.url,
+                     options={"proxyauth": "alice:pw-1"})
+    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64,
+                       "messages": [{"role": "user", "content": "hello"}]}).encode()
+    with p:
+        since = p.mark()
+        for source in ("127.0.0.1", "127.0.0.2"):  # a forward-proxy request in plain HTTP, from each address
+            conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=60, source_address=(source, 0))
+            conn.request("POST", "http://api.anthropic.com/v1/messages", body,
+                         {"content-type": "application/json", "anthropic-version": "2023-06-01",
+                          "X-Contextwarden-Session": "s-auth",
+                          "Proxy-Authorization": "Basic " + base64.b64encode(b"alice:pw-1").decode()})
+            r = conn.getresponse()
+            assert r.status == 200, r.read()[:300]
+            conn.close()
+        tenants = [e["data"]["tenant"] for e in p.wait_events(lambda e: e["type"] == "request", 2, since=since)]
+    assert len(tenants) == 2 and tenants[0] == tenants[1], tenants
+
+
+def test_a_home_an_older_version_left_open_is_closed_whole(tmp_path):
+    """A data directory written before the modes were set (0755 folders, 0644 files) is closed at the
+    next start, everything under it: the files it already holds are as private as new ones."""
+    home = tmp_path / "old-home"
+    (home / "chroma" / "seg").mkdir(parents=True)
+    for f in (home / "events.jsonl", home / "chroma" / "chroma.sqlite3", home / "chroma" / "seg" / "data.bin"):
+        f.write_bytes(b"x")
+        f.chmod(0o644)
+    for d in (home, home / "chroma", home / "chroma" / "seg"):
+        d.chmod(0o755)
+    ensure_home(home)
+    opened = [p for p in [home, *home.rglob("*")] if p.stat().st_mode & 0o077]
+    assert opened == []

@@ -247,24 +247,18 @@ def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict
     """Replay one conversation through the proxy, wait until ingestion settled, ask its questions.
     ``replay=False``: only the questions (the conversation was replayed already); ``ask=False``: only
     the replay."""
-    conv = sample["conversation"]
     cid = sample.get("sample_id", "conv")
     key = key or ev.tenant_key(cid)
-    a = conv["speaker_a"]
+    turns, by_id = ev.framed(sample["conversation"], report.settings.get("framing", "turns"))
     messages: list[dict[str, Any]] = []
-    by_id: dict[str, str] = {}
-    for _date, turns in ev.sessions_of(conv):
-        for t in turns:
-            by_id[t["dia_id"]] = t["text"]
-            role = "user" if t["speaker"] == a else "assistant"
-            content = ev.turn_content(t)
-            if role == "assistant" and messages and replay:
-                upstream.reply, upstream.drop = content, False
-                r = proxy.post(ev.body_of(messages), key, cid)
-                report.requests += 1
-                report.fallbacks += r.status_code != 200
-            messages.append({"role": role, "content": content})
-            report.turns += 1
+    for m in turns:
+        if m["role"] == "assistant" and messages and replay:
+            upstream.reply, upstream.drop = m["content"], False
+            r = proxy.post(ev.body_of(messages), key, cid)
+            report.requests += 1
+            report.fallbacks += r.status_code != 200
+        messages.append(m)
+    report.turns += len(by_id)
     qa = (sample["qa"][:max_questions] if max_questions else sample["qa"]) if ask else []
     # As in the in-process eval, every question is asked against the conversation's memory alone: the
     # upstream does not answer it (the proxy completes no turn and stores nothing of it). Answered
@@ -297,7 +291,8 @@ def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict
 def run(data: str | Path, limit: int | None = None, questions: int | None = None, conversation: str | None = None,
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, shared_tenant: bool = False, progress=print,
-        profile_extra: str = "", window: int = ev.WINDOW, remember_questions: bool = False) -> "ev.Report":
+        profile_extra: str = "", window: int = ev.WINDOW, remember_questions: bool = False,
+        framing: str = "turns") -> "ev.Report":
     """The LoCoMo eval through a live proxy (see the module docstring); the same selection and settings
     as :func:`.eval_locomo.run`. With ``shared_tenant`` every conversation is replayed first (one tenant
     holds them all), then every conversation's questions are asked."""
@@ -305,7 +300,7 @@ def run(data: str | Path, limit: int | None = None, questions: int | None = None
     mem = {**ev.MEMORY, **(memory or {})}
     comp = {**ev.COMPACTION, **(compaction or {})}
     report = ev.Report(settings={"memory": mem, "compaction": comp, "window": window, "live": True,
-                                 "shared_tenant": shared_tenant})
+                                 "shared_tenant": shared_tenant, "framing": framing})
     t0 = time.perf_counter()
     key = ev.SHARED_KEY if shared_tenant else None
     with live_proxy(home, mem, comp, profile_extra, window) as (proxy, upstream):

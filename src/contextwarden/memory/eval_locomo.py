@@ -72,6 +72,14 @@ class Report:
         qs = [q for q in self.questions if cat is None or q.category == cat]
         return mean(q.trunc_recall if trunc else q.recall for q in qs)
 
+    def weighted(self, cats: tuple[int, ...] = (1, 2, 3, 4)) -> float:
+        """Evidence-weighted recall over ``cats``: evidence turns recalled / evidence turns asked for."""
+        qs = [q for q in self.questions if q.category in cats]
+        return sum(q.hits for q in qs) / max(1, sum(q.evidence for q in qs))
+
+    def memory_tokens(self) -> float:
+        return mean(q.memory_tokens for q in self.questions)
+
     def render(self) -> str:
         cats = sorted({q.category for q in self.questions})
         header = ["method", "recall"] + [CATEGORIES.get(c, str(c)) for c in cats] + ["tokens/question"]
@@ -81,15 +89,28 @@ class Report:
             + [round(mean(q.trunc_tokens for q in self.questions))],
             ["full history"] + [1.0] * (1 + len(cats)) + [round(mean(q.full_tokens for q in self.questions))],
         ]
-        title = (f"LoCoMo: {self.conversations} conversations, {self.turns:,} turns, {len(self.questions):,} questions, "
+        title = (f"LoCoMo ({self.settings.get('framing', 'turns')}): {self.conversations} conversations, {self.turns:,} turns, {len(self.questions):,} questions, "
                  f"window {self.settings.get('window', WINDOW):,} tokens ({self.seconds:.0f} s)")
         out = table(title, header, rows)
+        out += ("\nevidence-weighted, categories 1-4: " + f"{self.weighted():.3f} ("
+                + ", ".join(f"{CATEGORIES[c]} {self.weighted((c,)):.3f}" for c in (1, 2, 3, 4)) + ")")
         out += (f"\ncontextwarden: {mean(q.injected for q in self.questions):.1f} items / "
                 f"{mean(q.memory_tokens for q in self.questions):.0f} tokens of memory per question; "
                 f"{self.requests:,} requests replayed, {self.fallbacks} forwarded unchanged after a stage failure, "
                 f"{self.dropped} items dropped by a full ingestion queue; "
                 f"{self.missing_evidence} evidence ids not in the data were left out")
         return out
+
+
+def framings_table(reports: dict[str, "Report"], live: dict[str, "Report"] | None = None) -> str:
+    """One row per framing: evidence-weighted recall over categories 1-4, per category, memory tokens."""
+    header = ["framing", "weighted 1-4"] + [CATEGORIES[c] for c in (1, 2, 3, 4)] + ["memory tokens/question"]
+    header += ["live weighted 1-4"] if live else []
+    rows = []
+    for name, r in reports.items():
+        row = [name, r.weighted()] + [r.weighted((c,)) for c in (1, 2, 3, 4)] + [round(r.memory_tokens())]
+        rows.append(row + ([live[name].weighted()] if live and name in live else []))
+    return table("LoCoMo by framing (evidence-weighted recall)", header, rows)
 
 
 def load(path: str | Path | list) -> list[dict[str, Any]]:
@@ -109,6 +130,35 @@ def turn_content(turn: dict[str, Any]) -> str:
     if turn.get("blip_caption"):
         text += f" [shares a photo: {turn['blip_caption']}]"
     return text
+
+
+FRAMINGS = ("turns", "merged", "dated", "dated-merged")
+
+
+def framed(conv: dict[str, Any], framing: str = "turns") -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The conversation as a client of one shape sends it: its messages (speaker A's are the user's, B's
+    the assistant's) and each turn's text by ``dia_id`` (what a question's evidence must bring back).
+
+    ``turns``: one message per turn; ``merged``: consecutive turns of one speaker are one message (their
+    lines joined); ``dated``: each turn written after its session's date, as chat exports and bridges do
+    (``(1:10 pm on 27 March, 2023) Audrey: ...``); ``dated-merged``: both."""
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown framing {framing!r} (one of {', '.join(FRAMINGS)})")
+    a = conv["speaker_a"]
+    messages: list[dict[str, Any]] = []
+    by_id: dict[str, str] = {}
+    for date, turns in sessions_of(conv):
+        for t in turns:
+            by_id[t["dia_id"]] = t["text"]
+            role = "user" if t["speaker"] == a else "assistant"
+            content = turn_content(t)
+            if framing.startswith("dated") and date:
+                content = f"({date}) {content}"
+            if framing.endswith("merged") and messages and messages[-1]["role"] == role:
+                messages[-1] = {"role": role, "content": messages[-1]["content"] + "\n" + content}
+            else:
+                messages.append({"role": role, "content": content})
+    return messages, by_id
 
 
 SHARED_KEY = "sk-eval-locomo-shared"  # shared_tenant: one tenant holds every conversation (a session each)
@@ -135,24 +185,18 @@ def run_conversation(rp: Replayer, sample: dict[str, Any], report: Report, max_q
     """Replay one conversation and ask its questions (``replay=False``: the runtime's home already holds
     the replayed conversation; only the questions are asked; ``ask=False``: only the replay; ``key``:
     the API key, by default the conversation's own tenant)."""
-    conv = sample["conversation"]
     cid = sample.get("sample_id", "conv")
     key = key or tenant_key(cid)
-    a = conv["speaker_a"]
+    turns, by_id = framed(sample["conversation"], report.settings.get("framing", "turns"))
     messages: list[dict[str, Any]] = []
-    by_id: dict[str, str] = {}
-    for _date, turns in sessions_of(conv):
-        for t in turns:
-            by_id[t["dia_id"]] = t["text"]
-            role = "user" if t["speaker"] == a else "assistant"
-            content = turn_content(t)
-            if role == "assistant" and messages and replay:
-                sent = rp.send(messages, api_key=key, session=cid)
-                report.requests += 1
-                report.fallbacks += sent.outcome.reason.startswith(("stage", "invalid"))
-                rp.complete(sent, content)
-            messages.append({"role": role, "content": content})
-            report.turns += 1
+    for m in turns:
+        if m["role"] == "assistant" and messages and replay:
+            sent = rp.send(messages, api_key=key, session=cid)
+            report.requests += 1
+            report.fallbacks += sent.outcome.reason.startswith(("stage", "invalid"))
+            rp.complete(sent, m["content"])
+        messages.append(m)
+    report.turns += len(by_id)
     qa = (sample["qa"][:max_questions] if max_questions else sample["qa"]) if ask else []
     for i, q in enumerate(qa):
         if not rp.flush():
@@ -183,14 +227,16 @@ def run_conversation(rp: Replayer, sample: dict[str, Any], report: Report, max_q
 def run(data: str | Path, limit: int | None = None, questions: int | None = None, conversation: str | None = None,
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, embed_cache: str | Path | None = None, progress=print,
-        replay: bool = True, profile_extra: str = "", shared_tenant: bool = False, window: int = WINDOW) -> Report:
+        replay: bool = True, profile_extra: str = "", shared_tenant: bool = False, window: int = WINDOW,
+        framing: str = "turns") -> Report:
     """Replay the LoCoMo conversations (``limit`` of them, or the one named ``conversation``) and ask
     their questions (the first ``questions`` of each). With ``shared_tenant`` one tenant holds every
     conversation (a session each): all are replayed first, then each one's questions are asked."""
     samples = select_samples(load(data), limit, conversation)
     mem = {**MEMORY, **(memory or {})}
     comp = {**COMPACTION, **(compaction or {})}
-    report = Report(settings={"memory": mem, "compaction": comp, "window": window, "shared_tenant": shared_tenant})
+    report = Report(settings={"memory": mem, "compaction": comp, "window": window, "shared_tenant": shared_tenant,
+                             "framing": framing})
     t0 = time.perf_counter()
     key = SHARED_KEY if shared_tenant else None
     with eval_replayer("locomo", home, window, mem, comp, profile_extra, embed_cache) as rp:

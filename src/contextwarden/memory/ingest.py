@@ -29,6 +29,8 @@ from .chunking import chunk_text, proxy_tokens
 from .ids import memory_id
 from .items import MemoryItem
 from .secrets import redact_secrets
+from .envelopes import strip_envelopes
+from .turns import units
 
 if TYPE_CHECKING:
     from ..events import EventBus
@@ -605,7 +607,9 @@ def items_from_messages(messages: list[dict], api: ApiKind, session: str, tenant
     from the matching tool_use / tool_call in ``messages``), as the API's dialect reads them (``memory_items``).
 
     ``messages`` are wire dicts (typed models are accepted too); ``messages[i]`` is turn
-    ``start_turn + i``. ``clean_text[turn]`` replaces a message's own text (e.g. the user message without
+    ``start_turn + i``. The agents' envelopes are left out (:mod:`~contextwarden.memory.envelopes`),
+    system messages too. A message framed as several speakers' turns is one item per turn, the dates
+    written before them lifted into ``when`` (:func:`~contextwarden.memory.turns.units`). ``clean_text[turn]`` replaces a message's own text (e.g. the user message without
     the injected memory block); its tool results are still taken from the message. Thinking, images and
     leading system/developer messages (the cached prefix) are not stored.
     """
@@ -616,9 +620,18 @@ def items_from_messages(messages: list[dict], api: ApiKind, session: str, tenant
     out: list[MemoryItem] = []
 
     def add(text: str, turn: int, role: str, kind: str, tool: str | None = None) -> None:
-        if text and text.strip():
+        if not (text and text.strip()):
+            return
+        if kind != "message":
             out.append(MemoryItem(text=text, session=session, tenant=tenant, turn=turn, role=role, kind=kind,
                                   tool=tool, tags=list(tags), ts=when, workspace=workspace))
+            return
+        if role in ("system", "developer"):
+            return  # the client's instructions (Claude Code puts them mid-history too), not the conversation
+        for u in units(strip_envelopes(text)):  # the turns it holds, whatever the client's framing (memory.turns)
+            out.append(MemoryItem(text=u.text, session=session, tenant=tenant, turn=turn, role=role, kind=kind,
+                                  tool=tool, tags=list(tags), ts=when, workspace=workspace, speaker=u.speaker,
+                                  when=u.when))
 
     dialect(api).memory_items(messages, start_turn, clean_text or {}, add)
     return out

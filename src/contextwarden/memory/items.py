@@ -38,6 +38,9 @@ class MemoryItem:
     # the project the client worked in (its working directory, memory.project.project_of): retrieval ranks
     # the current project's items above the rest of the tenant's memory. None: the client did not say.
     project: str | None = None
+    # who said it and when, as the message wrote them (memory.turns: a speaker header, a date before it)
+    speaker: str | None = None
+    when: str | None = None
     # (text, its sha256): hashed once however often the id is asked for, re-hashed if the text changes
     _digest: tuple[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -82,6 +85,10 @@ class MemoryItem:
             md["source_id"] = self.source_id
         if self.project is not None:
             md["project"] = self.project
+        if self.speaker is not None:
+            md["speaker"] = self.speaker
+        if self.when is not None:
+            md["when"] = self.when
         return md
 
     def to_record(self) -> dict[str, Any]:
@@ -111,6 +118,8 @@ class MemoryItem:
             workspace=md.get("workspace") or None,
             source_id=md.get("source_id") or None,
             project=md.get("project") or None,
+            speaker=md.get("speaker") or None,
+            when=md.get("when") or None,
         )
 
 

@@ -26,6 +26,8 @@ from ..models.base import ApiKind
 from .ids import content_hash
 from .lexical import combine_terms, query_terms
 from .tagger import tag_key
+from .envelopes import strip_envelopes
+from .turns import query_text, undated, unit_texts
 
 _BULLET = re.compile(r"^(?:[-*>•]+|\d+[.)])\s+")
 MIN_LINE = 16  # shorter lines are too common to say an item is in the history
@@ -38,13 +40,15 @@ def normalise(text: str) -> str:
 
 
 _BULLET_START = tuple("-*>•0123456789")
+_DATED_START = tuple("([0123456789")
 
 
 def _line_key(line: str) -> str:
     """A line for comparison: whitespace-normalised, without a list bullet (a summary quotes a message
-    as "- <message>")."""
+    as "- <message>") or a date before a speaker's name (memory.turns stores the turn without it)."""
     n = " ".join(line.split())
-    return _BULLET.sub("", n) if n.startswith(_BULLET_START) else n
+    n = _BULLET.sub("", n) if n.startswith(_BULLET_START) else n
+    return undated(n) if n.startswith(_DATED_START) else n
 
 
 # a pure function of the text, remembered in the process (the memory service's too): 16M characters
@@ -65,7 +69,9 @@ def _text_keys(text: str) -> tuple[tuple[str, ...], frozenset[int]]:
 
 def _text_keys_of(text: str) -> tuple[tuple[str, ...], frozenset[int]]:
     lines = frozenset(_stable_hash(n) for n in (_line_key(x) for x in text.splitlines()) if len(n) >= MIN_LINE)
-    return ((content_hash(text), content_hash(normalise(text))), lines)
+    # and the turns it holds as memory stores them (memory.turns): a dated or merged message of the
+    # history holds the items cut from it
+    return ((content_hash(text), content_hash(normalise(text)), *map(content_hash, unit_texts(text))), lines)
 
 
 class HistoryIndex:
@@ -171,12 +177,14 @@ def build_query(api: ApiKind, messages: list, clean_text: dict[int, str] | None 
         text = human_text(api, messages[i])
         if not text.strip():
             continue  # tool results only: the task is further up
-        text = _cleaner(text, clean_text.get(i))
+        text = query_text(strip_envelopes(_cleaner(text, clean_text.get(i))))
         from .inject import strip_blocks
 
         ctx_parts = []
         for j in range(i - 1, max(-1, i - 1 - context_messages), -1):
-            t = _cleaner(human_text(api, messages[j]), clean_text.get(j))
+            if role_of(messages[j]) in ("system", "developer"):
+                continue
+            t = strip_envelopes(_cleaner(human_text(api, messages[j]), clean_text.get(j)))
             if t.strip():
                 ctx_parts.append(strip_blocks(t)[-context_chars:])
         return Query(strip_blocks(text), "\n".join(reversed(ctx_parts))[-context_chars:]), i
@@ -471,6 +479,17 @@ class Retriever:
                 rankings.append((nids[1], s.project_weight * s.neighbour_weight))
             if scoped:
                 rankings.append((nids[2], s.other_sessions_weight * s.neighbour_weight))
+        if s.hop_weight > 0 and self.lexical is not None:
+            # a second hop: what the best hits name (people, places, rarer words) searched for in turn,
+            # over the whole scope at once (the question's other half may lie in any session)
+            base = rrf(rankings, s.rrf_k)
+            top = sorted(base, key=lambda k: -base[k])[: s.hop_depth]
+            hop = combine_terms(terms, *(query_terms(by_id[k].item.text, weight=0.5) for k in top))
+            hop_ids = []
+            for lh in self.lexical.query(hop, partitions, n=n, exclude=exclude):
+                by_id.setdefault(lh.item.id, Hit(lh.item))
+                hop_ids.append(lh.item.id)
+            rankings.append((hop_ids, s.hop_weight))
         fused = rrf(rankings, s.rrf_k)
         hits = []
         for key, score in fused.items():

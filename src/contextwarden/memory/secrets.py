@@ -6,7 +6,10 @@ memory store (which outlives the conversation and can be exported), so every tex
 :func:`redact_secrets` first. Each secret becomes ``[REDACTED:<kind>]``; the surrounding text stays, so
 "the deploy failed because GITHUB_TOKEN was expired" is still remembered. Redaction is idempotent.
 
-It errs on the side of redacting: a false positive costs a few characters of memory, a miss leaks a key.
+Secrets are found by shape (a key's format, a PEM block or its halves) and by meaning: a credential word
+followed by a value, in an assignment (``ADMIN_PW=...``) or in prose ("the wifi password is ..."). It
+errs on the side of redacting a secret, but not code: a value that is a call, a dotted or snake_case
+name, a name in capitals, a path or a regex is left alone (redacting code breaks an Edit of that source).
 """
 
 from __future__ import annotations
@@ -129,7 +132,8 @@ _PLACEHOLDERS = {"", "null", "none", "nil", "true", "false", "undefined", "requi
 # OPENAI_API_KEY metavar, a REDACTED_TOKEN placeholder) or a value that starts a pair of its own
 # (PROVIDER=...). Only without a digit: a secret has one (almost always), code names seldom do.
 _CODE_VALUE = re.compile(r"[^(\[]*[(\[].*|[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)+|\\[sSdDwWbB].*|\w*_\w*")
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z_\-]*")
+# a name made of words (password, passwordInput, X-Contextwarden-Token, proxy-credential), not letters at random
+_IDENT = re.compile(r"_?(?:[A-Z]+|[A-Z]?[a-z]+(?:[A-Z][a-z]+)*)(?:[_\-](?:[A-Z]+|[A-Z]?[a-z]+(?:[A-Z][a-z]+)*))*")
 _NAME_VALUE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[A-Z][A-Z0-9_]*=.*")
 
 
@@ -248,6 +252,7 @@ _UNIT = re.compile(r"v?\d+(?:[.,_]\d+)*[a-z%]{0,3}|\d+(?:x\d+)+", re.I)  # 4096,
 _PATH_FLAG = re.compile(r"[~.]?(?:/[A-Za-z]?[a-z0-9_.\-]*)+|[~.][a-z0-9_.\-/]*|-{1,2}[a-z][a-z\-]*|#[a-z_\-]+|#[0-9a-fA-F]{3,8}")
 _GLOB = re.compile(r"[\w\-]\*(?!\*)$")  # a pattern, not a key: sk-or-v1-*
 _PAIR_VALUE = re.compile(r"[A-Za-z_]\w*=")
+_WORDY = re.compile(r"[a-z]+\d{0,4}(?:[_\-][a-z]*\d{0,4})+")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _WEAK_WORDS = {"key", "pin", "token"}  # said of many things that are no secret: longer, stranger values only
 
@@ -265,8 +270,9 @@ def _prose_value(v: str, word: str) -> bool:
         return word.startswith(("pin", "passcode")) and len(v) >= 4 and v.isdigit()
     if len(v) < (16 if weak else 6) or _UNIT.fullmatch(v):
         return False
-    if weak and (":" in v or "/" in v or "." in v or _UUID.fullmatch(v)) and word.rstrip("s") != "token":
-        return False  # a cache key, a path, a dotted name, an id
+    if weak and ((":" in v or "/" in v or "." in v or _UUID.fullmatch(v)) and word.rstrip("s") != "token"
+                 or _WORDY.fullmatch(v)):
+        return False  # a cache key, a path, a dotted name, an id, a name made of words (build_cache_key_v2)
     if _CODE_VALUE.fullmatch(v) and not has_digit:
         return False
     if has_digit:
@@ -418,6 +424,28 @@ def _pem_run(m: re.Match[str]) -> str:
 def redact_text(text: str) -> str:
     """``text`` with every secret replaced (:func:`redact_secrets` without the count)."""
     return redact_secrets(text)[0] if text else text
+
+
+@lru_cache(maxsize=4096)
+def _field_kind(key: str) -> str | None:
+    """``_secret_key`` for a structured field's name, except a signature (a thinking block's is no credential)."""
+    kind = _secret_key(key)
+    return None if kind is None or {"signature", "sig"} & set(_words(key)) else kind
+
+
+def redact_field(key: str, value: str) -> str:
+    """A structured field's value (a JSON member: a tool call's input, a body's field) with its secrets
+    redacted: the whole value when the field's name says it is one (``{"db_password": "..."}``: the
+    text alone does not say so), else :func:`redact_text`'s."""
+    kind = _field_kind(key)
+    if kind is not None and _secret_value(value, kind):
+        return _mark("secret")
+    return redact_text(value)
+
+
+def field_names_secret(key: str) -> bool:
+    """Whether :func:`redact_field` may redact a value of this field whole."""
+    return _field_kind(key) is not None
 
 
 def looks_secret(value: str) -> bool:

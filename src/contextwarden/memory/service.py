@@ -493,7 +493,11 @@ class MemoryService:
     def neighbours(self, item) -> list:
         """The stored items of the messages just before and after ``item``'s, in its session."""
         p = item.workspace or item.tenant
-        return self.lexical.at_turn(p, item.session, item.turn - 1) + self.lexical.at_turn(p, item.session, item.turn + 1)
+        # a message cut into turns (memory.turns): its other turns are next to it too
+        same = [x for x in self.lexical.at_turn(p, item.session, item.turn)
+                if x.kind == "message" and item.kind == "message" and x.id != item.id]
+        return (self.lexical.at_turn(p, item.session, item.turn - 1) + same
+                + self.lexical.at_turn(p, item.session, item.turn + 1))
 
     PREPARED_MAX = 64  # vector halves kept for their searches (a search comes within ms of its prepare)
     PREPARED_TTL_S = 30.0
