@@ -15,6 +15,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from contextwarden.tui.store import Store
+from contextwarden.tui.widgets.request_log import detail_text
+from tests.e2e.conftest import expected_upstream_headers, route_for
+from tests.e2e.test_transparency import CASES, _fresh, _fresh_key, headers_for
+from tests.support import rawhttp
 from tests.support.proxy import MITMDUMP, SCRIPT, ProxyProcess
 
 pytestmark = pytest.mark.e2e
@@ -93,3 +98,27 @@ def test_run_accepts_connection_strategy_again_after_the_double_dash(tmp_path):
                                  "--set", "connection_strategy=lazy"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("connection_strategy=") == 1, done.stdout
+
+
+@pytest.mark.parametrize("label", ["active-reverse", "active-regular"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_bypass_header_sends_the_request_untouched_and_says_so(request, standin, label, case):
+    """``x-contextwarden-bypass: 1``: the active profile's request goes byte for byte, without the header;
+    its TUI row reads ``bypass``; the answer carries the proxy's own time in ``x-contextwarden-overhead-ms``."""
+    route = route_for(request, label)
+    path, openai_host, body, extra = CASES[case]
+    body = _fresh(body)
+    sent = headers_for(route, openai_host, _fresh_key(extra)) + [("Content-Length", str(len(body)))]
+    since = route.proxy.mark()
+    resp = rawhttp.exchange(route.socket(openai_host), rawhttp.build_request(
+        "POST", path, sent[:2] + [("X-Contextwarden-Bypass", "1")] + sent[2:], body))
+    assert resp.status == 200, resp.body
+    [rec] = standin.requests()
+    assert rec.body == body and rec.headers == expected_upstream_headers(route, sent, standin)
+    assert float(resp.header("x-contextwarden-overhead-ms")) >= 0
+    [ev] = route.proxy.wait_events(lambda e: e["type"] == "request", 1, since=since)
+    assert ev["data"]["mode"] == "bypass"
+    store = Store()
+    store.apply(route.proxy.events(since=since))
+    row = store.requests[ev["flow_id"]]
+    assert row.mode == "bypass" and "bypass" in detail_text(row).plain
