@@ -122,3 +122,14 @@ def test_the_bypass_header_sends_the_request_untouched_and_says_so(request, stan
     store.apply(route.proxy.events(since=since))
     row = store.requests[ev["flow_id"]]
     assert row.mode == "bypass" and "bypass" in detail_text(row).plain
+
+
+def test_demo_shows_clearing_compaction_and_recall_in_one_command(tmp_path):
+    """``contextwarden demo --no-tui``: a stand-in, the proxy (reverse mode) and a scripted session."""
+    done, out = _run_marked(CLI + ["demo", "--no-tui", "--home", str(tmp_path / "demo")], tmp_path / "demo")
+    assert done.returncode == 0, out
+    counts = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ")}
+    assert "clearing: 0 steps" not in counts["clearing"] and "compaction: 0 new" not in counts["compaction"], out
+    assert "recall: 0 " not in counts["recall"] and counts["errors"].strip() == "errors: 0", out
+    assert "proxy overhead" in out and "contextwarden tui --home" in out
+    assert not (tmp_path / "demo" / "tui.json").exists()  # the proxy stopped, and removed its own file
