@@ -131,5 +131,5 @@ def test_demo_shows_clearing_compaction_and_recall_in_one_command(tmp_path):
     counts = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ")}
     assert "clearing: 0 steps" not in counts["clearing"] and "compaction: 0 new" not in counts["compaction"], out
     assert "recall: 0 " not in counts["recall"] and counts["errors"].strip() == "errors: 0", out
-    assert "proxy overhead" in out and "contextwarden tui --home" in out
+    assert "proxy overhead" in out and " tui" in out
     assert not (tmp_path / "demo" / "tui.json").exists()  # the proxy stopped, and removed its own file

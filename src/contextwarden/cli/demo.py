@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from ._common import home_of
+from ._common import cli_name, home_of
 
 START_S = 300  # the proxy's first start: imports, tokenizers, the memory process
 
@@ -90,7 +90,7 @@ def run(args) -> int:
             print("contextwarden demo: what the proxy did")
             print("\n".join(summary(_events(home))))
             if args.no_tui or not sys.stdout.isatty():
-                print(f"  watch it yourself: contextwarden demo, or with your own proxy: contextwarden tui --home {home}")
+                print(f"  the TUI on it: {cli_name()} demo (without --no-tui); on your own proxy: {cli_name()} tui")
                 return 0
             print("  opening the TUI (q quits; the proxy stops with it)")
             from contextwarden.tui.app import ContextWardenApp
