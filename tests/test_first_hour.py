@@ -114,3 +114,16 @@ def test_the_overview_counts_a_failed_upstream_as_the_row_shows_it():
     t.add(ev)
     store.apply([{"seq": 0, "ts": 1.0, "type": "request", "flow_id": "f1", "session": "s", "data": {"api": "anthropic"}}, ev])
     assert "error" in str(row_cells(store.requests["f1"])) and t.errors == 1
+
+
+def test_every_pipeline_order_the_docs_show_keeps_the_built_in_stages():
+    from contextwarden.settings.pipeline import PipelineSection
+
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md", *(root / "docs").glob("*.md"), *(root / "examples").rglob("*.py")]
+    shown = [(f.name, line) for f in files for line in f.read_text().splitlines() if "order: [" in line]
+    assert len(shown) >= 3
+    for name, line in shown:
+        order = [s.strip() for s in line.split("[", 1)[1].split("]")[0].split(",")]
+        missing = [s for s in PipelineSection().order if s not in order]
+        assert not missing, f"{name}: {line.strip()} leaves out {missing}"
