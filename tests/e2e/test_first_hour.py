@@ -133,3 +133,39 @@ def test_demo_shows_clearing_compaction_and_recall_in_one_command(tmp_path):
     assert "recall: 0 " not in counts["recall"] and counts["errors"].strip() == "errors: 0", out
     assert "proxy overhead" in out and " tui" in out
     assert not (tmp_path / "demo" / "tui.json").exists()  # the proxy stopped, and removed its own file
+
+
+@pytest.mark.parametrize("engine", [True, False], ids=["engine", "in-process"])
+def test_an_unreachable_upstream_answers_in_the_providers_error_shape(tmp_path, engine):
+    """Nothing listens where the proxy forwards: the SDKs get a 502 in their provider's JSON error shape
+    (an InternalServerError they retry), not mitmproxy's HTML page; the TUI's overview counts the error."""
+    import anthropic
+    import httpx2
+    import openai
+
+    from contextwarden.liveprotocol import Totals
+    from tests.support.proxy import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # (connection_strategy=lazy as contextwarden run sets: eager, mitmproxy
+    # connects at the client's connect, and a refused upstream closes it before there is a request to answer)
+    with ProxyProcess(tmp_path / "px", profile="observe-only", reverse=dead,
+                      options={"connection_strategy": "lazy", **({} if engine else {"cw_engine": "false"})}) as proxy:
+        client = anthropic.Anthropic(api_key="sk-ant-dead", base_url=proxy.url, max_retries=0,
+                                     http_client=httpx2.Client(trust_env=False, timeout=30))
+        with pytest.raises(anthropic.InternalServerError) as e:
+            client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+        assert e.value.status_code == 502 and e.value.body["type"] == "error", e.value.body
+        assert e.value.body["error"]["type"] == "api_error" and "could not be reached" in e.value.body["error"]["message"]
+        assert float(e.value.response.headers["x-contextwarden-overhead-ms"]) >= 0
+        oai = openai.OpenAI(api_key="sk-dead", base_url=proxy.url + "/v1", max_retries=0,
+                            http_client=httpx2.Client(trust_env=False, timeout=30))
+        with pytest.raises(openai.InternalServerError) as e2:
+            oai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        assert e2.value.status_code == 502 and e2.value.body["type"] == "server_error", e2.value.body
+        other = httpx2.get(proxy.url + "/not-an-api", trust_env=False, timeout=30)  # other traffic: mitmproxy's page
+        assert other.status_code == 502 and other.headers["content-type"].startswith("text/html")
+        evs = proxy.wait_events(lambda ev: ev["type"] == "response" and ev["data"].get("error"), 2)
+        totals = Totals()
+        for ev in proxy.events():
+            totals.add(ev)
+        assert len(evs) == 2 and totals.errors >= 2
