@@ -127,3 +127,10 @@ def test_every_pipeline_order_the_docs_show_keeps_the_built_in_stages():
         order = [s.strip() for s in line.split("[", 1)[1].split("]")[0].split(",")]
         missing = [s for s in PipelineSection().order if s not in order]
         assert not missing, f"{name}: {line.strip()} leaves out {missing}"
+
+
+def test_session_actions_take_home_after_the_action_too(tmp_path, capsys):
+    for argv in (["session", "list", "--home", str(tmp_path)], ["session", "--home", str(tmp_path), "list"]):
+        with pytest.raises(SystemExit) as e:
+            cli_main(argv)
+        assert e.value.code == f"no proxy is running on {tmp_path} (start one with `contextwarden run`)"
