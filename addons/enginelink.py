@@ -286,6 +286,7 @@ class EngineLink:
             flow.response = http.Response.from_state(reply["response"])
         if reply.get("watch"):
             self.watched.add(flow.id)
+            flow.metadata["contextwarden_engine"] = route_of(flow, eng.proxy)[1].value  # its API (overhead, upstreamerror)
 
     def _failed_open(self, eng: _Engine | None, flow: http.HTTPFlow, why: str) -> None:
         self.failed_open += 1

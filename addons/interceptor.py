@@ -57,7 +57,8 @@ class Interceptor:
         ``state.ctx_future`` resolves to the request's context (None when it could not be read)."""
         rt = self.warden.runtime
         loop = asyncio.get_running_loop()
-        observe = rt.settings.proxy.observe_only or consumed.get("x-contextwarden-bypass") or not rt.stages()
+        bypass = consumed.get("x-contextwarden-bypass", "").strip().lower() not in ("", "0", "false", "no", "off")
+        observe = rt.settings.proxy.observe_only or bypass or not rt.stages()
 
         if observe:
             # Forward at once and read the request later, on a worker thread. Reading it (parse, count,
@@ -65,7 +66,7 @@ class Interceptor:
             # very flow's bytes. It starts once the request is well on its way (the upstream is still
             # thinking) or when the flow ends, whichever comes first (bench/proxy_latency.py).
             state.ctx_future = loop.create_future()
-            args = (rt, flow_id, api, host, path, headers, raw, consumed, "observe", transport)
+            args = (rt, flow_id, api, host, path, headers, raw, consumed, "bypass" if bypass else "observe", transport)
             state.extra["start_observe"] = lambda: self._start_observe(state, args)
             loop.call_later(OBSERVE_AFTER_S, state.extra["start_observe"])
             return

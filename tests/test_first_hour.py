@@ -101,3 +101,36 @@ def test_the_overview_prices_usage_in_dollars_at_list_price():
     inp = (100_000 + 1.25 * 10_000 + 0.1 * 400_000) * p.input / 1e6
     assert t.usd == pytest.approx(inp + 2_000 * p.output / 1e6) and t.priced_turns == 1 and t.measured_turns == 2
     assert t.est_saved_usd == pytest.approx(90_000 * inp / 510_000)
+
+
+def test_the_overview_counts_a_failed_upstream_as_the_row_shows_it():
+    from contextwarden.liveprotocol import Totals
+    from contextwarden.tui.store import Store
+    from contextwarden.tui.widgets.request_log import row_cells
+
+    ev = {"seq": 1, "ts": 1.0, "type": "response", "flow_id": "f1", "session": "s",
+          "data": {"api": "anthropic", "status": None, "error": "Connection refused", "streamed": False}}
+    t, store = Totals(), Store()
+    t.add(ev)
+    store.apply([{"seq": 0, "ts": 1.0, "type": "request", "flow_id": "f1", "session": "s", "data": {"api": "anthropic"}}, ev])
+    assert "error" in str(row_cells(store.requests["f1"])) and t.errors == 1
+
+
+def test_every_pipeline_order_the_docs_show_keeps_the_built_in_stages():
+    from contextwarden.settings.pipeline import PipelineSection
+
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md", *(root / "docs").glob("*.md"), *(root / "examples").rglob("*.py")]
+    shown = [(f.name, line) for f in files for line in f.read_text().splitlines() if "order: [" in line]
+    assert len(shown) >= 3
+    for name, line in shown:
+        order = [s.strip() for s in line.split("[", 1)[1].split("]")[0].split(",")]
+        missing = [s for s in PipelineSection().order if s not in order]
+        assert not missing, f"{name}: {line.strip()} leaves out {missing}"
+
+
+def test_session_actions_take_home_after_the_action_too(tmp_path, capsys):
+    for argv in (["session", "list", "--home", str(tmp_path)], ["session", "--home", str(tmp_path), "list"]):
+        with pytest.raises(SystemExit) as e:
+            cli_main(argv)
+        assert e.value.code == f"no proxy is running on {tmp_path} (start one with `contextwarden run`)"

@@ -127,7 +127,7 @@ async def test_overview_counts_tokens_and_labels_the_estimate():
         # the clearing's request also sent a 600-token memory block: it went down by 23,400, not 24,000
         assert t.tokens_freed == (24_000 - 600) + (110_000 - 48_000)
         for needle in ("requests                            12", "compactions                          1",
-                       "freed (clear+compact)            85.4k", "saved (estimate)", "billed input (measured)",
+                       "freed (clear+compact)            85.4k", "saved (estimate)", "billed input", "billed, list price",
                        "Provider usage, reported (12 turns)", "up 0:01:39"):
             assert needle in text, needle
         assert "tests×6" in text  # active tags

@@ -180,7 +180,7 @@ class Totals:
             # clearing's records put the same text back on later requests)
             self.compressions += int(num(data.get("compressed")))
             self.compression_saved += num(data.get("tokens_saved"))
-        elif t == "error":
+        elif t == "error" or t == "response" and data.get("error"):  # (an upstream that failed: the row says err)
             self.errors += 1
         elif t == "turn":
             self.turns += 1

@@ -15,6 +15,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from contextwarden.tui.store import Store
+from contextwarden.tui.widgets.request_log import detail_text
+from tests.e2e.conftest import expected_upstream_headers, route_for
+from tests.e2e.test_transparency import CASES, _fresh, _fresh_key, headers_for
+from tests.support import rawhttp
 from tests.support.proxy import MITMDUMP, SCRIPT, ProxyProcess
 
 pytestmark = pytest.mark.e2e
@@ -93,3 +98,74 @@ def test_run_accepts_connection_strategy_again_after_the_double_dash(tmp_path):
                                  "--set", "connection_strategy=lazy"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("connection_strategy=") == 1, done.stdout
+
+
+@pytest.mark.parametrize("label", ["active-reverse", "active-regular"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_bypass_header_sends_the_request_untouched_and_says_so(request, standin, label, case):
+    """``x-contextwarden-bypass: 1``: the active profile's request goes byte for byte, without the header;
+    its TUI row reads ``bypass``; the answer carries the proxy's own time in ``x-contextwarden-overhead-ms``."""
+    route = route_for(request, label)
+    path, openai_host, body, extra = CASES[case]
+    body = _fresh(body)
+    sent = headers_for(route, openai_host, _fresh_key(extra)) + [("Content-Length", str(len(body)))]
+    since = route.proxy.mark()
+    resp = rawhttp.exchange(route.socket(openai_host), rawhttp.build_request(
+        "POST", path, sent[:2] + [("X-Contextwarden-Bypass", "1")] + sent[2:], body))
+    assert resp.status == 200, resp.body
+    [rec] = standin.requests()
+    assert rec.body == body and rec.headers == expected_upstream_headers(route, sent, standin)
+    assert float(resp.header("x-contextwarden-overhead-ms")) >= 0
+    [ev] = route.proxy.wait_events(lambda e: e["type"] == "request", 1, since=since)
+    assert ev["data"]["mode"] == "bypass"
+    store = Store()
+    store.apply(route.proxy.events(since=since))
+    row = store.requests[ev["flow_id"]]
+    assert row.mode == "bypass" and "bypass" in detail_text(row).plain
+
+
+def test_demo_shows_clearing_compaction_and_recall_in_one_command(tmp_path):
+    """``contextwarden demo --no-tui``: a stand-in, the proxy (reverse mode) and a scripted session."""
+    done, out = _run_marked(CLI + ["demo", "--no-tui", "--home", str(tmp_path / "demo")], tmp_path / "demo")
+    assert done.returncode == 0, out
+    counts = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ")}
+    assert "clearing: 0 steps" not in counts["clearing"] and "compaction: 0 new" not in counts["compaction"], out
+    assert "recall: 0 " not in counts["recall"] and counts["errors"].strip() == "errors: 0", out
+    assert "proxy overhead" in out and " tui" in out
+    assert not (tmp_path / "demo" / "tui.json").exists()  # the proxy stopped, and removed its own file
+
+
+@pytest.mark.parametrize("engine", [True, False], ids=["engine", "in-process"])
+def test_an_unreachable_upstream_answers_in_the_providers_error_shape(tmp_path, engine):
+    """Nothing listens where the proxy forwards: the SDKs get a 502 in their provider's JSON error shape
+    (an InternalServerError they retry), not mitmproxy's HTML page; the TUI's overview counts the error."""
+    import anthropic
+    import httpx2
+    import openai
+
+    from contextwarden.liveprotocol import Totals
+    from tests.support.proxy import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # (connection_strategy=lazy as contextwarden run sets: eager, mitmproxy
+    # connects at the client's connect, and a refused upstream closes it before there is a request to answer)
+    with ProxyProcess(tmp_path / "px", profile="observe-only", reverse=dead,
+                      options={"connection_strategy": "lazy", **({} if engine else {"cw_engine": "false"})}) as proxy:
+        client = anthropic.Anthropic(api_key="sk-ant-dead", base_url=proxy.url, max_retries=0,
+                                     http_client=httpx2.Client(trust_env=False, timeout=30))
+        with pytest.raises(anthropic.InternalServerError) as e:
+            client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+        assert e.value.status_code == 502 and e.value.body["type"] == "error", e.value.body
+        assert e.value.body["error"]["type"] == "api_error" and "could not be reached" in e.value.body["error"]["message"]
+        assert float(e.value.response.headers["x-contextwarden-overhead-ms"]) >= 0
+        oai = openai.OpenAI(api_key="sk-dead", base_url=proxy.url + "/v1", max_retries=0,
+                            http_client=httpx2.Client(trust_env=False, timeout=30))
+        with pytest.raises(openai.InternalServerError) as e2:
+            oai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        assert e2.value.status_code == 502 and e2.value.body["type"] == "server_error", e2.value.body
+        other = httpx2.get(proxy.url + "/not-an-api", trust_env=False, timeout=30)  # other traffic: mitmproxy's page
+        assert other.status_code == 502 and other.headers["content-type"].startswith("text/html")
+        evs = proxy.wait_events(lambda ev: ev["type"] == "response" and ev["data"].get("error"), 2)
+        totals = Totals()
+        for ev in proxy.events():
+            totals.add(ev)
+        assert len(evs) == 2 and totals.errors >= 2

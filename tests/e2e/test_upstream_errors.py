@@ -35,7 +35,8 @@ def test_error_status_passes_through(route: Route, standin, status, api):
     tag, resp = _send(route, status, openai_host=api == "openai")
     [rec] = standin.requests()
     assert resp.status == int(status) == rec.status
-    assert resp.headers == rec.response_headers  # retry-after and the rest, same order
+    assert resp.upstream_headers == rec.response_headers  # retry-after and the rest, same order
+    assert float(resp.headers[-1][1]) >= 0 and resp.headers[-1][0].lower() == "x-contextwarden-overhead-ms"
     assert resp.body == bytes(rec.response_body)
     if status == "429":
         assert resp.header("retry-after") == standin.retry_after

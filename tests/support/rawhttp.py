@@ -23,6 +23,11 @@ class RawResponse:
         name = name.lower()
         return next((v for k, v in self.headers if k.lower() == name), None)
 
+    @property
+    def upstream_headers(self) -> list[tuple[str, str]]:
+        """The headers as the upstream sent them: without the proxy's own overhead header (the last one)."""
+        return [(k, v) for k, v in self.headers if k.lower() != "x-contextwarden-overhead-ms"]
+
 
 def build_request(method: str, target: str, headers: list[tuple[str, str]], body: bytes = b"",
                   content_length: bool = True) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 from pathlib import Path
 
 from contextwarden.home import default_home
@@ -31,6 +33,16 @@ def checked_settings(args):
 
 def add_plugins(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugins", default=None, help="a folder of drop-in plugin files (*.py)")
+
+
+def cli_name() -> str:
+    """How the user types this command in a new terminal: ``contextwarden`` when that is on PATH and is
+    this one, else its absolute path (after ``make run`` the virtualenv's bin is not on PATH)."""
+    mine = Path(sys.executable).absolute().parent / "contextwarden"
+    found = shutil.which("contextwarden")
+    if found is not None and (not mine.exists() or Path(found).absolute() == mine):
+        return "contextwarden"
+    return str(mine) if mine.exists() else f"{Path(sys.executable).absolute()} -m contextwarden"
 
 
 def script_path() -> Path:

@@ -13,8 +13,11 @@ every tenant of the home (unless the proxy requires a credential: ``memory.api_r
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import sys
+from pathlib import Path
 
 from ._common import home_of
 
@@ -41,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--api-key", help="the credential whose tenant the tools serve (default: $CONTEXTWARDEN_CREDENTIAL, "
                                      "$ANTHROPIC_API_KEY, $OPENAI_API_KEY)")
     m.add_argument("--home", default=None, help="cw_home of the proxy to talk to")
+    m.add_argument("--print-config", action="store_true",
+                   help="print how to register this server with Claude Code and Codex CLI (absolute paths: "
+                        "they work without the virtualenv on PATH), and exit")
     m.set_defaults(func=run_mcp)
 
 
@@ -94,8 +100,23 @@ def run_recall(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+def mcp_command(home: str | None = None) -> list[str]:
+    """The absolute command that starts this MCP server: the console script beside this interpreter (a
+    client starts it without the virtualenv's bin on its PATH), else the interpreter with ``-m``."""
+    script = Path(sys.executable).absolute().parent / "contextwarden"
+    cmd = [str(script)] if script.exists() else [str(Path(sys.executable).absolute()), "-m", "contextwarden"]
+    return cmd + ["mcp"] + (["--home", str(Path(home).expanduser().absolute())] if home else [])
+
+
 def run_mcp(args: argparse.Namespace) -> int:
     from ..mcpserver import serve
+
+    if args.print_config:
+        cmd = mcp_command(args.home)
+        print("# Claude Code\nclaude mcp add contextwarden -- " + shlex.join(cmd))
+        print("\n# Codex CLI: ~/.codex/config.toml\n[mcp_servers.contextwarden]\n"
+              f"command = {json.dumps(cmd[0])}\nargs = {json.dumps(cmd[1:])}")
+        return 0
 
     cred = (args.api_key or os.environ.get("CONTEXTWARDEN_CREDENTIAL") or os.environ.get("ANTHROPIC_API_KEY")
             or os.environ.get("OPENAI_API_KEY") or None)

@@ -7,7 +7,7 @@ import errno
 import socket
 import sys
 
-from ._common import add_home_profile, add_plugins, checked_settings, home_of, mitmproxy_confdir, script_path
+from ._common import add_home_profile, add_plugins, checked_settings, cli_name, home_of, mitmproxy_confdir, script_path
 
 
 def register(sub) -> None:
@@ -49,7 +49,7 @@ def instructions(host: str, port: int, mode: str, confdir) -> str:
     export SSL_CERT_FILE={ca}
     export REQUESTS_CA_BUNDLE={ca}
   Reverse mode instead (no CA needed):
-    contextwarden run --mode reverse:https://api.anthropic.com   then   export ANTHROPIC_BASE_URL=http://{host}:{port}
+    {cli_name()} run --mode reverse:https://api.anthropic.com   then   export ANTHROPIC_BASE_URL=http://{host}:{port}
 """
 
 
@@ -110,11 +110,12 @@ def run(args) -> int:
         print(f"contextwarden: warning: {w}", file=sys.stderr)
     if not args.dry_run and args.port and port_taken(args.listen_host, args.port):
         print(f"contextwarden: {args.listen_host}:{args.port} is already in use (a proxy running there? "
-              f"`contextwarden tui` watches it); another port: contextwarden run --port {args.port + 2}", file=sys.stderr)
+              f"`{cli_name()} tui` watches it); another port: {cli_name()} run --port {args.port + 2}", file=sys.stderr)
         return 1
     print(instructions(args.listen_host, args.port, args.mode, mitmproxy_confdir(args.confdir)))
     mode = "observe-only" if settings.proxy.observe_only else "active"
-    print(f"  profile: {settings.name} ({mode}); events: {home_of(args) / 'logs' / 'events.jsonl'}; watch: contextwarden tui\n")
+    print(f"  profile: {settings.name} ({mode}); events: {home_of(args) / 'logs' / 'events.jsonl'}; "
+          f"watch (another terminal): {cli_name()} tui" + (f" --home {home_of(args)}" if args.home else "") + "\n")
     argv = mitmdump_argv(args)
     if args.dry_run:
         print("mitmdump " + " ".join(argv))

@@ -25,20 +25,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--home", default=None, help="cw_home of the proxy (default: $CONTEXTWARDEN_HOME or the user data dir)")
     p.add_argument("--json", action="store_true", help="print the proxy's answer as JSON")
     ss = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    ss.add_parser("list", help="the sessions the proxy knows, with their versions and pins")
-    s = ss.add_parser("show", help="a session's versions (time, trigger, tokens before/after, what changed) and pins")
+    # --home and --json also after the action (`session list --home DIR`, as the other commands take them)
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    after.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002 - argparse's own word
+        return ss.add_parser(name, help=help, parents=[after])
+
+    action("list", help="the sessions the proxy knows, with their versions and pins")
+    s = action("show", help="a session's versions (time, trigger, tokens before/after, what changed) and pins")
     s.add_argument("session", metavar="ID")
-    r = ss.add_parser("rollback", help="stop applying the decisions after VERSION (0: the client's own history)")
+    r = action("rollback", help="stop applying the decisions after VERSION (0: the client's own history)")
     r.add_argument("session", metavar="ID")
     r.add_argument("--to", required=True, type=int, metavar="VERSION")
     r.add_argument("--dry-run", action="store_true", help="only say what it would cost and whether it fits")
     for name, what in (("pin", "keep content out of clearing, compaction and compression"), ("unpin", "remove a pin")):
-        q = ss.add_parser(name, help=what)
+        q = action(name, help=what)
         q.add_argument("session", metavar="ID")
         q.add_argument("target", metavar="TARGET",
                        help="a tool_use id, a message index, or a text (tool:ID, index:N, text:... to be explicit)"
                             + ("; or #N, a pin's number" if name == "unpin" else ""))
-    c = ss.add_parser("compact", help="the next request of the session compacts and clears, whatever the thresholds")
+    c = action("compact", help="the next request of the session compacts and clears, whatever the thresholds")
     c.add_argument("session", metavar="ID")
     p.set_defaults(func=run_session)
 

@@ -79,7 +79,7 @@ class Dialect:
     injectable: Callable[[Any], None]  # memory: raise NotInjectable when there is no cache-safe place
     text_of: Callable[[Any], str]  # a (typed) history entry's plain text: what strip cleans
     summary_message: Callable[[str, dict | None], Any]  # compaction: its summary as a user message (cache_control: Anthropic's breakpoint)
-    error_answer: Callable[[str, bool], tuple[bytes, dict[str, str]]]  # (body, headers) of an error in the API's own format (stream: as the client reads a stream)
+    error_answer: Callable[..., tuple[bytes, dict[str, str]]]  # (message, stream, kind="rate_limit"|"upstream") -> (body, headers) of an error in the API's own format (stream: as the client reads a stream)
     endpoint: tuple[str, str]  # a default (host, path) of the API (in-process replay and evaluations)
     reply: Callable[[str], dict]  # an assistant answer of plain text, as the API returns it (replayed turns)
     answer_messages: Callable[[dict], list]  # the history entries an answer (AssembledTurn.message) adds

@@ -57,10 +57,11 @@ def summary_message(text: str, cache_control: dict | None = None) -> am.Message:
     return am.Message.model_validate({"role": "user", "content": [block]})
 
 
-def error_answer(message: str, stream: bool) -> tuple[bytes, dict[str, str]]:
+def error_answer(message: str, stream: bool, kind: str = "rate_limit") -> tuple[bytes, dict[str, str]]:
     import orjson
 
-    err = orjson.dumps({"type": "error", "error": {"type": "rate_limit_error", "message": message}})
+    err = orjson.dumps({"type": "error", "error": {"type": "rate_limit_error" if kind == "rate_limit" else "api_error",
+                                                   "message": message}})
     if stream:  # what the client reads as a stream: one SSE `error` event carrying the same JSON
         return b"event: error\ndata: " + err + b"\n\n", {"content-type": "text/event-stream; charset=utf-8",
                                                          "cache-control": "no-cache"}

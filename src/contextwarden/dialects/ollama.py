@@ -11,7 +11,7 @@ from ..streams.ollama import OllamaAssembler
 from . import openai_chat
 
 
-def error_answer(message: str, stream: bool) -> tuple[bytes, dict[str, str]]:
+def error_answer(message: str, stream: bool, kind: str = "rate_limit") -> tuple[bytes, dict[str, str]]:
     import orjson
 
     return orjson.dumps({"error": message}), {"content-type": "application/json; charset=utf-8"}

@@ -43,13 +43,14 @@ def summary_message(text: str, cache_control: dict | None = None) -> oc.ChatMess
     return oc.ChatMessage.model_validate({"role": "user", "content": text})
 
 
-def error_answer(message: str, stream: bool) -> tuple[bytes, dict[str, str]]:
+def error_answer(message: str, stream: bool, kind: str = "rate_limit") -> tuple[bytes, dict[str, str]]:
     """OpenAI's error object (chat and responses): the SDKs map a 429 to RateLimitError and expose
-    type and code."""
+    type and code; ``kind`` "upstream": the provider could not be reached (a server error)."""
     import orjson
 
-    return (orjson.dumps({"error": {"message": message, "type": "tokens", "param": None, "code": "rate_limit_exceeded"}}),
-            {"content-type": "application/json"})
+    err = {"message": message, "type": "tokens", "param": None, "code": "rate_limit_exceeded"} if kind == "rate_limit" \
+        else {"message": message, "type": "server_error", "param": None, "code": "upstream_unreachable"}
+    return orjson.dumps({"error": err}), {"content-type": "application/json"}
 
 
 def reply(text: str) -> dict:

@@ -1,0 +1,90 @@
+"""An upstream the proxy cannot reach answers a known API's client in that API's own error shape.
+
+mitmproxy answers a failed upstream connection (refused, reset, a name that does not resolve, a server
+that hung up before answering) with its own HTML page and status 502. An SDK then shows the HTML, and
+a client that parses the error sees nothing it knows. For a request of a known API the client gets
+instead status 502 with the provider's error JSON (Anthropic ``{"type": "error", "error": {"type":
+"api_error", ...}}``, OpenAI ``{"error": {"type": "server_error", "code": "upstream_unreachable",
+...}}``): the anthropic and openai SDKs read it as an ``InternalServerError`` and retry it with their
+backoff (as they retry the provider's own 5xx: the upstream may be back in a moment), and its message
+names the host and mitmproxy's reason. Other traffic keeps mitmproxy's page.
+
+mitmproxy has no hook to replace that page: its HTTP/1 server side writes it when the flow's error is
+reported. This addon remembers the answer in the ``error`` hook (which mitmproxy runs just before) by
+the client connection, and a wrapper of that one step (``Http1Server.send``, installed while the addon
+runs) writes it instead. HTTP/2 clients (rare for the SDKs: httpx and Node's fetch speak HTTP/1.1)
+keep mitmproxy's page.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import http1
+from mitmproxy.proxy import commands
+from mitmproxy.proxy.layers.http import ResponseProtocolError
+from mitmproxy.proxy.layers.http._http1 import Http1Server
+
+from contextwarden.apis import ApiKind
+from contextwarden.dialects import dialect
+
+from .overhead import HEADER
+
+KEY = "contextwarden_api"
+
+
+def api_of(flow: http.HTTPFlow) -> ApiKind | None:
+    """The known API of a flow contextwarden read (in this process, or in the engine's mirror)."""
+    state = flow.metadata.get("contextwarden")
+    api = getattr(state, "api", None) or flow.metadata.get("contextwarden_engine")
+    try:
+        return ApiKind(getattr(api, "value", api)) if api else None
+    except ValueError:
+        return None
+
+
+class UpstreamError:
+    def __init__(self) -> None:
+        self.answers: dict[str, bytes] = {}  # client connection id -> the answer's bytes, until written
+        self._original = None
+
+    def running(self) -> None:
+        if self._original is not None:
+            return
+        original, answers = Http1Server.send, self.answers
+
+        def send(server, event):
+            if isinstance(event, ResponseProtocolError) and not server.response:
+                data = answers.pop(server.conn.id, None)
+                if data is not None:
+                    if server.conn.state & ConnectionState.CAN_WRITE:
+                        yield commands.SendData(server.conn, data)
+                    yield commands.CloseConnection(server.conn)
+                    return
+            yield from original(server, event)
+
+        self._original, Http1Server.send = original, send
+
+    def done(self) -> None:
+        if self._original is not None:
+            Http1Server.send, self._original = self._original, None
+        self.answers.clear()
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        api = api_of(flow)  # now: the observer lets go of the flow's state before the error hook
+        if api is not None:
+            flow.metadata[KEY] = api
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        api = flow.metadata.get(KEY)
+        if api is None or flow.response is not None or flow.error is None or self._original is None:
+            return
+        message = (f"contextwarden: the upstream {flow.request.host}:{flow.request.port} could not be reached "
+                   f"({flow.error.msg})")
+        body, headers = dialect(api).error_answer(message, False, "upstream")
+        extra = {HEADER: flow.metadata[HEADER]} if HEADER in flow.metadata else {}
+        resp = http.Response.make(502, body, {**headers, "connection": "close", **extra})
+        self.answers[flow.client_conn.id] = http1.assemble_response(resp)
+
+    def client_disconnected(self, client) -> None:
+        self.answers.pop(client.id, None)

@@ -1,0 +1,55 @@
+"""The README's commands copy-paste: its "Try it locally" block runs as written, in a new terminal's
+environment (no virtualenv on PATH), and every ``contextwarden`` subcommand its shell blocks name exists."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from contextwarden.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+FENCE = re.compile(r"```bash\n(.*?)```", re.S)
+
+
+def _section(title: str) -> str:
+    start = README.index(f"\n## {title}")
+    end = README.find("\n## ", start + 1)
+    return README[start:end]
+
+
+def test_the_try_it_block_runs_as_written_in_a_new_terminal(tmp_path):
+    [block] = FENCE.findall(_section("Try it locally"))
+    venv = ROOT / ".venv" if (ROOT / ".venv").is_dir() else Path(sys.prefix)  # make's, else the one running
+    script = block.replace("source .venv/bin/activate", f"source {venv}/bin/activate")
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(PATH="/usr/bin:/bin", CONTEXTWARDEN_HOME=str(tmp_path / "home"))
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "clearing:" in done.stdout and "claude mcp add contextwarden -- /" in done.stdout, done.stdout[-3000:]
+
+
+def test_every_contextwarden_command_in_the_readme_exists():
+    known = set(build_parser()._subparsers._group_actions[0].choices)
+    named = {m.group(1) for block in FENCE.findall(README)
+             for m in re.finditer(r"(?:^|[\s(])contextwarden ([a-z][a-z-]*)", block, re.M)}
+    assert named and named <= known, named - known
+
+
+def test_the_printed_mcp_command_starts_the_server_without_the_virtualenv_on_path(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "contextwarden", "mcp", "--print-config"], capture_output=True,
+                         text=True, timeout=60).stdout
+    line = next(x for x in out.splitlines() if x.startswith("claude mcp add contextwarden -- "))
+    cmd = line.split(" -- ", 1)[1].split()
+    assert Path(cmd[0]).is_absolute() and cmd[-1] == "mcp"
+    init = ('{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",'
+            '"capabilities":{},"clientInfo":{"name":"readme-test","version":"1"}}}\n')
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(PATH="/usr/bin:/bin", CONTEXTWARDEN_HOME=str(tmp_path / "home"))
+    done = subprocess.run(cmd, input=init, env=env, capture_output=True, text=True, timeout=120)
+    assert '"serverInfo"' in done.stdout and '"id":1' in done.stdout.replace(" ", ""), done.stderr[-2000:]
