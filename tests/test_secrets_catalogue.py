@@ -63,6 +63,8 @@ def catalogue() -> list[Shape]:
     add("prose_token_was", "the deploy token was {} until yesterday", _mix(24))
     add("prose_passphrase", "passphrase for the ssh key is {}", _mix(14, "-_"))
     add("prose_secret_key_colon", "Here is the secret key: {}", _mix(40, "/+"))
+    add("prose_quoted_passphrase", 'the backup passphrase is "{}"', " ".join(_pick(string.ascii_lowercase, 7) for _ in range(4)))
+    add("prose_changed_to", "I changed my password to {} yesterday", _mix(10, "!?"))
     add("prose_split_first_half", "first half of the api key is {}", _mix(20))
     add("prose_split_second_half", "and the second half of the api key is {}", _mix(20))
     add("env_admin_pw", "ADMIN_PW={}", "hunter2" + _mix(6).lower())
@@ -227,6 +229,18 @@ Rotate the token every 90 days; the old token stays valid for 1 hour.
 the API key is read from ANTHROPIC_API_KEY at start-up
 Set the secret in your CI settings (Settings > Secrets > Actions).
 pin the version to 1.2.3 in requirements.txt
+pin 2 cores to the vm
+The API key is required.
+The token is valid for 1 hour
+your password is too short (min 12 chars)
+Your password is "too short"
+the password is "not the one you think"
+Passwords must contain 1 uppercase letter
+password reset token expired after 3600s
+tokens: 12.5k in, 3.1k out
+the key is 'name'
+The secret is in the sauce.
+Error: Invalid API key provided: sk-proj-****abcd
 The key insight is caching.
 --openai-api-key OPENAI_API_KEY
   --api-key PROVIDER=KEY   Set an API key for a provider

@@ -241,8 +241,9 @@ _PROSE = re.compile(
     r"pass(?:word|wd|phrase|code)|pwd|pw|pin|secret|token|credentials?|key)s?(?![\w\-])"  # (the longer names first)
     r"(?P<for>\s+(?:for|of|on|to|at)\s+(?:[^\s=:]+\s+){0,3}?[^\s=:]+)?"  # what it is for: "for the admin account"
     r"(?:\s*[:=]\s*|\s+(?:is|was|are|were|will be|should be|is now|=|:|-)\s+(?:now\s+|still\s+|set\s+to\s+)?"
-    r"|\s+(?:set|changed|reset)\s+to\s+|(?(for)(?!)|\s+))"  # (a bare space only right after the word)
-    r"[\"'`]?(?P<s>[^\s\"'`<>\[\]\\]{4,200})")
+    r"|\s+(?:set|changed|reset)\s+to\s+|(?(for)(?!)|\s+(?:to\s+)?))"  # (a bare space only right after the word)
+    r"(?:(?P<q>[\"'])(?P<qs>[^\"'\n]{6,100})(?P=q)"  # a quoted passphrase: "the password is 'correct horse ...'"
+    r"|[\"'`]?(?P<s>[^\s\"'`<>\[\]\\]{4,200}))")
 _PROSE_HINTS = ("pass", "pw", "pin", "secret", "token", "cred", "key")  # each credential word holds one
 _PROSE_HINGE = re.compile("|".join(_PROSE_HINTS))  # on the lower-cased text (or, rarely, _PROSE_HINGE_ANYCASE)
 _PROSE_HINGE_ANYCASE = re.compile(_PROSE_HINGE.pattern, re.I)
@@ -283,6 +284,17 @@ def _prose_value(v: str, word: str) -> bool:
              and not re.fullmatch(r"(?:[A-Z][a-z]+)+", v)))
 
 
+def _passphrase(v: str, word: str) -> bool:
+    """A quoted value of words after a password's name: a passphrase, unless it is a sentence about one."""
+    words = v.split()
+    return (word.startswith(("pass", "pw", "pwd", "secret")) and 3 <= len(words) <= 8
+            and not ({w.lower().strip(".,!?") for w in words} & _NOT_PASSPHRASE) and "$" not in v and "{" not in v)
+
+
+_NOT_PASSPHRASE = {"the", "is", "are", "a", "an", "your", "my", "not", "must", "should", "please", "enter", "required",
+                   "invalid", "incorrect", "wrong", "too", "of", "for", "to", "in", "and", "or", "with"}
+
+
 def _prose_starts(src: str, i: int) -> tuple[int, ...]:
     """Where a credential word holding the hinge word found at ``i`` may start: the word's own start,
     and the start of the word before it ("api key", "ssh-key")."""
@@ -309,7 +321,17 @@ def _redact_prose(text: str, low: str, counter: list[int]) -> str:
             continue
         for j in _prose_starts(src, h.start()):
             m = pat.match(src, j)
-            if m is None or m.start("s") < last:
+            if m is None:
+                continue
+            if m.start("qs") >= last and " " in m.group("qs").strip() and _passphrase(text[m.start("qs"):m.end("qs")],
+                                                                                   m.group("w").lower()):
+                s, e = m.span("qs")
+                counter[0] += 1
+                out.append(text[last:s])
+                out.append(_mark("secret"))
+                last = e
+                break
+            if m.start("s") < last:
                 continue
             s, e = m.span("s")
             raw = text[s:e]
