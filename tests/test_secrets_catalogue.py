@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from contextwarden.conversation import Part, Turn
 from contextwarden.memory.secrets import redact_secrets
+from contextwarden.summarise import extractive_summary, transcript_text
 from contextwarden.memory.tagger import KeywordTagger
 from contextwarden.scrub import scrub
 
@@ -181,6 +183,24 @@ def test_a_secret_named_by_its_field_in_structured_data():
     assert body["messages"][0]["content"][0]["input"]["db_password"] == value  # the caller's copy untouched
     assert scrub({"token_type": "Bearer", "password_min_length": 8, "token": "[REDACTED:secret]", "api_key": "${API_KEY}"}) == \
         {"token_type": "Bearer", "password_min_length": 8, "token": "[REDACTED:secret]", "api_key": "${API_KEY}"}
+
+
+def test_a_compaction_summary_never_holds_a_shape_cut_or_reflowed():
+    """A summary quotes requests, commands and error lines cut to a length and reflowed onto one line:
+    a key's lines joined by spaces, or one of them alone, no longer look like a key. Each text is
+    redacted whole first (the summary is stored with the session, and the LLM summariser's transcript too)."""
+    shapes = catalogue()
+    turns = []
+    for i, shape in enumerate(shapes):
+        turns.append(Turn("user", [Part("text", text=f"request {i}: " + shape.text)]))
+        turns.append(Turn("assistant", [Part("tool_use", tool="Bash", tool_input={"command": shape.text}, tool_id=f"t{i}")]))
+        turns.append(Turn("user", [Part("tool_result", text="Error: " + shape.text + "\n" * 3 + "x" * 300, tool="Bash",
+                                        tool_id=f"t{i}", is_error=True)]))
+    summary = extractive_summary(turns, messages=len(turns), tokens=100_000, max_chars=200_000)
+    transcript = transcript_text(turns, max_chars=10_000_000, result_chars=40)
+    assert "request 40:" in summary.text  # the requests are quoted
+    assert {s.name for s in shapes if leaked(summary.text, s) or leaked(str(summary.sections), s)} == set()
+    assert {s.name for s in shapes if leaked(transcript, s)} == set()
 
 
 def test_the_issue_examples():
