@@ -170,6 +170,29 @@ def test_every_shape_holds_for_many_random_values():
     assert misses == {}
 
 
+def test_every_shape_holds_among_other_lines_and_leaves_them_alone():
+    """The shapes mixed at random into a log and into ordinary code (one text, as a tool's output is):
+    a secret's context never runs into the next line, and the other lines come back unchanged."""
+    import random
+
+    logs = [f"2024-05-01T10:00:{i % 60:02d}Z INFO worker {i} processed batch {i * 7} ok" for i in range(300)]
+    for seed in range(40):
+        rnd = random.Random(seed)
+        shapes = catalogue()
+        lines = logs + ORDINARY.splitlines()
+        rnd.shuffle(lines)
+        marked = [f"@@{i}@@" for i in range(len(shapes))]
+        for m in marked:
+            lines.insert(rnd.randrange(len(lines) + 1), m)
+        text = "\n".join(lines)
+        for m, shape in zip(marked, shapes):
+            text = text.replace(m, shape.text)
+        red, _ = redact_secrets(text)
+        assert [s.name for s in shapes if leaked(red, s)] == [], seed
+        kept = set(red.splitlines())
+        assert [ln for ln in logs + ORDINARY.splitlines() if ln not in kept] == [], seed
+
+
 def test_a_secret_named_by_its_field_in_structured_data():
     """A tool call's input or a body's member: the value alone does not say it is a secret, its name does."""
     value = _mix(12)
