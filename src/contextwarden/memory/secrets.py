@@ -272,6 +272,8 @@ _WEAK_WORDS = {"key", "pin", "token"}  # said of many things that are no secret:
 def _prose_value(v: str, word: str) -> bool:
     """Whether ``v``, named by ``word`` in prose, is a secret: mixed letters and digits (or symbols),
     long enough, and neither code, a path, a number with a unit, nor a reference."""
+    if v.islower() and v.isalpha():  # a word (most of what follows "token" or "password" in prose): no secret
+        return False
     if v.startswith(("$", "{", "%", "http", "@", "&", "=")) or "(" in v or "*" in v or _NAME_VALUE.fullmatch(v) \
             or _PAIR_VALUE.match(v) or _PATH_FLAG.fullmatch(v):
         return False  # a reference, a path, a flag, an anchor, a pattern (sk-or-v1-*), a name, a pair of its own
@@ -307,17 +309,18 @@ _NOT_PASSPHRASE = {"the", "is", "are", "a", "an", "your", "my", "not", "must", "
 
 
 def _prose_starts(src: str, i: int) -> tuple[int, ...]:
-    """Where a credential word holding the hinge word found at ``i`` may start: the word's own start,
-    and the start of the word before it ("api key", "ssh-key")."""
-    j = i
-    while j and src[j - 1].isalpha():
-        j -= 1
-    if j < 2 or src[j - 1] not in " _-" or not src[j - 2].isalpha():
-        return (j,)
-    k = j - 2
-    while k and src[k - 1].isalpha():
-        k -= 1
-    return (k, j)
+    """Where a credential word holding the hinge word found at ``i`` may start: at the hinge itself, if no
+    word character is before it (each name but a key's starts with its hinge), and for "key" also at the
+    start of its first part ("api key", "ssh-key", "accesskey"). Checked here, cheaply, before any match."""
+    out = () if i and (src[i - 1].isalnum() or src[i - 1] in "_$.-") else (i,)
+    if src.startswith("key", i) and i:
+        m = _KEY_FIRST.search(src, max(0, i - 12), i)
+        if m is not None:
+            out = (m.start(), *out)
+    return out
+
+
+_KEY_FIRST = re.compile(r"(?i:api|access|secret|private|license|auth|master|encryption|signing|admin|deploy|ssh)[ _\-]?$")
 
 
 def _prose_secret(text: str, m: re.Match[str], last: int) -> tuple[int, int] | None:
