@@ -8,6 +8,7 @@ The same catalogue goes through a live proxy in ``tests/e2e/test_secrets_live.py
 from __future__ import annotations
 
 import base64
+import random
 import secrets as rnd
 import string
 import uuid
@@ -17,9 +18,9 @@ import pytest
 
 from contextwarden.conversation import Part, Turn
 from contextwarden.memory.secrets import redact_secrets
-from contextwarden.summarise import extractive_summary, transcript_text
 from contextwarden.memory.tagger import KeywordTagger
 from contextwarden.scrub import scrub
+from contextwarden.summarise import extractive_summary, transcript_text
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,6 @@ def test_every_shape_holds_for_many_random_values():
 def test_every_shape_holds_among_other_lines_and_leaves_them_alone():
     """The shapes mixed at random into a log and into ordinary code (one text, as a tool's output is):
     a secret's context never runs into the next line, and the other lines come back unchanged."""
-    import random
-
     logs = [f"2024-05-01T10:00:{i % 60:02d}Z INFO worker {i} processed batch {i * 7} ok" for i in range(300)]
     for seed in range(40):
         rnd = random.Random(seed)
