@@ -8,6 +8,7 @@ The same catalogue goes through a live proxy in ``tests/e2e/test_secrets_live.py
 from __future__ import annotations
 
 import base64
+import random
 import secrets as rnd
 import string
 import uuid
@@ -15,9 +16,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from contextwarden.conversation import Part, Turn
 from contextwarden.memory.secrets import redact_secrets
 from contextwarden.memory.tagger import KeywordTagger
 from contextwarden.scrub import scrub
+from contextwarden.summarise import extractive_summary, transcript_text
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ def catalogue() -> list[Shape]:
     add("prose_token_was", "the deploy token was {} until yesterday", _mix(24))
     add("prose_passphrase", "passphrase for the ssh key is {}", _mix(14, "-_"))
     add("prose_secret_key_colon", "Here is the secret key: {}", _mix(40, "/+"))
+    add("prose_quoted_passphrase", 'the backup passphrase is "{}"', " ".join(_pick(string.ascii_lowercase, 7) for _ in range(4)))
+    add("prose_changed_to", "I changed my password to {} yesterday", _mix(10, "!?"))
     add("prose_split_first_half", "first half of the api key is {}", _mix(20))
     add("prose_split_second_half", "and the second half of the api key is {}", _mix(20))
     add("env_admin_pw", "ADMIN_PW={}", "hunter2" + _mix(6).lower())
@@ -166,6 +171,27 @@ def test_every_shape_holds_for_many_random_values():
     assert misses == {}
 
 
+def test_every_shape_holds_among_other_lines_and_leaves_them_alone():
+    """The shapes mixed at random into a log and into ordinary code (one text, as a tool's output is):
+    a secret's context never runs into the next line, and the other lines come back unchanged."""
+    logs = [f"2024-05-01T10:00:{i % 60:02d}Z INFO worker {i} processed batch {i * 7} ok" for i in range(300)]
+    for seed in range(40):
+        rnd = random.Random(seed)
+        shapes = catalogue()
+        lines = logs + ORDINARY.splitlines()
+        rnd.shuffle(lines)
+        marked = [f"@@{i}@@" for i in range(len(shapes))]
+        for m in marked:
+            lines.insert(rnd.randrange(len(lines) + 1), m)
+        text = "\n".join(lines)
+        for m, shape in zip(marked, shapes):
+            text = text.replace(m, shape.text)
+        red, _ = redact_secrets(text)
+        assert [s.name for s in shapes if leaked(red, s)] == [], seed
+        kept = set(red.splitlines())
+        assert [ln for ln in logs + ORDINARY.splitlines() if ln not in kept] == [], seed
+
+
 def test_a_secret_named_by_its_field_in_structured_data():
     """A tool call's input or a body's member: the value alone does not say it is a secret, its name does."""
     value = _mix(12)
@@ -179,6 +205,24 @@ def test_a_secret_named_by_its_field_in_structured_data():
     assert body["messages"][0]["content"][0]["input"]["db_password"] == value  # the caller's copy untouched
     assert scrub({"token_type": "Bearer", "password_min_length": 8, "token": "[REDACTED:secret]", "api_key": "${API_KEY}"}) == \
         {"token_type": "Bearer", "password_min_length": 8, "token": "[REDACTED:secret]", "api_key": "${API_KEY}"}
+
+
+def test_a_compaction_summary_never_holds_a_shape_cut_or_reflowed():
+    """A summary quotes requests, commands and error lines cut to a length and reflowed onto one line:
+    a key's lines joined by spaces, or one of them alone, no longer look like a key. Each text is
+    redacted whole first (the summary is stored with the session, and the LLM summariser's transcript too)."""
+    shapes = catalogue()
+    turns = []
+    for i, shape in enumerate(shapes):
+        turns.append(Turn("user", [Part("text", text=f"request {i}: " + shape.text)]))
+        turns.append(Turn("assistant", [Part("tool_use", tool="Bash", tool_input={"command": shape.text}, tool_id=f"t{i}")]))
+        turns.append(Turn("user", [Part("tool_result", text="Error: " + shape.text + "\n" * 3 + "x" * 300, tool="Bash",
+                                        tool_id=f"t{i}", is_error=True)]))
+    summary = extractive_summary(turns, messages=len(turns), tokens=100_000, max_chars=200_000)
+    transcript = transcript_text(turns, max_chars=10_000_000, result_chars=40)
+    assert "request 40:" in summary.text  # the requests are quoted
+    assert {s.name for s in shapes if leaked(summary.text, s) or leaked(str(summary.sections), s)} == set()
+    assert {s.name for s in shapes if leaked(transcript, s)} == set()
 
 
 def test_the_issue_examples():
@@ -227,6 +271,18 @@ Rotate the token every 90 days; the old token stays valid for 1 hour.
 the API key is read from ANTHROPIC_API_KEY at start-up
 Set the secret in your CI settings (Settings > Secrets > Actions).
 pin the version to 1.2.3 in requirements.txt
+pin 2 cores to the vm
+The API key is required.
+The token is valid for 1 hour
+your password is too short (min 12 chars)
+Your password is "too short"
+the password is "not the one you think"
+Passwords must contain 1 uppercase letter
+password reset token expired after 3600s
+tokens: 12.5k in, 3.1k out
+the key is 'name'
+The secret is in the sauce.
+Error: Invalid API key provided: sk-proj-****abcd
 The key insight is caching.
 --openai-api-key OPENAI_API_KEY
   --api-key PROVIDER=KEY   Set an API key for a provider

@@ -21,7 +21,9 @@ from typing import Any, Iterator
 import orjson
 
 from .lru import BytesMemo
+from .memory.secrets import redact_field
 from .models.base import ApiKind
+from .scrub import scrub_text
 
 
 def _dialect(api):
@@ -259,20 +261,22 @@ _maybe_json = maybe_json  # (the name compression imports)
 
 
 def input_hint(tool_input: Any, limit: int = 80) -> str:
-    """The argument that says what a call was about (a path, a command, a pattern, a URL)."""
+    """The argument that says what a call was about (a path, a command, a pattern, a URL), its secrets
+    redacted before it is cut (a stub, a summary, a compressed result's header quote it: a key cut in
+    two or reflowed onto one line would no longer look like one)."""
     if isinstance(tool_input, dict):
         for key in ("file_path", "path", "notebook_path", "command", "cmd", "pattern", "query", "url", "prompt", "description"):
             v = tool_input.get(key)
             if isinstance(v, str) and v.strip():
-                return shorten(v, limit)
+                return shorten(scrub_text(v), limit)
             if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
-                return shorten(" ".join(v), limit)
-        for v in tool_input.values():
+                return shorten(scrub_text(" ".join(v)), limit)
+        for k, v in tool_input.items():
             if isinstance(v, str) and v.strip():
-                return shorten(v, limit)
+                return shorten(redact_field(k, v) if isinstance(k, str) else scrub_text(v), limit)
         return ""
     if isinstance(tool_input, str):
-        return shorten(tool_input, limit)
+        return shorten(scrub_text(tool_input), limit)
     return ""
 
 

@@ -140,7 +140,9 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
             tools.append(tool)
 
     for turn in turns:
-        texts = [p.text for p in turn.parts if p.kind == "text" and p.text]
+        # secrets are redacted in whole texts, before any is cut or reflowed (a key's lines joined by
+        # spaces, or one line of it, no longer looks like a key: scrub(sections) after would miss it)
+        texts = [redact_text(p.text) for p in turn.parts if p.kind == "text" and p.text]
         if turn.role in ("system", "developer"):
             for t in texts:
                 add("system", t)
@@ -176,10 +178,10 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
                 if isinstance(cmd, list):
                     cmd = " ".join(str(c) for c in cmd)
                 if isinstance(cmd, str) and cmd.strip():
-                    add("commands", "`" + shorten(cmd, _MAX_ITEM["commands"] - 2) + "`")
+                    add("commands", "`" + shorten(redact_text(cmd), _MAX_ITEM["commands"] - 2) + "`")
             elif p.kind == "tool_result":
                 text = p.text or ""
-                lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+                lines = [ln.strip() for ln in redact_text(text).splitlines() if ln.strip()]
                 if p.is_error and lines:
                     if not _TRIVIAL.match(lines[0]):
                         add("errors", f"{p.tool or 'tool'}: {lines[0]}")
@@ -341,12 +343,13 @@ def transcript_text(turns: list[Turn], max_chars: int = 150_000, result_chars: i
     lines: list[str] = []
     for t in turns:
         for p in t.parts:
-            if p.kind == "text" and p.text:
-                lines.append(f"{t.role.upper()}: {_clean_user(p.text) if t.role == 'user' else p.text}")
+            if p.kind == "text" and p.text:  # (redacted whole, before anything is cut: as in extract)
+                lines.append(f"{t.role.upper()}: {redact_text(_clean_user(p.text) if t.role == 'user' else p.text)}")
             elif p.kind == "tool_use":
                 lines.append(f"ASSISTANT called {p.tool}: {input_hint(p.tool_input, 200)}")
             elif p.kind == "tool_result":
-                body = p.text if len(p.text) <= result_chars else p.text[:result_chars] + " […]"
+                body = redact_text(p.text[:result_chars + 4096])  # (a margin: a secret across the cut is read whole)
+                body = body if len(body) <= result_chars else body[:result_chars] + " […]"
                 mid = f" ({memory_id(p.text)})" if len(p.text) >= 200 else ""
                 lines.append(f"RESULT of {p.tool or 'tool'}{mid}{' [error]' if p.is_error else ''}:\n{body}")
     text = "\n".join(lines)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import httpx2
 import pytest
 
 from tests.support.proxy import ProxyProcess
-from tests.test_secrets_catalogue import Shape, _pieces, catalogue
+from tests.test_secrets_catalogue import Shape, _b64_lines, _pieces, catalogue
 
 from .test_security import ALL_STAGES, READY, TuiTap, _files_blob, _post, _wait_ingested
 
@@ -32,8 +31,6 @@ ISSUE = [  # the issue's three examples, verbatim
 
 def _key_tail() -> Shape:
     """``tail -6 key`` of a fresh key: base64 lines and the END line, no BEGIN."""
-    from tests.test_secrets_catalogue import _b64_lines
-
     lines = _b64_lines(5)
     return Shape("issue_key_tail", "$ tail -6 key\n" + "\n".join(lines) + "\n-----END PRIVATE KEY-----", tuple(lines))
 
@@ -116,8 +113,7 @@ def test_no_catalogued_secret_anywhere_after_a_live_session(proxy, standin, tmp_
     assert all("original" in tap.command(cmd="bodies", flow_id=f).get("result", {}) for f in flows[-3:])
     for s in (session, sdk_session):
         assert tap.command(cmd="export", session=s).get("result", {}).get("requests")
-    time.sleep(0.3)  # (the last replies' frames)
-    tui = tap.blob()
+    tui = tap.blob()  # (everything up to the export's reply)
     tap.close()
     proxy.stop()  # the log flushed, Chroma closed, the lexical snapshot written
 

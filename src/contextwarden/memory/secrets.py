@@ -74,7 +74,13 @@ _PEM_OPEN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
 # (a line may be quoted: "| " is how a memory block quotes recalled text, "> " how mail and markdown do)
 # the other half: base64 lines up to the END line, without their BEGIN line (``tail -6 key``)
 _NL = r"(?:\r?\n|\\r?\\n)"  # a line break, real or escaped (a JSON dump in a tool result)
-_PEM_TAIL = re.compile(r"(?:(?<![A-Za-z0-9+/=])(?:[|>] ?)?[A-Za-z0-9+/=]{4,80}" + _NL + r")*"
+# a line of a key starts a line (or a quoted string: a JSON dump), or is long (the first one may follow a
+# prompt, "Error: ..."): a word at the end of the line before is no part of it
+_LINE_START = r"(?:(?m:^)|(?<=\\n)|(?<=[\"']))[ \t]*"
+# (full lines, then the last one, which may be short: a word on the line before is no part of it)
+_PEM_TAIL = re.compile(r"(?:(?:" + _LINE_START + r"(?:[|>] ?)?[A-Za-z0-9+/=]{16,80}|(?<![A-Za-z0-9+/=])(?![0-9a-fA-F]{40,80}"
+                       + _NL + r")[A-Za-z0-9+/=]{40,80})" + _NL + r")*"  # (a hash before it is no part of it)
+                       r"(?:" + _LINE_START + r"(?:[|>] ?)?[A-Za-z0-9+/=]{1,15}" + _NL + r")?"
                        r"-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 # a key's middle, alone (a key pasted in pieces): two or more lines of 64 (PEM) or 70 (OpenSSH) base64
 # characters. A certificate's body has the same shape and is public, but is redacted too (nothing edits
@@ -108,7 +114,7 @@ _URL_KEY_WORDS = {"key", "apikey", "token", "secret", "sig", "signature", "passw
 # key <sep> value: env dumps, .env, YAML, JSON, .npmrc, headers, CLI flags
 _ASSIGN = re.compile(
     r"""(?<![\w.\-])(?P<flag>--)?["']?(?P<key>[A-Za-z_][\w.\-]{0,80}+)["']?"""
-    r"""(?P<sep>\s*+(?:=>|=|:)\s*+|(?(flag)\s+|(?!)))"""
+    r"""(?P<sep>\s*+(?:=>|=|:)\s*+|(?(flag)[ \t]+|(?!)))"""
     r"""(?:"(?P<v1>[^"\n]*)"|'(?P<v2>[^'\n]*)'|(?P<v3>[^\s"',;}\]\[)]+))""")
 
 _ESCAPED_END = re.compile(r"(?:\\[nrt])+$")
@@ -236,13 +242,19 @@ def _redact_assignments(text: str, counter: list[int]) -> str:
 # "the wifi password is Tango5...", "api key 8f14e45f...", "the password for the admin account is x9y",
 # "pw: hunter2xyz". Read on the lower-cased text (_hints' way: same positions), the value's case read
 # back from the text. The value must look like one (_prose_value): prose says "the token is invalid".
-_PROSE = re.compile(
-    r"(?<![\w$.\-])(?P<w>(?:api|access|secret|private|license|auth|master|encryption|signing|admin|deploy|ssh)[ _\-]?key|"
-    r"pass(?:word|wd|phrase|code)|pwd|pw|pin|secret|token|credentials?|key)s?(?![\w\-])"  # (the longer names first)
-    r"(?P<for>\s+(?:for|of|on|to|at)\s+(?:[^\s=:]+\s+){0,3}?[^\s=:]+)?"  # what it is for: "for the admin account"
-    r"(?:\s*[:=]\s*|\s+(?:is|was|are|were|will be|should be|is now|=|:|-)\s+(?:now\s+|still\s+|set\s+to\s+)?"
-    r"|\s+(?:set|changed|reset)\s+to\s+|(?(for)(?!)|\s+))"  # (a bare space only right after the word)
-    r"[\"'`]?(?P<s>[^\s\"'`<>\[\]\\]{4,200})")
+_PROSE_WORD = (r"(?<![\w$.\-])(?P<w>(?:api|access|secret|private|license|auth|master|encryption|signing|admin|deploy"
+               r"|ssh)[ _\-]?key|pass(?:word|wd|phrase|code)|pwd|pw|pin|secret|token|credentials?|key)s?(?![\w\-])")  # (longer first)
+_PROSE_SEP = (r"(?:[ \t]*[:=][ \t]*|[ \t]+(?:is|was|are|were|will be|should be|is now|=|:|-)[ \t]+"
+              r"(?:now[ \t]+|still[ \t]+|set[ \t]+to[ \t]+)?|[ \t]+(?:set|changed|reset)[ \t]+to[ \t]+)")
+_PROSE_VALUE = (r"(?:(?P<q>[\"'])(?P<qs>[^\"'\n]{6,100})(?P=q)"  # a quoted passphrase: "the password is 'correct horse ...'"
+                r"|[\"'`]?(?P<s>[^\s\"'`<>\[\]\\]{4,200}))")
+# each start is tried with what the secret is for ("for the admin account", one line at most), then without
+# (a bare space, or "to", right after the word: "api key X", "changed my password to X")
+_PROSE_PATTERNS = (
+    _PROSE_WORD + r"[ \t]+(?:for|of|on|to|at)[ \t]+(?:[^\s=:]+[ \t]+){0,3}?[^\s=:]+" + _PROSE_SEP + _PROSE_VALUE,
+    _PROSE_WORD + r"(?:" + _PROSE_SEP + r"|[ \t]+(?:to[ \t]+)?)" + _PROSE_VALUE)
+_PROSE = tuple(re.compile(p) for p in _PROSE_PATTERNS)  # on the lower-cased text
+_PROSE_ANYCASE = tuple(re.compile(p, re.I) for p in _PROSE_PATTERNS)
 _PROSE_HINTS = ("pass", "pw", "pin", "secret", "token", "cred", "key")  # each credential word holds one
 _PROSE_HINGE = re.compile("|".join(_PROSE_HINTS))  # on the lower-cased text (or, rarely, _PROSE_HINGE_ANYCASE)
 _PROSE_HINGE_ANYCASE = re.compile(_PROSE_HINGE.pattern, re.I)
@@ -260,6 +272,8 @@ _WEAK_WORDS = {"key", "pin", "token"}  # said of many things that are no secret:
 def _prose_value(v: str, word: str) -> bool:
     """Whether ``v``, named by ``word`` in prose, is a secret: mixed letters and digits (or symbols),
     long enough, and neither code, a path, a number with a unit, nor a reference."""
+    if v.islower() and v.isalpha():  # a word (most of what follows "token" or "password" in prose): no secret
+        return False
     if v.startswith(("$", "{", "%", "http", "@", "&", "=")) or "(" in v or "*" in v or _NAME_VALUE.fullmatch(v) \
             or _PAIR_VALUE.match(v) or _PATH_FLAG.fullmatch(v):
         return False  # a reference, a path, a flag, an anchor, a pattern (sk-or-v1-*), a name, a pair of its own
@@ -283,43 +297,66 @@ def _prose_value(v: str, word: str) -> bool:
              and not re.fullmatch(r"(?:[A-Z][a-z]+)+", v)))
 
 
+def _passphrase(v: str, word: str) -> bool:
+    """A quoted value of words after a password's name: a passphrase, unless it is a sentence about one."""
+    words = v.split()
+    return (word.startswith(("pass", "pw", "pwd", "secret")) and 3 <= len(words) <= 8
+            and not ({w.lower().strip(".,!?") for w in words} & _NOT_PASSPHRASE) and "$" not in v and "{" not in v)
+
+
+_NOT_PASSPHRASE = {"the", "is", "are", "a", "an", "your", "my", "not", "must", "should", "please", "enter", "required",
+                   "invalid", "incorrect", "wrong", "too", "of", "for", "to", "in", "and", "or", "with"}
+
+
 def _prose_starts(src: str, i: int) -> tuple[int, ...]:
-    """Where a credential word holding the hinge word found at ``i`` may start: the word's own start,
-    and the start of the word before it ("api key", "ssh-key")."""
-    j = i
-    while j and src[j - 1].isalpha():
-        j -= 1
-    if j < 2 or src[j - 1] not in " _-" or not src[j - 2].isalpha():
-        return (j,)
-    k = j - 2
-    while k and src[k - 1].isalpha():
-        k -= 1
-    return (k, j)
+    """Where a credential word holding the hinge word found at ``i`` may start: at the hinge itself, if no
+    word character is before it (each name but a key's starts with its hinge), and for "key" also at the
+    start of its first part ("api key", "ssh-key", "accesskey"). Checked here, cheaply, before any match."""
+    out = () if i and (src[i - 1].isalnum() or src[i - 1] in "_$.-") else (i,)
+    if src.startswith("key", i) and i:
+        m = _KEY_FIRST.search(src, max(0, i - 12), i)
+        if m is not None:
+            out = (m.start(), *out)
+    return out
+
+
+_KEY_FIRST = re.compile(r"(?i:api|access|secret|private|license|auth|master|encryption|signing|admin|deploy|ssh)[ _\-]?$")
+
+
+def _prose_secret(text: str, m: re.Match[str], last: int) -> tuple[int, int] | None:
+    """Where the secret of a _PROSE match is in ``text``, if its value is one (and starts at ``last`` or after)."""
+    word = m.group("w").lower()
+    if m.start("qs") >= last and " " in m.group("qs").strip() and _passphrase(text[m.start("qs"):m.end("qs")], word):
+        return m.span("qs")
+    if m.start("s") < last:
+        return None
+    s, e = m.span("s")
+    raw = text[s:e]
+    v = raw.lstrip("*").rstrip(_PROSE_STRIP)  # (markdown's bold: **hunter2**)
+    if v and _prose_value(v, word) and not _GLOB.search(raw.rstrip(".,;:!?)]}")):
+        s = e - len(raw.lstrip("*"))
+        return s, s + len(v)
+    return None
 
 
 def _redact_prose(text: str, low: str, counter: list[int]) -> str:
     """Secrets named in prose (_PROSE). Each match is tried only where a hinge word is (a plain search,
     ~4x cheaper than running the whole pattern along the text)."""
     src = low if len(low) == len(text) else text
-    pat = _PROSE if src is low else _PROSE_ANYCASE
+    pats = _PROSE if src is low else _PROSE_ANYCASE
     out: list[str] = []
     last = 0
     for h in (_PROSE_HINGE if src is low else _PROSE_HINGE_ANYCASE).finditer(src):
         if h.start() < last:
             continue
-        for j in _prose_starts(src, h.start()):
+        for j, pat in ((j, pat) for j in _prose_starts(src, h.start()) for pat in pats):
             m = pat.match(src, j)
-            if m is None or m.start("s") < last:
-                continue
-            s, e = m.span("s")
-            raw = text[s:e]
-            v = raw.lstrip("*").rstrip(_PROSE_STRIP)  # (markdown's bold: **hunter2**)
-            if v and _prose_value(v, m.group("w").lower()) and not _GLOB.search(raw.rstrip(".,;:!?)]}")):
-                s = e - len(raw.lstrip("*"))
+            span = _prose_secret(text, m, last) if m is not None else None
+            if span is not None:
                 counter[0] += 1
-                out.append(text[last:s])
+                out.append(text[last:span[0]])
                 out.append(_mark("secret"))
-                last = s + len(v)
+                last = span[1]
                 break
     if not out:
         return text
@@ -378,7 +415,6 @@ _HINT = re.compile("(?i:" + "|".join(map(re.escape, _KEY_HINTS)) + ")")
 # The same words found on text.lower(): ~10x faster than the case-insensitive alternation (1.0 -> 0.1 ms
 # for 12 KB of source code; redacting it 2.5 -> 1.1 ms).
 _HINT_LOWER = re.compile("|".join(map(re.escape, _KEY_HINTS)))
-_PROSE_ANYCASE = re.compile(_PROSE.pattern, re.I)
 _KEY_SPAN = 83  # a pair starts at most this far before any character of its key ("--", a quote, 80 more)
 
 
