@@ -94,7 +94,7 @@ def capture(n: int, sessions: int, warm: int) -> tuple[list[tuple], int]:
                                  "usage": usage, "text_chars": 24, "tool_calls": ["Bash"], "complete": True,
                                  "events": 13}, flow_id=rid, session=ctx.session)
         lifecycle.complete(rt, ctx, lifecycle.turn_of(ApiKind.ANTHROPIC, ctx.model, msg, usage=Usage(**usage)))
-        s.advance(('"type":"tool_use","id":"%s"' % tid).encode())
+        s.advance(f'"type":"tool_use","id":"{tid}"'.encode())
     rt.close()
     return [(e.type, e.data, e.flow_id, e.session) for e in seen[start:]], n
 

@@ -62,10 +62,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the same set-up as the latency benchmark (paths, offline assets, the stand-in and mitmdump helpers)
-from proxy_latency import REQUESTS, ROOT, ProxyProcess, StandIn, pct as _pct  # noqa: E402
-
 import httpx  # noqa: E402
 import orjson  # noqa: E402
+from proxy_latency import REQUESTS, ROOT, ProxyProcess, StandIn  # noqa: E402
+from proxy_latency import pct as _pct
 
 _TOOL_ID = re.compile(rb'"type":"tool_use","id":"([^"]+)"')
 HUMAN_EVERY = 8

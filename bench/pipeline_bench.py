@@ -41,9 +41,7 @@ os.environ.setdefault("CONTEXTWARDEN_MEMORY__MODEL_DIR", str(SHARED / "models" /
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 from contextwarden.models.base import ApiKind  # noqa: E402
-
 from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides  # noqa: E402
-
 
 # ---------------------------------------------------------------------------------------------------
 # validity

@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import httpx  # noqa: E402
 from load_bench import Session, claude_code_request, corpus, cpu_s, kids_cpu, start_py_spy, thread_cpu  # noqa: E402
 from proxy_latency import ProxyProcess, StandIn  # noqa: E402
-
-import httpx  # noqa: E402
 
 
 def thread_names(spy_file: Path | None) -> dict[int, str]:

@@ -43,13 +43,13 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 os.environ.setdefault("CONTEXTWARDEN_MEMORY__MODEL_DIR", str(SHARED / "models" / "all-MiniLM-L6-v2" / "onnx"))
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
+import orjson  # noqa: E402
+
 from contextwarden.conversation import result_text  # noqa: E402
 from contextwarden.cost import price_for  # noqa: E402
 from contextwarden.fidelity import BodyIndex, Indexer, _lines  # noqa: E402
 from contextwarden.memory.ids import memory_id  # noqa: E402
 from contextwarden.replay import replay  # noqa: E402
-
-import orjson  # noqa: E402
 
 MID = re.compile(r"\bm-[0-9a-f]{16}\b")
 ITEMS = "recoverability-items.json"  # in a --keep-home: the lost items, for --search-from

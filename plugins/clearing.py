@@ -47,14 +47,16 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from functools import lru_cache
-from typing import Any, Callable, NamedTuple
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import orjson
 
 from contextwarden import hookimpl
+from contextwarden import policy as learned_policy
 from contextwarden.conversation import image_count, input_hint, maybe_json, result_text, shorten
 from contextwarden.dialects import NO_PROVIDER, dialect
 from contextwarden.history import same_prefix, session_key
@@ -62,13 +64,13 @@ from contextwarden.memory.ids import memory_id
 from contextwarden.memory.secrets import redact_text
 from contextwarden.memory.wayback import recall_wording, way_back
 from contextwarden.models.base import ApiKind
-from contextwarden import policy as learned_policy
 from contextwarden.policy import prefix_expired, request_time
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.statecache import state_cache
 from contextwarden.stubmemo import result_stub
-from contextwarden.workingset import READ_TOOLS, budget_in, path_of as _path_of  # (compression reads them here too)
+from contextwarden.workingset import READ_TOOLS, budget_in  # (compression reads them here too)
+from contextwarden.workingset import path_of as _path_of
 
 NS = "clearing"
 STUB_PREFIX = "[contextwarden cleared this "
@@ -427,7 +429,7 @@ def _edited_chat(m, edit: dict[tuple, Any]):
     return m.model_copy(update=update)
 
 
-def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: "_Prefix | None" = None, carry: "_Prefix | None" = None) -> None:
+def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: _Prefix | None = None, carry: _Prefix | None = None) -> None:
     """Put the recorded stubs in: each edited message is replaced by an edited copy. The same stubs on
     the same message give the same copy on every request, kept by the conversation (``History.derive_all``)
     with its wire form known, so re-applying them does not cost a copy, a dump and a validation each."""
@@ -482,7 +484,7 @@ def _slots_responses(req) -> list[Slot]:
     return slots
 
 
-def find_slots(api: ApiKind, req, edits: dict[int, dict[tuple, Any]], history=None, prior: "_Prefix | None" = None,
+def find_slots(api: ApiKind, req, edits: dict[int, dict[tuple, Any]], history=None, prior: _Prefix | None = None,
                cut: int | None = None) -> tuple[list[Slot], dict | None]:
     """Every tool result of the request, in order. Setting a typed message's slot records into
     ``edits`` (message index -> changes), which :func:`_commit` puts in. For Anthropic messages, the

@@ -56,8 +56,17 @@ from types import SimpleNamespace
 from typing import Any
 
 from contextwarden import hookimpl
-from contextwarden.conversation import (SpanHasher, breakpoint_ttls, count_breakpoints, cut_points, digest_memo,
-                                        entries, entry, tool_calls, transcript)
+from contextwarden.conversation import (
+    SpanHasher,
+    breakpoint_ttls,
+    count_breakpoints,
+    cut_points,
+    digest_memo,
+    entries,
+    entry,
+    tool_calls,
+    transcript,
+)
 from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors
 from contextwarden.dialects import NO_PROVIDER, ProviderContext, dialect
 from contextwarden.history import session_key

@@ -37,9 +37,9 @@ import time
 from typing import Any
 
 from contextwarden import hookimpl
-from contextwarden.dialects import dialect
 from contextwarden.compress import Limits, compress, offload
 from contextwarden.conversation import image_count, result_text
+from contextwarden.dialects import dialect
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.retrieve import history_items, human_text, role_of
 from contextwarden.memory.wayback import peek_wording, recall_wording

@@ -23,9 +23,9 @@ import time
 from typing import Any
 
 from contextwarden import hookimpl
-from contextwarden.memory import service as memory_service
 from contextwarden.history import session_key as _session_key
 from contextwarden.lru import LRU
+from contextwarden.memory import service as memory_service
 from contextwarden.memory.autorecall import Kept, Lost, Memos, TermIndex, excerpt, find, read_answer
 from contextwarden.memory.inject import NotInjectable, inject, render_block
 from contextwarden.memory.items import MemoryItem

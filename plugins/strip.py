@@ -23,7 +23,8 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from contextwarden import hookimpl
 from contextwarden.dialects import NO_PROVIDER, dialect
@@ -176,7 +177,7 @@ def _items(d, req) -> list:
     return items
 
 
-def _clean_one(s: "Stripper", text_of, m: Any) -> tuple[str | None, tuple]:
+def _clean_one(s: Stripper, text_of, m: Any) -> tuple[str | None, tuple]:
     """A message's cleaned text and what was removed (None, () when nothing was)."""
     text, counts = s.clean(text_of(m))
     return (text, tuple(counts.items())) if counts else (None, ())
@@ -186,7 +187,7 @@ class CleanAhead:
     """``ctx.notes["clean_text"]`` as this stage will write it, read before it has run (another stage's
     ``cw_request_start``): a message's cleaned text, worked out only for the messages asked for."""
 
-    def __init__(self, stripper: "Stripper", text_of, items: list) -> None:
+    def __init__(self, stripper: Stripper, text_of, items: list) -> None:
         self._s, self._text_of, self._items = stripper, text_of, items
 
     def __bool__(self) -> bool:  # (a reader may take a falsy clean_text for none)
@@ -199,7 +200,7 @@ class CleanAhead:
         return default if text is None else text
 
 
-def clean_text_ahead(ctx) -> "CleanAhead | dict":
+def clean_text_ahead(ctx) -> CleanAhead | dict:
     """What this stage will put in ``ctx.notes["clean_text"]``, for a reader that runs before it (the
     memory stage's search, started as the request is read): empty when the stage is not in the
     pipeline. Cleaning is a pure function of the text, so it is the same as the stage's."""

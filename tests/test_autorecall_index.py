@@ -7,9 +7,19 @@ import random
 import re
 
 from contextwarden.memory import autorecall
+from contextwarden.memory.autorecall import (
+    TERMS_CHARS,
+    Found,
+    Kept,
+    Lost,
+    Memos,
+    TermIndex,
+    find,
+    pick_terms,
+    read_answer,
+    terms_of,
+)
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.autorecall import (TERMS_CHARS, Found, Kept, Lost, Memos, TermIndex, find, pick_terms, read_answer,
-                                             terms_of)
 
 
 def scan_find(answer, lost, kept, done, limit=3, memo=None):

@@ -8,10 +8,9 @@ import time
 
 import orjson
 
-from contextwarden import hookimpl
+from contextwarden import hookimpl, lifecycle
 from contextwarden.models.anthropic import TextBlock
 from contextwarden.models.base import ApiKind
-from contextwarden import lifecycle
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
 

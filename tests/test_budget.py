@@ -11,9 +11,9 @@ import openai
 import orjson
 import pytest
 
+from contextwarden import lifecycle
 from contextwarden.agents import derive_agent, normalise_system
 from contextwarden.models import ApiKind
-from contextwarden import lifecycle
 from contextwarden.plugins import budget as B
 from contextwarden.plugins.budget import Level, blocked_response, level_for
 from contextwarden.runtime import Runtime

@@ -8,12 +8,11 @@ import time
 import orjson
 import pytest
 
-from contextwarden.conversation import count_breakpoints, cut_points, entries
+from contextwarden.conversation import count_breakpoints, cut_points, entries, transcript
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins import compaction as comp
-from contextwarden.summarise import extract, extractive_summary, render
-from contextwarden.conversation import transcript
 from contextwarden.statecache import state_cache
+from contextwarden.summarise import extract, extractive_summary, render
 from contextwarden.validate import validate_rewrite
 
 from .support.stages import Harness, anthropic_tool_loop, chat_tool_loop, responses_tool_loop, settings_overrides

@@ -17,8 +17,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from contextwarden.addons.eventserver import EventServer, EventService
-from contextwarden.liveprotocol import INFO_FILE, TOKEN_HEADER, Totals
 from contextwarden.addons.warden import Warden
+from contextwarden.liveprotocol import INFO_FILE, TOKEN_HEADER, Totals
 from contextwarden.runtime import Runtime
 
 

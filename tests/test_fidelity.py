@@ -199,7 +199,7 @@ def test_truncation_baseline_cuts_to_the_target_and_stays_valid(tmp_path):
                  extra_plugins=[(truncation.name, truncation)])
     t = rep.totals()
     assert t["sent_invalid"] == 0 and t["validator_rejected"] == 0 and t["rewritten"] >= 3
-    for r, target, f in zip(rep.results, targets, full.results):
+    for r, _target, f in zip(rep.results, targets, full.results):
         if r.outcome == "rewritten":
             assert r.tokens_sent < f.tokens_original
             assert r.messages_sent < r.messages_original and r.stage_events.get("truncation") == 1

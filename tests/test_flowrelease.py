@@ -9,7 +9,7 @@ import weakref
 from mitmproxy import http
 from mitmproxy.options import Options
 from mitmproxy.proxy.context import Context
-from mitmproxy.proxy.layers.http import HTTPMode, HttpLayer
+from mitmproxy.proxy.layers.http import HttpLayer, HTTPMode
 from mitmproxy.test import tflow, tutils
 
 from contextwarden import flowrelease

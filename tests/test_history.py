@@ -16,12 +16,11 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from contextwarden import hookimpl
+from contextwarden import hookimpl, lifecycle
 from contextwarden.history import Conversation, Conversations, History
 from contextwarden.models import anthropic as am
 from contextwarden.models import openai_chat as oc
 from contextwarden.models.base import ApiKind, FrozenList
-from contextwarden import lifecycle
 from contextwarden.pipeline import _typed, serialise, wire_of
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings

@@ -26,7 +26,14 @@ from contextwarden.pluginmanager import make_plugin_manager
 from contextwarden.settings import load_settings
 from contextwarden.validate import validate_rewrite
 
-from .support.convgen import anthropic_bodies, chat_bodies, check_anthropic, check_chat, check_responses, responses_bodies
+from .support.convgen import (
+    anthropic_bodies,
+    chat_bodies,
+    check_anthropic,
+    check_chat,
+    check_responses,
+    responses_bodies,
+)
 from .support.stages import Harness, settings_overrides
 
 EXAMPLES = int(os.environ.get("CW_HYPOTHESIS_EXAMPLES", "150"))

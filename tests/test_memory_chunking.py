@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from hypothesis import example, given, settings, strategies as st
-
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from contextwarden.memory.chunking import approx_tokens, chunk_text, proxy_tokens
 from contextwarden.settings.memory import CHUNK_TOKENS_MAX, MemorySection

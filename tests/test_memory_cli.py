@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-
 from contextwarden.cli import main
 
 from .support.memstore import item, store

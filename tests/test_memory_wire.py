@@ -8,7 +8,7 @@ import pytest
 
 from contextwarden.memory import wire
 from contextwarden.memory.items import MemoryItem
-from contextwarden.memory.retrieve import Hit, HistoryIndex, Query, Retrieval
+from contextwarden.memory.retrieve import HistoryIndex, Hit, Query, Retrieval
 from contextwarden.settings import Settings
 
 

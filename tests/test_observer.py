@@ -6,15 +6,19 @@ from __future__ import annotations
 import threading
 import time
 
-from mitmproxy import flow as mflow, http
+from mitmproxy import flow as mflow
+from mitmproxy import http
 from mitmproxy.test import tutils
 
 from contextwarden.boundedpool import BoundedExecutor
 from contextwarden.models.base import ApiKind
 from contextwarden.streams import ResponseTap
 
-from .test_addon import anthropic_flow, body  # noqa: F401
-from .test_addon import harness_factory  # noqa: F401
+from .test_addon import (  # noqa: F401
+    anthropic_flow,
+    body,
+    harness_factory,  # noqa: F401
+)
 from .test_plugins import SSE  # an answer whose text holds an 'é'
 
 CRLF_SSE = SSE.replace(b"\n", b"\r\n")

@@ -9,7 +9,6 @@ import pytest
 
 from contextwarden import oracle
 from contextwarden.cli import main as cli_main
-from contextwarden.cost import PromptCache
 from contextwarden.replay import ReplayRequest, Trace
 from contextwarden.settings import load_settings
 from contextwarden.tokens import TokenCounter

@@ -14,7 +14,6 @@ from contextwarden.models.base import ApiKind
 from contextwarden.settings import load_settings
 from contextwarden.tokens import TokenCounter
 from contextwarden.validate import validate_rewrite
-
 from tests.support.stages import Harness, anthropic_tool_loop, chat_tool_loop, responses_tool_loop, settings_overrides
 
 

@@ -11,8 +11,12 @@ from mitmproxy.test import tutils
 from contextwarden.cli import main as cli_main
 from contextwarden.pluginmanager import describe, enable_trace, make_plugin_manager, stage_order
 
-from .test_addon import anthropic_flow, body, only  # noqa: F401  (harness_factory fixture below)
-from .test_addon import harness_factory  # noqa: F401
+from .test_addon import (  # noqa: F401  (harness_factory fixture below)
+    anthropic_flow,
+    body,
+    harness_factory,  # noqa: F401
+    only,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "plugins" / "tool_output_cap.py"

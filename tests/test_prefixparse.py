@@ -21,7 +21,6 @@ from contextwarden.models.base import ApiKind
 from contextwarden.pipeline import serialise, wire_of
 from contextwarden.prefixparse import RecentBodies
 from contextwarden.validate import validate_rewrite
-
 from tests.support.convgen import anthropic_bodies, check_anthropic
 from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides
 
@@ -117,7 +116,7 @@ def test_a_moved_breakpoint_keeps_the_history_before_it():
         data, known = step(rb, body)
         assert data == orjson.loads(body)
         datas.append((data, known, n))
-    for k, (data, known, n) in enumerate(datas):
+    for k, (data, known, _n) in enumerate(datas):
         if k == 0:
             assert known is None
             continue

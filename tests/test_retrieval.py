@@ -8,11 +8,18 @@ import threading
 
 import pytest
 
-from contextwarden.memory.inject import (OPEN, NotInjectable, closing_tag, inject, render_block, render_item,
-                                         strip_blocks)
+from contextwarden.memory.inject import (
+    OPEN,
+    NotInjectable,
+    closing_tag,
+    inject,
+    render_block,
+    render_item,
+    strip_blocks,
+)
 from contextwarden.memory.lexical import LexicalIndex, tokenize
+from contextwarden.memory.retrieve import HistoryIndex, Hit, Query, Retrieval, Retriever, build_query, rrf, select
 from contextwarden.memory.tagger import tag_key
-from contextwarden.memory.retrieve import HistoryIndex, Query, Retriever, Retrieval, Hit, build_query, rrf, select
 from contextwarden.models import ApiKind, parse_body
 from contextwarden.settings.memory import MemorySection
 from contextwarden.validate import validate_rewrite

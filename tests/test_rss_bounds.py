@@ -17,8 +17,11 @@ from contextwarden.collector import FullCollections
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
 
-from .test_addon import anthropic_flow, body  # noqa: F401
-from .test_addon import harness_factory  # noqa: F401
+from .test_addon import (  # noqa: F401
+    anthropic_flow,
+    body,
+    harness_factory,  # noqa: F401
+)
 
 
 class _Flowish:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from contextwarden.events import EventBus, JsonlLog
-from contextwarden.memory.inject import (OPEN, QUOTE, closing_tag, new_nonce, render_block, strip_blocks)
+from contextwarden.memory.inject import OPEN, QUOTE, closing_tag, new_nonce, render_block, strip_blocks
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.secrets import redact_secrets
 from contextwarden.memory.tagger import Tagger

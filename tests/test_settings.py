@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from contextwarden.cli import main as cli_main
-from contextwarden.settings import SettingsError, available_profiles, load_settings
 from contextwarden.sessions import derive_session
+from contextwarden.settings import SettingsError, available_profiles, load_settings
 
 
 def test_shipped_profiles_load():

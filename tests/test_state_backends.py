@@ -14,7 +14,7 @@ import pytest
 from contextwarden.events import EventBus
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins import compaction as comp
-from contextwarden.sealing import SealError, Sealer, new_key
+from contextwarden.sealing import Sealer, SealError, new_key
 from contextwarden.settings import load_settings
 from contextwarden.state import StateStore, StateUnavailable, open_state
 from contextwarden.state_redis import RedisStateStore

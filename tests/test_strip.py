@@ -7,8 +7,8 @@ import json
 import orjson
 import pytest
 
-from contextwarden.models import ApiKind
 from contextwarden import lifecycle
+from contextwarden.models import ApiKind
 from contextwarden.plugins.strip import Stripper
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings

@@ -18,9 +18,8 @@ from contextwarden.events import EventBus
 from contextwarden.models import ApiKind
 from contextwarden.settings import load_settings
 from contextwarden.state import StateStore
-from contextwarden.streams.turn import AssembledTurn, Usage
-from contextwarden.tokens import (FACTOR_MAX, MESSAGE_OVERHEAD, TokenCounter, encoding_name_for,
-                                  usage_total_input)
+from contextwarden.streams.turn import Usage
+from contextwarden.tokens import FACTOR_MAX, MESSAGE_OVERHEAD, TokenCounter, encoding_name_for, usage_total_input
 
 from .conftest import EVAL_DIR, SHARED
 

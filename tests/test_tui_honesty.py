@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import orjson
 
+from contextwarden.tui.client import MemorySource
 from contextwarden.tui.demo import EventFactory
 from contextwarden.tui.screens.export import ExportPathScreen
 from contextwarden.tui.widgets.synctable import SyncTable
 
 from .test_tui_app import SIZE, cell_text, make_app, screen_text, settings_snapshot, settle, utc  # noqa: F401
-from contextwarden.tui.client import MemorySource
 
 
 def patched(events: list[dict], type: str, **data) -> list[dict]:

@@ -11,12 +11,11 @@ import time
 from contextwarden.addons.eventstream import EventPublisher
 from contextwarden.events import Event
 from contextwarden.tui.app import ContextWardenApp
+from contextwarden.tui.demo import EventFactory
 from contextwarden.tui.replicas import RedisStreamSource, stream_seq
 from contextwarden.tui.widgets.synctable import SyncTable
 
 from .support.redis_server import RedisServer
-from contextwarden.tui.demo import EventFactory
-
 from .support.stages import Harness, settings_overrides
 
 

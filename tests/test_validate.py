@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import json
 
-from hypothesis import given, settings as hsettings, strategies as st, HealthCheck
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from contextwarden.models import ApiKind
 from contextwarden.validate import validate_rewrite

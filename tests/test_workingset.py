@@ -8,8 +8,8 @@ from contextwarden.models.base import ApiKind
 from contextwarden.replay import replay
 from contextwarden.workingset import Call, files, mentions, working_set
 
-from .test_compaction import SUMMARY_HEAD, harness, summary_text, window_for
 from .support.stages import anthropic_tool_loop
+from .test_compaction import SUMMARY_HEAD, harness, summary_text, window_for
 from .test_fidelity import MASK, edit_trace
 
 

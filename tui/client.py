@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -42,7 +43,7 @@ class ConnectionInfo:
         return f"ws://{self.host}:{self.port}/"
 
     @classmethod
-    def read(cls, home: Path) -> "ConnectionInfo | None":
+    def read(cls, home: Path) -> ConnectionInfo | None:
         """The proxy's connection file, or None if it is missing, unreadable or its process is gone."""
         try:
             d = orjson.loads((Path(home) / INFO_FILE).read_bytes())

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from contextwarden import cost
 from contextwarden.liveprotocol import SentLedger, Totals, applied_compaction, new_clearing, new_compaction

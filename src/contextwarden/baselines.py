@@ -14,8 +14,9 @@ table: cost, cost + penalty, lost edit sources, lost references, requests rewrit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .replay import ReplayReport, _pct, _render, lost_cell, replay
 

@@ -178,7 +178,7 @@ class Census:
 
             tracemalloc.start(frames)
 
-    def start(self) -> "Census":
+    def start(self) -> Census:
         threading.Thread(target=self._run, name="cw-census", daemon=True).start()
         try:
             signal.signal(signal.SIGUSR2, lambda *_: self._now.set())

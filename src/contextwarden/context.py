@@ -26,8 +26,8 @@ class BlockedResponse:
 
 @dataclass
 class RequestContext:
-    runtime: "Runtime"
-    settings: "Settings"  # snapshot for this request (run-time changes apply to the next one)
+    runtime: Runtime
+    settings: Settings  # snapshot for this request (run-time changes apply to the next one)
     flow_id: str
     api: ApiKind
     host: str

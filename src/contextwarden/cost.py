@@ -138,7 +138,7 @@ class Bill:
     def cost(self) -> float:
         return self.input_cost + self.output_cost
 
-    def add(self, other: "Bill") -> None:
+    def add(self, other: Bill) -> None:
         for k in ("tokens", "read", "write", "uncached", "output", "input_cost", "output_cost"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
 

@@ -69,7 +69,7 @@ def answer(body: dict, n: int) -> dict:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - quiet: the demo prints its own lines
         pass
@@ -102,7 +102,7 @@ class StandIn:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="cw-demo-upstream", daemon=True)
 
-    def __enter__(self) -> "StandIn":
+    def __enter__(self) -> StandIn:
         self._thread.start()
         return self
 

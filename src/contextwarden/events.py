@@ -16,9 +16,10 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -67,7 +68,7 @@ class Event:
         return j
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Event":
+    def from_dict(cls, d: dict[str, Any]) -> Event:
         return cls(type=d["type"], data=d.get("data") or {}, flow_id=d.get("flow_id"),
                    session=d.get("session"), ts=d.get("ts", 0.0), seq=d.get("seq", 0), replica=d.get("replica"))
 

@@ -34,8 +34,9 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 
@@ -150,7 +151,7 @@ class Incremental:
         self._streams: OrderedDict[str, BodyIndex] = OrderedDict()
         self._max = streams
 
-    def index(self, texts: list[str]) -> "BodyIndex":
+    def index(self, texts: list[str]) -> BodyIndex:
         key = texts[0] if texts else ""
         st = self._streams.get(key)
         if st is None:

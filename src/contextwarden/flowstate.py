@@ -15,7 +15,7 @@ class FlowState:
     t_request: float
     # resolves to the RequestContext (or None when the body could not be handled); in observe-only
     # mode it is still being built on a worker thread while the request is in flight
-    ctx_future: "asyncio.Future[Any] | None" = None
+    ctx_future: asyncio.Future[Any] | None = None
     tap: Any = None  # contextwarden.streams.ResponseTap while a response streams
     rewritten: bytes | None = None
     extra: dict[str, Any] = field(default_factory=dict)

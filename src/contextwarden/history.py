@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import is_
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 

@@ -125,7 +125,7 @@ class Totals:
         self.sent = SentLedger()  # freed and memory tokens count once the request's forward says they went out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "Totals":
+    def from_dict(cls, d: dict[str, Any] | None) -> Totals:
         t = cls()
         for k, v in (d or {}).items():
             if k in cls.COUNTS or k in cls.SUMS or k in cls.GAUGES or k == "started":

@@ -34,14 +34,13 @@ import orjson
 from contextwarden.plugins.clearing import INPUT_VALUE_CHARS, input_stub, stub_text
 
 from .conversation import result_text
-from .cost import READ_MULT, TTL_5M, WRITE_MULT, Bill, Boundary, PromptCache, boundaries, price_for
+from .cost import READ_MULT, TTL_5M, WRITE_MULT, Boundary, PromptCache, boundaries, price_for
 from .fidelity import FidelityCounter, Incremental, Indexer, answer_items
 from .fidelity import _walk_strings as _strings
 from .models.base import ApiKind
 from .replay import TOKENIZER_WAIT_S, ReplayReport, RequestResult, _pct, _render, load_trace, lost_cell
 from .settings import _deep_merge, load_settings
-from .tokens import TokenCounter
-from .tokens import current_turn_start, strips_thinking
+from .tokens import TokenCounter, current_turn_start, strips_thinking
 
 LOOKBACK = 20  # blocks the provider looks back from a breakpoint (cost.LOOKBACK_BLOCKS)
 SCAN_BACK = 40  # earlier requests whose cached end is looked for at a rewrite

@@ -15,8 +15,9 @@ import dataclasses
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -24,15 +25,14 @@ from pydantic import ValidationError
 from .agents import derive_agent
 from .context import BlockedResponse, RequestContext
 from .dialects import NO_PROVIDER, dialect
+from .history import History
 from .models import ApiKind, parse_body
 from .models.base import WireModel
-from .history import History
+from .redact import redact_headers, redact_path, tenant_of
+from .sessions import derive_session
 from .stageclock import StageClock
 from .tokens import current_turn_start, strips_thinking
 from .validate import FactCache, validate_rewrite
-from .redact import redact_headers, redact_path, tenant_of
-from .sessions import derive_session
-
 
 # Who sent a request, as the proxy saw it (addons/interceptor.origin_of), among the consumed headers: a
 # name no HTTP header can have, so no client sets it
@@ -490,7 +490,7 @@ class Pipeline:
         call = self.runtime.stage_pool.submit(self.decided, ctx, why, abandoned)
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(call, loop=loop)), limit / 1000)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             abandoned.set()
             msg = f"building the decided state ran past its {limit:.0f} ms limit (pipeline.fallback_budget_ms)"
         except Exception as e:  # a bug of ours: fail open

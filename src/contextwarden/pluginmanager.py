@@ -130,7 +130,7 @@ def describe(pm: pluggy.PluginManager, order: list[str] | None = None, disabled:
     hooknames = [n for n in dir(hookspecs) if n.startswith("cw_")]
     stages = [n for n, _ in stage_order(pm, order or [], [])]
     infos = []
-    for name, plugin in pm.list_name_plugin():
+    for name, _plugin in pm.list_name_plugin():
         hooks = [h for h in hooknames if any(i.plugin_name == name for i in getattr(pm.hook, h).get_hookimpls())]
         infos.append(PluginInfo(name=name, source=pm.cw_sources.get(name, "?"), hooks=hooks, is_stage=name in stages))
     infos.sort(key=lambda i: (not i.is_stage, stages.index(i.name) if i.name in stages else 0, i.name))

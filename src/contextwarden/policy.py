@@ -65,7 +65,7 @@ class LearnedPolicy:
     def keeps_path(self, path: str | None) -> bool:
         return bool(path) and path in self.paths
 
-    def learned(self, cleared: dict[str, int], refetched: list[tuple[str, str | None]], now: float) -> "LearnedPolicy":
+    def learned(self, cleared: dict[str, int], refetched: list[tuple[str, str | None]], now: float) -> LearnedPolicy:
         """A copy with these counts added, within its bounds."""
         tools = dict(self.tools)
         for tool, n in cleared.items():
@@ -88,7 +88,7 @@ class LearnedPolicy:
                 "updated": self.updated}
 
     @classmethod
-    def from_dict(cls, d: Any) -> "LearnedPolicy":
+    def from_dict(cls, d: Any) -> LearnedPolicy:
         if not isinstance(d, dict):
             return cls()
         tools = {str(k): ToolCounts(int(v[0]), int(v[1])) for k, v in (d.get("tools") or {}).items()

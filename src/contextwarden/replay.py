@@ -29,19 +29,20 @@ import asyncio
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
+from . import policy
 from .cost import Bill, PromptCache, billed_from_usage, boundaries
+from .dialects import dialect
 from .fidelity import Fidelity, FidelityCounter
 from .fidelity import totals as fidelity_totals
-from .dialects import dialect
 from .models.base import ApiKind
-from . import policy
 from .statecache import state_cache
 from .workingset import path_of
 

@@ -11,15 +11,13 @@ from typing import Any
 
 import orjson
 
-from . import collector
+from . import collector, replicas
 from .bodies import BodyRing, record
 from .events import EventBus, JsonlLog
 from .home import ensure_home, secret_file
-from . import replicas
 from .pluginmanager import check_stage_names, make_plugin_manager, stage_order
 from .settings import Settings, load_settings
 from .state import open_state
-
 
 
 class Runtime:
@@ -154,7 +152,7 @@ class Runtime:
 
     @classmethod
     def from_profile(cls, profile: str | os.PathLike | None, home: str | os.PathLike | None = None,
-                     plugins_dir: str | os.PathLike | None = None, **kw) -> "Runtime":
+                     plugins_dir: str | os.PathLike | None = None, **kw) -> Runtime:
         h = ensure_home(home)
         return cls(load_settings(profile, h), h, plugins_dir, profile=profile, **kw)
 

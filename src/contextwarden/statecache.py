@@ -21,7 +21,7 @@ from collections import OrderedDict
 from typing import Any
 
 _MISSING = object()
-_caches: "weakref.WeakKeyDictionary[Any, StateCache]" = weakref.WeakKeyDictionary()
+_caches: weakref.WeakKeyDictionary[Any, StateCache] = weakref.WeakKeyDictionary()
 _caches_lock = threading.Lock()
 
 

@@ -8,7 +8,8 @@ they are exactly the bytes this process wrote is the value it wrote used instead
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .lru import LRU
 

@@ -9,7 +9,8 @@ runtimes share nothing), keyed by everything they are computed from.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from contextwarden.conversation import input_hint
 from contextwarden.lru import LRU

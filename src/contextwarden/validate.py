@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from hashlib import blake2b
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import orjson
 
@@ -60,7 +61,7 @@ Problem = tuple[tuple, str]
 
 def validate_rewrite(api: ApiKind | str, new: dict[str, Any], original: dict[str, Any],
                      original_raw: list[bytes] | None = None, raw: list[bytes | None] | None = None,
-                     facts: "FactCache | None" = None, checkpoints: "Checkpoints | None" = None,
+                     facts: FactCache | None = None, checkpoints: Checkpoints | None = None,
                      fixed: int = 0) -> list[str]:
     """Problems of the rewritten body ``new`` compared with the client's ``original`` (empty = valid).
 
@@ -226,7 +227,7 @@ class _Fold:
         self.bps = 0  # breakpoints in the messages
         self.problems: list[Problem] = []
 
-    def copy(self) -> "_Fold":
+    def copy(self) -> _Fold:
         f = _Fold()
         f.seen_use, f.seen_result, f.prev_uses = set(self.seen_use), set(self.seen_result), set(self.prev_uses)
         f.prev_role, f.first_conv_checked, f.bps = self.prev_role, self.first_conv_checked, self.bps

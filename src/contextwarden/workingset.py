@@ -21,8 +21,9 @@ the same set for the same history.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 # heads the working set's results a compaction summary keeps verbatim (automatic recall counts them as held)
 WORKING_HEAD = "Files this conversation is working with, as last read and edited since (verbatim, from the compacted messages):"

@@ -21,6 +21,7 @@ import urllib.request
 
 import httpx
 import orjson
+
 from tests.support.prom import parse_metrics
 from tests.support.proxy import ProxyProcess, free_port
 from tests.support.redis_server import RedisServer

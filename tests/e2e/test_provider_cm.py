@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import uuid
 
+import anthropic
 import httpx2
 import openai
-import anthropic
 import pytest
 
 from contextwarden.cost import billed_units

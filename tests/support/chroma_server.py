@@ -22,7 +22,7 @@ class ChromaServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "ChromaServer":
+    def __enter__(self) -> ChromaServer:
         exe = Path(sys.executable).with_name("chroma")
         self.proc = subprocess.Popen([str(exe), "run", "--path", str(self.path), "--host", "127.0.0.1", "--port", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -35,7 +35,7 @@ class ChromaServer:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.__exit__()
-                    raise RuntimeError("chroma server did not start")
+                    raise RuntimeError("chroma server did not start") from None
                 time.sleep(0.2)
 
     def __exit__(self, *exc) -> None:

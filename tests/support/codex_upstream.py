@@ -47,10 +47,9 @@ from .upstream import (
     _id,
     _openai_usage,
     _Plan,
-    _responses_plan,
     _response_obj,
+    _responses_plan,
     _responses_problems,
-    decode_content,
 )
 
 RESPONSES_ROUTES = ("/v1/responses", "/backend-api/codex/responses")

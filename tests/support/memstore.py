@@ -10,6 +10,7 @@ from contextwarden.memory.embedder import Embedder
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.store import MemoryStore
 from contextwarden.settings.memory import MemorySection
+
 from ..conftest import MODEL_DIR
 
 

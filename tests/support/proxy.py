@@ -21,8 +21,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "addons" / "contextwarden.py"
@@ -95,7 +96,7 @@ class ProxyProcess:
             cmd += ["--set", f"{k}={v}"]
         return cmd + self.args
 
-    def start(self) -> "ProxyProcess":
+    def start(self) -> ProxyProcess:
         """Launch and wait until ready."""
         self.launch()
         try:
@@ -155,7 +156,7 @@ class ProxyProcess:
             p.kill()
             return p.wait(5)
 
-    def __enter__(self) -> "ProxyProcess":
+    def __enter__(self) -> ProxyProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -90,7 +90,7 @@ class Relay:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Relay":
+    def start(self) -> Relay:
         threading.Thread(target=self._accept, name="relay", daemon=True).start()
         return self
 
@@ -101,7 +101,7 @@ class Relay:
         except OSError:
             pass
 
-    def __enter__(self) -> "Relay":
+    def __enter__(self) -> Relay:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from contextwarden.models.base import ApiKind
 from contextwarden import lifecycle
+from contextwarden.models.base import ApiKind
 from contextwarden.pipeline import Outcome
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
@@ -75,7 +75,7 @@ class Harness:
         self.rt.apply_overrides(overrides)
         self.overrides = copy.deepcopy(self.rt.overrides)
 
-    def restart(self) -> "Harness":
+    def restart(self) -> Harness:
         """A new Runtime on the same cw_home (what a proxy restart is)."""
         self.rt.close()
         self.rt = self._runtime()

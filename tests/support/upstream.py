@@ -50,8 +50,9 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import zstandard
 
@@ -173,7 +174,7 @@ class StandIn:
 
     handler_class: type | None = None  # a subclass of _Handler (None: _Handler), for stand-ins that answer more
 
-    def start(self) -> "StandIn":
+    def start(self) -> StandIn:
         handler = type("Handler", (self.handler_class or _Handler,), {"standin": self})
         server = _Server(("127.0.0.1", 0), handler)
         server.daemon_threads = True
@@ -190,7 +191,7 @@ class StandIn:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "StandIn":
+    def __enter__(self) -> StandIn:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -19,7 +19,7 @@ class Toggle(Widget, can_focus=True):
     value: reactive[bool] = reactive(False)
 
     class Changed(Message):
-        def __init__(self, toggle: "Toggle", value: bool) -> None:
+        def __init__(self, toggle: Toggle, value: bool) -> None:
             super().__init__()
             self.toggle = toggle
             self.value = value

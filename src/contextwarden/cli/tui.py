@@ -26,7 +26,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     # Textual is imported here, not at module level: the other subcommands never pay for it.
     from contextwarden.home import default_home
-
     from contextwarden.tui.app import ContextWardenApp
     from contextwarden.tui.client import LiveClient, LogSource
 

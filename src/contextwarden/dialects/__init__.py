@@ -10,8 +10,9 @@ is one new module here.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..models.base import ApiKind, WireModel
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..conversation import Entry, ToolCall, side_of
-from ..memory.inject import _anthropic as inject, check_anthropic as injectable
+from ..memory.inject import _anthropic as inject
+from ..memory.inject import check_anthropic as injectable
 from ..models import anthropic as am
 from ..models.base import ApiKind
 from ..streams.anthropic import AnthropicAssembler

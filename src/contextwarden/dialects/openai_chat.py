@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..conversation import Entry, ToolCall, maybe_json, side_of
-from ..memory.inject import _chat as inject, check_chat as injectable
+from ..memory.inject import _chat as inject
+from ..memory.inject import check_chat as injectable
 from ..models import openai_chat as oc
 from ..models.base import ApiKind
 from ..streams.openai_chat import ChatAssembler

@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 
 from ..conversation import Entry, ToolCall, maybe_json, side_of
-from ..memory.inject import _responses as inject, check_responses as injectable
+from ..memory.inject import _responses as inject
+from ..memory.inject import check_responses as injectable
 from ..models import openai_responses as orr
 from ..models.base import ApiKind
 from ..streams.openai_responses import ResponsesAssembler

@@ -5,8 +5,8 @@ block types parse into :class:`~contextwarden.models.base.UnknownBlock`, so noth
 next month is lost when a stage rewrites a body.
 """
 
-from .base import ApiKind, WireModel, UnknownBlock, dump_body
 from . import anthropic, openai_chat, openai_responses
+from .base import ApiKind, UnknownBlock, WireModel, dump_body
 
 __all__ = ["ApiKind", "WireModel", "UnknownBlock", "dump_body", "anthropic", "openai_chat", "openai_responses", "parse_body"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from pydantic import Discriminator, Tag, field_validator
 
@@ -61,15 +61,7 @@ def _block_tag(v: Any) -> str:
 
 
 Block = Annotated[
-    Union[
-        Annotated[TextBlock, Tag("text")],
-        Annotated[ImageBlock, Tag("image")],
-        Annotated[ThinkingBlock, Tag("thinking")],
-        Annotated[RedactedThinkingBlock, Tag("redacted_thinking")],
-        Annotated[ToolUseBlock, Tag("tool_use")],
-        Annotated[ToolResultBlock, Tag("tool_result")],
-        Annotated[UnknownBlock, Tag("unknown")],
-    ],
+    Annotated[TextBlock, Tag("text")] | Annotated[ImageBlock, Tag("image")] | Annotated[ThinkingBlock, Tag("thinking")] | Annotated[RedactedThinkingBlock, Tag("redacted_thinking")] | Annotated[ToolUseBlock, Tag("tool_use")] | Annotated[ToolResultBlock, Tag("tool_result")] | Annotated[UnknownBlock, Tag("unknown")],
     Discriminator(_block_tag),
 ]
 

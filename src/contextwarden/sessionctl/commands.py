@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from ..conversation import strip_cache_control
+from ..cost import TTL_5M, WRITE_MULT, price_for
 from ..dialects import dialect
-from ..cost import WRITE_MULT, TTL_5M, price_for
 from ..statecache import state_cache
 from . import ledger
 from .ledger import NS, _bump, append_version, last_request, off_at

@@ -113,7 +113,7 @@ class Control:
 _memo_lock = threading.Lock()
 
 # the last live request of each session, per runtime (what previews re-apply decisions to)
-_last: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_last: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 _last_lock = threading.Lock()
 
 

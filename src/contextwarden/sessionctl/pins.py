@@ -14,7 +14,8 @@ All of them cost nothing when the session has no pin.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
