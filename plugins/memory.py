@@ -23,7 +23,7 @@ from contextwarden import hookimpl
 from contextwarden.dialects import dialect
 from contextwarden.memory import produced
 from contextwarden.memory import service as memory_service
-from contextwarden.memory.envelopes import content_words
+from contextwarden.memory.envelopes import content_words, topical
 from contextwarden.memory.lexical import tokenize
 from contextwarden.memory.project import request_project
 from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, framing_tokens, inject,
@@ -125,9 +125,9 @@ def _why(result: dict) -> str:
         skipped = str(result.get("skipped") or "")
         return WHY_SKIPPED.get(skipped, skipped or "nothing injected")
     n, sessions = result["injected"], len(result.get("sessions") or ())
-    best = (result.get("scores") or [{}])[0]
+    sims = [x["vector"] for x in result.get("scores") or () if x.get("vector") is not None]
     words = ", ".join(result.get("matched") or ()) or "meaning only"
-    sim = f", similarity {best['vector']:.2f}" if best.get("vector") is not None else ""
+    sim = f", similarity up to {max(sims):.2f}" if sims else ""
     return (f"{n} item{'s' * (n != 1)} from {sessions} session{'s' * (sessions != 1)} the history no longer "
             f"holds; best match on {words}{sim}")
 
@@ -383,7 +383,7 @@ def items_for_turn(ctx, turn, tagger) -> tuple[list, int, bool]:
     for it in items:
         it.text = strip_blocks(it.text)
         if it.text.strip():
-            it.tags = tagger.tag(it.text)
+            it.tags = topical(tagger.tag(it.text))
             it.project = project
             out.append(it)
     return out, len(msgs), history

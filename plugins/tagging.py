@@ -13,7 +13,7 @@ import time
 
 from contextwarden import hookimpl
 from contextwarden.memory import produced
-from contextwarden.memory.envelopes import strip_envelopes
+from contextwarden.memory.envelopes import strip_envelopes, topical
 from contextwarden.memory.retrieve import build_query, human_text, role_of
 from contextwarden.memory.tagger import Tagger, tag_key
 
@@ -50,7 +50,7 @@ def cw_request(ctx) -> None:
     msgs = produced.view(ctx)  # as the stages before this one left them (a privacy stage's work)
     clean = ctx.notes.get("clean_text") or {}
     query, idx = build_query(ctx.api, msgs, clean, context_messages=0)
-    tags = tagger.tag(query.text) if query is not None else []
+    tags = topical(tagger.tag(query.text)) if query is not None else []
     active: set[str] = set()
     if idx is not None and t.active_turns > 0:
         for j in range(idx - 1, max(-1, idx - 1 - t.active_turns), -1):

@@ -41,6 +41,7 @@ def test_a_reminder_and_a_greeting_are_not_searched(tmp_path):
             got = rp.send([{"role": "user", "content": content}], api_key="sk-g", session="other")
             mem = got.ctx.notes["memory"]
             assert mem["skipped"] == "no content words" and mem["injected"] == 0 and "content words" in mem["why"]
+            assert got.ctx.notes["tags"] == []  # "hello", "thanks" are no topics
         got = rp.send([{"role": "user", "content": "Where does Clara live?"}], api_key="sk-g", session="other")
         assert got.ctx.notes["memory"]["injected"] >= 1 and "Lisbon" in str(got.wire)
     finally:

@@ -47,3 +47,8 @@ def content_words(text: str) -> list[str]:
     """The index terms of ``text`` that say what it is about: not stopwords, not greetings and
     acknowledgements (``PHATIC``)."""
     return [t for t in tokenize(text) if t not in PHATIC]
+
+
+def topical(tags: list[str]) -> list[str]:
+    """The tags that name a topic: not a greeting or an acknowledgement ("hello", "thanks")."""
+    return [t for t in tags if content_words(t)]

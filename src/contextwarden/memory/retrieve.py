@@ -479,17 +479,6 @@ class Retriever:
                 rankings.append((nids[1], s.project_weight * s.neighbour_weight))
             if scoped:
                 rankings.append((nids[2], s.other_sessions_weight * s.neighbour_weight))
-        if s.hop_weight > 0 and self.lexical is not None:
-            # a second hop: what the best hits name (people, places, rarer words) searched for in turn,
-            # over the whole scope at once (the question's other half may lie in any session)
-            base = rrf(rankings, s.rrf_k)
-            top = sorted(base, key=lambda k: -base[k])[: s.hop_depth]
-            hop = combine_terms(terms, *(query_terms(by_id[k].item.text, weight=0.5) for k in top))
-            hop_ids = []
-            for lh in self.lexical.query(hop, partitions, n=n, exclude=exclude):
-                by_id.setdefault(lh.item.id, Hit(lh.item))
-                hop_ids.append(lh.item.id)
-            rankings.append((hop_ids, s.hop_weight))
         fused = rrf(rankings, s.rrf_k)
         hits = []
         for key, score in fused.items():

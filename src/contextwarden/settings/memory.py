@@ -185,13 +185,6 @@ class MemorySection(Section):
     model; BM25 alone has no absolute scale). 0.23: the 1st percentile of the best similarity of LoCoMo
     questions asked of their own conversation's memory. 0: off."""
 
-    hop_weight: float = 0.0
-    """Weight of a second-hop BM25 ranking: the query's words plus the names and rarer words of the
-    ``hop_depth`` best hits (what the question is about, found elsewhere: multi-hop questions). 0: off."""
-
-    hop_depth: int = 3
-    """How many of the best hits lend their words to the second hop."""
-
     other_sessions_weight: float = 0.35
     """The current session first: when the tenant's memory holds other sessions too, the vector and BM25
     rankings are made twice, within the current session and over the other sessions, and the latter
