@@ -21,18 +21,33 @@ import orjson
 
 from contextwarden import hookimpl
 from contextwarden.dialects import dialect
+from contextwarden.lru import LRU
 from contextwarden.memory import produced
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.envelopes import content_words, topical
+from contextwarden.memory.inject import (
+    BLOCK_OVERHEAD_TEXT,
+    NotInjectable,
+    check,
+    framing_tokens,
+    inject,
+    last_user_index,
+    render_block,
+    strip_blocks,
+)
 from contextwarden.memory.lexical import tokenize
 from contextwarden.memory.project import request_project
-from contextwarden.memory.inject import (BLOCK_OVERHEAD_TEXT, NotInjectable, check, framing_tokens, inject,
-                                         last_user_index, render_block, strip_blocks)
-from contextwarden.memory.retrieve import (HistoryIndex, build_query, history_texts, history_items, human_text, role_of,
-                                           select)
+from contextwarden.memory.retrieve import (
+    HistoryIndex,
+    build_query,
+    history_items,
+    history_texts,
+    human_text,
+    role_of,
+    select,
+)
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins.strip import clean_text_ahead
-from contextwarden.lru import LRU
 from contextwarden.statecache import state_cache
 
 STATE_NS = "memory.ingested"

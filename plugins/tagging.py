@@ -18,7 +18,6 @@ from contextwarden.memory.retrieve import build_query, human_text, role_of
 from contextwarden.memory.tagger import Tagger, tag_key
 
 
-
 def tagger_for(ctx_or_runtime, settings=None) -> Tagger:
     """The memory service's tagger when there is one (it may embed), else a keyword tagger."""
     runtime = getattr(ctx_or_runtime, "runtime", ctx_or_runtime)

@@ -33,9 +33,10 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -83,7 +84,7 @@ class RecallApi:
     def info_path(self) -> Path:
         return Path(self.runtime.home) / INFO_FILE
 
-    def start(self, publish: bool = True) -> "RecallApi":
+    def start(self, publish: bool = True) -> RecallApi:
         """Listen; ``publish``: write the discovery file now (the addon does once the proxy listens)."""
         api = self
 
@@ -248,7 +249,7 @@ class RecallClient:
         self._conn: http.client.HTTPConnection | None = None
 
     @classmethod
-    def find(cls, home: Path | str, credential: str | None = None, timeout: float = 30) -> "RecallClient | None":
+    def find(cls, home: Path | str, credential: str | None = None, timeout: float = 30) -> RecallClient | None:
         """The client of the proxy running on ``home``, or None when none is (no file, or its process is gone)."""
         try:
             info = orjson.loads((Path(home) / INFO_FILE).read_bytes())

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import reduce
 from operator import or_
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import orjson
 
@@ -92,7 +93,7 @@ class Memos:
     tokens: LRU  # a kept text's tokens (:meth:`Kept.holds_term`), by the text
 
     @classmethod
-    def new(cls) -> "Memos":
+    def new(cls) -> Memos:
         return cls(terms=LRU(4096), lines=LRU(512), tokens=LRU(2048))
 
 
@@ -186,8 +187,8 @@ def read_answer(msg: Any) -> Answer:
     return a
 
 
-def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: int = 3,
-         memo: Memos | None = None, index: "TermIndex | None" = None) -> list[Found]:
+def find(answer: Answer, lost: list[Lost], kept: Kept, done: set[str], limit: int = 3,
+         memo: Memos | None = None, index: TermIndex | None = None) -> list[Found]:
     """The lost texts the answer refers to (not those in ``done``: recalled once already), best first:
     ids, then quotes, then cleared reads of paths the answer names, then terms. ``index``: the
     conversation's :class:`TermIndex` (the terms of the lost texts read so far, and the runs of every
@@ -251,7 +252,7 @@ def find(answer: Answer, lost: list[Lost], kept: "Kept", done: set[str], limit: 
     return out
 
 
-def pick_terms(owners: dict[str, list[Lost]], kept: "Kept", done: set[str], taken: set[str], add) -> None:
+def pick_terms(owners: dict[str, list[Lost]], kept: Kept, done: set[str], taken: set[str], add) -> None:
     """Of the answer's terms and the lost texts that hold each (newest first), what comes back (``add``).
 
     The longest, most specific terms first; a term many lost texts hold (a column name, a common path)

@@ -14,7 +14,6 @@ works lexical-only and says so; it never raises.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +131,7 @@ class Embedder:
     def count_tokens_batch(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self._counter.encode_batch(list(texts), add_special_tokens=False)]
 
-    def token_counter(self) -> "PieceCounter":
+    def token_counter(self) -> PieceCounter:
         """The chunker's measure for this model (see :class:`PieceCounter`)."""
         return PieceCounter(self)
 
@@ -165,7 +164,7 @@ class PieceCounter:
     additive = True
     specials = 2  # [CLS] and [SEP]: what a chunk costs on top of its pieces
 
-    def __init__(self, embedder: "Embedder", cache: int = 20000) -> None:
+    def __init__(self, embedder: Embedder, cache: int = 20000) -> None:
         self.embedder = embedder
         self._cache: dict[str, int] = {}
         self._max = cache

@@ -35,7 +35,7 @@ import collections
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 WINDOW_S = 10.0  # turns counted over this many seconds
 TICK_S = 1.0
@@ -128,7 +128,7 @@ class EmbedShare:
             if have is not None and have != want:
                 set_autogroup_nice(pid, want)
 
-    def start(self) -> "EmbedShare":
+    def start(self) -> EmbedShare:
         if self.busy_per_s > 0 and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="cw-embed-share", daemon=True)
             self._thread.start()

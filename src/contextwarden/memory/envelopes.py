@@ -18,7 +18,7 @@ from .tagger import stem
 TAGS = ("system-reminder", "environment_context", "user_instructions", "INSTRUCTIONS", "command-name",
         "command-message", "command-args", "local-command-stdout", "local-command-stderr",
         "local-command-caveat", "user-prompt-submit-hook", "turn_aborted")
-_BLOCK = re.compile(r"<(%s)>.*?</\1>" % "|".join(map(re.escape, TAGS)), re.S)
+_BLOCK = re.compile(r"<(" + "|".join(map(re.escape, TAGS)) + r")>.*?</\1>", re.S)
 # Codex's AGENTS.md message: a heading line, then its instructions block (removed above)
 _AGENTS = re.compile(r"^# AGENTS\.md instructions for [^\n]*\n?", re.M)
 

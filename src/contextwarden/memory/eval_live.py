@@ -24,10 +24,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
@@ -241,7 +242,7 @@ def _memory_event(proxy: LiveProxy, since: int, session: str) -> dict:
     return {}
 
 
-def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict[str, Any], report: "ev.Report",
+def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict[str, Any], report: ev.Report,
                      max_questions: int | None = None, key: str | None = None, progress=None,
                      replay: bool = True, ask: bool = True, remember_questions: bool = False) -> None:
     """Replay one conversation through the proxy, wait until ingestion settled, ask its questions.
@@ -292,7 +293,7 @@ def run(data: str | Path, limit: int | None = None, questions: int | None = None
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, shared_tenant: bool = False, progress=print,
         profile_extra: str = "", window: int = ev.WINDOW, remember_questions: bool = False,
-        framing: str = "turns") -> "ev.Report":
+        framing: str = "turns") -> ev.Report:
     """The LoCoMo eval through a live proxy (see the module docstring); the same selection and settings
     as :func:`.eval_locomo.run`. With ``shared_tenant`` every conversation is replayed first (one tenant
     holds them all), then every conversation's questions are asked."""
@@ -319,7 +320,7 @@ def run(data: str | Path, limit: int | None = None, questions: int | None = None
     return report
 
 
-def side_by_side(inproc: "ev.Report", live: "ev.Report") -> str:
+def side_by_side(inproc: ev.Report, live: ev.Report) -> str:
     """Both recalls on the same questions, and how many questions differ (and which way)."""
     key = lambda q: (q.conversation, q.category, q.evidence)  # noqa: E731
     pairs = list(zip(inproc.questions, live.questions))

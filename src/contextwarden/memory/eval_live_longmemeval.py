@@ -31,7 +31,7 @@ def _forward_tokens(proxy: LiveProxy, since: int) -> tuple[int, int]:
     return 0, 0
 
 
-def run_question(proxy: LiveProxy, upstream: RecordingUpstream, q: dict[str, Any], report: "lme.Report",
+def run_question(proxy: LiveProxy, upstream: RecordingUpstream, q: dict[str, Any], report: lme.Report,
                  step: str = "session", haystack_limit: int | None = None) -> None:
     """Replay one question's haystack through the proxy, wait until ingestion settled, ask it."""
     qid = str(q["question_id"])
@@ -67,7 +67,7 @@ def run_question(proxy: LiveProxy, upstream: RecordingUpstream, q: dict[str, Any
 def run(data: str | Path, limit: int | None = None, question_ids: list[str] | None = None,
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, step: str = "session", progress=print,
-        profile_extra: str = "", window: int = lme.WINDOW, haystack_limit: int | None = None) -> "lme.Report":
+        profile_extra: str = "", window: int = lme.WINDOW, haystack_limit: int | None = None) -> lme.Report:
     """The LongMemEval eval through a live proxy: the same selection and settings as
     :func:`.eval_longmemeval.run`, every question in one proxy (a tenant each)."""
     items = lme.select(lme.load(data), limit, question_ids)
@@ -89,17 +89,17 @@ def run(data: str | Path, limit: int | None = None, question_ids: list[str] | No
     return report
 
 
-def side_by_side(inproc: "lme.Report", live: "lme.Report") -> str:
+def side_by_side(inproc: lme.Report, live: lme.Report) -> str:
     """recall_any, recall_all and turn recall of both runs on the same questions, and the questions whose
     sessions recalled differ."""
     pairs = list(zip(inproc.questions, live.questions))
     same = len(inproc.questions) == len(live.questions) and all(a.question_id == b.question_id for a, b in pairs)
 
-    def turn_recall(r: "lme.Report") -> float:
+    def turn_recall(r: lme.Report) -> float:
         n = sum(q.answer_turns for q in r.questions)
         return sum(q.turns_hit for q in r.questions) / n if n else 0.0
 
-    def row(r: "lme.Report") -> str:
+    def row(r: lme.Report) -> str:
         return (f"recall_any {mean(q.recall_any for q in r.questions):.3f}  recall_all "
                 f"{mean(q.recall_all for q in r.questions):.3f}  turn recall {turn_recall(r):.3f}  share of full "
                 f"{mean(q.tokens / q.full_tokens for q in r.questions if q.full_tokens):.3f}")

@@ -102,7 +102,7 @@ class Report:
         return out
 
 
-def framings_table(reports: dict[str, "Report"], live: dict[str, "Report"] | None = None) -> str:
+def framings_table(reports: dict[str, Report], live: dict[str, Report] | None = None) -> str:
     """One row per framing: evidence-weighted recall over categories 1-4, per category, memory tokens."""
     header = ["framing", "weighted 1-4"] + [CATEGORIES[c] for c in (1, 2, 3, 4)] + ["memory tokens/question"]
     header += ["live weighted 1-4"] if live else []

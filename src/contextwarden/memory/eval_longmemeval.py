@@ -22,9 +22,10 @@ from __future__ import annotations
 import ast
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..models.base import ApiKind
 from ..settings.memory import MemorySection

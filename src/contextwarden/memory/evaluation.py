@@ -8,13 +8,13 @@ The check reads only the outgoing body; the pipeline never sees evidence ids.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from ..models.base import ApiKind
 from .retrieve import normalise  # noqa: F401 (the evaluations' normalise: retrieval's own)
-
 
 
 def _content_texts(content: Any) -> Iterable[str]:

@@ -21,15 +21,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..models.base import ApiKind
 from .chunking import chunk_text, proxy_tokens
+from .envelopes import strip_envelopes
 from .ids import memory_id
 from .items import MemoryItem
 from .secrets import redact_secrets
-from .envelopes import strip_envelopes
 from .turns import units
 
 if TYPE_CHECKING:
@@ -60,11 +61,11 @@ class Ingestor:
 
     SEEN = 100_000  # original texts remembered as stored: a re-sent history costs a set lookup
 
-    def __init__(self, store: "MemoryStore", bus: "EventBus", queue_size: int,
+    def __init__(self, store: MemoryStore, bus: EventBus, queue_size: int,
                  on_added: Callable[[list[MemoryItem]], None] | None = None, *,
                  chunk_tokens: int | None = None, count: Callable[[str], int] | None = None,
-                 backfill: bool = True, journal: "PendingTable | None" = None, batch_max: int = 256,
-                 batch_chars: int | None = None, priority: "SearchFirst | None" = None,
+                 backfill: bool = True, journal: PendingTable | None = None, batch_max: int = 256,
+                 batch_chars: int | None = None, priority: SearchFirst | None = None,
                  tag: Callable[[str], list[str]] | None = None,
                  on_originals: Callable[[list[MemoryItem]], None] | None = None,
                  on_indexed: Callable[[list[MemoryItem]], None] | None = None,
@@ -401,7 +402,7 @@ class Ingestor:
         """Index, then store, in one go (without a pending table: one worker thread)."""
         self._store(self._index(batches, redacted), in_flight, text_only)
 
-    def _index(self, batches: list[tuple[list[MemoryItem], dict]], redacted: bool = False) -> "_Indexed":
+    def _index(self, batches: list[tuple[list[MemoryItem], dict]], redacted: bool = False) -> _Indexed:
         """Submissions made ready to store: items stored before skipped, the rest redacted (unless
         ``redacted``: from the journal) and chunked; their originals kept; the chunks indexed by their
         words (``on_indexed``). Tagged by :meth:`_store`."""
@@ -440,7 +441,7 @@ class Ingestor:
         return _Indexed(batches=batches, items=items, sub=sub, skipped=skipped, prepared=prepared, owner=owner,
                         redacted=n_red, ms=(time.perf_counter() - t0) * 1000)
 
-    def _store(self, done: "_Indexed", in_flight: int = 0, text_only: bool = False) -> None:
+    def _store(self, done: _Indexed, in_flight: int = 0, text_only: bool = False) -> None:
         """Tag, embed and store what :meth:`_index` made (``text_only``: stored now, embedded later)."""
         t0 = time.perf_counter()
         batches = done.batches
@@ -553,7 +554,7 @@ class _Indexed:
         return sum(len(it.text) for it in self.prepared)
 
     @classmethod
-    def merge(cls, parts: list["_Indexed"]) -> "_Indexed":
+    def merge(cls, parts: list[_Indexed]) -> _Indexed:
         """One batch of several (one embedding run and one store call for all)."""
         out = cls(batches=[], items=[], sub=[], skipped=[], prepared=[], owner=[])
         for p in parts:

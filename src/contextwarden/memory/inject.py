@@ -25,7 +25,8 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..models.base import ApiKind
 

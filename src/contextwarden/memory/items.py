@@ -9,8 +9,9 @@ lists as metadata values, so those fields are left out; tags are a list (filter 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .. import sealing
 from .ids import content_hash
@@ -96,7 +97,7 @@ class MemoryItem:
         return {"id": self.id, "text": self.text, **self.to_metadata()}
 
     @classmethod
-    def from_record(cls, text: str | Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> "MemoryItem":
+    def from_record(cls, text: str | Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> MemoryItem:
         """Rebuild an item from a Chroma document + metadata, or from one flat export record."""
         if metadata is None:
             if not isinstance(text, Mapping):

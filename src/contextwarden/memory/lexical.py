@@ -15,10 +15,10 @@ import os
 import re
 import threading
 from array import array
-from pathlib import Path
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
 
 import numpy as np
 from rapidfuzz import fuzz, process
@@ -214,7 +214,7 @@ class LexicalIndex:
                     self._neighbours.setdefault((self.partition_of(it), it.session, it.turn), []).append(it)
         return added
 
-    def adopt(self, other: "LexicalIndex") -> None:
+    def adopt(self, other: LexicalIndex) -> None:
         """Take ``other``'s contents (a loaded snapshot); items added here meanwhile are kept."""
         with self._lock:
             mine = [it for p in self._parts.values() for it in p.items]
@@ -358,7 +358,7 @@ class LexicalIndex:
 SNAPSHOT_VERSION = 2  # 2: JSON escapes separate words (an index saved before has other terms)
 
 
-def save_snapshot(index: "LexicalIndex", path: str | os.PathLike, key: dict) -> int:
+def save_snapshot(index: LexicalIndex, path: str | os.PathLike, key: dict) -> int:
     """Write the index to ``path`` (numpy ``.npz``, no pickle: arrays, and JSON as bytes), with ``key``
     (what the store looked like: :func:`load_snapshot` refuses a snapshot of another state). Atomic.
     Returns the items written."""
@@ -405,7 +405,7 @@ def save_snapshot(index: "LexicalIndex", path: str | os.PathLike, key: dict) -> 
     return n
 
 
-def load_snapshot(path: str | os.PathLike, key: dict | None = None) -> "LexicalIndex | None":
+def load_snapshot(path: str | os.PathLike, key: dict | None = None) -> LexicalIndex | None:
     """The index saved by :func:`save_snapshot`, or None when there is none, it is unreadable, or it was
     saved for another ``key`` (the store changed since)."""
     import orjson

@@ -39,7 +39,7 @@ class LexicalRefresh:
         self.added += n
         return n
 
-    def start(self) -> "LexicalRefresh":
+    def start(self) -> LexicalRefresh:
         self._thread = threading.Thread(target=self._main, name="cw-lexical-refresh", daemon=True)
         self._thread.start()
         return self

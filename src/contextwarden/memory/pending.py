@@ -20,7 +20,6 @@ import orjson
 
 from .items import MemoryItem
 
-
 HARD_FACTOR = 2  # past this many times ``max_items`` the oldest submissions are dropped
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import threading
 from array import array
-from typing import Iterable
+from collections.abc import Iterable
 
 # Read as UTF-8 (a substring's bytes are a substring of the text's bytes), where translating and
 # splitting cost microseconds (a str with one character outside ASCII is translated character by

@@ -30,7 +30,7 @@ class SearchFirst:
         self.waiting = 0  # background threads waiting now
 
     # --- searches -----------------------------------------------------------------------------------
-    def __enter__(self) -> "SearchFirst":
+    def __enter__(self) -> SearchFirst:
         with self._cv:
             self._active += 1
         return self

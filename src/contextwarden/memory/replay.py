@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from ..models.base import ApiKind
 from .. import lifecycle
 from ..dialects import dialect
+from ..models.base import ApiKind
 from ..pipeline import Outcome
 
 _flow_ids = itertools.count(1)
@@ -52,7 +52,7 @@ class Replayer:
 
     @classmethod
     def from_profile(cls, profile: str | os.PathLike, home: str | os.PathLike, api: ApiKind = ApiKind.ANTHROPIC,
-                     log: bool = False) -> "Replayer":
+                     log: bool = False) -> Replayer:
         from ..runtime import Runtime
 
         return cls(Runtime.from_profile(profile, Path(home), log=log), api)

@@ -16,17 +16,17 @@ import hashlib
 import math
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 
 from ..lru import LRU
 from ..models.base import ApiKind
+from .envelopes import strip_envelopes
 from .ids import content_hash
 from .lexical import combine_terms, query_terms
 from .tagger import tag_key
-from .envelopes import strip_envelopes
 from .turns import query_text, undated, unit_texts
 
 _BULLET = re.compile(r"^(?:[-*>•]+|\d+[.)])\s+")
@@ -264,7 +264,7 @@ class Vectors:
     timings: dict[str, float] = field(default_factory=dict)
 
     @staticmethod
-    def key_of(query: "Query", tenants: list[str], workspace: str | None, n: int | None, session: str | None,
+    def key_of(query: Query, tenants: list[str], workspace: str | None, n: int | None, session: str | None,
                project: str | None) -> tuple:
         """What a search's vector half depends on: a start is a search's only when these are the same."""
         return (query.text, query.context, tuple(tenants), workspace, n, session, project)
@@ -296,7 +296,7 @@ class Retriever:
         return self.embedder is not None and self.store is not None and getattr(self.store, "available", False)
 
     def start(self, query: Query, tenants: list[str], *, workspace: str | None = None, n: int | None = None,
-              session: str | None = None, project: str | None = None) -> "Vectors":
+              session: str | None = None, project: str | None = None) -> Vectors:
         """The half of a search that no ``exclude`` changes: which rankings it has (scoped to the
         session, the project) and the vector ranking, started in the pool (embedding the query and the
         vector query). :meth:`search` with ``vectors=`` finishes it; started as soon as the request is
@@ -361,7 +361,7 @@ class Retriever:
                exclude: Callable[[object], bool] | None = None, n: int | None = None,
                timeout_s: float | None = None, deadline: float | None = None,
                neighbours: Callable[[object], list] | None = None, session: str | None = None,
-               project: str | None = None, vectors: "Vectors | None" = None) -> Retrieval:
+               project: str | None = None, vectors: Vectors | None = None) -> Retrieval:
         """Fused candidates (best first), not yet cut to the budget. Raises TimeoutError when the vector
         query runs past the deadline (the caller decides to go without memory). ``session``: the
         current session, ranked first (``memory.other_sessions_weight``); ``project``: the current

@@ -15,8 +15,8 @@ name, a name in capitals, a path or a regex is left alone (redacting code breaks
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 _R = "[REDACTED:{}]"
 

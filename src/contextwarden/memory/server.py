@@ -28,7 +28,6 @@ from ..events import EventBus
 from . import wire
 from .ingest import _lower_priority
 
-
 # calls answered on the connection's own thread, in the order they came: a queue append each
 # (``keep``: a recall of the kept ids, sent after it, must find them pending; ``prepare``: the search
 # that names its token, sent after it, must find it, and it only starts the vector half in the pool)
@@ -227,7 +226,7 @@ class MemoryServer:
             while not self._stop.is_set():
                 try:
                     conn, _ = srv.accept()
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 conn.settimeout(None)
                 threading.Thread(target=self._serve_conn, args=(conn,), name="cw-memsrv-conn", daemon=True).start()

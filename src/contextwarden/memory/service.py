@@ -161,7 +161,7 @@ class CachedEmbedder:
 class MemoryService:
     """Store + embedder + ingestor + lexical index + tagger of one runtime. Thread-safe."""
 
-    def __init__(self, runtime: "Runtime", background: bool = True, separate: bool = False) -> None:
+    def __init__(self, runtime: Runtime, background: bool = True, separate: bool = False) -> None:
         self.runtime = runtime
         # in the memory process (server.py): ingestion goes through the pending table, tags what comes
         # untagged, and a shutdown flushes only ``memory.shutdown_flush_s``
@@ -722,7 +722,7 @@ def _open_originals(home: Path):
 
 
 # --- one service per runtime ---------------------------------------------------------------------------
-_services: "weakref.WeakKeyDictionary[object, MemoryService]" = weakref.WeakKeyDictionary()
+_services: weakref.WeakKeyDictionary[object, MemoryService] = weakref.WeakKeyDictionary()
 _guard = threading.Lock()
 
 

@@ -28,8 +28,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -146,7 +147,7 @@ class MemoryStore:
     the caller (the ingestor and the memory stage catch it and fail open).
     """
 
-    def __init__(self, home: Path | str, settings: "MemorySection", embedder: "Embedder | None",
+    def __init__(self, home: Path | str, settings: MemorySection, embedder: Embedder | None,
                  *, read_only: bool = False) -> None:
         self.home = Path(home)
         self.settings = settings
@@ -249,7 +250,7 @@ class MemoryStore:
         finally:
             self._lock.release()
 
-    def __enter__(self) -> "MemoryStore":
+    def __enter__(self) -> MemoryStore:
         return self
 
     def __exit__(self, *exc) -> None:
