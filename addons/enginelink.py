@@ -5,7 +5,9 @@ What stays here is what only mitmdump's process can do: relaying the bytes (ever
 returned as it came; a copy goes to the engine, whose observer reads it on the side), putting a
 rewritten request or an answer in place, dropping or injecting a WebSocket message. What goes to the
 engine is chosen here by the same classification the interceptor uses, so other traffic (a client's
-telemetry through ``HTTPS_PROXY``) never crosses.
+telemetry through ``HTTPS_PROXY``) never crosses. A request nothing can change (the engine says it is
+``passive``: observe-only or no stage; or a bypass header) is forwarded at once and read by the engine
+on the side.
 
 Fail open: a request the engine does not answer within ``pipeline.engine_timeout_s`` (60 s) (or while it is down)
 goes as the client sent it, and the engine's log says so once it can. An engine that dies is started
