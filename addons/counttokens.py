@@ -17,9 +17,9 @@ import logging
 
 from mitmproxy import http
 
+from contextwarden import lifecycle
 from contextwarden.apis import COUNT
 from contextwarden.models.base import ApiKind
-from contextwarden import lifecycle
 from contextwarden.pipeline import Skip
 
 from .interceptor import consume_headers
@@ -43,7 +43,7 @@ class CountTokens:
         if got is None or got[0] != COUNT:
             return
         consumed = consume_headers(flow, rt.settings.proxy.consumed_headers)  # never sent upstream
-        if rt.settings.proxy.observe_only or consumed.get("x-contextwarden-bypass") or not rt.stages():
+        if rt.passive() or consumed.get("x-contextwarden-bypass"):
             return
         headers = list(req.headers.items(multi=True))
         raw = req.raw_content or b""

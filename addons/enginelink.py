@@ -5,7 +5,9 @@ What stays here is what only mitmdump's process can do: relaying the bytes (ever
 returned as it came; a copy goes to the engine, whose observer reads it on the side), putting a
 rewritten request or an answer in place, dropping or injecting a WebSocket message. What goes to the
 engine is chosen here by the same classification the interceptor uses, so other traffic (a client's
-telemetry through ``HTTPS_PROXY``) never crosses.
+telemetry through ``HTTPS_PROXY``) never crosses. A request nothing can change (the engine says it is
+``passive``: observe-only or no stage; or a bypass header) is forwarded at once and read by the engine
+on the side.
 
 Fail open: a request the engine does not answer within ``pipeline.engine_timeout_s`` (60 s) (or while it is down)
 goes as the client sent it, and the engine's log says so once it can. An engine that dies is started
@@ -26,7 +28,9 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from contextwarden import flowrelease, typecheckfix
+from contextwarden.apis import HTTP
 from contextwarden.engine import wire
+from contextwarden.flowstate import bypass_asked
 
 from .routing import route_of
 
@@ -46,6 +50,7 @@ class _Engine:
         self.proc = proc
         self.sock = sock
         self.proxy = ready["proxy"]  # its settings' proxy section: what it handles
+        self.passive = ready["passive"]  # no request's bytes can change (observe-only, no stage): none waits
         self.pid = ready.get("pid")
         self.release_flows = ready.get("release_flows", True)
         self.timeout_s = ready.get("timeout_s") or REQUEST_TIMEOUT_S
@@ -56,7 +61,7 @@ class _Engine:
         self.closed = False
 
     @classmethod
-    def start(cls, options: dict[str, Any]) -> "_Engine":
+    def start(cls, options: dict[str, Any]) -> _Engine:
         """Start the process and wait for its runtime (blocking: the proxy does not take requests
         before contextwarden can read them, as when the runtime was built in mitmdump's process)."""
         mine, theirs = socket.socketpair()
@@ -96,8 +101,8 @@ class _Engine:
                 fut = self.waiting.pop(key, None)
                 if fut is not None and not fut.done():
                     fut.set_result(payload)
-            elif op == "proxy":  # its settings changed at run time: classify by the new ones
-                self.proxy = payload
+            elif op == "settings":  # changed at run time: classify by the new ones
+                self.proxy, self.passive = payload["proxy"], payload["passive"]
             elif op == "bye":
                 break
         self.closed = True
@@ -126,7 +131,7 @@ class _Engine:
             return None
         try:
             return await asyncio.wait_for(fut, self.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.waiting.pop(seq, None)
             return None
 
@@ -242,7 +247,7 @@ class EngineLink:
             self._linked = asyncio.ensure_future(self._connect())
         try:
             return await asyncio.wait_for(asyncio.shield(self._linked), RESTART_WAIT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     async def _connect(self) -> _Engine | None:
@@ -271,22 +276,45 @@ class EngineLink:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         eng = self.engine
-        if eng is None or flow.response is not None or route_of(flow, eng.proxy) is None:
+        got = route_of(flow, eng.proxy) if eng is not None and flow.response is None else None
+        if got is None:
             return
         eng = await self._link()
+        if eng is not None and got[0] == HTTP and (eng.passive or self._bypass_asked(eng, flow)):
+            self._forward(eng, flow, got[1].value)
+            return
         reply = await eng.call("request", flow.get_state()) if eng is not None else None
         if reply is None or "error" in reply:
             self._failed_open(eng, flow, reply.get("error") if reply else "no answer from the engine")
             return
         r = reply.get("request")
-        if r is not None:
+        if r is not None and "headers" in r:
             flow.request.headers = http.Headers(r["headers"])
+        if r is not None and "raw_content" in r:
             flow.request.raw_content = r["raw_content"]
         if reply.get("response") is not None:
             flow.response = http.Response.from_state(reply["response"])
         if reply.get("watch"):
-            self.watched.add(flow.id)
-            flow.metadata["contextwarden_engine"] = route_of(flow, eng.proxy)[1].value  # its API (overhead, upstreamerror)
+            self._watch(flow, got[1].value)
+
+    def _forward(self, eng: _Engine, flow: http.HTTPFlow, api: str) -> None:
+        """A request nothing can change goes at once: the engine reads a copy (sent before its answer's
+        frames, so it is read first) for its events, the TUI and memory."""
+        if not eng.send("request", None, flow.get_state()):
+            self._failed_open(eng, flow, "no answer from the engine")
+            return
+        for name in eng.proxy.consumed_headers:  # addressed to the proxy: they never go upstream
+            flow.request.headers.pop(name, None)
+        self._watch(flow, api)
+
+    @staticmethod
+    def _bypass_asked(eng: _Engine, flow: http.HTTPFlow) -> bool:
+        name = "x-contextwarden-bypass"
+        return name in eng.proxy.consumed_headers and bypass_asked(flow.request.headers.get(name))
+
+    def _watch(self, flow: http.HTTPFlow, api: str) -> None:
+        self.watched.add(flow.id)
+        flow.metadata["contextwarden_engine"] = api  # its API (overhead, upstreamerror)
 
     def _failed_open(self, eng: _Engine | None, flow: http.HTTPFlow, why: str) -> None:
         self.failed_open += 1

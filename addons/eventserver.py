@@ -34,6 +34,7 @@ import orjson
 from contextwarden import census
 from contextwarden.events import Event
 from contextwarden.home import publish, unpublish
+
 # the live protocol (token file and header, event form, totals) is core: liveprotocol.py
 from contextwarden.liveprotocol import INFO_FILE, PROTOCOL, TOKEN_HEADER, Totals, event_dict
 from contextwarden.scrub import scrub
@@ -108,7 +109,7 @@ class EventService:
     def info_path(self) -> Path:
         return Path(self.runtime.home) / INFO_FILE
 
-    def start(self, timeout: float = 10, publish: bool = True) -> "EventService":
+    def start(self, timeout: float = 10, publish: bool = True) -> EventService:
         """Listen; ``publish``: write the discovery file now (the addon does once the proxy listens)."""
         self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
         recent = self._recent()

@@ -8,9 +8,9 @@ import time
 
 from mitmproxy import http
 
-from contextwarden.apis import HTTP
-from contextwarden.flowstate import FlowState
 from contextwarden import lifecycle
+from contextwarden.apis import HTTP
+from contextwarden.flowstate import FORWARDED, FlowState, bypass_asked
 from contextwarden.pipeline import ORIGIN, Skip
 
 from .routing import route_of
@@ -47,18 +47,21 @@ class Interceptor:
         def block(b) -> None:
             flow.response = http.Response.make(b.status, b.body, b.headers)
 
-        await self.run(state, flow.id, api, req.host, req.path, headers, req.raw_content or b"", consumed, rewrite, block)
+        await self.run(state, flow.id, api, req.host, req.path, headers, req.raw_content or b"", consumed, rewrite, block,
+                       forwarded=bool(flow.metadata.get(FORWARDED)))
 
     async def run(self, state: FlowState, flow_id: str, api, host: str, path: str, headers: list[tuple[str, str]],
-                  raw: bytes, consumed: dict[str, str], rewrite, block, transport: str = "http") -> None:
+                  raw: bytes, consumed: dict[str, str], rewrite, block, transport: str = "http",
+                  forwarded: bool = False) -> None:
         """One request's lifecycle, whatever carries it (an HTTP request, a Responses WebSocket message):
         announce, run the stages, validate, then ``rewrite(body) -> bytes sent`` puts a rewritten body in
-        place or ``block(BlockedResponse)`` answers instead; neither is called when the original goes.
+        place or ``block(BlockedResponse)`` answers instead; neither is called when the original goes
+        (nor for a request already ``forwarded``: it is observed).
         ``state.ctx_future`` resolves to the request's context (None when it could not be read)."""
         rt = self.warden.runtime
         loop = asyncio.get_running_loop()
-        bypass = consumed.get("x-contextwarden-bypass", "").strip().lower() not in ("", "0", "false", "no", "off")
-        observe = rt.settings.proxy.observe_only or bypass or not rt.stages()
+        bypass = bypass_asked(consumed.get("x-contextwarden-bypass"))
+        observe = forwarded or rt.passive() or bypass
 
         if observe:
             # Forward at once and read the request later, on a worker thread. Reading it (parse, count,

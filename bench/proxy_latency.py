@@ -45,7 +45,7 @@ from tests.support.proxy import ProxyProcess  # noqa: E402
 from tests.support.upstream import StandIn  # noqa: E402
 
 REQUESTS = SHARED / "eval" / "requests"
-BUILTIN_STAGES = ["budget", "strip", "tagging", "clearing", "compaction", "memory"]
+BUILTIN_STAGES = ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory"]
 STAGES_OFF = "name: stages-off\nextends: default\npipeline:\n  disabled: [" + ", ".join(BUILTIN_STAGES) + "]\n"
 TARGET_MET = 3.0  # ms, p50 added at 150K tokens in observe-only
 

@@ -8,6 +8,15 @@ from typing import Any
 
 from .models.base import ApiKind
 
+# on a flow the engine reads after mitmdump already forwarded it (``addons/enginelink.py``): it is observed,
+# whatever the settings say by the time it is read
+FORWARDED = "contextwarden_forwarded"
+
+
+def bypass_asked(value: str | None) -> bool:
+    """Whether an ``x-contextwarden-bypass`` header's value asks for the request to pass unchanged."""
+    return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
+
 
 @dataclass
 class FlowState:

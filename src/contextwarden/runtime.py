@@ -182,6 +182,10 @@ class Runtime:
         p = self.settings.pipeline
         return stage_order(self.pm, p.order, p.disabled)
 
+    def passive(self) -> bool:
+        """No request's bytes can change: observe-only, or no stage to run (a bypassed session aside)."""
+        return self.settings.proxy.observe_only or not self.stages()
+
     def apply_overrides(self, overrides: dict[str, Any], persist: bool = False) -> Settings:
         """Change settings at run time (from the TUI): applies to new requests only."""
         from .settings import _deep_merge

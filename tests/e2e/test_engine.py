@@ -104,3 +104,32 @@ def test_a_hung_engine_lets_requests_go_unchanged_and_says_so(tmp_path):
             ask_and_read(proxy)
         finally:
             proxy.stop()
+
+
+def test_an_observed_request_goes_upstream_without_waiting_for_the_engine_which_still_reads_it(tmp_path):
+    """observe-only: nothing the engine says can change the bytes, so mitmdump forwards at once and the
+    engine reads its copy after (a stalled engine, far from its link timeout, delays nothing)."""
+    env = {**ENV, "CONTEXTWARDEN_PIPELINE__ENGINE_TIMEOUT_S": "600"}
+    with StandIn(sse_delay=0.005) as upstream:
+        proxy = ProxyProcess(tmp_path, profile="observe-only", reverse=upstream.url, env=env).start()
+        try:
+            [engine] = engines(proxy.proc.pid)
+            mark = proxy.mark()
+            os.kill(engine, signal.SIGSTOP)  # alive, reading nothing
+            try:
+                r = httpx.post(proxy.url + "/v1/messages", json=BODY, timeout=60, trust_env=False,
+                               headers={**HEADERS, "x-contextwarden-session": "stalled-engine"})
+                assert r.status_code == 200 and b"message_stop" in r.content, r.text[:500]
+                sent = upstream.requests("/v1/messages")[-1]
+                assert sent.json() == BODY and sent.header("x-api-key") == HEADERS["x-api-key"]
+                assert sent.header("x-contextwarden-session") is None  # addressed to the proxy: consumed
+                assert proxy.events("forward", since=mark, wait=0) == []  # read by no one yet
+            finally:
+                os.kill(engine, signal.SIGCONT)
+            [turn] = proxy.wait_events(lambda e: e["type"] == "turn", since=mark, timeout=60)
+            [forward] = proxy.events("forward", since=mark)
+            assert turn["session"] == forward["session"] == "stalled-engine"
+            assert forward["data"]["changed"] is False and forward["data"]["reason"] == "observe"
+            assert not proxy.events("error", since=mark, wait=0)  # not failed open: the engine read it
+        finally:
+            proxy.stop()

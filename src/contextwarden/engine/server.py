@@ -7,7 +7,8 @@ over the socket pair ``FD``:
 
     start       the options (profile, home, plugins)       → ready {proxy settings} | fatal {message}
     running     mitmdump listens                            → reply (the addons' ``running``: discovery files written)
-    request     a flow's state, once its request is read   → reply {request changes, response, watch}
+    request     a flow's state, once its request is read   → reply {request changes, response, watch};
+                without a key: mitmdump forwarded it already (nothing can change it: ``passive``), no reply
     headers     the response's head (no body)               the observer's tap is set on the mirror
     chunk       a piece of the body, as relayed              fed to that tap
     end         the response's end (or its error)            the observer reports the turn
@@ -15,6 +16,9 @@ over the socket pair ``FD``:
     ws_server   a server message                             read on the side
     ws_end      the socket closed
     shutdown                                              → bye (after the addons' ``done``)
+
+and sends ``settings`` ({proxy, passive}, as in ``ready``) when they change at run time: which flows the
+link sends, and whether it waits for their reply.
 
 Mirrors live from ``request`` to ``end`` (or ``ws_end``); one the link never ends is dropped after
 ``STALE_S``. The engine ends when told to, or when the socket closes (mitmdump is gone): either way
@@ -33,10 +37,12 @@ import time
 from typing import Any
 
 from mitmproxy import exceptions, hooks, http, options, websocket
-from mitmproxy.proxy.layers.http import HttpErrorHook, HttpRequestHook, HttpResponseHeadersHook, HttpResponseHook
-from mitmproxy.proxy.layers.websocket import WebsocketEndHook, WebsocketMessageHook
 from mitmproxy.flow import Error
 from mitmproxy.master import Master
+from mitmproxy.proxy.layers.http import HttpErrorHook, HttpRequestHook, HttpResponseHeadersHook, HttpResponseHook
+from mitmproxy.proxy.layers.websocket import WebsocketEndHook, WebsocketMessageHook
+
+from contextwarden.flowstate import FORWARDED
 
 from . import wire
 
@@ -53,7 +59,7 @@ class Engine:
         self.mirrors: dict[str, tuple[http.HTTPFlow, float]] = {}
         self.writer: asyncio.StreamWriter | None = None
         self.tasks: set[asyncio.Task] = set()
-        self._proxy_sent = None  # the proxy settings the link classifies by, as last sent
+        self._settings_sent = None  # the settings the link classifies by, as last sent
 
     # -- start --------------------------------------------------------------------------------
 
@@ -83,8 +89,8 @@ class Engine:
             wire.send_blocking(self.sock, "fatal", None, error)
             return 1
         rt = self.warden.runtime
-        self._proxy_sent = rt.settings.proxy
-        wire.send_blocking(self.sock, "ready", None, {"proxy": rt.settings.proxy, "pid": os.getpid(),
+        self._settings_sent = rt.settings
+        wire.send_blocking(self.sock, "ready", None, {**self._link_settings(), "pid": os.getpid(),
                                                       "release_flows": rt.settings.pipeline.release_flows,
                                                       "timeout_s": rt.settings.pipeline.engine_timeout_s})
         reader, self.writer = await wire.open_stream(self.sock)
@@ -124,6 +130,8 @@ class Engine:
                 if op == "running":  # mitmdump listens: now the addons may tell the world (tui.json)
                     await self.master.addons.trigger_event(hooks.RunningHook())
                     self._send("reply", key, {})
+                elif op == "request" and key is None:  # forwarded already: read before its answer's frames
+                    await self.request(None, payload)
                 elif op == "request":
                     self._spawn(self.request(key, payload))
                 elif op == "headers":
@@ -143,6 +151,7 @@ class Engine:
                     self.warden.runtime.bus.emit("error", payload, flow_id=fid)
             except Exception:
                 log.exception(f"contextwarden engine: {op}")
+            self._settings_changed()
             now = time.monotonic()
             if now > sweep:
                 sweep = now + 60
@@ -158,32 +167,46 @@ class Engine:
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
 
-    async def request(self, seq: int, state: dict) -> None:
+    def _link_settings(self) -> dict[str, Any]:
+        rt = self.warden.runtime
+        return {"proxy": rt.settings.proxy, "passive": rt.passive()}
+
+    def _settings_changed(self) -> None:
+        rt = self.warden.runtime if self.warden is not None else None
+        if rt is not None and rt.settings is not self._settings_sent:  # changed at run time (the TUI)
+            self._settings_sent = rt.settings
+            self._send("settings", None, self._link_settings())
+
+    async def request(self, seq: int | None, state: dict) -> None:
         reply: dict[str, Any] = {"watch": False}
         try:
             flow = http.HTTPFlow.from_state(state)
             # what the addons put here says whether the flow is watched; the user the proxy credential
             # vouched for stays (the tenant of a request without a provider credential: origin_of)
             vouched = {k: v for k, v in flow.metadata.items() if k == "proxyauth"}
-            flow.metadata = dict(vouched)
+            flow.metadata = dict(vouched) if seq is not None else {**vouched, FORWARDED: True}
             raw, fields = flow.request.raw_content, flow.request.headers.fields
             await self.master.addons.trigger_event(HttpRequestHook(flow))
             req = flow.request
-            if req.raw_content is not raw or req.headers.fields != fields:
-                reply["request"] = {"headers": req.headers.fields, "raw_content": req.raw_content}
+            # only what changed crosses back (an unchanged ~600 KB body does not)
+            changed: dict[str, Any] = {}
+            if req.headers.fields != fields:
+                changed["headers"] = req.headers.fields
+            if req.raw_content is not raw:
+                changed["raw_content"] = req.raw_content
+            if changed:
+                reply["request"] = changed
             if flow.response is not None:
                 reply["response"] = flow.response.get_state()
-            if flow.metadata.keys() - vouched.keys():
+            if flow.metadata.keys() - vouched.keys() - {FORWARDED}:
                 reply["watch"] = True
                 self.mirrors[flow.id] = (flow, time.monotonic())
         except Exception as e:  # the link forwards the request as it came
             log.exception("contextwarden engine: request")
             reply["error"] = f"{type(e).__name__}: {e}"
-        self._send("reply", seq, reply)
-        rt = self.warden.runtime
-        if rt is not None and rt.settings.proxy is not self._proxy_sent:  # changed at run time (the TUI)
-            self._proxy_sent = rt.settings.proxy
-            self._send("proxy", None, rt.settings.proxy)
+        if seq is not None:
+            self._send("reply", seq, reply)
+        self._settings_changed()
 
     async def headers(self, flow_id: str, state: dict) -> None:
         m = self.mirrors.get(flow_id)
