@@ -356,7 +356,10 @@ def _ingest_start(ctx, msgs: list) -> tuple[int, bool]:
         return got
     mark = state_cache(ctx.runtime).get(STATE_NS, f"{ctx.tenant}:{ctx.session}") or {}
     start = int(mark.get("n", 0))
-    history = not mark and len(msgs) >= HISTORY_MIN_MESSAGES
+    # history: a conversation's first request already holding earlier messages; not a live session's next
+    # request that came before its previous turn was stored (the marker is written when a turn completes)
+    conv = ctx.history.conv if ctx.history is not None else None
+    history = not mark and len(msgs) >= HISTORY_MIN_MESSAGES and (conv is None or conv.requests <= 1)
     if start > len(msgs) or (start and _fingerprint(ctx.api, msgs[start - 1]) != mark.get("h")):
         start = 0  # the client rewrote its history (its own compaction, a fork): store what is new to the store
     ctx.notes[START_NOTE] = (start, history)

@@ -212,3 +212,25 @@ def test_the_memory_stage_flags_a_resumed_conversation_as_history(tmp_path):
         assert ing[0].data["history"] is True and ing[0].data["messages"] == 3 and ing[0].data["items"] == 4
     finally:
         rp.close()
+
+
+def test_a_live_sessions_next_request_before_its_turn_is_stored_is_not_history(tmp_path):
+    """A client that sends its next request before the previous turn completed (the marker is written
+    then) is a live session: its messages are not reported as history the proxy had not seen."""
+    from contextwarden.memory.replay import Replayer
+
+    p = tmp_path / "profile.yaml"
+    p.write_text("extends: claude-code\nmemory: {inject: false}\ntokens: {calibrate: false}\n")
+    rp = Replayer.from_profile(str(p), tmp_path / "home")
+    try:
+        assert rp.memory().wait_ready(120)
+        msgs = [{"role": "user", "content": "read the deploy script"}]
+        first = rp.send(msgs, session="live-1")
+        msgs += [{"role": "assistant", "content": "it deploys to staging"}, {"role": "user", "content": "and prod?"}]
+        second = rp.send(msgs, session="live-1")  # before the first turn completed
+        rp.complete(first, "it deploys to staging")
+        rp.complete(second, "prod needs a tag")
+        rp.flush()
+        assert [e for e in rp.runtime.bus.recent if e.type == "ingest"] == []
+    finally:
+        rp.close()

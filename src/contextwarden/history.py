@@ -83,10 +83,11 @@ class Conversation:
     typed entries, the edited copies stages made of them, the validator's checkpoints, and a slot per
     stage for what it carries to the next request. Written by ``prepare`` (messages) and :meth:`History.carry_on` (slots) only."""
 
-    __slots__ = ("key", "last", "entries", "derived", "slots", "nbytes", "checkpoints")
+    __slots__ = ("key", "last", "entries", "derived", "slots", "nbytes", "checkpoints", "requests")
 
     def __init__(self, key: tuple) -> None:
         self.key = key
+        self.requests = 0  # requests prepared: more than one, and the proxy has seen this conversation live
         self.last = Latest()
         self.entries: list[Typed] = []  # their typed entries
         self.derived: dict[bytes, tuple[Any, Typed]] = {}  # base message bytes -> (edit, the edited copy)
@@ -105,6 +106,7 @@ class Conversation:
         depends on a message's content; the bytes are then not exact (an equal message may order its
         keys differently), which ``Pipeline.finish`` needs to know."""
         inexact: set[int] = set()
+        self.requests += 1
         if known is not None:
             raws = list(known)
         else:
