@@ -88,7 +88,7 @@ def test_the_ingestion_marker_is_read_once_per_request():
 
     class Ctx:
         runtime = Rt()
-        tenant, session, api, notes = "t", "s", None, {}
+        tenant, session, api, notes, history = "t", "s", None, {}, None
 
     ctx = Ctx()
     msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
