@@ -144,13 +144,15 @@ class Session:
         m = _TOOL_ID.search(raw)
         tool_id = m.group(1).decode() if m else f"toolu_{uuid.uuid4().hex[:16]}"
         self.step += 1
+        # a word of its own in each step's tool call (the result is compressed, and may lose it): what the
+        # freshness probe searches for once the turn that sends it is over
+        self.word = f"zq{uuid.uuid4().hex[:10]}"
         self.messages.append({"role": "assistant", "content": [
             {"type": "text", "text": "I'll read the next file."},
-            {"type": "tool_use", "id": tool_id, "name": "Bash", "input": {"command": f"cat part_{self.step}.py"}}]})
+            {"type": "tool_use", "id": tool_id, "name": "Bash",
+             "input": {"command": f"cat part_{self.step}.py  # {self.word}"}}]})
         s = (self.offset + self.step * self.step_chars) % max(1, len(self.code) - self.step_chars)
-        # a word of its own in each result: what the freshness probe searches for once the turn is over
-        self.word = f"zq{uuid.uuid4().hex[:10]}"
-        out = f"# {self.word}\n" + self.code[s:s + self.step_chars]
+        out = self.code[s:s + self.step_chars]
         content = [{"type": "tool_result", "tool_use_id": tool_id, "content": out}]
         # every 8th step a person writes, each session at its own step (k): all 50 sessions start
         # together, and with the same step they all searched memory in the same instant (50 searches
