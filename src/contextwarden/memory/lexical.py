@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 from rapidfuzz import fuzz, process
 
 from .. import sealing
+from .items import MemoryItem
 from .tagger import STOPWORDS, stem
 
 _TOKEN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_'’.\-/]*[A-Za-z0-9_]|[A-Za-z0-9]")
@@ -365,8 +367,6 @@ def save_snapshot(index: LexicalIndex, path: str | os.PathLike, key: dict) -> in
     """Write the index to ``path`` (numpy ``.npz``, no pickle: arrays, and JSON as bytes), with ``key``
     (what the store looked like: :func:`load_snapshot` refuses a snapshot of another state). Atomic.
     Returns the items written."""
-    import orjson
-
     arrays: dict[str, np.ndarray] = {}
     names = []
     n = 0
@@ -411,10 +411,6 @@ def save_snapshot(index: LexicalIndex, path: str | os.PathLike, key: dict) -> in
 def load_snapshot(path: str | os.PathLike, key: dict | None = None) -> LexicalIndex | None:
     """The index saved by :func:`save_snapshot`, or None when there is none, it is unreadable, or it was
     saved for another ``key`` (the store changed since)."""
-    import orjson
-
-    from .items import MemoryItem
-
     try:
         z = np.load(io.BytesIO(sealing.current().open(Path(path).read_bytes())), allow_pickle=False)
     except (OSError, ValueError, sealing.SealError):

@@ -21,6 +21,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .store import _partition_of
+
 SCOPE_MAX = 4000  # the session's most recent items that the scoped ranking scores
 CACHE_MAX = 20_000  # vectors kept over all sessions (384 floats each: ~30 MB); the oldest sessions go first
 
@@ -61,8 +63,6 @@ class SessionVectors:
 
     def _fetch(self, items: list) -> tuple[list, np.ndarray | None]:
         """The vectors of ``items`` from their Chroma collections (items without one are left out)."""
-        from .store import _partition_of
-
         by_col: dict[tuple, list] = {}
         for it in items:
             by_col.setdefault((it.tenant, it.workspace), []).append(it)

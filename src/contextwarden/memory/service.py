@@ -32,9 +32,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..lru import LRU
+from . import secrets
+from .client import RemoteMemoryService, store_key
+from .embedder import load_embedder
+from .embedworker import BackgroundEmbedder
+from .ingest import Ingestor, _replace
+from .items import MemoryItem
 from .lexical import LexicalIndex, load_snapshot, save_snapshot
+from .lexical_refresh import LexicalRefresh
+from .originals import OriginalStore
+from .pending import PendingTable
 from .priority import SearchFirst
 from .retrieve import Query, Retrieval, Retriever
+from .scope import SessionVectors
+from .store import MemoryStore
 from .tagger import Tagger
 
 if TYPE_CHECKING:
@@ -201,7 +212,7 @@ class MemoryService:
         # searches' vector halves started ahead (prepare): token -> (Vectors, when), the newest few
         self._prepared: OrderedDict[str, tuple] = OrderedDict()
         self._prepared_lock = threading.Lock()
-        self._key = self._store_key(self.settings)
+        self._key = store_key(self.settings)
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(target=self._open, name="cw-memory-open", daemon=True)
@@ -209,17 +220,8 @@ class MemoryService:
         else:
             self._open()
 
-    @staticmethod
-    def _store_key(settings) -> tuple:
-        m = settings.memory
-        return (m.chroma_url, m.model_dir, m.queue_size, m.chunk_tokens)
-
     # --- life cycle ---------------------------------------------------------------------------------
     def _open(self) -> None:
-        from .embedder import load_embedder
-        from .ingest import Ingestor
-        from .store import MemoryStore
-
         t0 = time.perf_counter()
         m = self.settings.memory
         try:
@@ -229,8 +231,6 @@ class MemoryService:
                 emb.pause = self.priority.pause  # between embedding runs, ingestion yields to searches
             self.embedder = CachedEmbedder(emb, disk=m.embed_cache) if emb is not None else None
             if self.embedder is not None and self.separate and m.embed_idle:
-                from .embedworker import BackgroundEmbedder
-
                 self.embedder.background = BackgroundEmbedder(emb, emb.model_dir)
                 self.embedder.is_background = self.priority.is_background
             if self.embedder is not None and self.settings.tagging.embedding_tagger:
@@ -247,8 +247,6 @@ class MemoryService:
                 # chunk sizes by the ingestor's cheap estimate: chunking measures text many times over
                 journal = None
                 if self.separate:
-                    from .pending import PendingTable
-
                     journal = PendingTable(self.home / "memory-pending.sqlite", m.pending_max)
                     if journal.recovered:
                         self.bus.emit("memory", {"recovered": journal.recovered, "pending": journal.items})
@@ -273,8 +271,6 @@ class MemoryService:
                 pass
             self._load_lexical()
             if m.chroma_url and not self.closed:  # other replicas write there too: index their items
-                from .lexical_refresh import LexicalRefresh
-
                 LexicalRefresh(self).start()
         self.bus.emit("memory_status", {"status": "ready" if self.error is None else "unavailable",
                                         "error": self.error, "embedder": self.embedder_message,
@@ -391,7 +387,7 @@ class MemoryService:
     def update(self, settings) -> bool:
         """New settings from ``cw_configure``: applied in place, unless the store itself changes (then
         returns False and the caller replaces the service)."""
-        if self._store_key(settings) != self._key or (process_mode(settings) == "separate") != self.separate:
+        if store_key(settings) != self._key:
             return False
         self.settings = settings
         if self.tagger.settings != settings.tagging:
@@ -467,8 +463,6 @@ class MemoryService:
     def retriever(self, settings=None) -> Retriever:
         store = self.store if self.store is not None and self.store.available else None
         if store is not None and self._scope is None:
-            from .scope import SessionVectors
-
             self._scope = SessionVectors(store)  # the current sessions' vectors, kept between searches
         return Retriever(store, self.lexical, self.embedder, self._pool, (settings or self.settings).memory,
                          scope=self._scope if store is not None else None)
@@ -555,13 +549,9 @@ class MemoryService:
         redacted) as its request is read, and the same text comes again to be stored when its turn ends,
         ~1.5 s later under issue 19's load (a searchable kept text is submitted right after it is kept);
         redacting 12 KB of code costs ~1 ms."""
-        from . import secrets
-
         return self._redactions.get(text, lambda: secrets.redact_secrets(text))
 
     def _keeper(self) -> None:
-        from .ingest import _replace
-
         while True:
             with self._keep_cv:
                 while not self._keep_q:
@@ -602,8 +592,6 @@ class MemoryService:
         shared ``workspace``; ids of other tenants find nothing. Waits up to ``wait_s`` for originals
         still being written. With ``chunks``, an id only the searchable store knows (stored before
         originals were kept) comes back as its chunks, joined (a Chroma scan: not on a request's clock)."""
-        from .ingest import _replace
-
         if wait_s > 0:
             self.flush_kept(wait_s)
         found = self.originals.get(memory_ids, tenants, workspace) if self.originals is not None else []
@@ -628,8 +616,6 @@ class MemoryService:
         """Hybrid search for the recall API and the MCP ``search`` tool: the ``k`` best hits (or, with
         ``budget_tokens``, the most relevant that fit in it), each with its id, the id of the whole
         original it was cut from, its scores and where it came from."""
-        from .retrieve import Query
-
         t0 = time.perf_counter()
         forgotten = self._forgotten
         ret = self.search(Query(query), tenants, workspace=workspace, n=max(k * 3, self.settings.memory.candidates),
@@ -654,8 +640,6 @@ class MemoryService:
                  agent: str | None = None, tags: list[str] | None = None) -> str:
         """An agent's note, kept for later turns and for the other agents of ``tenant`` (or of the shared
         ``workspace``): whole at once, and searchable once ingested. Returns its id."""
-        from .items import MemoryItem
-
         item = MemoryItem(text=text, session=session, tenant=tenant, turn=0, role=agent or "agent", kind="note",
                           tags=list(tags or []), workspace=workspace)
         return self.keep([item])[0]
@@ -680,8 +664,6 @@ class MemoryService:
     def import_records(self, records: list[dict]) -> int:
         """Items of a JSONL export (``memory import`` while the proxy runs), through the ingestor: redacted
         again, chunked, embedded, indexed and kept whole. Returns how many were queued."""
-        from .items import MemoryItem
-
         items = []
         for rec in records:
             try:
@@ -696,8 +678,6 @@ class MemoryService:
 
 
 def _open_originals(home: Path):
-    from .originals import OriginalStore
-
     try:
         return OriginalStore(home)
     except Exception:  # an unreadable file costs recall, never the proxy
@@ -760,15 +740,13 @@ def configure(runtime, background: bool = True) -> MemoryService | None:
         if not settings.memory.enabled:
             old = _services.pop(runtime, None)
             svc = None
-        elif svc is None or not svc.update(settings):
+        elif svc is None or (process_mode(settings) == "separate") != svc.separate or not svc.update(settings):
             old = svc
             svc = _services[runtime] = None  # placeholder until opened below
     if old is not None:
         old.close()
     if settings.memory.enabled and svc is None:
         if process_mode(settings) == "separate":
-            from .client import RemoteMemoryService
-
             svc = RemoteMemoryService(runtime)
         else:
             svc = MemoryService(runtime, background=background)
