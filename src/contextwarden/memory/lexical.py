@@ -39,28 +39,41 @@ MAX_TERMS_PER_DOC = 4000  # a long chunk is indexed on its first terms only
 
 def tokenize(text: str) -> list[str]:
     """Index terms of a text: lower-cased, stemmed words without stopwords; code identifiers and paths
-    are kept whole *and* split into their parts (``load_embedder`` -> ``load_embedder load embedder``)."""
+    are kept whole *and* split into their parts (``load_embedder`` -> ``load_embedder load embedder``).
+    Each distinct word is worked out once per text (source code repeats its names)."""
     out: list[str] = []
     if "\\" in text:
         text = _ESCAPE.sub(" ", text)
-    for m in _TOKEN.finditer(text):
-        tok = m.group(0).replace("’", "'")
-        if "'" in tok:
-            tok = tok.split("'", 1)[0]  # "caroline's" -> "caroline", "don't" -> "don" (a stopword-ish stub)
-            if not tok:
-                continue
-        compound = any(c in tok for c in "_.-/") or (any(c.isupper() for c in tok[1:]) and any(c.islower() for c in tok))
-        low = tok.lower()
-        if compound:
-            out.append(low.strip("._-/"))
-            for part in _SPLIT.split(tok):
-                for sub in (_CAMEL.findall(part) or [part]):
-                    s = sub.lower()
-                    if len(s) > 1 and s not in STOPWORDS:
-                        out.append(stem(s))
-        elif low not in STOPWORDS and (len(low) > 1 or low.isdigit()):
-            out.append(stem(low))
+    done: dict[str, list[str]] = {}
+    for tok in _TOKEN.findall(text):
+        terms = done.get(tok)
+        if terms is None:
+            terms = done[tok] = _terms(tok)
+        out += terms
     return out
+
+
+def _terms(tok: str) -> list[str]:
+    """The index terms of one word of :func:`tokenize`."""
+    tok = tok.replace("’", "'")
+    if "'" in tok:
+        tok = tok.split("'", 1)[0]  # "caroline's" -> "caroline", "don't" -> "don" (a stopword-ish stub)
+        if not tok:
+            return []
+    low = tok.lower()
+    # (the words are ASCII: a capital after the first letter and a small letter anywhere is camelCase)
+    compound = ("_" in tok or "." in tok or "-" in tok or "/" in tok) or (tok[1:] != low[1:] and tok != tok.upper())
+    if compound:
+        out = [low.strip("._-/")]
+        for part in _SPLIT.split(tok):
+            for sub in (_CAMEL.findall(part) or [part]):
+                s = sub.lower()
+                if len(s) > 1 and s not in STOPWORDS:
+                    out.append(stem(s))
+        return out
+    if low not in STOPWORDS and (len(low) > 1 or low.isdigit()):
+        return [stem(low)]
+    return []
 
 
 @dataclass

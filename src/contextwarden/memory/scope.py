@@ -9,8 +9,8 @@ lookup) the first time, kept as one matrix per session and extended with the ite
 search costs a matrix product. An item's id is its content's hash: a kept vector never goes stale.
 The current project's items (``MemoryItem.project``) are kept and ranked the same way.
 
-With ``memory.index_first`` the lexical index holds items before they have a vector (the ingestor
-indexes words first, and embeds at the lowest priority): those are remembered as waiting and read once :meth:`SessionVectors.stored`
+The lexical index holds items before they have a vector (the ingestor indexes words first, and embeds
+at the lowest priority): those are remembered as waiting and read once :meth:`SessionVectors.stored`
 says they were stored, not looked up again on every search.
 """
 
