@@ -58,7 +58,6 @@ from contextwarden import hookimpl
 from contextwarden import policy as learned_policy
 from contextwarden.conversation import image_count, input_hint, maybe_json, result_text, shorten
 from contextwarden.dialects import NO_PROVIDER, dialect
-from contextwarden.fidelity import _walk_strings, named_in, result_tokens
 from contextwarden.history import same_prefix, session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.secrets import redact_text
@@ -107,7 +106,6 @@ class Slot:
     # runtime's memo (stubmemo) is shared by every conversation and bounded: under issue 19's load 50
     # sessions' candidates were more than it holds, and each request evicted what the next one needed
     _stubs: dict = field(default_factory=dict, compare=False, repr=False)
-    _named: frozenset | None = field(default=None, compare=False, repr=False)  # result_tokens(text), once
 
     @property
     def text(self) -> str:
@@ -120,12 +118,6 @@ class Slot:
         if self._digest is None:
             self._digest = _digest(self.text)
         return self._digest
-
-    @property
-    def named(self) -> frozenset:
-        if self._named is None:
-            self._named = result_tokens(self.text)
-        return self._named
 
     @property
     def can_set_input(self) -> bool:
@@ -531,63 +523,17 @@ def _last_assistant(ctx) -> int:
     return _last_produced(dialect(ctx.api).messages_of(ctx.request) or [])
 
 
-def _produced(it: Any) -> bool:
-    """Whether an item (a typed message, or a Responses item) is one the model produced."""
-    if isinstance(it, dict):
-        t = it.get("type")
-        return it.get("role") == "assistant" or t == "reasoning" or (isinstance(t, str) and t.endswith("_call"))
-    return getattr(it, "role", None) == "assistant"
-
-
 def _last_produced(items: list) -> int:
     """Index of the last of ``items`` (typed messages, or Responses items) the model produced, or -1."""
-    return next((i for i in range(len(items) - 1, -1, -1) if _produced(items[i])), -1)
-
-
-_NAMED_KEY = ("clearing", "named")
-
-
-def _answer_named(it: Any) -> frozenset[str]:
-    """What one item the model produced names (:func:`contextwarden.fidelity.named_in`): its texts, its
-    tool inputs' strings, and its edits' ``old_string`` words."""
-    if isinstance(it, dict):
-        return named_in([_dumps(it)])
-    texts: list[str] = []
-    olds: list[str] = []
-    content = getattr(it, "content", None)
-    if isinstance(content, str):
-        texts.append(content)
-    for b in content if isinstance(content, list) else ():
-        if getattr(b, "type", None) == "text":
-            texts.append(b.text)
-        elif getattr(b, "type", None) == "tool_use" and isinstance(b.input, dict):
-            edits = [b.input, *(e for e in b.input.get("edits") or () if isinstance(e, dict))]
-            olds += [e["old_string"] for e in edits if isinstance(e.get("old_string"), str)]
-            texts += [x for x in _walk_strings(b.input) if x not in olds]
-    for tc in getattr(it, "tool_calls", None) or ():
-        if tc.function is not None and isinstance(tc.function.arguments, str):
-            texts.append(tc.function.arguments)
-    return named_in(texts, olds)
-
-
-def _in_use(ctx, history, n: int) -> Callable[[Slot], bool]:
-    """``clearing.idle_after``: whether a result is still in use, i.e. fewer than ``n`` of the model's
-    answers came after it, or one of the latest ``n`` names it."""
-    items = dialect(ctx.api).messages_of(ctx.request) or []
-    answers: list[tuple[int, frozenset[str]]] = []
     for i in range(len(items) - 1, -1, -1):
-        if len(answers) == n:
-            break
-        if _produced(items[i]):
-            it = items[i]
-            named = history.memo(it, _NAMED_KEY, lambda it=it: _answer_named(it)) if history is not None else _answer_named(it)
-            answers.append((i, named))
-    oldest = answers[-1][0] if len(answers) == n else len(items)
-
-    def in_use(s: Slot) -> bool:
-        return s.index >= oldest or any(i > s.index and not named.isdisjoint(s.named) for i, named in answers)
-
-    return in_use
+        it = items[i]
+        if isinstance(it, dict):
+            t = it.get("type")
+            if it.get("role") == "assistant" or t == "reasoning" or (isinstance(t, str) and t.endswith("_call")):
+                return i
+        elif getattr(it, "role", None) == "assistant":
+            return i
+    return -1
 
 
 EDIT_TOOLS = frozenset({"Edit", "MultiEdit", "Write", "NotebookEdit"})  # (a Write changes the file too)
@@ -891,13 +837,10 @@ def _choose(st: _Clearing) -> None:
         recent = set(orders[-keep_recent:]) if keep_recent > 0 else set()
         editing = _files_being_edited(slots, cfg.keep_edited_reads)
         working = _working_set(ctx, slots, budget_in(getattr(cfg, "working_set_tokens", 0), ctx.settings.tokens.context_window), st.carry)
-        in_use = _in_use(ctx, st.history, cfg.idle_after) if cfg.idle_after > 0 else None
         candidates = []
         for s in looked:
             if s.id in done or s.tool in exclude or s.order in recent or s.order < 0 or s.id in pinned or s.id in working:
                 continue
-            if in_use is not None and s.index < unseen_from and in_use(s):
-                continue  # the model's latest answers still name it
             if editing and s.tool in READ_TOOLS and _path_of(s.tool_input) in editing:
                 continue
             if learned is not None and (learned.keeps_tool(s.tool) or (

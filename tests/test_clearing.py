@@ -626,25 +626,3 @@ def test_a_free_moment_clears_below_the_trigger(cw_home):
     (ev,) = cold.events("clearing")
     assert ev["new"] > 0
     h.close()
-
-
-@pytest.mark.parametrize("idle_after", [0, 4])
-def test_idle_after_keeps_results_the_latest_answers_name(cw_home, idle_after):
-    """``clearing.idle_after``: a step takes only results none of the model's latest answers named
-    (turn 1's results, named in the last answer, stay; off, they go with the oldest), and never one
-    fewer answers than that came after."""
-    h = harness(cw_home, idle_after=idle_after)
-    body = anthropic_tool_loop(8, result_words=500)
-    body["messages"][-2]["content"][0]["text"] += " handler_1 was the culprit."
-    sent = h.send(ApiKind.ANTHROPIC, body)
-    after, order = results_of(sent.body), use_order(body)
-    cleared = [tid for tid in order if is_stub(after[tid])]
-    turn1 = order[2:4]
-    assert cleared
-    if idle_after:
-        assert not set(turn1) & set(cleared) and order[0] in cleared
-        # fewer than 4 answers after turns 6 and 7 (two answers a turn): never taken
-        assert not set(order[12:]) & set(cleared)
-    else:
-        assert set(turn1) <= set(cleared)
-    h.close()

@@ -291,21 +291,6 @@ class Answer:
     calls: dict[str, str] = field(default_factory=dict)  # tool name -> the input's JSON (for output tokens)
 
 
-def named_in(texts: Iterable[str], olds: Iterable[str] = ()) -> frozenset[str]:
-    """What a model's answer names, as :func:`answer_items` reads it: the distinctive tokens of its
-    texts and tool inputs, and every word of its edits' ``old_string`` (copied from a result). A result
-    whose :func:`_tokens` meet this set is one the answer used (``clearing.idle_after``)."""
-    out = {x.rstrip(".") for t in texts for x in _TOKEN.findall(t) if distinctive(x.rstrip("."))}
-    for o in olds:
-        out.update(_WORD.findall(o))
-    return frozenset(out)
-
-
-def result_tokens(text: str) -> frozenset[str]:
-    """The words, word pairs, distinctive tokens and path suffixes of a result (what an answer may name)."""
-    return frozenset(_tokens(text))
-
-
 def answer_items(response: dict | None) -> Answer:
     out = Answer()
     for b in _blocks((response or {}).get("content")):

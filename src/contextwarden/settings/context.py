@@ -86,11 +86,6 @@ class ClearingSection(Section):
     and leaves alone the results of tools that keep coming back and the Reads of paths that did;
     ``frozen`` applies what was learned without learning more; ``off`` neither."""
 
-    idle_after: int = 0
-    """A new clearing step takes only results the model has left alone: at least this many of its
-    answers came after the result and none of the latest this many named it (a distinctive token of
-    its text or tool inputs, a word of an edit's ``old_string``, found in the result). 0: off."""
-
     cold_trigger_factor: float = 1.0
     """At a free moment (the session's previous request came more than ``compaction.cache_ttl_s`` ago:
     the provider's cached prefix has expired and whatever is sent is written again), a step needs only
