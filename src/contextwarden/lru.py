@@ -56,6 +56,7 @@ class LRU:
         with self._lock:
             if key in self._d:
                 self._d[key] = v
+                self._d.move_to_end(key)
                 return
             self._d[key] = v
             self._total += n
