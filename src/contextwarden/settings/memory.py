@@ -180,6 +180,11 @@ class MemorySection(Section):
     neighbour_depth: int = 15
     """How many of the best hits lend their neighbouring messages to that ranking."""
 
+    speaker_weight: float = 2.0
+    """Weight, in the fusion, of rankings made within the turns of the one participant a question names
+    (a chat's speaker, ``MemoryItem.speaker``), in the current session: "What does Melanie do to
+    destress?" follows Melanie's turns (0: off)."""
+
     relevance_floor: float = 0.23
     """Nothing is injected when the best candidate's cosine similarity to the query is below this (with a
     model; BM25 alone has no absolute scale). 0.23: the 1st percentile of the best similarity of LoCoMo
