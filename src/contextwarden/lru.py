@@ -74,11 +74,11 @@ class LRU:
             self._young[key] = v
             self._total += n
 
-    def values(self) -> list[Any]:
-        """The values held, each key once, the older generation's first, each in the order stored."""
+    def items(self) -> list[tuple[Hashable, Any]]:
+        """The keys and values held, each key once, the older generation's first, each in the order stored."""
         with self._lock:
             young = self._young
-            return [v for k, v in self._old.items() if k not in young] + list(young.values())
+            return [(k, v) for k, v in self._old.items() if k not in young] + list(young.items())
 
     def clear(self) -> None:
         with self._lock:
