@@ -186,11 +186,11 @@ def _rhythm(store, key: str, ttl: float, cap: int, now: float, persist: bool) ->
 # the background LLM summariser
 
 class Summariser:
-    """The background LLM summaries of one runtime (``rt.memo("compaction.summariser", Summariser)``):
-    one worker, one job per key at a time; shut down with that runtime only."""
+    """The background LLM summaries of one runtime (:func:`summariser`): one worker (started on the first
+    summary), one job per key at a time; shut down with that runtime only."""
 
     def __init__(self) -> None:
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-summarise")
         self.pending: dict[str, Future] = {}
         self.lock = threading.Lock()
 
@@ -200,26 +200,9 @@ class Summariser:
             f = self.pending.get(job_key)
             if f is not None and not f.done():
                 return False
-            if self.pool is None:
-                self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-summarise")
             self.pending = {k: v for k, v in self.pending.items() if not v.done()}
             self.pending[job_key] = self.pool.submit(fn)
             return True
-
-    def wait(self, timeout: float) -> None:
-        with self.lock:
-            futures = list(self.pending.values())
-        for f in futures:
-            try:
-                f.result(timeout)
-            except Exception:
-                pass
-
-    def shutdown(self) -> None:
-        with self.lock:
-            pool, self.pool = self.pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def summariser(rt) -> Summariser:
@@ -228,7 +211,14 @@ def summariser(rt) -> Summariser:
 
 def wait_for_summaries(rt, timeout: float = 30.0) -> None:
     """Block until ``rt``'s background summaries finish (tests, shutdown)."""
-    summariser(rt).wait(timeout)
+    s = summariser(rt)
+    with s.lock:
+        futures = list(s.pending.values())
+    for f in futures:
+        try:
+            f.result(timeout)
+        except Exception:
+            pass
 
 
 def _llm_url(ctx, cfg) -> tuple[str, str]:
@@ -742,4 +732,4 @@ def _apply(f: _Compaction, active: Decision, reused: bool, trigger: str | None, 
 
 @hookimpl
 def cw_shutdown(runtime) -> None:
-    summariser(runtime).shutdown()
+    summariser(runtime).pool.shutdown(wait=False, cancel_futures=True)
