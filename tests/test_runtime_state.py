@@ -48,6 +48,8 @@ def _state() -> dict[str, int]:
                 out[key] = v.cache_info().currsize
             elif isinstance(v, LRU):
                 out[key] = len(v)
+            elif isinstance(getattr(v, "memo", None), LRU):  # lru.memoized
+                out[key] = len(v.memo)
             elif type(v) in (dict, list, set, OrderedDict):
                 out[key] = len(v)
     return out

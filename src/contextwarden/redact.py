@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .lru import memoized
 from .memory.secrets import looks_secret, redact_text
 
 # Header (and query parameter) names whose values are credentials. Any name containing one of these,
@@ -31,7 +31,7 @@ REDACTED = "[redacted]"
 _HIDDEN_PREFIXES = ("x-codex-",)
 
 
-@lru_cache(maxsize=1024)
+@memoized(1024)
 def is_secret_name(name: str) -> bool:
     n = name.lower()
     if n in _NOT_SECRET:
@@ -48,7 +48,7 @@ def is_secret_header(name: str, value: Any = None) -> bool:
     return _secret_value(value)
 
 
-@lru_cache(maxsize=4096)  # the same header values come with every request of a client
+@memoized(4096)  # the same header values come with every request of a client
 def _known_secret(value: str) -> bool:
     return looks_secret(value)
 

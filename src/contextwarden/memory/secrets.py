@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from functools import lru_cache
+
+from ..lru import memoized
 
 _R = "[REDACTED:{}]"
 
@@ -152,7 +153,7 @@ def _words(key: str) -> list[str]:
     return [w for w in _NON_WORD.split(key.lower()) if w]
 
 
-@lru_cache(maxsize=4096)
+@memoized(4096)
 def _secret_key(key: str) -> str | None:
     """``"password"`` / ``"token"`` if a variable named ``key`` holds a secret, else None. (Memoised: a
     pure function of a short name, and source code and env dumps repeat the same names over and over.)"""
@@ -462,7 +463,7 @@ def redact_text(text: str) -> str:
     return redact_secrets(text)[0] if text else text
 
 
-@lru_cache(maxsize=4096)
+@memoized(4096)
 def _field_kind(key: str) -> str | None:
     """``_secret_key`` for a structured field's name, except a signature (a thinking block's is no credential)."""
     kind = _secret_key(key)

@@ -33,8 +33,7 @@ def _keys(rt, tenants: list[str] | None = None) -> dict[str, dict[str, Any]]:
             out[k] = rec if isinstance(rec, dict) else {}
     except Exception:  # a shared state down: the live sessions only
         pass
-    with ledger._last_lock:
-        live = list((ledger._last.get(rt) or {}).keys())
+    live = [k for k, _ in ledger.last_requests(rt).items()]
     for k in live:
         out.setdefault(k, {})
     if tenants is not None:

@@ -33,11 +33,11 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..history import session_key
+from ..lru import LRU
 from ..statecache import state_cache
 
 NS = "session"  # the controls every request reads
@@ -112,9 +112,9 @@ class Control:
 
 _memo_lock = threading.Lock()
 
-# the last live request of each session, per runtime (what previews re-apply decisions to)
-_last: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-_last_lock = threading.Lock()
+def last_requests(runtime) -> LRU:
+    """The runtime's memo of the last live request of each session (what previews re-apply decisions to)."""
+    return runtime.memo("sessionctl.last", lambda: LRU(256))
 
 
 def control(ctx, live: bool = False) -> Control:
@@ -145,18 +145,12 @@ def _remember(ctx, key: str) -> None:
                                deadline=None, budget_ms=None, late_threads=set(),
                                held_events=None, request_bytes=None, auth={}, message_raw=None,
                                raw_exact=False, known_messages=0)
-    with _last_lock:
-        per = _last.setdefault(ctx.runtime, {})
-        per.pop(key, None)
-        per[key] = lite
-        while len(per) > 256:
-            per.pop(next(iter(per)))
+    last_requests(ctx.runtime).put(key, lite)
 
 
 def last_request(runtime, key: str):
     """The session's latest live request (a context without its body: see preview.latest), or None."""
-    with _last_lock:
-        return (_last.get(runtime) or {}).get(key)
+    return last_requests(runtime).peek(key)
 
 
 class override:
