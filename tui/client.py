@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
+from contextwarden.events import read_log
 from contextwarden.liveprotocol import INFO_FILE, TOKEN_HEADER
 
 from .messages import ConnectionChanged, EventsDropped, EventsReceived, SnapshotReceived
@@ -90,9 +93,6 @@ class LiveClient(Source):
         self._waiting: dict[int, asyncio.Future] = {}
 
     async def run(self, post: Post) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import InvalidStatus
-
         delay = self.min_delay
         while True:
             info = ConnectionInfo.read(self.home)
@@ -178,8 +178,6 @@ class LogSource(Source):
         self.description = str(self.path)
 
     async def run(self, post: Post) -> None:
-        from contextwarden.events import read_log
-
         try:
             events = await asyncio.to_thread(read_log, self.path)
         except OSError as e:
