@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from contextwarden.memory.secrets import redact_text
+from contextwarden.redact import redact_text
 
 from . import Limits, compress, render
 
