@@ -33,9 +33,7 @@ def _keys(rt, tenants: list[str] | None = None) -> dict[str, dict[str, Any]]:
             out[k] = rec if isinstance(rec, dict) else {}
     except Exception:  # a shared state down: the live sessions only
         pass
-    with ledger._last_lock:
-        live = list((ledger._last.get(rt) or {}).keys())
-    for k in live:
+    for k in ledger.live_sessions(rt):
         out.setdefault(k, {})
     if tenants is not None:
         out = {k: v for k, v in out.items() if k.split("|", 1)[0] in tenants}

@@ -33,8 +33,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..history import session_key
@@ -111,10 +110,8 @@ class Control:
 
 
 _memo_lock = threading.Lock()
-
-# the last live request of each session, per runtime (what previews re-apply decisions to)
-_last: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-_last_lock = threading.Lock()
+_last_lock = threading.Lock()  # for each runtime's memo "sessionctl.last": the last live request of each
+# session (what previews re-apply decisions to)
 
 
 def control(ctx, live: bool = False) -> Control:
@@ -137,16 +134,13 @@ def control(ctx, live: bool = False) -> Control:
 
 
 def _remember(ctx, key: str) -> None:
-    import dataclasses
-
     # what the request was, without its body (kept as bytes by runtime.bodies, read back for a preview):
     # a parsed body per session would be thousands of objects for the collector to walk
-    lite = dataclasses.replace(ctx, original={}, request=None, history=None, notes={}, stage_results=[], blocked=None,
-                               deadline=None, budget_ms=None, late_threads=set(),
-                               held_events=None, request_bytes=None, auth={}, message_raw=None,
-                               raw_exact=False, known_messages=0)
+    lite = replace(ctx, original={}, request=None, history=None, notes={}, stage_results=[], blocked=None,
+                   deadline=None, budget_ms=None, late_threads=set(), held_events=None, request_bytes=None, auth={},
+                   message_raw=None, raw_exact=False, known_messages=0)
+    per = ctx.runtime.memo("sessionctl.last", dict)
     with _last_lock:
-        per = _last.setdefault(ctx.runtime, {})
         per.pop(key, None)
         per[key] = lite
         while len(per) > 256:
@@ -156,7 +150,13 @@ def _remember(ctx, key: str) -> None:
 def last_request(runtime, key: str):
     """The session's latest live request (a context without its body: see preview.latest), or None."""
     with _last_lock:
-        return (_last.get(runtime) or {}).get(key)
+        return runtime.memo("sessionctl.last", dict).get(key)
+
+
+def live_sessions(runtime) -> list[str]:
+    """The sessions with a live request since the runtime started (the newest 256)."""
+    with _last_lock:
+        return list(runtime.memo("sessionctl.last", dict))
 
 
 class override:
