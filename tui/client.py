@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from contextwarden.events import read_log
@@ -88,7 +88,7 @@ class LiveClient(Source):
         self.info: ConnectionInfo | None = None
         self.attempts = 0
         self.connections = 0
-        self._ws = None
+        self._ws: ClientConnection | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
 
@@ -139,7 +139,7 @@ class LiveClient(Source):
         elif kind == "dropped":
             post(EventsDropped(int(msg.get("events") or 0), msg.get("totals")))
         elif kind == "reply":
-            fut = self._waiting.pop(msg.get("id"), None)
+            fut = self._waiting.pop(int(msg.get("id") or 0), None)
             if fut is not None and not fut.done():
                 if msg.get("ok"):
                     fut.set_result(msg.get("result"))

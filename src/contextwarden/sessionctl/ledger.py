@@ -33,6 +33,8 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -159,18 +161,14 @@ def live_sessions(runtime) -> list[str]:
         return list(runtime.memo("sessionctl.last", dict))
 
 
-class override:
+@contextmanager
+def override(key: str, record: dict[str, Any]) -> Iterator[None]:
     """``with override(key, record):`` stages of this thread see ``record`` as the session's controls."""
-
-    def __init__(self, key: str, record: dict[str, Any]) -> None:
-        self.key, self.record, self._tok = key, record, None
-
-    def __enter__(self):
-        self._tok = _override.set((self.key, self.record))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _override.reset(self._tok)
+    tok = _override.set((key, record))
+    try:
+        yield
+    finally:
+        _override.reset(tok)
 
 
 # -- writing ------------------------------------------------------------------------------------------
@@ -198,7 +196,7 @@ def _bump(cur: dict[str, Any] | None, version: dict[str, Any]) -> tuple[dict[str
 
 
 def append_version(runtime, key: str, version: dict[str, Any], extra: dict[str, Any] | None = None,
-                   also: list[tuple[str, str, Any]] = ()) -> dict[str, Any]:
+                   also: Sequence[tuple[str, str, Any]] = ()) -> dict[str, Any]:
     """Number ``version`` and store it: the control record (atomically: the number, ``off``, and
     ``extra`` fields), then the version list (namespace ``session_versions``, read by the commands
     only: the control record every request reads stays small), in one transaction with ``also``
@@ -229,7 +227,7 @@ def read(runtime, key: str) -> dict[str, Any]:
 
 def record_decision(ctx, stage: str, *, trigger: str | None, tokens_before: int | None, tokens_after: int | None,
                     messages: list[int] | None = None, tool_ids: list[str] | None = None, refs: list[str] | None = None,
-                    span: tuple[int, int] | None = None, also: list[tuple[str, str, Any]] = (),
+                    span: tuple[int, int] | None = None, also: Sequence[tuple[str, str, Any]] = (),
                     **extra: Any) -> int | None:
     """Append a decision of ``stage`` as the session's next version; returns its number (None in a
     preview, which records nothing). ``refs``: the stage's own record keys this decision wrote;

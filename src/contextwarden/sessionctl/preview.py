@@ -36,7 +36,7 @@ def latest(runtime, key: str):
     return dataclasses.replace(lite, original=body)
 
 
-def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str | None = None) -> tuple[bytes | None, int | None]:
+def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str = "") -> tuple[bytes | None, int | None]:
     """(the body as the decided state, its tokens) of ``ctx``'s request; under ``record`` as the
     session's controls when given. The body is None when it is the client's own."""
     fctx = dataclasses.replace(ctx, notes={}, stage_results=[], tokens_out=None, event_extra={**ctx.event_extra, "dry": True})
@@ -53,7 +53,7 @@ def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str |
     return None, ctx.tokens_in
 
 
-def decided_body(runtime, ctx, record: dict[str, Any] | None = None, key: str | None = None) -> tuple[dict[str, Any], int | None]:
+def decided_body(runtime, ctx, record: dict[str, Any] | None = None, key: str = "") -> tuple[dict[str, Any], int | None]:
     """:func:`decided_state` with the body decoded (the client's own when nothing applies)."""
     body, tokens = decided_state(runtime, ctx, record, key)
     return (orjson.loads(body) if body is not None else ctx.original), tokens
