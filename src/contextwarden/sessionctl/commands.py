@@ -267,7 +267,7 @@ def run(rt, args: dict[str, Any], tenants: list[str] | None = None) -> Any:
         return list_sessions(rt, tenants)
     if action not in ("show", "rollback", "pin", "unpin", "compact"):
         raise CommandError(f"unknown session action {action!r} (list, show, rollback, pin, unpin, compact)")
-    key = resolve(rt, args.get("session"), tenants)  # another tenant's session is "no session"
+    key = resolve(rt, args.get("session", ""), tenants)  # another tenant's session is "no session"
     if action == "show":
         return show(rt, key)
     if action == "rollback":

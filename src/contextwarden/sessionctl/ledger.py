@@ -76,8 +76,7 @@ class Control:
         return frozenset((self.record.get("off") or {}).get(stage) or ())
 
     def is_off(self, stage: str, ref: str) -> bool:
-        refs = (self.record.get("off") or {}).get(stage)
-        return bool(refs) and ref in refs
+        return ref in ((self.record.get("off") or {}).get(stage) or ())
 
     def holds(self, tokens: int, settings) -> bool:
         """After a rollback, new decisions wait while the request fits the window (else the next
