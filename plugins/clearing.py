@@ -60,10 +60,10 @@ from contextwarden.conversation import image_count, input_hint, maybe_json, resu
 from contextwarden.dialects import NO_PROVIDER, dialect
 from contextwarden.history import same_prefix, session_key
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.secrets import redact_text
 from contextwarden.memory.wayback import recall_wording, way_back
 from contextwarden.models.base import ApiKind
 from contextwarden.policy import prefix_expired, request_time
+from contextwarden.redact import redact_text
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.statecache import state_cache

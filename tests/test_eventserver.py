@@ -100,7 +100,7 @@ async def test_connection_without_the_right_token_is_refused(service):
 
 
 async def test_snapshot_then_live_events_in_batches(service, runtime):
-    runtime.bus.emit("request", {"tokens_in": 5, "headers": [["x-api-key", "[redacted]"]]}, flow_id="f-old", session="s1")
+    runtime.bus.emit("request", {"tokens_in": 5, "headers": [["x-api-key", "[REDACTED:header]"]]}, flow_id="f-old", session="s1")
     runtime.set_bypass("s-bypassed")
     async with ws(service) as conn:
         snap = await recv(conn, "snapshot")
@@ -140,7 +140,7 @@ async def test_headers_with_credentials_never_leave_the_server(service, runtime)
     for payload in (snap, live, bodies, export):
         text = orjson.dumps(payload).decode()
         assert "LEAK" not in text
-    assert ["x-api-key", "[redacted]"] in bodies["result"]["headers"]
+    assert ["x-api-key", "[REDACTED:header]"] in bodies["result"]["headers"]
     assert ["content-type", "application/json"] in snap["events"][-1]["data"]["headers"]
 
 

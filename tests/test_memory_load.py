@@ -25,7 +25,7 @@ from .test_memory_stage import replayer
 
 def counting_redactions(monkeypatch, *modules) -> list[str]:
     """The texts ``redact_secrets`` is called with, through each of ``modules``' names for it."""
-    from contextwarden.memory import secrets
+    from contextwarden import redact as secrets
 
     calls: list[str] = []
     real = secrets.redact_secrets
@@ -293,7 +293,7 @@ def test_a_kept_text_is_redacted_once_for_its_original_and_for_the_searchable_st
     """keep() hands its texts to the keeper thread, which redacts each once and writes the original and
     the journal row from that (the submission, made in keep() on the connection's thread, redacted it
     again: 2 ms per 12 KB of code); keep() itself only queues."""
-    from contextwarden.memory import secrets
+    from contextwarden import redact as secrets
     from contextwarden.memory.service import REDACT_MEMO_MIN, MemoryService
 
     calls = counting_redactions(monkeypatch, secrets, ingest)
@@ -326,7 +326,7 @@ def test_a_kept_text_is_redacted_once_for_its_original_and_for_the_searchable_st
 def test_a_compressed_results_original_and_its_turn_are_redacted_once(tmp_path, monkeypatch):
     """A compressed result's original is kept (``searchable=False``) as its request is read, and the same
     text comes to be stored when its turn ends: the memory service redacts it once (``redact``)."""
-    from contextwarden.memory import secrets
+    from contextwarden import redact as secrets
     from contextwarden.memory.ids import memory_id
     from contextwarden.memory.service import REDACT_MEMO_MIN, MemoryService
 

@@ -32,7 +32,7 @@ PURE = {
     "contextwarden.tokens.encoding_name_for", "contextwarden.agents._agent_suffix",  # a model / a system prompt
     "contextwarden.plugins.clearing._digest_short", "contextwarden.plugins.clearing._digest_long",  # a text
     "contextwarden.plugins.clearing._stub_text_memo",  # a stub's text from its arguments
-    "contextwarden.memory.secrets._secret_key",  # a variable's name: does it name a secret
+    "contextwarden.redact._secret_key",  # a variable's name: does it name a secret
 }
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from contextwarden.conversation import Part, Turn
-from contextwarden.memory.secrets import redact_secrets
+from contextwarden.redact import redact_secrets
 from contextwarden.memory.tagger import KeywordTagger
 from contextwarden.scrub import scrub
 from contextwarden.summarise import extractive_summary, transcript_text

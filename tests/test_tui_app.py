@@ -258,7 +258,7 @@ async def test_inspector_shows_the_diff_and_saves_it_without_credentials(tmp_pat
         saved = tmp_path / "contextwarden-request-flow-0001.json"
         data = orjson.loads(saved.read_bytes())
         assert "SECRET" not in saved.read_text()
-        assert ["x-api-key", "[redacted]"] in data["headers"] and data["rewritten"] == REWRITTEN
+        assert ["x-api-key", "[REDACTED:header]"] in data["headers"] and data["rewritten"] == REWRITTEN
         assert [r["kind"] for r in data["diff"]].count("changed") == 2
         await pilot.press("escape")
         assert not isinstance(app.screen, InspectorScreen)

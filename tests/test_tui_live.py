@@ -49,7 +49,7 @@ def runtime(cw_home):
 
 def emit_request(rt, flow: str, session: str, tags: list[str]) -> None:
     rt.bus.emit("request", {"api": "anthropic", "model": "claude-x", "tokens_in": 4000, "mode": "active",
-                            "headers": [["x-api-key", "[redacted]"]]}, flow_id=flow, session=session)
+                            "headers": [["x-api-key", "[REDACTED:header]"]]}, flow_id=flow, session=session)
     rt.bus.emit("tags", {"tags": tags}, flow_id=flow, session=session)
     rt.bus.emit("stage", {"stage": "tagging", "ms": 1.25, "status": "ok"}, flow_id=flow, session=session)
     rt.bus.emit("forward", {"changed": False, "tokens_in": 4000, "tokens_out": 4000, "pipeline_ms": 1.3}, flow_id=flow, session=session)

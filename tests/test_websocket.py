@@ -108,7 +108,7 @@ async def test_create_message_goes_through_the_stages(stamped):
     assert d["session_source"] == "prompt_cache_key" and req.session == "sess-ws-1"
     assert req.flow_id == f"{ws.flow.id}.0"
     headers = dict(d["headers"])
-    assert headers["authorization"] == "[redacted]" and headers["chatgpt-account-id"] == "[redacted]"
+    assert headers["authorization"] == "[REDACTED:header]" and headers["chatgpt-account-id"] == "[REDACTED:header]"
     [fwd] = h.events("forward")
     assert fwd.data["changed"] and fwd.data["bytes_out"] == len(m.content)
     await ws.answer(server_events())

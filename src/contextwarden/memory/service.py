@@ -555,7 +555,7 @@ class MemoryService:
         redacted) as its request is read, and the same text comes again to be stored when its turn ends,
         ~1.5 s later under issue 19's load (a searchable kept text is submitted right after it is kept);
         redacting 12 KB of code costs ~1 ms."""
-        from . import secrets
+        from .. import redact as secrets
 
         return self._redactions.get(text, lambda: secrets.redact_secrets(text))
 

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import sealing
+from ..redact import redact_secrets
 from .items import MemoryItem
-from .secrets import redact_secrets
 
 if TYPE_CHECKING:
     from ..settings.memory import MemorySection

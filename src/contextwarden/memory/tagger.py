@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from rapidfuzz import fuzz
 
-from .secrets import redact_text
+from ..redact import redact_text
 
 STOPWORDS = frozenset("""
 a about above across after again against all almost alone along already also although always am among an and
