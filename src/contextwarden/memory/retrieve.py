@@ -431,8 +431,8 @@ class Retriever:
             self.scope = self.scope or SessionVectors(self.store)
             ranked = self.scope.rank(self.lexical, v.partitions, session, v.embedding, SCOPE_MAX)
         words = set(tokenize(query.text))
-        names = {h.item.speaker for h in by_id.values()} | {it.speaker for it, _ in ranked}
-        named = [x for x in names if x and set(tokenize(x)) <= words]
+        names = {x: set(tokenize(x)) for x in {h.item.speaker for h in by_id.values()} | {it.speaker for it, _ in ranked} if x}
+        named = [x for x, t in names.items() if t and t <= words]  # (a header "Includes:" has no name's words)
         days = dates_in(query.text)
         focus: list[tuple[Callable[[MemoryItem], bool], float]] = []
         if len(named) == 1 and s.speaker_weight > 0:
