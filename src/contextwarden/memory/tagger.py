@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 from rapidfuzz import fuzz
 
 from ..redact import redact_text
@@ -252,8 +253,6 @@ class EmbeddingTagger:
             self._matrix = None
 
     def tag(self, text: str, n: int = 2, exclude: Iterable[str] = ()) -> list[str]:
-        import numpy as np
-
         with self._lock:
             if not self._known:
                 return []
