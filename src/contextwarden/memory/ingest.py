@@ -17,6 +17,7 @@ and stores what waits, as fast as the embedder goes: on a busy machine vectors l
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..dialects import dialect
 from ..models.base import ApiKind
 from ..redact import redact_secrets
 from .chunking import chunk_text, proxy_tokens
@@ -545,8 +547,6 @@ def _lower_priority() -> None:
     the proxy's request path instead of competing with it. +5, not more: at +10 a busy machine starves
     the worker (a tenth of a core's share) until the queue overflows."""
     try:
-        import os
-
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5))
     except (AttributeError, OSError):
         pass
@@ -579,8 +579,6 @@ def items_from_messages(messages: list[dict], api: ApiKind, session: str, tenant
     the injected memory block); its tool results are still taken from the message. Thinking, images and
     leading system/developer messages (the cached prefix) are not stored.
     """
-    from ..dialects import dialect
-
     tags = list(tags or [])
     when = time.time() if ts is None else ts
     out: list[MemoryItem] = []

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import orjson
 
@@ -181,8 +182,6 @@ class MemoryStore:
 
             cs = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
             if self.url:
-                from urllib.parse import urlparse
-
                 u = urlparse(self.url if "://" in self.url else f"http://{self.url}")
                 self._client = chromadb.HttpClient(host=u.hostname or "localhost",
                                                    port=u.port or (443 if u.scheme == "https" else 8000),
