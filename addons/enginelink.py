@@ -32,7 +32,7 @@ from contextwarden.apis import HTTP
 from contextwarden.engine import wire
 from contextwarden.flowstate import bypass_asked
 
-from .routing import route_of
+from .routing import routed
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class EngineLink:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         eng = self.engine
-        got = route_of(flow, eng.proxy) if eng is not None and flow.response is None else None
+        got = routed(flow, eng.proxy) if eng is not None and flow.response is None else None
         if got is None:
             return
         eng = await self._link()

@@ -1,5 +1,9 @@
-"""The route of a flow (:func:`contextwarden.apis.route`), read off mitmproxy's flow: its request and
-whether it came in through a reverse proxy mode (any host is then the configured upstream)."""
+"""The request as contextwarden reads it off a flow, routed once (:func:`contextwarden.apis.route`).
+
+The route is kept on the flow (``ROUTE``; it crosses to the engine with the flow's state, so the engine
+does not route again), and the request object (``lifecycle.Incoming``) once the handler that takes it
+has taken the headers addressed to the proxy off it (they never go upstream).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,61 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from contextwarden.apis import route
+from contextwarden.context import Incoming
 from contextwarden.models.base import ApiKind
+from contextwarden.pipeline import ORIGIN
 from contextwarden.settings.proxy import ProxySection
+
+ROUTE = "contextwarden_route"
+INCOMING = "contextwarden_incoming"
 
 
 def route_of(flow: http.HTTPFlow, proxy: ProxySection) -> tuple[str, ApiKind] | None:
+    """Which handler takes the flow, and its API (None: it passes untouched)."""
     req = flow.request
     reverse = isinstance(getattr(flow.client_conn, "proxy_mode", None), ReverseMode)
     return route(req.method, req.host, req.port, req.path, req.headers.get("upgrade"), proxy, reverse)
+
+
+def routed(flow: http.HTTPFlow, proxy: ProxySection) -> tuple[str, ApiKind] | None:
+    """:func:`route_of`, decided once per flow (kept in its metadata)."""
+    if ROUTE not in flow.metadata:
+        flow.metadata[ROUTE] = route_of(flow, proxy)
+    return flow.metadata[ROUTE]
+
+
+def incoming(flow: http.HTTPFlow, proxy: ProxySection, handler: str) -> Incoming | None:
+    """The flow's request for ``handler`` (HTTP, COUNT, WEBSOCKET: None when it is not that one's)."""
+    got = flow.metadata.get(INCOMING)
+    if got is None and flow.response is None:
+        r = routed(flow, proxy)
+        if r is not None:
+            req = flow.request
+            consumed = consume_headers(flow, proxy.consumed_headers)
+            got = flow.metadata[INCOMING] = Incoming(r[1], req.host, req.path, list(req.headers.items(multi=True)),
+                                                     req.raw_content or b"", flow.id, consumed, route=r[0])
+    return got if got is not None and got.route == handler else None
+
+
+def consume_headers(flow: http.HTTPFlow, names) -> dict[str, str]:
+    """Take the headers addressed to the proxy itself off a request (they never go upstream), and add
+    who sent it (``ORIGIN``: no header a client can send sets it)."""
+    headers = flow.request.headers
+    consumed = {}
+    for name in names:
+        if name in headers:
+            consumed[name.lower()] = headers.pop(name)
+    consumed[ORIGIN] = origin_of(flow)
+    return consumed
+
+
+def origin_of(flow: http.HTTPFlow) -> str:
+    """Who sent a request, as far as the proxy can vouch for it: the user of the proxy credential when
+    the proxy requires one (mitmproxy's proxyauth), else the client's address. It scopes the tenant of
+    a request without a provider credential (``pipeline.prepare``): a client can guess a session id,
+    not this."""
+    auth = flow.metadata.get("proxyauth")
+    if auth:
+        return f"user:{auth[0]}"
+    peer = flow.client_conn.peername
+    return f"addr:{peer[0]}" if peer else ""
