@@ -31,7 +31,9 @@ class CountTokens:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         rt = self.warden.runtime
-        req = incoming(flow, rt.settings.proxy, COUNT) if rt is not None else None  # (its proxy headers taken off)
+        if rt is None:
+            return
+        req = incoming(flow, rt.settings.proxy, COUNT)  # (its proxy headers taken off)
         if req is None or rt.passive() or req.consumed.get("x-contextwarden-bypass"):
             return
         try:
@@ -41,5 +43,5 @@ class CountTokens:
             rt.bus.emit("error", {"where": "count_tokens", "message": f"{type(e).__name__}: {e}",
                                   "action": "forwarded unchanged"}, flow_id=flow.id)
             return
-        if outcome.body is not None:
+        if outcome is not None and outcome.body is not None:
             flow.request.content = outcome.body

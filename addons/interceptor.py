@@ -12,9 +12,8 @@ from mitmproxy import http
 from contextwarden import lifecycle
 from contextwarden.apis import HTTP
 from contextwarden.context import BlockedResponse, Incoming
-from contextwarden.flowstate import FORWARDED, FlowState, bypass_asked
 
-from .routing import incoming
+from .routing import FORWARDED, STATE, FlowState, bypass_asked, incoming
 from .warden import Warden
 
 # When an observed request is read if its flow has not ended by then (seconds after forwarding).
@@ -28,9 +27,9 @@ class Interceptor:
     async def request(self, flow: http.HTTPFlow) -> None:
         rt = self.warden.runtime
         req = incoming(flow, rt.settings.proxy, HTTP) if rt is not None else None
-        if req is None:
+        if rt is None or req is None:
             return
-        state = flow.metadata["contextwarden"] = FlowState(api=req.api, t_request=time.time())
+        state = flow.metadata[STATE] = FlowState(api=req.api, t_request=time.time())
 
         def rewrite(body: bytes) -> int:
             flow.request.content = body  # re-encoded with the client's content-encoding
@@ -49,6 +48,7 @@ class Interceptor:
         request already ``forwarded``: it is observed). ``state.ctx_future`` resolves to the request's
         context (None when it could not be read)."""
         rt = self.warden.runtime
+        assert rt is not None  # (request: a runtime; a WebSocket message: its socket opened under one)
         loop = asyncio.get_running_loop()
         bypass = bypass_asked(req.consumed.get("x-contextwarden-bypass"))
         fut = state.ctx_future = loop.create_future()
@@ -58,8 +58,8 @@ class Interceptor:
             # very flow's bytes. It starts once the request is well on its way (the upstream is still
             # thinking) or when the flow ends, whichever comes first (bench/proxy_latency.py).
             observed = dataclasses.replace(req, mode="bypass" if bypass else "observe")
-            state.extra["start_observe"] = lambda: _start_observe(rt, state, observed)
-            loop.call_later(OBSERVE_AFTER_S, state.extra["start_observe"])
+            state.start_observe = lambda: _start_observe(rt, state, observed)
+            loop.call_later(OBSERVE_AFTER_S, state.start_observe)
             return
         ctx = outcome = None
         try:
@@ -83,8 +83,6 @@ def _apply(state: FlowState, req: Incoming, ctx, outcome, rewrite, block) -> Non
     changed = outcome.body is not None
     bytes_out = n
     if changed:
-        if ctx.settings.log.record_bodies:
-            state.rewritten = outcome.body
         bytes_out = rewrite(outcome.body)
     ctx.emit("forward", changed=changed, reason=outcome.reason, bytes_in=n, bytes_out=bytes_out,
              tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_out if changed else ctx.tokens_in, pipeline_ms=ms,
@@ -96,9 +94,11 @@ def _apply(state: FlowState, req: Incoming, ctx, outcome, rewrite, block) -> Non
 def _start_observe(rt, state: FlowState, req: Incoming) -> None:
     """``lifecycle.observe`` on the core pool, once per flow (the timer and the end of the flow both
     call this); ``state.ctx_future`` resolves to its context."""
-    if state.extra.pop("start_observe", None) is None:
+    if state.start_observe is None:
         return
+    state.start_observe = None
     out = state.ctx_future
+    assert out is not None  # (set before the observation is scheduled)
     try:
         work = asyncio.get_running_loop().run_in_executor(rt.core_pool, lifecycle.observe, rt, req)
     except RuntimeError:  # the runtime was closed meanwhile (shutdown, profile switch)

@@ -1,11 +1,20 @@
-"""The request as contextwarden reads it off a flow, routed once (:func:`contextwarden.apis.route`).
+"""What contextwarden keeps on a flow (its metadata) between its hooks.
 
-The route is kept on the flow (``ROUTE``; it crosses to the engine with the flow's state, so the engine
-does not route again), and the request object (``lifecycle.Incoming``) once the handler that takes it
-has taken the headers addressed to the proxy off it (they never go upstream).
+- ``ROUTE``: the flow's route (:func:`contextwarden.apis.route`), decided once; it crosses to the engine
+  with the flow's state, so the engine does not route again;
+- ``INCOMING``: the request object (``lifecycle.Incoming``), made once the handler that takes it has
+  taken the headers addressed to the proxy off it (they never go upstream);
+- ``STATE``: :class:`FlowState`, from the request to the reported answer;
+- ``FORWARDED``: on a flow the engine reads after mitmdump already forwarded it (``addons/enginelink.py``):
+  it is observed, whatever the settings say by the time it is read.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -18,6 +27,25 @@ from contextwarden.settings.proxy import ProxySection
 
 ROUTE = "contextwarden_route"
 INCOMING = "contextwarden_incoming"
+STATE = "contextwarden"
+FORWARDED = "contextwarden_forwarded"
+
+
+@dataclass
+class FlowState:
+    api: ApiKind
+    t_request: float
+    # resolves to the RequestContext (or None when the body could not be handled); in observe-only
+    # mode it is still being built on a worker thread while the request is in flight
+    ctx_future: asyncio.Future[Any] | None = None
+    tap: Any = None  # contextwarden.streams.ResponseTap while a response streams
+    start_observe: Callable[[], None] | None = None  # an observed request not read yet: reads it now
+    finished: bool = False  # its answer is reported
+
+
+def bypass_asked(value: str | None) -> bool:
+    """Whether an ``x-contextwarden-bypass`` header's value asks for the request to pass unchanged."""
+    return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def route_of(flow: http.HTTPFlow, proxy: ProxySection) -> tuple[str, ApiKind] | None:

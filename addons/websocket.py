@@ -33,12 +33,11 @@ from mitmproxy.proxy.layers import websocket as ws_layer
 
 from contextwarden.apis import WEBSOCKET
 from contextwarden.context import Incoming
-from contextwarden.flowstate import FlowState
 from contextwarden.streams import ResponseTap
 
 from .interceptor import Interceptor
-from .observer import Observer
-from .routing import incoming
+from .observer import Observer, event_hook
+from .routing import FlowState, incoming
 from .warden import Warden
 
 log = logging.getLogger(__name__)
@@ -183,9 +182,7 @@ class WebSocketResponses:
             self._spawn(self._finish(r, None))
 
     def _on_event(self, r: _Request):
-        rt = self.warden.runtime
-        hook = rt.pm.hook.cw_response_event
-        has_hook = bool(hook.get_hookimpls())
+        hook = event_hook(self.warden.runtime, r.state, r.flow_id)
 
         def on_event(event: dict) -> None:
             t = event.get("type")
@@ -195,14 +192,8 @@ class WebSocketResponses:
                 r.status = s if isinstance(s, int) else 400
             elif t in _TERMINAL:
                 r.status = 200
-            if not has_hook:
-                return
-            fut = r.state.ctx_future
-            ctx = fut.result() if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None else None
-            try:
-                hook(ctx=ctx, event=event)
-            except Exception as e:
-                rt.bus.emit("error", {"where": "cw_response_event", "message": f"{type(e).__name__}: {e}"}, flow_id=r.flow_id)
+            if hook is not None:
+                hook(event)
 
         return on_event
 

@@ -43,7 +43,7 @@ def admit(rt, req: Incoming) -> RequestContext:
     if req.settings is not None:
         ctx.settings = req.settings
     if req.notes:
-        ctx.notes.update(req.notes)
+        ctx.notes.update(req.notes)  # type: ignore[typeddict-item]  # (keys declared in notes.Notes)
     try:
         if req.count:
             t0 = time.perf_counter()

@@ -7,8 +7,9 @@ over the socket pair ``FD``:
 
     start       the options (profile, home, plugins)       → ready {proxy settings} | fatal {message}
     running     mitmdump listens                            → reply (the addons' ``running``: discovery files written)
-    request     a flow's state, once its request is read   → reply {request changes, response, watch};
-                without a key: mitmdump forwarded it already (nothing can change it: ``passive``), no reply
+    request     a flow's state, once its request is read   → reply {request changes, response, watch}
+    observed    a flow mitmdump forwarded at once (nothing could change it: ``passive``), at its end:
+                its state, the request as it came, the answer read whole
     headers     the response's head (no body)               the observer's tap is set on the mirror
     chunk       a piece of the body, as relayed              fed to that tap
     end         the response's end (or its error)            the observer reports the turn
@@ -43,9 +44,8 @@ from mitmproxy.proxy.layers.http import HttpErrorHook, HttpRequestHook, HttpResp
 from mitmproxy.proxy.layers.websocket import WebsocketEndHook, WebsocketMessageHook
 
 from contextwarden.addons.chain import engine_addons
-from contextwarden.addons.routing import INCOMING, ROUTE
+from contextwarden.addons.routing import FORWARDED, INCOMING, ROUTE
 from contextwarden.addons.warden import Warden
-from contextwarden.flowstate import FORWARDED
 from contextwarden.memory import service as memory_service
 
 from . import wire
@@ -133,8 +133,9 @@ class Engine:
                 if op == "running":  # mitmdump listens: now the addons may tell the world (tui.json)
                     await self.master.addons.trigger_event(hooks.RunningHook())
                     self._send("reply", key, {})
-                elif op == "request" and key is None:  # forwarded already: read before its answer's frames
-                    await self.request(None, payload)
+                elif op == "observed":  # forwarded at once, ended: its request read, then its answer
+                    await self.request(None, payload.pop("flow"))
+                    self._spawn(self.end(key, payload))
                 elif op == "request":
                     self._spawn(self.request(key, payload))
                 elif op == "headers":
