@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
@@ -60,10 +59,9 @@ def _send(rt: Runtime, n: int):
     raw = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 10,
                         "metadata": {"user_id": "user_x_account_y_session_breaker"},
                         "messages": [{"role": "user", "content": f"hello {n}"}]})
-    ctx = lifecycle.admit(rt, f"flow-{n}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages",
-                          [("content-type", "application/json"), ("x-api-key", "sk-test")], raw)
     t0 = time.perf_counter()
-    outcome = asyncio.run(lifecycle.process(rt, ctx))
+    ctx, outcome = lifecycle.send(rt, ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages",
+                                  [("content-type", "application/json"), ("x-api-key", "sk-test")], raw, f"flow-{n}")
     ms = (time.perf_counter() - t0) * 1000
     events = [e for e in rt.bus.recent if e.flow_id == ctx.flow_id]
     sent = orjson.loads(outcome.body) if outcome.body is not None else ctx.original
