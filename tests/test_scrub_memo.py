@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from contextwarden import scrub as scrub_module
 from contextwarden.events import Event, EventBus, JsonlLog, read_log
-from contextwarden.redact import redact_text
-from contextwarden.redact import REDACTED, is_secret_header
+from contextwarden.redact import REDACTED, is_secret_header, redact_text
 from contextwarden.scrub import scrub, scrub_headers, scrub_text
 
 
