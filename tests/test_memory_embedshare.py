@@ -8,15 +8,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from contextwarden.memory.embedshare import EmbedShare, autogroup_nice, set_autogroup_nice
 from contextwarden.memory.service import get_service
+from tests.support.wait import wait_until
 
-from .test_memory_process import _wait
 from .test_memory_stage import converse, replayer
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/autogroup").exists(),
@@ -39,11 +38,8 @@ def _sleeper() -> subprocess.Popen:
 def _settle(share: EmbedShare) -> None:
     # an unprivileged process may change an autogroup's nice every 100 ms (EAGAIN): the real thread ticks
     # every second; here, tick until the groups agree (or give up)
-    for _ in range(20):
-        share.tick()
-        if all(autogroup_nice(p) == share.nice() for p in share.pids()):
-            return
-        time.sleep(0.12)
+    wait_until(lambda: (share.tick(), all(autogroup_nice(p) == share.nice() for p in share.pids()))[1], 2.4,
+               interval=0.12)
 
 
 def test_the_group_yields_while_turns_come_fast_and_gets_its_share_back_when_they_stop():
@@ -69,7 +65,6 @@ def test_the_group_yields_while_turns_come_fast_and_gets_its_share_back_when_the
         assert [e["embedding"] for e in events] == ["yielding"] and events[0]["turns_per_s"] >= 6.0
         # a worker restarted meanwhile starts at its quiet weight: the next tick lowers it too
         procs.append(_sleeper())
-        time.sleep(0.12)
         _settle(share)
         assert [autogroup_nice(p.pid) for p in procs] == [19, 19]
         # 1.5 a second: under the threshold but over half of it, still yielding (no flapping at the edge)
@@ -114,13 +109,13 @@ def test_turns_through_the_memory_process_move_the_real_workers_group(tmp_path):
     rp = replayer(tmp_path, "memory: {process: separate, embed_busy_turns_per_s: 0.5}")
     try:
         svc = get_service(rp.runtime)
-        assert _wait(lambda: _embedding_worker(svc.pid) is not None, 60)
+        assert wait_until(lambda: _embedding_worker(svc.pid) is not None, 60)
         worker = _embedding_worker(svc.pid)
         assert autogroup_nice(worker) == 0  # quiet: the group's full share (memory.embed_group_nice)
         converse(rp, turns=12)  # 12 turns in well under 10 s: over 0.5 a second
-        assert _wait(lambda: autogroup_nice(worker) == 19, 30)
-        assert _wait(lambda: any(e.type == "memory" and e.data.get("embedding") == "yielding"
-                                 for e in rp.runtime.bus.recent), 10)
+        assert wait_until(lambda: autogroup_nice(worker) == 19, 30)
+        assert wait_until(lambda: any(e.type == "memory" and e.data.get("embedding") == "yielding"
+                                      for e in rp.runtime.bus.recent), 10)
     finally:
         rp.close()
 
@@ -148,9 +143,7 @@ def test_while_busy_background_batches_take_turns_and_quiet_they_do_not_wait():
     share = EmbedShare(lambda: [], busy_per_s=2.0, clock=clock, busy_share=0.25, emit=events.append)
     try:
         share.ran(2.0)  # quiet: a batch earns no wait
-        t0 = time.monotonic()
-        share.before()
-        assert time.monotonic() - t0 < 0.1 and share.waited_s == 0
+        assert _in_thread(share.before).wait(10) and share.waited_s == 0  # (the clock stands still: no wait)
         _busy(share, clock)
         share.before()  # busy, but no batch ran yet: it goes
         share.ran(1.0)  # a batch of 1 s at a 25% share: the next waits 3 s
@@ -185,6 +178,5 @@ def test_a_share_of_zero_holds_batches_until_the_load_falls_and_closing_releases
     closed = threading.Event()
     done = _in_thread(lambda: share.before(closed))
     assert not done.wait(1.0)
-    t0 = time.monotonic()
     share.close()
-    assert done.wait(3.0) and time.monotonic() - t0 < 1.5
+    assert done.wait(3.0)  # (the clock stands still: closing released it)
