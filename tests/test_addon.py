@@ -100,6 +100,7 @@ pipeline:
   order: [{stages}]
   disabled: [budget, strip, tagging, memory, clearing, compression, compaction, recall]
   stage_budget_ms: {budget}
+memory: {{enabled: false}}  # (the stage is off: no Chroma and model loading in the background)
 """
 
 
