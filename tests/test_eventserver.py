@@ -24,7 +24,8 @@ from tests.support.wait import await_until
 
 
 @pytest.fixture
-def runtime(cw_home):
+def runtime(cw_home, monkeypatch):
+    monkeypatch.setenv("CONTEXTWARDEN_MEMORY__ENABLED", "false")  # (no Chroma and model loading: not used here)
     rt = Runtime.from_profile("default", cw_home)
     rt.bus.emit("startup", {"profile": "default", "mode": "active", "stages": []})
     yield rt
