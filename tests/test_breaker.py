@@ -12,6 +12,7 @@ from contextwarden.models.anthropic import TextBlock
 from contextwarden.models.base import ApiKind
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
+from tests.support.wait import wait_until
 
 BUDGET_MS = 200
 
@@ -102,10 +103,7 @@ def test_a_stage_still_running_past_its_budget_is_skipped_until_it_returns(tmp_p
         # 3. once it returns, it runs again
         slow.gate.set()
         assert slow.returned.wait(5)
-        deadline = time.time() + 5
-        while rt.overrun_since("slow") is not None and time.time() < deadline:
-            time.sleep(0.01)
-        assert rt.overrun_since("slow") is None
+        assert wait_until(lambda: rt.overrun_since("slow") is None, 5, interval=0.01)
         assert any(e.type == "stage_recovered" and e.data["stage"] == "slow" for e in rt.bus.recent)
         out3, sent3, ev3, _ = _send(rt, 3)
         assert slow.calls == 2
