@@ -23,10 +23,12 @@ import time
 from typing import Any
 
 from contextwarden import hookimpl
+from contextwarden.conversation import tool_calls, transcript
 from contextwarden.history import session_key as _session_key
 from contextwarden.lru import LRU
 from contextwarden.memory import service as memory_service
-from contextwarden.memory.autorecall import Kept, Lost, Memos, TermIndex, excerpt, find, read_answer
+from contextwarden.memory.autorecall import Found, Kept, Lost, Memos, TermIndex, excerpt, find, read_answer
+from contextwarden.memory.ids import memory_id
 from contextwarden.memory.inject import NotInjectable, inject, render_block
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.retrieve import history_items, role_of
@@ -89,9 +91,6 @@ def _folded(ctx, lead: int, end: int) -> list[Lost]:
 
 
 def _folded_of(ctx, lead: int, end: int) -> list[Lost]:
-    from contextwarden.conversation import tool_calls, transcript
-    from contextwarden.memory.ids import memory_id
-
     orig = history_items(ctx.api, ctx.original)
     got = []
     for k, t in enumerate(transcript(ctx.api, orig[lead:end], tool_calls(ctx.api, orig[:end]))):
@@ -153,8 +152,6 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
         if svc is None or len(found) >= 3:
             break
         for it in svc.recall([mid], [ctx.tenant], ctx.settings.memory.shared_workspace, wait_s=0, chunks=False):
-            from contextwarden.memory.autorecall import Found
-
             found.append(Found(Lost(mid, it.text, it.turn, it.tool, None, it.kind), "id", mid))
     if not found:
         return {"skipped": "no reference to lost content"}

@@ -68,10 +68,6 @@ def harness_factory(tmp_path):
         tctx = taddons.context()
         tctx.__enter__()
         stack.append(tctx)
-        sc = tctx.script(str(SCRIPT))
-        # tctx.script registers the module (load() ran, options exist) but does not chain it as the
-        # script loader would, so option changes would not reach configure() without this
-        tctx.master.addons.chain.append(sc)
         kw = {"cw_home": str(tmp_path / "home"), "cw_engine": False}  # the chain in this process
         if plugins:
             d = tmp_path / "plugins"
@@ -83,6 +79,14 @@ def harness_factory(tmp_path):
             p = tmp_path / "profile.yaml"
             p.write_text(textwrap.dedent(profile_yaml))
             profile = str(p)
+        # the options the script's first configure() sees (set once its load() adds them): no engine
+        # process and no default profile's runtime started for nothing before the real one (built by
+        # the configure below, which raises a bad profile's error)
+        tctx.options.update_defer(cw_profile="observe-only", **kw)
+        sc = tctx.script(str(SCRIPT))
+        # tctx.script registers the module (load() ran, options exist) but does not chain it as the
+        # script loader would, so option changes would not reach configure() without this
+        tctx.master.addons.chain.append(sc)
         tctx.configure(sc, cw_profile=profile, **kw, **opts)
         return Harness(tctx, sc)
 
@@ -96,6 +100,7 @@ pipeline:
   order: [{stages}]
   disabled: [budget, strip, tagging, memory, clearing, compression, compaction, recall]
   stage_budget_ms: {budget}
+memory: {{enabled: false}}  # (the stage is off: no Chroma and model loading in the background)
 """
 
 

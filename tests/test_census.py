@@ -4,11 +4,11 @@ finding a leak needs."""
 from __future__ import annotations
 
 import gc
-import time
 
 import orjson
 
 from contextwarden import census
+from tests.support.wait import wait_until
 
 
 class _Cycle:
@@ -21,16 +21,19 @@ def test_a_census_reports_sizes_garbage_and_the_heap(tmp_path, monkeypatch):
     out = tmp_path / "census.jsonl"
     monkeypatch.setenv("CONTEXTWARDEN_CENSUS", str(out))
     monkeypatch.setenv("CONTEXTWARDEN_CENSUS_S", "3600")  # only when asked (SIGUSR2's event)
-    monkeypatch.setattr(census, "_watched", {})
 
     class Runtime:
         def __init__(self) -> None:
             self.queue = [1, 2, 3]
             self._memos = {"cache": {"a": 1}}
 
-    c = census.from_env(Runtime())
+        def memo(self, name, factory):
+            return self._memos.setdefault(name, factory())
+
+    rt = Runtime()
+    c = census.from_env(rt)
     try:
-        census.watch("ring", {"x": 1, "y": 2})
+        census.watch(rt, "ring", {"x": 1, "y": 2})
         was = gc.isenabled()
         gc.disable()
         try:
@@ -54,15 +57,12 @@ def test_a_census_reports_sizes_garbage_and_the_heap(tmp_path, monkeypatch):
 
             monkeypatch.setattr(census, "collect_garbage", collect)
             c._now.set()  # what SIGUSR2 does
-            deadline = time.monotonic() + 30
-            while not (out.exists() and out.read_bytes().endswith(b"\n")) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: out.exists() and out.read_bytes().endswith(b"\n"), 30)
         finally:
             if was:
                 gc.enable()
     finally:
         c.stop()
-        monkeypatch.setattr(census, "_running", False)
     rec = orjson.loads(out.read_bytes().splitlines()[0])
     assert rec["sizes"]["runtime"]["queue"] == 3 and rec["sizes"]["ring"] == {"len": 2}
     assert rec["memos"]["cache"] == {"len": 1}

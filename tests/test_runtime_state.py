@@ -26,13 +26,13 @@ from .support.stages import Harness, anthropic_tool_loop, settings_overrides
 # memos of pure functions of their string arguments, shared on purpose (a deterministic result of the
 # text alone: secret scrubbing and header redaction, an encoding's loader, a text's digest, a stub's text)
 PURE = {
-    "contextwarden.scrub._young", "contextwarden.scrub._old", "contextwarden.scrub._long",  # a text, its secrets redacted
+    "contextwarden.scrub._memo", "contextwarden.scrub._long",  # a text, its secrets redacted
     "contextwarden.memory.retrieve._LINE_CACHE",  # a text, its lines hashed
     "contextwarden.redact.is_secret_name", "contextwarden.redact._known_secret",  # a header name / value
     "contextwarden.tokens.encoding_name_for", "contextwarden.agents._agent_suffix",  # a model / a system prompt
     "contextwarden.plugins.clearing._digest_short", "contextwarden.plugins.clearing._digest_long",  # a text
     "contextwarden.plugins.clearing._stub_text_memo",  # a stub's text from its arguments
-    "contextwarden.memory.secrets._secret_key",  # a variable's name: does it name a secret
+    "contextwarden.redact._secret_key",  # a variable's name: does it name a secret
 }
 
 
@@ -48,6 +48,8 @@ def _state() -> dict[str, int]:
                 out[key] = v.cache_info().currsize
             elif isinstance(v, LRU):
                 out[key] = len(v)
+            elif isinstance(getattr(v, "memo", None), LRU):  # lru.memoized
+                out[key] = len(v.memo)
             elif type(v) in (dict, list, set, OrderedDict):
                 out[key] = len(v)
     return out

@@ -15,9 +15,8 @@ import pytest
 from contextwarden.events import EventBus, JsonlLog
 from contextwarden.memory.inject import OPEN, QUOTE, closing_tag, new_nonce, render_block, strip_blocks
 from contextwarden.memory.items import MemoryItem
-from contextwarden.memory.secrets import redact_secrets
 from contextwarden.memory.tagger import Tagger
-from contextwarden.redact import credentials_of, is_secret_header, redact_headers, tenant_id, tenant_of
+from contextwarden.redact import credentials_of, is_secret_header, redact_headers, redact_secrets, tenant_id, tenant_of
 from contextwarden.scrub import scrub
 from contextwarden.settings import load_settings
 
@@ -65,7 +64,7 @@ def test_headers_are_credentials_by_name_or_by_value():
                ("x-claude-code-session-id", "3f2a1b4c-1234-4abc-9def-0123456789ab"), ("anthropic-version", "2023-06-01")]
     red = dict(redact_headers(headers))
     for name in ("x-custom-auth-value", "x-goog-api-key", "x-acme-key", "x-refresh-token", "Cookie", "x-harmless", "x-trace"):
-        assert red[name] == "[redacted]", name
+        assert red[name] == "[REDACTED:header]", name
     for name in ("content-type", "user-agent", "x-claude-code-session-id", "anthropic-version"):
         assert red[name] == dict(headers)[name], name
     assert not is_secret_header("x-contextwarden-session", "s1")

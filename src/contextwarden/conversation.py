@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 
 from .lru import BytesMemo
-from .memory.secrets import redact_field
 from .models.base import ApiKind
+from .redact import redact_field
 from .scrub import scrub_text
 
 

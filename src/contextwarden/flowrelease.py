@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from mitmproxy.proxy.layers.http import HttpLayer, HttpStream
+
 log = logging.getLogger(__name__)
 
 _installed = False
@@ -55,10 +57,6 @@ def install() -> bool:
     global _installed
     if _installed:
         return True
-    try:
-        from mitmproxy.proxy.layers.http import HttpLayer, HttpStream
-    except ImportError:
-        return False
     init = HttpLayer.__init__
     if not hasattr(HttpStream, "__annotations__") or "flow" not in HttpStream.__annotations__:
         log.warning("contextwarden: mitmproxy's HttpStream has no flow: finished flows left to the collector")

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..dialects import dialect
 from ..models.base import ApiKind
+from ..redact import redact_secrets
 from .chunking import chunk_text, proxy_tokens
 from .envelopes import strip_envelopes
 from .ids import memory_id
 from .items import MemoryItem
-from .secrets import redact_secrets
 from .turns import units
 
 if TYPE_CHECKING:

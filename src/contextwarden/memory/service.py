@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import redact as secrets
 from ..lru import LRU
-from . import secrets
 from .client import RemoteMemoryService, store_key
 from .embedder import CachedEmbedder, load_embedder
 from .embedworker import BackgroundEmbedder

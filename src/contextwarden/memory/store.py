@@ -36,8 +36,8 @@ from urllib.parse import urlparse
 import orjson
 
 from .. import sealing
+from ..redact import redact_secrets
 from .items import MemoryItem
-from .secrets import redact_secrets
 
 if TYPE_CHECKING:
     from ..settings.memory import MemorySection

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
 from .base import Section
 
@@ -153,6 +153,16 @@ class MemorySection(Section):
 
     neighbour_depth: int = 15
     """How many of the best hits lend their neighbouring messages to that ranking."""
+
+    speaker_weight: float = 2.0
+    """Weight, in the fusion, of rankings made within the turns of the one participant a question names
+    (a chat's speaker, ``MemoryItem.speaker``), in the current session: "What does Melanie do to
+    destress?" follows Melanie's turns (0: off)."""
+
+    date_weight: float = 1.0
+    """Weight, in the fusion, of rankings made within the current session's turns dated near a day the
+    question names ("on 16 June, 2023"; the date a client wrote before a turn, ``MemoryItem.when``)
+    (0: off)."""
 
     relevance_floor: float = 0.23
     """Nothing is injected when the best candidate's cosine similarity to the query is below this (with a
