@@ -85,6 +85,10 @@ def test_the_ingestion_marker_is_read_once_per_request():
 
     class Rt:
         state = _State()
+        memos: dict = {}
+
+        def memo(self, name, factory):  # (the runtime's caches: the state cache is one)
+            return self.memos.setdefault(name, factory())
 
     class Ctx:
         runtime = Rt()

@@ -63,13 +63,13 @@ class Ingestor:
     SEEN = 100_000  # original texts remembered as stored: a re-sent history costs a set lookup
 
     def __init__(self, store: MemoryStore, bus: EventBus, queue_size: int,
-                 on_added: Callable[[list[MemoryItem]], None] | None = None, *,
+                 on_added: Callable[[list[MemoryItem]], object] | None = None, *,
                  chunk_tokens: int | None = None, count: Callable[[str], int] | None = None,
                  backfill: bool = True, journal: PendingTable | None = None, batch_max: int = 256,
                  batch_chars: int | None = None, priority: SearchFirst | None = None,
                  tag: Callable[[str], list[str]] | None = None,
                  on_originals: Callable[[list[MemoryItem]], None] | None = None,
-                 on_indexed: Callable[[list[MemoryItem]], None] | None = None,
+                 on_indexed: Callable[[list[MemoryItem]], object] | None = None,
                  redact: Callable[[str], tuple[str, int]] | None = None) -> None:
         self.store = store
         # redact_secrets, or the memory service's remembered one (a kept text comes again with its turn)

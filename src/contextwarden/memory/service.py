@@ -69,8 +69,8 @@ class MemoryService:
         self.tagger = Tagger(self.settings.tagging)
         self.embedder: CachedEmbedder | None = None
         self.embedder_message = ""
-        self.store = None
-        self.ingestor = None
+        self.store: MemoryStore | None = None
+        self.ingestor: Ingestor | None = None
         self.error: str | None = None
         self.ready = threading.Event()
         self.closed = False
@@ -92,7 +92,7 @@ class MemoryService:
         self.priority = SearchFirst()
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
-        self._scope = None  # memory.scope.SessionVectors, made with the first retriever
+        self._scope: SessionVectors | None = None  # made with the first retriever
         # searches' vector halves started ahead (prepare): token -> (Vectors, when), the newest few
         self._prepared: OrderedDict[str, tuple] = OrderedDict()
         self._prepared_lock = threading.Lock()
@@ -476,14 +476,14 @@ class MemoryService:
             self.flush_kept(wait_s)
         found = self.originals.get(memory_ids, tenants, workspace) if self.originals is not None else []
         missing = [i for i in memory_ids if i not in {f.source_id for f in found}]
-        if missing and chunks and self.available:
-            chunks: dict[str, list] = {}
+        if missing and chunks and self.store is not None and self.available:
+            cut: dict[str, list] = {}
             for it in self.store.get_by_ids(missing, tenants, workspace):
-                chunks.setdefault(it.source_id or it.memory_id, []).append(it)
+                cut.setdefault(it.source_id or it.memory_id, []).append(it)
                 if it.memory_id != (it.source_id or it.memory_id):
-                    chunks.setdefault(it.memory_id, []).append(it)
+                    cut.setdefault(it.memory_id, []).append(it)
             for mid in missing:
-                parts = chunks.get(mid)
+                parts = cut.get(mid)
                 if parts:
                     first = parts[0]
                     found.append(_replace(first, text="\n".join(p.text for p in parts), source_id=mid))
