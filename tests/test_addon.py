@@ -332,3 +332,27 @@ async def test_events_reach_the_jsonl_log(harness_factory, tmp_path):
     h.runtime.log.close()
     events = read_log(tmp_path / "home" / "logs" / "events.jsonl")
     assert {"startup", "request", "forward"} <= {e.type for e in events}
+
+
+async def test_a_request_is_routed_once_whichever_addons_look_at_it(harness_factory, monkeypatch):
+    """issue 41: the interceptor, the count_tokens and WebSocket addons each asked ``apis.route`` of every
+    flow; the route is decided once and carried by the flow's request."""
+    from contextwarden.addons import routing
+
+    calls = []
+    route = routing.route
+
+    def counted(*a, **kw):
+        calls.append(a[3])
+        return route(*a, **kw)
+
+    monkeypatch.setattr(routing, "route", counted)
+    h = harness_factory("observe-only")
+    by_name = {type(a).__name__: a for a in h.script.addons}
+    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    flow = anthropic_flow(body.encode())
+    by_name["WebSocketResponses"].request(flow)
+    await by_name["CountTokens"].request(flow)
+    await h.send(flow)
+    assert calls == ["/v1/messages?beta=true"]
+    assert h.events("request")[-1].data["path"] == "/v1/messages?beta=true"
