@@ -67,7 +67,7 @@ def harness_factory(tmp_path):
     def make(profile="claude-code", plugins: dict[str, str] | None = None, profile_yaml: str | None = None, **opts):
         tctx = taddons.context()
         tctx.__enter__()
-        stack.append(tctx)
+        stack.append([tctx, None])
         kw = {"cw_home": str(tmp_path / "home"), "cw_engine": False}  # the chain in this process
         if plugins:
             d = tmp_path / "plugins"
@@ -83,7 +83,7 @@ def harness_factory(tmp_path):
         # process and no default profile's runtime started for nothing before the real one (built by
         # the configure below, which raises a bad profile's error)
         tctx.options.update_defer(cw_profile="observe-only", **kw)
-        sc = tctx.script(str(SCRIPT))
+        sc = stack[-1][1] = tctx.script(str(SCRIPT))
         # tctx.script registers the module (load() ran, options exist) but does not chain it as the
         # script loader would, so option changes would not reach configure() without this
         tctx.master.addons.chain.append(sc)
@@ -91,7 +91,9 @@ def harness_factory(tmp_path):
         return Harness(tctx, sc)
 
     yield make
-    for tctx in reversed(stack):
+    for tctx, sc in reversed(stack):
+        if sc is not None:  # as at mitmdump's exit: the runtime closes (its pools, memory, threads)
+            sc.warden.done()
         tctx.__exit__(None, None, None)
 
 
