@@ -69,12 +69,9 @@ class _Engine:
         mine, theirs = socket.socketpair()
         wire.tune(mine)
         wire.tune(theirs)
-        # A session of its own, so a scheduling group of its own (Linux's autogroups, on by default):
-        # in mitmdump's session the engine and mitmdump's event loop shared one group's CPU share
-        # against every other session's (the memory process, the compression workers and the clients
-        # each have one), and the engine's threads waited for a core ~3x as long as they ran under
-        # issue 19's load. It stops with mitmdump as before: asked over its socket, or when it closes
-        # (a terminal's Ctrl-C never reached it: it ignores SIGINT and waits to be asked).
+        # A session of its own, so a scheduling group of its own (Linux's autogroups): sharing
+        # mitmdump's, the engine's threads waited for a core ~3x as long as they ran under load. It
+        # stops with mitmdump: asked over its socket, or when it closes (it ignores SIGINT).
         proc = subprocess.Popen([sys.executable, "-m", "contextwarden.engine", str(theirs.fileno())],
                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True)
         theirs.close()

@@ -70,6 +70,16 @@ def test_headers_are_credentials_by_name_or_by_value():
     assert not is_secret_header("x-contextwarden-session", "s1")
 
 
+def test_one_marker_style_for_every_redaction():
+    """A header's value, a text's secret and a query credential are marked alike ([REDACTED:kind]), so
+    whatever reads marks (the tagger, idempotent re-redaction) knows each of them."""
+    key = "sk-ant-api03-" + _alnum(40)
+    marks = [dict(redact_headers([("x-api-key", key)]))["x-api-key"], redact_secrets(f"key {key}")[0].split()[-1],
+             scrub({"path": f"/v1/messages?api_key={_alnum(24)}"})["path"].split("=", 1)[1]]
+    assert all(re.fullmatch(r"\[REDACTED:[a-z_]+\]", m) for m in marks), marks
+    assert redact_secrets(marks[0]) == (marks[0], 0)  # a marked header value is not redacted again
+
+
 def test_event_data_is_scrubbed_where_it_is_written(tmp_path):
     """The emitter pays nothing; the log (and the event server) write scrubbed data."""
     gh = "ghp_" + _alnum(36)
