@@ -163,7 +163,7 @@ class InProcess:
             raise RuntimeError("memory ingestion did not finish within the flush timeout")
         sent = self.rp.send(messages, api_key=key, session=session)
         tokens = sent.tokens()
-        kept, ttoks = truncate_to(self.rp.runtime, ApiKind.ANTHROPIC, messages, tokens, sent.ctx.model)
+        kept, ttoks = truncate_to(self.rp.runtime, self.rp.api, messages, tokens, sent.ctx.model)
         return Asked(request_text(sent.wire), sent.ctx.notes.get("memory") or {}, tokens, sent.ctx.tokens_in or 0,
                      request_text({"messages": kept}), ttoks, _failed(sent))
 
