@@ -19,7 +19,6 @@ from mitmproxy import http
 
 from contextwarden import lifecycle
 from contextwarden.apis import COUNT
-from contextwarden.models.base import ApiKind
 from contextwarden.pipeline import Skip
 
 from .interceptor import consume_headers
@@ -49,7 +48,7 @@ class CountTokens:
         raw = req.raw_content or b""
         try:
             body = await asyncio.get_running_loop().run_in_executor(
-                rt.core_pool, self._rewrite, rt, flow.id, req.host, req.path, headers, raw, consumed)
+                rt.core_pool, self._rewrite, rt, flow.id, got[1], req.host, req.path, headers, raw, consumed)
         except Exception as e:  # fail open
             log.exception("contextwarden: count_tokens")
             rt.bus.emit("error", {"where": "count_tokens", "message": f"{type(e).__name__}: {e}",
@@ -59,11 +58,11 @@ class CountTokens:
             req.content = body
 
     @staticmethod
-    def _rewrite(rt, flow_id, host, path, headers, raw, consumed) -> bytes | None:
+    def _rewrite(rt, flow_id, api, host, path, headers, raw, consumed) -> bytes | None:
         from contextwarden.sessionctl.preview import decided_state
 
         try:
-            ctx = lifecycle.admit(rt, flow_id, ApiKind.ANTHROPIC, host, path, headers, raw, consumed)
+            ctx = lifecycle.admit(rt, flow_id, api, host, path, headers, raw, consumed)  # (the API route found)
         except Skip:  # not a body we read: it goes as it came, like any request we do not manage
             return None
         if ctx.session in rt.bypass:

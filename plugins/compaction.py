@@ -62,10 +62,6 @@ from contextwarden.conversation import (
     count_breakpoints,
     cut_points,
     digest_memo,
-    entries,
-    entry,
-    tool_calls,
-    transcript,
 )
 from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors
 from contextwarden.dialects import NO_PROVIDER, ProviderContext, dialect
@@ -283,7 +279,7 @@ def working_appendix(ctx, budget: int, orig: list, lead: int, end: int) -> str:
     cfg = ctx.settings.compaction
     calls: list[Call] = []
     recent: list[tuple[int, str]] = []  # what the model wrote in the messages it keeps (files it works on now)
-    for i, t in enumerate(transcript(api, orig[lead:n], tool_calls(api, orig[:n]))):
+    for i, t in enumerate(dialect(api).transcript(orig[lead:n], dialect(api).tool_calls(orig[:n]))):
         if cfg.working_set_mentions and lead + i >= end and t.role == "assistant":
             recent.extend((len(calls), s) for s in said(t.parts))
         for p in t.parts:
@@ -318,7 +314,7 @@ def _protected_start(api: ApiKind, msgs: list[Any], protect_turns: int) -> int:
     last_asst = None
     before_asst = None  # the latest turn start before the latest assistant message
     for i in range(len(msgs) - 1, -1, -1):
-        e = entry(api, i, msgs[i])
+        e = dialect(api).entry(i, msgs[i])
         if last_asst is None and e.side == "assistant":
             last_asst = i
         if e.turn_start:
@@ -346,7 +342,7 @@ def _current_request(api: ApiKind, es, orig: list[Any], start: int, end: int, pr
         return None
     if cur < start:  # compacted before: the earlier summary quotes it already
         return (prior.sections.get("current") or [None])[0] if prior else None
-    return "\n".join(p.text for t in transcript(api, [orig[cur]]) for p in t.parts if p.kind == "text" and p.text.strip()) or None
+    return "\n".join(p.text for t in dialect(api).transcript([orig[cur]]) for p in t.parts if p.kind == "text" and p.text.strip()) or None
 
 
 def _prior(active: dict[str, Any] | None) -> Summary | None:
@@ -468,11 +464,11 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
     pin_at = n if pin_at is None else pin_at
 
     lead = 0
-    while lead < n and entry(api, lead, orig[lead]).side == "system":
+    while lead < n and dialect(api).entry(lead, orig[lead]).side == "system":
         lead += 1
     lead = max(lead, provider.boundary)  # the provider's compaction: kept, with all before it
     spans = SpanHasher(orig, rt.memo("conversation.digests", digest_memo))
-    last_asst = next((i for i in range(n - 1, -1, -1) if entry(api, i, orig[i]).side == "assistant"), -1)
+    last_asst = next((i for i in range(n - 1, -1, -1) if dialect(api).entry(i, orig[i]).side == "assistant"), -1)
     return _Compaction(ctx=ctx, cfg=cfg, api=api, req=req, current=current, orig=orig, level=level, soft=soft,
                        hard=hard, target=target, protect=protect, ws_budget=ws_budget, key=key, now=now, store=store,
                        by_index=by_index, total=total, rec=rec, decisions=decisions, ctl=ctl, pin_at=pin_at, lead=lead,
@@ -488,7 +484,7 @@ def _find(f: _Compaction) -> None:
         if k > f.pin_at or f.ctl.is_off(NS, d.get("hash")):
             continue  # rolled back, or covering pinned content
         # (a rewound conversation must still keep its latest assistant message)
-        if d.get("lead") == f.lead and f.lead < k <= f.last_asst and entry(api, k, orig[k]).side == "assistant" \
+        if d.get("lead") == f.lead and f.lead < k <= f.last_asst and dialect(api).entry(k, orig[k]).side == "assistant" \
                 and f.spans.at(k) == d.get("hash"):
             active = d
             break
@@ -508,7 +504,7 @@ def _decide(f: _Compaction) -> _Decision:
         return out
     tokens = ctx.runtime.tokens
     store, key, by_index, total = f.store, f.key, f.by_index, f.total
-    es = out.es = entries(api, orig)
+    es = out.es = dialect(api).entries(orig)
     tok = out.tok = [tokens.count_message(api, m, ctx.model) for m in orig]
     tok_now = [max(0, t - by_index.get(i, 0)) for i, t in enumerate(tok)]
     fixed = max(0, total - sum(tok_now))  # system + tools: the head no compaction touches
@@ -558,7 +554,7 @@ def _decide(f: _Compaction) -> _Decision:
                                         summariser="llm", usage=done.get("usage"))
                 elif not done:
                     # started past soft, so the summary is ready when it is needed
-                    _start_llm(ctx, cfg, key, span, transcript(api, orig[start:chosen], tool_calls(api, orig[:chosen])),
+                    _start_llm(ctx, cfg, key, span, dialect(api).transcript(orig[start:chosen], dialect(api).tool_calls(orig[:chosen])),
                                _prior(active), chosen - start, sum(tok[start:chosen]))
                     if plan != {"end": chosen, "hash": span}:
                         store.update(NS, key, lambda cur: {**(cur or {}), "plan": {"end": chosen, "hash": span}})
@@ -584,7 +580,7 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[dict[str, Any], dict[str, 
     llm_usage = None
     end = new["end"]
     prior = _prior(active)
-    turns = transcript(api, orig[start:end], tool_calls(api, orig[:end]))
+    turns = dialect(api).transcript(orig[start:end], dialect(api).tool_calls(orig[:end]))
     summary = d.ready
     if summary is not None:
         llm_usage = summary.usage
@@ -615,7 +611,7 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[dict[str, Any], dict[str, 
         for x in latest:
             k = int(x.get("end", 0))
             if (x.get("end"), x.get("hash")) not in known and x.get("lead") == lead and start < k <= f.last_asst \
-                    and entry(api, k, orig[k]).side == "assistant" and f.spans.at(k) == x.get("hash"):
+                    and dialect(api).entry(k, orig[k]).side == "assistant" and f.spans.at(k) == x.get("hash"):
                 won[:] = [x]
                 return cur
         won.clear()

@@ -13,7 +13,7 @@ import pytest
 from contextwarden import hookimpl
 from contextwarden.bodies import record
 from contextwarden.cost import billed_from_usage, billed_units, boundaries, provider_compaction
-from contextwarden.dialects import NO_PROVIDER, dialect
+from contextwarden.dialects import NO_PROVIDER, dialect, validate_rewrite
 from contextwarden.liveprotocol import Totals
 from contextwarden.models.base import ApiKind
 from contextwarden.replay import replay
@@ -21,7 +21,6 @@ from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
 from contextwarden.streams.anthropic import AnthropicAssembler
 from contextwarden.tokens import TokenCounter
-from contextwarden.validate import validate_rewrite
 
 from .support.stages import Harness, anthropic_tool_loop, settings_overrides
 

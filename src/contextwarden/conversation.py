@@ -23,14 +23,8 @@ import orjson
 
 from .lru import BytesMemo
 from .memory.secrets import redact_field
-from .models.base import ApiKind
+from .models.openai_responses import ASSISTANT_TYPES
 from .scrub import scrub_text
-
-
-def _dialect(api):
-    from .dialects import dialect  # (lazily: the dialects import this module)
-
-    return dialect(api)
 
 #: Roles that carry instructions rather than conversation (kept or summarised verbatim, never dropped).
 SYSTEM_ROLES = frozenset({"system", "developer"})
@@ -53,16 +47,6 @@ def side_of(role: str) -> str:
     if role in SYSTEM_ROLES:
         return "system"
     return "assistant" if role == "assistant" else "user"
-
-
-def entry(api: ApiKind, index: int, m: Any) -> Entry:
-    """Classify one wire message / input item (its dialect's ``entry``)."""
-    return _dialect(api).entry(index, m)
-
-
-def entries(api: ApiKind, msgs: list[Any]) -> list[Entry]:
-    classify = _dialect(api).entry
-    return [classify(i, m) for i, m in enumerate(msgs)]
 
 
 def cut_points(es: list[Entry], lo: int, hi: int) -> list[int]:
@@ -244,11 +228,6 @@ class ToolCall:
     index: int  # message index of the call
 
 
-def tool_calls(api: ApiKind, msgs: list[Any]) -> dict[str, ToolCall]:
-    """Every tool call of the history by id, in order (its dialect's ``tool_calls``)."""
-    return _dialect(api).tool_calls(msgs)
-
-
 def maybe_json(v: Any) -> Any:
     if isinstance(v, str) and v[:1] in ("{", "["):
         try:
@@ -307,9 +286,9 @@ class Turn:
     parts: list[Part] = field(default_factory=list)
 
 
-def transcript(api: ApiKind, msgs: list[Any], calls: dict[str, ToolCall] | None = None) -> list[Turn]:
-    """The messages as role + typed parts, whatever the API."""
-    calls = calls if calls is not None else tool_calls(api, msgs)
+def transcript(msgs: list[Any], calls: dict[str, ToolCall]) -> list[Turn]:
+    """The messages as role + typed parts, whatever the API (``calls``: the dialect's ``tool_calls``;
+    ``Dialect.transcript`` finds them)."""
     out: list[Turn] = []
     for m in msgs:
         if isinstance(m, str):
@@ -332,8 +311,6 @@ def transcript(api: ApiKind, msgs: list[Any], calls: dict[str, ToolCall] | None 
                 txt = "\n".join(s.get("text", "") for s in summ if isinstance(s, dict)) if isinstance(summ, list) else ""
                 out.append(Turn("assistant", [Part("thinking", txt)]))
             else:
-                from .dialects.responses import ASSISTANT_TYPES  # (the dialect imports this module)
-
                 out.append(Turn("assistant" if t in ASSISTANT_TYPES else "user", [Part("other", "")]))
             continue
         role = str(m.get("role", "user"))

@@ -39,7 +39,7 @@ import orjson
 
 from . import policy
 from .cost import Bill, PromptCache, billed_from_usage, boundaries
-from .dialects import dialect
+from .dialects import dialect, validate_rewrite
 from .fidelity import Fidelity, FidelityCounter
 from .fidelity import totals as fidelity_totals
 from .models.base import ApiKind
@@ -504,7 +504,6 @@ def _counts_of(msgs: Any) -> int:
 async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None, turn_hooks: bool,
                   factor: float, targets: list[int] | None = None) -> list[RequestResult]:
     from . import lifecycle
-    from .validate import validate_rewrite
 
     flow_events: dict[str, Counter] = {}
     flow_errors: dict[str, list[str]] = {}
