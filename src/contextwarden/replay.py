@@ -39,7 +39,7 @@ import orjson
 
 from . import policy
 from .cost import Bill, PromptCache, billed_from_usage, boundaries
-from .dialects import dialect, validate_rewrite
+from .dialects import ANTHROPIC, dialect, validate_rewrite
 from .fidelity import Fidelity, FidelityCounter
 from .fidelity import totals as fidelity_totals
 from .models.base import ApiKind
@@ -61,7 +61,7 @@ class ReplayRequest:
 
     ts: float
     body: dict[str, Any]
-    api: ApiKind = ApiKind.ANTHROPIC
+    api: ApiKind = ANTHROPIC.kind
     path: str = "/v1/messages?beta=true"
     headers: list[tuple[str, str]] = field(default_factory=list)
     output_tokens: int = 0
@@ -293,7 +293,7 @@ def load_claude_code(path: Path, counter, compaction_calls: bool = True, sidecha
             main_history.append((ts, msgs, response, model))
             total = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
             if total:
-                est = counter.count_request(ApiKind.ANTHROPIC, {"model": model, "messages": msgs}, model)
+                est = counter.count_request(ANTHROPIC, {"model": model, "messages": msgs}, model)
                 fit_points.append((f"{rows_before[0]['uuid']}/{model}", est, total))
 
     # the client's own compaction calls: the history before each "continued" root, plus the instruction
@@ -557,7 +557,7 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 memory_items=int(mem.get("injected") or 0), memory_tokens=int(mem.get("tokens") or 0),
                 fidelity=fidelity.request(ctx.original, sent, req.response, model, tokens_sent, factor,
                                           recalled=ctx.notes.get("recalled") if sent is not ctx.original else None)
-                if req.api is ApiKind.ANTHROPIC else None,
+                if dialect(req.api) is ANTHROPIC else None,
             )
             out.append(res)
             if learning and res.fidelity is not None and res.fidelity.items:

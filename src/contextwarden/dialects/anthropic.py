@@ -178,6 +178,9 @@ class Anthropic(Dialect):
                                                              "cache-control": "no-cache"}
         return err, {"content-type": "application/json"}
 
+    def auth_header(self, api_key: str) -> tuple[str, str]:
+        return ("x-api-key", api_key)
+
     def reply(self, text: str) -> dict:
         return {"role": "assistant", "content": [{"type": "text", "text": text}] if text else []}
 

@@ -163,6 +163,10 @@ class Dialect:
         ``known``: see :func:`last_index`)."""
         return NO_PROVIDER
 
+    def new_assembler(self) -> Any:
+        """A stream assembler of this API's responses (``contextwarden.streams``)."""
+        return self.assembler(self.kind)
+
     # ------------------------------------------------------------------ the conversation walk
 
     def entry(self, index: int, m: Any) -> Entry:
@@ -275,6 +279,10 @@ class Dialect:
     def summary_message(self, text: str, cache_control: dict | None = None) -> Any:
         """compaction: its summary as a user message (``cache_control``: Anthropic's breakpoint)."""
         return {"role": "user", "content": text}
+
+    def auth_header(self, api_key: str) -> tuple[str, str]:
+        """The header that carries an API key (replay and evaluations)."""
+        return ("authorization", f"Bearer {api_key}")
 
     def reply(self, text: str) -> dict:
         """An assistant answer of plain text, as the API returns it (replayed turns)."""

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models.base import ApiKind
 from .evaluation import contains, eval_replayer, mean, request_text, table, truncate_to
 from .replay import Replayer
 
@@ -212,7 +211,7 @@ def run_conversation(rp: Replayer, sample: dict[str, Any], report: Report, max_q
         text = request_text(sent.wire)
         hits = sum(contains(text, by_id[e]) for e in ev)
         tokens = sent.tokens()
-        kept, ttoks = truncate_to(rp.runtime, ApiKind.ANTHROPIC, asked, tokens, sent.ctx.model)
+        kept, ttoks = truncate_to(rp.runtime, rp.api, asked, tokens, sent.ctx.model)
         ttext = request_text({"messages": kept})
         mem = sent.ctx.notes.get("memory") or {}
         report.questions.append(QuestionResult(

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models.base import ApiKind
 from ..settings.memory import MemorySection
 from .evaluation import eval_replayer, mean, normalise, request_text, table, truncate_to
 from .replay import Replayer
@@ -217,7 +216,7 @@ def run_question(rp: Replayer, q: dict[str, Any], report: Report, step: str = "s
     report.fallbacks += sent.outcome.reason.startswith(("stage", "invalid"))
     text = request_text(sent.wire)
     tokens = sent.tokens()
-    kept, ttoks = truncate_to(rp.runtime, ApiKind.ANTHROPIC, asked, tokens, sent.ctx.model)
+    kept, ttoks = truncate_to(rp.runtime, rp.api, asked, tokens, sent.ctx.model)
     ttext = request_text({"messages": kept})
     s_hit, t_hit, n_turns = session_hits(text, answer, marks)
     ts_hit, tt_hit, _ = session_hits(ttext, answer, marks)
