@@ -237,9 +237,6 @@ def maybe_json(v: Any) -> Any:
     return v
 
 
-_maybe_json = maybe_json  # (the name compression imports)
-
-
 def input_hint(tool_input: Any, limit: int = 80) -> str:
     """The argument that says what a call was about (a path, a command, a pattern, a URL), its secrets
     redacted before it is cut (a stub, a summary, a compressed result's header quote it: a key cut in

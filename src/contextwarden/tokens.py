@@ -45,6 +45,7 @@ import tiktoken
 from .dialects import Dialect, dialect
 from .dialects.base import BLOCK_OVERHEAD, CHARS_PER_TOKEN, MESSAGE_OVERHEAD
 from .models.base import ApiKind
+from .validate import aligned_raw
 
 REQUEST_OVERHEAD = 3  # reply priming / request framing
 
@@ -323,24 +324,9 @@ class TokenCounter:
     def _entries(self, d: Dialect, msgs: list, enc: _Encoding, reuse: tuple | None,
                  raw: list[bytes | None] | None = None, known: list | None = None) -> list[tuple[int, int]]:
         """:meth:`_message_entry` of every message, the cache read under one lock."""
-        if known is not None and len(known) == len(msgs):
-            out: list[Any] = list(known)
-            todo: list[int] = [i for i, e in enumerate(out) if e is None]
-        elif reuse is not None:
-            out = [None] * len(msgs)
-            todo = []
-            pm, pe = reuse[0], reuse[1]
-            shift = len(pm) - len(msgs)
-            for i, m in enumerate(msgs):
-                if i < len(pm) and (pm[i] is m or pm[i] == m):
-                    out[i] = pe[i]
-                elif shift and 0 <= i + shift < len(pm) and pm[i + shift] == m:
-                    out[i] = pe[i + shift]
-                else:
-                    todo.append(i)
-        else:
-            out = [None] * len(msgs)
-            todo = list(range(len(msgs)))
+        out: list[Any] = list(known) if known is not None and len(known) == len(msgs) else \
+            aligned_raw(msgs, reuse[0], reuse[1]) if reuse is not None else [None] * len(msgs)
+        todo = [i for i, e in enumerate(out) if e is None]
         if not todo:
             return out
         kind = b"M" + d.kind.value.encode()

@@ -91,22 +91,16 @@ class FactCache(BytesMemo):
 # ---------------------------------------------------------------------------- Anthropic
 
 
-def aligned_raw(msgs: list, orig_msgs: list, raw: list[bytes] | None) -> list[bytes | None]:
-    """For each message of ``msgs``, the original's bytes when it equals the original message at the
-    same index or at the same index from the end (stages replace a span or change a few messages)."""
+def aligned_raw(msgs: list, orig_msgs: list, raw: list | None) -> list:
+    """For each message of ``msgs``, the original's ``raw`` value (its bytes, its token count...) when it
+    equals the original message at the same index or at the same index from the end (stages replace a
+    span or change a few messages); None elsewhere."""
     if raw is None or len(raw) != len(orig_msgs):
         return [None] * len(msgs)
-    out: list[bytes | None] = []
-    shift = len(orig_msgs) - len(msgs)
-    n = len(orig_msgs)
-    for i, m in enumerate(msgs):
-        if i < n and (orig_msgs[i] is m or orig_msgs[i] == m):
-            out.append(raw[i])
-        elif shift and 0 <= i + shift < n and orig_msgs[i + shift] == m:
-            out.append(raw[i + shift])
-        else:
-            out.append(None)
-    return out
+    shift, n = len(orig_msgs) - len(msgs), len(orig_msgs)
+    return [raw[i] if i < n and (orig_msgs[i] is m or orig_msgs[i] == m) else
+            raw[i + shift] if shift and 0 <= i + shift < n and orig_msgs[i + shift] == m else None
+            for i, m in enumerate(msgs)]
 
 
 class Fold:
