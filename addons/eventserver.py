@@ -358,6 +358,6 @@ class EventServer(PerRuntime):
         if not rt.settings.server.enabled:
             return None
         svc = EventService(rt, port=rt.settings.server.port).start(publish=False)
-        census.watch("eventserver", svc)
+        census.watch(rt, "eventserver", svc)
         log.info(f"contextwarden: event server on {svc.host}:{svc.port} (token in {svc.info_path})")
         return svc

@@ -62,7 +62,7 @@ class Warden:
         else:
             self._census = census.from_env(runtime)
         for name in ("bodies", "conversations", "recent", "turn_pool", "stage_pool", "core_pool", "log", "bus"):
-            census.watch(name, getattr(runtime, name))
+            census.watch(runtime, name, getattr(runtime, name))
         # Load both tokenizers before the proxy listens: loading one holds the GIL for ~0.5 s, which on
         # the first Anthropic / OpenAI request would stall every response being streamed at the time.
         for model in (None, "gpt-4o"):

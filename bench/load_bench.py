@@ -58,6 +58,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,11 +68,15 @@ import orjson  # noqa: E402
 from proxy_latency import REQUESTS, ROOT, ProxyProcess, StandIn  # noqa: E402
 from proxy_latency import pct as _pct
 
+from contextwarden.memory.api import ApiError, RecallClient  # noqa: E402
+
 _TOOL_ID = re.compile(rb'"type":"tool_use","id":"([^"]+)"')
 HUMAN_EVERY = 8
 
 
 STEADY_AFTER_S = 10.0  # the steady figures leave out the requests started in a phase's first seconds
+FRESH_AFTER_S = 2.0  # the freshness probe searches a turn's word this long after the turn (issue 40's figure)
+PROBE_EVERY = 16  # one turn in this many is probed (~2 searches/s at the issue's pace: the load, not the probe)
 
 
 def pct(xs: list[float], p: float) -> float | None:
@@ -118,6 +123,7 @@ class Session:
                                      f"memory service is started and how ingestion is bounded."}]}]
         self.chars = 0
         self.step = 0
+        self.word: str | None = None  # the freshness probe's word in the newest tool result (not sent yet)
 
     def body(self) -> bytes:
         b = dict(self.base)
@@ -138,9 +144,13 @@ class Session:
         m = _TOOL_ID.search(raw)
         tool_id = m.group(1).decode() if m else f"toolu_{uuid.uuid4().hex[:16]}"
         self.step += 1
+        # a word of its own in each step's tool call (the result is compressed, and may lose it): what the
+        # freshness probe searches for once the turn that sends it is over
+        self.word = f"zq{uuid.uuid4().hex[:10]}"
         self.messages.append({"role": "assistant", "content": [
             {"type": "text", "text": "I'll read the next file."},
-            {"type": "tool_use", "id": tool_id, "name": "Bash", "input": {"command": f"cat part_{self.step}.py"}}]})
+            {"type": "tool_use", "id": tool_id, "name": "Bash",
+             "input": {"command": f"cat part_{self.step}.py  # {self.word}"}}]})
         s = (self.offset + self.step * self.step_chars) % max(1, len(self.code) - self.step_chars)
         out = self.code[s:s + self.step_chars]
         content = [{"type": "tool_result", "tool_use_id": tool_id, "content": out}]
@@ -157,9 +167,20 @@ class Session:
             self.reset()
 
 
+@dataclass(frozen=True)
+class Turn:
+    """A completed turn the freshness probe searches for: the word its tool result carried, the session's
+    API key (the search's tenant), and when its answer ended (``time.monotonic``)."""
+
+    word: str
+    key: str
+    ended: float
+
+
 class Phase:
     def __init__(self, name: str) -> None:
         self.name = name
+        self.turns: list[Turn] = []  # turns to probe (every PROBE_EVERY-th), oldest first
         self.ttfb: list[float] = []
         self.started: list[float] = []  # seconds into the phase each ttfb's request started
         self.completed = 0
@@ -181,7 +202,7 @@ async def run_phase(phase: Phase, url: str, sessions: list[Session], seconds: fl
         async with httpx.AsyncClient(timeout=180, trust_env=False) as c:
             while time.monotonic() < stop:
                 rid = uuid.uuid4().hex
-                body = s.body()
+                word, body = s.word, s.body()
                 t0 = time.perf_counter()
                 first = None
                 chunks = []
@@ -201,6 +222,8 @@ async def run_phase(phase: Phase, url: str, sessions: list[Session], seconds: fl
                     phase.errors.append(f"status {status}: {raw[:200]!r}")
                     continue
                 phase.completed += 1
+                if word is not None and phase.completed % PROBE_EVERY == 0:
+                    phase.turns.append(Turn(word, s.key, time.monotonic()))
                 if first is not None:
                     phase.ttfb.append(first * 1000)
                     phase.started.append(t0 - begun)
@@ -215,6 +238,41 @@ async def run_phase(phase: Phase, url: str, sessions: list[Session], seconds: fl
     t = time.monotonic()
     await asyncio.gather(*(one(s) for s in sessions))
     phase.seconds = time.monotonic() - t
+
+
+def probe_freshness(home: Path, phase: Phase, stop: threading.Event, out: list[dict]) -> None:
+    """Issue 40's freshness figure: each probed turn's word searched through the recall API (scoped to its
+    session's tenant, as the client's credential) ``FRESH_AFTER_S`` after its answer ended; found when a
+    hit holds the word. One search at a time, in turn order: a search that comes later than due still
+    counts (``age_s`` says how late)."""
+    client, done = None, 0
+    while not stop.is_set() or done < len(phase.turns):
+        if done >= len(phase.turns):
+            stop.wait(0.1)
+            continue
+        t = phase.turns[done]
+        wait = t.ended + FRESH_AFTER_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        client = client or RecallClient.find(home, timeout=10)
+        done += 1
+        if client is None:
+            continue
+        asked = time.monotonic()
+        try:
+            hits = RecallClient(client.host, client.port, client.token, t.key, 10).call("search", query=t.word, k=5)["hits"]
+        except (ApiError, OSError) as e:
+            out.append({"age_s": round(asked - t.ended, 2), "found": False, "error": str(e)[:100]})
+            continue
+        out.append({"age_s": round(asked - t.ended, 2), "found": any(t.word in h["text"] for h in hits),
+                    "ms": round((time.monotonic() - asked) * 1000, 1)})
+
+
+def freshness(probes: list[dict]) -> dict:
+    found = sum(1 for p in probes if p["found"])
+    return {"probed": len(probes), "found": found, "pct": round(100 * found / len(probes), 1) if probes else None,
+            "errors": sum(1 for p in probes if "error" in p), "age_s_p50": pct([p["age_s"] for p in probes], 50),
+            "search_ms_p50": pct([p["ms"] for p in probes if "ms" in p], 50)}
 
 
 def sse_events(url: str, base: dict, headers: dict) -> int:
@@ -583,7 +641,13 @@ def main() -> int:
         th0, te0 = thread_cpu(proxy.proc.pid), thread_cpu(engine_pid) if engine_pid else {}
         cpu0, wait0 = cpu_now(proxy.proc.pid), cpu_now(proxy.proc.pid, of=sched_wait_s)
         st0 = steal_now()
+        probes: list[dict] = []
+        probed = threading.Event()
+        prober = threading.Thread(target=probe_freshness, args=(proxy.home, through, probed, probes), daemon=True)
+        prober.start()
         asyncio.run(run_phase(through, proxy.url, make_sessions(), args.seconds, records, lock, args.stagger))
+        probed.set()
+        prober.join(60)
         results["steal_pct"]["proxy"] = steal_pct(st0, steal_now())
         cpu, waited = cpu_spent(cpu0, cpu_now(proxy.proc.pid)), cpu_spent(wait0, cpu_now(proxy.proc.pid, of=sched_wait_s))
         th1, te1 = thread_cpu(proxy.proc.pid), thread_cpu(engine_pid) if engine_pid else {}
@@ -657,7 +721,8 @@ def main() -> int:
         "fallbacks_decided": sum(1 for f in fallbacks if f.get("fallback") == "decided"), "overruns_by_stage": overrun_by,
         "compressed": compressed, "compression_left_whole": left_whole,
         "memory": {"ingested": ingested, "dropped": dropped, "pending_at_end": pending, "pending_after_sigterm": pending_after,
-                   "searches": searched, "injected": injected, "search_timeouts": mem_timeouts},
+                   "searches": searched, "injected": injected, "search_timeouts": mem_timeouts,
+                   "fresh": freshness(probes)},
         "turn_work_dropped": turn_drops,
         # where a request's time goes in the proxy (p50, ms): from the request hook's start to the forward
         # event (hook), prepare's start to the forward (pipeline), and their parts (the context's timings:
@@ -722,6 +787,9 @@ def main() -> int:
     print(f"memory: {m['ingested']} items ingested, {m['dropped']} dropped, {m['pending_at_end']} pending at the end "
           f"(embedding lag), {m['pending_after_sigterm']} left pending after SIGTERM; searches {m['searches']}, "
           f"injected {m['injected']}, search timeouts {m['search_timeouts']}; turn work dropped {r['turn_work_dropped']}")
+    f = m["fresh"]
+    print(f"fresh: {f['found']} of {f['probed']} turns found by their word {FRESH_AFTER_S:g} s or more after the turn "
+          f"({f['pct']}%; search p50 {f['search_ms_p50']} ms, {f['errors']} errors; probed at p50 {f['age_s_p50']} s)")
     if "mitmdump" in r:
         m0 = r["mitmdump"]
         print(f"plain mitmdump: {m0['rps'] / max(1e-9, r['direct']['rps']) * 100:.0f}% of direct, CPU per request "

@@ -50,7 +50,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import orjson
@@ -69,7 +68,7 @@ from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.statecache import state_cache
 from contextwarden.stubmemo import result_stub
-from contextwarden.workingset import READ_TOOLS, budget_in  # (compression reads them here too)
+from contextwarden.workingset import READ_TOOLS, budget_in, files, working_set
 from contextwarden.workingset import path_of as _path_of
 
 NS = "clearing"
@@ -544,8 +543,6 @@ def _working_set(ctx, slots: list[Slot], budget: int, carry: _Prefix | None = No
     the same slot objects and reads only the calls after them."""
     if budget <= 0:
         return set()
-    from contextwarden.workingset import files, working_set
-
     calls = [s for s in slots if s.order >= 0]  # (a slot is a call as working_set reads one)
     m = len([s for s in carry.slots if s.order >= 0]) if carry is not None and ctx.history is not None else 0
     key = ("clearing", "working set")  # the conversation's slot of the files (workingset.Files) of the carried calls
@@ -583,20 +580,44 @@ def _clear(ctx, decide: bool) -> None:
     _commit_step(st)
 
 
-class _Clearing(SimpleNamespace):
-    """What the steps of one request's clearing share, built by :func:`_begin`: ``ctx``, ``cfg``, ``decide``,
-    ``ctl`` (the user's controls: rollback, pins, compact now), ``edits`` (message index -> changes),
-    ``history``, ``prior`` (a _Prefix), ``unseen_from`` (results from this message on are new to the model),
-    ``cut``, ``slots``, ``calls_at_cut``, ``locked``, ``state``, ``key``, ``remembered`` (the session's records),
-    ``pinned``, ``exclude``, ``trigger``, ``keep_recent``, ``clear_at_least``, ``inputs_on``, ``learned`` (the
-    tenant's learned policy, or None); and what the
-    steps did so far: ``cleared``, ``by_index``, ``freed``, ``done``, ``counts``, ``resumed`` (step 1 of the
-    previous request's messages taken as it was), ``carry``, ``total``, ``freed_before``, ``new_recs``,
-    ``chosen``."""
+@dataclass(slots=True)
+class _Clearing:
+    """What the steps of one request's clearing share (built by :func:`_begin`), and what they did so far."""
 
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(cleared=[], by_index={}, freed=0, done=set(), counts={"results": 0, "inputs": 0},
-                         resumed=False, carry=None, total=0, freed_before=0, new_recs={}, chosen=[], **kw)
+    ctx: Any
+    cfg: Any
+    decide: bool
+    ctl: Any  # the user's controls: rollback, pins, compact now
+    history: Any
+    prior: _Prefix | None
+    unseen_from: int  # results from this message on are new to the model
+    cut: int | None
+    slots: list[Slot]
+    calls_at_cut: dict | None
+    locked: set[int]
+    state: Any
+    key: str
+    remembered: dict[str, dict[str, Any]]  # the session's records
+    pinned: frozenset
+    exclude: set[str]
+    trigger: int
+    keep_recent: int
+    clear_at_least: int
+    inputs_on: bool
+    boundary: int
+    learned: Any  # the tenant's learned policy, or None
+    edits: dict[int, dict[tuple, Any]] = field(default_factory=dict)  # message index -> changes
+    cleared: list[dict[str, Any]] = field(default_factory=list)
+    by_index: dict[int, int] = field(default_factory=dict)
+    freed: int = 0
+    done: set[str] = field(default_factory=set)
+    counts: dict[str, int] = field(default_factory=lambda: {"results": 0, "inputs": 0})
+    resumed: bool = False  # step 1 of the previous request's messages taken as it was
+    carry: _Prefix | None = None
+    total: int = 0
+    freed_before: int = 0
+    new_recs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    chosen: list[tuple[Slot, dict[str, Any]]] = field(default_factory=list)
 
     def input_allowed(self, slot: Slot) -> bool:
         return (self.inputs_on and slot.can_set_input and not slot.input_locked and slot.call_index not in self.locked
@@ -706,7 +727,7 @@ def _reapply(st: _Clearing) -> None:
             done.update(p_done)
     step1_at_cut = None
     n_cut = len(slots)  # the slots before message cut
-    if calls_at_cut is not None:
+    if calls_at_cut is not None and cut is not None:
         n_cut = next((si for si in range(len(slots) - 1, -1, -1) if slots[si].index < cut), -1) + 1
         if first > n_cut:
             calls_at_cut = None  # (resumed past the cut: nothing to carry)
@@ -727,16 +748,16 @@ def _reapply(st: _Clearing) -> None:
             if rec["h"] != s.digest:  # the client changed this result itself: leave it be
                 continue
             st.apply(s, rec, False)
-    if calls_at_cut is not None and history is not None and cut > 0:
+    if calls_at_cut is not None and history is not None and cut is not None and cut > 0:
         if step1_at_cut is None:  # (no slot at or after the cut, or nothing remembered: no loop ran there)
             step1_at_cut = step1_effects(n_cut)
         carry = st.carry = _Prefix(cut, calls_at_cut, slots[:n_cut], (
             remembered, frozenset(exclude), inputs_on, frozenset(x for x in locked if x < cut), st.boundary, step1_at_cut))
         done_cut = step1_at_cut[5]
-        base = len(prior.slots) if st.resumed and len(prior.slots) <= n_cut else 0
+        base = len(prior.slots) if st.resumed and prior is not None and len(prior.slots) <= n_cut else 0
         new_slots = slots[base:n_cut]
-        carry.orders = sorted(set(prior.orders if base else ()) | {s.order for s in new_slots if s.order >= 0})
-        carry.pending = [s for s in (prior.pending if base else ()) if s.id not in done_cut] + [
+        carry.orders = sorted(set(prior.orders if base and prior is not None else ()) | {s.order for s in new_slots if s.order >= 0})
+        carry.pending = [s for s in (prior.pending if base and prior is not None else ()) if s.id not in done_cut] + [
             s for s in new_slots if s.order >= 0 and s.tool not in exclude and s.id not in done_cut]
         history.carry_on(_CARRY, cut, carry)
     st.total = _input_tokens(st.ctx)
@@ -751,7 +772,7 @@ def _choose(st: _Clearing) -> None:
     input_allowed, new_recs, learned = st.input_allowed, st.new_recs, st.learned
     boundary = st.boundary
     if total - st.freed > trigger and not ctl.holds(total - st.freed, ctx.settings):
-        if st.resumed:
+        if st.resumed and prior is not None:
             # the previous request's messages: their orders and the slots step 2 may clear there are
             # known; only the newer slots are looked at one by one
             tail = slots[len(prior.slots):]

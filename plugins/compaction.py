@@ -52,8 +52,9 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
+
+import orjson
 
 from contextwarden import hookimpl
 from contextwarden.conversation import (
@@ -63,16 +64,18 @@ from contextwarden.conversation import (
     cut_points,
     digest_memo,
 )
-from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors
+from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors, usage_usd
 from contextwarden.dialects import NO_PROVIDER, ProviderContext, dialect
 from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
+from contextwarden.memory.wayback import recall_wording
 from contextwarden.models.base import ApiKind
 from contextwarden.policy import NS_SEEN, request_time
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import first_pinned_index
 from contextwarden.statecache import state_cache
 from contextwarden.summarise import Summary, extractive_summary, llm_summary
+from contextwarden.workingset import WORKING_HEAD, Call, mentions, path_of, said, working_set
 
 NS = "compaction"  # decisions, by tenant|session|agent
 NS_LLM = "compaction_llm"  # finished LLM summaries, by tenant|session|span hash
@@ -143,33 +146,50 @@ def _rhythm(store, key: str, ttl: float, cap: int, now: float, persist: bool) ->
 # ---------------------------------------------------------------------------------------------------
 # the background LLM summariser
 
-_pool: ThreadPoolExecutor | None = None
-_pending: dict[str, Future] = {}
-_pool_lock = threading.Lock()
+class Summariser:
+    """The background LLM summaries of one runtime (``rt.memo("compaction.summariser", Summariser)``):
+    one worker, one job per key at a time; shut down with that runtime only."""
+
+    def __init__(self) -> None:
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: dict[str, Future] = {}
+        self.lock = threading.Lock()
+
+    def submit(self, job_key: str, fn) -> bool:
+        """Run ``fn`` in the background once per key; False when one is already running."""
+        with self.lock:
+            f = self.pending.get(job_key)
+            if f is not None and not f.done():
+                return False
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-summarise")
+            self.pending = {k: v for k, v in self.pending.items() if not v.done()}
+            self.pending[job_key] = self.pool.submit(fn)
+            return True
+
+    def wait(self, timeout: float) -> None:
+        with self.lock:
+            futures = list(self.pending.values())
+        for f in futures:
+            try:
+                f.result(timeout)
+            except Exception:
+                pass
+
+    def shutdown(self) -> None:
+        with self.lock:
+            pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _submit(job_key: str, fn) -> bool:
-    """Run ``fn`` in the background once per key; False when one is already running."""
-    global _pool
-    with _pool_lock:
-        f = _pending.get(job_key)
-        if f is not None and not f.done():
-            return False
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-summarise")
-        _pending[job_key] = _pool.submit(fn)
-        return True
+def summariser(rt) -> Summariser:
+    return rt.memo("compaction.summariser", Summariser)
 
 
-def wait_for_summaries(timeout: float = 30.0) -> None:
-    """Block until background summaries finish (tests, shutdown)."""
-    with _pool_lock:
-        futures = list(_pending.values())
-    for f in futures:
-        try:
-            f.result(timeout)
-        except Exception:
-            pass
+def wait_for_summaries(rt, timeout: float = 30.0) -> None:
+    """Block until ``rt``'s background summaries finish (tests, shutdown)."""
+    summariser(rt).wait(timeout)
 
 
 def _llm_url(ctx, cfg) -> tuple[str, str]:
@@ -185,8 +205,6 @@ def _llm_url(ctx, cfg) -> tuple[str, str]:
 def summariser_cost(usage: dict[str, Any] | None, model: str | None) -> dict[str, Any]:
     """Event fields for what an LLM summary cost: its tokens, and dollars at the model's list price
     (``summariser_usd`` is None for a model the price table does not know)."""
-    from contextwarden.cost import usage_usd
-
     u = usage or {}
     model = u.get("model") or model
     usd = usage_usd({"input_tokens": u.get("input_tokens", 0), "output_tokens": u.get("output_tokens", 0)}, model)
@@ -221,7 +239,7 @@ def _start_llm(ctx, cfg, key: str, span: str, turns, prior: Summary | None, mess
                                    "ms": round((time.perf_counter() - t0) * 1000, 1), **summariser_cost(s.usage, model)},
                     flow_id=flow_id, session=session)
 
-    started = _submit(job_key, run)
+    started = summariser(rt).submit(job_key, run)
     if started:
         ctx.emit("summariser", status="started", model=model, span=span, messages=messages, tokens=tokens)
     return started
@@ -234,8 +252,6 @@ def _start_llm(ctx, cfg, key: str, span: str, turns, prior: Summary | None, mess
 def folded_text(turns, first: int) -> str:
     """The compacted messages whole, as one readable text (what ``recall`` of the summary's id returns):
     each message's number and role, its text, its tool calls with their inputs and its tool results."""
-    import orjson
-
     out = []
     for k, t in enumerate(turns):
         lines = [f"[#{first + k} {t.role}]"]
@@ -258,8 +274,6 @@ def folded_text(turns, first: int) -> str:
 
 def folds_line(folds: list, ctx) -> str:
     """The summary's last line: the ids its compacted messages are kept whole under."""
-    from contextwarden.memory.wayback import recall_wording
-
     how = recall_wording(ctx, state_cache(ctx.runtime), session_key(ctx))
     ids = ", ".join(f"{mid} (messages #{a}–#{b})" for mid, a, b in folds)
     back = f"call {how} with an id" if how else "run `contextwarden recall ID`"
@@ -273,7 +287,6 @@ def working_appendix(ctx, budget: int, orig: list, lead: int, end: int) -> str:
     (``compaction.working_set_tokens``, at most a quarter of the target) or none is folded."""
     if budget <= 0:
         return ""
-    from contextwarden.workingset import WORKING_HEAD, Call, mentions, path_of, said, working_set
 
     api, n = ctx.api, len(orig)
     cfg = ctx.settings.compaction
@@ -377,18 +390,41 @@ def cw_reapply(ctx) -> None:
     _compact(ctx, decide=False)
 
 
-class _Compaction(SimpleNamespace):
-    """What the four steps of one request's compaction share, built by :func:`_frame`: ``ctx``, ``cfg``,
-    ``api``, ``req``; ``current`` (the request's history, typed, as the earlier stages left it) and ``orig``
-    (the same as wire dicts); the thresholds (``level``, ``soft``, ``hard``, ``target``, ``protect``,
-    ``ws_budget``); ``key``, ``now``, ``store``; ``by_index`` (tokens clearing freed, by message index) and
-    ``total`` (what is sent after clearing); ``rec`` (the session's stored record: decisions, plan),
-    ``decisions``, ``ctl`` (the user's controls: rollback, pins, compact now); ``pin_at`` (nothing from the
-    first pinned message on is folded; no pin: the length), ``lead`` (leading messages kept as they are:
-    system side; Codex: up to the client's own compaction), ``spans`` (SpanHasher over orig),
-    ``last_asst``; ``n_expected``, ``warm`` (the request rhythm). Step 1 (:func:`_find`) adds ``active``
-    (the stored decision that still applies, or None), ``start`` (where a new span would start) and
-    ``t_now`` (the tokens sent with it applied)."""
+@dataclass
+class _Compaction:
+    """What the four steps of one request's compaction share, built by :func:`_frame`."""
+
+    ctx: Any
+    cfg: Any
+    api: ApiKind
+    req: Any
+    current: list[Any]  # the request's history, typed, as the earlier stages left it
+    orig: list[Any]  # the same as wire dicts
+    level: str | None
+    soft: int
+    hard: int
+    target: int
+    protect: int
+    ws_budget: int
+    key: str
+    now: float
+    store: Any  # the runtime's StateCache
+    by_index: dict[int, int]  # tokens clearing freed, by message index
+    total: int  # what is sent after clearing
+    rec: dict[str, Any]  # the session's stored record: decisions, plan
+    decisions: list[dict[str, Any]]
+    ctl: Any  # the user's controls: rollback, pins, compact now
+    pin_at: int  # nothing from the first pinned message on is folded (no pin: the length)
+    lead: int  # leading messages kept as they are (system side; Codex: up to the client's own compaction)
+    spans: SpanHasher
+    last_asst: int
+    n_expected: int  # the request rhythm
+    warm: bool
+    # step 1 (:func:`_find`): the stored decision that still applies, where a new span would start, and
+    # the tokens sent with it applied
+    active: dict[str, Any] | None = None
+    start: int = 0
+    t_now: int = 0
 
 
 @dataclass
@@ -663,8 +699,4 @@ def _apply(f: _Compaction, active: dict[str, Any], reused: bool, trigger: str | 
 
 @hookimpl
 def cw_shutdown(runtime) -> None:
-    global _pool
-    with _pool_lock:
-        pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
+    summariser(runtime).shutdown()

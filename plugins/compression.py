@@ -40,11 +40,13 @@ from contextwarden import hookimpl
 from contextwarden.compress import Limits, compress, offload
 from contextwarden.conversation import image_count, result_text
 from contextwarden.dialects import dialect
+from contextwarden.memory import service as memory_service
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.retrieve import history_items, human_text, role_of
 from contextwarden.memory.wayback import peek_wording, recall_wording
 from contextwarden.plugins import clearing
 from contextwarden.plugins.clearing import COMPRESSED, Slot, _commit, _last_assistant, _path_of, find_slots, session_key
+from contextwarden.plugins.recall import _item
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.statecache import state_cache
@@ -183,9 +185,6 @@ def _keep(ctx, chosen: list[tuple[Slot, dict]]) -> list[str]:
     """Hand the whole outputs to memory's originals under the ids their first lines name, before the
     request is sent (a queue append: memory's keeper thread redacts and writes, and a recall waits for
     what is pending), whatever place the stage has in the pipeline. [] when memory cannot take them."""
-    from contextwarden.memory import service as memory_service
-    from contextwarden.plugins.recall import _item
-
     svc = memory_service.get_service(ctx.runtime)
     if svc is None:
         return []
@@ -252,6 +251,35 @@ def _first_sight(ctx, s: Slot, text: str, mid: str, limits: Limits, lazy: dict, 
     return made
 
 
+def _decide(ctx, s: Slot, errors: dict[str, bool], limits: Limits, lazy: dict[str, Any], state,
+            key: str) -> dict[str, Any] | None:
+    """The record of a result compressed for the first time, or None: it stays as it is."""
+    cfg = ctx.settings.compression
+    if len(s.text) < limits.medium_chars or not _plain_text(s.content):
+        return None
+    if cfg.keep_edited_reads and s.tool in clearing.READ_TOOLS and "edited" not in lazy:
+        lazy["edited"] = _edited_paths(ctx)
+    if not allowed(cfg, s.tool, s.tool_input, errors.get(s.id, False), lazy.get("edited", ())):
+        return None
+    if "query" not in lazy:
+        lazy["query"] = _last_human(ctx)
+    text = s.text
+    if text.startswith((clearing.STUB_PREFIX, "[contextwarden compressed this ")):
+        return None
+    mid = memory_id(text)
+    made = _first_sight(ctx, s, text, mid, limits, lazy, state, key)
+    if made is None:
+        return None
+    new, kind, new_toks = made
+    toks = _result_tokens(ctx, s, lazy)
+    if new_toks is None:
+        new_toks = ctx.runtime.tokens.count_text(new, ctx.model)
+    if new_toks >= toks:
+        return None
+    return {"h": s.digest, "stub": new, "tokens": toks, "stub_tokens": new_toks, "tool": s.tool, "mid": mid,
+            "kind": COMPRESSED, "compressor": kind}
+
+
 def _compress(ctx, decide: bool) -> None:
     cfg = ctx.settings.compression
     if not cfg.enabled or not ctx.settings.clearing.enabled or not ctx.settings.memory.enabled:
@@ -271,7 +299,6 @@ def _compress(ctx, decide: bool) -> None:
     pinned = pinned_tool_ids(ctx, ((s.id, s.index, s.text) for s in slots)) if ctl.pins else frozenset()
     remembered = ctl.applied(clearing.NS, remembered, pinned)
     limits = limits_of(cfg)
-    count = lambda t: ctx.runtime.tokens.count_text(t, ctx.model)  # noqa: E731
     lazy: dict[str, Any] = {}
     applied: list[tuple[Slot, dict, bool]] = []
     new_recs: dict[str, dict[str, Any]] = {}
@@ -281,31 +308,9 @@ def _compress(ctx, decide: bool) -> None:
             if rec.get("kind") == COMPRESSED and rec["h"] == s.digest and rec.get("stub") is not None:
                 applied.append((s, rec, False))
             continue  # (a clearing record on an unseen result: clearing leaves it, and so does this)
-        if not decide or s.id in pinned or len(s.text) < limits.medium_chars or not _plain_text(s.content):
-            continue
-        if cfg.keep_edited_reads and s.tool in clearing.READ_TOOLS and "edited" not in lazy:
-            lazy["edited"] = _edited_paths(ctx)
-        if not allowed(cfg, s.tool, s.tool_input, errors.get(s.id, False), lazy.get("edited", ())):
-            continue
-        if "query" not in lazy:
-            lazy["query"] = _last_human(ctx)
-        text = s.text
-        if text.startswith((clearing.STUB_PREFIX, "[contextwarden compressed this ")):
-            continue
-        mid = memory_id(text)
-        made = _first_sight(ctx, s, text, mid, limits, lazy, state, key)
-        if made is None:
-            continue
-        new, kind, new_toks = made
-        toks = _result_tokens(ctx, s, lazy)
-        if new_toks is None:
-            new_toks = count(new)
-        if new_toks >= toks:
-            continue
-        rec = {"h": s.digest, "stub": new, "tokens": toks, "stub_tokens": new_toks, "tool": s.tool, "mid": mid,
-               "kind": COMPRESSED, "compressor": kind}
-        new_recs[s.id] = rec
-        applied.append((s, rec, True))
+        if decide and s.id not in pinned and (rec := _decide(ctx, s, errors, limits, lazy, state, key)) is not None:
+            new_recs[s.id] = rec
+            applied.append((s, rec, True))
     if not applied:
         return
     kept = _keep(ctx, [(s, rec) for s, rec, new in applied if new]) if new_recs else []
@@ -326,6 +331,11 @@ def _compress(ctx, decide: bool) -> None:
             tokens_after=sum(r["stub_tokens"] for r in new_recs.values()),
             messages=[s.index for s, _, new in applied if new], tool_ids=list(new_recs), refs=list(new_recs),
             also=[clearing.remembering(key, new_recs)])
+    _report(ctx, applied, new_recs, kept)
+
+
+def _report(ctx, applied: list[tuple[Slot, dict, bool]], new_recs: dict[str, dict[str, Any]], kept: list[str]) -> None:
+    """What other stages read (clearing's freed tokens, the results for automatic recall) and the event."""
     freed = sum(rec["tokens"] - rec["stub_tokens"] for _, rec, _ in applied)
     prev = ctx.notes.get("clearing") or {}
     by_index = dict(prev.get("by_index") or {})

@@ -20,11 +20,13 @@ import time
 import orjson
 
 from contextwarden import hookimpl
+from contextwarden.conversation import strip_cache_control
 from contextwarden.dialects import dialect
 from contextwarden.lru import LRU
 from contextwarden.memory import produced
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.envelopes import content_words, topical
+from contextwarden.memory.ingest import items_from_messages
 from contextwarden.memory.inject import (
     BLOCK_OVERHEAD_TEXT,
     NotInjectable,
@@ -33,6 +35,7 @@ from contextwarden.memory.inject import (
     render_block,
     strip_blocks,
 )
+from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.lexical import tokenize
 from contextwarden.memory.project import request_project
 from contextwarden.memory.retrieve import (
@@ -284,8 +287,6 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
 def _fingerprint(api: ApiKind, msg) -> str:
     """A message's identity for the ingestion marker: role and content without cache_control (Claude
     Code moves its breakpoints every turn; that must not look like a rewritten history)."""
-    from contextwarden.conversation import strip_cache_control
-
     m = msg.wire() if hasattr(msg, "wire") else msg
     return hashlib.blake2b(orjson.dumps(strip_cache_control(m), option=orjson.OPT_SORT_KEYS, default=str),
                            digest_size=12).hexdigest()
@@ -320,8 +321,6 @@ def _stubbed_items(ctx, msgs: list, workspace: str | None) -> list:
     """Tool results the clearing and compaction stages replaced for the first time in this request, as
     items whose ``source_id`` is the id their stub names (normally already stored when their turn
     completed; this covers a memory that was off or lost then; the store deduplicates)."""
-    from contextwarden.memory.items import MemoryItem
-
     entries = [e for e in (ctx.notes.get("cleared") or []) + (ctx.notes.get("compacted") or [])
                if e.get("new") is not False and e.get("text") and e.get("memory_id")]
     if not entries:
@@ -369,8 +368,6 @@ def items_for_turn(ctx, turn, tagger) -> tuple[list, int, bool]:
     assistant's reply), the new ingestion marker (how many request messages are now stored), and
     whether the items are history the proxy had not seen live: the first request of a session (no
     marker) already holding earlier messages (a resumed conversation)."""
-    from contextwarden.memory.ingest import items_from_messages
-
     m = ctx.settings.memory
     msgs = history_items(ctx.api, ctx.original)
     start, history = _ingest_start(ctx, msgs)
@@ -382,8 +379,6 @@ def items_for_turn(ctx, turn, tagger) -> tuple[list, int, bool]:
     for i in range(start, len(msgs)):
         c = raw_clean.get(i)
         if c is not None and source[i] is not None and role_of(source[i]) == "user":
-            from contextwarden.memory.retrieve import human_text
-
             h = human_text(ctx.api, source[i])
             if c != h and len(c) <= len(h):  # envelopes removed, and no tool results mixed in
                 clean[i] = c

@@ -27,7 +27,7 @@ from contextwarden.dialects import dialect
 from contextwarden.history import session_key as _session_key
 from contextwarden.lru import LRU
 from contextwarden.memory import service as memory_service
-from contextwarden.memory.autorecall import Kept, Lost, Memos, TermIndex, excerpt, find, read_answer
+from contextwarden.memory.autorecall import Found, Kept, Lost, Memos, TermIndex, excerpt, find, read_answer
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.inject import NotInjectable, render_block
 from contextwarden.memory.items import MemoryItem
@@ -151,8 +151,6 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
         if svc is None or len(found) >= 3:
             break
         for it in svc.recall([mid], [ctx.tenant], ctx.settings.memory.shared_workspace, wait_s=0, chunks=False):
-            from contextwarden.memory.autorecall import Found
-
             found.append(Found(Lost(mid, it.text, it.turn, it.tool, None, it.kind), "id", mid))
     if not found:
         return {"skipped": "no reference to lost content"}

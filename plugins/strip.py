@@ -21,13 +21,12 @@ as it was.
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from contextwarden import hookimpl
 from contextwarden.dialects import NO_PROVIDER, dialect
+from contextwarden.lru import LRU
 
 _VC_PROMPT = re.compile(r"\A\s*\[vc:prompt\][ \t]*(?:\r?\n\s*)?")
 _VC_USER = re.compile(r"\[vc:user\](.*?)\[/vc:user\]", re.S)
@@ -90,9 +89,7 @@ class Stripper:
         self.steps: list[tuple[str, Callable[[str], tuple[str, int]]]] = []
         self.errors: list[str] = []
         # text -> (text, cleaned, counts); one memo per Stripper, so other patterns never share an entry
-        self._memo: OrderedDict[Any, tuple[str, str, tuple[tuple[str, int], ...]]] = OrderedDict()
-        self._memo_chars = 0
-        self._memo_lock = threading.Lock()
+        self._memo = LRU(MEMO_CHARS, max_item=MEMO_CHARS // 4, max_count=MEMO_ENTRIES)
         for name in BUILTIN:  # fixed order: the marker and wrappers first, then headers, then the footer
             if name in enabled:
                 self.steps.append((name, _BUILTIN_FNS[name]))
@@ -117,25 +114,13 @@ class Stripper:
             return text, {}
         n = len(text)
         key: Any = text if n <= _SHORT_KEY else (n, text[:_ENDS], text[-_ENDS:])
-        memo = self._memo
-        with self._memo_lock:
-            e = memo.get(key)
-            if e is not None and (e[0] is text or e[0] == text):
-                memo.move_to_end(key)
-                return e[1], dict(e[2])
-        out, counts = self._clean(text)
-        size = n + (len(out) if out is not text else 0)
-        if size <= MEMO_CHARS // 4:
-            with self._memo_lock:
-                old = memo.pop(key, None)
-                if old is not None:
-                    self._memo_chars -= len(old[0]) + (len(old[1]) if old[1] is not old[0] else 0)
-                memo[key] = (text, out, tuple(counts.items()))
-                self._memo_chars += size
-                while len(memo) > MEMO_ENTRIES or self._memo_chars > MEMO_CHARS:
-                    _, old = memo.popitem(last=False)
-                    self._memo_chars -= len(old[0]) + (len(old[1]) if old[1] is not old[0] else 0)
-        return out, counts
+        e = self._memo.peek(key)
+        if e is None or not (e[0] is text or e[0] == text):
+            out, counts = self._clean(text)
+            e = (text, out, tuple(counts.items()))
+        if self._memo.young.get(key) is not e:  # (new, or used again from the old generation)
+            self._memo.put(key, e, n + (len(e[1]) if e[1] is not text else 0))
+        return e[1], dict(e[2])
 
     def _clean(self, text: str) -> tuple[str, dict[str, int]]:
         counts: dict[str, int] = {}

@@ -21,16 +21,19 @@ def test_a_census_reports_sizes_garbage_and_the_heap(tmp_path, monkeypatch):
     out = tmp_path / "census.jsonl"
     monkeypatch.setenv("CONTEXTWARDEN_CENSUS", str(out))
     monkeypatch.setenv("CONTEXTWARDEN_CENSUS_S", "3600")  # only when asked (SIGUSR2's event)
-    monkeypatch.setattr(census, "_watched", {})
 
     class Runtime:
         def __init__(self) -> None:
             self.queue = [1, 2, 3]
             self._memos = {"cache": {"a": 1}}
 
-    c = census.from_env(Runtime())
+        def memo(self, name, factory):
+            return self._memos.setdefault(name, factory())
+
+    rt = Runtime()
+    c = census.from_env(rt)
     try:
-        census.watch("ring", {"x": 1, "y": 2})
+        census.watch(rt, "ring", {"x": 1, "y": 2})
         was = gc.isenabled()
         gc.disable()
         try:
@@ -62,7 +65,6 @@ def test_a_census_reports_sizes_garbage_and_the_heap(tmp_path, monkeypatch):
                 gc.enable()
     finally:
         c.stop()
-        monkeypatch.setattr(census, "_running", False)
     rec = orjson.loads(out.read_bytes().splitlines()[0])
     assert rec["sizes"]["runtime"]["queue"] == 3 and rec["sizes"]["ring"] == {"len": 2}
     assert rec["memos"]["cache"] == {"len": 1}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 import time
 
 import orjson
@@ -353,7 +354,7 @@ def test_llm_summariser_uses_the_clients_credentials_in_the_background(cw_home):
         first = h.send(ApiKind.ANTHROPIC, body)
         assert not first.changed
         assert [e for e in first.events("compaction")][0]["reason"] == "waiting for the llm summary"
-        comp.wait_for_summaries(30)
+        comp.wait_for_summaries(h.rt, 30)
         (rec,) = up.requests("/v1/messages")
         assert rec.header("x-api-key") == "sk-test-secret"
         assert rec.json()["model"] == "claude-haiku-4-5"
@@ -381,7 +382,7 @@ def test_the_llm_summary_cost_in_dollars_is_in_the_events(cw_home, model, prices
         h = harness(cw_home, 1000, summariser="llm", llm_base_url=up.url, llm_model=model)
         h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, anthropic_tool_loop(10), 0.78)}})
         h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(10))
-        comp.wait_for_summaries(30)
+        comp.wait_for_summaries(h.rt, 30)
         (rec,) = up.requests("/v1/messages")
         assert rec.status == 200
         usage = orjson.loads(bytes(rec.response_body))["usage"]  # what the upstream billed
@@ -453,3 +454,19 @@ def test_a_rewound_conversation_reuses_only_a_cut_that_keeps_its_latest_assistan
     s2 = h.send(ApiKind.ANTHROPIC, shorter)
     assert not s2.changed and not [e for e in s2.events("compaction") if e.get("applied")]
     h.close()
+
+
+def test_one_runtimes_shutdown_leaves_anothers_summaries_running(cw_home):
+    """The background summariser belongs to its runtime: closing one runtime cancels nothing of another's."""
+    a, b = harness(cw_home / "a", 1000), harness(cw_home / "b", 1000)
+    go, ran = threading.Event(), []
+    mine = comp.summariser(b.rt)
+    assert mine is not comp.summariser(a.rt)
+    assert mine.submit("first", lambda: go.wait(30))
+    assert mine.submit("second", lambda: ran.append("second"))  # queued behind the first
+    assert not mine.submit("second", lambda: ran.append("again"))  # one job per key at a time
+    a.close()
+    go.set()
+    comp.wait_for_summaries(b.rt, 30)
+    assert ran == ["second"]
+    b.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from contextwarden import workerpool
 from contextwarden.compress import Limits, offload
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
@@ -75,7 +76,7 @@ def test_a_late_worker_is_left_to_finish_and_only_a_hung_one_is_started_again(mo
         assert pool.call(len, "abcd", timeout=60) == 4  # the late answer read and dropped first, then this one's
         assert pool.failures == 0 and pool.started == 1  # no restart: a new interpreter's start-up is not paid
 
-        monkeypatch.setattr(offload, "HUNG_S", 0.5)
+        monkeypatch.setattr(workerpool, "HUNG_S", 0.5)
         with pytest.raises(offload.Unavailable, match="no answer"):
             pool.call(time.sleep, 60, timeout=0.2)
         time.sleep(0.6)

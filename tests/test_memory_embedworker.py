@@ -37,8 +37,8 @@ def test_the_worker_gives_the_in_process_vectors_at_the_idle_priority(inner, gro
         assert pid != os.getpid()
         assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # the kernel runs it on CPU nobody else wants
         group = Path(f"/proc/{pid}/autogroup")
-        if group.exists():  # ... and its session's group weighs what memory.embed_group_nice says (19 with
-            # memory.index_first): the class alone did not lower the group's share
+        if group.exists():  # ... and its session's group weighs what it was given (19 in the memory
+            # process): the class alone did not lower the group's share
             assert os.getsid(pid) == pid and group.read_text().split()[-1] == str(group_nice)
     finally:
         bg.close()

@@ -176,8 +176,8 @@ def test_past_pending_max_the_oldest_are_stored_as_text_and_embedded_later_never
 
 
 def test_what_waits_for_its_vector_is_searchable_by_its_words_and_recallable_at_once(cw_home):
-    """Embedding lags under load (the worker runs at the lowest priority): the indexer has made each
-    submission searchable by its words, and its originals recallable, before the storer embeds it."""
+    """Embedding lags under load (the worker runs at the lowest priority): each submission is searchable
+    by its words, and its originals recallable, as soon as it is submitted, before the storer embeds it."""
     from contextwarden.memory.lexical import LexicalIndex
     from contextwarden.memory.originals import OriginalStore
 
@@ -200,10 +200,7 @@ def test_what_waits_for_its_vector_is_searchable_by_its_words_and_recallable_at_
         assert gated.entered.wait(60)  # the storer is stuck embedding the first submission
         for it in late:
             assert ing.submit([it])
-        deadline = time.monotonic() + 60
-        while ing.indexed < len(late) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ing.indexed == len(late) and not added  # indexed, nothing stored yet
+        assert ing.indexed == len(late) and not added  # indexed by the submissions themselves, nothing stored yet
         hits = lexical.query("test_upload_3 RETRIES", ["t-a"], n=3)
         assert hits and hits[0].item.text == late[3].text and hits[0].item.tags == []  # tagged when stored
         hits = lexical.query("zanzibar-77", ["t-a"], n=3)
@@ -222,32 +219,6 @@ def test_what_waits_for_its_vector_is_searchable_by_its_words_and_recallable_at_
     mem = [e for e in events(bus, "memory") if "ingested" in e]
     assert any(e.get("indexed") for e in mem)  # the backlog searchable by words, reported with each batch
     originals.close()
-    s.close()
-
-
-def test_without_index_first_the_indexer_stays_one_batch_ahead(cw_home):
-    """memory.index_first off (the default): nothing is searchable before it is stored, so the indexer
-    prepares only the storer's next batch, and its CPU is spent as fast as the embedder goes."""
-    s = store(cw_home)
-    gated = _GatedEmbedder(s.embedder)
-    s.embedder = gated
-    bus = EventBus()
-    ing = Ingestor(s, bus, queue_size=1000, journal=PendingTable(cw_home / "pending.sqlite"), batch_max=2,
-                   backfill=False)
-    try:
-        assert ing.submit([item("first note", turn=0)])
-        assert gated.entered.wait(60)
-        for k in range(1, 9):
-            assert ing.submit([item(f"note {k} about the release", turn=k)])
-        time.sleep(1.0)
-        assert ing.indexed <= 2 and ing.journal.untaken >= 6  # the rest waits in the table, untouched
-        gated.gate.set()
-        assert ing.flush(300)
-    finally:
-        gated.gate.set()
-        ing.close()
-    assert len(list(s.iter_items())) == 9
-    assert not any("indexed" in e for e in events(bus, "memory"))  # nothing to report: not searchable early
     s.close()
 
 

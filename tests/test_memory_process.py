@@ -119,13 +119,13 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_with_index_first_what_waits_for_the_embedder_is_found_by_its_words(tmp_path):
-    """memory.index_first: the memory process indexes a submission by its words as it arrives; with the
-    embedding worker stopped (a machine that never idles), a search still finds it, and it is stored
-    once the worker runs again."""
+def test_what_waits_for_the_embedder_is_found_by_its_words(tmp_path):
+    """The memory process indexes a submission by its words as it arrives; with the embedding worker
+    stopped (a machine that never idles), a search still finds it, and it is stored once the worker runs
+    again."""
     from contextwarden.memory.retrieve import Query
 
-    rp = replayer(tmp_path, "memory: {process: separate, index_first: true}")
+    rp = replayer(tmp_path, "memory: {process: separate}")
     stopped: list[int] = []
     try:
         svc = get_service(rp.runtime)

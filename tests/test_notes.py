@@ -4,6 +4,7 @@ built-in stages leaves only declared keys, each holding a value of its declared 
 from __future__ import annotations
 
 import re
+import types
 import typing
 from pathlib import Path
 
@@ -35,8 +36,20 @@ def test_every_key_the_code_uses_is_declared():
 
 
 def _matches(value, tp) -> bool:
-    origin = typing.get_origin(tp) or tp
-    return tp is typing.Any or value is None or isinstance(value, origin)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_matches(value, t) for t in typing.get_args(tp))
+    origin = dict if typing.is_typeddict(tp) else typing.get_origin(tp) or tp
+    if tp is typing.Any or value is None:
+        return True
+    if not isinstance(value, origin):
+        return False
+    if typing.is_typeddict(tp):  # a declared record: its keys, each of its type
+        hints = typing.get_type_hints(tp)
+        return set(value) <= set(hints) and all(_matches(v, hints[k]) for k, v in value.items())
+    args = typing.get_args(tp)
+    if origin is list and args:
+        return all(_matches(v, args[0]) for v in value)
+    return True
 
 
 def test_a_request_through_the_stages_leaves_declared_keys_of_their_types(tmp_path):

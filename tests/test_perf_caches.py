@@ -100,7 +100,7 @@ def test_body_ring_keeps_bytes_and_returns_json(tmp_path):
     assert ring.get("a")["original"] == {"messages": [1]} and ring.get("a")["rewritten"] is None
     assert ring.get("b")["original"] == {"messages": []} and ring.get("b")["rewritten"] == {"x": 1}
     assert [e["flow_id"] for e in ring.for_session("s")] == ["a", "b"]
-    assert isinstance(ring._items["a"]["original"], bytes)  # stored as bytes: nothing for the GC to walk
+    assert isinstance(ring._lru.peek("a")["original"], bytes)  # stored as bytes: nothing for the GC to walk
     p = record(tmp_path, {"flow_id": "c", "session": "s", "original": b'{"m":2}', "rewritten": b'{"m":3}'})
     assert orjson.loads(p.read_bytes())["rewritten"] == {"m": 3}
 
@@ -111,7 +111,7 @@ def test_the_pipeline_remembers_bodies_as_bytes(tmp_path):
         body = anthropic_tool_loop(4, result_words=300)
         sent = h.send(ApiKind.ANTHROPIC, body)
         assert sent.changed
-        kept = h.rt.bodies._items[sent.ctx.flow_id]
+        kept = h.rt.bodies._lru.peek(sent.ctx.flow_id)
         assert isinstance(kept["original"], bytes) and isinstance(kept["rewritten"], bytes)
         got = h.rt.bodies.get(sent.ctx.flow_id)
         assert got["original"] == body and got["rewritten"] == sent.body

@@ -332,3 +332,25 @@ def test_search_cli_shows_sources_and_scores(tmp_path, capsys):
     assert "memory is empty for session other" in capsys.readouterr().out
     assert cli_main(["search", "beagle", "--home", str(home), "--api-key", "sk-two"]) == 0
     assert "memory is empty" in capsys.readouterr().out  # another key's tenant holds nothing
+
+
+def test_a_question_naming_one_speaker_follows_that_speakers_turns(tmp_path):
+    """The camping turn is Melanie's answer to "what trips has Melanie taken?", but Caroline's turns
+    about her own trips fill the conversation's top: the ranking within Melanie's turns finds it."""
+    st = store(tmp_path)
+    said = [("Caroline", f"Melanie, you asked about my trips: my trip to {city} was {how}.")
+            for city in ("Paris", "Rome", "Berlin", "Oslo", "Madrid", "Vienna", "Prague", "Lisbon", "Dublin", "Athens")
+            for how in ("lovely", "a holiday")]
+    said += [("Melanie", "Thanks Caroline! I'm fine, busy week."),
+            ("Melanie", "We went camping by the lake with the kids last weekend.")]
+    items = [item(f"{who}: {text}", turn=i, speaker=who) for i, (who, text) in enumerate(said)]
+    st.add(items)
+    lex = LexicalIndex()
+    lex.add(items)
+    found = {}
+    for weight in (0.0, 2.0):
+        r = Retriever(st, lex, embedder(), None, MemorySection(neighbour_weight=0, speaker_weight=weight))
+        found[weight] = [h.item.text for h in r.search(Query("What trips has Melanie taken?"), ["t-a"], n=2, session="s1").hits]
+    assert items[-1].text not in found[0.0]
+    assert items[-1].text in found[2.0]
+    st.close()

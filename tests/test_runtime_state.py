@@ -26,7 +26,7 @@ from .support.stages import Harness, anthropic_tool_loop, settings_overrides
 # memos of pure functions of their string arguments, shared on purpose (a deterministic result of the
 # text alone: secret scrubbing and header redaction, an encoding's loader, a text's digest, a stub's text)
 PURE = {
-    "contextwarden.scrub._young", "contextwarden.scrub._old", "contextwarden.scrub._long",  # a text, its secrets redacted
+    "contextwarden.scrub._memo", "contextwarden.scrub._long",  # a text, its secrets redacted
     "contextwarden.memory.retrieve._LINE_CACHE",  # a text, its lines hashed
     "contextwarden.redact.is_secret_name", "contextwarden.redact._known_secret",  # a header name / value
     "contextwarden.tokens.encoding_name_for", "contextwarden.agents._agent_suffix",  # a model / a system prompt

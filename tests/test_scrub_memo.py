@@ -83,7 +83,7 @@ def test_the_memo_never_answers_for_another_text_even_across_generations():
     key = "sk-ant-api03-" + _alnum(40)
     assert key not in scrub_text(key) and key not in scrub_text(_fresh(key))
     # more distinct texts than two generations hold: the key is forgotten, then redacted afresh
-    for i in range(2 * scrub_module._GENERATION + 10):
+    for i in range(scrub_module._memo.max_size + 10):
         scrub_text(f"harmless text number {i}")
     assert key not in scrub_text(_fresh(key))
     assert scrub_text(_fresh("harmless text number 3")) == "harmless text number 3"
@@ -206,8 +206,8 @@ def test_terminal_lines_are_redacted_and_not_remembered():
     key = "sk-ant-api03-" + _alnum(40)
     out = io.StringIO()
     term = _Redacting(out)
-    before = len(scrub_module._young) + len(scrub_module._old)
+    before = len(scrub_module._memo)
     for i in range(50):
         print(f"[03:21:10.{i:03d}][127.0.0.1:34346] GET https://host/v1?key={key} Streaming response", file=term)
     assert key not in out.getvalue() and out.getvalue().count("\n") == 50
-    assert len(scrub_module._young) + len(scrub_module._old) == before  # each line is new: none kept
+    assert len(scrub_module._memo) == before  # each line is new: none kept

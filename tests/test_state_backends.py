@@ -16,8 +16,7 @@ from contextwarden.models.base import ApiKind
 from contextwarden.plugins import compaction as comp
 from contextwarden.sealing import Sealer, SealError, new_key
 from contextwarden.settings import load_settings
-from contextwarden.state import StateStore, StateUnavailable, open_state
-from contextwarden.state_redis import RedisStateStore
+from contextwarden.state import RedisStateStore, StateStore, StateUnavailable, open_state
 from contextwarden.statecache import StateCache
 
 from .support.redis_server import RedisServer

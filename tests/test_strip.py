@@ -117,7 +117,7 @@ def test_memo_is_bounded(monkeypatch):
     for i in range(50):
         assert s.clean(f"[vc:prompt]\nmessage {i}")[0] == f"message {i}"
         s.clean(f"{i}" * 600)
-    assert len(s._memo) <= 5 and s._memo_chars <= 10_000
+    assert len(s._memo) <= 5 and s._memo.held <= 10_000
 
 
 def test_fast_message_text_is_anthropic_message_text():

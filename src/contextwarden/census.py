@@ -7,7 +7,7 @@ the process's RSS; glibc's heap (``mallinfo2``: in use, free, mmapped); the coll
 how many objects a full collection frees (and the RSS it gives back), then what ``malloc_trim(0)`` gives
 back (if trimming returns a lot, the growth is freed-but-kept heap, not live objects); the tracked
 objects by type (top 30 by count and by shallow size); ``len()`` of every sized attribute of the runtime
-and the objects registered with :func:`watch` (the bounded structures: conversations, body ring, queues);
+and the objects registered with :func:`watch` for it (the bounded structures: conversations, body ring, queues);
 and with ``CONTEXTWARDEN_TRACEMALLOC=N`` (frames), ``tracemalloc``'s top 25 lines by size and the top 25
 by growth since the previous census. A census pauses the proxy for about a second per million objects
 and runs a full collection: a debugging tool, off unless asked for.
@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+import tracemalloc
 from collections import Counter
 from typing import Any
 
@@ -29,14 +30,12 @@ import orjson
 
 from .collector import libc, trim_malloc
 
-_watched: dict[str, Any] = {}  # only while a census runs (nothing of a runtime is kept otherwise)
-_running = False
+WATCHED = "census.watched"  # the runtime's memo of what a census reports beside it
 
 
-def watch(name: str, obj: Any) -> None:
-    """Report ``len()`` of ``obj``'s sized attributes (and of ``obj``) in every census (when one runs)."""
-    if _running:
-        _watched[name] = obj
+def watch(runtime: Any, name: str, obj: Any) -> None:
+    """Report ``len()`` of ``obj``'s sized attributes (and of ``obj``) in every census of ``runtime``."""
+    runtime.memo(WATCHED, dict)[name] = obj
 
 
 def rss_mb() -> float | None:
@@ -89,7 +88,7 @@ def _name(o: Any) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
 
-def types_census(top: int = 30) -> dict[str, list]:
+def types_census(top: int = 30) -> dict[str, Any]:
     """The collector-tracked objects by type: the top ``top`` by count and by shallow size (MB); and
     who holds the most numerous type (the types of the objects referring to them, over two hops
     through plain dicts and lists: ``Conversation > dict > list``)."""
@@ -171,11 +170,9 @@ class Census:
         self.frames = frames
         self._now = threading.Event()
         self._stop = threading.Event()
-        self._prev = None
+        self._prev: Any = None
         self.t0 = time.monotonic()
         if frames > 0:
-            import tracemalloc
-
             tracemalloc.start(frames)
 
     def start(self) -> Census:
@@ -210,7 +207,8 @@ class Census:
                                "gc_collections": [s["collections"] for s in gc.get_stats()]}
         rec["types"] = types_census()
         rt = self.runtime
-        rec["sizes"] = {"runtime": sizes(rt), **{k: sizes(v) for k, v in _watched.items()}}
+        watched = getattr(rt, "_memos", {}).get(WATCHED, {})
+        rec["sizes"] = {"runtime": sizes(rt), **{k: sizes(v) for k, v in list(watched.items())}}
         rec["memos"] = {k: sizes(v) for k, v in getattr(rt, "_memos", {}).items()}
         rec["threads"] = threading.active_count()
         if self.frames > 0:
@@ -224,9 +222,7 @@ class Census:
             rec["malloc_after_trim"] = mallinfo()
         return rec
 
-    def _tracemalloc(self) -> dict[str, list]:
-        import tracemalloc
-
+    def _tracemalloc(self) -> dict[str, Any]:
         snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
         def where(tb) -> str:  # innermost frame first
             return " < ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in reversed(tb))
@@ -247,6 +243,4 @@ def from_env(runtime: Any) -> Census | None:
         return None
     every = float(os.environ.get("CONTEXTWARDEN_CENSUS_S") or 30)
     frames = int(os.environ.get("CONTEXTWARDEN_TRACEMALLOC") or 0)
-    global _running
-    _running = True
     return Census(path, runtime, every, frames).start()

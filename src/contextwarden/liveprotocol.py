@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from .cost import billed_from_usage, billed_units, provider_compaction, usage_usd
+from .cost import billed_units, price_for, provider_compaction, usage_usd
 from .events import Event
 
 PROTOCOL = 1
@@ -200,19 +200,17 @@ class Totals:
                     self.usd += usd
                     self.priced_turns += 1
                 comp = provider_compaction(usage)  # the provider's own context management, apart
-                sent = usage
                 if comp:
                     self.provider_compactions += comp["iterations"]
                     self.provider_compaction_units += billed_units(comp)
                     billed -= billed_units(comp)  # (the rate below: the request's own sampling only)
-                    sent = {k: v for k, v in usage.items() if k != "iterations"}
                 self.provider_cleared += num(usage.get("provider_cleared_tokens"))
                 ti, ts = data.get("tokens_in"), data.get("tokens_sent")
                 if isinstance(ti, (int, float)) and isinstance(ts, (int, float)) and ts > 0:
                     # what the freed tokens would have cost at the rate this turn paid per sent token
                     self.est_saved_units += (ti - ts) * billed / ts
-                    if usd is not None:
-                        self.est_saved_usd += (ti - ts) * billed_from_usage(sent, data.get("model")).input_cost / ts
+                    if usd is not None:  # (the same units at the model's input price: one bill per turn)
+                        self.est_saved_usd += (ti - ts) * billed / ts * price_for(data.get("model")).input / 1e6
                     self.saving_turns_tokens_in += ti
                     self.saving_turns_tokens_sent += ts
 

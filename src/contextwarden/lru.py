@@ -1,75 +1,96 @@
-"""One bounded memo for every cache of the proxy: least recently used out first.
+"""One bounded memo for every cache of the proxy: what was not used lately goes first.
 
 Per-message work (a message's digest, the validator's facts about it, a text's secret scrub, a lost
 text's terms) is a pure function of its key, and a long conversation sends the same messages again
-with every request. :class:`LRU` remembers it, bounded by a count or by a size per key (``size=len``:
-the bytes of the keys it keeps). Keyed by the exact value (Python's hash, then an equality check), it
-can never answer for another key: what some of these values guard (a wrong fact could let an invalid
-body through) must not rest on a hash alone.
+with every request. :class:`LRU` remembers it, bounded by a size (a count, or ``size(key)`` per key:
+``size=len`` for the bytes of the keys it keeps) and optionally by a count too. Keyed by the exact value
+(Python's hash, then an equality check), it can never answer for another key: what some of these values
+guard (a wrong fact could let an invalid body through) must not rest on a hash alone.
 
-Every instance belongs to a runtime (``Runtime.memo(name, factory)``), never to a module, so two
-runtimes in one process share nothing (``tests/test_runtime_state.py``).
+Two generations of plain dictionaries rather than a linked order: a hit is one ``dict.get`` with no
+lock (each dict operation is atomic under the interpreter lock; a race between threads at most forgets
+an entry, which is computed again). New entries go to the young generation; when it holds half the
+bound it becomes the old one and the old one is dropped; what is used again from the old one moves to
+the young one. So what was used in neither of the last two generations goes first.
+
+Memos of the request path belong to a runtime (``Runtime.memo(name, factory)``), never to a module, so
+two runtimes in one process share nothing (``tests/test_runtime_state.py``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
 
 class LRU:
-    """``get(key, compute)``: the remembered value, else ``compute()`` remembered. Bounded by
-    ``max_size``, counting ``size(key)`` per key (1 by default). Keys whose size is below ``min_size``
-    (cheaper to compute again than to keep) or above ``max_item`` are not kept. Values are never None."""
+    """``get(key, compute, *args)``: the remembered value, else ``compute(*args)`` remembered. Bounded by
+    ``max_size``, counting ``size(key)`` per key (1 by default, or the ``n`` given to :meth:`put`), and by
+    ``max_count`` entries when set. Keys whose size is below ``min_size`` (cheaper to compute again than to
+    keep) or above ``max_item`` are not kept. Values are never None."""
 
     def __init__(self, max_size: int, size: Callable[[Any], int] | None = None, min_size: int = 0,
-                 max_item: int | None = None) -> None:
+                 max_item: int | None = None, max_count: int | None = None) -> None:
         self.max_size = max_size
         self.size = size
         self.min_size = min_size
-        self.max_item = max_item if max_item is not None else max_size
-        self._d: OrderedDict[Hashable, Any] = OrderedDict()
-        self._total = 0
+        self.max_item = max_item if max_item is not None else max(1, max_size // 2)
+        self.max_count = max_count
+        self._young: dict[Hashable, Any] = {}
+        self._old: dict[Hashable, Any] = {}
+        self._total = self._old_total = 0  # each generation's size
         self._lock = threading.Lock()
 
     def peek(self, key: Hashable) -> Any:
         """The value held for ``key`` (None when absent), without counting it as a use."""
-        with self._lock:
-            return self._d.get(key)
+        v = self._young.get(key)
+        return self._old.get(key) if v is None else v
 
-    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        with self._lock:
-            v = self._d.get(key)
-            if v is not None:
-                self._d.move_to_end(key)
-                return v
-        v = compute()
-        self.put(key, v)
+    @property
+    def young(self) -> dict[Hashable, Any]:
+        """The young generation, for a hot loop's lookups without a call (a hit there is right; on a
+        miss ask :meth:`get`). Read only."""
+        return self._young
+
+    def get(self, key: Hashable, compute: Callable[..., Any], *args: Any) -> Any:
+        v = self._young.get(key)
+        if v is None:
+            v = self._old.get(key)
+            if v is None:
+                v = compute(*args)
+            self.put(key, v)
         return v
 
-    def put(self, key: Hashable, v: Any) -> None:
-        n = self.size(key) if self.size is not None else 1
+    def put(self, key: Hashable, v: Any, n: int | None = None) -> None:
+        if n is None:
+            n = self.size(key) if self.size is not None else 1
         if n < self.min_size or n > self.max_item or v is None:
             return
         with self._lock:
-            if key in self._d:
-                self._d[key] = v
-                return
-            self._d[key] = v
+            if self._young and (self._total + n > self.max_size // 2
+                                or (self.max_count is not None and len(self._young) >= max(1, self.max_count // 2))):
+                self._old, self._young, self._old_total, self._total = self._young, {}, self._total, 0
+            self._young[key] = v
             self._total += n
-            while self._total > self.max_size and self._d:
-                k, _ = self._d.popitem(last=False)
-                self._total -= self.size(k) if self.size is not None else 1
+
+    def values(self) -> list[Any]:
+        """The values held, each key once, the older generation's first, each in the order stored."""
+        with self._lock:
+            young = self._young
+            return [v for k, v in self._old.items() if k not in young] + list(young.values())
 
     def clear(self) -> None:
         with self._lock:
-            self._d.clear()
-            self._total = 0
+            self._young, self._old, self._total, self._old_total = {}, {}, 0, 0
+
+    @property
+    def held(self) -> int:
+        """The size of what is held (both generations)."""
+        return self._total + self._old_total
 
     def __len__(self) -> int:
-        return len(self._d)
+        return len(self._young) + len(self._old)
 
 
 class BytesMemo(LRU):

@@ -9,36 +9,93 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+from .dialects import ProviderContext
+from .sessionctl.ledger import Control
+
+
+class ReplayNote(TypedDict, total=False):
+    ts: float  # the trace's own time of the request
+    index: int
+    target_tokens: int
+
+
+class BudgetScope(TypedDict):
+    scope: str
+    key: str
+    used: float
+    limit: float
+    level: str
+
+
+class ClearingNote(TypedDict, total=False):
+    freed: int  # tokens
+    by_index: dict[int, int]  # message index -> tokens freed
+
+
+class Cleared(TypedDict, total=False):
+    tool_use_id: str
+    memory_id: str | None
+    tool: str
+    input: Any  # the call's input as the client sent it
+    text: str
+    tokens: int
+    message_index: int
+    new: bool  # not kept yet: the recall stage keeps it
+    compressed: bool
+
+
+class CompactionNote(TypedDict):
+    lead: int  # messages lead..end of ctx.original were replaced
+    end: int
+    reused: bool
+    summary_tokens: int
+    messages: int
+
+
+class Compacted(TypedDict):
+    tool_use_id: str | None
+    memory_id: str
+    tool: str | None
+    input: Any
+    text: str
+
+
+class Folded(TypedDict):
+    memory_id: str
+    text: str
+    first: int
+    last: int
+
 
 class Notes(TypedDict, total=False):
     # the core (pipeline.prepare, lifecycle.admit)
     transport: str  # "http", or "websocket" for a message of the Responses WebSocket
-    provider: Any  # what the client delegated to the provider (dialects.ProviderContext): read once, in prepare
-    replay: dict[str, Any]  # replay only: {"ts", "index", "target_tokens"?} (plugins/baselines.py reads it)
+    provider: ProviderContext  # what the client delegated to the provider: read once, in prepare
+    replay: ReplayNote  # replay only (plugins/baselines.py reads it)
     # budget
-    level: Any  # the budget level (budget.Level, compares equal to its name), None: NORMAL
-    budget: dict[str, Any]  # the budget report of the request
+    level: str | None  # the budget level (budget.Level, a str enum), None: NORMAL
+    budget: list[BudgetScope]  # the budget report of the request, one per scope
     # strip
     clean_text: dict[int, str]  # message index -> its text cleaned of channel envelopes (only those it changed)
     # tagging
     tags: list[str]  # keyword tags of the last user message
     active_tags: list[str]  # tags of the last ``tagging.active_turns`` messages
     # clearing (and compression, which adds to both)
-    clearing: dict[str, Any]  # {"freed": tokens, "by_index": {message index: tokens freed}}
-    cleared: list[dict[str, Any]]  # every result cleared in this request (tool_use_id, memory_id, text, new, ...)
+    clearing: ClearingNote
+    cleared: list[Cleared]  # every result cleared in this request
     # compaction
-    compaction: dict[str, Any]  # {"lead", "end", "reused", "summary_tokens", "messages"}
-    compacted: list[dict[str, Any]]  # the tool results a new summary folded (tool_use_id, memory_id, tool, input, text)
-    folded: list[dict[str, Any]]  # the spans a new summary folded, kept whole (memory_id, text, first, last)
+    compaction: CompactionNote
+    compacted: list[Compacted]  # the tool results a new summary folded
+    folded: list[Folded]  # the spans a new summary folded, kept whole
     # memory
-    memory: dict[str, Any]  # what retrieval injected (injected, tokens, ids, ms, skipped, ...)
-    memory_source: tuple  # memory.produced: (first index captured, a view of the messages as the stages left them)
-    memory_ingest_start: tuple  # (start, history) of the memory stage's ingestion start, worked out once
+    memory: dict[str, Any]  # what retrieval injected (injected, tokens, ids, ms, skipped, why, timings, ...)
+    memory_source: tuple[int, Any]  # memory.produced: (first index captured, a view of the messages as the stages left them)
+    memory_ingest_start: tuple[int, Any]  # (start, history) of the memory stage's ingestion start, worked out once
     memory_project: str | None  # the client's working directory (memory/project.py), worked out once
     # recall
     recalled: list[str]  # the texts auto-recall put back (replay's fidelity counts them)
     # session control (sessionctl.ledger)
-    session_control: Any  # the session's controls read once a request (rollback, pins, compact now)
+    session_control: Control  # the session's controls read once a request (rollback, pins, compact now)
 
 
 #: every declared key

@@ -316,19 +316,16 @@ def _cost(model: str, read: int, total: int) -> float:
     return (read * READ_MULT + (total - read) * WRITE_MULT[TTL_5M]) * p.input / 1e6
 
 
-def _plan_conversation(reqs: list[Request], last_use: dict[str, int]) -> tuple[list[int], float, int]:
-    """The rewrite points (local indices) of one conversation's requests, the DP's input dollars, and
-    how many rewrites fell on a free moment."""
-    m = len(reqs)
-    # dead_from[id]: the first local request at which the unit is seen and no later answer needs it
-    dead_from: dict[str, int] = {}
+def _savings(reqs: list[Request], last_use: dict[str, int]) -> tuple[list[list[int]], list[list[float]]]:
+    """``sav[t][r]``: tokens the stubs of dead(r) save in request t (r <= t); ``first_new[t][r]``: the
+    first block of request t cleared at t but not at r."""
+    dead_from: dict[str, int] = {}  # the first local request at which the unit is seen and no later answer needs it
     for t, q in enumerate(reqs):
         for rb in q.units:
             if rb.id not in dead_from and rb.seen and last_use.get(rb.id, -1) < q.index:
                 dead_from[rb.id] = t
-    # sav[t][r]: tokens the stubs of dead(r) save in request t (r <= t)
     sav: list[list[int]] = []
-    first_new: list[list[float]] = []  # first_new[t][r]: first block of request t cleared at t but not at r
+    first_new: list[list[float]] = []
     for t, q in enumerate(reqs):
         by = [0] * (t + 1)
         first = [float("inf")] * (t + 1)
@@ -337,63 +334,75 @@ def _plan_conversation(reqs: list[Request], last_use: dict[str, int]) -> tuple[l
             if d is None or d > t or not rb.seen:
                 continue
             by[d] += rb.saving
-            if rb.block < first[d]:
-                first[d] = rb.block
+            first[d] = min(first[d], rb.block)
         row, acc = [], 0
         for r in range(t + 1):
             acc += by[r]
             row.append(acc)
         sav.append(row)
-        # first block cleared at t (state t) and not at r: over d in (r, t]
-        fr, cur = [0.0] * (t + 1), float("inf")
+        fr, cur = [0.0] * (t + 1), float("inf")  # over d in (r, t]
         for r in range(t, -1, -1):
             fr[r] = cur
             cur = min(cur, first[r])
         first_new.append(fr)
-    # cp[t]: boundaries request t shares with request t-1 (keys equal)
-    cp = [0] * m
-    for t in range(1, m):
-        a, b = reqs[t - 1].bounds, reqs[t].bounds
-        n = min(len(a), len(b))
-        if n and a[n - 1].key == b[n - 1].key:
-            k = n  # (append-only: the common case, one comparison)
-        else:
-            k = 0
-            while k < n and a[k].key == b[k].key:
-                k += 1
-        cp[t] = k
-    touched = [q.ts for q in reqs]  # when each request's end entry was last refreshed, in steady state
-    for k in range(m - 1):
-        e = len(reqs[k].bounds) - 1
-        if reqs[k + 1].model == reqs[k].model and reqs[k + 1].ts - reqs[k].ts <= TTL_5M and cp[k + 1] > e:
-            touched[k] = reqs[k + 1].ts
+    return sav, first_new
 
-    def read(t: int, r: int, limit: float) -> int:
+
+class _Reads:
+    """What request t of a conversation reads from the cache when it is at dead(r)."""
+
+    def __init__(self, reqs: list[Request], sav: list[list[int]]) -> None:
+        self.reqs, self.sav = reqs, sav
+        m = len(reqs)
+        self.cp = [0] * m  # boundaries request t shares with request t-1 (keys equal)
+        for t in range(1, m):
+            a, b = reqs[t - 1].bounds, reqs[t].bounds
+            n = min(len(a), len(b))
+            if n and a[n - 1].key == b[n - 1].key:
+                k = n  # (append-only: the common case, one comparison)
+            else:
+                k = 0
+                while k < n and a[k].key == b[k].key:
+                    k += 1
+            self.cp[t] = k
+        self.touched = [q.ts for q in reqs]  # when each request's end entry was last refreshed, in steady state
+        for k in range(m - 1):
+            if reqs[k + 1].model == reqs[k].model and reqs[k + 1].ts - reqs[k].ts <= TTL_5M and self.cp[k + 1] > len(reqs[k].bounds) - 1:
+                self.touched[k] = reqs[k + 1].ts
+
+    def __call__(self, t: int, r: int, limit: float) -> int:
         """Tokens request t reads: the longest end entry of a request k in [r, t-1] (its body at dead(r))
         before block ``limit``, alive, within the lookback; else the system prompt's entry."""
+        reqs, cp = self.reqs, self.cp
         q = reqs[t]
         last = len(q.bounds) - 1
         common = float("inf")
         for k in range(t - 1, max(r, t - SCAN_BACK) - 1, -1):
             common = min(common, cp[k + 1])
             e = len(reqs[k].bounds) - 1
-            if reqs[k].model != q.model or q.ts - touched[k] > TTL_5M:
+            if reqs[k].model != q.model or q.ts - self.touched[k] > TTL_5M:
                 continue
             if e < common and e < limit and e >= last - LOOKBACK:
                 if e >= q.n_sys - 1 and reqs[k].total >= price_for(q.model).min_cache:
-                    return reqs[k].total - sav[k][r]
+                    return reqs[k].total - self.sav[k][r]
         prev = reqs[t - 1] if t else None
         if prev is not None and prev.model == q.model and q.ts - prev.ts <= TTL_5M and cp[t] >= q.n_sys and q.n_sys:
             s = q.bounds[q.n_sys - 1].cum
             return s if s >= price_for(q.model).min_cache else 0
         return 0
 
+
+def _plan_conversation(reqs: list[Request], last_use: dict[str, int]) -> tuple[list[int], float, int]:
+    """The rewrite points (local indices) of one conversation's requests, the DP's input dollars, and
+    how many rewrites fell on a free moment."""
+    m = len(reqs)
+    sav, first_new = _savings(reqs, last_use)
+    read = _Reads(reqs, sav)
     inf = float("inf")
     best = [inf] * m
     back = [-1] * m
     best[0] = _cost(reqs[0].model, read(0, 0, inf), reqs[0].total - sav[0][0])
-    # run[r]: the cost of requests r+1..t-1 kept at dead(r), accumulated as t moves on
-    run = [0.0] * m
+    run = [0.0] * m  # run[r]: the cost of requests r+1..t-1 kept at dead(r), accumulated as t moves on
     for t in range(1, m):
         q = reqs[t]
         b, arg = inf, -1
@@ -407,7 +416,6 @@ def _plan_conversation(reqs: list[Request], last_use: dict[str, int]) -> tuple[l
         for r in range(t):  # request t kept at dead(r), for the rewrites after it
             run[r] += _cost(q.model, read(t, r, inf), q.total - sav[t][r])
     end = min(range(m), key=lambda r: best[r] + run[r])
-    total = best[end] + run[end]
     points = []
     t = end
     while t >= 0:
@@ -416,7 +424,7 @@ def _plan_conversation(reqs: list[Request], last_use: dict[str, int]) -> tuple[l
     points.reverse()
     # a free rewrite reads as much as keeping the previous state would have (an expired or new prefix)
     free = sum(1 for t in points if t == 0 or read(t, back[t], inf) == read(t, back[t], first_new[t][back[t]]))
-    return points, total, free
+    return points, best[end] + run[end], free
 
 
 def conversations(reqs: list[Request]) -> list[list[Request]]:

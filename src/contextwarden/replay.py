@@ -37,13 +37,18 @@ from typing import Any
 
 import orjson
 
-from . import policy
-from .cost import Bill, PromptCache, billed_from_usage, boundaries
+from . import lifecycle, policy
+from .cost import Bill, PromptCache, billed_from_usage, boundaries, price_for
 from .dialects import ANTHROPIC, dialect, validate_rewrite
+from .events import read_log
 from .fidelity import Fidelity, FidelityCounter
 from .fidelity import totals as fidelity_totals
+from .lifecycle import complete, turn_of
 from .models.base import ApiKind
+from .runtime import Runtime
+from .settings import _deep_merge, load_settings
 from .statecache import state_cache
+from .streams.turn import Usage
 from .workingset import path_of
 
 CONTINUED = "This session is being continued from a previous conversation"
@@ -213,116 +218,79 @@ def _fit(points: list[tuple[str, float, float]]) -> tuple[float, float] | None:
     return max(0.0, a), b
 
 
-def load_claude_code(path: Path, counter, compaction_calls: bool = True, sidechains: bool = True) -> Trace:
+def _read_rows(path: Path, trace: Trace) -> list[dict]:
+    """The log's message lines (truncated lines skipped and counted in ``trace``)."""
     rows: list[dict] = []
-    lines = skipped = 0
     with open(path, "rb") as f:
         for raw in f:
             if not raw.strip():
                 continue
-            lines += 1
+            trace.lines += 1
             try:
                 r = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                skipped += 1  # truncated line
+                trace.skipped_lines += 1  # truncated line
                 continue
             if isinstance(r, dict):
-                r["_line"] = lines
+                r["_line"] = trace.lines
                 rows.append(r)
-    trace = Trace(str(path), [], "claude-code-jsonl", lines=lines, skipped_lines=skipped)
-    msgs_rows = [r for r in rows if r.get("type") in ("user", "assistant") and isinstance(r.get("message"), dict)
-                 and r.get("uuid")]
-    by_uuid = {r["uuid"]: r for r in msgs_rows}
-    prev_in_file: dict[str, dict] = {}
-    last_by_side: dict[bool, dict] = {}
-    for r in msgs_rows:  # where a parent line was lost, the line written before it stands in
-        side = bool(r.get("isSidechain"))
-        if r.get("parentUuid") and r["parentUuid"] not in by_uuid and side in last_by_side:
-            prev_in_file[r["uuid"]] = last_by_side[side]
-            _bump(trace.repairs, "parent line lost (linked to the previous line)")
-        last_by_side[side] = r
-    session = next((r.get("sessionId") for r in msgs_rows if r.get("sessionId")), path.stem)
+    return [r for r in rows if r.get("type") in ("user", "assistant") and isinstance(r.get("message"), dict) and r.get("uuid")]
 
-    def chain(r: dict) -> list[dict]:
+
+class _Chains:
+    """The log's lines by uuid, and the chain of lines before each (where a parent line was lost, the
+    line written before it on the same side stands in)."""
+
+    def __init__(self, rows: list[dict], trace: Trace) -> None:
+        self.by_uuid = {r["uuid"]: r for r in rows}
+        self.prev_in_file: dict[str, dict] = {}
+        last_by_side: dict[bool, dict] = {}
+        for r in rows:
+            side = bool(r.get("isSidechain"))
+            if r.get("parentUuid") and r["parentUuid"] not in self.by_uuid and side in last_by_side:
+                self.prev_in_file[r["uuid"]] = last_by_side[side]
+                _bump(trace.repairs, "parent line lost (linked to the previous line)")
+            last_by_side[side] = r
+
+    def parent(self, r: dict) -> dict | None:
+        return self.by_uuid.get(r.get("parentUuid")) or self.prev_in_file.get(r["uuid"])
+
+    def chain(self, r: dict) -> list[dict]:
         out, seen = [], set()
-        cur = r
+        cur: dict | None = r
         while cur is not None and cur["uuid"] not in seen:
             seen.add(cur["uuid"])
             out.append(cur)
             p = cur.get("parentUuid")
-            cur = by_uuid.get(p) if p else None
+            cur = self.by_uuid.get(p) if p else None
             if cur is None and p:
-                cur = prev_in_file.get(out[-1]["uuid"])
+                cur = self.prev_in_file.get(out[-1]["uuid"])
         out.reverse()
         return out
 
-    # API calls: the first line of each assistant message id
-    calls: dict[str, list[dict]] = {}
-    for r in msgs_rows:
-        m = r["message"]
-        if m.get("role") == "assistant" and not _is_synthetic(r):
-            calls.setdefault(m.get("id") or r["uuid"], []).append(r)
 
-    reqs: list[ReplayRequest] = []
-    fit_points: list[tuple[str, float, float]] = []
-    main_history: list[tuple[float, list[dict], dict, str]] = []  # (ts, messages, response, model) of main-chain calls
-    for mid, group in calls.items():
-        first = group[0]
-        if first.get("isSidechain") and not sidechains:
-            continue
-        parent = by_uuid.get(first.get("parentUuid")) or prev_in_file.get(first["uuid"])
-        if parent is None:
-            _bump(trace.repairs, "call without a request (no parent line)")
-            continue
-        rows_before = [x for x in chain(parent) if not _is_synthetic(x)]
-        msgs = _repair(_merge_run(rows_before), trace.repairs)
-        if not msgs or msgs[-1]["role"] != "user":
-            _bump(trace.repairs, "call skipped (history does not end with a user message)")
-            continue
-        ts = max((t for t in (_ts(x.get("timestamp")) for x in rows_before[-3:]) if t is not None),
-                 default=_ts(first.get("timestamp")) or 0.0)
-        usage = max((x["message"].get("usage") or {} for x in group), key=lambda u: u.get("output_tokens") or 0)
-        response = {"role": "assistant", "content": [b for x in group for b in _blocks(x["message"].get("content"))]}
-        model = first["message"].get("model") or "claude-sonnet-4"
-        side = bool(first.get("isSidechain"))
-        req = ReplayRequest(ts=ts, body={"model": model, "messages": msgs}, output_tokens=int(usage.get("output_tokens") or 0),
-                            usage=usage or None, response=response, kind="sidechain" if side else "request",
-                            label=mid)
-        reqs.append(req)
-        if not side:
-            main_history.append((ts, msgs, response, model))
-            total = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
-            if total:
-                est = counter.count_request(ANTHROPIC, {"model": model, "messages": msgs}, model)
-                fit_points.append((f"{rows_before[0]['uuid']}/{model}", est, total))
+def _compaction_call(root: dict, before: list[tuple[float, list[dict], dict, str]], trace: Trace, counter) -> ReplayRequest:
+    """The client's own compaction call before a "continued" ``root``: the latest main-chain history
+    before it (its own copy: the earlier request keeps its breakpoint), plus the instruction."""
+    _, msgs, response, model = before[-1]
+    hist = orjson.loads(orjson.dumps(msgs))
+    for m in hist:
+        for b in m["content"]:
+            b.pop("cache_control", None)
+    if response["content"]:
+        hist.append({"role": "assistant", "content": [dict(b) for b in response["content"]]})
+        if any(b.get("type") == "tool_use" for b in response["content"]):
+            hist[-1]["content"] = [b for b in hist[-1]["content"] if b.get("type") != "tool_use"] or \
+                [{"type": "text", "text": "(tool call interrupted by compaction)"}]
+    hist.append({"role": "user", "content": [{"type": "text", "text": COMPACT_INSTRUCTION}]})
+    summary = _text_of(root["message"])
+    return ReplayRequest(ts=(_ts(root.get("timestamp")) or 0.0) - 1.0, body={"model": model, "messages": _repair(hist, trace.repairs)},
+                         output_tokens=counter.count_text(summary, model), kind="client-compaction",
+                         label=f"compaction before {root['uuid'][:8]}")
 
-    # the client's own compaction calls: the history before each "continued" root, plus the instruction
-    if compaction_calls:
-        main_history.sort(key=lambda x: x[0])
-        roots = [r for r in msgs_rows if not r.get("parentUuid") and r["message"].get("role") == "user"
-                 and not r.get("isSidechain") and _text_of(r["message"]).startswith(CONTINUED)]
-        for root in roots:
-            t = _ts(root.get("timestamp")) or 0.0
-            before = [h for h in main_history if h[0] < t]
-            if not before:
-                continue
-            _, msgs, response, model = before[-1]
-            hist = orjson.loads(orjson.dumps(msgs))  # its own copy: the earlier request keeps its breakpoint
-            for m in hist:
-                for b in m["content"]:
-                    b.pop("cache_control", None)
-            if response["content"]:
-                hist.append({"role": "assistant", "content": [dict(b) for b in response["content"]]})
-                if any(b.get("type") == "tool_use" for b in response["content"]):
-                    hist[-1]["content"] = [b for b in hist[-1]["content"] if b.get("type") != "tool_use"] or \
-                        [{"type": "text", "text": "(tool call interrupted by compaction)"}]
-            hist.append({"role": "user", "content": [{"type": "text", "text": COMPACT_INSTRUCTION}]})
-            hist = _repair(hist, trace.repairs)
-            summary = _text_of(root["message"])
-            reqs.append(ReplayRequest(ts=t - 1.0, body={"model": model, "messages": hist},
-                                      output_tokens=counter.count_text(summary, model), kind="client-compaction",
-                                      label=f"compaction before {root['uuid'][:8]}"))
 
+def _finish(trace: Trace, reqs: list[ReplayRequest], fit_points: list[tuple[str, float, float]], counter, session: str) -> None:
+    """The stand-in system blocks sized from the fit, Claude Code's breakpoints and headers, time order."""
     fit = _fit(fit_points)
     if fit:
         a, b = fit
@@ -344,6 +312,56 @@ def load_claude_code(path: Path, counter, compaction_calls: bool = True, sidecha
                      ("x-api-key", "replay-placeholder"), ("user-agent", "claude-cli/replay"),
                      ("x-claude-code-session-id", session)]
     trace.requests = reqs
+
+
+def load_claude_code(path: Path, counter, compaction_calls: bool = True, sidechains: bool = True) -> Trace:
+    trace = Trace(str(path), [], "claude-code-jsonl")
+    msgs_rows = _read_rows(path, trace)
+    chains = _Chains(msgs_rows, trace)
+    session = str(next((r.get("sessionId") for r in msgs_rows if r.get("sessionId")), path.stem))
+    calls: dict[str, list[dict]] = {}  # API calls: the lines of each assistant message id
+    for r in msgs_rows:
+        if r["message"].get("role") == "assistant" and not _is_synthetic(r):
+            calls.setdefault(r["message"].get("id") or r["uuid"], []).append(r)
+    reqs: list[ReplayRequest] = []
+    fit_points: list[tuple[str, float, float]] = []
+    main_history: list[tuple[float, list[dict], dict, str]] = []  # (ts, messages, response, model) of main-chain calls
+    for mid, group in calls.items():
+        first = group[0]
+        if first.get("isSidechain") and not sidechains:
+            continue
+        parent = chains.parent(first)
+        if parent is None:
+            _bump(trace.repairs, "call without a request (no parent line)")
+            continue
+        rows_before = [x for x in chains.chain(parent) if not _is_synthetic(x)]
+        msgs = _repair(_merge_run(rows_before), trace.repairs)
+        if not msgs or msgs[-1]["role"] != "user":
+            _bump(trace.repairs, "call skipped (history does not end with a user message)")
+            continue
+        ts = max((t for t in (_ts(x.get("timestamp")) for x in rows_before[-3:]) if t is not None),
+                 default=_ts(first.get("timestamp")) or 0.0)
+        usage = max((x["message"].get("usage") or {} for x in group), key=lambda u: u.get("output_tokens") or 0)
+        response = {"role": "assistant", "content": [b for x in group for b in _blocks(x["message"].get("content"))]}
+        model = first["message"].get("model") or "claude-sonnet-4"
+        side = bool(first.get("isSidechain"))
+        reqs.append(ReplayRequest(ts=ts, body={"model": model, "messages": msgs}, output_tokens=int(usage.get("output_tokens") or 0),
+                                  usage=usage or None, response=response, kind="sidechain" if side else "request", label=mid))
+        if not side:
+            main_history.append((ts, msgs, response, model))
+            total = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+            if total:
+                est = counter.count_request(ANTHROPIC, {"model": model, "messages": msgs}, model)
+                fit_points.append((f"{rows_before[0]['uuid']}/{model}", est, total))
+    if compaction_calls:  # the client's own compaction calls, before each "continued" root
+        main_history.sort(key=lambda x: x[0])
+        for root in msgs_rows:
+            if not root.get("parentUuid") and root["message"].get("role") == "user" and not root.get("isSidechain") \
+                    and _text_of(root["message"]).startswith(CONTINUED):
+                before = [h for h in main_history if h[0] < (_ts(root.get("timestamp")) or 0.0)]
+                if before:
+                    reqs.append(_compaction_call(root, before, trace, counter))
+    _finish(trace, reqs, fit_points, counter, session)
     return trace
 
 
@@ -359,8 +377,6 @@ def load_recorded(path: Path) -> Trace:
     for home in {p.parent.parent.parent for p in files} | {p.parent.parent for p in files}:
         log = home / "logs" / "events.jsonl"
         if log.is_file():
-            from .events import read_log
-
             for ev in read_log(log):
                 if ev.type == "response" and ev.flow_id and isinstance(ev.data.get("usage"), dict):
                     usage_by_flow[ev.flow_id] = ev.data["usage"]
@@ -503,8 +519,6 @@ def _counts_of(msgs: Any) -> int:
 
 async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None, turn_hooks: bool,
                   factor: float, targets: list[int] | None = None) -> list[RequestResult]:
-    from . import lifecycle
-
     flow_events: dict[str, Counter] = {}
     flow_errors: dict[str, list[str]] = {}
 
@@ -586,8 +600,6 @@ def _learn_losses(rt, ctx, fid: Fidelity, taught: set[str]) -> None:
 
 
 def _flat_bill(tokens: int, output: int, model: str | None, factor: float) -> Bill:
-    from .cost import price_for
-
     p = price_for(model)
     t = int(round(tokens * factor))
     return Bill(tokens=t, uncached=t, output=output, input_cost=t * p.input / 1e6, output_cost=output * p.output / 1e6)
@@ -596,9 +608,6 @@ def _flat_bill(tokens: int, output: int, model: str | None, factor: float) -> Bi
 def _turn_complete(rt, ctx, req: ReplayRequest, bill: Bill) -> None:
     """The response's side of the lifecycle, with the usage our traffic would have been billed (no
     calibration on it, no ``turn`` event: see lifecycle.complete)."""
-    from .lifecycle import complete, turn_of
-    from .streams.turn import Usage
-
     usage = Usage(input_tokens=bill.uncached, output_tokens=req.output_tokens,
                   cache_read_input_tokens=bill.read, cache_creation_input_tokens=bill.write)
     turn = turn_of(ctx.api, ctx.model, req.response or {"role": "assistant", "content": []}, usage, events=0)
@@ -621,9 +630,6 @@ def replay(trace_path: str | Path, profile: str | None = None, window: int | Non
     (the truncation baseline cuts to what another run sent); ``extra_plugins``: stages registered for this
     replay only (the baselines'); ``before_close(runtime, report)``: called with the replay's runtime
     still open (its memory searched, its originals recalled: bench/recoverability.py)."""
-    from .runtime import Runtime
-    from .settings import _deep_merge, load_settings
-
     profile = profile or "default"
 
     # offline, the tokenizer may take its time: under load its 15 s limit made some replays count with

@@ -10,7 +10,8 @@ something changed, never edited in place (a caller may still hold them).
 Cheap because every event goes through it (~17 a request, on the log's writer thread, under the
 interpreter lock the event loop needs): numbers, booleans and None are passed over without a call,
 strings shorter than any secret are kept as they are, and the rest repeat (tags, models, session ids,
-paths, header values), so they are remembered with their result: a dictionary lookup for most of them.
+paths, header values), so they are remembered with their result (an :class:`~contextwarden.lru.LRU`):
+a dictionary lookup for most of them.
 """
 
 from __future__ import annotations
@@ -23,15 +24,11 @@ from .redact import REDACTED, is_secret_header
 
 _MIN = 8  # no secret pattern matches fewer characters
 _CACHE_MAX_LEN = 512
-_GENERATION = 10_000  # texts (and header pairs) remembered: this many recent ones, and the generation before
 # Pure functions of the text (shared by every runtime of the process on purpose: the same text always
-# scrubs the same). Two generations of plain dictionaries rather than an LRU: a lookup is one dict.get
-# with no lock (each dict operation is atomic under the interpreter lock; a race between threads at
-# most forgets an entry, which is computed again), and what is used again moves to the young one.
-# A text maps to its redacted form, or to _SAME when nothing in it is a secret (the common case: no
-# comparison of the two texts is needed to see that nothing changed).
-_young: dict[Any, Any] = {}
-_old: dict[Any, Any] = {}
+# scrubs the same): a text maps to its redacted form, or to _SAME when nothing in it is a secret (the
+# common case: no comparison of the two texts is needed to see that nothing changed); a (name, value)
+# header pair to whether it is a credential.
+_memo = LRU(20_000)
 _SAME = object()
 # a few long strings too: the same long text often comes again (an error message, a tool output that
 # is in several events); a str keeps its hash, so a repeat costs one lookup
@@ -39,31 +36,17 @@ _long = LRU(32)
 _PLAIN = frozenset({int, float, bool, type(None)})  # JSON values that cannot hold text
 
 
-def _remember(key: Any, v: Any) -> Any:
-    global _young, _old
-    if len(_young) >= _GENERATION:
-        _old, _young = _young, {}
-    _young[key] = v
-    return v
-
-
-def _text(s: str) -> Any:
-    """What :func:`scrub_text` gives for a text of _MIN to _CACHE_MAX_LEN characters, or _SAME."""
-    v = _old.get(s)
-    if v is None:
-        r = redact_text(s)
-        v = _SAME if r == s else r
-    return _remember(s, v)
+def _redacted(s: str) -> Any:
+    r = redact_text(s)
+    return _SAME if r == s else r
 
 
 def scrub_text(s: str) -> str:
     if len(s) < _MIN:
         return s
     if len(s) > _CACHE_MAX_LEN:
-        return _long.get(s, lambda: redact_text(s))
-    v = _young.get(s)
-    if v is None:
-        v = _text(s)
+        return _long.get(s, redact_text, s)
+    v = _memo.get(s, _redacted, s)
     return s if v is _SAME else v
 
 
@@ -77,14 +60,7 @@ def _secret_header(k: Any, v: Any) -> bool:
     """``is_secret_header``, remembered for (name, value) texts: they repeat with every request of a client."""
     if type(k) is not str or type(v) is not str:
         return is_secret_header(str(k), v)
-    key = (k, v)
-    secret = _young.get(key)
-    if secret is None:
-        secret = _old.get(key)
-        if secret is None:
-            secret = is_secret_header(k, v)
-        _remember(key, secret)
-    return secret
+    return _memo.get((k, v), is_secret_header, k, v)
 
 
 def scrub_headers(headers: Any) -> Any:
@@ -122,7 +98,7 @@ def scrub_headers(headers: Any) -> Any:
 
 def _scrub_dict(obj: dict) -> dict:
     out = None
-    young = _young  # (a generation swapped meanwhile only costs lookups)
+    young = _memo.young  # (a generation swapped meanwhile only costs lookups)
     for k, v in obj.items():
         t = type(v)
         if t is str:
@@ -130,12 +106,9 @@ def _scrub_dict(obj: dict) -> dict:
                 nv = redact_field(k, v)
                 if nv == v:
                     continue
-            elif len(v) < _MIN:
+            elif len(v) < _MIN or young.get(v) is _SAME:
                 continue
             else:
-                nv = young.get(v)
-                if nv is _SAME:
-                    continue
                 nv = scrub_text(v)
                 if nv is v:
                     continue
@@ -153,7 +126,7 @@ def _scrub_dict(obj: dict) -> dict:
 
 def _scrub_seq(obj: list | tuple) -> list | tuple:
     new = None
-    young = _young
+    young = _memo.young
     for i, v in enumerate(obj):
         t = type(v)
         if t is str:

@@ -19,6 +19,9 @@ import os
 import threading
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 MAGIC = b"\x00cw1"
 TEXT_PREFIX = "cw1:"
 ENV = "CONTEXTWARDEN_KEY"
@@ -68,11 +71,7 @@ def new_key() -> str:
 class Sealer:
     def __init__(self, key: bytes | None) -> None:
         self.key = key
-        self._aead = None
-        if key is not None:
-            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-            self._aead = AESGCM(key)
+        self._aead = AESGCM(key) if key is not None else None
 
     @property
     def on(self) -> bool:
@@ -89,8 +88,6 @@ class Sealer:
             return blob  # written before a key was set: plain
         if self._aead is None:
             raise SealError(f"stored data is encrypted and no key is set ({ENV} or state.key_file)")
-        from cryptography.exceptions import InvalidTag
-
         try:
             return self._aead.decrypt(blob[len(MAGIC):len(MAGIC) + 12], blob[len(MAGIC) + 12:], MAGIC)
         except InvalidTag:

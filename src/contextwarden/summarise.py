@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,35 +167,41 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
                     sc = _score(s, i == len(sents) - 1)
                     if sc > 0:
                         sec["notes"].append([sc, pos, shorten(s, _MAX_ITEM["notes"])])
-        for p in turn.parts:
-            if p.kind == "tool_use":
-                name = p.tool or "tool"
-                inp = p.tool_input if isinstance(p.tool_input, dict) else {}
-                for key in ("file_path", "path", "notebook_path"):
-                    v = inp.get(key)
-                    if isinstance(v, str) and v:
-                        add_file(v, name)
-                cmd = inp.get("command") or inp.get("cmd")
-                if isinstance(cmd, list):
-                    cmd = " ".join(str(c) for c in cmd)
-                if isinstance(cmd, str) and cmd.strip():
-                    add("commands", "`" + shorten(redact_text(cmd), _MAX_ITEM["commands"] - 2) + "`")
-            elif p.kind == "tool_result":
-                text = p.text or ""
-                lines = [ln.strip() for ln in redact_text(text).splitlines() if ln.strip()]
-                if p.is_error and lines:
-                    if not _TRIVIAL.match(lines[0]):
-                        add("errors", f"{p.tool or 'tool'}: {lines[0]}")
-                elif (p.tool or "").lower() not in _READERS:
-                    hits = [ln for ln in lines if _ERROR.match(ln)][:2]
-                    for ln in hits:
-                        add("errors", f"{p.tool or 'tool'}: {ln}")
-                if len(text) >= 200:
-                    hint = input_hint(p.tool_input, 60)
-                    label = f"{p.tool or 'tool'} {hint}".strip()
-                    add("memory", f"{label} → {memory_id(text)}")
+        _from_tools(turn.parts, add, add_file)
     sec["files"] = [[path, tools] for path, tools in files.items()]
     return sec
+
+
+def _from_tools(parts, add: Callable[[str, str], None], add_file: Callable[[str, str], None]) -> None:
+    """What a turn's tool calls and results add: the files and commands they touched, the errors they
+    met, and where each long result is kept."""
+    for p in parts:
+        if p.kind == "tool_use":
+            name = p.tool or "tool"
+            inp = p.tool_input if isinstance(p.tool_input, dict) else {}
+            for key in ("file_path", "path", "notebook_path"):
+                v = inp.get(key)
+                if isinstance(v, str) and v:
+                    add_file(v, name)
+            cmd = inp.get("command") or inp.get("cmd")
+            if isinstance(cmd, list):
+                cmd = " ".join(str(c) for c in cmd)
+            if isinstance(cmd, str) and cmd.strip():
+                add("commands", "`" + shorten(redact_text(cmd), _MAX_ITEM["commands"] - 2) + "`")
+        elif p.kind == "tool_result":
+            text = p.text or ""
+            lines = [ln.strip() for ln in redact_text(text).splitlines() if ln.strip()]
+            if p.is_error and lines:
+                if not _TRIVIAL.match(lines[0]):
+                    add("errors", f"{p.tool or 'tool'}: {lines[0]}")
+            elif (p.tool or "").lower() not in _READERS:
+                hits = [ln for ln in lines if _ERROR.match(ln)][:2]
+                for ln in hits:
+                    add("errors", f"{p.tool or 'tool'}: {ln}")
+            if len(text) >= 200:
+                hint = input_hint(p.tool_input, 60)
+                label = f"{p.tool or 'tool'} {hint}".strip()
+                add("memory", f"{label} → {memory_id(text)}")
 
 
 def merge(prior: dict[str, list[Any]] | None, new: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -365,7 +372,7 @@ def llm_summary(api: str, url: str, auth: dict[str, str], model: str, turns: lis
 
     ``api`` is the :class:`~contextwarden.models.base.ApiKind` value of the endpoint at ``url``.
     """
-    import httpx
+    import httpx  # (0.7 s to import: only when an LLM summary is asked for)
 
     body_text = transcript_text(turns)
     if prior_text:

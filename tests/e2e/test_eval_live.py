@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from contextwarden.memory import eval_live
 from contextwarden.memory import eval_locomo as ev
+from contextwarden.memory import eval_longmemeval as lme
 from tests.conftest import EVAL_DIR, MODEL_DIR
 
 SESSIONS = 4
@@ -34,36 +34,33 @@ def test_live_proxy_recalls_what_the_in_process_eval_recalls(tmp_path):
     data = [small_sample()]
     mem = {"model_dir": str(MODEL_DIR)}
     inproc = ev.run(data, memory=mem, compaction=COMPACTION, window=WINDOW, progress=None, home=tmp_path / "inproc")
-    live = eval_live.run(data, memory=mem, compaction=COMPACTION, window=WINDOW, progress=None,
-                         home=tmp_path / "live")
+    live = ev.run(data, memory=mem, compaction=COMPACTION, window=WINDOW, progress=None, home=tmp_path / "live",
+                  live=True)
     assert len(live.questions) == len(inproc.questions) == QUESTIONS
     assert live.fallbacks == 0 and live.dropped == 0
     # the window is too small for the whole conversation: memory brought evidence back, live too
     assert sum(q.injected for q in live.questions) > 0
     assert [q.hits for q in live.questions] == [q.hits for q in inproc.questions], \
-        (eval_live.side_by_side(inproc, live), [(q.hits, q.injected, q.reason) for q in live.questions],
+        (ev.side_by_side(inproc, live), [(q.hits, q.injected, q.reason) for q in live.questions],
          [(q.hits, q.injected, q.reason) for q in inproc.questions])
-    out = eval_live.side_by_side(inproc, live)
+    out = ev.side_by_side(inproc, live)
     assert "difference +0.000" in out and "conv-30" in out
 
 
 def test_live_longmemeval_recalls_what_the_in_process_eval_recalls(tmp_path):
     """``contextwarden eval longmemeval --live``, small: one question's reduced haystack (the answer
     session and four others) at a 4K window, in-process and through a real proxy with the same profile."""
-    from contextwarden.memory import eval_live_longmemeval as live_lme
-    from contextwarden.memory import eval_longmemeval as lme
-
     args = dict(question_ids=["29f2956b"], window=4096, haystack_limit=5, progress=None,
                 memory={"budget_fraction": 0.25, "model_dir": str(MODEL_DIR)},
                 compaction={"summary_max_tokens": 300, "min_span_tokens": 300, "protect_recent_turns": 1})
     data = EVAL_DIR / "longmemeval_s_dev.json"
     inproc = lme.run(data, home=tmp_path / "inproc", **args)
-    live = live_lme.run(data, home=tmp_path / "live", **args)
+    live = lme.run(data, home=tmp_path / "live", live=True, **args)
     assert len(live.questions) == len(inproc.questions) == 1
     assert live.fallbacks == 0 and live.dropped == 0 and live.requests == inproc.requests
     a, b = inproc.questions[0], live.questions[0]
     # the window is too small for the haystack: memory brought the answer session back, live too
     assert b.full_tokens > 2 * 4096 and 0 < b.tokens <= 4096 and b.injected > 0
     assert (b.sessions_hit, b.turns_hit) == (a.sessions_hit, a.turns_hit) and b.sessions_hit == 1, \
-        live_lme.side_by_side(inproc, live)
-    assert "recall_any 1.000" in live_lme.side_by_side(inproc, live)
+        lme.side_by_side(inproc, live)
+    assert "recall_any 1.000" in lme.side_by_side(inproc, live)

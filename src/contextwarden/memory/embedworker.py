@@ -5,10 +5,10 @@ tool result: ~80 ms of a core per 3K-token result) and none of it is on a reques
 may lag, it is never dropped (the pending table holds what waits). In the memory process, even niced,
 it took ~0.4 of a core from the two that the proxy's requests, the compression worker and the clients
 share, and a busy machine is where time to first byte grows (issue 19). In a process of its own at the
-idle scheduling class, and with ``memory.index_first`` its session's scheduling group at the lowest
-weight (:func:`_idle`), the kernel runs it only on CPU nobody else wants (a group at nice 19 still
+idle scheduling class, and its session's scheduling group at the lowest weight (:func:`_idle`), the
+kernel runs it only on CPU nobody else wants (a group at nice 19 still
 gets ~1.5% against a busy loop: it is never starved outright): under load, embedding lags (the lag is
-reported; the ingestor's indexer has made each item searchable by its words and recallable by id
+reported; each item was made searchable by its words and recallable by id as it was submitted,
 before it waits here, ``ingest.py``); idle, it catches up at full speed. A thread of the memory process
 could not do this: while descheduled it could hold the interpreter lock that the process's searches need.
 The model is loaded as the worker starts, before it drops to the idle class (:func:`load`): a one-time
@@ -22,23 +22,25 @@ closed (shutdown), where the batch fails and its rows stay pending for the next 
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-import time
-from typing import Any
 
 import numpy as np
 
-_model: dict[str, Any] = {}  # in the worker: model dir -> Embedder (loaded on the first call)
+from ..workerpool import Offload, Unavailable
+from .embedder import Embedder
+
+GROUP_NICE = 19  # the worker's scheduling group: the lowest weight (requests first, vectors lag)
 
 
-def embed(model_dir: str, texts: list[str], group_nice: int = 0) -> np.ndarray:
+def embed(model_dir: str, texts: list[str], group_nice: int = GROUP_NICE) -> np.ndarray:
     """The vectors of ``texts`` (runs in the worker process; ``group_nice``: its scheduling group's nice
-    value, ``memory.embed_group_nice``)."""
+    value)."""
     return _loaded(model_dir, group_nice)(texts)
 
 
-def load(model_dir: str, group_nice: int = 0) -> tuple[int, int]:
+def load(model_dir: str, group_nice: int = GROUP_NICE) -> tuple[int, int]:
     """Load and warm the model now (the worker's first call, sent as it starts); the scheduling policy
     the loading ran at and the one the worker runs at after (for the tests: ``SCHED_OTHER``, then
     ``SCHED_IDLE`` on Linux)."""
@@ -47,20 +49,16 @@ def load(model_dir: str, group_nice: int = 0) -> tuple[int, int]:
     return during, _policy()
 
 
-def _loaded(model_dir: str, group_nice: int):
-    """The worker's embedder of ``model_dir``, loaded at the priority the worker started with and only
-    then moved to the idle class. Loaded at the idle class on a machine that never idles (CI beside
-    other jobs, two busy loops), the imports and the model's ~2 s of CPU took minutes at ~1.5% of a
-    core, and nothing was embedded meanwhile; a one-time start-up cost is not the steady background
-    work the idle class is for."""
-    e = _model.get(model_dir)
-    if e is None:
-        from .embedder import Embedder
-
-        e = Embedder(model_dir, threads=1)
-        e.warm()
-        _model[model_dir] = e
-        _idle(group_nice)
+@functools.cache
+def _loaded(model_dir: str, group_nice: int) -> Embedder:
+    """The worker's embedder of ``model_dir`` (once per worker process), loaded at the priority the
+    worker started with and only then moved to the idle class. Loaded at the idle class on a machine
+    that never idles (CI beside other jobs, two busy loops), the imports and the model's ~2 s of CPU
+    took minutes at ~1.5% of a core, and nothing was embedded meanwhile; a one-time start-up cost is
+    not the steady background work the idle class is for."""
+    e = Embedder(model_dir, threads=1)
+    e.warm()
+    _idle(group_nice)
     return e
 
 
@@ -107,10 +105,16 @@ def _threads_of_process() -> list[int]:
 
 def group_weight(nice: int) -> bool:
     """Nice ``nice`` for this process's autogroup, when it leads its own session (the group is then its
-    own and its children's, nobody else's); False when there is no such group or it may not be changed."""
-    from .embedshare import set_autogroup_nice
-
-    return set_autogroup_nice(os.getpid(), nice)
+    own and its children's, nobody else's); False when there is no such group or it may not be changed
+    (not its own, or the kernel's rate limit)."""
+    try:
+        if os.getsid(0) != os.getpid():
+            return False
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(max(0, min(19, int(nice)))))
+        return True
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class Closed(RuntimeError):
@@ -121,18 +125,15 @@ class BackgroundEmbedder:
     """``__call__(texts)`` as the in-process ``inner`` embedder gives, computed in the worker process."""
 
     def __init__(self, inner, model_dir: str, timeout_s: float = 900.0, start_s: float = 60.0,
-                 group_nice: int = 0) -> None:
-        from ..compress.offload import Offload
-
+                 group_nice: int = GROUP_NICE) -> None:
         self.inner = inner
         self.model_dir = str(model_dir)
         self.group_nice = group_nice
         self.timeout_s = timeout_s
         self.start_s = start_s
-        self._offload = Offload(workers=1)
+        self._offload = Offload(workers=1, role="embedding")
         self._offload.start()
         self._closed = threading.Event()
-        self.share = None  # an EmbedShare: while the proxy is busy, batches take turns (embedshare.py)
         self.fallbacks = 0  # calls the in-process embedder answered (the worker was unavailable)
         self.loaded: tuple[int, int] | None = None  # load()'s answer, once the worker has the model
         # the model loads as the memory service starts, at the worker's starting priority (_loaded),
@@ -141,8 +142,6 @@ class BackgroundEmbedder:
         self._loading.start()
 
     def _load(self) -> None:
-        from ..compress.offload import Unavailable
-
         try:
             if self._offload.wait_ready(self.start_s):
                 self.loaded = self._offload.call(load, self.model_dir, self.group_nice, timeout=self.timeout_s)
@@ -153,19 +152,10 @@ class BackgroundEmbedder:
         return self._offload.pids()
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        from ..compress.offload import Unavailable
-
         if not self._closed.is_set():
             try:
                 self._offload.wait_ready(self.start_s)
-                share = self.share
-                if share is not None:
-                    share.before(self._closed)
-                t0 = time.perf_counter()
-                out = self._offload.call(embed, self.model_dir, list(texts), self.group_nice, timeout=self.timeout_s)
-                if share is not None:
-                    share.ran(time.perf_counter() - t0)
-                return out
+                return self._offload.call(embed, self.model_dir, list(texts), self.group_nice, timeout=self.timeout_s)
             except Unavailable:
                 if self._closed.is_set():
                     raise Closed("memory is shutting down") from None

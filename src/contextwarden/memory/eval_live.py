@@ -1,15 +1,10 @@
-"""LoCoMo through a live proxy: the same conversations, questions and profile as :mod:`.eval_locomo`, sent
-as real HTTP requests through ``contextwarden run`` (a real mitmdump, memory in its own process) to a
-local stand-in upstream that records every body it receives.
+"""The evaluations through a live proxy: the same conversations, questions and profile as in-process,
+sent as real HTTP requests through ``contextwarden run`` (a real mitmdump, memory in its own process) to a
+local stand-in upstream that records every body it receives (:class:`Live`).
 
-The conversation is replayed as in the in-process eval: speaker A is the user, speaker B the assistant;
-every B turn is the upstream's answer to a request holding everything said so far. Once the proxy has
-completed every turn and the memory process has stored everything (ingestion settled), each question is
-sent as the last user message, and its recall is read from the body the upstream received: the share of
-its evidence turns whose text is in it (kept history, compaction summary or injected memory).
-
-``shared_tenant``: every conversation under one API key (one tenant holding all of them, one session per
-conversation), to measure whether the other sessions' memory crowds out the current one's.
+Every replayed turn is the upstream's answer to a request holding everything said so far. Once the proxy
+has completed every turn and the memory process has stored everything (ingestion settled), a question is
+sent as the last user message, and its recall is read from the body the upstream received.
 """
 
 from __future__ import annotations
@@ -31,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
-from . import eval_locomo as ev
-from .evaluation import contains, request_text, write_profile
+from ..events import Event
+from . import wire
+from .evaluation import Asked, InProcess, body_of, eval_replayer, request_text, write_profile
 
 LIVE_TOLERANCE = 0.01  # the issue's target: live recall within this of the in-process eval's
 _LISTENING = re.compile(r"listening at (?:\*|[\d.]+|\[[0-9a-f:]+\]):(\d+)", re.I)
@@ -124,10 +121,6 @@ class LiveProxy:
     def events(self) -> list:
         """The proxy's events so far (:class:`~contextwarden.events.Event`), read incrementally: the log
         grows by thousands of events per conversation and is read at every question."""
-        import orjson
-
-        from ..events import Event
-
         try:
             with open(self.events_path, "rb") as f:
                 f.seek(self._offset)
@@ -165,8 +158,6 @@ class LiveProxy:
     # --- ingestion settled ---------------------------------------------------------------------------
     def _memory_call(self, name: str, *args, wait: float = 600) -> Any:
         """``name(*args)`` on the memory service in the memory process, over its socket."""
-        from . import wire
-
         socks = sorted((self.home / "run").glob("memory-*.sock"))
         if not socks:
             raise RuntimeError("no memory process socket under cw_home/run")
@@ -212,7 +203,7 @@ class LiveProxy:
 
 @contextmanager
 def live_proxy(home: str | Path | None, memory: dict[str, Any], compaction: dict[str, Any],
-               profile_extra: str = "", window: int = ev.WINDOW,
+               profile_extra: str = "", window: int = 4096,
                name: str = "locomo") -> Iterator[tuple[LiveProxy, RecordingUpstream]]:
     """The recording upstream and a live proxy on an eval's profile (the in-process eval's settings)."""
     with tempfile.TemporaryDirectory(prefix=f"cw-eval-live-{name}-") as tmp:
@@ -242,96 +233,57 @@ def _memory_event(proxy: LiveProxy, since: int, session: str) -> dict:
     return {}
 
 
-def run_conversation(proxy: LiveProxy, upstream: RecordingUpstream, sample: dict[str, Any], report: ev.Report,
-                     max_questions: int | None = None, key: str | None = None, progress=None,
-                     replay: bool = True, ask: bool = True, remember_questions: bool = False) -> None:
-    """Replay one conversation through the proxy, wait until ingestion settled, ask its questions.
-    ``replay=False``: only the questions (the conversation was replayed already); ``ask=False``: only
-    the replay."""
-    cid = sample.get("sample_id", "conv")
-    key = key or ev.tenant_key(cid)
-    turns, by_id = ev.framed(sample["conversation"], report.settings.get("framing", "turns"))
-    messages: list[dict[str, Any]] = []
-    for m in turns:
-        if m["role"] == "assistant" and messages and replay:
-            upstream.reply, upstream.drop = m["content"], False
-            r = proxy.post(ev.body_of(messages), key, cid)
-            report.requests += 1
-            report.fallbacks += r.status_code != 200
-        messages.append(m)
-    report.turns += len(by_id)
-    qa = (sample["qa"][:max_questions] if max_questions else sample["qa"]) if ask else []
-    # As in the in-process eval, every question is asked against the conversation's memory alone: the
-    # upstream does not answer it (the proxy completes no turn and stores nothing of it). Answered
-    # (``remember_questions``), each question and the conversation's last message are stored, and the
-    # later questions find the earlier ones: what a person asking them in a row would get.
-    upstream.reply, upstream.drop = "", not remember_questions
-    for i, q in enumerate(qa):
-        proxy.settle(upstream.answered)
-        ev_ids = [e for e in q.get("evidence", []) if e in by_id]
-        report.missing_evidence += len(q.get("evidence", [])) - len(ev_ids)
-        if not ev_ids:
-            continue
-        mark = len(proxy.events())
-        before = len(upstream.bodies)
-        r = proxy.post(ev.body_of(messages + [{"role": "user", "content": q["question"]}]), key, cid)
-        report.requests += 1
-        report.fallbacks += remember_questions and r.status_code != 200
-        body = upstream.bodies[before] if len(upstream.bodies) > before else {}
-        text = request_text(body)
-        mem = _memory_event(proxy, mark, cid)
-        report.questions.append(ev.QuestionResult(
-            conversation=cid, category=int(q.get("category", 0)), evidence=len(ev_ids),
-            hits=sum(contains(text, by_id[e]) for e in ev_ids), trunc_hits=0, tokens=0, trunc_tokens=0,
-            full_tokens=0, injected=int(mem.get("injected") or 0), memory_tokens=int(mem.get("tokens") or 0),
-            reason=str(mem.get("skipped") or "")))
-        if progress and (i + 1) % 50 == 0:
-            progress(f"  live {cid}: {i + 1}/{len(qa)} questions, recall so far {report.recall():.3f}")
+def _forward_tokens(proxy: LiveProxy, since: int) -> tuple[int, int]:
+    """(tokens sent upstream, tokens of the client's request) of the last ``forward`` after event ``since``."""
+    for e in reversed(proxy.events()[since:]):
+        if e.type == "forward":
+            d = e.data
+            tin = int(d.get("tokens_in") or 0)
+            return (int(d.get("tokens_out") or tin) if d.get("changed") else tin), tin
+    return 0, 0
 
 
-def run(data: str | Path, limit: int | None = None, questions: int | None = None, conversation: str | None = None,
-        home: str | Path | None = None, memory: dict[str, Any] | None = None,
-        compaction: dict[str, Any] | None = None, shared_tenant: bool = False, progress=print,
-        profile_extra: str = "", window: int = ev.WINDOW, remember_questions: bool = False,
-        framing: str = "turns") -> ev.Report:
-    """The LoCoMo eval through a live proxy (see the module docstring); the same selection and settings
-    as :func:`.eval_locomo.run`. With ``shared_tenant`` every conversation is replayed first (one tenant
-    holds them all), then every conversation's questions are asked."""
-    samples = ev.select_samples(ev.load(data), limit, conversation)
-    mem = {**ev.MEMORY, **(memory or {})}
-    comp = {**ev.COMPACTION, **(compaction or {})}
-    report = ev.Report(settings={"memory": mem, "compaction": comp, "window": window, "live": True,
-                                 "shared_tenant": shared_tenant, "framing": framing})
-    t0 = time.perf_counter()
-    key = ev.SHARED_KEY if shared_tenant else None
-    with live_proxy(home, mem, comp, profile_extra, window) as (proxy, upstream):
-        if shared_tenant:  # everything stored first: each conversation's questions see all the others
-            for sample in samples:
-                run_conversation(proxy, upstream, sample, report, key=key, ask=False)
-        for sample in samples:
-            run_conversation(proxy, upstream, sample, report, questions, key=key, progress=progress,
-                             replay=not shared_tenant, remember_questions=remember_questions)
-            report.conversations += 1
-            if progress:
-                progress(f"live {sample.get('sample_id')}: recall so far {report.recall():.3f} "
-                         f"({len(report.questions)} questions, {time.perf_counter() - t0:.0f} s)")
-        report.dropped = sum(int(e.data.get("dropped") or 0) for e in proxy.events() if e.type == "memory")
-    report.seconds = time.perf_counter() - t0
-    return report
+class Live:
+    """A live proxy and its recording upstream as the client an evaluation drives (as :class:`InProcess`).
+
+    As in-process, a question is asked against the conversation's memory alone: the upstream does not
+    answer it (the proxy completes no turn and stores nothing of it). Answered (``remember_questions``),
+    each question is stored, and the later questions find the earlier ones: what a person asking them in
+    a row would get."""
+
+    def __init__(self, proxy: LiveProxy, upstream: RecordingUpstream, remember_questions: bool = False) -> None:
+        self.proxy, self.upstream, self.remember = proxy, upstream, remember_questions
+
+    def turn(self, messages: list[dict[str, Any]], reply: str, key: str, session: str) -> bool:
+        """Send ``messages`` and answer with ``reply``; True when the proxy did not answer 200."""
+        self.upstream.reply, self.upstream.drop = reply, False
+        return self.proxy.post(body_of(messages), key, session).status_code != 200
+
+    def ask(self, messages: list[dict[str, Any]], key: str, session: str) -> Asked:
+        self.proxy.settle(self.upstream.answered)
+        self.upstream.reply, self.upstream.drop = "", not self.remember
+        mark, before = len(self.proxy.events()), len(self.upstream.bodies)
+        r = self.proxy.post(body_of(messages), key, session)
+        body = self.upstream.bodies[before] if len(self.upstream.bodies) > before else {}
+        tokens, full = _forward_tokens(self.proxy, mark)
+        return Asked(request_text(body), _memory_event(self.proxy, mark, session), tokens, full,
+                     failed=self.remember and r.status_code != 200)
+
+    def dropped(self) -> int:
+        return sum(int(e.data.get("dropped") or 0) for e in self.proxy.events() if e.type == "memory")
 
 
-def side_by_side(inproc: ev.Report, live: ev.Report) -> str:
-    """Both recalls on the same questions, and how many questions differ (and which way)."""
-    key = lambda q: (q.conversation, q.category, q.evidence)  # noqa: E731
-    pairs = list(zip(inproc.questions, live.questions))
-    same = all(key(a) == key(b) for a, b in pairs) and len(inproc.questions) == len(live.questions)
-    lower = sum(b.hits < a.hits for a, b in pairs)
-    higher = sum(b.hits > a.hits for a, b in pairs)
-    convs = sorted({q.conversation for q in inproc.questions})
-    tenant = "one tenant for all" if live.settings.get("shared_tenant") else "one tenant per conversation"
-    return (f"\nLoCoMo in-process vs live proxy ({', '.join(convs)}; {len(pairs)} questions; {tenant}):\n"
-            f"  in-process recall {inproc.recall():.3f}   live recall {live.recall():.3f}   "
-            f"difference {live.recall() - inproc.recall():+.3f}\n"
-            f"  questions where live recalled less / more evidence: {lower} / {higher}"
-            f"{'' if same else ' (question lists differ!)'}; live: {live.requests:,} requests, "
-            f"{live.fallbacks} not answered 200, {live.dropped} items dropped, {live.seconds:.0f} s")
+@contextmanager
+def client(name: str, home: str | Path | None, window: int, memory: dict[str, Any], compaction: dict[str, Any],
+           profile_extra: str = "", embed_cache: str | Path | None = None, live: bool = False,
+           remember_questions: bool = False) -> Iterator[InProcess | Live]:
+    """The client an evaluation drives: the pipeline in-process, or (``live``) a live proxy in front of
+    the recording upstream, on the evaluation's profile; the embedding cache attached either way (the
+    live proxy's memory process reads and fills the same file: results are the same)."""
+    if not live:
+        with eval_replayer(name, home, window, memory, compaction, profile_extra, embed_cache) as rp:
+            yield InProcess(rp)
+        return
+    memory = {**memory, "embed_cache": str(embed_cache)} if embed_cache else memory
+    with live_proxy(home, memory, compaction, profile_extra, window, name) as (proxy, upstream):
+        yield Live(proxy, upstream, remember_questions)

@@ -1,14 +1,17 @@
 """LoCoMo replay: does the evidence of each question reach the upstream, with a 4K-token window?
 
-Each conversation is replayed through the real pipeline (:class:`~contextwarden.memory.replay.Replayer`):
-speaker A is the user, speaker B the assistant; every B turn is the reply to a request holding everything
-said so far (clearing and compaction keep it in the window; every completed turn is ingested). Then every
-question is asked as the last user message after the whole conversation, with the ingestion queue
-flushed first, and the body that would go upstream is checked: a question's recall is the share of its
-evidence turns whose text is in that body (kept history, compaction summary or injected memory).
+Each conversation is replayed through the real pipeline, in-process or (``live``) through a live proxy
+(:mod:`.evaluation`, :mod:`.eval_live`): speaker A is the user, speaker B the assistant; every B turn is
+the reply to a request holding everything said so far (clearing and compaction keep it in the window;
+every completed turn is ingested). Then every question is asked as the last user message after the whole
+conversation, with ingestion settled first, and the body that goes upstream is checked: a question's
+recall is the share of its evidence turns whose text is in that body (kept history, compaction summary or
+injected memory).
 
-Baselines in the same run: *truncation* keeps the last messages that fit the tokens the pipeline sent
-for that question; *full history* sends everything (recall 1 by construction; its tokens are the cost).
+Baselines in the same run (in-process): *truncation* keeps the last messages that fit the tokens the
+pipeline sent for that question; *full history* sends everything (recall 1 by construction; its tokens
+are the cost). ``shared_tenant``: every conversation under one API key (one tenant holding all of them,
+one session per conversation), to measure whether the other sessions' memory crowds out the current one's.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .evaluation import contains, eval_replayer, mean, request_text, table, truncate_to
-from .replay import Replayer
+from .eval_live import client as eval_client
+from .evaluation import contains, mean, table
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 WINDOW = 4096
@@ -168,20 +171,16 @@ def tenant_key(cid: str) -> str:
     return f"sk-eval-locomo-{cid}"
 
 
-def body_of(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """The request body a replayed turn sends (as :meth:`Replayer.body` builds it)."""
-    return {"model": "claude-eval", "max_tokens": 1024, "messages": messages}
-
-
 def select_samples(samples: list[dict[str, Any]], limit: int | None, conversation: str | None) -> list[dict[str, Any]]:
     if conversation:
         samples = [s for s in samples if s.get("sample_id") == conversation]
     return samples[:limit] if limit else samples
 
 
-def run_conversation(rp: Replayer, sample: dict[str, Any], report: Report, max_questions: int | None = None,
+def run_conversation(client, sample: dict[str, Any], report: Report, max_questions: int | None = None,
                      progress=None, replay: bool = True, key: str | None = None, ask: bool = True) -> None:
-    """Replay one conversation and ask its questions (``replay=False``: the runtime's home already holds
+    """Replay one conversation through ``client`` (:class:`~.evaluation.InProcess` or
+    :class:`~.eval_live.Live`) and ask its questions (``replay=False``: the client's memory already holds
     the replayed conversation; only the questions are asked; ``ask=False``: only the replay; ``key``:
     the API key, by default the conversation's own tenant)."""
     cid = sample.get("sample_id", "conv")
@@ -190,64 +189,73 @@ def run_conversation(rp: Replayer, sample: dict[str, Any], report: Report, max_q
     messages: list[dict[str, Any]] = []
     for m in turns:
         if m["role"] == "assistant" and messages and replay:
-            sent = rp.send(messages, api_key=key, session=cid)
             report.requests += 1
-            report.fallbacks += sent.outcome.reason.startswith(("stage", "invalid"))
-            rp.complete(sent, m["content"])
+            report.fallbacks += client.turn(messages, m["content"], key, cid)
         messages.append(m)
     report.turns += len(by_id)
     qa = (sample["qa"][:max_questions] if max_questions else sample["qa"]) if ask else []
     for i, q in enumerate(qa):
-        if not rp.flush():
-            raise RuntimeError("memory ingestion did not finish within the flush timeout")
         ev = [e for e in q.get("evidence", []) if e in by_id]
         report.missing_evidence += len(q.get("evidence", [])) - len(ev)
         if not ev:
             continue
-        asked = messages + [{"role": "user", "content": q["question"]}]
-        sent = rp.send(asked, api_key=key, session=cid)
+        got = client.ask(messages + [{"role": "user", "content": q["question"]}], key, cid)
         report.requests += 1
-        report.fallbacks += sent.outcome.reason.startswith(("stage", "invalid"))
-        text = request_text(sent.wire)
-        hits = sum(contains(text, by_id[e]) for e in ev)
-        tokens = sent.tokens()
-        kept, ttoks = truncate_to(rp.runtime, rp.api, asked, tokens, sent.ctx.model)
-        ttext = request_text({"messages": kept})
-        mem = sent.ctx.notes.get("memory") or {}
+        report.fallbacks += got.failed
         report.questions.append(QuestionResult(
-            conversation=cid, category=int(q.get("category", 0)), evidence=len(ev), hits=hits,
-            trunc_hits=sum(contains(ttext, by_id[e]) for e in ev), tokens=tokens, trunc_tokens=ttoks,
-            full_tokens=sent.ctx.tokens_in or 0, injected=int(mem.get("injected") or 0),
-            memory_tokens=int(mem.get("tokens") or 0), reason=str(mem.get("skipped") or "")))
+            conversation=cid, category=int(q.get("category", 0)), evidence=len(ev),
+            hits=sum(contains(got.text, by_id[e]) for e in ev), trunc_hits=sum(contains(got.trunc_text, by_id[e]) for e in ev),
+            tokens=got.tokens, trunc_tokens=got.trunc_tokens, full_tokens=got.full_tokens,
+            injected=int(got.memory.get("injected") or 0), memory_tokens=int(got.memory.get("tokens") or 0),
+            reason=str(got.memory.get("skipped") or "")))
         if progress and (i + 1) % 50 == 0:
             progress(f"  {cid}: {i + 1}/{len(qa)} questions, recall so far {report.recall():.3f}")
 
 
-def run(data: str | Path, limit: int | None = None, questions: int | None = None, conversation: str | None = None,
+def run(data: str | Path | list, limit: int | None = None, questions: int | None = None, conversation: str | None = None,
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, embed_cache: str | Path | None = None, progress=print,
         replay: bool = True, profile_extra: str = "", shared_tenant: bool = False, window: int = WINDOW,
-        framing: str = "turns") -> Report:
+        framing: str = "turns", live: bool = False, remember_questions: bool = False) -> Report:
     """Replay the LoCoMo conversations (``limit`` of them, or the one named ``conversation``) and ask
-    their questions (the first ``questions`` of each). With ``shared_tenant`` one tenant holds every
-    conversation (a session each): all are replayed first, then each one's questions are asked."""
+    their questions (the first ``questions`` of each), in-process or through a ``live`` proxy. With
+    ``shared_tenant`` one tenant holds every conversation (a session each): all are replayed first, then
+    each one's questions are asked. ``remember_questions`` (live): see :class:`~.eval_live.Live`."""
     samples = select_samples(load(data), limit, conversation)
     mem = {**MEMORY, **(memory or {})}
     comp = {**COMPACTION, **(compaction or {})}
     report = Report(settings={"memory": mem, "compaction": comp, "window": window, "shared_tenant": shared_tenant,
-                             "framing": framing})
+                              "framing": framing, "live": live})
     t0 = time.perf_counter()
     key = SHARED_KEY if shared_tenant else None
-    with eval_replayer("locomo", home, window, mem, comp, profile_extra, embed_cache) as rp:
-        if shared_tenant and replay:
+    tag = "live " if live else ""
+    with eval_client("locomo", home, window, mem, comp, profile_extra, embed_cache, live, remember_questions) as client:
+        if shared_tenant and replay:  # everything stored first: each conversation's questions see all the others
             for sample in samples:
-                run_conversation(rp, sample, report, key=key, ask=False)
+                run_conversation(client, sample, report, key=key, ask=False)
         for sample in samples:
-            run_conversation(rp, sample, report, questions, progress, replay=replay and not shared_tenant, key=key)
+            run_conversation(client, sample, report, questions, progress, replay=replay and not shared_tenant, key=key)
             report.conversations += 1
             if progress:
-                progress(f"{sample.get('sample_id')}: recall so far {report.recall():.3f} "
+                progress(f"{tag}{sample.get('sample_id')}: recall so far {report.recall():.3f} "
                          f"({len(report.questions)} questions, {time.perf_counter() - t0:.0f} s)")
-        report.dropped = rp.dropped()
+        report.dropped = client.dropped()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def side_by_side(inproc: Report, live: Report) -> str:
+    """Both recalls on the same questions, and how many questions differ (and which way)."""
+    key = lambda q: (q.conversation, q.category, q.evidence)  # noqa: E731
+    pairs = list(zip(inproc.questions, live.questions))
+    same = all(key(a) == key(b) for a, b in pairs) and len(inproc.questions) == len(live.questions)
+    lower = sum(b.hits < a.hits for a, b in pairs)
+    higher = sum(b.hits > a.hits for a, b in pairs)
+    convs = sorted({q.conversation for q in inproc.questions})
+    tenant = "one tenant for all" if live.settings.get("shared_tenant") else "one tenant per conversation"
+    return (f"\nLoCoMo in-process vs live proxy ({', '.join(convs)}; {len(pairs)} questions; {tenant}):\n"
+            f"  in-process recall {inproc.recall():.3f}   live recall {live.recall():.3f}   "
+            f"difference {live.recall() - inproc.recall():+.3f}\n"
+            f"  questions where live recalled less / more evidence: {lower} / {higher}"
+            f"{'' if same else ' (question lists differ!)'}; live: {live.requests:,} requests, "
+            f"{live.fallbacks} not answered 200, {live.dropped} items dropped, {live.seconds:.0f} s")

@@ -1,11 +1,11 @@
 """LongMemEval-S replay: do the sessions that answer a question reach the upstream, with a 32K window?
 
 Each question's haystack (~50 sessions, ~115K tokens) is replayed as one long conversation through the
-real pipeline: at the end of every haystack session the client sends everything so far (its last user
+real pipeline, in-process or (``live``) through a live proxy, one tenant and one session per question: at the end of every haystack session the client sends everything so far (its last user
 message last) and the session's final assistant message is the reply (``step="session"``; ``"turn"``
 sends a request for every assistant message instead). Clearing and compaction keep the request in the
-window, every completed turn is ingested. Then the question is asked as the last user message, with the
-ingestion queue flushed first, and the body that would go upstream is checked:
+window, every completed turn is ingested. Then the question is asked as the last user message, with
+ingestion settled first (and nothing of the question stored), and the body that goes upstream is checked:
 
 - session-level ``recall_any`` / ``recall_all``: whether any / all of the answer sessions reach it (a
   session reaches it when one of its ``has_answer`` turns does; a session without marks, when any of its
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..settings.memory import MemorySection
-from .evaluation import eval_replayer, mean, normalise, request_text, table, truncate_to
-from .replay import Replayer
+from .eval_live import client as eval_client
+from .evaluation import mean, normalise, table
 
 WINDOW = 32_768
 # The profile under test (README: "contextwarden eval longmemeval"): Claude Code's, with a 32K window.
@@ -40,7 +40,7 @@ COMPACTION = {"soft_threshold": 0.55, "hard_threshold": 0.60, "target": 0.40, "p
               "summary_max_tokens": 1500}
 # A turn longer than one memory chunk (memory.chunk_tokens word pieces at ~4 characters each) is stored
 # in pieces; it counts as recalled when at least half of its lines reach the upstream.
-LONG_TURN_CHARS = MemorySection().chunk_tokens * 4
+LONG_TURN_CHARS = MemorySection.model_fields["chunk_tokens"].default * 4
 
 
 @dataclass
@@ -82,16 +82,11 @@ class Report:
     def render(self) -> str:
         qs = self.questions
         full = mean(q.full_tokens for q in qs)
-
-        def turn_recall(trunc: bool) -> float:
-            n = sum(q.answer_turns for q in qs)
-            return sum(q.trunc_turns_hit if trunc else q.turns_hit for q in qs) / n if n else 0.0
-
         rows = [
-            ["contextwarden", mean(q.recall_any for q in qs), mean(q.recall_all for q in qs), turn_recall(False),
+            ["contextwarden", mean(q.recall_any for q in qs), mean(q.recall_all for q in qs), turn_recall(self),
              round(mean(q.tokens for q in qs)), mean(q.tokens / q.full_tokens for q in qs if q.full_tokens)],
             ["truncation (last N, same tokens)", mean(float(q.trunc_sessions_hit > 0) for q in qs),
-             mean(float(q.trunc_sessions_hit == q.answer_sessions) for q in qs), turn_recall(True),
+             mean(float(q.trunc_sessions_hit == q.answer_sessions) for q in qs), turn_recall(self, True),
              round(mean(q.trunc_tokens for q in qs)), mean(q.trunc_tokens / q.full_tokens for q in qs if q.full_tokens)],
             ["full history", 1.0, 1.0, 1.0, round(full), 1.0],
         ]
@@ -191,41 +186,31 @@ def session_hits(hay: str, answer: set[str], marks: list[tuple[str, str, bool]])
     return hit_sessions, turns_hit, turns
 
 
-def run_question(rp: Replayer, q: dict[str, Any], report: Report, step: str = "session",
+def run_question(client, q: dict[str, Any], report: Report, step: str = "session",
                  haystack_limit: int | None = None) -> None:
-    """Replay one question's haystack and ask it (``haystack_limit``: see :func:`haystack`)."""
+    """Replay one question's haystack through ``client`` (:class:`~.evaluation.InProcess` or
+    :class:`~.eval_live.Live`) and ask it (``haystack_limit``: see :func:`haystack`)."""
     qid = str(q["question_id"])
-    key = f"sk-eval-lme-{qid}"  # one tenant per question: haystacks never see each other
-    session = f"lme-{qid}"
+    key, session = f"sk-eval-lme-{qid}", f"lme-{qid}"  # one tenant per question: haystacks never see each other
     sids, sessions, answer = haystack(q, haystack_limit)
     messages: list[dict[str, Any]] = []
     marks: list[tuple[str, str, bool]] = []  # (session id, text, has_answer) per message
 
     def send_and_reply(upto: int, reply: str) -> None:
-        sent = rp.send(messages[:upto], api_key=key, session=session)
         report.requests += 1
-        report.fallbacks += sent.outcome.reason.startswith(("stage", "invalid"))
-        rp.complete(sent, reply)
+        report.fallbacks += client.turn(messages[:upto], reply, key, session)
 
     replay_haystack(sids, sessions, messages, marks, report, step, send_and_reply)
-    if not rp.flush():
-        raise RuntimeError("memory ingestion did not finish within the flush timeout")
-    asked = messages + [{"role": "user", "content": str(q["question"])}]
-    sent = rp.send(asked, api_key=key, session=session)
+    got = client.ask(messages + [{"role": "user", "content": str(q["question"])}], key, session)
     report.requests += 1
-    report.fallbacks += sent.outcome.reason.startswith(("stage", "invalid"))
-    text = request_text(sent.wire)
-    tokens = sent.tokens()
-    kept, ttoks = truncate_to(rp.runtime, rp.api, asked, tokens, sent.ctx.model)
-    ttext = request_text({"messages": kept})
-    s_hit, t_hit, n_turns = session_hits(text, answer, marks)
-    ts_hit, tt_hit, _ = session_hits(ttext, answer, marks)
-    mem = sent.ctx.notes.get("memory") or {}
+    report.fallbacks += got.failed
+    s_hit, t_hit, n_turns = session_hits(got.text, answer, marks)
+    ts_hit, tt_hit, _ = session_hits(got.trunc_text, answer, marks)
     report.questions.append(QuestionResult(
         question_id=qid, qtype=str(q.get("question_type", "?")), answer_sessions=len(answer), sessions_hit=s_hit,
-        trunc_sessions_hit=ts_hit, answer_turns=n_turns, turns_hit=t_hit, trunc_turns_hit=tt_hit, tokens=tokens,
-        trunc_tokens=ttoks, full_tokens=sent.ctx.tokens_in or 0, injected=int(mem.get("injected") or 0),
-        memory_tokens=int(mem.get("tokens") or 0), reason=str(mem.get("skipped") or "")))
+        trunc_sessions_hit=ts_hit, answer_turns=n_turns, turns_hit=t_hit, trunc_turns_hit=tt_hit, tokens=got.tokens,
+        trunc_tokens=got.trunc_tokens, full_tokens=got.full_tokens, injected=int(got.memory.get("injected") or 0),
+        memory_tokens=int(got.memory.get("tokens") or 0), reason=str(got.memory.get("skipped") or "")))
 
 
 def select(items: list[dict[str, Any]], limit: int | None, question_ids: list[str] | None) -> list[dict[str, Any]]:
@@ -237,22 +222,49 @@ def select(items: list[dict[str, Any]], limit: int | None, question_ids: list[st
 def run(data: str | Path, limit: int | None = None, question_ids: list[str] | None = None,
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, embed_cache: str | Path | None = None, step: str = "session",
-        progress=print, profile_extra: str = "", window: int = WINDOW, haystack_limit: int | None = None) -> Report:
-    """Replay ``limit`` questions (or those in ``question_ids``) and ask each."""
+        progress=print, profile_extra: str = "", window: int = WINDOW, haystack_limit: int | None = None,
+        live: bool = False) -> Report:
+    """Replay ``limit`` questions (or those in ``question_ids``) and ask each, in-process or through a
+    ``live`` proxy (every question in one proxy, a tenant each)."""
     items = select(load(data), limit, question_ids)
     mem = {**MEMORY, **(memory or {})}
     comp = {**COMPACTION, **(compaction or {})}
     report = Report(settings={"memory": mem, "compaction": comp, "window": window, "step": step,
-                              "haystack_limit": haystack_limit})
+                              "haystack_limit": haystack_limit, "live": live})
     t0 = time.perf_counter()
-    with eval_replayer("longmemeval", home, window, mem, comp, profile_extra, embed_cache) as rp:
+    with eval_client("longmemeval", home, window, mem, comp, profile_extra, embed_cache, live) as client:
         for i, q in enumerate(items):
-            run_question(rp, q, report, step, haystack_limit)
+            run_question(client, q, report, step, haystack_limit)
             if progress:
                 r = report.questions[-1]
-                progress(f"{i + 1}/{len(items)} {r.question_id} ({r.qtype}): sessions {r.sessions_hit}/"
-                         f"{r.answer_sessions}, turns {r.turns_hit}/{r.answer_turns}, {r.tokens:,} of "
+                progress(f"{'live ' if live else ''}{i + 1}/{len(items)} {r.question_id} ({r.qtype}): sessions "
+                         f"{r.sessions_hit}/{r.answer_sessions}, turns {r.turns_hit}/{r.answer_turns}, {r.tokens:,} of "
                          f"{r.full_tokens:,} tokens ({time.perf_counter() - t0:.0f} s)")
-        report.dropped = rp.dropped()
+        report.dropped = client.dropped()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def turn_recall(r: Report, trunc: bool = False) -> float:
+    n = sum(q.answer_turns for q in r.questions)
+    return sum(q.trunc_turns_hit if trunc else q.turns_hit for q in r.questions) / n if n else 0.0
+
+
+def side_by_side(inproc: Report, live: Report) -> str:
+    """recall_any, recall_all and turn recall of both runs on the same questions, and the questions whose
+    sessions recalled differ."""
+    pairs = list(zip(inproc.questions, live.questions))
+    same = len(inproc.questions) == len(live.questions) and all(a.question_id == b.question_id for a, b in pairs)
+
+    def row(r: Report) -> str:
+        return (f"recall_any {mean(q.recall_any for q in r.questions):.3f}  recall_all "
+                f"{mean(q.recall_all for q in r.questions):.3f}  turn recall {turn_recall(r):.3f}  share of full "
+                f"{mean(q.tokens / q.full_tokens for q in r.questions if q.full_tokens):.3f}")
+
+    lower = sum(b.turns_hit < a.turns_hit for a, b in pairs)
+    higher = sum(b.turns_hit > a.turns_hit for a, b in pairs)
+    return (f"\nLongMemEval in-process vs live proxy ({len(pairs)} questions):\n"
+            f"  in-process  {row(inproc)}\n  live        {row(live)}\n"
+            f"  questions where live recalled fewer / more answer turns: {lower} / {higher}"
+            f"{'' if same else ' (question lists differ!)'}; live: {live.requests:,} requests, "
+            f"{live.fallbacks} not answered 200, {live.dropped} items dropped, {live.seconds:.0f} s")

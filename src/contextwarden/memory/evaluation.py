@@ -1,4 +1,6 @@
-"""What the LoCoMo and LongMemEval replays share: the outgoing text, the baselines, profiles and tables.
+"""What the LoCoMo and LongMemEval replays share: the client they drive (the pipeline in-process,
+:class:`InProcess`, or a live proxy, :class:`~.eval_live.Live`), the outgoing text, the baselines,
+profiles and tables.
 
 A turn counts as *recalled* when its text (whitespace-normalised) is part of the text of the request that
 goes upstream when the question is asked: in the kept history, a compaction summary, or injected memory.
@@ -10,10 +12,14 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..models.base import ApiKind
+from .replay import Replayer, Sent
 from .retrieve import normalise  # noqa: F401 (the evaluations' normalise: retrieval's own)
 
 
@@ -77,8 +83,6 @@ def write_profile(path: Path, window: int, memory: dict[str, Any], compaction: d
     """An evaluation profile: Claude Code's, with the window and memory settings under test, and stage
     budgets generous enough that the machine's load cannot turn a slow stage into a full-history pass.
     ``extra`` is YAML merged section by section."""
-    import yaml
-
     data: dict[str, Any] = {
         "extends": "claude-code", "name": "eval",
         "tokens": {"context_window": window, "calibrate": False},
@@ -117,14 +121,62 @@ def mean(xs: Iterable[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
+def body_of(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The request body a replayed turn sends (as :meth:`Replayer.body` builds it)."""
+    return {"model": "claude-eval", "max_tokens": 1024, "messages": messages}
+
+
+@dataclass
+class Asked:
+    """What reached the upstream when a question was asked: its text (normalised), the memory stage's
+    report, tokens sent and the client's request's tokens, the truncation baseline at the same tokens
+    (in-process only), and whether the request failed (a stage failure in-process, not answered live)."""
+
+    text: str
+    memory: dict[str, Any] = field(default_factory=dict)
+    tokens: int = 0
+    full_tokens: int = 0
+    trunc_text: str = ""
+    trunc_tokens: int = 0
+    failed: bool = False
+
+
+def _failed(sent: Sent) -> bool:
+    return sent.outcome.reason.startswith(("stage", "invalid"))
+
+
+class InProcess:
+    """The real pipeline in this process (:class:`Replayer`) as the client an evaluation drives."""
+
+    def __init__(self, rp: Replayer) -> None:
+        self.rp = rp
+
+    def turn(self, messages: list[dict[str, Any]], reply: str, key: str, session: str) -> bool:
+        """Send ``messages``, complete the turn with ``reply``; True when a stage failed on it."""
+        sent = self.rp.send(messages, api_key=key, session=session)
+        self.rp.complete(sent, reply)
+        return _failed(sent)
+
+    def ask(self, messages: list[dict[str, Any]], key: str, session: str) -> Asked:
+        """Send a question once ingestion settled; nothing of it is stored."""
+        if not self.rp.flush():
+            raise RuntimeError("memory ingestion did not finish within the flush timeout")
+        sent = self.rp.send(messages, api_key=key, session=session)
+        tokens = sent.tokens()
+        kept, ttoks = truncate_to(self.rp.runtime, self.rp.api, messages, tokens, sent.ctx.model)
+        return Asked(request_text(sent.wire), sent.ctx.notes.get("memory") or {}, tokens, sent.ctx.tokens_in or 0,
+                     request_text({"messages": kept}), ttoks, _failed(sent))
+
+    def dropped(self) -> int:
+        return self.rp.dropped()
+
+
 @contextmanager
 def eval_replayer(name: str, home: str | Path | None, window: int, memory: dict[str, Any],
                   compaction: dict[str, Any], profile_extra: str = "",
-                  embed_cache: str | Path | None = None) -> Iterator[Any]:
+                  embed_cache: str | Path | None = None) -> Iterator[Replayer]:
     """A :class:`Replayer` on an evaluation profile, in ``home`` or a temporary folder, with the
     embedding disk cache attached; closed on exit."""
-    from .replay import Replayer
-
     with tempfile.TemporaryDirectory(prefix=f"cw-eval-{name}-") as tmp:
         base = Path(home) if home else Path(tmp)
         base.mkdir(parents=True, exist_ok=True)

@@ -8,12 +8,11 @@ traffic never waits for memory. Chroma failures become ``error`` events, never e
 Each stored batch is a ``memory`` event (``ingested``, ``new``, ``deduplicated``, ``chunks``, ``ms``,
 ``queued``); history the proxy had not seen live is also an ``ingest`` event (``history: true``).
 
-With a pending table (the memory process) there are two worker threads: the *indexer* takes each
-submission, chunks it, keeps its originals and indexes it by its words (``on_indexed``), and the
-*storer* tags, embeds and stores what the indexer made, as fast as the embedder goes. With
-``memory.index_first`` the indexer takes each submission as it arrives (searchable by words and
-recallable at once; on a busy machine vectors lag, reported as ``lag_s`` and ``indexed``, while words do
-not); without, it stays one batch ahead of the storer and an item is found once stored.
+With a pending table (the memory process) a submission is written to the table, chunked, kept whole
+for recall by id (``on_originals``) and indexed by its words (``on_indexed``) in the submitting call
+itself: searchable by words and recallable at once. One worker thread, the *storer*, then tags, embeds
+and stores what waits, as fast as the embedder goes: on a busy machine vectors lag (reported as
+``lag_s`` and ``indexed``), words do not.
 """
 
 from __future__ import annotations
@@ -105,20 +104,12 @@ class Ingestor:
         self.batch_chars = batch_chars  # and characters (journal mode): a tool output is ~13 chunks
         self.tag = tag  # tags items that come untagged (the memory process tags off the proxy)
         self.priority = priority  # searches first: this worker waits between its steps while one runs
-        # journal mode: submissions the indexer made ready (searchable with ``on_indexed``), oldest first,
+        # journal mode: submissions indexed as they came (searchable with ``on_indexed``), oldest first,
         # that the storer has not stored yet (one per journal row; their rows stay in the journal until stored)
         self._indexed: deque[_Indexed] = deque()
         self._indexed_items = 0
-        self._indexing = False
-        # how far the indexer may run ahead of the storer: as far as the journal's bound when what it
-        # indexes is searchable at once (``on_indexed``), else one batch (the storer's next, ready)
-        self._lead = (journal.max_items if on_indexed is not None else self.batch_max) if journal is not None else 0
         self._thread = threading.Thread(target=self._run, name="cw-memory-ingest", daemon=True)
         self._thread.start()
-        self._indexer: threading.Thread | None = None
-        if journal is not None:
-            self._indexer = threading.Thread(target=self._run_indexer, name="cw-memory-index", daemon=True)
-            self._indexer.start()
 
     def _redacted(self, text: str) -> tuple[str, int]:
         return self._redact(text) if self._redact is not None else redact_secrets(text)
@@ -160,7 +151,7 @@ class Ingestor:
     def _submit_journal(self, items: list[MemoryItem], info: dict) -> bool:
         # secrets never reach the disk: redacted before the journal (the id a clearing stub names is
         # the original text's, fixed first)
-        self._pause()  # (on the memory process's submission thread: searches first)
+        # (no pause for searches here: this is what makes the turn searchable, ~5 ms a 12 KB result)
         red = [self._redacted(it.text) for it in items]
         items = [_replace(it, text=t, source_id=it.source_id or memory_id(it.text)) for it, (t, _) in zip(items, red)]
         # what the journal holds is redacted: the worker does not redact it again (REDACTED_NOTE), and
@@ -170,15 +161,25 @@ class Ingestor:
             if self._closing:
                 self.stats["dropped"] += len(items)
                 return False
-            dropped = self.journal.add(items, info)
+            rid = self.journal.add(items, info)
             self.stats["submitted"] += len(items)
-            self.stats["dropped"] += dropped
-            self._cv.notify()
-        if dropped:
-            self.bus.emit("memory", {"dropped": dropped, "reason": "pending over its hard bound, oldest dropped",
-                                     "pending": self.journal.items, "pending_max": self.journal.max_items},
-                          flow_id=info["flow_id"], session=info["session"])
+        self._queue_indexed(rid, items, info)
         return True
+
+    def _queue_indexed(self, rid: int, items: list[MemoryItem], info: dict) -> None:
+        """Journal mode: a submission's row indexed by its words now (``on_indexed``: searchable at once)
+        and queued for the storer."""
+        try:
+            done = self._index([(items, info)], redacted=True)
+        except Exception as e:  # a poison submission is dropped, never the caller's problem
+            self._error(e, len(items))
+            self.journal.done([rid])
+            return
+        done.rows = [rid]
+        with self._cv:
+            self._indexed.append(done)
+            self._indexed_items += done.submitted
+            self._cv.notify_all()
 
     def _has_work(self) -> bool:
         return bool(self._q) or bool(self._indexed) or (self.journal is not None and self.journal.items > 0)
@@ -187,10 +188,10 @@ class Ingestor:
         """Wait until everything submitted so far is stored (or failed); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cv:
-            while self._has_work() or self._busy or self._indexing:
+            while self._has_work() or self._busy:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._thread.is_alive():
-                    return not (self._has_work() or self._busy or self._indexing)
+                    return not (self._has_work() or self._busy)
                 self._cv.wait(min(left, 0.5))
         return True
 
@@ -202,11 +203,9 @@ class Ingestor:
         with self._cv:
             self._closing = True
             self._cv.notify_all()
-        # one budget for both: a batch still embedding is left to the process's exit (its rows stay
-        # pending and are stored at the next start)
+        # a batch still embedding is left to the process's exit (its rows stay pending and are stored
+        # at the next start)
         self._thread.join(max(0.2, deadline - time.monotonic()))
-        if self._indexer is not None:
-            self._indexer.join(max(0.2, deadline - time.monotonic()))
 
     @property
     def pending(self) -> int:
@@ -226,6 +225,9 @@ class Ingestor:
         _lower_priority()
         if self.priority is not None:
             self.priority.background()
+        if self.journal is not None:  # what the last run left: searchable by words again first
+            for rid, items, info in self.journal.recovered_rows():
+                self._queue_indexed(rid, items, info)
         if self._backfill:
             self._safe_backfill()
         while True:
@@ -253,42 +255,6 @@ class Ingestor:
             finally:
                 with self._cv:
                     self._busy = False
-                    self._cv.notify_all()
-
-    def _run_indexer(self) -> None:
-        """Journal mode: each submission, as it arrives, chunked and indexed by its words
-        (:meth:`_index`), then handed to the storer. Stops taking while the storer is ``max_items``
-        behind (the journal's own bound then applies to what is not taken); without ``on_indexed``,
-        one batch ahead (nothing is searchable before it is stored: why run further)."""
-        _lower_priority()  # (as the storer: the searches of this process come first)
-        if self.priority is not None:
-            self.priority.background()
-        while True:
-            with self._cv:
-                while not self._closing and (self.journal.untaken <= 0
-                                             or self._indexed_items >= self._lead):
-                    self._cv.wait(1.0)
-                if self._closing:
-                    return
-                self._indexing = True
-            rows = []
-            try:
-                rows = self.journal.take(self.batch_max, self.batch_chars)
-                for rid, items, info in rows:
-                    done = self._index([(items, info)], redacted=True)
-                    done.rows = [rid]
-                    with self._cv:
-                        self._indexed.append(done)
-                        self._indexed_items += done.submitted
-                        self._cv.notify_all()
-                    rows = rows[1:]
-            except Exception as e:  # never let the indexer die; a poison submission is dropped
-                if not self._closing:
-                    self._error(e, sum(len(items) for _, items, _ in rows))
-                    self.journal.done([rid for rid, _, _ in rows])
-            finally:
-                with self._cv:
-                    self._indexing = False
                     self._cv.notify_all()
 
     def _run_journal(self) -> bool:
@@ -423,7 +389,6 @@ class Ingestor:
         self.stats["skipped_seen"] += sum(skipped)
         # (tags are the storer's: words need none, and tagging cost as much as the rest of this
         # together, for every item, where the storer tags only what it has time to store)
-        self._pause()
         prepared, n_red, owner, wholes = self._prepare(items, redacted_already=redacted)
         if redacted:  # counted when the journal took them
             n_red = sum(int(info.get(REDACTED_NOTE) or 0) for _, info in batches)

@@ -203,8 +203,11 @@ class LexicalIndex:
         return item.workspace or item.tenant
 
     def add(self, items: Iterable) -> int:
-        """Index items (a no-op for ids already indexed); returns how many were new."""
-        prepared = [(it, tokenize(it.text)) for it in items]  # tokenise outside the lock
+        """Index items (a no-op for ids already indexed: a stored item was indexed by its words when it
+        was submitted); returns how many were new."""
+        with self._lock:
+            new = [it for it in items if not self.contains(it.id, self.partition_of(it))]
+        prepared = [(it, tokenize(it.text)) for it in new]  # tokenise outside the lock
         added = 0
         with self._lock:
             for it, terms in prepared:

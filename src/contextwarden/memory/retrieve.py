@@ -21,11 +21,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..dialects import dialect
 from ..lru import LRU
 from ..models.base import ApiKind
 from .envelopes import strip_envelopes
 from .ids import content_hash
-from .lexical import combine_terms, query_terms
+from .inject import strip_blocks
+from .items import MemoryItem
+from .lexical import combine_terms, query_terms, tokenize
+from .scope import SCOPE_MAX, SessionVectors
 from .tagger import tag_key
 from .turns import query_text, undated, unit_texts
 
@@ -108,8 +112,6 @@ class HistoryIndex:
 # --- reading a request ----------------------------------------------------------------------------------
 def history_items(api: ApiKind, body) -> list:
     """The history list of a wire dict or typed request (Responses ``input`` string -> one item)."""
-    from ..dialects import dialect
-
     key = dialect(api).history_key
     v = body.get(key) if isinstance(body, dict) else getattr(body, key, None)
     if isinstance(v, str):
@@ -152,9 +154,8 @@ def human_text(api: ApiKind, m) -> str:
 def history_texts(api: ApiKind, request) -> list[str]:
     """Every text of the outgoing request a stored item could equal: messages, text blocks, tool calls
     and tool results (each tool result is an item of its own): the dialect's ``item_texts``."""
-    from ..dialects import dialect
-
-    texts, out = dialect(api).item_texts, []
+    texts = dialect(api).item_texts
+    out: list[str] = []
     for m in history_items(api, request):
         texts(m, out)
     return out
@@ -178,8 +179,6 @@ def build_query(api: ApiKind, messages: list, clean_text: dict[int, str] | None 
         if not text.strip():
             continue  # tool results only: the task is further up
         text = query_text(strip_envelopes(_cleaner(text, clean_text.get(i))))
-        from .inject import strip_blocks
-
         ctx_parts = []
         for j in range(i - 1, max(-1, i - 1 - context_messages), -1):
             if role_of(messages[j]) in ("system", "developer"):
@@ -213,7 +212,7 @@ class Query:
 class Hit:
     """A retrieved item and why: its fused score and its place in each ranking."""
 
-    item: object  # MemoryItem
+    item: MemoryItem
     fused: float = 0.0
     vector: float | None = None  # cosine similarity
     lexical: float | None = None  # BM25 score
@@ -262,6 +261,7 @@ class Vectors:
     future: cf.Future | None = None
     result: list | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    embedding: np.ndarray | None = None  # the query's, once the vector half has it
 
     @staticmethod
     def key_of(query: Query, tenants: list[str], workspace: str | None, n: int | None, session: str | None,
@@ -333,14 +333,13 @@ class Retriever:
             if len(vecs) > 1:
                 vec = vec + s.context_weight * vecs[1]
                 vec = vec / max(1e-9, float(np.linalg.norm(vec)))
+            v.embedding = vec
             t2 = time.perf_counter()
             vtime["embed_ms"] = round((t2 - t) * 1000, 2)
             try:
                 got = self.store.vector_query(qtext, tenants, fetch, query_embedding=vec, workspace=workspace)
                 if scoped:  # exact within the session (its items may all lie below the tenant's top)
                     if self.scope is None:
-                        from .scope import SessionVectors
-
                         self.scope = SessionVectors(self.store)
                     got = got + self.scope.rank(self.lexical, partitions, session, vec, fetch)
                     if in_project:
@@ -367,7 +366,6 @@ class Retriever:
         current session, ranked first (``memory.other_sessions_weight``); ``project``: the current
         project, whose other sessions rank next (``memory.project_weight``). ``vectors``: this very
         search's :meth:`start`, made earlier (used only when its arguments are these)."""
-        s = self.settings
         t0 = time.perf_counter()
         if deadline is None and timeout_s is not None:
             deadline = t0 + timeout_s
@@ -379,117 +377,183 @@ class Retriever:
             vectors = self.start(query, tenants, workspace=workspace, n=n, session=session, project=project)
         else:
             out.timings["prefetched"] = 1
-        n = n or s.candidates
-        use_context, partitions, scoped, in_project = vectors.use_context, vectors.partitions, vectors.scoped, vectors.in_project
-        out.mode = vectors.mode
-        out.vector_query = vectors.vector_query
-        vfuture, vres, vtime = vectors.future, vectors.result, vectors.timings
-
+        n = n or self.settings.candidates
+        out.mode, out.vector_query = vectors.mode, vectors.vector_query
+        scopes = _Scopes(vectors, session, project)
         tl = time.perf_counter()
-        terms = query_terms(query.text)
-        if use_context:
-            terms = combine_terms(terms, query_terms(query.context[-1500:], weight=s.context_weight))
-        lex = self.lexical.query(terms, partitions, n=n, exclude=exclude) if self.lexical is not None else []
-        if scoped:
-            lex = lex + self.lexical.query(terms, partitions, n=n, exclude=exclude, session=session)
-        if in_project:  # deep enough that the current session's items in it leave n of the others
-            lex = lex + self.lexical.query(terms, partitions, n=2 * n, exclude=exclude, project=project)
+        lex = self._lexical(query, vectors, scopes, exclude, n)
         out.timings["lexical_ms"] = round((time.perf_counter() - tl) * 1000, 2)
+        vhits = self._vector_hits(vectors, exclude, n, deadline, t0, out) if out.mode != "lexical" else []
+        by_id, rankings = self._rankings(vhits, lex, scopes, n)
+        if self.settings.speaker_weight > 0 and session is not None:
+            rankings += self._speaker(query, vectors, by_id, exclude, n, session)
+        if self.settings.neighbour_weight > 0 and neighbours is not None:
+            rankings += self._neighbours(by_id, rankings, scopes, neighbours, exclude)
+        fused = rrf(rankings, self.settings.rrf_k)
+        for key, score in fused.items():
+            by_id[key].fused = score
+        out.hits = sorted((by_id[key] for key in fused), key=lambda h: -h.fused)
+        out.candidates = len(by_id)
+        out.ms = round((time.perf_counter() - t0) * 1000, 2)
+        return out
 
-        vhits: list[tuple[object, float]] = []
-        if out.mode != "lexical":
-            if vfuture is not None:
-                tv = time.perf_counter()
-                remaining = None if deadline is None else max(0.0, deadline - time.perf_counter())
-                try:
-                    vres = vfuture.result(timeout=remaining)
-                except cf.TimeoutError:
-                    vfuture.cancel()
-                    # how long this search waited, not the caller's budget (which started earlier)
-                    raise TimeoutError(f"the vector query had not returned {(time.perf_counter() - t0) * 1000:.0f} ms "
-                                       f"into the search, at its deadline") from None
-                out.timings["vector_wait_ms"] = round((time.perf_counter() - tv) * 1000, 2)
-            out.timings.update(vtime)
-            seen: set[str] = set()
-            for item, sim in sorted(vres, key=lambda x: -x[1]):  # scoped: two result lists, merged
-                if item.id in seen:
-                    continue
-                seen.add(item.id)
-                if exclude is not None and exclude(item):
-                    out.in_history += 1
-                    continue
-                vhits.append((item, sim))
-                if not scoped and len(vhits) >= n:
-                    break
-        if scoped:
+    def _lexical(self, query: Query, v: Vectors, scopes: _Scopes, exclude, n: int) -> list:
+        """The BM25 hits: over the tenant, and (scoped) within the session and the project, best first."""
+        if self.lexical is None:
+            return []
+        terms = self._terms(query, v)
+        lex = self.lexical.query(terms, v.partitions, n=n, exclude=exclude)
+        if v.scoped:
+            lex = lex + self.lexical.query(terms, v.partitions, n=n, exclude=exclude, session=scopes.session)
+        if v.in_project:  # deep enough that the current session's items in it leave n of the others
+            lex = lex + self.lexical.query(terms, v.partitions, n=2 * n, exclude=exclude, project=scopes.project)
+        if v.scoped:
             lex = list({lh.item.id: lh for lh in sorted(lex, key=lambda h: -h.score)}.values())
             lex.sort(key=lambda h: -h.score)
-        floor = s.min_similarity
-        by_id: dict[str, Hit] = {}
-        # one ranking per kind, or (scoped) one for the current session, one for the current project's
-        # other sessions and one for the rest of the tenant's memory
-        def groups(it) -> int:
-            if not scoped or str(it.session) == session:
-                return 0
-            return 1 if in_project and getattr(it, "project", None) == project else 2
+        return lex
 
-        vranks: dict[int, list[str]] = {0: [], 1: [], 2: []}
-        lranks: dict[int, list[str]] = {0: [], 1: [], 2: []}
-        vcount = {0: 0, 1: 0, 2: 0}
+    def _terms(self, query: Query, v: Vectors) -> dict[str, float]:
+        terms = query_terms(query.text)
+        if v.use_context:
+            terms = combine_terms(terms, query_terms(query.context[-1500:], weight=self.settings.context_weight))
+        return terms
+
+    def _speaker(self, query: Query, v: Vectors, by_id: dict[str, Hit], exclude, n: int, session: str) -> list:
+        """Rankings within the turns of the one participant the question names, in the current session
+        ("What does Melanie do to destress?" follows Melanie's turns, below the top of the whole
+        conversation): its items whose ``speaker`` that is, by vector (exact, over the session's
+        vectors) and by BM25, weighted ``memory.speaker_weight``. None when the question names no
+        speaker of the session, or several."""
+        ranked: list = []
+        if v.embedding is not None:
+            self.scope = self.scope or SessionVectors(self.store)
+            ranked = self.scope.rank(self.lexical, v.partitions, session, v.embedding, SCOPE_MAX)
+        words = set(tokenize(query.text))
+        names = {h.item.speaker for h in by_id.values()} | {it.speaker for it, _ in ranked}
+        named = [x for x in names if x and set(tokenize(x)) <= words]
+        if len(named) != 1:
+            return []
+        who, s = named[0], self.settings
+        vids: list[str] = []
+        for item, sim in ranked:
+            if len(vids) >= n or sim < s.min_similarity:
+                break
+            if item.speaker == who and not (exclude is not None and exclude(item)):
+                h = by_id.setdefault(item.id, Hit(item))
+                h.vector = sim if h.vector is None else h.vector
+                vids.append(item.id)
+        lids: list[str] = []
+        if self.lexical is not None:
+            for lh in self.lexical.query(self._terms(query, v), v.partitions, n=4 * n, exclude=exclude, session=session):
+                if lh.item.speaker == who and len(lids) < n:
+                    h = by_id.setdefault(lh.item.id, Hit(lh.item))
+                    h.lexical = lh.score if h.lexical is None else h.lexical
+                    lids.append(lh.item.id)
+        w = s.speaker_weight
+        return [(vids, w * s.vector_weight), (lids, w * s.lexical_weight)]
+
+    def _vector_hits(self, v: Vectors, exclude, n: int, deadline: float | None, t0: float,
+                     out: Retrieval) -> list[tuple[object, float]]:
+        """The vector half's (item, similarity), best first, without the items still in the history
+        (counted in ``out.in_history``); waits for it until ``deadline``."""
+        vres = v.result
+        if v.future is not None:
+            tv = time.perf_counter()
+            remaining = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            try:
+                vres = v.future.result(timeout=remaining)
+            except cf.TimeoutError:
+                v.future.cancel()
+                # how long this search waited, not the caller's budget (which started earlier)
+                raise TimeoutError(f"the vector query had not returned {(time.perf_counter() - t0) * 1000:.0f} ms "
+                                   f"into the search, at its deadline") from None
+            out.timings["vector_wait_ms"] = round((time.perf_counter() - tv) * 1000, 2)
+        out.timings.update(v.timings)
+        seen: set[str] = set()
+        vhits: list[tuple[object, float]] = []
+        for item, sim in sorted(vres or (), key=lambda x: -x[1]):  # scoped: two result lists, merged
+            if item.id in seen:
+                continue
+            seen.add(item.id)
+            if exclude is not None and exclude(item):
+                out.in_history += 1
+                continue
+            vhits.append((item, sim))
+            if not v.scoped and len(vhits) >= n:
+                break
+        return vhits
+
+    def _rankings(self, vhits: list, lex: list, scopes: _Scopes, n: int) -> tuple[dict[str, Hit], list]:
+        """The candidates by id and the weighted rankings to fuse: one vector and one BM25 ranking per
+        scope, each at most ``n`` long (vector hits under ``memory.min_similarity`` do not count)."""
+        s = self.settings
+        by_id: dict[str, Hit] = {}
+        vranks: dict[int, list[str]] = {g: [] for g in SCOPES}
+        lranks: dict[int, list[str]] = {g: [] for g in SCOPES}
+        vcount = dict.fromkeys(SCOPES, 0)
         for item, sim in vhits:
-            g = groups(item)
+            g = scopes.of(item)
             if vcount[g] >= n:
                 continue
             vcount[g] += 1
             h = by_id.setdefault(item.id, Hit(item))
             h.vector, h.vector_rank = sim, vcount[g]
-            if sim >= floor:
+            if sim >= s.min_similarity:
                 vranks[g].append(item.id)
         for lh in lex:
-            g = groups(lh.item)
+            g = scopes.of(lh.item)
             if len(lranks[g]) >= n:
                 continue
             h = by_id.setdefault(lh.item.id, Hit(lh.item))
             h.lexical, h.lexical_rank = lh.score, len(lranks[g]) + 1
             lranks[g].append(lh.item.id)
-        rankings = [(vranks[0], s.vector_weight), (lranks[0], s.lexical_weight)]
-        if in_project:
-            w = s.project_weight
-            rankings += [(vranks[1], w * s.vector_weight), (lranks[1], w * s.lexical_weight)]
-        if scoped:
-            w = s.other_sessions_weight
-            rankings += [(vranks[2], w * s.vector_weight), (lranks[2], w * s.lexical_weight)]
-        if s.neighbour_weight > 0 and neighbours is not None:
-            # a third ranking: the messages next to the best hits, in their order. A reply that only makes
-            # sense after the message before it ("Yes, tomorrow night!") is found through its neighbour.
-            # Scoped, one per scope, weighted as the scope's other rankings: an older session's hit does
-            # not lend its neighbours the current session's weight.
-            base = rrf(rankings, s.rrf_k)
-            top = sorted(base, key=lambda k: -base[k])[: s.neighbour_depth]
-            nids: dict[int, list[str]] = {0: [], 1: [], 2: []}
-            for key in top:
-                for nb in neighbours(by_id[key].item):
-                    if nb.id not in by_id:
-                        if exclude is not None and exclude(nb):
-                            continue
-                        by_id[nb.id] = Hit(nb, neighbour_of=key)
-                    nids[groups(nb)].append(nb.id)
-            rankings.append((nids[0], s.neighbour_weight))
-            if in_project:
-                rankings.append((nids[1], s.project_weight * s.neighbour_weight))
-            if scoped:
-                rankings.append((nids[2], s.other_sessions_weight * s.neighbour_weight))
-        fused = rrf(rankings, s.rrf_k)
-        hits = []
-        for key, score in fused.items():
-            h = by_id[key]
-            h.fused = score
-            hits.append(h)
-        hits.sort(key=lambda h: -h.fused)
-        out.hits = hits
-        out.candidates = len(by_id)
-        out.ms = round((time.perf_counter() - t0) * 1000, 2)
-        return out
+        rankings = []
+        for g, w in scopes.weights(s).items():
+            rankings += [(vranks[g], w * s.vector_weight), (lranks[g], w * s.lexical_weight)]
+        return by_id, rankings
+
+    def _neighbours(self, by_id: dict[str, Hit], rankings: list, scopes: _Scopes, neighbours, exclude) -> list:
+        """A third ranking: the messages next to the best hits, in their order. A reply that only makes
+        sense after the message before it ("Yes, tomorrow night!") is found through its neighbour.
+        Scoped, one per scope, weighted as the scope's other rankings: an older session's hit does not
+        lend its neighbours the current session's weight. Adds the new candidates to ``by_id``."""
+        s = self.settings
+        base = rrf(rankings, s.rrf_k)
+        nids: dict[int, list[str]] = {g: [] for g in SCOPES}
+        for key in sorted(base, key=lambda k: -base[k])[: s.neighbour_depth]:
+            for nb in neighbours(by_id[key].item):
+                if nb.id not in by_id:
+                    if exclude is not None and exclude(nb):
+                        continue
+                    by_id[nb.id] = Hit(nb, neighbour_of=key)
+                nids[scopes.of(nb)].append(nb.id)
+        return [(nids[g], w * s.neighbour_weight) for g, w in scopes.weights(s).items()]
+
+
+SCOPES = (0, 1, 2)  # the current session, the current project's other sessions, the rest of the tenant
+
+
+@dataclass(frozen=True)
+class _Scopes:
+    """Which of :data:`SCOPES` an item ranks in, for a search's :class:`Vectors`."""
+
+    v: Vectors
+    session: str | None
+    project: str | None
+
+    def of(self, item) -> int:
+        if not self.v.scoped or str(item.session) == self.session:
+            return 0
+        return 1 if self.v.in_project and getattr(item, "project", None) == self.project else 2
+
+    def weights(self, s) -> dict[int, float]:
+        """Each scope's weight in the fusion (only the current session's when the search is not scoped)."""
+        w = {0: 1.0}
+        if self.v.in_project:
+            w[1] = s.project_weight
+        if self.v.scoped:
+            w[2] = s.other_sessions_weight
+        return w
 
 
 def select(ret: Retrieval, *, budget: int, top_k: int, cost: Callable[[object], int],

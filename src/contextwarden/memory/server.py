@@ -26,15 +26,15 @@ from pathlib import Path
 
 from ..events import EventBus
 from . import wire
-from .ingest import _lower_priority
 
 # calls answered on the connection's own thread, in the order they came: a queue append each
 # (``keep``: a recall of the kept ids, sent after it, must find them pending; ``prepare``: the search
 # that names its token, sent after it, must find it, and it only starts the vector half in the pool)
 INLINE = frozenset({"keep", "prepare"})
-# calls that feed ingestion (redacting texts into the pending table): one thread takes them in the order
-# they came, and it waits while a search runs (priority.py), instead of up to 8 pool threads holding the
-# interpreter lock while a request's search waits for it
+# calls that feed ingestion (redacting texts into the pending table and indexing them by their words):
+# one thread takes them in the order they came, instead of up to 8 pool threads holding the interpreter
+# lock while a request's search waits for it; not niced (a turn is searchable by its words within 2 s
+# under load: issue 40), its embedding waits for the storer
 BACKGROUND = frozenset({"submit"})
 
 
@@ -62,9 +62,7 @@ class MemoryServer:
         self._conns: dict[socket.socket, tuple[threading.Lock, bool]] = {}
         self._conns_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cw-memsrv")
-        # (niced like the ingestion worker: the proxy's requests and the searches come first for the CPU too)
-        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-memsrv-ingest",
-                                              initializer=_lower_priority)
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-memsrv-ingest")
         self._stop = threading.Event()
         self._closed = threading.Event()
         self.bus.subscribe(self._forward)

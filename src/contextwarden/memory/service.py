@@ -195,8 +195,6 @@ class MemoryService:
         self._recent_lock = threading.Lock()
         # searches first: ingestion's threads wait between their steps while one runs (priority.py)
         self.priority = SearchFirst()
-        # the embedding worker's group weight, by the proxy's load (embedshare.py; the memory process only)
-        self.embed_share = None
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
         self._scope = None  # memory.scope.SessionVectors, made with the first retriever
@@ -233,17 +231,8 @@ class MemoryService:
             if self.embedder is not None and self.separate and m.embed_idle:
                 from .embedworker import BackgroundEmbedder
 
-                quiet = 19 if m.index_first else m.embed_group_nice
-                bg = BackgroundEmbedder(emb, emb.model_dir, group_nice=quiet)
-                self.embedder.background = bg
+                self.embedder.background = BackgroundEmbedder(emb, emb.model_dir)
                 self.embedder.is_background = self.priority.is_background
-                if quiet < 19 and m.embed_busy_turns_per_s > 0:
-                    from .embedshare import EmbedShare
-
-                    self.embed_share = EmbedShare(bg.pids, quiet, m.embed_busy_turns_per_s,
-                                                  emit=lambda d: self.bus.emit("memory", d),
-                                                  busy_share=m.embed_busy_share).start()
-                    bg.share = self.embed_share
             if self.embedder is not None and self.settings.tagging.embedding_tagger:
                 self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:
@@ -268,7 +257,7 @@ class MemoryService:
                                          batch_chars=m.ingest_batch_chars,
                                          tag=self._tag if self.separate else None,
                                          on_originals=self.originals.put if self.originals is not None else None,
-                                         on_indexed=self.lexical.add if m.index_first else None,
+                                         on_indexed=self.lexical.add,
                                          priority=self.priority, redact=self.redact)
         except Exception as e:  # memory is an extra: the proxy runs without it
             self.error = f"{type(e).__name__}: {e}"
@@ -430,17 +419,14 @@ class MemoryService:
         def left(default: float) -> float:
             return default if end is None else max(0.5, end - time.monotonic())
 
-        if self.embed_share is not None:  # first: a batch waiting for its turn goes now (the flush below)
-            self.embed_share.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             step("start thread", self._thread.join, left(30))
         try:
             step("originals", self.flush_kept, left(30))
             if self.ingestor is not None:
                 step("ingestion", self.ingestor.close, left(10))
-            # (with index_first the index also holds what waits for its vectors: large under load)
-            step("lexical", self._save_lexical_within,
-                 max(1.5, left(0.0)) if end is not None and self.settings.memory.index_first else None)
+            # (the index also holds what waits for its vectors: large under load)
+            step("lexical", self._save_lexical_within, max(1.5, left(0.0)) if end is not None else None)
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             if self.ingestor is not None and self.ingestor.journal is not None:
@@ -461,9 +447,6 @@ class MemoryService:
             return False
         with self._recent_lock:
             fresh = [it for it in items if it.id not in self._recent]
-        share = self.embed_share
-        if share is not None and info.get("flow_id"):  # a turn of the proxy's (not an import, not a keep)
-            share.turn()
         if not fresh:
             return True
         ok = self.ingestor.submit(fresh, **info)

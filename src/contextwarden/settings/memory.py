@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
 from .base import Section
 
@@ -83,7 +83,8 @@ class MemorySection(Section):
 
     pending_max: int = 200_000
     """Items waiting to be embedded in the memory process's pending table (stored at once, embedded
-    later); past this the oldest are dropped, counted in a ``memory`` event."""
+    later); past this the oldest are stored as text (found by their words and ids) and embedded once the
+    table is empty again."""
 
     ingest_batch: int = 64
     """Items the memory process's ingestion takes per batch (a shutdown waits for at most one)."""
@@ -94,7 +95,8 @@ class MemorySection(Section):
 
     embed_idle: bool = True
     """In the memory process, ingestion's embeddings run in a worker process of their own at the idle
-    CPU priority (memory/embedworker.py): under load they lag instead of taking CPU from requests.
+    CPU priority, its scheduling group at the lowest weight (memory/embedworker.py): under load they lag
+    instead of taking CPU from requests (each item is searchable by its words as it is submitted).
     False: in the memory process's ingestion thread (niced)."""
 
     prefetch: bool = True
@@ -102,34 +104,6 @@ class MemorySection(Section):
     vector query, in the memory service), so that it runs while the other stages do; the memory stage
     then finishes it (BM25 and the fusion, which need the outgoing request). The results are those of a
     search made in the stage; under load the stage waits less (issue 19's p99)."""
-
-    embed_group_nice: int = Field(0, ge=0, le=19)
-    """The nice value of the embedding worker's scheduling group (Linux's autogroups: the worker leads a
-    session of its own, and a group competes for the CPU by its weight, whatever its threads' class):
-    0 is a group's full share against the proxy's, the engine's and the clients' groups; higher leaves
-    more of a busy machine to requests, and embedding lags more (idle, it runs at full speed either way).
-    With ``index_first`` it is 19."""
-
-    embed_busy_turns_per_s: float = Field(2.0, ge=0)
-    """While the proxy hands memory more turns a second than this (over the last 10 s), the embedding
-    worker's group goes to nice 19: a loaded machine's CPU goes to requests first and embedding lags
-    (reported); under half of it, back to ``embed_group_nice``. One person's tool loop stays under it.
-    0: the group keeps ``embed_group_nice`` whatever the load (memory/embedshare.py)."""
-
-    embed_busy_share: float = Field(0.05, ge=0, le=1)
-    """While yielding (``embed_busy_turns_per_s``), the share of the time the embedding worker may embed:
-    after a batch of ``t`` seconds the next waits ``t * (1/share - 1)``. Its group's low weight still let it
-    take ~0.5 of a core under issue 19's load, and requests waited behind it; turns cap that. 0: nothing is
-    embedded until the load falls; 1: the weight alone (memory/embedshare.py)."""
-
-    index_first: bool = False
-    """In the memory process, index each submission by its words (and keep its original for recall by
-    id) as soon as it arrives, ahead of its embedding, and run the embedding worker's scheduling group at
-    the lowest weight: on a busy machine vectors lag, words do not. Off: an item is indexed when it is
-    stored (embedded), and the worker keeps a group's share of the CPU. On costs the memory process CPU
-    for every item as it arrives (at issue 19's load, 50 sessions on 2 cores: ~11 ms more a request,
-    and slower first bytes in each of three runs), so it is off by default; see docs/memory-process.md,
-    "Words first, vectors later"."""
 
     shutdown_flush_s: float = 2.0
     """On shutdown, seconds spent storing pending items; the rest is stored at the next start."""
@@ -179,6 +153,11 @@ class MemorySection(Section):
 
     neighbour_depth: int = 15
     """How many of the best hits lend their neighbouring messages to that ranking."""
+
+    speaker_weight: float = 2.0
+    """Weight, in the fusion, of rankings made within the turns of the one participant a question names
+    (a chat's speaker, ``MemoryItem.speaker``), in the current session: "What does Melanie do to
+    destress?" follows Melanie's turns (0: off)."""
 
     relevance_floor: float = 0.23
     """Nothing is injected when the best candidate's cosine similarity to the query is below this (with a
