@@ -66,16 +66,16 @@ def cut_points(es: list[Entry], lo: int, hi: int) -> list[int]:
     for e in es:
         for u in e.uses:
             first_use.setdefault(u, e.index)
-        for r in e.results:
-            last_result[r] = e.index
+        for res in e.results:
+            last_result[res] = e.index
     # bad[k] > 0 when some pair has its call before k and its answer at or after k
     delta = [0] * (n + 2)
-    for tid, u in first_use.items():
+    for call_id, at in first_use.items():
         # a call with no answer in the history (the client's problem) pins nothing but must not be
         # separated from what follows it either: treat it as answered at the end
-        r = last_result.get(tid, n)
-        if r > u:
-            delta[u + 1] += 1
+        r = last_result.get(call_id, n)
+        if r > at:
+            delta[at + 1] += 1
             delta[r + 1] -= 1
     out, run = [], 0
     for k in range(n + 1):
@@ -322,27 +322,27 @@ def transcript(msgs: list[Any], calls: dict[str, ToolCall]) -> list[Turn]:
                     continue
                 if not isinstance(b, dict):
                     continue
-                t = b.get("type")
-                if t in ("text", "input_text", "output_text") or (t is None and isinstance(b.get("text"), str)):
+                bt = b.get("type")
+                if bt in ("text", "input_text", "output_text") or (bt is None and isinstance(b.get("text"), str)):
                     parts.append(Part("text", str(b.get("text", ""))))
-                elif t == "thinking":
+                elif bt == "thinking":
                     parts.append(Part("thinking", str(b.get("thinking", ""))))
-                elif t == "tool_use":
+                elif bt == "tool_use":
                     parts.append(Part("tool_use", "", str(b.get("name", "")), b.get("input"), str(b.get("id", ""))))
-                elif t == "tool_result":
+                elif bt == "tool_result":
                     tid = str(b.get("tool_use_id", ""))
                     call = calls.get(tid)
                     parts.append(Part("tool_result", result_text(b.get("content")), call.name if call else None,
                                       call.input if call else None, tid, bool(b.get("is_error"))))
-                elif isinstance(t, str) and ("image" in t):
+                elif isinstance(bt, str) and ("image" in bt):
                     parts.append(Part("image"))
                 else:
                     parts.append(Part("other"))
         if role == "tool":  # (OpenAI chat, Ollama)
-            tid = m.get("tool_call_id")
-            call = calls.get(tid) if isinstance(tid, str) else None
+            answers = m.get("tool_call_id")
+            call = calls.get(answers) if isinstance(answers, str) else None
             txt = "\n".join(p.text for p in parts if p.text)
-            parts = [Part("tool_result", txt, call.name if call else m.get("name"), call.input if call else None, tid)]
+            parts = [Part("tool_result", txt, call.name if call else m.get("name"), call.input if call else None, answers)]
         for tc in m.get("tool_calls") or []:
             if isinstance(tc, dict):
                 call = calls.get(str(tc.get("id", "")))
