@@ -12,21 +12,17 @@ forwarded); one the session's decisions leave as it is passes untouched and unan
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from mitmproxy import http
 
 from contextwarden import lifecycle
 from contextwarden.apis import COUNT
-from contextwarden.pipeline import Skip
 
-from .interceptor import consume_headers
-from .routing import route_of
+from .routing import incoming
 from .warden import Warden
 
 log = logging.getLogger(__name__)
-
 
 
 class CountTokens:
@@ -35,40 +31,17 @@ class CountTokens:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         rt = self.warden.runtime
-        req = flow.request
-        if rt is None or flow.response is not None:
+        if rt is None:
             return
-        got = route_of(flow, rt.settings.proxy)
-        if got is None or got[0] != COUNT:
+        req = incoming(flow, rt.settings.proxy, COUNT)  # (its proxy headers taken off)
+        if req is None or rt.passive() or req.consumed.get("x-contextwarden-bypass"):
             return
-        consumed = consume_headers(flow, rt.settings.proxy.consumed_headers)  # never sent upstream
-        if rt.passive() or consumed.get("x-contextwarden-bypass"):
-            return
-        headers = list(req.headers.items(multi=True))
-        raw = req.raw_content or b""
         try:
-            body = await asyncio.get_running_loop().run_in_executor(
-                rt.core_pool, self._rewrite, rt, flow.id, got[1], req.host, req.path, headers, raw, consumed)
+            _, outcome = await lifecycle.run(rt, req)
         except Exception as e:  # fail open
             log.exception("contextwarden: count_tokens")
             rt.bus.emit("error", {"where": "count_tokens", "message": f"{type(e).__name__}: {e}",
                                   "action": "forwarded unchanged"}, flow_id=flow.id)
             return
-        if body is not None:
-            req.content = body
-
-    @staticmethod
-    def _rewrite(rt, flow_id, api, host, path, headers, raw, consumed) -> bytes | None:
-        from contextwarden.sessionctl.preview import decided_state
-
-        try:
-            ctx = lifecycle.admit(rt, flow_id, api, host, path, headers, raw, consumed)  # (the API route found)
-        except Skip:  # not a body we read: it goes as it came, like any request we do not manage
-            return None
-        if ctx.session in rt.bypass:
-            return None
-        body, tokens = decided_state(rt, ctx)
-        if body is not None:  # (a session with nothing decided: untouched and unannounced, as before)
-            ctx.emit("count_tokens", changed=True, tokens_in=ctx.tokens_in, tokens_out=tokens,
-                     messages=len(ctx.original.get("messages") or []))
-        return body
+        if outcome is not None and outcome.body is not None:
+            flow.request.content = outcome.body

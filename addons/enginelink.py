@@ -4,10 +4,12 @@ what it sends back (``contextwarden.engine``; ``cw_engine``, on by default).
 What stays here is what only mitmdump's process can do: relaying the bytes (every response chunk is
 returned as it came; a copy goes to the engine, whose observer reads it on the side), putting a
 rewritten request or an answer in place, dropping or injecting a WebSocket message. What goes to the
-engine is chosen here by the same classification the interceptor uses, so other traffic (a client's
-telemetry through ``HTTPS_PROXY``) never crosses. A request nothing can change (the engine says it is
-``passive``: observe-only or no stage; or a bypass header) is forwarded at once and read by the engine
-on the side.
+engine is chosen here by the same route the engine's addons take (decided once, it crosses with the
+flow), so other traffic (a client's telemetry through ``HTTPS_PROXY``) never crosses. A request nothing
+can change (the engine says it is ``passive``: observe-only or no stage; or a bypass header) is
+forwarded at once, and nothing of it crosses until its flow ends: then one ``observed`` frame carries
+the request as it came and its answer (the body's pieces kept here as they were relayed), so no copy
+is made or sent while the client waits.
 
 Fail open: a request the engine does not answer within ``pipeline.engine_timeout_s`` (60 s) (or while it is down)
 goes as the client sent it, and the engine's log says so once it can. An engine that dies is started
@@ -22,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +33,8 @@ from mitmproxy import ctx, exceptions, http
 from contextwarden import flowrelease, typecheckfix
 from contextwarden.apis import HTTP
 from contextwarden.engine import wire
-from contextwarden.flowstate import bypass_asked
 
-from .routing import route_of
+from .routing import bypass_asked, routed
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +69,9 @@ class _Engine:
         mine, theirs = socket.socketpair()
         wire.tune(mine)
         wire.tune(theirs)
-        # A session of its own, so a scheduling group of its own (Linux's autogroups, on by default):
-        # in mitmdump's session the engine and mitmdump's event loop shared one group's CPU share
-        # against every other session's (the memory process, the compression workers and the clients
-        # each have one), and the engine's threads waited for a core ~3x as long as they ran under
-        # issue 19's load. It stops with mitmdump as before: asked over its socket, or when it closes
-        # (a terminal's Ctrl-C never reached it: it ignores SIGINT and waits to be asked).
+        # A session of its own, so a scheduling group of its own (Linux's autogroups): sharing
+        # mitmdump's, the engine's threads waited for a core ~3x as long as they ran under load. It
+        # stops with mitmdump: asked over its socket, or when it closes (it ignores SIGINT).
         proc = subprocess.Popen([sys.executable, "-m", "contextwarden.engine", str(theirs.fileno())],
                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True)
         theirs.close()
@@ -174,6 +173,15 @@ def _end(proc: subprocess.Popen, sock: socket.socket) -> None:
         pass
 
 
+@dataclass
+class _Observed:
+    """A forwarded flow until its end: its request as it came, its answer's pieces as relayed."""
+
+    request: dict
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
 class EngineLink:
     def __init__(self) -> None:
         self.engine: _Engine | None = None
@@ -182,6 +190,7 @@ class EngineLink:
         self._stopping = False
         self.watched: set[str] = set()  # flows the engine mirrors, until their end
         self.streamed: set[str] = set()
+        self.observed: dict[str, _Observed] = {}  # forwarded flows, sent whole at their end
         self.failed_open = 0
         self.listening = False  # mitmdump listens: an engine (a restarted one too) hears ``running``
 
@@ -276,7 +285,7 @@ class EngineLink:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         eng = self.engine
-        got = route_of(flow, eng.proxy) if eng is not None and flow.response is None else None
+        got = routed(flow, eng.proxy) if eng is not None and flow.response is None else None
         if got is None:
             return
         eng = await self._link()
@@ -298,11 +307,9 @@ class EngineLink:
             self._watch(flow, got[1].value)
 
     def _forward(self, eng: _Engine, flow: http.HTTPFlow, api: str) -> None:
-        """A request nothing can change goes at once: the engine reads a copy (sent before its answer's
-        frames, so it is read first) for its events, the TUI and memory."""
-        if not eng.send("request", None, flow.get_state()):
-            self._failed_open(eng, flow, "no answer from the engine")
-            return
+        """A request nothing can change goes at once: the engine reads it, with its answer, once the
+        flow ends (``_end``), for its events, the TUI and memory."""
+        self.observed[flow.id] = _Observed(flow.request.get_state())  # (as it came: the proxy's headers in)
         for name in eng.proxy.consumed_headers:  # addressed to the proxy: they never go upstream
             flow.request.headers.pop(name, None)
         self._watch(flow, api)
@@ -328,10 +335,22 @@ class EngineLink:
         if flow.id not in self.watched or eng is None or flow.response is None or flow.websocket is not None \
                 or flow.response.status_code == 101:
             return
-        if not eng.send("headers", flow.id, flow.response.get_state()):
-            return
         inner = flow.response.stream
         fid = flow.id
+        observed = self.observed.get(fid)
+        if observed is not None:  # kept for the flow's end (a reference each: no copy, no frame)
+            def keep(chunk: bytes) -> bytes:
+                if callable(inner):
+                    chunk = inner(chunk)
+                if chunk and observed.size < BUFFER_LIMIT:
+                    observed.chunks.append(chunk)
+                    observed.size += len(chunk)
+                return chunk
+
+            flow.response.stream = keep
+            return
+        if not eng.send("headers", flow.id, flow.response.get_state()):
+            return
         self.streamed.add(fid)
         lossy = []
 
@@ -362,12 +381,20 @@ class EngineLink:
         self.watched.discard(flow.id)
         streamed = flow.id in self.streamed
         self.streamed.discard(flow.id)
+        observed = self.observed.pop(flow.id, None)
         if self.engine is None:
             return
         resp = flow.response.get_state() if flow.response is not None else None
         if resp is not None and streamed:
             resp["content"] = None  # the engine read it chunk by chunk
-        self.engine.send("end", flow.id, {"response": resp, "replaced": not streamed, "error": error})
+        if observed is None:
+            self.engine.send("end", flow.id, {"response": resp, "replaced": not streamed, "error": error})
+            return
+        state = flow.get_state()
+        state.update(request=observed.request, response=None, error=None)  # (the engine reads the request first)
+        if resp is not None and observed.chunks:  # the body as it was relayed (None: not streamed, kept whole)
+            resp["content"] = b"".join(observed.chunks)
+        self.engine.send("observed", flow.id, {"flow": state, "response": resp, "replaced": True, "error": error})
 
     # -- the Responses WebSocket --------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from websockets.asyncio.server import serve
 
 from contextwarden import census
 from contextwarden.events import Event
@@ -38,6 +39,7 @@ from contextwarden.home import publish, unpublish
 # the live protocol (token file and header, event form, totals) is core: liveprotocol.py
 from contextwarden.liveprotocol import INFO_FILE, PROTOCOL, TOKEN_HEADER, Totals, event_dict
 from contextwarden.scrub import scrub
+from contextwarden.sessionctl.commands import run as session_command
 
 from .perruntime import PerRuntime
 
@@ -150,8 +152,6 @@ class EventService:
             log.exception("contextwarden: event server stopped")
 
     async def _main(self) -> None:
-        from websockets.asyncio.server import serve
-
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         async with serve(self._handler, self.host, self.requested_port, process_request=self._authorise,
@@ -327,8 +327,6 @@ class EventService:
         if cmd == "settings":
             return self.settings_dict()
         if cmd == "session":  # context versions, rollback, pins, compact-now (sessionctl.commands)
-            from contextwarden.sessionctl.commands import run as session_command
-
             return await asyncio.to_thread(session_command, rt, req)
         if cmd == "ping":
             return {"pong": time.time()}

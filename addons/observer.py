@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from mitmproxy import http
 
 from contextwarden import lifecycle
-from contextwarden.flowstate import FlowState
 from contextwarden.streams import ResponseTap
 
+from .routing import STATE, FlowState
 from .warden import Warden
 
 log = logging.getLogger(__name__)
@@ -28,23 +29,12 @@ class Observer:
         self.warden = warden
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        st: FlowState | None = flow.metadata.get("contextwarden")
+        st: FlowState | None = flow.metadata.get(STATE)
         rt = self.warden.runtime
         if st is None or rt is None or flow.response is None or flow.response.stream:
             return
-        hook = rt.pm.hook.cw_response_event
-        has_hook = bool(hook.get_hookimpls())
-
-        def on_event(event: dict) -> None:
-            fut = st.ctx_future
-            ctx = fut.result() if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None else None
-            try:
-                hook(ctx=ctx, event=event)
-            except Exception as e:
-                rt.bus.emit("error", {"where": "cw_response_event", "message": f"{type(e).__name__}: {e}"}, flow_id=flow.id)
-
         st.tap = ResponseTap(st.api, flow.response.headers.get("content-type", ""),
-                             flow.response.headers.get("content-encoding"), on_event if has_hook else None)
+                             flow.response.headers.get("content-encoding"), event_hook(rt, st, flow.id))
         feed = st.tap.feed
 
         def stream(chunk: bytes) -> bytes:
@@ -61,11 +51,11 @@ class Observer:
         await self._finish(flow, error=str(flow.error) if flow.error else "error")
 
     async def _finish(self, flow: http.HTTPFlow, error: str | None) -> None:
-        st: FlowState | None = flow.metadata.get("contextwarden")
+        st: FlowState | None = flow.metadata.get(STATE)
         rt = self.warden.runtime
-        if st is None or rt is None or st.extra.get("finished"):
+        if st is None or rt is None or st.finished:
             return
-        st.extra["finished"] = True
+        st.finished = True
         resp = flow.response
         tap = st.tap
         if tap is None and resp is not None and resp.raw_content:
@@ -88,9 +78,8 @@ class Observer:
         """Once the request's context is known, on the turn pool: the turn read from the tap, the
         ``response`` event (``data`` plus the turn's summary) and the turn's completion. For an HTTP
         response, and for an answer on the Responses WebSocket (addons/websocket.py)."""
-        start = st.extra.get("start_observe")  # an observed request not read yet: read it now
-        if start is not None:
-            start()
+        if st.start_observe is not None:  # an observed request not read yet: read it now
+            st.start_observe()
         try:
             ctx = await st.ctx_future if st.ctx_future is not None else None
         except Exception:
@@ -102,6 +91,24 @@ class Observer:
             return
         # a full pool drops its oldest work: that turn's completion is lost, its response event is not
         fut.add_done_callback(lambda f: f.cancelled() and _read_and_complete(rt, ctx, flow_id, data, tap, error, False))
+
+
+def event_hook(rt, st: FlowState, flow_id: str) -> Callable[[dict], None] | None:
+    """The ``cw_response_event`` hooks called with each event of the answer as it is read, and the
+    request's context once known (None when no plugin has the hook: the answer is read at its end)."""
+    hook = rt.pm.hook.cw_response_event
+    if not hook.get_hookimpls():
+        return None
+
+    def on_event(event: dict) -> None:
+        fut = st.ctx_future
+        ctx = fut.result() if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None else None
+        try:
+            hook(ctx=ctx, event=event)
+        except Exception as e:
+            rt.bus.emit("error", {"where": "cw_response_event", "message": f"{type(e).__name__}: {e}"}, flow_id=flow_id)
+
+    return on_event
 
 
 def _read_and_complete(rt, ctx, flow_id: str, data: dict, tap: ResponseTap | None, error: str | None,
@@ -124,7 +131,7 @@ def release(flow: http.HTTPFlow, st: FlowState) -> None:
     full collection (the layer is a cycle holding the flow); either way the flow must not keep the
     request's context (its parsed request, original bytes and history view) or the response's reader
     alive with it, nor be part of a cycle of ours."""
-    flow.metadata.pop("contextwarden", None)
+    flow.metadata.pop(STATE, None)
     st.ctx_future = None
     st.tap = None
 

@@ -1,17 +1,99 @@
-"""The route of a flow (:func:`contextwarden.apis.route`), read off mitmproxy's flow: its request and
-whether it came in through a reverse proxy mode (any host is then the configured upstream)."""
+"""What contextwarden keeps on a flow (its metadata) between its hooks.
+
+- ``ROUTE``: the flow's route (:func:`contextwarden.apis.route`), decided once; it crosses to the engine
+  with the flow's state, so the engine does not route again;
+- ``INCOMING``: the request object (``lifecycle.Incoming``), made once the handler that takes it has
+  taken the headers addressed to the proxy off it (they never go upstream);
+- ``STATE``: :class:`FlowState`, from the request to the reported answer;
+- ``FORWARDED``: on a flow the engine reads after mitmdump already forwarded it (``addons/enginelink.py``):
+  it is observed, whatever the settings say by the time it is read.
+"""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from contextwarden.apis import route
+from contextwarden.context import Incoming
 from contextwarden.models.base import ApiKind
+from contextwarden.pipeline import ORIGIN
 from contextwarden.settings.proxy import ProxySection
+
+ROUTE = "contextwarden_route"
+INCOMING = "contextwarden_incoming"
+STATE = "contextwarden"
+FORWARDED = "contextwarden_forwarded"
+
+
+@dataclass
+class FlowState:
+    api: ApiKind
+    t_request: float
+    # resolves to the RequestContext (or None when the body could not be handled); in observe-only
+    # mode it is still being built on a worker thread while the request is in flight
+    ctx_future: asyncio.Future[Any] | None = None
+    tap: Any = None  # contextwarden.streams.ResponseTap while a response streams
+    start_observe: Callable[[], None] | None = None  # an observed request not read yet: reads it now
+    finished: bool = False  # its answer is reported
+
+
+def bypass_asked(value: str | None) -> bool:
+    """Whether an ``x-contextwarden-bypass`` header's value asks for the request to pass unchanged."""
+    return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def route_of(flow: http.HTTPFlow, proxy: ProxySection) -> tuple[str, ApiKind] | None:
+    """Which handler takes the flow, and its API (None: it passes untouched)."""
     req = flow.request
     reverse = isinstance(getattr(flow.client_conn, "proxy_mode", None), ReverseMode)
     return route(req.method, req.host, req.port, req.path, req.headers.get("upgrade"), proxy, reverse)
+
+
+def routed(flow: http.HTTPFlow, proxy: ProxySection) -> tuple[str, ApiKind] | None:
+    """:func:`route_of`, decided once per flow (kept in its metadata)."""
+    if ROUTE not in flow.metadata:
+        flow.metadata[ROUTE] = route_of(flow, proxy)
+    return flow.metadata[ROUTE]
+
+
+def incoming(flow: http.HTTPFlow, proxy: ProxySection, handler: str) -> Incoming | None:
+    """The flow's request for ``handler`` (HTTP, COUNT, WEBSOCKET: None when it is not that one's)."""
+    got = flow.metadata.get(INCOMING)
+    if got is None and flow.response is None:
+        r = routed(flow, proxy)
+        if r is not None:
+            req = flow.request
+            consumed = consume_headers(flow, proxy.consumed_headers)
+            got = flow.metadata[INCOMING] = Incoming(r[1], req.host, req.path, list(req.headers.items(multi=True)),
+                                                     req.raw_content or b"", flow.id, consumed, route=r[0])
+    return got if got is not None and got.route == handler else None
+
+
+def consume_headers(flow: http.HTTPFlow, names) -> dict[str, str]:
+    """Take the headers addressed to the proxy itself off a request (they never go upstream), and add
+    who sent it (``ORIGIN``: no header a client can send sets it)."""
+    headers = flow.request.headers
+    consumed = {}
+    for name in names:
+        if name in headers:
+            consumed[name.lower()] = headers.pop(name)
+    consumed[ORIGIN] = origin_of(flow)
+    return consumed
+
+
+def origin_of(flow: http.HTTPFlow) -> str:
+    """Who sent a request, as far as the proxy can vouch for it: the user of the proxy credential when
+    the proxy requires one (mitmproxy's proxyauth), else the client's address. It scopes the tenant of
+    a request without a provider credential (``pipeline.prepare``): a client can guess a session id,
+    not this."""
+    auth = flow.metadata.get("proxyauth")
+    if auth:
+        return f"user:{auth[0]}"
+    peer = flow.client_conn.peername
+    return f"addr:{peer[0]}" if peer else ""

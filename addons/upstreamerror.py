@@ -29,13 +29,14 @@ from contextwarden.apis import ApiKind
 from contextwarden.dialects import dialect
 
 from .overhead import HEADER
+from .routing import STATE
 
 KEY = "contextwarden_api"
 
 
 def api_of(flow: http.HTTPFlow) -> ApiKind | None:
     """The known API of a flow contextwarden read (in this process, or in the engine's mirror)."""
-    state = flow.metadata.get("contextwarden")
+    state = flow.metadata.get(STATE)
     api = getattr(state, "api", None) or flow.metadata.get("contextwarden_engine")
     try:
         return ApiKind(getattr(api, "value", api)) if api else None

@@ -18,6 +18,7 @@ own flow id (``<websocket flow id>.<n>``) so the TUI shows it as its own row.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -31,12 +32,12 @@ from mitmproxy import http
 from mitmproxy.proxy.layers import websocket as ws_layer
 
 from contextwarden.apis import WEBSOCKET
-from contextwarden.flowstate import FlowState
+from contextwarden.context import Incoming
 from contextwarden.streams import ResponseTap
 
-from .interceptor import Interceptor, consume_headers
-from .observer import Observer
-from .routing import route_of
+from .interceptor import Interceptor
+from .observer import Observer, event_hook
+from .routing import FlowState, incoming
 from .warden import Warden
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,7 @@ class _Request:
 class _Socket:
     """What is kept on a WebSocket flow of the Responses API."""
 
-    api: Any
-    host: str
-    path: str
-    headers: list[tuple[str, str]]
-    consumed: dict[str, str]
+    opened: Incoming  # the upgrade request: each message is a request with its host, path and headers
     count: int = 0
     pending: deque = field(default_factory=deque)
 
@@ -102,15 +99,9 @@ class WebSocketResponses:
         """A WebSocket opened to a Responses endpoint: remember it, and take the headers addressed to
         the proxy off the upgrade request (by its real host: a test redirect runs after this)."""
         rt = self.warden.runtime
-        req = flow.request
-        if rt is None or flow.response is not None:
-            return
-        got = route_of(flow, rt.settings.proxy)
-        if got is None or got[0] != WEBSOCKET:
-            return
-        api = got[1]
-        consumed = consume_headers(flow, rt.settings.proxy.consumed_headers)
-        flow.metadata[KEY] = _Socket(api, req.host, req.path, list(req.headers.items(multi=True)), consumed)
+        opened = incoming(flow, rt.settings.proxy, WEBSOCKET) if rt is not None else None
+        if opened is not None:
+            flow.metadata[KEY] = _Socket(opened)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -136,7 +127,7 @@ class WebSocketResponses:
         raw = msg.content
         if message_type(raw) != "response.create":
             return  # anything else (response.cancel, pings as JSON, ...) passes unread
-        r = _Request(f"{flow.id}.{sock.count}", FlowState(api=sock.api, t_request=time.time()))
+        r = _Request(f"{flow.id}.{sock.count}", FlowState(api=sock.opened.api, t_request=time.time()))
         sock.count += 1
         sock.pending.append(r)
 
@@ -147,8 +138,7 @@ class WebSocketResponses:
         def block(b) -> None:
             r.blocked = b
 
-        await self.interceptor.run(r.state, r.flow_id, sock.api, sock.host, sock.path, sock.headers, raw,
-                                   sock.consumed, rewrite, block, transport="websocket")
+        await self.interceptor.run(r.state, dataclasses.replace(sock.opened, raw=raw, flow_id=r.flow_id), rewrite, block)
         r.t_sent = time.time()
         if r.blocked is not None:
             self._answer_blocked(flow, sock, r, msg)
@@ -184,7 +174,7 @@ class WebSocketResponses:
         if r.t_first is None:
             r.t_first = time.time()
         if st.tap is None:
-            st.tap = ResponseTap(sock.api, "", None, self._on_event(r))
+            st.tap = ResponseTap(sock.opened.api, "", None, self._on_event(r))
         st.tap.feed_message(data)
         if r.last_type in _TERMINAL:
             if r in sock.pending:
@@ -192,9 +182,7 @@ class WebSocketResponses:
             self._spawn(self._finish(r, None))
 
     def _on_event(self, r: _Request):
-        rt = self.warden.runtime
-        hook = rt.pm.hook.cw_response_event
-        has_hook = bool(hook.get_hookimpls())
+        hook = event_hook(self.warden.runtime, r.state, r.flow_id)
 
         def on_event(event: dict) -> None:
             t = event.get("type")
@@ -204,14 +192,8 @@ class WebSocketResponses:
                 r.status = s if isinstance(s, int) else 400
             elif t in _TERMINAL:
                 r.status = 200
-            if not has_hook:
-                return
-            fut = r.state.ctx_future
-            ctx = fut.result() if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None else None
-            try:
-                hook(ctx=ctx, event=event)
-            except Exception as e:
-                rt.bus.emit("error", {"where": "cw_response_event", "message": f"{type(e).__name__}: {e}"}, flow_id=r.flow_id)
+            if hook is not None:
+                hook(event)
 
         return on_event
 

@@ -80,8 +80,8 @@ def conversation(session: str, big: str, extra: bool) -> dict:
 
 def ctx_for(h: Harness, body: dict, n: int):
     # prepared and counted as the pipeline does before the stages run (untimed)
-    return lifecycle.admit(h.rt, f"bench-{n}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", HDRS,
-                           orjson.dumps(body))
+    return lifecycle.admit(h.rt, lifecycle.Incoming(ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", HDRS,
+                                                    orjson.dumps(body), f"bench-{n}"))
 
 
 def timed(fn, ctx) -> tuple[float, float]:

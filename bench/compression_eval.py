@@ -32,7 +32,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 import tempfile  # noqa: E402
 
-from contextwarden.cli.replay import parse_sets  # noqa: E402
+from contextwarden.cli.replay_run import parse_sets  # noqa: E402
 from contextwarden.compress import compress  # noqa: E402
 from contextwarden.conversation import result_text  # noqa: E402
 from contextwarden.fidelity import Indexer, answer_items, body_texts, has_source  # noqa: E402

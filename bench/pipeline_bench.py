@@ -251,8 +251,8 @@ async def _one(h: Harness, body: dict) -> dict[str, float]:
 
     c0 = time.process_time()
     t0 = time.perf_counter()
-    ctx, outcome = await lifecycle.admit_and_process(rt, lambda: (lifecycle.admit(
-        rt, f"bench-{time.perf_counter_ns()}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", hdrs, raw), True))
+    ctx, outcome = await lifecycle.run(rt, lifecycle.Incoming(ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", hdrs,
+                                                              raw, f"bench-{time.perf_counter_ns()}"))
     count_ms = ctx.timings["count_in"]
     t3 = time.perf_counter()
     cpu = (time.process_time() - c0) * 1000

@@ -106,6 +106,9 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,50000,150000", help="target token counts")
     ap.add_argument("--active", action="store_true",
                     help="also measure a proxy with the claude-code profile (every stage active)")
+    ap.add_argument("--base", type=Path, metavar="DIR",
+                    help="also measure each contextwarden proxy from another tree, side by side: DIR holds its "
+                         "package as installed (DIR/contextwarden, with addons/, plugins/, tui/, profiles/ inside)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment for the contextwarden proxies, e.g. CONTEXTWARDEN_MEMORY__ENABLED=false")
     args = ap.parse_args()
@@ -133,6 +136,13 @@ def main() -> int:
         if args.active:
             procs["claude-code"] = ProxyProcess(work / "active", profile="claude-code", reverse=upstream.url,
                                                 name="active", ready_events=ready, env=cw_env)
+        if args.base is not None:  # the same proxies from the other tree, named "<proxy> @base"
+            script = args.base / "contextwarden" / "addons" / "contextwarden.py"
+            for name in [n for n in procs if n != "mitmdump"]:
+                p = procs[name]
+                procs[f"{name} @base"] = ProxyProcess(work / f"{p.name}-base", profile=p.profile, reverse=upstream.url,
+                                                      name=f"{p.name}-base", ready_events=ready, script=script,
+                                                      env={**cw_env, "PYTHONPATH": str(args.base)})
         for p in procs.values():
             p.launch()
         try:

@@ -45,6 +45,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 import orjson  # noqa: E402
 
+from contextwarden.cli.replay_run import parse_sets  # noqa: E402
 from contextwarden.conversation import result_text  # noqa: E402
 from contextwarden.cost import price_for  # noqa: E402
 from contextwarden.fidelity import BodyIndex, Indexer, _lines  # noqa: E402
@@ -238,8 +239,6 @@ def main() -> int:
     ap.add_argument("--search-from", default=None, metavar="DIR",
                     help="only (b), on the memory a --keep-home run left in DIR: no replay, no ingestion (minutes, not an hour)")
     args = ap.parse_args()
-    from contextwarden.cli.replay import parse_sets
-
     if args.search_from:
         return search_from(Path(args.search_from), args.profile, args.misses)
 

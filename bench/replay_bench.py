@@ -29,7 +29,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 import orjson  # noqa: E402
 
 from contextwarden import baselines  # noqa: E402
-from contextwarden.cli.replay import parse_sets  # noqa: E402
+from contextwarden.cli.replay_run import parse_sets  # noqa: E402
 from contextwarden.replay import details, lost_examples, replay, request_table, summary_table  # noqa: E402
 
 

@@ -60,10 +60,10 @@ from contextwarden.conversation import image_count, input_hint, maybe_json, resu
 from contextwarden.dialects import NO_PROVIDER, dialect
 from contextwarden.history import same_prefix, session_key
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.secrets import redact_text
 from contextwarden.memory.wayback import recall_wording, way_back
 from contextwarden.models.base import ApiKind
 from contextwarden.policy import prefix_expired, request_time
+from contextwarden.redact import redact_text
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.statecache import state_cache
@@ -102,9 +102,8 @@ class Slot:
     _digest: str | None = None
     _pos: tuple[int, int, int, int] | None = None  # (message, block, call message, call block)
     _tokens: dict = field(default_factory=dict, compare=False, repr=False)  # model -> tokens: counted once, the slot carried
-    # (model, wording, tokens) -> (stub, its tokens, memory id): worked out once, the slot carried. The
-    # runtime's memo (stubmemo) is shared by every conversation and bounded: under issue 19's load 50
-    # sessions' candidates were more than it holds, and each request evicted what the next one needed
+    # (model, wording, tokens) -> (stub, its tokens, memory id): worked out once, the slot carried (the
+    # runtime's bounded memo, shared by every conversation, evicts under load)
     _stubs: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -205,10 +204,8 @@ def _redacted_start(head: str) -> str:
     holds) whose first PREVIEW_CHARS collapsed characters end PREVIEW_MARGIN characters before its end:
     a secret starting in the preview is read whole there unless it runs on past the window's end, and
     one that does (a value with no white space in the window's last PREVIEW_MARGIN characters: a long
-    token, a quoted key) sends it to the whole 4 KB, as before. A clearing step stubs 20-40 results at
-    once, and redacting 4 KB of source code for each (~0.9 ms) was most of its CPU (issue 19): ~0.45 ms
-    now, the same previews on ~7,000 texts (the traces' tool results, this repository's code cut at
-    random, both with secrets of 20-2,000 characters planted in and around the preview)."""
+    token, a quoted key) sends it to the whole 4 KB. A step stubs 20-40 results at once: redacting 4 KB
+    each was most of its CPU."""
     w = PREVIEW_CHARS + 2 * PREVIEW_MARGIN
     while w < len(head):
         window = head[:w]
@@ -519,10 +516,8 @@ def _may_step(candidates: list[tuple[Slot, int]], remembered: dict[str, dict[str
               input_allowed: Callable[[Slot], bool]) -> bool:
     """Whether ``candidates`` could make a step of ``clear_at_least`` tokens. A step frees at most their
     tokens less what their compression freed already (a stub's own tokens come off that too), so below
-    clear_at_least it would be dropped, whatever the stubs. Counting a compressed result at its whole
-    size (as before) let every request between the trigger and a step compute ~8 stubs that no step
-    took: half the engine's stage CPU under issue 19's load, each stub redacting its preview. An input
-    that may be cleared is not counted here: it may always be worth a look."""
+    clear_at_least it would be dropped, whatever the stubs (so none is computed). An input that may be
+    cleared is not counted here: it may always be worth a look."""
     if any(input_allowed(s) for s, _ in candidates):
         return True
     return sum(max(0, toks - _compressed_gain(remembered.get(s.id), s)) for s, toks in candidates) >= clear_at_least

@@ -51,7 +51,7 @@ import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
@@ -80,6 +80,41 @@ from contextwarden.workingset import WORKING_HEAD, Call, mentions, path_of, said
 NS = "compaction"  # decisions, by tenant|session|agent
 NS_LLM = "compaction_llm"  # finished LLM summaries, by tenant|session|span hash
 MAX_DECISIONS = 4
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One stored compaction of a session: messages ``lead..end`` (their hash ``hash``) replaced by
+    ``summary``. Stored as a JSON object with these very keys (a record written by an earlier version
+    loads: a missing key takes its default, an unknown one is ignored)."""
+
+    lead: int
+    end: int
+    hash: str | None
+    summary: str
+    span_tokens: int  # the span's tokens as the client sent it (the earlier decisions' spans included)
+    summary_tokens: int
+    folds: tuple[tuple[str, int, int], ...] = ()  # (memory id, first, last): the folded messages kept whole
+    sections: dict[str, list[Any]] = field(default_factory=dict)
+    messages: int = 0
+    source_tokens: int = 0
+    summariser: str = "extractive"
+    created: float = 0.0
+    trigger: str | None = None
+
+    @classmethod
+    def load(cls, d: dict[str, Any]) -> Decision:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        known["folds"] = tuple(tuple(x) for x in known.get("folds") or ())
+        known["sections"] = known.get("sections") or {}
+        for k in ("lead", "end", "span_tokens", "summary_tokens", "messages", "source_tokens"):
+            known[k] = int(known.get(k) or 0)
+        known.setdefault("hash", None)
+        known.setdefault("summary", "")
+        return cls(**known)
+
+    def dump(self) -> dict[str, Any]:
+        return {**asdict(self), "folds": [list(x) for x in self.folds]}
 
 
 
@@ -147,11 +182,11 @@ def _rhythm(store, key: str, ttl: float, cap: int, now: float, persist: bool) ->
 # the background LLM summariser
 
 class Summariser:
-    """The background LLM summaries of one runtime (``rt.memo("compaction.summariser", Summariser)``):
-    one worker, one job per key at a time; shut down with that runtime only."""
+    """The background LLM summaries of one runtime (:func:`summariser`): one worker (started on the first
+    summary), one job per key at a time; shut down with that runtime only."""
 
     def __init__(self) -> None:
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-summarise")
         self.pending: dict[str, Future] = {}
         self.lock = threading.Lock()
 
@@ -161,26 +196,9 @@ class Summariser:
             f = self.pending.get(job_key)
             if f is not None and not f.done():
                 return False
-            if self.pool is None:
-                self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-summarise")
             self.pending = {k: v for k, v in self.pending.items() if not v.done()}
             self.pending[job_key] = self.pool.submit(fn)
             return True
-
-    def wait(self, timeout: float) -> None:
-        with self.lock:
-            futures = list(self.pending.values())
-        for f in futures:
-            try:
-                f.result(timeout)
-            except Exception:
-                pass
-
-    def shutdown(self) -> None:
-        with self.lock:
-            pool, self.pool = self.pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def summariser(rt) -> Summariser:
@@ -189,7 +207,14 @@ def summariser(rt) -> Summariser:
 
 def wait_for_summaries(rt, timeout: float = 30.0) -> None:
     """Block until ``rt``'s background summaries finish (tests, shutdown)."""
-    summariser(rt).wait(timeout)
+    s = summariser(rt)
+    with s.lock:
+        futures = list(s.pending.values())
+    for f in futures:
+        try:
+            f.result(timeout)
+        except Exception:
+            pass
 
 
 def _llm_url(ctx, cfg) -> tuple[str, str]:
@@ -272,7 +297,7 @@ def folded_text(turns, first: int) -> str:
     return "\n\n".join(out)
 
 
-def folds_line(folds: list, ctx) -> str:
+def folds_line(folds: tuple[tuple[str, int, int], ...], ctx) -> str:
     """The summary's last line: the ids its compacted messages are kept whole under."""
     how = recall_wording(ctx, state_cache(ctx.runtime), session_key(ctx))
     ids = ", ".join(f"{mid} (messages #{a}–#{b})" for mid, a, b in folds)
@@ -358,11 +383,11 @@ def _current_request(api: ApiKind, es, orig: list[Any], start: int, end: int, pr
     return "\n".join(p.text for t in dialect(api).transcript([orig[cur]]) for p in t.parts if p.kind == "text" and p.text.strip()) or None
 
 
-def _prior(active: dict[str, Any] | None) -> Summary | None:
+def _prior(active: Decision | None) -> Summary | None:
     if not active:
         return None
-    return Summary(text=active["summary"], sections=active.get("sections") or {}, messages=int(active.get("messages", 0)),
-                   source_tokens=int(active.get("source_tokens", 0)), summariser=active.get("summariser", "extractive"))
+    return Summary(text=active.summary, sections=active.sections, messages=active.messages,
+                   source_tokens=active.source_tokens, summariser=active.summariser)
 
 
 def _summary_cache_control(ctx, cfg, kept: list[Any]) -> dict | None:
@@ -412,7 +437,7 @@ class _Compaction:
     by_index: dict[int, int]  # tokens clearing freed, by message index
     total: int  # what is sent after clearing
     rec: dict[str, Any]  # the session's stored record: decisions, plan
-    decisions: list[dict[str, Any]]
+    decisions: list[Decision]
     ctl: Any  # the user's controls: rollback, pins, compact now
     pin_at: int  # nothing from the first pinned message on is folded (no pin: the length)
     lead: int  # leading messages kept as they are (system side; Codex: up to the client's own compaction)
@@ -422,7 +447,7 @@ class _Compaction:
     warm: bool
     # step 1 (:func:`_find`): the stored decision that still applies, where a new span would start, and
     # the tokens sent with it applied
-    active: dict[str, Any] | None = None
+    active: Decision | None = None
     start: int = 0
     t_now: int = 0
 
@@ -489,7 +514,7 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
     total = max(0, total_in - int(cleared.get("freed", 0)))  # what is sent after clearing
 
     rec = store.get(NS, key) or {}
-    decisions: list[dict[str, Any]] = rec.get("decisions") or []
+    decisions = [Decision.load(d) for d in rec.get("decisions") or []]
     ctl = session_ledger.control(ctx, live=decide)  # the user's controls: rollback, pins, compact now
     n_expected, warm = 0, False
     if decide:
@@ -513,21 +538,30 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
 
 def _find(f: _Compaction) -> None:
     """Step 1: the session's earlier decision, if the client still sends the span it covers."""
-    api, orig = f.api, f.orig
     active = None
     for d in f.decisions:
-        k = int(d.get("end", 0))
-        if k > f.pin_at or f.ctl.is_off(NS, d.get("hash")):
+        if d.end > f.pin_at or f.ctl.is_off(NS, d.hash):
             continue  # rolled back, or covering pinned content
         # (a rewound conversation must still keep its latest assistant message)
-        if d.get("lead") == f.lead and f.lead < k <= f.last_asst and dialect(api).entry(k, orig[k]).side == "assistant" \
-                and f.spans.at(k) == d.get("hash"):
+        if _applies(f, d, f.lead):
             active = d
             break
-    f.active, f.start, f.t_now = active, int(active["end"]) if active else f.lead, f.total
+    f.active, f.start, f.t_now = active, active.end if active else f.lead, f.total
     if active:
-        cleared_in_span = sum(v for i, v in f.by_index.items() if f.lead <= int(i) < f.start)
-        f.t_now = f.total - (int(active["span_tokens"]) - cleared_in_span) + int(active["summary_tokens"])
+        f.t_now = _tokens_with(f, active)
+
+
+def _applies(f: _Compaction, d: Decision, after: int) -> bool:
+    """Whether decision ``d`` covers what the client sends now (its span ends after ``after``)."""
+    k = d.end
+    return d.lead == f.lead and after < k <= f.last_asst \
+        and dialect(f.api).entry(k, f.orig[k]).side == "assistant" and f.spans.at(k) == d.hash
+
+
+def _tokens_with(f: _Compaction, d: Decision) -> int:
+    """What is sent with ``d`` applied (the tokens clearing freed inside its span are gone with it)."""
+    cleared_in_span = sum(v for i, v in f.by_index.items() if f.lead <= int(i) < d.end)
+    return f.total - (d.span_tokens - cleared_in_span) + d.summary_tokens
 
 
 def _decide(f: _Compaction) -> _Decision:
@@ -544,7 +578,7 @@ def _decide(f: _Compaction) -> _Decision:
     tok = out.tok = [tokens.count_message(api, m, ctx.model) for m in orig]
     tok_now = [max(0, t - by_index.get(i, 0)) for i, t in enumerate(tok)]
     fixed = max(0, total - sum(tok_now))  # system + tools: the head no compaction touches
-    prev_summary = int(active["summary_tokens"]) if active else 0
+    prev_summary = active.summary_tokens if active else 0
     # (the files a summary keeps verbatim count at most their budget: cut deeper for them, or the
     # request lands above the target and compacts again soon, re-writing the cache each time)
     est_summary = min(cfg.summary_max_tokens, 400 + prev_summary) + f.ws_budget
@@ -607,12 +641,13 @@ def _decide(f: _Compaction) -> _Decision:
     return out
 
 
-def _summarise(f: _Compaction, d: _Decision) -> tuple[dict[str, Any], dict[str, Any] | None, Any]:
+def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision, dict[str, Any] | None, Any]:
     """Step 3: a new decision: summarise the span (extending the earlier summary) and store it
     (compare-and-set). Returns (the decision to apply, the new one or None when another request's won,
     the LLM summary's usage)."""
     ctx, cfg, api, orig, lead = f.ctx, f.cfg, f.api, f.orig, f.lead
     active, start, new = f.active, f.start, d.new
+    assert new is not None  # (called for a new span only)
     llm_usage = None
     end = new["end"]
     prior = _prior(active)
@@ -627,33 +662,30 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[dict[str, Any], dict[str, 
     # the folded messages are kept whole under one id the summary names (the recall stage stores
     # them before this request goes out): every compaction can be undone by recall
     folded = folded_text(turns, start)
-    folds = list((active or {}).get("folds") or []) + [[memory_id(folded), start, end - 1]]
+    folds = (active.folds if active else ()) + ((memory_id(folded), start, end - 1),)
     ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
     head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
     text = head + folds_line(folds, ctx) + working_appendix(ctx, f.ws_budget, orig, lead, end) + ("\n\n" + rest if rest else "")
-    decision = {"lead": lead, "end": end, "hash": f.spans.at(end), "summary": text,
-                "folds": folds, "sections": summary.sections,
-                "messages": summary.messages, "source_tokens": summary.source_tokens,
-                "span_tokens": new["span_tokens"] + (int(active["span_tokens"]) if active else 0),
-                "summary_tokens": ctx.runtime.tokens.count_text(text, ctx.model) + 8,
-                "summariser": summary.summariser, "created": f.now, "trigger": d.trigger}
-    known = {(x.get("end"), x.get("hash")) for x in f.decisions}
-    won: list[dict[str, Any]] = []
+    decision = Decision(lead=lead, end=end, hash=f.spans.at(end), summary=text, folds=folds, sections=summary.sections,
+                        messages=summary.messages, source_tokens=summary.source_tokens,
+                        span_tokens=new["span_tokens"] + (active.span_tokens if active else 0),
+                        summary_tokens=ctx.runtime.tokens.count_text(text, ctx.model) + 8,
+                        summariser=summary.summariser, created=f.now, trigger=d.trigger)
+    known = {(x.end, x.hash) for x in f.decisions}
+    won: list[Decision] = []
 
     def decide(cur):
         """Compare-and-set: a decision another request (another replica) stored since this one read
         the record, and that this request can apply, wins; both then send the same bytes."""
         latest = (cur or {}).get("decisions") or []
-        for x in latest:
-            k = int(x.get("end", 0))
-            if (x.get("end"), x.get("hash")) not in known and x.get("lead") == lead and start < k <= f.last_asst \
-                    and dialect(api).entry(k, orig[k]).side == "assistant" and f.spans.at(k) == x.get("hash"):
+        for x in map(Decision.load, latest):
+            if (x.end, x.hash) not in known and _applies(f, x, start):
                 won[:] = [x]
                 return cur
         won.clear()
         # (the decision this one extends stays: a rollback of this one applies it again)
-        others = [x for x in latest if x.get("hash") != decision["hash"]]
-        return {"decisions": [decision] + others[: MAX_DECISIONS - 1]}
+        others = [x for x in latest if x.get("hash") != decision.hash]
+        return {"decisions": [decision.dump()] + others[: MAX_DECISIONS - 1]}
 
     f.store.update(NS, f.key, decide)
     if won:
@@ -664,28 +696,25 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[dict[str, Any], dict[str, 
         ctx.notes.setdefault("compacted", []).extend(compacted)
     session_ledger.record_decision(
         ctx, NS, trigger=d.trigger, tokens_before=f.t_now,
-        tokens_after=f.total - (decision["span_tokens"] - sum(v for i, v in f.by_index.items() if lead <= int(i) < end))
-        + decision["summary_tokens"], span=(lead, end - 1), tool_ids=[c["tool_use_id"] for c in compacted],
-        refs=[decision["hash"]], summary_tokens=decision["summary_tokens"])
+        tokens_after=_tokens_with(f, decision), span=(lead, end - 1), tool_ids=[c["tool_use_id"] for c in compacted],
+        refs=[decision.hash], summary_tokens=decision.summary_tokens)
     return decision, new, llm_usage
 
 
-def _apply(f: _Compaction, active: dict[str, Any], reused: bool, trigger: str | None, cost: CostEstimate | None,
+def _apply(f: _Compaction, active: Decision, reused: bool, trigger: str | None, cost: CostEstimate | None,
            llm_usage: Any) -> None:
     """Step 4: [lead messages] + [summary] + messages[end:], and the ``compaction`` event."""
     ctx, cfg, api, lead, total = f.ctx, f.cfg, f.api, f.lead, f.total
-    end = int(active["end"])
+    end = active.end
     cc = _summary_cache_control(ctx, cfg, f.orig[end:])
-    summary_msg = dialect(api).summary_message(active["summary"], cc)
+    summary_msg = dialect(api).summary_message(active.summary, cc)
     head = list(f.current[:lead])
     setattr(f.req, dialect(api).history_key, head + [summary_msg] + list(f.current[end:]))
-    cleared_in_span = sum(v for i, v in f.by_index.items() if lead <= int(i) < end)
-    t_after = total - (int(active["span_tokens"]) - cleared_in_span) + int(active["summary_tokens"])
-    ctx.notes["compaction"] = {"lead": lead, "end": end, "reused": reused, "summary_tokens": active["summary_tokens"],
+    ctx.notes["compaction"] = {"lead": lead, "end": end, "reused": reused, "summary_tokens": active.summary_tokens,
                                "messages": end - lead}
-    data: dict[str, Any] = dict(applied=True, messages=end - lead, tokens_before=total, tokens_after=t_after,
-                                summary_tokens=active["summary_tokens"], reused=reused,
-                                summariser=active.get("summariser", "extractive"), level=str(f.level or "NORMAL"),
+    data: dict[str, Any] = dict(applied=True, messages=end - lead, tokens_before=total, tokens_after=_tokens_with(f, active),
+                                summary_tokens=active.summary_tokens, reused=reused,
+                                summariser=active.summariser, level=str(f.level or "NORMAL"),
                                 trigger=trigger or "reuse", breakpoint=cc is not None)
     if cost is not None and not reused:
         data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
@@ -699,4 +728,4 @@ def _apply(f: _Compaction, active: dict[str, Any], reused: bool, trigger: str | 
 
 @hookimpl
 def cw_shutdown(runtime) -> None:
-    summariser(runtime).shutdown()
+    summariser(runtime).pool.shutdown(wait=False, cancel_futures=True)

@@ -15,6 +15,7 @@ from contextwarden import hookimpl
 from contextwarden.memory import produced
 from contextwarden.memory.envelopes import strip_envelopes, topical
 from contextwarden.memory.retrieve import build_query, human_text, role_of
+from contextwarden.memory.service import get_service
 from contextwarden.memory.tagger import Tagger, tag_key
 
 
@@ -23,8 +24,6 @@ def tagger_for(ctx_or_runtime, settings=None) -> Tagger:
     runtime = getattr(ctx_or_runtime, "runtime", ctx_or_runtime)
     settings = settings or getattr(ctx_or_runtime, "settings", None) or runtime.settings
     try:
-        from contextwarden.memory.service import get_service
-
         svc = get_service(runtime)
         if svc is not None and svc.tagger.settings == settings.tagging:
             return svc.tagger

@@ -42,11 +42,12 @@ ROWS: list[tuple[str, str, list[str], list[str]]] = [
     ("addons/observer.py", "the response tap and the turn", ["addons/observer.py"], ["addons/observer.py"]),
     ("addons/websocket.py", "Codex Responses WebSocket requests", ["addons/websocket.py"], ["addons/websocket.py"]),
     ("apis.py", "classifies the request's API", [S + "apis.py"], [S + "apis.py"]),
-    ("flowstate.py", "what the addons keep on a flow", [S + "flowstate.py"], [S + "flowstate.py"]),
+    ("flowstate.py -> addons/routing.py", "what the addons keep on a flow (its route, request, state)",
+     [S + "flowstate.py"], ["addons/routing.py"]),
     # one lifecycle (was hand-copied in the addons and replay, counted there on both sides)
     ("pipeline.py + lifecycle.py", "prepare, count, stages, validate, serialise; the lifecycle around it",
      # (lifecycle's send and turn_of serve the in-process callers only: replay, evaluations, benchmarks)
-     [S + "pipeline.py"], [S + "pipeline.py", S + "lifecycle.py::admit,process,sent,complete"]),
+     [S + "pipeline.py"], [S + "pipeline.py", S + "lifecycle.py::admit,_admit_or_report,run,_count,observe,sent,complete"]),
     ("stagebudgets.py", "stage budgets and breaker", [S + "stagebudgets.py"], [S + "stagebudgets.py"]),
     ("context.py + notes.py", "RequestContext and its typed notes", [S + "context.py"], [S + "context.py", S + "notes.py"]),
     ("runtime.py", "the runtime every request reads", [S + "runtime.py"], [S + "runtime.py"]),

@@ -67,11 +67,7 @@ def harness_factory(tmp_path):
     def make(profile="claude-code", plugins: dict[str, str] | None = None, profile_yaml: str | None = None, **opts):
         tctx = taddons.context()
         tctx.__enter__()
-        stack.append(tctx)
-        sc = tctx.script(str(SCRIPT))
-        # tctx.script registers the module (load() ran, options exist) but does not chain it as the
-        # script loader would, so option changes would not reach configure() without this
-        tctx.master.addons.chain.append(sc)
+        stack.append([tctx, None])
         kw = {"cw_home": str(tmp_path / "home"), "cw_engine": False}  # the chain in this process
         if plugins:
             d = tmp_path / "plugins"
@@ -83,11 +79,21 @@ def harness_factory(tmp_path):
             p = tmp_path / "profile.yaml"
             p.write_text(textwrap.dedent(profile_yaml))
             profile = str(p)
+        # the options the script's first configure() sees (set once its load() adds them): no engine
+        # process and no default profile's runtime started for nothing before the real one (built by
+        # the configure below, which raises a bad profile's error)
+        tctx.options.update_defer(cw_profile="observe-only", **kw)
+        sc = stack[-1][1] = tctx.script(str(SCRIPT))
+        # tctx.script registers the module (load() ran, options exist) but does not chain it as the
+        # script loader would, so option changes would not reach configure() without this
+        tctx.master.addons.chain.append(sc)
         tctx.configure(sc, cw_profile=profile, **kw, **opts)
         return Harness(tctx, sc)
 
     yield make
-    for tctx in reversed(stack):
+    for tctx, sc in reversed(stack):
+        if sc is not None:  # as at mitmdump's exit: the runtime closes (its pools, memory, threads)
+            sc.warden.done()
         tctx.__exit__(None, None, None)
 
 
@@ -96,6 +102,7 @@ pipeline:
   order: [{stages}]
   disabled: [budget, strip, tagging, memory, clearing, compression, compaction, recall]
   stage_budget_ms: {budget}
+memory: {{enabled: false}}  # (the stage is off: no Chroma and model loading in the background)
 """
 
 
@@ -327,3 +334,27 @@ async def test_events_reach_the_jsonl_log(harness_factory, tmp_path):
     h.runtime.log.close()
     events = read_log(tmp_path / "home" / "logs" / "events.jsonl")
     assert {"startup", "request", "forward"} <= {e.type for e in events}
+
+
+async def test_a_request_is_routed_once_whichever_addons_look_at_it(harness_factory, monkeypatch):
+    """issue 41: the interceptor, the count_tokens and WebSocket addons each asked ``apis.route`` of every
+    flow; the route is decided once and carried by the flow's request."""
+    from contextwarden.addons import routing
+
+    calls = []
+    route = routing.route
+
+    def counted(*a, **kw):
+        calls.append(a[3])
+        return route(*a, **kw)
+
+    monkeypatch.setattr(routing, "route", counted)
+    h = harness_factory("observe-only")
+    by_name = {type(a).__name__: a for a in h.script.addons}
+    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    flow = anthropic_flow(body.encode())
+    by_name["WebSocketResponses"].request(flow)
+    await by_name["CountTokens"].request(flow)
+    await h.send(flow)
+    assert calls == ["/v1/messages?beta=true"]
+    assert h.events("request")[-1].data["path"] == "/v1/messages?beta=true"

@@ -2,9 +2,9 @@
 
 import asyncio
 import threading
-import time
 
 from contextwarden.boundedpool import BoundedExecutor
+from tests.support.wait import wait_until
 
 
 def test_oldest_waiting_work_is_dropped_past_the_bound():
@@ -56,9 +56,6 @@ def test_a_waiting_worker_lets_go_of_its_last_task():
         gone = weakref.ref(req)
         pool.submit(lambda r: None, req).result(timeout=5)
         del req
-        deadline = time.monotonic() + 5
-        while gone() is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert gone() is None
+        assert wait_until(lambda: gone() is None, 5, interval=0.01)
     finally:
         pool.shutdown()

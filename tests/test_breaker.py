@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
@@ -13,6 +12,7 @@ from contextwarden.models.anthropic import TextBlock
 from contextwarden.models.base import ApiKind
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
+from tests.support.wait import wait_until
 
 BUDGET_MS = 200
 
@@ -60,10 +60,9 @@ def _send(rt: Runtime, n: int):
     raw = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 10,
                         "metadata": {"user_id": "user_x_account_y_session_breaker"},
                         "messages": [{"role": "user", "content": f"hello {n}"}]})
-    ctx = lifecycle.admit(rt, f"flow-{n}", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages",
-                          [("content-type", "application/json"), ("x-api-key", "sk-test")], raw)
     t0 = time.perf_counter()
-    outcome = asyncio.run(lifecycle.process(rt, ctx))
+    ctx, outcome = lifecycle.send(rt, ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages",
+                                  [("content-type", "application/json"), ("x-api-key", "sk-test")], raw, f"flow-{n}")
     ms = (time.perf_counter() - t0) * 1000
     events = [e for e in rt.bus.recent if e.flow_id == ctx.flow_id]
     sent = orjson.loads(outcome.body) if outcome.body is not None else ctx.original
@@ -104,10 +103,7 @@ def test_a_stage_still_running_past_its_budget_is_skipped_until_it_returns(tmp_p
         # 3. once it returns, it runs again
         slow.gate.set()
         assert slow.returned.wait(5)
-        deadline = time.time() + 5
-        while rt.overrun_since("slow") is not None and time.time() < deadline:
-            time.sleep(0.01)
-        assert rt.overrun_since("slow") is None
+        assert wait_until(lambda: rt.overrun_since("slow") is None, 5, interval=0.01)
         assert any(e.type == "stage_recovered" and e.data["stage"] == "slow" for e in rt.bus.recent)
         out3, sent3, ev3, _ = _send(rt, 3)
         assert slow.calls == 2

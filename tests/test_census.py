@@ -4,11 +4,11 @@ finding a leak needs."""
 from __future__ import annotations
 
 import gc
-import time
 
 import orjson
 
 from contextwarden import census
+from tests.support.wait import wait_until
 
 
 class _Cycle:
@@ -57,9 +57,7 @@ def test_a_census_reports_sizes_garbage_and_the_heap(tmp_path, monkeypatch):
 
             monkeypatch.setattr(census, "collect_garbage", collect)
             c._now.set()  # what SIGUSR2 does
-            deadline = time.monotonic() + 30
-            while not (out.exists() and out.read_bytes().endswith(b"\n")) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: out.exists() and out.read_bytes().endswith(b"\n"), 30)
         finally:
             if was:
                 gc.enable()

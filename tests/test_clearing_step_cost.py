@@ -17,9 +17,9 @@ import pytest
 from contextwarden.conversation import shorten
 from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.secrets import redact_text
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins import clearing
+from contextwarden.redact import redact_text
 from contextwarden.sessionctl import ledger
 from contextwarden.state import StateStore
 from contextwarden.statecache import state_cache

@@ -40,8 +40,8 @@ def test_codex_headers_are_never_shown():
                ("x-codex-turn-metadata", '{"installation_id":"abc"}'), ("x-codex-window-id", "w:0"),
                ("originator", "codex_exec"), ("session-id", "0192")]
     shown = dict(redact_headers(headers))
-    assert shown["authorization"] == shown["chatgpt-account-id"] == "[redacted]"
-    assert shown["x-codex-turn-metadata"] == shown["x-codex-window-id"] == "[redacted]"
+    assert shown["authorization"] == shown["chatgpt-account-id"] == "[REDACTED:header]"
+    assert shown["x-codex-turn-metadata"] == shown["x-codex-window-id"] == "[REDACTED:header]"
     assert shown["originator"] == "codex_exec" and shown["session-id"] == "0192"
 
     # the tenant of a ChatGPT plan is its account, not its short-lived OAuth token

@@ -470,3 +470,24 @@ def test_one_runtimes_shutdown_leaves_anothers_summaries_running(cw_home):
     comp.wait_for_summaries(b.rt, 30)
     assert ran == ["second"]
     b.close()
+
+
+def test_a_decision_stored_by_an_earlier_version_is_reused_byte_for_byte(cw_home):
+    """Stored decisions are typed records (comp.Decision) written with the same JSON keys as before: a
+    record as an earlier version wrote it (no folds, sections, created or trigger) still applies."""
+    bodies = [anthropic_tool_loop(n) for n in (10, 11)]
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, bodies[0], 0.9)}})
+    first = h.send(ApiKind.ANTHROPIC, bodies[0])
+    assert first.changed, first.outcome.reason
+    ((key, rec),) = h.rt.state.items(comp.NS)
+    (stored,) = rec["decisions"]
+    assert set(stored) == set(comp.Decision.__dataclass_fields__)
+    old = {k: v for k, v in stored.items() if k not in ("folds", "sections", "created", "trigger")}
+    h.rt.state.put(comp.NS, key, {"decisions": [old]})
+    h.restart()
+    again = h.send(ApiKind.ANTHROPIC, bodies[1])
+    assert [e for e in again.events("compaction") if e.get("applied")][0]["reused"] is True
+    assert prefix(again.body) == prefix(first.body)
+    assert comp.Decision.load(old).dump() == {**old, "folds": [], "sections": {}, "created": 0.0, "trigger": None}
+    h.close()

@@ -13,6 +13,7 @@ import pytest
 
 from contextwarden.compress import MARK, PREFIX, Limits, compress
 from contextwarden.compress.cleanup import cleanup
+from contextwarden.context import Incoming
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
@@ -272,11 +273,11 @@ def test_reapply_is_the_same_code_path_and_decides_nothing(cw_home):
     body = anthropic_body([("Bash", {"command": "make"}, log, False)], session="cmp-reapply")
     raw = orjson.dumps(body)
     hdrs = [("content-type", "application/json"), ("x-api-key", "sk-test-secret")]
-    fresh = prepare(h.rt, "f-0", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", hdrs, raw)
+    fresh = prepare(h.rt, Incoming(ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", hdrs, raw, "f-0"))
     compression.cw_reapply(fresh)  # nothing decided yet: nothing put in
     assert fresh.request.messages[-1].content[0].content == log
     sent = h.send(ApiKind.ANTHROPIC, body)
-    ctx = prepare(h.rt, "f-1", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", hdrs, raw)
+    ctx = prepare(h.rt, Incoming(ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", hdrs, raw, "f-1"))
     compression.cw_reapply(ctx)
     assert ctx.request.messages[-1].content[0].content == results_of(sent.body)["toolu_0"]["content"]
     assert ctx.original["messages"][-1]["content"][0]["content"] == log  # the client's body untouched

@@ -15,6 +15,7 @@ from contextwarden import workerpool
 from contextwarden.compress import Limits, offload
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
+from tests.support.wait import wait_until
 
 from .support import tool_outputs as T
 from .test_compression import anthropic_body, harness, next_body, results_of
@@ -79,7 +80,7 @@ def test_a_late_worker_is_left_to_finish_and_only_a_hung_one_is_started_again(mo
         monkeypatch.setattr(workerpool, "HUNG_S", 0.5)
         with pytest.raises(offload.Unavailable, match="no answer"):
             pool.call(time.sleep, 60, timeout=0.2)
-        time.sleep(0.6)
+        time.sleep(0.6)  # the behaviour under test: HUNG_S passing (offload reads the monotonic clock)
         with pytest.raises(offload.Unavailable, match="stopped"):
             pool.call(len, "x", timeout=0.2)  # no answer for HUNG_S: stopped
         assert pool.failures == 1
@@ -113,6 +114,11 @@ def test_an_answer_of_any_size_is_read_whole_and_the_wait_is_told_in_parts():
         pool.close()
 
 
+def _held(pool: offload.Offload) -> int:
+    """How many workers a call holds."""
+    return sum(w.lock.locked() for w in pool.workers)
+
+
 def test_a_call_takes_whichever_worker_is_free_first():
     """With one worker busy, a call goes to the other at once rather than queueing behind the busy one
     (each gets the next in turn otherwise); with both busy it waits for the first to be free."""
@@ -122,25 +128,22 @@ def test_a_call_takes_whichever_worker_is_free_first():
         for _ in range(2):  # whichever was used last, the other is busy next
             busy = threading.Thread(target=lambda: pool.call(time.sleep, 1.5, timeout=30), daemon=True)
             busy.start()
-            time.sleep(0.3)
-            t0 = time.monotonic()
+            assert wait_until(lambda: _held(pool) == 1)
             assert pool.call(len, "abc", timeout=5) == 3
-            assert time.monotonic() - t0 < 0.9  # not behind the sleeping one
+            assert busy.is_alive()  # not behind the sleeping one: answered while it sleeps
             busy.join()
         both = [threading.Thread(target=lambda: pool.call(time.sleep, 1.0, timeout=30), daemon=True) for _ in range(2)]
         for t in both:
             t.start()
-        time.sleep(0.3)
-        t0 = time.monotonic()
-        assert pool.call(len, "ab", timeout=5) == 2
-        assert time.monotonic() - t0 > 0.4  # it waited for one of them
+        assert wait_until(lambda: _held(pool) == 2)
+        assert pool.call(len, "ab", timeout=5) == 2  # both were held: it waited for one of them
         for t in both:
             t.join()
         with pytest.raises(offload.Unavailable, match="every worker busy"):
             both = [threading.Thread(target=lambda: pool.call(time.sleep, 1.0, timeout=30), daemon=True) for _ in range(2)]
             for t in both:
                 t.start()
-            time.sleep(0.3)
+            assert wait_until(lambda: _held(pool) == 2)
             pool.call(len, "a", timeout=0.2)
         for t in both:
             t.join()
@@ -245,7 +248,7 @@ def test_a_busy_worker_past_the_stages_budget_leaves_the_result_whole_without_a_
         pool = h.rt.memo(offload.NAME, lambda: None)
         busy = threading.Thread(target=lambda: pool.call(time.sleep, 6, timeout=30), daemon=True)
         busy.start()
-        time.sleep(0.5)  # the worker is asleep: the stage's call waits in the queue behind it
+        assert wait_until(lambda: _held(pool) == 1)  # the worker is asleep: the stage's call waits behind it
         log, _ = T.build_log()
         body = anthropic_body([("Bash", {"command": "make -j8"}, log, False)], session="off-2")
         sent = h.send(ApiKind.ANTHROPIC, body)

@@ -8,7 +8,6 @@ again byte for byte. Only when even re-applying fails does the client's original
 from __future__ import annotations
 
 import threading
-import time
 
 import orjson
 import pytest
@@ -20,6 +19,7 @@ from contextwarden.plugins import clearing, compaction
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
 from contextwarden.stagebudgets import StageTimes
+from tests.support.wait import wait_until
 
 from .support.stages import anthropic_tool_loop
 
@@ -170,9 +170,7 @@ def test_a_stage_past_its_budget_the_decided_state_is_built_on_a_fresh_request(s
     assert sab.returned.wait(10)
     # what the abandoned call emitted after its request went out is marked late
     assert later.events("saboteur") == [{"done": True, "api": "anthropic", "late": True}]
-    deadline = time.time() + 10
-    while rt.overrun_since("saboteur") is not None and time.time() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: rt.overrun_since("saboteur") is None, 10, interval=0.01)
     sab.mode = "ok"
     again = send(rt, body)
     assert again.outcome.fallback is None and "CORRUPTED" not in again.raw.decode()

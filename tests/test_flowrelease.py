@@ -56,7 +56,7 @@ async def test_a_dropped_stream_lets_go_of_its_flow_once_the_event_is_handled():
         assert stream.flow is not None  # the stream's last commands may still come: not cut yet
         del stream
         assert streams.pop(2, None) is None  # (a stream dropped twice, or never there)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop (its callbacks run), not a wait
         assert ref() is None  # freed by reference counting, the stream still cyclic garbage
     finally:
         if was:

@@ -36,7 +36,7 @@ def test_addon_script_modules_do_not_import_ui_code(tmp_path):
         rt = Runtime.from_profile("default", {str(tmp_path / "home")!r})
         svc = EventService(rt).start()
         rt.bus.emit("request", {{"tokens_in": 1}}, flow_id="f", session="s")
-        time.sleep(0.2)
+        time.sleep(0.2)  # (the server runs a moment with an event to send: what it imports then counts)
         svc.stop()
         rt.close()
         print(json.dumps({{"addons": [type(a).__name__ for a in ns["addons"]], "modules": sorted(sys.modules)}}))

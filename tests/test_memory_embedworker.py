@@ -15,6 +15,7 @@ from contextwarden.memory.embedder import Embedder
 from contextwarden.memory.embedworker import BackgroundEmbedder, Closed
 from contextwarden.memory.priority import SearchFirst
 from contextwarden.memory.service import CachedEmbedder
+from tests.support.wait import wait_until
 
 from .conftest import MODEL_DIR
 
@@ -79,13 +80,10 @@ def test_the_model_is_loaded_before_the_worker_drops_to_the_idle_class(inner):
     """At the idle class on a machine that never idles (CI beside other jobs), the worker's imports and
     model took minutes: it loads them as it starts, at its starting class, then every thread of it runs at
     the idle class."""
-    import time
 
     bg = BackgroundEmbedder(inner, MODEL_DIR, group_nice=19)
     try:
-        deadline = time.monotonic() + 120
-        while bg.loaded is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: bg.loaded is not None, 120)
         assert bg.loaded == (os.SCHED_OTHER, os.SCHED_IDLE)
         (pid,) = bg.pids()
         tids = os.listdir(f"/proc/{pid}/task")

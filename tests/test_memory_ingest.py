@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from contextwarden.events import EventBus
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.ingest import Ingestor, items_from_messages
 from contextwarden.models import ApiKind
+from tests.support.wait import wait_until
 
 from .support.memstore import events, item, store
 
@@ -16,13 +16,6 @@ LONG_OUTPUT = "# pytest report\n\n" + "".join(
     f"## test_module_{i}\n\nFAILED test_{i} - AssertionError: expected {i}, got {i + 1}\n"
     + "".join(f"  frame {j}: src/app/handler_{i}.py line {j * 10}\n" for j in range(8)) + "\n"
     for i in range(6))
-
-
-def _wait(pred, timeout=10.0):
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.005)
 
 
 def test_anthropic_messages_become_items_with_tool_names():
@@ -109,7 +102,7 @@ def test_full_queue_drops_with_an_event_and_never_blocks(cw_home):
     ing = Ingestor(s, bus, queue_size=5)
     with s._lock:  # the store is "slow": the worker blocks inside add until we let go
         assert ing.submit([item(f"first batch {i}") for i in range(3)])
-        _wait(lambda: ing.pending == 0)  # the worker took it and is stuck storing it
+        assert wait_until(lambda: ing.pending == 0, 10, interval=0.005)  # the worker took it and is stuck storing it
         assert ing.submit([item(f"second batch {i}") for i in range(4)])
         # submit from another thread while the store stays blocked: it must return (dropping) without
         # waiting for the worker, which cannot move until this block ends
@@ -150,7 +143,7 @@ def test_backfill_runs_in_the_worker_when_the_model_appears(cw_home):
     s = store(cw_home)
     bus = EventBus()
     ing = Ingestor(s, bus, queue_size=10)
-    _wait(lambda: events(bus, "memory"))
+    assert wait_until(lambda: events(bus, "memory"), 10, interval=0.005)
     assert events(bus, "memory")[0] == {"backfilled": 1}
     assert s.vector_query("model", ["t-a"], 1)[0][0].text == "stored before the model was there"
     ing.close()

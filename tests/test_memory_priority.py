@@ -83,3 +83,37 @@ def test_ingestion_waits_while_a_search_runs_then_stores_everything(cw_home):
     assert len(list(s.iter_items())) == 5 and gate.pauses >= 1
     assert not [e for e in events(bus, "memory") if e.get("dropped")]
     s.close()
+
+
+def test_a_submission_is_searchable_by_its_words_at_once_while_a_search_runs(cw_home):
+    """Issue 40 (fresh under load): the memory process's submission thread indexes a turn by its words in
+    the submitting call, without waiting for searches (only the storer waits); the embedding follows."""
+    from contextwarden.memory.lexical import LexicalIndex
+
+    s = store(cw_home)
+    gate = SearchFirst(max_wait_s=600)  # (a submission that waited for the search would wait this long)
+    s.pause = gate.pause
+    lexical = LexicalIndex()
+    ing = Ingestor(s, EventBus(), queue_size=100, chunk_tokens=120, journal=PendingTable(cw_home / "pending.sqlite"),
+                   priority=gate, on_indexed=lexical.add)
+    waited = threading.Event()
+    try:
+        with gate:  # a search runs the whole time
+            def submit() -> None:
+                gate.background()  # as the memory process's submission thread
+                assert ing.submit([item("the deploy script reads DEPLOY_ENV from zq-fresh-7", turn=0)])
+                waited.set()
+
+            t = threading.Thread(target=submit)
+            t.start()
+            assert waited.wait(120)  # not held for the search
+            hits = lexical.query("zq-fresh-7", ["t-a"], n=1)
+            assert hits and "DEPLOY_ENV" in hits[0].item.text  # searchable by its words already
+            assert _until(lambda: gate.waiting == 1)  # the storer waits for the search
+            assert len(list(s.iter_items())) == 0
+            t.join(60)
+        assert ing.flush(300)
+    finally:
+        ing.close()
+    assert len(list(s.iter_items())) == 1
+    s.close()

@@ -9,8 +9,8 @@ import pytest
 
 from contextwarden.events import EventBus
 from contextwarden.memory.ingest import Ingestor, items_from_messages
-from contextwarden.memory.secrets import redact_secrets
 from contextwarden.models import ApiKind
+from contextwarden.redact import redact_secrets
 
 from .support.memstore import events, store
 
@@ -150,7 +150,7 @@ def test_planted_secrets_never_reach_chroma_or_an_export(cw_home, tmp_path):
 def test_keys_are_found_in_any_case_whether_or_not_lowering_the_text_moves_its_characters():
     """The words a secret's key holds are looked for on the text lower-cased (the fast way) unless
     lowering lengthens it ("İ" becomes two characters): then on the text itself. Both find the same."""
-    from contextwarden.memory import secrets
+    from contextwarden import redact as secrets
 
     value = _alnum(24)
     pairs = [f"API_KEY={value}", f"Api_Key: '{value}'", f"PASSWORD = \"{value}\"", f"client_Secret => {value}",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from contextwarden.memory import secrets
+from contextwarden import redact as secrets
 
 from .test_memory_secrets import planted
 

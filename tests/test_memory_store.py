@@ -15,6 +15,7 @@ from contextwarden.memory.ids import content_hash, memory_id
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.store import MemoryStore, writer_lock_holder
 from contextwarden.settings.memory import MemorySection
+from tests.support.wait import wait_until
 
 from .support.memstore import embedder, item, store
 
@@ -275,14 +276,12 @@ def test_chroma_server_shared_by_two_proxies_and_reconnects(cw_home, tmp_path):
     proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "srv"), "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "ANONYMIZED_TELEMETRY": "False"})
     try:
-        deadline = time.monotonic() + 60
-        while True:
+        def up() -> bool:
             try:
-                urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1).read()
-                break
+                return bool(urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1).read())
             except OSError:
-                assert time.monotonic() < deadline, "chroma server did not start"
-                time.sleep(0.2)
+                return False
+        assert wait_until(up, 60, interval=0.2), "chroma server did not start"
         # the server came up: the next write reconnects, no restart needed
         assert a.add([item("shared runbook: rotate the TLS cert with certbot", tenant="t-a"),
                       item("tenant b private notes on certs", tenant="t-b")]) == 2

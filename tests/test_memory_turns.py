@@ -4,11 +4,13 @@ consecutive turns merged into one message, each turn written after its date. Thr
 
 from __future__ import annotations
 
+from datetime import date
+
 import orjson
 
 from contextwarden.memory import eval_locomo as ev
 from contextwarden.memory.retrieve import HistoryIndex, build_query
-from contextwarden.memory.turns import units
+from contextwarden.memory.turns import dates_in, near, units
 from contextwarden.models import ApiKind
 from tests.conftest import EVAL_DIR
 from tests.test_memory_stage import replayer
@@ -67,3 +69,12 @@ def test_a_message_is_cut_only_where_it_reads_as_a_transcript():
     assert [u.speaker for u in units("Ann: hi\nBo: hello\nAnn: bye")] == ["Ann", "Bo", "Ann"]
     assert units("27/03/2023, 13:10 - Mary: on my way")[0].when == "27/03/2023, 13:10"
     assert units("just a sentence: with a colon")[0].speaker is None
+
+
+def test_days_named_in_a_question_and_in_a_turns_date():
+    assert dates_in("What did Maria share on 16 June, 2023?") == [date(2023, 6, 16)]
+    assert dates_in("(1:10 pm on 27 March, 2023)") == [date(2023, 3, 27)]
+    assert dates_in("May 23rd, 2023 or 2023-03-07") == [date(2023, 5, 23), date(2023, 3, 7)]
+    assert dates_in("on 3 June") == [] and dates_in("31 February, 2023") == []  # no year; no such day
+    assert near("1:10 pm on 27 March, 2023", [date(2023, 3, 30)], 7)
+    assert not near("1:10 pm on 27 March, 2023", [date(2023, 5, 30)], 7) and not near(None, [date(2023, 3, 27)], 7)

@@ -4,7 +4,6 @@ the event loop, and read once it has ended, on the turn pool, into the same turn
 from __future__ import annotations
 
 import threading
-import time
 
 from mitmproxy import flow as mflow
 from mitmproxy import http
@@ -13,6 +12,7 @@ from mitmproxy.test import tutils
 from contextwarden.boundedpool import BoundedExecutor
 from contextwarden.models.base import ApiKind
 from contextwarden.streams import ResponseTap
+from tests.support.wait import wait_until
 
 from .test_addon import (  # noqa: F401
     anthropic_flow,
@@ -33,13 +33,7 @@ def live_summary(data: bytes, error: str | None = None) -> dict:
 
 
 def wait_for(h, kind: str, flow_id: str, timeout: float = 15.0) -> list:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = [e for e in h.events(kind) if e.flow_id == flow_id]
-        if got:
-            return got
-        time.sleep(0.02)
-    return []
+    return wait_until(lambda: [e for e in h.events(kind) if e.flow_id == flow_id], timeout, interval=0.02)
 
 
 async def stream_through(h, data: bytes, cuts: list[int]) -> tuple:
@@ -91,7 +85,7 @@ async def test_a_stream_that_breaks_reports_what_arrived(harness_factory):
     assert {k: resp.data[k] for k in expected} == expected  # "error": the turn's, naming the connection
     assert resp.data["error"]["message"] == str(f.error)
     await h.observer.response(f)  # mitmproxy calls one or the other; a second call reports nothing
-    time.sleep(0.1)
+    assert not wait_until(lambda: len(wait_for(h, "response", f.id)) > 1, 0.1)
     assert len(wait_for(h, "response", f.id)) == 1
 
 
@@ -106,8 +100,7 @@ async def test_a_turn_dropped_by_a_full_turn_pool_still_reports_its_response(har
     gate = threading.Event()
     try:
         rt.turn_pool.submit(gate.wait, 10)  # the only worker is busy
-        while rt.turn_pool.pending:
-            time.sleep(0.01)
+        assert wait_until(lambda: not rt.turn_pool.pending, 10, interval=0.01)
         first, _ = await stream_through(h, SSE, [100])
         await h.observer.response(first)  # waits in the pool
         second, _ = await stream_through(h, SSE, [100])

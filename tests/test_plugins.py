@@ -10,6 +10,7 @@ from mitmproxy.test import tutils
 
 from contextwarden.cli import main as cli_main
 from contextwarden.pluginmanager import describe, enable_trace, make_plugin_manager, stage_order
+from tests.support.wait import wait_until
 
 from .test_addon import (  # noqa: F401  (harness_factory fixture below)
     anthropic_flow,
@@ -108,12 +109,7 @@ async def test_every_hook_of_the_example_plugin_runs_in_the_proxy(harness_factor
     await h.observer.response(f)
     assert mod.streamed_events == 6  # cw_response_event, once per SSE event
     h.runtime.turn_pool.submit(lambda: None).result(timeout=10)
-    import time
-    for _ in range(50):
-        turn_ev = h.events("tool_output_cap_turn")
-        if turn_ev:
-            break
-        time.sleep(0.05)
+    turn_ev = wait_until(lambda: h.events("tool_output_cap_turn"), 2.5)
     assert turn_ev and turn_ev[-1].data["input"] == 112  # cw_turn_complete: usage with cache reads
     resp = h.events("response")[-1].data
     assert resp["status"] == 200 and resp["usage"]["cache_read_input_tokens"] == 100

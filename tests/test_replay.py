@@ -246,7 +246,7 @@ def test_recorded_bodies_replay(tmp_path):
         convo_i = json.loads(json.dumps(convo))
         convo_i[-1]["content"][-1]["cache_control"] = EP
         entry = {"flow_id": f"flow{i}", "session": "s1", "ts": 1000.0 + i * 10, "api": "anthropic", "path": "/v1/messages",
-                 "model": "claude-sonnet-4", "headers": [["content-type", "application/json"], ["x-api-key", "[redacted]"]],
+                 "model": "claude-sonnet-4", "headers": [["content-type", "application/json"], ["x-api-key", "[REDACTED:header]"]],
                  "original": {"model": "claude-sonnet-4", "max_tokens": 100, "messages": convo_i}, "rewritten": None}
         record(home, entry)
         convo += [{"role": "assistant", "content": [{"type": "text", "text": f"answer {i} " * 50}]},

@@ -341,6 +341,7 @@ def test_a_question_naming_one_speaker_follows_that_speakers_turns(tmp_path):
     said = [("Caroline", f"Melanie, you asked about my trips: my trip to {city} was {how}.")
             for city in ("Paris", "Rome", "Berlin", "Oslo", "Madrid", "Vienna", "Prague", "Lisbon", "Dublin", "Athens")
             for how in ("lovely", "a holiday")]
+    said += [("Includes", "a header made of a stopword names no one")]  # (a speaker found in every question)
     said += [("Melanie", "Thanks Caroline! I'm fine, busy week."),
             ("Melanie", "We went camping by the lake with the kids last weekend.")]
     items = [item(f"{who}: {text}", turn=i, speaker=who) for i, (who, text) in enumerate(said)]
@@ -353,4 +354,26 @@ def test_a_question_naming_one_speaker_follows_that_speakers_turns(tmp_path):
         found[weight] = [h.item.text for h in r.search(Query("What trips has Melanie taken?"), ["t-a"], n=2, session="s1").hits]
     assert items[-1].text not in found[0.0]
     assert items[-1].text in found[2.0]
+    st.close()
+
+
+def test_a_question_naming_a_day_follows_the_turns_dated_that_day(tmp_path):
+    """A chat export's turns carry their dates (``when``); "what did Maria do on 16 June, 2023?" finds
+    the turn dated that day, below the conversation's top of turns about doing things on other days."""
+    st = store(tmp_path)
+    said = [(f"{d} {m}, 2023", f"Maria: On this lovely day I did something fun: I went to the {place}.")
+            for d, m in [("2", "May"), ("9", "May"), ("3", "April"), ("20", "March")]
+            for place in ("market", "museum", "cinema")]
+    said += [("1:10 pm on 16 June, 2023", "Maria: Quiet afternoon here, baking bread with my neighbour.")]
+    items = [item(text, turn=i, speaker="Maria", when=when) for i, (when, text) in enumerate(said)]
+    st.add(items)
+    lex = LexicalIndex()
+    lex.add(items)
+    found = {}
+    for weight in (0.0, 1.0):
+        r = Retriever(st, lex, embedder(), None, MemorySection(neighbour_weight=0, speaker_weight=0, date_weight=weight))
+        found[weight] = [h.item.text for h in r.search(Query("What fun thing did Maria do on 16 June, 2023?"), ["t-a"],
+                                                        n=2, session="s1").hits]
+    assert items[-1].text not in found[0.0]
+    assert items[-1].text in found[1.0]
     st.close()

@@ -16,6 +16,7 @@ from mitmproxy.test import tutils
 from contextwarden.collector import FullCollections
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
+from tests.support.wait import wait_until
 
 from .test_addon import (  # noqa: F401
     anthropic_flow,
@@ -100,12 +101,13 @@ def test_the_proxy_collects_under_load(tmp_path):
     within ``gc_full_s``, so a finished flow's cycle is freed while the load lasts."""
     with _collecting_runtime(tmp_path, 60.0) as rt:
         garbage = _cycle()
-        deadline = time.monotonic() + 10
+
+        def collected() -> bool:
+            rt.last_request = time.monotonic()  # under load
+            return garbage() is None and len(_gc_events(rt, "load")) >= 3
         # (the collection frees it before its event is emitted, after the trim: both are waited for;
         # then a few more collections, each a second apart, for the trims' cadence)
-        while (garbage() is not None or len(_gc_events(rt, "load")) < 3) and time.monotonic() < deadline:
-            rt.last_request = time.monotonic()  # under load
-            time.sleep(0.05)
+        wait_until(collected, 10)
         assert garbage() is None
         load = _gc_events(rt, "load")
         assert len(load) >= 3
@@ -129,10 +131,7 @@ async def test_a_finished_flow_lets_go_of_the_request(harness_factory):
     assert "contextwarden" not in f.metadata and st.ctx_future is None and st.tap is None
     # the turn work (and a stage abandoned past its budget, on a loaded machine) lets go of it too;
     # a flow that kept it would keep it for good
-    deadline = time.monotonic() + 30
-    while ctx() is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert ctx() is None  # by reference counting: no collection needed
+    assert wait_until(lambda: ctx() is None, 30)  # by reference counting: no collection needed
     assert orjson.loads(f.request.content)["messages"]  # the flow itself is untouched
 
 
@@ -142,18 +141,17 @@ def test_under_load_the_survivors_are_frozen_and_the_idle_collection_frees_what_
     with _collecting_runtime(tmp_path, 1.0) as rt:
         alive = _Flowish()  # alive during the collection under load: frozen with the survivors
         garbage = weakref.ref(alive)
-        deadline = time.monotonic() + 10
-        while not _gc_events(rt, "load"):
+
+        def collected() -> list:
             rt.last_request = time.monotonic()  # under load
-            assert time.monotonic() < deadline, "no collection under load"
-            time.sleep(0.05)
+            return _gc_events(rt, "load")
+        assert wait_until(collected, 10), "no collection under load"
         load = _gc_events(rt, "load")[0]
         assert load["frozen"] and load["frozen"] >= 1  # (frozen objects that die leave the count: it moves)
         del alive  # dies while frozen: a cycle, so only a collection of the unfrozen frees it
         gc.collect()
         assert garbage() is not None  # frozen: a full collection does not see it
-        deadline = time.monotonic() + 10  # idle now: the idle collection unfreezes first
-        while garbage() is not None or not _gc_events(rt, "idle"):
-            assert time.monotonic() < deadline, "the idle collection did not free what died frozen"
-            time.sleep(0.05)
+        # idle now: the idle collection unfreezes first
+        assert wait_until(lambda: garbage() is None and _gc_events(rt, "idle"), 10), \
+            "the idle collection did not free what died frozen"
         assert _gc_events(rt, "idle")[0]["freed"] >= 1

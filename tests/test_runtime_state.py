@@ -32,7 +32,7 @@ PURE = {
     "contextwarden.tokens.encoding_name_for", "contextwarden.agents._agent_suffix",  # a model / a system prompt
     "contextwarden.plugins.clearing._digest_short", "contextwarden.plugins.clearing._digest_long",  # a text
     "contextwarden.plugins.clearing._stub_text_memo",  # a stub's text from its arguments
-    "contextwarden.memory.secrets._secret_key",  # a variable's name: does it name a secret
+    "contextwarden.redact._secret_key",  # a variable's name: does it name a secret
 }
 
 
@@ -48,6 +48,8 @@ def _state() -> dict[str, int]:
                 out[key] = v.cache_info().currsize
             elif isinstance(v, LRU):
                 out[key] = len(v)
+            elif isinstance(getattr(v, "memo", None), LRU):  # lru.memoized
+                out[key] = len(v.memo)
             elif type(v) in (dict, list, set, OrderedDict):
                 out[key] = len(v)
     return out

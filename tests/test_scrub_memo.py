@@ -8,7 +8,6 @@ from __future__ import annotations
 import secrets as rnd
 import string
 import threading
-import time
 
 import orjson
 from hypothesis import given, settings
@@ -16,9 +15,9 @@ from hypothesis import strategies as st
 
 from contextwarden import scrub as scrub_module
 from contextwarden.events import Event, EventBus, JsonlLog, read_log
-from contextwarden.memory.secrets import redact_text
-from contextwarden.redact import REDACTED, is_secret_header
+from contextwarden.redact import REDACTED, is_secret_header, redact_text
 from contextwarden.scrub import scrub, scrub_headers, scrub_text
+from tests.support.wait import wait_until
 
 
 def _alnum(n: int) -> str:
@@ -163,12 +162,7 @@ def _publish_from(thread_name: str, bus: EventBus, *types: str) -> None:
 
 
 def _types_written(path, timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = [e.type for e in read_log(path)] if path.exists() else []
-        if got or time.monotonic() >= deadline:
-            return got
-        time.sleep(0.01)
+    return wait_until(lambda: [e.type for e in read_log(path)] if path.exists() else [], timeout, interval=0.01)
 
 
 def test_a_requests_stage_events_are_written_with_its_forward_in_order(tmp_path):
@@ -177,8 +171,7 @@ def test_a_requests_stage_events_are_written_with_its_forward_in_order(tmp_path)
     bus.subscribe(log)
     _publish_from("cw-core_0", bus, "request")
     _publish_from("cw-stage_0", bus, "stage", "compression", "stage")
-    time.sleep(0.2)
-    assert _types_written(tmp_path / "events.jsonl", 0.0) == []  # nobody woke the writer for them
+    assert _types_written(tmp_path / "events.jsonl", 0.2) == []  # nobody woke the writer for them
     bus.emit("forward", {"changed": False})  # the event loop's, before the request goes upstream
     assert _types_written(tmp_path / "events.jsonl", 10.0) == ["request", "stage", "compression", "stage", "forward"]
     log.close()
@@ -191,9 +184,7 @@ def test_a_stage_event_with_none_after_it_is_written_within_the_straggler_wait(t
     _publish_from("cw-stage_1", bus, "stage")  # a stage abandoned past its budget, reporting late
     assert _types_written(tmp_path / "events.jsonl", 10.0) == ["stage"]
     _publish_from("cw-core_1", bus, "forward")  # an observed request's forward, from its core thread: not held
-    deadline = time.monotonic() + 10
-    while len(_types_written(tmp_path / "events.jsonl", 0.0)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(_types_written(tmp_path / "events.jsonl", 0.0)) >= 2, 10, interval=0.01)
     log.close()
     assert [e.type for e in read_log(tmp_path / "events.jsonl")] == ["stage", "forward"]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import pytest
 
 from contextwarden.conversation import Part, Turn
-from contextwarden.memory.secrets import redact_secrets
 from contextwarden.memory.tagger import KeywordTagger
+from contextwarden.redact import redact_secrets
 from contextwarden.scrub import scrub
 from contextwarden.summarise import extractive_summary, transcript_text
 

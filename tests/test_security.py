@@ -15,9 +15,8 @@ import pytest
 from contextwarden.events import EventBus, JsonlLog
 from contextwarden.memory.inject import OPEN, QUOTE, closing_tag, new_nonce, render_block, strip_blocks
 from contextwarden.memory.items import MemoryItem
-from contextwarden.memory.secrets import redact_secrets
 from contextwarden.memory.tagger import Tagger
-from contextwarden.redact import credentials_of, is_secret_header, redact_headers, tenant_id, tenant_of
+from contextwarden.redact import credentials_of, is_secret_header, redact_headers, redact_secrets, tenant_id, tenant_of
 from contextwarden.scrub import scrub
 from contextwarden.settings import load_settings
 
@@ -65,10 +64,20 @@ def test_headers_are_credentials_by_name_or_by_value():
                ("x-claude-code-session-id", "3f2a1b4c-1234-4abc-9def-0123456789ab"), ("anthropic-version", "2023-06-01")]
     red = dict(redact_headers(headers))
     for name in ("x-custom-auth-value", "x-goog-api-key", "x-acme-key", "x-refresh-token", "Cookie", "x-harmless", "x-trace"):
-        assert red[name] == "[redacted]", name
+        assert red[name] == "[REDACTED:header]", name
     for name in ("content-type", "user-agent", "x-claude-code-session-id", "anthropic-version"):
         assert red[name] == dict(headers)[name], name
     assert not is_secret_header("x-contextwarden-session", "s1")
+
+
+def test_one_marker_style_for_every_redaction():
+    """A header's value, a text's secret and a query credential are marked alike ([REDACTED:kind]), so
+    whatever reads marks (the tagger, idempotent re-redaction) knows each of them."""
+    key = "sk-ant-api03-" + _alnum(40)
+    marks = [dict(redact_headers([("x-api-key", key)]))["x-api-key"], redact_secrets(f"key {key}")[0].split()[-1],
+             scrub({"path": f"/v1/messages?api_key={_alnum(24)}"})["path"].split("=", 1)[1]]
+    assert all(re.fullmatch(r"\[REDACTED:[a-z_]+\]", m) for m in marks), marks
+    assert redact_secrets(marks[0]) == (marks[0], 0)  # a marked header value is not redacted again
 
 
 def test_event_data_is_scrubbed_where_it_is_written(tmp_path):

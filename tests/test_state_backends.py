@@ -18,6 +18,7 @@ from contextwarden.sealing import Sealer, SealError, new_key
 from contextwarden.settings import load_settings
 from contextwarden.state import RedisStateStore, StateStore, StateUnavailable, open_state
 from contextwarden.statecache import StateCache
+from tests.support.wait import wait_until
 
 from .support.redis_server import RedisServer
 from .support.stages import Harness, anthropic_tool_loop, settings_overrides
@@ -127,23 +128,18 @@ def test_redis_down_fails_fast_and_is_picked_up_again(tmp_path):
     events = []
     bus.subscribe(events.append)
     with RedisServer(tmp_path) as rs:
-        st = RedisStateStore(rs.url, bus=bus, prefix="x", retry_s=0.2)
+        st = RedisStateStore(rs.url, bus=bus, prefix="x", retry_s=5)
         st.put("ns", "k", {"kept": True})
         rs.stop()
         with pytest.raises(StateUnavailable):
             st.get("ns", "k")
-        t0 = time.monotonic()
-        with pytest.raises(StateUnavailable):  # within retry_s: not even tried
+        with pytest.raises(StateUnavailable, match=r"unreachable \(since"):  # within retry_s: not even tried
             st.put("ns", "k", 1)
-        assert time.monotonic() - t0 < 0.2
         assert not st.available and not st.ping()
         downs = [e for e in events if e.type == "error" and e.data.get("where") == "state"]
         assert len(downs) == 1, "going down is reported once"
         rs.start()
-        deadline = time.monotonic() + 10
-        while not st.ping():
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        assert wait_until(st.ping, 10, interval=0.1)
         assert st.available and st.get("ns", "k") == {"kept": True}  # the append-only file kept it
         assert [e.data["status"] for e in events if e.type == "state"] == ["up"]
 
@@ -197,10 +193,8 @@ def test_run_time_settings_and_bypass_reach_every_replica(tmp_path, redis_server
     assert a.rt.replica  # (host:pid when state.replica is not set)
     a.rt.set_bypass("sess-9", True)
     a.apply({"clearing": {"trigger_tokens": 12345}})
-    deadline = time.monotonic() + 10
-    while "sess-9" not in b.rt.bypass or b.rt.settings.clearing.trigger_tokens != 12345:
-        assert time.monotonic() < deadline, "replica B never saw A's run-time changes"
-        time.sleep(0.05)
+    assert wait_until(lambda: "sess-9" in b.rt.bypass and b.rt.settings.clearing.trigger_tokens == 12345, 10), \
+        "replica B never saw A's run-time changes"
     b.rt.set_bypass("sess-8", True)
     assert set(b.rt.state.get("runtime", "bypass")) == {"sess-8", "sess-9"}
     a.close()
@@ -263,9 +257,7 @@ def test_a_replica_started_while_redis_is_down_takes_the_shared_salt_when_it_is_
         b = Harness(tmp_path / "b", overrides=over)  # starts without the server: traffic flows, unshared
         assert b.rt.salt != a.rt.salt
         rs.start()
-        deadline = time.monotonic() + 10
-        while b.rt.salt != a.rt.salt:  # the next request after the server is back keys tenants like A
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        # the next request after the server is back keys tenants like A
+        assert wait_until(lambda: b.rt.salt == a.rt.salt, 10, interval=0.2)
         a.close()
         b.close()

@@ -308,6 +308,7 @@ def test_observer_turn_complete_calibrates_through_the_runtime(cw_home):
     """The Observer's turn job (the answer read off the loop, then the turn completed) hands the
     provider's usage to the runtime's counter."""
     from contextwarden.addons.observer import _read_and_complete
+    from contextwarden.context import Incoming
     from contextwarden.pipeline import count_tokens, prepare
     from contextwarden.runtime import Runtime
     from contextwarden.streams.tap import ResponseTap
@@ -315,7 +316,7 @@ def test_observer_turn_complete_calibrates_through_the_runtime(cw_home):
     rt = Runtime(load_settings(None, cw_home, overrides={"memory": {"enabled": False}}), cw_home, log=False)
     try:
         raw = CC_TURN2.read_bytes()
-        ctx = prepare(rt, "f1", ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", [("content-type", "application/json")], raw)
+        ctx = prepare(rt, Incoming(ApiKind.ANTHROPIC, "api.anthropic.com", "/v1/messages", [("content-type", "application/json")], raw, "f1"))
         ctx.tokens_in = ctx.tokens_out = count_tokens(ctx, ctx.original)
         usage = {"input_tokens": 5, "cache_read_input_tokens": ctx.tokens_in, "output_tokens": 1}
         events = [("message_start", {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant",

@@ -18,6 +18,7 @@ from contextwarden.tui.demo import STAGES, EventFactory, demo_snapshot
 from contextwarden.tui.screens.inspector import InspectorScreen
 from contextwarden.tui.screens.settings import SettingsScreen
 from contextwarden.tui.widgets.synctable import SyncTable
+from tests.support.wait import await_until
 
 NOW = 1_700_000_100.0
 SIZE = (80, 24)
@@ -258,7 +259,7 @@ async def test_inspector_shows_the_diff_and_saves_it_without_credentials(tmp_pat
         saved = tmp_path / "contextwarden-request-flow-0001.json"
         data = orjson.loads(saved.read_bytes())
         assert "SECRET" not in saved.read_text()
-        assert ["x-api-key", "[redacted]"] in data["headers"] and data["rewritten"] == REWRITTEN
+        assert ["x-api-key", "[REDACTED:header]"] in data["headers"] and data["rewritten"] == REWRITTEN
         assert [r["kind"] for r in data["diff"]].count("changed") == 2
         await pilot.press("escape")
         assert not isinstance(app.screen, InspectorScreen)
@@ -328,16 +329,15 @@ async def test_bursts_are_coalesced_into_few_redraws():
         for i in range(40):
             src.feed(f.request(f"s{i % 7}", tokens_in=100)[:10])
         t0 = app.ticks
-        while app.ticks < t0 + 2:
-            await pilot.pause(0.05)
+        await await_until(lambda: app.ticks >= t0 + 2, 30, pause=pilot.pause)
         assert not app.pending and app.store.events_seen == 400
         assert 1 <= app.redraws - r0 <= 2
         # sustained 200 events/s in the server's 50 ms batches: never more than one redraw per tick
         r0, t0 = app.redraws, app.ticks
         for i in range(40):
             src.feed(f.request(f"s{i % 7}", tokens_in=100)[:10])
-            await asyncio.sleep(0.05)
-        await pilot.pause(0.6)
+            await asyncio.sleep(0.05)  # the pace under test: a batch every 50 ms
+        await await_until(lambda: app.store.events_seen == 800 and not app.pending, 30, pause=pilot.pause)
         assert app.store.events_seen == 800 and not app.pending
         # (how many ticks the 40 batches spanned depends on the machine's load: a bound on the tick count
         # would be a wall-clock bound; what must hold is at most one redraw per tick, and per batch)

@@ -25,3 +25,15 @@ def test_other_commands_do_not_load_textual():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_help_lists_every_command_without_importing_the_heavy_parts():
+    """``contextwarden --help`` imports no command module (COMMANDS names them): not Textual, Chroma,
+    onnxruntime, mitmproxy, nor the settings (pydantic)."""
+    code = ("import runpy, sys\nsys.argv = ['contextwarden', '--help']\ntry:\n    runpy.run_module('contextwarden', "
+            "run_name='__main__')\nexcept SystemExit:\n    pass\nprint(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'textual', 'chromadb', 'onnxruntime', 'mitmproxy', 'pydantic'}), 'contextwarden.settings' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "run " in out.stdout and "tui " in out.stdout and "session " in out.stdout  # every command listed
+    assert out.stdout.strip().splitlines()[-1] == "[] False"

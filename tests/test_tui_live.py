@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import anthropic
@@ -24,19 +23,18 @@ from contextwarden.tui.screens.settings import SettingsScreen
 from contextwarden.tui.widgets.synctable import SyncTable
 from tests.support.proxy import ProxyProcess
 from tests.support.upstream import StandIn
+from tests.support.wait import await_until
 from tests.test_tui_app import screen_text
 
 API_KEY = "sk-ant-api03-TUI-E2E-SECRET-KEY"
 
 
 async def until(pilot, app, predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def flushed():
         app.flush()
-        if predicate():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out waiting for {what}; connection {app.connection_state}: {app.connection_detail}")
+        return predicate()
+    assert await await_until(flushed, timeout, pause=pilot.pause), \
+        f"timed out waiting for {what}; connection {app.connection_state}: {app.connection_detail}"
 
 
 @pytest.fixture
@@ -49,7 +47,7 @@ def runtime(cw_home):
 
 def emit_request(rt, flow: str, session: str, tags: list[str]) -> None:
     rt.bus.emit("request", {"api": "anthropic", "model": "claude-x", "tokens_in": 4000, "mode": "active",
-                            "headers": [["x-api-key", "[redacted]"]]}, flow_id=flow, session=session)
+                            "headers": [["x-api-key", "[REDACTED:header]"]]}, flow_id=flow, session=session)
     rt.bus.emit("tags", {"tags": tags}, flow_id=flow, session=session)
     rt.bus.emit("stage", {"stage": "tagging", "ms": 1.25, "status": "ok"}, flow_id=flow, session=session)
     rt.bus.emit("forward", {"changed": False, "tokens_in": 4000, "tokens_out": 4000, "pipeline_ms": 1.3}, flow_id=flow, session=session)

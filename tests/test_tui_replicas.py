@@ -5,9 +5,6 @@ The two replicas' sequence numbers collide (both count from 1): the source numbe
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from contextwarden.addons.eventstream import EventPublisher
 from contextwarden.events import Event
 from contextwarden.tui.app import ContextWardenApp
@@ -17,6 +14,7 @@ from contextwarden.tui.widgets.synctable import SyncTable
 
 from .support.redis_server import RedisServer
 from .support.stages import Harness, settings_overrides
+from .support.wait import await_until
 
 
 def publish(replica, factory: EventFactory, session: str) -> None:
@@ -43,23 +41,17 @@ async def test_one_tui_shows_every_replica(tmp_path):
             publish(replicas["A"], factories["A"], "s-a")
             publish(replicas["B"], factories["B"], "s-b")
             for _, pub in replicas.values():
-                deadline = time.monotonic() + 10
-                while pub.sent == 0:
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.05)
+                assert await await_until(lambda: pub.sent, 10)
             src = RedisStreamSource(rs.url, "gw", block_ms=100)
             app = ContextWardenApp(src, tick=0.05)
             async with app.run_test(size=(80, 24)) as pilot:
 
                 async def rows(n: int) -> SyncTable:
-                    deadline = time.monotonic() + 15
-                    while True:
-                        await pilot.pause()
+                    def table() -> SyncTable:
                         app.flush()
-                        table = app.screen.query_one("#requests-table", SyncTable)
-                        if table.row_count >= n or time.monotonic() > deadline:
-                            return table
-                        await asyncio.sleep(0.1)
+                        return app.screen.query_one("#requests-table", SyncTable)
+                    await await_until(lambda: table().row_count >= n, 15, interval=0.1, pause=pilot.pause)
+                    return table()
 
                 await pilot.press("2")
                 table = await rows(2)

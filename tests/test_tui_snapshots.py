@@ -31,7 +31,7 @@ def utc(monkeypatch):
 def bodies(cmd):
     if cmd["cmd"] == "bodies":
         return {"flow_id": cmd["flow_id"], "session": "sess-a", "api": "anthropic", "model": "claude-sonnet-4-5",
-                "path": "/v1/messages", "headers": [["x-api-key", "[redacted]"]], "original": ORIGINAL, "rewritten": REWRITTEN}
+                "path": "/v1/messages", "headers": [["x-api-key", "[REDACTED:header]"]], "original": ORIGINAL, "rewritten": REWRITTEN}
     raise AssertionError(cmd)
 
 

@@ -5,7 +5,6 @@ rewritten text message and the TUI row of a WebSocket request."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import orjson
@@ -16,6 +15,7 @@ from wsproto.frame_protocol import Opcode
 
 from contextwarden.addons.websocket import _Utf8Fragmentizer, message_type
 from contextwarden.tui.store import Store
+from tests.support.wait import await_until
 from tests.test_addon import ONLY, harness_factory  # noqa: F401  (the fixture)
 
 STAMP = """
@@ -83,10 +83,7 @@ class WS:
     async def answer(self, events: list[bytes]) -> None:
         for e in events:
             await self.send(e, from_client=False)
-        for _ in range(50):  # the response event is emitted by a task
-            await asyncio.sleep(0.02)
-            if [e for e in self.h.events("response")]:
-                break
+        await await_until(lambda: self.h.events("response"), 1, interval=0.02)  # the response event is emitted by a task
 
 
 @pytest.fixture
@@ -108,7 +105,7 @@ async def test_create_message_goes_through_the_stages(stamped):
     assert d["session_source"] == "prompt_cache_key" and req.session == "sess-ws-1"
     assert req.flow_id == f"{ws.flow.id}.0"
     headers = dict(d["headers"])
-    assert headers["authorization"] == "[redacted]" and headers["chatgpt-account-id"] == "[redacted]"
+    assert headers["authorization"] == "[REDACTED:header]" and headers["chatgpt-account-id"] == "[REDACTED:header]"
     [fwd] = h.events("forward")
     assert fwd.data["changed"] and fwd.data["bytes_out"] == len(m.content)
     await ws.answer(server_events())
@@ -163,10 +160,7 @@ async def test_blocked_request_answers_on_the_socket(stamped, monkeypatch):
     [data] = injected
     ev = orjson.loads(data)
     assert ev["type"] == "error" and ev["status"] == 429 and ev["error"]["type"] == "rate_limit_exceeded"
-    for _ in range(50):
-        await asyncio.sleep(0.02)
-        if h.events("response"):
-            break
+    await await_until(lambda: h.events("response"), 1, interval=0.02)
     assert h.events("response")[0].data["status"] == 429
 
 

@@ -24,6 +24,7 @@ from .messages import ConnectionChanged, EventsDropped, EventsReceived, Snapshot
 from .screens.export import ExportPathScreen
 from .screens.inspector import InspectorScreen
 from .screens.main import MainScreen
+from .screens.session import SessionScreen
 from .screens.settings import SettingsScreen
 from .store import Store
 
@@ -206,8 +207,6 @@ class ContextWardenApp(App):
 
     def action_session_view(self) -> None:
         """The highlighted session's context versions and pins (rollback, compact now, pin)."""
-        from .screens.session import SessionScreen
-
         session = self.selected_session()
         if session is None:
             self.notify("no session yet", severity="warning")

@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
+from contextwarden.events import read_log
 from contextwarden.liveprotocol import INFO_FILE, TOKEN_HEADER
 
 from .messages import ConnectionChanged, EventsDropped, EventsReceived, SnapshotReceived
@@ -85,14 +88,11 @@ class LiveClient(Source):
         self.info: ConnectionInfo | None = None
         self.attempts = 0
         self.connections = 0
-        self._ws = None
+        self._ws: ClientConnection | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
 
     async def run(self, post: Post) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import InvalidStatus
-
         delay = self.min_delay
         while True:
             info = ConnectionInfo.read(self.home)
@@ -139,7 +139,7 @@ class LiveClient(Source):
         elif kind == "dropped":
             post(EventsDropped(int(msg.get("events") or 0), msg.get("totals")))
         elif kind == "reply":
-            fut = self._waiting.pop(msg.get("id"), None)
+            fut = self._waiting.pop(int(msg.get("id") or 0), None)
             if fut is not None and not fut.done():
                 if msg.get("ok"):
                     fut.set_result(msg.get("result"))
@@ -178,8 +178,6 @@ class LogSource(Source):
         self.description = str(self.path)
 
     async def run(self, post: Post) -> None:
-        from contextwarden.events import read_log
-
         try:
             events = await asyncio.to_thread(read_log, self.path)
         except OSError as e:

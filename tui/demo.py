@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from contextwarden.settings import Settings, _deep_merge
+
 STAGES = ["budget", "strip", "tagging", "clearing", "compaction", "memory"]
 
 
@@ -37,7 +39,7 @@ class EventFactory:
         out = [self.ev("request", {"api": "anthropic", "host": "api.anthropic.com", "path": "/v1/messages",
                                    "model": model, "tenant": "t-1", "agent": "main", "session_source": "metadata.user_id",
                                    "messages": 12, "stream": True, "bytes": tokens_in * 4, "tokens_in": tokens_in,
-                                   "mode": mode, "headers": [["x-api-key", "[redacted]"], ["content-type", "application/json"]]},
+                                   "mode": mode, "headers": [["x-api-key", "[REDACTED:header]"], ["content-type", "application/json"]]},
                        fid, session, dt=gap)]
         ms = stage_ms if stage_ms is not None else ({s: 0.5 for s in STAGES} if mode == "active" else {})
         for name, v in ms.items():
@@ -108,8 +110,6 @@ PINNED_SETTINGS = {
 
 def demo_snapshot(n: int = 12, bypass: list[str] | None = None) -> dict[str, Any]:
     """A server snapshot around :func:`demo_events`, with settings valid for the current code."""
-    from contextwarden.settings import Settings, _deep_merge
-
     settings = Settings(**_deep_merge(Settings().model_dump(), PINNED_SETTINGS)).model_dump(mode="json")
     evs = demo_events(n)
     return {"kind": "snapshot", "protocol": 1, "pid": 1, "home": "/tmp/cw", "server_started": evs[0]["ts"],

@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 
 from .client import CommandError, Post, Source
 from .messages import ConnectionChanged, EventsReceived, SnapshotReceived
@@ -48,8 +49,6 @@ class RedisStreamSource(Source):
         self.description = f"{url} ({self.key}, every replica)"
 
     async def run(self, post: Post) -> None:
-        import redis.asyncio as aioredis
-
         last = None
         while True:
             r = aioredis.Redis.from_url(self.url, socket_connect_timeout=3)

@@ -437,97 +437,115 @@ class Store:
         if row is None:
             return
         dirty.add("requests")
-        if t == "request":
-            row.ts = ts
-            row.api = d.get("api") or row.api
-            row.transport = d.get("transport") or row.transport
-            row.model = d.get("model") or row.model
-            row.mode = d.get("mode") or row.mode
-            row.agent = d.get("agent") or row.agent
-            row.messages = d.get("messages")
-            if d.get("tokens_in") is not None:
-                row.tokens_in = d["tokens_in"]
-            if sess is not None:
-                n = self._session_requests.get(sess.id, 0) + 1
-                self._session_requests[sess.id] = n
-                if len(self._session_requests) > 10 * self.max_sessions:  # bounded; old ids restart at 1
-                    self._session_requests.pop(next(iter(self._session_requests)))
-                row.turn = n
-                sess.requests += 1
-                sess.model = row.model or sess.model
-                sess.agent = row.agent or sess.agent
-                sess.tokens_in = row.tokens_in
-                window = _num(d.get("context_window"))
-                if window and window > 0:
-                    sess.window = int(window)
-        elif t == "stage":
-            name = d.get("stage") or "?"
-            if _num(d.get("ms")) is not None:
-                row.stages[name] = d["ms"]
-            row.stage_status[name] = d.get("status") or "ok"
-        elif t == "tags":
-            tags = normalise_tags(d.get("tags") if "tags" in d else d.get("inbound"))
+        apply = getattr(self, f"_on_{t}", None)
+        if apply is not None:
+            apply(ev, d, row, sess)
+
+    # what each event type changes in its request's row and its session (``_on_<type>``)
+
+    def _on_request(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        row.ts = ev.get("ts") or 0.0
+        row.api = d.get("api") or row.api
+        row.transport = d.get("transport") or row.transport
+        row.model = d.get("model") or row.model
+        row.mode = d.get("mode") or row.mode
+        row.agent = d.get("agent") or row.agent
+        row.messages = d.get("messages")
+        if d.get("tokens_in") is not None:
+            row.tokens_in = d["tokens_in"]
+        if sess is None:
+            return
+        n = self._session_requests.get(sess.id, 0) + 1
+        self._session_requests[sess.id] = n
+        if len(self._session_requests) > 10 * self.max_sessions:  # bounded; old ids restart at 1
+            self._session_requests.pop(next(iter(self._session_requests)))
+        row.turn = n
+        sess.requests += 1
+        sess.model = row.model or sess.model
+        sess.agent = row.agent or sess.agent
+        sess.tokens_in = row.tokens_in
+        window = _num(d.get("context_window"))
+        if window and window > 0:
+            sess.window = int(window)
+
+    def _on_stage(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        name = d.get("stage") or "?"
+        if _num(d.get("ms")) is not None:
+            row.stages[name] = d["ms"]
+        row.stage_status[name] = d.get("status") or "ok"
+
+    def _on_tags(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        tags = normalise_tags(d.get("tags") if "tags" in d else d.get("inbound"))
+        row.tags = tags
+        if sess is not None and tags:
+            sess.recent_tags.append(tags)
+
+    def _on_memory(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        self.sent.note(ev)
+
+    def _on_forward(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        freed, mem, _ = self.sent.settle(ev)
+        row.mem_tokens = mem or None
+        if d.get("tokens_in") is not None:
+            row.tokens_in = d["tokens_in"]
+        if d.get("tokens_out") is not None:
+            row.tokens_sent = d["tokens_out"]
+        row.pipeline_ms = d.get("pipeline_ms", row.pipeline_ms)
+        row.changed = bool(d.get("changed"))
+        row.blocked = bool(d.get("blocked"))
+        row.reason = d.get("reason") or row.reason
+        if row.blocked and d.get("status"):
+            row.status = d["status"]
+        if sess is not None:
+            sess.tokens_freed += freed
+            sess.mem_tokens += mem
+            sess.tokens_in, sess.tokens_sent = row.tokens_in, row.tokens_sent
+
+    def _on_response(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        row.status = d.get("status") if d.get("status") is not None else ("error" if d.get("error") else row.status)
+        row.upstream_ms = d.get("upstream_ms", row.upstream_ms)
+        row.total_ms = d.get("total_ms", row.total_ms)
+        if d.get("error"):
+            row.error = str(d["error"])
+        if isinstance(d.get("usage"), dict):
+            row.usage = d["usage"]
+        if sess is not None and usage_input(row.usage) is not None:
+            sess.provider_input = usage_input(row.usage)
+
+    def _on_turn(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        if isinstance(d.get("usage"), dict):
+            row.usage = d["usage"]
+        tags = normalise_tags(d.get("tags"))
+        if tags and not row.tags:
             row.tags = tags
-            if sess is not None and tags:
+            if sess is not None:
                 sess.recent_tags.append(tags)
-        elif t == "memory":
-            self.sent.note(ev)
-        elif t == "forward":
-            freed, mem, _ = self.sent.settle(ev)
-            row.mem_tokens = mem or None
-            if sess is not None:
-                sess.tokens_freed += freed
-                sess.mem_tokens += mem
-            if d.get("tokens_in") is not None:
-                row.tokens_in = d["tokens_in"]
-            if d.get("tokens_out") is not None:
-                row.tokens_sent = d["tokens_out"]
-            row.pipeline_ms = d.get("pipeline_ms", row.pipeline_ms)
-            row.changed = bool(d.get("changed"))
-            row.blocked = bool(d.get("blocked"))
-            row.reason = d.get("reason") or row.reason
-            if row.blocked and d.get("status"):
-                row.status = d["status"]
-            if sess is not None:
-                sess.tokens_in, sess.tokens_sent = row.tokens_in, row.tokens_sent
-        elif t == "response":
-            row.status = d.get("status") if d.get("status") is not None else ("error" if d.get("error") else row.status)
-            row.upstream_ms = d.get("upstream_ms", row.upstream_ms)
-            row.total_ms = d.get("total_ms", row.total_ms)
-            if d.get("error"):
-                row.error = str(d["error"])
-            if isinstance(d.get("usage"), dict):
-                row.usage = d["usage"]
-            if sess is not None and usage_input(row.usage) is not None:
+        if sess is not None:
+            sess.turns += 1
+            if usage_input(row.usage) is not None:
                 sess.provider_input = usage_input(row.usage)
-        elif t == "turn":
-            if isinstance(d.get("usage"), dict):
-                row.usage = d["usage"]
-            tags = normalise_tags(d.get("tags"))
-            if tags and not row.tags:
-                row.tags = tags
-                if sess is not None:
-                    sess.recent_tags.append(tags)
-            if sess is not None:
-                sess.turns += 1
-                if usage_input(row.usage) is not None:
-                    sess.provider_input = usage_input(row.usage)
-        elif t == "budget":
-            row.level = d.get("level")
-            if sess is not None:
-                sess.level = row.level
-        elif t == "compaction" and applied_compaction(d):
-            self.sent.note(ev)
-            row.compacted = True
-            if sess is not None:
-                sess.compactions += new_compaction(d)
-        elif t == "clearing":
-            self.sent.note(ev)
-            row.cleared = True
-            if sess is not None:
-                sess.clearings += new_clearing(d)
-        elif t == "error":
-            row.error = str(d.get("message") or d.get("where") or "error")
+
+    def _on_budget(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        row.level = d.get("level")
+        if sess is not None:
+            sess.level = row.level
+
+    def _on_compaction(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        if not applied_compaction(d):
+            return
+        self.sent.note(ev)
+        row.compacted = True
+        if sess is not None:
+            sess.compactions += new_compaction(d)
+
+    def _on_clearing(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        self.sent.note(ev)
+        row.cleared = True
+        if sess is not None:
+            sess.clearings += new_clearing(d)
+
+    def _on_error(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        row.error = str(d.get("message") or d.get("where") or "error")
 
     def _ingested(self, ev: dict[str, Any], d: dict[str, Any], sess: SessionInfo | None) -> None:
         key = ev.get("flow_id") or f"ingest-{ev.get('seq')}"

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from functools import lru_cache
 from typing import Any
+
+from .lru import memoized
 
 AGENT_HEADER = "x-contextwarden-agent"
 
@@ -62,7 +63,7 @@ def claude_code_agent(body: dict[str, Any], session: str) -> str:
     return f"{session}/{suffix}" if suffix else session
 
 
-@lru_cache(maxsize=256)
+@memoized(256)
 def _agent_suffix(texts: tuple[str, ...]) -> str | None:
     # memoised by the system texts: an agent sends the same ones (tens of KB for Claude Code) with
     # every request, and normalising them is a handful of regular expressions over all of it

@@ -14,6 +14,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .memory.embedder import chroma_cache_dir
+from .tokens import OPENAI_ENCODING
+
 # tiktoken names its cache files after the sha1 of the encoding's download URL
 TIKTOKEN_URLS = {
     "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
@@ -53,12 +56,6 @@ def tiktoken_check(encoding: str) -> AssetCheck:
         f"(4 chars/token). Offline: set TIKTOKEN_CACHE_DIR to a folder holding {f.name} (a copy of {url})")
 
 
-def _chroma_cache_dir() -> Path:
-    from contextwarden.memory.embedder import chroma_cache_dir
-
-    return chroma_cache_dir()
-
-
 def _has_model(d: Path) -> bool:
     return all((d / name).is_file() for name in MODEL_FILES)
 
@@ -72,7 +69,7 @@ def embedding_model_check(model_dir: str | os.PathLike | None, memory_enabled: b
         if _has_model(d):
             return AssetCheck(what, True, f"{d} (memory.model_dir)")
         looked.append(f"memory.model_dir {d} has no {' + '.join(MODEL_FILES)}")
-    cache = _chroma_cache_dir()
+    cache = chroma_cache_dir()
     if _has_model(cache):
         return AssetCheck(what, True, f"{cache} (chroma cache)" + (f"; {looked[0]}" if looked else ""))
     looked.append(f"not in chroma cache {cache}")
@@ -88,8 +85,6 @@ def embedding_model_check(model_dir: str | os.PathLike | None, memory_enabled: b
 
 def check_assets(settings) -> list[AssetCheck]:
     """The tokenizer encodings the profile counts with (its own and OpenAI's) and the embedding model."""
-    from contextwarden.tokens import OPENAI_ENCODING
-
     encodings = dict.fromkeys([settings.tokens.encoding, OPENAI_ENCODING])
     m = settings.memory
     return [*(tiktoken_check(e) for e in encodings), embedding_model_check(m.model_dir, m.enabled)]

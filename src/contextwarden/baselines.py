@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from contextwarden.plugins import baselines as truncation
+
 from .replay import ReplayReport, _pct, _render, lost_cell, replay
 
 DEFAULT = "default"
@@ -37,8 +39,6 @@ def run(trace: str | Path, only: list[str] | None = None, targets: list[int] | N
         progress: Callable[[str], None] | None = None, **kw: Any) -> list[tuple[str, ReplayReport]]:
     """Replay ``trace`` with every baseline (``only``: these profiles). ``targets``: the default's tokens
     per request when it is not run here (the truncation baseline needs them)."""
-    from contextwarden.plugins import baselines as truncation
-
     out: list[tuple[str, ReplayReport]] = []
     for label, profile in BASELINES:
         if only and profile not in only:

@@ -49,7 +49,7 @@ class BodyRing:
         return _decoded(e) if e else None
 
     def for_session(self, session: str) -> list[dict[str, Any]]:
-        return [_decoded(e) for e in self._lru.values() if e.get("session") == session]
+        return [_decoded(e) for _, e in self._lru.items() if e.get("session") == session]
 
     def __len__(self) -> int:
         return len(self._lru)

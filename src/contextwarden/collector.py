@@ -15,16 +15,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
+import sys
 import time
 from typing import Any
 
 
 def libc():
     """The C library (ctypes), or None where it cannot be loaded."""
-    import ctypes
-    import ctypes.util
-
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
@@ -43,8 +43,6 @@ def tune_malloc(p) -> bool:
     pipeline settings ``p``."""
     sw = float(p.switch_interval_ms)
     if sw > 0:
-        import sys
-
         sys.setswitchinterval(sw / 1000)
     mb = int(p.malloc_keep_mb)
     if mb <= 0:

@@ -1,18 +1,47 @@
-"""The per-request object stages receive."""
+"""The request as it came in (:class:`Incoming`) and the per-request object stages receive."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .apis import HTTP, WEBSOCKET
 from .models.base import ApiKind, WireModel
 from .notes import Notes
 
 if TYPE_CHECKING:
     from .runtime import Runtime
     from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One request as it came in, whoever carries it (an HTTP request, a message of a Responses
+    WebSocket, a count_tokens request, a replayed or benchmarked body): what ``lifecycle.run`` reads.
+    Routed once (``apis.route``): ``route`` is the handler that took it (HTTP, COUNT, WEBSOCKET)."""
+
+    api: ApiKind
+    host: str
+    path: str
+    headers: Sequence[tuple[str, str]]
+    raw: bytes
+    flow_id: str
+    consumed: Mapping[str, str] = field(default_factory=dict)  # the headers addressed to the proxy itself
+    route: str = HTTP
+    mode: str | None = None  # the ``request`` event's mode (None: not announced); "active": "bypass" when bypassed
+    count: bool = True  # count tokens_in
+    # in-process callers: set on the context before counting (a benchmark's tenant, replay's clock
+    # in the notes, a test's run-time settings)
+    tenant: str | None = None
+    settings: Any = None
+    notes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def transport(self) -> str:
+        return "websocket" if self.route == WEBSOCKET else "http"
 
 
 @dataclass

@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 
 from .lru import BytesMemo
-from .memory.secrets import redact_field
 from .models.openai_responses import ASSISTANT_TYPES
+from .redact import redact_field
 from .scrub import scrub_text
 
 #: Roles that carry instructions rather than conversation (kept or summarised verbatim, never dropped).

@@ -120,27 +120,13 @@ class JsonlLog:
     """Appends events to ``events.jsonl`` from a writer thread, rotating by size.
 
     Writing happens off the event loop so disk latency never reaches a request. Waking the writer is
-    the dear part on a busy proxy: it must win the interpreter lock from the thread that runs (~40 us
-    of CPU a wake on the 2-core machine under load, bench/events_bench.py), more than scrubbing and
-    writing an event. So:
-
-    - The emitter appends to a deque and puts a token on a ``queue.SimpleQueue`` (C code: a put wakes
-      the writer only when it waits, with no Python-level lock or condition); the writer writes all that
-      waits in one ``write`` and takes no other system call (each gives the interpreter lock up and must
-      win it back).
-    - Events published by a stage thread (``cw-stage``: a request's ``request`` event and its ~12 stage
-      events, read and run there in one trip) and the ``request`` event of a ``cw-core`` thread (a
-      request that is only observed, read there) wake nobody: the request's
-      ``forward`` event (published by the event loop when the stages are done, or by that same
-      ``cw-core`` thread), before the request goes upstream, wakes the writer, which writes them in
-      order with it. So they are in the
-      log before the request's answer, as every event before them. A stage's event with no event
-      after it (a stage abandoned past its budget that reports late, after the answer) waits at most
-      ``straggler_s``: the writer waits no longer than that for a token.
-
-    A ``put`` that woke the writer for each event cost the emitting thread ~80 us an event; a writer
-    that waited a fixed time to batch left events unwritten for that long after their request was
-    answered, which readers of the log (the live evaluations, the tests) rely on not happening.
+    the dear part on a busy proxy (it must win the interpreter lock: bench/events_bench.py), so the
+    emitter appends to a deque and puts a token on a ``queue.SimpleQueue``, and the writer writes all
+    that waits in one ``write``. Events published by a stage thread (``cw-stage``) and the ``request``
+    event of a ``cw-core`` thread wake nobody: the request's ``forward`` event, before the request goes
+    upstream, wakes the writer, which writes them in order with it (so they are in the log before the
+    request's answer). An event with none after it (a stage abandoned past its budget that reports
+    late) waits at most ``straggler_s``.
     """
 
     # (thread name prefix, the types of its events that wake nobody: None for all); the class doc says why

@@ -1,13 +1,9 @@
 """mitmproxy's finished flows freed by reference counting, not by a full garbage collection.
 
-mitmproxy's ``HttpStream`` layer (one per request) is a reference cycle: it keeps its state as its own
-bound methods (``client_state = self.state_done``) and sits in its context's list of layers. It also
-holds the request's ``flow``, and so the flow's request and response bodies. Once the stream is done,
-the HTTP layer drops it (``DropStream``: ``HttpLayer.streams.pop``), and the whole cycle, flow included,
-is garbage that only a full collection frees. Under load the flows of a request's lifetime are promoted
-to the oldest generation while alive (a young collection runs every few hundred ms), so a full
-collection was needed every ``pipeline.gc_full_s`` to keep the RSS bounded: ~15 MB/s of garbage, and a
-pause of 0.1-0.4 s (walking every live object) each time (issue 19).
+mitmproxy's ``HttpStream`` layer (one per request) is a reference cycle (its state is its own bound
+methods) that holds the request's ``flow``, and so its bodies: once the HTTP layer drops a finished
+stream, only a full collection frees the flow (under load: ~15 MB/s of garbage, and a pause of
+0.1-0.4 s each time).
 
 :func:`install` makes the HTTP layer's ``streams`` a dict that, when a stream is dropped, cuts the
 stream's reference to its flow once the event being handled is done (``call_soon``: the stream's last
@@ -23,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
+from mitmproxy.proxy.layers.http import HttpLayer, HttpStream
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +53,6 @@ def install() -> bool:
     global _installed
     if _installed:
         return True
-    try:
-        from mitmproxy.proxy.layers.http import HttpLayer, HttpStream
-    except ImportError:
-        return False
     init = HttpLayer.__init__
     if not hasattr(HttpStream, "__annotations__") or "flow" not in HttpStream.__annotations__:
         log.warning("contextwarden: mitmproxy's HttpStream has no flow: finished flows left to the collector")

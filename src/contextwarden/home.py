@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from pathlib import Path
 
 import orjson
@@ -61,8 +62,6 @@ def secret_file(home: Path, name: str, nbytes: int = 32) -> str:
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, readable by this user only (mode 0600 from creation): the
     files that hold a token (``tui.json``, ``recall-api.json``)."""
-    import threading
-
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,8 +1,9 @@
 """One request's lifecycle, the same for every caller: the interceptor (HTTP and the Responses WebSocket),
 the observer, the count_tokens rewrite, replay, the memory evaluations, the benchmarks and the tests.
 
-    request   admit:    prepare → count (tokens_in) → the ``request`` event (when announced)
-              process:  the stages → validate → serialise (pipeline.Pipeline; fails open)
+    request   run:      admit (prepare → count (tokens_in) → the ``request`` event) → the stages →
+                        validate → serialise (pipeline.Pipeline; fails open), one trip to a stage thread
+              observe:  admit for a request already on its way (forwarded at once)
               sent:     the body that went upstream
     response  complete: the assembled turn → calibration → ``cw_turn_complete`` hooks → the ``turn`` event
 
@@ -12,60 +13,120 @@ Nothing here keeps state: each call works on the runtime and the request's conte
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from .context import RequestContext
+from .apis import COUNT
+from .context import Incoming, RequestContext
 from .models.base import ApiKind
 from .pipeline import Outcome, Pipeline, Skip, count_tokens, prepare, request_event
+from .sessionctl.preview import decided_state
+from .streams.turn import AssembledTurn
 
-__all__ = ["Skip", "admit", "process", "admit_and_process", "send", "sent", "complete", "turn_of"]
+__all__ = ["Incoming", "Skip", "admit", "run", "observe", "send", "sent", "complete", "turn_of"]
+
+log = logging.getLogger(__name__)
 
 
-def admit(rt, flow_id: str, api: ApiKind, host: str, path: str, headers: list[tuple[str, str]], raw: bytes,
-          consumed: dict[str, str] | None = None, transport: str = "http", *,
-          mode: str | Callable[[RequestContext], str] | None = None,
-          count: bool = True, tenant: str | None = None, notes: dict[str, Any] | None = None,
-          settings=None) -> RequestContext:
+def admit(rt, req: Incoming) -> RequestContext:
     """prepare → count → announce: the request's context with ``tokens_in`` (``timings["count_in"]``)
-    and, when ``mode`` is given, its ``request`` event (``mode``: the event's mode, or a function of the
-    context giving it: the interceptor's depends on the session's bypass). Raises Skip (the body is not one we read).
-
-    ``tenant``, ``notes``, ``settings``: set on the context before counting (benchmarks use stores
-    built for named tenants; replay hands the stages its clock; a test a run-time settings change).
-    A failure after parsing (counting, the event) fails open: an ``error`` event, the request goes on."""
-    ctx = prepare(rt, flow_id, api, host, path, headers, raw, consumed, transport)
-    if tenant is not None:
-        ctx.tenant = tenant
-    if settings is not None:
-        ctx.settings = settings
-    if notes:
-        ctx.notes.update(notes)
+    and, when ``req.mode`` is given, its ``request`` event ("active": "bypass" for a session the TUI
+    bypassed). Raises Skip (the body is not one we read). ``req.tenant``, ``req.notes``,
+    ``req.settings`` are set on the context before counting. A failure after parsing (counting, the
+    event) fails open: an ``error`` event, the request goes on."""
+    ctx = prepare(rt, req)
+    if req.tenant is not None:
+        ctx.tenant = req.tenant
+    if req.settings is not None:
+        ctx.settings = req.settings
+    if req.notes:
+        ctx.notes.update(req.notes)  # type: ignore[typeddict-item]  # (keys declared in notes.Notes)
     try:
-        if count:
+        if req.count:
             t0 = time.perf_counter()
             ctx.tokens_in = count_tokens(ctx, ctx.original)
             ctx.timings["count_in"] = round((time.perf_counter() - t0) * 1000, 3)
-        if mode is not None:
-            request_event(ctx, len(raw), mode(ctx) if callable(mode) else mode)
+        if req.mode is not None:
+            bypassed = req.mode == "active" and ctx.session in rt.bypass
+            request_event(ctx, len(req.raw), "bypass" if bypassed else req.mode)
     except Exception as e:
         ctx.emit("error", where="request", message=f"{type(e).__name__}: {e}", action="request event incomplete")
     return ctx
 
 
-async def process(rt, ctx: RequestContext) -> Outcome:
-    """The stages, the validator and the serialiser (``Pipeline.process``: fails open)."""
-    return await Pipeline(rt).process(ctx)
+def _admit_or_report(rt, req: Incoming) -> RequestContext | None:
+    """:func:`admit`; None when the request cannot be read (an ``error`` event says why: it goes unchanged)."""
+    try:
+        return admit(rt, req)
+    except Skip as e:
+        rt.bus.emit("error", {"where": "parse", "message": str(e), "action": "forwarded unchanged", "api": req.api.value,
+                              "path": req.path, "bytes": len(req.raw)}, flow_id=req.flow_id)
+    except Exception as e:  # fail open on our own bugs too
+        log.exception("contextwarden: prepare failed")
+        rt.bus.emit("error", {"where": "prepare", "message": f"{type(e).__name__}: {e}", "action": "forwarded unchanged"},
+                    flow_id=req.flow_id)
+    return None
 
 
-async def admit_and_process(rt, admit: Callable[[], tuple[RequestContext | None, bool]]
-                            ) -> tuple[RequestContext | None, Outcome | None]:
-    """``admit()`` (a call of :func:`admit` giving ``(ctx, whether the stages run)``) and :func:`process`
-    in ONE trip to a stage thread and back (``Pipeline.admit_and_process``): the proxy's way."""
-    return await Pipeline(rt).admit_and_process(admit)
+async def run(rt, req: Incoming) -> tuple[RequestContext | None, Outcome | None]:
+    """One request's way in, for every caller: ``(ctx, outcome)``. ctx None: not read (an ``error`` event
+    says why). Reading it and running its stages is ONE trip to a stage thread and back
+    (``Pipeline.admit_and_process``). A session the TUI bypassed runs no stage (``Outcome`` "session
+    bypassed"). A count_tokens request (``route`` COUNT) gets the session's decided state, nothing new
+    decided. Outcome None: the pipeline failed (an ``error`` event; the original goes)."""
+    if req.route == COUNT:
+        return await asyncio.get_running_loop().run_in_executor(rt.core_pool, _count, rt, req)
+    admitted: list[RequestContext] = []
+
+    def admit_here() -> tuple[RequestContext | None, bool]:  # (on the stage thread)
+        ctx = _admit_or_report(rt, req)
+        if ctx is not None:
+            admitted.append(ctx)
+        return ctx, ctx is not None and ctx.session not in rt.bypass
+
+    try:
+        ctx, outcome = await Pipeline(rt).admit_and_process(admit_here)
+    except Exception as e:
+        log.exception("contextwarden: pipeline failed")
+        if admitted:
+            admitted[0].emit("error", where="pipeline", message=f"{type(e).__name__}: {e}", action="forwarded original")
+        return (admitted[0] if admitted else None), None
+    if ctx is not None and outcome is None:
+        outcome = Outcome(reason="session bypassed")
+    return ctx, outcome
+
+
+def _count(rt, req: Incoming) -> tuple[RequestContext | None, Outcome]:
+    """count_tokens: the body as the session's decided state (``Outcome.body`` None: the client's own,
+    unannounced; a session bypassed or without decisions, or a body we do not read)."""
+    try:
+        ctx = admit(rt, req)
+    except Skip:  # not a body we read: it goes as it came, like any request we do not manage
+        return None, Outcome()
+    if ctx.session in rt.bypass:
+        return ctx, Outcome(reason="session bypassed")
+    body, tokens = decided_state(rt, ctx)
+    if body is not None:
+        ctx.emit("count_tokens", changed=True, tokens_in=ctx.tokens_in, tokens_out=tokens,
+                 messages=len(ctx.original.get("messages") or []))
+    return ctx, Outcome(body=body, reason="rewritten" if body is not None else "unchanged")
+
+
+def observe(rt, req: Incoming) -> RequestContext | None:
+    """A request already on its way (observe-only, bypassed, or forwarded by the engine link), read on
+    a worker thread: the ``request`` event (mode ``req.mode``), its body kept for the inspector, and
+    its ``forward`` event. None when it cannot be read."""
+    t0 = time.perf_counter()
+    ctx = _admit_or_report(rt, req)
+    if ctx is None:
+        return None
+    rt.remember(ctx, None, len(req.raw))
+    ctx.emit("forward", changed=False, reason=req.mode, bytes_in=len(req.raw), bytes_out=len(req.raw),
+             tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_in, pipeline_ms=round((time.perf_counter() - t0) * 1000, 3))
+    return ctx
 
 
 def sent(ctx: RequestContext, outcome: Outcome) -> dict[str, Any] | None:
@@ -77,19 +138,21 @@ def sent(ctx: RequestContext, outcome: Outcome) -> dict[str, Any] | None:
 
 
 def send(rt, api: ApiKind, host: str, path: str, headers: list[tuple[str, str]], raw: bytes, flow_id: str,
-         loop: asyncio.AbstractEventLoop | None = None, **admit_kw) -> tuple[RequestContext, Outcome]:
-    """One request's whole way in, synchronously (the in-process callers: replay, evaluations,
-    benchmarks, tests): ``admit`` then ``process`` on ``loop`` (None: a fresh ``asyncio.run``)."""
-    ctx = admit(rt, flow_id, api, host, path, headers, raw, **admit_kw)
-    work = process(rt, ctx)
-    return ctx, (loop.run_until_complete(work) if loop is not None else asyncio.run(work))
+         loop: asyncio.AbstractEventLoop | None = None, **fields) -> tuple[RequestContext, Outcome]:
+    """:func:`run`, synchronously, for the in-process callers (replay, evaluations, benchmarks, tests):
+    on ``loop`` (None: a fresh ``asyncio.run``); ``fields``: the rest of :class:`Incoming`. Raises Skip
+    when the body cannot be read."""
+    req = Incoming(api, host, path, headers, raw, flow_id, **fields)
+    work = run(rt, req)
+    ctx, outcome = loop.run_until_complete(work) if loop is not None else asyncio.run(work)
+    if ctx is None or outcome is None:
+        raise Skip(f"request {flow_id} not read (see its error event)")
+    return ctx, outcome
 
 
 def turn_of(api: ApiKind, model: str | None, message: dict[str, Any], usage=None, events: int = 1):
     """The assembled turn of an assistant ``message`` known whole (replayed, not streamed): its text and
     tool calls read as the stream assembler reads them."""
-    from .streams.turn import AssembledTurn
-
     text, calls = _text_and_calls(message)
     return AssembledTurn(api=api, model=model, message=message, text=text, tool_calls=calls, usage=usage,
                          stop_reason="tool_use" if calls else "end_turn", error=None, complete=True, events=events)

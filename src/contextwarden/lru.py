@@ -19,6 +19,7 @@ two runtimes in one process share nothing (``tests/test_runtime_state.py``).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -74,11 +75,11 @@ class LRU:
             self._young[key] = v
             self._total += n
 
-    def values(self) -> list[Any]:
-        """The values held, each key once, the older generation's first, each in the order stored."""
+    def items(self) -> list[tuple[Hashable, Any]]:
+        """The keys and values held, each key once, the older generation's first, each in the order stored."""
         with self._lock:
             young = self._young
-            return [v for k, v in self._old.items() if k not in young] + list(young.values())
+            return [(k, v) for k, v in self._old.items() if k not in young] + list(young.items())
 
     def clear(self) -> None:
         with self._lock:
@@ -103,3 +104,28 @@ class BytesMemo(LRU):
     @property
     def max_bytes(self) -> int:
         return self.max_size
+
+
+_NONE = object()  # a remembered None (an LRU holds no None)
+
+
+def memoized(max_size: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A pure function of its positional arguments, remembered in an :class:`LRU` of ``max_size``
+    calls (``fn.memo``): for memos of a text's or a name's result, the same for every runtime."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        memo = LRU(max_size)
+
+        def compute(*args: Any) -> Any:
+            v = fn(*args)
+            return _NONE if v is None else v
+
+        @functools.wraps(fn)
+        def call(*args: Any) -> Any:
+            v = memo.young.get(args)  # (a hit without a further call)
+            if v is None:
+                v = memo.get(args, compute, *args)
+            return None if v is _NONE else v
+
+        call.memo = memo  # type: ignore[attr-defined]
+        return call
+    return wrap

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from mitmproxy.net import encoding as enc
 from pydantic import ValidationError
 
 from .agents import derive_agent
-from .context import BlockedResponse, RequestContext
+from .context import BlockedResponse, Incoming, RequestContext
 from .dialects import NO_PROVIDER, dialect, validate_rewrite
 from .history import History
 from .models import ApiKind
@@ -58,21 +59,19 @@ class Outcome:
 def decode_body(raw: bytes, encoding: str | None) -> bytes:
     if not encoding or encoding.strip().lower() in ("identity", ""):
         return raw
-    from mitmproxy.net import encoding as enc
-
     try:
         return enc.decode(raw, encoding.strip().lower())
     except ValueError as e:
         raise Skip(f"cannot decode {encoding} body: {e}") from None
 
 
-def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: list[tuple[str, str]],
-            raw: bytes, consumed: dict[str, str] | None = None, transport: str = "http") -> RequestContext:
-    """Decode, parse and identify a request (runs in a worker thread). Raises Skip. ``transport``:
-    ``http``, or ``websocket`` for a message of the Responses WebSocket (``ctx.notes["transport"]``)."""
+def prepare(runtime, req: Incoming) -> RequestContext:
+    """Decode, parse and identify a request (runs in a worker thread). Raises Skip. A message of the
+    Responses WebSocket says so in ``ctx.notes["transport"]``."""
     settings = runtime.settings
     runtime.last_request = time.monotonic()
-    h = {k.lower(): v for k, v in headers + list((consumed or {}).items())}  # (looked up by lower-case names)
+    api, path, headers, raw = req.api, req.path, list(req.headers), req.raw
+    h = {k.lower(): v for k, v in headers + list(req.consumed.items())}  # (looked up by lower-case names)
     ctype = (h.get("content-type") or "").lower()
     if not raw:
         raise Skip("empty body")
@@ -110,7 +109,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
             raise Skip(f"body does not match the {api.value} schema: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from None
         raise
     ctx = RequestContext(
-        runtime=runtime, settings=settings, flow_id=flow_id, api=api, host=host, path=redact_path(path),
+        runtime=runtime, settings=settings, flow_id=req.flow_id, api=api, host=req.host, path=redact_path(path),
         headers=redact_headers(headers), session=session, session_source=source, tenant=tenant,
         agent=agent, model=data.get("model") if isinstance(data.get("model"), str) else None,
         stream=bool(data.get("stream")), original=data, request=model,
@@ -119,7 +118,7 @@ def prepare(runtime, flow_id: str, api: ApiKind, host: str, path: str, headers: 
         # counts, validation facts); a bytes object keeps its hash, so every later lookup is a memcmp
         message_raw=raws, raw_exact=exact, known_messages=known.count if known is not None else 0, history=hist,
     )
-    ctx.notes["transport"] = transport
+    ctx.notes["transport"] = req.transport
     seen = hist.carried(_PROVIDER) if hist is not None else None  # (only the new messages are looked at)
     pc = ctx.notes["provider"] = dialect(api).provider_context(data, seen, frozenset(settings.pipeline.provider_take_over))
     if hist is not None:
@@ -346,18 +345,13 @@ class Pipeline:
         impls = {i.plugin_name: i.function for i in self.runtime.pm.hook.cw_reapply.get_hookimpls()}
         return [(n, impls[n]) for n, _ in self.runtime.stages() if n in impls]
 
-    async def process(self, ctx: RequestContext) -> Outcome:
-        """Run the stages and finish the request, in ONE trip to a worker thread (stageclock.py says
-        why); the event loop watches the running stage's budget and, past it, abandons the stage (left
-        running; the breaker notes it) and sends the session's decided state."""
-        return (await self.admit_and_process(lambda: (ctx, True)))[1]
-
     async def admit_and_process(self, admit: Callable[[], tuple[RequestContext | None, bool]]
                                 ) -> tuple[RequestContext | None, Outcome | None]:
-        """:meth:`process` of the context ``admit()`` gives, ``admit`` called on the same stage thread
-        first: reading the request and running its stages is one trip from the event loop and back,
-        not two (each trip waits for a thread and for the interpreter lock twice, tens of ms under
-        load). ``admit`` returns ``(ctx, run)``: ctx None (not read) or ``run`` False (bypassed) runs
+        """The stages and :meth:`finish` of the context ``admit()`` gives, ``admit`` called first on the
+        same stage thread: one trip from the event loop and back, not two (each trip waits for a thread
+        and for the interpreter lock twice, tens of ms under load). The loop watches the running
+        stage's budget; past it, the stage is abandoned (left running: the breaker notes it) and the
+        session's decided state goes. ``admit`` returns ``(ctx, run)``: ctx None (not read) or ``run`` False (bypassed) runs
         no stage and gives no Outcome. Its own failures are its to report; one it raises propagates."""
         rt = self.runtime
         clock = StageClock()

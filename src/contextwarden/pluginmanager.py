@@ -6,11 +6,14 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
+from importlib.metadata import entry_points as eps
 from pathlib import Path
 
 import pluggy
 
 from . import hookspecs
+from .settings import SettingsError
+from .settings.pipeline import PipelineSection
 
 ENTRY_POINT_GROUP = "contextwarden"
 
@@ -50,8 +53,6 @@ def make_plugin_manager(plugins_dir: str | os.PathLike | None = None, trace: boo
     pm.cw_sources = {}  # plugin name -> where it came from
     pm.cw_errors = {}  # plugin name -> why it could not be loaded
     if entry_points:
-        from importlib.metadata import entry_points as eps
-
         for ep in eps(group=ENTRY_POINT_GROUP):
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
                 continue
@@ -91,8 +92,6 @@ def stage_order(pm: pluggy.PluginManager, order: list[str], disabled: list[str])
 def check_stage_names(pm: pluggy.PluginManager, pipeline) -> None:
     """Every name in ``pipeline.order`` and ``pipeline.disabled`` is a loaded stage; an unknown one is a
     settings error that names it (a typo there would otherwise leave a stage off, or on, silently)."""
-    from .settings import SettingsError
-
     stages = {i.plugin_name for i in pm.hook.cw_request.get_hookimpls()}
     problems = []
     for key in ("order", "disabled"):
@@ -114,8 +113,6 @@ def check_stage_names(pm: pluggy.PluginManager, pipeline) -> None:
 def order_warnings(pm: pluggy.PluginManager, pipeline) -> list[str]:
     """Built-in stages that a profile's ``pipeline.order`` leaves out while they are on: they still run,
     but after every listed stage (a copied order from before a stage existed moves it silently)."""
-    from .settings.pipeline import PipelineSection
-
     stages = {i.plugin_name for i in pm.hook.cw_request.get_hookimpls()}
     left_out = [n for n in PipelineSection.model_fields["order"].default
                 if n in stages and n not in pipeline.order and n not in pipeline.disabled]

@@ -543,9 +543,10 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
             notes = {"ts": req.ts, "index": i}
             if targets is not None and i < len(targets):  # tokens another run sent (the truncation baseline)
                 notes["target_tokens"] = targets[i]
-            ctx = lifecycle.admit(rt, flow_id, req.api, "api.anthropic.com", req.path, list(req.headers), raw,
-                                  mode="replay", notes={"replay": notes})
-            outcome = await lifecycle.process(rt, ctx)
+            ctx, outcome = await lifecycle.run(rt, lifecycle.Incoming(req.api, "api.anthropic.com", req.path, list(req.headers),
+                                                                      raw, flow_id, mode="replay", notes={"replay": notes}))
+            if ctx is None or outcome is None:
+                raise lifecycle.Skip(f"request {i} not read (see its error event)")
             model = ctx.model
             sent = lifecycle.sent(ctx, outcome)
             problems = validate_rewrite(req.api, sent, ctx.original) if sent is not None and sent is not ctx.original else []

@@ -5,6 +5,7 @@ another replica. The Runtime calls these; a lone proxy (SQLite) takes none of th
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from typing import Any
 
@@ -17,8 +18,6 @@ def name(settings, state) -> str | None:
     if settings.state.replica:
         return settings.state.replica
     if getattr(state, "shared", False):
-        import socket
-
         return f"{socket.gethostname()}:{os.getpid()}"
     return None
 

@@ -13,11 +13,16 @@ import orjson
 
 from . import collector, replicas
 from .bodies import BodyRing, record
+from .boundedpool import BoundedExecutor
 from .events import EventBus, JsonlLog
+from .history import Conversations
 from .home import ensure_home, secret_file
 from .pluginmanager import check_stage_names, make_plugin_manager, stage_order
-from .settings import Settings, load_settings
+from .prefixparse import RecentBodies
+from .settings import Settings, _deep_merge, load_settings
+from .stagebudgets import StageTimes
 from .state import open_state
+from .tokens import TokenCounter
 
 
 class Runtime:
@@ -58,8 +63,6 @@ class Runtime:
         self.stage_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cw-stage")
         self.core_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cw-core")
         # bounded: under a load the turn workers cannot follow, the oldest waiting turns are dropped
-        from .boundedpool import BoundedExecutor
-
         self.turn_pool = BoundedExecutor(max(1, settings.pipeline.turn_workers), settings.pipeline.turn_queue,
                                          "cw-turn", on_drop=self._turn_dropped)
         self._turn_drop_emitted = 0.0
@@ -68,13 +71,9 @@ class Runtime:
         self.bypass: set[str] = set(stored_bypass or [])
         self._seen_shared = (persisted, stored_bypass)  # (overrides, bypass) as last read from the store
         self.bodies = BodyRing()
-        from .history import Conversations
-
         # what the proxy remembers about each conversation: its messages' bytes, typed messages, per-message
         # results, the stages' slots (history.py)
         self.conversations = Conversations()
-        from .prefixparse import RecentBodies
-
         # recent bodies' histories, not decoded again (pipeline.prepare): one per conversation in flight
         self.recent = RecentBodies(max(8, settings.pipeline.recent_conversations))
         self._tokens = None
@@ -83,8 +82,6 @@ class Runtime:
         # the stage breaker: stage name -> (its call still running past its budget, when it started)
         self._overrun: dict[str, tuple[Any, float]] = {}
         self._overrun_lock = threading.Lock()
-        from .stagebudgets import StageTimes
-
         self.stage_times = StageTimes()  # each stage's recent durations: its adaptive budget
         self._gc_settled_memory = False
         self._gc_unsubscribe = None
@@ -162,8 +159,6 @@ class Runtime:
         if self._tokens is None:
             with self._lock:
                 if self._tokens is None:
-                    from .tokens import TokenCounter
-
                     self._tokens = TokenCounter(self.settings.tokens, self.state, self.bus)
         return self._tokens
 
@@ -188,8 +183,6 @@ class Runtime:
 
     def apply_overrides(self, overrides: dict[str, Any], persist: bool = False) -> Settings:
         """Change settings at run time (from the TUI): applies to new requests only."""
-        from .settings import _deep_merge
-
         merged = _deep_merge(self.overrides, overrides)
         settings = load_settings(self.profile, self.home, overrides=merged)
         check_stage_names(self.pm, settings.pipeline)

@@ -1,7 +1,7 @@
 """The one redaction pass for what leaves the request path to be stored or shown.
 
 Events (the JSONL log and the TUI's stream), exports and the inspector's bodies go through
-:func:`scrub`: every string in them gets :func:`contextwarden.memory.secrets.redact_secrets` (the same
+:func:`scrub`: every string in them gets :func:`contextwarden.redact.redact_secrets` (the same
 patterns memory uses, URL query credentials included), a string whose member's name says it is a secret
 (``{"db_password": ...}``, a tool call's input) is replaced whole, and every ``headers`` list or mapping
 has the value of each credential-like header (by name or by value) replaced. Structures are copied where
@@ -19,8 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from .lru import LRU
-from .memory.secrets import field_names_secret, redact_field, redact_text
-from .redact import REDACTED, is_secret_header
+from .redact import REDACTED, field_names_secret, is_secret_header, redact_field, redact_text
 
 _MIN = 8  # no secret pattern matches fewer characters
 _CACHE_MAX_LEN = 512

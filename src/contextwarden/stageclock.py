@@ -1,4 +1,4 @@
-"""What a request's stage thread is doing now, for the event loop's watchdog (pipeline.Pipeline.process).
+"""What a request's stage thread is doing now, for the event loop's watchdog (pipeline.Pipeline.admit_and_process).
 
 A request's stages run one after another on ONE worker thread (one trip from the event loop and back,
 instead of one per stage: under load, each trip waited for the OS to schedule a thread and for the

@@ -28,7 +28,7 @@ from typing import Any
 from .conversation import Turn, input_hint, shorten
 from .dialects import dialect
 from .memory.ids import memory_id
-from .memory.secrets import redact_text
+from .redact import redact_text
 from .scrub import scrub
 
 # (key, heading, share of the character budget). Order is the order in the text, and the priority

@@ -29,7 +29,6 @@ Calibration
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import re
@@ -44,6 +43,7 @@ import tiktoken
 
 from .dialects import Dialect, dialect
 from .dialects.base import BLOCK_OVERHEAD, CHARS_PER_TOKEN, MESSAGE_OVERHEAD
+from .lru import memoized
 from .models.base import ApiKind
 from .validate import aligned_raw
 
@@ -60,7 +60,7 @@ CAL_REFRESH_S = 5.0  # with a shared state: how often the factors other replicas
 CALIBRATION_NS = "calibration"
 
 
-@functools.lru_cache(maxsize=256)
+@memoized(256)
 def encoding_name_for(model: str | None, default: str) -> str:
     """The tiktoken encoding used to count ``model``'s tokens."""
     if model and _OPENAI_MODEL.match(model.strip()):

@@ -55,7 +55,7 @@ def test_credentials_forwarded_in_order_and_never_stored(route: Route, standin):
     for e in reqs:
         for k, v in e["data"]["headers"]:
             if k.lower() in ("x-api-key", "authorization"):
-                assert v == "[redacted]"
+                assert v == "[REDACTED:header]"
     route.proxy.mark()  # flush
     for secret in (api_key, oauth, openai_key, n + "-AA", n + "-BB", n + "-CC"):
         assert not route.proxy.leaks(secret), f"credential {secret[:14]}... found in {route.proxy.leaks(secret)}"

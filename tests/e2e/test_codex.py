@@ -161,7 +161,7 @@ def test_codex_websocket_tool_loop_through_the_stages(ws_proxy, codex_standin, c
         d = e["data"]
         assert d["api"] == "openai_responses" and d["mode"] == "active" and d["host"] == "api.openai.com"
         assert d["session_source"] == "prompt_cache_key"
-        assert all(v == "[redacted]" for k, v in d["headers"] if k.lower() == "authorization" or k.lower().startswith("x-codex-"))
+        assert all(v == "[REDACTED:header]" for k, v in d["headers"] if k.lower() == "authorization" or k.lower().startswith("x-codex-"))
     responses = ws_proxy.wait_events(lambda e: e["type"] == "response" and e["data"].get("transport") == "websocket",
                                      n=len(creates), since=since)
     assert [e["flow_id"] for e in responses] == [e["flow_id"] for e in reqs]

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.support.proxy import ProxyProcess
 from tests.support.upstream import StandIn
+from tests.support.wait import wait_until
 
 ENV = {"CONTEXTWARDEN_MEMORY__ENABLED": "false"}
 BODY = {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True,
@@ -55,18 +55,16 @@ def test_the_engine_reads_requests_and_answers_comes_back_and_stops_with_mitmdum
             assert os.getsid(engine) == engine != os.getsid(proxy.proc.pid)
             ask_and_read(proxy)  # in the engine: mitmdump's process has no runtime
             os.kill(engine, signal.SIGKILL)
-            deadline = time.monotonic() + 60
-            while proxy.alive and (not engines(proxy.proc.pid) or engines(proxy.proc.pid) == [engine]):
+
+            def respawned() -> bool:
                 ask(proxy)  # forwarded (unchanged while no engine answers) until a new one runs
-                assert time.monotonic() < deadline, "no new engine"
-                time.sleep(0.2)
+                return not proxy.alive or engines(proxy.proc.pid) not in ([], [engine])
+            assert wait_until(respawned, 60, interval=0.2), "no new engine"
             [again] = engines(proxy.proc.pid)
             assert again != engine and proxy.alive
             ask_and_read(proxy)  # the new engine's work
-            t = time.monotonic()
             proxy.proc.send_signal(signal.SIGTERM)
-            proxy.wait_stopped(30)
-            assert time.monotonic() - t < 10
+            assert proxy.wait_stopped(30) != -signal.SIGKILL  # it exited on SIGTERM, not killed past 30 s
         finally:
             proxy.stop()
     assert not Path(f"/proc/{again}").exists() or b"zombie" in Path(f"/proc/{again}/status").read_bytes().lower()
@@ -93,13 +91,12 @@ def test_a_hung_engine_lets_requests_go_unchanged_and_says_so(tmp_path):
             ask_and_read(proxy)
             os.kill(engine, signal.SIGSTOP)  # alive, answering nothing
             try:
-                t = time.monotonic()
                 ask(proxy)  # the client's own request went upstream after the link's timeout
-                assert 2 <= time.monotonic() - t < 30
                 assert upstream.requests("/v1/messages")[-1].json()["messages"] == BODY["messages"]
             finally:
                 os.kill(engine, signal.SIGCONT)
-            assert proxy.wait_events(lambda e: e["type"] == "error" and e["data"].get("where") == "engine link")
+            assert proxy.wait_events(lambda e: e["type"] == "error" and e["data"].get("where") == "engine link"
+                                     and e["data"].get("message") == "no answer from the engine")  # (timed out)
             assert engines(proxy.proc.pid) == [engine]  # the same engine carries on
             ask_and_read(proxy)
         finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tests.e2e.conftest import expected_upstream_headers, route_for
 from tests.e2e.test_transparency import CASES, _fresh, _fresh_key, headers_for
 from tests.support import rawhttp
 from tests.support.proxy import MITMDUMP, SCRIPT, ProxyProcess
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -46,10 +46,8 @@ def _run_marked(cmd: list[str], home: Path, timeout: float = 120) -> tuple[subpr
     mark = uuid.uuid4().hex
     env = {**os.environ, "CW_TEST_MARK": mark, "CONTEXTWARDEN_HOME": str(home)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while _marked_pids(mark) and time.monotonic() < deadline:  # its engine ends after it, on its socket's close
-        time.sleep(0.05)
-    assert not _marked_pids(mark), "the failed start left processes behind"
+    # its engine ends after it, on its socket's close
+    assert wait_until(lambda: not _marked_pids(mark), 30), "the failed start left processes behind"
     return done, done.stdout + done.stderr
 
 

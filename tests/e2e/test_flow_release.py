@@ -3,7 +3,6 @@ no full collection is needed for its request and response bodies to go (issue 19
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -11,6 +10,7 @@ import pytest
 
 from tests.support.proxy import ProxyProcess
 from tests.support.upstream import StandIn
+from tests.support.wait import wait_until
 
 FLOWWATCH = Path(__file__).resolve().parents[1] / "support" / "flowwatch.py"
 
@@ -27,12 +27,13 @@ def _alive_after(proxy: ProxyProcess, requests: int, wait_s: float) -> dict:
             other.post("/v1/messages", json=body, headers=headers)
         with httpx.Client(base_url=proxy.url, timeout=30) as other:
             other.post("/v1/messages", json=body, headers=headers, params={"stream": "1"})
-        deadline = time.monotonic() + wait_s
-        while True:
-            seen = httpx.get(proxy.url + "/__flowwatch", timeout=30).json()
-            if not seen["alive"] or time.monotonic() > deadline:
-                return seen
-            time.sleep(0.2)
+        seen: dict = {}
+
+        def freed() -> bool:
+            seen.update(httpx.get(proxy.url + "/__flowwatch", timeout=30).json())
+            return not seen["alive"]
+        wait_until(freed, wait_s, interval=0.2)
+        return seen
 
 
 @pytest.mark.parametrize("release", [True, False])

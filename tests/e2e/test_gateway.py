@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 import urllib.error
 import urllib.request
 
@@ -27,6 +26,7 @@ from tests.support.proxy import ProxyProcess, free_port
 from tests.support.redis_server import RedisServer
 from tests.support.stages import anthropic_tool_loop
 from tests.support.upstream import StandIn
+from tests.support.wait import wait_until
 
 REQUESTS = 14
 KILL_AFTER = 9  # replica A is killed after serving request 9; a fresh replica takes its place
@@ -157,10 +157,7 @@ def test_replicas_on_redis_send_what_one_proxy_sends(tmp_path):
             # -- Redis is back (same data): the session's decisions apply again, without a restart
             redis.start()
             for port in (ports["B"], ports["C"]):  # a load balancer's readiness probe (also what notices it is back)
-                deadline = time.monotonic() + 20
-                while ready(port)[0] != 200:
-                    assert time.monotonic() < deadline, "the replica never saw Redis back"
-                    time.sleep(0.2)
+                assert wait_until(lambda: ready(port)[0] == 200, 20, interval=0.2), "the replica never saw Redis back"
             got[REQUESTS] = send(b, REQUESTS, standin)
             assert got[REQUESTS] == reference[REQUESTS], "after Redis came back the session must resume its decisions"
             assert ready(ports["C"])[0] == 200

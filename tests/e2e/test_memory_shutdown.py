@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import time
 import uuid
 
 import httpx
 
 from tests.support.proxy import ProxyProcess
 from tests.support.upstream import StandIn
+from tests.support.wait import wait_until
 
 ENV = {"CONTEXTWARDEN_MEMORY__SHUTDOWN_FLUSH_S": "1", "CONTEXTWARDEN_MEMORY__INGEST_BATCH": "16"}
 
@@ -63,22 +63,14 @@ def test_sigterm_after_a_burst_of_ingestion_is_quick_and_the_rest_is_stored_at_t
                     assert r.status_code == 200
             # every turn reached the memory process's pending table (stored, not yet all embedded)
             assert proxy.wait_events(lambda e: e["type"] == "turn", 6, timeout=60)
-            deadline = time.monotonic() + 30
-            while _pending(proxy.home) <= 0 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            t0 = time.monotonic()
+            wait_until(lambda: _pending(proxy.home) > 0, 30, interval=0.1)
             proxy.proc.send_signal(signal.SIGTERM)
-            code = proxy.wait_stopped(30)
-            took = time.monotonic() - t0
+            code = proxy.wait_stopped(30)  # (killed past 30 s)
         finally:
             proxy.stop()
-        print(f"SIGTERM to exit: {took:.2f} s")
-        assert code is not None and took < 30, took
+        assert code is not None and code != -signal.SIGKILL, code  # it exited on SIGTERM, not killed
         assert proxy.events("shutdown", wait=0)
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(pid)
+        assert wait_until(lambda: not _alive(pid), 10, interval=0.1)
         left = _pending(proxy.home)
         assert left > 0, "the burst was all stored before the shutdown: nothing left to recover"
 
@@ -90,10 +82,7 @@ def test_sigterm_after_a_burst_of_ingestion_is_quick_and_the_rest_is_stored_at_t
             recovered = again.wait_events(lambda e: e["type"] == "memory" and e["data"].get("recovered"),
                                           since=mark, timeout=60)
             assert recovered and recovered[0]["data"]["recovered"] == left
-            deadline = time.monotonic() + 600
-            while _pending(again.home) > 0 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert _pending(again.home) == 0
+            assert wait_until(lambda: _pending(again.home) == 0, 600, interval=0.1)
             stored = again.wait_events(lambda e: e["type"] == "memory" and "ingested" in e["data"], since=mark)
             assert sum(e["data"]["items"] for e in stored) >= left
         finally:

@@ -27,6 +27,7 @@ from websockets.sync.client import connect
 
 from contextwarden.liveprotocol import INFO_FILE, TOKEN_HEADER
 from tests.support.proxy import ProxyProcess
+from tests.support.wait import wait_until
 from tests.test_memory_secrets import _alnum, _windows, planted
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,19 +96,15 @@ def _wait_ingested(proxy: ProxyProcess, since: int, turns: int, timeout: float =
     done = proxy.wait_events(lambda e: e["type"] == "turn", turns, since=since, timeout=timeout)
     assert len(done) >= turns, f"{len(done)} of {turns} turns completed"
     last_turn = done[-1]["seq"]
-    deadline = time.monotonic() + timeout
-    seen, quiet_since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        ingested = proxy.events("memory", since=since, wait=0)
-        ingested = [e for e in ingested if "ingested" in e["data"]]
-        latest = ingested[-1] if ingested else None
-        if latest is not None and (seen is None or latest["seq"] != seen["seq"]):
-            seen, quiet_since = latest, time.monotonic()
-        if seen is not None and seen["seq"] > last_turn and seen["data"].get("queued") == 0 \
-                and time.monotonic() - quiet_since >= quiet:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"memory did not finish storing {turns} turns; last: {seen}")
+    seen: list = [None, time.monotonic()]  # the latest "ingested" event, and when it came
+
+    def stored() -> bool:
+        ingested = [e for e in proxy.events("memory", since=since, wait=0) if "ingested" in e["data"]]
+        if ingested and (seen[0] is None or ingested[-1]["seq"] != seen[0]["seq"]):
+            seen[:] = [ingested[-1], time.monotonic()]
+        return seen[0] is not None and seen[0]["seq"] > last_turn and seen[0]["data"].get("queued") == 0 \
+            and time.monotonic() - seen[1] >= quiet
+    assert wait_until(stored, timeout, interval=0.1), f"memory did not finish storing {turns} turns; last: {seen[0]}"
 
 
 class TuiTap:
@@ -141,12 +138,9 @@ class TuiTap:
     def command(self, timeout: float = 30, **cmd) -> dict:
         cmd["id"] = n = len(self._replies) + 1000 + int(time.monotonic() * 1000) % 100000
         self.ws.send(json.dumps(cmd))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if n in self._replies:
-                return self._replies[n]
-            time.sleep(0.05)
-        raise AssertionError(f"no reply to {cmd}")
+        reply = wait_until(lambda: self._replies.get(n), timeout)
+        assert reply, f"no reply to {cmd}"
+        return reply
 
     def events(self) -> int:
         n = 0
@@ -236,8 +230,7 @@ def test_no_secret_on_disk_in_the_logs_the_output_or_the_tui_stream(proxies, sta
     flow = next(e["flow_id"] for e in reversed(evs) if e["type"] == "request" and e["session"] == session)
     assert "original" in tap.command(cmd="bodies", flow_id=flow).get("result", {})
     assert tap.command(cmd="export", session=session).get("result", {}).get("requests")
-    time.sleep(0.3)
-    assert tap.events() > 0
+    assert wait_until(lambda: tap.events() > 0, 5)
     tui = tap.blob()
     tap.close()
     proxy.stop()  # the log flushed, Chroma closed, the lexical snapshot written
@@ -339,19 +332,14 @@ def test_documented_mitmdump_command_listens_on_loopback_only(tmp_path):
     p = DocumentedCommand(tmp_path / "doc", name="doc", profile="observe-only")
     p.launch()
     try:
-        deadline = time.monotonic() + 90
-        port = None
-        while time.monotonic() < deadline and port is None:
+        def listening() -> int | None:
             out = p.output_text()
-            ok = re.findall(r"HTTP\(S\) proxy listening at 127\.0\.0\.1:(\d+)", out)
-            if ok and ("contextwarden: listening on 127.0.0.1" in out):
-                port = int(ok[-1])
             assert p.proc.poll() is None, out[-3000:]
-            time.sleep(0.1)
+            ok = re.findall(r"HTTP\(S\) proxy listening at 127\.0\.0\.1:(\d+)", out)
+            return int(ok[-1]) if ok and ("contextwarden: listening on 127.0.0.1" in out) else None
+        port = wait_until(listening, 90, interval=0.1)
         assert port, p.output_text()[-3000:]
-        time.sleep(0.3)
-        out = p.output_text()
-        assert "contextwarden: listening on 127.0.0.1 only" in out  # said at start
+        assert wait_until(lambda: "contextwarden: listening on 127.0.0.1 only" in p.output_text(), 5)  # said at start
         addrs = _listening(port)
         assert addrs and all(a in ("0100007F", "00000000000000000000000001000000") for a in addrs), addrs
         with socket.create_connection(("127.0.0.1", port), timeout=2):

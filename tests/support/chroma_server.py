@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from .proxy import free_port
+from .wait import wait_until
 
 
 class ChromaServer:
@@ -27,16 +27,20 @@ class ChromaServer:
         self.proc = subprocess.Popen([str(exe), "run", "--path", str(self.path), "--host", "127.0.0.1", "--port", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      env={**os.environ, "ANONYMIZED_TELEMETRY": "False"})
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/api/v2/heartbeat", timeout=1).read()
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.__exit__()
-                    raise RuntimeError("chroma server did not start") from None
-                time.sleep(0.2)
+        if not wait_until(self._up, 60, interval=0.2):
+            self.__exit__()
+            raise RuntimeError("chroma server did not start")
+        return self
+
+    def _up(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"chroma server exited with {self.proc.returncode}")
+        try:
+            urllib.request.urlopen(f"{self.url}/api/v2/heartbeat", timeout=1).read()
+            return True
+        except OSError:
+            return False
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None:

@@ -68,7 +68,7 @@ def provider_args(base_url: str) -> list[str]:
             "-c", 'model_providers.cw.env_key="OPENAI_API_KEY"']
 
 
-def run_codex(binary: Path, tmp_path: Path, extra_env: dict[str, str], prompt: str, *, args: list[str] = (),
+def run_codex(binary: Path, tmp_path: Path, extra_env: dict[str, str], prompt: str, *, args: tuple[str, ...] | list[str] = (),
               files: dict[str, str] | None = None, login: bool = True, model: str = "gpt-5-codex",
               timeout: float = 90) -> subprocess.CompletedProcess:
     """``codex exec <prompt>`` in a fresh working directory holding ``files`` (name -> text), with a

@@ -179,7 +179,7 @@ def chat_bodies(draw, session: str | None = None) -> dict[str, Any]:
         if t == n_turns - 1 and draw(st.booleans()):
             break
         for r in range(draw(st.integers(0, 3))):
-            calls = []
+            calls: list[dict[str, Any]] = []
             for _ in range(draw(st.integers(1, 3))):
                 name = draw(st.sampled_from(TOOLS))
                 calls.append({"id": f"call_{seed}_{next(ids)}", "type": "function",
@@ -321,7 +321,8 @@ def _only_memory_added(new: dict, old: dict) -> bool:
     """The memory stage appends one block to the last user message; anything else is a change."""
     if new.get("role") != old.get("role"):
         return False
-    nb, ob = new.get("content"), old.get("content")
+    nb: Any = new.get("content")
+    ob: Any = old.get("content")
     if isinstance(ob, str):
         ob = [{"type": "text", "text": ob}]
     if isinstance(nb, str):

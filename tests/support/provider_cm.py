@@ -44,7 +44,7 @@ def _edit_problems(i: int, e: Any, betas: set[str]) -> list[str]:
     at = f"context_management.edits.{i}"
     if not isinstance(e, dict):
         return [f"{at}: Input should be an object"]
-    t = e.get("type")
+    t: Any = e.get("type")
     need = {CLEAR_TOOL_USES: CONTEXT_BETA, CLEAR_THINKING: CONTEXT_BETA, COMPACT: COMPACT_BETA}.get(t)
     if need is None:
         return [f"{at}.type: Input tag '{t}' found using 'type' does not match any of the expected tags"]
@@ -125,7 +125,7 @@ def responses_problems(si, body: dict) -> list[str]:
                     out.append(f"context_management[{i}].type: only 'compaction' is supported")
                 elif not isinstance(e.get("compact_threshold"), int) or e["compact_threshold"] <= 0:
                     out.append(f"context_management[{i}].compact_threshold: a positive integer is required")
-    items = body.get("input") if isinstance(body.get("input"), list) else []
+    items: list[Any] = body["input"] if isinstance(body.get("input"), list) else []
     for i, it in enumerate(items):
         t = it.get("type") if isinstance(it, dict) else None
         if t == "compaction_trigger" and i != len(items) - 1:
@@ -191,7 +191,7 @@ def anthropic_managed(si, body: dict, est: int) -> Managed:
     return g
 
 
-def iterations(g: Managed, usage: dict) -> list[dict]:
+def iterations(g: Managed, usage: dict) -> list[dict | None]:
     """``usage.iterations``: the compaction, then the sampling whose counts the top-level fields repeat."""
     keys = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     return [g.compaction_usage, {"type": "message", **{k: usage.get(k, 0) for k in keys}}]
@@ -206,7 +206,7 @@ def compaction_item(si) -> dict:
 def responses_compacts(body: dict, est: int) -> bool:
     """Whether a Responses request is compacted: a ``compaction_trigger`` last, or above a
     ``compact_threshold``."""
-    items = body.get("input") if isinstance(body.get("input"), list) else []
+    items: list[Any] = body["input"] if isinstance(body.get("input"), list) else []
     if items and isinstance(items[-1], dict) and items[-1].get("type") == "compaction_trigger":
         return True
     cm = body.get("context_management")
@@ -216,7 +216,7 @@ def responses_compacts(body: dict, est: int) -> bool:
 
 def compacted_response(si, body: dict, usage: dict) -> dict:
     """``POST /v1/responses/compact``'s answer: the user messages, then one compaction item."""
-    items = body.get("input") if isinstance(body.get("input"), list) else []
+    items: list[Any] = body["input"] if isinstance(body.get("input"), list) else []
     users = [it for it in items if isinstance(it, dict) and it.get("role") == "user"]
     return {"id": "resp_" + secrets.token_hex(8), "object": "response.compaction", "created_at": 0,
             "output": [*users, compaction_item(si)], "usage": usage}

@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .wait import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "addons" / "contextwarden.py"
 REDIRECT = Path(__file__).resolve().parent / "redirect.py"
@@ -118,18 +120,18 @@ class ProxyProcess:
                                          env=env, cwd=ROOT, start_new_session=True)
 
     def wait_ready(self) -> None:
-        deadline = self._t_launch + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ProxyStartError(f"mitmdump exited with {self.proc.returncode}:\n{self.output_text()[-4000:]}")
-            if self.port is None:
-                m = _LISTENING.search(self.output_text())
-                if m:
-                    self.port = int(m.group(1))
-            if self.port is not None and _accepts(self.port) and (self.script is None or self._ready()):
-                return
-            time.sleep(0.05)
-        raise ProxyStartError(f"mitmdump did not start in {self.startup_timeout:.0f} s:\n{self.output_text()[-4000:]}")
+        if not wait_until(self._started, self._t_launch + self.startup_timeout - time.monotonic()):
+            raise ProxyStartError(f"mitmdump did not start in {self.startup_timeout:.0f} s:\n{self.output_text()[-4000:]}")
+
+    def _started(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise ProxyStartError(f"mitmdump exited with {self.proc.returncode}:\n{self.output_text()[-4000:]}")
+        if self.port is None:
+            m = _LISTENING.search(self.output_text())
+            if m:
+                self.port = int(m.group(1))
+        return self.port is not None and _accepts(self.port) and (self.script is None or self._ready())
 
     def _ready(self) -> bool:
         seen = {e["type"] for e in self._read_events()}
@@ -200,22 +202,18 @@ class ProxyProcess:
     def events(self, type: str | None = None, *, since: int = 0, wait: float = 0.5, **match) -> list[dict]:
         """Parsed events (optionally of one ``type``, after the ``since`` mark, whose ``data`` has ``match``'s
         values), waiting up to ``wait`` seconds for at least one to be written."""
-        deadline = time.monotonic() + wait
-        while True:
-            evs = [e for e in self._read_events()[since:] if (type is None or e["type"] == type)
-                   and all((e.get("data") or {}).get(k) == v for k, v in match.items())]
-            if evs or time.monotonic() >= deadline:
-                return evs
-            time.sleep(0.05)
+        return wait_until(lambda: [e for e in self._read_events()[since:] if (type is None or e["type"] == type)
+                                   and all((e.get("data") or {}).get(k) == v for k, v in match.items())], wait)
 
     def wait_events(self, predicate, n: int = 1, *, since: int = 0, timeout: float = 15.0) -> list[dict]:
         """Wait until ``n`` events after ``since`` satisfy ``predicate``; returns the matching events."""
-        deadline = time.monotonic() + timeout
-        while True:
-            evs = [e for e in self._read_events()[since:] if predicate(e)]
-            if len(evs) >= n or time.monotonic() >= deadline:
-                return evs
-            time.sleep(0.05)
+        evs: list[dict] = []
+
+        def enough() -> bool:
+            evs[:] = [e for e in self._read_events()[since:] if predicate(e)]
+            return len(evs) >= n
+        wait_until(enough, timeout)
+        return evs
 
     def flow_id(self, path_contains: str, *, since: int = 0, timeout: float = 15.0) -> str | None:
         """The flow id of the ``request`` event whose path contains ``path_contains`` (make it unique)."""
@@ -231,14 +229,13 @@ class ProxyProcess:
         """The number of events written so far; pass it as ``since`` to see only later ones."""
         # what earlier requests queued is written once the log stops growing (a loaded machine schedules
         # the log's writer thread late)
-        deadline = time.monotonic() + 3.0
-        n = len(self._read_events())
-        while True:
-            time.sleep(0.15)
-            m = len(self._read_events())
-            if m == n or time.monotonic() >= deadline:
-                return m
-            n = m
+        counts: list[int] = []
+
+        def settled() -> bool:
+            counts.append(len(self._read_events()))
+            return len(counts) > 1 and counts[-1] == counts[-2]
+        wait_until(settled, 3.0, interval=0.15)
+        return counts[-1]
 
     def leaks(self, secret: str) -> list[str]:
         """Where ``secret`` was written: files anywhere under cw_home, and mitmdump's stdout/stderr."""

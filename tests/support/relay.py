@@ -34,7 +34,7 @@ class WireRequest:
 
 def parse_requests(stream: bytes) -> list[WireRequest]:
     """The HTTP/1.x requests in one connection's client-to-server bytes (a trailing partial one is left out)."""
-    out = []
+    out: list[WireRequest] = []
     pos = 0
     while True:
         end = stream.find(b"\r\n\r\n", pos)

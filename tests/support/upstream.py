@@ -57,6 +57,7 @@ from typing import Any
 import zstandard
 
 from . import provider_cm
+from .wait import wait_until
 
 _ids = itertools.count(1)
 
@@ -115,7 +116,7 @@ class _Encoder:
     def __init__(self, encoding: str | None) -> None:
         self.encoding = encoding
         if encoding == "gzip":
-            self._c = zlib.compressobj(wbits=31)
+            self._c: Any = zlib.compressobj(wbits=31)
         elif encoding == "zstd":
             self._c = zstandard.ZstdCompressor().compressobj()
         else:
@@ -233,12 +234,13 @@ class StandIn:
 
     def wait_for(self, n: int, route: str | None = None, timeout: float = 10.0) -> list[Recorded]:
         """Wait until at least ``n`` requests (to ``route``) were received and answered."""
-        deadline = time.monotonic() + timeout
-        while True:
-            recs = [r for r in self.requests(route) if r.t_done is not None]
-            if len(recs) >= n or time.monotonic() > deadline:
-                return recs
-            time.sleep(0.02)
+        recs: list[Recorded] = []
+
+        def enough() -> bool:
+            recs[:] = [r for r in self.requests(route) if r.t_done is not None]
+            return len(recs) >= n
+        wait_until(enough, timeout, interval=0.02)
+        return recs
 
     def _record(self, rec: Recorded) -> None:
         with self._lock:
@@ -401,7 +403,7 @@ def _out_tokens(plan: _Plan) -> int:
 def anthropic_events(si: StandIn, body: dict, decoded: bytes) -> list[bytes]:
     plan, g = _anthropic_managed(si, body, decoded)
     usage = _anthropic_usage(si, body, decoded, g)
-    msg = {"id": _id("msg_"), "type": "message", "role": "assistant", "model": body.get("model") or "claude-sonnet-4-5",
+    msg: dict[str, Any] = {"id": _id("msg_"), "type": "message", "role": "assistant", "model": body.get("model") or "claude-sonnet-4-5",
            "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
     out = [_sse("message_start", {"type": "message_start", "message": msg})]
     index = 0
@@ -709,7 +711,7 @@ def _chat_problems(body: dict) -> list[str]:
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         return ["messages: at least one message is required"]
-    pending: set[str] = set()
+    pending: set[Any] = set()
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             problems.append(f"messages[{i}]: not an object")
@@ -791,7 +793,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            parts = []
+            parts: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -893,7 +895,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
         self.wfile.flush()
 
-    def _json(self, rec: Recorded, status: int, obj: Any, extra: list[tuple[str, str]] = ()) -> None:
+    def _json(self, rec: Recorded, status: int, obj: Any, extra: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> None:
         enc = self._encoding(rec)
         data = _Encoder(enc).whole(json.dumps(obj).encode())
         headers = [("Content-Type", "application/json"), ("request-id", _id("req_")), *extra]

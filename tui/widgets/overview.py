@@ -29,13 +29,8 @@ def traffic_table(store: Store, now: float) -> Group:
     tot = store.totals
     t = _grid()
     t.add_row("uptime", fmt.duration(store.uptime(now)) if store.runtime_started else "–")
-    t.add_row("requests", fmt.num(tot.requests))
-    t.add_row("turns", fmt.num(tot.turns))
-    t.add_row("rewritten", fmt.num(tot.rewritten))
-    t.add_row("compactions", fmt.num(tot.compactions))
-    t.add_row("clearings", fmt.num(tot.clearings))
-    t.add_row("compressions", fmt.num(tot.compressions))
-    t.add_row("memory injections", fmt.num(tot.memory_injections))
+    for label in ("requests", "turns", "rewritten", "compactions", "clearings", "compressions", "memory injections"):
+        t.add_row(label, fmt.num(getattr(tot, label.replace(" ", "_"))))
     if tot.memory_stored or tot.memory_pending or tot.memory_dropped:
         # memory's ingestion: what it stored, what still waits to be embedded (the lag), what it dropped
         t.add_row("memory stored", fmt.num(tot.memory_stored))
@@ -60,11 +55,10 @@ def traffic_table(store: Store, now: float) -> Group:
 def tokens_table(store: Store) -> Group:
     tot = store.totals
     t = _grid()
-    t.add_row("in (as the client sent)", fmt.num(tot.tokens_in))
-    t.add_row("sent upstream", fmt.num(tot.tokens_sent))
-    t.add_row("freed (clear+compact)", fmt.num(tot.tokens_freed))
-    t.add_row("saved by compression", fmt.num(tot.compression_saved))
-    t.add_row("memory injected", fmt.num(tot.memory_tokens))
+    for label, attr in (("in (as the client sent)", "tokens_in"), ("sent upstream", "tokens_sent"),
+                        ("freed (clear+compact)", "tokens_freed"), ("saved by compression", "compression_saved"),
+                        ("memory injected", "memory_tokens")):
+        t.add_row(label, fmt.num(getattr(tot, attr)))
     u = _grid()
     u.add_row("input · output", f"{fmt.num(tot.usage_input)} · {fmt.num(tot.usage_output)}")
     u.add_row("cache write · read", f"{fmt.num(tot.usage_cache_write)} · {fmt.num(tot.usage_cache_read)}")

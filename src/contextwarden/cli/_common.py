@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -19,16 +20,9 @@ def home_of(args) -> Path:
     return Path(args.home).expanduser() if getattr(args, "home", None) else default_home()
 
 
-def checked_settings(args):
-    """The profile's settings, checked against the stages loaded with ``args.plugins`` (an unknown stage
-    is a SettingsError), and the warnings about their order."""
-    from contextwarden.pluginmanager import check_stage_names, make_plugin_manager, order_warnings
-    from contextwarden.settings import load_settings
-
-    settings = load_settings(args.profile, home_of(args))
-    pm = make_plugin_manager(getattr(args, "plugins", None))
-    check_stage_names(pm, settings.pipeline)
-    return settings, order_warnings(pm, settings.pipeline)
+def credential_from(args) -> str | None:
+    """The caller's credential: ``--api-key``, else ``$CONTEXTWARDEN_CREDENTIAL``."""
+    return getattr(args, "api_key", None) or os.environ.get("CONTEXTWARDEN_CREDENTIAL") or None
 
 
 def add_plugins(p: argparse.ArgumentParser) -> None:
@@ -43,12 +37,6 @@ def cli_name() -> str:
     if found is not None and (not mine.exists() or Path(found).absolute() == mine):
         return "contextwarden"
     return str(mine) if mine.exists() else f"{Path(sys.executable).absolute()} -m contextwarden"
-
-
-def script_path() -> Path:
-    import contextwarden.addons as addons
-
-    return Path(addons.__file__).parent / "contextwarden.py"
 
 
 def mitmproxy_confdir(confdir: str | None = None) -> Path:

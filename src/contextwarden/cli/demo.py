@@ -1,28 +1,178 @@
-"""``contextwarden demo``: the proxy against a local stand-in, with a scripted session, in one command."""
+"""``contextwarden demo``: the proxy against a local stand-in, with a scripted session, in one command.
+
+Its two ends: a local stand-in for Anthropic's Messages API and a scripted coding session that sends its
+requests through the proxy. The session reads one generated source file per turn (a tool call and its
+~1.5K-token result), so with the ``demo`` profile's small window the history crosses clearing's trigger
+after a few turns and compaction's thresholds after a few more. Its last question is about the first
+file, whose result was cleared long before: the stand-in's answer names that file's path, and recall
+puts the original back into the next request. Nothing leaves the machine: no key, no provider.
+"""
 
 from __future__ import annotations
 
+import http.client
+import http.server
+import itertools
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from ..tui.app import ContextWardenApp
+from ..tui.client import LiveClient
 from ._common import cli_name, home_of
 
 START_S = 300  # the proxy's first start: imports, tokenizers, the memory process
+MODEL = "claude-sonnet-4-5"
+
+
+def path_of(k: int) -> str:
+    return f"src/demo/module_{k:02d}.py"
+
+
+def source_of(k: int) -> str:
+    """A file of ~1.5K tokens whose names are its own (what recall can find again)."""
+    lines = [f'"""module {k:02d}: totals and ledgers of region {k}."""', ""]
+    for j in range(24):
+        lines += [f"def compute_total_{k:02d}_{j:02d}(ledger_{k}_{j}, rate=0.{k}{j}):",
+                  f"    # region {k}, ledger {j}: sums the open items and applies rate 0.{k}{j}",
+                  f"    return sum(item.amount_{j} for item in ledger_{k}_{j}.items) * (1 + rate)", ""]
+    return "\n".join(lines)
+
+
+def _last(messages: list[dict]) -> tuple[str, Any]:
+    content = messages[-1].get("content") if messages else None
+    blocks = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
+    kinds = {b.get("type") for b in blocks if isinstance(b, dict)}
+    if "tool_result" in kinds:
+        return "tool_result", next(b for b in blocks if b.get("type") == "tool_result")
+    return "text", " ".join(b.get("text", "") for b in blocks if isinstance(b, dict))
+
+
+def answer(body: dict, n: int) -> dict:
+    """Anthropic's JSON answer: read the file the user names, then say what it holds; asked about an
+    earlier file, name it (the reference recall follows)."""
+    kind, last = _last(body.get("messages") or [])
+    if kind == "text" and "module" in last:
+        k = int(last.split("module ")[1][:2])
+        content = [{"type": "tool_use", "id": f"toolu_demo_{n:04d}", "name": "Read", "input": {"file_path": path_of(k)}}]
+        stop = "tool_use"
+    elif kind == "text":
+        content = [{"type": "text", "text": f"The totals of region 1 are computed in {path_of(1)} "
+                                            "(compute_total_01_00 and the functions after it)."}]
+        stop = "end_turn"
+    else:
+        content = [{"type": "text", "text": "Read it: the module sums each ledger's open items and applies its rate."}]
+        stop = "end_turn"
+    size = len(orjson.dumps(body))
+    return {"id": f"msg_demo_{n:04d}", "type": "message", "role": "assistant", "model": body.get("model", MODEL),
+            "content": content, "stop_reason": stop, "stop_sequence": None,
+            "usage": {"input_tokens": size // 4, "output_tokens": 40, "cache_creation_input_tokens": 0,
+                      "cache_read_input_tokens": 0}}
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 - quiet: the demo prints its own lines
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = orjson.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+        if self.path.split("?")[0] != "/v1/messages":
+            status, out = 404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}}
+        else:
+            status, out = 200, answer(body, next(self.server.count))
+        data = orjson.dumps(out)
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    count: Any = None
+
+
+class StandIn:
+    """The stand-in upstream on 127.0.0.1 (a port the OS picks), in a thread of this process."""
+
+    def __init__(self) -> None:
+        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.server.count = itertools.count(1)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="cw-demo-upstream", daemon=True)
+
+    def __enter__(self) -> StandIn:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Step:
+    turn: int
+    status: int
+    overhead_ms: str | None
+
+
+def session(proxy_port: int, turns: int, on_step=None) -> list[Step]:
+    """The scripted session through the proxy (reverse mode: the proxy is the base URL)."""
+    messages: list[dict] = []
+    steps: list[Step] = []
+    conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=120)
+
+    def send(turn: int) -> dict:
+        body = orjson.dumps({"model": MODEL, "max_tokens": 512, "messages": messages,
+                             "metadata": {"user_id": "contextwarden-demo"}})
+        conn.request("POST", "/v1/messages", body, {"content-type": "application/json", "x-api-key": "demo-key",
+                                                    "anthropic-version": "2023-06-01"})
+        resp = conn.getresponse()
+        out = orjson.loads(resp.read())
+        steps.append(Step(turn, resp.status, resp.getheader("x-contextwarden-overhead-ms")))
+        if on_step is not None:
+            on_step(steps[-1])
+        if resp.status != 200:
+            raise RuntimeError(f"the proxy answered {resp.status}: {out}")
+        messages.append({"role": "assistant", "content": out["content"]})
+        return out
+
+    try:
+        for k in range(1, turns + 1):
+            messages.append({"role": "user", "content": f"Read module {k:02d} and tell me what it does."})
+            out = send(k)
+            use = next(b for b in out["content"] if b["type"] == "tool_use")
+            messages.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": use["id"],
+                                                          "content": source_of(k)}]})
+            send(k)
+        messages.append({"role": "user", "content": "Which file computed the totals of region 1?"})
+        send(turns + 1)
+        messages.append({"role": "user", "content": "Thanks. Quote its first function."})
+        send(turns + 2)  # the request recall puts the cleared file back into
+    finally:
+        conn.close()
+    return steps
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="try it locally: a stand-in upstream, the proxy and a scripted session",
-                       description="Starts a local stand-in for Anthropic's API and the proxy (profile demo: a 16K "
-                                   "window) in reverse mode in front of it, sends a scripted coding session through "
-                                   "it (clearing, compaction, recall), prints what happened, then opens the TUI on "
-                                   "it (--no-tui: print and stop). No key, no provider, nothing leaves the machine.")
+    p = sub.add_parser("demo", description="Starts a local stand-in for Anthropic's API and the proxy (profile demo: a 16K "
+                                           "window) in reverse mode in front of it, sends a scripted coding session through "
+                                           "it (clearing, compaction, recall), prints what happened, then opens the TUI on "
+                                           "it (--no-tui: print and stop). No key, no provider, nothing leaves the machine.")
     p.add_argument("--home", default=None, help="data directory (default: a new temporary one)")
     p.add_argument("--port", type=int, default=0, help="the proxy's port (default: a free one)")
     p.add_argument("--turns", type=int, default=10, help="files the session reads (two requests each)")
@@ -61,8 +211,6 @@ def summary(events: list[dict]) -> list[str]:
 
 
 def run(args) -> int:
-    from contextwarden.demo import StandIn, session
-
     home = home_of(args) if args.home else Path(tempfile.mkdtemp(prefix="contextwarden-demo-"))
     port = args.port or _free_port()
     with StandIn() as upstream:
@@ -93,9 +241,6 @@ def run(args) -> int:
                 print(f"  the TUI on it: {cli_name()} demo (without --no-tui); on your own proxy: {cli_name()} tui")
                 return 0
             print("  opening the TUI (q quits; the proxy stops with it)")
-            from contextwarden.tui.app import ContextWardenApp
-            from contextwarden.tui.client import LiveClient
-
             ContextWardenApp(LiveClient(home)).run()
             return 0
         finally:

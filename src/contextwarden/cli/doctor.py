@@ -5,13 +5,17 @@ from __future__ import annotations
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from ..assets import check_assets
+from ..memory.embedder import load_embedder
+from ..pluginmanager import make_plugin_manager
+from ..settings import Settings, SettingsError, load_settings
 from ._common import add_home_profile, home_of, mitmproxy_confdir
 
 OK, WARN, BAD = "ok", "WARN", "BAD"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("doctor", help="check the CA, Python and mitmproxy, tokenizers, the embedding model and the data dir")
+    p = sub.add_parser("doctor")
     add_home_profile(p)
     p.add_argument("--confdir", default=None, help="mitmproxy's confdir (default ~/.mitmproxy)")
     p.set_defaults(func=run)
@@ -47,16 +51,12 @@ def checks(args) -> list[tuple[str, str, str]]:
     except OSError as e:
         out.append((BAD, "data dir", f"{home}: not writable: {e}"))
 
-    from contextwarden.settings import Settings, SettingsError, load_settings
-
     try:
         settings = load_settings(args.profile, home)
         out.append((OK, "profile", f"{settings.name}: {settings.description or '-'}"))
     except SettingsError as e:
         out.append((BAD, "profile", str(e)))
         settings = Settings()  # the defaults: the assets below are still worth checking
-
-    from contextwarden.assets import check_assets
 
     for c in check_assets(settings):
         if not c.found:
@@ -68,8 +68,6 @@ def checks(args) -> list[tuple[str, str, str]]:
 
     out.append((OK, "chromadb", f"{_v('chromadb')}; store: " + (settings.memory.chroma_url if settings.memory.chroma_url
                                                                 else f"embedded at {home / 'chroma'}")))
-    from contextwarden.pluginmanager import make_plugin_manager
-
     pm = make_plugin_manager(None)
     errs = getattr(pm, "cw_errors", {})
     out.append((_ok(not errs), "plugins", ", ".join(n for n, _ in pm.list_name_plugin()) + (f"; FAILED: {errs}" if errs else "")))
@@ -78,12 +76,7 @@ def checks(args) -> list[tuple[str, str, str]]:
 
 def _load_model(model_dir, where: str) -> tuple[str, str, str]:
     """The model's files are there: do they load? (never downloads)"""
-    try:
-        from contextwarden.memory.embedder import load_embedder
-
-        emb, msg = load_embedder(model_dir, download=False)
-    except ImportError as e:
-        return WARN, "embedding model", f"{where}, but the memory module is unavailable: {e}"
+    emb, msg = load_embedder(model_dir, download=False)
     if emb is None:
         return WARN, "embedding model", msg
     return OK, "embedding model", f"all-MiniLM-L6-v2: {emb.source}"

@@ -12,27 +12,32 @@ import json
 import sys
 import time
 
-from ._common import add_home_profile, home_of
+from ..home import ensure_home
+from ..memory.api import RecallClient
+from ..memory.embedder import load_embedder
+from ..memory.store import MemoryStore
+from ..sealing import SealError, configure
+from ..settings import SettingsError, load_settings
+from ._common import add_home_profile, credential_from, home_of
 
 ONE_WRITER = ("A local store (cw_home/chroma) allows one writer process: while a proxy runs on this home, import "
               "and delete go through it; stop it before prune, or share a Chroma server through memory.chroma_url.")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sessions", help="list the sessions in long-term memory")
+    p = sub.add_parser("sessions")
     add_home_profile(p)
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument("--limit", type=int, default=50, help="newest N sessions (0: all)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_sessions)
 
-    p = sub.add_parser("stats", help="long-term memory totals: items, tenants, sessions, size, model")
+    p = sub.add_parser("stats")
     add_home_profile(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
-    m = sub.add_parser("memory", help="export, import, prune or delete long-term memory",
-                       description="Manage long-term memory. " + ONE_WRITER)
+    m = sub.add_parser("memory", description="Manage long-term memory. " + ONE_WRITER)
     msub = m.add_subparsers(dest="memory_command", metavar="ACTION")
     m.set_defaults(func=lambda args: (m.print_help(), 2)[1])
 
@@ -62,18 +67,12 @@ def register(sub) -> None:
 
 def _open(args, write: bool = False, embed: bool = False):
     """(store, settings) or (None, None) after printing why."""
-    from contextwarden.home import ensure_home
-    from contextwarden.memory.store import MemoryStore
-    from contextwarden.settings import SettingsError, load_settings
-
     home = ensure_home(home_of(args))
     try:
         settings = load_settings(args.profile, home)
     except SettingsError as e:
         print(e, file=sys.stderr)
         return None, None
-    from contextwarden.sealing import SealError, configure
-
     try:
         configure(settings.state.key_file or None)  # stored documents are sealed when a key is set
     except SealError as e:
@@ -81,8 +80,6 @@ def _open(args, write: bool = False, embed: bool = False):
         return None, None
     embedder = None
     if embed:
-        from contextwarden.memory.embedder import load_embedder
-
         embedder, msg = load_embedder(settings.memory.model_dir)
         print(msg, file=sys.stderr)
     if not settings.memory.chroma_url and not write and not (home / "chroma").is_dir():
@@ -159,10 +156,6 @@ def cmd_export(args) -> int:
 
 def _proxy(args):
     """The running proxy's recall API client when a proxy holds this home's store, else None."""
-    from contextwarden.memory.api import RecallClient
-
-    from .recall import credential_from
-
     return RecallClient.find(home_of(args), credential_from(args))
 
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+from ..pluginmanager import describe, make_plugin_manager
+from ..settings import load_settings
 from ._common import add_home_profile, add_plugins, home_of
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plugins", help="list stages in order, their hooks and where each was loaded from")
+    p = sub.add_parser("plugins")
     add_home_profile(p)
     add_plugins(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from contextwarden.pluginmanager import describe, make_plugin_manager
-    from contextwarden.settings import load_settings
-
     settings = load_settings(args.profile, home_of(args))
     pm = make_plugin_manager(args.plugins)
     order, disabled = settings.pipeline.order, settings.pipeline.disabled

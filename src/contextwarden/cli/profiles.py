@@ -6,22 +6,37 @@ import sys
 
 import yaml
 
-from ._common import add_home_profile, add_plugins, checked_settings, home_of
+from ..pluginmanager import check_stage_names, make_plugin_manager, order_warnings
+from ..settings import Settings, SettingsError, available_profiles, load_settings
+from ._common import add_home_profile, add_plugins, home_of
 
 
 def register(sub) -> None:
-    p = sub.add_parser("profiles", help="list the profiles")
+    p = sub.add_parser("profiles")
     p.add_argument("--home", default=None)
     p.set_defaults(func=list_profiles)
-    c = sub.add_parser("config", help="print a profile's effective settings (after extends and env overrides)")
+    c = sub.add_parser("config")
     add_home_profile(c)
     add_plugins(c)
     c.set_defaults(func=show_config)
 
 
-def list_profiles(args) -> int:
-    from contextwarden.settings import available_profiles, load_settings
+def checked_settings(args) -> Settings | None:
+    """The profile's settings, checked against the stages loaded with ``args.plugins``, with the warnings
+    about their order printed; None after printing why they are invalid (an unknown stage, for one)."""
+    try:
+        settings = load_settings(args.profile, home_of(args))
+        pm = make_plugin_manager(getattr(args, "plugins", None))
+        check_stage_names(pm, settings.pipeline)
+    except SettingsError as e:
+        print(f"contextwarden: {e}", file=sys.stderr)
+        return None
+    for w in order_warnings(pm, settings.pipeline):
+        print(f"contextwarden: warning: {w}", file=sys.stderr)
+    return settings
 
+
+def list_profiles(args) -> int:
     for name, path in available_profiles(home_of(args)).items():
         try:
             desc = load_settings(path, home_of(args)).description
@@ -32,14 +47,8 @@ def list_profiles(args) -> int:
 
 
 def show_config(args) -> int:
-    from contextwarden.settings import SettingsError
-
-    try:
-        s, order = checked_settings(args)
-    except SettingsError as e:
-        print(f"contextwarden: {e}", file=sys.stderr)
+    s = checked_settings(args)
+    if s is None:
         return 2
-    for w in order:
-        print(f"contextwarden: warning: {w}", file=sys.stderr)
     print(yaml.safe_dump(s.model_dump(mode="json"), sort_keys=False), end="")
     return 0

@@ -6,13 +6,21 @@ import argparse
 import errno
 import socket
 import sys
+from importlib.util import find_spec
+from pathlib import Path
 
-from ._common import add_home_profile, add_plugins, checked_settings, cli_name, home_of, mitmproxy_confdir, script_path
+from mitmproxy.tools.main import mitmdump
+
+from ..assets import warnings
+from ..memory import service as memory_service
+from ._common import add_home_profile, add_plugins, cli_name, home_of, mitmproxy_confdir
+from .profiles import checked_settings
+
+SCRIPT = Path(str(getattr(find_spec("contextwarden.addons"), "origin", ""))).parent / "contextwarden.py"  # mitmdump's -s
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="start the proxy on 127.0.0.1:8080 with a profile",
-                       description="Start the proxy. Anything after -- is passed to mitmdump.")
+    p = sub.add_parser("run", description="Start the proxy. Anything after -- is passed to mitmdump.")
     add_home_profile(p)
     p.add_argument("--listen-host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
@@ -72,7 +80,7 @@ def port_taken(host: str, port: int) -> bool:
 
 
 def mitmdump_argv(args) -> list[str]:
-    argv = ["-s", str(script_path()), "--listen-host", args.listen_host, "--listen-port", str(args.port),
+    argv = ["-s", str(SCRIPT), "--listen-host", args.listen_host, "--listen-port", str(args.port),
             "--set", f"cw_profile={args.profile}"]
     if args.mode != "regular":
         argv += ["--mode", args.mode]
@@ -97,16 +105,10 @@ def mitmdump_argv(args) -> list[str]:
 
 
 def run(args) -> int:
-    from contextwarden.settings import SettingsError
-
-    try:
-        settings, order = checked_settings(args)
-    except SettingsError as e:
-        print(f"contextwarden: {e}", file=sys.stderr)
+    settings = checked_settings(args)
+    if settings is None:
         return 2
-    from contextwarden.assets import warnings
-
-    for w in order + warnings(settings):  # the proxy runs without them, but worse: say so, with the fix
+    for w in warnings(settings):  # the proxy runs without them, but worse: say so, with the fix
         print(f"contextwarden: warning: {w}", file=sys.stderr)
     if not args.dry_run and args.port and port_taken(args.listen_host, args.port):
         print(f"contextwarden: {args.listen_host}:{args.port} is already in use (a proxy running there? "
@@ -121,10 +123,6 @@ def run(args) -> int:
         print("mitmdump " + " ".join(argv))
         return 0
     sys.stdout.flush()
-    from mitmproxy.tools.main import mitmdump
-
-    from ..memory import service as memory_service
-
     memory_service.AUTO_PROCESS = "separate"  # this process is the proxy: memory in its own process
 
     return mitmdump(argv) or 0

@@ -11,12 +11,26 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any, cast
+
+import orjson
+
+from ..home import ensure_home, secret_file
+from ..memory.api import ApiError, RecallClient
+from ..memory.embedder import load_embedder
+from ..memory.items import MemoryItem
+from ..memory.lexical import LexicalIndex
+from ..memory.retrieve import Hit, Query, Retriever
+from ..memory.service import CachedEmbedder
+from ..memory.store import MemoryStore
+from ..redact import tenant_id
+from ..settings import SettingsError, load_settings
+from ._common import credential_from
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="search long-term memory (hybrid: vector + lexical)",
-                       description="Hybrid search over the memory store: vector (Chroma) and lexical (BM25) "
-                                   "rankings fused by reciprocal rank fusion, with sources and scores.")
+    p = sub.add_parser("search", description="Hybrid search over the memory store: vector (Chroma) and lexical (BM25) "
+                                             "rankings fused by reciprocal rank fusion, with sources and scores.")
     p.add_argument("query", help="what to look for")
     p.add_argument("--session", help="only items of this session")
     p.add_argument("--limit", type=int, default=10, help="hits to show (default 10)")
@@ -30,17 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import orjson
-
-    from ..home import ensure_home, secret_file
-    from ..memory.embedder import load_embedder
-    from ..memory.lexical import LexicalIndex
-    from ..memory.retrieve import Query, Retriever
-    from ..memory.service import CachedEmbedder
-    from ..memory.store import MemoryStore
-    from ..redact import tenant_id
-    from ..settings import SettingsError, load_settings
-
     home = ensure_home(args.home)
     through = _through_proxy(args, home)
     if through is not None:
@@ -75,32 +78,10 @@ def run(args: argparse.Namespace) -> int:
         t1 = time.perf_counter()
         ret = retriever.search(Query(args.query), tenants, exclude=keep, n=max(args.limit * 3, settings.memory.candidates))
         ms = (time.perf_counter() - t1) * 1000
-        hits = ret.hits[: args.limit]
-        if args.json:
-            for rank, h in enumerate(hits, 1):
-                it = h.item
-                sys.stdout.write(orjson.dumps({"rank": rank, **h.scores(), "id": it.memory_id, "tenant": it.tenant,
-                                               "session": it.session, "turn": it.turn, "role": it.role, "kind": it.kind,
-                                               "tool": it.tool, "ts": it.ts, "tags": it.tags, "source_id": it.source_id,
-                                               "neighbour_of": h.neighbour_of, "text": it.text}).decode() + "\n")
-            return 0
+        hits = [_hit_dict(h) for h in ret.hits[: args.limit]]
         mode = ret.mode if embedder is not None else "lexical only: " + message
-        print(f"{len(hits)} of {ret.candidates} candidates for {args.query!r} ({mode}; vector query "
-              f"{ret.vector_query!r}; {len(lexical):,} items indexed in {ms_open:.0f} ms, search {ms:.1f} ms)")
-        for rank, h in enumerate(hits, 1):
-            it = h.item
-            v = f"{h.vector:.3f} (#{h.vector_rank})" if h.vector is not None else "-"
-            lx = f"{h.lexical:.2f} (#{h.lexical_rank})" if h.lexical is not None else "-"
-            why = f" neighbour of {h.neighbour_of.split(':')[-1][:8]}" if h.neighbour_of else ""
-            print(f"\n{rank:>2}. fused {h.fused:.4f}  vector {v}  lexical {lx}{why}")
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(it.ts))
-            print(f"    {it.memory_id}  tenant {it.tenant}  session {it.session}  message #{it.turn}  {it.role}"
-                  f"{' ' + it.tool if it.tool else ''}  {it.kind}  {when}"
-                  f"{'  from ' + it.source_id if it.source_id and it.source_id != it.memory_id else ''}"
-                  f"{'  tags ' + ', '.join(it.tags) if it.tags else ''}")
-            text = it.text if args.full else "\n".join(it.text.strip().splitlines()[:4])[:400]
-            for line in text.splitlines():
-                print(f"    | {line}")
+        _show(args, hits, f"{len(hits)} of {ret.candidates} candidates for {args.query!r} ({mode}; vector query "
+                          f"{ret.vector_query!r}; {len(lexical):,} items indexed in {ms_open:.0f} ms, search {ms:.1f} ms)")
         return 0
     finally:
         store.close()
@@ -108,11 +89,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _through_proxy(args: argparse.Namespace, home) -> int | None:
     """The search through the running proxy's recall API; None when no proxy runs (or it cannot answer)."""
-    import orjson
-
-    from ..memory.api import ApiError, RecallClient
-    from .recall import credential_from
-
     client = RecallClient.find(home, credential_from(args))
     if client is None:
         return None
@@ -129,23 +105,38 @@ def _through_proxy(args: argparse.Namespace, home) -> int | None:
         client.close()
     hits = [h for h in out.get("hits") or [] if (not args.session or h["session"] == args.session)
             and (not args.tenant or h["tenant"] in args.tenant)][: args.limit]
+    _show(args, hits, f"{len(hits)} of {out.get('candidates')} candidates for {args.query!r} ({out.get('mode')}; "
+                      f"through the running proxy, {out.get('ms')} ms)")
+    return 0
+
+
+def _hit_dict(h: Hit) -> dict[str, Any]:
+    """A hit of the local search as the recall API's ``search`` gives one (and where it came from)."""
+    it = cast(MemoryItem, h.item)
+    return {**h.scores(), "id": it.memory_id, "tenant": it.tenant, "session": it.session, "turn": it.turn,
+            "role": it.role, "kind": it.kind, "tool": it.tool, "ts": it.ts, "tags": it.tags, "source_id": it.source_id,
+            "neighbour_of": h.neighbour_of, "text": it.text}
+
+
+def _show(args: argparse.Namespace, hits: list[dict[str, Any]], heading: str) -> None:
+    """The hits as JSON lines (``--json``), else the heading and each hit: scores, why, where from, text."""
     if args.json:
         for rank, h in enumerate(hits, 1):
             sys.stdout.write(orjson.dumps({"rank": rank, **h}).decode() + "\n")
-        return 0
-    print(f"{len(hits)} of {out.get('candidates')} candidates for {args.query!r} ({out.get('mode')}; "
-          f"through the running proxy, {out.get('ms')} ms)")
+        return
+    print(heading)
     for rank, h in enumerate(hits, 1):
         v = f"{h['vector']:.3f} (#{h['vector_rank']})" if h.get("vector") is not None else "-"
         lx = f"{h['lexical']:.2f} (#{h['lexical_rank']})" if h.get("lexical") is not None else "-"
         # a hit that holds the query as written comes first, whatever its fused score (exact_first)
-        why = "  holds the query as written" if h.get("exact") else ""
+        why = ("  holds the query as written" if h.get("exact") else "") + (
+            f" neighbour of {h['neighbour_of'].split(':')[-1][:8]}" if h.get("neighbour_of") else "")
         print(f"\n{rank:>2}. fused {h['fused']:.4f}  vector {v}  lexical {lx}{why}")
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(h["ts"]))
         src = f"  from {h['source_id']}" if h.get("source_id") and h["source_id"] != h["id"] else ""
+        tags = f"  tags {', '.join(h['tags'])}" if h.get("tags") else ""
         print(f"    {h['id']}  tenant {h['tenant']}  session {h['session']}  message #{h['turn']}  {h['role']}"
-              f"{' ' + h['tool'] if h.get('tool') else ''}  {h['kind']}  {when}{src}")
+              f"{' ' + h['tool'] if h.get('tool') else ''}  {h['kind']}  {when}{src}{tags}")
         text = h["text"] if args.full else "\n".join(h["text"].strip().splitlines()[:4])[:400]
         for line in text.splitlines():
             print(f"    | {line}")
-    return 0

@@ -15,13 +15,14 @@ from typing import Any
 
 import orjson
 
-from ._common import home_of
+from ..memory.api import ApiError, RecallClient
+from ..sessionctl.render import changed, pin_text, what
+from ._common import credential_from, home_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("session", help="a session's context versions: list, show, rollback, pin, unpin, compact",
-                       description="Context versions of a session (every clearing step and compaction), rollback, "
-                                   "pins and compact-now, through the running proxy.")
+    p = sub.add_parser("session", description="Context versions of a session (every clearing step and compaction), rollback, "
+                                              "pins and compact-now, through the running proxy.")
     p.add_argument("--home", default=None, help="cw_home of the proxy (default: $CONTEXTWARDEN_HOME or the user data dir)")
     p.add_argument("--json", action="store_true", help="print the proxy's answer as JSON")
     ss = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -40,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("session", metavar="ID")
     r.add_argument("--to", required=True, type=int, metavar="VERSION")
     r.add_argument("--dry-run", action="store_true", help="only say what it would cost and whether it fits")
-    for name, what in (("pin", "keep content out of clearing, compaction and compression"), ("unpin", "remove a pin")):
-        q = action(name, help=what)
+    for name, text in (("pin", "keep content out of clearing, compaction and compression"), ("unpin", "remove a pin")):
+        q = action(name, help=text)
         q.add_argument("session", metavar="ID")
         q.add_argument("target", metavar="TARGET",
                        help="a tool_use id, a message index, or a text (tool:ID, index:N, text:... to be explicit)"
@@ -52,9 +53,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def call(home, **args: Any) -> Any:
-    from ..memory.api import RecallClient
-    from .recall import credential_from
-
     client = RecallClient.find(home, credential_from(None))
     if client is None:
         raise SystemExit(f"no proxy is running on {home} (start one with `contextwarden run`)")
@@ -65,8 +63,6 @@ def call(home, **args: Any) -> Any:
 
 
 def run_session(args) -> int:
-    from ..memory.api import ApiError
-
     req: dict[str, Any] = {"action": args.action}
     for k in ("session", "target"):
         if getattr(args, k, None) is not None:
@@ -95,16 +91,12 @@ def _num(v: Any) -> str:
 
 def version_line(v: dict[str, Any]) -> str:
     """One version as a line: number, time, what, trigger, tokens before -> after, what changed."""
-    from ..sessionctl.render import changed, what
-
     mark = "" if v.get("kind") != "decision" else (" " if v.get("applied", True) else "✗")
     return (f"{mark}v{v['n']:<3} {_clock(v.get('ts'))}  {what(v):<16} {str(v.get('trigger') or ''):<11} "
             f"{_num(v.get('tokens_before')):>8} → {_num(v.get('tokens_after')):<8} {changed(v)}").rstrip()
 
 
 def render(action: str, out: dict[str, Any]) -> str:
-    from ..sessionctl.render import pin_text
-
     if action == "list":
         rows = out.get("sessions") or []
         if not rows:

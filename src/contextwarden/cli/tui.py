@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..home import default_home
+from ..tui.app import ContextWardenApp
+from ..tui.client import LiveClient, LogSource
+from ..tui.replicas import RedisStreamSource
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "tui", help="watch live traffic, tags, compactions and savings; steer sessions",
-        description="Connects to the proxy's event server (found through cw_home/tui.json, token-protected) "
-                    "and reconnects when the proxy restarts. With --log, opens a recorded events.jsonl offline.")
+        "tui", description="Connects to the proxy's event server (found through cw_home/tui.json, token-protected) "
+                           "and reconnects when the proxy restarts. With --log, opens a recorded events.jsonl offline.")
     p.add_argument("--home", type=Path, default=None,
                    help="the proxy's data directory (default: $CONTEXTWARDEN_HOME, else the user data dir)")
     p.add_argument("--log", type=Path, default=None, metavar="FILE",
@@ -24,14 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Textual is imported here, not at module level: the other subcommands never pay for it.
-    from contextwarden.home import default_home
-    from contextwarden.tui.app import ContextWardenApp
-    from contextwarden.tui.client import LiveClient, LogSource
-
     if args.redis:
-        from contextwarden.tui.replicas import RedisStreamSource
-
         source = RedisStreamSource(args.redis, args.prefix)
     elif args.log is not None:
         if not args.log.is_file():

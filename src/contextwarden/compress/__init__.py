@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contextwarden.conversation import input_hint
+from contextwarden.memory.lexical import tokenize
 from contextwarden.memory.wayback import way_back
 
 from .cleanup import cap_long_lines, clean_lines, cleanup, collapse_weighted
@@ -114,8 +115,6 @@ def compress(text: str, *, tool: str = "", tool_input: Any = None, query: str = 
 
 def _terms(tool_input: Any, query: str) -> tuple[str, ...]:
     """The task's words a listing entry may name (memory's terms, stemmed, 4 characters or more)."""
-    from contextwarden.memory.lexical import tokenize
-
     return tuple(sorted({t for t in tokenize(f"{input_hint(tool_input, 400)}\n{query}") if len(t) >= 4 and "/" not in t}))[:40]
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import tiktoken
 
 from contextwarden.memory import service as memory_service
-from contextwarden.memory.secrets import redact_text
+from contextwarden.redact import redact_text
 from contextwarden.workerpool import PARTS, Offload, Unavailable
 
 from . import Limits, compress, render

@@ -3,11 +3,9 @@
 mitmdump's process keeps what must be there (the connections, TLS, relaying every byte, the listen
 address checks, its own output) and a small link (``contextwarden.addons.enginelink``) that hands each
 LLM API flow's hooks to the engine and applies what comes back. The engine is a mitmproxy master
-without a proxy server: it runs the same addons (warden, interceptor, observer, count_tokens, the
-Responses WebSocket, the event and recall servers) on a mirror of each flow. Why: the stages, the
-token counting, the answers' reading and the state writes hold an interpreter lock; in mitmdump's
-process they made its event loop wait behind them, so every relayed byte waited too (issue 19:
-hundreds of milliseconds added to the first byte at fifty sessions). Two processes, two locks.
+without a proxy server: it runs the same addons (``addons/chain.py``) on a mirror of each flow. Why:
+the stages, the token counting, the answers' reading and the state writes hold an interpreter lock;
+in mitmdump's process every relayed byte waited behind them. Two processes, two locks.
 
     wire     frames on the socket pair between the two processes (length-prefixed pickles)
     server   the engine process (``python -m contextwarden.engine FD``)

@@ -7,8 +7,9 @@ over the socket pair ``FD``:
 
     start       the options (profile, home, plugins)       → ready {proxy settings} | fatal {message}
     running     mitmdump listens                            → reply (the addons' ``running``: discovery files written)
-    request     a flow's state, once its request is read   → reply {request changes, response, watch};
-                without a key: mitmdump forwarded it already (nothing can change it: ``passive``), no reply
+    request     a flow's state, once its request is read   → reply {request changes, response, watch}
+    observed    a flow mitmdump forwarded at once (nothing could change it: ``passive``), at its end:
+                its state, the request as it came, the answer read whole
     headers     the response's head (no body)               the observer's tap is set on the mirror
     chunk       a piece of the body, as relayed              fed to that tap
     end         the response's end (or its error)            the observer reports the turn
@@ -42,13 +43,18 @@ from mitmproxy.master import Master
 from mitmproxy.proxy.layers.http import HttpErrorHook, HttpRequestHook, HttpResponseHeadersHook, HttpResponseHook
 from mitmproxy.proxy.layers.websocket import WebsocketEndHook, WebsocketMessageHook
 
-from contextwarden.flowstate import FORWARDED
+from contextwarden.addons.chain import engine_addons
+from contextwarden.addons.routing import FORWARDED, INCOMING, ROUTE
+from contextwarden.addons.warden import Warden
+from contextwarden.memory import service as memory_service
 
 from . import wire
 
 log = logging.getLogger(__name__)
 
 STALE_S = 3600.0  # a mirror whose flow never ended (a lost frame, a bug): dropped after this
+_CROSSING = frozenset({"proxyauth", ROUTE})  # the metadata a mirror keeps
+_UNWATCHED = frozenset({FORWARDED, INCOMING})  # metadata that does not make a flow one the addons watch
 
 
 class Engine:
@@ -65,9 +71,6 @@ class Engine:
 
     def start(self, opts_values: dict[str, Any]) -> str | None:
         """The master and its addons, configured with mitmdump's options; an error message, or None."""
-        from contextwarden.addons.chain import engine_addons
-        from contextwarden.addons.warden import Warden
-
         self.master = Master(options.Options(), with_termlog=True)
         self.warden = Warden()
         addons = engine_addons(self.warden)
@@ -130,8 +133,9 @@ class Engine:
                 if op == "running":  # mitmdump listens: now the addons may tell the world (tui.json)
                     await self.master.addons.trigger_event(hooks.RunningHook())
                     self._send("reply", key, {})
-                elif op == "request" and key is None:  # forwarded already: read before its answer's frames
-                    await self.request(None, payload)
+                elif op == "observed":  # forwarded at once, ended: its request read, then its answer
+                    await self.request(None, payload.pop("flow"))
+                    self._spawn(self.end(key, payload))
                 elif op == "request":
                     self._spawn(self.request(key, payload))
                 elif op == "headers":
@@ -182,8 +186,9 @@ class Engine:
         try:
             flow = http.HTTPFlow.from_state(state)
             # what the addons put here says whether the flow is watched; the user the proxy credential
-            # vouched for stays (the tenant of a request without a provider credential: origin_of)
-            vouched = {k: v for k, v in flow.metadata.items() if k == "proxyauth"}
+            # vouched for stays (the tenant of a request without a provider credential: origin_of), and
+            # the route the link took (not taken again)
+            vouched = {k: v for k, v in flow.metadata.items() if k in _CROSSING}
             flow.metadata = dict(vouched) if seq is not None else {**vouched, FORWARDED: True}
             raw, fields = flow.request.raw_content, flow.request.headers.fields
             await self.master.addons.trigger_event(HttpRequestHook(flow))
@@ -198,7 +203,7 @@ class Engine:
                 reply["request"] = changed
             if flow.response is not None:
                 reply["response"] = flow.response.get_state()
-            if flow.metadata.keys() - vouched.keys() - {FORWARDED}:
+            if flow.metadata.keys() - vouched.keys() - _UNWATCHED:
                 reply["watch"] = True
                 self.mirrors[flow.id] = (flow, time.monotonic())
         except Exception as e:  # the link forwards the request as it came
@@ -302,8 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     # engine stops (it asks, or its end closes the socket), so that it can still finish its flows
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the engine is the proxy: memory and compression run in processes of their own (``auto``), as in mitmdump
-    from contextwarden.memory import service as memory_service
-
     memory_service.AUTO_PROCESS = "separate"
     sys.stdout.reconfigure(line_buffering=True)  # its log lines among mitmdump's, as they happen
     logging.getLogger().setLevel(logging.INFO)  # as mitmdump's: the termlog handler filters by its verbosity

@@ -42,6 +42,7 @@ import orjson
 
 from ..home import publish, unpublish
 from ..redact import tenant_id
+from ..sessionctl.commands import CommandError, run
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,6 @@ class RecallApi:
     def call(self, method: str, args: dict[str, Any], credential: str | None) -> Any:
         mine = self.mine(credential)
         if method == "session":  # context versions, rollback, pins, compact-now (sessionctl.commands)
-            from ..sessionctl.commands import CommandError, run
-
             try:
                 return run(self.runtime, args, mine)
             except CommandError as e:

@@ -31,7 +31,9 @@ from typing import Any
 
 import orjson
 
+from ..fidelity import _TOKEN, _lines, _tokens, distinctive
 from ..lru import LRU
+from ..workingset import WORKING_HEAD
 from .prefilter import Prefilter
 
 MID = re.compile(r"\bm-[0-9a-f]{16}\b")
@@ -62,8 +64,6 @@ def terms(text: str) -> frozenset[str]:
     fidelity measure counts as a reference (:func:`contextwarden.fidelity.distinctive`: a path, a
     dotted name, an identifier with ``_``, digits or camelCase), with a path's suffixes after each slash
     (``/repo/src/a.py`` also answers ``src/a.py``): what the model writes is what the measure checks."""
-    from contextwarden.fidelity import _TOKEN, distinctive
-
     if len(text) > TERMS_CHARS:
         text = text[: TERMS_CHARS // 2] + "\n" + text[-TERMS_CHARS // 2:]
     out = set()
@@ -377,8 +377,6 @@ def quoted_in(q: str, x: Lost, memo: LRU | None = None) -> bool:
         return True
     if "\n" not in q.strip():
         return False
-    from contextwarden.fidelity import _lines
-
     lines = _lines(q)
 
     def index() -> frozenset[int]:
@@ -404,8 +402,6 @@ class Kept:
     def parts(self) -> list[str]:
         if self._parts is None:
             parts = []
-            from contextwarden.workingset import WORKING_HEAD
-
             for m in self._messages:
                 for t in strings(m):
                     if t.startswith(SUMMARY_PREFIX) and WORKING_HEAD in t:
@@ -428,8 +424,6 @@ class Kept:
 
 def _term_index(text: str, memo: LRU | None = None) -> frozenset[str]:
     """The fidelity measure's tokens of one text, remembered by the text in ``memo`` (the history repeats)."""
-    from contextwarden.fidelity import _tokens
-
     def compute() -> frozenset[str]:
         return frozenset(_tokens(text))
 
@@ -446,8 +440,6 @@ def excerpt(text: str, refs: Iterable[str], context: int = EXCERPT_CONTEXT) -> s
     budget. A multi-line reference (an Edit's ``old_string``) is found by its longest line, and the
     window spans as many lines as it has. None when no reference is found (as written, or as a line of
     the text after the fidelity measure's normalisation)."""
-    from contextwarden.fidelity import _lines
-
     refs = [r for r in refs if r.strip()]
     lines = text.split("\n")
     spans: list[tuple[int, int]] = []

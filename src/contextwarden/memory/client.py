@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
+from ..events import Event
 from . import wire
 
 CALL_WAIT_S = 30.0
@@ -54,16 +56,20 @@ def socket_path(home: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="cw-mem-")) / name
 
 
+def store_key(settings) -> tuple:
+    """What a memory service is opened with: settings that differ here need a new service."""
+    m = settings.memory
+    return (m.chroma_url, m.model_dir, m.queue_size, m.chunk_tokens)
+
+
 class RemoteMemoryService:
     def __init__(self, runtime) -> None:
-        from .service import MemoryService
-
         self.runtime = runtime
         self.bus = runtime.bus
         self.home = Path(runtime.home)
         self.settings = runtime.settings
         self.separate = True
-        self._key = MemoryService._store_key(self.settings)
+        self._key = store_key(self.settings)
         self.tagger = NullTagger()
         self.ready = threading.Event()
         self.error: str | None = None
@@ -105,8 +111,6 @@ class RemoteMemoryService:
         self.pid = self._proc.pid
 
     def _connect(self) -> None:
-        import socket
-
         deadline = time.monotonic() + START_WAIT_S
         while True:
             if self.closed:
@@ -132,8 +136,6 @@ class RemoteMemoryService:
         threading.Thread(target=self._read, args=(s,), name="cw-memory-reader", daemon=True).start()
 
     def _read(self, s) -> None:
-        from ..events import Event
-
         try:
             while True:
                 msg = wire.recv_frame(s)
@@ -363,9 +365,9 @@ class RemoteMemoryService:
         return bool(self.call("flush", timeout, _wait=timeout + 5))
 
     def update(self, settings) -> bool:
-        from .service import MemoryService, process_mode
-
-        if MemoryService._store_key(settings) != self._key or process_mode(settings) != "separate":
+        """New settings, applied in place (sent to the memory process); False when the store itself
+        changes (the caller replaces the service)."""
+        if store_key(settings) != self._key:
             return False
         self.settings = settings
         try:

@@ -13,10 +13,16 @@ works lexical-only and says so; it never raises.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
+
+from ..lru import LRU
 
 MAX_TOKENS = 256  # what Chroma (and sentence-transformers) truncate this model to
 # Rows x padded width per ONNX run. Measured on these 2-core machines with ~200-token chunks: 32 rows a
@@ -51,8 +57,7 @@ class Embedder:
     def __init__(self, model_dir: str | os.PathLike, source: str | None = None, batch_size: int = 32,
                  max_tokens: int = MAX_TOKENS, threads: int | None = None,
                  max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
+        import onnxruntime as ort  # (here: ~0.3 s to import, and only a process that embeds needs it)
 
         self.model_dir = Path(model_dir)
         self.source = source or f"model dir {self.model_dir}"
@@ -249,3 +254,113 @@ def load_embedder(model_dir: str | os.PathLike | None, download: bool = True,
             problems.append(f"download failed: {type(ex).__name__}: {str(ex)[:200]}")
     return None, ("no embedding model: lexical-only retrieval (" + "; ".join(problems)
                   + "; set memory.model_dir to a folder with model.onnx and tokenizer.json)")
+
+
+def _absent() -> None:
+    return None  # (an LRU miss is not remembered: the vector is put once computed)
+
+
+class CachedEmbedder:
+    """An embedder with an LRU of recent texts (a tool loop asks the same query again and again), and
+    optionally a persistent cache on disk (the evaluation replays the same corpora run after run)."""
+
+    def __init__(self, inner, max_entries: int = 4096, disk: str | Path | None = None) -> None:
+        self.inner = inner
+        self.dim = inner.dim
+        self.source = getattr(inner, "source", "?")
+        self._lru = LRU(max_entries)  # text key -> vector
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._db_lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        # what background threads' misses go to (embedworker.BackgroundEmbedder), and which threads those are
+        self.background = None
+        self.is_background = lambda: False
+        if disk:
+            self.attach_disk(disk)
+
+    def __repr__(self) -> str:
+        return f"CachedEmbedder({self.inner!r})"
+
+    def attach_disk(self, path: str | Path) -> None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        # several processes may share the file (an eval and its live proxy's memory process): wait for
+        # a writer rather than fail, and treat the cache as best effort (see __call__)
+        db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS emb (k BLOB PRIMARY KEY, v BLOB)")
+        with self._lock:
+            self._db = db
+
+    def _key(self, text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16,
+                               person=b"minilm-l6-v2").digest()
+
+    def token_counter(self):
+        tc = getattr(self.inner, "token_counter", None)
+        return tc() if tc is not None else None
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        keys = [self._key(t) for t in texts]
+        for i, (t, k) in enumerate(zip(texts, keys)):
+            v = self._lru.get(k, _absent)  # (a hit counts as a use)
+            if v is not None:
+                out[i] = v
+            else:
+                missing.setdefault(t, []).append(i)
+        with self._lock:
+            db = self._db
+        if missing and db is not None:
+            ks = {self._key(t): t for t in missing}
+            found = {}
+            kl = list(ks)
+            with self._db_lock:  # one sqlite connection, used from the request and ingestion threads
+                for s in range(0, len(kl), 500):
+                    part = kl[s:s + 500]
+                    try:
+                        rows = db.execute(f"SELECT k, v FROM emb WHERE k IN ({','.join('?' * len(part))})",
+                                          part).fetchall()
+                    except sqlite3.Error:  # a cache: a miss costs an embedding, never the caller
+                        rows = []
+                    found.update({bytes(k): np.frombuffer(v, dtype=np.float32) for k, v in rows})
+            for k, v in found.items():
+                t = ks[k]
+                for i in missing.pop(t):
+                    out[i] = v
+        self.hits += len(texts) - sum(len(v) for v in missing.values())
+        if missing:
+            todo = list(missing)
+            bg = self.background
+            vecs = (bg if bg is not None and self.is_background() else self.inner)(todo)
+            self.misses += len(todo)
+            for t, v in zip(todo, vecs):
+                for i in missing[t]:
+                    out[i] = v
+            if db is not None:
+                rows = [(self._key(t), np.asarray(v, dtype=np.float32).tobytes()) for t, v in zip(todo, vecs)]
+                with self._db_lock:
+                    try:
+                        db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)", rows)
+                    except sqlite3.Error:
+                        pass  # not cached this time
+        for k, v in zip(keys, out):
+            if self._lru.peek(k) is None:
+                self._lru.put(k, v.copy())
+        return out
+
+    def close(self) -> None:
+        if self.background is not None:
+            self.background.close()
+        with self._lock, self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None

@@ -17,6 +17,7 @@ and stores what waits, as fast as the embedder goes: on a busy machine vectors l
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -24,12 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..dialects import dialect
 from ..models.base import ApiKind
+from ..redact import redact_secrets
 from .chunking import chunk_text, proxy_tokens
 from .envelopes import strip_envelopes
 from .ids import memory_id
 from .items import MemoryItem
-from .secrets import redact_secrets
 from .turns import units
 
 if TYPE_CHECKING:
@@ -61,13 +63,13 @@ class Ingestor:
     SEEN = 100_000  # original texts remembered as stored: a re-sent history costs a set lookup
 
     def __init__(self, store: MemoryStore, bus: EventBus, queue_size: int,
-                 on_added: Callable[[list[MemoryItem]], None] | None = None, *,
+                 on_added: Callable[[list[MemoryItem]], object] | None = None, *,
                  chunk_tokens: int | None = None, count: Callable[[str], int] | None = None,
                  backfill: bool = True, journal: PendingTable | None = None, batch_max: int = 256,
                  batch_chars: int | None = None, priority: SearchFirst | None = None,
                  tag: Callable[[str], list[str]] | None = None,
                  on_originals: Callable[[list[MemoryItem]], None] | None = None,
-                 on_indexed: Callable[[list[MemoryItem]], None] | None = None,
+                 on_indexed: Callable[[list[MemoryItem]], object] | None = None,
                  redact: Callable[[str], tuple[str, int]] | None = None) -> None:
         self.store = store
         # redact_secrets, or the memory service's remembered one (a kept text comes again with its turn)
@@ -545,8 +547,6 @@ def _lower_priority() -> None:
     the proxy's request path instead of competing with it. +5, not more: at +10 a busy machine starves
     the worker (a tenth of a core's share) until the queue overflows."""
     try:
-        import os
-
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5))
     except (AttributeError, OSError):
         pass
@@ -579,8 +579,6 @@ def items_from_messages(messages: list[dict], api: ApiKind, session: str, tenant
     the injected memory block); its tool results are still taken from the message. Thinking, images and
     leading system/developer messages (the cached prefix) are not stored.
     """
-    from ..dialects import dialect
-
     tags = list(tags or [])
     when = time.time() if ts is None else ts
     out: list[MemoryItem] = []

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 from rapidfuzz import fuzz, process
 
 from .. import sealing
+from .items import MemoryItem
 from .tagger import STOPWORDS, stem
 
 _TOKEN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_'’.\-/]*[A-Za-z0-9_]|[A-Za-z0-9]")
@@ -37,28 +39,41 @@ MAX_TERMS_PER_DOC = 4000  # a long chunk is indexed on its first terms only
 
 def tokenize(text: str) -> list[str]:
     """Index terms of a text: lower-cased, stemmed words without stopwords; code identifiers and paths
-    are kept whole *and* split into their parts (``load_embedder`` -> ``load_embedder load embedder``)."""
+    are kept whole *and* split into their parts (``load_embedder`` -> ``load_embedder load embedder``).
+    Each distinct word is worked out once per text (source code repeats its names)."""
     out: list[str] = []
     if "\\" in text:
         text = _ESCAPE.sub(" ", text)
-    for m in _TOKEN.finditer(text):
-        tok = m.group(0).replace("’", "'")
-        if "'" in tok:
-            tok = tok.split("'", 1)[0]  # "caroline's" -> "caroline", "don't" -> "don" (a stopword-ish stub)
-            if not tok:
-                continue
-        compound = any(c in tok for c in "_.-/") or (any(c.isupper() for c in tok[1:]) and any(c.islower() for c in tok))
-        low = tok.lower()
-        if compound:
-            out.append(low.strip("._-/"))
-            for part in _SPLIT.split(tok):
-                for sub in (_CAMEL.findall(part) or [part]):
-                    s = sub.lower()
-                    if len(s) > 1 and s not in STOPWORDS:
-                        out.append(stem(s))
-        elif low not in STOPWORDS and (len(low) > 1 or low.isdigit()):
-            out.append(stem(low))
+    done: dict[str, list[str]] = {}
+    for tok in _TOKEN.findall(text):
+        terms = done.get(tok)
+        if terms is None:
+            terms = done[tok] = _terms(tok)
+        out += terms
     return out
+
+
+def _terms(tok: str) -> list[str]:
+    """The index terms of one word of :func:`tokenize`."""
+    tok = tok.replace("’", "'")
+    if "'" in tok:
+        tok = tok.split("'", 1)[0]  # "caroline's" -> "caroline", "don't" -> "don" (a stopword-ish stub)
+        if not tok:
+            return []
+    low = tok.lower()
+    # (the words are ASCII: a capital after the first letter and a small letter anywhere is camelCase)
+    compound = ("_" in tok or "." in tok or "-" in tok or "/" in tok) or (tok[1:] != low[1:] and tok != tok.upper())
+    if compound:
+        out = [low.strip("._-/")]
+        for part in _SPLIT.split(tok):
+            for sub in (_CAMEL.findall(part) or [part]):
+                s = sub.lower()
+                if len(s) > 1 and s not in STOPWORDS:
+                    out.append(stem(s))
+        return out
+    if low not in STOPWORDS and (len(low) > 1 or low.isdigit()):
+        return [stem(low)]
+    return []
 
 
 @dataclass
@@ -365,8 +380,6 @@ def save_snapshot(index: LexicalIndex, path: str | os.PathLike, key: dict) -> in
     """Write the index to ``path`` (numpy ``.npz``, no pickle: arrays, and JSON as bytes), with ``key``
     (what the store looked like: :func:`load_snapshot` refuses a snapshot of another state). Atomic.
     Returns the items written."""
-    import orjson
-
     arrays: dict[str, np.ndarray] = {}
     names = []
     n = 0
@@ -411,10 +424,6 @@ def save_snapshot(index: LexicalIndex, path: str | os.PathLike, key: dict) -> in
 def load_snapshot(path: str | os.PathLike, key: dict | None = None) -> LexicalIndex | None:
     """The index saved by :func:`save_snapshot`, or None when there is none, it is unreadable, or it was
     saved for another ``key`` (the store changed since)."""
-    import orjson
-
-    from .items import MemoryItem
-
     try:
         z = np.load(io.BytesIO(sealing.current().open(Path(path).read_bytes())), allow_pickle=False)
     except (OSError, ValueError, sealing.SealError):

@@ -22,6 +22,8 @@ from .. import lifecycle
 from ..dialects import ANTHROPIC, Dialect, dialect
 from ..models.base import ApiKind
 from ..pipeline import Outcome
+from ..runtime import Runtime
+from .service import get_service
 
 _flow_ids = itertools.count(1)
 
@@ -53,14 +55,10 @@ class Replayer:
     @classmethod
     def from_profile(cls, profile: str | os.PathLike, home: str | os.PathLike, api: ApiKind | Dialect = ANTHROPIC,
                      log: bool = False) -> Replayer:
-        from ..runtime import Runtime
-
         return cls(Runtime.from_profile(profile, Path(home), log=log), api)
 
     def memory(self):
         """The runtime's memory service (ready), or None."""
-        from .service import get_service
-
         svc = get_service(self.runtime)
         if svc is not None:
             svc.wait_ready(120)

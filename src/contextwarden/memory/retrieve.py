@@ -31,9 +31,10 @@ from .items import MemoryItem
 from .lexical import combine_terms, query_terms, tokenize
 from .scope import SCOPE_MAX, SessionVectors
 from .tagger import tag_key
-from .turns import query_text, undated, unit_texts
+from .turns import dates_in, near, query_text, undated, unit_texts
 
 _BULLET = re.compile(r"^(?:[-*>•]+|\d+[.)])\s+")
+DATE_SLACK_DAYS = 7  # a question's day finds the turns dated this close to it (LoCoMo: 0-4 days later)
 MIN_LINE = 16  # shorter lines are too common to say an item is in the history
 
 
@@ -385,8 +386,8 @@ class Retriever:
         out.timings["lexical_ms"] = round((time.perf_counter() - tl) * 1000, 2)
         vhits = self._vector_hits(vectors, exclude, n, deadline, t0, out) if out.mode != "lexical" else []
         by_id, rankings = self._rankings(vhits, lex, scopes, n)
-        if self.settings.speaker_weight > 0 and session is not None:
-            rankings += self._speaker(query, vectors, by_id, exclude, n, session)
+        if session is not None and (self.settings.speaker_weight > 0 or self.settings.date_weight > 0):
+            rankings += self._focus(query, vectors, by_id, exclude, n, session)
         if self.settings.neighbour_weight > 0 and neighbours is not None:
             rankings += self._neighbours(by_id, rankings, scopes, neighbours, exclude)
         fused = rrf(rankings, self.settings.rrf_k)
@@ -418,39 +419,53 @@ class Retriever:
             terms = combine_terms(terms, query_terms(query.context[-1500:], weight=self.settings.context_weight))
         return terms
 
-    def _speaker(self, query: Query, v: Vectors, by_id: dict[str, Hit], exclude, n: int, session: str) -> list:
-        """Rankings within the turns of the one participant the question names, in the current session
-        ("What does Melanie do to destress?" follows Melanie's turns, below the top of the whole
-        conversation): its items whose ``speaker`` that is, by vector (exact, over the session's
-        vectors) and by BM25, weighted ``memory.speaker_weight``. None when the question names no
-        speaker of the session, or several."""
+    def _focus(self, query: Query, v: Vectors, by_id: dict[str, Hit], exclude, n: int, session: str) -> list:
+        """Rankings within the current session's turns of what the question names: the one participant
+        ("What does Melanie do to destress?" follows Melanie's turns, which the other participant's
+        turns on the same topics push below the conversation's top; ``memory.speaker_weight``) and the
+        days ("What did Maria share on 16 June, 2023?": the turns dated within ``DATE_SLACK_DAYS`` of
+        one, ``MemoryItem.when``; ``memory.date_weight``). None when it names neither."""
+        s = self.settings
         ranked: list = []
         if v.embedding is not None:
             self.scope = self.scope or SessionVectors(self.store)
             ranked = self.scope.rank(self.lexical, v.partitions, session, v.embedding, SCOPE_MAX)
         words = set(tokenize(query.text))
-        names = {h.item.speaker for h in by_id.values()} | {it.speaker for it, _ in ranked}
-        named = [x for x in names if x and set(tokenize(x)) <= words]
-        if len(named) != 1:
-            return []
-        who, s = named[0], self.settings
-        vids: list[str] = []
-        for item, sim in ranked:
-            if len(vids) >= n or sim < s.min_similarity:
+        names = {x: set(tokenize(x)) for x in {h.item.speaker for h in by_id.values()} | {it.speaker for it, _ in ranked} if x}
+        named = [x for x, t in names.items() if t and t <= words]  # (a header "Includes:" has no name's words)
+        days = dates_in(query.text)
+        focus: list[tuple[Callable[[MemoryItem], bool], float]] = []
+        if len(named) == 1 and s.speaker_weight > 0:
+            who = named[0]
+            focus.append((lambda it: it.speaker == who, s.speaker_weight))
+        if days and s.date_weight > 0:
+            focus.append((lambda it: near(it.when, days, DATE_SLACK_DAYS), s.date_weight))
+        lex = (self.lexical.query(self._terms(query, v), v.partitions, n=4 * n, exclude=exclude, session=session)
+               if focus and self.lexical is not None else [])
+        rankings = []
+        for keep, w in focus:
+            vids = [h.item.id for h in self._kept(by_id, ((it, sim) for it, sim in ranked if sim >= s.min_similarity),
+                                                   keep, exclude, n)]
+            lids = [h.item.id for h in self._kept(by_id, ((lh.item, lh.score) for lh in lex), keep, None, n, lexical=True)]
+            rankings += [(vids, w * s.vector_weight), (lids, w * s.lexical_weight)]
+        return rankings
+
+    @staticmethod
+    def _kept(by_id: dict[str, Hit], scored, keep, exclude, n: int, lexical: bool = False) -> list[Hit]:
+        """The first ``n`` of ``scored`` (item, score) that ``keep`` keeps and ``exclude`` does not, as hits
+        in ``by_id`` (their vector or lexical score set when they had none)."""
+        out: list[Hit] = []
+        for item, score in scored:
+            if len(out) >= n:
                 break
-            if item.speaker == who and not (exclude is not None and exclude(item)):
+            if keep(item) and not (exclude is not None and exclude(item)):
                 h = by_id.setdefault(item.id, Hit(item))
-                h.vector = sim if h.vector is None else h.vector
-                vids.append(item.id)
-        lids: list[str] = []
-        if self.lexical is not None:
-            for lh in self.lexical.query(self._terms(query, v), v.partitions, n=4 * n, exclude=exclude, session=session):
-                if lh.item.speaker == who and len(lids) < n:
-                    h = by_id.setdefault(lh.item.id, Hit(lh.item))
-                    h.lexical = lh.score if h.lexical is None else h.lexical
-                    lids.append(lh.item.id)
-        w = s.speaker_weight
-        return [(vids, w * s.vector_weight), (lids, w * s.lexical_weight)]
+                if lexical:
+                    h.lexical = score if h.lexical is None else h.lexical
+                else:
+                    h.vector = score if h.vector is None else h.vector
+                out.append(h)
+        return out
 
     def _vector_hits(self, v: Vectors, exclude, n: int, deadline: float | None, t0: float,
                      out: Retrieval) -> list[tuple[object, float]]:

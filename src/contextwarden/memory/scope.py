@@ -9,8 +9,8 @@ lookup) the first time, kept as one matrix per session and extended with the ite
 search costs a matrix product. An item's id is its content's hash: a kept vector never goes stale.
 The current project's items (``MemoryItem.project``) are kept and ranked the same way.
 
-With ``memory.index_first`` the lexical index holds items before they have a vector (the ingestor
-indexes words first, and embeds at the lowest priority): those are remembered as waiting and read once :meth:`SessionVectors.stored`
+The lexical index holds items before they have a vector (the ingestor indexes words first, and embeds
+at the lowest priority): those are remembered as waiting and read once :meth:`SessionVectors.stored`
 says they were stored, not looked up again on every search.
 """
 
@@ -20,6 +20,8 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
+
+from .store import _partition_of
 
 SCOPE_MAX = 4000  # the session's most recent items that the scoped ranking scores
 CACHE_MAX = 20_000  # vectors kept over all sessions (384 floats each: ~30 MB); the oldest sessions go first
@@ -61,8 +63,6 @@ class SessionVectors:
 
     def _fetch(self, items: list) -> tuple[list, np.ndarray | None]:
         """The vectors of ``items`` from their Chroma collections (items without one are left out)."""
-        from .store import _partition_of
-
         by_col: dict[tuple, list] = {}
         for it in items:
             by_col.setdefault((it.tenant, it.workspace), []).append(it)

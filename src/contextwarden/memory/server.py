@@ -25,7 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..events import EventBus
-from . import wire
+from ..settings import load_settings
+from . import service, wire
+from .service import MemoryService
 
 # calls answered on the connection's own thread, in the order they came: a queue append each
 # (``keep``: a recall of the kept ids, sent after it, must find them pending; ``prepare``: the search
@@ -49,8 +51,6 @@ class _Runtime:
 
 class MemoryServer:
     def __init__(self, home: str | Path, sock_path: str | Path, settings=None, parent_pid: int | None = None) -> None:
-        from . import service
-
         service.AUTO_PROCESS = "separate"  # this process is the separate one: update() must agree
         self.home = Path(home)
         self.sock_path = str(sock_path)
@@ -71,8 +71,6 @@ class MemoryServer:
 
     # --- the service ------------------------------------------------------------------------------
     def _open(self, settings):
-        from .service import MemoryService
-
         with self._lock:
             if self.service is None:
                 self.settings = settings
@@ -247,8 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     settings = None
     if args.profile:
-        from ..settings import load_settings
-
         settings = load_settings(args.profile, Path(args.home))
     server = MemoryServer(args.home, args.socket, settings, parent_pid=args.parent_pid)
 

@@ -5,9 +5,8 @@ stage's ``cw_configure`` and closed by its ``cw_shutdown``. Opening Chroma and l
 second or two, so they happen on a background thread: until the service is ready, requests go without
 memory (the ``memory`` event says ``skipped: "starting"``) and nothing waits.
 
-The lexical index lives in this process and follows every item the ingestor stores (``on_added``); with
-``memory.index_first``, each is indexed by its words as soon as it arrives, before it is embedded
-(``on_indexed``: searchable while its vector lags; ``on_added`` is then a no-op). It is
+The lexical index lives in this process: each item is indexed by its words as the ingestor takes it,
+before it is embedded (``on_indexed``: searchable while its vector lags; ``on_added`` finds it there). It is
 saved next to the store when the service closes (``cw_home/memory-lexical.npz``, keyed by the item count
 of every collection) and loaded from there at start-up (~1 s at 100K items); only when that snapshot is
 missing or stale is it rebuilt from Chroma (~40-60 s at 100K), on the background thread: requests are
@@ -17,24 +16,31 @@ complete).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sqlite3
 import sys
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from .. import redact as secrets
 from ..lru import LRU
+from .client import RemoteMemoryService, store_key
+from .embedder import CachedEmbedder, load_embedder
+from .embedworker import BackgroundEmbedder
+from .ingest import Ingestor, _replace
+from .items import MemoryItem
 from .lexical import LexicalIndex, load_snapshot, save_snapshot
+from .lexical_refresh import LexicalRefresh
+from .originals import OriginalStore
+from .pending import PendingTable
 from .priority import SearchFirst
 from .retrieve import Query, Retrieval, Retriever
+from .scope import SessionVectors
+from .store import MemoryStore
 from .tagger import Tagger
 
 if TYPE_CHECKING:
@@ -45,117 +51,7 @@ if TYPE_CHECKING:
 # of ~10 s of issue 19's load: a kept text comes again to be stored ~1.5 s later)
 REDACT_MEMO_MIN = 512
 REDACT_MEMO_CHARS = 4_000_000
-
-
-class CachedEmbedder:
-    """An embedder with an LRU of recent texts (a tool loop asks the same query again and again), and
-    optionally a persistent cache on disk (the evaluation replays the same corpora run after run)."""
-
-    def __init__(self, inner, max_entries: int = 4096, disk: str | Path | None = None) -> None:
-        self.inner = inner
-        self.dim = inner.dim
-        self.source = getattr(inner, "source", "?")
-        self.max_entries = max_entries
-        self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-        self._db_lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-        # what background threads' misses go to (embedworker.BackgroundEmbedder), and which threads those are
-        self.background = None
-        self.is_background = lambda: False
-        if disk:
-            self.attach_disk(disk)
-
-    def __repr__(self) -> str:
-        return f"CachedEmbedder({self.inner!r})"
-
-    def attach_disk(self, path: str | Path) -> None:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        # several processes may share the file (an eval and its live proxy's memory process): wait for
-        # a writer rather than fail, and treat the cache as best effort (see __call__)
-        db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE IF NOT EXISTS emb (k BLOB PRIMARY KEY, v BLOB)")
-        with self._lock:
-            self._db = db
-
-    def _key(self, text: str) -> bytes:
-        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16,
-                               person=b"minilm-l6-v2").digest()
-
-    def token_counter(self):
-        tc = getattr(self.inner, "token_counter", None)
-        return tc() if tc is not None else None
-
-    def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        if isinstance(texts, str):
-            texts = [texts]
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
-        keys = [self._key(t) for t in texts]
-        with self._lock:
-            for i, (t, k) in enumerate(zip(texts, keys)):
-                v = self._lru.get(k)
-                if v is not None:
-                    self._lru.move_to_end(k)
-                    out[i] = v
-                else:
-                    missing.setdefault(t, []).append(i)
-            db = self._db
-        if missing and db is not None:
-            ks = {self._key(t): t for t in missing}
-            found = {}
-            kl = list(ks)
-            with self._db_lock:  # one sqlite connection, used from the request and ingestion threads
-                for s in range(0, len(kl), 500):
-                    part = kl[s:s + 500]
-                    try:
-                        rows = db.execute(f"SELECT k, v FROM emb WHERE k IN ({','.join('?' * len(part))})",
-                                          part).fetchall()
-                    except sqlite3.Error:  # a cache: a miss costs an embedding, never the caller
-                        rows = []
-                    found.update({bytes(k): np.frombuffer(v, dtype=np.float32) for k, v in rows})
-            for k, v in found.items():
-                t = ks[k]
-                for i in missing.pop(t):
-                    out[i] = v
-        self.hits += len(texts) - sum(len(v) for v in missing.values())
-        if missing:
-            todo = list(missing)
-            bg = self.background
-            vecs = (bg if bg is not None and self.is_background() else self.inner)(todo)
-            self.misses += len(todo)
-            for t, v in zip(todo, vecs):
-                for i in missing[t]:
-                    out[i] = v
-            if db is not None:
-                rows = [(self._key(t), np.asarray(v, dtype=np.float32).tobytes()) for t, v in zip(todo, vecs)]
-                with self._db_lock:
-                    try:
-                        db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)", rows)
-                    except sqlite3.Error:
-                        pass  # not cached this time
-        with self._lock:
-            for k, v in zip(keys, out):
-                if k not in self._lru:
-                    self._lru[k] = v.copy()
-            while len(self._lru) > self.max_entries:
-                self._lru.popitem(last=False)
-        return out
-
-    def close(self) -> None:
-        if self.background is not None:
-            self.background.close()
-        with self._lock, self._db_lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+RECENT_IDS = 50_000  # ids of items submitted lately, not submitted again (MemoryService.submit)
 
 
 class MemoryService:
@@ -173,8 +69,8 @@ class MemoryService:
         self.tagger = Tagger(self.settings.tagging)
         self.embedder: CachedEmbedder | None = None
         self.embedder_message = ""
-        self.store = None
-        self.ingestor = None
+        self.store: MemoryStore | None = None
+        self.ingestor: Ingestor | None = None
         self.error: str | None = None
         self.ready = threading.Event()
         self.closed = False
@@ -183,7 +79,7 @@ class MemoryService:
         self.lexical_ms: float | None = None
         self._lexical_complete = False  # every stored item is indexed (a snapshot may be saved)
         self._lexical_saved_n = -1
-        self._recent: OrderedDict[str, None] = OrderedDict()  # ids submitted lately
+        self._recent = LRU(RECENT_IDS)  # ids submitted lately -> True
         self.originals = _open_originals(self.home)
         self._forgotten: set[tuple[str, str]] = set()  # (tenant, session) deleted while running
         self._keep_q: list[tuple[list, bool]] = []  # (items, searchable) keep() took, for the keeper thread
@@ -192,16 +88,15 @@ class MemoryService:
         self._keep_cv = threading.Condition()
         self._keep_busy = False
         self._keep_thread: threading.Thread | None = None
-        self._recent_lock = threading.Lock()
         # searches first: ingestion's threads wait between their steps while one runs (priority.py)
         self.priority = SearchFirst()
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
-        self._scope = None  # memory.scope.SessionVectors, made with the first retriever
+        self._scope: SessionVectors | None = None  # made with the first retriever
         # searches' vector halves started ahead (prepare): token -> (Vectors, when), the newest few
         self._prepared: OrderedDict[str, tuple] = OrderedDict()
         self._prepared_lock = threading.Lock()
-        self._key = self._store_key(self.settings)
+        self._key = store_key(self.settings)
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(target=self._open, name="cw-memory-open", daemon=True)
@@ -209,17 +104,8 @@ class MemoryService:
         else:
             self._open()
 
-    @staticmethod
-    def _store_key(settings) -> tuple:
-        m = settings.memory
-        return (m.chroma_url, m.model_dir, m.queue_size, m.chunk_tokens)
-
     # --- life cycle ---------------------------------------------------------------------------------
     def _open(self) -> None:
-        from .embedder import load_embedder
-        from .ingest import Ingestor
-        from .store import MemoryStore
-
         t0 = time.perf_counter()
         m = self.settings.memory
         try:
@@ -229,8 +115,6 @@ class MemoryService:
                 emb.pause = self.priority.pause  # between embedding runs, ingestion yields to searches
             self.embedder = CachedEmbedder(emb, disk=m.embed_cache) if emb is not None else None
             if self.embedder is not None and self.separate and m.embed_idle:
-                from .embedworker import BackgroundEmbedder
-
                 self.embedder.background = BackgroundEmbedder(emb, emb.model_dir)
                 self.embedder.is_background = self.priority.is_background
             if self.embedder is not None and self.settings.tagging.embedding_tagger:
@@ -247,8 +131,6 @@ class MemoryService:
                 # chunk sizes by the ingestor's cheap estimate: chunking measures text many times over
                 journal = None
                 if self.separate:
-                    from .pending import PendingTable
-
                     journal = PendingTable(self.home / "memory-pending.sqlite", m.pending_max)
                     if journal.recovered:
                         self.bus.emit("memory", {"recovered": journal.recovered, "pending": journal.items})
@@ -273,8 +155,6 @@ class MemoryService:
                 pass
             self._load_lexical()
             if m.chroma_url and not self.closed:  # other replicas write there too: index their items
-                from .lexical_refresh import LexicalRefresh
-
                 LexicalRefresh(self).start()
         self.bus.emit("memory_status", {"status": "ready" if self.error is None else "unavailable",
                                         "error": self.error, "embedder": self.embedder_message,
@@ -391,7 +271,7 @@ class MemoryService:
     def update(self, settings) -> bool:
         """New settings from ``cw_configure``: applied in place, unless the store itself changes (then
         returns False and the caller replaces the service)."""
-        if self._store_key(settings) != self._key or (process_mode(settings) == "separate") != self.separate:
+        if store_key(settings) != self._key:
             return False
         self.settings = settings
         if self.tagger.settings != settings.tagging:
@@ -445,17 +325,13 @@ class MemoryService:
         request; the store would deduplicate it, after a lookup)."""
         if self.ingestor is None:
             return False
-        with self._recent_lock:
-            fresh = [it for it in items if it.id not in self._recent]
+        fresh = [it for it in items if self._recent.peek(it.id) is None]
         if not fresh:
             return True
         ok = self.ingestor.submit(fresh, **info)
         if ok:
-            with self._recent_lock:
-                for it in fresh:
-                    self._recent[it.id] = None
-                while len(self._recent) > 50_000:
-                    self._recent.popitem(last=False)
+            for it in fresh:
+                self._recent.put(it.id, True)
         return ok
 
     def flush(self, timeout: float = 120) -> bool:
@@ -467,8 +343,6 @@ class MemoryService:
     def retriever(self, settings=None) -> Retriever:
         store = self.store if self.store is not None and self.store.available else None
         if store is not None and self._scope is None:
-            from .scope import SessionVectors
-
             self._scope = SessionVectors(store)  # the current sessions' vectors, kept between searches
         return Retriever(store, self.lexical, self.embedder, self._pool, (settings or self.settings).memory,
                          scope=self._scope if store is not None else None)
@@ -555,13 +429,9 @@ class MemoryService:
         redacted) as its request is read, and the same text comes again to be stored when its turn ends,
         ~1.5 s later under issue 19's load (a searchable kept text is submitted right after it is kept);
         redacting 12 KB of code costs ~1 ms."""
-        from . import secrets
-
         return self._redactions.get(text, lambda: secrets.redact_secrets(text))
 
     def _keeper(self) -> None:
-        from .ingest import _replace
-
         while True:
             with self._keep_cv:
                 while not self._keep_q:
@@ -602,20 +472,18 @@ class MemoryService:
         shared ``workspace``; ids of other tenants find nothing. Waits up to ``wait_s`` for originals
         still being written. With ``chunks``, an id only the searchable store knows (stored before
         originals were kept) comes back as its chunks, joined (a Chroma scan: not on a request's clock)."""
-        from .ingest import _replace
-
         if wait_s > 0:
             self.flush_kept(wait_s)
         found = self.originals.get(memory_ids, tenants, workspace) if self.originals is not None else []
         missing = [i for i in memory_ids if i not in {f.source_id for f in found}]
-        if missing and chunks and self.available:
-            chunks: dict[str, list] = {}
+        if missing and chunks and self.store is not None and self.available:
+            cut: dict[str, list] = {}
             for it in self.store.get_by_ids(missing, tenants, workspace):
-                chunks.setdefault(it.source_id or it.memory_id, []).append(it)
+                cut.setdefault(it.source_id or it.memory_id, []).append(it)
                 if it.memory_id != (it.source_id or it.memory_id):
-                    chunks.setdefault(it.memory_id, []).append(it)
+                    cut.setdefault(it.memory_id, []).append(it)
             for mid in missing:
-                parts = chunks.get(mid)
+                parts = cut.get(mid)
                 if parts:
                     first = parts[0]
                     found.append(_replace(first, text="\n".join(p.text for p in parts), source_id=mid))
@@ -628,8 +496,6 @@ class MemoryService:
         """Hybrid search for the recall API and the MCP ``search`` tool: the ``k`` best hits (or, with
         ``budget_tokens``, the most relevant that fit in it), each with its id, the id of the whole
         original it was cut from, its scores and where it came from."""
-        from .retrieve import Query
-
         t0 = time.perf_counter()
         forgotten = self._forgotten
         ret = self.search(Query(query), tenants, workspace=workspace, n=max(k * 3, self.settings.memory.candidates),
@@ -654,8 +520,6 @@ class MemoryService:
                  agent: str | None = None, tags: list[str] | None = None) -> str:
         """An agent's note, kept for later turns and for the other agents of ``tenant`` (or of the shared
         ``workspace``): whole at once, and searchable once ingested. Returns its id."""
-        from .items import MemoryItem
-
         item = MemoryItem(text=text, session=session, tenant=tenant, turn=0, role=agent or "agent", kind="note",
                           tags=list(tags or []), workspace=workspace)
         return self.keep([item])[0]
@@ -680,8 +544,6 @@ class MemoryService:
     def import_records(self, records: list[dict]) -> int:
         """Items of a JSONL export (``memory import`` while the proxy runs), through the ingestor: redacted
         again, chunked, embedded, indexed and kept whole. Returns how many were queued."""
-        from .items import MemoryItem
-
         items = []
         for rec in records:
             try:
@@ -696,8 +558,6 @@ class MemoryService:
 
 
 def _open_originals(home: Path):
-    from .originals import OriginalStore
-
     try:
         return OriginalStore(home)
     except Exception:  # an unreadable file costs recall, never the proxy
@@ -705,8 +565,15 @@ def _open_originals(home: Path):
 
 
 # --- one service per runtime ---------------------------------------------------------------------------
-_services: weakref.WeakKeyDictionary[object, MemoryService] = weakref.WeakKeyDictionary()
-_guard = threading.Lock()
+SLOT = "memory.service"  # the runtime's memo holding its service
+
+
+@dataclass
+class _Slot:
+    """Where a runtime keeps its memory service (``runtime.memo(SLOT, _Slot)``), replaced under ``lock``."""
+
+    svc: MemoryService | RemoteMemoryService | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 # memory.process "auto": separate in the proxy (a mitmdump / mitmproxy / mitmweb process, or
@@ -745,41 +612,35 @@ def exact_first(query: str, hits: list) -> list:
     return exact + [h for h in hits if id(h) not in taken]
 
 
-def get_service(runtime) -> MemoryService | None:
+def get_service(runtime) -> MemoryService | RemoteMemoryService | None:
     """The runtime's memory service, if memory is configured."""
-    with _guard:
-        return _services.get(runtime)
+    return runtime.memo(SLOT, _Slot).svc
 
 
-def configure(runtime, background: bool = True) -> MemoryService | None:
+def configure(runtime, background: bool = True) -> MemoryService | RemoteMemoryService | None:
     """Create (or update) the runtime's service from its settings; closes it when memory is disabled."""
     settings = runtime.settings
-    old = None
-    with _guard:
-        svc = _services.get(runtime)
-        if not settings.memory.enabled:
-            old = _services.pop(runtime, None)
-            svc = None
-        elif svc is None or not svc.update(settings):
-            old = svc
-            svc = _services[runtime] = None  # placeholder until opened below
+    slot = runtime.memo(SLOT, _Slot)
+    with slot.lock:
+        old = svc = slot.svc
+        if settings.memory.enabled and svc is not None and (process_mode(settings) == "separate") == svc.separate \
+                and svc.update(settings):
+            return svc  # applied in place
+        slot.svc = None
     if old is not None:
         old.close()
-    if settings.memory.enabled and svc is None:
-        if process_mode(settings) == "separate":
-            from .client import RemoteMemoryService
-
-            svc = RemoteMemoryService(runtime)
-        else:
-            svc = MemoryService(runtime, background=background)
-        with _guard:
-            _services[runtime] = svc
+    if not settings.memory.enabled:
+        return None
+    svc = RemoteMemoryService(runtime) if process_mode(settings) == "separate" else MemoryService(runtime, background)
+    with slot.lock:
+        slot.svc = svc
     return svc
 
 
 def shutdown(runtime) -> None:
     """Flush and close the runtime's service."""
-    with _guard:
-        svc = _services.pop(runtime, None)
+    slot = runtime.memo(SLOT, _Slot)
+    with slot.lock:
+        svc, slot.svc = slot.svc, None
     if svc is not None:
         svc.close()

@@ -31,12 +31,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import orjson
 
 from .. import sealing
+from ..redact import redact_secrets
 from .items import MemoryItem
-from .secrets import redact_secrets
 
 if TYPE_CHECKING:
     from ..settings.memory import MemorySection
@@ -181,8 +182,6 @@ class MemoryStore:
 
             cs = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
             if self.url:
-                from urllib.parse import urlparse
-
                 u = urlparse(self.url if "://" in self.url else f"http://{self.url}")
                 self._client = chromadb.HttpClient(host=u.hostname or "localhost",
                                                    port=u.port or (443 if u.scheme == "https" else 8000),

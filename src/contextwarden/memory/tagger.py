@@ -17,9 +17,10 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 from rapidfuzz import fuzz
 
-from .secrets import redact_text
+from ..redact import redact_text
 
 STOPWORDS = frozenset("""
 a about above across after again against all almost alone along already also although always am among an and
@@ -252,8 +253,6 @@ class EmbeddingTagger:
             self._matrix = None
 
     def tag(self, text: str, n: int = 2, exclude: Iterable[str] = ()) -> list[str]:
-        import numpy as np
-
         with self._lock:
             if not self._known:
                 return []

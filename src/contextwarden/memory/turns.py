@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date
 
 _MONTHS = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*"
 # a date or a time: 13:10, 1:10 pm, 2023-03-27, 27/03/2023, 27 March 2023, March 27
@@ -94,3 +95,31 @@ def query_text(text: str) -> str:
     """A message as a query: its turns without the dates written before them."""
     got = units(text)
     return text if len(got) == 1 and got[0].text == text else "\n".join(u.text for u in got)
+
+
+_MONTH_NUM = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), start=1)}
+# a day with its year: 27 March, 2023 / March 27, 2023 / 2023-03-27 (a day without a year is not a date)
+_DAY = re.compile(rf"\b(?P<d1>\d{{1,2}})(?:st|nd|rd|th)?\s+(?P<m1>{_MONTHS}),?\s+(?P<y1>\d{{4}})\b|"
+                  rf"\b(?P<m2>{_MONTHS})\s+(?P<d2>\d{{1,2}})(?:st|nd|rd|th)?,?\s+(?P<y2>\d{{4}})\b|"
+                  rf"\b(?P<y3>\d{{4}})-(?P<m3>\d{{1,2}})-(?P<d3>\d{{1,2}})\b", re.I)
+
+
+def dates_in(text: str | None) -> list[date]:
+    """The days ``text`` names with their year (a question's "on 16 June, 2023", a turn's ``when``)."""
+    out = []
+    for m in _DAY.finditer(text or ""):
+        g = {k: v for k, v in m.groupdict().items() if v}
+        month = g.get("m1") or g.get("m2")
+        try:
+            out.append(date(int(g.get("y1") or g.get("y2") or g["y3"]),
+                            _MONTH_NUM[month[:3].lower()] if month else int(g["m3"]),
+                            int(g.get("d1") or g.get("d2") or g["d3"])))
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
+def near(when: str | None, days: list[date], slack: int) -> bool:
+    """Whether the day ``when`` names is within ``slack`` days of one of ``days``."""
+    got = dates_in(when) if when else []
+    return bool(got) and any(abs((got[0] - d).days) <= slack for d in days)

@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+from pydantic import BaseModel
+
+from .retrieve import HistoryIndex
 
 MAX_FRAME = 256 * 1024 * 1024
 _HEADER = struct.Struct("!I")
@@ -177,8 +180,6 @@ def encode(obj: Any) -> Any:
         return {"$A": obj.tolist(), "dtype": str(obj.dtype)}
     if isinstance(obj, np.generic):
         return obj.item()
-    from .retrieve import HistoryIndex
-
     if isinstance(obj, HistoryIndex):
         return {"$H": [list(obj.hashes), list(obj.lines)]}
     if getattr(obj, "__func__", None) is HistoryIndex.__contains__ and isinstance(obj.__self__, HistoryIndex):
@@ -186,8 +187,6 @@ def encode(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {"$C": _name(type(obj)),
                 "v": {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}}
-    from pydantic import BaseModel
-
     if isinstance(obj, BaseModel):
         # settings go with every search: dumped once per settings object (they are replaced, not edited)
         with _MODEL_LOCK:
@@ -222,8 +221,6 @@ def decode(obj: Any) -> Any:
         if "$A" in obj:
             return np.asarray(obj["$A"], dtype=obj.get("dtype") or None)
         if "$H" in obj or "$Hc" in obj:
-            from .retrieve import HistoryIndex
-
             h = HistoryIndex()
             hashes, lines = obj.get("$H") or obj["$Hc"]
             h.hashes, h.lines = set(hashes), set(lines)

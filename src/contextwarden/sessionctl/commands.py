@@ -33,9 +33,7 @@ def _keys(rt, tenants: list[str] | None = None) -> dict[str, dict[str, Any]]:
             out[k] = rec if isinstance(rec, dict) else {}
     except Exception:  # a shared state down: the live sessions only
         pass
-    with ledger._last_lock:
-        live = list((ledger._last.get(rt) or {}).keys())
-    for k in live:
+    for k in ledger.live_sessions(rt):
         out.setdefault(k, {})
     if tenants is not None:
         out = {k: v for k, v in out.items() if k.split("|", 1)[0] in tenants}
@@ -62,10 +60,6 @@ def resolve(rt, ident: str, tenants: list[str] | None = None) -> str:
     return found[0]
 
 
-def _record(rt, key: str) -> dict[str, Any]:
-    return ledger.read(rt, key)
-
-
 def _summary(rt, key: str, rec: dict[str, Any]) -> dict[str, Any]:
     tenant, session, agent = (key.split("|") + ["", "", ""])[:3]
     versions = rec.get("versions") or []
@@ -78,14 +72,14 @@ def _summary(rt, key: str, rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_sessions(rt, tenants: list[str] | None = None) -> dict[str, Any]:
-    rows = [_summary(rt, k, _record(rt, k)) for k in _keys(rt, tenants)]
+    rows = [_summary(rt, k, ledger.read(rt, k)) for k in _keys(rt, tenants)]
     rows.sort(key=lambda r: r["last_ts"] or 0, reverse=True)
     return {"sessions": rows}
 
 
 def show(rt, ident: str) -> dict[str, Any]:
     key = resolve(rt, ident)
-    rec = _record(rt, key)
+    rec = ledger.read(rt, key)
     applied = set(ledger.applied_versions(rec))
     versions = [{**v, "applied": v["n"] in applied} if v.get("kind") == "decision" else dict(v)
                 for v in rec.get("versions") or []]
@@ -137,7 +131,7 @@ def rollback(rt, ident: str, to: Any, apply: bool = True) -> dict[str, Any]:
     """Roll the session back to version ``to`` (0: the client's own history): says what it costs and
     whether it fits; does it when ``apply`` and it fits."""
     key = resolve(rt, ident)
-    rec = _record(rt, key)
+    rec = ledger.read(rt, key)
     versions = rec.get("versions") or []
     try:
         to = int(to)
@@ -176,12 +170,11 @@ def rollback(rt, ident: str, to: Any, apply: bool = True) -> dict[str, Any]:
         out["applied"] = False
         return out
     after = out.get("tokens_after")
-    stored = append_version(rt, key, _rollback_version(_record(rt, key), to, out.get("tokens_before"), after), ROLLED)
+    stored = append_version(rt, key, _rollback_version(ledger.read(rt, key), to, out.get("tokens_before"), after), ROLLED)
     out["applied"] = True
     out["version"] = stored["n"]
-    rt.bus.emit("session", {"action": "rollback", "key": key, "to": to, "version": out["version"],
-                            "tokens_after": after, "rewrite_tokens": out.get("rewrite_tokens")},
-                session=key.split("|")[1] if "|" in key else key)
+    _emit(rt, key, action="rollback", to=to, version=out["version"], tokens_after=after,
+          rewrite_tokens=out.get("rewrite_tokens"))
     return out
 
 
@@ -236,7 +229,7 @@ def pin(rt, ident: str, target: Any) -> dict[str, Any]:
 def unpin(rt, ident: str, target: Any) -> dict[str, Any]:
     """Remove a pin: by its number (``#N`` or N as listed by show) or by its target."""
     key = resolve(rt, ident)
-    rec = _record(rt, key)
+    rec = ledger.read(rt, key)
     pins = rec.get("pins") or []
     want: dict[str, Any] | None = None
     sel = str(target)
@@ -274,7 +267,7 @@ def run(rt, args: dict[str, Any], tenants: list[str] | None = None) -> Any:
         return list_sessions(rt, tenants)
     if action not in ("show", "rollback", "pin", "unpin", "compact"):
         raise CommandError(f"unknown session action {action!r} (list, show, rollback, pin, unpin, compact)")
-    key = resolve(rt, args.get("session"), tenants)  # another tenant's session is "no session"
+    key = resolve(rt, args.get("session", ""), tenants)  # another tenant's session is "no session"
     if action == "show":
         return show(rt, key)
     if action == "rollback":

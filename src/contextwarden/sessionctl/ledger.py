@@ -33,11 +33,13 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-import weakref
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..history import session_key
+from ..lru import LRU
 from ..statecache import state_cache
 
 NS = "session"  # the controls every request reads
@@ -75,8 +77,7 @@ class Control:
         return frozenset((self.record.get("off") or {}).get(stage) or ())
 
     def is_off(self, stage: str, ref: str) -> bool:
-        refs = (self.record.get("off") or {}).get(stage)
-        return bool(refs) and ref in refs
+        return ref in ((self.record.get("off") or {}).get(stage) or ())
 
     def holds(self, tokens: int, settings) -> bool:
         """After a rollback, new decisions wait while the request fits the window (else the next
@@ -112,9 +113,9 @@ class Control:
 
 _memo_lock = threading.Lock()
 
-# the last live request of each session, per runtime (what previews re-apply decisions to)
-_last: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-_last_lock = threading.Lock()
+def last_requests(runtime) -> LRU:
+    """The runtime's memo of the last live request of each session (what previews re-apply decisions to)."""
+    return runtime.memo("sessionctl.last", lambda: LRU(256))
 
 
 def control(ctx, live: bool = False) -> Control:
@@ -137,40 +138,32 @@ def control(ctx, live: bool = False) -> Control:
 
 
 def _remember(ctx, key: str) -> None:
-    import dataclasses
-
     # what the request was, without its body (kept as bytes by runtime.bodies, read back for a preview):
     # a parsed body per session would be thousands of objects for the collector to walk
-    lite = dataclasses.replace(ctx, original={}, request=None, history=None, notes={}, stage_results=[], blocked=None,
-                               deadline=None, budget_ms=None, late_threads=set(),
-                               held_events=None, request_bytes=None, auth={}, message_raw=None,
-                               raw_exact=False, known_messages=0)
-    with _last_lock:
-        per = _last.setdefault(ctx.runtime, {})
-        per.pop(key, None)
-        per[key] = lite
-        while len(per) > 256:
-            per.pop(next(iter(per)))
+    lite = replace(ctx, original={}, request=None, history=None, notes={}, stage_results=[], blocked=None,
+                   deadline=None, budget_ms=None, late_threads=set(), held_events=None, request_bytes=None, auth={},
+                   message_raw=None, raw_exact=False, known_messages=0)
+    last_requests(ctx.runtime).put(key, lite)
 
 
 def last_request(runtime, key: str):
     """The session's latest live request (a context without its body: see preview.latest), or None."""
-    with _last_lock:
-        return (_last.get(runtime) or {}).get(key)
+    return last_requests(runtime).peek(key)
 
 
-class override:
+def live_sessions(runtime) -> list[str]:
+    """The sessions with a live request since the runtime started (the newest 256)."""
+    return [k for k, _ in last_requests(runtime).items()]
+
+
+@contextmanager
+def override(key: str, record: dict[str, Any]) -> Iterator[None]:
     """``with override(key, record):`` stages of this thread see ``record`` as the session's controls."""
-
-    def __init__(self, key: str, record: dict[str, Any]) -> None:
-        self.key, self.record, self._tok = key, record, None
-
-    def __enter__(self):
-        self._tok = _override.set((self.key, self.record))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _override.reset(self._tok)
+    tok = _override.set((key, record))
+    try:
+        yield
+    finally:
+        _override.reset(tok)
 
 
 # -- writing ------------------------------------------------------------------------------------------
@@ -198,7 +191,7 @@ def _bump(cur: dict[str, Any] | None, version: dict[str, Any]) -> tuple[dict[str
 
 
 def append_version(runtime, key: str, version: dict[str, Any], extra: dict[str, Any] | None = None,
-                   also: list[tuple[str, str, Any]] = ()) -> dict[str, Any]:
+                   also: Sequence[tuple[str, str, Any]] = ()) -> dict[str, Any]:
     """Number ``version`` and store it: the control record (atomically: the number, ``off``, and
     ``extra`` fields), then the version list (namespace ``session_versions``, read by the commands
     only: the control record every request reads stays small), in one transaction with ``also``
@@ -229,7 +222,7 @@ def read(runtime, key: str) -> dict[str, Any]:
 
 def record_decision(ctx, stage: str, *, trigger: str | None, tokens_before: int | None, tokens_after: int | None,
                     messages: list[int] | None = None, tool_ids: list[str] | None = None, refs: list[str] | None = None,
-                    span: tuple[int, int] | None = None, also: list[tuple[str, str, Any]] = (),
+                    span: tuple[int, int] | None = None, also: Sequence[tuple[str, str, Any]] = (),
                     **extra: Any) -> int | None:
     """Append a decision of ``stage`` as the session's next version; returns its number (None in a
     preview, which records nothing). ``refs``: the stage's own record keys this decision wrote;

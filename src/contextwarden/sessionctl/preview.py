@@ -18,15 +18,14 @@ from typing import Any
 
 import orjson
 
-from .ledger import override
+from ..pipeline import Pipeline
+from .ledger import last_request, override
 
 
 def latest(runtime, key: str):
     """The session's latest live request as a context to preview with: its body read back from the
     runtime's recent bodies (None when the session had no request since the proxy started, or its
     body was evicted)."""
-    from .ledger import last_request
-
     lite = last_request(runtime, key)
     if lite is None:
         return None
@@ -37,11 +36,9 @@ def latest(runtime, key: str):
     return dataclasses.replace(lite, original=body)
 
 
-def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str | None = None) -> tuple[bytes | None, int | None]:
+def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str = "") -> tuple[bytes | None, int | None]:
     """(the body as the decided state, its tokens) of ``ctx``'s request; under ``record`` as the
     session's controls when given. The body is None when it is the client's own."""
-    from ..pipeline import Pipeline
-
     fctx = dataclasses.replace(ctx, notes={}, stage_results=[], tokens_out=None, event_extra={**ctx.event_extra, "dry": True})
     quiet = threading.Event()
     quiet.set()  # finish() keeps no body of an abandoned call: a dry run is not a request
@@ -56,7 +53,7 @@ def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str |
     return None, ctx.tokens_in
 
 
-def decided_body(runtime, ctx, record: dict[str, Any] | None = None, key: str | None = None) -> tuple[dict[str, Any], int | None]:
+def decided_body(runtime, ctx, record: dict[str, Any] | None = None, key: str = "") -> tuple[dict[str, Any], int | None]:
     """:func:`decided_state` with the body decoded (the client's own when nothing applies)."""
     body, tokens = decided_state(runtime, ctx, record, key)
     return (orjson.loads(body) if body is not None else ctx.original), tokens

@@ -7,6 +7,7 @@ defaults. Unknown keys, in YAML or env, are an error that names the key.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
+
+import contextwarden.profiles as bundled  # data package mapped from the repo's profiles/
 
 from .base import Section
 from .compression import CompressionSection
@@ -71,8 +74,6 @@ def profiles_dirs(home: Path | None = None) -> list[Path]:
     dirs = []
     if home is not None:
         dirs.append(Path(home) / "profiles")
-    import contextwarden.profiles as bundled  # data package mapped from the repo's profiles/
-
     dirs.append(Path(bundled.__file__).parent)
     return dirs
 
@@ -212,8 +213,6 @@ def _format_error(e: ValidationError, source: str, environ=None) -> str:
 
 def _source_error(e: SourceError, environ=None) -> str:
     """pydantic-settings could not decode a variable's value (a list or object needs JSON)."""
-    import json
-
     environ = os.environ if environ is None else environ
     bad = []
     for path, var in _env_settings(environ).items():

@@ -159,6 +159,11 @@ class MemorySection(Section):
     (a chat's speaker, ``MemoryItem.speaker``), in the current session: "What does Melanie do to
     destress?" follows Melanie's turns (0: off)."""
 
+    date_weight: float = 1.0
+    """Weight, in the fusion, of rankings made within the current session's turns dated near a day the
+    question names ("on 16 June, 2023"; the date a client wrote before a turn, ``MemoryItem.when``)
+    (0: off)."""
+
     relevance_floor: float = 0.23
     """Nothing is injected when the best candidate's cosine similarity to the query is below this (with a
     model; BM25 alone has no absolute scale). 0.23: the 1st percentile of the best similarity of LoCoMo

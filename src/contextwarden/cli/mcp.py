@@ -20,8 +20,19 @@ hashed by the proxy as it hashes the client's requests; without one, this machin
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import shlex
+import sys
 import time
 from pathlib import Path
+
+from mcp.server.fastmcp import FastMCP
+
+from ..memory.api import ApiError, RecallClient
+from ._common import home_of
+from .recall import recall_items
 
 NAME = "contextwarden"
 RECALL_DOC = ("Get back, verbatim, content contextwarden took out of this conversation: a tool result a stub "
@@ -40,13 +51,41 @@ def _format_hit(h: dict) -> str:
             f"#{h.get('turn')} {h.get('role')}{' ' + h['tool'] if h.get('tool') else ''} · {when}]\n{h['text']}")
 
 
+def register(sub: argparse._SubParsersAction) -> None:
+    m = sub.add_parser("mcp", description="MCP server over stdio for Claude Code, Codex CLI and other MCP clients: "
+                                          "claude mcp add contextwarden -- contextwarden mcp")
+    m.add_argument("--api-key", help="the credential whose tenant the tools serve (default: $CONTEXTWARDEN_CREDENTIAL, "
+                                     "$ANTHROPIC_API_KEY, $OPENAI_API_KEY)")
+    m.add_argument("--home", default=None, help="cw_home of the proxy to talk to")
+    m.add_argument("--print-config", action="store_true",
+                   help="print how to register this server with Claude Code and Codex CLI (absolute paths: "
+                        "they work without the virtualenv on PATH), and exit")
+    m.set_defaults(func=run)
+
+
+def mcp_command(home: str | None = None) -> list[str]:
+    """The absolute command that starts this MCP server: the console script beside this interpreter (a
+    client starts it without the virtualenv's bin on its PATH), else the interpreter with ``-m``."""
+    script = Path(sys.executable).absolute().parent / "contextwarden"
+    cmd = [str(script)] if script.exists() else [str(Path(sys.executable).absolute()), "-m", "contextwarden"]
+    return cmd + ["mcp"] + (["--home", str(Path(home).expanduser().absolute())] if home else [])
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.print_config:
+        cmd = mcp_command(args.home)
+        print("# Claude Code\nclaude mcp add contextwarden -- " + shlex.join(cmd))
+        print("\n# Codex CLI: ~/.codex/config.toml\n[mcp_servers.contextwarden]\n"
+              f"command = {json.dumps(cmd[0])}\nargs = {json.dumps(cmd[1:])}")
+        return 0
+    cred = (args.api_key or os.environ.get("CONTEXTWARDEN_CREDENTIAL") or os.environ.get("ANTHROPIC_API_KEY")
+            or os.environ.get("OPENAI_API_KEY") or None)
+    build(home_of(args), cred).run("stdio")
+    return 0
+
+
 def build(home: Path, credential: str | None):
     """The FastMCP server (not started)."""
-    from mcp.server.fastmcp import FastMCP
-
-    from .cli.recall import recall_items
-    from .memory.api import ApiError, RecallClient
-
     server = FastMCP(NAME, instructions="contextwarden keeps what it clears or compacts out of the context; "
                                         "recall a memory id from a stub to read it verbatim.")
 
@@ -93,7 +132,3 @@ def build(home: Path, credential: str | None):
         return f"remembered as {out['id']}"
 
     return server
-
-
-def serve(home: Path, credential: str | None) -> None:
-    build(home, credential).run("stdio")
