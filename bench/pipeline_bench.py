@@ -163,7 +163,7 @@ def _repair(msgs: list[dict]) -> None:
 
 
 def run_traces(home: Path, window: int) -> None:
-    from contextwarden.validate import validate_rewrite
+    from contextwarden.dialects import validate_rewrite
 
     traces = sorted((SHARED / "eval" / "traces").glob("*.jsonl"))
     print(f"\n## Real Claude Code traces through strip, clearing, compaction (context window {window:,})\n")

@@ -15,8 +15,8 @@ with every step, and the prompt cache is written again each time (which is what 
 from __future__ import annotations
 
 from contextwarden import hookimpl
+from contextwarden.dialects import ANTHROPIC, dialect
 from contextwarden.models.anthropic import TextBlock
-from contextwarden.models.base import ApiKind
 
 name = "truncation"
 TRUNCATED = "[earlier conversation truncated]"
@@ -25,7 +25,7 @@ TRUNCATED = "[earlier conversation truncated]"
 @hookimpl
 def cw_request(ctx) -> None:
     cfg = ctx.settings.plugins.get(name) or {}
-    if not cfg.get("enabled") or ctx.api is not ApiKind.ANTHROPIC:
+    if not cfg.get("enabled") or dialect(ctx.api) is not ANTHROPIC:  # (typed messages of content blocks)
         return
     target = (ctx.notes.get("replay") or {}).get("target_tokens")
     if target is None:

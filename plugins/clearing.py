@@ -255,30 +255,6 @@ def input_stub(tool_input: dict, count: Callable[[str], int], how: str = "") -> 
 # finding the tool results of each API in the typed request
 
 
-def _locked_anthropic(req) -> set[int]:
-    """Assistant messages whose tool inputs stay as sent: the latest one, and those of the current
-    turn (from the latest user message that is not only tool results) that carry thinking blocks."""
-    msgs = req.messages
-    locked: set[int] = set()
-    turn_start = 0
-    for i in range(len(msgs) - 1, -1, -1):
-        m = msgs[i]
-        if m.role != "user":
-            continue
-        if isinstance(m.content, str) or any(getattr(b, "type", None) != "tool_result" for b in m.content):
-            turn_start = i
-            break
-    last = next((i for i in range(len(msgs) - 1, -1, -1) if msgs[i].role == "assistant"), None)
-    if last is not None:
-        locked.add(last)
-    for i in range(turn_start, len(msgs)):
-        m = msgs[i]
-        if m.role == "assistant" and not isinstance(m.content, str) and any(
-                getattr(b, "type", None) in ("thinking", "redacted_thinking") for b in m.content):
-            locked.add(i)
-    return locked
-
-
 class _Use(NamedTuple):
     """A tool_use block as clearing reads it."""
 
@@ -348,7 +324,7 @@ class _Prefix:
 _CARRY = ("clearing", "prefix")
 
 
-def _slots_anthropic(req, history=None, prior: _Prefix | None = None, cut: int | None = None) -> tuple[list[Slot], dict | None]:
+def _slots_blocks(req, history=None, prior: _Prefix | None = None, cut: int | None = None) -> tuple[list[Slot], dict | None]:
     """The slots, resuming after ``prior``'s messages when given; and the tool calls seen before
     message ``cut`` (to carry on), when asked."""
     msgs = req.messages
@@ -356,7 +332,7 @@ def _slots_anthropic(req, history=None, prior: _Prefix | None = None, cut: int |
     calls: dict[str, _Call] = dict(prior.calls) if prior is not None else {}
     slots: list[Slot] = list(prior.slots) if prior is not None else []
     tail = msgs[start:] if start else msgs
-    every = history.memos(tail, _FACTS_KEY, _tool_facts, start) if history is not None else [_tool_facts(m) for m in tail]
+    every = history.memos(tail, _FACTS_KEY, _tool_facts, start) if history is not None else list(map(_tool_facts, tail))
     calls_at_cut = dict(calls) if cut is not None and cut == start else None
     for i, facts in enumerate(every, start):
         if i == cut:
@@ -372,18 +348,6 @@ def _slots_anthropic(req, history=None, prior: _Prefix | None = None, cut: int |
     if cut is not None and calls_at_cut is None and cut >= len(msgs):
         calls_at_cut = dict(calls)
     return slots, calls_at_cut  # (None when cut is before where this resumed: nothing to carry)
-
-
-def _edited_anthropic(m, edit: dict[tuple, Any]):
-    """A copy of message ``m`` with the recorded stubs in place."""
-    content = []
-    for bi, b in enumerate(m.content):
-        if ("r", bi) in edit:
-            b = b.model_copy(update={"content": edit[("r", bi)]})
-        elif ("i", bi) in edit:
-            b = b.model_copy(update={"input": edit[("i", bi)]})
-        content.append(b)  # (an unchanged block is shared: typed blocks are frozen)
-    return m.model_copy(update={"content": content})
 
 
 def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
@@ -410,21 +374,6 @@ def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
     return slots
 
 
-def _edited_chat(m, edit: dict[tuple, Any]):
-    update: dict[str, Any] = {}
-    if ("r", 0) in edit:
-        update["content"] = edit[("r", 0)]
-    if m.tool_calls is not None:
-        calls = []
-        for ti, tc in enumerate(m.tool_calls):
-            fn = tc.function
-            if fn is not None:
-                fn = fn.model_copy(update={"arguments": edit[("a", ti)]}) if ("a", ti) in edit else fn
-            calls.append(tc.model_copy(update={"function": fn}))
-        update["tool_calls"] = calls
-    return m.model_copy(update=update)
-
-
 def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: _Prefix | None = None, carry: _Prefix | None = None) -> None:
     """Put the recorded stubs in: each edited message is replaced by an edited copy. The same stubs on
     the same message give the same copy on every request, kept by the conversation (``History.derive_all``)
@@ -432,13 +381,9 @@ def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: _Prefix | None = Non
     if not edits:
         return
     msgs = ctx.request.messages
-    edited = _edited_anthropic if ctx.api is ApiKind.ANTHROPIC else _edited_chat
+    edited = dialect(ctx.api).edited
     history = ctx.history
     todo = list(edits)
-    if history is None:
-        for i in todo:
-            msgs[i] = edited(msgs[i], edits[i])
-        return
     builds = [lambda m=msgs[i], edit=edits[i]: edited(m, edit) for i in todo]
     # the edit, completely: the stubs by block (the stub strings come from the session's records,
     # the same objects every request, so comparing them is a pointer compare)
@@ -447,7 +392,7 @@ def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: _Prefix | None = Non
         msgs[i] = m
 
 
-def _slots_responses(req) -> list[Slot]:
+def _slots_items(req) -> list[Slot]:
     if not isinstance(req.input, list):
         return []
     calls: dict[str, tuple[str, Any, int, int]] = {}
@@ -482,14 +427,15 @@ def _slots_responses(req) -> list[Slot]:
 
 def find_slots(api: ApiKind, req, edits: dict[int, dict[tuple, Any]], history=None, prior: _Prefix | None = None,
                cut: int | None = None) -> tuple[list[Slot], dict | None]:
-    """Every tool result of the request, in order. Setting a typed message's slot records into
-    ``edits`` (message index -> changes), which :func:`_commit` puts in. For Anthropic messages, the
-    slots resume after ``prior``'s and the tool calls seen before message ``cut`` come back too (to
-    carry on; None otherwise)."""
-    if api is ApiKind.ANTHROPIC:
-        return _slots_anthropic(req, history, prior, cut)
-    if api is ApiKind.OPENAI_RESPONSES:
-        return _slots_responses(req), None
+    """Every tool result of the request, in order, by where the dialect keeps them (``tool_results``).
+    Setting a typed message's slot records into ``edits`` (message index -> changes), which :func:`_commit`
+    puts in. For results in blocks (Anthropic), the slots resume after ``prior``'s and the tool calls seen
+    before message ``cut`` come back too (to carry on; None otherwise)."""
+    shape = dialect(api).tool_results
+    if shape == "blocks":
+        return _slots_blocks(req, history, prior, cut)
+    if shape == "items":
+        return _slots_items(req), None
     return _slots_chat(req, edits), None
 
 
@@ -716,7 +662,8 @@ def _begin(ctx, decide: bool) -> _Clearing | None:
         return None
     ctl = session_ledger.control(ctx, live=decide)  # the user's controls: rollback, pins, compact now
     edits: dict[int, dict[tuple, Any]] = {}
-    history = ctx.history if ctx.api is ApiKind.ANTHROPIC else None
+    d = dialect(ctx.api)
+    history = ctx.history if d.tool_results == "blocks" else None  # (the slots in blocks resume: _Prefix)
     got = history.carried(_CARRY) if history is not None else None
     prior: _Prefix | None = got[1] if got is not None else None
     # results after the model's last message are new to it: never cleared, even when a rewound
@@ -726,7 +673,7 @@ def _begin(ctx, decide: bool) -> _Clearing | None:
     # (the end of the conversation, where locks and unseen results are, is done again)
     cut = unseen_from - 1 if history is not None else None
     slots, calls_at_cut = find_slots(ctx.api, ctx.request, edits, history, prior, cut)
-    locked = _locked_anthropic(ctx.request) if ctx.api is ApiKind.ANTHROPIC else set()
+    locked = d.locked_inputs(ctx.request)
     if not slots:
         return None
     state = state_cache(ctx.runtime)

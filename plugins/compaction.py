@@ -63,10 +63,6 @@ from contextwarden.conversation import (
     count_breakpoints,
     cut_points,
     digest_memo,
-    entries,
-    entry,
-    tool_calls,
-    transcript,
 )
 from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors, usage_usd
 from contextwarden.dialects import NO_PROVIDER, ProviderContext, dialect
@@ -321,7 +317,7 @@ def working_appendix(ctx, budget: int, orig: list, lead: int, end: int) -> str:
     cfg = ctx.settings.compaction
     calls: list[Call] = []
     recent: list[tuple[int, str]] = []  # what the model wrote in the messages it keeps (files it works on now)
-    for i, t in enumerate(transcript(api, orig[lead:n], tool_calls(api, orig[:n]))):
+    for i, t in enumerate(dialect(api).transcript(orig[lead:n], dialect(api).tool_calls(orig[:n]))):
         if cfg.working_set_mentions and lead + i >= end and t.role == "assistant":
             recent.extend((len(calls), s) for s in said(t.parts))
         for p in t.parts:
@@ -356,7 +352,7 @@ def _protected_start(api: ApiKind, msgs: list[Any], protect_turns: int) -> int:
     last_asst = None
     before_asst = None  # the latest turn start before the latest assistant message
     for i in range(len(msgs) - 1, -1, -1):
-        e = entry(api, i, msgs[i])
+        e = dialect(api).entry(i, msgs[i])
         if last_asst is None and e.side == "assistant":
             last_asst = i
         if e.turn_start:
@@ -384,7 +380,7 @@ def _current_request(api: ApiKind, es, orig: list[Any], start: int, end: int, pr
         return None
     if cur < start:  # compacted before: the earlier summary quotes it already
         return (prior.sections.get("current") or [None])[0] if prior else None
-    return "\n".join(p.text for t in transcript(api, [orig[cur]]) for p in t.parts if p.kind == "text" and p.text.strip()) or None
+    return "\n".join(p.text for t in dialect(api).transcript([orig[cur]]) for p in t.parts if p.kind == "text" and p.text.strip()) or None
 
 
 def _prior(active: Decision | None) -> Summary | None:
@@ -529,11 +525,11 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
     pin_at = n if pin_at is None else pin_at
 
     lead = 0
-    while lead < n and entry(api, lead, orig[lead]).side == "system":
+    while lead < n and dialect(api).entry(lead, orig[lead]).side == "system":
         lead += 1
     lead = max(lead, provider.boundary)  # the provider's compaction: kept, with all before it
     spans = SpanHasher(orig, rt.memo("conversation.digests", digest_memo))
-    last_asst = next((i for i in range(n - 1, -1, -1) if entry(api, i, orig[i]).side == "assistant"), -1)
+    last_asst = next((i for i in range(n - 1, -1, -1) if dialect(api).entry(i, orig[i]).side == "assistant"), -1)
     return _Compaction(ctx=ctx, cfg=cfg, api=api, req=req, current=current, orig=orig, level=level, soft=soft,
                        hard=hard, target=target, protect=protect, ws_budget=ws_budget, key=key, now=now, store=store,
                        by_index=by_index, total=total, rec=rec, decisions=decisions, ctl=ctl, pin_at=pin_at, lead=lead,
@@ -559,7 +555,7 @@ def _applies(f: _Compaction, d: Decision, after: int) -> bool:
     """Whether decision ``d`` covers what the client sends now (its span ends after ``after``)."""
     k = d.end
     return d.lead == f.lead and after < k <= f.last_asst \
-        and entry(f.api, k, f.orig[k]).side == "assistant" and f.spans.at(k) == d.hash
+        and dialect(f.api).entry(k, f.orig[k]).side == "assistant" and f.spans.at(k) == d.hash
 
 
 def _tokens_with(f: _Compaction, d: Decision) -> int:
@@ -578,7 +574,7 @@ def _decide(f: _Compaction) -> _Decision:
         return out
     tokens = ctx.runtime.tokens
     store, key, by_index, total = f.store, f.key, f.by_index, f.total
-    es = out.es = entries(api, orig)
+    es = out.es = dialect(api).entries(orig)
     tok = out.tok = [tokens.count_message(api, m, ctx.model) for m in orig]
     tok_now = [max(0, t - by_index.get(i, 0)) for i, t in enumerate(tok)]
     fixed = max(0, total - sum(tok_now))  # system + tools: the head no compaction touches
@@ -628,7 +624,7 @@ def _decide(f: _Compaction) -> _Decision:
                                         summariser="llm", usage=done.get("usage"))
                 elif not done:
                     # started past soft, so the summary is ready when it is needed
-                    _start_llm(ctx, cfg, key, span, transcript(api, orig[start:chosen], tool_calls(api, orig[:chosen])),
+                    _start_llm(ctx, cfg, key, span, dialect(api).transcript(orig[start:chosen], dialect(api).tool_calls(orig[:chosen])),
                                _prior(active), chosen - start, sum(tok[start:chosen]))
                     if plan != {"end": chosen, "hash": span}:
                         store.update(NS, key, lambda cur: {**(cur or {}), "plan": {"end": chosen, "hash": span}})
@@ -655,7 +651,7 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision, dict[str, Any] |
     llm_usage = None
     end = new["end"]
     prior = _prior(active)
-    turns = transcript(api, orig[start:end], tool_calls(api, orig[:end]))
+    turns = dialect(api).transcript(orig[start:end], dialect(api).tool_calls(orig[:end]))
     summary = d.ready
     if summary is not None:
         llm_usage = summary.usage

@@ -38,13 +38,12 @@ from typing import Any
 
 from contextwarden import hookimpl
 from contextwarden.compress import Limits, compress, offload
-from contextwarden.conversation import _maybe_json, image_count, result_text
+from contextwarden.conversation import image_count, result_text
 from contextwarden.dialects import dialect
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.retrieve import history_items, human_text, role_of
 from contextwarden.memory.wayback import peek_wording, recall_wording
-from contextwarden.models.base import ApiKind
 from contextwarden.plugins import clearing
 from contextwarden.plugins.clearing import COMPRESSED, Slot, _commit, _last_assistant, _path_of, find_slots, session_key
 from contextwarden.plugins.recall import _item
@@ -88,7 +87,7 @@ def cw_reapply(ctx) -> None:
     _compress(ctx, decide=False)
 
 
-def _tail_anthropic(req, last: int) -> tuple[list[Slot], dict[str, bool]]:
+def _tail_blocks(req, last: int) -> tuple[list[Slot], dict[str, bool]]:
     """The tool results after message ``last`` (the model's last), with their calls from that message."""
     msgs = req.messages
     calls: dict[str, tuple[str, Any, int]] = {}
@@ -114,8 +113,8 @@ def _tail_anthropic(req, last: int) -> tuple[list[Slot], dict[str, bool]]:
 
 def _tail(ctx, edits: dict) -> tuple[list[Slot], dict[str, bool]]:
     last = _last_assistant(ctx)
-    if ctx.api is ApiKind.ANTHROPIC:
-        return _tail_anthropic(ctx.request, last)
+    if dialect(ctx.api).tool_results == "blocks":  # (only the tail is walked)
+        return _tail_blocks(ctx.request, last)
     items = dialect(ctx.api).messages_of(ctx.request)
     if not isinstance(items, list) or not any(role_of(it) == "tool" for it in items[last + 1:]):
         return [], {}  # no new tool result: the history is not walked
@@ -136,26 +135,8 @@ def _last_human(ctx) -> str:
 
 def _edited_paths(ctx) -> set[str]:
     """Paths an Edit, MultiEdit, Write or NotebookEdit call of this request changed."""
-    out: set[str] = set()
-    for m in history_items(ctx.api, ctx.original):
-        if not isinstance(m, dict):
-            continue
-        if ctx.api is ApiKind.ANTHROPIC:
-            c = m.get("content")
-            for b in c if m.get("role") == "assistant" and isinstance(c, list) else ():
-                if isinstance(b, dict) and b.get("type") == "tool_use" and b.get("name") in clearing.EDIT_TOOLS:
-                    if p := _path_of(b.get("input")):
-                        out.add(p)
-        else:
-            for tc in m.get("tool_calls") or ():
-                fn = tc.get("function") if isinstance(tc, dict) else None
-                if isinstance(fn, dict) and fn.get("name") in clearing.EDIT_TOOLS:
-                    if p := _path_of(_maybe_json(fn.get("arguments"))):
-                        out.add(p)
-            if m.get("type") == "function_call" and m.get("name") in clearing.EDIT_TOOLS:
-                if p := _path_of(_maybe_json(m.get("arguments"))):
-                    out.add(p)
-    return out
+    calls = dialect(ctx.api).tool_calls(history_items(ctx.api, ctx.original)).values()
+    return {p for c in calls if c.name in clearing.EDIT_TOOLS and (p := _path_of(c.input))}
 
 
 def allowed(cfg, tool: str, tool_input: Any, is_error: bool, edited: Any = ()) -> bool:
@@ -175,7 +156,7 @@ def _result_tokens(ctx, slot: Slot, lazy: dict) -> int:
     per = lazy.setdefault("msg_tokens", {})
     i = slot.index
     if i not in per:
-        memo = ctx.history.tokens_kept if ctx.history is not None else None  # per-message counts of the original
+        memo = ctx.history.tokens_kept  # per-message counts of the original
         msgs = history_items(ctx.api, ctx.original)
         if memo is not None and memo[0] is not None and len(memo[1]) == len(msgs):
             n = memo[1][i][0]

@@ -30,9 +30,7 @@ from contextwarden.memory.ingest import items_from_messages
 from contextwarden.memory.inject import (
     BLOCK_OVERHEAD_TEXT,
     NotInjectable,
-    check,
     framing_tokens,
-    inject,
     last_user_index,
     render_block,
     strip_blocks,
@@ -210,7 +208,7 @@ def _query(ctx, original: list, clean_text) -> tuple:
         # with every step is new input each time, for what the model has already acted on
         return None, "tool loop step"
     try:
-        check(ctx.api, ctx.request)  # e.g. the last message is a tool's
+        dialect(ctx.api).injectable(ctx.request)  # e.g. the last message is a tool's
     except NotInjectable as e:
         return None, str(e)
     return query, None
@@ -275,7 +273,7 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         hits.pop()
         block = render_block([h.item for h in hits])
     try:
-        where = inject(ctx.api, ctx.request, block)
+        where = dialect(ctx.api).inject(ctx.request, block)
     except NotInjectable as e:
         return finish(skipped=str(e), **info)
     best = set(tokenize(hits[0].item.text))

@@ -23,16 +23,15 @@ import time
 from typing import Any
 
 from contextwarden import hookimpl
-from contextwarden.conversation import tool_calls, transcript
+from contextwarden.dialects import dialect
 from contextwarden.history import session_key as _session_key
 from contextwarden.lru import LRU
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.autorecall import Found, Kept, Lost, Memos, TermIndex, excerpt, find, read_answer
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.inject import NotInjectable, inject, render_block
+from contextwarden.memory.inject import NotInjectable, render_block
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.retrieve import history_items, role_of
-from contextwarden.models.base import ApiKind
 from contextwarden.statecache import state_cache
 
 NS = "recall.auto"
@@ -92,8 +91,9 @@ def _folded(ctx, lead: int, end: int) -> list[Lost]:
 
 def _folded_of(ctx, lead: int, end: int) -> list[Lost]:
     orig = history_items(ctx.api, ctx.original)
+    d = dialect(ctx.api)
     got = []
-    for k, t in enumerate(transcript(ctx.api, orig[lead:end], tool_calls(ctx.api, orig[:end]))):
+    for k, t in enumerate(d.transcript(orig[lead:end], d.tool_calls(orig[:end]))):
         for p in t.parts:
             if p.kind == "tool_result" and p.text.strip():
                 got.append(Lost(memory_id(p.text), p.text, lead + k, p.tool, p.tool_input))
@@ -112,11 +112,10 @@ def _term_index(ctx) -> TermIndex:
     """The conversation's index of its lost texts (its ``recall`` slot): each lost text's runs are read
     once, when it is first lost, and its terms once, when an answer's term is first in it; not again on
     every request. Carried about no message (n = 0): what it holds depends on the texts alone."""
-    history = ctx.history
-    got = history.carried(TERMS_SLOT) if history is not None else None
+    got = ctx.history.carried(TERMS_SLOT)
     index = got[1] if got is not None else TermIndex()
-    if history is not None and got is None:
-        history.carry_on(TERMS_SLOT, 0, index)
+    if got is None:
+        ctx.history.carry_on(TERMS_SLOT, 0, index)
     return index
 
 
@@ -174,7 +173,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
         return {"skipped": "over budget", "over_budget": over, "budget": budget}
     items = [_item(ctx, f.lost.memory_id, t, f.lost.turn, f.lost.tool, f.lost.kind) for f, t in zip(chosen, texts)]
     try:
-        where = inject(ctx.api, ctx.request, render_block(items))
+        where = dialect(ctx.api).inject(ctx.request, render_block(items))
     except NotInjectable as e:
         return {"skipped": str(e)}
     state.put(NS, key, (list(done) + [f.lost.memory_id for f in chosen])[-MAX_REMEMBERED:])
@@ -200,7 +199,7 @@ def cw_request(ctx) -> None:
     except Exception as e:  # recall is an extra: the request goes on
         ctx.emit("error", where="recall", message=f"keeping originals: {type(e).__name__}: {e}", action="not kept")
     try:
-        if ctx.api is not ApiKind.OPENAI_RESPONSES or isinstance(getattr(ctx.request, "input", None), list):
+        if dialect(ctx.api).messages_of(ctx.request) is not None:  # (a Responses ``input`` may be a string)
             data.update(auto_recall(ctx, svc))
     except Exception as e:
         ctx.emit("error", where="recall", message=f"{type(e).__name__}: {e}", action="forwarded without recall")

@@ -288,7 +288,7 @@ def test_results_the_model_has_not_read_are_never_cleared(cw_home):
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from contextwarden.validate import validate_rewrite  # noqa: E402
+from contextwarden.dialects import validate_rewrite  # noqa: E402
 from tests.support.stages import words  # noqa: E402
 from tests.support.upstream import strict_problems  # noqa: E402
 

@@ -9,10 +9,10 @@ import copy
 import pytest
 
 from contextwarden.apis import classify, classify_websocket
+from contextwarden.dialects import validate_rewrite
 from contextwarden.models.base import ApiKind
 from contextwarden.redact import redact_headers, tenant_id, tenant_of
 from contextwarden.settings.proxy import ProxySection
-from contextwarden.validate import validate_rewrite
 from tests.support.stages import Harness, responses_tool_loop, settings_overrides, words
 
 R = ApiKind.OPENAI_RESPONSES

@@ -9,12 +9,12 @@ import time
 import orjson
 import pytest
 
-from contextwarden.conversation import count_breakpoints, cut_points, entries, transcript
+from contextwarden.conversation import count_breakpoints, cut_points
+from contextwarden.dialects import ANTHROPIC, validate_rewrite
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins import compaction as comp
 from contextwarden.statecache import state_cache
 from contextwarden.summarise import extract, extractive_summary, render
-from contextwarden.validate import validate_rewrite
 
 from .support.stages import Harness, anthropic_tool_loop, chat_tool_loop, responses_tool_loop, settings_overrides
 
@@ -312,18 +312,18 @@ def test_clearing_then_compaction_together(cw_home):
 
 def test_extractive_summary_is_deterministic_and_bounded(cw_home):
     body = anthropic_tool_loop(30)
-    turns = transcript(ApiKind.ANTHROPIC, body["messages"][:-1])
+    turns = ANTHROPIC.transcript(body["messages"][:-1])
     a = extractive_summary(turns, messages=10, tokens=1000, max_chars=4000)
-    b = extractive_summary(transcript(ApiKind.ANTHROPIC, copy.deepcopy(body)["messages"][:-1]), messages=10, tokens=1000, max_chars=4000)
+    b = extractive_summary(ANTHROPIC.transcript(copy.deepcopy(body)["messages"][:-1]), messages=10, tokens=1000, max_chars=4000)
     assert a.text == b.text and len(a.text) <= 4400
     assert "Task 0: please fix" in a.text and "Task 29: please fix" in a.text  # the task and the latest request
     assert "earlier items omitted" in a.text
     # merging with a prior summary keeps its items
-    c = extractive_summary(transcript(ApiKind.ANTHROPIC, anthropic_tool_loop(2, seed=5)["messages"]), messages=4, tokens=100,
+    c = extractive_summary(ANTHROPIC.transcript(anthropic_tool_loop(2, seed=5)["messages"]), messages=4, tokens=100,
                            max_chars=20_000, prior=a)
     assert c.messages == 14 and "Task 0: please fix" in c.text
     # errors are picked from tool results
-    sec = extract(transcript(ApiKind.ANTHROPIC, [
+    sec = extract(ANTHROPIC.transcript([
         {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "make"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "is_error": True,
                                       "content": "make: *** No rule to make target 'all'.  Stop."}]}]))
@@ -333,7 +333,7 @@ def test_extractive_summary_is_deterministic_and_bounded(cw_home):
 
 def test_cut_points_never_split_a_pair():
     body = anthropic_tool_loop(4)
-    es = entries(ApiKind.ANTHROPIC, body["messages"])
+    es = ANTHROPIC.entries(body["messages"])
     cuts = cut_points(es, 0, len(es))
     # a cut goes right before an assistant message, never between a tool_use and its result
     for k in cuts:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from contextwarden.cost import price_for
+from contextwarden.dialects import ANTHROPIC
 from contextwarden.fidelity import FidelityCounter, answer_items, round_trip_cost
-from contextwarden.memory.inject import inject, render_block
+from contextwarden.memory.inject import render_block
 from contextwarden.memory.items import MemoryItem
-from contextwarden.models import ApiKind
 from contextwarden.models.anthropic import MessagesRequest
 from contextwarden.plugins import baselines as truncation
 from contextwarden.plugins.clearing import stub_text
@@ -75,7 +75,7 @@ def test_the_same_with_the_read_brought_back_by_memory_loses_nothing():
     sent = cleared(body)
     req = MessagesRequest.model_validate(sent)
     item = MemoryItem(text=READ_RESULT, session="s1", tenant="t", turn=2, role="tool", kind="tool_result", tool="Read")
-    inject(ApiKind.ANTHROPIC, req, render_block([item]))
+    ANTHROPIC.inject(req, render_block([item]))
     sent = req.wire()
     assert sent["messages"][2]["content"][0]["content"].startswith("[contextwarden cleared")
     f = FidelityCounter().request(body, sent, EDIT, MODEL)

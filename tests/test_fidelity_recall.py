@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import copy
 
+from contextwarden.dialects import ANTHROPIC
 from contextwarden.fidelity import FidelityCounter, totals
-from contextwarden.memory.inject import inject, render_block
+from contextwarden.memory.inject import render_block
 from contextwarden.memory.items import MemoryItem
-from contextwarden.models import ApiKind
 from contextwarden.models.anthropic import MessagesRequest
 
 from .test_fidelity import EDIT, MODEL, READ_RESULT, cleared, session
@@ -22,7 +22,7 @@ LONG_EDIT = {"role": "assistant", "content": [{"type": "tool_use", "id": "t2", "
 def _with_memory(body: dict, text: str) -> dict:
     req = MessagesRequest.model_validate(body)
     item = MemoryItem(text=text, session="s1", tenant="t", turn=2, role="tool", kind="tool_result", tool="Read")
-    inject(ApiKind.ANTHROPIC, req, render_block([item]))
+    ANTHROPIC.inject(req, render_block([item]))
     return req.wire()
 
 

@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contextwarden.dialects import validate_rewrite
 from contextwarden.models.base import ApiKind
 from contextwarden.pluginmanager import make_plugin_manager
 from contextwarden.settings import load_settings
-from contextwarden.validate import validate_rewrite
 
 from .support.convgen import (
     anthropic_bodies,

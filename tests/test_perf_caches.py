@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from contextwarden.bodies import BodyRing, record
+from contextwarden.dialects import validate_rewrite
 from contextwarden.models.base import ApiKind
 from contextwarden.settings import load_settings
 from contextwarden.tokens import TokenCounter
-from contextwarden.validate import validate_rewrite
 from tests.support.stages import Harness, anthropic_tool_loop, chat_tool_loop, responses_tool_loop, settings_overrides
 
 

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contextwarden import validate
+from contextwarden.dialects import validate_rewrite
 from contextwarden.models.base import ApiKind
 from contextwarden.pipeline import serialise, wire_of
 from contextwarden.prefixparse import RecentBodies
-from contextwarden.validate import validate_rewrite
 from tests.support.convgen import anthropic_bodies, check_anthropic
 from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides
 

@@ -13,15 +13,13 @@ import pytest
 from contextwarden import hookimpl
 from contextwarden.bodies import record
 from contextwarden.cost import billed_from_usage, billed_units, boundaries, provider_compaction
-from contextwarden.dialects import NO_PROVIDER, dialect
+from contextwarden.dialects import ANTHROPIC, NO_PROVIDER, dialect, validate_rewrite
 from contextwarden.liveprotocol import Totals
 from contextwarden.models.base import ApiKind
 from contextwarden.replay import replay
 from contextwarden.runtime import Runtime
 from contextwarden.settings import load_settings
-from contextwarden.streams.anthropic import AnthropicAssembler
 from contextwarden.tokens import TokenCounter
-from contextwarden.validate import validate_rewrite
 
 from .support.stages import Harness, anthropic_tool_loop, settings_overrides
 
@@ -134,7 +132,7 @@ def test_the_assembler_reads_compaction_blocks_iterations_and_applied_edits():
             "cache_creation_input_tokens": 0},
            {"type": "message", "input_tokens": 23000, "output_tokens": 1000, "cache_read_input_tokens": 0,
             "cache_creation_input_tokens": 0}]
-    a = AnthropicAssembler()
+    a = ANTHROPIC.new_assembler()
     for name, data in sse(
             {"type": "message_start", "message": {"id": "msg_1", "model": "claude-sonnet-4-6", "content": [],
                                                   "usage": {"input_tokens": 23000, "output_tokens": 1}}},

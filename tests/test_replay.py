@@ -11,11 +11,11 @@ import pytest
 from contextwarden.bodies import record
 from contextwarden.cli import main as cli_main
 from contextwarden.cost import PromptCache, billed_from_usage, boundaries, price_for
+from contextwarden.dialects import ANTHROPIC, validate_rewrite
 from contextwarden.models import ApiKind
 from contextwarden.replay import CONTINUED, load_claude_code, replay
 from contextwarden.settings import load_settings
 from contextwarden.tokens import TokenCounter
-from contextwarden.validate import validate_rewrite
 
 from .conftest import EVAL_DIR
 
@@ -305,11 +305,9 @@ def test_a_new_prompt_rewrites_the_cache_where_earlier_thinking_is_dropped(count
 
 def _inject(b: dict, block: str) -> dict:
     """``b`` with ``block`` put in by the memory stage's own injector (the typed model, as in the pipeline)."""
-    from contextwarden.memory.inject import inject
-    from contextwarden.models import parse_body
 
-    req = parse_body(ApiKind.ANTHROPIC, json.loads(json.dumps(b)))
-    inject(ApiKind.ANTHROPIC, req, block)
+    req = ANTHROPIC.parse(json.loads(json.dumps(b)))
+    ANTHROPIC.inject(req, block)
     return req.wire()
 
 

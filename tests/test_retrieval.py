@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
+from contextwarden.dialects import ANTHROPIC, OPENAI_CHAT, dialect, validate_rewrite
 from contextwarden.memory.inject import (
     OPEN,
     NotInjectable,
     closing_tag,
-    inject,
     render_block,
     render_item,
     strip_blocks,
@@ -20,9 +20,8 @@ from contextwarden.memory.inject import (
 from contextwarden.memory.lexical import LexicalIndex, tokenize
 from contextwarden.memory.retrieve import HistoryIndex, Hit, Query, Retrieval, Retriever, build_query, rrf, select
 from contextwarden.memory.tagger import tag_key
-from contextwarden.models import ApiKind, parse_body
+from contextwarden.models import ApiKind
 from contextwarden.settings.memory import MemorySection
-from contextwarden.validate import validate_rewrite
 from tests.support.memstore import embedder, item, store
 
 FACTS = [
@@ -223,8 +222,8 @@ BLOCK = render_block([item(FACTS[3], turn=7, session="s-old")])
 
 def _apply(api, body):
     original = copy.deepcopy(body)
-    model = parse_body(api, body)
-    where = inject(api, model, BLOCK)
+    model = dialect(api).parse(body)
+    where = dialect(api).inject(model, BLOCK)
     wire = model.wire()
     assert body == original, "the original body must not be mutated"
     assert validate_rewrite(api, wire, original) == []
@@ -254,7 +253,7 @@ def test_anthropic_no_injection_before_a_later_breakpoint():
     msgs = [{"role": "user", "content": "hi"},
             {"role": "assistant", "content": [{"type": "text", "text": "prefill", "cache_control": {"type": "ephemeral"}}]}]
     with pytest.raises(NotInjectable):
-        inject(ApiKind.ANTHROPIC, parse_body(ApiKind.ANTHROPIC, _anthropic(msgs)), BLOCK)
+        ANTHROPIC.inject(ANTHROPIC.parse(_anthropic(msgs)), BLOCK)
 
 
 @pytest.mark.parametrize("api", [ApiKind.OPENAI_CHAT, ApiKind.OLLAMA_CHAT])
@@ -274,7 +273,7 @@ def test_openai_chat_tool_loop_is_not_injected():
         {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "file"}]}
     with pytest.raises(NotInjectable):
-        inject(ApiKind.OPENAI_CHAT, parse_body(ApiKind.OPENAI_CHAT, body), BLOCK)
+        OPENAI_CHAT.inject(OPENAI_CHAT.parse(body), BLOCK)
 
 
 def test_responses_string_and_list_inputs():

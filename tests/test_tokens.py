@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import tiktoken
 
+from contextwarden.dialects import ANTHROPIC
 from contextwarden.events import EventBus
 from contextwarden.models import ApiKind
 from contextwarden.settings import load_settings
@@ -221,10 +222,9 @@ def test_responses_counts_instructions_and_items(counter):
 
 
 def test_typed_models_count_like_their_json(counter):
-    from contextwarden.models import parse_body
 
     body = json.loads(CC_TURN2.read_text())
-    typed = parse_body(ApiKind.ANTHROPIC, body)
+    typed = ANTHROPIC.parse(body)
     assert counter.count_request(ApiKind.ANTHROPIC, typed) == counter.count_request(ApiKind.ANTHROPIC, body)
     assert counter.count_message(ApiKind.ANTHROPIC, typed.messages[-1]) == counter.count_message(ApiKind.ANTHROPIC, body["messages"][-1])
 

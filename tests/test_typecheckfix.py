@@ -32,7 +32,7 @@ def _verdict(fn, case) -> str:
 
 
 def _original():
-    return typecheckfix._original or typecheck.check_option_type
+    return typecheckfix._ORIGINAL or typecheck.check_option_type
 
 
 def _garbage_of(make) -> list:
@@ -59,7 +59,7 @@ def test_the_same_verdicts_and_messages_as_mitmproxys_own_check():
     assert typecheck.check_option_type is not original
     assert [_verdict(typecheck.check_option_type, c) for c in CASES] == [_verdict(original, c) for c in CASES]
     assert typecheckfix.install()  # twice: still the one wrapper around mitmproxy's
-    assert typecheckfix._original is original
+    assert typecheckfix._ORIGINAL is original
 
 
 def test_a_flow_rebuilt_from_its_state_is_freed_without_a_collection():

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from contextwarden.dialects import validate_rewrite
 from contextwarden.models import ApiKind
-from contextwarden.validate import validate_rewrite
 
 from .conftest import EVAL_DIR
 

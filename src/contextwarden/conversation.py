@@ -22,15 +22,9 @@ from typing import Any
 import orjson
 
 from .lru import BytesMemo
-from .models.base import ApiKind
+from .models.openai_responses import ASSISTANT_TYPES
 from .redact import redact_field
 from .scrub import scrub_text
-
-
-def _dialect(api):
-    from .dialects import dialect  # (lazily: the dialects import this module)
-
-    return dialect(api)
 
 #: Roles that carry instructions rather than conversation (kept or summarised verbatim, never dropped).
 SYSTEM_ROLES = frozenset({"system", "developer"})
@@ -55,16 +49,6 @@ def side_of(role: str) -> str:
     return "assistant" if role == "assistant" else "user"
 
 
-def entry(api: ApiKind, index: int, m: Any) -> Entry:
-    """Classify one wire message / input item (its dialect's ``entry``)."""
-    return _dialect(api).entry(index, m)
-
-
-def entries(api: ApiKind, msgs: list[Any]) -> list[Entry]:
-    classify = _dialect(api).entry
-    return [classify(i, m) for i, m in enumerate(msgs)]
-
-
 def cut_points(es: list[Entry], lo: int, hi: int) -> list[int]:
     """Indices k in (lo, hi] where ``msgs[lo:k]`` can be replaced by one user summary message.
 
@@ -82,16 +66,16 @@ def cut_points(es: list[Entry], lo: int, hi: int) -> list[int]:
     for e in es:
         for u in e.uses:
             first_use.setdefault(u, e.index)
-        for r in e.results:
-            last_result[r] = e.index
+        for res in e.results:
+            last_result[res] = e.index
     # bad[k] > 0 when some pair has its call before k and its answer at or after k
     delta = [0] * (n + 2)
-    for tid, u in first_use.items():
+    for call_id, at in first_use.items():
         # a call with no answer in the history (the client's problem) pins nothing but must not be
         # separated from what follows it either: treat it as answered at the end
-        r = last_result.get(tid, n)
-        if r > u:
-            delta[u + 1] += 1
+        r = last_result.get(call_id, n)
+        if r > at:
+            delta[at + 1] += 1
             delta[r + 1] -= 1
     out, run = [], 0
     for k in range(n + 1):
@@ -244,11 +228,6 @@ class ToolCall:
     index: int  # message index of the call
 
 
-def tool_calls(api: ApiKind, msgs: list[Any]) -> dict[str, ToolCall]:
-    """Every tool call of the history by id, in order (its dialect's ``tool_calls``)."""
-    return _dialect(api).tool_calls(msgs)
-
-
 def maybe_json(v: Any) -> Any:
     if isinstance(v, str) and v[:1] in ("{", "["):
         try:
@@ -256,9 +235,6 @@ def maybe_json(v: Any) -> Any:
         except orjson.JSONDecodeError:
             return v
     return v
-
-
-_maybe_json = maybe_json  # (the name compression imports)
 
 
 def input_hint(tool_input: Any, limit: int = 80) -> str:
@@ -307,9 +283,9 @@ class Turn:
     parts: list[Part] = field(default_factory=list)
 
 
-def transcript(api: ApiKind, msgs: list[Any], calls: dict[str, ToolCall] | None = None) -> list[Turn]:
-    """The messages as role + typed parts, whatever the API."""
-    calls = calls if calls is not None else tool_calls(api, msgs)
+def transcript(msgs: list[Any], calls: dict[str, ToolCall]) -> list[Turn]:
+    """The messages as role + typed parts, whatever the API (``calls``: the dialect's ``tool_calls``;
+    ``Dialect.transcript`` finds them)."""
     out: list[Turn] = []
     for m in msgs:
         if isinstance(m, str):
@@ -332,8 +308,6 @@ def transcript(api: ApiKind, msgs: list[Any], calls: dict[str, ToolCall] | None 
                 txt = "\n".join(s.get("text", "") for s in summ if isinstance(s, dict)) if isinstance(summ, list) else ""
                 out.append(Turn("assistant", [Part("thinking", txt)]))
             else:
-                from .dialects.responses import ASSISTANT_TYPES  # (the dialect imports this module)
-
                 out.append(Turn("assistant" if t in ASSISTANT_TYPES else "user", [Part("other", "")]))
             continue
         role = str(m.get("role", "user"))
@@ -348,27 +322,27 @@ def transcript(api: ApiKind, msgs: list[Any], calls: dict[str, ToolCall] | None 
                     continue
                 if not isinstance(b, dict):
                     continue
-                t = b.get("type")
-                if t in ("text", "input_text", "output_text") or (t is None and isinstance(b.get("text"), str)):
+                bt = b.get("type")
+                if bt in ("text", "input_text", "output_text") or (bt is None and isinstance(b.get("text"), str)):
                     parts.append(Part("text", str(b.get("text", ""))))
-                elif t == "thinking":
+                elif bt == "thinking":
                     parts.append(Part("thinking", str(b.get("thinking", ""))))
-                elif t == "tool_use":
+                elif bt == "tool_use":
                     parts.append(Part("tool_use", "", str(b.get("name", "")), b.get("input"), str(b.get("id", ""))))
-                elif t == "tool_result":
+                elif bt == "tool_result":
                     tid = str(b.get("tool_use_id", ""))
                     call = calls.get(tid)
                     parts.append(Part("tool_result", result_text(b.get("content")), call.name if call else None,
                                       call.input if call else None, tid, bool(b.get("is_error"))))
-                elif isinstance(t, str) and ("image" in t):
+                elif isinstance(bt, str) and ("image" in bt):
                     parts.append(Part("image"))
                 else:
                     parts.append(Part("other"))
         if role == "tool":  # (OpenAI chat, Ollama)
-            tid = m.get("tool_call_id")
-            call = calls.get(tid) if isinstance(tid, str) else None
+            answers = m.get("tool_call_id")
+            call = calls.get(answers) if isinstance(answers, str) else None
             txt = "\n".join(p.text for p in parts if p.text)
-            parts = [Part("tool_result", txt, call.name if call else m.get("name"), call.input if call else None, tid)]
+            parts = [Part("tool_result", txt, call.name if call else m.get("name"), call.input if call else None, answers)]
         for tc in m.get("tool_calls") or []:
             if isinstance(tc, dict):
                 call = calls.get(str(tc.get("id", "")))

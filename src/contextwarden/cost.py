@@ -30,8 +30,7 @@ from typing import Any
 
 import orjson
 
-from .dialects import dialect
-from .models.base import ApiKind
+from .dialects import ANTHROPIC
 from .tokens import MESSAGE_OVERHEAD, REQUEST_OVERHEAD, current_turn_start, strips_thinking
 
 TTL_5M = 300.0
@@ -179,18 +178,17 @@ def boundaries(body: dict[str, Any], counter, model: str | None = None, factor: 
             push(b"T", t, counter.count_tools([t], model))
     system = body.get("system")
     if isinstance(system, str) and system:
-        push(b"S", {"type": "text", "text": system}, counter.count_system(system, model))
+        push(b"S", {"type": "text", "text": system}, counter.count_system(ANTHROPIC, system, model))
     elif isinstance(system, list):
         for i, b in enumerate(system):
-            push(b"S", b, counter.count_block(ApiKind.ANTHROPIC, b, model) + (MESSAGE_OVERHEAD if i == 0 else 0))
+            push(b"S", b, counter.count_block(ANTHROPIC, b, model) + (MESSAGE_OVERHEAD if i == 0 else 0))
     msgs = body.get("messages") or []
-    kept = dialect(ApiKind.ANTHROPIC).provider_context(body).keeps_thinking  # (clear_thinking keep "all")
-    strip_before = current_turn_start(msgs) if strips_thinking(model) and not kept else 0
-    # the provider drops every block before the latest compaction block: not billed, not cached
-    dropped = next((k for k in range(len(msgs) - 1, -1, -1) if isinstance(msgs[k], dict) and isinstance(msgs[k].get("content"), list)
-                    and any(isinstance(b, dict) and b.get("type") == "compaction" for b in msgs[k]["content"])), 0)
+    # the provider drops every block before the latest compaction block (not billed, not cached), and
+    # earlier turns' thinking unless a clear_thinking edit keeps "all"
+    pc = ANTHROPIC.provider_context(body)
+    strip_before = current_turn_start(msgs) if strips_thinking(model) and not pc.keeps_thinking else 0
     for k, m in enumerate(msgs):
-        if k < dropped or not isinstance(m, dict):
+        if k < pc.dropped or not isinstance(m, dict):
             continue
         role = str(m.get("role")).encode()
         content = m.get("content")
@@ -198,7 +196,7 @@ def boundaries(body: dict[str, Any], counter, model: str | None = None, factor: 
         if k < strip_before and m.get("role") == "assistant":
             blocks = [b for b in blocks if not (isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking"))]
         for i, b in enumerate(blocks):
-            tokens = counter.count_block(ApiKind.ANTHROPIC, b, model) + (MESSAGE_OVERHEAD if i == 0 else 0)
+            tokens = counter.count_block(ANTHROPIC, b, model) + (MESSAGE_OVERHEAD if i == 0 else 0)
             push(b"M" + role if i == 0 else b"B", b, tokens)
     return out
 

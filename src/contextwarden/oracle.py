@@ -35,9 +35,9 @@ from contextwarden.plugins.clearing import INPUT_VALUE_CHARS, input_stub, stub_t
 
 from .conversation import result_text
 from .cost import READ_MULT, TTL_5M, WRITE_MULT, Boundary, PromptCache, boundaries, price_for
+from .dialects import ANTHROPIC
 from .fidelity import FidelityCounter, Incremental, Indexer, answer_items
 from .fidelity import _walk_strings as _strings
-from .models.base import ApiKind
 from .replay import TOKENIZER_WAIT_S, ReplayReport, RequestResult, _pct, _render, load_trace, lost_cell
 from .settings import _deep_merge, load_settings
 from .tokens import TokenCounter, current_turn_start, strips_thinking
@@ -253,8 +253,8 @@ class Stubs:
         key = (u.id, model)
         got = self._saving.get(key)
         if got is None:
-            diff = self.counter.count_block(ApiKind.ANTHROPIC, b, model) - \
-                self.counter.count_block(ApiKind.ANTHROPIC, self.block(u, b, calls, model), model)
+            diff = self.counter.count_block(ANTHROPIC, b, model) - \
+                self.counter.count_block(ANTHROPIC, self.block(u, b, calls, model), model)
             got = self._saving[key] = int(round(diff * self.factor))
         return got
 

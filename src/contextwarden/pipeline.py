@@ -25,15 +25,15 @@ from pydantic import ValidationError
 
 from .agents import derive_agent
 from .context import BlockedResponse, Incoming, RequestContext
-from .dialects import NO_PROVIDER, dialect
+from .dialects import NO_PROVIDER, dialect, validate_rewrite
 from .history import History
-from .models import ApiKind, parse_body
+from .models import ApiKind
 from .models.base import WireModel
 from .redact import redact_headers, redact_path, tenant_of
 from .sessions import derive_session
 from .stageclock import StageClock
 from .tokens import current_turn_start, strips_thinking
-from .validate import FactCache, validate_rewrite
+from .validate import FactCache
 
 # Who sent a request, as the proxy saw it (addons/interceptor.origin_of), among the consumed headers: a
 # name no HTTP header can have, so no client sets it
@@ -104,7 +104,7 @@ def prepare(runtime, req: Incoming) -> RequestContext:
         model, hist = _typed(api, data, raws, conv)
     except ValidationError:
         try:  # again as one body, for the error's full location (messages[i]...)
-            parse_body(api, data)
+            dialect(api).parse(data)
         except ValidationError as e:
             raise Skip(f"body does not match the {api.value} schema: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from None
         raise
@@ -148,18 +148,19 @@ def _hand_over(ctx: RequestContext) -> None:
 
 
 def _typed(api: ApiKind, data: dict, raws: list[bytes] | None, conv, entries: list | None = None
-           ) -> tuple[WireModel, History | None]:
-    """The typed request, its (frozen) messages the conversation's own where it had them
-    (``entries``: those of a request prepared before, for its decided state)."""
-    cls = dialect(api).message_model
-    msgs = data.get("messages")
-    if cls is None or raws is None or not isinstance(msgs, list):
-        return parse_body(api, data), None
+           ) -> tuple[WireModel, History]:
+    """The typed request and its History: its history entries (typed, or the client's dicts where the
+    dialect has no message model) the conversation's own where it had them (``entries``: those of a
+    request prepared before, for its decided state); a body without a history list has an empty one."""
+    d = dialect(api)
+    key, msgs = d.history_key, data.get(d.history_key)
+    if raws is None or not isinstance(msgs, list):
+        return d.parse(data), History(api, None, [], [])
     if entries is None:
-        entries = conv.typed(msgs, raws, cls.model_validate)
-    model = parse_body(api, {**data, "messages": []})
+        entries = conv.typed(msgs, raws, d.typed_entry)
+    model = d.parse({**data, key: []})
     # the field is set (it was in the input): stored directly, as parsing it would have
-    model.__dict__["messages"] = [e.obj for e in entries]
+    model.__dict__[key] = [e.obj for e in entries]
     return model, History(api, conv, raws, entries)
 
 
@@ -179,7 +180,7 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
         kept = h.tokens_kept if h is not None else None
         msgs = wire.get("messages")
         if srcs is None or not isinstance(msgs, list) or len(srcs) != len(msgs):
-            return tokens.count_request(ctx.api, wire, ctx.model, reuse=kept, raw=raws) - _provider_dropped(ctx)
+            return tokens.count_request(dialect(ctx.api), wire, ctx.model, reuse=kept, raw=raws) - _provider_dropped(ctx)
         # messages with an entry (the original's unchanged ones, derived ones) have their count
         return _count_remembering(ctx, wire, srcs, reuse=kept, raw=raws)[0] - _provider_dropped(ctx)
     except Exception as e:  # accounting must never cost a request
@@ -211,10 +212,10 @@ def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list 
     tokens = ctx.runtime.tokens
     keep: list = []
     if entries is None:
-        return tokens.count_request(ctx.api, wire, ctx.model, keep=keep, **kw), (keep[0] if keep else None)
+        return tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, **kw), (keep[0] if keep else None)
     key = ("tokens", tokens.encoding_of(ctx.model))
     known = [e.memo.get(key) if e is not None else None for e in entries]
-    n = tokens.count_request(ctx.api, wire, ctx.model, keep=keep, known=known, **kw)
+    n = tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, known=known, **kw)
     if keep and len(keep[0][1]) == len(entries):
         got = keep[0][1]
         for i in [i for i, k in enumerate(known) if k is None]:

@@ -39,7 +39,7 @@ import orjson
 
 from . import lifecycle, policy
 from .cost import Bill, PromptCache, billed_from_usage, boundaries, price_for
-from .dialects import dialect
+from .dialects import ANTHROPIC, dialect, validate_rewrite
 from .events import read_log
 from .fidelity import Fidelity, FidelityCounter
 from .fidelity import totals as fidelity_totals
@@ -49,7 +49,6 @@ from .runtime import Runtime
 from .settings import _deep_merge, load_settings
 from .statecache import state_cache
 from .streams.turn import Usage
-from .validate import validate_rewrite
 from .workingset import path_of
 
 CONTINUED = "This session is being continued from a previous conversation"
@@ -67,7 +66,7 @@ class ReplayRequest:
 
     ts: float
     body: dict[str, Any]
-    api: ApiKind = ApiKind.ANTHROPIC
+    api: ApiKind = ANTHROPIC.kind
     path: str = "/v1/messages?beta=true"
     headers: list[tuple[str, str]] = field(default_factory=list)
     output_tokens: int = 0
@@ -352,7 +351,7 @@ def load_claude_code(path: Path, counter, compaction_calls: bool = True, sidecha
             main_history.append((ts, msgs, response, model))
             total = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
             if total:
-                est = counter.count_request(ApiKind.ANTHROPIC, {"model": model, "messages": msgs}, model)
+                est = counter.count_request(ANTHROPIC, {"model": model, "messages": msgs}, model)
                 fit_points.append((f"{rows_before[0]['uuid']}/{model}", est, total))
     if compaction_calls:  # the client's own compaction calls, before each "continued" root
         main_history.sort(key=lambda x: x[0])
@@ -573,7 +572,7 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 memory_items=int(mem.get("injected") or 0), memory_tokens=int(mem.get("tokens") or 0),
                 fidelity=fidelity.request(ctx.original, sent, req.response, model, tokens_sent, factor,
                                           recalled=ctx.notes.get("recalled") if sent is not ctx.original else None)
-                if req.api is ApiKind.ANTHROPIC else None,
+                if dialect(req.api) is ANTHROPIC else None,
             )
             out.append(res)
             if learning and res.fidelity is not None and res.fidelity.items:

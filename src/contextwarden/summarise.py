@@ -382,7 +382,7 @@ def llm_summary(api: str, url: str, auth: dict[str, str], model: str, turns: lis
     t0 = time.perf_counter()
     r = httpx.post(url, json=payload, headers=headers, timeout=timeout)
     r.raise_for_status()
-    answer = d.assembler()  # the answer read as a whole response body of the API is
+    answer = d.new_assembler()  # the answer read as a whole response body of the API is
     answer.body(r.json())
     text = answer.assemble()[1].strip()
     u = answer.usage

@@ -39,22 +39,15 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
+import tiktoken
 
-from .dialects import dialect
+from .dialects import Dialect, dialect
+from .dialects.base import BLOCK_OVERHEAD, CHARS_PER_TOKEN, MESSAGE_OVERHEAD
 from .lru import memoized
 from .models.base import ApiKind
-
-CHARS_PER_TOKEN = 4
-"""The estimate used when no tiktoken encoding can be loaded."""
+from .validate import aligned_raw
 
 REQUEST_OVERHEAD = 3  # reply priming / request framing
-MESSAGE_OVERHEAD = 4  # role and separators around each message
-BLOCK_OVERHEAD = 1  # separators between content blocks
-TOOL_CALL_OVERHEAD = 8  # ids, name/argument framing of a tool call or its result
-# Anthropic renders each tool_use and tool_result in a verbose markup of its own: fitted on the three
-# Claude Code sessions in ../shared/eval/traces (950 consecutive requests, provider delta vs estimate
-# delta), each costs about 86 provider tokens beyond its content, ~65 of ours before calibration.
-ANTHROPIC_TOOL_OVERHEAD = 65
 
 OPENAI_ENCODING = "o200k_base"
 _OPENAI_MODEL = re.compile(r"^(?:openai/)?(?:gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|gpt-oss|codex|o[134](?:$|[-_.:]))", re.I)
@@ -135,8 +128,6 @@ class _Encoding:
 
         def load() -> None:
             try:
-                import tiktoken
-
                 box["enc"] = tiktoken.get_encoding(name)
             except BaseException as e:  # noqa: BLE001 - a download failure can raise anything
                 box["error"] = f"{type(e).__name__}: {e}"
@@ -268,27 +259,26 @@ class TokenCounter:
         if enc.enc is not None and isinstance(text, str) and len(text) >= 512:
             self._cached(self._key(b"t", enc, text), lambda: n)
 
-    def count_message(self, api: ApiKind | str, message: Any, model: str | None = None) -> int:
+    def count_message(self, api: ApiKind | str | Dialect, message: Any, model: str | None = None) -> int:
         """Tokens of one message (or Responses input item), cached by a hash of its content."""
-        api = ApiKind(api)
-        return self._message_entry(api, _plain(message), self._encoding(model))[0]
+        return self._message_entry(dialect(api), _plain(message), self._encoding(model))[0]
 
-    def _message_entry(self, api: ApiKind, message: Any, enc: _Encoding) -> tuple[int, int]:
+    def _message_entry(self, d: Dialect, message: Any, enc: _Encoding) -> tuple[int, int]:
         """(tokens, tokens of its thinking blocks) of one message, cached by its bytes.
 
         The thinking part is kept with the count so that a request whose model drops earlier turns'
         thinking (:func:`strips_thinking`) needs no second pass over the blocks."""
-        key = self._key(b"M" + api.value.encode(), enc, self._dumps(message))
-        return self._cached(key, lambda: (self._message(api, message, enc), self._thinking(api, message, enc)))
+        key = self._key(b"M" + d.kind.value.encode(), enc, self._dumps(message))
+        return self._cached(key, lambda: (self._message(d, message, enc), self._thinking(d, message, enc)))
 
-    def _thinking(self, api: ApiKind, m: Any, enc: _Encoding) -> int:
-        if not dialect(api).thinking_dropped or not isinstance(m, dict) or m.get("role") != "assistant" \
+    def _thinking(self, d: Dialect, m: Any, enc: _Encoding) -> int:
+        if not d.thinking_dropped or not isinstance(m, dict) or m.get("role") != "assistant" \
                 or not isinstance(m.get("content"), list):
             return 0
-        return sum(self._block(api, b, enc) for b in m["content"]
+        return sum(self._block(d, b, enc) for b in m["content"]
                    if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking"))
 
-    def count_request(self, api: ApiKind | str, body: Any, model: str | None = None, *,
+    def count_request(self, api: ApiKind | str | Dialect, body: Any, model: str | None = None, *,
                       reuse: tuple | None = None, keep: list | None = None,
                       raw: list[bytes | None] | None = None, known: list | None = None) -> int:
         """Tokens of a whole request body: system + tools + messages, plus framing.
@@ -303,7 +293,6 @@ class TokenCounter:
         The framing, tools and system are not counted again for a rewrite that keeps the original's
         own ``tools`` and ``system`` objects.
         """
-        api = ApiKind(api)
         body = _plain(body)
         if not isinstance(body, dict):
             return 0
@@ -317,13 +306,13 @@ class TokenCounter:
         if fixed is not None and fixed[0] is tools and fixed[1] is system and fixed[2] is enc:
             n = fixed[3]  # the original's own tools and system objects: counted already
         else:
-            n = REQUEST_OVERHEAD + self._tools(tools, enc) + self._system(system, enc)
+            n = REQUEST_OVERHEAD + self._tools(tools, enc) + self._system(d, system, enc)
         fixed = (tools, system, enc, n)
         msgs = body.get(d.history_key)
         if isinstance(msgs, str):  # (a Responses ``input`` may be one string)
             n += MESSAGE_OVERHEAD + self.count_text(msgs, model)
         elif isinstance(msgs, list):
-            entries = self._entries(api, msgs, enc, reuse, raw, known)
+            entries = self._entries(d, msgs, enc, reuse, raw, known)
             if keep is not None:
                 keep.append((msgs, entries, fixed))
             n += sum(map(itemgetter(0), entries))
@@ -332,30 +321,15 @@ class TokenCounter:
                 n -= sum(map(itemgetter(1), entries[:current_turn_start(msgs)]))
         return n
 
-    def _entries(self, api: ApiKind, msgs: list, enc: _Encoding, reuse: tuple | None,
+    def _entries(self, d: Dialect, msgs: list, enc: _Encoding, reuse: tuple | None,
                  raw: list[bytes | None] | None = None, known: list | None = None) -> list[tuple[int, int]]:
         """:meth:`_message_entry` of every message, the cache read under one lock."""
-        if known is not None and len(known) == len(msgs):
-            out: list[Any] = list(known)
-            todo: list[int] = [i for i, e in enumerate(out) if e is None]
-        elif reuse is not None:
-            out = [None] * len(msgs)
-            todo = []
-            pm, pe = reuse[0], reuse[1]
-            shift = len(pm) - len(msgs)
-            for i, m in enumerate(msgs):
-                if i < len(pm) and (pm[i] is m or pm[i] == m):
-                    out[i] = pe[i]
-                elif shift and 0 <= i + shift < len(pm) and pm[i + shift] == m:
-                    out[i] = pe[i + shift]
-                else:
-                    todo.append(i)
-        else:
-            out = [None] * len(msgs)
-            todo = list(range(len(msgs)))
+        out: list[Any] = list(known) if known is not None and len(known) == len(msgs) else \
+            aligned_raw(msgs, reuse[0], reuse[1]) if reuse is not None else [None] * len(msgs)
+        todo = [i for i, e in enumerate(out) if e is None]
         if not todo:
             return out
-        kind = b"M" + api.value.encode()
+        kind = b"M" + d.kind.value.encode()
         plain = [_plain(msgs[i]) for i in todo]
         dumps, opt = orjson.dumps, orjson.OPT_SORT_KEYS
         keys = []
@@ -381,20 +355,20 @@ class TokenCounter:
                     out[i] = v
             self.hits += len(todo) - len(missing)
         for i, k, m in missing:
-            out[i] = self._cached(k, lambda m=m: (self._message(api, m, enc), self._thinking(api, m, enc)))
+            out[i] = self._cached(k, lambda m=m: (self._message(d, m, enc), self._thinking(d, m, enc)))
         return out
 
-    def count_block(self, api: ApiKind | str, block: Any, model: str | None = None) -> int:
+    def count_block(self, api: ApiKind | str | Dialect, block: Any, model: str | None = None) -> int:
         """Tokens of one content block / content part (cached, ``cache_control`` ignored)."""
-        return self._block(ApiKind(api), _plain(block), self._encoding(model))
+        return self._block(dialect(api), _plain(block), self._encoding(model))
 
     def count_tools(self, tools: Any, model: str | None = None) -> int:
         """Tokens of a request's tool definitions (cached by their bytes)."""
         return self._tools(_plain(tools), self._encoding(model))
 
-    def count_system(self, system: Any, model: str | None = None) -> int:
+    def count_system(self, api: ApiKind | str | Dialect, system: Any, model: str | None = None) -> int:
         """Tokens of an Anthropic ``system`` (string or blocks) or a Responses ``instructions``."""
-        return self._system(system, self._encoding(model))
+        return self._system(dialect(api), system, self._encoding(model))
 
     # ------------------------------------------------------------------ calibration
 
@@ -474,13 +448,13 @@ class TokenCounter:
         data = self._dumps(tools)
         return self._cached(self._key(b"T", enc, data), lambda: enc.count(data.decode("utf-8", "replace")))
 
-    def _system(self, system: Any, enc: _Encoding) -> int:
+    def _system(self, d: Dialect, system: Any, enc: _Encoding) -> int:
         if not system:
             return 0
         if isinstance(system, str):
             return self._text(system, enc) + MESSAGE_OVERHEAD
         if isinstance(system, list):
-            return MESSAGE_OVERHEAD + sum(self._block(ApiKind.ANTHROPIC, b, enc) for b in system)
+            return MESSAGE_OVERHEAD + sum(self._block(d, b, enc) for b in system)
         return self._text(self._dumps(system).decode(), enc)
 
     def _text(self, text: Any, enc: _Encoding) -> int:
@@ -492,7 +466,7 @@ class TokenCounter:
             return enc.count(text)
         return self._cached(self._key(b"t", enc, text), lambda: enc.count(text))
 
-    def _block(self, api: ApiKind, b: Any, enc: _Encoding) -> int:
+    def _block(self, d: Dialect, b: Any, enc: _Encoding) -> int:
         """One content block / content part, cached without its cache_control marker."""
         if isinstance(b, str):
             return self._text(b, enc)
@@ -503,10 +477,10 @@ class TokenCounter:
         t = b.get("type")
         if t == "text" or t in ("input_text", "output_text"):
             return BLOCK_OVERHEAD + self._text(b.get("text"), enc)
-        key = self._key(b"b" + api.value.encode(), enc, self._dumps(b))
-        return self._cached(key, lambda: self._block_uncached(api, b, enc))
+        key = self._key(b"b" + d.kind.value.encode(), enc, self._dumps(b))
+        return self._cached(key, lambda: self._block_uncached(d, b, enc))
 
-    def _block_uncached(self, api: ApiKind, b: dict, enc: _Encoding) -> int:
+    def _block_uncached(self, d: Dialect, b: dict, enc: _Encoding) -> int:
         t = b.get("type")
         img = self.settings.image_tokens
         if t in ("image", "image_url", "input_image"):
@@ -516,37 +490,36 @@ class TokenCounter:
         if t == "redacted_thinking":
             # encrypted: only its size is known
             return BLOCK_OVERHEAD + math.ceil(len(str(b.get("data", ""))) / CHARS_PER_TOKEN)
-        frame = dialect(api).tool_frame
+        frame = d.tool_frame
         if t in ("tool_use", "server_tool_use"):
             return frame + self._text(b.get("name"), enc) + self._text(b.get("input"), enc)
         if isinstance(t, str) and (t == "tool_result" or t.endswith("_tool_result")):
             c = b.get("content")
             if isinstance(c, list):
-                return frame + sum(self._block(api, x, enc) for x in c)
+                return frame + sum(self._block(d, x, enc) for x in c)
             return frame + self._text(c, enc)
         if t == "document" or t == "input_file":
-            src = b.get("source") if isinstance(b.get("source"), dict) else {}
+            src: dict = b["source"] if isinstance(b.get("source"), dict) else {}
             if src.get("type") == "text":
                 return BLOCK_OVERHEAD + self._text(src.get("data"), enc)
             if src.get("type") == "content" and isinstance(src.get("content"), list):
-                return BLOCK_OVERHEAD + sum(self._block(api, x, enc) for x in src["content"])
+                return BLOCK_OVERHEAD + sum(self._block(d, x, enc) for x in src["content"])
             return BLOCK_OVERHEAD + img
-        src = b.get("source")
-        if isinstance(src, dict) and src.get("type") == "base64":
+        if isinstance(b.get("source"), dict) and b["source"].get("type") == "base64":
             return BLOCK_OVERHEAD + img
         # unknown block: its JSON is the best guess of what the model reads
         return BLOCK_OVERHEAD + self._text(self._dumps(b).decode("utf-8", "replace"), enc)
 
-    def _message(self, api: ApiKind, m: Any, enc: _Encoding) -> int:
+    def _message(self, d: Dialect, m: Any, enc: _Encoding) -> int:
         if isinstance(m, str):
             return MESSAGE_OVERHEAD + self._text(m, enc)
         if not isinstance(m, dict):
             return 0
-        return dialect(api).message_tokens(self, m, enc)
+        return d.message_tokens(self, m, enc)
 
-    def _content(self, api: ApiKind, c: Any, enc: _Encoding) -> int:
+    def _content(self, d: Dialect, c: Any, enc: _Encoding) -> int:
         if isinstance(c, list):
-            return sum(self._block(api, b, enc) for b in c)
+            return sum(self._block(d, b, enc) for b in c)
         return self._text(c, enc)  # (a string; None and empty count 0)
 
 

@@ -21,7 +21,9 @@ import typing
 from types import UnionType
 from typing import Any
 
-_original = None
+from mitmproxy.utils import typecheck
+
+_ORIGINAL: Any = getattr(typecheck, "check_option_type", None)  # (None: a mitmproxy without it is left as it is)
 
 
 def _check(name: str, value: Any, typeinfo: Any) -> None:
@@ -37,23 +39,14 @@ def _check(name: str, value: Any, typeinfo: Any) -> None:
                 continue
             return
         raise TypeError(f"Expected {typeinfo} for {name}, but got {type(value)}.")
-    _original(name, value, typeinfo)
+    _ORIGINAL(name, value, typeinfo)
 
 
 def install() -> bool:
-    """Put the cycle-free check in place (once); whether it is."""
-    global _original
-    try:
-        from mitmproxy.utils import typecheck
-    except ImportError:
+    """Put the cycle-free check in place; whether it is. The original's own recursion (tuples,
+    sequences) looks the name up in its module: it reaches this one too, so a union inside a tuple is
+    checked without cycles as well."""
+    if _ORIGINAL is None:
         return False
-    current = getattr(typecheck, "check_option_type", None)
-    if current is None:
-        return False
-    if current is _check:
-        return True
-    _original = current
-    # the original's own recursion (tuples, sequences) looks the name up in its module: it reaches
-    # this one too, so a union inside a tuple is checked without cycles as well
     typecheck.check_option_type = _check
     return True

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from functools import partial
+import orjson
 
-from ..memory.inject import _chat
 from ..models.base import ApiKind
 from ..streams.ollama import OllamaAssembler
-from . import openai_chat
+from .openai_chat import Chat
 
 
-def error_answer(message: str, stream: bool, kind: str = "rate_limit") -> tuple[bytes, dict[str, str]]:
-    import orjson
+class Ollama(Chat):
+    kind = ApiKind.OLLAMA_CHAT
+    assembler = OllamaAssembler
+    endpoint = ("localhost", "/api/chat")
+    parts = False
 
-    return orjson.dumps({"error": message}), {"content-type": "application/json; charset=utf-8"}
+    def serves(self, path: str, ollama: bool) -> bool:
+        return ollama and path == "/api/chat"
 
+    def known_host(self, host: str, hostport: str, proxy, ollama: bool) -> bool:
+        return ollama
 
-def summary_request(auth: dict, model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict, dict]:
-    body, headers = openai_chat.summary_request(auth, model, prompt, text, max_tokens)
-    return {"model": model, "stream": False, "messages": body["messages"]}, headers  # (no max_tokens in /api/chat)
+    def error_answer(self, message: str, stream: bool, kind: str = "rate_limit") -> tuple[bytes, dict[str, str]]:
+        return orjson.dumps({"error": message}), {"content-type": "application/json; charset=utf-8"}
 
-
-DIALECT = replace(openai_chat.DIALECT, kind=ApiKind.OLLAMA_CHAT, assembler=OllamaAssembler,
-                  inject=partial(_chat, parts=False), error_answer=error_answer, endpoint=("localhost", "/api/chat"),
-                  summary_request=summary_request)
+    def summary_request(self, auth: dict, model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict, dict]:
+        body, headers = super().summary_request(auth, model, prompt, text, max_tokens)
+        return {"model": model, "stream": False, "messages": body["messages"]}, headers  # (no max_tokens in /api/chat)

@@ -4,13 +4,7 @@ A prompt cache holds a prefix of the request up to a breakpoint. Memory changes 
 so it goes where nothing cached follows it: at the END of the LAST user message (after the last
 ``cache_control`` breakpoint, which Claude Code puts on that message's last block), never in ``system``.
 
-- Anthropic: a text block appended to the last user message's content (a string content becomes
-  ``[text, memory-text]``; tool_result blocks stay first, as the API wants).
-- OpenAI chat / Ollama: the text appended to the last message when it is the user's (a string content
-  gets it after a blank line, a list of parts gets a text part). In a tool loop the last message is a
-  ``tool`` message and nothing is injected: a user message earlier in the list would move the cached
-  prefix.
-- OpenAI Responses: appended to a string ``input``, or to the last input item when it is a user message.
+Where exactly is the dialect's (``Dialect.inject``; ``Dialect.injectable`` says when there is no such place).
 
 The block is framed so a model cannot mistake it for the user's words or be steered by it: it opens and
 closes with tags carrying a per-request random nonce (stored text cannot know it, and is checked not to
@@ -27,8 +21,6 @@ import secrets
 import time
 from collections.abc import Iterable
 from typing import Any
-
-from ..models.base import ApiKind
 
 OPEN = "<contextwarden-memory"  # the block opens with OPEN + "-" + a per-request nonce + ">"
 CLOSE = "</contextwarden-memory"  # ... and closes with CLOSE + "-" + the same nonce + ">"
@@ -154,11 +146,11 @@ class NotInjectable(Exception):
     """Memory cannot go into this request without moving a cached prefix (the reason says why)."""
 
 
-def _has_cache_control(obj: Any) -> bool:
+def has_cache_control(obj: Any) -> bool:
     if isinstance(obj, dict):
-        return "cache_control" in obj or any(_has_cache_control(v) for v in obj.values())
+        return "cache_control" in obj or any(has_cache_control(v) for v in obj.values())
     if isinstance(obj, list):
-        return any(_has_cache_control(v) for v in obj)
+        return any(has_cache_control(v) for v in obj)
     return False
 
 
@@ -167,102 +159,3 @@ def last_user_index(messages: list, role_of) -> int | None:
         if role_of(messages[i]) == "user":
             return i
     return None
-
-
-def check(api: ApiKind, request) -> None:
-    """Raise :class:`NotInjectable` when ``request`` has no cache-safe place for memory (checked before
-    retrieval, so a tool loop does not pay for a search it cannot use). The rules are the dialect's."""
-    from ..dialects import dialect
-
-    dialect(api).injectable(request)
-
-
-def check_anthropic(request) -> None:
-    msgs = request.messages
-    i = last_user_index(msgs, lambda m: m.role)
-    if i is None:
-        raise NotInjectable("no user message")
-    if any(_has_cache_control(later.wire()) for later in msgs[i + 1:]):
-        raise NotInjectable("a cache breakpoint follows the last user message")
-
-
-def check_chat(request) -> None:
-    if not request.messages or request.messages[-1].role != "user":
-        raise NotInjectable("the last message is not the user's (tool loop or prefill)")
-
-
-def check_responses(request) -> None:
-    inp = request.input
-    if isinstance(inp, str):
-        return
-    if not isinstance(inp, list) or not inp:
-        raise NotInjectable("no input")
-    last = inp[-1]
-    if not isinstance(last, str) and (not isinstance(last, dict) or last.get("role") != "user"
-                                      or last.get("type", "message") != "message"):
-        raise NotInjectable("the last input item is not a user message (tool loop)")
-
-
-def inject(api: ApiKind, request, block: str) -> str:
-    """Append ``block`` to ``request``'s last user message (an edited copy put in its place). Returns
-    where it went; raises :class:`NotInjectable` when there is no cache-safe place. The place is the
-    dialect's."""
-    from ..dialects import dialect
-
-    return dialect(api).inject(request, block)
-
-
-def _anthropic(req, block: str) -> str:
-    from ..models.anthropic import TextBlock
-
-    check_anthropic(req)
-    msgs = req.messages
-    i = last_user_index(msgs, lambda m: m.role)
-    m = msgs[i]
-    if isinstance(m.content, str):
-        msgs[i] = m.model_copy(update={"content": [TextBlock(type="text", text=m.content), TextBlock(type="text", text=block)]})
-    else:
-        msgs[i] = m.model_copy(update={"content": list(m.content) + [TextBlock(type="text", text=block)]})
-    return f"messages[{i}] text block"
-
-
-def _chat(req, block: str, parts: bool = True) -> str:
-    """(``parts``: the content may be a list of parts; Ollama's is a string)"""
-    check_chat(req)
-    msgs = req.messages
-    i = len(msgs) - 1
-    m = msgs[i]
-    c = m.content
-    if isinstance(c, list) and parts:
-        msgs[i] = m.model_copy(update={"content": list(c) + [{"type": "text", "text": block}]})
-        return f"messages[{i}] text part"
-    if isinstance(c, str):
-        msgs[i] = m.model_copy(update={"content": (c.rstrip() + "\n\n" + block) if c.strip() else block})
-        return f"messages[{i}] content"
-    if c is None:
-        msgs[i] = m.model_copy(update={"content": block})
-        return f"messages[{i}] content"
-    raise NotInjectable("the last user message's content has an unknown shape")
-
-
-def _responses(req, block: str) -> str:
-    check_responses(req)
-    inp = req.input
-    if isinstance(inp, str):
-        req.input = inp.rstrip() + "\n\n" + block
-        return "input"
-    last = inp[-1]
-    # a new list: the model's list may be the very list of ctx.original, which is never mutated
-    if isinstance(last, str):
-        req.input = inp[:-1] + [last.rstrip() + "\n\n" + block]
-        return f"input[{len(inp) - 1}]"
-    c = last.get("content")
-    new = dict(last)
-    if isinstance(c, list):
-        new["content"] = list(c) + [{"type": "input_text", "text": block}]
-    elif isinstance(c, str):
-        new["content"] = c.rstrip() + "\n\n" + block
-    else:
-        raise NotInjectable("the last user message's content has an unknown shape")
-    req.input = inp[:-1] + [new]
-    return f"input[{len(inp) - 1}]"

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from .. import lifecycle
-from ..dialects import dialect
+from ..dialects import ANTHROPIC, Dialect, dialect
 from ..models.base import ApiKind
 from ..pipeline import Outcome
 from ..runtime import Runtime
@@ -47,13 +47,13 @@ class Sent:
 class Replayer:
     """Sends bodies through the request lifecycle (lifecycle.py) of a real runtime."""
 
-    def __init__(self, runtime, api: ApiKind = ApiKind.ANTHROPIC) -> None:
+    def __init__(self, runtime, api: ApiKind | Dialect = ANTHROPIC) -> None:
         self.runtime = runtime
-        self.api = api
+        self.api = dialect(api).kind
         self.loop = asyncio.new_event_loop()
 
     @classmethod
-    def from_profile(cls, profile: str | os.PathLike, home: str | os.PathLike, api: ApiKind = ApiKind.ANTHROPIC,
+    def from_profile(cls, profile: str | os.PathLike, home: str | os.PathLike, api: ApiKind | Dialect = ANTHROPIC,
                      log: bool = False) -> Replayer:
         return cls(Runtime.from_profile(profile, Path(home), log=log), api)
 
@@ -75,7 +75,7 @@ class Replayer:
         body = body if body is not None else self.body(messages or [])
         raw = orjson.dumps(body)
         h = [("content-type", "application/json")]
-        h.append(("authorization", f"Bearer {api_key}") if self.api is not ApiKind.ANTHROPIC else ("x-api-key", api_key))
+        h.append(dialect(self.api).auth_header(api_key))
         if session:
             h.append(("x-contextwarden-session", session))
         h += headers or []

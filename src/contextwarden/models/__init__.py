@@ -8,11 +8,5 @@ next month is lost when a stage rewrites a body.
 from . import anthropic, openai_chat, openai_responses
 from .base import ApiKind, UnknownBlock, WireModel, dump_body
 
-__all__ = ["ApiKind", "WireModel", "UnknownBlock", "dump_body", "anthropic", "openai_chat", "openai_responses", "parse_body"]
+__all__ = ["ApiKind", "WireModel", "UnknownBlock", "dump_body", "anthropic", "openai_chat", "openai_responses"]
 
-
-def parse_body(api: "ApiKind", data: dict):
-    """Validate a decoded JSON body into the typed request model of ``api``."""
-    from ..dialects import dialect
-
-    return dialect(api).parse(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from pydantic import Discriminator, Tag, field_validator
 
 from .base import REQUEST_CONFIG, UnknownBlock, WireModel, frozen_list
@@ -99,9 +100,7 @@ def block_text(block: WireModel) -> str:
     if isinstance(block, ThinkingBlock):
         return block.thinking
     if isinstance(block, ToolUseBlock):
-        import orjson
-
-        return f"{block.name} " + orjson.dumps(block.input).decode("utf-8", "replace")
+        return _tool_use_text(block)
     if isinstance(block, ToolResultBlock):
         return content_text(block.content)
     return ""
@@ -131,8 +130,6 @@ def message_text(msg: Message) -> str:
 
 
 def _tool_use_text(b: ToolUseBlock) -> str:
-    import orjson
-
     return f"{b.name} " + orjson.dumps(b.input).decode("utf-8", "replace")
 
 

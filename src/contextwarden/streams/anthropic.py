@@ -20,10 +20,8 @@ _STRING_DELTAS = {"text_delta": ("text", "text"), "thinking_delta": ("thinking",
 
 
 class AnthropicAssembler(Assembler):
-    api = ApiKind.ANTHROPIC
-
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, api: ApiKind) -> None:
+        super().__init__(api)
         self._blocks: dict[int, dict[str, Any]] = {}
         self._pieces: dict[int, dict[str, list[str]]] = {}  # index -> field -> text pieces not yet joined
         self._json: dict[int, list[str]] = {}  # index -> partial_json pieces

@@ -56,9 +56,8 @@ class Assembler:
     joined once in ``build`` (string ``+=`` on dict values is quadratic).
     """
 
-    api: ApiKind
-
-    def __init__(self) -> None:
+    def __init__(self, api: ApiKind) -> None:
+        self.api = api  # (what its dialect is: Dialect.new_assembler)
         self.model: str | None = None
         self.id: str | None = None
         self.usage: Usage | None = None

@@ -12,10 +12,8 @@ from .turn import merge_usage
 
 
 class OllamaAssembler(Assembler):
-    api = ApiKind.OLLAMA_CHAT
-
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, api: ApiKind) -> None:
+        super().__init__(api)
         self._content: list[str] = []
         self._thinking: list[str] = []
         self._calls: list[dict[str, Any]] = []

@@ -27,10 +27,8 @@ class _Call:
 
 
 class ChatAssembler(Assembler):
-    api = ApiKind.OPENAI_CHAT
-
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, api: ApiKind) -> None:
+        super().__init__(api)
         self._content: list[str] = []
         self._reasoning: list[str] = []
         self._refusal: list[str] = []

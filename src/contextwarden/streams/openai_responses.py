@@ -19,10 +19,8 @@ _ITEM_STREAMED_FIELD = {"function_call": "arguments", "custom_tool_call": "input
 
 
 class ResponsesAssembler(Assembler):
-    api = ApiKind.OPENAI_RESPONSES
-
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, api: ApiKind) -> None:
+        super().__init__(api)
         self._final: list[Any] | None = None  # output of response.completed / incomplete / the body
         self._items: dict[int, dict[str, Any]] = {}  # output_index -> item
         self._done: set[int] = set()  # items whose output_item.done gave the full item

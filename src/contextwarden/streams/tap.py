@@ -87,7 +87,7 @@ class ResponseTap:
         try:
             from ..dialects import dialect
 
-            self._asm = dialect(api).assembler()  # the dialect's assembler
+            self._asm = dialect(api).new_assembler()
             self._decoder = make_decoder(content_encoding)
             if self.is_sse:
                 # incremental: a multi-byte character split across two chunks is decoded whole
