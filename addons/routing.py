@@ -59,7 +59,8 @@ def routed(flow: http.HTTPFlow, proxy: ProxySection) -> tuple[str, ApiKind] | No
     """:func:`route_of`, decided once per flow (kept in its metadata)."""
     if ROUTE not in flow.metadata:
         flow.metadata[ROUTE] = route_of(flow, proxy)
-    return flow.metadata[ROUTE]
+    got: tuple[str, ApiKind] | None = flow.metadata[ROUTE]
+    return got
 
 
 def incoming(flow: http.HTTPFlow, proxy: ProxySection, handler: str) -> Incoming | None:
@@ -75,7 +76,7 @@ def incoming(flow: http.HTTPFlow, proxy: ProxySection, handler: str) -> Incoming
     return got if got is not None and got.route == handler else None
 
 
-def consume_headers(flow: http.HTTPFlow, names) -> dict[str, str]:
+def consume_headers(flow: http.HTTPFlow, names: list[str]) -> dict[str, str]:
     """Take the headers addressed to the proxy itself off a request (they never go upstream), and add
     who sent it (``ORIGIN``: no header a client can send sets it)."""
     headers = flow.request.headers

@@ -95,7 +95,7 @@ class RequestContext:
     # ``late`` (it says what that call did, not what went upstream)
     late_threads: set[int] = field(default_factory=set, repr=False)
 
-    def emit(self, type: str, **data: Any):
+    def emit(self, type: str, **data: Any) -> Any:
         data.setdefault("api", self.api.value)
         if self.event_extra:
             data.update(self.event_extra)

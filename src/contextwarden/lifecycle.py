@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,14 +24,17 @@ from .context import Incoming, RequestContext
 from .models.base import ApiKind
 from .pipeline import Outcome, Pipeline, Skip, count_tokens, prepare, request_event
 from .sessionctl.preview import decided_state
-from .streams.turn import AssembledTurn
+from .streams.turn import AssembledTurn, Usage
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 __all__ = ["Incoming", "Skip", "admit", "run", "observe", "send", "sent", "complete", "turn_of"]
 
 log = logging.getLogger(__name__)
 
 
-def admit(rt, req: Incoming) -> RequestContext:
+def admit(rt: Runtime, req: Incoming) -> RequestContext:
     """prepare → count → announce: the request's context with ``tokens_in`` (``timings["count_in"]``)
     and, when ``req.mode`` is given, its ``request`` event ("active": "bypass" for a session the TUI
     bypassed). Raises Skip (the body is not one we read). ``req.tenant``, ``req.notes``,
@@ -57,7 +60,7 @@ def admit(rt, req: Incoming) -> RequestContext:
     return ctx
 
 
-def _admit_or_report(rt, req: Incoming) -> RequestContext | None:
+def _admit_or_report(rt: Runtime, req: Incoming) -> RequestContext | None:
     """:func:`admit`; None when the request cannot be read (an ``error`` event says why: it goes unchanged)."""
     try:
         return admit(rt, req)
@@ -71,7 +74,7 @@ def _admit_or_report(rt, req: Incoming) -> RequestContext | None:
     return None
 
 
-async def run(rt, req: Incoming) -> tuple[RequestContext | None, Outcome | None]:
+async def run(rt: Runtime, req: Incoming) -> tuple[RequestContext | None, Outcome | None]:
     """One request's way in, for every caller: ``(ctx, outcome)``. ctx None: not read (an ``error`` event
     says why). Reading it and running its stages is ONE trip to a stage thread and back
     (``Pipeline.admit_and_process``). A session the TUI bypassed runs no stage (``Outcome`` "session
@@ -99,7 +102,7 @@ async def run(rt, req: Incoming) -> tuple[RequestContext | None, Outcome | None]
     return ctx, outcome
 
 
-def _count(rt, req: Incoming) -> tuple[RequestContext | None, Outcome]:
+def _count(rt: Runtime, req: Incoming) -> tuple[RequestContext | None, Outcome]:
     """count_tokens: the body as the session's decided state (``Outcome.body`` None: the client's own,
     unannounced; a session bypassed or without decisions, or a body we do not read)."""
     try:
@@ -115,7 +118,7 @@ def _count(rt, req: Incoming) -> tuple[RequestContext | None, Outcome]:
     return ctx, Outcome(body=body, reason="rewritten" if body is not None else "unchanged")
 
 
-def observe(rt, req: Incoming) -> RequestContext | None:
+def observe(rt: Runtime, req: Incoming) -> RequestContext | None:
     """A request already on its way (observe-only, bypassed, or forwarded by the engine link), read on
     a worker thread: the ``request`` event (mode ``req.mode``), its body kept for the inspector, and
     its ``forward`` event. None when it cannot be read."""
@@ -137,8 +140,8 @@ def sent(ctx: RequestContext, outcome: Outcome) -> dict[str, Any] | None:
     return orjson.loads(outcome.body) if outcome.body is not None else ctx.original
 
 
-def send(rt, api: ApiKind, host: str, path: str, headers: list[tuple[str, str]], raw: bytes, flow_id: str,
-         loop: asyncio.AbstractEventLoop | None = None, **fields) -> tuple[RequestContext, Outcome]:
+def send(rt: Runtime, api: ApiKind, host: str, path: str, headers: list[tuple[str, str]], raw: bytes, flow_id: str,
+         loop: asyncio.AbstractEventLoop | None = None, **fields: Any) -> tuple[RequestContext, Outcome]:
     """:func:`run`, synchronously, for the in-process callers (replay, evaluations, benchmarks, tests):
     on ``loop`` (None: a fresh ``asyncio.run``); ``fields``: the rest of :class:`Incoming`. Raises Skip
     when the body cannot be read."""
@@ -150,7 +153,8 @@ def send(rt, api: ApiKind, host: str, path: str, headers: list[tuple[str, str]],
     return ctx, outcome
 
 
-def turn_of(api: ApiKind, model: str | None, message: dict[str, Any], usage=None, events: int = 1):
+def turn_of(api: ApiKind, model: str | None, message: dict[str, Any], usage: Usage | None = None,
+            events: int = 1) -> AssembledTurn:
     """The assembled turn of an assistant ``message`` known whole (replayed, not streamed): its text and
     tool calls read as the stream assembler reads them."""
     text, calls = _text_and_calls(message)
@@ -172,7 +176,7 @@ def _text_and_calls(message: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]
     return text, calls
 
 
-def complete(rt, ctx: RequestContext, turn, *, calibrate: bool = True, announce: bool = True) -> None:
+def complete(rt: Runtime, ctx: RequestContext, turn: AssembledTurn, *, calibrate: bool = True, announce: bool = True) -> None:
     """The response's side: the token counter calibrated on the provider's usage, the
     ``cw_turn_complete`` hooks (memory ingestion, budgets), the ``turn`` event. Each part fails open.
 
