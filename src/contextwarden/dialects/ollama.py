@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from ..models.base import ApiKind
@@ -24,6 +26,6 @@ class Ollama(Chat):
     def error_answer(self, message: str, stream: bool, kind: str = "rate_limit") -> tuple[bytes, dict[str, str]]:
         return orjson.dumps({"error": message}), {"content-type": "application/json; charset=utf-8"}
 
-    def summary_request(self, auth: dict, model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict, dict]:
+    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict]:
         body, headers = super().summary_request(auth, model, prompt, text, max_tokens)
         return {"model": model, "stream": False, "messages": body["messages"]}, headers  # (no max_tokens in /api/chat)

@@ -51,7 +51,7 @@ class Responses(Chat):
         # compaction request, is neither and passes untouched)
         return path.endswith("/v1/responses") or path.endswith("/backend-api/codex/responses")
 
-    def object_entry(self, index: int, m: dict, role: str) -> Entry:
+    def object_entry(self, index: int, m: dict[str, Any], role: str) -> Entry:
         t = m.get("type")
         if t is None or t == "message":
             side = side_of(role)
@@ -74,7 +74,7 @@ class Responses(Chat):
                 out.setdefault(m["call_id"], ToolCall(m["call_id"], str(m.get("name", t)), maybe_json(args), i))
         return out
 
-    def check(self, new: dict, original: dict, *_) -> list[Problem]:
+    def check(self, new: dict[str, Any], original: dict[str, Any], *_) -> list[Problem]:
         """``instructions`` and ``tools`` unchanged; every ``function_call_output`` (and
         ``custom_tool_call_output``) ``call_id`` issued by an earlier call item; items the server
         encrypted (``reasoning``, Codex's ``compaction`` items: anything with ``encrypted_content``)
@@ -147,11 +147,11 @@ class Responses(Chat):
     def text_of(self, m: Any) -> str:
         return orr.item_text(m)
 
-    def reply(self, text: str) -> dict:
+    def reply(self, text: str) -> dict[str, Any]:
         return {"role": "assistant", "output": [{"type": "message", "role": "assistant",
                                                  "content": [{"type": "output_text", "text": text}]}]}
 
-    def answer_messages(self, message: dict) -> list:
+    def answer_messages(self, message: dict[str, Any]) -> list[Any]:
         """A response's output items (messages, calls, reasoning): each an entry of the next ``input``."""
         out = message.get("output")
         return [o for o in out if isinstance(o, dict)] if isinstance(out, list) else []
@@ -164,11 +164,11 @@ class Responses(Chat):
             return None if c is None else {**it, "content": c}
         return None
 
-    def item_texts(self, m: Any, out: list) -> None:
+    def item_texts(self, m: Any, out: list[Any]) -> None:
         if t := orr.item_text(m.wire() if hasattr(m, "wire") else m):
             out.append(t)
 
-    def message_tokens(self, tc: Any, item: dict, enc: Any) -> int:
+    def message_tokens(self, tc: Any, item: dict[str, Any], enc: Any) -> int:
         t = item.get("type")
         if "role" in item and t in (None, "message"):
             return MESSAGE_OVERHEAD + tc._content(self, item.get("content"), enc)
@@ -212,7 +212,7 @@ class Responses(Chat):
             else:
                 add(clean_text.get(turn, orr.item_text(item)), turn, role if t == "message" else "assistant", "message")
 
-    def summary_request(self, auth: dict, model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict, dict]:
+    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict]:
         raise NotImplementedError("a Responses summary is asked of Chat Completions (summary_route)")
 
     def summary_route(self, path: str) -> tuple[str, ApiKind]:
@@ -220,7 +220,7 @@ class Responses(Chat):
         return (path[: -len("/responses")] + "/chat/completions" if path.endswith("/responses") else "/v1/chat/completions",
                 ApiKind.OPENAI_CHAT)
 
-    def provider_context(self, body: dict, known: tuple[int, int] | None = None,
+    def provider_context(self, body: dict[str, Any], known: tuple[int, int] | None = None,
                          take_over: frozenset[str] = frozenset()) -> ProviderContext:
         """``context_management`` entries of type ``compaction`` (``compact_threshold``), an on-demand
         ``compaction_trigger`` (the last input item: never taken over, the client asked for it now), and
@@ -233,7 +233,7 @@ class Responses(Chat):
         if not auto and not boundary and not now:
             return NO_PROVIDER
         taken = taking_over({"compaction": auto}, take_over)
-        update: tuple = ()
+        update: tuple[Any, ...] = ()
         if taken and isinstance(cm, list):
             kept = [e for e in cm if not (isinstance(e, dict) and e.get("type") == "compaction")]
             update = (("context_management", kept or None),)
@@ -261,7 +261,7 @@ def _item_key(item: Any) -> Any:
     return ("bytes", dumps(item))
 
 
-def _encrypted_items(new: list, orig: list) -> list[Problem]:
+def _encrypted_items(new: list[Any], orig: list[Any]) -> list[Problem]:
     """Encrypted items pass byte for byte; a reasoning item stays right before the item it precedes."""
     problems: list[Problem] = []
     originals = {dumps(it) for it in orig if isinstance(it, dict) and "encrypted_content" in it}
