@@ -34,7 +34,7 @@ from .validate import Checkpoints
 _MISSING = object()
 
 
-def session_key(ctx) -> str:
+def session_key(ctx: Any) -> str:
     """The key a stage's stored decisions are kept under: one conversation, a tenant's session and, within
     it, one agent (Claude Code's subagents share the main agent's session id but not its conversation)."""
     return f"{ctx.tenant}|{ctx.session}|{ctx.agent}"

@@ -35,6 +35,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
@@ -163,7 +164,7 @@ class TokenCounter:
     Thread-safe: stages call it from worker threads concurrently.
     """
 
-    def __init__(self, settings, state=None, bus=None) -> None:
+    def __init__(self, settings: Any, state: Any = None, bus: Any = None) -> None:
         self.settings = settings  # TokensSection; the runtime swaps it when settings change
         self.state = state
         self.bus = bus
@@ -212,7 +213,7 @@ class TokenCounter:
 
     # ------------------------------------------------------------------ cache
 
-    def _cached(self, key: tuple[Any, ...], compute) -> Any:
+    def _cached(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         with self._lock:
             v = self._cache.get(key)
             if v is not None:

@@ -83,7 +83,7 @@ class FactCache(BytesMemo):
     """What a message contributes to the checks, keyed by its exact JSON bytes (a wrong fact could let
     an invalid body through), bounded by bytes."""
 
-    def fact(self, m: dict[str, Any], compute: Callable[[dict[str, Any]], tuple], key: bytes | None = None) -> tuple[Any, ...]:
+    def fact(self, m: dict[str, Any], compute: Callable[[dict[str, Any]], tuple[Any, ...]], key: bytes | None = None) -> tuple[Any, ...]:
         return self.get(key if key is not None else orjson.dumps(m, default=str), lambda: compute(m))
 
 
@@ -139,7 +139,7 @@ class Checkpoints:
 
     def __init__(self, size: int = 64) -> None:
         self.size = size
-        self._d: OrderedDict[tuple[int, bytes | None], tuple[tuple[Any, ...], frozenset, Fold]] = OrderedDict()
+        self._d: OrderedDict[tuple[int, bytes | None], tuple[tuple[Any, ...], frozenset[Any], Fold]] = OrderedDict()
         self._lock = threading.Lock()
 
     def resume(self, keys: list[Any], pairs: frozenset[Any]) -> tuple[int, Fold]:

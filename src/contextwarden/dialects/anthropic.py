@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -184,7 +185,7 @@ class Anthropic(Dialect):
     def reply(self, text: str) -> dict[str, Any]:
         return {"role": "assistant", "content": [{"type": "text", "text": text}] if text else []}
 
-    def rewrite_text(self, m: am.Message, fn) -> am.Message | None:
+    def rewrite_text(self, m: am.Message, fn: Callable[[str], str | None]) -> am.Message | None:
         if m.role != "user":
             return None
         if isinstance(m.content, str):
@@ -213,7 +214,7 @@ class Anthropic(Dialect):
     def message_tokens(self, tc: Any, m: dict[str, Any], enc: Any) -> int:
         return MESSAGE_OVERHEAD + tc._content(self, m.get("content"), enc)
 
-    def memory_items(self, messages: Any, start_turn: int, clean_text: dict[int, str], add) -> None:
+    def memory_items(self, messages: Any, start_turn: int, clean_text: dict[int, str], add: Callable[..., None]) -> None:
         tool_names: dict[str, str] = {}
         for turn, raw, role in history_dicts(messages, start_turn):
             texts, results = [], []
@@ -229,7 +230,7 @@ class Anthropic(Dialect):
             for b in results:
                 add(am.content_text(b.content), turn, "tool", "tool_result", tool_names.get(b.tool_use_id))
 
-    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict]:
+    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
         headers = {k: v for k, v in auth.items() if k != "anthropic-beta"} | {"content-type": "application/json"}
         headers.setdefault("anthropic-version", "2023-06-01")
         return {"model": model, "max_tokens": max_tokens, "system": prompt, "messages": [{"role": "user", "content": text}]}, headers

@@ -78,7 +78,7 @@ def rewrite_parts(content: Any, fn: Callable[[str], str | None], text_types: tup
     return out if any(a is not b for a, b in zip(out, content)) else None
 
 
-def history_dicts(messages: list[Any], start_turn: int) -> Iterator[tuple[int, dict, str]]:
+def history_dicts(messages: list[Any], start_turn: int) -> Iterator[tuple[int, dict[str, Any], str]]:
     """(turn, wire dict, role) of each message after the leading system/developer ones (the cached
     prefix memory does not store); a typed message is read as its wire form, a non-object skipped."""
     prefix = True
@@ -140,7 +140,7 @@ class Dialect:
 
     # ------------------------------------------------------------------ the body
 
-    def body(self, history: list[Any], model: str, **extra) -> dict[str, Any]:
+    def body(self, history: list[Any], model: str, **extra: Any) -> dict[str, Any]:
         """A minimal request body of this API around ``history`` (replay, evaluations)."""
         return {"model": model, **dict(self.request_defaults), self.history_key: history, **extra}
 
@@ -293,7 +293,7 @@ class Dialect:
         ``stream``: as the client reads a stream)."""
         raise NotImplementedError
 
-    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict]:
+    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """compaction's LLM summary (summarise.llm_summary): the body and headers of a one-off request."""
         raise NotImplementedError
 

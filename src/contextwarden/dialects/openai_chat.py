@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -44,7 +45,7 @@ class Chat(Dialect):
                                                                    maybe_json(fn.get("arguments")), i))
         return out
 
-    def check(self, new: dict[str, Any], original: dict[str, Any], *_) -> list[Problem]:
+    def check(self, new: dict[str, Any], original: dict[str, Any], *_: Any) -> list[Problem]:
         """``tools`` unchanged; every assistant ``tool_calls`` id answered by a ``tool`` message in the run
         that follows it, every ``tool`` message's ``tool_call_id`` issued by that assistant message;
         ``content`` non-null unless the message is an assistant message with ``tool_calls``; the last
@@ -132,7 +133,7 @@ class Chat(Dialect):
             else {"message": message, "type": "server_error", "param": None, "code": "upstream_unreachable"}
         return orjson.dumps({"error": err}), {"content-type": "application/json"}
 
-    def rewrite_text(self, m: oc.ChatMessage, fn) -> oc.ChatMessage | None:
+    def rewrite_text(self, m: oc.ChatMessage, fn: Callable[[str], str | None]) -> oc.ChatMessage | None:
         c = rewrite_parts(m.content, fn, ("text",)) if m.role == "user" else None
         return None if c is None else m.model_copy(update={"content": c})
 
@@ -161,7 +162,7 @@ class Chat(Dialect):
             n += len(images) * tc.settings.image_tokens
         return n
 
-    def memory_items(self, messages: Any, start_turn: int, clean_text: dict[int, str], add) -> None:
+    def memory_items(self, messages: Any, start_turn: int, clean_text: dict[int, str], add: Callable[..., None]) -> None:
         tool_names: dict[str, str] = {}
         for turn, raw, role in history_dicts(messages, start_turn):
             msg = oc.ChatMessage.model_validate(raw)
@@ -174,6 +175,6 @@ class Chat(Dialect):
             else:
                 add(text, turn, role, "message")
 
-    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict]:
+    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
         return ({"model": model, "max_tokens": max_tokens, "messages": [{"role": "system", "content": prompt}, {"role": "user", "content": text}]},
                 {**auth, "content-type": "application/json"})

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -74,7 +75,7 @@ class Responses(Chat):
                 out.setdefault(m["call_id"], ToolCall(m["call_id"], str(m.get("name", t)), maybe_json(args), i))
         return out
 
-    def check(self, new: dict[str, Any], original: dict[str, Any], *_) -> list[Problem]:
+    def check(self, new: dict[str, Any], original: dict[str, Any], *_: Any) -> list[Problem]:
         """``instructions`` and ``tools`` unchanged; every ``function_call_output`` (and
         ``custom_tool_call_output``) ``call_id`` issued by an earlier call item; items the server
         encrypted (``reasoning``, Codex's ``compaction`` items: anything with ``encrypted_content``)
@@ -156,7 +157,7 @@ class Responses(Chat):
         out = message.get("output")
         return [o for o in out if isinstance(o, dict)] if isinstance(out, list) else []
 
-    def rewrite_text(self, it: Any, fn) -> Any:
+    def rewrite_text(self, it: Any, fn: Callable[[str], str | None]) -> Any:
         if isinstance(it, str):  # the ``input`` string, or a bare string item: the user's
             return fn(it)
         if isinstance(it, dict) and it.get("role") == "user" and it.get("type") in (None, "message"):
@@ -186,7 +187,7 @@ class Responses(Chat):
             return n
         return tc._block(self, item, enc)
 
-    def memory_items(self, items: Any, start_turn: int, clean_text: dict[int, str], add) -> None:
+    def memory_items(self, items: Any, start_turn: int, clean_text: dict[int, str], add: Callable[..., None]) -> None:
         tool_names: dict[str, str] = {}
         prefix = True
         for i, item in enumerate([items] if isinstance(items, str) else items):
@@ -212,7 +213,7 @@ class Responses(Chat):
             else:
                 add(clean_text.get(turn, orr.item_text(item)), turn, role if t == "message" else "assistant", "message")
 
-    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict]:
+    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
         raise NotImplementedError("a Responses summary is asked of Chat Completions (summary_route)")
 
     def summary_route(self, path: str) -> tuple[str, ApiKind]:
