@@ -377,3 +377,14 @@ def test_a_question_naming_a_day_follows_the_turns_dated_that_day(tmp_path):
     assert items[-1].text not in found[0.0]
     assert items[-1].text in found[1.0]
     st.close()
+
+
+def test_a_session_without_speakers_or_a_named_day_reads_no_session_vectors(mem):
+    """An agent's session (no ``Name:`` turns) asked without a date: the focus rankings have nothing to
+    look for, so the session's vectors are not read from the store on the request path."""
+    st, lex = mem
+    r = Retriever(st, lex, embedder(), None, MemorySection())
+    assert r.search(Query("what kind of dog do we have?"), ["t-a"], session="s1").hits
+    assert r.scope is None
+    r.search(Query("what did we do on 2 May, 2023?"), ["t-a"], session="s1")
+    assert r.scope is not None

@@ -209,11 +209,11 @@ def find(answer: Answer, lost: list[Lost], kept: Kept, done: set[str], limit: in
             add(by_id[mid], "id", mid)
     newest = sorted(lost, key=lambda x: -x.turn)
     for q in answer.quotes:
-        owners = [x for x in newest if quoted_in(q, x, memo.lines if memo else None)]
-        if owners and not kept.holds(q):
+        quoting = [x for x in newest if quoted_in(q, x, memo.lines if memo else None)]
+        if quoting and not kept.holds(q):
             # an Edit's old_string only a lost text holds: needed now, even if recalled once before
             # (what recall injects goes into one request only; the same file is edited again and again)
-            add(owners[0], "quote", q, again=True)
+            add(quoting[0], "quote", q, again=True)
     if answer.paths:  # the newest cleared result of a call on each path (one pass for all of them)
         of_path: dict[str, Lost] = {}
         for x in newest:

@@ -137,7 +137,8 @@ def _split_fence(u: _Unit, max_tokens: int, count: Callable[[str], int]) -> list
     # the closing fence line (and blank lines after it) are not part of the body
     while body and not body[-1].strip():
         body = body[:-1]
-    if body and body[-1].strip().startswith(u.fence) and not body[-1].strip().strip(u.fence[0]):
+    fence = u.fence or "```"
+    if body and body[-1].strip().startswith(fence) and not body[-1].strip().strip(fence[0]):
         closing = body[-1]
         body = body[:-1]
     indent = opening[:len(opening) - len(opening.lstrip())]

@@ -150,6 +150,13 @@ class Ingestor:
             return False
         return True
 
+    @property
+    def _table(self) -> PendingTable:
+        """The pending table (journal mode only)."""
+        if self.journal is None:
+            raise RuntimeError("no pending table")
+        return self.journal
+
     def _submit_journal(self, items: list[MemoryItem], info: dict) -> bool:
         # secrets never reach the disk: redacted before the journal (the id a clearing stub names is
         # the original text's, fixed first)
@@ -163,7 +170,7 @@ class Ingestor:
             if self._closing:
                 self.stats["dropped"] += len(items)
                 return False
-            rid = self.journal.add(items, info)
+            rid = self._table.add(items, info)
             self.stats["submitted"] += len(items)
         self._queue_indexed(rid, items, info)
         return True
@@ -175,7 +182,7 @@ class Ingestor:
             done = self._index([(items, info)], redacted=True)
         except Exception as e:  # a poison submission is dropped, never the caller's problem
             self._error(e, len(items))
-            self.journal.done([rid])
+            self._table.done([rid])
             return
         done.rows = [rid]
         with self._cv:
@@ -260,18 +267,18 @@ class Ingestor:
                     self._cv.notify_all()
 
     def _run_journal(self) -> bool:
-        """The storer (journal mode): one batch of what the indexer made, embedded and stored; False
+        """The storer (journal mode): one batch of what the submissions indexed, embedded and stored; False
         when closing. Over ``memory.pending_max``, the oldest submissions are stored as text first (not
         embedded: nothing is dropped); once nothing waits, what was stored so is embedded, a batch at a
         time."""
         with self._cv:
-            while not self._indexed and not self._closing and not (self.deferred and self.journal.items <= 0):
+            while not self._indexed and not self._closing and not (self.deferred and self._table.items <= 0):
                 self._cv.wait(1.0)
             if self._closing:
                 return False
             self._busy = True
             taken: list[_Indexed] = []
-            excess = self.journal.items - self.journal.max_items
+            excess = self._table.items - self._table.max_items
             over = excess > 0
             if over:  # store the oldest as text until the table is back under its bound
                 while self._indexed and excess > 0:
@@ -279,7 +286,7 @@ class Ingestor:
                     excess -= taken[-1].submitted
             else:
                 # near the bound, smaller embedding batches: back sooner to store what goes over it as text
-                near = self.journal.items > self.journal.max_items // 2
+                near = self._table.items > self._table.max_items // 2
                 max_items = max(1, self.batch_max // 4) if near else self.batch_max
                 chars_max = (self.batch_chars // 4 if near else self.batch_chars) if self.batch_chars else None
                 n = chars = 0
@@ -303,7 +310,7 @@ class Ingestor:
             else:
                 self._error(e, batch.submitted)
         finally:
-            self.journal.done(batch.rows)
+            self._table.done(batch.rows)
             with self._cv:
                 self._busy = False
                 self._cv.notify_all()

@@ -104,7 +104,7 @@ class MemoryItem:
                 raise TypeError("from_record(text, metadata) or from_record(record)")
             metadata, text = text, text["text"]
         else:  # a Chroma document: sealed when a key was set (sealing.py); a wrong key raises SealError
-            text = sealing.current().open_text(text)
+            text = sealing.current().open_text(str(text))
         md = metadata
         return cls(
             text=str(text),

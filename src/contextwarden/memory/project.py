@@ -71,7 +71,8 @@ def instruction_texts(body: dict[str, Any]) -> list[str]:
     out = _texts(body.get("system")) + _texts(body.get("instructions"))
     msgs = body.get("messages")
     if not isinstance(msgs, list):
-        msgs = body.get("input") if isinstance(body.get("input"), list) else []
+        inp = body.get("input")
+        msgs = inp if isinstance(inp, list) else []
     for m in msgs[:EARLY_MESSAGES]:
         if isinstance(m, dict) and m.get("role") in ("system", "developer", "user"):
             out += _texts(m.get("content"))

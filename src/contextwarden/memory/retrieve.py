@@ -426,6 +426,9 @@ class Retriever:
         days ("What did Maria share on 16 June, 2023?": the turns dated within ``DATE_SLACK_DAYS`` of
         one, ``MemoryItem.when``; ``memory.date_weight``). None when it names neither."""
         s = self.settings
+        days = dates_in(query.text)
+        if not days and not any(h.item.speaker for h in by_id.values()):
+            return []  # no day named, no speakers among the candidates (an agent's session): nothing to read
         ranked: list = []
         if v.embedding is not None:
             self.scope = self.scope or SessionVectors(self.store)
@@ -433,7 +436,6 @@ class Retriever:
         words = set(tokenize(query.text))
         names = {x: set(tokenize(x)) for x in {h.item.speaker for h in by_id.values()} | {it.speaker for it, _ in ranked} if x}
         named = [x for x, t in names.items() if t and t <= words]  # (a header "Includes:" has no name's words)
-        days = dates_in(query.text)
         focus: list[tuple[Callable[[MemoryItem], bool], float]] = []
         if len(named) == 1 and s.speaker_weight > 0:
             who = named[0]

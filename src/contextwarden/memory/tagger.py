@@ -182,9 +182,9 @@ class KeywordTagger:
         for c in cands:
             k = " ".join(stem(w) for w in c.key.split(" "))
             if k in by_stem:
-                kept = by_stem[k]
-                best = c if c.score > kept.score else kept
-                by_stem[k] = _Cand(best.tag, kept.score + c.score, k)
+                had = by_stem[k]
+                best = c if c.score > had.score else had
+                by_stem[k] = _Cand(best.tag, had.score + c.score, k)
             else:
                 by_stem[k] = _Cand(c.tag, c.score, k)
         # Only the best-scored candidates are compared pairwise: comparing every candidate with every kept
@@ -193,9 +193,9 @@ class KeywordTagger:
         ordered = sorted(by_stem.values(), key=lambda c: -c.score)[: self.fuzzy_limit]
         kept: list[_Cand] = []
         for c in ordered:
-            for i, k in enumerate(kept):
-                if fuzz.ratio(c.key, k.key) >= self.merge_similarity:
-                    kept[i] = _Cand(k.tag, k.score + c.score, k.key)
+            for i, other in enumerate(kept):
+                if fuzz.ratio(c.key, other.key) >= self.merge_similarity:
+                    kept[i] = _Cand(other.tag, other.score + c.score, other.key)
                     break
             else:
                 kept.append(c)
@@ -234,9 +234,9 @@ class EmbeddingTagger:
         self.embedder = embedder
         self.threshold = threshold
         self.max_known = max_known
-        self._known: OrderedDict[str, object] = OrderedDict()
+        self._known: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self._matrix = None
+        self._matrix: np.ndarray | None = None
         self._names: list[str] = []
 
     def learn(self, tags: Iterable[str]) -> None:
