@@ -34,13 +34,13 @@ from .validate import Checkpoints
 _MISSING = object()
 
 
-def session_key(ctx) -> str:
+def session_key(ctx: Any) -> str:
     """The key a stage's stored decisions are kept under: one conversation, a tenant's session and, within
     it, one agent (Claude Code's subagents share the main agent's session id but not its conversation)."""
     return f"{ctx.tenant}|{ctx.session}|{ctx.agent}"
 
 
-def same_prefix(a: list, b: list) -> int:
+def same_prefix(a: list[Any], b: list[Any]) -> int:
     """How many leading elements ``a`` and ``b`` share by identity."""
     same = list(map(is_, a, b))
     return same.index(False) if False in same else len(same)
@@ -52,7 +52,7 @@ class Typed:
 
     __slots__ = ("obj", "raw", "wire", "memo")
 
-    def __init__(self, obj: WireModel, raw: bytes | None = None, wire: dict | None = None) -> None:
+    def __init__(self, obj: WireModel, raw: bytes | None = None, wire: dict[str, Any] | None = None) -> None:
         self.obj = obj
         self.raw = raw
         self.wire = wire
@@ -64,7 +64,7 @@ class Latest:
     """A conversation's latest messages (the client's dicts) and their bytes; replaced whole, never
     changed (concurrent requests of a conversation read one or the other, never a mix)."""
 
-    msgs: list = field(default_factory=list)
+    msgs: list[Any] = field(default_factory=list)
     raws: list[bytes] = field(default_factory=list)
     inexact: frozenset[int] = frozenset()  # indexes whose bytes are those of an equal message, not its own
 
@@ -73,7 +73,7 @@ class Latest:
 class Carried:
     """What a stage left about the first ``n`` messages of a request (``objs``: those messages)."""
 
-    objs: list
+    objs: list[Any]
     n: int
     value: Any
 
@@ -85,7 +85,7 @@ class Conversation:
 
     __slots__ = ("key", "last", "entries", "derived", "slots", "nbytes", "checkpoints", "requests")
 
-    def __init__(self, key: tuple) -> None:
+    def __init__(self, key: tuple[Any, ...]) -> None:
         self.key = key
         self.requests = 0  # requests prepared: more than one, and the proxy has seen this conversation live
         self.last = Latest()
@@ -95,7 +95,7 @@ class Conversation:
         self.nbytes = 0
         self.checkpoints = Checkpoints(size=8)  # the validator's state at the end of recently checked bodies
 
-    def message_bytes(self, msgs: list, known: list[bytes] | None = None) -> tuple[list[bytes], bool]:
+    def message_bytes(self, msgs: list[Any], known: list[bytes] | None = None) -> tuple[list[bytes], bool]:
         """``orjson.dumps`` of each message, and whether each is exactly that (not of an equal message).
 
         ``known``: the bytes of the first messages when they are a recent request's own dicts
@@ -129,7 +129,7 @@ class Conversation:
         self.nbytes = sum(map(len, raws))
         return raws, not inexact
 
-    def typed(self, msgs: list, raws: list[bytes], parse: Callable[[Any], WireModel]) -> list[Typed]:
+    def typed(self, msgs: list[Any], raws: list[bytes], parse: Callable[[Any], WireModel]) -> list[Typed]:
         """The typed entries of ``msgs`` (``raws`` their bytes): the conversation's own where the bytes
         are the same, else ``parse``d. Raises what ``parse`` raises (the conversation left as it was)."""
         old = self.entries
@@ -152,10 +152,10 @@ class Conversations:
     def __init__(self, max_count: int = 64, max_bytes: int = 48_000_000) -> None:
         self.max_count = max_count
         self.max_bytes = max_bytes
-        self._d: OrderedDict[tuple, Conversation] = OrderedDict()
+        self._d: OrderedDict[tuple[Any, ...], Conversation] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> Conversation:
+    def get(self, key: tuple[Any, ...]) -> Conversation:
         with self._lock:
             c = self._d.get(key)
             if c is None:
@@ -192,7 +192,7 @@ class History:
         self.derived: dict[int, Typed] = {}  # id(obj) -> entry of an edited copy made by derive
         self._index: dict[int, int] | None = None
         self._used: dict[bytes, tuple[Any, Typed]] = {}  # the edited copies this request used, by base bytes
-        self.wire_entries: list | None = None  # per message of the rewrite, its entry or None (pipeline.wire_of)
+        self.wire_entries: list[Any] | None = None  # per message of the rewrite, its entry or None (pipeline.wire_of)
         self.tokens_kept: Any = None  # (messages, per-message counts) of the original (pipeline.count_tokens)
 
     def original_index(self, obj: Any) -> int | None:
@@ -225,7 +225,7 @@ class History:
             v = e.memo[key] = compute()
         return v
 
-    def memos(self, objs: list, key: Any, compute: Callable[[Any], Any], start: int = 0) -> list:
+    def memos(self, objs: list[Any], key: Any, compute: Callable[[Any], Any], start: int = 0) -> list[Any]:
         """``[self.memo(o, key, lambda: compute(o)) for o in objs]`` (``objs`` usually the prepared
         messages from ``start`` on)."""
         out, ents = [], self.entries

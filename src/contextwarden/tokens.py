@@ -35,6 +35,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
@@ -87,7 +88,7 @@ def strips_thinking(model: str | None) -> bool:
     return True
 
 
-def current_turn_start(messages: list) -> int:
+def current_turn_start(messages: list[Any]) -> int:
     """Index of the latest user message that is not only tool results (where the current turn begins)."""
     for i in range(len(messages) - 1, -1, -1):
         m = messages[i]
@@ -163,14 +164,14 @@ class TokenCounter:
     Thread-safe: stages call it from worker threads concurrently.
     """
 
-    def __init__(self, settings, state=None, bus=None) -> None:
+    def __init__(self, settings: Any, state: Any = None, bus: Any = None) -> None:
         self.settings = settings  # TokensSection; the runtime swaps it when settings change
         self.state = state
         self.bus = bus
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._encodings: dict[str, _Encoding] = {}
-        self._cache: OrderedDict[tuple, Any] = OrderedDict()
+        self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
         self._cal: dict[str, dict[str, Any]] = {}
@@ -212,7 +213,7 @@ class TokenCounter:
 
     # ------------------------------------------------------------------ cache
 
-    def _cached(self, key: tuple, compute) -> Any:
+    def _cached(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         with self._lock:
             v = self._cache.get(key)
             if v is not None:
@@ -229,7 +230,7 @@ class TokenCounter:
         return v
 
     @staticmethod
-    def _key(kind: bytes, enc: _Encoding, data: bytes | str) -> tuple:
+    def _key(kind: bytes, enc: _Encoding, data: bytes | str) -> tuple[Any, ...]:
         # Python's keyed 64-bit SipHash plus the length: a collision needs two different contents of
         # the same length and the same hash under this process's random key (a count is an estimate;
         # even then only one message would be off). Much cheaper than a cryptographic digest, and a
@@ -279,8 +280,8 @@ class TokenCounter:
                    if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking"))
 
     def count_request(self, api: ApiKind | str | Dialect, body: Any, model: str | None = None, *,
-                      reuse: tuple | None = None, keep: list | None = None,
-                      raw: list[bytes | None] | None = None, known: list | None = None) -> int:
+                      reuse: tuple[Any, ...] | None = None, keep: list[Any] | None = None,
+                      raw: list[bytes | None] | None = None, known: list[Any] | None = None) -> int:
         """Tokens of a whole request body: system + tools + messages, plus framing.
 
         A repeat request costs one ``orjson.dumps`` and one (non-cryptographic) hash per message plus
@@ -321,8 +322,8 @@ class TokenCounter:
                 n -= sum(map(itemgetter(1), entries[:current_turn_start(msgs)]))
         return n
 
-    def _entries(self, d: Dialect, msgs: list, enc: _Encoding, reuse: tuple | None,
-                 raw: list[bytes | None] | None = None, known: list | None = None) -> list[tuple[int, int]]:
+    def _entries(self, d: Dialect, msgs: list[Any], enc: _Encoding, reuse: tuple[Any, ...] | None,
+                 raw: list[bytes | None] | None = None, known: list[Any] | None = None) -> list[tuple[int, int]]:
         """:meth:`_message_entry` of every message, the cache read under one lock."""
         out: list[Any] = list(known) if known is not None and len(known) == len(msgs) else \
             aligned_raw(msgs, reuse[0], reuse[1]) if reuse is not None else [None] * len(msgs)
@@ -410,7 +411,7 @@ class TokenCounter:
         applied = RATIO_MIN <= ratio <= RATIO_MAX
         now = time.time()
 
-        def learn(cur: dict | None) -> dict:
+        def learn(cur: dict[str, Any] | None) -> dict[str, Any]:
             rec = dict(cur or {"factor": 1.0, "n": 0})
             if applied:
                 f = ratio if rec["n"] == 0 else (1 - EMA_ALPHA) * rec["factor"] + EMA_ALPHA * ratio
@@ -480,7 +481,7 @@ class TokenCounter:
         key = self._key(b"b" + d.kind.value.encode(), enc, self._dumps(b))
         return self._cached(key, lambda: self._block_uncached(d, b, enc))
 
-    def _block_uncached(self, d: Dialect, b: dict, enc: _Encoding) -> int:
+    def _block_uncached(self, d: Dialect, b: dict[str, Any], enc: _Encoding) -> int:
         t = b.get("type")
         img = self.settings.image_tokens
         if t in ("image", "image_url", "input_image"):
@@ -499,7 +500,7 @@ class TokenCounter:
                 return frame + sum(self._block(d, x, enc) for x in c)
             return frame + self._text(c, enc)
         if t == "document" or t == "input_file":
-            src: dict = b["source"] if isinstance(b.get("source"), dict) else {}
+            src: dict[str, Any] = b["source"] if isinstance(b.get("source"), dict) else {}
             if src.get("type") == "text":
                 return BLOCK_OVERHEAD + self._text(src.get("data"), enc)
             if src.get("type") == "content" and isinstance(src.get("content"), list):

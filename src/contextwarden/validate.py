@@ -25,7 +25,7 @@ from .lru import BytesMemo
 
 # A problem is (key, message): the key identifies the defect independently of message positions, so
 # the same defect in the original can be recognised and excused.
-Problem = tuple[tuple, str]
+Problem = tuple[tuple[Any, ...], str]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -39,7 +39,7 @@ def digest(obj: Any) -> bytes:
     return blake2b(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=str), digest_size=12).digest()
 
 
-def same_bytes(name: str, new: dict, original: dict) -> list[Problem]:
+def same_bytes(name: str, new: dict[str, Any], original: dict[str, Any]) -> list[Problem]:
     if (name in new) != (name in original):
         return [(("changed", name), f"`{name}` was {'added' if name in new else 'removed'}")]
     if name in new and new[name] is not original[name] and dumps(new[name]) != dumps(original[name]):
@@ -47,7 +47,7 @@ def same_bytes(name: str, new: dict, original: dict) -> list[Problem]:
     return []
 
 
-def blocks(content: Any) -> list:
+def blocks(content: Any) -> list[Any]:
     return content if isinstance(content, list) else []
 
 
@@ -59,7 +59,7 @@ def blank(text: Any) -> bool:
     return not isinstance(text, str) or not text.strip()
 
 
-def copies_in_order(kind: str, new_msgs: Iterable[dict], orig_msgs: Iterable[dict]) -> list[Problem]:
+def copies_in_order(kind: str, new_msgs: Iterable[dict[str, Any]], orig_msgs: Iterable[dict[str, Any]]) -> list[Problem]:
     """Messages of roles other than user/assistant must be copies of the original's, in its order."""
     orig = [(role_of(m), digest(m)) for m in orig_msgs]
     problems: list[Problem] = []
@@ -83,7 +83,7 @@ class FactCache(BytesMemo):
     """What a message contributes to the checks, keyed by its exact JSON bytes (a wrong fact could let
     an invalid body through), bounded by bytes."""
 
-    def fact(self, m: dict, compute: Callable[[dict], tuple], key: bytes | None = None) -> tuple:
+    def fact(self, m: dict[str, Any], compute: Callable[[dict[str, Any]], tuple[Any, ...]], key: bytes | None = None) -> tuple[Any, ...]:
         return self.get(key if key is not None else orjson.dumps(m, default=str), lambda: compute(m))
 
 
@@ -91,7 +91,7 @@ class FactCache(BytesMemo):
 # ---------------------------------------------------------------------------- Anthropic
 
 
-def aligned_raw(msgs: list, orig_msgs: list, raw: list | None) -> list:
+def aligned_raw(msgs: list[Any], orig_msgs: list[Any], raw: list[Any] | None) -> list[Any]:
     """For each message of ``msgs``, the original's ``raw`` value (its bytes, its token count...) when it
     equals the original message at the same index or at the same index from the end (stages replace a
     span or change a few messages); None elsewhere."""
@@ -114,7 +114,7 @@ class Fold:
         self.prev_uses: set[str] = set()  # tool_use ids of the message just before, still waiting for results
         self.prev_role: Any = None
         self.first_conv_checked = False
-        self.others_new: list[dict] = []
+        self.others_new: list[dict[str, Any]] = []
         self.bps = 0  # breakpoints in the messages
         self.problems: list[Problem] = []
 
@@ -139,10 +139,10 @@ class Checkpoints:
 
     def __init__(self, size: int = 64) -> None:
         self.size = size
-        self._d: OrderedDict[tuple[int, bytes | None], tuple[tuple, frozenset, Fold]] = OrderedDict()
+        self._d: OrderedDict[tuple[int, bytes | None], tuple[tuple[Any, ...], frozenset[Any], Fold]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def resume(self, keys: list, pairs: frozenset) -> tuple[int, Fold]:
+    def resume(self, keys: list[Any], pairs: frozenset[Any]) -> tuple[int, Fold]:
         n = len(keys)
         with self._lock:
             for k in range(n, max(0, n - self.SCAN), -1):
@@ -155,7 +155,7 @@ class Checkpoints:
                     return k, fold.copy()
         return 0, Fold()
 
-    def save(self, keys: list, pairs: frozenset, fold: Fold) -> None:
+    def save(self, keys: list[Any], pairs: frozenset[Any], fold: Fold) -> None:
         if not keys:
             return
         key = (len(keys), keys[-1])
@@ -166,7 +166,7 @@ class Checkpoints:
                 self._d.popitem(last=False)
 
 
-def last_role_changed(msgs: list, orig_msgs: list) -> list[Problem]:
+def last_role_changed(msgs: list[Any], orig_msgs: list[Any]) -> list[Problem]:
     if orig_msgs and role_of(msgs[-1]) != role_of(orig_msgs[-1]):
         return [(("last-role",), f"the last message's role changed from `{role_of(orig_msgs[-1])}` to `{role_of(msgs[-1])}`")]
     return []

@@ -28,7 +28,7 @@ def dialect(api: ApiKind | str | Dialect) -> Dialect:
     return api if isinstance(api, Dialect) else DIALECTS[ApiKind(api)]
 
 
-def validate_rewrite(api: ApiKind | str | Dialect, new: Any, original: Any, *args, **kw) -> list[str]:
+def validate_rewrite(api: ApiKind | str | Dialect, new: Any, original: Any, *args: Any, **kw: Any) -> list[str]:
     """:meth:`Dialect.validate` of ``api``'s dialect (a problem for an API that is not one)."""
     try:
         d = dialect(api)

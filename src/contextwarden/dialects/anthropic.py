@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -60,7 +61,7 @@ class Anthropic(Dialect):
     def known_host(self, host: str, hostport: str, proxy: Any, ollama: bool) -> bool:
         return host in proxy.anthropic_hosts or hostport in proxy.anthropic_hosts
 
-    def object_entry(self, index: int, m: dict, role: str) -> Entry:
+    def object_entry(self, index: int, m: dict[str, Any], role: str) -> Entry:
         side = side_of(role)
         c = m.get("content")
         if not isinstance(c, list):
@@ -85,7 +86,7 @@ class Anthropic(Dialect):
                     out.setdefault(str(b.get("id", "")), ToolCall(str(b.get("id", "")), str(b.get("name", "")), b.get("input"), i))
         return out
 
-    def check(self, new: dict, original: dict, original_raw: list[bytes] | None = None,
+    def check(self, new: dict[str, Any], original: dict[str, Any], original_raw: list[bytes] | None = None,
               raw: list[bytes | None] | None = None, facts: FactCache | None = None,
               checkpoints: Checkpoints | None = None) -> list[Problem]:
         """``system`` and ``tools`` byte-equal to the original (they are the cached prefix); every
@@ -100,7 +101,7 @@ class Anthropic(Dialect):
         unchanged."""
         problems = same_bytes("system", new, original) + same_bytes("tools", new, original)
         msgs = new.get("messages")
-        orig_msgs: list = original["messages"] if isinstance(original.get("messages"), list) else []
+        orig_msgs: list[Any] = original["messages"] if isinstance(original.get("messages"), list) else []
         if not isinstance(msgs, list) or not msgs:
             return problems + [(("no-messages",), "`messages` is missing or empty")]
         orig_roles = [m.get("role") if type(m) is dict else role_of(m) for m in orig_msgs]
@@ -140,7 +141,7 @@ class Anthropic(Dialect):
         msgs[i] = m.model_copy(update={"content": old + [am.TextBlock(type="text", text=block)]})
         return f"messages[{i}] text block"
 
-    def edited(self, m: Any, edit: dict[tuple, Any]) -> am.Message:
+    def edited(self, m: Any, edit: dict[tuple[Any, ...], Any]) -> am.Message:
         content = []
         for bi, b in enumerate(m.content):
             if ("r", bi) in edit:
@@ -164,7 +165,7 @@ class Anthropic(Dialect):
     def text_of(self, m: Any) -> str:
         return am.message_text_fast(m)
 
-    def summary_message(self, text: str, cache_control: dict | None = None) -> am.Message:
+    def summary_message(self, text: str, cache_control: dict[str, Any] | None = None) -> am.Message:
         block: dict[str, Any] = {"type": "text", "text": text}
         if cache_control:
             block["cache_control"] = cache_control
@@ -181,10 +182,10 @@ class Anthropic(Dialect):
     def auth_header(self, api_key: str) -> tuple[str, str]:
         return ("x-api-key", api_key)
 
-    def reply(self, text: str) -> dict:
+    def reply(self, text: str) -> dict[str, Any]:
         return {"role": "assistant", "content": [{"type": "text", "text": text}] if text else []}
 
-    def rewrite_text(self, m: am.Message, fn) -> am.Message | None:
+    def rewrite_text(self, m: am.Message, fn: Callable[[str], str | None]) -> am.Message | None:
         if m.role != "user":
             return None
         if isinstance(m.content, str):
@@ -194,7 +195,7 @@ class Anthropic(Dialect):
               for b in m.content]
         return m.model_copy(update={"content": bs}) if any(a is not b for a, b in zip(bs, m.content)) else None
 
-    def item_texts(self, m: Any, out: list) -> None:
+    def item_texts(self, m: Any, out: list[Any]) -> None:
         """Its text, or its blocks' texts (tool calls and results included) and, of two or more, all of
         them but the results together."""
         msg = m if isinstance(m, am.Message) else am.Message.model_validate(m)
@@ -210,10 +211,10 @@ class Anthropic(Dialect):
         if len(texts) > 1:
             out.append("\n".join(texts))
 
-    def message_tokens(self, tc: Any, m: dict, enc: Any) -> int:
+    def message_tokens(self, tc: Any, m: dict[str, Any], enc: Any) -> int:
         return MESSAGE_OVERHEAD + tc._content(self, m.get("content"), enc)
 
-    def memory_items(self, messages: Any, start_turn: int, clean_text: dict[int, str], add) -> None:
+    def memory_items(self, messages: Any, start_turn: int, clean_text: dict[int, str], add: Callable[..., None]) -> None:
         tool_names: dict[str, str] = {}
         for turn, raw, role in history_dicts(messages, start_turn):
             texts, results = [], []
@@ -229,23 +230,23 @@ class Anthropic(Dialect):
             for b in results:
                 add(am.content_text(b.content), turn, "tool", "tool_result", tool_names.get(b.tool_use_id))
 
-    def summary_request(self, auth: dict, model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict, dict]:
+    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
         headers = {k: v for k, v in auth.items() if k != "anthropic-beta"} | {"content-type": "application/json"}
         headers.setdefault("anthropic-version", "2023-06-01")
         return {"model": model, "max_tokens": max_tokens, "system": prompt, "messages": [{"role": "user", "content": text}]}, headers
 
-    def provider_context(self, body: dict, known: tuple[int, int] | None = None,
+    def provider_context(self, body: dict[str, Any], known: tuple[int, int] | None = None,
                          take_over: frozenset[str] = frozenset()) -> ProviderContext:
         """``context_management.edits`` and the latest message holding a ``compaction`` block (the API
         drops every block before it, and the block goes back as it came)."""
         cm = body.get("context_management")
-        edits: list = cm["edits"] if isinstance(cm, dict) and isinstance(cm.get("edits"), list) else []
+        edits: list[Any] = cm["edits"] if isinstance(cm, dict) and isinstance(cm.get("edits"), list) else []
         kinds = {e.get("type") for e in edits if isinstance(e, dict)}
         boundary = last_index(body.get("messages"), _holds_compaction, known)
         if not kinds and not boundary:
             return NO_PROVIDER
         taken = taking_over({v: k in kinds for k, v in _TAKEN_AS.items()}, take_over)
-        update: tuple = ()
+        update: tuple[Any, ...] = ()
         if taken and isinstance(cm, dict):  # the client's edit out; what is left of context_management (none: the field goes)
             kept = [e for e in edits if not (isinstance(e, dict) and _TAKEN_AS.get(str(e.get("type")), "") in taken)]
             update = (("context_management", {**cm, "edits": kept} if kept else None),)
@@ -265,13 +266,13 @@ def _holds_compaction(m: Any) -> bool:
 # ---------------------------------------------------------------------------- the validator's walk
 
 
-def _facts(m: dict) -> tuple:
+def _facts(m: dict[str, Any]) -> tuple[Any, ...]:
     """(role, content empty, block events in order, breakpoints) of one message.
 
     Block events: ("blank",) an empty text block, ("use", id), ("result", id)."""
     content = m.get("content")
     empty = content is None or (isinstance(content, str) and blank(content)) or (isinstance(content, list) and not content)
-    events: list[tuple] = []
+    events: list[tuple[Any, ...]] = []
     bps = 0
     for b in blocks(content):
         if not isinstance(b, dict):
@@ -289,7 +290,7 @@ def _facts(m: dict) -> tuple:
     return (m.get("role"), empty, tuple(events), bps)
 
 
-def _last_thinking(msgs: list) -> list:
+def _last_thinking(msgs: list[Any]) -> list[Any]:
     """The thinking blocks of the last assistant message."""
     m = next((m for m in reversed(msgs) if role_of(m) == "assistant"), None)
     if not m:
@@ -297,7 +298,7 @@ def _last_thinking(msgs: list) -> list:
     return [b for b in blocks(m.get("content")) if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking")]
 
 
-def _keys(msgs: list, orig_msgs: list, original_raw: list[bytes] | None, raw: list[bytes | None] | None) -> list:
+def _keys(msgs: list[Any], orig_msgs: list[Any], original_raw: list[bytes] | None, raw: list[bytes | None] | None) -> list[Any]:
     """Each message's bytes: the caller's, the original's where equal, else a dump (a message that is
     not an object keys as None: the same defect in the same place)."""
     if raw is not None and len(raw) == len(msgs) and None not in raw:
@@ -308,7 +309,7 @@ def _keys(msgs: list, orig_msgs: list, original_raw: list[bytes] | None, raw: li
     return [k if k is not None or type(m) is not dict else orjson.dumps(m, default=str) for k, m in zip(keys, msgs)]
 
 
-def _fold(msgs: list, keys: list, pairs: frozenset, facts: FactCache, checkpoints: Checkpoints) -> Fold:
+def _fold(msgs: list[Any], keys: list[Any], pairs: frozenset[Any], facts: FactCache, checkpoints: Checkpoints) -> Fold:
     """The checks over every message, resumed from the latest checkpoint of the same messages."""
     begin, f = checkpoints.resume(keys, pairs)
     last = len(msgs) - 1
@@ -326,7 +327,7 @@ def _fold(msgs: list, keys: list, pairs: frozenset, facts: FactCache, checkpoint
     return f
 
 
-def _step(f: Fold, i: int, m: dict, fact: tuple, pairs: frozenset) -> None:
+def _step(f: Fold, i: int, m: dict[str, Any], fact: tuple[Any, ...], pairs: frozenset[Any]) -> None:
     """One message's checks (``fact``: its :func:`_facts`) against the state before it."""
     role, empty, events, n_bp = fact
     pf = f.problems

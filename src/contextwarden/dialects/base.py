@@ -78,7 +78,7 @@ def rewrite_parts(content: Any, fn: Callable[[str], str | None], text_types: tup
     return out if any(a is not b for a, b in zip(out, content)) else None
 
 
-def history_dicts(messages: list, start_turn: int) -> Iterator[tuple[int, dict, str]]:
+def history_dicts(messages: list[Any], start_turn: int) -> Iterator[tuple[int, dict[str, Any], str]]:
     """(turn, wire dict, role) of each message after the leading system/developer ones (the cached
     prefix memory does not store); a typed message is read as its wire form, a non-object skipped."""
     prefix = True
@@ -140,16 +140,16 @@ class Dialect:
 
     # ------------------------------------------------------------------ the body
 
-    def body(self, history: list, model: str, **extra) -> dict[str, Any]:
+    def body(self, history: list[Any], model: str, **extra: Any) -> dict[str, Any]:
         """A minimal request body of this API around ``history`` (replay, evaluations)."""
         return {"model": model, **dict(self.request_defaults), self.history_key: history, **extra}
 
-    def messages_of(self, body: Any) -> list | None:
+    def messages_of(self, body: Any) -> list[Any] | None:
         """The history list of a wire dict or a typed request; None when absent or not a list."""
         v = body.get(self.history_key) if isinstance(body, dict) else getattr(body, self.history_key, None)
         return v if isinstance(v, list) else None
 
-    def parse(self, body: dict) -> WireModel:
+    def parse(self, body: dict[str, Any]) -> WireModel:
         """The typed request of a decoded JSON body."""
         return self.request_model.model_validate(body)
 
@@ -157,7 +157,7 @@ class Dialect:
         """One history entry as the typed request holds it (the client's dict where there is no model)."""
         return self.message_model.model_validate(m) if self.message_model is not None else m
 
-    def provider_context(self, body: dict, known: tuple[int, int] | None = None,
+    def provider_context(self, body: dict[str, Any], known: tuple[int, int] | None = None,
                          take_over: frozenset[str] = frozenset()) -> ProviderContext:
         """What ``body`` delegates to the provider (the one decision per request: pipeline.prepare;
         ``known``: see :func:`last_index`)."""
@@ -175,7 +175,7 @@ class Dialect:
             return Entry(index, "user", "user", turn_start=True)
         return self.object_entry(index, m, str(m.get("role", "user")))
 
-    def object_entry(self, index: int, m: dict, role: str) -> Entry:
+    def object_entry(self, index: int, m: dict[str, Any], role: str) -> Entry:
         """:meth:`entry` of a JSON object (``role``: its role, "user" when it has none)."""
         raise NotImplementedError
 
@@ -192,7 +192,7 @@ class Dialect:
 
     # ------------------------------------------------------------------ the validator
 
-    def check(self, new: dict, original: dict, original_raw: list[bytes] | None = None,
+    def check(self, new: dict[str, Any], original: dict[str, Any], original_raw: list[bytes] | None = None,
               raw: list[bytes | None] | None = None, facts: FactCache | None = None,
               checkpoints: Checkpoints | None = None) -> list[Problem]:
         """The validator's rules: the problems of ``new`` against ``original``."""
@@ -242,22 +242,22 @@ class Dialect:
         it went; raises ``NotInjectable`` when there is no cache-safe place."""
         raise NotImplementedError
 
-    def item_texts(self, m: Any, out: list) -> None:
+    def item_texts(self, m: Any, out: list[Any]) -> None:
         """Appends to ``out`` the texts of a history entry a stored memory item could equal."""
         raise NotImplementedError
 
-    def memory_items(self, messages: Any, start_turn: int, clean_text: dict[int, str], add: Callable) -> None:
+    def memory_items(self, messages: Any, start_turn: int, clean_text: dict[int, str], add: Callable[..., Any]) -> None:
         """Calls ``add(text, turn, role, kind, tool)`` for each item a history holds: a message's text and
         each tool result (memory.ingest.items_from_messages)."""
         raise NotImplementedError
 
-    def answer_messages(self, message: dict) -> list:
+    def answer_messages(self, message: dict[str, Any]) -> list[Any]:
         """The history entries an answer (``AssembledTurn.message``) adds."""
         return [message]
 
     # ------------------------------------------------------------------ clearing's edits
 
-    def edited(self, m: Any, edit: dict[tuple, Any]) -> Any:
+    def edited(self, m: Any, edit: dict[tuple[Any, ...], Any]) -> Any:
         """A copy of typed message ``m`` with clearing's recorded stubs in place (``edit``: ("r", i) a
         tool result's new content, ("i", i) / ("a", i) a tool call's new input / arguments)."""
         raise NotImplementedError
@@ -276,7 +276,7 @@ class Dialect:
         """strip: a copy of a user message with ``fn`` applied to its texts (None: unchanged)."""
         raise NotImplementedError
 
-    def summary_message(self, text: str, cache_control: dict | None = None) -> Any:
+    def summary_message(self, text: str, cache_control: dict[str, Any] | None = None) -> Any:
         """compaction: its summary as a user message (``cache_control``: Anthropic's breakpoint)."""
         return {"role": "user", "content": text}
 
@@ -284,7 +284,7 @@ class Dialect:
         """The header that carries an API key (replay and evaluations)."""
         return ("authorization", f"Bearer {api_key}")
 
-    def reply(self, text: str) -> dict:
+    def reply(self, text: str) -> dict[str, Any]:
         """An assistant answer of plain text, as the API returns it (replayed turns)."""
         return {"role": "assistant", "content": text}
 
@@ -293,7 +293,7 @@ class Dialect:
         ``stream``: as the client reads a stream)."""
         raise NotImplementedError
 
-    def summary_request(self, auth: dict, model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict, dict]:
+    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """compaction's LLM summary (summarise.llm_summary): the body and headers of a one-off request."""
         raise NotImplementedError
 
@@ -303,6 +303,6 @@ class Dialect:
 
     # ------------------------------------------------------------------ tokens
 
-    def message_tokens(self, tc: Any, m: dict, enc: Any) -> int:
+    def message_tokens(self, tc: Any, m: dict[str, Any], enc: Any) -> int:
         """(TokenCounter, a wire message, encoding): its tokens."""
         raise NotImplementedError

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from ..models.base import ApiKind
@@ -18,12 +20,12 @@ class Ollama(Chat):
     def serves(self, path: str, ollama: bool) -> bool:
         return ollama and path == "/api/chat"
 
-    def known_host(self, host: str, hostport: str, proxy, ollama: bool) -> bool:
+    def known_host(self, host: str, hostport: str, proxy: Any, ollama: bool) -> bool:
         return ollama
 
     def error_answer(self, message: str, stream: bool, kind: str = "rate_limit") -> tuple[bytes, dict[str, str]]:
         return orjson.dumps({"error": message}), {"content-type": "application/json; charset=utf-8"}
 
-    def summary_request(self, auth: dict, model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict, dict]:
+    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
         body, headers = super().summary_request(auth, model, prompt, text, max_tokens)
         return {"model": model, "stream": False, "messages": body["messages"]}, headers  # (no max_tokens in /api/chat)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -26,7 +27,7 @@ class Chat(Dialect):
     def serves(self, path: str, ollama: bool) -> bool:
         return path.endswith("/v1/chat/completions")
 
-    def object_entry(self, index: int, m: dict, role: str) -> Entry:
+    def object_entry(self, index: int, m: dict[str, Any], role: str) -> Entry:
         if role == "tool":
             tid = m.get("tool_call_id")
             return Entry(index, role, "user", results=(tid,) if isinstance(tid, str) else ())
@@ -44,14 +45,14 @@ class Chat(Dialect):
                                                                    maybe_json(fn.get("arguments")), i))
         return out
 
-    def check(self, new: dict, original: dict, *_) -> list[Problem]:
+    def check(self, new: dict[str, Any], original: dict[str, Any], *_: Any) -> list[Problem]:
         """``tools`` unchanged; every assistant ``tool_calls`` id answered by a ``tool`` message in the run
         that follows it, every ``tool`` message's ``tool_call_id`` issued by that assistant message;
         ``content`` non-null unless the message is an assistant message with ``tool_calls``; the last
         message's role unchanged."""
         problems: list[Problem] = same_bytes("tools", new, original)
         msgs = new.get("messages")
-        orig_msgs: list = original["messages"] if isinstance(original.get("messages"), list) else []
+        orig_msgs: list[Any] = original["messages"] if isinstance(original.get("messages"), list) else []
         if not isinstance(msgs, list) or not msgs:
             return problems + [(("no-messages",), "`messages` is missing or empty")]
         issued: set[str] = set()  # ids of the assistant message that opened the current run of tool messages
@@ -111,7 +112,7 @@ class Chat(Dialect):
             return f"messages[{i}] content"
         raise NotInjectable("the last user message's content has an unknown shape")
 
-    def edited(self, m: Any, edit: dict[tuple, Any]) -> oc.ChatMessage:
+    def edited(self, m: Any, edit: dict[tuple[Any, ...], Any]) -> oc.ChatMessage:
         update: dict[str, Any] = {"content": edit[("r", 0)]} if ("r", 0) in edit else {}
         if m.tool_calls is not None:
             update["tool_calls"] = [tc.model_copy(update={"function": tc.function.model_copy(update={"arguments": edit[("a", ti)]})
@@ -122,7 +123,7 @@ class Chat(Dialect):
     def text_of(self, m: Any) -> str:
         return oc.message_text(m)
 
-    def summary_message(self, text: str, cache_control: dict | None = None) -> Any:
+    def summary_message(self, text: str, cache_control: dict[str, Any] | None = None) -> Any:
         return oc.ChatMessage.model_validate({"role": "user", "content": text})
 
     def error_answer(self, message: str, stream: bool, kind: str = "rate_limit") -> tuple[bytes, dict[str, str]]:
@@ -132,15 +133,15 @@ class Chat(Dialect):
             else {"message": message, "type": "server_error", "param": None, "code": "upstream_unreachable"}
         return orjson.dumps({"error": err}), {"content-type": "application/json"}
 
-    def rewrite_text(self, m: oc.ChatMessage, fn) -> oc.ChatMessage | None:
+    def rewrite_text(self, m: oc.ChatMessage, fn: Callable[[str], str | None]) -> oc.ChatMessage | None:
         c = rewrite_parts(m.content, fn, ("text",)) if m.role == "user" else None
         return None if c is None else m.model_copy(update={"content": c})
 
-    def item_texts(self, m: Any, out: list) -> None:
+    def item_texts(self, m: Any, out: list[Any]) -> None:
         if t := oc.message_text(m if isinstance(m, oc.ChatMessage) else oc.ChatMessage.model_validate(m)):
             out.append(t)
 
-    def message_tokens(self, tc: Any, m: dict, enc: Any) -> int:
+    def message_tokens(self, tc: Any, m: dict[str, Any], enc: Any) -> int:
         """(name, tool calls, reasoning text and Ollama's base64 images besides the content)"""
         n = MESSAGE_OVERHEAD + tc._content(self, m.get("content"), enc)
         if m.get("name"):
@@ -161,7 +162,7 @@ class Chat(Dialect):
             n += len(images) * tc.settings.image_tokens
         return n
 
-    def memory_items(self, messages: Any, start_turn: int, clean_text: dict[int, str], add) -> None:
+    def memory_items(self, messages: Any, start_turn: int, clean_text: dict[int, str], add: Callable[..., None]) -> None:
         tool_names: dict[str, str] = {}
         for turn, raw, role in history_dicts(messages, start_turn):
             msg = oc.ChatMessage.model_validate(raw)
@@ -174,6 +175,6 @@ class Chat(Dialect):
             else:
                 add(text, turn, role, "message")
 
-    def summary_request(self, auth: dict, model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict, dict]:
+    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
         return ({"model": model, "max_tokens": max_tokens, "messages": [{"role": "system", "content": prompt}, {"role": "user", "content": text}]},
                 {**auth, "content-type": "application/json"})

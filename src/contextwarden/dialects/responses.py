@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -51,7 +52,7 @@ class Responses(Chat):
         # compaction request, is neither and passes untouched)
         return path.endswith("/v1/responses") or path.endswith("/backend-api/codex/responses")
 
-    def object_entry(self, index: int, m: dict, role: str) -> Entry:
+    def object_entry(self, index: int, m: dict[str, Any], role: str) -> Entry:
         t = m.get("type")
         if t is None or t == "message":
             side = side_of(role)
@@ -74,7 +75,7 @@ class Responses(Chat):
                 out.setdefault(m["call_id"], ToolCall(m["call_id"], str(m.get("name", t)), maybe_json(args), i))
         return out
 
-    def check(self, new: dict, original: dict, *_) -> list[Problem]:
+    def check(self, new: dict[str, Any], original: dict[str, Any], *_: Any) -> list[Problem]:
         """``instructions`` and ``tools`` unchanged; every ``function_call_output`` (and
         ``custom_tool_call_output``) ``call_id`` issued by an earlier call item; items the server
         encrypted (``reasoning``, Codex's ``compaction`` items: anything with ``encrypted_content``)
@@ -147,16 +148,16 @@ class Responses(Chat):
     def text_of(self, m: Any) -> str:
         return orr.item_text(m)
 
-    def reply(self, text: str) -> dict:
+    def reply(self, text: str) -> dict[str, Any]:
         return {"role": "assistant", "output": [{"type": "message", "role": "assistant",
                                                  "content": [{"type": "output_text", "text": text}]}]}
 
-    def answer_messages(self, message: dict) -> list:
+    def answer_messages(self, message: dict[str, Any]) -> list[Any]:
         """A response's output items (messages, calls, reasoning): each an entry of the next ``input``."""
         out = message.get("output")
         return [o for o in out if isinstance(o, dict)] if isinstance(out, list) else []
 
-    def rewrite_text(self, it: Any, fn) -> Any:
+    def rewrite_text(self, it: Any, fn: Callable[[str], str | None]) -> Any:
         if isinstance(it, str):  # the ``input`` string, or a bare string item: the user's
             return fn(it)
         if isinstance(it, dict) and it.get("role") == "user" and it.get("type") in (None, "message"):
@@ -164,11 +165,11 @@ class Responses(Chat):
             return None if c is None else {**it, "content": c}
         return None
 
-    def item_texts(self, m: Any, out: list) -> None:
+    def item_texts(self, m: Any, out: list[Any]) -> None:
         if t := orr.item_text(m.wire() if hasattr(m, "wire") else m):
             out.append(t)
 
-    def message_tokens(self, tc: Any, item: dict, enc: Any) -> int:
+    def message_tokens(self, tc: Any, item: dict[str, Any], enc: Any) -> int:
         t = item.get("type")
         if "role" in item and t in (None, "message"):
             return MESSAGE_OVERHEAD + tc._content(self, item.get("content"), enc)
@@ -186,7 +187,7 @@ class Responses(Chat):
             return n
         return tc._block(self, item, enc)
 
-    def memory_items(self, items: Any, start_turn: int, clean_text: dict[int, str], add) -> None:
+    def memory_items(self, items: Any, start_turn: int, clean_text: dict[int, str], add: Callable[..., None]) -> None:
         tool_names: dict[str, str] = {}
         prefix = True
         for i, item in enumerate([items] if isinstance(items, str) else items):
@@ -212,7 +213,7 @@ class Responses(Chat):
             else:
                 add(clean_text.get(turn, orr.item_text(item)), turn, role if t == "message" else "assistant", "message")
 
-    def summary_request(self, auth: dict, model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict, dict]:
+    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
         raise NotImplementedError("a Responses summary is asked of Chat Completions (summary_route)")
 
     def summary_route(self, path: str) -> tuple[str, ApiKind]:
@@ -220,7 +221,7 @@ class Responses(Chat):
         return (path[: -len("/responses")] + "/chat/completions" if path.endswith("/responses") else "/v1/chat/completions",
                 ApiKind.OPENAI_CHAT)
 
-    def provider_context(self, body: dict, known: tuple[int, int] | None = None,
+    def provider_context(self, body: dict[str, Any], known: tuple[int, int] | None = None,
                          take_over: frozenset[str] = frozenset()) -> ProviderContext:
         """``context_management`` entries of type ``compaction`` (``compact_threshold``), an on-demand
         ``compaction_trigger`` (the last input item: never taken over, the client asked for it now), and
@@ -233,7 +234,7 @@ class Responses(Chat):
         if not auto and not boundary and not now:
             return NO_PROVIDER
         taken = taking_over({"compaction": auto}, take_over)
-        update: tuple = ()
+        update: tuple[Any, ...] = ()
         if taken and isinstance(cm, list):
             kept = [e for e in cm if not (isinstance(e, dict) and e.get("type") == "compaction")]
             update = (("context_management", kept or None),)
@@ -261,7 +262,7 @@ def _item_key(item: Any) -> Any:
     return ("bytes", dumps(item))
 
 
-def _encrypted_items(new: list, orig: list) -> list[Problem]:
+def _encrypted_items(new: list[Any], orig: list[Any]) -> list[Problem]:
     """Encrypted items pass byte for byte; a reasoning item stays right before the item it precedes."""
     problems: list[Problem] = []
     originals = {dumps(it) for it in orig if isinstance(it, dict) and "encrypted_content" in it}
