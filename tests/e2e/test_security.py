@@ -26,9 +26,9 @@ import pytest
 from websockets.sync.client import connect
 
 from contextwarden.liveprotocol import INFO_FILE, TOKEN_HEADER
+from tests.contextwarden.test_redact import _alnum, _windows, planted
 from tests.support.proxy import ProxyProcess
 from tests.support.wait import wait_until
-from tests.test_memory_secrets import _alnum, _windows, planted
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIVACY_PLUGIN = ROOT / "examples" / "plugins" / "redact_emails.py"

@@ -1,6 +1,6 @@
 """Hypothesis strategies for realistic request bodies, and an independent checker of rewritten ones.
 
-Used by tests/test_hypothesis_stages.py (CI, a few hundred examples) and bench/pipeline_bench.py
+Used by tests/contextwarden/test_hypothesis_stages.py (CI, a few hundred examples) and bench/pipeline_bench.py
 (10,000). The generated bodies are valid by construction: strictly alternating user/assistant
 messages (role ``system`` messages may sit between a user message and the assistant's answer, or
 between turns, as Claude Code sends them), tool loops with parallel calls answered in the next

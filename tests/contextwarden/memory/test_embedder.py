@@ -1,0 +1,87 @@
+"""The fast embedder gives Chroma's vectors; without a model, memory degrades to lexical, never crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from contextwarden.memory import embedder as embedder_mod
+from contextwarden.memory.embedder import Embedder, load_embedder
+from tests.conftest import MODEL_DIR
+from tests.support.memstore import embedder
+
+TEXTS = [
+    "hi",
+    "How do I configure the auth middleware in FastAPI?",
+    "def load(path):\n    with open(path) as f:\n        return json.load(f)\n",
+    "Ünïcödé, emoji 🎉 and 日本語 mixed in",
+    "",
+    "word " * 600,  # longer than 256 tokens: truncated exactly like Chroma
+    "Caroline: I went to the LGBTQ support group yesterday and it was so powerful.",
+]
+
+
+def chroma_ef():
+    from chromadb.utils.embedding_functions.onnx_mini_lm_l6_v2 import ONNXMiniLM_L6_V2
+
+    ef = ONNXMiniLM_L6_V2(preferred_providers=["CPUExecutionProvider"])
+    ef.DOWNLOAD_PATH = MODEL_DIR.parent  # the same model files: <DOWNLOAD_PATH>/onnx
+    return ef
+
+
+def test_vectors_equal_chromas_default_embedding_function():
+    ours = embedder()(TEXTS)
+    theirs = np.asarray(chroma_ef()(TEXTS), dtype=np.float32)
+    assert ours.dtype == np.float32 and ours.shape == (len(TEXTS), 384) == theirs.shape
+    cos = (ours * theirs).sum(axis=1)
+    assert cos.min() > 0.999, cos
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_order_is_kept_across_length_sorted_batches():
+    e = Embedder(MODEL_DIR, batch_size=2)  # forces several batches, each padded to its own longest
+    many = [f"item {i} " + "pad " * (i * 7 % 50) for i in range(9)]
+    together = e(many)
+    alone = np.vstack([e([t]) for t in many])
+    assert np.allclose(together, alone, atol=1e-5)
+    assert e([]).shape == (0, 384)
+    # different texts, different vectors (no row swapped or reused)
+    assert len({tuple(np.round(v, 4)) for v in together}) == len(many)
+
+
+def test_load_embedder_prefers_the_configured_dir():
+    e, msg = load_embedder(str(MODEL_DIR))
+    assert e is not None and e.dim == 384 and "configured" in e.source and str(MODEL_DIR) in msg
+
+
+def test_no_model_anywhere_gives_lexical_only_message(tmp_path, monkeypatch):
+    # an empty Chroma cache, and a download that fails the way it does offline
+    monkeypatch.setattr(embedder_mod, "chroma_cache_dir", lambda: tmp_path / "cache" / "onnx")
+
+    def offline():
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(embedder_mod, "_chroma_download", offline)
+    e, msg = load_embedder(str(tmp_path / "nowhere"))
+    assert e is None
+    assert msg.startswith("no embedding model: lexical-only retrieval")
+    assert "nowhere" in msg and "network unreachable" in msg and "memory.model_dir" in msg
+    e, msg = load_embedder(None, download=False)
+    assert e is None and "lexical-only" in msg
+
+
+def test_a_broken_model_file_is_a_message_not_an_exception(tmp_path, monkeypatch):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.onnx").write_bytes(b"not a model")
+    (bad / "tokenizer.json").write_text("{}")
+    monkeypatch.setattr(embedder_mod, "chroma_cache_dir", lambda: tmp_path / "empty")
+    e, msg = load_embedder(bad, download=False)
+    assert e is None and "failed to load" in msg
+
+
+def test_chroma_cache_is_the_second_choice(tmp_path, monkeypatch):
+    monkeypatch.setattr(embedder_mod, "chroma_cache_dir", lambda: Path(MODEL_DIR))
+    e, msg = load_embedder(str(tmp_path / "missing"), download=False)
+    assert e is not None and e.source.startswith("chroma cache") and "missing" in msg

@@ -1,0 +1,93 @@
+"""Ingestion's embeddings in a worker process at the idle CPU priority (memory/embedworker.py): the same
+vectors as in-process, only background threads' embeddings go there, and once closed (shutdown) a batch
+fails instead of running in the memory process."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contextwarden.memory.embedder import Embedder
+from contextwarden.memory.embedworker import BackgroundEmbedder, Closed
+from contextwarden.memory.priority import SearchFirst
+from contextwarden.memory.service import CachedEmbedder
+from tests.conftest import MODEL_DIR
+from tests.support.wait import wait_until
+
+TEXTS = ["hi", "def load(path):\n    return json.load(open(path))\n", "word " * 400, "Ünïcödé 🎉 日本語"]
+
+
+@pytest.fixture(scope="module")
+def inner():
+    return Embedder(MODEL_DIR)
+
+
+@pytest.mark.parametrize("group_nice", [0, 10, 19], ids=["full-share", "embed-group-nice-10", "index-first"])
+def test_the_worker_gives_the_in_process_vectors_at_the_idle_priority(inner, group_nice):
+    bg = BackgroundEmbedder(inner, MODEL_DIR, group_nice=group_nice)
+    try:
+        got = bg(TEXTS)
+        assert np.allclose(got, inner(TEXTS), atol=1e-5) and got.shape == (len(TEXTS), 384)
+        assert bg.fallbacks == 0
+        (pid,) = bg.pids()
+        assert pid != os.getpid()
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # the kernel runs it on CPU nobody else wants
+        group = Path(f"/proc/{pid}/autogroup")
+        if group.exists():  # ... and its session's group weighs what it was given (19 in the memory
+            # process): the class alone did not lower the group's share
+            assert os.getsid(pid) == pid and group.read_text().split()[-1] == str(group_nice)
+    finally:
+        bg.close()
+    with pytest.raises(Closed):  # shutting down: the batch fails (its rows stay pending), not run here
+        bg(["after close"])
+
+
+def test_only_background_threads_embed_in_the_worker(inner):
+    calls = []
+
+    class Recorder:
+        dim = 384
+
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, texts):
+            calls.append((self.name, list(texts)))
+            return inner(texts)
+
+    cached = CachedEmbedder(Recorder("in-process"))
+    prio = SearchFirst()
+    cached.background, cached.is_background = Recorder("worker"), prio.is_background
+    cached(["a search's query"])
+
+    def ingest():
+        prio.background()
+        cached(["what a turn said"])
+
+    t = threading.Thread(target=ingest)
+    t.start()
+    t.join(30)
+    assert calls == [("in-process", ["a search's query"]), ("worker", ["what a turn said"])]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="scheduling classes are Linux's")
+def test_the_model_is_loaded_before_the_worker_drops_to_the_idle_class(inner):
+    """At the idle class on a machine that never idles (CI beside other jobs), the worker's imports and
+    model took minutes: it loads them as it starts, at its starting class, then every thread of it runs at
+    the idle class."""
+
+    bg = BackgroundEmbedder(inner, MODEL_DIR, group_nice=19)
+    try:
+        wait_until(lambda: bg.loaded is not None, 120)
+        assert bg.loaded == (os.SCHED_OTHER, os.SCHED_IDLE)
+        (pid,) = bg.pids()
+        tids = os.listdir(f"/proc/{pid}/task")
+        assert tids and all(os.sched_getscheduler(int(t)) == os.SCHED_IDLE for t in tids)
+        got = bg(TEXTS)  # the loaded model answers (no second load)
+        assert np.allclose(got, inner(TEXTS), atol=1e-5) and bg.fallbacks == 0
+    finally:
+        bg.close()

@@ -1,0 +1,144 @@
+"""Memory in its own process (memory.process: separate): the memory stage through the real pipeline
+talks to a real memory server over its Unix socket; the service's methods are forwarded by name, events
+come back onto the proxy's bus, a killed server is restarted, and pending ingestion survives a restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+
+from contextwarden.memory.client import RemoteMemoryService
+from contextwarden.memory.items import MemoryItem
+from contextwarden.memory.service import get_service
+from tests.plugins.test_memory import FACTS, ask, converse, memory_event, replayer
+from tests.support.wait import wait_until
+
+SEPARATE = "memory: {process: separate}"
+
+
+def test_the_memory_stage_injects_through_the_memory_process(tmp_path):
+    rp = replayer(tmp_path, SEPARATE)
+    try:
+        svc = get_service(rp.runtime)
+        assert isinstance(svc, RemoteMemoryService)
+        assert svc.pid != os.getpid() and svc.available
+        assert stat.S_IMODE(os.stat(svc._path).st_mode) == 0o600
+        msgs = converse(rp)
+        sent = ask(rp, msgs, "What is the name of the beagle I adopted?")
+        ev = memory_event(rp, sent.ctx.flow_id)
+        assert ev["injected"] > 0, ev
+        assert "Biscuit" in str(sent.wire["messages"][-1])
+        # its vector half was started in the memory process as the request was read (memory.prefetch),
+        # before the other stages ran, and the stage finished that very search
+        assert ev["timings"].get("prefetched") == 1, ev["timings"]
+        # the service's events reached the proxy's bus (ingestion happened in the other process)
+        ingested = [e.data for e in rp.runtime.bus.recent if e.type == "memory" and "ingested" in e.data]
+        assert ingested and sum(d["new"] for d in ingested) >= len(FACTS)
+        # a method the client does not define, forwarded by name, MemoryItems both ways
+        item = MemoryItem(text=FACTS[0], session="s1", tenant=sent.ctx.tenant, turn=2, role="user", kind="message")
+        around = svc.neighbours(item)
+        assert around and all(isinstance(it, MemoryItem) for it in around)
+        assert {it.turn for it in around} <= {1, 3}
+        # tagging for memory happened in the memory process: stored items carry tags
+        found = svc.search(__import__("contextwarden.memory.retrieve", fromlist=["Query"]).Query("beagle Biscuit"),
+                           [sent.ctx.tenant], timeout_s=30)
+        assert found.hits and any(h.item.tags for h in found.hits)
+    finally:
+        rp.close()
+    assert svc._proc.poll() is not None  # stopped with the runtime
+
+
+def test_a_killed_memory_process_is_restarted_and_requests_go_on_meanwhile(tmp_path):
+    rp = replayer(tmp_path, SEPARATE)
+    try:
+        svc = get_service(rp.runtime)
+        first = svc.pid
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: not svc.available, 30)
+        sent = rp.send([{"role": "user", "content": "hello while memory restarts"}])
+        assert sent.outcome is not None  # the request went on (without memory)
+        assert wait_until(lambda: svc.available and svc.pid != first, 120)
+        assert svc.restarts == 1
+        assert any(e.type == "memory_status" and e.data.get("status") == "restarting" for e in rp.runtime.bus.recent)
+        sent = rp.send([{"role": "user", "content": "hello again"}])
+        rp.complete(sent, "hi")
+        assert rp.flush(60)
+    finally:
+        rp.close()
+
+
+def test_pending_ingestion_left_at_shutdown_is_stored_at_the_next_start(tmp_path):
+    extra = "memory: {process: separate, shutdown_flush_s: 0, ingest_batch: 8}"
+    rp = replayer(tmp_path, extra)
+    texts = [f"note {i}: the migration of table orders_{i} needs an index on customer_{i}" for i in range(400)]
+    try:
+        svc = get_service(rp.runtime)
+        tenant = "t-pending"
+        for k in range(0, len(texts), 20):
+            items = [MemoryItem(text=t, session="s", tenant=tenant, turn=k + j, role="user", kind="message")
+                     for j, t in enumerate(texts[k:k + 20])]
+            assert svc.submit(items)
+    finally:
+        rp.close()  # without waiting for the embeddings: what was pending is recovered below
+    rp = replayer(tmp_path, extra)
+    try:
+        svc = get_service(rp.runtime)
+        assert svc.flush(300)
+        from contextwarden.memory.retrieve import Query
+
+        found = svc.search(Query("orders_399 customer_399"), ["t-pending"], timeout_s=30)
+        assert any("orders_399" in h.item.text for h in found.hits)
+        recovered = [e.data for e in rp.runtime.bus.recent if e.type == "memory" and e.data.get("recovered")]
+        assert recovered and recovered[0]["recovered"] > 0
+    finally:
+        rp.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def test_what_waits_for_the_embedder_is_found_by_its_words(tmp_path):
+    """The memory process indexes a submission by its words as it arrives; with the embedding worker
+    stopped (a machine that never idles), a search still finds it, and it is stored once the worker runs
+    again."""
+    from contextwarden.memory.retrieve import Query
+
+    rp = replayer(tmp_path, "memory: {process: separate}")
+    stopped: list[int] = []
+    try:
+        svc = get_service(rp.runtime)
+        assert isinstance(svc, RemoteMemoryService) and wait_until(lambda: svc.available, 120)
+        assert wait_until(lambda: bool(_children(svc.pid)), 120)  # the embedding worker
+        stopped = _children(svc.pid)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        text = "The staging database lives on host quokka-db-7, port 6543; the nightly dump runs at 02:10."
+        item = MemoryItem(text=text, session="s-idx", tenant="t-idx", turn=3, role="user", kind="message")
+        assert svc.submit([item])
+
+        def found() -> bool:
+            got = svc.search(Query("which host runs the staging database quokka"), ["t-idx"], timeout_s=20)
+            return any(h.item.text == text for h in got.hits)
+
+        def stored() -> list[dict]:
+            return [e.data for e in list(rp.runtime.bus.recent) if e.type == "memory" and e.data.get("new")]
+
+        assert wait_until(found, 60)
+        assert not stored()  # not stored yet: the worker is stopped
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        stopped = []
+        assert wait_until(lambda: bool(stored()), 120)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        rp.close()

@@ -1,0 +1,80 @@
+"""Memory stores the same turns whatever the client's framing (memory/turns.py): one message per turn,
+consecutive turns merged into one message, each turn written after its date. Through the real pipeline
+(Replayer, real Chroma and model) on the first session of a LoCoMo conversation."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import orjson
+
+from contextwarden.memory import eval_locomo as ev
+from contextwarden.memory.retrieve import HistoryIndex, build_query
+from contextwarden.memory.turns import dates_in, near, units
+from contextwarden.models import ApiKind
+from tests.conftest import EVAL_DIR
+from tests.plugins.test_memory import replayer
+
+
+def first_session() -> dict:
+    sample = next(s for s in orjson.loads((EVAL_DIR / "locomo_dev.json").read_bytes()) if s["sample_id"] == "conv-30")
+    c = sample["conversation"]
+    return {k: c[k] for k in ("speaker_a", "speaker_b", "session_1", "session_1_date_time")}
+
+
+def stored(rp, framing: str, key: str) -> list:
+    msgs, _ = ev.framed(first_session(), framing)
+    sent = None
+    for i, m in enumerate(msgs):
+        if m["role"] == "assistant" and i:
+            sent = rp.send(msgs[:i], api_key=key, session=framing)
+            rp.complete(sent, m["content"])
+    assert rp.flush()
+    return list(rp.memory().store.iter_items([sent.ctx.tenant]))
+
+
+def test_dated_and_merged_framings_store_the_turns_one_message_per_turn_stores(tmp_path):
+    rp = replayer(tmp_path, window=200_000)
+    try:
+        plain = stored(rp, "turns", "sk-turns")
+        dated = stored(rp, "dated-merged", "sk-dated")
+    finally:
+        rp.close()
+    date = first_session()["session_1_date_time"]
+    assert sorted(it.text for it in dated) == sorted(it.text for it in plain)  # the same units, same ids
+    assert {it.hash for it in dated} == {it.hash for it in plain}
+    assert not any(date in it.text for it in dated)  # the date is not in what is embedded and indexed
+    assert {it.when for it in dated} == {date} and {it.when for it in plain} == {None}
+    speakers = {first_session()["speaker_a"], first_session()["speaker_b"]}
+    assert {it.speaker for it in dated} == {it.speaker for it in plain} == speakers
+
+
+def test_a_dated_merged_message_of_the_history_holds_the_turns_cut_from_it():
+    text = "(1:10 pm on 27 March, 2023) Audrey: We adopted a puppy.\n(1:10 pm on 27 March, 2023) Audrey: His name is Pixie."
+    got = units(text)
+    assert [u.text for u in got] == ["Audrey: We adopted a puppy.", "Audrey: His name is Pixie."]
+    index = HistoryIndex([text])
+    assert all(u.text in index for u in got)  # not injected again while the history still holds them
+    assert "Audrey: We adopted a kitten." not in index
+
+
+def test_a_dated_question_is_searched_without_its_date():
+    q, _ = build_query(ApiKind.ANTHROPIC, [{"role": "user", "content": "[2023-03-27 13:10] Audrey: what is my dog called?"}])
+    assert q.text == "Audrey: what is my dog called?"
+
+
+def test_a_message_is_cut_only_where_it_reads_as_a_transcript():
+    assert len(units("Summary: the tests pass.\nNext: release notes.")) == 1  # two headers, no date, no repeat
+    assert len(units("(see above) Note: nothing here")) == 1 and units("(see above) Note: x")[0].when is None
+    assert [u.speaker for u in units("Ann: hi\nBo: hello\nAnn: bye")] == ["Ann", "Bo", "Ann"]
+    assert units("27/03/2023, 13:10 - Mary: on my way")[0].when == "27/03/2023, 13:10"
+    assert units("just a sentence: with a colon")[0].speaker is None
+
+
+def test_days_named_in_a_question_and_in_a_turns_date():
+    assert dates_in("What did Maria share on 16 June, 2023?") == [date(2023, 6, 16)]
+    assert dates_in("(1:10 pm on 27 March, 2023)") == [date(2023, 3, 27)]
+    assert dates_in("May 23rd, 2023 or 2023-03-07") == [date(2023, 5, 23), date(2023, 3, 7)]
+    assert dates_in("on 3 June") == [] and dates_in("31 February, 2023") == []  # no year; no such day
+    assert near("1:10 pm on 27 March, 2023", [date(2023, 3, 30)], 7)
+    assert not near("1:10 pm on 27 March, 2023", [date(2023, 5, 30)], 7) and not near(None, [date(2023, 3, 27)], 7)
