@@ -5,5 +5,5 @@ with its ``.tcss``), ``widgets/`` (one panel per module), ``messages.py`` (typed
 ``client.py`` (live WebSocket client with reconnects, offline log reader, in-memory source),
 ``store.py`` (events folded into bounded views, no Textual), ``diff.py`` (body diff by message and block).
 
-Never imported by the proxy path (tests/test_import_boundary.py).
+Never imported by the proxy path (tests/addons/test_import_boundary.py).
 """

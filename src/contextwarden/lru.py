@@ -14,7 +14,7 @@ bound it becomes the old one and the old one is dropped; what is used again from
 the young one. So what was used in neither of the last two generations goes first.
 
 Memos of the request path belong to a runtime (``Runtime.memo(name, factory)``), never to a module, so
-two runtimes in one process share nothing (``tests/test_runtime_state.py``).
+two runtimes in one process share nothing (``tests/contextwarden/test_runtime_state.py``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``ctx.notes``: what a stage hands to later stages and to the turn hooks, one declared key each.
 
 A dict at run time (a third-party stage may keep its own keys under its own name); the keys the built-in
-stages use are declared here with their type and writer, and ``tests/test_notes.py`` fails when code
+stages use are declared here with their type and writer, and ``tests/contextwarden/test_notes.py`` fails when code
 reads or writes a key that is not, or a request's notes hold a value of another type.
 """
 

@@ -12,7 +12,7 @@ function of its arguments; the stage calls it in-line (tests, replay, evaluation
 Fails open (``workerpool.py``): a worker that gives no answer in time, has died, is still starting or
 cannot be started leaves that result uncompressed, exactly what the result gets when the stage runs past
 its budget (no record: it goes whole, now and on every later request). The answer itself is the same
-text, byte for byte, as in-line (``tests/test_compression_offload.py``).
+text, byte for byte, as in-line (``tests/contextwarden/compress/test_offload.py``).
 """
 
 from __future__ import annotations
