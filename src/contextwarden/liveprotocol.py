@@ -115,8 +115,8 @@ class Totals:
             "memory_stored", "memory_text_only", "memory_dropped")
     # the latest value, not a sum: memory's ingestion backlog (items waiting to be embedded), how many
     # of those are searchable by their words already, and how long the last stored batch's oldest item
-    # had waited; and whether the embedding worker yields the CPU to requests now (1) or not (0)
-    GAUGES = ("memory_pending", "memory_indexed", "memory_lag_s", "memory_embed_yielding")
+    # had waited
+    GAUGES = ("memory_pending", "memory_indexed", "memory_lag_s")
 
     def __init__(self) -> None:
         for f in self.COUNTS + self.SUMS + self.GAUGES:
@@ -148,8 +148,6 @@ class Totals:
         self.events += 1
         if t == "memory" and ("ingested" in data or "dropped" in data or "backfilled" in data):
             self._memory_ingestion(data)
-        if t == "memory" and "embedding" in data:  # memory/embedshare.py: the worker's group weight moved
-            self.memory_embed_yielding = int(data["embedding"] == "yielding")
         if t == "startup":
             self.started = ev.get("ts")
         elif t == "request":

@@ -68,7 +68,7 @@ class Folded(TypedDict):
 
 
 class Notes(TypedDict, total=False):
-    # the core (pipeline.prepare, lifecycle.admit)
+    # the core (pipeline.prepare, lifecycle.run)
     transport: str  # "http", or "websocket" for a message of the Responses WebSocket
     provider: ProviderContext  # what the client delegated to the provider: read once, in prepare
     replay: ReplayNote  # replay only (plugins/baselines.py reads it)

@@ -34,10 +34,9 @@ def traffic_table(store: Store, now: float) -> Group:
     if tot.memory_stored or tot.memory_pending or tot.memory_dropped:
         # memory's ingestion: what it stored, what still waits to be embedded (the lag), what it dropped
         t.add_row("memory stored", fmt.num(tot.memory_stored))
-        # (with memory.index_first, searchable by their words meanwhile: indexed before embedded)
+        # (searchable by their words meanwhile: indexed when submitted, embedded behind)
         notes = ([f"{fmt.num(min(tot.memory_indexed, tot.memory_pending))} searchable by words"] if tot.memory_indexed else []) \
-            + ([f"{tot.memory_lag_s:.0f} s behind"] if tot.memory_lag_s >= 1 and tot.memory_pending else []) \
-            + (["yielding to requests"] if tot.memory_embed_yielding and tot.memory_pending else [])
+            + ([f"{tot.memory_lag_s:.0f} s behind"] if tot.memory_lag_s >= 1 and tot.memory_pending else [])
         # (the lag is the last stored item's wait: with nothing waiting any more, nothing is behind)
         t.add_row("memory waiting to embed", fmt.num(tot.memory_pending) + (f" ({'; '.join(notes)})" if notes else ""))
         if tot.memory_dropped:

@@ -1,8 +1,8 @@
 """Driving the real pipeline in-process: what the evaluations and memory tests replay conversations with.
 
 A :class:`Replayer` owns a :class:`~contextwarden.runtime.Runtime` (a temporary ``cw_home`` and a
-profile) and sends request bodies through the interceptor's lifecycle (``lifecycle.admit`` then
-``lifecycle.process``), returning the body that would go upstream; :meth:`Replayer.complete` then plays
+profile) and sends request bodies through the proxy's one lifecycle (``lifecycle.send``, which is
+``lifecycle.run``), returning the body that would go upstream; :meth:`Replayer.complete` then plays
 the assistant's reply as an assembled turn through ``lifecycle.complete`` (the ``cw_turn_complete``
 hooks: ingestion).
 """

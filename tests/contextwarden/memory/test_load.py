@@ -243,14 +243,6 @@ def test_the_tui_totals_show_what_memory_stored_what_waits_and_what_it_dropped()
     text = console.export_text()
     assert "memory stored" in text and "memory dropped" not in text
     assert "120 (96 searchable by words; 30 s behind)" in text
-    # the embedding worker yields to requests under load (memory/embedshare.py), and says so
-    t.add({"type": "memory", "data": {"embedding": "yielding", "turns_per_s": 30.2}})
-    console.print(traffic_table(store, 0.0))
-    assert "120 (96 searchable by words; 30 s behind; yielding to requests)" in console.export_text()
-    t.add({"type": "memory", "data": {"embedding": "full share", "turns_per_s": 0.4}})
-    console = Console(width=80, record=True)
-    console.print(traffic_table(store, 0.0))
-    assert "yielding" not in console.export_text()
     t.add({"type": "memory", "data": {"dropped": 5, "pending": 400_000}})
     console.print(traffic_table(store, 0.0))
     assert "memory dropped" in console.export_text()
