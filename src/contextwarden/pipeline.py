@@ -119,10 +119,9 @@ def prepare(runtime, req: Incoming) -> RequestContext:
         message_raw=raws, raw_exact=exact, known_messages=known.count if known is not None else 0, history=hist,
     )
     ctx.notes["transport"] = req.transport
-    seen = hist.carried(_PROVIDER) if hist is not None else None  # (only the new messages are looked at)
+    seen = hist.carried(_PROVIDER)  # (only the new messages are looked at)
     pc = ctx.notes["provider"] = dialect(api).provider_context(data, seen, frozenset(settings.pipeline.provider_take_over))
-    if hist is not None:
-        hist.carry_on(_PROVIDER, len(hist.entries), pc.boundary)
+    hist.carry_on(_PROVIDER, len(hist.entries), pc.boundary)
     _hand_over(ctx)
     ctx.timings["parse"] = round((time.perf_counter() - t0) * 1000, 3)
     return ctx
@@ -172,12 +171,9 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
         h = ctx.history
         if wire is ctx.original:
             # each message's count is remembered with its typed message (history.Typed.memo)
-            n, keep = _count_remembering(ctx, wire, h.entries if h is not None else None, raw=ctx.message_raw)
-            if h is not None:
-                h.tokens_kept = keep
+            n, h.tokens_kept = _count_remembering(ctx, wire, h.entries, raw=ctx.message_raw)
             return n - _provider_dropped(ctx)
-        srcs = h.wire_entries if h is not None else None
-        kept = h.tokens_kept if h is not None else None
+        srcs, kept = h.wire_entries, h.tokens_kept
         msgs = wire.get("messages")
         if srcs is None or not isinstance(msgs, list) or len(srcs) != len(msgs):
             return tokens.count_request(dialect(ctx.api), wire, ctx.model, reuse=kept, raw=raws) - _provider_dropped(ctx)
@@ -194,7 +190,7 @@ def _provider_dropped(ctx: RequestContext) -> int:
     edit keeps (which the count leaves out for models that drop it by default). From the original's
     per-message counts (the validator keeps those messages as they came in any rewrite)."""
     pc = ctx.notes.get("provider", NO_PROVIDER)
-    kept = ctx.history.tokens_kept if (pc.dropped or pc.keeps_thinking) and ctx.history is not None else None
+    kept = ctx.history.tokens_kept if pc.dropped or pc.keeps_thinking else None
     if not kept:
         return 0
     msgs, entries = kept[0], kept[1]
@@ -552,7 +548,7 @@ class Pipeline:
         problems = validate_rewrite(ctx.api, wire, ctx.original, original_raw=ctx.message_raw, raw=raws,
                                     fixed=ctx.notes.get("provider", NO_PROVIDER).boundary,
                                     facts=self.runtime.memo("validate.facts", FactCache),
-                                    checkpoints=h.conv.checkpoints if h is not None and h.conv is not None else None)
+                                    checkpoints=h.conv.checkpoints if h.conv is not None else None)
         t["validate"] = _ms(t0)
         if problems:
             why = f"invalid rewrite: {problems[0]}"
