@@ -52,13 +52,7 @@ def cell_text(table: SyncTable, key: str, column: str) -> str:
     return str(table.get_cell(key, column))
 
 
-@pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")
 
 
 async def test_request_log_newest_first_with_everything_a_row_shows():

@@ -6,8 +6,6 @@ then look at the SVGs under tests/tui/__snapshots__/test_snapshots/.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from contextwarden.tui.app import ContextWardenApp
@@ -18,13 +16,7 @@ from tests.tui.test_app import ORIGINAL, REWRITTEN
 NOW = 1_700_000_100.0  # the demo's proxy started 100 s earlier
 
 
-@pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")
 
 
 def bodies(cmd):
