@@ -5,12 +5,16 @@ ask before writing into the current directory. Pilot tests at 80x24 (see test_tu
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from contextwarden.tui.client import MemorySource
 from contextwarden.tui.demo import EventFactory
 from contextwarden.tui.screens.export import ExportPathScreen
 from contextwarden.tui.widgets.synctable import SyncTable
-from tests.tui.test_app import SIZE, cell_text, make_app, screen_text, settings_snapshot, settle, utc  # noqa: F401
+from tests.tui.test_app import SIZE, cell_text, make_app, screen_text, settings_snapshot, settle
+
+pytestmark = pytest.mark.usefixtures("utc")  # times in UTC (tests/tui/conftest.py)
+
 
 
 def patched(events: list[dict], type: str, **data) -> list[dict]:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from contextwarden.tui.client import MemorySource
 from contextwarden.tui.demo import demo_snapshot
 from contextwarden.tui.screens.session import SessionScreen
 from contextwarden.tui.widgets.synctable import SyncTable
-from tests.tui.test_app import NOW, SIZE, make_app, screen_text, settle, utc  # noqa: F401 (utc: autouse, times in UTC)
+from tests.tui.test_app import NOW, SIZE, make_app, screen_text, settle
 from tests.tui.test_snapshots import loaded
+
+pytestmark = pytest.mark.usefixtures("utc")  # times in UTC (tests/tui/conftest.py)
 
 VERSIONS = [
     {"n": 1, "kind": "decision", "stage": "clearing", "trigger": "tokens", "ts": NOW - 300, "tokens_before": 52_000,
