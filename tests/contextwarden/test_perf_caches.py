@@ -134,3 +134,19 @@ def test_settle_gc_freezes_and_raises_thresholds(tmp_path):
         gc.unfreeze()
         gc.set_threshold(*before)
         h.close()
+
+
+def test_compaction_takes_the_pipelines_message_counts(tmp_path, monkeypatch):
+    """Deciding a compaction counts no message again: the pipeline counted the original's messages
+    (``ctx.history.tokens_kept``), and those counts are the ones compaction sums."""
+    h = Harness(tmp_path, profile="claude-code", overrides=settings_overrides(window=20_000, stages=["compaction"]))
+    try:
+        body = anthropic_tool_loop(12, result_words=300)
+        recounted = []
+        real = h.rt.tokens.count_message
+        monkeypatch.setattr(h.rt.tokens, "count_message", lambda *a, **k: recounted.append(1) or real(*a, **k))
+        sent = h.send(ApiKind.ANTHROPIC, body)
+        assert [e for e in sent.events("compaction") if e.get("applied")]
+        assert recounted == []
+    finally:
+        h.close()
