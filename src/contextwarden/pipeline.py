@@ -174,7 +174,7 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
             n, h.tokens_kept = _count_remembering(ctx, wire, h.entries, raw=ctx.message_raw)
             return n - _provider_dropped(ctx)
         srcs, kept = h.wire_entries, h.tokens_kept
-        msgs = wire.get("messages")
+        msgs = wire.get(dialect(ctx.api).history_key)
         if srcs is None or not isinstance(msgs, list) or len(srcs) != len(msgs):
             return tokens.count_request(dialect(ctx.api), wire, ctx.model, reuse=kept, raw=raws) - _provider_dropped(ctx)
         # messages with an entry (the original's unchanged ones, derived ones) have their count
@@ -229,8 +229,9 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
     their bytes key the validator's and the token counter's caches. A long history costs an identity
     check per message, not a dump of each."""
     req, h = ctx.request, ctx.history
-    msgs = req.__dict__.get("messages") if h is not None else None
-    orig = ctx.original.get("messages")
+    key = dialect(h.api).history_key
+    msgs = req.__dict__.get(key) if h is not None else None
+    orig = ctx.original.get(key)
     if not isinstance(msgs, list) or not isinstance(orig, list) or len(orig) != len(h.entries):
         return req.wire(), None
     out: list[Any] = []
@@ -265,15 +266,15 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
     # taken as they are, not dumped again
     o = ctx.original
     d = req.__dict__
-    same = {k for k, v in d.items() if k != "messages" and isinstance(v, (dict, list)) and o.get(k) is v}
+    same = {k for k, v in d.items() if k != key and isinstance(v, (dict, list)) and o.get(k) is v}
     extra = req.__pydantic_extra__ or {}
     same |= {k for k, v in extra.items() if isinstance(v, (dict, list)) and o.get(k) is v}
-    top = req.model_dump(mode="json", exclude_unset=True, by_alias=True, exclude={"messages"} | same)
+    top = req.model_dump(mode="json", exclude_unset=True, by_alias=True, exclude={key} | same)
     wire: dict[str, Any] = {}
     fields_set = req.model_fields_set
     for k in type(req).model_fields:  # the order model_dump would give: fields as declared, then extras
-        if k == "messages":
-            wire["messages"] = out
+        if k == key:
+            wire[key] = out
         elif k in same and k in fields_set:
             wire[k] = d[k]
         elif k in top:
@@ -287,17 +288,17 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
     return wire, raws
 
 
-def serialise(wire: dict[str, Any], raws: list[bytes | None] | None) -> bytes:
-    """``orjson.dumps(wire)``, byte for byte; the messages whose exact bytes are known (``raws``, see
-    wire_of) are copied in rather than encoded again."""
-    msgs = wire.get("messages")
+def serialise(wire: dict[str, Any], raws: list[bytes | None] | None, key: str = "messages") -> bytes:
+    """``orjson.dumps(wire)``, byte for byte; the history's (``key``) messages whose exact bytes are
+    known (``raws``, see wire_of) are copied in rather than encoded again."""
+    msgs = wire.get(key)
     if raws is None or not isinstance(msgs, list) or len(raws) != len(msgs):
         return orjson.dumps(wire)
     parts: list[bytes] = []
     for k, v in wire.items():
         parts.append(b"," if parts else b"{")
-        if k == "messages":
-            parts.append(b'"messages":[')
+        if k == key:
+            parts.append(orjson.dumps(k) + b":[")
             for i, (r, m) in enumerate(zip(raws, msgs)):
                 if i:
                     parts.append(b",")
@@ -571,7 +572,7 @@ class Pipeline:
                 return out
             ctx.tokens_out = mine  # the decided state is no smaller: this request's new work is not the cause
         t0 = time.perf_counter()
-        body = serialise(wire, raws if ctx.raw_exact else None)
+        body = serialise(wire, raws if ctx.raw_exact else None, dialect(ctx.api).history_key)
         t["serialise"] = _ms(t0)
         if abandoned is None or not abandoned.is_set():
             self.runtime.remember(ctx, body, len(body))
