@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 import urllib.request
-from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -23,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from contextwarden.cost import billed_units, price_for
 from contextwarden.events import Event
+from contextwarden.lru import LRU
 
 from .perruntime import PerRuntime
 
@@ -76,8 +76,7 @@ class Metrics:
         st = runtime.state
         self.info.labels(runtime.replica or "", runtime.settings.name,
                          "redis" if getattr(st, "shared", False) else "sqlite").set(1)
-        self._api: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
+        self._api = LRU(FLOWS_KEPT)  # flow id -> its API, from its request event to its forward event
         self._unsubscribe = runtime.bus.subscribe(self.on_event)
 
     def close(self) -> None:
@@ -88,13 +87,9 @@ class Metrics:
     def on_event(self, ev: Event) -> None:
         t, d = ev.type, ev.data
         if t == "request":
-            with self._lock:
-                self._api[ev.flow_id or ""] = str(d.get("api") or "?")
-                while len(self._api) > FLOWS_KEPT:
-                    self._api.popitem(last=False)
+            self._api.put(ev.flow_id or "", str(d.get("api") or "?"))
         elif t == "forward":
-            with self._lock:
-                api = self._api.pop(ev.flow_id or "", "?")
+            api = self._api.peek(ev.flow_id or "") or "?"
             outcome = outcome_of(d)
             self.requests.labels(api, outcome).inc()
             if outcome == "rewritten":
