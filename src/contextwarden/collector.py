@@ -10,7 +10,7 @@
   ``flowrelease`` and ``typecheckfix``), its survivors then frozen (``gc_freeze_under_load``: the next
   one walks only what is newer) and the freed heap trimmed; once per idle spell of
   ``pipeline.gc_idle_s`` a full collection of everything not frozen at start-up and ``malloc_trim``
-  (the RSS shrinks).
+  (the RSS shrinks); after ``FORGET_S`` idle the conversations' caches go as well.
 """
 
 from __future__ import annotations
@@ -108,6 +108,10 @@ class FullCollections:
 # target's edge; 15 s (every full collection under load, gc_full_s) keeps ~75 MB more of it away, for a
 # 10-30 ms trim that does not hold the interpreter lock.
 TRIM_S = 15.0
+# After this long without a request the conversations' caches are dropped (Runtime.forget_conversations):
+# the next request of a conversation then costs what its first did; an idle engine's RSS falls back
+# toward its start-up size instead of keeping the last load's histories.
+FORGET_S = 30.0
 
 
 def background(rt) -> None:
@@ -116,7 +120,7 @@ def background(rt) -> None:
     up for as long as the load lasts; a ``gc`` event, reason ``load``); a full collection when no request
     came for ``gc_idle_s`` and some is due (the raised thresholds make them rare under load; this runs
     them while nobody waits)."""
-    done_at = -1.0
+    done_at = forgot_at = -1.0
     trimmed_at = float("-inf")  # (the first collection under load trims)
     full = FullCollections()
     while not rt._closed.wait(1.0):
@@ -134,6 +138,18 @@ def background(rt) -> None:
                 trimmed_at = time.monotonic()
             rt.bus.emit("gc", {"reason": "load", **info})
         if p.gc_idle_s <= 0:
+            continue
+        if time.monotonic() - rt.last_request >= max(p.gc_idle_s, FORGET_S) and rt.last_request > forgot_at:
+            # a longer idle spell: what the runtime remembers of conversations goes too (each is read
+            # whole by its next request), and with it what was frozen under load; the RSS falls back
+            n = len(rt.conversations)
+            rt.forget_conversations()
+            full.frozen = False
+            gc.unfreeze()
+            rt.bus.emit("gc", {"reason": "forget", "conversations": n, "freed": gc.collect()})
+            gc.freeze()
+            trim_malloc()
+            forgot_at = done_at = time.monotonic()
             continue
         if time.monotonic() - rt.last_request >= p.gc_idle_s and rt.last_request > done_at:
             if full.frozen:  # what was frozen under load and has become cyclic garbage since: freed now

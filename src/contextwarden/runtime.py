@@ -214,6 +214,12 @@ class Runtime:
 
     # ------------------------------------------------------------------ the stage breaker
 
+    def forget_conversations(self) -> None:
+        """Drop what is remembered of conversations (their messages' bytes, typed messages, memos and
+        slots; the recent bodies' histories): caches, each conversation's next request reads it whole."""
+        self.conversations.clear()
+        self.recent = RecentBodies(self.recent.size)
+
     def overrun_since(self, stage: str) -> float | None:
         """When the call of ``stage`` that ran past its budget started, if it is still running."""
         with self._overrun_lock:
