@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from contextwarden.cost import billed_units, price_for
 from contextwarden.events import Event
 from contextwarden.lru import LRU
+from contextwarden.runtime import Runtime
 
 from .perruntime import PerRuntime
 
@@ -52,7 +53,7 @@ def outcome_of(data: dict[str, Any]) -> str:
 class Metrics:
     """The registry and the event subscriber that keeps it current."""
 
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.registry = r = CollectorRegistry()
         self.info = Gauge("contextwarden_info", "This proxy: replica name, profile and state backend", ["replica", "profile", "state"], registry=r)
@@ -181,7 +182,7 @@ def chroma_alive(url: str, timeout: float = 0.5) -> bool:
 class MetricsService:
     """The HTTP endpoint, on its own thread."""
 
-    def __init__(self, runtime, host: str, port: int) -> None:
+    def __init__(self, runtime: Runtime, host: str, port: int) -> None:
         self.runtime = runtime
         self.metrics = Metrics(runtime)
         metrics = self.metrics
@@ -207,12 +208,12 @@ class MetricsService:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args) -> None:
+            def log_message(self, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
-        self.host, self.port = self.server.server_address[:2]
+        self.host, self.port = str(self.server.server_address[0]), int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, name="cw-metrics", daemon=True)
         self._thread.start()
 
@@ -227,7 +228,7 @@ class MetricsServer(PerRuntime):
 
     what = "metrics"
 
-    def start(self, rt) -> MetricsService | None:
+    def start(self, rt: Runtime) -> MetricsService | None:
         m = rt.settings.metrics
         if not m.port:
             return None

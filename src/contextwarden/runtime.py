@@ -212,13 +212,13 @@ class Runtime:
         if self.settings.log.record_bodies:
             self.turn_pool.submit(record, self.home, entry)
 
-    # ------------------------------------------------------------------ the stage breaker
-
     def forget_conversations(self) -> None:
         """Drop what is remembered of conversations (their messages' bytes, typed messages, memos and
         slots; the recent bodies' histories): caches, each conversation's next request reads it whole."""
         self.conversations.clear()
         self.recent = RecentBodies(self.recent.size)
+
+    # ------------------------------------------------------------------ the stage breaker
 
     def overrun_since(self, stage: str) -> float | None:
         """When the call of ``stage`` that ran past its budget started, if it is still running."""

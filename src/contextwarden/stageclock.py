@@ -163,8 +163,8 @@ def _finished(work: Future, done: asyncio.Future, waiting: list) -> None:
     if not done.done():
         if work.cancelled():
             done.cancel()
-        elif work.exception() is not None:
-            done.set_exception(work.exception())
+        elif (e := work.exception()) is not None:
+            done.set_exception(e)
         else:
             done.set_result(work.result())
     _wake(waiting[0])
