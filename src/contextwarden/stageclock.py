@@ -19,6 +19,11 @@ import asyncio
 import threading
 import time
 from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .context import RequestContext
+    from .stagebudgets import Budget
 
 WALL_FACTOR = 3.0  # past this many times its budget in wall-clock time, a stage is abandoned anyway
 IDLE_WAIT_S = 0.25  # how often the watchdog looks while no stage runs (queued, or finishing: no budget)
@@ -46,13 +51,13 @@ class StageClock:
         self.name: str | None = None
         self.started = 0.0  # perf_counter at the running stage's start
         self.cpu_started = 0.0
-        self.budget = None  # the running stage's Budget
+        self.budget: Budget | None = None  # the running stage's Budget
         self.budget_s = 0.0
         self.abandoned: str | None = None  # the stage the loop gave up on
         self.abandoned_ms = 0.0
-        self.returned: Future = Future()  # resolves when the abandoned stage's call returns
+        self.returned: Future[Any] = Future()  # resolves when the abandoned stage's call returns
         self.t_stages = 0.0  # perf_counter when the stages started
-        self.ctx = None  # the request's context, once the stage thread has it (Pipeline.admit_and_process)
+        self.ctx: RequestContext | None = None  # the request's context, once the stage thread has it (Pipeline.admit_and_process)
         self.t_done = 0.0  # perf_counter when the stage thread's work for the request ended
 
     # --- the stage thread ------------------------------------------------------------------------
