@@ -236,5 +236,3 @@ class MetricsServer(PerRuntime):
         log.info(f"contextwarden: metrics on http://{svc.host}:{svc.port}/metrics")
         return svc
 
-
-__all__ = ["Metrics", "MetricsServer", "MetricsService", "outcome_of"]

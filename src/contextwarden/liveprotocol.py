@@ -10,17 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from .cost import billed_units, price_for, provider_compaction, usage_usd
-from .events import Event
 from .lru import LRU
 
 PROTOCOL = 1
 INFO_FILE = "tui.json"
 TOKEN_HEADER = "X-Contextwarden-Token"
-
-
-def event_dict(ev: Event) -> dict[str, Any]:
-    """An event as clients get it: :meth:`Event.to_dict` (its data scrubbed, headers included)."""
-    return ev.to_dict()
 
 
 def applied_compaction(data: dict[str, Any]) -> bool:
