@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from ..lru import LRU
+from ..util.lru import LRU
 
 MAX_TOKENS = 256  # what Chroma (and sentence-transformers) truncate this model to
 # Rows x padded width per ONNX run. Measured on these 2-core machines with ~200-token chunks: 32 rows a
