@@ -10,7 +10,6 @@ import pytest
 
 from contextwarden.memory.inject import (
     OPEN,
-    NotInjectable,
     closing_tag,
     render_block,
     render_item,
@@ -21,7 +20,7 @@ from contextwarden.memory.retrieve import HistoryIndex, Hit, Query, Retrieval, R
 from contextwarden.memory.tagger import tag_key
 from contextwarden.models import ApiKind
 from contextwarden.settings.memory import MemorySection
-from contextwarden.wire.dialects import ANTHROPIC, OPENAI_CHAT, dialect, validate_rewrite
+from contextwarden.wire.dialects import ANTHROPIC, OPENAI_CHAT, NotInjectable, dialect, validate_rewrite
 from tests.support.memstore import embedder, item, store
 
 FACTS = [

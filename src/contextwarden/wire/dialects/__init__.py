@@ -9,7 +9,18 @@ from typing import Any
 
 from ...models.base import ApiKind
 from .anthropic import Anthropic
-from .base import NO_PROVIDER, Dialect, ProviderContext, history_dicts, last_index, path_of, rewrite_parts, taking_over
+from .base import (
+    NO_PROVIDER,
+    Dialect,
+    NotInjectable,
+    ProviderContext,
+    history_dicts,
+    last_index,
+    last_user_index,
+    path_of,
+    rewrite_parts,
+    taking_over,
+)
 from .ollama import Ollama
 from .openai_chat import Chat
 from .responses import Responses
@@ -19,8 +30,8 @@ ANTHROPIC, OPENAI_CHAT, OPENAI_RESPONSES, OLLAMA_CHAT = Anthropic(), Chat(), Res
 DIALECTS = MappingProxyType({d.kind: d for d in (ANTHROPIC, OPENAI_CHAT, OPENAI_RESPONSES, OLLAMA_CHAT)})
 
 __all__ = ["ANTHROPIC", "DIALECTS", "NO_PROVIDER", "OLLAMA_CHAT", "OPENAI_CHAT", "OPENAI_RESPONSES", "Dialect",
-           "ProviderContext", "dialect", "history_dicts", "last_index", "path_of", "rewrite_parts", "taking_over",
-           "validate_rewrite"]
+           "NotInjectable", "ProviderContext", "dialect", "history_dicts", "last_index", "last_user_index", "path_of",
+           "rewrite_parts", "taking_over", "validate_rewrite"]
 
 
 def dialect(api: ApiKind | str | Dialect) -> Dialect:

@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 
-from ...memory.inject import NotInjectable, has_cache_control, last_user_index
 from ...models import anthropic as am
 from ...models.base import ApiKind
 from ..conversation import Entry, ToolCall, side_of
@@ -27,7 +26,18 @@ from ..validate import (
     role_of,
     same_bytes,
 )
-from .base import MESSAGE_OVERHEAD, NO_PROVIDER, Dialect, ProviderContext, history_dicts, last_index, taking_over
+from .base import (
+    MESSAGE_OVERHEAD,
+    NO_PROVIDER,
+    Dialect,
+    NotInjectable,
+    ProviderContext,
+    has_cache_control,
+    history_dicts,
+    last_index,
+    last_user_index,
+    taking_over,
+)
 
 # context_management edits (Anthropic's context editing and compaction, beta context-management-2025-06-27
 # and compact-2026-01-12), by what taking one over means (pipeline.provider_take_over)

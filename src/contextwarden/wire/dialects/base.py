@@ -66,6 +66,27 @@ def last_index(items: Any, found: Callable[[Any], bool], known: tuple[int, int] 
     return next((i + 1 for i in range(len(items) - 1, n - 1, -1) if found(items[i])), prior)
 
 
+class NotInjectable(Exception):
+    """Memory cannot go into this request without moving a cached prefix (the reason says why)."""
+
+
+def has_cache_control(obj: Any) -> bool:
+    """Does ``obj`` (a wire value) carry a prompt-cache breakpoint anywhere."""
+    if isinstance(obj, dict):
+        return "cache_control" in obj or any(has_cache_control(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(has_cache_control(v) for v in obj)
+    return False
+
+
+def last_user_index(messages: list[Any], role_of: Callable[[Any], str]) -> int | None:
+    """Index of the last message ``role_of`` calls the user's (None without one)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if role_of(messages[i]) == "user":
+            return i
+    return None
+
+
 def rewrite_parts(content: Any, fn: Callable[[str], str | None], text_types: tuple[str, ...]) -> Any:
     """A copy of a string or list-of-parts content with ``fn`` applied to its text parts, or None when
     ``fn`` changed nothing (``fn``: a new text, None for unchanged)."""
@@ -233,7 +254,7 @@ class Dialect:
     # ------------------------------------------------------------------ memory
 
     def injectable(self, req: Any) -> None:
-        """Raise ``memory.inject.NotInjectable`` when ``req`` has no cache-safe place for memory (checked
+        """Raise :class:`NotInjectable` when ``req`` has no cache-safe place for memory (checked
         before retrieval, so a tool loop does not pay for a search it cannot use)."""
         raise NotImplementedError
 

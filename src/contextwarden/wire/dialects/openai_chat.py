@@ -7,13 +7,12 @@ from typing import Any
 
 import orjson
 
-from ...memory.inject import NotInjectable
 from ...models import openai_chat as oc
 from ...models.base import ApiKind, WireModel
 from ..conversation import Entry, ToolCall, maybe_json, side_of
 from ..streams.openai_chat import ChatAssembler
 from ..validate import Problem, digest, last_role_changed, same_bytes
-from .base import MESSAGE_OVERHEAD, TOOL_CALL_OVERHEAD, Dialect, history_dicts, rewrite_parts
+from .base import MESSAGE_OVERHEAD, TOOL_CALL_OVERHEAD, Dialect, NotInjectable, history_dicts, rewrite_parts
 
 
 class Chat(Dialect):

@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 
-from ...memory.inject import NotInjectable
 from ...models import openai_responses as orr
 from ...models.base import ApiKind
 from ...models.openai_responses import ASSISTANT_TYPES
@@ -23,6 +22,7 @@ from .base import (
     NO_PROVIDER,
     TOOL_CALL_OVERHEAD,
     Dialect,
+    NotInjectable,
     ProviderContext,
     last_index,
     rewrite_parts,
