@@ -31,7 +31,6 @@ one round trip (re-reading the file brings all of them back).
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
@@ -42,56 +41,11 @@ import orjson
 
 from ..wire.conversation import result_text
 from ..wire.cost import READ_MULT, price_for
+from ..wire.references import _TOKEN, _WORD, _lines, _tokens, distinctive
 
-# Read's / cat -n's line numbers, also behind the memory block's quote mark ("| ": injected memory holds
-# the text it brings back line by line, quoted)
-_PREFIX = re.compile(r"^(?:\| )? *\d+(?:→|\t)", re.M)
-_WORD = re.compile(r"\w+")
-_TOKEN = re.compile(r"[/~]?\w[\w.\-/]*\w")
-_CAMEL = re.compile(r"[a-z][A-Z]")
 EDIT_TOOLS = ("Edit", "MultiEdit")
 MEMO = 50_000  # texts whose index is remembered (least recently used out)
 EXAMPLES = 5  # lost items kept per request for --requests
-
-
-def _lines(text: str) -> list[str]:
-    """Normalised lines: line numbers removed, stripped, and any leading quote marks (``|``) too, on
-    both sides (so a Markdown table row and the same row quoted in a memory block compare equal)."""
-    return [s for s in (ln.strip().lstrip("| ").rstrip() for ln in _PREFIX.sub("", text).split("\n")) if s]
-
-
-def distinctive(tok: str) -> bool:
-    """A token that names something rather than being a word: a path, an identifier, a version."""
-    if len(tok) < 5 or tok.isdigit():
-        return False
-    if "/" in tok or "_" in tok.strip("_"):
-        return True
-    core = tok.strip(".-")
-    if "." in core and not core.replace(".", "").isdigit():
-        return True  # file.py, module.attr (not a bare number)
-    if any(c.isdigit() for c in tok) and any(c.isalpha() for c in tok):
-        return True
-    return bool(_CAMEL.search(tok))
-
-
-def _tokens(text: str) -> set[str]:
-    """Every word and pair of consecutive words, plus every distinctive token and, for a path, each of its suffixes after a slash
-    (``/repo/src/a.py`` also answers ``src/a.py`` and ``a.py``)."""
-    words = _WORD.findall(text)
-    out = set(words)
-    out.update(f"{a} {b}" for a, b in zip(words, words[1:]))  # word pairs: a part of a line, in order
-    for tok in _TOKEN.findall(text):
-        tok = tok.rstrip(".")
-        if not distinctive(tok):
-            continue
-        out.add(tok)
-        if "/" in tok:
-            parts = tok.split("/")
-            for i in range(1, len(parts)):
-                s = "/".join(parts[i:])
-                if s:
-                    out.add(s)
-    return out
 
 
 @dataclass(frozen=True, slots=True)
