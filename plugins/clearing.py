@@ -55,12 +55,12 @@ from typing import Any, NamedTuple
 import orjson
 
 from contextwarden import hookimpl
+from contextwarden.compress import policy as learned_policy
+from contextwarden.compress.policy import prefix_expired, request_time
 from contextwarden.compress.stubmemo import result_stub
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.wayback import recall_wording, way_back
 from contextwarden.models.base import ApiKind
-from contextwarden.offline import policy as learned_policy
-from contextwarden.offline.policy import prefix_expired, request_time
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.store.statecache import state_cache

@@ -57,11 +57,11 @@ from typing import Any
 import orjson
 
 from contextwarden import hookimpl
+from contextwarden.compress.policy import NS_SEEN, request_time
 from contextwarden.compress.summarise import Summary, extractive_summary, llm_summary
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.wayback import recall_wording
 from contextwarden.models.base import ApiKind
-from contextwarden.offline.policy import NS_SEEN, request_time
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import first_pinned_index
 from contextwarden.store.statecache import state_cache

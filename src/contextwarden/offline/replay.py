@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from ..compress import policy
 from ..core.events import read_log
 from ..core.runtime import Runtime
 from ..models.base import ApiKind
@@ -48,7 +49,6 @@ from ..wire.cost import Bill, PromptCache, billed_from_usage, boundaries, price_
 from ..wire.dialects import ANTHROPIC, dialect, validate_rewrite
 from ..wire.streams.turn import Usage
 from ..wire.workingset import path_of
-from . import policy
 from .fidelity import Fidelity, FidelityCounter
 from .fidelity import totals as fidelity_totals
 
