@@ -156,19 +156,9 @@ class SpanHasher:
 # cache_control breakpoints
 
 
-def count_breakpoints(obj: Any, depth: int = 0) -> int:
+def count_breakpoints(obj: Any) -> int:
     """``cache_control`` markers in a body (system, tools, messages, blocks, tool_result content)."""
-    if depth > 6:
-        return 0
-    if isinstance(obj, dict):
-        n = 1 if isinstance(obj.get("cache_control"), dict) else 0
-        for k, v in obj.items():
-            if k != "cache_control" and isinstance(v, (dict, list)) and k not in ("input", "source"):
-                n += count_breakpoints(v, depth + 1)
-        return n
-    if isinstance(obj, list):
-        return sum(count_breakpoints(v, depth + 1) for v in obj)
-    return 0
+    return sum(1 for _ in breakpoint_ttls(obj))
 
 
 def breakpoint_ttls(obj: Any, depth: int = 0) -> Iterator[str]:

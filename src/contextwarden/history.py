@@ -217,13 +217,7 @@ class History:
     def memo(self, obj: Any, key: Any, compute: Callable[[], Any]) -> Any:
         """``compute()``, remembered with the message ``obj`` (a result that depends on the message's
         content and ``key`` alone). A message with no entry is computed every time."""
-        e = self.entry_of(obj)
-        if e is None:
-            return compute()
-        v = e.memo.get(key, _MISSING)
-        if v is _MISSING:
-            v = e.memo[key] = compute()
-        return v
+        return self.memos([obj], key, lambda _: compute())[0]
 
     def memos(self, objs: list[Any], key: Any, compute: Callable[[Any], Any], start: int = 0) -> list[Any]:
         """``[self.memo(o, key, lambda: compute(o)) for o in objs]`` (``objs`` usually the prepared

@@ -163,7 +163,7 @@ class Anthropic(Dialect):
                          and any(getattr(b, "type", None) in ("thinking", "redacted_thinking") for b in msgs[i].content)}
 
     def text_of(self, m: Any) -> str:
-        return am.message_text_fast(m)
+        return am.message_text(m)
 
     def summary_message(self, text: str, cache_control: dict[str, Any] | None = None) -> am.Message:
         block: dict[str, Any] = {"type": "text", "text": text}

@@ -3,7 +3,6 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ConfigDict
 
 
@@ -68,7 +67,3 @@ class UnknownBlock(WireModel):
     """A content block whose type we do not know; kept verbatim."""
 
     type: str = "unknown"
-
-
-def dump_body(model: WireModel) -> bytes:
-    return orjson.dumps(model.wire())
