@@ -128,7 +128,8 @@ def message_hash(m: Any, memo: BytesMemo | None = None) -> bytes:
     data = canonical_bytes(m)
     if memo is None:
         return hashlib.blake2b(data, digest_size=16).digest()
-    return memo.get(data, lambda: hashlib.blake2b(data, digest_size=16).digest())
+    h: bytes = memo.get(data, lambda: hashlib.blake2b(data, digest_size=16).digest())
+    return h
 
 
 class SpanHasher:
@@ -198,8 +199,8 @@ def result_text(content: Any) -> str:
             elif isinstance(p, dict) and isinstance(p.get("text"), str):
                 parts.append(p["text"])
         return "\n".join(x for x in parts if x)
-    if isinstance(content, dict) and isinstance(content.get("text"), str):
-        return content["text"]
+    if isinstance(content, dict) and isinstance(text := content.get("text"), str):
+        return text
     return orjson.dumps(content).decode("utf-8", "replace")
 
 

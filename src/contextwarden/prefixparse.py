@@ -183,8 +183,7 @@ class RecentBodies:
             if new is not None:
                 head = dict(k.head_obj())
                 head[k.key] = k.msgs[:count] + new
-                for key, v in k.rest.items():  # (a key in both: as below)
-                    head[key] = v
+                head.update(k.rest or {})  # (a key in both: as below)
                 return head, k.rest
         nxt = body[n:n + 1]
         if nxt == b",":
@@ -201,8 +200,7 @@ class RecentBodies:
                 or not isinstance(tail.get(_REST), list):
             return None, None  # (the history's key in the rest: a duplicate, whose value a full parse keeps)
         head[k.key] = k.msgs[:count] + tail.pop(_REST)
-        for key, v in tail.items():  # (a key in both: the first place, the last value, as a full parse)
-            head[key] = v
+        head.update(tail)  # (a key in both: the first place, the last value, as a full parse)
         return head, tail
 
     def remember(self, body: bytes, data: Any, raws: list[bytes] | None, base: Match | None = None,
@@ -250,7 +248,7 @@ class RecentBodies:
             ok = i + 1
         if ok == 0 or (k0 is not None and ok == len(k0.raws) and matched == ok):
             return  # nothing known, or nothing more than before
-        tail, rest = _tail_of(body, pos, base) if ok == len(raws) and k0 is not None else (None, None)
+        tail, rest = _tail_of(body, pos, base) if ok == len(raws) and k0 is not None and base is not None else (None, None)
         if k0 is not None:
             cut = ends[matched - 1]
             chunks = k0.prefix_to(cut) + ((body[cut:pos],) if pos > cut else ())

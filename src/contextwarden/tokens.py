@@ -35,6 +35,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -80,7 +81,7 @@ def strips_thinking(model: str | None) -> bool:
     that came before the latest real user message: they are neither billed nor part of the cached
     prefix. Later models keep them. Unknown models are assumed to keep them (counts err high).
     """
-    return bool(model) and bool(_THINKING_MODEL.search(model)) and not _KEEPS_THINKING.search(model)
+    return model is not None and bool(_THINKING_MODEL.search(model)) and not _KEEPS_THINKING.search(model)
 
 
 def current_turn_start(messages: list[Any]) -> int:
@@ -95,22 +96,6 @@ def current_turn_start(messages: list[Any]) -> int:
         if any(isinstance(b, dict) and b.get("type") != "tool_result" for b in c):
             return i
     return 0
-
-
-def usage_total_input(usage: Any) -> int | None:
-    """The provider's whole input (uncached + cache read + cache write) from a usage object or dict."""
-    if usage is None:
-        return None
-    total = getattr(usage, "total_input", None)
-    if isinstance(total, (int, float)):
-        return int(total)
-    get = usage.get if isinstance(usage, dict) else (lambda k, d=None: getattr(usage, k, d))
-    if get("input_tokens") is None and get("prompt_tokens") is not None:  # OpenAI: cached tokens are included
-        return int(get("prompt_tokens") or 0)
-    parts = [get("input_tokens"), get("cache_read_input_tokens"), get("cache_creation_input_tokens")]
-    if all(p is None for p in parts):
-        return None
-    return int(sum(p or 0 for p in parts))
 
 
 class _Encoding:
@@ -190,7 +175,8 @@ class TokenCounter:
 
     def encoding_of(self, model: str | None) -> str:
         """The name of the encoding ``model``'s tokens are counted with."""
-        return encoding_name_for(model, self.settings.encoding)
+        name: str = encoding_name_for(model, self.settings.encoding)
+        return name
 
     def _encoding(self, model: str | None) -> _Encoding:
         name = encoding_name_for(model, self.settings.encoding)
@@ -304,7 +290,7 @@ class TokenCounter:
         system = body.get(d.system_key) if d.system_key is not None else None
         fixed = reuse[2] if reuse is not None and len(reuse) > 2 else None
         if fixed is not None and fixed[0] is tools and fixed[1] is system and fixed[2] is enc:
-            n = fixed[3]  # the original's own tools and system objects: counted already
+            n: int = fixed[3]  # the original's own tools and system objects: counted already
         else:
             n = REQUEST_OVERHEAD + self._tools(tools, enc) + self._system(d, system, enc)
         fixed = (tools, system, enc, n)
@@ -338,7 +324,7 @@ class TokenCounter:
                 data = raw[i] if raw is not None else None
                 if data is None:
                     data = orjson.dumps(m, option=opt, default=str)
-                out[i] = self._cached((kind, enc.name, len(data), hash(data)), lambda m=m: self._entry(d, m, enc))
+                out[i] = self._cached((kind, enc.name, len(data), hash(data)), partial(self._entry, d, m, enc))
         return out
 
     def count_block(self, api: ApiKind | str | Dialect, block: Any, model: str | None = None) -> int:
@@ -385,7 +371,7 @@ class TokenCounter:
 
         Returns the new factor, or None when nothing could be learned (no estimate, no usage).
         """
-        provider = usage_total_input(usage)
+        provider = usage.total_input if usage is not None else None  # (a streams.turn.Usage)
         if not self.settings.calibrate or not estimate or estimate <= 0 or not provider or provider <= 0:
             return None
         key = model or "unknown"
@@ -420,7 +406,7 @@ class TokenCounter:
                                           "ratio": round(ratio, 4), "factor": round(rec["factor"], 4), "n": rec["n"],
                                           "applied": applied, "source": self.source_for(model)},
                           flow_id=flow_id, session=session)
-        return rec["factor"]
+        return float(rec["factor"])
 
     # ------------------------------------------------------------------ internals
 
@@ -465,7 +451,7 @@ class TokenCounter:
 
     def _block_uncached(self, d: Dialect, b: dict[str, Any], enc: _Encoding) -> int:
         t = b.get("type")
-        img = self.settings.image_tokens
+        img: int = self.settings.image_tokens
         if t in ("image", "image_url", "input_image"):
             return BLOCK_OVERHEAD + img
         if t == "thinking":

@@ -27,7 +27,16 @@ from ..validate import (
     role_of,
     same_bytes,
 )
-from .base import MESSAGE_OVERHEAD, NO_PROVIDER, Dialect, ProviderContext, history_dicts, last_index, taking_over
+from .base import (
+    MESSAGE_OVERHEAD,
+    NO_PROVIDER,
+    Counter,
+    Dialect,
+    ProviderContext,
+    history_dicts,
+    last_index,
+    taking_over,
+)
 
 # context_management edits (Anthropic's context editing and compaction, beta context-management-2025-06-27
 # and compact-2026-01-12), by what taking one over means (pipeline.provider_take_over)
@@ -141,7 +150,7 @@ class Anthropic(Dialect):
         msgs[i] = m.model_copy(update={"content": old + [am.TextBlock(type="text", text=block)]})
         return f"messages[{i}] text block"
 
-    def edited(self, m: Any, edit: dict[tuple[Any, ...], Any]) -> am.Message:
+    def edited(self, m: Any, edit: dict[tuple[Any, ...], Any]) -> Any:
         content = []
         for bi, b in enumerate(m.content):
             if ("r", bi) in edit:
@@ -211,7 +220,7 @@ class Anthropic(Dialect):
         if len(texts) > 1:
             out.append("\n".join(texts))
 
-    def message_tokens(self, tc: Any, m: dict[str, Any], enc: Any) -> int:
+    def message_tokens(self, tc: Counter, m: dict[str, Any], enc: Any) -> int:
         return MESSAGE_OVERHEAD + tc._content(self, m.get("content"), enc)
 
     def memory_items(self, messages: Any, start_turn: int, clean_text: dict[int, str], add: Callable[..., None]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..conversation import Entry, ToolCall, Turn, transcript
 from ..models.base import ApiKind, WireModel
@@ -49,6 +49,19 @@ class ProviderContext:
 
 
 NO_PROVIDER = ProviderContext()
+
+
+class Counter(Protocol):
+    """What a dialect's token walk (:meth:`Dialect.message_tokens`) asks of ``tokens.TokenCounter``."""
+
+    @property
+    def settings(self) -> Any: ...
+
+    def _text(self, text: Any, enc: Any) -> int: ...
+
+    def _content(self, d: Dialect, c: Any, enc: Any) -> int: ...
+
+    def _block(self, d: Dialect, b: Any, enc: Any) -> int: ...
 
 
 def taking_over(delegated: dict[str, bool], take_over: frozenset[str]) -> tuple[str, ...]:
@@ -303,6 +316,6 @@ class Dialect:
 
     # ------------------------------------------------------------------ tokens
 
-    def message_tokens(self, tc: Any, m: dict[str, Any], enc: Any) -> int:
+    def message_tokens(self, tc: Counter, m: dict[str, Any], enc: Any) -> int:
         """(TokenCounter, a wire message, encoding): its tokens."""
         raise NotImplementedError

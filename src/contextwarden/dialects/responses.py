@@ -22,6 +22,7 @@ from .base import (
     MESSAGE_OVERHEAD,
     NO_PROVIDER,
     TOOL_CALL_OVERHEAD,
+    Counter,
     Dialect,
     ProviderContext,
     last_index,
@@ -169,7 +170,7 @@ class Responses(Chat):
         if t := orr.item_text(m.wire() if hasattr(m, "wire") else m):
             out.append(t)
 
-    def message_tokens(self, tc: Any, item: dict[str, Any], enc: Any) -> int:
+    def message_tokens(self, tc: Counter, item: dict[str, Any], enc: Any) -> int:
         t = item.get("type")
         if "role" in item and t in (None, "message"):
             return MESSAGE_OVERHEAD + tc._content(self, item.get("content"), enc)

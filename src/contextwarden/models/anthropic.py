@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -75,7 +75,7 @@ class Message(WireModel):
 
     _frozen = field_validator("content")(classmethod(lambda cls, v: frozen_list(v)))
 
-    def blocks(self) -> list[WireModel]:
+    def blocks(self) -> Sequence[WireModel]:
         """Content as a list of blocks (a string content reads as one text block, not written back)."""
         if isinstance(self.content, str):
             return [TextBlock(type="text", text=self.content)]

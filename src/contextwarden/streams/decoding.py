@@ -8,6 +8,7 @@ applied; they are undone in reverse.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import Protocol
 
 import brotli
@@ -107,7 +108,7 @@ class Chain:
         return out
 
 
-_DECODERS = {"gzip": Gzip, "x-gzip": Gzip, "deflate": Deflate, "br": Brotli, "zstd": Zstd}
+_DECODERS: dict[str, Callable[[], Decoder]] = {"gzip": Gzip, "x-gzip": Gzip, "deflate": Deflate, "br": Brotli, "zstd": Zstd}
 
 
 class UnsupportedEncoding(ValueError):

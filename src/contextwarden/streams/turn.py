@@ -7,7 +7,7 @@ from typing import Any
 
 from contextwarden.models.base import ApiKind
 
-_USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
 def as_int(value: Any) -> int | None:
@@ -41,7 +41,7 @@ class Usage:
         return sum(p or 0 for p in parts)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name) for name in _USAGE_FIELDS}
+        out: dict[str, Any] = {name: getattr(self, name) for name in USAGE_FIELDS}
         if self.iterations is not None:
             out["iterations"] = self.iterations
         if self.provider_cleared_tokens is not None:
