@@ -91,15 +91,16 @@ def rewrite_parts(content: Any, fn: Callable[[str], str | None], text_types: tup
     return out if any(a is not b for a, b in zip(out, content)) else None
 
 
-def history_dicts(messages: list[Any], start_turn: int) -> Iterator[tuple[int, dict[str, Any], str]]:
+def history_dicts(messages: list[Any], start_turn: int, default_role: str = "user") -> Iterator[tuple[int, dict[str, Any], str]]:
     """(turn, wire dict, role) of each message after the leading system/developer ones (the cached
-    prefix memory does not store); a typed message is read as its wire form, a non-object skipped."""
+    prefix memory does not store); a typed message is read as its wire form, a string as a user
+    message (a Responses item), anything else skipped."""
     prefix = True
     for i, raw in enumerate(messages):
-        raw = raw.wire() if hasattr(raw, "wire") else raw
+        raw = raw.wire() if hasattr(raw, "wire") else {"role": "user", "content": raw} if isinstance(raw, str) else raw
         if not isinstance(raw, dict):
             continue
-        role = str(raw.get("role") or "user")
+        role = str(raw.get("role") or default_role)
         if prefix and role in ("system", "developer"):
             continue
         prefix = False

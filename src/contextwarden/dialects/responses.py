@@ -25,6 +25,7 @@ from .base import (
     Counter,
     Dialect,
     ProviderContext,
+    history_dicts,
     last_index,
     rewrite_parts,
     taking_over,
@@ -190,19 +191,8 @@ class Responses(Chat):
 
     def memory_items(self, items: Any, start_turn: int, clean_text: dict[int, str], add: Callable[..., None]) -> None:
         tool_names: dict[str, str] = {}
-        prefix = True
-        for i, item in enumerate([items] if isinstance(items, str) else items):
-            turn = start_turn + i
-            item = item.wire() if hasattr(item, "wire") else item
-            if isinstance(item, str):
-                item = {"role": "user", "content": item}
-            if not isinstance(item, dict):
-                continue
+        for turn, item, role in history_dicts([items] if isinstance(items, str) else items, start_turn, "assistant"):
             t = item.get("type") or ("message" if "role" in item else None)
-            role = str(item.get("role") or "assistant")
-            if prefix and t == "message" and role in ("system", "developer"):
-                continue
-            prefix = False
             if t == "reasoning":
                 continue
             if t and t.endswith("_call") and item.get("call_id"):
