@@ -204,9 +204,6 @@ class Responses(Chat):
             else:
                 add(clean_text.get(turn, orr.item_text(item)), turn, role if t == "message" else "assistant", "message")
 
-    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        raise NotImplementedError("a Responses summary is asked of Chat Completions (summary_route)")
-
     def summary_route(self, path: str) -> tuple[str, ApiKind]:
         """A summary is asked of the same provider's Chat Completions endpoint (one answer, no items)."""
         return (path[: -len("/responses")] + "/chat/completions" if path.endswith("/responses") else "/v1/chat/completions",

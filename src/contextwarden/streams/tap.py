@@ -216,21 +216,19 @@ class ResponseTap:
     def _on_sse(self, name: str | None, data: str) -> None:
         if data[:1] == "[" and data.strip() == "[DONE]":  # JSON events start with "{": one cheap check
             self._asm.done()
-            return
+        else:
+            self._on_json(data, name, "SSE data")
+
+    def _on_line(self, line: bytes | str) -> None:
+        self._on_json(line, None, "NDJSON line")
+
+    def _on_json(self, data: bytes | str, name: str | None, what: str) -> None:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as e:
-            self._skip(f"SSE data is not JSON: {e}")
+            self._skip(f"{what} is not JSON: {e}")
             return
         self._deliver(name, obj, whole=False)
-
-    def _on_line(self, line: bytes | str) -> None:
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            self._skip(f"NDJSON line is not JSON: {e}")
-            return
-        self._deliver(None, obj, whole=False)
 
     def _deliver(self, name: str | None, obj: Any, whole: bool) -> None:
         if not isinstance(obj, dict):
