@@ -288,7 +288,7 @@ class TokenCounter:
         tools = body.get("tools")
         d = dialect(api)
         system = body.get(d.system_key) if d.system_key is not None else None
-        fixed = reuse[2] if reuse is not None and len(reuse) > 2 else None
+        fixed = reuse[2] if reuse is not None else None
         if fixed is not None and fixed[0] is tools and fixed[1] is system and fixed[2] is enc:
             n: int = fixed[3]  # the original's own tools and system objects: counted already
         else:
