@@ -318,13 +318,17 @@ class TokenCounter:
             kind, opt = b"R" + kind, 0  # (a message without bytes: the same key, from a dump)
         else:
             raw = None
+        young = self._cache.young  # (a hit there without a call: most messages of a repeat request)
         for i, e in enumerate(out):
             if e is None:
-                m = _plain(msgs[i])
+                m = msgs[i]
                 data = raw[i] if raw is not None else None
                 if data is None:
-                    data = orjson.dumps(m, option=opt, default=str)
-                out[i] = self._cached((kind, enc.name, len(data), hash(data)), partial(self._entry, d, m, enc))
+                    data = orjson.dumps(m := _plain(m), option=opt, default=str)
+                key = (kind, enc.name, len(data), hash(data))
+                v = young.get(key)
+                out[i] = v if v is not None else self._cached(key, partial(self._entry, d, _plain(m), enc))
+                self.lookups += v is not None
         return out
 
     def count_block(self, api: ApiKind | str | Dialect, block: Any, model: str | None = None) -> int:
