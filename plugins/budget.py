@@ -18,7 +18,6 @@ The stage runs first, so a blocked request costs nothing more. Every request emi
 from __future__ import annotations
 
 import enum
-import threading
 import time
 from typing import Any
 
@@ -43,7 +42,6 @@ class Level(enum.StrEnum):
 
 
 _RANK = {Level.NORMAL: 0, Level.REDUCED: 1, Level.MINIMAL: 2, Level.BLOCKED: 3}
-_lock = threading.Lock()  # read-modify-write of use (turn workers run concurrently)
 
 
 def level_for(used: int, limit: int, reduced_at: float, minimal_at: float) -> Level:
@@ -81,9 +79,9 @@ def used(state, key: str) -> int:
 def add_use(state, key: str, tokens: int) -> int:
     """Add ``tokens`` to a budget's use; returns the new total."""
     now = time.time()
-    with _lock:  # (and atomically in the store: replicas sharing it count into one total)
-        rec = state.update(NS, key, lambda cur: {"used": int((cur or {}).get("used", 0)) + int(tokens),
-                                                 "turns": int((cur or {}).get("turns", 0)) + 1, "updated": now})
+    # (atomic in the store: concurrent turn workers, and replicas sharing it, count into one total)
+    rec = state.update(NS, key, lambda cur: {"used": int((cur or {}).get("used", 0)) + int(tokens),
+                                             "turns": int((cur or {}).get("turns", 0)) + 1, "updated": now})
     return rec["used"]
 
 

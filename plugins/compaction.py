@@ -666,7 +666,8 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision, dict[str, Any] |
     ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
     head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
     text = head + folds_line(folds, ctx) + working_appendix(ctx, f.ws_budget, orig, lead, end) + ("\n\n" + rest if rest else "")
-    decision = Decision(lead=lead, end=end, hash=f.spans.at(end), summary=text, folds=folds, sections=summary.sections,
+    span_hash = f.spans.at(end)
+    decision = Decision(lead=lead, end=end, hash=span_hash, summary=text, folds=folds, sections=summary.sections,
                         messages=summary.messages, source_tokens=summary.source_tokens,
                         span_tokens=new["span_tokens"] + (active.span_tokens if active else 0),
                         summary_tokens=ctx.runtime.tokens.count_text(text, ctx.model) + 8,
@@ -697,7 +698,7 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision, dict[str, Any] |
     session_ledger.record_decision(
         ctx, NS, trigger=d.trigger, tokens_before=f.t_now,
         tokens_after=_tokens_with(f, decision), span=(lead, end - 1), tool_ids=[c["tool_use_id"] for c in compacted],
-        refs=[decision.hash], summary_tokens=decision.summary_tokens)
+        refs=[span_hash], summary_tokens=decision.summary_tokens)
     return decision, new, llm_usage
 
 

@@ -150,7 +150,7 @@ def working_set(calls: Iterable[Call] | Files, budget: int, tokens: Callable[[Ca
         if edited_only and not (edits or (written and base is not None and base.tool in WRITE_TOOLS)
                                 or (p in mentioned and (base is None or mentioned[p] > base.order))):
             continue
-        if not edits:  # (most files: one Read or Write, kept whole when it fits; a file without one has edits)
+        if base is not None and not edits:  # (most files: one Read or Write, kept whole when it fits)
             if used + (n := tokens(base)) <= budget:
                 used += n
                 out.append(base)
