@@ -503,7 +503,7 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
     rt = ctx.runtime
     level = ctx.notes.get("level")
     soft, hard, target, protect = effective(cfg, level, ctx.settings.tokens.context_window)
-    ws_budget = min(max(0, getattr(cfg, "working_set_tokens", 0)), target // 4)  # (a small window keeps less)
+    ws_budget = min(max(0, cfg.working_set_tokens), target // 4)  # (a small window keeps less)
     key = session_key(ctx)
     now = request_time(ctx)  # (a replay's: the trace's own, so its idle gaps count)
     store = state_cache(rt)
