@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -210,11 +210,7 @@ def wait_for_summaries(rt, timeout: float = 30.0) -> None:
     s = summariser(rt)
     with s.lock:
         futures = list(s.pending.values())
-    for f in futures:
-        try:
-            f.result(timeout)
-        except Exception:
-            pass
+    wait(futures, timeout)
 
 
 def _llm_url(ctx, cfg) -> tuple[str, str]:
