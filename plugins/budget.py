@@ -38,10 +38,7 @@ class Level(enum.StrEnum):
 
     @property
     def rank(self) -> int:
-        return _RANK[self]
-
-
-_RANK = {Level.NORMAL: 0, Level.REDUCED: 1, Level.MINIMAL: 2, Level.BLOCKED: 3}
+        return list(Level).index(self)  # (the order of the members)
 
 
 def level_for(used: int, limit: int, reduced_at: float, minimal_at: float) -> Level:
@@ -112,12 +109,10 @@ def cw_request(ctx) -> None:
             worst, worst_scope = lvl, report[-1]
     ctx.notes["level"] = worst
     ctx.notes["budget"] = report
-    if worst_scope is None:
-        ctx.emit("budget", level=worst.value, used=None, limit=None, scope=None, scopes=[])
-        return
-    ctx.emit("budget", level=worst.value, used=worst_scope["used"], limit=worst_scope["limit"],
-             scope=worst_scope["scope"], scopes=report)
-    if worst is Level.BLOCKED:
+    top = worst_scope or {}
+    ctx.emit("budget", level=worst.value, used=top.get("used"), limit=top.get("limit"), scope=top.get("scope"),
+             scopes=report)
+    if worst is Level.BLOCKED and worst_scope is not None:
         what = "session" if worst_scope["scope"] == "session" else f"agent {ctx.agent}"
         msg = (f"contextwarden: the token budget of this {what} is used up "
                f"({worst_scope['used']:,} of {worst_scope['limit']:,} input tokens). "

@@ -133,6 +133,11 @@ class CostEstimate:
     def pays(self) -> bool:
         return self.compact < self.keep
 
+    def fields(self) -> dict[str, Any]:
+        """The ``compaction`` event's cost fields."""
+        return {"keep_cost": round(self.keep), "compact_cost": round(self.compact), "expected_requests": self.n,
+                "warm": self.warm}
+
 
 def pays_off(t_now: int, t_after: int, fixed: int, n: int, warm: bool, read: float = READ_MULT,
              write: float = WRITE_MULT[TTL_5M]) -> CostEstimate:
@@ -632,7 +637,7 @@ def _decide(f: _Compaction) -> _Decision:
     if trigger is None:
         data = dict(applied=False, reason=reason, tokens_before=total, level=str(f.level or "NORMAL"))
         if cost is not None:
-            data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
+            data.update(cost.fields())
         ctx.emit("compaction", **data)
     return out
 
@@ -714,7 +719,7 @@ def _apply(f: _Compaction, active: Decision, reused: bool, trigger: str | None, 
                                 summariser=active.summariser, level=str(f.level or "NORMAL"),
                                 trigger=trigger or "reuse", breakpoint=cc is not None)
     if cost is not None and not reused:
-        data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
+        data.update(cost.fields())
     if ctx.notes.get("folded") and not reused:
         data["folded"] = [x["memory_id"] for x in ctx.notes["folded"]]  # the ids the summary names
     if llm_usage:
