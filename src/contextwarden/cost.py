@@ -31,7 +31,8 @@ from typing import Any
 import orjson
 
 from .dialects import ANTHROPIC
-from .tokens import MESSAGE_OVERHEAD, REQUEST_OVERHEAD, current_turn_start, strips_thinking
+from .dialects.base import MESSAGE_OVERHEAD
+from .tokens import REQUEST_OVERHEAD, current_turn_start, strips_thinking
 
 TTL_5M = 300.0
 TTL_1H = 3600.0
@@ -238,7 +239,7 @@ class PromptCache:
                 continue
             span = bounds[bp].cum - (bounds[written_to].cum if written_to >= 0 else 0)
             write += span
-            write_cost += span * WRITE_MULT[bounds[bp].ttl]
+            write_cost += span * WRITE_MULT[bounds[bp].ttl or TTL_5M]
             written_to = bp
         uncached = total - read - write
         bill.read, bill.write, bill.uncached = read, write, uncached
@@ -249,12 +250,12 @@ class PromptCache:
             self._touch(mkey, bounds[read_at].key, ts, self._ttl_at(bounds, read_at, bps))
         for bp in bps:
             if bounds[bp].cum >= price.min_cache:
-                self._touch(mkey, bounds[bp].key, ts, bounds[bp].ttl)
+                self._touch(mkey, bounds[bp].key, ts, bounds[bp].ttl or TTL_5M)
         return bill
 
     @staticmethod
     def _ttl_at(bounds: list[Boundary], i: int, bps: list[int]) -> float:
-        return bounds[i].ttl or next((bounds[b].ttl for b in bps if b >= i), TTL_5M)
+        return bounds[i].ttl or next((t for b in bps if b >= i and (t := bounds[b].ttl)), TTL_5M)
 
     def _touch(self, mkey: str, key: bytes, ts: float, ttl: float) -> None:
         exp = ts + ttl

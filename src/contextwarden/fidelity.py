@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +42,7 @@ import orjson
 
 from .conversation import result_text
 from .cost import READ_MULT, price_for
+from .lru import LRU
 
 # Read's / cat -n's line numbers, also behind the memory block's quote mark ("| ": injected memory holds
 # the text it brings back line by line, quoted)
@@ -104,19 +105,15 @@ class Indexer:
     """Indexes texts once (memoised by the text)."""
 
     def __init__(self, memo: int = MEMO) -> None:
-        self._memo: OrderedDict[str, TextIndex] = OrderedDict()
-        self._max = memo
+        self._memo = LRU(memo)
 
     def text(self, text: str) -> TextIndex:
-        got = self._memo.get(text)
-        if got is not None:
-            self._memo.move_to_end(text)
-            return got
-        got = TextIndex(frozenset(hash(s) for s in _lines(text)), frozenset(_tokens(text)))
-        self._memo[text] = got
-        if len(self._memo) > self._max:
-            self._memo.popitem(last=False)
-        return got
+        got = self._memo.young.get(text)
+        return got if got is not None else self._memo.get(text, _index, text)
+
+
+def _index(text: str) -> TextIndex:
+    return TextIndex(frozenset(hash(s) for s in _lines(text)), frozenset(_tokens(text)))
 
 
 def _part_of_a_line(ix, ln: str) -> bool:
@@ -148,18 +145,10 @@ class Incremental:
 
     def __init__(self, indexer: Indexer, streams: int = 8) -> None:
         self.ix = indexer
-        self._streams: OrderedDict[str, BodyIndex] = OrderedDict()
-        self._max = streams
+        self._streams = LRU(streams)
 
     def index(self, texts: list[str]) -> BodyIndex:
-        key = texts[0] if texts else ""
-        st = self._streams.get(key)
-        if st is None:
-            st = self._streams[key] = BodyIndex(Counter(), Counter(), [])
-            if len(self._streams) > self._max:
-                self._streams.popitem(last=False)
-        else:
-            self._streams.move_to_end(key)
+        st: BodyIndex = self._streams.get(texts[0] if texts else "", lambda: BodyIndex(Counter(), Counter(), []))
         old = st.texts
         k, n = 0, min(len(old), len(texts))
         while k < n and old[k] == texts[k]:
@@ -190,8 +179,8 @@ def _take(counts: Counter, items: Iterable) -> None:
 
 @dataclass(slots=True)
 class BodyIndex:
-    lines: set | Counter
-    tokens: set | Counter
+    lines: Any  # a set, or a Counter (Incremental: a text can be taken out)
+    tokens: Any
     texts: list[str] = field(default_factory=list)  # what it indexes (Incremental)
 
     def has_source(self, lines: list[str]) -> bool:
@@ -266,19 +255,14 @@ class PartsMemo:
     request, and encoding a message is much cheaper than walking it."""
 
     def __init__(self, size: int = MEMO) -> None:
-        self._memo: OrderedDict[bytes, Parts] = OrderedDict()
-        self._max = size
+        self._memo = LRU(size)
 
     def __call__(self, m: Any) -> Parts:
         try:
             key = orjson.dumps(m)
         except TypeError:
             return message_parts(m)
-        got = self._memo.get(key)
-        if got is None:
-            got = self._memo[key] = message_parts(m)
-            if len(self._memo) > self._max:
-                self._memo.popitem(last=False)
+        got: Parts = self._memo.get(key, message_parts, m)
         return got
 
 
@@ -396,24 +380,14 @@ class FidelityCounter:
         """Of the previous request's lost items, those this one carries in what recall injected, and
         those it carries anywhere but in the previous answer and the new tool results (a recalled block,
         memory, a re-applied rewrite that no longer takes it out)."""
-        back = BodyIndex(set(), set())
-        for t in recalled:
-            ti = self.ix.text(t)
-            back.lines |= ti.lines
-            back.tokens |= ti.tokens
+        back = self._union(recalled)
         msgs = (sent or {}).get("messages") or []
         u_texts, _ = body_texts({"messages": msgs[:-1]}, self._parts)
         if msgs:  # the new message: what was injected into it, not the new tool results (a re-read)
             texts, _, res = self._parts(msgs[-1])
             new_results = {t for _, t in res}
             u_texts += [t for t in texts if t not in new_results]
-        body = BodyIndex(set(), set())
-        for t in u_texts:
-            if t in answer:
-                continue
-            ti = self.ix.text(t)
-            body.lines |= ti.lines
-            body.tokens |= ti.tokens
+        body = self._union(t for t in u_texts if t not in answer)
         for it in items:
             lines = _lines(it["what"]) if it["kind"] == "source" else None
 
@@ -424,6 +398,15 @@ class FidelityCounter:
                 fid.back += 1
             if holds(body):
                 fid.present += 1
+
+    def _union(self, texts: Iterable[str]) -> BodyIndex:
+        lines: set[int] = set()
+        tokens: set[str] = set()
+        for t in texts:
+            ti = self.ix.text(t)
+            lines |= ti.lines
+            tokens |= ti.tokens
+        return BodyIndex(lines, tokens)
 
     def _request(self, original: dict, sent: dict | None, response: dict | None, model: str | None,
                  tokens_sent: int, factor: float) -> Fidelity:

@@ -128,16 +128,17 @@ def units(body: dict, kinds: tuple[str, ...] = KINDS) -> tuple[list[Unit], list[
         if isinstance(c, str):
             other.append(c)
             continue
+        c = c if isinstance(c, list) else []
         asst = m.get("role") == "assistant"
         signed = asst and mi >= turn and any(isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking") for b in c)
-        for bi, b in enumerate(c if isinstance(c, list) else []):
+        for bi, b in enumerate(c):
             if not isinstance(b, dict):
                 continue
             t = b.get("type")
             if t == "tool_result" and "result" in kinds:
                 out.append(Unit(str(b.get("tool_use_id")), "result", mi, bi, (result_text(b.get("content")),)))
             elif t == "tool_use":
-                inp = b.get("input") if isinstance(b.get("input"), dict) else {}
+                inp: dict = b["input"] if isinstance(b.get("input"), dict) else {}
                 big = [v for v in inp.values() if len(_value_text(v)) > INPUT_VALUE_CHARS]
                 small = [x for k, v in inp.items() if len(_value_text(v)) <= INPUT_VALUE_CHARS for x in _strings(v)]
                 other.extend(small)
@@ -211,7 +212,7 @@ def _block_positions(body: dict, model: str | None) -> list[tuple[int, int]]:
     """(message, block) of each message boundary, in :func:`contextwarden.cost.boundaries` order."""
     msgs = body.get("messages") or []
     strip_before = current_turn_start(msgs) if strips_thinking(model) else 0
-    out = []
+    out: list[tuple[int, int]] = []
     for k, m in enumerate(msgs):
         if not isinstance(m, dict):
             continue

@@ -392,7 +392,7 @@ def load_recorded(path: Path) -> Trace:
         if not isinstance(e, dict) or not isinstance(e.get("original"), dict):
             trace.skipped_lines += 1
             continue
-        usage = usage_by_flow.get(e.get("flow_id"))
+        usage = usage_by_flow.get(str(e.get("flow_id")))
         headers = [(k, v) for k, v in (e.get("headers") or []) if k.lower() not in ("content-length", "content-encoding")]
         if not any(k.lower() == "content-type" for k, _ in headers):
             headers.append(("content-type", "application/json"))
@@ -467,11 +467,11 @@ class ReplayReport:
         for r in self.results:
             o.add(r.original)
             u.add(r.ours)
-        act = [r for r in self.results if r.actual is not None]
+        act = [(r.actual, r.original) for r in self.results if r.actual is not None]
         actual, sim = Bill(), Bill()
-        for r in act:
-            actual.add(r.actual)
-            sim.add(r.original)
+        for a, orig in act:
+            actual.add(a)
+            sim.add(orig)
         return {
             "requests": len(self.results),
             "rewritten": sum(1 for r in self.results if r.outcome == "rewritten"),
@@ -679,7 +679,7 @@ def summary_table(reports: list[ReplayReport], wide: bool = False) -> str:
     """One line per trace: tokens and simulated cost, original vs ours, within 100 columns; ``wide``: the
     requests' averages and maxima, failures, the penalty and the trace's own bill as well."""
     if not wide:
-        rows = [("trace", "reqs", "rewr", "tok orig", "tok ours", "Δ tok", "$ orig", "$ ours", "Δ $", "lost refs")]
+        rows: list[tuple[str, ...]] = [("trace", "reqs", "rewr", "tok orig", "tok ours", "Δ tok", "$ orig", "$ ours", "Δ $", "lost refs")]
         for rep in reports:
             t = rep.totals()
             rows.append((Path(rep.trace.path).stem.removeprefix("claude-code-")[:16], str(t["requests"]),
@@ -726,7 +726,7 @@ def request_table(rep: ReplayReport, wide: bool = False) -> str:
     """One line per request: within 100 columns, the decisions applied; ``wide``: the bill's parts, memory,
     losses and every stage event as well (whether applied or not)."""
     if not wide:
-        rows = [("#", "msgs", "tok orig", "tok ours", "$ orig", "$ ours", "outcome", "applied")]
+        rows: list[tuple[str, ...]] = [("#", "msgs", "tok orig", "tok ours", "$ orig", "$ ours", "outcome", "applied")]
         for r in rep.results:
             rows.append((str(r.index), f"{r.messages_original}->{r.messages_sent}", _k(r.tokens_original),
                          _k(r.tokens_sent), f"{r.original.cost:.3f}", f"{r.ours.cost:.3f}",

@@ -103,9 +103,9 @@ def run_oracle(args, overrides: dict) -> int:
         if args.baselines:
             got = baselines.run(path, **kw)
         else:
-            label = baselines.NAMES.get(args.profile or baselines.DEFAULT, args.profile)
-            mode = (overrides.get("clearing") or {}).get("policy")
-            label = {"learn": "learned (as it goes)", "frozen": "learned (frozen)"}.get(mode, label)
+            profile = args.profile or baselines.DEFAULT
+            mode = str((overrides.get("clearing") or {}).get("policy"))
+            label = {"learn": "learned (as it goes)", "frozen": "learned (frozen)"}.get(mode, baselines.NAMES.get(profile, profile))
             got = [(label, replay(path, profile=args.profile, **kw))]
         t1 = time.perf_counter()
         orc = oracle.run(path, overrides=overrides, limit=args.limit)
