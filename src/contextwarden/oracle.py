@@ -24,7 +24,7 @@ reported. docs/REPLAY.md says why it is optimal within its action space and what
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,7 @@ class OracleReport:
     seconds: float
     dp_seconds: float
     free_moments: int  # requests whose prefix had expired or was new: a rewrite there costs nothing extra
-    notes: list[str] = field(default_factory=list)
+    counter_source: str = ""  # how its tokens were counted (tokens.TokenCounter.source)
 
 
 # ---------------------------------------------------------------------------- what may go
@@ -539,6 +539,7 @@ def run(trace_path: str | Path, overrides: dict | None = None, limit: int | None
         trace.requests = trace.requests[:limit]
     rep = solve(trace, counter, kinds, short)
     rep.seconds = rep.report.seconds = time.perf_counter() - t0
+    rep.counter_source = counter.source
     return rep
 
 
