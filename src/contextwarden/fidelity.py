@@ -1,32 +1,14 @@
 """Fidelity: what the model used next, and whether what we would have sent still held it.
 
-A recorded session holds, after every request, the assistant's answer: that is the test of what the
-model needed from its context. For each request we compare the client's body (``original``) with the
-body we would have sent (``sent``: kept history, stubs, a compaction summary, injected memory):
+Per request, the recorded answer's *edit sources* (the ``old_string`` of each Edit, line by line, the
+ends possibly parts of a line) and *references* (distinctive strings of its text and tool inputs found
+in a tool result of the client's body) are looked up in the body we would have sent; what ours lacks is
+*lost*, and each tool result that held lost content costs one extra round trip (the penalty). docs/REPLAY.md
+gives the exact tests and what they cannot see.
 
-edit sources
-    The ``old_string`` of every Edit (and of each edit of a MultiEdit) in the answer. Claude Code's
-    Edit needs the exact text, which the model copies from a Read (or an earlier edit's snippet). A
-    source counts when the client's body held it; it is *lost* when ours does not. Compared line by
-    line: Read's ``cat -n`` prefixes (``   12→`` / ``   12\t``) removed, each line stripped, empty lines
-    dropped; every whole line of the source must be a line of the body; a first or last line that may
-    be part of a line (a source of one line, or the ends of a longer one) needs its consecutive word
-    pairs in the body.
-references
-    Distinctive strings in the answer's tool inputs and text (file paths, identifiers with ``_``, a
-    dot, a digit or camelCase; error names) that occur in a tool result of the client's body. *Lost*
-    when they occur nowhere in ours (a tool call's input that names a path still holds it).
-
-Each text is indexed once (a set of line hashes and a set of tokens, memoised by the text itself: the
-history repeats from one request to the next), and a body's index counts its texts' entries, kept
-from the previous body of the same conversation with only the texts after the first difference taken
-out and the new ones put in (:class:`Incremental`): the check is a lookup, never a scan of the body
-per reference, and a request costs what its new texts cost.
-
-Penalty (an estimate, stated as such): each tool result that lost content the answer used costs at
-least one extra tool round trip to get it back: the request's prefix read from cache (0.1x input), the
-tool result as new input (1x), and the call as output. Lost items that came from one tool result are
-one round trip (re-reading the file brings all of them back).
+Each text is indexed once (:class:`Indexer`: line hashes and tokens, memoised by the text), and a
+conversation's body index is kept from one request to the next with only the texts after the first
+difference taken out and the new ones put in (:class:`Incremental`): a request costs what its new texts cost.
 """
 
 from __future__ import annotations
@@ -205,8 +187,9 @@ def _walk_strings(v: Any) -> Iterable[str]:
 
 
 def _blocks(content: Any) -> list:
+    """A message's content as blocks (a string: one text block, none when empty)."""
     if isinstance(content, str):
-        return [{"type": "text", "text": content}]
+        return [{"type": "text", "text": content}] if content else []
     return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
 
 

@@ -1,26 +1,10 @@
 """Replays a recorded session through the real pipeline, offline, and bills both sides.
 
-Inputs
-    - A Claude Code session log (``~/.claude/projects/*/<session>.jsonl``): one JSON object a line,
-      ``message`` an Anthropic message, lines chained by ``parentUuid``. Truncated lines are skipped.
-      For every assistant API call (lines sharing a ``message.id``) the request the client sent is
-      rebuilt from the chain of lines before it: consecutive lines of one role merged into one
-      message (Claude Code writes each content block and each parallel tool result as its own line),
-      synthetic ``<synthetic>`` error lines and non-message lines left out, and tool uses/results
-      whose partner line was lost to truncation dropped so the body is one the API accepts.
-      Client-side compactions show as a new chain starting with "This session is being continued
-      ..."; the requests after it start from that summary, and the compaction call itself (the whole
-      history plus a summarise instruction, answered with the summary) is replayed as a request too.
-      Subagent conversations (``isSidechain``) are replayed as requests of another agent.
-      The log has no system prompt or tool definitions: a stand-in system block of the size the
-      provider's reported usage implies (a least-squares fit ``provider = a + b * estimate`` over the
-      session) takes their place, with Claude Code's breakpoints: the system block and the last message.
-    - The proxy's own recorded bodies (``cw_home/bodies/<session>/*.json``, a folder of them, or a
-      cw_home): their ``original`` bodies, with output tokens from the event log when it is there.
-
-What is reported, per request and in total: tokens sent (ours vs the original), the pipeline's
-outcome and the validator's verdict, and the simulated bill of both sides (:mod:`contextwarden.cost`)
-with the 5-minute TTL run on the trace's own timestamps.
+Inputs: a Claude Code session log (``~/.claude/projects/*/<session>.jsonl``: each API call's request
+rebuilt from the chain of lines before it, with a stand-in system block sized from the log's usage), or
+the proxy's own recorded bodies (``cw_home/bodies/<session>/*.json``). docs/REPLAY.md says how each is
+read and what is reported: tokens, the pipeline's outcome, the validator's verdict and the simulated
+bill of both sides (:mod:`contextwarden.cost`) on the trace's own timestamps.
 """
 
 from __future__ import annotations
@@ -41,7 +25,7 @@ from . import lifecycle, policy
 from .cost import Bill, PromptCache, billed_from_usage, boundaries, price_for
 from .dialects import ANTHROPIC, dialect, validate_rewrite
 from .events import read_log
-from .fidelity import Fidelity, FidelityCounter
+from .fidelity import Fidelity, FidelityCounter, _blocks
 from .fidelity import totals as fidelity_totals
 from .lifecycle import complete, turn_of
 from .models.base import ApiKind
@@ -98,12 +82,6 @@ def _ts(s: Any) -> float | None:
         return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
-
-
-def _blocks(content: Any) -> list:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
 
 
 def _text_of(msg: dict) -> str:
