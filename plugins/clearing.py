@@ -143,23 +143,14 @@ class Slot:
 # Memo sizes (least recently used out). Every remembered result is fingerprinted on every request, and
 # a candidate that does not make a step is stubbed again on the next one: both are pure functions of
 # texts the client re-sends unchanged, so they are computed once per distinct text.
-DIGEST_MEMO = 8_192  # per cache; keys of at most ~1K characters each
+DIGEST_MEMO = 16_384  # keys of at most ~1K characters each
 STUB_MEMO = 1_024
 STUB_MEMO_CHARS = 16_384  # longer results are not kept in the stub memo (bounds it at ~16M characters)
 
 
-def _digest_raw(n: int, ends: str) -> str:
+@memoized(DIGEST_MEMO)
+def _digest_of(n: int, ends: str) -> str:
     return f"{n}:" + hashlib.blake2b(ends.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-
-
-@memoized(DIGEST_MEMO)
-def _digest_short(text: str) -> str:
-    return _digest_raw(len(text), text)
-
-
-@memoized(DIGEST_MEMO)
-def _digest_long(n: int, head: str, tail: str) -> str:
-    return _digest_raw(n, head + "\0" + tail)
 
 
 def _digest(text: str) -> str:
@@ -167,9 +158,7 @@ def _digest(text: str) -> str:
     sends the same result must not cost a hash of every old result on every request. Memoised by
     exactly what it is computed from (the text, or its length and both ends)."""
     n = len(text)
-    if n > 1024:
-        return _digest_long(n, text[:512], text[-512:])
-    return _digest_short(text)
+    return _digest_of(n, text[:512] + "\0" + text[-512:] if n > 1024 else text)
 
 
 def stub_text(tool: str, tool_input: Any, text: str, tokens: int, images: int, how: str = "") -> str:

@@ -29,7 +29,7 @@ PURE = {
     "contextwarden.memory.retrieve._LINE_CACHE",  # a text, its lines hashed
     "contextwarden.redact.is_secret_name", "contextwarden.redact._known_secret",  # a header name / value
     "contextwarden.tokens.encoding_name_for", "contextwarden.agents._agent_suffix",  # a model / a system prompt
-    "contextwarden.plugins.clearing._digest_short", "contextwarden.plugins.clearing._digest_long",  # a text
+    "contextwarden.plugins.clearing._digest_of",  # a text
     "contextwarden.plugins.clearing._stub_text_memo",  # a stub's text from its arguments
     "contextwarden.redact._secret_key",  # a variable's name: does it name a secret
 }
