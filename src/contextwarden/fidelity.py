@@ -17,7 +17,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
@@ -312,10 +312,7 @@ class Fidelity:
     present: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ms": round(self.ms, 3), "sources": self.sources, "sources_lost": self.sources_lost, "refs": self.refs,
-                "refs_lost": self.refs_lost, "by_tool": self.by_tool, "by_stage": self.by_stage,
-                "round_trips": self.round_trips, "penalty": self.penalty, "lost": self.lost, "items": self.items,
-                "back": self.back, "back_of": self.back_of, "present": self.present}
+        return {**asdict(self), "ms": round(self.ms, 3)}
 
 
 def _short(s: str, n: int = 60) -> str:

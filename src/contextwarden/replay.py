@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -421,13 +421,8 @@ class RequestResult:
         return self.outcome.startswith("invalid rewrite")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "ts": self.ts, "kind": self.kind, "outcome": self.outcome,
-                "messages_original": self.messages_original, "messages_sent": self.messages_sent,
-                "tokens_original": self.tokens_original, "tokens_sent": self.tokens_sent,
-                "original": self.original.to_dict(), "ours": self.ours.to_dict(), "problems": self.problems,
-                "stages": self.stages, "stage_events": self.stage_events, "errors": self.errors,
-                "memory_items": self.memory_items, "memory_tokens": self.memory_tokens,
-                "actual": self.actual.to_dict() if self.actual else None,
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "original": self.original.to_dict(),
+                "ours": self.ours.to_dict(), "actual": self.actual.to_dict() if self.actual else None,
                 "fidelity": self.fidelity.to_dict() if self.fidelity else None}
 
 
