@@ -77,7 +77,7 @@ class RemoteMemoryService:
         self.restarts = 0
         self.pid: int | None = None
         self._state: dict = {}
-        self._sock = None
+        self._sock: socket.socket | None = None
         self._outbox: wire.Outbox | None = None  # frames to the socket, written by a thread of its own
         self._calls: dict[int, Future] = {}
         self._calls_lock = threading.Lock()

@@ -128,8 +128,8 @@ class Ingestor:
         if not items:
             return True
         n = len(items)
-        info = {"flow_id": flow_id, "history": bool(history), "messages": messages, "n": n,
-                "session": _session_of(items)}
+        session = _session_of(items)
+        info = {"flow_id": flow_id, "history": bool(history), "messages": messages, "n": n, "session": session}
         if self.journal is not None:
             return self._submit_journal(items, info)
         with self._cv:
@@ -146,7 +146,7 @@ class Ingestor:
             reason = "closed" if self._closing else "queue full"
             self.bus.emit("memory", {"dropped": n, "reason": reason, "queued": queued,
                                      "queue_size": self.queue_size, "history": bool(history)},
-                          flow_id=flow_id, session=info["session"])
+                          flow_id=flow_id, session=session)
             return False
         return True
 
@@ -249,7 +249,7 @@ class Ingestor:
                     self._cv.wait()
                 if not self._q and self._closing:
                     return
-                batches = []
+                batches: list[tuple[list[MemoryItem], dict]] = []
                 taken = 0
                 while self._q and (not batches or taken + len(self._q[0][0]) <= self.batch_max):
                     b = self._q.popleft()
@@ -339,11 +339,6 @@ class Ingestor:
                 self.store.warm()
         except Exception as e:
             self._error(e, 0, where="memory.backfill")
-
-    def prepare(self, items: list[MemoryItem]) -> tuple[list[MemoryItem], int]:
-        """Redact and chunk: what will be stored for ``items``, and how many secrets were removed."""
-        out, redacted, _, _ = self._prepare(items)
-        return out, redacted
 
     def _prepare(self, items: list[MemoryItem], redacted_already: bool = False
                  ) -> tuple[list[MemoryItem], int, list[int], list[MemoryItem]]:

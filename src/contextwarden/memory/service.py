@@ -24,7 +24,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import redact as secrets
 from ..lru import LRU
@@ -44,7 +44,7 @@ from .store import MemoryStore
 from .tagger import Tagger
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from ..events import EventBus
 
 # MemoryService.redact remembers the redaction of texts of REDACT_MEMO_MIN characters or more (shorter
 # ones cost less to redact again than to keep), REDACT_MEMO_CHARS characters of them in all (the texts
@@ -54,11 +54,18 @@ REDACT_MEMO_CHARS = 4_000_000
 RECENT_IDS = 50_000  # ids of items submitted lately, not submitted again (MemoryService.submit)
 
 
+class Host(Protocol):
+    """What the service reads of its runtime (the memory process passes one of its own: server.py)."""
+
+    bus: EventBus
+    home: Any
+    settings: Any
+
+
 class MemoryService:
     """Store + embedder + ingestor + lexical index + tagger of one runtime. Thread-safe."""
 
-    def __init__(self, runtime: Runtime, background: bool = True, separate: bool = False) -> None:
-        self.runtime = runtime
+    def __init__(self, runtime: Host, background: bool = True, separate: bool = False) -> None:
         # in the memory process (server.py): ingestion goes through the pending table, tags what comes
         # untagged, and a shutdown flushes only ``memory.shutdown_flush_s``
         self.separate = separate
@@ -113,12 +120,12 @@ class MemoryService:
             if emb is not None:
                 emb.warm()
                 emb.pause = self.priority.pause  # between embedding runs, ingestion yields to searches
-            self.embedder = CachedEmbedder(emb, disk=m.embed_cache) if emb is not None else None
-            if self.embedder is not None and self.separate and m.embed_idle:
-                self.embedder.background = BackgroundEmbedder(emb, emb.model_dir)
-                self.embedder.is_background = self.priority.is_background
-            if self.embedder is not None and self.settings.tagging.embedding_tagger:
-                self.tagger = Tagger(self.settings.tagging, self.embedder)
+                self.embedder = CachedEmbedder(emb, disk=m.embed_cache)
+                if self.separate and m.embed_idle:
+                    self.embedder.background = BackgroundEmbedder(emb, str(emb.model_dir))
+                    self.embedder.is_background = self.priority.is_background
+                if self.settings.tagging.embedding_tagger:
+                    self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:
                 return
             self.store = MemoryStore(self.home, m, self.embedder)
@@ -153,7 +160,7 @@ class MemoryService:
                     warm()
             except Exception:
                 pass
-            self._load_lexical()
+            self._load_lexical(self.store)
             if m.chroma_url and not self.closed:  # other replicas write there too: index their items
                 LexicalRefresh(self).start()
         self.bus.emit("memory_status", {"status": "ready" if self.error is None else "unavailable",
@@ -172,11 +179,11 @@ class MemoryService:
         """True once the lexical index covers every stored item (until then BM25 sees part of them)."""
         return self._lexical_ready.is_set() and self._lexical_complete
 
-    def _load_lexical(self) -> None:
+    def _load_lexical(self, store: MemoryStore) -> None:
         """The lexical index from its snapshot when it matches the store, else rebuilt from Chroma."""
         t = time.perf_counter()
         try:
-            snap = load_snapshot(self.lexical_path, self.store.fingerprint())
+            snap = load_snapshot(self.lexical_path, store.fingerprint())
         except Exception:
             snap = None
         if snap is not None:
@@ -187,7 +194,7 @@ class MemoryService:
             self._lexical_ready.set()
         else:
             self.lexical_source = "building"
-            self._rebuild_lexical()
+            self._rebuild_lexical(store)
             self.lexical_source = "rebuilt" if self._lexical_complete else "failed"
             if self._lexical_complete:
                 self.save_lexical()
@@ -230,10 +237,10 @@ class MemoryService:
             self.bus.emit("memory", {"snapshot": "skipped", "reason": f"not written in {budget:.1f} s of shutdown",
                                      "lexical_items": len(self.lexical)})
 
-    def _rebuild_lexical(self) -> None:
+    def _rebuild_lexical(self, store: MemoryStore) -> None:
         try:
             batch = []
-            for it in self.store.iter_items():
+            for it in store.iter_items():
                 batch.append(it)
                 if len(batch) >= 2000:
                     self.lexical.add(batch)
@@ -534,7 +541,8 @@ class MemoryService:
 
     def delete_session(self, session: str, tenant: str | None = None) -> int:
         """Forget a session (``memory delete`` while the proxy runs); its items leave search at once."""
-        n = self.store.delete_session(session, tenant) if self.available else 0
+        store = self.store
+        n = store.delete_session(session, tenant) if store is not None and self.available else 0
         if self.originals is not None:
             n = max(n, self.originals.delete_session(session, tenant))
         for t in ([tenant] if tenant else self.tenants()):

@@ -41,7 +41,7 @@ from .items import MemoryItem
 
 if TYPE_CHECKING:
     from ..settings.memory import MemorySection
-    from .embedder import Embedder
+    from .embedder import CachedEmbedder, Embedder
 
 PARTITION_PREFIX = "cwm-"  # one collection of model vectors (cosine) per tenant or shared workspace
 TEXT_COLLECTION = "cw_memory_text"  # items stored without a model: placeholder vectors, every tenant
@@ -148,7 +148,7 @@ class MemoryStore:
     the caller (the ingestor and the memory stage catch it and fail open).
     """
 
-    def __init__(self, home: Path | str, settings: MemorySection, embedder: Embedder | None,
+    def __init__(self, home: Path | str, settings: MemorySection, embedder: Embedder | CachedEmbedder | None,
                  *, read_only: bool = False) -> None:
         self.home = Path(home)
         self.settings = settings
@@ -345,7 +345,7 @@ class MemoryStore:
                         col.add(embeddings=[_PLACEHOLDER] * len(batch), **kw)
                     elif embeddings is not None:
                         col.add(embeddings=[embeddings[k] for k in idx], **kw)
-                    else:
+                    elif self.embedder is not None:  # (a partition is only chosen with one)
                         col.add(embeddings=self.embedder(docs), **kw)
         return [items[k] for k in new]
 
@@ -534,7 +534,7 @@ class MemoryStore:
         return s
 
     # --- deleting ------------------------------------------------------------------------------------
-    def _delete_where(self, where: dict) -> int:
+    def _delete_where(self, where: dict | None) -> int:
         self._check(write=True)
         n = 0
         with self._lock:

@@ -255,6 +255,6 @@ _ERRORS = {c.__name__: c for c in (TimeoutError, ValueError, TypeError, KeyError
 
 
 def decode_error(d: dict) -> BaseException:
-    cls = _ERRORS.get(d.get("type"), RuntimeError)
+    cls = _ERRORS.get(str(d.get("type")), RuntimeError)
     msg = d.get("message", "")
     return cls(msg if cls is not RuntimeError or d.get("type") == "RuntimeError" else f"{d.get('type')}: {msg}")
