@@ -58,6 +58,8 @@ class Embedder:
     Thread-safe: ONNX Runtime sessions may be run concurrently and the tokenizer is configured once.
     """
 
+    pause: Callable[[], float] | None = None  # ingestion's thread waits here while a search runs (service)
+
     def __init__(self, model_dir: str | os.PathLike, source: str | None = None, batch_size: int = 32,
                  max_tokens: int = MAX_TOKENS, threads: int | None = None,
                  max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
@@ -85,7 +87,6 @@ class Embedder:
         self._session = ort.InferenceSession(str(self.model_dir / "model.onnx"), sess_options=so,
                                              providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
-        self.pause: Callable[[], float] | None = None  # ingestion's thread waits here while a search runs
         self.dim = int(self._forward(["dimension probe"]).shape[1])
 
     def __repr__(self) -> str:

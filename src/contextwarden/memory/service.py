@@ -47,8 +47,7 @@ if TYPE_CHECKING:
     from ..events import EventBus
 
 # MemoryService.redact remembers the redaction of texts of REDACT_MEMO_MIN characters or more (shorter
-# ones cost less to redact again than to keep), REDACT_MEMO_CHARS characters of them in all (the texts
-# of ~10 s of issue 19's load: a kept text comes again to be stored ~1.5 s later)
+# ones cost less to redact again than to keep), REDACT_MEMO_CHARS characters of them in all
 REDACT_MEMO_MIN = 512
 REDACT_MEMO_CHARS = 4_000_000
 RECENT_IDS = 50_000  # ids of items submitted lately, not submitted again (MemoryService.submit)
@@ -202,9 +201,8 @@ class MemoryService:
 
     def save_lexical(self, flush: bool = True) -> bool:
         """Save the lexical index next to the store (at close, after a rebuild); False if it is not
-        complete or there is nothing new. ``flush``: wait for ingestion first (not at close: the
-        ingestor has had its time, and with a pending table that is not empty the wait never ended
-        before the 30 s limit, which made every shutdown under load miss the snapshot and its budget)."""
+        complete or there is nothing new. ``flush``: wait for ingestion first (not at close: a pending
+        table under load is never empty)."""
         if not self._lexical_complete or self.store is None or not self.store.available:
             return False
         try:
@@ -222,11 +220,9 @@ class MemoryService:
             return False
 
     def _save_lexical_within(self, budget: float | None) -> None:
-        """The snapshot at close, given ``budget`` seconds (None: as long as it takes). Under load the
-        index holds what waits for its vectors too (indexed by words first), and writing ~200K chunks
-        took seconds past a shutdown's budget: past it, the process exits without a new snapshot, and
-        the next start rebuilds the index from the store in the background (the pending table's items
-        are indexed again by the ingestor)."""
+        """The snapshot at close, given ``budget`` seconds (None: as long as it takes). Past it, the
+        process exits without a new snapshot and the next start rebuilds the index from the store (the
+        pending table's items are indexed again by the ingestor)."""
         if budget is None:
             self.save_lexical(False)
             return
@@ -369,11 +365,9 @@ class MemoryService:
     def prepare(self, token: str, query: Query, tenants: list[str], *, workspace: str | None = None,
                 settings=None, n: int | None = None, session: str | None = None, project: str | None = None) -> None:
         """Start the vector half of the search that :meth:`search` with ``prepared=token`` and these same
-        arguments will finish (:meth:`Retriever.start`: embedding the query and the vector query, which
-        need no ``exclude``). The memory stage calls it as the request is read, so the embedding runs
-        while the other stages do instead of after them (``memory.prefetch``). Ingestion waits while it
-        runs, as for a search. A search with other arguments, or none within ``PREPARED_TTL_S``, leaves
-        it unused: the results are those of a search made at once."""
+        arguments will finish (:meth:`Retriever.start`), as the request is read, so the embedding runs
+        while the other stages do (``memory.prefetch``). Ingestion waits while it runs, as for a search.
+        A search with other arguments, or none within ``PREPARED_TTL_S``, leaves it unused."""
         if not self.available:
             return
         self.priority.__enter__()
@@ -432,10 +426,8 @@ class MemoryService:
         return [it.source_id or it.memory_id for it in todo]
 
     def redact(self, text: str) -> tuple[str, int]:
-        """``redact_secrets(text)``, remembered a while: a compressed result's original is kept (and
-        redacted) as its request is read, and the same text comes again to be stored when its turn ends,
-        ~1.5 s later under issue 19's load (a searchable kept text is submitted right after it is kept);
-        redacting 12 KB of code costs ~1 ms."""
+        """``redact_secrets(text)``, remembered a while: a kept original comes again to be stored when
+        its turn ends (redacting 12 KB of code costs ~1 ms)."""
         return self._redactions.get(text, lambda: secrets.redact_secrets(text))
 
     def _keeper(self) -> None:
@@ -448,8 +440,6 @@ class MemoryService:
                 batch = [(it, searchable) for b, searchable in self._keep_q for it in b]
                 self._keep_q.clear()
                 self._keep_busy = True
-            # (redact remembers each text's redaction: the submission below, and the text's turn when it
-            # is stored, find it there)
             wholes = [_replace(it, text=self.redact(it.text)[0], source_id=it.source_id or it.memory_id)
                       for it, _ in batch]
             try:
@@ -534,10 +524,7 @@ class MemoryService:
     def tenants(self) -> list[str]:
         """Every tenant this memory holds (the scope of a caller on this machine that shows only the token)."""
         out = set(self.originals.tenants()) if self.originals is not None else set()
-        for p in list(getattr(self.lexical, "_parts", {}) or {}):
-            if isinstance(p, str) and p.startswith("t-") or p == "anonymous":
-                out.add(p)
-        return sorted(out)
+        return sorted(out | {p for p in list(self.lexical._parts) if p.startswith("t-") or p == "anonymous"})
 
     def delete_session(self, session: str, tenant: str | None = None) -> int:
         """Forget a session (``memory delete`` while the proxy runs); its items leave search at once."""
