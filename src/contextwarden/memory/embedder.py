@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 from tokenizers import Tokenizer
 
-from ..lru import LRU
+from ..util.lru import LRU
 
 _WORDS = re.compile(r"[A-Za-z0-9]+|\S")  # BERT's pre-tokens of ASCII text
 MAX_TOKENS = 256  # what Chroma (and sentence-transformers) truncate this model to

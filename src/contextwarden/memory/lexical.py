@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 from rapidfuzz import fuzz, process
 
-from .. import sealing
+from ..util import sealing
 from .items import MemoryItem
 from .tagger import STOPWORDS, stem
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..events import EventBus
+from ..core.events import EventBus
 from ..settings import load_settings
 from . import service, wire
 from .service import MemoryService
