@@ -14,8 +14,8 @@ import threading
 from collections import deque
 from typing import Any
 
-from contextwarden.events import Event
-from contextwarden.runtime import Runtime
+from contextwarden.core.events import Event
+from contextwarden.core.runtime import Runtime
 
 from .perruntime import PerRuntime
 

@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from contextwarden import lifecycle
-from contextwarden.apis import HTTP
-from contextwarden.context import BlockedResponse, Incoming, RequestContext
-from contextwarden.pipeline import Outcome
-from contextwarden.runtime import Runtime
+from contextwarden.core.runtime import Runtime
+from contextwarden.request import lifecycle
+from contextwarden.request.context import BlockedResponse, Incoming, RequestContext
+from contextwarden.request.pipeline import Outcome
+from contextwarden.wire.apis import HTTP
 
 from .routing import FORWARDED, STATE, FlowState, bypass_asked, incoming
 from .warden import Warden

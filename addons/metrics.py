@@ -20,10 +20,10 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from contextwarden.cost import billed_units, price_for
-from contextwarden.events import Event
-from contextwarden.lru import LRU
-from contextwarden.runtime import Runtime
+from contextwarden.core.events import Event
+from contextwarden.core.runtime import Runtime
+from contextwarden.util.lru import LRU
+from contextwarden.wire.cost import billed_units, price_for
 
 from .perruntime import PerRuntime
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from contextwarden.runtime import Runtime
+from contextwarden.core.runtime import Runtime
 
 from .warden import Warden
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 
+from contextwarden.core.runtime import Runtime
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.api import RecallApi
-from contextwarden.runtime import Runtime
 
 from .eventserver import EventServer
 from .perruntime import PerRuntime
