@@ -17,6 +17,7 @@ from ..store import replicas
 from ..store.bodies import BodyRing, record
 from ..store.state import open_state
 from ..util.home import ensure_home, secret_file
+from ..util.lru import LRU
 from ..wire.history import Conversations
 from ..wire.prefixparse import RecentBodies
 from ..wire.tokens import TokenCounter
@@ -219,9 +220,13 @@ class Runtime:
 
     def forget_conversations(self) -> None:
         """Drop what is remembered of conversations (their messages' bytes, typed messages, memos and
-        slots; the recent bodies' histories): caches, each conversation's next request reads it whole."""
+        slots; the recent bodies' histories) and the memos of per-message work (``memo``'s LRUs): caches,
+        each conversation's next request reads it whole."""
         self.conversations.clear()
         self.recent = RecentBodies(self.recent.size)
+        for m in list(self._memos.values()):
+            if isinstance(m, LRU):
+                m.clear()
 
     # ------------------------------------------------------------------ the stage breaker
 

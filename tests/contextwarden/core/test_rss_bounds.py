@@ -17,6 +17,7 @@ from contextwarden.core import collector
 from contextwarden.core.collector import FullCollections
 from contextwarden.core.runtime import Runtime
 from contextwarden.settings import load_settings
+from contextwarden.wire.validate import FactCache
 from tests.addons.test_interceptor import (  # noqa: F401
     anthropic_flow,
     body,
@@ -164,7 +165,9 @@ def test_a_longer_idle_spell_forgets_the_conversations(tmp_path, monkeypatch):
     with _collecting_runtime(tmp_path, 0.2) as rt:
         rt.conversations.get(("anthropic", "t", "s", "a"))
         recent = rt.recent
+        facts = rt.memo("validate.facts", FactCache)
+        facts.put(b"{}", ("a fact",), 2)
         rt.last_request = time.monotonic()
         assert wait_until(lambda: _gc_events(rt, "forget"), 10), "the conversations were not forgotten"
-        assert len(rt.conversations) == 0 and rt.recent is not recent
+        assert len(rt.conversations) == 0 and rt.recent is not recent and facts.peek(b"{}") is None
         assert _gc_events(rt, "forget")[0]["conversations"] == 1
