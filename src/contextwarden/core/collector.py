@@ -102,15 +102,11 @@ class FullCollections:
                 "cpu_ms": round((time.thread_time() - c0) * 1000, 1), "frozen": gc.get_freeze_count() if freeze else None}
 
 
-# Under load, malloc_trim after a full collection at most this often. The engine's heap grows ~5 MB/s
-# under issue 19's load between trims (freed, kept by glibc): a minute of it took the peak past 1.5 GB
-# (1,538 MB in a 5-minute run); with half a minute the peak was 1,488-1,508 MB in three runs, at the
-# target's edge; 15 s (every full collection under load, gc_full_s) keeps ~75 MB more of it away, for a
-# 10-30 ms trim that does not hold the interpreter lock.
+# Under load, malloc_trim after a full collection at most this often: the engine's heap grows ~5 MB/s
+# between trims (freed, kept by glibc), and a trim takes 10-30 ms without the interpreter lock.
 TRIM_S = 15.0
-# After this long without a request the conversations' caches are dropped (Runtime.forget_conversations):
-# the next request of a conversation then costs what its first did; an idle engine's RSS falls back
-# toward its start-up size instead of keeping the last load's histories.
+# After this long without a request the caches of conversations go (Runtime.forget_conversations): the
+# next request of each costs what its first did, and an idle engine's RSS falls back.
 FORGET_S = 30.0
 
 

@@ -1,9 +1,7 @@
 """What a request's stage thread is doing now, for the event loop's watchdog (pipeline.Pipeline.admit_and_process).
 
-A request's stages run one after another on ONE worker thread (one trip from the event loop and back,
-instead of one per stage: under load, each trip waited for the OS to schedule a thread and for the
-interpreter lock, 20-200 ms per stage on a busy 2-core machine, and the budgets counted that wait as the
-stage's work). The thread stamps each stage's start here; the loop sleeps until the running stage's
+A request's stages run one after another on one worker thread (one trip from the event loop and back,
+not one per stage). The thread stamps each stage's start here; the loop sleeps until the running stage's
 budget is due and abandons the stage only if it is still running then.
 
 A budget measures the stage's own work, from its own start: time spent queued for a worker thread
