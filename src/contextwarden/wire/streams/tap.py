@@ -23,6 +23,7 @@ import orjson
 
 from contextwarden.models.base import ApiKind
 
+from ..dialects import dialect
 from .assembler import Assembler
 from .decoding import Decoder, make_decoder
 from .ndjson import LineSplitter
@@ -85,8 +86,6 @@ class ResponseTap:
         self._ready = True
         api, content_encoding = self.api, self._encoding
         try:
-            from ..dialects import dialect
-
             self._asm = dialect(api).new_assembler()
             self._decoder = make_decoder(content_encoding)
             if self.is_sse:
