@@ -71,8 +71,9 @@ def incoming(flow: http.HTTPFlow, proxy: ProxySection, handler: str) -> Incoming
         if r is not None:
             req = flow.request
             consumed = consume_headers(flow, proxy.consumed_headers)
-            got = flow.metadata[INCOMING] = Incoming(r[1], req.host, req.path, list(req.headers.items(multi=True)),
-                                                     req.raw_content or b"", flow.id, consumed, route=r[0])
+            headers = list(req.headers.items(multi=True))  # type: ignore[no-untyped-call]
+            got = flow.metadata[INCOMING] = Incoming(r[1], req.host, req.path, headers, req.raw_content or b"", flow.id,
+                                                     consumed, route=r[0])
     return got if got is not None and got.route == handler else None
 
 
