@@ -256,12 +256,6 @@ class MemoryStore:
         finally:
             self._lock.release()
 
-    def __enter__(self) -> MemoryStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def _check(self, write: bool = False) -> None:
         if not self.available:
             raise StoreUnavailable(self.error or "memory store closed")
