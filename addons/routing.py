@@ -38,7 +38,7 @@ class FlowState:
     # resolves to the RequestContext (or None when the body could not be handled); in observe-only
     # mode it is still being built on a worker thread while the request is in flight
     ctx_future: asyncio.Future[Any] | None = None
-    tap: Any = None  # contextwarden.wire.streams.ResponseTap while a response streams
+    tap: Any = None  # contextwarden.wire.streams.tap.ResponseTap while a response streams
     start_observe: Callable[[], None] | None = None  # an observed request not read yet: reads it now
     finished: bool = False  # its answer is reported
 
