@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -26,9 +26,6 @@ from .boundedpool import BoundedExecutor
 from .events import Event, EventBus, JsonlLog
 from .pluginmanager import check_stage_names, make_plugin_manager, stage_order
 from .stagebudgets import StageTimes
-
-if TYPE_CHECKING:
-    from ..request.context import RequestContext
 
 
 class Runtime:
@@ -202,7 +199,7 @@ class Runtime:
         self.pm.hook.cw_configure(runtime=self)
         return self.settings
 
-    def remember(self, ctx: RequestContext, rewritten: bytes | dict[str, Any] | None, nbytes: int) -> None:
+    def remember(self, ctx: Any, rewritten: bytes | dict[str, Any] | None, nbytes: int) -> None:
         """Keep a request's bodies for the inspector; write them to disk if the profile asks.
 
         Bodies are kept as the JSON bytes (the client's, and what was sent), not as parsed objects: a
@@ -241,7 +238,7 @@ class Runtime:
             return None
         return rec[1]
 
-    def mark_overrun(self, stage: str, call: Future[Any], ctx: RequestContext | None = None) -> None:
+    def mark_overrun(self, stage: str, call: Future[Any], ctx: Any = None) -> None:
         """``call`` (a concurrent Future running ``stage``) was abandoned past its budget: skip the
         stage until it returns, then say so."""
         started = time.time()

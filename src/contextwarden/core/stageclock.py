@@ -20,7 +20,6 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..request.context import RequestContext
     from .stagebudgets import Budget
 
 WALL_FACTOR = 3.0  # past this many times its budget in wall-clock time, a stage is abandoned anyway
@@ -55,7 +54,7 @@ class StageClock:
         self.abandoned_ms = 0.0
         self.returned: Future[Any] = Future()  # resolves when the abandoned stage's call returns
         self.t_stages = 0.0  # perf_counter when the stages started
-        self.ctx: RequestContext | None = None  # the request's context, once the stage thread has it (Pipeline.admit_and_process)
+        self.ctx: Any = None  # the request's context, once the stage thread has it (Pipeline.admit_and_process)
         self.t_done = 0.0  # perf_counter when the stage thread's work for the request ended
 
     # --- the stage thread ------------------------------------------------------------------------
