@@ -3,11 +3,11 @@
 What it does
     Past ``soft_threshold`` / ``hard_threshold`` of ``tokens.context_window`` (measured after the
     clearing stage), the oldest messages, from the first one after any leading system messages up to a
-    cut, are replaced by one user message holding a summary (:mod:`contextwarden.summarise`). The
+    cut, are replaced by one user message holding a summary (:mod:`contextwarden.compress.summarise`). The
     ``protect_recent_turns`` most recent user turns, and the whole turn of the latest assistant message
     (so its thinking blocks stay verbatim with their signatures), are never compacted. The cut is placed
     right before an assistant message that starts an assistant run and never inside a tool call/answer
-    pair (:func:`contextwarden.conversation.cut_points`), so the result alternates, starts with a user
+    pair (:func:`contextwarden.wire.conversation.cut_points`), so the result alternates, starts with a user
     message, and keeps every pair. Role ``system`` messages inside the span are quoted verbatim in the
     summary. ``system``, ``tools`` and ``instructions`` are never touched.
 
@@ -50,32 +50,32 @@ from __future__ import annotations
 import math
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
 from contextwarden import hookimpl
-from contextwarden.conversation import (
+from contextwarden.compress.policy import NS_SEEN, request_time
+from contextwarden.compress.summarise import Summary, extractive_summary, llm_summary
+from contextwarden.memory.ids import memory_id
+from contextwarden.memory.wayback import recall_wording
+from contextwarden.models.base import ApiKind
+from contextwarden.sessionctl import ledger as session_ledger
+from contextwarden.sessionctl.pins import first_pinned_index
+from contextwarden.store.statecache import state_cache
+from contextwarden.wire.conversation import (
     SpanHasher,
     breakpoint_ttls,
     count_breakpoints,
     cut_points,
     digest_memo,
 )
-from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors, usage_usd
-from contextwarden.dialects import NO_PROVIDER, ProviderContext, dialect
-from contextwarden.history import session_key
-from contextwarden.memory.ids import memory_id
-from contextwarden.memory.wayback import recall_wording
-from contextwarden.models.base import ApiKind
-from contextwarden.policy import NS_SEEN, request_time
-from contextwarden.sessionctl import ledger as session_ledger
-from contextwarden.sessionctl.pins import first_pinned_index
-from contextwarden.statecache import state_cache
-from contextwarden.summarise import Summary, extractive_summary, llm_summary
-from contextwarden.workingset import WORKING_HEAD, Call, mentions, path_of, said, working_set
+from contextwarden.wire.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors, usage_usd
+from contextwarden.wire.dialects import NO_PROVIDER, ProviderContext, dialect
+from contextwarden.wire.history import session_key
+from contextwarden.wire.workingset import WORKING_HEAD, Call, mentions, path_of, said, working_set
 
 NS = "compaction"  # decisions, by tenant|session|agent
 NS_LLM = "compaction_llm"  # finished LLM summaries, by tenant|session|span hash
@@ -132,6 +132,11 @@ class CostEstimate:
     @property
     def pays(self) -> bool:
         return self.compact < self.keep
+
+    def fields(self) -> dict[str, Any]:
+        """The ``compaction`` event's cost fields."""
+        return {"keep_cost": round(self.keep), "compact_cost": round(self.compact), "expected_requests": self.n,
+                "warm": self.warm}
 
 
 def pays_off(t_now: int, t_after: int, fixed: int, n: int, warm: bool, read: float = READ_MULT,
@@ -210,11 +215,7 @@ def wait_for_summaries(rt, timeout: float = 30.0) -> None:
     s = summariser(rt)
     with s.lock:
         futures = list(s.pending.values())
-    for f in futures:
-        try:
-            f.result(timeout)
-        except Exception:
-            pass
+    wait(futures, timeout)
 
 
 def _llm_url(ctx, cfg) -> tuple[str, str]:
@@ -306,7 +307,7 @@ def folds_line(folds: tuple[tuple[str, int, int], ...], ctx) -> str:
 
 
 def working_appendix(ctx, budget: int, orig: list, lead: int, end: int) -> str:
-    """The working set's results (:mod:`contextwarden.workingset`, over the whole history, within
+    """The working set's results (:mod:`contextwarden.wire.workingset`, over the whole history, within
     ``budget`` tokens) that the span ``lead..end`` folds, verbatim, for the summary: the model copies
     its next Edit's ``old_string`` from the files it is working with. Empty when the budget is 0
     (``compaction.working_set_tokens``, at most a quarter of the target) or none is folded."""
@@ -503,7 +504,7 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
     rt = ctx.runtime
     level = ctx.notes.get("level")
     soft, hard, target, protect = effective(cfg, level, ctx.settings.tokens.context_window)
-    ws_budget = min(max(0, getattr(cfg, "working_set_tokens", 0)), target // 4)  # (a small window keeps less)
+    ws_budget = min(max(0, cfg.working_set_tokens), target // 4)  # (a small window keeps less)
     key = session_key(ctx)
     now = request_time(ctx)  # (a replay's: the trace's own, so its idle gaps count)
     store = state_cache(rt)
@@ -636,7 +637,7 @@ def _decide(f: _Compaction) -> _Decision:
     if trigger is None:
         data = dict(applied=False, reason=reason, tokens_before=total, level=str(f.level or "NORMAL"))
         if cost is not None:
-            data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
+            data.update(cost.fields())
         ctx.emit("compaction", **data)
     return out
 
@@ -666,7 +667,8 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision, dict[str, Any] |
     ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
     head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
     text = head + folds_line(folds, ctx) + working_appendix(ctx, f.ws_budget, orig, lead, end) + ("\n\n" + rest if rest else "")
-    decision = Decision(lead=lead, end=end, hash=f.spans.at(end), summary=text, folds=folds, sections=summary.sections,
+    span_hash = f.spans.at(end)
+    decision = Decision(lead=lead, end=end, hash=span_hash, summary=text, folds=folds, sections=summary.sections,
                         messages=summary.messages, source_tokens=summary.source_tokens,
                         span_tokens=new["span_tokens"] + (active.span_tokens if active else 0),
                         summary_tokens=ctx.runtime.tokens.count_text(text, ctx.model) + 8,
@@ -697,7 +699,7 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision, dict[str, Any] |
     session_ledger.record_decision(
         ctx, NS, trigger=d.trigger, tokens_before=f.t_now,
         tokens_after=_tokens_with(f, decision), span=(lead, end - 1), tool_ids=[c["tool_use_id"] for c in compacted],
-        refs=[decision.hash], summary_tokens=decision.summary_tokens)
+        refs=[span_hash], summary_tokens=decision.summary_tokens)
     return decision, new, llm_usage
 
 
@@ -717,7 +719,7 @@ def _apply(f: _Compaction, active: Decision, reused: bool, trigger: str | None, 
                                 summariser=active.summariser, level=str(f.level or "NORMAL"),
                                 trigger=trigger or "reuse", breakpoint=cc is not None)
     if cost is not None and not reused:
-        data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
+        data.update(cost.fields())
     if ctx.notes.get("folded") and not reused:
         data["folded"] = [x["memory_id"] for x in ctx.notes["folded"]]  # the ids the summary names
     if llm_usage:

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from contextwarden.home import default_home
+from contextwarden.util.home import default_home
 
 
 def add_home_profile(p: argparse.ArgumentParser, profile_default: str | None = "default") -> None:

@@ -12,12 +12,12 @@ import json
 import sys
 import time
 
-from ..home import ensure_home
 from ..memory.api import RecallClient
 from ..memory.embedder import load_embedder
 from ..memory.store import MemoryStore
-from ..sealing import SealError, configure
 from ..settings import SettingsError, load_settings
+from ..util.home import ensure_home
+from ..util.sealing import SealError, configure
 from ._common import add_home_profile, credential_from, home_of
 
 ONE_WRITER = ("A local store (cw_home/chroma) allows one writer process: while a proxy runs on this home, import "

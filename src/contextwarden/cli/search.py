@@ -15,7 +15,6 @@ from typing import Any, cast
 
 import orjson
 
-from ..home import ensure_home, secret_file
 from ..memory.api import ApiError, RecallClient
 from ..memory.embedder import load_embedder
 from ..memory.items import MemoryItem
@@ -23,8 +22,9 @@ from ..memory.lexical import LexicalIndex
 from ..memory.retrieve import Hit, Query, Retriever
 from ..memory.service import CachedEmbedder
 from ..memory.store import MemoryStore
-from ..redact import tenant_id
 from ..settings import SettingsError, load_settings
+from ..util.home import ensure_home, secret_file
+from ..util.redact import tenant_id
 from ._common import credential_from
 
 

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from ..lru import LRU
+from ..util.lru import LRU
 
+_WORDS = re.compile(r"[A-Za-z0-9]+|\S")  # BERT's pre-tokens of ASCII text
 MAX_TOKENS = 256  # what Chroma (and sentence-transformers) truncate this model to
 # Rows x padded width per ONNX run. Measured on these 2-core machines with ~200-token chunks: 32 rows a
 # run cost ~1.6x the CPU per token of 1-4 rows (the activations of a big batch fall out of the cache, and
@@ -53,6 +57,8 @@ class Embedder:
 
     Thread-safe: ONNX Runtime sessions may be run concurrently and the tokenizer is configured once.
     """
+
+    pause: Callable[[], float] | None = None  # ingestion's thread waits here while a search runs (service)
 
     def __init__(self, model_dir: str | os.PathLike, source: str | None = None, batch_size: int = 32,
                  max_tokens: int = MAX_TOKENS, threads: int | None = None,
@@ -101,10 +107,9 @@ class Embedder:
         encoded = self._tok.encode_batch(texts, add_special_tokens=True)
         ids = [e.ids for e in encoded]
         out: np.ndarray | None = None
-        pause = getattr(self, "pause", None)  # ingestion's thread waits here while a search runs
         for idx in self.batches([len(x) for x in ids]):
-            if pause is not None:
-                pause()
+            if self.pause is not None:
+                self.pause()
             vecs = self._run([ids[i] for i in idx])
             if out is None:
                 out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
@@ -163,24 +168,35 @@ class Embedder:
 
 class PieceCounter:
     """``count(text)`` in the model's word pieces, additive over lines (``additive = True`` lets the
-    chunker count every line once and sum), with a cache of line counts (the lines of a tool output are
-    measured many times while it is cut)."""
+    chunker count every line once and sum). An ASCII text is counted word by word, each word's pieces
+    once (BERT's pre-tokenizer splits ASCII at whitespace and around every other character that is not
+    a letter or digit, and WordPiece cuts each word on its own): code repeats its names, and one call
+    into the tokenizer per line cost ~4 ms of a 12 KB tool result."""
 
     additive = True
     specials = 2  # [CLS] and [SEP]: what a chunk costs on top of its pieces
 
-    def __init__(self, embedder: Embedder, cache: int = 20000) -> None:
+    def __init__(self, embedder: Embedder, cache: int = 100_000) -> None:
         self.embedder = embedder
-        self._cache: dict[str, int] = {}
+        self._words: dict[str, int] = {}
         self._max = cache
+        # what the tokenizer does not split as words: its own tokens ("[CLS]"...: one piece each, matched
+        # first) and control characters (dropped)
+        added = [re.escape(t.content) for t in embedder._counter.get_added_tokens_decoder().values()]
+        self._other = re.compile("|".join(["[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", *added]))
 
     def __call__(self, text: str) -> int:
-        n = self._cache.get(text)
-        if n is None:
-            n = self.embedder.count_tokens(text)
-            if len(self._cache) >= self._max:
-                self._cache.clear()
-            self._cache[text] = n
+        if not text.isascii() or self._other.search(text):
+            return self.embedder.count_tokens(text)
+        words = self._words
+        n = 0
+        for w in _WORDS.findall(text):
+            c = words.get(w)
+            if c is None:
+                if len(words) >= self._max:
+                    words.clear()
+                c = words[w] = self.embedder.count_tokens(w)
+            n += c
         return n
 
     def fit(self, text: str, max_tokens: int) -> int:
@@ -194,15 +210,6 @@ class PieceCounter:
             if len(part) >= len(text):
                 return len(text)
             window *= 4
-
-    def lines(self, lines: list[str]) -> list[int]:
-        """Counts of many lines at once (one batched call for those not cached)."""
-        todo = [x for x in dict.fromkeys(lines) if x not in self._cache]
-        if todo:
-            if len(self._cache) + len(todo) >= self._max:
-                self._cache.clear()
-            self._cache.update(zip(todo, self.embedder.count_tokens_batch(todo)))
-        return [self._cache[x] if x in self._cache else self(x) for x in lines]
 
 
 def _model_files_ok(d: Path) -> bool:
@@ -260,6 +267,14 @@ def _absent() -> None:
     return None  # (an LRU miss is not remembered: the vector is put once computed)
 
 
+class Worker(Protocol):
+    """An embedder in another process (embedworker.BackgroundEmbedder)."""
+
+    def __call__(self, texts: list[str]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
 class CachedEmbedder:
     """An embedder with an LRU of recent texts (a tool loop asks the same query again and again), and
     optionally a persistent cache on disk (the evaluation replays the same corpora run after run)."""
@@ -275,8 +290,8 @@ class CachedEmbedder:
         self.hits = 0
         self.misses = 0
         # what background threads' misses go to (embedworker.BackgroundEmbedder), and which threads those are
-        self.background = None
-        self.is_background = lambda: False
+        self.background: Worker | None = None
+        self.is_background: Callable[[], bool] = lambda: False
         if disk:
             self.attach_disk(disk)
 

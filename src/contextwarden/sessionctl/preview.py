@@ -1,6 +1,6 @@
 """The decided state of a session's request under other controls, without changing any state.
 
-Runs the pipeline's re-apply path (:meth:`contextwarden.pipeline.Pipeline.decided`: every stage's stored
+Runs the pipeline's re-apply path (:meth:`contextwarden.request.pipeline.Pipeline.decided`: every stage's stored
 records, put in through the stages' own ``cw_reapply``, nothing decided) with the session's controls
 replaced for this thread only (:class:`~contextwarden.sessionctl.ledger.override`). Nothing it does is
 stored: no decision (re-apply decides nothing), no version, no body for the inspector (the call counts
@@ -13,12 +13,11 @@ Used for a rollback's cost and fit (the session's latest request under the rolle
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import Any
 
 import orjson
 
-from ..pipeline import Pipeline
+from ..request import pipeline
 from .ledger import last_request, override
 
 
@@ -37,20 +36,12 @@ def latest(runtime, key: str):
 
 
 def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str = "") -> tuple[bytes | None, int | None]:
-    """(the body as the decided state, its tokens) of ``ctx``'s request; under ``record`` as the
-    session's controls when given. The body is None when it is the client's own."""
-    fctx = dataclasses.replace(ctx, notes={}, stage_results=[], tokens_out=None, event_extra={**ctx.event_extra, "dry": True})
-    quiet = threading.Event()
-    quiet.set()  # finish() keeps no body of an abandoned call: a dry run is not a request
-    held: list = []
-    if record is not None:
-        with override(key, record):
-            out = Pipeline(runtime).decided(fctx, "dry run", abandoned=quiet, hold=held)
-    else:
-        out = Pipeline(runtime).decided(fctx, "dry run", abandoned=quiet, hold=held)
-    if out.body is not None:
-        return out.body, fctx.tokens_out
-    return None, ctx.tokens_in
+    """:func:`~contextwarden.request.pipeline.decided_state` of ``ctx``'s request; under ``record`` as the
+    session's controls when given."""
+    if record is None:
+        return pipeline.decided_state(runtime, ctx)
+    with override(key, record):
+        return pipeline.decided_state(runtime, ctx)
 
 
 def decided_body(runtime, ctx, record: dict[str, Any] | None = None, key: str = "") -> tuple[dict[str, Any], int | None]:
