@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from contextwarden import cost
 from contextwarden.liveprotocol import SentLedger, Totals, applied_compaction, new_clearing, new_compaction
 
 CONTEXT_TYPES = ("compaction", "clearing", "compression", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip",
@@ -90,10 +89,7 @@ class SessionInfo:
     version: int = 0
 
     def active_tags(self, n: int = 8) -> list[tuple[str, int]]:
-        c: Counter[str] = Counter()
-        for tags in self.recent_tags:
-            c.update(tags)
-        return c.most_common(n)
+        return top_tags(self.recent_tags, n)
 
     def fill_tokens(self) -> tuple[int | None, bool]:
         """Tokens in the context right now and whether the figure is measured (provider) or counted."""
@@ -113,18 +109,26 @@ class ContextEvent:
     uid: int = 0  # unique in the store (sequence numbers restart with the proxy)
 
 
+def get_path(d: dict[str, Any] | None, path: str, default: Any = None) -> Any:
+    """``d["a"]["b"]`` for ``"a.b"``, else ``default``."""
+    cur: Any = d or {}
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur
+
+
+def top_tags(tag_lists: Iterable[list[str]], n: int) -> list[tuple[str, int]]:
+    return Counter(t for tags in tag_lists for t in tags).most_common(n)
+
+
 def usage_input(usage: Any) -> int | None:
     if not isinstance(usage, dict):
         return None
     vals = [usage.get(k) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")]
     nums = [v for v in vals if isinstance(v, (int, float))]
     return int(sum(nums)) if nums else None
-
-
-def billed_units(usage: Any) -> float | None:
-    if not isinstance(usage, dict):
-        return None
-    return cost.billed_units(usage)
 
 
 def normalise_tags(value: Any) -> list[str]:
@@ -227,13 +231,7 @@ def _worth_listing(t: str, d: dict[str, Any]) -> bool:
 def _flat(d: Any, prefix: str = "") -> str:
     if not isinstance(d, dict):
         return str(d)
-    parts = []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            parts.append(_flat(v, f"{prefix}{k}."))
-        else:
-            parts.append(f"{prefix}{k}={v}")
-    return ", ".join(parts)
+    return ", ".join(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else f"{prefix}{k}={v}" for k, v in d.items())
 
 
 class Store:
@@ -258,8 +256,7 @@ class Store:
         self.last_event_ts: float | None = None
         self.dropped = 0  # events the server dropped because we read too slowly
         self.events_seen = 0
-        self._seen: set[int] = set()
-        self._seen_order: deque[int] = deque()
+        self._seen: dict[int, None] = {}  # applied sequence numbers, oldest first (bounded)
         self._n = 0
         self._session_requests: dict[str, int] = {}  # requests per session ever seen (turn numbers)
         self.sent = SentLedger()  # a request's freed and memory tokens, once its forward says they went out
@@ -278,13 +275,7 @@ class Store:
         if has_totals:
             self.totals = Totals.from_dict(snap["totals"])
         self.apply(events, count=not has_totals, dedup=False)
-        for ev in events:
-            if isinstance(ev.get("seq"), int):
-                self._mark_seen(ev["seq"])
-        if snap.get("runtime_started"):
-            self.runtime_started = snap["runtime_started"]
-        elif self.totals.started:
-            self.runtime_started = self.totals.started
+        self.runtime_started = snap.get("runtime_started") or self.totals.started or None
         return {"overview", "requests", "sessions", "events", "settings", "status"}
 
     def apply_settings(self, msg: dict[str, Any]) -> bool:
@@ -317,12 +308,7 @@ class Store:
     # -- settings helpers ---------------------------------------------------------------------------
 
     def setting(self, path: str, default: Any = None) -> Any:
-        cur: Any = self.settings or {}
-        for part in path.split("."):
-            if not isinstance(cur, dict) or part not in cur:
-                return default
-            cur = cur[part]
-        return cur
+        return get_path(self.settings, path, default)
 
     @property
     def context_window(self) -> int:
@@ -343,10 +329,9 @@ class Store:
         """False when this event was already applied (a batch may repeat the snapshot's last events)."""
         if seq in self._seen:
             return False
-        self._seen.add(seq)
-        self._seen_order.append(seq)
-        if len(self._seen_order) > 10_000:
-            self._seen.discard(self._seen_order.popleft())
+        self._seen[seq] = None
+        if len(self._seen) > 10_000:
+            del self._seen[next(iter(self._seen))]
         return True
 
     def apply(self, events: Iterable[dict[str, Any]], count: bool = True, dedup: bool = True) -> set[str]:
@@ -358,7 +343,7 @@ class Store:
             if count:
                 self.totals.add(ev)
             seq = ev.get("seq")
-            if dedup and isinstance(seq, int) and seq and not self._mark_seen(seq):
+            if isinstance(seq, int) and seq and not self._mark_seen(seq) and dedup:
                 continue
             self.events_seen += 1
             self.raw.append(ev)
@@ -390,16 +375,19 @@ class Store:
         row = self.requests.get(fid)
         if row is None and create:
             self._n += 1
-            row = RequestRow(flow_id=fid, seq=ev.get("seq") or 0, ts=ev.get("ts") or 0.0, n=self._n)
-            self.requests[fid] = row
-            while len(self.requests) > self.max_requests:
-                self.requests.popitem(last=False)
+            row = self._add_row(RequestRow(flow_id=fid, seq=ev.get("seq") or 0, ts=ev.get("ts") or 0.0, n=self._n))
         if row is not None:
             row.version += 1
             if not row.session and ev.get("session"):
                 row.session = ev["session"]
             if row.replica is None and ev.get("replica"):
                 row.replica = ev["replica"]
+        return row
+
+    def _add_row(self, row: RequestRow) -> RequestRow:
+        self.requests[row.flow_id] = row
+        while len(self.requests) > self.max_requests:
+            self.requests.popitem(last=False)
         return row
 
     def _apply_one(self, ev: dict[str, Any], dirty: set[str]) -> None:
@@ -501,20 +489,23 @@ class Store:
             sess.mem_tokens += mem
             sess.tokens_in, sess.tokens_sent = row.tokens_in, row.tokens_sent
 
+    @staticmethod
+    def _usage(d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        if isinstance(d.get("usage"), dict):
+            row.usage = d["usage"]
+        if sess is not None and row.provider_input is not None:
+            sess.provider_input = row.provider_input
+
     def _on_response(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
         row.status = d.get("status") if d.get("status") is not None else ("error" if d.get("error") else row.status)
         row.upstream_ms = d.get("upstream_ms", row.upstream_ms)
         row.total_ms = d.get("total_ms", row.total_ms)
         if d.get("error"):
             row.error = str(d["error"])
-        if isinstance(d.get("usage"), dict):
-            row.usage = d["usage"]
-        if sess is not None and usage_input(row.usage) is not None:
-            sess.provider_input = usage_input(row.usage)
+        self._usage(d, row, sess)
 
     def _on_turn(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
-        if isinstance(d.get("usage"), dict):
-            row.usage = d["usage"]
+        self._usage(d, row, sess)
         tags = normalise_tags(d.get("tags"))
         if tags and not row.tags:
             row.tags = tags
@@ -522,8 +513,6 @@ class Store:
                 sess.recent_tags.append(tags)
         if sess is not None:
             sess.turns += 1
-            if usage_input(row.usage) is not None:
-                sess.provider_input = usage_input(row.usage)
 
     def _on_budget(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
         row.level = d.get("level")
@@ -557,28 +546,20 @@ class Store:
         row.tags = normalise_tags(d.get("tags"))
         row.tokens_in = d.get("tokens") if isinstance(d.get("tokens"), int) else None
         row.reason = f"ingested {d.get('items', '')} from history".replace("  ", " ")
-        self.requests[key] = row
-        while len(self.requests) > self.max_requests:
-            self.requests.popitem(last=False)
+        self._add_row(row)
         if sess is not None and row.tags:
             sess.recent_tags.append(row.tags)
 
     # -- views --------------------------------------------------------------------------------------
 
     def newest_requests(self, limit: int | None = None) -> list[RequestRow]:
-        rows = list(reversed(self.requests.values()))
-        return rows[:limit] if limit else rows
+        return list(reversed(self.requests.values()))[:limit or None]
 
     def recent_sessions(self, limit: int | None = None) -> list[SessionInfo]:
-        rows = list(reversed(self.sessions.values()))
-        return rows[:limit] if limit else rows
+        return list(reversed(self.sessions.values()))[:limit or None]
 
     def active_tags(self, n: int = 10) -> list[tuple[str, int]]:
-        c: Counter[str] = Counter()
-        for s in list(self.sessions.values())[-10:]:
-            for tags in s.recent_tags:
-                c.update(tags)
-        return c.most_common(n)
+        return top_tags((t for s in list(self.sessions.values())[-10:] for t in s.recent_tags), n)
 
     def uptime(self, now: float | None = None) -> float | None:
         if self.runtime_started is None:

@@ -11,8 +11,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Button, Footer, Input, Label, Static
 
+from ..store import get_path
 from ..widgets.toggle import Toggle
 
 # (dotted path, label, type)
@@ -36,20 +38,15 @@ SWITCHES: list[tuple[str, str]] = [
 DEFAULT_STAGES = ["budget", "strip", "tagging", "clearing", "compaction", "memory"]
 
 
-def get_path(d: dict[str, Any] | None, path: str, default: Any = None) -> Any:
-    cur: Any = d or {}
-    for part in path.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return default
-        cur = cur[part]
-    return cur
-
-
 def set_path(d: dict[str, Any], path: str, value: Any) -> None:
     parts = path.split(".")
     for part in parts[:-1]:
         d = d.setdefault(part, {})
     d[parts[-1]] = value
+
+
+def _field(label: str, widget: Widget) -> Horizontal:
+    return Horizontal(Label(label), widget, classes="field")
 
 
 def _wid(path: str) -> str:
@@ -79,24 +76,16 @@ class SettingsScreen(Screen):
         yield Static(head, id="settings-head")
         with VerticalScroll(id="settings-form"):
             for path, label, typ in FIELDS:
-                with Horizontal(classes="field"):
-                    yield Label(label, classes="field-label")
-                    value = get_path(self.settings, path)
-                    yield Input(value="" if value is None else str(value), id=_wid(path), compact=True,
-                                type="integer" if typ is int else "number", classes="field-input")
+                value = get_path(self.settings, path)
+                yield _field(label, Input(value="" if value is None else str(value), id=_wid(path), compact=True,
+                                          type="integer" if typ is int else "number"))
             yield Label("Stages", classes="section")
             for name in self.stage_names:
-                with Horizontal(classes="field"):
-                    yield Label(f"stage {name}", classes="field-label")
-                    yield Toggle(value=name not in self.disabled, id="stage-" + name.replace("_", "-"), classes="field-toggle")
+                yield _field(f"stage {name}", Toggle(value=name not in self.disabled, id="stage-" + name.replace("_", "-")))
             yield Label("Modes", classes="section")
             for path, label in SWITCHES:
-                with Horizontal(classes="field"):
-                    yield Label(label, classes="field-label")
-                    yield Toggle(value=bool(get_path(self.settings, path, False)), id=_wid(path), classes="field-toggle")
-            with Horizontal(classes="field"):
-                yield Label("save in runtime state (cw_home), not the profile", classes="field-label")
-                yield Toggle(value=False, id="persist", classes="field-toggle")
+                yield _field(label, Toggle(value=bool(get_path(self.settings, path, False)), id=_wid(path)))
+            yield _field("save in runtime state (cw_home), not the profile", Toggle(value=False, id="persist"))
         with Horizontal(id="settings-buttons"):
             yield Button("Apply", id="apply", variant="primary", compact=True)
             yield Button("Cancel", id="cancel", compact=True)
