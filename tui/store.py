@@ -264,7 +264,7 @@ class Store:
     # -- loading ------------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        self.__init__(self.max_requests, self.max_sessions, self.context.maxlen, self.raw.maxlen)
+        Store.__init__(self, self.max_requests, self.max_sessions, self.context.maxlen or 0, self.raw.maxlen or 0)
 
     def load_snapshot(self, snap: dict[str, Any]) -> set[str]:
         """Replace everything with a server snapshot (or a whole offline log)."""

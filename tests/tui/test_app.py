@@ -272,6 +272,25 @@ async def test_inspector_when_bodies_are_gone():
         assert "No bodies for this request" in screen_text(app)
 
 
+async def test_settings_screen_with_a_stage_disabled_takes_input():
+    """The stages a profile disables were kept in the screen's own ``disabled`` (Textual's switch for
+    the whole screen): with one disabled, the form took no key."""
+    snap = settings_snapshot()
+    snap["settings"]["pipeline"]["disabled"] = ["memory"]
+    calls = []
+    app = make_app(MemorySource(snap, handler=lambda cmd: calls.append(cmd) or {}))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        await pilot.press("c")
+        await settle(pilot, app)
+        screen = app.screen
+        assert isinstance(screen, SettingsScreen) and not screen.query_one("#stage-memory").value
+        screen.query_one("#stage-memory").focus()
+        await pilot.press("space", "ctrl+s")
+        await settle(pilot, app)
+        assert calls == [{"cmd": "set", "overrides": {"pipeline": {"disabled": []}}, "persist": False}]
+
+
 async def test_settings_screen_sends_overrides_and_stage_switches():
     calls = []
 

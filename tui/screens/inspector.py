@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
@@ -15,6 +15,9 @@ from textual.widgets import Footer, Static
 from contextwarden.scrub import scrub_headers
 
 from ..diff import BodyDiff, DiffRow, diff_bodies
+
+if TYPE_CHECKING:
+    from ..app import ContextWardenApp
 
 STATE_STYLE = {"same": "", "changed": "yellow", "removed": "red", "added": "green"}
 SIDE_STYLE = {("changed", "left"): "red", ("changed", "right"): "green"}
@@ -59,6 +62,7 @@ def _cells(row: DiffRow) -> tuple:
 
 
 class InspectorScreen(Screen):
+    app: ContextWardenApp  # (for the type checker: the app this screen runs in)
     CSS_PATH = "inspector.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),

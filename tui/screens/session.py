@@ -11,7 +11,7 @@ pin, ``g`` reload, ``escape`` back.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -24,6 +24,9 @@ from contextwarden.sessionctl.render import changed, pin_text, what
 
 from .. import format as fmt
 from ..widgets.synctable import SyncTable
+
+if TYPE_CHECKING:
+    from ..app import ContextWardenApp
 
 COLUMNS = [("v", "v", 3), ("time", "time", 8), ("what", "what", 16), ("trigger", "trigger", 11),
            ("before", "before", 6), ("after", "after", 6), ("changed", "changed", 34)]  # ("rollback to v14", "compression": whole)
@@ -42,6 +45,7 @@ def version_cells(v: dict[str, Any]) -> tuple:
 
 
 class SessionScreen(Screen):
+    app: ContextWardenApp  # (for the type checker: the app this screen runs in)
     DEFAULT_CSS = """
     SessionScreen > Vertical > #session-head { height: 2; padding: 0 1; background: $boost; }
     SessionScreen > Vertical > SyncTable { height: 1fr; }

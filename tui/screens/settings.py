@@ -4,7 +4,7 @@ the profile file is never written. "Save" also stores them in the proxy's runtim
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -16,6 +16,9 @@ from textual.widgets import Button, Footer, Input, Label, Static
 
 from ..store import get_path
 from ..widgets.toggle import Toggle
+
+if TYPE_CHECKING:
+    from ..app import ContextWardenApp
 
 # (dotted path, label, type)
 FIELDS: list[tuple[str, str, type]] = [
@@ -54,6 +57,7 @@ def _wid(path: str) -> str:
 
 
 class SettingsScreen(Screen):
+    app: ContextWardenApp  # (for the type checker: the app this screen runs in)
     CSS_PATH = "settings.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Cancel"),
@@ -65,7 +69,7 @@ class SettingsScreen(Screen):
         self.settings = settings or {}
         order = list(get_path(self.settings, "pipeline.order", []) or [])
         self.stage_names = list(dict.fromkeys([*order, *stages])) or list(DEFAULT_STAGES)
-        self.disabled = set(get_path(self.settings, "pipeline.disabled", []) or [])
+        self.disabled_stages = set(get_path(self.settings, "pipeline.disabled", []) or [])
         self.live = live
 
     def compose(self) -> ComposeResult:
@@ -81,7 +85,7 @@ class SettingsScreen(Screen):
                                           type="integer" if typ is int else "number"))
             yield Label("Stages", classes="section")
             for name in self.stage_names:
-                yield _field(f"stage {name}", Toggle(value=name not in self.disabled, id="stage-" + name.replace("_", "-")))
+                yield _field(f"stage {name}", Toggle(value=name not in self.disabled_stages, id="stage-" + name.replace("_", "-")))
             yield Label("Modes", classes="section")
             for path, label in SWITCHES:
                 yield _field(label, Toggle(value=bool(get_path(self.settings, path, False)), id=_wid(path)))
@@ -109,8 +113,8 @@ class SettingsScreen(Screen):
             if value != bool(get_path(self.settings, path, False)):
                 set_path(out, path, value)
         disabled = [n for n in self.stage_names if not self.query_one("#stage-" + n.replace("_", "-"), Toggle).value]
-        disabled += [n for n in self.disabled if n not in self.stage_names]
-        if set(disabled) != self.disabled:
+        disabled += [n for n in self.disabled_stages if n not in self.stage_names]
+        if set(disabled) != self.disabled_stages:
             set_path(out, "pipeline.disabled", disabled)
         return out
 

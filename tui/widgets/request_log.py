@@ -29,7 +29,7 @@ def stages_cell(row: RequestRow) -> str:
     if not row.stages:
         return "–"
     total = sum(row.stages.values())
-    slowest = max(row.stages, key=row.stages.get)
+    slowest = max(row.stages, key=lambda s: row.stages[s])
     bad = [s for s, st in row.stage_status.items() if st != "ok"]
     return f"{fmt.ms(total)} {fmt.abbrev(bad[0] if bad else slowest)}{'!' if bad else ''}"
 
@@ -92,8 +92,8 @@ def detail_text(row: RequestRow | None) -> Text:
     comp = provider_compaction(row.usage)  # the provider's own context management, billed on top
     if comp:
         t.append(f" · provider compacted ({fmt.num(billed_units(comp))} in at 1x, {fmt.num(comp['output_tokens'])} out)", style="magenta")
-    if (row.usage or {}).get("provider_cleared_tokens"):
-        t.append(f" · provider cleared {fmt.num(row.usage['provider_cleared_tokens'])}", style="magenta")
+    if cleared := (row.usage or {}).get("provider_cleared_tokens"):
+        t.append(f" · provider cleared {fmt.num(cleared)}", style="magenta")
     if row.reason:
         t.append(f" · {row.reason}", style="dim")
     if row.error:

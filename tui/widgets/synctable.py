@@ -104,7 +104,7 @@ class TablePanel[T](Vertical):
     ``STRETCH`` (column, least, most) gives that column the width the others leave; :meth:`selected` is
     the highlighted row's item, and :meth:`show_detail` runs when the highlight moves."""
 
-    COLUMNS: list[tuple[str, str, int | None]] = []
+    COLUMNS: Sequence[tuple[str, str, int | None]] = ()
     STRETCH: tuple[str, int, int] | None = None
     TABLE_ID = ""
 

@@ -11,17 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
 from ..home import ensure_home, secret_file
 from ..memory.api import ApiError, RecallClient
 from ..memory.embedder import load_embedder
-from ..memory.items import MemoryItem
 from ..memory.lexical import LexicalIndex
 from ..memory.retrieve import Hit, Query, Retriever
-from ..memory.service import CachedEmbedder
 from ..memory.store import MemoryStore
 from ..redact import tenant_id
 from ..settings import SettingsError, load_settings
@@ -54,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    emb, message = load_embedder(settings.memory.model_dir, download=False)
-    embedder = CachedEmbedder(emb) if emb is not None else None
+    embedder, message = load_embedder(settings.memory.model_dir, download=False)
     store = MemoryStore(home, settings.memory, embedder, read_only=True)
     if not store.available:
         print(f"memory store unavailable: {store.error}", file=sys.stderr)
@@ -112,7 +109,7 @@ def _through_proxy(args: argparse.Namespace, home) -> int | None:
 
 def _hit_dict(h: Hit) -> dict[str, Any]:
     """A hit of the local search as the recall API's ``search`` gives one (and where it came from)."""
-    it = cast(MemoryItem, h.item)
+    it = h.item
     return {**h.scores(), "id": it.memory_id, "tenant": it.tenant, "session": it.session, "turn": it.turn,
             "role": it.role, "kind": it.kind, "tool": it.tool, "ts": it.ts, "tags": it.tags, "source_id": it.source_id,
             "neighbour_of": h.neighbour_of, "text": it.text}
