@@ -20,6 +20,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,22 +107,17 @@ class _Server(http.server.ThreadingHTTPServer):
     count: Any = None
 
 
-class StandIn:
-    """The stand-in upstream on 127.0.0.1 (a port the OS picks), in a thread of this process."""
-
-    def __init__(self) -> None:
-        self.server = _Server(("127.0.0.1", 0), _Handler)
-        self.server.count = itertools.count(1)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="cw-demo-upstream", daemon=True)
-
-    def __enter__(self) -> StandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+@contextmanager
+def stand_in() -> Iterator[str]:
+    """The stand-in upstream on 127.0.0.1 (a port the OS picks), in a thread of this process: its URL."""
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.count = itertools.count(1)
+    threading.Thread(target=server.serve_forever, name="cw-demo-upstream", daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass
@@ -213,10 +210,10 @@ def summary(events: list[dict]) -> list[str]:
 def run(args) -> int:
     home = home_of(args) if args.home else Path(tempfile.mkdtemp(prefix="contextwarden-demo-"))
     port = args.port or _free_port()
-    with StandIn() as upstream:
+    with stand_in() as upstream:
         cmd = [sys.executable, "-m", "contextwarden", "run", "--home", str(home), "--port", str(port),
-               "--profile", "demo", "--mode", f"reverse:{upstream.url}"]
-        print(f"contextwarden demo: stand-in upstream on {upstream.url}; proxy on 127.0.0.1:{port}; data in {home}")
+               "--profile", "demo", "--mode", f"reverse:{upstream}"]
+        print(f"contextwarden demo: stand-in upstream on {upstream}; proxy on 127.0.0.1:{port}; data in {home}")
         print(f"  the proxy: {' '.join(cmd[2:])}   (its log: {home / 'proxy.log'})")
         home.mkdir(parents=True, exist_ok=True)
         with open(home / "proxy.log", "wb") as log:

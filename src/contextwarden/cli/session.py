@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from ..memory.api import ApiError, RecallClient
+from ..memory.api import ApiError
 from ..sessionctl.render import changed, pin_text, what
-from ._common import credential_from, home_of
+from ._common import ask_proxy, credential_from, home_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,13 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def call(home, **args: Any) -> Any:
-    client = RecallClient.find(home, credential_from(None))
-    if client is None:
+    out = ask_proxy(home, credential_from(None), "session", **args)
+    if out is None:
         raise SystemExit(f"no proxy is running on {home} (start one with `contextwarden run`)")
-    try:
-        return client.call("session", **args)
-    finally:
-        client.close()
+    return out
 
 
 def run_session(args) -> int:
