@@ -253,7 +253,6 @@ class Store:
         self.profile: str | None = None
         self.bypass: set[str] = set()
         self.runtime_started: float | None = None
-        self.last_event_ts: float | None = None
         self.dropped = 0  # events the server dropped because we read too slowly
         self.events_seen = 0
         self._seen: dict[int, None] = {}  # applied sequence numbers, oldest first (bounded)
@@ -394,7 +393,6 @@ class Store:
         t = ev.get("type")
         d = ev.get("data") or {}
         ts = ev.get("ts") or 0.0
-        self.last_event_ts = ts
         sess = self._session(ev.get("session"), ts) if t in ROW_TYPES or t == "ingest" else None
         if sess is not None:
             dirty.add("sessions")

@@ -13,12 +13,12 @@ from rich.console import Console
 
 from contextwarden.settings import Settings, _deep_merge
 from contextwarden.tui.app import ContextWardenApp
-from contextwarden.tui.client import MemorySource
-from contextwarden.tui.demo import STAGES, EventFactory, demo_snapshot
 from contextwarden.tui.screens.inspector import InspectorScreen
 from contextwarden.tui.screens.settings import SettingsScreen
+from contextwarden.tui.store import Store
 from contextwarden.tui.widgets.synctable import SyncTable
 from tests.support.wait import await_until
+from tests.tui.events import STAGES, EventFactory, MemorySource, demo_snapshot
 
 NOW = 1_700_000_100.0
 SIZE = (80, 24)
@@ -371,9 +371,6 @@ async def test_connection_states_show_in_the_status_line():
 
 
 def test_events_panel_lists_what_changed_a_request_and_counts_each_compaction_once():
-    from contextwarden.tui.demo import EventFactory
-    from contextwarden.tui.store import Store
-
     f, store = EventFactory(), Store()
     evs = [f.startup(), f.ev("request", {"api": "anthropic"}, "f1", "s1"),
            f.ev("strip", {"messages": 9, "cleaned": 0, "patterns": {}, "rewritten": 0}, "f1", "s1"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from contextlib import nullcontext
 from typing import Any
 
 import orjson
@@ -43,10 +44,7 @@ def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str =
     quiet = threading.Event()
     quiet.set()  # finish() keeps no body of an abandoned call: a dry run is not a request
     held: list = []
-    if record is not None:
-        with override(key, record):
-            out = Pipeline(runtime).decided(fctx, "dry run", abandoned=quiet, hold=held)
-    else:
+    with override(key, record) if record is not None else nullcontext():
         out = Pipeline(runtime).decided(fctx, "dry run", abandoned=quiet, hold=held)
     if out.body is not None:
         return out.body, fctx.tokens_out
