@@ -27,16 +27,13 @@ ROW_TYPES = ("request", "stage", "tags", "memory", "forward", "response", "turn"
 @dataclass(eq=False)
 class RequestRow:
     flow_id: str
-    seq: int
     ts: float
-    n: int = 0  # arrival order, over the whole store
     session: str | None = None
     turn: int | None = None  # the request's number within its session
     api: str = ""
     transport: str = "http"  # or "websocket": a message of the Responses WebSocket (Codex CLI)
     model: str | None = None
     mode: str = ""
-    agent: str | None = None
     messages: int | None = None
     tags: list[str] = field(default_factory=list)
     tokens_in: int | None = None
@@ -46,7 +43,6 @@ class RequestRow:
     stage_status: dict[str, str] = field(default_factory=dict)
     pipeline_ms: float | None = None
     upstream_ms: float | None = None
-    total_ms: float | None = None
     status: int | str | None = None
     level: str | None = None
     changed: bool = False
@@ -58,7 +54,6 @@ class RequestRow:
     ingested: bool = False
     usage: dict[str, Any] | None = None
     replica: str | None = None  # the gateway replica that served it (events of several replicas)
-    version: int = 0
 
     @property
     def provider_input(self) -> int | None:
@@ -69,12 +64,10 @@ class RequestRow:
 @dataclass(eq=False)
 class SessionInfo:
     id: str
-    first_ts: float
     last_ts: float
     requests: int = 0
     turns: int = 0
     model: str | None = None
-    agent: str | None = None
     tokens_in: int | None = None  # last request, counted
     tokens_sent: int | None = None  # last request, counted
     provider_input: int | None = None  # last turn, measured
@@ -86,7 +79,6 @@ class SessionInfo:
     level: str | None = None
     bypass: bool = False
     recent_tags: deque = field(default_factory=lambda: deque(maxlen=8))  # tags of the last turns
-    version: int = 0
 
     def active_tags(self, n: int = 8) -> list[tuple[str, int]]:
         return top_tags(self.recent_tags, n)
@@ -100,11 +92,9 @@ class SessionInfo:
 
 @dataclass(eq=False)
 class ContextEvent:
-    seq: int
     ts: float
     type: str
     session: str | None
-    flow_id: str | None
     summary: str
     uid: int = 0  # unique in the store (sequence numbers restart with the proxy)
 
@@ -293,9 +283,7 @@ class Store:
         if isinstance(msg.get("bypass"), list):
             self.bypass = set(msg["bypass"])
             for s in self.sessions.values():
-                b = s.id in self.bypass
-                if b != s.bypass:
-                    s.bypass, s.version = b, s.version + 1
+                s.bypass = s.id in self.bypass
             changed = True
         return changed
 
@@ -357,14 +345,13 @@ class Store:
             return None
         s = self.sessions.get(sid)
         if s is None:
-            s = SessionInfo(id=sid, first_ts=ts, last_ts=ts, bypass=sid in self.bypass)
+            s = SessionInfo(id=sid, last_ts=ts, bypass=sid in self.bypass)
             self.sessions[sid] = s
             while len(self.sessions) > self.max_sessions:
                 self.sessions.popitem(last=False)
         else:
             self.sessions.move_to_end(sid)
         s.last_ts = max(s.last_ts, ts)
-        s.version += 1
         return s
 
     def _row(self, ev: dict[str, Any], create: bool) -> RequestRow | None:
@@ -373,10 +360,8 @@ class Store:
             return None
         row = self.requests.get(fid)
         if row is None and create:
-            self._n += 1
-            row = self._add_row(RequestRow(flow_id=fid, seq=ev.get("seq") or 0, ts=ev.get("ts") or 0.0, n=self._n))
+            row = self._add_row(RequestRow(flow_id=fid, ts=ev.get("ts") or 0.0))
         if row is not None:
-            row.version += 1
             if not row.session and ev.get("session"):
                 row.session = ev["session"]
             if row.replica is None and ev.get("replica"):
@@ -398,7 +383,7 @@ class Store:
             dirty.add("sessions")
         if t in CONTEXT_TYPES and _worth_listing(t, d):
             self._n += 1
-            self.context.append(ContextEvent(ev.get("seq") or 0, ts, t, ev.get("session"), ev.get("flow_id"), summarise(ev), self._n))
+            self.context.append(ContextEvent(ts, t, ev.get("session"), summarise(ev), self._n))
             dirty.add("events")
         if t == "startup":
             self.runtime_started = ts
@@ -408,9 +393,8 @@ class Store:
             sid, on = d.get("session"), bool(d.get("on"))
             if sid:
                 (self.bypass.add if on else self.bypass.discard)(sid)
-                s = self.sessions.get(sid)
-                if s is not None:
-                    s.bypass, s.version = on, s.version + 1
+                if sid in self.sessions:
+                    self.sessions[sid].bypass = on
                 dirty.update({"sessions", "settings"})
             return
         if t == "ingest" or (d.get("history") is True and t not in ("request",)):
@@ -435,7 +419,6 @@ class Store:
         row.transport = d.get("transport") or row.transport
         row.model = d.get("model") or row.model
         row.mode = d.get("mode") or row.mode
-        row.agent = d.get("agent") or row.agent
         row.messages = d.get("messages")
         if d.get("tokens_in") is not None:
             row.tokens_in = d["tokens_in"]
@@ -448,7 +431,6 @@ class Store:
         row.turn = n
         sess.requests += 1
         sess.model = row.model or sess.model
-        sess.agent = row.agent or sess.agent
         sess.tokens_in = row.tokens_in
         window = _num(d.get("context_window"))
         if window and window > 0:
@@ -497,7 +479,6 @@ class Store:
     def _on_response(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
         row.status = d.get("status") if d.get("status") is not None else ("error" if d.get("error") else row.status)
         row.upstream_ms = d.get("upstream_ms", row.upstream_ms)
-        row.total_ms = d.get("total_ms", row.total_ms)
         if d.get("error"):
             row.error = str(d["error"])
         self._usage(d, row, sess)
@@ -537,9 +518,7 @@ class Store:
     def _ingested(self, ev: dict[str, Any], d: dict[str, Any], sess: SessionInfo | None) -> None:
         key = ev.get("flow_id") or f"ingest-{ev.get('seq')}"
         key = f"{key}#h{d.get('turn', ev.get('seq'))}"
-        self._n += 1
-        row = RequestRow(flow_id=key, seq=ev.get("seq") or 0, ts=ev.get("ts") or 0.0, n=self._n,
-                         session=ev.get("session"), ingested=True, mode="history")
+        row = RequestRow(flow_id=key, ts=ev.get("ts") or 0.0, session=ev.get("session"), ingested=True, mode="history")
         row.turn = d.get("turn") if isinstance(d.get("turn"), int) else None
         row.tags = normalise_tags(d.get("tags"))
         row.tokens_in = d.get("tokens") if isinstance(d.get("tokens"), int) else None
