@@ -16,8 +16,8 @@ import logging
 
 from mitmproxy import http
 
-from contextwarden import lifecycle
-from contextwarden.apis import COUNT
+from contextwarden.request import lifecycle
+from contextwarden.wire.apis import COUNT
 
 from .routing import incoming
 from .warden import Warden

@@ -30,9 +30,9 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from contextwarden import flowrelease, typecheckfix
-from contextwarden.apis import HTTP
+from contextwarden.core import flowrelease, typecheckfix
 from contextwarden.engine import wire
+from contextwarden.wire.apis import HTTP
 
 from .routing import bypass_asked, routed
 

@@ -32,14 +32,14 @@ from typing import Any
 import orjson
 from websockets.asyncio.server import serve
 
-from contextwarden import census
-from contextwarden.events import Event
-from contextwarden.home import publish, unpublish
+from contextwarden.core import census
+from contextwarden.core.events import Event
 
 # the live protocol (token file and header, event form, totals) is core: liveprotocol.py
-from contextwarden.liveprotocol import INFO_FILE, PROTOCOL, TOKEN_HEADER, Totals, event_dict
-from contextwarden.scrub import scrub
+from contextwarden.core.liveprotocol import INFO_FILE, PROTOCOL, TOKEN_HEADER, Totals, event_dict
 from contextwarden.sessionctl.commands import run as session_command
+from contextwarden.util.home import publish, unpublish
+from contextwarden.util.scrub import scrub
 
 from .perruntime import PerRuntime
 

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections import deque
 
-from contextwarden.events import Event
+from contextwarden.core.events import Event
 
 from .perruntime import PerRuntime
 

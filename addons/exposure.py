@@ -22,7 +22,7 @@ from mitmproxy import ctx
 from mitmproxy.proxy import mode_specs
 from mitmproxy.utils import asyncio_utils
 
-from contextwarden.home import default_home, ensure_home, secret_file
+from contextwarden.util.home import default_home, ensure_home, secret_file
 
 log = logging.getLogger(__name__)
 

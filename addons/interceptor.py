@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from contextwarden import lifecycle
-from contextwarden.apis import HTTP
-from contextwarden.context import BlockedResponse, Incoming
+from contextwarden.request import lifecycle
+from contextwarden.request.context import BlockedResponse, Incoming
+from contextwarden.wire.apis import HTTP
 
 from .routing import FORWARDED, STATE, FlowState, bypass_asked, incoming
 from .warden import Warden

@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from contextwarden.cost import billed_units, price_for
-from contextwarden.events import Event
+from contextwarden.core.events import Event
+from contextwarden.wire.cost import billed_units, price_for
 
 from .perruntime import PerRuntime
 

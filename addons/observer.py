@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from contextwarden import lifecycle
-from contextwarden.streams import ResponseTap
+from contextwarden.request import lifecycle
+from contextwarden.wire.streams import ResponseTap
 
 from .routing import STATE, FlowState
 from .warden import Warden
@@ -127,7 +127,7 @@ def _read_and_complete(rt, ctx, flow_id: str, data: dict, tap: ResponseTap | Non
 
 def release(flow: http.HTTPFlow, st: FlowState) -> None:
     """Drop what the flow holds of ours once it is reported. A finished flow is freed by reference
-    counting once mitmproxy drops its stream layer (``contextwarden.flowrelease``), or, without it, by a
+    counting once mitmproxy drops its stream layer (``contextwarden.core.flowrelease``), or, without it, by a
     full collection (the layer is a cycle holding the flow); either way the flow must not keep the
     request's context (its parsed request, original bytes and history view) or the response's reader
     alive with it, nor be part of a cycle of ours."""

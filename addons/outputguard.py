@@ -3,7 +3,7 @@
 mitmdump prints every request's URL (``flow_detail`` 1, its default), so ``?api_key=...`` or
 ``?key=...`` would be on the terminal and in whatever captures the process output. This addon puts a
 redacting writer in front of the dumper's and the terminal log's streams: each line goes through the
-same redaction as events (:func:`contextwarden.scrub.scrub_once`: without events' memo of texts, as
+same redaction as events (:func:`contextwarden.util.scrub.scrub_once`: without events' memo of texts, as
 every line is new: the terminal log's start with the time).
 """
 
@@ -13,7 +13,7 @@ from typing import IO
 
 from mitmproxy import ctx
 
-from contextwarden.scrub import scrub_once
+from contextwarden.util.scrub import scrub_once
 
 
 class _Redacting:

@@ -1,6 +1,6 @@
 """What contextwarden keeps on a flow (its metadata) between its hooks.
 
-- ``ROUTE``: the flow's route (:func:`contextwarden.apis.route`), decided once; it crosses to the engine
+- ``ROUTE``: the flow's route (:func:`contextwarden.wire.apis.route`), decided once; it crosses to the engine
   with the flow's state, so the engine does not route again;
 - ``INCOMING``: the request object (``lifecycle.Incoming``), made once the handler that takes it has
   taken the headers addressed to the proxy off it (they never go upstream);
@@ -19,11 +19,11 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from contextwarden.apis import route
-from contextwarden.context import Incoming
 from contextwarden.models.base import ApiKind
-from contextwarden.pipeline import ORIGIN
+from contextwarden.request.context import Incoming
+from contextwarden.request.pipeline import ORIGIN
 from contextwarden.settings.proxy import ProxySection
+from contextwarden.wire.apis import route
 
 ROUTE = "contextwarden_route"
 INCOMING = "contextwarden_incoming"
@@ -38,7 +38,7 @@ class FlowState:
     # resolves to the RequestContext (or None when the body could not be handled); in observe-only
     # mode it is still being built on a worker thread while the request is in flight
     ctx_future: asyncio.Future[Any] | None = None
-    tap: Any = None  # contextwarden.streams.ResponseTap while a response streams
+    tap: Any = None  # contextwarden.wire.streams.ResponseTap while a response streams
     start_observe: Callable[[], None] | None = None  # an observed request not read yet: reads it now
     finished: bool = False  # its answer is reported
 

@@ -25,8 +25,8 @@ from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers.http import ResponseProtocolError
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 
-from contextwarden.apis import ApiKind
-from contextwarden.dialects import dialect
+from contextwarden.wire.apis import ApiKind
+from contextwarden.wire.dialects import dialect
 
 from .overhead import HEADER
 from .routing import STATE

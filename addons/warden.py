@@ -7,12 +7,12 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 
-from contextwarden import census, flowrelease, typecheckfix
-from contextwarden.home import default_home
-from contextwarden.pluginmanager import order_warnings
-from contextwarden.runtime import Runtime
-from contextwarden.sealing import SealError
+from contextwarden.core import census, flowrelease, typecheckfix
+from contextwarden.core.pluginmanager import order_warnings
+from contextwarden.core.runtime import Runtime
 from contextwarden.settings import SettingsError
+from contextwarden.util.home import default_home
+from contextwarden.util.sealing import SealError
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from mitmproxy import ctx as mitmctx
 from mitmproxy import http
 from mitmproxy.proxy.layers import websocket as ws_layer
 
-from contextwarden.apis import WEBSOCKET
-from contextwarden.context import Incoming
-from contextwarden.streams import ResponseTap
+from contextwarden.request.context import Incoming
+from contextwarden.wire.apis import WEBSOCKET
+from contextwarden.wire.streams import ResponseTap
 
 from .interceptor import Interceptor
 from .observer import Observer, event_hook

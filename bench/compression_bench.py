@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
-from contextwarden import lifecycle  # noqa: E402
 from contextwarden.memory import service as memory_service  # noqa: E402
 from contextwarden.models.base import ApiKind  # noqa: E402
 from contextwarden.plugins import clearing, compression  # noqa: E402
+from contextwarden.request import lifecycle  # noqa: E402
 from tests.support import tool_outputs as T  # noqa: E402
 from tests.support.stages import Harness, settings_overrides  # noqa: E402
 

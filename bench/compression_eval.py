@@ -34,15 +34,15 @@ import tempfile  # noqa: E402
 
 from contextwarden.cli.replay_run import parse_sets  # noqa: E402
 from contextwarden.compress import compress  # noqa: E402
-from contextwarden.conversation import result_text  # noqa: E402
-from contextwarden.fidelity import Indexer, answer_items, body_texts, has_source  # noqa: E402
 from contextwarden.memory.retrieve import human_text, role_of  # noqa: E402
 from contextwarden.models.base import ApiKind  # noqa: E402
+from contextwarden.offline.fidelity import Indexer, answer_items, body_texts, has_source  # noqa: E402
+from contextwarden.offline.replay import load_trace, replay  # noqa: E402
 from contextwarden.plugins.clearing import EDIT_TOOLS, _path_of  # noqa: E402
 from contextwarden.plugins.compression import allowed, limits_of  # noqa: E402
-from contextwarden.replay import load_trace, replay  # noqa: E402
 from contextwarden.settings import load_settings  # noqa: E402
-from contextwarden.tokens import TokenCounter  # noqa: E402
+from contextwarden.wire.conversation import result_text  # noqa: E402
+from contextwarden.wire.tokens import TokenCounter  # noqa: E402
 
 BIG = 5 * 1024
 NEXT = 3

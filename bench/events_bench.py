@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import orjson  # noqa: E402
 
-from contextwarden.events import EventBus, JsonlLog  # noqa: E402
+from contextwarden.core.events import EventBus, JsonlLog  # noqa: E402
 
 BUSY = 200  # iterations of the pure-Python loop between two events (~10-20 us)
 
@@ -54,11 +54,11 @@ def capture(n: int, sessions: int, warm: int) -> tuple[list[tuple], int]:
     with the ``forward`` and ``response`` events the interceptor and the observer emit."""
     import load_bench as lb
 
-    from contextwarden import lifecycle
+    from contextwarden.core.runtime import Runtime
     from contextwarden.models.base import ApiKind
-    from contextwarden.runtime import Runtime
+    from contextwarden.request import lifecycle
     from contextwarden.settings import load_settings
-    from contextwarden.streams.turn import Usage
+    from contextwarden.wire.streams.turn import Usage
 
     home = Path(tempfile.mkdtemp(prefix="cw-events-bench-"))
     rt = Runtime(load_settings("claude-code", home, overrides={"memory": {"enabled": False}}), home,

@@ -33,7 +33,7 @@ MODEL_DIR = SHARED / "models" / "all-MiniLM-L6-v2" / "onnx"
 EVAL = SHARED / "eval"
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-from contextwarden.events import EventBus  # noqa: E402
+from contextwarden.core.events import EventBus  # noqa: E402
 from contextwarden.memory.chunking import chunk_text  # noqa: E402
 from contextwarden.memory.embedder import Embedder  # noqa: E402
 from contextwarden.memory.ingest import Ingestor  # noqa: E402

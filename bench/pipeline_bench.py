@@ -163,7 +163,7 @@ def _repair(msgs: list[dict]) -> None:
 
 
 def run_traces(home: Path, window: int) -> None:
-    from contextwarden.dialects import validate_rewrite
+    from contextwarden.wire.dialects import validate_rewrite
 
     traces = sorted((SHARED / "eval" / "traces").glob("*.jsonl"))
     print(f"\n## Real Claude Code traces through strip, clearing, compaction (context window {window:,})\n")
@@ -243,7 +243,7 @@ async def _one(h: Harness, body: dict) -> dict[str, float]:
     the stage pool), timed by phase (ms)."""
     import orjson
 
-    from contextwarden import lifecycle
+    from contextwarden.request import lifecycle
 
     rt = h.rt
     raw = orjson.dumps(body)
@@ -334,7 +334,7 @@ def _measure(home: Path, label: str, stages: list[str], kind: str, repeats: int)
 
 
 def run_timing(home: Path, repeats: int, rounds: int = 3) -> None:
-    from contextwarden.pluginmanager import make_plugin_manager
+    from contextwarden.core.pluginmanager import make_plugin_manager
 
     pm = make_plugin_manager(None)
     have = {i.plugin_name for i in pm.hook.cw_request.get_hookimpls()}

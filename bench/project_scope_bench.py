@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CONTEXTWARDEN_SHARED") or ROOT.parent / "shared")
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 
-from contextwarden.memory import eval_locomo as ev  # noqa: E402
-from contextwarden.memory.evaluation import contains, eval_replayer, request_text  # noqa: E402
+from contextwarden.offline.memory import eval_locomo as ev  # noqa: E402
+from contextwarden.offline.memory.evaluation import contains, eval_replayer, request_text  # noqa: E402
 from contextwarden.settings.memory import MemorySection  # noqa: E402
 
 KEY = "sk-eval-projects"

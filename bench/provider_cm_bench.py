@@ -36,8 +36,8 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 import anthropic  # noqa: E402
 import openai  # noqa: E402
 
-from contextwarden.cost import billed_units  # noqa: E402
-from contextwarden.dialects import dialect  # noqa: E402
+from contextwarden.wire.cost import billed_units  # noqa: E402
+from contextwarden.wire.dialects import dialect  # noqa: E402
 from tests.e2e.test_provider_cm import BETA, CLEAR, SETTINGS, TOOLS, Sent, chat, sdk, tool_loop, words  # noqa: E402
 from tests.support.proxy import ProxyProcess  # noqa: E402
 from tests.support.stages import anthropic_tool_loop  # noqa: E402

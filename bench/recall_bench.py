@@ -29,11 +29,11 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 os.environ.setdefault("CONTEXTWARDEN_MEMORY__MODEL_DIR", str(SHARED / "models" / "all-MiniLM-L6-v2" / "onnx"))
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
+from contextwarden.core.runtime import Runtime  # noqa: E402
 from contextwarden.memory import service as memory_service  # noqa: E402
 from contextwarden.memory.api import RecallApi, RecallClient  # noqa: E402
 from contextwarden.memory.items import MemoryItem  # noqa: E402
-from contextwarden.redact import tenant_id  # noqa: E402
-from contextwarden.runtime import Runtime  # noqa: E402
+from contextwarden.util.redact import tenant_id  # noqa: E402
 
 KEY_A, KEY_B = "sk-bench-a", "sk-bench-b"
 WORDS = "alpha beta gamma delta parser config value return function module error handler request token cache".split()

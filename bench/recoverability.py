@@ -7,7 +7,7 @@ by automatic recall in the very next request, at what cost?
     .venv/bin/python bench/recoverability.py TRACE --no-search     # skip (b): no waiting for ingestion
 
 Each trace is replayed through the real pipeline with a kept cw_home (turn hooks on, so memory ingests
-as it would live). The fidelity measure (``contextwarden.fidelity``) lists every lost item: an edit
+as it would live). The fidelity measure (``contextwarden.offline.fidelity``) lists every lost item: an edit
 source or a reference the model's recorded next answer used that the client's body held in a tool result
 and ours did not. For each one, with the replay's runtime still open:
 
@@ -46,11 +46,11 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 import orjson  # noqa: E402
 
 from contextwarden.cli.replay_run import parse_sets  # noqa: E402
-from contextwarden.conversation import result_text  # noqa: E402
-from contextwarden.cost import price_for  # noqa: E402
-from contextwarden.fidelity import BodyIndex, Indexer, _lines  # noqa: E402
 from contextwarden.memory.ids import memory_id  # noqa: E402
-from contextwarden.replay import replay  # noqa: E402
+from contextwarden.offline.fidelity import BodyIndex, Indexer, _lines  # noqa: E402
+from contextwarden.offline.replay import replay  # noqa: E402
+from contextwarden.wire.conversation import result_text  # noqa: E402
+from contextwarden.wire.cost import price_for  # noqa: E402
 
 MID = re.compile(r"\bm-[0-9a-f]{16}\b")
 ITEMS = "recoverability-items.json"  # in a --keep-home: the lost items, for --search-from
@@ -170,8 +170,8 @@ class Measure:
 def search_from(root: Path, profile: str | None, show_misses: bool) -> int:
     """(b) again on the memory of a --keep-home run (each DIR/<trace> holding the lost items), with the
     code as it is now: to try a change of the search without replaying and ingesting the trace again."""
+    from contextwarden.core.runtime import Runtime
     from contextwarden.memory import service as memory_service
-    from contextwarden.runtime import Runtime
     from contextwarden.settings import load_settings
 
     homes = [root] if (root / ITEMS).exists() else sorted(p.parent for p in root.glob("*/" + ITEMS))
@@ -255,7 +255,7 @@ def main() -> int:
         recall_tokens = Counter()
         ids_named: dict[str, str] = {}
         recall_events: list[dict] = []  # the recall events of the request being replayed
-        import contextwarden.runtime as runtime_mod
+        import contextwarden.core.runtime as runtime_mod
 
         orig_init = runtime_mod.Runtime.__init__
 
@@ -274,7 +274,7 @@ def main() -> int:
             self.bus.subscribe(on)
 
         # the ids each sent body's summary names, by request (a lost item that was compacted away is in them)
-        import contextwarden.fidelity as fidelity_mod
+        import contextwarden.offline.fidelity as fidelity_mod
 
         orig_request = fidelity_mod.FidelityCounter.request
         orig_put_back = fidelity_mod.FidelityCounter._put_back

@@ -28,9 +28,9 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 import orjson  # noqa: E402
 
-from contextwarden import baselines  # noqa: E402
 from contextwarden.cli.replay_run import parse_sets  # noqa: E402
-from contextwarden.replay import details, lost_examples, replay, request_table, summary_table  # noqa: E402
+from contextwarden.offline import baselines  # noqa: E402
+from contextwarden.offline.replay import details, lost_examples, replay, request_table, summary_table  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -45,10 +45,10 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 from contextwarden.memory.embedder import Embedder  # noqa: E402
 from contextwarden.memory.lexical import LexicalIndex  # noqa: E402
-from contextwarden.memory.replay import Replayer  # noqa: E402
 from contextwarden.memory.retrieve import Query, Retriever  # noqa: E402
 from contextwarden.memory.service import CachedEmbedder  # noqa: E402
 from contextwarden.memory.store import MemoryStore  # noqa: E402
+from contextwarden.offline.memory.replay import Replayer  # noqa: E402
 from contextwarden.settings.memory import MemorySection  # noqa: E402
 
 TENANTS = ["t-alpha", "t-beta", "t-gamma", "t-delta"]  # bench/memory_bench.py's layout

@@ -34,7 +34,7 @@ from proxy_latency import SHARED  # noqa: E402  (paths and offline assets)
 
 os.environ.setdefault("CONTEXTWARDEN_MEMORY__MODEL_DIR", str(SHARED / "models" / "all-MiniLM-L6-v2" / "onnx"))
 
-from contextwarden.events import EventBus  # noqa: E402
+from contextwarden.core.events import EventBus  # noqa: E402
 from contextwarden.memory.items import MemoryItem  # noqa: E402
 from contextwarden.memory.retrieve import Query  # noqa: E402
 from contextwarden.memory.server import _Runtime  # noqa: E402

@@ -38,8 +38,8 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT.parent / "shared" / "tiktok
 
 from load_bench import Session, claude_code_request, corpus  # noqa: E402
 
-from contextwarden import lifecycle  # noqa: E402
 from contextwarden.models.base import ApiKind  # noqa: E402
+from contextwarden.request import lifecycle  # noqa: E402
 from tests.support.stages import Harness  # noqa: E402
 
 

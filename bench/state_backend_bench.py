@@ -24,8 +24,8 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT.parent / "shared" / "tiktok
 
 import orjson  # noqa: E402
 
-from contextwarden import lifecycle  # noqa: E402
 from contextwarden.models.base import ApiKind  # noqa: E402
+from contextwarden.request import lifecycle  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 from tests.support.stages import Harness, anthropic_tool_loop  # noqa: E402
 

@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CONTEXTWARDEN_SHARED", ROOT.parent / "shared"))
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 
-from contextwarden.dialects import validate_rewrite  # noqa: E402
 from contextwarden.models import ApiKind  # noqa: E402
-from contextwarden.replay import load_claude_code  # noqa: E402
+from contextwarden.offline.replay import load_claude_code  # noqa: E402
 from contextwarden.settings import load_settings  # noqa: E402
-from contextwarden.tokens import TokenCounter  # noqa: E402
+from contextwarden.wire.dialects import validate_rewrite  # noqa: E402
+from contextwarden.wire.tokens import TokenCounter  # noqa: E402
 
 A = ApiKind.ANTHROPIC
 

@@ -15,8 +15,8 @@ with every step, and the prompt cache is written again each time (which is what 
 from __future__ import annotations
 
 from contextwarden import hookimpl
-from contextwarden.dialects import ANTHROPIC, dialect
 from contextwarden.models.anthropic import TextBlock
+from contextwarden.wire.dialects import ANTHROPIC, dialect
 
 name = "truncation"
 TRUNCATED = "[earlier conversation truncated]"

@@ -23,8 +23,8 @@ import time
 from typing import Any
 
 from contextwarden import hookimpl
-from contextwarden.dialects import dialect
 from contextwarden.models import ApiKind
+from contextwarden.wire.dialects import dialect
 
 NS = "budget"
 

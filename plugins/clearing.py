@@ -55,21 +55,21 @@ from typing import Any, NamedTuple
 import orjson
 
 from contextwarden import hookimpl
-from contextwarden import policy as learned_policy
-from contextwarden.conversation import image_count, input_hint, maybe_json, result_text, shorten
-from contextwarden.dialects import NO_PROVIDER, dialect
-from contextwarden.history import same_prefix, session_key
+from contextwarden.compress.stubmemo import result_stub
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.wayback import recall_wording, way_back
 from contextwarden.models.base import ApiKind
-from contextwarden.policy import prefix_expired, request_time
-from contextwarden.redact import redact_text
+from contextwarden.offline import policy as learned_policy
+from contextwarden.offline.policy import prefix_expired, request_time
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
-from contextwarden.statecache import state_cache
-from contextwarden.stubmemo import result_stub
-from contextwarden.workingset import READ_TOOLS, budget_in, files, working_set
-from contextwarden.workingset import path_of as _path_of
+from contextwarden.store.statecache import state_cache
+from contextwarden.util.redact import redact_text
+from contextwarden.wire.conversation import image_count, input_hint, maybe_json, result_text, shorten
+from contextwarden.wire.dialects import NO_PROVIDER, dialect
+from contextwarden.wire.history import same_prefix, session_key
+from contextwarden.wire.workingset import READ_TOOLS, budget_in, files, working_set
+from contextwarden.wire.workingset import path_of as _path_of
 
 NS = "clearing"
 STUB_PREFIX = "[contextwarden cleared this "
@@ -532,7 +532,7 @@ def _compressed_gain(rec: dict[str, Any] | None, slot: Slot) -> int:
 
 
 def _working_set(ctx, slots: list[Slot], budget: int, carry: _Prefix | None = None) -> set[str]:
-    """Ids of the results the working set keeps (:mod:`contextwarden.workingset`): the latest Read of
+    """Ids of the results the working set keeps (:mod:`contextwarden.wire.workingset`): the latest Read of
     each file still current, and the Edits made to it since, within ``budget`` tokens. The files of the
     calls in ``carry``'s slots (this request's carried prefix) are left to the next request, which has
     the same slot objects and reads only the calls after them."""

@@ -3,11 +3,11 @@
 What it does
     Past ``soft_threshold`` / ``hard_threshold`` of ``tokens.context_window`` (measured after the
     clearing stage), the oldest messages, from the first one after any leading system messages up to a
-    cut, are replaced by one user message holding a summary (:mod:`contextwarden.summarise`). The
+    cut, are replaced by one user message holding a summary (:mod:`contextwarden.compress.summarise`). The
     ``protect_recent_turns`` most recent user turns, and the whole turn of the latest assistant message
     (so its thinking blocks stay verbatim with their signatures), are never compacted. The cut is placed
     right before an assistant message that starts an assistant run and never inside a tool call/answer
-    pair (:func:`contextwarden.conversation.cut_points`), so the result alternates, starts with a user
+    pair (:func:`contextwarden.wire.conversation.cut_points`), so the result alternates, starts with a user
     message, and keeps every pair. Role ``system`` messages inside the span are quoted verbatim in the
     summary. ``system``, ``tools`` and ``instructions`` are never touched.
 
@@ -57,25 +57,25 @@ from typing import Any
 import orjson
 
 from contextwarden import hookimpl
-from contextwarden.conversation import (
+from contextwarden.compress.summarise import Summary, extractive_summary, llm_summary
+from contextwarden.memory.ids import memory_id
+from contextwarden.memory.wayback import recall_wording
+from contextwarden.models.base import ApiKind
+from contextwarden.offline.policy import NS_SEEN, request_time
+from contextwarden.sessionctl import ledger as session_ledger
+from contextwarden.sessionctl.pins import first_pinned_index
+from contextwarden.store.statecache import state_cache
+from contextwarden.wire.conversation import (
     SpanHasher,
     breakpoint_ttls,
     count_breakpoints,
     cut_points,
     digest_memo,
 )
-from contextwarden.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors, usage_usd
-from contextwarden.dialects import NO_PROVIDER, ProviderContext, dialect
-from contextwarden.history import session_key
-from contextwarden.memory.ids import memory_id
-from contextwarden.memory.wayback import recall_wording
-from contextwarden.models.base import ApiKind
-from contextwarden.policy import NS_SEEN, request_time
-from contextwarden.sessionctl import ledger as session_ledger
-from contextwarden.sessionctl.pins import first_pinned_index
-from contextwarden.statecache import state_cache
-from contextwarden.summarise import Summary, extractive_summary, llm_summary
-from contextwarden.workingset import WORKING_HEAD, Call, mentions, path_of, said, working_set
+from contextwarden.wire.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors, usage_usd
+from contextwarden.wire.dialects import NO_PROVIDER, ProviderContext, dialect
+from contextwarden.wire.history import session_key
+from contextwarden.wire.workingset import WORKING_HEAD, Call, mentions, path_of, said, working_set
 
 NS = "compaction"  # decisions, by tenant|session|agent
 NS_LLM = "compaction_llm"  # finished LLM summaries, by tenant|session|span hash
@@ -306,7 +306,7 @@ def folds_line(folds: tuple[tuple[str, int, int], ...], ctx) -> str:
 
 
 def working_appendix(ctx, budget: int, orig: list, lead: int, end: int) -> str:
-    """The working set's results (:mod:`contextwarden.workingset`, over the whole history, within
+    """The working set's results (:mod:`contextwarden.wire.workingset`, over the whole history, within
     ``budget`` tokens) that the span ``lead..end`` folds, verbatim, for the summary: the model copies
     its next Edit's ``old_string`` from the files it is working with. Empty when the budget is 0
     (``compaction.working_set_tokens``, at most a quarter of the target) or none is folded."""

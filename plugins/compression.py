@@ -38,8 +38,6 @@ from typing import Any
 
 from contextwarden import hookimpl
 from contextwarden.compress import Limits, compress, offload
-from contextwarden.conversation import image_count, result_text
-from contextwarden.dialects import dialect
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.retrieve import history_items, human_text, role_of
@@ -49,7 +47,9 @@ from contextwarden.plugins.clearing import COMPRESSED, Slot, _commit, _last_assi
 from contextwarden.plugins.recall import _item
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
-from contextwarden.statecache import state_cache
+from contextwarden.store.statecache import state_cache
+from contextwarden.wire.conversation import image_count, result_text
+from contextwarden.wire.dialects import dialect
 
 
 @hookimpl

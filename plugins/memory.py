@@ -20,18 +20,13 @@ import time
 import orjson
 
 from contextwarden import hookimpl
-from contextwarden.conversation import strip_cache_control
-from contextwarden.dialects import dialect
-from contextwarden.lru import LRU
 from contextwarden.memory import produced
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.envelopes import content_words, topical
 from contextwarden.memory.ingest import items_from_messages
 from contextwarden.memory.inject import (
     BLOCK_OVERHEAD_TEXT,
-    NotInjectable,
     framing_tokens,
-    last_user_index,
     render_block,
     strip_blocks,
 )
@@ -49,7 +44,10 @@ from contextwarden.memory.retrieve import (
 )
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins.strip import clean_text_ahead
-from contextwarden.statecache import state_cache
+from contextwarden.store.statecache import state_cache
+from contextwarden.util.lru import LRU
+from contextwarden.wire.conversation import strip_cache_control
+from contextwarden.wire.dialects import NotInjectable, dialect, last_user_index
 
 STATE_NS = "memory.ingested"
 MIN_BUDGET = 48  # tokens: below this nothing useful fits

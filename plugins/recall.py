@@ -23,16 +23,16 @@ import time
 from typing import Any
 
 from contextwarden import hookimpl
-from contextwarden.dialects import dialect
-from contextwarden.history import session_key as _session_key
-from contextwarden.lru import LRU
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.autorecall import Found, Kept, Lost, Memos, TermIndex, excerpt, find, read_answer
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.inject import NotInjectable, render_block
+from contextwarden.memory.inject import render_block
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.retrieve import history_items, role_of
-from contextwarden.statecache import state_cache
+from contextwarden.store.statecache import state_cache
+from contextwarden.util.lru import LRU
+from contextwarden.wire.dialects import NotInjectable, dialect
+from contextwarden.wire.history import session_key as _session_key
 
 NS = "recall.auto"
 TERMS_SLOT = "recall.terms"  # the conversation slot of its lost texts' TermIndex

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 from contextwarden import hookimpl
-from contextwarden.dialects import NO_PROVIDER, dialect
-from contextwarden.lru import LRU
+from contextwarden.util.lru import LRU
+from contextwarden.wire.dialects import NO_PROVIDER, dialect
 
 _VC_PROMPT = re.compile(r"\A\s*\[vc:prompt\][ \t]*(?:\r?\n\s*)?")
 _VC_USER = re.compile(r"\[vc:user\](.*?)\[/vc:user\]", re.S)

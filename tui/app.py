@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from textual.app import App
 
-from contextwarden.home import write_private
+from contextwarden.util.home import write_private
 
 from .client import CommandError, Source
 from .messages import ConnectionChanged, EventsDropped, EventsReceived, SnapshotReceived

@@ -23,8 +23,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from contextwarden.events import read_log
-from contextwarden.liveprotocol import INFO_FILE, TOKEN_HEADER
+from contextwarden.core.events import read_log
+from contextwarden.core.liveprotocol import INFO_FILE, TOKEN_HEADER
 
 from .messages import ConnectionChanged, EventsDropped, EventsReceived, SnapshotReceived
 

@@ -28,7 +28,7 @@ hookimpl = pluggy.HookimplMarker("contextwarden")
 def cw_configure(runtime):
     """Called when the proxy starts and whenever settings change at run time.
 
-    ``runtime`` (:class:`contextwarden.runtime.Runtime`) holds ``settings``, ``home``, ``bus``,
+    ``runtime`` (:class:`contextwarden.core.runtime.Runtime`) holds ``settings``, ``home``, ``bus``,
     ``state`` and ``tokens``. Third-party stages read their own settings from
     ``runtime.settings.plugins.get(<name>, {})``. Do slow set-up here, not per request.
     """
@@ -99,7 +99,7 @@ def cw_response_event(ctx, event):
 
 @hookspec
 def cw_turn_complete(ctx, turn):
-    """The assistant's turn is assembled (``turn``: :class:`contextwarden.streams.AssembledTurn`) and
+    """The assistant's turn is assembled (``turn``: :class:`contextwarden.wire.streams.AssembledTurn`) and
     the provider's usage is known. Runs on a worker thread, off the event loop: storing memory,
     calibrating token counts and updating budgets belong here. Read the request from ``ctx.original``.
     """

@@ -18,8 +18,8 @@ from websockets.exceptions import InvalidStatus
 
 from contextwarden.addons.eventserver import EventServer, EventService
 from contextwarden.addons.warden import Warden
-from contextwarden.liveprotocol import INFO_FILE, TOKEN_HEADER, Totals
-from contextwarden.runtime import Runtime
+from contextwarden.core.liveprotocol import INFO_FILE, TOKEN_HEADER, Totals
+from contextwarden.core.runtime import Runtime
 from tests.support.wait import await_until
 
 

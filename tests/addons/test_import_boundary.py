@@ -31,7 +31,7 @@ def test_addon_script_modules_do_not_import_ui_code(tmp_path):
     code = textwrap.dedent(f"""
         import json, runpy, sys, time
         ns = runpy.run_path({str(SCRIPT)!r})
-        from contextwarden.runtime import Runtime
+        from contextwarden.core.runtime import Runtime
         from contextwarden.addons.eventserver import EventService
         rt = Runtime.from_profile("default", {str(tmp_path / "home")!r})
         svc = EventService(rt).start()
@@ -73,5 +73,5 @@ def test_mitmdump_carrying_traffic_has_no_ui_modules(tmp_path):
             assert proxy.wait_events(lambda e: e["type"] == "response")
         assert proxy.proc.returncode is not None
     mods = set(json.loads(out_file.read_text()))
-    assert "contextwarden.addons.eventserver" in mods and "contextwarden.pipeline" in mods
+    assert "contextwarden.addons.eventserver" in mods and "contextwarden.request.pipeline" in mods
     assert forbidden(mods) == []

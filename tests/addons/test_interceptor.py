@@ -14,7 +14,7 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 
-from contextwarden.events import read_log
+from contextwarden.core.events import read_log
 from tests.conftest import EVAL_DIR
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from contextwarden.addons.metrics import MetricsService, outcome_of
-from contextwarden.events import Event
+from contextwarden.core.events import Event
 from tests.support.prom import parse_metrics as values
 from tests.support.stages import Harness, settings_overrides
 from tests.tui.events import EventFactory

@@ -9,9 +9,9 @@ from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.test import tutils
 
-from contextwarden.boundedpool import BoundedExecutor
+from contextwarden.core.boundedpool import BoundedExecutor
 from contextwarden.models.base import ApiKind
-from contextwarden.streams import ResponseTap
+from contextwarden.wire.streams import ResponseTap
 from tests.addons.test_interceptor import (  # noqa: F401
     anthropic_flow,
     body,

@@ -1,4 +1,4 @@
-"""One decision of which requests are ours (contextwarden.apis.route), taken alike by the interceptor,
+"""One decision of which requests are ours (contextwarden.wire.apis.route), taken alike by the interceptor,
 the count_tokens and WebSocket addons and the engine link: what crosses to the engine is exactly what
 the engine's addons handle."""
 
@@ -7,9 +7,9 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 
 from contextwarden.addons.routing import route_of
-from contextwarden.apis import COUNT, HTTP, WEBSOCKET, route
 from contextwarden.models.base import ApiKind
 from contextwarden.settings import load_settings
+from contextwarden.wire.apis import COUNT, HTTP, WEBSOCKET, route
 
 A, C, R = ApiKind.ANTHROPIC, ApiKind.OPENAI_CHAT, ApiKind.OPENAI_RESPONSES
 

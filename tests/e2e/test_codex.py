@@ -296,8 +296,8 @@ SMALL = {
 
 
 def test_codex_small_window_clearing_and_compaction(codex_standin, codex_bin, tmp_path, tmp_path_factory):
+    from contextwarden.compress.summarise import HEADER
     from contextwarden.plugins.clearing import STUB_PREFIX
-    from contextwarden.summarise import HEADER
 
     si = codex_standin
     si.planner = loop_planner(SMALL_STEPS, notes=4000)

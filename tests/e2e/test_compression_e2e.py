@@ -103,7 +103,7 @@ def test_compressed_at_first_sight_recallable_and_reapplied_byte_for_byte(tmp_pa
         assert all(e["data"]["fallback"] is None for e in fwd)
         assert fwd[0]["data"]["tokens_out"] < fwd[0]["data"]["tokens_in"] // 10
         # compressed in the proxy's compression worker (compression.process auto: separate in mitmdump)
-        assert any("contextwarden.workerpool compression" in cmd for cmd in child_cmdlines(proxy.proc.pid))
+        assert any("contextwarden.core.workerpool compression" in cmd for cmd in child_cmdlines(proxy.proc.pid))
         assert not [e for e in proxy.events("error") if e["data"].get("where") == "compression"]
     finally:
         proxy.stop(timeout=5)

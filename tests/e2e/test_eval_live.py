@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from contextwarden.memory import eval_locomo as ev
-from contextwarden.memory import eval_longmemeval as lme
+from contextwarden.offline.memory import eval_locomo as ev
+from contextwarden.offline.memory import eval_longmemeval as lme
 from tests.conftest import EVAL_DIR, MODEL_DIR
 
 SESSIONS = 4

@@ -141,7 +141,7 @@ def test_an_unreachable_upstream_answers_in_the_providers_error_shape(tmp_path, 
     import httpx2
     import openai
 
-    from contextwarden.liveprotocol import Totals
+    from contextwarden.core.liveprotocol import Totals
     from tests.support.proxy import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"  # (connection_strategy=lazy as contextwarden run sets: eager, mitmproxy

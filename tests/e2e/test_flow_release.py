@@ -1,4 +1,4 @@
-"""A finished flow is freed by reference counting (contextwarden.flowrelease), through a real mitmdump:
+"""A finished flow is freed by reference counting (contextwarden.core.flowrelease), through a real mitmdump:
 no full collection is needed for its request and response bodies to go (issue 19's pauses)."""
 
 from __future__ import annotations

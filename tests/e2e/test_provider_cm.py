@@ -22,7 +22,7 @@ import httpx2
 import openai
 import pytest
 
-from contextwarden.cost import billed_units
+from contextwarden.wire.cost import billed_units
 from tests.support.proxy import ProxyProcess
 
 STUB = "[contextwarden cleared this "

@@ -1,5 +1,5 @@
 """Issue 37, finding 2, through a real mitmdump with every stage and memory on and the strict stand-in
-upstream: the catalogue's secrets (tests/contextwarden/test_redact_catalogue.py), sent in user messages and tool
+upstream: the catalogue's secrets (tests/contextwarden/util/test_redact_catalogue.py), sent in user messages and tool
 results over several turns, and the issue's three examples through the Anthropic SDK, are found 0 times
 anywhere under the data directory (every file, SQLite and Chroma's included, searched as bytes; the
 lexical snapshot's members unpacked), in mitmdump's output, in the TUI's event stream (events, the
@@ -17,7 +17,7 @@ import anthropic
 import httpx2
 import pytest
 
-from tests.contextwarden.test_redact_catalogue import Shape, _b64_lines, _pieces, catalogue
+from tests.contextwarden.util.test_redact_catalogue import Shape, _b64_lines, _pieces, catalogue
 from tests.support.proxy import ProxyProcess
 
 from .test_security import ALL_STAGES, READY, TuiTap, _files_blob, _post, _wait_ingested

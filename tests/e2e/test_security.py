@@ -25,8 +25,8 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from contextwarden.liveprotocol import INFO_FILE, TOKEN_HEADER
-from tests.contextwarden.test_redact import _alnum, _windows, planted
+from contextwarden.core.liveprotocol import INFO_FILE, TOKEN_HEADER
+from tests.contextwarden.util.test_redact import _alnum, _windows, planted
 from tests.support.proxy import ProxyProcess
 from tests.support.wait import wait_until
 

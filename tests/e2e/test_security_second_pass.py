@@ -31,10 +31,10 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 
 from contextwarden.addons.exposure import Exposure
-from contextwarden.home import ensure_home
 from contextwarden.memory.api import ApiError, RecallClient
-from contextwarden.redact import tenant_id
 from contextwarden.tui.app import ContextWardenApp
+from contextwarden.util.home import ensure_home
+from contextwarden.util.redact import tenant_id
 from tests.e2e.test_security import DocumentedCommand, _fact_and_question, _local_addresses, _wait_ingested
 from tests.support.proxy import ProxyProcess
 

@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from contextwarden.summarise import HEADER
+from contextwarden.compress.summarise import HEADER
 from tests.support.claude_code import API_KEY, run_claude
 from tests.support.proxy import ProxyProcess
 from tests.support.upstream import strict_problems

@@ -11,14 +11,14 @@ import openai
 import orjson
 import pytest
 
-from contextwarden import lifecycle
-from contextwarden.agents import derive_agent, normalise_system
+from contextwarden.core.runtime import Runtime
 from contextwarden.models import ApiKind
 from contextwarden.plugins import budget as B
 from contextwarden.plugins.budget import Level, blocked_response, level_for
-from contextwarden.runtime import Runtime
+from contextwarden.request import lifecycle
+from contextwarden.request.agents import derive_agent, normalise_system
 from contextwarden.settings import load_settings
-from contextwarden.streams.turn import AssembledTurn, Usage
+from contextwarden.wire.streams.turn import AssembledTurn, Usage
 from tests.conftest import EVAL_DIR
 
 CC_TURN1 = EVAL_DIR / "requests" / "claude-code-2.1.197-turn1.json"

@@ -8,12 +8,12 @@ import time
 import orjson
 import pytest
 
-from contextwarden.conversation import result_text
-from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
-from contextwarden.policy import NS_SEEN
-from contextwarden.statecache import state_cache
+from contextwarden.offline.policy import NS_SEEN
+from contextwarden.store.statecache import state_cache
+from contextwarden.wire.conversation import result_text
+from contextwarden.wire.history import session_key
 from tests.support.stages import Harness, anthropic_tool_loop, chat_tool_loop, responses_tool_loop, settings_overrides
 
 STAGES = ["strip", "clearing"]
@@ -231,8 +231,8 @@ def test_the_stub_text_is_deterministic_and_never_logs_auth(cw_home):
 def test_memoised_fingerprints_and_stubs_are_the_plain_computation():
     import hashlib
 
-    from contextwarden.conversation import input_hint
     from contextwarden.plugins import clearing
+    from contextwarden.wire.conversation import input_hint
 
     def plain_digest(text: str) -> str:
         ends = (text[:512] + "\0" + text[-512:]) if len(text) > 1024 else text
@@ -287,7 +287,7 @@ def test_results_the_model_has_not_read_are_never_cleared(cw_home):
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from contextwarden.dialects import validate_rewrite  # noqa: E402
+from contextwarden.wire.dialects import validate_rewrite  # noqa: E402
 from tests.support.stages import words  # noqa: E402
 from tests.support.upstream import strict_problems  # noqa: E402
 
@@ -569,7 +569,7 @@ def test_what_a_request_hands_on_changes_nothing_sent(cw_home, monkeypatch, inpu
     conversation: slots, the re-applied stubs) and the conversation keeps its typed messages and edited
     copies. The bodies sent upstream, and what the clearing events say, are those of a proxy that hands
     nothing on (carries off, the conversations forgotten before every request)."""
-    from contextwarden.history import Conversations, History
+    from contextwarden.wire.history import Conversations, History
 
     bodies = _growing_session(14, big=inputs)
     cfg = {"trigger_tokens": 6000, "clear_at_least": 800, "keep_recent": 2, "clear_tool_inputs": inputs}

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from contextwarden.conversation import shorten
-from contextwarden.history import session_key
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins import clearing
-from contextwarden.redact import redact_text
 from contextwarden.sessionctl import ledger
-from contextwarden.state import StateStore
-from contextwarden.statecache import state_cache
+from contextwarden.store.state import StateStore
+from contextwarden.store.statecache import state_cache
+from contextwarden.util.redact import redact_text
+from contextwarden.wire.conversation import shorten
+from contextwarden.wire.history import session_key
 from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides
 
 ROOT = Path(__file__).resolve().parents[2]

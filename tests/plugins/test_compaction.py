@@ -9,12 +9,12 @@ import time
 import orjson
 import pytest
 
-from contextwarden.conversation import count_breakpoints, cut_points
-from contextwarden.dialects import ANTHROPIC, validate_rewrite
+from contextwarden.compress.summarise import extract, extractive_summary, render
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins import compaction as comp
-from contextwarden.statecache import state_cache
-from contextwarden.summarise import extract, extractive_summary, render
+from contextwarden.store.statecache import state_cache
+from contextwarden.wire.conversation import count_breakpoints, cut_points
+from contextwarden.wire.dialects import ANTHROPIC, validate_rewrite
 from tests.support.stages import Harness, anthropic_tool_loop, chat_tool_loop, responses_tool_loop, settings_overrides
 
 SUMMARY_HEAD = "[contextwarden: summary of the "

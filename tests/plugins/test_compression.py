@@ -13,12 +13,12 @@ import pytest
 
 from contextwarden.compress import MARK, PREFIX, Limits, compress
 from contextwarden.compress.cleanup import cleanup
-from contextwarden.context import Incoming
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
-from contextwarden.pipeline import prepare
 from contextwarden.plugins import compression
+from contextwarden.request.context import Incoming
+from contextwarden.request.pipeline import prepare
 from tests.support import tool_outputs as T
 from tests.support.stages import Harness, settings_overrides
 
@@ -394,8 +394,8 @@ def test_a_pinned_result_is_not_compressed_and_each_compression_is_a_version_rol
     """The user's controls reach the compression stage as they reach clearing: a pinned result stays
     whole, a compression is a numbered version of the session, and rolling it back sends the whole
     output again (the record lives in clearing's namespace, which rollback turns off)."""
-    from contextwarden.history import session_key
     from contextwarden.sessionctl import commands
+    from contextwarden.wire.history import session_key
 
     h = harness(cw_home)
     log, errors = T.build_log()

@@ -10,8 +10,8 @@ import yaml
 
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.inject import OPEN, closing_tag
-from contextwarden.memory.replay import Replayer
 from contextwarden.models import ApiKind
+from contextwarden.offline.memory.replay import Replayer
 
 FACTS = ["I adopted a beagle named Biscuit from the Alameda shelter last spring.",
          "My sister Clara lives in Lisbon and designs bridges for a living.",
@@ -99,13 +99,13 @@ def test_a_compacted_fact_comes_back_after_the_last_cache_breakpoint(tmp_path):
 
 def test_the_request_after_an_injection_reads_the_whole_prefix_the_injected_one_wrote(tmp_path, monkeypatch):
     """Injection is not sticky, and need not be for the cache: the next request is the client's own body,
-    without the block. Billed under the prompt-caching model (contextwarden.cost), it reads what it would
+    without the block. Billed under the prompt-caching model (contextwarden.wire.cost), it reads what it would
     have read had nothing been injected, and writes not one token more (docs/REPLAY.md, "Why memory
     injection is not sticky")."""
     import copy
 
-    from contextwarden import cost
-    from contextwarden.cost import Price, PromptCache, boundaries
+    from contextwarden.wire import cost
+    from contextwarden.wire.cost import Price, PromptCache, boundaries
 
     # the test's prompts are short (a 2K window): a model that caches any prefix, priced like Sonnet
     monkeypatch.setitem(cost.PRICES, "claude-test-tiny-cache", Price(3, 15, 1))

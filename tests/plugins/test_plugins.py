@@ -9,7 +9,7 @@ import orjson
 from mitmproxy.test import tutils
 
 from contextwarden.cli import main as cli_main
-from contextwarden.pluginmanager import describe, enable_trace, make_plugin_manager, stage_order
+from contextwarden.core.pluginmanager import describe, enable_trace, make_plugin_manager, stage_order
 from tests.addons.test_interceptor import (  # noqa: F401  (harness_factory fixture below)
     anthropic_flow,
     body,
@@ -182,7 +182,7 @@ def test_mitmdump_exits_with_the_unknown_stage_named(tmp_path):
 def test_settings_changed_at_run_time_cannot_name_an_unknown_stage(tmp_path):
     import pytest
 
-    from contextwarden.runtime import Runtime
+    from contextwarden.core.runtime import Runtime
     from contextwarden.settings import SettingsError
 
     rt = Runtime.from_profile("claude-code", tmp_path / "home")

@@ -7,10 +7,10 @@ import json
 import orjson
 import pytest
 
-from contextwarden import lifecycle
+from contextwarden.core.runtime import Runtime
 from contextwarden.models import ApiKind
 from contextwarden.plugins.strip import Stripper
-from contextwarden.runtime import Runtime
+from contextwarden.request import lifecycle
 from contextwarden.settings import load_settings
 
 ALL = ["vc_prompt", "vc_user", "system_timestamp", "channel_header", "message_id"]

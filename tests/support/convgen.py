@@ -1,12 +1,12 @@
 """Hypothesis strategies for realistic request bodies, and an independent checker of rewritten ones.
 
-Used by tests/contextwarden/test_hypothesis_stages.py (CI, a few hundred examples) and bench/pipeline_bench.py
+Used by tests/contextwarden/request/test_hypothesis_stages.py (CI, a few hundred examples) and bench/pipeline_bench.py
 (10,000). The generated bodies are valid by construction: strictly alternating user/assistant
 messages (role ``system`` messages may sit between a user message and the assistant's answer, or
 between turns, as Claude Code sends them), tool loops with parallel calls answered in the next
 message, thinking blocks with signatures, images, cache_control breakpoints (at most 4), long tool
 results. The checker (:func:`check_anthropic`, :func:`check_chat`, :func:`check_responses`) is written
-independently of :mod:`contextwarden.validate`, so the two catch each other's blind spots.
+independently of :mod:`contextwarden.wire.validate`, so the two catch each other's blind spots.
 """
 
 from __future__ import annotations

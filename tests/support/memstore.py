@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from contextwarden.events import EventBus
+from contextwarden.core.events import EventBus
 from contextwarden.memory.embedder import Embedder
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.store import MemoryStore

@@ -1,6 +1,6 @@
 """Running request bodies through the real stage pipeline in-process (tests and bench/pipeline_bench.py).
 
-``Harness`` owns a real :class:`~contextwarden.runtime.Runtime` on a cw_home; ``send`` does what the
+``Harness`` owns a real :class:`~contextwarden.core.runtime.Runtime` on a cw_home; ``send`` does what the
 Interceptor does for one request (lifecycle.send: prepare, count, the stages, the validator) and returns
 the body that would go upstream. Plus small builders of Anthropic / OpenAI conversations.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 import orjson
 
-from contextwarden import lifecycle
+from contextwarden.core.runtime import Runtime
 from contextwarden.models.base import ApiKind
-from contextwarden.pipeline import Outcome
-from contextwarden.runtime import Runtime
+from contextwarden.request import lifecycle
+from contextwarden.request.pipeline import Outcome
 from contextwarden.settings import load_settings
 
 HOSTS = {ApiKind.ANTHROPIC: ("api.anthropic.com", "/v1/messages"),

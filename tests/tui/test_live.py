@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from contextwarden.addons.eventserver import EventService
-from contextwarden.liveprotocol import INFO_FILE
-from contextwarden.runtime import Runtime
+from contextwarden.core.liveprotocol import INFO_FILE
+from contextwarden.core.runtime import Runtime
 from contextwarden.tui.app import ContextWardenApp
 from contextwarden.tui.client import ConnectionInfo, LiveClient, LogSource
 from contextwarden.tui.screens.inspector import InspectorScreen

@@ -6,7 +6,7 @@ The two replicas' sequence numbers collide (both count from 1): the source numbe
 from __future__ import annotations
 
 from contextwarden.addons.eventstream import EventPublisher
-from contextwarden.events import Event
+from contextwarden.core.events import Event
 from contextwarden.tui.app import ContextWardenApp
 from contextwarden.tui.replicas import RedisStreamSource, stream_seq
 from contextwarden.tui.widgets.synctable import SyncTable

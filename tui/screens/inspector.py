@@ -12,7 +12,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from contextwarden.scrub import scrub_headers
+from contextwarden.util.scrub import scrub_headers
 
 from ..diff import BodyDiff, DiffRow, diff_bodies
 

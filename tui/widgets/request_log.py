@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from contextwarden.cost import billed_units, provider_compaction
+from contextwarden.wire.cost import billed_units, provider_compaction
 
 from .. import format as fmt
 from ..store import RequestRow, Store

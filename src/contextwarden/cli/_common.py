@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from contextwarden.home import default_home
 from contextwarden.memory.api import RecallClient
+from contextwarden.util.home import default_home
 
 
 def add_home_profile(p: argparse.ArgumentParser, profile_default: str | None = "default") -> None:

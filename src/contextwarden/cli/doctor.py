@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from ..assets import check_assets
+from ..core.pluginmanager import make_plugin_manager
 from ..memory.embedder import load_embedder
-from ..pluginmanager import make_plugin_manager
 from ..settings import Settings, SettingsError, load_settings
 from ._common import add_home_profile, home_of, mitmproxy_confdir
+from .assets import check_assets
 
 OK, WARN, BAD = "ok", "WARN", "BAD"
 

@@ -1,6 +1,6 @@
 """``contextwarden eval locomo|longmemeval``: replay benchmark conversations through the real pipeline
 and measure what reaches the upstream when each question is asked (see
-:mod:`contextwarden.memory.eval_locomo` and :mod:`contextwarden.memory.eval_longmemeval`)."""
+:mod:`contextwarden.offline.memory.eval_locomo` and :mod:`contextwarden.offline.memory.eval_longmemeval`)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # the one lazy import: the evaluations load the whole pipeline, which `contextwarden --help` does not need
-    from ..memory import evalrun
+    from ..offline.memory import evalrun
 
     return evalrun.main(args, shared_dir())

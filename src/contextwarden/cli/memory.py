@@ -13,12 +13,12 @@ import sys
 import time
 from typing import Any
 
-from ..home import ensure_home
 from ..memory.api import RecallClient
 from ..memory.embedder import load_embedder
 from ..memory.store import MemoryStore
-from ..sealing import SealError, configure
 from ..settings import Settings, SettingsError, load_settings
+from ..util.home import ensure_home
+from ..util.sealing import SealError, configure
 from . import Fail
 from ._common import add_home_profile, ask_proxy, credential_from, home_of
 

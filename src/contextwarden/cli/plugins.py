@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..pluginmanager import describe, make_plugin_manager
+from ..core.pluginmanager import describe, make_plugin_manager
 from ..settings import load_settings
 from ._common import add_home_profile, add_plugins, home_of
 

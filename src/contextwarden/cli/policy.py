@@ -1,5 +1,5 @@
 """``contextwarden policy show | reset``: what each tenant's sessions taught clearing
-(:mod:`contextwarden.policy`), read from the state the proxy and its replicas share (SQLite in the
+(:mod:`contextwarden.offline.policy`), read from the state the proxy and its replicas share (SQLite in the
 cw_home, or the profile's Redis)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import sys
 
 import orjson
 
-from ..policy import NS_POLICY, LearnedPolicy, describe
+from ..offline.policy import NS_POLICY, LearnedPolicy, describe
 from ..settings import load_settings
-from ..state import open_state
+from ..store.state import open_state
 from ._common import home_of
 
 

@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from ..pluginmanager import check_stage_names, make_plugin_manager, order_warnings
+from ..core.pluginmanager import check_stage_names, make_plugin_manager, order_warnings
 from ..settings import Settings, SettingsError, available_profiles, load_settings
 from . import Fail
 from ._common import add_home_profile, add_plugins, home_of

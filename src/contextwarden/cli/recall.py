@@ -14,10 +14,10 @@ import sys
 
 import orjson
 
-from ..home import secret_file
 from ..memory.api import ApiError, item_dict
 from ..memory.originals import OriginalStore
-from ..redact import tenant_id
+from ..util.home import secret_file
+from ..util.redact import tenant_id
 from ._common import ask_proxy, credential_from, home_of
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import yaml
 
-from .. import baselines, oracle
-from ..replay import details, lost_examples, replay, request_table, summary_table
+from ..offline import baselines, oracle
+from ..offline.replay import details, lost_examples, replay, request_table, summary_table
 from ..settings import SettingsError
 
 

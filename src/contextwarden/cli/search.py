@@ -16,14 +16,14 @@ from typing import Any
 
 import orjson
 
-from ..home import ensure_home, secret_file
 from ..memory.api import ApiError
 from ..memory.embedder import load_embedder
 from ..memory.lexical import LexicalIndex
 from ..memory.retrieve import Hit, Query, Retriever
 from ..memory.store import MemoryStore
-from ..redact import tenant_id
 from ..settings import SettingsError, load_settings
+from ..util.home import ensure_home, secret_file
+from ..util.redact import tenant_id
 from . import Fail
 from ._common import ask_proxy, credential_from
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..home import default_home
 from ..tui.app import ContextWardenApp
 from ..tui.client import LiveClient, LogSource
 from ..tui.replicas import RedisStreamSource
+from ..util.home import default_home
 
 
 def register(subparsers) -> None:

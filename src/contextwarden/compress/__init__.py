@@ -22,9 +22,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from contextwarden.conversation import input_hint
 from contextwarden.memory.lexical import tokenize
 from contextwarden.memory.wayback import way_back
+from contextwarden.wire.conversation import input_hint
 
 from .cleanup import cap_long_lines, clean_lines, cleanup, collapse_weighted
 from .jsonshape import compress_json, parse

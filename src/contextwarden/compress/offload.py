@@ -23,9 +23,9 @@ from typing import Any
 
 import tiktoken
 
+from contextwarden.core.workerpool import PARTS, Offload, Unavailable
 from contextwarden.memory import service as memory_service
-from contextwarden.redact import redact_text
-from contextwarden.workerpool import PARTS, Offload, Unavailable
+from contextwarden.util.redact import redact_text
 
 from . import Limits, compress, render
 

@@ -9,7 +9,7 @@ Which memory (the tenant scope of a call):
 
 - A caller that sends a credential (``X-Contextwarden-Credential``: the API key or OAuth token its
   client uses) gets that credential's tenant, hashed with the install's salt exactly as the proxy hashes
-  the client's (:func:`contextwarden.redact.tenant_id`), plus the profile's shared workspace. Nothing
+  the client's (:func:`contextwarden.util.redact.tenant_id`), plus the profile's shared workspace. Nothing
   of another tenant comes back: a recall of another tenant's id finds nothing.
 - A caller that sends only the token, on a proxy whose ``memory.api_require_credential`` is false (the
   default: one user on one machine, whose files hold every tenant's memory anyway), gets every tenant
@@ -40,9 +40,9 @@ from typing import Any
 
 import orjson
 
-from ..home import publish, unpublish
-from ..redact import tenant_id
 from ..sessionctl.commands import CommandError, run
+from ..util.home import publish, unpublish
+from ..util.redact import tenant_id
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from typing import Any
 
 import orjson
 
-from ..fidelity import _TOKEN, _lines, _tokens, distinctive
-from ..lru import LRU
-from ..workingset import WORKING_HEAD
+from ..util.lru import LRU
+from ..wire.references import _TOKEN, _lines, _tokens, distinctive
+from ..wire.workingset import WORKING_HEAD
 from .prefilter import Prefilter
 
 MID = re.compile(r"\bm-[0-9a-f]{16}\b")
@@ -61,7 +61,7 @@ PREFILTER_CHARS = 64_000  # (~0.5 ms)
 
 def terms(text: str) -> frozenset[str]:
     """The distinctive terms of a text: paths, identifiers, long hex hashes, and every token the replay's
-    fidelity measure counts as a reference (:func:`contextwarden.fidelity.distinctive`: a path, a
+    fidelity measure counts as a reference (:func:`contextwarden.wire.references.distinctive`: a path, a
     dotted name, an identifier with ``_``, digits or camelCase), with a path's suffixes after each slash
     (``/repo/src/a.py`` also answers ``src/a.py``): what the model writes is what the measure checks."""
     if len(text) > TERMS_CHARS:

@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
-from ..events import Event
+from ..core.events import Event
 from . import wire
 
 CALL_WAIT_S = 30.0

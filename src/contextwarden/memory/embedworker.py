@@ -28,7 +28,7 @@ import threading
 
 import numpy as np
 
-from ..workerpool import Offload, Unavailable
+from ..core.workerpool import Offload, Unavailable
 from .embedder import Embedder
 
 GROUP_NICE = 19  # the worker's scheduling group: the lowest weight (requests first, vectors lag)

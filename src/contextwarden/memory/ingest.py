@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..dialects import dialect
 from ..models.base import ApiKind
-from ..redact import redact_secrets
+from ..util.redact import redact_secrets
+from ..wire.dialects import dialect
 from .chunking import chunk_text, proxy_tokens
 from .envelopes import strip_envelopes
 from .ids import memory_id
@@ -35,7 +35,7 @@ from .items import MemoryItem
 from .turns import units
 
 if TYPE_CHECKING:
-    from ..events import EventBus
+    from ..core.events import EventBus
     from .pending import PendingTable
     from .priority import SearchFirst
     from .store import MemoryStore

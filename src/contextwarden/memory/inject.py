@@ -140,22 +140,3 @@ def strip_blocks(text: str) -> str:
             return text[:start]
         text = text[:start].rstrip() + text[end + len(close):]
         pos = start
-
-
-class NotInjectable(Exception):
-    """Memory cannot go into this request without moving a cached prefix (the reason says why)."""
-
-
-def has_cache_control(obj: Any) -> bool:
-    if isinstance(obj, dict):
-        return "cache_control" in obj or any(has_cache_control(v) for v in obj.values())
-    if isinstance(obj, list):
-        return any(has_cache_control(v) for v in obj)
-    return False
-
-
-def last_user_index(messages: list, role_of) -> int | None:
-    for i in range(len(messages) - 1, -1, -1):
-        if role_of(messages[i]) == "user":
-            return i
-    return None

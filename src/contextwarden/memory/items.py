@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import sealing
+from ..util import sealing
 from .ids import content_hash
 
 KINDS = ("message", "tool_result", "chunk")

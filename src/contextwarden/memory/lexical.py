@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 from rapidfuzz import fuzz, process
 
-from .. import sealing
+from ..util import sealing
 from .items import MemoryItem
 from .tagger import STOPWORDS, stem
 
@@ -35,16 +35,19 @@ _SPLIT = re.compile(r"[_.\-/]+")
 # separator, not the first letter of the next word (``n.ds_store``, ``nthumbs.db`` otherwise)
 _ESCAPE = re.compile(r'(?<!\\)\\[ntrbf"]')
 MAX_TERMS_PER_DOC = 4000  # a long chunk is indexed on its first terms only
+WORDS_KEPT = 200_000  # distinct words whose terms an index remembers (LexicalIndex.add)
 
 
-def tokenize(text: str) -> list[str]:
+def tokenize(text: str, done: dict[str, list[str]] | None = None) -> list[str]:
     """Index terms of a text: lower-cased, stemmed words without stopwords; code identifiers and paths
     are kept whole *and* split into their parts (``load_embedder`` -> ``load_embedder load embedder``).
-    Each distinct word is worked out once per text (source code repeats its names)."""
+    Each distinct word is worked out once per text (source code repeats its names), or once while it is
+    in ``done`` (the index's words seen lately)."""
     out: list[str] = []
     if "\\" in text:
         text = _ESCAPE.sub(" ", text)
-    done: dict[str, list[str]] = {}
+    if done is None:
+        done = {}
     for tok in _TOKEN.findall(text):
         terms = done.get(tok)
         if terms is None:
@@ -208,6 +211,7 @@ class LexicalIndex:
         self._parts: dict[str, _Partition] = {}
         self._lock = threading.RLock()
         self._neighbours: dict[tuple[str, str, int], list] = {}
+        self._words: dict[str, list[str]] = {}  # a word's terms (tokenize), for the words seen lately
 
     def __len__(self) -> int:
         with self._lock:
@@ -222,7 +226,9 @@ class LexicalIndex:
         was submitted); returns how many were new."""
         with self._lock:
             new = [it for it in items if not self.contains(it.id, self.partition_of(it))]
-        prepared = [(it, tokenize(it.text)) for it in new]  # tokenise outside the lock
+        if len(self._words) > WORDS_KEPT:
+            self._words = {}
+        prepared = [(it, tokenize(it.text, self._words)) for it in new]  # tokenise outside the lock
         added = 0
         with self._lock:
             for it, terms in prepared:

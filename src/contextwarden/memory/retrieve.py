@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dialects import dialect
-from ..lru import LRU
 from ..models.base import ApiKind
+from ..util.lru import LRU
+from ..wire.dialects import dialect
 from .envelopes import strip_envelopes
 from .ids import content_hash
 from .inject import strip_blocks

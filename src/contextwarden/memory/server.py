@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..events import EventBus
+from ..core.events import EventBus
 from ..settings import load_settings
 from . import service, wire
 from .service import MemoryService

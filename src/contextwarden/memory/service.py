@@ -1,6 +1,6 @@
 """The memory of one running proxy: store, embedder, ingestor, lexical index and tagger, together.
 
-There is one :class:`MemoryService` per :class:`~contextwarden.runtime.Runtime`, created by the memory
+There is one :class:`MemoryService` per :class:`~contextwarden.core.runtime.Runtime`, created by the memory
 stage's ``cw_configure`` and closed by its ``cw_shutdown``. Opening Chroma and loading the model take a
 second or two, so they happen on a background thread: until the service is ready, requests go without
 memory (the ``memory`` event says ``skipped: "starting"``) and nothing waits.
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import redact as secrets
-from ..lru import LRU
+from ..util import redact as secrets
+from ..util.lru import LRU
 from .client import RemoteMemoryService, store_key
 from .embedder import CachedEmbedder, load_embedder
 from .embedworker import BackgroundEmbedder
@@ -44,7 +44,7 @@ from .store import MemoryStore
 from .tagger import Tagger
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from ..core.runtime import Runtime
 
 # MemoryService.redact remembers the redaction of texts of REDACT_MEMO_MIN characters or more (shorter
 # ones cost less to redact again than to keep), REDACT_MEMO_CHARS characters of them in all (the texts

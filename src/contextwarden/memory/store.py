@@ -35,8 +35,8 @@ from urllib.parse import urlparse
 
 import orjson
 
-from .. import sealing
-from ..redact import redact_secrets
+from ..util import sealing
+from ..util.redact import redact_secrets
 from .items import MemoryItem
 
 if TYPE_CHECKING:

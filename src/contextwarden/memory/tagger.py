@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from rapidfuzz import fuzz
 
-from ..redact import redact_text
+from ..util.redact import redact_text
 
 STOPWORDS = frozenset("""
 a about above across after again against all almost alone along already also although always am among an and

@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..conversation import strip_cache_control
-from ..cost import TTL_5M, WRITE_MULT, price_for
-from ..dialects import dialect
-from ..statecache import state_cache
+from ..store.statecache import state_cache
+from ..wire.conversation import strip_cache_control
+from ..wire.cost import TTL_5M, WRITE_MULT, price_for
+from ..wire.dialects import dialect
 from . import ledger
 from .ledger import NS, _bump, append_version, last_request, off_at
 from .preview import decided_body, decided_state, latest

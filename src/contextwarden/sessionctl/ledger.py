@@ -2,7 +2,7 @@
 ``session_versions``).
 
 Two records per conversation (``tenant|session|agent``, the key clearing and compaction use), in the
-runtime state (SQLite or Redis, through :func:`contextwarden.statecache.state_cache`). The versions
+runtime state (SQLite or Redis, through :func:`contextwarden.store.statecache.state_cache`). The versions
 (namespace ``session_versions``, read by the commands only)::
 
     {"versions": [{n, ts, stage, kind, trigger, tokens_before, tokens_after, messages, tool_ids, refs, off, ...}]}
@@ -38,9 +38,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..history import session_key
-from ..lru import LRU
-from ..statecache import state_cache
+from ..store.statecache import state_cache
+from ..util.lru import LRU
+from ..wire.history import session_key
 
 NS = "session"  # the controls every request reads
 NS_VERSIONS = "session_versions"  # the version list, read by the commands

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ..conversation import result_text
+from ..wire.conversation import result_text
 from .ledger import control
 
 

@@ -1,6 +1,6 @@
 """The decided state of a session's request under other controls, without changing any state.
 
-Runs the pipeline's re-apply path (:meth:`contextwarden.pipeline.Pipeline.decided`: every stage's stored
+Runs the pipeline's re-apply path (:meth:`contextwarden.request.pipeline.Pipeline.decided`: every stage's stored
 records, put in through the stages' own ``cw_reapply``, nothing decided) with the session's controls
 replaced for this thread only (:class:`~contextwarden.sessionctl.ledger.override`). Nothing it does is
 stored: no decision (re-apply decides nothing), no version, no body for the inspector (the call counts
@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ..pipeline import Pipeline
+from ..request.pipeline import Pipeline
 from .ledger import last_request, override
 
 

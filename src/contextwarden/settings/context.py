@@ -76,12 +76,12 @@ class ClearingSection(Section):
     0: off."""
 
     working_set_tokens: int = 0
-    """A new clearing step leaves alone the working set (:mod:`contextwarden.workingset`): per file, its
+    """A new clearing step leaves alone the working set (:mod:`contextwarden.wire.workingset`): per file, its
     latest Read (unless a Write came after it) and the Edit results since, the most recently touched
     files first, up to this many tokens. The model copies its Edits' ``old_string`` from them. 0: off."""
 
     policy: Literal["off", "learn", "frozen"] = "off"
-    """The tenant's learned policy (:mod:`contextwarden.policy`, ``contextwarden policy show``): ``learn``
+    """The tenant's learned policy (:mod:`contextwarden.offline.policy`, ``contextwarden policy show``): ``learn``
     counts which cleared results the model fetched again (re-read, re-run, recalled by the stub's id)
     and leaves alone the results of tools that keep coming back and the Reads of paths that did;
     ``frozen`` applies what was learned without learning more; ``off`` neither."""
@@ -134,7 +134,7 @@ class CompactionSection(Section):
     """Do not compact spans smaller than this: the re-written cache costs more than it saves."""
 
     working_set_tokens: int = 0
-    """The files being edited (:mod:`contextwarden.workingset`: per file an Edit changed, its latest Read
+    """The files being edited (:mod:`contextwarden.wire.workingset`: per file an Edit changed, its latest Read
     and the Edit results since, the most recently touched files first, up to this many tokens) that a
     compaction folds are kept verbatim in its summary message; the cut goes that much deeper. At most a
     quarter of ``target`` (of the window). 0: off."""

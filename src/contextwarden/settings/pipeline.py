@@ -31,7 +31,7 @@ class PipelineSection(Section):
     adaptive_budgets: bool = True
     """Each stage's budget follows how long it recently took: ``budget_p95_factor`` times the p95 of its
     last ``budget_window`` calls, between ``budget_floor_ms`` and ``budget_ceiling_ms``
-    (:mod:`contextwarden.stagebudgets`). Off: the fixed budgets above."""
+    (:mod:`contextwarden.core.stagebudgets`). Off: the fixed budgets above."""
 
     budget_p95_factor: float = 4.0
     """Adaptive budgets: this many times the stage's recent p95."""
@@ -96,7 +96,7 @@ class PipelineSection(Section):
     p50/max after the cycles below were gone, every request in flight waiting it out). What is frozen
     and later dies is freed by reference counting as before; cyclic garbage among it waits for the idle
     collection, which unfreezes first. Safe because the request path makes next to no cyclic garbage
-    (``release_flows``, ``contextwarden.typecheckfix``; a ``gc`` event's ``freed`` shows it)."""
+    (``release_flows``, ``contextwarden.core.typecheckfix``; a ``gc`` event's ``freed`` shows it)."""
 
     engine_timeout_s: float = 60.0
     """How long mitmdump's process waits for the engine's answer to a request before sending the client's
@@ -104,12 +104,12 @@ class PipelineSection(Section):
     engine that hangs or is stopped). An ``error`` event (``where: engine link``) says so."""
 
     release_flows: bool = True
-    """A finished flow is freed by reference counting (``contextwarden.flowrelease``): once mitmproxy drops
+    """A finished flow is freed by reference counting (``contextwarden.core.flowrelease``): once mitmproxy drops
     a request's stream layer, the layer's reference to its flow is cut, so the flow and its request and
     response bodies do not wait as cyclic garbage for a full collection. Process-wide, applied at
     start-up (a patch of mitmproxy's HTTP layer; skipped, with a warning, on a mitmproxy whose layer
     differs). With it, mitmproxy's type check of optional fields no longer leaves an exception cycle
-    holding the flow being built (``contextwarden.typecheckfix``: every request and response, and each
+    holding the flow being built (``contextwarden.core.typecheckfix``: every request and response, and each
     mirror the engine rebuilds)."""
 
     malloc_keep_mb: int = 64

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from contextwarden.cli import main as cli_main
-from contextwarden.replay import replay, request_table, summary_table
-from tests.contextwarden.test_replay import SMALLEST, mini_trace
+from contextwarden.offline.replay import replay, request_table, summary_table
+from tests.contextwarden.offline.test_replay import SMALLEST, mini_trace
 
 MINE = "from contextwarden import hookimpl\n\n@hookimpl\ndef cw_request(ctx):\n    pass\n"
 
@@ -88,8 +88,8 @@ def test_the_replay_tables_fit_100_columns_and_list_only_applied_decisions():
 
 
 def test_the_overview_prices_usage_in_dollars_at_list_price():
-    from contextwarden.cost import price_for
-    from contextwarden.liveprotocol import Totals
+    from contextwarden.core.liveprotocol import Totals
+    from contextwarden.wire.cost import price_for
 
     t = Totals()
     usage = {"input_tokens": 100_000, "output_tokens": 2_000, "cache_read_input_tokens": 400_000,
@@ -104,7 +104,7 @@ def test_the_overview_prices_usage_in_dollars_at_list_price():
 
 
 def test_the_overview_counts_a_failed_upstream_as_the_row_shows_it():
-    from contextwarden.liveprotocol import Totals
+    from contextwarden.core.liveprotocol import Totals
     from contextwarden.tui.store import Store
     from contextwarden.tui.widgets.request_log import row_cells
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from contextwarden import workerpool
 from contextwarden.compress import Limits, offload
+from contextwarden.core import workerpool
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
 from tests.plugins.test_compression import anthropic_body, harness, next_body, results_of

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from contextwarden.fidelity import answer_items
 from contextwarden.memory.autorecall import Kept, Lost, find, read_answer, terms
+from contextwarden.offline.fidelity import answer_items
 
 
 def test_terms_hold_the_fidelity_measures_references():
@@ -25,8 +25,8 @@ def test_a_term_is_held_as_a_token_not_as_part_of_a_longer_one():
 
 
 def test_an_excerpt_holds_what_the_reference_needs_and_says_what_it_left_out():
-    from contextwarden.fidelity import BodyIndex, Indexer, _lines
     from contextwarden.memory.autorecall import excerpt
+    from contextwarden.offline.fidelity import BodyIndex, Indexer, _lines
 
     body = [f"line {i} filler words here" for i in range(1, 400)]
     body[200] = "    token = issue_token(req)"

@@ -85,3 +85,17 @@ def test_chroma_cache_is_the_second_choice(tmp_path, monkeypatch):
     monkeypatch.setattr(embedder_mod, "chroma_cache_dir", lambda: Path(MODEL_DIR))
     e, msg = load_embedder(str(tmp_path / "missing"), download=False)
     assert e is not None and e.source.startswith("chroma cache") and "missing" in msg
+
+
+def test_piece_counter_counts_each_word_once_and_equals_the_tokenizer(monkeypatch):
+    emb = embedder()
+    count = emb.token_counter()
+    lines = ["def load_embedder(model_dir, download=True):  # 0x7ffe12ab", "    return Embedder(d, source=f'{d}')",
+             "naïve café résumé", "[CLS] a [SEP] b", "g\x08gi\x08it\x08t r\x08re", "\tx = y[0] + z['k'] ~ `q`"]
+    for ln in lines:
+        assert count(ln) == emb.count_tokens(ln), ln
+    calls = []
+    real = emb.count_tokens
+    monkeypatch.setattr(emb, "count_tokens", lambda t: calls.append(t) or real(t))
+    assert count("return Embedder(d)") == real("return Embedder(d)")
+    assert calls == []  # words counted before: no call into the tokenizer (one a line cost ~4 ms a 12 KB result)

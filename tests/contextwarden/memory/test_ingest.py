@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from contextwarden.events import EventBus
+from contextwarden.core.events import EventBus
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.ingest import Ingestor, items_from_messages
 from contextwarden.models import ApiKind
@@ -184,7 +184,7 @@ def test_history_not_seen_live_is_an_ingest_event_and_a_dimmed_tui_row(cw_home):
 
 
 def test_the_memory_stage_flags_a_resumed_conversation_as_history(tmp_path):
-    from contextwarden.memory.replay import Replayer
+    from contextwarden.offline.memory.replay import Replayer
 
     p = tmp_path / "profile.yaml"
     p.write_text("extends: claude-code\nmemory: {inject: false}\ntokens: {calibrate: false}\n")
@@ -209,7 +209,7 @@ def test_the_memory_stage_flags_a_resumed_conversation_as_history(tmp_path):
 def test_a_live_sessions_next_request_before_its_turn_is_stored_is_not_history(tmp_path):
     """A client that sends its next request before the previous turn completed (the marker is written
     then) is a live session: its messages are not reported as history the proxy had not seen."""
-    from contextwarden.memory.replay import Replayer
+    from contextwarden.offline.memory.replay import Replayer
 
     p = tmp_path / "profile.yaml"
     p.write_text("extends: claude-code\nmemory: {inject: false}\ntokens: {calibrate: false}\n")

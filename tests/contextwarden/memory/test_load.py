@@ -9,14 +9,14 @@ import signal
 
 import pytest
 
-from contextwarden.events import EventBus
+from contextwarden.core.events import EventBus
 from contextwarden.memory import ingest
 from contextwarden.memory.client import RemoteMemoryService
 from contextwarden.memory.ingest import Ingestor
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.pending import PendingTable
 from contextwarden.memory.service import get_service
-from tests.contextwarden.test_redact import planted
+from tests.contextwarden.util.test_redact import planted
 from tests.plugins.test_memory import replayer
 from tests.support.memstore import events, item, store
 from tests.support.wait import wait_until
@@ -24,7 +24,7 @@ from tests.support.wait import wait_until
 
 def counting_redactions(monkeypatch, *modules) -> list[str]:
     """The texts ``redact_secrets`` is called with, through each of ``modules``' names for it."""
-    from contextwarden import redact as secrets
+    from contextwarden.util import redact as secrets
 
     calls: list[str] = []
     real = secrets.redact_secrets
@@ -282,8 +282,8 @@ def test_a_kept_text_is_redacted_once_for_its_original_and_for_the_searchable_st
     """keep() hands its texts to the keeper thread, which redacts each once and writes the original and
     the journal row from that (the submission, made in keep() on the connection's thread, redacted it
     again: 2 ms per 12 KB of code); keep() itself only queues."""
-    from contextwarden import redact as secrets
     from contextwarden.memory.service import REDACT_MEMO_MIN, MemoryService
+    from contextwarden.util import redact as secrets
 
     calls = counting_redactions(monkeypatch, secrets, ingest)
     rp = replayer(tmp_path)
@@ -315,9 +315,9 @@ def test_a_kept_text_is_redacted_once_for_its_original_and_for_the_searchable_st
 def test_a_compressed_results_original_and_its_turn_are_redacted_once(tmp_path, monkeypatch):
     """A compressed result's original is kept (``searchable=False``) as its request is read, and the same
     text comes to be stored when its turn ends: the memory service redacts it once (``redact``)."""
-    from contextwarden import redact as secrets
     from contextwarden.memory.ids import memory_id
     from contextwarden.memory.service import REDACT_MEMO_MIN, MemoryService
+    from contextwarden.util import redact as secrets
 
     calls = counting_redactions(monkeypatch, secrets, ingest)
     rp = replayer(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from contextwarden.events import EventBus
+from contextwarden.core.events import EventBus
 from contextwarden.memory.ingest import Ingestor
 from contextwarden.memory.pending import PendingTable
 from contextwarden.memory.priority import SearchFirst

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from contextwarden.memory.replay import Replayer
+from contextwarden.core.runtime import Runtime
 from contextwarden.models import ApiKind
-from contextwarden.runtime import Runtime
+from contextwarden.offline.memory.replay import Replayer
 
 ROOT = Path(__file__).resolve().parents[3]
 PLUGIN = ROOT / "examples" / "plugins" / "redact_emails.py"

@@ -8,10 +8,8 @@ import threading
 
 import pytest
 
-from contextwarden.dialects import ANTHROPIC, OPENAI_CHAT, dialect, validate_rewrite
 from contextwarden.memory.inject import (
     OPEN,
-    NotInjectable,
     closing_tag,
     render_block,
     render_item,
@@ -22,6 +20,7 @@ from contextwarden.memory.retrieve import HistoryIndex, Hit, Query, Retrieval, R
 from contextwarden.memory.tagger import tag_key
 from contextwarden.models import ApiKind
 from contextwarden.settings.memory import MemorySection
+from contextwarden.wire.dialects import ANTHROPIC, OPENAI_CHAT, NotInjectable, dialect, validate_rewrite
 from tests.support.memstore import embedder, item, store
 
 FACTS = [
@@ -307,7 +306,7 @@ def test_search_cli_shows_sources_and_scores(tmp_path, capsys):
     import orjson
 
     from contextwarden.cli import main as cli_main
-    from contextwarden.memory.replay import Replayer
+    from contextwarden.offline.memory.replay import Replayer
 
     home = tmp_path / "home"
     rp = Replayer.from_profile("claude-code", home)

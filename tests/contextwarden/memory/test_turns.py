@@ -8,10 +8,10 @@ from datetime import date
 
 import orjson
 
-from contextwarden.memory import eval_locomo as ev
 from contextwarden.memory.retrieve import HistoryIndex, build_query
 from contextwarden.memory.turns import dates_in, near, units
 from contextwarden.models import ApiKind
+from contextwarden.offline.memory import eval_locomo as ev
 from tests.conftest import EVAL_DIR
 from tests.plugins.test_memory import replayer
 

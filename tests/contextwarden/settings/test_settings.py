@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from contextwarden.cli import main as cli_main
-from contextwarden.sessions import derive_session
+from contextwarden.request.sessions import derive_session
 from contextwarden.settings import SettingsError, available_profiles, load_settings
 
 
@@ -105,7 +105,7 @@ def test_session_falls_back_to_a_stable_first_turn_hash():
 
 
 def test_persisted_runtime_overrides_survive_a_restart(tmp_path):
-    from contextwarden.runtime import Runtime
+    from contextwarden.core.runtime import Runtime
 
     rt = Runtime.from_profile("claude-code", tmp_path, log=False)
     rt.apply_overrides({"compaction": {"soft_threshold": 0.61}}, persist=True)
@@ -151,7 +151,7 @@ def test_file_and_environment_errors_are_each_blamed_on_their_source(monkeypatch
 
 
 def test_the_script_names_the_variable(monkeypatch, tmp_path):
-    from contextwarden.runtime import Runtime
+    from contextwarden.core.runtime import Runtime
 
     monkeypatch.setenv("CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD", "abc")
     with pytest.raises(SettingsError, match="environment:\n  CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD: "):

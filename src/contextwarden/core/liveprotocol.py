@@ -1,0 +1,228 @@
+"""The live protocol between the proxy and its clients (``contextwarden tui``): where the server's
+address and token are found, the header the token goes in, how an event is sent, and the running totals
+both sides keep with the same arithmetic (the server since the runtime started, the TUI continuing them
+with the live events). Core, not an addon: the TUI and the metrics read it without the event server.
+Prices are cost.py's.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from ..wire.cost import billed_units, price_for, provider_compaction, usage_usd
+from .events import Event
+
+PROTOCOL = 1
+INFO_FILE = "tui.json"
+TOKEN_HEADER = "X-Contextwarden-Token"
+
+
+def event_dict(ev: Event) -> dict[str, Any]:
+    """An event as clients get it: :meth:`Event.to_dict` (its data scrubbed, headers included)."""
+    return ev.to_dict()
+
+
+def applied_compaction(data: dict[str, Any]) -> bool:
+    """A ``compaction`` event whose summary went out (newly made or re-applied), not a decision to wait."""
+    return data.get("applied") is not False
+
+
+def new_compaction(data: dict[str, Any]) -> bool:
+    """A compaction made by this request: a summary re-applied on a later request is the same one."""
+    return applied_compaction(data) and not data.get("reused")
+
+
+def new_clearing(data: dict[str, Any]) -> bool:
+    """A ``clearing`` event that cleared results for the first time (``new`` 0: stubs re-applied)."""
+    return data.get("new", 1) != 0
+
+
+FAILED_STAGE = ("timeout", "error")  # a stage status after which the request's new work was not sent
+
+
+class SentLedger:
+    """What a request's rewrite really took out and put in, settled when its ``forward`` event says
+    what went upstream. Clearing, compaction and memory report what they did to the request in the
+    pipeline, but that only reaches the provider when the rewrite is sent: a request that fell back
+    (a stage past its budget or failing, an invalid rewrite) sends the original, or only the
+    session's earlier decisions, and a stage abandoned past its budget may report after the
+    ``forward``. So memory counts for a request only when it went out rewritten with every stage
+    ok, and the tokens freed are never more than it went in minus what was sent.
+    """
+
+    def __init__(self, limit: int = 2000) -> None:
+        self._open: OrderedDict[str, list[float]] = OrderedDict()  # flow id -> [freed, memory tokens, injections]
+        self._limit = limit
+
+    def note(self, ev: dict[str, Any]) -> bool:
+        """Take in a ``clearing``, ``compaction`` or ``memory`` event; False for any other."""
+        t, d, fid = ev.get("type"), ev.get("data") or {}, ev.get("flow_id")
+        num = Totals._num
+        if t == "compaction" and applied_compaction(d):
+            freed, mem = max(0, num(d.get("tokens_before")) - num(d.get("tokens_after"))), 0
+        elif t == "clearing":
+            freed, mem = max(0, num(d.get("tokens_freed"))), 0
+        elif t == "memory" and (num(d.get("tokens")) > 0 or num(d.get("injected")) > 0):
+            freed, mem = 0, num(d.get("tokens"))
+        else:
+            return t in ("compaction", "clearing", "memory")
+        if fid:
+            c = self._open.setdefault(fid, [0, 0, 0])
+            c[0] += freed
+            c[1] += mem
+            c[2] += t == "memory"
+            while len(self._open) > self._limit:
+                self._open.popitem(last=False)
+        return True
+
+    def settle(self, ev: dict[str, Any]) -> tuple[int, int, int]:
+        """For a ``forward`` event: (tokens freed, memory tokens, memory injections) its request sent."""
+        d = ev.get("data") or {}
+        freed, mem, injections = self._open.pop(ev.get("flow_id"), (0, 0, 0)) if ev.get("flow_id") else (0, 0, 0)
+        if not d.get("changed") or d.get("blocked"):
+            return 0, 0, 0
+        ti, to = d.get("tokens_in"), d.get("tokens_out")
+        if isinstance(ti, (int, float)) and isinstance(to, (int, float)):
+            freed = min(freed, max(0, ti - to))
+        stages = d.get("stages") if isinstance(d.get("stages"), list) else []
+        if any(isinstance(s, dict) and s.get("status") in FAILED_STAGE for s in stages):
+            mem, injections = 0, 0
+        return int(freed), int(mem), int(injections)
+
+
+class Totals:
+    """Running counters over every event since the runtime started: the Overview's numbers.
+
+    Kept by the server because a client that connects late only gets the recent events; the TUI
+    continues these counters with the live events it receives (same class, same arithmetic).
+
+    Measured: request/turn/stage counts, the provider's reported usage, and billed input units under
+    the caching model (input 1x + cache writes 1.25x + cache reads 0.1x). Counted by the proxy's
+    tokenizer: tokens in and sent, tokens freed by clearing and compaction. Estimated (and labelled so):
+    ``est_saved_units``, the freed tokens priced at the rate each turn actually paid per sent token.
+    Dollars at the model's list price (``cost.py``): ``usd`` (input and output) and ``est_saved_usd``
+    over the ``priced_turns`` whose model the price table knows (no guessing for the others).
+    """
+
+    COUNTS = ("events", "requests", "turns", "compactions", "clearings", "compressions", "memory_injections", "errors",
+              "blocked", "rewritten", "bypassed", "fallback", "fallback_original")
+    SUMS = ("tokens_in", "tokens_sent", "tokens_freed", "compression_saved", "memory_tokens", "usage_input", "usage_output",
+            "usage_cache_read", "usage_cache_write", "billed_units", "est_saved_units", "measured_turns",
+            "usd", "est_saved_usd", "priced_turns",
+            "saving_turns_tokens_in", "saving_turns_tokens_sent",
+            "provider_compactions", "provider_compaction_units", "provider_cleared",
+            "memory_stored", "memory_text_only", "memory_dropped")
+    # the latest value, not a sum: memory's ingestion backlog (items waiting to be embedded), how many
+    # of those are searchable by their words already, and how long the last stored batch's oldest item
+    # had waited
+    GAUGES = ("memory_pending", "memory_indexed", "memory_lag_s")
+
+    def __init__(self) -> None:
+        for f in self.COUNTS + self.SUMS + self.GAUGES:
+            setattr(self, f, 0)
+        self.started: float | None = None
+        self.sent = SentLedger()  # freed and memory tokens count once the request's forward says they went out
+
+    def __getattr__(self, name: str) -> Any:  # (for the type checker: the counters above, set by name)
+        raise AttributeError(name)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Totals:
+        t = cls()
+        for k, v in (d or {}).items():
+            if k in cls.COUNTS or k in cls.SUMS or k in cls.GAUGES or k == "started":
+                setattr(t, k, v)
+        return t
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f: getattr(self, f) for f in self.COUNTS + self.SUMS + self.GAUGES}
+        d["started"] = self.started
+        return d
+
+    @staticmethod
+    def _num(v: Any) -> float:
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+    def add(self, ev: dict[str, Any]) -> None:
+        t = ev.get("type")
+        data = ev.get("data") or {}
+        num = self._num
+        self.events += 1
+        if t == "memory" and ("ingested" in data or "dropped" in data or "backfilled" in data):
+            self._memory_ingestion(data)
+        if t == "startup":
+            self.started = ev.get("ts")
+        elif t == "request":
+            self.requests += 1
+            if data.get("mode") == "bypass":
+                self.bypassed += 1
+        elif t == "forward":
+            ti, to = data.get("tokens_in"), data.get("tokens_out")
+            if isinstance(ti, (int, float)) and isinstance(to, (int, float)):
+                self.tokens_in += ti
+                self.tokens_sent += to
+            self.rewritten += bool(data.get("changed"))
+            self.blocked += bool(data.get("blocked"))
+            # sent without its new work: as the session's decided state, or (re-applying failed) as sent
+            self.fallback += data.get("fallback") in ("decided", "original")
+            self.fallback_original += data.get("fallback") == "original"
+            freed, mem, injections = self.sent.settle(ev)
+            self.tokens_freed += freed  # a compaction's tokens freed on every request that sends it
+            self.memory_tokens += mem
+            self.memory_injections += injections
+        elif self.sent.note(ev):
+            if t == "compaction" and applied_compaction(data):
+                self.compactions += new_compaction(data)  # counted once
+            elif t == "clearing":
+                self.clearings += new_clearing(data)
+        elif t == "compression":
+            # tool outputs compressed at first sight, and the tokens that took out of each (counted once:
+            # clearing's records put the same text back on later requests)
+            self.compressions += int(num(data.get("compressed")))
+            self.compression_saved += num(data.get("tokens_saved"))
+        elif t == "error" or t == "response" and data.get("error"):  # (an upstream that failed: the row says err)
+            self.errors += 1
+        elif t == "turn":
+            self.turns += 1
+            usage = data.get("usage")
+            if isinstance(usage, dict):
+                i, o = num(usage.get("input_tokens")), num(usage.get("output_tokens"))
+                cr, cw = num(usage.get("cache_read_input_tokens")), num(usage.get("cache_creation_input_tokens"))
+                billed = billed_units(usage)
+                self.usage_input += i
+                self.usage_output += o
+                self.usage_cache_read += cr
+                self.usage_cache_write += cw
+                self.billed_units += billed  # (the provider's compaction included: cost.billed_units)
+                self.measured_turns += 1
+                usd = usage_usd(usage, data.get("model"))
+                if usd is not None:
+                    self.usd += usd
+                    self.priced_turns += 1
+                comp = provider_compaction(usage)  # the provider's own context management, apart
+                if comp:
+                    self.provider_compactions += comp["iterations"]
+                    self.provider_compaction_units += billed_units(comp)
+                    billed -= billed_units(comp)  # (the rate below: the request's own sampling only)
+                self.provider_cleared += num(usage.get("provider_cleared_tokens"))
+                ti, ts = data.get("tokens_in"), data.get("tokens_sent")
+                if isinstance(ti, (int, float)) and isinstance(ts, (int, float)) and ts > 0:
+                    # what the freed tokens would have cost at the rate this turn paid per sent token
+                    self.est_saved_units += (ti - ts) * billed / ts
+                    if usd is not None:  # (the same units at the model's input price: one bill per turn)
+                        self.est_saved_usd += (ti - ts) * billed / ts * price_for(data.get("model")).input / 1e6
+                    self.saving_turns_tokens_in += ti
+                    self.saving_turns_tokens_sent += ts
+
+    def _memory_ingestion(self, data: dict[str, Any]) -> None:
+        """Memory's ingestion events: items stored (as text only under load), dropped, still waiting."""
+        num = self._num
+        self.memory_stored += num(data.get("new"))
+        self.memory_text_only += num(data.get("text_only"))
+        self.memory_dropped += num(data.get("dropped"))
+        for key, gauge in (("queued", "memory_pending"), ("pending", "memory_pending"), ("indexed", "memory_indexed"),
+                           ("lag_s", "memory_lag_s")):
+            if isinstance(data.get(key), (int, float)):
+                setattr(self, gauge, data[key])
+

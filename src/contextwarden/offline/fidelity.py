@@ -1,0 +1,467 @@
+"""Fidelity: what the model used next, and whether what we would have sent still held it.
+
+A recorded session holds, after every request, the assistant's answer: that is the test of what the
+model needed from its context. For each request we compare the client's body (``original``) with the
+body we would have sent (``sent``: kept history, stubs, a compaction summary, injected memory):
+
+edit sources
+    The ``old_string`` of every Edit (and of each edit of a MultiEdit) in the answer. Claude Code's
+    Edit needs the exact text, which the model copies from a Read (or an earlier edit's snippet). A
+    source counts when the client's body held it; it is *lost* when ours does not. Compared line by
+    line: Read's ``cat -n`` prefixes (``   12→`` / ``   12\t``) removed, each line stripped, empty lines
+    dropped; every whole line of the source must be a line of the body; a first or last line that may
+    be part of a line (a source of one line, or the ends of a longer one) needs its consecutive word
+    pairs in the body.
+references
+    Distinctive strings in the answer's tool inputs and text (file paths, identifiers with ``_``, a
+    dot, a digit or camelCase; error names) that occur in a tool result of the client's body. *Lost*
+    when they occur nowhere in ours (a tool call's input that names a path still holds it).
+
+Each text is indexed once (a set of line hashes and a set of tokens, memoised by the text itself: the
+history repeats from one request to the next), and a body's index counts its texts' entries, kept
+from the previous body of the same conversation with only the texts after the first difference taken
+out and the new ones put in (:class:`Incremental`): the check is a lookup, never a scan of the body
+per reference, and a request costs what its new texts cost.
+
+Penalty (an estimate, stated as such): each tool result that lost content the answer used costs at
+least one extra tool round trip to get it back: the request's prefix read from cache (0.1x input), the
+tool result as new input (1x), and the call as output. Lost items that came from one tool result are
+one round trip (re-reading the file brings all of them back).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..wire.conversation import result_text
+from ..wire.cost import READ_MULT, price_for
+from ..wire.references import _TOKEN, _WORD, _lines, _tokens, distinctive
+
+EDIT_TOOLS = ("Edit", "MultiEdit")
+MEMO = 50_000  # texts whose index is remembered (least recently used out)
+EXAMPLES = 5  # lost items kept per request for --requests
+
+
+@dataclass(frozen=True, slots=True)
+class TextIndex:
+    lines: frozenset  # hashes of the normalised lines
+    tokens: frozenset  # words, distinctive tokens and path suffixes
+
+
+class Indexer:
+    """Indexes texts once (memoised by the text)."""
+
+    def __init__(self, memo: int = MEMO) -> None:
+        self._memo: OrderedDict[str, TextIndex] = OrderedDict()
+        self._max = memo
+
+    def text(self, text: str) -> TextIndex:
+        got = self._memo.get(text)
+        if got is not None:
+            self._memo.move_to_end(text)
+            return got
+        got = TextIndex(frozenset(hash(s) for s in _lines(text)), frozenset(_tokens(text)))
+        self._memo[text] = got
+        if len(self._memo) > self._max:
+            self._memo.popitem(last=False)
+        return got
+
+
+def _part_of_a_line(ix, ln: str) -> bool:
+    words = _WORD.findall(ln)
+    if len(words) == 1:
+        return words[0] in ix.tokens
+    return all(f"{a} {b}" in ix.tokens for a, b in zip(words, words[1:]))
+
+
+def has_source(ix, lines: list[str]) -> bool:
+    """Every whole line of an edit source is a line of ``ix``; the ends (possibly parts of a line) are
+    lines there or have all their word pairs there."""
+    last = len(lines) - 1
+    for i, ln in enumerate(lines):
+        if hash(ln) in ix.lines:
+            continue
+        if (i == 0 or i == last) and _part_of_a_line(ix, ln):
+            continue
+        return False
+    return True
+
+
+class Incremental:
+    """The index of the bodies of a conversation, kept from one request to the next: a body shares
+    its leading texts with the previous body of the same conversation (the history is re-sent), so
+    only the texts after the first difference are taken out and the new ones put in. Counts, not sets,
+    so a text can be taken out. Conversations (the main agent, subagents, a summarised restart) are
+    told apart by their first text; a few are kept."""
+
+    def __init__(self, indexer: Indexer, streams: int = 8) -> None:
+        self.ix = indexer
+        self._streams: OrderedDict[str, BodyIndex] = OrderedDict()
+        self._max = streams
+
+    def index(self, texts: list[str]) -> BodyIndex:
+        key = texts[0] if texts else ""
+        st = self._streams.get(key)
+        if st is None:
+            st = self._streams[key] = BodyIndex(Counter(), Counter(), [])
+            if len(self._streams) > self._max:
+                self._streams.popitem(last=False)
+        else:
+            self._streams.move_to_end(key)
+        old = st.texts
+        k, n = 0, min(len(old), len(texts))
+        while k < n and old[k] == texts[k]:
+            k += 1
+        if len(old) - k > k:  # more to take out than to keep: start again
+            st.lines, st.tokens, k = Counter(), Counter(), 0
+        else:
+            for t in old[k:]:
+                ti = self.ix.text(t)
+                _take(st.lines, ti.lines)
+                _take(st.tokens, ti.tokens)
+        for t in texts[k:]:
+            ti = self.ix.text(t)
+            st.lines.update(ti.lines)
+            st.tokens.update(ti.tokens)
+        st.texts = list(texts)
+        return st
+
+
+def _take(counts: Counter, items: Iterable) -> None:
+    for x in items:
+        c = counts[x] - 1
+        if c > 0:
+            counts[x] = c
+        else:
+            del counts[x]
+
+
+@dataclass(slots=True)
+class BodyIndex:
+    lines: set | Counter
+    tokens: set | Counter
+    texts: list[str] = field(default_factory=list)  # what it indexes (Incremental)
+
+    def has_source(self, lines: list[str]) -> bool:
+        return has_source(self, lines)
+
+    def has_ref(self, ref: str) -> bool:
+        return ref in self.tokens
+
+
+# ---------------------------------------------------------------------------- bodies and answers
+
+
+def _walk_strings(v: Any) -> Iterable[str]:
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, dict):
+        for x in v.values():
+            yield from _walk_strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _walk_strings(x)
+
+
+def _blocks(content: Any) -> list:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+Parts = tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+
+
+def message_parts(m: Any) -> Parts:
+    """(texts, tool calls as (id, name), tool results as (tool_use_id, text)) of one message.
+
+    Texts: text blocks (a compaction summary, injected memory), tool results, the string values of
+    tool calls' inputs. Thinking is left out (the same on both sides)."""
+    texts: list[str] = []
+    uses: list[tuple[str, str]] = []
+    results: list[tuple[str, str]] = []
+    if isinstance(m, dict):
+        for b in _blocks(m.get("content")):
+            t = b.get("type")
+            if t == "text" and isinstance(b.get("text"), str):
+                texts.append(b["text"])
+            elif t == "tool_use":
+                uses.append((str(b.get("id")), str(b.get("name") or "?")))
+                texts.extend(_walk_strings(b.get("input")))
+            elif t == "tool_result":
+                txt = result_text(b.get("content"))
+                texts.append(txt)
+                results.append((str(b.get("tool_use_id")), txt))
+    return tuple(texts), tuple(uses), tuple(results)
+
+
+def body_texts(body: dict | None, parts=message_parts) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """(every text of the messages, the tool results as (tool name, tool_use_id, text)); the system
+    prompt is left out (the replay's is a stand-in, the same on both sides)."""
+    texts: list[str] = []
+    results: list[tuple[str, str, str]] = []
+    names: dict[str, str] = {}
+    for m in (body or {}).get("messages") or []:
+        t, uses, res = parts(m)
+        texts.extend(t)
+        names.update(uses)
+        results.extend((names.get(tid, "?"), tid, txt) for tid, txt in res)
+    return texts, results
+
+
+class PartsMemo:
+    """``message_parts`` memoised by the message's JSON bytes: the history is re-sent with every
+    request, and encoding a message is much cheaper than walking it."""
+
+    def __init__(self, size: int = MEMO) -> None:
+        self._memo: OrderedDict[bytes, Parts] = OrderedDict()
+        self._max = size
+
+    def __call__(self, m: Any) -> Parts:
+        try:
+            key = orjson.dumps(m)
+        except TypeError:
+            return message_parts(m)
+        got = self._memo.get(key)
+        if got is None:
+            got = self._memo[key] = message_parts(m)
+            if len(self._memo) > self._max:
+                self._memo.popitem(last=False)
+        return got
+
+
+@dataclass
+class Answer:
+    """What the model used in its answer: edit sources (lines, the call) and references."""
+
+    sources: list[tuple[list[str], str]] = field(default_factory=list)  # (normalised lines, raw old_string)
+    refs: set[str] = field(default_factory=set)
+    calls: dict[str, str] = field(default_factory=dict)  # tool name -> the input's JSON (for output tokens)
+
+
+def answer_items(response: dict | None) -> Answer:
+    out = Answer()
+    for b in _blocks((response or {}).get("content")):
+        t = b.get("type")
+        if t == "text" and isinstance(b.get("text"), str):
+            out.refs |= {x.rstrip(".") for x in _TOKEN.findall(b["text"]) if distinctive(x.rstrip("."))}
+        elif t == "tool_use":
+            inp = b.get("input") if isinstance(b.get("input"), dict) else {}
+            name = str(b.get("name") or "")
+            olds: list[str] = []
+            if name in EDIT_TOOLS:
+                if isinstance(inp.get("old_string"), str):
+                    olds.append(inp["old_string"])
+                for e in inp.get("edits") or []:
+                    if isinstance(e, dict) and isinstance(e.get("old_string"), str):
+                        olds.append(e["old_string"])
+            for o in olds:
+                ls = _lines(o)
+                if ls:
+                    out.sources.append((ls, o))
+            skip = set(olds)
+            for s in _walk_strings(inp):
+                if s in skip:
+                    continue
+                out.refs |= {x.rstrip(".") for x in _TOKEN.findall(s) if distinctive(x.rstrip("."))}
+    return out
+
+
+@dataclass
+class Fidelity:
+    """One request's counts (sources/references the answer used that the client's body held, and how
+    many of them ours lost), where the lost ones came from, and the penalty estimate."""
+
+    sources: int = 0
+    sources_lost: int = 0
+    refs: int = 0
+    refs_lost: int = 0
+    by_tool: dict[str, int] = field(default_factory=dict)  # lost items by the tool whose result held them
+    by_stage: dict[str, int] = field(default_factory=dict)  # cleared (a stub kept its id) / dropped (compacted or truncated away) / other
+    round_trips: int = 0
+    penalty: float = 0.0
+    lost: list[str] = field(default_factory=list)  # examples
+    ms: float = 0.0  # time the count took (replay stays linear: see the module doc)
+    # every lost item: kind ("source" / "ref"), what (the old_string or the reference), tool and
+    # tool_use_id of the client's result that held it, stage (cleared / dropped / other)
+    items: list[dict[str, str]] = field(default_factory=list)
+    # of the items the previous request of this conversation lost (``back_of``), how many this request
+    # carries again in what the recall stage injected (``back``), and anywhere but in the previous
+    # answer itself and the new tool results (a re-read the model asked for): ``present``
+    back: int = 0
+    back_of: int = 0
+    present: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ms": round(self.ms, 3), "sources": self.sources, "sources_lost": self.sources_lost, "refs": self.refs,
+                "refs_lost": self.refs_lost, "by_tool": self.by_tool, "by_stage": self.by_stage,
+                "round_trips": self.round_trips, "penalty": self.penalty, "lost": self.lost, "items": self.items,
+                "back": self.back, "back_of": self.back_of, "present": self.present}
+
+
+def _short(s: str, n: int = 60) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+class FidelityCounter:
+    """Counts one trace's requests; holds the text memo across them (the history repeats)."""
+
+    def __init__(self, count_text=None) -> None:
+        self.ix = Indexer()
+        self._parts = PartsMemo()
+        self._orig, self._results, self._sent = Incremental(self.ix), Incremental(self.ix), Incremental(self.ix)
+        self._count = count_text or (lambda s: max(1, len(s) // 4))
+        # conversation -> what its last request lost, and the texts of that request's answer
+        self._pending: dict[str, tuple[list[dict[str, str]], frozenset]] = {}
+
+    def request(self, original: dict, sent: dict | None, response: dict | None, model: str | None = None,
+                tokens_sent: int = 0, factor: float = 1.0, recalled: list[str] | None = None) -> Fidelity:
+        """``tokens_sent``: our count of the body we sent (the round trip re-reads it); ``factor``
+        converts our counts into billed tokens (the replay's size fit); ``recalled``: the texts the
+        recall stage injected into this request (what it put back of the previous request's losses)."""
+        t0 = time.perf_counter()
+        conv = self._conversation(original)
+        pending = self._pending.pop(conv, None)
+        fid = self._request(original, sent, response, model, tokens_sent, factor)
+        if pending:
+            self._put_back(fid, pending[0], pending[1], sent if sent is not None else original, recalled or [])
+        if fid.items:
+            # (the answer itself, re-sent in the next request, does not hold what it used)
+            self._pending[conv] = (fid.items, frozenset(message_parts(response or {})[0]))
+            if len(self._pending) > 64:
+                self._pending.pop(next(iter(self._pending)))
+        fid.ms = (time.perf_counter() - t0) * 1000
+        return fid
+
+    def _conversation(self, body: dict) -> str:
+        msgs = (body or {}).get("messages") or []
+        texts = self._parts(msgs[0])[0] if msgs else ()
+        return texts[0] if texts else ""
+
+    def _put_back(self, fid: Fidelity, items: list[dict[str, str]], answer: frozenset, sent: dict,
+                  recalled: list[str]) -> None:
+        """Of the previous request's lost items, those this one carries in what recall injected, and
+        those it carries anywhere but in the previous answer and the new tool results (a recalled block,
+        memory, a re-applied rewrite that no longer takes it out)."""
+        back = BodyIndex(set(), set())
+        for t in recalled:
+            ti = self.ix.text(t)
+            back.lines |= ti.lines
+            back.tokens |= ti.tokens
+        msgs = (sent or {}).get("messages") or []
+        u_texts, _ = body_texts({"messages": msgs[:-1]}, self._parts)
+        if msgs:  # the new message: what was injected into it, not the new tool results (a re-read)
+            texts, _, res = self._parts(msgs[-1])
+            new_results = {t for _, t in res}
+            u_texts += [t for t in texts if t not in new_results]
+        body = BodyIndex(set(), set())
+        for t in u_texts:
+            if t in answer:
+                continue
+            ti = self.ix.text(t)
+            body.lines |= ti.lines
+            body.tokens |= ti.tokens
+        for it in items:
+            lines = _lines(it["what"]) if it["kind"] == "source" else None
+
+            def holds(ix: BodyIndex) -> bool:
+                return ix.has_source(lines) if lines is not None else ix.has_ref(it["what"])
+            fid.back_of += 1
+            if recalled and holds(back):
+                fid.back += 1
+            if holds(body):
+                fid.present += 1
+
+    def _request(self, original: dict, sent: dict | None, response: dict | None, model: str | None,
+                 tokens_sent: int, factor: float) -> Fidelity:
+        ans = answer_items(response)
+        fid = Fidelity()
+        if not ans.sources and not ans.refs:
+            return fid
+        o_texts, o_results = body_texts(original, self._parts)
+        sources = refs = []
+        if ans.sources:  # (each index only when the answer has something to look up in it)
+            o_all = self._orig.index(o_texts)
+            sources = [(ls, raw) for ls, raw in ans.sources if o_all.has_source(ls)]
+        if ans.refs:
+            o_res = self._results.index([t for _, _, t in o_results])
+            refs = sorted(r for r in ans.refs if o_res.has_ref(r))
+        fid.sources, fid.refs = len(sources), len(refs)
+        if sent is None or sent is original or not (sources or refs):
+            return fid
+        u_texts, u_results = body_texts(sent, self._parts)
+        ours = self._sent.index(u_texts)
+        lost_s = [(ls, raw) for ls, raw in sources if not ours.has_source(ls)]
+        lost_r = [r for r in refs if not ours.has_ref(r)]
+        fid.sources_lost, fid.refs_lost = len(lost_s), len(lost_r)
+        if not (lost_s or lost_r):
+            return fid
+        # where the lost content was: the client's tool results that held it (first one found)
+        kept_ids = {tid for _, tid, _ in u_results}
+        origins: dict[str, tuple[str, str]] = {}  # tool_use_id -> (tool, text)
+        by_tool: Counter = Counter()
+        by_stage: Counter = Counter()
+
+        def origin(kind: str, what: str, test) -> None:
+            for name, tid, txt in reversed(o_results):  # the latest result that held it
+                if test(self.ix.text(txt)):
+                    origins[tid] = (name, txt)
+                    by_tool[name] += 1
+                    stage = "cleared" if tid in kept_ids else "dropped"
+                    by_stage[stage] += 1
+                    fid.items.append({"kind": kind, "what": what, "tool": name, "tool_use_id": tid, "stage": stage})
+                    return
+            by_tool["(not a tool result)"] += 1
+            by_stage["other"] += 1
+            fid.items.append({"kind": kind, "what": what, "tool": "", "tool_use_id": "", "stage": "other"})
+
+        for ls, raw in lost_s:
+            origin("source", raw, lambda ix, ls=ls: has_source(ix, ls))
+            if len(fid.lost) < EXAMPLES:
+                fid.lost.append("edit source: " + _short(raw))
+        for r in lost_r:
+            origin("ref", r, lambda ix, r=r: r in ix.tokens)
+            if len(fid.lost) < EXAMPLES:
+                fid.lost.append("reference: " + _short(r))
+        fid.by_tool, fid.by_stage = dict(by_tool), dict(by_stage)
+        fid.round_trips = len(origins) + (by_stage.get("other", 0) and 1)
+        fid.penalty = round_trip_cost(model, tokens_sent, [self._count(t) for _, t in origins.values()],
+                                      factor, extra_trips=fid.round_trips - len(origins))
+        return fid
+
+
+CALL_OUTPUT_TOKENS = 60  # a tool call's output (name, a path): what the model writes to ask again
+
+
+def round_trip_cost(model: str | None, prefix_tokens: int, result_tokens: list[int], factor: float = 1.0,
+                    extra_trips: int = 0) -> float:
+    """Dollars of the extra round trips: per trip, the prefix read from cache (0.1x input) and the call
+    as output; per result, its tokens as new input (1x). ``extra_trips`` are trips whose result size is
+    unknown (counted for the prefix and the call only)."""
+    p = price_for(model)
+    trips = len(result_tokens) + extra_trips
+    inp = trips * prefix_tokens * factor * READ_MULT + sum(result_tokens) * factor
+    return (inp * p.input + trips * CALL_OUTPUT_TOKENS * p.output) / 1e6
+
+
+def totals(fids: Iterable[Fidelity]) -> dict[str, Any]:
+    out: dict[str, Any] = {"sources": 0, "sources_lost": 0, "refs": 0, "refs_lost": 0, "round_trips": 0, "penalty": 0.0,
+                           "ms": 0.0, "back": 0, "back_of": 0, "present": 0}
+    by_tool: Counter = Counter()
+    by_stage: Counter = Counter()
+    for f in fids:
+        for k in ("sources", "sources_lost", "refs", "refs_lost", "round_trips", "penalty", "ms", "back", "back_of", "present"):
+            out[k] += getattr(f, k)
+        by_tool.update(f.by_tool)
+        by_stage.update(f.by_stage)
+    out["sources_lost_share"] = out["sources_lost"] / out["sources"] if out["sources"] else 0.0
+    out["refs_lost_share"] = out["refs_lost"] / out["refs"] if out["refs"] else 0.0
+    out["by_tool"], out["by_stage"] = dict(by_tool.most_common()), dict(by_stage.most_common())
+    return out

@@ -1,0 +1,1 @@
+"""The memory evaluations (LoCoMo, LongMemEval, live) and the replay they drive through the lifecycle."""

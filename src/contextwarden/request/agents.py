@@ -1,0 +1,92 @@
+"""Agent keys: which agent of a session sent a request (budgets are per session and per agent).
+
+Claude Code's subagents (the Task/Agent tool, custom agents, its small side calls) send the same
+session id as the main agent but their own system prompt. So under the ``claude-code`` rule the agent
+is the session plus a fingerprint of the system prompt, taken after removing what changes while one
+agent keeps running: the billing header (``cc_version=...``, new with every release), dates and the
+``Today's date`` line, the ``You are powered by the model ...`` / ``model ID is`` / knowledge-cutoff
+lines (they change when Claude Code falls back to another model mid-session) and the ``gitStatus``
+snapshot. The main agent is recognised by its "You are an interactive ..." prompt and keyed
+``<session>/main`` so its key also survives a Claude Code upgrade; any other prompt is
+``<session>/<8 hex of its fingerprint>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from ..util.lru import memoized
+
+AGENT_HEADER = "x-contextwarden-agent"
+
+_BILLING = "x-anthropic-billing-header"
+_VOLATILE_LINE = re.compile(
+    r"(?im)^.*(?:x-anthropic-billing-header|cc_version=|today's date|currentdate|current date|"
+    r"model id is|you are powered by the model|knowledge cutoff).*$")
+_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?)?\b")
+_GIT_STATUS = re.compile(r"(?s)(?:^|\n)\s*gitStatus:.*")
+_SPACE = re.compile(r"\s+")
+_MAIN_AGENT = re.compile(r"(?i)\byou are an interactive (?:cli tool|agent)\b")
+
+
+def _blocks_text(system: Any) -> list[str]:
+    if isinstance(system, str):
+        return [system]
+    if isinstance(system, list):
+        return [str(b.get("text", "")) for b in system if isinstance(b, dict)
+                and not str(b.get("text", "")).startswith(_BILLING)]
+    return []
+
+
+def normalise_system(body: dict[str, Any]) -> str:
+    """The system prompt with everything that changes within one agent's life removed."""
+    return _normalise_texts(_blocks_text(body.get("system")))
+
+
+def _normalise_texts(texts) -> str:
+    out = []
+    for text in texts:
+        text = _GIT_STATUS.sub("", text)
+        text = _VOLATILE_LINE.sub("", text)
+        text = _DATE.sub("<date>", text)
+        text = _SPACE.sub(" ", text).strip()
+        if text:
+            out.append(text)
+    return "\n".join(out)
+
+
+def claude_code_agent(body: dict[str, Any], session: str) -> str:
+    """``<session>/main`` for Claude Code's main agent, ``<session>/<fingerprint>`` for the others."""
+    suffix = _agent_suffix(tuple(_blocks_text(body.get("system"))))
+    return f"{session}/{suffix}" if suffix else session
+
+
+@memoized(256)
+def _agent_suffix(texts: tuple[str, ...]) -> str | None:
+    # memoised by the system texts: an agent sends the same ones (tens of KB for Claude Code) with
+    # every request, and normalising them is a handful of regular expressions over all of it
+    text = _normalise_texts(texts)
+    if not text:
+        return None
+    if _MAIN_AGENT.search(text):
+        return "main"
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def derive_agent(rule: str, headers, body: dict[str, Any], session: str) -> str:
+    """The agent key of a request under the profile's ``budget.agent_rule``.
+
+    ``claude-code``: see the module docstring (an explicit ``x-contextwarden-agent`` header wins);
+    ``header``: the ``x-contextwarden-agent`` header as given (one budget may then span sessions), else
+    the session; ``session``: one agent per session.
+    """
+    explicit = headers.get(AGENT_HEADER) if headers is not None else None
+    if rule == "header":
+        return explicit or session
+    if rule == "claude-code":
+        if explicit:
+            return explicit
+        return claude_code_agent(body if isinstance(body, dict) else {}, session)
+    return session

@@ -1,0 +1,578 @@
+"""Runs the request stages: each in a worker thread under its own time budget, failing open.
+
+The contract: the rewrite goes upstream when every stage finished in time, the result differs from the
+original, the validator accepts it, and it is not above the window because of this request's new work.
+Otherwise the request goes out as the session's *decided state*: the decisions already stored for it
+(clearing's stubs, compaction's summary) re-applied byte for byte by each stage's ``cw_reapply`` on a
+fresh typed request, and nothing new; if even that fails, the client's original bytes go. Every
+decision is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from mitmproxy.net import encoding as enc
+from pydantic import ValidationError
+
+from ..core.stageclock import StageClock
+from ..models import ApiKind
+from ..models.base import WireModel
+from ..util.redact import redact_headers, redact_path, tenant_of
+from ..wire.dialects import NO_PROVIDER, dialect, validate_rewrite
+from ..wire.history import History
+from ..wire.tokens import current_turn_start, strips_thinking
+from ..wire.validate import FactCache
+from .agents import derive_agent
+from .context import BlockedResponse, Incoming, RequestContext
+from .sessions import derive_session
+
+# Who sent a request, as the proxy saw it (addons/interceptor.origin_of), among the consumed headers: a
+# name no HTTP header can have, so no client sets it
+ORIGIN = ":origin"
+_AUTH_HEADERS = {"x-api-key", "authorization", "api-key", "anthropic-version", "anthropic-beta", "openai-organization", "openai-project"}
+
+
+class Skip(Exception):
+    """The body cannot be handled (not JSON, wrong type...): forward it unchanged and say why."""
+
+
+@dataclass
+class Outcome:
+    body: bytes | None = None  # None: forward the original bytes
+    blocked: BlockedResponse | None = None
+    reason: str = "unchanged"
+    # set when the request went out without its new work: "decided" (the session's decided state:
+    # stored decisions re-applied) or "original" (the client's bytes: even re-applying failed), and why
+    fallback: str | None = None
+    fallback_reason: str | None = None
+
+
+def decode_body(raw: bytes, encoding: str | None) -> bytes:
+    if not encoding or encoding.strip().lower() in ("identity", ""):
+        return raw
+    try:
+        return enc.decode(raw, encoding.strip().lower())
+    except ValueError as e:
+        raise Skip(f"cannot decode {encoding} body: {e}") from None
+
+
+def prepare(runtime, req: Incoming) -> RequestContext:
+    """Decode, parse and identify a request (runs in a worker thread). Raises Skip. A message of the
+    Responses WebSocket says so in ``ctx.notes["transport"]``."""
+    settings = runtime.settings
+    runtime.last_request = time.monotonic()
+    api, path, headers, raw = req.api, req.path, list(req.headers), req.raw
+    h = {k.lower(): v for k, v in headers + list(req.consumed.items())}  # (looked up by lower-case names)
+    ctype = (h.get("content-type") or "").lower()
+    if not raw:
+        raise Skip("empty body")
+    if ctype and "json" not in ctype:
+        raise Skip(f"content-type {ctype!r} is not JSON")
+    if len(raw) > settings.proxy.max_body_mb * 1_000_000:
+        raise Skip(f"body of {len(raw)} bytes is over proxy.max_body_mb")
+    t0 = time.perf_counter()
+    body = decode_body(raw, h.get("content-encoding"))
+    history = dialect(api).history_key
+    try:
+        data, known = runtime.recent.parse(body, history)  # the history a recent request had is not decoded again
+    except orjson.JSONDecodeError as e:
+        raise Skip(f"malformed JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise Skip("JSON body is not an object")
+    session, source = derive_session(h, data)
+    tenant = tenant_of(headers, path, session, runtime.salt)  # every credential; none: a tenant of its own
+    if tenant.startswith("a-") and h.get(ORIGIN):  # no credential: the session within who the proxy saw send it
+        tenant = tenant_of((), "", h[ORIGIN] + "\0" + str(session or ""), runtime.salt)
+    agent = derive_agent(settings.budget.agent_rule, h, data, session)
+    msgs = data.get(history)
+    conv = runtime.conversations.get((api, tenant, session, agent)) if isinstance(msgs, list) else None
+    try:
+        raws, exact = conv.message_bytes(msgs, known.raws if known is not None else None) if conv is not None else (None, False)
+    except orjson.JSONEncodeError as e:  # parsed (depth < 1024) but deeper than orjson writes (254)
+        raise Skip(f"nested too deep: {e}") from None
+    runtime.recent.remember(body, data, raws, known, history)
+    try:
+        model, hist = _typed(api, data, raws, conv)
+    except ValidationError:
+        try:  # again as one body, for the error's full location (messages[i]...)
+            dialect(api).parse(data)
+        except ValidationError as e:
+            raise Skip(f"body does not match the {api.value} schema: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from None
+        raise
+    ctx = RequestContext(
+        runtime=runtime, settings=settings, flow_id=req.flow_id, api=api, host=req.host, path=redact_path(path),
+        headers=redact_headers(headers), session=session, session_source=source, tenant=tenant,
+        agent=agent, model=data.get("model") if isinstance(data.get("model"), str) else None,
+        stream=bool(data.get("stream")), original=data, request=model,
+        auth={k.lower(): v for k, v in headers if k.lower() in _AUTH_HEADERS}, request_bytes=body,
+        # each message's own JSON, once: the content key of the per-message caches (typed messages, token
+        # counts, validation facts); a bytes object keeps its hash, so every later lookup is a memcmp
+        message_raw=raws, raw_exact=exact, known_messages=known.count if known is not None else 0, history=hist,
+    )
+    ctx.notes["transport"] = req.transport
+    seen = hist.carried(_PROVIDER)  # (only the new messages are looked at)
+    pc = ctx.notes["provider"] = dialect(api).provider_context(data, seen, frozenset(settings.pipeline.provider_take_over))
+    hist.carry_on(_PROVIDER, len(hist.entries), pc.boundary)
+    _hand_over(ctx)
+    ctx.timings["parse"] = round((time.perf_counter() - t0) * 1000, 3)
+    return ctx
+
+
+_PROVIDER = "provider"  # the conversation's slot: where the latest compaction block of the messages seen is
+
+
+def _hand_over(ctx: RequestContext) -> None:
+    """The client's delegated edits the profile takes over, out of the request (``ProviderContext.update``:
+    a top-level field set, or removed when None); prepare's and the decided state's request alike."""
+    update = ctx.notes.get("provider", NO_PROVIDER).update
+    if update:
+        req = ctx.request.model_copy()
+        extra = dict(req.__pydantic_extra__ or {})
+        for k, v in update:
+            if v is None:
+                extra.pop(k, None)
+            else:
+                extra[k] = v
+        req.__pydantic_extra__ = extra
+        ctx.request = req
+
+
+def _typed(api: ApiKind, data: dict, raws: list[bytes] | None, conv, entries: list | None = None
+           ) -> tuple[WireModel, History]:
+    """The typed request and its History: its history entries (typed, or the client's dicts where the
+    dialect has no message model) the conversation's own where it had them (``entries``: those of a
+    request prepared before, for its decided state); a body without a history list has an empty one."""
+    d = dialect(api)
+    key, msgs = d.history_key, data.get(d.history_key)
+    if raws is None or not isinstance(msgs, list):
+        return d.parse(data), History(api, None, [], [])
+    if entries is None:
+        entries = conv.typed(msgs, raws, d.typed_entry)
+    model = d.parse({**data, key: []})
+    # the field is set (it was in the input): stored directly, as parsing it would have
+    model.__dict__[key] = [e.obj for e in entries]
+    return model, History(api, conv, raws, entries)
+
+
+def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | None] | None = None) -> int | None:
+    """Tokens of ``ctx.original`` (kept per message on ctx) or of a rewrite of it (messages equal to the
+    original's reuse those counts; ``raws``: the rewrite's message bytes where known, see wire_of)."""
+    try:
+        tokens = ctx.runtime.tokens
+        h = ctx.history
+        if wire is ctx.original:
+            # each message's count is remembered with its typed message (history.Typed.memo)
+            n, h.tokens_kept = _count_remembering(ctx, wire, h.entries, raw=ctx.message_raw)
+            return n - _provider_dropped(ctx)
+        srcs, kept = h.wire_entries, h.tokens_kept
+        msgs = wire.get("messages")
+        if srcs is None or not isinstance(msgs, list) or len(srcs) != len(msgs):
+            return tokens.count_request(dialect(ctx.api), wire, ctx.model, reuse=kept, raw=raws) - _provider_dropped(ctx)
+        # messages with an entry (the original's unchanged ones, derived ones) have their count
+        return _count_remembering(ctx, wire, srcs, reuse=kept, raw=raws)[0] - _provider_dropped(ctx)
+    except Exception as e:  # accounting must never cost a request
+        ctx.emit("error", where="tokens", message=str(e))
+        return None
+
+
+def _provider_dropped(ctx: RequestContext) -> int:
+    """Tokens of the count that the provider does not read: the leading messages it drops (before its
+    latest compaction block: not ours to save either), less the earlier turns' thinking a ``keep: "all"``
+    edit keeps (which the count leaves out for models that drop it by default). From the original's
+    per-message counts (the validator keeps those messages as they came in any rewrite)."""
+    pc = ctx.notes.get("provider", NO_PROVIDER)
+    kept = ctx.history.tokens_kept if pc.dropped or pc.keeps_thinking else None
+    if not kept:
+        return 0
+    msgs, entries = kept[0], kept[1]
+    cut = current_turn_start(msgs) if dialect(ctx.api).thinking_dropped and strips_thinking(ctx.model) else 0
+    off = sum(t - (th if i < cut else 0) for i, (t, th) in enumerate(entries[:pc.dropped]))
+    if pc.keeps_thinking:
+        off -= sum(th for _, th in entries[pc.dropped:cut])
+    return off
+
+
+def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list | None, **kw) -> tuple[int, Any]:
+    """``count_request`` of ``wire``, taking each message's count from its pool entry's memo
+    (``entries``, aligned with the messages; None where a message has none) and remembering there
+    the counts it computed. Returns the count and what ``count_request`` kept."""
+    tokens = ctx.runtime.tokens
+    keep: list = []
+    if entries is None:
+        return tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, **kw), (keep[0] if keep else None)
+    key = ("tokens", tokens.encoding_of(ctx.model))
+    known = [e.memo.get(key) if e is not None else None for e in entries]
+    n = tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, known=known, **kw)
+    if keep and len(keep[0][1]) == len(entries):
+        got = keep[0][1]
+        for i in [i for i, k in enumerate(known) if k is None]:
+            e = entries[i]
+            if e is not None:
+                e.memo[key] = got[i]
+    return n, (keep[0] if keep else None)
+
+
+def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | None]:
+    """``ctx.request.wire()``, and the JSON bytes of each of its messages where known.
+
+    A message that is still the one the request was prepared with is the client's own dict, and an
+    edited copy made by ``History.derive_all`` has its remembered wire form: neither is dumped again, and
+    their bytes key the validator's and the token counter's caches. A long history costs an identity
+    check per message, not a dump of each."""
+    req, h = ctx.request, ctx.history
+    msgs = req.__dict__.get("messages") if h is not None else None
+    orig = ctx.original.get("messages")
+    if not isinstance(msgs, list) or not isinstance(orig, list) or len(orig) != len(h.entries):
+        return req.wire(), None
+    out: list[Any] = []
+    raws: list[bytes | None] = []
+    srcs: list[Any] = []  # the entry each message is, for its remembered token count (count_tokens)
+    ents, lraws = h.entries, h.raws
+    n = len(ents)
+    for p, m in enumerate(msgs):
+        if p < n and ents[p].obj is m:  # (a message still at its own place is found without the index)
+            j = p
+        else:
+            j = h.original_index(m)
+        if j is not None:
+            out.append(orig[j])
+            raws.append(lraws[j])
+            srcs.append(ents[j])
+            continue
+        e = h.derived.get(id(m))
+        if e is not None and e.obj is m:
+            if e.wire is None:
+                e.wire = m.wire()
+                e.raw = orjson.dumps(e.wire)
+            out.append(e.wire)
+            raws.append(e.raw)
+            srcs.append(e)
+            continue
+        out.append(m.wire() if isinstance(m, WireModel) else m)
+        raws.append(None)
+        srcs.append(None)
+    h.wire_entries = srcs
+    # top-level fields still holding the client's own objects (system, tools: the cached prefix) are
+    # taken as they are, not dumped again
+    o = ctx.original
+    d = req.__dict__
+    same = {k for k, v in d.items() if k != "messages" and isinstance(v, (dict, list)) and o.get(k) is v}
+    extra = req.__pydantic_extra__ or {}
+    same |= {k for k, v in extra.items() if isinstance(v, (dict, list)) and o.get(k) is v}
+    top = req.model_dump(mode="json", exclude_unset=True, by_alias=True, exclude={"messages"} | same)
+    wire: dict[str, Any] = {}
+    fields_set = req.model_fields_set
+    for k in type(req).model_fields:  # the order model_dump would give: fields as declared, then extras
+        if k == "messages":
+            wire["messages"] = out
+        elif k in same and k in fields_set:
+            wire[k] = d[k]
+        elif k in top:
+            wire[k] = top.pop(k)
+    for k in extra:
+        if k in same:
+            wire[k] = extra[k]
+        elif k in top:
+            wire[k] = top.pop(k)
+    wire.update(top)
+    return wire, raws
+
+
+def serialise(wire: dict[str, Any], raws: list[bytes | None] | None) -> bytes:
+    """``orjson.dumps(wire)``, byte for byte; the messages whose exact bytes are known (``raws``, see
+    wire_of) are copied in rather than encoded again."""
+    msgs = wire.get("messages")
+    if raws is None or not isinstance(msgs, list) or len(raws) != len(msgs):
+        return orjson.dumps(wire)
+    parts: list[bytes] = []
+    for k, v in wire.items():
+        parts.append(b"," if parts else b"{")
+        if k == "messages":
+            parts.append(b'"messages":[')
+            for i, (r, m) in enumerate(zip(raws, msgs)):
+                if i:
+                    parts.append(b",")
+                parts.append(r if r is not None else orjson.dumps(m))
+            parts.append(b"]")
+        else:
+            parts.append(orjson.dumps(k))
+            parts.append(b":")
+            parts.append(orjson.dumps(v))
+    parts.append(b"}" if parts else b"{}")
+    return b"".join(parts)
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)
+
+
+def request_event(ctx: RequestContext, nbytes: int, mode: str) -> None:
+    msgs = ctx.original.get(dialect(ctx.api).history_key)
+    ctx.emit("request", host=ctx.host, path=ctx.path, model=ctx.model, tenant=ctx.tenant, agent=ctx.agent,
+             session_source=ctx.session_source, messages=len(msgs) if isinstance(msgs, list) else 1,
+             stream=ctx.stream, bytes=nbytes, tokens_in=ctx.tokens_in, mode=mode, headers=ctx.headers,
+             known_messages=ctx.known_messages, context_window=ctx.settings.tokens.context_window,
+             transport=ctx.notes.get("transport", "http"))
+
+
+_NOT_RUN = object()  # admit_and_process: the stages did not run (the request was not read, or is bypassed)
+
+
+def _action(outcome: Outcome) -> str:
+    """What went upstream after a failure, for its ``error`` event."""
+    return "forwarded the session's decided state" if outcome.body is not None else "forwarded original"
+
+
+class Pipeline:
+    def __init__(self, runtime) -> None:
+        self.runtime = runtime
+
+    def reappliers(self) -> list[tuple[str, Any]]:
+        """(name, cw_reapply) of every enabled stage that has one, in the pipeline's order."""
+        impls = {i.plugin_name: i.function for i in self.runtime.pm.hook.cw_reapply.get_hookimpls()}
+        return [(n, impls[n]) for n, _ in self.runtime.stages() if n in impls]
+
+    async def admit_and_process(self, admit: Callable[[], tuple[RequestContext | None, bool]]
+                                ) -> tuple[RequestContext | None, Outcome | None]:
+        """The stages and :meth:`finish` of the context ``admit()`` gives, ``admit`` called first on the
+        same stage thread: one trip from the event loop and back, not two (each trip waits for a thread
+        and for the interpreter lock twice, tens of ms under load). The loop watches the running
+        stage's budget; past it, the stage is abandoned (left running: the breaker notes it) and the
+        session's decided state goes. ``admit`` returns ``(ctx, run)``: ctx None (not read) or ``run`` False (bypassed) runs
+        no stage and gives no Outcome. Its own failures are its to report; one it raises propagates."""
+        rt = self.runtime
+        clock = StageClock()
+        got = await clock.watch(rt.stage_pool.submit(self._admit_run, admit, clock))
+        ctx = clock.ctx
+        if got is _NOT_RUN:
+            return ctx, None
+        if clock.t_done:  # the stage thread's end to the loop having its answer: the way back's wait
+            ctx.timings["to_loop"] = _ms(clock.t_done)
+        return ctx, await self._outcome(ctx, clock, got)
+
+    def _admit_run(self, admit, clock: StageClock):
+        ctx, run = admit()
+        clock.ctx = ctx  # (read by the loop once this call returned, or once it abandoned a stage)
+        if ctx is None or not run:
+            return _NOT_RUN
+        got = self._run(ctx, clock)
+        clock.t_done = time.perf_counter()
+        return got
+
+    async def _outcome(self, ctx: RequestContext, clock: StageClock, got) -> Outcome:
+        """The Outcome of the stage thread's answer ``got`` (see :meth:`_run`)."""
+        rt = self.runtime
+        if got is None:  # the watchdog abandoned a stage
+            name, ms = clock.abandoned, clock.abandoned_ms
+            ctx.late_threads.add(clock.thread)
+            rt.mark_overrun(name, clock.returned, ctx)
+            p = ctx.settings.pipeline
+            budget = clock.budget
+            # a call past its budget took at least its budget: a busy machine raises the budgets
+            rt.stage_times.record(name, budget.ms, p.budget_window)
+            err = f"ran past its {budget.describe()}"
+            res = {"stage": name, "ms": round(ms, 3), "status": "timeout"}
+            ctx.stage_results.append(res)
+            ctx.emit("stage", **res, error=err, budget_ms=round(budget.ms, 1))
+            got = ("timeout", name, err, None)
+        if isinstance(got, Outcome):
+            return got
+        status, name, err, tb = got
+        ctx.timings["stages"] = _ms(clock.t_stages)
+        why = f"stage {name} {status}: {err}"
+        outcome = await self.fall_back(ctx, why)
+        ctx.emit("error", where="stage", stage=name, message=err, action=_action(outcome),
+                 traceback=tb if status == "error" else None)
+        return outcome
+
+    def _run(self, ctx: RequestContext, clock: StageClock):
+        """The stages one after another, then :meth:`finish` (on the stage thread). Returns the Outcome,
+        or (status, stage, error, traceback) of a stage that failed; None once the loop abandoned a
+        stage (nothing more is done for this request here)."""
+        rt = self.runtime
+        trace = getattr(rt.pm, "cw_trace", None)
+        p = ctx.settings.pipeline
+        t_stages = clock.t_stages = time.perf_counter()
+        ctx.timings["to_stages"] = round((t_stages - ctx.started) * 1000, 3)  # prepare's start -> here: waits included
+        stages = rt.stages()
+        self._start(ctx, stages)
+        reappliers = None
+        for name, fn in stages:
+            budget = rt.stage_times.budget(name, p)
+            # The breaker: a stage whose previous call ran past its budget and has not returned yet is
+            # skipped, rather than queueing another call (and thread) behind one that hangs; its stored
+            # decisions are re-applied in its place (cw_reapply). It runs again on the first request
+            # after that call returns.
+            late = rt.overrun_since(name)
+            reapplied = False
+            if late is not None:
+                reason = f"its call of {(time.time() - late) * 1000:.0f} ms ago ran past its budget and is still running"
+                if reappliers is None:
+                    reappliers = dict(self.reappliers())
+                fn = reappliers.get(name)
+                if fn is None:
+                    ctx.stage_results.append({"stage": name, "ms": 0.0, "status": "skipped"})
+                    ctx.emit("stage", stage=name, ms=0.0, status="skipped", error=reason)
+                    ctx.emit("error", where="stage", stage=name, message=f"stage {name} skipped: {reason}",
+                             reason=reason, action="stage skipped, other stages ran")
+                    continue
+                ctx.emit("error", where="stage", stage=name, message=f"stage {name} skipped: {reason}", reason=reason,
+                         action="stage skipped, its decisions re-applied, other stages ran")
+                reapplied = True
+            if trace:
+                trace(f"cw_{'reapply' if reapplied else 'request'} [{name}] flow={ctx.flow_id} session={ctx.session}\n")
+            status, err, tb, failure = "ok", None, None, None
+            t0 = clock.begin(name, budget)
+            ctx.deadline, ctx.budget_ms = t0 + budget.seconds, budget.ms
+            try:
+                fn(ctx)
+            except Exception as e:
+                status, err, failure = "error", f"{type(e).__name__}: {e}", e
+                tb = traceback.format_exc(limit=6)
+            ms = (time.perf_counter() - t0) * 1000
+            if not clock.end(failure):
+                return None  # abandoned past its budget: the loop went on without this request's work
+            if not reapplied and status != "error":
+                rt.stage_times.record(name, ms, p.budget_window)
+            res = {"stage": name, "ms": round(ms, 3), "status": "skipped" if reapplied and status == "ok" else status}
+            if reapplied:
+                res["reapplied"] = True
+            ctx.stage_results.append(res)
+            ctx.emit("stage", **res, error=err if status != "ok" else reason if reapplied else None,
+                     budget_ms=round(budget.ms, 1))
+            if status != "ok":
+                return status, name, err, tb
+            if ctx.blocked is not None:
+                ctx.timings["stages"] = _ms(t_stages)
+                return Outcome(blocked=ctx.blocked, reason=f"blocked by {name}")
+        ctx.timings["stages"] = _ms(t_stages)
+        return self.finish(ctx)
+
+    def _start(self, ctx: RequestContext, stages: list[tuple[str, Any]]) -> None:
+        """``cw_request_start`` of the enabled stages that have one: work that overlaps the stages."""
+        impls = self.runtime.pm.hook.cw_request_start.get_hookimpls()
+        if not impls:
+            return
+        enabled = {n for n, _ in stages}
+        for impl in impls:
+            if impl.plugin_name not in enabled:
+                continue
+            try:
+                impl.function(ctx)
+            except Exception as e:  # an extra: the stages run as they would without it
+                ctx.emit("error", where="request_start", stage=impl.plugin_name, message=f"{type(e).__name__}: {e}",
+                         action="stages ran without it")
+
+    async def fall_back(self, ctx: RequestContext, why: str) -> Outcome:
+        """The session's decided state (:meth:`decided`), built within ``pipeline.fallback_budget_ms``;
+        past that, the original (with an event)."""
+        loop = asyncio.get_running_loop()
+        limit = ctx.settings.pipeline.fallback_budget_ms
+        abandoned = threading.Event()
+        call = self.runtime.stage_pool.submit(self.decided, ctx, why, abandoned)
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(call, loop=loop)), limit / 1000)
+        except TimeoutError:
+            abandoned.set()
+            msg = f"building the decided state ran past its {limit:.0f} ms limit (pipeline.fallback_budget_ms)"
+        except Exception as e:  # a bug of ours: fail open
+            msg = f"building the decided state failed: {type(e).__name__}: {e}"
+        ctx.emit("error", where="reapply", message=msg, action="forwarded original")
+        return Outcome(reason=why, fallback="original", fallback_reason=f"{why}; {msg}")
+
+    def decided(self, ctx: RequestContext, why: str, abandoned: threading.Event | None = None,
+                hold: list | None = None) -> Outcome:
+        """The request as the session's decided state: every stage's stored decisions re-applied
+        (``cw_reapply``, in the pipeline's order) and nothing new, validated and serialised like any
+        rewrite (worker thread).
+
+        Built on a fresh typed request parsed from ``ctx.original`` (which no stage mutates), never on
+        ``ctx.request``: a stage call abandoned past its budget may still be putting messages into that
+        one's list. Its typed messages are the ones ``ctx`` was prepared with (frozen: shared as they are). Depends on no slow stage (memory, tagging): they have no re-apply.
+        ``hold``: a list that receives the re-apply's events instead of the bus (the caller releases
+        them if it sends this state)."""
+        t0 = time.perf_counter()
+        step, stage = "parsing a fresh typed request", None
+        try:
+            h = ctx.history
+            model, hist = _typed(ctx.api, ctx.original, ctx.message_raw, h.conv if h is not None else None,
+                                 h.entries if h is not None else None)
+            fctx = dataclasses.replace(ctx, request=model, history=hist, notes={"provider": ctx.notes.get("provider", NO_PROVIDER)},
+                                       stage_results=[], blocked=None, deadline=None, budget_ms=None, late_threads=set(),
+                                       event_extra={**ctx.event_extra, "fallback": True}, held_events=hold)
+            _hand_over(fctx)
+            for stage, fn in self.reappliers():
+                step = f"re-applying {stage}"
+                fn(fctx)
+        except Exception as e:
+            msg = f"{step} failed: {type(e).__name__}: {e}"
+            ctx.emit("error", where="reapply", stage=stage, message=msg, action="forwarded original",
+                     traceback=traceback.format_exc(limit=6))
+            return Outcome(reason=why, fallback="original", fallback_reason=f"{why}; {msg}")
+        out = self.finish(fctx, fallback=True, abandoned=abandoned)
+        ctx.tokens_out = fctx.tokens_out
+        ctx.timings["fallback"] = _ms(t0)
+        if out.body is None and out.reason != "unchanged":  # the decided state itself was invalid
+            return Outcome(reason=why, fallback="original", fallback_reason=f"{why}; decided state: {out.reason}")
+        return Outcome(body=out.body, reason=why, fallback="decided", fallback_reason=why)
+
+    def finish(self, ctx: RequestContext, fallback: bool = False, abandoned: threading.Event | None = None) -> Outcome:
+        """Compare, validate and serialise the result (worker thread).
+
+        When nothing changed, the client's own bytes go upstream (nothing is serialised). The validator
+        and the token count of a rewritten body reuse per-message caches, so a history seen before
+        costs a dump and a lookup per message (validate.py, tokens.py). An invalid rewrite, or one
+        above the window that the decided state is not, falls back to the decided state (unless this
+        is the decided state: ``fallback``)."""
+        t = ctx.timings
+        t0 = time.perf_counter()
+        wire, raws = wire_of(ctx)
+        same = wire == ctx.original
+        t["dump"] = _ms(t0)
+        if same:
+            ctx.tokens_out = ctx.tokens_in
+            if abandoned is None or not abandoned.is_set():
+                self.runtime.remember(ctx, None, len(ctx.request_bytes or b""))
+            return Outcome(reason="unchanged")
+        t0 = time.perf_counter()
+        h = ctx.history
+        problems = validate_rewrite(ctx.api, wire, ctx.original, original_raw=ctx.message_raw, raw=raws,
+                                    fixed=ctx.notes.get("provider", NO_PROVIDER).boundary,
+                                    facts=self.runtime.memo("validate.facts", FactCache),
+                                    checkpoints=h.conv.checkpoints if h.conv is not None else None)
+        t["validate"] = _ms(t0)
+        if problems:
+            why = f"invalid rewrite: {problems[0]}"
+            out = Outcome(reason=why) if fallback else self.decided(ctx, why)
+            ctx.emit("error", where="validator", message="; ".join(problems[:5]), problems=problems[:20],
+                     action=_action(out))
+            return out
+        t0 = time.perf_counter()
+        ctx.tokens_out = count_tokens(ctx, wire, raws)
+        t["count_out"] = _ms(t0)
+        window = ctx.settings.tokens.context_window
+        if not fallback and ctx.tokens_out is not None and ctx.tokens_out > window:
+            # above the window: never because of this request's new work (injected memory...)
+            mine = ctx.tokens_out
+            held: list = []
+            out = self.decided(ctx, f"the rewrite ({mine:,} tokens) is above the window ({window:,})", hold=held)
+            if out.fallback == "decided" and ctx.tokens_out is not None and ctx.tokens_out < mine:
+                for type_, data in held:
+                    self.runtime.bus.emit(type_, data, flow_id=ctx.flow_id, session=ctx.session)
+                return out
+            ctx.tokens_out = mine  # the decided state is no smaller: this request's new work is not the cause
+        t0 = time.perf_counter()
+        body = serialise(wire, raws if ctx.raw_exact else None)
+        t["serialise"] = _ms(t0)
+        if abandoned is None or not abandoned.is_set():
+            self.runtime.remember(ctx, body, len(body))
+        return Outcome(body=body, reason="rewritten")

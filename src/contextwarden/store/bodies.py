@@ -1,0 +1,64 @@
+"""Recent request bodies, original and rewritten, for the TUI's inspector and for replay.
+
+Bodies hold conversation text but never credentials (those live in headers, which are redacted); what
+is written to disk or handed out has the conversation's secrets redacted too (:mod:`contextwarden.util.scrub`).
+Kept in memory up to a byte budget; written under ``cw_home/bodies`` only when the profile's
+``log.record_bodies`` asks for it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..util.lru import LRU
+from ..util.scrub import scrub
+
+
+def _decoded(entry: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an entry with its bodies as JSON values (they are kept as bytes)."""
+    out = dict(entry)
+    for k in ("original", "rewritten"):
+        v = out.get(k)
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            try:
+                out[k] = orjson.loads(v)
+            except orjson.JSONDecodeError:
+                out[k] = bytes(v).decode("utf-8", "replace")
+    return out
+
+
+class BodyRing:
+    """The last requests' bodies, bounded by bytes and count (an :class:`~contextwarden.util.lru.LRU`).
+
+    ``original`` and ``rewritten`` are best given as JSON bytes (``Runtime.remember`` does): bytes are a
+    single object the garbage collector never walks, where a parsed 150K-token body is thousands of
+    tracked dicts and lists. ``get`` and ``for_session`` return them decoded."""
+
+    def __init__(self, max_bytes: int = 64_000_000, max_items: int = 500) -> None:
+        self._lru = LRU(max_bytes, max_count=max_items)
+
+    def put(self, flow_id: str, entry: dict[str, Any], nbytes: int) -> None:
+        self._lru.put(flow_id, entry, nbytes)
+
+    def get(self, flow_id: str) -> dict[str, Any] | None:
+        e = self._lru.peek(flow_id)
+        return _decoded(e) if e else None
+
+    def for_session(self, session: str) -> list[dict[str, Any]]:
+        return [_decoded(e) for _, e in self._lru.items() if e.get("session") == session]
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+
+def record(home: Path, entry: dict[str, Any]) -> Path:
+    """Write one request's bodies as JSON (the format ``contextwarden replay`` reads)."""
+    d = Path(home) / "bodies" / str(entry.get("session") or "unknown")
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / f"{time.time():.6f}-{entry['flow_id']}.json"
+    p.write_bytes(orjson.dumps(scrub(_decoded(entry))))  # no secret of the conversation reaches the disk
+    return p

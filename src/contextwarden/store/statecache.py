@@ -1,0 +1,72 @@
+"""A write-through, in-process cache over the runtime's state store (:mod:`contextwarden.store.state`).
+
+The pruning stages read a session's decisions on every request. The store is the source of truth (so
+decisions survive restarts), but a read or write per request costs milliseconds on a busy disk; this
+keeps the recent records in memory, reads the store only on a miss, and can keep a value in memory only
+(``persist=False``) for bookkeeping that need not survive a restart.
+
+With a shared backend (Redis: several replicas write the same sessions) a value in memory may be one
+another replica has replaced since, and serving it would make this replica decide differently. The
+rule there: every ``get`` reads the stored bytes (one round trip), and the memory only saves decoding
+them again, returning the very object decoded before when the bytes are unchanged (stages that hand
+work on from one request to the next compare these objects by identity). ``persist=False`` is ignored
+(everything is written): a value only one replica knew would make the replicas' decisions differ.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..util.lru import LRU
+
+
+class StateCache:
+    def __init__(self, state, max_entries: int = 20_000) -> None:
+        self.state = state
+        self.shared = bool(getattr(state, "shared", False))
+        # (ns, key) -> (value, the stored bytes it was decoded from, or None)
+        self._lru = LRU(max_entries)
+
+    def get(self, ns: str, key: str, default: Any = None) -> Any:
+        k = (ns, key)
+        if self.shared:
+            blob = self.state.load(ns, key)
+            e = self._lru.peek(k)
+            if blob is None:
+                v = None
+            elif e is not None and e[1] == blob:
+                v = e[0]
+            else:
+                v = self.state.decode(blob)
+            self._lru.put(k, (v, blob))
+            return default if v is None else v
+        v = self._lru.get(k, lambda: (self.state.get(ns, key), None))[0]
+        return default if v is None else v
+
+    def put(self, ns: str, key: str, value: Any, persist: bool = True) -> None:
+        if self.shared:
+            blob = self.state.encode(value)
+            self.state.store(ns, key, blob)
+            self._lru.put((ns, key), (value, blob))
+            return
+        self._lru.put((ns, key), (value, None))
+        if persist:
+            self.state.put(ns, key, value)
+
+    def update(self, ns: str, key: str, fn) -> Any:
+        """``fn(current)`` stored atomically (see the store's ``update``); returns what is stored."""
+        v = self.state.update(ns, key, fn)
+        self._lru.put((ns, key), (v, None))
+        return v
+
+    def update_many(self, updates: list[tuple[str, str, Any]]) -> list[Any]:
+        """Each ``(ns, key, fn)`` as :meth:`update`, in order, in one transaction of the store."""
+        vs = self.state.update_many(updates)
+        for (ns, key, _), v in zip(updates, vs):
+            self._lru.put((ns, key), (v, None))
+        return vs
+
+
+def state_cache(runtime) -> StateCache:
+    """The cache of ``runtime.state``: the runtime's own (a new Runtime reads the store afresh)."""
+    return runtime.memo("state", lambda: StateCache(runtime.state))

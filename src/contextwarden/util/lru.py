@@ -1,0 +1,131 @@
+"""One bounded memo for every cache of the proxy: what was not used lately goes first.
+
+Per-message work (a message's digest, the validator's facts about it, a text's secret scrub, a lost
+text's terms) is a pure function of its key, and a long conversation sends the same messages again
+with every request. :class:`LRU` remembers it, bounded by a size (a count, or ``size(key)`` per key:
+``size=len`` for the bytes of the keys it keeps) and optionally by a count too. Keyed by the exact value
+(Python's hash, then an equality check), it can never answer for another key: what some of these values
+guard (a wrong fact could let an invalid body through) must not rest on a hash alone.
+
+Two generations of plain dictionaries rather than a linked order: a hit is one ``dict.get`` with no
+lock (each dict operation is atomic under the interpreter lock; a race between threads at most forgets
+an entry, which is computed again). New entries go to the young generation; when it holds half the
+bound it becomes the old one and the old one is dropped; what is used again from the old one moves to
+the young one. So what was used in neither of the last two generations goes first.
+
+Memos of the request path belong to a runtime (``Runtime.memo(name, factory)``), never to a module, so
+two runtimes in one process share nothing (``tests/contextwarden/core/test_runtime_state.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any
+
+
+class LRU:
+    """``get(key, compute, *args)``: the remembered value, else ``compute(*args)`` remembered. Bounded by
+    ``max_size``, counting ``size(key)`` per key (1 by default, or the ``n`` given to :meth:`put`), and by
+    ``max_count`` entries when set. Keys whose size is below ``min_size`` (cheaper to compute again than to
+    keep) or above ``max_item`` are not kept. Values are never None."""
+
+    def __init__(self, max_size: int, size: Callable[[Any], int] | None = None, min_size: int = 0,
+                 max_item: int | None = None, max_count: int | None = None) -> None:
+        self.max_size = max_size
+        self.size = size
+        self.min_size = min_size
+        self.max_item = max_item if max_item is not None else max(1, max_size // 2)
+        self.max_count = max_count
+        self._young: dict[Hashable, Any] = {}
+        self._old: dict[Hashable, Any] = {}
+        self._total = self._old_total = 0  # each generation's size
+        self._lock = threading.Lock()
+
+    def peek(self, key: Hashable) -> Any:
+        """The value held for ``key`` (None when absent), without counting it as a use."""
+        v = self._young.get(key)
+        return self._old.get(key) if v is None else v
+
+    @property
+    def young(self) -> dict[Hashable, Any]:
+        """The young generation, for a hot loop's lookups without a call (a hit there is right; on a
+        miss ask :meth:`get`). Read only."""
+        return self._young
+
+    def get(self, key: Hashable, compute: Callable[..., Any], *args: Any) -> Any:
+        v = self._young.get(key)
+        if v is None:
+            v = self._old.get(key)
+            if v is None:
+                v = compute(*args)
+            self.put(key, v)
+        return v
+
+    def put(self, key: Hashable, v: Any, n: int | None = None) -> None:
+        if n is None:
+            n = self.size(key) if self.size is not None else 1
+        if n < self.min_size or n > self.max_item or v is None:
+            return
+        with self._lock:
+            if self._young and (self._total + n > self.max_size // 2
+                                or (self.max_count is not None and len(self._young) >= max(1, self.max_count // 2))):
+                self._old, self._young, self._old_total, self._total = self._young, {}, self._total, 0
+            self._young[key] = v
+            self._total += n
+
+    def items(self) -> list[tuple[Hashable, Any]]:
+        """The keys and values held, each key once, the older generation's first, each in the order stored."""
+        with self._lock:
+            young = self._young
+            return [(k, v) for k, v in self._old.items() if k not in young] + list(young.items())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._young, self._old, self._total, self._old_total = {}, {}, 0, 0
+
+    @property
+    def held(self) -> int:
+        """The size of what is held (both generations)."""
+        return self._total + self._old_total
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old)
+
+
+class BytesMemo(LRU):
+    """An :class:`LRU` keyed by exact bytes, bounded by the bytes of its keys (an eighth of the bound
+    at most per key)."""
+
+    def __init__(self, max_bytes: int = 32_000_000, min_key: int = 0) -> None:
+        super().__init__(max_bytes, size=len, min_size=min_key, max_item=max_bytes // 8)
+
+    @property
+    def max_bytes(self) -> int:
+        return self.max_size
+
+
+_NONE = object()  # a remembered None (an LRU holds no None)
+
+
+def memoized(max_size: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A pure function of its positional arguments, remembered in an :class:`LRU` of ``max_size``
+    calls (``fn.memo``): for memos of a text's or a name's result, the same for every runtime."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        memo = LRU(max_size)
+
+        def compute(*args: Any) -> Any:
+            v = fn(*args)
+            return _NONE if v is None else v
+
+        @functools.wraps(fn)
+        def call(*args: Any) -> Any:
+            v = memo.young.get(args)  # (a hit without a further call)
+            if v is None:
+                v = memo.get(args, compute, *args)
+            return None if v is _NONE else v
+
+        call.memo = memo  # type: ignore[attr-defined]
+        return call
+    return wrap

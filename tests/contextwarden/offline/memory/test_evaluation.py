@@ -1,0 +1,104 @@
+"""The evaluations, small: LoCoMo (one conversation, a few questions) through the CLI, and a LongMemEval
+smoke replay; both must beat the truncation baseline at the same tokens. Plus the metric helpers."""
+
+from __future__ import annotations
+
+import orjson
+
+from contextwarden.cli import main as cli_main
+from contextwarden.models import ApiKind
+from contextwarden.offline.memory import eval_locomo as ev
+from contextwarden.offline.memory import eval_longmemeval as lme
+from contextwarden.offline.memory.evaluation import contains, request_text, truncate_to
+from tests.conftest import EVAL_DIR
+
+
+def test_locomo_cli_one_conversation_beats_truncation(tmp_path, capsys, shared):
+    out = tmp_path / "locomo.json"
+    rc = cli_main(["eval", "locomo", "--conversation", "conv-30", "--questions", "12", "--cache", "none",
+                   "--quiet", "--json", str(out), "--data", str(EVAL_DIR / "locomo_dev.json"),
+                   "--framing", "turns,dated-merged"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "LoCoMo (turns): 1 conversations, 369 turns" in printed
+    assert "LoCoMo (dated-merged): 1 conversations, 369 turns" in printed
+    for row in ("contextwarden", "truncation (last N, same tokens)", "full history", "evidence-weighted, categories 1-4",
+                "LoCoMo by framing", "target: evidence-weighted recall"):
+        assert row in printed
+    res = orjson.loads(out.read_bytes())
+    assert set(res["framings"]) == {"turns", "dated-merged"}
+    qs = res["framings"]["turns"]
+    assert len(qs) == 12 and res["settings"]["window"] == 4096
+    recall = sum(q["hits"] / q["evidence"] for q in qs) / len(qs)
+    trunc = sum(q["trunc_hits"] / q["evidence"] for q in qs) / len(qs)
+    assert recall > trunc + 0.3, (recall, trunc)
+    assert all(q["tokens"] <= 4096 for q in qs)  # the window holds, memory included
+    assert all(q["trunc_tokens"] <= q["tokens"] for q in qs)
+    assert sum(q["injected"] for q in qs) > 0
+
+
+def test_locomo_framings_keep_every_turn_text_and_the_speakers_roles():
+    """Each framing holds every turn's own text once, in a message of its speaker's role: merged ones
+    join consecutive turns of one speaker, dated ones write the session's date before each turn."""
+    sample = next(s for s in orjson.loads((EVAL_DIR / "locomo_dev.json").read_bytes()) if s["sample_id"] == "conv-30")
+    conv = sample["conversation"]
+    turns, by_id = ev.framed(conv, "turns")
+    merged, _ = ev.framed(conv, "merged")
+    dated, _ = ev.framed(conv, "dated-merged")
+    assert len(turns) == len(by_id) > len(merged) == len(dated)
+    assert all(a["role"] != b["role"] for a, b in zip(merged, merged[1:]))
+    date = conv["session_1_date_time"]
+    first = conv["session_1"][0]
+    assert dated[0]["content"].startswith(f"({date}) {first['speaker']}: {first['text']}")
+    for framing in (merged, dated):
+        text = "\n".join(m["content"] for m in framing)
+        assert all(t in text for t in by_id.values())
+
+
+def test_longmemeval_smoke_beats_truncation(shared):
+    # a reduced haystack (the answer session first, then 4 others) and a 4K window keep this quick (the
+    # embedding of ~12K tokens is most of its time); the benchmark itself is `contextwarden eval longmemeval`
+    report = lme.run(EVAL_DIR / "longmemeval_s_dev.json", question_ids=["29f2956b"], window=4096,
+                     haystack_limit=5, progress=None, memory={"budget_fraction": 0.25},
+                     compaction={"summary_max_tokens": 300, "min_span_tokens": 300, "protect_recent_turns": 1})
+    assert len(report.questions) == 1
+    q = report.questions[0]
+    assert report.requests >= 5 and report.fallbacks == 0
+    assert q.tokens <= 4096 and q.full_tokens > 2 * 4096
+    assert q.turns_hit >= q.trunc_turns_hit and q.sessions_hit >= q.trunc_sessions_hit
+    assert q.sessions_hit == 1 and q.trunc_sessions_hit == 0, q
+    assert "recall_any" in report.render()
+
+
+def test_request_text_and_containment_read_every_part_of_a_body():
+    body = {"system": [{"type": "text", "text": "sys prompt"}],
+            "messages": [{"role": "user", "content": "Hello   there"},
+                         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x",
+                                                       "content": [{"type": "text", "text": "tool  said\nthis"}]},
+                                                      {"type": "text", "text": "memory block text"}]}]}
+    text = request_text(body)
+    assert contains(text, "Hello there") and contains(text, "tool said this") and contains(text, "sys prompt")
+    assert contains(text, "memory  block\ntext") and not contains(text, "absent")
+
+
+def test_longmemeval_reached_counts_long_turns_by_lines():
+    long_turn = "\n".join(f"paragraph {i} with enough characters to be a line of its own here" for i in range(40))
+    assert lme.reached("x " + " ".join(long_turn.split()) + " y", long_turn)
+    half = " ".join(" ".join(long_turn.splitlines()[:25]).split())
+    assert lme.reached(half, long_turn)  # chunk-stored: most of its lines reach the request
+    assert not lme.reached(" ".join(long_turn.splitlines()[:5]), long_turn)
+    assert lme._list("['a', 'b']") == ["a", "b"] and lme._list(["c"]) == ["c"]
+
+
+def test_truncation_keeps_the_longest_suffix_that_fits(tmp_path):
+    from contextwarden.offline.memory.replay import Replayer
+
+    rp = Replayer.from_profile("claude-code", tmp_path / "home")
+    try:
+        msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " + "word " * 50} for i in range(20)]
+        kept, used = truncate_to(rp.runtime, ApiKind.ANTHROPIC, msgs, 300, "claude-eval")
+        assert kept == msgs[-len(kept):] and 1 <= len(kept) < 20 and used <= 300
+        more, _ = truncate_to(rp.runtime, ApiKind.ANTHROPIC, msgs, 600, "claude-eval")
+        assert len(more) > len(kept)
+    finally:
+        rp.close()

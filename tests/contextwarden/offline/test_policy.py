@@ -1,0 +1,163 @@
+"""The learned clearing policy (contextwarden.offline.policy): learns from re-fetched results, per tenant,
+bounded, resettable, shown by ``contextwarden policy show`` against a running proxy."""
+
+from __future__ import annotations
+
+import copy
+
+import httpx
+import pytest
+import yaml
+
+from contextwarden.cli import main as cli_main
+from contextwarden.models.base import ApiKind
+from contextwarden.offline import policy
+from contextwarden.offline import replay as replay_mod
+from contextwarden.offline.fidelity import Fidelity
+from contextwarden.store.statecache import state_cache
+from tests.contextwarden.store.test_state import prefix, redis_server  # noqa: F401 (fixtures: a real redis-server)
+from tests.support.proxy import ProxyProcess
+from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides
+from tests.support.upstream import StandIn
+
+CLEARING = {"trigger_tokens": 4000, "clear_at_least": 500, "keep_recent": 2, "keep_edited_reads": 0,
+            "working_set_tokens": 0, "min_result_tokens": 100}
+
+
+def harness(home, mode: str) -> Harness:
+    return Harness(home, overrides=settings_overrides(window=200_000, stages=["strip", "clearing"],
+                                                      clearing={**CLEARING, "policy": mode}))
+
+
+def reread(body: dict, path: str, n: int = 1) -> dict:
+    """The body one tool round later: the model Reads ``path`` again (its earlier result was cleared)."""
+    b = copy.deepcopy(body)
+    for m in b["messages"]:
+        for blk in m["content"] if isinstance(m["content"], list) else []:
+            blk.pop("cache_control", None)
+    b["messages"].append({"role": "assistant", "content": [
+        {"type": "tool_use", "id": f"toolu_again_{n}", "name": "Read", "input": {"file_path": path}}]})
+    b["messages"].append({"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": f"toolu_again_{n}", "content": "def handler_0():\n    return 1"},
+        {"type": "text", "text": "go on", "cache_control": {"type": "ephemeral"}}]})
+    return b
+
+
+def key(n: int) -> dict[str, str]:
+    return {"x-api-key": f"sk-ant-tenant-{n}"}
+
+
+def test_bounded_and_keeps_a_tool_whose_results_come_back():
+    p = policy.LearnedPolicy()
+    p = p.learned({"Bash": 8}, [("Bash", None)], 1.0)
+    assert not p.keeps_tool("Bash")  # once: not yet
+    p = p.learned({}, [("Bash", None)], 2.0)
+    assert p.keeps_tool("Bash") and not p.keeps_tool("Read")
+    p = p.learned({}, [("Read", "a.py")], 3.0)
+    assert not p.keeps_tool("Read") and p.keeps_path("a.py")  # a path that came back keeps its Reads whole
+    for i in range(policy.MAX_TOOLS * 3):
+        p = p.learned({f"tool{i}": 1}, [("Read", f"f{i}.py")], 4.0 + i)
+    assert len(p.tools) == policy.MAX_TOOLS and len(p.paths) == policy.MAX_PATHS
+    assert p.keeps_tool("Bash")  # the most active stay; the oldest paths went first
+    assert f"f{policy.MAX_TOOLS * 3 - 1}.py" in p.paths and "a.py" not in p.paths
+    assert policy.LearnedPolicy.from_dict(p.to_dict()) == p
+
+
+def test_a_reread_of_a_cleared_result_is_learned_for_its_tenant_only(cw_home):
+    h = harness(cw_home, "learn")
+    body = anthropic_tool_loop(8, result_words=500)
+    first = h.send(ApiKind.ANTHROPIC, body, headers=key(1))
+    assert first.changed  # a clearing step took the old Reads (src/mod0_0.py among them)
+    tenant = first.ctx.tenant
+    learned = policy.load(state_cache(h.rt), tenant)
+    assert learned.tools["Read"].cleared > 0 and learned.tools["Read"].refetched == 0
+    h.send(ApiKind.ANTHROPIC, reread(body, "src/mod0_0.py"), headers=key(1))
+    learned = policy.load(state_cache(h.rt), tenant)
+    assert learned.tools["Read"].refetched == 1 and learned.keeps_path("src/mod0_0.py")
+    # another tenant's sessions taught nothing, and learn nothing from tenant 1's
+    other = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=500, session="sess-2"), headers=key(2))
+    assert other.ctx.tenant != tenant
+    assert policy.load(state_cache(h.rt), other.ctx.tenant).paths == {}
+    h.close()
+
+
+def test_a_learned_path_is_kept_whole_by_the_next_step_and_frozen_learns_nothing(cw_home):
+    h = harness(cw_home, "frozen")
+    body = anthropic_tool_loop(8, result_words=500)
+    sent = h.send(ApiKind.ANTHROPIC, body, headers=key(1))
+    cleared = {c["input"]["file_path"] for c in sent.ctx.notes["cleared"] if c["tool"] == "Read"}
+    assert "src/mod0_0.py" in cleared
+    h.send(ApiKind.ANTHROPIC, reread(body, "src/mod0_0.py"), headers=key(1))
+    assert state_cache(h.rt).get(policy.NS_POLICY, sent.ctx.tenant) is None  # frozen: nothing learned
+    state_cache(h.rt).put(policy.NS_POLICY, sent.ctx.tenant,
+                          policy.LearnedPolicy().learned({}, [("Read", "src/mod0_0.py")], 1.0).to_dict())
+    again = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=500, seed=5), headers=key(1))
+    kept = {c["input"]["file_path"] for c in again.ctx.notes["cleared"] if c["tool"] == "Read"}
+    assert "src/mod0_0.py" not in kept and kept  # the others are cleared as before
+    h.close()
+
+
+@pytest.fixture()
+def learning_proxy(tmp_path):
+    profile = tmp_path / "learn.yaml"
+    profile.write_text(yaml.safe_dump({
+        "extends": "claude-code", "name": "policy-e2e", "memory": {"enabled": False},
+        "pipeline": {"disabled": ["compaction", "memory", "recall", "compression"]},
+        "clearing": {**CLEARING, "policy": "learn"}}))
+    with StandIn() as upstream, ProxyProcess(tmp_path, profile=str(profile), reverse=upstream.url) as proxy:
+        yield proxy, profile
+
+
+def test_policy_show_and_reset_on_a_running_proxy(learning_proxy, capsys):
+    proxy, profile = learning_proxy
+    body = anthropic_tool_loop(8, result_words=500)
+    with httpx.Client(base_url=proxy.url, timeout=60) as c:
+        for b in (body, reread(body, "src/mod0_0.py"), reread(reread(body, "src/mod0_0.py"), "src/mod1_0.py", 2)):
+            r = c.post("/v1/messages", json=b, headers={**key(7), "anthropic-version": "2023-06-01"})
+            assert r.status_code == 200, r.text
+    home = ["--home", str(proxy.home), "--profile", str(profile)]
+    assert cli_main(["policy", "show", *home]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert "Read" in out and "src/mod0_0.py  (1x)" in out and "src/mod1_0.py  (1x)" in out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("Read"))
+    assert line.split()[2] == "2" and "keeps its results whole" in line  # fetched again twice
+    assert cli_main(["policy", "reset", *home]) == 0
+    assert "reset the learned policy of 1 tenant" in capsys.readouterr().out
+    assert cli_main(["policy", "show", *home]) == 0
+    assert "nothing learned yet" in capsys.readouterr().out
+
+
+def test_a_replay_learns_from_the_cleared_results_the_recorded_answers_used(cw_home):
+    """In a replay the recorded answers were written against the client's history: a cleared result an
+    answer used (the fidelity measure's loss) stands for the re-read the model would have made live."""
+    h = harness(cw_home, "learn")
+    sent = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=500), headers=key(1))
+    item = {"kind": "ref", "what": "handler_0", "tool": "Read", "tool_use_id": "toolu_0_1", "stage": "cleared"}
+    taught: set[str] = set()
+    for _ in range(2):  # the same loss counted again on a later request teaches once
+        replay_mod._learn_losses(h.rt, sent.ctx, Fidelity(items=[item, {**item, "stage": "dropped", "tool_use_id": "x"}]), taught)
+    learned = policy.load(state_cache(h.rt), sent.ctx.tenant)
+    assert learned.tools["Read"].refetched == 1 and learned.keeps_path("src/mod0_0.py")
+    h.close()
+
+
+def test_replicas_on_one_redis_learn_into_the_same_policy(tmp_path, redis_server, prefix):
+    """Two proxies on one Redis: what replica A learned is applied by B, and B's learning adds to it."""
+    def replica(name: str) -> Harness:
+        return Harness(tmp_path / name, overrides=settings_overrides(
+            window=200_000, stages=["strip", "clearing"], state={"url": redis_server.url, "prefix": prefix},
+            clearing={**CLEARING, "policy": "learn"}))
+
+    a, b = replica("a"), replica("b")
+    body = anthropic_tool_loop(8, result_words=500)
+    first = a.send(ApiKind.ANTHROPIC, body, headers=key(1))
+    a.send(ApiKind.ANTHROPIC, reread(body, "src/mod0_0.py"), headers=key(1))
+    on_b = b.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=500, seed=9), headers=key(1))
+    assert on_b.ctx.tenant == first.ctx.tenant  # (the replicas share the tenant salt)
+    kept = {c["input"]["file_path"] for c in on_b.ctx.notes["cleared"] if c["tool"] == "Read"}
+    assert kept and "src/mod0_0.py" not in kept  # B keeps the path A saw come back
+    learned = policy.load(state_cache(a.rt), first.ctx.tenant)
+    assert learned.tools["Read"].refetched == 1 and learned.tools["Read"].cleared > 4  # both replicas' steps
+    for r in (a, b):
+        r.close()
