@@ -110,8 +110,7 @@ class ContextWardenApp(App):
         while self.pending:
             events, extra = self.pending.popleft()
             if extra and self.store.apply_settings(extra):
-                dirty.add("settings")
-                dirty.add("sessions")
+                dirty |= {"settings", "sessions"}
             dirty |= self.store.apply(events)
         second = int(self.clock())
         if second != self._last_second:

@@ -336,8 +336,7 @@ class Store:
             self.raw.append(ev)
             self._apply_one(ev, dirty)
         if dirty:
-            dirty.add("overview")
-            dirty.add("status")
+            dirty |= {"overview", "status"}
         return dirty
 
     def _session(self, sid: str | None, ts: float) -> SessionInfo | None:

@@ -60,21 +60,13 @@ def call(home, **args: Any) -> Any:
 
 
 def run_session(args) -> int:
-    req: dict[str, Any] = {"action": args.action}
-    for k in ("session", "target"):
-        if getattr(args, k, None) is not None:
-            req[k] = getattr(args, k)
-    if args.action == "rollback":
-        req.update(to=args.to, dry_run=args.dry_run)
+    req = {k: v for k in ("action", "session", "target", "to", "dry_run") if (v := getattr(args, k, None)) is not None}
     try:
         out = call(home_of(args), **req)
     except ApiError as e:
         print(f"contextwarden session {args.action}: {e}", file=sys.stderr)
         return 1
-    if args.json:
-        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
-        return 0 if not (isinstance(out, dict) and out.get("refused")) else 1
-    print(render(args.action, out))
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() if args.json else render(args.action, out))
     return 1 if isinstance(out, dict) and out.get("refused") else 0
 
 
