@@ -154,14 +154,9 @@ def _read_profile(path: Path, home: Path | None, seen: tuple[Path, ...] = ()) ->
 
 def check_env(environ: os._Environ | dict | None = None) -> None:
     """Unknown ``CONTEXTWARDEN_<SECTION>__<KEY>`` variables are errors, not silently ignored."""
-    environ = os.environ if environ is None else environ
-    for var in environ:
-        if not var.startswith(ENV_PREFIX):
-            continue
-        rest = var[len(ENV_PREFIX):]
-        parts = rest.lower().split("__")
+    for parts, var in _env_settings(os.environ if environ is None else environ).items():
         if len(parts) == 1:
-            if rest.upper() in NON_SETTING_ENV or parts[0] in Settings.model_fields:
+            if parts[0] in Settings.model_fields:
                 continue
             raise SettingsError(f"unknown setting in environment: {var}")
         if parts[0] not in Settings.model_fields:
