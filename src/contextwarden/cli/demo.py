@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,13 +127,14 @@ class Step:
     overhead_ms: str | None
 
 
-def session(proxy_port: int, turns: int, on_step=None) -> list[Step]:
+def session(proxy_port: int, turns: int, on_step: Callable[[Step], Any]) -> list[Step]:
     """The scripted session through the proxy (reverse mode: the proxy is the base URL)."""
     messages: list[dict] = []
     steps: list[Step] = []
     conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=120)
 
-    def send(turn: int) -> dict:
+    def send(turn: int, content: Any) -> dict:
+        messages.append({"role": "user", "content": content})
         body = orjson.dumps({"model": MODEL, "max_tokens": 512, "messages": messages,
                              "metadata": {"user_id": "contextwarden-demo"}})
         conn.request("POST", "/v1/messages", body, {"content-type": "application/json", "x-api-key": "demo-key",
@@ -141,8 +142,7 @@ def session(proxy_port: int, turns: int, on_step=None) -> list[Step]:
         resp = conn.getresponse()
         out = orjson.loads(resp.read())
         steps.append(Step(turn, resp.status, resp.getheader("x-contextwarden-overhead-ms")))
-        if on_step is not None:
-            on_step(steps[-1])
+        on_step(steps[-1])
         if resp.status != 200:
             raise RuntimeError(f"the proxy answered {resp.status}: {out}")
         messages.append({"role": "assistant", "content": out["content"]})
@@ -150,16 +150,11 @@ def session(proxy_port: int, turns: int, on_step=None) -> list[Step]:
 
     try:
         for k in range(1, turns + 1):
-            messages.append({"role": "user", "content": f"Read module {k:02d} and tell me what it does."})
-            out = send(k)
+            out = send(k, f"Read module {k:02d} and tell me what it does.")
             use = next(b for b in out["content"] if b["type"] == "tool_use")
-            messages.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": use["id"],
-                                                          "content": source_of(k)}]})
-            send(k)
-        messages.append({"role": "user", "content": "Which file computed the totals of region 1?"})
-        send(turns + 1)
-        messages.append({"role": "user", "content": "Thanks. Quote its first function."})
-        send(turns + 2)  # the request recall puts the cleared file back into
+            send(k, [{"type": "tool_result", "tool_use_id": use["id"], "content": source_of(k)}])
+        send(turns + 1, "Which file computed the totals of region 1?")
+        send(turns + 2, "Thanks. Quote its first function.")  # the request recall puts the cleared file back into
     finally:
         conn.close()
     return steps
