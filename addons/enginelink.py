@@ -30,8 +30,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from contextwarden.core import flowrelease, typecheckfix
-from contextwarden.engine import wire
+from contextwarden.core import flowrelease, frames, typecheckfix
 from contextwarden.wire.apis import HTTP
 
 from .routing import bypass_asked, routed
@@ -67,8 +66,8 @@ class _Engine:
         """Start the process and wait for its runtime (blocking: the proxy does not take requests
         before contextwarden can read them, as when the runtime was built in mitmdump's process)."""
         mine, theirs = socket.socketpair()
-        wire.tune(mine)
-        wire.tune(theirs)
+        frames.tune(mine)
+        frames.tune(theirs)
         # A session of its own, so a scheduling group of its own (Linux's autogroups): sharing
         # mitmdump's, the engine's threads waited for a core ~3x as long as they ran under load. It
         # stops with mitmdump: asked over its socket, or when it closes (it ignores SIGINT).
@@ -76,8 +75,8 @@ class _Engine:
                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True)
         theirs.close()
         try:
-            wire.send_blocking(mine, "start", None, options)
-            frame = wire.read_blocking(mine, START_TIMEOUT_S)
+            frames.send_blocking(mine, "start", None, options)
+            frame = frames.read_blocking(mine, START_TIMEOUT_S)
         except OSError as e:
             frame = ("fatal", None, f"the engine did not answer: {e}")
         if frame is None or frame[0] != "ready":
@@ -87,12 +86,12 @@ class _Engine:
         return cls(proc, mine, frame[2])
 
     async def connect(self) -> None:
-        reader, self.writer = await wire.open_stream(self.sock)
+        reader, self.writer = await frames.open_stream(self.sock)
         self.reading = asyncio.ensure_future(self._read(reader))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         while True:
-            frame = await wire.read(reader)
+            frame = await frames.read(reader)
             if frame is None:
                 break
             op, key, payload = frame
@@ -116,7 +115,7 @@ class _Engine:
         w = self.writer
         if self.closed or w is None or w.is_closing():
             return False
-        w.write(wire.encode(op, key, payload))
+        w.write(frames.encode(op, key, payload))
         return True
 
     async def call(self, op: str, payload: Any, key=None) -> dict | None:
@@ -153,7 +152,7 @@ class _Engine:
 
     def stop_blocking(self) -> None:
         try:
-            wire.send_blocking(self.sock, "shutdown")
+            frames.send_blocking(self.sock, "shutdown")
         except OSError:
             pass
         try:

@@ -18,7 +18,6 @@ The stage runs first, so a blocked request costs nothing more. Every request emi
 from __future__ import annotations
 
 import enum
-import threading
 import time
 from typing import Any
 
@@ -39,11 +38,7 @@ class Level(enum.StrEnum):
 
     @property
     def rank(self) -> int:
-        return _RANK[self]
-
-
-_RANK = {Level.NORMAL: 0, Level.REDUCED: 1, Level.MINIMAL: 2, Level.BLOCKED: 3}
-_lock = threading.Lock()  # read-modify-write of use (turn workers run concurrently)
+        return list(Level).index(self)  # (the order of the members)
 
 
 def level_for(used: int, limit: int, reduced_at: float, minimal_at: float) -> Level:
@@ -81,9 +76,9 @@ def used(state, key: str) -> int:
 def add_use(state, key: str, tokens: int) -> int:
     """Add ``tokens`` to a budget's use; returns the new total."""
     now = time.time()
-    with _lock:  # (and atomically in the store: replicas sharing it count into one total)
-        rec = state.update(NS, key, lambda cur: {"used": int((cur or {}).get("used", 0)) + int(tokens),
-                                                 "turns": int((cur or {}).get("turns", 0)) + 1, "updated": now})
+    # (atomic in the store: concurrent turn workers, and replicas sharing it, count into one total)
+    rec = state.update(NS, key, lambda cur: {"used": int((cur or {}).get("used", 0)) + int(tokens),
+                                             "turns": int((cur or {}).get("turns", 0)) + 1, "updated": now})
     return rec["used"]
 
 
@@ -114,12 +109,10 @@ def cw_request(ctx) -> None:
             worst, worst_scope = lvl, report[-1]
     ctx.notes["level"] = worst
     ctx.notes["budget"] = report
-    if worst_scope is None:
-        ctx.emit("budget", level=worst.value, used=None, limit=None, scope=None, scopes=[])
-        return
-    ctx.emit("budget", level=worst.value, used=worst_scope["used"], limit=worst_scope["limit"],
-             scope=worst_scope["scope"], scopes=report)
-    if worst is Level.BLOCKED:
+    top = worst_scope or {}
+    ctx.emit("budget", level=worst.value, used=top.get("used"), limit=top.get("limit"), scope=top.get("scope"),
+             scopes=report)
+    if worst is Level.BLOCKED and worst_scope is not None:
         what = "session" if worst_scope["scope"] == "session" else f"agent {ctx.agent}"
         msg = (f"contextwarden: the token budget of this {what} is used up "
                f"({worst_scope['used']:,} of {worst_scope['limit']:,} input tokens). "

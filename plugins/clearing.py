@@ -49,21 +49,22 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, NamedTuple
+from functools import partial
+from typing import Any, NamedTuple, cast
 
 import orjson
 
 from contextwarden import hookimpl
+from contextwarden.compress import policy as learned_policy
+from contextwarden.compress.policy import prefix_expired, request_time
 from contextwarden.compress.stubmemo import result_stub
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.wayback import recall_wording, way_back
 from contextwarden.models.base import ApiKind
-from contextwarden.offline import policy as learned_policy
-from contextwarden.offline.policy import prefix_expired, request_time
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
 from contextwarden.store.statecache import state_cache
+from contextwarden.util.lru import memoized
 from contextwarden.util.redact import redact_text
 from contextwarden.wire.conversation import image_count, input_hint, maybe_json, result_text, shorten
 from contextwarden.wire.dialects import NO_PROVIDER, dialect
@@ -126,6 +127,7 @@ class Slot:
         if self.setter is not None:
             self.setter(stub)
         else:
+            assert self._pos is not None  # (a slot without a setter is one of blocks: placed)
             i, bi, _, _ = self._pos
             edits.setdefault(i, {})[("r", bi)] = stub
 
@@ -133,6 +135,7 @@ class Slot:
         if self.input_setter is not None:
             self.input_setter(new)
         else:
+            assert self._pos is not None
             _, _, ci, ui = self._pos
             edits.setdefault(ci, {})[("i", ui)] = new  # a new dict: the client's is never mutated
 
@@ -140,23 +143,14 @@ class Slot:
 # Memo sizes (least recently used out). Every remembered result is fingerprinted on every request, and
 # a candidate that does not make a step is stubbed again on the next one: both are pure functions of
 # texts the client re-sends unchanged, so they are computed once per distinct text.
-DIGEST_MEMO = 8_192  # per cache; keys of at most ~1K characters each
+DIGEST_MEMO = 16_384  # keys of at most ~1K characters each
 STUB_MEMO = 1_024
 STUB_MEMO_CHARS = 16_384  # longer results are not kept in the stub memo (bounds it at ~16M characters)
 
 
-def _digest_raw(n: int, ends: str) -> str:
+@memoized(DIGEST_MEMO)
+def _digest_of(n: int, ends: str) -> str:
     return f"{n}:" + hashlib.blake2b(ends.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-
-
-@lru_cache(maxsize=DIGEST_MEMO)
-def _digest_short(text: str) -> str:
-    return _digest_raw(len(text), text)
-
-
-@lru_cache(maxsize=DIGEST_MEMO)
-def _digest_long(n: int, head: str, tail: str) -> str:
-    return _digest_raw(n, head + "\0" + tail)
 
 
 def _digest(text: str) -> str:
@@ -164,9 +158,7 @@ def _digest(text: str) -> str:
     sends the same result must not cost a hash of every old result on every request. Memoised by
     exactly what it is computed from (the text, or its length and both ends)."""
     n = len(text)
-    if n > 1024:
-        return _digest_long(n, text[:512], text[-512:])
-    return _digest_short(text)
+    return _digest_of(n, text[:512] + "\0" + text[-512:] if n > 1024 else text)
 
 
 def stub_text(tool: str, tool_input: Any, text: str, tokens: int, images: int, how: str = "") -> str:
@@ -226,7 +218,7 @@ def _value_text(v: Any) -> str:
     return v if isinstance(v, str) else _dumps(v)
 
 
-_stub_text_memo = lru_cache(maxsize=STUB_MEMO)(_stub_text)
+_stub_text_memo = memoized(STUB_MEMO)(_stub_text)
 
 
 def input_value_stub(text: str, tokens: int, how: str = "") -> str:
@@ -285,7 +277,7 @@ class _Call(NamedTuple):
     function: Any = None  # (chat: the call's function object)
 
 
-_NO_CALL = _Call("", None, -1, -1, -1)
+_NO_CALL: _Call = _Call("", None, -1, -1, -1)
 
 
 def _tool_facts(m) -> tuple:
@@ -294,7 +286,7 @@ def _tool_facts(m) -> tuple:
     (``History.memos``)."""
     if isinstance(m.content, str):
         return ()
-    out = []
+    out: list[_Use | _Result] = []
     for bi, b in enumerate(m.content):
         t = getattr(b, "type", None)
         if t == "tool_use":
@@ -342,9 +334,9 @@ def _slots_blocks(req, history=None, prior: _Prefix | None = None, cut: int | No
                 calls.setdefault(f.id, _Call(f.name, f.input, len(calls), i, f.block))
             else:
                 bi, tid, content, text, digest = f
-                name, inp, order, ci, ui, _ = calls.get(tid, _NO_CALL)
-                slots.append(Slot(i, tid, name, inp, content, None, order, ci, None, False,
-                                  _text=text, _digest=digest, _pos=(i, bi, ci, ui)))
+                c = calls.get(tid, _NO_CALL)
+                slots.append(Slot(i, tid, c.name, c.input, content, None, c.order, c.message, None, False,
+                                  _text=text, _digest=digest, _pos=(i, bi, c.message, c.block)))
     if cut is not None and calls_at_cut is None and cut >= len(msgs):
         calls_at_cut = dict(calls)
     return slots, calls_at_cut  # (None when cut is before where this resumed: nothing to carry)
@@ -359,7 +351,8 @@ def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
             fn = tc.function
             calls.setdefault(tc.id, _Call(fn.name if fn else "", maybe_json(fn.arguments) if fn else None, len(calls), i, ti, fn))
         if m.role == "tool" and m.tool_call_id is not None:
-            name, inp, order, ci, ti, fn = calls.get(m.tool_call_id, _NO_CALL._replace(name=m.name or ""))
+            c = calls.get(m.tool_call_id, _NO_CALL._replace(name=m.name or ""))
+            ci, ti, fn = c.message, c.block, c.function
 
             def setter(stub: str, i=i) -> None:
                 edits.setdefault(i, {})[("r", 0)] = stub
@@ -369,7 +362,7 @@ def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
                 edits.setdefault(ci, {})[("a", ti)] = orjson.dumps(new).decode()
 
             ok = fn is not None and isinstance(fn.arguments, str)
-            slots.append(Slot(i, m.tool_call_id, name, inp, m.content, setter, order, ci,
+            slots.append(Slot(i, m.tool_call_id, c.name, c.input, m.content, setter, c.order, ci,
                               set_input if ok else None, ci == last))
     return slots
 
@@ -406,6 +399,9 @@ def _slots_items(req) -> list[Slot]:
             req.input = holder["list"]
         holder["list"][i] = {**holder["list"][i], key: value}
 
+    def set_arguments(ci: int, new: Any) -> None:
+        replace(ci, "arguments", orjson.dumps(new).decode())
+
     last = _last_produced(req.input)
     for i, it in enumerate(req.input):
         if not isinstance(it, dict):
@@ -419,9 +415,8 @@ def _slots_items(req) -> list[Slot]:
         elif t.endswith("_call_output"):
             name, inp, order, ci = calls.get(cid, ("", None, -1, -1))
             ok = ci >= 0 and isinstance(req.input[ci], dict) and isinstance(req.input[ci].get("arguments"), str)
-            slots.append(Slot(i, cid, name, inp, it.get("output"), lambda stub, i=i: replace(i, "output", stub), order, ci,
-                              (lambda new, ci=ci: replace(ci, "arguments", orjson.dumps(new).decode())) if ok else None,
-                              ci == last))
+            slots.append(Slot(i, cid, name, inp, it.get("output"), partial(replace, i, "output"), order, ci,
+                              partial(set_arguments, ci) if ok else None, ci == last))
     return slots
 
 
@@ -538,7 +533,7 @@ def _working_set(ctx, slots: list[Slot], budget: int, carry: _Prefix | None = No
     the same slot objects and reads only the calls after them."""
     if budget <= 0:
         return set()
-    calls = [s for s in slots if s.order >= 0]  # (a slot is a call as working_set reads one)
+    calls: list[Any] = [s for s in slots if s.order >= 0]  # (a slot is a call as working_set reads one)
     m = len([s for s in carry.slots if s.order >= 0]) if carry is not None and ctx.history is not None else 0
     key = ("clearing", "working set")  # the conversation's slot of the files (workingset.Files) of the carried calls
     got = ctx.history.carried(key) if m else None  # (carried about no message: its calls are checked here)
@@ -548,7 +543,8 @@ def _working_set(ctx, slots: list[Slot], budget: int, carry: _Prefix | None = No
     head = files(calls[len(known.calls) if known is not None else 0:m], known)
     if m:
         ctx.history.carry_on(key, 0, head)
-    return {s.id for s in working_set(files(calls[m:], head), budget, lambda s: _result_tokens(ctx, s))}
+    kept: list[Any] = working_set(files(calls[m:], head), budget, lambda s: _result_tokens(ctx, cast(Slot, s)))
+    return {s.id for s in kept}
 
 
 @hookimpl

@@ -50,18 +50,18 @@ from __future__ import annotations
 import math
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
 from contextwarden import hookimpl
+from contextwarden.compress.policy import NS_SEEN, request_time
 from contextwarden.compress.summarise import Summary, extractive_summary, llm_summary
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.wayback import recall_wording
 from contextwarden.models.base import ApiKind
-from contextwarden.offline.policy import NS_SEEN, request_time
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import first_pinned_index
 from contextwarden.store.statecache import state_cache
@@ -132,6 +132,11 @@ class CostEstimate:
     @property
     def pays(self) -> bool:
         return self.compact < self.keep
+
+    def fields(self) -> dict[str, Any]:
+        """The ``compaction`` event's cost fields."""
+        return {"keep_cost": round(self.keep), "compact_cost": round(self.compact), "expected_requests": self.n,
+                "warm": self.warm}
 
 
 def pays_off(t_now: int, t_after: int, fixed: int, n: int, warm: bool, read: float = READ_MULT,
@@ -210,11 +215,7 @@ def wait_for_summaries(rt, timeout: float = 30.0) -> None:
     s = summariser(rt)
     with s.lock:
         futures = list(s.pending.values())
-    for f in futures:
-        try:
-            f.result(timeout)
-        except Exception:
-            pass
+    wait(futures, timeout)
 
 
 def _llm_url(ctx, cfg) -> tuple[str, str]:
@@ -503,7 +504,7 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
     rt = ctx.runtime
     level = ctx.notes.get("level")
     soft, hard, target, protect = effective(cfg, level, ctx.settings.tokens.context_window)
-    ws_budget = min(max(0, getattr(cfg, "working_set_tokens", 0)), target // 4)  # (a small window keeps less)
+    ws_budget = min(max(0, cfg.working_set_tokens), target // 4)  # (a small window keeps less)
     key = session_key(ctx)
     now = request_time(ctx)  # (a replay's: the trace's own, so its idle gaps count)
     store = state_cache(rt)
@@ -636,7 +637,7 @@ def _decide(f: _Compaction) -> _Decision:
     if trigger is None:
         data = dict(applied=False, reason=reason, tokens_before=total, level=str(f.level or "NORMAL"))
         if cost is not None:
-            data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
+            data.update(cost.fields())
         ctx.emit("compaction", **data)
     return out
 
@@ -666,7 +667,8 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision, dict[str, Any] |
     ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
     head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
     text = head + folds_line(folds, ctx) + working_appendix(ctx, f.ws_budget, orig, lead, end) + ("\n\n" + rest if rest else "")
-    decision = Decision(lead=lead, end=end, hash=f.spans.at(end), summary=text, folds=folds, sections=summary.sections,
+    span_hash = f.spans.at(end)
+    decision = Decision(lead=lead, end=end, hash=span_hash, summary=text, folds=folds, sections=summary.sections,
                         messages=summary.messages, source_tokens=summary.source_tokens,
                         span_tokens=new["span_tokens"] + (active.span_tokens if active else 0),
                         summary_tokens=ctx.runtime.tokens.count_text(text, ctx.model) + 8,
@@ -697,7 +699,7 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision, dict[str, Any] |
     session_ledger.record_decision(
         ctx, NS, trigger=d.trigger, tokens_before=f.t_now,
         tokens_after=_tokens_with(f, decision), span=(lead, end - 1), tool_ids=[c["tool_use_id"] for c in compacted],
-        refs=[decision.hash], summary_tokens=decision.summary_tokens)
+        refs=[span_hash], summary_tokens=decision.summary_tokens)
     return decision, new, llm_usage
 
 
@@ -717,7 +719,7 @@ def _apply(f: _Compaction, active: Decision, reused: bool, trigger: str | None, 
                                 summariser=active.summariser, level=str(f.level or "NORMAL"),
                                 trigger=trigger or "reuse", breakpoint=cc is not None)
     if cost is not None and not reused:
-        data.update(keep_cost=round(cost.keep), compact_cost=round(cost.compact), expected_requests=cost.n, warm=cost.warm)
+        data.update(cost.fields())
     if ctx.notes.get("folded") and not reused:
         data["folded"] = [x["memory_id"] for x in ctx.notes["folded"]]  # the ids the summary names
     if llm_usage:

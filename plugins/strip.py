@@ -20,6 +20,7 @@ as it was.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -102,7 +103,7 @@ class Stripper:
             except re.error as e:
                 self.errors.append(f"strip.user_patterns[{i}] {pat!r}: {e}")
                 continue
-            self.steps.append((f"user_{i}", lambda text, _rx=rx: _rx.subn("", text)))
+            self.steps.append((f"user_{i}", functools.partial(rx.subn, "")))
 
     def clean(self, text: str) -> tuple[str, dict[str, int]]:
         """The text without envelopes, and how many matches of each pattern were removed.
@@ -134,15 +135,13 @@ class Stripper:
         return out, counts
 
 
-def stripper_for(settings, memo: dict | None = None) -> Stripper:
+def stripper_for(settings, memo: dict) -> Stripper:
     """The compiled stripper of a ``strip`` settings section (compiled once per distinct setting, in
     ``memo``: the runtime's ``memo("strip.strippers", dict)``)."""
     key = (tuple(settings.enabled_patterns), tuple(settings.user_patterns))
-    s = memo.get(key) if memo is not None else None
+    s = memo.get(key)
     if s is None:
-        s = Stripper(list(settings.enabled_patterns), list(settings.user_patterns))
-        if memo is not None:
-            memo[key] = s
+        s = memo[key] = Stripper(list(settings.enabled_patterns), list(settings.user_patterns))
     return s
 
 

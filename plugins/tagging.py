@@ -10,16 +10,18 @@ The tagger works offline; ``tagging.embedding_tagger`` adds the nearest known ta
 from __future__ import annotations
 
 import time
+from typing import cast
 
 from contextwarden import hookimpl
 from contextwarden.memory import produced
+from contextwarden.memory.client import NullTagger
 from contextwarden.memory.envelopes import strip_envelopes, topical
 from contextwarden.memory.retrieve import build_query, human_text, role_of
 from contextwarden.memory.service import get_service
 from contextwarden.memory.tagger import Tagger, tag_key
 
 
-def tagger_for(ctx_or_runtime, settings=None) -> Tagger:
+def tagger_for(ctx_or_runtime, settings=None) -> Tagger | NullTagger:
     """The memory service's tagger when there is one (it may embed), else a keyword tagger."""
     runtime = getattr(ctx_or_runtime, "runtime", ctx_or_runtime)
     settings = settings or getattr(ctx_or_runtime, "settings", None) or runtime.settings
@@ -47,7 +49,7 @@ def cw_request(ctx) -> None:
     tagger = tagger_for(ctx)
     msgs = produced.view(ctx)  # as the stages before this one left them (a privacy stage's work)
     clean = ctx.notes.get("clean_text") or {}
-    query, idx = build_query(ctx.api, msgs, clean, context_messages=0)
+    query, idx = build_query(ctx.api, cast(list, msgs), clean, context_messages=0)
     tags = topical(tagger.tag(query.text)) if query is not None else []
     active: set[str] = set()
     if idx is not None and t.active_turns > 0:

@@ -8,9 +8,9 @@ import time
 import orjson
 import pytest
 
+from contextwarden.compress.policy import NS_SEEN
 from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
-from contextwarden.offline.policy import NS_SEEN
 from contextwarden.store.statecache import state_cache
 from contextwarden.wire.conversation import result_text
 from contextwarden.wire.history import session_key

@@ -356,6 +356,9 @@ def test_llm_summariser_uses_the_clients_credentials_in_the_background(cw_home):
         comp.wait_for_summaries(h.rt, 30)
         (rec,) = up.requests("/v1/messages")
         assert rec.header("x-api-key") == "sk-test-secret"
+        # the stored summary counts what it covers (a later compaction extends it with these counts)
+        ((_, done),) = h.rt.state.items(comp.NS_LLM)
+        assert done["messages"] > 0 and done["source_tokens"] > 0
         assert rec.json()["model"] == "claude-haiku-4-5"
         # the conversation grows past the hard threshold: the span the summary was made for is used
         second = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(12))

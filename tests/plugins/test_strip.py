@@ -120,9 +120,8 @@ def test_memo_is_bounded(monkeypatch):
     assert len(s._memo) <= 5 and s._memo.held <= 10_000
 
 
-def test_fast_message_text_is_anthropic_message_text():
+def test_anthropic_message_text():
     from contextwarden.models import anthropic as am
-    _anthropic_text = am.message_text_fast  # (was plugins.strip._anthropic_text: now the dialect's text_of)
 
     req = am.MessagesRequest.model_validate({"model": "claude-x", "messages": [
         {"role": "user", "content": "plain [message_id: 1]"},
@@ -139,8 +138,8 @@ def test_fast_message_text_is_anthropic_message_text():
             {"type": "image", "source": {"type": "base64", "data": "AA=="}},
             {"type": "mystery", "text": "kept?"}, {"type": "text", "text": "[vc:prompt]\nbye"}]},
     ]})
-    for m in req.messages:
-        assert _anthropic_text(m) == am.message_text(m)
+    assert [am.message_text(m) for m in req.messages] == [
+        "plain [message_id: 1]", "", 'hmm\nok\nRead {"file_path":"a.py","n":[1,"é"]}', "body\nx\n[vc:prompt]\nbye"]
 
 
 # ---------------------------------------------------------------------------- through the pipeline

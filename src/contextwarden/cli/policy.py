@@ -1,17 +1,18 @@
 """``contextwarden policy show | reset``: what each tenant's sessions taught clearing
-(:mod:`contextwarden.offline.policy`), read from the state the proxy and its replicas share (SQLite in the
+(:mod:`contextwarden.compress.policy`), read from the state the proxy and its replicas share (SQLite in the
 cw_home, or the profile's Redis)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import cast
 
 import orjson
 
-from ..offline.policy import NS_POLICY, LearnedPolicy, describe
+from ..compress.policy import NS_POLICY, LearnedPolicy, describe
 from ..settings import load_settings
-from ..store.state import open_state
+from ..store.state import RedisStateStore, StateStore, open_state
 from ._common import home_of
 
 
@@ -31,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args) -> int:
     home = home_of(args)
     home.mkdir(parents=True, exist_ok=True)
-    state = open_state(load_settings(args.profile, home), home)
+    # (both backends list and delete; state.Codec does not declare it)
+    state = cast(StateStore | RedisStateStore, open_state(load_settings(args.profile, home), home))
     try:
         found = [(t, v) for t, v in state.items(NS_POLICY) if args.tenant is None or t == args.tenant]
         if args.action == "reset":

@@ -103,12 +103,15 @@ def run_oracle(args, overrides: dict) -> int:
         if args.baselines:
             got = baselines.run(path, **kw)
         else:
-            label = baselines.NAMES.get(args.profile or baselines.DEFAULT, args.profile)
-            mode = (overrides.get("clearing") or {}).get("policy")
-            label = {"learn": "learned (as it goes)", "frozen": "learned (frozen)"}.get(mode, label)
+            profile = args.profile or baselines.DEFAULT
+            mode = str((overrides.get("clearing") or {}).get("policy"))
+            label = {"learn": "learned (as it goes)", "frozen": "learned (frozen)"}.get(mode, baselines.NAMES.get(profile, profile))
             got = [(label, replay(path, profile=args.profile, **kw))]
         t1 = time.perf_counter()
         orc = oracle.run(path, overrides=overrides, limit=args.limit)
+        if orc.report.trace.fit != got[0][1].trace.fit:  # (another count of the same trace: another tokenizer)
+            raise SystemExit(f"{name}: the oracle's size fit {orc.report.trace.fit} is not the replay's {got[0][1].trace.fit}: "
+                             f"they did not count alike (the oracle's tokens: {orc.counter_source})")
         rows += baselines.rows(name, got) + [baselines.row("oracle", orc.report.totals(), name)]
         timings.append((name, got[0][1].seconds, orc.seconds, t1 - t0))
         extra.append((name, orc))

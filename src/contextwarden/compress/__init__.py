@@ -128,17 +128,11 @@ def _listing(lines: list[str], kind: str, budget: int, terms: tuple[str, ...] = 
     return body, facts
 
 
-def header(c: Compressed, tool: str, tool_input: Any, original_chars: int, mid: str, how: str = "") -> str:
-    """The first line: what this is, how much of it is here, how to get all of it."""
+def render(c: Compressed, tool: str, tool_input: Any, original_chars: int, mid: str, how: str = "") -> str:
+    """The body under its first line: what this is, how much of it is here, how to get all of it."""
     hint = input_hint(tool_input, 60)
     what = f"{tool or 'tool'} result" + (f" for {hint}" if hint else "")
     pct = max(1, round(100 * len(c.body) / max(1, original_chars))) if len(c.body) < original_chars else 100
-    lines = ""
-    if "lines" in c.facts and "kept_lines" in c.facts:
-        lines = f"; {c.facts['kept_lines']:,} of {c.facts['lines']:,} lines"
-    return (f"{PREFIX}{what} ({WHAT[c.kind]}; kept {pct}% of {original_chars:,} characters{lines}); the whole "
-            f"output is kept. Memory id {mid}: {way_back(mid, how)}.]")
-
-
-def render(c: Compressed, tool: str, tool_input: Any, original_chars: int, mid: str, how: str = "") -> str:
-    return header(c, tool, tool_input, original_chars, mid, how) + "\n" + c.body
+    lines = f"{c.facts['kept_lines']:,} of {c.facts['lines']:,} lines"
+    return (f"{PREFIX}{what} ({WHAT[c.kind]}; kept {pct}% of {original_chars:,} characters; {lines}); the whole "
+            f"output is kept. Memory id {mid}: {way_back(mid, how)}.]\n{c.body}")

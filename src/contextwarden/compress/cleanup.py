@@ -83,16 +83,12 @@ def _block_run(lines: list[str], i: int) -> tuple[int, int]:
     return 0, 0
 
 
-def collapse(lines: list[str]) -> list[str]:
+def collapse_weighted(lines: list[str]) -> tuple[list[str], list[int]]:
     """Runs of identical lines → one line and a count; runs of at least ``MIN_RUN`` lines of the same
     shape (digits left out) → the first and the last, and a count of those between; a block of lines
-    repeated in a row → once, and a count."""
-    return collapse_weighted(lines)[0]
-
-
-def collapse_weighted(lines: list[str]) -> tuple[list[str], list[int]]:
-    """:func:`collapse`, and how many lines of the input each output line stands for (a note: those it
-    counts; any other line: 1), so that what is left out later is counted in lines of the output as it came."""
+    repeated in a row → once, and a count. With how many lines of the input each output line stands
+    for (a note: those it counts; any other line: 1), so that what is left out later is counted in
+    lines of the output as it came."""
     out: list[str] = []
     w: list[int] = []
     i, n = 0, len(lines)
@@ -173,4 +169,4 @@ def clean_lines(text: str) -> list[str]:
 
 def cleanup(text: str) -> str:
     """The clean-up of the medium tier: ANSI codes, overwritten lines, repeated lines."""
-    return "\n".join(collapse(clean_lines(text)))
+    return "\n".join(collapse_weighted(clean_lines(text))[0])

@@ -11,6 +11,7 @@ key, in order.
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -41,6 +42,13 @@ def _is_odd_value(v: Any) -> bool:
     return False
 
 
+def _outliers(vals: list[float]) -> set[int]:
+    """Indices of the values more than 8 median absolute deviations from the median."""
+    med = statistics.median(vals)
+    mad = statistics.median(abs(v - med) for v in vals)
+    return {i for i, v in enumerate(vals) if abs(v - med) > 8 * mad} if mad else set()
+
+
 def _odd_items(items: list, lo: int, hi: int) -> list[int]:
     """Indices in [lo, hi) of items that differ from the rest."""
     dicts = [x for x in items if isinstance(x, dict)]
@@ -48,28 +56,13 @@ def _odd_items(items: list, lo: int, hi: int) -> list[int]:
     common: frozenset | None = None
     outliers: set[int] = set()
     if dicts and len(dicts) == len(items):
-        sets: dict[frozenset, int] = {}
-        for x in items:
-            k = frozenset(x)
-            sets[k] = sets.get(k, 0) + 1
-        common = max(sets, key=sets.get)
-        # numeric outliers per field (more than 4 median absolute deviations from the median)
+        common = Counter(frozenset(x) for x in items).most_common(1)[0][0]
+        # numeric outliers per field
         fields = [k for k in common if all(isinstance(x.get(k), (int, float)) and not isinstance(x.get(k), bool) for x in items)]
         for f in fields[:8]:
-            vals = [float(x[f]) for x in items]
-            med = statistics.median(vals)
-            mad = statistics.median(abs(v - med) for v in vals) or 0.0
-            if mad == 0.0:
-                continue
-            for i, v in enumerate(vals):
-                if abs(v - med) > 8 * mad:
-                    outliers.add(i)
+            outliers |= _outliers([float(x[f]) for x in items])
     elif items and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
-        vals = [float(x) for x in items]
-        med = statistics.median(vals)
-        mad = statistics.median(abs(v - med) for v in vals) or 0.0
-        if mad:
-            outliers = {i for i, v in enumerate(vals) if abs(v - med) > 8 * mad}
+        outliers = _outliers([float(x) for x in items])
     for i in range(lo, hi):
         x = items[i]
         if (common is not None and frozenset(x) != common) or _is_odd_value(x) or i in outliers:

@@ -24,13 +24,8 @@ ERROR = re.compile(
 # lines that say "0 errors" / "no errors" are not errors
 NOT_ERROR = re.compile(r"(?i)\b(?:0|no|zero) (?:errors?|failures?|failed)\b|\berrors?: 0\b|\bfailures?: 0\b")
 WARNING = re.compile(r"(?i)\bwarn(?:ing|ings)?\b|\bdeprecat")
-SUMMARY = re.compile(
-    r"(?i)^={3,}.*={3,}$|^_{3,} .* _{3,}$|^-{3,} .* -{3,}$|short test summary|\b\d+ (?:passed|failed|errors?|skipped|"
-    r"xfailed|xpassed|warnings?|deselected|tests?|examples?|specs?|suites?)\b|^Ran \d+ tests?|^(?:OK|FAILED)\b"
-    r"|\bBUILD (?:SUCCESS|SUCCESSFUL|FAILED|FAILURE)\b|^Tests?:|^Test Suites:|\btest result:|^Finished\b|^Compiling\b.*\berror"
-    r"|^\s*(?:PASS|FAIL|ERROR)\s|\bexit code\b|\breturn(?:ed)? code\b|^Done in\b|^real\s+\d")
-# SUMMARY in two, for speed (~3x: a regex of many alternatives tries each at every position of a line):
-# its alternatives anchored at the start, tried there only, and the others
+# a summary line, in two regexes for speed (~3x: a regex of many alternatives tries each at every
+# position of a line): the alternatives anchored at the start, tried there only, and the others
 SUMMARY_START = re.compile(
     r"(?i)={3,}.*={3,}$|_{3,} .* _{3,}$|-{3,} .* -{3,}$|Ran \d+ tests?|(?:OK|FAILED)\b|Tests?:|Test Suites:|Finished\b"
     r"|Compiling\b.*\berror|\s*(?:PASS|FAIL|ERROR)\s|Done in\b|real\s+\d")
@@ -40,7 +35,6 @@ SUMMARY_ANYWHERE = re.compile(
 
 
 def is_summary(stripped: str) -> bool:
-    """``SUMMARY.search(stripped)``, faster."""
     return bool(SUMMARY_START.match(stripped) or SUMMARY_ANYWHERE.search(stripped))
 # "file.py:12: in test_x" / "  File "x.py", line 3" / "src/a.rs:10:5" — where an error happened
 LOCATION = re.compile(r"^\s*File \"[^\"]+\", line \d+|^[\w./\\-]+\.\w+:\d+(?::\d+)?:")
@@ -54,7 +48,6 @@ WARNING_WORDS = ("warn", "deprecat")
 SUMMARY_START_WORDS = ("===", "___", "---", "ran ", "ok", "finished", "pass", "done in", "real")
 SUMMARY_ANYWHERE_WORDS = ("passed", "failed", "skipped", "error", "warning", "deselected", " test", "example", "spec",
                           "suite", "build ", "result", "exit code", "return")
-SUMMARY_WORDS = SUMMARY_START_WORDS + SUMMARY_ANYWHERE_WORDS
 # a location line has 'file "' or a colon and a digit (``a.py:12:``, whatever the extension): one
 # regex pass with a literal first character instead of a find pass per file extension
 LOCATION_WORDS = ('file "',)

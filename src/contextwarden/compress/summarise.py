@@ -222,13 +222,7 @@ def merge(prior: dict[str, list[Any]] | None, new: dict[str, list[Any]]) -> dict
             base = max((n[1] for n in a), default=0)
             out[key] = a + [[n[0], n[1] + base, n[2]] for n in b]
         else:
-            seen = set()
-            items = []
-            for x in a + b:
-                if x not in seen:
-                    seen.add(x)
-                    items.append(x)
-            out[key] = items
+            out[key] = list(dict.fromkeys(a + b))
     return out
 
 
@@ -393,5 +387,6 @@ def llm_summary(api: str, url: str, auth: dict[str, str], model: str, turns: lis
     usage["model"] = model
     usage["ms"] = round((time.perf_counter() - t0) * 1000, 1)
     header = HEADER.format(messages=messages, tokens=f"{tokens:,}", how=f"by {model}")
-    return Summary(text=f"{header}\n\n{redact_text(text)}",  # stored with the session: no secret in it sections={}, messages=messages, source_tokens=tokens,
+    # (stored with the session: no secret in it)
+    return Summary(text=f"{header}\n\n{redact_text(text)}", messages=messages, source_tokens=tokens,
                    summariser="llm", usage=usage)

@@ -89,44 +89,19 @@ def _name(o: Any) -> str:
 
 
 def types_census(top: int = 30) -> dict[str, Any]:
-    """The collector-tracked objects by type: the top ``top`` by count and by shallow size (MB); and
-    who holds the most numerous type (the types of the objects referring to them, over two hops
-    through plain dicts and lists: ``Conversation > dict > list``)."""
+    """The collector-tracked objects by type: the top ``top`` by count and by shallow size (MB)."""
     count: Counter = Counter()
     size: Counter = Counter()
-    objs = gc.get_objects()
-    for o in objs:
+    for o in gc.get_objects():
         name = _name(o)
         count[name] += 1
         try:
             size[name] += sys.getsizeof(o)
         except Exception:  # a type whose __sizeof__ fails
             pass
-    most = count.most_common(1)[0][0] if count else None
-    owner: dict[int, Any] = {}  # id(object) -> the first object seen referring to it
-    for o in objs:
-        for r in gc.get_referents(o):
-            if gc.is_tracked(r):
-                owner.setdefault(id(r), o)
-    holders: Counter = Counter()
-    plain = (dict, list, tuple, set)
-    for o in objs:
-        if _name(o) != most:
-            continue
-        chain, x = [], o
-        for _ in range(3):  # up through plain containers to the first object of a named type
-            x = owner.get(id(x))
-            if x is None:
-                break
-            chain.append(type(x).__qualname__)
-            if type(x) not in plain:
-                break
-        holders[" > ".join(reversed(chain)) or "?"] += 1
-    owner.clear()
-    del objs
     return {"by_count": count.most_common(top),
             "by_size_mb": [(n, round(s / 1e6, 2)) for n, s in size.most_common(top)],
-            "tracked": sum(count.values()), "holders_of_most": [most, holders.most_common(10)]}
+            "tracked": sum(count.values())}
 
 
 def collect_garbage(top: int = 20) -> tuple[int, dict[str, Any]]:
@@ -140,7 +115,7 @@ def collect_garbage(top: int = 20) -> tuple[int, dict[str, Any]]:
         gc.garbage.clear()
     finally:
         gc.set_debug(old)
-    count: Counter = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in found)
+    count: Counter = Counter(map(_name, found))
     seen: set[int] = set()
     held = 0
     for o in found:

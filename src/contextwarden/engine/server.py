@@ -48,7 +48,7 @@ from contextwarden.addons.routing import FORWARDED, INCOMING, ROUTE
 from contextwarden.addons.warden import Warden
 from contextwarden.memory import service as memory_service
 
-from . import wire
+from ..core import frames
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,14 @@ class Engine:
     async def run(self, opts_values: dict[str, Any]) -> int:
         error = self.start(opts_values)
         if error is not None:
-            wire.send_blocking(self.sock, "fatal", None, error)
+            frames.send_blocking(self.sock, "fatal", None, error)
             return 1
         rt = self.warden.runtime
         self._settings_sent = rt.settings
-        wire.send_blocking(self.sock, "ready", None, {**self._link_settings(), "pid": os.getpid(),
+        frames.send_blocking(self.sock, "ready", None, {**self._link_settings(), "pid": os.getpid(),
                                                       "release_flows": rt.settings.pipeline.release_flows,
                                                       "timeout_s": rt.settings.pipeline.engine_timeout_s})
-        reader, self.writer = await wire.open_stream(self.sock)
+        reader, self.writer = await frames.open_stream(self.sock)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -123,7 +123,7 @@ class Engine:
     async def read(self, reader: asyncio.StreamReader) -> None:
         sweep = time.monotonic() + 60
         while True:
-            frame = await wire.read(reader)
+            frame = await frames.read(reader)
             if frame is None:
                 return  # mitmdump is gone
             op, key, payload = frame
@@ -164,7 +164,7 @@ class Engine:
 
     def _send(self, op: str, key: Any = None, payload: Any = None) -> None:
         if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(wire.encode(op, key, payload))
+            self.writer.write(frames.encode(op, key, payload))
 
     def _spawn(self, coro) -> None:
         t = asyncio.ensure_future(coro)
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # its log lines among mitmdump's, as they happen
     logging.getLogger().setLevel(logging.INFO)  # as mitmdump's: the termlog handler filters by its verbosity
     sock = socket.socket(fileno=int(argv[0]))
-    first = wire.read_blocking(sock, None)
+    first = frames.read_blocking(sock, None)
     if first is None or first[0] != "start":
         return 2
     engine = Engine(sock)
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         log.exception("contextwarden engine")
         try:
-            wire.send_blocking(sock, "fatal", None, f"{type(e).__name__}: {e}")
+            frames.send_blocking(sock, "fatal", None, f"{type(e).__name__}: {e}")
         except OSError:
             pass
         return 1

@@ -277,7 +277,7 @@ class RecallClient:
                     raise
         out = orjson.loads(data) if data else {}
         if resp.status != 200:
-            raise ApiError(resp.status, out.get("error") if isinstance(out, dict) else str(out))
+            raise ApiError(resp.status, str(out.get("error")) if isinstance(out, dict) else str(out))
         return out
 
     def close(self) -> None:

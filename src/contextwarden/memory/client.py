@@ -77,7 +77,7 @@ class RemoteMemoryService:
         self.restarts = 0
         self.pid: int | None = None
         self._state: dict = {}
-        self._sock = None
+        self._sock: socket.socket | None = None
         self._outbox: wire.Outbox | None = None  # frames to the socket, written by a thread of its own
         self._calls: dict[int, Future] = {}
         self._calls_lock = threading.Lock()
@@ -311,51 +311,34 @@ class RemoteMemoryService:
         wait = CALL_WAIT_S if timeout_s is None else timeout_s + SEARCH_MARGIN_S
         return self.call("search", query, tenants, timeout_s=timeout_s, _wait=wait, **kw)
 
-    def prepare(self, token: str, query, tenants, **kw) -> bool:
-        """Start the vector half of a search in the memory process without waiting
-        (``MemoryService.prepare``): sent now, it runs while the stages do; the memory process takes it
-        before any later call on this connection (the search that names ``token``)."""
+    def _cast(self, name: str, *args, **kwargs) -> bool:
+        """``name(*args, **kwargs)`` sent to the memory process without waiting for its answer: True once
+        queued. Waiting made the request (or the turn's work) as slow as the memory process under load.
+        The memory process takes ``keep`` and ``prepare`` in the order sent, before any later call on this
+        connection (a recall of the kept ids, the search that names the prepared token)."""
         s = self._sock
         if not self.available or s is None:
             return False
-        frame = {"id": 0, "op": "call", "m": "prepare", "a": wire.encode([token, query, tenants]), "k": wire.encode(kw)}
         try:
-            self._send(s, frame)
+            self._send(s, {"id": 0, "op": "call", "m": name, "a": wire.encode(list(args)), "k": wire.encode(kwargs)})
         except OSError:
             return False
         return True
+
+    def prepare(self, token: str, query, tenants, **kw) -> bool:
+        """Start the vector half of a search (``MemoryService.prepare``): it runs while the stages do."""
+        return self._cast("prepare", token, query, tenants, **kw)
 
     def submit(self, items, **info) -> bool:
-        """Hand items to the memory process without waiting for it (it stores them in its pending
-        table, redacted): True once sent. Waiting for its answer made the
-        proxy's turn work as slow as the memory process under load, and a late answer (False) made the
-        next turn send everything again."""
-        s = self._sock
-        if not self.available or s is None:
-            return False
-        frame = {"id": 0, "op": "call", "m": "submit", "a": wire.encode([items]), "k": wire.encode(info)}
-        try:
-            self._send(s, frame)
-        except OSError:
-            return False
-        return True
+        """Hand items to the memory process (it stores them in its pending table, redacted). False only
+        when it is not there: the next turn sends them again."""
+        return self._cast("submit", items, **info)
 
     def keep(self, items, searchable: bool = True) -> list[str]:
-        """Hand originals to the memory process without waiting (as :meth:`submit`): the ids are known
-        here (what ``MemoryService.keep`` returns). The recall stage calls this on the request path;
-        waiting for the answer made the request as slow as the memory process under load (the budget
-        then abandoned the stage). The memory process takes ``keep`` in the order it was sent, before
-        any later call (a recall of these ids waits for them there)."""
+        """Hand originals to the memory process: their ids are known here (what ``MemoryService.keep``
+        returns)."""
         todo = [it for it in items if it.text and it.text.strip()]
-        if not todo:
-            return []
-        s = self._sock
-        if not self.available or s is None:
-            return []
-        frame = {"id": 0, "op": "call", "m": "keep", "a": wire.encode([todo]), "k": wire.encode({"searchable": searchable})}
-        try:
-            self._send(s, frame)
-        except OSError:
+        if not todo or not self._cast("keep", todo, searchable=searchable):
             return []
         return [it.source_id or it.memory_id for it in todo]
 

@@ -18,7 +18,9 @@ import os
 import re
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -55,6 +57,8 @@ class Embedder:
 
     Thread-safe: ONNX Runtime sessions may be run concurrently and the tokenizer is configured once.
     """
+
+    pause: Callable[[], float] | None = None  # ingestion's thread waits here while a search runs (service)
 
     def __init__(self, model_dir: str | os.PathLike, source: str | None = None, batch_size: int = 32,
                  max_tokens: int = MAX_TOKENS, threads: int | None = None,
@@ -103,10 +107,9 @@ class Embedder:
         encoded = self._tok.encode_batch(texts, add_special_tokens=True)
         ids = [e.ids for e in encoded]
         out: np.ndarray | None = None
-        pause = getattr(self, "pause", None)  # ingestion's thread waits here while a search runs
         for idx in self.batches([len(x) for x in ids]):
-            if pause is not None:
-                pause()
+            if self.pause is not None:
+                self.pause()
             vecs = self._run([ids[i] for i in idx])
             if out is None:
                 out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
@@ -264,6 +267,14 @@ def _absent() -> None:
     return None  # (an LRU miss is not remembered: the vector is put once computed)
 
 
+class Worker(Protocol):
+    """An embedder in another process (embedworker.BackgroundEmbedder)."""
+
+    def __call__(self, texts: list[str]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
 class CachedEmbedder:
     """An embedder with an LRU of recent texts (a tool loop asks the same query again and again), and
     optionally a persistent cache on disk (the evaluation replays the same corpora run after run)."""
@@ -279,8 +290,8 @@ class CachedEmbedder:
         self.hits = 0
         self.misses = 0
         # what background threads' misses go to (embedworker.BackgroundEmbedder), and which threads those are
-        self.background = None
-        self.is_background = lambda: False
+        self.background: Worker | None = None
+        self.is_background: Callable[[], bool] = lambda: False
         if disk:
             self.attach_disk(disk)
 

@@ -1,18 +1,12 @@
 """Ingestion's embeddings in a process of their own, at the lowest CPU priority (``SCHED_IDLE``).
 
-Embedding what the turns said is the biggest CPU cost of memory (all-MiniLM over every chunk of every
-tool result: ~80 ms of a core per 3K-token result) and none of it is on a request's clock: ingestion
-may lag, it is never dropped (the pending table holds what waits). In the memory process, even niced,
-it took ~0.4 of a core from the two that the proxy's requests, the compression worker and the clients
-share, and a busy machine is where time to first byte grows (issue 19). In a process of its own at the
-idle scheduling class, and its session's scheduling group at the lowest weight (:func:`_idle`), the
-kernel runs it only on CPU nobody else wants (a group at nice 19 still
-gets ~1.5% against a busy loop: it is never starved outright): under load, embedding lags (the lag is
-reported; each item was made searchable by its words and recallable by id as it was submitted,
-before it waits here, ``ingest.py``); idle, it catches up at full speed. A thread of the memory process
-could not do this: while descheduled it could hold the interpreter lock that the process's searches need.
-The model is loaded as the worker starts, before it drops to the idle class (:func:`load`): a one-time
-start-up at the idle class took minutes on a machine that never idles.
+Embedding what the turns said is the biggest CPU cost of memory (~80 ms of a core per 3K-token tool
+result) and none of it is on a request's clock: ingestion may lag, it is never dropped (the pending table
+holds what waits). At the idle scheduling class, its session's scheduling group at the lowest weight
+(:func:`_idle`), the kernel runs it only on CPU nobody else wants: under load embedding lags (each item
+is searchable by its words as it is submitted, ``ingest.py``); idle, it catches up at full speed. A
+thread of the memory process could not do this: descheduled, it could hold the interpreter lock the
+searches need. The model is loaded before the worker drops to the idle class (:func:`load`).
 
 Searches embed their short queries in the memory process itself, at once (the thread that asks
 decides: only background threads, ``SearchFirst.background``, come here). Fails open: a worker that
@@ -52,10 +46,8 @@ def load(model_dir: str, group_nice: int = GROUP_NICE) -> tuple[int, int]:
 @functools.cache
 def _loaded(model_dir: str, group_nice: int) -> Embedder:
     """The worker's embedder of ``model_dir`` (once per worker process), loaded at the priority the
-    worker started with and only then moved to the idle class. Loaded at the idle class on a machine
-    that never idles (CI beside other jobs, two busy loops), the imports and the model's ~2 s of CPU
-    took minutes at ~1.5% of a core, and nothing was embedded meanwhile; a one-time start-up cost is
-    not the steady background work the idle class is for."""
+    worker started with and only then moved to the idle class (loaded there, it took minutes on a
+    machine that never idles)."""
     e = Embedder(model_dir, threads=1)
     e.warm()
     _idle(group_nice)
@@ -71,17 +63,11 @@ def _policy() -> int:
 
 def _idle(group_nice: int = 0) -> None:
     """Every thread of this process to the idle scheduling class (Linux; elsewhere the lowest nice value), and
-    its scheduling group to nice ``group_nice`` (a lower weight against the other groups).
-
-    The class alone is not enough: with Linux's autogroups (``kernel.sched_autogroup_enabled``, the
-    default) every session is a group with one weight at the top level, whatever its tasks' classes, and
-    the worker is started in a session of its own (``start_new_session``), so an idle-class worker alone
-    in its group took a full group's share: as much CPU as the proxy's whole session (measured: two
-    busy loops on one core, each in its own session, one at ``SCHED_IDLE``: 50% each; with the idle
-    one's group at nice 19: 1% and 99%)."""
+    its scheduling group to nice ``group_nice``: with Linux's autogroups every session is a group with
+    one weight whatever its tasks' classes, and an idle-class worker alone in its session's group took a
+    full group's share (measured: 50% against a busy loop; with the group at nice 19: 1%)."""
     try:
-        # every thread of the process (a policy is a thread's own; the model is loaded by then, and any
-        # thread its runtime started would otherwise keep the normal class)
+        # every thread of the process: a policy is a thread's own
         for tid in _threads_of_process():
             try:
                 os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))

@@ -128,8 +128,8 @@ class Ingestor:
         if not items:
             return True
         n = len(items)
-        info = {"flow_id": flow_id, "history": bool(history), "messages": messages, "n": n,
-                "session": _session_of(items)}
+        session = _session_of(items)
+        info = {"flow_id": flow_id, "history": bool(history), "messages": messages, "n": n, "session": session}
         if self.journal is not None:
             return self._submit_journal(items, info)
         with self._cv:
@@ -146,7 +146,7 @@ class Ingestor:
             reason = "closed" if self._closing else "queue full"
             self.bus.emit("memory", {"dropped": n, "reason": reason, "queued": queued,
                                      "queue_size": self.queue_size, "history": bool(history)},
-                          flow_id=flow_id, session=info["session"])
+                          flow_id=flow_id, session=session)
             return False
         return True
 
@@ -159,8 +159,7 @@ class Ingestor:
 
     def _submit_journal(self, items: list[MemoryItem], info: dict) -> bool:
         # secrets never reach the disk: redacted before the journal (the id a clearing stub names is
-        # the original text's, fixed first)
-        # (no pause for searches here: this is what makes the turn searchable, ~5 ms a 12 KB result)
+        # the original text's, fixed first); no pause for searches: this makes the turn searchable
         red = [self._redacted(it.text) for it in items]
         items = [_replace(it, text=t, source_id=it.source_id or memory_id(it.text)) for it, (t, _) in zip(items, red)]
         # what the journal holds is redacted: the worker does not redact it again (REDACTED_NOTE), and
@@ -249,7 +248,7 @@ class Ingestor:
                     self._cv.wait()
                 if not self._q and self._closing:
                     return
-                batches = []
+                batches: list[tuple[list[MemoryItem], dict]] = []
                 taken = 0
                 while self._q and (not batches or taken + len(self._q[0][0]) <= self.batch_max):
                     b = self._q.popleft()
@@ -340,11 +339,6 @@ class Ingestor:
         except Exception as e:
             self._error(e, 0, where="memory.backfill")
 
-    def prepare(self, items: list[MemoryItem]) -> tuple[list[MemoryItem], int]:
-        """Redact and chunk: what will be stored for ``items``, and how many secrets were removed."""
-        out, redacted, _, _ = self._prepare(items)
-        return out, redacted
-
     def _prepare(self, items: list[MemoryItem], redacted_already: bool = False
                  ) -> tuple[list[MemoryItem], int, list[int], list[MemoryItem]]:
         """(chunks to store, secrets removed, index in ``items`` of each chunk, each item whole and
@@ -396,8 +390,7 @@ class Ingestor:
                     items.append(it)
                     sub.append(b)
         self.stats["skipped_seen"] += sum(skipped)
-        # (tags are the storer's: words need none, and tagging cost as much as the rest of this
-        # together, for every item, where the storer tags only what it has time to store)
+        # (tags are the storer's: words need none)
         prepared, n_red, owner, wholes = self._prepare(items, redacted_already=redacted)
         if redacted:  # counted when the journal took them
             n_red = sum(int(info.get(REDACTED_NOTE) or 0) for _, info in batches)
@@ -550,9 +543,8 @@ def _pkey(it: MemoryItem) -> str:
 
 
 def _lower_priority() -> None:
-    """Embedding is CPU-bound; on Linux a thread has its own nice value, so the worker yields the CPU to
-    the proxy's request path instead of competing with it. +5, not more: at +10 a busy machine starves
-    the worker (a tenth of a core's share) until the queue overflows."""
+    """The worker's thread at nice +5 (on Linux a thread has its own): it yields the CPU to the request
+    path (at +10 a busy machine starved it until the queue overflowed)."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5))
     except (AttributeError, OSError):

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -85,6 +86,32 @@ class LexicalHit:
     score: float
 
 
+class _Codes:
+    """Each item's session (or project) as a small integer, caught up lazily with the partition's items
+    (a snapshot's load fills them directly): what a query scoped to one masks the scores with."""
+
+    def __init__(self, of) -> None:
+        self.of = of  # item -> its name (None: no project)
+        self.codes = array("I")
+        self.ids: dict = {None: 0}  # (code 0: no project; sessions are never None)
+        self.counts: Counter = Counter()
+
+    def sync(self, items: list) -> None:
+        for it in items[len(self.codes):]:
+            code = self.ids.setdefault(self.of(it), len(self.ids))
+            self.codes.append(code)
+            self.counts[code] += 1
+
+    def count(self, items: list, name) -> int:
+        self.sync(items)
+        code = self.ids.get(name)
+        return 0 if not code else self.counts[code]
+
+    def mask(self, items: list, name) -> np.ndarray:
+        self.sync(items)
+        return np.frombuffer(self.codes, dtype=np.uint32)[: len(items)] == (self.ids.get(name) or -1)
+
+
 class _Partition:
     """The BM25 index of one tenant (or workspace)."""
 
@@ -96,47 +123,18 @@ class _Partition:
         self.total_len = 0
         self.by_prefix: dict[str, list[str]] = {}
         self._norm_key: tuple | None = None
-        self._norm_cache: np.ndarray | None = None
-        # each item's session as a small integer, caught up lazily with ``items`` (a snapshot's load
-        # fills ``items`` directly): what a query scoped to one session masks the scores with
-        self._sess_codes = array("I")
-        self._sess_ids: dict[str, int] = {}
-        self._sess_counts: Counter = Counter()
-        # the same for each item's project (0: none), for a query scoped to the current project
-        self._proj_codes = array("I")
-        self._proj_ids: dict[str | None, int] = {None: 0}
-        self._proj_counts: Counter = Counter()
+        self._norm_cache = np.zeros(0, dtype=np.float32)
+        self.sessions = _Codes(lambda it: str(it.session))
+        self.projects = _Codes(lambda it: getattr(it, "project", None) or None)
 
-    def _sync_sessions(self) -> None:
-        for it in self.items[len(self._sess_codes):]:
-            code = self._sess_ids.setdefault(str(it.session), len(self._sess_ids))
-            self._sess_codes.append(code)
-            self._sess_counts[code] += 1
-            pcode = self._proj_ids.setdefault(getattr(it, "project", None) or None, len(self._proj_ids))
-            self._proj_codes.append(pcode)
-            self._proj_counts[pcode] += 1
-
-    def project_count(self, project: str) -> int:
-        """Items of ``project`` in this partition."""
-        self._sync_sessions()
-        code = self._proj_ids.get(project or None)
-        return 0 if not code else self._proj_counts[code]
-
-    def project_mask(self, project: str) -> np.ndarray:
-        self._sync_sessions()
-        code = self._proj_ids.get(project or None) or -1
-        return np.frombuffer(self._proj_codes, dtype=np.uint32)[: len(self.items)] == code
+    def scope(self, project: bool) -> _Codes:
+        return self.projects if project else self.sessions
 
     def session_count(self, session: str) -> int:
-        """Items of ``session`` in this partition."""
-        self._sync_sessions()
-        code = self._sess_ids.get(str(session))
-        return 0 if code is None else self._sess_counts[code]
+        return self.sessions.count(self.items, str(session))
 
     def session_mask(self, session: str) -> np.ndarray:
-        self._sync_sessions()
-        code = self._sess_ids.get(str(session), -1)
-        return np.frombuffer(self._sess_codes, dtype=np.uint32)[: len(self.items)] == code
+        return self.sessions.mask(self.items, str(session))
 
     def add(self, item, terms: list[str]) -> bool:
         if item.id in self.ids:
@@ -256,36 +254,33 @@ class LexicalIndex:
         with self._lock:
             return list(self._neighbours.get((partition, session, turn), ()))
 
-    def _scope_size(self, partition: str, name: str, project: bool) -> int:
+    def _size(self, partition: str, project: bool, name: str | None) -> int:
         with self._lock:
             part = self._parts.get(partition)
-            if part is None:
-                return 0
-            return part.project_count(name) if project else part.session_count(name)
+            return 0 if part is None else part.scope(project).count(part.items, name)
 
-    def _scope_items(self, partition: str, name: str, project: bool) -> list:
+    def _items(self, partition: str, project: bool, name: str | None) -> list:
         with self._lock:
             part = self._parts.get(partition)
-            if part is None or not (part.project_count(name) if project else part.session_count(name)):
+            if part is None or not part.scope(project).count(part.items, name):
                 return []
-            mask = part.project_mask(name) if project else part.session_mask(name)
-            return [part.items[i] for i in np.flatnonzero(mask)]
+            return [part.items[i] for i in np.flatnonzero(part.scope(project).mask(part.items, name))]
 
     def session_size(self, partition: str, session: str) -> int:
         """How many items of ``session`` ``partition`` holds."""
-        return self._scope_size(partition, session, False)
+        return self._size(partition, False, str(session))
 
     def session_items(self, partition: str, session: str) -> list:
         """The items of ``session`` in ``partition``, in the order they were indexed."""
-        return self._scope_items(partition, session, False)
+        return self._items(partition, False, str(session))
 
     def project_size(self, partition: str, project: str) -> int:
         """How many items of ``project`` ``partition`` holds."""
-        return self._scope_size(partition, project, True)
+        return self._size(partition, True, project or None)
 
     def project_items(self, partition: str, project: str) -> list:
         """The items of ``project`` in ``partition``, in the order they were indexed."""
-        return self._scope_items(partition, project, True)
+        return self._items(partition, True, project or None)
 
     def other_sessions(self, partitions: Iterable[str], session: str) -> bool:
         """Whether the partitions hold items of sessions other than ``session``."""
@@ -359,7 +354,7 @@ class LexicalIndex:
                 if session is not None:
                     acc = np.where(part.session_mask(session), acc, 0.0).astype(np.float32)
                 if project is not None:
-                    acc = np.where(part.project_mask(project), acc, 0.0).astype(np.float32)
+                    acc = np.where(part.projects.mask(part.items, project or None), acc, 0.0).astype(np.float32)
                 want = min(len(acc), n * 3 + 16)  # extra room for excluded items
                 top = np.argpartition(-acc, want - 1)[:want] if want < len(acc) else np.arange(len(acc))
                 top = top[np.argsort(-acc[top], kind="stable")]
@@ -386,7 +381,7 @@ def save_snapshot(index: LexicalIndex, path: str | os.PathLike, key: dict) -> in
     """Write the index to ``path`` (numpy ``.npz``, no pickle: arrays, and JSON as bytes), with ``key``
     (what the store looked like: :func:`load_snapshot` refuses a snapshot of another state). Atomic.
     Returns the items written."""
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}
     names = []
     n = 0
     with index._lock:
@@ -399,9 +394,9 @@ def save_snapshot(index: LexicalIndex, path: str | os.PathLike, key: dict) -> in
             docs = np.empty(int(offsets[-1]), dtype=np.uint32)
             tfs = np.empty(int(offsets[-1]), dtype=np.float32)
             for t, a, b in zip(terms, offsets[:-1], offsets[1:]):
-                d, f = part.postings[t]
-                docs[a:b] = np.frombuffer(d, dtype=np.uint32)
-                tfs[a:b] = np.frombuffer(f, dtype=np.float32)
+                pd, pf = part.postings[t]
+                docs[a:b] = np.frombuffer(pd, dtype=np.uint32)
+                tfs[a:b] = np.frombuffer(pf, dtype=np.float32)
             arrays[f"p{pi}_docs"] = docs
             arrays[f"p{pi}_tf"] = tfs
             arrays[f"p{pi}_offsets"] = offsets

@@ -84,7 +84,7 @@ class SessionVectors:
 
     def _matrix(self, lexical, partition: str, session: str, project: str | None = None) -> _Session | None:
         # a project's items, like a session's, only ever grow at the end of the partition's order
-        key = (partition, session) if project is None else (partition, "\0project", project)
+        key = (partition, session) if project is None else (partition, f"\0project {project}")
         size, members = ((lexical.session_size, lexical.session_items) if project is None
                          else (lexical.project_size, lexical.project_items))
         name = session if project is None else project

@@ -22,7 +22,9 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..core.events import EventBus
 from ..settings import load_settings
@@ -40,13 +42,13 @@ INLINE = frozenset({"keep", "prepare"})
 BACKGROUND = frozenset({"submit"})
 
 
+@dataclass
 class _Runtime:
-    """What MemoryService reads of a runtime: its settings, home and event bus."""
+    """What MemoryService reads of a runtime (service.Host)."""
 
-    def __init__(self, settings, home: Path, bus: EventBus) -> None:
-        self.settings = settings
-        self.home = home
-        self.bus = bus
+    settings: Any
+    home: Path
+    bus: EventBus
 
 
 class MemoryServer:
@@ -56,7 +58,7 @@ class MemoryServer:
         self.sock_path = str(sock_path)
         self.bus = EventBus(recent=16)
         self.settings = settings
-        self.service = None
+        self.service: MemoryService | None = None
         self.parent_pid = parent_pid
         self._lock = threading.Lock()
         self._conns: dict[socket.socket, tuple[threading.Lock, bool]] = {}

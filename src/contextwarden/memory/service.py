@@ -24,7 +24,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..util import redact as secrets
 from ..util.lru import LRU
@@ -44,21 +44,27 @@ from .store import MemoryStore
 from .tagger import Tagger
 
 if TYPE_CHECKING:
-    from ..core.runtime import Runtime
+    from ..core.events import EventBus
 
 # MemoryService.redact remembers the redaction of texts of REDACT_MEMO_MIN characters or more (shorter
-# ones cost less to redact again than to keep), REDACT_MEMO_CHARS characters of them in all (the texts
-# of ~10 s of issue 19's load: a kept text comes again to be stored ~1.5 s later)
+# ones cost less to redact again than to keep), REDACT_MEMO_CHARS characters of them in all
 REDACT_MEMO_MIN = 512
 REDACT_MEMO_CHARS = 4_000_000
 RECENT_IDS = 50_000  # ids of items submitted lately, not submitted again (MemoryService.submit)
 
 
+class Host(Protocol):
+    """What the service reads of its runtime (the memory process passes one of its own: server.py)."""
+
+    bus: EventBus
+    home: Any
+    settings: Any
+
+
 class MemoryService:
     """Store + embedder + ingestor + lexical index + tagger of one runtime. Thread-safe."""
 
-    def __init__(self, runtime: Runtime, background: bool = True, separate: bool = False) -> None:
-        self.runtime = runtime
+    def __init__(self, runtime: Host, background: bool = True, separate: bool = False) -> None:
         # in the memory process (server.py): ingestion goes through the pending table, tags what comes
         # untagged, and a shutdown flushes only ``memory.shutdown_flush_s``
         self.separate = separate
@@ -113,12 +119,12 @@ class MemoryService:
             if emb is not None:
                 emb.warm()
                 emb.pause = self.priority.pause  # between embedding runs, ingestion yields to searches
-            self.embedder = CachedEmbedder(emb, disk=m.embed_cache) if emb is not None else None
-            if self.embedder is not None and self.separate and m.embed_idle:
-                self.embedder.background = BackgroundEmbedder(emb, emb.model_dir)
-                self.embedder.is_background = self.priority.is_background
-            if self.embedder is not None and self.settings.tagging.embedding_tagger:
-                self.tagger = Tagger(self.settings.tagging, self.embedder)
+                self.embedder = CachedEmbedder(emb, disk=m.embed_cache)
+                if self.separate and m.embed_idle:
+                    self.embedder.background = BackgroundEmbedder(emb, str(emb.model_dir))
+                    self.embedder.is_background = self.priority.is_background
+                if self.settings.tagging.embedding_tagger:
+                    self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:
                 return
             self.store = MemoryStore(self.home, m, self.embedder)
@@ -153,7 +159,7 @@ class MemoryService:
                     warm()
             except Exception:
                 pass
-            self._load_lexical()
+            self._load_lexical(self.store)
             if m.chroma_url and not self.closed:  # other replicas write there too: index their items
                 LexicalRefresh(self).start()
         self.bus.emit("memory_status", {"status": "ready" if self.error is None else "unavailable",
@@ -172,11 +178,11 @@ class MemoryService:
         """True once the lexical index covers every stored item (until then BM25 sees part of them)."""
         return self._lexical_ready.is_set() and self._lexical_complete
 
-    def _load_lexical(self) -> None:
+    def _load_lexical(self, store: MemoryStore) -> None:
         """The lexical index from its snapshot when it matches the store, else rebuilt from Chroma."""
         t = time.perf_counter()
         try:
-            snap = load_snapshot(self.lexical_path, self.store.fingerprint())
+            snap = load_snapshot(self.lexical_path, store.fingerprint())
         except Exception:
             snap = None
         if snap is not None:
@@ -187,7 +193,7 @@ class MemoryService:
             self._lexical_ready.set()
         else:
             self.lexical_source = "building"
-            self._rebuild_lexical()
+            self._rebuild_lexical(store)
             self.lexical_source = "rebuilt" if self._lexical_complete else "failed"
             if self._lexical_complete:
                 self.save_lexical()
@@ -195,9 +201,8 @@ class MemoryService:
 
     def save_lexical(self, flush: bool = True) -> bool:
         """Save the lexical index next to the store (at close, after a rebuild); False if it is not
-        complete or there is nothing new. ``flush``: wait for ingestion first (not at close: the
-        ingestor has had its time, and with a pending table that is not empty the wait never ended
-        before the 30 s limit, which made every shutdown under load miss the snapshot and its budget)."""
+        complete or there is nothing new. ``flush``: wait for ingestion first (not at close: a pending
+        table under load is never empty)."""
         if not self._lexical_complete or self.store is None or not self.store.available:
             return False
         try:
@@ -215,11 +220,9 @@ class MemoryService:
             return False
 
     def _save_lexical_within(self, budget: float | None) -> None:
-        """The snapshot at close, given ``budget`` seconds (None: as long as it takes). Under load the
-        index holds what waits for its vectors too (indexed by words first), and writing ~200K chunks
-        took seconds past a shutdown's budget: past it, the process exits without a new snapshot, and
-        the next start rebuilds the index from the store in the background (the pending table's items
-        are indexed again by the ingestor)."""
+        """The snapshot at close, given ``budget`` seconds (None: as long as it takes). Past it, the
+        process exits without a new snapshot and the next start rebuilds the index from the store (the
+        pending table's items are indexed again by the ingestor)."""
         if budget is None:
             self.save_lexical(False)
             return
@@ -230,10 +233,10 @@ class MemoryService:
             self.bus.emit("memory", {"snapshot": "skipped", "reason": f"not written in {budget:.1f} s of shutdown",
                                      "lexical_items": len(self.lexical)})
 
-    def _rebuild_lexical(self) -> None:
+    def _rebuild_lexical(self, store: MemoryStore) -> None:
         try:
             batch = []
-            for it in self.store.iter_items():
+            for it in store.iter_items():
                 batch.append(it)
                 if len(batch) >= 2000:
                     self.lexical.add(batch)
@@ -362,11 +365,9 @@ class MemoryService:
     def prepare(self, token: str, query: Query, tenants: list[str], *, workspace: str | None = None,
                 settings=None, n: int | None = None, session: str | None = None, project: str | None = None) -> None:
         """Start the vector half of the search that :meth:`search` with ``prepared=token`` and these same
-        arguments will finish (:meth:`Retriever.start`: embedding the query and the vector query, which
-        need no ``exclude``). The memory stage calls it as the request is read, so the embedding runs
-        while the other stages do instead of after them (``memory.prefetch``). Ingestion waits while it
-        runs, as for a search. A search with other arguments, or none within ``PREPARED_TTL_S``, leaves
-        it unused: the results are those of a search made at once."""
+        arguments will finish (:meth:`Retriever.start`), as the request is read, so the embedding runs
+        while the other stages do (``memory.prefetch``). Ingestion waits while it runs, as for a search.
+        A search with other arguments, or none within ``PREPARED_TTL_S``, leaves it unused."""
         if not self.available:
             return
         self.priority.__enter__()
@@ -425,10 +426,8 @@ class MemoryService:
         return [it.source_id or it.memory_id for it in todo]
 
     def redact(self, text: str) -> tuple[str, int]:
-        """``redact_secrets(text)``, remembered a while: a compressed result's original is kept (and
-        redacted) as its request is read, and the same text comes again to be stored when its turn ends,
-        ~1.5 s later under issue 19's load (a searchable kept text is submitted right after it is kept);
-        redacting 12 KB of code costs ~1 ms."""
+        """``redact_secrets(text)``, remembered a while: a kept original comes again to be stored when
+        its turn ends (redacting 12 KB of code costs ~1 ms)."""
         return self._redactions.get(text, lambda: secrets.redact_secrets(text))
 
     def _keeper(self) -> None:
@@ -441,8 +440,6 @@ class MemoryService:
                 batch = [(it, searchable) for b, searchable in self._keep_q for it in b]
                 self._keep_q.clear()
                 self._keep_busy = True
-            # (redact remembers each text's redaction: the submission below, and the text's turn when it
-            # is stored, find it there)
             wholes = [_replace(it, text=self.redact(it.text)[0], source_id=it.source_id or it.memory_id)
                       for it, _ in batch]
             try:
@@ -527,14 +524,12 @@ class MemoryService:
     def tenants(self) -> list[str]:
         """Every tenant this memory holds (the scope of a caller on this machine that shows only the token)."""
         out = set(self.originals.tenants()) if self.originals is not None else set()
-        for p in list(getattr(self.lexical, "_parts", {}) or {}):
-            if isinstance(p, str) and p.startswith("t-") or p == "anonymous":
-                out.add(p)
-        return sorted(out)
+        return sorted(out | {p for p in list(self.lexical._parts) if p.startswith("t-") or p == "anonymous"})
 
     def delete_session(self, session: str, tenant: str | None = None) -> int:
         """Forget a session (``memory delete`` while the proxy runs); its items leave search at once."""
-        n = self.store.delete_session(session, tenant) if self.available else 0
+        store = self.store
+        n = store.delete_session(session, tenant) if store is not None and self.available else 0
         if self.originals is not None:
             n = max(n, self.originals.delete_session(session, tenant))
         for t in ([tenant] if tenant else self.tenants()):

@@ -28,6 +28,7 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ from .items import MemoryItem
 
 if TYPE_CHECKING:
     from ..settings.memory import MemorySection
-    from .embedder import Embedder
+    from .embedder import CachedEmbedder, Embedder
 
 PARTITION_PREFIX = "cwm-"  # one collection of model vectors (cosine) per tenant or shared workspace
 TEXT_COLLECTION = "cw_memory_text"  # items stored without a model: placeholder vectors, every tenant
@@ -148,7 +149,7 @@ class MemoryStore:
     the caller (the ingestor and the memory stage catch it and fail open).
     """
 
-    def __init__(self, home: Path | str, settings: MemorySection, embedder: Embedder | None,
+    def __init__(self, home: Path | str, settings: MemorySection, embedder: Embedder | CachedEmbedder | None,
                  *, read_only: bool = False) -> None:
         self.home = Path(home)
         self.settings = settings
@@ -234,6 +235,12 @@ class MemoryStore:
             self._open()
         return self.available
 
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self, timeout: float | None = None) -> None:
         """Release Chroma and the writer lock. The store is unusable afterwards. ``timeout``: how long to
         wait for a write in progress (an ingestion batch embedding holds the store); past it, the store
@@ -248,12 +255,6 @@ class MemoryStore:
             self._release()
         finally:
             self._lock.release()
-
-    def __enter__(self) -> MemoryStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _check(self, write: bool = False) -> None:
         if not self.available:
@@ -345,7 +346,7 @@ class MemoryStore:
                         col.add(embeddings=[_PLACEHOLDER] * len(batch), **kw)
                     elif embeddings is not None:
                         col.add(embeddings=[embeddings[k] for k in idx], **kw)
-                    else:
+                    elif self.embedder is not None:  # (a partition is only chosen with one)
                         col.add(embeddings=self.embedder(docs), **kw)
         return [items[k] for k in new]
 
@@ -462,10 +463,10 @@ class MemoryStore:
                 for d, m in zip(got["documents"], got["metadatas"]):
                     yield MemoryItem.from_record(d, m)
 
-    def _metadatas(self, where: dict | None = None) -> Iterator[tuple[str, dict]]:
+    def _metadatas(self) -> Iterator[dict]:
         for col in self._collections():
-            for got in self._pages(col, where, ["metadatas"]):
-                yield from zip(got["ids"], got["metadatas"])
+            for got in self._pages(col, None, ["metadatas"]):
+                yield from got["metadatas"]
 
     def fingerprint(self) -> dict:
         """What the store holds, cheaply: items per collection (keys a snapshot of the lexical index)."""
@@ -485,15 +486,15 @@ class MemoryStore:
         if not self.available:
             return []
         rows: dict[tuple[str, str], dict] = {}
-        for _, md in self._metadatas():
+        for md in self._metadatas():
             key = (md.get("tenant", ""), md.get("session", ""))
             r = rows.get(key)
             if r is None:
-                r = rows[key] = {"session": key[1], "tenant": key[0], "items": 0, "turns": set(), "kinds": {},
+                r = rows[key] = {"session": key[1], "tenant": key[0], "items": 0, "turns": set(), "kinds": Counter(),
                                  "tools": set(), "first": md.get("ts", 0.0), "last": md.get("ts", 0.0)}
             r["items"] += 1
             r["turns"].add(md.get("turn", 0))
-            r["kinds"][md.get("kind", "?")] = r["kinds"].get(md.get("kind", "?"), 0) + 1
+            r["kinds"][md.get("kind", "?")] += 1
             if md.get("tool"):
                 r["tools"].add(md["tool"])
             ts = md.get("ts", 0.0)
@@ -502,6 +503,7 @@ class MemoryStore:
         for r in rows.values():
             r["turns"] = len(r["turns"])
             r["tools"] = sorted(r["tools"])
+            r["kinds"] = dict(r["kinds"])
             out.append(r)
         return sorted(out, key=lambda r: r["last"], reverse=True)
 
@@ -512,29 +514,20 @@ class MemoryStore:
                              "embedder": self.embedder.source if self.embedder else None}
         if not self.available:
             return s
-        tenants: dict[str, int] = {}
-        kinds: dict[str, int] = {}
-        sessions: set[tuple[str, str]] = set()
-        oldest = newest = None
-        for _, md in self._metadatas():
-            t = md.get("tenant", "")
-            tenants[t] = tenants.get(t, 0) + 1
-            k = md.get("kind", "?")
-            kinds[k] = kinds.get(k, 0) + 1
-            sessions.add((t, md.get("session", "")))
-            ts = md.get("ts")
-            if ts is not None:
-                oldest = ts if oldest is None else min(oldest, ts)
-                newest = ts if newest is None else max(newest, ts)
+        mds = list(self._metadatas())
+        tenants = Counter(md.get("tenant", "") for md in mds)
+        times = [md["ts"] for md in mds if md.get("ts") is not None]
         parts = self._partitions()
-        s.update(items=sum(tenants.values()), vectors=sum(c.count() for c in parts), text_only=self._text_col.count(),
-                 partitions=len(parts), tenants=tenants, kinds=kinds, sessions=len(sessions), oldest=oldest, newest=newest)
+        s.update(items=len(mds), vectors=sum(c.count() for c in parts), text_only=self._text_col.count(),
+                 partitions=len(parts), tenants=dict(tenants), kinds=dict(Counter(md.get("kind", "?") for md in mds)),
+                 sessions=len({(md.get("tenant", ""), md.get("session", "")) for md in mds}),
+                 oldest=min(times, default=None), newest=max(times, default=None))
         if not self.url and self.path.is_dir():
             s["disk_bytes"] = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
         return s
 
     # --- deleting ------------------------------------------------------------------------------------
-    def _delete_where(self, where: dict) -> int:
+    def _delete_where(self, where: dict | None) -> int:
         self._check(write=True)
         n = 0
         with self._lock:

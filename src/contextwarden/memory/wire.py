@@ -50,15 +50,11 @@ def send_frame(sock: socket.socket, obj: Any, lock: threading.Lock | None = None
 
 
 class Outbox:
-    """Frames to one socket, written in order by a thread of its own (``cw-memory-writer``).
-
-    The proxy's stages hand originals (``keep``) and turns (``submit``) to the memory process without
-    waiting for an answer, but a write waited for the socket's buffer: when the memory process read
-    late (busy ingesting), the writer blocked in ``sendall`` holding the socket's lock, and every
-    request's stage that wrote after it queued behind (9% of the stages' time under issue 19's load).
-    Now a frame is encoded by its caller (errors are the caller's) and queued; past ``max_bytes``
-    queued, :meth:`put` says False (the frame is not sent: a submit goes again with the next turn, a
-    search fails open). A write error closes the outbox: every later put raises OSError."""
+    """Frames to one socket, written in order by a thread of its own (``cw-memory-writer``), so that a
+    stage never waits for the socket's buffer while the memory process reads late. A frame is encoded by
+    its caller (errors are the caller's) and queued; past ``max_bytes`` queued, :meth:`put` says False
+    (not sent: a submit goes again with the next turn, a search fails open). A write error closes the
+    outbox: every later put raises OSError."""
 
     def __init__(self, sock: socket.socket, max_bytes: int = 64 << 20, name: str = "cw-memory-writer") -> None:
         self.sock = sock
@@ -255,6 +251,6 @@ _ERRORS = {c.__name__: c for c in (TimeoutError, ValueError, TypeError, KeyError
 
 
 def decode_error(d: dict) -> BaseException:
-    cls = _ERRORS.get(d.get("type"), RuntimeError)
+    cls = _ERRORS.get(str(d.get("type")), RuntimeError)
     msg = d.get("message", "")
     return cls(msg if cls is not RuntimeError or d.get("type") == "RuntimeError" else f"{d.get('type')}: {msg}")

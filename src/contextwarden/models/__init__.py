@@ -6,7 +6,7 @@ next month is lost when a stage rewrites a body.
 """
 
 from . import anthropic, openai_chat, openai_responses
-from .base import ApiKind, UnknownBlock, WireModel, dump_body
+from .base import ApiKind, UnknownBlock, WireModel
 
-__all__ = ["ApiKind", "WireModel", "UnknownBlock", "dump_body", "anthropic", "openai_chat", "openai_responses"]
+__all__ = ["ApiKind", "WireModel", "UnknownBlock", "anthropic", "openai_chat", "openai_responses"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -74,7 +75,7 @@ class Message(WireModel):
 
     _frozen = field_validator("content")(classmethod(lambda cls, v: frozen_list(v)))
 
-    def blocks(self) -> list[WireModel]:
+    def blocks(self) -> Sequence[WireModel]:
         """Content as a list of blocks (a string content reads as one text block, not written back)."""
         if isinstance(self.content, str):
             return [TextBlock(type="text", text=self.content)]
@@ -93,17 +94,24 @@ class MessagesRequest(WireModel):
     max_tokens: int | None = None
 
 
+def _tool_use_text(b: ToolUseBlock) -> str:
+    return f"{b.name} " + orjson.dumps(b.input).decode("utf-8", "replace")
+
+
+# by exact block type (pydantic's isinstance is slow, and this runs for every block of the history on
+# every request); any other block has no text
+_BLOCK_TEXT: dict[type, Callable[[Any], str]] = {
+    TextBlock: lambda b: b.text,
+    ThinkingBlock: lambda b: b.thinking,
+    ToolUseBlock: _tool_use_text,
+    ToolResultBlock: lambda b: content_text(b.content),
+}
+
+
 def block_text(block: WireModel) -> str:
     """Plain text of a block for tagging, token counting and memory (not for the wire)."""
-    if isinstance(block, TextBlock):
-        return block.text
-    if isinstance(block, ThinkingBlock):
-        return block.thinking
-    if isinstance(block, ToolUseBlock):
-        return _tool_use_text(block)
-    if isinstance(block, ToolResultBlock):
-        return content_text(block.content)
-    return ""
+    f = _BLOCK_TEXT.get(type(block))
+    return f(block) if f is not None else ""
 
 
 def content_text(content: Any) -> str:
@@ -112,47 +120,14 @@ def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = []
-        for b in content:
-            if isinstance(b, dict):
-                if b.get("type") == "text":
-                    parts.append(str(b.get("text", "")))
-            elif isinstance(b, WireModel):
-                parts.append(block_text(b))
+        parts = [(str(b.get("text", "")) if b.get("type") == "text" else "") if isinstance(b, dict)
+                 else block_text(b) if isinstance(b, WireModel) else "" for b in content]
         return "\n".join(p for p in parts if p)
     return str(content)
 
 
 def message_text(msg: Message) -> str:
+    """A message's plain text (the dialect's ``text_of``: what strip cleans)."""
     if isinstance(msg.content, str):
         return msg.content
-    return "\n".join(t for t in (block_text(b) for b in msg.content) if t)
-
-
-def _tool_use_text(b: ToolUseBlock) -> str:
-    return f"{b.name} " + orjson.dumps(b.input).decode("utf-8", "replace")
-
-
-# ``block_text`` by exact block type: pydantic's isinstance is slow and this runs for every block of the
-# history on every request (strip). Any other type (and any subclass) goes to ``block_text`` itself.
-_BLOCK_TEXT: dict[type, Any] = {
-    TextBlock: lambda b: b.text,
-    ThinkingBlock: lambda b: b.thinking,
-    ToolUseBlock: _tool_use_text,
-    ToolResultBlock: lambda b: content_text(b.content),
-}
-
-
-def message_text_fast(m: Message) -> str:
-    """``message_text(m)``, faster (the dialect's ``text_of``)."""
-    c = m.content
-    if isinstance(c, str):
-        return c
-    get = _BLOCK_TEXT.get
-    parts = []
-    for b in c:
-        f = get(type(b))
-        t = f(b) if f is not None else block_text(b)
-        if t:
-            parts.append(t)
-    return "\n".join(parts)
+    return "\n".join(t for t in map(block_text, msg.content) if t)

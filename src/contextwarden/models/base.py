@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Self
 
-import orjson
 from pydantic import BaseModel, ConfigDict
 
 
@@ -48,7 +48,7 @@ class WireModel(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, protected_namespaces=(), frozen=True)
 
-    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False):
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         if update:  # the typed lists of a copy are frozen too (model_copy does not run validators)
             update = {k: FrozenList(v) if type(v) is list and k in _TYPED_LISTS else v for k, v in update.items()}
         return super().model_copy(update=update, deep=deep)
@@ -68,7 +68,3 @@ class UnknownBlock(WireModel):
     """A content block whose type we do not know; kept verbatim."""
 
     type: str = "unknown"
-
-
-def dump_body(model: WireModel) -> bytes:
-    return orjson.dumps(model.wire())

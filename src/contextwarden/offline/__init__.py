@@ -1,1 +1,1 @@
-"""Offline: replay of recorded traces, the oracle, fidelity counts, baselines, policy search and the memory evaluations."""
+"""Offline: replay of recorded traces, the hindsight oracle, fidelity counts, baselines and the memory evaluations."""

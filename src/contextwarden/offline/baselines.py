@@ -86,25 +86,19 @@ def merge(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return sorted(seen.values(), key=lambda r: (r["trace"], order.index(r["baseline"]) if r["baseline"] in order else 99))
 
 
+def _cells(r: dict[str, Any]) -> tuple[str, ...]:
+    return (r["trace"], r["baseline"], f"{r['cost']:.2f}", _pct(r["cost"], r["cost_client"]), f"{r['cost_plus_penalty']:.2f}",
+            _pct(r["cost_plus_penalty"], r["cost_client"]), lost_cell({"s": r["sources"], "s_lost": r["sources_lost"]}, "s"),
+            lost_cell({"r": r["refs"], "r_lost": r["refs_lost"]}, "r"), f"{r['rewritten']}/{r['requests']}")
+
+
+HEAD = ("trace", "baseline", "cost $", "Δ cost", "cost + penalty $", "Δ", "lost edit sources", "lost references", "rewritten")
+
+
 def table(rows_: list[dict[str, Any]]) -> str:
-    head = ("trace", "baseline", "cost $", "Δ cost", "cost + penalty $", "Δ", "lost edit sources", "lost references",
-            "rewritten", "invalid")
-    lines = [head]
-    for r in rows_:
-        lines.append((r["trace"], r["baseline"], f"{r['cost']:.2f}", _pct(r["cost"], r["cost_client"]),
-                      f"{r['cost_plus_penalty']:.2f}", _pct(r["cost_plus_penalty"], r["cost_client"]),
-                      lost_cell({"s": r["sources"], "s_lost": r["sources_lost"]}, "s"),
-                      lost_cell({"r": r["refs"], "r_lost": r["refs_lost"]}, "r"),
-                      f"{r['rewritten']}/{r['requests']}", str(r["invalid"])))
-    return _render(lines)
+    return _render([(*HEAD, "invalid")] + [(*_cells(r), str(r["invalid"])) for r in rows_])
 
 
 def markdown(rows_: list[dict[str, Any]]) -> str:
-    out = ["| trace | baseline | cost $ | Δ cost | cost + penalty $ | Δ | lost edit sources | lost references | rewritten |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows_:
-        out.append(f"| {r['trace']} | {r['baseline']} | {r['cost']:.2f} | {_pct(r['cost'], r['cost_client'])} | "
-                   f"{r['cost_plus_penalty']:.2f} | {_pct(r['cost_plus_penalty'], r['cost_client'])} | "
-                   f"{lost_cell({'s': r['sources'], 's_lost': r['sources_lost']}, 's')} | "
-                   f"{lost_cell({'r': r['refs'], 'r_lost': r['refs_lost']}, 'r')} | {r['rewritten']}/{r['requests']} |")
-    return "\n".join(out)
+    out = ["| " + " | ".join(HEAD) + " |", "| --- | --- |" + " ---: |" * (len(HEAD) - 2)]
+    return "\n".join(out + ["| " + " | ".join(_cells(r)) + " |" for r in rows_])

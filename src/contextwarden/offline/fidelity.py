@@ -1,44 +1,27 @@
 """Fidelity: what the model used next, and whether what we would have sent still held it.
 
-A recorded session holds, after every request, the assistant's answer: that is the test of what the
-model needed from its context. For each request we compare the client's body (``original``) with the
-body we would have sent (``sent``: kept history, stubs, a compaction summary, injected memory):
+Per request, the recorded answer's *edit sources* (the ``old_string`` of each Edit, line by line, the
+ends possibly parts of a line) and *references* (distinctive strings of its text and tool inputs found
+in a tool result of the client's body) are looked up in the body we would have sent; what ours lacks is
+*lost*, and each tool result that held lost content costs one extra round trip (the penalty). docs/REPLAY.md
+gives the exact tests and what they cannot see.
 
-edit sources
-    The ``old_string`` of every Edit (and of each edit of a MultiEdit) in the answer. Claude Code's
-    Edit needs the exact text, which the model copies from a Read (or an earlier edit's snippet). A
-    source counts when the client's body held it; it is *lost* when ours does not. Compared line by
-    line: Read's ``cat -n`` prefixes (``   12→`` / ``   12\t``) removed, each line stripped, empty lines
-    dropped; every whole line of the source must be a line of the body; a first or last line that may
-    be part of a line (a source of one line, or the ends of a longer one) needs its consecutive word
-    pairs in the body.
-references
-    Distinctive strings in the answer's tool inputs and text (file paths, identifiers with ``_``, a
-    dot, a digit or camelCase; error names) that occur in a tool result of the client's body. *Lost*
-    when they occur nowhere in ours (a tool call's input that names a path still holds it).
-
-Each text is indexed once (a set of line hashes and a set of tokens, memoised by the text itself: the
-history repeats from one request to the next), and a body's index counts its texts' entries, kept
-from the previous body of the same conversation with only the texts after the first difference taken
-out and the new ones put in (:class:`Incremental`): the check is a lookup, never a scan of the body
-per reference, and a request costs what its new texts cost.
-
-Penalty (an estimate, stated as such): each tool result that lost content the answer used costs at
-least one extra tool round trip to get it back: the request's prefix read from cache (0.1x input), the
-tool result as new input (1x), and the call as output. Lost items that came from one tool result are
-one round trip (re-reading the file brings all of them back).
+Each text is indexed once (:class:`Indexer`: line hashes and tokens, memoised by the text), and a
+conversation's body index is kept from one request to the next with only the texts after the first
+difference taken out and the new ones put in (:class:`Incremental`): a request costs what its new texts cost.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
+from ..util.lru import LRU
 from ..wire.conversation import result_text
 from ..wire.cost import READ_MULT, price_for
 from ..wire.references import _TOKEN, _WORD, _lines, _tokens, distinctive
@@ -58,19 +41,15 @@ class Indexer:
     """Indexes texts once (memoised by the text)."""
 
     def __init__(self, memo: int = MEMO) -> None:
-        self._memo: OrderedDict[str, TextIndex] = OrderedDict()
-        self._max = memo
+        self._memo = LRU(memo)
 
     def text(self, text: str) -> TextIndex:
-        got = self._memo.get(text)
-        if got is not None:
-            self._memo.move_to_end(text)
-            return got
-        got = TextIndex(frozenset(hash(s) for s in _lines(text)), frozenset(_tokens(text)))
-        self._memo[text] = got
-        if len(self._memo) > self._max:
-            self._memo.popitem(last=False)
-        return got
+        got = self._memo.young.get(text)
+        return got if got is not None else self._memo.get(text, _index, text)
+
+
+def _index(text: str) -> TextIndex:
+    return TextIndex(frozenset(hash(s) for s in _lines(text)), frozenset(_tokens(text)))
 
 
 def _part_of_a_line(ix, ln: str) -> bool:
@@ -102,18 +81,10 @@ class Incremental:
 
     def __init__(self, indexer: Indexer, streams: int = 8) -> None:
         self.ix = indexer
-        self._streams: OrderedDict[str, BodyIndex] = OrderedDict()
-        self._max = streams
+        self._streams = LRU(streams)
 
     def index(self, texts: list[str]) -> BodyIndex:
-        key = texts[0] if texts else ""
-        st = self._streams.get(key)
-        if st is None:
-            st = self._streams[key] = BodyIndex(Counter(), Counter(), [])
-            if len(self._streams) > self._max:
-                self._streams.popitem(last=False)
-        else:
-            self._streams.move_to_end(key)
+        st: BodyIndex = self._streams.get(texts[0] if texts else "", lambda: BodyIndex(Counter(), Counter(), []))
         old = st.texts
         k, n = 0, min(len(old), len(texts))
         while k < n and old[k] == texts[k]:
@@ -144,8 +115,8 @@ def _take(counts: Counter, items: Iterable) -> None:
 
 @dataclass(slots=True)
 class BodyIndex:
-    lines: set | Counter
-    tokens: set | Counter
+    lines: Any  # a set, or a Counter (Incremental: a text can be taken out)
+    tokens: Any
     texts: list[str] = field(default_factory=list)  # what it indexes (Incremental)
 
     def has_source(self, lines: list[str]) -> bool:
@@ -170,8 +141,9 @@ def _walk_strings(v: Any) -> Iterable[str]:
 
 
 def _blocks(content: Any) -> list:
+    """A message's content as blocks (a string: one text block, none when empty)."""
     if isinstance(content, str):
-        return [{"type": "text", "text": content}]
+        return [{"type": "text", "text": content}] if content else []
     return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
 
 
@@ -220,19 +192,14 @@ class PartsMemo:
     request, and encoding a message is much cheaper than walking it."""
 
     def __init__(self, size: int = MEMO) -> None:
-        self._memo: OrderedDict[bytes, Parts] = OrderedDict()
-        self._max = size
+        self._memo = LRU(size)
 
     def __call__(self, m: Any) -> Parts:
         try:
             key = orjson.dumps(m)
         except TypeError:
             return message_parts(m)
-        got = self._memo.get(key)
-        if got is None:
-            got = self._memo[key] = message_parts(m)
-            if len(self._memo) > self._max:
-                self._memo.popitem(last=False)
+        got: Parts = self._memo.get(key, message_parts, m)
         return got
 
 
@@ -299,10 +266,7 @@ class Fidelity:
     present: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ms": round(self.ms, 3), "sources": self.sources, "sources_lost": self.sources_lost, "refs": self.refs,
-                "refs_lost": self.refs_lost, "by_tool": self.by_tool, "by_stage": self.by_stage,
-                "round_trips": self.round_trips, "penalty": self.penalty, "lost": self.lost, "items": self.items,
-                "back": self.back, "back_of": self.back_of, "present": self.present}
+        return {**asdict(self), "ms": round(self.ms, 3)}
 
 
 def _short(s: str, n: int = 60) -> str:
@@ -350,24 +314,14 @@ class FidelityCounter:
         """Of the previous request's lost items, those this one carries in what recall injected, and
         those it carries anywhere but in the previous answer and the new tool results (a recalled block,
         memory, a re-applied rewrite that no longer takes it out)."""
-        back = BodyIndex(set(), set())
-        for t in recalled:
-            ti = self.ix.text(t)
-            back.lines |= ti.lines
-            back.tokens |= ti.tokens
+        back = self._union(recalled)
         msgs = (sent or {}).get("messages") or []
         u_texts, _ = body_texts({"messages": msgs[:-1]}, self._parts)
         if msgs:  # the new message: what was injected into it, not the new tool results (a re-read)
             texts, _, res = self._parts(msgs[-1])
             new_results = {t for _, t in res}
             u_texts += [t for t in texts if t not in new_results]
-        body = BodyIndex(set(), set())
-        for t in u_texts:
-            if t in answer:
-                continue
-            ti = self.ix.text(t)
-            body.lines |= ti.lines
-            body.tokens |= ti.tokens
+        body = self._union(t for t in u_texts if t not in answer)
         for it in items:
             lines = _lines(it["what"]) if it["kind"] == "source" else None
 
@@ -378,6 +332,15 @@ class FidelityCounter:
                 fid.back += 1
             if holds(body):
                 fid.present += 1
+
+    def _union(self, texts: Iterable[str]) -> BodyIndex:
+        lines: set[int] = set()
+        tokens: set[str] = set()
+        for t in texts:
+            ti = self.ix.text(t)
+            lines |= ti.lines
+            tokens |= ti.tokens
+        return BodyIndex(lines, tokens)
 
     def _request(self, original: dict, sent: dict | None, response: dict | None, model: str | None,
                  tokens_sent: int, factor: float) -> Fidelity:

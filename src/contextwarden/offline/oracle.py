@@ -1,43 +1,28 @@
 """The hindsight ceiling: the cheapest sequence of rewrites that loses nothing used later.
 
-A *unit* is what a rewrite may replace by a short stub: a tool result, a tool call's large input
-values, an assistant text (:func:`units`). With every later request of a trace known, a unit is
-*dead* from the first request at which the model has seen it and no later answer needs it (an edit
-source or a reference only it holds: :func:`last_uses`, what :mod:`contextwarden.offline.fidelity` counts).
-Replacing a dead unit never loses anything the model used later.
-
-Action space: at any request of a conversation, a *rewrite* replaces every unit dead at that request.
-Dead sets only grow (a dead unit stays dead), so after a rewrite at request r the cleared set is
-``dead(r)`` whatever came before: the state of a dynamic program is the last rewrite point.
-Between rewrites the history grows append-only and is billed as the provider bills it (cache read up
-to the previous request's breakpoint when it is still alive, the new part written); a rewrite at t
-reads the longest prefix cached before the first newly replaced unit (within the provider's
-20-block lookback) and writes the rest. ``best[t] = min over r < t of best[r] + sum of the requests
-r+1..t-1 kept at dead(r) + the rewrite at t``; the first request of a conversation is a rewrite
-for free (nothing is cached). O(m^2) per conversation of m requests.
-
-The chosen plan is then billed exactly (:class:`contextwarden.wire.cost.PromptCache`, every request in
-time order, the same bodies a replay would send) and its fidelity counted: that bill is the ceiling
-reported. docs/REPLAY.md says why it is optimal within its action space and what lies outside it.
+A *unit* (a tool result, a tool call's large input values, an assistant text) is *dead* from the first
+request at which the model has seen it and no later answer needs it (:func:`last_uses`). A rewrite
+replaces every unit dead then; dead sets only grow, so the last rewrite point is the whole state of an
+O(m^2) dynamic program per conversation (:func:`_plan_conversation`). The plan is then billed exactly
+(:func:`bill_plan`). docs/REPLAY.md gives the recurrence, why it is optimal within its action space and
+what lies outside it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from contextwarden.plugins.clearing import INPUT_VALUE_CHARS, input_stub, stub_text
+from contextwarden.plugins.clearing import INPUT_VALUE_CHARS, _value_text, input_stub, stub_text
 
 from ..settings import _deep_merge, load_settings
 from ..wire.conversation import result_text
 from ..wire.cost import READ_MULT, TTL_5M, WRITE_MULT, Boundary, PromptCache, boundaries, price_for
 from ..wire.dialects import ANTHROPIC
-from ..wire.tokens import TokenCounter, current_turn_start, strips_thinking
+from ..wire.tokens import TokenCounter, current_turn_start
 from .fidelity import FidelityCounter, Incremental, Indexer, answer_items
 from .fidelity import _walk_strings as _strings
 from .replay import TOKENIZER_WAIT_S, ReplayReport, RequestResult, _pct, _render, load_trace, lost_cell
@@ -90,7 +75,7 @@ class OracleReport:
     seconds: float
     dp_seconds: float
     free_moments: int  # requests whose prefix had expired or was new: a rewrite there costs nothing extra
-    notes: list[str] = field(default_factory=list)
+    counter_source: str = ""  # how its tokens were counted (tokens.TokenCounter.source)
 
 
 # ---------------------------------------------------------------------------- what may go
@@ -128,16 +113,17 @@ def units(body: dict, kinds: tuple[str, ...] = KINDS) -> tuple[list[Unit], list[
         if isinstance(c, str):
             other.append(c)
             continue
+        c = c if isinstance(c, list) else []
         asst = m.get("role") == "assistant"
         signed = asst and mi >= turn and any(isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking") for b in c)
-        for bi, b in enumerate(c if isinstance(c, list) else []):
+        for bi, b in enumerate(c):
             if not isinstance(b, dict):
                 continue
             t = b.get("type")
             if t == "tool_result" and "result" in kinds:
                 out.append(Unit(str(b.get("tool_use_id")), "result", mi, bi, (result_text(b.get("content")),)))
             elif t == "tool_use":
-                inp = b.get("input") if isinstance(b.get("input"), dict) else {}
+                inp: dict = b["input"] if isinstance(b.get("input"), dict) else {}
                 big = [v for v in inp.values() if len(_value_text(v)) > INPUT_VALUE_CHARS]
                 small = [x for k, v in inp.items() if len(_value_text(v)) <= INPUT_VALUE_CHARS for x in _strings(v)]
                 other.extend(small)
@@ -152,10 +138,6 @@ def units(body: dict, kinds: tuple[str, ...] = KINDS) -> tuple[list[Unit], list[
                 else:
                     other.append(b["text"])
     return out, other, last
-
-
-def _value_text(v: Any) -> str:
-    return v if isinstance(v, str) else orjson.dumps(v, default=str).decode()
 
 
 def last_uses(requests, kinds: tuple[str, ...] = KINDS, indexer: Indexer | None = None) -> dict[str, int]:
@@ -205,22 +187,6 @@ def last_uses(requests, kinds: tuple[str, ...] = KINDS, indexer: Indexer | None 
 
 
 # ---------------------------------------------------------------------------- bodies
-
-
-def _block_positions(body: dict, model: str | None) -> list[tuple[int, int]]:
-    """(message, block) of each message boundary, in :func:`contextwarden.wire.cost.boundaries` order."""
-    msgs = body.get("messages") or []
-    strip_before = current_turn_start(msgs) if strips_thinking(model) else 0
-    out = []
-    for k, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            continue
-        content = m.get("content")
-        blocks = list(enumerate(content)) if isinstance(content, list) else [(0, content)] if isinstance(content, str) else []
-        if k < strip_before and m.get("role") == "assistant":
-            blocks = [(bi, b) for bi, b in blocks if not (isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking"))]
-        out.extend((k, bi) for bi, _ in blocks)
-    return out
 
 
 class Stubs:
@@ -293,9 +259,8 @@ def prepare(trace, counter, factor: float, stubs: Stubs, kinds: tuple[str, ...] 
     for i, rq in enumerate(trace.requests):
         body, model = rq.body, rq.body.get("model") or ""
         bounds = boundaries(body, counter, model, factor)
-        pos = _block_positions(body, model)
-        n_sys = len(bounds) - len(pos)
-        where = {p: n_sys + k for k, p in enumerate(pos)}
+        where = {bd.at: k for k, bd in enumerate(bounds) if bd.at is not None}
+        n_sys = len(bounds) - len(where)
         msgs = body.get("messages") or []
         calls = _calls(body)
         us, _, last = units(body, kinds)
@@ -538,6 +503,7 @@ def run(trace_path: str | Path, overrides: dict | None = None, limit: int | None
         trace.requests = trace.requests[:limit]
     rep = solve(trace, counter, kinds, short)
     rep.seconds = rep.report.seconds = time.perf_counter() - t0
+    rep.counter_source = counter.source
     return rep
 
 

@@ -1,26 +1,10 @@
 """Replays a recorded session through the real pipeline, offline, and bills both sides.
 
-Inputs
-    - A Claude Code session log (``~/.claude/projects/*/<session>.jsonl``): one JSON object a line,
-      ``message`` an Anthropic message, lines chained by ``parentUuid``. Truncated lines are skipped.
-      For every assistant API call (lines sharing a ``message.id``) the request the client sent is
-      rebuilt from the chain of lines before it: consecutive lines of one role merged into one
-      message (Claude Code writes each content block and each parallel tool result as its own line),
-      synthetic ``<synthetic>`` error lines and non-message lines left out, and tool uses/results
-      whose partner line was lost to truncation dropped so the body is one the API accepts.
-      Client-side compactions show as a new chain starting with "This session is being continued
-      ..."; the requests after it start from that summary, and the compaction call itself (the whole
-      history plus a summarise instruction, answered with the summary) is replayed as a request too.
-      Subagent conversations (``isSidechain``) are replayed as requests of another agent.
-      The log has no system prompt or tool definitions: a stand-in system block of the size the
-      provider's reported usage implies (a least-squares fit ``provider = a + b * estimate`` over the
-      session) takes their place, with Claude Code's breakpoints: the system block and the last message.
-    - The proxy's own recorded bodies (``cw_home/bodies/<session>/*.json``, a folder of them, or a
-      cw_home): their ``original`` bodies, with output tokens from the event log when it is there.
-
-What is reported, per request and in total: tokens sent (ours vs the original), the pipeline's
-outcome and the validator's verdict, and the simulated bill of both sides (:mod:`contextwarden.wire.cost`)
-with the 5-minute TTL run on the trace's own timestamps.
+Inputs: a Claude Code session log (``~/.claude/projects/*/<session>.jsonl``: each API call's request
+rebuilt from the chain of lines before it, with a stand-in system block sized from the log's usage), or
+the proxy's own recorded bodies (``cw_home/bodies/<session>/*.json``). docs/REPLAY.md says how each is
+read and what is reported: tokens, the pipeline's outcome, the validator's verdict and the simulated
+bill of both sides (:mod:`contextwarden.wire.cost`) on the trace's own timestamps.
 """
 
 from __future__ import annotations
@@ -30,13 +14,14 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ..compress import policy
 from ..core.events import read_log
 from ..core.runtime import Runtime
 from ..models.base import ApiKind
@@ -48,8 +33,7 @@ from ..wire.cost import Bill, PromptCache, billed_from_usage, boundaries, price_
 from ..wire.dialects import ANTHROPIC, dialect, validate_rewrite
 from ..wire.streams.turn import Usage
 from ..wire.workingset import path_of
-from . import policy
-from .fidelity import Fidelity, FidelityCounter
+from .fidelity import Fidelity, FidelityCounter, _blocks
 from .fidelity import totals as fidelity_totals
 
 CONTINUED = "This session is being continued from a previous conversation"
@@ -99,12 +83,6 @@ def _ts(s: Any) -> float | None:
         return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
-
-
-def _blocks(content: Any) -> list:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
 
 
 def _text_of(msg: dict) -> str:
@@ -393,7 +371,7 @@ def load_recorded(path: Path) -> Trace:
         if not isinstance(e, dict) or not isinstance(e.get("original"), dict):
             trace.skipped_lines += 1
             continue
-        usage = usage_by_flow.get(e.get("flow_id"))
+        usage = usage_by_flow.get(str(e.get("flow_id")))
         headers = [(k, v) for k, v in (e.get("headers") or []) if k.lower() not in ("content-length", "content-encoding")]
         if not any(k.lower() == "content-type" for k, _ in headers):
             headers.append(("content-type", "application/json"))
@@ -444,13 +422,8 @@ class RequestResult:
         return self.outcome.startswith("invalid rewrite")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "ts": self.ts, "kind": self.kind, "outcome": self.outcome,
-                "messages_original": self.messages_original, "messages_sent": self.messages_sent,
-                "tokens_original": self.tokens_original, "tokens_sent": self.tokens_sent,
-                "original": self.original.to_dict(), "ours": self.ours.to_dict(), "problems": self.problems,
-                "stages": self.stages, "stage_events": self.stage_events, "errors": self.errors,
-                "memory_items": self.memory_items, "memory_tokens": self.memory_tokens,
-                "actual": self.actual.to_dict() if self.actual else None,
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "original": self.original.to_dict(),
+                "ours": self.ours.to_dict(), "actual": self.actual.to_dict() if self.actual else None,
                 "fidelity": self.fidelity.to_dict() if self.fidelity else None}
 
 
@@ -468,11 +441,11 @@ class ReplayReport:
         for r in self.results:
             o.add(r.original)
             u.add(r.ours)
-        act = [r for r in self.results if r.actual is not None]
+        act = [(r.actual, r.original) for r in self.results if r.actual is not None]
         actual, sim = Bill(), Bill()
-        for r in act:
-            actual.add(r.actual)
-            sim.add(r.original)
+        for a, orig in act:
+            actual.add(a)
+            sim.add(orig)
         return {
             "requests": len(self.results),
             "rewritten": sum(1 for r in self.results if r.outcome == "rewritten"),
@@ -680,7 +653,7 @@ def summary_table(reports: list[ReplayReport], wide: bool = False) -> str:
     """One line per trace: tokens and simulated cost, original vs ours, within 100 columns; ``wide``: the
     requests' averages and maxima, failures, the penalty and the trace's own bill as well."""
     if not wide:
-        rows = [("trace", "reqs", "rewr", "tok orig", "tok ours", "Δ tok", "$ orig", "$ ours", "Δ $", "lost refs")]
+        rows: list[tuple[str, ...]] = [("trace", "reqs", "rewr", "tok orig", "tok ours", "Δ tok", "$ orig", "$ ours", "Δ $", "lost refs")]
         for rep in reports:
             t = rep.totals()
             rows.append((Path(rep.trace.path).stem.removeprefix("claude-code-")[:16], str(t["requests"]),
@@ -727,7 +700,7 @@ def request_table(rep: ReplayReport, wide: bool = False) -> str:
     """One line per request: within 100 columns, the decisions applied; ``wide``: the bill's parts, memory,
     losses and every stage event as well (whether applied or not)."""
     if not wide:
-        rows = [("#", "msgs", "tok orig", "tok ours", "$ orig", "$ ours", "outcome", "applied")]
+        rows: list[tuple[str, ...]] = [("#", "msgs", "tok orig", "tok ours", "$ orig", "$ ours", "outcome", "applied")]
         for r in rep.results:
             rows.append((str(r.index), f"{r.messages_original}->{r.messages_sent}", _k(r.tokens_original),
                          _k(r.tokens_sent), f"{r.original.cost:.3f}", f"{r.ours.cost:.3f}",

@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..models.base import ApiKind
-from ..sessionctl.preview import decided_state
 from ..wire.apis import COUNT
 from ..wire.streams.turn import AssembledTurn, Usage
 from .context import Incoming, RequestContext
-from .pipeline import Outcome, Pipeline, Skip, count_tokens, prepare, request_event
+from .pipeline import Outcome, Pipeline, Skip, count_tokens, decided_state, prepare, request_event
 
 if TYPE_CHECKING:
     from ..core.runtime import Runtime

@@ -576,3 +576,16 @@ class Pipeline:
         if abandoned is None or not abandoned.is_set():
             self.runtime.remember(ctx, body, len(body))
         return Outcome(body=body, reason="rewritten")
+
+
+def decided_state(runtime, ctx: RequestContext) -> tuple[bytes | None, int | None]:
+    """(the body as the session's decided state, its tokens) of ``ctx``'s request, without changing any
+    state: no decision (re-apply decides nothing), no body for the inspector (the call counts as
+    abandoned), no event (they are held and dropped). The body is None when it is the client's own."""
+    fctx = dataclasses.replace(ctx, notes={}, stage_results=[], tokens_out=None, event_extra={**ctx.event_extra, "dry": True})
+    quiet = threading.Event()
+    quiet.set()  # finish() keeps no body of an abandoned call: a dry run is not a request
+    out = Pipeline(runtime).decided(fctx, "dry run", abandoned=quiet, hold=[])
+    if out.body is not None:
+        return out.body, fctx.tokens_out
+    return None, ctx.tokens_in

@@ -31,13 +31,13 @@ or no pin, rollback or compact-now) costs one lookup in the state cache.
 from __future__ import annotations
 
 import contextvars
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
+from ..request.notes import Control
 from ..store.statecache import state_cache
 from ..util.lru import LRU
 from ..wire.history import session_key
@@ -51,67 +51,6 @@ _NOTE = "session_control"
 # own: (session key, record) while it runs, on this thread.
 _override: contextvars.ContextVar[tuple[str, dict] | None] = contextvars.ContextVar("cw_session_override", default=None)
 
-
-@dataclass(frozen=True)
-class Control:
-    """What the user decided for a session, as one request sees it (read-only)."""
-
-    key: str
-    record: dict[str, Any] = field(default_factory=dict)
-    # the runtime's memo of filtered records (see applied): never a module's, so runtimes share nothing
-    memo: dict | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def pins(self) -> list[dict[str, Any]]:
-        return self.record.get("pins") or []
-
-    @property
-    def compact_now(self) -> bool:
-        return bool(self.record.get("compact_now"))
-
-    @property
-    def hold(self) -> bool:
-        return bool(self.record.get("hold"))
-
-    def off(self, stage: str) -> frozenset:
-        return frozenset((self.record.get("off") or {}).get(stage) or ())
-
-    def is_off(self, stage: str, ref: str) -> bool:
-        return ref in ((self.record.get("off") or {}).get(stage) or ())
-
-    def holds(self, tokens: int, settings) -> bool:
-        """After a rollback, new decisions wait while the request fits the window (else the next
-        request, past the thresholds still, would make again the decision just rolled back); compact
-        now, or a request that would not fit, ends the wait."""
-        if not self.hold or self.compact_now:
-            return False
-        return tokens <= settings.tokens.context_window
-
-    def applied(self, stage: str, records: dict[str, Any], pinned: frozenset = frozenset()) -> dict[str, Any]:
-        """``records`` (a stage's stored records by ref) without those turned off or pinned; the same
-        object when none is, and the same filtered object while neither changes (stages compare the
-        records they re-applied by identity)."""
-        off = self.off(stage)
-        if not (off or pinned) or not records:
-            return records
-        drop = (off | pinned) & records.keys()
-        if not drop:
-            return records
-        memo_key = (self.key, stage)
-        memo = self.memo if self.memo is not None else {}
-        with _memo_lock:
-            got = memo.get(memo_key)
-            if got is not None and got[0] is records and got[1] == drop:
-                return got[2]
-        out = {k: v for k, v in records.items() if k not in drop}
-        with _memo_lock:
-            memo[memo_key] = (records, drop, out)
-            while len(memo) > 4096:
-                memo.pop(next(iter(memo)))
-        return out
-
-
-_memo_lock = threading.Lock()
 
 def last_requests(runtime) -> LRU:
     """The runtime's memo of the last live request of each session (what previews re-apply decisions to)."""

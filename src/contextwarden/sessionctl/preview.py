@@ -13,13 +13,12 @@ Used for a rollback's cost and fit (the session's latest request under the rolle
 from __future__ import annotations
 
 import dataclasses
-import threading
 from contextlib import nullcontext
 from typing import Any
 
 import orjson
 
-from ..request.pipeline import Pipeline
+from ..request import pipeline
 from .ledger import last_request, override
 
 
@@ -38,17 +37,10 @@ def latest(runtime, key: str):
 
 
 def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str = "") -> tuple[bytes | None, int | None]:
-    """(the body as the decided state, its tokens) of ``ctx``'s request; under ``record`` as the
-    session's controls when given. The body is None when it is the client's own."""
-    fctx = dataclasses.replace(ctx, notes={}, stage_results=[], tokens_out=None, event_extra={**ctx.event_extra, "dry": True})
-    quiet = threading.Event()
-    quiet.set()  # finish() keeps no body of an abandoned call: a dry run is not a request
-    held: list = []
+    """:func:`~contextwarden.request.pipeline.decided_state` of ``ctx``'s request; under ``record`` as the
+    session's controls when given."""
     with override(key, record) if record is not None else nullcontext():
-        out = Pipeline(runtime).decided(fctx, "dry run", abandoned=quiet, hold=held)
-    if out.body is not None:
-        return out.body, fctx.tokens_out
-    return None, ctx.tokens_in
+        return pipeline.decided_state(runtime, ctx)
 
 
 def decided_body(runtime, ctx, record: dict[str, Any] | None = None, key: str = "") -> tuple[dict[str, Any], int | None]:

@@ -81,7 +81,7 @@ class ClearingSection(Section):
     files first, up to this many tokens. The model copies its Edits' ``old_string`` from them. 0: off."""
 
     policy: Literal["off", "learn", "frozen"] = "off"
-    """The tenant's learned policy (:mod:`contextwarden.offline.policy`, ``contextwarden policy show``): ``learn``
+    """The tenant's learned policy (:mod:`contextwarden.compress.policy`, ``contextwarden policy show``): ``learn``
     counts which cleared results the model fetched again (re-read, re-run, recalled by the stub's id)
     and leaves alone the results of tools that keep coming back and the Reads of paths that did;
     ``frozen`` applies what was learned without learning more; ``off`` neither."""

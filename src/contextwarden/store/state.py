@@ -26,14 +26,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from ..settings import SettingsError
 from ..util import sealing
+from ..util.lru import LRU
 from ..util.sealing import Sealer, SealError
-from .statewrites import LastWritten
 
 KEY_CHECK = ("_meta", "key_check")  # a sealed marker: a wrong or missing key is found at start-up
 
@@ -74,13 +74,13 @@ class Codec:
         """Atomically replace the value with ``fn(current)`` (``current`` None when absent) and
         return what is stored after it. When ``fn`` returns ``current`` itself, nothing is written.
         ``fn`` may be called more than once (when another writer got in between): keep it pure."""
-        raise NotImplementedError
+        return self.update_many([(ns, key, fn)])[0]
 
     def update_many(self, updates: list[tuple[str, str, Callable[[Any], Any]]]) -> list[Any]:
-        """:meth:`update` of each ``(ns, key, fn)`` in order, in one transaction where the backend has one
-        (a decision's records, the session's control record and its versions: one commit, not three).
-        A later ``fn`` sees what an earlier one of the same key stored. Here: one update after another."""
-        return [self.update(ns, key, fn) for ns, key, fn in updates]
+        """:meth:`update` of each ``(ns, key, fn)`` in order, in one transaction (a decision's records,
+        the session's control record and its versions: one commit, not three). A later ``fn`` sees what
+        an earlier one of the same key stored."""
+        raise NotImplementedError
 
     def check_key(self) -> None:
         """Raise :class:`SealError` now when the stored data was sealed with another key (or with a
@@ -112,7 +112,10 @@ class StateStore(Codec):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (ns TEXT, key TEXT, value BLOB, updated REAL, PRIMARY KEY (ns, key))")
-        self._updated = LastWritten()
+        # (ns, key) -> (the bytes this process last wrote there, their value): a session's records are
+        # read, merged and written back on every request that adds one; what this process wrote itself
+        # is not decoded again (the stored bytes are still read: another process may have written since)
+        self._written = LRU(512)
 
     def load(self, ns: str, key: str) -> bytes | None:
         with self._lock:
@@ -122,9 +125,6 @@ class StateStore(Codec):
     def store(self, ns: str, key: str, blob: bytes) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO kv VALUES (?,?,?,?)", (ns, key, blob, time.time()))
-
-    def update(self, ns: str, key: str, fn: Callable[[Any], Any]) -> Any:
-        return self.update_many([(ns, key, fn)])[0]
 
     def update_many(self, updates: list[tuple[str, str, Callable[[Any], Any]]]) -> list[Any]:
         # One transaction for all: each statement gives up the interpreter lock and takes it back, with
@@ -137,12 +137,15 @@ class StateStore(Codec):
                 now = time.time()
                 for ns, key, fn in updates:
                     row = self._db.execute("SELECT value FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
-                    cur = self._updated.current(ns, key, row[0] if row else None, self.decode)
+                    stored = bytes(row[0]) if row else None
+                    known = self._written.peek((ns, key))
+                    cur = known[1] if known is not None and known[0] == stored else \
+                        None if stored is None else self.decode(stored)
                     new = fn(cur)
                     if new is not cur:
                         blob = self.encode(new)
                         self._db.execute("INSERT OR REPLACE INTO kv VALUES (?,?,?,?)", (ns, key, blob, now))
-                        self._updated.wrote(ns, key, blob, new)
+                        self._written.put((ns, key), (blob, new))
                     out.append(new)
                 self._db.execute("COMMIT")
             except BaseException:
@@ -261,9 +264,6 @@ class RedisStateStore(Codec):
             p.execute()
         self._call(go)
 
-    def update(self, ns: str, key: str, fn: Callable[[Any], Any]) -> Any:
-        return self.update_many([(ns, key, fn)])[0]
-
     def update_many(self, updates: list[tuple[str, str, Callable[[Any], Any]]]) -> list[Any]:
         """Every ``(ns, key, fn)`` in one MULTI, every key watched: decided again, all of them, when
         another writer got in between (one round trip for the reads, one for the writes)."""
@@ -278,7 +278,7 @@ class RedisStateStore(Codec):
                         now: dict[str, Any] = {}  # key -> its value so far in this batch
                         out, writes = [], {}
                         for k, (ns, key, fn) in zip(keys, updates):
-                            cur = now[k] if k in now else (self.decode(stored[k]) if stored[k] is not None else None)
+                            cur = now[k] if k in now else (self.decode(cast(bytes, stored[k])) if stored[k] is not None else None)
                             new = fn(cur)
                             if new is not cur:
                                 writes[k] = (ns, key, new)
@@ -306,15 +306,15 @@ class RedisStateStore(Codec):
                 p.srem(self._idx(ns), key)
                 p.execute()
                 return
-            keys = [self._k(ns, k.decode()) for k in self.r.smembers(self._idx(ns))]
+            keys = [self._k(ns, k.decode()) for k in cast(set[bytes], self.r.smembers(self._idx(ns)))]
             self.r.delete(self._idx(ns), *keys)
         self._call(go)
 
     def items(self, ns: str) -> list[tuple[str, Any]]:
         def go():
-            keys = sorted(k.decode() for k in self.r.smembers(self._idx(ns)))
+            keys = sorted(k.decode() for k in cast(set[bytes], self.r.smembers(self._idx(ns))))
             blobs = self.r.mget([self._k(ns, k) for k in keys]) if keys else []
-            return [(k, self.decode(b)) for k, b in zip(keys, blobs) if b is not None]
+            return [(k, self.decode(cast(bytes, b))) for k, b in zip(keys, blobs) if b is not None]
         return self._call(go)
 
     def close(self) -> None:

@@ -128,7 +128,8 @@ def message_hash(m: Any, memo: BytesMemo | None = None) -> bytes:
     data = canonical_bytes(m)
     if memo is None:
         return hashlib.blake2b(data, digest_size=16).digest()
-    return memo.get(data, lambda: hashlib.blake2b(data, digest_size=16).digest())
+    h: bytes = memo.get(data, lambda: hashlib.blake2b(data, digest_size=16).digest())
+    return h
 
 
 class SpanHasher:
@@ -156,19 +157,9 @@ class SpanHasher:
 # cache_control breakpoints
 
 
-def count_breakpoints(obj: Any, depth: int = 0) -> int:
+def count_breakpoints(obj: Any) -> int:
     """``cache_control`` markers in a body (system, tools, messages, blocks, tool_result content)."""
-    if depth > 6:
-        return 0
-    if isinstance(obj, dict):
-        n = 1 if isinstance(obj.get("cache_control"), dict) else 0
-        for k, v in obj.items():
-            if k != "cache_control" and isinstance(v, (dict, list)) and k not in ("input", "source"):
-                n += count_breakpoints(v, depth + 1)
-        return n
-    if isinstance(obj, list):
-        return sum(count_breakpoints(v, depth + 1) for v in obj)
-    return 0
+    return sum(1 for _ in breakpoint_ttls(obj))
 
 
 def breakpoint_ttls(obj: Any, depth: int = 0) -> Iterator[str]:
@@ -208,8 +199,8 @@ def result_text(content: Any) -> str:
             elif isinstance(p, dict) and isinstance(p.get("text"), str):
                 parts.append(p["text"])
         return "\n".join(x for x in parts if x)
-    if isinstance(content, dict) and isinstance(content.get("text"), str):
-        return content["text"]
+    if isinstance(content, dict) and isinstance(text := content.get("text"), str):
+        return text
     return orjson.dumps(content).decode("utf-8", "replace")
 
 
@@ -283,6 +274,12 @@ class Turn:
     parts: list[Part] = field(default_factory=list)
 
 
+def _tool_part(kind: str, text: str, calls: dict[str, ToolCall], cid: Any, name: Any = None, is_error: bool = False) -> Part:
+    """A tool call's or result's part, with the call's name and input when ``calls`` has it."""
+    call = calls.get(cid) if isinstance(cid, str) else None
+    return Part(kind, text, call.name if call else name, call.input if call else None, cid, is_error)
+
+
 def transcript(msgs: list[Any], calls: dict[str, ToolCall]) -> list[Turn]:
     """The messages as role + typed parts, whatever the API (``calls``: the dialect's ``tool_calls``;
     ``Dialect.transcript`` finds them)."""
@@ -297,12 +294,9 @@ def transcript(msgs: list[Any], calls: dict[str, ToolCall]) -> list[Turn]:
             t = str(m.get("type"))
             cid = m.get("call_id")
             if t.endswith("_output"):
-                call = calls.get(cid) if isinstance(cid, str) else None
-                out.append(Turn("tool", [Part("tool_result", result_text(m.get("output")), call.name if call else None,
-                                              call.input if call else None, cid)]))
+                out.append(Turn("tool", [_tool_part("tool_result", result_text(m.get("output")), calls, cid)]))
             elif t.endswith("_call"):
-                call = calls.get(cid) if isinstance(cid, str) else None
-                out.append(Turn("assistant", [Part("tool_use", "", call.name if call else t, call.input if call else None, cid)]))
+                out.append(Turn("assistant", [_tool_part("tool_use", "", calls, cid, t)]))
             elif t == "reasoning":
                 summ = m.get("summary")
                 txt = "\n".join(s.get("text", "") for s in summ if isinstance(s, dict)) if isinstance(summ, list) else ""
@@ -330,19 +324,15 @@ def transcript(msgs: list[Any], calls: dict[str, ToolCall]) -> list[Turn]:
                 elif bt == "tool_use":
                     parts.append(Part("tool_use", "", str(b.get("name", "")), b.get("input"), str(b.get("id", ""))))
                 elif bt == "tool_result":
-                    tid = str(b.get("tool_use_id", ""))
-                    call = calls.get(tid)
-                    parts.append(Part("tool_result", result_text(b.get("content")), call.name if call else None,
-                                      call.input if call else None, tid, bool(b.get("is_error"))))
+                    parts.append(_tool_part("tool_result", result_text(b.get("content")), calls,
+                                            str(b.get("tool_use_id", "")), None, bool(b.get("is_error"))))
                 elif isinstance(bt, str) and ("image" in bt):
                     parts.append(Part("image"))
                 else:
                     parts.append(Part("other"))
         if role == "tool":  # (OpenAI chat, Ollama)
-            answers = m.get("tool_call_id")
-            call = calls.get(answers) if isinstance(answers, str) else None
-            txt = "\n".join(p.text for p in parts if p.text)
-            parts = [Part("tool_result", txt, call.name if call else m.get("name"), call.input if call else None, answers)]
+            parts = [_tool_part("tool_result", "\n".join(p.text for p in parts if p.text), calls, m.get("tool_call_id"),
+                                m.get("name"))]
         for tc in m.get("tool_calls") or []:
             if isinstance(tc, dict):
                 call = calls.get(str(tc.get("id", "")))

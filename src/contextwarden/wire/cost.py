@@ -31,7 +31,8 @@ from typing import Any
 import orjson
 
 from .dialects import ANTHROPIC
-from .tokens import MESSAGE_OVERHEAD, REQUEST_OVERHEAD, current_turn_start, strips_thinking
+from .dialects.base import MESSAGE_OVERHEAD
+from .tokens import REQUEST_OVERHEAD, current_turn_start, strips_thinking
 
 TTL_5M = 300.0
 TTL_1H = 3600.0
@@ -119,6 +120,7 @@ class Boundary:
     key: bytes  # hash of the prompt up to and including this block
     cum: int  # tokens up to and including this block
     ttl: float | None  # this block carries a breakpoint with this lifetime
+    at: tuple[int, int] | None = None  # a message block's (message, block) index (None: a tool, the system)
 
 
 @dataclass
@@ -165,12 +167,12 @@ def boundaries(body: dict[str, Any], counter, model: str | None = None, factor: 
     h = b""
     cum = float(REQUEST_OVERHEAD)
 
-    def push(part: bytes, block: Any, tokens: int) -> None:
+    def push(part: bytes, block: Any, tokens: int, at: tuple[int, int] | None = None) -> None:
         nonlocal h, cum
         h = blake2b(h + part + orjson.dumps(_without_cc(block), option=orjson.OPT_SORT_KEYS, default=str),
                     digest_size=16).digest()
         cum += tokens * factor
-        out.append(Boundary(h, int(round(cum)), _ttl_of(block)))
+        out.append(Boundary(h, int(round(cum)), _ttl_of(block), at))
 
     tools = body.get("tools")
     if isinstance(tools, list):
@@ -192,12 +194,13 @@ def boundaries(body: dict[str, Any], counter, model: str | None = None, factor: 
             continue
         role = str(m.get("role")).encode()
         content = m.get("content")
-        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else (content if isinstance(content, list) else [])
+        blocks = list(enumerate([{"type": "text", "text": content}] if isinstance(content, str) else
+                                (content if isinstance(content, list) else [])))
         if k < strip_before and m.get("role") == "assistant":
-            blocks = [b for b in blocks if not (isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking"))]
-        for i, b in enumerate(blocks):
+            blocks = [(bi, b) for bi, b in blocks if not (isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking"))]
+        for i, (bi, b) in enumerate(blocks):
             tokens = counter.count_block(ANTHROPIC, b, model) + (MESSAGE_OVERHEAD if i == 0 else 0)
-            push(b"M" + role if i == 0 else b"B", b, tokens)
+            push(b"M" + role if i == 0 else b"B", b, tokens, (k, bi))
     return out
 
 
@@ -238,7 +241,7 @@ class PromptCache:
                 continue
             span = bounds[bp].cum - (bounds[written_to].cum if written_to >= 0 else 0)
             write += span
-            write_cost += span * WRITE_MULT[bounds[bp].ttl]
+            write_cost += span * WRITE_MULT[bounds[bp].ttl or TTL_5M]
             written_to = bp
         uncached = total - read - write
         bill.read, bill.write, bill.uncached = read, write, uncached
@@ -249,12 +252,12 @@ class PromptCache:
             self._touch(mkey, bounds[read_at].key, ts, self._ttl_at(bounds, read_at, bps))
         for bp in bps:
             if bounds[bp].cum >= price.min_cache:
-                self._touch(mkey, bounds[bp].key, ts, bounds[bp].ttl)
+                self._touch(mkey, bounds[bp].key, ts, bounds[bp].ttl or TTL_5M)
         return bill
 
     @staticmethod
     def _ttl_at(bounds: list[Boundary], i: int, bps: list[int]) -> float:
-        return bounds[i].ttl or next((bounds[b].ttl for b in bps if b >= i), TTL_5M)
+        return bounds[i].ttl or next((t for b in bps if b >= i and (t := bounds[b].ttl)), TTL_5M)
 
     def _touch(self, mkey: str, key: bytes, ts: float, ttl: float) -> None:
         exp = ts + ttl

@@ -46,17 +46,15 @@ def same_prefix(a: list[Any], b: list[Any]) -> int:
     return same.index(False) if False in same else len(same)
 
 
+@dataclass(slots=True, eq=False)
 class Typed:
     """A typed message and what is known about it: its JSON bytes, its wire dict once known, and the
     results stages remembered with it (``memo``). Never changes what it holds, only adds to ``memo``."""
 
-    __slots__ = ("obj", "raw", "wire", "memo")
-
-    def __init__(self, obj: WireModel, raw: bytes | None = None, wire: dict[str, Any] | None = None) -> None:
-        self.obj = obj
-        self.raw = raw
-        self.wire = wire
-        self.memo: dict[Any, Any] = {}
+    obj: WireModel
+    raw: bytes | None = None
+    wire: dict[str, Any] | None = None
+    memo: dict[Any, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,13 +215,7 @@ class History:
     def memo(self, obj: Any, key: Any, compute: Callable[[], Any]) -> Any:
         """``compute()``, remembered with the message ``obj`` (a result that depends on the message's
         content and ``key`` alone). A message with no entry is computed every time."""
-        e = self.entry_of(obj)
-        if e is None:
-            return compute()
-        v = e.memo.get(key, _MISSING)
-        if v is _MISSING:
-            v = e.memo[key] = compute()
-        return v
+        return self.memos([obj], key, lambda _: compute())[0]
 
     def memos(self, objs: list[Any], key: Any, compute: Callable[[Any], Any], start: int = 0) -> list[Any]:
         """``[self.memo(o, key, lambda: compute(o)) for o in objs]`` (``objs`` usually the prepared

@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import threading
 from bisect import bisect_right
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -43,27 +44,22 @@ _REST_OPEN = orjson.dumps(_REST) + b":["
 _SPACE = b" \t\r\n"
 
 
+@dataclass(slots=True, eq=False)
 class _Known:
-    __slots__ = ("key", "chunks", "size", "head", "start", "ends", "msgs", "raws", "tail", "rest", "_head_obj")
-
-    def __init__(self, key: str, chunks: tuple[bytes, ...], head: bytes, start: int, ends: list[int], msgs: list,
-                 raws: list[bytes], tail: bytes | None = None, rest: dict | None = None,
-                 head_obj: dict | None = None) -> None:
-        self.key = key  # "messages" or "input"
-        # the body up to the end of its last known message, in pieces: each request of a conversation
-        # adds the piece it added, so remembering it does not copy the whole history every time
-        self.chunks = chunks
-        self.size = sum(len(c) for c in chunks)
-        self.head = head  # the body up to the history's key, closed into an object with an empty list
-        self.start = start  # where the first message begins
-        self.ends = ends  # where each known message ends
-        self.msgs = msgs
-        self.raws = raws
-        # when every message of the body was known: the body from the ``]`` closing its history to its
-        # end, and the keys there, decoded (a client sends the same system prompt and tools every time)
-        self.tail = tail
-        self.rest = rest
-        self._head_obj = head_obj
+    key: str  # "messages" or "input"
+    # the body up to the end of its last known message, in pieces: each request of a conversation
+    # adds the piece it added, so remembering it does not copy the whole history every time
+    chunks: tuple[bytes, ...]
+    head: bytes  # the body up to the history's key, closed into an object with an empty list
+    start: int  # where the first message begins
+    ends: list[int]  # where each known message ends
+    msgs: list[Any]
+    raws: list[bytes]
+    # when every message of the body was known: the body from the ``]`` closing its history to its
+    # end, and the keys there, decoded (a client sends the same system prompt and tools every time)
+    tail: bytes | None = None
+    rest: dict[str, Any] | None = None
+    _head_obj: dict[str, Any] | None = None
 
     def head_obj(self) -> dict:
         """``head`` decoded, once (the caller copies it: its values are shared, as the messages are)."""
@@ -124,17 +120,16 @@ class _Known:
         return tuple(out)
 
 
+@dataclass(slots=True)
 class Match:
     """The known history a body starts with: its first ``count`` messages."""
 
-    __slots__ = ("known", "count", "rest")
-
-    def __init__(self, known: _Known, count: int, rest: dict | None = None) -> None:
-        self.known, self.count = known, count
-        self.rest = rest  # the body's keys after its history, as decoded with it
+    known: _Known
+    count: int
+    rest: dict[str, Any] | None = None  # the body's keys after its history, as decoded with it
 
     @property
-    def msgs(self) -> list:
+    def msgs(self) -> list[Any]:
         return self.known.msgs[:self.count]
 
     @property
@@ -183,8 +178,7 @@ class RecentBodies:
             if new is not None:
                 head = dict(k.head_obj())
                 head[k.key] = k.msgs[:count] + new
-                for key, v in k.rest.items():  # (a key in both: as below)
-                    head[key] = v
+                head.update(k.rest or {})  # (a key in both: as below)
                 return head, k.rest
         nxt = body[n:n + 1]
         if nxt == b",":
@@ -201,8 +195,7 @@ class RecentBodies:
                 or not isinstance(tail.get(_REST), list):
             return None, None  # (the history's key in the rest: a duplicate, whose value a full parse keeps)
         head[k.key] = k.msgs[:count] + tail.pop(_REST)
-        for key, v in tail.items():  # (a key in both: the first place, the last value, as a full parse)
-            head[key] = v
+        head.update(tail)  # (a key in both: the first place, the last value, as a full parse)
         return head, tail
 
     def remember(self, body: bytes, data: Any, raws: list[bytes] | None, base: Match | None = None,
@@ -250,7 +243,7 @@ class RecentBodies:
             ok = i + 1
         if ok == 0 or (k0 is not None and ok == len(k0.raws) and matched == ok):
             return  # nothing known, or nothing more than before
-        tail, rest = _tail_of(body, pos, base) if ok == len(raws) and k0 is not None else (None, None)
+        tail, rest = _tail_of(body, pos, base) if ok == len(raws) and k0 is not None and base is not None else (None, None)
         if k0 is not None:
             cut = ends[matched - 1]
             chunks = k0.prefix_to(cut) + ((body[cut:pos],) if pos > cut else ())

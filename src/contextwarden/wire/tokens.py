@@ -34,20 +34,21 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import tiktoken
 
 from ..models.base import ApiKind
-from ..util.lru import memoized
+from ..util.lru import LRU, memoized
 from .dialects import Dialect, dialect
 from .dialects.base import BLOCK_OVERHEAD, CHARS_PER_TOKEN, MESSAGE_OVERHEAD
 from .validate import aligned_raw
 
+T = TypeVar("T")
 REQUEST_OVERHEAD = 3  # reply priming / request framing
 
 OPENAI_ENCODING = "o200k_base"
@@ -80,12 +81,7 @@ def strips_thinking(model: str | None) -> bool:
     that came before the latest real user message: they are neither billed nor part of the cached
     prefix. Later models keep them. Unknown models are assumed to keep them (counts err high).
     """
-    if not model or not _THINKING_MODEL.search(model):
-        return False
-    m = model.lower()
-    if _KEEPS_THINKING.search(m):
-        return False
-    return True
+    return model is not None and bool(_THINKING_MODEL.search(model)) and not _KEEPS_THINKING.search(model)
 
 
 def current_turn_start(messages: list[Any]) -> int:
@@ -100,22 +96,6 @@ def current_turn_start(messages: list[Any]) -> int:
         if any(isinstance(b, dict) and b.get("type") != "tool_result" for b in c):
             return i
     return 0
-
-
-def usage_total_input(usage: Any) -> int | None:
-    """The provider's whole input (uncached + cache read + cache write) from a usage object or dict."""
-    if usage is None:
-        return None
-    total = getattr(usage, "total_input", None)
-    if isinstance(total, (int, float)):
-        return int(total)
-    get = usage.get if isinstance(usage, dict) else (lambda k, d=None: getattr(usage, k, d))
-    if get("input_tokens") is None and get("prompt_tokens") is not None:  # OpenAI: cached tokens are included
-        return int(get("prompt_tokens") or 0)
-    parts = [get("input_tokens"), get("cache_read_input_tokens"), get("cache_creation_input_tokens")]
-    if all(p is None for p in parts):
-        return None
-    return int(sum(p or 0 for p in parts))
 
 
 class _Encoding:
@@ -165,14 +145,14 @@ class TokenCounter:
     """
 
     def __init__(self, settings: Any, state: Any = None, bus: Any = None) -> None:
+        self._cache = LRU(1000)
         self.settings = settings  # TokensSection; the runtime swaps it when settings change
         self.state = state
         self.bus = bus
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._encodings: dict[str, _Encoding] = {}
-        self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-        self.hits = 0
+        self.lookups = 0
         self.misses = 0
         self._cal: dict[str, dict[str, Any]] = {}
         self._cal_read = time.monotonic()
@@ -182,11 +162,21 @@ class TokenCounter:
             except Exception:  # a damaged state file must not stop counting
                 self._cal = {}
 
+    @property
+    def settings(self) -> Any:
+        return self._settings
+
+    @settings.setter
+    def settings(self, s: Any) -> None:
+        self._settings = s
+        self._cache.max_size = max(1000, s.cache_entries)
+
     # ------------------------------------------------------------------ encodings
 
     def encoding_of(self, model: str | None) -> str:
         """The name of the encoding ``model``'s tokens are counted with."""
-        return encoding_name_for(model, self.settings.encoding)
+        name: str = encoding_name_for(model, self.settings.encoding)
+        return name
 
     def _encoding(self, model: str | None) -> _Encoding:
         name = encoding_name_for(model, self.settings.encoding)
@@ -213,21 +203,14 @@ class TokenCounter:
 
     # ------------------------------------------------------------------ cache
 
-    def _cached(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
-        with self._lock:
-            v = self._cache.get(key)
-            if v is not None:
-                self._cache.move_to_end(key)
-                self.hits += 1
-                return v
-        v = compute()
-        with self._lock:
-            self.misses += 1
-            self._cache[key] = v
-            limit = max(1000, self.settings.cache_entries)
-            while len(self._cache) > limit:
-                self._cache.popitem(last=False)
+    def _cached(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        self.lookups += 1
+        v: T = self._cache.get(key, self._miss, compute)
         return v
+
+    def _miss(self, compute: Callable[[], T]) -> T:
+        self.misses += 1
+        return compute()
 
     @staticmethod
     def _key(kind: bytes, enc: _Encoding, data: bytes | str) -> tuple[Any, ...]:
@@ -242,8 +225,7 @@ class TokenCounter:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=str)
 
     def cache_info(self) -> dict[str, int]:
-        with self._lock:
-            return {"entries": len(self._cache), "hits": self.hits, "misses": self.misses}
+        return {"entries": len(self._cache), "hits": self.lookups - self.misses, "misses": self.misses}
 
     # ------------------------------------------------------------------ public counting
 
@@ -258,7 +240,7 @@ class TokenCounter:
         counting it here later is a lookup (a long text's count is cached as :meth:`count_text` caches it)."""
         enc = self._encoding(model)
         if enc.enc is not None and isinstance(text, str) and len(text) >= 512:
-            self._cached(self._key(b"t", enc, text), lambda: n)
+            self._cache.put(self._key(b"t", enc, text), n)
 
     def count_message(self, api: ApiKind | str | Dialect, message: Any, model: str | None = None) -> int:
         """Tokens of one message (or Responses input item), cached by a hash of its content."""
@@ -270,7 +252,10 @@ class TokenCounter:
         The thinking part is kept with the count so that a request whose model drops earlier turns'
         thinking (:func:`strips_thinking`) needs no second pass over the blocks."""
         key = self._key(b"M" + d.kind.value.encode(), enc, self._dumps(message))
-        return self._cached(key, lambda: (self._message(d, message, enc), self._thinking(d, message, enc)))
+        return self._cached(key, lambda: self._entry(d, message, enc))
+
+    def _entry(self, d: Dialect, m: Any, enc: _Encoding) -> tuple[int, int]:
+        return self._message(d, m, enc), self._thinking(d, m, enc)
 
     def _thinking(self, d: Dialect, m: Any, enc: _Encoding) -> int:
         if not d.thinking_dropped or not isinstance(m, dict) or m.get("role") != "assistant" \
@@ -303,9 +288,9 @@ class TokenCounter:
         tools = body.get("tools")
         d = dialect(api)
         system = body.get(d.system_key) if d.system_key is not None else None
-        fixed = reuse[2] if reuse is not None and len(reuse) > 2 else None
+        fixed = reuse[2] if reuse is not None else None
         if fixed is not None and fixed[0] is tools and fixed[1] is system and fixed[2] is enc:
-            n = fixed[3]  # the original's own tools and system objects: counted already
+            n: int = fixed[3]  # the original's own tools and system objects: counted already
         else:
             n = REQUEST_OVERHEAD + self._tools(tools, enc) + self._system(d, system, enc)
         fixed = (tools, system, enc, n)
@@ -324,39 +309,26 @@ class TokenCounter:
 
     def _entries(self, d: Dialect, msgs: list[Any], enc: _Encoding, reuse: tuple[Any, ...] | None,
                  raw: list[bytes | None] | None = None, known: list[Any] | None = None) -> list[tuple[int, int]]:
-        """:meth:`_message_entry` of every message, the cache read under one lock."""
+        """:meth:`_message_entry` of every message (keyed by ``raw``'s bytes where the caller has them)."""
         out: list[Any] = list(known) if known is not None and len(known) == len(msgs) else \
             aligned_raw(msgs, reuse[0], reuse[1]) if reuse is not None else [None] * len(msgs)
-        todo = [i for i, e in enumerate(out) if e is None]
-        if not todo:
-            return out
         kind = b"M" + d.kind.value.encode()
-        plain = [_plain(msgs[i]) for i in todo]
-        dumps, opt = orjson.dumps, orjson.OPT_SORT_KEYS
-        keys = []
+        opt = orjson.OPT_SORT_KEYS
         if raw is not None and len(raw) == len(msgs):
-            for i, m in zip(todo, plain):
-                data = raw[i]
-                if data is None:  # a message the caller has no bytes for: the same key, from a dump
-                    data = dumps(m, default=str)
-                keys.append((b"R" + kind, enc.name, len(data), hash(data)))
+            kind, opt = b"R" + kind, 0  # (a message without bytes: the same key, from a dump)
         else:
-            for m in plain:
-                data = dumps(m, option=opt, default=str)
-                keys.append((kind, enc.name, len(data), hash(data)))
-        missing = []
-        with self._lock:
-            cache = self._cache
-            for i, k, m in zip(todo, keys, plain):
-                v = cache.get(k)
-                if v is None:
-                    missing.append((i, k, m))
-                else:
-                    cache.move_to_end(k)
-                    out[i] = v
-            self.hits += len(todo) - len(missing)
-        for i, k, m in missing:
-            out[i] = self._cached(k, lambda m=m: (self._message(d, m, enc), self._thinking(d, m, enc)))
+            raw = None
+        young = self._cache.young  # (a hit there without a call: most messages of a repeat request)
+        for i, e in enumerate(out):
+            if e is None:
+                m = msgs[i]
+                data = raw[i] if raw is not None else None
+                if data is None:
+                    data = orjson.dumps(m := _plain(m), option=opt, default=str)
+                key = (kind, enc.name, len(data), hash(data))
+                v = young.get(key)
+                out[i] = v if v is not None else self._cached(key, partial(self._entry, d, _plain(m), enc))
+                self.lookups += v is not None
         return out
 
     def count_block(self, api: ApiKind | str | Dialect, block: Any, model: str | None = None) -> int:
@@ -403,7 +375,7 @@ class TokenCounter:
 
         Returns the new factor, or None when nothing could be learned (no estimate, no usage).
         """
-        provider = usage_total_input(usage)
+        provider = usage.total_input if usage is not None else None  # (a streams.turn.Usage)
         if not self.settings.calibrate or not estimate or estimate <= 0 or not provider or provider <= 0:
             return None
         key = model or "unknown"
@@ -438,7 +410,7 @@ class TokenCounter:
                                           "ratio": round(ratio, 4), "factor": round(rec["factor"], 4), "n": rec["n"],
                                           "applied": applied, "source": self.source_for(model)},
                           flow_id=flow_id, session=session)
-        return rec["factor"]
+        return float(rec["factor"])
 
     # ------------------------------------------------------------------ internals
 
@@ -483,7 +455,7 @@ class TokenCounter:
 
     def _block_uncached(self, d: Dialect, b: dict[str, Any], enc: _Encoding) -> int:
         t = b.get("type")
-        img = self.settings.image_tokens
+        img: int = self.settings.image_tokens
         if t in ("image", "image_url", "input_image"):
             return BLOCK_OVERHEAD + img
         if t == "thinking":

@@ -13,15 +13,14 @@ bodies in :class:`Checkpoints`, so a history seen in the session's previous requ
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from hashlib import blake2b
 from typing import Any
 
 import orjson
 
-from ..util.lru import BytesMemo
+from ..util.lru import LRU, BytesMemo
 
 # A problem is (key, message): the key identifies the defect independently of message positions, so
 # the same defect in the original can be recognised and excused.
@@ -84,7 +83,8 @@ class FactCache(BytesMemo):
     an invalid body through), bounded by bytes."""
 
     def fact(self, m: dict[str, Any], compute: Callable[[dict[str, Any]], tuple[Any, ...]], key: bytes | None = None) -> tuple[Any, ...]:
-        return self.get(key if key is not None else orjson.dumps(m, default=str), lambda: compute(m))
+        fact: tuple[Any, ...] = self.get(key if key is not None else orjson.dumps(m, default=str), compute, m)
+        return fact
 
 
 
@@ -103,27 +103,22 @@ def aligned_raw(msgs: list[Any], orig_msgs: list[Any], raw: list[Any] | None) ->
             for i, m in enumerate(msgs)]
 
 
+@dataclass(slots=True)
 class Fold:
     """The checks' state after a prefix of the messages (see :class:`Checkpoints`)."""
 
-    __slots__ = ("seen_use", "seen_result", "prev_uses", "prev_role", "first_conv_checked", "others_new", "bps", "problems")
-
-    def __init__(self) -> None:
-        self.seen_use: set[str] = set()
-        self.seen_result: set[str] = set()
-        self.prev_uses: set[str] = set()  # tool_use ids of the message just before, still waiting for results
-        self.prev_role: Any = None
-        self.first_conv_checked = False
-        self.others_new: list[dict[str, Any]] = []
-        self.bps = 0  # breakpoints in the messages
-        self.problems: list[Problem] = []
+    seen_use: set[str] = field(default_factory=set)
+    seen_result: set[str] = field(default_factory=set)
+    prev_uses: set[str] = field(default_factory=set)  # tool_use ids of the message just before, still waiting for results
+    prev_role: Any = None
+    first_conv_checked: bool = False
+    others_new: list[dict[str, Any]] = field(default_factory=list)
+    bps: int = 0  # breakpoints in the messages
+    problems: list[Problem] = field(default_factory=list)
 
     def copy(self) -> Fold:
-        f = Fold()
-        f.seen_use, f.seen_result, f.prev_uses = set(self.seen_use), set(self.seen_result), set(self.prev_uses)
-        f.prev_role, f.first_conv_checked, f.bps = self.prev_role, self.first_conv_checked, self.bps
-        f.others_new, f.problems = list(self.others_new), list(self.problems)
-        return f
+        return replace(self, seen_use=set(self.seen_use), seen_result=set(self.seen_result), prev_uses=set(self.prev_uses),
+                       others_new=list(self.others_new), problems=list(self.problems))
 
 
 class Checkpoints:
@@ -138,32 +133,23 @@ class Checkpoints:
     SCAN = 16  # checkpoints are looked for this far back from the end of a body
 
     def __init__(self, size: int = 64) -> None:
-        self.size = size
-        self._d: OrderedDict[tuple[int, bytes | None], tuple[tuple[Any, ...], frozenset[Any], Fold]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._d = LRU(size)
 
     def resume(self, keys: list[Any], pairs: frozenset[Any]) -> tuple[int, Fold]:
         n = len(keys)
-        with self._lock:
-            for k in range(n, max(0, n - self.SCAN), -1):
-                got = self._d.get((k, keys[k - 1]))
-                if got is None:
-                    continue
-                stored, p, fold = got
-                if p == pairs and stored == tuple(keys[:k]):
-                    self._d.move_to_end((k, keys[k - 1]))
-                    return k, fold.copy()
+        for k in range(n, max(0, n - self.SCAN), -1):
+            got = self._d.get((k, keys[k - 1]), _none)
+            if got is not None and got[1] == pairs and got[0] == tuple(keys[:k]):
+                return k, got[2].copy()
         return 0, Fold()
 
     def save(self, keys: list[Any], pairs: frozenset[Any], fold: Fold) -> None:
-        if not keys:
-            return
-        key = (len(keys), keys[-1])
-        with self._lock:
-            self._d[key] = (tuple(keys), pairs, fold.copy())
-            self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
+        if keys:
+            self._d.put((len(keys), keys[-1]), (tuple(keys), pairs, fold.copy()))
+
+
+def _none() -> None:
+    return None
 
 
 def last_role_changed(msgs: list[Any], orig_msgs: list[Any]) -> list[Problem]:

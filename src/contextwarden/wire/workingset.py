@@ -116,11 +116,9 @@ def working_set(calls: Iterable[Call] | Files, budget: int, tokens: Callable[[Ca
     when they fit (each shows the text around what it changed, as the file is now).
 
     ``latest_edits`` (a share of the budget, 0: off): first, within that share, the latest Edit result of
-    every file being changed, newest file first; then the files whole as above with what is left. An
-    agent that edits a dozen documents in turn comes back to one of them long after its last Edit, and
-    its next ``old_string`` is next to the text it last changed there (the next glossary entry after the
-    one it added): that snippet is a few hundred tokens, the file's Read thousands, and ranking whole
-    files by recency kept the Reads of the last few files and none of the older files' snippets."""
+    every file being changed, newest file first; then the files whole as above with what is left (an
+    agent editing a dozen documents in turn finds its next ``old_string`` next to what it last changed
+    in each: a snippet of a few hundred tokens, where the file's Read is thousands)."""
     if budget <= 0:
         return []
     mentioned = mentioned or {}
@@ -130,9 +128,8 @@ def working_set(calls: Iterable[Call] | Files, budget: int, tokens: Callable[[Ca
     for p, order in mentioned.items():
         if p in touched and order > touched[p]:
             touched[p] = order
-    # newest touch first; files touched by the same call (a message naming several) keep the order they
-    # were first seen in: a set here ordered ties by the interpreter's string hashes, so a compaction's
-    # summary (and the bill of every request after it) changed from one process to the next
+    # newest touch first; files touched by the same call keep the order they were first seen in (never
+    # a set's order: it changes with the interpreter's string hashes, and the summary's bytes with it)
     ranked = sorted(dict.fromkeys([*latest_read, *edits_since]), key=touched.__getitem__, reverse=True)
     used = 0
     first: dict[str, Call] = {}  # path -> its latest Edit's result, kept ahead of the files whole
@@ -150,7 +147,7 @@ def working_set(calls: Iterable[Call] | Files, budget: int, tokens: Callable[[Ca
         if edited_only and not (edits or (written and base is not None and base.tool in WRITE_TOOLS)
                                 or (p in mentioned and (base is None or mentioned[p] > base.order))):
             continue
-        if not edits:  # (most files: one Read or Write, kept whole when it fits; a file without one has edits)
+        if base is not None and not edits:  # (most files: one Read or Write, kept whole when it fits)
             if used + (n := tokens(base)) <= budget:
                 used += n
                 out.append(base)

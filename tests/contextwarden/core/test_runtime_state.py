@@ -29,7 +29,7 @@ PURE = {
     "contextwarden.memory.retrieve._LINE_CACHE",  # a text, its lines hashed
     "contextwarden.util.redact.is_secret_name", "contextwarden.util.redact._known_secret",  # a header name / value
     "contextwarden.wire.tokens.encoding_name_for", "contextwarden.request.agents._agent_suffix",  # a model / a system prompt
-    "contextwarden.plugins.clearing._digest_short", "contextwarden.plugins.clearing._digest_long",  # a text
+    "contextwarden.plugins.clearing._digest_of",  # a text
     "contextwarden.plugins.clearing._stub_text_memo",  # a stub's text from its arguments
     "contextwarden.util.redact._secret_key",  # a variable's name: does it name a secret
 }

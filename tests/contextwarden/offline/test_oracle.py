@@ -130,3 +130,14 @@ def test_replay_oracle_prints_the_ceiling_beside_the_default(capsys):
     assert float(rows["oracle"][2]) < float(rows["client"][2])
     assert "the oracle" in out and "rewrites" in out
     assert max(len(ln) for ln in out.splitlines()) <= 100
+
+
+def test_an_oracle_that_counts_otherwise_than_the_replay_is_refused(monkeypatch):
+    """The one 'variance' of the oracle (102.22 against 90.57 on 03a113bf) was an oracle counting with
+    the 4-characters estimate (its tokenizer did not load) beside a replay counting with tiktoken:
+    another size fit, another bill of the same client. The command now refuses such a pair."""
+    trace = EVAL_DIR / "traces" / "claude-code-98c71c0e-df8c-422b-a5b5-200a7ea09335.jsonl"
+    real = oracle.counter_for
+    monkeypatch.setattr(oracle, "counter_for", lambda ov=None: real({"tokens": {"encoding": "no-such-encoding"}}))
+    with pytest.raises(SystemExit, match="did not count alike.*estimate"):
+        cli_main(["replay", "--oracle", "--limit", "12", str(trace)])

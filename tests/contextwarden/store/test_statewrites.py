@@ -1,4 +1,4 @@
-"""StateStore.update skips decoding the bytes it wrote itself (contextwarden.store.statewrites), and still sees
+"""StateStore.update skips decoding the bytes it wrote itself (its memo of what it wrote), and still sees
 what another writer stored since: the stored state is the same as with a decode every time."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def test_update_round_trips_to_the_same_state(tmp_path, monkeypatch):
     seen = _run(a, StateStore(tmp_path / "a.sqlite"))
     # the reference: a store decoding every time (no memo of its writes)
     b = StateStore(tmp_path / "b.sqlite")
-    b._updated.wrote = lambda *args: None
+    b._written.put = lambda *args: None
     ref = _run(b, StateStore(tmp_path / "b.sqlite"))
     assert seen == ref
     assert "toolu_other" in seen[-1] and len(seen[-1]) == 7  # the other writer's record was not lost

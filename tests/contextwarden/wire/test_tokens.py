@@ -20,7 +20,7 @@ from contextwarden.settings import load_settings
 from contextwarden.store.state import StateStore
 from contextwarden.wire.dialects import ANTHROPIC
 from contextwarden.wire.streams.turn import Usage
-from contextwarden.wire.tokens import FACTOR_MAX, MESSAGE_OVERHEAD, TokenCounter, encoding_name_for, usage_total_input
+from contextwarden.wire.tokens import FACTOR_MAX, MESSAGE_OVERHEAD, TokenCounter, encoding_name_for
 from tests.conftest import EVAL_DIR, SHARED
 
 CC_TURN1 = EVAL_DIR / "requests" / "claude-code-2.1.197-turn1.json"
@@ -297,10 +297,9 @@ def test_calibration_off_leaves_factor_at_one(tmp_path):
 
 
 def test_usage_total_input_shapes():
-    assert usage_total_input(Usage(input_tokens=3, cache_read_input_tokens=4, cache_creation_input_tokens=5)) == 12
-    assert usage_total_input({"input_tokens": 3, "cache_read_input_tokens": 4}) == 7
-    assert usage_total_input({"prompt_tokens": 50, "completion_tokens": 2}) == 50
-    assert usage_total_input({}) is None and usage_total_input(None) is None
+    assert Usage(input_tokens=3, cache_read_input_tokens=4, cache_creation_input_tokens=5).total_input == 12
+    assert Usage(input_tokens=3, cache_read_input_tokens=4).total_input == 7
+    assert Usage().total_input is None
 
 
 def test_observer_turn_complete_calibrates_through_the_runtime(cw_home):

@@ -29,6 +29,7 @@ from ..validate import (
 from .base import (
     MESSAGE_OVERHEAD,
     NO_PROVIDER,
+    Counter,
     Dialect,
     NotInjectable,
     ProviderContext,
@@ -151,7 +152,7 @@ class Anthropic(Dialect):
         msgs[i] = m.model_copy(update={"content": old + [am.TextBlock(type="text", text=block)]})
         return f"messages[{i}] text block"
 
-    def edited(self, m: Any, edit: dict[tuple[Any, ...], Any]) -> am.Message:
+    def edited(self, m: Any, edit: dict[tuple[Any, ...], Any]) -> Any:
         content = []
         for bi, b in enumerate(m.content):
             if ("r", bi) in edit:
@@ -173,7 +174,7 @@ class Anthropic(Dialect):
                          and any(getattr(b, "type", None) in ("thinking", "redacted_thinking") for b in msgs[i].content)}
 
     def text_of(self, m: Any) -> str:
-        return am.message_text_fast(m)
+        return am.message_text(m)
 
     def summary_message(self, text: str, cache_control: dict[str, Any] | None = None) -> am.Message:
         block: dict[str, Any] = {"type": "text", "text": text}
@@ -221,7 +222,7 @@ class Anthropic(Dialect):
         if len(texts) > 1:
             out.append("\n".join(texts))
 
-    def message_tokens(self, tc: Any, m: dict[str, Any], enc: Any) -> int:
+    def message_tokens(self, tc: Counter, m: dict[str, Any], enc: Any) -> int:
         return MESSAGE_OVERHEAD + tc._content(self, m.get("content"), enc)
 
     def memory_items(self, messages: Any, start_turn: int, clean_text: dict[int, str], add: Callable[..., None]) -> None:

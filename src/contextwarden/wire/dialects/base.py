@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ...models.base import ApiKind, WireModel
 from ..conversation import Entry, ToolCall, Turn, transcript
@@ -49,6 +49,19 @@ class ProviderContext:
 
 
 NO_PROVIDER = ProviderContext()
+
+
+class Counter(Protocol):
+    """What a dialect's token walk (:meth:`Dialect.message_tokens`) asks of ``tokens.TokenCounter``."""
+
+    @property
+    def settings(self) -> Any: ...
+
+    def _text(self, text: Any, enc: Any) -> int: ...
+
+    def _content(self, d: Dialect, c: Any, enc: Any) -> int: ...
+
+    def _block(self, d: Dialect, b: Any, enc: Any) -> int: ...
 
 
 def taking_over(delegated: dict[str, bool], take_over: frozenset[str]) -> tuple[str, ...]:
@@ -99,15 +112,16 @@ def rewrite_parts(content: Any, fn: Callable[[str], str | None], text_types: tup
     return out if any(a is not b for a, b in zip(out, content)) else None
 
 
-def history_dicts(messages: list[Any], start_turn: int) -> Iterator[tuple[int, dict[str, Any], str]]:
+def history_dicts(messages: list[Any], start_turn: int, default_role: str = "user") -> Iterator[tuple[int, dict[str, Any], str]]:
     """(turn, wire dict, role) of each message after the leading system/developer ones (the cached
-    prefix memory does not store); a typed message is read as its wire form, a non-object skipped."""
+    prefix memory does not store); a typed message is read as its wire form, a string as a user
+    message (a Responses item), anything else skipped."""
     prefix = True
     for i, raw in enumerate(messages):
-        raw = raw.wire() if hasattr(raw, "wire") else raw
+        raw = raw.wire() if hasattr(raw, "wire") else {"role": "user", "content": raw} if isinstance(raw, str) else raw
         if not isinstance(raw, dict):
             continue
-        role = str(raw.get("role") or "user")
+        role = str(raw.get("role") or default_role)
         if prefix and role in ("system", "developer"):
             continue
         prefix = False
@@ -324,6 +338,6 @@ class Dialect:
 
     # ------------------------------------------------------------------ tokens
 
-    def message_tokens(self, tc: Any, m: dict[str, Any], enc: Any) -> int:
+    def message_tokens(self, tc: Counter, m: dict[str, Any], enc: Any) -> int:
         """(TokenCounter, a wire message, encoding): its tokens."""
         raise NotImplementedError

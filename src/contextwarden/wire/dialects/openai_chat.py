@@ -12,7 +12,7 @@ from ...models.base import ApiKind, WireModel
 from ..conversation import Entry, ToolCall, maybe_json, side_of
 from ..streams.openai_chat import ChatAssembler
 from ..validate import Problem, digest, last_role_changed, same_bytes
-from .base import MESSAGE_OVERHEAD, TOOL_CALL_OVERHEAD, Dialect, NotInjectable, history_dicts, rewrite_parts
+from .base import MESSAGE_OVERHEAD, TOOL_CALL_OVERHEAD, Counter, Dialect, NotInjectable, history_dicts, rewrite_parts
 
 
 class Chat(Dialect):
@@ -111,7 +111,7 @@ class Chat(Dialect):
             return f"messages[{i}] content"
         raise NotInjectable("the last user message's content has an unknown shape")
 
-    def edited(self, m: Any, edit: dict[tuple[Any, ...], Any]) -> oc.ChatMessage:
+    def edited(self, m: oc.ChatMessage, edit: dict[tuple[Any, ...], Any]) -> oc.ChatMessage:
         update: dict[str, Any] = {"content": edit[("r", 0)]} if ("r", 0) in edit else {}
         if m.tool_calls is not None:
             update["tool_calls"] = [tc.model_copy(update={"function": tc.function.model_copy(update={"arguments": edit[("a", ti)]})
@@ -140,7 +140,7 @@ class Chat(Dialect):
         if t := oc.message_text(m if isinstance(m, oc.ChatMessage) else oc.ChatMessage.model_validate(m)):
             out.append(t)
 
-    def message_tokens(self, tc: Any, m: dict[str, Any], enc: Any) -> int:
+    def message_tokens(self, tc: Counter, m: dict[str, Any], enc: Any) -> int:
         """(name, tool calls, reasoning text and Ollama's base64 images besides the content)"""
         n = MESSAGE_OVERHEAD + tc._content(self, m.get("content"), enc)
         if m.get("name"):

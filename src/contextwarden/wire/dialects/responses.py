@@ -21,9 +21,11 @@ from .base import (
     MESSAGE_OVERHEAD,
     NO_PROVIDER,
     TOOL_CALL_OVERHEAD,
+    Counter,
     Dialect,
     NotInjectable,
     ProviderContext,
+    history_dicts,
     last_index,
     rewrite_parts,
     taking_over,
@@ -169,7 +171,7 @@ class Responses(Chat):
         if t := orr.item_text(m.wire() if hasattr(m, "wire") else m):
             out.append(t)
 
-    def message_tokens(self, tc: Any, item: dict[str, Any], enc: Any) -> int:
+    def message_tokens(self, tc: Counter, item: dict[str, Any], enc: Any) -> int:
         t = item.get("type")
         if "role" in item and t in (None, "message"):
             return MESSAGE_OVERHEAD + tc._content(self, item.get("content"), enc)
@@ -189,19 +191,8 @@ class Responses(Chat):
 
     def memory_items(self, items: Any, start_turn: int, clean_text: dict[int, str], add: Callable[..., None]) -> None:
         tool_names: dict[str, str] = {}
-        prefix = True
-        for i, item in enumerate([items] if isinstance(items, str) else items):
-            turn = start_turn + i
-            item = item.wire() if hasattr(item, "wire") else item
-            if isinstance(item, str):
-                item = {"role": "user", "content": item}
-            if not isinstance(item, dict):
-                continue
+        for turn, item, role in history_dicts([items] if isinstance(items, str) else items, start_turn, "assistant"):
             t = item.get("type") or ("message" if "role" in item else None)
-            role = str(item.get("role") or "assistant")
-            if prefix and t == "message" and role in ("system", "developer"):
-                continue
-            prefix = False
             if t == "reasoning":
                 continue
             if t and t.endswith("_call") and item.get("call_id"):
@@ -212,9 +203,6 @@ class Responses(Chat):
                 add(clean_text.get(turn, text), turn, "tool", "tool_result", tool_names.get(item.get("call_id", "")))
             else:
                 add(clean_text.get(turn, orr.item_text(item)), turn, role if t == "message" else "assistant", "message")
-
-    def summary_request(self, auth: dict[str, Any], model: str, prompt: str, text: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        raise NotImplementedError("a Responses summary is asked of Chat Completions (summary_route)")
 
     def summary_route(self, path: str) -> tuple[str, ApiKind]:
         """A summary is asked of the same provider's Chat Completions endpoint (one answer, no items)."""

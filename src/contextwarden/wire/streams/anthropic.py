@@ -6,11 +6,11 @@ from typing import Any
 
 from contextwarden.models.base import ApiKind
 
-from .assembler import Assembler, error_from, parse_arguments, str_or_none
-from .turn import as_int, merge_usage
+from .assembler import Assembler, error_from, extend, parse_arguments, str_or_none
+from .turn import USAGE_FIELDS, as_int, merge_usage
 
 # a delta that arrives for a block we never saw start (a proxy dropped it) still gets a block to land in
-_IMPLIED_BLOCK = {
+_IMPLIED_BLOCK: dict[Any, dict[str, Any]] = {
     "text_delta": {"type": "text", "text": ""},
     "thinking_delta": {"type": "thinking", "thinking": "", "signature": ""},
     "input_json_delta": {"type": "tool_use", "input": {}},
@@ -63,13 +63,7 @@ class AnthropicAssembler(Assembler):
 
     def _usage(self, usage: Any, managed: Any = None) -> None:
         if isinstance(usage, dict):
-            self.usage = merge_usage(
-                self.usage,
-                input_tokens=usage.get("input_tokens"),
-                output_tokens=usage.get("output_tokens"),
-                cache_read_input_tokens=usage.get("cache_read_input_tokens"),
-                cache_creation_input_tokens=usage.get("cache_creation_input_tokens"),
-            )
+            self.usage = merge_usage(self.usage, **{k: usage.get(k) for k in USAGE_FIELDS})
             its = usage.get("iterations")
             if self.usage is not None and isinstance(its, list):  # (the latest: message_delta repeats totals)
                 self.usage.iterations = [dict(i) for i in its if isinstance(i, dict)]
@@ -131,10 +125,8 @@ class AnthropicAssembler(Assembler):
         partial = self._json.pop(index, None)
         if block is None:
             return
-        if pieces:
-            for fname, parts in pieces.items():
-                prefix = block.get(fname)
-                block[fname] = (prefix if isinstance(prefix, str) else "") + "".join(parts)
+        for fname, parts in (pieces or {}).items():
+            extend(block, fname, parts)
         if partial is not None:
             raw = "".join(partial)
             if raw.strip():  # no input pieces (a tool without parameters): keep the start's {}
@@ -143,12 +135,8 @@ class AnthropicAssembler(Assembler):
     # -- whole body ------------------------------------------------------------------------
 
     def body(self, data: dict[str, Any]) -> None:
-        err = error_from(data)
-        if err is not None:
-            self.set_error(err)
-            return
         content = data.get("content")
-        if not isinstance(content, list):
+        if self.failed(data) or not isinstance(content, list):
             return
         self._message_start(data)
         self.stop_reason = str_or_none(data.get("stop_reason"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -79,6 +80,13 @@ class Assembler:
         self.error = err
         self.complete = False
 
+    def failed(self, data: dict[str, Any]) -> bool:
+        """Whether ``data`` is an error (then set as the turn's)."""
+        err = error_from(data)
+        if err is not None:
+            self.set_error(err)
+        return err is not None
+
     def openai_usage(self, total: Any, cached: Any, output: Any) -> None:
         """OpenAI's usage (chat and Responses): its ``total`` input tokens include the ``cached`` ones;
         Usage.input_tokens does not (Anthropic's meaning)."""
@@ -103,3 +111,9 @@ class Assembler:
 
 def str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def extend(obj: dict[str, Any], field: str, pieces: Iterable[str]) -> None:
+    """``obj[field]`` (a string, else nothing) with the streamed ``pieces`` after it."""
+    prefix = obj.get(field)
+    obj[field] = (prefix if isinstance(prefix, str) else "") + "".join(pieces)

@@ -8,6 +8,7 @@ applied; they are undone in reverse.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import Protocol
 
 import brotli
@@ -107,7 +108,7 @@ class Chain:
         return out
 
 
-_DECODERS = {"gzip": Gzip, "x-gzip": Gzip, "deflate": Deflate, "br": Brotli, "zstd": Zstd}
+_DECODERS: dict[str, Callable[[], Decoder]] = {"gzip": Gzip, "x-gzip": Gzip, "deflate": Deflate, "br": Brotli, "zstd": Zstd}
 
 
 class UnsupportedEncoding(ValueError):
@@ -116,14 +117,10 @@ class UnsupportedEncoding(ValueError):
 
 def make_decoder(content_encoding: str | None) -> Decoder:
     """The decoder for a Content-Encoding header value; raises UnsupportedEncoding for unknown codings."""
-    codings = [c.strip().lower() for c in (content_encoding or "").split(",")]
-    codings = [c for c in codings if c and c != "identity"]
     decoders: list[Decoder] = []
-    for c in reversed(codings):
-        cls = _DECODERS.get(c)
-        if cls is None:
-            raise UnsupportedEncoding(f"unsupported content-encoding {c!r}")
-        decoders.append(cls())
-    if not decoders:
-        return Identity()
+    for c in reversed([c.strip().lower() for c in (content_encoding or "").split(",")]):
+        if c and c != "identity":
+            if c not in _DECODERS:
+                raise UnsupportedEncoding(f"unsupported content-encoding {c!r}")
+            decoders.append(_DECODERS[c]())
     return decoders[0] if len(decoders) == 1 else Chain(decoders)

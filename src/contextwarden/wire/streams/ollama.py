@@ -7,7 +7,7 @@ from typing import Any
 
 from contextwarden.models.base import ApiKind
 
-from .assembler import Assembler, error_from, parse_arguments, str_or_none
+from .assembler import Assembler, parse_arguments, str_or_none
 from .turn import merge_usage
 
 
@@ -19,9 +19,7 @@ class OllamaAssembler(Assembler):
         self._calls: list[dict[str, Any]] = []
 
     def event(self, name: str | None, data: dict[str, Any]) -> None:
-        err = error_from(data)
-        if err is not None:
-            self.set_error(err)
+        if self.failed(data):
             return
         self.model = str_or_none(data.get("model")) or self.model
         msg = data.get("message")
@@ -54,6 +52,7 @@ class OllamaAssembler(Assembler):
             message["tool_calls"] = self._calls
         tool_calls = []
         for tc in self._calls:
-            fn = tc.get("function") if isinstance(tc.get("function"), dict) else {}
+            fn = tc.get("function")
+            fn = fn if isinstance(fn, dict) else {}
             tool_calls.append({"id": tc.get("id"), "name": fn.get("name"), "input": parse_arguments(fn.get("arguments"))})
         return message, text, tool_calls

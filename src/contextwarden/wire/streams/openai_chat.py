@@ -7,23 +7,22 @@ without an ``index``, arguments sent as an object.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from contextwarden.models.base import ApiKind
 
-from .assembler import Assembler, error_from, parse_arguments, str_or_none
+from .assembler import Assembler, parse_arguments, str_or_none
 from .turn import as_int
 
 
+@dataclass(slots=True)
 class _Call:
-    __slots__ = ("id", "name", "args")
-
-    def __init__(self) -> None:
-        self.id: str | None = None
-        self.name: str | None = None
-        self.args: list[str] = []
+    id: str | None = None
+    name: str | None = None
+    args: list[str] = field(default_factory=list)
 
 
 class ChatAssembler(Assembler):
@@ -36,9 +35,7 @@ class ChatAssembler(Assembler):
         self._by_index: dict[int, _Call] = {}
 
     def event(self, name: str | None, data: dict[str, Any]) -> None:
-        err = error_from(data)
-        if err is not None:
-            self.set_error(err)
+        if self.failed(data):
             return
         self._meta(data)
         choices = data.get("choices")
@@ -67,17 +64,13 @@ class ChatAssembler(Assembler):
         self.openai_usage(usage.get("prompt_tokens"), cached, usage.get("completion_tokens"))
 
     def _delta(self, delta: dict[str, Any]) -> None:
-        content = delta.get("content")
-        if isinstance(content, str):
-            self._content.append(content)
         reasoning = delta.get("reasoning_content")
         if not isinstance(reasoning, str):
             reasoning = delta.get("reasoning")
-        if isinstance(reasoning, str):
-            self._reasoning.append(reasoning)
-        refusal = delta.get("refusal")
-        if isinstance(refusal, str):
-            self._refusal.append(refusal)
+        for pieces, piece in ((self._content, delta.get("content")), (self._reasoning, reasoning),
+                              (self._refusal, delta.get("refusal"))):
+            if isinstance(piece, str):
+                pieces.append(piece)
         tool_calls = delta.get("tool_calls")
         if isinstance(tool_calls, list):
             for tc in tool_calls:
@@ -121,12 +114,8 @@ class ChatAssembler(Assembler):
         self.complete = self.error is None
 
     def body(self, data: dict[str, Any]) -> None:
-        err = error_from(data)
-        if err is not None:
-            self.set_error(err)
-            return
         choices = data.get("choices")
-        if not isinstance(choices, list):
+        if self.failed(data) or not isinstance(choices, list):
             return
         self._meta(data)
         for choice in choices:

@@ -11,7 +11,7 @@ from typing import Any
 
 from contextwarden.models.base import ApiKind
 
-from .assembler import Assembler, error_from, parse_arguments, str_or_none
+from .assembler import Assembler, error_from, extend, parse_arguments, str_or_none
 
 _TERMINAL = {"completed", "incomplete", "failed", "cancelled"}
 # item type -> the string field its argument deltas extend
@@ -117,7 +117,7 @@ class ResponsesAssembler(Assembler):
             return
         item = self._item(oi, "custom_tool_call" if "custom_tool_call" in kind else "function_call")
         if reset:
-            item[_ITEM_STREAMED_FIELD.get(item.get("type"), "arguments")] = ""
+            item[_ITEM_STREAMED_FIELD.get(str(item.get("type")), "arguments")] = ""
             self._item_pieces[oi] = [piece]
         else:
             self._item_pieces.setdefault(oi, []).append(piece)
@@ -162,15 +162,11 @@ class ResponsesAssembler(Assembler):
                     content = []
                     for ci in sorted(parts):
                         part = dict(parts[ci])
-                        fname = "refusal" if part.get("type") == "refusal" else "text"
-                        prefix = part.get(fname)
-                        part[fname] = (prefix if isinstance(prefix, str) else "") + "".join(self._part_pieces.get((oi, ci), ()))
+                        extend(part, "refusal" if part.get("type") == "refusal" else "text", self._part_pieces.get((oi, ci), ()))
                         content.append(part)
                     item["content"] = content
                 if oi in self._item_pieces:
-                    fname = _ITEM_STREAMED_FIELD.get(item.get("type"), "arguments")
-                    prefix = item.get(fname)
-                    item[fname] = (prefix if isinstance(prefix, str) else "") + "".join(self._item_pieces[oi])
+                    extend(item, _ITEM_STREAMED_FIELD.get(str(item.get("type")), "arguments"), self._item_pieces[oi])
             out.append(item)
         return out
 

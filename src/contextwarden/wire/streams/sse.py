@@ -8,8 +8,9 @@ are held, so memory is bounded by the largest event and each character is scanne
 
 from __future__ import annotations
 
+import codecs
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 _EOL = re.compile(r"\r\n|\r|\n")
 
@@ -19,10 +20,12 @@ class EventTooLarge(ValueError):
 
 
 class SSEParser:
-    """Feed decoded text with :meth:`feed`; ``on_event(event_name, data)`` gets each dispatched event."""
+    """Feed the stream's bytes with :meth:`feed` (UTF-8: a character split across two chunks is decoded
+    whole); ``on_event(event_name, data)`` gets each dispatched event."""
 
     def __init__(self, on_event: Callable[[str | None, str], None], max_event_chars: int = 64 * 1024 * 1024) -> None:
         self._on_event = on_event
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._max = max_event_chars
         self._line: list[str] = []  # pieces of the line not yet ended
         self._data: list[str] = []  # data lines of the event not yet dispatched
@@ -40,7 +43,10 @@ class SSEParser:
         """Characters held for the incomplete line and event."""
         return self._line_len + self._data_len
 
-    def feed(self, text: str) -> None:
+    def feed(self, data: bytes) -> None:
+        self._feed_text(self._utf8.decode(data))
+
+    def _feed_text(self, text: str) -> None:
         if not self._started and text:
             self._started = True
             if text[0] == "\ufeff":  # a byte-order mark at the very start is not part of the stream
@@ -75,6 +81,7 @@ class SSEParser:
         """The stream ended. The spec drops an event without its closing blank line; we dispatch it,
         because servers that omit the final blank line would otherwise lose their last event
         (``[DONE]``, ``message_stop``); a line cut in half then simply fails to parse."""
+        self._feed_text(self._utf8.decode(b"", final=True))
         if self._line:
             line = "".join(self._line)
             self._line.clear()
@@ -83,7 +90,7 @@ class SSEParser:
         else:
             self._process_lines(("",))
 
-    def _process_lines(self, lines) -> None:
+    def _process_lines(self, lines: Iterable[str]) -> None:
         """Each line of the stream, in order. The two lines every event has (``data:`` and the blank line
         ending it) are handled here, without a call: a chunk read in one go (deferred reading) holds many
         events, and a call per line was most of the parser's time."""

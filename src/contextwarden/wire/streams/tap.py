@@ -15,7 +15,6 @@ line split between two batches is read as when split between two chunks.
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +23,7 @@ import orjson
 from contextwarden.models.base import ApiKind
 
 from .assembler import Assembler
-from .decoding import Decoder, make_decoder
+from .decoding import Decoder, Identity, make_decoder
 from .ndjson import LineSplitter
 from .sse import SSEParser
 from .turn import AssembledTurn
@@ -37,8 +36,29 @@ BATCH = 256 * 1024
 _NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl",
                  "application/x-jsonlines", "application/jsonlines"}
 
+
 class BodyTooLarge(ValueError):
     pass
+
+
+class _Body:
+    """The framing of a whole (non-stream) body: held, and read at the end."""
+
+    def __init__(self, on_body: Callable[[bytearray], None]) -> None:
+        self.data = bytearray()
+        self._on_body = on_body
+
+    @property
+    def buffered(self) -> int:
+        return len(self.data)
+
+    def feed(self, data: bytes) -> None:
+        if len(self.data) + len(data) > MAX_BODY:
+            raise BodyTooLarge(f"response body larger than {MAX_BODY} bytes")
+        self.data += data
+
+    def flush(self) -> None:
+        self._on_body(self.data)  # orjson reads a bytearray as is: no 64 MB copy
 
 
 class ResponseTap:
@@ -52,14 +72,16 @@ class ResponseTap:
     """
 
     def __init__(self, api: ApiKind, content_type: str, content_encoding: str | None,
-                 on_event: Callable[[dict], None] | None, *, live: bool | None = None, batch: int = BATCH) -> None:
+                 on_event: Callable[[dict[str, Any]], None] | None, *, live: bool | None = None,
+                 batch: int = BATCH) -> None:
+        from ..dialects import dialect
+
         mime = (content_type or "").split(";", 1)[0].strip().lower()
         self.api = api
         self.is_sse = mime == "text/event-stream"
         self.is_ndjson = mime in _NDJSON_TYPES
         self.on_event = on_event
-        if live is None:
-            live = on_event is not None
+        live = on_event is not None if live is None else live
         # the chunks not read yet (deferred reading), None once reading is live, finished or failed
         self._pending: list[bytes] | None = [] if not live and (self.is_sse or self.is_ndjson) else None
         self._pending_len = 0
@@ -70,56 +92,30 @@ class ResponseTap:
         self.skipped = 0  # events that were not JSON objects or did not fit the API's shapes
         self.last_skip: str | None = None  # why the last one was skipped
         self._turn: AssembledTurn | None = None
-        self._asm: Assembler | None = None
-        self._decoder: Decoder | None = None
-        self._sse: SSEParser | None = None
-        self._text: codecs.IncrementalDecoder | None = None
-        self._lines: LineSplitter | None = None
-        self._body: bytearray | None = None
-        self._ready = False
+        self._asm: Assembler = dialect(api).new_assembler()
+        self._decoder: Decoder = Identity()
+        self._framer: SSEParser | LineSplitter | _Body | None = None  # built with the first batch, off the loop
         if self._pending is None:
             self._setup()
 
     def _setup(self) -> None:
-        """The reader itself; a deferred tap builds it with its first batch, off the loop."""
-        self._ready = True
-        api, content_encoding = self.api, self._encoding
         try:
-            from ..dialects import dialect
-
-            self._asm = dialect(api).new_assembler()
-            self._decoder = make_decoder(content_encoding)
-            if self.is_sse:
-                # incremental: a multi-byte character split across two chunks is decoded whole
-                self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-                self._sse = SSEParser(self._on_sse)
-            elif self.is_ndjson:
-                self._lines = LineSplitter(self._on_line)
-            else:
-                self._body = bytearray()
+            self._decoder = make_decoder(self._encoding)
+            self._framer = SSEParser(self._on_sse) if self.is_sse else LineSplitter(self._on_line) \
+                if self.is_ndjson else _Body(self._parse_body)
         except Exception as e:
             self._fail(e)
-
-    # -- diagnostics -----------------------------------------------------------------------
 
     @property
     def buffered(self) -> int:
         """Characters (SSE) or bytes (NDJSON, whole body) held for what is not complete yet, plus the
         wire bytes not read yet."""
-        if self._sse is not None:
-            held = self._sse.buffered
-        elif self._lines is not None:
-            held = self._lines.buffered
-        else:
-            held = len(self._body) if self._body is not None else 0
-        return held + self._pending_len
+        return (self._framer.buffered if self._framer is not None else 0) + self._pending_len
 
     @property
     def work(self) -> int:
         """Characters the SSE scanner examined or copied; linear reading keeps it near the input size."""
-        return self._sse.work if self._sse is not None else 0
-
-    # -- input -----------------------------------------------------------------------------
+        return self._framer.work if isinstance(self._framer, SSEParser) else 0
 
     def feed(self, chunk: bytes) -> None:
         """Read one chunk of the response as sent (still content-encoded), or hold it for a later batch.
@@ -129,40 +125,33 @@ class ResponseTap:
             pending.append(chunk)
             self._pending_len += len(chunk)
             if self._pending_len >= self._batch:
-                self._read_pending()
-            return
-        if self.failed is not None or self._turn is not None:
-            return
-        self._read(chunk)
+                self._read_pending(pending)
+        elif self._framer is not None and self._turn is None:
+            self._read(self._framer, chunk)
 
-    def _read_pending(self) -> None:
+    def _read_pending(self, pending: list[bytes]) -> None:
         """Read the chunks held so far, in one go."""
-        pending = self._pending
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
         self._pending_len = 0
-        if not self._ready:
+        if self._framer is None:
             self._setup()
-        if self.failed is None:
-            self._read(data)
+        if self._framer is not None:
+            self._read(self._framer, data)
 
-    def _read(self, chunk: bytes) -> None:
+    def _read(self, framer: SSEParser | LineSplitter | _Body, chunk: bytes) -> None:
         try:
             data = self._decoder.decompress(chunk)
             if data:
-                self._consume(data)
+                framer.feed(data)
         except Exception as e:
             self._fail(e)
 
     def feed_message(self, data: bytes | str) -> None:
         """Read one message that is already framed (a Responses WebSocket message: the JSON an SSE
         ``data`` line would carry). Never raises."""
-        if self.failed is not None or self._turn is not None or self._asm is None:
-            return
-        try:
+        if self.failed is None and self._turn is None:
             self._on_line(data)  # one JSON document, like an NDJSON line
-        except Exception as e:
-            self._fail(e)
 
     def finish(self, error: str | None = None) -> AssembledTurn:
         """The response ended (``error``: the connection failed). Idempotent: later calls return the
@@ -170,19 +159,20 @@ class ResponseTap:
         if self._turn is not None:
             return self._turn
         if self._pending is not None:
-            self._read_pending()
-            self._pending = None
-        if self.failed is None:
+            self._read_pending(self._pending)
+        framer = self._framer
+        if framer is not None:
             try:
-                self._drain()
+                tail = self._decoder.flush()
+                if tail:
+                    framer.feed(tail)
+                framer.flush()
             except Exception as e:
                 self._fail(e)
         try:
-            turn = self._asm.build() if self._asm is not None else None
+            turn = self._asm.build()
         except Exception as e:
             self._fail(e)
-            turn = None
-        if turn is None:
             turn = AssembledTurn(api=self.api, model=None, message={}, text="", tool_calls=[], usage=None,
                                  stop_reason=None, error=None, complete=False, events=0)
         turn.events = self.events
@@ -192,82 +182,53 @@ class ResponseTap:
             # complete stays as it was: a message whose end we saw is whole even if the socket then broke
             turn.error = {"type": "connection", "message": str(error)}
         self._turn = turn
-        self._sse = self._text = self._lines = self._body = self._pending = None  # free what was held
+        self._framer = self._pending = None  # free what was held
         self._pending_len = 0
         return turn
 
-    # -- framing ---------------------------------------------------------------------------
+    # -- events ----------------------------------------------------------------------------
 
-    def _consume(self, data: bytes) -> None:
-        if self._sse is not None:
-            self._sse.feed(self._text.decode(data))
-        elif self._lines is not None:
-            self._lines.feed(data)
-        elif self._body is not None:
-            if len(self._body) + len(data) > MAX_BODY:
-                raise BodyTooLarge(f"response body larger than {MAX_BODY} bytes")
-            self._body += data
-
-    def _drain(self) -> None:
-        tail = self._decoder.flush() if self._decoder is not None else b""
-        if tail:
-            self._consume(tail)
-        if self._sse is not None:
-            self._sse.feed(self._text.decode(b"", final=True))
-            self._sse.flush()
-        elif self._lines is not None:
-            self._lines.flush()
-        elif self._body is not None:
-            self._parse_body(self._body)  # orjson reads a bytearray as is: no 64 MB copy
-
-    def _parse_body(self, raw: bytes | bytearray) -> None:
+    def _parse_body(self, raw: bytearray) -> None:
         if not raw.strip():
             return
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            self._sniff(raw)
+            self._sniff(bytes(raw))
             return
         self._deliver(None, obj, whole=True)
 
-    def _sniff(self, raw: bytes | bytearray) -> None:
+    def _sniff(self, raw: bytes) -> None:
         """A body that is not one JSON document: an event stream or NDJSON behind the wrong Content-Type?"""
         head = raw.lstrip().removeprefix(b"\xef\xbb\xbf")
-        if head.startswith((b"data:", b"event:", b":")):
-            parser = SSEParser(self._on_sse)
-            parser.feed(raw.decode("utf-8", errors="replace"))
-            parser.flush()
-            return
-        first = head.split(b"\n", 1)[0]
         try:
-            looks_ndjson = isinstance(orjson.loads(first), dict)
+            looks_ndjson = isinstance(orjson.loads(head.split(b"\n", 1)[0]), dict)
         except orjson.JSONDecodeError:
             looks_ndjson = False
-        if looks_ndjson:
-            lines = LineSplitter(self._on_line)
-            lines.feed(raw)
-            lines.flush()
-        else:
+        framer = SSEParser(self._on_sse) if head.startswith((b"data:", b"event:", b":")) \
+            else LineSplitter(self._on_line) if looks_ndjson else None
+        if framer is None:
             self._skip("response body is not JSON")
+            return
+        framer.feed(raw)
+        framer.flush()
 
     def _on_sse(self, name: str | None, data: str) -> None:
         if data[:1] == "[" and data.strip() == "[DONE]":  # JSON events start with "{": one cheap check
             self._asm.done()
-            return
+        else:
+            self._on_json(data, name, "SSE data")
+
+    def _on_line(self, line: bytes | str) -> None:
+        self._on_json(line, None, "NDJSON line")
+
+    def _on_json(self, data: bytes | str, name: str | None, what: str) -> None:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as e:
-            self._skip(f"SSE data is not JSON: {e}")
+            self._skip(f"{what} is not JSON: {e}")
             return
         self._deliver(name, obj, whole=False)
-
-    def _on_line(self, line: bytes) -> None:
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            self._skip(f"NDJSON line is not JSON: {e}")
-            return
-        self._deliver(None, obj, whole=False)
 
     def _deliver(self, name: str | None, obj: Any, whole: bool) -> None:
         if not isinstance(obj, dict):
@@ -292,9 +253,6 @@ class ResponseTap:
         self.last_skip = reason
 
     def _fail(self, e: BaseException) -> None:
-        try:
-            self.failed = f"{type(e).__name__}: {e}"
-        except Exception:
-            self.failed = type(e).__name__
-        self._sse = self._text = self._lines = self._body = self._pending = None
+        self.failed = f"{type(e).__name__}: {e}"
+        self._framer = self._pending = None
         self._pending_len = 0

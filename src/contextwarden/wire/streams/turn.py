@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from contextwarden.models.base import ApiKind
 
-_USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
 def as_int(value: Any) -> int | None:
@@ -41,12 +41,8 @@ class Usage:
         return sum(p or 0 for p in parts)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name) for name in _USAGE_FIELDS}
-        if self.iterations is not None:
-            out["iterations"] = self.iterations
-        if self.provider_cleared_tokens is not None:
-            out["provider_cleared_tokens"] = self.provider_cleared_tokens
-        return out
+        """The four counts, and the provider's own context management when reported."""
+        return {k: v for k, v in asdict(self).items() if k in USAGE_FIELDS or v is not None}
 
 
 def merge_usage(current: Usage | None, **values: Any) -> Usage | None:

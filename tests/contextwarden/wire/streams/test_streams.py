@@ -357,7 +357,7 @@ def test_deferred_reading_only_holds_chunks_until_a_batch_or_the_end():
     tap = ResponseTap(A, SSE, None, None)
     for i in range(0, len(data), 10):
         tap.feed(data[i:i + 10])
-    assert tap.events == 0 and tap.buffered == len(data) and tap._sse is None
+    assert tap.events == 0 and tap.buffered == len(data) and tap._framer is None
     turn = tap.finish()
     assert tap.buffered == 0 and turn == run(A, data, mode="live")[1]
     # a batch is read as soon as it is full: what is held stays within a batch plus one event

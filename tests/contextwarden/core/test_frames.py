@@ -1,4 +1,4 @@
-"""The frames between mitmdump's process and the engine (contextwarden/engine/wire.py): whole frames of
+"""The frames between mitmdump's process and the engine (contextwarden/core/frames.py): whole frames of
 any size come through in order, the end of the stream reads as None, and a frame is read in large steps
 (asyncio's transport reads 256 KB a turn of the loop by default: a 600 KB request took three turns)."""
 
@@ -8,29 +8,29 @@ import asyncio
 import os
 import socket
 
-from contextwarden.engine import wire
+from contextwarden.core import frames
 
 
 def test_frames_of_any_size_cross_whole_and_in_order():
     async def main():
         a, b = socket.socketpair()
-        wire.tune(a)
-        wire.tune(b)
-        _, wa = await wire.open_stream(a)
-        rb, wb = await wire.open_stream(b)
-        assert wb.transport.max_size == wire.BUFFER  # read in steps of the socket's buffer, not 256 KB
+        frames.tune(a)
+        frames.tune(b)
+        _, wa = await frames.open_stream(a)
+        rb, wb = await frames.open_stream(b)
+        assert wb.transport.max_size == frames.BUFFER  # read in steps of the socket's buffer, not 256 KB
         sizes = [0, 1, 700_000, 5 << 20, 3]
         bodies = [os.urandom(n) for n in sizes]
 
         async def send():
             for i, body in enumerate(bodies):
-                wa.write(wire.encode("request", i, {"raw_content": body, "headers": [(b"k", b"v")]}))
+                wa.write(frames.encode("request", i, {"raw_content": body, "headers": [(b"k", b"v")]}))
                 await wa.drain()
             wa.close()
 
         sender = asyncio.ensure_future(send())
         got = []
-        while (frame := await wire.read(rb)) is not None:
+        while (frame := await frames.read(rb)) is not None:
             got.append(frame)
         await sender
         wb.close()

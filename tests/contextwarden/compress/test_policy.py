@@ -1,4 +1,4 @@
-"""The learned clearing policy (contextwarden.offline.policy): learns from re-fetched results, per tenant,
+"""The learned clearing policy (contextwarden.compress.policy): learns from re-fetched results, per tenant,
 bounded, resettable, shown by ``contextwarden policy show`` against a running proxy."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from contextwarden.cli import main as cli_main
+from contextwarden.compress import policy
 from contextwarden.models.base import ApiKind
-from contextwarden.offline import policy
 from contextwarden.offline import replay as replay_mod
 from contextwarden.offline.fidelity import Fidelity
 from contextwarden.store.statecache import state_cache
