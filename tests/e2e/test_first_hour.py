@@ -51,9 +51,11 @@ def _run_marked(cmd: list[str], home: Path, timeout: float = 120) -> tuple[subpr
     return done, done.stdout + done.stderr
 
 
-@pytest.fixture
-def running(tmp_path):
-    with ProxyProcess(tmp_path / "first", profile="observe-only") as proxy:
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    """One proxy for the three checks below: each only reads its port and discovery files, and compares the
+    files with what they were when it started."""
+    with ProxyProcess(tmp_path_factory.mktemp("first"), profile="observe-only") as proxy:
         before = {name: (proxy.home / name).read_bytes() for name in DISCOVERY}
         assert all(orjson.loads(b)["pid"] for b in before.values())
         yield proxy, before
