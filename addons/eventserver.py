@@ -36,7 +36,7 @@ from contextwarden.core import census
 from contextwarden.core.events import Event
 
 # the live protocol (token file and header, event form, totals) is core: liveprotocol.py
-from contextwarden.core.liveprotocol import INFO_FILE, PROTOCOL, TOKEN_HEADER, Totals, event_dict
+from contextwarden.core.liveprotocol import INFO_FILE, PROTOCOL, TOKEN_HEADER, Totals
 from contextwarden.sessionctl.commands import run as session_command
 from contextwarden.util.home import publish, unpublish
 from contextwarden.util.scrub import scrub
@@ -116,7 +116,7 @@ class EventService:
         self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
         recent = self._recent()
         for ev in recent:  # counters start from what the runtime already did
-            self.totals.add(event_dict(ev))
+            self.totals.add(ev.to_dict())
         # events published while subscribing are in both; _flush must not count them twice
         self._baseline = {ev.seq for ev in recent}
         if self.totals.started is None:
@@ -201,7 +201,7 @@ class EventService:
         recent = self._recent()
         return {"kind": "snapshot", "protocol": PROTOCOL, "pid": os.getpid(), "home": str(self.runtime.home),
                 "server_started": self.started, "runtime_started": self.totals.started,
-                "totals": self.totals.to_dict(), "events": [event_dict(e) for e in recent],
+                "totals": self.totals.to_dict(), "events": [e.to_dict() for e in recent],
                 "recent_max": self.runtime.bus.recent.maxlen, **self.settings_dict()}
 
     async def _handler(self, ws) -> None:
@@ -264,7 +264,7 @@ class EventService:
                 batch.append(orjson.Fragment(ev.to_json()))
                 types.add(ev.type)
                 if not counted:
-                    self.totals.add(event_dict(ev))
+                    self.totals.add(ev.to_dict())
             elif not counted:  # nobody to send to: only the counters (no copy, no scrubbing)
                 self.totals.add({"type": ev.type, "ts": ev.ts, "data": ev.data, "flow_id": ev.flow_id})
         if not clients or not batch:
@@ -334,7 +334,7 @@ class EventService:
 
     def export_session(self, session: str) -> dict[str, Any]:
         """Everything kept about one session: its recent events, request bodies and settings."""
-        recent = [event_dict(e) for e in self._recent()]
+        recent = [e.to_dict() for e in self._recent()]
         flows = {e["flow_id"] for e in recent if e.get("session") == session and e.get("flow_id")}
         events = [e for e in recent if e.get("session") == session or (e.get("flow_id") in flows)]
         requests = []

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from mitmproxy import http
 
 from contextwarden.request import lifecycle
-from contextwarden.wire.streams import ResponseTap
+from contextwarden.wire.streams.tap import ResponseTap
 
 from .routing import STATE, FlowState
 from .warden import Warden

@@ -109,10 +109,11 @@ _TAG_CHARS = MAX_CHARS  # a tag set does not need more of a text
 _MARK = re.compile(r"\[REDACTED:[a-z_]+\]")
 
 
-def redacted_for_tags(text: str) -> str:
-    """``text`` cut to what the tagger reads, its secrets removed and the redaction marks too (a mark's
-    kind is no topic). Cut with a margin first so a secret straddling the cut is still recognised."""
-    text = redact_text(text[: _TAG_CHARS + 4096])[:_TAG_CHARS]
+def redacted_for_tags(text: str, redacted: bool = False) -> str:
+    """``text`` cut to what the tagger reads, its secrets removed (unless ``redacted`` already) and the
+    redaction marks too (a mark's kind is no topic). Cut with a margin first so a secret straddling the
+    cut is still recognised."""
+    text = text[:_TAG_CHARS] if redacted else redact_text(text[: _TAG_CHARS + 4096])[:_TAG_CHARS]
     return _MARK.sub(" , ", text) if "[REDACTED:" in text else text
 
 
@@ -201,14 +202,14 @@ class KeywordTagger:
                 kept.append(c)
         return sorted(kept, key=lambda c: -c.score)
 
-    def tag(self, text: str, max_tags: int | None = None) -> list[str]:
+    def tag(self, text: str, max_tags: int | None = None, redacted: bool = False) -> list[str]:
         """The best ``max_tags`` tags of ``text`` (most relevant first), taken from the text with its
-        secrets redacted: a tag goes to events, Chroma metadata and the lexical index, so a token
-        (``ghp_…``, a URL's password) must never become one."""
+        secrets redacted (``redacted``: it was): a tag goes to events, Chroma metadata and the lexical
+        index, so a token (``ghp_…``, a URL's password) must never become one."""
         n = self.max_tags if max_tags is None else max_tags
         if not text or n <= 0:
             return []
-        merged = self.merge(self.candidates(redacted_for_tags(text)))
+        merged = self.merge(self.candidates(redacted_for_tags(text, redacted)))
         # a pair of common words seen once is mostly noise ("group yesterday"); names pass
         merged = [c for c in merged if " " not in c.tag or c.score >= 1.4]
         phrases = [c for c in merged if " " in c.tag][:n]
@@ -282,15 +283,16 @@ class Tagger:
         self._cache: OrderedDict[str, list[str]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def tag(self, text: str) -> list[str]:
-        """Tags of one text (cached by text: the history's turns are tagged again on every request)."""
+    def tag(self, text: str, redacted: bool = False) -> list[str]:
+        """Tags of one text (cached by text: the history's turns are tagged again on every request;
+        ``redacted``: its secrets were removed already)."""
         key = text if len(text) < 256 else f"{len(text)}:{hash(text)}"
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        tags = self.keywords.tag(text)
+        tags = self.keywords.tag(text, redacted=redacted)
         if self.embedding is not None and text.strip():
             try:
                 # the nearest known topic takes the place of the weakest keyword
