@@ -20,8 +20,8 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..request.context import RequestContext
-    from .stagebudgets import Budget
+    from ..core.stagebudgets import Budget
+    from .context import RequestContext
 
 WALL_FACTOR = 3.0  # past this many times its budget in wall-clock time, a stage is abandoned anyway
 IDLE_WAIT_S = 0.25  # how often the watchdog looks while no stage runs (queued, or finishing: no budget)
