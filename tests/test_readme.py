@@ -1,5 +1,6 @@
 """The README's commands copy-paste: its "Try it locally" block runs as written, in a new terminal's
-environment (no virtualenv on PATH), and every ``contextwarden`` subcommand its shell blocks name exists."""
+environment (no virtualenv on PATH; its demo shows clearing, compaction and recall and leaves no process
+behind), and every ``contextwarden`` subcommand its shell blocks name exists."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from contextwarden.cli import build_parser
+from tests.support.marked import run_marked
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -28,10 +30,19 @@ def test_the_try_it_block_runs_as_written_in_a_new_terminal(tmp_path):
     script = block.replace("source .venv/bin/activate", f"source {venv}/bin/activate")
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env.update(PATH="/usr/bin:/bin", CONTEXTWARDEN_HOME=str(tmp_path / "home"))
-    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = run_marked(["bash", "-c", "set -euo pipefail\n" + script], env, timeout=600, cwd=ROOT)
+    out = done.stdout + done.stderr
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "clearing:" in done.stdout and "claude mcp add contextwarden -- /" in done.stdout, done.stdout[-3000:]
+    # what `contextwarden demo --no-tui` printed: clearing, compaction and recall in one command, no error
+    demo = done.stdout[done.stdout.index("contextwarden demo: stand-in upstream"):]
+    summary = demo.split("contextwarden demo: what the proxy did", 1)[1]
+    counts = {line.split(":")[0].strip(): line for line in summary.splitlines() if line.startswith("  ")}
+    assert "clearing: 0 steps" not in counts["clearing"] and "compaction: 0 new" not in counts["compaction"], out
+    assert "recall: 0 " not in counts["recall"] and counts["errors"].strip() == "errors: 0", out
+    assert "proxy overhead" in demo and " tui" in summary
+    [data] = re.findall(r"; data in (\S+)", done.stdout)
+    assert not (Path(data) / "tui.json").exists()  # the proxy stopped, and removed its own file
 
 
 def test_every_contextwarden_command_in_the_readme_exists():

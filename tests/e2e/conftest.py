@@ -25,7 +25,7 @@ import pytest
 
 from tests.support import rawhttp
 from tests.support.claude_code import claude_code_binary
-from tests.support.proxy import ProxyProcess
+from tests.support.proxy import ProxyProcess, start_together, stop_together
 from tests.support.upstream import StandIn
 
 ANTHROPIC_HOST = "https://api.anthropic.com"
@@ -135,17 +135,11 @@ class ProxyFarm:
     def get(self, name: str) -> ProxyProcess:
         if not self.started:
             self.started = True
-            for p in self.procs.values():
-                p.launch()
-            for p in self.procs.values():
-                p.wait_ready()
+            start_together(self.procs.values())
         return self.procs[name]
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            p.interrupt()
-        for p in self.procs.values():
-            p.wait_stopped()
+        stop_together(self.procs.values())
 
 
 @pytest.fixture(scope="package")

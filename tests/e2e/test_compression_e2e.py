@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.support import tool_outputs as T
-from tests.support.proxy import ProxyProcess
+from tests.support.proxy import ProxyProcess, start_together, stop_together
 
 PREFIX = "[contextwarden compressed this "
 MID = re.compile(r"Memory id (m-[0-9a-f]{16})")
@@ -36,6 +36,17 @@ SETTINGS = {
 def strict(standin):
     standin.strict = True
     return standin
+
+
+@pytest.fixture(scope="module")
+def proxies(tmp_path_factory, standin):
+    """Each test's own proxy (the same settings, in front of the stand-in), the two started together."""
+    procs = {name: ProxyProcess(tmp_path_factory.mktemp(name), name=name, profile="claude-code", reverse=standin.url,
+                                env=SETTINGS, ready_events=("startup", "memory_status"))
+             for name in ("compression-e2e", "compression-cli")}
+    start_together(procs.values())
+    yield procs
+    stop_together(procs.values(), timeout=5)
 
 
 def child_cmdlines(pid: int) -> list[str]:
@@ -70,47 +81,43 @@ def body(session: str, log: str, steps: int) -> dict:
             "messages": msgs}
 
 
-def test_compressed_at_first_sight_recallable_and_reapplied_byte_for_byte(tmp_path, strict):
-    proxy = ProxyProcess(tmp_path / "proxy", name="compression-e2e", profile="claude-code", reverse=strict.url,
-                         env=SETTINGS, ready_events=("startup", "memory_status")).start()
-    try:
-        log, errors = T.build_log()
-        session = uuid.uuid4().hex[:8]
-        got = []
-        with httpx.Client(timeout=60) as c:
-            for steps in (1, 2, 3):
-                r = c.post(proxy.url + "/v1/messages", content=json.dumps(body(session, log, steps)).encode(),
-                           headers={"content-type": "application/json", "x-api-key": KEY})
-                assert r.status_code == 200, r.text
-                got.append(strict.requests("/v1/messages")[-1])
-                if steps == 1:
-                    # the whole output is kept before the compressed request was sent: recallable now
-                    first = got[0].json()["messages"][-1]["content"][0]["content"]
-                    mid = MID.search(first.split("\n", 1)[0]).group(1)
-                    out = subprocess.run([sys.executable, "-m", "contextwarden", "recall", mid, "--home", str(proxy.home),
-                                          "--api-key", KEY], capture_output=True, timeout=120)
-                    assert out.returncode == 0, out.stderr.decode()
-                    assert out.stdout.decode() == log + "\n"
-        assert all(not rec.problems for rec in got)
-        head, rest = first.split("\n", 1)
-        assert head.startswith(PREFIX + "Bash result for make -j8 (") and "kept 1% of 373,270 characters" in head
-        assert all(e in rest for e in errors)
-        for rec in got[1:]:
-            assert rec.json()["messages"][2]["content"][0]["content"] == first  # byte for byte
-        ev = proxy.events("compression")
-        assert len(ev) == 1 and ev[0]["data"]["compressed"] == 1 and ev[0]["data"]["ids"] == [mid]
-        fwd = proxy.events("forward")
-        assert all(e["data"]["fallback"] is None for e in fwd)
-        assert fwd[0]["data"]["tokens_out"] < fwd[0]["data"]["tokens_in"] // 10
-        # compressed in the proxy's compression worker (compression.process auto: separate in mitmdump)
-        assert any("contextwarden.core.workerpool compression" in cmd for cmd in child_cmdlines(proxy.proc.pid))
-        assert not [e for e in proxy.events("error") if e["data"].get("where") == "compression"]
-    finally:
-        proxy.stop(timeout=5)
+def test_compressed_at_first_sight_recallable_and_reapplied_byte_for_byte(proxies, strict):
+    proxy = proxies["compression-e2e"]
+    log, errors = T.build_log()
+    session = uuid.uuid4().hex[:8]
+    got = []
+    with httpx.Client(timeout=60) as c:
+        for steps in (1, 2, 3):
+            r = c.post(proxy.url + "/v1/messages", content=json.dumps(body(session, log, steps)).encode(),
+                       headers={"content-type": "application/json", "x-api-key": KEY})
+            assert r.status_code == 200, r.text
+            got.append(strict.requests("/v1/messages")[-1])
+            if steps == 1:
+                # the whole output is kept before the compressed request was sent: recallable now
+                first = got[0].json()["messages"][-1]["content"][0]["content"]
+                mid = MID.search(first.split("\n", 1)[0]).group(1)
+                out = subprocess.run([sys.executable, "-m", "contextwarden", "recall", mid, "--home", str(proxy.home),
+                                      "--api-key", KEY], capture_output=True, timeout=120)
+                assert out.returncode == 0, out.stderr.decode()
+                assert out.stdout.decode() == log + "\n"
+    assert all(not rec.problems for rec in got)
+    head, rest = first.split("\n", 1)
+    assert head.startswith(PREFIX + "Bash result for make -j8 (") and "kept 1% of 373,270 characters" in head
+    assert all(e in rest for e in errors)
+    for rec in got[1:]:
+        assert rec.json()["messages"][2]["content"][0]["content"] == first  # byte for byte
+    ev = proxy.events("compression")
+    assert len(ev) == 1 and ev[0]["data"]["compressed"] == 1 and ev[0]["data"]["ids"] == [mid]
+    fwd = proxy.events("forward")
+    assert all(e["data"]["fallback"] is None for e in fwd)
+    assert fwd[0]["data"]["tokens_out"] < fwd[0]["data"]["tokens_in"] // 10
+    # compressed in the proxy's compression worker (compression.process auto: separate in mitmdump)
+    assert any("contextwarden.core.workerpool compression" in cmd for cmd in child_cmdlines(proxy.proc.pid))
+    assert not [e for e in proxy.events("error") if e["data"].get("where") == "compression"]
 
 
 @pytest.mark.claude_code
-def test_the_real_claude_code_cli_runs_with_compression_on(tmp_path, standin, claude_bin):
+def test_the_real_claude_code_cli_runs_with_compression_on(tmp_path, proxies, standin, claude_bin):
     """Claude Code runs ``cat build.log`` through the proxy (reverse mode): the upstream receives the
     output compressed in the request that carries it, every failing test still named, and the CLI's
     turn completes."""
@@ -118,8 +125,7 @@ def test_the_real_claude_code_cli_runs_with_compression_on(tmp_path, standin, cl
 
     from .conftest import Route
 
-    proxy = ProxyProcess(tmp_path / "proxy", name="compression-cli", profile="claude-code", reverse=standin.url,
-                         env=SETTINGS, ready_events=("startup", "memory_status")).start()
+    proxy = proxies["compression-cli"]
     saved = standin.tool_input
     standin.tool_input = {"command": "cat build.log", "description": "Show the test log"}
     try:
@@ -139,4 +145,3 @@ def test_the_real_claude_code_cli_runs_with_compression_on(tmp_path, standin, cl
         assert proxy.events("compression")
     finally:
         standin.tool_input = saved
-        proxy.stop(timeout=5)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import orjson
@@ -19,8 +18,8 @@ from contextwarden.tui.widgets.request_log import detail_text
 from tests.e2e.conftest import expected_upstream_headers, route_for
 from tests.e2e.test_transparency import CASES, _fresh, _fresh_key, headers_for
 from tests.support import rawhttp
+from tests.support.marked import run_marked
 from tests.support.proxy import MITMDUMP, SCRIPT, ProxyProcess
-from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -28,32 +27,17 @@ CLI = [sys.executable, "-m", "contextwarden"]
 DISCOVERY = ("tui.json", "recall-api.json")
 
 
-def _marked_pids(mark: str) -> list[int]:
-    """Processes (the command and its engine, memory, workers) started with ``CW_TEST_MARK=mark``."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if f"CW_TEST_MARK={mark}".encode() in (d / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(d.name))
-            except OSError:
-                pass
-    return pids
-
-
 def _run_marked(cmd: list[str], home: Path, timeout: float = 120) -> tuple[subprocess.CompletedProcess, str]:
-    """Run ``cmd`` with a mark in its environment; return once it and every process it started are gone."""
-    mark = uuid.uuid4().hex
-    env = {**os.environ, "CW_TEST_MARK": mark, "CONTEXTWARDEN_HOME": str(home)}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    # its engine ends after it, on its socket's close
-    assert wait_until(lambda: not _marked_pids(mark), 30), "the failed start left processes behind"
+    """Run ``cmd`` with ``home`` as its data directory; return once it and every process it started are gone."""
+    done = run_marked(cmd, {**os.environ, "CONTEXTWARDEN_HOME": str(home)}, timeout)
     return done, done.stdout + done.stderr
 
 
-@pytest.fixture
-def running(tmp_path):
-    with ProxyProcess(tmp_path / "first", profile="observe-only") as proxy:
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    """One proxy for the three checks below: each only reads its port and discovery files, and compares the
+    files with what they were when it started."""
+    with ProxyProcess(tmp_path_factory.mktemp("first"), profile="observe-only") as proxy:
         before = {name: (proxy.home / name).read_bytes() for name in DISCOVERY}
         assert all(orjson.loads(b)["pid"] for b in before.values())
         yield proxy, before
@@ -120,17 +104,6 @@ def test_the_bypass_header_sends_the_request_untouched_and_says_so(request, stan
     store.apply(route.proxy.events(since=since))
     row = store.requests[ev["flow_id"]]
     assert row.mode == "bypass" and "bypass" in detail_text(row).plain
-
-
-def test_demo_shows_clearing_compaction_and_recall_in_one_command(tmp_path):
-    """``contextwarden demo --no-tui``: a stand-in, the proxy (reverse mode) and a scripted session."""
-    done, out = _run_marked(CLI + ["demo", "--no-tui", "--home", str(tmp_path / "demo")], tmp_path / "demo")
-    assert done.returncode == 0, out
-    counts = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ")}
-    assert "clearing: 0 steps" not in counts["clearing"] and "compaction: 0 new" not in counts["compaction"], out
-    assert "recall: 0 " not in counts["recall"] and counts["errors"].strip() == "errors: 0", out
-    assert "proxy overhead" in out and " tui" in out
-    assert not (tmp_path / "demo" / "tui.json").exists()  # the proxy stopped, and removed its own file
 
 
 @pytest.mark.parametrize("engine", [True, False], ids=["engine", "in-process"])

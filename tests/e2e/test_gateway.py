@@ -22,7 +22,7 @@ import httpx
 import orjson
 
 from tests.support.prom import parse_metrics
-from tests.support.proxy import ProxyProcess, free_port
+from tests.support.proxy import ProxyProcess, free_port, start_together, stop_together
 from tests.support.redis_server import RedisServer
 from tests.support.stages import anthropic_tool_loop
 from tests.support.upstream import StandIn
@@ -96,11 +96,8 @@ def test_replicas_on_redis_send_what_one_proxy_sends(tmp_path):
         b = replica(tmp_path, "B", standin.url, redis.url, ports["B"])
         c = replica(tmp_path, "C", standin.url, redis.url, ports["C"])  # takes A's place once A is killed
         procs = [single, a, b, c]
-        for p in procs:
-            p.launch()  # they warm up together
+        start_together(procs)
         try:
-            for p in procs:
-                p.wait_ready()
             reference = {}
             for n in range(1, REQUESTS + 1):
                 extra = {"x-contextwarden-bypass": "1"} if n == REDIS_DOWN_AT else {}
@@ -170,8 +167,7 @@ def test_replicas_on_redis_send_what_one_proxy_sends(tmp_path):
                       if orjson.loads(f[b"e"])["type"] == "forward"}
             assert {"A", "B", "C"} <= served
         finally:
-            for p in procs:
-                p.stop(timeout=5)
+            stop_together(procs, timeout=5)
 
 
 
@@ -188,11 +184,8 @@ def test_a_fact_ingested_through_one_replica_is_injected_by_another(tmp_path):
                          env={**env, "CONTEXTWARDEN_STATE__REPLICA": "A"}, ready_events=("startup", "memory_status"))
         b = ProxyProcess(tmp_path / "B", name="B", profile="claude-code", reverse=standin.url,
                          env={**env, "CONTEXTWARDEN_STATE__REPLICA": "B"}, ready_events=("startup", "memory_status"))
-        a.launch()
-        b.launch()
+        start_together([a, b])
         try:
-            a.wait_ready()
-            b.wait_ready()
 
             def ask(proxy, session: str, text: str) -> dict:
                 body = {"model": "claude-sonnet-4-5", "max_tokens": 256,
@@ -215,5 +208,4 @@ def test_a_fact_ingested_through_one_replica_is_injected_by_another(tmp_path):
             [ev] = [e for e in b.events("memory", wait=5) if e["data"].get("injected")]
             assert ev["replica"] == "B"
         finally:
-            a.stop(timeout=5)
-            b.stop(timeout=5)
+            stop_together([a, b], timeout=5)

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from contextwarden.wire.cost import billed_units
-from tests.support.proxy import ProxyProcess
+from tests.support.proxy import ProxyProcess, start_together, stop_together
 
 STUB = "[contextwarden cleared this "
 BETA = "context-management-2025-06-27"
@@ -53,13 +53,9 @@ def proxies(tmp_path_factory, standin):
           "take_over": ProxyProcess(tmp_path_factory.mktemp("pcm-take"), name="pcm-take", profile="claude-code",
                                     reverse=standin.url, env={**SETTINGS, "CONTEXTWARDEN_PIPELINE__PROVIDER_TAKE_OVER":
                                                               '["clear_tool_uses", "compaction"]'})}
-    for p in ps.values():
-        p.launch()
-    for p in ps.values():
-        p.wait_ready()
+    start_together(ps.values())
     yield ps
-    for p in ps.values():
-        p.stop()
+    stop_together(ps.values())
 
 
 @pytest.fixture

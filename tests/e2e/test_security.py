@@ -27,7 +27,7 @@ from websockets.sync.client import connect
 
 from contextwarden.core.liveprotocol import INFO_FILE, TOKEN_HEADER
 from tests.contextwarden.util.test_redact import _alnum, _windows, planted
-from tests.support.proxy import ProxyProcess
+from tests.support.proxy import ProxyProcess, start_together, stop_together
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,15 +65,11 @@ def proxies(tmp_path_factory, standin):
     procs = {"all": ProxyProcess(d / "all", name="all", profile=d / "all.yaml", reverse=standin.url, ready_events=READY),
              "privacy": ProxyProcess(d / "privacy", name="privacy", profile=d / "privacy.yaml", reverse=standin.url,
                                      plugins=plugins, ready_events=READY)}
-    for p in procs.values():
-        p.launch()
+    start_together(procs.values())
     try:
-        for p in procs.values():
-            p.wait_ready()
         yield procs
     finally:
-        for p in procs.values():
-            p.stop()
+        stop_together(procs.values())
 
 
 def _post(proxy: ProxyProcess, messages: list, *, session: str, headers: dict | None = None, path: str = "/v1/messages",

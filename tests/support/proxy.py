@@ -254,6 +254,29 @@ class ProxyProcess:
         return self.stdout_text() + self.stderr_text()
 
 
+def start_together(procs: Iterable[ProxyProcess]) -> None:
+    """Launch every process, then wait for each: their warm-ups overlap instead of adding up (all are
+    stopped if one fails to start)."""
+    procs = list(procs)
+    for p in procs:
+        p.launch()
+    try:
+        for p in procs:
+            p.wait_ready()
+    except BaseException:
+        stop_together(procs)
+        raise
+
+
+def stop_together(procs: Iterable[ProxyProcess], timeout: float = 15.0) -> None:
+    """``stop`` for several processes: every one is interrupted first, so their shutdowns overlap."""
+    procs = list(procs)
+    for p in procs:
+        p.interrupt()
+    for p in procs:
+        p.wait_stopped(timeout)
+
+
 def _accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):

@@ -115,6 +115,9 @@ class Totals:
         self.started: float | None = None
         self.sent = SentLedger()  # freed and memory tokens count once the request's forward says they went out
 
+    def __getattr__(self, name: str) -> Any:  # (for the type checker: the counters above, set by name)
+        raise AttributeError(name)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Totals:
         t = cls()
