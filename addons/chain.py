@@ -7,6 +7,8 @@ the engine runs them in its own process (``cw_engine``, on by default); the engi
 
 from __future__ import annotations
 
+from typing import Any
+
 from .counttokens import CountTokens
 from .eventserver import EventServer
 from .eventstream import EventStream
@@ -19,7 +21,7 @@ from .warden import Warden
 from .websocket import WebSocketResponses
 
 
-def engine_addons(warden: Warden) -> list:
+def engine_addons(warden: Warden) -> list[Any]:
     """The warden and what works for its runtime: requests, answers, the servers, mitmdump's output guard."""
     interceptor = Interceptor(warden)
     events = EventServer(warden)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -71,8 +72,11 @@ class _Engine:
         # A session of its own, so a scheduling group of its own (Linux's autogroups): sharing
         # mitmdump's, the engine's threads waited for a core ~3x as long as they ran under load. It
         # stops with mitmdump: asked over its socket, or when it closes (it ignores SIGINT).
+        # Two malloc arenas, not glibc's eight per core: the stage threads' freed bodies then sit in few
+        # heaps, which malloc_trim gives back when idle (collector.background)
         proc = subprocess.Popen([sys.executable, "-m", "contextwarden.engine", str(theirs.fileno())],
-                                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True)
+                                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={"MALLOC_ARENA_MAX": "2", **os.environ})
         theirs.close()
         try:
             frames.send_blocking(mine, "start", None, options)

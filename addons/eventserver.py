@@ -25,6 +25,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,10 @@ from websockets.asyncio.server import serve
 
 from contextwarden.core import census
 from contextwarden.core.events import Event
+from contextwarden.core.liveprotocol import INFO_FILE, PROTOCOL, TOKEN_HEADER, Totals
 
 # the live protocol (token file and header, event form, totals) is core: liveprotocol.py
-from contextwarden.core.liveprotocol import INFO_FILE, PROTOCOL, TOKEN_HEADER, Totals, event_dict
+from contextwarden.core.runtime import Runtime
 from contextwarden.sessionctl.commands import run as session_command
 from contextwarden.util.home import publish, unpublish
 from contextwarden.util.scrub import scrub
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 class _Client:
     """One connected TUI: an outbox drained by its own sender task."""
 
-    def __init__(self, ws, max_batches: int) -> None:
+    def __init__(self, ws: Any, max_batches: int) -> None:
         self.ws = ws
         self.outbox: deque[tuple[bytes, bool]] = deque()  # (message, is a batch of events)
         self.batches_queued = 0
@@ -56,7 +58,7 @@ class _Client:
         self.wake = asyncio.Event()
         self.dropped = 0  # events in batches dropped since the last one that went out
 
-    def push(self, msg: bytes, *, batch: bool = False, events: int = 0, totals: dict | None = None) -> bool:
+    def push(self, msg: bytes, *, batch: bool = False, events: int = 0, totals: dict[str, Any] | None = None) -> bool:
         if batch:
             if self.batches_queued >= self.max_batches:
                 self.dropped += events
@@ -74,7 +76,7 @@ class _Client:
 class EventService:
     """The WebSocket server for one runtime, on its own thread. ``start()`` then ``stop()``."""
 
-    def __init__(self, runtime, host: str = "127.0.0.1", port: int = 0, batch_ms: float = 50,
+    def __init__(self, runtime: Runtime, host: str = "127.0.0.1", port: int = 0, batch_ms: float = 50,
                  client_batches: int = 64, pending_max: int = 20_000) -> None:
         self.runtime = runtime
         self.host = host
@@ -95,7 +97,7 @@ class EventService:
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._unsubscribe = None
+        self._unsubscribe: Callable[[], None] | None = None
 
     # -- proxy side (any thread): must stay O(1) -------------------------------------------------
 
@@ -113,10 +115,10 @@ class EventService:
 
     def start(self, timeout: float = 10, publish: bool = True) -> EventService:
         """Listen; ``publish``: write the discovery file now (the addon does once the proxy listens)."""
-        self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
+        self._unsubscribe = unsubscribe = self.runtime.bus.subscribe(self._on_event)
         recent = self._recent()
         for ev in recent:  # counters start from what the runtime already did
-            self.totals.add(event_dict(ev))
+            self.totals.add(ev.to_dict())
         # events published while subscribing are in both; _flush must not count them twice
         self._baseline = {ev.seq for ev in recent}
         if self.totals.started is None:
@@ -124,7 +126,7 @@ class EventService:
         self._thread = threading.Thread(target=self._thread_main, name="cw-eventserver", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:
-            self._unsubscribe()
+            unsubscribe()
             raise RuntimeError(f"event server did not start: {self._error!r}")
         if publish:
             self.publish()
@@ -176,7 +178,7 @@ class EventService:
 
     # -- connections --------------------------------------------------------------------------------
 
-    def _authorise(self, connection, request):
+    def _authorise(self, connection: Any, request: Any) -> Any:
         given = request.headers.get(TOKEN_HEADER, "")
         if not hmac.compare_digest(given.encode(), self.token.encode()):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "contextwarden: missing or wrong token\n")
@@ -201,10 +203,10 @@ class EventService:
         recent = self._recent()
         return {"kind": "snapshot", "protocol": PROTOCOL, "pid": os.getpid(), "home": str(self.runtime.home),
                 "server_started": self.started, "runtime_started": self.totals.started,
-                "totals": self.totals.to_dict(), "events": [event_dict(e) for e in recent],
+                "totals": self.totals.to_dict(), "events": [e.to_dict() for e in recent],
                 "recent_max": self.runtime.bus.recent.maxlen, **self.settings_dict()}
 
-    async def _handler(self, ws) -> None:
+    async def _handler(self, ws: Any) -> None:
         client = _Client(ws, self.client_batches)
         # Flush first: the snapshot's totals then cover every event published so far, and every later
         # batch holds only events they do not. A batch may repeat an event the snapshot lists (published
@@ -264,7 +266,7 @@ class EventService:
                 batch.append(orjson.Fragment(ev.to_json()))
                 types.add(ev.type)
                 if not counted:
-                    self.totals.add(event_dict(ev))
+                    self.totals.add(ev.to_dict())
             elif not counted:  # nobody to send to: only the counters (no copy, no scrubbing)
                 self.totals.add({"type": ev.type, "ts": ev.ts, "data": ev.data, "flow_id": ev.flow_id})
         if not clients or not batch:
@@ -281,7 +283,7 @@ class EventService:
 
     # -- commands -----------------------------------------------------------------------------------
 
-    async def _command(self, raw) -> dict[str, Any]:
+    async def _command(self, raw: Any) -> dict[str, Any]:
         try:
             req = orjson.loads(raw)
             if not isinstance(req, dict):
@@ -334,7 +336,7 @@ class EventService:
 
     def export_session(self, session: str) -> dict[str, Any]:
         """Everything kept about one session: its recent events, request bodies and settings."""
-        recent = [event_dict(e) for e in self._recent()]
+        recent = [e.to_dict() for e in self._recent()]
         flows = {e["flow_id"] for e in recent if e.get("session") == session and e.get("flow_id")}
         events = [e for e in recent if e.get("session") == session or (e.get("flow_id") in flows)]
         requests = []
@@ -352,7 +354,7 @@ class EventServer(PerRuntime):
     what = "eventserver"
     without = "no TUI stream"
 
-    def start(self, rt) -> EventService | None:
+    def start(self, rt: Runtime) -> EventService | None:
         if not rt.settings.server.enabled:
             return None
         svc = EventService(rt, port=rt.settings.server.port).start(publish=False)

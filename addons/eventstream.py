@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from typing import Any
 
 from contextwarden.core.events import Event
+from contextwarden.core.runtime import Runtime
 
 from .perruntime import PerRuntime
 
@@ -29,9 +31,9 @@ def stream_key(prefix: str) -> str:
 
 
 class EventPublisher:
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        st = runtime.state
+        st: Any = runtime.state
         self.r = st.r  # the state's client (thread-safe, pooled)
         self.key = stream_key(st.prefix)
         self._q: deque[bytes] = deque(maxlen=QUEUE_MAX)
@@ -83,7 +85,7 @@ class EventStream(PerRuntime):
 
     what = "event stream"
 
-    def start(self, rt) -> EventPublisher | None:
+    def start(self, rt: Runtime) -> EventPublisher | None:
         if not hasattr(rt.state, "r"):
             return None
         pub = EventPublisher(rt)

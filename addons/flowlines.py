@@ -10,11 +10,13 @@ with ``--set flow_detail=2`` or more; ``-q`` keeps them off as before.
 
 from __future__ import annotations
 
+from typing import Any
+
 from mitmproxy import ctx
 
 
 class FlowLines:
-    def load(self, loader) -> None:
+    def load(self, loader: Any) -> None:
         loader.add_option("cw_flow_lines", bool, False,
                           "print mitmdump's line per flow (off by default: it costs the proxy CPU per request)")
 
@@ -27,7 +29,7 @@ class FlowLines:
 
     @staticmethod
     def apply() -> None:
-        opts = ctx.options
+        opts: Any = ctx.options
         if "flow_detail" not in opts:  # not mitmdump (no dumper): nothing prints flows
             return
         if opts.cw_flow_lines:

@@ -9,8 +9,10 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
+from contextwarden.core.runtime import Runtime
 from contextwarden.request import lifecycle
-from contextwarden.request.context import BlockedResponse, Incoming
+from contextwarden.request.context import BlockedResponse, Incoming, RequestContext
+from contextwarden.request.pipeline import Outcome
 from contextwarden.wire.apis import HTTP
 
 from .routing import FORWARDED, STATE, FlowState, bypass_asked, incoming
@@ -70,7 +72,8 @@ class Interceptor:
             _apply(state, req, ctx, outcome, rewrite, block)
 
 
-def _apply(state: FlowState, req: Incoming, ctx, outcome, rewrite, block) -> None:
+def _apply(state: FlowState, req: Incoming, ctx: RequestContext, outcome: Outcome, rewrite: Callable[[bytes], int],
+           block: Callable[[BlockedResponse], None]) -> None:
     """The outcome put in place (a rewrite or an answer) and the ``forward`` event."""
     ms = round((time.perf_counter() - ctx.started) * 1000, 3)
     n = len(req.raw)
@@ -81,9 +84,7 @@ def _apply(state: FlowState, req: Incoming, ctx, outcome, rewrite, block) -> Non
                  tokens_in=ctx.tokens_in)
         return
     changed = outcome.body is not None
-    bytes_out = n
-    if changed:
-        bytes_out = rewrite(outcome.body)
+    bytes_out = rewrite(outcome.body) if outcome.body is not None else n
     ctx.emit("forward", changed=changed, reason=outcome.reason, bytes_in=n, bytes_out=bytes_out,
              tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_out if changed else ctx.tokens_in, pipeline_ms=ms,
              stages=ctx.stage_results, fallback=outcome.fallback, fallback_reason=outcome.fallback_reason,
@@ -91,7 +92,7 @@ def _apply(state: FlowState, req: Incoming, ctx, outcome, rewrite, block) -> Non
              timings=dict(ctx.timings))  # (a copy: a stage call abandoned past its budget may still add to it)
 
 
-def _start_observe(rt, state: FlowState, req: Incoming) -> None:
+def _start_observe(rt: Runtime, state: FlowState, req: Incoming) -> None:
     """``lifecycle.observe`` on the core pool, once per flow (the timer and the end of the flow both
     call this); ``state.ctx_future`` resolves to its context."""
     if state.start_observe is None:
@@ -106,7 +107,7 @@ def _start_observe(rt, state: FlowState, req: Incoming) -> None:
             out.set_result(None)
         return
 
-    def settle(w: asyncio.Future) -> None:
+    def settle(w: asyncio.Future[RequestContext | None]) -> None:
         if not out.done():
             out.set_result(None if w.cancelled() or w.exception() else w.result())
 

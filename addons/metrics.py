@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 import urllib.request
-from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,6 +21,8 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from contextwarden.core.events import Event
+from contextwarden.core.runtime import Runtime
+from contextwarden.util.lru import LRU
 from contextwarden.wire.cost import billed_units, price_for
 
 from .perruntime import PerRuntime
@@ -52,7 +53,7 @@ def outcome_of(data: dict[str, Any]) -> str:
 class Metrics:
     """The registry and the event subscriber that keeps it current."""
 
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.registry = r = CollectorRegistry()
         self.info = Gauge("contextwarden_info", "This proxy: replica name, profile and state backend", ["replica", "profile", "state"], registry=r)
@@ -76,8 +77,7 @@ class Metrics:
         st = runtime.state
         self.info.labels(runtime.replica or "", runtime.settings.name,
                          "redis" if getattr(st, "shared", False) else "sqlite").set(1)
-        self._api: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
+        self._api = LRU(FLOWS_KEPT)  # flow id -> its API, from its request event to its forward event
         self._unsubscribe = runtime.bus.subscribe(self.on_event)
 
     def close(self) -> None:
@@ -88,13 +88,9 @@ class Metrics:
     def on_event(self, ev: Event) -> None:
         t, d = ev.type, ev.data
         if t == "request":
-            with self._lock:
-                self._api[ev.flow_id or ""] = str(d.get("api") or "?")
-                while len(self._api) > FLOWS_KEPT:
-                    self._api.popitem(last=False)
+            self._api.put(ev.flow_id or "", str(d.get("api") or "?"))
         elif t == "forward":
-            with self._lock:
-                api = self._api.pop(ev.flow_id or "", "?")
+            api = self._api.peek(ev.flow_id or "") or "?"
             outcome = outcome_of(d)
             self.requests.labels(api, outcome).inc()
             if outcome == "rewritten":
@@ -186,7 +182,7 @@ def chroma_alive(url: str, timeout: float = 0.5) -> bool:
 class MetricsService:
     """The HTTP endpoint, on its own thread."""
 
-    def __init__(self, runtime, host: str, port: int) -> None:
+    def __init__(self, runtime: Runtime, host: str, port: int) -> None:
         self.runtime = runtime
         self.metrics = Metrics(runtime)
         metrics = self.metrics
@@ -212,12 +208,12 @@ class MetricsService:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args) -> None:
+            def log_message(self, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
-        self.host, self.port = self.server.server_address[:2]
+        self.host, self.port = str(self.server.server_address[0]), int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, name="cw-metrics", daemon=True)
         self._thread.start()
 
@@ -232,7 +228,7 @@ class MetricsServer(PerRuntime):
 
     what = "metrics"
 
-    def start(self, rt) -> MetricsService | None:
+    def start(self, rt: Runtime) -> MetricsService | None:
         m = rt.settings.metrics
         if not m.port:
             return None
@@ -240,5 +236,3 @@ class MetricsServer(PerRuntime):
         log.info(f"contextwarden: metrics on http://{svc.host}:{svc.port}/metrics")
         return svc
 
-
-__all__ = ["Metrics", "MetricsServer", "MetricsService", "outcome_of"]

@@ -12,11 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 from mitmproxy import http
 
+from contextwarden.core.runtime import Runtime
 from contextwarden.request import lifecycle
-from contextwarden.wire.streams import ResponseTap
+from contextwarden.request.context import RequestContext
+from contextwarden.wire.streams.tap import ResponseTap
 
 from .routing import STATE, FlowState
 from .warden import Warden
@@ -74,7 +78,8 @@ class Observer:
             release(flow, st)
 
     @staticmethod
-    async def report(rt, st: FlowState, flow_id: str, data: dict, tap: ResponseTap | None, error: str | None) -> None:
+    async def report(rt: Runtime, st: FlowState, flow_id: str, data: dict[str, Any], tap: ResponseTap | None,
+                     error: str | None) -> None:
         """Once the request's context is known, on the turn pool: the turn read from the tap, the
         ``response`` event (``data`` plus the turn's summary) and the turn's completion. For an HTTP
         response, and for an answer on the Responses WebSocket (addons/websocket.py)."""
@@ -90,17 +95,21 @@ class Observer:
             _read_and_complete(rt, ctx, flow_id, data, tap, error, False)
             return
         # a full pool drops its oldest work: that turn's completion is lost, its response event is not
-        fut.add_done_callback(lambda f: f.cancelled() and _read_and_complete(rt, ctx, flow_id, data, tap, error, False))
+        def dropped(f: Future[Any]) -> None:
+            if f.cancelled():
+                _read_and_complete(rt, ctx, flow_id, data, tap, error, False)
+
+        fut.add_done_callback(dropped)
 
 
-def event_hook(rt, st: FlowState, flow_id: str) -> Callable[[dict], None] | None:
+def event_hook(rt: Runtime, st: FlowState, flow_id: str) -> Callable[[dict[str, Any]], None] | None:
     """The ``cw_response_event`` hooks called with each event of the answer as it is read, and the
     request's context once known (None when no plugin has the hook: the answer is read at its end)."""
     hook = rt.pm.hook.cw_response_event
     if not hook.get_hookimpls():
         return None
 
-    def on_event(event: dict) -> None:
+    def on_event(event: dict[str, Any]) -> None:
         fut = st.ctx_future
         ctx = fut.result() if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None else None
         try:
@@ -111,7 +120,8 @@ def event_hook(rt, st: FlowState, flow_id: str) -> Callable[[dict], None] | None
     return on_event
 
 
-def _read_and_complete(rt, ctx, flow_id: str, data: dict, tap: ResponseTap | None, error: str | None,
+def _read_and_complete(rt: Runtime, ctx: RequestContext | None, flow_id: str, data: dict[str, Any], tap: ResponseTap | None,
+                       error: str | None,
                        complete: bool) -> None:
     """The turn read from the tap (its deferred reading, off the loop), the ``response`` event, and,
     when ``complete``, the turn's completion: calibration, cw_turn_complete hooks, the turn event."""

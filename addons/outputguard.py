@@ -9,7 +9,7 @@ every line is new: the terminal log's start with the time).
 
 from __future__ import annotations
 
-from typing import IO
+from typing import IO, Any
 
 from mitmproxy import ctx
 
@@ -26,7 +26,7 @@ class _Redacting:
         self.inner.write(scrub_once(s) if isinstance(s, str) else s)
         return len(s)
 
-    def __getattr__(self, name: str):  # flush, isatty, fileno, encoding...
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding...
         return getattr(self.inner, name)
 
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from contextwarden.core.runtime import Runtime
+
+from .warden import Warden
+
 log = logging.getLogger(__name__)
 
 
@@ -17,17 +21,17 @@ class PerRuntime:
     what = "service"  # for the log and the error event
     without = ""  # what the proxy goes without when it cannot start (the error event's action)
 
-    def __init__(self, warden) -> None:
+    def __init__(self, warden: Warden) -> None:
         self.warden = warden
         self.service: Any = None
         self._for: Any = None  # the runtime the service was made for
         self.listening = False  # the proxy listens (``running``): services publish their discovery files
 
-    def start(self, rt) -> Any:
+    def start(self, rt: Runtime) -> Any:
         """The service for ``rt`` (it has a ``stop()``), or None when ``rt``'s settings want none."""
         raise NotImplementedError
 
-    def configure(self, updated) -> None:
+    def configure(self, updated: set[str]) -> None:
         self._sync()
 
     def running(self) -> None:

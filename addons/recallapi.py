@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 
+from contextwarden.core.runtime import Runtime
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.api import RecallApi
 
+from .eventserver import EventServer
 from .perruntime import PerRuntime
+from .warden import Warden
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +25,13 @@ class RecallApiServer(PerRuntime):
     what = "recall_api"
     without = "no recall API"
 
-    def __init__(self, warden, events=None) -> None:
+    def __init__(self, warden: Warden, events: EventServer | None = None) -> None:
         super().__init__(warden)
         self.events = events  # the EventServer addon, for its token
 
-    def start(self, rt) -> RecallApi:
+    def start(self, rt: Runtime) -> RecallApi:
         svc = getattr(self.events, "service", None)
         token = svc.token if svc is not None and svc.runtime is rt else None
-        api = RecallApi(rt, lambda rt=rt: memory_service.get_service(rt), token).start(publish=False)
+        api = RecallApi(rt, lambda: memory_service.get_service(rt), token).start(publish=False)
         log.info(f"contextwarden: recall API on {api.host}:{api.port}")
         return api

@@ -38,7 +38,7 @@ class FlowState:
     # resolves to the RequestContext (or None when the body could not be handled); in observe-only
     # mode it is still being built on a worker thread while the request is in flight
     ctx_future: asyncio.Future[Any] | None = None
-    tap: Any = None  # contextwarden.wire.streams.ResponseTap while a response streams
+    tap: Any = None  # contextwarden.wire.streams.tap.ResponseTap while a response streams
     start_observe: Callable[[], None] | None = None  # an observed request not read yet: reads it now
     finished: bool = False  # its answer is reported
 
@@ -71,8 +71,9 @@ def incoming(flow: http.HTTPFlow, proxy: ProxySection, handler: str) -> Incoming
         if r is not None:
             req = flow.request
             consumed = consume_headers(flow, proxy.consumed_headers)
-            got = flow.metadata[INCOMING] = Incoming(r[1], req.host, req.path, list(req.headers.items(multi=True)),
-                                                     req.raw_content or b"", flow.id, consumed, route=r[0])
+            headers = list(req.headers.items(multi=True))  # type: ignore[no-untyped-call]
+            got = flow.metadata[INCOMING] = Incoming(r[1], req.host, req.path, headers, req.raw_content or b"", flow.id,
+                                                     consumed, route=r[0])
     return got if got is not None and got.route == handler else None
 
 

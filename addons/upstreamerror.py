@@ -18,6 +18,8 @@ keep mitmproxy's page.
 
 from __future__ import annotations
 
+from typing import Any
+
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
@@ -47,14 +49,14 @@ def api_of(flow: http.HTTPFlow) -> ApiKind | None:
 class UpstreamError:
     def __init__(self) -> None:
         self.answers: dict[str, bytes] = {}  # client connection id -> the answer's bytes, until written
-        self._original = None
+        self._original: Any = None
 
     def running(self) -> None:
         if self._original is not None:
             return
         original, answers = Http1Server.send, self.answers
 
-        def send(server, event):
+        def send(server: Http1Server, event: Any) -> Any:
             if isinstance(event, ResponseProtocolError) and not server.response:
                 data = answers.pop(server.conn.id, None)
                 if data is not None:
@@ -64,11 +66,11 @@ class UpstreamError:
                     return
             yield from original(server, event)
 
-        self._original, Http1Server.send = original, send
+        self._original, Http1Server.send = original, send  # type: ignore[method-assign, assignment]
 
     def done(self) -> None:
         if self._original is not None:
-            Http1Server.send, self._original = self._original, None
+            Http1Server.send, self._original = self._original, None  # type: ignore[method-assign]
         self.answers.clear()
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -85,7 +87,7 @@ class UpstreamError:
         body, headers = dialect(api).error_answer(message, False, "upstream")
         extra = {HEADER: flow.metadata[HEADER]} if HEADER in flow.metadata else {}
         resp = http.Response.make(502, body, {**headers, "connection": "close", **extra})
-        self.answers[flow.client_conn.id] = http1.assemble_response(resp)
+        self.answers[flow.client_conn.id] = http1.assemble_response(resp)  # type: ignore[no-untyped-call]
 
-    def client_disconnected(self, client) -> None:
+    def client_disconnected(self, client: Any) -> None:
         self.answers.pop(client.id, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import ctx, exceptions
 
@@ -20,11 +21,11 @@ log = logging.getLogger(__name__)
 class Warden:
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
-        self._key: tuple | None = None
-        self._census = None  # census.from_env's, when CONTEXTWARDEN_CENSUS asks for one
+        self._key: tuple[str, str, str] | None = None
+        self._census: census.Census | None = None  # census.from_env's, when CONTEXTWARDEN_CENSUS asks for one
         self._refused = False  # the last configure refused its options: the next one is mitmproxy's rollback
 
-    def load(self, loader) -> None:
+    def load(self, loader: Any) -> None:
         loader.add_option("cw_profile", str, "default",
                           "contextwarden profile: a name from profiles/ (observe-only, claude-code, openai, ollama) or a YAML path.")
         loader.add_option("cw_home", str, "",
@@ -38,7 +39,7 @@ class Warden:
         if self._refused:  # mitmproxy puts the previous values back: what runs stays (at start-up, nothing:
             self._refused = False  # not the default profile's runtime logged as a normal start before the error)
             return
-        o = ctx.options
+        o: Any = ctx.options
         if "cw_engine" in o and o.cw_engine:  # the engine process runs the runtime (addons/enginelink.py)
             self.done()
             self._key = None
@@ -48,12 +49,12 @@ class Warden:
             return
         home = Path(o.cw_home).expanduser() if o.cw_home else default_home()
         if o.cw_plugins and not Path(o.cw_plugins).expanduser().is_dir():
-            raise exceptions.OptionsError(f"cw_plugins: not a folder: {o.cw_plugins}")
+            raise exceptions.OptionsError(f"cw_plugins: not a folder: {o.cw_plugins}")  # type: ignore[no-untyped-call]
         try:
             runtime = Runtime.from_profile(o.cw_profile, home, o.cw_plugins or None)
         except (SettingsError, SealError) as e:  # (a wrong or missing encryption key: say which)
             self._refused = True
-            raise exceptions.OptionsError(str(e)) from None
+            raise exceptions.OptionsError(str(e)) from None  # type: ignore[no-untyped-call]
         old, self.runtime, self._key = self.runtime, runtime, key
         if old is not None:
             old.close()

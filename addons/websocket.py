@@ -33,7 +33,7 @@ from mitmproxy.proxy.layers import websocket as ws_layer
 
 from contextwarden.request.context import Incoming
 from contextwarden.wire.apis import WEBSOCKET
-from contextwarden.wire.streams import ResponseTap
+from contextwarden.wire.streams.tap import ResponseTap
 
 from .interceptor import Interceptor
 from .observer import Observer, event_hook

@@ -25,7 +25,7 @@ SHARED = Path(os.environ.get("CONTEXTWARDEN_SHARED") or ROOT.parent / "shared")
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 
 from contextwarden.offline.memory import eval_locomo as ev  # noqa: E402
-from contextwarden.offline.memory.evaluation import contains, eval_replayer, request_text  # noqa: E402
+from contextwarden.offline.memory.evaluation import contains, eval_replayer, pick, request_text  # noqa: E402
 from contextwarden.settings.memory import MemorySection  # noqa: E402
 
 KEY = "sk-eval-projects"
@@ -76,7 +76,7 @@ def main() -> int:
                     help="memory.project_weight values to ask with, comma-separated (default: the default and "
                          "other_sessions_weight, i.e. no preference)")
     args = ap.parse_args()
-    samples = ev.select_samples(ev.load(SHARED / "eval" / "locomo_dev.json"), args.limit, None)
+    samples = pick(ev.load(SHARED / "eval" / "locomo_dev.json"), args.limit, None, "sample_id")
     mem = {**ev.MEMORY, "model_dir": str(SHARED / "models" / "all-MiniLM-L6-v2" / "onnx")}
     import platformdirs
 

@@ -68,7 +68,7 @@ def build_body(target: int, enc) -> bytes:
         body["messages"][0]["content"].append(filler)
         while _tokens(enc, body) < target:
             filler["text"] = text[: len(filler["text"]) + 400]
-        return json.dumps(body).encode()
+        return _wire(body)
     # real prompt text (system blocks and tool descriptions) as the content of file reads
     corpus = [b["text"] for b in base["system"] if isinstance(b, dict) and b.get("text")]
     corpus += [t.get("description", "") for t in base.get("tools", []) if t.get("description")]
@@ -84,7 +84,12 @@ def build_body(target: int, enc) -> bytes:
             {"type": "tool_use", "id": tid, "name": "Read", "input": {"file_path": f"/work/notes/part-{i}.md"}}]})
         msgs.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": tid, "content": content}]})
         i += 1
-    return json.dumps(body).encode()
+    return _wire(body)
+
+
+def _wire(body: dict) -> bytes:
+    """The body as Claude Code writes it (JSON.stringify: no spaces, UTF-8 as is)."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def headers() -> dict[str, str]:

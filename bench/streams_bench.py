@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from contextwarden.models.base import ApiKind  # noqa: E402
-from contextwarden.wire.streams import ResponseTap  # noqa: E402
+from contextwarden.wire.streams.tap import ResponseTap  # noqa: E402
 
 
 def _sse(events: list[tuple[str | None, object]]) -> bytes:

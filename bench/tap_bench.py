@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support import upstream  # noqa: E402
 
 from contextwarden.models.base import ApiKind  # noqa: E402
-from contextwarden.wire.streams import ResponseTap  # noqa: E402
+from contextwarden.wire.streams.tap import ResponseTap  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SSE = "text/event-stream; charset=utf-8"

@@ -290,13 +290,6 @@ def _fingerprint(api: ApiKind, msg) -> str:
                            digest_size=12).hexdigest()
 
 
-def _assistant_messages(ctx, turn) -> list:
-    msg = getattr(turn, "message", None)
-    if not isinstance(msg, dict):
-        return []
-    return dialect(ctx.api).answer_messages(msg)
-
-
 def _result_index(msgs: list) -> dict[str, int]:
     """tool call id -> index of the message holding its result."""
     out: dict[str, int] = {}
@@ -383,9 +376,10 @@ def items_for_turn(ctx, turn, tagger) -> tuple[list, int, bool]:
     ws = m.shared_workspace
     kept = [m if m is not None else _GONE for m in source[start:]]  # keeps each message's number
     items = items_from_messages(kept, ctx.api, ctx.session, ctx.tenant, start, clean_text=clean, workspace=ws)
-    if turn is not None and not getattr(turn, "error", None):
-        items += items_from_messages(_assistant_messages(ctx, turn), ctx.api, ctx.session, ctx.tenant, len(msgs),
-                                     workspace=ws)
+    answer = getattr(turn, "message", None)
+    if isinstance(answer, dict) and not getattr(turn, "error", None):
+        items += items_from_messages(dialect(ctx.api).answer_messages(answer), ctx.api, ctx.session, ctx.tenant,
+                                     len(msgs), workspace=ws)
     items += _stubbed_items(ctx, msgs, ws)
     out = []
     project = request_project(ctx)  # stored with each item: retrieval ranks the current project's next

@@ -48,7 +48,6 @@ class ContextWardenApp(App):
         self.store = Store(max_requests=max_requests)
         # batches waiting for the next tick; bounded: if the UI stalls, the oldest are dropped
         self.pending: deque[tuple[list[dict], dict]] = deque(maxlen=max_pending)
-        self.pending_dropped = 0
         self.connection_state = "connecting"
         self.connection_detail = getattr(source, "description", "")
         self.last_command_error: str | None = None
@@ -70,9 +69,12 @@ class ContextWardenApp(App):
         if main is not None:
             main.refresh_panels(dirty, force=force)
 
-    def selected_session(self) -> str | None:
-        main = self.main
-        return main.selected_session() if main is not None else None
+    def selected_session(self, what: str) -> str | None:
+        """The session the user points at; None, and a warning saying there is no session ``what``, if none."""
+        session = self.main.selected_session() if self.main is not None else None
+        if session is None:
+            self.notify(f"no session {what}yet", severity="warning")
+        return session
 
     def on_mount(self) -> None:
         self.run_worker(self.source.run(self.post_message), name="source", group="source", exclusive=True)
@@ -86,8 +88,6 @@ class ContextWardenApp(App):
         self.redraw(dirty, force=True)
 
     def on_events_received(self, message: EventsReceived) -> None:
-        if len(self.pending) == self.pending.maxlen:
-            self.pending_dropped += len(self.pending[0][0])
         self.pending.append((message.events, message.extra))
 
     def on_events_dropped(self, message: EventsDropped) -> None:
@@ -110,8 +110,7 @@ class ContextWardenApp(App):
         while self.pending:
             events, extra = self.pending.popleft()
             if extra and self.store.apply_settings(extra):
-                dirty.add("settings")
-                dirty.add("sessions")
+                dirty |= {"settings", "sessions"}
             dirty |= self.store.apply(events)
         second = int(self.clock())
         if second != self._last_second:
@@ -146,9 +145,8 @@ class ContextWardenApp(App):
         return True
 
     async def action_bypass(self) -> None:
-        session = self.selected_session()
+        session = self.selected_session("to bypass ")
         if session is None:
-            self.notify("no session to bypass yet", severity="warning")
             return
         on = session not in self.store.bypass
         result = await self.command({"cmd": "bypass", "session": session, "on": on})
@@ -159,15 +157,11 @@ class ContextWardenApp(App):
         self.redraw({"sessions", "requests"}, force=True)
 
     async def action_export(self) -> None:
-        session = self.selected_session()
+        session = self.selected_session("to export ")
         if session is None:
-            self.notify("no session to export yet", severity="warning")
             return
-        if self.source.live:
-            snap = await self.command({"cmd": "export", "session": session}, quiet=True)
-            if snap is None:  # an older proxy, or a source without commands: what the TUI holds
-                snap = self.store.session_export(session)
-        else:
+        snap = await self.command({"cmd": "export", "session": session}, quiet=True) if self.source.live else None
+        if snap is None:  # offline, an older proxy, or a source without commands: what the TUI holds
             snap = self.store.session_export(session)
         self.save_export(f"contextwarden-session-{_safe(session)}-{time.strftime('%Y%m%d-%H%M%S')}.json", snap,
                          "session snapshot", "exported")
@@ -207,11 +201,9 @@ class ContextWardenApp(App):
 
     def action_session_view(self) -> None:
         """The highlighted session's context versions and pins (rollback, compact now, pin)."""
-        session = self.selected_session()
-        if session is None:
-            self.notify("no session yet", severity="warning")
-            return
-        self.push_screen(SessionScreen(session))
+        session = self.selected_session("")
+        if session is not None:
+            self.push_screen(SessionScreen(session))
 
     def inspect(self, flow_id: str) -> None:
         row = self.store.requests.get(flow_id)

@@ -1,4 +1,5 @@
-"""Where the TUI's events come from: the live proxy, a recorded log, or memory (tests, demos).
+"""Where the TUI's events come from: the live proxy or a recorded log (tests feed it from memory:
+``tests/tui/events.py``).
 
 Every source has the same interface: ``run(post)`` posts :mod:`contextwarden.tui.messages` until
 cancelled, and ``command(dict)`` sends a command to the proxy and returns its result (or raises
@@ -146,10 +147,6 @@ class LiveClient(Source):
                 else:
                     fut.set_exception(CommandError(msg.get("error") or "command failed"))
 
-    @property
-    def connected(self) -> bool:
-        return self._ws is not None
-
     async def command(self, cmd: dict[str, Any], timeout: float = 30) -> Any:
         ws = self._ws
         if ws is None:
@@ -188,45 +185,3 @@ class LogSource(Source):
 
     async def command(self, cmd: dict[str, Any], timeout: float = 30) -> Any:
         raise CommandError("offline log: settings, bypass and request bodies need a live proxy")
-
-
-class MemorySource(Source):
-    """Events fed from code: for tests and demos. ``handler(cmd)`` answers commands (default: refuse)."""
-
-    live = True
-
-    def __init__(self, snapshot: dict[str, Any] | None = None, handler: Callable[[dict], Any] | None = None) -> None:
-        self._snapshot = snapshot
-        self.handler = handler
-        self.commands: list[dict[str, Any]] = []
-        self.description = "memory"
-        self._post: Post | None = None
-        self._ready = asyncio.Event()
-
-    async def run(self, post: Post) -> None:
-        self._post = post
-        if self._snapshot is not None:
-            post(SnapshotReceived(self._snapshot))
-        post(ConnectionChanged("connected", "memory"))
-        self._ready.set()
-        await asyncio.Event().wait()
-
-    async def ready(self) -> None:
-        await self._ready.wait()
-
-    def feed(self, events: list[dict[str, Any]], **extra: Any) -> None:
-        assert self._post is not None, "run() has not started"
-        self._post(EventsReceived(events, extra))
-
-    def snapshot(self, snap: dict[str, Any]) -> None:
-        assert self._post is not None, "run() has not started"
-        self._post(SnapshotReceived(snap))
-
-    async def command(self, cmd: dict[str, Any], timeout: float = 30) -> Any:
-        self.commands.append(cmd)
-        if self.handler is None:
-            raise CommandError("this source takes no commands")
-        result = self.handler(cmd)
-        if asyncio.iscoroutine(result):
-            result = await result
-        return result

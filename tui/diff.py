@@ -39,6 +39,10 @@ class BodyDiff:
     changed: bool
 
 
+def _as(blocks: list[Block], state: str) -> list[Block]:
+    return [Block(b.kind, b.text, state) for b in blocks]
+
+
 def _fp(x: Any) -> str:
     return hashlib.sha1(orjson.dumps(x, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
 
@@ -140,28 +144,19 @@ def diff_bodies(original: dict[str, Any] | None, rewritten: dict[str, Any] | Non
     sm = difflib.SequenceMatcher(a=fa, b=fb, autojunk=False)
     for op, i1, i2, j1, j2 in sm.get_opcodes():
         if op == "equal":
-            shown = range(i1, i2) if context is None or i2 - i1 <= 2 * context else None
-            if shown is not None:
-                for i in shown:
+            c = i2 - i1 if context is None else context
+            hide = i2 - i1 > 2 * c
+            for i in range(i1, i2):
+                if hide and i == i1 + c:  # the middle of a long unchanged run, collapsed into one row
+                    rows.append(DiffRow("same", f"{i + 1}–{i2 - c}", count=i2 - i1 - 2 * c))
+                if not hide or i < i1 + c or i >= i2 - c:
                     bl = message_blocks(ma[i], limit)
                     rows.append(DiffRow("same", _label(ma[i], i), bl, bl))
-                continue
-            for i in range(i1, i1 + context):
-                bl = message_blocks(ma[i], limit)
-                rows.append(DiffRow("same", _label(ma[i], i), bl, bl))
-            hidden = (i2 - i1) - 2 * context
-            rows.append(DiffRow("same", f"{i1 + context + 1}–{i2 - context}", count=hidden))
-            for i in range(i2 - context, i2):
-                bl = message_blocks(ma[i], limit)
-                rows.append(DiffRow("same", _label(ma[i], i), bl, bl))
         elif op == "replace" and (i2 - i1) == (j2 - j1):
-            for i, j in zip(range(i1, i2), range(j1, j2)):
-                rows.append(_pair(ma[i], mb[j], i, j, limit))
+            rows += [_pair(ma[i], mb[j], i, j, limit) for i, j in zip(range(i1, i2), range(j1, j2))]
         else:
-            for i in range(i1, i2):
-                rows.append(DiffRow("removed", _label(ma[i], i), [Block(b.kind, b.text, "removed") for b in message_blocks(ma[i], limit)], []))
-            for j in range(j1, j2):
-                rows.append(DiffRow("added", _label(mb[j], j), [], [Block(b.kind, b.text, "added") for b in message_blocks(mb[j], limit)]))
+            rows += [DiffRow("removed", _label(ma[i], i), _as(message_blocks(ma[i], limit), "removed")) for i in range(i1, i2)]
+            rows += [DiffRow("added", _label(mb[j], j), [], _as(message_blocks(mb[j], limit), "added")) for j in range(j1, j2)]
     return BodyDiff(rows=rows, messages_before=len(ma), messages_after=len(mb), changed=rewritten is not None and rewritten != original)
 
 
@@ -170,8 +165,7 @@ def _pair(a: Any, b: Any, i: int, j: int, limit: int) -> DiffRow:
     ra, rb = _raw_blocks(a), _raw_blocks(b)
     ba, bb = message_blocks(a, limit), message_blocks(b, limit)
     if len(ba) != len(ra) or len(bb) != len(rb):  # shapes we summarise differently: whole message changed
-        return DiffRow("changed", _label(a, i) if i == j else f"{i + 1}→{j + 1}",
-                       [Block(x.kind, x.text, "changed") for x in ba], [Block(x.kind, x.text, "changed") for x in bb])
+        return DiffRow("changed", _label(a, i) if i == j else f"{i + 1}→{j + 1}", _as(ba, "changed"), _as(bb, "changed"))
     left: list[Block] = []
     right: list[Block] = []
     sm = difflib.SequenceMatcher(a=[_fp(x) for x in ra], b=[_fp(x) for x in rb], autojunk=False)
@@ -179,13 +173,9 @@ def _pair(a: Any, b: Any, i: int, j: int, limit: int) -> DiffRow:
         if op == "equal":
             left += ba[i1:i2]
             right += bb[j1:j2]
-        elif op == "replace":
-            left += [Block(x.kind, x.text, "changed") for x in ba[i1:i2]]
-            right += [Block(x.kind, x.text, "changed") for x in bb[j1:j2]]
-        elif op == "delete":
-            left += [Block(x.kind, x.text, "removed") for x in ba[i1:i2]]
-        else:
-            right += [Block(x.kind, x.text, "added") for x in bb[j1:j2]]
+        else:  # replace, delete (nothing on the right) or insert (nothing on the left)
+            left += _as(ba[i1:i2], "changed" if op == "replace" else "removed")
+            right += _as(bb[j1:j2], "changed" if op == "replace" else "added")
     role_changed = isinstance(a, dict) and isinstance(b, dict) and a.get("role") != b.get("role")
     label = _label(a, i) if i == j and not role_changed else f"{_label(a, i)}→{_label(b, j)}"
     return DiffRow("changed", label, left, right)

@@ -49,23 +49,23 @@ class RedisStreamSource(Source):
         self.description = f"{url} ({self.key}, every replica)"
 
     async def run(self, post: Post) -> None:
-        last = None
+        last: Any = None  # the stream id read last
         while True:
             r = aioredis.Redis.from_url(self.url, socket_connect_timeout=3)
             try:
                 post(ConnectionChanged("connecting", self.description))
                 if last is None:
                     newest = await r.xrevrange(self.key, count=SNAPSHOT_EVENTS)
-                    entries = list(reversed(newest))
+                    entries = list(reversed(newest or []))
                     last = entries[-1][0] if entries else b"0-0"
                     post(SnapshotReceived({"kind": "snapshot", "events": decode_entries(entries)}))
                 post(ConnectionChanged("connected", self.description))
                 while True:
-                    got = await r.xread({self.key: last}, block=self.block_ms, count=500)
-                    for _key, entries in got or []:
-                        if entries:
-                            last = entries[-1][0]
-                            post(EventsReceived(decode_entries(entries), {}))
+                    got: Any = await r.xread({self.key: last}, block=self.block_ms, count=500)
+                    for _key, batch in got or []:
+                        if batch:
+                            last = batch[-1][0]
+                            post(EventsReceived(decode_entries(batch), {}))
             except asyncio.CancelledError:
                 raise
             except Exception as e:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contextwarden.core.liveprotocol import SentLedger, Totals, applied_compaction, new_clearing, new_compaction
-from contextwarden.wire import cost
 
 CONTEXT_TYPES = ("compaction", "clearing", "compression", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip",
                  "session", "memory")
@@ -28,16 +27,13 @@ ROW_TYPES = ("request", "stage", "tags", "memory", "forward", "response", "turn"
 @dataclass(eq=False)
 class RequestRow:
     flow_id: str
-    seq: int
     ts: float
-    n: int = 0  # arrival order, over the whole store
     session: str | None = None
     turn: int | None = None  # the request's number within its session
     api: str = ""
     transport: str = "http"  # or "websocket": a message of the Responses WebSocket (Codex CLI)
     model: str | None = None
     mode: str = ""
-    agent: str | None = None
     messages: int | None = None
     tags: list[str] = field(default_factory=list)
     tokens_in: int | None = None
@@ -47,7 +43,6 @@ class RequestRow:
     stage_status: dict[str, str] = field(default_factory=dict)
     pipeline_ms: float | None = None
     upstream_ms: float | None = None
-    total_ms: float | None = None
     status: int | str | None = None
     level: str | None = None
     changed: bool = False
@@ -59,7 +54,6 @@ class RequestRow:
     ingested: bool = False
     usage: dict[str, Any] | None = None
     replica: str | None = None  # the gateway replica that served it (events of several replicas)
-    version: int = 0
 
     @property
     def provider_input(self) -> int | None:
@@ -70,12 +64,10 @@ class RequestRow:
 @dataclass(eq=False)
 class SessionInfo:
     id: str
-    first_ts: float
     last_ts: float
     requests: int = 0
     turns: int = 0
     model: str | None = None
-    agent: str | None = None
     tokens_in: int | None = None  # last request, counted
     tokens_sent: int | None = None  # last request, counted
     provider_input: int | None = None  # last turn, measured
@@ -87,13 +79,9 @@ class SessionInfo:
     level: str | None = None
     bypass: bool = False
     recent_tags: deque = field(default_factory=lambda: deque(maxlen=8))  # tags of the last turns
-    version: int = 0
 
     def active_tags(self, n: int = 8) -> list[tuple[str, int]]:
-        c: Counter[str] = Counter()
-        for tags in self.recent_tags:
-            c.update(tags)
-        return c.most_common(n)
+        return top_tags(self.recent_tags, n)
 
     def fill_tokens(self) -> tuple[int | None, bool]:
         """Tokens in the context right now and whether the figure is measured (provider) or counted."""
@@ -104,13 +92,25 @@ class SessionInfo:
 
 @dataclass(eq=False)
 class ContextEvent:
-    seq: int
     ts: float
     type: str
     session: str | None
-    flow_id: str | None
     summary: str
     uid: int = 0  # unique in the store (sequence numbers restart with the proxy)
+
+
+def get_path(d: dict[str, Any] | None, path: str, default: Any = None) -> Any:
+    """``d["a"]["b"]`` for ``"a.b"``, else ``default``."""
+    cur: Any = d or {}
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur
+
+
+def top_tags(tag_lists: Iterable[list[str]], n: int) -> list[tuple[str, int]]:
+    return Counter(t for tags in tag_lists for t in tags).most_common(n)
 
 
 def usage_input(usage: Any) -> int | None:
@@ -119,12 +119,6 @@ def usage_input(usage: Any) -> int | None:
     vals = [usage.get(k) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")]
     nums = [v for v in vals if isinstance(v, (int, float))]
     return int(sum(nums)) if nums else None
-
-
-def billed_units(usage: Any) -> float | None:
-    if not isinstance(usage, dict):
-        return None
-    return cost.billed_units(usage)
 
 
 def normalise_tags(value: Any) -> list[str]:
@@ -227,13 +221,7 @@ def _worth_listing(t: str, d: dict[str, Any]) -> bool:
 def _flat(d: Any, prefix: str = "") -> str:
     if not isinstance(d, dict):
         return str(d)
-    parts = []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            parts.append(_flat(v, f"{prefix}{k}."))
-        else:
-            parts.append(f"{prefix}{k}={v}")
-    return ", ".join(parts)
+    return ", ".join(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else f"{prefix}{k}={v}" for k, v in d.items())
 
 
 class Store:
@@ -255,11 +243,9 @@ class Store:
         self.profile: str | None = None
         self.bypass: set[str] = set()
         self.runtime_started: float | None = None
-        self.last_event_ts: float | None = None
         self.dropped = 0  # events the server dropped because we read too slowly
         self.events_seen = 0
-        self._seen: set[int] = set()
-        self._seen_order: deque[int] = deque()
+        self._seen: dict[int, None] = {}  # applied sequence numbers, oldest first (bounded)
         self._n = 0
         self._session_requests: dict[str, int] = {}  # requests per session ever seen (turn numbers)
         self.sent = SentLedger()  # a request's freed and memory tokens, once its forward says they went out
@@ -267,7 +253,7 @@ class Store:
     # -- loading ------------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        self.__init__(self.max_requests, self.max_sessions, self.context.maxlen, self.raw.maxlen)
+        Store.__init__(self, self.max_requests, self.max_sessions, self.context.maxlen or 0, self.raw.maxlen or 0)
 
     def load_snapshot(self, snap: dict[str, Any]) -> set[str]:
         """Replace everything with a server snapshot (or a whole offline log)."""
@@ -278,13 +264,7 @@ class Store:
         if has_totals:
             self.totals = Totals.from_dict(snap["totals"])
         self.apply(events, count=not has_totals, dedup=False)
-        for ev in events:
-            if isinstance(ev.get("seq"), int):
-                self._mark_seen(ev["seq"])
-        if snap.get("runtime_started"):
-            self.runtime_started = snap["runtime_started"]
-        elif self.totals.started:
-            self.runtime_started = self.totals.started
+        self.runtime_started = snap.get("runtime_started") or self.totals.started or None
         return {"overview", "requests", "sessions", "events", "settings", "status"}
 
     def apply_settings(self, msg: dict[str, Any]) -> bool:
@@ -303,9 +283,7 @@ class Store:
         if isinstance(msg.get("bypass"), list):
             self.bypass = set(msg["bypass"])
             for s in self.sessions.values():
-                b = s.id in self.bypass
-                if b != s.bypass:
-                    s.bypass, s.version = b, s.version + 1
+                s.bypass = s.id in self.bypass
             changed = True
         return changed
 
@@ -317,12 +295,7 @@ class Store:
     # -- settings helpers ---------------------------------------------------------------------------
 
     def setting(self, path: str, default: Any = None) -> Any:
-        cur: Any = self.settings or {}
-        for part in path.split("."):
-            if not isinstance(cur, dict) or part not in cur:
-                return default
-            cur = cur[part]
-        return cur
+        return get_path(self.settings, path, default)
 
     @property
     def context_window(self) -> int:
@@ -343,10 +316,9 @@ class Store:
         """False when this event was already applied (a batch may repeat the snapshot's last events)."""
         if seq in self._seen:
             return False
-        self._seen.add(seq)
-        self._seen_order.append(seq)
-        if len(self._seen_order) > 10_000:
-            self._seen.discard(self._seen_order.popleft())
+        self._seen[seq] = None
+        if len(self._seen) > 10_000:
+            del self._seen[next(iter(self._seen))]
         return True
 
     def apply(self, events: Iterable[dict[str, Any]], count: bool = True, dedup: bool = True) -> set[str]:
@@ -358,14 +330,13 @@ class Store:
             if count:
                 self.totals.add(ev)
             seq = ev.get("seq")
-            if dedup and isinstance(seq, int) and seq and not self._mark_seen(seq):
+            if isinstance(seq, int) and seq and not self._mark_seen(seq) and dedup:
                 continue
             self.events_seen += 1
             self.raw.append(ev)
             self._apply_one(ev, dirty)
         if dirty:
-            dirty.add("overview")
-            dirty.add("status")
+            dirty |= {"overview", "status"}
         return dirty
 
     def _session(self, sid: str | None, ts: float) -> SessionInfo | None:
@@ -373,14 +344,13 @@ class Store:
             return None
         s = self.sessions.get(sid)
         if s is None:
-            s = SessionInfo(id=sid, first_ts=ts, last_ts=ts, bypass=sid in self.bypass)
+            s = SessionInfo(id=sid, last_ts=ts, bypass=sid in self.bypass)
             self.sessions[sid] = s
             while len(self.sessions) > self.max_sessions:
                 self.sessions.popitem(last=False)
         else:
             self.sessions.move_to_end(sid)
         s.last_ts = max(s.last_ts, ts)
-        s.version += 1
         return s
 
     def _row(self, ev: dict[str, Any], create: bool) -> RequestRow | None:
@@ -389,30 +359,30 @@ class Store:
             return None
         row = self.requests.get(fid)
         if row is None and create:
-            self._n += 1
-            row = RequestRow(flow_id=fid, seq=ev.get("seq") or 0, ts=ev.get("ts") or 0.0, n=self._n)
-            self.requests[fid] = row
-            while len(self.requests) > self.max_requests:
-                self.requests.popitem(last=False)
+            row = self._add_row(RequestRow(flow_id=fid, ts=ev.get("ts") or 0.0))
         if row is not None:
-            row.version += 1
             if not row.session and ev.get("session"):
                 row.session = ev["session"]
             if row.replica is None and ev.get("replica"):
                 row.replica = ev["replica"]
         return row
 
+    def _add_row(self, row: RequestRow) -> RequestRow:
+        self.requests[row.flow_id] = row
+        while len(self.requests) > self.max_requests:
+            self.requests.popitem(last=False)
+        return row
+
     def _apply_one(self, ev: dict[str, Any], dirty: set[str]) -> None:
         t = ev.get("type")
         d = ev.get("data") or {}
         ts = ev.get("ts") or 0.0
-        self.last_event_ts = ts
         sess = self._session(ev.get("session"), ts) if t in ROW_TYPES or t == "ingest" else None
         if sess is not None:
             dirty.add("sessions")
         if t in CONTEXT_TYPES and _worth_listing(t, d):
             self._n += 1
-            self.context.append(ContextEvent(ev.get("seq") or 0, ts, t, ev.get("session"), ev.get("flow_id"), summarise(ev), self._n))
+            self.context.append(ContextEvent(ts, t, ev.get("session"), summarise(ev), self._n))
             dirty.add("events")
         if t == "startup":
             self.runtime_started = ts
@@ -422,9 +392,8 @@ class Store:
             sid, on = d.get("session"), bool(d.get("on"))
             if sid:
                 (self.bypass.add if on else self.bypass.discard)(sid)
-                s = self.sessions.get(sid)
-                if s is not None:
-                    s.bypass, s.version = on, s.version + 1
+                if sid in self.sessions:
+                    self.sessions[sid].bypass = on
                 dirty.update({"sessions", "settings"})
             return
         if t == "ingest" or (d.get("history") is True and t not in ("request",)):
@@ -449,7 +418,6 @@ class Store:
         row.transport = d.get("transport") or row.transport
         row.model = d.get("model") or row.model
         row.mode = d.get("mode") or row.mode
-        row.agent = d.get("agent") or row.agent
         row.messages = d.get("messages")
         if d.get("tokens_in") is not None:
             row.tokens_in = d["tokens_in"]
@@ -462,7 +430,6 @@ class Store:
         row.turn = n
         sess.requests += 1
         sess.model = row.model or sess.model
-        sess.agent = row.agent or sess.agent
         sess.tokens_in = row.tokens_in
         window = _num(d.get("context_window"))
         if window and window > 0:
@@ -501,20 +468,22 @@ class Store:
             sess.mem_tokens += mem
             sess.tokens_in, sess.tokens_sent = row.tokens_in, row.tokens_sent
 
+    @staticmethod
+    def _usage(d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
+        if isinstance(d.get("usage"), dict):
+            row.usage = d["usage"]
+        if sess is not None and row.provider_input is not None:
+            sess.provider_input = row.provider_input
+
     def _on_response(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
         row.status = d.get("status") if d.get("status") is not None else ("error" if d.get("error") else row.status)
         row.upstream_ms = d.get("upstream_ms", row.upstream_ms)
-        row.total_ms = d.get("total_ms", row.total_ms)
         if d.get("error"):
             row.error = str(d["error"])
-        if isinstance(d.get("usage"), dict):
-            row.usage = d["usage"]
-        if sess is not None and usage_input(row.usage) is not None:
-            sess.provider_input = usage_input(row.usage)
+        self._usage(d, row, sess)
 
     def _on_turn(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
-        if isinstance(d.get("usage"), dict):
-            row.usage = d["usage"]
+        self._usage(d, row, sess)
         tags = normalise_tags(d.get("tags"))
         if tags and not row.tags:
             row.tags = tags
@@ -522,8 +491,6 @@ class Store:
                 sess.recent_tags.append(tags)
         if sess is not None:
             sess.turns += 1
-            if usage_input(row.usage) is not None:
-                sess.provider_input = usage_input(row.usage)
 
     def _on_budget(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
         row.level = d.get("level")
@@ -550,35 +517,25 @@ class Store:
     def _ingested(self, ev: dict[str, Any], d: dict[str, Any], sess: SessionInfo | None) -> None:
         key = ev.get("flow_id") or f"ingest-{ev.get('seq')}"
         key = f"{key}#h{d.get('turn', ev.get('seq'))}"
-        self._n += 1
-        row = RequestRow(flow_id=key, seq=ev.get("seq") or 0, ts=ev.get("ts") or 0.0, n=self._n,
-                         session=ev.get("session"), ingested=True, mode="history")
+        row = RequestRow(flow_id=key, ts=ev.get("ts") or 0.0, session=ev.get("session"), ingested=True, mode="history")
         row.turn = d.get("turn") if isinstance(d.get("turn"), int) else None
         row.tags = normalise_tags(d.get("tags"))
         row.tokens_in = d.get("tokens") if isinstance(d.get("tokens"), int) else None
         row.reason = f"ingested {d.get('items', '')} from history".replace("  ", " ")
-        self.requests[key] = row
-        while len(self.requests) > self.max_requests:
-            self.requests.popitem(last=False)
+        self._add_row(row)
         if sess is not None and row.tags:
             sess.recent_tags.append(row.tags)
 
     # -- views --------------------------------------------------------------------------------------
 
     def newest_requests(self, limit: int | None = None) -> list[RequestRow]:
-        rows = list(reversed(self.requests.values()))
-        return rows[:limit] if limit else rows
+        return list(reversed(self.requests.values()))[:limit or None]
 
     def recent_sessions(self, limit: int | None = None) -> list[SessionInfo]:
-        rows = list(reversed(self.sessions.values()))
-        return rows[:limit] if limit else rows
+        return list(reversed(self.sessions.values()))[:limit or None]
 
     def active_tags(self, n: int = 10) -> list[tuple[str, int]]:
-        c: Counter[str] = Counter()
-        for s in list(self.sessions.values())[-10:]:
-            for tags in s.recent_tags:
-                c.update(tags)
-        return c.most_common(n)
+        return top_tags((t for s in list(self.sessions.values())[-10:] for t in s.recent_tags), n)
 
     def uptime(self, now: float | None = None) -> float | None:
         if self.runtime_started is None:

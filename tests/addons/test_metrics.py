@@ -9,9 +9,9 @@ from pathlib import Path
 
 from contextwarden.addons.metrics import MetricsService, outcome_of
 from contextwarden.core.events import Event
-from contextwarden.tui.demo import EventFactory
 from tests.support.prom import parse_metrics as values
 from tests.support.stages import Harness, settings_overrides
+from tests.tui.events import EventFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from mitmproxy.test import tutils
 
 from contextwarden.core.boundedpool import BoundedExecutor
 from contextwarden.models.base import ApiKind
-from contextwarden.wire.streams import ResponseTap
+from contextwarden.wire.streams.tap import ResponseTap
 from tests.addons.test_interceptor import (  # noqa: F401
     anthropic_flow,
     body,

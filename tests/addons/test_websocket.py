@@ -201,8 +201,8 @@ def test_unmodified_message_keeps_the_clients_framing():
 
 
 def test_tui_row_of_a_websocket_request():
-    from contextwarden.tui.demo import EventFactory
     from contextwarden.tui.widgets.request_log import detail_text, row_cells
+    from tests.tui.events import EventFactory
 
     f = EventFactory()
     http_events = f.request("s-codex", tokens_in=9000, model="gpt-5-codex")

@@ -13,12 +13,12 @@ from rich.console import Console
 
 from contextwarden.settings import Settings, _deep_merge
 from contextwarden.tui.app import ContextWardenApp
-from contextwarden.tui.client import MemorySource
-from contextwarden.tui.demo import STAGES, EventFactory, demo_snapshot
 from contextwarden.tui.screens.inspector import InspectorScreen
 from contextwarden.tui.screens.settings import SettingsScreen
+from contextwarden.tui.store import Store
 from contextwarden.tui.widgets.synctable import SyncTable
 from tests.support.wait import await_until
+from tests.tui.events import STAGES, EventFactory, MemorySource, demo_snapshot
 
 NOW = 1_700_000_100.0
 SIZE = (80, 24)
@@ -272,6 +272,25 @@ async def test_inspector_when_bodies_are_gone():
         assert "No bodies for this request" in screen_text(app)
 
 
+async def test_settings_screen_with_a_stage_disabled_takes_input():
+    """The stages a profile disables were kept in the screen's own ``disabled`` (Textual's switch for
+    the whole screen): with one disabled, the form took no key."""
+    snap = settings_snapshot()
+    snap["settings"]["pipeline"]["disabled"] = ["memory"]
+    calls = []
+    app = make_app(MemorySource(snap, handler=lambda cmd: calls.append(cmd) or {}))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        await pilot.press("c")
+        await settle(pilot, app)
+        screen = app.screen
+        assert isinstance(screen, SettingsScreen) and not screen.query_one("#stage-memory").value
+        screen.query_one("#stage-memory").focus()
+        await pilot.press("space", "ctrl+s")
+        await settle(pilot, app)
+        assert calls == [{"cmd": "set", "overrides": {"pipeline": {"disabled": []}}, "persist": False}]
+
+
 async def test_settings_screen_sends_overrides_and_stage_switches():
     calls = []
 
@@ -352,9 +371,6 @@ async def test_connection_states_show_in_the_status_line():
 
 
 def test_events_panel_lists_what_changed_a_request_and_counts_each_compaction_once():
-    from contextwarden.tui.demo import EventFactory
-    from contextwarden.tui.store import Store
-
     f, store = EventFactory(), Store()
     evs = [f.startup(), f.ev("request", {"api": "anthropic"}, "f1", "s1"),
            f.ev("strip", {"messages": 9, "cleaned": 0, "patterns": {}, "rewritten": 0}, "f1", "s1"),

@@ -5,8 +5,7 @@ once: re-applied compressions are not new), and the Events panel lists each comp
 from __future__ import annotations
 
 from contextwarden.addons.eventserver import Totals
-from contextwarden.tui.client import MemorySource
-from contextwarden.tui.demo import EventFactory
+from tests.tui.events import EventFactory, MemorySource
 from tests.tui.test_app import SIZE, make_app, screen_text, settings_snapshot, settle
 
 

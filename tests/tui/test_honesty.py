@@ -7,10 +7,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from contextwarden.tui.client import MemorySource
-from contextwarden.tui.demo import EventFactory
 from contextwarden.tui.screens.export import ExportPathScreen
 from contextwarden.tui.widgets.synctable import SyncTable
+from tests.tui.events import EventFactory, MemorySource
 from tests.tui.test_app import SIZE, cell_text, make_app, screen_text, settings_snapshot, settle
 
 pytestmark = pytest.mark.usefixtures("utc")  # times in UTC (tests/tui/conftest.py)

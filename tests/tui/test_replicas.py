@@ -8,12 +8,12 @@ from __future__ import annotations
 from contextwarden.addons.eventstream import EventPublisher
 from contextwarden.core.events import Event
 from contextwarden.tui.app import ContextWardenApp
-from contextwarden.tui.demo import EventFactory
 from contextwarden.tui.replicas import RedisStreamSource, stream_seq
 from contextwarden.tui.widgets.synctable import SyncTable
 from tests.support.redis_server import RedisServer
 from tests.support.stages import Harness, settings_overrides
 from tests.support.wait import await_until
+from tests.tui.events import EventFactory
 
 
 def publish(replica, factory: EventFactory, session: str) -> None:

@@ -8,10 +8,9 @@ import copy
 
 import pytest
 
-from contextwarden.tui.client import MemorySource
-from contextwarden.tui.demo import demo_snapshot
 from contextwarden.tui.screens.session import SessionScreen
 from contextwarden.tui.widgets.synctable import SyncTable
+from tests.tui.events import MemorySource, demo_snapshot
 from tests.tui.test_app import NOW, SIZE, make_app, screen_text, settle
 from tests.tui.test_snapshots import loaded
 

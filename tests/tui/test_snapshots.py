@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 
 from contextwarden.tui.app import ContextWardenApp
-from contextwarden.tui.client import MemorySource
-from contextwarden.tui.demo import demo_snapshot
+from tests.tui.events import MemorySource, demo_snapshot
 from tests.tui.test_app import ORIGINAL, REWRITTEN
 
 NOW = 1_700_000_100.0  # the demo's proxy started 100 s earlier

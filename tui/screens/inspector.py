@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
@@ -15,6 +15,9 @@ from textual.widgets import Footer, Static
 from contextwarden.util.scrub import scrub_headers
 
 from ..diff import BodyDiff, DiffRow, diff_bodies
+
+if TYPE_CHECKING:
+    from ..app import ContextWardenApp
 
 STATE_STYLE = {"same": "", "changed": "yellow", "removed": "red", "added": "green"}
 SIDE_STYLE = {("changed", "left"): "red", ("changed", "right"): "green"}
@@ -59,12 +62,13 @@ def _cells(row: DiffRow) -> tuple:
 
 
 class InspectorScreen(Screen):
+    app: ContextWardenApp  # (for the type checker: the app this screen runs in)
     CSS_PATH = "inspector.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("s", "save", "Save JSON"),
-        Binding("u", "toggle_unchanged", "Unchanged"),
-        Binding("f", "toggle_full", "Full text"),
+        Binding("u", "flip('show_unchanged')", "Unchanged"),
+        Binding("f", "flip('full')", "Full text"),
     ]
 
     def __init__(self, flow_id: str, summary: str = "") -> None:
@@ -114,17 +118,13 @@ class InspectorScreen(Screen):
         header.update(t)
         body.update(diff_table(d))
 
-    def action_toggle_unchanged(self) -> None:
-        self.show_unchanged = not self.show_unchanged
-        self.render_diff()
-
-    def action_toggle_full(self) -> None:
-        self.full = not self.full
+    def action_flip(self, option: str) -> None:
+        """Show unchanged messages, or whole texts, or not (``option``: the attribute)."""
+        setattr(self, option, not getattr(self, option))
         self.render_diff()
 
     def save_payload(self) -> dict[str, Any]:
-        e = dict(self.entry or {})
-        e["headers"] = scrub_headers(e.get("headers"))
+        e = self.entry or {}  # (its headers scrubbed as it came: on_mount)
         d = self.diff or diff_bodies(e.get("original"), e.get("rewritten"))
         return {"kind": "contextwarden.request", "version": 1, "flow_id": self.flow_id, **{k: v for k, v in e.items() if k != "flow_id"},
                 "diff": [{"kind": r.kind, "label": r.label, "count": r.count,

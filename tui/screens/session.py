@@ -11,7 +11,7 @@ pin, ``g`` reload, ``escape`` back.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -24,6 +24,9 @@ from contextwarden.sessionctl.render import changed, pin_text, what
 
 from .. import format as fmt
 from ..widgets.synctable import SyncTable
+
+if TYPE_CHECKING:
+    from ..app import ContextWardenApp
 
 COLUMNS = [("v", "v", 3), ("time", "time", 8), ("what", "what", 16), ("trigger", "trigger", 11),
            ("before", "before", 6), ("after", "after", 6), ("changed", "changed", 34)]  # ("rollback to v14", "compression": whole)
@@ -42,6 +45,7 @@ def version_cells(v: dict[str, Any]) -> tuple:
 
 
 class SessionScreen(Screen):
+    app: ContextWardenApp  # (for the type checker: the app this screen runs in)
     DEFAULT_CSS = """
     SessionScreen > Vertical > #session-head { height: 2; padding: 0 1; background: $boost; }
     SessionScreen > Vertical > SyncTable { height: 1fr; }
@@ -158,11 +162,14 @@ class SessionScreen(Screen):
             self._note(Text("refused: " + out["refused"], style="red"))
         await self.action_reload()
 
-    async def action_compact(self) -> None:
-        out = await self._cmd("compact")
-        if out is not None:
-            self._note(Text("the next request of this session compacts and clears", style="green"))
+    async def _act(self, action: str, done: str, **args: Any) -> None:
+        """Send ``action``; once done, say ``done`` and show the session again."""
+        if await self._cmd(action, **args) is not None:
+            self._note(Text(done, style="green"))
             await self.action_reload()
+
+    async def action_compact(self) -> None:
+        await self._act("compact", "the next request of this session compacts and clears")
 
     def action_pin(self) -> None:
         box = self.query_one("#pin-input", Input)
@@ -176,22 +183,15 @@ class SessionScreen(Screen):
         box.remove_class("shown")
         value = event.value.strip()
         self.table.focus()
-        if not value:
-            return
-        out = await self._cmd("pin", target=value)
-        if out is not None:
-            self._note(Text(f"pinned {value}", style="green"))
-            await self.action_reload()
+        if value:
+            await self._act("pin", f"pinned {value}", target=value)
 
     async def action_unpin(self) -> None:
         pins = self.data.get("pin_list") or []
         if not pins:
             self._note(Text("no pin to remove", style="dim"))
             return
-        out = await self._cmd("unpin", target=f"#{pins[-1]['id']}")
-        if out is not None:
-            self._note(Text(f"unpinned {pin_text(pins[-1])}", style="green"))
-            await self.action_reload()
+        await self._act("unpin", f"unpinned {pin_text(pins[-1])}", target=f"#{pins[-1]['id']}")
 
     def action_back(self) -> None:
         box = self.query_one("#pin-input", Input)

@@ -4,16 +4,21 @@ the profile file is never written. "Save" also stores them in the proxy's runtim
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Button, Footer, Input, Label, Static
 
+from ..store import get_path
 from ..widgets.toggle import Toggle
+
+if TYPE_CHECKING:
+    from ..app import ContextWardenApp
 
 # (dotted path, label, type)
 FIELDS: list[tuple[str, str, type]] = [
@@ -36,15 +41,6 @@ SWITCHES: list[tuple[str, str]] = [
 DEFAULT_STAGES = ["budget", "strip", "tagging", "clearing", "compaction", "memory"]
 
 
-def get_path(d: dict[str, Any] | None, path: str, default: Any = None) -> Any:
-    cur: Any = d or {}
-    for part in path.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return default
-        cur = cur[part]
-    return cur
-
-
 def set_path(d: dict[str, Any], path: str, value: Any) -> None:
     parts = path.split(".")
     for part in parts[:-1]:
@@ -52,11 +48,16 @@ def set_path(d: dict[str, Any], path: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
+def _field(label: str, widget: Widget) -> Horizontal:
+    return Horizontal(Label(label), widget, classes="field")
+
+
 def _wid(path: str) -> str:
     return "set-" + path.replace(".", "--").replace("_", "-")
 
 
 class SettingsScreen(Screen):
+    app: ContextWardenApp  # (for the type checker: the app this screen runs in)
     CSS_PATH = "settings.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Cancel"),
@@ -68,7 +69,7 @@ class SettingsScreen(Screen):
         self.settings = settings or {}
         order = list(get_path(self.settings, "pipeline.order", []) or [])
         self.stage_names = list(dict.fromkeys([*order, *stages])) or list(DEFAULT_STAGES)
-        self.disabled = set(get_path(self.settings, "pipeline.disabled", []) or [])
+        self.disabled_stages = set(get_path(self.settings, "pipeline.disabled", []) or [])
         self.live = live
 
     def compose(self) -> ComposeResult:
@@ -79,24 +80,16 @@ class SettingsScreen(Screen):
         yield Static(head, id="settings-head")
         with VerticalScroll(id="settings-form"):
             for path, label, typ in FIELDS:
-                with Horizontal(classes="field"):
-                    yield Label(label, classes="field-label")
-                    value = get_path(self.settings, path)
-                    yield Input(value="" if value is None else str(value), id=_wid(path), compact=True,
-                                type="integer" if typ is int else "number", classes="field-input")
+                value = get_path(self.settings, path)
+                yield _field(label, Input(value="" if value is None else str(value), id=_wid(path), compact=True,
+                                          type="integer" if typ is int else "number"))
             yield Label("Stages", classes="section")
             for name in self.stage_names:
-                with Horizontal(classes="field"):
-                    yield Label(f"stage {name}", classes="field-label")
-                    yield Toggle(value=name not in self.disabled, id="stage-" + name.replace("_", "-"), classes="field-toggle")
+                yield _field(f"stage {name}", Toggle(value=name not in self.disabled_stages, id="stage-" + name.replace("_", "-")))
             yield Label("Modes", classes="section")
             for path, label in SWITCHES:
-                with Horizontal(classes="field"):
-                    yield Label(label, classes="field-label")
-                    yield Toggle(value=bool(get_path(self.settings, path, False)), id=_wid(path), classes="field-toggle")
-            with Horizontal(classes="field"):
-                yield Label("save in runtime state (cw_home), not the profile", classes="field-label")
-                yield Toggle(value=False, id="persist", classes="field-toggle")
+                yield _field(label, Toggle(value=bool(get_path(self.settings, path, False)), id=_wid(path)))
+            yield _field("save in runtime state (cw_home), not the profile", Toggle(value=False, id="persist"))
         with Horizontal(id="settings-buttons"):
             yield Button("Apply", id="apply", variant="primary", compact=True)
             yield Button("Cancel", id="cancel", compact=True)
@@ -120,8 +113,8 @@ class SettingsScreen(Screen):
             if value != bool(get_path(self.settings, path, False)):
                 set_path(out, path, value)
         disabled = [n for n in self.stage_names if not self.query_one("#stage-" + n.replace("_", "-"), Toggle).value]
-        disabled += [n for n in self.disabled if n not in self.stage_names]
-        if set(disabled) != self.disabled:
+        disabled += [n for n in self.disabled_stages if n not in self.stage_names]
+        if set(disabled) != self.disabled_stages:
             set_path(out, "pipeline.disabled", disabled)
         return out
 

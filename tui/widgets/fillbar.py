@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.text import Text
 from textual.widget import Widget
 
@@ -50,14 +52,11 @@ class FillBars(Widget):
     FillBars { height: auto; }
     """
 
-    def __init__(self, limit: int = 3, **kw) -> None:
-        super().__init__(**kw)
-        self.limit = limit
-        self._lines: list[tuple[SessionInfo, int, float, float]] = []
+    _lines: list[tuple[SessionInfo, int, float, float]] = []
 
-    def show(self, sessions: list[SessionInfo], window, soft: float, hard: float) -> None:
-        """``window``: a session's window (``Store.window_of``), or one for all."""
-        self._lines = [(s, window(s) if callable(window) else window, soft, hard) for s in sessions[: self.limit]]
+    def show(self, sessions: list[SessionInfo], window: Callable[[SessionInfo], int], soft: float, hard: float) -> None:
+        """``window``: a session's window (``Store.window_of``)."""
+        self._lines = [(s, window(s), soft, hard) for s in sessions]
         self.styles.height = max(1, len(self._lines))
         self.refresh()
 

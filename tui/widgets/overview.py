@@ -100,7 +100,7 @@ class Overview(Vertical):
             yield Static(id="ov-tokens")
         yield Static(id="ov-tags")
         yield Label("Context fill (window, soft and hard thresholds marked)", classes="title")
-        yield FillBars(limit=4, id="ov-fill")
+        yield FillBars(id="ov-fill")
 
     def refresh_from(self, store: Store, now: float) -> None:
         self.query_one("#ov-traffic", Static).update(traffic_table(store, now))

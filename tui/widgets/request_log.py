@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
@@ -12,7 +13,7 @@ from contextwarden.wire.cost import billed_units, provider_compaction
 
 from .. import format as fmt
 from ..store import RequestRow, Store
-from .synctable import SyncTable
+from .synctable import TablePanel
 
 # Fits 80 columns with the scrollbar; the time and every stage's ms are in the detail lines below.
 COLUMNS = [("turn", "turn", 4), ("session", "session", 8), ("tags", "tags", 12), ("in", "in", 6),
@@ -28,7 +29,7 @@ def stages_cell(row: RequestRow) -> str:
     if not row.stages:
         return "–"
     total = sum(row.stages.values())
-    slowest = max(row.stages, key=row.stages.get)
+    slowest = max(row.stages, key=lambda s: row.stages[s])
     bad = [s for s, st in row.stage_status.items() if st != "ok"]
     return f"{fmt.ms(total)} {fmt.abbrev(bad[0] if bad else slowest)}{'!' if bad else ''}"
 
@@ -91,8 +92,8 @@ def detail_text(row: RequestRow | None) -> Text:
     comp = provider_compaction(row.usage)  # the provider's own context management, billed on top
     if comp:
         t.append(f" · provider compacted ({fmt.num(billed_units(comp))} in at 1x, {fmt.num(comp['output_tokens'])} out)", style="magenta")
-    if (row.usage or {}).get("provider_cleared_tokens"):
-        t.append(f" · provider cleared {fmt.num(row.usage['provider_cleared_tokens'])}", style="magenta")
+    if cleared := (row.usage or {}).get("provider_cleared_tokens"):
+        t.append(f" · provider cleared {fmt.num(cleared)}", style="magenta")
     if row.reason:
         t.append(f" · {row.reason}", style="dim")
     if row.error:
@@ -100,56 +101,33 @@ def detail_text(row: RequestRow | None) -> Text:
     return t
 
 
-class RequestLog(Vertical):
+class RequestLog(TablePanel[RequestRow]):
     DEFAULT_CSS = """
     RequestLog > SyncTable { height: 1fr; }
     RequestLog > #request-detail { height: 3; padding: 0 1; background: $boost; text-wrap: nowrap; text-overflow: ellipsis; }
     """
+    COLUMNS = COLUMNS
+    STRETCH = ("tags", 12, 60)  # wider terminals give the tags column the room the fixed columns leave
+    TABLE_ID = "requests-table"
 
     class InspectRequested(Message):
         def __init__(self, flow_id: str) -> None:
             super().__init__()
             self.flow_id = flow_id
 
-    def __init__(self, limit: int = 500, **kw) -> None:
+    def __init__(self, limit: int = 500, **kw: Any) -> None:
         super().__init__(**kw)
         self.limit = limit
-        self._rows: dict[str, RequestRow] = {}
-        self._last: list[RequestRow] = []
 
     def compose(self) -> ComposeResult:
-        yield SyncTable(COLUMNS, id="requests-table")
+        yield from super().compose()
         yield Static(detail_text(None), id="request-detail")
 
-    @property
-    def table(self) -> SyncTable:
-        return self.query_one(SyncTable)
-
     def refresh_from(self, store: Store) -> None:
-        self._last = store.newest_requests(self.limit)
-        self._sync()
+        self.show([(r.flow_id, r, row_cells(r)) for r in store.newest_requests(self.limit)])
 
-    def _sync(self) -> None:
-        rows = self._last
-        self._rows = {r.flow_id: r for r in rows}
-        self.table.sync([(r.flow_id, row_cells(r)) for r in rows])
-        self._show_detail()
-
-    def on_resize(self) -> None:
-        """Wider terminals give the tags column the room the fixed columns leave."""
-        fixed = sum(w + 2 for k, _, w in COLUMNS if k != "tags") + 2 + 1  # cell padding, tags padding, scrollbar
-        if self.table.set_width("tags", max(12, min(60, self.size.width - fixed))):
-            self._sync()
-
-    def selected(self) -> RequestRow | None:
-        key = self.table.highlighted_key()
-        return self._rows.get(key) if key else None
-
-    def _show_detail(self) -> None:
+    def show_detail(self) -> None:
         self.query_one("#request-detail", Static).update(detail_text(self.selected()))
-
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self._show_detail()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from .. import format as fmt
 from ..store import SessionInfo, Store
 from .fillbar import session_line
-from .synctable import SyncTable
+from .synctable import TablePanel
 
 COLUMNS = [("session", "session", 10), ("req", "req", 4), ("fill", "fill", 5), ("ctx", "context", 7),
            ("freed", "freed", 6), ("cmp", "cmp", 3), ("clr", "clr", 3), ("mode", "mode", 8), ("last", "last", 8),
@@ -40,37 +39,24 @@ def session_cells(s: SessionInfo, window: int) -> tuple:
     )
 
 
-class SessionsPanel(Vertical):
+class SessionsPanel(TablePanel[SessionInfo]):
     DEFAULT_CSS = """
     SessionsPanel > SyncTable { height: 1fr; }
     SessionsPanel > #session-detail { height: 4; padding: 0 1; background: $boost; }
     """
-
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
-        self._sessions: dict[str, SessionInfo] = {}
-        self._store: Store | None = None
+    COLUMNS = COLUMNS
+    TABLE_ID = "sessions-table"
+    _store: Store | None = None
 
     def compose(self) -> ComposeResult:
-        yield SyncTable(COLUMNS, id="sessions-table")
+        yield from super().compose()
         yield Static(id="session-detail")
-
-    @property
-    def table(self) -> SyncTable:
-        return self.query_one(SyncTable)
 
     def refresh_from(self, store: Store) -> None:
         self._store = store
-        sessions = store.recent_sessions()
-        self._sessions = {s.id: s for s in sessions}
-        self.table.sync([(s.id, session_cells(s, store.window_of(s))) for s in sessions])
-        self._show_detail()
+        self.show([(s.id, s, session_cells(s, store.window_of(s))) for s in store.recent_sessions()])
 
-    def selected(self) -> SessionInfo | None:
-        key = self.table.highlighted_key()
-        return self._sessions.get(key) if key else None
-
-    def _show_detail(self) -> None:
+    def show_detail(self) -> None:
         s, store = self.selected(), self._store
         w = self.query_one("#session-detail", Static)
         if s is None or store is None:
@@ -91,6 +77,3 @@ class SessionsPanel(Vertical):
         t.append_text(line)
         t.append(f"\nsoft {soft:.0%} · hard {hard:.0%} of {fmt.num(window)} · v: versions · b: bypass · e: export", style="dim")
         w.update(t)
-
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self._show_detail()

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
 from textual.widgets import DataTable
 
 
@@ -39,8 +41,7 @@ class SyncTable(DataTable):
         self._cells.clear()
         self._first.clear()
         self._order = []
-        for key, label, w in self._spec:
-            self.add_column(label, key=key, width=w)
+        self.on_mount()
         return True
 
     @property
@@ -96,3 +97,51 @@ class SyncTable(DataTable):
                 else:
                     self.move_cursor(row=self.get_row_index(cursor_key), animate=False)
         return changed
+
+
+class TablePanel[T](Vertical):
+    """A panel around one SyncTable of ``COLUMNS``: :meth:`show` gives it (key, item, cells) rows;
+    ``STRETCH`` (column, least, most) gives that column the width the others leave; :meth:`selected` is
+    the highlighted row's item, and :meth:`show_detail` runs when the highlight moves."""
+
+    COLUMNS: Sequence[tuple[str, str, int | None]] = ()
+    STRETCH: tuple[str, int, int] | None = None
+    TABLE_ID = ""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._items: dict[str, T] = {}
+        self._cells: list[tuple[str, tuple]] = []
+
+    def compose(self) -> ComposeResult:
+        yield SyncTable(self.COLUMNS, id=self.TABLE_ID)
+
+    @property
+    def table(self) -> SyncTable:
+        return self.query_one(SyncTable)
+
+    def show(self, rows: Sequence[tuple[str, T, tuple]]) -> None:
+        self._items = {k: item for k, item, _ in rows}
+        self._cells = [(k, cells) for k, _, cells in rows]
+        self._sync()
+
+    def _sync(self) -> None:
+        self.table.sync(self._cells)
+        self.show_detail()
+
+    def show_detail(self) -> None:
+        pass
+
+    def selected(self) -> T | None:
+        key = self.table.highlighted_key()
+        return self._items.get(key) if key else None
+
+    def on_resize(self) -> None:
+        if self.STRETCH is not None:
+            column, least, most = self.STRETCH
+            fixed = sum((w or 0) + 2 for k, _, w in self.COLUMNS if k != column) + 2 + 1  # cell padding, scrollbar
+            if self.table.set_width(column, max(least, min(most, self.size.width - fixed))):
+                self._sync()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail()

@@ -14,7 +14,7 @@ class Toggle(Widget, can_focus=True):
     Toggle { width: 6; height: 1; }
     Toggle:focus { background: $accent 40%; }
     """
-    BINDINGS = [Binding("space,enter", "toggle", "Toggle", show=False)]
+    BINDINGS = [Binding("space,enter", "flip", "Toggle", show=False)]
 
     value: reactive[bool] = reactive(False)
 
@@ -34,8 +34,8 @@ class Toggle(Widget, can_focus=True):
     def watch_value(self, value: bool) -> None:
         self.post_message(self.Changed(self, value))
 
-    def action_toggle(self) -> None:
+    def action_flip(self) -> None:
         self.value = not self.value
 
     def on_click(self) -> None:
-        self.action_toggle()
+        self.action_flip()

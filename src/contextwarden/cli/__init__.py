@@ -35,6 +35,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class Fail(Exception):
+    """A command that cannot go on: :func:`main` prints the message to stderr and returns ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class _Commands(argparse._SubParsersAction):
     """Subparsers that stand for COMMANDS until one is chosen; then its module registers the real ones."""
 
@@ -67,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except Fail as e:
+        print(e, file=sys.stderr)
+        return e.code
     except BrokenPipeError:
         # the reader went away (``contextwarden search ... | head``): not an error of ours; stdout is
         # pointed at devnull so that the interpreter's own flush at exit does not raise again

@@ -7,7 +7,9 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
+from contextwarden.memory.api import RecallClient
 from contextwarden.util.home import default_home
 
 
@@ -41,3 +43,15 @@ def cli_name() -> str:
 
 def mitmproxy_confdir(confdir: str | None = None) -> Path:
     return Path(confdir or "~/.mitmproxy").expanduser()
+
+
+def ask_proxy(home: Path, credential: str | None, method: str, **args: Any) -> Any:
+    """The answer of the recall API of the proxy running on ``home`` to ``method`` (``ApiError`` when it
+    refuses, ``OSError`` when it cannot be reached), or None when no proxy runs there."""
+    client = RecallClient.find(home, credential)
+    if client is None:
+        return None
+    try:
+        return client.call(method, **args)
+    finally:
+        client.close()

@@ -20,6 +20,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,22 +107,17 @@ class _Server(http.server.ThreadingHTTPServer):
     count: Any = None
 
 
-class StandIn:
-    """The stand-in upstream on 127.0.0.1 (a port the OS picks), in a thread of this process."""
-
-    def __init__(self) -> None:
-        self.server = _Server(("127.0.0.1", 0), _Handler)
-        self.server.count = itertools.count(1)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="cw-demo-upstream", daemon=True)
-
-    def __enter__(self) -> StandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+@contextmanager
+def stand_in() -> Iterator[str]:
+    """The stand-in upstream on 127.0.0.1 (a port the OS picks), in a thread of this process: its URL."""
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.count = itertools.count(1)
+    threading.Thread(target=server.serve_forever, name="cw-demo-upstream", daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass
@@ -130,13 +127,14 @@ class Step:
     overhead_ms: str | None
 
 
-def session(proxy_port: int, turns: int, on_step=None) -> list[Step]:
+def session(proxy_port: int, turns: int, on_step: Callable[[Step], Any]) -> list[Step]:
     """The scripted session through the proxy (reverse mode: the proxy is the base URL)."""
     messages: list[dict] = []
     steps: list[Step] = []
     conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=120)
 
-    def send(turn: int) -> dict:
+    def send(turn: int, content: Any) -> dict:
+        messages.append({"role": "user", "content": content})
         body = orjson.dumps({"model": MODEL, "max_tokens": 512, "messages": messages,
                              "metadata": {"user_id": "contextwarden-demo"}})
         conn.request("POST", "/v1/messages", body, {"content-type": "application/json", "x-api-key": "demo-key",
@@ -144,8 +142,7 @@ def session(proxy_port: int, turns: int, on_step=None) -> list[Step]:
         resp = conn.getresponse()
         out = orjson.loads(resp.read())
         steps.append(Step(turn, resp.status, resp.getheader("x-contextwarden-overhead-ms")))
-        if on_step is not None:
-            on_step(steps[-1])
+        on_step(steps[-1])
         if resp.status != 200:
             raise RuntimeError(f"the proxy answered {resp.status}: {out}")
         messages.append({"role": "assistant", "content": out["content"]})
@@ -153,16 +150,11 @@ def session(proxy_port: int, turns: int, on_step=None) -> list[Step]:
 
     try:
         for k in range(1, turns + 1):
-            messages.append({"role": "user", "content": f"Read module {k:02d} and tell me what it does."})
-            out = send(k)
+            out = send(k, f"Read module {k:02d} and tell me what it does.")
             use = next(b for b in out["content"] if b["type"] == "tool_use")
-            messages.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": use["id"],
-                                                          "content": source_of(k)}]})
-            send(k)
-        messages.append({"role": "user", "content": "Which file computed the totals of region 1?"})
-        send(turns + 1)
-        messages.append({"role": "user", "content": "Thanks. Quote its first function."})
-        send(turns + 2)  # the request recall puts the cleared file back into
+            send(k, [{"type": "tool_result", "tool_use_id": use["id"], "content": source_of(k)}])
+        send(turns + 1, "Which file computed the totals of region 1?")
+        send(turns + 2, "Thanks. Quote its first function.")  # the request recall puts the cleared file back into
     finally:
         conn.close()
     return steps
@@ -213,10 +205,10 @@ def summary(events: list[dict]) -> list[str]:
 def run(args) -> int:
     home = home_of(args) if args.home else Path(tempfile.mkdtemp(prefix="contextwarden-demo-"))
     port = args.port or _free_port()
-    with StandIn() as upstream:
+    with stand_in() as upstream:
         cmd = [sys.executable, "-m", "contextwarden", "run", "--home", str(home), "--port", str(port),
-               "--profile", "demo", "--mode", f"reverse:{upstream.url}"]
-        print(f"contextwarden demo: stand-in upstream on {upstream.url}; proxy on 127.0.0.1:{port}; data in {home}")
+               "--profile", "demo", "--mode", f"reverse:{upstream}"]
+        print(f"contextwarden demo: stand-in upstream on {upstream}; proxy on 127.0.0.1:{port}; data in {home}")
         print(f"  the proxy: {' '.join(cmd[2:])}   (its log: {home / 'proxy.log'})")
         home.mkdir(parents=True, exist_ok=True)
         with open(home / "proxy.log", "wb") as log:

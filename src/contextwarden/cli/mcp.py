@@ -27,11 +27,12 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from mcp.server.fastmcp import FastMCP
 
-from ..memory.api import ApiError, RecallClient
-from ._common import home_of
+from ..memory.api import ApiError
+from ._common import ask_proxy, home_of
 from .recall import recall_items
 
 NAME = "contextwarden"
@@ -89,11 +90,15 @@ def build(home: Path, credential: str | None):
     server = FastMCP(NAME, instructions="contextwarden keeps what it clears or compacts out of the context; "
                                         "recall a memory id from a stub to read it verbatim.")
 
-    def client() -> RecallClient:
-        c = RecallClient.find(home, credential)
-        if c is None:
+    def ask(method: str, **args: Any) -> Any:
+        """The proxy's answer, or a line saying why there is none."""
+        try:
+            out = ask_proxy(home, credential, method, **args)
+        except ApiError as e:
+            return f"{method} failed: {e}"
+        if out is None:
             raise RuntimeError("the contextwarden proxy is not running on this machine (start it: contextwarden run)")
-        return c
+        return out
 
     @server.tool(name="recall", description=RECALL_DOC, structured_output=False)
     def recall(id: str) -> str:  # noqa: A002 - the tool's argument is called "id"
@@ -108,13 +113,9 @@ def build(home: Path, credential: str | None):
 
     @server.tool(name="search", description=SEARCH_DOC, structured_output=False)
     def search(query: str, k: int = 5, budget_tokens: int | None = None) -> str:
-        c = client()
-        try:
-            out = c.call("search", query=query, k=k, budget_tokens=budget_tokens)
-        except ApiError as e:
-            return f"search failed: {e}"
-        finally:
-            c.close()
+        out = ask("search", query=query, k=k, budget_tokens=budget_tokens)
+        if isinstance(out, str):
+            return out
         hits = out.get("hits") or []
         if not hits:
             return "no memory matches"
@@ -122,13 +123,7 @@ def build(home: Path, credential: str | None):
 
     @server.tool(name="remember", description=REMEMBER_DOC, structured_output=False)
     def remember(text: str, shared: bool = False) -> str:
-        c = client()
-        try:
-            out = c.call("remember", text=text, shared=shared, agent="mcp")
-        except ApiError as e:
-            return f"remember failed: {e}"
-        finally:
-            c.close()
-        return f"remembered as {out['id']}"
+        out = ask("remember", text=text, shared=shared, agent="mcp")
+        return out if isinstance(out, str) else f"remembered as {out['id']}"
 
     return server

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 from ..memory.api import RecallClient
 from ..memory.embedder import load_embedder
 from ..memory.store import MemoryStore
-from ..settings import SettingsError, load_settings
+from ..settings import Settings, SettingsError, load_settings
 from ..util.home import ensure_home
 from ..util.sealing import SealError, configure
-from ._common import add_home_profile, credential_from, home_of
+from . import Fail
+from ._common import add_home_profile, ask_proxy, credential_from, home_of
 
 ONE_WRITER = ("A local store (cw_home/chroma) allows one writer process: while a proxy runs on this home, import "
               "and delete go through it; stop it before prune, or share a Chroma server through memory.chroma_url.")
@@ -65,30 +67,23 @@ def register(sub) -> None:
     d.set_defaults(func=cmd_delete)
 
 
-def _open(args, write: bool = False, embed: bool = False):
-    """(store, settings) or (None, None) after printing why."""
+def _open(args, write: bool = False, embed: bool = False) -> tuple[MemoryStore, Settings]:
+    """(store, settings), else :class:`Fail` saying why (code 0 for a reader of a home with no memory yet)."""
     home = ensure_home(home_of(args))
     try:
         settings = load_settings(args.profile, home)
-    except SettingsError as e:
-        print(e, file=sys.stderr)
-        return None, None
-    try:
         configure(settings.state.key_file or None)  # stored documents are sealed when a key is set
-    except SealError as e:
-        print(e, file=sys.stderr)
-        return None, None
+    except (SettingsError, SealError) as e:
+        raise Fail(str(e)) from None
     embedder = None
     if embed:
         embedder, msg = load_embedder(settings.memory.model_dir)
         print(msg, file=sys.stderr)
     if not settings.memory.chroma_url and not write and not (home / "chroma").is_dir():
-        print(f"no memory stored under {home} yet", file=sys.stderr)
-        return None, settings
+        raise Fail(f"no memory stored under {home} yet", 0)
     store = MemoryStore(home, settings.memory, embedder, read_only=not write)
     if not store.available:
-        print(f"memory store unavailable: {store.error}", file=sys.stderr)
-        return None, None
+        raise Fail(f"memory store unavailable: {store.error}")
     return store, settings
 
 
@@ -97,9 +92,7 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_sessions(args) -> int:
-    store, settings = _open(args)
-    if store is None:
-        return 0 if settings is not None else 1
+    store, _ = _open(args)
     with store:
         rows = store.sessions()
     if args.tenant:
@@ -124,8 +117,6 @@ def cmd_sessions(args) -> int:
 
 def cmd_stats(args) -> int:
     store, settings = _open(args)
-    if store is None:
-        return 0 if settings is not None else 1
     with store:
         s = store.stats()
     if args.json:
@@ -144,42 +135,25 @@ def cmd_stats(args) -> int:
 
 
 def cmd_export(args) -> int:
-    store, settings = _open(args)
-    if store is None:
-        return 0 if settings is not None else 1
+    store, _ = _open(args)
     with store:
-        path = "/dev/stdout" if args.file == "-" else args.file
-        n = store.export_jsonl(path)
+        n = store.export_jsonl("/dev/stdout" if args.file == "-" else args.file)
     print(f"exported {n} items to {args.file}", file=sys.stderr)
     return 0
 
 
-def _proxy(args):
-    """The running proxy's recall API client when a proxy holds this home's store, else None."""
-    return RecallClient.find(home_of(args), credential_from(args))
-
-
 def cmd_import(args) -> int:
-    client = _proxy(args)
+    client = RecallClient.find(home_of(args), credential_from(args))
     if client is not None:  # the proxy holds the store: the items go through its ingestor
-        records = []
         with open(args.file, "rb") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    records.append(rec)
-        n = 0
-        for i in range(0, len(records), 2000):
-            n += client.call("import", records=records[i:i + 2000])["queued"]
-        client.close()
+            records = [rec for rec in map(_record, f) if isinstance(rec, dict)]
+        try:
+            n = sum(client.call("import", records=records[i:i + 2000])["queued"] for i in range(0, len(records), 2000))
+        finally:
+            client.close()
         print(f"imported {n} items from {args.file} through the running proxy (deduplicated as they are stored)")
         return 0
     store, _ = _open(args, write=True, embed=True)
-    if store is None:
-        return 1
     with store:
         before = store.count()
         n = store.import_jsonl(args.file)
@@ -187,10 +161,15 @@ def cmd_import(args) -> int:
     return 0
 
 
+def _record(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
 def cmd_prune(args) -> int:
     store, settings = _open(args, write=True)
-    if store is None:
-        return 1
     days = settings.memory.ttl_days if args.days is None else args.days
     with store:
         n = store.prune(days)
@@ -199,18 +178,13 @@ def cmd_prune(args) -> int:
 
 
 def cmd_delete(args) -> int:
-    client = _proxy(args)
-    if client is not None:  # the proxy holds the store
-        n = client.call("delete", session=args.session, tenant=args.tenant)["deleted"]
-        client.close()
-        who = f" of tenant {args.tenant}" if args.tenant else ""
-        print(f"deleted {n} items of session {args.session}{who} through the running proxy")
+    who = f" of tenant {args.tenant}" if args.tenant else ""
+    out = ask_proxy(home_of(args), credential_from(args), "delete", session=args.session, tenant=args.tenant)
+    if out is not None:  # the proxy holds the store
+        print(f"deleted {out['deleted']} items of session {args.session}{who} through the running proxy")
         return 0
     store, _ = _open(args, write=True)
-    if store is None:
-        return 1
     with store:
         n = store.delete_session(args.session, args.tenant)
-    who = f" of tenant {args.tenant}" if args.tenant else ""
     print(f"deleted {n} items of session {args.session}{who}")
     return 0

@@ -8,6 +8,7 @@ import yaml
 
 from ..core.pluginmanager import check_stage_names, make_plugin_manager, order_warnings
 from ..settings import Settings, SettingsError, available_profiles, load_settings
+from . import Fail
 from ._common import add_home_profile, add_plugins, home_of
 
 
@@ -21,16 +22,15 @@ def register(sub) -> None:
     c.set_defaults(func=show_config)
 
 
-def checked_settings(args) -> Settings | None:
+def checked_settings(args) -> Settings:
     """The profile's settings, checked against the stages loaded with ``args.plugins``, with the warnings
-    about their order printed; None after printing why they are invalid (an unknown stage, for one)."""
+    about their order printed; :class:`Fail` saying why they are invalid (an unknown stage, for one)."""
     try:
         settings = load_settings(args.profile, home_of(args))
         pm = make_plugin_manager(getattr(args, "plugins", None))
         check_stage_names(pm, settings.pipeline)
     except SettingsError as e:
-        print(f"contextwarden: {e}", file=sys.stderr)
-        return None
+        raise Fail(f"contextwarden: {e}", 2) from None
     for w in order_warnings(pm, settings.pipeline):
         print(f"contextwarden: warning: {w}", file=sys.stderr)
     return settings
@@ -48,7 +48,5 @@ def list_profiles(args) -> int:
 
 def show_config(args) -> int:
     s = checked_settings(args)
-    if s is None:
-        return 2
     print(yaml.safe_dump(s.model_dump(mode="json"), sort_keys=False), end="")
     return 0

@@ -14,11 +14,11 @@ import sys
 
 import orjson
 
-from ..memory.api import ApiError, RecallClient, item_dict
+from ..memory.api import ApiError, item_dict
 from ..memory.originals import OriginalStore
 from ..util.home import secret_file
 from ..util.redact import tenant_id
-from ._common import credential_from, home_of
+from ._common import ask_proxy, credential_from, home_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,15 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def recall_items(home, ids: list[str], credential: str | None) -> tuple[list[dict], str]:
     """(items, how): through the running proxy, else from the originals on disk."""
-    client = RecallClient.find(home, credential)
-    if client is not None:
-        try:
-            return client.call("recall", ids=ids)["items"], "proxy"
-        except (ApiError, OSError) as e:
-            if isinstance(e, ApiError) and e.status in (401, 403):
-                raise
-        finally:
-            client.close()
+    try:
+        out = ask_proxy(home, credential, "recall", ids=ids)
+    except (ApiError, OSError) as e:
+        if isinstance(e, ApiError) and e.status in (401, 403):
+            raise
+        out = None
+    if out is not None:
+        return out["items"], "proxy"
     store = OriginalStore(home, read_only=True)
     try:
         tenants = [tenant_id(credential, secret_file(home, "tenant.salt"))] if credential else store.tenants()

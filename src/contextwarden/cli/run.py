@@ -106,8 +106,6 @@ def mitmdump_argv(args) -> list[str]:
 
 def run(args) -> int:
     settings = checked_settings(args)
-    if settings is None:
-        return 2
     for w in warnings(settings):  # the proxy runs without them, but worse: say so, with the fix
         print(f"contextwarden: warning: {w}", file=sys.stderr)
     if not args.dry_run and args.port and port_taken(args.listen_host, args.port):

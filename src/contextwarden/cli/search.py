@@ -11,21 +11,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, cast
+from pathlib import Path
+from typing import Any
 
 import orjson
 
-from ..memory.api import ApiError, RecallClient
+from ..memory.api import ApiError
 from ..memory.embedder import load_embedder
-from ..memory.items import MemoryItem
 from ..memory.lexical import LexicalIndex
 from ..memory.retrieve import Hit, Query, Retriever
-from ..memory.service import CachedEmbedder
 from ..memory.store import MemoryStore
 from ..settings import SettingsError, load_settings
 from ..util.home import ensure_home, secret_file
 from ..util.redact import tenant_id
-from ._common import credential_from
+from . import Fail
+from ._common import ask_proxy, credential_from
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,21 +45,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     home = ensure_home(args.home)
-    through = _through_proxy(args, home)
-    if through is not None:
-        return through
+    if _through_proxy(args, home):
+        return 0
     try:
         settings = load_settings(args.profile or "default", home)
     except SettingsError as e:
-        print(e, file=sys.stderr)
-        return 2
+        raise Fail(str(e), 2) from None
     t0 = time.perf_counter()
-    emb, message = load_embedder(settings.memory.model_dir, download=False)
-    embedder = CachedEmbedder(emb) if emb is not None else None
+    embedder, message = load_embedder(settings.memory.model_dir, download=False)
     store = MemoryStore(home, settings.memory, embedder, read_only=True)
     if not store.available:
-        print(f"memory store unavailable: {store.error}", file=sys.stderr)
-        return 1
+        raise Fail(f"memory store unavailable: {store.error}")
     try:
         tenants = list(args.tenant or [])
         if args.api_key:
@@ -87,32 +83,29 @@ def run(args: argparse.Namespace) -> int:
         store.close()
 
 
-def _through_proxy(args: argparse.Namespace, home) -> int | None:
-    """The search through the running proxy's recall API; None when no proxy runs (or it cannot answer)."""
-    client = RecallClient.find(home, credential_from(args))
-    if client is None:
-        return None
+def _through_proxy(args: argparse.Namespace, home: Path) -> bool:
+    """The search through the running proxy's recall API; False when no proxy runs (or it cannot answer)."""
     try:
-        out = client.call("search", query=args.query, k=args.limit * (4 if args.session or args.tenant else 1))
+        out = ask_proxy(home, credential_from(args), "search", query=args.query,
+                        k=args.limit * (4 if args.session or args.tenant else 1))
     except ApiError as e:
         if e.status in (401, 403):
-            print(f"contextwarden search: {e}", file=sys.stderr)
-            return 1
-        return None
+            raise Fail(f"contextwarden search: {e}") from None
+        return False
     except OSError:
-        return None
-    finally:
-        client.close()
+        return False
+    if out is None:
+        return False
     hits = [h for h in out.get("hits") or [] if (not args.session or h["session"] == args.session)
             and (not args.tenant or h["tenant"] in args.tenant)][: args.limit]
     _show(args, hits, f"{len(hits)} of {out.get('candidates')} candidates for {args.query!r} ({out.get('mode')}; "
                       f"through the running proxy, {out.get('ms')} ms)")
-    return 0
+    return True
 
 
 def _hit_dict(h: Hit) -> dict[str, Any]:
     """A hit of the local search as the recall API's ``search`` gives one (and where it came from)."""
-    it = cast(MemoryItem, h.item)
+    it = h.item
     return {**h.scores(), "id": it.memory_id, "tenant": it.tenant, "session": it.session, "turn": it.turn,
             "role": it.role, "kind": it.kind, "tool": it.tool, "ts": it.ts, "tags": it.tags, "source_id": it.source_id,
             "neighbour_of": h.neighbour_of, "text": it.text}

@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from ..memory.api import ApiError, RecallClient
+from ..memory.api import ApiError
 from ..sessionctl.render import changed, pin_text, what
-from ._common import credential_from, home_of
+from ._common import ask_proxy, credential_from, home_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,31 +53,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def call(home, **args: Any) -> Any:
-    client = RecallClient.find(home, credential_from(None))
-    if client is None:
+    out = ask_proxy(home, credential_from(None), "session", **args)
+    if out is None:
         raise SystemExit(f"no proxy is running on {home} (start one with `contextwarden run`)")
-    try:
-        return client.call("session", **args)
-    finally:
-        client.close()
+    return out
 
 
 def run_session(args) -> int:
-    req: dict[str, Any] = {"action": args.action}
-    for k in ("session", "target"):
-        if getattr(args, k, None) is not None:
-            req[k] = getattr(args, k)
-    if args.action == "rollback":
-        req.update(to=args.to, dry_run=args.dry_run)
+    req = {k: v for k in ("action", "session", "target", "to", "dry_run") if (v := getattr(args, k, None)) is not None}
     try:
         out = call(home_of(args), **req)
     except ApiError as e:
         print(f"contextwarden session {args.action}: {e}", file=sys.stderr)
         return 1
-    if args.json:
-        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
-        return 0 if not (isinstance(out, dict) and out.get("refused")) else 1
-    print(render(args.action, out))
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() if args.json else render(args.action, out))
     return 1 if isinstance(out, dict) and out.get("refused") else 0
 
 

@@ -105,7 +105,7 @@ class BoundedExecutor(Executor):
             self._q.clear()
         for f in left:
             f.cancel()
-        if deadline is not None:  # what is running gets as long again to finish (then it is left behind)
+        if timeout is not None:  # what is running gets as long again to finish (then it is left behind)
             deadline = time.monotonic() + timeout
             for t in list(self._threads):
                 t.join(max(0.0, deadline - time.monotonic()))

@@ -10,7 +10,7 @@
   ``flowrelease`` and ``typecheckfix``), its survivors then frozen (``gc_freeze_under_load``: the next
   one walks only what is newer) and the freed heap trimmed; once per idle spell of
   ``pipeline.gc_idle_s`` a full collection of everything not frozen at start-up and ``malloc_trim``
-  (the RSS shrinks).
+  (the RSS shrinks); after ``FORGET_S`` idle the conversations' caches go as well.
 """
 
 from __future__ import annotations
@@ -102,12 +102,12 @@ class FullCollections:
                 "cpu_ms": round((time.thread_time() - c0) * 1000, 1), "frozen": gc.get_freeze_count() if freeze else None}
 
 
-# Under load, malloc_trim after a full collection at most this often. The engine's heap grows ~5 MB/s
-# under issue 19's load between trims (freed, kept by glibc): a minute of it took the peak past 1.5 GB
-# (1,538 MB in a 5-minute run); with half a minute the peak was 1,488-1,508 MB in three runs, at the
-# target's edge; 15 s (every full collection under load, gc_full_s) keeps ~75 MB more of it away, for a
-# 10-30 ms trim that does not hold the interpreter lock.
+# Under load, malloc_trim after a full collection at most this often: the engine's heap grows ~5 MB/s
+# between trims (freed, kept by glibc), and a trim takes 10-30 ms without the interpreter lock.
 TRIM_S = 15.0
+# After this long without a request the caches of conversations go (Runtime.forget_conversations): the
+# next request of each costs what its first did, and an idle engine's RSS falls back.
+FORGET_S = 30.0
 
 
 def background(rt) -> None:
@@ -116,7 +116,7 @@ def background(rt) -> None:
     up for as long as the load lasts; a ``gc`` event, reason ``load``); a full collection when no request
     came for ``gc_idle_s`` and some is due (the raised thresholds make them rare under load; this runs
     them while nobody waits)."""
-    done_at = -1.0
+    done_at = forgot_at = -1.0
     trimmed_at = float("-inf")  # (the first collection under load trims)
     full = FullCollections()
     while not rt._closed.wait(1.0):
@@ -134,6 +134,18 @@ def background(rt) -> None:
                 trimmed_at = time.monotonic()
             rt.bus.emit("gc", {"reason": "load", **info})
         if p.gc_idle_s <= 0:
+            continue
+        if time.monotonic() - rt.last_request >= max(p.gc_idle_s, FORGET_S) and rt.last_request > forgot_at:
+            # a longer idle spell: what the runtime remembers of conversations goes too (each is read
+            # whole by its next request), and with it what was frozen under load; the RSS falls back
+            n = len(rt.conversations)
+            rt.forget_conversations()
+            full.frozen = False
+            gc.unfreeze()
+            rt.bus.emit("gc", {"reason": "forget", "conversations": n, "freed": gc.collect()})
+            gc.freeze()
+            trim_malloc()
+            forgot_at = done_at = time.monotonic()
             continue
         if time.monotonic() - rt.last_request >= p.gc_idle_s and rt.last_request > done_at:
             if full.frozen:  # what was frozen under load and has become cyclic garbage since: freed now

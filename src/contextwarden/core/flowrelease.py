@@ -64,6 +64,6 @@ def install() -> bool:
             self.streams = _Streams(self.streams)
 
     __init__.__wrapped__ = init  # type: ignore[attr-defined]
-    HttpLayer.__init__ = __init__
+    HttpLayer.__init__ = __init__  # type: ignore[method-assign]
     _installed = True
     return True

@@ -7,20 +7,14 @@ Prices are cost.py's.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
+from ..util.lru import LRU
 from ..wire.cost import billed_units, price_for, provider_compaction, usage_usd
-from .events import Event
 
 PROTOCOL = 1
 INFO_FILE = "tui.json"
 TOKEN_HEADER = "X-Contextwarden-Token"
-
-
-def event_dict(ev: Event) -> dict[str, Any]:
-    """An event as clients get it: :meth:`Event.to_dict` (its data scrubbed, headers included)."""
-    return ev.to_dict()
 
 
 def applied_compaction(data: dict[str, Any]) -> bool:
@@ -52,8 +46,7 @@ class SentLedger:
     """
 
     def __init__(self, limit: int = 2000) -> None:
-        self._open: OrderedDict[str, list[float]] = OrderedDict()  # flow id -> [freed, memory tokens, injections]
-        self._limit = limit
+        self._open = LRU(limit)  # flow id -> [freed, memory tokens, injections], until its forward event
 
     def note(self, ev: dict[str, Any]) -> bool:
         """Take in a ``clearing``, ``compaction`` or ``memory`` event; False for any other."""
@@ -68,18 +61,16 @@ class SentLedger:
         else:
             return t in ("compaction", "clearing", "memory")
         if fid:
-            c = self._open.setdefault(fid, [0, 0, 0])
+            c = self._open.get(fid, list, (0, 0, 0))
             c[0] += freed
             c[1] += mem
             c[2] += t == "memory"
-            while len(self._open) > self._limit:
-                self._open.popitem(last=False)
         return True
 
     def settle(self, ev: dict[str, Any]) -> tuple[int, int, int]:
         """For a ``forward`` event: (tokens freed, memory tokens, memory injections) its request sent."""
         d = ev.get("data") or {}
-        freed, mem, injections = self._open.pop(ev.get("flow_id"), (0, 0, 0)) if ev.get("flow_id") else (0, 0, 0)
+        freed, mem, injections = (ev.get("flow_id") and self._open.peek(ev["flow_id"])) or (0, 0, 0)
         if not d.get("changed") or d.get("blocked"):
             return 0, 0, 0
         ti, to = d.get("tokens_in"), d.get("tokens_out")
@@ -123,6 +114,9 @@ class Totals:
             setattr(self, f, 0)
         self.started: float | None = None
         self.sent = SentLedger()  # freed and memory tokens count once the request's forward says they went out
+
+    def __getattr__(self, name: str) -> Any:  # (for the type checker: the counters above, set by name)
+        raise AttributeError(name)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Totals:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points as eps
 from pathlib import Path
+from typing import Any
 
 import pluggy
 
@@ -26,7 +28,7 @@ class PluginInfo:
     is_stage: bool
 
 
-def _load_dropins(pm: pluggy.PluginManager, folder: Path) -> None:
+def _load_dropins(pm: StagePlugins, folder: Path) -> None:
     for path in sorted(Path(folder).glob("*.py")):
         if path.name.startswith("_"):
             continue
@@ -46,12 +48,20 @@ def _load_dropins(pm: pluggy.PluginManager, folder: Path) -> None:
         pm.cw_sources[name] = str(path)
 
 
+class StagePlugins(pluggy.PluginManager):
+    """pluggy's manager, and what loading the plugins found."""
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self.cw_sources: dict[str, str] = {}  # plugin name -> where it came from
+        self.cw_errors: dict[str, str] = {}  # plugin name -> why it could not be loaded
+        self.cw_trace: Callable[..., None] | None = None  # the trace writer, when tracing
+
+
 def make_plugin_manager(plugins_dir: str | os.PathLike | None = None, trace: bool | None = None,
-                        entry_points: bool = True, extra: list[tuple[str, object]] | None = None) -> pluggy.PluginManager:
-    pm = pluggy.PluginManager("contextwarden")
+                        entry_points: bool = True, extra: list[tuple[str, object]] | None = None) -> StagePlugins:
+    pm = StagePlugins("contextwarden")
     pm.add_hookspecs(hookspecs)
-    pm.cw_sources = {}  # plugin name -> where it came from
-    pm.cw_errors = {}  # plugin name -> why it could not be loaded
     if entry_points:
         for ep in eps(group=ENTRY_POINT_GROUP):
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
@@ -73,14 +83,14 @@ def make_plugin_manager(plugins_dir: str | os.PathLike | None = None, trace: boo
     return pm
 
 
-def enable_trace(pm: pluggy.PluginManager, write=None) -> None:
+def enable_trace(pm: StagePlugins, write=None) -> None:
     write = write or (lambda *a: print(*a, file=sys.stderr, end=""))
     pm.trace.root.setwriter(write)
     pm.enable_tracing()
     pm.cw_trace = write
 
 
-def stage_order(pm: pluggy.PluginManager, order: list[str], disabled: list[str]) -> list[tuple[str, object]]:
+def stage_order(pm: StagePlugins, order: list[str], disabled: list[str]) -> list[tuple[str, Callable[..., Any]]]:
     """(name, function) of every enabled request stage, in the profile's order, unlisted ones last."""
     impls = {i.plugin_name: i.function for i in pm.hook.cw_request.get_hookimpls()}
     names = [n for n in order if n in impls]
@@ -89,7 +99,7 @@ def stage_order(pm: pluggy.PluginManager, order: list[str], disabled: list[str])
     return [(n, impls[n]) for n in names if n not in disabled]
 
 
-def check_stage_names(pm: pluggy.PluginManager, pipeline) -> None:
+def check_stage_names(pm: StagePlugins, pipeline) -> None:
     """Every name in ``pipeline.order`` and ``pipeline.disabled`` is a loaded stage; an unknown one is a
     settings error that names it (a typo there would otherwise leave a stage off, or on, silently)."""
     stages = {i.plugin_name for i in pm.hook.cw_request.get_hookimpls()}
@@ -110,7 +120,7 @@ def check_stage_names(pm: pluggy.PluginManager, pipeline) -> None:
         raise SettingsError("invalid settings:\n" + "\n".join(problems) + f"\n  known stages: {known}")
 
 
-def order_warnings(pm: pluggy.PluginManager, pipeline) -> list[str]:
+def order_warnings(pm: StagePlugins, pipeline) -> list[str]:
     """Built-in stages that a profile's ``pipeline.order`` leaves out while they are on: they still run,
     but after every listed stage (a copied order from before a stage existed moves it silently)."""
     stages = {i.plugin_name for i in pm.hook.cw_request.get_hookimpls()}
@@ -123,7 +133,7 @@ def order_warnings(pm: pluggy.PluginManager, pipeline) -> list[str]:
             "last; list them where they belong or put them in pipeline.disabled"]
 
 
-def describe(pm: pluggy.PluginManager, order: list[str] | None = None, disabled: list[str] | None = None) -> list[PluginInfo]:
+def describe(pm: StagePlugins, order: list[str] | None = None, disabled: list[str] | None = None) -> list[PluginInfo]:
     hooknames = [n for n in dir(hookspecs) if n.startswith("cw_")]
     stages = [n for n, _ in stage_order(pm, order or [], [])]
     infos = []

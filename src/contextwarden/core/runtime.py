@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +17,20 @@ from ..store import replicas
 from ..store.bodies import BodyRing, record
 from ..store.state import open_state
 from ..util.home import ensure_home, secret_file
+from ..util.lru import LRU
 from ..wire.history import Conversations
 from ..wire.prefixparse import RecentBodies
 from ..wire.tokens import TokenCounter
 from . import collector
 from .boundedpool import BoundedExecutor
-from .events import EventBus, JsonlLog
+from .events import Event, EventBus, JsonlLog
 from .pluginmanager import check_stage_names, make_plugin_manager, stage_order
 from .stagebudgets import StageTimes
 
 
 class Runtime:
-    def __init__(self, settings: Settings, home: Path, plugins_dir: str | os.PathLike | None = None,
-                 profile: str | os.PathLike | None = None, bus: EventBus | None = None,
+    def __init__(self, settings: Settings, home: Path, plugins_dir: str | os.PathLike[str] | None = None,
+                 profile: str | os.PathLike[str] | None = None, bus: EventBus | None = None,
                  extra_plugins: list[tuple[str, object]] | None = None, log: bool = True) -> None:
         pm = make_plugin_manager(plugins_dir, extra=extra_plugins)
         check_stage_names(pm, settings.pipeline)  # before anything is opened: an unknown stage stops the start
@@ -77,7 +79,7 @@ class Runtime:
         self.conversations = Conversations()
         # recent bodies' histories, not decoded again (pipeline.prepare): one per conversation in flight
         self.recent = RecentBodies(max(8, settings.pipeline.recent_conversations))
-        self._tokens = None
+        self._tokens: TokenCounter | None = None
         self._lock = threading.Lock()
         self._memos: dict[str, Any] = {}  # the request path's caches, by name (memo): this runtime's alone
         # the stage breaker: stage name -> (its call still running past its budget, when it started)
@@ -85,7 +87,7 @@ class Runtime:
         self._overrun_lock = threading.Lock()
         self.stage_times = StageTimes()  # each stage's recent durations: its adaptive budget
         self._gc_settled_memory = False
-        self._gc_unsubscribe = None
+        self._gc_unsubscribe: Callable[[], None] | None = None
         self.last_request = time.monotonic()  # prepare() stamps it; the idle collector reads it
         self._gc_idle_thread: threading.Thread | None = None
         self._closed = threading.Event()
@@ -126,7 +128,7 @@ class Runtime:
             self._gc_idle_thread.start()
         return info
 
-    def _settle_gc_when_memory_is_ready(self, ev) -> None:
+    def _settle_gc_when_memory_is_ready(self, ev: Event) -> None:
         if getattr(ev, "type", None) == "memory_status" and not self._gc_settled_memory:
             self._gc_settled_memory = True
             try:
@@ -149,13 +151,13 @@ class Runtime:
             self.bus.emit("error", {"where": "tokens", "message": f"warm-up failed: {type(e).__name__}: {e}"})
 
     @classmethod
-    def from_profile(cls, profile: str | os.PathLike | None, home: str | os.PathLike | None = None,
-                     plugins_dir: str | os.PathLike | None = None, **kw) -> Runtime:
+    def from_profile(cls, profile: str | os.PathLike[str] | None, home: str | os.PathLike[str] | None = None,
+                     plugins_dir: str | os.PathLike[str] | None = None, **kw: Any) -> Runtime:
         h = ensure_home(home)
         return cls(load_settings(profile, h), h, plugins_dir, profile=profile, **kw)
 
     @property
-    def tokens(self):
+    def tokens(self) -> TokenCounter:
         """The shared token counter (per-content cache, calibration), created on first use."""
         if self._tokens is None:
             with self._lock:
@@ -163,10 +165,10 @@ class Runtime:
                     self._tokens = TokenCounter(self.settings.tokens, self.state, self.bus)
         return self._tokens
 
-    def memo(self, name: str, factory):
+    def memo[T](self, name: str, factory: Callable[[], T]) -> T:
         """This runtime's cache ``name`` (``factory()`` the first time): every cache of the request path
         lives here, never in a module, so two runtimes in one process share nothing."""
-        m = self._memos.get(name)
+        m: T | None = self._memos.get(name)
         if m is None:
             with self._lock:
                 m = self._memos.get(name)
@@ -174,7 +176,7 @@ class Runtime:
                     m = self._memos[name] = factory()
         return m
 
-    def stages(self) -> list[tuple[str, object]]:
+    def stages(self) -> list[tuple[str, Callable[..., Any]]]:
         p = self.settings.pipeline
         return stage_order(self.pm, p.order, p.disabled)
 
@@ -197,7 +199,7 @@ class Runtime:
         self.pm.hook.cw_configure(runtime=self)
         return self.settings
 
-    def remember(self, ctx, rewritten: bytes | dict | None, nbytes: int) -> None:
+    def remember(self, ctx: Any, rewritten: bytes | dict[str, Any] | None, nbytes: int) -> None:
         """Keep a request's bodies for the inspector; write them to disk if the profile asks.
 
         Bodies are kept as the JSON bytes (the client's, and what was sent), not as parsed objects: a
@@ -213,6 +215,16 @@ class Runtime:
         if self.settings.log.record_bodies:
             self.turn_pool.submit(record, self.home, entry)
 
+    def forget_conversations(self) -> None:
+        """Drop what is remembered of conversations (their messages' bytes, typed messages, memos and
+        slots; the recent bodies' histories) and the memos of per-message work (``memo``'s LRUs): caches,
+        each conversation's next request reads it whole."""
+        self.conversations.clear()
+        self.recent = RecentBodies(self.recent.size)
+        for m in list(self._memos.values()):
+            if isinstance(m, LRU):
+                m.clear()
+
     # ------------------------------------------------------------------ the stage breaker
 
     def overrun_since(self, stage: str) -> float | None:
@@ -226,7 +238,7 @@ class Runtime:
             return None
         return rec[1]
 
-    def mark_overrun(self, stage: str, call, ctx=None) -> None:
+    def mark_overrun(self, stage: str, call: Future[Any], ctx: Any = None) -> None:
         """``call`` (a concurrent Future running ``stage``) was abandoned past its budget: skip the
         stage until it returns, then say so."""
         started = time.time()
@@ -235,13 +247,12 @@ class Runtime:
         flow_id = getattr(ctx, "flow_id", None)
         session = getattr(ctx, "session", None)
 
-        def returned(f) -> None:
+        def returned(f: Future[Any]) -> None:
             self._clear_overrun(stage, f)
             err = None
             if f.cancelled():
                 err = "cancelled"
-            elif f.exception() is not None:
-                e = f.exception()
+            elif (e := f.exception()) is not None:
                 err = f"{type(e).__name__}: {e}"
             try:
                 self.bus.emit("stage_recovered", {"stage": stage, "late_ms": round((time.time() - started) * 1000, 3),
@@ -251,7 +262,7 @@ class Runtime:
 
         call.add_done_callback(returned)
 
-    def _clear_overrun(self, stage: str, call) -> None:
+    def _clear_overrun(self, stage: str, call: Future[Any]) -> None:
         with self._overrun_lock:
             rec = self._overrun.get(stage)
             if rec is not None and rec[0] is call:

@@ -7,12 +7,9 @@ of its last ``budget_window`` calls, clamped between ``budget_floor_ms`` and ``b
 (by default the stage's fixed budget, ``budgets_ms`` / ``stage_budget_ms``, and 4 times that). Until a
 stage has ``budget_min_samples`` calls, its fixed budget applies.
 
-Why stretch by default rather than shrink: measured on a loaded 2-core machine, compaction's call that
-makes a new summary (rare, so the p95 does not see it) took 300-320 ms against its 250 ms budget, and a
-budget shrunk towards the p95 of the cheap calls cut it more often still. Missing a budget costs that
-request its new work (the stored decision lands one request later); a stretched budget costs latency
-only on a machine that is slow anyway. A profile that prefers abandoning hung stages sooner lowers
-``budget_floor_ms``.
+The default stretches rather than shrinks: a rare dear call (compaction's new summary) is not in the
+p95 of the cheap ones, and a stretched budget costs latency only on a machine that is slow anyway. A
+profile that prefers abandoning hung stages sooner lowers ``budget_floor_ms``.
 
 A call that ran past its budget counts as taking its whole budget (a lower bound of what it took), so a
 machine that gets busy raises the budgets towards the ceiling within a few requests. Missing a budget

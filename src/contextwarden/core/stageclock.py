@@ -1,9 +1,7 @@
 """What a request's stage thread is doing now, for the event loop's watchdog (pipeline.Pipeline.admit_and_process).
 
-A request's stages run one after another on ONE worker thread (one trip from the event loop and back,
-instead of one per stage: under load, each trip waited for the OS to schedule a thread and for the
-interpreter lock, 20-200 ms per stage on a busy 2-core machine, and the budgets counted that wait as the
-stage's work). The thread stamps each stage's start here; the loop sleeps until the running stage's
+A request's stages run one after another on one worker thread (one trip from the event loop and back,
+not one per stage). The thread stamps each stage's start here; the loop sleeps until the running stage's
 budget is due and abandons the stage only if it is still running then.
 
 A budget measures the stage's own work, from its own start: time spent queued for a worker thread
@@ -19,6 +17,10 @@ import asyncio
 import threading
 import time
 from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .stagebudgets import Budget
 
 WALL_FACTOR = 3.0  # past this many times its budget in wall-clock time, a stage is abandoned anyway
 IDLE_WAIT_S = 0.25  # how often the watchdog looks while no stage runs (queued, or finishing: no budget)
@@ -46,13 +48,13 @@ class StageClock:
         self.name: str | None = None
         self.started = 0.0  # perf_counter at the running stage's start
         self.cpu_started = 0.0
-        self.budget = None  # the running stage's Budget
+        self.budget: Budget | None = None  # the running stage's Budget
         self.budget_s = 0.0
         self.abandoned: str | None = None  # the stage the loop gave up on
         self.abandoned_ms = 0.0
-        self.returned: Future = Future()  # resolves when the abandoned stage's call returns
+        self.returned: Future[Any] = Future()  # resolves when the abandoned stage's call returns
         self.t_stages = 0.0  # perf_counter when the stages started
-        self.ctx = None  # the request's context, once the stage thread has it (Pipeline.admit_and_process)
+        self.ctx: Any = None  # the request's context, once the stage thread has it (Pipeline.admit_and_process)
         self.t_done = 0.0  # perf_counter when the stage thread's work for the request ended
 
     # --- the stage thread ------------------------------------------------------------------------
@@ -163,8 +165,8 @@ def _finished(work: Future, done: asyncio.Future, waiting: list) -> None:
     if not done.done():
         if work.cancelled():
             done.cancel()
-        elif work.exception() is not None:
-            done.set_exception(work.exception())
+        elif (e := work.exception()) is not None:
+            done.set_exception(e)
         else:
             done.set_result(work.result())
     _wake(waiting[0])

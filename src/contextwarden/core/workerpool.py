@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import tiktoken
 
@@ -59,7 +59,7 @@ class _Worker:
         self.encoding = encoding
         self.role = role  # named on the worker's command line (what a process listing shows it does)
         self.lock = threading.Lock()
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self._ready = False
         self.late: float | None = None  # when a call gave up on its answer (still to be read), else None
 
@@ -80,14 +80,19 @@ class _Worker:
     def ready(self, wait: float = 0.0) -> bool:
         """Whether the worker has loaded what it needs (it says so with an empty answer once, at start)."""
         if not self._ready and self.proc is not None:
-            if select.select([self.proc.stdout.fileno()], [], [], wait)[0]:
+            if select.select([self._pipes()[1].fileno()], [], [], wait)[0]:
                 self._ready = self._answer(time.monotonic() + 5) == b""
         return self._ready
+
+    def _pipes(self) -> tuple[IO[bytes], IO[bytes]]:
+        p = self.proc
+        assert p is not None and p.stdin is not None and p.stdout is not None  # (started with both pipes)
+        return p.stdin, p.stdout
 
     def exchange(self, payload: bytes, deadline: float) -> bytes:
         """Send one call (one write), read its answer by ``deadline`` (``time.monotonic``). Raises
         TimeoutError, OSError."""
-        self.proc.stdin.write(len(payload).to_bytes(4, "big") + payload)
+        self._pipes()[0].write(len(payload).to_bytes(4, "big") + payload)
         return self._answer(deadline)
 
     def _answer(self, deadline: float) -> bytes:
@@ -95,7 +100,7 @@ class _Worker:
         holds (usually the whole answer), not a read of the length then one of the rest. Every return
         from a blocking call takes the interpreter lock again, a wait of its own behind busy threads
         under load. Only one call is ever in flight, so nothing past this answer is read."""
-        fd, got, size = self.proc.stdout.fileno(), bytearray(), None
+        fd, got, size = self._pipes()[1].fileno(), bytearray(), None
         while size is None or len(got) < size:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
@@ -114,7 +119,7 @@ class _Worker:
         p, self.proc = self.proc, None
         if p is None:
             return
-        for f in (p.stdin, p.stdout):
+        for f in (f for f in (p.stdin, p.stdout) if f is not None):
             try:
                 f.close()
             except Exception:
@@ -175,7 +180,7 @@ class Offload:
             raise Unavailable("the worker is starting")
 
     def pids(self) -> list[int]:
-        return [w.proc.pid for w in self.workers if w.alive()]
+        return [w.proc.pid for w in self.workers if w.proc is not None and w.alive()]
 
     def _free(self, deadline: float) -> _Worker:
         """The first worker free (by ``deadline``), held (its ``lock``) until :meth:`_release`."""
@@ -194,7 +199,7 @@ class Offload:
         try:
             w._answer(deadline)
         except TimeoutError:
-            if time.monotonic() - w.late > HUNG_S:
+            if w.late is not None and time.monotonic() - w.late > HUNG_S:
                 self._fail(w)
                 raise Unavailable(f"a worker gave no answer for {HUNG_S:.0f} s: stopped") from None
             raise Unavailable("every worker still busy with a call past its time") from None

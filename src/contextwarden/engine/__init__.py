@@ -7,6 +7,6 @@ without a proxy server: it runs the same addons (``addons/chain.py``) on a mirro
 the stages, the token counting, the answers' reading and the state writes hold an interpreter lock;
 in mitmdump's process every relayed byte waited behind them. Two processes, two locks.
 
-    wire     frames on the socket pair between the two processes (length-prefixed pickles)
-    server   the engine process (``python -m contextwarden.engine FD``)
+    server   the engine process (``python -m contextwarden.engine FD``); the frames on the socket pair
+             between the two processes (length-prefixed pickles) are ``core/frames.py``
 """

@@ -35,7 +35,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 from mitmproxy import exceptions, hooks, http, options, websocket
 from mitmproxy.flow import Error
@@ -61,7 +61,7 @@ class Engine:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.master: Master | None = None
-        self.warden = None
+        self.warden = Warden()
         self.mirrors: dict[str, tuple[http.HTTPFlow, float]] = {}
         self.writer: asyncio.StreamWriter | None = None
         self.tasks: set[asyncio.Task] = set()
@@ -72,7 +72,6 @@ class Engine:
     def start(self, opts_values: dict[str, Any]) -> str | None:
         """The master and its addons, configured with mitmdump's options; an error message, or None."""
         self.master = Master(options.Options(), with_termlog=True)
-        self.warden = Warden()
         addons = engine_addons(self.warden)
         for a in addons:
             if type(a).__name__ == "WebSocketResponses":
@@ -92,6 +91,7 @@ class Engine:
             frames.send_blocking(self.sock, "fatal", None, error)
             return 1
         rt = self.warden.runtime
+        assert rt is not None  # (start() said so)
         self._settings_sent = rt.settings
         frames.send_blocking(self.sock, "ready", None, {**self._link_settings(), "pid": os.getpid(),
                                                       "release_flows": rt.settings.pipeline.release_flows,
@@ -131,7 +131,7 @@ class Engine:
                 return
             try:
                 if op == "running":  # mitmdump listens: now the addons may tell the world (tui.json)
-                    await self.master.addons.trigger_event(hooks.RunningHook())
+                    await self._hook(hooks.RunningHook())
                     self._send("reply", key, {})
                 elif op == "observed":  # forwarded at once, ended: its request read, then its answer
                     await self.request(None, payload.pop("flow"))
@@ -166,6 +166,10 @@ class Engine:
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(frames.encode(op, key, payload))
 
+    async def _hook(self, hook: hooks.Hook) -> None:
+        if self.master is not None:  # (None once closed)
+            await self.master.addons.trigger_event(hook)
+
     def _spawn(self, coro) -> None:
         t = asyncio.ensure_future(coro)
         self.tasks.add(t)
@@ -176,7 +180,7 @@ class Engine:
         return {"proxy": rt.settings.proxy, "passive": rt.passive()}
 
     def _settings_changed(self) -> None:
-        rt = self.warden.runtime if self.warden is not None else None
+        rt = self.warden.runtime
         if rt is not None and rt.settings is not self._settings_sent:  # changed at run time (the TUI)
             self._settings_sent = rt.settings
             self._send("settings", None, self._link_settings())
@@ -184,14 +188,14 @@ class Engine:
     async def request(self, seq: int | None, state: dict) -> None:
         reply: dict[str, Any] = {"watch": False}
         try:
-            flow = http.HTTPFlow.from_state(state)
+            flow = cast(http.HTTPFlow, http.HTTPFlow.from_state(state))
             # what the addons put here says whether the flow is watched; the user the proxy credential
             # vouched for stays (the tenant of a request without a provider credential: origin_of), and
             # the route the link took (not taken again)
             vouched = {k: v for k, v in flow.metadata.items() if k in _CROSSING}
             flow.metadata = dict(vouched) if seq is not None else {**vouched, FORWARDED: True}
             raw, fields = flow.request.raw_content, flow.request.headers.fields
-            await self.master.addons.trigger_event(HttpRequestHook(flow))
+            await self._hook(HttpRequestHook(flow))
             req = flow.request
             # only what changed crosses back (an unchanged ~600 KB body does not)
             changed: dict[str, Any] = {}
@@ -219,7 +223,7 @@ class Engine:
             return
         flow = m[0]
         flow.response = http.Response.from_state(state)
-        await self.master.addons.trigger_event(HttpResponseHeadersHook(flow))
+        await self._hook(HttpResponseHeadersHook(flow))
 
     def chunk(self, flow_id: str, data: bytes) -> None:
         m = self.mirrors.get(flow_id)
@@ -242,11 +246,11 @@ class Engine:
                 flow.response.timestamp_end = resp.get("timestamp_end")
         if payload.get("error") is not None:
             flow.error = Error(payload["error"])
-            await self.master.addons.trigger_event(HttpErrorHook(flow))
+            await self._hook(HttpErrorHook(flow))
         else:
-            await self.master.addons.trigger_event(HttpResponseHook(flow))
+            await self._hook(HttpResponseHook(flow))
 
-    def _ws_flow(self, flow_id: str, message: dict) -> tuple[http.HTTPFlow, websocket.WebSocketMessage] | None:
+    def _ws_flow(self, flow_id: str, message: Any) -> tuple[http.HTTPFlow, websocket.WebSocketMessage] | None:
         m = self.mirrors.get(flow_id)
         if m is None:
             return None
@@ -258,7 +262,7 @@ class Engine:
         self.mirrors[flow_id] = (flow, time.monotonic())
         return flow, msg
 
-    async def ws_message(self, key: tuple[int, str], message: dict) -> None:
+    async def ws_message(self, key: tuple[int, str], message: Any) -> None:
         seq, flow_id = key
         reply: dict[str, Any] = {}
         try:
@@ -267,7 +271,7 @@ class Engine:
                 flow, msg = got
                 content = msg.content
                 flow.metadata.pop(INJECT, None)
-                await self.master.addons.trigger_event(WebsocketMessageHook(flow))
+                await self._hook(WebsocketMessageHook(flow))
                 if msg.content is not content:
                     reply["content"] = msg.content
                 reply["dropped"] = msg.dropped
@@ -277,10 +281,10 @@ class Engine:
             reply = {"error": f"{type(e).__name__}: {e}"}
         self._send("reply", seq, reply)
 
-    async def ws_server(self, flow_id: str, message: dict) -> None:
+    async def ws_server(self, flow_id: str, message: Any) -> None:
         got = self._ws_flow(flow_id, message)
         if got is not None:
-            await self.master.addons.trigger_event(WebsocketMessageHook(got[0]))
+            await self._hook(WebsocketMessageHook(got[0]))
 
     async def ws_end(self, flow_id: str, close_code: int | None) -> None:
         m = self.mirrors.pop(flow_id, None)
@@ -290,7 +294,7 @@ class Engine:
         if flow.websocket is None:
             flow.websocket = websocket.WebSocketData()
         flow.websocket.close_code = close_code
-        await self.master.addons.trigger_event(WebsocketEndHook(flow))
+        await self._hook(WebsocketEndHook(flow))
 
 
 INJECT = "contextwarden_engine_inject"
@@ -308,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the engine is the proxy: memory and compression run in processes of their own (``auto``), as in mitmdump
     memory_service.AUTO_PROCESS = "separate"
-    sys.stdout.reconfigure(line_buffering=True)  # its log lines among mitmdump's, as they happen
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # its log lines among mitmdump's, as they happen
     logging.getLogger().setLevel(logging.INFO)  # as mitmdump's: the termlog handler filters by its verbosity
     sock = socket.socket(fileno=int(argv[0]))
     first = frames.read_blocking(sock, None)

@@ -378,12 +378,7 @@ def quoted_in(q: str, x: Lost, memo: LRU | None = None) -> bool:
     if "\n" not in q.strip():
         return False
     lines = _lines(q)
-
-    def index() -> frozenset[int]:
-        return frozenset(hash(ln) for ln in _lines(x.text))
-
-    # the lost text's lines, remembered by its id (the runtime's Memos.lines)
-    ix = index() if memo is None else memo.get(x.memory_id, index)
+    ix = _line_hashes(x.text) if memo is None else memo.get(x.memory_id, _line_hashes, x.text)
     inner = lines[1:-1] if len(lines) > 2 else []
     if not inner:  # two lines: each must be (part of) a line of the text
         return all(any(ln in t for t in x.text.split("\n")) for ln in lines)
@@ -422,12 +417,13 @@ class Kept:
         return any(term in _term_index(t, self._memo) for t in self.parts())
 
 
+def _line_hashes(text: str) -> frozenset[int]:
+    return frozenset(hash(ln) for ln in _lines(text))
+
+
 def _term_index(text: str, memo: LRU | None = None) -> frozenset[str]:
     """The fidelity measure's tokens of one text, remembered by the text in ``memo`` (the history repeats)."""
-    def compute() -> frozenset[str]:
-        return frozenset(_tokens(text))
-
-    return compute() if memo is None else memo.get(text, compute)
+    return frozenset(_tokens(text)) if memo is None else memo.get(text, lambda: frozenset(_tokens(text)))
 
 
 EXCERPT_CONTEXT = 12  # lines kept before and after the lines a reference is on

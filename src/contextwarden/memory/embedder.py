@@ -46,12 +46,6 @@ def chroma_cache_dir() -> Path:
         return Path.home() / ".cache" / "chroma" / "onnx_models" / "all-MiniLM-L6-v2" / "onnx"
 
 
-def _threads() -> int:
-    # One thread: a short query is ~5 ms on one core, and extra threads spin against the proxy (and
-    # everything else on the machine) for little gain; measured slower on a busy 2-core box.
-    return 1
-
-
 class Embedder:
     """Embeds texts into L2-normalised float32 vectors (``dim`` = 384 for this model).
 
@@ -81,7 +75,8 @@ class Embedder:
         so = ort.SessionOptions()
         so.log_severity_level = 3
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = threads or _threads()
+        # one thread by default: a short query is ~5 ms on one core, and more spin against the proxy
+        so.intra_op_num_threads = threads or 1
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(self.model_dir / "model.onnx"), sess_options=so,
@@ -176,7 +171,7 @@ class PieceCounter:
     additive = True
     specials = 2  # [CLS] and [SEP]: what a chunk costs on top of its pieces
 
-    def __init__(self, embedder: Embedder, cache: int = 100_000) -> None:
+    def __init__(self, embedder: Embedder, cache: int = 50_000) -> None:
         self.embedder = embedder
         self._words: dict[str, int] = {}
         self._max = cache

@@ -17,6 +17,7 @@ from ..util import sealing
 from .ids import content_hash
 
 KINDS = ("message", "tool_result", "chunk")
+OPTIONAL = ("tool", "workspace", "source_id", "project", "speaker", "when")  # metadata only when set
 
 
 @dataclass
@@ -78,18 +79,7 @@ class MemoryItem:
         tags = clean_tags(self.tags)
         if tags:
             md["tags"] = tags
-        if self.tool is not None:
-            md["tool"] = self.tool
-        if self.workspace is not None:
-            md["workspace"] = self.workspace
-        if self.source_id is not None:
-            md["source_id"] = self.source_id
-        if self.project is not None:
-            md["project"] = self.project
-        if self.speaker is not None:
-            md["speaker"] = self.speaker
-        if self.when is not None:
-            md["when"] = self.when
+        md.update((k, v) for k in OPTIONAL if (v := getattr(self, k)) is not None)
         return md
 
     def to_record(self) -> dict[str, Any]:
@@ -113,14 +103,9 @@ class MemoryItem:
             turn=int(md.get("turn", 0)),
             role=str(md.get("role", "user")),
             kind=str(md.get("kind", "message")),
-            tool=md.get("tool") or None,
             tags=parse_tags(md.get("tags")),
             ts=float(md.get("ts", time.time())),
-            workspace=md.get("workspace") or None,
-            source_id=md.get("source_id") or None,
-            project=md.get("project") or None,
-            speaker=md.get("speaker") or None,
-            when=md.get("when") or None,
+            **{k: md.get(k) or None for k in OPTIONAL},
         )
 
 

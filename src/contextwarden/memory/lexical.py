@@ -36,7 +36,7 @@ _SPLIT = re.compile(r"[_.\-/]+")
 # separator, not the first letter of the next word (``n.ds_store``, ``nthumbs.db`` otherwise)
 _ESCAPE = re.compile(r'(?<!\\)\\[ntrbf"]')
 MAX_TERMS_PER_DOC = 4000  # a long chunk is indexed on its first terms only
-WORDS_KEPT = 200_000  # distinct words whose terms an index remembers (LexicalIndex.add)
+WORDS_KEPT = 50_000  # distinct words whose terms an index remembers (LexicalIndex.add)
 
 
 def tokenize(text: str, done: dict[str, list[str]] | None = None) -> list[str]:

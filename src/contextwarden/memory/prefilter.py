@@ -19,12 +19,8 @@ rules nothing out): the caller still tests those exactly. Bounded: past ``max_te
 ``max_runs`` runs it takes no more texts, and the caller tests those it does not know.
 
 Out of the garbage collector's sight: every key and value here is an atom (a trigram's runs are their
-numbers packed in one ``bytearray``, extended in place once per text read), so its dicts are never
-tracked. A list of runs per trigram made the conversations' indexes two thirds of the engine's tracked
-objects under issue 19's load (233K lists), and every full collection, which holds the interpreter
-lock, walked them all (300-500 ms a collection). (``bytes``, concatenated, copied a common trigram's
-whole list for each text that added a run holding it: adding a 12 KB text after 100-200 others cost
-1.7-2.4 ms, 0.5-0.8 ms with a ``bytearray``, which grows in place and is not tracked either.)
+numbers packed in one ``bytearray``, extended in place), so its dicts are never tracked: lists of runs
+made a full collection, which holds the interpreter lock, walk 233K of them under load.
 """
 
 from __future__ import annotations

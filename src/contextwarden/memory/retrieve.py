@@ -39,8 +39,6 @@ MIN_LINE = 16  # shorter lines are too common to say an item is in the history
 
 
 def normalise(text: str) -> str:
-    # (str.split's whitespace is the regex's \s: the same text, a third of the time; a human turn keys
-    # every line of the history's new texts, under the proxy's interpreter lock)
     return " ".join(text.split())
 
 
@@ -74,8 +72,7 @@ def _text_keys(text: str) -> tuple[tuple[str, ...], frozenset[int]]:
 
 def _text_keys_of(text: str) -> tuple[tuple[str, ...], frozenset[int]]:
     lines = frozenset(_stable_hash(n) for n in (_line_key(x) for x in text.splitlines()) if len(n) >= MIN_LINE)
-    # and the turns it holds as memory stores them (memory.turns): a dated or merged message of the
-    # history holds the items cut from it
+    # and the turns it holds as memory.turns stores them (a dated or merged message holds its items)
     return ((content_hash(text), content_hash(normalise(text)), *map(content_hash, unit_texts(text))), lines)
 
 
@@ -125,9 +122,7 @@ def _plain(m):
 
 
 def role_of(m) -> str:
-    m = m if isinstance(m, dict) else (_plain(m) if hasattr(m, "wire") else {})
-    if isinstance(m, str):
-        return "user"
+    m = m if isinstance(m, dict) else (m.wire() if hasattr(m, "wire") else {})
     role = m.get("role")
     if role is None and isinstance(m.get("type"), str) and m["type"] != "message":
         return "tool" if m["type"].endswith("_output") else "assistant"
@@ -199,11 +194,9 @@ class Query:
     context: str = ""
 
     def vector_text(self, limit: int = 600) -> str:
+        """The text embedded: a long message's start and end, where the question usually is (the
+        model's time grows faster than linearly with its input, on the request path; BM25 reads all)."""
         t = self.text.strip()
-        # A long message (a pasted log, a spec) is cut to its start and its end, where the question
-        # usually is: the model's time grows faster than linearly with its input (one core: ~7 ms for
-        # a 13-token question, ~35 ms at 140 tokens, ~70 ms at its 256-token limit), and it runs on
-        # the request path. BM25 still reads the whole message.
         if len(t) > limit:
             t = t[: limit // 2] + " … " + t[-limit // 2:]
         return t
@@ -293,9 +286,6 @@ class Retriever:
         # the current session's exact vector ranking (memory.scope.SessionVectors; made here when None)
         self.scope = scope
 
-    def _vector_ok(self) -> bool:
-        return self.embedder is not None and self.store is not None and getattr(self.store, "available", False)
-
     def start(self, query: Query, tenants: list[str], *, workspace: str | None = None, n: int | None = None,
               session: str | None = None, project: str | None = None) -> Vectors:
         """The half of a search that no ``exclude`` changes: which rankings it has (scoped to the
@@ -316,7 +306,7 @@ class Retriever:
         # below the tenant's top too)
         in_project = v.in_project = (scoped and bool(project) and s.project_weight > s.other_sessions_weight
                                      and any(self.lexical.project_size(p, project) for p in dict.fromkeys(partitions)))
-        if not qtext.strip() or not self._vector_ok():
+        if not qtext.strip() or self.embedder is None or not getattr(self.store, "available", False):
             return v
         v.mode = "hybrid"
         if self.lexical is not None and s.common_term_ratio > 0:

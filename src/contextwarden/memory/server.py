@@ -28,7 +28,7 @@ from typing import Any
 
 from ..core.events import EventBus
 from ..settings import load_settings
-from . import service, wire
+from . import wire
 from .service import MemoryService
 
 # calls answered on the connection's own thread, in the order they came: a queue append each
@@ -53,7 +53,6 @@ class _Runtime:
 
 class MemoryServer:
     def __init__(self, home: str | Path, sock_path: str | Path, settings=None, parent_pid: int | None = None) -> None:
-        service.AUTO_PROCESS = "separate"  # this process is the separate one: update() must agree
         self.home = Path(home)
         self.sock_path = str(sock_path)
         self.bus = EventBus(recent=16)

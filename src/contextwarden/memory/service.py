@@ -253,7 +253,8 @@ class MemoryService:
             self._lexical_ready.set()
 
     def _tag(self, text: str) -> list[str]:
-        return self.tagger.tag(text) if self.settings.tagging.enabled else []
+        """The storer's tags of a text the pending table holds (redacted when it was submitted)."""
+        return self.tagger.tag(text, redacted=True) if self.settings.tagging.enabled else []
 
     def _on_added(self, items) -> None:
         self.lexical.add(items)  # (indexed before they were embedded: a no-op then)

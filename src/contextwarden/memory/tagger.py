@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from rapidfuzz import fuzz
 
+from ..util.lru import LRU
 from ..util.redact import redact_text
 
 STOPWORDS = frozenset("""
@@ -58,7 +59,6 @@ _PATH = re.compile(r"(?<![\w/.-])(?:\.{0,2}/)?(?:[\w.-]+/)*[\w-]+\.[A-Za-z][A-Za
 _IDENT = re.compile(r"\b(?:[A-Za-z_][A-Za-z0-9]*_[A-Za-z0-9_]+|[a-z]+[A-Z][A-Za-z0-9]*|[A-Z][a-z0-9]+[A-Z][A-Za-z0-9]*"
                     r"|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\(?)")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*[A-Za-z]|[A-Za-z]")
-_SENTENCE_END = re.compile(r"[.!?\n:;]\s*$")
 # stop a run of content words at punctuation
 _BREAK = re.compile(r"[,.!?;:()\[\]{}\"“”\n]")
 # the budget of one text: characters read (the work after that is linear in them, and the pairwise
@@ -105,14 +105,14 @@ def _norm_word(w: str) -> str:
     return w[:-2] if w.endswith("'s") else w
 
 
-_TAG_CHARS = MAX_CHARS  # a tag set does not need more of a text
 _MARK = re.compile(r"\[REDACTED:[a-z_]+\]")
 
 
-def redacted_for_tags(text: str) -> str:
-    """``text`` cut to what the tagger reads, its secrets removed and the redaction marks too (a mark's
-    kind is no topic). Cut with a margin first so a secret straddling the cut is still recognised."""
-    text = redact_text(text[: _TAG_CHARS + 4096])[:_TAG_CHARS]
+def redacted_for_tags(text: str, redacted: bool = False) -> str:
+    """``text`` cut to what the tagger reads, its secrets removed (unless ``redacted`` already) and the
+    redaction marks too (a mark's kind is no topic). Cut with a margin first so a secret straddling the
+    cut is still recognised."""
+    text = text[:MAX_CHARS] if redacted else redact_text(text[: MAX_CHARS + 4096])[:MAX_CHARS]
     return _MARK.sub(" , ", text) if "[REDACTED:" in text else text
 
 
@@ -134,7 +134,7 @@ class KeywordTagger:
                 first_seen[tag] = len(first_seen)
             scores[tag] = scores.get(tag, 0.0) + weight
 
-        text = text[:MAX_CHARS]  # a tag set does not need more; keeps a huge tool output cheap
+        text = text[:MAX_CHARS]
         for m in _PATH.finditer(text):
             p = m.group(0).strip("./") if m.group(0).startswith("./") else m.group(0)
             last = p.rsplit("/", 1)[-1]
@@ -201,14 +201,14 @@ class KeywordTagger:
                 kept.append(c)
         return sorted(kept, key=lambda c: -c.score)
 
-    def tag(self, text: str, max_tags: int | None = None) -> list[str]:
+    def tag(self, text: str, max_tags: int | None = None, redacted: bool = False) -> list[str]:
         """The best ``max_tags`` tags of ``text`` (most relevant first), taken from the text with its
-        secrets redacted: a tag goes to events, Chroma metadata and the lexical index, so a token
-        (``ghp_…``, a URL's password) must never become one."""
+        secrets redacted (``redacted``: it was): a tag goes to events, Chroma metadata and the lexical
+        index, so a token (``ghp_…``, a URL's password) must never become one."""
         n = self.max_tags if max_tags is None else max_tags
         if not text or n <= 0:
             return []
-        merged = self.merge(self.candidates(redacted_for_tags(text)))
+        merged = self.merge(self.candidates(redacted_for_tags(text, redacted)))
         # a pair of common words seen once is mostly noise ("group yesterday"); names pass
         merged = [c for c in merged if " " not in c.tag or c.score >= 1.4]
         phrases = [c for c in merged if " " in c.tag][:n]
@@ -279,18 +279,15 @@ class Tagger:
         self.settings = settings
         self.keywords = KeywordTagger(settings.max_tags, settings.merge_similarity)
         self.embedding = EmbeddingTagger(embedder) if settings.embedding_tagger and embedder is not None else None
-        self._cache: OrderedDict[str, list[str]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = LRU(8192)
 
-    def tag(self, text: str) -> list[str]:
-        """Tags of one text (cached by text: the history's turns are tagged again on every request)."""
-        key = text if len(text) < 256 else f"{len(text)}:{hash(text)}"
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
-        tags = self.keywords.tag(text)
+    def tag(self, text: str, redacted: bool = False) -> list[str]:
+        """Tags of one text (cached by text: the history's turns are tagged again on every request;
+        ``redacted``: its secrets were removed already)."""
+        return self._cache.get(text if len(text) < 256 else f"{len(text)}:{hash(text)}", self._tag, text, redacted)
+
+    def _tag(self, text: str, redacted: bool) -> list[str]:
+        tags = self.keywords.tag(text, redacted=redacted)
         if self.embedding is not None and text.strip():
             try:
                 # the nearest known topic takes the place of the weakest keyword
@@ -299,10 +296,6 @@ class Tagger:
                 tags = tags[: max(0, self.settings.max_tags - len(extra))] + extra
             except Exception:  # the embedding tagger is an extra; keyword tags stand alone
                 pass
-        with self._lock:
-            self._cache[key] = tags
-            if len(self._cache) > 4096:
-                self._cache.popitem(last=False)
         return tags
 
 

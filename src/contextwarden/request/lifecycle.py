@@ -21,6 +21,7 @@ import orjson
 
 from ..models.base import ApiKind
 from ..wire.apis import COUNT
+from ..wire.dialects import dialect
 from ..wire.streams.turn import AssembledTurn, Usage
 from .context import Incoming, RequestContext
 from .pipeline import Outcome, Pipeline, Skip, count_tokens, decided_state, prepare, request_event
@@ -113,7 +114,7 @@ def _count(rt: Runtime, req: Incoming) -> tuple[RequestContext | None, Outcome]:
     body, tokens = decided_state(rt, ctx)
     if body is not None:
         ctx.emit("count_tokens", changed=True, tokens_in=ctx.tokens_in, tokens_out=tokens,
-                 messages=len(ctx.original.get("messages") or []))
+                 messages=len(dialect(ctx.api).messages_of(ctx.original) or []))
     return ctx, Outcome(body=body, reason="rewritten" if body is not None else "unchanged")
 
 

@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from mitmproxy.net import encoding as enc
@@ -28,12 +28,15 @@ from ..models import ApiKind
 from ..models.base import WireModel
 from ..util.redact import redact_headers, redact_path, tenant_of
 from ..wire.dialects import NO_PROVIDER, dialect, validate_rewrite
-from ..wire.history import History
+from ..wire.history import Conversation, History, Typed
 from ..wire.tokens import current_turn_start, strips_thinking
 from ..wire.validate import FactCache
 from .agents import derive_agent
 from .context import BlockedResponse, Incoming, RequestContext
 from .sessions import derive_session
+
+if TYPE_CHECKING:
+    from ..core.runtime import Runtime
 
 # Who sent a request, as the proxy saw it (addons/interceptor.origin_of), among the consumed headers: a
 # name no HTTP header can have, so no client sets it
@@ -60,12 +63,13 @@ def decode_body(raw: bytes, encoding: str | None) -> bytes:
     if not encoding or encoding.strip().lower() in ("identity", ""):
         return raw
     try:
-        return enc.decode(raw, encoding.strip().lower())
+        out = enc.decode(raw, encoding.strip().lower())
+        return out if isinstance(out, bytes) else out.encode()
     except ValueError as e:
         raise Skip(f"cannot decode {encoding} body: {e}") from None
 
 
-def prepare(runtime, req: Incoming) -> RequestContext:
+def prepare(runtime: Runtime, req: Incoming) -> RequestContext:
     """Decode, parse and identify a request (runs in a worker thread). Raises Skip. A message of the
     Responses WebSocket says so in ``ctx.notes["transport"]``."""
     settings = runtime.settings
@@ -96,7 +100,8 @@ def prepare(runtime, req: Incoming) -> RequestContext:
     msgs = data.get(history)
     conv = runtime.conversations.get((api, tenant, session, agent)) if isinstance(msgs, list) else None
     try:
-        raws, exact = conv.message_bytes(msgs, known.raws if known is not None else None) if conv is not None else (None, False)
+        raws, exact = conv.message_bytes(msgs, known.raws if known is not None else None) if conv is not None and \
+            isinstance(msgs, list) else (None, False)
     except orjson.JSONEncodeError as e:  # parsed (depth < 1024) but deeper than orjson writes (254)
         raise Skip(f"nested too deep: {e}") from None
     runtime.recent.remember(body, data, raws, known, history)
@@ -146,14 +151,14 @@ def _hand_over(ctx: RequestContext) -> None:
         ctx.request = req
 
 
-def _typed(api: ApiKind, data: dict, raws: list[bytes] | None, conv, entries: list | None = None
-           ) -> tuple[WireModel, History]:
+def _typed(api: ApiKind, data: dict[str, Any], raws: list[bytes] | None, conv: Conversation | None,
+           entries: list[Typed] | None = None) -> tuple[WireModel, History]:
     """The typed request and its History: its history entries (typed, or the client's dicts where the
     dialect has no message model) the conversation's own where it had them (``entries``: those of a
     request prepared before, for its decided state); a body without a history list has an empty one."""
     d = dialect(api)
     key, msgs = d.history_key, data.get(d.history_key)
-    if raws is None or not isinstance(msgs, list):
+    if raws is None or conv is None or not isinstance(msgs, list):
         return d.parse(data), History(api, None, [], [])
     if entries is None:
         entries = conv.typed(msgs, raws, d.typed_entry)
@@ -174,7 +179,7 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
             n, h.tokens_kept = _count_remembering(ctx, wire, h.entries, raw=ctx.message_raw)
             return n - _provider_dropped(ctx)
         srcs, kept = h.wire_entries, h.tokens_kept
-        msgs = wire.get("messages")
+        msgs = wire.get(dialect(ctx.api).history_key)
         if srcs is None or not isinstance(msgs, list) or len(srcs) != len(msgs):
             return tokens.count_request(dialect(ctx.api), wire, ctx.model, reuse=kept, raw=raws) - _provider_dropped(ctx)
         # messages with an entry (the original's unchanged ones, derived ones) have their count
@@ -198,15 +203,15 @@ def _provider_dropped(ctx: RequestContext) -> int:
     off = sum(t - (th if i < cut else 0) for i, (t, th) in enumerate(entries[:pc.dropped]))
     if pc.keeps_thinking:
         off -= sum(th for _, th in entries[pc.dropped:cut])
-    return off
+    return int(off)
 
 
-def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list | None, **kw) -> tuple[int, Any]:
+def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list[Any] | None, **kw: Any) -> tuple[int, Any]:
     """``count_request`` of ``wire``, taking each message's count from its pool entry's memo
     (``entries``, aligned with the messages; None where a message has none) and remembering there
     the counts it computed. Returns the count and what ``count_request`` kept."""
     tokens = ctx.runtime.tokens
-    keep: list = []
+    keep: list[Any] = []
     if entries is None:
         return tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, **kw), (keep[0] if keep else None)
     key = ("tokens", tokens.encoding_of(ctx.model))
@@ -229,8 +234,9 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
     their bytes key the validator's and the token counter's caches. A long history costs an identity
     check per message, not a dump of each."""
     req, h = ctx.request, ctx.history
-    msgs = req.__dict__.get("messages") if h is not None else None
-    orig = ctx.original.get("messages")
+    key = dialect(h.api).history_key
+    msgs = req.__dict__.get(key) if h is not None else None
+    orig = ctx.original.get(key)
     if not isinstance(msgs, list) or not isinstance(orig, list) or len(orig) != len(h.entries):
         return req.wire(), None
     out: list[Any] = []
@@ -265,15 +271,15 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
     # taken as they are, not dumped again
     o = ctx.original
     d = req.__dict__
-    same = {k for k, v in d.items() if k != "messages" and isinstance(v, (dict, list)) and o.get(k) is v}
+    same = {k for k, v in d.items() if k != key and isinstance(v, (dict, list)) and o.get(k) is v}
     extra = req.__pydantic_extra__ or {}
     same |= {k for k, v in extra.items() if isinstance(v, (dict, list)) and o.get(k) is v}
-    top = req.model_dump(mode="json", exclude_unset=True, by_alias=True, exclude={"messages"} | same)
+    top = req.model_dump(mode="json", exclude_unset=True, by_alias=True, exclude={key} | same)
     wire: dict[str, Any] = {}
     fields_set = req.model_fields_set
     for k in type(req).model_fields:  # the order model_dump would give: fields as declared, then extras
-        if k == "messages":
-            wire["messages"] = out
+        if k == key:
+            wire[key] = out
         elif k in same and k in fields_set:
             wire[k] = d[k]
         elif k in top:
@@ -287,17 +293,17 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
     return wire, raws
 
 
-def serialise(wire: dict[str, Any], raws: list[bytes | None] | None) -> bytes:
-    """``orjson.dumps(wire)``, byte for byte; the messages whose exact bytes are known (``raws``, see
-    wire_of) are copied in rather than encoded again."""
-    msgs = wire.get("messages")
+def serialise(wire: dict[str, Any], raws: list[bytes | None] | None, key: str = "messages") -> bytes:
+    """``orjson.dumps(wire)``, byte for byte; the history's (``key``) messages whose exact bytes are
+    known (``raws``, see wire_of) are copied in rather than encoded again."""
+    msgs = wire.get(key)
     if raws is None or not isinstance(msgs, list) or len(raws) != len(msgs):
         return orjson.dumps(wire)
     parts: list[bytes] = []
     for k, v in wire.items():
         parts.append(b"," if parts else b"{")
-        if k == "messages":
-            parts.append(b'"messages":[')
+        if k == key:
+            parts.append(orjson.dumps(k) + b":[")
             for i, (r, m) in enumerate(zip(raws, msgs)):
                 if i:
                     parts.append(b",")
@@ -333,7 +339,7 @@ def _action(outcome: Outcome) -> str:
 
 
 class Pipeline:
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     def reappliers(self) -> list[tuple[str, Any]]:
@@ -355,11 +361,12 @@ class Pipeline:
         ctx = clock.ctx
         if got is _NOT_RUN:
             return ctx, None
+        assert ctx is not None  # (the stages ran: admit gave one)
         if clock.t_done:  # the stage thread's end to the loop having its answer: the way back's wait
             ctx.timings["to_loop"] = _ms(clock.t_done)
         return ctx, await self._outcome(ctx, clock, got)
 
-    def _admit_run(self, admit, clock: StageClock):
+    def _admit_run(self, admit: Callable[[], tuple[RequestContext | None, bool]], clock: StageClock) -> Any:
         ctx, run = admit()
         clock.ctx = ctx  # (read by the loop once this call returned, or once it abandoned a stage)
         if ctx is None or not run:
@@ -368,15 +375,15 @@ class Pipeline:
         clock.t_done = time.perf_counter()
         return got
 
-    async def _outcome(self, ctx: RequestContext, clock: StageClock, got) -> Outcome:
+    async def _outcome(self, ctx: RequestContext, clock: StageClock, got: Any) -> Outcome:
         """The Outcome of the stage thread's answer ``got`` (see :meth:`_run`)."""
         rt = self.runtime
         if got is None:  # the watchdog abandoned a stage
-            name, ms = clock.abandoned, clock.abandoned_ms
+            name, ms, budget = clock.abandoned, clock.abandoned_ms, clock.budget
+            assert name is not None and budget is not None and clock.thread is not None  # (set when it abandoned)
             ctx.late_threads.add(clock.thread)
             rt.mark_overrun(name, clock.returned, ctx)
             p = ctx.settings.pipeline
-            budget = clock.budget
             # a call past its budget took at least its budget: a busy machine raises the budgets
             rt.stage_times.record(name, budget.ms, p.budget_window)
             err = f"ran past its {budget.describe()}"
@@ -394,7 +401,7 @@ class Pipeline:
                  traceback=tb if status == "error" else None)
         return outcome
 
-    def _run(self, ctx: RequestContext, clock: StageClock):
+    def _run(self, ctx: RequestContext, clock: StageClock) -> Any:
         """The stages one after another, then :meth:`finish` (on the stage thread). Returns the Outcome,
         or (status, stage, error, traceback) of a stage that failed; None once the loop abandoned a
         stage (nothing more is done for this request here)."""
@@ -418,8 +425,8 @@ class Pipeline:
                 reason = f"its call of {(time.time() - late) * 1000:.0f} ms ago ran past its budget and is still running"
                 if reappliers is None:
                     reappliers = dict(self.reappliers())
-                fn = reappliers.get(name)
-                if fn is None:
+                reapply = reappliers.get(name)
+                if reapply is None:
                     ctx.stage_results.append({"stage": name, "ms": 0.0, "status": "skipped"})
                     ctx.emit("stage", stage=name, ms=0.0, status="skipped", error=reason)
                     ctx.emit("error", where="stage", stage=name, message=f"stage {name} skipped: {reason}",
@@ -427,7 +434,7 @@ class Pipeline:
                     continue
                 ctx.emit("error", where="stage", stage=name, message=f"stage {name} skipped: {reason}", reason=reason,
                          action="stage skipped, its decisions re-applied, other stages ran")
-                reapplied = True
+                fn, reapplied = reapply, True
             if trace:
                 trace(f"cw_{'reapply' if reapplied else 'request'} [{name}] flow={ctx.flow_id} session={ctx.session}\n")
             status, err, tb, failure = "ok", None, None, None
@@ -490,7 +497,7 @@ class Pipeline:
         return Outcome(reason=why, fallback="original", fallback_reason=f"{why}; {msg}")
 
     def decided(self, ctx: RequestContext, why: str, abandoned: threading.Event | None = None,
-                hold: list | None = None) -> Outcome:
+                hold: list[Any] | None = None) -> Outcome:
         """The request as the session's decided state: every stage's stored decisions re-applied
         (``cw_reapply``, in the pipeline's order) and nothing new, validated and serialised like any
         rewrite (worker thread).
@@ -563,7 +570,7 @@ class Pipeline:
         if not fallback and ctx.tokens_out is not None and ctx.tokens_out > window:
             # above the window: never because of this request's new work (injected memory...)
             mine = ctx.tokens_out
-            held: list = []
+            held: list[Any] = []
             out = self.decided(ctx, f"the rewrite ({mine:,} tokens) is above the window ({window:,})", hold=held)
             if out.fallback == "decided" and ctx.tokens_out is not None and ctx.tokens_out < mine:
                 for type_, data in held:
@@ -571,14 +578,14 @@ class Pipeline:
                 return out
             ctx.tokens_out = mine  # the decided state is no smaller: this request's new work is not the cause
         t0 = time.perf_counter()
-        body = serialise(wire, raws if ctx.raw_exact else None)
+        body = serialise(wire, raws if ctx.raw_exact else None, dialect(ctx.api).history_key)
         t["serialise"] = _ms(t0)
         if abandoned is None or not abandoned.is_set():
             self.runtime.remember(ctx, body, len(body))
         return Outcome(body=body, reason="rewritten")
 
 
-def decided_state(runtime, ctx: RequestContext) -> tuple[bytes | None, int | None]:
+def decided_state(runtime: Runtime, ctx: RequestContext) -> tuple[bytes | None, int | None]:
     """(the body as the session's decided state, its tokens) of ``ctx``'s request, without changing any
     state: no decision (re-apply decides nothing), no body for the inspector (the call counts as
     abandoned), no event (they are held and dropped). The body is None when it is the client's own."""

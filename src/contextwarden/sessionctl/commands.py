@@ -231,7 +231,6 @@ def unpin(rt, ident: str, target: Any) -> dict[str, Any]:
     key = resolve(rt, ident)
     rec = ledger.read(rt, key)
     pins = rec.get("pins") or []
-    want: dict[str, Any] | None = None
     sel = str(target)
     if sel.startswith("#") and sel[1:].isdigit():
         num = int(sel[1:])
@@ -268,12 +267,8 @@ def run(rt, args: dict[str, Any], tenants: list[str] | None = None) -> Any:
     if action not in ("show", "rollback", "pin", "unpin", "compact"):
         raise CommandError(f"unknown session action {action!r} (list, show, rollback, pin, unpin, compact)")
     key = resolve(rt, args.get("session", ""), tenants)  # another tenant's session is "no session"
-    if action == "show":
-        return show(rt, key)
     if action == "rollback":
         return rollback(rt, key, args.get("to"), apply=not args.get("dry_run"))
-    if action == "pin":
-        return pin(rt, key, args.get("target"))
-    if action == "unpin":
-        return unpin(rt, key, args.get("target"))
-    return compact(rt, key)
+    if action in ("pin", "unpin"):
+        return (pin if action == "pin" else unpin)(rt, key, args.get("target"))
+    return show(rt, key) if action == "show" else compact(rt, key)

@@ -92,7 +92,7 @@ def last_request(runtime, key: str):
 
 def live_sessions(runtime) -> list[str]:
     """The sessions with a live request since the runtime started (the newest 256)."""
-    return [k for k, _ in last_requests(runtime).items()]
+    return [str(k) for k, _ in last_requests(runtime).items()]
 
 
 @contextmanager

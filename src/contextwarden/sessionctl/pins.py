@@ -30,7 +30,7 @@ def _matches(pin: dict[str, Any], tool_id: str | None, index: int | None, text: 
     if kind == "index":
         return index is not None and index == value
     if kind == "text":
-        return bool(text) and isinstance(value, str) and value in text
+        return bool(text) and isinstance(value, str) and value in str(text)
     return False
 
 
@@ -89,6 +89,6 @@ def first_pinned_index(ctx, messages: list[Any]) -> int | None:
         return None
     for i, m in enumerate(messages):
         text, ids = _message_text(m)
-        if any(_matches(p, tid, i, text) for p in pins for tid in (ids or [None])):
+        if any(_matches(p, tid, i, text) for p in pins for tid in (ids if ids else (None,))):
             return i
     return None

@@ -13,6 +13,7 @@ Used for a rollback's cost and fit (the session's latest request under the rolle
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from typing import Any
 
 import orjson
@@ -38,9 +39,7 @@ def latest(runtime, key: str):
 def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str = "") -> tuple[bytes | None, int | None]:
     """:func:`~contextwarden.request.pipeline.decided_state` of ``ctx``'s request; under ``record`` as the
     session's controls when given."""
-    if record is None:
-        return pipeline.decided_state(runtime, ctx)
-    with override(key, record):
+    with override(key, record) if record is not None else nullcontext():
         return pipeline.decided_state(runtime, ctx)
 
 

@@ -105,15 +105,18 @@ def _did_you_mean(word: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _section(name: Any) -> type[Section] | None:
+    """The model of a top-level section (``compaction``...); None for a plain field or an unknown name."""
+    ann = getattr(Settings.model_fields.get(str(name)), "annotation", None)
+    return ann if isinstance(ann, type) and issubclass(ann, Section) else None
+
+
 def _fields_at(loc: tuple) -> dict:
     """The keys allowed where ``loc`` points (its last part the key): a section's fields, or the top level's."""
-    fields = Settings.model_fields
-    for part in loc[:-1]:
-        ann = getattr(fields.get(str(part)), "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, Section)):
-            return {}
-        fields = ann.model_fields
-    return fields
+    if len(loc) == 1:
+        return Settings.model_fields
+    section = _section(loc[0]) if len(loc) == 2 else None
+    return section.model_fields if section is not None else {}
 
 
 def _load_yaml(path: Path) -> Any:
@@ -151,21 +154,15 @@ def _read_profile(path: Path, home: Path | None, seen: tuple[Path, ...] = ()) ->
 
 def check_env(environ: os._Environ | dict | None = None) -> None:
     """Unknown ``CONTEXTWARDEN_<SECTION>__<KEY>`` variables are errors, not silently ignored."""
-    environ = os.environ if environ is None else environ
-    for var in environ:
-        if not var.startswith(ENV_PREFIX):
-            continue
-        rest = var[len(ENV_PREFIX):]
-        parts = rest.lower().split("__")
+    for parts, var in _env_settings(os.environ if environ is None else environ).items():
         if len(parts) == 1:
-            if rest.upper() in NON_SETTING_ENV or parts[0] in Settings.model_fields:
+            if parts[0] in Settings.model_fields:
                 continue
             raise SettingsError(f"unknown setting in environment: {var}")
-        section = Settings.model_fields.get(parts[0])
-        if section is None:
+        if parts[0] not in Settings.model_fields:
             raise SettingsError(f"unknown setting in environment: {var} (no section {parts[0]!r})")
-        ann = section.annotation
-        if isinstance(ann, type) and issubclass(ann, Section) and parts[1] not in ann.model_fields:
+        section = _section(parts[0])
+        if section is not None and parts[1] not in section.model_fields:
             raise SettingsError(f"unknown setting in environment: {var} (no key {parts[1]!r} in {parts[0]})")
 
 
@@ -219,12 +216,9 @@ def _source_error(e: SourceError, environ=None) -> str:
         try:
             json.loads(environ[var])
         except ValueError:
-            field = Settings.model_fields.get(path[0])
-            ann = getattr(field, "annotation", None)
-            if len(path) > 1 and isinstance(ann, type) and issubclass(ann, Section):
-                sub = ann.model_fields.get(path[1])
-                ann = getattr(sub, "annotation", None)
-            kind = getattr(ann, "__origin__", None)
+            section = _section(path[0]) if len(path) > 1 else None
+            field = section.model_fields.get(path[1]) if section is not None else Settings.model_fields.get(path[0])
+            kind = getattr(getattr(field, "annotation", None), "__origin__", None)
             if kind in (list, dict):
                 example = '["memory"]' if kind is list else '{"memory": 150}'
                 bad.append(f"  {var}: not valid JSON (a {kind.__name__} is written as JSON, e.g. {example})")

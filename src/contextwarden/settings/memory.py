@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import field_validator
 
 from .base import Section
@@ -76,7 +78,7 @@ class MemorySection(Section):
     """Ingestion queue length; when full, work is dropped with an event (never blocks traffic). In the
     memory process (``process: separate``) work waits in the pending table instead (``pending_max``)."""
 
-    process: str = "auto"
+    process: Literal["auto", "separate", "inline"] = "auto"
     """Where embedding, the lexical index, Chroma and ingestion run: ``separate`` (a memory process the
     proxy starts, stops and restarts, spoken to over a Unix socket under cw_home), ``inline`` (in the
     calling process: tests, replay, evaluation), ``auto`` (separate in the proxy, inline elsewhere)."""
@@ -108,12 +110,6 @@ class MemorySection(Section):
     shutdown_flush_s: float = 2.0
     """On shutdown, seconds spent storing pending items; the rest is stored at the next start."""
 
-    @field_validator("process")
-    @classmethod
-    def _process_mode(cls, v: str) -> str:
-        if v not in ("auto", "separate", "inline"):
-            raise ValueError("memory.process: auto, separate or inline")
-        return v
 
     chunk_tokens: int = 240
     """Largest chunk of a long text, in the embedding model's word pieces (at most 254: the model sees

@@ -232,7 +232,7 @@ def _redact_assignments(text: str, counter: list[int]) -> str:
             e = s + len(val)
         code = g == _V3 and (text[m.end():m.end() + 1] in ("(", "[") or val.startswith(_CODE_PREFIXES)
                              or (_CODE_VALUE.fullmatch(val.strip("`")) is not None and not any(c.isdigit() for c in val)))
-        if kind is None or not _secret_value(val, kind) or code:  # code reading a secret is not the secret
+        if not _secret_value(val, kind) or code:  # code reading a secret is not the secret
             pos = m.start(g)
             continue
         counter[0] += 1
@@ -491,11 +491,6 @@ def field_names_secret(key: str) -> bool:
     return _field_kind(key) is not None
 
 
-def looks_secret(value: str) -> bool:
-    """Whether a value (a header's, a parameter's) holds something :func:`redact_secrets` would remove."""
-    return bool(value) and redact_secrets(value)[1] > 0
-
-
 # Header (and query parameter) names whose values are credentials. Any name containing one of these,
 # or any value that looks like a credential, never reaches an event.
 _SECRET_HEADER_WORDS = ("authorization", "auth", "api-key", "apikey", "api_key", "cookie", "token", "secret",
@@ -529,17 +524,13 @@ def is_secret_header(name: str, value: Any = None) -> bool:
         return True
     if not isinstance(value, str) or not value or str(name).lower() in _NOT_SECRET:
         return False
-    return _secret_header_value(value)
+    return bool(_OPAQUE.fullmatch(value.strip().removeprefix("Bearer ").removeprefix("bearer "))) or _known_secret(value)
 
 
 @memoized(4096)  # the same header values come with every request of a client
 def _known_secret(value: str) -> bool:
-    return looks_secret(value)
-
-
-def _secret_header_value(value: str) -> bool:
-    v = value.strip().removeprefix("Bearer ").removeprefix("bearer ")
-    return bool(_OPAQUE.fullmatch(v)) or _known_secret(value)
+    """Whether a (non-empty) value holds something :func:`redact_secrets` would remove."""
+    return redact_secrets(value)[1] > 0
 
 
 def redact_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

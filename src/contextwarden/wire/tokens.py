@@ -91,9 +91,7 @@ def current_turn_start(messages: list[Any]) -> int:
         if not isinstance(m, dict) or m.get("role") != "user":
             continue
         c = m.get("content")
-        if isinstance(c, str) or not isinstance(c, list):
-            return i
-        if any(isinstance(b, dict) and b.get("type") != "tool_result" for b in c):
+        if not isinstance(c, list) or any(isinstance(b, dict) and b.get("type") != "tool_result" for b in c):
             return i
     return 0
 
@@ -244,17 +242,13 @@ class TokenCounter:
 
     def count_message(self, api: ApiKind | str | Dialect, message: Any, model: str | None = None) -> int:
         """Tokens of one message (or Responses input item), cached by a hash of its content."""
-        return self._message_entry(dialect(api), _plain(message), self._encoding(model))[0]
-
-    def _message_entry(self, d: Dialect, message: Any, enc: _Encoding) -> tuple[int, int]:
-        """(tokens, tokens of its thinking blocks) of one message, cached by its bytes.
-
-        The thinking part is kept with the count so that a request whose model drops earlier turns'
-        thinking (:func:`strips_thinking`) needs no second pass over the blocks."""
-        key = self._key(b"M" + d.kind.value.encode(), enc, self._dumps(message))
-        return self._cached(key, lambda: self._entry(d, message, enc))
+        d, m, enc = dialect(api), _plain(message), self._encoding(model)
+        return self._cached(self._key(b"M" + d.kind.value.encode(), enc, self._dumps(m)), partial(self._entry, d, m, enc))[0]
 
     def _entry(self, d: Dialect, m: Any, enc: _Encoding) -> tuple[int, int]:
+        """(tokens, tokens of its thinking blocks) of one message: the thinking part is kept with the
+        count so that a request whose model drops earlier turns' thinking (:func:`strips_thinking`)
+        needs no second pass over the blocks."""
         return self._message(d, m, enc), self._thinking(d, m, enc)
 
     def _thinking(self, d: Dialect, m: Any, enc: _Encoding) -> int:

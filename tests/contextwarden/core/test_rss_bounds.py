@@ -13,9 +13,11 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tutils
 
+from contextwarden.core import collector
 from contextwarden.core.collector import FullCollections
 from contextwarden.core.runtime import Runtime
 from contextwarden.settings import load_settings
+from contextwarden.wire.validate import FactCache
 from tests.addons.test_interceptor import (  # noqa: F401
     anthropic_flow,
     body,
@@ -154,3 +156,18 @@ def test_under_load_the_survivors_are_frozen_and_the_idle_collection_frees_what_
         assert wait_until(lambda: garbage() is None and _gc_events(rt, "idle"), 10), \
             "the idle collection did not free what died frozen"
         assert _gc_events(rt, "idle")[0]["freed"] >= 1
+
+
+def test_a_longer_idle_spell_forgets_the_conversations(tmp_path, monkeypatch):
+    """After ``FORGET_S`` without a request, what the runtime remembers of conversations (their
+    messages, the recent bodies' histories) is dropped, so an idle engine's RSS falls back."""
+    monkeypatch.setattr(collector, "FORGET_S", 0.5)
+    with _collecting_runtime(tmp_path, 0.2) as rt:
+        rt.conversations.get(("anthropic", "t", "s", "a"))
+        recent = rt.recent
+        facts = rt.memo("validate.facts", FactCache)
+        facts.put(b"{}", ("a fact",), 2)
+        rt.last_request = time.monotonic()
+        assert wait_until(lambda: _gc_events(rt, "forget"), 10), "the conversations were not forgotten"
+        assert len(rt.conversations) == 0 and rt.recent is not recent and facts.peek(b"{}") is None
+        assert _gc_events(rt, "forget")[0]["conversations"] == 1

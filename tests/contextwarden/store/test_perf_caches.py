@@ -134,3 +134,35 @@ def test_settle_gc_freezes_and_raises_thresholds(tmp_path):
         gc.unfreeze()
         gc.set_threshold(*before)
         h.close()
+
+
+def test_compaction_takes_the_pipelines_message_counts(tmp_path, monkeypatch):
+    """Deciding a compaction counts no message again: the pipeline counted the original's messages
+    (``ctx.history.tokens_kept``), and those counts are the ones compaction sums."""
+    h = Harness(tmp_path, profile="claude-code", overrides=settings_overrides(window=20_000, stages=["compaction"]))
+    try:
+        body = anthropic_tool_loop(12, result_words=300)
+        recounted = []
+        real = h.rt.tokens.count_message
+        monkeypatch.setattr(h.rt.tokens, "count_message", lambda *a, **k: recounted.append(1) or real(*a, **k))
+        sent = h.send(ApiKind.ANTHROPIC, body)
+        assert [e for e in sent.events("compaction") if e.get("applied")]
+        assert recounted == []
+    finally:
+        h.close()
+
+
+def test_a_responses_rewrite_reuses_its_messages_bytes_and_counts(tmp_path):
+    """The history key is the dialect's (``input`` for Responses): a rewrite's unchanged items keep their
+    entries (their bytes copied in, their counts reused) and the counts equal a fresh count."""
+    h = Harness(tmp_path, profile="codex", overrides=settings_overrides(
+        stages=["clearing"], clearing={"trigger_tokens": 100, "clear_at_least": 10, "keep_recent": 1}))
+    try:
+        body = responses_tool_loop(4, result_words=300)
+        sent = h.send(ApiKind.OPENAI_RESPONSES, body)
+        assert sent.changed
+        entries = sent.ctx.history.wire_entries
+        assert entries is not None and any(e is not None for e in entries)
+        assert sent.ctx.tokens_out == h.rt.tokens.count_request(ApiKind.OPENAI_RESPONSES, sent.body)
+    finally:
+        h.close()

@@ -1,7 +1,7 @@
 """LoCoMo replay: does the evidence of each question reach the upstream, with a 4K-token window?
 
 Each conversation is replayed through the real pipeline, in-process or (``live``) through a live proxy
-(:mod:`.evaluation`, :mod:`.eval_live`): speaker A is the user, speaker B the assistant; every B turn is
+(:mod:`.evaluation`): speaker A is the user, speaker B the assistant; every B turn is
 the reply to a request holding everything said so far (clearing and compaction keep it in the window;
 every completed turn is ingested). Then every question is asked as the last user message after the whole
 conversation, with ingestion settled first, and the body that goes upstream is checked: a question's
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .eval_live import client as eval_client
-from .evaluation import contains, mean, table
+from .evaluation import Run, contains, costs, mean, pick, table
+from .evaluation import client as eval_client
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 WINDOW = 4096
@@ -59,16 +59,10 @@ class QuestionResult:
 
 
 @dataclass
-class Report:
+class Report(Run):
     questions: list[QuestionResult] = field(default_factory=list)
     conversations: int = 0
-    turns: int = 0
-    requests: int = 0
-    fallbacks: int = 0  # requests that went out unchanged because a stage failed
     missing_evidence: int = 0  # evidence ids not in the conversation (data errors), left out
-    seconds: float = 0.0
-    dropped: int = 0  # items the ingestion queue dropped (the replay outran the embedder)
-    settings: dict[str, Any] = field(default_factory=dict)
 
     def recall(self, cat: int | None = None, trunc: bool = False) -> float:
         qs = [q for q in self.questions if cat is None or q.category == cat]
@@ -96,12 +90,7 @@ class Report:
         out = table(title, header, rows)
         out += ("\nevidence-weighted, categories 1-4: " + f"{self.weighted():.3f} ("
                 + ", ".join(f"{CATEGORIES[c]} {self.weighted((c,)):.3f}" for c in (1, 2, 3, 4)) + ")")
-        out += (f"\ncontextwarden: {mean(q.injected for q in self.questions):.1f} items / "
-                f"{mean(q.memory_tokens for q in self.questions):.0f} tokens of memory per question; "
-                f"{self.requests:,} requests replayed, {self.fallbacks} forwarded unchanged after a stage failure, "
-                f"{self.dropped} items dropped by a full ingestion queue; "
-                f"{self.missing_evidence} evidence ids not in the data were left out")
-        return out
+        return out + f"\n{self.memory_line()}; {self.missing_evidence} evidence ids not in the data were left out"
 
 
 def framings_table(reports: dict[str, Report], live: dict[str, Report] | None = None) -> str:
@@ -171,16 +160,10 @@ def tenant_key(cid: str) -> str:
     return f"sk-eval-locomo-{cid}"
 
 
-def select_samples(samples: list[dict[str, Any]], limit: int | None, conversation: str | None) -> list[dict[str, Any]]:
-    if conversation:
-        samples = [s for s in samples if s.get("sample_id") == conversation]
-    return samples[:limit] if limit else samples
-
-
 def run_conversation(client, sample: dict[str, Any], report: Report, max_questions: int | None = None,
                      progress=None, replay: bool = True, key: str | None = None, ask: bool = True) -> None:
     """Replay one conversation through ``client`` (:class:`~.evaluation.InProcess` or
-    :class:`~.eval_live.Live`) and ask its questions (``replay=False``: the client's memory already holds
+    :class:`~.evaluation.Live`) and ask its questions (``replay=False``: the client's memory already holds
     the replayed conversation; only the questions are asked; ``ask=False``: only the replay; ``key``:
     the API key, by default the conversation's own tenant)."""
     cid = sample.get("sample_id", "conv")
@@ -205,9 +188,7 @@ def run_conversation(client, sample: dict[str, Any], report: Report, max_questio
         report.questions.append(QuestionResult(
             conversation=cid, category=int(q.get("category", 0)), evidence=len(ev),
             hits=sum(contains(got.text, by_id[e]) for e in ev), trunc_hits=sum(contains(got.trunc_text, by_id[e]) for e in ev),
-            tokens=got.tokens, trunc_tokens=got.trunc_tokens, full_tokens=got.full_tokens,
-            injected=int(got.memory.get("injected") or 0), memory_tokens=int(got.memory.get("tokens") or 0),
-            reason=str(got.memory.get("skipped") or "")))
+            **costs(got)))
         if progress and (i + 1) % 50 == 0:
             progress(f"  {cid}: {i + 1}/{len(qa)} questions, recall so far {report.recall():.3f}")
 
@@ -220,8 +201,8 @@ def run(data: str | Path | list, limit: int | None = None, questions: int | None
     """Replay the LoCoMo conversations (``limit`` of them, or the one named ``conversation``) and ask
     their questions (the first ``questions`` of each), in-process or through a ``live`` proxy. With
     ``shared_tenant`` one tenant holds every conversation (a session each): all are replayed first, then
-    each one's questions are asked. ``remember_questions`` (live): see :class:`~.eval_live.Live`."""
-    samples = select_samples(load(data), limit, conversation)
+    each one's questions are asked. ``remember_questions`` (live): see :class:`~.evaluation.Live`."""
+    samples = pick(load(data), limit, [conversation] if conversation else None, "sample_id")
     mem = {**MEMORY, **(memory or {})}
     comp = {**COMPACTION, **(compaction or {})}
     report = Report(settings={"memory": mem, "compaction": comp, "window": window, "shared_tenant": shared_tenant,
@@ -255,7 +236,4 @@ def side_by_side(inproc: Report, live: Report) -> str:
     tenant = "one tenant for all" if live.settings.get("shared_tenant") else "one tenant per conversation"
     return (f"\nLoCoMo in-process vs live proxy ({', '.join(convs)}; {len(pairs)} questions; {tenant}):\n"
             f"  in-process recall {inproc.recall():.3f}   live recall {live.recall():.3f}   "
-            f"difference {live.recall() - inproc.recall():+.3f}\n"
-            f"  questions where live recalled less / more evidence: {lower} / {higher}"
-            f"{'' if same else ' (question lists differ!)'}; live: {live.requests:,} requests, "
-            f"{live.fallbacks} not answered 200, {live.dropped} items dropped, {live.seconds:.0f} s")
+            f"difference {live.recall() - inproc.recall():+.3f}\n" + live.live_line(lower, higher, "less / more evidence", same))

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ...settings.memory import MemorySection
-from .eval_live import client as eval_client
-from .evaluation import mean, normalise, table
+from .evaluation import Run, costs, mean, normalise, pick, table
+from .evaluation import client as eval_client
 
 WINDOW = 32_768
 # The profile under test (README: "contextwarden eval longmemeval"): Claude Code's, with a 32K window.
@@ -70,14 +70,8 @@ class QuestionResult:
 
 
 @dataclass
-class Report:
+class Report(Run):
     questions: list[QuestionResult] = field(default_factory=list)
-    requests: int = 0
-    fallbacks: int = 0
-    turns: int = 0
-    seconds: float = 0.0
-    dropped: int = 0  # items the ingestion queue dropped (the replay outran the embedder)
-    settings: dict[str, Any] = field(default_factory=dict)
 
     def render(self) -> str:
         qs = self.questions
@@ -99,11 +93,7 @@ class Report:
         out += "\n" + table("contextwarden by question type", ["type", "questions", "recall_any", "recall_all"],
                             [[t, len(v), mean(q.recall_any for q in v), mean(q.recall_all for q in v)]
                              for t, v in sorted(by_type.items())])
-        out += (f"\ncontextwarden: {mean(q.injected for q in qs):.1f} items / {mean(q.memory_tokens for q in qs):.0f} "
-                f"tokens of memory per question; {self.requests:,} requests replayed, {self.fallbacks} forwarded "
-                f"unchanged after a stage failure, "
-                f"{self.dropped} items dropped by a full ingestion queue")
-        return out
+        return out + "\n" + self.memory_line()
 
 
 def _list(value: Any) -> list:
@@ -189,7 +179,7 @@ def session_hits(hay: str, answer: set[str], marks: list[tuple[str, str, bool]])
 def run_question(client, q: dict[str, Any], report: Report, step: str = "session",
                  haystack_limit: int | None = None) -> None:
     """Replay one question's haystack through ``client`` (:class:`~.evaluation.InProcess` or
-    :class:`~.eval_live.Live`) and ask it (``haystack_limit``: see :func:`haystack`)."""
+    :class:`~.evaluation.Live`) and ask it (``haystack_limit``: see :func:`haystack`)."""
     qid = str(q["question_id"])
     key, session = f"sk-eval-lme-{qid}", f"lme-{qid}"  # one tenant per question: haystacks never see each other
     sids, sessions, answer = haystack(q, haystack_limit)
@@ -208,15 +198,7 @@ def run_question(client, q: dict[str, Any], report: Report, step: str = "session
     ts_hit, tt_hit, _ = session_hits(got.trunc_text, answer, marks)
     report.questions.append(QuestionResult(
         question_id=qid, qtype=str(q.get("question_type", "?")), answer_sessions=len(answer), sessions_hit=s_hit,
-        trunc_sessions_hit=ts_hit, answer_turns=n_turns, turns_hit=t_hit, trunc_turns_hit=tt_hit, tokens=got.tokens,
-        trunc_tokens=got.trunc_tokens, full_tokens=got.full_tokens, injected=int(got.memory.get("injected") or 0),
-        memory_tokens=int(got.memory.get("tokens") or 0), reason=str(got.memory.get("skipped") or "")))
-
-
-def select(items: list[dict[str, Any]], limit: int | None, question_ids: list[str] | None) -> list[dict[str, Any]]:
-    if question_ids:
-        items = [q for q in items if str(q.get("question_id")) in set(question_ids)]
-    return items[:limit] if limit else items
+        trunc_sessions_hit=ts_hit, answer_turns=n_turns, turns_hit=t_hit, trunc_turns_hit=tt_hit, **costs(got)))
 
 
 def run(data: str | Path, limit: int | None = None, question_ids: list[str] | None = None,
@@ -226,7 +208,7 @@ def run(data: str | Path, limit: int | None = None, question_ids: list[str] | No
         live: bool = False) -> Report:
     """Replay ``limit`` questions (or those in ``question_ids``) and ask each, in-process or through a
     ``live`` proxy (every question in one proxy, a tenant each)."""
-    items = select(load(data), limit, question_ids)
+    items = pick(load(data), limit, question_ids, "question_id")
     mem = {**MEMORY, **(memory or {})}
     comp = {**COMPACTION, **(compaction or {})}
     report = Report(settings={"memory": mem, "compaction": comp, "window": window, "step": step,
@@ -265,6 +247,4 @@ def side_by_side(inproc: Report, live: Report) -> str:
     higher = sum(b.turns_hit > a.turns_hit for a, b in pairs)
     return (f"\nLongMemEval in-process vs live proxy ({len(pairs)} questions):\n"
             f"  in-process  {row(inproc)}\n  live        {row(live)}\n"
-            f"  questions where live recalled fewer / more answer turns: {lower} / {higher}"
-            f"{'' if same else ' (question lists differ!)'}; live: {live.requests:,} requests, "
-            f"{live.fallbacks} not answered 200, {live.dropped} items dropped, {live.seconds:.0f} s")
+            + live.live_line(lower, higher, "fewer / more answer turns", same))

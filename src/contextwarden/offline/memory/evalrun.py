@@ -14,8 +14,7 @@ import orjson
 import platformdirs
 
 from . import eval_locomo, eval_longmemeval
-from .eval_live import LIVE_TOLERANCE
-from .evaluation import mean
+from .evaluation import LIVE_TOLERANCE, mean
 
 DATA = {"locomo": "locomo_dev.json", "longmemeval": "longmemeval_s_dev.json"}
 TARGETS = {"locomo": ("evidence-weighted recall (categories 1-4, every framing)", 0.85), "longmemeval": ("recall_any", 0.90)}

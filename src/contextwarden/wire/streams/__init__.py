@@ -1,7 +1,7 @@
 """Reading responses on the side: SSE / NDJSON / JSON framing, content decoding, and per-API
-assembly of the assistant's turn. ``ResponseTap`` is the entry point the proxy uses."""
+assembly of the assistant's turn. ``tap.ResponseTap`` is the entry point the proxy uses (not imported
+here: it asks the dialects for an assembler, and the dialects import this package's assemblers)."""
 
-from .tap import ResponseTap
 from .turn import AssembledTurn, Usage
 
-__all__ = ["AssembledTurn", "ResponseTap", "Usage"]
+__all__ = ["AssembledTurn", "Usage"]

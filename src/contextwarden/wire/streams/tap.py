@@ -22,6 +22,7 @@ import orjson
 
 from contextwarden.models.base import ApiKind
 
+from ..dialects import dialect
 from .assembler import Assembler
 from .decoding import Decoder, Identity, make_decoder
 from .ndjson import LineSplitter
@@ -74,8 +75,6 @@ class ResponseTap:
     def __init__(self, api: ApiKind, content_type: str, content_encoding: str | None,
                  on_event: Callable[[dict[str, Any]], None] | None, *, live: bool | None = None,
                  batch: int = BATCH) -> None:
-        from ..dialects import dialect
-
         mime = (content_type or "").split(";", 1)[0].strip().lower()
         self.api = api
         self.is_sse = mime == "text/event-stream"

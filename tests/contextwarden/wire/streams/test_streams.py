@@ -23,8 +23,9 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
 from contextwarden.models.base import ApiKind
-from contextwarden.wire.streams import AssembledTurn, ResponseTap, Usage
+from contextwarden.wire.streams import AssembledTurn, Usage
 from contextwarden.wire.streams import tap as tap_module
+from contextwarden.wire.streams.tap import ResponseTap
 
 SSE = "text/event-stream"
 JSON = "application/json"

@@ -1,11 +1,15 @@
-"""Synthetic events shaped like the proxy's, for tests, snapshots and trying the TUI without traffic."""
+"""Synthetic events shaped like the proxy's, and a source that feeds them to the TUI: for tests and snapshots."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from contextwarden.settings import Settings, _deep_merge
+from contextwarden.tui.client import CommandError, Post, Source
+from contextwarden.tui.messages import ConnectionChanged, EventsReceived, SnapshotReceived
 
 STAGES = ["budget", "strip", "tagging", "clearing", "compaction", "memory"]
 
@@ -115,3 +119,45 @@ def demo_snapshot(n: int = 12, bypass: list[str] | None = None) -> dict[str, Any
     return {"kind": "snapshot", "protocol": 1, "pid": 1, "home": "/tmp/cw", "server_started": evs[0]["ts"],
             "runtime_started": evs[0]["ts"], "events": evs, "settings": settings, "overrides": {},
             "bypass": bypass or [], "stages": STAGES, "available_stages": STAGES, "profile": "default"}
+
+
+class MemorySource(Source):
+    """Events fed from code: for tests and demos. ``handler(cmd)`` answers commands (default: refuse)."""
+
+    live = True
+
+    def __init__(self, snapshot: dict[str, Any] | None = None, handler: Callable[[dict], Any] | None = None) -> None:
+        self._snapshot = snapshot
+        self.handler = handler
+        self.commands: list[dict[str, Any]] = []
+        self.description = "memory"
+        self._post: Post | None = None
+        self._ready = asyncio.Event()
+
+    async def run(self, post: Post) -> None:
+        self._post = post
+        if self._snapshot is not None:
+            post(SnapshotReceived(self._snapshot))
+        post(ConnectionChanged("connected", "memory"))
+        self._ready.set()
+        await asyncio.Event().wait()
+
+    async def ready(self) -> None:
+        await self._ready.wait()
+
+    def feed(self, events: list[dict[str, Any]], **extra: Any) -> None:
+        assert self._post is not None, "run() has not started"
+        self._post(EventsReceived(events, extra))
+
+    def snapshot(self, snap: dict[str, Any]) -> None:
+        assert self._post is not None, "run() has not started"
+        self._post(SnapshotReceived(snap))
+
+    async def command(self, cmd: dict[str, Any], timeout: float = 30) -> Any:
+        self.commands.append(cmd)
+        if self.handler is None:
+            raise CommandError("this source takes no commands")
+        result = self.handler(cmd)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result
