@@ -127,7 +127,11 @@ def prepare(runtime: Runtime, req: Incoming) -> RequestContext:
     ctx.notes["transport"] = req.transport
     seen = hist.carried(_PROVIDER)  # (only the new messages are looked at)
     pc = ctx.notes["provider"] = dialect(api).provider_context(data, seen, frozenset(settings.pipeline.provider_take_over))
-    hist.carry_on(_PROVIDER, len(hist.entries), pc.boundary)
+    # about every message but the last when the boundary is before it: a client that moves its cache
+    # breakpoint to the newest message every turn rewrites the last one, and the next request then
+    # looks at its new messages only, not the whole history again
+    n = len(hist.entries)
+    hist.carry_on(_PROVIDER, n - 1 if pc.boundary < n else n, pc.boundary)
     _hand_over(ctx)
     ctx.timings["parse"] = round((time.perf_counter() - t0) * 1000, 3)
     return ctx

@@ -19,6 +19,7 @@ from contextwarden.settings import load_settings
 from contextwarden.store.bodies import record
 from contextwarden.wire.cost import billed_from_usage, billed_units, boundaries, provider_compaction
 from contextwarden.wire.dialects import ANTHROPIC, NO_PROVIDER, dialect, validate_rewrite
+from contextwarden.wire.dialects import anthropic as anthropic_dialect
 from contextwarden.wire.tokens import TokenCounter
 from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides
 
@@ -66,6 +67,31 @@ def test_the_boundary_is_looked_for_in_the_new_messages_only():
     # (n, index) the previous request found in its first n messages: taken as it is, the rest looked at
     assert dialect(A).provider_context({"messages": msgs}, (2, 0)).boundary == 0
     assert dialect(A).provider_context({"messages": msgs + msgs}, (3, 2)).boundary == 5
+
+
+def test_a_repeat_that_moves_the_breakpoint_looks_at_its_new_messages_only(tmp_path, monkeypatch):
+    """Claude Code rewrites its previous last message (the cache breakpoint moves to the newest): the
+    next request looks for the compaction block in that message and the new ones, not the whole history."""
+    looked: list[int] = []
+    holds = anthropic_dialect._holds_compaction
+    monkeypatch.setattr(anthropic_dialect, "_holds_compaction", lambda m: looked.append(1) or holds(m))
+    h = Harness(tmp_path, overrides=settings_overrides(window=200_000, stages=["strip"]))
+    try:
+        body = anthropic_tool_loop(4, result_words=20, thinking=False, session="pcm-repeat")
+        body["messages"][4]["content"].insert(0, dict(BLOCK))
+        body["messages"][-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
+        assert h.send(A, copy.deepcopy(body)).ctx.notes["provider"].boundary == 5
+        for i in range(3):
+            last = copy.deepcopy(body["messages"][-1])
+            del last["content"][-1]["cache_control"]
+            new = [{"role": "assistant", "content": [{"type": "text", "text": f"done {i}"}]},
+                   {"role": "user", "content": [{"type": "text", "text": f"next {i}", "cache_control": {"type": "ephemeral"}}]}]
+            body = {**body, "messages": body["messages"][:-1] + [last] + new}
+            looked.clear()
+            assert h.send(A, copy.deepcopy(body)).ctx.notes["provider"].boundary == 5
+            assert len(looked) <= 3 < len(body["messages"])
+    finally:
+        h.close()
 
 
 def test_the_validator_keeps_a_compaction_block_and_what_precedes_it():
