@@ -203,10 +203,11 @@ def find(answer: Answer, lost: list[Lost], kept: Kept, done: set[str], limit: in
             taken.add(item.memory_id)
             out.append(Found(item, why, ref, whole))
 
-    by_id = {x.memory_id: x for x in lost}
-    for mid in sorted(answer.ids):
-        if mid in by_id:
-            add(by_id[mid], "id", mid)
+    if answer.ids:
+        by_id = {x.memory_id: x for x in lost}
+        for mid in sorted(answer.ids):
+            if mid in by_id:
+                add(by_id[mid], "id", mid)
     newest = sorted(lost, key=lambda x: -x.turn)
     for q in answer.quotes:
         quoting = [x for x in newest if quoted_in(q, x, memo.lines if memo else None)]
@@ -232,10 +233,14 @@ def find(answer: Answer, lost: list[Lost], kept: Kept, done: set[str], limit: in
         held = {t: index.holding(t) for t in answer.terms}
         if not any(held.values()) and not index.has_long():
             return out
-        rank = {id(x): i for i, x in enumerate(newest)}
+        # only the texts that hold a term, or whose middle is asked below: not a map of every lost text
+        ask = {mid for mids in held.values() for mid in mids} | index.long_ids()
+        rank: dict[int, int] = {}
         same: dict[str, list[Lost]] = {}  # id -> the lost entries of that text (the same text may be lost twice)
-        for x in newest:
-            same.setdefault(x.memory_id, []).append(x)
+        for i, x in enumerate(newest):
+            if x.memory_id in ask:
+                rank[id(x)] = i
+                same.setdefault(x.memory_id, []).append(x)
         owners: dict[str, list[Lost]] = {}
         for t, mids in held.items():
             xs = [x for mid in mids for x in same.get(mid, ())]
@@ -352,6 +357,11 @@ class TermIndex:
 
     def has_long(self) -> bool:
         return bool(self._long)
+
+    def long_ids(self) -> set[str]:
+        """The ids of the indexed texts over TERMS_CHARS."""
+        with self._lock:
+            return set(self._long)
 
     def holding(self, term: str) -> tuple[str, ...]:
         """The ids of the indexed texts that hold ``term`` (as :func:`terms` reads them)."""
