@@ -25,13 +25,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+from mitmproxy.coretypes.serializable import Serializable
 
 from contextwarden.core import flowrelease, frames, typecheckfix
+from contextwarden.settings.proxy import ProxySection
 from contextwarden.wire.apis import HTTP
 
 from .routing import bypass_asked, routed
@@ -45,11 +49,23 @@ STOP_WAIT_S = 8.0  # SIGTERM to exit must stay under 10 s
 BUFFER_LIMIT = 64 << 20  # response copies waiting for the engine: past this, copies stop (bytes still relay)
 
 
-class _Engine:
-    """One engine process and the socket to it."""
+class _Ready(TypedDict):
+    """The engine's ``ready`` frame (``contextwarden.engine.server``)."""
 
-    def __init__(self, proc: subprocess.Popen, sock: socket.socket, ready: dict) -> None:
+    proxy: ProxySection
+    passive: bool
+    pid: int
+    release_flows: bool
+    timeout_s: float | None
+
+
+class _Engine:
+    """One engine process and the socket to it, started with ``options`` (mitmdump's, by name)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, ready: _Ready,
+                 options: dict[str, Any]) -> None:
         self.proc = proc
+        self.options = options
         self.sock = sock
         self.proxy = ready["proxy"]  # its settings' proxy section: what it handles
         self.passive = ready["passive"]  # no request's bytes can change (observe-only, no stage): none waits
@@ -57,8 +73,8 @@ class _Engine:
         self.release_flows = ready.get("release_flows", True)
         self.timeout_s = ready.get("timeout_s") or REQUEST_TIMEOUT_S
         self.writer: asyncio.StreamWriter | None = None
-        self.reading: asyncio.Task | None = None
-        self.waiting: dict[int, asyncio.Future] = {}
+        self.reading: asyncio.Task[None] | None = None
+        self.waiting: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
         self.seq = 0
         self.closed = False
 
@@ -86,8 +102,8 @@ class _Engine:
         if frame is None or frame[0] != "ready":
             why = frame[2] if frame is not None else f"the engine exited ({proc.poll()})"
             _end(proc, mine)
-            raise exceptions.OptionsError(str(why))
-        return cls(proc, mine, frame[2])
+            raise exceptions.OptionsError(str(why))  # type: ignore[no-untyped-call]  # unannotated in mitmproxy
+        return cls(proc, mine, frame[2], options)
 
     async def connect(self) -> None:
         reader, self.writer = await frames.open_stream(self.sock)
@@ -122,7 +138,7 @@ class _Engine:
         w.write(frames.encode(op, key, payload))
         return True
 
-    async def call(self, op: str, payload: Any, key=None) -> dict | None:
+    async def call(self, op: str, payload: Any, key: Any = None) -> dict[str, Any] | None:
         """Send and wait for the reply (None: no reply in time, or the engine is gone)."""
         self.seq += 1
         seq = self.seq
@@ -142,9 +158,10 @@ class _Engine:
         return t.get_write_buffer_size() if t is not None else 0
 
     async def stop(self) -> None:
-        if self.send("shutdown"):
+        w = self.writer
+        if self.send("shutdown") and w is not None:
             try:
-                await self.writer.drain()
+                await w.drain()
             except Exception:
                 pass
         deadline = time.monotonic() + STOP_WAIT_S
@@ -166,7 +183,7 @@ class _Engine:
         _end(self.proc, self.sock)
 
 
-def _end(proc: subprocess.Popen, sock: socket.socket) -> None:
+def _end(proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(5)
@@ -176,11 +193,25 @@ def _end(proc: subprocess.Popen, sock: socket.socket) -> None:
         pass
 
 
+def _state(m: Serializable) -> dict[str, Any]:
+    """A request's or response's state (through the base class: ``http.Message``'s own is unannotated)."""
+    state: dict[str, Any] = m.get_state()
+    return state
+
+
+def _through(inner: Callable[[bytes], Iterable[bytes] | bytes] | bool, chunk: bytes) -> bytes:
+    """A response chunk through the stream function set before this addon's (its pieces joined)."""
+    if not callable(inner):
+        return chunk
+    out = inner(chunk)
+    return out if isinstance(out, bytes) else b"".join(out)
+
+
 @dataclass
 class _Observed:
     """A forwarded flow until its end: its request as it came, its answer's pieces as relayed."""
 
-    request: dict
+    request: dict[str, Any]
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
 
@@ -188,8 +219,7 @@ class _Observed:
 class EngineLink:
     def __init__(self) -> None:
         self.engine: _Engine | None = None
-        self._options: dict[str, Any] | None = None
-        self._linked: asyncio.Future | None = None  # resolves to the connected engine (None: none)
+        self._linked: asyncio.Future[_Engine | None] | None = None  # resolves to the connected engine (None: none)
         self._stopping = False
         self.watched: set[str] = set()  # flows the engine mirrors, until their end
         self.streamed: set[str] = set()
@@ -199,7 +229,7 @@ class EngineLink:
 
     # -- options and lifecycle ---------------------------------------------------------------
 
-    def load(self, loader) -> None:
+    def load(self, loader: Loader) -> None:
         loader.add_option("cw_engine", bool, True,
                           "Run contextwarden's request path in a process of its own (the engine), beside "
                           "mitmdump's: its work never holds up the bytes mitmdump relays. Off: in mitmdump's process.")
@@ -212,15 +242,14 @@ class EngineLink:
         if not updated & {"cw_profile", "cw_home", "cw_plugins", "cw_engine", "termlog_verbosity"}:
             return
         if o.cw_plugins and not Path(o.cw_plugins).expanduser().is_dir():
-            raise exceptions.OptionsError(f"cw_plugins: not a folder: {o.cw_plugins}")
+            raise exceptions.OptionsError(f"cw_plugins: not a folder: {o.cw_plugins}")  # type: ignore[no-untyped-call]
         wanted = {"cw_profile": o.cw_profile, "cw_home": o.cw_home, "cw_plugins": o.cw_plugins}
         if "termlog_verbosity" in o:
             wanted["termlog_verbosity"] = o.termlog_verbosity
-        if wanted == self._options and self.engine is not None and self.engine.proc.poll() is None:
+        if self.engine is not None and wanted == self.engine.options and self.engine.proc.poll() is None:
             return
         self._stop_now()
         self.engine = _Engine.start(wanted)  # an OptionsError stops mitmdump with the engine's reason
-        self._options = wanted
         self._linked = None
         try:
             if self.engine.release_flows:
@@ -234,7 +263,6 @@ class EngineLink:
         if self.engine is not None:
             self.engine.stop_blocking()
             self.engine = None
-            self._options = None
             self._linked = None
 
     async def running(self) -> None:
@@ -254,8 +282,8 @@ class EngineLink:
         """The connected engine; one that died is started again (requests wait up to RESTART_WAIT_S)."""
         if self.engine is None or self._stopping:
             return None
-        if self._linked is None or (self._linked.done() and self._linked.result() is not None
-                                    and self._linked.result().closed):
+        linked = self._linked.result() if self._linked is not None and self._linked.done() else None
+        if self._linked is None or (linked is not None and linked.closed):
             self._linked = asyncio.ensure_future(self._connect())
         try:
             return await asyncio.wait_for(asyncio.shield(self._linked), RESTART_WAIT_S)
@@ -272,7 +300,7 @@ class EngineLink:
                 eng.writer.close()
             _end(eng.proc, eng.sock)
             try:
-                eng = await asyncio.get_running_loop().run_in_executor(None, _Engine.start, self._options)
+                eng = await asyncio.get_running_loop().run_in_executor(None, _Engine.start, eng.options)
             except Exception as e:
                 log.error(f"contextwarden: the engine did not start again: {e}")
                 self.engine = None
@@ -297,7 +325,7 @@ class EngineLink:
             return
         reply = await eng.call("request", flow.get_state()) if eng is not None else None
         if reply is None or "error" in reply:
-            self._failed_open(eng, flow, reply.get("error") if reply else "no answer from the engine")
+            self._failed_open(eng, flow, reply["error"] if reply is not None else "no answer from the engine")
             return
         r = reply.get("request")
         if r is not None and "headers" in r:
@@ -305,14 +333,14 @@ class EngineLink:
         if r is not None and "raw_content" in r:
             flow.request.raw_content = r["raw_content"]
         if reply.get("response") is not None:
-            flow.response = http.Response.from_state(reply["response"])
+            flow.response = http.Response.from_state(reply["response"])  # type: ignore[no-untyped-call]
         if reply.get("watch"):
             self._watch(flow, got[1].value)
 
     def _forward(self, eng: _Engine, flow: http.HTTPFlow, api: str) -> None:
         """A request nothing can change goes at once: the engine reads it, with its answer, once the
         flow ends (``_end``), for its events, the TUI and memory."""
-        self.observed[flow.id] = _Observed(flow.request.get_state())  # (as it came: the proxy's headers in)
+        self.observed[flow.id] = _Observed(_state(flow.request))  # (as it came: the proxy's headers in)
         for name in eng.proxy.consumed_headers:  # addressed to the proxy: they never go upstream
             flow.request.headers.pop(name, None)
         self._watch(flow, api)
@@ -343,8 +371,7 @@ class EngineLink:
         observed = self.observed.get(fid)
         if observed is not None:  # kept for the flow's end (a reference each: no copy, no frame)
             def keep(chunk: bytes) -> bytes:
-                if callable(inner):
-                    chunk = inner(chunk)
+                chunk = _through(inner, chunk)
                 if chunk and observed.size < BUFFER_LIMIT:
                     observed.chunks.append(chunk)
                     observed.size += len(chunk)
@@ -352,14 +379,13 @@ class EngineLink:
 
             flow.response.stream = keep
             return
-        if not eng.send("headers", flow.id, flow.response.get_state()):
+        if not eng.send("headers", flow.id, _state(flow.response)):
             return
         self.streamed.add(fid)
-        lossy = []
+        lossy: list[bool] = []
 
         def stream(chunk: bytes) -> bytes:
-            if callable(inner):
-                chunk = inner(chunk)
+            chunk = _through(inner, chunk)
             if chunk and not lossy:
                 if eng.backlog() > BUFFER_LIMIT:  # the engine is far behind: stop copying, keep relaying
                     lossy.append(True)
@@ -387,7 +413,7 @@ class EngineLink:
         observed = self.observed.pop(flow.id, None)
         if self.engine is None:
             return
-        resp = flow.response.get_state() if flow.response is not None else None
+        resp = _state(flow.response) if flow.response is not None else None
         if resp is not None and streamed:
             resp["content"] = None  # the engine read it chunk by chunk
         if observed is None:
@@ -414,14 +440,14 @@ class EngineLink:
         eng = await self._link()
         reply = await eng.call("ws", msg.get_state(), key=flow.id) if eng is not None else None
         if reply is None or "error" in reply:
-            self._failed_open(eng, flow, reply.get("error") if reply else "no answer from the engine")
+            self._failed_open(eng, flow, reply["error"] if reply is not None else "no answer from the engine")
             return
         for data in reply.get("inject") or ():
             ctx.master.commands.call("inject.websocket", flow, True, data, True)
         if reply.get("content") is not None:
             msg.content = reply["content"]
         if reply.get("dropped"):
-            msg.drop()
+            msg.drop()  # type: ignore[no-untyped-call]  # unannotated in mitmproxy
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         if flow.id not in self.watched:

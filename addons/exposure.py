@@ -16,9 +16,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from mitmproxy import ctx
+from mitmproxy.addonmanager import Loader
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.connection import Address, Client
 from mitmproxy.proxy import mode_specs
 from mitmproxy.utils import asyncio_utils
 
@@ -42,7 +46,7 @@ def is_loopback(host: str) -> bool:
         return False  # a name or an interface we cannot vouch for
 
 
-def listen_hosts(modes, default: str) -> list[str]:
+def listen_hosts(modes: Sequence[str] | None, default: str) -> list[str]:
     """The address each mode's server listens on ("" = every interface)."""
     out = []
     for m in modes or ["regular"]:
@@ -53,10 +57,16 @@ def listen_hosts(modes, default: str) -> list[str]:
     return out
 
 
-def _misplaced(mode, addr) -> bool:
+def _misplaced(mode: mode_specs.ProxyMode, addr: Address | None) -> bool:
     """A connection or listening address off loopback for a mode that listens where ``listen_host`` says."""
-    return bool(addr) and mode.custom_listen_host is None and mode.type_name in LISTENING_MODES \
-        and not is_loopback(str(addr[0]))
+    if not addr:
+        return False
+    return mode.custom_listen_host is None and mode.type_name in LISTENING_MODES and not is_loopback(str(addr[0]))
+
+
+def _proxyserver() -> Proxyserver | None:
+    ps: Proxyserver | None = ctx.master.addons.get("proxyserver")  # type: ignore[no-untyped-call]  # unannotated in mitmproxy
+    return ps
 
 
 def _stop_the_first_start() -> None:
@@ -64,7 +74,7 @@ def _stop_the_first_start() -> None:
     address before this script could set it, and binds it once its address lookup returns. Stopped
     before that, no socket is ever opened on every interface (``_rebind`` starts them where the
     options say)."""
-    ps = ctx.master.addons.get("proxyserver")
+    ps = _proxyserver()
     start = getattr(type(ps), "setup_servers", None)
     for task in asyncio.all_tasks():
         if start is not None and getattr(task.get_coro(), "cr_code", None) is start.__code__ and not task.done():
@@ -73,10 +83,10 @@ def _stop_the_first_start() -> None:
 
 class Exposure:
     def __init__(self) -> None:
-        self.announced: tuple | None = None
+        self.announced: tuple[str, str] | None = None
         self.forced = False  # listen_host was not given: this addon set loopback
 
-    def load(self, loader) -> None:
+    def load(self, loader: Loader) -> None:
         loader.add_option("cw_open_proxy", bool, False,
                           "Listen on a non-loopback address without a proxy credential (proxyauth). Off: "
                           "contextwarden requires one there.")
@@ -87,7 +97,7 @@ class Exposure:
         o = ctx.options
         if not o.listen_host:
             self.forced = True
-            o.update(listen_host=LOOPBACK)  # configure runs again with it
+            o.update(listen_host=LOOPBACK)  # type: ignore[no-untyped-call]  # (unannotated in mitmproxy) configure runs again with it
             _stop_the_first_start()
             asyncio_utils.create_task(self._rebind(), name="contextwarden rebind", keep_ref=True)
             return
@@ -105,12 +115,12 @@ class Exposure:
         else:
             home = ensure_home(Path(o.cw_home).expanduser() if o.cw_home else default_home())
             password = secret_file(home, CREDENTIAL_FILE, 24)
-            o.update(proxyauth=f"{USER}:{password}")  # configure runs again and announces it
+            o.update(proxyauth=f"{USER}:{password}")  # type: ignore[no-untyped-call]  # (unannotated in mitmproxy) configure runs again and announces it
             self._say("info", f"contextwarden: listening on {where}: a proxy credential is required: user {USER!r}, "
                               f"password in {home / CREDENTIAL_FILE} (--set proxyauth=USER:PASS to choose one, "
                               "--set cw_open_proxy=true to listen without)")
 
-    def client_connected(self, client) -> None:
+    def client_connected(self, client: Client) -> None:
         """A connection to an address the user did not choose is closed unread: one accepted by a server
         that was listening before this script was loaded (another mitmproxy's order of start-up)."""
         if self.forced and _misplaced(client.proxy_mode, client.sockname):
@@ -119,7 +129,7 @@ class Exposure:
     async def _rebind(self) -> None:
         """Start the servers whose first start was stopped, and restart any that listens where the
         options do not say (it started before ``listen_host`` was set)."""
-        ps = ctx.master.addons.get("proxyserver")
+        ps = _proxyserver()
         if ps is None:
             return
         while ps.servers.is_updating:  # the first start, stopping

@@ -23,6 +23,7 @@ import logging
 import re
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +31,10 @@ import orjson
 from mitmproxy import ctx as mitmctx
 from mitmproxy import http
 from mitmproxy.proxy.layers import websocket as ws_layer
+from mitmproxy.websocket import WebSocketMessage
+from wsproto.events import Message
 
-from contextwarden.request.context import Incoming
+from contextwarden.request.context import BlockedResponse, Incoming
 from contextwarden.wire.apis import WEBSOCKET
 from contextwarden.wire.streams.tap import ResponseTap
 
@@ -57,7 +60,7 @@ class _Request:
     t_sent: float = 0.0
     t_first: float | None = None  # the first server message for it
     status: int | None = None
-    blocked: Any = None  # the BlockedResponse a stage answered with, instead of forwarding
+    blocked: BlockedResponse | None = None  # what a stage answered with, instead of forwarding
     last_type: str | None = None
 
 
@@ -67,7 +70,7 @@ class _Socket:
 
     opened: Incoming  # the upgrade request: each message is a request with its host, path and headers
     count: int = 0
-    pending: deque = field(default_factory=deque)
+    pending: deque[_Request] = field(default_factory=deque)
 
 
 def message_type(content: bytes) -> str | None:
@@ -88,10 +91,10 @@ class WebSocketResponses:
     def __init__(self, warden: Warden, interceptor: Interceptor) -> None:
         self.warden = warden
         self.interceptor = interceptor
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         # how a message reaches the client unasked; None: mitmproxy's inject.websocket here (the engine
         # sets its own: the message goes back to mitmdump's process with the reply)
-        self.inject = None
+        self.inject: Callable[[http.HTTPFlow, bytes], None] | None = None
 
     # -- the upgrade request ----------------------------------------------------------------
 
@@ -123,7 +126,7 @@ class WebSocketResponses:
             rt.bus.emit("error", {"where": "websocket", "message": f"{type(e).__name__}: {e}",
                                   "action": "message forwarded unchanged"}, flow_id=flow.id)
 
-    async def _client_message(self, flow: http.HTTPFlow, sock: _Socket, msg) -> None:
+    async def _client_message(self, flow: http.HTTPFlow, sock: _Socket, msg: WebSocketMessage) -> None:
         raw = msg.content
         if message_type(raw) != "response.create":
             return  # anything else (response.cancel, pings as JSON, ...) passes unread
@@ -135,19 +138,19 @@ class WebSocketResponses:
             msg.content = body
             return len(body)
 
-        def block(b) -> None:
+        def block(b: BlockedResponse) -> None:
             r.blocked = b
 
         await self.interceptor.run(r.state, dataclasses.replace(sock.opened, raw=raw, flow_id=r.flow_id), rewrite, block)
         r.t_sent = time.time()
         if r.blocked is not None:
-            self._answer_blocked(flow, sock, r, msg)
+            self._answer_blocked(flow, sock, r.blocked, r, msg)
 
-    def _answer_blocked(self, flow: http.HTTPFlow, sock: _Socket, r: _Request, msg) -> None:
+    def _answer_blocked(self, flow: http.HTTPFlow, sock: _Socket, b: BlockedResponse, r: _Request,
+                        msg: WebSocketMessage) -> None:
         """A stage answered instead of forwarding (a BLOCKED budget): the client gets the provider's
         error as the WebSocket's ``error`` event, and its message goes nowhere. When that answer cannot
         be given, the message goes upstream after all (fail open: the client must get an answer)."""
-        b = r.blocked
         try:
             error = orjson.loads(b.body)
         except orjson.JSONDecodeError:
@@ -158,13 +161,15 @@ class WebSocketResponses:
         try:
             (self.inject or _inject)(flow, data)
         except Exception as e:
-            self.warden.runtime.bus.emit("error", {"where": "websocket", "message": f"{type(e).__name__}: {e}",
-                                                   "action": "blocked request forwarded"}, flow_id=r.flow_id)
+            rt = self.warden.runtime
+            if rt is not None:
+                rt.bus.emit("error", {"where": "websocket", "message": f"{type(e).__name__}: {e}",
+                                      "action": "blocked request forwarded"}, flow_id=r.flow_id)
             return
-        msg.drop()
+        msg.drop()  # type: ignore[no-untyped-call]  # unannotated in mitmproxy
         self._feed(sock, r, data)
 
-    def _server_message(self, flow: http.HTTPFlow, sock: _Socket, msg) -> None:
+    def _server_message(self, flow: http.HTTPFlow, sock: _Socket, msg: WebSocketMessage) -> None:
         if not sock.pending:
             return
         self._feed(sock, sock.pending[0], msg.content)
@@ -181,10 +186,11 @@ class WebSocketResponses:
                 sock.pending.remove(r)
             self._spawn(self._finish(r, None))
 
-    def _on_event(self, r: _Request):
-        hook = event_hook(self.warden.runtime, r.state, r.flow_id)
+    def _on_event(self, r: _Request) -> Callable[[dict[str, Any]], None]:
+        rt = self.warden.runtime
+        hook = event_hook(rt, r.state, r.flow_id) if rt is not None else None
 
-        def on_event(event: dict) -> None:
+        def on_event(event: dict[str, Any]) -> None:
             t = event.get("type")
             r.last_type = t if isinstance(t, str) else None
             if t == "error":
@@ -208,7 +214,7 @@ class WebSocketResponses:
         while sock.pending:
             self._spawn(self._finish(sock.pending.popleft(), why))
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -237,7 +243,7 @@ class _Utf8Fragmentizer(ws_layer.Fragmentizer):
     a modified text message is cut at character boundaries only, and goes as one frame when the client
     sent it as one. Unmodified messages keep the client's own framing (mitmproxy's rule)."""
 
-    def __call__(self, content: bytes):
+    def __call__(self, content: bytes) -> Iterator[Message[Any]]:
         if not self.is_text:
             yield from super().__call__(content)
             return
@@ -272,4 +278,4 @@ def _boundary(content: bytes, i: int) -> bool:
     return i <= 0 or i >= len(content) or (content[i] & 0xC0) != 0x80
 
 
-ws_layer.Fragmentizer = _Utf8Fragmentizer
+ws_layer.Fragmentizer = _Utf8Fragmentizer  # type: ignore[misc]  # mitmproxy's class replaced: no hook for it

@@ -113,7 +113,7 @@ LATER: list[tuple[str, str, list[str]]] = [
                                                                          S + "memory/client.py::keep"]),
     ("session control", "ledger, pins, count_tokens for the decided state", ["addons/counttokens.py"] + [
         S + "sessionctl/" + f for f in ("__init__.py", "ledger.py", "pins.py")]),
-    ("stage watchdog", "stageclock.py: one thread trip per request (issue 19)", [S + "core/stageclock.py"]),
+    ("stage watchdog", "stageclock.py: one thread trip per request (issue 19)", [S + "request/stageclock.py"]),
     ("working set", "kept by clearing, verbatim in summaries", [S + "wire/workingset.py",
      "plugins/clearing.py::_working_set", "plugins/compaction.py::working_appendix"]),
     ("compression in clearing", "its records re-applied by step 1", ["plugins/clearing.py::_compressed_gain"]),

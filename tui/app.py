@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from textual.app import App
 
 from contextwarden.util.home import write_private
 
 from .client import CommandError, Source
+from .host import Host
 from .messages import ConnectionChanged, EventsDropped, EventsReceived, SnapshotReceived
 from .screens.export import ExportPathScreen
 from .screens.inspector import InspectorScreen
@@ -29,7 +29,7 @@ from .screens.settings import SettingsScreen
 from .store import Store
 
 
-class ContextWardenApp(App):
+class ContextWardenApp(Host):
     CSS_PATH = "app.tcss"
     TITLE = "contextwarden"
     ENABLE_COMMAND_PALETTE = False

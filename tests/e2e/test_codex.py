@@ -24,7 +24,7 @@ import pytest
 
 from tests.support.codex_cli import API_KEY, codex_binary, provider_args, run_codex
 from tests.support.codex_upstream import CodexStandIn
-from tests.support.proxy import ProxyProcess
+from tests.support.proxy import ProxyProcess, start_together, stop_together
 
 STEPS = 3
 
@@ -123,14 +123,26 @@ log:
 
 
 @pytest.fixture(scope="module")
-def ws_proxy(tmp_path_factory, codex_standin):
+def codex_proxies(tmp_path_factory, codex_standin):
+    """The proxies of three tests below (one each), started together: their warm-ups overlap."""
     d = tmp_path_factory.mktemp("codex-active")
     (d / "plugins").mkdir()
     (d / "plugins" / "stamp.py").write_text(textwrap.dedent(STAMP))
     (d / "codex-e2e.yaml").write_text(ACTIVE_PROFILE)
-    with ProxyProcess(d, name="codex-active", profile=d / "codex-e2e.yaml", plugins=d / "plugins",
-                      redirect=codex_standin.url, options={"redirect_block_others": "true"}) as p:
-        yield p
+    procs = {"active": ProxyProcess(d, name="codex-active", profile=d / "codex-e2e.yaml", plugins=d / "plugins",
+                                    redirect=codex_standin.url, options={"redirect_block_others": "true"}),
+             "reverse": ProxyProcess(tmp_path_factory.mktemp("codex-reverse"), name="codex-reverse",
+                                     profile=d / "codex-e2e.yaml", plugins=d / "plugins", reverse=codex_standin.url),
+             "small": ProxyProcess(tmp_path_factory.mktemp("codex-small"), name="codex-small", profile="codex",
+                                   reverse=codex_standin.url, env=SMALL)}
+    start_together(procs.values())
+    yield procs
+    stop_together(procs.values())
+
+
+@pytest.fixture(scope="module")
+def ws_proxy(codex_proxies):
+    return codex_proxies["active"]
 
 
 def regular_env(proxy: ProxyProcess) -> dict[str, str]:
@@ -254,26 +266,24 @@ def test_codex_websocket_observe_only_is_byte_identical(codex_standin, codex_bin
 
 # -- reverse mode over HTTPS POSTs, with a provider entry ------------------------------------------
 
-def test_codex_reverse_mode_provider_entry(ws_proxy, codex_standin, codex_bin, tmp_path, tmp_path_factory):
+def test_codex_reverse_mode_provider_entry(codex_proxies, codex_standin, codex_bin, tmp_path):
     si = codex_standin
     si.planner = loop_planner()
-    d = tmp_path_factory.mktemp("codex-reverse")
-    with ProxyProcess(d, name="codex-reverse", profile=ws_proxy.profile, plugins=ws_proxy.plugins,
-                      reverse=si.url) as p:
-        since = p.mark()
-        result = run_codex(codex_bin, tmp_path, {}, "run the steps", files=step_files(), login=False,
-                           args=provider_args(p.url + "/v1"))
-        recs = check_loop(si, result)
-        assert all(r.method == "POST" and r.route == "/v1/responses" for r in recs)
-        reqs = p.wait_events(lambda e: e["type"] == "request", n=len(recs), since=since)
-        assert {e["data"]["transport"] for e in reqs} == {"http"}
-        # full history each time (store: false): the stamp reached every tool output, old ones too
-        last = recs[-1].json()
-        assert last.get("store") is False and "previous_response_id" not in last
-        outs = [it for it in last["input"] if isinstance(it, dict) and it.get("type") == "function_call_output"]
-        assert len(outs) == STEPS and all(o["output"].endswith("[stamped by contextwarden]") for o in outs)
-        # encrypted reasoning came back byte for byte, right before its call (the strict stand-in checked)
-        assert sum(1 for it in last["input"] if isinstance(it, dict) and it.get("type") == "reasoning") == STEPS
+    p = codex_proxies["reverse"]
+    since = p.mark()
+    result = run_codex(codex_bin, tmp_path, {}, "run the steps", files=step_files(), login=False,
+                       args=provider_args(p.url + "/v1"))
+    recs = check_loop(si, result)
+    assert all(r.method == "POST" and r.route == "/v1/responses" for r in recs)
+    reqs = p.wait_events(lambda e: e["type"] == "request", n=len(recs), since=since)
+    assert {e["data"]["transport"] for e in reqs} == {"http"}
+    # full history each time (store: false): the stamp reached every tool output, old ones too
+    last = recs[-1].json()
+    assert last.get("store") is False and "previous_response_id" not in last
+    outs = [it for it in last["input"] if isinstance(it, dict) and it.get("type") == "function_call_output"]
+    assert len(outs) == STEPS and all(o["output"].endswith("[stamped by contextwarden]") for o in outs)
+    # encrypted reasoning came back byte for byte, right before its call (the strict stand-in checked)
+    assert sum(1 for it in last["input"] if isinstance(it, dict) and it.get("type") == "reasoning") == STEPS
 
 
 # -- a small window: clearing and compaction on Codex's own requests --------------------------------
@@ -295,22 +305,21 @@ SMALL = {
 }
 
 
-def test_codex_small_window_clearing_and_compaction(codex_standin, codex_bin, tmp_path, tmp_path_factory):
+def test_codex_small_window_clearing_and_compaction(codex_proxies, codex_standin, codex_bin, tmp_path):
     from contextwarden.compress.summarise import HEADER
     from contextwarden.plugins.clearing import STUB_PREFIX
 
     si = codex_standin
     si.planner = loop_planner(SMALL_STEPS, notes=4000)
-    d = tmp_path_factory.mktemp("codex-small")
-    with ProxyProcess(d, name="codex-small", profile="codex", reverse=si.url, env=SMALL) as p:
-        since = p.mark()
-        result = run_codex(codex_bin, tmp_path, {}, "run the steps", files=step_files(SMALL_STEPS, 6000),
-                           login=False, args=provider_args(p.url + "/v1"))
-        recs = check_loop(si, result, SMALL_STEPS)  # the strict stand-in accepted every request
-        p.wait_events(lambda e: e["type"] == "forward", n=len(recs), since=since)
-        clearing = [e["data"] for e in p.events("clearing", since=since) if e["data"].get("cleared")]
-        compaction = [e["data"] for e in p.events("compaction", since=since) if e["data"].get("applied")]
-        forwards = [e["data"] for e in p.events("forward", since=since)]
+    p = codex_proxies["small"]
+    since = p.mark()
+    result = run_codex(codex_bin, tmp_path, {}, "run the steps", files=step_files(SMALL_STEPS, 6000),
+                       login=False, args=provider_args(p.url + "/v1"))
+    recs = check_loop(si, result, SMALL_STEPS)  # the strict stand-in accepted every request
+    p.wait_events(lambda e: e["type"] == "forward", n=len(recs), since=since)
+    clearing = [e["data"] for e in p.events("clearing", since=since) if e["data"].get("cleared")]
+    compaction = [e["data"] for e in p.events("compaction", since=since) if e["data"].get("applied")]
+    forwards = [e["data"] for e in p.events("forward", since=since)]
     assert clearing, "clearing never fired"
     assert any(c["trigger"] == "hard" for c in compaction), compaction
     assert any(c["reused"] for c in compaction), "a compaction was never re-applied"

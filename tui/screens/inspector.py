@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
@@ -15,9 +15,7 @@ from textual.widgets import Footer, Static
 from contextwarden.util.scrub import scrub_headers
 
 from ..diff import BodyDiff, DiffRow, diff_bodies
-
-if TYPE_CHECKING:
-    from ..app import ContextWardenApp
+from ..host import Host
 
 STATE_STYLE = {"same": "", "changed": "yellow", "removed": "red", "added": "green"}
 SIDE_STYLE = {("changed", "left"): "red", ("changed", "right"): "green"}
@@ -62,7 +60,7 @@ def _cells(row: DiffRow) -> tuple:
 
 
 class InspectorScreen(Screen):
-    app: ContextWardenApp  # (for the type checker: the app this screen runs in)
+    app: Host  # (for the type checker: the app this screen runs in)
     CSS_PATH = "inspector.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
+from ..host import Host
 from ..store import SessionInfo, Store
 from ..widgets.context_events import ContextEvents
 from ..widgets.overview import Overview
@@ -17,16 +16,13 @@ from ..widgets.request_log import RequestLog
 from ..widgets.sessions import SessionsPanel
 from ..widgets.status import StatusBar
 
-if TYPE_CHECKING:
-    from ..app import ContextWardenApp
-
 # which panels a kind of change touches
 PANELS = {"overview": ("overview", "status", "clock"), "requests": ("requests",), "sessions": ("sessions", "settings"),
           "events": ("events",)}
 
 
 class MainScreen(Screen):
-    app: ContextWardenApp  # (for the type checker: the app this screen runs in)
+    app: Host  # (for the type checker: the app this screen runs in)
     BINDINGS = [
         Binding("1", "show_tab('overview')", "Overview", show=False),
         Binding("2", "show_tab('requests')", "Requests", show=False),

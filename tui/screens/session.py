@@ -11,7 +11,7 @@ pin, ``g`` reload, ``escape`` back.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -23,10 +23,8 @@ from textual.widgets import Footer, Input, Static
 from contextwarden.sessionctl.render import changed, pin_text, what
 
 from .. import format as fmt
+from ..host import Host
 from ..widgets.synctable import SyncTable
-
-if TYPE_CHECKING:
-    from ..app import ContextWardenApp
 
 COLUMNS = [("v", "v", 3), ("time", "time", 8), ("what", "what", 16), ("trigger", "trigger", 11),
            ("before", "before", 6), ("after", "after", 6), ("changed", "changed", 34)]  # ("rollback to v14", "compression": whole)
@@ -45,7 +43,7 @@ def version_cells(v: dict[str, Any]) -> tuple:
 
 
 class SessionScreen(Screen):
-    app: ContextWardenApp  # (for the type checker: the app this screen runs in)
+    app: Host  # (for the type checker: the app this screen runs in)
     DEFAULT_CSS = """
     SessionScreen > Vertical > #session-head { height: 2; padding: 0 1; background: $boost; }
     SessionScreen > Vertical > SyncTable { height: 1fr; }

@@ -4,7 +4,7 @@ the profile file is never written. "Save" also stores them in the proxy's runtim
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -14,11 +14,9 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Input, Label, Static
 
+from ..host import Host
 from ..store import get_path
 from ..widgets.toggle import Toggle
-
-if TYPE_CHECKING:
-    from ..app import ContextWardenApp
 
 # (dotted path, label, type)
 FIELDS: list[tuple[str, str, type]] = [
@@ -57,7 +55,7 @@ def _wid(path: str) -> str:
 
 
 class SettingsScreen(Screen):
-    app: ContextWardenApp  # (for the type checker: the app this screen runs in)
+    app: Host  # (for the type checker: the app this screen runs in)
     CSS_PATH = "settings.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Cancel"),

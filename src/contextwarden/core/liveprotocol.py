@@ -7,6 +7,7 @@ Prices are cost.py's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..util.lru import LRU
@@ -35,6 +36,19 @@ def new_clearing(data: dict[str, Any]) -> bool:
 FAILED_STAGE = ("timeout", "error")  # a stage status after which the request's new work was not sent
 
 
+def _num(v: Any) -> float:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+
+@dataclass
+class _Sent:
+    """What one request's stages reported taking out and putting in, until its ``forward`` event."""
+
+    freed: float = 0
+    memory: float = 0
+    injections: int = 0
+
+
 class SentLedger:
     """What a request's rewrite really took out and put in, settled when its ``forward`` event says
     what went upstream. Clearing, compaction and memory report what they did to the request in the
@@ -46,42 +60,45 @@ class SentLedger:
     """
 
     def __init__(self, limit: int = 2000) -> None:
-        self._open = LRU(limit)  # flow id -> [freed, memory tokens, injections], until its forward event
+        self._open = LRU(limit)  # flow id -> _Sent, until its forward event
 
     def note(self, ev: dict[str, Any]) -> bool:
         """Take in a ``clearing``, ``compaction`` or ``memory`` event; False for any other."""
         t, d, fid = ev.get("type"), ev.get("data") or {}, ev.get("flow_id")
-        num = Totals._num
+        freed: float
+        mem: float
         if t == "compaction" and applied_compaction(d):
-            freed, mem = max(0, num(d.get("tokens_before")) - num(d.get("tokens_after"))), 0
+            freed, mem = max(0, _num(d.get("tokens_before")) - _num(d.get("tokens_after"))), 0
         elif t == "clearing":
-            freed, mem = max(0, num(d.get("tokens_freed"))), 0
-        elif t == "memory" and (num(d.get("tokens")) > 0 or num(d.get("injected")) > 0):
-            freed, mem = 0, num(d.get("tokens"))
+            freed, mem = max(0, _num(d.get("tokens_freed"))), 0
+        elif t == "memory" and (_num(d.get("tokens")) > 0 or _num(d.get("injected")) > 0):
+            freed, mem = 0, _num(d.get("tokens"))
         else:
             return t in ("compaction", "clearing", "memory")
         if fid:
-            c = self._open.get(fid, list, (0, 0, 0))
-            c[0] += freed
-            c[1] += mem
-            c[2] += t == "memory"
+            c: _Sent = self._open.get(fid, _Sent)
+            c.freed += freed
+            c.memory += mem
+            c.injections += t == "memory"
         return True
 
     def settle(self, ev: dict[str, Any]) -> tuple[int, int, int]:
         """For a ``forward`` event: (tokens freed, memory tokens, memory injections) its request sent."""
         d = ev.get("data") or {}
-        freed, mem, injections = (ev.get("flow_id") and self._open.peek(ev["flow_id"])) or (0, 0, 0)
+        sent: _Sent = (ev.get("flow_id") and self._open.peek(ev["flow_id"])) or _Sent()
+        freed, mem, injections = sent.freed, sent.memory, sent.injections
         if not d.get("changed") or d.get("blocked"):
             return 0, 0, 0
         ti, to = d.get("tokens_in"), d.get("tokens_out")
         if isinstance(ti, (int, float)) and isinstance(to, (int, float)):
             freed = min(freed, max(0, ti - to))
-        stages = d.get("stages") if isinstance(d.get("stages"), list) else []
-        if any(isinstance(s, dict) and s.get("status") in FAILED_STAGE for s in stages):
+        stages = d.get("stages")
+        if isinstance(stages, list) and any(isinstance(s, dict) and s.get("status") in FAILED_STAGE for s in stages):
             mem, injections = 0, 0
         return int(freed), int(mem), int(injections)
 
 
+@dataclass(eq=False)
 class Totals:
     """Running counters over every event since the runtime started: the Overview's numbers.
 
@@ -96,49 +113,69 @@ class Totals:
     over the ``priced_turns`` whose model the price table knows (no guessing for the others).
     """
 
-    COUNTS = ("events", "requests", "turns", "compactions", "clearings", "compressions", "memory_injections", "errors",
-              "blocked", "rewritten", "bypassed", "fallback", "fallback_original")
-    SUMS = ("tokens_in", "tokens_sent", "tokens_freed", "compression_saved", "memory_tokens", "usage_input", "usage_output",
-            "usage_cache_read", "usage_cache_write", "billed_units", "est_saved_units", "measured_turns",
-            "usd", "est_saved_usd", "priced_turns",
-            "saving_turns_tokens_in", "saving_turns_tokens_sent",
-            "provider_compactions", "provider_compaction_units", "provider_cleared",
-            "memory_stored", "memory_text_only", "memory_dropped")
+    # counts
+    events: int = 0
+    requests: int = 0
+    turns: int = 0
+    compactions: int = 0
+    clearings: int = 0
+    compressions: int = 0
+    memory_injections: int = 0
+    errors: int = 0
+    blocked: int = 0
+    rewritten: int = 0
+    bypassed: int = 0
+    fallback: int = 0
+    fallback_original: int = 0
+    # sums
+    tokens_in: float = 0
+    tokens_sent: float = 0
+    tokens_freed: float = 0
+    compression_saved: float = 0
+    memory_tokens: float = 0
+    usage_input: float = 0
+    usage_output: float = 0
+    usage_cache_read: float = 0
+    usage_cache_write: float = 0
+    billed_units: float = 0
+    est_saved_units: float = 0
+    measured_turns: float = 0
+    usd: float = 0
+    est_saved_usd: float = 0
+    priced_turns: float = 0
+    saving_turns_tokens_in: float = 0
+    saving_turns_tokens_sent: float = 0
+    provider_compactions: float = 0
+    provider_compaction_units: float = 0
+    provider_cleared: float = 0
+    memory_stored: float = 0
+    memory_text_only: float = 0
+    memory_dropped: float = 0
     # the latest value, not a sum: memory's ingestion backlog (items waiting to be embedded), how many
     # of those are searchable by their words already, and how long the last stored batch's oldest item
     # had waited
-    GAUGES = ("memory_pending", "memory_indexed", "memory_lag_s")
-
-    def __init__(self) -> None:
-        for f in self.COUNTS + self.SUMS + self.GAUGES:
-            setattr(self, f, 0)
-        self.started: float | None = None
-        self.sent = SentLedger()  # freed and memory tokens count once the request's forward says they went out
-
-    def __getattr__(self, name: str) -> Any:  # (for the type checker: the counters above, set by name)
-        raise AttributeError(name)
+    memory_pending: float = 0
+    memory_indexed: float = 0
+    memory_lag_s: float = 0
+    started: float | None = None
+    # freed and memory tokens count once the request's forward says they went out (not a total)
+    sent: SentLedger = field(default_factory=SentLedger, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Totals:
         t = cls()
         for k, v in (d or {}).items():
-            if k in cls.COUNTS or k in cls.SUMS or k in cls.GAUGES or k == "started":
+            if k in _TOTALS:
                 setattr(t, k, v)
         return t
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f: getattr(self, f) for f in self.COUNTS + self.SUMS + self.GAUGES}
-        d["started"] = self.started
-        return d
-
-    @staticmethod
-    def _num(v: Any) -> float:
-        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+        return {f: getattr(self, f) for f in _TOTALS}
 
     def add(self, ev: dict[str, Any]) -> None:
         t = ev.get("type")
         data = ev.get("data") or {}
-        num = self._num
+        num = _num
         self.events += 1
         if t == "memory" and ("ingested" in data or "dropped" in data or "backfilled" in data):
             self._memory_ingestion(data)
@@ -208,7 +245,7 @@ class Totals:
 
     def _memory_ingestion(self, data: dict[str, Any]) -> None:
         """Memory's ingestion events: items stored (as text only under load), dropped, still waiting."""
-        num = self._num
+        num = _num
         self.memory_stored += num(data.get("new"))
         self.memory_text_only += num(data.get("text_only"))
         self.memory_dropped += num(data.get("dropped"))
@@ -217,3 +254,5 @@ class Totals:
             if isinstance(data.get(key), (int, float)):
                 setattr(self, gauge, data[key])
 
+
+_TOTALS = tuple(f.name for f in fields(Totals) if f.name != "sent")  # what to_dict and from_dict carry

@@ -10,11 +10,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ..settings import Settings, _deep_merge, load_settings
 from ..store import replicas
-from ..store.bodies import BodyRing, record
+from ..store.bodies import BodyRing
 from ..store.state import open_state
 from ..util.home import ensure_home, secret_file
 from ..util.lru import LRU
@@ -199,22 +197,6 @@ class Runtime:
         self.pm.hook.cw_configure(runtime=self)
         return self.settings
 
-    def remember(self, ctx: Any, rewritten: bytes | dict[str, Any] | None, nbytes: int) -> None:
-        """Keep a request's bodies for the inspector; write them to disk if the profile asks.
-
-        Bodies are kept as the JSON bytes (the client's, and what was sent), not as parsed objects: a
-        few hundred 150K-token bodies as dicts and lists are millions of objects the garbage
-        collector would walk on every full collection (the p99 pauses of bench/proxy_latency.py)."""
-        original = ctx.request_bytes if ctx.request_bytes is not None else orjson.dumps(ctx.original)
-        if isinstance(rewritten, dict):
-            rewritten = orjson.dumps(rewritten)
-        entry = {"flow_id": ctx.flow_id, "session": ctx.session, "ts": time.time(), "api": ctx.api.value,
-                 "path": ctx.path, "model": ctx.model, "headers": ctx.headers, "original": original,
-                 "rewritten": rewritten}
-        self.bodies.put(ctx.flow_id, entry, len(original) + (len(rewritten) if rewritten is not None else 0))
-        if self.settings.log.record_bodies:
-            self.turn_pool.submit(record, self.home, entry)
-
     def forget_conversations(self) -> None:
         """Drop what is remembered of conversations (their messages' bytes, typed messages, memos and
         slots; the recent bodies' histories) and the memos of per-message work (``memo``'s LRUs): caches,
@@ -238,14 +220,12 @@ class Runtime:
             return None
         return rec[1]
 
-    def mark_overrun(self, stage: str, call: Future[Any], ctx: Any = None) -> None:
-        """``call`` (a concurrent Future running ``stage``) was abandoned past its budget: skip the
-        stage until it returns, then say so."""
+    def mark_overrun(self, stage: str, call: Future[Any], flow_id: str | None = None, session: str | None = None) -> None:
+        """``call`` (a concurrent Future running ``stage``, for the request ``flow_id`` of ``session``) was
+        abandoned past its budget: skip the stage until it returns, then say so."""
         started = time.time()
         with self._overrun_lock:
             self._overrun[stage] = (call, started)
-        flow_id = getattr(ctx, "flow_id", None)
-        session = getattr(ctx, "session", None)
 
         def returned(f: Future[Any]) -> None:
             self._clear_overrun(stage, f)

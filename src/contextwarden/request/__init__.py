@@ -1,1 +1,1 @@
-"""One request's path: lifecycle, pipeline, the context a stage gets, its notes, session and agent keys."""
+"""One request's path: lifecycle, pipeline and its stage clock, the context a stage gets, its notes, session and agent keys."""

@@ -24,7 +24,7 @@ from ..wire.apis import COUNT
 from ..wire.dialects import dialect
 from ..wire.streams.turn import AssembledTurn, Usage
 from .context import Incoming, RequestContext
-from .pipeline import Outcome, Pipeline, Skip, count_tokens, decided_state, prepare, request_event
+from .pipeline import Outcome, Pipeline, Skip, count_tokens, decided_state, prepare, remember, request_event
 
 if TYPE_CHECKING:
     from ..core.runtime import Runtime
@@ -126,7 +126,7 @@ def observe(rt: Runtime, req: Incoming) -> RequestContext | None:
     ctx = _admit_or_report(rt, req)
     if ctx is None:
         return None
-    rt.remember(ctx, None, len(req.raw))
+    remember(rt, ctx, None, len(req.raw))
     ctx.emit("forward", changed=False, reason=req.mode, bytes_in=len(req.raw), bytes_out=len(req.raw),
              tokens_in=ctx.tokens_in, tokens_out=ctx.tokens_in, pipeline_ms=round((time.perf_counter() - t0) * 1000, 3))
     return ctx

@@ -23,9 +23,9 @@ import orjson
 from mitmproxy.net import encoding as enc
 from pydantic import ValidationError
 
-from ..core.stageclock import StageClock
 from ..models import ApiKind
 from ..models.base import WireModel
+from ..store.bodies import record
 from ..util.redact import redact_headers, redact_path, tenant_of
 from ..wire.dialects import NO_PROVIDER, dialect, validate_rewrite
 from ..wire.history import Conversation, History, Typed
@@ -34,6 +34,7 @@ from ..wire.validate import FactCache
 from .agents import derive_agent
 from .context import BlockedResponse, Incoming, RequestContext
 from .sessions import derive_session
+from .stageclock import StageClock
 
 if TYPE_CHECKING:
     from ..core.runtime import Runtime
@@ -333,6 +334,23 @@ def request_event(ctx: RequestContext, nbytes: int, mode: str) -> None:
 _NOT_RUN = object()  # admit_and_process: the stages did not run (the request was not read, or is bypassed)
 
 
+def remember(runtime: Runtime, ctx: RequestContext, rewritten: bytes | dict[str, Any] | None, nbytes: int) -> None:
+    """Keep a request's bodies for the inspector; write them to disk if the profile asks.
+
+    Bodies are kept as the JSON bytes (the client's, and what was sent), not as parsed objects: a
+    few hundred 150K-token bodies as dicts and lists are millions of objects the garbage
+    collector would walk on every full collection (the p99 pauses of bench/proxy_latency.py)."""
+    original = ctx.request_bytes if ctx.request_bytes is not None else orjson.dumps(ctx.original)
+    if isinstance(rewritten, dict):
+        rewritten = orjson.dumps(rewritten)
+    entry = {"flow_id": ctx.flow_id, "session": ctx.session, "ts": time.time(), "api": ctx.api.value,
+             "path": ctx.path, "model": ctx.model, "headers": ctx.headers, "original": original,
+             "rewritten": rewritten}
+    runtime.bodies.put(ctx.flow_id, entry, len(original) + (len(rewritten) if rewritten is not None else 0))
+    if runtime.settings.log.record_bodies:
+        runtime.turn_pool.submit(record, runtime.home, entry)
+
+
 def _action(outcome: Outcome) -> str:
     """What went upstream after a failure, for its ``error`` event."""
     return "forwarded the session's decided state" if outcome.body is not None else "forwarded original"
@@ -382,7 +400,7 @@ class Pipeline:
             name, ms, budget = clock.abandoned, clock.abandoned_ms, clock.budget
             assert name is not None and budget is not None and clock.thread is not None  # (set when it abandoned)
             ctx.late_threads.add(clock.thread)
-            rt.mark_overrun(name, clock.returned, ctx)
+            rt.mark_overrun(name, clock.returned, ctx.flow_id, ctx.session)
             p = ctx.settings.pipeline
             # a call past its budget took at least its budget: a busy machine raises the budgets
             rt.stage_times.record(name, budget.ms, p.budget_window)
@@ -548,7 +566,7 @@ class Pipeline:
         if same:
             ctx.tokens_out = ctx.tokens_in
             if abandoned is None or not abandoned.is_set():
-                self.runtime.remember(ctx, None, len(ctx.request_bytes or b""))
+                remember(self.runtime, ctx, None, len(ctx.request_bytes or b""))
             return Outcome(reason="unchanged")
         t0 = time.perf_counter()
         h = ctx.history
@@ -581,7 +599,7 @@ class Pipeline:
         body = serialise(wire, raws if ctx.raw_exact else None, dialect(ctx.api).history_key)
         t["serialise"] = _ms(t0)
         if abandoned is None or not abandoned.is_set():
-            self.runtime.remember(ctx, body, len(body))
+            remember(self.runtime, ctx, body, len(body))
         return Outcome(body=body, reason="rewritten")
 
 

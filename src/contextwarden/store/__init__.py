@@ -1,1 +1,1 @@
-"""Stored state and its caches: the state store (SQLite or Redis), its write-behind, replicas, recent bodies."""
+"""Stored state and its caches: the state store (SQLite or Redis), its in-process cache, replicas, recent bodies."""

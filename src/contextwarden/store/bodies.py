@@ -34,7 +34,7 @@ def _decoded(entry: dict[str, Any]) -> dict[str, Any]:
 class BodyRing:
     """The last requests' bodies, bounded by bytes and count (an :class:`~contextwarden.util.lru.LRU`).
 
-    ``original`` and ``rewritten`` are best given as JSON bytes (``Runtime.remember`` does): bytes are a
+    ``original`` and ``rewritten`` are best given as JSON bytes (``pipeline.remember`` does): bytes are a
     single object the garbage collector never walks, where a parsed 150K-token body is thousands of
     tracked dicts and lists. ``get`` and ``for_session`` return them decoded."""
 

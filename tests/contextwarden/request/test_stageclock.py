@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextwarden import hookimpl
 from contextwarden.core.runtime import Runtime
 from contextwarden.core.stagebudgets import Budget
-from contextwarden.core.stageclock import StageClock
+from contextwarden.request.stageclock import StageClock
 from contextwarden.settings import load_settings
 from tests.contextwarden.request.test_breaker import _send
 

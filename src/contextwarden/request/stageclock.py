@@ -20,7 +20,8 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .stagebudgets import Budget
+    from ..core.stagebudgets import Budget
+    from .context import RequestContext
 
 WALL_FACTOR = 3.0  # past this many times its budget in wall-clock time, a stage is abandoned anyway
 IDLE_WAIT_S = 0.25  # how often the watchdog looks while no stage runs (queued, or finishing: no budget)
@@ -54,7 +55,7 @@ class StageClock:
         self.abandoned_ms = 0.0
         self.returned: Future[Any] = Future()  # resolves when the abandoned stage's call returns
         self.t_stages = 0.0  # perf_counter when the stages started
-        self.ctx: Any = None  # the request's context, once the stage thread has it (Pipeline.admit_and_process)
+        self.ctx: RequestContext | None = None  # the request's context, once the stage thread has it (Pipeline.admit_and_process)
         self.t_done = 0.0  # perf_counter when the stage thread's work for the request ended
 
     # --- the stage thread ------------------------------------------------------------------------
