@@ -48,6 +48,7 @@ from contextwarden.store.statecache import state_cache
 from contextwarden.util.lru import LRU
 from contextwarden.wire.conversation import strip_cache_control
 from contextwarden.wire.dialects import NotInjectable, dialect, last_user_index
+from contextwarden.wire.dialects.base import BLOCK_OVERHEAD
 
 STATE_NS = "memory.ingested"
 MIN_BUDGET = 48  # tokens: below this nothing useful fits
@@ -224,7 +225,10 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     # the rewritten body (a full walk of it) only when that bound leaves too little room
     used = ctx.tokens_in if ctx.tokens_in is not None and ctx.tokens_in + want <= window else _request_tokens(ctx) or 0
     overhead = _count(ctx, BLOCK_OVERHEAD_TEXT)
-    budget = min(want, window - used) - overhead
+    # (- the block's own separator and a string content's becoming a text block: a block filled to the
+    # last token otherwise puts the request 1-2 tokens above the window, and the pipeline then sends the
+    # decided state without any memory)
+    budget = min(want, window - used) - overhead - 2 * BLOCK_OVERHEAD
     if budget < MIN_BUDGET:
         return finish(skipped="no room", budget=max(0, budget))
     th = time.perf_counter()

@@ -408,3 +408,24 @@ def test_a_persons_message_starts_its_search_as_it_is_read_and_injects_the_same(
         return re.sub(r"\b\d{1,2}:\d{2}\]", "HH:MM]", m)
 
     assert same(on[1]) == same(off[1])
+
+
+def test_a_block_filled_to_the_last_token_keeps_the_request_within_the_window(tmp_path):
+    """Windows one token apart move the block's fill through every gap to the room left: the request
+    with memory in it never goes above the window (the pipeline would then send the decided state,
+    without any memory), also when the question's string content becomes a list of text blocks."""
+    rp = replayer(tmp_path, "memory: {budget_fraction: 1.0, top_k: 60, min_score: 0.0}", window=200_000)
+    try:
+        converse(rp)
+        question = [{"role": "user", "content": "Tell me about the dog I adopted and my sister Clara in Lisbon."}]
+        base = rp.send(question, api_key="sk-alice", session="q").ctx.tokens_in
+        injected = set()
+        for w in range(base + 220, base + 420):  # (the block's tags and preamble take ~170)
+            rp.runtime.apply_overrides({"tokens": {"context_window": w}})
+            sent = rp.send(question, api_key="sk-alice", session="q")
+            assert sent.outcome.fallback is None, (w, sent.outcome.reason)
+            assert sent.tokens() <= w
+            injected.add(memory_event(rp, sent.ctx.flow_id).get("injected"))
+        assert len(injected) >= 3  # the windows cross several items' edges
+    finally:
+        rp.close()

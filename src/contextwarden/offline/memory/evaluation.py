@@ -175,7 +175,7 @@ class Run:
     questions: list = field(default_factory=list)
     turns: int = 0
     requests: int = 0
-    fallbacks: int = 0  # requests that went out unchanged because a stage failed (live: not answered 200)
+    fallbacks: int = 0  # requests sent as the decided state or unchanged (a stage failed...; live: not answered 200)
     seconds: float = 0.0
     dropped: int = 0  # items the ingestion queue dropped (the replay outran the embedder)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -202,7 +202,8 @@ def pick(items: list[dict[str, Any]], limit: int | None, ids: Iterable[str] | No
 
 
 def _failed(sent: Sent) -> bool:
-    return sent.outcome.reason.startswith(("stage", "invalid"))
+    """A stage failed, or the pipeline sent the decided state (an invalid rewrite, one above the window)."""
+    return sent.outcome.fallback is not None or sent.outcome.reason.startswith(("stage", "invalid"))
 
 
 class InProcess:
@@ -231,6 +232,9 @@ class InProcess:
         return self.rp.dropped()
 
 
+EVAL_EPOCH = 1_700_000_000.0  # the in-process evaluations' clock starts here (:class:`Replayer`)
+
+
 @contextmanager
 def eval_home(name: str, home: str | Path | None, window: int, memory: dict[str, Any], compaction: dict[str, Any],
               profile_extra: str = "") -> Iterator[tuple[Path, Path]]:
@@ -246,9 +250,9 @@ def eval_replayer(name: str, home: str | Path | None, window: int, memory: dict[
                   compaction: dict[str, Any], profile_extra: str = "",
                   embed_cache: str | Path | None = None) -> Iterator[Replayer]:
     """A :class:`Replayer` on an evaluation profile (:func:`eval_home`), with the embedding disk cache
-    attached; closed on exit."""
+    attached, on a clock of its own (its figures do not depend on the machine's speed); closed on exit."""
     with eval_home(name, home, window, memory, compaction, profile_extra) as (base, profile):
-        rp = Replayer.from_profile(profile, base / "home")
+        rp = Replayer.from_profile(profile, base / "home", clock=EVAL_EPOCH)
         try:
             svc = rp.memory()
             if svc is not None and embed_cache and svc.embedder is not None:

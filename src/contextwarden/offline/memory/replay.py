@@ -5,6 +5,12 @@ profile) and sends request bodies through the proxy's one lifecycle (``lifecycle
 ``lifecycle.run``), returning the body that would go upstream; :meth:`Replayer.complete` then plays
 the assistant's reply as an assembled turn through ``lifecycle.complete`` (the ``cw_turn_complete``
 hooks: ingestion).
+
+With a ``clock`` (the evaluations) each request is stamped with a time of its own, ``TICK_S`` after the
+previous one, as a trace replay stamps its requests with the trace's times: the time-based rules
+(compaction's cache-lifetime cost model, clearing's expired prefix) then read the same times on every run,
+however long the machine took between two requests (a slow flush on a loaded machine used to turn a warm
+prefix cold and compact at the soft threshold in one run and not in the next).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from ...request.pipeline import Outcome
 from ...wire.dialects import ANTHROPIC, Dialect, dialect
 
 _flow_ids = itertools.count(1)
+TICK_S = 1.0  # a clocked replay's requests come this far apart: well within the prompt cache's lifetime
 
 
 @dataclass
@@ -47,15 +54,16 @@ class Sent:
 class Replayer:
     """Sends bodies through the request lifecycle (lifecycle.py) of a real runtime."""
 
-    def __init__(self, runtime, api: ApiKind | Dialect = ANTHROPIC) -> None:
+    def __init__(self, runtime, api: ApiKind | Dialect = ANTHROPIC, clock: float | None = None) -> None:
         self.runtime = runtime
         self.api = dialect(api).kind
         self.loop = asyncio.new_event_loop()
+        self.clock = clock  # the last request's time (None: requests happen at the wall clock's)
 
     @classmethod
     def from_profile(cls, profile: str | os.PathLike, home: str | os.PathLike, api: ApiKind | Dialect = ANTHROPIC,
-                     log: bool = False) -> Replayer:
-        return cls(Runtime.from_profile(profile, Path(home), log=log), api)
+                     log: bool = False, clock: float | None = None) -> Replayer:
+        return cls(Runtime.from_profile(profile, Path(home), log=log), api, clock)
 
     def memory(self):
         """The runtime's memory service (ready), or None."""
@@ -80,8 +88,12 @@ class Replayer:
             h.append(("x-contextwarden-session", session))
         h += headers or []
         host, path = dialect(self.api).endpoint
+        notes: dict[str, Any] = {}
+        if self.clock is not None:
+            self.clock += TICK_S
+            notes["replay"] = {"ts": self.clock}
         ctx, outcome = lifecycle.send(self.runtime, self.api, host, path, h, raw, f"replay-{next(_flow_ids)}",
-                                      loop=self.loop, tenant=tenant)
+                                      loop=self.loop, tenant=tenant, notes=notes)
         wire = lifecycle.sent(ctx, outcome) or ctx.original
         return Sent(ctx, outcome, wire)
 

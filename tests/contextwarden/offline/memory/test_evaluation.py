@@ -3,13 +3,16 @@ smoke replay; both must beat the truncation baseline at the same tokens. Plus th
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import orjson
 
 from contextwarden.cli import main as cli_main
+from contextwarden.compress import policy
 from contextwarden.models import ApiKind
 from contextwarden.offline.memory import eval_locomo as ev
 from contextwarden.offline.memory import eval_longmemeval as lme
-from contextwarden.offline.memory.evaluation import contains, request_text, truncate_to
+from contextwarden.offline.memory.evaluation import contains, eval_replayer, request_text, truncate_to
 from tests.conftest import EVAL_DIR
 
 
@@ -102,3 +105,22 @@ def test_truncation_keeps_the_longest_suffix_that_fits(tmp_path):
         assert len(more) > len(kept)
     finally:
         rp.close()
+
+
+def test_in_process_eval_runs_on_its_own_clock_whatever_the_machine_takes(tmp_path, monkeypatch):
+    """A loaded machine that takes an hour between two requests (a slow ingestion flush before a question)
+    sends the same body as a fast one: the eval's requests carry their own times, so compaction's cache
+    model sees the same warm prefix (no compaction at the soft threshold) on every run."""
+    wall = [1_800_000_000.0]
+    monkeypatch.setattr(policy, "time", SimpleNamespace(time=lambda: wall[0]))
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " + "word " * 90} for i in range(21)]
+    sent = []
+    for gap in (0.0, 3600.0):
+        with eval_replayer("clock", tmp_path / str(gap), 4096, {"enabled": False}, ev.COMPACTION) as rp:
+            rp.send(msgs[:15], session="s")
+            wall[0] += gap
+            sent.append(rp.send(msgs, session="s"))
+    fast, slow = sent
+    assert ev.COMPACTION["soft_threshold"] * 4096 < fast.ctx.tokens_in < ev.COMPACTION["hard_threshold"] * 4096
+    assert "compaction" not in fast.ctx.notes  # warm: re-writing the cache does not pay yet
+    assert slow.wire == fast.wire and slow.tokens() == fast.tokens()
