@@ -1,4 +1,9 @@
-"""Test-wide set-up: offline assets from ../shared, and a fresh cw_home for every test."""
+"""Test-wide set-up: offline assets from ../shared, a fresh cw_home for every test, and the suite on two workers.
+
+The whole suite (no path on the command line) runs on two pytest-xdist workers; a file or folder named on the
+command line runs in one process (``-n 2`` forces workers, ``-n 0`` none). A worker takes a whole test file at
+a time, so module fixtures (proxies, traces) start once; tests/e2e groups the files that share its proxies.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,35 @@ EVAL_DIR = SHARED / "eval"
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 os.environ.setdefault("CONTEXTWARDEN_MEMORY__MODEL_DIR", str(MODEL_DIR))
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    whole_suite = config.args_source != pytest.Config.ArgsSource.ARGS
+    return min(2, os.cpu_count() or 1) if whole_suite else 0
+
+
+@pytest.hookimpl(tryfirst=True)  # before tmp_path's factory reads it
+def pytest_configure(config: pytest.Config) -> None:
+    # a worker's tmp_path is <run>/popen-gwN/...: 10 characters longer than in one process, which takes a
+    # proxy's memory socket under cw_home/run past AF_UNIX's limit; <run>/N/ adds 2
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker and config.option.basetemp:
+        config.option.basetemp = str(Path(config.option.basetemp).parent / worker.removeprefix("gw"))
+
+
+# tests/e2e/conftest.py's shared proxies: a file that uses one (or picks one with route_for) runs on the same
+# worker as the others, so the four start once
+FARM_FIXTURES = {"route", "observe_route", "proxy_farm", "observe_reverse", "observe_regular", "active_reverse",
+                 "active_regular"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    farm = {item.nodeid.split("::", 1)[0] for item in items
+            if FARM_FIXTURES & set(getattr(item, "fixturenames", ())) or hasattr(getattr(item, "module", None), "route_for")}
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group("e2e-farm" if path in farm else path))
 
 
 @pytest.fixture(autouse=True)

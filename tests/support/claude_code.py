@@ -9,10 +9,12 @@ Missing npm is an error, not a skip: these tests are part of what must be shown.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
-import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,15 @@ PACKAGE = "@anthropic-ai/claude-code"
 API_KEY = "sk-ant-api03-e2eClaudeCodeKey-0123456789abcdef"  # what the tests give Claude Code
 MARKER_FILE = "hello_warden.txt"  # a file in Claude Code's cwd that its `ls` tool call must find
 
-_lock = threading.Lock()
+
+
+@contextmanager
+def install_lock() -> Iterator[None]:
+    """One npm install at a time, across the suite's worker processes."""
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(CACHE.parent / ".install.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def _candidates(prefix: Path) -> list[Path]:
@@ -71,7 +81,7 @@ def install(prefix: Path = CACHE, version: str = VERSION, package: str = PACKAGE
 
 def claude_code_binary() -> Path:
     """The path of a working ``claude`` binary; installs it on first use. Fails the test if it cannot."""
-    with _lock:
+    with install_lock():
         found = find_installed()
         if found is not None:
             return found

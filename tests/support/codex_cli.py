@@ -16,7 +16,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .claude_code import ROOT, _lock, install
+from .claude_code import ROOT, install, install_lock
 from .claude_code import _usable as _usable_binary
 
 CACHE = ROOT / ".cache" / "codex"
@@ -44,7 +44,7 @@ def codex_binary() -> Path:
         if not _usable(Path(env)):
             pytest.fail(f"CODEX_BIN={env} is not a working Codex binary ('--version' failed)")
         return Path(env)
-    with _lock:
+    with install_lock():
         found = next((p for p in _candidates(CACHE) if _usable(p)), None)
         if found is None:
             install(CACHE, VERSION, PACKAGE)
