@@ -37,9 +37,7 @@ class CompressionSection(Section):
     """Tools whose results are compressed (``*``: every tool not in ``never_tools``)."""
 
     never_tools: list[str] = ["Edit", "MultiEdit", "Write", "NotebookEdit", "Read", "NotebookRead"]
-    """Tools whose results are never compressed. Read is among them: on the eval traces, compressing Read
-    results at first sight lost 7 of the 10 edit sources and half of the references the model took from
-    them in its next three answers (it reads a file to edit it; bench/compression_eval.py)."""
+    """Tools whose results are never compressed (Read: the model copies its edits from them)."""
 
     keep_edited_reads: bool = True
     """Never compress a Read result of a file the session has edited (an Edit, MultiEdit or Write of
@@ -49,12 +47,9 @@ class CompressionSection(Section):
     """Never compress a result flagged as an error (``is_error``): the model is about to fix what it says."""
 
     process: str = "auto"
-    """Where a result's first-sight work (compressing, the first line, redacting, counting) runs:
-    ``separate`` (worker processes: the proxy's interpreter lock is not held by it; a worker with no
-    answer by 80% of the stage's budget leaves that result uncompressed), ``inline`` (in the stage's
-    thread: tests, replay, evaluations), ``auto`` (separate in the proxy, in-line elsewhere)."""
+    """Where a result's first-sight work runs: ``separate`` (worker processes; no answer by 80% of the
+    stage's budget leaves the result uncompressed), ``inline`` (the stage's thread), ``auto`` (separate
+    in the proxy)."""
 
     workers: int = 2
-    """Worker processes when ``process`` is separate (a call takes whichever is free first). Two: with one,
-    calls under 50 concurrent sessions queued for it 146 ms at the median (bench/load_bench.py, the
-    ``offload_queue`` timing) and most results went uncompressed; each is ~90 MB (tiktoken's tables)."""
+    """Worker processes when ``process`` is separate (~90 MB each)."""
