@@ -13,7 +13,6 @@ import sys
 import time
 from typing import Any
 
-from ..memory.api import RecallClient
 from ..memory.embedder import load_embedder
 from ..memory.store import MemoryStore
 from ..settings import Settings, SettingsError, load_settings
@@ -143,14 +142,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    client = RecallClient.find(home_of(args), credential_from(args))
-    if client is not None:  # the proxy holds the store: the items go through its ingestor
-        with open(args.file, "rb") as f:
-            records = [rec for rec in map(_record, f) if isinstance(rec, dict)]
-        try:
-            n = sum(client.call("import", records=records[i:i + 2000])["queued"] for i in range(0, len(records), 2000))
-        finally:
-            client.close()
+    home, cred = home_of(args), credential_from(args)
+    with open(args.file, "rb") as f:
+        records = [rec for rec in map(_record, f) if isinstance(rec, dict)]
+    first = ask_proxy(home, cred, "import", records=records[:2000])
+    if first is not None:  # the proxy holds the store: the items go through its ingestor
+        n = first["queued"] + sum(ask_proxy(home, cred, "import", records=records[i:i + 2000])["queued"]
+                                  for i in range(2000, len(records), 2000))
         print(f"imported {n} items from {args.file} through the running proxy (deduplicated as they are stored)")
         return 0
     store, _ = _open(args, write=True, embed=True)

@@ -65,17 +65,9 @@ def port_taken(host: str, port: int) -> bool:
     """Whether ``host:port`` is already bound (as mitmproxy binds: SO_REUSEADDR). Checked before
     anything starts, so the hint names this command's option, not mitmproxy's ``--mode regular@PORT``."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return False  # mitmproxy reports a host it cannot resolve itself
-    for family, kind, proto, _, addr in infos:
-        with socket.socket(family, kind, proto) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(addr)
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE:
-                    return True
+        socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
+    except OSError as e:
+        return e.errno == errno.EADDRINUSE  # (a host it cannot resolve: mitmproxy reports it)
     return False
 
 
@@ -122,5 +114,4 @@ def run(args) -> int:
         return 0
     sys.stdout.flush()
     memory_service.AUTO_PROCESS = "separate"  # this process is the proxy: memory in its own process
-
     return mitmdump(argv) or 0

@@ -174,16 +174,16 @@ def _format_error(e: ValidationError, source: str, env: dict[tuple[str, ...], st
     from_file, from_env = [], []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key {err['loc'][-1]!r}" + _did_you_mean(str(err["loc"][-1]), _fields_at(err["loc"]))
+        msg, unknown = err["msg"], err["type"] == "extra_forbidden"
+        if unknown:
+            msg = "unknown key" + _did_you_mean(str(err["loc"][-1]), _fields_at(err["loc"]))
         parts = tuple(str(x).lower() for x in err["loc"])
         var = next((v for path, v in env.items() if parts[:len(path)] == path or path[:len(parts)] == parts), None)
         if var is None:
             from_file.append(f"  {loc}: {msg}")
         else:
-            from_env.append(f"  {var}" + ("" if var.lower() == ENV_PREFIX.lower() + loc.replace(".", "__") else f" ({loc})")
-                            + f": {msg}")
+            named = var.lower() == ENV_PREFIX.lower() + loc.replace(".", "__") and not unknown
+            from_env.append(f"  {var}" + ("" if named else f" ({loc})") + f": {msg}")
     out = []
     if from_env:
         out += ["invalid settings in the environment:", *from_env]
