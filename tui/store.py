@@ -122,20 +122,7 @@ def usage_input(usage: Any) -> int | None:
 
 
 def normalise_tags(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [t.strip() for t in value.split(",") if t.strip()]
-    out = []
-    if isinstance(value, (list, tuple)):
-        for t in value:
-            if isinstance(t, str):
-                out.append(t)
-            elif isinstance(t, dict):
-                name = t.get("tag") or t.get("name")
-                if isinstance(name, str):
-                    out.append(name)
-            elif isinstance(t, (list, tuple)) and t and isinstance(t[0], str):
-                out.append(t[0])  # (tag, score)
-    return out
+    return [t for t in value if isinstance(t, str)] if isinstance(value, list) else []
 
 
 def _num(v: Any) -> float | None:
@@ -252,12 +239,9 @@ class Store:
 
     # -- loading ------------------------------------------------------------------------------------
 
-    def reset(self) -> None:
-        Store.__init__(self, self.max_requests, self.max_sessions, self.context.maxlen or 0, self.raw.maxlen or 0)
-
     def load_snapshot(self, snap: dict[str, Any]) -> set[str]:
         """Replace everything with a server snapshot (or a whole offline log)."""
-        self.reset()
+        Store.__init__(self, self.max_requests, self.max_sessions, self.context.maxlen or 0, self.raw.maxlen or 0)
         self.apply_settings(snap)
         events = snap.get("events") or []
         has_totals = isinstance(snap.get("totals"), dict)
@@ -442,7 +426,7 @@ class Store:
         row.stage_status[name] = d.get("status") or "ok"
 
     def _on_tags(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
-        tags = normalise_tags(d.get("tags") if "tags" in d else d.get("inbound"))
+        tags = normalise_tags(d.get("tags"))
         row.tags = tags
         if sess is not None and tags:
             sess.recent_tags.append(tags)
