@@ -8,6 +8,7 @@ the read commands work on a snapshot.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -26,44 +27,30 @@ ONE_WRITER = ("A local store (cw_home/chroma) allows one writer process: while a
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sessions")
-    add_home_profile(p)
+    def command(subs, name: str, func, **kw) -> argparse.ArgumentParser:
+        p = subs.add_parser(name, **kw)
+        add_home_profile(p)
+        p.set_defaults(func=func)
+        return p
+
+    p = command(sub, "sessions", cmd_sessions)
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument("--limit", type=int, default=50, help="newest N sessions (0: all)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(func=cmd_sessions)
-
-    p = sub.add_parser("stats")
-    add_home_profile(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_stats)
+    command(sub, "stats", cmd_stats).add_argument("--json", action="store_true")
 
     m = sub.add_parser("memory", description="Manage long-term memory. " + ONE_WRITER)
     msub = m.add_subparsers(dest="memory_command", metavar="ACTION")
     m.set_defaults(func=lambda args: (m.print_help(), 2)[1])
-
-    e = msub.add_parser("export", help="write every item to a JSONL file (- for stdout); no vectors")
-    add_home_profile(e)
-    e.add_argument("file")
-    e.set_defaults(func=cmd_export)
-
-    i = msub.add_parser("import", help="add the items of a JSONL export (re-embedded, deduplicated)",
-                        description="Add the items of a JSONL export. " + ONE_WRITER)
-    add_home_profile(i)
-    i.add_argument("file")
-    i.set_defaults(func=cmd_import)
-
-    pr = msub.add_parser("prune", help="delete items older than the TTL (memory.ttl_days, or --days)",
-                         description="TTL expiry. " + ONE_WRITER)
-    add_home_profile(pr)
-    pr.add_argument("--days", type=float, default=None, help="age limit in days (default: the profile's memory.ttl_days)")
-    pr.set_defaults(func=cmd_prune)
-
-    d = msub.add_parser("delete", help="forget one session", description="Forget a session. " + ONE_WRITER)
-    add_home_profile(d)
+    command(msub, "export", cmd_export, help="write every item to a JSONL file (- for stdout); no vectors").add_argument("file")
+    command(msub, "import", cmd_import, help="add the items of a JSONL export (re-embedded, deduplicated)",
+            description="Add the items of a JSONL export. " + ONE_WRITER).add_argument("file")
+    command(msub, "prune", cmd_prune, help="delete items older than the TTL (memory.ttl_days, or --days)",
+            description="TTL expiry. " + ONE_WRITER).add_argument(
+        "--days", type=float, default=None, help="age limit in days (default: the profile's memory.ttl_days)")
+    d = command(msub, "delete", cmd_delete, help="forget one session", description="Forget a session. " + ONE_WRITER)
     d.add_argument("--session", required=True)
     d.add_argument("--tenant", default=None, help="only this tenant's items of the session")
-    d.set_defaults(func=cmd_delete)
 
 
 def _open(args, write: bool = False, embed: bool = False) -> tuple[MemoryStore, Settings]:
