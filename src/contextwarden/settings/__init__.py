@@ -28,7 +28,7 @@ from .server import LogSection, ServerSection
 
 ENV_PREFIX = "CONTEXTWARDEN_"
 # Variables with the prefix that are not profile settings.
-NON_SETTING_ENV = {"HOME", "PROFILE", "TRACE", "PLUGINS", "SHARED", "KEY", "CENSUS", "CENSUS_S", "TRACEMALLOC"}  # census.py: debugging
+NON_SETTING_ENV = {"HOME", "PROFILE", "TRACE", "PLUGINS", "SHARED", "KEY", "CREDENTIAL", "CENSUS", "CENSUS_S", "TRACEMALLOC"}  # census.py: debugging
 
 
 class SettingsError(ValueError):
