@@ -61,21 +61,10 @@ class Settings(Section):
     """Settings of third-party stages, by stage name; each stage validates its own."""
 
 
-def profiles_dirs(home: Path | None = None) -> list[Path]:
-    dirs = []
-    if home is not None:
-        dirs.append(Path(home) / "profiles")
-    dirs.append(Path(bundled.__file__).parent)
-    return dirs
-
-
 def available_profiles(home: Path | None = None) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for d in reversed(profiles_dirs(home)):
-        if d.is_dir():
-            for p in sorted(d.glob("*.yaml")):
-                found[p.stem] = p
-    return found
+    """The profiles by name: the bundled ones, then ``home/profiles`` (which win)."""
+    dirs = [Path(bundled.__file__).parent] + ([Path(home) / "profiles"] if home is not None else [])
+    return {p.stem: p for d in dirs if d.is_dir() for p in sorted(d.glob("*.yaml"))}
 
 
 def resolve_profile(profile: str | os.PathLike, home: Path | None = None) -> Path:
