@@ -13,7 +13,7 @@ from mitmproxy.tools.main import mitmdump
 
 from ..memory import service as memory_service
 from ._common import add_home_profile, add_plugins, cli_name, home_of, mitmproxy_confdir
-from .assets import warnings
+from .doctor import warnings
 from .profiles import checked_settings
 
 SCRIPT = Path(str(getattr(find_spec("contextwarden.addons"), "origin", ""))).parent / "contextwarden.py"  # mitmdump's -s
