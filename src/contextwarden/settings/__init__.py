@@ -18,13 +18,10 @@ from pydantic import ValidationError
 import contextwarden.profiles as bundled  # data package mapped from the repo's profiles/
 
 from .base import Section
-from .compression import CompressionSection
-from .context import BudgetSection, ClearingSection, CompactionSection, StripSection, TokensSection
-from .gateway import MetricsSection, StateSection
+from .context import BudgetSection, ClearingSection, CompactionSection, CompressionSection, StripSection, TokensSection
 from .memory import MemorySection, TaggingSection
 from .pipeline import PipelineSection
-from .proxy import ProxySection
-from .server import LogSection, ServerSection
+from .proxy import LogSection, MetricsSection, ProxySection, ServerSection, StateSection
 
 ENV_PREFIX = "CONTEXTWARDEN_"
 # Variables with the prefix that are not profile settings.
