@@ -4,8 +4,7 @@ A client that counts its history with the provider (Claude Code's context displa
 request) would otherwise count what it holds, while every request goes upstream cleared and compacted:
 the two disagree, and a client deciding from the count would compact on its own for nothing. The body
 is rewritten into the session's decided state (every stored decision re-applied through the stages'
-``cw_reapply``, nothing new decided: :mod:`contextwarden.sessionctl.preview`, which changes no session
-state), and forwarded, so the provider counts it. Fails open: any problem forwards the body untouched.
+``cw_reapply``, nothing new decided, no session state changed), and forwarded, so the provider counts it. Fails open: any problem forwards the body untouched.
 A rewritten one is announced by a ``count_tokens`` event (tokens as the client sent them and as
 forwarded); one the session's decisions leave as it is passes untouched and unannounced, as before.
 """

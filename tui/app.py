@@ -49,7 +49,7 @@ class ContextWardenApp(Host):
         # batches waiting for the next tick; bounded: if the UI stalls, the oldest are dropped
         self.pending: deque[tuple[list[dict], dict]] = deque(maxlen=max_pending)
         self.connection_state = "connecting"
-        self.connection_detail = getattr(source, "description", "")
+        self.connection_detail = source.description
         self.last_command_error: str | None = None
         self.ticks = 0
         self.redraws = 0

@@ -51,30 +51,25 @@ class ConnectionInfo:
         """The proxy's connection file, or None if it is missing, unreadable or its process is gone."""
         try:
             d = orjson.loads((Path(home) / INFO_FILE).read_bytes())
-            info = cls(host=d["host"], port=int(d["port"]), token=d["token"], pid=d.get("pid"))
+            if d.get("pid"):
+                os.kill(int(d["pid"]), 0)
+            return cls(host=d["host"], port=int(d["port"]), token=d["token"], pid=d.get("pid"))
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if info.pid:
-            try:
-                os.kill(info.pid, 0)
-            except ProcessLookupError:
-                return None
-            except PermissionError:
-                pass
-        return info
 
 
 class Source:
-    """Base of the event sources."""
+    """Base of the event sources: ``command`` refuses with ``REFUSAL``."""
 
     live = False
     description = ""
+    REFUSAL = "not connected to a proxy: commands need a live proxy"
 
     async def run(self, post: Post) -> None:
         raise NotImplementedError
 
     async def command(self, cmd: dict[str, Any], timeout: float = 30) -> Any:
-        raise CommandError("not connected to a proxy: commands need a live proxy")
+        raise CommandError(self.REFUSAL)
 
 
 class LiveClient(Source):
@@ -170,6 +165,8 @@ class LiveClient(Source):
 class LogSource(Source):
     """A recorded ``events.jsonl``, read once, offline: nothing can be changed."""
 
+    REFUSAL = "offline log: settings, bypass and request bodies need a live proxy"
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.description = str(self.path)
@@ -182,6 +179,3 @@ class LogSource(Source):
             return
         post(SnapshotReceived({"kind": "snapshot", "offline": True, "events": [e.to_dict() for e in events]}))
         post(ConnectionChanged("offline", f"{self.path} ({len(events)} events)"))
-
-    async def command(self, cmd: dict[str, Any], timeout: float = 30) -> Any:
-        raise CommandError("offline log: settings, bypass and request bodies need a live proxy")

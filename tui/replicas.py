@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from .client import CommandError, Post, Source
+from .client import Post, Source
 from .messages import ConnectionChanged, EventsReceived, SnapshotReceived
 
 SNAPSHOT_EVENTS = 2000
@@ -40,6 +40,8 @@ def decode_entries(entries) -> list[dict[str, Any]]:
 
 class RedisStreamSource(Source):
     live = True
+    REFUSAL = ("the view of every replica is read-only: change settings on one replica "
+               "(contextwarden tui --home ITS_DATA_DIR); the others follow through the shared state")
 
     def __init__(self, url: str, prefix: str = "cw", *, block_ms: int = 1000, retry_s: float = 2.0) -> None:
         self.url = url
@@ -73,7 +75,3 @@ class RedisStreamSource(Source):
             finally:
                 await r.aclose()
             await asyncio.sleep(self.retry_s)
-
-    async def command(self, cmd: dict[str, Any], timeout: float = 30) -> Any:
-        raise CommandError("the view of every replica is read-only: change settings on one replica "
-                           "(contextwarden tui --home ITS_DATA_DIR); the others follow through the shared state")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contextwarden.core.liveprotocol import SentLedger, Totals, applied_compaction, new_clearing, new_compaction
+from contextwarden.util.lru import LRU
 
 CONTEXT_TYPES = ("compaction", "clearing", "compression", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip",
                  "session", "memory")
@@ -122,20 +123,7 @@ def usage_input(usage: Any) -> int | None:
 
 
 def normalise_tags(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [t.strip() for t in value.split(",") if t.strip()]
-    out = []
-    if isinstance(value, (list, tuple)):
-        for t in value:
-            if isinstance(t, str):
-                out.append(t)
-            elif isinstance(t, dict):
-                name = t.get("tag") or t.get("name")
-                if isinstance(name, str):
-                    out.append(name)
-            elif isinstance(t, (list, tuple)) and t and isinstance(t[0], str):
-                out.append(t[0])  # (tag, score)
-    return out
+    return [t for t in value if isinstance(t, str)] if isinstance(value, list) else []
 
 
 def _num(v: Any) -> float | None:
@@ -237,7 +225,6 @@ class Store:
         self.raw: deque[dict[str, Any]] = deque(maxlen=max_raw)  # for offline export
         self.totals = Totals()
         self.settings: dict[str, Any] | None = None
-        self.overrides: dict[str, Any] = {}
         self.stages: list[str] = []
         self.available_stages: list[str] = []
         self.profile: str | None = None
@@ -245,19 +232,16 @@ class Store:
         self.runtime_started: float | None = None
         self.dropped = 0  # events the server dropped because we read too slowly
         self.events_seen = 0
-        self._seen: dict[int, None] = {}  # applied sequence numbers, oldest first (bounded)
+        self._seen = LRU(20_000)  # applied sequence numbers
         self._n = 0
-        self._session_requests: dict[str, int] = {}  # requests per session ever seen (turn numbers)
+        self._session_requests = LRU(20 * max_sessions)  # requests per session ever seen (turn numbers)
         self.sent = SentLedger()  # a request's freed and memory tokens, once its forward says they went out
 
     # -- loading ------------------------------------------------------------------------------------
 
-    def reset(self) -> None:
-        Store.__init__(self, self.max_requests, self.max_sessions, self.context.maxlen or 0, self.raw.maxlen or 0)
-
     def load_snapshot(self, snap: dict[str, Any]) -> set[str]:
         """Replace everything with a server snapshot (or a whole offline log)."""
-        self.reset()
+        Store.__init__(self, self.max_requests, self.max_sessions, self.context.maxlen or 0, self.raw.maxlen or 0)
         self.apply_settings(snap)
         events = snap.get("events") or []
         has_totals = isinstance(snap.get("totals"), dict)
@@ -272,8 +256,6 @@ class Store:
         if isinstance(msg.get("settings"), dict):
             self.settings = msg["settings"]
             changed = True
-        if isinstance(msg.get("overrides"), dict):
-            self.overrides = msg["overrides"]
         if isinstance(msg.get("stages"), list):
             self.stages = list(msg["stages"])
         if isinstance(msg.get("available_stages"), list):
@@ -292,34 +274,17 @@ class Store:
         if isinstance(totals, dict):
             self.totals = Totals.from_dict(totals)
 
-    # -- settings helpers ---------------------------------------------------------------------------
-
-    def setting(self, path: str, default: Any = None) -> Any:
-        return get_path(self.settings, path, default)
-
-    @property
-    def context_window(self) -> int:
-        return int(self.setting("tokens.context_window", 200_000) or 200_000)
-
     def window_of(self, s: SessionInfo) -> int:
         """The window a session's fill is measured against: what its requests were managed against
         (the profile's ``tokens.context_window`` when each was sent), else the current settings'."""
-        return s.window or self.context_window
+        return s.window or int(get_path(self.settings, "tokens.context_window") or 200_000)
 
     @property
     def thresholds(self) -> tuple[float, float]:
-        return (float(self.setting("compaction.soft_threshold", 0.70)), float(self.setting("compaction.hard_threshold", 0.85)))
+        return (float(get_path(self.settings, "compaction.soft_threshold", 0.70)),
+                float(get_path(self.settings, "compaction.hard_threshold", 0.85)))
 
     # -- events -------------------------------------------------------------------------------------
-
-    def _mark_seen(self, seq: int) -> bool:
-        """False when this event was already applied (a batch may repeat the snapshot's last events)."""
-        if seq in self._seen:
-            return False
-        self._seen[seq] = None
-        if len(self._seen) > 10_000:
-            del self._seen[next(iter(self._seen))]
-        return True
 
     def apply(self, events: Iterable[dict[str, Any]], count: bool = True, dedup: bool = True) -> set[str]:
         """Fold events in. ``count`` adds them to the totals (off when the totals came with a snapshot);
@@ -330,8 +295,10 @@ class Store:
             if count:
                 self.totals.add(ev)
             seq = ev.get("seq")
-            if isinstance(seq, int) and seq and not self._mark_seen(seq) and dedup:
-                continue
+            if isinstance(seq, int) and seq:
+                if dedup and self._seen.peek(seq):  # a batch may repeat the snapshot's last events
+                    continue
+                self._seen.put(seq, True)
             self.events_seen += 1
             self.raw.append(ev)
             self._apply_one(ev, dirty)
@@ -423,10 +390,8 @@ class Store:
             row.tokens_in = d["tokens_in"]
         if sess is None:
             return
-        n = self._session_requests.get(sess.id, 0) + 1
-        self._session_requests[sess.id] = n
-        if len(self._session_requests) > 10 * self.max_sessions:  # bounded; old ids restart at 1
-            self._session_requests.pop(next(iter(self._session_requests)))
+        n = (self._session_requests.peek(sess.id) or 0) + 1  # (bounded: long-gone ids restart at 1)
+        self._session_requests.put(sess.id, n)
         row.turn = n
         sess.requests += 1
         sess.model = row.model or sess.model
@@ -442,7 +407,7 @@ class Store:
         row.stage_status[name] = d.get("status") or "ok"
 
     def _on_tags(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
-        tags = normalise_tags(d.get("tags") if "tags" in d else d.get("inbound"))
+        tags = normalise_tags(d.get("tags"))
         row.tags = tags
         if sess is not None and tags:
             sess.recent_tags.append(tags)

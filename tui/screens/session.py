@@ -1,12 +1,6 @@
-"""One session's context versions and pins, with the controls: rollback, compact now, pin, unpin.
-
-Opened with ``v`` on a session (Sessions or Requests tab). Everything comes from the proxy (event server
-command ``session``, :mod:`contextwarden.sessionctl.commands`); nothing is decided here.
-
-Keys: ``r`` rollback to the highlighted version (first press: what it costs and whether it fits; ``y``
-does it), ``k`` compact now, ``p`` pin (a tool_use id, a message index or a text), ``u`` unpin the last
-pin, ``g`` reload, ``escape`` back.
-"""
+"""One session's context versions and pins, with the controls (``v`` on a session): rollback (``r``
+says what it costs, ``y`` does it), compact now, pin, unpin. Everything comes from the proxy (event
+server command ``session``, :mod:`contextwarden.sessionctl.commands`); nothing is decided here."""
 
 from __future__ import annotations
 

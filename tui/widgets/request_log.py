@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.message import Message
@@ -37,24 +35,22 @@ def stages_cell(row: RequestRow) -> str:
 def row_cells(row: RequestRow) -> tuple:
     style = "dim" if row.ingested else ""
     status = row.status
-    st_style = style
-    if isinstance(status, int) and status >= 400 or status == "error":
-        st_style = "red"
+    st_style = "red" if isinstance(status, int) and status >= 400 or status == "error" else style
     sent_style = style or ("green" if row.tokens_sent is not None and row.tokens_in is not None and row.tokens_sent < row.tokens_in else "")
     level = (row.level or "").upper()
-    cells = (
+    stages = stages_cell(row)
+    return (
         Text(str(row.turn) if row.turn is not None else "–", style=style),
         Text((f"{row.replica}·" if row.replica else "") + fmt.short_id(row.session), style=style),
         Text(",".join(row.tags) if row.tags else "–", style=(style or "cyan") if row.tags else "dim"),
         Text(fmt.num(row.tokens_in), style=style, justify="right"),
         Text(fmt.num(row.tokens_sent), style=sent_style, justify="right"),
         Text(fmt.num(row.mem_tokens) if row.mem_tokens else "–", style=style, justify="right"),
-        Text(stages_cell(row) if not row.ingested else "history", style=style or ("red" if "!" in stages_cell(row) else "")),
+        Text(stages if not row.ingested else "history", style=style or ("red" if "!" in stages else "")),
         Text(fmt.ms(row.upstream_ms), style=style, justify="right"),
         Text(str(status) if status is not None else ("–" if row.ingested else "…"), style=st_style),
         Text(LEVEL_SHORT.get(level, level[:3]) if level else "–", style=style or LEVEL_STYLE.get(level, "")),
     )
-    return cells
 
 
 def detail_text(row: RequestRow | None) -> Text:
@@ -115,16 +111,12 @@ class RequestLog(TablePanel[RequestRow]):
             super().__init__()
             self.flow_id = flow_id
 
-    def __init__(self, limit: int = 500, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.limit = limit
-
     def compose(self) -> ComposeResult:
         yield from super().compose()
         yield Static(detail_text(None), id="request-detail")
 
     def refresh_from(self, store: Store) -> None:
-        self.show([(r.flow_id, r, row_cells(r)) for r in store.newest_requests(self.limit)])
+        self.show([(r.flow_id, r, row_cells(r)) for r in store.newest_requests()])
 
     def show_detail(self) -> None:
         self.query_one("#request-detail", Static).update(detail_text(self.selected()))

@@ -19,16 +19,17 @@ COLUMNS = [("session", "session", 10), ("req", "req", 4), ("fill", "fill", 5), (
 def session_cells(s: SessionInfo, window: int) -> tuple:
     tokens, measured = s.fill_tokens()
     fill = tokens / window if tokens and window else None
-    soft_style = ""
-    mode = Text("observe", style="bold yellow") if s.bypass else Text("active", style="green")
-    if s.level and s.level.upper() not in ("NORMAL",):
-        mode = Text(s.level.upper()[:8], style="bold red" if s.level.upper() == "BLOCKED" else "yellow")
-        if s.bypass:
-            mode = Text("observe", style="bold yellow")
+    level = (s.level or "NORMAL").upper()
+    if s.bypass:
+        mode = Text("observe", style="bold yellow")
+    elif level != "NORMAL":
+        mode = Text(level[:8], style="bold red" if level == "BLOCKED" else "yellow")
+    else:
+        mode = Text("active", style="green")
     return (
         Text(fmt.short_id(s.id, 10), style="bold"),
         Text(str(s.requests), justify="right"),
-        Text(("" if measured else "~") + fmt.pct(fill), justify="right", style=soft_style),
+        Text(("" if measured else "~") + fmt.pct(fill), justify="right"),
         Text(fmt.num(tokens), justify="right"),
         Text(fmt.num(s.tokens_freed) if s.tokens_freed else "–", justify="right"),
         Text(str(s.compactions), justify="right"),

@@ -5,27 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
 
 class SyncTable(DataTable):
-    """``sync(rows)`` adds new rows, updates changed cells, removes missing rows and orders the rest.
-
-    The cursor stays on the row it was on, unless it was on the first row: then it stays on the first
-    row, so a newest-first table keeps following new entries.
-    """
+    """``sync(rows)`` makes the table show (key, cells) rows in that order: changed cells are updated in
+    place, a new order rebuilds the rows. The cursor stays on its row, unless it was on the first row:
+    then it stays on the first row, so a newest-first table keeps following new entries."""
 
     def __init__(self, columns: Sequence[tuple[str, str, int | None]], **kw: Any) -> None:
         kw.setdefault("cursor_type", "row")
-        kw.setdefault("zebra_stripes", False)
         super().__init__(**kw)
         self._spec = list(columns)  # (key, label, width)
         self._cells: dict[str, tuple] = {}
-        self._first: dict[str, Any] = {}
-        self._order: list[str] = []
 
     def on_mount(self) -> None:
         for key, label, width in self._spec:
@@ -38,15 +32,13 @@ class SyncTable(DataTable):
             return False
         self._spec = spec
         self.clear(columns=True)
-        self._cells.clear()
-        self._first.clear()
-        self._order = []
+        self._cells = {}
         self.on_mount()
         return True
 
     @property
     def keys(self) -> list[str]:
-        return list(self._order)
+        return list(self._cells)
 
     def highlighted_key(self) -> str | None:
         if not self.row_count:
@@ -56,47 +48,23 @@ class SyncTable(DataTable):
         except Exception:
             return None
 
-    def sync(self, rows: Sequence[tuple[str, tuple]]) -> bool:
-        """Make the table show ``rows`` (key, cells) in this order. Returns whether anything changed."""
-        cursor_key = self.highlighted_key()
-        follow = self.cursor_row == 0
-        want = {k for k, _ in rows}
-        changed = False
-        for key in [k for k in self._cells if k not in want]:
-            self.remove_row(key)
-            del self._cells[key]
-            self._first.pop(key, None)
-            changed = True
-        colkeys = [c[0] for c in self._spec]
-        for key, cells in rows:
-            if not isinstance(cells[0], Text):  # a fresh object per row (see the sort below)
-                cells = (Text(str(cells[0])), *cells[1:])
-            old = self._cells.get(key)
-            if old is None:
-                self.add_row(*cells, key=key)
-                self._first[key] = cells[0]
-                changed = True
-            elif old != cells:
-                for ck, a, b in zip(colkeys, old, cells):
+    def sync(self, rows: Sequence[tuple[str, tuple]]) -> None:
+        """Make the table show ``rows`` (key, cells) in this order."""
+        want = dict(rows)
+        if list(want) == list(self._cells):
+            colkeys = [c[0] for c in self._spec]
+            for key, cells in rows:
+                for ck, a, b in zip(colkeys, self._cells[key], cells):
                     if a != b:
                         self.update_cell(key, ck, b)
-                        if ck == colkeys[0]:
-                            self._first[key] = b
-                changed = True
-            self._cells[key] = cells
-        order = [k for k, _ in rows]
-        if order != self._order:
-            # sort() hands the key function the row's cells; the first cell object identifies the row
-            pos = {id(self._first[k]): i for i, k in enumerate(order)}
-            self.sort(key=lambda values: pos.get(id(values[0]), 1 << 30))
-            self._order = order
-            changed = True
-            if self.row_count:
-                if follow or cursor_key not in want:
-                    self.move_cursor(row=0, animate=False)
-                else:
-                    self.move_cursor(row=self.get_row_index(cursor_key), animate=False)
-        return changed
+        else:
+            cursor_key = self.highlighted_key() if self.cursor_row > 0 else None
+            self.clear()
+            for key, cells in rows:
+                self.add_row(*cells, key=key)
+            if rows:
+                self.move_cursor(row=list(want).index(cursor_key) if cursor_key in want else 0, animate=False)
+        self._cells = want
 
 
 class TablePanel[T](Vertical):

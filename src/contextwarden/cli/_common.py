@@ -31,14 +31,20 @@ def add_plugins(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugins", default=None, help="a folder of drop-in plugin files (*.py)")
 
 
+def own_command() -> list[str]:
+    """This command by absolute path (after ``make run`` the virtualenv's bin is not on PATH): the console
+    script beside this interpreter, else the interpreter with ``-m``."""
+    script = Path(sys.executable).absolute().parent / "contextwarden"
+    return [str(script)] if script.exists() else [str(Path(sys.executable).absolute()), "-m", "contextwarden"]
+
+
 def cli_name() -> str:
     """How the user types this command in a new terminal: ``contextwarden`` when that is on PATH and is
-    this one, else its absolute path (after ``make run`` the virtualenv's bin is not on PATH)."""
-    mine = Path(sys.executable).absolute().parent / "contextwarden"
-    found = shutil.which("contextwarden")
-    if found is not None and (not mine.exists() or Path(found).absolute() == mine):
+    this one, else :func:`own_command`."""
+    mine, found = own_command(), shutil.which("contextwarden")
+    if found is not None and (len(mine) > 1 or str(Path(found).absolute()) == mine[0]):
         return "contextwarden"
-    return str(mine) if mine.exists() else f"{Path(sys.executable).absolute()} -m contextwarden"
+    return " ".join(mine)
 
 
 def mitmproxy_confdir(confdir: str | None = None) -> Path:

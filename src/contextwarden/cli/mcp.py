@@ -1,21 +1,11 @@
-"""``contextwarden mcp``: an MCP server (stdio, the official ``mcp`` SDK) that lets an agent get back what
-contextwarden took out of its context, search its memory, and leave notes for later turns and for the
-other agents of its tenant.
+"""``contextwarden mcp``: an MCP server (stdio) that lets an agent get back what contextwarden took out of
+its context, search its memory, and leave notes for later turns and the other agents of its tenant
+(``--print-config`` says how to register it with Claude Code and Codex CLI).
 
-Set up::
-
-    claude mcp add contextwarden -- contextwarden mcp          # Claude Code
-
-    [mcp_servers.contextwarden]                                # Codex CLI, ~/.codex/config.toml
-    command = "contextwarden"
-    args = ["mcp"]
-
-The tools talk to the running proxy's recall API (:mod:`contextwarden.memory.api`, found through
-``cw_home/recall-api.json``); ``recall`` also works without a proxy (it reads the originals on disk).
-The tenant is the one of the credential the agent's own client uses (``$CONTEXTWARDEN_CREDENTIAL``,
-``$ANTHROPIC_API_KEY`` or ``$OPENAI_API_KEY`` in the server's environment, which the client passes on),
-hashed by the proxy as it hashes the client's requests; without one, this machine's user's tenants
-(``remember`` then refuses: a note goes to a tenant the caller names, never to the latest request's).
+The tools talk to the running proxy's recall API (:mod:`contextwarden.memory.api`); ``recall`` also works
+without a proxy (it reads the originals on disk). The tenant is the one of the credential the agent's
+client uses (``$CONTEXTWARDEN_CREDENTIAL``, ``$ANTHROPIC_API_KEY`` or ``$OPENAI_API_KEY``); without one,
+this machine's user's tenants (``remember`` then refuses: a note never goes to the latest request's tenant).
 """
 
 from __future__ import annotations
@@ -24,7 +14,6 @@ import argparse
 import json
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +21,7 @@ from typing import Any
 from mcp.server.fastmcp import FastMCP
 
 from ..memory.api import ApiError
-from ._common import ask_proxy, home_of
+from ._common import ask_proxy, home_of, own_command
 from .recall import recall_items
 
 NAME = "contextwarden"
@@ -64,17 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(func=run)
 
 
-def mcp_command(home: str | None = None) -> list[str]:
-    """The absolute command that starts this MCP server: the console script beside this interpreter (a
-    client starts it without the virtualenv's bin on its PATH), else the interpreter with ``-m``."""
-    script = Path(sys.executable).absolute().parent / "contextwarden"
-    cmd = [str(script)] if script.exists() else [str(Path(sys.executable).absolute()), "-m", "contextwarden"]
-    return cmd + ["mcp"] + (["--home", str(Path(home).expanduser().absolute())] if home else [])
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.print_config:
-        cmd = mcp_command(args.home)
+    if args.print_config:  # absolute: a client starts it without the virtualenv's bin on its PATH
+        cmd = own_command() + ["mcp"] + (["--home", str(Path(args.home).expanduser().absolute())] if args.home else [])
         print("# Claude Code\nclaude mcp add contextwarden -- " + shlex.join(cmd))
         print("\n# Codex CLI: ~/.codex/config.toml\n[mcp_servers.contextwarden]\n"
               f"command = {json.dumps(cmd[0])}\nargs = {json.dumps(cmd[1:])}")

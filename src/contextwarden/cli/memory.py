@@ -8,12 +8,12 @@ the read commands work on a snapshot.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from typing import Any
 
-from ..memory.api import RecallClient
 from ..memory.embedder import load_embedder
 from ..memory.store import MemoryStore
 from ..settings import Settings, SettingsError, load_settings
@@ -27,44 +27,30 @@ ONE_WRITER = ("A local store (cw_home/chroma) allows one writer process: while a
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sessions")
-    add_home_profile(p)
+    def command(subs, name: str, func, **kw) -> argparse.ArgumentParser:
+        p = subs.add_parser(name, **kw)
+        add_home_profile(p)
+        p.set_defaults(func=func)
+        return p
+
+    p = command(sub, "sessions", cmd_sessions)
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument("--limit", type=int, default=50, help="newest N sessions (0: all)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(func=cmd_sessions)
-
-    p = sub.add_parser("stats")
-    add_home_profile(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_stats)
+    command(sub, "stats", cmd_stats).add_argument("--json", action="store_true")
 
     m = sub.add_parser("memory", description="Manage long-term memory. " + ONE_WRITER)
     msub = m.add_subparsers(dest="memory_command", metavar="ACTION")
     m.set_defaults(func=lambda args: (m.print_help(), 2)[1])
-
-    e = msub.add_parser("export", help="write every item to a JSONL file (- for stdout); no vectors")
-    add_home_profile(e)
-    e.add_argument("file")
-    e.set_defaults(func=cmd_export)
-
-    i = msub.add_parser("import", help="add the items of a JSONL export (re-embedded, deduplicated)",
-                        description="Add the items of a JSONL export. " + ONE_WRITER)
-    add_home_profile(i)
-    i.add_argument("file")
-    i.set_defaults(func=cmd_import)
-
-    pr = msub.add_parser("prune", help="delete items older than the TTL (memory.ttl_days, or --days)",
-                         description="TTL expiry. " + ONE_WRITER)
-    add_home_profile(pr)
-    pr.add_argument("--days", type=float, default=None, help="age limit in days (default: the profile's memory.ttl_days)")
-    pr.set_defaults(func=cmd_prune)
-
-    d = msub.add_parser("delete", help="forget one session", description="Forget a session. " + ONE_WRITER)
-    add_home_profile(d)
+    command(msub, "export", cmd_export, help="write every item to a JSONL file (- for stdout); no vectors").add_argument("file")
+    command(msub, "import", cmd_import, help="add the items of a JSONL export (re-embedded, deduplicated)",
+            description="Add the items of a JSONL export. " + ONE_WRITER).add_argument("file")
+    command(msub, "prune", cmd_prune, help="delete items older than the TTL (memory.ttl_days, or --days)",
+            description="TTL expiry. " + ONE_WRITER).add_argument(
+        "--days", type=float, default=None, help="age limit in days (default: the profile's memory.ttl_days)")
+    d = command(msub, "delete", cmd_delete, help="forget one session", description="Forget a session. " + ONE_WRITER)
     d.add_argument("--session", required=True)
     d.add_argument("--tenant", default=None, help="only this tenant's items of the session")
-    d.set_defaults(func=cmd_delete)
 
 
 def _open(args, write: bool = False, embed: bool = False) -> tuple[MemoryStore, Settings]:
@@ -143,14 +129,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    client = RecallClient.find(home_of(args), credential_from(args))
-    if client is not None:  # the proxy holds the store: the items go through its ingestor
-        with open(args.file, "rb") as f:
-            records = [rec for rec in map(_record, f) if isinstance(rec, dict)]
-        try:
-            n = sum(client.call("import", records=records[i:i + 2000])["queued"] for i in range(0, len(records), 2000))
-        finally:
-            client.close()
+    home, cred = home_of(args), credential_from(args)
+    with open(args.file, "rb") as f:
+        records = [rec for rec in map(_record, f) if isinstance(rec, dict)]
+    first = ask_proxy(home, cred, "import", records=records[:2000])
+    if first is not None:  # the proxy holds the store: the items go through its ingestor
+        n = first["queued"] + sum(ask_proxy(home, cred, "import", records=records[i:i + 2000])["queued"]
+                                  for i in range(2000, len(records), 2000))
         print(f"imported {n} items from {args.file} through the running proxy (deduplicated as they are stored)")
         return 0
     store, _ = _open(args, write=True, embed=True)

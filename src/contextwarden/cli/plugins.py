@@ -22,11 +22,8 @@ def run(args) -> int:
     n = 0
     for info in describe(pm, order, disabled):
         state = "off" if info.name in disabled else ("on" if info.is_stage else "-")
-        if info.is_stage and state == "on":
-            n += 1
-            pos = f"{n}."
-        else:
-            pos = "  "
+        n += info.is_stage and state == "on"
+        pos = f"{n}." if info.is_stage and state == "on" else "  "
         budget = settings.pipeline.budgets_ms.get(info.name)
         extra = f" budget {budget:g} ms" if budget else ""
         print(f"  {pos:3} {info.name:<14} [{state}]{extra}  hooks: {', '.join(info.hooks) or '-'}")

@@ -18,6 +18,7 @@ from ..memory.api import ApiError, item_dict
 from ..memory.originals import OriginalStore
 from ..util.home import secret_file
 from ..util.redact import tenant_id
+from . import Fail
 from ._common import ask_proxy, credential_from, home_of
 
 
@@ -55,8 +56,7 @@ def run_recall(args: argparse.Namespace) -> int:
     try:
         items, _how = recall_items(home, list(args.ids), credential_from(args))
     except ApiError as e:
-        print(f"contextwarden recall: {e}", file=sys.stderr)
-        return 1
+        raise Fail(f"contextwarden recall: {e}") from None
     found = {it["id"] for it in items}
     for it in items:
         if args.json:

@@ -13,7 +13,7 @@ from mitmproxy.tools.main import mitmdump
 
 from ..memory import service as memory_service
 from ._common import add_home_profile, add_plugins, cli_name, home_of, mitmproxy_confdir
-from .assets import warnings
+from .doctor import warnings
 from .profiles import checked_settings
 
 SCRIPT = Path(str(getattr(find_spec("contextwarden.addons"), "origin", ""))).parent / "contextwarden.py"  # mitmdump's -s
@@ -65,17 +65,9 @@ def port_taken(host: str, port: int) -> bool:
     """Whether ``host:port`` is already bound (as mitmproxy binds: SO_REUSEADDR). Checked before
     anything starts, so the hint names this command's option, not mitmproxy's ``--mode regular@PORT``."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return False  # mitmproxy reports a host it cannot resolve itself
-    for family, kind, proto, _, addr in infos:
-        with socket.socket(family, kind, proto) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(addr)
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE:
-                    return True
+        socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
+    except OSError as e:
+        return e.errno == errno.EADDRINUSE  # (a host it cannot resolve: mitmproxy reports it)
     return False
 
 
@@ -122,5 +114,4 @@ def run(args) -> int:
         return 0
     sys.stdout.flush()
     memory_service.AUTO_PROCESS = "separate"  # this process is the proxy: memory in its own process
-
     return mitmdump(argv) or 0

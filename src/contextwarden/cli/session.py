@@ -9,7 +9,6 @@ the token in cw_home); with no proxy running on the home they say so. With ``$CO
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
@@ -17,6 +16,7 @@ import orjson
 
 from ..memory.api import ApiError
 from ..sessionctl.render import changed, pin_text, what
+from . import Fail
 from ._common import ask_proxy, credential_from, home_of
 
 
@@ -52,20 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_session)
 
 
-def call(home, **args: Any) -> Any:
-    out = ask_proxy(home, credential_from(None), "session", **args)
-    if out is None:
-        raise SystemExit(f"no proxy is running on {home} (start one with `contextwarden run`)")
-    return out
-
-
 def run_session(args) -> int:
     req = {k: v for k in ("action", "session", "target", "to", "dry_run") if (v := getattr(args, k, None)) is not None}
     try:
-        out = call(home_of(args), **req)
+        out = ask_proxy(home_of(args), credential_from(args), "session", **req)
     except ApiError as e:
-        print(f"contextwarden session {args.action}: {e}", file=sys.stderr)
-        return 1
+        raise Fail(f"contextwarden session {args.action}: {e}") from None
+    if out is None:
+        raise SystemExit(f"no proxy is running on {home_of(args)} (start one with `contextwarden run`)")
     print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() if args.json else render(args.action, out))
     return 1 if isinstance(out, dict) and out.get("refused") else 0
 

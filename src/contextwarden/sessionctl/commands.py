@@ -8,16 +8,20 @@ Writes go through the runtime's state cache, so the proxy's next request of the 
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from contextlib import nullcontext
 from typing import Any
 
+import orjson
+
+from ..request import pipeline
 from ..store.statecache import state_cache
 from ..wire.conversation import strip_cache_control
 from ..wire.cost import TTL_5M, WRITE_MULT, price_for
 from ..wire.dialects import dialect
 from . import ledger
-from .ledger import NS, _bump, append_version, last_request, off_at
-from .preview import decided_body, decided_state, latest
+from .ledger import NS, _bump, append_version, last_request, off_at, override
 
 
 class CommandError(ValueError):
@@ -71,12 +75,6 @@ def _summary(rt, key: str, rec: dict[str, Any]) -> dict[str, Any]:
             "live": last is not None, "tokens_in": getattr(last, "tokens_in", None)}
 
 
-def list_sessions(rt, tenants: list[str] | None = None) -> dict[str, Any]:
-    rows = [_summary(rt, k, ledger.read(rt, k)) for k in _keys(rt, tenants)]
-    rows.sort(key=lambda r: r["last_ts"] or 0, reverse=True)
-    return {"sessions": rows}
-
-
 def show(rt, ident: str) -> dict[str, Any]:
     key = resolve(rt, ident)
     rec = ledger.read(rt, key)
@@ -87,22 +85,33 @@ def show(rt, ident: str) -> dict[str, Any]:
             "window": rt.settings.tokens.context_window}
 
 
-# -- rollback -----------------------------------------------------------------------------------------
+# -- rollback: previews run the pipeline's re-apply path (Pipeline.decided: every stage's stored records
+# put back through its cw_reapply, nothing decided, nothing stored, no event) under other controls -------
 
 
-def _last_sent(rt, ctx) -> dict[str, Any] | None:
-    entry = rt.bodies.get(ctx.flow_id)
-    if entry is None:
-        return None
-    body = entry.get("rewritten") or entry.get("original")
-    return body if isinstance(body, dict) else None
+def latest(runtime, key: str):
+    """The session's latest live request as a context to preview with, its body read back from the
+    runtime's recent bodies (None: no request since the proxy started, or its body was evicted)."""
+    lite = last_request(runtime, key)
+    entry = runtime.bodies.get(lite.flow_id) if lite is not None else None
+    body = entry.get("original") if entry else None
+    return dataclasses.replace(lite, original=body) if isinstance(body, dict) else None
+
+
+def decided_state(runtime, ctx, record: dict[str, Any] | None = None, key: str = "") -> tuple[bytes | None, int | None]:
+    """:func:`~contextwarden.request.pipeline.decided_state` of ``ctx``'s request, under ``record`` as the
+    session's controls when given (for this thread only)."""
+    with override(key, record) if record is not None else nullcontext():
+        return pipeline.decided_state(runtime, ctx)
 
 
 def rewrite_cost(rt, ctx, restored: dict[str, Any]) -> dict[str, Any]:
     """What the restored request writes to the provider's cache again: the tokens from the first
     message that differs from what the session sent last (cache markers aside) to its end, and their
     price as a 5-minute cache write at the model's list price."""
-    sent = _last_sent(rt, ctx)
+    entry = rt.bodies.get(ctx.flow_id) or {}
+    sent = entry.get("rewritten") or entry.get("original")
+    sent = sent if isinstance(sent, dict) else None
     new = dialect(ctx.api).messages_of(restored) or []
     old = (dialect(ctx.api).messages_of(sent) or []) if sent is not None else []
     first = 0
@@ -150,10 +159,9 @@ def rollback(rt, ident: str, to: Any, apply: bool = True) -> dict[str, Any]:
                                        "evicted): cost and fit unknown")
     else:
         _, before = decided_state(rt, ctx)  # the latest request as the session's decided state now
-        candidate = _rolled(rec, to)
-        body, tokens = decided_body(rt, ctx, candidate, key)
+        raw, tokens = decided_state(rt, ctx, _rolled(rec, to), key)
         out.update(preview=True, tokens_before=before, tokens_after=tokens, fits=tokens is not None and tokens <= window,
-                   **rewrite_cost(rt, ctx, body))
+                   **rewrite_cost(rt, ctx, orjson.loads(raw) if raw is not None else ctx.original))
         if not out["fits"]:
             fits = None
             for x in [0] + [v["n"] for v in versions]:
@@ -263,7 +271,8 @@ def run(rt, args: dict[str, Any], tenants: list[str] | None = None) -> Any:
     (None: every tenant's; the recall API passes its caller's)."""
     action = args.get("action")
     if action == "list":
-        return list_sessions(rt, tenants)
+        rows = [_summary(rt, k, ledger.read(rt, k)) for k in _keys(rt, tenants)]
+        return {"sessions": sorted(rows, key=lambda r: r["last_ts"] or 0, reverse=True)}
     if action not in ("show", "rollback", "pin", "unpin", "compact"):
         raise CommandError(f"unknown session action {action!r} (list, show, rollback, pin, unpin, compact)")
     key = resolve(rt, args.get("session", ""), tenants)  # another tenant's session is "no session"

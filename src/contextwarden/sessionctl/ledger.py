@@ -1,13 +1,8 @@
-"""A session's context versions and the user's controls over them (state namespaces ``session`` and
-``session_versions``).
+"""A session's context versions and the user's controls over them (docs/session-control.md).
 
-Two records per conversation (``tenant|session|agent``, the key clearing and compaction use), in the
-runtime state (SQLite or Redis, through :func:`contextwarden.store.statecache.state_cache`). The versions
-(namespace ``session_versions``, read by the commands only)::
-
-    {"versions": [{n, ts, stage, kind, trigger, tokens_before, tokens_after, messages, tool_ids, refs, off, ...}]}
-
-and the controls every request reads (namespace ``session``, small)::
+Two records per conversation (``tenant|session|agent``) in the runtime state: the versions (namespace
+``session_versions``, read by the commands only: ``{"versions": [...]}``, fields in the doc) and the
+controls every request reads (namespace ``session``, small)::
 
     {"next": 4,                      # the next version number
      "off": {"clearing": [tool ids], "compaction": [decision hashes]},   # decisions not re-applied
@@ -15,17 +10,11 @@ and the controls every request reads (namespace ``session``, small)::
      "compact_now": false,           # the next request compacts and clears whatever the thresholds say
      "pins": [{"id": 1, "kind": "tool" | "index" | "text", "value": ..., "ts": ...}], "pin_next": 2}
 
-A stage that makes a decision calls :func:`record_decision` with what it changed and ``refs``: the keys of
-its own stored records (clearing: tool ids; compaction: the decision's span hash). A stage re-applying
-its stored records asks :meth:`Control.is_off` (or :meth:`Control.applied`) which of them a rollback
-turned off. Version 0 is the client's own history (no decision).
-
-Every version keeps ``off`` as it was right after it, so a rollback to version X is: turn off every
-decision not applied at X. A rollback is a version too, so rolling back to the version before it puts
-the decisions back, and their stored records (stubs, summary) come back byte for byte.
-
-Stages read a :class:`Control` once per request (:func:`control`); the common case (nothing recorded,
-or no pin, rollback or compact-now) costs one lookup in the state cache.
+A stage that makes a decision calls :func:`record_decision` with ``refs``, the keys of its own stored
+records; one re-applying them asks :meth:`Control.applied` which of them a rollback turned off. Every
+version keeps ``off`` as it was right after it, so a rollback to version X turns off every decision not
+applied at X; a rollback is a version too, so rolling back to the one before it puts the decisions back.
+Stages read a :class:`Control` once per request (:func:`control`: one state-cache lookup).
 """
 
 from __future__ import annotations

@@ -6,8 +6,7 @@ A pin names a tool call id (``toolu_...``, ``call_...``: its result and its inpu
 - :func:`pinned_tool_ids` (clearing, compression): the tool ids among a request's tool results that are
   pinned, directly or through their message index or text;
 - :func:`first_pinned_index` (compaction): the first message that must stay; nothing from there on is
-  folded into a summary;
-- :func:`is_pinned` for one item (any stage, e.g. ``is_pinned(ctx, tool_id=..., index=..., text=...)``).
+  folded into a summary.
 
 All of them cost nothing when the session has no pin.
 """
@@ -32,12 +31,6 @@ def _matches(pin: dict[str, Any], tool_id: str | None, index: int | None, text: 
     if kind == "text":
         return bool(text) and isinstance(value, str) and value in str(text)
     return False
-
-
-def is_pinned(ctx, *, tool_id: str | None = None, index: int | None = None, text: str | None = None) -> bool:
-    """Whether a pin of this session names the item (its tool id, message index or text)."""
-    pins = control(ctx).pins
-    return bool(pins) and any(_matches(p, tool_id, index, text) for p in pins)
 
 
 def pinned_tool_ids(ctx, items: Iterable[tuple[str, int, str]]) -> frozenset:

@@ -1,4 +1,4 @@
-"""Profiles: pydantic-settings models loaded from ``profiles/*.yaml`` with env overrides.
+"""Profiles: pydantic models loaded from ``profiles/*.yaml`` with env overrides.
 
 Precedence: env ``CONTEXTWARDEN_<SECTION>__<KEY>`` > the profile YAML (and what it ``extends``) >
 defaults. Unknown keys, in YAML or env, are an error that names the key.
@@ -10,36 +10,29 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 import yaml
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from pydantic_settings import SettingsError as SourceError
 
 import contextwarden.profiles as bundled  # data package mapped from the repo's profiles/
 
 from .base import Section
-from .compression import CompressionSection
-from .context import BudgetSection, ClearingSection, CompactionSection, StripSection, TokensSection
-from .gateway import MetricsSection, StateSection
+from .context import BudgetSection, ClearingSection, CompactionSection, CompressionSection, StripSection, TokensSection
 from .memory import MemorySection, TaggingSection
 from .pipeline import PipelineSection
-from .proxy import ProxySection
-from .server import LogSection, ServerSection
+from .proxy import LogSection, MetricsSection, ProxySection, ServerSection, StateSection
 
 ENV_PREFIX = "CONTEXTWARDEN_"
 # Variables with the prefix that are not profile settings.
-NON_SETTING_ENV = {"HOME", "PROFILE", "TRACE", "PLUGINS", "SHARED", "KEY", "CENSUS", "CENSUS_S", "TRACEMALLOC"}  # census.py: debugging
+NON_SETTING_ENV = {"HOME", "PROFILE", "TRACE", "PLUGINS", "SHARED", "KEY", "CREDENTIAL", "CENSUS", "CENSUS_S", "TRACEMALLOC"}  # census.py: debugging
 
 
 class SettingsError(ValueError):
     pass
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
-                                      use_attribute_docstrings=True, validate_assignment=True)
+class Settings(Section):
 
     name: str = "default"
     """The profile's name."""
@@ -64,27 +57,11 @@ class Settings(BaseSettings):
     plugins: dict[str, dict[str, Any]] = {}
     """Settings of third-party stages, by stage name; each stage validates its own."""
 
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
-
-
-def profiles_dirs(home: Path | None = None) -> list[Path]:
-    dirs = []
-    if home is not None:
-        dirs.append(Path(home) / "profiles")
-    dirs.append(Path(bundled.__file__).parent)
-    return dirs
-
 
 def available_profiles(home: Path | None = None) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for d in reversed(profiles_dirs(home)):
-        if d.is_dir():
-            for p in sorted(d.glob("*.yaml")):
-                found[p.stem] = p
-    return found
+    """The profiles by name: the bundled ones, then ``home/profiles`` (which win)."""
+    dirs = [Path(bundled.__file__).parent] + ([Path(home) / "profiles"] if home is not None else [])
+    return {p.stem: p for d in dirs if d.is_dir() for p in sorted(d.glob("*.yaml"))}
 
 
 def resolve_profile(profile: str | os.PathLike, home: Path | None = None) -> Path:
@@ -152,54 +129,47 @@ def _read_profile(path: Path, home: Path | None, seen: tuple[Path, ...] = ()) ->
     return data
 
 
-def check_env(environ: os._Environ | dict | None = None) -> None:
-    """Unknown ``CONTEXTWARDEN_<SECTION>__<KEY>`` variables are errors, not silently ignored."""
-    for parts, var in _env_settings(os.environ if environ is None else environ).items():
-        if len(parts) == 1:
-            if parts[0] in Settings.model_fields:
-                continue
-            raise SettingsError(f"unknown setting in environment: {var}")
-        if parts[0] not in Settings.model_fields:
-            raise SettingsError(f"unknown setting in environment: {var} (no section {parts[0]!r})")
-        section = _section(parts[0])
-        if section is not None and parts[1] not in section.model_fields:
-            raise SettingsError(f"unknown setting in environment: {var} (no key {parts[1]!r} in {parts[0]})")
+def _env(environ) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """The settings the ``CONTEXTWARDEN_<SECTION>__<KEY>`` variables set (a list or dict written as JSON),
+    and the variable that sets each path."""
+    data: dict[str, Any] = {}
+    names: dict[tuple[str, ...], str] = {}
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX) or var[len(ENV_PREFIX):].upper() in NON_SETTING_ENV:
+            continue
+        path = tuple(var[len(ENV_PREFIX):].lower().split("__"))
+        names[path] = var
+        fields = _fields_at(path)
+        kind = get_origin(getattr(fields.get(path[-1]), "annotation", None))
+        if kind in (list, dict):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                example = '["memory"]' if kind is list else '{"memory": 150}'
+                raise SettingsError("invalid settings in the environment:\n"
+                                    f"  {var}: not valid JSON (a {kind.__name__} is written as JSON, e.g. {example})") from None
+        d = data
+        for part in path[:-1]:
+            d = d[part] if isinstance(d.get(part), dict) else d.setdefault(part, {})
+        d[path[-1]] = value
+    return data, names
 
 
-def _env_settings(environ) -> dict[tuple[str, ...], str]:
-    """The setting each ``CONTEXTWARDEN_`` variable sets: its path (``("compaction", "soft_threshold")``)
-    -> the variable's name."""
-    out = {}
-    for var in environ:
-        if var.startswith(ENV_PREFIX) and var[len(ENV_PREFIX):].upper() not in NON_SETTING_ENV:
-            out[tuple(var[len(ENV_PREFIX):].lower().split("__"))] = var
-    return out
-
-
-def _env_var_for(loc: tuple, env: dict[tuple[str, ...], str]) -> str | None:
-    """The variable whose value an error at ``loc`` is about: the environment wins over the file, so a
-    variable that sets ``loc`` or a parent of it (a JSON object or list) is where the bad value came from."""
-    parts = tuple(str(x).lower() for x in loc)
-    for n in range(len(parts), 0, -1):
-        if parts[:n] in env:
-            return env[parts[:n]]
-    return None
-
-
-def _format_error(e: ValidationError, source: str, environ=None) -> str:
-    env = _env_settings(os.environ if environ is None else environ)
+def _format_error(e: ValidationError, source: str, env: dict[tuple[str, ...], str]) -> str:
+    """Each error blamed on the variable that set the value (the environment wins over the file), else the file."""
     from_file, from_env = [], []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        msg, unknown = err["msg"], err["type"] == "extra_forbidden"
+        if unknown:
             msg = "unknown key" + _did_you_mean(str(err["loc"][-1]), _fields_at(err["loc"]))
-        var = _env_var_for(err["loc"], env)
+        parts = tuple(str(x).lower() for x in err["loc"])
+        var = next((v for path, v in env.items() if parts[:len(path)] == path or path[:len(parts)] == parts), None)
         if var is None:
             from_file.append(f"  {loc}: {msg}")
         else:
-            from_env.append(f"  {var}" + ("" if var.lower() == ENV_PREFIX.lower() + loc.replace(".", "__") else f" ({loc})")
-                            + f": {msg}")
+            named = var.lower() == ENV_PREFIX.lower() + loc.replace(".", "__") and not unknown
+            from_env.append(f"  {var}" + ("" if named else f" ({loc})") + f": {msg}")
     out = []
     if from_env:
         out += ["invalid settings in the environment:", *from_env]
@@ -208,41 +178,21 @@ def _format_error(e: ValidationError, source: str, environ=None) -> str:
     return "\n".join(out)
 
 
-def _source_error(e: SourceError, environ=None) -> str:
-    """pydantic-settings could not decode a variable's value (a list or object needs JSON)."""
-    environ = os.environ if environ is None else environ
-    bad = []
-    for path, var in _env_settings(environ).items():
-        try:
-            json.loads(environ[var])
-        except ValueError:
-            section = _section(path[0]) if len(path) > 1 else None
-            field = section.model_fields.get(path[1]) if section is not None else Settings.model_fields.get(path[0])
-            kind = getattr(getattr(field, "annotation", None), "__origin__", None)
-            if kind in (list, dict):
-                example = '["memory"]' if kind is list else '{"memory": 150}'
-                bad.append(f"  {var}: not valid JSON (a {kind.__name__} is written as JSON, e.g. {example})")
-    return "invalid settings in the environment:\n" + ("\n".join(bad) if bad else f"  {e}")
-
-
 def load_settings(profile: str | os.PathLike | None = "default", home: Path | None = None,
                   overrides: dict[str, Any] | None = None, environ: dict | None = None) -> Settings:
-    """Load a profile by name or path; ``overrides`` (runtime changes from the TUI) win over the file."""
+    """Load a profile by name or path; ``overrides`` (runtime changes from the TUI) win over the file,
+    the environment over both."""
     data: dict[str, Any] = {}
     source = "defaults"
     if profile:
         path = resolve_profile(profile, home)
         data = _read_profile(path, home)
         source = str(path)
-    if overrides:
-        data = _deep_merge(data, overrides)
-    check_env(environ)
+    env, names = _env(os.environ if environ is None else environ)
     try:
-        return Settings(**data)
+        return Settings(**_deep_merge(_deep_merge(data, overrides or {}), env))
     except ValidationError as e:
-        raise SettingsError(_format_error(e, source, environ)) from None
-    except SourceError as e:
-        raise SettingsError(_source_error(e, environ)) from None
+        raise SettingsError(_format_error(e, source, names)) from None
 
 
-__all__ = ["Settings", "SettingsError", "Section", "load_settings", "available_profiles", "resolve_profile", "check_env"]
+__all__ = ["Settings", "SettingsError", "Section", "load_settings", "available_profiles", "resolve_profile"]

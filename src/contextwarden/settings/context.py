@@ -1,4 +1,4 @@
-"""Sections of the context stages: token accounting, stripping, clearing, compaction, budgets."""
+"""Sections of the context stages: token accounting, stripping, clearing, compression, compaction, budgets."""
 
 from __future__ import annotations
 
@@ -59,41 +59,34 @@ class ClearingSection(Section):
     ``clear_tool_inputs``, inputs smaller than this too."""
 
     clear_tool_inputs: bool = False
-    """For the tool calls being cleared, also replace the large values of the call's ``input`` (a Write's
-    file body, an Edit's strings) with a stub naming their memory id; the input stays a JSON object and
-    keeps its small values (the path, the command). Calls with a short result (Write, Edit) are cleared
-    for their input alone. Off by default, like ``clear_tool_inputs`` in Anthropic's context management:
-    it re-writes the assistant messages too. The latest assistant message, and those of the current turn
-    that carry thinking blocks, always keep their inputs."""
+    """For the tool calls being cleared, also stub the large values of the call's ``input`` (a Write's
+    body, an Edit's strings), keeping its small ones (the path). It re-writes assistant messages, so off
+    by default (as in Anthropic's context management); the latest assistant message and those of the
+    current turn with thinking blocks keep their inputs."""
 
     clear_all: bool = False
-    """Above the trigger, clear every result but the ``keep_recent`` most recent (Anthropic's
-    ``clear_tool_uses``, and observation masking), not just enough to get back under the trigger."""
+    """Above the trigger, clear every result but the ``keep_recent`` most recent (observation masking)."""
 
     keep_edited_reads: int = 0
-    """A new clearing step leaves alone the Read results of files that an Edit, MultiEdit or Write
-    among the last this many tool calls changed: the model copies an Edit's ``old_string`` from them.
-    0: off."""
+    """A new clearing step keeps the Read results of files an Edit, MultiEdit or Write among the last
+    this many tool calls changed (the model copies ``old_string`` from them). 0: off."""
 
     working_set_tokens: int = 0
-    """A new clearing step leaves alone the working set (:mod:`contextwarden.wire.workingset`): per file, its
-    latest Read (unless a Write came after it) and the Edit results since, the most recently touched
-    files first, up to this many tokens. The model copies its Edits' ``old_string`` from them. 0: off."""
+    """A new clearing step keeps the working set (:mod:`contextwarden.wire.workingset`), the most recently
+    touched files first, up to this many tokens. 0: off."""
 
     policy: Literal["off", "learn", "frozen"] = "off"
-    """The tenant's learned policy (:mod:`contextwarden.compress.policy`, ``contextwarden policy show``): ``learn``
-    counts which cleared results the model fetched again (re-read, re-run, recalled by the stub's id)
-    and leaves alone the results of tools that keep coming back and the Reads of paths that did;
-    ``frozen`` applies what was learned without learning more; ``off`` neither."""
+    """The tenant's learned policy (:mod:`contextwarden.compress.policy`): ``learn`` counts which cleared
+    results the model fetched again and keeps the tools and paths that keep coming back; ``frozen``
+    applies what was learned without learning more."""
 
     cold_trigger_factor: float = 1.0
-    """At a free moment (the session's previous request came more than ``compaction.cache_ttl_s`` ago:
-    the provider's cached prefix has expired and whatever is sent is written again), a step needs only
-    ``trigger_tokens`` times this factor and clears any amount. 1.0: off."""
+    """When the cached prefix has expired (previous request more than ``compaction.cache_ttl_s`` ago), a
+    step needs only ``trigger_tokens`` times this and clears any amount. 1.0: off."""
 
     level_factors: dict[str, float] = {"REDUCED": 0.75, "MINIMAL": 0.5}
-    """Under a budget level, ``trigger_tokens``, ``keep_recent`` and ``clear_at_least`` are multiplied by
-    this factor (``keep_recent`` rounded up), so clearing starts earlier and keeps less."""
+    """Under a budget level, ``trigger_tokens``, ``keep_recent`` (rounded up) and ``clear_at_least`` are
+    multiplied by this factor."""
 
 
 class CompactionSection(Section):
@@ -134,28 +127,22 @@ class CompactionSection(Section):
     """Do not compact spans smaller than this: the re-written cache costs more than it saves."""
 
     working_set_tokens: int = 0
-    """The files being edited (:mod:`contextwarden.wire.workingset`: per file an Edit changed, its latest Read
-    and the Edit results since, the most recently touched files first, up to this many tokens) that a
-    compaction folds are kept verbatim in its summary message; the cut goes that much deeper. At most a
-    quarter of ``target`` (of the window). 0: off."""
+    """The files being edited (:mod:`contextwarden.wire.workingset`) that a compaction folds are kept
+    verbatim in its summary message, up to this many tokens (at most a quarter of ``target``). 0: off."""
 
     working_set_written: bool = False
-    """The files a Write made count as files being edited for ``working_set_tokens`` (the agent writes a
-    file, then edits it: the ``old_string`` is in the Write's content)."""
+    """The files a Write made count as files being edited for ``working_set_tokens``."""
 
     working_set_mentions: bool = False
-    """A file the assistant's messages that stay (after the cut) name, in their words or their tool
-    calls' inputs (it runs the script, it talks about the document), counts as a file being edited for
+    """A file the kept assistant messages name (in words or tool inputs) counts as being edited for
     ``working_set_tokens``, and as touched then for its rank."""
 
     working_set_latest_edits: float = 0.0
-    """This share of ``working_set_tokens`` goes first to the latest Edit result of each file being
-    edited (newest file first), the rest to the files whole: a file edited long ago keeps the text its
-    next Edit starts from. 0: off (files whole, the most recently touched first)."""
+    """This share of ``working_set_tokens`` goes first to each edited file's latest Edit result (newest
+    file first), the rest to the files whole. 0: off."""
 
     summary_breakpoint: bool = True
-    """Put a ``cache_control`` breakpoint on the summary when the body has fewer than 4, so the compacted
-    prefix is cached on its own (Anthropic only)."""
+    """Put a ``cache_control`` breakpoint on the summary when the body has fewer than 4 (Anthropic only)."""
 
     cache_ttl_s: float = 300.0
     """Prompt-cache lifetime assumed by the soft-threshold cost model (Anthropic's default is 5 minutes)."""
@@ -164,8 +151,8 @@ class CompactionSection(Section):
     """Cap on how many further requests the cost model expects to read a compacted prefix."""
 
     level_factors: dict[str, float] = {"REDUCED": 0.8, "MINIMAL": 0.6}
-    """Under a budget level, ``soft_threshold``, ``hard_threshold`` and ``target`` are multiplied by this
-    factor and ``protect_recent_turns`` too (rounded up, at least 1)."""
+    """Under a budget level, the thresholds, ``target`` and ``protect_recent_turns`` (rounded up, at
+    least 1) are multiplied by this factor."""
 
 
 class BudgetSection(Section):
@@ -189,3 +176,53 @@ class BudgetSection(Section):
 
     retry_after_s: int = 60
     """``retry-after`` seconds sent with a BLOCKED answer."""
+
+
+class CompressionSection(Section):
+    enabled: bool = False
+    """Compress large tool results the first time the proxy sees them (the result stays compressed, byte
+    for byte, on every later request; the whole output is kept under the memory id its first line names)."""
+
+    medium_chars: int = 1_024
+    """Results shorter than this pass untouched."""
+
+    large_chars: int = 5_120
+    """Results from ``medium_chars`` up to this get the clean-up only (terminal codes, overwritten and
+    repeated lines); from this size on, the compressor their content calls for (log, JSON, listing,
+    relevant chunks)."""
+
+    medium: bool = True
+    """Apply the clean-up tier at all."""
+
+    keep_ratio: float = 0.25
+    """A large result keeps about this share of its characters ..."""
+
+    min_keep_chars: int = 2_000
+    """... but at least this many ..."""
+
+    max_keep_chars: int = 8_000
+    """... and at most this many (a log keeps every error line even past it)."""
+
+    min_gain: float = 0.2
+    """A result whose compressed form (first line included) saves less than this share stays whole."""
+
+    tools: list[str] = ["*"]
+    """Tools whose results are compressed (``*``: every tool not in ``never_tools``)."""
+
+    never_tools: list[str] = ["Edit", "MultiEdit", "Write", "NotebookEdit", "Read", "NotebookRead"]
+    """Tools whose results are never compressed (Read: the model copies its edits from them)."""
+
+    keep_edited_reads: bool = True
+    """Never compress a Read result of a file the session has edited (an Edit, MultiEdit or Write of
+    its path in the request): the model copies its next edit's ``old_string`` from it."""
+
+    keep_errors: bool = True
+    """Never compress a result flagged as an error (``is_error``): the model is about to fix what it says."""
+
+    process: str = "auto"
+    """Where a result's first-sight work runs: ``separate`` (worker processes; no answer by 80% of the
+    stage's budget leaves the result uncompressed), ``inline`` (the stage's thread), ``auto`` (separate
+    in the proxy)."""
+
+    workers: int = 2
+    """Worker processes when ``process`` is separate (~90 MB each)."""

@@ -42,17 +42,14 @@ class MemorySection(Section):
     """Directory of the all-MiniLM-L6-v2 ONNX model; default is Chroma's cache, downloaded if missing."""
 
     embed_cache: str | None = None
-    """A file of embeddings kept between runs (SQLite, by text hash): the evaluations replay the same
-    corpora run after run, in-process and through a live proxy. None (the default): no disk cache."""
+    """A file of embeddings kept between runs (SQLite, by text hash; the evaluations use it). None: none."""
 
     inject: bool = True
     """Inject retrieved memory into requests (off: store only)."""
 
     inject_tool_steps: bool = False
-    """Also inject on the steps of a tool loop (a request whose last user message holds only tool
-    results). Off: memory goes with the message a person wrote, once; the steps after it keep their
-    cached prefix and do not pay for the same block again as new input (OpenAI's APIs have no user
-    message at those steps anyway)."""
+    """Also inject on the steps of a tool loop (a last user message of tool results only). Off: memory
+    goes once, with the message a person wrote, and the steps after it keep their cached prefix."""
 
     budget_fraction: float = 0.10
     """Fraction of the context window memory may use in one request."""
@@ -67,53 +64,42 @@ class MemorySection(Section):
     """Name of a workspace whose memory every tenant may read; by default memory is per tenant."""
 
     api_require_credential: bool = False
-    """The recall API (``contextwarden recall|search``, ``contextwarden mcp``) answers a caller that shows
-    only the token with every tenant of this home (one user, one machine). A shared proxy sets this: a
-    caller must then send the credential its client uses, and sees that tenant's memory only."""
+    """The recall API (``recall``, ``search``, ``mcp``) requires the caller's client credential and shows
+    that tenant's memory only (a shared proxy); off, the token alone sees every tenant of this home."""
 
     ttl_days: float = 30
     """Items older than this are expired by ``contextwarden memory prune``."""
 
     queue_size: int = 1000
-    """Ingestion queue length; when full, work is dropped with an event (never blocks traffic). In the
-    memory process (``process: separate``) work waits in the pending table instead (``pending_max``)."""
+    """In-process ingestion queue length; when full, work is dropped with an event (never blocks traffic)."""
 
     process: Literal["auto", "separate", "inline"] = "auto"
-    """Where embedding, the lexical index, Chroma and ingestion run: ``separate`` (a memory process the
-    proxy starts, stops and restarts, spoken to over a Unix socket under cw_home), ``inline`` (in the
-    calling process: tests, replay, evaluation), ``auto`` (separate in the proxy, inline elsewhere)."""
+    """Where embedding, the lexical index, Chroma and ingestion run: ``separate`` (a memory process over a
+    Unix socket under cw_home), ``inline`` (in the calling process), ``auto`` (separate in the proxy)."""
 
     pending_max: int = 200_000
-    """Items waiting to be embedded in the memory process's pending table (stored at once, embedded
-    later); past this the oldest are stored as text (found by their words and ids) and embedded once the
-    table is empty again."""
+    """Items waiting to be embedded in the memory process's pending table; past this the oldest are
+    stored as text only and embedded once the table is empty again."""
 
     ingest_batch: int = 64
     """Items the memory process's ingestion takes per batch (a shutdown waits for at most one)."""
 
     ingest_batch_chars: int = 24_000
-    """And characters of text per batch (~25 chunks to embed: a second or two on a busy core); a
-    submission larger than this is still taken whole."""
+    """And characters of text per batch (a larger submission is still taken whole)."""
 
     embed_idle: bool = True
-    """In the memory process, ingestion's embeddings run in a worker process of their own at the idle
-    CPU priority, its scheduling group at the lowest weight (memory/embedworker.py): under load they lag
-    instead of taking CPU from requests (each item is searchable by its words as it is submitted).
-    False: in the memory process's ingestion thread (niced)."""
+    """Ingestion's embeddings run in a worker process at idle CPU priority (memory/embedworker.py): under
+    load they lag instead of taking CPU from requests. False: in the ingestion thread (niced)."""
 
     prefetch: bool = True
-    """Start a person's message's search as soon as the request is read (embedding the query and the
-    vector query, in the memory service), so that it runs while the other stages do; the memory stage
-    then finishes it (BM25 and the fusion, which need the outgoing request). The results are those of a
-    search made in the stage; under load the stage waits less (issue 19's p99)."""
+    """Start a person's message's search (the embeddings) as soon as the request is read, while the other
+    stages run; the memory stage finishes it (BM25 and the fusion). Same results, less waiting."""
 
     shutdown_flush_s: float = 2.0
     """On shutdown, seconds spent storing pending items; the rest is stored at the next start."""
 
-
     chunk_tokens: int = 240
-    """Largest chunk of a long text, in the embedding model's word pieces (at most 254: the model sees
-    256, [CLS] and [SEP] included; a longer chunk would be embedded on its beginning only)."""
+    """Largest chunk of a long text, in the embedding model's word pieces (at most ``CHUNK_TOKENS_MAX``)."""
 
     timeout_ms: float = 150
     """Retrieval gives up after this long and the request goes without memory."""
@@ -138,8 +124,7 @@ class MemorySection(Section):
     this (a follow-up such as "and the tests?"); a self-contained question is searched alone."""
 
     common_term_ratio: float = 0.2
-    """Query words that more than this share of the stored items contain (names every message carries)
-    are left out of the vector query: they do not tell items apart but dominate a short query's embedding."""
+    """Query words more than this share of the stored items contain are left out of the vector query."""
 
     min_similarity: float = 0.2
     """Cosine similarity below which a vector hit does not count in the fusion."""
@@ -151,31 +136,25 @@ class MemorySection(Section):
     """How many of the best hits lend their neighbouring messages to that ranking."""
 
     speaker_weight: float = 2.0
-    """Weight, in the fusion, of rankings made within the turns of the one participant a question names
-    (a chat's speaker, ``MemoryItem.speaker``), in the current session: "What does Melanie do to
-    destress?" follows Melanie's turns (0: off)."""
+    """Weight, in the fusion, of rankings within the current session's turns of the one participant a
+    question names (``MemoryItem.speaker``) (0: off)."""
 
     date_weight: float = 1.0
-    """Weight, in the fusion, of rankings made within the current session's turns dated near a day the
-    question names ("on 16 June, 2023"; the date a client wrote before a turn, ``MemoryItem.when``)
-    (0: off)."""
+    """Weight, in the fusion, of rankings within the current session's turns dated near a day the question
+    names (``MemoryItem.when``) (0: off)."""
 
     relevance_floor: float = 0.23
     """Nothing is injected when the best candidate's cosine similarity to the query is below this (with a
-    model; BM25 alone has no absolute scale). 0.23: the 1st percentile of the best similarity of LoCoMo
-    questions asked of their own conversation's memory. 0: off."""
+    model). 0.23: the 1st percentile of LoCoMo questions' best similarity. 0: off."""
 
     other_sessions_weight: float = 0.35
-    """The current session first: when the tenant's memory holds other sessions too, the vector and BM25
-    rankings are made twice, within the current session and over the other sessions, and the latter
-    count this much in the fusion (1: no preference; 0: the current session only). A tenant holding
-    many sessions then ranks the current one's items as if it held that session alone."""
+    """The current session first: the rankings are made within it and over the tenant's other sessions,
+    the latter counting this much in the fusion (1: no preference; 0: the current session only)."""
 
     project_weight: float = 1.0
-    """The current project as the current session: the other sessions of the project the request's client
-    works in (its working directory, ``memory/project.py``) get rankings of their own, counted this much
-    in the fusion (1: like the current session's; below 1, the current session first); the rest of the
-    tenant counts ``other_sessions_weight``. At or below that: no preference for the project."""
+    """The other sessions of the client's project (its working directory, ``memory/project.py``) are
+    ranked on their own, counting this much in the fusion (at or below ``other_sessions_weight``: no
+    preference for the project)."""
 
     @field_validator("chunk_tokens")
     @classmethod

@@ -12,7 +12,7 @@ import pytest
 
 from contextwarden.models.base import ApiKind
 from contextwarden.sessionctl import commands, ledger
-from contextwarden.sessionctl.preview import decided_state, latest
+from contextwarden.sessionctl.commands import decided_state, latest
 from tests.contextwarden.store.test_state import prefix, redis_server  # noqa: F401 (fixtures: a real redis-server)
 from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides
 

@@ -157,3 +157,10 @@ def test_the_script_names_the_variable(monkeypatch, tmp_path):
     with pytest.raises(SettingsError, match="environment:\n  CONTEXTWARDEN_COMPACTION__SOFT_THRESHOLD: "):
         Runtime.from_profile("claude-code", tmp_path / "home")
     assert cli_main(["run", "--dry-run", "--home", str(tmp_path / "home")]) == 2
+
+
+def test_the_cli_credential_variable_is_not_a_setting(monkeypatch):
+    # CONTEXTWARDEN_CREDENTIAL is what `search`, `recall`, `memory` and `session` send as the caller's
+    # credential; `search` without a proxy loads the profile with it set
+    monkeypatch.setenv("CONTEXTWARDEN_CREDENTIAL", "sk-ant-test-0000")
+    assert load_settings("claude-code").name == "claude-code"
