@@ -135,7 +135,7 @@ def _ingest_run(emb: Embedder, items: list[MemoryItem], chunk_tokens: int, count
     with tempfile.TemporaryDirectory() as d:
         store = MemoryStore(Path(d), MemorySection(), emb)
         bus = EventBus(recent=100_000)
-        ing = Ingestor(store, bus, queue_size=100_000, chunk_tokens=chunk_tokens, count=count, backfill=False)
+        ing = Ingestor(store, bus, chunk_tokens=chunk_tokens, count=count, backfill=False)
         stored: list[str] = []
         orig = store.add_items
 

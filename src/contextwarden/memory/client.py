@@ -59,7 +59,7 @@ def socket_path(home: Path) -> Path:
 def store_key(settings) -> tuple:
     """What a memory service is opened with: settings that differ here need a new service."""
     m = settings.memory
-    return (m.chroma_url, m.model_dir, m.queue_size, m.chunk_tokens)
+    return (m.chroma_url, m.model_dir, m.chunk_tokens)
 
 
 class RemoteMemoryService:

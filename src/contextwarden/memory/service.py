@@ -65,7 +65,7 @@ class MemoryService:
     """Store + embedder + ingestor + lexical index + tagger of one runtime. Thread-safe."""
 
     def __init__(self, runtime: Host, background: bool = True, separate: bool = False) -> None:
-        # in the memory process (server.py): ingestion goes through the pending table, tags what comes
+        # in the memory process (server.py): the pending table is a file, ingestion tags what comes
         # untagged, and a shutdown flushes only ``memory.shutdown_flush_s``
         self.separate = separate
         self.bus = runtime.bus
@@ -134,15 +134,13 @@ class MemoryService:
                 self.bus.emit("error", {"where": "memory", "message": self.error,
                                         "action": "requests go without memory"})
             else:
-                # chunk sizes by the ingestor's cheap estimate: chunking measures text many times over
-                journal = None
-                if self.separate:
-                    journal = PendingTable(self.home / "memory-pending.sqlite", m.pending_max)
-                    if journal.recovered:
-                        self.bus.emit("memory", {"recovered": journal.recovered, "pending": journal.items})
-                self.ingestor = Ingestor(self.store, self.bus, m.queue_size, on_added=self._on_added,
-                                         journal=journal, batch_max=m.ingest_batch if self.separate else 256,
-                                         batch_chars=m.ingest_batch_chars,
+                # the memory process keeps what waits on disk (stored at the next start) and tags off the proxy
+                journal = PendingTable(self.home / "memory-pending.sqlite" if self.separate else None, m.pending_max)
+                if journal.recovered:
+                    self.bus.emit("memory", {"recovered": journal.recovered, "pending": journal.items})
+                self.ingestor = Ingestor(self.store, self.bus, self._on_added, journal=journal,
+                                         batch_max=m.ingest_batch if self.separate else 256,
+                                         batch_chars=m.ingest_batch_chars if self.separate else None,
                                          tag=self._tag if self.separate else None,
                                          on_originals=self.originals.put if self.originals is not None else None,
                                          on_indexed=self.lexical.add,
@@ -313,7 +311,7 @@ class MemoryService:
             step("lexical", self._save_lexical_within, max(1.5, left(0.0)) if end is not None else None)
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
-            if self.ingestor is not None and self.ingestor.journal is not None:
+            if self.ingestor is not None:
                 self.ingestor.journal.close()
             if self.store is not None:
                 step("store", self.store.close, None if end is None else left(1.0))

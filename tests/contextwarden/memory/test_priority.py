@@ -68,7 +68,7 @@ def test_ingestion_waits_while_a_search_runs_then_stores_everything(cw_home):
     gate = SearchFirst(max_wait_s=120)
     s.pause = gate.pause
     bus = EventBus()
-    ing = Ingestor(s, bus, queue_size=100, chunk_tokens=120, journal=PendingTable(cw_home / "pending.sqlite"),
+    ing = Ingestor(s, bus, chunk_tokens=120, journal=PendingTable(cw_home / "pending.sqlite"),
                    priority=gate)
     try:
         with gate:  # a search is running for the whole submission
@@ -93,7 +93,7 @@ def test_a_submission_is_searchable_by_its_words_at_once_while_a_search_runs(cw_
     gate = SearchFirst(max_wait_s=600)  # (a submission that waited for the search would wait this long)
     s.pause = gate.pause
     lexical = LexicalIndex()
-    ing = Ingestor(s, EventBus(), queue_size=100, chunk_tokens=120, journal=PendingTable(cw_home / "pending.sqlite"),
+    ing = Ingestor(s, EventBus(), chunk_tokens=120, journal=PendingTable(cw_home / "pending.sqlite"),
                    priority=gate, on_indexed=lexical.add)
     waited = threading.Event()
     try:
