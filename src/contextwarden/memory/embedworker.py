@@ -9,7 +9,7 @@ thread of the memory process could not do this: descheduled, it could hold the i
 searches need. The model is loaded before the worker drops to the idle class (:func:`load`).
 
 Searches embed their short queries in the memory process itself, at once (the thread that asks
-decides: only background threads, ``SearchFirst.background``, come here). Fails open: a worker that
+decides: only the ingestor's storer comes here). Fails open: a worker that
 cannot start, dies or does not answer in time leaves the call to the in-process embedder, except once
 closed (shutdown), where the batch fails and its rows stay pending for the next start.
 """

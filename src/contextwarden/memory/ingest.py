@@ -35,7 +35,6 @@ from .turns import units
 
 if TYPE_CHECKING:
     from ..core.events import EventBus
-    from .priority import SearchFirst
     from .store import MemoryStore
 
 _ERROR_EVERY = 60.0  # seconds between repeated identical error events
@@ -61,7 +60,7 @@ class Ingestor:
                  on_added: Callable[[list[MemoryItem]], object] | None = None, *,
                  journal: PendingTable | None = None, chunk_tokens: int | None = None,
                  count: Callable[[str], int] | None = None, backfill: bool = True, batch_max: int = 256,
-                 batch_chars: int | None = None, priority: SearchFirst | None = None,
+                 batch_chars: int | None = None,
                  tag: Callable[[str], list[str]] | None = None,
                  on_originals: Callable[[list[MemoryItem]], None] | None = None,
                  on_indexed: Callable[[list[MemoryItem]], object] | None = None,
@@ -92,7 +91,6 @@ class Ingestor:
         self.batch_max = max(1, int(batch_max))
         self.batch_chars = batch_chars
         self.tag = tag  # tags items that come untagged (the memory process tags off the proxy)
-        self.priority = priority  # searches first: this worker waits between its steps while one runs
         # submissions indexed by their words, oldest first, that the storer has not stored yet (one per
         # journal row; their rows stay in the journal until stored)
         self._indexed: deque[_Indexed] = deque()
@@ -174,14 +172,11 @@ class Ingestor:
         return self._indexed_items
 
     # --- the storer ----------------------------------------------------------------------------------
-    def _pause(self) -> None:
-        if self.priority is not None:
-            self.priority.pause()
+    def is_storer(self) -> bool:
+        return threading.current_thread() is self._thread
 
     def _run(self) -> None:
         _lower_priority()
-        if self.priority is not None:
-            self.priority.background()
         for rid, items, info in self.journal.recovered_rows():  # what the last run left: searchable again first
             self._queue_indexed(rid, items, info)
         if self._backfill:
@@ -314,13 +309,11 @@ class Ingestor:
             tagged = set()
             for k, it in enumerate(items):
                 if not it.tags:
-                    self._pause()
                     it.tags = self.tag(it.text)
                     tagged.add(k)
             for chunk, k in zip(prepared, done.owner):
                 if k in tagged:  # the same objects the lexical index holds: their tags appear there too
                     chunk.tags = list(items[k].tags)
-        self._pause()
         try:
             new = self.store.add_items(prepared, text_only=text_only)
         except Exception as e:

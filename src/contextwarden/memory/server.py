@@ -129,8 +129,6 @@ class MemoryServer:
         if op == "get":
             return wire.encode(getattr(svc, name))
         if op == "call":
-            if name in BACKGROUND:
-                svc.priority.background()  # (this call runs on the background thread)
             fn = getattr(svc, name)
             return wire.encode(fn(*wire.decode(msg.get("a") or []), **wire.decode(msg.get("k") or {})))
         raise ValueError(f"unknown op {op!r}")

@@ -37,7 +37,6 @@ from .lexical import LexicalIndex, load_snapshot, save_snapshot
 from .lexical_refresh import LexicalRefresh
 from .originals import OriginalStore
 from .pending import PendingTable
-from .priority import SearchFirst
 from .retrieve import Query, Retrieval, Retriever
 from .scope import SessionVectors
 from .store import MemoryStore
@@ -94,8 +93,6 @@ class MemoryService:
         self._keep_cv = threading.Condition()
         self._keep_busy = False
         self._keep_thread: threading.Thread | None = None
-        # searches first: ingestion's threads wait between their steps while one runs (priority.py)
-        self.priority = SearchFirst()
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
         self._scope: SessionVectors | None = None  # made with the first retriever
@@ -118,17 +115,15 @@ class MemoryService:
             emb, self.embedder_message = load_embedder(m.model_dir)
             if emb is not None:
                 emb.warm()
-                emb.pause = self.priority.pause  # between embedding runs, ingestion yields to searches
                 self.embedder = CachedEmbedder(emb, disk=m.embed_cache)
                 if self.separate and m.embed_idle:
                     self.embedder.background = BackgroundEmbedder(emb, str(emb.model_dir))
-                    self.embedder.is_background = self.priority.is_background
+                    self.embedder.is_background = self._on_storer
                 if self.settings.tagging.embedding_tagger:
                     self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:
                 return
             self.store = MemoryStore(self.home, m, self.embedder)
-            self.store.pause = self.priority.pause  # and before each batch it stores
             if not self.store.available:
                 self.error = self.store.error
                 self.bus.emit("error", {"where": "memory", "message": self.error,
@@ -143,8 +138,7 @@ class MemoryService:
                                          batch_chars=m.ingest_batch_chars if self.separate else None,
                                          tag=self._tag if self.separate else None,
                                          on_originals=self.originals.put if self.originals is not None else None,
-                                         on_indexed=self.lexical.add,
-                                         priority=self.priority, redact=self.redact)
+                                         on_indexed=self.lexical.add, redact=self.redact)
         except Exception as e:  # memory is an extra: the proxy runs without it
             self.error = f"{type(e).__name__}: {e}"
             self.bus.emit("error", {"where": "memory", "message": self.error, "action": "requests go without memory"})
@@ -253,6 +247,10 @@ class MemoryService:
     def _tag(self, text: str) -> list[str]:
         """The storer's tags of a text the pending table holds (redacted when it was submitted)."""
         return self.tagger.tag(text, redacted=True) if self.settings.tagging.enabled else []
+
+    def _on_storer(self) -> bool:
+        """The calling thread is the storer: its embeddings go to the background worker (embedworker.py)."""
+        return self.ingestor is not None and self.ingestor.is_storer()
 
     def _on_added(self, items) -> None:
         self.lexical.add(items)  # (indexed before they were embedded: a no-op then)
@@ -365,20 +363,11 @@ class MemoryService:
                 settings=None, n: int | None = None, session: str | None = None, project: str | None = None) -> None:
         """Start the vector half of the search that :meth:`search` with ``prepared=token`` and these same
         arguments will finish (:meth:`Retriever.start`), as the request is read, so the embedding runs
-        while the other stages do (``memory.prefetch``). Ingestion waits while it runs, as for a search.
-        A search with other arguments, or none within ``PREPARED_TTL_S``, leaves it unused."""
+        while the other stages do (``memory.prefetch``). A search with other arguments, or none within
+        ``PREPARED_TTL_S``, leaves it unused."""
         if not self.available:
             return
-        self.priority.__enter__()
-        try:
-            v = self.retriever(settings).start(query, tenants, workspace=workspace, n=n, session=session, project=project)
-        except BaseException:
-            self.priority.__exit__(None, None, None)
-            raise
-        if v.future is not None:
-            v.future.add_done_callback(lambda _f: self.priority.__exit__(None, None, None))
-        else:
-            self.priority.__exit__(None, None, None)
+        v = self.retriever(settings).start(query, tenants, workspace=workspace, n=n, session=session, project=project)
         now = time.monotonic()
         with self._prepared_lock:
             self._prepared[token] = (v, now)
@@ -397,10 +386,9 @@ class MemoryService:
             with self._prepared_lock:
                 got = self._prepared.pop(prepared, None)
             vectors = got[0] if got is not None else None
-        with self.priority:  # ingestion waits meanwhile (priority.py)
-            ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude,
-                                                  timeout_s=timeout_s, n=n, neighbours=self.neighbours, session=session,
-                                                  project=project, vectors=vectors)
+        ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude, timeout_s=timeout_s,
+                                              n=n, neighbours=self.neighbours, session=session, project=project,
+                                              vectors=vectors)
         if not self.lexical_ready and ret.mode in ("hybrid", "lexical"):
             ret.mode += " (lexical index building)"
         return ret
