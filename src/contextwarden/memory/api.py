@@ -133,8 +133,7 @@ class RecallApi:
                 raise Refused(400, str(e)) from None
         svc = self.service()
         if method == "status":
-            return {"pid": os.getpid(), "memory": svc is not None and svc.available,
-                    "originals": svc is not None and svc.originals is not None}
+            return {"pid": os.getpid(), "memory": svc is not None and svc.available}
         if svc is None:
             raise Refused(503, "memory is off in this proxy's profile")
         tenants, ws = mine if mine is not None else svc.tenants(), self.runtime.settings.memory.shared_workspace

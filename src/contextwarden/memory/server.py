@@ -3,12 +3,12 @@
 ``python -m contextwarden.memory.server --home DIR --socket PATH [--profile P] [--parent-pid N]``
 
 The proxy starts it (see :mod:`contextwarden.memory.client`), so that embedding, the lexical index,
-Chroma, tagging for memory and ingestion never hold the proxy's interpreter lock. It serves any method
-of the service by name (arguments and results through :mod:`contextwarden.memory.wire`), forwards the
-events the service emits to every connection that asked for them, and exits when asked to close, on
-SIGTERM, or when the process that started it is gone. The socket file is created with mode 0600.
+Chroma, tagging for memory and ingestion never hold the proxy's interpreter lock. It calls any public
+method of the service by name (frames: :mod:`contextwarden.memory.wire`), forwards the events the
+service emits to every connection that asked for them, and exits when asked to close, on SIGTERM, or
+when the process that started it is gone. The socket file is created with mode 0600.
 
-Frames in: ``{"id", "op": "open"|"call"|"kind"|"get"|"ready"|"state"|"close"|"events", ...}``;
+Frames in: ``{"id", "op": "open"|"call"|"close"|"events", ...}`` (a call: ``m``, ``a``, ``k``);
 frames out: ``{"id", "r": result}`` or ``{"id", "e": {"type", "message"}}``, and ``{"ev": event}``.
 """
 
@@ -106,7 +106,7 @@ class MemoryServer:
     def _handle(self, msg: dict):
         op = msg.get("op")
         if op == "open":
-            self._open(wire.decode(msg["settings"]))
+            self._open(msg["settings"])
             return True
         if op == "close":
             self.close()
@@ -114,24 +114,12 @@ class MemoryServer:
         svc = self.service
         if svc is None:
             raise RuntimeError("memory service not open")
-        if op == "ready":
-            return svc.ready.wait(float(msg.get("timeout", 0)))
-        if op == "state":
-            return {"ready": svc.ready.is_set(), "available": svc.available, "error": svc.error,
-                    "lexical_ready": svc.lexical_ready, "pid": os.getpid()}
+        if op != "call":
+            raise ValueError(f"unknown op {op!r}")
         name = msg.get("m", "")
         if name.startswith("_"):
             raise AttributeError(f"{name} is private")
-        if op == "kind":
-            if not hasattr(svc, name):
-                return "missing"
-            return "method" if callable(getattr(svc, name)) else "value"
-        if op == "get":
-            return wire.encode(getattr(svc, name))
-        if op == "call":
-            fn = getattr(svc, name)
-            return wire.encode(fn(*wire.decode(msg.get("a") or []), **wire.decode(msg.get("k") or {})))
-        raise ValueError(f"unknown op {op!r}")
+        return getattr(svc, name)(*msg.get("a", ()), **msg.get("k", {}))
 
     def _serve_call(self, conn: socket.socket, lk: threading.Lock, msg: dict) -> None:
         try:

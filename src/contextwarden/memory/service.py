@@ -257,6 +257,11 @@ class MemoryService:
         if self._scope is not None:
             self._scope.stored(items)
 
+    def state(self, wait_s: float = 0.0) -> dict:
+        """Open yet (waiting up to ``wait_s`` for it), available, the error, the lexical index complete."""
+        return {"ready": self.ready.wait(wait_s), "available": self.available, "error": self.error,
+                "lexical_ready": self.lexical_ready}
+
     def wait_ready(self, timeout: float = 60) -> bool:
         """Block until the store is open and the lexical index rebuilt (tests, CLI, evaluation)."""
         ok = self.ready.wait(timeout)
@@ -613,7 +618,8 @@ def configure(runtime, background: bool = True) -> MemoryService | RemoteMemoryS
         old.close()
     if not settings.memory.enabled:
         return None
-    svc = RemoteMemoryService(runtime) if process_mode(settings) == "separate" else MemoryService(runtime, background)
+    svc = RemoteMemoryService(runtime, MemoryService) if process_mode(settings) == "separate" \
+        else MemoryService(runtime, background)
     with slot.lock:
         slot.svc = svc
     return svc
