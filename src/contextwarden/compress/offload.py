@@ -17,14 +17,12 @@ text, byte for byte, as in-line (``tests/contextwarden/compress/test_offload.py`
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 import tiktoken
 
 from contextwarden.core.workerpool import PARTS, Offload, Unavailable
-from contextwarden.memory import service as memory_service
+from contextwarden.memory.service import process_mode as mode
 from contextwarden.util.redact import redact_text
 
 from . import Limits, compress, render
@@ -61,12 +59,3 @@ def _count(text: str, encoding: str | None) -> int | None:
         return len(tiktoken.get_encoding(encoding).encode_ordinary(text))  # (tiktoken keeps it loaded)
     except Exception:  # not loadable here: the proxy counts
         return None
-
-
-def mode(setting: str) -> str:
-    """``separate`` or ``inline`` for the ``compression.process`` setting (``auto``: as memory decides
-    where ``memory.process: auto`` runs: separate in the proxy, in-line in tests, replay, evaluations)."""
-    if setting != "auto":
-        return setting
-    tool = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return "separate" if tool.startswith(memory_service._PROXY_TOOLS) else memory_service.AUTO_PROCESS

@@ -1,6 +1,6 @@
 """The memory process: one :class:`~contextwarden.memory.service.MemoryService` behind a Unix socket.
 
-``python -m contextwarden.memory.server --home DIR --socket PATH [--profile P] [--parent-pid N]``
+``python -m contextwarden.memory.server --home DIR --socket PATH [--parent-pid N]``
 
 The proxy starts it (see :mod:`contextwarden.memory.client`), so that embedding, the lexical index,
 Chroma, tagging for memory and ingestion never hold the proxy's interpreter lock. It calls any public
@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from ..core.events import EventBus
-from ..settings import load_settings
 from . import wire
 from .service import MemoryService
 
@@ -52,11 +51,10 @@ class _Runtime:
 
 
 class MemoryServer:
-    def __init__(self, home: str | Path, sock_path: str | Path, settings=None, parent_pid: int | None = None) -> None:
+    def __init__(self, home: str | Path, sock_path: str | Path, parent_pid: int | None = None) -> None:
         self.home = Path(home)
         self.sock_path = str(sock_path)
         self.bus = EventBus(recent=16)
-        self.settings = settings
         self.service: MemoryService | None = None
         self.parent_pid = parent_pid
         self._lock = threading.Lock()
@@ -67,14 +65,11 @@ class MemoryServer:
         self._stop = threading.Event()
         self._closed = threading.Event()
         self.bus.subscribe(self._forward)
-        if settings is not None:
-            self._open(settings)
 
     # --- the service ------------------------------------------------------------------------------
     def _open(self, settings):
         with self._lock:
             if self.service is None:
-                self.settings = settings
                 self.service = MemoryService(_Runtime(settings, self.home, self.bus), background=True, separate=True)
             return self.service
 
@@ -226,14 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m contextwarden.memory.server")
     ap.add_argument("--home", required=True)
     ap.add_argument("--socket", required=True)
-    ap.add_argument("--profile", default=None, help="open the service at once with this profile's settings "
-                                                   "(otherwise the first client sends its settings)")
     ap.add_argument("--parent-pid", type=int, default=None)
     args = ap.parse_args(argv)
-    settings = None
-    if args.profile:
-        settings = load_settings(args.profile, Path(args.home))
-    server = MemoryServer(args.home, args.socket, settings, parent_pid=args.parent_pid)
+    server = MemoryServer(args.home, args.socket, parent_pid=args.parent_pid)
 
     def on_term(signum, frame) -> None:
         threading.Thread(target=server.close, name="cw-memsrv-term", daemon=True).start()

@@ -570,10 +570,10 @@ AUTO_PROCESS = "inline"
 _PROXY_TOOLS = ("mitmdump", "mitmproxy", "mitmweb")
 
 
-def process_mode(settings) -> str:
-    mode = getattr(settings.memory, "process", "inline")
-    if mode != "auto":
-        return mode
+def process_mode(setting: str) -> str:
+    """``separate`` or ``inline`` for a ``*.process`` setting (memory's, the compression stage's)."""
+    if setting != "auto":
+        return setting
     tool = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     return "separate" if tool.startswith(_PROXY_TOOLS) else AUTO_PROCESS
 
@@ -610,7 +610,7 @@ def configure(runtime, background: bool = True) -> MemoryService | RemoteMemoryS
     slot = runtime.memo(SLOT, _Slot)
     with slot.lock:
         old = svc = slot.svc
-        if settings.memory.enabled and svc is not None and (process_mode(settings) == "separate") == svc.separate \
+        if settings.memory.enabled and svc is not None and (process_mode(settings.memory.process) == "separate") == svc.separate \
                 and svc.update(settings):
             return svc  # applied in place
         slot.svc = None
@@ -618,7 +618,7 @@ def configure(runtime, background: bool = True) -> MemoryService | RemoteMemoryS
         old.close()
     if not settings.memory.enabled:
         return None
-    svc = RemoteMemoryService(runtime, MemoryService) if process_mode(settings) == "separate" \
+    svc = RemoteMemoryService(runtime, MemoryService) if process_mode(settings.memory.process) == "separate" \
         else MemoryService(runtime, background)
     with slot.lock:
         slot.svc = svc
