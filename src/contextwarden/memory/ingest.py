@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..models.base import ApiKind
@@ -126,12 +126,11 @@ class Ingestor:
     def _queue_indexed(self, rid: int, items: list[MemoryItem], info: dict) -> None:
         """A submission's row indexed by its words now and queued for the storer."""
         try:
-            done = self._index(items, info)
+            done = self._index(items, info, rid)
         except Exception as e:  # a poison submission is dropped, never the caller's problem
             self._error(e, len(items))
             self.journal.done([rid])
             return
-        done.rows = [rid]
         with self._cv:
             self._indexed.append(done)
             self._indexed_items += done.submitted
@@ -216,19 +215,19 @@ class Ingestor:
                     n += nxt.submitted
                     chars += nxt.chars
             self._indexed_items -= sum(t.submitted for t in taken)
-        batch = _Indexed.merge(taken)
+        rows = [t.row for t in taken]
         try:
             if not taken:
                 self._embed_deferred()
                 return True
-            self._store(batch, in_flight=batch.submitted, text_only=over)
+            self._store(taken, text_only=over)
         except Exception as e:  # never let the worker die; the rows are dropped (a poison batch must not loop)
             if self._closing:  # (failed because memory is shutting down: the rows stay for the next start)
-                batch.rows = []
+                rows = []
             else:
-                self._error(e, batch.submitted)
+                self._error(e, sum(t.submitted for t in taken))
         finally:
-            table.done(batch.rows)
+            table.done(rows)
             with self._cv:
                 self._busy = False
                 self._cv.notify_all()
@@ -258,34 +257,29 @@ class Ingestor:
         except Exception as e:
             self._error(e, 0, where="memory.backfill")
 
-    def _index(self, its: list[MemoryItem], info: dict) -> _Indexed:
+    def _index(self, its: list[MemoryItem], info: dict, row: int) -> _Indexed:
         """A submission (redacted) made ready to store: items stored before skipped, the rest chunked
         (sizes in the model's word pieces); their originals kept; the chunks indexed by their words
         (``on_indexed``). Tagged by :meth:`_store`."""
         t0 = time.perf_counter()
-        items: list[MemoryItem] = []
+        fresh: list[MemoryItem] = []
         with self._seen_lock:  # (the storer adds to it meanwhile)
             for it in its:
-                key = (it.workspace or it.tenant, it.source_id or memory_id(it.text))
+                key = _seen_key(it)
                 if key in self._seen:  # stored before: no chunking, no lookup
                     self._seen.move_to_end(key)
-                    continue
-                items.append(it)
-        skipped = len(its) - len(items)
-        self.stats["skipped_seen"] += skipped
+                else:
+                    fresh.append(it)
+        self.stats["skipped_seen"] += len(its) - len(fresh)
         prepared: list[MemoryItem] = []
-        owner: list[int] = []  # index in ``items`` of each prepared item
-        for k, it in enumerate(items):
+        owner: list[int] = []  # index in ``fresh`` of each prepared item
+        for k, it in enumerate(fresh):
             pieces = chunk_text(it.text, self.chunk_tokens, self.count) if len(it.text) > self.chunk_tokens else [it.text]
-            if len(pieces) <= 1:
-                prepared.append(it)
-                owner.append(k)
-            else:
-                prepared += [_replace(it, text=p, kind="chunk") for p in pieces]
-                owner += [k] * len(pieces)
-        if self.on_originals is not None and items:
+            prepared += [it] if len(pieces) <= 1 else [_replace(it, text=p, kind="chunk") for p in pieces]
+            owner += [k] * max(1, len(pieces))
+        if self.on_originals is not None and fresh:
             try:
-                self.on_originals(items)
+                self.on_originals(fresh)
             except Exception as e:
                 self._error(e, 0, where="memory.originals")
         if self.on_indexed is not None and prepared:
@@ -294,84 +288,68 @@ class Ingestor:
                 self.stats["indexed"] += len(prepared)
             except Exception as e:
                 self._error(e, 0, where="memory.index")
-        return _Indexed(batches=[(its, info)], items=items, sub=[0] * len(items), skipped=[skipped],
-                        prepared=prepared, owner=owner, redacted=int(info.get(REDACTED_NOTE) or 0),
-                        ms=(time.perf_counter() - t0) * 1000)
+        return _Indexed(its, info, fresh, prepared, owner, (time.perf_counter() - t0) * 1000, row)
 
-    def _store(self, done: _Indexed, in_flight: int = 0, text_only: bool = False) -> None:
-        """Tag, embed and store what :meth:`_index` made (``text_only``: stored now, embedded later)."""
+    def _store(self, parts: list[_Indexed], text_only: bool = False) -> None:
+        """Tag, embed and store what :meth:`_index` made of some submissions, in one go (``text_only``:
+        stored now, embedded later): a ``memory`` event, and an ``ingest`` event per submission of history
+        the proxy had not seen live (the TUI shows it as a dimmed row)."""
         t0 = time.perf_counter()
-        batches = done.batches
         # the embedding lag: how long the batch's oldest item waited since its turn completed
-        lag_s = round(max(0.0, time.time() - min((it.ts for its, _ in batches for it in its), default=time.time())), 1)
-        items, prepared, redacted = done.items, done.prepared, done.redacted
-        if self.tag is not None:
-            tagged = set()
-            for k, it in enumerate(items):
-                if not it.tags:
-                    it.tags = self.tag(it.text)
-                    tagged.add(k)
-            for chunk, k in zip(prepared, done.owner):
-                if k in tagged:  # the same objects the lexical index holds: their tags appear there too
-                    chunk.tags = list(items[k].tags)
+        lag_s = round(max(0.0, time.time() - min(it.ts for p in parts for it in p.items)), 1)
+        for p in parts:
+            if self.tag is not None:
+                for it in p.fresh:
+                    if not it.tags:
+                        it.tags = self.tag(it.text)
+                for chunk, k in zip(p.prepared, p.owner):  # the objects the lexical index holds: tagged there too
+                    chunk.tags = list(p.fresh[k].tags)
+        prepared = [it for p in parts for it in p.prepared]
         try:
             new = self.store.add_items(prepared, text_only=text_only)
         except Exception as e:
-            self._error(e, len(items))
+            self._error(e, sum(len(p.fresh) for p in parts))
             return
         with self._seen_lock:
-            for it in items:
-                self._seen[(it.workspace or it.tenant, it.source_id or memory_id(it.text))] = None
+            for p in parts:
+                self._seen.update(dict.fromkeys(map(_seen_key, p.fresh)))
             while len(self._seen) > self.SEEN:
                 self._seen.popitem(last=False)
-        ms = round(done.ms + (time.perf_counter() - t0) * 1000, 1)
+        ms = round(sum(p.ms for p in parts) + (time.perf_counter() - t0) * 1000, 1)
         new_ids = {(_pkey(it), it.id) for it in new}
+        redacted = sum(int(p.info.get(REDACTED_NOTE) or 0) for p in parts)
         self.stats["stored"] += len(prepared)
         self.stats["new"] += len(new)
         if text_only:
             self.deferred += len(new)
             self.stats["stored_text_only"] += len(new)
         self.stats["redacted"] += redacted
-        chunks = sum(1 for it in prepared if it.kind == "chunk")
         # what waits after this batch: the journal still counts the batch's rows until they are done
-        queued = max(0, self.pending - in_flight)
-        sessions = {info["session"] for _, info in batches}
+        queued = max(0, self.pending - sum(p.submitted for p in parts))
+        sessions = {p.info["session"] for p in parts}
         self.bus.emit("memory", {"ingested": len(prepared), "new": len(new), "ms": ms, "redacted": redacted,
-                                 "chunks": chunks, "items": sum(len(b) for b, _ in batches),
-                                 "deduplicated": len(prepared) - len(new) + sum(done.skipped), "queued": queued,
-                                 "lag_s": lag_s, "indexed": self._indexed_items,
+                                 "chunks": sum(it.kind == "chunk" for it in prepared),
+                                 "items": sum(p.submitted for p in parts),
+                                 "deduplicated": len(prepared) - len(new) + sum(p.skipped for p in parts),
+                                 "queued": queued, "lag_s": lag_s, "indexed": self._indexed_items,
                                  **({"text_only": len(new), "deferred": self.deferred} if text_only else {})},
                       session=sessions.pop() if len(sessions) == 1 else None)
-        self._emit_history(batches, done.sub, done.owner, prepared, new_ids, done.skipped, ms, queued)
+        for p in parts:
+            if p.info["history"]:
+                fresh_new = sum((_pkey(it), it.id) in new_ids for it in p.prepared)
+                tags = Counter(t for it in p.prepared for t in it.tags)
+                self.bus.emit("ingest", {
+                    "session": p.info["session"], "items": len(p.prepared), "new": fresh_new, "ms": ms,
+                    "chunks": sum(it.kind == "chunk" for it in p.prepared), "queued": queued,
+                    "deduplicated": len(p.prepared) - fresh_new + p.skipped, "history": True,
+                    "messages": p.info["messages"], "turn": max(it.turn for it in p.items),
+                    "tags": [t for t, _ in tags.most_common(6)]},
+                    flow_id=p.info["flow_id"], session=p.info["session"])
         if new and self.on_added is not None:
             try:
                 self.on_added(new)
             except Exception as e:
                 self._error(e, 0, where="memory.on_added")
-
-    def _emit_history(self, batches, sub, owner, prepared, new_ids, skipped, ms, queued) -> None:
-        """One ``ingest`` event per submission of history the proxy had not seen live (the TUI shows it
-        as a dimmed row)."""
-        if not any(info["history"] for _, info in batches):
-            return
-        per: list[dict] = [{"items": 0, "chunks": 0, "new": 0, "tags": Counter()} for _ in batches]
-        for it, k in zip(prepared, owner):
-            p = per[sub[k]]
-            p["items"] += 1
-            p["chunks"] += it.kind == "chunk"
-            p["new"] += (_pkey(it), it.id) in new_ids
-            p["tags"].update(it.tags)
-        for b, (its, info) in enumerate(batches):
-            if not info["history"]:
-                continue
-            p = per[b]
-            turns = [it.turn for it in its]
-            self.bus.emit("ingest", {
-                "session": info["session"], "items": p["items"], "chunks": p["chunks"], "new": p["new"],
-                "deduplicated": p["items"] - p["new"] + skipped[b], "ms": ms, "queued": queued,
-                "history": True, "messages": info["messages"], "turn": max(turns) if turns else None,
-                "tags": [t for t, _ in p["tags"].most_common(6)]},
-                flow_id=info["flow_id"], session=info["session"])
 
     def _error(self, e: BaseException, n: int, where: str = "memory.ingest") -> None:
         self.stats["errors"] += 1
@@ -386,44 +364,32 @@ class Ingestor:
 
 @dataclass
 class _Indexed:
-    """Submissions :meth:`Ingestor._index` made ready to store (searchable by their words already when
-    the ingestor has ``on_indexed``)."""
+    """A submission :meth:`Ingestor._index` made ready to store (searchable by its words already)."""
 
-    batches: list  # the submissions: (items, info)
-    items: list  # their items not stored before
-    sub: list  # submission of each item
-    skipped: list  # items per submission stored before
-    prepared: list  # what is stored: the items redacted and chunked
-    owner: list  # index in ``items`` of each prepared item
-    redacted: int = 0
-    ms: float = 0.0
-    rows: list = field(default_factory=list)  # journal rows, done once stored
+    items: list[MemoryItem]  # as submitted (redacted)
+    info: dict
+    fresh: list[MemoryItem]  # its items not stored before
+    prepared: list[MemoryItem]  # what is stored: ``fresh`` chunked
+    owner: list[int]  # index in ``fresh`` of each prepared item
+    ms: float
+    row: int  # its journal row, done once stored
 
     @property
     def submitted(self) -> int:
-        """Items as the journal counts them (its ``n`` per row)."""
-        return sum(len(its) for its, _ in self.batches)
+        """Items as the journal counts them."""
+        return len(self.items)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.items) - len(self.fresh)
 
     @property
     def chars(self) -> int:
         return sum(len(it.text) for it in self.prepared)
 
-    @classmethod
-    def merge(cls, parts: list[_Indexed]) -> _Indexed:
-        """One batch of several (one embedding run and one store call for all)."""
-        out = cls(batches=[], items=[], sub=[], skipped=[], prepared=[], owner=[])
-        for p in parts:
-            nb, ni = len(out.batches), len(out.items)
-            out.batches += p.batches
-            out.items += p.items
-            out.sub += [k + nb for k in p.sub]
-            out.skipped += p.skipped
-            out.prepared += p.prepared
-            out.owner += [k + ni for k in p.owner]
-            out.redacted += p.redacted
-            out.ms += p.ms
-            out.rows += p.rows
-        return out
+
+def _seen_key(it: MemoryItem) -> tuple[str, str]:
+    return (it.workspace or it.tenant, it.source_id or memory_id(it.text))
 
 
 def _pkey(it: MemoryItem) -> str:
