@@ -2,12 +2,11 @@
 not held by it.
 
 Compressing a large tool result the first time it is seen (choosing the compressor, running it, the first
-line, redacting the whole text, counting its tokens) is pure Python and regular expressions: ~5 ms of a
-request's ~30 ms in the proxy process on the load benchmark, all of it holding the GIL that the event
-loop and every other request also need (bench/proxy_cpu.py). :func:`first_sight` is that work as one pure
-function of its arguments; the stage calls it in-line (tests, replay, evaluations: ``compression.process``
-``inline``) or, in the proxy (``separate``; ``auto`` is separate in a mitmdump process), in one of
-``compression.workers`` worker processes (:class:`Offload`), waiting at most until its own budget is spent.
+line, redacting the whole text, counting its tokens) is pure Python holding the interpreter lock the event
+loop needs. :func:`first_sight` is that work as one pure function of its arguments; the stage calls it
+in-line (tests, replay, evaluations: ``compression.process`` ``inline``) or, in the proxy (``separate``;
+``auto`` is separate in a mitmdump process), in one of ``compression.workers`` worker processes
+(:class:`Offload`), waiting at most until its own budget is spent.
 
 Fails open (``workerpool.py``): a worker that gives no answer in time, has died, is still starting or
 cannot be started leaves that result uncompressed, exactly what the result gets when the stage runs past

@@ -87,12 +87,9 @@ class MemoryService:
         self._recent = LRU(RECENT_IDS)  # ids submitted lately -> True
         self.originals = _open_originals(self.home)
         self._forgotten: set[tuple[str, str]] = set()  # (tenant, session) deleted while running
-        self._keep_q: list[tuple[list, bool]] = []  # (items, searchable) keep() took, for the keeper thread
         # a text's redaction, remembered a while (:meth:`redact`)
         self._redactions = LRU(REDACT_MEMO_CHARS, size=len, min_size=REDACT_MEMO_MIN)
-        self._keep_cv = threading.Condition()
-        self._keep_busy = False
-        self._keep_thread: threading.Thread | None = None
+        self._keeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-memory-keep")  # keep()'s work, in order
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
         self._scope: SessionVectors | None = None  # made with the first retriever
@@ -253,8 +250,7 @@ class MemoryService:
         return self.ingestor is not None and self.ingestor.is_storer()
 
     def _on_added(self, items) -> None:
-        self.lexical.add(items)  # (indexed before they were embedded: a no-op then)
-        if self._scope is not None:
+        if self._scope is not None:  # (the lexical index has them since they were submitted)
             self._scope.stored(items)
 
     def state(self, wait_s: float = 0.0) -> dict:
@@ -314,6 +310,7 @@ class MemoryService:
             step("lexical", self._save_lexical_within, max(1.5, left(0.0)) if end is not None else None)
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self._keeper.shutdown(wait=False)
             if self.ingestor is not None:
                 self.ingestor.journal.close()
             if self.store is not None:
@@ -409,12 +406,10 @@ class MemoryService:
         todo = [it for it in items if it.text and it.text.strip()]
         if not todo:
             return []
-        with self._keep_cv:
-            self._keep_q.append((todo, searchable))
-            self._keep_cv.notify()
-            if self._keep_thread is None:
-                self._keep_thread = threading.Thread(target=self._keeper, name="cw-memory-keep", daemon=True)
-                self._keep_thread.start()
+        try:
+            self._keeper.submit(self._keep_now, todo, searchable)
+        except RuntimeError:  # closed
+            return []
         return [it.source_id or it.memory_id for it in todo]
 
     def redact(self, text: str) -> tuple[str, int]:
@@ -422,37 +417,23 @@ class MemoryService:
         its turn ends (redacting 12 KB of code costs ~1 ms)."""
         return self._redactions.get(text, lambda: secrets.redact_secrets(text))
 
-    def _keeper(self) -> None:
-        while True:
-            with self._keep_cv:
-                while not self._keep_q:
-                    self._keep_busy = False
-                    self._keep_cv.notify_all()
-                    self._keep_cv.wait()
-                batch = [(it, searchable) for b, searchable in self._keep_q for it in b]
-                self._keep_q.clear()
-                self._keep_busy = True
-            wholes = [_replace(it, text=self.redact(it.text)[0], source_id=it.source_id or it.memory_id)
-                      for it, _ in batch]
-            try:
-                if self.originals is not None:
-                    self.originals.put(wholes)
-            except Exception as e:  # an unwritable file costs recall, never the proxy
-                self.bus.emit("error", {"where": "memory.originals", "message": f"{type(e).__name__}: {e}",
-                                        "action": f"{len(batch)} originals not kept"})
-            searchable = [it for it, s in batch if s]
-            if searchable and self.ingestor is not None:
-                self.submit(searchable)  # (off the connection's thread, which keep() no longer holds for it)
+    def _keep_now(self, items: list, searchable: bool) -> None:
+        wholes = [_replace(it, text=self.redact(it.text)[0], source_id=it.source_id or it.memory_id) for it in items]
+        try:
+            if self.originals is not None:
+                self.originals.put(wholes)
+        except Exception as e:  # an unwritable file costs recall, never the proxy
+            self.bus.emit("error", {"where": "memory.originals", "message": f"{type(e).__name__}: {e}",
+                                    "action": f"{len(items)} originals not kept"})
+        if searchable and self.ingestor is not None:
+            self.submit(items)  # (off the connection's thread, which keep() does not hold for it)
 
     def flush_kept(self, timeout: float = 10) -> bool:
         """Wait until every item :meth:`keep` took is written."""
-        deadline = time.monotonic() + timeout
-        with self._keep_cv:
-            while self._keep_q or self._keep_busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._keep_cv.wait(left)
+        try:
+            self._keeper.submit(lambda: None).result(timeout)  # (one worker: after everything before it)
+        except (TimeoutError, RuntimeError):  # (RuntimeError: closed)
+            return False
         return True
 
     def recall(self, memory_ids: list[str], tenants: list[str], workspace: str | None = None,
