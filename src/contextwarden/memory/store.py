@@ -234,6 +234,12 @@ class MemoryStore:
             self._open()
         return self.available
 
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self, timeout: float | None = None) -> None:
         """Release Chroma and the writer lock. The store is unusable afterwards. ``timeout``: how long to
         wait for a write in progress (an ingestion batch embedding holds the store); past it, the store
