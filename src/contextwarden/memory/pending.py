@@ -33,10 +33,9 @@ class PendingTable:
                          "info BLOB, items BLOB)")
         self._lock = threading.Lock()
         self._closed = False
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(MAX(id), 0) FROM pending").fetchone()
-        self.rows, self.items = int(row[0]), int(row[1])
-        self.recovered = self.items  # left by the previous run
-        self._last_recovered = int(row[2])  # rows up to this id were left by the previous run
+        row = self._db.execute("SELECT COALESCE(SUM(n), 0), COALESCE(MAX(id), 0) FROM pending").fetchone()
+        self.items = self.recovered = int(row[0])  # (recovered: left by the previous run)
+        self._last_recovered = int(row[1])  # rows up to this id were left by the previous run
 
     def add(self, items: list[MemoryItem], info: dict) -> int:
         """Store one submission; returns its row id (for :meth:`done`)."""
@@ -44,7 +43,6 @@ class PendingTable:
         with self._lock:
             cur = self._db.execute("INSERT INTO pending (n, info, items) VALUES (?, ?, ?)",
                                    (len(items), orjson.dumps(info), blob))
-            self.rows += 1
             self.items += len(items)
             return int(cur.lastrowid or 0)
 
@@ -66,7 +64,6 @@ class PendingTable:
             for rid in ids:
                 row = self._db.execute("DELETE FROM pending WHERE id = ? RETURNING n", (rid,)).fetchone()
                 if row is not None:
-                    self.rows -= 1
                     self.items -= row[0]
 
     def close(self) -> None:
