@@ -78,7 +78,7 @@ class Ingestor:
             count = tc() if tc is not None else proxy_tokens
         self.count = count
         self.stats = {"submitted": 0, "dropped": 0, "stored": 0, "new": 0, "redacted": 0, "errors": 0,
-                      "skipped_seen": 0, "embedded_tokens": 0, "stored_text_only": 0, "embedded_later": 0,
+                      "skipped_seen": 0, "stored_text_only": 0, "embedded_later": 0,
                       "indexed": 0}
         self.deferred = 0  # items stored as text under load, not embedded yet
         self._busy = False

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +40,12 @@ INLINE = frozenset({"keep", "prepare"})
 BACKGROUND = frozenset({"submit"})
 
 
-@dataclass
-class _Runtime:
-    """What MemoryService reads of a runtime (service.Host)."""
-
-    settings: Any
-    home: Path
-    bus: EventBus
-
-
 class MemoryServer:
     def __init__(self, home: str | Path, sock_path: str | Path, parent_pid: int | None = None) -> None:
         self.home = Path(home)
         self.sock_path = str(sock_path)
         self.bus = EventBus(recent=16)
+        self.settings: Any = None  # the first client's (open); with home and bus, what the service reads
         self.service: MemoryService | None = None
         self.parent_pid = parent_pid
         self._lock = threading.Lock()
@@ -70,7 +61,8 @@ class MemoryServer:
     def _open(self, settings):
         with self._lock:
             if self.service is None:
-                self.service = MemoryService(_Runtime(settings, self.home, self.bus), background=True, separate=True)
+                self.settings = settings
+                self.service = MemoryService(self, background=True, separate=True)
             return self.service
 
     def close(self) -> None:

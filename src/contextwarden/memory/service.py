@@ -53,7 +53,7 @@ RECENT_IDS = 50_000  # ids of items submitted lately, not submitted again (Memor
 
 
 class Host(Protocol):
-    """What the service reads of its runtime (the memory process passes one of its own: server.py)."""
+    """What the service reads of its runtime (in the memory process, the server: server.py)."""
 
     bus: EventBus
     home: Any
