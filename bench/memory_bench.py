@@ -97,19 +97,9 @@ def bench_embed(emb: Embedder, n: int) -> None:
     random.Random(1).shuffle(qs)
     qs = qs[:n]
     toks = [len(emb._tok.encode(q).ids) for q in qs]
-    import onnxruntime as ort
-
-    chroma1 = ONNXMiniLM_L6_V2()  # the same, held to one thread like ours: the padding alone
-    chroma1.DOWNLOAD_PATH = MODEL_DIR.parent
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    chroma1.__dict__["model"] = ort.InferenceSession(str(MODEL_DIR / "model.onnx"), sess_options=so,
-                                                     providers=["CPUExecutionProvider"])
     rows = []
     for name, fn in (("contextwarden Embedder (dynamic padding, 1 thread)", emb),
-                     (f"chroma DefaultEmbeddingFunction (pads to 256, {os.cpu_count()} threads)", chroma),
-                     ("chroma DefaultEmbeddingFunction (pads to 256, 1 thread)", chroma1)):
+                     (f"chroma DefaultEmbeddingFunction (pads to 256, {os.cpu_count()} threads)", chroma)):
         for q in qs[:5]:
             fn([q])
         ts, cpu = [], []
@@ -124,26 +114,26 @@ def bench_embed(emb: Embedder, n: int) -> None:
     print(f"|{'-' * 60}|-------:|-------:|-----------:|")
     for name, p50, p99, c50 in rows:
         print(f"| {name:<58} | {p50:6.2f} | {p99:6.2f} | {c50:10.2f} |")
-    print(f"\nspeed-up p50: {rows[1][1] / rows[0][1]:.0f}x (same threads: {rows[2][1] / rows[0][1]:.0f}x)   target p50 <= 10 ms: {'met' if rows[0][1] <= 10 else 'NOT met'}")
     a = emb(qs[:50])
     b = np.asarray(chroma(qs[:50]))
-    print(f"same vectors: min cosine {float((a * b).sum(1).min()):.6f} over 50 queries")
+    print(f"\nsame vectors: min cosine {float((a * b).sum(1).min()):.6f} over 50 queries")
 
 
 # --- 2. ingestion throughput ------------------------------------------------------------------------------
-def _ingest_run(emb: Embedder, items: list[MemoryItem], chunk_tokens: int, count) -> dict:
+def bench_ingest(emb: Embedder, limit_chunks: int) -> None:
+    settings = MemorySection()
+    counter = emb.token_counter()
+    items, nchunks = [], 0
+    for i, text in enumerate(tool_outputs()):
+        nchunks += len(chunk_text(text, settings.chunk_tokens, counter))
+        items.append(MemoryItem(text=text, session=f"s{i % 7}", tenant="t-bench", turn=i, role="tool",
+                                kind="tool_result", tool="Bash"))
+        if nchunks >= limit_chunks:
+            break
     with tempfile.TemporaryDirectory() as d:
         store = MemoryStore(Path(d), MemorySection(), emb)
-        bus = EventBus(recent=100_000)
-        ing = Ingestor(store, bus, queue_size=100_000, chunk_tokens=chunk_tokens, count=count, backfill=False)
-        stored: list[str] = []
-        orig = store.add_items
-
-        def spy(prepared, *a, **kw):  # the texts that reach the embedder
-            stored.extend(it.text for it in prepared)
-            return orig(prepared, *a, **kw)
-
-        store.add_items = spy
+        ing = Ingestor(store, EventBus(recent=100_000), chunk_tokens=settings.chunk_tokens, count=counter,
+                       backfill=False)
         t, c = time.perf_counter(), time.process_time()
         for k in range(0, len(items), 20):  # turn-sized submissions, as the memory stage makes them
             ing.submit(items[k:k + 20])
@@ -151,56 +141,10 @@ def _ingest_run(emb: Embedder, items: list[MemoryItem], chunk_tokens: int, count
         dt, cpu = time.perf_counter() - t, time.process_time() - c
         ing.close()
         store.close()
-    full = emb.count_tokens_batch(stored)
-    return {"chunks": len(stored), "s": dt, "cpu": cpu, "embedded": sum(min(n, 254) for n in full),
-            "lost": sum(max(0, n - 254) for n in full), "truncated": sum(n > 254 for n in full)}
-
-
-def bench_ingest(emb: Embedder, limit_chunks: int) -> None:
-    from contextwarden.memory.chunking import approx_tokens
-    from contextwarden.memory.embedder import MAX_BATCH_TOKENS
-
-    outs = tool_outputs()
-    settings = MemorySection()
-    items, nchunks = [], 0
-    counter = emb.token_counter()
-    for i, text in enumerate(outs):
-        nchunks += len(chunk_text(text, settings.chunk_tokens, counter))
-        items.append(MemoryItem(text=text, session=f"s{i % 7}", tenant="t-bench", turn=i, role="tool",
-                                kind="tool_result", tool="Bash"))
-        if nchunks >= limit_chunks:
-            break
     chars = sum(len(it.text) for it in items)
-    text_tokens = sum(emb.count_tokens_batch([it.text for it in items]))
-    # before: chunks of 400 ~4-character tokens (over the model's 256: their ends were never embedded),
-    # ONNX runs of 32 rows whatever their length; after: chunks of <= 240 model word pieces, runs of
-    # <= MAX_BATCH_TOKENS rows x width. Same texts, same store code, same run, alternated.
-    runs = {}
-    for name in ("before", "after", "before", "after"):
-        if name == "before":
-            emb.max_batch_tokens = 10 ** 9
-            r = _ingest_run(emb, items, 400, approx_tokens)
-        else:
-            emb.max_batch_tokens = MAX_BATCH_TOKENS
-            r = _ingest_run(emb, items, settings.chunk_tokens, counter)
-        prev = runs.get(name)
-        if prev is None or r["s"] < prev["s"]:
-            runs[name] = r
-    emb.max_batch_tokens = MAX_BATCH_TOKENS
     print(f"\n## Ingestion (redact + chunk + embed + Chroma add; {len(items)} Claude Code tool outputs, "
-          f"{chars / 1e6:.2f} MB, {text_tokens} word pieces; best of 2 alternated runs each)\n")
-    print("| path | chunks | seconds | CPU s | chunks/s | embedded tokens/s | text tokens/s | text never embedded |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, label in (("before", "before: 400 approx tokens, 32-row runs"),
-                        ("after", f"after: {settings.chunk_tokens} model tokens, runs <= {MAX_BATCH_TOKENS} tokens")):
-        r = runs[name]
-        covered = text_tokens - r["lost"]
-        print(f"| {label} | {r['chunks']} | {r['s']:.1f} | {r['cpu']:.1f} | {r['chunks'] / r['s']:.1f} | "
-              f"{r['embedded'] / r['s']:.0f} | {covered / r['s']:.0f} | {r['lost'] / max(1, text_tokens):.0%} |")
-    b, a = runs["before"], runs["after"]
-    print(f"\nratio after/before: chunks/s {a['chunks'] / a['s'] / (b['chunks'] / b['s']):.2f}x, embedded tokens/s "
-          f"{a['embedded'] / a['s'] / (b['embedded'] / b['s']):.2f}x, CPU per embedded token "
-          f"{(b['cpu'] / b['embedded']) / (a['cpu'] / a['embedded']):.2f}x less")
+          f"{chars / 1e6:.2f} MB, {nchunks} chunks of <= {settings.chunk_tokens} model tokens)\n")
+    print(f"{dt:.1f} s, CPU {cpu:.1f} s: {nchunks / dt:.1f} chunks/s")
     short = conversation_pieces()[:512]
     t = time.perf_counter()
     emb(short)
@@ -210,8 +154,8 @@ def bench_ingest(emb: Embedder, limit_chunks: int) -> None:
 
 # --- 2b. lexical index at start-up ---------------------------------------------------------------------------
 def bench_startup(emb: Embedder, path: Path) -> None:
-    """What the memory service does at start-up for BM25, on the 100K store: before, a rebuild from
-    Chroma; after, the snapshot saved at the previous shutdown."""
+    """What the memory service does at start-up for BM25, on the 100K store: a rebuild from Chroma (no
+    snapshot, or a stale one), or the snapshot saved at the previous shutdown."""
     from contextwarden.memory.lexical import LexicalIndex, load_snapshot, save_snapshot
 
     store = MemoryStore(path, MemorySection(), emb)
@@ -240,8 +184,8 @@ def bench_startup(emb: Embedder, path: Path) -> None:
     print(f"\n## Lexical (BM25) index at start-up, {len(idx)} items\n")
     print("| | seconds |")
     print("|---|---:|")
-    print(f"| before: rebuilt from Chroma | {rebuild:.1f} |")
-    print(f"| after: loaded from the snapshot ({snap.stat().st_size / 1e6:.0f} MB, saved in {save:.1f} s at shutdown) | {load:.2f} |")
+    print(f"| rebuilt from Chroma | {rebuild:.1f} |")
+    print(f"| loaded from the snapshot ({snap.stat().st_size / 1e6:.0f} MB, saved in {save:.1f} s at shutdown) | {load:.2f} |")
     print(f"\nspeed-up {rebuild / load:.0f}x; same top-20 for a query: {same}")
 
 

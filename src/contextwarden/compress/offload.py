@@ -2,12 +2,11 @@
 not held by it.
 
 Compressing a large tool result the first time it is seen (choosing the compressor, running it, the first
-line, redacting the whole text, counting its tokens) is pure Python and regular expressions: ~5 ms of a
-request's ~30 ms in the proxy process on the load benchmark, all of it holding the GIL that the event
-loop and every other request also need (bench/proxy_cpu.py). :func:`first_sight` is that work as one pure
-function of its arguments; the stage calls it in-line (tests, replay, evaluations: ``compression.process``
-``inline``) or, in the proxy (``separate``; ``auto`` is separate in a mitmdump process), in one of
-``compression.workers`` worker processes (:class:`Offload`), waiting at most until its own budget is spent.
+line, redacting the whole text, counting its tokens) is pure Python holding the interpreter lock the event
+loop needs. :func:`first_sight` is that work as one pure function of its arguments; the stage calls it
+in-line (tests, replay, evaluations: ``compression.process`` ``inline``) or, in the proxy (``separate``;
+``auto`` is separate in a mitmdump process), in one of ``compression.workers`` worker processes
+(:class:`Offload`), waiting at most until its own budget is spent.
 
 Fails open (``workerpool.py``): a worker that gives no answer in time, has died, is still starting or
 cannot be started leaves that result uncompressed, exactly what the result gets when the stage runs past
@@ -17,14 +16,12 @@ text, byte for byte, as in-line (``tests/contextwarden/compress/test_offload.py`
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 import tiktoken
 
 from contextwarden.core.workerpool import PARTS, Offload, Unavailable
-from contextwarden.memory import service as memory_service
+from contextwarden.memory.service import process_mode as mode
 from contextwarden.util.redact import redact_text
 
 from . import Limits, compress, render
@@ -61,12 +58,3 @@ def _count(text: str, encoding: str | None) -> int | None:
         return len(tiktoken.get_encoding(encoding).encode_ordinary(text))  # (tiktoken keeps it loaded)
     except Exception:  # not loadable here: the proxy counts
         return None
-
-
-def mode(setting: str) -> str:
-    """``separate`` or ``inline`` for the ``compression.process`` setting (``auto``: as memory decides
-    where ``memory.process: auto`` runs: separate in the proxy, in-line in tests, replay, evaluations)."""
-    if setting != "auto":
-        return setting
-    tool = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return "separate" if tool.startswith(memory_service._PROXY_TOOLS) else memory_service.AUTO_PROCESS

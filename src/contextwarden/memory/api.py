@@ -53,8 +53,8 @@ MAX_BODY = 64 * 2**20
 POLL_S = 0.1  # how often the idle server checks for a shutdown (10 short wake-ups a second: nothing next to a request)
 
 
-class Refused(Exception):
-    """A call the API will not serve (the status says why)."""
+class ApiError(RuntimeError):
+    """A call the API will not serve (the status says why), as the server raises it and the client gets it."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -121,7 +121,7 @@ class RecallApi:
         if credential:
             return [tenant_id(credential, self.runtime.salt)]
         if self.runtime.settings.memory.api_require_credential:
-            raise Refused(403, "this proxy is shared: send the credential your client uses (X-Contextwarden-Credential)")
+            raise ApiError(403, "this proxy is shared: send the credential your client uses (X-Contextwarden-Credential)")
         return None
 
     def call(self, method: str, args: dict[str, Any], credential: str | None) -> Any:
@@ -130,39 +130,38 @@ class RecallApi:
             try:
                 return run(self.runtime, args, mine)
             except CommandError as e:
-                raise Refused(400, str(e)) from None
+                raise ApiError(400, str(e)) from None
         svc = self.service()
         if method == "status":
-            return {"pid": os.getpid(), "memory": svc is not None and svc.available,
-                    "originals": svc is not None and svc.originals is not None}
+            return {"pid": os.getpid(), "memory": svc is not None and svc.available}
         if svc is None:
-            raise Refused(503, "memory is off in this proxy's profile")
+            raise ApiError(503, "memory is off in this proxy's profile")
         tenants, ws = mine if mine is not None else svc.tenants(), self.runtime.settings.memory.shared_workspace
         if method == "recall":
             ids = args.get("ids")
             if isinstance(ids, str):
                 ids = [ids]
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                raise Refused(400, "recall: 'ids' is a list of memory ids")
+                raise ApiError(400, "recall: 'ids' is a list of memory ids")
             items = svc.recall(ids, tenants, ws)
             got = {it.source_id for it in items}
             return {"items": [item_dict(it) for it in items], "missing": [i for i in ids if i not in got]}
         if not svc.available:
-            raise Refused(503, f"memory is not ready: {svc.error or 'starting'}")
+            raise ApiError(503, f"memory is not ready: {svc.error or 'starting'}")
         if method == "search":
             q = args.get("query")
             if not isinstance(q, str) or not q.strip():
-                raise Refused(400, "search: 'query' is required")
+                raise ApiError(400, "search: 'query' is required")
             budget = args.get("budget_tokens")
             return svc.search_hits(q, tenants, int(args.get("k") or 10),
                                    int(budget) if budget is not None else None, ws)
         if method == "remember":
             text = args.get("text")
             if not isinstance(text, str) or not text.strip():
-                raise Refused(400, "remember: 'text' is required")
+                raise ApiError(400, "remember: 'text' is required")
             tenant = tenants[0] if mine is not None else args.get("tenant")
             if not isinstance(tenant, str) or not tenant:  # never "whichever tenant sent the last request"
-                raise Refused(400, "remember: send the credential your client uses (X-Contextwarden-Credential) "
+                raise ApiError(400, "remember: send the credential your client uses (X-Contextwarden-Credential) "
                                    "or name the tenant ('tenant')")
             shared = bool(args.get("shared")) and ws
             mid = svc.remember(text, tenant, str(args.get("session") or "notes"), ws if shared else None,
@@ -171,7 +170,7 @@ class RecallApi:
         if method == "delete":
             session = args.get("session")
             if not isinstance(session, str) or not session:
-                raise Refused(400, "delete: 'session' is required")
+                raise ApiError(400, "delete: 'session' is required")
             tenant = args.get("tenant")
             if credential:
                 tenant = tenants[0]  # a credential deletes its own tenant's items only
@@ -181,11 +180,11 @@ class RecallApi:
         if method == "import":
             records = args.get("records")
             if not isinstance(records, list):
-                raise Refused(400, "import: 'records' is a list of export records")
+                raise ApiError(400, "import: 'records' is a list of export records")
             if credential:  # a credential imports into its own tenant
                 records = [{**r, "tenant": tenants[0]} for r in records if isinstance(r, dict)]
             return {"queued": svc.import_records(records)}
-        raise Refused(404, f"unknown method {method!r}")
+        raise ApiError(404, f"unknown method {method!r}")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -212,17 +211,17 @@ class _Handler(BaseHTTPRequestHandler):
             n = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(n) if 0 < n <= MAX_BODY else b""
             if self.headers.get("Origin") is not None:
-                raise Refused(403, "browsers are not served")
+                raise ApiError(403, "browsers are not served")
             if not hmac.compare_digest(self.headers.get(TOKEN_HEADER, "").encode(), api.token.encode()):
-                raise Refused(401, "missing or wrong token (see cw_home/tui.json)")
+                raise ApiError(401, "missing or wrong token (see cw_home/tui.json)")
             if not self.path.startswith("/v1/"):
-                raise Refused(404, "POST /v1/<method>")
+                raise ApiError(404, "POST /v1/<method>")
             args = orjson.loads(raw) if raw else {}
             if not isinstance(args, dict):
-                raise Refused(400, "the body is a JSON object")
+                raise ApiError(400, "the body is a JSON object")
             cred = self.headers.get(CREDENTIAL_HEADER) or None
             self._reply(200, api.call(self.path[4:].strip("/"), args, cred))
-        except Refused as e:
+        except ApiError as e:
             self._reply(e.status, {"error": str(e)})
         except orjson.JSONDecodeError:
             self._reply(400, {"error": "the body is not JSON"})
@@ -232,12 +231,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # --- the client side (CLI, MCP server, bench) ------------------------------------------------------------
-class ApiError(RuntimeError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class RecallClient:
     """Calls a running proxy's recall API (one kept-alive connection)."""
 

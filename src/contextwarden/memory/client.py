@@ -2,10 +2,10 @@
 
 :class:`RemoteMemoryService` stands where :class:`~contextwarden.memory.service.MemoryService` stands
 (``service.get_service(runtime)``) and behaves the same for its callers: ``ready``, ``available``,
-``error``, ``wait_ready``, ``update``, ``close`` are its own; every other public attribute is forwarded
-BY NAME to the service in the memory process (a method added to MemoryService works here unchanged),
-its arguments and result carried by :mod:`contextwarden.memory.wire`. Events the service emits come
-back over the socket onto the runtime's bus.
+``error``, ``wait_ready``, ``update``, ``close`` are its own; every other public method of the service
+class is called BY NAME on the service in the memory process (a method added to MemoryService works here
+unchanged; frames: :mod:`contextwarden.memory.wire`). Events the service emits come back over the socket
+onto the runtime's bus.
 
 Fail open, with the budgets of the in-process service: ``search`` waits ``timeout_s`` (plus the socket
 hop) and raises TimeoutError; ``submit`` sends and does not wait (False only when the process is not
@@ -59,12 +59,13 @@ def socket_path(home: Path) -> Path:
 def store_key(settings) -> tuple:
     """What a memory service is opened with: settings that differ here need a new service."""
     m = settings.memory
-    return (m.chroma_url, m.model_dir, m.queue_size, m.chunk_tokens)
+    return (m.chroma_url, m.model_dir, m.chunk_tokens)
 
 
 class RemoteMemoryService:
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime, service_class: type) -> None:
         self.runtime = runtime
+        self._service_class = service_class  # whose methods are called by name (its values stay there)
         self.bus = runtime.bus
         self.home = Path(runtime.home)
         self.settings = runtime.settings
@@ -82,7 +83,6 @@ class RemoteMemoryService:
         self._calls: dict[int, Future] = {}
         self._calls_lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._kinds: dict[str, str] = {}
         self._proc: subprocess.Popen | None = None
         self._path = socket_path(self.home)
         self._thread = threading.Thread(target=self._supervise, name="cw-memory-client", daemon=True)
@@ -191,15 +191,15 @@ class RemoteMemoryService:
                 self._spawn()
                 self._connect()
                 self._op("events")
-                self._op("open", settings=wire.encode(self.settings), timeout=CALL_WAIT_S)
+                self._op("open", settings=self.settings)
                 while not self.closed:
                     try:  # the model loads for a while; a busy machine answers late: ask again
-                        if self._op("ready", timeout=1.0, wait=5.0):
+                        self._state = self.call("state", 1.0, _wait=5.0)
+                        if self._state["ready"]:
                             break
                     except TimeoutError:
                         if self._proc is not None and self._proc.poll() is not None:
                             raise
-                self._state = self._op("state", wait=CALL_WAIT_S)
                 self.error = self._state.get("error")
                 if not self.closed:
                     self.ready.set()
@@ -228,7 +228,7 @@ class RemoteMemoryService:
             backoff = min(backoff * 2, 30.0)
 
     # --- calls --------------------------------------------------------------------------------------
-    def _op(self, op: str, timeout: float | None = None, wait: float | None = None, **fields):
+    def _op(self, op: str, wait: float = CALL_WAIT_S, **fields):
         s = self._sock
         if s is None:
             raise ConnectionError("memory process not connected")
@@ -237,12 +237,12 @@ class RemoteMemoryService:
         with self._calls_lock:
             self._calls[rid] = fut
         try:
-            self._send(s, {"id": rid, "op": op, **({"timeout": timeout} if timeout is not None else {}), **fields})
+            self._send(s, {"id": rid, "op": op, **fields})
         except OSError as e:
             with self._calls_lock:
                 self._calls.pop(rid, None)
             raise ConnectionError(f"memory process: {e}") from None
-        limit = wait if wait is not None else (timeout if timeout is not None else CALL_WAIT_S)
+        limit = wait
         try:
             return fut.result(limit)
         except FutureTimeout:
@@ -259,29 +259,16 @@ class RemoteMemoryService:
         if not ob.put(frame):
             raise OSError(f"memory process: {ob.queued} bytes wait to be written")
 
-    def call(self, name: str, *args, _wait: float | None = None, **kwargs):
-        """``name(*args, **kwargs)`` on the service in the memory process."""
-        a, k = wire.encode(list(args)), wire.encode(kwargs)  # TypeError before anything is sent
-        r = self._op("call", m=name, a=a, k=k, wait=_wait if _wait is not None else CALL_WAIT_S)
-        return wire.decode(r)
+    def call(self, name: str, *args, _wait: float = CALL_WAIT_S, **kwargs):
+        """``name(*args, **kwargs)`` on the service in the memory process (TypeError before anything is
+        sent when an argument cannot be)."""
+        if kwargs.get("settings") is self.settings:  # the memory process has them (open, update)
+            del kwargs["settings"]
+        return self._op("call", m=name, a=args, k=kwargs, wait=_wait)
 
     def __getattr__(self, name: str):
-        if name.startswith("_"):
+        if name.startswith("_") or not callable(getattr(self._service_class, name, None)):
             raise AttributeError(name)
-        kind = self._kinds.get(name)
-        if kind is None:
-            try:
-                kind = self._op("kind", m=name)
-            except (ConnectionError, TimeoutError) as e:
-                raise AttributeError(f"{name}: {e}") from None
-            self._kinds[name] = kind
-        if kind == "missing":
-            raise AttributeError(name)
-        if kind == "value":
-            try:
-                return wire.decode(self._op("get", m=name))
-            except (TypeError, ConnectionError, TimeoutError) as e:  # e.g. the store: not sendable
-                raise AttributeError(f"{name}: {e}") from None
         return lambda *a, **k: self.call(name, *a, **k)
 
     # --- the service's own surface ------------------------------------------------------------------
@@ -293,7 +280,7 @@ class RemoteMemoryService:
     @property
     def lexical_ready(self) -> bool:
         try:
-            return bool(self._op("state", wait=2.0).get("lexical_ready"))
+            return bool(self.call("state", _wait=2.0)["lexical_ready"])
         except (ConnectionError, TimeoutError):
             return False
 
@@ -319,8 +306,10 @@ class RemoteMemoryService:
         s = self._sock
         if not self.available or s is None:
             return False
+        if kwargs.get("settings") is self.settings:
+            del kwargs["settings"]
         try:
-            self._send(s, {"id": 0, "op": "call", "m": name, "a": wire.encode(list(args)), "k": wire.encode(kwargs)})
+            self._send(s, {"id": 0, "op": "call", "m": name, "a": args, "k": kwargs})
         except OSError:
             return False
         return True

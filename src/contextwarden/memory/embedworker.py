@@ -1,17 +1,15 @@
 """Ingestion's embeddings in a process of their own, at the lowest CPU priority (``SCHED_IDLE``).
 
-Embedding what the turns said is the biggest CPU cost of memory (~80 ms of a core per 3K-token tool
-result) and none of it is on a request's clock: ingestion may lag, it is never dropped (the pending table
-holds what waits). At the idle scheduling class, its session's scheduling group at the lowest weight
-(:func:`_idle`), the kernel runs it only on CPU nobody else wants: under load embedding lags (each item
-is searchable by its words as it is submitted, ``ingest.py``); idle, it catches up at full speed. A
-thread of the memory process could not do this: descheduled, it could hold the interpreter lock the
-searches need. The model is loaded before the worker drops to the idle class (:func:`load`).
+Embedding is memory's biggest CPU cost and none of it is on a request's clock. At the idle scheduling
+class, its session's scheduling group at the lowest weight (:func:`_idle`), the kernel runs the worker
+only on CPU nobody else wants: under load embedding lags (each item is searchable by its words as it is
+submitted, ``ingest.py``); idle, it catches up at full speed. A thread of the memory process could not do
+this: descheduled, it could hold the interpreter lock the searches need. Why both the class and the
+group: docs/memory-process.md.
 
-Searches embed their short queries in the memory process itself, at once (the thread that asks
-decides: only background threads, ``SearchFirst.background``, come here). Fails open: a worker that
-cannot start, dies or does not answer in time leaves the call to the in-process embedder, except once
-closed (shutdown), where the batch fails and its rows stay pending for the next start.
+Only the ingestor's storer comes here; searches embed their short queries in the memory process, at
+once. Fails open: a worker that cannot start, dies or does not answer in time leaves the call to the
+in-process embedder, except once closed (shutdown), where the batch fails and its rows stay pending.
 """
 
 from __future__ import annotations

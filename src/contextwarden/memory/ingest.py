@@ -1,18 +1,16 @@
-"""Getting completed turns into the store, off the request path.
+"""Getting completed turns into the store, off the request path, words first.
 
 The memory stage's ``cw_turn_complete`` hook turns the conversation into items
-(:func:`items_from_messages`) and hands them to :meth:`Ingestor.submit`, which only appends to a
-bounded queue and returns. One worker thread then redacts secrets, cuts long texts into chunks, embeds
-and stores. When the queue is full the work is dropped with a ``memory`` event ``{"dropped": n}``:
-traffic never waits for memory. Chroma failures become ``error`` events, never exceptions in callers.
-Each stored batch is a ``memory`` event (``ingested``, ``new``, ``deduplicated``, ``chunks``, ``ms``,
-``queued``); history the proxy had not seen live is also an ``ingest`` event (``history: true``).
+(:func:`items_from_messages`) and hands them to :meth:`Ingestor.submit`, which never waits for the store:
+it redacts each text (secrets never reach the disk), writes the submission to the pending table
+(``pending.py``), skips texts stored before, chunks the rest, keeps each original whole for recall by id
+(``on_originals``) and indexes the chunks by their words (``on_indexed``): the turn is searchable as soon
+as the call returns. One worker thread, the *storer*, then tags, embeds and stores what waits, oldest
+first, and deletes its rows: on a busy machine vectors lag (``lag_s``, ``indexed``), words do not.
 
-With a pending table (the memory process) a submission is written to the table, chunked, kept whole
-for recall by id (``on_originals``) and indexed by its words (``on_indexed``) in the submitting call
-itself: searchable by words and recallable at once. One worker thread, the *storer*, then tags, embeds
-and stores what waits, as fast as the embedder goes: on a busy machine vectors lag (reported as
-``lag_s`` and ``indexed``), words do not.
+Each stored batch is a ``memory`` event (``ingested``, ``new``, ``deduplicated``, ``chunks``, ``ms``,
+``queued``); history the proxy had not seen live is also an ``ingest`` event (``history: true``). Chroma
+failures become ``error`` events, never exceptions in callers.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..models.base import ApiKind
@@ -32,66 +30,57 @@ from .chunking import chunk_text, proxy_tokens
 from .envelopes import strip_envelopes
 from .ids import memory_id
 from .items import MemoryItem
+from .pending import PendingTable
 from .turns import units
 
 if TYPE_CHECKING:
     from ..core.events import EventBus
-    from .pending import PendingTable
-    from .priority import SearchFirst
     from .store import MemoryStore
 
 _ERROR_EVERY = 60.0  # seconds between repeated identical error events
 
 
-REDACTED_NOTE = "redacted"  # a journal submission's info: secrets removed when it was stored (redacted once)
+REDACTED_NOTE = "redacted"  # a submission's info: how many secrets were removed when it was submitted
 
 
 class Ingestor:
-    """Bounded queue + one worker thread that redacts, chunks, embeds and stores items.
+    """The submission (:meth:`submit`) and the storer (one worker thread); see the module docstring.
 
-    ``queue_size`` bounds the items waiting (a single submit larger than the whole queue is still taken
-    when the queue is empty, so one big turn is not lost). ``on_added`` receives the items that were new
-    to the store, from the worker thread (the retrieval side updates its lexical index with it).
-
-    The worker takes everything queued at once and works on it as one batch: texts it stored before
-    (the hash of the original text, kept for the last ``SEEN`` texts) are skipped before any redaction;
-    the rest is redacted and chunked (sizes in the model's word pieces, each line measured once), looked up
-    in Chroma in one call per partition, and only what is new is embedded (runs sorted by length) and
-    added (one call per partition and batch).
+    ``journal``: the pending table (the memory process keeps it on disk, so a shutdown leaves what waits
+    for the next start; by default it is in memory). Past its ``max_items``, the storer stores the oldest
+    submissions as text (searchable by words and id, ``text_only`` in the event) and embeds them once
+    nothing waits: nothing is dropped. The storer takes at most ``batch_max`` submitted items (and
+    ``batch_chars`` characters) at a time: what a shutdown may wait for. ``on_added`` receives the
+    items that were new to the store (the scoped vector ranking reads their vectors then).
     """
 
     SEEN = 100_000  # original texts remembered as stored: a re-sent history costs a set lookup
 
-    def __init__(self, store: MemoryStore, bus: EventBus, queue_size: int,
+    def __init__(self, store: MemoryStore, bus: EventBus,
                  on_added: Callable[[list[MemoryItem]], object] | None = None, *,
-                 chunk_tokens: int | None = None, count: Callable[[str], int] | None = None,
-                 backfill: bool = True, journal: PendingTable | None = None, batch_max: int = 256,
-                 batch_chars: int | None = None, priority: SearchFirst | None = None,
+                 journal: PendingTable | None = None, chunk_tokens: int | None = None,
+                 count: Callable[[str], int] | None = None, backfill: bool = True, batch_max: int = 256,
+                 batch_chars: int | None = None,
                  tag: Callable[[str], list[str]] | None = None,
                  on_originals: Callable[[list[MemoryItem]], None] | None = None,
                  on_indexed: Callable[[list[MemoryItem]], object] | None = None,
                  redact: Callable[[str], tuple[str, int]] | None = None) -> None:
         self.store = store
-        # redact_secrets, or the memory service's remembered one (a kept text comes again with its turn)
-        self._redact = redact
-        # receives each batch's chunks before they are embedded (the lexical index: searchable by words)
-        self.on_indexed = on_indexed
-        # receives each text whole (redacted, not chunked) under the id its stub names: recall(id)
-        self.on_originals = on_originals
         self.bus = bus
-        self.queue_size = max(1, int(queue_size))
+        self.journal = journal if journal is not None else PendingTable()
         self.on_added = on_added
+        self.on_originals = on_originals
+        self.on_indexed = on_indexed
+        self._redact = redact or redact_secrets  # or the memory service's remembered one
         self.chunk_tokens = int(chunk_tokens or getattr(store.settings, "chunk_tokens", 240) or 240)
         if count is None:  # the model's own word pieces when it is there, a safe over-estimate otherwise
             tc = getattr(store.embedder, "token_counter", None)
             count = tc() if tc is not None else proxy_tokens
         self.count = count
         self.stats = {"submitted": 0, "dropped": 0, "stored": 0, "new": 0, "redacted": 0, "errors": 0,
-                      "skipped_seen": 0, "embedded_tokens": 0, "stored_text_only": 0, "embedded_later": 0,
+                      "skipped_seen": 0, "stored_text_only": 0, "embedded_later": 0,
                       "indexed": 0}
-        self.deferred = 0  # items stored as text under load, not embedded yet (journal mode)
-        self._q: deque[tuple[list[MemoryItem], dict]] = deque()
-        self._pending = 0  # items in the queue
+        self.deferred = 0  # items stored as text under load, not embedded yet
         self._busy = False
         self._closing = False
         self._cv = threading.Condition()
@@ -99,27 +88,20 @@ class Ingestor:
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (partition, source hash) stored
         self._seen_lock = threading.Lock()
         self._backfill = backfill
-        # journal: submissions are stored there at once and drained in batches (see pending.py); without
-        # it they wait in memory and are dropped when the queue is full
-        self.journal = journal
-        self.batch_max = max(1, int(batch_max))  # items one batch takes: what a shutdown may wait for
-        self.batch_chars = batch_chars  # and characters (journal mode): a tool output is ~13 chunks
+        self.batch_max = max(1, int(batch_max))
+        self.batch_chars = batch_chars
         self.tag = tag  # tags items that come untagged (the memory process tags off the proxy)
-        self.priority = priority  # searches first: this worker waits between its steps while one runs
-        # journal mode: submissions indexed as they came (searchable with ``on_indexed``), oldest first,
-        # that the storer has not stored yet (one per journal row; their rows stay in the journal until stored)
+        # submissions indexed by their words, oldest first, that the storer has not stored yet (one per
+        # journal row; their rows stay in the journal until stored)
         self._indexed: deque[_Indexed] = deque()
         self._indexed_items = 0
         self._thread = threading.Thread(target=self._run, name="cw-memory-ingest", daemon=True)
         self._thread.start()
 
-    def _redacted(self, text: str) -> tuple[str, int]:
-        return self._redact(text) if self._redact is not None else redact_secrets(text)
-
-    # --- producer side (any thread; never blocks) ----------------------------------------------------
+    # --- the submission (any thread; never waits for the store) ---------------------------------------
     def submit(self, items: list[MemoryItem], *, flow_id: str | None = None, history: bool = False,
                messages: int | None = None) -> bool:
-        """Queue ``items`` for storage; False (and a ``memory`` event ``dropped``) if they were dropped.
+        """Take ``items``: searchable by their words when this returns; False once closing.
 
         ``history``: the items come from a conversation's history the proxy had not seen live (the first
         request of a resumed session); once stored, an ``ingest`` event says so (``messages`` of them).
@@ -127,70 +109,35 @@ class Ingestor:
         items = [it for it in items if it.text and it.text.strip()]
         if not items:
             return True
-        n = len(items)
-        session = _session_of(items)
-        info = {"flow_id": flow_id, "history": bool(history), "messages": messages, "n": n, "session": session}
-        if self.journal is not None:
-            return self._submit_journal(items, info)
-        with self._cv:
-            full = self._closing or (self._pending > 0 and self._pending + n > self.queue_size)
-            if not full:
-                self._q.append((items, info))
-                self._pending += n
-                self.stats["submitted"] += n
-                self._cv.notify()
-            else:
-                self.stats["dropped"] += n
-            queued = self._pending
-        if full:
-            reason = "closed" if self._closing else "queue full"
-            self.bus.emit("memory", {"dropped": n, "reason": reason, "queued": queued,
-                                     "queue_size": self.queue_size, "history": bool(history)},
-                          flow_id=flow_id, session=session)
-            return False
-        return True
-
-    @property
-    def _table(self) -> PendingTable:
-        """The pending table (journal mode only)."""
-        if self.journal is None:
-            raise RuntimeError("no pending table")
-        return self.journal
-
-    def _submit_journal(self, items: list[MemoryItem], info: dict) -> bool:
-        # secrets never reach the disk: redacted before the journal (the id a clearing stub names is
-        # the original text's, fixed first); no pause for searches: this makes the turn searchable
-        red = [self._redacted(it.text) for it in items]
+        # redacted before the journal; the id a clearing stub names is the original text's, fixed first
+        red = [self._redact(it.text) for it in items]
         items = [_replace(it, text=t, source_id=it.source_id or memory_id(it.text)) for it, (t, _) in zip(items, red)]
-        # what the journal holds is redacted: the worker does not redact it again (REDACTED_NOTE), and
-        # takes the count of what was removed from here
-        info = {**info, REDACTED_NOTE: sum(n for _, n in red)}
+        info = {"flow_id": flow_id, "history": bool(history), "messages": messages, "session": _session_of(items),
+                REDACTED_NOTE: sum(n for _, n in red)}
         with self._cv:
             if self._closing:
                 self.stats["dropped"] += len(items)
                 return False
-            rid = self._table.add(items, info)
+            rid = self.journal.add(items, info)
             self.stats["submitted"] += len(items)
         self._queue_indexed(rid, items, info)
         return True
 
     def _queue_indexed(self, rid: int, items: list[MemoryItem], info: dict) -> None:
-        """Journal mode: a submission's row indexed by its words now (``on_indexed``: searchable at once)
-        and queued for the storer."""
+        """A submission's row indexed by its words now and queued for the storer."""
         try:
-            done = self._index([(items, info)], redacted=True)
+            done = self._index(items, info, rid)
         except Exception as e:  # a poison submission is dropped, never the caller's problem
             self._error(e, len(items))
-            self._table.done([rid])
+            self.journal.done([rid])
             return
-        done.rows = [rid]
         with self._cv:
             self._indexed.append(done)
             self._indexed_items += done.submitted
             self._cv.notify_all()
 
     def _has_work(self) -> bool:
-        return bool(self._q) or bool(self._indexed) or (self.journal is not None and self.journal.items > 0)
+        return bool(self._indexed) or self.journal.items > 0
 
     def flush(self, timeout: float = 30) -> bool:
         """Wait until everything submitted so far is stored (or failed); False on timeout."""
@@ -204,80 +151,51 @@ class Ingestor:
         return True
 
     def close(self, timeout: float = 10) -> None:
-        """Store what is queued (up to ``timeout``), then stop the worker after its current batch (with
-        a journal, what is left stays there for the next start). Does not close the store."""
+        """Store what waits (up to ``timeout``), then stop the storer after its current batch (what is
+        left stays in the journal). Does not close the store nor the journal."""
         deadline = time.monotonic() + timeout
         self.flush(timeout)
         with self._cv:
             self._closing = True
             self._cv.notify_all()
-        # a batch still embedding is left to the process's exit (its rows stay pending and are stored
-        # at the next start)
+        # a batch still embedding is left to the process's exit (its rows stay pending)
         self._thread.join(max(0.2, deadline - time.monotonic()))
 
     @property
     def pending(self) -> int:
-        return self._pending + (self.journal.items if self.journal is not None else 0)
+        return self.journal.items
 
     @property
     def indexed(self) -> int:
-        """Items searchable by their words that wait for their vectors (journal mode)."""
+        """Items searchable by their words that wait for their vectors."""
         return self._indexed_items
 
-    # --- worker --------------------------------------------------------------------------------------
-    def _pause(self) -> None:
-        if self.priority is not None:
-            self.priority.pause()
+    # --- the storer ----------------------------------------------------------------------------------
+    def is_storer(self) -> bool:
+        return threading.current_thread() is self._thread
 
     def _run(self) -> None:
         _lower_priority()
-        if self.priority is not None:
-            self.priority.background()
-        if self.journal is not None:  # what the last run left: searchable by words again first
-            for rid, items, info in self.journal.recovered_rows():
-                self._queue_indexed(rid, items, info)
+        for rid, items, info in self.journal.recovered_rows():  # what the last run left: searchable again first
+            self._queue_indexed(rid, items, info)
         if self._backfill:
             self._safe_backfill()
-        while True:
-            if self.journal is not None:
-                if not self._run_journal():
-                    return
-                continue
-            with self._cv:
-                while not self._q and not self._closing:
-                    self._cv.wait()
-                if not self._q and self._closing:
-                    return
-                batches: list[tuple[list[MemoryItem], dict]] = []
-                taken = 0
-                while self._q and (not batches or taken + len(self._q[0][0]) <= self.batch_max):
-                    b = self._q.popleft()
-                    batches.append(b)
-                    taken += len(b[0])
-                self._pending -= taken
-                self._busy = True
-            try:
-                self._process(batches)
-            except Exception as e:  # never let the worker die
-                self._error(e, taken)
-            finally:
-                with self._cv:
-                    self._busy = False
-                    self._cv.notify_all()
+        while self._store_next():
+            pass
 
-    def _run_journal(self) -> bool:
-        """The storer (journal mode): one batch of what the submissions indexed, embedded and stored; False
-        when closing. Over ``memory.pending_max``, the oldest submissions are stored as text first (not
-        embedded: nothing is dropped); once nothing waits, what was stored so is embedded, a batch at a
-        time."""
+    def _store_next(self) -> bool:
+        """One batch of what the submissions indexed, embedded and stored; False when closing. Over the
+        journal's ``max_items``, the oldest submissions are stored as text first (not embedded: nothing is
+        dropped); once nothing waits, what was stored so is embedded, a batch at a time."""
+        table = self.journal
         with self._cv:
-            while not self._indexed and not self._closing and not (self.deferred and self._table.items <= 0):
+            while not self._indexed and not self._closing and not (self.deferred and table.items <= 0):
                 self._cv.wait(1.0)
             if self._closing:
                 return False
             self._busy = True
             taken: list[_Indexed] = []
-            excess = self._table.items - self._table.max_items
+            excess = table.items - table.max_items
             over = excess > 0
             if over:  # store the oldest as text until the table is back under its bound
                 while self._indexed and excess > 0:
@@ -285,7 +203,7 @@ class Ingestor:
                     excess -= taken[-1].submitted
             else:
                 # near the bound, smaller embedding batches: back sooner to store what goes over it as text
-                near = self._table.items > self._table.max_items // 2
+                near = table.items > table.max_items // 2
                 max_items = max(1, self.batch_max // 4) if near else self.batch_max
                 chars_max = (self.batch_chars // 4 if near else self.batch_chars) if self.batch_chars else None
                 n = chars = 0
@@ -297,26 +215,26 @@ class Ingestor:
                     n += nxt.submitted
                     chars += nxt.chars
             self._indexed_items -= sum(t.submitted for t in taken)
-        batch = _Indexed.merge(taken)
+        rows = [t.row for t in taken]
         try:
             if not taken:
                 self._embed_deferred()
                 return True
-            self._store(batch, in_flight=batch.submitted, text_only=over)
+            self._store(taken, text_only=over)
         except Exception as e:  # never let the worker die; the rows are dropped (a poison batch must not loop)
             if self._closing:  # (failed because memory is shutting down: the rows stay for the next start)
-                batch.rows = []
+                rows = []
             else:
-                self._error(e, batch.submitted)
+                self._error(e, sum(t.submitted for t in taken))
         finally:
-            self._table.done(batch.rows)
+            table.done(rows)
             with self._cv:
                 self._busy = False
                 self._cv.notify_all()
         return True
 
     def _embed_deferred(self) -> None:
-        """Embed one batch of what was stored as text under load (see :meth:`_run_journal`)."""
+        """Embed one batch of what was stored as text under load (see :meth:`_store_next`)."""
         try:
             moved = self.store.backfill(limit=self.batch_max)
         except Exception as e:
@@ -339,64 +257,29 @@ class Ingestor:
         except Exception as e:
             self._error(e, 0, where="memory.backfill")
 
-    def _prepare(self, items: list[MemoryItem], redacted_already: bool = False
-                 ) -> tuple[list[MemoryItem], int, list[int], list[MemoryItem]]:
-        """(chunks to store, secrets removed, index in ``items`` of each chunk, each item whole and
-        redacted: what the originals keep). Each text is redacted once, here, unless it was before
-        (``redacted_already``: it came through the journal, which holds only redacted text)."""
-        out: list[MemoryItem] = []
-        owner: list[int] = []  # index in ``items`` of each prepared item
-        wholes: list[MemoryItem] = []
-        redacted = 0
-        for k, it in enumerate(items):
-            source = it.source_id or memory_id(it.text)  # the id a clearing stub names: the original text
-            if redacted_already:
-                text = it.text
-            else:
-                text, n = self._redacted(it.text)
-                redacted += n
-            whole = _replace(it, text=text, source_id=source)
-            wholes.append(whole)
-            pieces = chunk_text(text, self.chunk_tokens, self.count) if len(text) > self.chunk_tokens else [text]
-            if len(pieces) <= 1:
-                out.append(whole)
-                owner.append(k)
-            else:
-                out += [_replace(it, text=p, kind="chunk", source_id=source) for p in pieces]
-                owner += [k] * len(pieces)
-        return out, redacted, owner, wholes
-
-    def _process(self, batches: list[tuple[list[MemoryItem], dict]], in_flight: int = 0, redacted: bool = False,
-                 text_only: bool = False) -> None:
-        """Index, then store, in one go (without a pending table: one worker thread)."""
-        self._store(self._index(batches, redacted), in_flight, text_only)
-
-    def _index(self, batches: list[tuple[list[MemoryItem], dict]], redacted: bool = False) -> _Indexed:
-        """Submissions made ready to store: items stored before skipped, the rest redacted (unless
-        ``redacted``: from the journal) and chunked; their originals kept; the chunks indexed by their
-        words (``on_indexed``). Tagged by :meth:`_store`."""
+    def _index(self, its: list[MemoryItem], info: dict, row: int) -> _Indexed:
+        """A submission (redacted) made ready to store: items stored before skipped, the rest chunked
+        (sizes in the model's word pieces); their originals kept; the chunks indexed by their words
+        (``on_indexed``). Tagged by :meth:`_store`."""
         t0 = time.perf_counter()
-        items: list[MemoryItem] = []
-        sub: list[int] = []  # submission of each item
-        skipped = [0] * len(batches)
+        fresh: list[MemoryItem] = []
         with self._seen_lock:  # (the storer adds to it meanwhile)
-            for b, (its, _) in enumerate(batches):
-                for it in its:
-                    key = (it.workspace or it.tenant, it.source_id or memory_id(it.text))
-                    if key in self._seen:  # stored before: no redaction, no chunking, no lookup
-                        self._seen.move_to_end(key)
-                        skipped[b] += 1
-                        continue
-                    items.append(it)
-                    sub.append(b)
-        self.stats["skipped_seen"] += sum(skipped)
-        # (tags are the storer's: words need none)
-        prepared, n_red, owner, wholes = self._prepare(items, redacted_already=redacted)
-        if redacted:  # counted when the journal took them
-            n_red = sum(int(info.get(REDACTED_NOTE) or 0) for _, info in batches)
-        if self.on_originals is not None and items:
+            for it in its:
+                key = _seen_key(it)
+                if key in self._seen:  # stored before: no chunking, no lookup
+                    self._seen.move_to_end(key)
+                else:
+                    fresh.append(it)
+        self.stats["skipped_seen"] += len(its) - len(fresh)
+        prepared: list[MemoryItem] = []
+        owner: list[int] = []  # index in ``fresh`` of each prepared item
+        for k, it in enumerate(fresh):
+            pieces = chunk_text(it.text, self.chunk_tokens, self.count) if len(it.text) > self.chunk_tokens else [it.text]
+            prepared += [it] if len(pieces) <= 1 else [_replace(it, text=p, kind="chunk") for p in pieces]
+            owner += [k] * max(1, len(pieces))
+        if self.on_originals is not None and fresh:
             try:
-                self.on_originals(wholes)
+                self.on_originals(fresh)
             except Exception as e:
                 self._error(e, 0, where="memory.originals")
         if self.on_indexed is not None and prepared:
@@ -405,85 +288,68 @@ class Ingestor:
                 self.stats["indexed"] += len(prepared)
             except Exception as e:
                 self._error(e, 0, where="memory.index")
-        return _Indexed(batches=batches, items=items, sub=sub, skipped=skipped, prepared=prepared, owner=owner,
-                        redacted=n_red, ms=(time.perf_counter() - t0) * 1000)
+        return _Indexed(its, info, fresh, prepared, owner, (time.perf_counter() - t0) * 1000, row)
 
-    def _store(self, done: _Indexed, in_flight: int = 0, text_only: bool = False) -> None:
-        """Tag, embed and store what :meth:`_index` made (``text_only``: stored now, embedded later)."""
+    def _store(self, parts: list[_Indexed], text_only: bool = False) -> None:
+        """Tag, embed and store what :meth:`_index` made of some submissions, in one go (``text_only``:
+        stored now, embedded later): a ``memory`` event, and an ``ingest`` event per submission of history
+        the proxy had not seen live (the TUI shows it as a dimmed row)."""
         t0 = time.perf_counter()
-        batches = done.batches
         # the embedding lag: how long the batch's oldest item waited since its turn completed
-        lag_s = round(max(0.0, time.time() - min((it.ts for its, _ in batches for it in its), default=time.time())), 1)
-        items, prepared, redacted = done.items, done.prepared, done.redacted
-        if self.tag is not None:
-            tagged = set()
-            for k, it in enumerate(items):
-                if not it.tags:
-                    self._pause()
-                    it.tags = self.tag(it.text)
-                    tagged.add(k)
-            for chunk, k in zip(prepared, done.owner):
-                if k in tagged:  # the same objects the lexical index holds: their tags appear there too
-                    chunk.tags = list(items[k].tags)
-        self._pause()
+        lag_s = round(max(0.0, time.time() - min(it.ts for p in parts for it in p.items)), 1)
+        for p in parts:
+            if self.tag is not None:
+                for it in p.fresh:
+                    if not it.tags:
+                        it.tags = self.tag(it.text)
+                for chunk, k in zip(p.prepared, p.owner):  # the objects the lexical index holds: tagged there too
+                    chunk.tags = list(p.fresh[k].tags)
+        prepared = [it for p in parts for it in p.prepared]
         try:
             new = self.store.add_items(prepared, text_only=text_only)
         except Exception as e:
-            self._error(e, len(items))
+            self._error(e, sum(len(p.fresh) for p in parts))
             return
         with self._seen_lock:
-            for it in items:
-                self._seen[(it.workspace or it.tenant, it.source_id or memory_id(it.text))] = None
+            for p in parts:
+                self._seen.update(dict.fromkeys(map(_seen_key, p.fresh)))
             while len(self._seen) > self.SEEN:
                 self._seen.popitem(last=False)
-        ms = round(done.ms + (time.perf_counter() - t0) * 1000, 1)
+        ms = round(sum(p.ms for p in parts) + (time.perf_counter() - t0) * 1000, 1)
         new_ids = {(_pkey(it), it.id) for it in new}
+        redacted = sum(int(p.info.get(REDACTED_NOTE) or 0) for p in parts)
         self.stats["stored"] += len(prepared)
         self.stats["new"] += len(new)
         if text_only:
             self.deferred += len(new)
             self.stats["stored_text_only"] += len(new)
         self.stats["redacted"] += redacted
-        chunks = sum(1 for it in prepared if it.kind == "chunk")
         # what waits after this batch: the journal still counts the batch's rows until they are done
-        queued = max(0, self.pending - in_flight)
-        sessions = {info["session"] for _, info in batches}
+        queued = max(0, self.pending - sum(p.submitted for p in parts))
+        sessions = {p.info["session"] for p in parts}
         self.bus.emit("memory", {"ingested": len(prepared), "new": len(new), "ms": ms, "redacted": redacted,
-                                 "chunks": chunks, "items": sum(len(b) for b, _ in batches),
-                                 "deduplicated": len(prepared) - len(new) + sum(done.skipped), "queued": queued,
-                                 "lag_s": lag_s, **({"indexed": self._indexed_items} if self.journal is not None and self.on_indexed is not None else {}),
+                                 "chunks": sum(it.kind == "chunk" for it in prepared),
+                                 "items": sum(p.submitted for p in parts),
+                                 "deduplicated": len(prepared) - len(new) + sum(p.skipped for p in parts),
+                                 "queued": queued, "lag_s": lag_s, "indexed": self._indexed_items,
                                  **({"text_only": len(new), "deferred": self.deferred} if text_only else {})},
                       session=sessions.pop() if len(sessions) == 1 else None)
-        self._emit_history(batches, done.sub, done.owner, prepared, new_ids, done.skipped, ms, queued)
+        for p in parts:
+            if p.info["history"]:
+                fresh_new = sum((_pkey(it), it.id) in new_ids for it in p.prepared)
+                tags = Counter(t for it in p.prepared for t in it.tags)
+                self.bus.emit("ingest", {
+                    "session": p.info["session"], "items": len(p.prepared), "new": fresh_new, "ms": ms,
+                    "chunks": sum(it.kind == "chunk" for it in p.prepared), "queued": queued,
+                    "deduplicated": len(p.prepared) - fresh_new + p.skipped, "history": True,
+                    "messages": p.info["messages"], "turn": max(it.turn for it in p.items),
+                    "tags": [t for t, _ in tags.most_common(6)]},
+                    flow_id=p.info["flow_id"], session=p.info["session"])
         if new and self.on_added is not None:
             try:
                 self.on_added(new)
             except Exception as e:
                 self._error(e, 0, where="memory.on_added")
-
-    def _emit_history(self, batches, sub, owner, prepared, new_ids, skipped, ms, queued) -> None:
-        """One ``ingest`` event per submission of history the proxy had not seen live (the TUI shows it
-        as a dimmed row)."""
-        if not any(info["history"] for _, info in batches):
-            return
-        per: list[dict] = [{"items": 0, "chunks": 0, "new": 0, "tags": Counter()} for _ in batches]
-        for it, k in zip(prepared, owner):
-            p = per[sub[k]]
-            p["items"] += 1
-            p["chunks"] += it.kind == "chunk"
-            p["new"] += (_pkey(it), it.id) in new_ids
-            p["tags"].update(it.tags)
-        for b, (its, info) in enumerate(batches):
-            if not info["history"]:
-                continue
-            p = per[b]
-            turns = [it.turn for it in its]
-            self.bus.emit("ingest", {
-                "session": info["session"], "items": p["items"], "chunks": p["chunks"], "new": p["new"],
-                "deduplicated": p["items"] - p["new"] + skipped[b], "ms": ms, "queued": queued,
-                "history": True, "messages": info["messages"], "turn": max(turns) if turns else None,
-                "tags": [t for t, _ in p["tags"].most_common(6)]},
-                flow_id=info["flow_id"], session=info["session"])
 
     def _error(self, e: BaseException, n: int, where: str = "memory.ingest") -> None:
         self.stats["errors"] += 1
@@ -498,44 +364,32 @@ class Ingestor:
 
 @dataclass
 class _Indexed:
-    """Submissions :meth:`Ingestor._index` made ready to store (searchable by their words already when
-    the ingestor has ``on_indexed``)."""
+    """A submission :meth:`Ingestor._index` made ready to store (searchable by its words already)."""
 
-    batches: list  # the submissions: (items, info)
-    items: list  # their items not stored before
-    sub: list  # submission of each item
-    skipped: list  # items per submission stored before
-    prepared: list  # what is stored: the items redacted and chunked
-    owner: list  # index in ``items`` of each prepared item
-    redacted: int = 0
-    ms: float = 0.0
-    rows: list = field(default_factory=list)  # journal rows, done once stored
+    items: list[MemoryItem]  # as submitted (redacted)
+    info: dict
+    fresh: list[MemoryItem]  # its items not stored before
+    prepared: list[MemoryItem]  # what is stored: ``fresh`` chunked
+    owner: list[int]  # index in ``fresh`` of each prepared item
+    ms: float
+    row: int  # its journal row, done once stored
 
     @property
     def submitted(self) -> int:
-        """Items as the journal counts them (its ``n`` per row)."""
-        return sum(len(its) for its, _ in self.batches)
+        """Items as the journal counts them."""
+        return len(self.items)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.items) - len(self.fresh)
 
     @property
     def chars(self) -> int:
         return sum(len(it.text) for it in self.prepared)
 
-    @classmethod
-    def merge(cls, parts: list[_Indexed]) -> _Indexed:
-        """One batch of several (one embedding run and one store call for all)."""
-        out = cls(batches=[], items=[], sub=[], skipped=[], prepared=[], owner=[])
-        for p in parts:
-            nb, ni = len(out.batches), len(out.items)
-            out.batches += p.batches
-            out.items += p.items
-            out.sub += [k + nb for k in p.sub]
-            out.skipped += p.skipped
-            out.prepared += p.prepared
-            out.owner += [k + ni for k in p.owner]
-            out.redacted += p.redacted
-            out.ms += p.ms
-            out.rows += p.rows
-        return out
+
+def _seen_key(it: MemoryItem) -> tuple[str, str]:
+    return (it.workspace or it.tenant, it.source_id or memory_id(it.text))
 
 
 def _pkey(it: MemoryItem) -> str:

@@ -1,11 +1,11 @@
-"""Ingestion work stored before it is done: a table in SQLite under cw_home that the ingestor drains.
+"""Ingestion work stored before it is done: a table in SQLite that the ingestor drains.
 
 A submission is written here at once (one insert, no embedding) and indexed by its words in the same
 call (``ingest.py``); the ingestor's storer embeds and stores it and only then deletes the row
-(:meth:`done`). So a burst larger than the embedder can follow waits on disk instead of being dropped,
-a shutdown leaves what it did not store here, and the next start finishes it (:meth:`recovered_rows`).
-The table is bounded by the ingestor (``memory.pending_max`` items): past it, the oldest submissions'
-text is stored without embedding them (embedded when the table is empty again).
+(:meth:`done`). In the memory process the table is a file under cw_home: a shutdown leaves what it did
+not store there, and the next start finishes it (:meth:`recovered_rows`); elsewhere it is in memory.
+The ingestor bounds it (``memory.pending_max`` items): past it, the oldest submissions' text is stored
+without embedding them (embedded when the table is empty again).
 """
 
 from __future__ import annotations
@@ -20,21 +20,22 @@ from .items import MemoryItem
 
 
 class PendingTable:
-    def __init__(self, path: str | Path, max_items: int = 200_000) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | Path | None = None, max_items: int = 200_000) -> None:
+        """``path``: the table's file (None: in memory, gone with the process)."""
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.max_items = max(1, int(max_items))
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False,
+                                   isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER, "
                          "info BLOB, items BLOB)")
         self._lock = threading.Lock()
         self._closed = False
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(MAX(id), 0) FROM pending").fetchone()
-        self.rows, self.items = int(row[0]), int(row[1])
-        self.recovered = self.items  # left by the previous run
-        self._last_recovered = int(row[2])  # rows up to this id were left by the previous run
+        row = self._db.execute("SELECT COALESCE(SUM(n), 0), COALESCE(MAX(id), 0) FROM pending").fetchone()
+        self.items = self.recovered = int(row[0])  # (recovered: left by the previous run)
+        self._last_recovered = int(row[1])  # rows up to this id were left by the previous run
 
     def add(self, items: list[MemoryItem], info: dict) -> int:
         """Store one submission; returns its row id (for :meth:`done`)."""
@@ -42,7 +43,6 @@ class PendingTable:
         with self._lock:
             cur = self._db.execute("INSERT INTO pending (n, info, items) VALUES (?, ?, ?)",
                                    (len(items), orjson.dumps(info), blob))
-            self.rows += 1
             self.items += len(items)
             return int(cur.lastrowid or 0)
 
@@ -64,7 +64,6 @@ class PendingTable:
             for rid in ids:
                 row = self._db.execute("DELETE FROM pending WHERE id = ? RETURNING n", (rid,)).fetchone()
                 if row is not None:
-                    self.rows -= 1
                     self.items -= row[0]
 
     def close(self) -> None:

@@ -1,14 +1,14 @@
 """The memory process: one :class:`~contextwarden.memory.service.MemoryService` behind a Unix socket.
 
-``python -m contextwarden.memory.server --home DIR --socket PATH [--profile P] [--parent-pid N]``
+``python -m contextwarden.memory.server --home DIR --socket PATH [--parent-pid N]``
 
 The proxy starts it (see :mod:`contextwarden.memory.client`), so that embedding, the lexical index,
-Chroma, tagging for memory and ingestion never hold the proxy's interpreter lock. It serves any method
-of the service by name (arguments and results through :mod:`contextwarden.memory.wire`), forwards the
-events the service emits to every connection that asked for them, and exits when asked to close, on
-SIGTERM, or when the process that started it is gone. The socket file is created with mode 0600.
+Chroma, tagging for memory and ingestion never hold the proxy's interpreter lock. It calls any public
+method of the service by name (frames: :mod:`contextwarden.memory.wire`), forwards the events the
+service emits to every connection that asked for them, and exits when asked to close, on SIGTERM, or
+when the process that started it is gone. The socket file is created with mode 0600.
 
-Frames in: ``{"id", "op": "open"|"call"|"kind"|"get"|"ready"|"state"|"close"|"events", ...}``;
+Frames in: ``{"id", "op": "open"|"call"|"close"|"events", ...}`` (a call: ``m``, ``a``, ``k``);
 frames out: ``{"id", "r": result}`` or ``{"id", "e": {"type", "message"}}``, and ``{"ev": event}``.
 """
 
@@ -22,12 +22,10 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core.events import EventBus
-from ..settings import load_settings
 from . import wire
 from .service import MemoryService
 
@@ -42,21 +40,12 @@ INLINE = frozenset({"keep", "prepare"})
 BACKGROUND = frozenset({"submit"})
 
 
-@dataclass
-class _Runtime:
-    """What MemoryService reads of a runtime (service.Host)."""
-
-    settings: Any
-    home: Path
-    bus: EventBus
-
-
 class MemoryServer:
-    def __init__(self, home: str | Path, sock_path: str | Path, settings=None, parent_pid: int | None = None) -> None:
+    def __init__(self, home: str | Path, sock_path: str | Path, parent_pid: int | None = None) -> None:
         self.home = Path(home)
         self.sock_path = str(sock_path)
         self.bus = EventBus(recent=16)
-        self.settings = settings
+        self.settings: Any = None  # the first client's (open); with home and bus, what the service reads
         self.service: MemoryService | None = None
         self.parent_pid = parent_pid
         self._lock = threading.Lock()
@@ -67,15 +56,13 @@ class MemoryServer:
         self._stop = threading.Event()
         self._closed = threading.Event()
         self.bus.subscribe(self._forward)
-        if settings is not None:
-            self._open(settings)
 
     # --- the service ------------------------------------------------------------------------------
     def _open(self, settings):
         with self._lock:
             if self.service is None:
                 self.settings = settings
-                self.service = MemoryService(_Runtime(settings, self.home, self.bus), background=True, separate=True)
+                self.service = MemoryService(self, background=True, separate=True)
             return self.service
 
     def close(self) -> None:
@@ -106,7 +93,7 @@ class MemoryServer:
     def _handle(self, msg: dict):
         op = msg.get("op")
         if op == "open":
-            self._open(wire.decode(msg["settings"]))
+            self._open(msg["settings"])
             return True
         if op == "close":
             self.close()
@@ -114,26 +101,12 @@ class MemoryServer:
         svc = self.service
         if svc is None:
             raise RuntimeError("memory service not open")
-        if op == "ready":
-            return svc.ready.wait(float(msg.get("timeout", 0)))
-        if op == "state":
-            return {"ready": svc.ready.is_set(), "available": svc.available, "error": svc.error,
-                    "lexical_ready": svc.lexical_ready, "pid": os.getpid()}
+        if op != "call":
+            raise ValueError(f"unknown op {op!r}")
         name = msg.get("m", "")
         if name.startswith("_"):
             raise AttributeError(f"{name} is private")
-        if op == "kind":
-            if not hasattr(svc, name):
-                return "missing"
-            return "method" if callable(getattr(svc, name)) else "value"
-        if op == "get":
-            return wire.encode(getattr(svc, name))
-        if op == "call":
-            if name in BACKGROUND:
-                svc.priority.background()  # (this call runs on the background thread)
-            fn = getattr(svc, name)
-            return wire.encode(fn(*wire.decode(msg.get("a") or []), **wire.decode(msg.get("k") or {})))
-        raise ValueError(f"unknown op {op!r}")
+        return getattr(svc, name)(*msg.get("a", ()), **msg.get("k", {}))
 
     def _serve_call(self, conn: socket.socket, lk: threading.Lock, msg: dict) -> None:
         try:
@@ -240,14 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m contextwarden.memory.server")
     ap.add_argument("--home", required=True)
     ap.add_argument("--socket", required=True)
-    ap.add_argument("--profile", default=None, help="open the service at once with this profile's settings "
-                                                   "(otherwise the first client sends its settings)")
     ap.add_argument("--parent-pid", type=int, default=None)
     args = ap.parse_args(argv)
-    settings = None
-    if args.profile:
-        settings = load_settings(args.profile, Path(args.home))
-    server = MemoryServer(args.home, args.socket, settings, parent_pid=args.parent_pid)
+    server = MemoryServer(args.home, args.socket, parent_pid=args.parent_pid)
 
     def on_term(signum, frame) -> None:
         threading.Thread(target=server.close, name="cw-memsrv-term", daemon=True).start()

@@ -37,7 +37,6 @@ from .lexical import LexicalIndex, load_snapshot, save_snapshot
 from .lexical_refresh import LexicalRefresh
 from .originals import OriginalStore
 from .pending import PendingTable
-from .priority import SearchFirst
 from .retrieve import Query, Retrieval, Retriever
 from .scope import SessionVectors
 from .store import MemoryStore
@@ -54,7 +53,7 @@ RECENT_IDS = 50_000  # ids of items submitted lately, not submitted again (Memor
 
 
 class Host(Protocol):
-    """What the service reads of its runtime (the memory process passes one of its own: server.py)."""
+    """What the service reads of its runtime (in the memory process, the server: server.py)."""
 
     bus: EventBus
     home: Any
@@ -65,7 +64,7 @@ class MemoryService:
     """Store + embedder + ingestor + lexical index + tagger of one runtime. Thread-safe."""
 
     def __init__(self, runtime: Host, background: bool = True, separate: bool = False) -> None:
-        # in the memory process (server.py): ingestion goes through the pending table, tags what comes
+        # in the memory process (server.py): the pending table is a file, ingestion tags what comes
         # untagged, and a shutdown flushes only ``memory.shutdown_flush_s``
         self.separate = separate
         self.bus = runtime.bus
@@ -88,14 +87,9 @@ class MemoryService:
         self._recent = LRU(RECENT_IDS)  # ids submitted lately -> True
         self.originals = _open_originals(self.home)
         self._forgotten: set[tuple[str, str]] = set()  # (tenant, session) deleted while running
-        self._keep_q: list[tuple[list, bool]] = []  # (items, searchable) keep() took, for the keeper thread
         # a text's redaction, remembered a while (:meth:`redact`)
         self._redactions = LRU(REDACT_MEMO_CHARS, size=len, min_size=REDACT_MEMO_MIN)
-        self._keep_cv = threading.Condition()
-        self._keep_busy = False
-        self._keep_thread: threading.Thread | None = None
-        # searches first: ingestion's threads wait between their steps while one runs (priority.py)
-        self.priority = SearchFirst()
+        self._keeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cw-memory-keep")  # keep()'s work, in order
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
         self._scope: SessionVectors | None = None  # made with the first retriever
@@ -118,35 +112,30 @@ class MemoryService:
             emb, self.embedder_message = load_embedder(m.model_dir)
             if emb is not None:
                 emb.warm()
-                emb.pause = self.priority.pause  # between embedding runs, ingestion yields to searches
                 self.embedder = CachedEmbedder(emb, disk=m.embed_cache)
                 if self.separate and m.embed_idle:
                     self.embedder.background = BackgroundEmbedder(emb, str(emb.model_dir))
-                    self.embedder.is_background = self.priority.is_background
+                    self.embedder.is_background = self._on_storer
                 if self.settings.tagging.embedding_tagger:
                     self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:
                 return
             self.store = MemoryStore(self.home, m, self.embedder)
-            self.store.pause = self.priority.pause  # and before each batch it stores
             if not self.store.available:
                 self.error = self.store.error
                 self.bus.emit("error", {"where": "memory", "message": self.error,
                                         "action": "requests go without memory"})
             else:
-                # chunk sizes by the ingestor's cheap estimate: chunking measures text many times over
-                journal = None
-                if self.separate:
-                    journal = PendingTable(self.home / "memory-pending.sqlite", m.pending_max)
-                    if journal.recovered:
-                        self.bus.emit("memory", {"recovered": journal.recovered, "pending": journal.items})
-                self.ingestor = Ingestor(self.store, self.bus, m.queue_size, on_added=self._on_added,
-                                         journal=journal, batch_max=m.ingest_batch if self.separate else 256,
-                                         batch_chars=m.ingest_batch_chars,
+                # the memory process keeps what waits on disk (stored at the next start) and tags off the proxy
+                journal = PendingTable(self.home / "memory-pending.sqlite" if self.separate else None, m.pending_max)
+                if journal.recovered:
+                    self.bus.emit("memory", {"recovered": journal.recovered, "pending": journal.items})
+                self.ingestor = Ingestor(self.store, self.bus, self._on_added, journal=journal,
+                                         batch_max=m.ingest_batch if self.separate else 256,
+                                         batch_chars=m.ingest_batch_chars if self.separate else None,
                                          tag=self._tag if self.separate else None,
                                          on_originals=self.originals.put if self.originals is not None else None,
-                                         on_indexed=self.lexical.add,
-                                         priority=self.priority, redact=self.redact)
+                                         on_indexed=self.lexical.add, redact=self.redact)
         except Exception as e:  # memory is an extra: the proxy runs without it
             self.error = f"{type(e).__name__}: {e}"
             self.bus.emit("error", {"where": "memory", "message": self.error, "action": "requests go without memory"})
@@ -256,10 +245,18 @@ class MemoryService:
         """The storer's tags of a text the pending table holds (redacted when it was submitted)."""
         return self.tagger.tag(text, redacted=True) if self.settings.tagging.enabled else []
 
+    def _on_storer(self) -> bool:
+        """The calling thread is the storer: its embeddings go to the background worker (embedworker.py)."""
+        return self.ingestor is not None and self.ingestor.is_storer()
+
     def _on_added(self, items) -> None:
-        self.lexical.add(items)  # (indexed before they were embedded: a no-op then)
-        if self._scope is not None:
+        if self._scope is not None:  # (the lexical index has them since they were submitted)
             self._scope.stored(items)
+
+    def state(self, wait_s: float = 0.0) -> dict:
+        """Open yet (waiting up to ``wait_s`` for it), available, the error, the lexical index complete."""
+        return {"ready": self.ready.wait(wait_s), "available": self.available, "error": self.error,
+                "lexical_ready": self.lexical_ready}
 
     def wait_ready(self, timeout: float = 60) -> bool:
         """Block until the store is open and the lexical index rebuilt (tests, CLI, evaluation)."""
@@ -313,7 +310,8 @@ class MemoryService:
             step("lexical", self._save_lexical_within, max(1.5, left(0.0)) if end is not None else None)
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
-            if self.ingestor is not None and self.ingestor.journal is not None:
+            self._keeper.shutdown(wait=False)
+            if self.ingestor is not None:
                 self.ingestor.journal.close()
             if self.store is not None:
                 step("store", self.store.close, None if end is None else left(1.0))
@@ -367,20 +365,11 @@ class MemoryService:
                 settings=None, n: int | None = None, session: str | None = None, project: str | None = None) -> None:
         """Start the vector half of the search that :meth:`search` with ``prepared=token`` and these same
         arguments will finish (:meth:`Retriever.start`), as the request is read, so the embedding runs
-        while the other stages do (``memory.prefetch``). Ingestion waits while it runs, as for a search.
-        A search with other arguments, or none within ``PREPARED_TTL_S``, leaves it unused."""
+        while the other stages do (``memory.prefetch``). A search with other arguments, or none within
+        ``PREPARED_TTL_S``, leaves it unused."""
         if not self.available:
             return
-        self.priority.__enter__()
-        try:
-            v = self.retriever(settings).start(query, tenants, workspace=workspace, n=n, session=session, project=project)
-        except BaseException:
-            self.priority.__exit__(None, None, None)
-            raise
-        if v.future is not None:
-            v.future.add_done_callback(lambda _f: self.priority.__exit__(None, None, None))
-        else:
-            self.priority.__exit__(None, None, None)
+        v = self.retriever(settings).start(query, tenants, workspace=workspace, n=n, session=session, project=project)
         now = time.monotonic()
         with self._prepared_lock:
             self._prepared[token] = (v, now)
@@ -399,10 +388,9 @@ class MemoryService:
             with self._prepared_lock:
                 got = self._prepared.pop(prepared, None)
             vectors = got[0] if got is not None else None
-        with self.priority:  # ingestion waits meanwhile (priority.py)
-            ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude,
-                                                  timeout_s=timeout_s, n=n, neighbours=self.neighbours, session=session,
-                                                  project=project, vectors=vectors)
+        ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude, timeout_s=timeout_s,
+                                              n=n, neighbours=self.neighbours, session=session, project=project,
+                                              vectors=vectors)
         if not self.lexical_ready and ret.mode in ("hybrid", "lexical"):
             ret.mode += " (lexical index building)"
         return ret
@@ -418,12 +406,10 @@ class MemoryService:
         todo = [it for it in items if it.text and it.text.strip()]
         if not todo:
             return []
-        with self._keep_cv:
-            self._keep_q.append((todo, searchable))
-            self._keep_cv.notify()
-            if self._keep_thread is None:
-                self._keep_thread = threading.Thread(target=self._keeper, name="cw-memory-keep", daemon=True)
-                self._keep_thread.start()
+        try:
+            self._keeper.submit(self._keep_now, todo, searchable)
+        except RuntimeError:  # closed
+            return []
         return [it.source_id or it.memory_id for it in todo]
 
     def redact(self, text: str) -> tuple[str, int]:
@@ -431,37 +417,23 @@ class MemoryService:
         its turn ends (redacting 12 KB of code costs ~1 ms)."""
         return self._redactions.get(text, lambda: secrets.redact_secrets(text))
 
-    def _keeper(self) -> None:
-        while True:
-            with self._keep_cv:
-                while not self._keep_q:
-                    self._keep_busy = False
-                    self._keep_cv.notify_all()
-                    self._keep_cv.wait()
-                batch = [(it, searchable) for b, searchable in self._keep_q for it in b]
-                self._keep_q.clear()
-                self._keep_busy = True
-            wholes = [_replace(it, text=self.redact(it.text)[0], source_id=it.source_id or it.memory_id)
-                      for it, _ in batch]
-            try:
-                if self.originals is not None:
-                    self.originals.put(wholes)
-            except Exception as e:  # an unwritable file costs recall, never the proxy
-                self.bus.emit("error", {"where": "memory.originals", "message": f"{type(e).__name__}: {e}",
-                                        "action": f"{len(batch)} originals not kept"})
-            searchable = [it for it, s in batch if s]
-            if searchable and self.ingestor is not None:
-                self.submit(searchable)  # (off the connection's thread, which keep() no longer holds for it)
+    def _keep_now(self, items: list, searchable: bool) -> None:
+        wholes = [_replace(it, text=self.redact(it.text)[0], source_id=it.source_id or it.memory_id) for it in items]
+        try:
+            if self.originals is not None:
+                self.originals.put(wholes)
+        except Exception as e:  # an unwritable file costs recall, never the proxy
+            self.bus.emit("error", {"where": "memory.originals", "message": f"{type(e).__name__}: {e}",
+                                    "action": f"{len(items)} originals not kept"})
+        if searchable and self.ingestor is not None:
+            self.submit(items)  # (off the connection's thread, which keep() does not hold for it)
 
     def flush_kept(self, timeout: float = 10) -> bool:
         """Wait until every item :meth:`keep` took is written."""
-        deadline = time.monotonic() + timeout
-        with self._keep_cv:
-            while self._keep_q or self._keep_busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._keep_cv.wait(left)
+        try:
+            self._keeper.submit(lambda: None).result(timeout)  # (one worker: after everything before it)
+        except (TimeoutError, RuntimeError):  # (RuntimeError: closed)
+            return False
         return True
 
     def recall(self, memory_ids: list[str], tenants: list[str], workspace: str | None = None,
@@ -579,10 +551,10 @@ AUTO_PROCESS = "inline"
 _PROXY_TOOLS = ("mitmdump", "mitmproxy", "mitmweb")
 
 
-def process_mode(settings) -> str:
-    mode = getattr(settings.memory, "process", "inline")
-    if mode != "auto":
-        return mode
+def process_mode(setting: str) -> str:
+    """``separate`` or ``inline`` for a ``*.process`` setting (memory's, the compression stage's)."""
+    if setting != "auto":
+        return setting
     tool = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     return "separate" if tool.startswith(_PROXY_TOOLS) else AUTO_PROCESS
 
@@ -619,7 +591,7 @@ def configure(runtime, background: bool = True) -> MemoryService | RemoteMemoryS
     slot = runtime.memo(SLOT, _Slot)
     with slot.lock:
         old = svc = slot.svc
-        if settings.memory.enabled and svc is not None and (process_mode(settings) == "separate") == svc.separate \
+        if settings.memory.enabled and svc is not None and (process_mode(settings.memory.process) == "separate") == svc.separate \
                 and svc.update(settings):
             return svc  # applied in place
         slot.svc = None
@@ -627,7 +599,8 @@ def configure(runtime, background: bool = True) -> MemoryService | RemoteMemoryS
         old.close()
     if not settings.memory.enabled:
         return None
-    svc = RemoteMemoryService(runtime) if process_mode(settings) == "separate" else MemoryService(runtime, background)
+    svc = RemoteMemoryService(runtime, MemoryService) if process_mode(settings.memory.process) == "separate" \
+        else MemoryService(runtime, background)
     with slot.lock:
         slot.svc = svc
     return svc

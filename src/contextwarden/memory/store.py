@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -160,7 +160,6 @@ class MemoryStore:
         self.available = False
         self.error: str | None = None
         self._lock = threading.RLock()
-        self.pause: Callable[[], float] | None = None  # set by the service: ingestion yields to searches
         self._lock_path = self.home / "memory.lock"
         self._has_writer_lock = False
         self._client: Any = None
@@ -335,8 +334,6 @@ class MemoryStore:
             for part, ks in groups.items():
                 col = self._text_col if part is None else self._part(part, create=True)
                 for i in range(0, len(ks), step):
-                    if self.pause is not None:  # ingestion's thread waits here while a search runs
-                        self.pause()
                     idx = ks[i:i + step]
                     batch = [items[k] for k in idx]
                     docs = [it.text for it in batch]  # embedded as they are; stored sealed when a key is set

@@ -13,7 +13,6 @@ import pytest
 
 from contextwarden.memory.embedder import Embedder
 from contextwarden.memory.embedworker import BackgroundEmbedder, Closed
-from contextwarden.memory.priority import SearchFirst
 from contextwarden.memory.service import CachedEmbedder
 from tests.conftest import MODEL_DIR
 from tests.support.wait import wait_until
@@ -60,15 +59,9 @@ def test_only_background_threads_embed_in_the_worker(inner):
             return inner(texts)
 
     cached = CachedEmbedder(Recorder("in-process"))
-    prio = SearchFirst()
-    cached.background, cached.is_background = Recorder("worker"), prio.is_background
+    t = threading.Thread(target=lambda: cached(["what a turn said"]))  # as the storer
+    cached.background, cached.is_background = Recorder("worker"), lambda: threading.current_thread() is t
     cached(["a search's query"])
-
-    def ingest():
-        prio.background()
-        cached(["what a turn said"])
-
-    t = threading.Thread(target=ingest)
     t.start()
     t.join(30)
     assert calls == [("in-process", ["a search's query"]), ("worker", ["what a turn said"])]

@@ -1,4 +1,4 @@
-"""Ingestion: conversation -> items, and the bounded, non-blocking queue into real Chroma."""
+"""Ingestion: conversation -> items, and the non-blocking, words-first submission into real Chroma."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 from contextwarden.core.events import EventBus
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.ingest import Ingestor, items_from_messages
+from contextwarden.memory.pending import PendingTable
 from contextwarden.models import ApiKind
 from tests.support.memstore import events, item, store
 from tests.support.wait import wait_until
@@ -74,7 +75,7 @@ def test_ingest_stores_chunks_emits_events_and_feeds_the_lexical_side(cw_home):
     s = store(cw_home)
     bus = EventBus()
     added: list = []
-    ing = Ingestor(s, bus, queue_size=100, on_added=added.extend, chunk_tokens=120)
+    ing = Ingestor(s, bus, on_added=added.extend, chunk_tokens=120)
     tool = item(LONG_OUTPUT, role="tool", kind="tool_result", tool="Bash", turn=3)
     short = item("what failed in the handler tests?", turn=2)
     assert ing.submit([short, tool])
@@ -95,36 +96,37 @@ def test_ingest_stores_chunks_emits_events_and_feeds_the_lexical_side(cw_home):
     s.close()
 
 
-def test_full_queue_drops_with_an_event_and_never_blocks(cw_home):
+def test_a_submission_never_waits_for_a_stuck_store_and_nothing_is_dropped(cw_home):
     s = store(cw_home)
     bus = EventBus()
-    ing = Ingestor(s, bus, queue_size=5)
-    with s._lock:  # the store is "slow": the worker blocks inside add until we let go
+    ing = Ingestor(s, bus, journal=PendingTable(max_items=5), backfill=False)
+    with s._lock:  # the store is "slow": the storer blocks inside add until we let go
         assert ing.submit([item(f"first batch {i}") for i in range(3)])
-        assert wait_until(lambda: ing.pending == 0, 10, interval=0.005)  # the worker took it and is stuck storing it
+        assert wait_until(lambda: ing.indexed == 0, 10, interval=0.005)  # the storer took it and is stuck storing it
         assert ing.submit([item(f"second batch {i}") for i in range(4)])
-        # submit from another thread while the store stays blocked: it must return (dropping) without
-        # waiting for the worker, which cannot move until this block ends
+        # submit from another thread while the store stays blocked, past the table's bound: it must return
+        # without waiting for the storer, which cannot move until this block ends
         result: list = []
         t = threading.Thread(target=lambda: result.append(ing.submit([item(f"third batch {i}") for i in range(2)])))
         t.start()
         t.join(60)
-        assert not t.is_alive() and result == [False]
-        assert {"dropped": 2, "reason": "queue full", "queued": 4, "queue_size": 5,
-                "history": False}.items() <= events(bus, "memory")[-1].items()
-        assert ing.stats["dropped"] == 2
+        assert not t.is_alive() and result == [True]
+        assert ing.pending == 9 and ing.stats["dropped"] == 0
     assert ing.flush(300)
+    # past the bound the oldest waiting were stored as text (embedded later): none dropped
     assert sorted(x.text for x in s.iter_items()) == sorted([f"first batch {i}" for i in range(3)]
-                                                           + [f"second batch {i}" for i in range(4)])
+                                                           + [f"second batch {i}" for i in range(4)]
+                                                           + [f"third batch {i}" for i in range(2)])
+    assert not [e for e in events(bus, "memory") if e.get("dropped")] and ing.stats["stored_text_only"] == 4
     ing.close()
-    assert ing.submit([item("after close")]) is False
+    assert ing.submit([item("after close")]) is False and ing.stats["dropped"] == 1
     s.close()
 
 
 def test_a_failing_store_is_an_error_event_not_an_exception(cw_home):
     s = store(cw_home)
     bus = EventBus()
-    ing = Ingestor(s, bus, queue_size=10)
+    ing = Ingestor(s, bus)
     s.close()  # Chroma gone under the ingestor
     assert ing.submit([item("lost turn")]) is True
     assert ing.flush(300)
@@ -141,7 +143,7 @@ def test_backfill_runs_in_the_worker_when_the_model_appears(cw_home):
     s.close()
     s = store(cw_home)
     bus = EventBus()
-    ing = Ingestor(s, bus, queue_size=10)
+    ing = Ingestor(s, bus)
     assert wait_until(lambda: events(bus, "memory"), 10, interval=0.005)
     assert events(bus, "memory")[0] == {"backfilled": 1}
     assert s.vector_query("model", ["t-a"], 1)[0][0].text == "stored before the model was there"
@@ -154,7 +156,7 @@ def test_history_not_seen_live_is_an_ingest_event_and_a_dimmed_tui_row(cw_home):
 
     s = store(cw_home)
     bus = EventBus()
-    ing = Ingestor(s, bus, queue_size=100, chunk_tokens=120)
+    ing = Ingestor(s, bus, chunk_tokens=120)
     history = [item(f"resumed message {i} about the deploy script", turn=i, tags=["deploy"]) for i in range(4)]
     history.append(item(LONG_OUTPUT, role="tool", kind="tool_result", tool="Bash", turn=4))
     assert ing.submit(history, flow_id="flow-7", history=True, messages=5) and ing.flush(300)

@@ -46,7 +46,7 @@ def test_a_text_is_redacted_once_from_the_journal_to_the_store_and_the_originals
     originals: list[MemoryItem] = []
     s = store(cw_home)
     bus = EventBus()
-    ing = Ingestor(s, bus, queue_size=1000, chunk_tokens=120, journal=PendingTable(cw_home / "pending.sqlite"),
+    ing = Ingestor(s, bus, chunk_tokens=120, journal=PendingTable(cw_home / "pending.sqlite"),
                    on_originals=originals.extend)
     try:
         assert ing.submit(items)
@@ -146,7 +146,7 @@ def test_past_pending_max_the_oldest_are_stored_as_text_and_embedded_later_never
     s.embedder = gated
     bus = EventBus()
     added: list[MemoryItem] = []
-    ing = Ingestor(s, bus, queue_size=1000, journal=PendingTable(cw_home / "pending.sqlite", max_items=10),
+    ing = Ingestor(s, bus, journal=PendingTable(cw_home / "pending.sqlite", max_items=10),
                    on_added=added.extend, backfill=False)
     texts = [f"Note {i}: the build of module {i} needs the flag --opt-{i} set." for i in range(18)]
     try:
@@ -186,7 +186,7 @@ def test_what_waits_for_its_vector_is_searchable_by_its_words_and_recallable_at_
     lexical = LexicalIndex()
     added: list[MemoryItem] = []
     originals = OriginalStore(cw_home)
-    ing = Ingestor(s, bus, queue_size=1000, chunk_tokens=120, journal=PendingTable(cw_home / "pending.sqlite"),
+    ing = Ingestor(s, bus, chunk_tokens=120, journal=PendingTable(cw_home / "pending.sqlite"),
                    on_indexed=lexical.add, on_added=added.extend, on_originals=originals.put, backfill=False,
                    tag=lambda text: ["uploads"] if "upload" in text else [])
     first = item("warm-up note: nothing to see", turn=0)

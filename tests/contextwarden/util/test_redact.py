@@ -127,7 +127,7 @@ def test_planted_secrets_never_reach_chroma_or_an_export(cw_home, tmp_path):
     ] + [{"role": "user" if i % 2 else "assistant", "content": t} for i, t in enumerate(texts[3:])]
     s = store(cw_home)
     bus = EventBus()
-    ing = Ingestor(s, bus, queue_size=1000, chunk_tokens=200)
+    ing = Ingestor(s, bus, chunk_tokens=200)
     assert ing.submit(items_from_messages(msgs, ApiKind.ANTHROPIC, "sess-secret", "t-a", 0))
     assert ing.flush(300)
     ev = events(bus, "memory")[-1]

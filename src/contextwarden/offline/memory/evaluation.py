@@ -394,7 +394,7 @@ class LiveProxy:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(wait)
             s.connect(str(socks[-1]))
-            wire.send_frame(s, {"id": 1, "op": "call", "m": name, "a": wire.encode(list(args)), "k": wire.encode({})})
+            wire.send_frame(s, {"id": 1, "op": "call", "m": name, "a": args})
             while True:
                 msg = wire.recv_frame(s)
                 if msg is None:
@@ -402,7 +402,7 @@ class LiveProxy:
                 if msg.get("id") == 1:
                     if "e" in msg:
                         raise wire.decode_error(msg["e"])
-                    return wire.decode(msg["r"])
+                    return msg["r"]
 
     def settle(self, turns: int, timeout: float = 1800) -> None:
         """Wait until the proxy completed ``turns`` turns (each hands its items to the memory process
