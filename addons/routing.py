@@ -63,8 +63,8 @@ def routed(flow: http.HTTPFlow, proxy: ProxySection) -> tuple[str, ApiKind] | No
     return got
 
 
-def incoming(flow: http.HTTPFlow, proxy: ProxySection, handler: str) -> Incoming | None:
-    """The flow's request for ``handler`` (HTTP, COUNT, WEBSOCKET: None when it is not that one's)."""
+def incoming(flow: http.HTTPFlow, proxy: ProxySection, *handlers: str) -> Incoming | None:
+    """The flow's request for one of ``handlers`` (HTTP, COUNT, WEBSOCKET: None when it is none of theirs)."""
     got = flow.metadata.get(INCOMING)
     if got is None and flow.response is None:
         r = routed(flow, proxy)
@@ -74,7 +74,7 @@ def incoming(flow: http.HTTPFlow, proxy: ProxySection, handler: str) -> Incoming
             headers = list(req.headers.items(multi=True))  # type: ignore[no-untyped-call]
             got = flow.metadata[INCOMING] = Incoming(r[1], req.host, req.path, headers, req.raw_content or b"", flow.id,
                                                      consumed, route=r[0])
-    return got if got is not None and got.route == handler else None
+    return got if got is not None and got.route in handlers else None
 
 
 def consume_headers(flow: http.HTTPFlow, names: list[str]) -> dict[str, str]:
