@@ -34,7 +34,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.coretypes.serializable import Serializable
 
-from contextwarden.core import flowrelease, frames, typecheckfix
+from contextwarden.core import flowrelease, frames
 from contextwarden.settings.proxy import ProxySection
 from contextwarden.wire.apis import HTTP
 
@@ -254,7 +254,6 @@ class EngineLink:
         try:
             if self.engine.release_flows:
                 flowrelease.install()  # mitmdump's finished flows freed without a full collection
-                typecheckfix.install()  # ... and not held by the type checks' exception cycles either
         except Exception as e:
             log.warning(f"contextwarden: flow release not installed: {e}")
         log.info(f"contextwarden: engine process {self.engine.pid} runs the request path")

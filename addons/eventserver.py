@@ -33,7 +33,6 @@ from typing import Any
 import orjson
 from websockets.asyncio.server import serve
 
-from contextwarden.core import census
 from contextwarden.core.events import Event
 from contextwarden.core.liveprotocol import INFO_FILE, PROTOCOL, TOKEN_HEADER, Totals
 
@@ -358,6 +357,5 @@ class EventServer(PerRuntime):
         if not rt.settings.server.enabled:
             return None
         svc = EventService(rt, port=rt.settings.server.port).start(publish=False)
-        census.watch(rt, "eventserver", svc)
         log.info(f"contextwarden: event server on {svc.host}:{svc.port} (token in {svc.info_path})")
         return svc

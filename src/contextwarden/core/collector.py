@@ -7,7 +7,7 @@
   collected less often (``pipeline.gc_tuning``, ``gc_threshold``);
 - ``background``: under load a full collection at least every ``pipeline.gc_full_s`` (the cyclic garbage
   of requests: mitmproxy's finished stream layers; the flows themselves are freed by reference counting,
-  ``flowrelease`` and ``typecheckfix``), its survivors then frozen (``gc_freeze_under_load``: the next
+  ``flowrelease``), its survivors then frozen (``gc_freeze_under_load``: the next
   one walks only what is newer) and the freed heap trimmed; once per idle spell of
   ``pipeline.gc_idle_s`` a full collection of everything not frozen at start-up and ``malloc_trim``
   (the RSS shrinks); after ``FORGET_S`` idle the conversations' caches go as well.

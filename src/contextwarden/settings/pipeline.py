@@ -96,7 +96,7 @@ class PipelineSection(Section):
     p50/max after the cycles below were gone, every request in flight waiting it out). What is frozen
     and later dies is freed by reference counting as before; cyclic garbage among it waits for the idle
     collection, which unfreezes first. Safe because the request path makes next to no cyclic garbage
-    (``release_flows``, ``contextwarden.core.typecheckfix``; a ``gc`` event's ``freed`` shows it)."""
+    (``release_flows``, ``contextwarden.core.flowrelease``; a ``gc`` event's ``freed`` shows it)."""
 
     engine_timeout_s: float = 60.0
     """How long mitmdump's process waits for the engine's answer to a request before sending the client's
@@ -109,7 +109,7 @@ class PipelineSection(Section):
     response bodies do not wait as cyclic garbage for a full collection. Process-wide, applied at
     start-up (a patch of mitmproxy's HTTP layer; skipped, with a warning, on a mitmproxy whose layer
     differs). With it, mitmproxy's type check of optional fields no longer leaves an exception cycle
-    holding the flow being built (``contextwarden.core.typecheckfix``: every request and response, and each
+    holding the flow being built (``contextwarden.core.flowrelease``: every request and response, and each
     mirror the engine rebuilds)."""
 
     malloc_keep_mb: int = 64
