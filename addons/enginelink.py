@@ -1,19 +1,14 @@
-"""mitmdump's side of the engine: hands each LLM API flow's hooks to the engine process and applies
-what it sends back (``contextwarden.engine``; ``cw_engine``, on by default).
+"""mitmdump's side of the engine (``contextwarden.engine``; ``cw_engine``, on by default): hands each
+LLM API flow's hooks to the engine process and applies what it sends back.
 
-What stays here is what only mitmdump's process can do: relaying the bytes (every response chunk is
-returned as it came; a copy goes to the engine, whose observer reads it on the side), putting a
-rewritten request or an answer in place, dropping or injecting a WebSocket message. What goes to the
-engine is chosen here by the same route the engine's addons take (decided once, it crosses with the
-flow), so other traffic (a client's telemetry through ``HTTPS_PROXY``) never crosses. A request nothing
-can change (the engine says it is ``passive``: observe-only or no stage; or a bypass header) is
-forwarded at once, and nothing of it crosses until its flow ends: then one ``observed`` frame carries
-the request as it came and its answer (the body's pieces kept here as they were relayed), so no copy
-is made or sent while the client waits.
+Here stays what only mitmdump's process can do: relaying the bytes (a copy of each response chunk goes
+to the engine), putting a rewritten request or an answer in place, dropping or injecting a WebSocket
+message. Only flows of a known route cross. A request nothing can change (the engine is ``passive``,
+or a bypass header) is forwarded at once and crosses whole at its end, in one ``observed`` frame.
 
-Fail open: a request the engine does not answer within ``pipeline.engine_timeout_s`` (60 s) (or while it is down)
-goes as the client sent it, and the engine's log says so once it can. An engine that dies is started
-again; requests meanwhile wait for it up to ``RESTART_WAIT_S``, then go unchanged.
+Fail open: a request the engine does not answer within ``pipeline.engine_timeout_s`` (or while it is
+down) goes as the client sent it. An engine that dies is started again; requests wait for it up to
+``RESTART_WAIT_S``, then go unchanged.
 """
 
 from __future__ import annotations
@@ -85,11 +80,9 @@ class _Engine:
         mine, theirs = socket.socketpair()
         frames.tune(mine)
         frames.tune(theirs)
-        # A session of its own, so a scheduling group of its own (Linux's autogroups): sharing
-        # mitmdump's, the engine's threads waited for a core ~3x as long as they ran under load. It
-        # stops with mitmdump: asked over its socket, or when it closes (it ignores SIGINT).
-        # Two malloc arenas, not glibc's eight per core: the stage threads' freed bodies then sit in few
-        # heaps, which malloc_trim gives back when idle (collector.background)
+        # A session of its own: a scheduling group of its own (Linux's autogroups). It stops with
+        # mitmdump: asked over its socket, or when it closes (it ignores SIGINT). Two malloc arenas:
+        # freed bodies sit in few heaps, which malloc_trim gives back when idle (collector.background)
         proc = subprocess.Popen([sys.executable, "-m", "contextwarden.engine", str(theirs.fileno())],
                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True,
                                 env={"MALLOC_ARENA_MAX": "2", **os.environ})

@@ -1,11 +1,6 @@
-"""mitmdump's per-flow lines off unless asked for.
-
-mitmdump prints a line per flow (``flow_detail`` 1, its default): formatting it costs the proxy's event
-loop ~6% of its time per request (issue 19), and a line per request is noise next to contextwarden's
-own events (``contextwarden events``, the TUI). So, once mitmproxy has applied the command line, the
-flow lines are turned off (``flow_detail`` 0) when the user left ``flow_detail`` at its default.
-They come back with ``--set cw_flow_lines=true`` (``contextwarden run --flow-lines``), with ``-v``, or
-with ``--set flow_detail=2`` or more; ``-q`` keeps them off as before.
+"""mitmdump's per-flow lines off unless asked for (they cost the event loop CPU per request, and
+contextwarden's events say more): ``flow_detail`` 0 when the user left it at its default; back with
+``--set cw_flow_lines=true`` (``contextwarden run --flow-lines``), ``-v``, or ``flow_detail`` 2 or more.
 """
 
 from __future__ import annotations

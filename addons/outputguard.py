@@ -1,10 +1,6 @@
-"""mitmdump's own output (the flow lines, the log) without the secrets a URL can carry.
-
-mitmdump prints every request's URL (``flow_detail`` 1, its default), so ``?api_key=...`` or
-``?key=...`` would be on the terminal and in whatever captures the process output. This addon puts a
-redacting writer in front of the dumper's and the terminal log's streams: each line goes through the
-same redaction as events (:func:`contextwarden.util.scrub.scrub_once`: without events' memo of texts, as
-every line is new: the terminal log's start with the time).
+"""mitmdump's own output (the flow lines, the log) without the secrets a URL can carry (``?key=...``):
+a redacting writer in front of the dumper's and the terminal log's streams
+(:func:`contextwarden.util.scrub.scrub_once`, the events' redaction).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from .stageclock import StageClock
 if TYPE_CHECKING:
     from ..core.runtime import Runtime
 
-# Who sent a request, as the proxy saw it (addons/interceptor.origin_of), among the consumed headers: a
+# Who sent a request, as the proxy saw it (addons/routing.origin_of), among the consumed headers: a
 # name no HTTP header can have, so no client sets it
 ORIGIN = ":origin"
 _AUTH_HEADERS = {"x-api-key", "authorization", "api-key", "anthropic-version", "anthropic-beta", "openai-organization", "openai-project"}
