@@ -8,7 +8,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions
 
-from contextwarden.core import flowrelease
+from contextwarden.core import collector, flowrelease
 from contextwarden.core.pluginmanager import order_warnings
 from contextwarden.core.runtime import Runtime
 from contextwarden.settings import SettingsError
@@ -76,7 +76,7 @@ class Warden:
         try:
             if runtime.settings.pipeline.release_flows:
                 flowrelease.install()  # (the engine's mirrors too: their bodies no longer wait for a collection)
-            runtime.tune_malloc()
+            collector.tune_malloc(runtime.settings.pipeline)
             runtime.settle_gc("startup")
         except Exception as e:  # tuning must never stop the proxy
             log.warning(f"contextwarden: gc tuning failed: {e}")

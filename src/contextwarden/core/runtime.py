@@ -77,7 +77,7 @@ class Runtime:
         self.conversations = Conversations()
         # recent bodies' histories, not decoded again (pipeline.prepare): one per conversation in flight
         self.recent = RecentBodies(max(8, settings.pipeline.recent_conversations))
-        self._tokens: TokenCounter | None = None
+        self.tokens = TokenCounter(settings.tokens, self.state, self.bus)  # (per-content cache, calibration)
         self._lock = threading.Lock()
         self._memos: dict[str, Any] = {}  # the request path's caches, by name (memo): this runtime's alone
         # the stage breaker: stage name -> (its call still running past its budget, when it started)
@@ -102,12 +102,6 @@ class Runtime:
         if not self._salt_shared:
             self._salt_shared = replicas.share_salt(self)
         return self._salt
-
-    # ------------------------------------------------------------------ garbage collector
-
-    def tune_malloc(self) -> bool:
-        """``collector.tune_malloc`` with this runtime's settings (True when the allocator was tuned)."""
-        return collector.tune_malloc(self.settings.pipeline)
 
     def settle_gc(self, reason: str = "startup") -> dict[str, Any] | None:
         """``collector.settle`` (freeze what exists, raise the thresholds; None when ``pipeline.gc_tuning``
@@ -154,15 +148,6 @@ class Runtime:
         h = ensure_home(home)
         return cls(load_settings(profile, h), h, plugins_dir, profile=profile, **kw)
 
-    @property
-    def tokens(self) -> TokenCounter:
-        """The shared token counter (per-content cache, calibration), created on first use."""
-        if self._tokens is None:
-            with self._lock:
-                if self._tokens is None:
-                    self._tokens = TokenCounter(self.settings.tokens, self.state, self.bus)
-        return self._tokens
-
     def memo[T](self, name: str, factory: Callable[[], T]) -> T:
         """This runtime's cache ``name`` (``factory()`` the first time): every cache of the request path
         lives here, never in a module, so two runtimes in one process share nothing."""
@@ -189,8 +174,7 @@ class Runtime:
         check_stage_names(self.pm, settings.pipeline)
         self.settings = settings
         self.overrides = merged
-        if self._tokens is not None:
-            self._tokens.settings = self.settings.tokens
+        self.tokens.settings = self.settings.tokens
         if persist or self.state.shared:  # shared: one gateway, one set of settings for every replica
             self.state.put("runtime", "overrides", merged)
         self.bus.emit("settings", {"overrides": merged, "persisted": persist})
@@ -208,7 +192,7 @@ class Runtime:
             if isinstance(m, LRU):
                 m.clear()
 
-    # ------------------------------------------------------------------ the stage breaker
+    # the stage breaker
 
     def overrun_since(self, stage: str) -> float | None:
         """When the call of ``stage`` that ran past its budget started, if it is still running."""
