@@ -1,8 +1,6 @@
-"""``ctx.notes``: what a stage hands to later stages and to the turn hooks, one declared key each.
-
-A dict at run time (a third-party stage may keep its own keys under its own name); the keys the built-in
-stages use are declared here with their type and writer, and ``tests/contextwarden/request/test_notes.py`` fails when code
-reads or writes a key that is not, or a request's notes hold a value of another type.
+"""``ctx.notes``: what a stage hands to later stages and to the turn hooks. A dict at run time (a
+third-party stage keeps its own keys under its own name); the built-in stages' keys are declared here
+(``tests/contextwarden/request/test_notes.py`` checks code and values against them).
 """
 
 from __future__ import annotations
