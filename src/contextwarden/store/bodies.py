@@ -1,9 +1,6 @@
-"""Recent request bodies, original and rewritten, for the TUI's inspector and for replay.
-
-Bodies hold conversation text but never credentials (those live in headers, which are redacted); what
-is written to disk or handed out has the conversation's secrets redacted too (:mod:`contextwarden.util.scrub`).
-Kept in memory up to a byte budget; written under ``cw_home/bodies`` only when the profile's
-``log.record_bodies`` asks for it.
+"""Recent request bodies, original and rewritten, for the TUI's inspector and for replay: in memory up to
+a byte budget, under ``cw_home/bodies`` when ``log.record_bodies`` asks; what is written or handed out
+is scrubbed of secrets (:mod:`contextwarden.util.scrub`).
 """
 
 from __future__ import annotations
@@ -38,11 +35,8 @@ def _decoded(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 class BodyRing:
-    """The last requests' bodies, bounded by bytes and count (an :class:`~contextwarden.util.lru.LRU`).
-
-    ``original`` and ``rewritten`` are best given as JSON bytes (``pipeline.remember`` does): bytes are a
-    single object the garbage collector never walks, where a parsed 150K-token body is thousands of
-    tracked dicts and lists. ``get`` and ``for_session`` return them decoded."""
+    """The last requests' bodies, bounded by bytes and count, kept as JSON bytes (nothing for the garbage
+    collector to walk); ``get`` and ``for_session`` return them decoded."""
 
     def __init__(self, max_bytes: int = 64_000_000, max_items: int = 500) -> None:
         self._lru = LRU(max_bytes, max_count=max_items)
