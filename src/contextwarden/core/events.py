@@ -196,16 +196,13 @@ class JsonlLog:
 
 def _lines(batch: list[Event]) -> list[bytes]:
     """Each event's JSON; one that cannot be serialised is left out (it must not stop the writer)."""
-    try:
-        return [e.to_json() for e in batch]
-    except Exception:
-        out = []
-        for e in batch:
-            try:
-                out.append(e.to_json())
-            except Exception:
-                pass
-        return out
+    out = []
+    for e in batch:
+        try:
+            out.append(e.to_json())
+        except Exception:
+            pass
+    return out
 
 
 def _write_all(fd: int, data: bytes) -> None:

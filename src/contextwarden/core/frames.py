@@ -42,10 +42,6 @@ def encode(op: str, key: Any = None, payload: Any = None) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
-def decode(data: bytes) -> tuple[str, Any, Any]:
-    return pickle.loads(data)
-
-
 async def read(reader: asyncio.StreamReader) -> tuple[str, Any, Any] | None:
     """The next frame, or None at the end of the stream (the other process is gone)."""
     try:
@@ -53,7 +49,8 @@ async def read(reader: asyncio.StreamReader) -> tuple[str, Any, Any] | None:
         (n,) = HEADER.unpack(head)
         if n > MAX_FRAME:
             raise ValueError(f"engine frame of {n} bytes")
-        return decode(await reader.readexactly(n))
+        frame: tuple[str, Any, Any] = pickle.loads(await reader.readexactly(n))
+        return frame
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
 
@@ -71,7 +68,7 @@ def read_blocking(sock: socket.socket, timeout: float | None) -> tuple[str, Any,
             return None
         (n,) = HEADER.unpack(head)
         body = _exactly(sock, n)
-        return None if body is None else decode(body)
+        return None if body is None else pickle.loads(body)
     finally:
         sock.settimeout(None)
 

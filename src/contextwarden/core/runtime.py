@@ -80,9 +80,8 @@ class Runtime:
         self.tokens = TokenCounter(settings.tokens, self.state, self.bus)  # (per-content cache, calibration)
         self._lock = threading.Lock()
         self._memos: dict[str, Any] = {}  # the request path's caches, by name (memo): this runtime's alone
-        # the stage breaker: stage name -> (its call still running past its budget, when it started)
-        self._overrun: dict[str, tuple[Any, float]] = {}
-        self._overrun_lock = threading.Lock()
+        # the stage breaker: stage name -> (its latest call that ran past its budget, when it started)
+        self._overrun: dict[str, tuple[Future[Any], float]] = {}
         self.stage_times = StageTimes()  # each stage's recent durations: its adaptive budget
         self._gc_settled_memory = False
         self._gc_unsubscribe: Callable[[], None] | None = None
@@ -196,42 +195,22 @@ class Runtime:
 
     def overrun_since(self, stage: str) -> float | None:
         """When the call of ``stage`` that ran past its budget started, if it is still running."""
-        with self._overrun_lock:
-            rec = self._overrun.get(stage)
-        if rec is None:
-            return None
-        if rec[0].done():  # returned meanwhile (its callback clears it too)
-            self._clear_overrun(stage, rec[0])
-            return None
-        return rec[1]
+        rec = self._overrun.get(stage)
+        return rec[1] if rec is not None and not rec[0].done() else None
 
     def mark_overrun(self, stage: str, call: Future[Any], flow_id: str | None = None, session: str | None = None) -> None:
         """``call`` (a concurrent Future running ``stage``, for the request ``flow_id`` of ``session``) was
         abandoned past its budget: skip the stage until it returns, then say so."""
         started = time.time()
-        with self._overrun_lock:
-            self._overrun[stage] = (call, started)
+        self._overrun[stage] = (call, started)
 
         def returned(f: Future[Any]) -> None:
-            self._clear_overrun(stage, f)
-            err = None
-            if f.cancelled():
-                err = "cancelled"
-            elif (e := f.exception()) is not None:
-                err = f"{type(e).__name__}: {e}"
-            try:
-                self.bus.emit("stage_recovered", {"stage": stage, "late_ms": round((time.time() - started) * 1000, 3),
-                                                   "error": err}, flow_id=flow_id, session=session)
-            except Exception:
-                pass
+            e = None if f.cancelled() else f.exception()
+            err = "cancelled" if f.cancelled() else f"{type(e).__name__}: {e}" if e is not None else None
+            self.bus.emit("stage_recovered", {"stage": stage, "late_ms": round((time.time() - started) * 1000, 3),
+                                               "error": err}, flow_id=flow_id, session=session)
 
         call.add_done_callback(returned)
-
-    def _clear_overrun(self, stage: str, call: Future[Any]) -> None:
-        with self._overrun_lock:
-            rec = self._overrun.get(stage)
-            if rec is not None and rec[0] is call:
-                del self._overrun[stage]
 
     def set_bypass(self, session: str, on: bool = True) -> None:
         (self.bypass.add if on else self.bypass.discard)(session)
