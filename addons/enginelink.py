@@ -38,7 +38,6 @@ from .routing import bypass_asked, routed
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0  # the engine's start: imports, the runtime, the tokenizers (first run: their download)
-REQUEST_TIMEOUT_S = 60.0  # unless the engine's settings say (pipeline.engine_timeout_s)
 RESTART_WAIT_S = 30.0
 STOP_WAIT_S = 8.0  # SIGTERM to exit must stay under 10 s
 BUFFER_LIMIT = 64 << 20  # response copies waiting for the engine: past this, copies stop (bytes still relay)
@@ -51,7 +50,7 @@ class _Ready(TypedDict):
     passive: bool
     pid: int
     release_flows: bool
-    timeout_s: float | None
+    timeout_s: float  # pipeline.engine_timeout_s
 
 
 class _Engine:
@@ -64,9 +63,9 @@ class _Engine:
         self.sock = sock
         self.proxy = ready["proxy"]  # its settings' proxy section: what it handles
         self.passive = ready["passive"]  # no request's bytes can change (observe-only, no stage): none waits
-        self.pid = ready.get("pid")
-        self.release_flows = ready.get("release_flows", True)
-        self.timeout_s = ready.get("timeout_s") or REQUEST_TIMEOUT_S
+        self.pid = ready["pid"]
+        self.release_flows = ready["release_flows"]
+        self.timeout_s = ready["timeout_s"]
         self.writer: asyncio.StreamWriter | None = None
         self.reading: asyncio.Task[None] | None = None
         self.waiting: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
@@ -217,7 +216,6 @@ class EngineLink:
         self.watched: set[str] = set()  # flows the engine mirrors, until their end
         self.streamed: set[str] = set()
         self.observed: dict[str, _Observed] = {}  # forwarded flows, sent whole at their end
-        self.failed_open = 0
         self.listening = False  # mitmdump listens: an engine (a restarted one too) hears ``running``
 
     # -- options and lifecycle ---------------------------------------------------------------
@@ -347,7 +345,6 @@ class EngineLink:
         flow.metadata["contextwarden_engine"] = api  # its API (overhead, upstreamerror)
 
     def _failed_open(self, eng: _Engine | None, flow: http.HTTPFlow, why: str) -> None:
-        self.failed_open += 1
         log.warning(f"contextwarden: {flow.request.path} forwarded unchanged: {why}")
         if eng is not None:
             eng.send("note", None, {"where": "engine link", "message": why, "action": "forwarded unchanged",
