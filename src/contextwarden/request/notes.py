@@ -5,10 +5,10 @@ third-party stage keeps its own keys under its own name); the built-in stages' k
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from ..util.lru import LRU
 from ..wire.dialects import ProviderContext
 
 
@@ -19,7 +19,7 @@ class Control:
     key: str
     record: dict[str, Any] = field(default_factory=dict)
     # the runtime's memo of filtered records (see applied): never a module's, so runtimes share nothing
-    memo: dict | None = field(default=None, compare=False, repr=False)
+    memo: LRU | None = field(default=None, compare=False, repr=False)
 
     @property
     def pins(self) -> list[dict[str, Any]]:
@@ -57,21 +57,14 @@ class Control:
         drop = (off | pinned) & records.keys()
         if not drop:
             return records
-        memo_key = (self.key, stage)
-        memo = self.memo if self.memo is not None else {}
-        with _memo_lock:
-            got = memo.get(memo_key)
-            if got is not None and got[0] is records and got[1] == drop:
-                return got[2]
-        out = {k: v for k, v in records.items() if k not in drop}
-        with _memo_lock:
-            memo[memo_key] = (records, drop, out)
-            while len(memo) > 4096:
-                memo.pop(next(iter(memo)))
-        return out
+        def build() -> tuple[dict[str, Any], frozenset, dict[str, Any]]:
+            return records, drop, {k: v for k, v in records.items() if k not in drop}
 
-
-_memo_lock = threading.Lock()
+        memo, key = self.memo if self.memo is not None else LRU(1), (self.key, stage)
+        got = memo.get(key, build)
+        if got[0] is not records or got[1] != drop:
+            memo.put(key, got := build())
+        return got[2]
 
 
 class ReplayNote(TypedDict, total=False):
