@@ -101,6 +101,11 @@ class EventBus:
         self.publish(ev)
         return ev
 
+    def forget_json(self) -> None:
+        """Drop the recent events' JSON (written and sent by now; :meth:`Event.to_json` makes it again)."""
+        for ev in list(self.recent):
+            ev._json = None
+
     def publish(self, ev: Event) -> None:
         if ev.replica is None and self.replica is not None:
             ev.replica = self.replica

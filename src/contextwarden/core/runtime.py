@@ -183,9 +183,11 @@ class Runtime:
     def forget_conversations(self) -> None:
         """Drop what is remembered of conversations (their messages' bytes, typed messages, memos and
         slots; the recent bodies' histories) and the memos of per-message work (``memo``'s LRUs): caches,
-        each conversation's next request reads it whole. The inspector's bodies stay, compressed."""
+        each conversation's next request reads it whole. The inspector's bodies stay, compressed; the
+        recent events drop their JSON."""
         self.conversations.clear()
         self.bodies.pack()
+        self.bus.forget_json()
         self.recent = RecentBodies(self.recent.size)
         for m in list(self._memos.values()):
             if isinstance(m, LRU):
