@@ -92,10 +92,6 @@ class BytesMemo(LRU):
     def __init__(self, max_bytes: int = 32_000_000, min_key: int = 0) -> None:
         super().__init__(max_bytes, size=len, min_size=min_key, max_item=max_bytes // 8)
 
-    @property
-    def max_bytes(self) -> int:
-        return self.max_size
-
 
 _NONE = object()  # a remembered None (an LRU holds no None)
 
