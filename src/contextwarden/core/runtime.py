@@ -80,7 +80,7 @@ class Runtime:
         self.tokens = TokenCounter(settings.tokens, self.state, self.bus)  # (per-content cache, calibration)
         self._lock = threading.Lock()
         self._memos: dict[str, Any] = {}  # the request path's caches, by name (memo): this runtime's alone
-        # the stage breaker: stage name -> (its latest call that ran past its budget, when it started)
+        # the stage breaker: stage name -> (its call still running past its budget, when it started)
         self._overrun: dict[str, tuple[Future[Any], float]] = {}
         self.stage_times = StageTimes()  # each stage's recent durations: its adaptive budget
         self._gc_settled_memory = False
@@ -207,6 +207,8 @@ class Runtime:
         self._overrun[stage] = (call, started)
 
         def returned(f: Future[Any]) -> None:
+            if self._overrun.get(stage, (None, 0.0))[0] is f:  # (not kept: its exception holds the request)
+                self._overrun.pop(stage, None)
             e = None if f.cancelled() else f.exception()
             err = "cancelled" if f.cancelled() else f"{type(e).__name__}: {e}" if e is not None else None
             self.bus.emit("stage_recovered", {"stage": stage, "late_ms": round((time.time() - started) * 1000, 3),
