@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .counttokens import CountTokens
 from .eventserver import EventServer
 from .eventstream import EventStream
 from .interceptor import Interceptor
@@ -25,5 +24,5 @@ def engine_addons(warden: Warden) -> list[Any]:
     """The warden and what works for its runtime: requests, answers, the servers, mitmdump's output guard."""
     interceptor = Interceptor(warden)
     events = EventServer(warden)
-    return [warden, interceptor, CountTokens(warden), Observer(warden), WebSocketResponses(warden, interceptor), events,
+    return [warden, interceptor, Observer(warden), WebSocketResponses(warden, interceptor), events,
             RecallApiServer(warden, events), MetricsServer(warden), EventStream(warden), OutputGuard()]

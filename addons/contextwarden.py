@@ -13,7 +13,6 @@ for _name in [n for n, m in list(sys.modules.items()) if getattr(m, "__file__", 
 from contextwarden.addons.chain import engine_addons  # noqa: E402
 from contextwarden.addons.enginelink import EngineLink  # noqa: E402
 from contextwarden.addons.exposure import Exposure  # noqa: E402
-from contextwarden.addons.flowlines import FlowLines  # noqa: E402
 from contextwarden.addons.overhead import Overhead  # noqa: E402
 from contextwarden.addons.upstreamerror import UpstreamError  # noqa: E402
 from contextwarden.addons.warden import Warden  # noqa: E402
@@ -21,5 +20,6 @@ from contextwarden.addons.warden import Warden  # noqa: E402
 warden = Warden()
 # EngineLink hands the LLM API flows to the engine process (cw_engine, the default), where the chain
 # runs; with --set cw_engine=false the chain runs here, in mitmdump's process. Exposure: listen on
-# loopback unless told otherwise; OutputGuard (in the chain): no secret in mitmdump's own output.
-addons = [EngineLink(), *engine_addons(warden), Overhead(), UpstreamError(), Exposure(), FlowLines()]
+# loopback unless told otherwise; OutputGuard (in the chain): no secret in mitmdump's own output, and
+# no line per flow unless asked for.
+addons = [EngineLink(), *engine_addons(warden), Overhead(), UpstreamError(), Exposure()]

@@ -1,19 +1,14 @@
-"""mitmdump's side of the engine: hands each LLM API flow's hooks to the engine process and applies
-what it sends back (``contextwarden.engine``; ``cw_engine``, on by default).
+"""mitmdump's side of the engine (``contextwarden.engine``; ``cw_engine``, on by default): hands each
+LLM API flow's hooks to the engine process and applies what it sends back.
 
-What stays here is what only mitmdump's process can do: relaying the bytes (every response chunk is
-returned as it came; a copy goes to the engine, whose observer reads it on the side), putting a
-rewritten request or an answer in place, dropping or injecting a WebSocket message. What goes to the
-engine is chosen here by the same route the engine's addons take (decided once, it crosses with the
-flow), so other traffic (a client's telemetry through ``HTTPS_PROXY``) never crosses. A request nothing
-can change (the engine says it is ``passive``: observe-only or no stage; or a bypass header) is
-forwarded at once, and nothing of it crosses until its flow ends: then one ``observed`` frame carries
-the request as it came and its answer (the body's pieces kept here as they were relayed), so no copy
-is made or sent while the client waits.
+Here stays what only mitmdump's process can do: relaying the bytes (a copy of each response chunk goes
+to the engine), putting a rewritten request or an answer in place, dropping or injecting a WebSocket
+message. Only flows of a known route cross. A request nothing can change (the engine is ``passive``,
+or a bypass header) is forwarded at once and crosses whole at its end, in one ``observed`` frame.
 
-Fail open: a request the engine does not answer within ``pipeline.engine_timeout_s`` (60 s) (or while it is down)
-goes as the client sent it, and the engine's log says so once it can. An engine that dies is started
-again; requests meanwhile wait for it up to ``RESTART_WAIT_S``, then go unchanged.
+Fail open: a request the engine does not answer within ``pipeline.engine_timeout_s`` (or while it is
+down) goes as the client sent it. An engine that dies is started again; requests wait for it up to
+``RESTART_WAIT_S``, then go unchanged.
 """
 
 from __future__ import annotations
@@ -34,7 +29,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.coretypes.serializable import Serializable
 
-from contextwarden.core import flowrelease, frames, typecheckfix
+from contextwarden.core import flowrelease, frames
 from contextwarden.settings.proxy import ProxySection
 from contextwarden.wire.apis import HTTP
 
@@ -43,7 +38,6 @@ from .routing import bypass_asked, routed
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0  # the engine's start: imports, the runtime, the tokenizers (first run: their download)
-REQUEST_TIMEOUT_S = 60.0  # unless the engine's settings say (pipeline.engine_timeout_s)
 RESTART_WAIT_S = 30.0
 STOP_WAIT_S = 8.0  # SIGTERM to exit must stay under 10 s
 BUFFER_LIMIT = 64 << 20  # response copies waiting for the engine: past this, copies stop (bytes still relay)
@@ -56,7 +50,7 @@ class _Ready(TypedDict):
     passive: bool
     pid: int
     release_flows: bool
-    timeout_s: float | None
+    timeout_s: float  # pipeline.engine_timeout_s
 
 
 class _Engine:
@@ -69,9 +63,9 @@ class _Engine:
         self.sock = sock
         self.proxy = ready["proxy"]  # its settings' proxy section: what it handles
         self.passive = ready["passive"]  # no request's bytes can change (observe-only, no stage): none waits
-        self.pid = ready.get("pid")
-        self.release_flows = ready.get("release_flows", True)
-        self.timeout_s = ready.get("timeout_s") or REQUEST_TIMEOUT_S
+        self.pid = ready["pid"]
+        self.release_flows = ready["release_flows"]
+        self.timeout_s = ready["timeout_s"]
         self.writer: asyncio.StreamWriter | None = None
         self.reading: asyncio.Task[None] | None = None
         self.waiting: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
@@ -85,11 +79,9 @@ class _Engine:
         mine, theirs = socket.socketpair()
         frames.tune(mine)
         frames.tune(theirs)
-        # A session of its own, so a scheduling group of its own (Linux's autogroups): sharing
-        # mitmdump's, the engine's threads waited for a core ~3x as long as they ran under load. It
-        # stops with mitmdump: asked over its socket, or when it closes (it ignores SIGINT).
-        # Two malloc arenas, not glibc's eight per core: the stage threads' freed bodies then sit in few
-        # heaps, which malloc_trim gives back when idle (collector.background)
+        # A session of its own: a scheduling group of its own (Linux's autogroups). It stops with
+        # mitmdump: asked over its socket, or when it closes (it ignores SIGINT). Two malloc arenas:
+        # freed bodies sit in few heaps, which malloc_trim gives back when idle (collector.background)
         proc = subprocess.Popen([sys.executable, "-m", "contextwarden.engine", str(theirs.fileno())],
                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True,
                                 env={"MALLOC_ARENA_MAX": "2", **os.environ})
@@ -224,7 +216,6 @@ class EngineLink:
         self.watched: set[str] = set()  # flows the engine mirrors, until their end
         self.streamed: set[str] = set()
         self.observed: dict[str, _Observed] = {}  # forwarded flows, sent whole at their end
-        self.failed_open = 0
         self.listening = False  # mitmdump listens: an engine (a restarted one too) hears ``running``
 
     # -- options and lifecycle ---------------------------------------------------------------
@@ -254,7 +245,6 @@ class EngineLink:
         try:
             if self.engine.release_flows:
                 flowrelease.install()  # mitmdump's finished flows freed without a full collection
-                typecheckfix.install()  # ... and not held by the type checks' exception cycles either
         except Exception as e:
             log.warning(f"contextwarden: flow release not installed: {e}")
         log.info(f"contextwarden: engine process {self.engine.pid} runs the request path")
@@ -355,7 +345,6 @@ class EngineLink:
         flow.metadata["contextwarden_engine"] = api  # its API (overhead, upstreamerror)
 
     def _failed_open(self, eng: _Engine | None, flow: http.HTTPFlow, why: str) -> None:
-        self.failed_open += 1
         log.warning(f"contextwarden: {flow.request.path} forwarded unchanged: {why}")
         if eng is not None:
             eng.send("note", None, {"where": "engine link", "message": why, "action": "forwarded unchanged",

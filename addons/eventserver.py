@@ -1,18 +1,11 @@
 """Serves the live event stream to ``contextwarden tui`` over a WebSocket on 127.0.0.1.
 
-Who may connect: only a client that presents the random token written (with the port and pid) to
-``cw_home/tui.json``, a file created with mode 0600. Browsers are refused outright (any ``Origin``
-header), so a web page cannot reach the stream even by guessing the port.
-
-What a client gets: first a snapshot (recent events, current settings, bypassed sessions, running
-totals since the runtime started), then live events in batches, one message per ~50 ms however many
-events happened. It may send commands: change settings at run time, bypass a session, fetch a
-request's bodies for the inspector, export a session.
-
-Why it never slows the proxy: the server runs on its own thread and event loop. The bus subscriber
-only appends to a bounded deque; batching, JSON encoding and sending happen on the server's thread.
-A client that reads too slowly has whole batches dropped (and is told how many events it missed),
-never pushes back on the proxy. Nothing here imports mitmproxy, the TUI or the CLI.
+Only a client presenting the token of ``cw_home/tui.json`` (mode 0600) connects; browsers (any
+``Origin`` header) are refused. A client gets a snapshot (recent events, settings, bypassed sessions,
+running totals), then live events in batches (~50 ms), and may send commands (settings, bypass, a
+request's bodies, a session's export). The server has its own thread and event loop: the bus
+subscriber only appends to a bounded deque, and a client that reads too slowly has whole batches
+dropped (and is told how many events it missed), never pushing back on the proxy.
 """
 
 from __future__ import annotations
@@ -33,11 +26,8 @@ from typing import Any
 import orjson
 from websockets.asyncio.server import serve
 
-from contextwarden.core import census
 from contextwarden.core.events import Event
 from contextwarden.core.liveprotocol import INFO_FILE, PROTOCOL, TOKEN_HEADER, Totals
-
-# the live protocol (token file and header, event form, totals) is core: liveprotocol.py
 from contextwarden.core.runtime import Runtime
 from contextwarden.sessionctl.commands import run as session_command
 from contextwarden.util.home import publish, unpublish
@@ -91,7 +81,6 @@ class EventService:
         self.totals = Totals()
         self.started = time.time()
         self.clients: set[_Client] = set()
-        self.batches_sent = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -99,15 +88,11 @@ class EventService:
         self._error: BaseException | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
-    # -- proxy side (any thread): must stay O(1) -------------------------------------------------
-
     def _on_event(self, ev: Event) -> None:
         if len(self.pending) >= self.pending_max:
             self.overflow += 1
             return
         self.pending.append(ev)
-
-    # -- lifecycle --------------------------------------------------------------------------------
 
     @property
     def info_path(self) -> Path:
@@ -176,8 +161,6 @@ class EventService:
                         pass
             server.close()
 
-    # -- connections --------------------------------------------------------------------------------
-
     def _authorise(self, connection: Any, request: Any) -> Any:
         given = request.headers.get(TOKEN_HEADER, "")
         if not hmac.compare_digest(given.encode(), self.token.encode()):
@@ -242,8 +225,6 @@ class EventService:
         except Exception:  # closed connection
             self.clients.discard(client)
 
-    # -- batching -----------------------------------------------------------------------------------
-
     def _flush(self) -> None:
         if not self.pending:
             return
@@ -279,9 +260,6 @@ class EventService:
         shared = orjson.dumps(msg, default=str)
         for c in list(self.clients):
             c.push(shared, batch=True, events=len(batch), totals=before)
-        self.batches_sent += 1
-
-    # -- commands -----------------------------------------------------------------------------------
 
     async def _command(self, raw: Any) -> dict[str, Any]:
         try:
@@ -358,6 +336,5 @@ class EventServer(PerRuntime):
         if not rt.settings.server.enabled:
             return None
         svc = EventService(rt, port=rt.settings.server.port).start(publish=False)
-        census.watch(rt, "eventserver", svc)
         log.info(f"contextwarden: event server on {svc.host}:{svc.port} (token in {svc.info_path})")
         return svc

@@ -1,10 +1,6 @@
 """With a shared Redis state: every replica's events go to one Redis stream (``<prefix>:events``), which
-``contextwarden tui --redis URL`` reads, so one TUI shows the whole gateway (each event carries the
-``replica`` that served it).
-
-Publishing never touches a request: the bus subscriber appends to a bounded queue, and one thread
-writes batches (``XADD ... MAXLEN ~``). While Redis is down, events are dropped (the local events.jsonl
-still has them) and counted; publishing resumes when it is back.
+``contextwarden tui --redis URL`` reads. The bus subscriber appends to a bounded queue and one thread
+writes batches (``XADD ... MAXLEN ~``); while Redis is down, events are dropped (events.jsonl has them).
 """
 
 from __future__ import annotations
@@ -26,16 +22,12 @@ QUEUE_MAX = 10_000  # events waiting to be written; older ones are dropped first
 BATCH = 500
 
 
-def stream_key(prefix: str) -> str:
-    return f"{prefix}:events"
-
-
 class EventPublisher:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         st: Any = runtime.state
         self.r = st.r  # the state's client (thread-safe, pooled)
-        self.key = stream_key(st.prefix)
+        self.key = f"{st.prefix}:events"
         self._q: deque[bytes] = deque(maxlen=QUEUE_MAX)
         self._cv = threading.Condition()
         self._stop = False

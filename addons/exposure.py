@@ -1,14 +1,9 @@
 """Where the proxy listens, and who may use it when that is not this machine alone.
 
-mitmproxy listens on every interface when ``listen_host`` is not set; a proxy that forwards requests
-with their credentials and keeps the conversations' memory must not be reachable from the network by
-accident. So ``mitmdump -s addons/contextwarden.py`` binds to 127.0.0.1 when no ``listen_host`` is given
-(the default of ``contextwarden run`` too), and says so at start.
-
-Listening elsewhere is an explicit choice (``--set listen_host=0.0.0.0``, or a mode's own ``@host:port``),
-and then the proxy requires a proxy credential (mitmproxy's ``proxyauth``): the one given, or else one
-made for this install (user ``contextwarden``, the password in ``<cw_home>/proxy-credential``, mode
-0600, never logged). ``--set cw_open_proxy=true`` listens without one, with a warning.
+Without ``listen_host`` the proxy binds 127.0.0.1 (mitmproxy's default is every interface). Listening
+elsewhere (``--set listen_host=0.0.0.0``, or a mode's own ``@host:port``) requires a proxy credential
+(``proxyauth``): the one given, or one made for this install (user ``contextwarden``, the password in
+``<cw_home>/proxy-credential``, mode 0600). ``--set cw_open_proxy=true`` listens without one, warned.
 """
 
 from __future__ import annotations

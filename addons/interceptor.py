@@ -1,9 +1,15 @@
-"""Recognises LLM API requests and runs them through the stage pipeline, failing open."""
+"""Recognises LLM API requests and runs them through the stage pipeline, failing open.
+
+``POST /v1/messages/count_tokens`` (route COUNT) is rewritten into the session's decided state (every
+stored decision re-applied, nothing new decided) and forwarded, so the provider counts what the proxy
+would send; any problem forwards it untouched.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 
@@ -13,10 +19,12 @@ from contextwarden.core.runtime import Runtime
 from contextwarden.request import lifecycle
 from contextwarden.request.context import BlockedResponse, Incoming, RequestContext
 from contextwarden.request.pipeline import Outcome
-from contextwarden.wire.apis import HTTP
+from contextwarden.wire.apis import COUNT, HTTP
 
 from .routing import FORWARDED, STATE, FlowState, bypass_asked, incoming
 from .warden import Warden
+
+log = logging.getLogger(__name__)
 
 # When an observed request is read if its flow has not ended by then (seconds after forwarding).
 OBSERVE_AFTER_S = 0.25
@@ -28,8 +36,12 @@ class Interceptor:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         rt = self.warden.runtime
-        req = incoming(flow, rt.settings.proxy, HTTP) if rt is not None else None
+        req = incoming(flow, rt.settings.proxy, HTTP, COUNT) if rt is not None else None
         if rt is None or req is None:
+            return
+        if req.route == COUNT:
+            if not (rt.passive() or bypass_asked(req.consumed.get("x-contextwarden-bypass"))):
+                await _count(rt, flow, req)
             return
         state = flow.metadata[STATE] = FlowState(api=req.api, t_request=time.time())
 
@@ -70,6 +82,18 @@ class Interceptor:
             fut.set_result(ctx)
         if ctx is not None and outcome is not None:
             _apply(state, req, ctx, outcome, rewrite, block)
+
+
+async def _count(rt: Runtime, flow: http.HTTPFlow, req: Incoming) -> None:
+    try:
+        _, outcome = await lifecycle.run(rt, req)
+    except Exception as e:  # fail open
+        log.exception("contextwarden: count_tokens")
+        rt.bus.emit("error", {"where": "count_tokens", "message": f"{type(e).__name__}: {e}",
+                              "action": "forwarded unchanged"}, flow_id=flow.id)
+        return
+    if outcome is not None and outcome.body is not None:
+        flow.request.content = outcome.body
 
 
 def _apply(state: FlowState, req: Incoming, ctx: RequestContext, outcome: Outcome, rewrite: Callable[[bytes], int],

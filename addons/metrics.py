@@ -1,12 +1,7 @@
-"""Prometheus metrics, health and readiness on their own port (``metrics.port``; 0 = off).
-
-``/metrics`` (Prometheus text format), ``/healthz`` (the process answers: 200) and ``/readyz`` (200 when
-the state backend and, with ``memory.chroma_url``, the Chroma server answer; 503 with what is down
-otherwise: a load balancer then sends new traffic to another replica, while this one still fails open).
-
-Everything is fed from the event bus (one subscriber): the request path gets no new calls. The
-figures are this process's; a scraper sums them over replicas (each carries ``replica`` in
-``contextwarden_info``).
+"""Prometheus metrics, health and readiness on their own port (``metrics.port``; 0 = off): ``/metrics``,
+``/healthz`` (200) and ``/readyz`` (200 when the state backend and, with ``memory.chroma_url``, Chroma
+answer; 503 with what is down). Fed from the event bus; the figures are this process's (a scraper sums
+them over replicas, each named in ``contextwarden_info``).
 """
 
 from __future__ import annotations
@@ -83,8 +78,6 @@ class Metrics:
     def close(self) -> None:
         self._unsubscribe()
 
-    # ------------------------------------------------------------------ events
-
     def on_event(self, ev: Event) -> None:
         t, d = ev.type, ev.data
         if t == "request":
@@ -144,8 +137,6 @@ class Metrics:
         if ti is not None and ts and ti > ts:
             billed = billed_units(usage)  # input units this turn paid
             self.saving.inc((ti - ts) * billed / ts * price_for(d.get("model")).input / 1e6)
-
-    # ------------------------------------------------------------------ health
 
     def checks(self) -> dict[str, bool]:
         """What readiness depends on: the state backend, and the Chroma server when there is one."""

@@ -1,10 +1,6 @@
-"""Streams every response of a recognised request through unchanged, reading it on the side.
-
-The bytes the client receives are exactly the bytes the upstream sent, chunk by chunk as they
-arrive: the tap only keeps a reference to each chunk (an append on the event loop), and the turn is
-read from them once the response has ended, on the turn pool, with its completion (one hand-off per
-response, as before). Only when a plugin reads the events live (``cw_response_event``) is each chunk
-read as it comes, on the loop.
+"""Streams every response of a recognised request through unchanged, reading it on the side: the tap
+keeps a reference to each chunk, and the turn is read from them once the response has ended, on the
+turn pool (each chunk is read as it comes only when a plugin has ``cw_response_event``).
 """
 
 from __future__ import annotations
@@ -136,11 +132,9 @@ def _read_and_complete(rt: Runtime, ctx: RequestContext | None, flow_id: str, da
 
 
 def release(flow: http.HTTPFlow, st: FlowState) -> None:
-    """Drop what the flow holds of ours once it is reported. A finished flow is freed by reference
-    counting once mitmproxy drops its stream layer (``contextwarden.core.flowrelease``), or, without it, by a
-    full collection (the layer is a cycle holding the flow); either way the flow must not keep the
-    request's context (its parsed request, original bytes and history view) or the response's reader
-    alive with it, nor be part of a cycle of ours."""
+    """Drop what the flow holds of ours once it is reported: the flow (freed by reference counting,
+    ``contextwarden.core.flowrelease``) must not keep the request's context or the response's reader
+    alive, nor be part of a cycle of ours."""
     flow.metadata.pop(STATE, None)
     st.ctx_future = None
     st.tap = None

@@ -1,10 +1,10 @@
-"""mitmdump's own output (the flow lines, the log) without the secrets a URL can carry.
+"""mitmdump's own output (the flow lines, the log) without the secrets a URL can carry (``?key=...``):
+a redacting writer in front of the dumper's and the terminal log's streams
+(:func:`contextwarden.util.scrub.scrub_once`, the events' redaction).
 
-mitmdump prints every request's URL (``flow_detail`` 1, its default), so ``?api_key=...`` or
-``?key=...`` would be on the terminal and in whatever captures the process output. This addon puts a
-redacting writer in front of the dumper's and the terminal log's streams: each line goes through the
-same redaction as events (:func:`contextwarden.util.scrub.scrub_once`: without events' memo of texts, as
-every line is new: the terminal log's start with the time).
+The per-flow lines are off unless asked for (they cost the event loop CPU per request, and
+contextwarden's events say more): ``flow_detail`` 0 when the user left it at its default; back with
+``--set cw_flow_lines=true`` (``contextwarden run --flow-lines``), ``-v``, or ``flow_detail`` 2 or more.
 """
 
 from __future__ import annotations
@@ -31,11 +31,29 @@ class _Redacting:
 
 
 class OutputGuard:
+    def load(self, loader: Any) -> None:
+        loader.add_option("cw_flow_lines", bool, False,
+                          "print mitmdump's line per flow (off by default: it costs the proxy CPU per request)")
+
     def running(self) -> None:
         self.install()
+        self.flow_lines()
 
     def configure(self, updated: set[str]) -> None:
         self.install()
+        if "cw_flow_lines" in updated:
+            self.flow_lines()
+
+    @staticmethod
+    def flow_lines() -> None:
+        opts: Any = ctx.options
+        if "flow_detail" not in opts:  # not mitmdump (no dumper): nothing prints flows
+            return
+        if opts.cw_flow_lines:
+            if opts.flow_detail == 0:
+                opts.update(flow_detail=1)
+        elif not opts.has_changed("flow_detail"):
+            opts.update(flow_detail=0)
 
     @staticmethod
     def install() -> None:

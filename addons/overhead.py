@@ -1,10 +1,6 @@
 """The proxy's own added time, told to the client: ``x-contextwarden-overhead-ms`` on every response to a
-request of a known API (streams too: it is a header, so it is the time until the request went upstream).
-
-Measured from the moment mitmproxy had read the whole request (``timestamp_end``) to the end of this
-addon's ``request`` hook, which runs after contextwarden's (the engine's answer applied, or the stages
-run in this process): the time gateways report as their overhead. A request the proxy answered itself
-(a budget's BLOCKED) gets it too.
+request of a known API, from the moment mitmproxy had read the whole request to the end of this addon's
+``request`` hook (after contextwarden's): the time until the request went upstream.
 """
 
 from __future__ import annotations

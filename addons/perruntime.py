@@ -1,9 +1,7 @@
-"""The lifecycle of an addon that runs one service for the warden's current runtime: started as soon
-as the runtime exists (``configure``), at the latest in ``running``; replaced when the runtime is
-(a new profile or home); stopped in ``done``. A service that others find through a file
-(``publish``: the TUI's ``tui.json``, the recall API's) writes it only once the proxy listens
-(``running``): a second proxy that fails to bind the same port never replaces the first one's. A service that cannot start is logged, reported as an
-``error`` event, and the proxy carries on without it."""
+"""An addon that runs one service for the warden's current runtime: started once the runtime exists,
+replaced with it, stopped in ``done``. A discovery file (``publish``: ``tui.json``, the recall API's) is
+written only once the proxy listens, so a second proxy that fails to bind never replaces the first's.
+A service that cannot start is logged and reported (an ``error`` event); the proxy carries on."""
 
 from __future__ import annotations
 

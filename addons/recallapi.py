@@ -1,9 +1,5 @@
-"""mitmproxy addon: serves the recall API (:mod:`contextwarden.memory.api`) for the warden's runtime.
-
-It uses the event server's token (``cw_home/tui.json``), so whoever may watch the proxy may recall from
-it; without an event server it makes a token of its own (written, like the port, to
-``cw_home/recall-api.json``, mode 0600). Restarts with the runtime, stops in ``done``; an API that
-cannot start is logged and the proxy carries on without it.
+"""mitmproxy addon: the recall API (:mod:`contextwarden.memory.api`) for the warden's runtime, under the
+event server's token (whoever may watch the proxy may recall), or its own in ``cw_home/recall-api.json``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""What contextwarden keeps on a flow (its metadata) between its hooks.
-
-- ``ROUTE``: the flow's route (:func:`contextwarden.wire.apis.route`), decided once; it crosses to the engine
-  with the flow's state, so the engine does not route again;
-- ``INCOMING``: the request object (``lifecycle.Incoming``), made once the handler that takes it has
-  taken the headers addressed to the proxy off it (they never go upstream);
-- ``STATE``: :class:`FlowState`, from the request to the reported answer;
-- ``FORWARDED``: on a flow the engine reads after mitmdump already forwarded it (``addons/enginelink.py``):
-  it is observed, whatever the settings say by the time it is read.
+"""What contextwarden keeps on a flow (its metadata) between its hooks: ``ROUTE`` (decided once; it
+crosses to the engine with the flow), ``INCOMING`` (the request object, its proxy headers taken off),
+``STATE`` (:class:`FlowState`, until the answer is reported) and ``FORWARDED`` (a flow mitmdump already
+forwarded: observed, whatever the settings say by then).
 """
 
 from __future__ import annotations
@@ -48,23 +43,18 @@ def bypass_asked(value: str | None) -> bool:
     return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def route_of(flow: http.HTTPFlow, proxy: ProxySection) -> tuple[str, ApiKind] | None:
-    """Which handler takes the flow, and its API (None: it passes untouched)."""
-    req = flow.request
-    reverse = isinstance(getattr(flow.client_conn, "proxy_mode", None), ReverseMode)
-    return route(req.method, req.host, req.port, req.path, req.headers.get("upgrade"), proxy, reverse)
-
-
 def routed(flow: http.HTTPFlow, proxy: ProxySection) -> tuple[str, ApiKind] | None:
-    """:func:`route_of`, decided once per flow (kept in its metadata)."""
+    """Which handler takes the flow, and its API (None: it passes untouched), decided once per flow."""
     if ROUTE not in flow.metadata:
-        flow.metadata[ROUTE] = route_of(flow, proxy)
+        req = flow.request
+        reverse = isinstance(getattr(flow.client_conn, "proxy_mode", None), ReverseMode)
+        flow.metadata[ROUTE] = route(req.method, req.host, req.port, req.path, req.headers.get("upgrade"), proxy, reverse)
     got: tuple[str, ApiKind] | None = flow.metadata[ROUTE]
     return got
 
 
-def incoming(flow: http.HTTPFlow, proxy: ProxySection, handler: str) -> Incoming | None:
-    """The flow's request for ``handler`` (HTTP, COUNT, WEBSOCKET: None when it is not that one's)."""
+def incoming(flow: http.HTTPFlow, proxy: ProxySection, *handlers: str) -> Incoming | None:
+    """The flow's request for one of ``handlers`` (HTTP, COUNT, WEBSOCKET: None when it is none of theirs)."""
     got = flow.metadata.get(INCOMING)
     if got is None and flow.response is None:
         r = routed(flow, proxy)
@@ -74,7 +64,7 @@ def incoming(flow: http.HTTPFlow, proxy: ProxySection, handler: str) -> Incoming
             headers = list(req.headers.items(multi=True))  # type: ignore[no-untyped-call]
             got = flow.metadata[INCOMING] = Incoming(r[1], req.host, req.path, headers, req.raw_content or b"", flow.id,
                                                      consumed, route=r[0])
-    return got if got is not None and got.route == handler else None
+    return got if got is not None and got.route in handlers else None
 
 
 def consume_headers(flow: http.HTTPFlow, names: list[str]) -> dict[str, str]:

@@ -1,19 +1,13 @@
 """An upstream the proxy cannot reach answers a known API's client in that API's own error shape.
 
-mitmproxy answers a failed upstream connection (refused, reset, a name that does not resolve, a server
-that hung up before answering) with its own HTML page and status 502. An SDK then shows the HTML, and
-a client that parses the error sees nothing it knows. For a request of a known API the client gets
-instead status 502 with the provider's error JSON (Anthropic ``{"type": "error", "error": {"type":
-"api_error", ...}}``, OpenAI ``{"error": {"type": "server_error", "code": "upstream_unreachable",
-...}}``): the anthropic and openai SDKs read it as an ``InternalServerError`` and retry it with their
-backoff (as they retry the provider's own 5xx: the upstream may be back in a moment), and its message
-names the host and mitmproxy's reason. Other traffic keeps mitmproxy's page.
+mitmproxy answers a failed upstream connection with its own HTML page and status 502. For a request of a
+known API the client gets status 502 with the provider's error JSON instead (the dialect's
+``error_answer``), which the SDKs read as an ``InternalServerError`` and retry with their backoff; its
+message names the host and mitmproxy's reason. Other traffic keeps mitmproxy's page.
 
-mitmproxy has no hook to replace that page: its HTTP/1 server side writes it when the flow's error is
-reported. This addon remembers the answer in the ``error`` hook (which mitmproxy runs just before) by
-the client connection, and a wrapper of that one step (``Http1Server.send``, installed while the addon
-runs) writes it instead. HTTP/2 clients (rare for the SDKs: httpx and Node's fetch speak HTTP/1.1)
-keep mitmproxy's page.
+mitmproxy has no hook for that page: its HTTP/1 server side writes it when the flow's error is reported.
+The answer is remembered in the ``error`` hook (run just before) by client connection, and a wrapper of
+``Http1Server.send`` (installed while the addon runs) writes it instead. HTTP/2 clients keep the page.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions
 
-from contextwarden.core import census, flowrelease, typecheckfix
+from contextwarden.core import collector, flowrelease
 from contextwarden.core.pluginmanager import order_warnings
 from contextwarden.core.runtime import Runtime
 from contextwarden.settings import SettingsError
@@ -22,7 +22,6 @@ class Warden:
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
         self._key: tuple[str, str, str] | None = None
-        self._census: census.Census | None = None  # census.from_env's, when CONTEXTWARDEN_CENSUS asks for one
         self._refused = False  # the last configure refused its options: the next one is mitmproxy's rollback
 
     def load(self, loader: Any) -> None:
@@ -58,12 +57,6 @@ class Warden:
         old, self.runtime, self._key = self.runtime, runtime, key
         if old is not None:
             old.close()
-        if self._census is not None:
-            self._census.runtime = runtime
-        else:
-            self._census = census.from_env(runtime)
-        for name in ("bodies", "conversations", "recent", "turn_pool", "stage_pool", "core_pool", "log", "bus"):
-            census.watch(runtime, name, getattr(runtime, name))
         # Load both tokenizers before the proxy listens: loading one holds the GIL for ~0.5 s, which on
         # the first Anthropic / OpenAI request would stall every response being streamed at the time.
         for model in (None, "gpt-4o"):
@@ -82,16 +75,13 @@ class Warden:
         # the memory service has loaded its model
         try:
             if runtime.settings.pipeline.release_flows:
-                flowrelease.install()
-                typecheckfix.install()  # (the engine's mirrors too: their bodies no longer wait for a collection)
-            runtime.tune_malloc()
+                flowrelease.install()  # (the engine's mirrors too: their bodies no longer wait for a collection)
+            collector.tune_malloc(runtime.settings.pipeline)
             runtime.settle_gc("startup")
         except Exception as e:  # tuning must never stop the proxy
             log.warning(f"contextwarden: gc tuning failed: {e}")
 
     def done(self) -> None:
-        if self._census is not None:
-            self._census.stop()
         if self.runtime is not None:
             self.runtime.bus.emit("shutdown", {})
             self.runtime.close()

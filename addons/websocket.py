@@ -1,18 +1,11 @@
 """The Responses API over WebSocket: Codex CLI's default transport.
 
-Codex opens one WebSocket to the Responses endpoint (``wss://api.openai.com/v1/responses``, or
-``chatgpt.com/backend-api/codex/responses`` with a ChatGPT plan) and sends each request as a text
-message ``{"type": "response.create", <the request's fields>}``; the server answers with the events
-the SSE stream would carry, one JSON message each. Here each ``response.create`` message is one
-request of the Responses API, with the HTTP request's lifecycle (``Interceptor.run``: the same
-stages, validator, fail open, events): a rewritten message replaces the client's, and the client's
-own message goes whenever anything fails. Server messages are read on the side (``ResponseTap``) into
-the turn, like an SSE stream, and forwarded unchanged. Nothing is held back: mitmproxy relays each
-message once its hook returns. A message the proxy does not understand passes unchanged and unread.
-
-Requests on one socket are answered in order (Codex waits for ``response.completed`` before sending
-the next), so server messages belong to the oldest request not finished yet. Each request gets its
-own flow id (``<websocket flow id>.<n>``) so the TUI shows it as its own row.
+Each client text message ``{"type": "response.create", <the request's fields>}`` is one request of the
+Responses API, with the HTTP request's lifecycle (``Interceptor.run``): a rewritten message replaces the
+client's, whose own goes whenever anything fails. Server messages (the SSE stream's events, one JSON
+message each) are read on the side into the turn and forwarded unchanged; anything else passes unread.
+Requests on one socket are answered in order, so server messages belong to the oldest request not
+finished yet. Each request gets its own flow id (``<websocket flow id>.<n>``): its own row in the TUI.
 """
 
 from __future__ import annotations
@@ -99,8 +92,7 @@ class WebSocketResponses:
     # -- the upgrade request ----------------------------------------------------------------
 
     def request(self, flow: http.HTTPFlow) -> None:
-        """A WebSocket opened to a Responses endpoint: remember it, and take the headers addressed to
-        the proxy off the upgrade request (by its real host: a test redirect runs after this)."""
+        """A WebSocket opened to a Responses endpoint: remember it (its proxy headers taken off)."""
         rt = self.warden.runtime
         opened = incoming(flow, rt.settings.proxy, WEBSOCKET) if rt is not None else None
         if opened is not None:
@@ -149,8 +141,7 @@ class WebSocketResponses:
     def _answer_blocked(self, flow: http.HTTPFlow, sock: _Socket, b: BlockedResponse, r: _Request,
                         msg: WebSocketMessage) -> None:
         """A stage answered instead of forwarding (a BLOCKED budget): the client gets the provider's
-        error as the WebSocket's ``error`` event, and its message goes nowhere. When that answer cannot
-        be given, the message goes upstream after all (fail open: the client must get an answer)."""
+        error as an ``error`` event and its message is dropped; if that fails, the message goes upstream."""
         try:
             error = orjson.loads(b.body)
         except orjson.JSONDecodeError:
@@ -238,10 +229,9 @@ def _inject(flow: http.HTTPFlow, data: bytes) -> None:
 
 
 class _Utf8Fragmentizer(ws_layer.Fragmentizer):
-    """mitmproxy re-frames a modified message in 4,000-byte pieces and decodes each piece of a text
-    message on its own (``errors="replace"``), which corrupts a character that straddles a cut. Here
-    a modified text message is cut at character boundaries only, and goes as one frame when the client
-    sent it as one. Unmodified messages keep the client's own framing (mitmproxy's rule)."""
+    """mitmproxy re-frames a modified text message in 4,000-byte pieces decoded one by one, corrupting a
+    character that straddles a cut: here it is cut at character boundaries only (one frame when the
+    client sent one). Unmodified messages keep the client's framing."""
 
     def __call__(self, content: bytes) -> Iterator[Message[Any]]:
         if not self.is_text:

@@ -40,6 +40,7 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 os.environ.setdefault("CONTEXTWARDEN_MEMORY__MODEL_DIR", str(SHARED / "models" / "all-MiniLM-L6-v2" / "onnx"))
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
+from contextwarden.core import collector  # noqa: E402
 from contextwarden.models.base import ApiKind  # noqa: E402
 from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides  # noqa: E402
 
@@ -307,7 +308,7 @@ def _measure(home: Path, label: str, stages: list[str], kind: str, repeats: int)
         h.restart()  # a fresh token cache: the first request of this history is cold
         if "memory" in stages:
             _wait_memory(h)
-        h.rt.tune_malloc()  # what the proxy does once it is warm (addons/warden.py)
+        collector.tune_malloc(h.rt.settings.pipeline)  # what the proxy does once it is warm (addons/warden.py)
         h.rt.settle_gc("bench")
         runs[size] = [h, body, n_tok, timed(h, body), []]
     # the two sizes take turns, so a busy moment of the machine falls on both alike; the first

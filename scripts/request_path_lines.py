@@ -111,7 +111,7 @@ LATER: list[tuple[str, str, list[str]]] = [
                                       "logs.py", "relevant.py", "scan.py")]),
     ("recall", "stage and auto-recall (auto-recall added after b4461b9)", ["plugins/recall.py", S + "memory/autorecall.py", S + "memory/prefilter.py",
                                                                          S + "memory/client.py::keep"]),
-    ("session control", "ledger, pins, count_tokens for the decided state", ["addons/counttokens.py"] + [
+    ("session control", "ledger, pins, count_tokens for the decided state", [
         S + "sessionctl/" + f for f in ("__init__.py", "ledger.py", "pins.py")]),
     ("stage watchdog", "stageclock.py: one thread trip per request (issue 19)", [S + "request/stageclock.py"]),
     ("working set", "kept by clearing, verbatim in summaries", [S + "wire/workingset.py",

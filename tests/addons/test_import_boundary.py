@@ -44,9 +44,8 @@ def test_addon_script_modules_do_not_import_ui_code(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["addons"] == ["EngineLink", "Warden", "Interceptor", "CountTokens", "Observer", "WebSocketResponses", "EventServer",
-                                "RecallApiServer", "MetricsServer", "EventStream", "OutputGuard", "Overhead", "UpstreamError", "Exposure",
-                                "FlowLines"]
+    assert result["addons"] == ["EngineLink", "Warden", "Interceptor", "Observer", "WebSocketResponses", "EventServer",
+                                "RecallApiServer", "MetricsServer", "EventStream", "OutputGuard", "Overhead", "UpstreamError", "Exposure"]
     mods = set(result["modules"])
     assert "contextwarden.addons.eventserver" in mods and "websockets.asyncio.server" in mods  # it did run
     assert forbidden(mods) == []

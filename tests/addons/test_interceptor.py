@@ -336,7 +336,7 @@ async def test_events_reach_the_jsonl_log(harness_factory, tmp_path):
 
 
 async def test_a_request_is_routed_once_whichever_addons_look_at_it(harness_factory, monkeypatch):
-    """issue 41: the interceptor, the count_tokens and WebSocket addons each asked ``apis.route`` of every
+    """issue 41: the interceptor (HTTP and count_tokens) and the WebSocket addon each asked ``apis.route`` of every
     flow; the route is decided once and carried by the flow's request."""
     from contextwarden.addons import routing
 
@@ -353,7 +353,6 @@ async def test_a_request_is_routed_once_whichever_addons_look_at_it(harness_fact
     body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
     flow = anthropic_flow(body.encode())
     by_name["WebSocketResponses"].request(flow)
-    await by_name["CountTokens"].request(flow)
     await h.send(flow)
     assert calls == ["/v1/messages?beta=true"]
     assert h.events("request")[-1].data["path"] == "/v1/messages?beta=true"

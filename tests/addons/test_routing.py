@@ -6,7 +6,7 @@ import pytest
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 
-from contextwarden.addons.routing import route_of
+from contextwarden.addons.routing import ROUTE, routed
 from contextwarden.models.base import ApiKind
 from contextwarden.settings import load_settings
 from contextwarden.wire.apis import COUNT, HTTP, WEBSOCKET, route
@@ -38,6 +38,11 @@ def proxy(tmp_path_factory):
 ])
 def test_route(proxy, method, host, path, upgrade, want):
     assert route(method, host, 443, path, upgrade, proxy) == want
+
+
+def route_of(flow, proxy):
+    flow.metadata.pop(ROUTE, None)  # (decided once per flow: asked afresh here)
+    return routed(flow, proxy)
 
 
 def test_in_reverse_mode_the_host_is_the_configured_upstream(proxy):

@@ -1,9 +1,6 @@
 """A thread pool whose queue is bounded: past ``max_pending`` waiting tasks, the OLDEST waiting task is
-dropped (its future cancelled) to make room. Submitting never blocks and never fails while open.
-
-The proxy's turn work (ingestion hand-off, calibration, body records) runs here: under a load the
-workers cannot follow, an unbounded queue held every waiting turn's parsed request (gigabytes, and a
-backlog of minutes); this one holds at most ``max_pending`` of them, and counts what it dropped.
+dropped (its future cancelled). Submitting never blocks. The proxy's turn work runs here: under a load
+the workers cannot follow, it holds at most ``max_pending`` turns' parsed requests.
 """
 
 from __future__ import annotations

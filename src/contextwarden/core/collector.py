@@ -1,16 +1,12 @@
-"""The proxy process's garbage collector and allocator (never on a request's path: start-up, and the
-``cw-gc-idle`` thread).
+"""The proxy process's garbage collector and allocator (start-up, and the ``cw-gc-idle`` thread).
 
-- ``tune_malloc``: glibc keeps freed memory for reuse (``pipeline.malloc_keep_mb``) and the interpreter's
+- ``tune_malloc``: glibc keeps freed memory for reuse (``pipeline.malloc_keep_mb``), and the interpreter's
   switch interval (``pipeline.switch_interval_ms``);
-- ``settle``: once warm, what exists is frozen out of the collector's sight and the young generation is
+- ``settle``: once warm, what exists is frozen out of the collector's sight, and the young generation is
   collected less often (``pipeline.gc_tuning``, ``gc_threshold``);
-- ``background``: under load a full collection at least every ``pipeline.gc_full_s`` (the cyclic garbage
-  of requests: mitmproxy's finished stream layers; the flows themselves are freed by reference counting,
-  ``flowrelease`` and ``typecheckfix``), its survivors then frozen (``gc_freeze_under_load``: the next
-  one walks only what is newer) and the freed heap trimmed; once per idle spell of
-  ``pipeline.gc_idle_s`` a full collection of everything not frozen at start-up and ``malloc_trim``
-  (the RSS shrinks); after ``FORGET_S`` idle the conversations' caches go as well.
+- ``background``: under load a full collection at least every ``pipeline.gc_full_s``, its survivors then
+  frozen (``gc_freeze_under_load``) and the heap trimmed; once per idle spell of ``pipeline.gc_idle_s``
+  a full collection and ``malloc_trim``; after ``FORGET_S`` idle the conversations' caches go as well.
 """
 
 from __future__ import annotations
@@ -102,8 +98,7 @@ class FullCollections:
                 "cpu_ms": round((time.thread_time() - c0) * 1000, 1), "frozen": gc.get_freeze_count() if freeze else None}
 
 
-# Under load, malloc_trim after a full collection at most this often: the engine's heap grows ~5 MB/s
-# between trims (freed, kept by glibc), and a trim takes 10-30 ms without the interpreter lock.
+# Under load, malloc_trim after a full collection at most this often (a trim takes 10-30 ms)
 TRIM_S = 15.0
 # After this long without a request the caches of conversations go (Runtime.forget_conversations): the
 # next request of each costs what its first did, and an idle engine's RSS falls back.
@@ -124,9 +119,7 @@ def background(rt) -> None:
         # (only while requests come: an idle proxy has its idle collection, and nothing to free)
         info = full.due(p.gc_full_s, p.gc_tuning and p.gc_freeze_under_load) if rt.last_request >= full.last else None
         if info is not None:
-            # and, at most once a TRIM_S, the freed heap back to the system: under a load that never
-            # pauses there is no idle spell to do it in, and glibc keeps what was freed (a foreign
-            # call: the interpreter lock is not held, but an allocation waits for the arena it trims)
+            # and, at most once a TRIM_S, the freed heap back to the system (a load may never pause)
             if time.monotonic() - trimmed_at >= TRIM_S:
                 t0 = time.perf_counter()
                 info["trimmed"] = trim_malloc()

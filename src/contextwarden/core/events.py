@@ -1,11 +1,7 @@
 """Structured events: an in-process bus and a rotating JSONL log under ``cw_home``.
 
-Every request produces events (``request``, ``stage``, ``forward``, ``response``, ``turn``, ``error``,
-and whatever stages emit, such as ``compaction`` or ``memory``). The TUI consumes them live through the
-event server, or offline from the log. Event data must never hold a credential or a secret where it is stored or shown: :meth:`Event.to_dict`
-(what the log writes and the event server sends) gives the data through :func:`contextwarden.util.scrub.scrub`.
-The emitter does not pay for it: the log's writer thread and the server's thread do, once an event
-(:meth:`Event.to_json` is worked out once and shared by the log and the server).
+What is stored or shown (:meth:`Event.to_dict`, :meth:`Event.to_json`: the log and the event server)
+goes through :func:`contextwarden.util.scrub.scrub`, on the consumer's thread, once an event.
 """
 
 from __future__ import annotations
@@ -105,6 +101,11 @@ class EventBus:
         self.publish(ev)
         return ev
 
+    def forget_json(self) -> None:
+        """Drop the recent events' JSON (written and sent by now; :meth:`Event.to_json` makes it again)."""
+        for ev in list(self.recent):
+            ev._json = None
+
     def publish(self, ev: Event) -> None:
         if ev.replica is None and self.replica is not None:
             ev.replica = self.replica
@@ -119,17 +120,13 @@ class EventBus:
 class JsonlLog:
     """Appends events to ``events.jsonl`` from a writer thread, rotating by size.
 
-    Writing happens off the event loop so disk latency never reaches a request. Waking the writer is
-    the dear part on a busy proxy (it must win the interpreter lock: bench/events_bench.py), so the
-    emitter appends to a deque and puts a token on a ``queue.SimpleQueue``, and the writer writes all
-    that waits in one ``write``. Events published by a stage thread (``cw-stage``) and the ``request``
-    event of a ``cw-core`` thread wake nobody: the request's ``forward`` event, before the request goes
-    upstream, wakes the writer, which writes them in order with it (so they are in the log before the
-    request's answer). An event with none after it (a stage abandoned past its budget that reports
-    late) waits at most ``straggler_s``.
+    Waking the writer is the dear part on a busy proxy, so the emitter appends to a deque, and events of
+    a stage thread (``cw-stage``) and the ``request`` event of a ``cw-core`` thread wake nobody: the
+    request's ``forward`` event wakes the writer, which writes them with it in one ``write``. An event
+    with none after it waits at most ``straggler_s``.
     """
 
-    # (thread name prefix, the types of its events that wake nobody: None for all); the class doc says why
+    # (thread name prefix, the types of its events that wake nobody: None for all)
     DEFERRED: tuple[tuple[str, frozenset[str] | None], ...] = (("cw-stage", None), ("cw-core", frozenset({"request"})))
 
     def __init__(self, directory: Path, max_bytes: int = 20_000_000, backups: int = 5,
@@ -204,16 +201,13 @@ class JsonlLog:
 
 def _lines(batch: list[Event]) -> list[bytes]:
     """Each event's JSON; one that cannot be serialised is left out (it must not stop the writer)."""
-    try:
-        return [e.to_json() for e in batch]
-    except Exception:
-        out = []
-        for e in batch:
-            try:
-                out.append(e.to_json())
-            except Exception:
-                pass
-        return out
+    out = []
+    for e in batch:
+        try:
+            out.append(e.to_json())
+        except Exception:
+            pass
+    return out
 
 
 def _write_all(fd: int, data: bytes) -> None:

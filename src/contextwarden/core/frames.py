@@ -1,8 +1,6 @@
-"""Frames between mitmdump's process and the engine: a 4-byte big-endian length, then a pickle.
-
-The two ends are one socket pair made by mitmdump's process for its own child: nothing else can write
-to it, so pickle (the fastest way to move a flow's state, bodies as bytes without copying them into
-text) carries no one else's data. Each frame is a tuple ``(op, key, payload)``.
+"""Frames between mitmdump's process and the engine: a 4-byte big-endian length, then a pickle of
+``(op, key, payload)``. The socket pair is made by mitmdump's process for its own child: nothing else
+can write to it, so pickle carries no one else's data.
 """
 
 from __future__ import annotations
@@ -15,9 +13,7 @@ from typing import Any
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 1 << 30  # a request body of 1 GB is not a conversation
-# A frame is a whole request (~600 KB at 150K tokens) or its rewrite. With the defaults (a 208 KB socket
-# buffer, a StreamReader that stops reading past 128 KB) one frame took several turns of each side's
-# event loop, each waiting behind whatever else the loop had to do; with these it crosses in one or two.
+# A frame is a whole request (~600 KB at 150K tokens): with these it crosses in one or two turns of the loop
 BUFFER = 4 << 20  # SO_SNDBUF / SO_RCVBUF asked for (the kernel caps it at net.core.[wr]mem_max)
 READ_LIMIT = 16 << 20  # the StreamReader's limit: it reads on until this much waits unread
 
@@ -35,8 +31,7 @@ async def open_stream(sock: socket.socket) -> tuple[asyncio.StreamReader, asynci
     """asyncio's streams on one end of the pair, read in large steps."""
     sock.setblocking(False)
     reader, writer = await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
-    # asyncio's socket transport reads at most 256 KB a turn of the loop: a 600 KB frame took three
-    # turns, each behind whatever else the loop (and, in the engine, its interpreter lock) had to do
+    # (asyncio's socket transport reads at most 256 KB a turn of the loop)
     if hasattr(writer.transport, "max_size"):
         writer.transport.max_size = BUFFER
     return reader, writer
@@ -47,10 +42,6 @@ def encode(op: str, key: Any = None, payload: Any = None) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
-def decode(data: bytes) -> tuple[str, Any, Any]:
-    return pickle.loads(data)
-
-
 async def read(reader: asyncio.StreamReader) -> tuple[str, Any, Any] | None:
     """The next frame, or None at the end of the stream (the other process is gone)."""
     try:
@@ -58,7 +49,8 @@ async def read(reader: asyncio.StreamReader) -> tuple[str, Any, Any] | None:
         (n,) = HEADER.unpack(head)
         if n > MAX_FRAME:
             raise ValueError(f"engine frame of {n} bytes")
-        return decode(await reader.readexactly(n))
+        frame: tuple[str, Any, Any] = pickle.loads(await reader.readexactly(n))
+        return frame
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
 
@@ -76,7 +68,7 @@ def read_blocking(sock: socket.socket, timeout: float | None) -> tuple[str, Any,
             return None
         (n,) = HEADER.unpack(head)
         body = _exactly(sock, n)
-        return None if body is None else decode(body)
+        return None if body is None else pickle.loads(body)
     finally:
         sock.settimeout(None)
 

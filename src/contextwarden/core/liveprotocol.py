@@ -1,8 +1,6 @@
-"""The live protocol between the proxy and its clients (``contextwarden tui``): where the server's
-address and token are found, the header the token goes in, how an event is sent, and the running totals
-both sides keep with the same arithmetic (the server since the runtime started, the TUI continuing them
-with the live events). Core, not an addon: the TUI and the metrics read it without the event server.
-Prices are cost.py's.
+"""The live protocol between the proxy and ``contextwarden tui``: the discovery file, the token header,
+and the running totals both sides keep with the same arithmetic (the server since the runtime started,
+the TUI continuing them with the live events).
 """
 
 from __future__ import annotations
@@ -50,13 +48,9 @@ class _Sent:
 
 
 class SentLedger:
-    """What a request's rewrite really took out and put in, settled when its ``forward`` event says
-    what went upstream. Clearing, compaction and memory report what they did to the request in the
-    pipeline, but that only reaches the provider when the rewrite is sent: a request that fell back
-    (a stage past its budget or failing, an invalid rewrite) sends the original, or only the
-    session's earlier decisions, and a stage abandoned past its budget may report after the
-    ``forward``. So memory counts for a request only when it went out rewritten with every stage
-    ok, and the tokens freed are never more than it went in minus what was sent.
+    """What a request's rewrite really took out and put in, settled by its ``forward`` event: a request
+    that fell back sent the original or only earlier decisions. Memory counts only when the request went
+    out rewritten with every stage ok, and the tokens freed are never more than tokens in minus sent.
     """
 
     def __init__(self, limit: int = 2000) -> None:
@@ -100,17 +94,13 @@ class SentLedger:
 
 @dataclass(eq=False)
 class Totals:
-    """Running counters over every event since the runtime started: the Overview's numbers.
+    """Running counters over every event since the runtime started: the Overview's numbers (kept by the
+    server, continued by the TUI with the live events).
 
-    Kept by the server because a client that connects late only gets the recent events; the TUI
-    continues these counters with the live events it receives (same class, same arithmetic).
-
-    Measured: request/turn/stage counts, the provider's reported usage, and billed input units under
-    the caching model (input 1x + cache writes 1.25x + cache reads 0.1x). Counted by the proxy's
-    tokenizer: tokens in and sent, tokens freed by clearing and compaction. Estimated (and labelled so):
-    ``est_saved_units``, the freed tokens priced at the rate each turn actually paid per sent token.
-    Dollars at the model's list price (``cost.py``): ``usd`` (input and output) and ``est_saved_usd``
-    over the ``priced_turns`` whose model the price table knows (no guessing for the others).
+    Measured: counts, the provider's usage, billed input units (input 1x + cache writes 1.25x + cache
+    reads 0.1x). Counted by the proxy's tokenizer: tokens in, sent and freed. Estimated:
+    ``est_saved_units`` (freed tokens at the rate each turn paid per sent token); dollars at list price
+    (``cost.py``) over the ``priced_turns`` whose model the price table knows.
     """
 
     # counts

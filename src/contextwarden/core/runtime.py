@@ -77,12 +77,11 @@ class Runtime:
         self.conversations = Conversations()
         # recent bodies' histories, not decoded again (pipeline.prepare): one per conversation in flight
         self.recent = RecentBodies(max(8, settings.pipeline.recent_conversations))
-        self._tokens: TokenCounter | None = None
+        self.tokens = TokenCounter(settings.tokens, self.state, self.bus)  # (per-content cache, calibration)
         self._lock = threading.Lock()
         self._memos: dict[str, Any] = {}  # the request path's caches, by name (memo): this runtime's alone
         # the stage breaker: stage name -> (its call still running past its budget, when it started)
-        self._overrun: dict[str, tuple[Any, float]] = {}
-        self._overrun_lock = threading.Lock()
+        self._overrun: dict[str, tuple[Future[Any], float]] = {}
         self.stage_times = StageTimes()  # each stage's recent durations: its adaptive budget
         self._gc_settled_memory = False
         self._gc_unsubscribe: Callable[[], None] | None = None
@@ -102,12 +101,6 @@ class Runtime:
         if not self._salt_shared:
             self._salt_shared = replicas.share_salt(self)
         return self._salt
-
-    # ------------------------------------------------------------------ garbage collector
-
-    def tune_malloc(self) -> bool:
-        """``collector.tune_malloc`` with this runtime's settings (True when the allocator was tuned)."""
-        return collector.tune_malloc(self.settings.pipeline)
 
     def settle_gc(self, reason: str = "startup") -> dict[str, Any] | None:
         """``collector.settle`` (freeze what exists, raise the thresholds; None when ``pipeline.gc_tuning``
@@ -154,15 +147,6 @@ class Runtime:
         h = ensure_home(home)
         return cls(load_settings(profile, h), h, plugins_dir, profile=profile, **kw)
 
-    @property
-    def tokens(self) -> TokenCounter:
-        """The shared token counter (per-content cache, calibration), created on first use."""
-        if self._tokens is None:
-            with self._lock:
-                if self._tokens is None:
-                    self._tokens = TokenCounter(self.settings.tokens, self.state, self.bus)
-        return self._tokens
-
     def memo[T](self, name: str, factory: Callable[[], T]) -> T:
         """This runtime's cache ``name`` (``factory()`` the first time): every cache of the request path
         lives here, never in a module, so two runtimes in one process share nothing."""
@@ -189,8 +173,7 @@ class Runtime:
         check_stage_names(self.pm, settings.pipeline)
         self.settings = settings
         self.overrides = merged
-        if self._tokens is not None:
-            self._tokens.settings = self.settings.tokens
+        self.tokens.settings = self.settings.tokens
         if persist or self.state.shared:  # shared: one gateway, one set of settings for every replica
             self.state.put("runtime", "overrides", merged)
         self.bus.emit("settings", {"overrides": merged, "persisted": persist})
@@ -200,53 +183,38 @@ class Runtime:
     def forget_conversations(self) -> None:
         """Drop what is remembered of conversations (their messages' bytes, typed messages, memos and
         slots; the recent bodies' histories) and the memos of per-message work (``memo``'s LRUs): caches,
-        each conversation's next request reads it whole."""
+        each conversation's next request reads it whole. The inspector's bodies stay, compressed; the
+        recent events drop their JSON."""
         self.conversations.clear()
+        self.bodies.pack()
+        self.bus.forget_json()
         self.recent = RecentBodies(self.recent.size)
         for m in list(self._memos.values()):
             if isinstance(m, LRU):
                 m.clear()
 
-    # ------------------------------------------------------------------ the stage breaker
+    # the stage breaker
 
     def overrun_since(self, stage: str) -> float | None:
         """When the call of ``stage`` that ran past its budget started, if it is still running."""
-        with self._overrun_lock:
-            rec = self._overrun.get(stage)
-        if rec is None:
-            return None
-        if rec[0].done():  # returned meanwhile (its callback clears it too)
-            self._clear_overrun(stage, rec[0])
-            return None
-        return rec[1]
+        rec = self._overrun.get(stage)
+        return rec[1] if rec is not None and not rec[0].done() else None
 
     def mark_overrun(self, stage: str, call: Future[Any], flow_id: str | None = None, session: str | None = None) -> None:
         """``call`` (a concurrent Future running ``stage``, for the request ``flow_id`` of ``session``) was
         abandoned past its budget: skip the stage until it returns, then say so."""
         started = time.time()
-        with self._overrun_lock:
-            self._overrun[stage] = (call, started)
+        self._overrun[stage] = (call, started)
 
         def returned(f: Future[Any]) -> None:
-            self._clear_overrun(stage, f)
-            err = None
-            if f.cancelled():
-                err = "cancelled"
-            elif (e := f.exception()) is not None:
-                err = f"{type(e).__name__}: {e}"
-            try:
-                self.bus.emit("stage_recovered", {"stage": stage, "late_ms": round((time.time() - started) * 1000, 3),
-                                                   "error": err}, flow_id=flow_id, session=session)
-            except Exception:
-                pass
+            if self._overrun.get(stage, (None, 0.0))[0] is f:  # (not kept: its exception holds the request)
+                self._overrun.pop(stage, None)
+            e = None if f.cancelled() else f.exception()
+            err = "cancelled" if f.cancelled() else f"{type(e).__name__}: {e}" if e is not None else None
+            self.bus.emit("stage_recovered", {"stage": stage, "late_ms": round((time.time() - started) * 1000, 3),
+                                               "error": err}, flow_id=flow_id, session=session)
 
         call.add_done_callback(returned)
-
-    def _clear_overrun(self, stage: str, call: Future[Any]) -> None:
-        with self._overrun_lock:
-            rec = self._overrun.get(stage)
-            if rec is not None and rec[0] is call:
-                del self._overrun[stage]
 
     def set_bypass(self, session: str, on: bool = True) -> None:
         (self.bypass.add if on else self.bypass.discard)(session)

@@ -1,19 +1,10 @@
 """Stage budgets that fit the machine: each stage's budget follows how long it recently took.
 
-A fixed budget is wrong both ways: on a quiet machine a stage that takes 5 ms holds a request for the
-whole 250 ms when it hangs, and on a busy one (a build, a test run, the agent itself) even a no-op stage
-can miss it. With ``pipeline.adaptive_budgets`` a stage's budget is ``budget_p95_factor`` times the p95
-of its last ``budget_window`` calls, clamped between ``budget_floor_ms`` and ``budget_ceiling_ms``
-(by default the stage's fixed budget, ``budgets_ms`` / ``stage_budget_ms``, and 4 times that). Until a
-stage has ``budget_min_samples`` calls, its fixed budget applies.
-
-The default stretches rather than shrinks: a rare dear call (compaction's new summary) is not in the
-p95 of the cheap ones, and a stretched budget costs latency only on a machine that is slow anyway. A
-profile that prefers abandoning hung stages sooner lowers ``budget_floor_ms``.
-
-A call that ran past its budget counts as taking its whole budget (a lower bound of what it took), so a
-machine that gets busy raises the budgets towards the ceiling within a few requests. Missing a budget
-costs only the request's new work: the request goes out as the session's decided state (pipeline.py).
+With ``pipeline.adaptive_budgets`` a stage's budget is ``budget_p95_factor`` times the p95 of its last
+``budget_window`` calls, clamped between ``budget_floor_ms`` and ``budget_ceiling_ms`` (by default the
+stage's fixed budget, ``budgets_ms`` / ``stage_budget_ms``, and 4 times that); the fixed budget until
+``budget_min_samples`` calls. A call that ran past its budget counts as taking its whole budget, so a
+machine that gets busy raises the budgets within a few requests.
 """
 
 from __future__ import annotations
@@ -67,9 +58,7 @@ class StageTimes:
                 return None
             n = self._calls[stage]
             got = self._p95.get(stage)
-            # sorted again once 5% of the window is new, not on every call: every stage of every request
-            # asks (under issue 19's load the sorting was 2% of the engine's interpreter time), and a
-            # p95 moves little with a few calls more
+            # sorted again once 5% of the window is new, not on every call of every stage
             if got is not None and n - got[0] < max(1, len(d) // 20):
                 return got[1]
             xs = sorted(d)

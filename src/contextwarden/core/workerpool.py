@@ -1,13 +1,10 @@
-"""Work in worker processes: a call's ``fn(*args)`` runs in another interpreter, so the calling
-process's interpreter lock is not held by it (the compression stage's first sight, ``compress/offload.py``;
-memory's embeddings, ``memory/embedworker.py``).
+"""Work in worker processes, off the calling process's interpreter lock (the compression stage's first
+sight, ``compress/offload.py``; memory's embeddings, ``memory/embedworker.py``).
 
-Fails open: a worker that does not answer in time (left to finish: the next call on it reads that answer
-first; stopped and started again only once it is ``HUNG_S`` late), has died, is still starting (its
-start-up is never charged to a call), or cannot be started raises :class:`Unavailable`, and the caller
-does without. The calling thread speaks to its worker over a pipe itself: no pool threads of the
-caller's take the interpreter lock for it (a ProcessPoolExecutor's two took 0.7 ms per request), and the
-worker is ``python -m`` this module, never a re-run of the caller's main script.
+Fails open: a worker that does not answer in time (left to finish; restarted only once ``HUNG_S``
+late), has died, is starting or cannot start raises :class:`Unavailable`, and the caller does without.
+The calling thread speaks to its worker over a pipe itself (no pool threads), and the worker is
+``python -m`` this module, never a re-run of the caller's main script.
 """
 
 from __future__ import annotations
@@ -29,10 +26,8 @@ import tiktoken
 # worker being scheduled), the worker's own work, and back (the caller woken and holding the GIL again)
 PARTS = ("offload_queue", "offload_send", "offload_work", "offload_back")
 _READ = 1 << 16  # what one read of an answer asks for (a pipe holds 64 KiB)
-# A worker whose answer came too late for its call is left to finish (a busy machine, not a hung
-# worker): the next call on it reads that answer first and drops it. Only when it is this late is it
-# stopped and started again; a restart costs a new interpreter's start-up, during which every result
-# goes whole, so restarting on each late answer under load left most results uncompressed.
+# A worker whose answer came too late is left to finish (the next call reads and drops that answer);
+# only this late is it restarted (a restart's start-up leaves every result meanwhile whole)
 HUNG_S = 10.0
 
 
@@ -96,10 +91,8 @@ class _Worker:
         return self._answer(deadline)
 
     def _answer(self, deadline: float) -> bytes:
-        """One length-prefixed answer, read as it is available: a wait and one read of whatever the pipe
-        holds (usually the whole answer), not a read of the length then one of the rest. Every return
-        from a blocking call takes the interpreter lock again, a wait of its own behind busy threads
-        under load. Only one call is ever in flight, so nothing past this answer is read."""
+        """One length-prefixed answer, read as it is available (usually one read: every return from a
+        blocking call waits for the interpreter lock again). One call is in flight at a time."""
         fd, got, size = self._pipes()[1].fileno(), bytearray(), None
         while size is None or len(got) < size:
             left = deadline - time.monotonic()

@@ -1,9 +1,8 @@
-"""The engine process: contextwarden's addons on mirrors of mitmdump's flows (``python -m contextwarden.engine FD``).
-
-It is a mitmproxy master without a proxy server, running the same addons as an in-process proxy
-would (``contextwarden.addons.chain``), so the request path, the answers' reading and the servers
-(TUI events, recall API, metrics) are the code the tests and the replay run. mitmdump's link sends,
-over the socket pair ``FD``:
+"""The engine process (``python -m contextwarden.engine FD``): a mitmproxy master without a proxy server,
+running the same addons as an in-process proxy (``contextwarden.addons.chain``) on mirrors of mitmdump's
+flows: the stages, the token counting and the answers' reading hold this process's interpreter lock,
+never the one of the process relaying bytes. mitmdump's link (``addons/enginelink.py``) sends, over the
+socket pair ``FD``:
 
     start       the options (profile, home, plugins)       → ready {proxy settings} | fatal {message}
     running     mitmdump listens                            → reply (the addons' ``running``: discovery files written)

@@ -1,13 +1,9 @@
 """Agent keys: which agent of a session sent a request (budgets are per session and per agent).
 
-Claude Code's subagents (the Task/Agent tool, custom agents, its small side calls) send the same
-session id as the main agent but their own system prompt. So under the ``claude-code`` rule the agent
-is the session plus a fingerprint of the system prompt, taken after removing what changes while one
-agent keeps running: the billing header (``cc_version=...``, new with every release), dates and the
-``Today's date`` line, the ``You are powered by the model ...`` / ``model ID is`` / knowledge-cutoff
-lines (they change when Claude Code falls back to another model mid-session) and the ``gitStatus``
-snapshot. The main agent is recognised by its "You are an interactive ..." prompt and keyed
-``<session>/main`` so its key also survives a Claude Code upgrade; any other prompt is
+Claude Code's subagents send the session id of the main agent with their own system prompt, so under
+the ``claude-code`` rule the agent is the session plus a fingerprint of the system prompt without what
+changes while one agent runs (the billing header, dates, the model lines, the ``gitStatus`` snapshot).
+The main agent ("You are an interactive ...") is ``<session>/main``; any other
 ``<session>/<8 hex of its fingerprint>``.
 """
 
@@ -65,8 +61,6 @@ def claude_code_agent(body: dict[str, Any], session: str) -> str:
 
 @memoized(256)
 def _agent_suffix(texts: tuple[str, ...]) -> str | None:
-    # memoised by the system texts: an agent sends the same ones (tens of KB for Claude Code) with
-    # every request, and normalising them is a handful of regular expressions over all of it
     text = _normalise_texts(texts)
     if not text:
         return None

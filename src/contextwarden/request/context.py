@@ -19,9 +19,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Incoming:
-    """One request as it came in, whoever carries it (an HTTP request, a message of a Responses
-    WebSocket, a count_tokens request, a replayed or benchmarked body): what ``lifecycle.run`` reads.
-    Routed once (``apis.route``): ``route`` is the handler that took it (HTTP, COUNT, WEBSOCKET)."""
+    """One request as it came in, whoever carries it: what ``lifecycle.run`` reads. ``route``: the
+    handler that took it (HTTP, COUNT, WEBSOCKET)."""
 
     api: ApiKind
     host: str

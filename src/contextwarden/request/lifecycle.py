@@ -1,13 +1,10 @@
-"""One request's lifecycle, the same for every caller: the interceptor (HTTP and the Responses WebSocket),
-the observer, the count_tokens rewrite, replay, the memory evaluations, the benchmarks and the tests.
+"""One request's lifecycle, the same for every caller (the addons, replay, the evaluations, benchmarks
+and tests):
 
-    request   run:      admit (prepare → count (tokens_in) → the ``request`` event) → the stages →
-                        validate → serialise (pipeline.Pipeline; fails open), one trip to a stage thread
+    request   run:      admit (prepare → count → the ``request`` event) → the stages → validate →
+                        serialise (pipeline.Pipeline; fails open), one trip to a stage thread
               observe:  admit for a request already on its way (forwarded at once)
-              sent:     the body that went upstream
     response  complete: the assembled turn → calibration → ``cw_turn_complete`` hooks → the ``turn`` event
-
-Nothing here keeps state: each call works on the runtime and the request's context it is given.
 """
 
 from __future__ import annotations

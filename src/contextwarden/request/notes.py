@@ -1,16 +1,14 @@
-"""``ctx.notes``: what a stage hands to later stages and to the turn hooks, one declared key each.
-
-A dict at run time (a third-party stage may keep its own keys under its own name); the keys the built-in
-stages use are declared here with their type and writer, and ``tests/contextwarden/request/test_notes.py`` fails when code
-reads or writes a key that is not, or a request's notes hold a value of another type.
+"""``ctx.notes``: what a stage hands to later stages and to the turn hooks. A dict at run time (a
+third-party stage keeps its own keys under its own name); the built-in stages' keys are declared here
+(``tests/contextwarden/request/test_notes.py`` checks code and values against them).
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from ..util.lru import LRU
 from ..wire.dialects import ProviderContext
 
 
@@ -21,7 +19,7 @@ class Control:
     key: str
     record: dict[str, Any] = field(default_factory=dict)
     # the runtime's memo of filtered records (see applied): never a module's, so runtimes share nothing
-    memo: dict | None = field(default=None, compare=False, repr=False)
+    memo: LRU | None = field(default=None, compare=False, repr=False)
 
     @property
     def pins(self) -> list[dict[str, Any]]:
@@ -59,21 +57,14 @@ class Control:
         drop = (off | pinned) & records.keys()
         if not drop:
             return records
-        memo_key = (self.key, stage)
-        memo = self.memo if self.memo is not None else {}
-        with _memo_lock:
-            got = memo.get(memo_key)
-            if got is not None and got[0] is records and got[1] == drop:
-                return got[2]
-        out = {k: v for k, v in records.items() if k not in drop}
-        with _memo_lock:
-            memo[memo_key] = (records, drop, out)
-            while len(memo) > 4096:
-                memo.pop(next(iter(memo)))
-        return out
+        def build() -> tuple[dict[str, Any], frozenset, dict[str, Any]]:
+            return records, drop, {k: v for k, v in records.items() if k not in drop}
 
-
-_memo_lock = threading.Lock()
+        memo, key = self.memo if self.memo is not None else LRU(1), (self.key, stage)
+        got = memo.get(key, build)
+        if got[0] is not records or got[1] != drop:
+            memo.put(key, got := build())
+        return got[2]
 
 
 class ReplayNote(TypedDict, total=False):

@@ -39,7 +39,7 @@ from .stageclock import StageClock
 if TYPE_CHECKING:
     from ..core.runtime import Runtime
 
-# Who sent a request, as the proxy saw it (addons/interceptor.origin_of), among the consumed headers: a
+# Who sent a request, as the proxy saw it (addons/routing.origin_of), among the consumed headers: a
 # name no HTTP header can have, so no client sets it
 ORIGIN = ":origin"
 _AUTH_HEADERS = {"x-api-key", "authorization", "api-key", "anthropic-version", "anthropic-beta", "openai-organization", "openai-project"}
@@ -232,12 +232,9 @@ def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list[
 
 
 def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | None]:
-    """``ctx.request.wire()``, and the JSON bytes of each of its messages where known.
-
-    A message that is still the one the request was prepared with is the client's own dict, and an
-    edited copy made by ``History.derive_all`` has its remembered wire form: neither is dumped again, and
-    their bytes key the validator's and the token counter's caches. A long history costs an identity
-    check per message, not a dump of each."""
+    """``ctx.request.wire()``, and the JSON bytes of each of its messages where known: a message still the
+    one the request was prepared with is the client's own dict, and an edited copy made by
+    ``History.derive_all`` has its remembered wire form; neither is dumped again."""
     req, h = ctx.request, ctx.history
     key = dialect(h.api).history_key
     msgs = req.__dict__.get(key) if h is not None else None
@@ -339,11 +336,8 @@ _NOT_RUN = object()  # admit_and_process: the stages did not run (the request wa
 
 
 def remember(runtime: Runtime, ctx: RequestContext, rewritten: bytes | dict[str, Any] | None, nbytes: int) -> None:
-    """Keep a request's bodies for the inspector; write them to disk if the profile asks.
-
-    Bodies are kept as the JSON bytes (the client's, and what was sent), not as parsed objects: a
-    few hundred 150K-token bodies as dicts and lists are millions of objects the garbage
-    collector would walk on every full collection (the p99 pauses of bench/proxy_latency.py)."""
+    """Keep a request's bodies for the inspector (as JSON bytes: nothing for the garbage collector to
+    walk); write them to disk if the profile asks."""
     original = ctx.request_bytes if ctx.request_bytes is not None else orjson.dumps(ctx.original)
     if isinstance(rewritten, dict):
         rewritten = orjson.dumps(rewritten)
@@ -371,12 +365,11 @@ class Pipeline:
 
     async def admit_and_process(self, admit: Callable[[], tuple[RequestContext | None, bool]]
                                 ) -> tuple[RequestContext | None, Outcome | None]:
-        """The stages and :meth:`finish` of the context ``admit()`` gives, ``admit`` called first on the
-        same stage thread: one trip from the event loop and back, not two (each trip waits for a thread
-        and for the interpreter lock twice, tens of ms under load). The loop watches the running
-        stage's budget; past it, the stage is abandoned (left running: the breaker notes it) and the
-        session's decided state goes. ``admit`` returns ``(ctx, run)``: ctx None (not read) or ``run`` False (bypassed) runs
-        no stage and gives no Outcome. Its own failures are its to report; one it raises propagates."""
+        """``admit()``, then the stages and :meth:`finish` of its context, on one stage thread: one trip
+        from the event loop and back. The loop watches the running stage's budget; past it, the stage
+        is abandoned (left running: the breaker notes it) and the session's decided state goes.
+        ``admit`` returns ``(ctx, run)``: ctx None (not read) or ``run`` False (bypassed) runs no stage
+        and gives no Outcome."""
         rt = self.runtime
         clock = StageClock()
         got = await clock.watch(rt.stage_pool.submit(self._admit_run, admit, clock))
@@ -437,10 +430,8 @@ class Pipeline:
         reappliers = None
         for name, fn in stages:
             budget = rt.stage_times.budget(name, p)
-            # The breaker: a stage whose previous call ran past its budget and has not returned yet is
-            # skipped, rather than queueing another call (and thread) behind one that hangs; its stored
-            # decisions are re-applied in its place (cw_reapply). It runs again on the first request
-            # after that call returns.
+            # The breaker: a stage whose previous call ran past its budget and has not returned is
+            # skipped (its stored decisions re-applied in its place) until that call returns.
             late = rt.overrun_since(name)
             reapplied = False
             if late is not None:
@@ -522,13 +513,10 @@ class Pipeline:
                 hold: list[Any] | None = None) -> Outcome:
         """The request as the session's decided state: every stage's stored decisions re-applied
         (``cw_reapply``, in the pipeline's order) and nothing new, validated and serialised like any
-        rewrite (worker thread).
-
-        Built on a fresh typed request parsed from ``ctx.original`` (which no stage mutates), never on
-        ``ctx.request``: a stage call abandoned past its budget may still be putting messages into that
-        one's list. Its typed messages are the ones ``ctx`` was prepared with (frozen: shared as they are). Depends on no slow stage (memory, tagging): they have no re-apply.
-        ``hold``: a list that receives the re-apply's events instead of the bus (the caller releases
-        them if it sends this state)."""
+        rewrite (worker thread). Built on a fresh typed request from ``ctx.original`` (a stage call
+        abandoned past its budget may still be editing ``ctx.request``), with the frozen typed messages
+        ``ctx`` was prepared with. ``hold``: a list that receives the re-apply's events instead of the
+        bus (the caller releases them if it sends this state)."""
         t0 = time.perf_counter()
         step, stage = "parsing a fresh typed request", None
         try:
@@ -555,13 +543,9 @@ class Pipeline:
         return Outcome(body=out.body, reason=why, fallback="decided", fallback_reason=why)
 
     def finish(self, ctx: RequestContext, fallback: bool = False, abandoned: threading.Event | None = None) -> Outcome:
-        """Compare, validate and serialise the result (worker thread).
-
-        When nothing changed, the client's own bytes go upstream (nothing is serialised). The validator
-        and the token count of a rewritten body reuse per-message caches, so a history seen before
-        costs a dump and a lookup per message (validate.py, tokens.py). An invalid rewrite, or one
-        above the window that the decided state is not, falls back to the decided state (unless this
-        is the decided state: ``fallback``)."""
+        """Compare, validate and serialise the result (worker thread). When nothing changed, the client's
+        own bytes go. An invalid rewrite, or one above the window that the decided state is not, falls
+        back to the decided state (unless this is the decided state: ``fallback``)."""
         t = ctx.timings
         t0 = time.perf_counter()
         wire, raws = wire_of(ctx)

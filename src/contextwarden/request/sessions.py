@@ -57,13 +57,8 @@ def _block(b: Any) -> Any:
 
 def first_turn_content(body: dict[str, Any]) -> list[Any] | None:
     """What the first user message says, in a form that does not move between requests of one
-    conversation: its content as a list of blocks (a plain string is one text block), text blocks
-    reduced to their text, and no ``cache_control`` anywhere. Clients move breakpoints (an SDK user or
-    Claude Code marks the latest message only, so the first turn carries one on request 1 and not
-    after), turn a string into a block list to mark it, and the Responses API sends ``input`` as a
-    string first and as a list of items later; none of that makes a new conversation. Only the
-    content counts: the role is ``user`` by construction, and other keys (a Responses item's
-    ``type: message``, ids an SDK echoes) are framing."""
+    conversation (clients move cache breakpoints and turn a string into a block list): its content as
+    a list of blocks, text blocks reduced to their text, no ``cache_control`` anywhere."""
     first = _first_user_message(body)
     if first is None:
         return None

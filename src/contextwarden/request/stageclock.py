@@ -1,14 +1,10 @@
-"""What a request's stage thread is doing now, for the event loop's watchdog (pipeline.Pipeline.admit_and_process).
+"""What a request's stage thread is doing now, for the event loop's watchdog
+(``Pipeline.admit_and_process``): the thread stamps each stage's start; the loop sleeps until the
+running stage's budget is due and abandons it only if it is still running then.
 
-A request's stages run one after another on one worker thread (one trip from the event loop and back,
-not one per stage). The thread stamps each stage's start here; the loop sleeps until the running stage's
-budget is due and abandons the stage only if it is still running then.
-
-A budget measures the stage's own work, from its own start: time spent queued for a worker thread
-never counts. Past its budget in wall-clock time, a stage is abandoned when its thread has also used
-its budget's worth of CPU (it is working, not waiting for the interpreter lock or the CPU other
-sessions' work holds), or when it has been running ``WALL_FACTOR`` times its budget whatever it did (a
-hang on I/O, or a machine too starved for new work to be worth waiting for).
+A budget measures the stage's own work from its own start. Past its budget in wall-clock time, a stage
+is abandoned when its thread has also used its budget's worth of CPU (working, not waiting for the
+interpreter lock), or once it has run ``WALL_FACTOR`` times its budget whatever it did.
 """
 
 from __future__ import annotations
@@ -121,12 +117,8 @@ class StageClock:
 
     async def watch(self, work: Future):
         """The result of ``work`` (the stage thread's call), or None when a stage was abandoned
-        (``self.abandoned`` names it; ``work`` is left to finish on its own).
-
-        The call's end wakes this task in two turns of the event loop, not three: the stage thread
-        schedules :func:`_finished`, which both keeps the result and wakes the task's current wait
-        (``asyncio.wait`` on a wrapped future took a turn more: the wrapped future's callback, then
-        wait's, then the task; under load a turn of the loop is tens of ms)."""
+        (``self.abandoned`` names it; ``work`` is left to finish on its own). The call's end wakes this
+        task directly (:func:`_finished`): one turn of the event loop fewer than ``asyncio.wait``."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         waiting: list = [None]  # the task's current wait (a loop future), woken by _finished

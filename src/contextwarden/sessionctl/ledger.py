@@ -56,9 +56,9 @@ def control(ctx, live: bool = False) -> Control:
     key = session_key(ctx)
     ov = _override.get()
     if ov is not None and ov[0] == key:
-        c = Control(key, ov[1], memo=ctx.runtime.memo("sessionctl.applied", dict))
+        c = Control(key, ov[1], memo=ctx.runtime.memo("sessionctl.applied", lambda: LRU(4096)))
     else:
-        c = Control(key, state_cache(ctx.runtime).get(NS, key) or {}, memo=ctx.runtime.memo("sessionctl.applied", dict))
+        c = Control(key, state_cache(ctx.runtime).get(NS, key) or {}, memo=ctx.runtime.memo("sessionctl.applied", lambda: LRU(4096)))
         if live:
             _remember(ctx, key)
     ctx.notes[_NOTE] = c

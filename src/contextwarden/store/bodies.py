@@ -1,14 +1,12 @@
-"""Recent request bodies, original and rewritten, for the TUI's inspector and for replay.
-
-Bodies hold conversation text but never credentials (those live in headers, which are redacted); what
-is written to disk or handed out has the conversation's secrets redacted too (:mod:`contextwarden.util.scrub`).
-Kept in memory up to a byte budget; written under ``cw_home/bodies`` only when the profile's
-``log.record_bodies`` asks for it.
+"""Recent request bodies, original and rewritten, for the TUI's inspector and for replay: in memory up to
+a byte budget, under ``cw_home/bodies`` when ``log.record_bodies`` asks; what is written or handed out
+is scrubbed of secrets (:mod:`contextwarden.util.scrub`).
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +15,18 @@ import orjson
 from ..util.lru import LRU
 from ..util.scrub import scrub
 
+_BODIES = ("original", "rewritten")
+
 
 def _decoded(entry: dict[str, Any]) -> dict[str, Any]:
-    """A copy of an entry with its bodies as JSON values (they are kept as bytes)."""
+    """A copy of an entry with its bodies as JSON values (they are kept as bytes, zlib once packed)."""
     out = dict(entry)
-    for k in ("original", "rewritten"):
+    packed = out.pop("packed", False)
+    for k in _BODIES:
         v = out.get(k)
         if isinstance(v, (bytes, bytearray, memoryview)):
+            if packed:
+                v = zlib.decompress(v)
             try:
                 out[k] = orjson.loads(v)
             except orjson.JSONDecodeError:
@@ -32,11 +35,8 @@ def _decoded(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 class BodyRing:
-    """The last requests' bodies, bounded by bytes and count (an :class:`~contextwarden.util.lru.LRU`).
-
-    ``original`` and ``rewritten`` are best given as JSON bytes (``pipeline.remember`` does): bytes are a
-    single object the garbage collector never walks, where a parsed 150K-token body is thousands of
-    tracked dicts and lists. ``get`` and ``for_session`` return them decoded."""
+    """The last requests' bodies, bounded by bytes and count, kept as JSON bytes (nothing for the garbage
+    collector to walk); ``get`` and ``for_session`` return them decoded."""
 
     def __init__(self, max_bytes: int = 64_000_000, max_items: int = 500) -> None:
         self._lru = LRU(max_bytes, max_count=max_items)
@@ -50,6 +50,16 @@ class BodyRing:
 
     def for_session(self, session: str) -> list[dict[str, Any]]:
         return [_decoded(e) for _, e in self._lru.items() if e.get("session") == session]
+
+    def pack(self) -> None:
+        """Keep every body zlib-compressed (~5x smaller): what an idle proxy holds for the inspector
+        (``collector.background``, with the conversations' forgetting). New bodies are kept as they come."""
+        lru = LRU(self._lru.max_size, max_count=self._lru.max_count)
+        for k, e in self._lru.items():
+            if not e.get("packed"):
+                e = {**e, "packed": True, **{f: zlib.compress(e[f], 1) for f in _BODIES if isinstance(e.get(f), bytes)}}
+            lru.put(k, e, sum(len(e[f]) for f in _BODIES if isinstance(e.get(f), bytes)))
+        self._lru = lru
 
     def __len__(self) -> int:
         return len(self._lru)

@@ -1,6 +1,5 @@
-"""What a proxy does differently when it is one of several replicas sharing one state (``state.url``
-on Redis): its name in events, the tenant salt they share, and run-time settings and bypass set on
-another replica. The Runtime calls these; a lone proxy (SQLite) takes none of these paths."""
+"""What a replica sharing one state (``state.url`` on Redis) does differently: its name in events, the
+shared tenant salt, and run-time settings and bypass set on another replica."""
 
 from __future__ import annotations
 

@@ -1,22 +1,16 @@
-"""Small persistent state (per-session decisions, budgets, calibration, run-time overrides and bypass).
+"""Small persistent state (per-session decisions, budgets, calibration, run-time overrides and bypass):
+decisions must survive a restart, or the next request would decide differently and re-write the
+provider's cache.
 
-Decisions such as "this session was compacted up to message 40, with this summary" must survive a
-restart, or the next request would compact differently and re-write the provider's cache.
+Two backends behind one interface (``get``/``put``/``delete``/``items``, and ``update`` for
+read-modify-write): SQLite under the data directory (the default) and Redis (``state.url =
+redis://...``), which several proxies share. Values are JSON, sealed when a key is set (``sealing.py``).
 
-Two backends behind one small interface (``get``/``put``/``delete``/``items``, plus ``update`` for
-read-modify-write that must not lose a concurrent writer's change): SQLite under the data directory
-(the default; one process, or several on one host) and Redis (``state.url = redis://...``, any
-Redis-protocol server), which several proxies share. Values are JSON, sealed with AES-256-GCM when a
-key is set (``sealing.py``).
-
-On Redis: one string key per value (``<prefix>:<ns>:<key>``) and one set per namespace listing its keys
-(for ``items``). ``update`` is compare-and-set with WATCH/MULTI: two replicas deciding the same session at
-once both read the winner's value afterwards, so both apply one decision and send the same bytes. A
-server that cannot be reached never stops traffic: every call raises :class:`StateUnavailable` at once
-(the stage that asked fails open, the client's request goes out as it was sent), and for ``retry_s`` after
-a failure the server is not even tried. The first call after that tries again, so the proxy picks the
-server up when it is back, without a restart. Going down and coming back are each reported once on the
-event bus (``error`` with ``where: "state"``, then ``state`` with ``status: "up"``).
+On Redis: one string key per value (``<prefix>:<ns>:<key>``) and one set per namespace (for ``items``);
+``update`` is compare-and-set with WATCH/MULTI, so two replicas deciding one session apply one decision.
+A server that cannot be reached raises :class:`StateUnavailable` at once (the request goes out as
+sent) and is not tried again for ``retry_s``. Going down and coming back are each reported once
+(``error`` with ``where: "state"``, then ``state`` with ``status: "up"``).
 """
 
 from __future__ import annotations
@@ -127,9 +121,7 @@ class StateStore(Codec):
             self._db.execute("INSERT OR REPLACE INTO kv VALUES (?,?,?,?)", (ns, key, blob, time.time()))
 
     def update_many(self, updates: list[tuple[str, str, Callable[[Any], Any]]]) -> list[Any]:
-        # One transaction for all: each statement gives up the interpreter lock and takes it back, with
-        # this store's lock held, so under load (sixteen stage threads) every commit saved is a wait saved
-        # for every other request that writes state (issue 19).
+        # One transaction for all: every commit saved is a wait saved for every request that writes state
         out: list[Any] = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")  # also excludes other processes on this file

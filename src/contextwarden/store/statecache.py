@@ -1,16 +1,8 @@
-"""A write-through, in-process cache over the runtime's state store (:mod:`contextwarden.store.state`).
-
-The pruning stages read a session's decisions on every request. The store is the source of truth (so
-decisions survive restarts), but a read or write per request costs milliseconds on a busy disk; this
-keeps the recent records in memory, reads the store only on a miss, and can keep a value in memory only
-(``persist=False``) for bookkeeping that need not survive a restart.
-
-With a shared backend (Redis: several replicas write the same sessions) a value in memory may be one
-another replica has replaced since, and serving it would make this replica decide differently. The
-rule there: every ``get`` reads the stored bytes (one round trip), and the memory only saves decoding
-them again, returning the very object decoded before when the bytes are unchanged (stages that hand
-work on from one request to the next compare these objects by identity). ``persist=False`` is ignored
-(everything is written): a value only one replica knew would make the replicas' decisions differ.
+"""A write-through, in-process cache over the runtime's state store (:mod:`contextwarden.store.state`):
+the recent records in memory, the store read only on a miss; ``persist=False`` keeps a value in memory
+only. With a shared backend (Redis) every ``get`` reads the stored bytes and the memory only saves
+decoding them again (the very object decoded before when the bytes are unchanged: stages compare these
+by identity), and everything is written.
 """
 
 from __future__ import annotations

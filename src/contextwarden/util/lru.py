@@ -1,20 +1,11 @@
 """One bounded memo for every cache of the proxy: what was not used lately goes first.
 
-Per-message work (a message's digest, the validator's facts about it, a text's secret scrub, a lost
-text's terms) is a pure function of its key, and a long conversation sends the same messages again
-with every request. :class:`LRU` remembers it, bounded by a size (a count, or ``size(key)`` per key:
-``size=len`` for the bytes of the keys it keeps) and optionally by a count too. Keyed by the exact value
-(Python's hash, then an equality check), it can never answer for another key: what some of these values
-guard (a wrong fact could let an invalid body through) must not rest on a hash alone.
-
-Two generations of plain dictionaries rather than a linked order: a hit is one ``dict.get`` with no
-lock (each dict operation is atomic under the interpreter lock; a race between threads at most forgets
-an entry, which is computed again). New entries go to the young generation; when it holds half the
-bound it becomes the old one and the old one is dropped; what is used again from the old one moves to
-the young one. So what was used in neither of the last two generations goes first.
-
-Memos of the request path belong to a runtime (``Runtime.memo(name, factory)``), never to a module, so
-two runtimes in one process share nothing (``tests/contextwarden/core/test_runtime_state.py``).
+:class:`LRU` remembers a pure function's results, bounded by a size (a count, or ``size(key)`` per key)
+and optionally by a count too, keyed by the exact value (hash, then equality: never another key's).
+Two generations of plain dictionaries: a hit is one ``dict.get`` with no lock (a race at most forgets
+an entry); new entries go to the young one, which becomes the old one at half the bound (the old one
+dropped); what is used again from the old one moves to the young one. Memos of the request path belong
+to a runtime (``Runtime.memo(name, factory)``), never to a module.
 """
 
 from __future__ import annotations
@@ -100,10 +91,6 @@ class BytesMemo(LRU):
 
     def __init__(self, max_bytes: int = 32_000_000, min_key: int = 0) -> None:
         super().__init__(max_bytes, size=len, min_size=min_key, max_item=max_bytes // 8)
-
-    @property
-    def max_bytes(self) -> int:
-        return self.max_size
 
 
 _NONE = object()  # a remembered None (an LRU holds no None)

@@ -1,12 +1,7 @@
 """Keep credentials out of everything contextwarden writes or shows, and derive the tenant a request
 belongs to. The one redactor: every secret, in a text, a structured field, a header or a query string,
-becomes ``[REDACTED:<kind>]`` (a header's whole value: ``[REDACTED:header]``).
-
-Conversations with coding agents are full of secrets: ``cat .env``, ``env``, a curl command with a
-bearer token, a service-account JSON, a git remote with a password in it. Nothing of that may reach the
-memory store (which outlives the conversation and can be exported), so every text passes through
-:func:`redact_secrets` first. Each secret becomes ``[REDACTED:<kind>]``; the surrounding text stays, so
-"the deploy failed because GITHUB_TOKEN was expired" is still remembered. Redaction is idempotent.
+becomes ``[REDACTED:<kind>]`` (a header's whole value: ``[REDACTED:header]``); the surrounding text stays.
+Redaction is idempotent.
 
 Secrets are found by shape (a key's format, a PEM block or its halves) and by meaning: a credential word
 followed by a value, in an assignment (``ADMIN_PW=...``) or in prose ("the wifi password is ..."). It
@@ -35,10 +30,8 @@ REDACTED = _mark("header")  # a header's value, whole
 _AWS = ("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA", "APKA", "AROA")
 
 # --- whole-token formats: (kind, pattern, literals); the whole match is the secret -----------------------
-# ``literals``: strings of which every match holds at least one. A pattern runs only on a text that holds
-# one of them (a substring search, ~100x cheaper than a regex pass): on 12 KB of source code the 22
-# passes cost ~10 ms, and each text the proxy redacts on the request path (a compressed result, a
-# stub's preview) paid all of them whenever one hint was found anywhere in it.
+# ``literals``: strings of which every match holds at least one: a pattern runs only on a text that holds
+# one of them (a substring search, ~100x cheaper than a regex pass).
 _TOKENS: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = [(k, re.compile(p), lits) for k, p, lits in [
     ("anthropic_key", r"\bsk-ant-[A-Za-z0-9_\-]{16,}", ("sk-ant-",)),
     ("openai_key", r"\bsk-(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{16,}", ("sk-",)),

@@ -1,17 +1,9 @@
-"""The one redaction pass for what leaves the request path to be stored or shown.
-
-Events (the JSONL log and the TUI's stream), exports and the inspector's bodies go through
-:func:`scrub`: every string in them gets :func:`contextwarden.util.redact.redact_secrets` (the same
-patterns memory uses, URL query credentials included), a string whose member's name says it is a secret
-(``{"db_password": ...}``, a tool call's input) is replaced whole, and every ``headers`` list or mapping
-has the value of each credential-like header (by name or by value) replaced. Structures are copied where
-something changed, never edited in place (a caller may still hold them).
-
-Cheap because every event goes through it (~17 a request, on the log's writer thread, under the
-interpreter lock the event loop needs): numbers, booleans and None are passed over without a call,
-strings shorter than any secret are kept as they are, and the rest repeat (tags, models, session ids,
-paths, header values), so they are remembered with their result (an :class:`~contextwarden.util.lru.LRU`):
-a dictionary lookup for most of them.
+"""The one redaction pass for what leaves the request path to be stored or shown (events, exports, the
+inspector's bodies): every string gets :func:`contextwarden.util.redact.redact_secrets`, a string whose
+member's name says it is a secret (``{"db_password": ...}``) is replaced whole, and every ``headers``
+list or mapping has each credential-like value replaced. Structures are copied where something changed,
+never edited in place. Strings that repeat (tags, models, session ids, header values) are remembered
+with their result, so most cost a dictionary lookup.
 """
 
 from __future__ import annotations

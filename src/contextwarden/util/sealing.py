@@ -1,14 +1,10 @@
 """Encryption at rest: AES-256-GCM over stored state values and memory documents.
 
-The key (32 bytes, written as 64 hex digits or base64) comes from ``CONTEXTWARDEN_KEY`` or from the
-file ``state.key_file`` names. Without a key nothing is sealed (the single-user default). A sealed
-value is ``MAGIC + nonce(12) + ciphertext+tag``; reading one without the key, or with another key, is
-a :class:`SealError` that says so: never silent garbage. Values written before a key was set are read
-as they are and sealed on their next write.
-
-Memory documents are text in Chroma: they are sealed the same way and written as ``cw1:`` + base64.
-Embeddings are computed from the plain text before it is sealed, so vector search still works; the
-metadata (session, role, tool, tags, timestamps) is not sealed, since Chroma filters on it.
+The key (32 bytes, 64 hex digits or base64) comes from ``CONTEXTWARDEN_KEY`` or from the file
+``state.key_file`` names; without one nothing is sealed. A sealed value is ``MAGIC + nonce(12) +
+ciphertext+tag``; one that cannot be opened is a :class:`SealError` that says why. Values written before
+a key was set are read as they are. Memory documents are sealed the same way and written as ``cw1:`` +
+base64 (embeddings come from the plain text; the metadata Chroma filters on is not sealed).
 """
 
 from __future__ import annotations

@@ -121,6 +121,28 @@ def test_the_pipeline_remembers_bodies_as_bytes(tmp_path):
         h.close()
 
 
+def test_forgetting_the_conversations_packs_the_bodies_it_keeps(tmp_path):
+    """issue 41: the engine's RSS after idle held the inspector's bodies (the ring's 64 MB) whole and the
+    recent events' JSON; once idle the bodies are kept compressed (read back as they were), the JSON goes."""
+    h = Harness(tmp_path, profile="claude-code", overrides=settings_overrides(stages=["clearing"], clearing={"trigger_tokens": 100, "clear_at_least": 10, "keep_recent": 1}))
+    try:
+        sent = [h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(n, result_words=300)) for n in (3, 4)]
+        held = h.rt.bodies._lru.held
+        ev = h.rt.bus.recent[-1]
+        ev.to_json()  # (as the log writer makes it)
+        h.rt.forget_conversations()
+        assert h.rt.bodies._lru.held < held / 2
+        for s in sent:
+            got = h.rt.bodies.get(s.ctx.flow_id)
+            assert got["original"] == s.ctx.original and got["rewritten"] == (s.body if s.changed else None)
+        assert [e["flow_id"] for e in h.rt.bodies.for_session(sent[0].ctx.session)][-1] == sent[1].ctx.flow_id
+        h.rt.forget_conversations()  # packed once
+        assert h.rt.bodies.get(sent[1].ctx.flow_id)["original"] == sent[1].ctx.original
+        assert ev._json is None and orjson.loads(ev.to_json())["seq"] == ev.seq  # the events' JSON made again
+    finally:
+        h.close()
+
+
 def test_settle_gc_freezes_and_raises_thresholds(tmp_path):
     before = gc.get_threshold()
     h = Harness(tmp_path, profile="claude-code", overrides=settings_overrides(stages=["clearing"]))

@@ -1,5 +1,5 @@
 """mitmdump's per-flow lines are off by default (they cost the proxy's event loop CPU per request) and
-come back when asked for (addons/flowlines.py)."""
+come back when asked for (addons/outputguard.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import httpx
 from mitmproxy.addons.dumper import Dumper
 from mitmproxy.test import taddons, tflow
 
-from contextwarden.addons.flowlines import FlowLines
+from contextwarden.addons.outputguard import OutputGuard
 from contextwarden.cli.run import mitmdump_argv
 from tests.support.proxy import ProxyProcess
 from tests.support.upstream import StandIn
@@ -17,7 +17,7 @@ from tests.support.upstream import StandIn
 
 def _printed(apply: bool = True, **opts) -> str:
     out = io.StringIO()
-    dumper, lines = Dumper(out), FlowLines()
+    dumper, lines = Dumper(out), OutputGuard()
     with taddons.context(dumper, lines) as tctx:
         if opts:
             tctx.configure(lines, **opts)
