@@ -1,21 +1,9 @@
-"""What the proxy remembers about each conversation, and the view of it that one request works with.
-
-A coding agent re-sends its whole history with every request. What the proxy worked out about that
-history (each message's JSON bytes, its typed object, token count, a stage's per-message result, what a
-stage found about the first ``n`` messages) is kept in one place per conversation, a
-:class:`Conversation` (one per api, tenant, session and agent, on ``runtime.conversations``), so that a
-repeat request costs what its new messages cost.
-
-Typed messages are frozen (``models.base.WireModel``): a stage never changes one, it puts an edited
-copy in its place. So the typed messages of one request can be handed to the next request of the
-conversation, and to concurrent ones, as they are; and "did a stage change message ``i``" is
-``request.messages[j] is history.entries[i].obj``.
-
-:class:`History` is one request's view (``ctx.history``): the entries it was prepared with, the edited
-copies its stages made (:meth:`History.derive_all`), and the conversation's slots (:meth:`History.carried`,
-:meth:`History.carry_on`). Its conversation is updated once, in ``prepare``; stages write only their own
-slot, with ``carry_on``.
-"""
+"""What the proxy remembers about each conversation (:class:`Conversation`, on ``runtime.conversations``),
+and the view of it one request works with (:class:`History`, ``ctx.history``), so that a repeat
+request costs what its new messages cost. Typed messages are frozen, so they are handed from request
+to request as they are, and "did a stage change message ``i``" is ``request.messages[j] is
+history.entries[i].obj``. The conversation is updated once, in ``prepare``; stages write only their
+own slot (:meth:`History.carry_on`)."""
 
 from __future__ import annotations
 
