@@ -34,7 +34,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -296,7 +296,7 @@ class TokenCounter:
             if keep is not None:
                 keep.append((msgs, entries, fixed))
             n += sum(map(itemgetter(0), entries))
-            if d.thinking_dropped and strips_thinking(model):
+            if d.thinking_dropped and strips_thinking(model) and any(map(itemgetter(1), entries)):
                 # earlier turns' thinking blocks, which the provider drops
                 n -= sum(map(itemgetter(1), entries[:current_turn_start(msgs)]))
         return n
@@ -313,16 +313,15 @@ class TokenCounter:
         else:
             raw = None
         young = self._cache.young  # (a hit there without a call: most messages of a repeat request)
-        for i, e in enumerate(out):
-            if e is None:
-                m = msgs[i]
-                data = raw[i] if raw is not None else None
-                if data is None:
-                    data = orjson.dumps(m := _plain(m), option=opt, default=str)
-                key = (kind, enc.name, len(data), hash(data))
-                v = young.get(key)
-                out[i] = v if v is not None else self._cached(key, partial(self._entry, d, _plain(m), enc))
-                self.lookups += v is not None
+        for i in _missing(out):
+            m = msgs[i]
+            data = raw[i] if raw is not None else None
+            if data is None:
+                data = orjson.dumps(m := _plain(m), option=opt, default=str)
+            key = (kind, enc.name, len(data), hash(data))
+            v = young.get(key)
+            out[i] = v if v is not None else self._cached(key, partial(self._entry, d, _plain(m), enc))
+            self.lookups += v is not None
         return out
 
     def count_block(self, api: ApiKind | str | Dialect, block: Any, model: str | None = None) -> int:
@@ -488,6 +487,18 @@ class TokenCounter:
         if isinstance(c, list):
             return sum(self._block(d, b, enc) for b in c)
         return self._text(c, enc)  # (a string; None and empty count 0)
+
+
+def _missing(xs: list[Any]) -> Iterator[int]:
+    """The indexes of ``xs`` that hold None (found by ``list.index``, at C speed: a repeat request's
+    messages are nearly all known)."""
+    i = -1
+    while True:
+        try:
+            i = xs.index(None, i + 1)
+        except ValueError:
+            return
+        yield i
 
 
 def _plain(obj: Any) -> Any:

@@ -501,8 +501,8 @@ class _SpyCheckpoints(validate.Checkpoints):
         super().__init__()
         self.resumed: list[int] = []
 
-    def resume(self, keys, pairs):
-        k, f = super().resume(keys, pairs)
+    def resume(self, keys):
+        k, f = super().resume(keys)
         self.resumed.append(k)
         return k, f
 
@@ -653,7 +653,9 @@ def test_a_checkpoint_keeps_the_problems_of_the_history_it_stands_for(monkeypatc
     assert p2 == _cold(A, new2, orig2) and any("empty text block" in p for p in p2)
 
 
-def test_a_checkpoint_is_not_used_under_other_original_role_pairs(monkeypatch):
+def test_a_checkpoint_is_right_under_other_original_role_pairs(monkeypatch):
+    """The fold does not read the original's role pairs (a consecutive pair is kept or dropped after it),
+    so a checkpoint made under other pairs is resumed from and gives what a cold check gives."""
     spy = _SpyCheckpoints()
     u = lambda t: {"role": "user", "content": [{"type": "text", "text": t}]}  # noqa: E731
     a = lambda t: {"role": "assistant", "content": [{"type": "text", "text": t}]}  # noqa: E731
@@ -667,13 +669,13 @@ def test_a_checkpoint_is_not_used_under_other_original_role_pairs(monkeypatch):
     longer_orig = {"model": "m", "messages": same_pairs["messages"] + [a("five"), u("six")]}
     spy.resumed.clear()
     p2 = validate_rewrite(A, longer, longer_orig, checkpoints=spy)
-    assert spy.resumed[0] == 0, "a checkpoint made under other role pairs was resumed from"
+    assert spy.resumed[0] == 4  # the first body's checkpoint, made under other pairs
     assert p2 == [] == _cold(A, longer, longer_orig)
     # and back: the pairs without user,user again
     alt_longer = {"model": "m", "messages": alternating["messages"] + [a("five"), u("six")]}
     spy.resumed.clear()
     p3 = validate_rewrite(A, longer, alt_longer, checkpoints=spy)
-    assert spy.resumed[0] == 4  # the first body's checkpoint, made under these pairs
+    assert spy.resumed[0] == 6  # the second body's
     assert p3 == _cold(A, longer, alt_longer) and any("consecutive" in p for p in p3)
 
 
