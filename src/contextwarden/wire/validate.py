@@ -143,9 +143,10 @@ class Checkpoints:
                 return k, got[1].copy()
         return 0, Fold()
 
-    def save(self, keys: list[Any], fold: Fold) -> None:
+    def save(self, keys: list[Any], fold: Fold, final: bool = False) -> None:
+        """Keep ``fold`` as the state after ``keys`` (``final``: the caller changes it no more: not copied)."""
         if keys:
-            self._d.put((len(keys), keys[-1]), (keys[:], fold.copy()))
+            self._d.put((len(keys), keys[-1]), (keys[:], fold if final else fold.copy()))
 
 
 def _none() -> None:

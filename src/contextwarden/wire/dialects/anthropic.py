@@ -128,7 +128,8 @@ class Anthropic(Dialect):
         problems += [(("unanswered", tid), f"tool_use {tid} in the last message has no tool_result") for tid in sorted(f.prev_uses)]
         problems += others
         problems += last_role_changed(msgs, orig_msgs)
-        if dumps(_last_thinking(msgs)) != dumps(_last_thinking(orig_msgs)):
+        last, orig_last = _last_assistant(msgs), _last_assistant(orig_msgs)
+        if last is not orig_last and dumps(_thinking(last)) != dumps(_thinking(orig_last)):
             problems.append((("thinking",), "the latest assistant message's thinking blocks differ from the original's"))
         n = f.bps + sum(1 for key in ("system", "tools") for b in blocks(new.get(key))
                         if isinstance(b, dict) and b.get("cache_control") is not None)
@@ -304,9 +305,12 @@ def _facts(m: dict[str, Any]) -> tuple[Any, ...]:
     return (m.get("role"), empty, tuple(events), bps)
 
 
-def _last_thinking(msgs: list[Any]) -> list[Any]:
-    """The thinking blocks of the last assistant message."""
-    m = next((m for m in reversed(msgs) if role_of(m) == "assistant"), None)
+def _last_assistant(msgs: list[Any]) -> Any:
+    return next((m for m in reversed(msgs) if role_of(m) == "assistant"), None)
+
+
+def _thinking(m: Any) -> list[Any]:
+    """The thinking blocks of a message (None: none)."""
     if not m:
         return []
     return [b for b in blocks(m.get("content")) if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking")]
@@ -337,7 +341,7 @@ def _fold(msgs: list[Any], keys: list[Any], facts: FactCache, checkpoints: Check
             f.problems.append((("not-object", i), f"messages[{i}] is not an object"))
             continue
         _step(f, i, m, facts.fact(m, _facts, keys[i]))
-    checkpoints.save(keys, f)
+    checkpoints.save(keys, f, final=True)  # (check reads f, never changes it)
     return f
 
 
