@@ -1,31 +1,15 @@
 """Token accounting: tiktoken counts cached per content hash, and a per-model calibration.
 
-What is counted
-    ``count_request`` = system + tools + every message (+ a few tokens of framing per message and
-    block). A message's count is cached under a hash of its content, so a request whose history was
-    already seen costs one ``orjson.dumps`` and one hash per message plus tokenising only the new
-    ones. Blocks are cached without their ``cache_control`` marker, so the breakpoint Claude Code moves
-    from message to message each turn does not re-tokenise the message that lost it.
+A message's count is cached under a hash of its content (blocks without their ``cache_control``), so a
+repeat request tokenises only its new messages. OpenAI models use ``o200k_base``, every other model
+``settings.tokens.encoding``; an encoding that cannot be loaded gives an estimate of
+:data:`CHARS_PER_TOKEN` characters per token (said in :attr:`TokenCounter.source`, one ``error``
+event; never raises). Images and base64 documents count ``settings.tokens.image_tokens`` each.
 
-Encodings
-    OpenAI models (gpt-4o*, gpt-4.1*, gpt-4.5*, gpt-5*, o1/o3/o4*, gpt-oss*) use ``o200k_base``; every
-    other model uses ``settings.tokens.encoding``. tiktoken reads its files from ``TIKTOKEN_CACHE_DIR``
-    (or downloads them). When an encoding cannot be loaded the counter estimates
-    :data:`CHARS_PER_TOKEN` characters per token, says so in :attr:`TokenCounter.source`, and emits one
-    ``error`` event (``where="tokens"``); it never raises.
-
-Images and base64 documents
-    A fixed ``settings.tokens.image_tokens`` each (default 1,600: Anthropic's figure for a full-size
-    image of about 1.15 megapixels, an upper bound for OpenAI's 765-token high-detail 1024x1024 tile
-    set). The bytes are never tokenised.
-
-Calibration
-    None of the local encodings is Claude's tokenizer, and providers add hidden framing (tool-use
-    system prompts). Every response reports the true input (``input + cache_read + cache_creation``);
-    :meth:`TokenCounter.observe_usage` learns ``factor = EMA(provider / estimate)`` per model, keeps it
-    in the runtime state (namespace ``calibration``) across restarts, and emits a ``calibration`` event.
-    :meth:`TokenCounter.calibrated` turns an estimate into the provider's scale.
-"""
+Calibration: no local encoding is Claude's tokenizer, and providers add hidden framing. Each response
+reports the true input; :meth:`TokenCounter.observe_usage` learns ``factor = EMA(provider / estimate)``
+per model (runtime state, namespace ``calibration``; a ``calibration`` event) and
+:meth:`TokenCounter.calibrated` turns an estimate into the provider's scale."""
 
 from __future__ import annotations
 
