@@ -204,14 +204,22 @@ def test_a_duplicate_messages_key_after_the_history():
     assert data == orjson.loads(dup2) == {"model": "claude-sonnet-4-5", "messages": []}
 
 
-def test_a_spaced_body_is_parsed_whole():
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_a_spaced_body_is_known_too(ascii_only):
+    """A body written with spaces after its separators (Python's json.dumps, non-ASCII escaped or not)
+    reuses the previous request's history as a compact one does, and parses as orjson parses it."""
     rb = RecentBodies()
-    msgs = conversation(3)
-    b1 = json.dumps(body_with(msgs[:3])).encode()
-    step(rb, b1)
-    b2 = json.dumps(body_with(msgs[:5])).encode()
-    data, known = step(rb, b2)
-    assert known is None and data == orjson.loads(b2)
+    msgs = copy.deepcopy(conversation(4))
+    msgs[2]["content"][0]["content"] = "caf\u00e9 \u2014 r\u00e9sum\u00e9"
+    spaced = lambda b: json.dumps(b, ensure_ascii=ascii_only).encode()  # noqa: E731
+    step(rb, spaced(body_with(msgs[:3])))
+    data, known = step(rb, spaced(body_with(msgs[:5])))
+    assert known is not None and len(known.msgs) == 3 and known.raws == [orjson.dumps(m) for m in msgs[:3]]
+    data, known = step(rb, spaced(body_with(msgs[:7])))
+    assert known is not None and len(known.msgs) == 5 and data == orjson.loads(spaced(body_with(msgs[:7])))
+    # a compact body of the same conversation is not taken for a spaced one, nor the other way round
+    data, known = step(rb, orjson.dumps(body_with(msgs[:7])))
+    assert known is None and data == orjson.loads(orjson.dumps(body_with(msgs[:7])))
 
 
 def test_a_history_known_up_to_a_message_written_otherwise_is_used():
