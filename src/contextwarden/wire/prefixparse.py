@@ -208,8 +208,8 @@ class RecentBodies:
     def remember(self, body: bytes, data: Any, raws: list[bytes] | None, base: Match | None = None,
                  key: str = "messages") -> None:
         """Learn the body's history for the next request: how many of its messages are written as
-        their ``orjson.dumps`` at their place in the body. ``base``: the known history ``parse`` found
-        it starts with (only the messages after it are checked)."""
+        their ``orjson.dumps`` (or, spaced, as :data:`SPACED` writes them) at their place in the body.
+        ``base``: the known history ``parse`` found it starts with (only the messages after it are checked)."""
         if not isinstance(data, dict) or not raws:
             return
         msgs = data.get(key)
