@@ -236,16 +236,17 @@ class History:
         same edit gets the very same object back, not a copy to build, dump and validate again."""
         conv = self.conv
         out = []
+        used, derived, raws = self._used, self.derived, self.raws
         for base, edit, build in items:
-            j = self.original_index(base)
+            j = self.original_index(base) if conv is not None else None
             if j is None or conv is None:
                 out.append(build())
                 continue
-            raw = self.raws[j]
-            got = self._used.get(raw) or conv.derived.get(raw)
+            raw = raws[j]
+            got = used.get(raw) or conv.derived.get(raw)
             e = got[1] if got is not None and got[0] == edit else Typed(build())
-            self._used[raw] = (edit, e)
-            self.derived[id(e.obj)] = e
+            used[raw] = (edit, e)
+            derived[id(e.obj)] = e
             out.append(e.obj)
         if conv is not None and self._used:
             conv.derived = dict(self._used)  # (only what the latest request used is kept)
