@@ -534,7 +534,7 @@ def _decide(f: _Compaction) -> _Decision:
     store, key, by_index, total = f.store, f.key, f.by_index, f.total
     es = out.es = dialect(api).entries(orig)
     kept = ctx.history.tokens_kept  # the pipeline's per-message counts of the original
-    tok = out.tok = [t for t, _ in kept[1]] if kept is not None and kept[0] is orig else \
+    tok = out.tok = [e[0] for e in kept[1]] if kept is not None and kept[0] is orig else \
         [ctx.runtime.tokens.count_message(api, m, ctx.model) for m in orig]
     tok_now = [max(0, t - by_index.get(i, 0)) for i, t in enumerate(tok)]
     fixed = max(0, total - sum(tok_now))  # system + tools: the head no compaction touches
