@@ -1,16 +1,9 @@
-"""Baseline stage ``truncation``: the field's simplest context manager, for ``contextwarden replay --baselines``.
+"""Baseline stage ``truncation`` for ``contextwarden replay --baselines`` (docs/REPLAY.md): last-N truncation.
 
-Last-N truncation: when the request is above a token target, the oldest messages are dropped (whole
-turns: the kept history starts at a user message, and tool results whose call was dropped go with it)
-until it fits. The target is ``ctx.notes["replay"]["target_tokens"]`` when the replay gives one (the
-tokens our default profile sent for the same request: truncation "to the same tokens we send"), else
-``plugins.truncation.target_fraction`` of the context window.
-
-Off unless a profile sets ``plugins.truncation.enabled: true`` (the ``baseline-truncation`` profile);
-the replay registers it only for that baseline (``replay(..., extra_plugins=...)``), so the proxy's
-own pipelines never carry it. It is stateless: every request is cut afresh, so the kept prefix moves
-with every step, and the prompt cache is written again each time (which is what the baseline costs).
-"""
+Above a token target (``ctx.notes["replay"]["target_tokens"]``, the tokens the default profile sent, else
+``plugins.truncation.target_fraction`` of the window) the oldest whole turns are dropped until it fits.
+Off unless a profile sets ``plugins.truncation.enabled`` (``baseline-truncation``); registered by the
+replay for that baseline only. Stateless: the kept prefix moves every step, which is what it costs."""
 
 from __future__ import annotations
 

@@ -1,19 +1,11 @@
 """Built-in stage ``budget``: token budgets per session and per agent, with graded levels.
 
-Use is the input the provider reports for each completed turn (``usage.total_input``: uncached +
-cache read + cache write); when a response carries no usage, our calibrated estimate of what was sent.
-It is accumulated in ``cw_turn_complete`` and kept in the runtime state (namespace ``budget``), so it
-survives restarts. Before each request the stage compares use with the profile's limits
-(``budget.session_tokens``, ``budget.agent_tokens``; 0 = none) and sets ``ctx.notes["level"]``:
-
-- ``NORMAL``  below ``reduced_at`` of every budget;
-- ``REDUCED`` from ``reduced_at`` (the clearing and compaction stages tighten);
-- ``MINIMAL`` from ``minimal_at`` (they are most aggressive);
-- ``BLOCKED`` at 100%: the proxy answers itself, in the provider's own error format, with a 429 and
-  ``retry-after``, so SDKs raise their ordinary rate-limit error.
-
-The stage runs first, so a blocked request costs nothing more. Every request emits a ``budget`` event.
-"""
+Use is the provider's reported input per completed turn (``usage.total_input``; without usage, our
+calibrated estimate), accumulated in ``cw_turn_complete`` in the runtime state (namespace ``budget``).
+Before each request the stage sets ``ctx.notes["level"]`` from use against ``budget.session_tokens`` /
+``budget.agent_tokens``: NORMAL, REDUCED from ``reduced_at`` and MINIMAL from ``minimal_at`` (clearing
+and compaction tighten), BLOCKED at 100% (the proxy answers a 429 with ``retry-after`` in the
+provider's own error format). It runs first, and emits a ``budget`` event every request."""
 
 from __future__ import annotations
 

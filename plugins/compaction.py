@@ -1,49 +1,7 @@
-"""Built-in stage ``compaction``: old turns become ONE summary message, cache-aware by design.
-
-What it does
-    Past ``soft_threshold`` / ``hard_threshold`` of ``tokens.context_window`` (measured after the
-    clearing stage), the oldest messages, from the first one after any leading system messages up to a
-    cut, are replaced by one user message holding a summary (:mod:`contextwarden.compress.summarise`). The
-    ``protect_recent_turns`` most recent user turns, and the whole turn of the latest assistant message
-    (so its thinking blocks stay verbatim with their signatures), are never compacted. The cut is placed
-    right before an assistant message that starts an assistant run and never inside a tool call/answer
-    pair (:func:`contextwarden.wire.conversation.cut_points`), so the result alternates, starts with a user
-    message, and keeps every pair. Role ``system`` messages inside the span are quoted verbatim in the
-    summary. ``system``, ``tools`` and ``instructions`` are never touched.
-
-Where it cuts
-    In big steps: the smallest cut that brings the request down to ``target`` of the window (or the
-    largest cut allowed when none does), so compactions, each of which re-writes the provider's cache
-    from the summary on, are rare.
-
-Cache stability
-    The decision (how many messages, a hash of them with their ``cache_control`` markers ignored, the
-    summary text and its sections) is stored per session in the runtime state (SQLite, namespace
-    ``compaction``): every later request that still starts with the same messages gets the same summary
-    message, byte for byte, so the cache entry written once is read from then on, across restarts too.
-    When a session grows past the thresholds again, the next compaction extends the previous one (its
-    sections merged with the newly compacted messages).
-
-When it pays
-    Past the hard threshold it always compacts. Between soft and hard it compacts only when
-    :func:`pays_off` says the saving over the cache's lifetime beats the re-write. Under the budget
-    levels REDUCED and MINIMAL the thresholds, target and protected turns shrink by
-    ``compaction.level_factors``.
-
-Cache breakpoints
-    A body keeps at most 4 ``cache_control`` markers: breakpoints inside the compacted span disappear
-    with it, and the summary block gets one (``summary_breakpoint``) when fewer than 4 remain, which is
-    how a breakpoint on a removed message "moves" to the summary. Its TTL is 1h when a later breakpoint
-    uses 1h (longer TTLs must come first).
-
-For other stages
-    ``ctx.notes["compaction"]`` = ``{"lead", "end", "reused", "summary_tokens", "messages"}`` (messages
-    ``lead..end`` of ``ctx.original`` were replaced); ``ctx.notes["compacted"]`` lists the tool results
-    compacted for the first time by this request (``tool_use_id``, ``memory_id``, ``tool``, ``input``,
-    ``text``), so memory can store them under the ids the summary names; ``ctx.notes["folded"]`` the
-    compacted messages whole (``memory_id``, ``text``, ``first``, ``last``), which the summary's last
-    line names (:func:`folds_line`) and the ``recall`` stage keeps before the request is sent.
-"""
+"""Built-in stage ``compaction``: past the thresholds, the oldest messages become ONE user summary message
+(:mod:`contextwarden.compress.summarise`), decided once per span and re-sent byte for byte
+(docs/compression.md, "Compaction": where it cuts, when it pays, cache breakpoints, what it hands on
+in ``ctx.notes``)."""
 
 from __future__ import annotations
 
@@ -576,7 +534,7 @@ def _decide(f: _Compaction) -> _Decision:
     store, key, by_index, total = f.store, f.key, f.by_index, f.total
     es = out.es = dialect(api).entries(orig)
     kept = ctx.history.tokens_kept  # the pipeline's per-message counts of the original
-    tok = out.tok = [t for t, _ in kept[1]] if kept is not None and kept[0] is orig else \
+    tok = out.tok = [e[0] for e in kept[1]] if kept is not None and kept[0] is orig else \
         [ctx.runtime.tokens.count_message(api, m, ctx.model) for m in orig]
     tok_now = [max(0, t - by_index.get(i, 0)) for i, t in enumerate(tok)]
     fixed = max(0, total - sum(tok_now))  # system + tools: the head no compaction touches

@@ -1,35 +1,6 @@
-"""Built-in stage ``compression`` (after clearing): a large tool result shrinks the first time it is seen.
-
-A tool result is cheapest to shrink when it arrives: every token removed then is never written to the
-prompt cache and never read again. So this stage looks only at the newest tool results of a request
-(those after the model's last message, which the model has not read yet) and, per the profile's
-``compression`` settings, puts in their place the text :mod:`contextwarden.compress` makes of them
-(clean-up for a medium result; a log, JSON, listing or relevant-chunks compressor for a large one),
-whose first line says it is compressed, how much was kept and under which memory id the whole output
-is kept::
-
-    [contextwarden compressed this Bash result for pytest -q (errors, failures, warnings with context,
-    summary lines, head and tail kept; kept 9% of 48,210 characters; 131 of 1,650 lines); the whole
-    output is kept. Memory id m-0123456789abcdef: call mcp__contextwarden__recall with this id to get it
-    back verbatim, or re-run the tool.]
-
-**One record mechanism.** The decision is a clearing record (``kind: "compressed"``) in the session's
-clearing records (:mod:`contextwarden.plugins.clearing`), whose text is computed once: from the next
-request on, when the result is no longer after the model's last message, the clearing stage's step 1
-re-applies it byte for byte with every other record (and a later clearing step may still replace it
-with a stub). This stage re-applies a record only where clearing does not look: a result still after
-the model's last message (the client re-sending the same request). :func:`cw_reapply` runs the very
-code :func:`cw_request` runs, deciding nothing.
-
-**Kept before sent.** The whole output is handed to memory's originals (``MemoryService.keep``, the
-call the ``recall`` stage makes for clearing) before the request goes upstream, wherever the stage runs
-in the pipeline; when memory cannot take it, the result goes whole. ``ctx.notes["cleared"]`` lists the
-compressed results (not ``new``: already kept) for automatic recall.
-
-**Never compressed** (defaults): Edit / MultiEdit / Write / NotebookEdit results, a Read of a file the
-session has edited, a result flagged ``is_error``, tools outside ``compression.tools``, a result with
-images, and anything the compressor cannot shrink by ``min_gain``.
-"""
+"""Built-in stage ``compression`` (after clearing): a large tool result shrinks the first time it is seen,
+as a clearing record (``kind: "compressed"``) that clearing re-applies byte for byte from the next request
+on. What it keeps, when, and why: docs/compression.md."""
 
 from __future__ import annotations
 

@@ -1,20 +1,5 @@
-"""Tool-output compression: what the ``compression`` stage puts in place of a large tool result.
-
-Three tiers by size (characters; the profile's ``compression.medium_chars`` and ``large_chars``):
-below medium the output passes untouched; medium gets the lossless-looking clean-up of
-:mod:`.cleanup` only; large goes through the compressor its content calls for:
-
-==============  =====================================================================================
-``json``        :mod:`.jsonshape`: structure kept, long arrays cut to first / last / differing items
-``listing``     :mod:`.listing`: ls, find, glob, grep grouped and capped with exact counts
-``log``         :mod:`.logs`: errors, failures, warnings with context, summaries, head and tail
-``relevant``    :mod:`.relevant`: the chunks most relevant to the task (BM25), in order
-==============  =====================================================================================
-
-Every function here is pure: the same output and task give the same text, byte for byte.
-:func:`render` puts the first line on it, which says it is compressed, how much was kept and under
-which memory id the whole output can be recalled.
-"""
+"""Tool-output compression: what the ``compression`` stage puts in place of a large tool result (the
+tiers and compressors: docs/compression.md). Pure: the same output and task give the same text."""
 
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""Lossless-looking clean-up of a tool output: what a terminal would not have shown, and runs of lines
-that say the same thing.
-
-- ANSI escape sequences (colours, cursor moves, OSC titles) are removed;
-- a line rewritten in place with carriage returns (progress bars, spinners) keeps what a terminal
-  showed last: the text after its last ``\\r``;
-- a run of identical lines keeps one, with the exact count; a run of at least ``MIN_RUN`` lines that
-  differ only in numbers (progress lines, timestamps, counters) keeps its first and last line, with
-  the exact count of those between.
-
-Every marker it writes says how many lines it stands for, so nothing looks complete that is not.
-"""
+"""Lossless-looking clean-up of a tool output (docs/compression.md, the medium tier): ANSI codes,
+carriage-return overwrites, and runs of lines that say the same thing, each collapsed run counted."""
 
 from __future__ import annotations
 

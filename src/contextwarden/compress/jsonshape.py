@@ -1,12 +1,5 @@
-"""JSON: the structure kept, long arrays and long strings cut, with counts.
-
-An array longer than ``max_items`` keeps its first ``head`` and last ``tail`` items and, between them,
-up to ``max_odd`` items that differ from the rest: an item whose keys are not the common keys, or that
-carries an error-looking value, or whose number in some field is far from that field's others. In the
-array's place of what was left out goes one string, ``"[… 95 of 100 items left out …]"``. A string
-longer than ``max_string`` characters is cut with the count of characters left out. Objects keep every
-key, in order.
-"""
+"""JSON: every key kept in order, long arrays cut to first / last / differing items, long strings cut,
+with counts (docs/compression.md)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""Listings and search results (ls, find, glob, grep): grouped, capped, with exact counts, never complete.
-
-- search results (``path:line:text`` or ``path:text`` lines, or ``path`` lines under grep's
-  files-with-matches mode): grouped by file in order of first appearance; each file keeps its first
-  ``per_group`` matches and says how many more it has; past ``max_groups`` files, the rest are counted
-  (files and matches);
-- path listings (find, glob, ``ls -R``, ``ls -la``): grouped by directory, each directory keeps its
-  first ``per_group`` entries and says how many more it has; past ``max_groups`` directories, the rest
-  are counted.
-
-The last line always says the listing is incomplete and how much of it is shown.
-"""
+"""Listings and search results (ls, find, glob, grep): grouped by file or directory, capped, with exact
+counts; the last line always says the listing is incomplete (docs/compression.md)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""Logs, build and test output: what went wrong, and how it ended.
-
-Kept, always: every line that reports an error or a failure (with ``context`` lines around it), every
-test-runner header and summary line (pytest's ``____ test_x ____`` sections and ``short test summary``,
-``N passed, M failed``, ``Ran N tests``, ``BUILD FAILED``, ``make: ***``), the head and the tail.
-Warnings are kept with less context, and only up to ``max_warnings`` distinct ones (the rest counted).
-Lines in between are left out with an exact count. Runs of repeated lines were collapsed before
-(:mod:`.cleanup`).
-"""
+"""Logs, build and test output: error lines with context, warnings, summary lines, head and tail; the rest
+counted (docs/compression.md)."""
 
 from __future__ import annotations
 

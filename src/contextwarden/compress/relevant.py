@@ -1,11 +1,5 @@
-"""Anything else: the chunks most relevant to the task, in their order.
-
-The output is cut into chunks of about ``chunk_lines`` lines (at blank lines when there are some),
-each scored with BM25 against the task (the tool call's input and the last message a person wrote),
-with memory's own tokenizer (:func:`contextwarden.memory.lexical.tokenize`: identifiers and paths kept
-whole and split, stemmed words). The first chunk and the best ones that fit the budget are kept, in the
-order they came, the rest counted.
-"""
+"""Anything else: the first chunk and the chunks most relevant to the task (BM25 with memory's tokenizer)
+that fit the budget, in their order (docs/compression.md)."""
 
 from __future__ import annotations
 

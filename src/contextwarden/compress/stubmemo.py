@@ -1,11 +1,6 @@
-"""A cleared result's stub, worked out once per result (issue 19).
-
-Clearing's step 2 looks at its candidates on every request above the trigger; a candidate whose step
-stays below ``clear_at_least`` is looked at again on the next request, and the one after. Its stub
-(the redacted preview, the text's memory id) and the stub's token count are pure functions of what
-the client re-sends unchanged, so they are remembered in the runtime's memo (``Runtime.memo``: two
-runtimes share nothing), keyed by everything they are computed from.
-"""
+"""A cleared result's stub and its token count, worked out once per result: pure functions of what the
+client re-sends unchanged, kept in the runtime's memo and keyed by everything they are computed from
+(a candidate below ``clear_at_least`` is looked at again on every request above the trigger)."""
 
 from __future__ import annotations
 

@@ -1,21 +1,11 @@
-"""Summaries of compacted history: an offline extractive summariser, and an optional LLM one.
+"""Summaries of compacted history (docs/compression.md, "Compaction"): an offline extractive summariser
+(the default) and an optional LLM one.
 
-The extractive summariser is the default. It reads the compacted messages (as a
-:func:`contextwarden.wire.conversation.transcript`) and keeps what an agent needs to carry on: what the user
-asked, role ``system`` messages (verbatim, so their meaning survives), decisions the assistant
-announced, files and commands it touched, errors it met, where each long tool result can be found
-again (its memory id), and the most salient remaining sentences. It is deterministic (same input →
-same bytes, no clock, no randomness, no token counter whose calibration drifts): a compacted prefix
-must be reproducible, or the provider's prompt cache is re-written.
-
-A summary is kept as *sections* (lists of short items) as well as text, so that compacting further
-later merges the earlier sections with the newly compacted messages instead of summarising a summary.
-When a cut falls inside the turn the agent is still working on (one long autonomous turn past the hard
-threshold), that turn's user request is quoted verbatim at the end.
-
-The LLM summariser (``compaction.summariser: llm``) sends a transcript to the same upstream the client
-uses, with the client's own credentials, and reports what it cost.
-"""
+The extractive summary keeps what an agent needs to carry on (the user's requests, ``system`` messages
+verbatim, decisions, files, commands, errors, where long results are kept, salient sentences) as
+*sections*, so compacting further merges sections instead of summarising a summary. It is
+deterministic (same input, same bytes: a compacted prefix must be reproducible, or the provider's
+prompt cache is re-written)."""
 
 from __future__ import annotations
 

@@ -205,9 +205,9 @@ def _provider_dropped(ctx: RequestContext) -> int:
         return 0
     msgs, entries = kept[0], kept[1]
     cut = current_turn_start(msgs) if dialect(ctx.api).thinking_dropped and strips_thinking(ctx.model) else 0
-    off = sum(t - (th if i < cut else 0) for i, (t, th) in enumerate(entries[:pc.dropped]))
+    off = sum(t - (th if i < cut else 0) for i, (t, th, _) in enumerate(entries[:pc.dropped]))
     if pc.keeps_thinking:
-        off -= sum(th for _, th in entries[pc.dropped:cut])
+        off -= sum(th for _, th, _ in entries[pc.dropped:cut])
     return int(off)
 
 

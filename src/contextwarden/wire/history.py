@@ -1,21 +1,9 @@
-"""What the proxy remembers about each conversation, and the view of it that one request works with.
-
-A coding agent re-sends its whole history with every request. What the proxy worked out about that
-history (each message's JSON bytes, its typed object, token count, a stage's per-message result, what a
-stage found about the first ``n`` messages) is kept in one place per conversation, a
-:class:`Conversation` (one per api, tenant, session and agent, on ``runtime.conversations``), so that a
-repeat request costs what its new messages cost.
-
-Typed messages are frozen (``models.base.WireModel``): a stage never changes one, it puts an edited
-copy in its place. So the typed messages of one request can be handed to the next request of the
-conversation, and to concurrent ones, as they are; and "did a stage change message ``i``" is
-``request.messages[j] is history.entries[i].obj``.
-
-:class:`History` is one request's view (``ctx.history``): the entries it was prepared with, the edited
-copies its stages made (:meth:`History.derive_all`), and the conversation's slots (:meth:`History.carried`,
-:meth:`History.carry_on`). Its conversation is updated once, in ``prepare``; stages write only their own
-slot, with ``carry_on``.
-"""
+"""What the proxy remembers about each conversation (:class:`Conversation`, on ``runtime.conversations``),
+and the view of it one request works with (:class:`History`, ``ctx.history``), so that a repeat
+request costs what its new messages cost. Typed messages are frozen, so they are handed from request
+to request as they are, and "did a stage change message ``i``" is ``request.messages[j] is
+history.entries[i].obj``. The conversation is updated once, in ``prepare``; stages write only their
+own slot (:meth:`History.carry_on`)."""
 
 from __future__ import annotations
 
@@ -69,9 +57,9 @@ class Latest:
 
 @dataclass(frozen=True, slots=True)
 class Carried:
-    """What a stage left about the first ``n`` messages of a request (``objs``: those messages)."""
+    """What a stage left about the first ``n`` messages of a request (``entries``: their entries)."""
 
-    objs: list[Any]
+    entries: list[Typed]
     n: int
     value: Any
 
@@ -81,13 +69,15 @@ class Conversation:
     typed entries, the edited copies stages made of them, the validator's checkpoints, and a slot per
     stage for what it carries to the next request. Written by ``prepare`` (messages) and :meth:`History.carry_on` (slots) only."""
 
-    __slots__ = ("key", "last", "entries", "derived", "slots", "nbytes", "checkpoints", "requests")
+    __slots__ = ("key", "last", "entries", "raws", "index", "derived", "slots", "nbytes", "checkpoints", "requests")
 
     def __init__(self, key: tuple[Any, ...]) -> None:
         self.key = key
         self.requests = 0  # requests prepared: more than one, and the proxy has seen this conversation live
         self.last = Latest()
         self.entries: list[Typed] = []  # their typed entries
+        self.raws: list[bytes] = []  # the bytes the entries were last matched with
+        self.index: dict[int, int] = {}  # id of an entry's typed message -> its place (stale ids too: check the entry)
         self.derived: dict[bytes, tuple[Any, Typed]] = {}  # base message bytes -> (edit, the edited copy)
         self.slots: dict[Any, Carried] = {}  # stage key -> what it carries to the next request
         self.nbytes = 0
@@ -132,15 +122,21 @@ class Conversation:
         are the same, else ``parse``d. Raises what ``parse`` raises (the conversation left as it was)."""
         old = self.entries
         k = min(len(old), len(raws))
-        out: list[Typed] = []
-        for i, (m, r) in enumerate(zip(msgs, raws)):
+        same = same_prefix(self.raws, raws) if len(self.raws) == len(old) else 0  # (the same bytes objects: C speed)
+        out: list[Typed] = old[:same]
+        index = self.index
+        for i in range(same, len(raws)):
+            m, r = msgs[i], raws[i]
             if i < k:
                 e = old[i]
                 if e.raw is r or e.raw == r:
                     out.append(e)
                     continue
-            out.append(Typed(parse(m), r, m))
-        self.entries = out
+            out.append(e := Typed(parse(m), r, m))
+            index[id(e.obj)] = i  # (an entry keeps its place in later requests: the same one, or a new one)
+        if len(index) > 2 * len(out) + 64:
+            self.index = {id(e.obj): j for j, e in enumerate(out)}
+        self.entries, self.raws = out, raws
         return out
 
 
@@ -188,7 +184,7 @@ class History:
         self.raws = raws
         self.entries = entries
         self.derived: dict[int, Typed] = {}  # id(obj) -> entry of an edited copy made by derive
-        self._index: dict[int, int] | None = None
+        self._index: dict[int, int] | None = conv.index if conv is not None else None  # (taken now: typed may replace it)
         self._used: dict[bytes, tuple[Any, Typed]] = {}  # the edited copies this request used, by base bytes
         self.wire_entries: list[Any] | None = None  # per message of the rewrite, its entry or None (pipeline.wire_of)
         self.tokens_kept: Any = None  # (messages, per-message counts) of the original (pipeline.count_tokens)
@@ -198,7 +194,7 @@ class History:
         if self._index is None:
             self._index = {id(e.obj): j for j, e in enumerate(self.entries)}
         j = self._index.get(id(obj))
-        return j if j is not None and self.entries[j].obj is obj else None
+        return j if j is not None and j < len(self.entries) and self.entries[j].obj is obj else None
 
     def entry_of(self, obj: Any, at: int | None = None) -> Typed | None:
         """The entry of ``obj``: one of the prepared messages (``at``: where to look first) or an
@@ -240,16 +236,17 @@ class History:
         same edit gets the very same object back, not a copy to build, dump and validate again."""
         conv = self.conv
         out = []
+        used, derived, raws = self._used, self.derived, self.raws
         for base, edit, build in items:
-            j = self.original_index(base)
+            j = self.original_index(base) if conv is not None else None
             if j is None or conv is None:
                 out.append(build())
                 continue
-            raw = self.raws[j]
-            got = self._used.get(raw) or conv.derived.get(raw)
+            raw = raws[j]
+            got = used.get(raw) or conv.derived.get(raw)
             e = got[1] if got is not None and got[0] == edit else Typed(build())
-            self._used[raw] = (edit, e)
-            self.derived[id(e.obj)] = e
+            used[raw] = (edit, e)
+            derived[id(e.obj)] = e
             out.append(e.obj)
         if conv is not None and self._used:
             conv.derived = dict(self._used)  # (only what the latest request used is kept)
@@ -264,7 +261,7 @@ class History:
         if got is None:
             return None
         n = got.n
-        if n > len(self.entries) or same_prefix(got.objs, [e.obj for e in self.entries[:n]]) < n:
+        if n > len(self.entries) or self.entries[:n] != got.entries:  # (Typed compares by identity: C speed)
             return None
         return n, got.value
 
@@ -272,4 +269,4 @@ class History:
         """Leave ``value``, which depends on this request's first ``n`` messages only, to the
         conversation's next request (:meth:`carried`)."""
         if self.conv is not None:
-            self.conv.slots[key] = Carried([e.obj for e in self.entries[:n]], n, value)
+            self.conv.slots[key] = Carried(self.entries[:n], n, value)

@@ -17,10 +17,10 @@ are the previous request's own dicts (``ctx.original`` is never mutated, so shar
 their bytes objects, whose hashes are already computed, so every per-message cache lookup after this
 one is a pointer compare.
 
-When is a message known? When the client writes it exactly as ``orjson.dumps`` would (compact, UTF-8,
-keys in order: what Claude Code's ``JSON.stringify`` writes), checked with ``bytes.startswith`` at its
-offset in the body (``remember``). A client that writes otherwise (spaces after separators) simply
-gets the full parse. The head must decode, closed right there, as an object whose last key is
+When is a message known? When the client writes it as ``orjson.dumps`` would (compact, UTF-8, keys
+in order: what Claude Code's ``JSON.stringify`` writes) or, in a body written with spaces after the
+separators, as Python's ``json.dumps`` would (:data:`SPACED`), checked with ``bytes.startswith`` at its
+offset in the body (``remember``). A client that writes otherwise simply gets the full parse. The head must decode, closed right there, as an object whose last key is
 ``messages``: that proves it is a key of the top-level object, not a string's content or a nested key.
 The rest is decoded under a key no client sends; a rest that holds a ``messages`` key of its own (a
 duplicate, however it is spelled), a comma followed by no value, or anything that fails to decode
@@ -29,9 +29,11 @@ falls back to the full parse, so the result is always what ``orjson.loads(body)`
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,10 @@ MAX_CHUNKS = 32  # a remembered prefix is joined into one piece past this many
 _REST = "\x00contextwarden-rest-" + os.urandom(8).hex()
 _REST_OPEN = orjson.dumps(_REST) + b":["
 _SPACE = b" \t\r\n"
+# how a body written with spaces after the separators writes a message: Python's json.dumps, with
+# non-ASCII characters escaped (its default) or as they are
+SPACED: tuple[Callable[[Any], bytes], ...] = (lambda m: json.dumps(m).encode(),
+                                             lambda m: json.dumps(m, ensure_ascii=False).encode())
 
 
 @dataclass(slots=True, eq=False)
@@ -55,6 +61,8 @@ class _Known:
     ends: list[int]  # where each known message ends
     msgs: list[Any]
     raws: list[bytes]
+    written: list[bytes]  # each message as the body writes it (``raws`` itself for a compact body)
+    sep: bytes  # between two messages: "," (compact) or ", " (spaced, :data:`SPACED`)
     # when every message of the body was known: the body from the ``]`` closing its history to its
     # end, and the keys there, decoded (a client sends the same system prompt and tools every time)
     tail: bytes | None = None
@@ -70,7 +78,7 @@ class _Known:
 
     def matched(self, body: bytes) -> int:
         """How many of the known messages ``body`` starts with (with this head)."""
-        if not body.startswith(self.raws[0], self.start):
+        if not body.startswith(self.written[0], self.start):
             return 0  # (another conversation's body: most of the known ones are, under many sessions)
         off = 0
         for c in self.chunks:
@@ -86,16 +94,15 @@ class _Known:
                 return 0
             off = self.start
         i = bisect_right(self.ends, off)
-        n = len(body)
         while i < len(self.raws):
             if i:
                 at = self.ends[i - 1]
-                if at >= n or body[at] != 0x2C:  # ","
+                if not body.startswith(self.sep, at):
                     break
-                at += 1
+                at += len(self.sep)
             else:
                 at = self.start
-            if not body.startswith(self.raws[i], at):
+            if not body.startswith(self.written[i], at):
                 break
             i += 1
         return i
@@ -201,22 +208,26 @@ class RecentBodies:
     def remember(self, body: bytes, data: Any, raws: list[bytes] | None, base: Match | None = None,
                  key: str = "messages") -> None:
         """Learn the body's history for the next request: how many of its messages are written as
-        their ``orjson.dumps`` at their place in the body. ``base``: the known history ``parse`` found
-        it starts with (only the messages after it are checked)."""
+        their ``orjson.dumps`` (or, spaced, as :data:`SPACED` writes them) at their place in the body.
+        ``base``: the known history ``parse`` found it starts with (only the messages after it are checked)."""
         if not isinstance(data, dict) or not raws:
             return
         msgs = data.get(key)
         if not isinstance(msgs, list) or len(msgs) != len(raws):
             return
         k0, matched = None, 0
-        opener = orjson.dumps(key) + b":["
         if base is not None and base.known.key == key and base.count <= len(raws):
             k0, ok = base.known, base.count
             matched = ok
-            head, start, ends = k0.head, k0.start, k0.ends[:ok]
+            head, start, ends, sep = k0.head, k0.start, k0.ends[:ok], k0.sep
+            written = k0.written[:ok]
             pos = ends[-1] if ok else start
         else:
+            opener, sep = orjson.dumps(key) + b":[", b","
             p = body.find(opener)
+            if p < 0:
+                opener, sep = orjson.dumps(key) + b": [", b", "
+                p = body.find(opener)
             if p < 0:
                 return
             head = body[:p] + opener + b"]}"
@@ -227,19 +238,19 @@ class RecentBodies:
             if not isinstance(h, dict) or not h or list(h)[-1] != key or h[key] != []:
                 return  # (nor there: it was the end of another key)
             start = pos = p + len(opener)
-            ok, ends = 0, []
-        n = len(body)
+            ok, ends, written = 0, [], []
         for i in range(ok, len(raws)):
             at = pos
             if i:
-                if at >= n or body[at] != 0x2C:  # ","
+                if not body.startswith(sep, at):
                     break
-                at += 1
-            r = raws[i]
-            if not body.startswith(r, at):
+                at += len(sep)
+            r = raws[i] if sep == b"," else next((b for w in SPACED if body.startswith(b := w(msgs[i]), at)), b"")
+            if not r or not body.startswith(r, at):
                 break
             pos = at + len(r)
             ends.append(pos)
+            written.append(r)
             ok = i + 1
         if ok == 0 or (k0 is not None and ok == len(k0.raws) and matched == ok):
             return  # nothing known, or nothing more than before
@@ -251,7 +262,8 @@ class RecentBodies:
                 chunks = (b"".join(chunks),)
         else:
             chunks = (body[:pos],)
-        k = _Known(key, chunks, head, start, ends, msgs[:ok], raws[:ok], tail, rest,
+        kept = raws[:ok]
+        k = _Known(key, chunks, head, start, ends, msgs[:ok], kept, kept if sep == b"," else written, sep, tail, rest,
                    k0._head_obj if k0 is not None and k0.head is head else None)
         with self._lock:
             # the longer history of the same conversation replaces the one it extends

@@ -1,31 +1,15 @@
 """Token accounting: tiktoken counts cached per content hash, and a per-model calibration.
 
-What is counted
-    ``count_request`` = system + tools + every message (+ a few tokens of framing per message and
-    block). A message's count is cached under a hash of its content, so a request whose history was
-    already seen costs one ``orjson.dumps`` and one hash per message plus tokenising only the new
-    ones. Blocks are cached without their ``cache_control`` marker, so the breakpoint Claude Code moves
-    from message to message each turn does not re-tokenise the message that lost it.
+A message's count is cached under a hash of its content (blocks without their ``cache_control``), so a
+repeat request tokenises only its new messages. OpenAI models use ``o200k_base``, every other model
+``settings.tokens.encoding``; an encoding that cannot be loaded gives an estimate of
+:data:`CHARS_PER_TOKEN` characters per token (said in :attr:`TokenCounter.source`, one ``error``
+event; never raises). Images and base64 documents count ``settings.tokens.image_tokens`` each.
 
-Encodings
-    OpenAI models (gpt-4o*, gpt-4.1*, gpt-4.5*, gpt-5*, o1/o3/o4*, gpt-oss*) use ``o200k_base``; every
-    other model uses ``settings.tokens.encoding``. tiktoken reads its files from ``TIKTOKEN_CACHE_DIR``
-    (or downloads them). When an encoding cannot be loaded the counter estimates
-    :data:`CHARS_PER_TOKEN` characters per token, says so in :attr:`TokenCounter.source`, and emits one
-    ``error`` event (``where="tokens"``); it never raises.
-
-Images and base64 documents
-    A fixed ``settings.tokens.image_tokens`` each (default 1,600: Anthropic's figure for a full-size
-    image of about 1.15 megapixels, an upper bound for OpenAI's 765-token high-detail 1024x1024 tile
-    set). The bytes are never tokenised.
-
-Calibration
-    None of the local encodings is Claude's tokenizer, and providers add hidden framing (tool-use
-    system prompts). Every response reports the true input (``input + cache_read + cache_creation``);
-    :meth:`TokenCounter.observe_usage` learns ``factor = EMA(provider / estimate)`` per model, keeps it
-    in the runtime state (namespace ``calibration``) across restarts, and emits a ``calibration`` event.
-    :meth:`TokenCounter.calibrated` turns an estimate into the provider's scale.
-"""
+Calibration: no local encoding is Claude's tokenizer, and providers add hidden framing. Each response
+reports the true input; :meth:`TokenCounter.observe_usage` learns ``factor = EMA(provider / estimate)``
+per model (runtime state, namespace ``calibration``; a ``calibration`` event) and
+:meth:`TokenCounter.calibrated` turns an estimate into the provider's scale."""
 
 from __future__ import annotations
 
@@ -34,7 +18,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -84,16 +68,23 @@ def strips_thinking(model: str | None) -> bool:
     return model is not None and bool(_THINKING_MODEL.search(model)) and not _KEEPS_THINKING.search(model)
 
 
+def starts_turn(m: Any) -> bool:
+    """Whether ``m`` is a user message that is not only tool results (a turn begins there)."""
+    if not isinstance(m, dict) or m.get("role") != "user":
+        return False
+    c = m.get("content")
+    return not isinstance(c, list) or any(isinstance(b, dict) and b.get("type") != "tool_result" for b in c)
+
+
 def current_turn_start(messages: list[Any]) -> int:
     """Index of the latest user message that is not only tool results (where the current turn begins)."""
-    for i in range(len(messages) - 1, -1, -1):
-        m = messages[i]
-        if not isinstance(m, dict) or m.get("role") != "user":
-            continue
-        c = m.get("content")
-        if not isinstance(c, list) or any(isinstance(b, dict) and b.get("type") != "tool_result" for b in c):
-            return i
-    return 0
+    return next((i for i in range(len(messages) - 1, -1, -1) if starts_turn(messages[i])), 0)
+
+
+def turn_start_of(entries: list[tuple[int, int, bool]]) -> int:
+    """:func:`current_turn_start` from the messages' entries (``count_request``'s: a C-speed scan)."""
+    starts = list(map(itemgetter(2), entries))
+    return len(starts) - 1 - starts[::-1].index(True) if True in starts else 0
 
 
 class _Encoding:
@@ -245,11 +236,11 @@ class TokenCounter:
         d, m, enc = dialect(api), _plain(message), self._encoding(model)
         return self._cached(self._key(b"M" + d.kind.value.encode(), enc, self._dumps(m)), partial(self._entry, d, m, enc))[0]
 
-    def _entry(self, d: Dialect, m: Any, enc: _Encoding) -> tuple[int, int]:
-        """(tokens, tokens of its thinking blocks) of one message: the thinking part is kept with the
-        count so that a request whose model drops earlier turns' thinking (:func:`strips_thinking`)
-        needs no second pass over the blocks."""
-        return self._message(d, m, enc), self._thinking(d, m, enc)
+    def _entry(self, d: Dialect, m: Any, enc: _Encoding) -> tuple[int, int, bool]:
+        """(tokens, tokens of its thinking blocks, whether a turn starts there) of one message: kept with
+        the count so that a request whose model drops earlier turns' thinking (:func:`strips_thinking`)
+        needs no second pass over the messages."""
+        return self._message(d, m, enc), self._thinking(d, m, enc), starts_turn(m)
 
     def _thinking(self, d: Dialect, m: Any, enc: _Encoding) -> int:
         if not d.thinking_dropped or not isinstance(m, dict) or m.get("role") != "assistant" \
@@ -296,13 +287,13 @@ class TokenCounter:
             if keep is not None:
                 keep.append((msgs, entries, fixed))
             n += sum(map(itemgetter(0), entries))
-            if d.thinking_dropped and strips_thinking(model):
+            if d.thinking_dropped and strips_thinking(model) and any(map(itemgetter(1), entries)):
                 # earlier turns' thinking blocks, which the provider drops
-                n -= sum(map(itemgetter(1), entries[:current_turn_start(msgs)]))
+                n -= sum(map(itemgetter(1), entries[:turn_start_of(entries)]))
         return n
 
     def _entries(self, d: Dialect, msgs: list[Any], enc: _Encoding, reuse: tuple[Any, ...] | None,
-                 raw: list[bytes | None] | None = None, known: list[Any] | None = None) -> list[tuple[int, int]]:
+                 raw: list[bytes | None] | None = None, known: list[Any] | None = None) -> list[tuple[int, int, bool]]:
         """:meth:`_message_entry` of every message (keyed by ``raw``'s bytes where the caller has them)."""
         out: list[Any] = list(known) if known is not None and len(known) == len(msgs) else \
             aligned_raw(msgs, reuse[0], reuse[1]) if reuse is not None else [None] * len(msgs)
@@ -313,16 +304,15 @@ class TokenCounter:
         else:
             raw = None
         young = self._cache.young  # (a hit there without a call: most messages of a repeat request)
-        for i, e in enumerate(out):
-            if e is None:
-                m = msgs[i]
-                data = raw[i] if raw is not None else None
-                if data is None:
-                    data = orjson.dumps(m := _plain(m), option=opt, default=str)
-                key = (kind, enc.name, len(data), hash(data))
-                v = young.get(key)
-                out[i] = v if v is not None else self._cached(key, partial(self._entry, d, _plain(m), enc))
-                self.lookups += v is not None
+        for i in _missing(out):
+            m = msgs[i]
+            data = raw[i] if raw is not None else None
+            if data is None:
+                data = orjson.dumps(m := _plain(m), option=opt, default=str)
+            key = (kind, enc.name, len(data), hash(data))
+            v = young.get(key)
+            out[i] = v if v is not None else self._cached(key, partial(self._entry, d, _plain(m), enc))
+            self.lookups += v is not None
         return out
 
     def count_block(self, api: ApiKind | str | Dialect, block: Any, model: str | None = None) -> int:
@@ -488,6 +478,18 @@ class TokenCounter:
         if isinstance(c, list):
             return sum(self._block(d, b, enc) for b in c)
         return self._text(c, enc)  # (a string; None and empty count 0)
+
+
+def _missing(xs: list[Any]) -> Iterator[int]:
+    """The indexes of ``xs`` that hold None (found by ``list.index``, at C speed: a repeat request's
+    messages are nearly all known)."""
+    i = -1
+    while True:
+        try:
+            i = xs.index(None, i + 1)
+        except ValueError:
+            return
+        yield i
 
 
 def _plain(obj: Any) -> Any:

@@ -14,7 +14,7 @@ bodies in :class:`Checkpoints`, so a history seen in the session's previous requ
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Any
 
@@ -117,8 +117,8 @@ class Fold:
     problems: list[Problem] = field(default_factory=list)
 
     def copy(self) -> Fold:
-        return replace(self, seen_use=set(self.seen_use), seen_result=set(self.seen_result), prev_uses=set(self.prev_uses),
-                       others_new=list(self.others_new), problems=list(self.problems))
+        return Fold(set(self.seen_use), set(self.seen_result), set(self.prev_uses), self.prev_role, self.first_conv_checked,
+                    list(self.others_new), self.bps, list(self.problems))
 
 
 class Checkpoints:
@@ -128,24 +128,25 @@ class Checkpoints:
     the same stubs and summary, so the checks of every message but the new ones are the previous
     request's: resuming from there makes checking a repeat request O(new messages). Found by the
     number of messages and the last one's bytes, used only when the bytes of every message before it
-    and the original's role pairs (which the checks read) are equal too."""
+    are equal too."""
 
     SCAN = 16  # checkpoints are looked for this far back from the end of a body
 
     def __init__(self, size: int = 64) -> None:
         self._d = LRU(size)
 
-    def resume(self, keys: list[Any], pairs: frozenset[Any]) -> tuple[int, Fold]:
+    def resume(self, keys: list[Any]) -> tuple[int, Fold]:
         n = len(keys)
         for k in range(n, max(0, n - self.SCAN), -1):
             got = self._d.get((k, keys[k - 1]), _none)
-            if got is not None and got[1] == pairs and got[0] == tuple(keys[:k]):
-                return k, got[2].copy()
+            if got is not None and got[0] == keys[:k]:
+                return k, got[1].copy()
         return 0, Fold()
 
-    def save(self, keys: list[Any], pairs: frozenset[Any], fold: Fold) -> None:
+    def save(self, keys: list[Any], fold: Fold, final: bool = False) -> None:
+        """Keep ``fold`` as the state after ``keys`` (``final``: the caller changes it no more: not copied)."""
         if keys:
-            self._d.put((len(keys), keys[-1]), (tuple(keys), pairs, fold.copy()))
+            self._d.put((len(keys), keys[-1]), (keys[:], fold if final else fold.copy()))
 
 
 def _none() -> None:

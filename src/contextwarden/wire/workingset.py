@@ -1,23 +1,10 @@
 """The working set: the files a coding agent is working with, as it last read them.
 
-Claude Code's Edit needs the exact text it replaces, and the model copies that text from a Read result
-(or from the snippet an earlier Edit returned). When clearing or compaction has taken that result out,
-the model's next edit of the file fails or costs a re-read: the replay's fidelity measure counted most
-of the default profile's lost edit sources there (documents read at the start of a session and edited
-dozens of calls later). Which file will be edited next is not knowable live; which files were read and
-are still current is:
-
-- per path, the latest Read or Write of it (a later one supersedes it; a Write's input holds the whole
-  new content), and the results of the Edits made to the file since (their snippets show the text as it
-  now is; of a file edited but neither read nor written in this conversation, its Edits' results are
-  all the model saw of it);
-- ranked by the path's latest touch (a Read, Edit or Write naming it): the files most recently worked
-  on first; kept while their results fit ``budget`` tokens (older files fall out of the set first).
-
-A pure function of the tool calls and results in the history (one list of :class:`Call`), so clearing
-(which leaves the set's results alone) and compaction (which keeps them verbatim beside its summary) see
-the same set for the same history.
-"""
+Claude Code's Edit needs the exact text it replaces, copied from a Read result (or an earlier Edit's
+snippet); when clearing or compaction took that result out, the next edit fails or costs a re-read.
+Per path: its latest Read or Write (a Write's input is the whole new content) and the Edits since;
+ranked by the path's latest touch, kept while their results fit ``budget`` tokens. A pure function of
+the history's tool calls (one list of :class:`Call`), so clearing and compaction see the same set."""
 
 from __future__ import annotations
 

@@ -204,14 +204,22 @@ def test_a_duplicate_messages_key_after_the_history():
     assert data == orjson.loads(dup2) == {"model": "claude-sonnet-4-5", "messages": []}
 
 
-def test_a_spaced_body_is_parsed_whole():
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_a_spaced_body_is_known_too(ascii_only):
+    """A body written with spaces after its separators (Python's json.dumps, non-ASCII escaped or not)
+    reuses the previous request's history as a compact one does, and parses as orjson parses it."""
     rb = RecentBodies()
-    msgs = conversation(3)
-    b1 = json.dumps(body_with(msgs[:3])).encode()
-    step(rb, b1)
-    b2 = json.dumps(body_with(msgs[:5])).encode()
-    data, known = step(rb, b2)
-    assert known is None and data == orjson.loads(b2)
+    msgs = copy.deepcopy(conversation(4))
+    msgs[2]["content"][0]["content"] = "caf\u00e9 \u2014 r\u00e9sum\u00e9"
+    spaced = lambda b: json.dumps(b, ensure_ascii=ascii_only).encode()  # noqa: E731
+    step(rb, spaced(body_with(msgs[:3])))
+    data, known = step(rb, spaced(body_with(msgs[:5])))
+    assert known is not None and len(known.msgs) == 3 and known.raws == [orjson.dumps(m) for m in msgs[:3]]
+    data, known = step(rb, spaced(body_with(msgs[:7])))
+    assert known is not None and len(known.msgs) == 5 and data == orjson.loads(spaced(body_with(msgs[:7])))
+    # a compact body of the same conversation is not taken for a spaced one, nor the other way round
+    data, known = step(rb, orjson.dumps(body_with(msgs[:7])))
+    assert known is None and data == orjson.loads(orjson.dumps(body_with(msgs[:7])))
 
 
 def test_a_history_known_up_to_a_message_written_otherwise_is_used():
@@ -501,8 +509,8 @@ class _SpyCheckpoints(validate.Checkpoints):
         super().__init__()
         self.resumed: list[int] = []
 
-    def resume(self, keys, pairs):
-        k, f = super().resume(keys, pairs)
+    def resume(self, keys):
+        k, f = super().resume(keys)
         self.resumed.append(k)
         return k, f
 
@@ -653,7 +661,9 @@ def test_a_checkpoint_keeps_the_problems_of_the_history_it_stands_for(monkeypatc
     assert p2 == _cold(A, new2, orig2) and any("empty text block" in p for p in p2)
 
 
-def test_a_checkpoint_is_not_used_under_other_original_role_pairs(monkeypatch):
+def test_a_checkpoint_is_right_under_other_original_role_pairs(monkeypatch):
+    """The fold does not read the original's role pairs (a consecutive pair is kept or dropped after it),
+    so a checkpoint made under other pairs is resumed from and gives what a cold check gives."""
     spy = _SpyCheckpoints()
     u = lambda t: {"role": "user", "content": [{"type": "text", "text": t}]}  # noqa: E731
     a = lambda t: {"role": "assistant", "content": [{"type": "text", "text": t}]}  # noqa: E731
@@ -667,13 +677,13 @@ def test_a_checkpoint_is_not_used_under_other_original_role_pairs(monkeypatch):
     longer_orig = {"model": "m", "messages": same_pairs["messages"] + [a("five"), u("six")]}
     spy.resumed.clear()
     p2 = validate_rewrite(A, longer, longer_orig, checkpoints=spy)
-    assert spy.resumed[0] == 0, "a checkpoint made under other role pairs was resumed from"
+    assert spy.resumed[0] == 4  # the first body's checkpoint, made under other pairs
     assert p2 == [] == _cold(A, longer, longer_orig)
     # and back: the pairs without user,user again
     alt_longer = {"model": "m", "messages": alternating["messages"] + [a("five"), u("six")]}
     spy.resumed.clear()
     p3 = validate_rewrite(A, longer, alt_longer, checkpoints=spy)
-    assert spy.resumed[0] == 4  # the first body's checkpoint, made under these pairs
+    assert spy.resumed[0] == 6  # the second body's
     assert p3 == _cold(A, longer, alt_longer) and any("consecutive" in p for p in p3)
 
 

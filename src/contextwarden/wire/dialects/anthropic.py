@@ -115,17 +115,21 @@ class Anthropic(Dialect):
         orig_msgs: list[Any] = original["messages"] if isinstance(original.get("messages"), list) else []
         if not isinstance(msgs, list) or not msgs:
             return problems + [(("no-messages",), "`messages` is missing or empty")]
-        orig_roles = [m.get("role") if type(m) is dict else role_of(m) for m in orig_msgs]
-        pairs = frozenset(zip(orig_roles, orig_roles[1:]))
-        f = _fold(msgs, _keys(msgs, orig_msgs, original_raw, raw), pairs,
-                  facts if facts is not None else FactCache(max_bytes=0),
+        f = _fold(msgs, _keys(msgs, orig_msgs, original_raw, raw), facts if facts is not None else FactCache(max_bytes=0),
                   checkpoints if checkpoints is not None else Checkpoints(size=0))
-        problems += f.problems
+        found, others = f.problems, []
+        if f.others_new or any(p[0][0] == "consecutive" for p in found):  # (rare: only then the original's roles)
+            orig_roles = [role_of(m) for m in orig_msgs]
+            pairs = frozenset(zip(orig_roles, orig_roles[1:]))
+            found = [p for p in found if p[0][0] != "consecutive" or (p[0][1], p[0][1]) not in pairs]
+            others = copies_in_order("anthropic", f.others_new,
+                                     [m for m, r in zip(orig_msgs, orig_roles) if r not in ("user", "assistant")])
+        problems += found
         problems += [(("unanswered", tid), f"tool_use {tid} in the last message has no tool_result") for tid in sorted(f.prev_uses)]
-        problems += copies_in_order("anthropic", f.others_new,
-                                    [m for m, r in zip(orig_msgs, orig_roles) if r not in ("user", "assistant")])
+        problems += others
         problems += last_role_changed(msgs, orig_msgs)
-        if dumps(_last_thinking(msgs)) != dumps(_last_thinking(orig_msgs)):
+        last, orig_last = _last_assistant(msgs), _last_assistant(orig_msgs)
+        if last is not orig_last and dumps(_thinking(last)) != dumps(_thinking(orig_last)):
             problems.append((("thinking",), "the latest assistant message's thinking blocks differ from the original's"))
         n = f.bps + sum(1 for key in ("system", "tools") for b in blocks(new.get(key))
                         if isinstance(b, dict) and b.get("cache_control") is not None)
@@ -301,9 +305,12 @@ def _facts(m: dict[str, Any]) -> tuple[Any, ...]:
     return (m.get("role"), empty, tuple(events), bps)
 
 
-def _last_thinking(msgs: list[Any]) -> list[Any]:
-    """The thinking blocks of the last assistant message."""
-    m = next((m for m in reversed(msgs) if role_of(m) == "assistant"), None)
+def _last_assistant(msgs: list[Any]) -> Any:
+    return next((m for m in reversed(msgs) if role_of(m) == "assistant"), None)
+
+
+def _thinking(m: Any) -> list[Any]:
+    """The thinking blocks of a message (None: none)."""
     if not m:
         return []
     return [b for b in blocks(m.get("content")) if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking")]
@@ -320,26 +327,27 @@ def _keys(msgs: list[Any], orig_msgs: list[Any], original_raw: list[bytes] | Non
     return [k if k is not None or type(m) is not dict else orjson.dumps(m, default=str) for k, m in zip(keys, msgs)]
 
 
-def _fold(msgs: list[Any], keys: list[Any], pairs: frozenset[Any], facts: FactCache, checkpoints: Checkpoints) -> Fold:
+def _fold(msgs: list[Any], keys: list[Any], facts: FactCache, checkpoints: Checkpoints) -> Fold:
     """The checks over every message, resumed from the latest checkpoint of the same messages."""
-    begin, f = checkpoints.resume(keys, pairs)
+    begin, f = checkpoints.resume(keys)
     last = len(msgs) - 1
     for i in range(begin, len(msgs)):
         m = msgs[i]
         if i == last and i > 0:
             # also a checkpoint before the last message: a client that moves its cache breakpoint
             # changes that one in the next request, and the ones before stay
-            checkpoints.save(keys[:i], pairs, f)
+            checkpoints.save(keys[:i], f)
         if not isinstance(m, dict):
             f.problems.append((("not-object", i), f"messages[{i}] is not an object"))
             continue
-        _step(f, i, m, facts.fact(m, _facts, keys[i]), pairs)
-    checkpoints.save(keys, pairs, f)
+        _step(f, i, m, facts.fact(m, _facts, keys[i]))
+    checkpoints.save(keys, f, final=True)  # (check reads f, never changes it)
     return f
 
 
-def _step(f: Fold, i: int, m: dict[str, Any], fact: tuple[Any, ...], pairs: frozenset[Any]) -> None:
-    """One message's checks (``fact``: its :func:`_facts`) against the state before it."""
+def _step(f: Fold, i: int, m: dict[str, Any], fact: tuple[Any, ...]) -> None:
+    """One message's checks (``fact``: its :func:`_facts`) against the state before it (two consecutive
+    messages of one role are reported here, and kept by ``check`` where the original has no such pair)."""
     role, empty, events, n_bp = fact
     pf = f.problems
     f.bps += n_bp
@@ -349,7 +357,7 @@ def _step(f: Fold, i: int, m: dict[str, Any], fact: tuple[Any, ...], pairs: froz
         f.first_conv_checked = True
         if role != "user":
             pf.append((("first-role", role), f"the first user/assistant message is `{role}`, not `user`"))
-    if f.prev_role is not None and role == f.prev_role and role in ("user", "assistant") and (role, role) not in pairs:
+    if f.prev_role is not None and role == f.prev_role and role in ("user", "assistant"):
         pf.append((("consecutive", role), f"two consecutive `{role}` messages at {i - 1},{i} (the original has none)"))
     if empty:
         pf.append((("empty", digest(m)), f"messages[{i}] ({role}) has empty content"))

@@ -1,17 +1,10 @@
 """ResponseTap: reads a response on the side while its bytes stream to the client unchanged.
 
-The proxy hands every chunk to :meth:`ResponseTap.feed` on the event loop, so feeding never raises: a
-reader error sets ``failed`` and the tap stops reading (the client is unaffected). The framing comes
-from the Content-Type (SSE, NDJSON, or one JSON body read at the end), the event shapes from the API.
-
-Reading is deferred unless someone reads the events live (``on_event``, or ``live=True``): a stream's
-chunks are only appended to a list on the event loop, and read in batches of ``BATCH`` wire bytes,
-the last one by :meth:`finish`, which the proxy runs off the loop (addons/observer.py). Reading an
-answer of 15 events in one batch costs a fraction of reading it event by event (decoding, splitting
-and the per-call overhead are paid once, not per chunk), and the loop then pays one append a chunk
-(bench/tap_bench.py). Batches go through the same incremental reader, so a character or a blank
-line split between two batches is read as when split between two chunks.
-"""
+Feeding never raises: a reader error sets ``failed`` and the tap stops reading. The framing comes from
+the Content-Type (SSE, NDJSON, or one JSON body read at the end), the event shapes from the API.
+Unless someone reads the events live (``on_event``, ``live=True``), a stream's chunks are only appended
+on the event loop and read in batches of ``BATCH`` wire bytes, the last by :meth:`finish`, off the loop
+(bench/tap_bench.py); batches go through the same incremental reader as chunks."""
 
 from __future__ import annotations
 
