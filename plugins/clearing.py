@@ -848,25 +848,23 @@ def _record(st: _Clearing, s: Slot, toks: int, how: str) -> tuple[dict[str, Any]
 
 def _stale_step(st: _Clearing) -> None:
     """A step of stale results only, whatever the trigger: the result of a tool in ``stale_after`` once that
-    many later calls of the same tool followed it (a build or server run the model has run again since).
-    Such results are seldom used again (docs/REPLAY.md). A change more than ``LOOKBACK_BLOCKS`` blocks
-    before the request's last breakpoint makes the provider write the whole conversation again, so the
-    step takes only stale results within that many blocks of the end, behind a message an earlier request
-    ended with (its cached entry is read, what follows is written again: a few thousand tokens). It takes
-    them when what it frees x the requests to come (as many as came so far) >= ``STALE_PAYBACK`` x what it
-    re-writes, and at least ``stale_at_least``. The tenant's learned policy keeps a tool whose cleared
-    results come back."""
+    many later calls of the same tool followed it (a build or server run the model has run again since:
+    seldom used again, docs/REPLAY.md). A change more than ``LOOKBACK_BLOCKS`` blocks before the last
+    breakpoint makes the provider write the whole conversation again, so only stale results after the
+    first message within that many blocks of the end are taken (an earlier request's cached end is read,
+    what follows it written again), when what the step frees x the requests to come (as many as came so
+    far) >= ``STALE_PAYBACK`` x what it re-writes, and at least ``stale_at_least``. The tenant's learned
+    policy keeps a tool whose cleared results come back."""
     cfg, ctx, learned = st.cfg, st.ctx, st.learned
     msgs = dialect(ctx.api).messages_of(ctx.request) or []
     blocks, reach = 0, len(msgs)  # reach: the first message within the lookback of the last block
     while reach > 0 and blocks + (n := len(c) if isinstance(c := getattr(msgs[reach - 1], "content", None), list) else 1) <= LOOKBACK_BLOCKS:
         blocks += n
         reach -= 1
-    so_far = sum(1 for m in msgs if getattr(m, "role", None) == "assistant")
     later: Counter[str] = Counter()  # per tool, the calls seen so far walking back from the newest
-    candidates: list[tuple[Slot, int]] = []
-    freed = rewritten = take = 0
-    for s in sorted(st.slots, key=lambda s: (-s.index, -s.order)):
+    candidates: list[tuple[Slot, int, int, int]] = []  # (slot, tokens, freed and re-written from it on)
+    freed = rewritten = 0
+    for s in reversed(st.slots):  # (in message order)
         if s.index <= reach:
             break
         toks = _result_tokens(ctx, s) if not s.text.startswith(STUB_PREFIX) else 0
@@ -879,14 +877,17 @@ def _stale_step(st: _Clearing) -> None:
                 or s.tool in st.exclude or s.index >= st.unseen_from or s.index < st.boundary \
                 or (learned is not None and learned.keeps_tool(s.tool)):
             continue
-        candidates.append((s, toks))
         freed += toks
-        if freed >= cfg.stale_at_least and freed * so_far >= STALE_PAYBACK * rewritten:
-            take = len(candidates)
+        candidates.append((s, toks, freed, rewritten))
+    if not candidates or freed < cfg.stale_at_least:
+        return
+    so_far = sum(1 for m in msgs if getattr(m, "role", None) == "assistant")
+    take = max((k + 1 for k, (_, _, f, r) in enumerate(candidates)
+                if f >= cfg.stale_at_least and f * so_far >= STALE_PAYBACK * r), default=0)
     if not take:
         return
     how = recall_wording(ctx, st.state, st.key)
-    chosen = [(s, rec) for s, toks in candidates[:take] for rec, g in [_record(st, s, toks, how)] if g > 0]
+    chosen = [(s, rec) for s, toks, _, _ in candidates[:take] for rec, g in [_record(st, s, toks, how)] if g > 0]
     for s, rec in chosen:
         if st.apply(s, rec, True):
             st.new_recs[s.id] = rec
