@@ -67,6 +67,7 @@ from contextwarden.store.statecache import state_cache
 from contextwarden.util.lru import memoized
 from contextwarden.util.redact import redact_text
 from contextwarden.wire.conversation import image_count, input_hint, maybe_json, result_text, shorten
+from contextwarden.wire.cost import LOOKBACK_BLOCKS
 from contextwarden.wire.dialects import NO_PROVIDER, dialect
 from contextwarden.wire.history import same_prefix, session_key
 from contextwarden.wire.workingset import READ_TOOLS, budget_in, files, working_set
@@ -79,6 +80,9 @@ INPUT_VALUE_CHARS = 300  # input values longer than this (serialised) are the on
 IMAGE_TOKENS = 1_600  # an image's input tokens when its size is unknown (Anthropic: ~1.15 MP max)
 MAX_REMEMBERED = 5_000  # cleared results remembered per session
 COMPRESSED = "compressed"  # a record's kind when the compression stage made it (plugins/compression.py)
+# a step pays when what it frees x the requests to come >= this x what it re-writes: (1.25 - 0.1) / 0.1,
+# times 1.25 for the messages between the results (assistant texts, tool inputs) it does not count
+STALE_PAYBACK = 14
 
 
 @dataclass(slots=True)
@@ -802,37 +806,92 @@ def _choose(st: _Clearing) -> None:
         for s, toks in candidates:
             if gain >= need:
                 break
-            text = s.text
-            rec: dict[str, Any] = {"h": s.digest, "stub": None, "tokens": 0, "stub_tokens": 0, "tool": s.tool, "mid": None}
-            g = 0
-            if toks:
-                made = s._stubs.get((ctx.model, how, toks))
-                if made is None:
-                    made = s._stubs[(ctx.model, how, toks)] = result_stub(
-                        ctx, s.tool, s.tool_input, text, toks, image_count(s.content), how, stub_text)
-                stub, stub_toks, mid = made
-                if stub_toks < toks:
-                    rec.update(stub=stub, tokens=toks, stub_tokens=stub_toks, mid=mid)
-                    g += toks - stub_toks
-            if input_allowed(s):
-                made = input_stub(s.tool_input, lambda t: ctx.runtime.tokens.count_text(t, ctx.model), how)
-                if made is not None:
-                    stub_input, mids = made
-                    in_toks = ctx.runtime.tokens.count_text(_dumps(s.tool_input), ctx.model)
-                    stub_in_toks = ctx.runtime.tokens.count_text(_dumps(stub_input), ctx.model)
-                    if in_toks >= cfg.min_result_tokens and stub_in_toks < in_toks:
-                        rec.update(input_stub=stub_input, ih=_digest(_dumps(s.tool_input)), input_tokens=in_toks,
-                                   input_stub_tokens=stub_in_toks, input_mids=mids)
-                        g += in_toks - stub_in_toks
-            g -= _compressed_gain(remembered.get(s.id), s)
-            if g <= 0:
-                continue
-            chosen.append((s, rec))
-            gain += g
+            rec, g = _record(st, s, toks, how)
+            if g > 0:
+                chosen.append((s, rec))
+                gain += g
         if chosen and gain >= clear_at_least:
             for s, rec in chosen:
                 if st.apply(s, rec, True):
                     new_recs[s.id] = rec
+    if cfg.stale_after and not new_recs and not ctl.holds(total - st.freed, ctx.settings):
+        _stale_step(st)
+
+
+def _record(st: _Clearing, s: Slot, toks: int, how: str) -> tuple[dict[str, Any], int]:
+    """The record that clears slot ``s`` (its result of ``toks`` tokens, 0: not the result; its input when
+    allowed), and the tokens it frees."""
+    ctx = st.ctx
+    rec: dict[str, Any] = {"h": s.digest, "stub": None, "tokens": 0, "stub_tokens": 0, "tool": s.tool, "mid": None}
+    g = 0
+    if toks:
+        made = s._stubs.get((ctx.model, how, toks))
+        if made is None:
+            made = s._stubs[(ctx.model, how, toks)] = result_stub(
+                ctx, s.tool, s.tool_input, s.text, toks, image_count(s.content), how, stub_text)
+        stub, stub_toks, mid = made
+        if stub_toks < toks:
+            rec.update(stub=stub, tokens=toks, stub_tokens=stub_toks, mid=mid)
+            g += toks - stub_toks
+    if st.input_allowed(s):
+        made = input_stub(s.tool_input, lambda t: ctx.runtime.tokens.count_text(t, ctx.model), how)
+        if made is not None:
+            stub_input, mids = made
+            in_toks = ctx.runtime.tokens.count_text(_dumps(s.tool_input), ctx.model)
+            stub_in_toks = ctx.runtime.tokens.count_text(_dumps(stub_input), ctx.model)
+            if in_toks >= st.cfg.min_result_tokens and stub_in_toks < in_toks:
+                rec.update(input_stub=stub_input, ih=_digest(_dumps(s.tool_input)), input_tokens=in_toks,
+                           input_stub_tokens=stub_in_toks, input_mids=mids)
+                g += in_toks - stub_in_toks
+    return rec, g - _compressed_gain(st.remembered.get(s.id), s)
+
+
+def _stale_step(st: _Clearing) -> None:
+    """A step of stale results only, whatever the trigger: the result of a tool in ``stale_after`` once that
+    many later calls of the same tool followed it (a build or server run the model has run again since:
+    seldom used again, docs/REPLAY.md). A change more than ``LOOKBACK_BLOCKS`` blocks before the last
+    breakpoint makes the provider write the whole conversation again, so only stale results after the
+    first message within that many blocks of the end are taken (an earlier request's cached end is read,
+    what follows it written again), when what the step frees x the requests to come (as many as came so
+    far) >= ``STALE_PAYBACK`` x what it re-writes, and at least ``stale_at_least``. The tenant's learned
+    policy keeps a tool whose cleared results come back."""
+    cfg, ctx, learned = st.cfg, st.ctx, st.learned
+    msgs = dialect(ctx.api).messages_of(ctx.request) or []
+    blocks, reach = 0, len(msgs)  # reach: the first message within the lookback of the last block
+    while reach > 0 and blocks + (n := len(c) if isinstance(c := getattr(msgs[reach - 1], "content", None), list) else 1) <= LOOKBACK_BLOCKS:
+        blocks += n
+        reach -= 1
+    later: Counter[str] = Counter()  # per tool, the calls seen so far walking back from the newest
+    candidates: list[tuple[Slot, int, int, int]] = []  # (slot, tokens, freed and re-written from it on)
+    freed = rewritten = 0
+    for s in reversed(st.slots):  # (in message order)
+        if s.index <= reach:
+            break
+        toks = _result_tokens(ctx, s) if not s.text.startswith(STUB_PREFIX) else 0
+        rewritten += toks
+        if s.tool not in cfg.stale_after or s.order < 0:
+            continue
+        n = later[s.tool]
+        later[s.tool] += 1
+        if n < cfg.stale_after[s.tool] or toks < cfg.min_result_tokens or s.id in st.done or s.id in st.pinned \
+                or s.tool in st.exclude or s.index >= st.unseen_from or s.index < st.boundary \
+                or (learned is not None and learned.keeps_tool(s.tool)):
+            continue
+        freed += toks
+        candidates.append((s, toks, freed, rewritten))
+    if not candidates or freed < cfg.stale_at_least:
+        return
+    so_far = sum(1 for m in msgs if getattr(m, "role", None) == "assistant")
+    take = max((k + 1 for k, (_, _, f, r) in enumerate(candidates)
+                if f >= cfg.stale_at_least and f * so_far >= STALE_PAYBACK * r), default=0)
+    if not take:
+        return
+    how = recall_wording(ctx, st.state, st.key)
+    chosen = [(s, rec) for s, toks, _, _ in candidates[:take] for rec, g in [_record(st, s, toks, how)] if g > 0]
+    for s, rec in chosen:
+        if st.apply(s, rec, True):
+            st.new_recs[s.id] = rec
+    st.chosen.extend(chosen)
 
 
 def _call_key(s: Slot) -> str:

@@ -625,3 +625,38 @@ def test_a_free_moment_clears_below_the_trigger(cw_home):
     (ev,) = cold.events("clearing")
     assert ev["new"] > 0
     h.close()
+
+
+def bash_loop(calls: int, words_each: int = 300) -> dict:
+    """A session of one user message and ``calls`` Bash calls, each answered by a long output."""
+    msgs: list[dict] = [{"role": "user", "content": "run the server until it starts"}]
+    for i in range(calls):
+        msgs.append({"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_b{i}", "name": "Bash",
+                                                       "input": {"command": "mix phx.server"}}]})
+        msgs.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_b{i}",
+                                                  "content": f"run {i}: " + " ".join(f"warning{i}_{k}" for k in range(words_each))}]})
+    msgs[-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
+    return {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": msgs,
+            "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}]}
+
+
+def test_a_stale_result_is_cleared_below_the_trigger_when_the_step_pays(cw_home):
+    """``stale_after``: a Bash result once N later Bash calls followed it is cleared by a step of stale
+    results alone, below the trigger and inside keep_recent, when it is within the provider's lookback
+    of the end (else the whole conversation is written again) and what it frees times the requests so
+    far outweighs what it re-writes; the newest N stay. In a short session the step does not pay, and a
+    step frees at least ``stale_at_least``."""
+    h = harness(cw_home, trigger_tokens=1_000_000, keep_recent=100, stale_after={"Bash": 3}, stale_at_least=500)
+    got = h.send(ApiKind.ANTHROPIC, bash_loop(40))
+    cleared = sorted(int(tid.removeprefix("toolu_b")) for tid, c in results_of(got.body).items() if is_stub(c))
+    assert cleared and max(cleared) == 40 - 4  # the newest 3 (and the unseen last one) stay
+    assert min(cleared) >= 40 - 10  # 20 blocks: the last 10 calls and results
+    (ev,) = got.events("clearing")
+    assert ev["new"] == len(cleared) and ev["tools"] == ["Bash"]
+    again = h.send(ApiKind.ANTHROPIC, bash_loop(40))  # the next request re-applies the same stubs byte for byte
+    assert results_of(again.body) == results_of(got.body)
+    h.close()
+    for home, calls, at_least in ((cw_home / "short", 6, 500), (cw_home / "least", 40, 10_000_000)):
+        h = harness(home, trigger_tokens=1_000_000, keep_recent=100, stale_after={"Bash": 3}, stale_at_least=at_least)
+        assert not h.send(ApiKind.ANTHROPIC, bash_loop(calls)).changed
+        h.close()

@@ -11,8 +11,8 @@ the ones a reader of the answer would follow:
   token the replay's fidelity measure counts as a reference) that a lost text holds and the request no
   longer does (not even an earlier answer): the whole text when at most two lost texts hold it, else
   only the lines around it in the newest of them (a term many hold is the session's vocabulary);
-- a path the answer's tool calls name whose cleared result was that path's content (the Read of the
-  file it now edits).
+- a path the answer's tool calls name: the newest lost text of that file's content (the Read of the
+  file it now edits, or the Write that made it; an Edit's snippet only when there is neither).
 
 "The request no longer holds it": neither a message, nor a tool call, nor a kept tool result; stubs and
 compaction summaries do not count (they name things, they do not hold them), nor does the answer itself.
@@ -33,7 +33,7 @@ import orjson
 
 from ..util.lru import LRU
 from ..wire.references import _TOKEN, _lines, _tokens, distinctive
-from ..wire.workingset import WORKING_HEAD
+from ..wire.workingset import EDIT_TOOLS, WORKING_HEAD, WRITE_TOOLS
 from .prefilter import Prefilter
 
 MID = re.compile(r"\bm-[0-9a-f]{16}\b")
@@ -215,18 +215,21 @@ def find(answer: Answer, lost: list[Lost], kept: Kept, done: set[str], limit: in
             # an Edit's old_string only a lost text holds: needed now, even if recalled once before
             # (what recall injects goes into one request only; the same file is edited again and again)
             add(quoting[0], "quote", q, again=True)
-    if answer.paths:  # the newest cleared result of a call on each path (one pass for all of them)
+    if answer.paths:  # per path, the newest lost text of the file: a Read's result or a Write's content before
+        # an Edit's result (a snippet of it, which the quotes above bring back; the model goes on editing the file)
         of_path: dict[str, Lost] = {}
+        snippet: dict[str, Lost] = {}
         for x in newest:
             inp = x.tool_input
-            if x.kind == "tool_result" and isinstance(inp, dict):
+            whole = x.kind == "tool_input" if x.tool in WRITE_TOOLS else x.kind == "tool_result"
+            if whole and isinstance(inp, dict):
                 for k in PATH_KEYS:
                     v = inp.get(k)
-                    if isinstance(v, str) and v in answer.paths and v not in of_path:
-                        of_path[v] = x
+                    if isinstance(v, str) and v in answer.paths:
+                        (snippet if x.tool in EDIT_TOOLS else of_path).setdefault(v, x)
         for p in sorted(answer.paths):
-            if p in of_path:
-                add(of_path[p], "path", p)
+            if (file := of_path.get(p) or snippet.get(p)) is not None:
+                add(file, "path", p)
     if answer.terms:
         index = index if index is not None else TermIndex()
         index.add(index.unread(lost, answer.terms), memo.terms if memo else None)

@@ -84,6 +84,14 @@ class ClearingSection(Section):
     """When the cached prefix has expired (previous request more than ``compaction.cache_ttl_s`` ago), a
     step needs only ``trigger_tokens`` times this and clears any amount. 1.0: off."""
 
+    stale_after: dict[str, int] = {}
+    """Tool name -> N: a result of that tool is stale once N later calls of the same tool followed it (a
+    build re-run, an edit followed by more edits), and a step of stale results alone clears them whatever
+    the trigger, when they free at least ``stale_at_least`` tokens. {}: off."""
+
+    stale_at_least: int = 2_000
+    """The least a step of stale results frees."""
+
     level_factors: dict[str, float] = {"REDUCED": 0.75, "MINIMAL": 0.5}
     """Under a budget level, ``trigger_tokens``, ``keep_recent`` (rounded up) and ``clear_at_least`` are
     multiplied by this factor."""

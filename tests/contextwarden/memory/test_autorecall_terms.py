@@ -46,3 +46,24 @@ def test_an_excerpt_holds_what_the_reference_needs_and_says_what_it_left_out():
     cut = excerpt("head\n" + long_line + "\ntail", ["needle_ident_42"])
     assert "needle_ident_42" in cut and len(cut) < 1200 and " w4999 needle_ident_42 v0 " in cut
     assert excerpt(read, ["not_there_at_all"]) is None
+
+
+def test_an_edit_of_a_lost_file_brings_back_its_read_not_only_the_snippet_of_the_last_edit():
+    """An Edit's result shows a few lines around the change; the model goes on editing the rest of the
+    file from its Read. When both are lost, the path brings back the Read (03a113bf lost a source there)."""
+    path = "docs/GUIDE.md"
+    read = "".join(f"{i:6d}→{ln}\n" for i, ln in enumerate(["# Guide", "## Tools", "use scripts", "## Checklist",
+                                                              "- [ ] Git status clean?", "- [ ] Tests pass?"], start=1))
+    snippet = "The file docs/GUIDE.md has been updated. Here's the result of running `cat -n` on a snippet:\n     2→## Tools\n     3→use project scripts\n"
+    lost = [Lost("m-1111111111111111", read, 3, "Read", {"file_path": path}),
+            Lost("m-2222222222222222", snippet, 5, "Edit", {"file_path": path, "old_string": "use scripts", "new_string": "use project scripts"})]
+    answer = read_answer({"role": "assistant", "content": [{"type": "tool_use", "id": "t9", "name": "Edit", "input": {
+        "file_path": path, "old_string": "## Tools\nuse project scripts", "new_string": "## Tools\nuse the project's scripts"}}]})
+    got = [(f.lost.memory_id, f.why) for f in find(answer, lost, Kept([]), set())]
+    assert got == [("m-2222222222222222", "quote"), ("m-1111111111111111", "path")]
+    # a Write's content is the file too; an Edit's snippet comes back when nothing holds more of it
+    written = Lost("m-3333333333333333", "# Guide\n## Tools\nuse scripts\n", 2, "Write", {"file_path": path, "content": "..."}, "tool_input")
+    assert [(f.lost.memory_id, f.why) for f in find(answer, [written, lost[1]], Kept([]), set())][-1] == ("m-3333333333333333", "path")
+    answer = read_answer({"role": "assistant", "content": [{"type": "tool_use", "id": "t9", "name": "Edit", "input": {
+        "file_path": path, "old_string": "x", "new_string": "y"}}]})
+    assert [(f.lost.memory_id, f.why) for f in find(answer, lost[1:], Kept([]), set())] == [("m-2222222222222222", "path")]
