@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ...settings.memory import MemorySection
-from .evaluation import Run, costs, mean, normalise, pick, table
+from .evaluation import Run, contains, costs, mean, normalise, pick, table
 from .evaluation import client as eval_client
 
 WINDOW = 32_768
@@ -113,15 +113,7 @@ def load(path: str | Path) -> list[dict[str, Any]]:
 
 def reached(haystack: str, text: str) -> bool:
     """Whether a turn's text reaches the request (see the module docstring)."""
-    t = normalise(text)
-    if not t:
-        return False
-    if t in haystack:
-        return True
-    lines = [normalise(x) for x in text.splitlines()]
-    lines = [x for x in lines if len(x) >= 16]
-    covered = sum(len(x) for x in lines if x in haystack)
-    return bool(lines) and covered >= (0.5 if len(t) > LONG_TURN_CHARS else 1) * sum(len(x) for x in lines)
+    return contains(haystack, text, 0.5 if len(normalise(text)) > LONG_TURN_CHARS else 1)
 
 
 def haystack(q: dict[str, Any], haystack_limit: int | None = None) -> tuple[list[str], list[list], set[str]]:
