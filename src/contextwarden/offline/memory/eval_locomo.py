@@ -5,8 +5,8 @@ Each conversation is replayed through the real pipeline, in-process or (``live``
 the reply to a request holding everything said so far (clearing and compaction keep it in the window;
 every completed turn is ingested). Then every question is asked as the last user message after the whole
 conversation, with ingestion settled first, and the body that goes upstream is checked: a question's
-recall is the share of its evidence turns whose text is in that body (kept history, compaction summary or
-injected memory).
+recall is the share of its evidence turns whose text, or every line of it (memory quotes each line), is in
+that body (kept history, compaction summary or injected memory).
 
 Baselines in the same run (in-process): *truncation* keeps the last messages that fit the tokens the
 pipeline sent for that question; *full history* sends everything (recall 1 by construction; its tokens

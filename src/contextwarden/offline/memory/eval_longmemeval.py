@@ -13,8 +13,9 @@ ingestion settled first (and nothing of the question stored), and the body that 
 - turn-level recall: the share of ``has_answer`` turns that reach it;
 - tokens sent, as a share of the full history's.
 
-A turn reaches the request when its text does (whitespace-normalised); a turn longer than one memory chunk
-counts when at least half of its lines do (memory stores it in chunks).
+A turn reaches the request when its text does (whitespace-normalised), or every line of it does (memory
+quotes each line, and a turn over ~240 word pieces is stored in chunks: a 949-character answer full of
+URLs is); a turn longer than one memory chunk counts when at least half of its lines do.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ...settings.memory import MemorySection
-from .evaluation import Run, costs, mean, normalise, pick, table
+from .evaluation import Run, contains, costs, mean, normalise, pick, table
 from .evaluation import client as eval_client
 
 WINDOW = 32_768
@@ -112,17 +113,7 @@ def load(path: str | Path) -> list[dict[str, Any]]:
 
 def reached(haystack: str, text: str) -> bool:
     """Whether a turn's text reaches the request (see the module docstring)."""
-    t = normalise(text)
-    if not t:
-        return False
-    if t in haystack:
-        return True
-    if len(t) <= LONG_TURN_CHARS:
-        return False
-    lines = [normalise(x) for x in text.splitlines()]
-    lines = [x for x in lines if len(x) >= 16]
-    covered = sum(len(x) for x in lines if x in haystack)
-    return covered >= 0.5 * sum(len(x) for x in lines)
+    return contains(haystack, text, 0.5 if len(normalise(text)) > LONG_TURN_CHARS else 1)
 
 
 def haystack(q: dict[str, Any], haystack_limit: int | None = None) -> tuple[list[str], list[list], set[str]]:

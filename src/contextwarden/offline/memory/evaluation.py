@@ -76,9 +76,17 @@ def request_text(wire: dict[str, Any]) -> str:
     return normalise("\n".join(parts))
 
 
-def contains(haystack: str, text: str) -> bool:
+def contains(haystack: str, text: str, share: float = 1.0) -> bool:
+    """Whether ``text`` reaches ``haystack`` (a :func:`request_text`): whole (whitespace-normalised), or
+    ``share`` of its lines of 16+ characters, by length (memory quotes every line with ``| `` and stores a
+    text over ``memory.chunk_tokens`` word pieces in chunks)."""
     t = normalise(text)
-    return bool(t) and t in haystack
+    if not t:
+        return False
+    if t in haystack:
+        return True
+    lines = [x for x in (normalise(line) for line in text.splitlines()) if len(x) >= 16]
+    return bool(lines) and sum(len(x) for x in lines if x in haystack) >= share * sum(len(x) for x in lines)
 
 
 def truncate_to(runtime, api: ApiKind, messages: list[dict], budget: int, model: str | None = None) -> tuple[list[dict], int]:

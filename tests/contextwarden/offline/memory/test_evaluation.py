@@ -9,10 +9,12 @@ import orjson
 
 from contextwarden.cli import main as cli_main
 from contextwarden.compress import policy
+from contextwarden.memory.inject import render_block
+from contextwarden.memory.items import MemoryItem
 from contextwarden.models import ApiKind
 from contextwarden.offline.memory import eval_locomo as ev
 from contextwarden.offline.memory import eval_longmemeval as lme
-from contextwarden.offline.memory.evaluation import contains, eval_replayer, request_text, truncate_to
+from contextwarden.offline.memory.evaluation import contains, eval_replayer, normalise, request_text, truncate_to
 from tests.conftest import EVAL_DIR
 
 
@@ -90,6 +92,14 @@ def test_longmemeval_reached_counts_long_turns_by_lines():
     half = " ".join(" ".join(long_turn.splitlines()[:25]).split())
     assert lme.reached(half, long_turn)  # chunk-stored: most of its lines reach the request
     assert not lme.reached(" ".join(long_turn.splitlines()[:5]), long_turn)
+    # a short turn recalled by memory: each line quoted, its two chunks in the block in rank order
+    short = "Here are a few videos you could share:\n\n1. How to Sit at a Desk by the Mayo Clinic\nThese offer clear demos."
+    head, tail = short.rsplit("\n", 1)
+    chunks = [MemoryItem(text=t, session="s", tenant="t", turn=3, role="assistant", kind="chunk", source_id="m-1",
+                         ts=1.0) for t in (tail, head)]
+    block = normalise(render_block(chunks))
+    assert normalise(short) not in block and lme.reached(block, short) and contains(block, short)  # LoCoMo's too
+    assert not lme.reached(normalise(render_block(chunks[1:])), short)  # a line missing: not reached
     assert lme._list("['a', 'b']") == ["a", "b"] and lme._list(["c"]) == ["c"]
 
 
