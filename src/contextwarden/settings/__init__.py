@@ -25,7 +25,7 @@ from .proxy import LogSection, MetricsSection, ProxySection, ServerSection, Stat
 
 ENV_PREFIX = "CONTEXTWARDEN_"
 # Variables with the prefix that are not profile settings.
-NON_SETTING_ENV = {"HOME", "PROFILE", "TRACE", "PLUGINS", "SHARED", "KEY", "CREDENTIAL", "CENSUS", "CENSUS_S", "TRACEMALLOC"}  # census.py: debugging
+NON_SETTING_ENV = {"HOME", "PROFILE", "TRACE", "PLUGINS", "SHARED", "KEY", "CREDENTIAL"}
 
 
 class SettingsError(ValueError):

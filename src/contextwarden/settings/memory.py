@@ -70,9 +70,6 @@ class MemorySection(Section):
     ttl_days: float = 30
     """Items older than this are expired by ``contextwarden memory prune``."""
 
-    queue_size: int = 1000
-    """In-process ingestion queue length; when full, work is dropped with an event (never blocks traffic)."""
-
     process: Literal["auto", "separate", "inline"] = "auto"
     """Where embedding, the lexical index, Chroma and ingestion run: ``separate`` (a memory process over a
     Unix socket under cw_home), ``inline`` (in the calling process), ``auto`` (separate in the proxy)."""

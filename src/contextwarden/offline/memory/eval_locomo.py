@@ -30,7 +30,7 @@ WINDOW = 4096
 # The profile under test (README: "contextwarden eval locomo"): Claude Code's, with a 4K window.
 # Compaction runs early and keeps ~30% of the window (a 400-token summary and the latest turns) so that
 # memory may use up to 45% of it; the request never exceeds the window (memory gets what is left).
-MEMORY = {"queue_size": 200_000, "budget_fraction": 0.45, "top_k": 60, "timeout_ms": 60000}
+MEMORY = {"budget_fraction": 0.45, "top_k": 60, "timeout_ms": 60000}
 COMPACTION = {"soft_threshold": 0.45, "hard_threshold": 0.55, "target": 0.30, "protect_recent_turns": 2,
               "summary_max_tokens": 400, "min_span_tokens": 500}
 

@@ -36,7 +36,7 @@ WINDOW = 32_768
 # The profile under test (README: "contextwarden eval longmemeval"): Claude Code's, with a 32K window.
 # Compaction keeps the request under 60% of the window, memory may add 15%: at most ~25K tokens sent,
 # under a quarter of the ~105-115K-token histories.
-MEMORY = {"queue_size": 200_000, "budget_fraction": 0.15, "top_k": 40, "timeout_ms": 60000}
+MEMORY = {"budget_fraction": 0.15, "top_k": 40, "timeout_ms": 60000}
 COMPACTION = {"soft_threshold": 0.55, "hard_threshold": 0.60, "target": 0.40, "protect_recent_turns": 4,
               "summary_max_tokens": 1500}
 # A turn longer than one memory chunk (memory.chunk_tokens word pieces at ~4 characters each) is stored
