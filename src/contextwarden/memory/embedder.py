@@ -52,8 +52,6 @@ class Embedder:
     Thread-safe: ONNX Runtime sessions may be run concurrently and the tokenizer is configured once.
     """
 
-    pause: Callable[[], float] | None = None  # ingestion's thread waits here while a search runs (service)
-
     def __init__(self, model_dir: str | os.PathLike, source: str | None = None, batch_size: int = 32,
                  max_tokens: int = MAX_TOKENS, threads: int | None = None,
                  max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
@@ -103,8 +101,6 @@ class Embedder:
         ids = [e.ids for e in encoded]
         out: np.ndarray | None = None
         for idx in self.batches([len(x) for x in ids]):
-            if self.pause is not None:
-                self.pause()
             vecs = self._run([ids[i] for i in idx])
             if out is None:
                 out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
