@@ -32,7 +32,7 @@ def cw_request(ctx) -> None:
 def cw_configure(runtime) -> None:
     """In the proxy, the compression workers start with it (the first large result does not wait for one)."""
     cfg = runtime.settings.compression
-    if cfg.enabled and offload.mode(cfg.process) == "separate":
+    if cfg.enabled and offload.mode(cfg.process, runtime.settings) == "separate":
         _workers(runtime, cfg, None)[0].start()
 
 
@@ -193,7 +193,7 @@ def _first_sight(ctx, s: Slot, text: str, mid: str, limits: Limits, lazy: dict, 
     answer by then, dead, or not startable leaves the result uncompressed, as the stage running past its
     budget does (compress/offload.py). The same text either way."""
     cfg = ctx.settings.compression
-    if offload.mode(cfg.process) != "separate":
+    if offload.mode(cfg.process, ctx.settings) != "separate":
         got = compress(text, tool=s.tool, tool_input=s.tool_input, query=lazy["query"], limits=limits)
         if got is None:
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import socket
 import sys
 from importlib.util import find_spec
@@ -11,7 +12,6 @@ from pathlib import Path
 
 from mitmproxy.tools.main import mitmdump
 
-from ..memory import service as memory_service
 from ._common import add_home_profile, add_plugins, cli_name, home_of, mitmproxy_confdir
 from .doctor import warnings
 from .profiles import checked_settings
@@ -113,5 +113,5 @@ def run(args) -> int:
         print("mitmdump " + " ".join(argv))
         return 0
     sys.stdout.flush()
-    memory_service.AUTO_PROCESS = "separate"  # this process is the proxy: memory in its own process
+    os.environ.setdefault("CONTEXTWARDEN_PROXY__AUTO_PROCESS", "separate")  # the proxy (and its engine): memory apart
     return mitmdump(argv) or 0

@@ -45,7 +45,6 @@ from mitmproxy.proxy.layers.websocket import WebsocketEndHook, WebsocketMessageH
 from contextwarden.addons.chain import engine_addons
 from contextwarden.addons.routing import FORWARDED, INCOMING, ROUTE
 from contextwarden.addons.warden import Warden
-from contextwarden.memory import service as memory_service
 
 from ..core import frames
 
@@ -310,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     # engine stops (it asks, or its end closes the socket), so that it can still finish its flows
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the engine is the proxy: memory and compression run in processes of their own (``auto``), as in mitmdump
-    memory_service.AUTO_PROCESS = "separate"
+    os.environ.setdefault("CONTEXTWARDEN_PROXY__AUTO_PROCESS", "separate")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # its log lines among mitmdump's, as they happen
     logging.getLogger().setLevel(logging.INFO)  # as mitmdump's: the termlog handler filters by its verbosity
     sock = socket.socket(fileno=int(argv[0]))

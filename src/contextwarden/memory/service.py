@@ -544,19 +544,17 @@ class _Slot:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-# memory.process "auto": separate in the proxy (a mitmdump / mitmproxy / mitmweb process, or
-# ``contextwarden run``, which sets this), inline elsewhere (tests, replay, evaluation, the CLI; also the
-# addon loaded into a test's own process)
-AUTO_PROCESS = "inline"
 _PROXY_TOOLS = ("mitmdump", "mitmproxy", "mitmweb")
 
 
-def process_mode(setting: str) -> str:
-    """``separate`` or ``inline`` for a ``*.process`` setting (memory's, the compression stage's)."""
+def process_mode(setting: str, settings) -> str:
+    """``separate`` or ``inline`` for a ``*.process`` setting (memory's, the compression stage's): ``auto``
+    is separate in a mitmdump / mitmproxy / mitmweb process, else ``settings.proxy.auto_process`` (inline
+    in a test's own process, replay, evaluations, the CLI)."""
     if setting != "auto":
         return setting
     tool = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return "separate" if tool.startswith(_PROXY_TOOLS) else AUTO_PROCESS
+    return "separate" if tool.startswith(_PROXY_TOOLS) else settings.proxy.auto_process
 
 
 def holds_exactly(query: str, text: str) -> bool:
@@ -591,7 +589,7 @@ def configure(runtime, background: bool = True) -> MemoryService | RemoteMemoryS
     slot = runtime.memo(SLOT, _Slot)
     with slot.lock:
         old = svc = slot.svc
-        if settings.memory.enabled and svc is not None and (process_mode(settings.memory.process) == "separate") == svc.separate \
+        if settings.memory.enabled and svc is not None and (process_mode(settings.memory.process, settings) == "separate") == svc.separate \
                 and svc.update(settings):
             return svc  # applied in place
         slot.svc = None
@@ -599,7 +597,7 @@ def configure(runtime, background: bool = True) -> MemoryService | RemoteMemoryS
         old.close()
     if not settings.memory.enabled:
         return None
-    svc = RemoteMemoryService(runtime, MemoryService) if process_mode(settings.memory.process) == "separate" \
+    svc = RemoteMemoryService(runtime, MemoryService) if process_mode(settings.memory.process, settings) == "separate" \
         else MemoryService(runtime, background)
     with slot.lock:
         slot.svc = svc

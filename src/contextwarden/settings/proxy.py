@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from .base import Section
 
 
@@ -30,6 +32,11 @@ class ProxySection(Section):
 
     consumed_headers: list[str] = ["x-contextwarden-session", "x-contextwarden-agent", "x-contextwarden-bypass"]
     """Headers addressed to the proxy itself; read, then removed before the request goes upstream."""
+
+    auto_process: Literal["inline", "separate"] = "inline"
+    """What ``auto`` means for ``memory.process`` and ``compression.process``: ``contextwarden run`` and the
+    engine process set ``separate`` (``CONTEXTWARDEN_PROXY__AUTO_PROCESS``), as does a mitmdump, mitmproxy
+    or mitmweb process; ``inline`` elsewhere (tests, replay, evaluations, the CLI)."""
 
 
 class ServerSection(Section):

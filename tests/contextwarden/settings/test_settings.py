@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from contextwarden.cli import main as cli_main
+from contextwarden.memory.service import process_mode
 from contextwarden.request.sessions import derive_session
 from contextwarden.settings import SettingsError, available_profiles, load_settings
 
@@ -164,3 +167,11 @@ def test_the_cli_credential_variable_is_not_a_setting(monkeypatch):
     # credential; `search` without a proxy loads the profile with it set
     monkeypatch.setenv("CONTEXTWARDEN_CREDENTIAL", "sk-ant-test-0000")
     assert load_settings("claude-code").name == "claude-code"
+
+
+def test_auto_process_is_inline_unless_the_proxy_section_or_a_mitmdump_process_says_separate(monkeypatch):
+    assert process_mode("auto", load_settings(environ={})) == "inline"
+    proxy = load_settings(environ={"CONTEXTWARDEN_PROXY__AUTO_PROCESS": "separate"})  # contextwarden run, the engine
+    assert process_mode("auto", proxy) == "separate" and process_mode("inline", proxy) == "inline"
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/mitmdump"])
+    assert process_mode("auto", load_settings(environ={})) == "separate"
