@@ -183,14 +183,16 @@ class Runtime:
     def forget_conversations(self) -> None:
         """Drop what is remembered of conversations (their messages' bytes, typed messages, memos and
         slots; the recent bodies' histories) and the memos of per-message work (``memo``'s LRUs): caches,
-        each conversation's next request reads it whole. The inspector's bodies stay, compressed; the
-        recent events drop their JSON."""
+        each conversation's next request reads it whole; the stages' objects kept by settings (strippers,
+        taggers: each with its memo) and what the state store remembers of its writes go too. The
+        inspector's bodies stay, compressed; the recent events drop their JSON."""
         self.conversations.clear()
         self.bodies.pack()
         self.bus.forget_json()
         self.recent = RecentBodies(self.recent.size)
+        self.state.forget()
         for m in list(self._memos.values()):
-            if isinstance(m, LRU):
+            if isinstance(m, (LRU, dict)):
                 m.clear()
 
     # the stage breaker

@@ -89,6 +89,9 @@ class Codec:
     def ping(self) -> bool:
         return True
 
+    def forget(self) -> None:
+        """Drop what is remembered to save work (an idle proxy's memory falls back)."""
+
     def close(self) -> None:
         pass
 
@@ -144,6 +147,9 @@ class StateStore(Codec):
                 self._db.execute("ROLLBACK")  # (what it remembered writing is not what is stored: decoded next time)
                 raise
         return out
+
+    def forget(self) -> None:
+        self._written.clear()
 
     def delete(self, ns: str, key: str | None = None) -> None:
         with self._lock:

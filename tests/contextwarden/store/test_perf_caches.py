@@ -188,3 +188,18 @@ def test_a_responses_rewrite_reuses_its_messages_bytes_and_counts(tmp_path):
         assert sent.ctx.tokens_out == h.rt.tokens.count_request(ApiKind.OPENAI_RESPONSES, sent.body)
     finally:
         h.close()
+
+
+def test_forgetting_the_conversations_drops_the_strippers_and_the_state_stores_memo(tmp_path):
+    """issue 41: after the idle forget the engine still held the strippers' cleaned texts (up to 16M characters)
+    and the state store's memo of what it wrote; they go too, and the next request is rewritten as before."""
+    h = Harness(tmp_path, profile="claude-code", overrides=settings_overrides(stages=["strip", "clearing"], clearing={"trigger_tokens": 100, "clear_at_least": 10, "keep_recent": 1}))
+    try:
+        body = anthropic_tool_loop(4, result_words=300)
+        first = h.send(ApiKind.ANTHROPIC, body)
+        assert h.rt.memo("strip.strippers", dict) and h.rt.state._written.held
+        h.rt.forget_conversations()
+        assert not h.rt.memo("strip.strippers", dict) and not h.rt.state._written.held
+        assert h.send(ApiKind.ANTHROPIC, body).body == first.body
+    finally:
+        h.close()
