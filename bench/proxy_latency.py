@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/proxy_latency.py                 # 200 requests per body size and proxy
     .venv/bin/python bench/proxy_latency.py -n 50 --sizes 150000
+    .venv/bin/python bench/proxy_latency.py -n 60 --sizes 150000 --active --json both   # compact and spaced side by side
 
 Three real mitmdump processes in reverse mode in front of one local stand-in upstream:
 - ``mitmdump``: no script (the baseline),
@@ -54,7 +55,7 @@ def _tokens(enc, body: dict) -> int:
     return len(enc.encode_ordinary(json.dumps(body)))
 
 
-def build_body(target: int, enc) -> bytes:
+def build_body(target: int, enc) -> dict:
     """A Claude Code request of about ``target`` tokens."""
     base = json.loads((REQUESTS / "claude-code-2.1.197-turn2.json").read_text())
     base["stream"] = False  # small non-streamed answers: the request path is what is measured
@@ -68,7 +69,7 @@ def build_body(target: int, enc) -> bytes:
         body["messages"][0]["content"].append(filler)
         while _tokens(enc, body) < target:
             filler["text"] = text[: len(filler["text"]) + 400]
-        return _wire(body)
+        return body
     # real prompt text (system blocks and tool descriptions) as the content of file reads
     corpus = [b["text"] for b in base["system"] if isinstance(b, dict) and b.get("text")]
     corpus += [t.get("description", "") for t in base.get("tools", []) if t.get("description")]
@@ -84,12 +85,15 @@ def build_body(target: int, enc) -> bytes:
             {"type": "tool_use", "id": tid, "name": "Read", "input": {"file_path": f"/work/notes/part-{i}.md"}}]})
         msgs.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": tid, "content": content}]})
         i += 1
-    return _wire(body)
+    return body
 
 
-def _wire(body: dict) -> bytes:
-    """The body as Claude Code writes it (JSON.stringify: no spaces, UTF-8 as is)."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+# compact: as Claude Code writes it (JSON.stringify: no spaces, UTF-8 as is); spaced: as Python's json.dumps
+SEPARATORS = {"compact": (",", ":"), "spaced": (", ", ": ")}
+
+
+def wire(body: dict, form: str) -> bytes:
+    return json.dumps(body, separators=SEPARATORS[form], ensure_ascii=False).encode()
 
 
 def headers() -> dict[str, str]:
@@ -111,6 +115,9 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,50000,150000", help="target token counts")
     ap.add_argument("--active", action="store_true",
                     help="also measure a proxy with the claude-code profile (every stage active)")
+    ap.add_argument("--json", choices=[*SEPARATORS, "both"], default="compact",
+                    help="how the body's JSON is written: compact (Claude Code's), spaced (Python's json.dumps), or "
+                         "both, each proxy getting both in every round")
     ap.add_argument("--base", type=Path, metavar="DIR",
                     help="also measure each contextwarden proxy from another tree, side by side: DIR holds its "
                          "package as installed (DIR/contextwarden, with addons/, plugins/, tui/, profiles/ inside)")
@@ -125,7 +132,8 @@ def main() -> int:
     rng = random.Random(7)
     enc = tiktoken.get_encoding("cl100k_base")
     sizes = [int(s) for s in args.sizes.split(",")]
-    bodies = {s: build_body(s, enc) for s in sizes}
+    forms = list(SEPARATORS) if args.json == "both" else [args.json]
+    bodies = {(s, f): wire(b, f) for s in sizes for b in [build_body(s, enc)] for f in forms}
     hdrs = headers()
     work = Path(tempfile.mkdtemp(prefix="cw-bench-"))
     (work / "stages-off.yaml").write_text(STAGES_OFF)
@@ -156,22 +164,23 @@ def main() -> int:
             clients = {name: httpx.Client(base_url=p.url, timeout=120, trust_env=False) for name, p in procs.items()}
             rows = []
             for size in sizes:
-                body = bodies[size]
-                times: dict[str, list[float]] = {name: [] for name in procs}
-                order = list(clients)
+                times: dict[tuple[str, str], list[float]] = {(name, f): [] for name in procs for f in forms}
+                order = list(times)
                 for i in range(args.warmup + args.n):
-                    rng.shuffle(order)  # no proxy always goes first (or last) in a round
-                    for name in order:
+                    rng.shuffle(order)  # no proxy (or form) always goes first (or last) in a round
+                    for name, form in order:
                         c = clients[name]
                         t0 = time.perf_counter()
-                        r = c.post("/v1/messages?beta=true", content=body, headers=hdrs)
+                        r = c.post("/v1/messages?beta=true", content=bodies[size, form], headers=hdrs)
                         r.read()
                         dt = (time.perf_counter() - t0) * 1000
                         if r.status_code != 200:
                             raise SystemExit(f"{name}: HTTP {r.status_code}: {r.text[:300]}")
                         if i >= args.warmup:
-                            times[name].append(dt)
-                rows.append((size, len(body), _tokens(enc, json.loads(body)), times))
+                            times[name, form].append(dt)
+                for f in forms:
+                    body = bodies[size, f]
+                    rows.append((size, f, len(body), _tokens(enc, json.loads(body)), {n: times[n, f] for n in procs}))
                 print(f"  done: ~{size} tokens", file=sys.stderr, flush=True)
         finally:
             for p in procs.values():
@@ -184,11 +193,11 @@ def main() -> int:
     print("| body | proxy | p50 | p99 | p50 added | p99 added | p50 ratio | paired added (median) |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     verdict = None
-    for size, nbytes, ntok, times in rows:
+    for size, form, nbytes, ntok, times in rows:
         b50, b99 = pct(times["mitmdump"], 50), pct(times["mitmdump"], 99)
         for name in procs:
             p50, p99 = pct(times[name], 50), pct(times[name], 99)
-            label = f"~{ntok // 1000}K tokens ({nbytes // 1000} KB)" if name == "mitmdump" else ""
+            label = f"~{ntok // 1000}K tokens ({nbytes // 1000} KB, {form})" if name == "mitmdump" else ""
             if name == "mitmdump":
                 print(f"| {label} | {name} | {p50:.2f} | {p99:.2f} | | | | |")
                 continue
@@ -196,7 +205,7 @@ def main() -> int:
             paired = statistics.median(t - b for t, b in zip(times[name], times["mitmdump"]))
             print(f"| {label} | {name} | {p50:.2f} | {p99:.2f} | {p50 - b50:+.2f} | {p99 - b99:+.2f} | {p50 / b50:.2f} "
                   f"| {paired:+.2f} |")
-            if name == "observe-only" and size == max(sizes):
+            if name == "observe-only" and size == max(sizes) and form == forms[0]:
                 verdict = (p50 - b50, paired)
     if verdict is not None and max(sizes) >= 150000:
         ok = "met" if verdict[0] <= TARGET_MET else "MISSED"
