@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -137,6 +138,7 @@ def prepare(runtime: Runtime, req: Incoming) -> RequestContext:
     return ctx
 
 
+_OBJ = attrgetter("obj")  # (of each history entry, at C speed)
 _PROVIDER = "provider"  # the conversation's slot: where the latest compaction block of the messages seen is
 
 
@@ -169,7 +171,7 @@ def _typed(api: ApiKind, data: dict[str, Any], raws: list[bytes] | None, conv: C
         entries = conv.typed(msgs, raws, d.typed_entry)
     model = d.parse({**data, key: []})
     # the field is set (it was in the input): stored directly, as parsing it would have
-    model.__dict__[key] = [e.obj for e in entries]
+    model.__dict__[key] = list(map(_OBJ, entries))
     return model, History(api, conv, raws, entries)
 
 
