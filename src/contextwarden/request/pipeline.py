@@ -30,7 +30,7 @@ from ..store.bodies import record
 from ..util.redact import redact_headers, redact_path, tenant_of
 from ..wire.dialects import NO_PROVIDER, dialect, validate_rewrite
 from ..wire.history import Conversation, History, Typed
-from ..wire.tokens import _missing, current_turn_start, strips_thinking
+from ..wire.tokens import current_turn_start, strips_thinking
 from ..wire.validate import FactCache
 from .agents import derive_agent
 from .context import BlockedResponse, Incoming, RequestContext
@@ -222,19 +222,14 @@ def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list[
     if entries is None:
         return tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, **kw), (keep[0] if keep else None)
     key = ("tokens", tokens.encoding_of(ctx.model))
-    # the counts at the places where the previous request had the same entries (its original's, or its
-    # rewrite's): only the new messages' are looked up
-    h, slot = ctx.history, (key, entries is ctx.history.entries)
-    k, (known,) = h.resume(slot, (entries,))
-    known += [e.memo.get(key) if e is not None else None for e in (entries[k:] if k else entries)]
+    known = [e.memo.get(key) if e is not None else None for e in entries]
     n = tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, known=known, **kw)
     if keep and len(keep[0][1]) == len(entries):
         got = keep[0][1]
-        for i in _missing(known):
+        for i in [i for i, k in enumerate(known) if k is None]:
             e = entries[i]
             if e is not None:
                 e.memo[key] = got[i]
-        h.leave(slot, (entries,), (got if None not in entries else [v if e is not None else None for e, v in zip(entries, got)],))
     return n, (keep[0] if keep else None)
 
 
@@ -248,20 +243,17 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
     orig = ctx.original.get(key)
     if not isinstance(msgs, list) or not isinstance(orig, list) or len(orig) != len(h.entries):
         return req.wire(), None
+    out: list[Any] = []
+    raws: list[bytes | None] = []
+    srcs: list[Any] = []  # the entry each message is, for its remembered token count (count_tokens)
     ents, lraws = h.entries, h.raws
-    # the messages at the places where the conversation's previous request had the very same ones (and
-    # the same originals) give what they gave it: only the others are looked at (a repeat request's new ones)
-    had, (out, raws, srcs) = h.resume(_WIRE, (msgs, orig, ents, lraws), 3)  # (srcs: the entry each message is,
-    # for its remembered token count: count_tokens)
-    n, aligned = len(ents), True
-    for p in range(had, len(msgs)):
-        m = msgs[p]
+    n = len(ents)
+    for p, m in enumerate(msgs):
         if p < n and ents[p].obj is m:  # (a message still at its own place is found without the index)
-            j: int | None = p
+            j = p
         else:
             j = h.original_index(m)
         if j is not None:
-            aligned = aligned and j == p
             out.append(orig[j])
             raws.append(lraws[j])
             srcs.append(ents[j])
@@ -278,8 +270,6 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
         out.append(m.wire() if isinstance(m, WireModel) else m)
         raws.append(None)
         srcs.append(None)
-    if aligned:  # (every original at its own place: what the next request checks)
-        h.leave(_WIRE, (msgs[:], orig, ents, lraws), (out, raws, srcs))
     h.wire_entries = srcs
     # top-level fields still holding the client's own objects (system, tools: the cached prefix) are
     # taken as they are, not dumped again
@@ -305,9 +295,6 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
             wire[k] = top.pop(k)
     wire.update(top)
     return wire, raws
-
-
-_WIRE = ("pipeline", "wire")  # the conversation's slot: what wire_of gave its latest request
 
 
 def serialise(wire: dict[str, Any], raws: list[bytes | None] | None, key: str = "messages") -> bytes:

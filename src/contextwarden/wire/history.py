@@ -65,15 +65,6 @@ class Carried:
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """What a walk over the messages gave a conversation's latest request (:meth:`History.resume`): the
-    lists it read (compared with the next request's by identity) and the lists it made, aligned."""
-
-    inputs: tuple[list[Any], ...]
-    outputs: tuple[list[Any], ...]
-
-
 class Conversation:
     """One conversation's memory: its latest messages (the client's dicts), their JSON bytes, their
     typed entries, the edited copies stages made of them, the validator's checkpoints, and a slot per
@@ -89,7 +80,7 @@ class Conversation:
         self.raws: list[bytes] = []  # the bytes the entries were last matched with
         self.index: dict[int, int] = {}  # id of an entry's typed message -> its place (stale ids too: check the entry)
         self.derived: dict[bytes, tuple[Any, Typed]] = {}  # base message bytes -> (edit, the edited copy)
-        self.slots: dict[Any, Carried | Seen] = {}  # stage key -> what it carries to the next request
+        self.slots: dict[Any, Carried] = {}  # stage key -> what it carries to the next request
         self.nbytes = 0
         self.checkpoints = Checkpoints(size=8)  # the validator's state at the end of recently checked bodies
 
@@ -226,10 +217,14 @@ class History:
     def memos(self, objs: list[Any], key: Any, compute: Callable[[Any], Any], start: int = 0) -> list[Any]:
         """``[self.memo(o, key, lambda: compute(o)) for o in objs]`` (``objs`` usually the prepared
         messages from ``start`` on); those of the conversation's previous call with ``key`` where it had
-        the same objects (:meth:`resume`): a repeat request looks at its new messages only."""
-        k, (out,) = self.resume((_MEMOS, key), (objs,))
-        out += self._memos(objs[k:] if k else objs, key, compute, start + k)
-        self.leave((_MEMOS, key), (objs[:],), (out[:],))  # (copies: the caller's request may change its list)
+        the very same objects (by identity, at C speed): a repeat request looks at its new messages only."""
+        conv = self.conv
+        got = conv.slots.get((_MEMOS, key)) if conv is not None else None
+        k = same_prefix(objs, got.entries) if got is not None else 0
+        out = got.value[:k] + self._memos(objs[k:], key, compute, start + k) if got is not None and k else \
+            self._memos(objs, key, compute, start)
+        if conv is not None:  # (copies: the caller's request may change its list)
+            conv.slots[(_MEMOS, key)] = Carried(objs[:], len(objs), out[:])
         return out
 
     def _memos(self, objs: list[Any], key: Any, compute: Callable[[Any], Any], start: int) -> list[Any]:
@@ -244,18 +239,6 @@ class History:
                 v = e.memo[key] = compute(o)
             out.append(v)
         return out
-
-    def resume(self, slot: Any, inputs: tuple[list[Any], ...], outputs: int = 1) -> tuple[int, tuple[list[Any], ...]]:
-        """How many leading places of ``inputs`` the conversation's latest :meth:`leave` of ``slot`` had
-        the very same objects in (by identity, at C speed), and its ``outputs`` lists up to there."""
-        got = self.conv.slots.get(slot) if self.conv is not None else None
-        k = min(map(same_prefix, inputs, got.inputs)) if isinstance(got, Seen) else 0
-        return k, tuple(o[:k] for o in got.outputs) if isinstance(got, Seen) and k else tuple([] for _ in range(outputs))
-
-    def leave(self, slot: Any, inputs: tuple[list[Any], ...], outputs: tuple[list[Any], ...]) -> None:
-        """What a walk over this request's messages read and made, for the next request's :meth:`resume`."""
-        if self.conv is not None:
-            self.conv.slots[slot] = Seen(inputs, outputs)
 
     def derive_all(self, items: list[tuple[WireModel, Any, Callable[[], WireModel]]]) -> list[WireModel]:
         """For each ``(base, edit, build)``: a new typed message equal to ``build()``, ``base`` (a prepared
@@ -287,7 +270,7 @@ class History:
         read it, never change it."""
         conv = self.conv
         got = conv.slots.get(key) if conv is not None else None
-        if not isinstance(got, Carried):
+        if got is None:
             return None
         n = got.n
         if n > len(self.entries) or self.entries[:n] != got.entries:  # (Typed compares by identity: C speed)
