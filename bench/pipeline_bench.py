@@ -52,7 +52,14 @@ def run_examples(n: int, home: Path, seed: int | None) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from tests.test_hypothesis_stages import LEVELS, WINDOWS, Bench, bodies, check_example, present_stages
+    from tests.contextwarden.request.test_hypothesis_stages import (
+        LEVELS,
+        WINDOWS,
+        Bench,
+        bodies,
+        check_example,
+        present_stages,
+    )
 
     stages = present_stages()
     bench = Bench(home, stages)

@@ -50,7 +50,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -547,7 +547,7 @@ def _working_set(ctx, slots: list[Slot], budget: int, carry: _Prefix | None = No
     head = files(calls[len(known.calls) if known is not None else 0:m], known)
     if m:
         ctx.history.carry_on(key, 0, head)
-    kept: list[Any] = working_set(files(calls[m:], head), budget, lambda s: _result_tokens(ctx, cast(Slot, s)))
+    kept: list[Any] = working_set(files(calls[m:], head), budget, partial(_result_tokens, ctx))
     return {s.id for s in kept}
 
 

@@ -25,8 +25,8 @@ import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import reduce
-from operator import or_
+from functools import cached_property, reduce
+from operator import attrgetter, or_
 from typing import Any
 
 import orjson
@@ -149,6 +149,14 @@ class Lost:
     tool_input: Any = None
     kind: str = "tool_result"
 
+    @cached_property
+    def file_paths(self) -> frozenset[str]:
+        """The paths its tool call names when it holds that file's content (a Read's result, a Write's input)."""
+        inp = self.tool_input
+        if not isinstance(inp, dict) or self.kind != ("tool_input" if self.tool in WRITE_TOOLS else "tool_result"):
+            return frozenset()
+        return frozenset(v for k in PATH_KEYS if isinstance(v := inp.get(k), str))
+
 
 @dataclass
 class Found:
@@ -208,7 +216,7 @@ def find(answer: Answer, lost: list[Lost], kept: Kept, done: set[str], limit: in
         for mid in sorted(answer.ids):
             if mid in by_id:
                 add(by_id[mid], "id", mid)
-    newest = sorted(lost, key=lambda x: -x.turn)
+    newest = sorted(lost, key=attrgetter("turn"), reverse=True)  # (stable: as -turn ascending)
     for q in answer.quotes:
         quoting = [x for x in newest if quoted_in(q, x, memo.lines if memo else None)]
         if quoting and not kept.holds(q):
@@ -220,13 +228,8 @@ def find(answer: Answer, lost: list[Lost], kept: Kept, done: set[str], limit: in
         of_path: dict[str, Lost] = {}
         snippet: dict[str, Lost] = {}
         for x in newest:
-            inp = x.tool_input
-            whole = x.kind == "tool_input" if x.tool in WRITE_TOOLS else x.kind == "tool_result"
-            if whole and isinstance(inp, dict):
-                for k in PATH_KEYS:
-                    v = inp.get(k)
-                    if isinstance(v, str) and v in answer.paths:
-                        (snippet if x.tool in EDIT_TOOLS else of_path).setdefault(v, x)
+            for v in x.file_paths & answer.paths if x.file_paths else ():  # (worked out once per lost text)
+                (snippet if x.tool in EDIT_TOOLS else of_path).setdefault(v, x)
         for p in sorted(answer.paths):
             if (file := of_path.get(p) or snippet.get(p)) is not None:
                 add(file, "path", p)

@@ -20,6 +20,7 @@ from ..models.base import ApiKind, WireModel
 from .validate import Checkpoints
 
 _MISSING = object()
+_MEMOS = "memos"  # a conversation's slot key: what History.memos gave its latest call with a key
 
 
 def session_key(ctx: Any) -> str:
@@ -211,11 +212,22 @@ class History:
     def memo(self, obj: Any, key: Any, compute: Callable[[], Any]) -> Any:
         """``compute()``, remembered with the message ``obj`` (a result that depends on the message's
         content and ``key`` alone). A message with no entry is computed every time."""
-        return self.memos([obj], key, lambda _: compute())[0]
+        return self._memos([obj], key, lambda _: compute(), 0)[0]
 
     def memos(self, objs: list[Any], key: Any, compute: Callable[[Any], Any], start: int = 0) -> list[Any]:
         """``[self.memo(o, key, lambda: compute(o)) for o in objs]`` (``objs`` usually the prepared
-        messages from ``start`` on)."""
+        messages from ``start`` on); those of the conversation's previous call with ``key`` where it had
+        the very same objects (by identity, at C speed): a repeat request looks at its new messages only."""
+        conv = self.conv
+        got = conv.slots.get((_MEMOS, key)) if conv is not None else None
+        k = same_prefix(objs, got.entries) if got is not None else 0
+        out = got.value[:k] + self._memos(objs[k:], key, compute, start + k) if got is not None and k else \
+            self._memos(objs, key, compute, start)
+        if conv is not None:  # (copies: the caller's request may change its list)
+            conv.slots[(_MEMOS, key)] = Carried(objs[:], len(objs), out[:])
+        return out
+
+    def _memos(self, objs: list[Any], key: Any, compute: Callable[[Any], Any], start: int) -> list[Any]:
         out, ents = [], self.entries
         for p, o in enumerate(objs, start):
             e = ents[p] if p < len(ents) and ents[p].obj is o else self.entry_of(o, p)  # (at its own place: no call)
