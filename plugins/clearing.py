@@ -56,7 +56,7 @@ import orjson
 
 from contextwarden import hookimpl
 from contextwarden.compress import policy as learned_policy
-from contextwarden.compress.policy import prefix_expired, request_time
+from contextwarden.compress.policy import free_from, request_time
 from contextwarden.compress.stubmemo import result_stub
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.wayback import recall_wording, way_back
@@ -600,6 +600,7 @@ class _Clearing:
     clear_at_least: int
     inputs_on: bool
     boundary: int
+    free: int | None  # a free moment: the message from which the prompt is written again anyway (else None)
     learned: Any  # the tenant's learned policy, or None
     edits: dict[int, dict[tuple, Any]] = field(default_factory=dict)  # message index -> changes
     cleared: list[dict[str, Any]] = field(default_factory=list)
@@ -613,6 +614,13 @@ class _Clearing:
     freed_before: int = 0
     new_recs: dict[str, dict[str, Any]] = field(default_factory=dict)
     chosen: list[tuple[Slot, dict[str, Any]]] = field(default_factory=list)
+
+    def free_step(self, slot: Slot) -> bool:
+        """Whether a step may take ``slot`` whatever the step's size: at a free moment, a result after the
+        message from which the prompt is written again anyway, of a tool whose output goes stale
+        (``stale_after``; docs/REPLAY.md: other results taken there were quoted later, or moved every
+        later compaction)."""
+        return self.free is not None and slot.index >= self.free and slot.tool in self.cfg.stale_after
 
     def input_allowed(self, slot: Slot) -> bool:
         return (self.inputs_on and slot.can_set_input and not slot.input_locked and slot.call_index not in self.locked
@@ -684,17 +692,18 @@ def _begin(ctx, decide: bool) -> _Clearing | None:
     remembered = ctl.applied(NS, remembered, pinned)
     exclude = set(cfg.exclude_tools)
     trigger, keep_recent, clear_at_least = effective(cfg, ctx.notes.get("level"))
+    free = None
     if ctl.compact_now:  # compact now: clear what may be cleared, whatever the trigger
         trigger, clear_at_least = 0, 0
-    elif cfg.cold_trigger_factor != 1.0 and prefix_expired(ctx, state, key, ctx.settings.compaction.cache_ttl_s):
-        # a free moment: the cached prefix has expired, whatever is sent is written again
-        trigger, clear_at_least = int(trigger * cfg.cold_trigger_factor), 0
+    elif (free := free_from(ctx, state, key, ctx.settings.compaction.cache_ttl_s)) is not None:
+        # a free moment: the prompt is written again from message `free` on whatever is sent
+        trigger = int(trigger * cfg.cold_trigger_factor)
     inputs_on = bool(getattr(cfg, "clear_tool_inputs", False))
     return _Clearing(ctx=ctx, cfg=cfg, decide=decide, ctl=ctl, edits=edits, history=history, prior=prior,
                      unseen_from=unseen_from, cut=cut, slots=slots, calls_at_cut=calls_at_cut, locked=locked,
                      state=state, key=key, remembered=remembered, pinned=pinned, exclude=exclude, trigger=trigger,
                      keep_recent=keep_recent, clear_at_least=clear_at_least, inputs_on=inputs_on,
-                     boundary=ctx.notes.get("provider", NO_PROVIDER).boundary,
+                     boundary=ctx.notes.get("provider", NO_PROVIDER).boundary, free=free,
                      learned=learned_policy.load(state, ctx.tenant) if cfg.policy != "off" else None)
 
 
@@ -801,7 +810,7 @@ def _choose(st: _Clearing) -> None:
         need = math.inf if cfg.clear_all or ctl.compact_now else max(clear_at_least, total - st.freed - trigger)
         chosen, gain = st.chosen, 0
         if not _may_step(candidates, remembered, clear_at_least, input_allowed):
-            candidates = []  # (their stubs are not even computed)
+            candidates = [c for c in candidates if st.free_step(c[0])]  # (the others' stubs are not even computed)
         how = recall_wording(ctx, st.state, st.key) if candidates else ""
         for s, toks in candidates:
             if gain >= need:
@@ -810,10 +819,11 @@ def _choose(st: _Clearing) -> None:
             if g > 0:
                 chosen.append((s, rec))
                 gain += g
-        if chosen and gain >= clear_at_least:
-            for s, rec in chosen:
-                if st.apply(s, rec, True):
-                    new_recs[s.id] = rec
+        if gain < clear_at_least:  # too small a step, but at a free moment
+            chosen[:] = [(s, rec) for s, rec in chosen if st.free_step(s)]
+        for s, rec in chosen:
+            if st.apply(s, rec, True):
+                new_recs[s.id] = rec
     if cfg.stale_after and not new_recs and not ctl.holds(total - st.freed, ctx.settings):
         _stale_step(st)
 

@@ -627,6 +627,29 @@ def test_a_free_moment_clears_below_the_trigger(cw_home):
     h.close()
 
 
+def test_a_new_turn_that_drops_thinking_is_a_free_moment_from_where_the_prompt_changes(cw_home):
+    """A model that drops earlier turns' thinking (before Opus 4.5) writes the prompt again from the
+    previous turn's first thinking block when a new user message arrives: a step from there on costs
+    nothing extra, so it goes below ``clear_at_least`` there, and no further back (within the provider's
+    20-block lookback; further back the whole prompt is written again). Such a step takes the results of
+    the tools whose output goes stale (``stale_after``: Bash here), not the Reads. No thinking, or a model
+    that keeps it: no free moment."""
+    def cleared(**body_kw) -> list[str]:
+        h = harness(cw_home, trigger_tokens=1_000, clear_at_least=10_000_000, keep_recent=0, stale_after={"Bash": 2})
+        got = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=400, **body_kw))
+        h.close()
+        return sorted(tid for tid, c in results_of(got.body).items() if is_stub(c))
+
+    assert cleared(seed=0) == ["toolu_0_16"]  # the last turn's results only (its Bash; its Read stays)
+    assert len(cleared(seed=3, tools_per_turn=12)) == 8 * 6  # a turn of 12 calls: past the lookback, every Bash
+    assert cleared(seed=1, thinking=False) == []
+    body = anthropic_tool_loop(8, result_words=400, seed=2)
+    body["model"] = "claude-opus-4-5"
+    h = harness(cw_home, trigger_tokens=1_000, clear_at_least=10_000_000, keep_recent=0)
+    assert not h.send(ApiKind.ANTHROPIC, body).changed
+    h.close()
+
+
 def bash_loop(calls: int, words_each: int = 300) -> dict:
     """A session of one user message and ``calls`` Bash calls, each answered by a long output."""
     msgs: list[dict] = [{"role": "user", "content": "run the server until it starts"}]

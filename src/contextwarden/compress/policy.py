@@ -1,5 +1,5 @@
-"""What the policy reads beyond one request: a session's rhythm (when the provider's cached prefix has
-expired, a rewrite costs nothing extra: a *free moment*), and what a tenant's sessions taught clearing
+"""What the policy reads beyond one request: a session's rhythm (when the provider writes the prefix again
+anyway, a rewrite costs nothing extra: a *free moment*), and what a tenant's sessions taught clearing
 (:class:`LearnedPolicy`: which tools' and paths' cleared output the model fetched again).
 
 The request time is the trace's own when replaying (``ctx.notes["replay"]["ts"]``), the wall clock
@@ -13,6 +13,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from contextwarden.wire.cost import LOOKBACK_BLOCKS
+from contextwarden.wire.dialects import ANTHROPIC
+from contextwarden.wire.tokens import current_turn_start, starts_turn, strips_thinking
 
 NS_SEEN = "compaction_seen"  # per session: the last request's time, the streak of warm requests
 
@@ -30,6 +34,34 @@ def prefix_expired(ctx: Any, store: Any, key: str, ttl: float) -> bool:
     seen = store.get(NS_SEEN, key) or {}
     last = seen.get("last")
     return isinstance(last, (int, float)) and request_time(ctx) - last > ttl
+
+
+def free_from(ctx: Any, store: Any, key: str, ttl: float) -> int | None:
+    """The first message from which the provider writes this request's prompt again whatever is sent (a
+    free moment: a rewrite from there on costs nothing extra), or None. 0 when the cached prefix has
+    expired; when this request starts a new turn and the model drops earlier turns' thinking blocks, the
+    first message of the previous turn that held one (the previous request's cached prefix differs from
+    there on: wire.cost), or 0 when that is more than the provider's lookback (20 blocks) before the last
+    message, the breakpoint a client like Claude Code sets: no cached entry but the system prompt's is
+    found then."""
+    if prefix_expired(ctx, store, key, ttl):
+        return 0
+    body = ctx.original if isinstance(ctx.original, dict) else {}
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs or not starts_turn(msgs[-1]) \
+            or not strips_thinking(str(body.get("model") or "")) or ANTHROPIC.provider_context(body).keeps_thinking:
+        return None
+    for i in range(current_turn_start(msgs[:-1]), len(msgs) - 1):
+        c = msgs[i].get("content") if isinstance(msgs[i], dict) and msgs[i].get("role") == "assistant" else None
+        if isinstance(c, list) and any(map(_thinking, c)):
+            blocks = sum(sum(not _thinking(b) for b in m["content"]) if isinstance(m, dict) and isinstance(m.get("content"), list)
+                         else 1 for m in msgs[i:])  # (as the provider counts them: without the dropped thinking)
+            return i if blocks <= LOOKBACK_BLOCKS else 0
+    return None
+
+
+def _thinking(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") in ("thinking", "redacted_thinking")
 
 
 # ---------------------------------------------------------------------------- the learned policy
