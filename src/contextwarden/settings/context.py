@@ -81,8 +81,10 @@ class ClearingSection(Section):
     applies what was learned without learning more."""
 
     cold_trigger_factor: float = 1.0
-    """When the cached prefix has expired (previous request more than ``compaction.cache_ttl_s`` ago), a
-    step needs only ``trigger_tokens`` times this and clears any amount. 1.0: off."""
+    """At a free moment (the provider writes the prompt again anyway: the cached prefix expired, previous
+    request more than ``compaction.cache_ttl_s`` ago, or a new turn of a model that drops earlier thinking), a
+    step needs only ``trigger_tokens`` times this; there, results of ``stale_after`` tools after that point
+    go whatever the step's size. 1.0: the trigger unchanged."""
 
     stale_after: dict[str, int] = {}
     """Tool name -> N: a result of that tool is stale once N later calls of the same tool followed it (a
