@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from contextwarden.cli import main
@@ -101,3 +102,20 @@ def test_each_store_seals_with_its_own_key(cw_home):
     other.close()
     mine.close()
     assert readable(cw_home, SECRET) == []
+
+
+def test_the_memory_cli_seals_with_the_key_file_of_the_settings(cw_home, tmp_path, monkeypatch):
+    kf = tmp_path / "cw.key"
+    kf.write_text(new_key())
+    monkeypatch.setenv("CONTEXTWARDEN_STATE__KEY_FILE", str(kf))
+    records = tmp_path / "in.jsonl"
+    records.write_text(orjson.dumps(item(f"the {SECRET} are in the vault").to_record()).decode() + "\n")
+    assert main(["memory", "import", str(records), "--home", str(cw_home)]) == 0
+    assert readable(cw_home, SECRET) == []
+    out = tmp_path / "out.jsonl"
+    assert main(["memory", "export", str(out), "--home", str(cw_home)]) == 0
+    assert SECRET in out.read_text()
+    s = store(cw_home)  # given no key: the environment's, none
+    with pytest.raises(SealError, match="no key is set"):
+        list(s.iter_items())
+    s.close()
