@@ -18,7 +18,7 @@ from ..memory.embedder import load_embedder
 from ..memory.store import MemoryStore
 from ..settings import Settings, SettingsError, load_settings
 from ..util.home import ensure_home
-from ..util.sealing import SealError, configure
+from ..util.sealing import Sealer, SealError, load_key
 from . import Fail
 from ._common import add_home_profile, ask_proxy, credential_from, home_of
 
@@ -58,7 +58,7 @@ def _open(args, write: bool = False, embed: bool = False) -> tuple[MemoryStore, 
     home = ensure_home(home_of(args))
     try:
         settings = load_settings(args.profile, home)
-        configure(settings.state.key_file or None)  # stored documents are sealed when a key is set
+        sealer = Sealer(load_key(settings.state.key_file))  # stored documents are sealed when a key is set
     except (SettingsError, SealError) as e:
         raise Fail(str(e)) from None
     embedder = None
@@ -67,7 +67,7 @@ def _open(args, write: bool = False, embed: bool = False) -> tuple[MemoryStore, 
         print(msg, file=sys.stderr)
     if not settings.memory.chroma_url and not write and not (home / "chroma").is_dir():
         raise Fail(f"no memory stored under {home} yet", 0)
-    store = MemoryStore(home, settings.memory, embedder, read_only=not write)
+    store = MemoryStore(home, settings.memory, embedder, read_only=not write, sealer=sealer)
     if not store.available:
         raise Fail(f"memory store unavailable: {store.error}")
     return store, settings

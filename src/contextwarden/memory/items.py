@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..util import sealing
 from .ids import content_hash
 
 KINDS = ("message", "tool_result", "chunk")
@@ -93,8 +92,6 @@ class MemoryItem:
             if not isinstance(text, Mapping):
                 raise TypeError("from_record(text, metadata) or from_record(record)")
             metadata, text = text, text["text"]
-        else:  # a Chroma document: sealed when a key was set (sealing.py); a wrong key raises SealError
-            text = sealing.current().open_text(str(text))
         md = metadata
         return cls(
             text=str(text),

@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 from rapidfuzz import fuzz, process
 
-from ..util import sealing
+from ..util.sealing import Sealer, SealError
 from .items import MemoryItem
 from .tagger import STOPWORDS, stem
 
@@ -377,7 +377,7 @@ class LexicalIndex:
 SNAPSHOT_VERSION = 2  # 2: JSON escapes separate words (an index saved before has other terms)
 
 
-def save_snapshot(index: LexicalIndex, path: str | os.PathLike, key: dict) -> int:
+def save_snapshot(index: LexicalIndex, path: str | os.PathLike, key: dict, sealer: Sealer) -> int:
     """Write the index to ``path`` (numpy ``.npz``, no pickle: arrays, and JSON as bytes), with ``key``
     (what the store looked like: :func:`load_snapshot` refuses a snapshot of another state). Atomic.
     Returns the items written."""
@@ -417,17 +417,17 @@ def save_snapshot(index: LexicalIndex, path: str | os.PathLike, key: dict) -> in
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     with open(tmp, "wb") as f:
-        f.write(sealing.current().seal(buf.getvalue()))  # holds every item's text: sealed like the store
+        f.write(sealer.seal(buf.getvalue()))  # holds every item's text: sealed like the store
     os.replace(tmp, path)
     return n
 
 
-def load_snapshot(path: str | os.PathLike, key: dict | None = None) -> LexicalIndex | None:
+def load_snapshot(path: str | os.PathLike, key: dict | None, sealer: Sealer) -> LexicalIndex | None:
     """The index saved by :func:`save_snapshot`, or None when there is none, it is unreadable, or it was
     saved for another ``key`` (the store changed since)."""
     try:
-        z = np.load(io.BytesIO(sealing.current().open(Path(path).read_bytes())), allow_pickle=False)
-    except (OSError, ValueError, sealing.SealError):
+        z = np.load(io.BytesIO(sealer.open(Path(path).read_bytes())), allow_pickle=False)
+    except (OSError, ValueError, SealError):
         return None  # (sealed with another key: rebuilt from the store, which then says what is wrong)
     with z:
         try:

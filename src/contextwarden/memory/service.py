@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..util import redact as secrets
 from ..util.lru import LRU
+from ..util.sealing import Sealer, load_key
 from .client import RemoteMemoryService, store_key
 from .embedder import CachedEmbedder, load_embedder
 from .embedworker import BackgroundEmbedder
@@ -120,7 +121,7 @@ class MemoryService:
                     self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:
                 return
-            self.store = MemoryStore(self.home, m, self.embedder)
+            self.store = MemoryStore(self.home, m, self.embedder, sealer=Sealer(load_key(self.settings.state.key_file)))
             if not self.store.available:
                 self.error = self.store.error
                 self.bus.emit("error", {"where": "memory", "message": self.error,
@@ -171,7 +172,7 @@ class MemoryService:
         """The lexical index from its snapshot when it matches the store, else rebuilt from Chroma."""
         t = time.perf_counter()
         try:
-            snap = load_snapshot(self.lexical_path, store.fingerprint())
+            snap = load_snapshot(self.lexical_path, store.fingerprint(), store.sealer)
         except Exception:
             snap = None
         if snap is not None:
@@ -200,7 +201,7 @@ class MemoryService:
             n = len(self.lexical)
             if n == self._lexical_saved_n:
                 return False
-            save_snapshot(self.lexical, self.lexical_path, self.store.fingerprint())
+            save_snapshot(self.lexical, self.lexical_path, self.store.fingerprint(), self.store.sealer)
             self._lexical_saved_n = n
             return True
         except Exception as e:

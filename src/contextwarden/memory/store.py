@@ -36,8 +36,8 @@ from urllib.parse import urlparse
 
 import orjson
 
-from ..util import sealing
 from ..util.redact import redact_secrets
+from ..util.sealing import Sealer, load_key
 from .items import MemoryItem
 
 if TYPE_CHECKING:
@@ -150,8 +150,9 @@ class MemoryStore:
     """
 
     def __init__(self, home: Path | str, settings: MemorySection, embedder: Embedder | CachedEmbedder | None,
-                 *, read_only: bool = False) -> None:
+                 *, read_only: bool = False, sealer: Sealer | None = None) -> None:
         self.home = Path(home)
+        self.sealer = sealer if sealer is not None else Sealer(load_key())  # default: CONTEXTWARDEN_KEY only
         self.settings = settings
         self.embedder = embedder
         self.read_only = read_only
@@ -337,7 +338,7 @@ class MemoryStore:
                     idx = ks[i:i + step]
                     batch = [items[k] for k in idx]
                     docs = [it.text for it in batch]  # embedded as they are; stored sealed when a key is set
-                    kw = {"ids": [it.id for it in batch], "documents": [sealing.current().seal_text(d) for d in docs],
+                    kw = {"ids": [it.id for it in batch], "documents": [self.sealer.seal_text(d) for d in docs],
                           "metadatas": [it.to_metadata() for it in batch]}
                     if part is None:
                         col.add(embeddings=[_PLACEHOLDER] * len(batch), **kw)
@@ -364,7 +365,7 @@ class MemoryStore:
                 got = self._text_col.get(limit=n, include=["documents", "metadatas"])
                 if not got["ids"]:
                     break
-                items = [MemoryItem.from_record(d, m) for d, m in zip(got["documents"], got["metadatas"])]
+                items = [self._item(d, m) for d, m in zip(got["documents"], got["metadatas"])]
                 self.add_items(items, _moving=True)  # deduplicated against what the partitions hold
                 self._text_col.delete(ids=got["ids"])
                 moved += len(got["ids"])
@@ -410,7 +411,7 @@ class MemoryStore:
                 # the partition already did this; a second check costs nothing and guards isolation
                 if md.get("tenant") not in allowed and not (workspace and md.get("workspace") == workspace):
                     continue
-                scored.append((float(dist), MemoryItem.from_record(doc, md)))
+                scored.append((float(dist), self._item(doc, md)))
         scored.sort(key=lambda x: x[0])
         return [(it, min(1.0, max(0.0, 1.0 - d))) for d, it in scored[:n]]
 
@@ -424,12 +425,16 @@ class MemoryStore:
         out = []
         for col in self._partitions_for(tenants, workspace):
             got = col.get(where=cond, include=["documents", "metadatas"])
-            out += [MemoryItem.from_record(d, m) for d, m in zip(got["documents"], got["metadatas"])]
+            out += [self._item(d, m) for d, m in zip(got["documents"], got["metadatas"])]
         got = self._text_col.get(where=_where_and(tenant_where(tenants, workspace), cond), include=["documents", "metadatas"])
-        out += [MemoryItem.from_record(d, m) for d, m in zip(got["documents"], got["metadatas"])]
+        out += [self._item(d, m) for d, m in zip(got["documents"], got["metadatas"])]
         allowed = set(tenants)
         return sorted((it for it in out if it.tenant in allowed or (workspace and it.workspace == workspace)),
                       key=lambda it: (it.turn, it.ts))
+
+    def _item(self, doc: str, md: dict) -> MemoryItem:
+        """A Chroma document (sealed when a key is set; a wrong key raises SealError) + its metadata."""
+        return MemoryItem.from_record(self.sealer.open_text(str(doc)), md)
 
     def _pages(self, col: Any, where: dict | None, include: list[str]) -> Iterator[dict]:
         offset = 0
@@ -458,7 +463,7 @@ class MemoryStore:
         for col, w in groups:
             for got in self._pages(col, w, ["documents", "metadatas"]):
                 for d, m in zip(got["documents"], got["metadatas"]):
-                    yield MemoryItem.from_record(d, m)
+                    yield self._item(d, m)
 
     def _metadatas(self) -> Iterator[dict]:
         for col in self._collections():

@@ -25,9 +25,8 @@ from typing import Any, cast
 import orjson
 
 from ..settings import SettingsError
-from ..util import sealing
 from ..util.lru import LRU
-from ..util.sealing import Sealer, SealError
+from ..util.sealing import Sealer, SealError, load_key
 
 KEY_CHECK = ("_meta", "key_check")  # a sealed marker: a wrong or missing key is found at start-up
 
@@ -325,7 +324,7 @@ class RedisStateStore(Codec):
 def open_state(settings, home: Path, bus=None) -> Codec:
     """The backend ``state.url`` names (empty: SQLite under ``home``), sealed when a key is set.
     Raises :class:`SealError` when the stored data needs another key."""
-    sealer = sealing.configure(settings.state.key_file or None)
+    sealer = Sealer(load_key(settings.state.key_file))
     url = (settings.state.url or "").strip()
     if url.startswith(("redis://", "rediss://", "unix://")):
         st: Codec = RedisStateStore(url, sealer, bus=bus, prefix=settings.state.prefix)

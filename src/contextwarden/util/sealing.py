@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import threading
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -105,27 +104,3 @@ class Sealer:
             return text
         return self.open(blob).decode("utf-8")
 
-
-_current: Sealer | None = None  # until configure(): the key from the environment only
-_current_lock = threading.Lock()
-
-
-def configure(key_file: str | os.PathLike | None = None) -> Sealer:
-    """Load the process's key (environment, else ``key_file``) and make it the current sealer."""
-    global _current
-    s = Sealer(load_key(key_file))
-    with _current_lock:
-        _current = s
-    return s
-
-
-def current() -> Sealer:
-    """The process's sealer (the memory store reads it); configured from the environment on first use
-    when nothing called :func:`configure`."""
-    s = _current
-    if s is None:
-        with _current_lock:
-            s = _current
-        if s is None:
-            s = configure()
-    return s

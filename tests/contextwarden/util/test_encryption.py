@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from contextwarden.cli import main
 from contextwarden.memory.lexical import LexicalIndex, load_snapshot, save_snapshot
+from contextwarden.memory.store import MemoryStore
 from contextwarden.models.base import ApiKind
-from contextwarden.util import sealing
-from contextwarden.util.sealing import SealError, new_key
+from contextwarden.settings.memory import MemorySection
+from contextwarden.util.sealing import Sealer, SealError, new_key, parse_key
 from tests.support.memstore import item, store
 from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides
 
@@ -23,10 +25,8 @@ SECRET = "quokka-zebra-launch-codes"
 def key(monkeypatch):
     k = new_key()
     monkeypatch.setenv("CONTEXTWARDEN_KEY", k)
-    sealing.configure()
     yield k
     monkeypatch.delenv("CONTEXTWARDEN_KEY", raising=False)
-    sealing._current = None  # the next test reads its own environment
 
 
 def readable(home: Path, needle: str) -> list[str]:
@@ -44,8 +44,8 @@ def test_memory_documents_are_sealed_and_still_found_by_meaning(cw_home, tmp_pat
     snap = cw_home / "memory-lexical.npz"
     lex = LexicalIndex()
     lex.add(items)
-    save_snapshot(lex, snap, {"k": 1})
-    assert load_snapshot(snap, {"k": 1}) is not None
+    save_snapshot(lex, snap, {"k": 1}, s.sealer)
+    assert load_snapshot(snap, {"k": 1}, s.sealer) is not None
     s.close()
     assert readable(cw_home, SECRET) == [] and readable(cw_home, "sqlite for the state") == []
 
@@ -63,16 +63,16 @@ def test_memory_documents_are_sealed_and_still_found_by_meaning(cw_home, tmp_pat
 
     # a wrong key, or none: a clear error, never garbage
     monkeypatch.setenv("CONTEXTWARDEN_KEY", new_key())
-    sealing.configure()
-    s3 = store(cw_home)
+    s3 = store(cw_home)  # each store reads its key when it opens
     with pytest.raises(SealError, match="wrong key"):
         list(s3.iter_items())
-    assert load_snapshot(snap, {"k": 1}) is None  # (rebuilt from the store, which says what is wrong)
-    monkeypatch.delenv("CONTEXTWARDEN_KEY")
-    sealing.configure()
-    with pytest.raises(SealError, match="no key is set"):
-        list(s3.iter_items())
+    assert load_snapshot(snap, {"k": 1}, s3.sealer) is None  # (rebuilt from the store, which says what is wrong)
     s3.close()
+    monkeypatch.delenv("CONTEXTWARDEN_KEY")
+    s4 = store(cw_home)
+    with pytest.raises(SealError, match="no key is set"):
+        list(s4.iter_items())
+    s4.close()
 
 
 def test_session_decisions_are_sealed_in_the_state_file(cw_home, key):
@@ -88,3 +88,34 @@ def test_session_decisions_are_sealed_in_the_state_file(cw_home, key):
     h.close()
     assert stub.startswith("[") and readable(cw_home, stub[:40]) == []
     assert readable(cw_home, "toolu_0_1") == []  # not even the ids a record is keyed by
+
+
+def test_each_store_seals_with_its_own_key(cw_home):
+    """No process-wide key: a second store of the same process, given another key, cannot read the
+    first one's documents, and the first still can."""
+    mine = MemoryStore(cw_home, MemorySection(), None, sealer=Sealer(parse_key(new_key())))
+    assert mine.add([item(f"the {SECRET} are in the vault")]) == 1
+    other = MemoryStore(cw_home, MemorySection(), None, read_only=True, sealer=Sealer(parse_key(new_key())))
+    with pytest.raises(SealError, match="wrong key"):
+        list(other.iter_items())
+    assert [x.text for x in mine.iter_items()] == [f"the {SECRET} are in the vault"]
+    other.close()
+    mine.close()
+    assert readable(cw_home, SECRET) == []
+
+
+def test_the_memory_cli_seals_with_the_key_file_of_the_settings(cw_home, tmp_path, monkeypatch):
+    kf = tmp_path / "cw.key"
+    kf.write_text(new_key())
+    monkeypatch.setenv("CONTEXTWARDEN_STATE__KEY_FILE", str(kf))
+    records = tmp_path / "in.jsonl"
+    records.write_text(orjson.dumps(item(f"the {SECRET} are in the vault").to_record()).decode() + "\n")
+    assert main(["memory", "import", str(records), "--home", str(cw_home)]) == 0
+    assert readable(cw_home, SECRET) == []
+    out = tmp_path / "out.jsonl"
+    assert main(["memory", "export", str(out), "--home", str(cw_home)]) == 0
+    assert SECRET in out.read_text()
+    s = store(cw_home)  # given no key: the environment's, none
+    with pytest.raises(SealError, match="no key is set"):
+        list(s.iter_items())
+    s.close()
