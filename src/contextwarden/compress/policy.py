@@ -11,12 +11,15 @@ it, reads the previous request's time there.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import compress, count
+from operator import itemgetter
 from typing import Any
 
 from contextwarden.wire.cost import LOOKBACK_BLOCKS
-from contextwarden.wire.dialects import ANTHROPIC
-from contextwarden.wire.tokens import current_turn_start, starts_turn, strips_thinking
+from contextwarden.wire.dialects import NO_PROVIDER
+from contextwarden.wire.tokens import current_turn_start, starts_turn, strips_thinking, turn_start_of
 
 NS_SEEN = "compaction_seen"  # per session: the last request's time, the streak of warm requests
 
@@ -49,15 +52,25 @@ def free_from(ctx: Any, store: Any, key: str, ttl: float) -> int | None:
     body = ctx.original if isinstance(ctx.original, dict) else {}
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs or not starts_turn(msgs[-1]) \
-            or not strips_thinking(str(body.get("model") or "")) or ANTHROPIC.provider_context(body).keeps_thinking:
+            or not strips_thinking(str(body.get("model") or "")) or ctx.notes.get("provider", NO_PROVIDER).keeps_thinking:
         return None
-    for i in range(current_turn_start(msgs[:-1]), len(msgs) - 1):
-        c = msgs[i].get("content") if isinstance(msgs[i], dict) and msgs[i].get("role") == "assistant" else None
-        if isinstance(c, list) and any(map(_thinking, c)):
-            blocks = sum(sum(not _thinking(b) for b in m["content"]) if isinstance(m, dict) and isinstance(m.get("content"), list)
-                         else 1 for m in msgs[i:])  # (as the provider counts them: without the dropped thinking)
-            return i if blocks <= LOOKBACK_BLOCKS else 0
-    return None
+    kept = ctx.history.tokens_kept if ctx.history is not None else None
+    if kept and kept[0] is msgs:  # the original's per-message counts (thinking tokens second): a C-speed scan
+        start = turn_start_of(kept[1][:-1])
+        held: Iterator[int] = compress(count(start), map(itemgetter(1), kept[1][start:-1]))
+    else:
+        held = (i for i in range(current_turn_start(msgs[:-1]), len(msgs) - 1) if _holds_thinking(msgs[i]))
+    i = next(held, None)
+    if i is None:
+        return None
+    blocks = sum(sum(not _thinking(b) for b in m["content"]) if isinstance(m, dict) and isinstance(m.get("content"), list)
+                 else 1 for m in msgs[i:])  # (as the provider counts them: without the dropped thinking)
+    return i if blocks <= LOOKBACK_BLOCKS else 0
+
+
+def _holds_thinking(m: Any) -> bool:
+    c = m.get("content") if isinstance(m, dict) and m.get("role") == "assistant" else None
+    return isinstance(c, list) and any(map(_thinking, c))
 
 
 def _thinking(block: Any) -> bool:
