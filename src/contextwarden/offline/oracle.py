@@ -20,14 +20,13 @@ from contextwarden.plugins.clearing import INPUT_VALUE_CHARS, _value_text, input
 
 from ..settings import _deep_merge, load_settings
 from ..wire.conversation import result_text
-from ..wire.cost import READ_MULT, TTL_5M, WRITE_MULT, Boundary, PromptCache, boundaries, price_for
+from ..wire.cost import LOOKBACK_BLOCKS, READ_MULT, TTL_5M, WRITE_MULT, Boundary, PromptCache, boundaries, price_for
 from ..wire.dialects import ANTHROPIC
 from ..wire.tokens import TokenCounter, current_turn_start
 from .fidelity import FidelityCounter, Incremental, Indexer, answer_items
 from .fidelity import _walk_strings as _strings
 from .replay import TOKENIZER_WAIT_S, ReplayReport, RequestResult, _pct, _render, load_trace, lost_cell
 
-LOOKBACK = 20  # blocks the provider looks back from a breakpoint (cost.LOOKBACK_BLOCKS)
 SCAN_BACK = 40  # earlier requests whose cached end is looked for at a rewrite
 
 
@@ -347,7 +346,7 @@ class _Reads:
             e = len(reqs[k].bounds) - 1
             if reqs[k].model != q.model or q.ts - self.touched[k] > TTL_5M:
                 continue
-            if e < common and e < limit and e >= last - LOOKBACK:
+            if e < common and e < limit and e >= last - LOOKBACK_BLOCKS:
                 if e >= q.n_sys - 1 and reqs[k].total >= price_for(q.model).min_cache:
                     return reqs[k].total - self.sav[k][r]
         prev = reqs[t - 1] if t else None

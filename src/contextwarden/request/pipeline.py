@@ -30,7 +30,7 @@ from ..store.bodies import record
 from ..util.redact import redact_headers, redact_path, tenant_of
 from ..wire.dialects import NO_PROVIDER, dialect, validate_rewrite
 from ..wire.history import Conversation, History, Typed
-from ..wire.tokens import current_turn_start, strips_thinking
+from ..wire.tokens import strips_thinking, turn_start_of
 from ..wire.validate import FactCache
 from .agents import derive_agent
 from .context import BlockedResponse, Incoming, RequestContext
@@ -205,8 +205,8 @@ def _provider_dropped(ctx: RequestContext) -> int:
     kept = ctx.history.tokens_kept if pc.dropped or pc.keeps_thinking else None
     if not kept:
         return 0
-    msgs, entries = kept[0], kept[1]
-    cut = current_turn_start(msgs) if dialect(ctx.api).thinking_dropped and strips_thinking(ctx.model) else 0
+    entries = kept[1]
+    cut = turn_start_of(entries) if dialect(ctx.api).thinking_dropped and strips_thinking(ctx.model) else 0
     off = sum(t - (th if i < cut else 0) for i, (t, th, _) in enumerate(entries[:pc.dropped]))
     if pc.keeps_thinking:
         off -= sum(th for _, th, _ in entries[pc.dropped:cut])
