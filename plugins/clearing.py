@@ -681,7 +681,7 @@ def _begin(ctx, decide: bool) -> _Clearing | None:
     # (the end of the conversation, where locks and unseen results are, is done again)
     cut = unseen_from - 1 if history is not None else None
     slots, calls_at_cut = find_slots(ctx.api, ctx.request, edits, history, prior, cut)
-    locked = d.locked_inputs(ctx.request)
+    locked = d.locked_inputs(ctx.request, ctx.history)
     if not slots:
         return None
     state = state_cache(ctx.runtime)
@@ -891,7 +891,7 @@ def _stale_step(st: _Clearing) -> None:
         candidates.append((s, toks, freed, rewritten))
     if not candidates or freed < cfg.stale_at_least:
         return
-    so_far = sum(1 for m in msgs if getattr(m, "role", None) == "assistant")
+    so_far = sum(ctx.history.memos(msgs, _ASSISTANT, _is_assistant))  # (remembered per message: a repeat reads its new ones)
     take = max((k + 1 for k, (_, _, f, r) in enumerate(candidates)
                 if f >= cfg.stale_at_least and f * so_far >= STALE_PAYBACK * r), default=0)
     if not take:
@@ -902,6 +902,13 @@ def _stale_step(st: _Clearing) -> None:
         if st.apply(s, rec, True):
             st.new_recs[s.id] = rec
     st.chosen.extend(chosen)
+
+
+_ASSISTANT = ("clearing", "assistant")
+
+
+def _is_assistant(m: Any) -> bool:
+    return getattr(m, "role", None) == "assistant"
 
 
 def _call_key(s: Slot) -> str:
