@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, repeat
 from operator import attrgetter, is_, not_
 from typing import TYPE_CHECKING, Any
 
@@ -140,6 +140,7 @@ def prepare(runtime: Runtime, req: Incoming) -> RequestContext:
 
 
 _OBJ = attrgetter("obj")  # (of each history entry, at C speed)
+_MEMO = attrgetter("memo")
 _PROVIDER = "provider"  # the conversation's slot: where the latest compaction block of the messages seen is
 _HEAD = "tokens.head"  # the conversation's slot: the count of its latest body's tools and system (TokenCounter.count_request)
 
@@ -228,11 +229,12 @@ def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list[
     if entries is None:
         return tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, **kw), (keep[0] if keep else None)
     key = ("tokens", tokens.encoding_of(ctx.model))
-    known = [e.memo.get(key) if e is not None else None for e in entries]
+    known = [e.memo.get(key) if e is not None else None for e in entries] if None in entries else \
+        list(map(dict.get, map(_MEMO, entries), repeat(key)))  # (every message has its entry: at C speed)
     n = tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, known=known, **kw)
     if keep and len(keep[0][1]) == len(entries):
         got = keep[0][1]
-        for i in [i for i, k in enumerate(known) if k is None]:
+        for i in compress(range(len(known)), map(is_, known, repeat(None))):
             e = entries[i]
             if e is not None:
                 e.memo[key] = got[i]
