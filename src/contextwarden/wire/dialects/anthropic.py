@@ -24,6 +24,7 @@ from ..validate import (
     dumps,
     last_role_changed,
     role_of,
+    roles_of,
     same_bytes,
 )
 from .base import (
@@ -118,8 +119,8 @@ class Anthropic(Dialect):
         f = _fold(msgs, _keys(msgs, orig_msgs, original_raw, raw), facts if facts is not None else FactCache(max_bytes=0),
                   checkpoints if checkpoints is not None else Checkpoints(size=0))
         found, others = f.problems, []
-        if f.others_new or any(p[0][0] == "consecutive" for p in found):  # (rare: only then the original's roles)
-            orig_roles = [role_of(m) for m in orig_msgs]
+        if f.others_new or any(p[0][0] == "consecutive" for p in found):  # (Claude Code sends a system message: every request)
+            orig_roles = roles_of(orig_msgs)
             pairs = frozenset(zip(orig_roles, orig_roles[1:]))
             found = [p for p in found if p[0][0] != "consecutive" or (p[0][1], p[0][1]) not in pairs]
             others = copies_in_order("anthropic", f.others_new,
