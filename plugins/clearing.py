@@ -133,7 +133,7 @@ class Slot:
         else:
             assert self._pos is not None  # (a slot without a setter is one of blocks: placed)
             i, bi, _, _ = self._pos
-            edits.setdefault(i, {})[("r", bi)] = stub
+            _edit(edits, i, ("r", bi), stub)
 
     def set_input(self, new: Any, edits: dict[int, dict[tuple, Any]]) -> None:
         if self.input_setter is not None:
@@ -141,7 +141,13 @@ class Slot:
         else:
             assert self._pos is not None
             _, _, ci, ui = self._pos
-            edits.setdefault(ci, {})[("i", ui)] = new  # a new dict: the client's is never mutated
+            _edit(edits, ci, ("i", ui), new)  # a new dict: the client's is never mutated
+
+
+def _edit(edits: dict[int, dict[tuple, Any]], i: int, key: tuple, value: Any) -> None:
+    """Record a change of message ``i`` in ``edits`` as a new dict of its changes, never changing one in
+    place: step 1's edits are then carried to the next request and copied at C speed (_reapply)."""
+    edits[i] = {**edits.get(i, {}), key: value}
 
 
 # Memo sizes (least recently used out). Every remembered result is fingerprinted on every request, and
@@ -359,11 +365,11 @@ def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
             ci, ti, fn = c.message, c.block, c.function
 
             def setter(stub: str, i=i) -> None:
-                edits.setdefault(i, {})[("r", 0)] = stub
+                _edit(edits, i, ("r", 0), stub)
 
             def set_input(new: Any, ci=ci, ti=ti) -> None:
                 # arguments stay a JSON string of an object
-                edits.setdefault(ci, {})[("a", ti)] = orjson.dumps(new).decode()
+                _edit(edits, ci, ("a", ti), orjson.dumps(new).decode())
 
             ok = fn is not None and isinstance(fn.arguments, str)
             slots.append(Slot(i, m.tool_call_id, c.name, c.input, m.content, setter, c.order, ci,
@@ -723,7 +729,7 @@ def _reapply(st: _Clearing) -> None:
                 and bnd == st.boundary:
             st.resumed = True
             p_edits, p_cleared, p_by_index, p_freed, p_counts, p_done, first = effects
-            edits.update({i: dict(e) for i, e in p_edits.items()})
+            edits.update(p_edits)  # (a message's changes are never changed in place: _edit)
             cleared.extend(p_cleared)
             by_index.update(p_by_index)
             st.freed = p_freed
@@ -738,7 +744,7 @@ def _reapply(st: _Clearing) -> None:
 
     def step1_effects(si: int) -> tuple:
         """What step 1 has done so far, up to slot ``si`` (copies: the carry is read-only)."""
-        return {i: dict(e) for i, e in edits.items()}, list(cleared), dict(by_index), st.freed, dict(counts), set(done), si
+        return dict(edits), list(cleared), dict(by_index), st.freed, dict(counts), set(done), si
 
     if remembered:
         for si in range(first, len(slots)):
