@@ -127,7 +127,7 @@ class _Engine:
         w = self.writer
         if self.closed or w is None or w.is_closing():
             return False
-        w.write(frames.encode(op, key, payload))
+        w.writelines(frames.encode(op, key, payload))
         return True
 
     async def call(self, op: str, payload: Any, key: Any = None) -> dict[str, Any] | None:
@@ -313,7 +313,7 @@ class EngineLink:
         if eng is not None and got[0] == HTTP and (eng.passive or self._bypass_asked(eng, flow)):
             self._forward(eng, flow, got[1].value)
             return
-        reply = await eng.call("request", flow.get_state()) if eng is not None else None
+        reply = await eng.call("request", frames.flow_state(flow)) if eng is not None else None
         if reply is None or "error" in reply:
             self._failed_open(eng, flow, reply["error"] if reply is not None else "no answer from the engine")
             return
@@ -408,8 +408,8 @@ class EngineLink:
         if observed is None:
             self.engine.send("end", flow.id, {"response": resp, "replaced": not streamed, "error": error})
             return
-        state = flow.get_state()
-        state.update(request=observed.request, response=None, error=None)  # (the engine reads the request first)
+        state = frames.flow_state(flow)
+        state["request"] = observed.request  # (the engine reads the request as it came first)
         if resp is not None and observed.chunks:  # the body as it was relayed (None: not streamed, kept whole)
             resp["content"] = b"".join(observed.chunks)
         self.engine.send("observed", flow.id, {"flow": state, "response": resp, "replaced": True, "error": error})

@@ -133,7 +133,7 @@ class Slot:
         else:
             assert self._pos is not None  # (a slot without a setter is one of blocks: placed)
             i, bi, _, _ = self._pos
-            edits.setdefault(i, {})[("r", bi)] = stub
+            _edit(edits, i, ("r", bi), stub)
 
     def set_input(self, new: Any, edits: dict[int, dict[tuple, Any]]) -> None:
         if self.input_setter is not None:
@@ -141,7 +141,13 @@ class Slot:
         else:
             assert self._pos is not None
             _, _, ci, ui = self._pos
-            edits.setdefault(ci, {})[("i", ui)] = new  # a new dict: the client's is never mutated
+            _edit(edits, ci, ("i", ui), new)  # a new dict: the client's is never mutated
+
+
+def _edit(edits: dict[int, dict[tuple, Any]], i: int, key: tuple, value: Any) -> None:
+    """Record a change of message ``i`` in ``edits`` as a new dict of its changes, never changing one in
+    place: step 1's edits are then carried to the next request and copied at C speed (_reapply)."""
+    edits[i] = {**edits.get(i, {}), key: value}
 
 
 # Memo sizes (least recently used out). Every remembered result is fingerprinted on every request, and
@@ -359,11 +365,11 @@ def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
             ci, ti, fn = c.message, c.block, c.function
 
             def setter(stub: str, i=i) -> None:
-                edits.setdefault(i, {})[("r", 0)] = stub
+                _edit(edits, i, ("r", 0), stub)
 
             def set_input(new: Any, ci=ci, ti=ti) -> None:
                 # arguments stay a JSON string of an object
-                edits.setdefault(ci, {})[("a", ti)] = orjson.dumps(new).decode()
+                _edit(edits, ci, ("a", ti), orjson.dumps(new).decode())
 
             ok = fn is not None and isinstance(fn.arguments, str)
             slots.append(Slot(i, m.tool_call_id, c.name, c.input, m.content, setter, c.order, ci,
@@ -681,7 +687,7 @@ def _begin(ctx, decide: bool) -> _Clearing | None:
     # (the end of the conversation, where locks and unseen results are, is done again)
     cut = unseen_from - 1 if history is not None else None
     slots, calls_at_cut = find_slots(ctx.api, ctx.request, edits, history, prior, cut)
-    locked = d.locked_inputs(ctx.request)
+    locked = d.locked_inputs(ctx.request, ctx.history)
     if not slots:
         return None
     state = state_cache(ctx.runtime)
@@ -723,7 +729,7 @@ def _reapply(st: _Clearing) -> None:
                 and bnd == st.boundary:
             st.resumed = True
             p_edits, p_cleared, p_by_index, p_freed, p_counts, p_done, first = effects
-            edits.update({i: dict(e) for i, e in p_edits.items()})
+            edits.update(p_edits)  # (a message's changes are never changed in place: _edit)
             cleared.extend(p_cleared)
             by_index.update(p_by_index)
             st.freed = p_freed
@@ -738,7 +744,7 @@ def _reapply(st: _Clearing) -> None:
 
     def step1_effects(si: int) -> tuple:
         """What step 1 has done so far, up to slot ``si`` (copies: the carry is read-only)."""
-        return {i: dict(e) for i, e in edits.items()}, list(cleared), dict(by_index), st.freed, dict(counts), set(done), si
+        return dict(edits), list(cleared), dict(by_index), st.freed, dict(counts), set(done), si
 
     if remembered:
         for si in range(first, len(slots)):
@@ -891,7 +897,7 @@ def _stale_step(st: _Clearing) -> None:
         candidates.append((s, toks, freed, rewritten))
     if not candidates or freed < cfg.stale_at_least:
         return
-    so_far = sum(1 for m in msgs if getattr(m, "role", None) == "assistant")
+    so_far = sum(ctx.history.memos(msgs, _ASSISTANT, _is_assistant))  # (remembered per message: a repeat reads its new ones)
     take = max((k + 1 for k, (_, _, f, r) in enumerate(candidates)
                 if f >= cfg.stale_at_least and f * so_far >= STALE_PAYBACK * r), default=0)
     if not take:
@@ -902,6 +908,13 @@ def _stale_step(st: _Clearing) -> None:
         if st.apply(s, rec, True):
             st.new_recs[s.id] = rec
     st.chosen.extend(chosen)
+
+
+_ASSISTANT = ("clearing", "assistant")
+
+
+def _is_assistant(m: Any) -> bool:
+    return getattr(m, "role", None) == "assistant"
 
 
 def _call_key(s: Slot) -> str:

@@ -303,15 +303,15 @@ def effective(cfg, level: str | None, window: int) -> tuple[int, int, int, int]:
     return int(cfg.soft_threshold * f * window), int(cfg.hard_threshold * f * window), int(cfg.target * f * window), protect
 
 
-def _protected_start(api: ApiKind, msgs: list[Any], protect_turns: int) -> int:
+def _protected_start(es: list[Any], protect_turns: int) -> int:
     """First index that must be kept: the ``protect_turns``-th last user turn, and no later than the
-    turn holding the latest assistant message (0: nothing may be compacted). Scans from the end, so
-    it costs what the recent turns cost, not the whole history."""
+    turn holding the latest assistant message (0: nothing may be compacted). Scans the entries from
+    the end, so it costs what the recent turns cost, not the whole history."""
     starts: list[int] = []  # turn starts, latest first
     last_asst = None
     before_asst = None  # the latest turn start before the latest assistant message
-    for i in range(len(msgs) - 1, -1, -1):
-        e = dialect(api).entry(i, msgs[i])
+    for i in range(len(es) - 1, -1, -1):
+        e = es[i]
         if last_asst is None and e.side == "assistant":
             last_asst = i
         if e.turn_start:
@@ -532,7 +532,7 @@ def _decide(f: _Compaction) -> _Decision:
     if not ((t_now > f.soft or ctl.compact_now) and not ctl.holds(t_now, ctx.settings)):
         return out
     store, key, by_index, total = f.store, f.key, f.by_index, f.total
-    es = out.es = dialect(api).entries(orig)
+    es = out.es = dialect(api).entries(orig, ctx.history if orig is dialect(api).messages_of(ctx.original) else None)
     kept = ctx.history.tokens_kept  # the pipeline's per-message counts of the original
     tok = out.tok = [e[0] for e in kept[1]] if kept is not None and kept[0] is orig else \
         [ctx.runtime.tokens.count_message(api, m, ctx.model) for m in orig]
@@ -542,11 +542,11 @@ def _decide(f: _Compaction) -> _Decision:
     # (the files a summary keeps verbatim count at most their budget: cut deeper for them, or the
     # request lands above the target and compacts again soon, re-writing the cache each time)
     est_summary = min(cfg.summary_max_tokens, 400 + prev_summary) + f.ws_budget
-    limits = [_protected_start(api, orig, f.protect)]
+    limits = [_protected_start(es, f.protect)]
     if t_now > f.hard:
         # past hard, protection gives way step by step (one long autonomous turn can fill the window):
         # the latest turn only, then everything before the latest assistant message
-        limits += [_protected_start(api, orig, 1), f.last_asst]
+        limits += [_protected_start(es, 1), f.last_asst]
     limits = [min(hi, f.pin_at) for hi in limits]
     min_span = 1 if ctl.compact_now else cfg.min_span_tokens  # compact now: any span is worth it
     chosen = None

@@ -16,7 +16,7 @@ from contextwarden import hookimpl
 from contextwarden.memory import produced
 from contextwarden.memory.client import NullTagger
 from contextwarden.memory.envelopes import strip_envelopes, topical
-from contextwarden.memory.retrieve import build_query, human_text, role_of
+from contextwarden.memory.retrieve import build_query, history_items, human_text, role_of
 from contextwarden.memory.service import get_service
 from contextwarden.memory.tagger import Tagger, tag_key
 
@@ -40,6 +40,18 @@ def tagger_for(ctx_or_runtime, settings=None) -> Tagger | NullTagger:
     return tagger
 
 
+_SPOKEN = ("tagging", "spoken")  # a message's memo: a user message with text a person wrote
+
+
+def _last_spoken(ctx, msgs: list) -> int | None:
+    """Index of the last user message with text a person wrote (the one ``build_query`` looks for,
+    walking back over a tool loop's results), from a flag remembered with each message: a repeat
+    request reads only its new messages."""
+    api = ctx.api
+    flags = ctx.history.memos(msgs, _SPOKEN, lambda m: role_of(m) == "user" and bool(human_text(api, m).strip()))
+    return len(flags) - 1 - flags[::-1].index(True) if True in flags else None
+
+
 @hookimpl
 def cw_request(ctx) -> None:
     t = ctx.settings.tagging
@@ -49,7 +61,13 @@ def cw_request(ctx) -> None:
     tagger = tagger_for(ctx)
     msgs = produced.view(ctx)  # as the stages before this one left them (a privacy stage's work)
     clean = ctx.notes.get("clean_text") or {}
-    query, idx = build_query(ctx.api, cast(list, msgs), clean, context_messages=0)
+    current = history_items(ctx.api, ctx.request)
+    if len(current) == len(msgs) and not isinstance(ctx.notes.get("compaction"), dict):  # (the view: message i is current[i])
+        idx = _last_spoken(ctx, current)
+        query = None if idx is None else build_query(ctx.api, [msgs[idx]], {0: clean[idx]} if idx in clean else None,
+                                                     context_messages=0)[0]
+    else:
+        query, idx = build_query(ctx.api, cast(list, msgs), clean, context_messages=0)
     tags = topical(tagger.tag(query.text)) if query is not None else []
     active: set[str] = set()
     if idx is not None and t.active_turns > 0:

@@ -34,7 +34,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
 from mitmproxy import exceptions, hooks, http, options, websocket
 from mitmproxy.flow import Error
@@ -162,7 +162,7 @@ class Engine:
 
     def _send(self, op: str, key: Any = None, payload: Any = None) -> None:
         if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(frames.encode(op, key, payload))
+            self.writer.writelines(frames.encode(op, key, payload))
 
     async def _hook(self, hook: hooks.Hook) -> None:
         if self.master is not None:  # (None once closed)
@@ -186,7 +186,7 @@ class Engine:
     async def request(self, seq: int | None, state: dict) -> None:
         reply: dict[str, Any] = {"watch": False}
         try:
-            flow = cast(http.HTTPFlow, http.HTTPFlow.from_state(state))
+            flow = frames.mirror(state)
             # what the addons put here says whether the flow is watched; the user the proxy credential
             # vouched for stays (the tenant of a request without a provider credential: origin_of), and
             # the route the link took (not taken again)

@@ -15,9 +15,10 @@ import dataclasses
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, is_, not_
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -139,7 +140,9 @@ def prepare(runtime: Runtime, req: Incoming) -> RequestContext:
 
 
 _OBJ = attrgetter("obj")  # (of each history entry, at C speed)
+_MEMO = attrgetter("memo")
 _PROVIDER = "provider"  # the conversation's slot: where the latest compaction block of the messages seen is
+_HEAD = "tokens.head"  # the conversation's slot: the count of its latest body's tools and system (TokenCounter.count_request)
 
 
 def _hand_over(ctx: RequestContext) -> None:
@@ -182,8 +185,12 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
         tokens = ctx.runtime.tokens
         h = ctx.history
         if wire is ctx.original:
-            # each message's count is remembered with its typed message (history.Typed.memo)
-            n, h.tokens_kept = _count_remembering(ctx, wire, h.entries, raw=ctx.message_raw)
+            # each message's count is remembered with its typed message (history.Typed.memo); the
+            # count of tools and system with the conversation, for its next body's same objects
+            got = h.carried(_HEAD)
+            n, h.tokens_kept = _count_remembering(ctx, wire, h.entries, raw=ctx.message_raw, fixed=got and got[1])
+            if h.tokens_kept is not None:
+                h.carry_on(_HEAD, 0, h.tokens_kept[2])
             return n - _provider_dropped(ctx)
         srcs, kept = h.wire_entries, h.tokens_kept
         msgs = wire.get(dialect(ctx.api).history_key)
@@ -222,11 +229,12 @@ def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list[
     if entries is None:
         return tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, **kw), (keep[0] if keep else None)
     key = ("tokens", tokens.encoding_of(ctx.model))
-    known = [e.memo.get(key) if e is not None else None for e in entries]
+    known = [e.memo.get(key) if e is not None else None for e in entries] if None in entries else \
+        list(map(dict.get, map(_MEMO, entries), repeat(key)))  # (every message has its entry: at C speed)
     n = tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, known=known, **kw)
     if keep and len(keep[0][1]) == len(entries):
         got = keep[0][1]
-        for i in [i for i, k in enumerate(known) if k is None]:
+        for i in compress(range(len(known)), map(is_, known, repeat(None))):
             e = entries[i]
             if e is not None:
                 e.memo[key] = got[i]
@@ -243,33 +251,32 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
     orig = ctx.original.get(key)
     if not isinstance(msgs, list) or not isinstance(orig, list) or len(orig) != len(h.entries):
         return req.wire(), None
-    out: list[Any] = []
-    raws: list[bytes | None] = []
-    srcs: list[Any] = []  # the entry each message is, for its remembered token count (count_tokens)
     ents, lraws = h.entries, h.raws
     n = len(ents)
-    for p, m in enumerate(msgs):
-        if p < n and ents[p].obj is m:  # (a message still at its own place is found without the index)
-            j = p
-        else:
-            j = h.original_index(m)
+    out: list[Any]
+    raws: list[bytes | None]
+    srcs: list[Any]  # the entry each message is, for its remembered token count (count_tokens)
+    todo: Iterable[int]
+    if len(msgs) == n:  # the messages still at their own place taken at C speed, only the others looked at
+        out, raws, srcs = list(orig), list(lraws), list(ents)
+        todo = compress(range(n), map(not_, map(is_, msgs, map(_OBJ, ents))))
+    else:
+        out, raws, srcs = [None] * len(msgs), [None] * len(msgs), [None] * len(msgs)
+        todo = range(len(msgs))
+    for p in todo:
+        m = msgs[p]
+        j = p if p < n and ents[p].obj is m else h.original_index(m)
         if j is not None:
-            out.append(orig[j])
-            raws.append(lraws[j])
-            srcs.append(ents[j])
+            out[p], raws[p], srcs[p] = orig[j], lraws[j], ents[j]
             continue
         e = h.derived.get(id(m))
         if e is not None and e.obj is m:
             if e.wire is None:
                 e.wire = m.wire()
                 e.raw = orjson.dumps(e.wire)
-            out.append(e.wire)
-            raws.append(e.raw)
-            srcs.append(e)
+            out[p], raws[p], srcs[p] = e.wire, e.raw, e
             continue
-        out.append(m.wire() if isinstance(m, WireModel) else m)
-        raws.append(None)
-        srcs.append(None)
+        out[p], raws[p], srcs[p] = m.wire() if isinstance(m, WireModel) else m, None, None
     h.wire_entries = srcs
     # top-level fields still holding the client's own objects (system, tools: the cached prefix) are
     # taken as they are, not dumped again

@@ -252,8 +252,9 @@ class RecentBodies:
             ends.append(pos)
             written.append(r)
             ok = i + 1
-        if ok == 0 or (k0 is not None and ok == len(k0.raws) and matched == ok):
-            return  # nothing known, or nothing more than before
+        if ok == 0 or k0 is not None and base is not None and ok == len(k0.raws) and matched == ok \
+                and (k0.tail is not None or ok < len(raws) or base.rest is None):
+            return  # nothing known, or nothing more than before (a body sent again: its tail learnt once)
         tail, rest = _tail_of(body, pos, base) if ok == len(raws) and k0 is not None and base is not None else (None, None)
         if k0 is not None:
             cut = ends[matched - 1]

@@ -251,7 +251,8 @@ class TokenCounter:
 
     def count_request(self, api: ApiKind | str | Dialect, body: Any, model: str | None = None, *,
                       reuse: tuple[Any, ...] | None = None, keep: list[Any] | None = None,
-                      raw: list[bytes | None] | None = None, known: list[Any] | None = None) -> int:
+                      raw: list[bytes | None] | None = None, known: list[Any] | None = None,
+                      fixed: tuple[Any, ...] | None = None) -> int:
         """Tokens of a whole request body: system + tools + messages, plus framing.
 
         A repeat request costs one ``orjson.dumps`` and one (non-cryptographic) hash per message plus
@@ -262,7 +263,8 @@ class TokenCounter:
         cache key instead of dumping the message again. ``known``: each message's entry when the
         caller remembers it (None where not); ``keep`` then holds them all, to remember.
         The framing, tools and system are not counted again for a rewrite that keeps the original's
-        own ``tools`` and ``system`` objects.
+        own ``tools`` and ``system`` objects, nor for a body holding the very objects of an earlier
+        one (``fixed``: that body's ``keep[0][2]``; prefixparse hands a conversation's next body them).
         """
         body = _plain(body)
         if not isinstance(body, dict):
@@ -273,7 +275,7 @@ class TokenCounter:
         tools = body.get("tools")
         d = dialect(api)
         system = body.get(d.system_key) if d.system_key is not None else None
-        fixed = reuse[2] if reuse is not None else None
+        fixed = reuse[2] if reuse is not None else fixed
         if fixed is not None and fixed[0] is tools and fixed[1] is system and fixed[2] is enc:
             n: int = fixed[3]  # the original's own tools and system objects: counted already
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -52,6 +53,13 @@ def blocks(content: Any) -> list[Any]:
 
 def role_of(m: Any) -> Any:
     return m.get("role") if isinstance(m, dict) else None
+
+
+def roles_of(msgs: list[Any]) -> list[Any]:
+    """:func:`role_of` of each message, at C speed when every one is an object (as they are)."""
+    if all(map(isinstance, msgs, repeat(dict))):
+        return list(map(dict.get, msgs, repeat("role")))
+    return [role_of(m) for m in msgs]
 
 
 def blank(text: Any) -> bool:

@@ -24,7 +24,7 @@ def test_frames_of_any_size_cross_whole_and_in_order():
 
         async def send():
             for i, body in enumerate(bodies):
-                wa.write(frames.encode("request", i, {"raw_content": body, "headers": [(b"k", b"v")]}))
+                wa.writelines(frames.encode("request", i, {"raw_content": body, "headers": [(b"k", b"v")]}))
                 await wa.drain()
             wa.close()
 

@@ -24,6 +24,7 @@ from ..validate import (
     dumps,
     last_role_changed,
     role_of,
+    roles_of,
     same_bytes,
 )
 from .base import (
@@ -118,8 +119,8 @@ class Anthropic(Dialect):
         f = _fold(msgs, _keys(msgs, orig_msgs, original_raw, raw), facts if facts is not None else FactCache(max_bytes=0),
                   checkpoints if checkpoints is not None else Checkpoints(size=0))
         found, others = f.problems, []
-        if f.others_new or any(p[0][0] == "consecutive" for p in found):  # (rare: only then the original's roles)
-            orig_roles = [role_of(m) for m in orig_msgs]
+        if f.others_new or any(p[0][0] == "consecutive" for p in found):  # (Claude Code sends a system message: every request)
+            orig_roles = roles_of(orig_msgs)
             pairs = frozenset(zip(orig_roles, orig_roles[1:]))
             found = [p for p in found if p[0][0] != "consecutive" or (p[0][1], p[0][1]) not in pairs]
             others = copies_in_order("anthropic", f.others_new,
@@ -166,16 +167,16 @@ class Anthropic(Dialect):
             content.append(b)  # (an unchanged block is shared: typed blocks are frozen)
         return m.model_copy(update={"content": content})
 
-    def locked_inputs(self, req: Any) -> set[int]:
+    def locked_inputs(self, req: Any, history: Any = None) -> set[int]:
         """The latest assistant message, and those of the current turn (from the latest user message
-        that is not only tool results) that carry thinking blocks."""
+        that is not only tool results) that carry thinking blocks. ``history``: the request's History,
+        whose messages remember what this reads of each (a repeat reads only its new messages)."""
         msgs = req.messages
-        turn_start = next((i for i in range(len(msgs) - 1, -1, -1) if msgs[i].role == "user" and (
-            isinstance(msgs[i].content, str) or any(getattr(b, "type", None) != "tool_result" for b in msgs[i].content))), 0)
-        last = next((i for i in range(len(msgs) - 1, -1, -1) if msgs[i].role == "assistant"), None)
-        locked = {last} if last is not None else set()
-        return locked | {i for i in range(turn_start, len(msgs)) if msgs[i].role == "assistant" and not isinstance(msgs[i].content, str)
-                         and any(getattr(b, "type", None) in ("thinking", "redacted_thinking") for b in msgs[i].content)}
+        kinds = history.memos(msgs, _LOCKS, _lock_kind) if history is not None else list(map(_lock_kind, msgs))
+        turn_start = _last_of(kinds, "u", 0)
+        last = max(_last_of(kinds, "a", -1), _last_of(kinds, "t", -1))
+        locked = {last} if last >= 0 else set()
+        return locked | {i for i in range(turn_start, len(msgs)) if kinds[i] == "t"}
 
     def text_of(self, m: Any) -> str:
         return am.message_text(m)
@@ -388,3 +389,22 @@ def _step(f: Fold, i: int, m: dict[str, Any], fact: tuple[Any, ...]) -> None:
         pf.append((("result-role", role), f"tool_result in a `{role}` message at {i}"))
     f.prev_uses = uses
     f.prev_role = role
+
+
+_LOCKS = ("anthropic", "locks")  # a message's memo: what locked_inputs reads of it
+
+
+def _lock_kind(m: Any) -> str:
+    """What ``locked_inputs`` reads of a message: "u" a user message that starts a turn (not only tool
+    results), "t" an assistant message with thinking blocks, "a" another assistant message, "" else."""
+    c = m.content
+    if m.role == "user":
+        return "u" if isinstance(c, str) or any(getattr(b, "type", None) != "tool_result" for b in c) else ""
+    if m.role == "assistant":
+        return "t" if not isinstance(c, str) and any(getattr(b, "type", None) in ("thinking", "redacted_thinking") for b in c) else "a"
+    return ""
+
+
+def _last_of(xs: list[Any], v: Any, default: int) -> int:
+    """Index of the last ``v`` in ``xs`` (at C speed), or ``default``."""
+    return len(xs) - 1 - xs[::-1].index(v) if v in xs else default

@@ -49,6 +49,7 @@ class ProviderContext:
 
 
 NO_PROVIDER = ProviderContext()
+_ENTRIES = ("dialect", "entries")  # a conversation's slot: the entries of the messages seen (Dialect.entries)
 
 
 class Counter(Protocol):
@@ -214,8 +215,17 @@ class Dialect:
         """:meth:`entry` of a JSON object (``role``: its role, "user" when it has none)."""
         raise NotImplementedError
 
-    def entries(self, msgs: list[Any]) -> list[Entry]:
-        return [self.entry(i, m) for i, m in enumerate(msgs)]
+    def entries(self, msgs: list[Any], history: Any = None) -> list[Entry]:
+        """The entries of ``msgs``; ``history``: the request's ``History`` when ``msgs`` are its original
+        messages: those the previous request of the conversation had (all but its last, which a client
+        that moves its cache breakpoint rewrites) are carried from it, only the new ones are read."""
+        if history is None or len(history.entries) != len(msgs):
+            return [self.entry(i, m) for i, m in enumerate(msgs)]
+        got = history.carried(_ENTRIES)
+        out: list[Entry] = got[1][:got[0]] if got is not None else []
+        out += [self.entry(i, msgs[i]) for i in range(len(out), len(msgs))]
+        history.carry_on(_ENTRIES, max(0, len(out) - 1), out)
+        return out
 
     def tool_calls(self, msgs: list[Any]) -> dict[str, ToolCall]:
         """Every tool call of the history by id, in order."""
@@ -297,8 +307,9 @@ class Dialect:
         tool result's new content, ("i", i) / ("a", i) a tool call's new input / arguments)."""
         raise NotImplementedError
 
-    def locked_inputs(self, req: Any) -> set[int]:
-        """History indexes whose tool inputs stay as sent (beyond the model's last message)."""
+    def locked_inputs(self, req: Any, history: Any = None) -> set[int]:
+        """History indexes whose tool inputs stay as sent (beyond the model's last message); ``history``:
+        the request's History (per-message results remembered with its messages)."""
         return set()
 
     # ------------------------------------------------------------------ texts and messages
