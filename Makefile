@@ -9,8 +9,10 @@ STAMP  := $(VENV)/.installed
 SHARED ?= $(abspath ../shared)
 ARGS   ?=
 
-# Offline assets for tests and benchmarks (on a user's machine tiktoken and Chroma download them).
-TEST_ENV := TIKTOKEN_CACHE_DIR=$(SHARED)/tiktoken CONTEXTWARDEN_SHARED=$(SHARED)
+# Offline assets for tests and benchmarks (on a user's machine tiktoken and Chroma download them), and bytecode
+# written even where the environment turns it off: otherwise every Python process the suite starts (mitmdump, the
+# memory processes, the CLIs) compiles contextwarden afresh (~1.5 s of CPU each).
+TEST_ENV := TIKTOKEN_CACHE_DIR=$(SHARED)/tiktoken CONTEXTWARDEN_SHARED=$(SHARED) PYTHONDONTWRITEBYTECODE=
 
 .PHONY: run test bench install clean lock
 

@@ -1,8 +1,9 @@
 """Test-wide set-up: offline assets from ../shared, a fresh cw_home for every test, and the suite on two workers.
 
 The whole suite (no path on the command line) runs on two pytest-xdist workers; a file or folder named on the
-command line runs in one process (``-n 2`` forces workers, ``-n 0`` none). A worker takes a whole test file at
-a time, so module fixtures (proxies, traces) start once; tests/e2e groups the files that share its proxies.
+command line runs in one process (``-n 2`` forces workers, ``-n 0`` none). A file whose tests share a module
+fixture (proxies, traces) runs on one worker, so the fixture starts once; so do the files that share tests/e2e's
+proxies; any other test goes to whichever worker is free.
 """
 
 from __future__ import annotations
@@ -45,11 +46,24 @@ FARM_FIXTURES = {"route", "observe_route", "proxy_farm", "observe_reverse", "obs
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The farm's files are one xdist group, a file's tests that share a module fixture (its proxies) one group
+    per file; any other test is a unit of its own that either worker takes. tests/e2e goes first (addopts has
+    --no-loadscope-reorder): its long tests start early, the short unit tests even the two workers out at
+    the end."""
     farm = {item.nodeid.split("::", 1)[0] for item in items
             if FARM_FIXTURES & set(getattr(item, "fixturenames", ())) or hasattr(getattr(item, "module", None), "route_for")}
     for item in items:
         path = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group("e2e-farm" if path in farm else path))
+        if path in farm:
+            item.add_marker(pytest.mark.xdist_group("e2e-farm"))
+        elif _shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(path))
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/e2e/"))
+
+
+def _shares_a_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs)
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,9 @@
 """``contextwarden eval locomo --live``, small: the first sessions of one LoCoMo conversation replayed
 in-process and through a real proxy (``contextwarden run``, memory in its own process, a recording
 stand-in upstream) with the same profile, at a window small enough that compaction and memory do the
-work; the questions whose evidence lies in those sessions must recall the same evidence both ways."""
+work; the questions whose evidence lies in those sessions must recall the same evidence both ways. As
+``contextwarden eval`` does, both runs share one embedding cache: the live proxy's memory process reads the
+vectors the in-process run computed instead of computing them again at the idle CPU priority."""
 
 from __future__ import annotations
 
@@ -32,10 +34,10 @@ def small_sample() -> dict:
 
 def test_live_proxy_recalls_what_the_in_process_eval_recalls(tmp_path):
     data = [small_sample()]
-    mem = {"model_dir": str(MODEL_DIR)}
-    inproc = ev.run(data, memory=mem, compaction=COMPACTION, window=WINDOW, progress=None, home=tmp_path / "inproc")
-    live = ev.run(data, memory=mem, compaction=COMPACTION, window=WINDOW, progress=None, home=tmp_path / "live",
-                  live=True)
+    kw = dict(memory={"model_dir": str(MODEL_DIR)}, compaction=COMPACTION, window=WINDOW, progress=None,
+              embed_cache=tmp_path / "embeddings.sqlite")
+    inproc = ev.run(data, home=tmp_path / "inproc", **kw)
+    live = ev.run(data, home=tmp_path / "live", live=True, **kw)
     assert len(live.questions) == len(inproc.questions) == QUESTIONS
     assert live.fallbacks == 0 and live.dropped == 0
     # the window is too small for the whole conversation: memory brought evidence back, live too
@@ -52,7 +54,8 @@ def test_live_longmemeval_recalls_what_the_in_process_eval_recalls(tmp_path):
     session and four others) at a 4K window, in-process and through a real proxy with the same profile."""
     args = dict(question_ids=["29f2956b"], window=4096, haystack_limit=5, progress=None,
                 memory={"budget_fraction": 0.25, "model_dir": str(MODEL_DIR)},
-                compaction={"summary_max_tokens": 300, "min_span_tokens": 300, "protect_recent_turns": 1})
+                compaction={"summary_max_tokens": 300, "min_span_tokens": 300, "protect_recent_turns": 1},
+                embed_cache=tmp_path / "embeddings.sqlite")
     data = EVAL_DIR / "longmemeval_s_dev.json"
     inproc = lme.run(data, home=tmp_path / "inproc", **args)
     live = lme.run(data, home=tmp_path / "live", live=True, **args)

@@ -140,4 +140,4 @@ def test_an_oracle_that_counts_otherwise_than_the_replay_is_refused(monkeypatch)
     real = oracle.counter_for
     monkeypatch.setattr(oracle, "counter_for", lambda ov=None: real({"tokens": {"encoding": "no-such-encoding"}}))
     with pytest.raises(SystemExit, match="did not count alike.*estimate"):
-        cli_main(["replay", "--oracle", "--limit", "12", str(trace)])
+        cli_main(["replay", "--oracle", "--limit", "3", str(trace)])
