@@ -271,7 +271,7 @@ def test_an_older_sessions_neighbours_get_that_sessions_weight(tmp_path):
     _, lex = _stored(st, items)
     neighbours = lambda it: lex.at_turn(it.tenant, it.session, it.turn - 1) + lex.at_turn(it.tenant, it.session, it.turn + 1)  # noqa: E731
     try:
-        cfg = MemorySection(candidates=10)
+        cfg = MemorySection(candidates=10, min_similarity=0.2)
         ret = Retriever(st, lex, embedder(), None, cfg).search(Query("what dog did we adopt from the shelter?"),
                                                                ["t-a"], session="cur", neighbours=neighbours)
         nb = next(h for h in ret.hits if h.item.text == reply)
