@@ -132,7 +132,8 @@ def test_growing_past_the_hard_threshold_again_extends_the_summary(cw_home):
     h.close()
 
 
-def test_soft_threshold_waits_on_a_warm_cache_and_compacts_a_cold_one(cw_home):
+@pytest.mark.parametrize("cold", [{"last": time.time() - 3600}, {"model": "claude-opus-4-20250514"}], ids=["expired", "model switch"])
+def test_soft_threshold_waits_on_a_warm_cache_and_compacts_a_cold_one(cw_home, cold):
     body = anthropic_tool_loop(10)
     h = harness(cw_home, 1000)
     h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.78)}})
@@ -142,10 +143,12 @@ def test_soft_threshold_waits_on_a_warm_cache_and_compacts_a_cold_one(cw_home):
     assert not warm.changed
     (ev,) = warm.events("compaction")
     assert ev["applied"] is False and ev["warm"] is True and ev["keep_cost"] < ev["compact_cost"]
-    # the same request after the cache expired: re-writing is paid anyway, so compaction pays
+    # the same request after the cache expired (or, parametrised, right after a request to another
+    # model, whose cache holds nothing of this one's): re-writing is paid anyway, so compaction pays
     key = comp.session_key(warm.ctx)
     seen = state_cache(h.rt).get(comp.NS_SEEN, key)
-    state_cache(h.rt).put(comp.NS_SEEN, key, {**seen, "last": time.time() - 3600})
+    assert seen["model"] == warm.ctx.model
+    state_cache(h.rt).put(comp.NS_SEEN, key, {**seen, **cold})
     cold = h.send(ApiKind.ANTHROPIC, body)
     assert cold.changed
     ev = [e for e in cold.events("compaction") if e.get("applied")][0]
