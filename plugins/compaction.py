@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from contextwarden import hookimpl
-from contextwarden.compress.policy import NS_SEEN, request_time
+from contextwarden.compress.policy import NS_SEEN, free_from, request_time
 from contextwarden.compress.summarise import Summary, extractive_summary, llm_summary
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.wayback import recall_wording
@@ -483,6 +483,8 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
                                      model=ctx.model)
     if not decisions and (not decide or (total <= soft and not ctl.compact_now)):
         return None  # the common case costs nothing more
+    if warm and free_from(ctx, store, key, cfg.cache_ttl_s) == 0:
+        warm = False  # a new turn dropping thinking past the cache's lookback: the prompt is written again anyway
     pin_at = first_pinned_index(ctx, orig) if ctl.pins else None
     pin_at = n if pin_at is None else pin_at
 

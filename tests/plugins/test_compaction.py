@@ -156,6 +156,24 @@ def test_soft_threshold_waits_on_a_warm_cache_and_compacts_a_cold_one(cw_home, c
     h.close()
 
 
+@pytest.mark.parametrize("thinking", [True, False])
+def test_a_new_turn_dropping_thinking_past_the_lookback_is_a_cold_prefix(cw_home, thinking):
+    """A model before Opus 4.5 drops earlier turns' thinking when a new user message arrives: when the
+    previous turn's first thinking block is more than the provider's 20-block lookback before the end,
+    only the system prompt's cache entry is found and the whole conversation is written again, so
+    compaction at the soft threshold costs nothing extra, as after an idle gap. Without thinking the
+    cache is warm and the soft threshold waits."""
+    body = anthropic_tool_loop(6, result_words=300, tools_per_turn=12, thinking=thinking)
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.78)}})
+    h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(2, thinking=thinking))  # the session's previous request, just now
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.changed is thinking
+    ev = [e for e in sent.events("compaction") if "warm" in e][0]
+    assert ev["warm"] is not thinking and ev["applied"] is thinking
+    h.close()
+
+
 def test_cost_model():
     # a warm prefix read 0.1x: compacting 75% -> 40% of the window pays only over enough requests
     assert not comp.pays_off(150_000, 80_000, 10_000, n=2, warm=True).pays
