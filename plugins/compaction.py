@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from contextwarden import hookimpl
-from contextwarden.compress.policy import NS_SEEN, request_time
+from contextwarden.compress.policy import NS_SEEN, free_from, request_time
 from contextwarden.compress.summarise import Summary, extractive_summary, llm_summary
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.wayback import recall_wording
@@ -127,16 +127,18 @@ def pays_off(t_now: int, t_after: int, fixed: int, n: int, warm: bool, read: flo
     return CostEstimate(keep=keep, compact=compact, n=n, warm=warm)
 
 
-def _rhythm(store, key: str, ttl: float, cap: int, now: float, persist: bool) -> tuple[int, bool]:
-    """(expected requests reading a new prefix, whether the current prefix is warm); records this
-    request. Kept in memory, and written to SQLite only near the thresholds, where it matters."""
+def _rhythm(store, key: str, ttl: float, cap: int, now: float, persist: bool, model: str) -> tuple[int, bool]:
+    """(expected requests reading a new prefix, whether the current prefix is warm: the previous request
+    came within the TTL, to the same model); records this request. Kept in memory, and written to SQLite
+    only near the thresholds, where it matters."""
     seen = store.get(NS_SEEN, key) or {}
     last = seen.get("last")
-    warm = last is not None and 0 <= now - last <= ttl
-    streak = int(seen.get("streak", 0)) + 1 if warm else 0
+    recent = last is not None and 0 <= now - last <= ttl
+    warm = recent and seen.get("model", model) == model  # (another model's cache holds nothing of it)
+    streak = int(seen.get("streak", 0)) + 1 if recent else 0
     saved = float(seen.get("saved", 0.0))
-    persist = persist and (not warm or now - saved > 30)  # at most one write every 30 s per session
-    store.put(NS_SEEN, key, {"last": now, "streak": streak, "n": int(seen.get("n", 0)) + 1,
+    persist = persist and (not recent or now - saved > 30)  # at most one write every 30 s per session
+    store.put(NS_SEEN, key, {"last": now, "streak": streak, "n": int(seen.get("n", 0)) + 1, "model": model,
                              "saved": now if persist else saved}, persist=persist)
     return 1 + min(cap, streak), warm
 
@@ -477,9 +479,12 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
     ctl = session_ledger.control(ctx, live=decide)  # the user's controls: rollback, pins, compact now
     n_expected, warm = 0, False
     if decide:
-        n_expected, warm = _rhythm(store, key, cfg.cache_ttl_s, cfg.expected_requests_max, now, persist=total > soft // 2)
+        n_expected, warm = _rhythm(store, key, cfg.cache_ttl_s, cfg.expected_requests_max, now, persist=total > soft // 2,
+                                     model=ctx.model)
     if not decisions and (not decide or (total <= soft and not ctl.compact_now)):
         return None  # the common case costs nothing more
+    if warm and free_from(ctx, store, key, cfg.cache_ttl_s) == 0:
+        warm = False  # a new turn dropping thinking past the cache's lookback: the prompt is written again anyway
     pin_at = first_pinned_index(ctx, orig) if ctl.pins else None
     pin_at = n if pin_at is None else pin_at
 

@@ -608,18 +608,21 @@ def test_what_a_request_hands_on_changes_nothing_sent(cw_home, monkeypatch, inpu
         assert a == b, f"request {i}: handing on changed what was sent"
 
 
-def test_a_free_moment_clears_below_the_trigger(cw_home):
+@pytest.mark.parametrize("cold", [{"ago": 3600}, {"ago": 60, "model": "claude-opus-4-20250514"}], ids=["expired", "model switch"])
+def test_a_free_moment_clears_below_the_trigger(cw_home, cold):
     """The session's cached prefix has expired (its previous request came more than the cache's
-    lifetime ago): whatever is sent is written again, so a step costs nothing extra and goes below the
-    trigger, of any size (issue 38's free moments)."""
+    lifetime ago, or went to another model, whose cache holds nothing of this one's): whatever is sent
+    is written again, so a step costs nothing extra and goes below the trigger, of any size (issue 38's
+    free moments)."""
     body = anthropic_tool_loop(8, result_words=500)
     h = harness(cw_home, trigger_tokens=1_000_000, clear_at_least=10_000_000, cold_trigger_factor=0.001)
     warm = h.send(ApiKind.ANTHROPIC, body)
     assert not warm.changed  # no previous request: not a free moment
+    assert body["model"] != cold.get("model")
     key = session_key(warm.ctx)
-    state_cache(h.rt).put(NS_SEEN, key, {"last": time.time() - 60})
-    assert not h.send(ApiKind.ANTHROPIC, body).changed  # a minute ago: the prefix is still cached
-    state_cache(h.rt).put(NS_SEEN, key, {"last": time.time() - 3600})
+    state_cache(h.rt).put(NS_SEEN, key, {"last": time.time() - 60, "model": warm.ctx.model})
+    assert not h.send(ApiKind.ANTHROPIC, body).changed  # a minute ago, the same model: the prefix is still cached
+    state_cache(h.rt).put(NS_SEEN, key, {"last": time.time() - cold["ago"], "model": cold.get("model", warm.ctx.model)})
     cold = h.send(ApiKind.ANTHROPIC, body)
     assert cold.changed and any(is_stub(c) for c in results_of(cold.body).values())
     (ev,) = cold.events("clearing")

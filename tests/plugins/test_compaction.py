@@ -132,7 +132,8 @@ def test_growing_past_the_hard_threshold_again_extends_the_summary(cw_home):
     h.close()
 
 
-def test_soft_threshold_waits_on_a_warm_cache_and_compacts_a_cold_one(cw_home):
+@pytest.mark.parametrize("cold", [{"last": time.time() - 3600}, {"model": "claude-opus-4-20250514"}], ids=["expired", "model switch"])
+def test_soft_threshold_waits_on_a_warm_cache_and_compacts_a_cold_one(cw_home, cold):
     body = anthropic_tool_loop(10)
     h = harness(cw_home, 1000)
     h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.78)}})
@@ -142,14 +143,34 @@ def test_soft_threshold_waits_on_a_warm_cache_and_compacts_a_cold_one(cw_home):
     assert not warm.changed
     (ev,) = warm.events("compaction")
     assert ev["applied"] is False and ev["warm"] is True and ev["keep_cost"] < ev["compact_cost"]
-    # the same request after the cache expired: re-writing is paid anyway, so compaction pays
+    # the same request after the cache expired (or, parametrised, right after a request to another
+    # model, whose cache holds nothing of this one's): re-writing is paid anyway, so compaction pays
     key = comp.session_key(warm.ctx)
     seen = state_cache(h.rt).get(comp.NS_SEEN, key)
-    state_cache(h.rt).put(comp.NS_SEEN, key, {**seen, "last": time.time() - 3600})
+    assert seen["model"] == warm.ctx.model
+    state_cache(h.rt).put(comp.NS_SEEN, key, {**seen, **cold})
     cold = h.send(ApiKind.ANTHROPIC, body)
     assert cold.changed
     ev = [e for e in cold.events("compaction") if e.get("applied")][0]
     assert ev["trigger"] == "soft" and ev["warm"] is False and ev["compact_cost"] < ev["keep_cost"]
+    h.close()
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_a_new_turn_dropping_thinking_past_the_lookback_is_a_cold_prefix(cw_home, thinking):
+    """A model before Opus 4.5 drops earlier turns' thinking when a new user message arrives: when the
+    previous turn's first thinking block is more than the provider's 20-block lookback before the end,
+    only the system prompt's cache entry is found and the whole conversation is written again, so
+    compaction at the soft threshold costs nothing extra, as after an idle gap. Without thinking the
+    cache is warm and the soft threshold waits."""
+    body = anthropic_tool_loop(6, result_words=300, tools_per_turn=12, thinking=thinking)
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.78)}})
+    h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(2, thinking=thinking))  # the session's previous request, just now
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.changed is thinking
+    ev = [e for e in sent.events("compaction") if "warm" in e][0]
+    assert ev["warm"] is not thinking and ev["applied"] is thinking
     h.close()
 
 

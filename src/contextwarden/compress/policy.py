@@ -32,11 +32,12 @@ def request_time(ctx: Any) -> float:
 
 
 def prefix_expired(ctx: Any, store: Any, key: str, ttl: float) -> bool:
-    """Whether the session's previous request came more than ``ttl`` seconds before this one (its
-    cached prefix has expired: whatever is sent now is written again). False for a first request."""
+    """Whether the session's previous request came more than ``ttl`` seconds before this one, or to
+    another model (the cache is the model's own): whatever is sent now is written again. False for a
+    first request."""
     seen = store.get(NS_SEEN, key) or {}
     last = seen.get("last")
-    return isinstance(last, (int, float)) and request_time(ctx) - last > ttl
+    return isinstance(last, (int, float)) and (request_time(ctx) - last > ttl or seen.get("model", ctx.model) != ctx.model)
 
 
 def free_from(ctx: Any, store: Any, key: str, ttl: float) -> int | None:
