@@ -19,6 +19,7 @@ from contextwarden.memory.envelopes import strip_envelopes, topical
 from contextwarden.memory.retrieve import build_query, history_items, human_text, role_of
 from contextwarden.memory.service import get_service
 from contextwarden.memory.tagger import Tagger, tag_key
+from contextwarden.util import last_of
 
 
 def tagger_for(ctx_or_runtime, settings=None) -> Tagger | NullTagger:
@@ -49,7 +50,7 @@ def _last_spoken(ctx, msgs: list) -> int | None:
     request reads only its new messages."""
     api = ctx.api
     flags = ctx.history.memos(msgs, _SPOKEN, lambda m: role_of(m) == "user" and bool(human_text(api, m).strip()))
-    return len(flags) - 1 - flags[::-1].index(True) if True in flags else None
+    return last_of(flags, True)
 
 
 @hookimpl

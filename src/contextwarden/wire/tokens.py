@@ -27,6 +27,7 @@ import orjson
 import tiktoken
 
 from ..models.base import ApiKind
+from ..util import last_of
 from ..util.lru import LRU, memoized
 from .dialects import Dialect, dialect
 from .dialects.base import BLOCK_OVERHEAD, CHARS_PER_TOKEN, MESSAGE_OVERHEAD
@@ -83,8 +84,7 @@ def current_turn_start(messages: list[Any]) -> int:
 
 def turn_start_of(entries: list[tuple[int, int, bool]]) -> int:
     """:func:`current_turn_start` from the messages' entries (``count_request``'s: a C-speed scan)."""
-    starts = list(map(itemgetter(2), entries))
-    return len(starts) - 1 - starts[::-1].index(True) if True in starts else 0
+    return int(last_of(list(map(itemgetter(2), entries)), True, 0))
 
 
 class _Encoding:

@@ -9,6 +9,7 @@ import orjson
 
 from ...models import anthropic as am
 from ...models.base import ApiKind
+from ...util import last_of
 from ..conversation import Entry, ToolCall, side_of
 from ..streams.anthropic import AnthropicAssembler
 from ..validate import (
@@ -173,8 +174,8 @@ class Anthropic(Dialect):
         whose messages remember what this reads of each (a repeat reads only its new messages)."""
         msgs = req.messages
         kinds = history.memos(msgs, _LOCKS, _lock_kind) if history is not None else list(map(_lock_kind, msgs))
-        turn_start = _last_of(kinds, "u", 0)
-        last = max(_last_of(kinds, "a", -1), _last_of(kinds, "t", -1))
+        turn_start = last_of(kinds, "u", 0)
+        last = max(last_of(kinds, "a", -1), last_of(kinds, "t", -1))
         locked = {last} if last >= 0 else set()
         return locked | {i for i in range(turn_start, len(msgs)) if kinds[i] == "t"}
 
@@ -404,7 +405,3 @@ def _lock_kind(m: Any) -> str:
         return "t" if not isinstance(c, str) and any(getattr(b, "type", None) in ("thinking", "redacted_thinking") for b in c) else "a"
     return ""
 
-
-def _last_of(xs: list[Any], v: Any, default: int) -> int:
-    """Index of the last ``v`` in ``xs`` (at C speed), or ``default``."""
-    return len(xs) - 1 - xs[::-1].index(v) if v in xs else default
