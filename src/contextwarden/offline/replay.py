@@ -21,9 +21,11 @@ from typing import Any
 
 import orjson
 
+from ..cli.eval import shared_dir
 from ..compress import policy
 from ..core.events import read_log
 from ..core.runtime import Runtime
+from ..memory import service as memory_service
 from ..models.base import ApiKind
 from ..request import lifecycle
 from ..request.lifecycle import complete, turn_of
@@ -35,6 +37,7 @@ from ..wire.streams.turn import Usage
 from ..wire.workingset import path_of
 from .fidelity import Fidelity, FidelityCounter, _blocks
 from .fidelity import totals as fidelity_totals
+from .memory.evalrun import _offline_assets
 
 CONTINUED = "This session is being continued from a previous conversation"
 COMPACT_INSTRUCTION = (
@@ -553,6 +556,7 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 _learn_losses(rt, ctx, res.fidelity, taught)
             if turn_hooks and sent is not None:
                 _turn_complete(rt, ctx, req, bill_u)
+                _settle_memory(rt)
             if progress:
                 progress(i + 1, len(trace.requests))
     finally:
@@ -589,6 +593,17 @@ def _turn_complete(rt, ctx, req: ReplayRequest, bill: Bill) -> None:
     complete(rt, ctx, turn, calibrate=False, announce=False)
 
 
+SETTLE_S = 60.0  # how long a replay waits for memory to store a turn before the next request
+
+
+def _settle_memory(rt) -> None:
+    """Memory has stored (and embedded) the turn before the next request is searched, as on a machine
+    that keeps up: otherwise which items the search finds moves with the load, and so do the blocks."""
+    svc = memory_service.get_service(rt)
+    if svc is not None and svc.ready.is_set() and svc.available:
+        svc.flush(SETTLE_S)
+
+
 TOKENIZER_WAIT_S = 600.0  # how long a replay waits for tiktoken to load before estimating
 
 
@@ -609,11 +624,18 @@ def replay(trace_path: str | Path, profile: str | None = None, window: int | Non
 
     # offline, the tokenizer may take its time: under load its 15 s limit made some replays count with
     # the 4-characters estimate, whose thresholds fall elsewhere (figures that moved with the machine)
-    ov: dict[str, Any] = _deep_merge({"tokens": {"load_timeout_s": TOKENIZER_WAIT_S}}, dict(overrides or {}))
-    if window:
-        ov = _deep_merge(ov, {"tokens": {"context_window": int(window)}})
+    # memory with its embedding model (../shared's, as the evaluations use it): without it memory searches
+    # by words alone and its relevance floor never applies, which is not what runs live; a stage budget
+    # given for a loaded machine is memory's search limit too (else its timeouts move with the load)
+    # (embedded in the ingestion thread, not at idle priority: a replay waits for it, _settle_memory)
+    base: dict[str, Any] = {"tokens": {"load_timeout_s": TOKENIZER_WAIT_S},
+                            "memory": {**_offline_assets(shared_dir()), "embed_idle": False}}
     if stage_budget_ms:
-        ov = _deep_merge(ov, {"pipeline": {"stage_budget_ms": float(stage_budget_ms), "budgets_ms": {}}})
+        base = _deep_merge(base, {"pipeline": {"stage_budget_ms": float(stage_budget_ms), "budgets_ms": {}},
+                                  "memory": {"timeout_ms": float(stage_budget_ms)}})
+    if window:
+        base = _deep_merge(base, {"tokens": {"context_window": int(window)}})
+    ov: dict[str, Any] = _deep_merge(base, dict(overrides or {}))
     tmp = None
     if home is None:
         tmp = tempfile.TemporaryDirectory(prefix="cw-replay-")

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from contextwarden.cli import main as cli_main
+from contextwarden.memory.service import get_service
 from contextwarden.models import ApiKind
 from contextwarden.offline.replay import CONTINUED, load_claude_code, replay
 from contextwarden.settings import load_settings
@@ -225,7 +226,12 @@ def test_requests_are_rebuilt_from_a_session_log(tmp_path, counter):
 @pytest.mark.timeout(900)  # ~1 min on an idle 2-core machine; every stage, memory included, runs for 139 requests
 def test_smallest_trace_through_the_real_pipeline():
     """The acceptance check: our traffic never costs more than the client's, and nothing invalid is sent."""
-    rep = replay(SMALLEST, window=60_000, stage_budget_ms=5000)
+    seen: dict = {}
+    rep = replay(SMALLEST, window=60_000, stage_budget_ms=5000,
+                 before_close=lambda rt, _: seen.update(embedder=get_service(rt).embedder, timeout=rt.settings.memory.timeout_ms))
+    # memory searched with its embedding model (../shared's, as the evaluations use it), as it runs live,
+    # and the stage budget given for a loaded machine is its search limit too
+    assert seen["embedder"] is not None and seen["timeout"] == 5000
     t = rep.totals()
     assert t["requests"] == len(rep.results) == 139
     assert t["sent_invalid"] == 0 and t["validator_rejected"] == 0
