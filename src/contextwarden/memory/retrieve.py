@@ -31,7 +31,7 @@ from .items import MemoryItem
 from .lexical import combine_terms, query_terms, tokenize
 from .scope import SCOPE_MAX, SessionVectors
 from .tagger import tag_key
-from .turns import dates_in, near, query_text, undated, unit_texts
+from .turns import near, query_text, spans_in, undated, unit_texts
 
 _BULLET = re.compile(r"^(?:[-*>•]+|\d+[.)])\s+")
 DATE_SLACK_DAYS = 7  # a question's day finds the turns dated this close to it (LoCoMo: 0-4 days later)
@@ -413,10 +413,10 @@ class Retriever:
         """Rankings within the current session's turns of what the question names: the one participant
         ("What does Melanie do to destress?" follows Melanie's turns, which the other participant's
         turns on the same topics push below the conversation's top; ``memory.speaker_weight``) and the
-        days ("What did Maria share on 16 June, 2023?": the turns dated within ``DATE_SLACK_DAYS`` of
-        one, ``MemoryItem.when``; ``memory.date_weight``). None when it names neither."""
+        days ("What did Maria share on 16 June, 2023?", "in December 2023": the turns dated within
+        ``DATE_SLACK_DAYS`` of one, ``MemoryItem.when``; ``memory.date_weight``). None when it names neither."""
         s = self.settings
-        days = dates_in(query.text)
+        days = spans_in(query.text)
         if not days and not any(h.item.speaker for h in by_id.values()):
             return []  # no day named, no speakers among the candidates (an agent's session): nothing to read
         ranked: list = []
