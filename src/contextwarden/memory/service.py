@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..util import redact as secrets
 from ..util.lru import LRU
-from ..util.sealing import Sealer, load_key
 from .client import RemoteMemoryService, store_key
 from .embedder import CachedEmbedder, load_embedder
 from .embedworker import BackgroundEmbedder
@@ -121,7 +120,7 @@ class MemoryService:
                     self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:
                 return
-            self.store = MemoryStore(self.home, m, self.embedder, sealer=Sealer(load_key(self.settings.state.key_file)))
+            self.store = MemoryStore(self.home, m, self.embedder, sealer=self.settings.state.sealer())
             if not self.store.available:
                 self.error = self.store.error
                 self.bus.emit("error", {"where": "memory", "message": self.error,
