@@ -133,7 +133,6 @@ class Totals:
     usd: float = 0
     est_saved_usd: float = 0
     priced_turns: float = 0
-    saving_turns_tokens_in: float = 0
     saving_turns_tokens_sent: float = 0
     provider_compactions: float = 0
     provider_compaction_units: float = 0
@@ -230,7 +229,6 @@ class Totals:
                     self.est_saved_units += (ti - ts) * billed / ts
                     if usd is not None:  # (the same units at the model's input price: one bill per turn)
                         self.est_saved_usd += (ti - ts) * billed / ts * price_for(data.get("model")).input / 1e6
-                    self.saving_turns_tokens_in += ti
                     self.saving_turns_tokens_sent += ts
 
     def _memory_ingestion(self, data: dict[str, Any]) -> None:
