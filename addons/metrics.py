@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from contextwarden.core.events import Event
 from contextwarden.core.runtime import Runtime
 from contextwarden.util.lru import LRU
-from contextwarden.wire.cost import billed_units, number_or_none, price_for
+from contextwarden.wire.cost import billed_units, number, number_or_none, price_for
 
 from .perruntime import PerRuntime
 
@@ -127,11 +127,9 @@ class Metrics:
         usage = d.get("usage")
         if not isinstance(usage, dict):
             return
-        i, o = number_or_none(usage.get("input_tokens")) or 0, number_or_none(usage.get("output_tokens")) or 0
-        cr = number_or_none(usage.get("cache_read_input_tokens")) or 0
-        cw = number_or_none(usage.get("cache_creation_input_tokens")) or 0
-        for kind, v in (("input", i), ("output", o), ("cache_read", cr), ("cache_write", cw)):
-            if v:
+        for kind, key in (("input", "input_tokens"), ("output", "output_tokens"), ("cache_read", "cache_read_input_tokens"),
+                          ("cache_write", "cache_creation_input_tokens")):
+            if v := number(usage.get(key)):
                 self.usage.labels(kind).inc(v)
         ti, ts = number_or_none(d.get("tokens_in")), number_or_none(d.get("tokens_sent"))
         if ti is not None and ts and ti > ts:
