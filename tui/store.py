@@ -18,7 +18,7 @@ from typing import Any
 
 from contextwarden.core.liveprotocol import SentLedger, Totals, applied_compaction, new_clearing, new_compaction
 from contextwarden.util.lru import LRU
-from contextwarden.wire.cost import number_or_none
+from contextwarden.wire.cost import number, number_or_none
 
 CONTEXT_TYPES = ("compaction", "clearing", "compression", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip",
                  "session", "memory")
@@ -147,13 +147,13 @@ def summarise(ev: dict[str, Any]) -> str:
         n = len(cleared) if isinstance(cleared, list) else cleared
         new = d.get("new")
         fresh = "" if new is None else (" (re-applied)" if new == 0 else f" ({new} new)")
-        return f"cleared {n if n is not None else '?'} tool results{fresh}, −{int(number_or_none(d.get('tokens_freed')) or 0):,} tok"
+        return f"cleared {n if n is not None else '?'} tool results{fresh}, −{int(number(d.get('tokens_freed'))):,} tok"
     if t == "compression":
-        n, again = int(number_or_none(d.get("compressed")) or 0), int(number_or_none(d.get("reapplied")) or 0)
+        n, again = int(number(d.get("compressed"))), int(number(d.get("reapplied")))
         tools = f" ({', '.join(d.get('tools') or [])})" if d.get("tools") else ""
         if not n:  # the client sent the same request again: the same texts put back
             return f"re-applied {again} compressed tool output{'s' if again != 1 else ''}{tools}"
-        return (f"compressed {n} tool output{'s' if n != 1 else ''}{tools}, −{int(number_or_none(d.get('tokens_saved')) or 0):,} tok"
+        return (f"compressed {n} tool output{'s' if n != 1 else ''}{tools}, −{int(number(d.get('tokens_saved'))):,} tok"
                 + (f", {again} re-applied" if again else ""))
     if t == "error":
         where = d.get("where", "?") + (f"/{d['stage']}" if d.get("stage") else "")
