@@ -8,6 +8,8 @@ from datetime import date
 
 import orjson
 
+from contextwarden.memory.inject import render_block
+from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.retrieve import HistoryIndex, build_query
 from contextwarden.memory.turns import dates_in, near, spans_in, units
 from contextwarden.models import ApiKind
@@ -90,3 +92,14 @@ def test_a_month_named_with_its_year_is_a_span_of_days():
     dec = spans_in("in December 2023")
     assert near("1:10 pm on 15 December, 2023", dec, 7) and near("1:10 pm on 4 January, 2024", dec, 7)
     assert not near("1:10 pm on 12 January, 2024", dec, 7) and not near("1:10 pm on 20 November, 2023", dec, 7)
+
+
+def test_the_block_heads_a_dated_turn_with_its_day_not_its_clock_time():
+    """Turns said on one day share one heading, whatever time each session started: a dated framing spends
+    its budget on excerpts as an undated one does (the clock time cost ~6 tokens a heading)."""
+    def item(turn: int, when: str) -> MemoryItem:
+        return MemoryItem(text=f"turn {turn}", session="s1", tenant="t", turn=turn, role="user", kind="message", when=when)
+    block = render_block([item(1, "1:56 pm on 8 May, 2023"), item(2, "7:10 pm on 8 May, 2023"),
+                          item(3, "2023-05-25 13:10")], nonce="0" * 12)
+    headings = [line for line in block.splitlines() if line.startswith("## ")]
+    assert headings == ["## session s1 · said 8 May, 2023", "## said 2023-05-25"]
