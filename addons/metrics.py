@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from contextwarden.core.events import Event
 from contextwarden.core.runtime import Runtime
 from contextwarden.util.lru import LRU
-from contextwarden.wire.cost import billed_units, price_for
+from contextwarden.wire.cost import billed_units, number, number_or_none, price_for
 
 from .perruntime import PerRuntime
 
@@ -90,19 +90,19 @@ class Metrics:
                 self.rewritten.inc()
             elif outcome == "blocked":
                 self.blocked.inc()
-            ti, to = _num(d.get("tokens_in")), _num(d.get("tokens_out"))
+            ti, to = number_or_none(d.get("tokens_in")), number_or_none(d.get("tokens_out"))
             if ti is not None and to is not None:
                 self.tokens_in.inc(ti)
                 self.tokens_sent.inc(to)
-            ms = _num(d.get("pipeline_ms"))
+            ms = number_or_none(d.get("pipeline_ms"))
             if ms is not None:
                 self.pipeline_s.observe(ms / 1000)
         elif t == "stage":
-            ms = _num(d.get("ms"))
+            ms = number_or_none(d.get("ms"))
             if ms is not None and d.get("stage"):
                 self.stage_s.labels(str(d["stage"])).observe(ms / 1000)
         elif t == "response":
-            ms = _num(d.get("upstream_ms"))
+            ms = number_or_none(d.get("upstream_ms"))
             if ms is not None:
                 self.upstream_s.observe(ms / 1000)
         elif t == "turn":
@@ -111,15 +111,15 @@ class Metrics:
             origin = str(d.get("where") or "?")
             self.errors.labels(f"stage:{d['stage']}" if origin == "stage" and d.get("stage") else origin).inc()
         elif t == "memory":
-            if _num(d.get("queued")) is not None:
+            if number_or_none(d.get("queued")) is not None:
                 self.mem_depth.set(d["queued"])
-            if _num(d.get("dropped")):
+            if number_or_none(d.get("dropped")):
                 self.mem_dropped.inc(d["dropped"])
         elif t == "clearing":
-            if _num(d.get("tokens_freed")):
+            if number_or_none(d.get("tokens_freed")):
                 self.freed.labels("clearing").inc(d["tokens_freed"])
         elif t == "compaction" and d.get("applied"):
-            before, after = _num(d.get("tokens_before")), _num(d.get("tokens_after"))
+            before, after = number_or_none(d.get("tokens_before")), number_or_none(d.get("tokens_after"))
             if before is not None and after is not None and before > after:
                 self.freed.labels("compaction").inc(before - after)
 
@@ -127,13 +127,11 @@ class Metrics:
         usage = d.get("usage")
         if not isinstance(usage, dict):
             return
-        i, o = _num(usage.get("input_tokens")) or 0, _num(usage.get("output_tokens")) or 0
-        cr = _num(usage.get("cache_read_input_tokens")) or 0
-        cw = _num(usage.get("cache_creation_input_tokens")) or 0
-        for kind, v in (("input", i), ("output", o), ("cache_read", cr), ("cache_write", cw)):
-            if v:
+        for kind, key in (("input", "input_tokens"), ("output", "output_tokens"), ("cache_read", "cache_read_input_tokens"),
+                          ("cache_write", "cache_creation_input_tokens")):
+            if v := number(usage.get(key)):
                 self.usage.labels(kind).inc(v)
-        ti, ts = _num(d.get("tokens_in")), _num(d.get("tokens_sent"))
+        ti, ts = number_or_none(d.get("tokens_in")), number_or_none(d.get("tokens_sent"))
         if ti is not None and ts and ti > ts:
             billed = billed_units(usage)  # input units this turn paid
             self.saving.inc((ti - ts) * billed / ts * price_for(d.get("model")).input / 1e6)
@@ -152,10 +150,6 @@ class Metrics:
     def scrape(self) -> bytes:
         self.checks()
         return generate_latest(self.registry)
-
-
-def _num(v: Any) -> float | None:
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def chroma_alive(url: str, timeout: float = 0.5) -> bool:

@@ -18,7 +18,9 @@ O(new)). Three workloads: the pruning stages alone; every stage on tool-loop ste
 its result appended: most of a coding agent's requests, on which memory does not retrieve); every
 stage on a person's follow-up (memory embeds the question and searches the store, here empty). The
 memory service is started and ready before timing, the two sizes take turns, and the runtime is
-tuned as the proxy tunes it once warm (allocator, garbage collector).
+tuned as the proxy tunes it once warm (allocator, garbage collector). The repeat's 150K/15K ratio is
+read from CPU time (the process's, best of the repeats), which does not count waiting for a core: the
+wall clock of a loaded 2-core machine cannot resolve it.
 """
 
 from __future__ import annotations
@@ -352,11 +354,14 @@ def run_timing(home: Path, repeats: int, rounds: int = 3) -> None:
                ("all stages, person's message", every, "person")]
     rows = []
     spread: dict[str, list[float]] = {}
+    pooled: dict[str, float] = {}
     for label, stages, kind in configs:
         # whole rounds, each with fresh runtimes: the round with the median ratio is the one shown
         got = [_measure(home, label, stages, kind, repeats) for _ in range(rounds)]
-        ratios = [r[1][5]["total"] / r[0][5]["total"] for r in got]
+        ratios = [r[1][5]["cpu"] / r[0][5]["cpu"] for r in got]  # (CPU time: waiting for a core is not counted)
         spread[label] = ratios
+        # and the best of every round's repeats at each size: the steadiest figure on a busy machine
+        pooled[label] = min(r[1][5]["cpu"] for r in got) / min(r[0][5]["cpu"] for r in got)
         rows += got[sorted(range(rounds), key=ratios.__getitem__)[rounds // 2]]
     print(f"\n## Pipeline time per request, ms (claude-code profile; repeat = the history + one new exchange, best of {repeats}, "
           f"the median of {rounds} rounds; "
@@ -377,17 +382,18 @@ def run_timing(home: Path, repeats: int, rounds: int = 3) -> None:
     for label, _, _ in configs:
         small = next(r for r in rows if r[0] == label and r[1] == 15_000)
         big = next(r for r in rows if r[0] == label and r[1] == 150_000)
-        ratio = big[5]["total"] / small[5]["total"]
+        ratio = big[5]["cpu"] / small[5]["cpu"]
         core = [k for k in ("parse", "count_in", "dump", "validate", "count_out", "serialise")]
         core_small, core_big = sum(small[5][k] for k in core), sum(big[5][k] for k in core)
-        print(f"{label}: repeat request {small[5]['total']:.2f} ms @15K, {big[5]['total']:.2f} ms @150K: "
+        print(f"{label}: repeat request CPU {small[5]['cpu']:.2f} ms @15K, {big[5]['cpu']:.2f} ms @150K: "
               f"ratio 150K/15K = {ratio:.2f} (target <= 2: {'met' if ratio <= 2 else 'NOT met'}; "
-              f"cpu {small[5]['cpu']:.2f} -> {big[5]['cpu']:.2f} ms, ratio {big[5]['cpu'] / max(small[5]['cpu'], 1e-3):.2f}); "
+              f"wall clock {small[5]['total']:.2f} -> {big[5]['total']:.2f} ms, ratio {big[5]['total'] / small[5]['total']:.2f}); "
               f"core (parse+count+dump+validate+count out+serialise) {core_small:.2f} -> {core_big:.2f} ms; "
               f"stages {small[5]['mine'] + small[5]['others']:.2f} -> {big[5]['mine'] + big[5]['others']:.2f} ms; "
               f"first-request ratio {big[4]['total'] / small[4]['total']:.2f}"
               + (f"; memory stage on the last repeat: {small[5]['memory']} @15K, {big[5]['memory']} @150K" if big[5].get("memory") else "")
-              + f"; ratio in each round: {', '.join(f'{x:.2f}' for x in spread[label])}")
+              + f"; CPU ratio in each round: {', '.join(f'{x:.2f}' for x in spread[label])}"
+              + f"; of the best over all rounds: {pooled[label]:.2f}")
         print("  each stage, best of the repeats, ms @15K -> @150K: " + ", ".join(
             f"{k} {small[5]['stages'].get(k, 0.0):.3f} -> {v:.3f}" for k, v in big[5]["stages"].items()))
 

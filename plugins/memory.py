@@ -41,6 +41,7 @@ from contextwarden.memory.retrieve import (
     human_text,
     role_of,
     select,
+    text_keys_cache,
 )
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins.strip import clean_text_ahead
@@ -232,8 +233,7 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     if budget < MIN_BUDGET:
         return finish(skipped="no room", budget=max(0, budget))
     th = time.perf_counter()
-    history = HistoryIndex(history_texts(ctx.api, ctx.request))
-    exclude = history.__contains__
+    exclude = HistoryIndex(history_texts(ctx.api, ctx.request), ctx.runtime.memo("memory.text_keys", text_keys_cache))
     history_ms = round((time.perf_counter() - th) * 1000, 2)
     deadline, limit_ms, against = retrieval_deadline(ctx, t0)
 

@@ -4,6 +4,7 @@ path than today", today being b4461b9, the commit the issue was filed at).
 
     python scripts/request_path_lines.py                # b4461b9 against the worktree
     python scripts/request_path_lines.py OLD NEW        # any two commits (NEW may be 'worktree')
+    python scripts/request_path_lines.py --product OLD NEW   # the whole product (issue 41's count)
 
 The request path is the code the proxy process runs to handle one request and its response: the
 addons that take the flow, the lifecycle and pipeline, what the pipeline calls (conversation state,
@@ -14,6 +15,8 @@ metrics, TUI), the CLI, settings loading, replay and evaluations.
 
 A code line is a line holding a token other than a comment; docstrings and other bare string
 statements do not count (``tokenize`` and ``ast``), nor blank lines.
+
+``--product`` counts the same code lines in every ``.py`` file of the product: src/, addons/, plugins/, tui/.
 
 A file renamed or split since b4461b9 is one row listing the old and new files (the same features
 counted on both sides). Features added after b4461b9 (compression, the session-control ledger, the
@@ -195,7 +198,27 @@ def count(commit: str, paths: list[str], words: re.Pattern | None = None) -> int
     return total
 
 
+PRODUCT = ("src", "addons", "plugins", "tui")
+
+
+def product_files(commit: str) -> list[str]:
+    if commit == "worktree":
+        return sorted(str(p.relative_to(ROOT)) for d in PRODUCT for p in (ROOT / d).rglob("*.py"))
+    r = subprocess.run(["git", "ls-tree", "-r", "--name-only", commit, *PRODUCT], cwd=ROOT, capture_output=True, text=True)
+    return [p for p in r.stdout.split() if p.endswith(".py")]
+
+
+def product(old: str, new: str) -> None:
+    for commit in (old, new):
+        files = product_files(commit)
+        texts = [t for t in (source(commit, f) for f in files) if t is not None]
+        raw = sum(len(t.splitlines()) for t in texts)
+        print(f"product code at {commit}: {len(files)} files, {raw:,} lines, {sum(map(code_lines, texts)):,} code lines")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--product"]:
+        return product(*(sys.argv[2:4] + ["HEAD", "worktree"][len(sys.argv[2:4]):])[:2])
     old, new = (sys.argv[1:3] + ["b4461b9", "worktree"][len(sys.argv[1:3]):])[:2]
     print(f"code lines of the request path: {old} -> {new}\n")
     print(f"{'row':58} {old:>9} {new:>9} {'diff':>6}")

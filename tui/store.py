@@ -18,6 +18,7 @@ from typing import Any
 
 from contextwarden.core.liveprotocol import SentLedger, Totals, applied_compaction, new_clearing, new_compaction
 from contextwarden.util.lru import LRU
+from contextwarden.wire.cost import number, number_or_none
 
 CONTEXT_TYPES = ("compaction", "clearing", "compression", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip",
                  "session", "memory")
@@ -126,17 +127,13 @@ def normalise_tags(value: Any) -> list[str]:
     return [t for t in value if isinstance(t, str)] if isinstance(value, list) else []
 
 
-def _num(v: Any) -> float | None:
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
 def summarise(ev: dict[str, Any]) -> str:
     """One line describing a context event, for the Events panel."""
     t, d = ev.get("type"), ev.get("data") or {}
     if t == "compaction":
         if not applied_compaction(d):
             return f"not compacted: {d.get('reason') or 'below the thresholds'}"
-        before, after = _num(d.get("tokens_before")), _num(d.get("tokens_after"))
+        before, after = number_or_none(d.get("tokens_before")), number_or_none(d.get("tokens_after"))
         s = f"{d.get('messages', '?')} msgs → summary"
         if before is not None and after is not None:
             s += f", {int(before):,} → {int(after):,} tok (−{int(before - after):,})"
@@ -150,13 +147,13 @@ def summarise(ev: dict[str, Any]) -> str:
         n = len(cleared) if isinstance(cleared, list) else cleared
         new = d.get("new")
         fresh = "" if new is None else (" (re-applied)" if new == 0 else f" ({new} new)")
-        return f"cleared {n if n is not None else '?'} tool results{fresh}, −{int(_num(d.get('tokens_freed')) or 0):,} tok"
+        return f"cleared {n if n is not None else '?'} tool results{fresh}, −{int(number(d.get('tokens_freed'))):,} tok"
     if t == "compression":
-        n, again = int(_num(d.get("compressed")) or 0), int(_num(d.get("reapplied")) or 0)
+        n, again = int(number(d.get("compressed"))), int(number(d.get("reapplied")))
         tools = f" ({', '.join(d.get('tools') or [])})" if d.get("tools") else ""
         if not n:  # the client sent the same request again: the same texts put back
             return f"re-applied {again} compressed tool output{'s' if again != 1 else ''}{tools}"
-        return (f"compressed {n} tool output{'s' if n != 1 else ''}{tools}, −{int(_num(d.get('tokens_saved')) or 0):,} tok"
+        return (f"compressed {n} tool output{'s' if n != 1 else ''}{tools}, −{int(number(d.get('tokens_saved'))):,} tok"
                 + (f", {again} re-applied" if again else ""))
     if t == "error":
         where = d.get("where", "?") + (f"/{d['stage']}" if d.get("stage") else "")
@@ -396,13 +393,13 @@ class Store:
         sess.requests += 1
         sess.model = row.model or sess.model
         sess.tokens_in = row.tokens_in
-        window = _num(d.get("context_window"))
+        window = number_or_none(d.get("context_window"))
         if window and window > 0:
             sess.window = int(window)
 
     def _on_stage(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
         name = d.get("stage") or "?"
-        if _num(d.get("ms")) is not None:
+        if number_or_none(d.get("ms")) is not None:
             row.stages[name] = d["ms"]
         row.stage_status[name] = d.get("status") or "ok"
 

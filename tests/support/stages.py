@@ -58,6 +58,13 @@ def settings_overrides(window: int | None = None, stages: list[str] | None = Non
     return o
 
 
+def stage_runtime(home: Path, plugins: list[tuple[str, Any]], profile: str = "claude-code", **pipeline: Any) -> Runtime:
+    """A runtime whose only stages are ``plugins`` ((name, plugin), in that order); ``pipeline``: more
+    pipeline settings."""
+    o = settings_overrides(stages=[name for name, _ in plugins], pipeline=pipeline)
+    return Runtime(load_settings(profile, home, overrides=o), home, profile=profile, log=False, extra_plugins=plugins)
+
+
 class Harness:
     def __init__(self, home: Path, profile: str = "default", overrides: dict | None = None) -> None:
         self.home = Path(home)

@@ -18,7 +18,7 @@ from ..memory.embedder import load_embedder
 from ..memory.store import MemoryStore
 from ..settings import Settings, SettingsError, load_settings
 from ..util.home import ensure_home
-from ..util.sealing import Sealer, SealError, load_key
+from ..util.sealing import SealError
 from . import Fail
 from ._common import add_home_profile, ask_proxy, credential_from, home_of
 
@@ -58,7 +58,7 @@ def _open(args, write: bool = False, embed: bool = False) -> tuple[MemoryStore, 
     home = ensure_home(home_of(args))
     try:
         settings = load_settings(args.profile, home)
-        sealer = Sealer(load_key(settings.state.key_file))  # stored documents are sealed when a key is set
+        sealer = settings.state.sealer()  # stored documents are sealed when a key is set
     except (SettingsError, SealError) as e:
         raise Fail(str(e)) from None
     embedder = None

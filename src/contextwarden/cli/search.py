@@ -24,7 +24,7 @@ from ..memory.store import MemoryStore
 from ..settings import SettingsError, load_settings
 from ..util.home import ensure_home, secret_file
 from ..util.redact import tenant_id
-from ..util.sealing import Sealer, SealError, load_key
+from ..util.sealing import SealError
 from . import Fail
 from ._common import ask_proxy, credential_from
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         settings = load_settings(args.profile or "default", home)
-        sealer = Sealer(load_key(settings.state.key_file))  # stored documents are sealed when a key is set
+        sealer = settings.state.sealer()  # stored documents are sealed when a key is set
     except (SettingsError, SealError) as e:
         raise Fail(str(e), 2) from None
     t0 = time.perf_counter()

@@ -11,7 +11,6 @@ it, reads the previous request's time there.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import compress, count
 from operator import itemgetter
@@ -19,7 +18,7 @@ from typing import Any
 
 from contextwarden.wire.cost import LOOKBACK_BLOCKS
 from contextwarden.wire.dialects import NO_PROVIDER
-from contextwarden.wire.tokens import current_turn_start, starts_turn, strips_thinking, turn_start_of
+from contextwarden.wire.tokens import starts_turn, strips_thinking, turn_start_of
 
 NS_SEEN = "compaction_seen"  # per session: the last request's time, the streak of warm requests
 
@@ -56,22 +55,16 @@ def free_from(ctx: Any, store: Any, key: str, ttl: float) -> int | None:
             or not strips_thinking(str(body.get("model") or "")) or ctx.notes.get("provider", NO_PROVIDER).keeps_thinking:
         return None
     kept = ctx.history.tokens_kept if ctx.history is not None else None
-    if kept and kept[0] is msgs:  # the original's per-message counts (thinking tokens second): a C-speed scan
-        start = turn_start_of(kept[1][:-1])
-        held: Iterator[int] = compress(count(start), map(itemgetter(1), kept[1][start:-1]))
-    else:
-        held = (i for i in range(current_turn_start(msgs[:-1]), len(msgs) - 1) if _holds_thinking(msgs[i]))
-    i = next(held, None)
+    if not kept or kept[0] is not msgs:  # (not counted: the count failed, and the request goes on without it)
+        return None
+    # the original's per-message counts (thinking tokens second): a C-speed scan
+    start = turn_start_of(kept[1][:-1])
+    i = next(compress(count(start), map(itemgetter(1), kept[1][start:-1])), None)
     if i is None:
         return None
     blocks = sum(sum(not _thinking(b) for b in m["content"]) if isinstance(m, dict) and isinstance(m.get("content"), list)
                  else 1 for m in msgs[i:])  # (as the provider counts them: without the dropped thinking)
     return i if blocks <= LOOKBACK_BLOCKS else 0
-
-
-def _holds_thinking(m: Any) -> bool:
-    c = m.get("content") if isinstance(m, dict) and m.get("role") == "assistant" else None
-    return isinstance(c, list) and any(map(_thinking, c))
 
 
 def _thinking(block: Any) -> bool:

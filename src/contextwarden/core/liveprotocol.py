@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..util.lru import LRU
-from ..wire.cost import billed_units, price_for, provider_compaction, usage_usd
+from ..wire.cost import billed_units, number, price_for, provider_compaction, usage_usd
 
 PROTOCOL = 1
 INFO_FILE = "tui.json"
@@ -32,10 +32,6 @@ def new_clearing(data: dict[str, Any]) -> bool:
 
 
 FAILED_STAGE = ("timeout", "error")  # a stage status after which the request's new work was not sent
-
-
-def _num(v: Any) -> float:
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
 
 
 @dataclass
@@ -62,11 +58,11 @@ class SentLedger:
         freed: float
         mem: float
         if t == "compaction" and applied_compaction(d):
-            freed, mem = max(0, _num(d.get("tokens_before")) - _num(d.get("tokens_after"))), 0
+            freed, mem = max(0, number(d.get("tokens_before")) - number(d.get("tokens_after"))), 0
         elif t == "clearing":
-            freed, mem = max(0, _num(d.get("tokens_freed"))), 0
-        elif t == "memory" and (_num(d.get("tokens")) > 0 or _num(d.get("injected")) > 0):
-            freed, mem = 0, _num(d.get("tokens"))
+            freed, mem = max(0, number(d.get("tokens_freed"))), 0
+        elif t == "memory" and (number(d.get("tokens")) > 0 or number(d.get("injected")) > 0):
+            freed, mem = 0, number(d.get("tokens"))
         else:
             return t in ("compaction", "clearing", "memory")
         if fid:
@@ -133,7 +129,6 @@ class Totals:
     usd: float = 0
     est_saved_usd: float = 0
     priced_turns: float = 0
-    saving_turns_tokens_in: float = 0
     saving_turns_tokens_sent: float = 0
     provider_compactions: float = 0
     provider_compaction_units: float = 0
@@ -165,7 +160,7 @@ class Totals:
     def add(self, ev: dict[str, Any]) -> None:
         t = ev.get("type")
         data = ev.get("data") or {}
-        num = _num
+        num = number
         self.events += 1
         if t == "memory" and ("ingested" in data or "dropped" in data or "backfilled" in data):
             self._memory_ingestion(data)
@@ -230,12 +225,11 @@ class Totals:
                     self.est_saved_units += (ti - ts) * billed / ts
                     if usd is not None:  # (the same units at the model's input price: one bill per turn)
                         self.est_saved_usd += (ti - ts) * billed / ts * price_for(data.get("model")).input / 1e6
-                    self.saving_turns_tokens_in += ti
                     self.saving_turns_tokens_sent += ts
 
     def _memory_ingestion(self, data: dict[str, Any]) -> None:
         """Memory's ingestion events: items stored (as text only under load), dropped, still waiting."""
-        num = _num
+        num = number
         self.memory_stored += num(data.get("new"))
         self.memory_text_only += num(data.get("text_only"))
         self.memory_dropped += num(data.get("dropped"))

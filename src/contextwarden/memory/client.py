@@ -143,9 +143,11 @@ class RemoteMemoryService:
                     break
                 ev = msg.get("ev")
                 if ev is not None:
+                    data = ev.get("data") or {}
                     if ev.get("type") == "memory_status":
-                        self._on_status(ev.get("data") or {})
-                    self.bus.publish(Event(type=ev["type"], data=ev.get("data") or {}, flow_id=ev.get("flow_id"),
+                        self._on_status(data)
+                        data = {**data, "socket": str(self._path)}  # (a private temp dir when cw_home's is too long)
+                    self.bus.publish(Event(type=ev["type"], data=data, flow_id=ev.get("flow_id"),
                                            session=ev.get("session"), ts=ev.get("ts") or time.time()))
                     continue
                 with self._calls_lock:

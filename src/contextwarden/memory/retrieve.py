@@ -12,6 +12,7 @@ beats one that only one of them likes.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import copy
 import hashlib
 import math
 import re
@@ -31,7 +32,7 @@ from .items import MemoryItem
 from .lexical import combine_terms, query_terms, tokenize
 from .scope import SCOPE_MAX, SessionVectors
 from .tagger import tag_key
-from .turns import dates_in, near, query_text, undated, unit_texts
+from .turns import near, query_text, spans_in, undated, unit_texts
 
 _BULLET = re.compile(r"^(?:[-*>•]+|\d+[.)])\s+")
 DATE_SLACK_DAYS = 7  # a question's day finds the turns dated this close to it (LoCoMo: 0-4 days later)
@@ -54,20 +55,16 @@ def _line_key(line: str) -> str:
     return undated(n) if n.startswith(_DATED_START) else n
 
 
-# a pure function of the text, remembered in the process (the memory service's too): 16M characters
-_LINE_CACHE = LRU(16_000_000, size=len)
+def text_keys_cache() -> LRU:
+    """A cache of texts' keys (:class:`HistoryIndex`), up to 16M characters: the runtime's
+    (``memory.text_keys``) for the request's history, the memory service's for its candidates."""
+    return LRU(16_000_000, size=len)
 
 
 def _stable_hash(s: str) -> int:
     """A line's hash, the same in every process (``hash()`` is salted per process, and the memory
     service, in its own process, tests the proxy's HistoryIndex)."""
     return int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little", signed=True)
-
-
-def _text_keys(text: str) -> tuple[tuple[str, ...], frozenset[int]]:
-    """(hashes of the whole text, hashes of its long lines), cached: a history is mostly the same texts
-    request after request, so each is split and hashed once."""
-    return _LINE_CACHE.get(text, lambda: _text_keys_of(text))
 
 
 def _text_keys_of(text: str) -> tuple[tuple[str, ...], frozenset[int]]:
@@ -82,29 +79,50 @@ class HistoryIndex:
     An item is in the history when its whole (whitespace-normalised) text is a text of the request,
     or when nearly all of its lines are lines of the request (a chunk of a tool result still there).
     Lookups are set probes, so checking a candidate costs microseconds whatever the history's size.
+    A text's keys (hashes of the whole text, hashes of its long lines) come from ``keys``: a history is
+    mostly the same texts request after request, so each is split and hashed once. The cache is not
+    sent with the index: the memory service gives it its own (:meth:`using`).
     """
 
-    def __init__(self, texts: Iterable[str] = ()) -> None:
+    def __init__(self, texts: Iterable[str] = (), keys: LRU | None = None) -> None:
         self.hashes: set[str] = set()
         self.lines: set[int] = set()
+        self.keys = keys if keys is not None else text_keys_cache()
         for t in texts:
             self.add(t)
+
+    def __getstate__(self) -> dict:
+        return {"hashes": self.hashes, "lines": self.lines}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, keys=text_keys_cache())
+
+    def using(self, keys: LRU) -> HistoryIndex:
+        """The same index, its texts' keys cached in ``keys``."""
+        out = copy.copy(self)
+        out.keys = keys
+        return out
+
+    def _text_keys(self, text: str) -> tuple[tuple[str, ...], frozenset[int]]:
+        return self.keys.get(text, _text_keys_of, text)
 
     def add(self, text: str) -> None:
         if not text:
             return
-        hashes, lines = _text_keys(text)
+        hashes, lines = self._text_keys(text)
         self.hashes.update(hashes)
         self.lines |= lines
 
     def __contains__(self, item) -> bool:
         text = item.text if hasattr(item, "text") else str(item)
-        hashes, lines = _text_keys(text)  # cached: the same candidates come back request after request
+        hashes, lines = self._text_keys(text)  # cached: the same candidates come back request after request
         if hashes[0] in self.hashes or hashes[1] in self.hashes:
             return True
         if not lines:
             return False
         return len(lines & self.lines) >= max(1, math.ceil(0.8 * len(lines)))
+
+    __call__ = __contains__  # (a search's ``exclude``)
 
 
 # --- reading a request ----------------------------------------------------------------------------------
@@ -413,10 +431,10 @@ class Retriever:
         """Rankings within the current session's turns of what the question names: the one participant
         ("What does Melanie do to destress?" follows Melanie's turns, which the other participant's
         turns on the same topics push below the conversation's top; ``memory.speaker_weight``) and the
-        days ("What did Maria share on 16 June, 2023?": the turns dated within ``DATE_SLACK_DAYS`` of
-        one, ``MemoryItem.when``; ``memory.date_weight``). None when it names neither."""
+        days ("What did Maria share on 16 June, 2023?", "in December 2023": the turns dated within
+        ``DATE_SLACK_DAYS`` of one, ``MemoryItem.when``; ``memory.date_weight``). None when it names neither."""
         s = self.settings
-        days = dates_in(query.text)
+        days = spans_in(query.text)
         if not days and not any(h.item.speaker for h in by_id.values()):
             return []  # no day named, no speakers among the candidates (an agent's session): nothing to read
         ranked: list = []

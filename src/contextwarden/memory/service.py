@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..util import redact as secrets
 from ..util.lru import LRU
-from ..util.sealing import Sealer, load_key
 from .client import RemoteMemoryService, store_key
 from .embedder import CachedEmbedder, load_embedder
 from .embedworker import BackgroundEmbedder
@@ -38,7 +37,7 @@ from .lexical import LexicalIndex, load_snapshot, save_snapshot
 from .lexical_refresh import LexicalRefresh
 from .originals import OriginalStore
 from .pending import PendingTable
-from .retrieve import Query, Retrieval, Retriever
+from .retrieve import HistoryIndex, Query, Retrieval, Retriever, text_keys_cache
 from .scope import SessionVectors
 from .store import MemoryStore
 from .tagger import Tagger
@@ -68,6 +67,7 @@ class MemoryService:
         # in the memory process (server.py): the pending table is a file, ingestion tags what comes
         # untagged, and a shutdown flushes only ``memory.shutdown_flush_s``
         self.separate = separate
+        self.text_keys = text_keys_cache()  # (HistoryIndex)
         self.bus = runtime.bus
         self.home = Path(runtime.home)
         self.settings = runtime.settings
@@ -121,7 +121,7 @@ class MemoryService:
                     self.tagger = Tagger(self.settings.tagging, self.embedder)
             if self.closed:
                 return
-            self.store = MemoryStore(self.home, m, self.embedder, sealer=Sealer(load_key(self.settings.state.key_file)))
+            self.store = MemoryStore(self.home, m, self.embedder, sealer=self.settings.state.sealer())
             if not self.store.available:
                 self.error = self.store.error
                 self.bus.emit("error", {"where": "memory", "message": self.error,
@@ -385,6 +385,8 @@ class MemoryService:
         still being rebuilt, ``mode`` says so: its BM25 ranking covers only part of the store.
         ``prepared``: the token of this search's :meth:`prepare`."""
         vectors = None
+        if isinstance(exclude, HistoryIndex):  # its candidates' keys cached here, from search to search
+            exclude = exclude.using(self.text_keys)
         if prepared is not None:
             with self._prepared_lock:
                 got = self._prepared.pop(prepared, None)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 _MONTHS = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*"
 # a date or a time: 13:10, 1:10 pm, 2023-03-27, 27/03/2023, 27 March 2023, March 27
@@ -119,7 +119,24 @@ def dates_in(text: str | None) -> list[date]:
     return out
 
 
-def near(when: str | None, days: list[date], slack: int) -> bool:
-    """Whether the day ``when`` names is within ``slack`` days of one of ``days``."""
+_MONTH_YEAR = re.compile(rf"\b(?P<m>{_MONTHS}),?\s+(?P<y>\d{{4}})\b", re.I)
+
+
+def spans_in(text: str | None) -> list[tuple[date, date]]:
+    """The periods ``text`` names with their year, as (first day, last day): a day ("on 16 June, 2023")
+    is one day long, a month ("in December 2023") its whole month."""
+    text = text or ""
+    out = [(d, d) for d in dates_in(text)]
+    days = [m.span() for m in _DAY.finditer(text)]
+    for m in _MONTH_YEAR.finditer(text):
+        if any(a <= m.start() < b for a, b in days):
+            continue  # the month of a day already named
+        y, mo = int(m.group("y")), _MONTH_NUM[m.group("m")[:3].lower()]
+        out.append((date(y, mo, 1), date(y + mo // 12, mo % 12 + 1, 1) - timedelta(days=1)))
+    return out
+
+
+def near(when: str | None, spans: list[tuple[date, date]], slack: int) -> bool:
+    """Whether the day ``when`` names is within ``slack`` days of one of ``spans`` (:func:`spans_in`)."""
     got = dates_in(when) if when else []
-    return bool(got) and any(abs((got[0] - d).days) <= slack for d in days)
+    return bool(got) and any((a - got[0]).days <= slack and (got[0] - b).days <= slack for a, b in spans)

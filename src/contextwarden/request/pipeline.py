@@ -15,9 +15,9 @@ import dataclasses
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from operator import attrgetter, is_, not_
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +140,6 @@ def prepare(runtime: Runtime, req: Incoming) -> RequestContext:
 
 
 _OBJ = attrgetter("obj")  # (of each history entry, at C speed)
-_MEMO = attrgetter("memo")
 _PROVIDER = "provider"  # the conversation's slot: where the latest compaction block of the messages seen is
 _HEAD = "tokens.head"  # the conversation's slot: the count of its latest body's tools and system (TokenCounter.count_request)
 
@@ -220,17 +219,14 @@ def _provider_dropped(ctx: RequestContext) -> int:
     return int(off)
 
 
-def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list[Any] | None, **kw: Any) -> tuple[int, Any]:
-    """``count_request`` of ``wire``, taking each message's count from its pool entry's memo
-    (``entries``, aligned with the messages; None where a message has none) and remembering there
-    the counts it computed. Returns the count and what ``count_request`` kept."""
+def _count_remembering(ctx: RequestContext, wire: dict[str, Any], entries: list[Typed | None], **kw: Any) -> tuple[int, Any]:
+    """``count_request`` of ``wire``, taking each message's count from its entry's memo (``entries``,
+    aligned with the messages; None where a message has none) and remembering there the counts it
+    computed. Returns the count and what ``count_request`` kept."""
     tokens = ctx.runtime.tokens
     keep: list[Any] = []
-    if entries is None:
-        return tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, **kw), (keep[0] if keep else None)
     key = ("tokens", tokens.encoding_of(ctx.model))
-    known = [e.memo.get(key) if e is not None else None for e in entries] if None in entries else \
-        list(map(dict.get, map(_MEMO, entries), repeat(key)))  # (every message has its entry: at C speed)
+    known = [None if e is None else e.memo.get(key) for e in entries]
     n = tokens.count_request(dialect(ctx.api), wire, ctx.model, keep=keep, known=known, **kw)
     if keep and len(keep[0][1]) == len(entries):
         got = keep[0][1]
@@ -252,18 +248,13 @@ def wire_of(ctx: RequestContext) -> tuple[dict[str, Any], list[bytes | None] | N
     if not isinstance(msgs, list) or not isinstance(orig, list) or len(orig) != len(h.entries):
         return req.wire(), None
     ents, lraws = h.entries, h.raws
-    n = len(ents)
-    out: list[Any]
-    raws: list[bytes | None]
-    srcs: list[Any]  # the entry each message is, for its remembered token count (count_tokens)
-    todo: Iterable[int]
-    if len(msgs) == n:  # the messages still at their own place taken at C speed, only the others looked at
-        out, raws, srcs = list(orig), list(lraws), list(ents)
-        todo = compress(range(n), map(not_, map(is_, msgs, map(_OBJ, ents))))
-    else:
-        out, raws, srcs = [None] * len(msgs), [None] * len(msgs), [None] * len(msgs)
-        todo = range(len(msgs))
-    for p in todo:
+    n, both = len(ents), min(len(ents), len(msgs))
+    pad = [None] * (len(msgs) - both)
+    # the messages still at their own place taken at C speed, only the others looked at
+    out: list[Any] = orig[:both] + pad
+    raws: list[bytes | None] = lraws[:both] + pad
+    srcs: list[Typed | None] = ents[:both] + pad  # the entry each message is, for its remembered token count (count_tokens)
+    for p in chain(compress(range(both), map(not_, map(is_, msgs, map(_OBJ, ents)))), range(both, len(msgs))):
         m = msgs[p]
         j = p if p < n and ents[p].obj is m else h.original_index(m)
         if j is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from ..util.sealing import Sealer, load_key
 from .base import Section
 
 
@@ -70,6 +71,11 @@ class StateSection(Section):
     key_file: str = ""
     """A file holding the 32-byte encryption key (64 hex digits or base64) for stored state values and
     memory documents; ``CONTEXTWARDEN_KEY`` takes precedence. Empty and no variable: nothing is encrypted."""
+
+    def sealer(self) -> Sealer:
+        """What seals stored state values and memory documents: the key of ``CONTEXTWARDEN_KEY`` or
+        ``key_file``; without one nothing is sealed. Raises ``SealError`` for a key that cannot be read."""
+        return Sealer(load_key(self.key_file))
 
     replica: str = ""
     """This proxy's name in events (the ``replica`` field) and metrics; empty: host name and port."""

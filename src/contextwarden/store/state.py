@@ -26,7 +26,7 @@ import orjson
 
 from ..settings import SettingsError
 from ..util.lru import LRU
-from ..util.sealing import Sealer, SealError, load_key
+from ..util.sealing import Sealer, SealError
 
 KEY_CHECK = ("_meta", "key_check")  # a sealed marker: a wrong or missing key is found at start-up
 
@@ -324,7 +324,7 @@ class RedisStateStore(Codec):
 def open_state(settings, home: Path, bus=None) -> Codec:
     """The backend ``state.url`` names (empty: SQLite under ``home``), sealed when a key is set.
     Raises :class:`SealError` when the stored data needs another key."""
-    sealer = Sealer(load_key(settings.state.key_file))
+    sealer = settings.state.sealer()
     url = (settings.state.url or "").strip()
     if url.startswith(("redis://", "rediss://", "unix://")):
         st: Codec = RedisStateStore(url, sealer, bus=bus, prefix=settings.state.prefix)

@@ -78,9 +78,14 @@ def cache_factors(api: Any) -> tuple[float, float]:
     return CACHE_FACTORS.get(getattr(api, "value", api), CACHE_FACTORS["anthropic"])
 
 
-def _num(d: dict[str, Any], k: str) -> float:
-    v = d.get(k)
+def number(v: Any) -> float:
+    """``v`` when it is a JSON number (bool is an int in Python), else 0."""
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+
+def number_or_none(v: Any) -> float | None:
+    """``v`` when it is a JSON number, else None (an absent figure, not a zero)."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 _COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
@@ -92,7 +97,7 @@ def provider_compaction(usage: dict[str, Any] | None) -> dict[str, int]:
     usage fields"; billed like any sampling). Empty when there was none."""
     its = (usage or {}).get("iterations")
     comp = [i for i in its if isinstance(i, dict) and i.get("type") == "compaction"] if isinstance(its, list) else []
-    return {k: int(sum(_num(i, k) for i in comp)) for k in _COUNTS} | {"iterations": len(comp)} if comp else {}
+    return {k: int(sum(number(i.get(k)) for i in comp)) for k in _COUNTS} | {"iterations": len(comp)} if comp else {}
 
 
 def billed_units(usage: dict[str, Any]) -> float:
@@ -100,8 +105,8 @@ def billed_units(usage: dict[str, Any]) -> float:
     writes 1.25x (5-minute), cache reads 0.1x, the provider's compaction iterations included. Fields
     that are not numbers count 0."""
     def units(u: dict[str, Any]) -> float:
-        return (_num(u, "input_tokens") + WRITE_MULT[TTL_5M] * _num(u, "cache_creation_input_tokens")
-                + READ_MULT * _num(u, "cache_read_input_tokens"))
+        return (number(u.get("input_tokens")) + WRITE_MULT[TTL_5M] * number(u.get("cache_creation_input_tokens"))
+                + READ_MULT * number(u.get("cache_read_input_tokens")))
 
     comp = provider_compaction(usage)
     return units(usage) + (units(comp) if comp else 0)

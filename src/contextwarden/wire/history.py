@@ -20,7 +20,6 @@ from ..models.base import ApiKind, WireModel
 from .validate import Checkpoints
 
 _MISSING = object()
-_MEMOS = "memos"  # a conversation's slot key: what History.memos gave its latest call with a key
 
 
 def session_key(ctx: Any) -> str:
@@ -65,12 +64,22 @@ class Carried:
     value: Any
 
 
+@dataclass(frozen=True, slots=True)
+class Memos:
+    """What :meth:`History.memos` gave its latest call with a key: the messages asked about (``objs``)
+    and their values."""
+
+    objs: list[Any]
+    values: list[Any]
+
+
 class Conversation:
     """One conversation's memory: its latest messages (the client's dicts), their JSON bytes, their
     typed entries, the edited copies stages made of them, the validator's checkpoints, and a slot per
-    stage for what it carries to the next request. Written by ``prepare`` (messages) and :meth:`History.carry_on` (slots) only."""
+    stage for what it carries to the next request. Written by ``prepare`` (messages), :meth:`History.carry_on` (slots) and
+    :meth:`History.memos` (memos) only."""
 
-    __slots__ = ("key", "last", "entries", "raws", "index", "derived", "slots", "nbytes", "checkpoints", "requests")
+    __slots__ = ("key", "last", "entries", "raws", "index", "derived", "slots", "memos", "nbytes", "checkpoints", "requests")
 
     def __init__(self, key: tuple[Any, ...]) -> None:
         self.key = key
@@ -81,6 +90,7 @@ class Conversation:
         self.index: dict[int, int] = {}  # id of an entry's typed message -> its place (stale ids too: check the entry)
         self.derived: dict[bytes, tuple[Any, Typed]] = {}  # base message bytes -> (edit, the edited copy)
         self.slots: dict[Any, Carried] = {}  # stage key -> what it carries to the next request
+        self.memos: dict[Any, Memos] = {}  # memo key -> History.memos' latest call with it
         self.nbytes = 0
         self.checkpoints = Checkpoints(size=8)  # the validator's state at the end of recently checked bodies
 
@@ -219,12 +229,12 @@ class History:
         messages from ``start`` on); those of the conversation's previous call with ``key`` where it had
         the very same objects (by identity, at C speed): a repeat request looks at its new messages only."""
         conv = self.conv
-        got = conv.slots.get((_MEMOS, key)) if conv is not None else None
-        k = same_prefix(objs, got.entries) if got is not None else 0
-        out = got.value[:k] + self._memos(objs[k:], key, compute, start + k) if got is not None and k else \
+        got = conv.memos.get(key) if conv is not None else None
+        k = same_prefix(objs, got.objs) if got is not None else 0
+        out = got.values[:k] + self._memos(objs[k:], key, compute, start + k) if got is not None and k else \
             self._memos(objs, key, compute, start)
         if conv is not None:  # (copies: the caller's request may change its list)
-            conv.slots[(_MEMOS, key)] = Carried(objs[:], len(objs), out[:])
+            conv.memos[key] = Memos(objs[:], out[:])
         return out
 
     def _memos(self, objs: list[Any], key: Any, compute: Callable[[Any], Any], start: int) -> list[Any]:

@@ -26,7 +26,6 @@ from tests.support.stages import Harness, anthropic_tool_loop, settings_override
 # text alone: secret scrubbing and header redaction, an encoding's loader, a text's digest, a stub's text)
 PURE = {
     "contextwarden.util.scrub._memo", "contextwarden.util.scrub._long",  # a text, its secrets redacted
-    "contextwarden.memory.retrieve._LINE_CACHE",  # a text, its lines hashed
     "contextwarden.util.redact.is_secret_name", "contextwarden.util.redact._known_secret",  # a header name / value
     "contextwarden.wire.tokens.encoding_name_for", "contextwarden.request.agents._agent_suffix",  # a model / a system prompt
     "contextwarden.plugins.clearing._digest_of",  # a text

@@ -8,8 +8,10 @@ from datetime import date
 
 import orjson
 
+from contextwarden.memory.inject import render_block
+from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.retrieve import HistoryIndex, build_query
-from contextwarden.memory.turns import dates_in, near, units
+from contextwarden.memory.turns import dates_in, near, spans_in, units
 from contextwarden.models import ApiKind
 from contextwarden.offline.memory import eval_locomo as ev
 from tests.conftest import EVAL_DIR
@@ -76,5 +78,28 @@ def test_days_named_in_a_question_and_in_a_turns_date():
     assert dates_in("(1:10 pm on 27 March, 2023)") == [date(2023, 3, 27)]
     assert dates_in("May 23rd, 2023 or 2023-03-07") == [date(2023, 5, 23), date(2023, 3, 7)]
     assert dates_in("on 3 June") == [] and dates_in("31 February, 2023") == []  # no year; no such day
-    assert near("1:10 pm on 27 March, 2023", [date(2023, 3, 30)], 7)
-    assert not near("1:10 pm on 27 March, 2023", [date(2023, 5, 30)], 7) and not near(None, [date(2023, 3, 27)], 7)
+    day = [(date(2023, 3, 30), date(2023, 3, 30))]
+    assert near("1:10 pm on 27 March, 2023", day, 7)
+    assert not near("1:10 pm on 27 March, 2023", [(date(2023, 5, 30),) * 2], 7) and not near(None, day, 7)
+
+
+def test_a_month_named_with_its_year_is_a_span_of_days():
+    """"What did Maria donate in December 2023?" reads the turns dated in that month (and up to the slack
+    after it: a chat tells what happened last month); a day's own month is not named again."""
+    assert spans_in("What did Maria donate in December 2023?") == [(date(2023, 12, 1), date(2023, 12, 31))]
+    assert spans_in("on 16 June, 2023") == [(date(2023, 6, 16),) * 2]
+    assert spans_in("camping in June?") == []  # no year
+    dec = spans_in("in December 2023")
+    assert near("1:10 pm on 15 December, 2023", dec, 7) and near("1:10 pm on 4 January, 2024", dec, 7)
+    assert not near("1:10 pm on 12 January, 2024", dec, 7) and not near("1:10 pm on 20 November, 2023", dec, 7)
+
+
+def test_the_block_heads_a_dated_turn_with_its_day_not_its_clock_time():
+    """Turns said on one day share one heading, whatever time each session started: a dated framing spends
+    its budget on excerpts as an undated one does (the clock time cost ~6 tokens a heading)."""
+    def item(turn: int, when: str) -> MemoryItem:
+        return MemoryItem(text=f"turn {turn}", session="s1", tenant="t", turn=turn, role="user", kind="message", when=when)
+    block = render_block([item(1, "1:56 pm on 8 May, 2023"), item(2, "7:10 pm on 8 May, 2023"),
+                          item(3, "2023-05-25 13:10")], nonce="0" * 12)
+    headings = [line for line in block.splitlines() if line.startswith("## ")]
+    assert headings == ["## session s1 · said 8 May, 2023", "## said 2023-05-25"]

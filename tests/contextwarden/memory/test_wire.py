@@ -8,7 +8,7 @@ import pytest
 
 from contextwarden.memory import wire
 from contextwarden.memory.items import MemoryItem
-from contextwarden.memory.retrieve import HistoryIndex, Hit, Query, Retrieval
+from contextwarden.memory.retrieve import HistoryIndex, Hit, Query, Retrieval, text_keys_cache
 from contextwarden.settings import Settings
 from tests.support.wait import wait_until
 
@@ -32,11 +32,17 @@ def test_service_objects_round_trip():
     assert back["settings"] == Settings()
 
 
-def test_the_history_test_travels_and_answers_the_same():
-    h = HistoryIndex(["the whole tool output, line one is long enough\nand line two is long enough too"])
-    contains = _trip(h.__contains__)
+def test_the_history_test_travels_without_its_cache_and_answers_the_same():
+    mine = text_keys_cache()
+    h = HistoryIndex(["the whole tool output, line one is long enough\nand line two is long enough too"], mine)
+    assert len(mine) == 1  # the history's text, split and hashed in the cache it was given
+    back = _trip(h)
+    assert back.keys is not mine and len(back.keys) == 0  # the runtime's cache stays in its process
+    theirs = text_keys_cache()
+    service = back.using(theirs)  # the memory service's own, kept from search to search
     for text in ("the whole tool output, line one is long enough", "something else entirely, not in it"):
-        assert contains(text) == (text in h)
+        assert service(text) == (text in h) == _trip(h.__contains__)(text)
+    assert len(theirs) == 2 and len(mine) == 3
 
 
 def test_unsendable_objects_are_refused_before_anything_is_sent():

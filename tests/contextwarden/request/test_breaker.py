@@ -12,7 +12,7 @@ from contextwarden.core.runtime import Runtime
 from contextwarden.models.anthropic import TextBlock
 from contextwarden.models.base import ApiKind
 from contextwarden.request import lifecycle
-from contextwarden.settings import load_settings
+from tests.support.stages import stage_runtime
 from tests.support.wait import wait_until
 
 BUDGET_MS = 200
@@ -49,12 +49,7 @@ def _append(ctx, text: str) -> None:
 
 
 def _runtime(tmp_path, slow: SlowStage) -> Runtime:
-    overrides = {"pipeline": {"order": ["slow", "fast"], "stage_budget_ms": BUDGET_MS,
-                              "disabled": ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory"]},
-                 "memory": {"enabled": False}}
-    home = tmp_path / "home"
-    return Runtime(load_settings("claude-code", home, overrides=overrides), home, profile="claude-code", log=False,
-                   extra_plugins=[("slow", slow), ("fast", Appender())])
+    return stage_runtime(tmp_path / "home", [("slow", slow), ("fast", Appender())], stage_budget_ms=BUDGET_MS)
 
 
 def _send(rt: Runtime, n: int):

@@ -15,12 +15,11 @@ import orjson
 import pytest
 
 from contextwarden import hookimpl
-from contextwarden.core.runtime import Runtime
 from contextwarden.models import anthropic as am
 from contextwarden.models.base import ApiKind
 from contextwarden.request import lifecycle
-from contextwarden.settings import load_settings
 from tests.contextwarden.wire.test_history import conversation
+from tests.support.stages import stage_runtime
 
 
 class Probe:
@@ -33,13 +32,7 @@ class Probe:
 
 
 def _run(tmp_path, act, budget_ms: float = 20_000):
-    overrides = {"pipeline": {"order": ["probe"], "stage_budget_ms": budget_ms, "adaptive_budgets": False,
-                              "disabled": ["budget", "strip", "tagging", "clearing", "compression", "compaction",
-                                           "recall", "memory"]},
-                 "memory": {"enabled": False}}
-    home = tmp_path / "home"
-    rt = Runtime(load_settings("claude-code", home, overrides=overrides), home, profile="claude-code", log=False,
-                 extra_plugins=[("probe", Probe(act))])
+    rt = stage_runtime(tmp_path / "home", [("probe", Probe(act))], stage_budget_ms=budget_ms, adaptive_budgets=False)
     try:
         msgs = conversation(2)
         raw = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 10, "system": "be brief", "messages": msgs})

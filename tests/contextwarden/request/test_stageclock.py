@@ -12,11 +12,10 @@ from contextwarden import hookimpl
 from contextwarden.core.runtime import Runtime
 from contextwarden.core.stagebudgets import Budget
 from contextwarden.request.stageclock import StageClock
-from contextwarden.settings import load_settings
 from tests.contextwarden.request.test_breaker import _send
+from tests.support.stages import stage_runtime
 
 BUDGET_MS = 200
-OFF = ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory"]
 
 
 class Recorder:
@@ -31,12 +30,7 @@ class Recorder:
 
 
 def _runtime(tmp_path, stages: dict) -> Runtime:
-    overrides = {"pipeline": {"order": list(stages), "stage_budget_ms": BUDGET_MS, "adaptive_budgets": False,
-                              "disabled": OFF},
-                 "memory": {"enabled": False}}
-    home = tmp_path / "home"
-    return Runtime(load_settings("claude-code", home, overrides=overrides), home, profile="claude-code", log=False,
-                   extra_plugins=list(stages.items()))
+    return stage_runtime(tmp_path / "home", list(stages.items()), stage_budget_ms=BUDGET_MS, adaptive_budgets=False)
 
 
 def _stages(events) -> list[tuple[str, str]]:

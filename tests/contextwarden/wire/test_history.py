@@ -23,8 +23,8 @@ from contextwarden.models import openai_chat as oc
 from contextwarden.models.base import ApiKind, FrozenList
 from contextwarden.request import lifecycle
 from contextwarden.request.pipeline import _typed, serialise, wire_of
-from contextwarden.settings import load_settings
 from contextwarden.wire.history import Conversation, Conversations, History
+from tests.support.stages import stage_runtime
 
 A = ApiKind.ANTHROPIC
 
@@ -139,12 +139,7 @@ class Copier:
 
 
 def _runtime(tmp_path, stage) -> Runtime:
-    overrides = {"pipeline": {"order": ["probe"], "disabled": ["budget", "strip", "tagging", "clearing", "compaction",
-                                                               "recall", "memory"]},
-                 "memory": {"enabled": False}}
-    home = tmp_path / "home"
-    return Runtime(load_settings("claude-code", home, overrides=overrides), home, profile="claude-code", log=False,
-                   extra_plugins=[("probe", stage)])
+    return stage_runtime(tmp_path / "home", [("probe", stage)])
 
 
 def _send(rt: Runtime, msgs: list[dict], n: int = 0):

@@ -339,13 +339,9 @@ class LiveProxy:
         self.home = home
         self.events_path = home / "logs" / "events.jsonl"
         home.mkdir(parents=True, exist_ok=True)
-        # the proxy runs on a short link to home (a private folder under /tmp): its memory socket under
-        # cw_home/run stays within AF_UNIX's path limit however long home is, and _memory_call finds it there
-        self._link = Path(tempfile.mkdtemp(prefix="cw-live-")) / "home"
-        self._link.symlink_to(home.resolve(), target_is_directory=True)
         self._events: list = []
         self._offset = 0
-        cmd = [sys.executable, "-m", "contextwarden", "run", "--home", str(self._link), "--profile", str(profile),
+        cmd = [sys.executable, "-m", "contextwarden", "run", "--home", str(home), "--profile", str(profile),
                "--port", "0", "--mode", f"reverse:{upstream}", "--confdir", str(home / "mitmproxy")]
         self._out = open(home / "proxy.out", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -399,10 +395,11 @@ class LiveProxy:
 
     # --- ingestion settled ---------------------------------------------------------------------------
     def _memory_call(self, name: str, *args, wait: float = 600) -> Any:
-        """``name(*args)`` on the memory service in the memory process, over its socket."""
-        socks = sorted((self._link / "run").glob("memory-*.sock"))
+        """``name(*args)`` on the memory service in the memory process, over the socket its ``memory_status``
+        event names."""
+        socks = [e.data["socket"] for e in self.events() if e.type == "memory_status" and e.data.get("socket")]
         if not socks:
-            raise RuntimeError("no memory process socket under cw_home/run")
+            raise RuntimeError("no memory_status event names the memory process's socket")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(wait)
             s.connect(str(socks[-1]))
@@ -441,8 +438,6 @@ class LiveProxy:
                     self.proc.kill()
                     self.proc.wait(10)
             self._out.close()
-            self._link.unlink()
-            self._link.parent.rmdir()
 
 
 @contextmanager

@@ -16,9 +16,9 @@ from contextwarden import hookimpl
 from contextwarden.core.runtime import Runtime
 from contextwarden.models.base import ApiKind
 from contextwarden.request import lifecycle
-from contextwarden.settings import load_settings
 from contextwarden.wire.dialects import ANTHROPIC, DIALECTS, OLLAMA_CHAT, OPENAI_CHAT, OPENAI_RESPONSES, dialect
 from contextwarden.wire.dialects.openai_chat import Chat
+from tests.support.stages import stage_runtime
 
 ROOT = Path(__file__).resolve().parents[4]
 PKG = ROOT / "src" / "contextwarden"
@@ -36,12 +36,7 @@ class Seen:
 
 
 def _runtime(tmp_path, stage) -> Runtime:
-    overrides = {"pipeline": {"order": ["probe"], "disabled": ["budget", "strip", "tagging", "clearing", "compaction",
-                                                               "recall", "memory"]},
-                 "memory": {"enabled": False}}
-    home = tmp_path / "home"
-    return Runtime(load_settings("codex", home, overrides=overrides), home, profile="codex", log=False,
-                   extra_plugins=[("probe", stage)])
+    return stage_runtime(tmp_path / "home", [("probe", stage)], profile="codex")
 
 
 def _send(rt: Runtime, inp, n: int):
