@@ -5,21 +5,8 @@ and measure what reaches the upstream when each question is asked (see
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
-
-def shared_dir() -> Path | None:
-    """``$CONTEXTWARDEN_SHARED``, else ``../shared`` next to the project checkout."""
-    env = os.environ.get("CONTEXTWARDEN_SHARED")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "shared"
-        if (cand / "eval").is_dir():
-            return cand
-    return None
+from ..offline.assets import shared_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 
-from ..cli.eval import shared_dir
 from ..compress import policy
 from ..core.events import read_log
 from ..core.runtime import Runtime
@@ -35,9 +34,9 @@ from ..wire.cost import Bill, PromptCache, billed_from_usage, boundaries, price_
 from ..wire.dialects import ANTHROPIC, dialect, validate_rewrite
 from ..wire.streams.turn import Usage
 from ..wire.workingset import path_of
+from .assets import offline_assets, shared_dir
 from .fidelity import Fidelity, FidelityCounter, _blocks
 from .fidelity import totals as fidelity_totals
-from .memory.evalrun import _offline_assets
 
 CONTINUED = "This session is being continued from a previous conversation"
 COMPACT_INSTRUCTION = (
@@ -629,7 +628,7 @@ def replay(trace_path: str | Path, profile: str | None = None, window: int | Non
     # given for a loaded machine is memory's search limit too (else its timeouts move with the load)
     # (embedded in the ingestion thread, not at idle priority: a replay waits for it, _settle_memory)
     base: dict[str, Any] = {"tokens": {"load_timeout_s": TOKENIZER_WAIT_S},
-                            "memory": {**_offline_assets(shared_dir()), "embed_idle": False}}
+                            "memory": {**offline_assets(shared_dir()), "embed_idle": False}}
     if stage_budget_ms:
         base = _deep_merge(base, {"pipeline": {"stage_budget_ms": float(stage_budget_ms), "budgets_ms": {}},
                                   "memory": {"timeout_ms": float(stage_budget_ms)}})

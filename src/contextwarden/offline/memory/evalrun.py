@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
 import orjson
 import platformdirs
 
+from ..assets import offline_assets
 from . import eval_locomo, eval_longmemeval
 from .evaluation import LIVE_TOLERANCE, mean
 
@@ -27,25 +27,12 @@ def main(args: argparse.Namespace, shared: Path | None) -> int:
     if data is None or not data.is_file():
         print(f"dataset not found ({data}); pass --data or set CONTEXTWARDEN_SHARED", file=sys.stderr)
         return 2
-    memory = _offline_assets(shared)
+    memory = offline_assets(shared)
     cache = None if (args.cache or "").lower() == "none" else (
         Path(args.cache) if args.cache else Path(platformdirs.user_cache_dir("contextwarden")) / "eval-embeddings.sqlite")
     progress = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     bench = _locomo if args.benchmark == "locomo" else _longmemeval
     return bench(args, data, dict(memory=memory, embed_cache=cache, progress=progress))
-
-
-def _offline_assets(shared: Path | None) -> dict:
-    """The memory settings that use ../shared's offline assets when present (a user's machine downloads
-    them instead): the tiktoken cache and the embedding model."""
-    memory: dict = {}
-    if shared is not None:
-        if (shared / "tiktoken").is_dir():
-            os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(shared / "tiktoken"))
-        model = shared / "models" / "all-MiniLM-L6-v2" / "onnx"
-        if (model / "model.onnx").is_file() and not os.environ.get("CONTEXTWARDEN_MEMORY__MODEL_DIR"):
-            memory["model_dir"] = str(model)
-    return memory
 
 
 def _locomo(args: argparse.Namespace, data: Path, common: dict) -> int:
