@@ -85,6 +85,15 @@ def units(text: str) -> list[Unit]:
     return out
 
 
+_CLOCK = re.compile(r"\b\d{1,2}:\d{2}(?::\d{2})?(?:\s*[ap]\.?m\b\.?)?(?:\s+on\b)?,?\s*", re.I)
+
+
+def day_written(when: str) -> str:
+    """A turn's date as written, without its clock time ("1:56 pm on 8 May, 2023" -> "8 May, 2023");
+    a bare time stays as it is."""
+    return _CLOCK.sub("", when).strip(" ,") or when
+
+
 def unit_texts(text: str) -> list[str]:
     """The texts of :func:`units` that differ from ``text`` itself (what a history check also knows it by)."""
     got = units(text)
