@@ -239,8 +239,8 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
 
     def give_up(detail: str) -> None:
         # graceful: the request goes on without memory (no error: the stage did not fail or overrun)
-        after = (time.perf_counter() - t0) * 1000
-        finish(skipped="timeout", budget=budget, gave_up_after_ms=round(after, 1), deadline_ms=round(limit_ms, 1),
+        after = round((time.perf_counter() - t0) * 1000, 1)  # one value for the field and the sentence
+        finish(skipped="timeout", budget=budget, gave_up_after_ms=after, deadline_ms=round(limit_ms, 1),
                against=against, gave_up=f"retrieval gave up after {after:.0f} ms against {against}: {detail}")
 
     if time.perf_counter() >= deadline:
