@@ -26,8 +26,8 @@ from contextwarden.memory.envelopes import content_words, topical
 from contextwarden.memory.ingest import items_from_messages
 from contextwarden.memory.inject import (
     BLOCK_OVERHEAD_TEXT,
-    framing_tokens,
     render_block,
+    render_item,
     strip_blocks,
 )
 from contextwarden.memory.items import MemoryItem
@@ -73,10 +73,10 @@ def _count(ctx, text: str) -> int:
 
 
 def _item_tokens(ctx, item) -> int:
-    """Tokens an item costs in the block: its text (cached by content: the same candidates come back
-    request after request) plus its provenance line."""
-    n = ctx.runtime.memo("memory.item_tokens", lambda: LRU(50_000)).get((ctx.model, item.id), lambda: _count(ctx, item.text))
-    return n + framing_tokens(item)
+    """Tokens an item costs in the block: its rendered excerpt, label included, and the line break before
+    it (cached by item: the same candidates come back request after request)."""
+    return ctx.runtime.memo("memory.item_tokens", lambda: LRU(50_000)).get(
+        (ctx.model, item.id), lambda: _count(ctx, render_item(item)) + 1)
 
 
 def _request_tokens(ctx) -> int | None:

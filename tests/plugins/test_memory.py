@@ -80,7 +80,7 @@ def test_a_compacted_fact_comes_back_after_the_last_cache_breakpoint(tmp_path):
         assert last[0] == {"type": "text", "text": "What is the name of the dog I adopted?", "cache_control": {"type": "ephemeral"}}
         block = last[-1]["text"]
         assert block.startswith(OPEN) and block.endswith(closing_tag(block)) and "cache_control" not in last[-1]
-        assert FACTS[0] in block and "## session s1" in block and "[#2 user" in block
+        assert FACTS[0] in block and "## session s1" in block and "#2 user | " in block
         # the fact is nowhere else in the body: compaction took it out, memory brought it back
         others = [m for m in wire["messages"][:-1]]
         assert FACTS[0] not in str(others)

@@ -16,7 +16,7 @@ import re
 import threading
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ _SPLIT = re.compile(r"[_.\-/]+")
 _ESCAPE = re.compile(r'(?<!\\)\\[ntrbf"]')
 MAX_TERMS_PER_DOC = 4000  # a long chunk is indexed on its first terms only
 WORDS_KEPT = 50_000  # distinct words whose terms an index remembers (LexicalIndex.add)
+REPLY_WEIGHT = 0.3  # a message is also indexed by the words of the turn before it, each at this share
 
 
 def tokenize(text: str, done: dict[str, list[str]] | None = None) -> list[str]:
@@ -136,16 +137,23 @@ class _Partition:
     def session_mask(self, session: str) -> np.ndarray:
         return self.sessions.mask(self.items, str(session))
 
-    def add(self, item, terms: list[str]) -> bool:
+    def add(self, item, terms: list[str], before: Sequence[str] = ()) -> bool:
+        """Index ``item`` by its ``terms`` and, at :data:`REPLY_WEIGHT` each, the terms of the message
+        ``before`` it (its length counts them at that share too: "Noted." does not outrank the message it
+        acknowledges by being short)."""
         if item.id in self.ids:
             return False
         doc = len(self.items)
         self.ids[item.id] = doc
         self.items.append(item)
-        terms = terms[:MAX_TERMS_PER_DOC]
-        self.doc_len.append(len(terms))
-        self.total_len += len(terms)
-        for term, tf in Counter(terms).items():
+        terms, before = terms[:MAX_TERMS_PER_DOC], before[:MAX_TERMS_PER_DOC]
+        length = len(terms) + round(REPLY_WEIGHT * len(before))
+        self.doc_len.append(length)
+        self.total_len += length
+        counts: dict[str, float] = dict(Counter(terms))
+        for term in before:
+            counts[term] = counts.get(term, 0.0) + REPLY_WEIGHT
+        for term, tf in counts.items():
             p = self.postings.get(term)
             if p is None:
                 p = self.postings[term] = (array("I"), array("f"))
@@ -230,11 +238,26 @@ class LexicalIndex:
         added = 0
         with self._lock:
             for it, terms in prepared:
-                part = self._parts.setdefault(self.partition_of(it), _Partition())
-                if part.add(it, terms):
+                name = self.partition_of(it)
+                part = self._parts.setdefault(name, _Partition())
+                prev = self._before(name, it)
+                if part.add(it, terms, tokenize(prev.text, self._words) if prev is not None else []):
                     added += 1
-                    self._neighbours.setdefault((self.partition_of(it), it.session, it.turn), []).append(it)
+                    self._neighbours.setdefault((name, it.session, it.turn), []).append(it)
         return added
+
+    def _before(self, partition: str, item) -> MemoryItem | None:
+        """The turn said just before a message's (the earlier turn of the same message, else the last of
+        the message before): a reply ("Yes, tomorrow night!") is found by the words of what it answers.
+        None for an item that is not a message (a tool result) or follows none, or without weight. (A
+        rebuild from the store adds items in its order, which may lend a few of them no words.)"""
+        if REPLY_WEIGHT <= 0 or item.kind != "message":
+            return None
+        for turn in (item.turn, item.turn - 1):
+            same = self._neighbours.get((partition, item.session, turn))
+            if same:
+                return same[-1] if same[-1].kind == "message" else None
+        return None
 
     def adopt(self, other: LexicalIndex) -> None:
         """Take ``other``'s contents (a loaded snapshot); items added here meanwhile are kept."""

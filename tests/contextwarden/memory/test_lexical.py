@@ -18,3 +18,16 @@ def test_a_word_is_worked_out_once_while_the_index_remembers_it(monkeypatch):
     assert seen[len(first):] == ["gives", "an"]  # the words of the first item are not worked out again
     assert idx.query("load_embedder", ["t-a"], n=2)[0].item.turn in (0, 1)
     assert tokenize("load_embedder gives") == tokenize("load_embedder gives", {})
+
+
+def test_a_reply_is_found_by_the_words_of_the_turn_it_answers():
+    idx = LexicalIndex()
+    idx.add([item("Melanie: What are your plans for the summer?", turn=0, role="assistant"),
+             item("Caroline: Researching adoption agencies, it's been a dream.", turn=1),
+             item("Melanie: The kids loved the pottery class.", turn=2, role="assistant"),
+             item("plans: 3 files changed", turn=3, kind="tool_result"),
+             item("Caroline: Nothing much.", turn=4)])
+    hits = idx.query("What are the plans for the summer?", ["t-a"], n=5)
+    assert hits[0].item.turn == 0 and {h.item.turn for h in hits} == {0, 1, 3}
+    # the answer, at a share of its question's words; not the turn after it, nor what follows a tool result
+    assert next(h.score for h in hits if h.item.turn == 1) < hits[0].score

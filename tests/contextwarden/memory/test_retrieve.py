@@ -235,7 +235,7 @@ def test_anthropic_string_content_becomes_text_plus_memory_block():
     assert content[0] == {"type": "text", "text": "What dog do we have?"}
     assert content[-1]["text"] == BLOCK and content[-1]["text"].startswith(OPEN) and content[-1]["text"].endswith(closing_tag(BLOCK))
     assert wire["system"] == _anthropic([])["system"]
-    assert "session s-old" in BLOCK and "[#7 user" in BLOCK
+    assert "session s-old" in BLOCK and "#7 user | " in BLOCK
 
 
 def test_anthropic_block_goes_after_the_last_cache_breakpoint():

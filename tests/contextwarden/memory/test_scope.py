@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from contextwarden.memory import lexical
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.lexical import LexicalIndex
 from contextwarden.memory.retrieve import Query, Retriever
@@ -261,9 +262,11 @@ def test_the_proxy_stores_each_items_project_and_ranks_the_current_project_first
         rp.close()
 
 
-def test_an_older_sessions_neighbours_get_that_sessions_weight(tmp_path):
+def test_an_older_sessions_neighbours_get_that_sessions_weight(tmp_path, monkeypatch):
     # the message next to another session's hit comes in through the neighbour ranking, at the weight
-    # of the other sessions: it must not rank as if it were the current session's
+    # of the other sessions: it must not rank as if it were the current session's (and only through it:
+    # not by the words of the turn it answers, which BM25 otherwise lends it)
+    monkeypatch.setattr(lexical, "REPLY_WEIGHT", 0.0)
     st = store(tmp_path)
     reply = "Sounds lovely, tell me more."
     items = [item("I had pasta for lunch today.", session="cur", turn=0), item(CURRENT, session="cur", turn=1),
