@@ -230,8 +230,9 @@ class LexicalIndex:
     def add(self, items: Iterable) -> int:
         """Index items (a no-op for ids already indexed: a stored item was indexed by its words when it
         was submitted); returns how many were new."""
-        with self._lock:
-            new = [it for it in items if not self.contains(it.id, self.partition_of(it))]
+        with self._lock:  # in turn order: a message is indexed after the turn it answers (_before)
+            new = sorted((it for it in items if not self.contains(it.id, self.partition_of(it))),
+                         key=lambda it: (str(it.session), it.turn))
         if len(self._words) > WORDS_KEPT:
             self._words = {}
         prepared = [(it, tokenize(it.text, self._words)) for it in new]  # tokenise outside the lock
@@ -249,8 +250,8 @@ class LexicalIndex:
     def _before(self, partition: str, item) -> MemoryItem | None:
         """The turn said just before a message's (the earlier turn of the same message, else the last of
         the message before): a reply ("Yes, tomorrow night!") is found by the words of what it answers.
-        None for an item that is not a message (a tool result) or follows none, or without weight. (A
-        rebuild from the store adds items in its order, which may lend a few of them no words.)"""
+        None for an item that is not a message (a tool result) or follows none, or without weight. (Items
+        added together are taken in turn order; a rebuild from the store sorts them all first.)"""
         if REPLY_WEIGHT <= 0 or item.kind != "message":
             return None
         for turn in (item.turn, item.turn - 1):

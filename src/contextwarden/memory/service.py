@@ -225,16 +225,12 @@ class MemoryService:
 
     def _rebuild_lexical(self, store: MemoryStore) -> None:
         try:
-            batch = []
-            for it in store.iter_items():
-                batch.append(it)
-                if len(batch) >= 2000:
-                    self.lexical.add(batch)
-                    batch = []
+            # in turn order, so that each message is indexed after the turn it answers (its reply words)
+            items = sorted(store.iter_items(), key=lambda it: (str(it.session), it.turn))
+            for start in range(0, len(items), 2000):
                 if self.closed:
                     return
-            if batch:
-                self.lexical.add(batch)
+                self.lexical.add(items[start:start + 2000])
             self._lexical_complete = True
         except Exception as e:
             self.bus.emit("error", {"where": "memory.lexical", "message": f"{type(e).__name__}: {e}",

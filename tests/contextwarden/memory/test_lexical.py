@@ -31,3 +31,11 @@ def test_a_reply_is_found_by_the_words_of_the_turn_it_answers():
     assert hits[0].item.turn == 0 and {h.item.turn for h in hits} == {0, 1, 3}
     # the answer, at a share of its question's words; not the turn after it, nor what follows a tool result
     assert next(h.score for h in hits if h.item.turn == 1) < hits[0].score
+
+
+def test_a_reply_added_before_its_question_still_borrows_its_words():
+    """A rebuild from the store, or a refresh, brings items in the store's order, not the turns'."""
+    idx = LexicalIndex()
+    idx.add([item("Caroline: Researching adoption agencies.", turn=1),
+             item("Melanie: What are your plans for the summer?", turn=0, role="assistant")])
+    assert {h.item.turn for h in idx.query("plans for the summer", ["t-a"], n=5)} == {0, 1}
