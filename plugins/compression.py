@@ -5,6 +5,7 @@ on. What it keeps, when, and why: docs/compression.md."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from contextwarden import hookimpl
@@ -13,6 +14,7 @@ from contextwarden.memory import service as memory_service
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.retrieve import history_items, human_text, role_of
 from contextwarden.memory.wayback import peek_wording, recall_wording
+from contextwarden.models.base import ApiKind
 from contextwarden.plugins import clearing
 from contextwarden.plugins.clearing import COMPRESSED, Slot, _commit, _last_assistant, _path_of, find_slots, session_key
 from contextwarden.plugins.recall import _item
@@ -95,19 +97,46 @@ def _tail(ctx, edits: dict) -> tuple[list[Slot], dict[str, bool]]:
 
 def _last_human(ctx) -> str:
     """What the person last wrote (the task the relevant-chunks compressor scores against)."""
-    msgs = history_items(ctx.api, ctx.original)
+    return _carried(ctx, _HUMAN, _human_in, "")[-2000:]
+
+
+def _human_in(api: ApiKind, msgs: list[Any], known: str) -> str:
     for m in reversed(msgs):
         if role_of(m) == "user":
-            t = human_text(ctx.api, m)
+            t = human_text(api, m)
             if t.strip():
-                return t[-2000:]
-    return ""
+                return t
+    return known
 
 
-def _edited_paths(ctx) -> set[str]:
+def _edited_paths(ctx) -> frozenset[str]:
     """Paths an Edit, MultiEdit, Write or NotebookEdit call of this request changed."""
-    calls = dialect(ctx.api).tool_calls(history_items(ctx.api, ctx.original)).values()
-    return {p for c in calls if c.name in clearing.EDIT_TOOLS and (p := _path_of(c.input))}
+    return _carried(ctx, _EDITED, _edited_in, frozenset())
+
+
+def _edited_in(api: ApiKind, msgs: list[Any], known: frozenset[str]) -> frozenset[str]:
+    calls = dialect(api).tool_calls(msgs).values()
+    return known | {p for c in calls if c.name in clearing.EDIT_TOOLS and (p := _path_of(c.input))}
+
+
+_HUMAN = "compression.human"  # the conversation's slot: what the person last wrote in all its messages but the last
+_EDITED = "compression.edited"  # the conversation's slot: the paths edit calls changed in all its messages but the last
+
+
+def _carried(ctx, key: str, read: Callable[[ApiKind, list[Any], Any], Any], empty: Any) -> Any:
+    """``read(api, messages, known)`` of the request's history, reading only the messages the previous
+    request of the conversation did not have: ``known`` is what that one left about its first messages
+    (``History.carried``). It leaves what it read about all the messages but the last: a client that moves
+    its cache breakpoint rewrites the last one every turn."""
+    msgs, h = history_items(ctx.api, ctx.original), ctx.history
+    if h is None or len(h.entries) != len(msgs):
+        return read(ctx.api, msgs, empty)
+    got = h.carried(key)
+    n, known = got if got is not None else (0, empty)
+    cut = max(n, len(msgs) - 1)
+    upto = read(ctx.api, msgs[n:cut], known)
+    h.carry_on(key, cut, upto)
+    return read(ctx.api, msgs[cut:], upto)
 
 
 def allowed(cfg, tool: str, tool_input: Any, is_error: bool, edited: Any = ()) -> bool:
