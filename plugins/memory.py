@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 
 import orjson
 
@@ -35,6 +36,7 @@ from contextwarden.memory.lexical import tokenize
 from contextwarden.memory.project import request_project
 from contextwarden.memory.retrieve import (
     HistoryIndex,
+    Retrieval,
     build_query,
     history_items,
     history_texts,
@@ -126,6 +128,7 @@ WHY_SKIPPED = {  # the memory event's "why" (the TUI shows it) when nothing was 
     "nothing relevant": "nothing relevant: no stored item came above the relevance floor",
     "no candidates": "nothing stored that matches",
     "active topics": "what matched is on topics the history still holds",
+    "own session": "an agent's session: what it lost of its own, the stubs name and recall puts back",
     "no room": "no room left in the context window",
     "starting": "memory is starting",
     "inject off": "memory.inject is off (remembering only)",
@@ -255,6 +258,9 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         return give_up(str(e))
     if ret.skipped:
         return finish(skipped=ret.skipped, budget=budget)
+    ret, own = other_sessions_only(ctx, ret)
+    if own and not ret.hits:
+        return finish(skipped="own session", budget=budget, candidates=ret.candidates, own_session=own)
     best = max((h.vector for h in ret.hits if h.vector is not None), default=None)
     if best is not None and best < m.relevance_floor:
         return finish(skipped="nothing relevant", budget=budget, candidates=ret.candidates, best_similarity=round(best, 4),
@@ -278,11 +284,30 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         where = dialect(ctx.api).inject(ctx.request, block)
     except NotInjectable as e:
         return finish(skipped=str(e), **info)
-    best = set(tokenize(hits[0].item.text))
-    matched = [w for w in dict.fromkeys(content_words(query.text)) if w in best][:5]
+    top = set(tokenize(hits[0].item.text))
+    matched = [w for w in dict.fromkeys(content_words(query.text)) if w in top][:5]
     finish(injected=len(hits), tokens=_count(ctx, block), ids=[h.item.memory_id for h in hits], matched=matched,
-           scores=[h.scores() for h in hits], where=where,
+           scores=[h.scores() for h in hits], where=where, own_session=own,
            sessions=sorted({str(h.item.session) for h in hits}), **info)
+
+
+def agent_session(ctx) -> bool:
+    """Whether the request's history holds tool calls: an agent at work (a coding client's session)."""
+    d = dialect(ctx.api)
+    return bool(d.tool_calls(d.messages_of(ctx.original) or []))
+
+
+def other_sessions_only(ctx, ret: Retrieval) -> tuple[Retrieval, int]:
+    """In an agent's session, the search's hits without the session's own items (unless
+    ``memory.agent_own_session``), and how many were left out. What clearing and compaction took from the
+    session their stubs and summary name by id, and automatic recall puts back what an answer quotes: on
+    the eval traces the session's own items were 100% of what memory injected, ~1.8 points of the saving
+    on 03a113bf, and no lost item fewer (docs/REPLAY.md)."""
+    if ctx.settings.memory.agent_own_session or not ret.hits or not agent_session(ctx):
+        return ret, 0
+    session = str(ctx.session)
+    kept = [h for h in ret.hits if str(getattr(h.item, "session", "")) != session]
+    return (replace(ret, hits=kept), len(ret.hits) - len(kept)) if len(kept) < len(ret.hits) else (ret, 0)
 
 
 # --- remembering -----------------------------------------------------------------------------------------

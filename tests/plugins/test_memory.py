@@ -364,7 +364,7 @@ def test_memory_goes_with_the_persons_message_not_every_tool_loop_step(tmp_path)
 
 
 def test_inject_tool_steps_brings_memory_to_tool_loop_steps_too(tmp_path):
-    rp = replayer(tmp_path, "memory: {inject_tool_steps: true}")
+    rp = replayer(tmp_path, "memory: {inject_tool_steps: true, agent_own_session: true}")
     try:
         msgs = converse(rp)
         step = rp.send(_tool_loop(msgs, "What is the name of the dog I adopted?"), api_key="sk-alice", session="s1")
@@ -372,6 +372,40 @@ def test_inject_tool_steps_brings_memory_to_tool_loop_steps_too(tmp_path):
         assert ev["injected"] >= 1, ev
         last = step.wire["messages"][-1]["content"]
         assert last[0]["type"] == "tool_result" and OPEN in last[-1]["text"]
+    finally:
+        rp.close()
+
+
+def _agent_turn(msgs: list, question: str) -> list:
+    """A tool round done (call, result, the assistant's answer), then the person's next message."""
+    return _tool_loop(msgs, "list the repository") + [{"role": "assistant", "content": "Two files."},
+                                                      {"role": "user", "content": question}]
+
+
+def test_an_agents_session_gets_other_sessions_memory_not_its_own(tmp_path):
+    """In a history with tool calls, the session's own items are left out (its stubs and recall reach
+    them); another session's come through, and ``agent_own_session`` brings the own ones back."""
+    question = "What is the name of the dog I adopted?"
+    rp = replayer(tmp_path)
+    try:
+        msgs = converse(rp)
+        plain = ask(rp, msgs, question, cache_control=False)  # no tool calls: as before
+        assert memory_event(rp, plain.ctx.flow_id)["injected"] >= 1
+        own = rp.send(_agent_turn(msgs, question), api_key="sk-alice", session="s1")
+        ev = memory_event(rp, own.ctx.flow_id)
+        assert ev["skipped"] == "own session" and ev["own_session"] >= 1 and ev["injected"] == 0
+        assert OPEN not in str(own.wire["messages"][-1]["content"])
+        other = rp.send(_agent_turn([], question), api_key="sk-alice", session="s2")
+        ev = memory_event(rp, other.ctx.flow_id)
+        assert ev["injected"] >= 1 and FACTS[0] in str(other.wire["messages"][-1]["content"])
+    finally:
+        rp.close()
+    (tmp_path / "own").mkdir()
+    rp = replayer(tmp_path / "own", "memory: {agent_own_session: true}")
+    try:
+        msgs = converse(rp)
+        own = rp.send(_agent_turn(msgs, question), api_key="sk-alice", session="s1")
+        assert memory_event(rp, own.ctx.flow_id)["injected"] >= 1
     finally:
         rp.close()
 

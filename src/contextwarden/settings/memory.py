@@ -51,6 +51,13 @@ class MemorySection(Section):
     """Also inject on the steps of a tool loop (a last user message of tool results only). Off: memory
     goes once, with the message a person wrote, and the steps after it keep their cached prefix."""
 
+    agent_own_session: bool = False
+    """In an agent's session (a history with tool calls: a coding client at work), also inject the
+    session's own items. Off: only other sessions' items go there; what clearing and compaction took from
+    this session their stubs and summary name by id, and automatic recall puts back what an answer quotes
+    (docs/REPLAY.md, "What memory costs in a coding session"). A conversation without tool calls is not
+    affected."""
+
     budget_fraction: float = 0.10
     """Fraction of the context window memory may use in one request."""
 
