@@ -128,7 +128,7 @@ WHY_SKIPPED = {  # the memory event's "why" (the TUI shows it) when nothing was 
     "nothing relevant": "nothing relevant: no stored item came above the relevance floor",
     "no candidates": "nothing stored that matches",
     "active topics": "what matched is on topics the history still holds",
-    "own session": "an agent's session: what it lost of its own, the stubs name and recall puts back",
+    "own session": "an agent's session: what our rewrites took of its own, the stubs name and recall puts back",
     "no room": "no room left in the context window",
     "starting": "memory is starting",
     "inject off": "memory.inject is off (remembering only)",
@@ -298,15 +298,19 @@ def agent_session(ctx) -> bool:
 
 
 def other_sessions_only(ctx, ret: Retrieval) -> tuple[Retrieval, int]:
-    """In an agent's session, the search's hits without the session's own items (unless
-    ``memory.agent_own_session``), and how many were left out. What clearing and compaction took from the
-    session their stubs and summary name by id, and automatic recall puts back what an answer quotes: on
-    the eval traces the session's own items were 100% of what memory injected, ~1.8 points of the saving
-    on 03a113bf, and no lost item fewer (docs/REPLAY.md)."""
+    """In an agent's session, the search's hits without the session's own items that the client still
+    sends (unless ``memory.agent_own_session``), and how many were left out. What clearing and compaction
+    took of those their stubs and summary name by id, and automatic recall puts back what an answer
+    quotes: on the eval traces such items were 100% of what memory injected, ~1.8 points of the saving on
+    03a113bf, and no lost item fewer (docs/REPLAY.md). What the client's own history no longer holds (its
+    own compaction, a /compact) no stub names, and still comes back."""
     if ctx.settings.memory.agent_own_session or not ret.hits or not agent_session(ctx):
         return ret, 0
     session = str(ctx.session)
-    kept = [h for h in ret.hits if str(getattr(h.item, "session", "")) != session]
+    if not any(str(h.item.session) == session for h in ret.hits):
+        return ret, 0
+    sent = HistoryIndex(history_texts(ctx.api, ctx.original), ctx.runtime.memo("memory.text_keys", text_keys_cache))
+    kept = [h for h in ret.hits if str(h.item.session) != session or h.item not in sent]
     return (replace(ret, hits=kept), len(ret.hits) - len(kept)) if len(kept) < len(ret.hits) else (ret, 0)
 
 

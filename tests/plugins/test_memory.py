@@ -383,8 +383,9 @@ def _agent_turn(msgs: list, question: str) -> list:
 
 
 def test_an_agents_session_gets_other_sessions_memory_not_its_own(tmp_path):
-    """In a history with tool calls, the session's own items are left out (its stubs and recall reach
-    them); another session's come through, and ``agent_own_session`` brings the own ones back."""
+    """In a history with tool calls, the session's own items the client still sends are left out (the
+    stubs and recall reach what we took of them); what the client itself dropped and another session's
+    come through, and ``agent_own_session`` brings the own ones back."""
     question = "What is the name of the dog I adopted?"
     rp = replayer(tmp_path)
     try:
@@ -395,6 +396,9 @@ def test_an_agents_session_gets_other_sessions_memory_not_its_own(tmp_path):
         ev = memory_event(rp, own.ctx.flow_id)
         assert ev["skipped"] == "own session" and ev["own_session"] >= 1 and ev["injected"] == 0
         assert OPEN not in str(own.wire["messages"][-1]["content"])
+        # the client compacted on its own (its history no longer holds the facts): no stub names them
+        dropped = rp.send(_agent_turn(msgs[8:], question), api_key="sk-alice", session="s1")
+        assert FACTS[0] in str(dropped.wire["messages"][-1]["content"])
         other = rp.send(_agent_turn([], question), api_key="sk-alice", session="s2")
         ev = memory_event(rp, other.ctx.flow_id)
         assert ev["injected"] >= 1 and FACTS[0] in str(other.wire["messages"][-1]["content"])

@@ -53,10 +53,10 @@ class MemorySection(Section):
 
     agent_own_session: bool = False
     """In an agent's session (a history with tool calls: a coding client at work), also inject the
-    session's own items. Off: only other sessions' items go there; what clearing and compaction took from
-    this session their stubs and summary name by id, and automatic recall puts back what an answer quotes
-    (docs/REPLAY.md, "What memory costs in a coding session"). A conversation without tool calls is not
-    affected."""
+    session's own items that the client still sends. Off: what clearing and compaction took of those
+    their stubs and summary name by id, and automatic recall puts back what an answer quotes (docs/REPLAY.md,
+    "What memory costs in a coding session"); other sessions' items, and what the client's own history
+    dropped (its own compaction), still come. A conversation without tool calls is not affected."""
 
     budget_fraction: float = 0.10
     """Fraction of the context window memory may use in one request."""
