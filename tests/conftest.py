@@ -48,8 +48,8 @@ FARM_FIXTURES = {"route", "observe_route", "proxy_farm", "observe_reverse", "obs
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The farm's files are one xdist group, a file's tests that share a module fixture (its proxies) one group
     per file; any other test is a unit of its own that either worker takes. tests/e2e goes first (addopts has
-    --no-loadscope-reorder): its long tests start early, the short unit tests even the two workers out at
-    the end."""
+    --no-loadscope-reorder), then the long tests outside it (LONG_OUTSIDE_E2E): the long tests start early,
+    the short unit tests even the two workers out at the end."""
     farm = {item.nodeid.split("::", 1)[0] for item in items
             if FARM_FIXTURES & set(getattr(item, "fixturenames", ())) or hasattr(getattr(item, "module", None), "route_for")}
     for item in items:
@@ -58,7 +58,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("e2e-farm"))
         elif _shares_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(path))
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/e2e/"))
+    items.sort(key=_start_rank)
+
+
+# Where the longest tests outside tests/e2e live (replays and evaluations of ../shared's traces, the README's
+# terminal, a real proxy under the TUI: 10-40 s each on an idle machine): they start right after tests/e2e, so
+# that neither worker picks one up last while the other has nothing left to do.
+LONG_OUTSIDE_E2E = ("tests/contextwarden/offline/", "tests/test_readme.py", "tests/tui/test_live.py",
+                    "tests/contextwarden/memory/test_embedworker.py")
+
+
+def _start_rank(item: pytest.Item) -> int:
+    """0: tests/e2e, 1: the long tests outside it, 2: the rest (sort is stable: each keeps its file order)."""
+    if item.nodeid.startswith("tests/e2e/"):
+        return 0
+    return 1 if item.nodeid.startswith(LONG_OUTSIDE_E2E) else 2
 
 
 def _shares_a_module_fixture(item: pytest.Item) -> bool:
