@@ -9,6 +9,7 @@ proxies; any other test goes to whichever worker is free.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,35 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if worker and config.option.basetemp:
         config.option.basetemp = str(Path(config.option.basetemp).parent / worker.removeprefix("gw"))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The whole suite: the main process installs the two CLIs the e2e tests drive (npm, ~20-30 s each, on a
+    clean clone: mostly waiting for the registry) in the background, side by side, while the workers collect
+    and run other tests; a test that needs one waits on its install lock (tests/support/claude_code.py)."""
+    config = session.config
+    if hasattr(config, "workerinput") or config.args_source == pytest.Config.ArgsSource.ARGS or config.option.collectonly:
+        return
+    from tests.support.claude_code import claude_code_binary
+    from tests.support.codex_cli import codex_binary
+
+    def install(find) -> None:
+        try:
+            find()
+        except BaseException:  # noqa: BLE001 - the test that needs the binary calls it again and reports why
+            pass
+    _INSTALLS[:] = [threading.Thread(target=install, args=(f,), name=f.__name__, daemon=True)
+                    for f in (claude_code_binary, codex_binary)]
+    for t in _INSTALLS:
+        t.start()
+
+
+_INSTALLS: list[threading.Thread] = []
+
+
+def pytest_sessionfinish() -> None:
+    for t in _INSTALLS:  # (a run that needed neither still leaves no half-done install behind)
+        t.join(900)
 
 
 # tests/e2e/conftest.py's shared proxies: a file that uses one (or picks one with route_for) runs on the same
