@@ -9,6 +9,7 @@ proxies; any other test goes to whichever worker is free.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,35 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.basetemp = str(Path(config.option.basetemp).parent / worker.removeprefix("gw"))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The whole suite: the main process installs the two CLIs the e2e tests drive (npm, ~20-30 s each, on a
+    clean clone: mostly waiting for the registry) in the background, side by side, while the workers collect
+    and run other tests; a test that needs one waits on its install lock (tests/support/claude_code.py)."""
+    config = session.config
+    if hasattr(config, "workerinput") or config.args_source == pytest.Config.ArgsSource.ARGS or config.option.collectonly:
+        return
+    from tests.support.claude_code import claude_code_binary
+    from tests.support.codex_cli import codex_binary
+
+    def install(find) -> None:
+        try:
+            find()
+        except BaseException:  # noqa: BLE001 - the test that needs the binary calls it again and reports why
+            pass
+    _INSTALLS[:] = [threading.Thread(target=install, args=(f,), name=f.__name__, daemon=True)
+                    for f in (claude_code_binary, codex_binary)]
+    for t in _INSTALLS:
+        t.start()
+
+
+_INSTALLS: list[threading.Thread] = []
+
+
+def pytest_sessionfinish() -> None:
+    for t in _INSTALLS:  # (a run that needed neither still leaves no half-done install behind)
+        t.join(900)
+
+
 # tests/e2e/conftest.py's shared proxies: a file that uses one (or picks one with route_for) runs on the same
 # worker as the others, so the four start once
 FARM_FIXTURES = {"route", "observe_route", "proxy_farm", "observe_reverse", "observe_regular", "active_reverse",
@@ -48,8 +78,8 @@ FARM_FIXTURES = {"route", "observe_route", "proxy_farm", "observe_reverse", "obs
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The farm's files are one xdist group, a file's tests that share a module fixture (its proxies) one group
     per file; any other test is a unit of its own that either worker takes. tests/e2e goes first (addopts has
-    --no-loadscope-reorder): its long tests start early, the short unit tests even the two workers out at
-    the end."""
+    --no-loadscope-reorder), then the long tests outside it (LONG_OUTSIDE_E2E): the long tests start early,
+    the short unit tests even the two workers out at the end."""
     farm = {item.nodeid.split("::", 1)[0] for item in items
             if FARM_FIXTURES & set(getattr(item, "fixturenames", ())) or hasattr(getattr(item, "module", None), "route_for")}
     for item in items:
@@ -58,7 +88,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("e2e-farm"))
         elif _shares_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(path))
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/e2e/"))
+    items.sort(key=_start_rank)
+
+
+# Where the longest tests outside tests/e2e live (replays and evaluations of ../shared's traces, the README's
+# terminal, a real proxy under the TUI: 10-40 s each on an idle machine): they start right after tests/e2e, so
+# that neither worker picks one up last while the other has nothing left to do.
+LONG_OUTSIDE_E2E = ("tests/contextwarden/offline/", "tests/test_readme.py", "tests/tui/test_live.py",
+                    "tests/contextwarden/memory/test_embedworker.py")
+
+
+def _start_rank(item: pytest.Item) -> int:
+    """0: tests/e2e, 1: the long tests outside it, 2: the rest (sort is stable: each keeps its file order)."""
+    if item.nodeid.startswith("tests/e2e/"):
+        return 0
+    return 1 if item.nodeid.startswith(LONG_OUTSIDE_E2E) else 2
 
 
 def _shares_a_module_fixture(item: pytest.Item) -> bool:

@@ -30,10 +30,11 @@ MARKER_FILE = "hello_warden.txt"  # a file in Claude Code's cwd that its `ls` to
 
 
 @contextmanager
-def install_lock() -> Iterator[None]:
-    """One npm install at a time, across the suite's worker processes."""
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    with open(CACHE.parent / ".install.lock", "w") as f:
+def install_lock(prefix: Path = CACHE) -> Iterator[None]:
+    """One npm install into ``prefix`` at a time, across the suite's processes (the two CLIs' installs,
+    into two prefixes, may run side by side: npm's own cache is safe for that)."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with open(prefix.parent / f".install-{prefix.name}.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 

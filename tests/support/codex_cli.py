@@ -44,7 +44,7 @@ def codex_binary() -> Path:
         if not _usable(Path(env)):
             pytest.fail(f"CODEX_BIN={env} is not a working Codex binary ('--version' failed)")
         return Path(env)
-    with install_lock():
+    with install_lock(CACHE):
         found = next((p for p in _candidates(CACHE) if _usable(p)), None)
         if found is None:
             install(CACHE, VERSION, PACKAGE)

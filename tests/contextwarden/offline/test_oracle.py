@@ -122,7 +122,8 @@ def test_the_smallest_eval_trace(counter):
 
 def test_replay_oracle_prints_the_ceiling_beside_the_default(capsys):
     trace = EVAL_DIR / "traces" / "claude-code-98c71c0e-df8c-422b-a5b5-200a7ea09335.jsonl"
-    assert cli_main(["replay", "--oracle", "--limit", "40", str(trace)]) == 0
+    # (no turn hooks: memory ingests nothing, which no row asserted here depends on, and embeds nothing)
+    assert cli_main(["replay", "--oracle", "--limit", "40", "--no-turn-hooks", str(trace)]) == 0
     out = capsys.readouterr().out
     rows = {ln.split()[1]: ln.split() for ln in out.splitlines() if ln.startswith("98c71c0e ")}
     assert set(rows) == {"client", "default", "oracle"}
@@ -140,4 +141,4 @@ def test_an_oracle_that_counts_otherwise_than_the_replay_is_refused(monkeypatch)
     real = oracle.counter_for
     monkeypatch.setattr(oracle, "counter_for", lambda ov=None: real({"tokens": {"encoding": "no-such-encoding"}}))
     with pytest.raises(SystemExit, match="did not count alike.*estimate"):
-        cli_main(["replay", "--oracle", "--limit", "3", str(trace)])
+        cli_main(["replay", "--oracle", "--limit", "3", "--no-turn-hooks", str(trace)])

@@ -223,17 +223,24 @@ def test_requests_are_rebuilt_from_a_session_log(tmp_path, counter):
 # ---------------------------------------------------------------------------- through the real pipeline
 
 
-@pytest.mark.timeout(900)  # ~1 min on an idle 2-core machine; every stage, memory included, runs for 139 requests
+# The trace's first 75 of its 139 requests (all 139 took ~1 min on an idle 2-core machine): the stages rewrite
+# from request 3 on and memory injects from request 48. Summed over requests 0-38 our traffic costs MORE than the
+# client's (rewrites are paid for before they save), from request 39 on less: 10% less at 75, 24% at 139. A
+# prefix past that point still fails on a product whose rewrites do not pay for themselves.
+PREFIX = 75
+
+
+@pytest.mark.timeout(900)  # every stage, memory included, runs for each request
 def test_smallest_trace_through_the_real_pipeline():
     """The acceptance check: our traffic never costs more than the client's, and nothing invalid is sent."""
     seen: dict = {}
-    rep = replay(SMALLEST, window=60_000, stage_budget_ms=5000,
+    rep = replay(SMALLEST, window=60_000, stage_budget_ms=5000, limit=PREFIX,
                  before_close=lambda rt, _: seen.update(embedder=get_service(rt).embedder, timeout=rt.settings.memory.timeout_ms))
     # memory searched with its embedding model (../shared's, as the evaluations use it), as it runs live,
     # and the stage budget given for a loaded machine is its search limit too
     assert seen["embedder"] is not None and seen["timeout"] == 5000
     t = rep.totals()
-    assert t["requests"] == len(rep.results) == 139
+    assert t["requests"] == len(rep.results) == PREFIX and t["memory_injections"] > 0
     assert t["sent_invalid"] == 0 and t["validator_rejected"] == 0
     assert t["cost_ours"] <= t["cost_original"] + 1e-9, (t["cost_ours"], t["cost_original"])
     assert all(r.tokens_original > 0 and r.tokens_sent > 0 for r in rep.results)
@@ -241,7 +248,7 @@ def test_smallest_trace_through_the_real_pipeline():
     # the simulator is in the provider's ballpark for the calls the log has usage for
     assert 0.5 < t["simulated_same_requests"] / t["actual_billed"] < 1.5
     d = rep.to_dict()
-    assert d["fit"]["b"] > 1.0 and len(d["requests"]) == 139
+    assert d["fit"]["b"] > 1.0 and len(d["requests"]) == PREFIX
 
 
 def test_recorded_bodies_replay(tmp_path):
