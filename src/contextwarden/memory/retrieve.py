@@ -77,7 +77,8 @@ class HistoryIndex:
     """What the outgoing request still holds, to tell whether a stored item is already in it.
 
     An item is in the history when its whole (whitespace-normalised) text is a text of the request,
-    or when nearly all of its lines are lines of the request (a chunk of a tool result still there).
+    when the text it was cut from is (its ``source_id``: a chunk of a long message or tool call), or
+    when nearly all of its lines are lines of the request (a chunk of a tool result still there).
     Lookups are set probes, so checking a candidate costs microseconds whatever the history's size.
     A text's keys (hashes of the whole text, hashes of its long lines) come from ``keys``: a history is
     mostly the same texts request after request, so each is split and hashed once. The cache is not
@@ -87,12 +88,13 @@ class HistoryIndex:
     def __init__(self, texts: Iterable[str] = (), keys: LRU | None = None) -> None:
         self.hashes: set[str] = set()
         self.lines: set[int] = set()
+        self.sources: set[str] = set()  # the memory ids of its texts: a chunk names its whole's (source_id)
         self.keys = keys if keys is not None else text_keys_cache()
         for t in texts:
             self.add(t)
 
     def __getstate__(self) -> dict:
-        return {"hashes": self.hashes, "lines": self.lines}
+        return {"hashes": self.hashes, "lines": self.lines, "sources": self.sources}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, keys=text_keys_cache())
@@ -112,8 +114,11 @@ class HistoryIndex:
         hashes, lines = self._text_keys(text)
         self.hashes.update(hashes)
         self.lines |= lines
+        self.sources.add("m-" + hashes[0][:16])  # memory.ids.memory_id
 
     def __contains__(self, item) -> bool:
+        if getattr(item, "source_id", None) in self.sources:  # a chunk of a message the request holds
+            return True
         text = item.text if hasattr(item, "text") else str(item)
         hashes, lines = self._text_keys(text)  # cached: the same candidates come back request after request
         if hashes[0] in self.hashes or hashes[1] in self.hashes:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import copy
 import threading
+from dataclasses import replace
 
 import pytest
 
+from contextwarden.memory.ids import memory_id
+from contextwarden.memory.ingest import items_from_messages
 from contextwarden.memory.inject import (
     OPEN,
     closing_tag,
@@ -16,7 +19,17 @@ from contextwarden.memory.inject import (
     strip_blocks,
 )
 from contextwarden.memory.lexical import LexicalIndex, tokenize
-from contextwarden.memory.retrieve import HistoryIndex, Hit, Query, Retrieval, Retriever, build_query, rrf, select
+from contextwarden.memory.retrieve import (
+    HistoryIndex,
+    Hit,
+    Query,
+    Retrieval,
+    Retriever,
+    build_query,
+    history_texts,
+    rrf,
+    select,
+)
 from contextwarden.memory.tagger import tag_key
 from contextwarden.models import ApiKind
 from contextwarden.settings.memory import MemorySection
@@ -78,6 +91,20 @@ def test_history_index_recognises_messages_and_chunks_still_in_the_request():
     assert item(chunk) in hist
     assert item("line 3: something else entirely that was never in the request") not in hist
     assert item(FACTS[0]) not in hist
+
+
+def test_a_chunk_of_an_agents_tool_call_is_in_the_history_that_still_holds_the_call():
+    """Claude Code's turn (thinking, text, a long Write) is stored as its text and tool call, cut into
+    chunks whose lines are pieces of one JSON line: each is known by the message it was cut from."""
+    body = "\n".join(f"    def handler_{i}(self): return {i}" for i in range(60))
+    msg = {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "Let me write the module.", "signature": "sig"},
+        {"type": "text", "text": "Writing the handlers."},
+        {"type": "tool_use", "id": "toolu_1", "name": "Write", "input": {"file_path": "/src/h.py", "content": body}}]}
+    [stored] = items_from_messages([msg], ApiKind.ANTHROPIC, "s1", "t-a", 0)
+    chunk = replace(item(stored.text[400:900], role="assistant"), source_id=memory_id(stored.text))
+    assert chunk in HistoryIndex(history_texts(ApiKind.ANTHROPIC, {"messages": [msg]}))
+    assert chunk not in HistoryIndex(history_texts(ApiKind.ANTHROPIC, {"messages": [{"role": "user", "content": "hi"}]}))
 
 
 def test_line_keys_are_the_regex_normalisation_for_every_whitespace_and_bullet():

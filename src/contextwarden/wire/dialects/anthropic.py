@@ -213,8 +213,8 @@ class Anthropic(Dialect):
         return m.model_copy(update={"content": bs}) if any(a is not b for a, b in zip(bs, m.content)) else None
 
     def item_texts(self, m: Any, out: list[Any]) -> None:
-        """Its text, or its blocks' texts (tool calls and results included) and, of two or more, all of
-        them but the results together."""
+        """Its text, or its blocks' texts (tool calls and results included) and, of two or more texts and
+        tool calls, those together: the text ``memory_items`` stores for the message (no thinking)."""
         msg = m if isinstance(m, am.Message) else am.Message.model_validate(m)
         if isinstance(msg.content, str):
             out.append(msg.content)
@@ -223,7 +223,7 @@ class Anthropic(Dialect):
         for b in msg.content:
             if t := am.block_text(b):
                 out.append(t)
-                if not isinstance(b, am.ToolResultBlock):
+                if isinstance(b, (am.TextBlock, am.ToolUseBlock)):  # a stored message's text (memory_items)
                     texts.append(t)
         if len(texts) > 1:
             out.append("\n".join(texts))
