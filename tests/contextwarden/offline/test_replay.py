@@ -224,7 +224,7 @@ def test_requests_are_rebuilt_from_a_session_log(tmp_path, counter):
 
 
 # The trace's first 75 of its 139 requests (all 139 took ~1 min on an idle 2-core machine): the stages rewrite
-# from request 3 on and memory injects from request 48. Summed over requests 0-38 our traffic costs MORE than the
+# from request 3 on. Summed over requests 0-38 our traffic costs MORE than the
 # client's (rewrites are paid for before they save), from request 39 on less: 10% less at 75, 24% at 139. A
 # prefix past that point still fails on a product whose rewrites do not pay for themselves.
 PREFIX = 75
@@ -240,7 +240,10 @@ def test_smallest_trace_through_the_real_pipeline():
     # and the stage budget given for a loaded machine is its search limit too
     assert seen["embedder"] is not None and seen["timeout"] == 5000
     t = rep.totals()
-    assert t["requests"] == len(rep.results) == PREFIX and t["memory_injections"] > 0
+    assert t["requests"] == len(rep.results) == PREFIX
+    # memory ran on every request and injected nothing: the client never dropped anything of its own here,
+    # and what our rewrites took the stubs name (a chunk of a Write the request still held came back before)
+    assert t["stage_events"]["memory"] == PREFIX and t["memory_injections"] == 0
     assert t["sent_invalid"] == 0 and t["validator_rejected"] == 0
     assert t["cost_ours"] <= t["cost_original"] + 1e-9, (t["cost_ours"], t["cost_original"])
     assert all(r.tokens_original > 0 and r.tokens_sent > 0 for r in rep.results)
