@@ -301,13 +301,11 @@ def other_sessions_only(ctx, ret: Retrieval) -> tuple[Retrieval, int]:
     """In an agent's session, the search's hits without the session's own items that the client still
     sends (unless ``memory.agent_own_session``), and how many were left out. What clearing and compaction
     took of those their stubs and summary name by id, and automatic recall puts back what an answer
-    quotes: on the eval traces such items were 100% of what memory injected, ~1.8 points of the saving on
-    03a113bf, and no lost item fewer (docs/REPLAY.md). What the client's own history no longer holds (its
-    own compaction, a /compact) no stub names, and still comes back."""
-    if ctx.settings.memory.agent_own_session or not ret.hits or not agent_session(ctx):
-        return ret, 0
+    quotes. What the client's own history no longer holds (its own compaction, a /compact, a subagent's
+    work) no stub names, and still comes back (docs/REPLAY.md, "What memory costs in a coding session")."""
     session = str(ctx.session)
-    if not any(str(h.item.session) == session for h in ret.hits):
+    own = any(str(h.item.session) == session for h in ret.hits)
+    if ctx.settings.memory.agent_own_session or not own or not agent_session(ctx):  # (that one walks the history)
         return ret, 0
     sent = HistoryIndex(history_texts(ctx.api, ctx.original), ctx.runtime.memo("memory.text_keys", text_keys_cache))
     kept = [h for h in ret.hits if str(h.item.session) != session or h.item not in sent]

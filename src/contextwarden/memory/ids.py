@@ -18,4 +18,9 @@ def content_hash(text: str) -> str:
 def memory_id(text: str) -> str:
     """``"m-"`` + the first 16 hex digits of the text's SHA-256: short enough for a stub, long enough
     not to collide within one memory."""
-    return "m-" + content_hash(text)[:16]
+    return id_of_hash(content_hash(text))
+
+
+def id_of_hash(digest: str) -> str:
+    """The memory id of a text whose :func:`content_hash` is ``digest`` (already worked out)."""
+    return "m-" + digest[:16]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ids import content_hash
+from .ids import content_hash, id_of_hash
 
 KINDS = ("message", "tool_result", "chunk")
 OPTIONAL = ("tool", "workspace", "source_id", "project", "speaker", "when")  # metadata only when set
@@ -61,7 +61,7 @@ class MemoryItem:
     @property
     def memory_id(self) -> str:
         """The short id of this item's own text (``m-…``)."""
-        return "m-" + self.hash[:16]
+        return id_of_hash(self.hash)
 
     def to_metadata(self) -> dict[str, Any]:
         """Chroma metadata: scalars only, ``None`` left out."""

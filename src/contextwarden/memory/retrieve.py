@@ -26,7 +26,7 @@ from ..models.base import ApiKind
 from ..util.lru import LRU
 from ..wire.dialects import dialect
 from .envelopes import strip_envelopes
-from .ids import content_hash
+from .ids import content_hash, id_of_hash
 from .inject import strip_blocks
 from .items import MemoryItem
 from .lexical import combine_terms, query_terms, tokenize
@@ -114,7 +114,7 @@ class HistoryIndex:
         hashes, lines = self._text_keys(text)
         self.hashes.update(hashes)
         self.lines |= lines
-        self.sources.add("m-" + hashes[0][:16])  # memory.ids.memory_id
+        self.sources.add(id_of_hash(hashes[0]))
 
     def __contains__(self, item) -> bool:
         if getattr(item, "source_id", None) in self.sources:  # a chunk of a message the request holds
