@@ -8,11 +8,14 @@ proxies; any other test goes to whichever worker is free.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from pathlib import Path
 
 import pytest
+
+from contextwarden.memory import service as memory_service
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CONTEXTWARDEN_SHARED", ROOT.parent / "shared")).resolve()
@@ -92,10 +95,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # Where the longest tests outside tests/e2e live (replays and evaluations of ../shared's traces, the README's
-# terminal, a real proxy under the TUI: 10-40 s each on an idle machine): they start right after tests/e2e, so
+# terminal, a real proxy under the TUI, the memory process's waits on its idle-priority embedding: 10-40 s each
+# on an idle machine): they start right after tests/e2e, so
 # that neither worker picks one up last while the other has nothing left to do.
 LONG_OUTSIDE_E2E = ("tests/contextwarden/offline/", "tests/test_readme.py", "tests/tui/test_live.py",
-                    "tests/contextwarden/memory/test_embedworker.py")
+                    "tests/contextwarden/memory/test_embedworker.py", "tests/contextwarden/memory/test_process.py")
 
 
 def _start_rank(item: pytest.Item) -> int:
@@ -108,6 +112,32 @@ def _start_rank(item: pytest.Item) -> int:
 def _shares_a_module_fixture(item: pytest.Item) -> bool:
     info = getattr(item, "_fixtureinfo", None)
     return info is not None and any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs)
+
+
+_load_embedder = memory_service.load_embedder
+
+
+@functools.cache
+def _suite_model(model_dir: str, threads: int | None) -> tuple:
+    return _load_embedder(model_dir, threads=threads)
+
+
+def _shared_load_embedder(model_dir, download: bool = True, threads: int | None = None) -> tuple:
+    """The memory services a test process builds (every runtime with memory on: hundreds of tests) load
+    ../shared's model once (~1 s of CPU each time: the ONNX session and its warm-up) and share it, as the
+    Embedder is thread-safe; any other folder (a missing or broken one, Chroma's cache) loads as in the product."""
+    if model_dir and Path(model_dir).expanduser().resolve() == MODEL_DIR:
+        emb, message = _suite_model(str(model_dir), threads)
+        if emb is not None:
+            return emb, message
+    return _load_embedder(model_dir, download, threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_model_per_process():
+    memory_service.load_embedder = _shared_load_embedder
+    yield
+    memory_service.load_embedder = _load_embedder
 
 
 @pytest.fixture(autouse=True)

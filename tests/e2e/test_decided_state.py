@@ -127,10 +127,15 @@ def strict(standin):
 
 @pytest.fixture
 def busy_cpu():
-    """Three busy loops for the length of the test (more than this machine has cores)."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    """Three busy loops (more than this machine has cores), started by the test once its proxy is up (under
+    them the proxy's start takes several times as long, and the other worker's tests wait too), killed at its end."""
+    procs: list[subprocess.Popen] = []
+
+    def start() -> list[subprocess.Popen]:
+        procs.extend(subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3))
+        return procs
     try:
-        yield procs
+        yield start
     finally:
         for p in procs:
             p.kill()
@@ -144,7 +149,8 @@ def test_under_a_saturated_cpu_every_request_carries_the_decided_state(tmp_path,
     (plugins / "stall.py").write_text(textwrap.dedent(STALL))
     proxy = _proxy(tmp_path / "proxy", "under-load", plugins=plugins).start()
     try:
-        assert busy_cpu and all(p.poll() is None for p in busy_cpu)
+        loops = busy_cpu()
+        assert loops and all(p.poll() is None for p in loops)
         session = uuid.uuid4().hex
         steps = 16
         sent: dict[str, bytes] = {}
