@@ -30,6 +30,7 @@ from .ids import content_hash, id_of_hash
 from .inject import strip_blocks
 from .items import MemoryItem
 from .lexical import combine_terms, query_terms, tokenize
+from .related import RelatedWords
 from .scope import SCOPE_MAX, SessionVectors
 from .tagger import tag_key
 from .turns import near, query_text, spans_in, undated, unit_texts
@@ -279,6 +280,7 @@ class Vectors:
     result: list | None = None
     timings: dict[str, float] = field(default_factory=dict)
     embedding: np.ndarray | None = None  # the query's, once the vector half has it
+    terms: dict[str, float] | None = None  # the BM25 query, once made (Retriever._terms)
 
     @staticmethod
     def key_of(query: Query, tenants: list[str], workspace: str | None, n: int | None, session: str | None,
@@ -300,7 +302,8 @@ class Retriever:
     """Runs both rankings and fuses them. ``store`` may be None or unavailable (lexical only);
     ``embedder`` None means lexical only; ``pool`` runs the Chroma query so it can time out."""
 
-    def __init__(self, store, lexical, embedder, pool: cf.Executor | None, settings, scope=None) -> None:
+    def __init__(self, store, lexical, embedder, pool: cf.Executor | None, settings, scope=None,
+                 related: RelatedWords | None = None) -> None:
         self.store = store
         self.lexical = lexical
         self.embedder = embedder
@@ -308,6 +311,7 @@ class Retriever:
         self.settings = settings  # MemorySection
         # the current session's exact vector ranking (memory.scope.SessionVectors; made here when None)
         self.scope = scope
+        self.related = related  # the sessions' words by embedding (memory.related; None: no related words)
 
     def start(self, query: Query, tenants: list[str], *, workspace: str | None = None, n: int | None = None,
               session: str | None = None, project: str | None = None) -> Vectors:
@@ -427,9 +431,20 @@ class Retriever:
         return lex
 
     def _terms(self, query: Query, v: Vectors) -> dict[str, float]:
+        """The BM25 query: the question's terms (and the turns before it, for a short follow-up), and the
+        session's words nearest them by embedding (``memory.related_weight``: :mod:`.related`)."""
+        if v.terms is not None:
+            return v.terms
         terms = query_terms(query.text)
         if v.use_context:
             terms = combine_terms(terms, query_terms(query.context[-1500:], weight=self.settings.context_weight))
+        s, session = self.settings, v.key[5]
+        if s.related_weight > 0 and self.related is not None and session is not None and self.lexical is not None:
+            part = next((p for p in v.partitions if self.lexical.session_size(p, session)), None)
+            near = {} if part is None else self.related.expand(part, session, query.text, per_word=s.related_per_word,
+                                                                floor=s.related_floor, common=s.common_term_ratio)
+            terms = combine_terms(terms, {t: s.related_weight * sim for t, sim in near.items()})
+        v.terms = terms
         return terms
 
     def _focus(self, query: Query, v: Vectors, by_id: dict[str, Hit], exclude, n: int, session: str) -> list:

@@ -37,6 +37,7 @@ from .lexical import LexicalIndex, load_snapshot, save_snapshot
 from .lexical_refresh import LexicalRefresh
 from .originals import OriginalStore
 from .pending import PendingTable
+from .related import RelatedWords
 from .retrieve import HistoryIndex, Query, Retrieval, Retriever, text_keys_cache
 from .scope import SessionVectors
 from .store import MemoryStore
@@ -94,6 +95,7 @@ class MemoryService:
         # Chroma queries run here so a slow or dead Chroma costs a request its memory, not its latency
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
         self._scope: SessionVectors | None = None  # made with the first retriever
+        self._related: RelatedWords | None = None  # made with the embedder
         # searches' vector halves started ahead (prepare): token -> (Vectors, when), the newest few
         self._prepared: OrderedDict[str, tuple] = OrderedDict()
         self._prepared_lock = threading.Lock()
@@ -114,6 +116,7 @@ class MemoryService:
             if emb is not None:
                 emb.warm()
                 self.embedder = CachedEmbedder(emb, disk=m.embed_cache)
+                self._related = RelatedWords(self.embedder)  # the sessions' words by embedding (on_added)
                 if self.separate and m.embed_idle:
                     self.embedder.background = BackgroundEmbedder(emb, str(emb.model_dir))
                     self.embedder.is_background = self._on_storer
@@ -249,6 +252,8 @@ class MemoryService:
     def _on_added(self, items) -> None:
         if self._scope is not None:  # (the lexical index has them since they were submitted)
             self._scope.stored(items)
+        if self._related is not None and self.settings.memory.related_weight > 0:
+            self._related.learn(self.lexical, items)
 
     def state(self, wait_s: float = 0.0) -> dict:
         """Open yet (waiting up to ``wait_s`` for it), available, the error, the lexical index complete."""
@@ -344,7 +349,7 @@ class MemoryService:
         if store is not None and self._scope is None:
             self._scope = SessionVectors(store)  # the current sessions' vectors, kept between searches
         return Retriever(store, self.lexical, self.embedder, self._pool, (settings or self.settings).memory,
-                         scope=self._scope if store is not None else None)
+                         scope=self._scope if store is not None else None, related=self._related)
 
     def neighbours(self, item) -> list:
         """The stored items of the messages just before and after ``item``'s, in its session."""

@@ -148,6 +148,17 @@ class MemorySection(Section):
     """Weight, in the fusion, of rankings within the current session's turns dated near a day the question
     names (``MemoryItem.when``) (0: off)."""
 
+    related_weight: float = 0.3
+    """The session's words nearest a question's by embedding join its BM25 query at this weight times
+    their similarity (``memory/related.py``: "video games" finds "Valorant") (0: off). 0.3: LoCoMo's
+    held-out conversations gained at it (docs/memory-retrieval.md)."""
+
+    related_floor: float = 0.5
+    """Cosine similarity of a session word to a question word for it to join the question's BM25 query."""
+
+    related_per_word: int = 3
+    """Session words a question word brings into its query, at most."""
+
     relevance_floor: float = 0.23
     """Nothing is injected when the best candidate's cosine similarity to the query is below this (with a
     model). 0.23: the 1st percentile of LoCoMo questions' best similarity. 0: off."""

@@ -19,6 +19,7 @@ from contextwarden.memory.inject import (
     strip_blocks,
 )
 from contextwarden.memory.lexical import LexicalIndex, tokenize
+from contextwarden.memory.related import RelatedWords
 from contextwarden.memory.retrieve import (
     HistoryIndex,
     Hit,
@@ -414,3 +415,30 @@ def test_a_session_without_speakers_or_a_named_day_reads_no_session_vectors(mem)
     assert r.scope is None
     r.search(Query("what did we do on 2 May, 2023?"), ["t-a"], session="s1")
     assert r.scope is not None
+
+
+def test_a_question_naming_a_category_finds_the_turn_naming_a_member(tmp_path):
+    """"What instruments does Maria play?" shares no word with "I practised the violin for hours": the
+    session's words nearest the question's by embedding ("violin" near "instruments") make it a candidate."""
+    st = store(tmp_path)
+    said = [f"Maria: I went to the {place} with my {who} and we talked about {topic}."
+            for place in ("market", "museum", "cinema", "park") for who in ("sister", "neighbour", "friend")
+            for topic in ("the weather", "the songs Maria plays at weekends")]
+    said += ["Maria: I practised the violin for hours yesterday."]
+    items = [item(text, turn=i, speaker="Maria") for i, text in enumerate(said)]
+    st.add(items)
+    lex = LexicalIndex()
+    lex.add(items)
+    related = RelatedWords(embedder())
+    related.learn(lex, items)
+    found = {}
+    for weight in (0.0, 0.3):
+        r = Retriever(st, lex, embedder(), None, MemorySection(neighbour_weight=0, speaker_weight=0, related_weight=weight),
+                      related=related)
+        found[weight] = [h.item.text for h in r.search(Query("What instruments does Maria play?"), ["t-a"], n=10,
+                                                        session="s1").hits]
+    assert items[-1].text not in found[0.0]  # not a candidate: no shared word, its vector below the top 10
+    assert items[-1].text in found[0.3]
+    assert related.expand("t-a", "s1", "What instruments does Maria play?")["violin"] >= 0.5
+    assert related.expand("t-a", "s2", "What instruments does Maria play?") == {}  # a session it never learnt
+    st.close()
