@@ -36,6 +36,7 @@ from contextwarden.memory.lexical import tokenize
 from contextwarden.memory.project import request_project
 from contextwarden.memory.retrieve import (
     HistoryIndex,
+    Hit,
     Retrieval,
     build_query,
     history_items,
@@ -52,6 +53,7 @@ from contextwarden.util.lru import LRU
 from contextwarden.wire.conversation import strip_cache_control
 from contextwarden.wire.dialects import NotInjectable, dialect, last_user_index
 from contextwarden.wire.dialects.base import BLOCK_OVERHEAD
+from contextwarden.wire.references import _TOKEN, distinctive
 
 STATE_NS = "memory.ingested"
 MIN_BUDGET = 48  # tokens: below this nothing useful fits
@@ -129,6 +131,8 @@ WHY_SKIPPED = {  # the memory event's "why" (the TUI shows it) when nothing was 
     "no candidates": "nothing stored that matches",
     "active topics": "what matched is on topics the history still holds",
     "own session": "an agent's session: what our rewrites took of its own, the stubs name and recall puts back",
+    "nothing new": "an agent's session: nothing found by both the message's words and its meaning that this "
+                   "conversation has not had and that names something the request does not hold",
     "no room": "no room left in the context window",
     "starting": "memory is starting",
     "inject off": "memory.inject is off (remembering only)",
@@ -275,6 +279,11 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     if not hits:
         reason = "active topics" if ret.active else ("nothing relevant" if ret.candidates else "no candidates")
         return finish(skipped=reason, **info)
+    agent = m.agent_new_only and agent_session(ctx)
+    if agent:
+        hits, given = worth_giving(ctx, hits)
+        if not hits:
+            return finish(skipped="nothing new", **info)
     block = render_block([h.item for h in hits])
     while len(hits) > 1 and _count(ctx, block) > budget + overhead:
         # the items' costs leave out the group headings past the first (sessions, dates): the weakest go
@@ -284,6 +293,8 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         where = dialect(ctx.api).inject(ctx.request, block)
     except NotInjectable as e:
         return finish(skipped=str(e), **info)
+    if agent and ctx.history is not None:
+        ctx.history.carry_on(GIVEN_SLOT, 0, given | {h.item.memory_id for h in hits})
     top = set(tokenize(hits[0].item.text))
     matched = [w for w in dict.fromkeys(content_words(query.text)) if w in top][:5]
     finish(injected=len(hits), tokens=_count(ctx, block), ids=[h.item.memory_id for h in hits], matched=matched,
@@ -310,6 +321,35 @@ def other_sessions_only(ctx, ret: Retrieval) -> tuple[Retrieval, int]:
     sent = HistoryIndex(history_texts(ctx.api, ctx.original), ctx.runtime.memo("memory.text_keys", text_keys_cache))
     kept = [h for h in ret.hits if str(h.item.session) != session or h.item not in sent]
     return (replace(ret, hits=kept), len(ret.hits) - len(kept)) if len(kept) < len(ret.hits) else (ret, 0)
+
+
+GIVEN_SLOT = "memory.given"  # conversation slot: the memory ids its blocks gave (an agent's session)
+
+
+def _names(text: str) -> frozenset[str]:
+    """The names a text holds: paths, identifiers, versions (``wire.references.distinctive``)."""
+    return frozenset(t for t in (x.rstrip(".") for x in _TOKEN.findall(text)) if distinctive(t))
+
+
+def worth_giving(ctx, hits: list[Hit]) -> tuple[list[Hit], frozenset[str]]:
+    """In an agent's session (``memory.agent_new_only``), the block's items likely to pay for their
+    tokens, and the ids this conversation's blocks gave before. A block there is new input that the
+    model reads once; what it takes from it goes into its answer and tool calls, which the history
+    keeps. So an item goes when the message's words and its meaning both found it (not a neighbour
+    only, not one ranking alone), this conversation has not had it yet (the set starts again with
+    a new conversation: after the client's own compaction, a subagent), and, unless a person wrote
+    it, it names something (a path, an identifier) the client's request does not hold: the
+    request's work is on exact strings. A conversation without tool calls (a chat) is not affected
+    (docs/REPLAY.md, "What memory costs in a coding session")."""
+    got = ctx.history.carried(GIVEN_SLOT) if ctx.history is not None else None
+    given: frozenset[str] = got[1] if got is not None else frozenset()
+    memo = ctx.runtime.memo("memory.names", lambda: LRU(50_000))
+    held: set[str] = set()
+    for text in history_texts(ctx.api, ctx.original):
+        held |= memo.get(text, _names, text)
+    kept = [h for h in hits if h.vector_rank is not None and h.lexical_rank is not None
+            and h.item.memory_id not in given and (h.item.role == "user" or not _names(h.item.text) <= held)]
+    return kept, given
 
 
 # --- remembering -----------------------------------------------------------------------------------------

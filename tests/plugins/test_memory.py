@@ -12,6 +12,7 @@ from contextwarden.memory.ids import memory_id
 from contextwarden.memory.inject import OPEN, closing_tag
 from contextwarden.models import ApiKind
 from contextwarden.offline.memory.replay import Replayer
+from contextwarden.plugins import memory as memory_plugin
 
 FACTS = ["I adopted a beagle named Biscuit from the Alameda shelter last spring.",
          "My sister Clara lives in Lisbon and designs bridges for a living.",
@@ -412,6 +413,35 @@ def test_an_agents_session_gets_other_sessions_memory_not_its_own(tmp_path):
         assert memory_event(rp, own.ctx.flow_id)["injected"] >= 1
     finally:
         rp.close()
+
+
+def test_an_agents_conversation_gets_an_item_once_and_only_what_names_something_new(tmp_path):
+    """memory.agent_new_only: after the client's own compaction, what it dropped comes back with the
+    person's next message, and not again with the one after it in the same conversation (the first
+    answer holds what the model took from it); an assistant's item whose names (paths, identifiers) the
+    client's request holds stays out. Off, the block is given again."""
+    question = "What is the name of the dog I adopted?"
+    for new_only in (True, False):
+        (tmp_path / str(new_only)).mkdir()
+        rp = replayer(tmp_path / str(new_only), f"memory: {{agent_new_only: {str(new_only).lower()}}}")
+        try:
+            msgs = converse(rp)
+            first_msgs = _agent_turn(msgs[8:], question)
+            first = rp.send(first_msgs, api_key="sk-alice", session="s1")
+            assert FACTS[0] in str(first.wire["messages"][-1]["content"])
+            rp.complete(first, "Biscuit, the beagle.")
+            rp.flush()
+            again = rp.send(first_msgs + [{"role": "assistant", "content": "Biscuit, the beagle."},
+                                          {"role": "user", "content": question + " Tell me again."}],
+                            api_key="sk-alice", session="s1")
+            ev = memory_event(rp, again.ctx.flow_id)
+            assert (FACTS[0] in str(again.wire["messages"][-1]["content"])) is not new_only, ev
+            assert all(s.get("vector_rank") is not None and s.get("lexical_rank") is not None
+                       for s in ev.get("scores") or ()) or not new_only
+        finally:
+            rp.close()
+    names = frozenset({"tools/deploy.sh", "STAGING_HOST"})
+    assert memory_plugin._names(FACTS[2]) == names and not memory_plugin._names(FACTS[0])
 
 
 def test_a_persons_message_starts_its_search_as_it_is_read_and_injects_the_same(tmp_path):

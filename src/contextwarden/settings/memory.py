@@ -58,6 +58,12 @@ class MemorySection(Section):
     "What memory costs in a coding session"); other sessions' items, and what the client's own history
     dropped (its own compaction), still come. A conversation without tool calls is not affected."""
 
+    agent_new_only: bool = True
+    """In an agent's session, a block holds only items the message's words and its meaning both found,
+    that the conversation has not had yet, and that (unless a person wrote them) name something the
+    client's request does not hold (docs/REPLAY.md, "What memory costs in a coding session"). Off: the
+    block as in a chat."""
+
     budget_fraction: float = 0.10
     """Fraction of the context window memory may use in one request."""
 
