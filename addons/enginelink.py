@@ -412,14 +412,18 @@ class EngineLink:
         resp = _state(flow.response) if flow.response is not None else None
         if resp is not None and streamed:
             resp["content"] = None  # the engine read it chunk by chunk
+        # sent once the answer is on its way to the client (the next turn of the loop): encoding a whole
+        # flow is not the client's wait
+        later = asyncio.get_running_loop().call_soon
         if observed is None:
-            self.engine.send("end", flow.id, {"response": resp, "replaced": not streamed, "error": error})
+            later(self.engine.send, "end", flow.id, {"response": resp, "replaced": not streamed, "error": error})
             return
         state = frames.flow_state(flow)
         state["request"] = observed.request  # (the engine reads the request as it came first)
+        state["metadata"] = dict(flow.metadata)  # (as it is now)
         if resp is not None and observed.chunks:  # the body as it was relayed (None: not streamed, kept whole)
             resp["content"] = b"".join(observed.chunks)
-        self.engine.send("observed", flow.id, {"flow": state, "response": resp, "replaced": True, "error": error})
+        later(self.engine.send, "observed", flow.id, {"flow": state, "response": resp, "replaced": True, "error": error})
 
     # -- the Responses WebSocket --------------------------------------------------------------
 
