@@ -280,7 +280,9 @@ class EngineLink:
         if self.engine is None or self._stopping:
             return None
         linked = self._linked.result() if self._linked is not None and self._linked.done() else None
-        if self._linked is None or (linked is not None and linked.closed):
+        if linked is not None and not linked.closed:
+            return linked  # (the common case: no wait to set up)
+        if self._linked is None or linked is not None:
             self._linked = asyncio.ensure_future(self._connect())
         try:
             return await asyncio.wait_for(asyncio.shield(self._linked), RESTART_WAIT_S)
