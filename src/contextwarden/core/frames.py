@@ -26,7 +26,7 @@ MAX_FRAME = 1 << 30  # a request body of 1 GB is not a conversation
 # A frame is a whole request (~600 KB at 150K tokens): with these it crosses in one or two turns of the loop
 BUFFER = 4 << 20  # SO_SNDBUF / SO_RCVBUF asked for (the kernel caps it at net.core.[wr]mem_max)
 READ_LIMIT = 16 << 20  # the StreamReader's limit: it reads on until this much waits unread
-RING_BYTES = 8 << 20  # each direction's shared memory (pages are taken as first written)
+RING_BYTES = 4 << 20  # each direction's shared memory (its pages, once written, count in both processes' RSS)
 RING_MIN = 32 << 10  # bytes objects from this size go through the ring; smaller ones in the frame
 _TAIL = struct.Struct("=Q")  # the ring's first bytes: how far the reader has read (it writes, the writer reads)
 _RING_DATA = 64  # where the ring's data starts
