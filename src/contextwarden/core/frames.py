@@ -30,6 +30,7 @@ RING_BYTES = 4 << 20  # each direction's shared memory (its pages, once written,
 RING_MIN = 32 << 10  # bytes objects from this size go through the ring; smaller ones in the frame
 _TAIL = struct.Struct("=Q")  # the ring's first bytes: how far the reader has read (it writes, the writer reads)
 _RING_DATA = 64  # where the ring's data starts
+_RINGED = 1 << 31  # in a frame's length: its pickle refers to the ring
 
 
 class Ring:
@@ -124,13 +125,13 @@ def encode(op: str, key: Any = None, payload: Any = None, ring: Ring | None = No
     """A frame as its length and its pickle (its large bytes in ``ring`` when given): written with
     ``writelines`` (one ``sendmsg``), a large pickle is not copied once more to join them. Write it
     before encoding the next one with the same ring: the reader takes from the ring in frame order."""
-    if ring is None:
-        data = pickle.dumps((op, key, payload), protocol=pickle.HIGHEST_PROTOCOL)
-    else:
-        out = io.BytesIO()
-        _Pickler(out, ring).dump((op, key, payload))
-        data = out.getvalue()
-    return HEADER.pack(len(data)), data
+    data = pickle.dumps((op, key, payload), protocol=pickle.HIGHEST_PROTOCOL)
+    if ring is None or len(data) < RING_MIN:  # (most frames: a pickler of our own costs ~4x the pickle)
+        return HEADER.pack(len(data)), data
+    out = io.BytesIO()
+    _Pickler(out, ring).dump((op, key, payload))
+    data = out.getvalue()
+    return HEADER.pack(len(data) | _RINGED), data
 
 
 async def read(reader: asyncio.StreamReader, ring: Ring | None = None) -> tuple[str, Any, Any] | None:
@@ -139,9 +140,11 @@ async def read(reader: asyncio.StreamReader, ring: Ring | None = None) -> tuple[
     try:
         head = await reader.readexactly(HEADER.size)
         (n,) = HEADER.unpack(head)
+        ringed, n = n & _RINGED, n & ~_RINGED
         if n > MAX_FRAME:
             raise ValueError(f"engine frame of {n} bytes")
-        frame: tuple[str, Any, Any] = _Unpickler(io.BytesIO(await reader.readexactly(n)), ring).load()
+        data = await reader.readexactly(n)
+        frame: tuple[str, Any, Any] = _Unpickler(io.BytesIO(data), ring).load() if ringed else pickle.loads(data)
         return frame
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
