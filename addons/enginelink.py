@@ -57,10 +57,11 @@ class _Engine:
     """One engine process and the socket to it, started with ``options`` (mitmdump's, by name)."""
 
     def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, ready: _Ready,
-                 options: dict[str, Any]) -> None:
+                 options: dict[str, Any], rings: tuple[frames.Ring | None, frames.Ring | None] = (None, None)) -> None:
         self.proc = proc
         self.options = options
         self.sock = sock
+        self.to_engine, self.from_engine = rings  # the large bytes of frames each way (frames.Ring)
         self.proxy = ready["proxy"]  # its settings' proxy section: what it handles
         self.passive = ready["passive"]  # no request's bytes can change (observe-only, no stage): none waits
         self.pid = ready["pid"]
@@ -79,13 +80,19 @@ class _Engine:
         mine, theirs = socket.socketpair()
         frames.tune(mine)
         frames.tune(theirs)
+        to_engine, from_engine = frames.Ring.create(), frames.Ring.create()
+        fds = [theirs.fileno()] + ([to_engine.fd, from_engine.fd] if to_engine and from_engine else [])
         # A session of its own: a scheduling group of its own (Linux's autogroups). It stops with
         # mitmdump: asked over its socket, or when it closes (it ignores SIGINT). Two malloc arenas:
         # freed bodies sit in few heaps, which malloc_trim gives back when idle (collector.background)
-        proc = subprocess.Popen([sys.executable, "-m", "contextwarden.engine", str(theirs.fileno())],
-                                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={"MALLOC_ARENA_MAX": "2", **os.environ})
-        theirs.close()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "contextwarden.engine", *map(str, fds)],
+                                    pass_fds=fds, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env={"MALLOC_ARENA_MAX": "2", **os.environ})
+        finally:
+            theirs.close()
+            for fd in fds[1:]:
+                os.close(fd)  # (the maps stay)
         try:
             frames.send_blocking(mine, "start", None, options)
             frame = frames.read_blocking(mine, START_TIMEOUT_S)
@@ -95,7 +102,7 @@ class _Engine:
             why = frame[2] if frame is not None else f"the engine exited ({proc.poll()})"
             _end(proc, mine)
             raise exceptions.OptionsError(str(why))  # type: ignore[no-untyped-call]  # unannotated in mitmproxy
-        return cls(proc, mine, frame[2], options)
+        return cls(proc, mine, frame[2], options, (to_engine, from_engine) if len(fds) > 1 else (None, None))
 
     async def connect(self) -> None:
         reader, self.writer = await frames.open_stream(self.sock)
@@ -103,7 +110,7 @@ class _Engine:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         while True:
-            frame = await frames.read(reader)
+            frame = await frames.read(reader, self.from_engine)
             if frame is None:
                 break
             op, key, payload = frame
@@ -127,7 +134,7 @@ class _Engine:
         w = self.writer
         if self.closed or w is None or w.is_closing():
             return False
-        w.writelines(frames.encode(op, key, payload))
+        w.writelines(frames.encode(op, key, payload, self.to_engine))
         return True
 
     async def call(self, op: str, payload: Any, key: Any = None) -> dict[str, Any] | None:
@@ -273,7 +280,9 @@ class EngineLink:
         if self.engine is None or self._stopping:
             return None
         linked = self._linked.result() if self._linked is not None and self._linked.done() else None
-        if self._linked is None or (linked is not None and linked.closed):
+        if linked is not None and not linked.closed:
+            return linked  # (the common case: no wait to set up)
+        if self._linked is None or linked is not None:
             self._linked = asyncio.ensure_future(self._connect())
         try:
             return await asyncio.wait_for(asyncio.shield(self._linked), RESTART_WAIT_S)
@@ -405,14 +414,18 @@ class EngineLink:
         resp = _state(flow.response) if flow.response is not None else None
         if resp is not None and streamed:
             resp["content"] = None  # the engine read it chunk by chunk
+        # sent once the answer is on its way to the client (the next turn of the loop): encoding a whole
+        # flow is not the client's wait
+        later = asyncio.get_running_loop().call_soon
         if observed is None:
-            self.engine.send("end", flow.id, {"response": resp, "replaced": not streamed, "error": error})
+            later(self.engine.send, "end", flow.id, {"response": resp, "replaced": not streamed, "error": error})
             return
         state = frames.flow_state(flow)
         state["request"] = observed.request  # (the engine reads the request as it came first)
+        state["metadata"] = dict(flow.metadata)  # (as it is now)
         if resp is not None and observed.chunks:  # the body as it was relayed (None: not streamed, kept whole)
             resp["content"] = b"".join(observed.chunks)
-        self.engine.send("observed", flow.id, {"flow": state, "response": resp, "replaced": True, "error": error})
+        later(self.engine.send, "observed", flow.id, {"flow": state, "response": resp, "replaced": True, "error": error})
 
     # -- the Responses WebSocket --------------------------------------------------------------
 

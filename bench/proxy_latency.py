@@ -48,7 +48,7 @@ from tests.support.upstream import StandIn  # noqa: E402
 REQUESTS = SHARED / "eval" / "requests"
 BUILTIN_STAGES = ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory"]
 STAGES_OFF = "name: stages-off\nextends: default\npipeline:\n  disabled: [" + ", ".join(BUILTIN_STAGES) + "]\n"
-TARGET_MET = 3.0  # ms, p50 added at 150K tokens in observe-only
+TARGETS = {"observe-only": 2.0, "stages off": 3.0, "claude-code": 10.0}  # ms, p50 added at 150K tokens (issue 41)
 
 
 def _tokens(enc, body: dict) -> int:
@@ -190,27 +190,30 @@ def main() -> int:
 
     print(f"\nProxy latency, n={args.n} per cell after {args.warmup} warm-up, reverse mode, "
           f"non-streamed responses (ms, client wall clock)" + (f"; env: {' '.join(args.env)}" if args.env else "") + "\n")
-    print("| body | proxy | p50 | p99 | p50 added | p99 added | p50 ratio | paired added (median) |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    verdict = None
+    print("| body | proxy | p50 | p95 | p99 | p50 added | p95 added | p99 added | p50 ratio | paired added (median) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    verdicts = {}
     for size, form, nbytes, ntok, times in rows:
-        b50, b99 = pct(times["mitmdump"], 50), pct(times["mitmdump"], 99)
+        b50, b95, b99 = (pct(times["mitmdump"], p) for p in (50, 95, 99))
         for name in procs:
-            p50, p99 = pct(times[name], 50), pct(times[name], 99)
+            p50, p95, p99 = (pct(times[name], p) for p in (50, 95, 99))
             label = f"~{ntok // 1000}K tokens ({nbytes // 1000} KB, {form})" if name == "mitmdump" else ""
             if name == "mitmdump":
-                print(f"| {label} | {name} | {p50:.2f} | {p99:.2f} | | | | |")
+                print(f"| {label} | {name} | {p50:.2f} | {p95:.2f} | {p99:.2f} | | | | | |")
                 continue
             # the same round's baseline request ran next to this one: load both saw cancels out
             paired = statistics.median(t - b for t, b in zip(times[name], times["mitmdump"]))
-            print(f"| {label} | {name} | {p50:.2f} | {p99:.2f} | {p50 - b50:+.2f} | {p99 - b99:+.2f} | {p50 / b50:.2f} "
+            print(f"| {label} | {name} | {p50:.2f} | {p95:.2f} | {p99:.2f} | {p50 - b50:+.2f} | {p95 - b95:+.2f} "
+                  f"| {p99 - b99:+.2f} | {p50 / b50:.2f} "
                   f"| {paired:+.2f} |")
-            if name == "observe-only" and size == max(sizes) and form == forms[0]:
-                verdict = (p50 - b50, paired)
-    if verdict is not None and max(sizes) >= 150000:
-        ok = "met" if verdict[0] <= TARGET_MET else "MISSED"
-        print(f"\nTarget (<= {TARGET_MET:g} ms p50 added at 150K tokens, observe-only): {ok} "
-              f"({verdict[0]:+.2f} ms; paired {verdict[1]:+.2f} ms)")
+            if name in TARGETS and size == max(sizes) and form == forms[0]:
+                verdicts[name] = (p50 - b50, paired)
+    if max(sizes) >= 150000:
+        print()
+        for name, (added, paired) in verdicts.items():
+            ok = "met" if added <= TARGETS[name] else "MISSED"
+            print(f"Target (<= {TARGETS[name]:g} ms p50 added at 150K tokens, {name}): {ok} "
+                  f"({added:+.2f} ms; paired {paired:+.2f} ms)")
     return 0
 
 

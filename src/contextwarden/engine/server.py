@@ -1,8 +1,8 @@
-"""The engine process (``python -m contextwarden.engine FD``): a mitmproxy master without a proxy server,
+"""The engine process (``python -m contextwarden.engine FD [IN OUT]``): a mitmproxy master without a proxy server,
 running the same addons as an in-process proxy (``contextwarden.addons.chain``) on mirrors of mitmdump's
 flows: the stages, the token counting and the answers' reading hold this process's interpreter lock,
 never the one of the process relaying bytes. mitmdump's link (``addons/enginelink.py``) sends, over the
-socket pair ``FD``:
+socket pair ``FD`` (the frames' large bytes through the shared memory ``IN`` and ``OUT``, ``frames.Ring``):
 
     start       the options (profile, home, plugins)       → ready {proxy settings} | fatal {message}
     running     mitmdump listens                            → reply (the addons' ``running``: discovery files written)
@@ -56,8 +56,9 @@ _UNWATCHED = frozenset({FORWARDED, INCOMING})  # metadata that does not make a f
 
 
 class Engine:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, rings: tuple[frames.Ring | None, frames.Ring | None] = (None, None)) -> None:
         self.sock = sock
+        self.from_link, self.to_link = rings  # the large bytes of frames each way (frames.Ring)
         self.master: Master | None = None
         self.warden = Warden()
         self.mirrors: dict[str, tuple[http.HTTPFlow, float]] = {}
@@ -121,7 +122,7 @@ class Engine:
     async def read(self, reader: asyncio.StreamReader) -> None:
         sweep = time.monotonic() + 60
         while True:
-            frame = await frames.read(reader)
+            frame = await frames.read(reader, self.from_link)
             if frame is None:
                 return  # mitmdump is gone
             op, key, payload = frame
@@ -162,7 +163,7 @@ class Engine:
 
     def _send(self, op: str, key: Any = None, payload: Any = None) -> None:
         if self.writer is not None and not self.writer.is_closing():
-            self.writer.writelines(frames.encode(op, key, payload))
+            self.writer.writelines(frames.encode(op, key, payload, self.to_link))
 
     async def _hook(self, hook: hooks.Hook) -> None:
         if self.master is not None:  # (None once closed)
@@ -316,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     first = frames.read_blocking(sock, None)
     if first is None or first[0] != "start":
         return 2
-    engine = Engine(sock)
+    rings = [frames.Ring(int(fd)) for fd in argv[1:3]]  # (mitmdump's to here, here to mitmdump)
+    for fd in argv[1:3]:
+        os.close(int(fd))  # (the maps stay)
+    engine = Engine(sock, (rings[0], rings[1]) if len(rings) == 2 else (None, None))
     try:
         return asyncio.run(engine.run(first[2]))
     except Exception as e:

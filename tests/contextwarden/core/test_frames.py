@@ -1,17 +1,33 @@
 """The frames between mitmdump's process and the engine (contextwarden/core/frames.py): whole frames of
 any size come through in order, the end of the stream reads as None, and a frame is read in large steps
-(asyncio's transport reads 256 KB a turn of the loop by default: a 600 KB request took three turns)."""
+(asyncio's transport reads 256 KB a turn of the loop by default: a 600 KB request took three turns).
+With a ring, large bytes go through shared memory, and what does not fit there goes in the frame."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import socket
+
+import pytest
 
 from contextwarden.core import frames
 
 
-def test_frames_of_any_size_cross_whole_and_in_order():
+def _rings(size: int) -> tuple[frames.Ring, frames.Ring]:
+    """A ring's writer and reader side, as two processes map it (two maps of one memfd)."""
+    w = frames.Ring.create(size)
+    assert w is not None
+    r = frames.Ring(os.dup(w.fd))
+    os.close(w.fd)
+    return w, r
+
+
+@pytest.mark.parametrize("ring", [None, 1 << 20], ids=["socket", "ring"])
+def test_frames_of_any_size_cross_whole_and_in_order(ring):
+    w, r = _rings(ring) if ring else (None, None)
+
     async def main():
         a, b = socket.socketpair()
         frames.tune(a)
@@ -24,13 +40,13 @@ def test_frames_of_any_size_cross_whole_and_in_order():
 
         async def send():
             for i, body in enumerate(bodies):
-                wa.writelines(frames.encode("request", i, {"raw_content": body, "headers": [(b"k", b"v")]}))
+                wa.writelines(frames.encode("request", i, {"raw_content": body, "headers": [(b"k", b"v")]}, w))
                 await wa.drain()
             wa.close()
 
         sender = asyncio.ensure_future(send())
         got = []
-        while (frame := await frames.read(rb)) is not None:
+        while (frame := await frames.read(rb, r)) is not None:
             got.append(frame)
         await sender
         wb.close()
@@ -38,3 +54,22 @@ def test_frames_of_any_size_cross_whole_and_in_order():
         assert [p["raw_content"] for _, _, p in got] == bodies
 
     asyncio.run(main())
+
+
+def test_a_ring_carries_large_bytes_in_frame_order_and_frees_what_was_read():
+    w, r = _rings(100_000)
+    small, big = b"x" * 100, os.urandom(60_000)
+    head, data = frames.encode("request", 1, {"a": small, "b": big}, w)
+    assert len(data) < 1000  # the 60 KB went through the ring; the 100 bytes in the frame
+    # a second one does not fit until the first was read: it goes in the frame
+    _, data2 = frames.encode("request", 2, big, w)
+    assert len(data2) > 60_000
+    assert frames._Unpickler(io.BytesIO(data), r).load() == ("request", 1, {"a": small, "b": big})
+    # read: the space is free again; the next piece wraps to the ring's start
+    other = os.urandom(70_000)
+    _, data3 = frames.encode("request", 3, other, w)
+    assert len(data3) < 1000 and w.head == 100_000 + 70_000
+    assert frames._Unpickler(io.BytesIO(data2), r).load()[2] == big  # (it never was in the ring)
+    assert frames._Unpickler(io.BytesIO(data3), r).load()[2] == other
+    _, data4 = frames.encode("request", 4, os.urandom(100_001), w)  # larger than the ring: in the frame
+    assert len(data4) > 100_000 and w.head == 170_000
