@@ -53,7 +53,7 @@ from contextwarden.util.lru import LRU
 from contextwarden.wire.conversation import strip_cache_control
 from contextwarden.wire.dialects import NotInjectable, dialect, last_user_index
 from contextwarden.wire.dialects.base import BLOCK_OVERHEAD
-from contextwarden.wire.references import _TOKEN, distinctive
+from contextwarden.wire.references import names
 
 STATE_NS = "memory.ingested"
 MIN_BUDGET = 48  # tokens: below this nothing useful fits
@@ -326,11 +326,6 @@ def other_sessions_only(ctx, ret: Retrieval) -> tuple[Retrieval, int]:
 GIVEN_SLOT = "memory.given"  # conversation slot: the memory ids its blocks gave (an agent's session)
 
 
-def _names(text: str) -> frozenset[str]:
-    """The names a text holds: paths, identifiers, versions (``wire.references.distinctive``)."""
-    return frozenset(t for t in (x.rstrip(".") for x in _TOKEN.findall(text)) if distinctive(t))
-
-
 def worth_giving(ctx, hits: list[Hit]) -> tuple[list[Hit], frozenset[str]]:
     """In an agent's session (``memory.agent_new_only``), the block's items likely to pay for their
     tokens, and the ids this conversation's blocks gave before. A block there is new input that the
@@ -346,9 +341,9 @@ def worth_giving(ctx, hits: list[Hit]) -> tuple[list[Hit], frozenset[str]]:
     memo = ctx.runtime.memo("memory.names", lambda: LRU(50_000))
     held: set[str] = set()
     for text in history_texts(ctx.api, ctx.original):
-        held |= memo.get(text, _names, text)
+        held |= memo.get(text, names, text)
     kept = [h for h in hits if h.vector_rank is not None and h.lexical_rank is not None
-            and h.item.memory_id not in given and (h.item.role == "user" or not _names(h.item.text) <= held)]
+            and h.item.memory_id not in given and (h.item.role == "user" or not names(h.item.text) <= held)]
     return kept, given
 
 

@@ -12,7 +12,7 @@ from contextwarden.memory.ids import memory_id
 from contextwarden.memory.inject import OPEN, closing_tag
 from contextwarden.models import ApiKind
 from contextwarden.offline.memory.replay import Replayer
-from contextwarden.plugins import memory as memory_plugin
+from contextwarden.wire.references import names
 
 FACTS = ["I adopted a beagle named Biscuit from the Alameda shelter last spring.",
          "My sister Clara lives in Lisbon and designs bridges for a living.",
@@ -440,8 +440,7 @@ def test_an_agents_conversation_gets_an_item_once_and_only_what_names_something_
                        for s in ev.get("scores") or ()) or not new_only
         finally:
             rp.close()
-    names = frozenset({"tools/deploy.sh", "STAGING_HOST"})
-    assert memory_plugin._names(FACTS[2]) == names and not memory_plugin._names(FACTS[0])
+    assert names(FACTS[2]) == frozenset({"tools/deploy.sh", "STAGING_HOST"}) and not names(FACTS[0])
 
 
 def test_a_persons_message_starts_its_search_as_it_is_read_and_injects_the_same(tmp_path):

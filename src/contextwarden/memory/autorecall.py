@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from ..util.lru import LRU
-from ..wire.references import _TOKEN, _lines, _tokens, distinctive
+from ..wire.references import _lines, _tokens, names
 from ..wire.workingset import EDIT_TOOLS, WORKING_HEAD, WRITE_TOOLS
 from .prefilter import Prefilter
 
@@ -72,9 +72,8 @@ def terms(text: str) -> frozenset[str]:
             t = m.group(0).rstrip(".,:;")
             if len(t) >= MIN_TERM:
                 out.add(t)
-    for tok in _TOKEN.findall(text):
-        tok = tok.rstrip(".")
-        if len(tok) >= MIN_REF and distinctive(tok):
+    for tok in names(text):
+        if len(tok) >= MIN_REF:
             out.add(tok)
             if "/" in tok:
                 parts = tok.split("/")

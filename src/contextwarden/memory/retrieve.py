@@ -270,6 +270,7 @@ class Vectors:
     the vector ranking, running (``future``) or done (``result``)."""
 
     key: tuple
+    session: str | None = None  # the session searched from (its related words: Retriever._terms)
     mode: str = "lexical"  # "hybrid" once a vector ranking is started
     vector_query: str = ""
     use_context: bool = False
@@ -320,7 +321,7 @@ class Retriever:
         vector query). :meth:`search` with ``vectors=`` finishes it; started as soon as the request is
         read (``memory.prefetch``), the embedding runs while the other stages do."""
         s = self.settings
-        v = Vectors(key=Vectors.key_of(query, tenants, workspace, n, session, project))
+        v = Vectors(key=Vectors.key_of(query, tenants, workspace, n, session, project), session=session)
         n = n or s.candidates
         qtext = query.vector_text()
         # a follow-up ("and the tests?") means little alone: the turns before it join the query then
@@ -438,7 +439,7 @@ class Retriever:
         terms = query_terms(query.text)
         if v.use_context:
             terms = combine_terms(terms, query_terms(query.context[-1500:], weight=self.settings.context_weight))
-        s, session = self.settings, v.key[5]
+        s, session = self.settings, v.session
         if s.related_weight > 0 and self.related is not None and session is not None and self.lexical is not None:
             part = next((p for p in v.partitions if self.lexical.session_size(p, session)), None)
             near = {} if part is None else self.related.expand(part, session, query.text, per_word=s.related_per_word,

@@ -24,7 +24,7 @@ import orjson
 from ..util.lru import LRU
 from ..wire.conversation import result_text
 from ..wire.cost import READ_MULT, price_for
-from ..wire.references import _TOKEN, _WORD, _lines, _tokens, distinctive
+from ..wire.references import _WORD, _lines, _tokens, names
 
 EDIT_TOOLS = ("Edit", "MultiEdit")
 MEMO = 50_000  # texts whose index is remembered (least recently used out)
@@ -178,12 +178,12 @@ def body_texts(body: dict | None, parts=message_parts) -> tuple[list[str], list[
     prompt is left out (the replay's is a stand-in, the same on both sides)."""
     texts: list[str] = []
     results: list[tuple[str, str, str]] = []
-    names: dict[str, str] = {}
+    tools: dict[str, str] = {}
     for m in (body or {}).get("messages") or []:
         t, uses, res = parts(m)
         texts.extend(t)
-        names.update(uses)
-        results.extend((names.get(tid, "?"), tid, txt) for tid, txt in res)
+        tools.update(uses)
+        results.extend((tools.get(tid, "?"), tid, txt) for tid, txt in res)
     return texts, results
 
 
@@ -217,7 +217,7 @@ def answer_items(response: dict | None) -> Answer:
     for b in _blocks((response or {}).get("content")):
         t = b.get("type")
         if t == "text" and isinstance(b.get("text"), str):
-            out.refs |= {x.rstrip(".") for x in _TOKEN.findall(b["text"]) if distinctive(x.rstrip("."))}
+            out.refs |= names(b["text"])
         elif t == "tool_use":
             inp = b.get("input") if isinstance(b.get("input"), dict) else {}
             name = str(b.get("name") or "")
@@ -236,7 +236,7 @@ def answer_items(response: dict | None) -> Answer:
             for s in _walk_strings(inp):
                 if s in skip:
                     continue
-                out.refs |= {x.rstrip(".") for x in _TOKEN.findall(s) if distinctive(x.rstrip("."))}
+                out.refs |= names(s)
     return out
 
 

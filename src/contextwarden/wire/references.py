@@ -34,16 +34,18 @@ def distinctive(tok: str) -> bool:
     return bool(_CAMEL.search(tok))
 
 
+def names(text: str) -> frozenset[str]:
+    """The distinctive tokens of a text (:func:`distinctive`: paths, identifiers, versions), trailing dots off."""
+    return frozenset(t for t in (x.rstrip(".") for x in _TOKEN.findall(text)) if distinctive(t))
+
+
 def _tokens(text: str) -> set[str]:
     """Every word and pair of consecutive words, plus every distinctive token and, for a path, each of its suffixes after a slash
     (``/repo/src/a.py`` also answers ``src/a.py`` and ``a.py``)."""
     words = _WORD.findall(text)
     out = set(words)
     out.update(f"{a} {b}" for a, b in zip(words, words[1:]))  # word pairs: a part of a line, in order
-    for tok in _TOKEN.findall(text):
-        tok = tok.rstrip(".")
-        if not distinctive(tok):
-            continue
+    for tok in names(text):
         out.add(tok)
         if "/" in tok:
             parts = tok.split("/")
