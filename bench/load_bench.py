@@ -543,6 +543,9 @@ def main() -> int:
                     help="with --py-spy: mitmdump's process (default) or the engine's")
     ap.add_argument("--plain", action="store_true",
                     help="also run the sessions through plain mitmdump (no contextwarden): mitmproxy's own share")
+    ap.add_argument("--tree", type=Path, default=None, metavar="DIR",
+                    help="run the proxy from another tree's package as installed (DIR/contextwarden), e.g. main's: "
+                         "pairs of runs against this tree")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a proxy setting for this run (CONTEXTWARDEN_ env override, e.g. pipeline.stage_budget_ms=100)")
     args = ap.parse_args()
@@ -579,7 +582,7 @@ def main() -> int:
     print(f"pace: {pace}", flush=True)
     standin._record = keep
     work = Path(tempfile.mkdtemp(prefix="cw-load-"))
-    results: dict = {"sessions": args.sessions, "seconds": args.seconds, "step_tokens": args.step_tokens, "pace": pace, "stagger_s": args.stagger,
+    results: dict = {"tree": str(args.tree or ROOT), "sessions": args.sessions, "seconds": args.seconds, "step_tokens": args.step_tokens, "pace": pace, "stagger_s": args.stagger,
                      "sse_delay_s": standin.sse_delay}
     try:
         direct = Phase("direct")
@@ -607,10 +610,14 @@ def main() -> int:
         for kv in args.set:
             k, v = kv.split("=", 1)
             env["CONTEXTWARDEN_" + "__".join(k.upper().split("."))] = v
+        tree = {}
+        if args.tree is not None:
+            env["PYTHONPATH"] = str(args.tree)
+            tree["script"] = args.tree / "contextwarden" / "addons" / "contextwarden.py"
         memory_off = env.get("CONTEXTWARDEN_MEMORY__ENABLED", "").lower() in ("false", "0", "no")  # (no memory_status comes)
         proxy = ProxyProcess(work, profile=args.profile, reverse=standin.url, name="load", env=env or None,
                              ready_events=("startup",) if memory_off else ("startup", "memory_status"),
-                             startup_timeout=300)
+                             startup_timeout=300, **tree)
         t = time.monotonic()
         proxy.start()
         mem_pid = [None]

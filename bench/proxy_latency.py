@@ -108,6 +108,34 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))]
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds ``pid`` and its children (the engine, the memory process) have used so far (Linux)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        kids = [int(k) for t in Path(f"/proc/{pid}/task").iterdir() for k in (t / "children").read_text().split()]
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK") + sum(cpu_s(k) for k in kids)
+
+
+def where(p: ProxyProcess) -> str:
+    """Where an active proxy's requests spent their time (the ``forward`` events, p50 ms): the request
+    hook, the pipeline and its parts, each stage."""
+    fw = [e["data"] for e in p._read_events() if e["type"] == "forward" and "timings" in e["data"]]
+    if not fw:
+        return ""
+    med = statistics.median
+    parts = {k: med(f["timings"][k] for f in fw if k in f["timings"]) for k in sorted({k for f in fw for k in f["timings"]})}
+    stages: dict[str, list[float]] = {}
+    for f in fw:
+        for s in f.get("stages") or []:
+            stages.setdefault(s["stage"], []).append(s["ms"])
+    return (f"hook {med(f['hook_ms'] for f in fw if 'hook_ms' in f):.2f}, pipeline "
+            f"{med(f['pipeline_ms'] for f in fw if 'pipeline_ms' in f):.2f} ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + "); stages: "
+            + ", ".join(f"{k} {med(v):.2f}" for k, v in stages.items() if med(v) >= 0.05))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=200, help="measured requests per body size and proxy")
@@ -165,9 +193,12 @@ def main() -> int:
             rows = []
             for size in sizes:
                 times: dict[tuple[str, str], list[float]] = {(name, f): [] for name in procs for f in forms}
+                cpu: dict[str, float] = {}
                 order = list(times)
                 for i in range(args.warmup + args.n):
                     rng.shuffle(order)  # no proxy (or form) always goes first (or last) in a round
+                    if i == args.warmup:
+                        cpu = {name: cpu_s(p.proc.pid) for name, p in procs.items()}
                     for name, form in order:
                         c = clients[name]
                         t0 = time.perf_counter()
@@ -178,10 +209,16 @@ def main() -> int:
                             raise SystemExit(f"{name}: HTTP {r.status_code}: {r.text[:300]}")
                         if i >= args.warmup:
                             times[name, form].append(dt)
+                cpu = {name: (cpu_s(p.proc.pid) - cpu[name]) * 1000 / (args.n * len(forms)) for name, p in procs.items()}
+                print(f"  CPU a request (ms, the proxy and its children), ~{size} tokens: "
+                      + ", ".join(f"{name} {c:.2f}" for name, c in cpu.items()), file=sys.stderr, flush=True)
                 for f in forms:
                     body = bodies[size, f]
                     rows.append((size, f, len(body), _tokens(enc, json.loads(body)), {n: times[n, f] for n in procs}))
                 print(f"  done: ~{size} tokens", file=sys.stderr, flush=True)
+            for name, p in procs.items():
+                if p.script is not None and where(p):
+                    print(f"  {name}: {where(p)}", file=sys.stderr, flush=True)
         finally:
             for p in procs.values():
                 p.interrupt()

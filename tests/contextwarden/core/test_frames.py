@@ -73,3 +73,10 @@ def test_a_ring_carries_large_bytes_in_frame_order_and_frees_what_was_read():
     assert frames._Unpickler(io.BytesIO(data3), r).load()[2] == other
     _, data4 = frames.encode("request", 4, os.urandom(100_001), w)  # larger than the ring: in the frame
     assert len(data4) > 100_000 and w.head == 170_000
+    # a body where a flow's state holds it (an observed flow's request: three containers down) goes
+    # through the ring too; a frame of small bytes only is a plain pickle
+    nested = {"flow": {"request": {"headers": ((b"k", b"v"),), "content": other}}}
+    head5, data5 = frames.encode("observed", 5, nested, w)
+    assert len(data5) < 1000 and frames._Unpickler(io.BytesIO(data5), r).load() == ("observed", 5, nested)
+    head6, _ = frames.encode("chunk", 6, b"x" * 1000, w)
+    assert not frames.HEADER.unpack(head6)[0] & frames._RINGED
