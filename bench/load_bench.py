@@ -753,6 +753,8 @@ def main() -> int:
         # runnable but not running, per second of CPU: > 1 means the process waited for a core longer than it ran
         "core_wait_per_cpu_s": {k: None if w is None or not cpu.get(k) else round(w / cpu[k], 2) for k, w in waited.items()},
         "rss_mb": rss, "sigterm_s": sigterm_s,
+        # the idle spell's forgetting (collector.background): where the engine's memory was right after it
+        "forget": [e["data"] for e in events if e["type"] == "gc" and e["data"].get("reason") == "forget"],
         "full_gc_under_load": {"count": len(full_gc_ms), "ms_p50": pct(full_gc_ms, 50), "ms_max": max(full_gc_ms or [0]),
                               "cpu_ms_p50": pct(full_gc_cpu, 50), "cpu_ms_max": max(full_gc_cpu or [0])},
         "error_samples": (direct.errors + through.errors)[:5],
@@ -838,6 +840,8 @@ def main() -> int:
     print("stages, p50 ms: " + ", ".join(f"{k} {ms(v)}" for k, v in r["stage_ms_p50"].items()))
     print("RSS MB (t s: proxy / engine / memory): " + ", ".join(
         f"{t:.0f}: {v['proxy'] or 0:.0f}/{v['engine'] or 0:.0f}/{v['memory'] or 0:.0f}" for t, v in rss))
+    for f in r["forget"]:
+        print("idle forget: " + ", ".join(f"{k} {v}" for k, v in f.items() if k != "reason"))
     g = r["full_gc_under_load"]
     print(f"full collections under load (pipeline.gc_full_s): {g['count']}, wall p50 {ms(g['ms_p50'])} ms, max {g['ms_max']} ms; "
           f"its own CPU p50 {ms(g['cpu_ms_p50'])} ms, max {g['cpu_ms_max']} ms")

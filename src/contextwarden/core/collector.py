@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 import sys
 import time
 from typing import Any
@@ -32,6 +33,28 @@ def trim_malloc() -> bool | None:
     where there is no ``malloc_trim`` (not glibc)."""
     fn = getattr(libc(), "malloc_trim", None)
     return None if fn is None else bool(fn(0))
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                                "uordblks", "fordblks", "keepcost")]
+
+
+def heap() -> dict[str, Any]:
+    """Where this process's memory is (MB): resident, glibc's heap (in use, free but kept), its mmapped
+    blocks; and the interpreter's small-object blocks in use. Empty parts where not Linux or glibc."""
+    out: dict[str, Any] = {"py_blocks": sys.getallocatedblocks()}
+    try:
+        out["rss_mb"] = round(int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError):
+        pass
+    fn = getattr(libc(), "mallinfo2", None)
+    if fn is not None:
+        fn.restype = _Mallinfo2
+        m = fn()
+        out.update({k: round(getattr(m, f) / 2**20, 1) for k, f in (("heap_mb", "arena"), ("in_use_mb", "uordblks"),
+                                                                    ("free_mb", "fordblks"), ("mmapped_mb", "hblkhd"))})
+    return out
 
 
 def tune_malloc(p) -> bool:
@@ -135,9 +158,10 @@ def background(rt) -> None:
             rt.forget_conversations()
             full.frozen = False
             gc.unfreeze()
-            rt.bus.emit("gc", {"reason": "forget", "conversations": n, "freed": gc.collect()})
+            freed = gc.collect()
             gc.freeze()
             trim_malloc()
+            rt.bus.emit("gc", {"reason": "forget", "conversations": n, "freed": freed, **heap()})
             forgot_at = done_at = time.monotonic()
             continue
         if time.monotonic() - rt.last_request >= p.gc_idle_s and rt.last_request > done_at:
