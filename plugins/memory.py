@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Any
 
 import orjson
 
@@ -262,7 +264,8 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         return give_up(str(e))
     if ret.skipped:
         return finish(skipped=ret.skipped, budget=budget)
-    ret, own = other_sessions_only(ctx, ret)
+    sent = ClientHistory(ctx)
+    ret, own = other_sessions_only(ctx, ret, sent)
     if own and not ret.hits:
         return finish(skipped="own session", budget=budget, candidates=ret.candidates, own_session=own)
     best = max((h.vector for h in ret.hits if h.vector is not None), default=None)
@@ -279,9 +282,9 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     if not hits:
         reason = "active topics" if ret.active else ("nothing relevant" if ret.candidates else "no candidates")
         return finish(skipped=reason, **info)
-    agent = m.agent_new_only and agent_session(ctx)
+    agent = m.agent_new_only and sent.agent
     if agent:
-        hits, given = worth_giving(ctx, hits)
+        hits, given = worth_giving(ctx, hits, sent)
         if not hits:
             return finish(skipped="nothing new", **info)
     block = render_block([h.item for h in hits])
@@ -302,13 +305,39 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
            sessions=sorted({str(h.item.session) for h in hits}), **info)
 
 
-def agent_session(ctx) -> bool:
-    """Whether the request's history holds tool calls: an agent at work (a coding client's session)."""
-    d = dialect(ctx.api)
-    return bool(d.tool_calls(d.messages_of(ctx.original) or []))
+@dataclass
+class ClientHistory:
+    """What the client's own request holds, for the checks of an agent's session: each read once per
+    request, and its texts walked once for both (:func:`other_sessions_only`, :func:`worth_giving`)."""
+
+    ctx: Any  # the RequestContext
+
+    @cached_property
+    def agent(self) -> bool:
+        """Whether the request's history holds tool calls: an agent at work (a coding client's session)."""
+        ctx = self.ctx
+        d = dialect(ctx.api)
+        return bool(d.tool_calls(d.messages_of(ctx.original) or []))
+
+    @cached_property
+    def texts(self) -> list[str]:
+        return history_texts(self.ctx.api, self.ctx.original)
+
+    @cached_property
+    def index(self) -> HistoryIndex:
+        return HistoryIndex(self.texts, self.ctx.runtime.memo("memory.text_keys", text_keys_cache))
+
+    @cached_property
+    def names(self) -> set[str]:
+        """The names (paths, identifiers) its texts hold."""
+        memo = self.ctx.runtime.memo("memory.names", lambda: LRU(50_000))
+        held: set[str] = set()
+        for text in self.texts:
+            held |= memo.get(text, names, text)
+        return held
 
 
-def other_sessions_only(ctx, ret: Retrieval) -> tuple[Retrieval, int]:
+def other_sessions_only(ctx, ret: Retrieval, sent: ClientHistory) -> tuple[Retrieval, int]:
     """In an agent's session, the search's hits without the session's own items that the client still
     sends (unless ``memory.agent_own_session``), and how many were left out. What clearing and compaction
     took of those their stubs and summary name by id, and automatic recall puts back what an answer
@@ -316,17 +345,16 @@ def other_sessions_only(ctx, ret: Retrieval) -> tuple[Retrieval, int]:
     work) no stub names, and still comes back (docs/REPLAY.md, "What memory costs in a coding session")."""
     session = str(ctx.session)
     own = any(str(h.item.session) == session for h in ret.hits)
-    if ctx.settings.memory.agent_own_session or not own or not agent_session(ctx):  # (that one walks the history)
+    if ctx.settings.memory.agent_own_session or not own or not sent.agent:  # (that one walks the history)
         return ret, 0
-    sent = HistoryIndex(history_texts(ctx.api, ctx.original), ctx.runtime.memo("memory.text_keys", text_keys_cache))
-    kept = [h for h in ret.hits if str(h.item.session) != session or h.item not in sent]
+    kept = [h for h in ret.hits if str(h.item.session) != session or h.item not in sent.index]
     return (replace(ret, hits=kept), len(ret.hits) - len(kept)) if len(kept) < len(ret.hits) else (ret, 0)
 
 
 GIVEN_SLOT = "memory.given"  # conversation slot: the memory ids its blocks gave (an agent's session)
 
 
-def worth_giving(ctx, hits: list[Hit]) -> tuple[list[Hit], frozenset[str]]:
+def worth_giving(ctx, hits: list[Hit], sent: ClientHistory) -> tuple[list[Hit], frozenset[str]]:
     """In an agent's session (``memory.agent_new_only``), the block's items likely to pay for their
     tokens, and the ids this conversation's blocks gave before. A block there is new input that the
     model reads once; what it takes from it goes into its answer and tool calls, which the history
@@ -338,12 +366,8 @@ def worth_giving(ctx, hits: list[Hit]) -> tuple[list[Hit], frozenset[str]]:
     (docs/REPLAY.md, "What memory costs in a coding session")."""
     got = ctx.history.carried(GIVEN_SLOT) if ctx.history is not None else None
     given: frozenset[str] = got[1] if got is not None else frozenset()
-    memo = ctx.runtime.memo("memory.names", lambda: LRU(50_000))
-    held: set[str] = set()
-    for text in history_texts(ctx.api, ctx.original):
-        held |= memo.get(text, names, text)
     kept = [h for h in hits if h.vector_rank is not None and h.lexical_rank is not None
-            and h.item.memory_id not in given and (h.item.role == "user" or not names(h.item.text) <= held)]
+            and h.item.memory_id not in given and (h.item.role == "user" or not names(h.item.text) <= sent.names)]
     return kept, given
 
 

@@ -81,6 +81,18 @@ def _terms(tok: str) -> list[str]:
     return []
 
 
+def plain_words(text: str, min_len: int = 3) -> list[tuple[str, str]]:
+    """(term, word) of the plain words of ``text``: letters only, at least ``min_len`` of them, one index
+    term each (not a stopword, not a compound); the word lower-cased as written (what an embedder reads)."""
+    out = []
+    for tok in _TOKEN.findall(text):
+        if len(tok) >= min_len and tok.isalpha():
+            t = _terms(tok)
+            if len(t) == 1:
+                out.append((t[0], tok.lower()))
+    return out
+
+
 @dataclass
 class LexicalHit:
     item: object  # MemoryItem

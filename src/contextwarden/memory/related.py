@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .lexical import _TOKEN, _terms
+from .lexical import plain_words
 
 SESSIONS_KEPT = 16  # sessions whose vocabulary is kept (the least recently grown go first)
 VOCAB_MAX = 20_000  # words of one session embedded, at most
-MIN_WORD = 3
 
 
 @dataclass(frozen=True)
@@ -31,17 +30,6 @@ class _Vocab:
     terms: tuple[str, ...] = ()  # a term per row of ``matrix``
     df: Counter = field(default_factory=Counter)  # messages holding each term
     matrix: np.ndarray | None = None
-
-
-def words_of(text: str) -> list[tuple[str, str]]:
-    """(term, word) of the plain words of ``text`` (letters only, not stopwords)."""
-    out = []
-    for tok in _TOKEN.findall(text):
-        if len(tok) >= MIN_WORD and tok.isalpha():
-            t = _terms(tok)
-            if len(t) == 1:
-                out.append((t[0], tok.lower()))
-    return out
 
 
 class RelatedWords:
@@ -70,7 +58,7 @@ class RelatedWords:
         for it in items[v.seen:]:
             if it.kind != "message":
                 continue
-            pairs = words_of(it.text)
+            pairs = plain_words(it.text)
             df.update({t for t, _ in pairs})
             for t, w in pairs:
                 if t not in known and len(known) + len(new) < VOCAB_MAX:
@@ -96,7 +84,7 @@ class RelatedWords:
         if vocab is None or vocab.matrix is None:
             return {}
         n = max(1, vocab.seen)
-        pairs = words_of(question)
+        pairs = plain_words(question)
         own = {t for t, _ in pairs}
         asked = list(dict.fromkeys(w for t, w in pairs if vocab.df.get(t, 0) / n <= common))
         if not asked:

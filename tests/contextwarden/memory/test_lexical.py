@@ -39,3 +39,11 @@ def test_a_reply_added_before_its_question_still_borrows_its_words():
     idx.add([item("Caroline: Researching adoption agencies.", turn=1),
              item("Melanie: What are your plans for the summer?", turn=0, role="assistant")])
     assert {h.item.turn for h in idx.query("plans for the summer", ["t-a"], n=5)} == {0, 1}
+
+
+def test_plain_words_pair_each_plain_word_with_its_one_index_term():
+    # what related words embed (the word as written) and look up (its term): letters only, 3+ of them,
+    # no stopwords, no possessives, compounds or numbers
+    got = lexical.plain_words("Caroline's Violins and load_embedder in 2023 by me, running")
+    assert got == [("violin", "violins"), ("run", "running")]
+    assert all(tokenize(word) == [term] for term, word in got)
