@@ -17,7 +17,8 @@ from . import eval_locomo, eval_longmemeval
 from .evaluation import LIVE_TOLERANCE, mean
 
 DATA = {"locomo": "locomo_dev.json", "longmemeval": "longmemeval_s_dev.json"}
-TARGETS = {"locomo": ("evidence-weighted recall (categories 1-4, every framing)", 0.85), "longmemeval": ("recall_any", 0.90)}
+TARGETS = {"locomo": {"evidence-weighted recall (categories 1-4, every framing)": 0.85},
+           "longmemeval": {"recall_any": 0.97, "recall_all": 0.95}}  # issue 40's
 
 
 def main(args: argparse.Namespace, shared: Path | None) -> int:
@@ -64,7 +65,7 @@ def _longmemeval(args: argparse.Namespace, data: Path, common: dict) -> int:
     select = dict(limit=args.limit, question_ids=args.question_id, step=args.step, **common)
     report = eval_longmemeval.run(data, home=args.home, **select)
     print(report.render())
-    met = _target("longmemeval", mean(q.recall_any for q in report.questions))
+    met = _target("longmemeval", mean(q.recall_any for q in report.questions), mean(q.recall_all for q in report.questions))
     live = None
     if args.live:
         live = eval_longmemeval.run(data, live=True, **select)
@@ -77,10 +78,11 @@ def _longmemeval(args: argparse.Namespace, data: Path, common: dict) -> int:
     return 1 if args.check and not (met and share <= 0.25) else 0
 
 
-def _target(benchmark: str, score: float) -> bool:
-    metric, target = TARGETS[benchmark]
-    print(f"target: {metric} >= {target:.2f}: {'met' if score >= target else 'NOT met'} ({score:.3f})")
-    return score >= target
+def _target(benchmark: str, *scores: float) -> bool:
+    """Prints each of the benchmark's targets (``TARGETS``, in order) beside its score; whether all are met."""
+    for (metric, target), score in zip(TARGETS[benchmark].items(), scores, strict=True):
+        print(f"target: {metric} >= {target:.2f}: {'met' if score >= target else 'NOT met'} ({score:.3f})")
+    return all(score >= target for target, score in zip(TARGETS[benchmark].values(), scores, strict=True))
 
 
 def _live_target(close: bool) -> bool:
