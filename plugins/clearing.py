@@ -59,7 +59,7 @@ from contextwarden.compress import policy as learned_policy
 from contextwarden.compress.policy import free_from, request_time
 from contextwarden.compress.stubmemo import result_stub
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.wayback import recall_wording, way_back
+from contextwarden.memory.wayback import peek_wording, recall_wording, way_back
 from contextwarden.models.base import ApiKind
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
@@ -629,7 +629,7 @@ class _Clearing:
         return self.free is not None and slot.index >= self.free and slot.tool in self.cfg.stale_after
 
     def input_allowed(self, slot: Slot) -> bool:
-        return (self.inputs_on and slot.can_set_input and not slot.input_locked and slot.call_index not in self.locked
+        return ((self.inputs_on or slot.tool in self.cfg.stale_inputs) and slot.can_set_input and not slot.input_locked and slot.call_index not in self.locked
                 and slot.call_index >= self.boundary
                 and isinstance(slot.tool_input, dict))
 
@@ -796,9 +796,11 @@ def _choose(st: _Clearing) -> None:
         working = _working_set(ctx, slots, budget_in(getattr(cfg, "working_set_tokens", 0), ctx.settings.tokens.context_window), st.carry)
         candidates = []
         for s in looked:
-            if s.id in done or s.tool in exclude or s.order in recent or s.order < 0 or s.id in pinned or s.id in working:
+            if s.id in done or s.tool in exclude or s.order in recent or s.order < 0 or s.id in pinned:
                 continue
-            if editing and s.tool in READ_TOOLS and _path_of(s.tool_input) in editing:
+            if s.id in working or (editing and s.tool in READ_TOOLS and _path_of(s.tool_input) in editing):
+                if s.tool in cfg.stale_inputs and input_allowed(s) and st.unseen_from > s.index >= boundary:
+                    candidates.append((s, 0))  # its result stays, its stale input goes
                 continue
             if learned is not None and (learned.keeps_tool(s.tool) or (
                     s.tool in READ_TOOLS and learned.keeps_path(_path_of(s.tool_input)))):
@@ -815,7 +817,8 @@ def _choose(st: _Clearing) -> None:
                 candidates.append((s, toks))
         need = math.inf if cfg.clear_all or ctl.compact_now else max(clear_at_least, total - st.freed - trigger)
         chosen, gain = st.chosen, 0
-        if not _may_step(candidates, remembered, clear_at_least, input_allowed):
+        ins = sum(len(_dumps(s.tool_input)) // 4 for s, _ in candidates if s.tool in cfg.stale_inputs)  # (about)
+        if not _may_step(candidates, remembered, clear_at_least - ins, lambda s: st.inputs_on and input_allowed(s)):
             candidates = [c for c in candidates if st.free_step(c[0])]  # (the others' stubs are not even computed)
         how = recall_wording(ctx, st.state, st.key) if candidates else ""
         for s, toks in candidates:
@@ -855,7 +858,9 @@ def _record(st: _Clearing, s: Slot, toks: int, how: str) -> tuple[dict[str, Any]
             stub_input, mids = made
             in_toks = ctx.runtime.tokens.count_text(_dumps(s.tool_input), ctx.model)
             stub_in_toks = ctx.runtime.tokens.count_text(_dumps(stub_input), ctx.model)
-            if in_toks >= st.cfg.min_result_tokens and stub_in_toks < in_toks:
+            # (a stale input, whose text is gone or shown by its result: worth it when the stub halves it)
+            if stub_in_toks < in_toks and (in_toks >= st.cfg.min_result_tokens or (
+                    s.tool in st.cfg.stale_inputs and 2 * stub_in_toks <= in_toks)):
                 rec.update(input_stub=stub_input, ih=_digest(_dumps(s.tool_input)), input_tokens=in_toks,
                            input_stub_tokens=stub_in_toks, input_mids=mids)
                 g += in_toks - stub_in_toks
@@ -870,7 +875,8 @@ def _stale_step(st: _Clearing) -> None:
     first message within that many blocks of the end are taken (an earlier request's cached end is read,
     what follows it written again), when what the step frees x the requests to come (as many as came so
     far) >= ``STALE_PAYBACK`` x what it re-writes, and at least ``stale_at_least``. The tenant's learned
-    policy keeps a tool whose cleared results come back."""
+    policy keeps a tool whose cleared results come back. The large input values of a ``stale_inputs`` tool's
+    calls go too (:func:`_record`)."""
     cfg, ctx, learned = st.cfg, st.ctx, st.learned
     msgs = dialect(ctx.api).messages_of(ctx.request) or []
     blocks, reach = 0, len(msgs)  # reach: the first message within the lookback of the last block
@@ -885,16 +891,23 @@ def _stale_step(st: _Clearing) -> None:
             break
         toks = _result_tokens(ctx, s) if not s.text.startswith(STUB_PREFIX) else 0
         rewritten += toks
-        if s.tool not in cfg.stale_after or s.order < 0:
+        if s.order < 0:
             continue
         n = later[s.tool]
         later[s.tool] += 1
-        if n < cfg.stale_after[s.tool] or toks < cfg.min_result_tokens or s.id in st.done or s.id in st.pinned \
-                or s.tool in st.exclude or s.index >= st.unseen_from or s.index < st.boundary \
-                or (learned is not None and learned.keeps_tool(s.tool)):
+        if s.id in st.done or s.id in st.pinned or s.tool in st.exclude or s.index >= st.unseen_from or s.index < st.boundary:
             continue
-        freed += toks
-        candidates.append((s, toks, freed, rewritten))
+        if s.tool in cfg.stale_after:
+            if n < cfg.stale_after[s.tool] or toks < cfg.min_result_tokens or (learned is not None and learned.keeps_tool(s.tool)):
+                continue
+        elif s.tool in cfg.stale_inputs and st.input_allowed(s):
+            toks = 0  # its input only: stale once the model has read the call's result
+        else:
+            continue
+        gain = toks or _record(st, s, 0, peek_wording(ctx, st.state, st.key))[1]
+        if gain > 0:
+            freed += gain
+            candidates.append((s, toks, freed, rewritten))
     if not candidates or freed < cfg.stale_at_least:
         return
     so_far = sum(ctx.history.memos(msgs, _ASSISTANT, _is_assistant))  # (remembered per message: a repeat reads its new ones)
