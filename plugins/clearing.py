@@ -231,13 +231,16 @@ def _value_text(v: Any) -> str:
 _stub_text_memo = memoized(STUB_MEMO)(_stub_text)
 
 
-def input_value_stub(text: str, tokens: int, how: str = "") -> str:
-    """The text that replaces one large value of a cleared call's input (deterministic)."""
+def input_value_stub(text: str, tokens: int, how: str = "", short: bool = False) -> str:
+    """The text that replaces one large value of a cleared call's input (deterministic); ``short``: only
+    its size and memory id (a stale input, which automatic recall brings back when an answer quotes it)."""
     mid = memory_id(text)
+    if short:
+        return f"{INPUT_STUB_PREFIX} ({tokens:,} tokens), memory id {mid}]"
     return f'{INPUT_STUB_PREFIX} ({tokens:,} tokens): "{_preview(text)}". Memory id {mid}: {way_back(mid, how).removesuffix(", or re-run the tool")}.]'
 
 
-def input_stub(tool_input: dict, count: Callable[[str], int], how: str = "") -> tuple[dict, dict[str, str]] | None:
+def input_stub(tool_input: dict, count: Callable[[str], int], how: str = "", short: bool = False) -> tuple[dict, dict[str, str]] | None:
     """A cleared call's input: the same object with each value longer than ``INPUT_VALUE_CHARS`` (as
     JSON) replaced by a stub string; and the memory id of each replaced value by key. None when no
     value is that large (or all of them are stubs already)."""
@@ -246,7 +249,7 @@ def input_stub(tool_input: dict, count: Callable[[str], int], how: str = "") -> 
     for k, v in tool_input.items():
         text = _value_text(v)
         if len(text) > INPUT_VALUE_CHARS and not text.startswith(STUB_PREFIX) and text.strip():
-            out[k] = input_value_stub(text, count(text), how)
+            out[k] = input_value_stub(text, count(text), how, short)
             mids[k] = memory_id(text)
         else:
             out[k] = v
@@ -853,7 +856,7 @@ def _record(st: _Clearing, s: Slot, toks: int, how: str) -> tuple[dict[str, Any]
             rec.update(stub=stub, tokens=toks, stub_tokens=stub_toks, mid=mid)
             g += toks - stub_toks
     if st.input_allowed(s):
-        made = input_stub(s.tool_input, lambda t: ctx.runtime.tokens.count_text(t, ctx.model), how)
+        made = input_stub(s.tool_input, lambda t: ctx.runtime.tokens.count_text(t, ctx.model), how, s.tool in st.cfg.stale_inputs)
         if made is not None:
             stub_input, mids = made
             in_toks = ctx.runtime.tokens.count_text(_dumps(s.tool_input), ctx.model)

@@ -720,6 +720,7 @@ def test_the_inputs_of_an_edit_the_model_has_read_go_with_a_step(cw_home, trigge
     for i in stubbed:
         inp = after[f"toolu_e{i}"]["input"]
         assert inp["file_path"] == "src/app.py" and inp["old_string"].startswith(INPUT_STUB)
+        assert memory_id(before[f"toolu_e{i}"]["input"]["old_string"]) in inp["old_string"] and len(inp["old_string"]) < 90
     assert results_of(got.body) == results_of(body)
     assert got.events("clearing")[0]["inputs_cleared"] == len(stubbed)
     again = h.send(ApiKind.ANTHROPIC, body)  # re-applied byte for byte
