@@ -59,7 +59,7 @@ from contextwarden.compress import policy as learned_policy
 from contextwarden.compress.policy import free_from, request_time
 from contextwarden.compress.stubmemo import result_stub
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.wayback import peek_wording, recall_wording, way_back
+from contextwarden.memory.wayback import recall_wording, way_back
 from contextwarden.models.base import ApiKind
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
@@ -878,8 +878,7 @@ def _stale_step(st: _Clearing) -> None:
     first message within that many blocks of the end are taken (an earlier request's cached end is read,
     what follows it written again), when what the step frees x the requests to come (as many as came so
     far) >= ``STALE_PAYBACK`` x what it re-writes, and at least ``stale_at_least``. The tenant's learned
-    policy keeps a tool whose cleared results come back. The large input values of a ``stale_inputs`` tool's
-    calls go too (:func:`_record`)."""
+    policy keeps a tool whose cleared results come back."""
     cfg, ctx, learned = st.cfg, st.ctx, st.learned
     msgs = dialect(ctx.api).messages_of(ctx.request) or []
     blocks, reach = 0, len(msgs)  # reach: the first message within the lookback of the last block
@@ -894,23 +893,16 @@ def _stale_step(st: _Clearing) -> None:
             break
         toks = _result_tokens(ctx, s) if not s.text.startswith(STUB_PREFIX) else 0
         rewritten += toks
-        if s.order < 0:
+        if s.tool not in cfg.stale_after or s.order < 0:
             continue
         n = later[s.tool]
         later[s.tool] += 1
-        if s.id in st.done or s.id in st.pinned or s.tool in st.exclude or s.index >= st.unseen_from or s.index < st.boundary:
+        if n < cfg.stale_after[s.tool] or toks < cfg.min_result_tokens or s.id in st.done or s.id in st.pinned \
+                or s.tool in st.exclude or s.index >= st.unseen_from or s.index < st.boundary \
+                or (learned is not None and learned.keeps_tool(s.tool)):
             continue
-        if s.tool in cfg.stale_after:
-            if n < cfg.stale_after[s.tool] or toks < cfg.min_result_tokens or (learned is not None and learned.keeps_tool(s.tool)):
-                continue
-        elif s.tool in cfg.stale_inputs and st.input_allowed(s):
-            toks = 0  # its input only: stale once the model has read the call's result
-        else:
-            continue
-        gain = toks or _record(st, s, 0, peek_wording(ctx, st.state, st.key))[1]
-        if gain > 0:
-            freed += gain
-            candidates.append((s, toks, freed, rewritten))
+        freed += toks
+        candidates.append((s, toks, freed, rewritten))
     if not candidates or freed < cfg.stale_at_least:
         return
     so_far = sum(ctx.history.memos(msgs, _ASSISTANT, _is_assistant))  # (remembered per message: a repeat reads its new ones)

@@ -703,20 +703,18 @@ def edit_loop(calls: int, words_each: int = 120) -> dict:
             "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}]}
 
 
-@pytest.mark.parametrize("trigger", [1_000, 1_000_000])
-def test_the_inputs_of_an_edit_the_model_has_read_go_with_a_step(cw_home, trigger):
+def test_the_inputs_of_an_edit_the_model_has_read_go_with_a_step(cw_home):
     """``stale_inputs``: an Edit's strings are stale once the model read its result (the old text is gone
-    from the file, the new one is in the result's snippet). A regular step (above the trigger) takes them
-    even from the files being worked on, a step of stale results (below it) within the lookback; the
-    results stay, and so does the latest call's input; without the setting nothing changes."""
-    kw = dict(trigger_tokens=trigger, clear_at_least=500, keep_recent=0, working_set_tokens=100_000, stale_at_least=500)
+    from the file, the new one is in the result's snippet). A step (above the trigger) takes them even from
+    the files being worked on, with a stub of their size and memory id; the results stay, and so does the
+    latest call's input; below the trigger, or without the setting, nothing changes."""
+    kw = dict(clear_at_least=500, keep_recent=0, working_set_tokens=100_000, stale_at_least=500)
     body = edit_loop(30)
-    h = harness(cw_home, stale_inputs=["Edit"], **kw)
+    h = harness(cw_home, stale_inputs=["Edit"], trigger_tokens=1_000, **kw)
     got = h.send(ApiKind.ANTHROPIC, body)
     before, after = uses_of(body), uses_of(got.body)
     stubbed = sorted(int(tid.removeprefix("toolu_e")) for tid in before if after[tid] != before[tid])
-    assert stubbed and max(stubbed) == 28  # the latest call (29) keeps its input
-    assert (min(stubbed) == 0) == (trigger == 1_000)  # below the trigger: only within the lookback of the end
+    assert stubbed == list(range(29))  # the latest call (29) keeps its input
     for i in stubbed:
         inp = after[f"toolu_e{i}"]["input"]
         assert inp["file_path"] == "src/app.py" and inp["old_string"].startswith(INPUT_STUB)
@@ -726,6 +724,8 @@ def test_the_inputs_of_an_edit_the_model_has_read_go_with_a_step(cw_home, trigge
     again = h.send(ApiKind.ANTHROPIC, body)  # re-applied byte for byte
     assert uses_of(again.body) == after
     h.close()
-    h = harness(cw_home / "off", stale_inputs=[], **kw)
-    assert not h.send(ApiKind.ANTHROPIC, body).changed
-    h.close()
+    for home, kw2 in ((cw_home / "below", dict(stale_inputs=["Edit"], trigger_tokens=1_000_000)),
+                      (cw_home / "off", dict(stale_inputs=[], trigger_tokens=1_000))):
+        h = harness(home, **kw2, **kw)
+        assert not h.send(ApiKind.ANTHROPIC, body).changed
+        h.close()
