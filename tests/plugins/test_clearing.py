@@ -686,3 +686,46 @@ def test_a_stale_result_is_cleared_below_the_trigger_when_the_step_pays(cw_home)
         h = harness(home, trigger_tokens=1_000_000, keep_recent=100, stale_after={"Bash": 3}, stale_at_least=at_least)
         assert not h.send(ApiKind.ANTHROPIC, bash_loop(calls)).changed
         h.close()
+
+
+def edit_loop(calls: int, words_each: int = 120) -> dict:
+    """One user message and ``calls`` Edits of one file, each with long old and new strings, answered by a
+    short snippet of the file."""
+    msgs: list[dict] = [{"role": "user", "content": "rework src/app.py"}]
+    for i in range(calls):
+        old, new = (" ".join(f"{w}{i}_{k}" for k in range(words_each)) for w in ("old", "new"))
+        msgs.append({"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_e{i}", "name": "Edit",
+                                                       "input": {"file_path": "src/app.py", "old_string": old, "new_string": new}}]})
+        msgs.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_e{i}",
+                                                  "content": f"The file src/app.py has been updated:\n  {i}→{new[:60]}"}]})
+    msgs[-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
+    return {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": msgs,
+            "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}]}
+
+
+def test_the_inputs_of_an_edit_the_model_has_read_go_with_a_step(cw_home):
+    """``stale_inputs``: an Edit's strings are stale once the model read its result (the old text is gone
+    from the file, the new one is in the result's snippet). A step (above the trigger) takes them even from
+    the files being worked on, with a stub of their size and memory id; the results stay, and so does the
+    latest call's input; below the trigger, or without the setting, nothing changes."""
+    kw = dict(clear_at_least=500, keep_recent=0, working_set_tokens=100_000, stale_at_least=500)
+    body = edit_loop(30)
+    h = harness(cw_home, stale_inputs=["Edit"], trigger_tokens=1_000, **kw)
+    got = h.send(ApiKind.ANTHROPIC, body)
+    before, after = uses_of(body), uses_of(got.body)
+    stubbed = sorted(int(tid.removeprefix("toolu_e")) for tid in before if after[tid] != before[tid])
+    assert stubbed == list(range(29))  # the latest call (29) keeps its input
+    for i in stubbed:
+        inp = after[f"toolu_e{i}"]["input"]
+        assert inp["file_path"] == "src/app.py" and inp["old_string"].startswith(INPUT_STUB)
+        assert memory_id(before[f"toolu_e{i}"]["input"]["old_string"]) in inp["old_string"] and len(inp["old_string"]) < 90
+    assert results_of(got.body) == results_of(body)
+    assert got.events("clearing")[0]["inputs_cleared"] == len(stubbed)
+    again = h.send(ApiKind.ANTHROPIC, body)  # re-applied byte for byte
+    assert uses_of(again.body) == after
+    h.close()
+    for home, kw2 in ((cw_home / "below", dict(stale_inputs=["Edit"], trigger_tokens=1_000_000)),
+                      (cw_home / "off", dict(stale_inputs=[], trigger_tokens=1_000))):
+        h = harness(home, **kw2, **kw)
+        assert not h.send(ApiKind.ANTHROPIC, body).changed
+        h.close()
