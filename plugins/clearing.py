@@ -231,16 +231,13 @@ def _value_text(v: Any) -> str:
 _stub_text_memo = memoized(STUB_MEMO)(_stub_text)
 
 
-def input_value_stub(text: str, tokens: int, how: str = "", short: bool = False) -> str:
-    """The text that replaces one large value of a cleared call's input (deterministic); ``short``: only
-    its size and memory id (a stale input, which automatic recall brings back when an answer quotes it)."""
+def input_value_stub(text: str, tokens: int, how: str = "") -> str:
+    """The text that replaces one large value of a cleared call's input (deterministic)."""
     mid = memory_id(text)
-    if short:
-        return f"{INPUT_STUB_PREFIX} ({tokens:,} tokens), memory id {mid}]"
     return f'{INPUT_STUB_PREFIX} ({tokens:,} tokens): "{_preview(text)}". Memory id {mid}: {way_back(mid, how).removesuffix(", or re-run the tool")}.]'
 
 
-def input_stub(tool_input: dict, count: Callable[[str], int], how: str = "", short: bool = False) -> tuple[dict, dict[str, str]] | None:
+def input_stub(tool_input: dict, count: Callable[[str], int], how: str = "") -> tuple[dict, dict[str, str]] | None:
     """A cleared call's input: the same object with each value longer than ``INPUT_VALUE_CHARS`` (as
     JSON) replaced by a stub string; and the memory id of each replaced value by key. None when no
     value is that large (or all of them are stubs already)."""
@@ -249,7 +246,7 @@ def input_stub(tool_input: dict, count: Callable[[str], int], how: str = "", sho
     for k, v in tool_input.items():
         text = _value_text(v)
         if len(text) > INPUT_VALUE_CHARS and not text.startswith(STUB_PREFIX) and text.strip():
-            out[k] = input_value_stub(text, count(text), how, short)
+            out[k] = input_value_stub(text, count(text), how)
             mids[k] = memory_id(text)
         else:
             out[k] = v
@@ -632,7 +629,7 @@ class _Clearing:
         return self.free is not None and slot.index >= self.free and slot.tool in self.cfg.stale_after
 
     def input_allowed(self, slot: Slot) -> bool:
-        return ((self.inputs_on or slot.tool in self.cfg.stale_inputs) and slot.can_set_input and not slot.input_locked and slot.call_index not in self.locked
+        return (self.inputs_on and slot.can_set_input and not slot.input_locked and slot.call_index not in self.locked
                 and slot.call_index >= self.boundary
                 and isinstance(slot.tool_input, dict))
 
@@ -799,11 +796,9 @@ def _choose(st: _Clearing) -> None:
         working = _working_set(ctx, slots, budget_in(getattr(cfg, "working_set_tokens", 0), ctx.settings.tokens.context_window), st.carry)
         candidates = []
         for s in looked:
-            if s.id in done or s.tool in exclude or s.order in recent or s.order < 0 or s.id in pinned:
+            if s.id in done or s.tool in exclude or s.order in recent or s.order < 0 or s.id in pinned or s.id in working:
                 continue
-            if s.id in working or (editing and s.tool in READ_TOOLS and _path_of(s.tool_input) in editing):
-                if s.tool in cfg.stale_inputs and input_allowed(s) and st.unseen_from > s.index >= boundary:
-                    candidates.append((s, 0))  # its result stays, its stale input goes
+            if editing and s.tool in READ_TOOLS and _path_of(s.tool_input) in editing:
                 continue
             if learned is not None and (learned.keeps_tool(s.tool) or (
                     s.tool in READ_TOOLS and learned.keeps_path(_path_of(s.tool_input)))):
@@ -820,8 +815,7 @@ def _choose(st: _Clearing) -> None:
                 candidates.append((s, toks))
         need = math.inf if cfg.clear_all or ctl.compact_now else max(clear_at_least, total - st.freed - trigger)
         chosen, gain = st.chosen, 0
-        ins = sum(len(_dumps(s.tool_input)) // 4 for s, _ in candidates if s.tool in cfg.stale_inputs)  # (about)
-        if not _may_step(candidates, remembered, clear_at_least - ins, lambda s: st.inputs_on and input_allowed(s)):
+        if not _may_step(candidates, remembered, clear_at_least, input_allowed):
             candidates = [c for c in candidates if st.free_step(c[0])]  # (the others' stubs are not even computed)
         how = recall_wording(ctx, st.state, st.key) if candidates else ""
         for s, toks in candidates:
@@ -856,14 +850,12 @@ def _record(st: _Clearing, s: Slot, toks: int, how: str) -> tuple[dict[str, Any]
             rec.update(stub=stub, tokens=toks, stub_tokens=stub_toks, mid=mid)
             g += toks - stub_toks
     if st.input_allowed(s):
-        made = input_stub(s.tool_input, lambda t: ctx.runtime.tokens.count_text(t, ctx.model), how, s.tool in st.cfg.stale_inputs)
+        made = input_stub(s.tool_input, lambda t: ctx.runtime.tokens.count_text(t, ctx.model), how)
         if made is not None:
             stub_input, mids = made
             in_toks = ctx.runtime.tokens.count_text(_dumps(s.tool_input), ctx.model)
             stub_in_toks = ctx.runtime.tokens.count_text(_dumps(stub_input), ctx.model)
-            # (a stale input, whose text is gone or shown by its result: worth it when the stub halves it)
-            if stub_in_toks < in_toks and (in_toks >= st.cfg.min_result_tokens or (
-                    s.tool in st.cfg.stale_inputs and 2 * stub_in_toks <= in_toks)):
+            if in_toks >= st.cfg.min_result_tokens and stub_in_toks < in_toks:
                 rec.update(input_stub=stub_input, ih=_digest(_dumps(s.tool_input)), input_tokens=in_toks,
                            input_stub_tokens=stub_in_toks, input_mids=mids)
                 g += in_toks - stub_in_toks

@@ -91,13 +91,6 @@ class ClearingSection(Section):
     build re-run, an edit followed by more edits), and a step of stale results alone clears them whatever
     the trigger, when they free at least ``stale_at_least`` tokens. {}: off."""
 
-    stale_inputs: list[str] = []
-    """Tools whose large input values are stale once the model has read the call's result (an Edit's
-    ``old_string`` is no longer in the file, its ``new_string`` is in the result's snippet): a step
-    (and a step of stale results) takes them, from the files being worked on too, when their stub at
-    least halves them; their stubs give only the size and the memory id (automatic recall brings a value
-    back when an answer quotes it). []: off."""
-
     stale_at_least: int = 2_000
     """The least a step of stale results frees."""
 
