@@ -36,14 +36,13 @@ def _run_marked(cmd: list[str], home: Path, timeout: float = 120) -> tuple[subpr
     return done, done.stdout + done.stderr
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory):
-    """One proxy for the three checks below: each only reads its port and discovery files, and compares the
-    files with what they were when it started."""
-    with ProxyProcess(tmp_path_factory.mktemp("first"), profile="observe-only") as proxy:
-        before = {name: (proxy.home / name).read_bytes() for name in DISCOVERY}
-        assert all(orjson.loads(b)["pid"] for b in before.values())
-        yield proxy, before
+@pytest.fixture
+def running(observe_regular):
+    """A running proxy (the shared observe-only one in regular mode) for the three checks below: each only
+    reads its port and discovery files, and compares the files with what they were before it."""
+    before = {name: (observe_regular.home / name).read_bytes() for name in DISCOVERY}
+    assert all(orjson.loads(b)["pid"] for b in before.values())
+    return observe_regular, before
 
 
 def test_a_second_run_on_the_same_port_leaves_the_running_proxy_reachable(running):
