@@ -11,10 +11,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-import anthropic
 import httpx2
 
 from tests.support.proxy import ProxyProcess
+from tests.support.sdk import anthropic
 from tests.support.upstream import StandIn
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import io
 
-import httpx
 from mitmproxy.addons.dumper import Dumper
 from mitmproxy.test import taddons, tflow
 
 from contextwarden.addons.outputguard import OutputGuard
 from contextwarden.cli.run import mitmdump_argv
-from tests.support.proxy import ProxyProcess
-from tests.support.upstream import StandIn
 
 
 def _printed(apply: bool = True, **opts) -> str:
@@ -46,14 +43,4 @@ def test_run_passes_flow_lines_on_request():
     assert "cw_flow_lines=true" in mitmdump_argv(argparse.Namespace(**base, flow_lines=True))
 
 
-def test_mitmdump_prints_no_flow_line_by_default(tmp_path):
-    with StandIn() as standin:
-        with ProxyProcess(tmp_path / "px", profile="observe-only", reverse=standin.url) as proxy:
-            with httpx.Client(trust_env=False, timeout=60) as c:
-                r = c.post(proxy.url + "/v1/messages", json={"model": "claude-sonnet-4-5", "max_tokens": 20,
-                                                             "messages": [{"role": "user", "content": "hi"}]},
-                           headers={"x-api-key": "sk-ant-lines", "anthropic-version": "2023-06-01"})
-            assert r.status_code == 200
-            assert proxy.wait_events(lambda e: e["type"] == "response")
-            out = proxy.stdout_text()
-    assert "/v1/messages" not in out and "<< 200" not in out, out[-2000:]
+# (mitmdump itself printing no flow line: tests/e2e/test_transparency.py, through the shared observe-only proxy)

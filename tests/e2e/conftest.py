@@ -18,14 +18,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import anthropic
 import httpx2
-import openai
 import pytest
 
 from tests.support import rawhttp
 from tests.support.claude_code import claude_code_binary
 from tests.support.proxy import ProxyProcess, start_together, stop_together
+from tests.support.sdk import anthropic, openai
 from tests.support.upstream import StandIn
 
 ANTHROPIC_HOST = "https://api.anthropic.com"

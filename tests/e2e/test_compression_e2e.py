@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.support import tool_outputs as T
-from tests.support.proxy import ProxyProcess, start_together, stop_together
+from tests.support.proxy import ProxyProcess
 
 PREFIX = "[contextwarden compressed this "
 MID = re.compile(r"Memory id (m-[0-9a-f]{16})")
@@ -28,7 +28,8 @@ SETTINGS = {
     "CONTEXTWARDEN_TOKENS__CALIBRATE": "false",
     "CONTEXTWARDEN_COMPRESSION__ENABLED": "true",
     "CONTEXTWARDEN_MEMORY__INJECT": "false",  # what arrives is the tool's result, not injected memory
-    "CONTEXTWARDEN_PIPELINE__BUDGETS_MS": json.dumps({"compression": 5000, "clearing": 5000, "recall": 5000}),
+    # a hang's bound, not a test's: at load 25 the compression worker took more than the 5 s these were
+    "CONTEXTWARDEN_PIPELINE__BUDGETS_MS": json.dumps({"compression": 60000, "clearing": 60000, "recall": 60000}),
 }
 
 
@@ -39,14 +40,12 @@ def strict(standin):
 
 
 @pytest.fixture(scope="module")
-def proxies(tmp_path_factory, standin):
-    """Each test's own proxy (the same settings, in front of the stand-in), the two started together."""
-    procs = {name: ProxyProcess(tmp_path_factory.mktemp(name), name=name, profile="claude-code", reverse=standin.url,
-                                env=SETTINGS, ready_events=("startup", "memory_status"))
-             for name in ("compression-e2e", "compression-cli")}
-    start_together(procs.values())
-    yield procs
-    stop_together(procs.values(), timeout=5)
+def proxy(tmp_path_factory, standin):
+    """The tests' proxy, in front of the stand-in (each reads only the events after its own ``mark``)."""
+    p = ProxyProcess(tmp_path_factory.mktemp("compression-e2e"), name="compression-e2e", profile="claude-code",
+                     reverse=standin.url, env=SETTINGS, ready_events=("startup", "memory_status")).start()
+    yield p
+    p.stop(timeout=5)
 
 
 def child_cmdlines(pid: int) -> list[str]:
@@ -81,9 +80,9 @@ def body(session: str, log: str, steps: int) -> dict:
             "messages": msgs}
 
 
-def test_compressed_at_first_sight_recallable_and_reapplied_byte_for_byte(proxies, strict):
-    proxy = proxies["compression-e2e"]
+def test_compressed_at_first_sight_recallable_and_reapplied_byte_for_byte(proxy, strict):
     log, errors = T.build_log()
+    since = proxy.mark()
     session = uuid.uuid4().hex[:8]
     got = []
     with httpx.Client(timeout=60) as c:
@@ -106,18 +105,18 @@ def test_compressed_at_first_sight_recallable_and_reapplied_byte_for_byte(proxie
     assert all(e in rest for e in errors)
     for rec in got[1:]:
         assert rec.json()["messages"][2]["content"][0]["content"] == first  # byte for byte
-    ev = proxy.events("compression")
+    ev = proxy.events("compression", since=since)
     assert len(ev) == 1 and ev[0]["data"]["compressed"] == 1 and ev[0]["data"]["ids"] == [mid]
-    fwd = proxy.events("forward")
+    fwd = proxy.events("forward", since=since)
     assert all(e["data"]["fallback"] is None for e in fwd)
     assert fwd[0]["data"]["tokens_out"] < fwd[0]["data"]["tokens_in"] // 10
     # compressed in the proxy's compression worker (compression.process auto: separate in mitmdump)
     assert any("contextwarden.core.workerpool compression" in cmd for cmd in child_cmdlines(proxy.proc.pid))
-    assert not [e for e in proxy.events("error") if e["data"].get("where") == "compression"]
+    assert not [e for e in proxy.events("error", since=since) if e["data"].get("where") == "compression"]
 
 
 @pytest.mark.claude_code
-def test_the_real_claude_code_cli_runs_with_compression_on(tmp_path, proxies, standin, claude_bin):
+def test_the_real_claude_code_cli_runs_with_compression_on(tmp_path, proxy, standin, claude_bin):
     """Claude Code runs ``cat build.log`` through the proxy (reverse mode): the upstream receives the
     output compressed in the request that carries it, every failing test still named, and the CLI's
     turn completes."""
@@ -125,13 +124,13 @@ def test_the_real_claude_code_cli_runs_with_compression_on(tmp_path, proxies, st
 
     from .conftest import Route
 
-    proxy = proxies["compression-cli"]
+    since = proxy.mark()
     saved = standin.tool_input
     standin.tool_input = {"command": "cat build.log", "description": "Show the test log"}
     try:
         log, failed = T.failing_pytest(400, failing=(17, 204, 377))
         assert 5_000 < len(log) < 30_000  # (Claude Code truncates a Bash output past 30,000 characters)
-        result = run_claude(claude_bin, tmp_path, Route(proxy, False, "compression-cli").claude_env(),
+        result = run_claude(claude_bin, tmp_path, Route(proxy, False, "compression-e2e").claude_env(),
                             prompt="run the tests", files={"build.log": log})
         assert result.returncode == 0, f"claude exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
         calls = standin.requests("/v1/messages")
@@ -142,6 +141,6 @@ def test_the_real_claude_code_cli_runs_with_compression_on(tmp_path, proxies, st
         assert text.startswith(PREFIX + "Bash result for cat build.log ("), text[:300]
         assert all(f"FAILED {name}" in text for name in failed)
         assert not any(r.problems for r in calls)
-        assert proxy.events("compression")
+        assert proxy.events("compression", since=since)
     finally:
         standin.tool_input = saved

@@ -10,16 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx2
 import orjson
 import pytest
 
+from contextwarden.core.liveprotocol import Totals
 from contextwarden.tui.store import Store
 from contextwarden.tui.widgets.request_log import detail_text
 from tests.e2e.conftest import expected_upstream_headers, route_for
 from tests.e2e.test_transparency import CASES, _fresh, _fresh_key, headers_for
 from tests.support import rawhttp
 from tests.support.marked import run_marked
-from tests.support.proxy import MITMDUMP, SCRIPT, ProxyProcess
+from tests.support.proxy import MITMDUMP, SCRIPT, ProxyProcess, free_port
+from tests.support.sdk import anthropic, openai
 
 pytestmark = pytest.mark.e2e
 
@@ -33,14 +36,13 @@ def _run_marked(cmd: list[str], home: Path, timeout: float = 120) -> tuple[subpr
     return done, done.stdout + done.stderr
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory):
-    """One proxy for the three checks below: each only reads its port and discovery files, and compares the
-    files with what they were when it started."""
-    with ProxyProcess(tmp_path_factory.mktemp("first"), profile="observe-only") as proxy:
-        before = {name: (proxy.home / name).read_bytes() for name in DISCOVERY}
-        assert all(orjson.loads(b)["pid"] for b in before.values())
-        yield proxy, before
+@pytest.fixture
+def running(observe_regular):
+    """A running proxy (the shared observe-only one in regular mode) for the three checks below: each only
+    reads its port and discovery files, and compares the files with what they were before it."""
+    before = {name: (observe_regular.home / name).read_bytes() for name in DISCOVERY}
+    assert all(orjson.loads(b)["pid"] for b in before.values())
+    return observe_regular, before
 
 
 def test_a_second_run_on_the_same_port_leaves_the_running_proxy_reachable(running):
@@ -110,13 +112,6 @@ def test_the_bypass_header_sends_the_request_untouched_and_says_so(request, stan
 def test_an_unreachable_upstream_answers_in_the_providers_error_shape(tmp_path, engine):
     """Nothing listens where the proxy forwards: the SDKs get a 502 in their provider's JSON error shape
     (an InternalServerError they retry), not mitmproxy's HTML page; the TUI's overview counts the error."""
-    import anthropic
-    import httpx2
-    import openai
-
-    from contextwarden.core.liveprotocol import Totals
-    from tests.support.proxy import free_port
-
     dead = f"http://127.0.0.1:{free_port()}"  # (connection_strategy=lazy as contextwarden run sets: eager, mitmproxy
     # connects at the client's connect, and a refused upstream closes it before there is a request to answer)
     with ProxyProcess(tmp_path / "px", profile="observe-only", reverse=dead,

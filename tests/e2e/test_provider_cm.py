@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import uuid
 
-import anthropic
 import httpx2
-import openai
 import pytest
 
 from contextwarden.wire.cost import billed_units
 from tests.support.proxy import ProxyProcess, start_together, stop_together
+from tests.support.sdk import anthropic, openai
 
 STUB = "[contextwarden cleared this "
 BETA = "context-management-2025-06-27"

@@ -13,12 +13,12 @@ import sys
 import uuid
 from pathlib import Path
 
-import anthropic
 import httpx2
 import pytest
 
 from tests.contextwarden.util.test_redact_catalogue import Shape, _b64_lines, _pieces, catalogue
 from tests.support.proxy import ProxyProcess
+from tests.support.sdk import anthropic
 
 from .test_security import ALL_STAGES, READY, TuiTap, _files_blob, _post, _wait_ingested
 

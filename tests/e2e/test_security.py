@@ -4,7 +4,8 @@
   proxy with every stage and memory on, is found 0 times under its data directory (every file: SQLite,
   Chroma, the lexical snapshot), in its logs, its output and the TUI's event stream;
 - memory is never shared between users who carry no credential, an unrecognised one, or OAuth vs API keys;
-- the documented ``mitmdump -s addons/contextwarden.py`` does not answer on a non-loopback address;
+- the documented ``mitmdump -s addons/contextwarden.py`` does not answer on a non-loopback address (the
+  check is in test_security_second_pass.py, which also knocks while it starts);
 - a privacy stage placed before memory (loaded with ``plugins=``) is not undone by memory.
 """
 
@@ -86,27 +87,32 @@ def _post(proxy: ProxyProcess, messages: list, *, session: str, headers: dict | 
     return r
 
 
-def _wait_ingested(proxy: ProxyProcess, since: int, turns: int, stall: float = 90, quiet: float = 2.0) -> None:
+# a hang's bound, not a test's: memory embeds at idle priority, minutes behind on a loaded machine
+INGEST_BOUND_S = 600
+
+
+def _wait_ingested(proxy: ProxyProcess, since: int, turns: int, quiet: float = 2.0) -> None:
     """Until ``turns`` turns are complete and memory has stored them: the ingestor reported an empty
-    queue after the last turn, and nothing more for ``quiet`` seconds (it stores turns in batches). Under
-    load the idle-priority embedding lags: it waits as long as batches keep coming, ``stall`` s at most for
-    the next one."""
-    done = proxy.wait_events(lambda e: e["type"] == "turn", turns, since=since, timeout=stall)
-    assert len(done) >= turns, f"{len(done)} of {turns} turns completed"
+    queue after the last turn, and nothing more for ``quiet`` seconds (it stores turns in batches). It
+    waits as long as that takes while the proxy runs (memory's idle-priority embedding lags far behind
+    under load); a proxy that exits fails at once."""
+    def turns_done() -> list[dict]:
+        assert proxy.alive, proxy.output_text()[-3000:]
+        done = proxy.events("turn", since=since, wait=0)
+        return done if len(done) >= turns else []
+    done = wait_until(turns_done, INGEST_BOUND_S, interval=0.1)
+    assert done, f"{len(proxy.events('turn', since=since, wait=0))} of {turns} turns completed"
     last_turn = done[-1]["seq"]
     seen: list = [None, time.monotonic()]  # the latest "ingested" event, and when it came
 
     def stored() -> bool:
+        assert proxy.alive, proxy.output_text()[-3000:]
         ingested = [e for e in proxy.events("memory", since=since, wait=0) if "ingested" in e["data"]]
         if ingested and (seen[0] is None or ingested[-1]["seq"] != seen[0]["seq"]):
             seen[:] = [ingested[-1], time.monotonic()]
         return seen[0] is not None and seen[0]["seq"] > last_turn and seen[0]["data"].get("queued") == 0 \
             and time.monotonic() - seen[1] >= quiet
-
-    def stalled() -> bool:
-        return time.monotonic() - seen[1] > stall
-    wait_until(lambda: stored() or stalled(), float("inf"), interval=0.1)
-    assert not stalled(), f"memory did not finish storing {turns} turns; last: {seen[0]}"
+    assert wait_until(stored, INGEST_BOUND_S, interval=0.1), f"memory did not finish storing {turns} turns; last: {seen[0]}"
 
 
 class TuiTap:
@@ -328,32 +334,6 @@ class DocumentedCommand(ProxyProcess):
         cmd = super().command()
         i = cmd.index("--listen-host")
         return cmd[:i] + cmd[i + 2:]
-
-
-def test_documented_mitmdump_command_listens_on_loopback_only(tmp_path):
-    p = DocumentedCommand(tmp_path / "doc", name="doc", profile="observe-only")
-    p.launch()
-    try:
-        def listening() -> int | None:
-            out = p.output_text()
-            assert p.proc.poll() is None, out[-3000:]
-            ok = re.findall(r"HTTP\(S\) proxy listening at 127\.0\.0\.1:(\d+)", out)
-            return int(ok[-1]) if ok and ("contextwarden: listening on 127.0.0.1" in out) else None
-        port = wait_until(listening, 90, interval=0.1)
-        assert port, p.output_text()[-3000:]
-        assert wait_until(lambda: "contextwarden: listening on 127.0.0.1 only" in p.output_text(), 5)  # said at start
-        addrs = _listening(port)
-        assert addrs and all(a in ("0100007F", "00000000000000000000000001000000") for a in addrs), addrs
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            pass
-        local = _local_addresses()
-        for addr in local:
-            with pytest.raises(OSError):
-                socket.create_connection((addr, port), timeout=2).close()
-        if not local:  # no other address on this machine: the listening sockets above are the proof
-            assert not [a for a in addrs if a.startswith("00000000")]
-    finally:
-        p.stop()
 
 
 # --- 4. a privacy stage before memory --------------------------------------------------------------------

@@ -35,8 +35,9 @@ from contextwarden.memory.api import ApiError, RecallClient
 from contextwarden.tui.app import ContextWardenApp
 from contextwarden.util.home import ensure_home
 from contextwarden.util.redact import tenant_id
-from tests.e2e.test_security import DocumentedCommand, _fact_and_question, _local_addresses, _wait_ingested
+from tests.e2e.test_security import DocumentedCommand, _fact_and_question, _listening, _local_addresses, _wait_ingested
 from tests.support.proxy import ProxyProcess
+from tests.support.wait import wait_until
 
 READY = ("startup", "memory_status")
 PROFILE = """
@@ -121,6 +122,15 @@ def test_the_documented_command_accepts_nothing_off_loopback_while_it_starts(tmp
         ready_at = knock.tries
         while knock.tries < ready_at + 200:  # and on after it is up
             knock.stop.wait(0.01)
+        # once up: its sockets are on loopback only, it said so, and it answers there and nowhere else
+        assert wait_until(lambda: "contextwarden: listening on 127.0.0.1 only" in p.output_text(), 5)
+        addrs = _listening(port)
+        assert addrs and all(a in ("0100007F", "00000000000000000000000001000000") for a in addrs), addrs
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+        for other in _local_addresses():
+            with pytest.raises(OSError):
+                socket.create_connection((other, port), timeout=2).close()
     finally:
         knock.stop.set()
         knock.thread.join()

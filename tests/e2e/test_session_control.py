@@ -19,11 +19,11 @@ import re
 import subprocess
 import sys
 
-import anthropic
 import pytest
 
 from tests.support.claude_code import run_claude
 from tests.support.proxy import ProxyProcess
+from tests.support.sdk import anthropic
 
 from .conftest import Route
 from .test_small_window import SETTINGS, WINDOW, _result_text, accepted, big_file, pasted, summary_index

@@ -11,6 +11,7 @@ import json
 import threading
 import uuid
 
+import httpx
 import pytest
 
 from tests.conftest import EVAL_DIR
@@ -135,3 +136,18 @@ def test_claude_code_requests_unchanged(observe_reverse, standin, claude_bin, tm
     for w, r in zip(wire, recs):
         assert r.body == w.body, f"{w.method} {w.target}: body changed"
         assert r.headers == expected_upstream_headers(route, w.headers, standin), f"{w.method} {w.target}: headers changed"
+
+
+def test_mitmdump_prints_no_flow_line_by_default(observe_reverse, standin):
+    """mitmdump's per-flow lines are off by default (addons/outputguard.py): a request through the proxy
+    adds none to its output."""
+    start = len(observe_reverse.stdout_text())
+    since = observe_reverse.mark()
+    with httpx.Client(trust_env=False, timeout=60) as c:
+        r = c.post(observe_reverse.url + "/v1/messages", json={"model": "claude-sonnet-4-5", "max_tokens": 20,
+                                                               "messages": [{"role": "user", "content": "hi"}]},
+                   headers={"x-api-key": "sk-ant-lines", "anthropic-version": "2023-06-01"})
+    assert r.status_code == 200
+    assert observe_reverse.wait_events(lambda e: e["type"] == "response", since=since)
+    out = observe_reverse.stdout_text()[start:]
+    assert "/v1/messages" not in out and "<< 200" not in out, out[-2000:]

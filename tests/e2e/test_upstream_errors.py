@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import uuid
 
-import anthropic
-import openai
 import pytest
 
 from tests.support import rawhttp
+from tests.support.sdk import anthropic, openai
 
 from .conftest import Route
 

@@ -6,8 +6,6 @@ import copy
 import json
 import textwrap
 
-import anthropic
-import openai
 import orjson
 import pytest
 
@@ -20,6 +18,7 @@ from contextwarden.request.agents import derive_agent, normalise_system
 from contextwarden.settings import load_settings
 from contextwarden.wire.streams.turn import AssembledTurn, Usage
 from tests.conftest import EVAL_DIR
+from tests.support.sdk import anthropic, openai
 
 CC_TURN1 = EVAL_DIR / "requests" / "claude-code-2.1.197-turn1.json"
 CC_TURN2 = EVAL_DIR / "requests" / "claude-code-2.1.197-turn2.json"

@@ -8,7 +8,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import anthropic
 import httpx2
 import orjson
 import pytest
@@ -22,6 +21,7 @@ from contextwarden.tui.screens.inspector import InspectorScreen
 from contextwarden.tui.screens.settings import SettingsScreen
 from contextwarden.tui.widgets.synctable import SyncTable
 from tests.support.proxy import ProxyProcess
+from tests.support.sdk import anthropic
 from tests.support.upstream import StandIn
 from tests.support.wait import await_until
 from tests.tui.test_app import screen_text

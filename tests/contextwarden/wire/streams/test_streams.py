@@ -15,17 +15,15 @@ import zlib
 import orjson
 import pytest
 import zstandard
-from anthropic.lib.streaming._messages import accumulate_event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mitmproxy.net import encoding as mitm_encoding
-from openai.lib.streaming.chat import ChatCompletionStreamState
-from openai.types.chat import ChatCompletionChunk
 
 from contextwarden.models.base import ApiKind
 from contextwarden.wire.streams import AssembledTurn, Usage
 from contextwarden.wire.streams import tap as tap_module
 from contextwarden.wire.streams.tap import ResponseTap
+from tests.support.sdk import anthropic, openai, openai_chat_streaming
 
 SSE = "text/event-stream"
 JSON = "application/json"
@@ -164,7 +162,8 @@ def sdk_content(events: list[tuple[str, dict]]) -> list[dict]:
     """What the official anthropic SDK assembles from the same events."""
     snapshot, bufs = None, {}
     for _, data in events:
-        snapshot = accumulate_event(event=copy.deepcopy(data), current_snapshot=snapshot, json_bufs=bufs)
+        snapshot = anthropic.lib.streaming._messages.accumulate_event(event=copy.deepcopy(data),
+                                                                      current_snapshot=snapshot, json_bufs=bufs)
     return [block.to_dict() for block in snapshot.content]
 
 
@@ -443,9 +442,9 @@ def test_openai_chat_content_parallel_tool_calls_usage_done():
     assert tap.skipped == 0
 
     # the official SDK's accumulator agrees
-    state = ChatCompletionStreamState()
+    state = openai_chat_streaming.ChatCompletionStreamState()
     for c in chunks:
-        state.handle_chunk(ChatCompletionChunk.model_validate(c))
+        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(c))
     sdk = state.get_final_completion().choices[0].message
     assert sdk.content == turn.message["content"]
     assert [(t.id, t.function.name, t.function.arguments) for t in sdk.tool_calls] == \
