@@ -107,6 +107,8 @@ def cw_request(ctx) -> None:
         ctx.notes["memory"] = result
         ctx.emit("memory", **result)
 
+    if ctx.helper_call:
+        return finish(skipped="helper call")
     # what the stages before this one made of the messages memory has not stored yet: that is what
     # cw_turn_complete stores (a privacy stage's redactions stay redacted)
     produced.capture(ctx, _ingest_start(ctx, history_items(ctx.api, ctx.original))[0])
@@ -129,6 +131,7 @@ WHY_SKIPPED = {  # the memory event's "why" (the TUI shows it) when nothing was 
                         "an agent's own reminder)",
     "no user text": "nothing to look for: no text a person wrote",
     "tool loop step": "a tool-loop step: memory went with the person's message",
+    "helper call": "the client's own helper call (a title or topic prompt): memory neither serves nor stores it",
     "nothing relevant": "nothing relevant: no stored item came above the relevance floor",
     "no candidates": "nothing stored that matches",
     "active topics": "what matched is on topics the history still holds",
@@ -484,7 +487,7 @@ def items_for_turn(ctx, turn, tagger) -> tuple[list, int, bool]:
 
 @hookimpl
 def cw_turn_complete(ctx, turn) -> None:
-    if ctx is None or not ctx.settings.memory.enabled:
+    if ctx is None or not ctx.settings.memory.enabled or ctx.helper_call:
         return
     svc = memory_service.get_service(ctx.runtime)
     if svc is None:

@@ -56,7 +56,7 @@ def _last_spoken(ctx, msgs: list) -> int | None:
 @hookimpl
 def cw_request(ctx) -> None:
     t = ctx.settings.tagging
-    if not t.enabled:
+    if not t.enabled or ctx.helper_call:  # a title or topic prompt's words are the client's, not the topic
         return
     t0 = time.perf_counter()
     tagger = tagger_for(ctx)

@@ -496,3 +496,36 @@ def test_a_block_filled_to_the_last_token_keeps_the_request_within_the_window(tm
         assert len(injected) >= 3  # the windows cross several items' edges
     finally:
         rp.close()
+
+
+TITLE_PROMPT = "Generate a concise, sentence-case title (3-7 words) that captures the main topic of this session."
+
+
+def test_claude_codes_title_call_is_neither_served_tagged_nor_stored(tmp_path):
+    """Claude Code's helper call (another agent than the main one, no tools: the session's title) wraps the
+    person's words in its own instruction: no memory goes in, no tags come out, nothing of it is stored.
+    The session's main request, with tools, is served as before."""
+    rp = replayer(tmp_path)
+    try:
+        converse(rp, session="s1")  # the facts, in another session of the same tenant
+        cc = [("x-claude-code-session-id", "cc-1")]
+        words = "What is the name of the dog I adopted?"
+        title = rp.body([{"role": "user", "content": f"<session>\n{words}\n</session>\n\nWrite the title in the "
+                                                     "language the user wrote in."}], system=TITLE_PROMPT)
+        sent = rp.send(body=title, headers=cc, api_key="sk-alice")
+        assert sent.ctx.agent.startswith("cc-1/") and not sent.ctx.agent.endswith("/main")
+        ev = memory_event(rp, sent.ctx.flow_id)
+        assert ev["skipped"] == "helper call" and ev["injected"] == 0 and "helper call" in ev["why"]
+        assert sent.ctx.notes.get("tags") is None and sent.outcome.reason == "unchanged"
+        rp.complete(sent, '{"title": "Naming the adopted dog"}')
+        rp.flush()
+        main = rp.body([{"role": "user", "content": words}],
+                       system="You are an interactive CLI tool that helps users with software engineering tasks.",
+                       tools=[{"name": "Bash", "description": "run", "input_schema": {"type": "object"}}])
+        served = rp.send(body=main, headers=cc, api_key="sk-alice")
+        assert served.ctx.agent == "cc-1/main", served.ctx.agent
+        assert memory_event(rp, served.ctx.flow_id)["injected"] >= 1, memory_event(rp, served.ctx.flow_id)
+        found = rp.memory().search_hits("title language adopted dog", [sent.ctx.tenant], k=50)["hits"]
+        assert found and not any(h["session"] == "cc-1" for h in found)  # s1's facts, nothing of the title call
+    finally:
+        rp.close()

@@ -16,6 +16,7 @@ from typing import Any
 from ..util.lru import memoized
 
 AGENT_HEADER = "x-contextwarden-agent"
+CLAUDE_CODE_SESSION = "x-claude-code-session-id"
 
 _BILLING = "x-anthropic-billing-header"
 _VOLATILE_LINE = re.compile(
@@ -84,3 +85,12 @@ def derive_agent(rule: str, headers, body: dict[str, Any], session: str) -> str:
             return explicit
         return claude_code_agent(body if isinstance(body, dict) else {}, session)
     return session
+
+
+def helper_call(session_source: str, session: str, agent: str, body: dict[str, Any]) -> bool:
+    """Whether a request is one of Claude Code's helper calls: another agent than the session's main one
+    that offers no tools (the session title, the topic check). Such a call wraps the person's words in
+    an instruction of its own (``<session>…</session> Write the title in the language…``): memory
+    neither stores, tags nor serves it. A subagent offers tools and is not one."""
+    return (session_source == CLAUDE_CODE_SESSION and agent != session and not agent.endswith("/main")
+            and not body.get("tools"))

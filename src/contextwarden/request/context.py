@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..models.base import ApiKind, WireModel
 from ..wire.apis import HTTP, WEBSOCKET
+from .agents import helper_call
 from .notes import Notes
 
 if TYPE_CHECKING:
@@ -93,6 +94,11 @@ class RequestContext:
     # threads running a stage call abandoned past its budget: what they emit from then on is marked
     # ``late`` (it says what that call did, not what went upstream)
     late_threads: set[int] = field(default_factory=set, repr=False)
+
+    @property
+    def helper_call(self) -> bool:
+        """One of Claude Code's helper calls (a title or topic prompt): see :func:`agents.helper_call`."""
+        return helper_call(self.session_source, self.session, self.agent, self.original)
 
     def emit(self, type: str, **data: Any) -> Any:
         data.setdefault("api", self.api.value)
