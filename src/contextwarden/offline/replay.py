@@ -28,6 +28,7 @@ from ..memory import service as memory_service
 from ..models.base import ApiKind
 from ..request import lifecycle
 from ..request.lifecycle import complete, turn_of
+from ..request.sessions import CLAUDE_CODE_SESSION
 from ..settings import _deep_merge, load_settings
 from ..store.statecache import state_cache
 from ..wire.cost import Bill, PromptCache, billed_from_usage, boundaries, price_for
@@ -291,7 +292,7 @@ def _finish(trace: Trace, reqs: list[ReplayRequest], fit_points: list[tuple[str,
         # a fixed placeholder, not a credential: the pipeline derives the replay's tenant from it
         r.headers = [("content-type", "application/json"), ("anthropic-version", "2023-06-01"),
                      ("x-api-key", "replay-placeholder"), ("user-agent", "claude-cli/replay"),
-                     ("x-claude-code-session-id", session)]
+                     (CLAUDE_CODE_SESSION, session)]
     trace.requests = reqs
 
 

@@ -14,9 +14,9 @@ import re
 from typing import Any
 
 from ..util.lru import memoized
+from .sessions import CLAUDE_CODE_SESSION
 
 AGENT_HEADER = "x-contextwarden-agent"
-CLAUDE_CODE_SESSION = "x-claude-code-session-id"
 
 _BILLING = "x-anthropic-billing-header"
 _VOLATILE_LINE = re.compile(

@@ -10,6 +10,8 @@ import orjson
 
 from ..wire.conversation import strip_cache_control
 
+CLAUDE_CODE_SESSION = "x-claude-code-session-id"  # the header Claude Code names its session in
+
 _SESSION_IN_USER_ID = re.compile(r"session_([0-9a-fA-F-]{8,})")
 
 
@@ -80,7 +82,7 @@ def first_turn_hash(body: dict[str, Any]) -> str | None:
 
 def derive_session(headers, body: dict[str, Any] | None) -> tuple[str, str]:
     """(session id, where it came from)."""
-    for name in ("x-contextwarden-session", "x-claude-code-session-id"):
+    for name in ("x-contextwarden-session", CLAUDE_CODE_SESSION):
         v = headers.get(name)
         if v:
             return v, name
