@@ -45,7 +45,8 @@ def heap() -> dict[str, Any]:
     blocks; and the interpreter's small-object blocks in use. Empty parts where not Linux or glibc."""
     out: dict[str, Any] = {"py_blocks": sys.getallocatedblocks()}
     try:
-        out["rss_mb"] = round(int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+        with open("/proc/self/statm") as f:
+            out["rss_mb"] = round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
     except (OSError, ValueError):
         pass
     fn = getattr(libc(), "mallinfo2", None)
