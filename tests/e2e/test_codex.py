@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from contextwarden.cli.run import instructions
 from tests.support.codex_cli import API_KEY, codex_binary, provider_args, run_codex
 from tests.support.codex_upstream import CodexStandIn
 from tests.support.proxy import ProxyProcess, start_together, stop_together
@@ -285,6 +287,24 @@ def test_codex_reverse_mode_provider_entry(codex_proxies, codex_standin, codex_b
     # encrypted reasoning came back byte for byte, right before its call (the strict stand-in checked)
     assert sum(1 for it in last["input"] if isinstance(it, dict) and it.get("type") == "reasoning") == STEPS
 
+
+
+def test_codex_reverse_mode_as_the_proxy_says(codex_proxies, codex_standin, codex_bin, tmp_path):
+    """The line ``contextwarden run --mode reverse:...`` prints for Codex works as printed (a shell's quoting
+    included): Codex's own provider, its base URL the proxy, its WebSocket transport through the stages."""
+    si = codex_standin
+    si.planner = loop_planner()
+    p = codex_proxies["reverse"]
+    banner = instructions("127.0.0.1", p.port, f"reverse:{si.url}", tmp_path)
+    argv = shlex.split(next(line for line in banner.splitlines() if "Codex CLI:" in line).split(":", 1)[1])
+    assert argv[0] == "codex"
+    since = p.mark()
+    result = run_codex(codex_bin, tmp_path, {}, "run the steps", files=step_files(), args=argv[1:])
+    recs = check_loop(si, result)
+    reqs = p.wait_events(lambda e: e["type"] == "request", n=len(recs), since=since)
+    assert {e["data"]["transport"] for e in reqs} == {"websocket"}
+    outs = [it for it in recs[-1].json()["input"] if isinstance(it, dict) and it.get("type") == "function_call_output"]
+    assert outs and all(o["output"].endswith("[stamped by contextwarden]") for o in outs)
 
 # -- a small window: clearing and compaction on Codex's own requests --------------------------------
 

@@ -43,7 +43,8 @@ def instructions(host: str, port: int, mode: str, confdir) -> str:
         base = f"http://{host}:{port}"
         return f"""contextwarden: reverse mode, forwarding to {target}
   Claude Code / Anthropic SDK:   export ANTHROPIC_BASE_URL={base}
-  OpenAI SDK / Codex CLI:        export OPENAI_BASE_URL={base}/v1
+  OpenAI SDK:                    export OPENAI_BASE_URL={base}/v1
+  Codex CLI:                     codex -c 'openai_base_url="{base}/v1"'
   Note: a custom base URL makes Claude Code drop some features (1M-context beta, tool-search
   deferral). Regular mode (the default: contextwarden run) keeps them."""
     return f"""contextwarden: regular mode on {proxy}
@@ -52,7 +53,7 @@ def instructions(host: str, port: int, mode: str, confdir) -> str:
   Claude Code (Node):
     export HTTPS_PROXY={proxy}
     export NODE_EXTRA_CA_CERTS={ca}
-  Anthropic / OpenAI Python SDKs (httpx):
+  Anthropic / OpenAI Python SDKs (httpx), Codex CLI:
     export HTTPS_PROXY={proxy}
     export SSL_CERT_FILE={ca}
     export REQUESTS_CA_BUNDLE={ca}
