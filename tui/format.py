@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
+
+#: a time-ordered UUID (v7, Codex's session ids): sessions started minutes apart share their first 8 digits
+_UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 
 STAGE_ABBREV = {"budget": "bu", "strip": "st", "tagging": "tg", "clearing": "cl", "compaction": "cp", "memory": "me"}
 
@@ -45,12 +49,15 @@ def duration(seconds: Any) -> str:
 
 
 def short_id(s: Any, n: int = 8) -> str:
+    """The first ``n`` characters of an id; of a time-ordered UUID, its last ``n`` (random) hex digits."""
     if not s:
         return "–"
     s = str(s)
     if s.startswith("h-"):  # first-turn hash sessions
         s = s[2:]
-    return s if len(s) <= n else s[:n]
+    if len(s) <= n:
+        return s
+    return s.replace("-", "")[-n:] if _UUID7.fullmatch(s) else s[:n]
 
 
 def abbrev(stage: str) -> str:
