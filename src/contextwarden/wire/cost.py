@@ -43,11 +43,13 @@ LOOKBACK_BLOCKS = 20
 
 @dataclass(frozen=True)
 class Price:
-    """Dollars per million tokens, and the shortest prefix the model caches."""
+    """Dollars per million tokens, the shortest prefix the model caches, and what a cached input token
+    costs as a fraction of an uncached one."""
 
     input: float
     output: float
     min_cache: int = 1024
+    read: float = READ_MULT
 
 
 # model-name prefix -> price (looked up longest prefix first)
@@ -59,7 +61,17 @@ PRICES: dict[str, Price] = {
     "claude-3-7-sonnet": Price(3, 15, 1024), "claude-3-5-sonnet": Price(3, 15, 1024),
     "claude-haiku-4-5": Price(1, 5, 4096), "claude-3-5-haiku": Price(0.8, 4, 2048),
     "claude-3-haiku": Price(0.25, 1.25, 2048), "claude-3-opus": Price(15, 75, 1024),
+    # OpenAI: cached input at 0.1x (GPT-5), 0.25x (GPT-4.1, o3, o4-mini), 0.5x (GPT-4o); no write premium
+    "gpt-5": Price(1.25, 10, 1024, 0.1), "gpt-5-mini": Price(0.25, 2, 1024, 0.1),
+    "gpt-5-nano": Price(0.05, 0.4, 1024, 0.1), "gpt-5-codex-mini": Price(0.25, 2, 1024, 0.1),
+    "gpt-5-pro": Price(15, 120, 1024, 1.0), "gpt-5.1": Price(1.25, 10, 1024, 0.1),
+    "gpt-5.1-codex-mini": Price(0.25, 2, 1024, 0.1), "codex-mini": Price(1.5, 6, 1024, 0.25),
+    "gpt-4.1": Price(2, 8, 1024, 0.25), "gpt-4.1-mini": Price(0.4, 1.6, 1024, 0.25),
+    "gpt-4.1-nano": Price(0.1, 0.4, 1024, 0.25), "o3": Price(2, 8, 1024, 0.25), "o3-pro": Price(20, 80, 1024, 1.0),
+    "o3-mini": Price(1.1, 4.4, 1024, 0.5), "o4-mini": Price(1.1, 4.4, 1024, 0.25),
+    "gpt-4o": Price(2.5, 10, 1024, 0.5), "gpt-4o-mini": Price(0.15, 0.6, 1024, 0.5),
 }
+_BY_LENGTH = sorted(PRICES, key=len, reverse=True)
 DEFAULT_PRICE = Price(3, 15, 1024)
 
 #: (cache read, cache write) price factors relative to uncached input, by API (``ApiKind`` value): what
@@ -112,12 +124,18 @@ def billed_units(usage: dict[str, Any]) -> float:
     return units(usage) + (units(comp) if comp else 0)
 
 
-def price_for(model: str | None) -> Price:
+def known_price(model: str | None) -> Price | None:
+    """The price of the longest name in the table that ``model`` starts with, followed by nothing or a
+    suffix (``-codex``, a date), not by a version (``gpt-5`` is not ``gpt-5.2``'s price); None if none."""
     m = (model or "").lower().split("/")[-1]
-    for prefix in sorted(PRICES, key=len, reverse=True):
-        if m.startswith(prefix):
+    for prefix in _BY_LENGTH:
+        if m.startswith(prefix) and not m[len(prefix):len(prefix) + 1].isdigit() and m[len(prefix):len(prefix) + 1] != ".":
             return PRICES[prefix]
-    return DEFAULT_PRICE
+    return None
+
+
+def price_for(model: str | None) -> Price:
+    return known_price(model) or DEFAULT_PRICE
 
 
 @dataclass
@@ -250,7 +268,7 @@ class PromptCache:
             written_to = bp
         uncached = total - read - write
         bill.read, bill.write, bill.uncached = read, write, uncached
-        bill.input_cost = (read * READ_MULT + write_cost + uncached) * price.input / 1e6
+        bill.input_cost = (read * price.read + write_cost + uncached) * price.input / 1e6
         bill.output_cost = output_tokens * price.output / 1e6
         # the provider's side effects: the read entry is refreshed, every cacheable breakpoint written
         if read_at >= 0:
@@ -281,14 +299,13 @@ def billed_from_usage(usage: dict[str, Any] | None, model: str | None) -> Bill:
     write = int(u.get("cache_creation_input_tokens") or 0) + comp.get("cache_creation_input_tokens", 0)
     out = int(u.get("output_tokens") or 0) + comp.get("output_tokens", 0)
     return Bill(tokens=inp + read + write, read=read, write=write, uncached=inp, output=out,
-                input_cost=(inp + read * READ_MULT + write * WRITE_MULT[TTL_5M]) * price.input / 1e6,
+                input_cost=(inp + read * price.read + write * WRITE_MULT[TTL_5M]) * price.input / 1e6,
                 output_cost=out * price.output / 1e6)
 
 
 def usage_usd(usage: dict[str, Any] | None, model: str | None) -> float | None:
     """Dollars one call's reported usage costs at ``model``'s list price (cache reads and 5-minute writes
     included when reported); ``None`` when the price table does not know the model (no guessing)."""
-    m = (model or "").lower().split("/")[-1]
-    if not usage or not any(m.startswith(prefix) for prefix in PRICES):
+    if not usage or known_price(model) is None:
         return None
     return billed_from_usage(usage, model).cost

@@ -1,0 +1,24 @@
+"""wire.cost's price table: OpenAI's models are priced (Codex sessions show dollars), with their own
+cached-input factor; a newer version of a listed model is not given the old one's price."""
+
+from __future__ import annotations
+
+import pytest
+
+from contextwarden.wire.cost import billed_from_usage, known_price, usage_usd
+
+
+def test_openai_models_are_priced_with_their_cache_factor():
+    # as the Responses stream reports it, normalised: 9,000 input of which 8,000 cached
+    usage = {"input_tokens": 1000, "cache_read_input_tokens": 8000, "cache_creation_input_tokens": 0, "output_tokens": 100}
+    assert usage_usd(usage, "gpt-5-codex") == pytest.approx((1000 + 8000 * 0.1) * 1.25e-6 + 100 * 10e-6)
+    assert usage_usd(usage, "gpt-4o-2024-08-06") == pytest.approx((1000 + 8000 * 0.5) * 2.5e-6 + 100 * 10e-6)
+    assert billed_from_usage(usage, "gpt-4.1-mini").cost == pytest.approx((1000 + 8000 * 0.25) * 0.4e-6 + 100 * 1.6e-6)
+    assert known_price("gpt-5-codex-mini").input == 0.25 and known_price("gpt-5.1-codex").input == 1.25
+
+
+def test_an_unlisted_version_is_unpriced_not_guessed():
+    assert known_price("gpt-5.7") is None and known_price("gpt-50") is None and known_price("o33") is None
+    assert usage_usd({"input_tokens": 10, "output_tokens": 1}, "gpt-5.7-codex") is None
+    # Anthropic's dated and point releases keep their family's price
+    assert known_price("claude-opus-4-1").input == 15 and known_price("claude-sonnet-4-20250514").input == 3
