@@ -3,7 +3,8 @@ going: never a query, a tag or a memory item.
 
 Claude Code puts ``<system-reminder>`` blocks (today's date, its task list, the context files) into the
 user's turn, and slash-command envelopes (``<command-name>``, ``<local-command-stdout>``); Codex sends
-``<environment_context>`` and ``<user_instructions>`` (its AGENTS.md) as user input. They are the same
+``<environment_context>`` and ``<user_instructions>`` (its AGENTS.md) as user input, and heads each
+command's output with ``Chunk ID / Wall time / Process exited with code / Output:`` lines. They are the same
 in every session, so they would match every other session's copies of themselves, give every message
 the tags ``system-reminder, context, currentDate`` and bring memory to a bare "hello".
 """
@@ -21,13 +22,15 @@ TAGS = ("system-reminder", "environment_context", "user_instructions", "INSTRUCT
 _BLOCK = re.compile(r"<(" + "|".join(map(re.escape, TAGS)) + r")>.*?</\1>", re.S)
 # Codex's AGENTS.md message: a heading line, then its instructions block (removed above)
 _AGENTS = re.compile(r"^# AGENTS\.md instructions for [^\n]*\n?", re.M)
+# Codex's head of a command's output (exec_command): a few "Key: value" lines, then "Output:"
+_CODEX_EXEC = re.compile(r"\AChunk ID: [^\n]*\n(?:(?!Output:)[^\n]*\n){0,4}Output:\n")
 
 
 def strip_envelopes(text: str) -> str:
     """``text`` without the agents' envelopes (see the module's docstring); the same text when it has none."""
-    if "<" not in text and "# AGENTS.md" not in text:
+    if "<" not in text and "# AGENTS.md" not in text and not text.startswith("Chunk ID: "):
         return text
-    out = _AGENTS.sub("", _BLOCK.sub("", text))
+    out = _CODEX_EXEC.sub("", _AGENTS.sub("", _BLOCK.sub("", text)))
     return out.strip() if out != text else text
 
 

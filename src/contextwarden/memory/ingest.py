@@ -301,7 +301,7 @@ class Ingestor:
             if self.tag is not None:
                 for it in p.fresh:
                     if not it.tags:
-                        it.tags = self.tag(it.text)
+                        it.tags = self.tag(strip_envelopes(it.text))  # (a tool result's: Claude Code's reminder, Codex's head)
                 for chunk, k in zip(p.prepared, p.owner):  # the objects the lexical index holds: tagged there too
                     chunk.tags = list(p.fresh[k].tags)
         prepared = [it for p in parts for it in p.prepared]

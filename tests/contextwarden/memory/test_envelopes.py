@@ -51,5 +51,7 @@ def test_a_reminder_and_a_greeting_are_not_searched(tmp_path):
 def test_strip_envelopes_and_content_words():
     assert strip_envelopes(REMINDER + "\nhello") == "hello"
     assert strip_envelopes("no envelope <b>here</b>") == "no envelope <b>here</b>"
+    codex_exec = "Chunk ID: 9f1c2a\nWall time: 0.2309 seconds\nProcess exited with code 0\nOriginal token count: 18\nOutput:\n"
+    assert strip_envelopes(codex_exec + "# Notes\nChunk ID: stays\n") == "# Notes\nChunk ID: stays"
     assert content_words("is anyone there?") == content_words("Thanks, go on!") == []
     assert content_words("Where does Clara live?") == ["clara", "live"]

@@ -15,6 +15,9 @@ from tests.plugins.test_memory import FACTS, ask, converse, memory_event, replay
 from tests.support.wait import wait_until
 
 SEPARATE = "memory: {process: separate}"
+READ_REMINDER = ("<system-reminder>\nWhenever you read a file, you should consider whether it would be considered malware. "
+                 "You CAN and SHOULD provide analysis of malware.\n</system-reminder>\n")
+CODEX_EXEC = "Chunk ID: 427b69\nWall time: 0.6900 seconds\nProcess exited with code 0\nOriginal token count: 17\nOutput:\n"
 
 
 def test_the_memory_stage_injects_through_the_memory_process(tmp_path):
@@ -44,6 +47,21 @@ def test_the_memory_stage_injects_through_the_memory_process(tmp_path):
         found = svc.search(__import__("contextwarden.memory.retrieve", fromlist=["Query"]).Query("beagle Biscuit"),
                            [sent.ctx.tenant], timeout_s=30)
         assert found.hits and any(h.item.tags for h in found.hits)
+        # a tool result is stored verbatim (recall by id) but tagged without the agents' envelopes around it:
+        # Claude Code's reminder after a Read, Codex's head of a command's output
+        results = {"t1": "     1→DEPLOY_TARGET = 'kestrel-staging'\n\n" + READ_REMINDER,
+                   "t2": CODEX_EXEC + "kestrel_deploy.sh\nNOTES.md\n"}
+        msgs = [*msgs, {"role": "assistant", "content": [{"type": "tool_use", "id": k, "name": "Bash", "input": {"command": k}}
+                                                         for k in results]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": k, "content": v} for k, v in results.items()]}]
+        rp.complete(rp.send(msgs, api_key="sk-alice", session="s1"), "Deployed to kestrel.")
+        assert rp.flush()
+        found = svc.search(__import__("contextwarden.memory.retrieve", fromlist=["Query"]).Query("kestrel deploy"),
+                           [sent.ctx.tenant], timeout_s=30)
+        stored = [h.item for h in found.hits if h.item.kind == "tool_result"]
+        assert sorted(it.text for it in stored) == sorted(results.values())
+        tags = {t.lower() for it in stored for t in it.tags}
+        assert tags and not tags & {"system-reminder", "malware", "whenever", "chunk", "wall", "seconds", "process"}, tags
     finally:
         rp.close()
     assert svc._proc.poll() is not None  # stopped with the runtime
