@@ -78,10 +78,10 @@ def main() -> None:
                    [(i & 1, i & 2, i & 4) for i in range(8)]]
         runs = {s: solve(trace, counter, s) for s in subsets}
         print(f"{Path(path).stem}: client ${runs[''].client:.2f}")
-        print(f"  {'may replace':34s} {'cost $':>8s} {'Δ cost':>7s} {'read $':>7s} {'write $':>8s} {'uncached $':>10s}")
+        print(f"  {'may replace':52s} {'cost $':>8s} {'Δ cost':>7s} {'read $':>7s} {'write $':>8s} {'uncached $':>10s}")
         for s, r in sorted(runs.items(), key=lambda kv: (len(kv[0]), kv[0])):
             what = "results" + "".join(f", {PARTS[p]}" for p in s if p != "S") + (", 3-token stub" if "S" in s else ", stage stub")
-            print(f"  {what:34s} {r.cost:8.2f} {-r.saving:+6.1f}% {r.read:7.2f} {r.write:8.2f} {r.uncached:10.2f}")
+            print(f"  {what:52s} {r.cost:8.2f} {-r.saving:+6.1f}% {r.read:7.2f} {r.write:8.2f} {r.uncached:10.2f}")
         sh = shapley(runs)
         print("  above results with the stage's stub (Shapley, points): " + ", ".join(f"{PARTS[p]} {v:.1f}" for p, v in sh.items()))
 
