@@ -50,6 +50,7 @@ from contextwarden.memory.retrieve import (
 )
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins.strip import clean_text_ahead
+from contextwarden.plugins.tagging import last_spoken
 from contextwarden.store.statecache import state_cache
 from contextwarden.util.lru import LRU
 from contextwarden.wire.conversation import strip_cache_control
@@ -210,7 +211,7 @@ def _query(ctx, original: list, clean_text) -> tuple:
     """The request's query, or None and why there is none to search for: no text a person wrote, a
     tool-loop step, nowhere to put a block. The stage and its search started ahead
     (:func:`cw_request_start`) decide the same way."""
-    query, qi = build_query(ctx.api, original, clean_text)
+    query, qi = build_query(ctx.api, _upto_spoken(ctx, original), clean_text)
     if query is None:
         return None, "no user text"
     if not content_words(query.text):  # "hello", "thanks", "go on", an agent's reminder alone
@@ -224,6 +225,17 @@ def _query(ctx, original: list, clean_text) -> tuple:
     except NotInjectable as e:
         return None, str(e)
     return query, None
+
+
+def _upto_spoken(ctx, original: list) -> list:
+    """``original`` up to the message ``build_query`` looks for (the last one with text a person wrote),
+    found from the flags the tagging stage remembers with each prepared message: the walk back over a
+    tool loop's results is not done again on every request."""
+    h = ctx.history
+    if h is None or len(h.entries) != len(original):
+        return original
+    i = last_spoken(ctx, [e.obj for e in h.entries])
+    return original[: i + 1] if i is not None else []
 
 
 def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:

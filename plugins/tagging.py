@@ -44,10 +44,11 @@ def tagger_for(ctx_or_runtime, settings=None) -> Tagger | NullTagger:
 _SPOKEN = ("tagging", "spoken")  # a message's memo: a user message with text a person wrote
 
 
-def _last_spoken(ctx, msgs: list) -> int | None:
+def last_spoken(ctx, msgs: list) -> int | None:
     """Index of the last user message with text a person wrote (the one ``build_query`` looks for,
     walking back over a tool loop's results), from a flag remembered with each message: a repeat
-    request reads only its new messages."""
+    request reads only its new messages (``msgs``: the request's typed messages, or the ones it was
+    prepared with)."""
     api = ctx.api
     flags = ctx.history.memos(msgs, _SPOKEN, lambda m: role_of(m) == "user" and bool(human_text(api, m).strip()))
     return last_of(flags, True)
@@ -64,7 +65,7 @@ def cw_request(ctx) -> None:
     clean = ctx.notes.get("clean_text") or {}
     current = history_items(ctx.api, ctx.request)
     if len(current) == len(msgs) and not isinstance(ctx.notes.get("compaction"), dict):  # (the view: message i is current[i])
-        idx = _last_spoken(ctx, current)
+        idx = last_spoken(ctx, current)
         query = None if idx is None else build_query(ctx.api, [msgs[idx]], {0: clean[idx]} if idx in clean else None,
                                                      context_messages=0)[0]
     else:

@@ -15,7 +15,7 @@ from ..store import replicas
 from ..store.bodies import BodyRing
 from ..store.state import open_state
 from ..util.home import ensure_home, secret_file
-from ..util.lru import LRU
+from ..util.lru import LRU, forget_shared
 from ..wire.history import Conversations
 from ..wire.prefixparse import RecentBodies
 from ..wire.tokens import TokenCounter
@@ -182,8 +182,9 @@ class Runtime:
 
     def forget_conversations(self) -> None:
         """Drop what is remembered of conversations (their messages' bytes, typed messages, memos and
-        slots; the recent bodies' histories) and the memos of per-message work (``memo``'s LRUs): caches,
-        each conversation's next request reads it whole; the stages' objects kept by settings (strippers,
+        slots; the recent bodies' histories), the memos of per-message work (``memo``'s LRUs), the token
+        counts and the memos of pure functions (``lru.forget_shared``): caches, each conversation's next
+        request reads and counts it whole; the stages' objects kept by settings (strippers,
         taggers: each with its memo) and what the state store remembers of its writes go too. The
         inspector's bodies stay, compressed; the recent events drop their JSON."""
         self.conversations.clear()
@@ -191,9 +192,11 @@ class Runtime:
         self.bus.forget_json()
         self.recent = RecentBodies(self.recent.size)
         self.state.forget()
+        self.tokens.forget()
         for m in list(self._memos.values()):
             if isinstance(m, (LRU, dict)):
                 m.clear()
+        forget_shared()
 
     # the stage breaker
 

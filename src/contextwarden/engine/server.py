@@ -221,7 +221,7 @@ class Engine:
         if m is None:
             return
         flow = m[0]
-        flow.response = http.Response.from_state(state)
+        flow.response = frames.message(http.Response, state)
         await self._hook(HttpResponseHeadersHook(flow))
 
     def chunk(self, flow_id: str, data: bytes) -> None:
@@ -240,7 +240,7 @@ class Engine:
         resp = payload.get("response")
         if resp is not None:
             if flow.response is None or payload.get("replaced"):
-                flow.response = http.Response.from_state(resp)
+                flow.response = frames.message(http.Response, resp)
             else:  # the head came before: the end's timestamps (the body was streamed to the tap)
                 flow.response.timestamp_end = resp.get("timestamp_end")
         if payload.get("error") is not None:

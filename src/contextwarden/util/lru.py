@@ -94,13 +94,30 @@ class BytesMemo(LRU):
 
 
 _NONE = object()  # a remembered None (an LRU holds no None)
+# the memos of pure functions shared by every runtime (made at import, never replaced): what an idle
+# proxy forgets with its conversations (forget_shared)
+_SHARED: list[LRU] = []
+
+
+def shared(memo: LRU) -> LRU:
+    """``memo``, a module's memo of a pure function (the same for every runtime), forgotten with the rest
+    when the proxy idles (:func:`forget_shared`)."""
+    _SHARED.append(memo)
+    return memo
+
+
+def forget_shared() -> None:
+    """Empty every shared memo (a pure function's: the next call computes the same value again)."""
+    for memo in _SHARED:
+        memo.clear()
 
 
 def memoized(max_size: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A pure function of its positional arguments, remembered in an :class:`LRU` of ``max_size``
-    calls (``fn.memo``): for memos of a text's or a name's result, the same for every runtime."""
+    calls (``fn.memo``, a :func:`shared` memo): for memos of a text's or a name's result, the same for
+    every runtime."""
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        memo = LRU(max_size)
+        memo = shared(LRU(max_size))
 
         def compute(*args: Any) -> Any:
             v = fn(*args)

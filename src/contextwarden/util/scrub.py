@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .lru import LRU
+from .lru import LRU, shared
 from .redact import REDACTED, field_names_secret, is_secret_header, redact_field, redact_text
 
 _MIN = 8  # no secret pattern matches fewer characters
@@ -19,11 +19,11 @@ _CACHE_MAX_LEN = 512
 # scrubs the same): a text maps to its redacted form, or to _SAME when nothing in it is a secret (the
 # common case: no comparison of the two texts is needed to see that nothing changed); a (name, value)
 # header pair to whether it is a credential.
-_memo = LRU(20_000)
+_memo = shared(LRU(20_000))
 _SAME = object()
 # a few long strings too: the same long text often comes again (an error message, a tool output that
 # is in several events); a str keeps its hash, so a repeat costs one lookup
-_long = LRU(32)
+_long = shared(LRU(32))
 _PLAIN = frozenset({int, float, bool, type(None)})  # JSON values that cannot hold text
 
 

@@ -213,6 +213,10 @@ class TokenCounter:
     def _dumps(obj: Any) -> bytes:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=str)
 
+    def forget(self) -> None:
+        """Drop the remembered counts (an idle proxy's: each conversation's next request counts again)."""
+        self._cache.clear()
+
     def cache_info(self) -> dict[str, int]:
         return {"entries": len(self._cache), "hits": self.lookups - self.misses, "misses": self.misses}
 

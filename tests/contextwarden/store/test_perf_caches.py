@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from contextwarden.models.base import ApiKind
+from contextwarden.plugins import clearing
 from contextwarden.settings import load_settings
 from contextwarden.store.bodies import BodyRing, record
 from contextwarden.wire.dialects import validate_rewrite
@@ -191,15 +192,20 @@ def test_a_responses_rewrite_reuses_its_messages_bytes_and_counts(tmp_path):
 
 
 def test_forgetting_the_conversations_drops_the_strippers_and_the_state_stores_memo(tmp_path):
-    """issue 41: after the idle forget the engine still held the strippers' cleaned texts (up to 16M characters)
-    and the state store's memo of what it wrote; they go too, and the next request is rewritten as before."""
+    """issue 41: after the idle forget the engine still held the strippers' cleaned texts (up to 16M characters),
+    the state store's memo of what it wrote, the token counts (up to 200,000) and the memos of pure functions
+    (clearing's fingerprints and stubs, scrub's texts); they go too, and the next request is rewritten and
+    counted as before."""
     h = Harness(tmp_path, profile="claude-code", overrides=settings_overrides(stages=["strip", "clearing"], clearing={"trigger_tokens": 100, "clear_at_least": 10, "keep_recent": 1}))
     try:
         body = anthropic_tool_loop(4, result_words=300)
         first = h.send(ApiKind.ANTHROPIC, body)
         assert h.rt.memo("strip.strippers", dict) and h.rt.state._written.held
+        assert h.rt.tokens.cache_info()["entries"] and clearing._digest_of.memo.held
         h.rt.forget_conversations()
         assert not h.rt.memo("strip.strippers", dict) and not h.rt.state._written.held
-        assert h.send(ApiKind.ANTHROPIC, body).body == first.body
+        assert not h.rt.tokens.cache_info()["entries"] and not clearing._digest_of.memo.held
+        again = h.send(ApiKind.ANTHROPIC, body)
+        assert again.body == first.body and again.ctx.tokens_in == first.ctx.tokens_in
     finally:
         h.close()
