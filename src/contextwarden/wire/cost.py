@@ -71,7 +71,6 @@ PRICES: dict[str, Price] = {
     "o3-mini": Price(1.1, 4.4, 1024, 0.5), "o4-mini": Price(1.1, 4.4, 1024, 0.25),
     "gpt-4o": Price(2.5, 10, 1024, 0.5), "gpt-4o-mini": Price(0.15, 0.6, 1024, 0.5),
 }
-_BY_LENGTH = sorted(PRICES, key=len, reverse=True)
 DEFAULT_PRICE = Price(3, 15, 1024)
 
 #: (cache read, cache write) price factors relative to uncached input, by API (``ApiKind`` value): what
@@ -128,7 +127,7 @@ def known_price(model: str | None) -> Price | None:
     """The price of the longest name in the table that ``model`` starts with, followed by nothing or a
     suffix (``-codex``, a date), not by a version (``gpt-5`` is not ``gpt-5.2``'s price); None if none."""
     m = (model or "").lower().split("/")[-1]
-    for prefix in _BY_LENGTH:
+    for prefix in sorted(PRICES, key=len, reverse=True):  # (the table as it is now: a test may add to it)
         if m.startswith(prefix) and not m[len(prefix):len(prefix) + 1].isdigit() and m[len(prefix):len(prefix) + 1] != ".":
             return PRICES[prefix]
     return None
