@@ -128,7 +128,8 @@ def known_price(model: str | None) -> Price | None:
     suffix (``-codex``, a date), not by a version (``gpt-5`` is not ``gpt-5.2``'s price); None if none."""
     m = (model or "").lower().split("/")[-1]
     for prefix in sorted(PRICES, key=len, reverse=True):  # (the table as it is now: a test may add to it)
-        if m.startswith(prefix) and not m[len(prefix):len(prefix) + 1].isdigit() and m[len(prefix):len(prefix) + 1] != ".":
+        after = m[len(prefix):len(prefix) + 1]  # ("" at the name's end)
+        if m.startswith(prefix) and not after.isdigit() and after != ".":
             return PRICES[prefix]
     return None
 
