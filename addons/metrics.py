@@ -133,7 +133,7 @@ class Metrics:
                 self.usage.labels(kind).inc(v)
         ti, ts = number_or_none(d.get("tokens_in")), number_or_none(d.get("tokens_sent"))
         if ti is not None and ts and ti > ts:
-            billed = billed_units(usage)  # input units this turn paid
+            billed = billed_units(usage, d.get("model"))  # input units this turn paid
             self.saving.inc((ti - ts) * billed / ts * price_for(d.get("model")).input / 1e6)
 
     def checks(self) -> dict[str, bool]:

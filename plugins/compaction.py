@@ -577,7 +577,7 @@ def _decide(f: _Compaction) -> _Decision:
         span_toks = sum(tok_now[start:chosen])
         t_after = t_now - prev_summary - span_toks + est_summary
         if span_toks >= min_span and t_after < t_now:
-            read, write = cache_factors(api)
+            read, write = cache_factors(api, ctx.model)
             cost = pays_off(t_now, t_after, fixed, f.n_expected, f.warm, read, write)
             trigger = "manual" if ctl.compact_now else "hard" if t_now > f.hard else "soft" if cost.pays else None
             reason = "soft threshold: re-writing the cache does not pay yet"

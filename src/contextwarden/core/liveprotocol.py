@@ -202,29 +202,30 @@ class Totals:
             if isinstance(usage, dict):
                 i, o = num(usage.get("input_tokens")), num(usage.get("output_tokens"))
                 cr, cw = num(usage.get("cache_read_input_tokens")), num(usage.get("cache_creation_input_tokens"))
-                billed = billed_units(usage)
+                model = data.get("model")
+                billed = billed_units(usage, model)
                 self.usage_input += i
                 self.usage_output += o
                 self.usage_cache_read += cr
                 self.usage_cache_write += cw
                 self.billed_units += billed  # (the provider's compaction included: cost.billed_units)
                 self.measured_turns += 1
-                usd = usage_usd(usage, data.get("model"))
+                usd = usage_usd(usage, model)
                 if usd is not None:
                     self.usd += usd
                     self.priced_turns += 1
                 comp = provider_compaction(usage)  # the provider's own context management, apart
                 if comp:
                     self.provider_compactions += comp["iterations"]
-                    self.provider_compaction_units += billed_units(comp)
-                    billed -= billed_units(comp)  # (the rate below: the request's own sampling only)
+                    self.provider_compaction_units += billed_units(comp, model)
+                    billed -= billed_units(comp, model)  # (the rate below: the request's own sampling only)
                 self.provider_cleared += num(usage.get("provider_cleared_tokens"))
                 ti, ts = data.get("tokens_in"), data.get("tokens_sent")
                 if isinstance(ti, (int, float)) and isinstance(ts, (int, float)) and ts > 0:
                     # what the freed tokens would have cost at the rate this turn paid per sent token
                     self.est_saved_units += (ti - ts) * billed / ts
                     if usd is not None:  # (the same units at the model's input price: one bill per turn)
-                        self.est_saved_usd += (ti - ts) * billed / ts * price_for(data.get("model")).input / 1e6
+                        self.est_saved_usd += (ti - ts) * billed / ts * price_for(model).input / 1e6
                     self.saving_turns_tokens_sent += ts
 
     def _memory_ingestion(self, data: dict[str, Any]) -> None:

@@ -44,12 +44,19 @@ LOOKBACK_BLOCKS = 20
 @dataclass(frozen=True)
 class Price:
     """Dollars per million tokens, the shortest prefix the model caches, and what a cached input token
-    costs as a fraction of an uncached one."""
+    (``read``) and a token written to the cache (``write``, 5-minute entries) cost as fractions of an
+    uncached one."""
 
     input: float
     output: float
     min_cache: int = 1024
     read: float = READ_MULT
+    write: float = WRITE_MULT[TTL_5M]
+
+
+def _openai(input: float, output: float, read: float) -> Price:
+    """An OpenAI model's price: automatic caching from 1,024 tokens, no write premium."""
+    return Price(input, output, 1024, read, 1.0)
 
 
 # model-name prefix -> price (looked up longest prefix first)
@@ -61,20 +68,20 @@ PRICES: dict[str, Price] = {
     "claude-3-7-sonnet": Price(3, 15, 1024), "claude-3-5-sonnet": Price(3, 15, 1024),
     "claude-haiku-4-5": Price(1, 5, 4096), "claude-3-5-haiku": Price(0.8, 4, 2048),
     "claude-3-haiku": Price(0.25, 1.25, 2048), "claude-3-opus": Price(15, 75, 1024),
-    # OpenAI: cached input at 0.1x (GPT-5), 0.25x (GPT-4.1, o3, o4-mini), 0.5x (GPT-4o); no write premium
-    "gpt-5": Price(1.25, 10, 1024, 0.1), "gpt-5-mini": Price(0.25, 2, 1024, 0.1),
-    "gpt-5-nano": Price(0.05, 0.4, 1024, 0.1), "gpt-5-codex-mini": Price(0.25, 2, 1024, 0.1),
-    "gpt-5-pro": Price(15, 120, 1024, 1.0), "gpt-5.1": Price(1.25, 10, 1024, 0.1),
-    "gpt-5.1-codex-mini": Price(0.25, 2, 1024, 0.1), "codex-mini": Price(1.5, 6, 1024, 0.25),
-    "gpt-4.1": Price(2, 8, 1024, 0.25), "gpt-4.1-mini": Price(0.4, 1.6, 1024, 0.25),
-    "gpt-4.1-nano": Price(0.1, 0.4, 1024, 0.25), "o3": Price(2, 8, 1024, 0.25), "o3-pro": Price(20, 80, 1024, 1.0),
-    "o3-mini": Price(1.1, 4.4, 1024, 0.5), "o4-mini": Price(1.1, 4.4, 1024, 0.25),
-    "gpt-4o": Price(2.5, 10, 1024, 0.5), "gpt-4o-mini": Price(0.15, 0.6, 1024, 0.5),
+    # OpenAI: cached input at 0.1x (GPT-5), 0.25x (GPT-4.1, o3, o4-mini), 0.5x (GPT-4o)
+    "gpt-5": _openai(1.25, 10, 0.1), "gpt-5-mini": _openai(0.25, 2, 0.1),
+    "gpt-5-nano": _openai(0.05, 0.4, 0.1), "gpt-5-codex-mini": _openai(0.25, 2, 0.1),
+    "gpt-5-pro": _openai(15, 120, 1.0), "gpt-5.1": _openai(1.25, 10, 0.1),
+    "gpt-5.1-codex-mini": _openai(0.25, 2, 0.1), "codex-mini": _openai(1.5, 6, 0.25),
+    "gpt-4.1": _openai(2, 8, 0.25), "gpt-4.1-mini": _openai(0.4, 1.6, 0.25),
+    "gpt-4.1-nano": _openai(0.1, 0.4, 0.25), "o3": _openai(2, 8, 0.25), "o3-pro": _openai(20, 80, 1.0),
+    "o3-mini": _openai(1.1, 4.4, 0.5), "o4-mini": _openai(1.1, 4.4, 0.25),
+    "gpt-4o": _openai(2.5, 10, 0.5), "gpt-4o-mini": _openai(0.15, 0.6, 0.5),
 }
 DEFAULT_PRICE = Price(3, 15, 1024)
 
-#: (cache read, cache write) price factors relative to uncached input, by API (``ApiKind`` value): what
-#: compaction's cost model weighs a re-written prefix with.
+#: (cache read, cache write) price factors relative to uncached input, by API (``ApiKind`` value), for a
+#: model the price table does not know: what compaction's cost model weighs a re-written prefix with.
 CACHE_FACTORS: dict[str, tuple[float, float]] = {
     "anthropic": (READ_MULT, WRITE_MULT[TTL_5M]),
     "openai_chat": (0.5, 1.0),
@@ -83,10 +90,11 @@ CACHE_FACTORS: dict[str, tuple[float, float]] = {
 }
 
 
-def cache_factors(api: Any) -> tuple[float, float]:
-    """(cache read, cache write) price factors of ``api`` (an ApiKind or its value), relative to
-    uncached input; Anthropic's for an API not in the table."""
-    return CACHE_FACTORS.get(getattr(api, "value", api), CACHE_FACTORS["anthropic"])
+def cache_factors(api: Any, model: str | None = None) -> tuple[float, float]:
+    """(cache read, cache write) price factors relative to uncached input: ``model``'s when the price
+    table knows it, else ``api``'s (an ApiKind or its value; Anthropic's for an API not in the table)."""
+    price = known_price(model)
+    return (price.read, price.write) if price else CACHE_FACTORS.get(getattr(api, "value", api), CACHE_FACTORS["anthropic"])
 
 
 def number(v: Any) -> float:
@@ -111,13 +119,15 @@ def provider_compaction(usage: dict[str, Any] | None) -> dict[str, int]:
     return {k: int(sum(number(i.get(k)) for i in comp)) for k in _COUNTS} | {"iterations": len(comp)} if comp else {}
 
 
-def billed_units(usage: dict[str, Any]) -> float:
+def billed_units(usage: dict[str, Any], model: str | None = None) -> float:
     """Input units a response's reported usage was billed, in uncached-input tokens: input 1x, cache
-    writes 1.25x (5-minute), cache reads 0.1x, the provider's compaction iterations included. Fields
-    that are not numbers count 0."""
+    writes and reads at ``model``'s factors (Anthropic's 1.25x and 0.1x for a model the table does not
+    know), the provider's compaction iterations included. Fields that are not numbers count 0."""
+    price = price_for(model)
+
     def units(u: dict[str, Any]) -> float:
-        return (number(u.get("input_tokens")) + WRITE_MULT[TTL_5M] * number(u.get("cache_creation_input_tokens"))
-                + READ_MULT * number(u.get("cache_read_input_tokens")))
+        return (number(u.get("input_tokens")) + price.write * number(u.get("cache_creation_input_tokens"))
+                + price.read * number(u.get("cache_read_input_tokens")))
 
     comp = provider_compaction(usage)
     return units(usage) + (units(comp) if comp else 0)
@@ -299,7 +309,7 @@ def billed_from_usage(usage: dict[str, Any] | None, model: str | None) -> Bill:
     write = int(u.get("cache_creation_input_tokens") or 0) + comp.get("cache_creation_input_tokens", 0)
     out = int(u.get("output_tokens") or 0) + comp.get("output_tokens", 0)
     return Bill(tokens=inp + read + write, read=read, write=write, uncached=inp, output=out,
-                input_cost=(inp + read * price.read + write * WRITE_MULT[TTL_5M]) * price.input / 1e6,
+                input_cost=(inp + read * price.read + write * price.write) * price.input / 1e6,
                 output_cost=out * price.output / 1e6)
 
 

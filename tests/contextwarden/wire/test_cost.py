@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from contextwarden.wire.cost import billed_from_usage, known_price, usage_usd
+from contextwarden.wire.cost import billed_from_usage, billed_units, cache_factors, known_price, usage_usd
 
 
 def test_openai_models_are_priced_with_their_cache_factor():
@@ -22,3 +22,17 @@ def test_an_unlisted_version_is_unpriced_not_guessed():
     assert usage_usd({"input_tokens": 10, "output_tokens": 1}, "gpt-5.7-codex") is None
     # Anthropic's dated and point releases keep their family's price
     assert known_price("claude-opus-4-1").input == 15 and known_price("claude-sonnet-4-20250514").input == 3
+
+
+def test_billed_units_and_compactions_cache_factors_are_the_models():
+    # the TUI's "billed input … at 1x" and compaction's cost model: a GPT-5 cache read is 0.1x, GPT-4o's
+    # 0.5x; neither model pays a write premium; a model the table does not know gets its API's factors
+    usage = {"input_tokens": 1000, "cache_read_input_tokens": 8000, "cache_creation_input_tokens": 2000}
+    assert billed_units(usage, "gpt-5-codex") == pytest.approx(1000 + 800 + 2000)
+    assert billed_units(usage, "gpt-4o") == pytest.approx(1000 + 4000 + 2000)
+    assert billed_units(usage, "claude-sonnet-4-5") == billed_units(usage) == pytest.approx(1000 + 800 + 2500)
+    assert cache_factors("openai_responses", "gpt-5-codex") == (0.1, 1.0)
+    assert cache_factors("openai_chat", "gpt-4.1") == (0.25, 1.0)
+    assert cache_factors("anthropic", "claude-opus-4-5") == (0.1, 1.25)
+    assert cache_factors("openai_responses", "my-finetune") == (0.5, 1.0)
+    assert cache_factors("ollama_chat", None) == (0.1, 1.0)
