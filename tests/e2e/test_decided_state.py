@@ -32,6 +32,7 @@ SETTINGS = {
     "CONTEXTWARDEN_TOKENS__CONTEXT_WINDOW": str(WINDOW),
     "CONTEXTWARDEN_TOKENS__CALIBRATE": "false",
     "CONTEXTWARDEN_MEMORY__ENABLED": "false",  # no model loading: the test is about clearing and compaction
+    "CONTEXTWARDEN_COMPRESSION__ENABLED": "false",  # (nor compression workers: no result is compressed)
     "CONTEXTWARDEN_CLEARING__TRIGGER_TOKENS": "14000",
     "CONTEXTWARDEN_CLEARING__KEEP_RECENT": "2",
     "CONTEXTWARDEN_CLEARING__CLEAR_AT_LEAST": "3000",

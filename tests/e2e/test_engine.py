@@ -16,7 +16,7 @@ from tests.support.proxy import ProxyProcess, start_together, stop_together
 from tests.support.upstream import StandIn
 from tests.support.wait import wait_until
 
-ENV = {"CONTEXTWARDEN_MEMORY__ENABLED": "false"}
+ENV = {"CONTEXTWARDEN_MEMORY__ENABLED": "false", "CONTEXTWARDEN_COMPRESSION__ENABLED": "false"}  # the engine alone
 # each test's own proxy: name -> (profile, its settings beside ENV, its mitmproxy options)
 SETUPS = {
     "respawn": ("claude-code", {}, {}),

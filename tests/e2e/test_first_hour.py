@@ -114,7 +114,7 @@ def test_an_unreachable_upstream_answers_in_the_providers_error_shape(tmp_path, 
     (an InternalServerError they retry), not mitmproxy's HTML page; the TUI's overview counts the error."""
     dead = f"http://127.0.0.1:{free_port()}"  # (connection_strategy=lazy as contextwarden run sets: eager, mitmproxy
     # connects at the client's connect, and a refused upstream closes it before there is a request to answer)
-    with ProxyProcess(tmp_path / "px", profile="observe-only", reverse=dead,
+    with ProxyProcess(tmp_path / "px", profile="observe-only", reverse=dead, env={"CONTEXTWARDEN_MEMORY__ENABLED": "false"},
                       options={"connection_strategy": "lazy", **({} if engine else {"cw_engine": "false"})}) as proxy:
         client = anthropic.Anthropic(api_key="sk-ant-dead", base_url=proxy.url, max_retries=0,
                                      http_client=httpx2.Client(trust_env=False, timeout=30))

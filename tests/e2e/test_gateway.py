@@ -35,6 +35,7 @@ SETTINGS = {
     "CONTEXTWARDEN_TOKENS__CONTEXT_WINDOW": "16000",
     "CONTEXTWARDEN_TOKENS__CALIBRATE": "false",
     "CONTEXTWARDEN_MEMORY__ENABLED": "false",  # what memory injects depends on background ingestion timing
+    "CONTEXTWARDEN_COMPRESSION__ENABLED": "false",  # (no result is large enough: no workers to start)
     "CONTEXTWARDEN_CLEARING__ENABLED": "true",
     "CONTEXTWARDEN_CLEARING__TRIGGER_TOKENS": "7000",
     "CONTEXTWARDEN_CLEARING__KEEP_RECENT": "4",
@@ -179,6 +180,7 @@ def test_a_fact_ingested_through_one_replica_is_injected_by_another(tmp_path):
     with StandIn() as standin, RedisServer(tmp_path) as redis, ChromaServer(tmp_path) as chroma:
         env = {"CONTEXTWARDEN_STATE__URL": redis.url, "CONTEXTWARDEN_MEMORY__CHROMA_URL": chroma.url,
                "CONTEXTWARDEN_MEMORY__TIMEOUT_MS": "10000",  # a loaded 2-core box
+               "CONTEXTWARDEN_COMPRESSION__ENABLED": "false",  # (no tool results: no workers to start)
                "CONTEXTWARDEN_PIPELINE__STAGE_BUDGET_MS": "20000"}
         a = ProxyProcess(tmp_path / "A", name="A", profile="claude-code", reverse=standin.url,
                          env={**env, "CONTEXTWARDEN_STATE__REPLICA": "A"}, ready_events=("startup", "memory_status"))

@@ -15,7 +15,8 @@ from tests.support.proxy import ProxyProcess
 from tests.support.upstream import StandIn
 from tests.support.wait import wait_until
 
-ENV = {"CONTEXTWARDEN_MEMORY__SHUTDOWN_FLUSH_S": "1", "CONTEXTWARDEN_MEMORY__INGEST_BATCH": "16"}
+ENV = {"CONTEXTWARDEN_MEMORY__SHUTDOWN_FLUSH_S": "1", "CONTEXTWARDEN_MEMORY__INGEST_BATCH": "16",
+       "CONTEXTWARDEN_COMPRESSION__ENABLED": "false"}  # (no tool results: no compression workers to start)
 
 
 def _pending(home) -> int:
