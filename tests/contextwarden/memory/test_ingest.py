@@ -37,10 +37,10 @@ def test_anthropic_messages_become_items_with_tool_names():
     assert got == [
         (10, "user", "message", None, "Why does the build fail?"),
         (11, "assistant", "message", None, 'Let me run the tests.\nBash {"command":"pytest -x"}\nRead {"file_path":"setup.cfg"}'),
-        (12, "user", "message", None, "go on"),
         (12, "tool", "tool_result", "Bash", "1 failed: test_auth"),
         (12, "tool", "tool_result", "Read", "[metadata]\nname = app"),
     ]
+    # ("go on" has no content words: not an item; test_envelopes)
     assert all(i.tags == ["build"] and i.session == "s1" and i.tenant == "t-a" for i in items)
     assert not any("private reasoning" in i.text for i in items)
 
