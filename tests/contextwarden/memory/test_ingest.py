@@ -195,7 +195,7 @@ def test_the_memory_stage_flags_a_resumed_conversation_as_history(tmp_path):
         assert rp.memory().wait_ready(120)
         resumed = [{"role": "user", "content": "earlier question about Lisbon bridges"},
                    {"role": "assistant", "content": "earlier answer"},
-                   {"role": "user", "content": "and now a new question"}]
+                   {"role": "user", "content": "and now a question about Porto"}]
         rp.complete(rp.send(resumed, session="resumed-1"), "reply one")
         rp.complete(rp.send([{"role": "user", "content": "a brand new chat"}], session="fresh-1"), "hi")
         resumed += [{"role": "assistant", "content": "reply one"}, {"role": "user", "content": "next"}]
