@@ -25,7 +25,6 @@ import orjson
 from contextwarden import hookimpl
 from contextwarden.memory import produced
 from contextwarden.memory import service as memory_service
-from contextwarden.memory.envelopes import content_words, topical
 from contextwarden.memory.ingest import items_from_messages
 from contextwarden.memory.inject import (
     BLOCK_OVERHEAD_TEXT,
@@ -35,6 +34,7 @@ from contextwarden.memory.inject import (
 )
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.lexical import tokenize
+from contextwarden.memory.phatic import content_words, topical
 from contextwarden.memory.project import request_project
 from contextwarden.memory.retrieve import (
     HistoryIndex,

@@ -15,7 +15,8 @@ from typing import cast
 from contextwarden import hookimpl
 from contextwarden.memory import produced
 from contextwarden.memory.client import NullTagger
-from contextwarden.memory.envelopes import strip_envelopes, topical
+from contextwarden.memory.envelopes import strip_envelopes
+from contextwarden.memory.phatic import topical
 from contextwarden.memory.retrieve import build_query, history_items, human_text, role_of
 from contextwarden.memory.service import get_service
 from contextwarden.memory.tagger import Tagger, tag_key

@@ -1,20 +1,18 @@
-"""What coding agents wrap around a person's words, and what a person says to keep a conversation
-going: never a query, a tag or a memory item.
+"""What coding agents wrap around a person's words: never a query or a tag, and never what an item is
+searched by (a tool result is stored verbatim, for recall by id, but indexed and embedded without it).
 
 Claude Code puts ``<system-reminder>`` blocks (today's date, its task list, the context files) into the
 user's turn, and slash-command envelopes (``<command-name>``, ``<local-command-stdout>``); Codex sends
 ``<environment_context>`` and ``<user_instructions>`` (its AGENTS.md) as user input, and heads each
 command's output with ``Chunk ID / Wall time / Process exited with code / Output:`` lines. They are the same
 in every session, so they would match every other session's copies of themselves, give every message
-the tags ``system-reminder, context, currentDate`` and bring memory to a bare "hello".
+the tags ``system-reminder, context, currentDate`` and bring memory to a bare "hello". (What a person
+says to keep a conversation going is :mod:`~contextwarden.memory.phatic`'s.)
 """
 
 from __future__ import annotations
 
 import re
-
-from .lexical import tokenize
-from .tagger import stem
 
 TAGS = ("system-reminder", "environment_context", "user_instructions", "INSTRUCTIONS", "command-name",
         "command-message", "command-args", "local-command-stdout", "local-command-stderr",
@@ -34,24 +32,8 @@ def strip_envelopes(text: str) -> str:
     return out.strip() if out != text else text
 
 
-# what a person says to keep a conversation going, not what it is about: a message made only of these
-# (and stopwords) has nothing to search memory for ("hello", "thanks!", "go on", "is anyone there?")
-PHATIC = frozenset(stem(w) for w in """
-hello hullo hallo hey hi hiya howdy yo greetings morning afternoon evening night bye goodbye cheers
-thanks thank thx ty cheers appreciated welcome sorry excuse pardon
-continue continuing proceed carry go ahead resume keep going next more again retry repeat
-ok okay alright fine sure yes yeah yep yup no nope nah right correct exactly indeed agreed
-anyone anybody someone somebody there here listening awake alive online ping pong test testing
-please pls wait hold hmm hm uh um ah oh wow cool nice great good perfect done
-""".split())
-
-
-def content_words(text: str) -> list[str]:
-    """The index terms of ``text`` that say what it is about: not stopwords, not greetings and
-    acknowledgements (``PHATIC``)."""
-    return [t for t in tokenize(text) if t not in PHATIC]
-
-
-def topical(tags: list[str]) -> list[str]:
-    """The tags that name a topic: not a greeting or an acknowledgement ("hello", "thanks")."""
-    return [t for t in tags if content_words(t)]
+def searchable(text: str) -> str:
+    """What an item is indexed and embedded by: its text without the agents' envelopes (Codex's head of a
+    command's output, Claude Code's reminder after a Read), the text itself when that leaves nothing.
+    The item itself stays verbatim (recall by id returns it as the agent saw it)."""
+    return strip_envelopes(text) or text

@@ -31,6 +31,7 @@ from .envelopes import strip_envelopes
 from .ids import memory_id
 from .items import MemoryItem
 from .pending import PendingTable
+from .phatic import content_words
 from .turns import units
 
 if TYPE_CHECKING:
@@ -427,7 +428,7 @@ def items_from_messages(messages: list[dict], api: ApiKind, session: str, tenant
 
     ``messages`` are wire dicts (typed models are accepted too); ``messages[i]`` is turn
     ``start_turn + i``. The agents' envelopes are left out (:mod:`~contextwarden.memory.envelopes`),
-    system messages too. A message framed as several speakers' turns is one item per turn, the dates
+    system messages too, and so is a turn without content words (:mod:`~contextwarden.memory.phatic`). A message framed as several speakers' turns is one item per turn, the dates
     written before them lifted into ``when`` (:func:`~contextwarden.memory.turns.units`). ``clean_text[turn]`` replaces a message's own text (e.g. the user message without
     the injected memory block); its tool results are still taken from the message. Thinking, images and
     leading system/developer messages (the cached prefix) are not stored.
@@ -446,6 +447,8 @@ def items_from_messages(messages: list[dict], api: ApiKind, session: str, tenant
         if role in ("system", "developer"):
             return  # the client's instructions (Claude Code puts them mid-history too), not the conversation
         for u in units(strip_envelopes(text)):  # the turns it holds, whatever the client's framing (memory.turns)
+            if not content_words(u.text[len(u.speaker) + 1:] if u.speaker else u.text):
+                continue  # "Thanks!", "Caroline: You're welcome.": nothing to recall it by, nothing it tells
             out.append(MemoryItem(text=u.text, session=session, tenant=tenant, turn=turn, role=role, kind=kind,
                                   tool=tool, tags=list(tags), ts=when, workspace=workspace, speaker=u.speaker,
                                   when=u.when))

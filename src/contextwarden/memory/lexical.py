@@ -26,6 +26,7 @@ import orjson
 from rapidfuzz import fuzz, process
 
 from ..util.sealing import Sealer, SealError
+from .envelopes import searchable
 from .items import MemoryItem
 from .tagger import STOPWORDS, stem
 
@@ -247,14 +248,14 @@ class LexicalIndex:
                          key=lambda it: (str(it.session), it.turn))
         if len(self._words) > WORDS_KEPT:
             self._words = {}
-        prepared = [(it, tokenize(it.text, self._words)) for it in new]  # tokenise outside the lock
+        prepared = [(it, tokenize(searchable(it.text), self._words)) for it in new]  # tokenise outside the lock
         added = 0
         with self._lock:
             for it, terms in prepared:
                 name = self.partition_of(it)
                 part = self._parts.setdefault(name, _Partition())
                 prev = self._before(name, it)
-                if part.add(it, terms, tokenize(prev.text, self._words) if prev is not None else []):
+                if part.add(it, terms, tokenize(searchable(prev.text), self._words) if prev is not None else []):
                     added += 1
                     self._neighbours.setdefault((name, it.session, it.turn), []).append(it)
         return added

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .envelopes import searchable
 from .lexical import plain_words
 
 SESSIONS_KEPT = 16  # sessions whose vocabulary is kept (the least recently grown go first)
@@ -58,7 +59,7 @@ class RelatedWords:
         for it in items[v.seen:]:
             if it.kind != "message":
                 continue
-            pairs = plain_words(it.text)
+            pairs = plain_words(searchable(it.text))
             df.update({t for t, _ in pairs})
             for t, w in pairs:
                 if t not in known and len(known) + len(new) < VOCAB_MAX:

@@ -36,6 +36,9 @@ from .tagger import tag_key
 from .turns import near, query_text, spans_in, undated, unit_texts
 
 _BULLET = re.compile(r"^(?:[-*>•]+|\d+[.)])\s+")
+# a question about the one asking ("How long have I been in my current role?"): in a chat with an assistant
+# (no speaker headers, no tools) what they told of themselves is in their own turns
+_FIRST_PERSON = re.compile(r"\b(?:i|my|me|mine|myself)\b", re.I)
 DATE_SLACK_DAYS = 7  # a question's day finds the turns dated this close to it (LoCoMo: 0-4 days later)
 MIN_LINE = 16  # shorter lines are too common to say an item is in the history
 
@@ -453,11 +456,16 @@ class Retriever:
         ("What does Melanie do to destress?" follows Melanie's turns, which the other participant's
         turns on the same topics push below the conversation's top; ``memory.speaker_weight``) and the
         days ("What did Maria share on 16 June, 2023?", "in December 2023": the turns dated within
-        ``DATE_SLACK_DAYS`` of one, ``MemoryItem.when``; ``memory.date_weight``). None when it names neither."""
+        ``DATE_SLACK_DAYS`` of one, ``MemoryItem.when``; ``memory.date_weight``); in a chat with an assistant
+        (no participants' names, no tools), a question about the one asking follows their own turns ("Which
+        store did I spend the most at?", ``memory.speaker_weight``). None when there is nothing to follow."""
         s = self.settings
         days = spans_in(query.text)
-        if not days and not any(h.item.speaker for h in by_id.values()):
-            return []  # no day named, no speakers among the candidates (an agent's session): nothing to read
+        speakers = any(h.item.speaker for h in by_id.values())
+        own = (not speakers and s.speaker_weight > 0 and _FIRST_PERSON.search(query.text) is not None
+               and not any(h.item.role == "tool" for h in by_id.values()))  # (an agent's session: its tools)
+        if not days and not speakers and not own:
+            return []  # no day named, no participants: nothing to read
         ranked: list = []
         if v.embedding is not None:
             self.scope = self.scope or SessionVectors(self.store)
@@ -469,6 +477,8 @@ class Retriever:
         if len(named) == 1 and s.speaker_weight > 0:
             who = named[0]
             focus.append((lambda it: it.speaker == who, s.speaker_weight))
+        if own:
+            focus.append((lambda it: it.role == "user", s.speaker_weight))
         if days and s.date_weight > 0:
             focus.append((lambda it: near(it.when, days, DATE_SLACK_DAYS), s.date_weight))
         lex = (self.lexical.query(self._terms(query, v), v.partitions, n=4 * n, exclude=exclude, session=session)

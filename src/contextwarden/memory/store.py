@@ -38,6 +38,7 @@ import orjson
 
 from ..util.redact import redact_secrets
 from ..util.sealing import Sealer, load_key
+from .envelopes import searchable
 from .items import MemoryItem
 
 if TYPE_CHECKING:
@@ -337,15 +338,15 @@ class MemoryStore:
                 for i in range(0, len(ks), step):
                     idx = ks[i:i + step]
                     batch = [items[k] for k in idx]
-                    docs = [it.text for it in batch]  # embedded as they are; stored sealed when a key is set
-                    kw = {"ids": [it.id for it in batch], "documents": [self.sealer.seal_text(d) for d in docs],
+                    # stored verbatim (sealed when a key is set), embedded without the agents' envelopes
+                    kw = {"ids": [it.id for it in batch], "documents": [self.sealer.seal_text(it.text) for it in batch],
                           "metadatas": [it.to_metadata() for it in batch]}
                     if part is None:
                         col.add(embeddings=[_PLACEHOLDER] * len(batch), **kw)
                     elif embeddings is not None:
                         col.add(embeddings=[embeddings[k] for k in idx], **kw)
                     elif self.embedder is not None:  # (a partition is only chosen with one)
-                        col.add(embeddings=self.embedder(docs), **kw)
+                        col.add(embeddings=self.embedder([searchable(it.text) for it in batch]), **kw)
         return [items[k] for k in new]
 
     def add(self, items: list[MemoryItem], embeddings=None) -> int:

@@ -3,9 +3,16 @@ content words is not searched (memory/envelopes.py), through the real pipeline (
 
 from __future__ import annotations
 
-from contextwarden.memory.envelopes import content_words, strip_envelopes
+import numpy as np
+
+from contextwarden.memory.envelopes import strip_envelopes
+from contextwarden.memory.lexical import LexicalIndex
+from contextwarden.memory.phatic import content_words
 from tests.e2e.test_memory_probes import CODEX, REMINDER
 from tests.plugins.test_memory import replayer
+from tests.support.memstore import embedder, item, store
+
+CODEX_EXEC = "Chunk ID: 427b69\nWall time: 0.6900 seconds\nProcess exited with code 0\nOriginal token count: 17\nOutput:\n"
 
 
 def test_agents_envelopes_are_neither_items_nor_tags(tmp_path):
@@ -29,6 +36,44 @@ def test_agents_envelopes_are_neither_items_nor_tags(tmp_path):
             assert not any(envelope in t for t in tags), (envelope, tags)
     finally:
         rp.close()
+
+
+def test_a_turn_without_content_words_is_not_remembered(tmp_path):
+    rp = replayer(tmp_path, window=200_000)
+    try:
+        msgs = [{"role": "user", "content": "My sister Clara lives in Lisbon and designs bridges."},
+                {"role": "assistant", "content": "Noted: Clara, Lisbon, bridges."},
+                {"role": "user", "content": "thanks!"}]
+        sent = rp.send(msgs, api_key="sk-thanks", session="thanks")
+        rp.complete(sent, "You're welcome.")
+        chat = [{"role": "user", "content": "Caroline: I went to the LGBTQ support group yesterday."},
+                {"role": "assistant", "content": "Melanie: Thanks!"},
+                {"role": "user", "content": "(1:10 pm on 8 May, 2023) Caroline: Bye!\n(1:10 pm on 8 May, 2023) Caroline: Painting tonight."}]
+        sent2 = rp.send(chat, api_key="sk-thanks", session="chat")
+        rp.complete(sent2, "Melanie: You too, see you!")
+        assert rp.flush()
+        texts = sorted(it.text for it in rp.memory().store.iter_items([sent.ctx.tenant]))
+        assert texts == sorted(["My sister Clara lives in Lisbon and designs bridges.", "Noted: Clara, Lisbon, bridges.",
+                                "Caroline: I went to the LGBTQ support group yesterday.", "Caroline: Painting tonight."])
+    finally:
+        rp.close()
+
+
+def test_a_tool_result_is_indexed_and_embedded_without_the_agents_envelope(cw_home):
+    """Codex's head of a command's output (and Claude Code's reminder after a Read) is the same on every
+    output: searched by it, every output would match "chunk wall time process"; the item stays verbatim."""
+    output = "kestrel_deploy.sh\nNOTES.md"
+    it = item(CODEX_EXEC + output + "\n", kind="tool_result", role="tool", tool="exec_command")
+    idx = LexicalIndex()
+    idx.add([it, item("     1→kestrel deploy\n" + REMINDER, turn=1, kind="tool_result", role="tool", tool="Read")])
+    assert idx.query("chunk wall time seconds process exited code output", ["t-a"], n=5) == []
+    assert idx.query("kestrel_deploy.sh", ["t-a"], n=5)[0].item.turn == 0
+    assert not idx.query("currentDate: may or may not be relevant to your tasks", ["t-a"], n=5)
+    s = store(cw_home)
+    s.add([it])
+    want = np.asarray(embedder()([output])[0])
+    (got, sim), = s.vector_query("", ["t-a"], 1, query_embedding=want)
+    assert got.text == it.text and sim > 0.999  # stored verbatim, embedded as the output alone
 
 
 def test_a_reminder_and_a_greeting_are_not_searched(tmp_path):

@@ -37,10 +37,10 @@ def test_anthropic_messages_become_items_with_tool_names():
     assert got == [
         (10, "user", "message", None, "Why does the build fail?"),
         (11, "assistant", "message", None, 'Let me run the tests.\nBash {"command":"pytest -x"}\nRead {"file_path":"setup.cfg"}'),
-        (12, "user", "message", None, "go on"),
         (12, "tool", "tool_result", "Bash", "1 failed: test_auth"),
         (12, "tool", "tool_result", "Read", "[metadata]\nname = app"),
     ]
+    # ("go on" has no content words: not an item; test_envelopes)
     assert all(i.tags == ["build"] and i.session == "s1" and i.tenant == "t-a" for i in items)
     assert not any("private reasoning" in i.text for i in items)
 
@@ -195,7 +195,7 @@ def test_the_memory_stage_flags_a_resumed_conversation_as_history(tmp_path):
         assert rp.memory().wait_ready(120)
         resumed = [{"role": "user", "content": "earlier question about Lisbon bridges"},
                    {"role": "assistant", "content": "earlier answer"},
-                   {"role": "user", "content": "and now a new question"}]
+                   {"role": "user", "content": "and now a question about Porto"}]
         rp.complete(rp.send(resumed, session="resumed-1"), "reply one")
         rp.complete(rp.send([{"role": "user", "content": "a brand new chat"}], session="fresh-1"), "hi")
         resumed += [{"role": "assistant", "content": "reply one"}, {"role": "user", "content": "next"}]

@@ -410,6 +410,29 @@ def test_a_question_naming_a_day_follows_the_turns_dated_that_day(tmp_path):
     st.close()
 
 
+def test_a_question_about_the_one_asking_follows_their_own_turns(tmp_path):
+    """In a chat with an assistant (no speaker headers), "which store did I spend the most at?" is answered
+    by what the person told in passing, not by the assistant's long advice on the same words."""
+    st = store(tmp_path)
+    said = [("assistant", f"To spend less money at the grocery store, {tip}. Which store is cheapest depends on the week.")
+            for tip in ("compare unit prices", "plan meals first", "buy store brands", "use coupons", "shop the sales",
+                        "avoid shopping hungry", "buy in bulk", "check receipts", "keep a price book", "shop seasonally")]
+    said += [("user", "Can you suggest recipes with chicken? By the way, I ordered from Thrive Market and paid $150."),
+             ("user", "Thanks, that helps with the week.")]
+    items = [item(text, turn=i, role=role) for i, (role, text) in enumerate(said)]
+    st.add(items)
+    lex = LexicalIndex()
+    lex.add(items)
+    found = {}
+    for weight in (0.0, 2.0):
+        r = Retriever(st, lex, embedder(), None, MemorySection(neighbour_weight=0, speaker_weight=weight))
+        found[weight] = [h.item.text for h in r.search(Query("Which grocery store did I spend the most money at?"),
+                                                        ["t-a"], n=3, session="s1").hits[:3]]
+    assert items[-2].text not in found[0.0]
+    assert items[-2].text in found[2.0]
+    st.close()
+
+
 def test_a_session_without_speakers_or_a_named_day_reads_no_session_vectors(mem):
     """An agent's session (no ``Name:`` turns) asked without a date: the focus rankings have nothing to
     look for, so the session's vectors are not read from the store on the request path."""
