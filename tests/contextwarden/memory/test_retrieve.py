@@ -368,7 +368,6 @@ def test_search_cli_shows_sources_and_scores(tmp_path, capsys):
 def test_a_question_naming_one_speaker_follows_that_speakers_turns(tmp_path):
     """The camping turn is Melanie's answer to "what trips has Melanie taken?", but Caroline's turns
     about her own trips fill the conversation's top: the ranking within Melanie's turns finds it."""
-    st = store(tmp_path)
     said = [("Caroline", f"Melanie, you asked about my trips: my trip to {city} was {how}.")
             for city in ("Paris", "Rome", "Berlin", "Oslo", "Madrid", "Vienna", "Prague", "Lisbon", "Dublin", "Athens")
             for how in ("lovely", "a holiday")]
@@ -376,61 +375,53 @@ def test_a_question_naming_one_speaker_follows_that_speakers_turns(tmp_path):
     said += [("Melanie", "Thanks Caroline! I'm fine, busy week."),
             ("Melanie", "We went camping by the lake with the kids last weekend.")]
     items = [item(f"{who}: {text}", turn=i, speaker=who) for i, (who, text) in enumerate(said)]
+    found = hits_by_setting(tmp_path, items, "What trips has Melanie taken?", 2,
+                            {w: MemorySection(neighbour_weight=0, speaker_weight=w) for w in (0.0, 2.0)})
+    assert items[-1].text not in found[0.0]
+    assert items[-1].text in found[2.0]
+
+
+def hits_by_setting(tmp_path, items, question: str, n: int, sections: dict) -> dict:
+    """The texts ``question`` finds among ``items`` (in one store and lexical index) under each of
+    ``sections``' settings, by key."""
+    st = store(tmp_path)
     st.add(items)
     lex = LexicalIndex()
     lex.add(items)
-    found = {}
-    for weight in (0.0, 2.0):
-        r = Retriever(st, lex, embedder(), None, MemorySection(neighbour_weight=0, speaker_weight=weight))
-        found[weight] = [h.item.text for h in r.search(Query("What trips has Melanie taken?"), ["t-a"], n=2, session="s1").hits]
-    assert items[-1].text not in found[0.0]
-    assert items[-1].text in found[2.0]
-    st.close()
+    try:
+        return {k: [h.item.text for h in Retriever(st, lex, embedder(), None, sec).search(
+                    Query(question), ["t-a"], n=n, session="s1").hits] for k, sec in sections.items()}
+    finally:
+        st.close()
 
 
 def test_a_question_naming_a_day_follows_the_turns_dated_that_day(tmp_path):
     """A chat export's turns carry their dates (``when``); "what did Maria do on 16 June, 2023?" finds
     the turn dated that day, below the conversation's top of turns about doing things on other days."""
-    st = store(tmp_path)
     said = [(f"{d} {m}, 2023", f"Maria: On this lovely day I did something fun: I went to the {place}.")
             for d, m in [("2", "May"), ("9", "May"), ("3", "April"), ("20", "March")]
             for place in ("market", "museum", "cinema")]
     said += [("1:10 pm on 16 June, 2023", "Maria: Quiet afternoon here, baking bread with my neighbour.")]
     items = [item(text, turn=i, speaker="Maria", when=when) for i, (when, text) in enumerate(said)]
-    st.add(items)
-    lex = LexicalIndex()
-    lex.add(items)
-    found = {}
-    for weight in (0.0, 1.0):
-        r = Retriever(st, lex, embedder(), None, MemorySection(neighbour_weight=0, speaker_weight=0, date_weight=weight))
-        found[weight] = [h.item.text for h in r.search(Query("What fun thing did Maria do on 16 June, 2023?"), ["t-a"],
-                                                        n=2, session="s1").hits]
+    found = hits_by_setting(tmp_path, items, "What fun thing did Maria do on 16 June, 2023?", 2,
+                            {w: MemorySection(neighbour_weight=0, speaker_weight=0, date_weight=w) for w in (0.0, 1.0)})
     assert items[-1].text not in found[0.0]
     assert items[-1].text in found[1.0]
-    st.close()
 
 
 def test_a_question_about_the_one_asking_follows_their_own_turns(tmp_path):
     """In a chat with an assistant (no speaker headers), "which store did I spend the most at?" is answered
     by what the person told in passing, not by the assistant's long advice on the same words."""
-    st = store(tmp_path)
     said = [("assistant", f"To spend less money at the grocery store, {tip}. Which store is cheapest depends on the week.")
             for tip in ("compare unit prices", "plan meals first", "buy store brands", "use coupons", "shop the sales",
                         "avoid shopping hungry", "buy in bulk", "check receipts", "keep a price book", "shop seasonally")]
     said += [("user", "Can you suggest recipes with chicken? By the way, I ordered from Thrive Market and paid $150."),
              ("user", "Thanks, that helps with the week.")]
     items = [item(text, turn=i, role=role) for i, (role, text) in enumerate(said)]
-    st.add(items)
-    lex = LexicalIndex()
-    lex.add(items)
-    found = {}
-    for weight in (0.0, 2.0):
-        r = Retriever(st, lex, embedder(), None, MemorySection(neighbour_weight=0, speaker_weight=weight))
-        found[weight] = [h.item.text for h in r.search(Query("Which grocery store did I spend the most money at?"),
-                                                        ["t-a"], n=3, session="s1").hits[:3]]
-    assert items[-2].text not in found[0.0]
-    assert items[-2].text in found[2.0]
-    st.close()
+    found = hits_by_setting(tmp_path, items, "Which grocery store did I spend the most money at?", 3,
+                            {w: MemorySection(neighbour_weight=0, speaker_weight=w) for w in (0.0, 2.0)})
+    assert items[-2].text not in found[0.0][:3]
+    assert items[-2].text in found[2.0][:3]
 
 
 def test_a_session_without_speakers_or_a_named_day_reads_no_session_vectors(mem):
