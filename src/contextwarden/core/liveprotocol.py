@@ -217,8 +217,9 @@ class Totals:
                 comp = provider_compaction(usage)  # the provider's own context management, apart
                 if comp:
                     self.provider_compactions += comp["iterations"]
-                    self.provider_compaction_units += billed_units(comp, model)
-                    billed -= billed_units(comp, model)  # (the rate below: the request's own sampling only)
+                    comp_units = billed_units(comp, model)
+                    self.provider_compaction_units += comp_units
+                    billed -= comp_units  # (the rate below: the request's own sampling only)
                 self.provider_cleared += num(usage.get("provider_cleared_tokens"))
                 ti, ts = data.get("tokens_in"), data.get("tokens_sent")
                 if isinstance(ti, (int, float)) and isinstance(ts, (int, float)) and ts > 0:
