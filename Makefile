@@ -1,6 +1,6 @@
 # The two commands a new user needs:  make run   and   make test
 # Both create .venv (Python >= 3.12) and install contextwarden into it on first use.
-# make test runs the whole suite on two pytest-xdist workers; ARGS naming a file or folder runs it in one process.
+# make test runs the whole suite on three pytest-xdist workers; ARGS naming a file or folder runs it in one process.
 
 PYTHON ?= python3
 VENV   := .venv

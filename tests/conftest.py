@@ -1,6 +1,6 @@
-"""Test-wide set-up: offline assets from ../shared, a fresh cw_home for every test, and the suite on two workers.
+"""Test-wide set-up: offline assets from ../shared, a fresh cw_home for every test, and the suite on three workers.
 
-The whole suite (no path on the command line) runs on two pytest-xdist workers; a file or folder named on the
+The whole suite (no path on the command line) runs on three pytest-xdist workers (two cores); a file or folder named on the
 command line runs in one process (``-n 2`` forces workers, ``-n 0`` none). A file whose tests share a module
 fixture (proxies, traces) runs on one worker, so the fixture starts once; so do the files that share tests/e2e's
 proxies; any other test goes to whichever worker is free.
@@ -30,7 +30,9 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     whole_suite = config.args_source != pytest.Config.ArgsSource.ARGS
-    return min(2, os.cpu_count() or 1) if whole_suite else 0
+    # one more worker than cores: much of the suite waits on the processes it starts (proxies, the engine, the
+    # memory process, npm), and a third worker fills those waits (two cores: pytest 9:40 against 10:12-11:36)
+    return min(3, (os.cpu_count() or 1) + 1) if whole_suite else 0
 
 
 @pytest.hookimpl(tryfirst=True)  # before tmp_path's factory reads it
@@ -82,7 +84,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The farm's files are one xdist group, a file's tests that share a module fixture (its proxies) one group
     per file; any other test is a unit of its own that either worker takes. tests/e2e goes first (addopts has
     --no-loadscope-reorder), then the long tests outside it (LONG_OUTSIDE_E2E): the long tests start early,
-    the short unit tests even the two workers out at the end."""
+    the short unit tests even the workers out at the end."""
     farm = {item.nodeid.split("::", 1)[0] for item in items
             if FARM_FIXTURES & set(getattr(item, "fixturenames", ())) or hasattr(getattr(item, "module", None), "route_for")}
     for item in items:

@@ -513,8 +513,9 @@ def test_clearing_inputs_never_produces_an_invalid_body(input_bench, turns, cont
                 assert orjson.dumps(again[tid]["input"]) == orjson.dumps(u["input"])
 
 
-def test_the_input_examples_make_input_clearing_and_compaction_fire():
-    """Guard against a vacuous property (runs after it): inputs were stubbed, and compaction ran on them."""
+def test_the_input_examples_make_input_clearing_and_compaction_fire(input_bench):
+    """Guard against a vacuous property (runs after it): inputs were stubbed, and compaction ran on them.
+    (``input_bench`` puts it in the property's xdist group: on another worker it would see no examples.)"""
     assert _fired["inputs"] > 0 and _fired["compaction"] > 0, _fired
 
 
