@@ -24,6 +24,18 @@ def num(v: Any) -> str:
     return f"{v / 1_000_000:.2f}M"
 
 
+def usd(v: float) -> str:
+    """$1,234.56, -$0.42: the sign before the dollar, and no "-$0.00" for a cost that rounds to nothing."""
+    r = round(v, 2)
+    return f"{'-' if r < 0 else ''}${abs(r):,.2f}"
+
+
+def share(v: float) -> str:
+    """A percentage: 12%, 4.2%, -0.3%; 0% (never -0%) for what rounds to nothing."""
+    r = round(v, 0 if abs(v) >= 10 else 1) + 0.0  # (+ 0.0 turns -0.0 into 0.0)
+    return f"{r:.0f}%" if abs(v) >= 10 or r == 0 else f"{r:.1f}%"
+
+
 def ms(v: Any) -> str:
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         return "–"

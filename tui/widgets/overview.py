@@ -68,12 +68,12 @@ def tokens_table(store: Store) -> Group:
     if tot.measured_turns:
         # dollars at list price for the turns whose model has a price; the input billed in tokens at 1x
         unpriced = tot.measured_turns - tot.priced_turns
-        c.add_row("billed, list price", f"${tot.usd:,.2f}" + (f" ({fmt.num(unpriced)} turns unpriced)" if unpriced else ""))
+        c.add_row("billed, list price", fmt.usd(tot.usd) + (f" ({fmt.num(unpriced)} turns unpriced)" if unpriced else ""))
         c.add_row("billed input", f"{fmt.num(tot.billed_units)} tokens at 1x")
         if tot.saving_turns_tokens_sent:
             base = tot.billed_units + tot.est_saved_units
-            share = f" {tot.est_saved_units / base * 100:.0f}%" if base > 0 else ""
-            saved = f"≈${tot.est_saved_usd:,.2f}" if tot.priced_turns else f"≈{fmt.num(tot.est_saved_units)} tokens"
+            share = f" {fmt.share(tot.est_saved_units / base * 100)}" if base > 0 else ""
+            saved = f"≈{fmt.usd(tot.est_saved_usd)}" if tot.priced_turns else f"≈{fmt.num(tot.est_saved_units)} tokens"
             c.add_row(Text("saved (estimate)", style="italic"), Text(f"{saved}{share}", style="italic"))
         else:
             c.add_row(Text("saved (estimate)", style="italic"), "–")
