@@ -14,6 +14,12 @@ ARGS   ?=
 # memory processes, the CLIs) compiles contextwarden afresh (~1.5 s of CPU each).
 TEST_ENV := TIKTOKEN_CACHE_DIR=$(SHARED)/tiktoken CONTEXTWARDEN_SHARED=$(SHARED) PYTHONDONTWRITEBYTECODE=
 
+# make run on an offline machine: ../shared's tokenizer cache and embedding model when present (else tiktoken and
+# Chroma download them on first use); the environment's own settings win.
+MODEL  := $(SHARED)/models/all-MiniLM-L6-v2/onnx
+RUN_ENV := $(if $(wildcard $(SHARED)/tiktoken),TIKTOKEN_CACHE_DIR="$${TIKTOKEN_CACHE_DIR:-$(SHARED)/tiktoken}") \
+	$(if $(wildcard $(MODEL)/model.onnx),CONTEXTWARDEN_MEMORY__MODEL_DIR="$${CONTEXTWARDEN_MEMORY__MODEL_DIR:-$(MODEL)}")
+
 .PHONY: run test bench install clean lock
 
 $(STAMP): pyproject.toml requirements.lock
@@ -27,7 +33,7 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/contextwarden run $(ARGS)
+	$(RUN_ENV) $(BIN)/contextwarden run $(ARGS)
 
 test: $(STAMP)
 	$(TEST_ENV) $(BIN)/pytest $(ARGS)

@@ -1,6 +1,6 @@
 """The README's commands copy-paste: its "Try it locally" block runs as written, in a new terminal's
 environment (no virtualenv on PATH; its demo shows clearing, compaction and recall and leaves no process
-behind), and every ``contextwarden`` subcommand its shell blocks name exists."""
+behind), every ``contextwarden`` subcommand its shell blocks name exists, and `make run` finds ../shared's offline assets."""
 
 from __future__ import annotations
 
@@ -64,3 +64,29 @@ def test_the_printed_mcp_command_starts_the_server_without_the_virtualenv_on_pat
     env.update(PATH="/usr/bin:/bin", CONTEXTWARDEN_HOME=str(tmp_path / "home"))
     done = subprocess.run(cmd, input=init, env=env, capture_output=True, text=True, timeout=120)
     assert '"serverInfo"' in done.stdout and '"id":1' in done.stdout.replace(" ", ""), done.stderr[-2000:]
+
+
+def _make_run(tmp_path: Path, shared: Path, **env: str) -> dict[str, str]:
+    """What ``make run`` hands ``contextwarden run`` (a stand-in that prints the two variables)."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir(exist_ok=True)
+    (bin_ / "contextwarden").write_text("#!/bin/sh\necho \"tiktoken=$TIKTOKEN_CACHE_DIR\"\n"
+                                        "echo \"model=$CONTEXTWARDEN_MEMORY__MODEL_DIR\"\n")
+    (bin_ / "contextwarden").chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k not in ("TIKTOKEN_CACHE_DIR", "CONTEXTWARDEN_MEMORY__MODEL_DIR")}
+    out = subprocess.run(["make", "-s", "-C", str(ROOT), "run", f"SHARED={shared}", f"BIN={bin_}", "STAMP="],
+                         env={**base, **env}, capture_output=True, text=True, check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_make_run_reads_the_offline_assets_of_shared_when_there(tmp_path):
+    """The first of the two commands on an offline machine: ../shared's tokenizer cache and embedding model
+    (otherwise token counts are estimates and memory is lexical-only); the environment's own settings win."""
+    shared = tmp_path / "shared"
+    model = shared / "models" / "all-MiniLM-L6-v2" / "onnx"
+    assert _make_run(tmp_path, shared) == {"tiktoken": "", "model": ""}  # nothing there: nothing set
+    (shared / "tiktoken").mkdir(parents=True)
+    model.mkdir(parents=True)
+    (model / "model.onnx").write_bytes(b"")
+    assert _make_run(tmp_path, shared) == {"tiktoken": str(shared / "tiktoken"), "model": str(model)}
+    assert _make_run(tmp_path, shared, TIKTOKEN_CACHE_DIR="/mine") == {"tiktoken": "/mine", "model": str(model)}
