@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SESSIONS_KEPT = 16  # sessions whose sentences are kept (the least recently grown go first)
-ROWS_MAX = 20_000  # sentences of one session embedded, at most
+ROWS_MAX = 5_000  # sentences of one session embedded, at most (1.5 KB each; LongMemEval: ~650 a history)
 MIN_WORDS = 3  # shorter sentences ("Thanks!", "Sure.") say nothing of their own
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
