@@ -25,6 +25,7 @@ import numpy as np
 from ..models.base import ApiKind
 from ..util.lru import LRU
 from ..wire.dialects import dialect
+from .asides import Asides
 from .envelopes import strip_envelopes
 from .ids import content_hash, id_of_hash
 from .inject import strip_blocks
@@ -307,7 +308,7 @@ class Retriever:
     ``embedder`` None means lexical only; ``pool`` runs the Chroma query so it can time out."""
 
     def __init__(self, store, lexical, embedder, pool: cf.Executor | None, settings, scope=None,
-                 related: RelatedWords | None = None) -> None:
+                 related: RelatedWords | None = None, asides: Asides | None = None) -> None:
         self.store = store
         self.lexical = lexical
         self.embedder = embedder
@@ -316,6 +317,7 @@ class Retriever:
         # the current session's exact vector ranking (memory.scope.SessionVectors; made here when None)
         self.scope = scope
         self.related = related  # the sessions' words by embedding (memory.related; None: no related words)
+        self.asides = asides  # the sentences of the person's turns by embedding (memory.asides; None: none)
 
     def start(self, query: Query, tenants: list[str], *, workspace: str | None = None, n: int | None = None,
               session: str | None = None, project: str | None = None) -> Vectors:
@@ -444,12 +446,27 @@ class Retriever:
             terms = combine_terms(terms, query_terms(query.context[-1500:], weight=self.settings.context_weight))
         s, session = self.settings, v.session
         if s.related_weight > 0 and self.related is not None and session is not None and self.lexical is not None:
-            part = next((p for p in v.partitions if self.lexical.session_size(p, session)), None)
+            part = self._partition(v, session)
             near = {} if part is None else self.related.expand(part, session, query.text, per_word=s.related_per_word,
                                                                 floor=s.related_floor, common=s.common_term_ratio)
             terms = combine_terms(terms, {t: s.related_weight * sim for t, sim in near.items()})
         v.terms = terms
         return terms
+
+    def _partition(self, v: Vectors, session: str) -> str | None:
+        """The lexical partition that holds ``session``'s items."""
+        return next((p for p in v.partitions if self.lexical.session_size(p, session)), None)
+
+    def _own_ranked(self, v: Vectors, session: str, ranked: list) -> list:
+        """``ranked`` (the session's items by vector) with each of the person's turns scored by the better of
+        its own similarity and its best sentence's (:mod:`.asides`): what they told in passing."""
+        if self.asides is None or v.embedding is None or self.lexical is None:
+            return ranked
+        part = self._partition(v, session)
+        best = self.asides.best(part, session, v.embedding) if part is not None else {}
+        if not best:
+            return ranked
+        return sorted(((it, max(sim, min(1.0, best.get(it.id, 0.0)))) for it, sim in ranked), key=lambda x: -x[1])
 
     def _focus(self, query: Query, v: Vectors, by_id: dict[str, Hit], exclude, n: int, session: str) -> list:
         """Rankings within the current session's turns of what the question names: the one participant
@@ -473,19 +490,19 @@ class Retriever:
         words = set(tokenize(query.text))
         names = {x: set(tokenize(x)) for x in {h.item.speaker for h in by_id.values()} | {it.speaker for it, _ in ranked} if x}
         named = [x for x, t in names.items() if t and t <= words]  # (a header "Includes:" has no name's words)
-        focus: list[tuple[Callable[[MemoryItem], bool], float]] = []
+        focus: list[tuple[Callable[[MemoryItem], bool], float, list]] = []
         if len(named) == 1 and s.speaker_weight > 0:
             who = named[0]
-            focus.append((lambda it: it.speaker == who, s.speaker_weight))
+            focus.append((lambda it: it.speaker == who, s.speaker_weight, ranked))
         if own:
-            focus.append((lambda it: it.role == "user", s.speaker_weight))
+            focus.append((lambda it: it.role == "user", s.speaker_weight, self._own_ranked(v, session, ranked)))
         if days and s.date_weight > 0:
-            focus.append((lambda it: near(it.when, days, DATE_SLACK_DAYS), s.date_weight))
+            focus.append((lambda it: near(it.when, days, DATE_SLACK_DAYS), s.date_weight, ranked))
         lex = (self.lexical.query(self._terms(query, v), v.partitions, n=4 * n, exclude=exclude, session=session)
                if focus and self.lexical is not None else [])
         rankings = []
-        for keep, w in focus:
-            vids = [h.item.id for h in self._kept(by_id, ((it, sim) for it, sim in ranked if sim >= s.min_similarity),
+        for keep, w, by_vector in focus:
+            vids = [h.item.id for h in self._kept(by_id, ((it, sim) for it, sim in by_vector if sim >= s.min_similarity),
                                                    keep, exclude, n)]
             lids = [h.item.id for h in self._kept(by_id, ((lh.item, lh.score) for lh in lex), keep, None, n, lexical=True)]
             rankings += [(vids, w * s.vector_weight), (lids, w * s.lexical_weight)]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..util import redact as secrets
 from ..util.lru import LRU
+from .asides import Asides
 from .client import RemoteMemoryService, store_key
 from .embedder import CachedEmbedder, load_embedder
 from .embedworker import BackgroundEmbedder
@@ -96,6 +97,7 @@ class MemoryService:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cw-memory-query")
         self._scope: SessionVectors | None = None  # made with the first retriever
         self._related: RelatedWords | None = None  # made with the embedder
+        self._asides: Asides | None = None  # made with the embedder
         # searches' vector halves started ahead (prepare): token -> (Vectors, when), the newest few
         self._prepared: OrderedDict[str, tuple] = OrderedDict()
         self._prepared_lock = threading.Lock()
@@ -117,6 +119,7 @@ class MemoryService:
                 emb.warm()
                 self.embedder = CachedEmbedder(emb, disk=m.embed_cache)
                 self._related = RelatedWords(self.embedder)  # the sessions' words by embedding (on_added)
+                self._asides = Asides(self.embedder)  # the person's sentences by embedding (on_added)
                 if self.separate and m.embed_idle:
                     self.embedder.background = BackgroundEmbedder(emb, str(emb.model_dir))
                     self.embedder.is_background = self._on_storer
@@ -254,6 +257,8 @@ class MemoryService:
             self._scope.stored(items)
         if self._related is not None and self.settings.memory.related_weight > 0:
             self._related.learn(self.lexical, items)
+        if self._asides is not None and self.settings.memory.speaker_weight > 0:
+            self._asides.learn(self.lexical, items)
 
     def state(self, wait_s: float = 0.0) -> dict:
         """Open yet (waiting up to ``wait_s`` for it), available, the error, the lexical index complete."""
@@ -349,7 +354,8 @@ class MemoryService:
         if store is not None and self._scope is None:
             self._scope = SessionVectors(store)  # the current sessions' vectors, kept between searches
         return Retriever(store, self.lexical, self.embedder, self._pool, (settings or self.settings).memory,
-                         scope=self._scope if store is not None else None, related=self._related)
+                         scope=self._scope if store is not None else None, related=self._related,
+                         asides=self._asides)
 
     def neighbours(self, item) -> list:
         """The stored items of the messages just before and after ``item``'s, in its session."""

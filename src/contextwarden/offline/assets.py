@@ -6,6 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# how long a replay or an evaluation waits for tiktoken to load before estimating: under load the proxy's 15 s
+# limit made runs count 4 characters a token, whose thresholds fall elsewhere (figures that moved with the
+# machine: a LongMemEval history counted 124,553 tokens where tiktoken gives 105,128)
+TOKENIZER_WAIT_S = 600.0
+
 
 def shared_dir() -> Path | None:
     """``$CONTEXTWARDEN_SHARED``, else ``../shared`` next to the project checkout."""

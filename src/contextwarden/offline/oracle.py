@@ -23,9 +23,10 @@ from ..wire.conversation import result_text
 from ..wire.cost import LOOKBACK_BLOCKS, READ_MULT, TTL_5M, WRITE_MULT, Boundary, PromptCache, boundaries, price_for
 from ..wire.dialects import ANTHROPIC
 from ..wire.tokens import TokenCounter, current_turn_start
+from .assets import TOKENIZER_WAIT_S
 from .fidelity import FidelityCounter, Incremental, Indexer, answer_items
 from .fidelity import _walk_strings as _strings
-from .replay import TOKENIZER_WAIT_S, ReplayReport, RequestResult, _pct, _render, load_trace, lost_cell
+from .replay import ReplayReport, RequestResult, _pct, _render, load_trace, lost_cell
 
 SCAN_BACK = 40  # earlier requests whose cached end is looked for at a rewrite
 

@@ -35,7 +35,7 @@ from ..wire.cost import Bill, PromptCache, billed_from_usage, boundaries, price_
 from ..wire.dialects import ANTHROPIC, dialect, validate_rewrite
 from ..wire.streams.turn import Usage
 from ..wire.workingset import path_of
-from .assets import offline_assets, shared_dir
+from .assets import TOKENIZER_WAIT_S, offline_assets, shared_dir
 from .fidelity import Fidelity, FidelityCounter, _blocks
 from .fidelity import totals as fidelity_totals
 
@@ -602,9 +602,6 @@ def _settle_memory(rt) -> None:
     svc = memory_service.get_service(rt)
     if svc is not None and svc.ready.is_set() and svc.available:
         svc.flush(SETTLE_S)
-
-
-TOKENIZER_WAIT_S = 600.0  # how long a replay waits for tiktoken to load before estimating
 
 
 def replay(trace_path: str | Path, profile: str | None = None, window: int | None = None,

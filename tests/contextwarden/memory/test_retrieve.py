@@ -12,6 +12,7 @@ from unicodedata import category
 
 import pytest
 
+from contextwarden.memory.asides import Asides
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.ingest import items_from_messages
 from contextwarden.memory.inject import (
@@ -422,6 +423,40 @@ def test_a_question_about_the_one_asking_follows_their_own_turns(tmp_path):
                             {w: MemorySection(neighbour_weight=0, speaker_weight=w) for w in (0.0, 2.0)})
     assert items[-2].text not in found[0.0][:3]
     assert items[-2].text in found[2.0][:3]
+
+
+def test_a_question_about_the_one_asking_finds_what_they_said_in_passing(tmp_path):
+    """The person's turn asks for slide templates and tells their tenure in passing: its vector is the
+    request's, below their other "how long should I ..." turns. Ranked by its best sentence (memory.asides)
+    it is found; only the person's turns of several sentences are learnt."""
+    said = [("user", f"How long should I {task}? I have been wondering about it for a while.")
+            for task in ("rest between sets in my current workout", "wait before repotting my plants",
+                         "keep leftovers in my fridge", "charge my new phone battery", "study for my driving test",
+                         "let my bread dough rise", "steep my green tea", "run my dishwasher")]
+    said += [("assistant", f"For {t}, keep it simple: one idea a slide. Use large type and consistent colours.")
+             for t in ("layouts", "fonts", "charts", "colours")]
+    said += [("user", "I'm preparing a presentation for an upcoming conference and need help designing the slides. Do you "
+                      "have any templates? By the way, I started as a coordinator and got promoted to senior specialist "
+                      "after 2 years and 4 months."),
+             ("user", "Thanks, that helps.")]
+    items = [item(text, turn=i, role=role) for i, (role, text) in enumerate(said)]
+    st = store(tmp_path)
+    st.add(items)
+    lex = LexicalIndex()
+    lex.add(items)
+    asides = Asides(embedder())
+    asides.learn(lex, items)
+    learnt = asides.best(lex.partition_of(items[0]), "s1", embedder()(["a question"])[0])
+    assert set(learnt) == {it.id for it in items[:8]} | {items[-2].id}
+    try:
+        found = {k: [h.item.text for h in Retriever(st, lex, embedder(), None, MemorySection(neighbour_weight=0),
+                                                    asides=a).search(Query("How long have I been in my current position?"),
+                                                                     ["t-a"], n=3, session="s1").hits[:3]]
+                 for k, a in (("without", None), ("with", asides))}
+    finally:
+        st.close()
+    assert items[-2].text not in found["without"]
+    assert items[-2].text in found["with"]
 
 
 def test_a_session_without_speakers_or_a_named_day_reads_no_session_vectors(mem):

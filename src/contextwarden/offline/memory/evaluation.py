@@ -39,6 +39,7 @@ from ...core.events import Event
 from ...memory import wire
 from ...memory.retrieve import normalise  # noqa: F401 (the evaluations' normalise: retrieval's own)
 from ...models.base import ApiKind
+from ..assets import TOKENIZER_WAIT_S
 from .replay import Replayer, Sent
 
 
@@ -112,7 +113,7 @@ def write_profile(path: Path, window: int, memory: dict[str, Any], compaction: d
     ``extra`` is YAML merged section by section."""
     data: dict[str, Any] = {
         "extends": "claude-code", "name": "eval",
-        "tokens": {"context_window": window, "calibrate": False},
+        "tokens": {"context_window": window, "calibrate": False, "load_timeout_s": TOKENIZER_WAIT_S},
         "clearing": {"trigger_tokens": window // 2, "clear_at_least": window // 8},
         "compaction": dict(compaction or {}),
         "memory": dict(memory),

@@ -12,6 +12,7 @@ from contextwarden.compress import policy
 from contextwarden.memory.inject import render_block
 from contextwarden.memory.items import MemoryItem
 from contextwarden.models import ApiKind
+from contextwarden.offline.assets import TOKENIZER_WAIT_S
 from contextwarden.offline.memory import eval_locomo as ev
 from contextwarden.offline.memory import eval_longmemeval as lme
 from contextwarden.offline.memory.evaluation import contains, eval_replayer, normalise, request_text, truncate_to
@@ -145,3 +146,12 @@ def test_in_process_eval_runs_on_its_own_clock_whatever_the_machine_takes(tmp_pa
     assert ev.COMPACTION["soft_threshold"] * 4096 < fast.ctx.tokens_in < ev.COMPACTION["hard_threshold"] * 4096
     assert "compaction" not in fast.ctx.notes  # warm: re-writing the cache does not pay yet
     assert slow.wire == fast.wire and slow.tokens() == fast.tokens()
+
+
+def test_the_eval_waits_for_the_tokenizer_as_a_trace_replay_does(tmp_path, shared):
+    """On a loaded machine tiktoken took longer than the proxy's 15 s to load and a LongMemEval run counted
+    4 characters a token (124,553 tokens a history where tiktoken gives 105,128), its thresholds elsewhere:
+    an evaluation waits for the tokenizer as long as a trace replay does."""
+    with eval_replayer("tokens", tmp_path, 4096, {"enabled": False}, ev.COMPACTION) as rp:
+        assert rp.runtime.settings.tokens.load_timeout_s == TOKENIZER_WAIT_S
+        assert rp.runtime.tokens.source.startswith("tiktoken")
