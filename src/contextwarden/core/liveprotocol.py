@@ -50,7 +50,7 @@ class SentLedger:
     """
 
     def __init__(self, limit: int = 2000) -> None:
-        self._open = LRU(limit)  # flow id -> _Sent, until its forward event
+        self._open = LRU(limit)  # flow id -> _Sent, until its forward event (a flow that has none: until it ages out)
 
     def note(self, ev: dict[str, Any]) -> bool:
         """Take in a ``clearing``, ``compaction`` or ``memory`` event; False for any other."""
@@ -75,7 +75,7 @@ class SentLedger:
     def settle(self, ev: dict[str, Any]) -> tuple[int, int, int]:
         """For a ``forward`` event: (tokens freed, memory tokens, memory injections) its request sent."""
         d = ev.get("data") or {}
-        sent: _Sent = (ev.get("flow_id") and self._open.peek(ev["flow_id"])) or _Sent()
+        sent: _Sent = (ev.get("flow_id") and self._open.pop(ev["flow_id"])) or _Sent()  # (settled once: not kept)
         freed, mem, injections = sent.freed, sent.memory, sent.injections
         if not d.get("changed") or d.get("blocked"):
             return 0, 0, 0

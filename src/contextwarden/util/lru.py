@@ -66,6 +66,13 @@ class LRU:
             self._young[key] = v
             self._total += n
 
+    def pop(self, key: Hashable) -> Any:
+        """Forget ``key``: the value held for it (None when absent). Its size counts until its generation goes."""
+        with self._lock:
+            v = self._young.pop(key, None)
+            o = self._old.pop(key, None)
+        return o if v is None else v
+
     def items(self) -> list[tuple[Hashable, Any]]:
         """The keys and values held, each key once, the older generation's first, each in the order stored."""
         with self._lock:

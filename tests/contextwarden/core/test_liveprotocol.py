@@ -29,3 +29,14 @@ def test_a_turn_is_billed_once_and_its_saving_priced_at_the_rate_it_paid(monkeyp
     assert t.usd == pytest.approx(full.cost)
     # 25,000 tokens freed, at what each of the 25,000 sent cost
     assert t.est_saved_usd == pytest.approx(25_000 * full.input_cost / 25_000)
+
+
+def test_a_request_s_ledger_is_settled_once_and_then_not_kept():
+    """issue 41: the engine's ledger kept every settled request's record (604 after a load) until it aged out."""
+    t = Totals()
+    t.add({"type": "clearing", "flow_id": "f1", "data": {"tokens_freed": 500, "new": 1}})
+    fwd = {"type": "forward", "flow_id": "f1", "data": {"changed": True, "tokens_in": 2_000, "tokens_out": 1_600}}
+    t.add(fwd)
+    assert t.tokens_freed == 400 and len(t.sent._open) == 0  # (freed capped at in minus sent)
+    t.add(fwd)  # the same forward again settles nothing more
+    assert t.tokens_freed == 400
