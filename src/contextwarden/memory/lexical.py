@@ -6,7 +6,7 @@ queries read it through numpy without copying), so adding an item costs microsec
 items costs a few milliseconds. Nothing the index holds per term is an object the garbage collector
 tracks (a ``bytearray``, a tuple of strings): as two ``array`` in a tuple, three per term and tenant, the
 memory process held millions of them under load, and each full collection walked them all, every thread
-of the process waiting (docs/memory-process.md).
+of the process waiting (docs/benchmarks.md, "Fresh under load").
 A query term the index has never seen is matched to the closest known term with rapidfuzz (typos,
 ``recieve``/``receive``), at a discount.
 """
