@@ -420,16 +420,18 @@ class MemoryService:
         pending, so an id is found as soon as anyone can have read it, while the request that names it
         never waits."""
         todo = [it for it in items if it.text and it.text.strip()]
-        if not todo:
-            return []
-        try:
-            self._keeper.submit(self._keep_now, todo, searchable)
-        except RuntimeError:  # closed
-            return []
         ids = [it.source_id or it.memory_id for it in todo]
         if not searchable:  # (its searchable form is the stage's own, the compressed text: see submit)
+            # kept lately already: a result compressed when first seen is kept again by the recall stage
+            # when a stub replaces it (the same text under the same id: redacted and written once)
+            todo = [it for it, i in zip(todo, ids) if self._recent.peek(i) is None]
             for i in ids:
                 self._recent.put(i, True)
+        try:
+            if todo:
+                self._keeper.submit(self._keep_now, todo, searchable)
+        except RuntimeError:  # closed
+            return []
         return ids
 
     def redact(self, text: str) -> tuple[str, int]:
