@@ -1,8 +1,12 @@
 """BM25 over remembered text, in memory, one partition per tenant, growing as items are stored.
 
 The lexical ranking finds what embeddings miss: exact identifiers, file names, error strings, rare
-names. Posting lists are ``array`` buffers (appends are cheap; queries read them through numpy without
-copying), so adding an item costs microseconds and a query over 100K items costs a few milliseconds.
+names. A term's posting list is one ``bytearray`` of (document, term frequency) pairs (appends are cheap;
+queries read it through numpy without copying), so adding an item costs microseconds and a query over 100K
+items costs a few milliseconds. Nothing the index holds per term is an object the garbage collector
+tracks (a ``bytearray``, a tuple of strings): as two ``array`` in a tuple, three per term and tenant, the
+memory process held millions of them under load, and each full collection walked them all, every thread
+of the process waiting (docs/benchmarks.md, "Fresh under load").
 A query term the index has never seen is matched to the closest known term with rapidfuzz (typos,
 ``recieve``/``receive``), at a discount.
 """
@@ -13,6 +17,7 @@ import io
 import math
 import os
 import re
+import struct
 import threading
 from array import array
 from collections import Counter
@@ -38,10 +43,12 @@ _SPLIT = re.compile(r"[_.\-/]+")
 _ESCAPE = re.compile(r'(?<!\\)\\[ntrbf"]')
 MAX_TERMS_PER_DOC = 4000  # a long chunk is indexed on its first terms only
 WORDS_KEPT = 50_000  # distinct words whose terms an index remembers (LexicalIndex.add)
+POSTING = np.dtype([("doc", "<u4"), ("tf", "<f4")])  # one entry of a posting list (its bytes: _pack)
+_pack = struct.Struct("<If").pack
 REPLY_WEIGHT = 0.3  # a message is also indexed by the words of the turn before it, each at this share
 
 
-def tokenize(text: str, done: dict[str, list[str]] | None = None) -> list[str]:
+def tokenize(text: str, done: dict[str, tuple[str, ...]] | None = None) -> list[str]:
     """Index terms of a text: lower-cased, stemmed words without stopwords; code identifiers and paths
     are kept whole *and* split into their parts (``load_embedder`` -> ``load_embedder load embedder``).
     Each distinct word is worked out once per text (source code repeats its names), or once while it is
@@ -54,7 +61,7 @@ def tokenize(text: str, done: dict[str, list[str]] | None = None) -> list[str]:
     for tok in _TOKEN.findall(text):
         terms = done.get(tok)
         if terms is None:
-            terms = done[tok] = _terms(tok)
+            terms = done[tok] = tuple(_terms(tok))  # (a tuple of strings: nothing for the collector to walk)
         out += terms
     return out
 
@@ -133,7 +140,7 @@ class _Partition:
         self.items: list = []
         self.ids: dict[str, int] = {}
         self.doc_len = array("I")
-        self.postings: dict[str, tuple[array, array]] = {}
+        self.postings: dict[str, bytearray] = {}  # term -> POSTING entries
         self.total_len = 0
         self.by_prefix: dict[str, list[str]] = {}
         self._norm_key: tuple | None = None
@@ -169,11 +176,10 @@ class _Partition:
         for term, tf in counts.items():
             p = self.postings.get(term)
             if p is None:
-                p = self.postings[term] = (array("I"), array("f"))
+                p = self.postings[term] = bytearray()
                 if len(term) >= 4:
                     self.by_prefix.setdefault(term[:2], []).append(term)
-            p[0].append(doc)
-            p[1].append(float(tf))
+            p += _pack(doc, tf)
         return True
 
     def fuzzy(self, term: str, cutoff: float) -> tuple[str, float] | None:
@@ -200,13 +206,13 @@ class _Partition:
                     w *= 0.8 * sim
             if p is None:
                 continue
-            docs = np.frombuffer(p[0], dtype=np.uint32)
-            tf = np.frombuffer(p[1], dtype=np.float32)
+            entries = np.frombuffer(p, dtype=POSTING)
+            docs, tf = entries["doc"], entries["tf"]
             df = len(docs)
             idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
             acc[docs] += (w * idf) * tf * (k1 + 1) / (tf + norm[docs])
             hit = True
-            del docs, tf  # release the buffer views so the arrays can grow again
+            del entries, docs, tf  # release the buffer views so the list can grow again
         return acc if hit else None
 
     def _norm(self, k1: float, b: float) -> np.ndarray:
@@ -230,7 +236,7 @@ class LexicalIndex:
         self._parts: dict[str, _Partition] = {}
         self._lock = threading.RLock()
         self._neighbours: dict[tuple[str, str, int], list] = {}
-        self._words: dict[str, list[str]] = {}  # a word's terms (tokenize), for the words seen lately
+        self._words: dict[str, tuple[str, ...]] = {}  # a word's terms (tokenize), for the words seen lately
 
     def __len__(self) -> int:
         with self._lock:
@@ -340,11 +346,11 @@ class LexicalIndex:
                 p = part.postings.get(term)
                 if session is None:
                     total += len(part.items)
-                    df += len(p[0]) if p is not None else 0
+                    df += len(p) // POSTING.itemsize if p is not None else 0
                 else:
                     total += part.session_count(session)
                     if p is not None:
-                        df += int(np.count_nonzero(part.session_mask(session)[np.frombuffer(p[0], dtype=np.uint32)]))
+                        df += int(np.count_nonzero(part.session_mask(session)[np.frombuffer(p, dtype=POSTING)["doc"]]))
         return (df / total if total else 0.0), total
 
     def prune_common(self, text: str, partitions: Iterable[str], ratio: float, min_items: int = 50,
@@ -425,17 +431,14 @@ def save_snapshot(index: LexicalIndex, path: str | os.PathLike, key: dict, seale
         for pi, (name, part) in enumerate(index._parts.items()):
             names.append(name)
             terms = list(part.postings)
-            lens = np.fromiter((len(part.postings[t][0]) for t in terms), dtype=np.int64, count=len(terms))
+            lens = np.fromiter((len(part.postings[t]) // POSTING.itemsize for t in terms), dtype=np.int64, count=len(terms))
             offsets = np.zeros(len(terms) + 1, dtype=np.int64)
             np.cumsum(lens, out=offsets[1:])
-            docs = np.empty(int(offsets[-1]), dtype=np.uint32)
-            tfs = np.empty(int(offsets[-1]), dtype=np.float32)
+            entries = np.empty(int(offsets[-1]), dtype=POSTING)
             for t, a, b in zip(terms, offsets[:-1], offsets[1:]):
-                pd, pf = part.postings[t]
-                docs[a:b] = np.frombuffer(pd, dtype=np.uint32)
-                tfs[a:b] = np.frombuffer(pf, dtype=np.float32)
-            arrays[f"p{pi}_docs"] = docs
-            arrays[f"p{pi}_tf"] = tfs
+                entries[a:b] = np.frombuffer(part.postings[t], dtype=POSTING)
+            arrays[f"p{pi}_docs"] = entries["doc"].copy()
+            arrays[f"p{pi}_tf"] = entries["tf"].copy()
             arrays[f"p{pi}_offsets"] = offsets
             arrays[f"p{pi}_doclen"] = np.frombuffer(part.doc_len, dtype=np.uint32).copy()
             arrays[f"p{pi}_terms"] = np.frombuffer(orjson.dumps(terms), dtype=np.uint8)
@@ -486,15 +489,11 @@ def load_snapshot(path: str | os.PathLike, key: dict | None, sealer: Sealer) -> 
                 part.total_len = int(sum(part.doc_len))
                 terms = orjson.loads(z[f"p{pi}_terms"].tobytes())
                 offsets = z[f"p{pi}_offsets"]
-                docs = z[f"p{pi}_docs"]
-                tfs = z[f"p{pi}_tf"]
-                db, fb = docs.tobytes(), tfs.tobytes()
+                entries = np.empty(len(z[f"p{pi}_docs"]), dtype=POSTING)
+                entries["doc"], entries["tf"] = z[f"p{pi}_docs"], z[f"p{pi}_tf"]
+                raw, size = memoryview(entries.tobytes()), POSTING.itemsize
                 for t, a, b in zip(terms, offsets[:-1].tolist(), offsets[1:].tolist()):
-                    d = array("I")
-                    d.frombytes(db[a * 4:b * 4])
-                    f = array("f")
-                    f.frombytes(fb[a * 4:b * 4])
-                    part.postings[t] = (d, f)
+                    part.postings[t] = bytearray(raw[a * size:b * size])
                     if len(t) >= 4:
                         part.by_prefix.setdefault(t[:2], []).append(t)
                 index._parts[name] = part

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 # ones cost less to redact again than to keep), REDACT_MEMO_CHARS characters of them in all
 REDACT_MEMO_MIN = 512
 REDACT_MEMO_CHARS = 4_000_000
-RECENT_IDS = 50_000  # ids of items submitted lately, not submitted again (MemoryService.submit)
+RECENT_IDS = 50_000  # ids of items submitted and originals kept lately, not submitted again (MemoryService.submit)
 
 
 class Host(Protocol):
@@ -87,7 +87,7 @@ class MemoryService:
         self.lexical_ms: float | None = None
         self._lexical_complete = False  # every stored item is indexed (a snapshot may be saved)
         self._lexical_saved_n = -1
-        self._recent = LRU(RECENT_IDS)  # ids submitted lately -> True
+        self._recent = LRU(RECENT_IDS)  # ids of items submitted, and of originals kept unsearchable, lately -> True
         self.originals = _open_originals(self.home)
         self._forgotten: set[tuple[str, str]] = set()  # (tenant, session) deleted while running
         # a text's redaction, remembered a while (:meth:`redact`)
@@ -331,10 +331,16 @@ class MemoryService:
     def submit(self, items, **info) -> bool:
         """Queue items for storage (never blocks); False when dropped or memory is unavailable. Items
         submitted recently are left out (the assistant's reply comes back as a message of the next
-        request; the store would deduplicate it, after a lookup)."""
+        request; the store would deduplicate it, after a lookup), and so are originals kept lately for
+        recall alone (``keep(searchable=False)``), handed in again under their id: the memory stage hands in
+        every tool result a stub replaces, in case memory missed its turn, and a result compressed when
+        first seen had its compressed text stored then. Under load those 12 KB originals, one to four a
+        turn once clearing began, were most of what the submission thread chunked and indexed, and the
+        turns' words waited behind them (docs/benchmarks.md, "Fresh under load")."""
         if self.ingestor is None:
             return False
-        fresh = [it for it in items if self._recent.peek(it.id) is None]
+        fresh = [it for it in items if self._recent.peek(it.id) is None
+                 and (it.source_id is None or self._recent.peek(it.source_id) is None)]
         if not fresh:
             return True
         ok = self.ingestor.submit(fresh, **info)
@@ -414,13 +420,19 @@ class MemoryService:
         pending, so an id is found as soon as anyone can have read it, while the request that names it
         never waits."""
         todo = [it for it in items if it.text and it.text.strip()]
-        if not todo:
-            return []
+        ids = [it.source_id or it.memory_id for it in todo]
+        if not searchable:  # (its searchable form is the stage's own, the compressed text: see submit)
+            # kept lately already: a result compressed when first seen is kept again by the recall stage
+            # when a stub replaces it (the same text under the same id: redacted and written once)
+            todo = [it for it, i in zip(todo, ids) if self._recent.peek(i) is None]
+            for i in ids:
+                self._recent.put(i, True)
         try:
-            self._keeper.submit(self._keep_now, todo, searchable)
+            if todo:
+                self._keeper.submit(self._keep_now, todo, searchable)
         except RuntimeError:  # closed
             return []
-        return [it.source_id or it.memory_id for it in todo]
+        return ids
 
     def redact(self, text: str) -> tuple[str, int]:
         """``redact_secrets(text)``, remembered a while: a kept original comes again to be stored when

@@ -343,3 +343,42 @@ def test_a_compressed_results_original_and_its_turn_are_redacted_once(tmp_path, 
         assert calls.count(short) == 2
     finally:
         rp.close()
+
+
+def test_an_original_kept_for_recall_alone_is_not_submitted_again_when_its_stub_hands_it_in(tmp_path, monkeypatch):
+    """A result compressed when first seen: its original is kept for recall alone and its compressed text
+    is what its turn stores. When clearing later replaces it with a stub, the memory stage hands the original
+    in again under the stub's id (in case memory missed the turn): the memory service leaves it out, so the
+    submission thread does not chunk and index 12 KB a turn behind which the next turns' words wait. An item
+    under another id is still taken, and the original is still recalled by its id."""
+    from contextwarden.memory.ids import memory_id
+
+    rp = replayer(tmp_path)
+    try:
+        svc = get_service(rp.runtime)
+        original = "\n".join(f"def handler_{i}(request):  # quokka_{i} reads the retry table" for i in range(200))
+        mid = memory_id(original)
+        assert svc.keep([MemoryItem(text=original, session="s1", tenant="t-k", turn=3, role="tool", kind="tool_result",
+                                    source_id=mid)], searchable=False) == [mid]
+        compressed = "handler_0 .. handler_199: 200 request handlers (quokka retry table)"
+        assert svc.submit([MemoryItem(text=compressed, session="s1", tenant="t-k", turn=3, role="tool", kind="tool_result")])
+        before = svc.ingestor.stats["submitted"]
+        other = "the staging database lives on host wombat-db-2"
+        assert svc.submit([MemoryItem(text=original, session="s1", tenant="t-k", turn=3, role="tool", kind="tool_result",
+                                      source_id=mid),
+                           MemoryItem(text=other, session="s1", tenant="t-k", turn=9, role="tool", kind="tool_result",
+                                      source_id=memory_id(other))])
+        assert svc.flush(120)
+        assert svc.ingestor.stats["submitted"] - before == 1  # the other item only
+        assert not [h for h in svc.search_hits("quokka_150", ["t-k"], k=5)["hits"] if "quokka_150" in h["text"]]
+        assert svc.search_hits("wombat-db-2", ["t-k"], k=3)["hits"][0]["text"] == other
+        assert [it.text for it in svc.recall([mid], ["t-k"])] == [original]
+        # kept again under the same id (the recall stage, as the stub replaces it): not redacted and written again
+        put = svc.originals.put
+        written: list = []
+        monkeypatch.setattr(svc.originals, "put", lambda its: written.append(its) or put(its))
+        assert svc.keep([MemoryItem(text=original, session="s1", tenant="t-k", turn=3, role="tool", kind="tool_result",
+                                    source_id=mid)], searchable=False) == [mid]
+        assert svc.flush_kept(60) and written == []
+    finally:
+        rp.close()
