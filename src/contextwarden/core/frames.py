@@ -78,7 +78,10 @@ class Ring:
         counted in both processes' RSS; the next frames fault in what they use). Whether it did."""
         if _TAIL.unpack_from(self.map)[0] != self.head or not hasattr(mmap, "MADV_REMOVE"):
             return False
-        self.map.madvise(mmap.MADV_REMOVE, mmap.PAGESIZE, len(self.map) - mmap.PAGESIZE)  # (the tail's page stays)
+        try:
+            self.map.madvise(mmap.MADV_REMOVE, mmap.PAGESIZE, len(self.map) - mmap.PAGESIZE)  # (the tail's page stays)
+        except OSError:  # (a kernel without it for this memory: the pages stay, as before)
+            return False
         return True
 
     def take(self, where: tuple[int, int]) -> bytes:
