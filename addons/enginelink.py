@@ -120,6 +120,8 @@ class _Engine:
                     fut.set_result(payload)
             elif op == "settings":  # changed at run time: classify by the new ones
                 self.proxy, self.passive = payload["proxy"], payload["passive"]
+            elif op == "idle" and self.to_engine is not None:  # the engine forgot its caches: the ring's pages too
+                self.to_engine.release()
             elif op == "bye":
                 break
         self.closed = True

@@ -73,6 +73,17 @@ class Ring:
         self.head = start + n
         return start, n
 
+    def release(self) -> bool:
+        """The writer's side, once the reader has taken everything: the ring's pages back to the system (they
+        counted in both processes' RSS; the next frames fault in what they use). Whether it did."""
+        if _TAIL.unpack_from(self.map)[0] != self.head or not hasattr(mmap, "MADV_REMOVE"):
+            return False
+        try:
+            self.map.madvise(mmap.MADV_REMOVE, mmap.PAGESIZE, len(self.map) - mmap.PAGESIZE)  # (the tail's page stays)
+        except OSError:  # (a kernel without it for this memory: the pages stay, as before)
+            return False
+        return True
+
     def take(self, where: tuple[int, int]) -> bytes:
         """The bytes :meth:`put` wrote at ``where`` (a copy); what came before is free again."""
         start, n = where

@@ -18,7 +18,8 @@ socket pair ``FD`` (the frames' large bytes through the shared memory ``IN`` and
     shutdown                                              → bye (after the addons' ``done``)
 
 and sends ``settings`` ({proxy, passive}, as in ``ready``) when they change at run time: which flows the
-link sends, and whether it waits for their reply.
+link sends, and whether it waits for their reply; ``idle`` after the runtime's idle forget
+(``collector.background``): each side gives its ring's pages back (``frames.Ring.release``).
 
 Mirrors live from ``request`` to ``end`` (or ``ws_end``); one the link never ends is dropped after
 ``STALE_S``. The engine ends when told to, or when the socket closes (mitmdump is gone): either way
@@ -47,6 +48,7 @@ from contextwarden.addons.routing import FORWARDED, INCOMING, ROUTE
 from contextwarden.addons.warden import Warden
 
 from ..core import frames
+from ..core.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ class Engine:
                                                       "timeout_s": rt.settings.pipeline.engine_timeout_s})
         reader, self.writer = await frames.open_stream(self.sock)
         loop = asyncio.get_running_loop()
+        rt.bus.subscribe(lambda ev: self._forgot(loop, ev))
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         reading = asyncio.ensure_future(self.read(reader))
@@ -160,6 +163,16 @@ class Engine:
                 sweep = now + 60
                 for fid in [f for f, (_, t) in self.mirrors.items() if now - t > STALE_S]:
                     self.mirrors.pop(fid, None)
+
+    def _forgot(self, loop: asyncio.AbstractEventLoop, ev: Event) -> None:
+        """The runtime's idle forget (an event from the collector's thread): the rings' pages go too."""
+        if ev.type == "gc" and ev.data.get("reason") == "forget":
+            loop.call_soon_threadsafe(self._release_ring)
+
+    def _release_ring(self) -> None:
+        if self.to_link is not None:
+            self.to_link.release()
+        self._send("idle")  # mitmdump's side releases the other one
 
     def _send(self, op: str, key: Any = None, payload: Any = None) -> None:
         if self.writer is not None and not self.writer.is_closing():

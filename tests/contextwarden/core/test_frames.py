@@ -80,3 +80,21 @@ def test_a_ring_carries_large_bytes_in_frame_order_and_frees_what_was_read():
     assert len(data5) < 1000 and frames._Unpickler(io.BytesIO(data5), r).load() == ("observed", 5, nested)
     head6, _ = frames.encode("chunk", 6, b"x" * 1000, w)
     assert not frames.HEADER.unpack(head6)[0] & frames._RINGED
+
+
+def test_a_ring_read_to_its_end_gives_its_pages_back_and_carries_on():
+    """``release`` (an idle engine's): once the reader took everything, the shared pages are freed
+    (they counted in both processes' RSS); not while a frame is unread; frames after it cross as before."""
+    w, r = _rings(1 << 20)
+
+    def held() -> int:
+        return os.fstat(r.fd).st_blocks * 512  # (the memfd's pages in use)
+
+    body = os.urandom(900_000)
+    at = w.put(body)
+    assert at is not None and held() >= len(body)
+    assert not w.release() and r.take(at) == body  # unread: kept
+    assert w.release() and held() <= 8192
+    again = os.urandom(300_000)
+    at = w.put(again)
+    assert at is not None and r.take(at) == again

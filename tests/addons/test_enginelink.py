@@ -1,0 +1,66 @@
+"""The engine link's idle hand-shake (addons/enginelink.py, contextwarden/engine/server.py): after the runtime's
+idle forget the engine gives its ring's pages back and tells mitmdump's side, which gives back the other one
+(shared memory that counted in both processes' RSS). The two ends in one process, over a real socket pair
+and real rings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+from typing import cast
+
+from addons.enginelink import _Engine, _Ready
+from contextwarden.core import frames
+from contextwarden.core.events import Event
+from contextwarden.engine.server import Engine
+from contextwarden.settings.proxy import ProxySection
+
+
+def _held(ring: frames.Ring) -> int:
+    return os.fstat(ring.fd).st_blocks * 512  # the memfd's pages in use
+
+
+def test_after_the_idle_forget_both_rings_give_their_pages_back():
+    to_engine, from_engine = frames.Ring.create(1 << 20), frames.Ring.create(1 << 20)
+    assert to_engine is not None and from_engine is not None
+    a, b = socket.socketpair()
+    ready = cast(_Ready, {"proxy": ProxySection(), "passive": False, "pid": 0, "release_flows": False, "timeout_s": 5.0})
+    proc = cast(subprocess.Popen[bytes], None)  # (no process: the engine's side runs here)
+    link = _Engine(proc, a, ready, {}, (to_engine, from_engine))
+    engine = Engine(b, (frames.Ring(os.dup(to_engine.fd)), frames.Ring(os.dup(from_engine.fd))))
+    body = os.urandom(600_000)
+
+    async def main() -> None:
+        await link.connect()
+        reader, engine.writer = await frames.open_stream(b)
+        loop = asyncio.get_running_loop()
+        assert link.send("request", 1, {"raw_content": body})  # through the ring each way, and read
+        op, _, got = await frames.read(reader, engine.from_link) or ("", None, None)
+        assert op == "request" and got["raw_content"] == body
+        reply = asyncio.ensure_future(link.call("ask", None))
+        assert (await frames.read(reader, engine.from_link) or ("",))[0] == "ask"
+        engine._send("reply", 1, {"raw_content": body})
+        assert await reply == {"raw_content": body}
+        assert _held(to_engine) >= len(body) and _held(from_engine) >= len(body)
+        engine._forgot(loop, Event("gc", {"reason": "idle"}))  # not the forget: nothing given back
+        await asyncio.sleep(0.2)
+        assert _held(to_engine) >= len(body) and _held(from_engine) >= len(body)
+        # the forget's event, from the collector's thread
+        await loop.run_in_executor(None, engine._forgot, loop, Event("gc", {"reason": "forget"}))
+        for _ in range(100):
+            if _held(to_engine) <= 8192:
+                break
+            await asyncio.sleep(0.02)
+        assert _held(from_engine) <= 8192 and _held(to_engine) <= 8192
+        assert link.send("request", 3, {"raw_content": body})  # and frames cross as before
+        op, _, got = await frames.read(reader, engine.from_link) or ("", None, None)
+        assert op == "request" and got["raw_content"] == body
+        engine.writer.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        a.close()
+        b.close()
