@@ -87,7 +87,7 @@ class MemoryService:
         self.lexical_ms: float | None = None
         self._lexical_complete = False  # every stored item is indexed (a snapshot may be saved)
         self._lexical_saved_n = -1
-        self._recent = LRU(RECENT_IDS)  # ids of items submitted, and of originals kept unsearchable, lately -> True
+        self._recent = LRU(RECENT_IDS)  # ids of items submitted, and (tenant, id) of originals kept unsearchable, lately -> True
         self.originals = _open_originals(self.home)
         self._forgotten: set[tuple[str, str]] = set()  # (tenant, session) deleted while running
         # a text's redaction, remembered a while (:meth:`redact`)
@@ -340,7 +340,7 @@ class MemoryService:
         if self.ingestor is None:
             return False
         fresh = [it for it in items if self._recent.peek(it.id) is None
-                 and (it.source_id is None or self._recent.peek(it.source_id) is None)]
+                 and (it.source_id is None or self._recent.peek((it.tenant, it.source_id)) is None)]
         if not fresh:
             return True
         ok = self.ingestor.submit(fresh, **info)
@@ -423,10 +423,12 @@ class MemoryService:
         ids = [it.source_id or it.memory_id for it in todo]
         if not searchable:  # (its searchable form is the stage's own, the compressed text: see submit)
             # kept lately already: a result compressed when first seen is kept again by the recall stage
-            # when a stub replaces it (the same text under the same id: redacted and written once)
-            todo = [it for it, i in zip(todo, ids) if self._recent.peek(i) is None]
-            for i in ids:
-                self._recent.put(i, True)
+            # when a stub replaces it (the same text under the same id: redacted and written once). Per
+            # tenant: an id is the text's, the same for every tenant, and each tenant's original is its own
+            keys = [(it.tenant, i) for it, i in zip(todo, ids)]
+            todo = [it for it, k in zip(todo, keys) if self._recent.peek(k) is None]
+            for k in keys:
+                self._recent.put(k, True)
         try:
             if todo:
                 self._keeper.submit(self._keep_now, todo, searchable)

@@ -382,3 +382,30 @@ def test_an_original_kept_for_recall_alone_is_not_submitted_again_when_its_stub_
         assert svc.flush_kept(60) and written == []
     finally:
         rp.close()
+
+
+def test_an_original_kept_by_one_tenant_is_still_kept_and_taken_for_another(tmp_path):
+    """A memory id is the text's (the same for every tenant): a tenant that keeps a text another tenant kept
+    moments before still gets its own original, recalled by the id within its own tenant, and its stub's
+    hand-in of that text is still taken; only the same tenant's hand-in is left out."""
+    from contextwarden.memory.ids import memory_id
+
+    rp = replayer(tmp_path)
+    try:
+        svc = get_service(rp.runtime)
+        original = "\n".join(f"def loader_{i}(path):  # numbat_{i} reads the cache table" for i in range(200))
+        mid = memory_id(original)
+        for tenant in ("t-a", "t-b"):
+            assert svc.keep([MemoryItem(text=original, session="s1", tenant=tenant, turn=3, role="tool",
+                                        kind="tool_result", source_id=mid)], searchable=False) == [mid]
+        assert svc.flush_kept(60)
+        assert [it.text for it in svc.recall([mid], ["t-b"])] == [original]
+        before = svc.ingestor.stats["submitted"]
+        assert svc.submit([MemoryItem(text=original, session="s1", tenant="t-c", turn=3, role="tool",
+                                      kind="tool_result", source_id=mid)])
+        assert svc.submit([MemoryItem(text=original, session="s1", tenant="t-b", turn=3, role="tool",
+                                      kind="tool_result", source_id=mid)])
+        assert svc.flush(120)
+        assert svc.ingestor.stats["submitted"] - before == 1  # t-c's (no original kept for it); t-b's left out
+    finally:
+        rp.close()
