@@ -58,6 +58,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -687,6 +688,9 @@ def main() -> int:
         injected = sum(1 for d in mem if d.get("injected"))
         searched = sum(1 for d in mem if "injected" in d and d.get("skipped") not in ("tool loop step", "starting"))
         mem_timeouts = sum(1 for d in mem if d.get("skipped") == "timeout")
+        # why the searches that injected nothing did not (the memory event's ``skipped``)
+        why_not = Counter(str(d.get("skipped")) for d in mem if "injected" in d and not d.get("injected")
+                          and d.get("skipped") not in ("tool loop step", "starting"))
         # the full collections run under load (pipeline.gc_full_s): how many, and their pauses
         full_gcs = [e["data"] for e in events if e["type"] == "gc" and e["data"].get("reason") == "load"]
         full_gc_ms = [d.get("ms") or 0 for d in full_gcs]
@@ -729,6 +733,7 @@ def main() -> int:
         "compressed": compressed, "compression_left_whole": left_whole,
         "memory": {"ingested": ingested, "dropped": dropped, "pending_at_end": pending, "pending_after_sigterm": pending_after,
                    "searches": searched, "injected": injected, "search_timeouts": mem_timeouts,
+                   "not_injected": dict(why_not.most_common()),
                    "fresh": freshness(probes)},
         "turn_work_dropped": turn_drops,
         # where a request's time goes in the proxy (p50, ms): from the request hook's start to the forward
@@ -796,6 +801,7 @@ def main() -> int:
     print(f"memory: {m['ingested']} items ingested, {m['dropped']} dropped, {m['pending_at_end']} pending at the end "
           f"(embedding lag), {m['pending_after_sigterm']} left pending after SIGTERM; searches {m['searches']}, "
           f"injected {m['injected']}, search timeouts {m['search_timeouts']}; turn work dropped {r['turn_work_dropped']}")
+    print(f"memory: why nothing was injected: {m['not_injected'] or '-'}")
     f = m["fresh"]
     print(f"fresh: {f['found']} of {f['probed']} turns found by their word {FRESH_AFTER_S:g} s or more after the turn "
           f"({f['pct']}%; search p50 {f['search_ms_p50']} ms, {f['errors']} errors; probed at p50 {f['age_s_p50']} s)")
