@@ -180,7 +180,7 @@ def summarise(ev: dict[str, Any]) -> str:
         if act == "compact":
             return "compact now: the next request compacts and clears"
     if t == "memory":  # a request's search: what it injected and why, or why nothing
-        got = f"injected {d['injected']} items, {d.get('tokens', 0)} tokens: " if d.get("injected") else ""
+        got = f"injected {d.get('tokens', 0):,} tokens: " if d.get("injected") else ""  # why counts the items
         return got + str(d.get("why"))
     if t == "strip":
         pats = ", ".join(f"{k}×{v}" for k, v in (d.get("patterns") or {}).items())
