@@ -21,8 +21,8 @@ class LRU:
     ``compute``: None, nothing remembered). Bounded by ``max_size``, counting ``size(key)`` per key (1 by
     default, or the ``n`` given to :meth:`put`), and by ``max_count`` entries when set. Keys whose size is
     below ``min_size`` (cheaper to compute again than to keep) or above ``max_item`` are not kept. Values
-    are never None. A key put again while young has its value replaced, its size counted once (the
-    first put's): a record kept up to date by :meth:`put` counts as one entry."""
+    are never None. A key put again has its value replaced (while young, its size counted once: the
+    first put's), so a record kept up to date by :meth:`put` is one entry."""
 
     def __init__(self, max_size: int, size: Callable[[Any], int] | None = None, min_size: int = 0,
                  max_item: int | None = None, max_count: int | None = None) -> None:
@@ -70,6 +70,7 @@ class LRU:
                 self._old, self._young, self._old_total, self._total = self._young, {}, self._total, 0
             self._young[key] = v
             self._total += n
+            self._old.pop(key, None)  # (its older value let go)
 
     def pop(self, key: Hashable) -> Any:
         """Forget ``key``: the value held for it (None when absent). Its size counts until its generation goes."""

@@ -25,3 +25,12 @@ def test_get_without_compute_finds_and_refreshes_but_remembers_no_miss():
     lru.put("c", 3)
     assert lru.peek("a") == 1, "a used lately stays"
     assert lru.peek("b") is None, "b, not used since, went first"
+
+
+def test_a_record_put_again_from_the_old_generation_is_held_once():
+    lru = LRU(4)
+    for k in "abc":  # (c makes a and b old)
+        lru.put(k, 1)
+    lru.put("a", 2)
+    assert len(lru) == 3, "the older value of a let go"
+    assert sorted(lru.items()) == [("a", 2), ("b", 1), ("c", 1)]
