@@ -13,13 +13,13 @@ sentence's (``retrieve.Retriever._focus``).
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
-SESSIONS_KEPT = 16  # sessions whose sentences are kept (the least recently grown go first)
+from ..util.lru import LRU
+
+SESSIONS_KEPT = 16  # sessions whose sentences are kept (an LRU: the least recently grown go first)
 ROWS_MAX = 5_000  # sentences of one session embedded, at most (1.5 KB each; LongMemEval: ~650 a history)
 MIN_WORDS = 3  # shorter sentences ("Thanks!", "Sure.") say nothing of their own
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -50,8 +50,7 @@ class Asides:
 
     def __init__(self, embedder) -> None:
         self.embedder = embedder
-        self._rows: OrderedDict[tuple[str, str], _Rows] = OrderedDict()
-        self._lock = threading.Lock()
+        self._rows = LRU(SESSIONS_KEPT)  # (partition, session) -> _Rows
 
     def learn(self, lexical, items) -> None:
         """Embed the new sentences of the sessions ``items`` were added to (the storer's thread)."""
@@ -60,8 +59,7 @@ class Asides:
 
     def _grow(self, lexical, partition: str, session: str) -> None:
         key = (partition, session)
-        with self._lock:
-            r = self._rows.get(key) or _Rows()
+        r = self._rows.peek(key) or _Rows()
         items = lexical.session_items(partition, session)
         owners: list[str] = []
         texts: list[str] = []
@@ -74,16 +72,11 @@ class Asides:
         if texts:
             vecs = np.asarray(self.embedder(texts), dtype=np.float32)
             matrix = vecs if matrix is None else np.vstack([matrix, vecs])
-        with self._lock:
-            self._rows[key] = _Rows(len(items), r.owners + tuple(owners), matrix)
-            self._rows.move_to_end(key)
-            while len(self._rows) > SESSIONS_KEPT:
-                self._rows.popitem(last=False)
+        self._rows.put(key, _Rows(len(items), r.owners + tuple(owners), matrix))
 
     def best(self, partition: str, session: str, query_vec: np.ndarray) -> dict[str, float]:
         """Per item id of the session's person's turns, its best sentence's cosine similarity to ``query_vec``."""
-        with self._lock:
-            r = self._rows.get((partition, str(session)))
+        r = self._rows.peek((partition, str(session)))
         if r is None or r.matrix is None:
             return {}
         q = np.asarray(query_vec, dtype=np.float32)

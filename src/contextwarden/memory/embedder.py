@@ -254,10 +254,6 @@ def load_embedder(model_dir: str | os.PathLike | None, download: bool = True,
                   + "; set memory.model_dir to a folder with model.onnx and tokenizer.json)")
 
 
-def _absent() -> None:
-    return None  # (an LRU miss is not remembered: the vector is put once computed)
-
-
 class Worker(Protocol):
     """An embedder in another process (embedworker.BackgroundEmbedder)."""
 
@@ -318,7 +314,7 @@ class CachedEmbedder:
         missing: dict[str, list[int]] = {}
         keys = [self._key(t) for t in texts]
         for i, (t, k) in enumerate(zip(texts, keys)):
-            v = self._lru.get(k, _absent)  # (a hit counts as a use)
+            v = self._lru.get(k)  # (a hit counts as a use; a miss is put once computed)
             if v is not None:
                 out[i] = v
             else:

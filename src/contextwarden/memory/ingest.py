@@ -18,12 +18,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..models.base import ApiKind
+from ..util.lru import LRU
 from ..util.redact import redact_secrets
 from ..wire.dialects import dialect
 from .chunking import chunk_text, proxy_tokens
@@ -86,8 +87,7 @@ class Ingestor:
         self._closing = False
         self._cv = threading.Condition()
         self._last_error: tuple[str, float] = ("", 0.0)
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (partition, source hash) stored
-        self._seen_lock = threading.Lock()
+        self._seen = LRU(self.SEEN)  # (partition, source hash) stored -> True
         self._backfill = backfill
         self.batch_max = max(1, int(batch_max))
         self.batch_chars = batch_chars
@@ -263,14 +263,7 @@ class Ingestor:
         (sizes in the model's word pieces); their originals kept; the chunks indexed by their words
         (``on_indexed``). Tagged by :meth:`_store`."""
         t0 = time.perf_counter()
-        fresh: list[MemoryItem] = []
-        with self._seen_lock:  # (the storer adds to it meanwhile)
-            for it in its:
-                key = _seen_key(it)
-                if key in self._seen:  # stored before: no chunking, no lookup
-                    self._seen.move_to_end(key)
-                else:
-                    fresh.append(it)
+        fresh = [it for it in its if self._seen.get(_seen_key(it)) is None]  # (stored before: no chunking, no lookup)
         self.stats["skipped_seen"] += len(its) - len(fresh)
         prepared: list[MemoryItem] = []
         owner: list[int] = []  # index in ``fresh`` of each prepared item
@@ -311,11 +304,8 @@ class Ingestor:
         except Exception as e:
             self._error(e, sum(len(p.fresh) for p in parts))
             return
-        with self._seen_lock:
-            for p in parts:
-                self._seen.update(dict.fromkeys(map(_seen_key, p.fresh)))
-            while len(self._seen) > self.SEEN:
-                self._seen.popitem(last=False)
+        for it in (it for p in parts for it in p.fresh):
+            self._seen.put(_seen_key(it), True)
         ms = round(sum(p.ms for p in parts) + (time.perf_counter() - t0) * 1000, 1)
         new_ids = {(_pkey(it), it.id) for it in new}
         redacted = sum(int(p.info.get(REDACTED_NOTE) or 0) for p in parts)

@@ -10,16 +10,16 @@ embedded on its own, once, off the request path (:meth:`RelatedWords.learn`, fro
 
 from __future__ import annotations
 
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..util.lru import LRU
 from .envelopes import searchable
 from .lexical import plain_words
 
-SESSIONS_KEPT = 16  # sessions whose vocabulary is kept (the least recently grown go first)
+SESSIONS_KEPT = 16  # sessions whose vocabulary is kept (an LRU: the least recently grown go first)
 VOCAB_MAX = 20_000  # words of one session embedded, at most
 
 
@@ -38,8 +38,7 @@ class RelatedWords:
 
     def __init__(self, embedder) -> None:
         self.embedder = embedder
-        self._vocab: OrderedDict[tuple[str, str], _Vocab] = OrderedDict()
-        self._lock = threading.Lock()
+        self._vocab = LRU(SESSIONS_KEPT)  # (partition, session) -> _Vocab
 
     def learn(self, lexical, items) -> None:
         """Embed the new words of the sessions ``items`` were added to (the storer's thread)."""
@@ -48,8 +47,7 @@ class RelatedWords:
 
     def _grow(self, lexical, partition: str, session: str) -> None:
         key = (partition, session)
-        with self._lock:
-            v = self._vocab.get(key) or _Vocab()
+        v = self._vocab.peek(key) or _Vocab()
         items = lexical.session_items(partition, session)
         if v.seen >= len(items):
             return
@@ -68,11 +66,7 @@ class RelatedWords:
         if new:
             vecs = np.asarray(self.embedder(list(new.values())), dtype=np.float32)
             matrix = vecs if matrix is None else np.vstack([matrix, vecs])
-        with self._lock:
-            self._vocab[key] = _Vocab(len(items), v.terms + tuple(new), df, matrix)
-            self._vocab.move_to_end(key)
-            while len(self._vocab) > SESSIONS_KEPT:
-                self._vocab.popitem(last=False)
+        self._vocab.put(key, _Vocab(len(items), v.terms + tuple(new), df, matrix))
 
     def expand(self, partition: str, session: str, question: str, *, per_word: int = 3,
                floor: float = 0.5, common: float = 0.2) -> dict[str, float]:
@@ -80,8 +74,7 @@ class RelatedWords:
         least ``floor``; neither the question's own words nor words in more than ``common`` of the
         session's messages, such as the participants' names), each weighted by its best similarity.
         Reads only what :meth:`learn` embedded: the request path embeds the question's few words."""
-        with self._lock:
-            vocab = self._vocab.get((partition, str(session)))
+        vocab = self._vocab.peek((partition, str(session)))
         if vocab is None or vocab.matrix is None:
             return {}
         n = max(1, vocab.seen)

@@ -20,7 +20,6 @@ import os
 import sys
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from .lexical_refresh import LexicalRefresh
 from .originals import OriginalStore
 from .pending import PendingTable
 from .related import RelatedWords
-from .retrieve import HistoryIndex, Query, Retrieval, Retriever, text_keys_cache
+from .retrieve import HistoryIndex, Query, Retrieval, Retriever, Vectors, text_keys_cache
 from .scope import SessionVectors
 from .store import MemoryStore
 from .tagger import Tagger
@@ -52,6 +51,14 @@ if TYPE_CHECKING:
 REDACT_MEMO_MIN = 512
 REDACT_MEMO_CHARS = 4_000_000
 RECENT_IDS = 50_000  # ids of items submitted and originals kept lately, not submitted again (MemoryService.submit)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A search's vector half started ahead (:meth:`MemoryService.prepare`), and when."""
+
+    vectors: Vectors
+    at: float
 
 
 class Host(Protocol):
@@ -98,9 +105,7 @@ class MemoryService:
         self._scope: SessionVectors | None = None  # made with the first retriever
         self._related: RelatedWords | None = None  # made with the embedder
         self._asides: Asides | None = None  # made with the embedder
-        # searches' vector halves started ahead (prepare): token -> (Vectors, when), the newest few
-        self._prepared: OrderedDict[str, tuple] = OrderedDict()
-        self._prepared_lock = threading.Lock()
+        self._prepared = LRU(self.PREPARED_MAX)  # searches' vector halves started ahead: token -> _Prepared
         self._key = store_key(self.settings)
         self._thread: threading.Thread | None = None
         if background:
@@ -384,12 +389,7 @@ class MemoryService:
         if not self.available:
             return
         v = self.retriever(settings).start(query, tenants, workspace=workspace, n=n, session=session, project=project)
-        now = time.monotonic()
-        with self._prepared_lock:
-            self._prepared[token] = (v, now)
-            while self._prepared and (len(self._prepared) > self.PREPARED_MAX
-                                      or now - next(iter(self._prepared.values()))[1] > self.PREPARED_TTL_S):
-                self._prepared.popitem(last=False)
+        self._prepared.put(token, _Prepared(v, time.monotonic()))
 
     def search(self, query: Query, tenants: list[str], *, workspace: str | None = None, exclude=None,
                timeout_s: float | None = None, settings=None, n: int | None = None,
@@ -401,9 +401,8 @@ class MemoryService:
         if isinstance(exclude, HistoryIndex):  # its candidates' keys cached here, from search to search
             exclude = exclude.using(self.text_keys)
         if prepared is not None:
-            with self._prepared_lock:
-                got = self._prepared.pop(prepared, None)
-            vectors = got[0] if got is not None else None
+            got = self._prepared.pop(prepared)
+            vectors = got.vectors if got is not None and time.monotonic() - got.at <= self.PREPARED_TTL_S else None
         ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude, timeout_s=timeout_s,
                                               n=n, neighbours=self.neighbours, session=session, project=project,
                                               vectors=vectors)

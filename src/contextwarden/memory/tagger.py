@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -233,23 +232,19 @@ class EmbeddingTagger:
     def __init__(self, embedder, threshold: float = 0.45, max_known: int = 5000) -> None:
         self.embedder = embedder
         self.threshold = threshold
-        self.max_known = max_known
-        self._known: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._known = LRU(max_known)  # tag -> its vector (the first learnt go first: a tag is learnt once)
         self._lock = threading.Lock()
         self._matrix: np.ndarray | None = None
         self._names: list[str] = []
 
     def learn(self, tags: Iterable[str]) -> None:
-        new = [t for t in tags if t not in self._known]
+        new = [t for t in tags if self._known.peek(t) is None]
         if not new:
             return
         vecs = self.embedder(new)
         with self._lock:
             for t, v in zip(new, vecs):
-                self._known[t] = v
-                self._known.move_to_end(t)
-            while len(self._known) > self.max_known:
-                self._known.popitem(last=False)
+                self._known.put(t, v)
             self._matrix = None
 
     def tag(self, text: str, n: int = 2, exclude: Iterable[str] = ()) -> list[str]:
@@ -257,8 +252,9 @@ class EmbeddingTagger:
             if not self._known:
                 return []
             if self._matrix is None:
-                self._names = list(self._known)
-                self._matrix = np.stack([self._known[t] for t in self._names])
+                known = self._known.items()
+                self._names = [str(t) for t, _ in known]
+                self._matrix = np.stack([v for _, v in known])
             names, matrix = self._names, self._matrix
         q = self.embedder([text[:2000]])[0]
         sims = matrix @ q

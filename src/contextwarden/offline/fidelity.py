@@ -274,6 +274,14 @@ def _short(s: str, n: int = 60) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
+@dataclass(frozen=True, slots=True)
+class _Lost:
+    """What a conversation's last request lost (``items``), and the texts of that request's answer."""
+
+    items: list[dict[str, str]]
+    answer: frozenset
+
+
 class FidelityCounter:
     """Counts one trace's requests; holds the text memo across them (the history repeats)."""
 
@@ -282,8 +290,7 @@ class FidelityCounter:
         self._parts = PartsMemo()
         self._orig, self._results, self._sent = Incremental(self.ix), Incremental(self.ix), Incremental(self.ix)
         self._count = count_text or (lambda s: max(1, len(s) // 4))
-        # conversation -> what its last request lost, and the texts of that request's answer
-        self._pending: dict[str, tuple[list[dict[str, str]], frozenset]] = {}
+        self._pending = LRU(64)  # conversation -> _Lost by its last request
 
     def request(self, original: dict, sent: dict | None, response: dict | None, model: str | None = None,
                 tokens_sent: int = 0, factor: float = 1.0, recalled: list[str] | None = None) -> Fidelity:
@@ -292,15 +299,15 @@ class FidelityCounter:
         recall stage injected into this request (what it put back of the previous request's losses)."""
         t0 = time.perf_counter()
         conv = self._conversation(original)
-        pending = self._pending.pop(conv, None)
+        pending = self._pending.peek(conv)
         fid = self._request(original, sent, response, model, tokens_sent, factor)
         if pending:
-            self._put_back(fid, pending[0], pending[1], sent if sent is not None else original, recalled or [])
+            self._put_back(fid, pending.items, pending.answer, sent if sent is not None else original, recalled or [])
         if fid.items:
             # (the answer itself, re-sent in the next request, does not hold what it used)
-            self._pending[conv] = (fid.items, frozenset(message_parts(response or {})[0]))
-            if len(self._pending) > 64:
-                self._pending.pop(next(iter(self._pending)))
+            self._pending.put(conv, _Lost(fid.items, frozenset(message_parts(response or {})[0])))
+        else:
+            self._pending.pop(conv)
         fid.ms = (time.perf_counter() - t0) * 1000
         return fid
 

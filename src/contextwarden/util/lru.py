@@ -17,10 +17,12 @@ from typing import Any
 
 
 class LRU:
-    """``get(key, compute, *args)``: the remembered value, else ``compute(*args)`` remembered. Bounded by
-    ``max_size``, counting ``size(key)`` per key (1 by default, or the ``n`` given to :meth:`put`), and by
-    ``max_count`` entries when set. Keys whose size is below ``min_size`` (cheaper to compute again than to
-    keep) or above ``max_item`` are not kept. Values are never None."""
+    """``get(key, compute, *args)``: the remembered value, else ``compute(*args)`` remembered (without
+    ``compute``: None, nothing remembered). Bounded by ``max_size``, counting ``size(key)`` per key (1 by
+    default, or the ``n`` given to :meth:`put`), and by ``max_count`` entries when set. Keys whose size is
+    below ``min_size`` (cheaper to compute again than to keep) or above ``max_item`` are not kept. Values
+    are never None. A key put again has its value replaced (while young, its size counted once: the
+    first put's), so a record kept up to date by :meth:`put` is one entry."""
 
     def __init__(self, max_size: int, size: Callable[[Any], int] | None = None, min_size: int = 0,
                  max_item: int | None = None, max_count: int | None = None) -> None:
@@ -45,11 +47,11 @@ class LRU:
         miss ask :meth:`get`). Read only."""
         return self._young
 
-    def get(self, key: Hashable, compute: Callable[..., Any], *args: Any) -> Any:
+    def get(self, key: Hashable, compute: Callable[..., Any] | None = None, *args: Any) -> Any:
         v = self._young.get(key)
         if v is None:
             v = self._old.get(key)
-            if v is None:
+            if v is None and compute is not None:
                 v = compute(*args)
             self.put(key, v)
         return v
@@ -60,11 +62,15 @@ class LRU:
         if n < self.min_size or n > self.max_item or v is None:
             return
         with self._lock:
+            if key in self._young:
+                self._young[key] = v
+                return
             if self._young and (self._total + n > self.max_size // 2
                                 or (self.max_count is not None and len(self._young) >= max(1, self.max_count // 2))):
                 self._old, self._young, self._old_total, self._total = self._young, {}, self._total, 0
             self._young[key] = v
             self._total += n
+            self._old.pop(key, None)  # (its older value let go)
 
     def pop(self, key: Hashable) -> Any:
         """Forget ``key``: the value held for it (None when absent). Its size counts until its generation goes."""
