@@ -44,11 +44,13 @@ from contextwarden.memory.retrieve import (
     history_items,
     history_texts,
     human_text,
+    message_texts,
     role_of,
     select,
     text_keys_cache,
 )
 from contextwarden.models.base import ApiKind
+from contextwarden.plugins.compression import _carried
 from contextwarden.plugins.strip import clean_text_ahead
 from contextwarden.plugins.tagging import last_spoken
 from contextwarden.store.statecache import state_cache
@@ -340,7 +342,13 @@ class ClientHistory:
 
     @cached_property
     def index(self) -> HistoryIndex:
-        return HistoryIndex(self.texts, self.ctx.runtime.memo("memory.text_keys", text_keys_cache))
+        """The index of its texts, read message by message as the conversation grows: what the previous
+        search of the conversation indexed about its first messages, and the texts of those since. (Built
+        whole, every search keyed the texts the request no longer holds again: 50 long sessions outgrow the
+        runtime's memo of texts' keys, and 15 ms a search went there under bench/load_bench.py.)"""
+        ctx = self.ctx
+        empty = HistoryIndex(keys=ctx.runtime.memo("memory.text_keys", text_keys_cache))
+        return _carried(ctx, SENT_SLOT, lambda api, msgs, known: known.with_texts(message_texts(api, msgs)), empty)
 
     @cached_property
     def names(self) -> set[str]:
@@ -366,6 +374,7 @@ def other_sessions_only(ctx, ret: Retrieval, sent: ClientHistory) -> tuple[Retri
     return (replace(ret, hits=kept), len(ret.hits) - len(kept)) if len(kept) < len(ret.hits) else (ret, 0)
 
 
+SENT_SLOT = "memory.sent"  # conversation slot: the HistoryIndex of its messages but the last (ClientHistory.index)
 GIVEN_SLOT = "memory.given"  # conversation slot: the memory ids its blocks gave (an agent's session)
 
 

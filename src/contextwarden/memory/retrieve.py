@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -110,6 +111,16 @@ class HistoryIndex:
         out.keys = keys
         return out
 
+    def with_texts(self, texts: Iterable[str]) -> HistoryIndex:
+        """A new index of this one's texts and ``texts``; this one is left as it is (it may be shared)."""
+        out = HistoryIndex(keys=self.keys)  # (not copy.copy: that goes through __setstate__, a new memo)
+        out.hashes |= self.hashes
+        out.lines |= self.lines
+        out.sources |= self.sources
+        for t in texts:
+            out.add(t)
+        return out
+
     def _text_keys(self, text: str) -> tuple[tuple[str, ...], frozenset[int]]:
         return self.keys.get(text, _text_keys_of, text)
 
@@ -178,9 +189,14 @@ def human_text(api: ApiKind, m) -> str:
 def history_texts(api: ApiKind, request) -> list[str]:
     """Every text of the outgoing request a stored item could equal: messages, text blocks, tool calls
     and tool results (each tool result is an item of its own): the dialect's ``item_texts``."""
+    return message_texts(api, history_items(api, request))
+
+
+def message_texts(api: ApiKind, messages: Iterable[Any]) -> list[str]:
+    """:func:`history_texts` of some of a history's messages."""
     texts = dialect(api).item_texts
     out: list[str] = []
-    for m in history_items(api, request):
+    for m in messages:
         texts(m, out)
     return out
 

@@ -102,6 +102,18 @@ def test_history_index_recognises_messages_and_chunks_still_in_the_request():
     assert item(FACTS[0]) not in hist
 
 
+def test_an_index_with_more_texts_is_the_index_of_all_of_them_and_the_first_stays_as_it_was():
+    """(a conversation's index is carried from search to search and extended with its new messages)"""
+    long_output = "\n".join(f"line {i}: some log output that is long enough to count" for i in range(40))
+    first = HistoryIndex(["Hello   there,\nhow are you?"])
+    both = first.with_texts([long_output])
+    assert both.keys is first.keys  # (the texts' keys remembered where the first remembers them)
+    whole = HistoryIndex(["Hello   there,\nhow are you?", long_output])
+    assert (both.hashes, both.lines, both.sources) == (whole.hashes, whole.lines, whole.sources)
+    assert item("\n".join(long_output.splitlines()[10:20])) in both
+    assert item("\n".join(long_output.splitlines()[10:20])) not in first and item("Hello there, how are you?") in first
+
+
 def test_a_chunk_of_an_agents_tool_call_is_in_the_history_that_still_holds_the_call():
     """Claude Code's turn (thinking, text, a long Write) is stored as its text and tool call, cut into
     chunks whose lines are pieces of one JSON line: each is known by the message it was cut from."""
