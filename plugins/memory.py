@@ -520,5 +520,7 @@ def cw_turn_complete(ctx, turn) -> None:
                                messages=n if history else None):
         msgs = history_items(ctx.api, ctx.original)
         if msgs:
+            # written within a second, with the other sessions' markers: not on each turn's clock (the
+            # store's lock is every request's, and the next turns' items waited behind it under load)
             state_cache(ctx.runtime).put(STATE_NS, f"{ctx.tenant}:{ctx.session}",
-                                         {"n": n, "h": _fingerprint(ctx.api, msgs[n - 1])})
+                                         {"n": n, "h": _fingerprint(ctx.api, msgs[n - 1])}, soon=True)

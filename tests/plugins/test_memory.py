@@ -12,6 +12,8 @@ from contextwarden.memory.ids import memory_id
 from contextwarden.memory.inject import OPEN, closing_tag
 from contextwarden.models import ApiKind
 from contextwarden.offline.memory.replay import Replayer
+from contextwarden.store import statecache
+from contextwarden.store.statecache import state_cache
 from contextwarden.wire.references import names
 
 FACTS = ["I adopted a beagle named Biscuit from the Alameda shelter last spring.",
@@ -527,5 +529,30 @@ def test_claude_codes_title_call_is_neither_served_tagged_nor_stored(tmp_path):
         assert memory_event(rp, served.ctx.flow_id)["injected"] >= 1, memory_event(rp, served.ctx.flow_id)
         found = rp.memory().search_hits("title language adopted dog", [sent.ctx.tenant], k=50)["hits"]
         assert found and not any(h["session"] == "cc-1" for h in found)  # s1's facts, nothing of the title call
+    finally:
+        rp.close()
+
+
+def test_a_turns_words_do_not_wait_for_the_state_stores_lock(tmp_path, monkeypatch):
+    """The ingestion marker is written soon, with the others (StateCache.put(soon=True)): a turn worker
+    does not wait for the state store's lock, which every request's own writes take, so the next turn's
+    items are searchable by their words while a request holds it (under load, they waited seconds)."""
+    monkeypatch.setattr(statecache, "WRITE_EVERY_S", 3600.0)  # (not due during the test)
+    rp = replayer(tmp_path, window=200_000)
+    try:
+        svc = rp.memory()
+        words = ["zqa1b2c3d4e5", "zqf6a7b8c9d0"]
+        sent = [rp.send([{"role": "user", "content": f"please read the deploy notes for {w[-4:]}"}], session=f"s{k}")
+                for k, w in enumerate(words)]
+        tenant = sent[0].ctx.tenant
+        with rp.runtime.state._lock:  # a request's write holds it
+            worker = threading.Thread(target=lambda: [rp.complete(s, f"Read them: cat notes.md  # {w}")
+                                                      for s, w in zip(sent, words)], daemon=True)
+            worker.start()  # the turn pool's worker: one turn after the other
+            worker.join(30)
+            assert not worker.is_alive()
+            assert all(svc.lexical.query(w, [tenant], n=3) for w in words)
+        state_cache(rp.runtime).flush()
+        assert rp.runtime.state.get("memory.ingested", f"{tenant}:s1")["n"] == 1  # written, later
     finally:
         rp.close()

@@ -14,6 +14,7 @@ from ..settings import Settings, _deep_merge, load_settings
 from ..store import replicas
 from ..store.bodies import BodyRing
 from ..store.state import open_state
+from ..store.statecache import state_cache
 from ..util.home import ensure_home, secret_file
 from ..util.lru import LRU, forget_shared
 from ..wire.history import Conversations
@@ -77,9 +78,10 @@ class Runtime:
         self.conversations = Conversations()
         # recent bodies' histories, not decoded again (pipeline.prepare): one per conversation in flight
         self.recent = RecentBodies(max(8, settings.pipeline.recent_conversations))
-        self.tokens = TokenCounter(settings.tokens, self.state, self.bus)  # (per-content cache, calibration)
         self._lock = threading.Lock()
         self._memos: dict[str, Any] = {}  # the request path's caches, by name (memo): this runtime's alone
+        # (per-content cache, calibration: saved with the state written soon, not on each turn's clock)
+        self.tokens = TokenCounter(settings.tokens, self.state, self.bus, soon=state_cache(self))
         # the stage breaker: stage name -> (its call still running past its budget, when it started)
         self._overrun: dict[str, tuple[Future[Any], float]] = {}
         self.stage_times = StageTimes()  # each stage's recent durations: its adaptive budget
@@ -243,4 +245,7 @@ class Runtime:
             self.core_pool.shutdown(wait=False, cancel_futures=True)
             if self.log:
                 self.log.close()
-            self.state.close()
+            try:  # the values put to be written soon (the ingestion markers of the last turns)
+                state_cache(self).flush()
+            finally:
+                self.state.close()

@@ -4,7 +4,7 @@ and tests):
     request   run:      admit (prepare → count → the ``request`` event) → the stages → validate →
                         serialise (pipeline.Pipeline; fails open), one trip to a stage thread
               observe:  admit for a request already on its way (forwarded at once)
-    response  complete: the assembled turn → calibration → ``cw_turn_complete`` hooks → the ``turn`` event
+    response  complete: the assembled turn → ``cw_turn_complete`` hooks → calibration → the ``turn`` event
 """
 
 from __future__ import annotations
@@ -174,19 +174,19 @@ def _text_and_calls(message: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]
 
 
 def complete(rt: Runtime, ctx: RequestContext, turn: AssembledTurn, *, calibrate: bool = True, announce: bool = True) -> None:
-    """The response's side: the token counter calibrated on the provider's usage, the
-    ``cw_turn_complete`` hooks (memory ingestion, budgets), the ``turn`` event. Each part fails open.
+    """The response's side: the ``cw_turn_complete`` hooks (memory ingestion, budgets), the token counter
+    calibrated on the provider's usage, the ``turn`` event. Each part fails open.
 
     Replay passes ``calibrate=False, announce=False``: its usage is its own bill, not the provider's,
     and its report counts a request's own events."""
+    try:  # first: memory hands the turn's items in here (calibration writes the state store, a lock of every request's)
+        rt.pm.hook.cw_turn_complete(ctx=ctx, turn=turn)
+    except Exception as e:  # a hook's failure is reported; the proxy (or the replay) goes on
+        ctx.emit("error", where="cw_turn_complete", message=f"{type(e).__name__}: {e}")
     try:
         if calibrate and turn.usage is not None and ctx.settings.tokens.calibrate:
             rt.tokens.observe_usage(ctx.model, ctx.tokens_out, turn.usage)
     except Exception as e:
         ctx.emit("error", where="calibration", message=f"{type(e).__name__}: {e}")
-    try:
-        rt.pm.hook.cw_turn_complete(ctx=ctx, turn=turn)
-    except Exception as e:  # a hook's failure is reported; the proxy (or the replay) goes on
-        ctx.emit("error", where="cw_turn_complete", message=f"{type(e).__name__}: {e}")
     if announce:
         ctx.emit("turn", **turn.summary(), tags=ctx.notes.get("tags"), tokens_sent=ctx.tokens_out, tokens_in=ctx.tokens_in)

@@ -133,10 +133,11 @@ class TokenCounter:
     Thread-safe: stages call it from worker threads concurrently.
     """
 
-    def __init__(self, settings: Any, state: Any = None, bus: Any = None) -> None:
+    def __init__(self, settings: Any, state: Any = None, bus: Any = None, soon: Any = None) -> None:
         self._cache = LRU(1000)
         self.settings = settings  # TokensSection; the runtime swaps it when settings change
         self.state = state
+        self.soon = soon  # the runtime's StateCache over ``state``: calibration written with its put(soon=True)
         self.bus = bus
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
@@ -390,6 +391,8 @@ class TokenCounter:
                     rec = self.state.update(CALIBRATION_NS, key, learn)
                     with self._lock:
                         self._cal[key] = rec
+                elif self.soon is not None:  # (one a response: not on the turn's clock, the store's lock is every request's)
+                    self.soon.put(CALIBRATION_NS, key, rec, soon=True)
                 else:
                     self.state.put(CALIBRATION_NS, key, rec)
             except Exception as e:  # a closed or locked state file must not lose the response

@@ -19,6 +19,7 @@ from collections import OrderedDict
 import orjson
 
 from contextwarden.models.base import ApiKind
+from contextwarden.store.statecache import state_cache
 from contextwarden.util.lru import LRU
 from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides
 
@@ -130,6 +131,7 @@ def test_the_whole_lifecycle_leaves_no_state_in_any_module(cw_home):
                 lifecycle.complete(h.rt, s.ctx, lifecycle.turn_of(ApiKind.ANTHROPIC, s.ctx.model, msgs[n - 1], usage))
             for e in h.rt.bus.recent:
                 totals.add(e.to_dict())
+            state_cache(h.rt).flush()  # (calibration is written with the state put soon)
             assert totals.turns and h.rt.state.get("calibration", top["model"])
         finally:
             h.close()

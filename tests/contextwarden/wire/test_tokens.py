@@ -18,6 +18,7 @@ from contextwarden.core.events import EventBus
 from contextwarden.models import ApiKind
 from contextwarden.settings import load_settings
 from contextwarden.store.state import StateStore
+from contextwarden.store.statecache import state_cache
 from contextwarden.wire.dialects import ANTHROPIC
 from contextwarden.wire.streams.turn import Usage
 from contextwarden.wire.tokens import FACTOR_MAX, MESSAGE_OVERHEAD, TokenCounter, encoding_name_for
@@ -327,6 +328,8 @@ def test_observer_turn_complete_calibrates_through_the_runtime(cw_home):
         _read_and_complete(rt, ctx, "f1", {}, tap, None, True)
         cal = [e.data for e in rt.bus.recent if e.type == "calibration"]
         assert cal and cal[0]["estimate"] == ctx.tokens_in and cal[0]["provider"] == ctx.tokens_in + 5
+        assert rt.tokens.calibration()[ctx.model]["n"] == 1
+        state_cache(rt).flush()  # (written with the state put soon: within a second, or when the runtime closes)
         assert rt.state.get("calibration", ctx.model)["n"] == 1
         assert [e.type for e in rt.bus.recent if e.type in ("response", "turn")] == ["response", "turn"]
     finally:

@@ -1,0 +1,56 @@
+"""StateCache.put(soon=True): the value is read back at once and written with the others put so, in one
+transaction, without waiting for the store's lock (every request's own writes take it); the runtime writes
+what still waits when it closes."""
+
+from __future__ import annotations
+
+import threading
+
+from contextwarden.core.runtime import Runtime
+from contextwarden.settings import load_settings
+from contextwarden.store import statecache
+from contextwarden.store.state import StateStore
+from contextwarden.store.statecache import StateCache, state_cache
+
+
+def test_a_value_put_soon_does_not_wait_for_the_stores_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(statecache, "WRITE_EVERY_S", 3600.0)  # not due: nothing is written by the put
+    store = StateStore(tmp_path / "state.sqlite")
+    cache = StateCache(store)
+    with store._lock:  # a request's write holds it (under load, for a long while)
+        put = threading.Thread(target=cache.put, args=("memory.ingested", "t:s1", {"n": 4}), kwargs={"soon": True})
+        put.start()
+        put.join(10)
+        assert not put.is_alive()  # returned without the lock
+        assert cache.get("memory.ingested", "t:s1") == {"n": 4}  # read back at once
+    assert StateStore(tmp_path / "state.sqlite").get("memory.ingested", "t:s1") is None  # not written yet
+    cache.flush()
+    assert StateStore(tmp_path / "state.sqlite").get("memory.ingested", "t:s1") == {"n": 4}
+
+
+def test_values_put_soon_are_written_together_once_due(tmp_path, monkeypatch):
+    monkeypatch.setattr(statecache, "WRITE_EVERY_S", 3600.0)
+    store = StateStore(tmp_path / "state.sqlite")
+    writes: list[int] = []
+    real = store.update_many
+    monkeypatch.setattr(store, "update_many", lambda updates: writes.append(len(updates)) or real(updates))
+    cache = StateCache(store)
+    for n in range(3):
+        cache.put("memory.ingested", "t:s1", {"n": n}, soon=True)
+        cache.put("memory.ingested", "t:s2", {"n": 10 + n}, soon=True)
+    assert writes == []
+    monkeypatch.setattr(statecache, "WRITE_EVERY_S", 0.0)  # due: the next put writes everything waiting
+    cache.put("memory.ingested", "t:s3", {"n": 20}, soon=True)
+    assert writes == [3]  # one transaction, each key's newest value
+    other = StateStore(tmp_path / "state.sqlite")
+    assert [other.get("memory.ingested", f"t:s{k}") for k in (1, 2, 3)] == [{"n": 2}, {"n": 12}, {"n": 20}]
+
+
+def test_the_runtime_writes_what_waits_when_it_closes(tmp_path, monkeypatch):
+    monkeypatch.setattr(statecache, "WRITE_EVERY_S", 3600.0)
+    settings = load_settings("observe-only", tmp_path).model_copy(deep=True)
+    settings.memory.enabled = False
+    rt = Runtime(settings, tmp_path / "home")
+    state_cache(rt).put("memory.ingested", "t:s1", {"n": 7, "h": "x"}, soon=True)
+    rt.close()
+    assert StateStore(tmp_path / "home" / "state.sqlite").get("memory.ingested", "t:s1") == {"n": 7, "h": "x"}
