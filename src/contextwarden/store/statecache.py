@@ -3,8 +3,8 @@ the recent records in memory, the store read only on a miss; ``persist=False`` k
 only. With a shared backend (Redis) every ``get`` reads the stored bytes and the memory only saves
 decoding them again (the very object decoded before when the bytes are unchanged: stages compare these
 by identity), and everything is written. ``put(soon=True)`` writes a local store's value together with the
-others put so, in one transaction at most ``WRITE_EVERY_S`` later (or at :meth:`flush`, when the runtime
-closes): the memory stage's ingestion marker, one a turn, no longer waits for the store's lock, which every
+others put so, in one transaction at most ``WRITE_EVERY_S`` later (a timer's, or the next such put's; and at
+:meth:`flush`, when the runtime closes): the memory stage's ingestion marker, one a turn, no longer waits for the store's lock, which every
 request's own writes take (docs/benchmarks.md, "Fresh under a starved CPU").
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from ..util.lru import LRU
 
-WRITE_EVERY_S = 1.0  # put(soon=True): the values wait at most this long (until the next such put after it)
+WRITE_EVERY_S = 1.0  # put(soon=True): the values wait at most this long
 
 
 class StateCache:
@@ -29,6 +29,7 @@ class StateCache:
         self._soon_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # (one flush at a time: an older value never lands after a newer)
         self._flushed = time.monotonic()
+        self._armed = False  # a timer will flush what waits
 
     def get(self, ns: str, key: str, default: Any = None) -> Any:
         k = (ns, key)
@@ -43,8 +44,14 @@ class StateCache:
                 v = self.state.decode(blob)
             self._lru.put(k, (v, blob))
             return default if v is None else v
-        v = self._lru.get(k, lambda: (self.state.get(ns, key), None))[0]
+        v = self._lru.get(k, self._stored, ns, key)[0]
         return default if v is None else v
+
+    def _stored(self, ns: str, key: str) -> tuple[Any, None]:
+        """A miss: the value still waiting to be written (put soon, gone from memory since), else the store's."""
+        with self._soon_lock:
+            v = self._soon.get((ns, key))
+        return (self.state.get(ns, key) if v is None else v), None
 
     def put(self, ns: str, key: str, value: Any, persist: bool = True, soon: bool = False) -> None:
         """``soon``: written with the other values put so (see the module docstring); a shared store is
@@ -59,19 +66,35 @@ class StateCache:
             with self._soon_lock:
                 self._soon[(ns, key)] = value
                 due = time.monotonic() - self._flushed >= WRITE_EVERY_S
+                arm = not due and not self._armed
+                self._armed |= arm
             if due:
                 self.flush()
+            elif arm:  # written within WRITE_EVERY_S even when no other put comes (the proxy goes idle)
+                timer = threading.Timer(WRITE_EVERY_S, self._on_timer)
+                timer.daemon = True
+                timer.start()
         elif persist:
             self.state.put(ns, key, value)
 
+    def _on_timer(self) -> None:
+        with self._soon_lock:
+            self._armed = False
+        self.flush()
+
     def flush(self) -> None:
-        """Write the values ``put(soon=True)`` left waiting, in one transaction."""
+        """Write the values ``put(soon=True)`` left waiting, in one transaction (each stays readable as
+        waiting until it is written)."""
         with self._flush_lock:
             with self._soon_lock:
-                batch, self._soon = self._soon, {}
+                batch = dict(self._soon)
                 self._flushed = time.monotonic()
             if batch:
                 self.state.update_many([(ns, key, lambda _cur, v=v: v) for (ns, key), v in batch.items()])
+                with self._soon_lock:
+                    for k, v in batch.items():
+                        if self._soon.get(k) is v:  # (not put again meanwhile)
+                            del self._soon[k]
 
     def update(self, ns: str, key: str, fn) -> Any:
         """``fn(current)`` stored atomically (see the store's ``update``); returns what is stored."""

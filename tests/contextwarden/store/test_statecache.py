@@ -11,6 +11,7 @@ from contextwarden.settings import load_settings
 from contextwarden.store import statecache
 from contextwarden.store.state import StateStore
 from contextwarden.store.statecache import StateCache, state_cache
+from tests.support.wait import wait_until
 
 
 def test_a_value_put_soon_does_not_wait_for_the_stores_lock(tmp_path, monkeypatch):
@@ -54,3 +55,25 @@ def test_the_runtime_writes_what_waits_when_it_closes(tmp_path, monkeypatch):
     state_cache(rt).put("memory.ingested", "t:s1", {"n": 7, "h": "x"}, soon=True)
     rt.close()
     assert StateStore(tmp_path / "home" / "state.sqlite").get("memory.ingested", "t:s1") == {"n": 7, "h": "x"}
+
+
+def test_a_value_put_soon_is_written_without_another_put(tmp_path, monkeypatch):
+    # the proxy goes idle after a turn: its marker must not wait for the next put or the runtime's close
+    monkeypatch.setattr(statecache, "WRITE_EVERY_S", 0.2)
+    cache = StateCache(StateStore(tmp_path / "state.sqlite"))
+    cache.put("memory.ingested", "t:s0", {"n": 0}, soon=True)  # due (none written yet): written at once
+    cache.put("memory.ingested", "t:s1", {"n": 1}, soon=True)  # not due: waits for the timer
+    other = StateStore(tmp_path / "state.sqlite")
+    assert wait_until(lambda: other.get("memory.ingested", "t:s1"), timeout=10) == {"n": 1}
+
+
+def test_a_value_waiting_to_be_written_is_read_back_after_memory_let_it_go(tmp_path, monkeypatch):
+    monkeypatch.setattr(statecache, "WRITE_EVERY_S", 3600.0)
+    store = StateStore(tmp_path / "state.sqlite")
+    store.put("memory.ingested", "t:s1", {"n": 1})
+    cache = StateCache(store, max_entries=2)
+    cache.put("memory.ingested", "t:s1", {"n": 2}, soon=True)
+    for k in range(8):  # other sessions' records push it out of memory
+        cache.put("sessions", f"k{k}", {"k": k})
+    assert cache._lru.peek(("memory.ingested", "t:s1")) is None
+    assert cache.get("memory.ingested", "t:s1") == {"n": 2}  # not the store's older value
