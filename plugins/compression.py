@@ -97,7 +97,7 @@ def _tail(ctx, edits: dict) -> tuple[list[Slot], dict[str, bool]]:
 
 def _last_human(ctx) -> str:
     """What the person last wrote (the task the relevant-chunks compressor scores against)."""
-    return _carried(ctx, _HUMAN, _human_in, "")[-2000:]
+    return read_carried(ctx, _HUMAN, _human_in, "")[-2000:]
 
 
 def _human_in(api: ApiKind, msgs: list[Any], known: str) -> str:
@@ -111,7 +111,7 @@ def _human_in(api: ApiKind, msgs: list[Any], known: str) -> str:
 
 def _edited_paths(ctx) -> frozenset[str]:
     """Paths an Edit, MultiEdit, Write or NotebookEdit call of this request changed."""
-    return _carried(ctx, _EDITED, _edited_in, frozenset())
+    return read_carried(ctx, _EDITED, _edited_in, frozenset())
 
 
 def _edited_in(api: ApiKind, msgs: list[Any], known: frozenset[str]) -> frozenset[str]:
@@ -123,7 +123,7 @@ _HUMAN = "compression.human"  # the conversation's slot: what the person last wr
 _EDITED = "compression.edited"  # the conversation's slot: the paths edit calls changed in all its messages but the last
 
 
-def _carried(ctx, key: str, read: Callable[[ApiKind, list[Any], Any], Any], empty: Any) -> Any:
+def read_carried(ctx, key: str, read: Callable[[ApiKind, list[Any], Any], Any], empty: Any) -> Any:
     """``read(api, messages, known)`` of the request's history, reading only the messages the previous
     request of the conversation did not have: ``known`` is what that one left about its first messages
     (``History.carried``). It leaves what it read about all the messages but the last: a client that moves

@@ -50,7 +50,7 @@ from contextwarden.memory.retrieve import (
     text_keys_cache,
 )
 from contextwarden.models.base import ApiKind
-from contextwarden.plugins.compression import _carried
+from contextwarden.plugins.compression import read_carried
 from contextwarden.plugins.strip import clean_text_ahead
 from contextwarden.plugins.tagging import last_spoken
 from contextwarden.store.statecache import state_cache
@@ -348,7 +348,7 @@ class ClientHistory:
         runtime's memo of texts' keys, and 15 ms a search went there under bench/load_bench.py.)"""
         ctx = self.ctx
         empty = HistoryIndex(keys=ctx.runtime.memo("memory.text_keys", text_keys_cache))
-        return _carried(ctx, SENT_SLOT, lambda api, msgs, known: known.with_texts(message_texts(api, msgs)), empty)
+        return read_carried(ctx, SENT_SLOT, lambda api, msgs, known: known.with_texts(message_texts(api, msgs)), empty)
 
     @cached_property
     def names(self) -> set[str]:
