@@ -6,7 +6,7 @@
   collected less often (``pipeline.gc_tuning``, ``gc_threshold``);
 - ``background``: under load a full collection at least every ``pipeline.gc_full_s``, its survivors then
   frozen (``gc_freeze_under_load``) and the heap trimmed; once per idle spell of ``pipeline.gc_idle_s``
-  a full collection and ``malloc_trim``; after ``FORGET_S`` idle the conversations' caches go as well.
+  a full collection and ``malloc_trim``; after ``pipeline.forget_s`` idle the conversations' caches go as well.
 """
 
 from __future__ import annotations
@@ -124,9 +124,6 @@ class FullCollections:
 
 # Under load, malloc_trim after a full collection at most this often (a trim takes 10-30 ms)
 TRIM_S = 15.0
-# After this long without a request the caches of conversations go (Runtime.forget_conversations): the
-# next request of each costs what its first did, and an idle engine's RSS falls back.
-FORGET_S = 30.0
 
 
 def background(rt) -> None:
@@ -152,7 +149,7 @@ def background(rt) -> None:
             rt.bus.emit("gc", {"reason": "load", **info})
         if p.gc_idle_s <= 0:
             continue
-        if time.monotonic() - rt.last_request >= max(p.gc_idle_s, FORGET_S) and rt.last_request > forgot_at:
+        if time.monotonic() - rt.last_request >= max(p.gc_idle_s, p.forget_s) and rt.last_request > forgot_at:
             # a longer idle spell: what the runtime remembers of conversations goes too (each is read
             # whole by its next request), and with it what was frozen under load; the RSS falls back
             n = len(rt.conversations)

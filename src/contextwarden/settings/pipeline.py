@@ -79,6 +79,18 @@ class PipelineSection(Section):
     """With ``gc_tuning``: what survives a full collection under load is frozen, so the next one walks
     only what was made since. Frozen cyclic garbage waits for the idle collection, which unfreezes first."""
 
+    forget_s: float = 30.0
+    """With ``gc_idle_s`` on: after this long without a request the conversations' caches go
+    (``Runtime.forget_conversations``): the next request of each reads it whole, and the RSS falls back."""
+
+    recycle: bool = True
+    """The engine process starts itself again in place (same pid, its memory process kept) after the idle
+    forget when its RSS is ``recycle_mb`` over its start-up RSS: the interpreter's heap never gives
+    fragmented memory back, a new one starts small."""
+
+    recycle_mb: int = 64
+    """With ``recycle``: how far over its start-up RSS the engine's is before it starts itself again."""
+
     engine_timeout_s: float = 60.0
     """How long mitmdump's process waits for the engine's answer before sending the client's own bytes
     (an ``error`` event, ``where: engine link``, says so)."""

@@ -13,7 +13,6 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tutils
 
-from contextwarden.core import collector
 from contextwarden.core.collector import FullCollections
 from contextwarden.core.runtime import Runtime
 from contextwarden.settings import load_settings
@@ -74,12 +73,13 @@ def test_a_full_collection_runs_when_none_ran_for_gc_full_s():
 
 
 @contextlib.contextmanager
-def _collecting_runtime(tmp_path, idle_s: float):
+def _collecting_runtime(tmp_path, idle_s: float, forget_s: float = 30.0):
     """A runtime whose collector thread runs a full collection every second under load (and once idle
     for ``idle_s``), with the interpreter's own collector off: only the runtime's collections run."""
     settings = load_settings("observe-only", tmp_path).model_copy(deep=True)
     settings.pipeline.gc_full_s = 1.0
     settings.pipeline.gc_idle_s = idle_s
+    settings.pipeline.forget_s = forget_s
     settings.memory.enabled = False
     rt = Runtime(settings, tmp_path / "home")
     was = gc.isenabled()
@@ -158,11 +158,10 @@ def test_under_load_the_survivors_are_frozen_and_the_idle_collection_frees_what_
         assert _gc_events(rt, "idle")[0]["freed"] >= 1
 
 
-def test_a_longer_idle_spell_forgets_the_conversations(tmp_path, monkeypatch):
-    """After ``FORGET_S`` without a request, what the runtime remembers of conversations (their
+def test_a_longer_idle_spell_forgets_the_conversations(tmp_path):
+    """After ``pipeline.forget_s`` without a request, what the runtime remembers of conversations (their
     messages, the recent bodies' histories) is dropped, so an idle engine's RSS falls back."""
-    monkeypatch.setattr(collector, "FORGET_S", 0.5)
-    with _collecting_runtime(tmp_path, 0.2) as rt:
+    with _collecting_runtime(tmp_path, 0.2, forget_s=0.5) as rt:
         rt.conversations.get(("anthropic", "t", "s", "a"))
         recent = rt.recent
         facts = rt.memo("validate.facts", FactCache)
