@@ -34,6 +34,9 @@ from . import wire
 CALL_WAIT_S = 30.0
 SEARCH_MARGIN_S = 0.05  # the socket hop and decoding, on top of the search's own budget
 START_WAIT_S = 120.0
+# set by an engine that starts itself again in place (``contextwarden.engine.recycle``): "PID RESTARTS PATH" of
+# the memory process it kept, which the next client attaches to instead of starting one
+ATTACH_ENV = "CONTEXTWARDEN_MEMORY_ATTACH"
 _names = itertools.count(1)
 
 
@@ -75,6 +78,8 @@ class RemoteMemoryService:
         self.ready = threading.Event()
         self.error: str | None = None
         self.closed = False
+        self.detached = False
+        self._reaped: int | None = None  # the exit status of a process attached to, once waited for
         self.restarts = 0
         self.pid: int | None = None
         self._state: dict = {}
@@ -85,6 +90,9 @@ class RemoteMemoryService:
         self._ids = itertools.count(1)
         self._proc: subprocess.Popen | None = None
         self._path = socket_path(self.home)
+        attach = os.environ.pop(ATTACH_ENV, "").split(" ", 2)
+        if len(attach) == 3:  # the process an engine's earlier self started: attached to, not started
+            self.pid, self.restarts, self._path = int(attach[0]), int(attach[1]), Path(attach[2])
         self._thread = threading.Thread(target=self._supervise, name="cw-memory-client", daemon=True)
         self._thread.start()
 
@@ -93,6 +101,7 @@ class RemoteMemoryService:
 
     # --- the process --------------------------------------------------------------------------------
     def _spawn(self) -> None:
+        self._reaped = None
         log_dir = self.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log = open(log_dir / "memory-server.log", "ab")
@@ -115,8 +124,8 @@ class RemoteMemoryService:
         while True:
             if self.closed:
                 raise ConnectionError("closed")
-            if self._proc is not None and self._proc.poll() is not None:
-                raise ConnectionError(f"memory process exited with {self._proc.returncode}")
+            if self._exit() is not None:
+                raise ConnectionError(f"memory process exited with {self._exit()}")
             if self._path.exists():
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
@@ -185,12 +194,43 @@ class RemoteMemoryService:
         except OSError:
             pass
 
+    def _exit(self) -> int | None:
+        """The memory process's exit status; None while it runs. One attached to (started by this process
+        before it exec'd itself: still its child, but no Popen's) is waited for by its pid."""
+        if self._proc is not None:
+            return self._proc.poll()
+        if self.pid is None or self._reaped is not None:
+            return self._reaped
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # not a child of this process: alive while it can be signalled
+            try:
+                os.kill(self.pid, 0)
+                return None
+            except ProcessLookupError:
+                self._reaped = -1
+            except PermissionError:
+                pass
+            return self._reaped
+        if pid:
+            self._reaped = os.waitstatus_to_exitcode(status)
+        return self._reaped
+
+    def detach(self) -> tuple[int, int, str]:
+        """Let go of the memory process without stopping it (this process is about to exec itself): its
+        (pid, restarts, socket path), for ``ATTACH_ENV``."""
+        self.closed = self.detached = True
+        if self._sock is not None:
+            self._lost(self._sock)
+        return self.pid or 0, self.restarts, str(self._path)
+
     def _supervise(self) -> None:
         backoff = 0.5
         while not self.closed:
             started = time.monotonic()
             try:
-                self._spawn()
+                if self._proc is not None or self.pid is None or self._exit() is not None:
+                    self._spawn()  # (else: attach to the one running)
                 self._connect()
                 self._op("events")
                 self._op("open", settings=self.settings)
@@ -212,10 +252,8 @@ class RemoteMemoryService:
                     self.error = f"{type(e).__name__}: {e}"
                     self.bus.emit("error", {"where": "memory.process", "message": self.error,
                                             "action": "requests go without memory; restarting it"})
-            proc = self._proc
-            if proc is not None:
-                while proc.poll() is None and not self.closed:
-                    time.sleep(0.2)
+            while self._exit() is None and not self.closed:
+                time.sleep(0.2)
             if self.closed:
                 return
             self.ready.clear()
@@ -224,7 +262,7 @@ class RemoteMemoryService:
             self.restarts += 1
             if time.monotonic() - started > 60:
                 backoff = 0.5
-            self.bus.emit("memory_status", {"status": "restarting", "exit": proc.returncode if proc else None,
+            self.bus.emit("memory_status", {"status": "restarting", "exit": self._exit(),
                                             "restarts": self.restarts, "in_s": backoff})
             time.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
@@ -352,7 +390,9 @@ class RemoteMemoryService:
 
     def close(self, timeout: float | None = None) -> None:
         """Ask the process to close (it flushes ``memory.shutdown_flush_s``, leaves the rest pending),
-        then wait for it; terminate, then kill, what does not exit."""
+        then wait for it; terminate, then kill, what does not exit. Nothing once detached."""
+        if self.detached:
+            return
         self.closed = True
         t0 = time.monotonic()
         flush = float(getattr(self.settings.memory, "shutdown_flush_s", 3.0))
@@ -364,6 +404,8 @@ class RemoteMemoryService:
         except Exception:
             pass
         proc = self._proc
+        while proc is None and self._exit() is None and time.monotonic() < deadline:  # (attached to)
+            time.sleep(0.05)
         if proc is not None:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
@@ -381,5 +423,5 @@ class RemoteMemoryService:
             os.unlink(self._path)
         except OSError:
             pass
-        self.bus.emit("memory_process", {"pid": self.pid, "stopped": True, "exit": proc.returncode if proc else None,
+        self.bus.emit("memory_process", {"pid": self.pid, "stopped": True, "exit": self._exit(),
                                          "ms": round((time.monotonic() - t0) * 1000, 1)})
