@@ -9,6 +9,9 @@ or a bypass header) is forwarded at once and crosses whole at its end, in one ``
 Fail open: a request the engine does not answer within ``pipeline.engine_timeout_s`` (or while it is
 down) goes as the client sent it. An engine that dies is started again; requests wait for it up to
 ``RESTART_WAIT_S``, then go unchanged.
+
+An engine that would start itself again in place (``contextwarden.engine.recycle``) asks first: the link
+agrees only with nothing in flight, then holds every frame and request until the new engine's ``ready``.
 """
 
 from __future__ import annotations
@@ -62,11 +65,10 @@ class _Engine:
         self.options = options
         self.sock = sock
         self.to_engine, self.from_engine = rings  # the large bytes of frames each way (frames.Ring)
-        self.proxy = ready["proxy"]  # its settings' proxy section: what it handles
-        self.passive = ready["passive"]  # no request's bytes can change (observe-only, no stage): none waits
-        self.pid = ready["pid"]
-        self.release_flows = ready["release_flows"]
-        self.timeout_s = ready["timeout_s"]
+        self._take(ready)
+        self.quiet: Callable[[], bool] = lambda: True  # no flow of the link's in flight (an engine may exec)
+        self.hold: asyncio.Future[None] | None = None  # while the engine execs: frames wait in ``held``
+        self.held: list[tuple[str, Any, Any]] = []
         self.writer: asyncio.StreamWriter | None = None
         self.reading: asyncio.Task[None] | None = None
         self.waiting: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
@@ -104,6 +106,13 @@ class _Engine:
             raise exceptions.OptionsError(str(why))  # type: ignore[no-untyped-call]  # unannotated in mitmproxy
         return cls(proc, mine, frame[2], options, (to_engine, from_engine) if len(fds) > 1 else (None, None))
 
+    def _take(self, ready: _Ready) -> None:
+        self.proxy = ready["proxy"]  # its settings' proxy section: what it handles
+        self.passive = ready["passive"]  # no request's bytes can change (observe-only, no stage): none waits
+        self.pid = ready["pid"]
+        self.release_flows = ready["release_flows"]
+        self.timeout_s = ready["timeout_s"]
+
     async def connect(self) -> None:
         reader, self.writer = await frames.open_stream(self.sock)
         self.reading = asyncio.ensure_future(self._read(reader))
@@ -122,9 +131,19 @@ class _Engine:
                 self.proxy, self.passive = payload["proxy"], payload["passive"]
             elif op == "idle" and self.to_engine is not None:  # the engine forgot its caches: the ring's pages too
                 self.to_engine.release()
+            elif op == "recycle":  # it would exec itself: yes only with nothing in flight, then hold
+                agreed = self.hold is None and not self.waiting and self.quiet()
+                self._write("recycle", None, agreed)
+                if agreed:
+                    self.hold = asyncio.get_running_loop().create_future()
+            elif op == "ready":  # the engine after its exec
+                self._take(payload)
+                log.info(f"contextwarden: the engine process {self.pid} started itself again (its memory given back)")
+                self._resume()
             elif op == "bye":
                 break
         self.closed = True
+        self._resume()
         if self.writer is not None:
             self.writer.close()  # off the event loop's selector: a new engine's socket may get this fd number
         for fut in self.waiting.values():
@@ -132,15 +151,35 @@ class _Engine:
                 fut.set_result(None)
         self.waiting.clear()
 
-    def send(self, op: str, key: Any = None, payload: Any = None) -> bool:
+    def _resume(self) -> None:
+        """The held frames go (in order), the held calls too."""
+        hold, self.hold = self.hold, None
+        held, self.held = self.held, []
+        for frame in held:
+            self._write(*frame)
+        if hold is not None and not hold.done():
+            hold.set_result(None)
+
+    def _write(self, op: str, key: Any = None, payload: Any = None) -> bool:
         w = self.writer
         if self.closed or w is None or w.is_closing():
             return False
         w.writelines(frames.encode(op, key, payload, self.to_engine))
         return True
 
+    def send(self, op: str, key: Any = None, payload: Any = None) -> bool:
+        if self.hold is not None and not self.closed:
+            self.held.append((op, key, payload))
+            return True
+        return self._write(op, key, payload)
+
     async def call(self, op: str, payload: Any, key: Any = None) -> dict[str, Any] | None:
         """Send and wait for the reply (None: no reply in time, or the engine is gone)."""
+        if self.hold is not None:  # the engine execs: sent once it is ready again (its timeout from then)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.hold), RESTART_WAIT_S)
+            except TimeoutError:
+                return None
         self.seq += 1
         seq = self.seq
         fut = asyncio.get_running_loop().create_future()
@@ -308,6 +347,7 @@ class EngineLink:
                 return None
             self.engine = eng
         if eng.writer is None:
+            eng.quiet = lambda: not self.watched
             await eng.connect()
             if self.listening:  # a restarted engine: its servers publish as the first one's did
                 eng.send("running", 0)

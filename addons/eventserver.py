@@ -67,19 +67,21 @@ class EventService:
     """The WebSocket server for one runtime, on its own thread. ``start()`` then ``stop()``."""
 
     def __init__(self, runtime: Runtime, host: str = "127.0.0.1", port: int = 0, batch_ms: float = 50,
-                 client_batches: int = 64, pending_max: int = 20_000) -> None:
+                 client_batches: int = 64, pending_max: int = 20_000, carried: dict[str, Any] | None = None) -> None:
         self.runtime = runtime
         self.host = host
-        self.requested_port = port
+        c = carried or {}  # ``carry()`` of the service before an engine's exec: the TUI finds the same one
+        self.requested_port = c.get("port", port)
         self.port: int | None = None
-        self.token = secrets.token_urlsafe(32)
+        self.token = c.get("token") or secrets.token_urlsafe(32)
         self.batch_s = batch_ms / 1000
         self.client_batches = client_batches
         self.pending: deque[Event] = deque()
         self.pending_max = pending_max
         self.overflow = 0  # events the server thread could not keep up with
-        self.totals = Totals()
-        self.started = time.time()
+        self.totals = Totals.from_dict(c.get("totals"))
+        self.carried = bool(c)
+        self.started = c.get("started") or time.time()
         self.clients: set[_Client] = set()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,7 +104,7 @@ class EventService:
         """Listen; ``publish``: write the discovery file now (the addon does once the proxy listens)."""
         self._unsubscribe = unsubscribe = self.runtime.bus.subscribe(self._on_event)
         recent = self._recent()
-        for ev in recent:  # counters start from what the runtime already did
+        for ev in recent if not self.carried else ():  # counters start from what the runtime already did
             self.totals.add(ev.to_dict())
         # events published while subscribing are in both; _flush must not count them twice
         self._baseline = {ev.seq for ev in recent}
@@ -125,6 +127,10 @@ class EventService:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(timeout)
         unpublish(self.info_path, self.token)
+
+    def carry(self) -> dict[str, Any]:
+        """What a service after an exec starts from (``carried``)."""
+        return {"port": self.port, "token": self.token, "started": self.started, "totals": self.totals.to_dict()}
 
     def publish(self) -> None:
         publish(self.info_path, {"protocol": PROTOCOL, "host": self.host, "port": self.port, "token": self.token,
@@ -331,10 +337,12 @@ class EventServer(PerRuntime):
 
     what = "eventserver"
     without = "no TUI stream"
+    carried: dict[str, Any] | None = None  # the next service's ``carried`` (the engine's exec)
 
     def start(self, rt: Runtime) -> EventService | None:
         if not rt.settings.server.enabled:
             return None
-        svc = EventService(rt, port=rt.settings.server.port).start(publish=False)
+        svc = EventService(rt, port=rt.settings.server.port, carried=self.carried).start(publish=False)
+        self.carried = None
         log.info(f"contextwarden: event server on {svc.host}:{svc.port} (token in {svc.info_path})")
         return svc

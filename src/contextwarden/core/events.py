@@ -24,6 +24,11 @@ from ..util.scrub import scrub
 _seq = itertools.count(1)
 
 
+def continue_after(seq: int) -> None:
+    """The next events are numbered after ``seq`` (an engine that exec'd itself keeps its events' order)."""
+    deque(itertools.islice(_seq, max(0, seq - next(_seq))), maxlen=0)
+
+
 @dataclass(slots=True)
 class Event:
     type: str

@@ -19,7 +19,9 @@ socket pair ``FD`` (the frames' large bytes through the shared memory ``IN`` and
 
 and sends ``settings`` ({proxy, passive}, as in ``ready``) when they change at run time: which flows the
 link sends, and whether it waits for their reply; ``idle`` after the runtime's idle forget
-(``collector.background``): each side gives its ring's pages back (``frames.Ring.release``).
+(``collector.background``): each side gives its ring's pages back (``frames.Ring.release``); then maybe
+``recycle`` (``recycle.py``), which the link answers (``recycle`` True: nothing in flight, the link holds
+what comes until this process, exec'd, says ``ready`` again; False: it carries on as it is).
 
 Mirrors live from ``request`` to ``end`` (or ``ws_end``); one the link never ends is dropped after
 ``STALE_S``. The engine ends when told to, or when the socket closes (mitmdump is gone): either way
@@ -35,6 +37,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from mitmproxy import exceptions, hooks, http, options, websocket
@@ -44,11 +47,15 @@ from mitmproxy.proxy.layers.http import HttpErrorHook, HttpRequestHook, HttpResp
 from mitmproxy.proxy.layers.websocket import WebsocketEndHook, WebsocketMessageHook
 
 from contextwarden.addons.chain import engine_addons
+from contextwarden.addons.eventserver import EventServer
 from contextwarden.addons.routing import FORWARDED, INCOMING, ROUTE
 from contextwarden.addons.warden import Warden
 
-from ..core import frames
-from ..core.events import Event
+from ..core import collector, frames
+from ..core.events import Event, continue_after
+from ..memory.client import ATTACH_ENV, RemoteMemoryService
+from ..memory.service import get_service
+from . import recycle
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +65,8 @@ _UNWATCHED = frozenset({FORWARDED, INCOMING})  # metadata that does not make a f
 
 
 class Engine:
-    def __init__(self, sock: socket.socket, rings: tuple[frames.Ring | None, frames.Ring | None] = (None, None)) -> None:
+    def __init__(self, sock: socket.socket, rings: tuple[frames.Ring | None, frames.Ring | None] = (None, None),
+                 carried: recycle.Carried | None = None) -> None:
         self.sock = sock
         self.from_link, self.to_link = rings  # the large bytes of frames each way (frames.Ring)
         self.master: Master | None = None
@@ -67,16 +75,28 @@ class Engine:
         self.writer: asyncio.StreamWriter | None = None
         self.tasks: set[asyncio.Task] = set()
         self._settings_sent = None  # the settings the link classifies by, as last sent
+        self.carried = carried  # what this engine before its exec left (recycle.py)
+        self.options: dict[str, Any] = {}
+        self.events: EventServer | None = None
+        self.listening = False  # mitmdump listens (``running``)
+        self.served = 0  # requests since this start
+        self.start_rss = 0.0
+        self.started = time.time()
+        self.recycling = False  # the link agreed: exec once the read loop ends
 
     # -- start --------------------------------------------------------------------------------
 
     def start(self, opts_values: dict[str, Any]) -> str | None:
         """The master and its addons, configured with mitmdump's options; an error message, or None."""
         self.master = Master(options.Options(), with_termlog=True)
+        self.options = opts_values
         addons = engine_addons(self.warden)
         for a in addons:
             if type(a).__name__ == "WebSocketResponses":
                 a.inject = _collect_inject  # the injection happens in mitmdump's process: sent back
+            if isinstance(a, EventServer):
+                self.events = a
+                a.carried = self.carried.server if self.carried is not None else None
         self.master.addons.add(*addons)
         try:
             self.master.options.update(**opts_values)
@@ -87,17 +107,33 @@ class Engine:
         return None
 
     async def run(self, opts_values: dict[str, Any]) -> int:
+        c = self.carried
+        if c is not None:
+            continue_after(max((e["seq"] for e in c.events), default=0))  # the TUI tells events by their seq
+            if c.memory is not None:
+                os.environ[ATTACH_ENV] = " ".join(map(str, c.memory))  # (the memory client takes it)
         error = self.start(opts_values)
         if error is not None:
             frames.send_blocking(self.sock, "fatal", None, error)
             return 1
         rt = self.warden.runtime
         assert rt is not None  # (start() said so)
+        if c is not None:
+            if c.overrides:
+                rt.apply_overrides(c.overrides)
+            rt.bus.recent = deque([*map(Event.from_dict, c.events), *rt.bus.recent], maxlen=rt.bus.recent.maxlen)
+            rt.bus.emit("engine", {"pid": os.getpid(), "execs": c.execs, "started": c.started,
+                                   "rss_mb_before": c.rss_mb, "rss_mb": collector.heap().get("rss_mb"),
+                                   "restart_ms": round((time.time() - c.at) * 1000, 1)})
+        self.start_rss = collector.heap().get("rss_mb", 0.0)
         self._settings_sent = rt.settings
         frames.send_blocking(self.sock, "ready", None, {**self._link_settings(), "pid": os.getpid(),
                                                       "release_flows": rt.settings.pipeline.release_flows,
                                                       "timeout_s": rt.settings.pipeline.engine_timeout_s})
         reader, self.writer = await frames.open_stream(self.sock)
+        if c is not None and c.listening:
+            self.listening = True
+            await self._hook(hooks.RunningHook())  # the discovery files (the TUI's: the same port and token)
         loop = asyncio.get_running_loop()
         rt.bus.subscribe(lambda ev: self._forgot(loop, ev))
         stop = asyncio.Event()
@@ -105,6 +141,8 @@ class Engine:
         reading = asyncio.ensure_future(self.read(reader))
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait([reading, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if self.recycling and not stop.is_set():
+            await self.recycle()
         await self.close()
         reading.cancel()
         stopping.cancel()
@@ -120,6 +158,26 @@ class Engine:
         await master.addons.trigger_event(hooks.DoneHook())
         self._send("bye")
 
+    async def recycle(self) -> None:
+        """This process exec'd as a new engine (``recycle.py``), its runtime closed but its memory process kept."""
+        rt, c = self.warden.runtime, self.carried
+        assert rt is not None and self.writer is not None and self.from_link is not None and self.to_link is not None
+        if self.tasks:  # answers still being read
+            await asyncio.wait(list(self.tasks))
+        svc = get_service(rt)
+        memory = svc.detach() if isinstance(svc, RemoteMemoryService) else None
+        rss = collector.heap().get("rss_mb", 0.0)
+        rt.close()  # (its state and event log written; no ``shutdown`` event: the runtime goes on)
+        server = self.events.service if self.events is not None else None
+        if server is not None:
+            server.stop()  # its last events counted
+        await self.writer.drain()
+        recycle.exec_engine(self.sock, (self.from_link, self.to_link), recycle.Carried(
+            options=self.options, listening=self.listening, overrides=rt.overrides,
+            events=[e.to_dict() for e in list(rt.bus.recent)], server=server.carry() if server is not None else None,
+            memory=memory, ring_head=self.to_link.head, execs=c.execs + 1 if c is not None else 1,
+            started=c.started if c is not None else self.started, rss_mb=rss, at=time.time()))
+
     # -- frames -------------------------------------------------------------------------------
 
     async def read(self, reader: asyncio.StreamReader) -> None:
@@ -131,8 +189,14 @@ class Engine:
             op, key, payload = frame
             if op == "shutdown":
                 return
+            if op == "recycle":  # the link's answer (recycle.py)
+                if payload:
+                    self.recycling = True
+                    return
+                continue
             try:
                 if op == "running":  # mitmdump listens: now the addons may tell the world (tui.json)
+                    self.listening = True
                     await self._hook(hooks.RunningHook())
                     self._send("reply", key, {})
                 elif op == "observed":  # forwarded at once, ended: its request read, then its answer
@@ -167,12 +231,17 @@ class Engine:
     def _forgot(self, loop: asyncio.AbstractEventLoop, ev: Event) -> None:
         """The runtime's idle forget (an event from the collector's thread): the rings' pages go too."""
         if ev.type == "gc" and ev.data.get("reason") == "forget":
-            loop.call_soon_threadsafe(self._release_ring)
+            loop.call_soon_threadsafe(self._release_ring, ev.data.get("rss_mb", 0.0))
 
-    def _release_ring(self) -> None:
+    def _release_ring(self, rss_mb: float = 0.0) -> None:
         if self.to_link is not None:
             self.to_link.release()
         self._send("idle")  # mitmdump's side releases the other one
+        rt = self.warden.runtime
+        p = rt.settings.pipeline if rt is not None else None
+        if p is not None and p.recycle and self.served and self.to_link is not None \
+                and rss_mb >= self.start_rss + p.recycle_mb:
+            self._send("recycle")  # start again small, if the link agrees (recycle.py)
 
     def _send(self, op: str, key: Any = None, payload: Any = None) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -198,6 +267,7 @@ class Engine:
             self._send("settings", None, self._link_settings())
 
     async def request(self, seq: int | None, state: dict) -> None:
+        self.served += 1
         reply: dict[str, Any] = {"watch": False}
         try:
             flow = frames.mirror(state)
@@ -327,13 +397,16 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # its log lines among mitmdump's, as they happen
     logging.getLogger().setLevel(logging.INFO)  # as mitmdump's: the termlog handler filters by its verbosity
     sock = socket.socket(fileno=int(argv[0]))
-    first = frames.read_blocking(sock, None)
+    sock.setblocking(True)  # (after an exec: the event loop's non-blocking mode stays on the socket)
+    carried = recycle.load(int(argv[3])) if len(argv) > 3 else None
+    first = frames.read_blocking(sock, None) if carried is None else ("start", None, carried.options)
     if first is None or first[0] != "start":
         return 2
-    rings = [frames.Ring(int(fd)) for fd in argv[1:3]]  # (mitmdump's to here, here to mitmdump)
-    for fd in argv[1:3]:
-        os.close(int(fd))  # (the maps stay)
-    engine = Engine(sock, (rings[0], rings[1]) if len(rings) == 2 else (None, None))
+    # (mitmdump's to here, here to mitmdump; their fds stay open, for an exec)
+    rings = [frames.Ring(int(fd)) for fd in argv[1:3]]
+    if carried is not None:
+        rings[1].head = carried.ring_head
+    engine = Engine(sock, (rings[0], rings[1]) if len(rings) == 2 else (None, None), carried)
     try:
         return asyncio.run(engine.run(first[2]))
     except Exception as e:
