@@ -140,6 +140,8 @@ class _Engine:
                 self._take(payload)
                 log.info(f"contextwarden: the engine process {self.pid} started itself again (its memory given back)")
                 self._resume()
+            elif op == "fatal":  # it did not start after its exec
+                log.error(f"contextwarden: the engine did not start again: {payload}")
             elif op == "bye":
                 break
         self.closed = True

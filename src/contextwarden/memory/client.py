@@ -36,7 +36,7 @@ SEARCH_MARGIN_S = 0.05  # the socket hop and decoding, on top of the search's ow
 START_WAIT_S = 120.0
 # set by an engine that starts itself again in place (``contextwarden.engine.recycle``): "PID RESTARTS PATH" of
 # the memory process it kept, which the next client attaches to instead of starting one
-ATTACH_ENV = "CONTEXTWARDEN_MEMORY_ATTACH"
+ATTACH_ENV = "CW_MEMORY_ATTACH"  # (not CONTEXTWARDEN_: the settings read those)
 _names = itertools.count(1)
 
 
