@@ -64,3 +64,54 @@ def test_after_the_idle_forget_both_rings_give_their_pages_back():
     finally:
         a.close()
         b.close()
+
+
+def _ready(pid: int) -> _Ready:
+    return cast(_Ready, {"proxy": ProxySection(), "passive": False, "pid": pid, "release_flows": False, "timeout_s": 5.0})
+
+
+def test_the_link_agrees_to_a_recycle_only_with_nothing_in_flight_and_holds_what_comes_until_ready():
+    """An engine that would exec itself asks (``recycle``): the link says no while a call waits or a flow of
+    its own is not over; yes otherwise, and then frames and calls wait, in order, for the new engine's
+    ``ready`` (a request is not failed open meanwhile)."""
+    a, b = socket.socketpair()
+    link = _Engine(cast(subprocess.Popen[bytes], None), a, _ready(1), {})
+    flows: set[str] = {"f1"}
+    link.quiet = lambda: not flows
+
+    async def main() -> None:
+        await link.connect()
+        reader, writer = await frames.open_stream(b)
+
+        async def answer(payload: bool) -> None:
+            writer.writelines(frames.encode("recycle"))
+            assert await frames.read(reader) == ("recycle", None, payload)
+
+        waiting = asyncio.ensure_future(link.call("request", {"n": 1}))
+        op, seq, _ = await frames.read(reader) or ("", None, None)
+        await answer(False)  # a request in flight
+        writer.writelines(frames.encode("reply", seq, {"n": 1}))
+        assert await waiting == {"n": 1}
+        await answer(False)  # a flow not ended (its answer still streams)
+        flows.clear()
+        await answer(True)
+        assert link.hold is not None
+        assert link.send("end", "f1", {"error": None})  # held, not lost
+        held = asyncio.ensure_future(link.call("request", {"n": 2}))
+        for _ in range(3):
+            await asyncio.sleep(0)  # (the call's turns: up to its wait for the hold)
+        assert not held.done() and link.held == [("end", "f1", {"error": None})]
+        await answer(False)  # (asked again while holding: no)
+        writer.writelines(frames.encode("ready", None, _ready(2)))  # the new engine
+        assert await frames.read(reader) == ("end", "f1", {"error": None})
+        op, seq, payload = await frames.read(reader) or ("", None, None)
+        assert (op, payload) == ("request", {"n": 2}) and link.pid == 2 and link.hold is None
+        writer.writelines(frames.encode("reply", seq, {"n": 2}))
+        assert await held == {"n": 2}
+        writer.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        a.close()
+        b.close()
