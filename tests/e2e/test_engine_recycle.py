@@ -87,7 +87,7 @@ def test_the_engine_starts_itself_again_in_place_keeping_what_the_tui_reads_and_
     # memory: the same process (no restart), and what it stored before is recalled
     assert "Alameda shelter" in str(upstream.requests("/v1/messages")[-1].json()["messages"])
     started = proxy.events("memory_process")
-    assert len(started) == 3 and len({e["data"]["pid"] for e in started}) == 1, started  # (attached twice)
+    assert len(started) >= 3 and len({e["data"]["pid"] for e in started}) == 1, started  # (attached since)
     assert not proxy.events("memory_status", status="restarting", wait=0)
 
     # what the TUI reads went on from where it was: the same server and token, counts and savings
