@@ -159,7 +159,7 @@ class Engine:
         self._send("bye")
 
     async def recycle(self) -> None:
-        """This process exec'd as a new engine (``recycle.py``), its runtime closed but its memory process kept."""
+        """This process execs itself as a new engine (``recycle.py``): its runtime closed, its memory process kept."""
         rt, c = self.warden.runtime, self.carried
         assert rt is not None and self.writer is not None and self.from_link is not None and self.to_link is not None
         if self.tasks:  # answers still being read
