@@ -161,9 +161,9 @@ def _why(result: dict) -> str:
     sims = [x["vector"] for x in result.get("scores") or () if x.get("vector") is not None]
     words = ", ".join(result.get("matched") or ()) or "meaning only"
     sim = f", similarity up to {max(sims):.2f}" if sims else ""
-    agreed = result.get("agreed")
-    floor = (f"; under the relevance floor {agreed['floor']:.2f}, passed by agreement: both rankings put an item "
-             f"holding \"{agreed['word']}\" in their top {AGREED_DEPTH}") if agreed else ""
+    passed = result.get("agreed")
+    floor = (f"; under the relevance floor {passed['floor']:.2f}, passed by agreement: both rankings put an item "
+             f"holding \"{passed['word']}\" in their top {AGREED_DEPTH}") if passed else ""
     return (f"{n} item{'s' * (n != 1)} from {sessions} session{'s' * (sessions != 1)} the history no longer "
             f"holds; best match on {words}{sim}{floor}")
 

@@ -655,7 +655,9 @@ def agreed(ret: Retrieval, query: str) -> tuple[Hit, str] | None:
     the question less those words). An open-domain question's item often has a modest similarity yet
     is ranked high by both: such a hit passes the relevance floor (plugins/memory.py)."""
     words = set(content_words(ret.vector_query or query))
-    for h in ret.hits if words else ():
+    if not words:
+        return None
+    for h in ret.hits:
         if (h.vector_rank is not None and h.vector_rank <= AGREED_DEPTH and h.vector is not None
                 and h.vector >= AGREED_SIMILARITY and h.lexical_rank is not None and h.lexical_rank <= AGREED_DEPTH):
             held = [w for w in tokenize(h.item.text) if w in words]
