@@ -37,9 +37,11 @@ from contextwarden.memory.lexical import tokenize
 from contextwarden.memory.phatic import content_words, topical
 from contextwarden.memory.project import request_project
 from contextwarden.memory.retrieve import (
+    AGREED_DEPTH,
     HistoryIndex,
     Hit,
     Retrieval,
+    agreed,
     build_query,
     history_items,
     history_texts,
@@ -159,8 +161,11 @@ def _why(result: dict) -> str:
     sims = [x["vector"] for x in result.get("scores") or () if x.get("vector") is not None]
     words = ", ".join(result.get("matched") or ()) or "meaning only"
     sim = f", similarity up to {max(sims):.2f}" if sims else ""
+    passed = result.get("agreed")
+    floor = (f"; under the relevance floor {passed['floor']:.2f}, passed by agreement: both rankings put an item "
+             f"holding \"{passed['word']}\" in their top {AGREED_DEPTH}") if passed else ""
     return (f"{n} item{'s' * (n != 1)} from {sessions} session{'s' * (sessions != 1)} the history no longer "
-            f"holds; best match on {words}{sim}")
+            f"holds; best match on {words}{sim}{floor}")
 
 
 PREFETCH_NOTE = "memory_prefetch"  # ctx.notes: (token, query) of the search cw_request_start began
@@ -286,7 +291,8 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     if own and not ret.hits:
         return finish(skipped="own session", budget=budget, candidates=ret.candidates, own_session=own)
     best = max((h.vector for h in ret.hits if h.vector is not None), default=None)
-    if best is not None and best < m.relevance_floor:
+    by = agreed(ret, query.text) if best is not None and best < m.relevance_floor else None
+    if best is not None and best < m.relevance_floor and by is None:
         return finish(skipped="nothing relevant", budget=budget, candidates=ret.candidates, best_similarity=round(best, 4),
                       why=f"nothing relevant: the best match's similarity {best:.2f} is under the relevance floor "
                           f"{m.relevance_floor:.2f} (memory.relevance_floor)")
@@ -296,6 +302,9 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     ret.timings.update(history_ms=history_ms, search_ms=ret.ms, select_ms=round((time.perf_counter() - ts) * 1000, 2))
     info = {"budget": budget, "candidates": ret.candidates, "in_history": ret.in_history,
             "active_skipped": ret.active, "mode": ret.mode, "timings": ret.timings, "workspace": m.shared_workspace}
+    if by is not None:  # under the relevance floor, passed by both rankings' agreement
+        info["agreed"] = {"id": by[0].item.memory_id, "word": by[1], "best_similarity": round(best or 0.0, 4),
+                          "floor": m.relevance_floor}
     if not hits:
         reason = "active topics" if ret.active else ("nothing relevant" if ret.candidates else "no candidates")
         return finish(skipped=reason, **info)

@@ -198,6 +198,28 @@ def test_nothing_is_injected_while_the_history_still_holds_it(tmp_path):
         rp.close()
 
 
+def test_an_item_both_rankings_agree_on_passes_the_relevance_floor_and_content_free_messages_still_get_nothing(tmp_path):
+    """Under the relevance floor (here above any similarity), an item in the top 5 of both the vector and
+    the BM25 ranking that holds a word of the question is injected, and the event says so; a question with
+    none of the stored items' words and content-free messages (the probe set's) still get 0 tokens."""
+    rp = replayer(tmp_path, "memory: {relevance_floor: 0.95}\n", window=200_000)
+    try:
+        converse(rp, turns=6)
+        sent = rp.send([{"role": "user", "content": "Which shelter did I adopt the beagle from?"}], api_key="sk-alice",
+                       session="other")
+        ev = memory_event(rp, sent.ctx.flow_id)
+        assert ev["injected"] >= 1 and FACTS[0] in str(sent.wire["messages"][-1]), ev
+        assert max(x["vector"] for x in ev["scores"]) < 0.95 and ev["agreed"]["id"] == memory_id(FACTS[0])
+        assert "passed by agreement" in ev["why"] and ev["agreed"]["word"] in ("shelter", "adopt", "beagl")
+        for content in ("What is the capital of France?", "hello", "thanks!", "go on", "continue"):
+            got = rp.send([{"role": "user", "content": content}], api_key="sk-alice", session="other")
+            mem = got.ctx.notes["memory"]
+            assert mem["tokens"] == 0 and mem["skipped"] in ("nothing relevant", "no content words"), (content, mem)
+            assert OPEN not in str(got.wire)
+    finally:
+        rp.close()
+
+
 def test_slow_chroma_times_out_and_the_request_goes_without_memory(tmp_path):
     rp = replayer(tmp_path, "memory: {timeout_ms: 150}\n")
     try:

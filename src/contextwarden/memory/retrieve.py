@@ -32,6 +32,7 @@ from .ids import content_hash, id_of_hash
 from .inject import strip_blocks
 from .items import MemoryItem
 from .lexical import combine_terms, query_terms, tokenize
+from .phatic import content_words
 from .related import RelatedWords
 from .scope import SCOPE_MAX, SessionVectors
 from .tagger import tag_key
@@ -43,6 +44,8 @@ _BULLET = re.compile(r"^(?:[-*>•]+|\d+[.)])\s+")
 _FIRST_PERSON = re.compile(r"\b(?:i|my|me|mine|myself)\b", re.I)
 DATE_SLACK_DAYS = 7  # a question's day finds the turns dated this close to it (LoCoMo: 0-4 days later)
 MIN_LINE = 16  # shorter lines are too common to say an item is in the history
+AGREED_DEPTH = 5  # a hit in the top this many of both rankings, on a word of the question, is agreed (agreed())
+AGREED_SIMILARITY = 0.1  # ... with at least this cosine similarity
 
 
 def normalise(text: str) -> str:
@@ -643,6 +646,24 @@ class _Scopes:
         if self.v.scoped:
             w[2] = s.other_sessions_weight
         return w
+
+
+def agreed(ret: Retrieval, query: str) -> tuple[Hit, str] | None:
+    """The first hit both rankings agree on, and the word of the question it holds: in the top
+    ``AGREED_DEPTH`` of the vector ranking (similarity at least ``AGREED_SIMILARITY``) and of the BM25
+    ranking, holding a content word of the question that most stored items do not (the vector query is
+    the question less those words). An open-domain question's item often has a modest similarity yet
+    is ranked high by both: such a hit passes the relevance floor (plugins/memory.py)."""
+    words = set(content_words(ret.vector_query or query))
+    if not words:
+        return None
+    for h in ret.hits:
+        if (h.vector_rank is not None and h.vector_rank <= AGREED_DEPTH and h.vector is not None
+                and h.vector >= AGREED_SIMILARITY and h.lexical_rank is not None and h.lexical_rank <= AGREED_DEPTH):
+            held = [w for w in tokenize(h.item.text) if w in words]
+            if held:
+                return h, held[0]
+    return None
 
 
 def select(ret: Retrieval, *, budget: int, top_k: int, cost: Callable[[object], int],

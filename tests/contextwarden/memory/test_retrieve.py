@@ -32,6 +32,7 @@ from contextwarden.memory.retrieve import (
     Retrieval,
     Retriever,
     _line_key,
+    agreed,
     build_query,
     history_texts,
     normalise,
@@ -156,6 +157,22 @@ def test_rrf_fuses_by_rank_and_weight():
     assert max(fused, key=fused.get) == "a"
     assert fused["c"] > fused["b"]
     assert rrf([(["x"], 2.0)], k=10)["x"] == pytest.approx(2.0 / 11)
+
+
+def test_a_hit_is_agreed_in_both_top_fives_with_a_word_of_the_question_most_items_lack():
+    def hit(text, vr, sim, lr):
+        return Hit(item(text), vector=sim, vector_rank=vr, lexical=1.0 if lr else None, lexical_rank=lr)
+
+    religious = hit("Caroline: the church choir and my faith mean a lot to me", 2, 0.18, 3)
+    ret = Retrieval(hits=[hit("Caroline: thanks, see you", 1, 0.2, None), religious],
+                    vector_query="Would be considered religious faith?")  # (the question less "Caroline")
+    assert agreed(ret, "Would Caroline be considered religious faith?") == (religious, "faith")
+    for other in (hit(religious.item.text, 6, 0.18, 3), hit(religious.item.text, 2, 0.05, 3),  # too deep, too far
+                  hit(religious.item.text, 2, 0.18, 6), hit(religious.item.text, 2, 0.18, None)):  # by words: too deep, not
+        assert agreed(Retrieval(hits=[other], vector_query=ret.vector_query), "") is None
+    # only the words most items lack: "Caroline" is left out of the vector query, so her name alone agrees on nothing
+    named = Retrieval(hits=[hit("Caroline: hello there", 1, 0.2, 1)], vector_query="What does do?")
+    assert agreed(named, "What does Caroline do?") is None and agreed(Retrieval(hits=named.hits), "thanks!") is None
 
 
 # --- hybrid search over a real store ---------------------------------------------------------------------
