@@ -291,8 +291,8 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     if own and not ret.hits:
         return finish(skipped="own session", budget=budget, candidates=ret.candidates, own_session=own)
     best = max((h.vector for h in ret.hits if h.vector is not None), default=None)
-    by = agreed(ret, query.text) if best is not None and best < m.relevance_floor else None
-    if best is not None and best < m.relevance_floor and by is None:
+    by = None  # under the relevance floor, a hit both rankings agree on (agreed()) lets the block go
+    if best is not None and best < m.relevance_floor and (by := agreed(ret, query.text)) is None:
         return finish(skipped="nothing relevant", budget=budget, candidates=ret.candidates, best_similarity=round(best, 4),
                       why=f"nothing relevant: the best match's similarity {best:.2f} is under the relevance floor "
                           f"{m.relevance_floor:.2f} (memory.relevance_floor)")

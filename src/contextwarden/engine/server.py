@@ -233,7 +233,7 @@ class Engine:
         if ev.type == "gc" and ev.data.get("reason") == "forget":
             loop.call_soon_threadsafe(self._release_ring, ev.data.get("rss_mb", 0.0))
 
-    def _release_ring(self, rss_mb: float = 0.0) -> None:
+    def _release_ring(self, rss_mb: float) -> None:
         if self.to_link is not None:
             self.to_link.release()
         self._send("idle")  # mitmdump's side releases the other one

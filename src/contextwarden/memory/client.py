@@ -124,8 +124,8 @@ class RemoteMemoryService:
         while True:
             if self.closed:
                 raise ConnectionError("closed")
-            if self._exit() is not None:
-                raise ConnectionError(f"memory process exited with {self._exit()}")
+            if (code := self._exit()) is not None:
+                raise ConnectionError(f"memory process exited with {code}")
             if self._path.exists():
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
