@@ -414,6 +414,15 @@ class LiveProxy:
                         raise wire.decode_error(msg["e"])
                     return msg["r"]
 
+    def wait_for(self, since: int, type_: str, timeout: float = 60) -> None:
+        """Wait until an event of ``type_`` follows event ``since``: the proxy answers before its writer
+        thread has appended the request's events to the log."""
+        deadline = time.monotonic() + timeout
+        while not any(e.type == type_ for e in self.events()[since:]):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"no {type_} event in {timeout:.0f} s:\n{self.output()[-2000:]}")
+            time.sleep(0.02)
+
     def settle(self, turns: int, timeout: float = 1800) -> None:
         """Wait until the proxy completed ``turns`` turns (each hands its items to the memory process
         before its ``turn`` event) and the memory process stored everything it was handed."""
@@ -502,6 +511,7 @@ class Live:
         mark, before = len(self.proxy.events()), len(self.upstream.bodies)
         r = self.proxy.post(body_of(messages), key, session)
         body = self.upstream.bodies[before] if len(self.upstream.bodies) > before else {}
+        self.proxy.wait_for(mark, "forward")  # the memory stage's event comes before it
         tokens, full = _forward_tokens(self.proxy, mark)
         return Asked(request_text(body), _memory_event(self.proxy, mark, session), tokens, full,
                      failed=self.remember and r.status_code != 200)
