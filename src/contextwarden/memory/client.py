@@ -406,16 +406,15 @@ class RemoteMemoryService:
         proc = self._proc
         while proc is None and self._exit() is None and time.monotonic() < deadline:  # (attached to)
             time.sleep(0.05)
-        if proc is not None:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.terminate()
+        if proc is not None:  # asked, then terminated, then killed; a close never raises (a slow reap is left)
+            for stop, wait in ((None, max(0.1, deadline - time.monotonic())), (proc.terminate, 2.0), (proc.kill, 10.0)):
+                if stop is not None:
+                    stop()
                 try:
-                    proc.wait(2)
+                    proc.wait(wait)
+                    break
                 except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(2)
+                    pass
         if self._sock is not None:
             self._lost(self._sock)
         self.ready.clear()

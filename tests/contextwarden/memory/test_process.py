@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
 
 from contextwarden.memory.client import RemoteMemoryService
 from contextwarden.memory.items import MemoryItem
@@ -83,6 +84,31 @@ def test_a_killed_memory_process_is_restarted_and_requests_go_on_meanwhile(tmp_p
         rp.complete(sent, "hi")
         assert rp.flush(60)
     finally:
+        rp.close()
+
+
+def test_closing_a_memory_process_that_will_not_exit_in_time_never_raises(tmp_path, monkeypatch):
+    """A stopped process answers neither the close nor SIGTERM, and here no wait ends in time (a loaded
+    machine's slow reap): close asks, terminates, kills, and returns; the runtime's shutdown goes on."""
+    rp = replayer(tmp_path, SEPARATE)
+    svc = get_service(rp.runtime)
+    proc = svc._proc
+    assert isinstance(svc, RemoteMemoryService) and proc is not None
+    os.kill(proc.pid, signal.SIGSTOP)
+    signals: list[str] = []
+    monkeypatch.setattr(proc, "terminate", lambda: signals.append("term"))
+    monkeypatch.setattr(proc, "kill", lambda: (signals.append("kill"), os.kill(proc.pid, signal.SIGKILL)))
+
+    def late(timeout=None):
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+
+    monkeypatch.setattr(proc, "wait", late)
+    try:
+        svc.close(timeout=0.5)
+        assert signals == ["term", "kill"]
+    finally:
+        monkeypatch.undo()
+        assert proc.wait(30) == -signal.SIGKILL
         rp.close()
 
 
