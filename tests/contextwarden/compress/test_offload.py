@@ -166,7 +166,10 @@ def separate(cw_home, **cfg):
     tests of a dead or busy worker are about the only one)."""
     h = harness(cw_home, process="separate", **{"workers": 1, **cfg})
     pool = h.rt.memo(offload.NAME, lambda: None)
-    assert pool is not None and pool.wait_ready(60)  # started with the runtime
+    assert pool is not None
+    # started with the runtime; if not ready, say whether the worker lives (once seen beside two CPU-bound loops)
+    assert pool.wait_ready(60), [(w.proc and w.proc.pid, w.proc and w.proc.poll(), pool.started, pool.failures)
+                                 for w in pool.workers]
     return h, pool
 
 
