@@ -414,23 +414,20 @@ class LiveProxy:
                         raise wire.decode_error(msg["e"])
                     return msg["r"]
 
-    def wait_for(self, since: int, type_: str, timeout: float = 60) -> None:
-        """Wait until an event of ``type_`` follows event ``since``: the proxy answers before its writer
-        thread has appended the request's events to the log."""
+    def wait_for(self, type_: str, count: int = 1, since: int = 0, timeout: float = 60) -> None:
+        """Wait until ``count`` events of ``type_`` follow event ``since`` (the proxy answers before its
+        writer thread has appended the request's events to the log)."""
         deadline = time.monotonic() + timeout
-        while not any(e.type == type_ for e in self.events()[since:]):
+        while sum(e.type == type_ for e in self.events()[since:]) < count:
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"no {type_} event in {timeout:.0f} s:\n{self.output()[-2000:]}")
+                raise RuntimeError(f"fewer than {count} {type_} events in {timeout:.0f} s:\n{self.output()[-2000:]}")
             time.sleep(0.02)
 
     def settle(self, turns: int, timeout: float = 1800) -> None:
         """Wait until the proxy completed ``turns`` turns (each hands its items to the memory process
         before its ``turn`` event) and the memory process stored everything it was handed."""
         deadline = time.monotonic() + timeout
-        while sum(e.type == "turn" for e in self.events()) < turns:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"the proxy completed fewer than {turns} turns:\n{self.output()[-2000:]}")
-            time.sleep(0.05)
+        self.wait_for("turn", turns, timeout=timeout)
         self._memory_call("wait_ready", 600)
         time.sleep(0.2)  # the last submit frames reach the memory process's pool
         if not self._memory_call("flush", max(1.0, deadline - time.monotonic())):
@@ -511,7 +508,7 @@ class Live:
         mark, before = len(self.proxy.events()), len(self.upstream.bodies)
         r = self.proxy.post(body_of(messages), key, session)
         body = self.upstream.bodies[before] if len(self.upstream.bodies) > before else {}
-        self.proxy.wait_for(mark, "forward")  # the memory stage's event comes before it
+        self.proxy.wait_for("forward", since=mark)  # the memory stage's event comes before it
         tokens, full = _forward_tokens(self.proxy, mark)
         return Asked(request_text(body), _memory_event(self.proxy, mark, session), tokens, full,
                      failed=self.remember and r.status_code != 200)
