@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from contextwarden.core.events import Event
 from contextwarden.core.runtime import Runtime
 from contextwarden.util.lru import LRU
-from contextwarden.wire.cost import billed_units, number, number_or_none, price_for
+from contextwarden.wire.cost import Price, billed_units, number, number_or_none
 
 from .perruntime import PerRuntime
 
@@ -132,9 +132,10 @@ class Metrics:
             if v := number(usage.get(key)):
                 self.usage.labels(kind).inc(v)
         ti, ts = number_or_none(d.get("tokens_in")), number_or_none(d.get("tokens_sent"))
-        if ti is not None and ts and ti > ts:
-            billed = billed_units(usage, d.get("model"))  # input units this turn paid
-            self.saving.inc((ti - ts) * billed / ts * price_for(d.get("model")).input / 1e6)
+        price = Price.of_turn(d)  # (None: a model nobody priced, no dollars)
+        if ti is not None and ts and ti > ts and price is not None:
+            billed = billed_units(usage, price)  # input units this turn paid
+            self.saving.inc((ti - ts) * billed / ts * price.input / 1e6)
 
     def checks(self) -> dict[str, bool]:
         """What readiness depends on: the state backend, and the Chroma server when there is one."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from contextwarden.wire.conversation import (
     cut_points,
     digest_memo,
 )
-from contextwarden.wire.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors, usage_usd
+from contextwarden.wire.cost import READ_MULT, TTL_5M, WRITE_MULT, cache_factors, known_price, usage_usd
 from contextwarden.wire.dialects import NO_PROVIDER, ProviderContext, dialect
 from contextwarden.wire.history import session_key
 from contextwarden.wire.workingset import WORKING_HEAD, Call, mentions, path_of, said, working_set
@@ -188,12 +189,13 @@ def _llm_url(ctx, cfg) -> tuple[str, str]:
     return base + path, api.value
 
 
-def summariser_cost(usage: dict[str, Any] | None, model: str | None) -> dict[str, Any]:
+def summariser_cost(usage: dict[str, Any] | None, model: str | None, prices: Mapping[str, Any]) -> dict[str, Any]:
     """Event fields for what an LLM summary cost: its tokens, and dollars at the model's list price
-    (``summariser_usd`` is None for a model the price table does not know)."""
+    (``summariser_usd`` is None for a model neither ``prices``, the settings', nor the table knows)."""
     u = usage or {}
     model = u.get("model") or model
-    usd = usage_usd({"input_tokens": u.get("input_tokens", 0), "output_tokens": u.get("output_tokens", 0)}, model)
+    usd = usage_usd({"input_tokens": u.get("input_tokens", 0), "output_tokens": u.get("output_tokens", 0)},
+                    known_price(model, prices))
     return {"summariser_model": model, "summariser_input_tokens": int(u.get("input_tokens") or 0),
             "summariser_output_tokens": int(u.get("output_tokens") or 0),
             "summariser_usd": round(usd, 8) if usd is not None else None}
@@ -222,7 +224,7 @@ def _start_llm(ctx, cfg, key: str, span: str, turns, prior: Summary | None, mess
         state_cache(rt).put(NS_LLM, job_key, {"text": s.text, "messages": s.messages, "source_tokens": s.source_tokens,
                                         "usage": s.usage, "ts": time.time()})
         rt.bus.emit("summariser", {"status": "done", "model": model, "usage": s.usage, "span": span,
-                                   "ms": round((time.perf_counter() - t0) * 1000, 1), **summariser_cost(s.usage, model)},
+                                   "ms": round((time.perf_counter() - t0) * 1000, 1), **summariser_cost(s.usage, model, rt.settings.prices)},
                     flow_id=flow_id, session=session)
 
     started = summariser(rt).submit(job_key, run)
@@ -577,7 +579,7 @@ def _decide(f: _Compaction) -> _Decision:
         span_toks = sum(tok_now[start:chosen])
         t_after = t_now - prev_summary - span_toks + est_summary
         if span_toks >= min_span and t_after < t_now:
-            read, write = cache_factors(api, ctx.model)
+            read, write = cache_factors(api, ctx.model, ctx.settings.prices)
             cost = pays_off(t_now, t_after, fixed, f.n_expected, f.warm, read, write)
             trigger = "manual" if ctl.compact_now else "hard" if t_now > f.hard else "soft" if cost.pays else None
             reason = "soft threshold: re-writing the cache does not pay yet"
@@ -688,7 +690,7 @@ def _apply(f: _Compaction, active: Decision, reused: bool, trigger: str | None, 
         data["folded"] = [x["memory_id"] for x in ctx.notes["folded"]]  # the ids the summary names
     if llm_usage:
         data["llm_usage"] = llm_usage
-        data.update(summariser_cost(llm_usage, llm_usage.get("model")))
+        data.update(summariser_cost(llm_usage, llm_usage.get("model"), ctx.settings.prices))
     ctx.emit("compaction", **data)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from contextwarden.core.liveprotocol import SentLedger, Totals, applied_compaction, new_clearing, new_compaction
 from contextwarden.util.lru import LRU
-from contextwarden.wire.cost import number, number_or_none
+from contextwarden.wire.cost import Price, number, number_or_none
 
 CONTEXT_TYPES = ("compaction", "clearing", "compression", "error", "budget", "bypass", "settings", "startup", "shutdown", "strip",
                  "session", "memory")
@@ -55,6 +55,7 @@ class RequestRow:
     cleared: bool = False
     ingested: bool = False
     usage: dict[str, Any] | None = None
+    price: Price | None = None  # the model's list price, as the turn was priced (None: not priced)
     replica: str | None = None  # the gateway replica that served it (events of several replicas)
 
     @property
@@ -446,6 +447,7 @@ class Store:
 
     def _on_turn(self, ev: dict[str, Any], d: dict[str, Any], row: RequestRow, sess: SessionInfo | None) -> None:
         self._usage(d, row, sess)
+        row.price = Price.of_turn(d)
         tags = normalise_tags(d.get("tags"))
         if tags and not row.tags:
             row.tags = tags

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 
 import orjson
@@ -142,6 +143,19 @@ async def test_overview_without_provider_usage_reports_no_cost():
         await settle(pilot, app)
         text = screen_text(app)
         assert "no provider usage yet" in text and "saved (estimate)" not in text
+
+
+async def test_overview_names_a_model_without_a_price_and_the_setting_that_prices_it():
+    src = MemorySource(settings_snapshot())
+    app = make_app(src)
+    f = EventFactory()
+    async with app.run_test(size=(120, 30)) as pilot:
+        await src.ready()
+        src.feed(f.request("s", tokens_in=1000, model="claude-opus-5-5"))
+        await settle(pilot, app)
+        text = screen_text(app)
+        assert "(1 turns unpriced)" in text
+        assert re.search(r"set prices for +claude-opus-5-5", text), text
 
 
 async def test_context_events_panel_lists_compaction_and_clearing():

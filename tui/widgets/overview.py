@@ -69,6 +69,8 @@ def tokens_table(store: Store) -> Group:
         # dollars at list price for the turns whose model has a price; the input billed in tokens at 1x
         unpriced = tot.measured_turns - tot.priced_turns
         c.add_row("billed, list price", fmt.usd(tot.usd) + (f" ({fmt.num(unpriced)} turns unpriced)" if unpriced else ""))
+        if unpriced:  # (a model the price table lacks: the user's profile may price it)
+            c.add_row("set prices for", Text(tot.unpriced_model, style="dim"))
         c.add_row("billed input", f"{fmt.num(tot.billed_units)} tokens at 1x")
         if tot.saving_turns_tokens_sent:
             base = tot.billed_units + tot.est_saved_units

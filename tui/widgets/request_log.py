@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from contextwarden.wire.cost import billed_units, provider_compaction
+from contextwarden.wire.cost import DEFAULT_PRICE, billed_units, provider_compaction
 
 from .. import format as fmt
 from ..store import RequestRow, Store
@@ -87,7 +87,7 @@ def detail_text(row: RequestRow | None) -> Text:
         t.append(f" · {row.status}")
     comp = provider_compaction(row.usage)  # the provider's own context management, billed on top
     if comp:
-        t.append(f" · provider compacted ({fmt.num(billed_units(comp, row.model))} in at 1x, {fmt.num(comp['output_tokens'])} out)", style="magenta")
+        t.append(f" · provider compacted ({fmt.num(billed_units(comp, row.price or DEFAULT_PRICE))} in at 1x, {fmt.num(comp['output_tokens'])} out)", style="magenta")
     if cleared := (row.usage or {}).get("provider_cleared_tokens"):
         t.append(f" · provider cleared {fmt.num(cleared)}", style="magenta")
     if row.reason:

@@ -11,7 +11,7 @@ import yaml
 
 from ..offline import baselines, oracle
 from ..offline.replay import details, lost_examples, replay, request_table, summary_table
-from ..settings import SettingsError
+from ..settings import SettingsError, load_settings
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -95,6 +95,7 @@ def run_oracle(args, overrides: dict) -> int:
     """``--oracle``: per trace, the runs (the profile, or every baseline) and the hindsight ceiling in one
     table, and the time each took."""
     rows, timings, extra = [], [], []
+    prices = load_settings(args.profile or baselines.DEFAULT, None, overrides=overrides).prices  # (the oracle bills as the runs)
     for path in args.traces:
         name = Path(path).name[:40]
         kw = dict(window=args.window, stage_budget_ms=args.stage_budget_ms, limit=args.limit,
@@ -108,7 +109,7 @@ def run_oracle(args, overrides: dict) -> int:
             label = {"learn": "learned (as it goes)", "frozen": "learned (frozen)"}.get(mode, baselines.NAMES.get(profile, profile))
             got = [(label, replay(path, profile=args.profile, **kw))]
         t1 = time.perf_counter()
-        orc = oracle.run(path, overrides=overrides, limit=args.limit)
+        orc = oracle.run(path, overrides=overrides, limit=args.limit, prices=prices)
         if orc.report.trace.fit != got[0][1].trace.fit:  # (another count of the same trace: another tokenizer)
             raise SystemExit(f"{name}: the oracle's size fit {orc.report.trace.fit} is not the replay's {got[0][1].trace.fit}: "
                              f"they did not count alike (the oracle's tokens: {orc.counter_source})")

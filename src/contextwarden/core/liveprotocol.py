@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..util.lru import LRU
-from ..wire.cost import billed_units, number, price_for, provider_compaction, usage_usd
+from ..wire.cost import DEFAULT_PRICE, Price, billed_units, number, provider_compaction, usage_usd
 
 PROTOCOL = 1
 INFO_FILE = "tui.json"
@@ -129,6 +129,7 @@ class Totals:
     usd: float = 0
     est_saved_usd: float = 0
     priced_turns: float = 0
+    unpriced_model: str = ""  # the latest model whose turns have no price (the user may set one: settings ``prices``)
     saving_turns_tokens_sent: float = 0
     provider_compactions: float = 0
     provider_compaction_units: float = 0
@@ -202,22 +203,24 @@ class Totals:
             if isinstance(usage, dict):
                 i, o = num(usage.get("input_tokens")), num(usage.get("output_tokens"))
                 cr, cw = num(usage.get("cache_read_input_tokens")), num(usage.get("cache_creation_input_tokens"))
-                model = data.get("model")
-                billed = billed_units(usage, model)
+                price = Price.of_turn(data)
+                billed = billed_units(usage, price or DEFAULT_PRICE)
                 self.usage_input += i
                 self.usage_output += o
                 self.usage_cache_read += cr
                 self.usage_cache_write += cw
                 self.billed_units += billed  # (the provider's compaction included: cost.billed_units)
                 self.measured_turns += 1
-                usd = usage_usd(usage, model)
+                usd = usage_usd(usage, price)
                 if usd is not None:
                     self.usd += usd
                     self.priced_turns += 1
+                else:
+                    self.unpriced_model = str(data.get("model") or "?")
                 comp = provider_compaction(usage)  # the provider's own context management, apart
                 if comp:
                     self.provider_compactions += comp["iterations"]
-                    comp_units = billed_units(comp, model)
+                    comp_units = billed_units(comp, price or DEFAULT_PRICE)
                     self.provider_compaction_units += comp_units
                     billed -= comp_units  # (the rate below: the request's own sampling only)
                 self.provider_cleared += num(usage.get("provider_cleared_tokens"))
@@ -225,8 +228,8 @@ class Totals:
                 if isinstance(ti, (int, float)) and isinstance(ts, (int, float)) and ts > 0:
                     # what the freed tokens would have cost at the rate this turn paid per sent token
                     self.est_saved_units += (ti - ts) * billed / ts
-                    if usd is not None:  # (the same units at the model's input price: one bill per turn)
-                        self.est_saved_usd += (ti - ts) * billed / ts * price_for(model).input / 1e6
+                    if price is not None:  # (the same units at the model's input price: one bill per turn)
+                        self.est_saved_usd += (ti - ts) * billed / ts * price.input / 1e6
                     self.saving_turns_tokens_sent += ts
 
     def _memory_ingestion(self, data: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ import orjson
 
 from ..util.lru import LRU
 from ..wire.conversation import result_text
-from ..wire.cost import READ_MULT, price_for
+from ..wire.cost import READ_MULT, Price, price_for
 from ..wire.references import _WORD, _lines, _tokens, names
 
 EDIT_TOOLS = ("Edit", "MultiEdit")
@@ -285,7 +285,8 @@ class _Lost:
 class FidelityCounter:
     """Counts one trace's requests; holds the text memo across them (the history repeats)."""
 
-    def __init__(self, count_text=None) -> None:
+    def __init__(self, count_text=None, prices: Mapping[str, Any] | None = None) -> None:
+        self.prices = prices  # the user's (settings ``prices``), before the table
         self.ix = Indexer()
         self._parts = PartsMemo()
         self._orig, self._results, self._sent = Incremental(self.ix), Incremental(self.ix), Incremental(self.ix)
@@ -402,7 +403,7 @@ class FidelityCounter:
                 fid.lost.append("reference: " + _short(r))
         fid.by_tool, fid.by_stage = dict(by_tool), dict(by_stage)
         fid.round_trips = len(origins) + (by_stage.get("other", 0) and 1)
-        fid.penalty = round_trip_cost(model, tokens_sent, [self._count(t) for _, t in origins.values()],
+        fid.penalty = round_trip_cost(price_for(model, self.prices), tokens_sent, [self._count(t) for _, t in origins.values()],
                                       factor, extra_trips=fid.round_trips - len(origins))
         return fid
 
@@ -410,12 +411,11 @@ class FidelityCounter:
 CALL_OUTPUT_TOKENS = 60  # a tool call's output (name, a path): what the model writes to ask again
 
 
-def round_trip_cost(model: str | None, prefix_tokens: int, result_tokens: list[int], factor: float = 1.0,
+def round_trip_cost(p: Price, prefix_tokens: int, result_tokens: list[int], factor: float = 1.0,
                     extra_trips: int = 0) -> float:
     """Dollars of the extra round trips: per trip, the prefix read from cache (0.1x input) and the call
     as output; per result, its tokens as new input (1x). ``extra_trips`` are trips whose result size is
     unknown (counted for the prefix and the call only)."""
-    p = price_for(model)
     trips = len(result_tokens) + extra_trips
     inp = trips * prefix_tokens * factor * READ_MULT + sum(result_tokens) * factor
     return (inp * p.input + trips * CALL_OUTPUT_TOKENS * p.output) / 1e6

@@ -11,6 +11,7 @@ what lies outside it.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
@@ -20,7 +21,17 @@ from contextwarden.plugins.clearing import INPUT_VALUE_CHARS, _value_text, input
 
 from ..settings import _deep_merge, load_settings
 from ..wire.conversation import result_text
-from ..wire.cost import LOOKBACK_BLOCKS, READ_MULT, TTL_5M, WRITE_MULT, Boundary, PromptCache, boundaries, price_for
+from ..wire.cost import (
+    LOOKBACK_BLOCKS,
+    READ_MULT,
+    TTL_5M,
+    WRITE_MULT,
+    Boundary,
+    Price,
+    PromptCache,
+    boundaries,
+    price_for,
+)
 from ..wire.dialects import ANTHROPIC
 from ..wire.tokens import TokenCounter, current_turn_start
 from .assets import TOKENIZER_WAIT_S
@@ -52,6 +63,7 @@ class Request:
     bounds: list[Boundary]
     units: list[PlacedUnit]
     n_sys: int  # boundaries before the first message block
+    price: Price
 
     @property
     def total(self) -> int:
@@ -253,7 +265,8 @@ def cleared_body(body: dict, cleared: frozenset[str], stubs: Stubs, model: str, 
     return {**body, "messages": msgs}
 
 
-def prepare(trace, counter, factor: float, stubs: Stubs, kinds: tuple[str, ...] = KINDS) -> list[Request]:
+def prepare(trace, counter, factor: float, stubs: Stubs, kinds: tuple[str, ...] = KINDS,
+            prices: Mapping[str, Any] | None = None) -> list[Request]:
     """Each request's boundaries (as the replay bills them) and its units, placed at their boundary."""
     out = []
     for i, rq in enumerate(trace.requests):
@@ -267,15 +280,14 @@ def prepare(trace, counter, factor: float, stubs: Stubs, kinds: tuple[str, ...] 
         placed = [PlacedUnit(u.id, where[(u.message, u.block)], sv, u.message < last) for u in us if (u.message, u.block) in where
                   and (sv := stubs.saving(u, msgs[u.message]["content"][u.block], calls, model)) > 0]  # (a stub no smaller: kept)
         conv = bounds[min(n_sys, len(bounds) - 1)].key if bounds else b""
-        out.append(Request(i, rq.ts, model.lower(), conv, bounds, placed, n_sys))
+        out.append(Request(i, rq.ts, model.lower(), conv, bounds, placed, n_sys, price_for(model, prices)))
     return out
 
 
 # ---------------------------------------------------------------------------- the dynamic program
 
 
-def _cost(model: str, read: int, total: int) -> float:
-    p = price_for(model)
+def _cost(p: Price, read: int, total: int) -> float:
     if total < p.min_cache:
         return (read * READ_MULT + (total - read)) * p.input / 1e6
     return (read * READ_MULT + (total - read) * WRITE_MULT[TTL_5M]) * p.input / 1e6
@@ -348,12 +360,12 @@ class _Reads:
             if reqs[k].model != q.model or q.ts - self.touched[k] > TTL_5M:
                 continue
             if e < common and e < limit and e >= last - LOOKBACK_BLOCKS:
-                if e >= q.n_sys - 1 and reqs[k].total >= price_for(q.model).min_cache:
+                if e >= q.n_sys - 1 and reqs[k].total >= q.price.min_cache:
                     return reqs[k].total - self.sav[k][r]
         prev = reqs[t - 1] if t else None
         if prev is not None and prev.model == q.model and q.ts - prev.ts <= TTL_5M and cp[t] >= q.n_sys and q.n_sys:
             s = q.bounds[q.n_sys - 1].cum
-            return s if s >= price_for(q.model).min_cache else 0
+            return s if s >= q.price.min_cache else 0
         return 0
 
 
@@ -366,7 +378,7 @@ def _plan_conversation(reqs: list[Request], last_use: dict[str, int]) -> tuple[l
     inf = float("inf")
     best = [inf] * m
     back = [-1] * m
-    best[0] = _cost(reqs[0].model, read(0, 0, inf), reqs[0].total - sav[0][0])
+    best[0] = _cost(reqs[0].price, read(0, 0, inf), reqs[0].total - sav[0][0])
     run = [0.0] * m  # run[r]: the cost of requests r+1..t-1 kept at dead(r), accumulated as t moves on
     for t in range(1, m):
         q = reqs[t]
@@ -374,12 +386,12 @@ def _plan_conversation(reqs: list[Request], last_use: dict[str, int]) -> tuple[l
         for r in range(t):
             if best[r] == inf:
                 continue
-            c = best[r] + run[r] + _cost(q.model, read(t, r, first_new[t][r]), q.total - sav[t][t])
+            c = best[r] + run[r] + _cost(q.price, read(t, r, first_new[t][r]), q.total - sav[t][t])
             if c < b:
                 b, arg = c, r
         best[t], back[t] = b, arg
         for r in range(t):  # request t kept at dead(r), for the rewrites after it
-            run[r] += _cost(q.model, read(t, r, inf), q.total - sav[t][r])
+            run[r] += _cost(q.price, read(t, r, inf), q.total - sav[t][r])
     end = min(range(m), key=lambda r: best[r] + run[r])
     points = []
     t = end
@@ -450,11 +462,11 @@ def free_moments(reqs: list[Request]) -> int:
 
 
 def bill_plan(trace, reqs: list[Request], cleared: list[frozenset[str]], counter, factor: float, stubs: Stubs,
-              kinds: tuple[str, ...] = KINDS) -> list[RequestResult]:
+              kinds: tuple[str, ...] = KINDS, prices: Mapping[str, Any] | None = None) -> list[RequestResult]:
     """Bill every request with its cleared set exactly as a replay bills what it sends, and count the
     fidelity of what the plan sent: a replay report."""
-    cache_o, cache_u = PromptCache(), PromptCache()
-    fid = FidelityCounter(counter.count_text)
+    cache_o, cache_u = PromptCache(prices=prices or {}), PromptCache(prices=prices or {})
+    fid = FidelityCounter(counter.count_text, prices)
     results = []
     for q, rq, cl in zip(reqs, trace.requests, cleared):
         model = rq.body.get("model") or ""
@@ -477,31 +489,32 @@ def counter_for(overrides: dict | None = None) -> TokenCounter:
     return TokenCounter(load_settings("default", None, overrides=ov).tokens)
 
 
-def solve(trace, counter, kinds: tuple[str, ...] = KINDS, short: bool = True) -> OracleReport:
+def solve(trace, counter, kinds: tuple[str, ...] = KINDS, short: bool = True,
+          prices: Mapping[str, Any] | None = None) -> OracleReport:
     """Plan the rewrites of a loaded trace and bill the plan exactly. ``kinds``: what it may replace
     (tool results, large tool-input values, assistant texts); ``short``: the ceiling's short stub
-    (else the clearing stage's own)."""
+    (else the clearing stage's own); ``prices``: the user's, before the table."""
     t0 = time.perf_counter()
     factor = trace.fit["b"] if trace.fit else 1.0
     stubs = Stubs(counter, factor, short)
-    reqs = prepare(trace, counter, factor, stubs, kinds)
+    reqs = prepare(trace, counter, factor, stubs, kinds, prices)
     t1 = time.perf_counter()
     p = plan(reqs, last_uses(trace.requests, kinds))
     dp = time.perf_counter() - t1
-    results = bill_plan(trace, reqs, p.cleared, counter, factor, stubs, kinds)
+    results = bill_plan(trace, reqs, p.cleared, counter, factor, stubs, kinds, prices)
     secs = time.perf_counter() - t0
     return OracleReport(ReplayReport(trace, "oracle", None, results, secs, ["oracle"]), p, secs, dp, free_moments(reqs))
 
 
 def run(trace_path: str | Path, overrides: dict | None = None, limit: int | None = None,
-        kinds: tuple[str, ...] = KINDS, short: bool = True) -> OracleReport:
+        kinds: tuple[str, ...] = KINDS, short: bool = True, prices: Mapping[str, Any] | None = None) -> OracleReport:
     """The oracle on one trace file, loaded as a replay loads it (its time includes the loading)."""
     t0 = time.perf_counter()
     counter = counter_for(overrides)
     trace = load_trace(trace_path, counter)
     if limit:
         trace.requests = trace.requests[:limit]
-    rep = solve(trace, counter, kinds, short)
+    rep = solve(trace, counter, kinds, short, prices)
     rep.seconds = rep.report.seconds = time.perf_counter() - t0
     rep.counter_source = counter.source
     return rep

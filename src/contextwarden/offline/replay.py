@@ -31,7 +31,7 @@ from ..request.lifecycle import complete, turn_of
 from ..request.sessions import CLAUDE_CODE_SESSION
 from ..settings import _deep_merge, load_settings
 from ..store.statecache import state_cache
-from ..wire.cost import Bill, PromptCache, billed_from_usage, boundaries, price_for
+from ..wire.cost import Bill, Price, PromptCache, billed_from_usage, boundaries, price_for
 from ..wire.dialects import ANTHROPIC, dialect, validate_rewrite
 from ..wire.streams.turn import Usage
 from ..wire.workingset import path_of
@@ -508,8 +508,9 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 flow_errors.setdefault(ev.flow_id, []).append(f"{where}: {str(d.get('message', ''))[:120]}")
 
     unsubscribe = rt.bus.subscribe(on_event)
-    cache_o, cache_u = PromptCache(), PromptCache()
-    fidelity = FidelityCounter(rt.tokens.count_text)
+    prices = rt.settings.prices
+    cache_o, cache_u = PromptCache(prices=prices), PromptCache(prices=prices)
+    fidelity = FidelityCounter(rt.tokens.count_text, prices)
     learning = rt.settings.clearing.policy == "learn"
     taught: set[str] = set()  # cleared results whose loss the policy learned from (once each)
     out: list[RequestResult] = []
@@ -531,8 +532,8 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 bill_o = cache_o.bill(boundaries(ctx.original, rt.tokens, model, factor), req.ts, model, req.output_tokens)
                 bill_u = cache_u.bill(boundaries(sent, rt.tokens, model, factor), req.ts, model, req.output_tokens) if sent is not None else Bill()
             else:  # no cache breakpoints: everything is base input
-                bill_o = _flat_bill(rt.tokens.count_request(req.api, ctx.original, model), req.output_tokens, model, factor)
-                bill_u = _flat_bill(rt.tokens.count_request(req.api, sent, model), req.output_tokens, model, factor) if sent is not None else Bill()
+                bill_o = _flat_bill(rt.tokens.count_request(req.api, ctx.original, model), req.output_tokens, price_for(model, prices), factor)
+                bill_u = _flat_bill(rt.tokens.count_request(req.api, sent, model), req.output_tokens, price_for(model, prices), factor) if sent is not None else Bill()
             tokens_sent = rt.tokens.count_request(req.api, sent, model) if sent is not None else 0
             if sent is not None and ctx.tokens_in is not None:  # the provider's view, as tokens_in (pipeline._provider_dropped)
                 tokens_sent -= rt.tokens.count_request(req.api, ctx.original, model) - ctx.tokens_in
@@ -545,7 +546,7 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 tokens_original=ctx.tokens_in or 0, tokens_sent=tokens_sent, original=bill_o, ours=bill_u, problems=problems,
                 stages={s["stage"]: s["status"] for s in ctx.stage_results if s["status"] != "ok"},
                 stage_events=dict(flow_events.pop(flow_id, Counter())), errors=flow_errors.pop(flow_id, []),
-                actual=billed_from_usage(req.usage, model) if req.usage and any(req.usage.get(k) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")) else None,
+                actual=billed_from_usage(req.usage, price_for(model, prices)) if req.usage and any(req.usage.get(k) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")) else None,
                 memory_items=int(mem.get("injected") or 0), memory_tokens=int(mem.get("tokens") or 0),
                 fidelity=fidelity.request(ctx.original, sent, req.response, model, tokens_sent, factor,
                                           recalled=ctx.notes.get("recalled") if sent is not ctx.original else None)
@@ -578,8 +579,7 @@ def _learn_losses(rt, ctx, fid: Fidelity, taught: set[str]) -> None:
                  policy.request_time(ctx))
 
 
-def _flat_bill(tokens: int, output: int, model: str | None, factor: float) -> Bill:
-    p = price_for(model)
+def _flat_bill(tokens: int, output: int, p: Price, factor: float) -> Bill:
     t = int(round(tokens * factor))
     return Bill(tokens=t, uncached=t, output=output, input_cost=t * p.input / 1e6, output_cost=output * p.output / 1e6)
 

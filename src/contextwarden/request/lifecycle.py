@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..models.base import ApiKind
 from ..wire.apis import COUNT
+from ..wire.cost import known_price
 from ..wire.dialects import dialect
 from ..wire.streams.turn import AssembledTurn, Usage
 from .context import Incoming, RequestContext
@@ -188,5 +190,7 @@ def complete(rt: Runtime, ctx: RequestContext, turn: AssembledTurn, *, calibrate
             rt.tokens.observe_usage(ctx.model, ctx.tokens_out, turn.usage)
     except Exception as e:
         ctx.emit("error", where="calibration", message=f"{type(e).__name__}: {e}")
-    if announce:
-        ctx.emit("turn", **turn.summary(), tags=ctx.notes.get("tags"), tokens_sent=ctx.tokens_out, tokens_in=ctx.tokens_in)
+    if announce:  # (priced here, by the settings' prices: the TUI and the metrics read the price off the event)
+        price = known_price(turn.model or ctx.model, ctx.settings.prices)
+        ctx.emit("turn", **turn.summary(), tags=ctx.notes.get("tags"), tokens_sent=ctx.tokens_out, tokens_in=ctx.tokens_in,
+                 price=asdict(price) if price else None)

@@ -118,7 +118,7 @@ def rewrite_cost(rt, ctx, restored: dict[str, Any]) -> dict[str, Any]:
     while first < min(len(new), len(old)) and strip_cache_control(new[first]) == strip_cache_control(old[first]):
         first += 1
     tokens = sum(rt.tokens.count_message(ctx.api, m, ctx.model) for m in new[first:])
-    usd = tokens * price_for(ctx.model).input * WRITE_MULT[TTL_5M] / 1e6
+    usd = tokens * price_for(ctx.model, rt.settings.prices).input * WRITE_MULT[TTL_5M] / 1e6
     return {"first_changed_message": first, "rewrite_tokens": tokens, "rewrite_usd": round(usd, 6),
             "model": ctx.model, "known_last_sent": sent is not None}
 

@@ -18,7 +18,15 @@ from pydantic import ValidationError
 import contextwarden.profiles as bundled  # data package mapped from the repo's profiles/
 
 from .base import Section
-from .context import BudgetSection, ClearingSection, CompactionSection, CompressionSection, StripSection, TokensSection
+from .context import (
+    BudgetSection,
+    ClearingSection,
+    CompactionSection,
+    CompressionSection,
+    PriceSection,
+    StripSection,
+    TokensSection,
+)
 from .memory import MemorySection, TaggingSection
 from .pipeline import PipelineSection
 from .proxy import LogSection, MetricsSection, ProxySection, ServerSection, StateSection
@@ -56,6 +64,9 @@ class Settings(Section):
     metrics: MetricsSection = MetricsSection()
     plugins: dict[str, dict[str, Any]] = {}
     """Settings of third-party stages, by stage name; each stage validates its own."""
+    prices: dict[str, PriceSection] = {}
+    """List prices by model-name prefix (``claude-opus-5``: that model, its dated and suffixed names), looked up
+    before the built-in table: a model the table does not know is billed in tokens only."""
 
 
 def available_profiles(home: Path | None = None) -> dict[str, Path]:

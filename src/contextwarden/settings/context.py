@@ -27,6 +27,25 @@ class TokensSection(Section):
     """How long loading a tiktoken encoding may take (a download without a cache) before estimating instead."""
 
 
+class PriceSection(Section):
+    """A model's list price, for a model the built-in table lacks or prices otherwise."""
+
+    input: float
+    """Dollars per million uncached input tokens."""
+
+    output: float
+    """Dollars per million output tokens."""
+
+    min_cache: int = 1024
+    """The shortest prefix the model caches, in tokens."""
+
+    read: float = 0.1
+    """What a cached input token costs, as a fraction of an uncached one."""
+
+    write: float = 1.25
+    """What a token written to the cache (a 5-minute entry) costs, as a fraction of an uncached one."""
+
+
 class StripSection(Section):
     enabled_patterns: list[str] = ["vc_prompt", "vc_user", "system_timestamp", "channel_header", "message_id"]
     """Built-in envelope patterns to strip (the OpenClaw envelopes)."""

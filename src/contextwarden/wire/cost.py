@@ -24,6 +24,7 @@ Token counts come from :class:`contextwarden.wire.tokens.TokenCounter`, times an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from hashlib import blake2b
 from typing import Any
@@ -52,6 +53,17 @@ class Price:
     min_cache: int = 1024
     read: float = READ_MULT
     write: float = WRITE_MULT[TTL_5M]
+
+    @classmethod
+    def of_turn(cls, data: dict[str, Any]) -> Price | None:
+        """The price a ``turn`` event carries (None: nobody priced its model); an event from before turns
+        carried one: the table's price of its model."""
+        if "price" not in data:
+            return known_price(data.get("model"))
+        try:
+            return cls(**data["price"]) if isinstance(data["price"], dict) else None
+        except TypeError:  # (not a price's fields)
+            return None
 
 
 def _openai(input: float, output: float, read: float) -> Price:
@@ -90,10 +102,11 @@ CACHE_FACTORS: dict[str, tuple[float, float]] = {
 }
 
 
-def cache_factors(api: Any, model: str | None = None) -> tuple[float, float]:
+def cache_factors(api: Any, model: str | None = None, own: Mapping[str, Any] | None = None) -> tuple[float, float]:
     """(cache read, cache write) price factors relative to uncached input: ``model``'s when the price
-    table knows it, else ``api``'s (an ApiKind or its value; Anthropic's for an API not in the table)."""
-    price = known_price(model)
+    table (or ``own``: see known_price) knows it, else ``api``'s (an ApiKind or its value; Anthropic's for
+    an API not in the table)."""
+    price = known_price(model, own)
     return (price.read, price.write) if price else CACHE_FACTORS.get(getattr(api, "value", api), CACHE_FACTORS["anthropic"])
 
 
@@ -119,11 +132,10 @@ def provider_compaction(usage: dict[str, Any] | None) -> dict[str, int]:
     return {k: int(sum(number(i.get(k)) for i in comp)) for k in _COUNTS} | {"iterations": len(comp)} if comp else {}
 
 
-def billed_units(usage: dict[str, Any], model: str | None = None) -> float:
+def billed_units(usage: dict[str, Any], price: Price = DEFAULT_PRICE) -> float:
     """Input units a response's reported usage was billed, in uncached-input tokens: input 1x, cache
-    writes and reads at ``model``'s factors (Anthropic's 1.25x and 0.1x for a model the table does not
-    know), the provider's compaction iterations included. Fields that are not numbers count 0."""
-    price = price_for(model)
+    writes and reads at ``price``'s factors (Anthropic's 1.25x and 0.1x by default), the provider's
+    compaction iterations included. Fields that are not numbers count 0."""
 
     def units(u: dict[str, Any]) -> float:
         return (number(u.get("input_tokens")) + price.write * number(u.get("cache_creation_input_tokens"))
@@ -133,19 +145,22 @@ def billed_units(usage: dict[str, Any], model: str | None = None) -> float:
     return units(usage) + (units(comp) if comp else 0)
 
 
-def known_price(model: str | None) -> Price | None:
-    """The price of the longest name in the table that ``model`` starts with, followed by nothing or a
-    suffix (``-codex``, a date), not by a version (``gpt-5`` is not ``gpt-5.2``'s price); None if none."""
+def known_price(model: str | None, own: Mapping[str, Any] | None = None) -> Price | None:
+    """The price of the longest name in ``own`` (the user's prices: settings ``prices``), else in the table,
+    that ``model`` starts with, followed by nothing or a suffix (``-codex``, a date), not by a version
+    (``gpt-5`` is not ``gpt-5.2``'s price); None if none."""
     m = (model or "").lower().split("/")[-1]
-    for prefix in sorted(PRICES, key=len, reverse=True):  # (the table as it is now: a test may add to it)
-        after = m[len(prefix):len(prefix) + 1]  # ("" at the name's end)
-        if m.startswith(prefix) and not after.isdigit() and after != ".":
-            return PRICES[prefix]
+    for table in (own or {}, PRICES):
+        for prefix in sorted(table, key=len, reverse=True):  # (the table as it is now: a test may add to it)
+            after = m[len(prefix):len(prefix) + 1]  # ("" at the name's end)
+            if m.startswith(prefix.lower()) and not after.isdigit() and after != ".":
+                p = table[prefix]
+                return p if isinstance(p, Price) else Price(**dict(p))  # (a settings section: its fields)
     return None
 
 
-def price_for(model: str | None) -> Price:
-    return known_price(model) or DEFAULT_PRICE
+def price_for(model: str | None, own: Mapping[str, Any] | None = None) -> Price:
+    return known_price(model, own) or DEFAULT_PRICE
 
 
 @dataclass
@@ -243,10 +258,11 @@ class PromptCache:
 
     lookback: int = LOOKBACK_BLOCKS
     entries: dict[tuple[str, bytes], float] = field(default_factory=dict)
+    prices: Mapping[str, Any] = field(default_factory=dict)  # the user's (see known_price)
 
     def bill(self, bounds: list[Boundary], ts: float, model: str | None, output_tokens: int = 0) -> Bill:
         """Bill one request sent at ``ts`` (seconds) and update the cache as the provider would."""
-        price = price_for(model)
+        price = price_for(model, self.prices)
         mkey = (model or "").lower()
         total = bounds[-1].cum if bounds else 0
         bill = Bill(tokens=total, output=output_tokens)
@@ -298,11 +314,10 @@ class PromptCache:
             self.entries[(mkey, key)] = exp
 
 
-def billed_from_usage(usage: dict[str, Any] | None, model: str | None) -> Bill:
-    """What a response's reported usage cost (5-minute writes assumed; the provider's compaction
-    iterations included)."""
+def billed_from_usage(usage: dict[str, Any] | None, price: Price) -> Bill:
+    """What a response's reported usage cost at ``price`` (5-minute writes assumed; the provider's
+    compaction iterations included)."""
     u = usage or {}
-    price = price_for(model)
     comp = provider_compaction(u)  # (the provider's compaction: billed, not in the top-level fields)
     inp = int(u.get("input_tokens") or 0) + comp.get("input_tokens", 0)
     read = int(u.get("cache_read_input_tokens") or 0) + comp.get("cache_read_input_tokens", 0)
@@ -313,9 +328,9 @@ def billed_from_usage(usage: dict[str, Any] | None, model: str | None) -> Bill:
                 output_cost=out * price.output / 1e6)
 
 
-def usage_usd(usage: dict[str, Any] | None, model: str | None) -> float | None:
-    """Dollars one call's reported usage costs at ``model``'s list price (cache reads and 5-minute writes
-    included when reported); ``None`` when the price table does not know the model (no guessing)."""
-    if not usage or known_price(model) is None:
+def usage_usd(usage: dict[str, Any] | None, price: Price | None) -> float | None:
+    """Dollars one call's reported usage costs at a list price (cache reads and 5-minute writes included
+    when reported); ``None`` without a price (a model nobody priced: no guessing)."""
+    if not usage or price is None:
         return None
-    return billed_from_usage(usage, model).cost
+    return billed_from_usage(usage, price).cost

@@ -66,7 +66,7 @@ def test_the_read_cleared_before_the_edit_is_one_lost_edit_source():
     assert f.by_tool == {"Read": 1 + f.refs_lost} and f.by_stage == {"cleared": 1 + f.refs_lost}
     assert f.round_trips == 1  # one Read brings all of it back
     assert f.lost[0].startswith("edit source: token = make_session_token(user)")
-    assert f.penalty == pytest.approx(round_trip_cost(MODEL, 10_000, [FidelityCounter()._count(READ_RESULT)], 1.3))
+    assert f.penalty == pytest.approx(round_trip_cost(price_for(MODEL), 10_000, [FidelityCounter()._count(READ_RESULT)], 1.3))
 
 
 def test_the_same_with_the_read_brought_back_by_memory_loses_nothing():
@@ -123,12 +123,12 @@ def test_penalty_arithmetic():
     p = price_for(MODEL)
     assert (p.input, p.output) == (3, 15)
     # one round trip: a 10,000-token prefix read (0.1x), a 2,000-token result new (1x), 60 output tokens
-    assert round_trip_cost(MODEL, 10_000, [2_000]) == pytest.approx((1_000 + 2_000) * 3e-6 + 60 * 15e-6)
+    assert round_trip_cost(price_for(MODEL), 10_000, [2_000]) == pytest.approx((1_000 + 2_000) * 3e-6 + 60 * 15e-6)
     # two results, billed tokens 1.5x our count
-    assert round_trip_cost(MODEL, 10_000, [2_000, 1_000], factor=1.5) == pytest.approx(
+    assert round_trip_cost(price_for(MODEL), 10_000, [2_000, 1_000], factor=1.5) == pytest.approx(
         (2 * 1_500 + 4_500) * 3e-6 + 2 * 60 * 15e-6)
     # a trip whose result is unknown: prefix and call only
-    assert round_trip_cost(MODEL, 10_000, [], extra_trips=1) == pytest.approx(1_000 * 3e-6 + 60 * 15e-6)
+    assert round_trip_cost(price_for(MODEL), 10_000, [], extra_trips=1) == pytest.approx(1_000 * 3e-6 + 60 * 15e-6)
 
 
 # ---------------------------------------------------------------------------- through the real replay

@@ -144,7 +144,7 @@ def test_prices_and_usage_billing():
     assert price_for("claude-opus-4-5-20251101").input == 5 and price_for("claude-sonnet-4-5").input == 3
     assert price_for("claude-3-5-haiku-latest").input == 0.8 and price_for("anthropic/claude-sonnet-4").input == 3
     b = billed_from_usage({"input_tokens": 10, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 100,
-                           "output_tokens": 20}, "claude-opus-4")
+                           "output_tokens": 20}, price_for("claude-opus-4"))
     assert b.cost == pytest.approx((10 + 100 + 125) * 15e-6 + 20 * 75e-6)
 
 
@@ -373,3 +373,12 @@ def test_the_request_after_a_memory_injection_pays_no_extra_cache_write(counter,
     bill(sticky_cache, injected, 0, counter)
     b_sticky = bill(sticky_cache, sticky, 30, counter)
     assert b_sticky.read == b_mem.read and b_sticky.write == b_mem.write + extra
+
+
+def test_a_replay_bills_at_the_profiles_prices(tmp_path):
+    # the user's price for a model (settings ``prices``) is what the replay bills both sides at
+    trace = mini_trace(tmp_path / "s.jsonl")
+    listed = replay(trace, turn_hooks=False).totals()
+    own = replay(trace, turn_hooks=False, overrides={"prices": {"claude-sonnet-4": {"input": 30, "output": 150}}}).totals()
+    assert listed["cost_original"] > 0 and own["cost_original"] == pytest.approx(10 * listed["cost_original"])
+    assert own["cost_ours"] == pytest.approx(10 * listed["cost_ours"])

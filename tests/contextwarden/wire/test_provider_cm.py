@@ -17,7 +17,7 @@ from contextwarden.models.base import ApiKind
 from contextwarden.offline.replay import replay
 from contextwarden.settings import load_settings
 from contextwarden.store.bodies import record
-from contextwarden.wire.cost import billed_from_usage, billed_units, boundaries, provider_compaction
+from contextwarden.wire.cost import billed_from_usage, billed_units, boundaries, price_for, provider_compaction
 from contextwarden.wire.dialects import ANTHROPIC, NO_PROVIDER, dialect, validate_rewrite
 from contextwarden.wire.dialects import anthropic as anthropic_dialect
 from contextwarden.wire.tokens import TokenCounter
@@ -181,7 +181,7 @@ def test_the_assembler_reads_compaction_blocks_iterations_and_applied_edits():
     # billed on top of the top-level fields, which leave the compaction out
     assert provider_compaction(u)["input_tokens"] == 180000
     assert billed_units(u) == pytest.approx(23000 + 180000)
-    assert billed_from_usage(u, "claude-sonnet-4-6").cost == pytest.approx(((23000 + 180000) * 3 + (1000 + 3500) * 15) / 1e6)
+    assert billed_from_usage(u, price_for("claude-sonnet-4-6")).cost == pytest.approx(((23000 + 180000) * 3 + (1000 + 3500) * 15) / 1e6)
 
 
 def test_replay_bills_only_what_the_provider_keeps(tmp_path):
