@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ INLINE = frozenset({"keep", "prepare"})
 # lock while a request's search waits for it; not niced (a turn is searchable by its words within 2 s
 # under load: issue 40), its embedding waits for the storer
 BACKGROUND = frozenset({"submit"})
+# calls that see every ingestion call sent before them done first (``flush``: "everything submitted so far")
+AFTER_BACKGROUND = frozenset({"flush"})
 
 
 class MemoryServer:
@@ -108,8 +110,10 @@ class MemoryServer:
             raise AttributeError(f"{name} is private")
         return getattr(svc, name)(*msg.get("a", ()), **msg.get("k", {}))
 
-    def _serve_call(self, conn: socket.socket, lk: threading.Lock, msg: dict) -> None:
+    def _serve_call(self, conn: socket.socket, lk: threading.Lock, msg: dict, after: Future | None = None) -> None:
         try:
+            if after is not None:
+                after.result()
             out = {"id": msg.get("id"), "r": self._handle(msg)}
         except BaseException as e:
             out = {"id": msg.get("id"), "e": wire.encode_error(e)}
@@ -149,7 +153,10 @@ class MemoryServer:
                     continue
                 pool = self._background if msg.get("op") == "call" and msg.get("m") in BACKGROUND else self._pool
                 try:
-                    pool.submit(self._serve_call, conn, lk, msg)
+                    # (the ingestion thread takes its calls in order: a no-op queued now is done once those sent
+                    # before this call are)
+                    after = self._background.submit(int) if msg.get("m") in AFTER_BACKGROUND else None
+                    pool.submit(self._serve_call, conn, lk, msg, after)
                 except RuntimeError:
                     break
         except (OSError, ValueError):
