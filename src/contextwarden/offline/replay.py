@@ -31,7 +31,7 @@ from ..request.lifecycle import complete, turn_of
 from ..request.sessions import CLAUDE_CODE_SESSION
 from ..settings import _deep_merge, load_settings
 from ..store.statecache import state_cache
-from ..wire.cost import Bill, Price, PromptCache, billed_from_usage, boundaries, price_for
+from ..wire.cost import DEFAULT_PRICE, Bill, Price, PromptCache, billed_from_usage, boundaries, known_price, price_for
 from ..wire.dialects import ANTHROPIC, dialect, validate_rewrite
 from ..wire.streams.turn import Usage
 from ..wire.workingset import path_of
@@ -438,6 +438,7 @@ class ReplayReport:
     results: list[RequestResult]
     seconds: float
     stage_order: list[str]
+    unpriced: list[str] = field(default_factory=list)  # the trace's models neither the table nor the profile prices
 
     def totals(self) -> dict[str, Any]:
         o, u = Bill(), Bill()
@@ -478,7 +479,7 @@ class ReplayReport:
         t = self.trace
         return {"trace": t.path, "source": t.source, "profile": self.profile, "window": self.window,
                 "lines": t.lines, "skipped_lines": t.skipped_lines, "repairs": _repairs(t), "fit": t.fit,
-                "notes": t.notes, "stages": self.stage_order, "seconds": round(self.seconds, 2),
+                "notes": t.notes, "stages": self.stage_order, "seconds": round(self.seconds, 2), "unpriced": self.unpriced,
                 "totals": self.totals(), "requests": [r.to_dict() for r in self.results]}
 
 
@@ -647,7 +648,9 @@ def replay(trace_path: str | Path, profile: str | None = None, window: int | Non
             trace.requests = trace.requests[:limit]
         factor = trace.fit["b"] if trace.fit else 1.0
         results = asyncio.run(_replay(rt, trace, progress, turn_hooks, factor, targets))
-        rep = ReplayReport(trace, settings.name, window, results, time.perf_counter() - t0, [n for n, _ in rt.stages()])
+        models = {str(rq.body.get("model")) for rq in trace.requests if rq.body.get("model")}
+        rep = ReplayReport(trace, settings.name, window, results, time.perf_counter() - t0, [n for n, _ in rt.stages()],
+                           sorted(m for m in models if known_price(m, settings.prices) is None))
         if before_close is not None:
             before_close(rt, rep)
         return rep
@@ -769,6 +772,9 @@ def details(rep: ReplayReport) -> str:
                f"= ${bo['cost']:.2f}")
     out.append(f"  ours:     read {_k(bu['read'])}  write {_k(bu['write'])}  new {_k(bu['uncached'])}  out {_k(bu['output'])}  "
                f"= ${bu['cost']:.2f}  ({t['saving'] * 100:.1f}% saved)")
+    if rep.unpriced:
+        out.append(f"  prices: {', '.join(rep.unpriced)} unpriced, billed at ${DEFAULT_PRICE.input:g} / "
+                   f"${DEFAULT_PRICE.output:g} per million in / out (set the profile's prices)")
     if t["actual_billed"] is not None:
         out.append(f"  check: the trace's own usage bills ${t['actual_billed']:.2f} for the calls it records; "
                    f"the simulator bills ${t['simulated_same_requests']:.2f} for the same calls")

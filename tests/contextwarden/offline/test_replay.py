@@ -11,7 +11,7 @@ import pytest
 from contextwarden.cli import main as cli_main
 from contextwarden.memory.service import get_service
 from contextwarden.models import ApiKind
-from contextwarden.offline.replay import CONTINUED, load_claude_code, replay
+from contextwarden.offline.replay import CONTINUED, details, load_claude_code, replay
 from contextwarden.settings import load_settings
 from contextwarden.store.bodies import record
 from contextwarden.wire.cost import PromptCache, billed_from_usage, boundaries, price_for
@@ -375,10 +375,17 @@ def test_the_request_after_a_memory_injection_pays_no_extra_cache_write(counter,
     assert b_sticky.read == b_mem.read and b_sticky.write == b_mem.write + extra
 
 
-def test_a_replay_bills_at_the_profiles_prices(tmp_path):
-    # the user's price for a model (settings ``prices``) is what the replay bills both sides at
-    trace = mini_trace(tmp_path / "s.jsonl")
-    listed = replay(trace, turn_hooks=False).totals()
-    own = replay(trace, turn_hooks=False, overrides={"prices": {"claude-sonnet-4": {"input": 30, "output": 150}}}).totals()
-    assert listed["cost_original"] > 0 and own["cost_original"] == pytest.approx(10 * listed["cost_original"])
-    assert own["cost_ours"] == pytest.approx(10 * listed["cost_ours"])
+def test_a_replay_bills_at_the_profiles_prices_and_names_a_model_without_one(tmp_path):
+    # a model the table lacks is billed at the default price, and the report says so; the user's price for
+    # it (settings ``prices``) is what the replay bills both sides at
+    listed = replay(mini_trace(tmp_path / "s.jsonl"), turn_hooks=False)
+    trace = tmp_path / "new.jsonl"
+    trace.write_text((tmp_path / "s.jsonl").read_text().replace("claude-sonnet-4-20250514", "claude-opus-5-5"))
+    new = replay(trace, turn_hooks=False)
+    assert listed.unpriced == [] and new.unpriced == ["claude-opus-5-5"]
+    assert "prices: claude-opus-5-5 unpriced, billed at $3 / $15 per million" in details(new)
+    assert new.totals()["cost_original"] == pytest.approx(listed.totals()["cost_original"])
+    own = replay(trace, turn_hooks=False, overrides={"prices": {"claude-opus-5": {"input": 30, "output": 150}}})
+    assert own.unpriced == [] and "prices:" not in details(own)
+    assert own.totals()["cost_original"] == pytest.approx(10 * listed.totals()["cost_original"])
+    assert own.totals()["cost_ours"] == pytest.approx(10 * listed.totals()["cost_ours"])
