@@ -156,7 +156,7 @@ class ProxyProcess:
             return p.wait(timeout)
         except subprocess.TimeoutExpired:
             p.kill()
-            return p.wait(5)
+            return p.wait(60)  # (beside two CPU-bound loops a killed mitmdump was not reaped in 5 s once)
 
     def __enter__(self) -> ProxyProcess:
         return self.start()
