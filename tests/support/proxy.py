@@ -139,8 +139,9 @@ class ProxyProcess:
         published = "event server on" not in self.output_text() or (self.home / "tui.json").exists()
         return published and all(t in seen for t in self.ready_events)
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGINT (mitmproxy shuts down its addons, contextwarden flushes its log), then kill."""
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGINT (mitmproxy shuts down its addons, contextwarden flushes its log), then kill (beside two CPU-bound
+        loops a shutdown took over 15 s: the memory process stores what it was handed first)."""
         self.interrupt()
         return self.wait_stopped(timeout)
 
@@ -148,7 +149,7 @@ class ProxyProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
 
-    def wait_stopped(self, timeout: float = 15.0) -> int | None:
+    def wait_stopped(self, timeout: float = 60.0) -> int | None:
         p = self.proc
         if p is None:
             return None
