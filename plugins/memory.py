@@ -245,14 +245,11 @@ def _upto_spoken(ctx, original: list) -> list:
     return original[: i + 1] if i is not None else []
 
 
-def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
-    m = ctx.settings.memory
-    original = history_items(ctx.api, ctx.original)
-    query, skipped = _query(ctx, original, ctx.notes.get("clean_text") or {})
-    if query is None:
-        return finish(skipped=skipped)
+def _budget(ctx) -> tuple[int, int]:
+    """(the block's budget in tokens, its fixed overhead): ``memory.budget_fraction`` of the window, less what
+    the request already takes of it."""
     window = ctx.settings.tokens.context_window
-    want = int(m.budget_fraction * window)
+    want = int(ctx.settings.memory.budget_fraction * window)
     # the stages before this one only ever shrink the request, so the original's size bounds it: count
     # the rewritten body (a full walk of it) only when that bound leaves too little room
     used = ctx.tokens_in if ctx.tokens_in is not None and ctx.tokens_in + want <= window else _request_tokens(ctx) or 0
@@ -260,7 +257,26 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     # (- the block's own separator and a string content's becoming a text block: a block filled to the
     # last token otherwise puts the request 1-2 tokens above the window, and the pipeline then sends the
     # decided state without any memory)
-    budget = min(want, window - used) - overhead - 2 * BLOCK_OVERHEAD
+    return min(want, window - used) - overhead - 2 * BLOCK_OVERHEAD, overhead
+
+
+def _fit(ctx, hits: list, limit: int) -> str:
+    """The block of ``hits``, the weakest dropped (from ``hits`` too) until it counts at most ``limit`` tokens."""
+    block = render_block([h.item for h in hits])
+    while len(hits) > 1 and _count(ctx, block) > limit:
+        # the items' costs leave out the group headings past the first (sessions, dates): the weakest go
+        hits.pop()
+        block = render_block([h.item for h in hits])
+    return block
+
+
+def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
+    m = ctx.settings.memory
+    original = history_items(ctx.api, ctx.original)
+    query, skipped = _query(ctx, original, ctx.notes.get("clean_text") or {})
+    if query is None:
+        return finish(skipped=skipped)
+    budget, overhead = _budget(ctx)
     if budget < MIN_BUDGET:
         return finish(skipped="no room", budget=max(0, budget))
     th = time.perf_counter()
@@ -313,11 +329,7 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         hits, given = worth_giving(ctx, hits, sent)
         if not hits:
             return finish(skipped="nothing new", **info)
-    block = render_block([h.item for h in hits])
-    while len(hits) > 1 and _count(ctx, block) > budget + overhead:
-        # the items' costs leave out the group headings past the first (sessions, dates): the weakest go
-        hits.pop()
-        block = render_block([h.item for h in hits])
+    block = _fit(ctx, hits, budget + overhead)
     try:
         where = dialect(ctx.api).inject(ctx.request, block)
     except NotInjectable as e:
