@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -97,9 +99,12 @@ class _Engine:
                 os.close(fd)  # (the maps stay)
         try:
             frames.send_blocking(mine, "start", None, options)
-            frame = frames.read_blocking(mine, START_TIMEOUT_S)
+            frame = _interruptible(frames.read_blocking, mine, START_TIMEOUT_S)
         except OSError as e:
             frame = ("fatal", None, f"the engine did not answer: {e}")
+        except KeyboardInterrupt:  # Ctrl-C while it starts: the engine goes too, and mitmdump stops
+            _end(proc, mine)
+            raise exceptions.OptionsError("stopped (Ctrl-C) while the engine started") from None  # type: ignore[no-untyped-call]
         if frame is None or frame[0] != "ready":
             why = frame[2] if frame is not None else f"the engine exited ({proc.poll()})"
             _end(proc, mine)
@@ -223,6 +228,19 @@ class _Engine:
         except subprocess.TimeoutExpired:
             pass
         _end(self.proc, self.sock)
+
+
+def _interruptible[T](wait: Callable[..., T], *args: Any) -> T:
+    """``wait(*args)``, which Ctrl-C (SIGINT) stops with KeyboardInterrupt: mitmproxy's own handler runs on its
+    event loop, which a wait in ``configure`` holds (a slow start, a first run fetching the tokenizers, could not
+    be stopped)."""
+    if threading.current_thread() is not threading.main_thread():
+        return wait(*args)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return wait(*args)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _end(proc: subprocess.Popen[bytes], sock: socket.socket) -> None:

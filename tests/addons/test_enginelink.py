@@ -16,6 +16,8 @@ from contextwarden.core import frames
 from contextwarden.core.events import Event
 from contextwarden.engine.server import Engine
 from contextwarden.settings.proxy import ProxySection
+from tests.support.proxy import ProxyProcess
+from tests.support.wait import wait_until
 
 
 def _held(ring: frames.Ring) -> int:
@@ -115,3 +117,23 @@ def test_the_link_agrees_to_a_recycle_only_with_nothing_in_flight_and_holds_what
     finally:
         a.close()
         b.close()
+
+
+def test_ctrl_c_while_the_engine_starts_stops_mitmdump_and_the_engine(tmp_path):
+    """mitmproxy's SIGINT handler runs on its event loop, which the start-up wait for the engine holds (up
+    to 300 s: a slow machine, a first run fetching the tokenizers): Ctrl-C there did nothing."""
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import sys, time\nif 'contextwarden.engine' in sys.orig_argv:\n    time.sleep(600)\n")  # an engine that never answers
+    p = ProxyProcess(tmp_path / "px", profile="default", env={"PYTHONPATH": str(slow)})
+    p.launch()
+    try:
+        assert wait_until(lambda: subprocess.run(["pgrep", "-P", str(p.proc.pid)], capture_output=True).stdout.strip(), 120)
+        engine = int(subprocess.run(["pgrep", "-P", str(p.proc.pid)], capture_output=True, text=True).stdout.split()[0])
+        p.interrupt()
+        assert p.proc.wait(30) == 1
+        assert "stopped (Ctrl-C) while the engine started" in p.output_text()
+        assert wait_until(lambda: not os.path.exists(f"/proc/{engine}"), 10)  # (killed and reaped by mitmdump)
+    finally:
+        p.stop()

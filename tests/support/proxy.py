@@ -114,6 +114,7 @@ class ProxyProcess:
             raise ProxyStartError(f"mitmdump not found next to the Python interpreter: {MITMDUMP}")
         env = {**os.environ, **self.env}
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault("PYTHONFAULTHANDLER", "1")  # (SIGABRT prints every thread's stack: wait_stopped)
         self._t_launch = time.monotonic()
         with open(self._out, "wb") as out, open(self._err, "wb") as err:
             self.proc = subprocess.Popen(self.command(), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
@@ -155,9 +156,14 @@ class ProxyProcess:
             return None
         try:
             return p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            return p.wait(60)  # (beside two CPU-bound loops a killed mitmdump was not reaped in 5 s once)
+        except subprocess.TimeoutExpired:  # what it waits for, printed (a shutdown that never ended, seen under load)
+            p.send_signal(signal.SIGABRT)
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            print(f"mitmdump did not exit within {timeout:.0f} s; its threads at SIGABRT:\n{self.output_text()[-12000:]}")
+            return p.wait(60)
 
     def __enter__(self) -> ProxyProcess:
         return self.start()
