@@ -240,7 +240,8 @@ def _interruptible[T](wait: Callable[..., T], *args: Any) -> T:
     try:
         return wait(*args)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if previous is not None:  # (None: not installed from Python, nothing to put back)
+            signal.signal(signal.SIGINT, previous)
 
 
 def _end(proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
