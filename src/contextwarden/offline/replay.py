@@ -527,14 +527,15 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
             if ctx is None or outcome is None:
                 raise lifecycle.Skip(f"request {i} not read (see its error event)")
             model = ctx.model
+            price = price_for(model, prices)
             sent = lifecycle.sent(ctx, outcome)
             problems = validate_rewrite(req.api, sent, ctx.original) if sent is not None and sent is not ctx.original else []
             if dialect(req.api).cache_breakpoints:
                 bill_o = cache_o.bill(boundaries(ctx.original, rt.tokens, model, factor), req.ts, model, req.output_tokens)
                 bill_u = cache_u.bill(boundaries(sent, rt.tokens, model, factor), req.ts, model, req.output_tokens) if sent is not None else Bill()
             else:  # no cache breakpoints: everything is base input
-                bill_o = _flat_bill(rt.tokens.count_request(req.api, ctx.original, model), req.output_tokens, price_for(model, prices), factor)
-                bill_u = _flat_bill(rt.tokens.count_request(req.api, sent, model), req.output_tokens, price_for(model, prices), factor) if sent is not None else Bill()
+                bill_o = _flat_bill(rt.tokens.count_request(req.api, ctx.original, model), req.output_tokens, price, factor)
+                bill_u = _flat_bill(rt.tokens.count_request(req.api, sent, model), req.output_tokens, price, factor) if sent is not None else Bill()
             tokens_sent = rt.tokens.count_request(req.api, sent, model) if sent is not None else 0
             if sent is not None and ctx.tokens_in is not None:  # the provider's view, as tokens_in (pipeline._provider_dropped)
                 tokens_sent -= rt.tokens.count_request(req.api, ctx.original, model) - ctx.tokens_in
@@ -547,7 +548,7 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 tokens_original=ctx.tokens_in or 0, tokens_sent=tokens_sent, original=bill_o, ours=bill_u, problems=problems,
                 stages={s["stage"]: s["status"] for s in ctx.stage_results if s["status"] != "ok"},
                 stage_events=dict(flow_events.pop(flow_id, Counter())), errors=flow_errors.pop(flow_id, []),
-                actual=billed_from_usage(req.usage, price_for(model, prices)) if req.usage and any(req.usage.get(k) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")) else None,
+                actual=billed_from_usage(req.usage, price) if req.usage and any(req.usage.get(k) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")) else None,
                 memory_items=int(mem.get("injected") or 0), memory_tokens=int(mem.get("tokens") or 0),
                 fidelity=fidelity.request(ctx.original, sent, req.response, model, tokens_sent, factor,
                                           recalled=ctx.notes.get("recalled") if sent is not ctx.original else None)
