@@ -308,7 +308,9 @@ def effective(cfg, level: str | None, window: int) -> tuple[int, int, int, int]:
 
 
 def _protected_start(es: list[Any], protect_turns: int) -> int:
-    """First index that must be kept: the ``protect_turns``-th last user turn, and no later than the
+    """First index that must be kept: the ``protect_turns``-th last user turn but never the first turn
+    (a conversation of fewer turns keeps all but its first: one long autonomous turn, or the client's own
+    summary and the work after it, would otherwise wait for the hard threshold), and no later than the
     turn holding the latest assistant message (0: nothing may be compacted). Scans the entries from
     the end, so it costs what the recent turns cost, not the whole history."""
     starts: list[int] = []  # turn starts, latest first
@@ -324,9 +326,9 @@ def _protected_start(es: list[Any], protect_turns: int) -> int:
                 before_asst = i
         if len(starts) > protect_turns and before_asst is not None:
             break
-    if len(starts) <= protect_turns:
+    if len(starts) < 2:
         return 0
-    p = starts[protect_turns - 1]
+    p = starts[min(protect_turns, len(starts) - 1) - 1]
     if last_asst is not None:
         if before_asst is None:
             return 0

@@ -460,6 +460,30 @@ def test_one_long_autonomous_turn_is_compacted_inside_past_hard(cw_home):
     h.close()
 
 
+def test_protection_never_covers_every_turn(cw_home):
+    """Past soft, a conversation of fewer turns than ``protect_recent_turns`` (a long first turn, or the
+    client's own summary and the work after it) has its first turn compacted rather than held until the
+    hard threshold; every later turn stays verbatim. A single turn is not cut below hard."""
+    body = anthropic_tool_loop(3)  # 4 user turns: three tasks and the last message
+    msgs = body["messages"]
+    second = [i for i, m in enumerate(msgs) if m["role"] == "user" and m["content"][0]["type"] == "text"][1]
+    h = harness(cw_home, 1000, protect_recent_turns=6)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.78)}})
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.changed, sent.outcome.reason
+    (ev,) = sent.events("compaction")
+    assert ev["trigger"] == "soft" and 0 < ev["messages"] < second
+    out = sent.body["messages"]
+    assert summary_text(out[0]).startswith(SUMMARY_HEAD) and out[1:] == msgs[ev["messages"]:]
+    assert validate_rewrite(ApiKind.ANTHROPIC, sent.body, body) == []
+    one = {**body, "messages": msgs[:3], "metadata": {"user_id": "user_x_account_y_session_sess-2"}}  # a tool loop's step
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, one, 0.78)}})
+    alone = h.send(ApiKind.ANTHROPIC, one)
+    assert not alone.changed and [e["reason"] for e in alone.events("compaction")] == [
+        "nothing worth compacting outside the protected turns"]
+    h.close()
+
+
 def test_a_rewound_conversation_reuses_only_a_cut_that_keeps_its_latest_assistant_message(cw_home):
     body = anthropic_tool_loop(10)
     h = harness(cw_home, 1000)

@@ -132,7 +132,8 @@ class CompactionSection(Section):
     """Fraction of the window the request should use after compacting (big steps, rare re-writes)."""
 
     protect_recent_turns: int = 4
-    """User turns at the end that are never compacted."""
+    """User turns at the end that are never compacted below the hard threshold (all but the first when the
+    conversation has no more)."""
 
     summariser: str = "extractive"
     """``extractive`` (offline, deterministic) or ``llm`` (calls the upstream with the user's credentials)."""
