@@ -484,6 +484,27 @@ def test_protection_never_covers_every_turn(cw_home):
     h.close()
 
 
+def test_the_clients_standing_context_is_carried_whole(cw_home):
+    """The first user message holds the client's context (Claude Code's reminder with the CLAUDE.md files, sent
+    once): a compaction that folds it carries it verbatim, not as a request cut to a line nor dropped."""
+    claude_md = "\n".join(f"- rule {k}: run `make lint-{k}` before every commit in services/api{k}" for k in range(40))
+    reminder = ("<system-reminder>\nAs you answer the user's questions, you can use the following context:\n"
+                f"# claudeMd\nContents of /repo/CLAUDE.md (project instructions):\n\n{claude_md}\n# currentDate\n"
+                "Today's date is 2026-11-27.\n</system-reminder>")
+    body = anthropic_tool_loop(3)
+    msgs = body["messages"]
+    msgs[0] = {"role": "user", "content": [{"type": "text", "text": reminder}, *msgs[0]["content"]]}
+    h = harness(cw_home, 1000, protect_recent_turns=6)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.78)}})
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert sent.changed, sent.outcome.reason
+    text = summary_text(sent.body["messages"][0])
+    assert text.count(reminder) == 1
+    requests = text.split("User requests:\n", 1)[1].split("\n\n", 1)[0]
+    assert "Task 0: please fix the bug in src/mod0.py" in requests and "claudeMd" not in requests
+    h.close()
+
+
 def test_a_rewound_conversation_reuses_only_a_cut_that_keeps_its_latest_assistant_message(cw_home):
     body = anthropic_tool_loop(10)
     h = harness(cw_home, 1000)

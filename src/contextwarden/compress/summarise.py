@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..memory.envelopes import standing_context
 from ..memory.ids import memory_id
 from ..util.redact import redact_text
 from ..util.scrub import scrub
@@ -24,6 +25,7 @@ from ..wire.dialects import dialect
 # (key, heading, share of the character budget). Order is the order in the text, and the priority
 # in which unused budget is handed on.
 SECTIONS: tuple[tuple[str, str, float], ...] = (
+    ("context", "The client's standing context (verbatim)", 0.0),  # whole, outside the shares (CONTEXT_MAX)
     ("earlier", "Earlier summary", 0.30),  # an LLM-written summary being extended offline
     ("requests", "User requests", 0.24),
     ("system", "System messages (verbatim)", 0.14),
@@ -58,7 +60,7 @@ _PATH = re.compile(r"(?<![\w@/.-])(?:~?/(?:[\w.+-]+/)*[\w.+-]+|(?:[\w.+-]+/)+[\w
                    r"md|json|ya?ml|toml|rs|go|java|kt|c|h|cc|cpp|hpp|rb|sh|sql|html|css|txt|cfg|ini|lock))(?![\w/])")
 _CODEISH = re.compile(r"`[^`]+`|\w+\(\)|\w+\.\w+\(")
 
-_MAX_ITEM = {"earlier": 100_000, "requests": 400, "system": 2000, "decisions": 300, "errors": 220, "commands": 160, "notes": 260}
+_MAX_ITEM = {"context": 100_000, "earlier": 100_000, "requests": 400, "system": 2000, "decisions": 300, "errors": 220, "commands": 160, "notes": 260}
 
 
 @dataclass
@@ -112,7 +114,7 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
 
     def add(key: str, item: str) -> None:
         limit = _MAX_ITEM.get(key, 240)
-        if key == "system":  # quoted as written: only cut, never reflowed
+        if key in ("system", "context"):  # quoted as written: only cut, never reflowed
             item = item.strip() if len(item.strip()) <= limit else item.strip()[: limit - 1] + "…"
         else:
             item = shorten(item, limit)
@@ -140,6 +142,9 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
             continue
         if turn.role == "user":
             for t in texts:
+                for block in standing_context(t):
+                    add("context", block)
+                    t = t.replace(block, "")
                 t = _clean_user(t)
                 if t and not _TRIVIAL.match(t) and len(t.strip()) >= 3:
                     add("requests", t)
@@ -270,6 +275,7 @@ def _render_items(key: str, items: list[Any], cap: int) -> tuple[list[str], int]
 
 CURRENT_HEADING = "The user's current request (verbatim; the work below continues it)"
 CURRENT_MAX = 4000
+CONTEXT_MAX = 24_000  # the client's standing context, carried whole up to this many characters
 
 
 def render(sections: dict[str, list[Any]], messages: int, tokens: int, max_chars: int, how: str = "offline by extracting its key lines") -> str:
@@ -282,9 +288,12 @@ def render(sections: dict[str, list[Any]], messages: int, tokens: int, max_chars
         cur = current if len(current) <= CURRENT_MAX else current[: CURRENT_MAX - 1] + "…"
         tail = f"{CURRENT_HEADING}:\n{cur}"
     budget = max(400, max_chars - len(parts[0]) - len(tail))
+    context = "\n\n".join(sections.get("context") or [])
+    if context:  # (carried, not summarised: on top of the budget)
+        parts.append(f"{SECTIONS[0][1]}:\n" + (context if len(context) <= CONTEXT_MAX else context[: CONTEXT_MAX - 1] + "…"))
     shares = sum(share for _, _, share in SECTIONS)
     carry = 0
-    for key, heading, share in SECTIONS:
+    for key, heading, share in SECTIONS[1:]:
         cap = int(budget * share / shares) + carry - 2  # 2: the blank line before the section
         lines, used = _render_items(key, sections.get(key) or [], cap - len(heading) - 2)
         if lines:

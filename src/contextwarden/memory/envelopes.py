@@ -22,6 +22,12 @@ _BLOCK = re.compile(r"<(" + "|".join(map(re.escape, TAGS)) + r")>.*?</\1>", re.S
 _AGENTS = re.compile(r"^# AGENTS\.md instructions for [^\n]*\n?", re.M)
 # Codex's head of a command's output (exec_command): a few "Key: value" lines, then "Output:"
 _CODEX_EXEC = re.compile(r"\AChunk ID: [^\n]*\n(?:(?!Output:)[^\n]*\n){0,4}Output:\n")
+# the client's standing context: Claude Code's context reminder (its CLAUDE.md files, today's date), Codex's
+# AGENTS.md message and environment; sent once, at the conversation's start, and meant for every turn after
+_CONTEXT = re.compile(
+    r"<system-reminder>\s*As you answer the user's questions, you can use the following context:.*?</system-reminder>"
+    r"|# AGENTS\.md instructions for [^\n]*\n+<INSTRUCTIONS>.*?</INSTRUCTIONS>"
+    r"|<(user_instructions|environment_context)>.*?</\1>", re.S)
 
 
 def strip_envelopes(text: str) -> str:
@@ -37,3 +43,9 @@ def searchable(text: str) -> str:
     command's output, Claude Code's reminder after a Read), the text itself when that leaves nothing.
     The item itself stays verbatim (recall by id returns it as the agent saw it)."""
     return strip_envelopes(text) or text
+
+
+def standing_context(text: str) -> list[str]:
+    """The blocks of ``text`` that hold the client's standing instructions and context, verbatim (a summary of
+    the turns that carried them must carry them whole: the client does not send them again)."""
+    return [m.group(0) for m in _CONTEXT.finditer(text)] if "<" in text else []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from contextwarden.memory.envelopes import strip_envelopes
+from contextwarden.memory.envelopes import standing_context, strip_envelopes
 from contextwarden.memory.lexical import LexicalIndex
 from contextwarden.memory.phatic import content_words
 from tests.e2e.test_memory_probes import CODEX, REMINDER
@@ -100,3 +100,13 @@ def test_strip_envelopes_and_content_words():
     assert strip_envelopes(codex_exec + "# Notes\nChunk ID: stays\n") == "# Notes\nChunk ID: stays"
     assert content_words("is anyone there?") == content_words("Thanks, go on!") == []
     assert content_words("Where does Clara live?") == ["clara", "live"]
+
+
+def test_the_clients_standing_context_is_found_verbatim():
+    agents = "# AGENTS.md instructions for /repo\n\n<INSTRUCTIONS>\nUse pytest -x.\n</INSTRUCTIONS>"
+    assert standing_context(agents + "\n\nFix the login bug") == [agents]
+    assert standing_context(CODEX) == [CODEX]
+    assert standing_context(REMINDER + "\nhello") == [REMINDER.rstrip()]
+    # a reminder that is not the client's context (a file it opened, its task list) is not standing context
+    assert standing_context("<system-reminder>The user opened src/a.py in the IDE.</system-reminder>") == []
+    assert standing_context("Fix the bug in src/a.py") == []
