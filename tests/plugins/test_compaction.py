@@ -18,6 +18,9 @@ from contextwarden.wire.dialects import ANTHROPIC, validate_rewrite
 from tests.support.stages import Harness, anthropic_tool_loop, chat_tool_loop, responses_tool_loop, settings_overrides
 
 SUMMARY_HEAD = "[contextwarden: summary of the "
+CONTEXT = ("<system-reminder>\nAs you answer the user's questions, you can use the following context:\n# claudeMd\n"
+           "Contents of /repo/CLAUDE.md (project instructions):\n\n- Run `make lint` before every commit.\n"
+           "# currentDate\nToday's date is 2026-11-27.\n</system-reminder>")
 
 
 def harness(home, window: int, clearing: bool = False, **compaction) -> Harness:
@@ -433,6 +436,7 @@ def test_one_long_autonomous_turn_is_compacted_inside_past_hard(cw_home):
     loop = anthropic_tool_loop(1, result_words=600, tools_per_turn=1)
     msgs = loop["messages"][:3]  # the request, the first call and its result
     request = msgs[0]["content"][0]["text"]
+    msgs[0] = {"role": "user", "content": [{"type": "text", "text": CONTEXT}, *msgs[0]["content"]]}
     for r in range(1, 14):
         msgs.append({"role": "assistant", "content": [
             {"type": "thinking", "thinking": f"step {r}", "signature": f"sig-{r}"},
@@ -448,6 +452,7 @@ def test_one_long_autonomous_turn_is_compacted_inside_past_hard(cw_home):
     text = summary_text(out[0])
     assert text.rstrip().endswith(request)  # quoted verbatim, last
     assert "The user's current request (verbatim" in text
+    assert text.count(CONTEXT) == 1  # the client's context, carried once (not again in the request)
     assert out[-2:] == msgs[-2:]  # the latest assistant message (thinking, signature) and its result
     assert validate_rewrite(ApiKind.ANTHROPIC, sent.body, body) == []
     # the loop goes on: the decision is reused byte for byte

@@ -317,8 +317,10 @@ def extractive_summary(turns: list[Turn], *, messages: int, tokens: int, max_cha
         prior_sections = prior.sections or {"earlier": [prior.text.split("\n\n", 1)[-1]]}
     sections = merge(prior_sections, extract(turns))
     sections.pop("current", None)
-    if current_request:
-        sections["current"] = [current_request]
+    for block in standing_context(current_request or ""):  # (carried in its own section)
+        current_request = (current_request or "").replace(block, "")
+    if current_request and current_request.strip():
+        sections["current"] = [current_request.strip()]
     # the summary is stored with the session's state (and its sections merged into later summaries):
     # no secret of the conversation goes into it
     sections = scrub(sections)
