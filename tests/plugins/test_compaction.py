@@ -316,6 +316,25 @@ def test_responses_input_items(cw_home):
     h.close()
 
 
+def test_codex_agents_md_and_environment_are_carried_whole(cw_home):
+    """Codex sends its AGENTS.md and environment once, as the first user input: a compaction that folds them
+    carries both verbatim (not as requests cut to a line)."""
+    agents = "# AGENTS.md instructions for /repo\n\n<INSTRUCTIONS>\n" + "\n".join(
+        f"- service {k}: run `just check-{k}` before committing" for k in range(30)) + "\n</INSTRUCTIONS>"
+    env = "<environment_context>\n  <cwd>/repo</cwd>\n  <shell>bash</shell>\n</environment_context>"
+    body = responses_tool_loop(14)
+    body["input"].insert(1, {"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": agents}, {"type": "input_text", "text": env}]})
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.OPENAI_RESPONSES, body, 0.9)}})
+    sent = h.send(ApiKind.OPENAI_RESPONSES, body)
+    assert sent.changed, sent.outcome.reason
+    text = sent.body["input"][1]["content"]
+    assert text.startswith(SUMMARY_HEAD) and text.count(agents) == 1 and text.count(env) == 1
+    assert "INSTRUCTIONS" not in text.split("User requests:\n", 1)[1]
+    h.close()
+
+
 def test_clearing_then_compaction_together(cw_home):
     body = anthropic_tool_loop(12)
     h = harness(cw_home, 1000, clearing=True)
