@@ -17,7 +17,7 @@ import orjson
 
 from contextwarden import hookimpl
 from contextwarden.compress.policy import NS_SEEN, free_from, request_time
-from contextwarden.compress.summarise import Summary, extractive_summary, llm_summary
+from contextwarden.compress.summarise import Summary, carry_context, extractive_summary, llm_summary
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.wayback import recall_wording
 from contextwarden.models.base import ApiKind
@@ -624,6 +624,7 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision, dict[str, Any] |
     summary = d.ready
     if summary is not None:
         llm_usage = summary.usage
+        summary = carry_context(summary, turns, prior)
     else:
         summary = extractive_summary(turns, messages=end - start, tokens=new["span_tokens"],
                                      max_chars=cfg.summary_max_tokens * 4, prior=prior,

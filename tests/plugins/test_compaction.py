@@ -415,6 +415,37 @@ def test_llm_summariser_uses_the_clients_credentials_in_the_background(cw_home):
         h.close()
 
 
+def test_an_llm_summary_carries_the_clients_standing_context(cw_home):
+    """The LLM's transcript leaves the client's reminders out, so the summary it writes is given the standing
+    context verbatim in front of it; a later offline extension keeps both."""
+    from tests.support.upstream import StandIn
+
+    def with_context(body: dict) -> dict:
+        m = body["messages"][0]
+        body["messages"][0] = {"role": "user", "content": [{"type": "text", "text": CONTEXT}, *m["content"]]}
+        return body
+
+    with StandIn(text="The user fixed src/mod0.py through src/mod9.py; tests pass.") as up:
+        body = with_context(anthropic_tool_loop(10))
+        h = harness(cw_home, 1000, summariser="llm", llm_base_url=up.url, llm_model="claude-haiku-4-5")
+        h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.78)}})
+        assert not h.send(ApiKind.ANTHROPIC, body).changed  # waiting for the LLM summary
+        comp.wait_for_summaries(h.rt, 30)
+        assert "claudeMd" not in up.requests("/v1/messages")[0].body.decode()
+        second = h.send(ApiKind.ANTHROPIC, with_context(anthropic_tool_loop(12)))
+        assert second.changed, second.outcome.reason
+        text = summary_text(second.body["messages"][0])
+        assert "compacted by claude-haiku-4-5" in text and "tests pass." in text and text.count(CONTEXT) == 1
+        # grown past hard again, the LLM summary is extended offline (no second call): both still there
+        h.apply({"compaction": {"summariser": "extractive"}})
+        third = h.send(ApiKind.ANTHROPIC, with_context(anthropic_tool_loop(24)))
+        ev = [e for e in third.events("compaction") if e.get("applied")][0]
+        assert ev["reused"] is False and ev["summariser"] == "extractive", ev
+        text = summary_text(third.body["messages"][0])
+        assert "tests pass." in text and text.count(CONTEXT) == 1, text[:600]
+        h.close()
+
+
 @pytest.mark.parametrize("model,prices", [("claude-haiku-4-5", (1.0, 5.0)), ("claude-opus-4-8", (5.0, 25.0)),
                                           ("some-local-model", None)])
 def test_the_llm_summary_cost_in_dollars_is_in_the_events(cw_home, model, prices):

@@ -9,6 +9,7 @@ prompt cache is re-written)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -278,6 +279,11 @@ CURRENT_MAX = 4000
 CONTEXT_MAX = 24_000  # the client's standing context, carried whole up to this many characters
 
 
+def _context_part(blocks: list[str]) -> str:
+    context = "\n\n".join(blocks)
+    return f"{SECTIONS[0][1]}:\n" + (context if len(context) <= CONTEXT_MAX else context[: CONTEXT_MAX - 1] + "…")
+
+
 def render(sections: dict[str, list[Any]], messages: int, tokens: int, max_chars: int, how: str = "offline by extracting its key lines") -> str:
     """The summary text: a header, then each non-empty section within its share of ``max_chars``
     (the current request, when there is one, last and outside the shares)."""
@@ -288,9 +294,8 @@ def render(sections: dict[str, list[Any]], messages: int, tokens: int, max_chars
         cur = current if len(current) <= CURRENT_MAX else current[: CURRENT_MAX - 1] + "…"
         tail = f"{CURRENT_HEADING}:\n{cur}"
     budget = max(400, max_chars - len(parts[0]) - len(tail))
-    context = "\n\n".join(sections.get("context") or [])
-    if context:  # (carried, not summarised: on top of the budget)
-        parts.append(f"{SECTIONS[0][1]}:\n" + (context if len(context) <= CONTEXT_MAX else context[: CONTEXT_MAX - 1] + "…"))
+    if sections.get("context"):  # (carried, not summarised: on top of the budget)
+        parts.append(_context_part(sections["context"]))
     shares = sum(share for _, _, share in SECTIONS)
     carry = 0
     for key, heading, share in SECTIONS[1:]:
@@ -303,6 +308,25 @@ def render(sections: dict[str, list[Any]], messages: int, tokens: int, max_chars
     if tail:
         parts.append(tail)
     return "\n\n".join(parts)
+
+
+def standing_blocks(turns: list[Turn], prior: Summary | None = None) -> list[str]:
+    """The client's standing context that ``turns`` (and the summary before them) carry, redacted, once each."""
+    found = [b for t in turns if t.role == "user" for p in t.parts if p.kind == "text" and p.text
+             for b in standing_context(redact_text(p.text))]
+    return list(dict.fromkeys([*((prior.sections.get("context") or []) if prior else []), *found]))
+
+
+def carry_context(summary: Summary, turns: list[Turn], prior: Summary | None) -> Summary:
+    """An LLM-written summary with the client's standing context carried verbatim in front of it, as the
+    extractive summary carries it (the LLM's transcript leaves the client's reminders out). Its sections then
+    hold the context and the LLM's text, so a later compaction extends both."""
+    blocks = standing_blocks(turns, prior)
+    if not blocks:
+        return summary
+    head, _, body = summary.text.partition("\n\n")
+    return dataclasses.replace(summary, text=f"{head}\n\n{_context_part(blocks)}\n\n{body}",
+                               sections={"context": blocks, "earlier": [body]})
 
 
 def extractive_summary(turns: list[Turn], *, messages: int, tokens: int, max_chars: int,
