@@ -219,8 +219,9 @@ def test_latest_assistant_turn_and_its_thinking_are_kept(cw_home):
 
 
 def test_role_system_messages_in_the_span_are_quoted_verbatim(cw_home):
+    """Whole, however long (Claude Code's list of agent types runs to ~6K characters; they were cut at 2,000)."""
     body = anthropic_tool_loop(10)
-    note = "Available agent types for the Agent tool: claude, Explore."
+    note = "Available agent types for the Agent tool:\n" + "\n".join(f"- agent{k}: does task {k} (Tools: *)" for k in range(200))
     body["messages"].insert(1, {"role": "system", "content": note})  # user, system, assistant (as Claude Code)
     later = "The user switched to plan mode."
     body["messages"].insert(len(body["messages"]) - 1, {"role": "system", "content": later})
@@ -229,7 +230,7 @@ def test_role_system_messages_in_the_span_are_quoted_verbatim(cw_home):
     sent = h.send(ApiKind.ANTHROPIC, body)
     assert sent.changed, sent.outcome.reason
     text = summary_text(sent.body["messages"][0])
-    assert f"System messages (verbatim):\n- {note}" in text
+    assert f"system messages (verbatim):\n{note}" in text
     assert {"role": "system", "content": later} in sent.body["messages"]  # kept where it was
     h.close()
 

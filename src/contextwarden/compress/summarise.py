@@ -26,10 +26,9 @@ from ..wire.dialects import dialect
 # (key, heading, share of the character budget). Order is the order in the text, and the priority
 # in which unused budget is handed on.
 SECTIONS: tuple[tuple[str, str, float], ...] = (
-    ("context", "The client's standing context (verbatim)", 0.0),  # whole, outside the shares (CONTEXT_MAX)
+    ("context", "The client's standing context and system messages (verbatim)", 0.0),  # whole, outside the shares
     ("earlier", "Earlier summary", 0.30),  # an LLM-written summary being extended offline
     ("requests", "User requests", 0.24),
-    ("system", "System messages (verbatim)", 0.14),
     ("decisions", "Decisions and conclusions", 0.16),
     ("errors", "Errors seen", 0.09),
     ("files", "Files", 0.08),
@@ -61,7 +60,7 @@ _PATH = re.compile(r"(?<![\w@/.-])(?:~?/(?:[\w.+-]+/)*[\w.+-]+|(?:[\w.+-]+/)+[\w
                    r"md|json|ya?ml|toml|rs|go|java|kt|c|h|cc|cpp|hpp|rb|sh|sql|html|css|txt|cfg|ini|lock))(?![\w/])")
 _CODEISH = re.compile(r"`[^`]+`|\w+\(\)|\w+\.\w+\(")
 
-_MAX_ITEM = {"context": 100_000, "earlier": 100_000, "requests": 400, "system": 2000, "decisions": 300, "errors": 220, "commands": 160, "notes": 260}
+_MAX_ITEM = {"context": 100_000, "earlier": 100_000, "requests": 400, "decisions": 300, "errors": 220, "commands": 160, "notes": 260}
 
 
 @dataclass
@@ -115,7 +114,7 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
 
     def add(key: str, item: str) -> None:
         limit = _MAX_ITEM.get(key, 240)
-        if key in ("system", "context"):  # quoted as written: only cut, never reflowed
+        if key == "context":  # quoted as written: only cut, never reflowed
             item = item.strip() if len(item.strip()) <= limit else item.strip()[: limit - 1] + "…"
         else:
             item = shorten(item, limit)
@@ -139,7 +138,7 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
         texts = [redact_text(p.text) for p in turn.parts if p.kind == "text" and p.text]
         if turn.role in ("system", "developer"):
             for t in texts:
-                add("system", t)
+                add("context", t)
             continue
         if turn.role == "user":
             for t in texts:
@@ -207,6 +206,8 @@ def merge(prior: dict[str, list[Any]] | None, new: dict[str, list[Any]]) -> dict
     out: dict[str, list[Any]] = {}
     for key, _, _ in SECTIONS:
         a, b = list(prior.get(key) or []), list(new.get(key) or [])
+        if key == "context":  # (summaries stored before kept system messages apart)
+            a += prior.get("system") or []
         if key == "files":
             files: dict[str, list[str]] = {}
             for path, tools in a + b:
