@@ -311,18 +311,13 @@ def render(sections: dict[str, list[Any]], messages: int, tokens: int, max_chars
     return "\n\n".join(parts)
 
 
-def standing_blocks(turns: list[Turn], prior: Summary | None = None) -> list[str]:
-    """The client's standing context that ``turns`` (and the summary before them) carry, redacted, once each."""
-    found = [b for t in turns if t.role == "user" for p in t.parts if p.kind == "text" and p.text
-             for b in standing_context(redact_text(p.text))]
-    return list(dict.fromkeys([*((prior.sections.get("context") or []) if prior else []), *found]))
-
-
 def carry_context(summary: Summary, turns: list[Turn], prior: Summary | None) -> Summary:
     """An LLM-written summary with the client's standing context carried verbatim in front of it, as the
     extractive summary carries it (the LLM's transcript leaves the client's reminders out). Its sections then
     hold the context and the LLM's text, so a later compaction extends both."""
-    blocks = standing_blocks(turns, prior)
+    found = [b for t in turns if t.role == "user" for p in t.parts if p.kind == "text" and p.text
+             for b in standing_context(redact_text(p.text))]
+    blocks = list(dict.fromkeys([*((prior.sections.get("context") or []) if prior else []), *found]))
     if not blocks:
         return summary
     head, _, body = summary.text.partition("\n\n")
@@ -342,10 +337,11 @@ def extractive_summary(turns: list[Turn], *, messages: int, tokens: int, max_cha
         prior_sections = prior.sections or {"earlier": [prior.text.split("\n\n", 1)[-1]]}
     sections = merge(prior_sections, extract(turns))
     sections.pop("current", None)
-    for block in standing_context(current_request or ""):  # (carried in its own section)
-        current_request = (current_request or "").replace(block, "")
-    if current_request and current_request.strip():
-        sections["current"] = [current_request.strip()]
+    current = current_request or ""
+    for block in standing_context(current):  # (carried in its own section)
+        current = current.replace(block, "")
+    if current.strip():
+        sections["current"] = [current.strip()]
     # the summary is stored with the session's state (and its sections merged into later summaries):
     # no secret of the conversation goes into it
     sections = scrub(sections)
