@@ -139,7 +139,23 @@ class Embedder:
     def _forward(self, texts: list[str]) -> np.ndarray:
         return self._run([e.ids for e in self._tok.encode_batch(texts, add_special_tokens=True)])
 
-    def _run(self, ids_list: list[list[int]]) -> np.ndarray:
+    def states(self, texts: list[str]) -> list[tuple[np.ndarray, list[int]]]:
+        """Each text's word pieces as the model reads them in context: ``(vectors, ids)``, the last hidden
+        states L2-normalised one by one (float32, ``(pieces, dim)``) and the pieces' token ids, [CLS] and
+        [SEP] left out (token-level matching, :mod:`.asides`)."""
+        ids = [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=True)]
+        out: list[tuple[np.ndarray, list[int]]] = [(np.zeros((0, self.dim), np.float32), [])] * len(ids)
+        for idx in self.batches([len(x) for x in ids]):
+            hidden, _ = self._hidden([ids[i] for i in idx])
+            for row, i in enumerate(idx):
+                h = hidden[row, 1:len(ids[i]) - 1]
+                norm = np.linalg.norm(h, axis=1, keepdims=True)
+                out[i] = ((h / np.maximum(norm, 1e-9)).astype(np.float32), ids[i][1:-1])
+        return out
+
+    def _hidden(self, ids_list: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The model's last hidden states ``(batch, width, dim)`` of ``ids_list`` padded to the longest,
+        and the attention mask."""
         width = max(1, max(len(ids) for ids in ids_list))
         ids = np.zeros((len(ids_list), width), dtype=np.int64)
         mask = np.zeros((len(ids_list), width), dtype=np.int64)
@@ -149,7 +165,10 @@ class Embedder:
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        hidden = self._session.run(None, feeds)[0]  # (batch, width, dim)
+        return self._session.run(None, feeds)[0], mask
+
+    def _run(self, ids_list: list[list[int]]) -> np.ndarray:
+        hidden, mask = self._hidden(ids_list)
         m = mask[:, :, None].astype(np.float32)
         pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
         norm = np.linalg.norm(pooled, axis=1, keepdims=True)

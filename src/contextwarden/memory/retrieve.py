@@ -26,7 +26,7 @@ import numpy as np
 from ..models.base import ApiKind
 from ..util.lru import LRU
 from ..wire.dialects import dialect
-from .asides import Asides
+from .asides import Asides, Pieces
 from .envelopes import strip_envelopes
 from .ids import content_hash, id_of_hash
 from .inject import strip_blocks
@@ -327,7 +327,8 @@ class Retriever:
     ``embedder`` None means lexical only; ``pool`` runs the Chroma query so it can time out."""
 
     def __init__(self, store, lexical, embedder, pool: cf.Executor | None, settings, scope=None,
-                 related: RelatedWords | None = None, asides: Asides | None = None) -> None:
+                 related: RelatedWords | None = None, asides: Asides | None = None,
+                 pieces: Pieces | None = None) -> None:
         self.store = store
         self.lexical = lexical
         self.embedder = embedder
@@ -337,6 +338,7 @@ class Retriever:
         self.scope = scope
         self.related = related  # the sessions' words by embedding (memory.related; None: no related words)
         self.asides = asides  # the sentences of the person's turns by embedding (memory.asides; None: none)
+        self.pieces = pieces  # the word pieces of the participants' turns (memory.asides; None: none)
 
     def start(self, query: Query, tenants: list[str], *, workspace: str | None = None, n: int | None = None,
               session: str | None = None, project: str | None = None) -> Vectors:
@@ -487,6 +489,16 @@ class Retriever:
             return ranked
         return sorted(((it, max(sim, min(1.0, best.get(it.id, 0.0)))) for it, sim in ranked), key=lambda x: -x[1])
 
+    def _matched(self, query: Query, v: Vectors, session: str, ranked: list) -> list:
+        """``ranked`` (the session's items by vector) with its speaker turns first, by their token-level match
+        with the question (:mod:`.asides`), and the other items after them as they were."""
+        if self.pieces is None or not ranked or (part := self._partition(v, session)) is None:
+            return ranked
+        score = self.pieces.scores(part, session, query.vector_text())
+        if not score:
+            return ranked
+        return sorted(((it, score.get(it.id, sim)) for it, sim in ranked), key=lambda x: (x[0].id not in score, -x[1]))
+
     def _focus(self, query: Query, v: Vectors, by_id: dict[str, Hit], exclude, n: int, session: str) -> list:
         """Rankings within the current session's turns of what the question names: the one participant
         ("What does Melanie do to destress?" follows Melanie's turns, which the other participant's
@@ -510,13 +522,15 @@ class Retriever:
         names = {x: set(tokenize(x)) for x in {h.item.speaker for h in by_id.values()} | {it.speaker for it, _ in ranked} if x}
         named = [x for x, t in names.items() if t and t <= words]  # (a header "Includes:" has no name's words)
         focus: list[tuple[Callable[[MemoryItem], bool], float, list]] = []
-        if len(named) == 1 and s.speaker_weight > 0:
+        one = len(named) == 1 and s.speaker_weight > 0
+        matched = self._matched(query, v, session, ranked) if one or (days and s.date_weight > 0) else ranked
+        if one:
             who = named[0]
-            focus.append((lambda it: it.speaker == who, s.speaker_weight, ranked))
+            focus.append((lambda it: it.speaker == who, s.speaker_weight, matched))
         if own:
             focus.append((lambda it: it.role == "user", s.speaker_weight, self._own_ranked(v, session, ranked)))
         if days and s.date_weight > 0:
-            focus.append((lambda it: near(it.when, days, DATE_SLACK_DAYS), s.date_weight, ranked))
+            focus.append((lambda it: near(it.when, days, DATE_SLACK_DAYS), s.date_weight, matched))
         lex = (self.lexical.query(self._terms(query, v), v.partitions, n=4 * n, exclude=exclude, session=session)
                if focus and self.lexical is not None else [])
         rankings = []

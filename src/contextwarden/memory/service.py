@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..util import redact as secrets
 from ..util.lru import LRU
-from .asides import Asides
+from .asides import Asides, Pieces
 from .client import RemoteMemoryService, store_key
 from .embedder import CachedEmbedder, load_embedder
 from .embedworker import BackgroundEmbedder
@@ -105,6 +105,7 @@ class MemoryService:
         self._scope: SessionVectors | None = None  # made with the first retriever
         self._related: RelatedWords | None = None  # made with the embedder
         self._asides: Asides | None = None  # made with the embedder
+        self._pieces: Pieces | None = None  # made with the embedder
         self._prepared = LRU(self.PREPARED_MAX)  # searches' vector halves started ahead: token -> _Prepared
         self._key = store_key(self.settings)
         self._thread: threading.Thread | None = None
@@ -125,6 +126,7 @@ class MemoryService:
                 self.embedder = CachedEmbedder(emb, disk=m.embed_cache)
                 self._related = RelatedWords(self.embedder)  # the sessions' words by embedding (on_added)
                 self._asides = Asides(self.embedder)  # the person's sentences by embedding (on_added)
+                self._pieces = Pieces(emb)  # the participants' word pieces in context (on_added)
                 if self.separate and m.embed_idle:
                     self.embedder.background = BackgroundEmbedder(emb, str(emb.model_dir))
                     self.embedder.is_background = self._on_storer
@@ -264,6 +266,8 @@ class MemoryService:
             self._related.learn(self.lexical, items)
         if self._asides is not None and self.settings.memory.speaker_weight > 0:
             self._asides.learn(self.lexical, items)
+        if self._pieces is not None and (self.settings.memory.speaker_weight > 0 or self.settings.memory.date_weight > 0):
+            self._pieces.learn(self.lexical, items)
 
     def state(self, wait_s: float = 0.0) -> dict:
         """Open yet (waiting up to ``wait_s`` for it), available, the error, the lexical index complete."""
@@ -366,7 +370,7 @@ class MemoryService:
             self._scope = SessionVectors(store)  # the current sessions' vectors, kept between searches
         return Retriever(store, self.lexical, self.embedder, self._pool, (settings or self.settings).memory,
                          scope=self._scope if store is not None else None, related=self._related,
-                         asides=self._asides)
+                         asides=self._asides, pieces=self._pieces)
 
     def neighbours(self, item) -> list:
         """The stored items of the messages just before and after ``item``'s, in its session."""

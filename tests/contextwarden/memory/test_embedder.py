@@ -50,6 +50,19 @@ def test_order_is_kept_across_length_sorted_batches():
     assert len({tuple(np.round(v, 4)) for v in together}) == len(many)
 
 
+def test_states_are_each_word_pieces_in_context_whatever_the_batch():
+    """A text's word pieces (no [CLS]/[SEP]) with one unit vector each, the same alone as in a batch padded to
+    a longer text; the pieces read in context differ from the same piece in another sentence."""
+    e = embedder()
+    alone = e.states(["river bank"])[0]
+    batch = e.states(["I paid the money into my bank account this morning, then walked home.", "river bank"])
+    assert alone[1] == e._counter.encode("river bank", add_special_tokens=False).ids
+    assert np.allclose(np.linalg.norm(alone[0], axis=1), 1.0, atol=1e-5)
+    assert np.allclose(batch[1][0], alone[0], atol=1e-4)
+    money = batch[0][0][batch[0][1].index(alone[1][1])]  # "bank" beside money
+    assert float(money @ alone[0][1]) < 0.9
+
+
 def test_load_embedder_prefers_the_configured_dir():
     e, msg = load_embedder(str(MODEL_DIR))
     assert e is not None and e.dim == 384 and "configured" in e.source and str(MODEL_DIR) in msg

@@ -12,7 +12,7 @@ from unicodedata import category
 
 import pytest
 
-from contextwarden.memory.asides import Asides
+from contextwarden.memory.asides import Asides, Pieces
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.ingest import items_from_messages
 from contextwarden.memory.inject import (
@@ -411,6 +411,53 @@ def test_a_question_naming_one_speaker_follows_that_speakers_turns(tmp_path):
     assert items[-1].text in found[2.0]
 
 
+def test_a_named_speakers_turns_are_matched_word_piece_by_word_piece(tmp_path):
+    """Melanie tells how she destresses at the end of a turn about her long day: its pooled vector is the
+    day's, below her ten turns about stress. Matched piece by piece (``memory.asides.Pieces``: each of the
+    question's word pieces against the turn's best) it reaches her top 3. Only speaker turns are learnt."""
+    said = [f"Melanie: {t}" for t in (
+        "Work stress has been the theme of the whole week at the office.",
+        "Everyone I know seems so stressed these days, it is a lot to take.",
+        "My boss keeps adding deadlines and the stress is piling up.",
+        "Stress at home and stress at work, what a combination this month.",
+        "I read an article about stress and how it affects sleep.",
+        "The doctor said my stress levels are too high again.",
+        "Do you ever feel like stress just follows you around?",
+        "The traffic on the way to work stresses me out every day.",
+        "Moving house is one of the most stressful things I have done.",
+        "Exams week was always the most stressful time for me.",
+        "Long day! The kids had swimming, I fixed the fence, cooked dinner for six, and then I painted for an "
+        "hour to destress before bed.")]
+    items = [item(text, turn=i, speaker="Melanie") for i, text in enumerate(said)]
+    items.append(item("A note without a speaker about how to destress.", turn=len(said), role="assistant"))
+    learnt, found = found_with_and_without(tmp_path, items, Pieces, "What does Melanie do to destress?",
+                                           MemorySection(neighbour_weight=0, lexical_weight=0, speaker_weight=2.0))
+    assert learnt == {it.id for it in items[:-1]}
+    assert items[-2].text not in found["without"]
+    assert items[-2].text in found["with"]
+
+
+def found_with_and_without(tmp_path, items, kind, question: str, section: MemorySection) -> tuple[set[str], dict]:
+    """The ids of the turns ``kind`` (:class:`Asides` or :class:`Pieces`) learnt of ``items``, and the top 3 of
+    what ``question`` finds without and with it."""
+    st = store(tmp_path)
+    st.add(items)
+    lex = LexicalIndex()
+    lex.add(items)
+    parts = kind(embedder())
+    parts.learn(lex, items)
+    part = lex.partition_of(items[0])
+    learnt = set(parts.best(part, "s1", embedder()(["a question"])[0]) if kind is Asides
+                 else parts.scores(part, "s1", "a question"))
+    arg = "asides" if kind is Asides else "pieces"
+    try:
+        return learnt, {k: [h.item.text for h in Retriever(st, lex, embedder(), None, section, **{arg: p}).search(
+                            Query(question), ["t-a"], n=3, session="s1").hits[:3]]
+                        for k, p in (("without", None), ("with", parts))}
+    finally:
+        st.close()
+
+
 def hits_by_setting(tmp_path, items, question: str, n: int, sections: dict) -> dict:
     """The texts ``question`` finds among ``items`` (in one store and lexical index) under each of
     ``sections``' settings, by key."""
@@ -469,21 +516,9 @@ def test_a_question_about_the_one_asking_finds_what_they_said_in_passing(tmp_pat
                       "after 2 years and 4 months."),
              ("user", "Thanks, that helps.")]
     items = [item(text, turn=i, role=role) for i, (role, text) in enumerate(said)]
-    st = store(tmp_path)
-    st.add(items)
-    lex = LexicalIndex()
-    lex.add(items)
-    asides = Asides(embedder())
-    asides.learn(lex, items)
-    learnt = asides.best(lex.partition_of(items[0]), "s1", embedder()(["a question"])[0])
-    assert set(learnt) == {it.id for it in items[:8]} | {items[-2].id}
-    try:
-        found = {k: [h.item.text for h in Retriever(st, lex, embedder(), None, MemorySection(neighbour_weight=0),
-                                                    asides=a).search(Query("How long have I been in my current position?"),
-                                                                     ["t-a"], n=3, session="s1").hits[:3]]
-                 for k, a in (("without", None), ("with", asides))}
-    finally:
-        st.close()
+    learnt, found = found_with_and_without(tmp_path, items, Asides, "How long have I been in my current position?",
+                                           MemorySection(neighbour_weight=0))
+    assert learnt == {it.id for it in items[:8]} | {items[-2].id}
     assert items[-2].text not in found["without"]
     assert items[-2].text in found["with"]
 
