@@ -53,7 +53,7 @@ def _own(item) -> bool:
 
 
 def _spoken(item) -> bool:
-    return item.kind == "message" and bool(item.speaker)
+    return item.kind in ("message", "chunk") and bool(item.speaker)  # (a long turn is stored in chunks)
 
 
 @dataclass(frozen=True)

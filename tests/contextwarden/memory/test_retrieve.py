@@ -429,10 +429,13 @@ def test_a_named_speakers_turns_are_matched_word_piece_by_word_piece(tmp_path):
         "Long day! The kids had swimming, I fixed the fence, cooked dinner for six, and then I painted for an "
         "hour to destress before bed.")]
     items = [item(text, turn=i, speaker="Melanie") for i, text in enumerate(said)]
-    items.append(item("A note without a speaker about how to destress.", turn=len(said), role="assistant"))
+    items.append(item("Melanie: and the school fair raised enough money for new library books and a bigger playground.",
+                      turn=len(said), speaker="Melanie", kind="chunk"))  # (a long turn is stored in chunks)
+    items.append(item("A note without a speaker about how to destress.", turn=len(said) + 1, role="assistant"))
     learnt, found = found_with_and_without(tmp_path, items, Pieces, "What does Melanie do to destress?",
                                            MemorySection(neighbour_weight=0, lexical_weight=0, speaker_weight=2.0))
     assert learnt == {it.id for it in items[:-1]}
+    items = items[:-2] + items[-1:]
     assert items[-2].text not in found["without"]
     assert items[-2].text in found["with"]
 
