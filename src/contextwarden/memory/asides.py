@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -90,10 +90,20 @@ class _Rows:
         """Per group, the ``weights``-weighted mean over ``query``'s rows of their best cosine in the group."""
         if self.matrix is None or not self.owners:
             return {}
-        m = self.matrix.astype(np.float32) / 127.0 if self.matrix.dtype == np.int8 else self.matrix
-        sims = np.einsum("ij,kj->ik", m, np.asarray(query, dtype=np.float32))  # not BLAS: its threads wait on a busy machine
+        scale = 127.0 * float(weights.sum()) if self.matrix.dtype == np.int8 else float(weights.sum())
+        sims = np.einsum("ij,kj->ik", self.matrix.astype(np.float32, copy=False),  # not BLAS: its threads wait on a busy machine
+                         np.asarray(query, dtype=np.float32))
         best = np.maximum.reduceat(sims, np.asarray(self.starts), axis=0)  # (groups, query rows)
-        return dict(zip(self.owners, (best @ (weights / max(1e-9, float(weights.sum())))).tolist()))
+        return dict(zip(self.owners, (best @ (weights / max(1e-9, scale))).tolist()))
+
+
+def _new_turns(rows: LRU, lexical, items, wanted) -> Iterator[tuple[tuple[str, str], _Rows, int, list]]:
+    """For each session ``items`` were added to that holds a ``wanted`` one: its key, its rows so far, its
+    items read now, and its ``wanted`` items not read before."""
+    for key in dict.fromkeys((lexical.partition_of(it), str(it.session)) for it in items if wanted(it)):
+        r = rows.peek(key) or _Rows()
+        news = lexical.session_items(*key)
+        yield key, r, len(news), [it for it in news[r.seen:] if wanted(it)]
 
 
 class Asides:
@@ -105,17 +115,14 @@ class Asides:
 
     def learn(self, lexical, items) -> None:
         """Embed the new sentences of the sessions ``items`` were added to (the storer's thread)."""
-        for part, session in dict.fromkeys((lexical.partition_of(it), str(it.session)) for it in items if _own(it)):
-            r = self._rows.peek((part, session)) or _Rows()
-            news = lexical.session_items(part, session)
-            todo = [(it.id, s) for it in news[r.seen:] if _own(it) for s in sentences(it.text)]
+        for key, r, seen, turns in _new_turns(self._rows, lexical, items, _own):
+            todo = [(it.id, s) for it in turns for s in sentences(it.text)]
             todo = todo[: max(0, ROWS_MAX - (0 if r.matrix is None else len(r.matrix)))]
             vecs = np.asarray(self.embedder([s for _, s in todo]) if todo else np.zeros((0, 0)), dtype=np.float32)
             groups: dict[str, list] = {}
             for (owner, _), v in zip(todo, vecs):
                 groups.setdefault(owner, []).append(v)
-            self._rows.put((part, session), r.grown(len(news), [(o, np.stack(vs), []) for o, vs in groups.items()],
-                                                    ROWS_MAX))
+            self._rows.put(key, r.grown(seen, [(o, np.stack(vs), []) for o, vs in groups.items()], ROWS_MAX))
 
     def best(self, partition: str, session: str, query_vec: np.ndarray) -> dict[str, float]:
         """Per item id of the session's person's turns, its best sentence's cosine similarity to ``query_vec``."""
@@ -135,13 +142,10 @@ class Pieces:
 
     def learn(self, lexical, items) -> None:
         """Read the new speaker turns of the sessions ``items`` were added to (the storer's thread)."""
-        for part, session in dict.fromkeys((lexical.partition_of(it), str(it.session)) for it in items if _spoken(it)):
-            r = self._rows.peek((part, session)) or _Rows()
-            news = lexical.session_items(part, session)
-            todo = [it for it in news[r.seen:] if _spoken(it)]
-            states = self.embedder.states([it.text for it in todo]) if todo else []
-            groups = [(it.id, np.round(m * 127).astype(np.int8), ids) for it, (m, ids) in zip(todo, states) if len(ids)]
-            self._rows.put((part, session), r.grown(len(news), groups, PIECES_MAX))
+        for key, r, seen, turns in _new_turns(self._rows, lexical, items, _spoken):
+            states = self.embedder.states([it.text for it in turns]) if turns else []
+            groups = [(it.id, np.round(m * 127).astype(np.int8), ids) for it, (m, ids) in zip(turns, states) if len(ids)]
+            self._rows.put(key, r.grown(seen, groups, PIECES_MAX))
 
     def scores(self, partition: str, session: str, text: str) -> dict[str, float]:
         """Per item id of the session's speaker turns, its token-level match with ``text`` (empty when the
