@@ -113,15 +113,19 @@ def test_closing_a_memory_process_that_will_not_exit_in_time_never_raises(tmp_pa
 
 
 def test_pending_ingestion_left_at_shutdown_is_stored_at_the_next_start(tmp_path):
+    """Items submitted but not yet embedded when memory shuts down (the embedding worker stopped, so
+    none can be) are stored at the next start."""
     extra = "memory: {process: separate, shutdown_flush_s: 0, ingest_batch: 8}"
     rp = replayer(tmp_path, extra)
-    # enough that closing without waiting leaves some of them unembedded
-    texts = [f"note {i}: the migration of table orders_{i} needs an index on customer_{i}" for i in range(120)]
+    texts = [f"note {i}: the migration of table orders_{i} needs an index on customer_{i}" for i in range(40)]
     try:
         svc = get_service(rp.runtime)
-        tenant = "t-pending"
+        assert isinstance(svc, RemoteMemoryService) and wait_until(lambda: svc.available, 120)
+        assert wait_until(lambda: bool(_children(svc.pid)), 120)  # the embedding worker
+        for pid in _children(svc.pid):
+            os.kill(pid, signal.SIGSTOP)  # (the shutdown kills it, stopped or not)
         for k in range(0, len(texts), 20):
-            items = [MemoryItem(text=t, session="s", tenant=tenant, turn=k + j, role="user", kind="message")
+            items = [MemoryItem(text=t, session="s", tenant="t-pending", turn=k + j, role="user", kind="message")
                      for j, t in enumerate(texts[k:k + 20])]
             assert svc.submit(items)
     finally:
@@ -132,10 +136,10 @@ def test_pending_ingestion_left_at_shutdown_is_stored_at_the_next_start(tmp_path
         assert svc.flush(300)
         from contextwarden.memory.retrieve import Query
 
-        found = svc.search(Query("orders_119 customer_119"), ["t-pending"], timeout_s=30)
-        assert any("orders_119" in h.item.text for h in found.hits)
+        found = svc.search(Query("orders_39 customer_39"), ["t-pending"], timeout_s=30)
+        assert any("orders_39" in h.item.text for h in found.hits)
         recovered = [e.data for e in rp.runtime.bus.recent if e.type == "memory" and e.data.get("recovered")]
-        assert recovered and recovered[0]["recovered"] > 0
+        assert recovered and recovered[0]["recovered"] == len(texts)
     finally:
         rp.close()
 
