@@ -16,7 +16,8 @@ interaction, "MaxSim"): for each of the question's pieces its best cosine among 
 weights for how rare the piece is among the session's turns. On LoCoMo it finds the evidence that the pooled
 vector ranks lower (recall at 40 of a conversation's turns: 0.77 against 0.64; docs/memory-retrieval.md).
 
-Both learn off the request path (the storer's thread, the ingestor's ``on_added``) and are read by
+Both learn off the request path (the storer's thread, the ingestor's ``on_added``; in the memory process the
+model runs in the idle embedding worker, :mod:`.embedworker`) and are read by
 ``retrieve.Retriever._focus``. A sentence is one row of its turn's group, a piece likewise: a turn's score is
 the weighted mean over the question's rows of the best row of its group (one query row for sentences: the
 best sentence).
@@ -137,7 +138,7 @@ class Pieces:
     """Per (lexical partition, session): the word pieces of the participants' turns, in context."""
 
     def __init__(self, embedder) -> None:
-        self.embedder = embedder  # an :class:`.embedder.Embedder` (``states``)
+        self.embedder = embedder  # ``states``: :class:`.embedder.CachedEmbedder` or :class:`.embedder.Embedder`
         self._rows = LRU(PIECE_SESSIONS)  # (partition, session) -> _Rows
 
     def learn(self, lexical, items) -> None:

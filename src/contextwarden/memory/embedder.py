@@ -278,6 +278,8 @@ class Worker(Protocol):
 
     def __call__(self, texts: list[str]) -> np.ndarray: ...
 
+    def states(self, texts: list[str]) -> list[tuple[np.ndarray, list[int]]]: ...
+
     def close(self) -> None: ...
 
 
@@ -377,6 +379,12 @@ class CachedEmbedder:
             if self._lru.peek(k) is None:
                 self._lru.put(k, v.copy())
         return out
+
+    def states(self, texts: list[str]) -> list[tuple[np.ndarray, list[int]]]:
+        """The inner embedder's word-piece states (:meth:`Embedder.states`; not cached), from the worker on
+        a background thread, like the vectors' misses."""
+        bg = self.background
+        return (bg if bg is not None and self.is_background() else self.inner).states(texts)
 
     def close(self) -> None:
         if self.background is not None:

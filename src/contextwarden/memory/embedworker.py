@@ -32,6 +32,11 @@ def embed(model_dir: str, texts: list[str], group_nice: int = GROUP_NICE) -> np.
     return _loaded(model_dir, group_nice)(texts)
 
 
+def states(model_dir: str, texts: list[str], group_nice: int = GROUP_NICE) -> list[tuple[np.ndarray, list[int]]]:
+    """The word pieces' states of ``texts`` (:meth:`.embedder.Embedder.states`; runs in the worker)."""
+    return _loaded(model_dir, group_nice).states(texts)
+
+
 def load(model_dir: str, group_nice: int = GROUP_NICE) -> tuple[int, int]:
     """Load and warm the model now (the worker's first call, sent as it starts); the scheduling policy
     the loading ran at and the one the worker runs at after (for the tests: ``SCHED_OTHER``, then
@@ -106,7 +111,8 @@ class Closed(RuntimeError):
 
 
 class BackgroundEmbedder:
-    """``__call__(texts)`` as the in-process ``inner`` embedder gives, computed in the worker process."""
+    """``__call__(texts)`` and ``states(texts)`` as the in-process ``inner`` embedder gives, computed in the
+    worker process."""
 
     def __init__(self, inner, model_dir: str, timeout_s: float = 900.0, start_s: float = 60.0,
                  group_nice: int = GROUP_NICE) -> None:
@@ -136,17 +142,23 @@ class BackgroundEmbedder:
         return self._offload.pids()
 
     def __call__(self, texts: list[str]) -> np.ndarray:
+        return self._call(embed, texts, self.inner)
+
+    def states(self, texts: list[str]) -> list[tuple[np.ndarray, list[int]]]:
+        return self._call(states, texts, self.inner.states)
+
+    def _call(self, fn, texts: list[str], here):
         if not self._closed.is_set():
             try:
                 self._offload.wait_ready(self.start_s)
-                return self._offload.call(embed, self.model_dir, list(texts), self.group_nice, timeout=self.timeout_s)
+                return self._offload.call(fn, self.model_dir, list(texts), self.group_nice, timeout=self.timeout_s)
             except Unavailable:
                 if self._closed.is_set():
                     raise Closed("memory is shutting down") from None
         if self._closed.is_set():
             raise Closed("memory is shutting down")
         self.fallbacks += 1
-        return self.inner(texts)
+        return here(texts)
 
     def close(self) -> None:
         self._closed.set()

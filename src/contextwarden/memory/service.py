@@ -126,7 +126,7 @@ class MemoryService:
                 self.embedder = CachedEmbedder(emb, disk=m.embed_cache)
                 self._related = RelatedWords(self.embedder)  # the sessions' words by embedding (on_added)
                 self._asides = Asides(self.embedder)  # the person's sentences by embedding (on_added)
-                self._pieces = Pieces(emb)  # the participants' word pieces in context (on_added)
+                self._pieces = Pieces(self.embedder)  # the participants' word pieces in context (on_added)
                 if self.separate and m.embed_idle:
                     self.embedder.background = BackgroundEmbedder(emb, str(emb.model_dir))
                     self.embedder.is_background = self._on_storer

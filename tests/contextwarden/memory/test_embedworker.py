@@ -31,6 +31,9 @@ def test_the_worker_gives_the_in_process_vectors_at_the_idle_priority(inner, gro
     try:
         got = bg(TEXTS)
         assert np.allclose(got, inner(TEXTS), atol=1e-5) and got.shape == (len(TEXTS), 384)
+        # the word pieces' states too (memory/asides.py:Pieces learns a turn's there)
+        for (m, ids), (m0, ids0) in zip(bg.states(TEXTS), inner.states(TEXTS), strict=True):
+            assert ids == ids0 and m.shape == m0.shape and np.allclose(m, m0, atol=1e-4)
         assert bg.fallbacks == 0
         (pid,) = bg.pids()
         assert pid != os.getpid()
@@ -58,13 +61,23 @@ def test_only_background_threads_embed_in_the_worker(inner):
             calls.append((self.name, list(texts)))
             return inner(texts)
 
+        def states(self, texts):
+            calls.append((self.name + " states", list(texts)))
+            return inner.states(texts)
+
+    def store() -> None:
+        cached(["what a turn said"])
+        cached.states(["what a turn said"])
+
     cached = CachedEmbedder(Recorder("in-process"))
-    t = threading.Thread(target=lambda: cached(["what a turn said"]))  # as the storer
+    t = threading.Thread(target=store)  # as the storer
     cached.background, cached.is_background = Recorder("worker"), lambda: threading.current_thread() is t
     cached(["a search's query"])
+    cached.states(["a search's query"])
     t.start()
     t.join(30)
-    assert calls == [("in-process", ["a search's query"]), ("worker", ["what a turn said"])]
+    assert calls == [("in-process", ["a search's query"]), ("in-process states", ["a search's query"]),
+                     ("worker", ["what a turn said"]), ("worker states", ["what a turn said"])]
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="scheduling classes are Linux's")
