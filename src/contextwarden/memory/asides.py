@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -98,11 +99,12 @@ class _Rows:
         return dict(zip(self.owners, (best @ (weights / max(1e-9, scale))).tolist()))
 
 
-def _new_turns(rows: LRU, lexical, items, wanted) -> Iterator[tuple[tuple[str, str], _Rows, int, list]]:
-    """For each session ``items`` were added to that holds a ``wanted`` one: its key, its rows so far, its
-    items read now, and its ``wanted`` items not read before."""
+def new_turns(learnt: LRU, lexical, items, wanted, empty: Callable[[], Any]) -> Iterator[tuple[tuple[str, str], Any, int, list]]:
+    """For each session ``items`` were added to that holds a ``wanted`` one: its key, what ``learnt`` holds
+    of it (``empty()`` when nothing; a record whose ``seen`` counts the session's items read), its items
+    read now, and its ``wanted`` items not read before (asides and pieces here, related words)."""
     for key in dict.fromkeys((lexical.partition_of(it), str(it.session)) for it in items if wanted(it)):
-        r = rows.peek(key) or _Rows()
+        r = learnt.peek(key) or empty()
         news = lexical.session_items(*key)
         yield key, r, len(news), [it for it in news[r.seen:] if wanted(it)]
 
@@ -116,7 +118,7 @@ class Asides:
 
     def learn(self, lexical, items) -> None:
         """Embed the new sentences of the sessions ``items`` were added to (the storer's thread)."""
-        for key, r, seen, turns in _new_turns(self._rows, lexical, items, _own):
+        for key, r, seen, turns in new_turns(self._rows, lexical, items, _own, _Rows):
             todo = [(it.id, s) for it in turns for s in sentences(it.text)]
             todo = todo[: max(0, ROWS_MAX - (0 if r.matrix is None else len(r.matrix)))]
             vecs = np.asarray(self.embedder([s for _, s in todo]) if todo else np.zeros((0, 0)), dtype=np.float32)
@@ -143,7 +145,7 @@ class Pieces:
 
     def learn(self, lexical, items) -> None:
         """Read the new speaker turns of the sessions ``items`` were added to (the storer's thread)."""
-        for key, r, seen, turns in _new_turns(self._rows, lexical, items, _spoken):
+        for key, r, seen, turns in new_turns(self._rows, lexical, items, _spoken, _Rows):
             states = self.embedder.states([it.text for it in turns]) if turns else []
             groups = [(it.id, np.round(m * 127).astype(np.int8), ids) for it, (m, ids) in zip(turns, states) if len(ids)]
             self._rows.put(key, r.grown(seen, groups, PIECES_MAX))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..util.lru import LRU
+from .asides import new_turns
 from .envelopes import searchable
 from .lexical import plain_words
 
@@ -33,6 +34,10 @@ class _Vocab:
     matrix: np.ndarray | None = None
 
 
+def _message(item) -> bool:
+    return item.kind == "message"
+
+
 class RelatedWords:
     """Per (lexical partition, session): its messages' words and their vectors, grown as it grows."""
 
@@ -42,31 +47,21 @@ class RelatedWords:
 
     def learn(self, lexical, items) -> None:
         """Embed the new words of the sessions ``items`` were added to (the storer's thread)."""
-        for part, session in dict.fromkeys((lexical.partition_of(it), str(it.session)) for it in items):
-            self._grow(lexical, part, session)
-
-    def _grow(self, lexical, partition: str, session: str) -> None:
-        key = (partition, session)
-        v = self._vocab.peek(key) or _Vocab()
-        items = lexical.session_items(partition, session)
-        if v.seen >= len(items):
-            return
-        known = set(v.terms)
-        df = Counter(v.df)
-        new: dict[str, str] = {}
-        for it in items[v.seen:]:
-            if it.kind != "message":
-                continue
-            pairs = plain_words(searchable(it.text))
-            df.update({t for t, _ in pairs})
-            for t, w in pairs:
-                if t not in known and len(known) + len(new) < VOCAB_MAX:
-                    new.setdefault(t, w)
-        matrix = v.matrix
-        if new:
-            vecs = np.asarray(self.embedder(list(new.values())), dtype=np.float32)
-            matrix = vecs if matrix is None else np.vstack([matrix, vecs])
-        self._vocab.put(key, _Vocab(len(items), v.terms + tuple(new), df, matrix))
+        for key, v, seen, messages in new_turns(self._vocab, lexical, items, _message, _Vocab):
+            known = set(v.terms)
+            df = Counter(v.df)
+            new: dict[str, str] = {}
+            for it in messages:
+                pairs = plain_words(searchable(it.text))
+                df.update({t for t, _ in pairs})
+                for t, w in pairs:
+                    if t not in known and len(known) + len(new) < VOCAB_MAX:
+                        new.setdefault(t, w)
+            matrix = v.matrix
+            if new:
+                vecs = np.asarray(self.embedder(list(new.values())), dtype=np.float32)
+                matrix = vecs if matrix is None else np.vstack([matrix, vecs])
+            self._vocab.put(key, _Vocab(seen, v.terms + tuple(new), df, matrix))
 
     def expand(self, partition: str, session: str, question: str, *, per_word: int = 3,
                floor: float = 0.5, common: float = 0.2) -> dict[str, float]:
