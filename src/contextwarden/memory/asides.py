@@ -93,8 +93,7 @@ class _Rows:
         if self.matrix is None or not self.owners:
             return {}
         scale = 127.0 * float(weights.sum()) if self.matrix.dtype == np.int8 else float(weights.sum())
-        sims = np.einsum("ij,kj->ik", self.matrix.astype(np.float32, copy=False),  # not BLAS: its threads wait on a busy machine
-                         np.asarray(query, dtype=np.float32))
+        sims = self.matrix.astype(np.float32, copy=False) @ np.asarray(query, dtype=np.float32).T  # (rows, query rows)
         best = np.maximum.reduceat(sims, np.asarray(self.starts), axis=0)  # (groups, query rows)
         return dict(zip(self.owners, (best @ (weights / max(1e-9, scale))).tolist()))
 

@@ -150,7 +150,7 @@ class SessionVectors:
             st = self._matrix(lexical, part, session, project)
             if st is None or not st.items:
                 continue
-            sims = np.einsum("ij,j->i", st.matrix, q)  # not BLAS: its threads wait on a busy machine
+            sims = st.matrix @ q
             top = np.argsort(-sims, kind="stable")[:n]
             scored += [(float(sims[i]), st.items[i]) for i in top]
         scored.sort(key=lambda x: -x[0])
