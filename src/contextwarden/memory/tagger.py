@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import threading
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -115,6 +116,16 @@ def redacted_for_tags(text: str, redacted: bool = False) -> str:
     return _MARK.sub(" , ", text) if "[REDACTED:" in text else text
 
 
+def _blanked(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with each of the (sorted, maybe overlapping) ``spans`` replaced by a run break."""
+    out, pos = [], 0
+    for a, b in spans:
+        if b > pos:
+            out += [text[pos:max(pos, a)], " , "]
+            pos = b
+    return "".join(out) + text[pos:]
+
+
 class KeywordTagger:
     """Offline keyword tags of a text. Thread-safe and cheap (regexes, a small rapidfuzz merge)."""
 
@@ -134,25 +145,36 @@ class KeywordTagger:
             scores[tag] = scores.get(tag, 0.0) + weight
 
         text = text[:MAX_CHARS]
-        for m in _PATH.finditer(text):
+        found = list(_PATH.finditer(text))
+        paths = [m.span() for m in found]
+        starts = [a for a, _ in paths]
+        named: list[str | None] = []  # each path's tag (None: not one)
+        for m in found:
             p = m.group(0).strip("./") if m.group(0).startswith("./") else m.group(0)
             last = p.rsplit("/", 1)[-1]
             ext = last.rsplit(".", 1)[-1].lower()
-            if ext in _EXT_WORDS or last.replace(".", "").isdigit() or len(p) < 4:
-                continue
-            if "/" not in p and last.split(".")[0].lower() in STOPWORDS:
-                continue  # "e.g", "i.e"
-            add(p, 3.0)
+            ok = not (ext in _EXT_WORDS or last.replace(".", "").isdigit() or len(p) < 4) and not (
+                "/" not in p and last.split(".")[0].lower() in STOPWORDS)  # ("e.g", "i.e")
+            named.append(p if ok else None)
+            if ok:
+                add(p, 3.0)
+        idents = []
         for m in _IDENT.finditer(text):
+            idents.append(m.span())
             ident = m.group(0).rstrip("(")
             if "." in ident and _PATH.fullmatch(ident):
                 continue  # already a path
             if len(ident) < 4 or ident.lower() in STOPWORDS:
                 continue
+            i = bisect_right(starts, m.start()) - 1
+            if i >= 0 and paths[i][1] >= m.end():  # a part of a path ("test_auth" of tests/test_auth.py):
+                if (path := named[i]) is not None:  # the path is the tag, and a code-like name weighs as before
+                    add(path, 2.5)
+                continue
             add(ident, 2.5)
         # runs of content words: single words, and adjacent pairs ("support group"); paths and
-        # identifiers are already tags, so their parts are not counted again as words
-        text = _PATH.sub(" , ", _IDENT.sub(" , ", text))
+        # identifiers are already tags, so no part of them is counted again as a word
+        text = _blanked(text, sorted(paths + idents))
         for segment in _BREAK.split(text):
             words = _WORD.findall(segment)
             run: list[tuple[str, bool]] = []

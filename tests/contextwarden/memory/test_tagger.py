@@ -1,5 +1,5 @@
-"""The keyword tagger's work grows at most linearly with its input (random-word tool output once took
-3.7 s for 10 KB and 19 s for 20 KB: a pairwise merge of every distinct word)."""
+"""The keyword tagger: its work grows at most linearly with its input (random-word tool output once took
+3.7 s for 10 KB and 19 s for 20 KB: a pairwise merge of every distinct word), and a path is one tag."""
 
 import random
 import string
@@ -42,3 +42,14 @@ def test_fuzzy_merge_still_merges_near_duplicates():
     kt = KeywordTagger()
     tags = kt.tag("The adoption agency called. Adoption agencies are slow. adoption agency again")
     assert sum("adoption" in t for t in tags) <= 2
+
+
+def test_a_path_is_one_tag_not_its_parts_again():
+    kt = KeywordTagger()
+    tags = kt.tag("What is the deploy script called? It is tools/deploy.sh and it reads STAGING_HOST.")
+    assert "tools/deploy.sh" in tags and "STAGING_HOST" in tags
+    assert "tools" not in tags and "deploy.sh" not in tags  # (its directory was left behind as a word)
+    tags = kt.tag("Fix the failing test in tests/test_auth.py and check the login flow")
+    assert "tests/test_auth.py" in tags and "test_auth" not in tags  # (its name was an identifier too)
+    assert "login" in tags  # the room the duplicates took
+    assert "os.path.join" in kt.tag("call os.path.join( here")  # an identifier outside any path stays one
