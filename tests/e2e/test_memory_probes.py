@@ -25,6 +25,7 @@ PROBES = {
     "claude code reminder + hello": [{"type": "text", "text": REMINDER}, {"type": "text", "text": "hello"}],
     "claude code reminder alone": [{"type": "text", "text": REMINDER}],
     "codex environment + continue": [{"type": "text", "text": CODEX}, {"type": "text", "text": "continue"}],
+    "claude code interruption": [{"type": "text", "text": "[Request interrupted by user for tool use]"}],
     # content words, but nothing the tenant's memory holds is about them: under the relevance floor
     "off topic: capital": "What is the capital of France?",
     "off topic: haiku": "Write a haiku about autumn leaves",

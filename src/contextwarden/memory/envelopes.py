@@ -2,7 +2,8 @@
 searched by (a tool result is stored verbatim, for recall by id, but indexed and embedded without it).
 
 Claude Code puts ``<system-reminder>`` blocks (today's date, its task list, the context files) into the
-user's turn, and slash-command envelopes (``<command-name>``, ``<local-command-stdout>``); Codex sends
+user's turn, slash-command envelopes (``<command-name>``, ``<local-command-stdout>``) and the line
+``[Request interrupted by user for tool use]`` when the person stopped it; Codex sends
 ``<environment_context>`` and ``<user_instructions>`` (its AGENTS.md) as user input, and heads each
 command's output with ``Chunk ID / Wall time / Process exited with code / Output:`` lines. They are the same
 in every session, so they would match every other session's copies of themselves, give every message
@@ -22,6 +23,9 @@ _BLOCK = re.compile(r"<(" + "|".join(map(re.escape, TAGS)) + r")>.*?</\1>", re.S
 _AGENTS = re.compile(r"^# AGENTS\.md instructions for [^\n]*\n?", re.M)
 # Codex's head of a command's output (exec_command): a few "Key: value" lines, then "Output:"
 _CODEX_EXEC = re.compile(r"\AChunk ID: [^\n]*\n(?:(?!Output:)[^\n]*\n){0,4}Output:\n")
+# Claude Code's line in the person's turn when they stopped a reply or a tool call
+_INTERRUPTED = "[Request interrupted by user"
+_INTERRUPTION = re.compile(r"^\[Request interrupted by user(?: for tool use)?\][ \t]*\n?", re.M)
 # the client's standing context: Claude Code's context reminder (its CLAUDE.md files, today's date), Codex's
 # AGENTS.md message and environment; sent once, at the conversation's start, and meant for every turn after
 _CONTEXT = re.compile(
@@ -32,9 +36,9 @@ _CONTEXT = re.compile(
 
 def strip_envelopes(text: str) -> str:
     """``text`` without the agents' envelopes (see the module's docstring); the same text when it has none."""
-    if "<" not in text and "# AGENTS.md" not in text and not text.startswith("Chunk ID: "):
+    if "<" not in text and "# AGENTS.md" not in text and not text.startswith("Chunk ID: ") and _INTERRUPTED not in text:
         return text
-    out = _CODEX_EXEC.sub("", _AGENTS.sub("", _BLOCK.sub("", text)))
+    out = _INTERRUPTION.sub("", _CODEX_EXEC.sub("", _AGENTS.sub("", _BLOCK.sub("", text))))
     return out.strip() if out != text else text
 
 

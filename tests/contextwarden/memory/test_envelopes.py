@@ -12,6 +12,7 @@ from tests.e2e.test_memory_probes import CODEX, REMINDER
 from tests.plugins.test_memory import replayer
 from tests.support.memstore import embedder, item, store
 
+INTERRUPTED = "[Request interrupted by user for tool use]"  # Claude Code's line when the person stopped it
 CODEX_EXEC = "Chunk ID: 427b69\nWall time: 0.6900 seconds\nProcess exited with code 0\nOriginal token count: 17\nOutput:\n"
 
 
@@ -43,7 +44,9 @@ def test_a_turn_without_content_words_is_not_remembered(tmp_path):
     try:
         msgs = [{"role": "user", "content": "My sister Clara lives in Lisbon and designs bridges."},
                 {"role": "assistant", "content": "Noted: Clara, Lisbon, bridges."},
-                {"role": "user", "content": "thanks!"}]
+                {"role": "user", "content": "thanks!"},
+                {"role": "assistant", "content": "Should I look up bridges she designed?"},
+                {"role": "user", "content": [{"type": "text", "text": INTERRUPTED}]}]
         sent = rp.send(msgs, api_key="sk-thanks", session="thanks")
         rp.complete(sent, "You're welcome.")
         chat = [{"role": "user", "content": "Caroline: I went to the LGBTQ support group yesterday."},
@@ -54,6 +57,7 @@ def test_a_turn_without_content_words_is_not_remembered(tmp_path):
         assert rp.flush()
         texts = sorted(it.text for it in rp.memory().store.iter_items([sent.ctx.tenant]))
         assert texts == sorted(["My sister Clara lives in Lisbon and designs bridges.", "Noted: Clara, Lisbon, bridges.",
+                                "Should I look up bridges she designed?",
                                 "Caroline: I went to the LGBTQ support group yesterday.", "Caroline: Painting tonight."])
     finally:
         rp.close()
@@ -82,7 +86,8 @@ def test_a_reminder_and_a_greeting_are_not_searched(tmp_path):
         sent = rp.send([{"role": "user", "content": "My sister Clara lives in Lisbon and designs bridges."}], api_key="sk-g")
         rp.complete(sent, "Noted.")
         assert rp.flush()
-        for content in ([{"type": "text", "text": REMINDER}, {"type": "text", "text": "hello"}], "thanks!", "go on"):
+        for content in ([{"type": "text", "text": REMINDER}, {"type": "text", "text": "hello"}], "thanks!", "go on",
+                        INTERRUPTED):
             got = rp.send([{"role": "user", "content": content}], api_key="sk-g", session="other")
             mem = got.ctx.notes["memory"]
             assert mem["skipped"] == "no content words" and mem["injected"] == 0 and "content words" in mem["why"]
@@ -98,6 +103,8 @@ def test_strip_envelopes_and_content_words():
     assert strip_envelopes("no envelope <b>here</b>") == "no envelope <b>here</b>"
     codex_exec = "Chunk ID: 9f1c2a\nWall time: 0.2309 seconds\nProcess exited with code 0\nOriginal token count: 18\nOutput:\n"
     assert strip_envelopes(codex_exec + "# Notes\nChunk ID: stays\n") == "# Notes\nChunk ID: stays"
+    assert strip_envelopes(INTERRUPTED + "\nCompiling 1 file (.ex)") == "Compiling 1 file (.ex)"
+    assert strip_envelopes("it said [Request interrupted by user] once") == "it said [Request interrupted by user] once"
     assert content_words("is anyone there?") == content_words("Thanks, go on!") == []
     assert content_words("Where does Clara live?") == ["clara", "live"]
 
