@@ -25,7 +25,7 @@ _AGENTS = re.compile(r"^# AGENTS\.md instructions for [^\n]*\n?", re.M)
 _CODEX_EXEC = re.compile(r"\AChunk ID: [^\n]*\n(?:(?!Output:)[^\n]*\n){0,4}Output:\n")
 # Claude Code's line in the person's turn when they stopped a reply or a tool call
 _INTERRUPTED = "[Request interrupted by user"
-_INTERRUPTION = re.compile(r"^\[Request interrupted by user(?: for tool use)?\][ \t]*\n?", re.M)
+_INTERRUPTION = re.compile(r"^\[Request interrupted by user(?: for tool use)?\][ \t]*(?:\n|$)", re.M)  # (a line alone)
 # the client's standing context: Claude Code's context reminder (its CLAUDE.md files, today's date), Codex's
 # AGENTS.md message and environment; sent once, at the conversation's start, and meant for every turn after
 _CONTEXT = re.compile(

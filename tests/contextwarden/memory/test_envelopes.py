@@ -105,6 +105,8 @@ def test_strip_envelopes_and_content_words():
     assert strip_envelopes(codex_exec + "# Notes\nChunk ID: stays\n") == "# Notes\nChunk ID: stays"
     assert strip_envelopes(INTERRUPTED + "\nCompiling 1 file (.ex)") == "Compiling 1 file (.ex)"
     assert strip_envelopes("it said [Request interrupted by user] once") == "it said [Request interrupted by user] once"
+    # (the line alone: a stored turn's lines stay lines of the message, which tells memory it is still there)
+    assert strip_envelopes("[Request interrupted by user] do it this way") == "[Request interrupted by user] do it this way"
     assert content_words("is anyone there?") == content_words("Thanks, go on!") == []
     assert content_words("Where does Clara live?") == ["clara", "live"]
 
