@@ -153,10 +153,10 @@ class KeywordTagger:
             p = m.group(0).strip("./") if m.group(0).startswith("./") else m.group(0)
             last = p.rsplit("/", 1)[-1]
             ext = last.rsplit(".", 1)[-1].lower()
-            ok = not (ext in _EXT_WORDS or last.replace(".", "").isdigit() or len(p) < 4) and not (
-                "/" not in p and last.split(".")[0].lower() in STOPWORDS)  # ("e.g", "i.e")
-            named.append(p if ok else None)
-            if ok:
+            skip = (ext in _EXT_WORDS or last.replace(".", "").isdigit() or len(p) < 4
+                    or ("/" not in p and last.split(".")[0].lower() in STOPWORDS))  # ("e.g", "i.e")
+            named.append(None if skip else p)
+            if not skip:
                 add(p, 3.0)
         idents = []
         for m in _IDENT.finditer(text):
