@@ -29,6 +29,7 @@ from ..wire.cost import (
     Boundary,
     Price,
     PromptCache,
+    _without_cc,
     boundaries,
     price_for,
 )
@@ -210,8 +211,11 @@ class Stubs:
         self._saving: dict[tuple[str, str], int] = {}
 
     def block(self, u: Unit, b: dict, calls: dict[str, tuple[str, Any]], model: str) -> dict:
+        """The stub of ``u``, whose block in the body at hand is ``b``: made once without a breakpoint, it takes
+        ``b``'s (a client moves its breakpoint to the newest message: a block's marker is not its own)."""
         got = self._block.get(u.id)
         if got is None:
+            b = _without_cc(b)
             count = lambda t: self.counter.count_text(t, model)  # noqa: E731
             if self.short:
                 got = {**b, "content": SHORT_STUB} if u.kind == "result" else {**b, "text": SHORT_STUB} if u.kind == "text" else \
@@ -225,7 +229,7 @@ class Stubs:
             else:
                 got = {**b, "text": SHORT_STUB}
             self._block[u.id] = got
-        return got
+        return got if "cache_control" not in b else {**got, "cache_control": b["cache_control"]}
 
     def saving(self, u: Unit, b: dict, calls, model: str) -> int:
         key = (u.id, model)

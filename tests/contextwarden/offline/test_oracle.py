@@ -29,9 +29,10 @@ def _result(k: int, rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-def synthetic(n: int, seed: int, gap_at: int | None = None, say=None) -> Trace:
+def synthetic(n: int, seed: int, gap_at: int | None = None, say=None, notes: int = NOTES) -> Trace:
     """A tool loop of ``n`` requests: each answer reads a new file and quotes a value of an earlier
-    result (or edits a line of it), so each result is needed up to a known request."""
+    result (or edits a line of it), so each result is needed up to a known request. The breakpoint is on
+    the last block of the newest message: with ``notes`` 0 a tool result, as Claude Code sends it."""
     rng = random.Random(seed)
     results = [_result(k, rng) for k in range(n)]
     msgs: list[dict] = [{"role": "user", "content": [{"type": "text", "text": "Please work through the files."}]}]
@@ -52,7 +53,7 @@ def synthetic(n: int, seed: int, gap_at: int | None = None, say=None) -> Trace:
         msgs.append({"role": "assistant", "content": content})
         res = [{"type": "tool_result", "tool_use_id": b["id"], "content": results[t] if b["name"] == "Read" else "ok"}
                for b in content if b["type"] == "tool_use"]
-        msgs.append({"role": "user", "content": res + [{"type": "text", "text": f"note {t}.{i}"} for i in range(NOTES)]})
+        msgs.append({"role": "user", "content": res + [{"type": "text", "text": f"note {t}.{i}"} for i in range(notes)]})
     return Trace("synthetic", reqs, "claude-code-jsonl")
 
 
@@ -79,6 +80,23 @@ def test_the_plan_is_the_cheapest_of_every_rewrite_sequence(counter, seed, n, ga
     assert got == pytest.approx(best, rel=1e-9)
     assert got < costs[(0,)]  # never rewriting (only the first request's dead results) costs more
     assert got <= costs[tuple(range(n))] + 1e-12
+
+
+def _breakpoints(body: dict) -> list[tuple[int, int]]:
+    return [(mi, bi) for mi, m in enumerate(body["messages"]) for bi, b in enumerate(m["content"]) if "cache_control" in b]
+
+
+def test_a_stub_carries_the_breakpoint_of_the_body_it_is_in_not_of_the_first(counter):
+    # the breakpoint moves to the newest message each request, and a result is the newest block once:
+    # its stub, made once, must not keep that breakpoint in the later bodies (more than the API allows,
+    # and cache entries no real request would have)
+    trace = synthetic(10, 21, notes=0)
+    stubs = oracle.Stubs(counter, 1.0)
+    reqs = oracle.prepare(trace, counter, 1.0, stubs)
+    plan = oracle.plan(reqs, oracle.last_uses(trace.requests))
+    assert sum(map(len, plan.cleared)) > 0
+    for rq, cleared in zip(trace.requests, plan.cleared):
+        assert _breakpoints(oracle.cleared_body(rq.body, cleared, stubs, MODEL)) == _breakpoints(rq.body)
 
 
 def test_an_idle_gap_is_a_free_moment_the_plan_rewrites_at(counter):
