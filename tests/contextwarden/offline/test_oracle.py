@@ -8,9 +8,11 @@ import random
 import pytest
 
 from contextwarden.cli import main as cli_main
+from contextwarden.models.base import ApiKind
 from contextwarden.offline import oracle
-from contextwarden.offline.replay import ReplayRequest, Trace
+from contextwarden.offline.replay import ReplayRequest, Trace, load_trace
 from contextwarden.settings import load_settings
+from contextwarden.wire.dialects import validate_rewrite
 from contextwarden.wire.tokens import TokenCounter
 from tests.conftest import EVAL_DIR
 
@@ -136,6 +138,18 @@ def test_the_smallest_eval_trace(counter):
     assert t["cost_ours"] < t["cost_original"]
     assert (t["fidelity"]["sources_lost"], t["fidelity"]["refs_lost"]) == (0, 0)
     assert t["fidelity"]["refs"] > 100
+
+
+def test_every_body_of_the_plan_passes_the_proxys_validator(counter):
+    # what the ceiling bills must be a rewrite the proxy would send (at most 4 breakpoints, tool pairs whole...)
+    trace = load_trace(EVAL_DIR / "traces" / "claude-code-98c71c0e-df8c-422b-a5b5-200a7ea09335.jsonl", counter)
+    factor = trace.fit["b"]
+    stubs = oracle.Stubs(counter, factor)
+    reqs = oracle.prepare(trace, counter, factor, stubs)
+    plan = oracle.plan(reqs, oracle.last_uses(trace.requests))
+    sent = [(rq.body, oracle.cleared_body(rq.body, cl, stubs, MODEL)) for rq, cl in zip(trace.requests, plan.cleared) if cl]
+    assert len(sent) > 100
+    assert [p for body, new in sent for p in validate_rewrite(ApiKind.ANTHROPIC, new, body)] == []
 
 
 def test_replay_oracle_prints_the_ceiling_beside_the_default(capsys):
