@@ -64,9 +64,10 @@ def _exact(trace, reqs, cleared, counter) -> float:
     return sum(r.ours.input_cost for r in oracle.bill_plan(trace, reqs, cleared, counter, 1.0, stubs))
 
 
-@pytest.mark.parametrize("seed,n,gap_at", [(1, 8, None), (2, 8, None), (3, 8, 4), (4, 7, 2), (5, 8, 5)])
-def test_the_plan_is_the_cheapest_of_every_rewrite_sequence(counter, seed, n, gap_at):
-    trace = synthetic(n, seed, gap_at)
+@pytest.mark.parametrize("seed,n,gap_at,notes", [(1, 8, None, NOTES), (2, 8, None, NOTES), (3, 8, 4, NOTES), (4, 7, 2, NOTES),
+                                                (5, 8, 5, NOTES), (3, 8, 4, 0), (4, 7, 2, 0)])
+def test_the_plan_is_the_cheapest_of_every_rewrite_sequence(counter, seed, n, gap_at, notes):
+    trace = synthetic(n, seed, gap_at, notes=notes)
     stubs = oracle.Stubs(counter, 1.0)
     reqs = oracle.prepare(trace, counter, 1.0, stubs)
     last_use = oracle.last_uses(trace.requests)
