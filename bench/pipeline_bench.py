@@ -348,7 +348,7 @@ def run_timing(home: Path, repeats: int, rounds: int = 3) -> None:
 
     pm = make_plugin_manager(None)
     have = {i.plugin_name for i in pm.hook.cw_request.get_hookimpls()}
-    every = [s for s in ("budget", "strip", "tagging", "clearing", "compaction", "recall", "memory") if s in have]
+    every = [s for s in ("budget", "strip", "tagging", "clearing", "compaction", "recall", "memory", "breakpoints") if s in have]
     configs = [("clearing+compaction", ["clearing", "compaction"], "person"),
                ("all stages, tool-loop step", every, "step"),
                ("all stages, person's message", every, "person")]

@@ -46,7 +46,7 @@ from tests.support.proxy import ProxyProcess  # noqa: E402
 from tests.support.upstream import StandIn  # noqa: E402
 
 REQUESTS = SHARED / "eval" / "requests"
-BUILTIN_STAGES = ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory"]
+BUILTIN_STAGES = ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory", "breakpoints"]
 STAGES_OFF = "name: stages-off\nextends: default\npipeline:\n  disabled: [" + ", ".join(BUILTIN_STAGES) + "]\n"
 TARGETS = {"observe-only": 2.0, "stages off": 3.0, "claude-code": 10.0}  # ms, p50 added at 150K tokens (issue 41)
 

@@ -4,7 +4,7 @@ Place it before every built-in stage that reads the conversation (``docs/writing
 "Privacy stages")::
 
     pipeline:
-      order: [redact_emails, budget, strip, tagging, clearing, compression, compaction, recall, memory]
+      order: [redact_emails, budget, strip, tagging, clearing, compression, compaction, recall, memory, breakpoints]
 
 Then no address goes upstream, into memory (which stores what the stages produced), into tags or
 events. Anthropic Messages and OpenAI chat requests: message text, text blocks and string tool results.

@@ -99,7 +99,7 @@ def harness_factory(tmp_path):
 ONLY = """
 pipeline:
   order: [{stages}]
-  disabled: [budget, strip, tagging, memory, clearing, compression, compaction, recall]
+  disabled: [budget, strip, tagging, memory, clearing, compression, compaction, recall, breakpoints]
   stage_budget_ms: {budget}
 memory: {{enabled: false}}  # (the stage is off: no Chroma and model loading in the background)
 """

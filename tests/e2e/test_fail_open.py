@@ -67,7 +67,7 @@ name: fail-open-e2e
 extends: default
 pipeline:
   order: [sleeper, raiser, marker]
-  disabled: [budget, strip, tagging, clearing, compression, compaction, recall, memory]
+  disabled: [budget, strip, tagging, clearing, compression, compaction, recall, memory, breakpoints]
   adaptive_budgets: false  # the fixed budget from the environment is what these tests pin
 memory:
   enabled: false

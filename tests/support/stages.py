@@ -50,7 +50,8 @@ def settings_overrides(window: int | None = None, stages: list[str] | None = Non
         o.setdefault("tokens", {})["context_window"] = window
     if stages is not None:
         o.setdefault("pipeline", {})["order"] = stages
-        o["pipeline"]["disabled"] = [s for s in ("budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory")
+        o["pipeline"]["disabled"] = [s for s in ("budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory",
+                                                 "breakpoints")
                                      if s not in stages]
         o["pipeline"].setdefault("stage_budget_ms", 20_000)  # tests run on a loaded 2-core box
         if "memory" not in stages:  # no Chroma and embedding model loading in the background

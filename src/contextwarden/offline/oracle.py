@@ -17,6 +17,7 @@ from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
+from contextwarden.plugins.breakpoints import TURNS
 from contextwarden.plugins.clearing import INPUT_VALUE_CHARS, _value_text, input_stub, stub_text
 
 from ..settings import _deep_merge, load_settings
@@ -34,7 +35,8 @@ from ..wire.cost import (
     price_for,
 )
 from ..wire.dialects import ANTHROPIC
-from ..wire.tokens import TokenCounter, current_turn_start
+from ..wire.dialects.anthropic import with_turn_breakpoints
+from ..wire.tokens import TokenCounter, current_turn_start, strips_thinking
 from .assets import TOKENIZER_WAIT_S
 from .fidelity import FidelityCounter, Incremental, Indexer, answer_items
 from .fidelity import _walk_strings as _strings
@@ -269,6 +271,18 @@ def cleared_body(body: dict, cleared: frozenset[str], stubs: Stubs, model: str, 
     return {**body, "messages": msgs}
 
 
+def sent_body(body: dict, cleared: frozenset[str], stubs: Stubs, model: str, kinds: tuple[str, ...] = KINDS,
+              turns: int = TURNS) -> dict:
+    """What the plan sends: :func:`cleared_body` with the breakpoints stage's marks on the last ``turns`` turn
+    starts, as the proxy sends any request (plugins/breakpoints.py); ``body`` itself when that is all."""
+    sent = cleared_body(body, cleared, stubs, model, kinds)
+    pc = ANTHROPIC.provider_context(body)
+    if not turns or not strips_thinking(body.get("model") or model) or pc.keeps_thinking or pc.clears_tool_uses \
+            or pc.clears_thinking or pc.compacts:
+        return sent  # (where the stage marks nothing: the thinking stays, or the provider edits the prompt)
+    return with_turn_breakpoints(sent, turns)
+
+
 def prepare(trace, counter, factor: float, stubs: Stubs, kinds: tuple[str, ...] = KINDS,
             prices: Mapping[str, Any] | None = None) -> list[Request]:
     """Each request's boundaries (as the replay bills them) and its units, placed at their boundary."""
@@ -466,24 +480,25 @@ def free_moments(reqs: list[Request]) -> int:
 
 
 def bill_plan(trace, reqs: list[Request], cleared: list[frozenset[str]], counter, factor: float, stubs: Stubs,
-              kinds: tuple[str, ...] = KINDS, prices: Mapping[str, Any] | None = None) -> list[RequestResult]:
-    """Bill every request with its cleared set exactly as a replay bills what it sends, and count the
-    fidelity of what the plan sent: a replay report."""
+              kinds: tuple[str, ...] = KINDS, prices: Mapping[str, Any] | None = None, turns: int = TURNS) -> list[RequestResult]:
+    """Bill every request with its cleared set exactly as a replay bills what it sends (with the breakpoints
+    stage's marks on the last ``turns`` turn starts), and count the fidelity of what the plan sent: a
+    replay report."""
     cache_o, cache_u = PromptCache(prices=prices or {}), PromptCache(prices=prices or {})
     fid = FidelityCounter(counter.count_text, prices)
     results = []
     for q, rq, cl in zip(reqs, trace.requests, cleared):
         model = rq.body.get("model") or ""
-        sent = cleared_body(rq.body, cl, stubs, model, kinds)
+        sent = sent_body(rq.body, cl, stubs, model, kinds, turns)
         bo = cache_o.bill(q.bounds, rq.ts, model, rq.output_tokens)
-        bu_bounds = boundaries(sent, counter, model, factor) if cl else q.bounds
+        bu_bounds = boundaries(sent, counter, model, factor) if sent is not rq.body else q.bounds
         bu = cache_u.bill(bu_bounds, rq.ts, model, rq.output_tokens)
         tokens_sent = int(round(bu_bounds[-1].cum / factor)) if bu_bounds else 0
         results.append(RequestResult(
-            index=q.index, ts=rq.ts, kind=rq.kind, outcome="rewritten" if cl else "unchanged",
+            index=q.index, ts=rq.ts, kind=rq.kind, outcome="rewritten" if sent is not rq.body else "unchanged",
             messages_original=len(rq.body.get("messages") or []), messages_sent=len(sent.get("messages") or []),
             tokens_original=int(round(q.total / factor)), tokens_sent=tokens_sent, original=bo, ours=bu,
-            fidelity=fid.request(rq.body, sent if cl else rq.body, rq.response, model, tokens_sent, factor)))
+            fidelity=fid.request(rq.body, sent, rq.response, model, tokens_sent, factor)))
     return results
 
 

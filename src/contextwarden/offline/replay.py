@@ -708,7 +708,7 @@ def lost_cell(fid: dict, kind: str) -> str:
     return f"{lost}/{used} ({lost / used * 100:.1f}%)" if used else "0/0"
 
 
-_APPLIED = {"clearing": "clear", "compression": "compress", "compaction": "compact", "recall": "recall"}
+_APPLIED = {"clearing": "clear", "compression": "compress", "compaction": "compact", "recall": "recall", "breakpoints": "mark"}
 
 
 def _applied(r) -> str:

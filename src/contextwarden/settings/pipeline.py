@@ -6,10 +6,11 @@ from .base import Section
 
 
 class PipelineSection(Section):
-    order: list[str] = ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory"]
+    order: list[str] = ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory", "breakpoints"]
     """Stage names in the order they run; registered stages not listed run after these, in load order.
-    ``budget`` first (a BLOCKED request costs nothing more); ``memory`` last (it injects into the final
-    last user message, knowing what the pruning stages took out)."""
+    ``budget`` first (a BLOCKED request costs nothing more); ``memory`` after the pruning stages (it
+    injects into the final last user message, knowing what they took out); ``breakpoints`` last (it marks
+    the final messages)."""
 
     disabled: list[str] = []
     """Stage names that do not run."""

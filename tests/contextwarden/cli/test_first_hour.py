@@ -55,7 +55,7 @@ def test_an_order_that_leaves_out_enabled_built_in_stages_is_warned_about(tmp_pa
     assert "compression, recall" in capsys.readouterr().err
     off = _write(tmp_path, "off.yaml", "extends: default\npipeline:\n"
                                        "  order: [budget, strip, tagging, clearing, compaction, memory]\n"
-                                       "  disabled: [compression, recall]\n")
+                                       "  disabled: [compression, recall, breakpoints]\n")
     assert cli_main(["config", "--profile", str(off)]) == 0
     assert "leaves out" not in capsys.readouterr().err
 

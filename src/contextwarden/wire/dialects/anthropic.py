@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -165,6 +166,8 @@ class Anthropic(Dialect):
                 b = b.model_copy(update={"content": edit[("r", bi)]})
             elif ("i", bi) in edit:
                 b = b.model_copy(update={"input": edit[("i", bi)]})
+            if ("c", bi) in edit:
+                b = b.model_copy(update={"cache_control": edit[("c", bi)]})
             content.append(b)  # (an unchanged block is shared: typed blocks are frozen)
         return m.model_copy(update={"content": content})
 
@@ -178,6 +181,13 @@ class Anthropic(Dialect):
         last = max(last_of(kinds, "a", -1), last_of(kinds, "t", -1))
         locked = {last} if last >= 0 else set()
         return locked | {i for i in range(turn_start, len(msgs)) if kinds[i] == "t"}
+
+    def turn_breakpoints(self, req: Any, history: Any, turns: int, boundary: int) -> dict[int, dict[tuple[Any, ...], Any]]:
+        msgs = req.messages
+        facts = history.memos(msgs, _MARKS, _marks_of) if history is not None else list(map(_marks_of, msgs))
+        fixed = sum(map(_marked, _listed(req.system))) + sum(map(_marked, _listed(req.tools)))
+        return {i: {("c", len(msgs[i].content) - 1): EPHEMERAL}
+                for i in turn_marks(facts, fixed + sum(map(_COUNT, facts)), turns, boundary) if not isinstance(msgs[i].content, str)}
 
     def text_of(self, m: Any) -> str:
         return am.message_text(m)
@@ -393,6 +403,70 @@ def _step(f: Fold, i: int, m: dict[str, Any], fact: tuple[Any, ...]) -> None:
 
 
 _LOCKS = ("anthropic", "locks")  # a message's memo: what locked_inputs reads of it
+_MARKS = ("anthropic", "marks")  # a message's memo: what the breakpoints stage reads of it (_marks_of)
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def turn_marks(facts: list[tuple[int, bool, bool]], marks: int, turns: int, boundary: int) -> list[int]:
+    """The messages a breakpoint goes on: the last ``turns`` turn starts before the newest message and from
+    ``boundary`` on (``facts``: each message's :func:`_marks_of`), those whose last block has none yet, while
+    the request holds fewer than the provider's ``MAX_BREAKPOINTS`` (``marks`` already)."""
+    out: list[int] = []
+    seen = 0
+    for i in range(len(facts) - 2, boundary - 1, -1):
+        if seen == turns or marks + len(out) >= MAX_BREAKPOINTS:
+            break
+        _, last_marked, start = facts[i]
+        if start:
+            seen += 1
+            if not last_marked:
+                out.append(i)
+    return out
+
+
+def _marked(b: Any) -> int:
+    """1 when a block (typed or a dict) carries a cache breakpoint."""
+    return int((b.get("cache_control") if isinstance(b, dict) else getattr(b, "cache_control", None)) is not None)
+
+
+def _listed(x: Any) -> list[Any]:
+    return x if isinstance(x, list) else []
+
+
+def _type(b: Any) -> Any:
+    return b.get("type") if isinstance(b, dict) else getattr(b, "type", None)
+
+
+def _marks_of(m: Any) -> tuple[int, bool, bool]:
+    """What the breakpoints stage reads of a message, typed or a dict: its breakpoints (tool results' own
+    blocks included), whether its last block has one, whether a turn starts there (a user message that is
+    not only tool results: ``tokens.starts_turn``)."""
+    role, c = (m.get("role"), m.get("content")) if isinstance(m, dict) else (m.role, m.content)
+    start = role == "user" and (not isinstance(c, list) or any(_type(b) != "tool_result" for b in c))
+    if not isinstance(c, list) or not c:
+        return 0, False, start
+    n = sum(_marked(b) + sum(map(_marked, _listed(b.get("content") if isinstance(b, dict) else getattr(b, "content", None))))
+            for b in c)
+    return n, bool(_marked(c[-1])), start
+
+
+_COUNT = itemgetter(0)
+
+
+def with_turn_breakpoints(body: dict[str, Any], turns: int) -> dict[str, Any]:
+    """A wire body with the breakpoints stage's marks; ``body`` when none (replay's oracle bills its plans as
+    the proxy would send them)."""
+    msgs = body.get("messages") or []
+    facts = list(map(_marks_of, msgs))
+    fixed = sum(map(_marked, _listed(body.get("system")))) + sum(map(_marked, _listed(body.get("tools"))))
+    todo = [i for i in turn_marks(facts, fixed + sum(map(_COUNT, facts)), turns, 0) if isinstance(msgs[i].get("content"), list)]
+    if not todo:
+        return body
+    msgs = list(msgs)
+    for i in todo:
+        c = msgs[i]["content"]
+        msgs[i] = {**msgs[i], "content": [*c[:-1], {**c[-1], "cache_control": EPHEMERAL}]}
+    return {**body, "messages": msgs}
 
 
 def _lock_kind(m: Any) -> str:

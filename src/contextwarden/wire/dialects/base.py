@@ -304,13 +304,19 @@ class Dialect:
 
     def edited(self, m: Any, edit: dict[tuple[Any, ...], Any]) -> Any:
         """A copy of typed message ``m`` with clearing's recorded stubs in place (``edit``: ("r", i) a
-        tool result's new content, ("i", i) / ("a", i) a tool call's new input / arguments)."""
+        tool result's new content, ("i", i) / ("a", i) a tool call's new input / arguments; ("c", i) block
+        i's cache breakpoint)."""
         raise NotImplementedError
 
     def locked_inputs(self, req: Any, history: Any = None) -> set[int]:
         """History indexes whose tool inputs stay as sent (beyond the model's last message); ``history``:
         the request's History (per-message results remembered with its messages)."""
         return set()
+
+    def turn_breakpoints(self, req: Any, history: Any, turns: int, boundary: int) -> dict[int, dict[tuple[Any, ...], Any]]:
+        """The breakpoints stage's edits (for :meth:`edited`): a cache breakpoint on the messages that start
+        the last ``turns`` turns, from message ``boundary`` on. None for an API that caches without them."""
+        return {}
 
     # ------------------------------------------------------------------ texts and messages
 
