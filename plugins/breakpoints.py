@@ -8,13 +8,13 @@ changes it from that turn's first thinking block, and a turn of tool calls is so
 A breakpoint on the user message that started each of the last ``TURNS`` turns keeps an entry there,
 which such a request reads (and so does one of ours that changes the history after a turn's start). For a
 model that keeps the thinking the stage does nothing.
+
 Marking costs nothing: the same tokens are written, in more entries. The provider allows 4 breakpoints in
 a request; the stage adds none past that, none on the newest message (the client's, and memory's block
 goes after it), none where the prefix is shorter than the provider caches (``Price.min_cache``: a short
 request goes as the client sent it), and none when the provider edits the prompt itself (its context
-management: clearing, compaction). The dialect finds them
-(``turn_breakpoints``; an API that caches without breakpoints has none). docs/REPLAY.md, "Breakpoints
-at turn starts".
+management: clearing, compaction). The dialect finds the messages (``turn_breakpoints``; an API that
+caches without breakpoints has none). docs/REPLAY.md, "Breakpoints at turn starts".
 """
 
 from __future__ import annotations
