@@ -23,7 +23,7 @@ from operator import itemgetter
 
 from contextwarden import hookimpl
 from contextwarden.wire.cost import price_for
-from contextwarden.wire.dialects import NO_PROVIDER, dialect
+from contextwarden.wire.dialects import NO_PROVIDER, Dialect, ProviderContext, dialect
 from contextwarden.wire.tokens import strips_thinking
 
 _TOKENS = itemgetter(0)  # (of a message's count entry: its tokens)
@@ -41,13 +41,19 @@ def cw_reapply(ctx) -> None:
     _mark(ctx)
 
 
+def marks(d: Dialect, model: str | None, pc: ProviderContext) -> bool:
+    """Whether the stage marks a request to ``model`` (the oracle bills its plans by the same rule): the provider
+    drops the previous turn's thinking (else a new turn changes nothing before it), no client edit keeps it,
+    and the provider edits nothing of the prompt itself (what it caches then is its own affair)."""
+    return (d.thinking_dropped and strips_thinking(model) and not pc.keeps_thinking
+            and not (pc.clears_tool_uses or pc.clears_thinking or pc.compacts))
+
+
 def _mark(ctx) -> None:
     d = dialect(ctx.api)
     pc = ctx.notes.get("provider", NO_PROVIDER)
-    if not (d.thinking_dropped and strips_thinking(ctx.model)) or pc.keeps_thinking:
-        return  # the previous turn's thinking stays in the prompt: a new turn changes nothing before it
-    if pc.clears_tool_uses or pc.clears_thinking or pc.compacts:
-        return  # the provider edits the prompt itself: what it caches is its own affair
+    if not marks(d, ctx.model, pc):
+        return
     edits = d.turn_breakpoints(ctx.request, ctx.history, TURNS, pc.boundary)
     kept = ctx.history.tokens_kept  # (the request's count: each message's tokens, and its tools' and system's)
     if edits and kept is not None and len(kept[1]) == len(ctx.request.messages):

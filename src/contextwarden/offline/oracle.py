@@ -17,7 +17,7 @@ from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
-from contextwarden.plugins.breakpoints import TURNS
+from contextwarden.plugins.breakpoints import TURNS, marks
 from contextwarden.plugins.clearing import INPUT_VALUE_CHARS, _value_text, input_stub, stub_text
 
 from ..settings import _deep_merge, load_settings
@@ -36,7 +36,7 @@ from ..wire.cost import (
 )
 from ..wire.dialects import ANTHROPIC
 from ..wire.dialects.anthropic import with_turn_breakpoints
-from ..wire.tokens import TokenCounter, current_turn_start, strips_thinking
+from ..wire.tokens import TokenCounter, current_turn_start
 from .assets import TOKENIZER_WAIT_S
 from .fidelity import FidelityCounter, Incremental, Indexer, answer_items
 from .fidelity import _walk_strings as _strings
@@ -276,10 +276,8 @@ def sent_body(body: dict, cleared: frozenset[str], stubs: Stubs, model: str, kin
     """What the plan sends: :func:`cleared_body` with the breakpoints stage's marks on the last ``turns`` turn
     starts, as the proxy sends any request (plugins/breakpoints.py); ``body`` itself when that is all."""
     sent = cleared_body(body, cleared, stubs, model, kinds)
-    pc = ANTHROPIC.provider_context(body)
-    if not turns or not strips_thinking(body.get("model") or model) or pc.keeps_thinking or pc.clears_tool_uses \
-            or pc.clears_thinking or pc.compacts:
-        return sent  # (where the stage marks nothing: the thinking stays, or the provider edits the prompt)
+    if not turns or not marks(ANTHROPIC, body.get("model") or model, ANTHROPIC.provider_context(body)):
+        return sent
     return with_turn_breakpoints(sent, turns)
 
 

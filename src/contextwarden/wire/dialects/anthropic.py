@@ -185,9 +185,8 @@ class Anthropic(Dialect):
     def turn_breakpoints(self, req: Any, history: Any, turns: int, boundary: int) -> dict[int, dict[tuple[Any, ...], Any]]:
         msgs = req.messages
         facts = history.memos(msgs, _MARKS, _marks_of) if history is not None else list(map(_marks_of, msgs))
-        fixed = sum(map(_marked, _listed(req.system))) + sum(map(_marked, _listed(req.tools)))
         return {i: {("c", len(msgs[i].content) - 1): EPHEMERAL}
-                for i in turn_marks(facts, fixed + sum(map(_COUNT, facts)), turns, boundary) if not isinstance(msgs[i].content, str)}
+                for i in turn_marks(facts, req.system, req.tools, turns, boundary) if not isinstance(msgs[i].content, str)}
 
     def text_of(self, m: Any) -> str:
         return am.message_text(m)
@@ -407,10 +406,11 @@ _MARKS = ("anthropic", "marks")  # a message's memo: what the breakpoints stage 
 EPHEMERAL = {"type": "ephemeral"}
 
 
-def turn_marks(facts: list[tuple[int, bool, bool]], marks: int, turns: int, boundary: int) -> list[int]:
+def turn_marks(facts: list[tuple[int, bool, bool]], system: Any, tools: Any, turns: int, boundary: int) -> list[int]:
     """The messages a breakpoint goes on: the last ``turns`` turn starts before the newest message and from
     ``boundary`` on (``facts``: each message's :func:`_marks_of`), those whose last block has none yet, while
-    the request holds fewer than the provider's ``MAX_BREAKPOINTS`` (``marks`` already)."""
+    the request (its messages, ``system`` and ``tools``) holds fewer than the provider's ``MAX_BREAKPOINTS``."""
+    marks = sum(map(_marked, _listed(system))) + sum(map(_marked, _listed(tools))) + sum(map(_COUNT, facts))
     out: list[int] = []
     seen = 0
     for i in range(len(facts) - 2, boundary - 1, -1):
@@ -458,8 +458,7 @@ def with_turn_breakpoints(body: dict[str, Any], turns: int) -> dict[str, Any]:
     the proxy would send them)."""
     msgs = body.get("messages") or []
     facts = list(map(_marks_of, msgs))
-    fixed = sum(map(_marked, _listed(body.get("system")))) + sum(map(_marked, _listed(body.get("tools"))))
-    todo = [i for i in turn_marks(facts, fixed + sum(map(_COUNT, facts)), turns, 0) if isinstance(msgs[i].get("content"), list)]
+    todo = [i for i in turn_marks(facts, body.get("system"), body.get("tools"), turns, 0) if isinstance(msgs[i].get("content"), list)]
     if not todo:
         return body
     msgs = list(msgs)
