@@ -536,25 +536,31 @@ def _compressed_gain(rec: dict[str, Any] | None, slot: Slot) -> int:
     return rec["tokens"] - rec["stub_tokens"]
 
 
-def _working_set(ctx, slots: list[Slot], budget: int, carry: _Prefix | None = None) -> set[str]:
+def _working_set(ctx, slots: list[Slot], budget: int, carry: _Prefix | None = None) -> frozenset[str]:
     """Ids of the results the working set keeps (:mod:`contextwarden.wire.workingset`): the latest Read of
     each file still current, and the Edits made to it since, within ``budget`` tokens. The files of the
     calls in ``carry``'s slots (this request's carried prefix) are left to the next request, which has
     the same slot objects and reads only the calls after them."""
     if budget <= 0:
-        return set()
+        return frozenset()
     calls: list[Any] = [s for s in slots if s.order >= 0]  # (a slot is a call as working_set reads one)
     m = len([s for s in carry.slots if s.order >= 0]) if carry is not None and ctx.history is not None else 0
-    key = ("clearing", "working set")  # the conversation's slot of the files (workingset.Files) of the carried calls
+    # the conversation's slot: the files (workingset.Files) of the carried calls, and what the working set
+    # kept when those were all the calls (a person's follow-ups: the same answer until the next call)
+    key = ("clearing", "working set")
     got = ctx.history.carried(key) if m else None  # (carried about no message: its calls are checked here)
-    known = got[1] if got is not None and len(got[1].calls) <= m else None
+    known, last = got[1] if got is not None and len(got[1][0].calls) <= m else (None, None)
     if known is not None and same_prefix(known.calls, calls) < len(known.calls):
         known = None
     head = files(calls[len(known.calls) if known is not None else 0:m], known)
+    whole = (budget, ctx.model) if m == len(calls) else None
+    if head is known and whole is not None and last is not None and last[0] == whole:
+        return last[1]
+    ws: list[Any] = working_set(files(calls[m:], head), budget, partial(_result_tokens, ctx))  # (slots as calls)
+    kept = frozenset(s.id for s in ws)
     if m:
-        ctx.history.carry_on(key, 0, head)
-    kept: list[Any] = working_set(files(calls[m:], head), budget, partial(_result_tokens, ctx))
-    return {s.id for s in kept}
+        ctx.history.carry_on(key, 0, (head, (whole, kept) if whole is not None else None))
+    return kept
 
 
 @hookimpl

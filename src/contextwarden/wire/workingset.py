@@ -67,6 +67,8 @@ def files(calls: Iterable[Call], known: Files | None = None) -> Files:
     """``files(known.calls + calls)``, reading only ``calls`` when they all come after ``known``'s (a
     coding agent's next request: the same calls and a few more)."""
     calls = list(calls)
+    if known is not None and not calls:
+        return known
     if known is not None and any(c.order <= known.upto for c in calls):
         calls, known = [*known.calls, *calls], None  # (one comes before: read them all in order)
     if any(a.order > b.order for a, b in zip(calls, calls[1:])):  # (usually in order already: no sort)

@@ -160,3 +160,44 @@ def test_compaction_keeps_a_read_file_the_kept_turns_name(cw_home):
     off, on = kept
     assert read["content"] not in off
     assert "[Read src/mod0_0.py]\n" + read["content"] in on and other["content"] not in on
+
+
+def test_a_follow_up_without_new_calls_keeps_the_same_working_set(cw_home, monkeypatch):
+    """Clearing carries the working set it computed when every call was in the carried messages: the
+    person's next messages get that very set back, and a new call computes it again; each time the
+    same set as computed from all the calls (no carry)."""
+    from contextwarden.plugins import clearing
+    from tests.plugins.test_clearing import harness
+
+    got: list[tuple[frozenset, frozenset]] = []
+    orig = clearing._working_set
+
+    def spy(ctx, slots, budget, carry=None):
+        out = orig(ctx, slots, budget, carry)
+        got.append((out, orig(ctx, slots, budget, None)))  # (no carry: from all the calls)
+        return out
+
+    monkeypatch.setattr(clearing, "_working_set", spy)
+    h = harness(cw_home, trigger_tokens=2_000, clear_at_least=100_000, working_set_tokens=3_000)
+    body = anthropic_tool_loop(8, result_words=500)
+
+    def follow(b: dict, i: int, read: bool = False) -> dict:
+        last = {**b["messages"][-1], "content": [{k: v for k, v in c.items() if k != "cache_control"} for c in b["messages"][-1]["content"]]}
+        new: list[dict] = [{"role": "assistant", "content": [{"type": "text", "text": f"Answer {i}."}]}]
+        if read:
+            new[0]["content"].append({"type": "tool_use", "id": f"toolu_new_{i}", "name": "Read", "input": {"file_path": f"src/new{i}.py"}})
+            new += [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_new_{i}", "content": "x = 1\n" * 50}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "Read it."}]}]
+        new.append({"role": "user", "content": [{"type": "text", "text": f"Follow-up {i}?", "cache_control": {"type": "ephemeral"}}]})
+        return {**b, "messages": b["messages"][:-1] + [last] + new}
+
+    sets = []
+    for i, read in enumerate([False, False, False, True, False, False]):
+        body = follow(body, i, read)
+        h.send(ApiKind.ANTHROPIC, body)
+        sets.append(got[-1][0])
+    assert got and all(carried == whole for carried, whole in got)
+    assert sets[1] is sets[0] and sets[2] is sets[0]  # the person's follow-ups: the carried set itself
+    assert sets[3] is not sets[2] and "toolu_new_3" in sets[3]  # a new Read: computed again, and kept
+    assert sets[5] is sets[4]
+    h.close()
