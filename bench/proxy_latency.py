@@ -55,10 +55,14 @@ def _tokens(enc, body: dict) -> int:
     return len(enc.encode_ordinary(json.dumps(body)))
 
 
-def build_body(target: int, enc) -> dict:
-    """A Claude Code request of about ``target`` tokens."""
+def build_body(target: int, enc, model: str | None = None) -> dict:
+    """A Claude Code request of about ``target`` tokens (``model``: instead of the captured one's, without
+    the client's ``clear_thinking`` edit, which keeps the thinking a model before Opus 4.5 drops)."""
     base = json.loads((REQUESTS / "claude-code-2.1.197-turn2.json").read_text())
     base["stream"] = False  # small non-streamed answers: the request path is what is measured
+    if model is not None:
+        base["model"] = model
+        base.pop("context_management", None)
     if target <= 5000:
         # a short conversation: the first user message and a trimmed system prompt
         body = {k: base[k] for k in ("model", "max_tokens", "metadata", "thinking")}
@@ -149,6 +153,9 @@ def main() -> int:
     ap.add_argument("--base", type=Path, metavar="DIR",
                     help="also measure each contextwarden proxy from another tree, side by side: DIR holds its "
                          "package as installed (DIR/contextwarden, with addons/, plugins/, tui/, profiles/ inside)")
+    ap.add_argument("--model", help="the bodies' model instead of the captured one's (claude-opus-4-8); one that drops "
+                                    "the previous turn's thinking (e.g. claude-sonnet-4-5) has the breakpoints stage mark "
+                                    "the turn's start")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment for the contextwarden proxies, e.g. CONTEXTWARDEN_MEMORY__ENABLED=false")
     args = ap.parse_args()
@@ -161,7 +168,7 @@ def main() -> int:
     enc = tiktoken.get_encoding("cl100k_base")
     sizes = [int(s) for s in args.sizes.split(",")]
     forms = list(SEPARATORS) if args.json == "both" else [args.json]
-    bodies = {(s, f): wire(b, f) for s in sizes for b in [build_body(s, enc)] for f in forms}
+    bodies = {(s, f): wire(b, f) for s in sizes for b in [build_body(s, enc, args.model)] for f in forms}
     hdrs = headers()
     work = Path(tempfile.mkdtemp(prefix="cw-bench-"))
     (work / "stages-off.yaml").write_text(STAGES_OFF)
