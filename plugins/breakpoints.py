@@ -12,8 +12,9 @@ model that keeps the thinking the stage does nothing.
 Marking costs nothing: the same tokens are written, in more entries. The provider allows 4 breakpoints in
 a request; the stage adds none past that, none on the newest message (the client's, and memory's block
 goes after it), none where the prefix is shorter than the provider caches (``Price.min_cache``: a short
-request goes as the client sent it), and none when the provider edits the prompt itself (its context
-management: clearing, compaction). The dialect finds the messages (``turn_breakpoints``; an API that
+request goes as the client sent it), none on a message whose content is a string (it would have to be
+written as blocks: only a marker is ever added), and none when the provider edits the prompt itself (its
+context management: clearing, compaction). The dialect finds the messages (``turn_breakpoints``; an API that
 caches without breakpoints has none). docs/REPLAY.md, "Breakpoints at turn starts".
 """
 

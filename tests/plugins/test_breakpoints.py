@@ -76,6 +76,17 @@ def test_a_turn_start_the_client_marked_is_not_marked_again(harness):
     assert len(_marked(sent.body)) == 3
 
 
+def test_a_turn_start_written_as_a_string_is_left_as_the_client_wrote_it(harness):
+    """A marker needs a block to sit on: a message whose content is a string would have to be written as
+    blocks, which the stage does not do (only a marker is ever added). It still counts as one of the turns."""
+    body = anthropic_tool_loop(4)
+    starts = [i for i in _starts(body) if i < len(body["messages"]) - 1]
+    body["messages"][starts[-1]]["content"] = body["messages"][starts[-1]]["content"][0]["text"]
+    sent = harness.send(ApiKind.ANTHROPIC, body)
+    assert sent.body["messages"][starts[-1]] == body["messages"][starts[-1]]
+    assert _marked(sent.body) == [starts[-2], len(body["messages"]) - 1] and _count(sent.body) == 3
+
+
 def test_openai_chat_has_none(tmp_path):
     h = Harness(tmp_path, profile="default", overrides=settings_overrides(stages=["breakpoints"]))
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"},
