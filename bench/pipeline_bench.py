@@ -6,9 +6,9 @@
     .venv/bin/python bench/pipeline_bench.py --traces --examples 0 --no-timing   # real Claude Code traces
 
 Validity: hypothesis-generated Anthropic / OpenAI chat / Responses conversations (see
-tests/support/convgen.py) go through the real stages (strip, clearing, compression, compaction, memory, breakpoints)
-at every budget level with small context windows, twice (a request and the next one of the same
-session). A body is invalid when the product's validator or the independent checker finds a problem,
+tests/support/convgen.py) go through the real stages (strip to breakpoints, as
+tests/contextwarden/request/test_hypothesis_stages.py runs them) at every budget level with small
+context windows, twice (a request and the next one of the same session). A body is invalid when the product's validator or the independent checker finds a problem,
 when a stage fails, or when a reused compaction changes its bytes. Prints the invalid count.
 
 Timing: what the proxy does per request (parse, count, every stage, validate, serialise) at about 15K
@@ -94,11 +94,11 @@ def run_examples(n: int, home: Path, seed: int | None) -> None:
     bench.h.close()
     s = bench.stats
     print(f"\n## Validity ({', '.join(stages)}; levels {', '.join(LEVELS)}; windows {WINDOWS})\n")
-    print("| examples | requests | rewritten | with clearing | with compression | with compaction | with breakpoints | invalid "
-          "| seconds |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| examples | requests | rewritten | with clearing | with compression | with compaction | with recall "
+          "| with breakpoints | invalid | seconds |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {examples} | {2 * examples} | {s['rewritten']} | {s['clearing']} | {s['compression']} | {s['compaction']} | "
-          f"{s['breakpoints']} | {invalid_examples} | {dt:.0f} |")
+          f"{s['recall']} | {s['breakpoints']} | {invalid_examples} | {dt:.0f} |")
     if problems:
         print("\nproblems:")
         for p, c in problems.most_common(10):

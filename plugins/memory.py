@@ -27,7 +27,7 @@ from contextwarden.memory import produced
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.ingest import items_from_messages
 from contextwarden.memory.inject import (
-    BLOCK_OVERHEAD_TEXT,
+    block_room,
     render_block,
     render_item,
     strip_blocks,
@@ -59,7 +59,6 @@ from contextwarden.store.statecache import state_cache
 from contextwarden.util.lru import LRU
 from contextwarden.wire.conversation import strip_cache_control
 from contextwarden.wire.dialects import NotInjectable, dialect, last_user_index
-from contextwarden.wire.dialects.base import BLOCK_OVERHEAD
 from contextwarden.wire.references import names
 
 STATE_NS = "memory.ingested"
@@ -88,13 +87,6 @@ def _item_tokens(ctx, item) -> int:
     it (cached by item: the same candidates come back request after request)."""
     return ctx.runtime.memo("memory.item_tokens", lambda: LRU(50_000)).get(
         (ctx.model, item.id), lambda: _count(ctx, render_item(item)) + 1)
-
-
-def _request_tokens(ctx) -> int | None:
-    try:
-        return ctx.runtime.tokens.count_request(ctx.api, ctx.request, ctx.model)
-    except Exception:
-        return ctx.tokens_in
 
 
 @hookimpl
@@ -245,21 +237,6 @@ def _upto_spoken(ctx, original: list) -> list:
     return original[: i + 1] if i is not None else []
 
 
-def _budget(ctx) -> tuple[int, int]:
-    """(the block's budget in tokens, its fixed overhead): ``memory.budget_fraction`` of the window, less what
-    the request already takes of it."""
-    window = ctx.settings.tokens.context_window
-    want = int(ctx.settings.memory.budget_fraction * window)
-    # the stages before this one only ever shrink the request, so the original's size bounds it: count
-    # the rewritten body (a full walk of it) only when that bound leaves too little room
-    used = ctx.tokens_in if ctx.tokens_in is not None and ctx.tokens_in + want <= window else _request_tokens(ctx) or 0
-    overhead = _count(ctx, BLOCK_OVERHEAD_TEXT)
-    # (- the block's own separator and a string content's becoming a text block: a block filled to the
-    # last token otherwise puts the request 1-2 tokens above the window, and the pipeline then sends the
-    # decided state without any memory)
-    return min(want, window - used) - overhead - 2 * BLOCK_OVERHEAD, overhead
-
-
 def _fit(ctx, hits: list, limit: int) -> str:
     """The block of ``hits``, the weakest dropped (from ``hits`` too) until it counts at most ``limit`` tokens."""
     block = render_block([h.item for h in hits])
@@ -276,7 +253,7 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     query, skipped = _query(ctx, original, ctx.notes.get("clean_text") or {})
     if query is None:
         return finish(skipped=skipped)
-    budget, overhead = _budget(ctx)
+    budget, overhead = block_room(ctx, int(m.budget_fraction * ctx.settings.tokens.context_window))
     if budget < MIN_BUDGET:
         return finish(skipped="no room", budget=max(0, budget))
     th = time.perf_counter()

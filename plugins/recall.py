@@ -26,7 +26,7 @@ from contextwarden import hookimpl
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.autorecall import Found, Kept, Lost, Memos, TermIndex, excerpt, find, read_answer
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.inject import render_block
+from contextwarden.memory.inject import block_room, render_block
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.retrieve import history_items, role_of
 from contextwarden.store.statecache import state_cache
@@ -154,7 +154,11 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
             found.append(Found(Lost(mid, it.text, it.turn, it.tool, None, it.kind), "id", mid))
     if not found:
         return {"skipped": "no reference to lost content"}
-    budget = int(BUDGET_FRACTION * ctx.settings.tokens.context_window)
+    # what is left of the window, as memory's block counts it: a block the request has no room for would
+    # send it above the window, and the pipeline would then send the session's decided state instead
+    budget, overhead = block_room(ctx, int(BUDGET_FRACTION * ctx.settings.tokens.context_window))
+    if budget <= 0:
+        return {"skipped": "no room", "budget": max(0, budget)}
     chosen, texts, tokens, over = [], [], 0, []
     for f in found:
         text = f.lost.text
@@ -172,8 +176,16 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     if not chosen:
         return {"skipped": "over budget", "over_budget": over, "budget": budget}
     items = [_item(ctx, f.lost.memory_id, t, f.lost.turn, f.lost.tool, f.lost.kind) for f, t in zip(chosen, texts)]
+    block = render_block(items)
+    while ctx.runtime.tokens.count_text(block, ctx.model) > budget + overhead:  # (the labels and headings too)
+        if len(items) == 1:
+            return {"skipped": "no room", "budget": budget}
+        over.append(chosen.pop().lost.memory_id)
+        items.pop()
+        tokens -= ctx.runtime.tokens.count_text(texts.pop(), ctx.model)
+        block = render_block(items)
     try:
-        where = dialect(ctx.api).inject(ctx.request, render_block(items))
+        where = dialect(ctx.api).inject(ctx.request, block)
     except NotInjectable as e:
         return {"skipped": str(e)}
     state.put(NS, key, (list(done) + [f.lost.memory_id for f in chosen])[-MAX_REMEMBERED:])
@@ -204,6 +216,7 @@ def cw_request(ctx) -> None:
     except Exception as e:
         ctx.emit("error", where="recall", message=f"{type(e).__name__}: {e}", action="forwarded without recall")
         data["skipped"] = "error"
-    if data.get("kept") or data.get("injected"):
+    # (the answer referred to lost content that did not fit: said, as what was kept and brought back is)
+    if data.get("kept") or data.get("injected") or data.get("skipped") in ("no room", "over budget"):
         data["ms"] = round((time.perf_counter() - t0) * 1000, 3)
         ctx.emit("recall", **data)

@@ -23,9 +23,9 @@ KEY_A, KEY_B = "sk-test-secret", "sk-tenant-b"
 MCP_TOOL = {"name": "mcp__contextwarden__recall", "description": "recall", "input_schema": {"type": "object"}}
 
 
-def harness(home, memory: bool = True, **mem) -> Harness:
+def harness(home, memory: bool = True, window: int = 200_000, **mem) -> Harness:
     stages = ["strip", "clearing", "compaction", "recall"] + (["memory"] if memory else [])
-    o = settings_overrides(window=200_000, stages=stages,
+    o = settings_overrides(window=window, stages=stages,
                            # (recall's mechanics: the working set, which would keep the Reads, has its own tests)
                            clearing={"trigger_tokens": 8000, "clear_at_least": 1000, "keep_recent": 2, "working_set_tokens": 0},
                            compaction={"enabled": False}, memory={"inject": False, **mem} if memory else {})
@@ -282,6 +282,30 @@ def test_a_reference_to_a_cleared_path_brings_the_item_back_once(cw_home):
     sent2 = h.send(ApiKind.ANTHROPIC, body)
     assert not [e for e in sent2.events("recall") if e.get("injected")]
     assert all(OPEN not in str(m["content"]) for m in sent2.body["messages"])
+    h.close()
+
+
+def test_recall_leaves_out_what_the_window_has_no_room_for(tmp_path):
+    """Recall's block counts against what is left of the window, as memory's does: with no room for it the
+    request goes rewritten without it, not as the session's decided state (the pipeline's answer to a
+    rewrite above the window, which would drop this request's own work with it)."""
+    first = _loop_with_answer("Let me look at the remaining tasks.")
+    body = _loop_with_answer("I need the settings in vendor/acme/retry_policy.toml before I change anything.")
+    roomy = harness(tmp_path / "roomy")
+    roomy.send(ApiKind.ANTHROPIC, first)
+    back = roomy.send(ApiKind.ANTHROPIC, body)
+    assert [e for e in back.events("recall") if e.get("injected")]  # with room, it comes back
+    block = back.body["messages"][-1]["content"][-1]["text"]
+    assert block.startswith(OPEN)
+    # room for the request and a few tokens, not for a recalled block's framing (its preamble alone is more)
+    window = back.ctx.tokens_out - back.ctx.runtime.tokens.count_text(block, body["model"]) + 30
+    roomy.close()
+    h = harness(tmp_path / "tight", window=window)
+    h.send(ApiKind.ANTHROPIC, first)
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert (sent.outcome.reason, sent.outcome.fallback) == ("rewritten", None)
+    assert [e.get("skipped") for e in sent.events("recall")] == ["no room"]
+    assert sent.ctx.tokens_out <= window and stubs(sent.body)  # clearing's work went
     h.close()
 
 

@@ -114,6 +114,30 @@ BLOCK_OVERHEAD_TEXT = (f"{OPEN}-0123456789ab>\n{PREAMBLE}\n## session 0123456789
                        f"{CLOSE}-0123456789ab>")
 
 
+def block_room(ctx: Any, want: int) -> tuple[int, int]:
+    """(the tokens a block may take, its framing's tokens): ``want``, less what the request already takes of
+    the context window. Memory's block and recall's (which goes in before it) alike: a block the request has
+    no room for sends it above the window, and the pipeline then sends the session's decided state instead."""
+    window = ctx.settings.tokens.context_window
+    tokens = ctx.runtime.tokens
+    # the stages before only shrink the request but for recall's block, so the original's size bounds it:
+    # the rewritten body is counted (a full walk of it) only when that bound leaves too little room, or
+    # when recall put something back
+    used = ctx.tokens_in
+    if used is None or used + want > window or ctx.notes.get("recalled"):
+        try:
+            used = tokens.count_request(ctx.api, ctx.request, ctx.model)
+        except Exception:
+            used = ctx.tokens_in or 0
+    try:
+        overhead = tokens.count_text(BLOCK_OVERHEAD_TEXT, ctx.model)
+    except Exception:
+        overhead = len(BLOCK_OVERHEAD_TEXT) // 4 + 1
+    # (- 2: the block's own separator and a string content's becoming a text block, a token each as the
+    # dialects count them; a block filled to the last token otherwise puts the request 1-2 tokens above)
+    return min(want, window - used) - overhead - 2, overhead
+
+
 def closing_tag(text: str, start: int = 0) -> str | None:
     """The tag that closes the block opening at ``text[start:]`` (None when no block opens there)."""
     if not text.startswith(OPEN, start):

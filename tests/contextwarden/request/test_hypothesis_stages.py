@@ -3,10 +3,10 @@
 Hypothesis generates Anthropic conversations (tool loops, parallel calls, thinking with signatures,
 redacted thinking, images, role ``system`` messages mid-conversation, cache_control breakpoints, long
 tool results), OpenAI chat and Responses conversations. Each goes through the real pipeline (strip,
-clearing, compression, compaction, memory, breakpoints) with small context windows so the stages
-really fire, at every budget level, then again one turn later in the same session. Every rewritten
-body must pass both the product's validator and the independent checker in tests/support/convgen.py,
-and a compaction that is reused must give the same summary bytes.
+tagging, clearing, compression, compaction, recall, memory, breakpoints) with small context windows so
+the stages really fire, at every budget level, then again one turn later in the same session. Every
+rewritten body must pass both the product's validator and the independent checker in
+tests/support/convgen.py, and a compaction that is reused must give the same summary bytes.
 
 CW_HYPOTHESIS_EXAMPLES sets the number of random examples (default 100, besides the fixed sample of 60 that
 the guard below counts); bench/pipeline_bench.py runs 10,000.
@@ -46,7 +46,7 @@ def present_stages() -> list[str]:
     """The built-in stages that implement cw_request now (memory is optional)."""
     pm = make_plugin_manager(None)
     have = {i.plugin_name for i in pm.hook.cw_request.get_hookimpls()}
-    return [s for s in ("strip", "clearing", "compression", "compaction", "memory", "breakpoints") if s in have]
+    return [s for s in ("strip", "tagging", "clearing", "compression", "compaction", "recall", "memory", "breakpoints") if s in have]
 
 
 class Bench:
@@ -94,6 +94,8 @@ class Bench:
         for t in ("clearing", "compaction", "compression", "breakpoints"):
             if any(e.get("applied", True) for e in sent.events(t)):
                 self.stats[t] += 1
+        if any(e.get("injected") for e in sent.events("recall")):
+            self.stats["recall"] += 1
         for e in sent.events("error"):  # (a failure's reason, in the guards' messages)
             self.stats[f"error: {e.get('where')}: {str(e.get('message'))[:80]}"] += 1
         self.last = sent
@@ -199,12 +201,13 @@ def test_a_fixed_sample_is_valid_too(bench, api_body, window, protect, keep, tri
 def test_the_generated_examples_make_the_stages_fire(bench):
     """Guard against a vacuous property: over the fixed sample, the stages really rewrite bodies (the
     compression stage too: the larger generated results are test runs, search results and JSON; the
-    breakpoints stage on the Anthropic ones, whose model drops the previous turn's thinking), and none
-    of them fails."""
+    breakpoints stage on the Anthropic ones, whose model drops the previous turn's thinking; recall when
+    an answer names what clearing took out), and none of them fails."""
     s = bench.fixed
     assert s["examples"] >= FIXED_EXAMPLES // 2, dict(s)  # (hypothesis may stop early on duplicates)
     assert s["rewritten"] > 0, dict(s)
-    assert s["clearing"] > 0 and s["compaction"] > 0 and s["compression"] > 0 and s["breakpoints"] > 0, dict(s)
+    assert s["clearing"] > 0 and s["compaction"] > 0 and s["compression"] > 0, dict(s)
+    assert s["breakpoints"] > 0 and s["recall"] > 0, dict(s)
     assert not [k for k in s if k.startswith("error")], dict(s)
     assert bench.stats["rewritten"] > 0 and bench.stats["clearing"] > 0, dict(bench.stats)
 
