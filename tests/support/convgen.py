@@ -131,6 +131,15 @@ def anthropic_bodies(draw, session: str | None = None) -> dict[str, Any]:
         "metadata": {"user_id": f"user_u_account_a_session_{session or f'hyp-{seed}'}"},
         "messages": msgs,
     }
+    # a model that drops the previous turn's thinking or one that keeps it, and the client's own context
+    # edits: none, Claude Code's keep-all thinking edit, or the provider clearing tool uses itself
+    body["model"] = draw(st.sampled_from(["claude-sonnet-4-5", "claude-sonnet-4-5", "claude-opus-4-5"]))
+    edit = draw(st.sampled_from([None, None, None, "keep thinking", "clear tool uses"]))
+    if edit == "keep thinking":
+        body["context_management"] = {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}
+    elif edit == "clear tool uses":
+        body["context_management"] = {"edits": [{"type": "clear_tool_uses_20250919", "trigger": {"type": "input_tokens",
+                                                 "value": 4000}, "keep": {"type": "tool_uses", "value": 2}}]}
     _breakpoints(draw, body)
     return body
 

@@ -190,32 +190,37 @@ def count_tokens(ctx: RequestContext, wire: dict[str, Any], raws: list[bytes | N
             n, h.tokens_kept = _count_remembering(ctx, wire, h.entries, raw=ctx.message_raw, fixed=got and got[1])
             if h.tokens_kept is not None:
                 h.carry_on(_HEAD, 0, h.tokens_kept[2])
-            return n - _provider_dropped(ctx)
+            return n - _provider_dropped(ctx, h.tokens_kept[1] if h.tokens_kept is not None else None)
         srcs, kept = h.wire_entries, h.tokens_kept
         msgs = wire.get(dialect(ctx.api).history_key)
         if srcs is None or not isinstance(msgs, list) or len(srcs) != len(msgs):
-            return tokens.count_request(dialect(ctx.api), wire, ctx.model, reuse=kept, raw=raws) - _provider_dropped(ctx)
+            keep: list[Any] = []
+            n = tokens.count_request(dialect(ctx.api), wire, ctx.model, reuse=kept, raw=raws, keep=keep)
+            return n - _provider_dropped(ctx, keep[0][1] if keep else None)
         # messages with an entry (the original's unchanged ones, derived ones) have their count
-        return _count_remembering(ctx, wire, srcs, reuse=kept, raw=raws)[0] - _provider_dropped(ctx)
+        n, mine = _count_remembering(ctx, wire, srcs, reuse=kept, raw=raws)
+        return n - _provider_dropped(ctx, mine[1] if mine is not None else None)
     except Exception as e:  # accounting must never cost a request
         ctx.emit("error", where="tokens", message=str(e))
         return None
 
 
-def _provider_dropped(ctx: RequestContext) -> int:
+def _provider_dropped(ctx: RequestContext, entries: list[Any] | None) -> int:
     """Tokens of the count that the provider does not read: the leading messages it drops (before its
-    latest compaction block: not ours to save either), less the earlier turns' thinking a ``keep: "all"``
-    edit keeps (which the count leaves out for models that drop it by default). From the original's
-    per-message counts (the validator keeps those messages as they came in any rewrite)."""
+    latest compaction block: not ours to save either), from the original's per-message counts (the
+    validator keeps those messages as they came in any rewrite); less the earlier turns' thinking that a
+    ``keep: "all"`` edit keeps, which the count leaves out for a model that drops it by default: the
+    counted body's own (``entries``: its per-message counts; a rewrite may have folded turns)."""
     pc = ctx.notes.get("provider", NO_PROVIDER)
-    kept = ctx.history.tokens_kept if pc.dropped or pc.keeps_thinking else None
-    if not kept:
-        return 0
-    entries = kept[1]
-    cut = turn_start_of(entries) if dialect(ctx.api).thinking_dropped and strips_thinking(ctx.model) else 0
-    off = sum(t - (th if i < cut else 0) for i, (t, th, _) in enumerate(entries[:pc.dropped]))
-    if pc.keeps_thinking:
-        off -= sum(th for _, th, _ in entries[pc.dropped:cut])
+    strips = dialect(ctx.api).thinking_dropped and strips_thinking(ctx.model)
+    off = 0
+    kept = ctx.history.tokens_kept if pc.dropped else None
+    if kept:
+        orig = kept[1]
+        cut = turn_start_of(orig) if strips else 0
+        off = sum(t - (th if i < cut else 0) for i, (t, th, _) in enumerate(orig[:pc.dropped]))
+    if pc.keeps_thinking and strips and entries:
+        off -= sum(th for _, th, _ in entries[pc.dropped:turn_start_of(entries)])
     return int(off)
 
 

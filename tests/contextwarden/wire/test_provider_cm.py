@@ -227,6 +227,24 @@ def test_thinking_kept_by_a_keep_all_edit_is_counted_and_billed(tmp_path):
         h.close()
 
 
+def test_a_rewrite_that_folds_kept_thinking_counts_only_what_it_sends(tmp_path):
+    """What a keep-all edit keeps is added back to a rewrite's count from the rewrite itself: after
+    compaction folded earlier turns with their thinking, ``tokens_out`` is what the sent body holds (it was
+    the original's thinking on top, and a rewrite near the window went as the session's decided state)."""
+    ov = settings_overrides(window=4_000, stages=["compaction"],
+                            compaction={"protect_recent_turns": 1, "min_span_tokens": 50, "soft_threshold": 0.3, "hard_threshold": 0.4})
+    h = Harness(tmp_path / "h", overrides=ov)
+    fresh = Harness(tmp_path / "fresh", overrides=settings_overrides(window=200_000, stages=["strip"]))
+    try:
+        body = {**anthropic_tool_loop(6, result_words=100, session="pcm-fold"), "context_management": {"edits": [THINK]}}
+        sent = h.send(A, copy.deepcopy(body))
+        assert any(e.get("applied") for e in sent.events("compaction")) and sent.outcome.reason == "rewritten"
+        assert sent.ctx.tokens_out == fresh.send(A, copy.deepcopy(sent.body)).ctx.tokens_in < sent.ctx.tokens_in
+    finally:
+        h.close()
+        fresh.close()
+
+
 def test_the_overview_bills_the_provider_compaction_and_prices_savings_without_it():
     """The Overview's totals: the provider's compaction billed (and counted apart), the proxy's saving
     priced at the rate of the request's own sampling, not inflated by the compaction's."""
