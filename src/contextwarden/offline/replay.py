@@ -536,9 +536,12 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
             else:  # no cache breakpoints: everything is base input
                 bill_o = _flat_bill(rt.tokens.count_request(req.api, ctx.original, model), req.output_tokens, price, factor)
                 bill_u = _flat_bill(rt.tokens.count_request(req.api, sent, model), req.output_tokens, price, factor) if sent is not None else Bill()
-            tokens_sent = rt.tokens.count_request(req.api, sent, model) if sent is not None else 0
-            if sent is not None and ctx.tokens_in is not None:  # the provider's view, as tokens_in (pipeline._provider_dropped)
-                tokens_sent -= rt.tokens.count_request(req.api, ctx.original, model) - ctx.tokens_in
+            if sent is not None and sent is not ctx.original and ctx.tokens_out is not None:
+                tokens_sent = ctx.tokens_out  # (the provider's view of what went, as the pipeline counted it)
+            else:
+                tokens_sent = rt.tokens.count_request(req.api, sent, model) if sent is not None else 0
+                if sent is not None and ctx.tokens_in is not None:  # the provider's view, as tokens_in (pipeline._provider_dropped)
+                    tokens_sent -= rt.tokens.count_request(req.api, ctx.original, model) - ctx.tokens_in
             key = dialect(req.api).history_key
             mem = ctx.notes.get("memory") if sent is not None and sent is not ctx.original else None
             mem = mem if isinstance(mem, dict) and mem.get("injected") else {}
