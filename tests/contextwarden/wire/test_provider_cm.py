@@ -245,6 +245,26 @@ def test_a_rewrite_that_folds_kept_thinking_counts_only_what_it_sends(tmp_path):
         fresh.close()
 
 
+def test_replay_counts_what_a_keep_all_rewrite_sends(tmp_path):
+    """A recorded keep-all body replayed through a compaction that folds turns with their thinking: the
+    request's tokens sent are what the sent body holds, counted as the provider reads it."""
+    home = tmp_path / "cwhome"
+    body = {**anthropic_tool_loop(6, result_words=100, session="r2"), "context_management": {"edits": [THINK]}}
+    record(home, {"flow_id": "f0", "session": "s2", "ts": 1000.0, "api": "anthropic", "path": "/v1/messages",
+                  "model": body["model"], "headers": [["content-type", "application/json"]], "original": body, "rewritten": None})
+    sent: list[dict] = []
+    rep = replay(home / "bodies" / "s2", turn_hooks=False, window=4_000,
+                 overrides={"compaction": {"protect_recent_turns": 1, "min_span_tokens": 50, "soft_threshold": 0.3,
+                                           "hard_threshold": 0.4}, "memory": {"enabled": False}},
+                 before_close=lambda rt, _: sent.append(rt.bodies.get("replay-00000")["rewritten"]))  # (the first request's flow)
+    assert [r.outcome for r in rep.results] == ["rewritten"] and sent[0]
+    fresh = Harness(tmp_path / "fresh", overrides=settings_overrides(window=200_000, stages=["strip"]))
+    try:
+        assert rep.results[0].tokens_sent == fresh.send(A, sent[0]).ctx.tokens_in < rep.results[0].tokens_original
+    finally:
+        fresh.close()
+
+
 def test_the_overview_bills_the_provider_compaction_and_prices_savings_without_it():
     """The Overview's totals: the provider's compaction billed (and counted apart), the proxy's saving
     priced at the rate of the request's own sampling, not inflated by the compaction's."""
