@@ -410,7 +410,7 @@ def turn_marks(facts: list[tuple[int, bool, bool]], system: Any, tools: Any, tur
     """The messages a breakpoint goes on: the last ``turns`` turn starts before the newest message and from
     ``boundary`` on (``facts``: each message's :func:`_marks_of`), those whose last block has none yet, while
     the request (its messages, ``system`` and ``tools``) holds fewer than the provider's ``MAX_BREAKPOINTS``."""
-    marks = sum(map(_marked, _listed(system))) + sum(map(_marked, _listed(tools))) + sum(map(_COUNT, facts))
+    marks = sum(map(_marked, blocks(system))) + sum(map(_marked, blocks(tools))) + sum(map(_COUNT, facts))
     out: list[int] = []
     seen = 0
     for i in range(len(facts) - 2, boundary - 1, -1):
@@ -429,10 +429,6 @@ def _marked(b: Any) -> int:
     return int((b.get("cache_control") if isinstance(b, dict) else getattr(b, "cache_control", None)) is not None)
 
 
-def _listed(x: Any) -> list[Any]:
-    return x if isinstance(x, list) else []
-
-
 def _type(b: Any) -> Any:
     return b.get("type") if isinstance(b, dict) else getattr(b, "type", None)
 
@@ -445,7 +441,7 @@ def _marks_of(m: Any) -> tuple[int, bool, bool]:
     start = role == "user" and (not isinstance(c, list) or any(_type(b) != "tool_result" for b in c))
     if not isinstance(c, list) or not c:
         return 0, False, start
-    n = sum(_marked(b) + sum(map(_marked, _listed(b.get("content") if isinstance(b, dict) else getattr(b, "content", None))))
+    n = sum(_marked(b) + sum(map(_marked, blocks(b.get("content") if isinstance(b, dict) else getattr(b, "content", None))))
             for b in c)
     return n, bool(_marked(c[-1])), start
 
