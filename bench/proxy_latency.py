@@ -47,7 +47,11 @@ from tests.support.upstream import StandIn  # noqa: E402
 
 REQUESTS = SHARED / "eval" / "requests"
 BUILTIN_STAGES = ["budget", "strip", "tagging", "clearing", "compression", "compaction", "recall", "memory", "breakpoints"]
-STAGES_OFF = "name: stages-off\nextends: default\npipeline:\n  disabled: [" + ", ".join(BUILTIN_STAGES) + "]\n"
+
+
+def stages_off(stages: list[str]) -> str:
+    """The default profile with ``stages`` disabled."""
+    return "name: stages-off\nextends: default\npipeline:\n  disabled: [" + ", ".join(stages) + "]\n"
 TARGETS = {"observe-only": 2.0, "stages off": 3.0, "claude-code": 10.0}  # ms, p50 added at 150K tokens (issue 41)
 
 
@@ -171,7 +175,7 @@ def main() -> int:
     bodies = {(s, f): wire(b, f) for s in sizes for b in [build_body(s, enc, args.model)] for f in forms}
     hdrs = headers()
     work = Path(tempfile.mkdtemp(prefix="cw-bench-"))
-    (work / "stages-off.yaml").write_text(STAGES_OFF)
+    (work / "stages-off.yaml").write_text(stages_off(BUILTIN_STAGES))
 
     with StandIn() as upstream:
         procs = {
@@ -186,9 +190,13 @@ def main() -> int:
                                                 name="active", ready_events=ready, env=cw_env)
         if args.base is not None:  # the same proxies from the other tree, named "<proxy> @base"
             script = args.base / "contextwarden" / "addons" / "contextwarden.py"
+            # (an older tree knows fewer stages: its stages-off profile disables those it has)
+            have = [s for s in BUILTIN_STAGES if (args.base / "contextwarden" / "plugins" / f"{s}.py").exists()]
+            (work / "stages-off-base.yaml").write_text(stages_off(have))
             for name in [n for n in procs if n != "mitmdump"]:
                 p = procs[name]
-                procs[f"{name} @base"] = ProxyProcess(work / f"{p.name}-base", profile=p.profile, reverse=upstream.url,
+                profile = work / "stages-off-base.yaml" if name == "stages off" else p.profile
+                procs[f"{name} @base"] = ProxyProcess(work / f"{p.name}-base", profile=profile, reverse=upstream.url,
                                                       name=f"{p.name}-base", ready_events=ready, script=script,
                                                       env={**cw_env, "PYTHONPATH": str(args.base)})
         for p in procs.values():
