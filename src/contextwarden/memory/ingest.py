@@ -66,7 +66,7 @@ class Ingestor:
                  tag: Callable[[str], list[str]] | None = None,
                  on_originals: Callable[[list[MemoryItem]], None] | None = None,
                  on_indexed: Callable[[list[MemoryItem]], object] | None = None,
-                 redact: Callable[[str], tuple[str, int]] | None = None) -> None:
+                 redact: Callable[[str], tuple[str, int]] | None = None, quiet_s: float = 0.0) -> None:
         self.store = store
         self.bus = bus
         self.journal = journal if journal is not None else PendingTable()
@@ -89,6 +89,8 @@ class Ingestor:
         self._last_error: tuple[str, float] = ("", 0.0)
         self._seen = LRU(self.SEEN)  # (partition, source hash) stored -> True
         self._backfill = backfill
+        self.quiet_s = quiet_s  # the storer embeds once no call (a submission, a search) came for this long
+        self._last_call = 0.0
         self.batch_max = max(1, int(batch_max))
         self.batch_chars = batch_chars
         self.tag = tag  # tags items that come untagged (the memory process tags off the proxy)
@@ -107,6 +109,7 @@ class Ingestor:
         ``history``: the items come from a conversation's history the proxy had not seen live (the first
         request of a resumed session); once stored, an ``ingest`` event says so (``messages`` of them).
         """
+        self.touch()
         items = [it for it in items if it.text and it.text.strip()]
         if not items:
             return True
@@ -136,6 +139,10 @@ class Ingestor:
             self._indexed.append(done)
             self._indexed_items += done.submitted
             self._cv.notify_all()
+
+    def touch(self) -> None:
+        """A call came (a search, a submission): the storer waits ``quiet_s`` more before its next batch."""
+        self._last_call = time.monotonic()
 
     def _has_work(self) -> bool:
         return bool(self._indexed) or self.journal.items > 0
@@ -192,6 +199,12 @@ class Ingestor:
         with self._cv:
             while not self._indexed and not self._closing and not (self.deferred and table.items <= 0):
                 self._cv.wait(1.0)
+            # while calls keep coming the vectors wait (the items are searchable by their words already): a
+            # batch's embedding and store take CPU the requests want, even at the idle class
+            # (docs/benchmarks.md); what goes over the table's bound is stored as text at once
+            while not self._closing and table.items <= table.max_items \
+                    and (wait := self._last_call + self.quiet_s - time.monotonic()) > 0:
+                self._cv.wait(wait)
             if self._closing:
                 return False
             self._busy = True

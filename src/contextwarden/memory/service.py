@@ -149,7 +149,8 @@ class MemoryService:
                                          batch_chars=m.ingest_batch_chars if self.separate else None,
                                          tag=self._tag if self.separate else None,
                                          on_originals=self.originals.put if self.originals is not None else None,
-                                         on_indexed=self.lexical.add, redact=self.redact)
+                                         on_indexed=self.lexical.add, redact=self.redact,
+                                         quiet_s=m.embed_quiet_ms / 1000 if self.separate else 0.0)
         except Exception as e:  # memory is an extra: the proxy runs without it
             self.error = f"{type(e).__name__}: {e}"
             self.bus.emit("error", {"where": "memory", "message": self.error, "action": "requests go without memory"})
@@ -392,6 +393,8 @@ class MemoryService:
         ``PREPARED_TTL_S``, leaves it unused."""
         if not self.available:
             return
+        if self.ingestor is not None:
+            self.ingestor.touch()
         v = self.retriever(settings).start(query, tenants, workspace=workspace, n=n, session=session, project=project)
         self._prepared.put(token, _Prepared(v, time.monotonic()))
 
@@ -402,6 +405,8 @@ class MemoryService:
         still being rebuilt, ``mode`` says so: its BM25 ranking covers only part of the store.
         ``prepared``: the token of this search's :meth:`prepare`."""
         vectors = None
+        if self.ingestor is not None:
+            self.ingestor.touch()
         if isinstance(exclude, HistoryIndex):  # its candidates' keys cached here, from search to search
             exclude = exclude.using(self.text_keys)
         if prepared is not None:

@@ -101,6 +101,11 @@ class MemorySection(Section):
     """Ingestion's embeddings run in a worker process at idle CPU priority (memory/embedworker.py): under
     load they lag instead of taking CPU from requests. False: in the ingestion thread (niced)."""
 
+    embed_quiet_ms: float = 250.0
+    """The memory process embeds and stores what waits once no call (a search, a turn) came for this long:
+    under a steady load the vectors wait and the requests keep the CPU (each item is searchable by its words
+    as it is submitted). 0: at once."""
+
     prefetch: bool = True
     """Start a person's message's search (the embeddings) as soon as the request is read, while the other
     stages run; the memory stage finishes it (BM25 and the fusion). Same results, less waiting."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from contextwarden.core.events import EventBus
 from contextwarden.memory.ids import memory_id
@@ -120,6 +121,25 @@ def test_a_submission_never_waits_for_a_stuck_store_and_nothing_is_dropped(cw_ho
     assert not [e for e in events(bus, "memory") if e.get("dropped")] and ing.stats["stored_text_only"] == 4
     ing.close()
     assert ing.submit([item("after close")]) is False and ing.stats["dropped"] == 1
+    s.close()
+
+
+def test_while_calls_keep_coming_the_vectors_wait_and_the_words_do_not(cw_home):
+    """The memory process's storer (``quiet_s``) embeds and stores once no call came for that long: under a
+    steady load the requests keep the CPU, and every item is searchable by its words as it is submitted."""
+    s = store(cw_home)
+    indexed: list = []
+    ing = Ingestor(s, EventBus(), on_indexed=indexed.extend, backfill=False, quiet_s=0.4)
+    t0 = time.monotonic()
+    assert ing.submit([item("the staging database listens on port 6543")])
+    while time.monotonic() - t0 < 1.5:  # a call every 0.1 s: never quiet for 0.4 s
+        ing.touch()
+        assert ing.pending == 1 and not list(s.iter_items())  # not stored, not embedded
+        time.sleep(0.1)
+    assert [x.text for x in indexed] == ["the staging database listens on port 6543"]  # its words at once
+    assert ing.flush(300)  # the calls stopped: stored within the quiet time and a batch
+    assert [x.text for x in s.iter_items()] == ["the staging database listens on port 6543"]
+    ing.close()
     s.close()
 
 
