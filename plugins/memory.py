@@ -28,7 +28,7 @@ from contextwarden.memory import service as memory_service
 from contextwarden.memory.ingest import items_from_messages
 from contextwarden.memory.inject import (
     block_room,
-    render_block,
+    fit_block,
     render_item,
     strip_blocks,
 )
@@ -237,16 +237,6 @@ def _upto_spoken(ctx, original: list) -> list:
     return original[: i + 1] if i is not None else []
 
 
-def _fit(ctx, hits: list, limit: int) -> str:
-    """The block of ``hits``, the weakest dropped (from ``hits`` too) until it counts at most ``limit`` tokens."""
-    block = render_block([h.item for h in hits])
-    while len(hits) > 1 and _count(ctx, block) > limit:
-        # the items' costs leave out the group headings past the first (sessions, dates): the weakest go
-        hits.pop()
-        block = render_block([h.item for h in hits])
-    return block
-
-
 def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
     m = ctx.settings.memory
     original = history_items(ctx.api, ctx.original)
@@ -306,7 +296,9 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         hits, given = worth_giving(ctx, hits, sent)
         if not hits:
             return finish(skipped="nothing new", **info)
-    block = _fit(ctx, hits, budget + overhead)
+    # (the weakest go while the block, headings included, is over the room)
+    block, k = fit_block([h.item for h in hits], budget + overhead, lambda t: _count(ctx, t))
+    del hits[k:]
     try:
         where = dialect(ctx.api).inject(ctx.request, block)
     except NotInjectable as e:

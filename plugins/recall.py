@@ -20,13 +20,14 @@ nothing was (``skipped``). Everything here fails open: the request goes on with 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from contextwarden import hookimpl
 from contextwarden.memory import service as memory_service
 from contextwarden.memory.autorecall import Found, Kept, Lost, Memos, TermIndex, excerpt, find, read_answer
 from contextwarden.memory.ids import memory_id
-from contextwarden.memory.inject import block_room, render_block
+from contextwarden.memory.inject import block_room, fit_block
 from contextwarden.memory.items import MemoryItem
 from contextwarden.memory.retrieve import history_items, role_of
 from contextwarden.store.statecache import state_cache
@@ -176,14 +177,13 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     if not chosen:
         return {"skipped": "over budget", "over_budget": over, "budget": budget}
     items = [_item(ctx, f.lost.memory_id, t, f.lost.turn, f.lost.tool, f.lost.kind) for f, t in zip(chosen, texts)]
-    block = render_block(items)
-    while ctx.runtime.tokens.count_text(block, ctx.model) > budget + overhead:  # (the labels and headings too)
-        if len(items) == 1:
-            return {"skipped": "no room", "budget": budget}
-        over.append(chosen.pop().lost.memory_id)
-        items.pop()
-        tokens -= ctx.runtime.tokens.count_text(texts.pop(), ctx.model)
-        block = render_block(items)
+    count = partial(ctx.runtime.tokens.count_text, model=ctx.model)
+    block, k = fit_block(items, budget + overhead, count)  # (the labels and headings too)
+    if count(block) > budget + overhead:
+        return {"skipped": "no room", "budget": budget}
+    over += [f.lost.memory_id for f in reversed(chosen[k:])]
+    tokens -= sum(map(count, texts[k:]))
+    del chosen[k:], texts[k:]
     try:
         where = dialect(ctx.api).inject(ctx.request, block)
     except NotInjectable as e:

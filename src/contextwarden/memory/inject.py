@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .turns import day_written
@@ -136,6 +136,18 @@ def block_room(ctx: Any, want: int) -> tuple[int, int]:
     # (- 2: the block's own separator and a string content's becoming a text block, a token each as the
     # dialects count them; a block filled to the last token otherwise puts the request 1-2 tokens above)
     return min(want, window - used) - overhead - 2, overhead
+
+
+def fit_block(items: list, limit: int, count: Callable[[str], int]) -> tuple[str, int]:
+    """The block of the first ``k`` of ``items``, and ``k``: the last ones dropped while it counts more than
+    ``limit`` tokens (the items' own counts leave out the labels and the group headings past the first),
+    one kept at least (the caller checks that one)."""
+    k = len(items)
+    block = render_block(items)
+    while k > 1 and count(block) > limit:
+        k -= 1
+        block = render_block(items[:k])
+    return block, k
 
 
 def closing_tag(text: str, start: int = 0) -> str | None:
