@@ -28,6 +28,7 @@ from contextwarden.memory import service as memory_service
 from contextwarden.memory.ingest import items_from_messages
 from contextwarden.memory.inject import (
     block_room,
+    count_tokens,
     fit_block,
     render_item,
     strip_blocks,
@@ -75,18 +76,11 @@ def cw_shutdown(runtime) -> None:
     memory_service.shutdown(runtime)
 
 
-def _count(ctx, text: str) -> int:
-    try:
-        return ctx.runtime.tokens.count_text(text, ctx.model)
-    except Exception:
-        return len(text) // 4 + 1
-
-
 def _item_tokens(ctx, item) -> int:
     """Tokens an item costs in the block: its rendered excerpt, label included, and the line break before
     it (cached by item: the same candidates come back request after request)."""
     return ctx.runtime.memo("memory.item_tokens", lambda: LRU(50_000)).get(
-        (ctx.model, item.id), lambda: _count(ctx, render_item(item)) + 1)
+        (ctx.model, item.id), lambda: count_tokens(ctx, render_item(item)) + 1)
 
 
 @hookimpl
@@ -297,7 +291,7 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         if not hits:
             return finish(skipped="nothing new", **info)
     # (the weakest go while the block, headings included, is over the room)
-    block, k = fit_block([h.item for h in hits], budget + overhead, lambda t: _count(ctx, t))
+    block, k = fit_block([h.item for h in hits], budget + overhead, lambda t: count_tokens(ctx, t))
     del hits[k:]
     try:
         where = dialect(ctx.api).inject(ctx.request, block)
@@ -307,7 +301,7 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         ctx.history.carry_on(GIVEN_SLOT, 0, given | {h.item.memory_id for h in hits})
     top = set(tokenize(hits[0].item.text))
     matched = [w for w in dict.fromkeys(content_words(query.text)) if w in top][:5]
-    finish(injected=len(hits), tokens=_count(ctx, block), ids=[h.item.memory_id for h in hits], matched=matched,
+    finish(injected=len(hits), tokens=count_tokens(ctx, block), ids=[h.item.memory_id for h in hits], matched=matched,
            scores=[h.scores() for h in hits], where=where, own_session=own,
            sessions=sorted({str(h.item.session) for h in hits}), **info)
 

@@ -114,6 +114,14 @@ BLOCK_OVERHEAD_TEXT = (f"{OPEN}-0123456789ab>\n{PREAMBLE}\n## session 0123456789
                        f"{CLOSE}-0123456789ab>")
 
 
+def count_tokens(ctx: Any, text: str) -> int:
+    """Tokens of ``text`` for the request's model; a safe estimate when the counter fails."""
+    try:
+        return ctx.runtime.tokens.count_text(text, ctx.model)
+    except Exception:
+        return len(text) // 4 + 1
+
+
 def block_room(ctx: Any, want: int) -> tuple[int, int]:
     """(the tokens a block may take, its framing's tokens): ``want``, less what the request already takes of
     the context window. Memory's block and recall's (which goes in before it) alike: a block the request has
@@ -129,10 +137,7 @@ def block_room(ctx: Any, want: int) -> tuple[int, int]:
             used = tokens.count_request(ctx.api, ctx.request, ctx.model)
         except Exception:
             used = ctx.tokens_in or 0
-    try:
-        overhead = tokens.count_text(BLOCK_OVERHEAD_TEXT, ctx.model)
-    except Exception:
-        overhead = len(BLOCK_OVERHEAD_TEXT) // 4 + 1
+    overhead = count_tokens(ctx, BLOCK_OVERHEAD_TEXT)
     # (- 2: the block's own separator and a string content's becoming a text block, a token each as the
     # dialects count them; a block filled to the last token otherwise puts the request 1-2 tokens above)
     return min(want, window - used) - overhead - 2, overhead
