@@ -5,7 +5,7 @@ inputs, assistant texts) and of the stub (the 3-token ``[cleared]`` or the clear
 names the way back; texts always take the short one), each plan billed exactly. The three parts above
 the clearing stage's own action space (results, its stub) are split by their Shapley values (each
 part's gain averaged over the orders of adding them: the parts interact), and each run's dollars are
-split into cache reads, cache writes and uncached input (docs/REPLAY.md, "savings5").
+split into cache reads, cache writes and uncached input (docs/experiments.md, "savings5").
 
     .venv/bin/python bench/oracle_parts.py ../shared/eval/traces/claude-code-98c71c0e-*.jsonl
 """
