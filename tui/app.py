@@ -35,7 +35,7 @@ class ContextWardenApp(Host):
     ENABLE_COMMAND_PALETTE = False
 
     def __init__(self, source: Source, *, export_dir: Path | str | None = None, clock: Callable[[], float] = time.time,
-                 tick: float = 0.25, max_requests: int = 500, max_pending: int = 5000) -> None:
+                 tick: float = 0.25, max_requests: int = 500) -> None:
         super().__init__()
         # a dashboard redrawn several times a second gains nothing from animated tabs and scrolling
         self.animation_level = "none"
@@ -47,7 +47,7 @@ class ContextWardenApp(Host):
         self.tick = tick
         self.store = Store(max_requests=max_requests)
         # batches waiting for the next tick; bounded: if the UI stalls, the oldest are dropped
-        self.pending: deque[tuple[list[dict], dict]] = deque(maxlen=max_pending)
+        self.pending: deque[tuple[list[dict], dict]] = deque(maxlen=5000)
         self.connection_state = "connecting"
         self.connection_detail = source.description
         self.last_command_error: str | None = None
@@ -65,8 +65,7 @@ class ContextWardenApp(Host):
         return stack[0] if stack and isinstance(stack[0], MainScreen) else None
 
     def redraw(self, dirty: set[str], force: bool = False) -> None:
-        main = self.main
-        if main is not None:
+        if (main := self.main) is not None:
             main.refresh_panels(dirty, force=force)
 
     def selected_session(self, what: str) -> str | None:
@@ -84,8 +83,7 @@ class ContextWardenApp(Host):
 
     def on_snapshot_received(self, message: SnapshotReceived) -> None:
         self.pending.clear()
-        dirty = self.store.load_snapshot(message.snapshot)
-        self.redraw(dirty, force=True)
+        self.redraw(self.store.load_snapshot(message.snapshot), force=True)
 
     def on_events_received(self, message: EventsReceived) -> None:
         self.pending.append((message.events, message.extra))
@@ -196,8 +194,7 @@ class ContextWardenApp(Host):
         if not self.source.live:
             self.notify("offline log: settings can only be changed on a live proxy", severity="warning")
             return
-        stages = self.store.available_stages or self.store.stages
-        self.push_screen(SettingsScreen(self.store.settings, stages, self.source.live))
+        self.push_screen(SettingsScreen(self.store.settings, self.store.available_stages or self.store.stages))
 
     def action_session_view(self) -> None:
         """The highlighted session's context versions and pins (rollback, compact now, pin)."""

@@ -75,13 +75,11 @@ class Source:
 class LiveClient(Source):
     live = True
 
-    def __init__(self, home: Path, *, min_delay: float = 0.25, max_delay: float = 5.0, open_timeout: float = 5.0) -> None:
+    def __init__(self, home: Path, *, min_delay: float = 0.25, max_delay: float = 5.0) -> None:
         self.home = Path(home)
         self.min_delay = min_delay
         self.max_delay = max_delay
-        self.open_timeout = open_timeout
         self.description = str(self.home)
-        self.info: ConnectionInfo | None = None
         self.attempts = 0
         self.connections = 0
         self._ws: ClientConnection | None = None
@@ -96,11 +94,10 @@ class LiveClient(Source):
                 post(ConnectionChanged("waiting", f"no running proxy found ({self.home / INFO_FILE})"))
             else:
                 self.attempts += 1
-                self.info = info
                 post(ConnectionChanged("connecting", f"{info.host}:{info.port}"))
                 try:
                     async with connect(info.url, additional_headers={TOKEN_HEADER: info.token}, proxy=None,
-                                       max_size=None, compression=None, open_timeout=self.open_timeout,
+                                       max_size=None, compression=None, open_timeout=5,
                                        ping_interval=20, ping_timeout=60) as ws:
                         self._ws = ws
                         self.connections += 1

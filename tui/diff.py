@@ -131,13 +131,10 @@ def diff_bodies(original: dict[str, Any] | None, rewritten: dict[str, Any] | Non
     rows: list[DiffRow] = []
     # top-level fields other than the messages: system, tools, parameters
     key = "messages" if "messages" in original or "messages" in after else "input"
-    for k in sorted(set(original) | set(after)):
-        if k == key:
-            continue
-        a, b = original.get(k, None), after.get(k, None)
-        if a != b:
-            left = [Block(k, _short(a, limit), "removed")] if k in original else []
-            right = [Block(k, _short(b, limit), "added")] if k in after else []
+    for k in sorted((set(original) | set(after)) - {key}):
+        if original.get(k) != after.get(k):
+            left = [Block(k, _short(original[k], limit), "removed")] if k in original else []
+            right = [Block(k, _short(after[k], limit), "added")] if k in after else []
             rows.append(DiffRow("field", k, left, right))
     ma, mb = body_messages(original), body_messages(after)
     fa, fb = [_fp(m) for m in ma], [_fp(m) for m in mb]

@@ -39,22 +39,17 @@ def share(v: float) -> str:
 def ms(v: Any) -> str:
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         return "–"
-    if v < 10:
-        return f"{v:.1f}"
-    return f"{v:,.0f}"
+    return f"{v:.1f}" if v < 10 else f"{v:,.0f}"
 
 
 def clock(ts: Any) -> str:
-    if not isinstance(ts, (int, float)) or not ts:
-        return "--:--:--"
-    return time.strftime("%H:%M:%S", time.localtime(ts))
+    return time.strftime("%H:%M:%S", time.localtime(ts)) if isinstance(ts, (int, float)) and ts else "--:--:--"
 
 
 def duration(seconds: Any) -> str:
     if not isinstance(seconds, (int, float)):
         return "–"
-    s = int(seconds)
-    d, s = divmod(s, 86400)
+    d, s = divmod(int(seconds), 86400)
     h, s = divmod(s, 3600)
     m, s = divmod(s, 60)
     return (f"{d}d " if d else "") + f"{h:d}:{m:02d}:{s:02d}"
@@ -77,6 +72,4 @@ def abbrev(stage: str) -> str:
 
 
 def pct(v: Any) -> str:
-    if not isinstance(v, (int, float)):
-        return "–"
-    return f"{v * 100:.0f}%"
+    return f"{v * 100:.0f}%" if isinstance(v, (int, float)) else "–"

@@ -43,11 +43,10 @@ class RedisStreamSource(Source):
     REFUSAL = ("the view of every replica is read-only: change settings on one replica "
                "(contextwarden tui --home ITS_DATA_DIR); the others follow through the shared state")
 
-    def __init__(self, url: str, prefix: str = "cw", *, block_ms: int = 1000, retry_s: float = 2.0) -> None:
+    def __init__(self, url: str, prefix: str = "cw", *, block_ms: int = 1000) -> None:
         self.url = url
         self.key = f"{prefix}:events"
         self.block_ms = block_ms
-        self.retry_s = retry_s
         self.description = f"{url} ({self.key}, every replica)"
 
     async def run(self, post: Post) -> None:
@@ -74,4 +73,4 @@ class RedisStreamSource(Source):
                 post(ConnectionChanged("disconnected", f"{type(e).__name__}: {e}"))
             finally:
                 await r.aclose()
-            await asyncio.sleep(self.retry_s)
+            await asyncio.sleep(2)

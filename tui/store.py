@@ -83,8 +83,8 @@ class SessionInfo:
     bypass: bool = False
     recent_tags: deque = field(default_factory=lambda: deque(maxlen=8))  # tags of the last turns
 
-    def active_tags(self, n: int = 8) -> list[tuple[str, int]]:
-        return top_tags(self.recent_tags, n)
+    def active_tags(self) -> list[tuple[str, int]]:
+        return top_tags(self.recent_tags, 8)
 
     def fill_tokens(self) -> tuple[int | None, bool]:
         """Tokens in the context right now and whether the figure is measured (provider) or counted."""
@@ -213,14 +213,14 @@ def _flat(d: Any, prefix: str = "") -> str:
 class Store:
     """Folds events into bounded views. ``apply`` returns which panels changed."""
 
-    def __init__(self, max_requests: int = 500, max_sessions: int = 200, max_events: int = 300,
-                 max_raw: int = 5000) -> None:
+    max_sessions = 200
+
+    def __init__(self, max_requests: int = 500) -> None:
         self.max_requests = max_requests
-        self.max_sessions = max_sessions
         self.requests: OrderedDict[str, RequestRow] = OrderedDict()
         self.sessions: OrderedDict[str, SessionInfo] = OrderedDict()  # least recently active first
-        self.context: deque[ContextEvent] = deque(maxlen=max_events)
-        self.raw: deque[dict[str, Any]] = deque(maxlen=max_raw)  # for offline export
+        self.context: deque[ContextEvent] = deque(maxlen=300)
+        self.raw: deque[dict[str, Any]] = deque(maxlen=5000)  # for offline export
         self.totals = Totals()
         self.settings: dict[str, Any] | None = None
         self.stages: list[str] = []
@@ -232,14 +232,14 @@ class Store:
         self.events_seen = 0
         self._seen = LRU(20_000)  # applied sequence numbers
         self._n = 0
-        self._session_requests = LRU(20 * max_sessions)  # requests per session ever seen (turn numbers)
+        self._session_requests = LRU(20 * self.max_sessions)  # requests per session ever seen (turn numbers)
         self.sent = SentLedger()  # a request's freed and memory tokens, once its forward says they went out
 
     # -- loading ------------------------------------------------------------------------------------
 
     def load_snapshot(self, snap: dict[str, Any]) -> set[str]:
         """Replace everything with a server snapshot (or a whole offline log)."""
-        Store.__init__(self, self.max_requests, self.max_sessions, self.context.maxlen or 0, self.raw.maxlen or 0)
+        Store.__init__(self, self.max_requests)
         self.apply_settings(snap)
         events = snap.get("events") or []
         has_totals = isinstance(snap.get("totals"), dict)
@@ -361,7 +361,7 @@ class Store:
                     self.sessions[sid].bypass = on
                 dirty.update({"sessions", "settings"})
             return
-        if t == "ingest" or (d.get("history") is True and t not in ("request",)):
+        if t == "ingest" or (d.get("history") is True and t != "request"):
             self._ingested(ev, d, sess)
             dirty.add("requests")
             return
@@ -481,30 +481,27 @@ class Store:
     def _ingested(self, ev: dict[str, Any], d: dict[str, Any], sess: SessionInfo | None) -> None:
         key = ev.get("flow_id") or f"ingest-{ev.get('seq')}"
         key = f"{key}#h{d.get('turn', ev.get('seq'))}"
-        row = RequestRow(flow_id=key, ts=ev.get("ts") or 0.0, session=ev.get("session"), ingested=True, mode="history")
-        row.turn = d.get("turn") if isinstance(d.get("turn"), int) else None
-        row.tags = normalise_tags(d.get("tags"))
-        row.tokens_in = d.get("tokens") if isinstance(d.get("tokens"), int) else None
-        row.reason = f"ingested {d.get('items', '')} from history".replace("  ", " ")
-        self._add_row(row)
+        row = self._add_row(RequestRow(
+            flow_id=key, ts=ev.get("ts") or 0.0, session=ev.get("session"), ingested=True, mode="history",
+            turn=d.get("turn") if isinstance(d.get("turn"), int) else None, tags=normalise_tags(d.get("tags")),
+            tokens_in=d.get("tokens") if isinstance(d.get("tokens"), int) else None,
+            reason=f"ingested {d.get('items', '')} from history".replace("  ", " ")))
         if sess is not None and row.tags:
             sess.recent_tags.append(row.tags)
 
     # -- views --------------------------------------------------------------------------------------
 
-    def newest_requests(self, limit: int | None = None) -> list[RequestRow]:
-        return list(reversed(self.requests.values()))[:limit or None]
+    def newest_requests(self) -> list[RequestRow]:
+        return list(reversed(self.requests.values()))
 
     def recent_sessions(self, limit: int | None = None) -> list[SessionInfo]:
         return list(reversed(self.sessions.values()))[:limit or None]
 
-    def active_tags(self, n: int = 10) -> list[tuple[str, int]]:
-        return top_tags((t for s in list(self.sessions.values())[-10:] for t in s.recent_tags), n)
+    def active_tags(self) -> list[tuple[str, int]]:
+        return top_tags((t for s in list(self.sessions.values())[-10:] for t in s.recent_tags), 10)
 
-    def uptime(self, now: float | None = None) -> float | None:
-        if self.runtime_started is None:
-            return None
-        return max(0.0, (now if now is not None else time.time()) - self.runtime_started)
+    def uptime(self, now: float) -> float | None:
+        return None if self.runtime_started is None else max(0.0, now - self.runtime_started)
 
     def session_export(self, session: str) -> dict[str, Any]:
         """An offline session snapshot (events the TUI holds; bodies need a live proxy)."""

@@ -54,7 +54,7 @@ def _cells(row: DiffRow) -> tuple:
         return (Text(row.label, style="dim"), note, note.copy())
     if row.kind == "field":
         return (Text(row.label[:5], style="bold magenta"), _side(row.left, "left", False), _side(row.right, "right", False))
-    label_style = {"removed": "red", "added": "green", "changed": "yellow"}.get(row.kind, "dim")
+    label_style = STATE_STYLE.get(row.kind) or "dim"
     return (Text(row.label.split(" ")[0], style=label_style) + Text("\n" + " ".join(row.label.split(" ")[1:])[:5], style="dim"),
             _side(row.left, "left", row.kind == "same"), _side(row.right, "right", row.kind == "same"))
 

@@ -19,6 +19,9 @@ from ..widgets.status import StatusBar
 # which panels a kind of change touches
 PANELS = {"overview": ("overview", "status", "clock"), "requests": ("requests",), "sessions": ("sessions", "settings"),
           "events": ("events",)}
+# the panel of each tab but the overview (which also shows the time)
+TABLES: dict[str, type[RequestLog | SessionsPanel | ContextEvents]] = {
+    "requests": RequestLog, "sessions": SessionsPanel, "events": ContextEvents}
 
 
 class MainScreen(Screen):
@@ -76,29 +79,23 @@ class MainScreen(Screen):
         app = self.app
         store: Store = app.store
         now = app.clock()
-        for panel, kinds in PANELS.items():
-            if dirty & set(kinds):
-                self._stale.add(panel)
+        self._stale |= {panel for panel, kinds in PANELS.items() if dirty & set(kinds)}
         if not self._ready or not self.is_attached:  # not composed yet (on_mount draws all), or closing
             return
         try:
             status = self.query_one(StatusBar)
         except NoMatches:
             return
-        status.show(app.connection_state, app.connection_detail, store.profile,
-                                       store.uptime(now), store.totals.requests, store.dropped)
+        status.show(app.connection_state, app.connection_detail, store.profile, store.uptime(now), store.totals.requests,
+                    store.dropped)
         tab = self.active_tab
         if tab not in self._stale and not force:
             return
         self._stale.discard(tab)
         if tab == "overview":
             self.query_one(Overview).refresh_from(store, now)
-        elif tab == "requests":
-            self.query_one(RequestLog).refresh_from(store)
-        elif tab == "sessions":
-            self.query_one(SessionsPanel).refresh_from(store)
-        elif tab == "events":
-            self.query_one(ContextEvents).refresh_from(store)
+        else:
+            self.query_one(TABLES[tab]).refresh_from(store)
 
     def selected_session(self) -> str | None:
         """The session the user points at: the highlighted session or request, else the latest one."""

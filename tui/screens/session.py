@@ -31,8 +31,8 @@ def version_cells(v: dict[str, Any]) -> tuple:
             Text(time.strftime("%H:%M:%S", time.localtime(v["ts"])) if v.get("ts") else "–", style="dim"),
             Text(what(v), style="yellow" if v.get("kind") == "rollback" else style),
             Text(str(v.get("trigger") or ""), style=style),
-            Text(fmt.num(v.get("tokens_before")) if v.get("tokens_before") is not None else "–", justify="right", style=style),
-            Text(fmt.num(v.get("tokens_after")) if v.get("tokens_after") is not None else "–", justify="right", style=style),
+            Text(fmt.num(v.get("tokens_before")), justify="right", style=style),
+            Text(fmt.num(v.get("tokens_after")), justify="right", style=style),
             Text(changed(v), style=style or "dim"))
 
 
@@ -103,8 +103,7 @@ class SessionScreen(Screen):
             head.append(" · no versions (the proxy has no record of it)", style="dim")
         head.append("\nv0 is the client's own history · r rollback · k compact now · p pin · u unpin", style="dim")
         self.query_one("#session-head", Static).update(head)
-        versions = list(reversed(d.get("version_list") or []))  # newest first
-        rows = [(str(v["n"]), version_cells(v)) for v in versions]
+        rows = [(str(v["n"]), version_cells(v)) for v in reversed(d.get("version_list") or [])]  # newest first
         rows.append(("0", (Text("v0", style="bold"), Text("–", style="dim"), Text("client history"), Text(""), Text(""),
                            Text(""), Text("no decision applied", style="dim"))))
         self.table.sync(rows)
@@ -116,14 +115,11 @@ class SessionScreen(Screen):
     def _note(self, text: Text | str) -> None:
         self.query_one("#session-note", Static).update(text)
 
-    def selected_version(self) -> int | None:
-        key = self.table.highlighted_key()
-        return int(key) if key is not None else None
-
     async def action_rollback(self) -> None:
-        to = self.selected_version()
-        if to is None:
+        key = self.table.highlighted_key()
+        if key is None:
             return
+        to = int(key)
         out = await self._cmd("rollback", to=to, dry_run=True)
         if not isinstance(out, dict):
             return
@@ -171,11 +167,9 @@ class SessionScreen(Screen):
 
     async def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        box = event.input
-        box.remove_class("shown")
-        value = event.value.strip()
+        event.input.remove_class("shown")
         self.table.focus()
-        if value:
+        if value := event.value.strip():
             await self._act("pin", f"pinned {value}", target=value)
 
     async def action_unpin(self) -> None:

@@ -62,13 +62,12 @@ class SettingsScreen(Screen):
         Binding("ctrl+s", "apply", "Apply"),
     ]
 
-    def __init__(self, settings: dict[str, Any] | None, stages: list[str], live: bool) -> None:
+    def __init__(self, settings: dict[str, Any] | None, stages: list[str]) -> None:
         super().__init__(id="settings")
         self.settings = settings or {}
         order = list(get_path(self.settings, "pipeline.order", []) or [])
         self.stage_names = list(dict.fromkeys([*order, *stages])) or list(DEFAULT_STAGES)
         self.disabled_stages = set(get_path(self.settings, "pipeline.disabled", []) or [])
-        self.live = live
 
     def compose(self) -> ComposeResult:
         head = Text("Settings ", style="bold")
@@ -126,9 +125,7 @@ class SettingsScreen(Screen):
             self.app.notify("nothing changed")
             self.app.pop_screen()
             return
-        persist = self.query_one("#persist", Toggle).value
-        ok = await self.app.apply_settings(overrides, persist)
-        if ok:
+        if await self.app.apply_settings(overrides, self.query_one("#persist", Toggle).value):
             self.app.pop_screen()
 
     async def on_button_pressed(self, event: Button.Pressed) -> None:

@@ -107,7 +107,7 @@ class Overview(Vertical):
     def refresh_from(self, store: Store, now: float) -> None:
         self.query_one("#ov-traffic", Static).update(traffic_table(store, now))
         self.query_one("#ov-tokens", Static).update(tokens_table(store))
-        tags = store.active_tags(10)
+        tags = store.active_tags()
         t = Text()
         t.append("Active tags ", style="bold")
         if tags:

@@ -66,14 +66,12 @@ def answer(body: dict, n: int) -> dict:
     if kind == "text" and "module" in last:
         k = int(last.split("module ")[1][:2])
         content = [{"type": "tool_use", "id": f"toolu_demo_{n:04d}", "name": "Read", "input": {"file_path": path_of(k)}}]
-        stop = "tool_use"
     elif kind == "text":
         content = [{"type": "text", "text": f"The totals of region 1 are computed in {path_of(1)} "
                                             "(compute_total_01_00 and the functions after it)."}]
-        stop = "end_turn"
     else:
         content = [{"type": "text", "text": "Read it: the module sums each ledger's open items and applies its rate."}]
-        stop = "end_turn"
+    stop = "tool_use" if content[0]["type"] == "tool_use" else "end_turn"
     size = len(orjson.dumps(body))
     return {"id": f"msg_demo_{n:04d}", "type": "message", "role": "assistant", "model": body.get("model", MODEL),
             "content": content, "stop_reason": stop, "stop_sequence": None,

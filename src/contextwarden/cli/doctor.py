@@ -118,11 +118,10 @@ def _ok(good: bool) -> str:
 def checks(args) -> list[tuple[str, str, str]]:
     """(status, what, detail) rows: BAD for what stops the proxy or loses data, WARN for what makes it
     work worse (an estimate instead of token counts, lexical-only memory), with the fix."""
-    out: list[tuple[str, str, str]] = []
-    out.append((_ok(sys.version_info >= (3, 12)), "python", f"{sys.version.split()[0]} at {sys.executable}"))
-    out.append((_ok(_v("mitmproxy").split(".")[0] >= "12"), "mitmproxy", _v("mitmproxy")))
     ca = mitmproxy_confdir(args.confdir) / "mitmproxy-ca-cert.pem"
-    out.append((OK, "mitmproxy CA", f"{ca}" if ca.exists() else f"not created yet: the first `contextwarden run` writes {ca}"))
+    out = [(_ok(sys.version_info >= (3, 12)), "python", f"{sys.version.split()[0]} at {sys.executable}"),
+           (_ok(_v("mitmproxy").split(".")[0] >= "12"), "mitmproxy", _v("mitmproxy")),
+           (OK, "mitmproxy CA", f"{ca}" if ca.exists() else f"not created yet: the first `contextwarden run` writes {ca}")]
 
     home = home_of(args)
     try:
@@ -144,8 +143,9 @@ def checks(args) -> list[tuple[str, str, str]]:
     for c in check_assets(settings):
         if not c.found:
             out.append((WARN, c.what, f"{c.detail}. {c.fix}"))
-        elif c.what == "embedding model" and "not needed" not in c.detail:
-            out.append(_load_model(settings.memory.model_dir, c.detail))
+        elif c.what == "embedding model" and "not needed" not in c.detail:  # its files are there: do they load?
+            emb, msg = load_embedder(settings.memory.model_dir, download=False)  # (never downloads)
+            out.append((WARN, c.what, msg) if emb is None else (OK, c.what, f"all-MiniLM-L6-v2: {emb.source}"))
         else:
             out.append((OK, c.what, c.detail))
 
@@ -155,14 +155,6 @@ def checks(args) -> list[tuple[str, str, str]]:
     errs = getattr(pm, "cw_errors", {})
     out.append((_ok(not errs), "plugins", ", ".join(n for n, _ in pm.list_name_plugin()) + (f"; FAILED: {errs}" if errs else "")))
     return out
-
-
-def _load_model(model_dir, where: str) -> tuple[str, str, str]:
-    """The model's files are there: do they load? (never downloads)"""
-    emb, msg = load_embedder(model_dir, download=False)
-    if emb is None:
-        return WARN, "embedding model", msg
-    return OK, "embedding model", f"all-MiniLM-L6-v2: {emb.source}"
 
 
 def run(args) -> int:

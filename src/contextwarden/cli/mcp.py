@@ -21,7 +21,7 @@ from typing import Any
 from mcp.server.fastmcp import FastMCP
 
 from ..memory.api import ApiError
-from ._common import ask_proxy, home_of, own_command
+from ._common import ask_proxy, credential_from, home_of, own_command
 from .recall import recall_items
 
 NAME = "contextwarden"
@@ -60,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
         print("\n# Codex CLI: ~/.codex/config.toml\n[mcp_servers.contextwarden]\n"
               f"command = {json.dumps(cmd[0])}\nargs = {json.dumps(cmd[1:])}")
         return 0
-    cred = (args.api_key or os.environ.get("CONTEXTWARDEN_CREDENTIAL") or os.environ.get("ANTHROPIC_API_KEY")
-            or os.environ.get("OPENAI_API_KEY") or None)
+    cred = credential_from(args) or os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("OPENAI_API_KEY") or None
     build(home_of(args), cred).run("stdio")
     return 0
 
@@ -85,7 +84,7 @@ def build(home: Path, credential: str | None):
     def recall(id: str) -> str:  # noqa: A002 - the tool's argument is called "id"
         ids = [i.strip() for i in id.replace(",", " ").split() if i.strip()]
         try:
-            items, _ = recall_items(home, ids, credential)
+            items = recall_items(home, ids, credential)
         except ApiError as e:
             return f"recall refused: {e}"
         if not items:
@@ -97,10 +96,7 @@ def build(home: Path, credential: str | None):
         out = ask("search", query=query, k=k, budget_tokens=budget_tokens)
         if isinstance(out, str):
             return out
-        hits = out.get("hits") or []
-        if not hits:
-            return "no memory matches"
-        return "\n\n".join(_format_hit(h) for h in hits)
+        return "\n\n".join(map(_format_hit, out.get("hits") or [])) or "no memory matches"
 
     @server.tool(name="remember", description=REMEMBER_DOC, structured_output=False)
     def remember(text: str, shared: bool = False) -> str:

@@ -12,13 +12,14 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ..memory.embedder import load_embedder
 from ..memory.store import MemoryStore
 from ..settings import Settings, SettingsError, load_settings
 from ..util.home import ensure_home
-from ..util.sealing import SealError
+from ..util.sealing import Sealer, SealError
 from . import Fail
 from ._common import add_home_profile, ask_proxy, credential_from, home_of
 
@@ -53,14 +54,20 @@ def register(sub) -> None:
     d.add_argument("--tenant", default=None, help="only this tenant's items of the session")
 
 
+def sealed_settings(profile: str, home: Path, code: int = 1) -> tuple[Settings, Sealer]:
+    """The profile's settings and what seals the stored documents (when a key is set), else :class:`Fail`
+    (with ``code``) saying why not."""
+    try:
+        settings = load_settings(profile, home)
+        return settings, settings.state.sealer()
+    except (SettingsError, SealError) as e:
+        raise Fail(str(e), code) from None
+
+
 def _open(args, write: bool = False, embed: bool = False) -> tuple[MemoryStore, Settings]:
     """(store, settings), else :class:`Fail` saying why (code 0 for a reader of a home with no memory yet)."""
     home = ensure_home(home_of(args))
-    try:
-        settings = load_settings(args.profile, home)
-        sealer = settings.state.sealer()  # stored documents are sealed when a key is set
-    except (SettingsError, SealError) as e:
-        raise Fail(str(e)) from None
+    settings, sealer = sealed_settings(args.profile, home)
     embedder = None
     if embed:
         embedder, msg = load_embedder(settings.memory.model_dir)
@@ -81,10 +88,7 @@ def cmd_sessions(args) -> int:
     store, _ = _open(args)
     with store:
         rows = store.sessions()
-    if args.tenant:
-        rows = [r for r in rows if r["tenant"] == args.tenant]
-    if args.limit:
-        rows = rows[:args.limit]
+    rows = [r for r in rows if not args.tenant or r["tenant"] == args.tenant][: args.limit or None]
     if args.json:
         for r in rows:
             print(json.dumps(r))

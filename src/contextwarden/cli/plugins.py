@@ -22,12 +22,13 @@ def run(args) -> int:
     n = 0
     for info in describe(pm, order, disabled):
         state = "off" if info.name in disabled else ("on" if info.is_stage else "-")
-        n += info.is_stage and state == "on"
-        pos = f"{n}." if info.is_stage and state == "on" else "  "
+        n += state == "on"
+        pos = f"{n}." if state == "on" else "  "
         budget = settings.pipeline.budgets_ms.get(info.name)
         extra = f" budget {budget:g} ms" if budget else ""
         print(f"  {pos:3} {info.name:<14} [{state}]{extra}  hooks: {', '.join(info.hooks) or '-'}")
         print(f"      from {info.source}")
-    for name, err in getattr(pm, "cw_errors", {}).items():
+    errors = getattr(pm, "cw_errors", {})
+    for name, err in errors.items():
         print(f"  !!  {name:<14} failed to load: {err}")
-    return 1 if getattr(pm, "cw_errors", {}) else 0
+    return 1 if errors else 0

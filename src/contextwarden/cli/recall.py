@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_recall)
 
 
-def recall_items(home, ids: list[str], credential: str | None) -> tuple[list[dict], str]:
-    """(items, how): through the running proxy, else from the originals on disk."""
+def recall_items(home, ids: list[str], credential: str | None) -> list[dict]:
+    """The items: through the running proxy, else from the originals on disk."""
     try:
         out = ask_proxy(home, credential, "recall", ids=ids)
     except (ApiError, OSError) as e:
@@ -42,11 +42,11 @@ def recall_items(home, ids: list[str], credential: str | None) -> tuple[list[dic
             raise
         out = None
     if out is not None:
-        return out["items"], "proxy"
+        return out["items"]
     store = OriginalStore(home, read_only=True)
     try:
         tenants = [tenant_id(credential, secret_file(home, "tenant.salt"))] if credential else store.tenants()
-        return [item_dict(it) for it in store.get(ids, tenants)], "store"
+        return [item_dict(it) for it in store.get(ids, tenants)]
     finally:
         store.close()
 
@@ -54,17 +54,13 @@ def recall_items(home, ids: list[str], credential: str | None) -> tuple[list[dic
 def run_recall(args: argparse.Namespace) -> int:
     home = home_of(args)
     try:
-        items, _how = recall_items(home, list(args.ids), credential_from(args))
+        items = recall_items(home, list(args.ids), credential_from(args))
     except ApiError as e:
         raise Fail(f"contextwarden recall: {e}") from None
     found = {it["id"] for it in items}
     for it in items:
-        if args.json:
-            sys.stdout.write(orjson.dumps(it).decode() + "\n")
-        else:
-            sys.stdout.write(it["text"])
-            if not it["text"].endswith("\n"):
-                sys.stdout.write("\n")
+        text = orjson.dumps(it).decode() if args.json else it["text"]
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     missing = [i for i in args.ids if i not in found]
     for i in missing:
         print(f"contextwarden recall: {i}: not found (not stored, deleted, or another tenant's)", file=sys.stderr)

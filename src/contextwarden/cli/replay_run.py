@@ -29,6 +29,12 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+def _options(args, overrides: dict) -> dict:
+    """The replay options of the command line that every run takes."""
+    return dict(window=args.window, stage_budget_ms=args.stage_budget_ms, limit=args.limit,
+                compaction_calls=not args.no_compaction_calls, turn_hooks=not args.no_turn_hooks, overrides=overrides)
+
+
 def main(args) -> int:
     overrides = parse_sets(args.sets)
     if args.oracle:
@@ -42,9 +48,7 @@ def main(args) -> int:
                 print(f"\r{_p}: {i}/{n}", end="", file=sys.stderr, flush=True)
 
         try:
-            rep = replay(path, profile=args.profile, window=args.window, stage_budget_ms=args.stage_budget_ms,
-                         progress=progress, limit=args.limit, compaction_calls=not args.no_compaction_calls,
-                         turn_hooks=not args.no_turn_hooks, overrides=overrides, plugins_dir=args.plugins)
+            rep = replay(path, profile=args.profile, progress=progress, plugins_dir=args.plugins, **_options(args, overrides))
         except SettingsError as e:
             print(f"contextwarden: {e}", file=sys.stderr)
             return 2
@@ -54,18 +58,13 @@ def main(args) -> int:
     if args.json:
         sys.stdout.buffer.write(orjson.dumps([r.to_dict() for r in reports], option=orjson.OPT_INDENT_2) + b"\n")
         return 0
-    for rep in reports:
-        if args.requests:
-            print(request_table(rep, wide=args.wide))
-            print()
-            print(lost_examples(rep))
-            print()
-    print(summary_table(reports, wide=args.wide))
-    print()
+    if args.requests:
+        for rep in reports:
+            print(request_table(rep, wide=args.wide), lost_examples(rep), sep="\n\n", end="\n\n")
+    print(summary_table(reports, wide=args.wide), end="\n\n")
     for rep in reports:
         print(details(rep))
-    bad = sum(r.totals()["sent_invalid"] for r in reports)
-    return 1 if bad else 0
+    return 1 if sum(r.totals()["sent_invalid"] for r in reports) else 0
 
 
 def run_baselines(args, overrides: dict) -> int:
@@ -75,9 +74,7 @@ def run_baselines(args, overrides: dict) -> int:
             if not args.json and sys.stderr.isatty():
                 print(f"{_p}: {label} ...", file=sys.stderr, flush=True)
 
-        got = baselines.run(path, progress=progress, window=args.window, stage_budget_ms=args.stage_budget_ms,
-                            limit=args.limit, compaction_calls=not args.no_compaction_calls,
-                            turn_hooks=not args.no_turn_hooks, overrides=overrides, plugins_dir=args.plugins)
+        got = baselines.run(path, progress=progress, plugins_dir=args.plugins, **_options(args, overrides))
         rows += baselines.rows(Path(path).name[:40], got)
         reports += got
     if args.json:
@@ -96,10 +93,9 @@ def run_oracle(args, overrides: dict) -> int:
     table, and the time each took."""
     rows, timings, extra = [], [], []
     prices = load_settings(args.profile or baselines.DEFAULT, None, overrides=overrides).prices  # (the oracle bills as the runs)
+    kw = _options(args, overrides)
     for path in args.traces:
         name = Path(path).name[:40]
-        kw = dict(window=args.window, stage_budget_ms=args.stage_budget_ms, limit=args.limit,
-                  compaction_calls=not args.no_compaction_calls, turn_hooks=not args.no_turn_hooks, overrides=overrides)
         t0 = time.perf_counter()
         if args.baselines:
             got = baselines.run(path, **kw)

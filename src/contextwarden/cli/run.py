@@ -39,12 +39,10 @@ def instructions(host: str, port: int, mode: str, confdir) -> str:
     ca_note = "" if ca.exists() else "   (mitmproxy creates it on first start)"
     proxy = f"http://{host}:{port}"
     if mode.startswith("reverse:"):
-        target = mode.split(":", 1)[1]
-        base = f"http://{host}:{port}"
-        return f"""contextwarden: reverse mode, forwarding to {target}
-  Claude Code / Anthropic SDK:   export ANTHROPIC_BASE_URL={base}
-  OpenAI SDK:                    export OPENAI_BASE_URL={base}/v1
-  Codex CLI:                     codex -c 'openai_base_url="{base}/v1"'
+        return f"""contextwarden: reverse mode, forwarding to {mode.split(":", 1)[1]}
+  Claude Code / Anthropic SDK:   export ANTHROPIC_BASE_URL={proxy}
+  OpenAI SDK:                    export OPENAI_BASE_URL={proxy}/v1
+  Codex CLI:                     codex -c 'openai_base_url="{proxy}/v1"'
   Note: a custom base URL makes Claude Code drop some features (1M-context beta, tool-search
   deferral). Regular mode (the default: contextwarden run) keeps them."""
     return f"""contextwarden: regular mode on {proxy}
@@ -58,7 +56,7 @@ def instructions(host: str, port: int, mode: str, confdir) -> str:
     export SSL_CERT_FILE={ca}
     export REQUESTS_CA_BUNDLE={ca}
   Reverse mode instead (no CA needed):
-    {cli_name()} run --mode reverse:https://api.anthropic.com   then   export ANTHROPIC_BASE_URL=http://{host}:{port}
+    {cli_name()} run --mode reverse:https://api.anthropic.com   then   export ANTHROPIC_BASE_URL={proxy}
 """
 
 
@@ -77,16 +75,11 @@ def mitmdump_argv(args) -> list[str]:
             "--set", f"cw_profile={args.profile}"]
     if args.mode != "regular":
         argv += ["--mode", args.mode]
-    if args.home:
-        argv += ["--set", f"cw_home={home_of(args)}"]
-    if args.plugins:
-        argv += ["--set", f"cw_plugins={args.plugins}"]
-    if args.confdir:
-        argv += ["--set", f"confdir={args.confdir}"]
-    if getattr(args, "flow_lines", False):
-        argv += ["--set", "cw_flow_lines=true"]
-    # Claude Code opens CONNECT tunnels before it knows the host it needs; lazy connects keep that cheap
-    argv += ["--set", "connection_strategy=lazy"]
+    sets = {"cw_home": args.home and home_of(args), "cw_plugins": args.plugins, "confdir": args.confdir,
+            "cw_flow_lines": getattr(args, "flow_lines", False) and "true",
+            # Claude Code opens CONNECT tunnels before it knows the host it needs; lazy connects keep that cheap
+            "connection_strategy": "lazy"}
+    argv += [a for key, value in sets.items() if value for a in ("--set", f"{key}={value}")]
     extra = args.mitmdump_args
     if extra and extra[0] == "--":
         extra = extra[1:]

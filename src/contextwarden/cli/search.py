@@ -21,12 +21,11 @@ from ..memory.embedder import load_embedder
 from ..memory.lexical import LexicalIndex
 from ..memory.retrieve import Hit, Query, Retriever
 from ..memory.store import MemoryStore
-from ..settings import SettingsError, load_settings
 from ..util.home import ensure_home, secret_file
 from ..util.redact import tenant_id
-from ..util.sealing import SealError
 from . import Fail
 from ._common import ask_proxy, credential_from
+from .memory import sealed_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,11 +47,7 @@ def run(args: argparse.Namespace) -> int:
     home = ensure_home(args.home)
     if _through_proxy(args, home):
         return 0
-    try:
-        settings = load_settings(args.profile or "default", home)
-        sealer = settings.state.sealer()  # stored documents are sealed when a key is set
-    except (SettingsError, SealError) as e:
-        raise Fail(str(e), 2) from None
+    settings, sealer = sealed_settings(args.profile or "default", home, 2)
     t0 = time.perf_counter()
     embedder, message = load_embedder(settings.memory.model_dir, download=False)
     store = MemoryStore(home, settings.memory, embedder, read_only=True, sealer=sealer)

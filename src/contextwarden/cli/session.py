@@ -72,6 +72,10 @@ def _num(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else "–"
 
 
+def _pins(pins: list[dict[str, Any]] | None) -> str:
+    return "pins: " + (", ".join(map(pin_text, pins or [])) or "none")
+
+
 def version_line(v: dict[str, Any]) -> str:
     """One version as a line: number, time, what, trigger, tokens before -> after, what changed."""
     mark = "" if v.get("kind") != "decision" else (" " if v.get("applied", True) else "✗")
@@ -93,11 +97,9 @@ def render(action: str, out: dict[str, Any]) -> str:
     if action == "show":
         lines = [f"session {out['session']} · agent {out['agent']} · at version {out['current']}"
                  + (" · held after a rollback" if out.get("hold") else "") + (" · compact now" if out.get("compact_now") else "")]
-        vs = out.get("version_list") or []
         lines.append("  v0   (the client's own history)")
-        lines += ["  " + version_line(v) for v in vs]
-        pins = out.get("pin_list") or []
-        lines.append("pins: " + (", ".join(pin_text(p) for p in pins) if pins else "none"))
+        lines += ["  " + version_line(v) for v in out.get("version_list") or []]
+        lines.append(_pins(out.get("pin_list")))
         return "\n".join(lines)
     if action == "rollback":
         parts = [f"rollback of {out['key']} from v{out['from']} to v{out['to']}"]
@@ -116,8 +118,7 @@ def render(action: str, out: dict[str, Any]) -> str:
             parts.append("not applied (--dry-run)")
         return "\n".join(parts)
     if action in ("pin", "unpin"):
-        pins = out.get("pins") or []
-        return "pins: " + (", ".join(pin_text(p) for p in pins) if pins else "none")
+        return _pins(out.get("pins"))
     if action == "compact":
         return "the next request of this session compacts and clears"
     return orjson.dumps(out).decode()

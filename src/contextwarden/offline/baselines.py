@@ -88,8 +88,8 @@ def merge(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 def _cells(r: dict[str, Any]) -> tuple[str, ...]:
     return (r["trace"], r["baseline"], f"{r['cost']:.2f}", _pct(r["cost"], r["cost_client"]), f"{r['cost_plus_penalty']:.2f}",
-            _pct(r["cost_plus_penalty"], r["cost_client"]), lost_cell({"s": r["sources"], "s_lost": r["sources_lost"]}, "s"),
-            lost_cell({"r": r["refs"], "r_lost": r["refs_lost"]}, "r"), f"{r['rewritten']}/{r['requests']}")
+            _pct(r["cost_plus_penalty"], r["cost_client"]), lost_cell(r, "sources"), lost_cell(r, "refs"),
+            f"{r['rewritten']}/{r['requests']}")
 
 
 HEAD = ("trace", "baseline", "cost $", "Δ cost", "cost + penalty $", "Δ", "lost edit sources", "lost references", "rewritten")

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
+from ..memory.autorecall import strings
 from ..util.lru import LRU
 from ..wire.conversation import result_text
 from ..wire.cost import READ_MULT, Price, price_for
@@ -129,15 +130,9 @@ class BodyIndex:
 # ---------------------------------------------------------------------------- bodies and answers
 
 
-def _walk_strings(v: Any) -> Iterable[str]:
-    if isinstance(v, str):
-        yield v
-    elif isinstance(v, dict):
-        for x in v.values():
-            yield from _walk_strings(x)
-    elif isinstance(v, list):
-        for x in v:
-            yield from _walk_strings(x)
+def _walk_strings(v: Any) -> Iterator[str]:
+    """Every string in ``v`` (autorecall's walk, no key skipped)."""
+    return strings(v, frozenset())
 
 
 def _blocks(content: Any) -> list:
@@ -220,23 +215,13 @@ def answer_items(response: dict | None) -> Answer:
             out.refs |= names(b["text"])
         elif t == "tool_use":
             inp = b.get("input") if isinstance(b.get("input"), dict) else {}
-            name = str(b.get("name") or "")
-            olds: list[str] = []
-            if name in EDIT_TOOLS:
-                if isinstance(inp.get("old_string"), str):
-                    olds.append(inp["old_string"])
-                for e in inp.get("edits") or []:
-                    if isinstance(e, dict) and isinstance(e.get("old_string"), str):
-                        olds.append(e["old_string"])
-            for o in olds:
-                ls = _lines(o)
-                if ls:
-                    out.sources.append((ls, o))
+            edits = [inp, *(inp.get("edits") or [])] if str(b.get("name") or "") in EDIT_TOOLS else []
+            olds = [e["old_string"] for e in edits if isinstance(e, dict) and isinstance(e.get("old_string"), str)]
+            out.sources += [(ls, o) for o in olds if (ls := _lines(o))]
             skip = set(olds)
             for s in _walk_strings(inp):
-                if s in skip:
-                    continue
-                out.refs |= names(s)
+                if s not in skip:
+                    out.refs |= names(s)
     return out
 
 
@@ -381,26 +366,22 @@ class FidelityCounter:
         by_stage: Counter = Counter()
 
         def origin(kind: str, what: str, test) -> None:
-            for name, tid, txt in reversed(o_results):  # the latest result that held it
+            if len(fid.lost) < EXAMPLES:
+                fid.lost.append(("edit source: " if kind == "source" else "reference: ") + _short(what))
+            tool, tid, stage = "", "", "other"
+            for name, t, txt in reversed(o_results):  # the latest result that held it
                 if test(self.ix.text(txt)):
-                    origins[tid] = (name, txt)
-                    by_tool[name] += 1
-                    stage = "cleared" if tid in kept_ids else "dropped"
-                    by_stage[stage] += 1
-                    fid.items.append({"kind": kind, "what": what, "tool": name, "tool_use_id": tid, "stage": stage})
-                    return
-            by_tool["(not a tool result)"] += 1
-            by_stage["other"] += 1
-            fid.items.append({"kind": kind, "what": what, "tool": "", "tool_use_id": "", "stage": "other"})
+                    origins[t] = (name, txt)
+                    tool, tid, stage = name, t, "cleared" if t in kept_ids else "dropped"
+                    break
+            by_tool[tool or "(not a tool result)"] += 1  # (a result's tool is named, "?" at least)
+            by_stage[stage] += 1
+            fid.items.append({"kind": kind, "what": what, "tool": tool, "tool_use_id": tid, "stage": stage})
 
         for ls, raw in lost_s:
             origin("source", raw, lambda ix, ls=ls: has_source(ix, ls))
-            if len(fid.lost) < EXAMPLES:
-                fid.lost.append("edit source: " + _short(raw))
         for r in lost_r:
             origin("ref", r, lambda ix, r=r: r in ix.tokens)
-            if len(fid.lost) < EXAMPLES:
-                fid.lost.append("reference: " + _short(r))
         fid.by_tool, fid.by_stage = dict(by_tool), dict(by_stage)
         fid.round_trips = len(origins) + (by_stage.get("other", 0) and 1)
         fid.penalty = round_trip_cost(price_for(model, self.prices), tokens_sent, [self._count(t) for _, t in origins.values()],
@@ -421,13 +402,15 @@ def round_trip_cost(p: Price, prefix_tokens: int, result_tokens: list[int], fact
     return (inp * p.input + trips * CALL_OUTPUT_TOKENS * p.output) / 1e6
 
 
+SUMMED = ("sources", "sources_lost", "refs", "refs_lost", "round_trips", "penalty", "ms", "back", "back_of", "present")
+
+
 def totals(fids: Iterable[Fidelity]) -> dict[str, Any]:
-    out: dict[str, Any] = {"sources": 0, "sources_lost": 0, "refs": 0, "refs_lost": 0, "round_trips": 0, "penalty": 0.0,
-                           "ms": 0.0, "back": 0, "back_of": 0, "present": 0}
+    out: dict[str, Any] = dict.fromkeys(SUMMED, 0) | {"penalty": 0.0, "ms": 0.0}
     by_tool: Counter = Counter()
     by_stage: Counter = Counter()
     for f in fids:
-        for k in ("sources", "sources_lost", "refs", "refs_lost", "round_trips", "penalty", "ms", "back", "back_of", "present"):
+        for k in SUMMED:
             out[k] += getattr(f, k)
         by_tool.update(f.by_tool)
         by_stage.update(f.by_stage)

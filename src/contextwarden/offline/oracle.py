@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from hashlib import blake2b
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,7 @@ def units(body: dict, kinds: tuple[str, ...] = KINDS) -> tuple[list[Unit], list[
             elif t == "tool_use":
                 inp: dict = b["input"] if isinstance(b.get("input"), dict) else {}
                 big = [v for v in inp.values() if len(_value_text(v)) > INPUT_VALUE_CHARS]
-                small = [x for k, v in inp.items() if len(_value_text(v)) <= INPUT_VALUE_CHARS for x in _strings(v)]
-                other.extend(small)
+                other.extend(x for v in inp.values() if len(_value_text(v)) <= INPUT_VALUE_CHARS for x in _strings(v))
                 if big and "input" in kinds and not signed:
                     out.append(Unit("in:" + str(b.get("id")), "input", mi, bi, tuple(x for v in big for x in _strings(v))))
                 else:
@@ -155,13 +155,13 @@ def units(body: dict, kinds: tuple[str, ...] = KINDS) -> tuple[list[Unit], list[
     return out, other, last
 
 
-def last_uses(requests, kinds: tuple[str, ...] = KINDS, indexer: Indexer | None = None) -> dict[str, int]:
+def last_uses(requests, kinds: tuple[str, ...] = KINDS) -> dict[str, int]:
     """unit id -> the last request whose answer needs that unit. An answer needs, for each of its
     references and each line of its edit sources (an end line not held whole: each pair of its
     words) that the client's body held, one text holding it: none when a text outside the units, or
     a unit never replaced (unseen, locked), holds it; else the latest replaceable unit holding it.
     Keeping every needed unit keeps what :mod:`contextwarden.offline.fidelity` checks."""
-    ix = indexer or Indexer()
+    ix = Indexer()
     others = Incremental(ix)
     out: dict[str, int] = {}
     for i, req in enumerate(requests):
@@ -219,17 +219,17 @@ class Stubs:
         if got is None:
             b = _without_cc(b)
             count = lambda t: self.counter.count_text(t, model)  # noqa: E731
-            if self.short:
-                got = {**b, "content": SHORT_STUB} if u.kind == "result" else {**b, "text": SHORT_STUB} if u.kind == "text" else \
-                    {**b, "input": {k: SHORT_STUB if len(_value_text(v)) > INPUT_VALUE_CHARS else v for k, v in b["input"].items()}}
+            if u.kind == "text":
+                got = {**b, "text": SHORT_STUB}
             elif u.kind == "result":
                 name, inp = calls.get(u.id, ("", None))
-                got = {**b, "content": stub_text(name, inp, u.texts[0], count(u.texts[0]), 0)}
-            elif u.kind == "input":
+                got = {**b, "content": SHORT_STUB if self.short else stub_text(name, inp, u.texts[0], count(u.texts[0]), 0)}
+            elif self.short:
+                got = {**b, "input": {k: SHORT_STUB if len(_value_text(v)) > INPUT_VALUE_CHARS else v
+                                      for k, v in b["input"].items()}}
+            else:
                 made = input_stub(b["input"], count)
                 got = {**b, "input": made[0]} if made else b
-            else:
-                got = {**b, "text": SHORT_STUB}
             self._block[u.id] = got
         return got if "cache_control" not in b else {**got, "cache_control": b["cache_control"]}
 
@@ -328,16 +328,9 @@ def _savings(reqs: list[Request], last_use: dict[str, int]) -> tuple[list[list[i
                 continue
             by[d] += rb.saving
             first[d] = min(first[d], rb.block)
-        row, acc = [], 0
-        for r in range(t + 1):
-            acc += by[r]
-            row.append(acc)
-        sav.append(row)
-        fr, cur = [0.0] * (t + 1), float("inf")  # over d in (r, t]
-        for r in range(t, -1, -1):
-            fr[r] = cur
-            cur = min(cur, first[r])
-        first_new.append(fr)
+        sav.append(list(accumulate(by)))
+        # the least first[d] over d in (r, t]: running minima from the end, shifted by one
+        first_new.append(list(accumulate(reversed(first[1:]), min, initial=float("inf")))[::-1])
     return sav, first_new
 
 
@@ -524,14 +517,14 @@ def solve(trace, counter, kinds: tuple[str, ...] = KINDS, short: bool = True,
 
 
 def run(trace_path: str | Path, overrides: dict | None = None, limit: int | None = None,
-        kinds: tuple[str, ...] = KINDS, short: bool = True, prices: Mapping[str, Any] | None = None) -> OracleReport:
+        prices: Mapping[str, Any] | None = None) -> OracleReport:
     """The oracle on one trace file, loaded as a replay loads it (its time includes the loading)."""
     t0 = time.perf_counter()
     counter = counter_for(overrides)
     trace = load_trace(trace_path, counter)
     if limit:
         trace.requests = trace.requests[:limit]
-    rep = solve(trace, counter, kinds, short, prices)
+    rep = solve(trace, counter, prices=prices)
     rep.seconds = rep.report.seconds = time.perf_counter() - t0
     rep.counter_source = counter.source
     return rep
@@ -563,7 +556,5 @@ def table(rows: list[dict[str, Any]]) -> str:
         sh = share(r, o) if o is not None else None
         lines.append((r["trace"].removeprefix("claude-code-")[:8], SHORT.get(r["baseline"], r["baseline"])[:22],
                       f"{r['cost']:.2f}", _pct(r["cost"], r["cost_client"]), _pct(r["cost_plus_penalty"], r["cost_client"]),
-                      lost_cell({"s": r["sources"], "s_lost": r["sources_lost"]}, "s"),
-                      lost_cell({"r": r["refs"], "r_lost": r["refs_lost"]}, "r"),
-                      f"{sh * 100:.0f}%" if sh is not None else "-"))
+                      lost_cell(r, "sources"), lost_cell(r, "refs"), f"{sh * 100:.0f}%" if sh is not None else "-"))
     return _render(lines)

@@ -13,7 +13,7 @@ import asyncio
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +46,7 @@ COMPACT_INSTRUCTION = (
     "Include the primary request and intent, key technical concepts, files and code sections, errors and fixes, "
     "problem solving, all user messages, pending tasks, the current work and an optional next step.")
 ASSUMED_OVERHEAD = 12_000  # stand-in system size when the trace has no usage to fit it from
+INPUT_USAGE = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")  # a usage's input parts
 
 
 @dataclass
@@ -97,20 +98,24 @@ def _is_synthetic(row: dict) -> bool:
     return row.get("isApiErrorMessage") or m.get("model") == "<synthetic>"
 
 
+def _join_roles(msgs: list[dict]) -> list[dict]:
+    """Consecutive messages of one role as one message (empty ones left out)."""
+    out: list[dict] = []
+    for m in msgs:
+        if not m["content"]:
+            continue
+        if out and out[-1]["role"] == m["role"]:
+            out[-1]["content"].extend(m["content"])
+        else:
+            out.append(m)
+    return out
+
+
 def _merge_run(rows: list[dict]) -> list[dict]:
     """Chain rows -> API messages: consecutive lines of one role (the blocks of one assistant message,
     parallel tool results, a prompt after results) become one message, as the client sends them."""
-    out: list[dict] = []
-    for r in rows:
-        m = r["message"]
-        blocks = [dict(b) for b in _blocks(m.get("content"))]
-        if not blocks:
-            continue
-        if out and out[-1]["role"] == m.get("role"):
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": m.get("role"), "content": blocks})
-    return out
+    return _join_roles([{"role": r["message"].get("role"),
+                         "content": [dict(b) for b in _blocks(r["message"].get("content"))]} for r in rows])
 
 
 def _repair(msgs: list[dict], repairs: dict) -> list[dict]:
@@ -119,13 +124,8 @@ def _repair(msgs: list[dict], repairs: dict) -> list[dict]:
     ``repairs`` gets the ids of tool uses/results dropped because their partner's line was lost."""
     lost_ids = repairs.setdefault("tool_use without its result line", set())
     orphan_ids = repairs.setdefault("tool_result without its tool_use line", set())
-    for b_msgs in msgs:
-        kept = []
-        for b in b_msgs["content"]:
-            if b.get("type") == "text" and not str(b.get("text", "")).strip():
-                continue  # Claude Code logs empty text blocks the API would reject
-            kept.append(b)
-        b_msgs["content"] = kept
+    for m in msgs:  # Claude Code logs empty text blocks the API would reject
+        m["content"] = [b for b in m["content"] if not (b.get("type") == "text" and not str(b.get("text", "")).strip())]
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
@@ -147,14 +147,7 @@ def _repair(msgs: list[dict], repairs: dict) -> list[dict]:
             if ids:
                 orphan_ids.update(ids)
                 m["content"] = [b for b in m["content"] if b.get("type") != "tool_result"]
-    out: list[dict] = []
-    for m in msgs:
-        if not m["content"]:
-            continue
-        if out and out[-1]["role"] == m["role"]:
-            out[-1]["content"].extend(m["content"])
-        else:
-            out.append(m)
+    out = _join_roles(msgs)
     while out and out[0]["role"] != "user":
         out.pop(0)
     return out
@@ -194,8 +187,7 @@ def _fit(points: list[tuple[str, float, float]]) -> tuple[float, float] | None:
             dp += p2 - p1
             de += e2 - e1
     b = min(1.6, max(0.8, dp / de)) if de else 1.0
-    first = [p - b * e for s, e, p in points if s == points[0][0]]
-    first.sort()
+    first = sorted(p - b * e for s, e, p in points if s == points[0][0])
     a = first[len(first) // 2]
     return max(0.0, a), b
 
@@ -213,10 +205,10 @@ def _read_rows(path: Path, trace: Trace) -> list[dict]:
             except orjson.JSONDecodeError:
                 trace.skipped_lines += 1  # truncated line
                 continue
-            if isinstance(r, dict):
-                r["_line"] = trace.lines
+            if isinstance(r, dict) and r.get("type") in ("user", "assistant") and isinstance(r.get("message"), dict) \
+                    and r.get("uuid"):
                 rows.append(r)
-    return [r for r in rows if r.get("type") in ("user", "assistant") and isinstance(r.get("message"), dict) and r.get("uuid")]
+    return rows
 
 
 class _Chains:
@@ -243,10 +235,7 @@ class _Chains:
         while cur is not None and cur["uuid"] not in seen:
             seen.add(cur["uuid"])
             out.append(cur)
-            p = cur.get("parentUuid")
-            cur = self.by_uuid.get(p) if p else None
-            if cur is None and p:
-                cur = self.prev_in_file.get(out[-1]["uuid"])
+            cur = self.parent(cur)
         out.reverse()
         return out
 
@@ -260,10 +249,8 @@ def _compaction_call(root: dict, before: list[tuple[float, list[dict], dict, str
         for b in m["content"]:
             b.pop("cache_control", None)
     if response["content"]:
-        hist.append({"role": "assistant", "content": [dict(b) for b in response["content"]]})
-        if any(b.get("type") == "tool_use" for b in response["content"]):
-            hist[-1]["content"] = [b for b in hist[-1]["content"] if b.get("type") != "tool_use"] or \
-                [{"type": "text", "text": "(tool call interrupted by compaction)"}]
+        kept = [dict(b) for b in response["content"] if b.get("type") != "tool_use"]
+        hist.append({"role": "assistant", "content": kept or [{"type": "text", "text": "(tool call interrupted by compaction)"}]})
     hist.append({"role": "user", "content": [{"type": "text", "text": COMPACT_INSTRUCTION}]})
     summary = _text_of(root["message"])
     return ReplayRequest(ts=(_ts(root.get("timestamp")) or 0.0) - 1.0, body={"model": model, "messages": _repair(hist, trace.repairs)},
@@ -296,7 +283,7 @@ def _finish(trace: Trace, reqs: list[ReplayRequest], fit_points: list[tuple[str,
     trace.requests = reqs
 
 
-def load_claude_code(path: Path, counter, compaction_calls: bool = True, sidechains: bool = True) -> Trace:
+def load_claude_code(path: Path, counter, compaction_calls: bool = True) -> Trace:
     trace = Trace(str(path), [], "claude-code-jsonl")
     msgs_rows = _read_rows(path, trace)
     chains = _Chains(msgs_rows, trace)
@@ -310,8 +297,6 @@ def load_claude_code(path: Path, counter, compaction_calls: bool = True, sidecha
     main_history: list[tuple[float, list[dict], dict, str]] = []  # (ts, messages, response, model) of main-chain calls
     for mid, group in calls.items():
         first = group[0]
-        if first.get("isSidechain") and not sidechains:
-            continue
         parent = chains.parent(first)
         if parent is None:
             _bump(trace.repairs, "call without a request (no parent line)")
@@ -331,7 +316,7 @@ def load_claude_code(path: Path, counter, compaction_calls: bool = True, sidecha
                                   usage=usage or None, response=response, kind="sidechain" if side else "request", label=mid))
         if not side:
             main_history.append((ts, msgs, response, model))
-            total = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+            total = sum(int(usage.get(k) or 0) for k in INPUT_USAGE)
             if total:
                 est = counter.count_request(ANTHROPIC, {"model": model, "messages": msgs}, model)
                 fit_points.append((f"{rows_before[0]['uuid']}/{model}", est, total))
@@ -362,7 +347,6 @@ def load_recorded(path: Path) -> Trace:
             for ev in read_log(log):
                 if ev.type == "response" and ev.flow_id and isinstance(ev.data.get("usage"), dict):
                     usage_by_flow[ev.flow_id] = ev.data["usage"]
-    reqs = []
     trace = Trace(str(path), [], "recorded-bodies")
     for p in files:
         try:
@@ -378,12 +362,11 @@ def load_recorded(path: Path) -> Trace:
         headers = [(k, v) for k, v in (e.get("headers") or []) if k.lower() not in ("content-length", "content-encoding")]
         if not any(k.lower() == "content-type" for k, _ in headers):
             headers.append(("content-type", "application/json"))
-        reqs.append(ReplayRequest(ts=float(e.get("ts") or 0.0), body=e["original"], api=ApiKind(e.get("api", "anthropic")),
-                                  path=e.get("path") or "/v1/messages", headers=headers, usage=usage,
-                                  output_tokens=int((usage or {}).get("output_tokens") or 0), kind="recorded",
-                                  label=str(e.get("flow_id", p.stem))))
-    reqs.sort(key=lambda r: r.ts)
-    trace.requests = reqs
+        trace.requests.append(ReplayRequest(
+            ts=float(e.get("ts") or 0.0), body=e["original"], api=ApiKind(e.get("api", "anthropic")),
+            path=e.get("path") or "/v1/messages", headers=headers, usage=usage,
+            output_tokens=int((usage or {}).get("output_tokens") or 0), kind="recorded", label=str(e.get("flow_id", p.stem))))
+    trace.requests.sort(key=lambda r: r.ts)
     if not usage_by_flow:
         trace.notes.append("no event log next to the bodies: output tokens unknown (0)")
     return trace
@@ -441,15 +424,9 @@ class ReplayReport:
     unpriced: list[str] = field(default_factory=list)  # the trace's models neither the table nor the profile prices
 
     def totals(self) -> dict[str, Any]:
-        o, u = Bill(), Bill()
-        for r in self.results:
-            o.add(r.original)
-            u.add(r.ours)
+        o, u = _sum_bills(r.original for r in self.results), _sum_bills(r.ours for r in self.results)
         act = [(r.actual, r.original) for r in self.results if r.actual is not None]
-        actual, sim = Bill(), Bill()
-        for a, orig in act:
-            actual.add(a)
-            sim.add(orig)
+        actual, sim = _sum_bills(a for a, _ in act), _sum_bills(orig for _, orig in act)
         return {
             "requests": len(self.results),
             "rewritten": sum(1 for r in self.results if r.outcome == "rewritten"),
@@ -481,6 +458,13 @@ class ReplayReport:
                 "lines": t.lines, "skipped_lines": t.skipped_lines, "repairs": _repairs(t), "fit": t.fit,
                 "notes": t.notes, "stages": self.stage_order, "seconds": round(self.seconds, 2), "unpriced": self.unpriced,
                 "totals": self.totals(), "requests": [r.to_dict() for r in self.results]}
+
+
+def _sum_bills(bills: Iterable[Bill]) -> Bill:
+    out = Bill()
+    for b in bills:
+        out.add(b)
+    return out
 
 
 def _mean(xs: list[int]) -> float:
@@ -529,21 +513,22 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
             model = ctx.model
             price = price_for(model, prices)
             sent = lifecycle.sent(ctx, outcome)
-            problems = validate_rewrite(req.api, sent, ctx.original) if sent is not None and sent is not ctx.original else []
+            changed = sent is not None and sent is not ctx.original
+            problems = validate_rewrite(req.api, sent, ctx.original) if changed else []
             if dialect(req.api).cache_breakpoints:
                 bill_o = cache_o.bill(boundaries(ctx.original, rt.tokens, model, factor), req.ts, model, req.output_tokens)
                 bill_u = cache_u.bill(boundaries(sent, rt.tokens, model, factor), req.ts, model, req.output_tokens) if sent is not None else Bill()
             else:  # no cache breakpoints: everything is base input
                 bill_o = _flat_bill(rt.tokens.count_request(req.api, ctx.original, model), req.output_tokens, price, factor)
                 bill_u = _flat_bill(rt.tokens.count_request(req.api, sent, model), req.output_tokens, price, factor) if sent is not None else Bill()
-            if sent is not None and sent is not ctx.original and ctx.tokens_out is not None:
+            if changed and ctx.tokens_out is not None:
                 tokens_sent = ctx.tokens_out  # (the provider's view of what went, as the pipeline counted it)
             else:
                 tokens_sent = rt.tokens.count_request(req.api, sent, model) if sent is not None else 0
                 if sent is not None and ctx.tokens_in is not None:  # the provider's view, as tokens_in (pipeline._provider_dropped)
                     tokens_sent -= rt.tokens.count_request(req.api, ctx.original, model) - ctx.tokens_in
             key = dialect(req.api).history_key
-            mem = ctx.notes.get("memory") if sent is not None and sent is not ctx.original else None
+            mem = ctx.notes.get("memory") if changed else None
             mem = mem if isinstance(mem, dict) and mem.get("injected") else {}
             res = RequestResult(
                 index=i, ts=req.ts, kind=req.kind, outcome=outcome.reason,
@@ -551,7 +536,7 @@ async def _replay(rt, trace: Trace, progress: Callable[[int, int], None] | None,
                 tokens_original=ctx.tokens_in or 0, tokens_sent=tokens_sent, original=bill_o, ours=bill_u, problems=problems,
                 stages={s["stage"]: s["status"] for s in ctx.stage_results if s["status"] != "ok"},
                 stage_events=dict(flow_events.pop(flow_id, Counter())), errors=flow_errors.pop(flow_id, []),
-                actual=billed_from_usage(req.usage, price) if req.usage and any(req.usage.get(k) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")) else None,
+                actual=billed_from_usage(req.usage, price) if req.usage and any(req.usage.get(k) for k in INPUT_USAGE) else None,
                 memory_items=int(mem.get("injected") or 0), memory_tokens=int(mem.get("tokens") or 0),
                 fidelity=fidelity.request(ctx.original, sent, req.response, model, tokens_sent, factor,
                                           recalled=ctx.notes.get("recalled") if sent is not ctx.original else None)
@@ -643,7 +628,7 @@ def replay(trace_path: str | Path, profile: str | None = None, window: int | Non
         tmp = tempfile.TemporaryDirectory(prefix="cw-replay-")
         home = tmp.name
     t0 = time.perf_counter()
-    settings = load_settings(profile, Path(home), overrides=ov or None)
+    settings = load_settings(profile, Path(home), overrides=ov)
     rt = Runtime(settings, Path(home), plugins_dir, profile=profile, log=False, extra_plugins=extra_plugins)
     try:
         trace = load_trace(trace_path, rt.tokens, compaction_calls=compaction_calls) if Path(trace_path).suffix == ".jsonl" \
@@ -706,7 +691,7 @@ def summary_table(reports: list[ReplayReport], wide: bool = False) -> str:
 
 
 def lost_cell(fid: dict, kind: str) -> str:
-    """``lost/used (share)`` of edit sources or references."""
+    """``lost/used (share)`` of ``kind`` (``sources``, ``refs``) in a fidelity total or a table row."""
     used, lost = fid[kind], fid[kind + "_lost"]
     return f"{lost}/{used} ({lost / used * 100:.1f}%)" if used else "0/0"
 
@@ -769,9 +754,7 @@ def details(rep: ReplayReport) -> str:
     if tr.fit:
         out.append(f"  size fit: provider tokens = {tr.fit['a']:,.0f} + {tr.fit['b']:.3f} x estimate "
                    f"({tr.fit['points']} calls); stand-in system prompt {tr.fit['a'] / tr.fit['b']:,.0f} tokens")
-    for k, v in sorted(_repairs(tr).items()):
-        if v:
-            out.append(f"  repaired: {k}: {v}")
+    out += [f"  repaired: {k}: {v}" for k, v in sorted(_repairs(tr).items()) if v]
     out.append(f"  original: read {_k(bo['read'])}  write {_k(bo['write'])}  new {_k(bo['uncached'])}  out {_k(bo['output'])}  "
                f"= ${bo['cost']:.2f}")
     out.append(f"  ours:     read {_k(bu['read'])}  write {_k(bu['write'])}  new {_k(bu['uncached'])}  out {_k(bu['output'])}  "
@@ -801,8 +784,7 @@ def details(rep: ReplayReport) -> str:
         out.append(f"  put back in the next request: {lost_cell({'n': fid['back_of'], 'n_lost': fid['back']}, 'n')} of the "
                    f"lost items by automatic recall, {lost_cell({'n': fid['back_of'], 'n_lost': fid['present']}, 'n')} "
                    f"held there in all (not counting the new tool results)")
-    for n in tr.notes:
-        out.append(f"  note: {n}")
+    out += [f"  note: {n}" for n in tr.notes]
     return "\n".join(out)
 
 

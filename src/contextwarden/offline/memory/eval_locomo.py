@@ -16,13 +16,12 @@ one session per conversation), to measure whether the other sessions' memory cro
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .evaluation import Run, contains, costs, mean, pick, table
+from .evaluation import Run, contains, costs, load, mean, pick, table
 from .evaluation import client as eval_client
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
@@ -102,11 +101,6 @@ def framings_table(reports: dict[str, Report], live: dict[str, Report] | None = 
         row = [name, r.weighted()] + [r.weighted((c,)) for c in (1, 2, 3, 4)] + [round(r.memory_tokens())]
         rows.append(row + ([live[name].weighted()] if live and name in live else []))
     return table("LoCoMo by framing (evidence-weighted recall)", header, rows)
-
-
-def load(path: str | Path | list) -> list[dict[str, Any]]:
-    """The samples of a LoCoMo file (or ``path`` itself when it is a list of samples already)."""
-    return path if isinstance(path, list) else json.loads(Path(path).read_text())
 
 
 def sessions_of(conv: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -196,12 +190,11 @@ def run_conversation(client, sample: dict[str, Any], report: Report, max_questio
 def run(data: str | Path | list, limit: int | None = None, questions: int | None = None, conversation: str | None = None,
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, embed_cache: str | Path | None = None, progress=print,
-        replay: bool = True, profile_extra: str = "", shared_tenant: bool = False, window: int = WINDOW,
-        framing: str = "turns", live: bool = False, remember_questions: bool = False) -> Report:
+        shared_tenant: bool = False, window: int = WINDOW, framing: str = "turns", live: bool = False) -> Report:
     """Replay the LoCoMo conversations (``limit`` of them, or the one named ``conversation``) and ask
     their questions (the first ``questions`` of each), in-process or through a ``live`` proxy. With
     ``shared_tenant`` one tenant holds every conversation (a session each): all are replayed first, then
-    each one's questions are asked. ``remember_questions`` (live): see :class:`~.evaluation.Live`."""
+    each one's questions are asked."""
     samples = pick(load(data), limit, [conversation] if conversation else None, "sample_id")
     mem = {**MEMORY, **(memory or {})}
     comp = {**COMPACTION, **(compaction or {})}
@@ -210,12 +203,12 @@ def run(data: str | Path | list, limit: int | None = None, questions: int | None
     t0 = time.perf_counter()
     key = SHARED_KEY if shared_tenant else None
     tag = "live " if live else ""
-    with eval_client("locomo", home, window, mem, comp, profile_extra, embed_cache, live, remember_questions) as client:
-        if shared_tenant and replay:  # everything stored first: each conversation's questions see all the others
+    with eval_client("locomo", home, window, mem, comp, embed_cache, live) as client:
+        if shared_tenant:  # everything stored first: each conversation's questions see all the others
             for sample in samples:
                 run_conversation(client, sample, report, key=key, ask=False)
         for sample in samples:
-            run_conversation(client, sample, report, questions, progress, replay=replay and not shared_tenant, key=key)
+            run_conversation(client, sample, report, questions, progress, replay=not shared_tenant, key=key)
             report.conversations += 1
             if progress:
                 progress(f"{tag}{sample.get('sample_id')}: recall so far {report.recall():.3f} "

@@ -21,7 +21,6 @@ URLs is); a turn longer than one memory chunk counts when at least half of its l
 from __future__ import annotations
 
 import ast
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ...settings.memory import MemorySection
-from .evaluation import Run, contains, costs, mean, normalise, pick, table
+from .evaluation import Run, contains, costs, load, mean, normalise, pick, table
 from .evaluation import client as eval_client
 
 WINDOW = 32_768
@@ -105,10 +104,6 @@ def _list(value: Any) -> list:
         except (ValueError, SyntaxError):
             return [value]
     return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def load(path: str | Path) -> list[dict[str, Any]]:
-    return json.loads(Path(path).read_text())
 
 
 def reached(haystack: str, text: str) -> bool:
@@ -195,8 +190,7 @@ def run_question(client, q: dict[str, Any], report: Report, step: str = "session
 def run(data: str | Path, limit: int | None = None, question_ids: list[str] | None = None,
         home: str | Path | None = None, memory: dict[str, Any] | None = None,
         compaction: dict[str, Any] | None = None, embed_cache: str | Path | None = None, step: str = "session",
-        progress=print, profile_extra: str = "", window: int = WINDOW, haystack_limit: int | None = None,
-        live: bool = False) -> Report:
+        progress=print, window: int = WINDOW, haystack_limit: int | None = None, live: bool = False) -> Report:
     """Replay ``limit`` questions (or those in ``question_ids``) and ask each, in-process or through a
     ``live`` proxy (every question in one proxy, a tenant each)."""
     items = pick(load(data), limit, question_ids, "question_id")
@@ -205,7 +199,7 @@ def run(data: str | Path, limit: int | None = None, question_ids: list[str] | No
     report = Report(settings={"memory": mem, "compaction": comp, "window": window, "step": step,
                               "haystack_limit": haystack_limit, "live": live})
     t0 = time.perf_counter()
-    with eval_client("longmemeval", home, window, mem, comp, profile_extra, embed_cache, live) as client:
+    with eval_client("longmemeval", home, window, mem, comp, embed_cache, live) as client:
         for i, q in enumerate(items):
             run_question(client, q, report, step, haystack_limit)
             if progress:

@@ -61,15 +61,13 @@ def _content_texts(content: Any) -> Iterable[str]:
 
 def request_text(wire: dict[str, Any]) -> str:
     """All the text of a request body (system, messages, tool results), normalised."""
-    parts: list[str] = []
-    for key in ("system", "instructions"):
-        parts += list(_content_texts(wire.get(key)))
+    parts = [t for key in ("system", "instructions") for t in _content_texts(wire.get(key))]
     msgs = wire.get("messages") if "messages" in wire else wire.get("input")
     if isinstance(msgs, str):
         parts.append(msgs)
     for m in msgs or []:
         if isinstance(m, dict):
-            parts += list(_content_texts(m.get("content")))
+            parts.extend(_content_texts(m.get("content")))
             if isinstance(m.get("output"), str):
                 parts.append(m["output"])
         elif isinstance(m, str):
@@ -94,8 +92,7 @@ def truncate_to(runtime, api: ApiKind, messages: list[dict], budget: int, model:
     """Keep-the-last-N baseline: the longest suffix of ``messages`` whose request fits ``budget`` tokens
     (the last message is always kept). Returns (messages, tokens)."""
     tokens = runtime.tokens
-    base = tokens.count_request(api, {"messages": []}, model)
-    used = base
+    used = tokens.count_request(api, {"messages": []}, model)
     kept = 0
     for m in reversed(messages):
         c = tokens.count_message(api, m, model)
@@ -107,10 +104,10 @@ def truncate_to(runtime, api: ApiKind, messages: list[dict], budget: int, model:
 
 
 def write_profile(path: Path, window: int, memory: dict[str, Any], compaction: dict[str, Any] | None = None,
-                  extra: str = "") -> Path:
+                  log: dict[str, Any] | None = None) -> Path:
     """An evaluation profile: Claude Code's, with the window and memory settings under test, and stage
-    budgets generous enough that the machine's load cannot turn a slow stage into a full-history pass.
-    ``extra`` is YAML merged section by section."""
+    budgets generous enough that the machine's load cannot turn a slow stage into a full-history pass;
+    ``log``: more of the log section."""
     data: dict[str, Any] = {
         "extends": "claude-code", "name": "eval",
         "tokens": {"context_window": window, "calibrate": False, "load_timeout_s": TOKENIZER_WAIT_S},
@@ -118,10 +115,8 @@ def write_profile(path: Path, window: int, memory: dict[str, Any], compaction: d
         "compaction": dict(compaction or {}),
         "memory": dict(memory),
         "pipeline": {"stage_budget_ms": 120000},
-        "log": {"record_bodies": False},
+        "log": {"record_bodies": False, **(log or {})},
     }
-    for section, values in (yaml.safe_load(extra) or {}).items():
-        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -135,13 +130,17 @@ def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
             return f"{v:,}"
         return "" if v is None else str(v)
 
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     cells = [[fmt(v) for v in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
-    lines = [title, "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in cells:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-    return "\n".join(lines)
+    return "\n".join([title, line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in cells])
+
+
+def load(path: str | Path | list) -> list[dict[str, Any]]:
+    """The items of a benchmark's JSON file (or ``path`` itself when it is a list of them already)."""
+    return path if isinstance(path, list) else json.loads(Path(path).read_text())
 
 
 def mean(xs: Iterable[float]) -> float:
@@ -246,21 +245,20 @@ EVAL_EPOCH = 1_700_000_000.0  # the in-process evaluations' clock starts here (:
 
 @contextmanager
 def eval_home(name: str, home: str | Path | None, window: int, memory: dict[str, Any], compaction: dict[str, Any],
-              profile_extra: str = "") -> Iterator[tuple[Path, Path]]:
+              log: dict[str, Any] | None = None) -> Iterator[tuple[Path, Path]]:
     """A run's folder (``home``, or a temporary one removed on exit) and its evaluation profile."""
     with tempfile.TemporaryDirectory(prefix=f"cw-eval-{name}-") as tmp:
         base = Path(home) if home else Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
-        yield base, write_profile(base / f"eval-{name}.yaml", window, memory, compaction, profile_extra)
+        yield base, write_profile(base / f"eval-{name}.yaml", window, memory, compaction, log)
 
 
 @contextmanager
 def eval_replayer(name: str, home: str | Path | None, window: int, memory: dict[str, Any],
-                  compaction: dict[str, Any], profile_extra: str = "",
-                  embed_cache: str | Path | None = None) -> Iterator[Replayer]:
+                  compaction: dict[str, Any], embed_cache: str | Path | None = None) -> Iterator[Replayer]:
     """A :class:`Replayer` on an evaluation profile (:func:`eval_home`), with the embedding disk cache
     attached, on a clock of its own (its figures do not depend on the machine's speed); closed on exit."""
-    with eval_home(name, home, window, memory, compaction, profile_extra) as (base, profile):
+    with eval_home(name, home, window, memory, compaction) as (base, profile):
         rp = Replayer.from_profile(profile, base / "home", clock=EVAL_EPOCH)
         try:
             svc = rp.memory()
@@ -448,13 +446,11 @@ class LiveProxy:
 
 
 @contextmanager
-def live_proxy(home: str | Path | None, memory: dict[str, Any], compaction: dict[str, Any],
-               profile_extra: str = "", window: int = 4096,
+def live_proxy(home: str | Path | None, memory: dict[str, Any], compaction: dict[str, Any], window: int = 4096,
                name: str = "locomo") -> Iterator[tuple[LiveProxy, RecordingUpstream]]:
     """The recording upstream and a live proxy on an eval's profile (the in-process eval's settings)."""
     # one event log for the whole run (the driver counts its turn events; rotation would hide some)
-    extra = "log: {events_max_mb: 100000}\n" + profile_extra
-    with eval_home(f"live-{name}", home, window, memory, compaction, extra) as (base, profile):
+    with eval_home(f"live-{name}", home, window, memory, compaction, {"events_max_mb": 100000}) as (base, profile):
         upstream = RecordingUpstream()
         try:
             proxy = LiveProxy(base / "home", profile, upstream.url)
@@ -490,12 +486,10 @@ class Live:
     """A live proxy and its recording upstream as the client an evaluation drives (as :class:`InProcess`).
 
     As in-process, a question is asked against the conversation's memory alone: the upstream does not
-    answer it (the proxy completes no turn and stores nothing of it). Answered (``remember_questions``),
-    each question is stored, and the later questions find the earlier ones: what a person asking them in
-    a row would get."""
+    answer it (the proxy completes no turn and stores nothing of it)."""
 
-    def __init__(self, proxy: LiveProxy, upstream: RecordingUpstream, remember_questions: bool = False) -> None:
-        self.proxy, self.upstream, self.remember = proxy, upstream, remember_questions
+    def __init__(self, proxy: LiveProxy, upstream: RecordingUpstream) -> None:
+        self.proxy, self.upstream = proxy, upstream
 
     def turn(self, messages: list[dict[str, Any]], reply: str, key: str, session: str) -> bool:
         """Send ``messages`` and answer with ``reply``; True when the proxy did not answer 200."""
@@ -504,14 +498,13 @@ class Live:
 
     def ask(self, messages: list[dict[str, Any]], key: str, session: str) -> Asked:
         self.proxy.settle(self.upstream.answered)
-        self.upstream.reply, self.upstream.drop = "", not self.remember
+        self.upstream.reply, self.upstream.drop = "", True
         mark, before = len(self.proxy.events()), len(self.upstream.bodies)
-        r = self.proxy.post(body_of(messages), key, session)
+        self.proxy.post(body_of(messages), key, session)
         body = self.upstream.bodies[before] if len(self.upstream.bodies) > before else {}
         self.proxy.wait_for("forward", since=mark)  # the memory stage's event comes before it
         tokens, full = _forward_tokens(self.proxy, mark)
-        return Asked(request_text(body), _memory_event(self.proxy, mark, session), tokens, full,
-                     failed=self.remember and r.status_code != 200)
+        return Asked(request_text(body), _memory_event(self.proxy, mark, session), tokens, full)
 
     def dropped(self) -> int:
         return sum(int(e.data.get("dropped") or 0) for e in self.proxy.events() if e.type == "memory")
@@ -519,15 +512,14 @@ class Live:
 
 @contextmanager
 def client(name: str, home: str | Path | None, window: int, memory: dict[str, Any], compaction: dict[str, Any],
-           profile_extra: str = "", embed_cache: str | Path | None = None, live: bool = False,
-           remember_questions: bool = False) -> Iterator[InProcess | Live]:
+           embed_cache: str | Path | None = None, live: bool = False) -> Iterator[InProcess | Live]:
     """The client an evaluation drives: the pipeline in-process, or (``live``) a live proxy in front of
     the recording upstream, on the evaluation's profile; the embedding cache attached either way (the
     live proxy's memory process reads and fills the same file: results are the same)."""
     if not live:
-        with eval_replayer(name, home, window, memory, compaction, profile_extra, embed_cache) as rp:
+        with eval_replayer(name, home, window, memory, compaction, embed_cache) as rp:
             yield InProcess(rp)
         return
     memory = {**memory, "embed_cache": str(embed_cache)} if embed_cache else memory
-    with live_proxy(home, memory, compaction, profile_extra, window, name) as (proxy, upstream):
-        yield Live(proxy, upstream, remember_questions)
+    with live_proxy(home, memory, compaction, window, name) as (proxy, upstream):
+        yield Live(proxy, upstream)

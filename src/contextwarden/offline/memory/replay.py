@@ -82,8 +82,7 @@ class Replayer:
         derived from the key: benchmarks use stores built for named tenants)."""
         body = body if body is not None else self.body(messages or [])
         raw = orjson.dumps(body)
-        h = [("content-type", "application/json")]
-        h.append(dialect(self.api).auth_header(api_key))
+        h = [("content-type", "application/json"), dialect(self.api).auth_header(api_key)]
         if session:
             h.append(("x-contextwarden-session", session))
         h += headers or []
