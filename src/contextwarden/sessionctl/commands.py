@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from typing import Any
 
 import orjson
@@ -32,11 +32,9 @@ def _keys(rt, tenants: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Every session key the proxy knows (with a record, or a live request since it started) of
     ``tenants`` (None: every tenant's)."""
     out: dict[str, dict[str, Any]] = {}
-    try:
+    with suppress(Exception):  # a shared state down: the live sessions only
         for k, rec in rt.state.items(NS):
             out[k] = rec if isinstance(rec, dict) else {}
-    except Exception:  # a shared state down: the live sessions only
-        pass
     for k in ledger.live_sessions(rt):
         out.setdefault(k, {})
     if tenants is not None:
@@ -64,12 +62,17 @@ def resolve(rt, ident: str, tenants: list[str] | None = None) -> str:
     return found[0]
 
 
+def _current(versions: list[dict[str, Any]]) -> int:
+    """The session's version number now (0: before any)."""
+    return versions[-1]["n"] if versions else 0
+
+
 def _summary(rt, key: str, rec: dict[str, Any]) -> dict[str, Any]:
     tenant, session, agent = (key.split("|") + ["", "", ""])[:3]
     versions = rec.get("versions") or []
     last = last_request(rt, key)
     return {"key": key, "session": session, "agent": agent, "tenant": tenant, "versions": len(versions),
-            "current": versions[-1]["n"] if versions else 0, "applied": ledger.applied_versions(rec),
+            "current": _current(versions), "applied": ledger.applied_versions(rec),
             "pins": len(rec.get("pins") or []), "hold": bool(rec.get("hold")), "compact_now": bool(rec.get("compact_now")),
             "last_ts": max([v.get("ts") or 0 for v in versions] + [0]) or None,
             "live": last is not None, "tokens_in": getattr(last, "tokens_in", None)}
@@ -136,6 +139,10 @@ def _rolled(rec: dict[str, Any], to: int) -> dict[str, Any]:
     return {**_bump(rec, _rollback_version(rec, to, None, None))[0], **ROLLED}
 
 
+def _fits(tokens: int | None, window: int) -> bool:
+    return tokens is not None and tokens <= window
+
+
 def rollback(rt, ident: str, to: Any, apply: bool = True) -> dict[str, Any]:
     """Roll the session back to version ``to`` (0: the client's own history): says what it costs and
     whether it fits; does it when ``apply`` and it fits."""
@@ -146,7 +153,7 @@ def rollback(rt, ident: str, to: Any, apply: bool = True) -> dict[str, Any]:
         to = int(to)
     except (TypeError, ValueError):
         raise CommandError("rollback: --to VERSION is a version number (0: before any decision)") from None
-    current = versions[-1]["n"] if versions else 0
+    current = _current(versions)
     if not 0 <= to <= current:
         raise CommandError(f"rollback: version {to} does not exist (versions 0..{current})")
     if to == current:
@@ -160,28 +167,22 @@ def rollback(rt, ident: str, to: Any, apply: bool = True) -> dict[str, Any]:
     else:
         _, before = decided_state(rt, ctx)  # the latest request as the session's decided state now
         raw, tokens = decided_state(rt, ctx, _rolled(rec, to), key)
-        out.update(preview=True, tokens_before=before, tokens_after=tokens, fits=tokens is not None and tokens <= window,
+        out.update(preview=True, tokens_before=before, tokens_after=tokens, fits=_fits(tokens, window),
                    **rewrite_cost(rt, ctx, orjson.loads(raw) if raw is not None else ctx.original))
         if not out["fits"]:
-            fits = None
-            for x in [0] + [v["n"] for v in versions]:
-                _, t = decided_state(rt, ctx, _rolled(rec, x), key)
-                if t is not None and t <= window:
-                    fits = x
-                    break
-            out["smallest_fitting_version"] = fits
-            out["applied"] = False
-            out["refused"] = (f"the restored request ({tokens:,} tokens) would not fit the window ({window:,})"
-                              + (f"; the smallest version that fits is {fits}" if fits is not None else "; no version fits"))
+            fits = next((x for x in [0] + [v["n"] for v in versions]
+                         if _fits(decided_state(rt, ctx, _rolled(rec, x), key)[1], window)), None)
+            then = f"the smallest version that fits is {fits}" if fits is not None else "no version fits"
+            out.update(smallest_fitting_version=fits, applied=False,
+                       refused=f"the restored request ({tokens:,} tokens) would not fit the window ({window:,}); {then}")
             return out
     if not apply:
         out["applied"] = False
         return out
     after = out.get("tokens_after")
     stored = append_version(rt, key, _rollback_version(ledger.read(rt, key), to, out.get("tokens_before"), after), ROLLED)
-    out["applied"] = True
-    out["version"] = stored["n"]
-    _emit(rt, key, action="rollback", to=to, version=out["version"], tokens_after=after,
+    out.update(applied=True, version=stored["n"])
+    _emit(rt, key, action="rollback", to=to, version=stored["n"], tokens_after=after,
           rewrite_tokens=out.get("rewrite_tokens"))
     return out
 
@@ -212,6 +213,10 @@ def parse_target(target: Any) -> dict[str, Any]:
     return {"kind": "text", "value": target}
 
 
+def _same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["kind"] == b["kind"] and a["value"] == b["value"]
+
+
 def _emit(rt, key: str, **data: Any) -> None:
     rt.bus.emit("session", {"key": key, **data}, session=key.split("|")[1] if "|" in key else key)
 
@@ -223,7 +228,7 @@ def pin(rt, ident: str, target: Any) -> dict[str, Any]:
     def add(cur):
         cur = dict(cur or {})
         pins = list(cur.get("pins") or [])
-        if any(x["kind"] == p["kind"] and x["value"] == p["value"] for x in pins):
+        if any(_same_target(x, p) for x in pins):
             return cur
         n = int(cur.get("pin_next") or 1)
         cur.update(pins=pins + [{**p, "id": n, "ts": time.time()}], pin_next=n + 1)
@@ -241,11 +246,10 @@ def unpin(rt, ident: str, target: Any) -> dict[str, Any]:
     pins = rec.get("pins") or []
     sel = str(target)
     if sel.startswith("#") and sel[1:].isdigit():
-        num = int(sel[1:])
-        hit = [x for x in pins if x["id"] == num]
+        hit = [x for x in pins if x["id"] == int(sel[1:])]
     else:
         want = parse_target(target)
-        hit = [x for x in pins if x["kind"] == want["kind"] and x["value"] == want["value"]]
+        hit = [x for x in pins if _same_target(x, want)]
         if not hit and sel.isdigit():  # "3": a pin's number when no index pin 3 exists
             hit = [x for x in pins if x["id"] == int(sel)]
     if not hit:

@@ -56,12 +56,12 @@ def control(ctx, live: bool = False) -> Control:
     key = session_key(ctx)
     ov = _override.get()
     if ov is not None and ov[0] == key:
-        c = Control(key, ov[1], memo=ctx.runtime.memo("sessionctl.applied", lambda: LRU(4096)))
+        record = ov[1]
     else:
-        c = Control(key, state_cache(ctx.runtime).get(NS, key) or {}, memo=ctx.runtime.memo("sessionctl.applied", lambda: LRU(4096)))
+        record = state_cache(ctx.runtime).get(NS, key) or {}
         if live:
             _remember(ctx, key)
-    ctx.notes[_NOTE] = c
+    c = ctx.notes[_NOTE] = Control(key, record, memo=ctx.runtime.memo("sessionctl.applied", lambda: LRU(4096)))
     return c
 
 
@@ -191,12 +191,16 @@ def decision_refs(versions: list[dict[str, Any]], upto: int | None = None) -> se
             for r in v.get("refs") or ()}
 
 
+def _off_pairs(rec: dict[str, Any]) -> set[tuple[str, str]]:
+    """(stage, ref) of every decision the record's (or a version's) ``off`` turns off."""
+    return {(s, r) for s, refs in (rec.get("off") or {}).items() for r in refs}
+
+
 def off_at(rec: dict[str, Any], version: int) -> dict[str, list[str]]:
     """The ``off`` a rollback to ``version`` sets: every decision not applied at that version."""
     versions = rec.get("versions") or []
     at = next((v for v in reversed(versions) if v["n"] <= version), None)
-    off_then = {(s, r) for s, refs in ((at or {}).get("off") or {}).items() for r in refs}
-    on = decision_refs(versions, version) - off_then
+    on = decision_refs(versions, version) - _off_pairs(at or {})
     out: dict[str, list[str]] = {}
     for s, r in sorted(decision_refs(versions) - on):
         out.setdefault(s, []).append(r)
@@ -205,6 +209,6 @@ def off_at(rec: dict[str, Any], version: int) -> dict[str, list[str]]:
 
 def applied_versions(rec: dict[str, Any]) -> list[int]:
     """The decision versions whose records are applied now (not turned off)."""
-    off = {(s, r) for s, refs in (rec.get("off") or {}).items() for r in refs}
+    off = _off_pairs(rec)
     return [v["n"] for v in rec.get("versions") or [] if v.get("kind") == "decision"
             and any((v["stage"], r) not in off for r in v.get("refs") or ())]

@@ -45,17 +45,10 @@ def _message_text(m: Any) -> tuple[str, list[str]]:
     """(the message's text, its tool ids) from a wire message dict (any API)."""
     if not isinstance(m, dict):
         return (m if isinstance(m, str) else ""), []
-    parts: list[str] = []
-    ids: list[str] = []
-    for k in ("call_id", "tool_call_id", "id"):
-        if isinstance(m.get(k), str) and (k != "id" or m.get("type") in ("function_call", "function_call_output")):
-            ids.append(m[k])
-    for tc in m.get("tool_calls") or ():
-        if isinstance(tc, dict) and isinstance(tc.get("id"), str):
-            ids.append(tc["id"])
-    for k in ("output", "arguments"):
-        if isinstance(m.get(k), str):
-            parts.append(m[k])
+    ids = [m[k] for k in ("call_id", "tool_call_id", "id")
+           if isinstance(m.get(k), str) and (k != "id" or m.get("type") in ("function_call", "function_call_output"))]
+    ids += [tc["id"] for tc in m.get("tool_calls") or () if isinstance(tc, dict) and isinstance(tc.get("id"), str)]
+    parts = [m[k] for k in ("output", "arguments") if isinstance(m.get(k), str)]
     c = m.get("content")
     if isinstance(c, str):
         parts.append(c)

@@ -150,8 +150,7 @@ def _env(environ) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
             continue
         path = tuple(var[len(ENV_PREFIX):].lower().split("__"))
         names[path] = var
-        fields = _fields_at(path)
-        kind = get_origin(getattr(fields.get(path[-1]), "annotation", None))
+        kind = get_origin(getattr(_fields_at(path).get(path[-1]), "annotation", None))
         if kind in (list, dict):
             try:
                 value = json.loads(value)

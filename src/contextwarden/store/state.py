@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, cast
 
@@ -113,10 +114,14 @@ class StateStore(Codec):
         # is not decoded again (the stored bytes are still read: another process may have written since)
         self._written = LRU(512)
 
+    def _row(self, ns: str, key: str) -> bytes | None:
+        """The stored bytes (the caller holds the lock)."""
+        row = self._db.execute("SELECT value FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
+        return bytes(row[0]) if row else None
+
     def load(self, ns: str, key: str) -> bytes | None:
         with self._lock:
-            row = self._db.execute("SELECT value FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
-        return bytes(row[0]) if row else None
+            return self._row(ns, key)
 
     def store(self, ns: str, key: str, blob: bytes) -> None:
         with self._lock:
@@ -130,8 +135,7 @@ class StateStore(Codec):
             try:
                 now = time.time()
                 for ns, key, fn in updates:
-                    row = self._db.execute("SELECT value FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
-                    stored = bytes(row[0]) if row else None
+                    stored = self._row(ns, key)
                     known = self._written.peek((ns, key))
                     cur = known[1] if known is not None and known[0] == stored else \
                         None if stored is None else self.decode(stored)
@@ -315,10 +319,8 @@ class RedisStateStore(Codec):
         return self._call(go)
 
     def close(self) -> None:
-        try:
+        with suppress(Exception):
             self.r.close()
-        except Exception:
-            pass
 
 
 def open_state(settings, home: Path, bus=None) -> Codec:

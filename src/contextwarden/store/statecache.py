@@ -43,8 +43,8 @@ class StateCache:
             else:
                 v = self.state.decode(blob)
             self._lru.put(k, (v, blob))
-            return default if v is None else v
-        v = self._lru.get(k, self._stored, ns, key)[0]
+        else:
+            v = self._lru.get(k, self._stored, ns, key)[0]
         return default if v is None else v
 
     def _stored(self, ns: str, key: str) -> tuple[Any, None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from contextlib import suppress
 from pathlib import Path
 
 import orjson
@@ -28,10 +29,8 @@ def ensure_home(path: str | os.PathLike | None) -> Path:
     home = Path(path).expanduser() if path else default_home()
     home.mkdir(parents=True, exist_ok=True)
     if home.stat().st_mode & 0o077:
-        try:
+        with suppress(PermissionError):  # another user's home, read (contextwarden search --home): not ours to change
             _close(home)
-        except PermissionError:  # another user's home, read (contextwarden search --home): not ours to change
-            pass
     return home
 
 
@@ -53,10 +52,14 @@ def secret_file(home: Path, name: str, nbytes: int = 32) -> str:
     if p.exists():
         return p.read_text().strip()
     value = secrets.token_hex(nbytes)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
+    _create_private(p, value.encode())
     return value
+
+
+def _create_private(path: Path, data: bytes) -> None:
+    """A new file (an existing one is an error) holding ``data``, mode 0600 from creation."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+        f.write(data)
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -64,9 +67,7 @@ def write_private(path: Path, data: bytes) -> None:
     files that hold a token (``tui.json``, ``recall-api.json``)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    _create_private(tmp, data)
     os.replace(tmp, path)
 
 
@@ -78,9 +79,7 @@ def publish(path: Path, info: dict) -> None:
 
 def unpublish(path: Path, token: str) -> None:
     """Remove a discovery file this process wrote (its pid and token in it); another process's stays."""
-    try:
+    with suppress(OSError, ValueError):
         info = orjson.loads(path.read_bytes())
         if info.get("pid") == os.getpid() and info.get("token") == token:
             path.unlink()
-    except (OSError, ValueError):
-        pass

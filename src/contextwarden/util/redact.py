@@ -229,13 +229,14 @@ def _redact_assignments(text: str, counter: list[int]) -> str:
             pos = m.start(g)
             continue
         counter[0] += 1
-        out.append(text[last:s])
-        out.append(_mark("secret"))
+        out += (text[last:s], _mark("secret"))
         last = pos = e
-    if not out:
-        return text
-    out.append(text[last:])
-    return "".join(out)
+    return _spliced(text, out, last)
+
+
+def _spliced(text: str, out: list[str], last: int) -> str:
+    """The pieces ``out`` holds, then ``text`` from ``last`` on (``text`` itself when ``out`` is empty)."""
+    return "".join([*out, text[last:]]) if out else text
 
 
 # --- secrets named in prose: a credential word, what it is for, "is"/":"/"=", the value ----------------
@@ -354,14 +355,10 @@ def _redact_prose(text: str, low: str, counter: list[int]) -> str:
             span = _prose_secret(text, m, last) if m is not None else None
             if span is not None:
                 counter[0] += 1
-                out.append(text[last:span[0]])
-                out.append(_mark("secret"))
+                out += (text[last:span[0]], _mark("secret"))
                 last = span[1]
                 break
-    if not out:
-        return text
-    out.append(text[last:])
-    return "".join(out)
+    return _spliced(text, out, last)
 
 
 def _hints(text: str):

@@ -54,13 +54,18 @@ def _secret_header(k: Any, v: Any) -> bool:
     return _memo.get((k, v), is_secret_header, k, v)
 
 
+def _header_value(k: Any, v: Any) -> Any:
+    """A header's value scrubbed: replaced whole when credential-like, else (not a string) scrubbed as data."""
+    return REDACTED if _secret_header(k, v) else v if type(v) is str else scrub(v)
+
+
 def scrub_headers(headers: Any) -> Any:
     """Headers as (name, value) pairs or a mapping, with every credential-like value replaced (the same
     object when none was); a value that is not a string is scrubbed as data."""
     if isinstance(headers, dict):
         out = None
         for k, v in headers.items():
-            nv = REDACTED if _secret_header(k, v) else v if type(v) is str else scrub(v)
+            nv = _header_value(k, v)
             if nv is not v:
                 if out is None:
                     out = dict(headers)
@@ -71,18 +76,15 @@ def scrub_headers(headers: Any) -> Any:
         for i, item in enumerate(headers):
             if isinstance(item, (list, tuple)) and len(item) == 2:
                 k, v = item
-                nv = REDACTED if _secret_header(k, v) else v if type(v) is str else scrub(v)
-                if nv is v:
-                    continue
-                item = [k, nv]
+                nv = _header_value(k, v)
+                nitem = item if nv is v else [k, nv]
             else:
                 nitem = scrub(item)
-                if nitem is item:
-                    continue
-                item = nitem
+            if nitem is item:
+                continue
             if new is None:
                 new = list(headers)
-            new[i] = item
+            new[i] = nitem
         return headers if new is None else new
     return scrub(headers)
 
@@ -141,16 +143,7 @@ def _scrub_seq(obj: list | tuple) -> list | tuple:
 def scrub(obj: Any) -> Any:
     """``obj`` (JSON-like: dicts, lists, strings, numbers) with every secret in it replaced: the same
     object when nothing was, else a copy of what changed."""
-    t = type(obj)
-    if t is str:
-        return scrub_text(obj)
-    if t is dict:
-        return _scrub_dict(obj)
-    if t is list or t is tuple:
-        return _scrub_seq(obj)
-    if t in _PLAIN:
-        return obj
-    if isinstance(obj, str):  # subclasses (a str enum): as their text
+    if isinstance(obj, str):  # (subclasses too: a str enum, as its text)
         return scrub_text(obj)
     if isinstance(obj, dict):
         return _scrub_dict(obj)

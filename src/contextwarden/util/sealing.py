@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from contextlib import suppress
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -30,15 +31,11 @@ def parse_key(text: str) -> bytes:
     s = text.strip()
     raw: bytes | None = None
     if len(s) == 64:
-        try:
+        with suppress(ValueError):
             raw = bytes.fromhex(s)
-        except ValueError:
-            raw = None
     if raw is None:
-        try:
+        with suppress(binascii.Error, ValueError):
             raw = base64.b64decode(s + "=" * (-len(s) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            raw = None
     if raw is None or len(raw) != 32:
         raise SealError(f"the encryption key must be 32 bytes written as 64 hex digits or base64 (got {len(s)} characters)")
     return raw
