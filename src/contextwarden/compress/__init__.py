@@ -68,8 +68,7 @@ def compress(text: str, *, tool: str = "", tool_input: Any = None, query: str = 
         body = cleanup(text)
         if len(body) > n * (1 - limits.min_gain):
             return None
-        return Compressed(body, "cleanup", {"chars": n, "lines": text.count("\n") + 1,
-                                            "kept_lines": sum(1 for x in body.split("\n") if not x.startswith(MARK))})
+        return Compressed(body, "cleanup", {"chars": n, "lines": text.count("\n") + 1, "kept_lines": _shown(body)})
     budget = int(min(limits.max_keep_chars, max(limits.min_keep_chars, n * limits.keep_ratio)))
     lines = clean_lines(text)
     value = parse(text)
@@ -94,8 +93,12 @@ def compress(text: str, *, tool: str = "", tool_input: Any = None, query: str = 
             kind, (body, facts) = "relevant", compress_relevant(col, f"{input_hint(tool_input, 400)}\n{query}", budget, weights)
     if len(body) > n * (1 - limits.min_gain):
         return None
-    shown = sum(1 for x in body.split("\n") if not x.startswith(MARK))
-    return Compressed(body, kind, {**facts, "chars": n, "lines": len(lines), "kept_lines": min(shown, len(lines))})
+    return Compressed(body, kind, {**facts, "chars": n, "lines": len(lines), "kept_lines": min(_shown(body), len(lines))})
+
+
+def _shown(body: str) -> int:
+    """The lines of a compressed body that are the output's own (not notes of what was left out)."""
+    return sum(1 for x in body.split("\n") if not x.startswith(MARK))
 
 
 def _terms(tool_input: Any, query: str) -> tuple[str, ...]:
@@ -103,11 +106,11 @@ def _terms(tool_input: Any, query: str) -> tuple[str, ...]:
     return tuple(sorted({t for t in tokenize(f"{input_hint(tool_input, 400)}\n{query}") if len(t) >= 4 and "/" not in t}))[:40]
 
 
-def _listing(lines: list[str], kind: str, budget: int, terms: tuple[str, ...] = ()) -> tuple[str, dict]:
+def _listing(lines: list[str], kind: str, budget: int, terms: tuple[str, ...]) -> tuple[str, dict]:
     """The listing with the most entries per group and groups that fits the budget (or the smallest)."""
     grouped = group(lines, kind)
     for per_group, groups in ((5, 40), (3, 30), (2, 20), (1, 15)):
-        body, facts = compress_listing(lines, kind, per_group, groups, grouped, terms)
+        body, facts = compress_listing(grouped, kind, per_group, groups, terms)
         if len(body) <= budget:
             break
     return body, facts

@@ -4,6 +4,7 @@ carriage-return overwrites, and runs of lines that say the same thing, each coll
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 
 from .scan import repeat_starts, shapes
 
@@ -14,10 +15,6 @@ MAX_BLOCK = 4  # repeated blocks of up to this many lines are collapsed ...
 MIN_REPEAT = 3  # ... when they come at least this many times in a row
 LONG_LINE = 1_500  # in a large output, a line longer than this keeps its start and end
 LONG_HEAD, LONG_TAIL = 1_000, 300
-
-
-def strip_ansi(text: str) -> str:
-    return ANSI.sub("", text) if "\x1b" in text else text
 
 
 def overwrite_cr(line: str) -> str:
@@ -90,8 +87,7 @@ def collapse_weighted(lines: list[str]) -> tuple[list[str], list[int]]:
     nxt = 0  # index into starts of the first start >= i
     run_end = 0  # the end of the run of lines of the same shape that line i is in, once scanned
     while i < n:
-        while nxt < len(starts) and starts[nxt] < i:
-            nxt += 1
+        nxt = bisect_left(starts, i, nxt)
         stop = starts[nxt] if nxt < len(starts) else n
         if stop > i:  # no run starts before stop: those lines stay as they are
             out.extend(lines[i:stop])
@@ -150,7 +146,8 @@ def cap_long_lines(lines: list[str]) -> list[str]:
 
 def clean_lines(text: str) -> list[str]:
     """The output's lines after ANSI codes and carriage-return overwrites are gone (not collapsed)."""
-    text = strip_ansi(text)
+    if "\x1b" in text:
+        text = ANSI.sub("", text)
     lines = text.split("\n")
     if "\r" in text:
         lines = [overwrite_cr(x) for x in lines]

@@ -7,13 +7,12 @@ def gap_marker(n: int) -> str:
     return f"[… {n:,} line{'s' if n != 1 else ''} left out …]"
 
 
-def join_kept(lines: list[str], keep: list[bool], weights: list[int] | None = None) -> tuple[str, int]:
+def join_kept(lines: list[str], keep: list[bool], weights: list[int]) -> tuple[str, int]:
     """The kept lines in order, each run left out replaced by one marker counting the lines it stands
-    for (``weights``: how many lines of the original each line is; 1 each without); and how many lines
-    were kept."""
+    for (``weights``: how many lines of the original each line is); and how many lines were kept."""
     out: list[str] = []
     gap = kept = 0
-    for i, (line, k) in enumerate(zip(lines, keep)):
+    for line, k, w in zip(lines, keep, weights):
         if k:
             if gap:
                 out.append(gap_marker(gap))
@@ -21,7 +20,7 @@ def join_kept(lines: list[str], keep: list[bool], weights: list[int] | None = No
             out.append(line)
             kept += 1
         else:
-            gap += weights[i] if weights is not None else 1
+            gap += w
     if gap:
         out.append(gap_marker(gap))
     return "\n".join(out), kept

@@ -66,11 +66,9 @@ def _odd_items(items: list, lo: int, hi: int) -> list[int]:
 
 
 class Shrinker:
-    def __init__(self, max_items: int = MAX_ITEMS, max_string: int = MAX_STRING) -> None:
+    def __init__(self, max_items: int, max_string: int) -> None:
         self.max_items, self.max_string = max_items, max_string
-        self.items_left = 0
-        self.arrays_cut = 0
-        self.chars_left = 0
+        self.items_left = self.arrays_cut = self.chars_left = 0
 
     def shrink(self, v: Any) -> Any:
         if isinstance(v, dict):
@@ -80,16 +78,13 @@ class Shrinker:
             if n <= self.max_items:
                 return [self.shrink(x) for x in v]
             odd = _odd_items(v, HEAD, n - TAIL)
-            keep = list(range(HEAD)) + odd + list(range(n - TAIL, n))
-            left = n - len(keep)
+            left = n - HEAD - len(odd) - TAIL
             self.items_left += left
             self.arrays_cut += 1
-            out = [self.shrink(v[i]) for i in range(HEAD)]
-            out += [self.shrink(v[i]) for i in odd]
-            note = f"[… {left:,} of {n:,} items left out" + (f"; the {len(odd)} above this note after the first {HEAD} differ from the rest" if odd else "") + " …]"
-            out.append(note)
-            out += [self.shrink(v[i]) for i in range(n - TAIL, n)]
-            return out
+            out = [self.shrink(v[i]) for i in [*range(HEAD), *odd]]
+            differ = f"; the {len(odd)} above this note after the first {HEAD} differ from the rest" if odd else ""
+            out.append(f"[… {left:,} of {n:,} items left out{differ} …]")
+            return out + [self.shrink(v[i]) for i in range(n - TAIL, n)]
         if isinstance(v, str) and len(v) > self.max_string:
             cut = len(v) - self.max_string
             self.chars_left += cut
@@ -101,8 +96,7 @@ def compress_json(text: str, value: Any, budget_chars: int) -> tuple[str, dict] 
     pretty = "\n " in text[:2000] or "\n\t" in text[:2000]
     for max_items, max_string in ((MAX_ITEMS, MAX_STRING), (4, 200), (3, 120)):
         sh = Shrinker(max_items, max_string)
-        small = sh.shrink(value)
-        out = orjson.dumps(small, option=orjson.OPT_INDENT_2 if pretty else 0).decode()
+        out = orjson.dumps(sh.shrink(value), option=orjson.OPT_INDENT_2 if pretty else 0).decode()
         if len(out) <= budget_chars:
             break
     if not sh.arrays_cut and not sh.chars_left:

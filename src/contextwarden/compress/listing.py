@@ -10,8 +10,6 @@ GREP_FILE = re.compile(r"([^:\s]+\.\w+):(?![\d:])")
 PATHLIKE = re.compile(r"^\.{0,2}/?[\w.@+~-]+(?:/[\w .@+~-]+)+/?$|^[\w.@+~-]+\.[\w]+$")
 LS_LONG = re.compile(r"^[dlcbps-][rwxsStT-]{9}[@+.]?\s+\d+")
 LS_HEADER = re.compile(r"^(.+):$")
-PER_GROUP = 5
-MAX_GROUPS = 40
 
 
 def kind_of(lines: list[str]) -> str | None:
@@ -19,8 +17,7 @@ def kind_of(lines: list[str]) -> str | None:
     if len(lines) - lines.count("") < 10:
         return None
     sample = [x for x in lines[:: max(1, len(lines) // 200)] if x.strip()]
-    n = len(sample)
-    if not n:
+    if not sample:
         return None
     if _most(sample, 0.7, lambda x: ":" in x and bool(GREP_LINE.match(x) or GREP_FILE.match(x))):
         return "grep"
@@ -59,15 +56,15 @@ def _most(sample: list[str], share: float, test) -> bool:
     return hits >= need
 
 
-def _group_key(kind: str, line: str, current_dir: str) -> tuple[str, str]:
-    """(group, kind of entry) for one line."""
+def _group_key(kind: str, line: str, current_dir: str) -> str:
+    """The group of one line: its file (grep) or directory."""
     if kind == "grep":
         m = GREP_LINE.match(line) or GREP_FILE.match(line)
-        return (m.group(1) if m else line), "match"
+        return m.group(1) if m else line
     if kind == "ls":
-        return current_dir, "entry"
+        return current_dir
     p = line.strip().rstrip("/")
-    return (p.rsplit("/", 1)[0] if "/" in p else "."), "entry"
+    return p.rsplit("/", 1)[0] if "/" in p else "."
 
 
 def group(lines: list[str], kind: str) -> tuple[dict[str, list[str]], int]:
@@ -86,21 +83,19 @@ def group(lines: list[str], kind: str) -> tuple[dict[str, list[str]], int]:
                 continue
             if line.startswith("total "):
                 continue
-        g, _ = _group_key(kind, line, current)
-        groups.setdefault(g, []).append(line)
+        groups.setdefault(_group_key(kind, line, current), []).append(line)
         total += 1
     return groups, total
 
 
-def compress_listing(lines: list[str], kind: str, per_group: int = PER_GROUP, max_groups: int = MAX_GROUPS,
-                     grouped: tuple[dict[str, list[str]], int] | None = None, terms: tuple[str, ...] = ()) -> tuple[str, dict]:
-    """The listing grouped and capped. An entry past its group's cap that names one of ``terms`` (the
+def compress_listing(grouped: tuple[dict[str, list[str]], int], kind: str, per_group: int, max_groups: int,
+                     terms: tuple[str, ...]) -> tuple[str, dict]:
+    """The listing (``group``'s) capped. An entry past its group's cap that names one of ``terms`` (the
     task's words, lower case) is shown too, up to as many again: the file the task is about is the one
     the model asks for next."""
-    groups, total = grouped if grouped is not None else group(lines, kind)
-    noun = "match" if kind == "grep" else "entry"
-    nouns = "matches" if kind == "grep" else "entries"
-    unit = "file" if kind == "grep" else "directory"
+    groups, total = grouped
+    noun, nouns, unit, units = (("match", "matches", "file", "files") if kind == "grep"
+                                else ("entry", "entries", "directory", "directories"))
     out: list[str] = []
     shown = 0
     names = list(groups)
@@ -119,8 +114,8 @@ def compress_listing(lines: list[str], kind: str, per_group: int = PER_GROUP, ma
     rest = names[max_groups:]
     if rest:
         n_rest = sum(len(groups[g]) for g in rest)
-        out.append(f"[… {len(rest):,} more {unit if len(rest) == 1 else ('directories' if unit == 'directory' else 'files')} "
+        out.append(f"[… {len(rest):,} more {unit if len(rest) == 1 else units} "
                    f"with {n_rest:,} {noun if n_rest == 1 else nouns} left out …]")
     out.append(f"[… this listing is NOT complete: {shown:,} of {total:,} {nouns} shown, "
-               f"in {min(len(names), max_groups):,} of {len(names):,} {'files' if kind == 'grep' else 'directories'} …]")
+               f"in {min(len(names), max_groups):,} of {len(names):,} {units} …]")
     return "\n".join(out), {"entries": total, "shown": shown, "groups": len(names)}

@@ -83,14 +83,12 @@ def classify(lines: list[str]) -> Classes:
 
 def is_log(classes: Classes) -> bool:
     """Does this read like a log or test run (at least two lines say error, warning or sum up)?"""
-    errors, warnings, keep = classes
-    return len(errors) + len(warnings) + len(keep) >= 2
+    return sum(map(len, classes)) >= 2
 
 
-def compress_log(lines: list[str], budget_chars: int, classes: Classes | None = None,
-                 weights: list[int] | None = None) -> tuple[str, dict]:
+def compress_log(lines: list[str], budget_chars: int, classes: Classes, weights: list[int]) -> tuple[str, dict]:
     n = len(lines)
-    errors, warnings, marked = classes if classes is not None else classify(lines)
+    errors, warnings, marked = classes
     kept_warnings: list[int] = []
     warn_shapes: set[str] = set()
     for i in warnings:

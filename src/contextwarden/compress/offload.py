@@ -24,7 +24,7 @@ from contextwarden.core.workerpool import PARTS, Offload, Unavailable
 from contextwarden.memory.service import process_mode as mode
 from contextwarden.util.redact import redact_text
 
-from . import Limits, compress, render
+from . import Compressed, Limits, compress, render
 
 __all__ = ["NAME", "PARTS", "Offload", "Unavailable", "dress", "first_sight", "mode"]
 
@@ -43,7 +43,7 @@ def first_sight(text: str, tool: str, tool_input: Any, query: str, limits: Limit
     return new, got.kind, _count(new, encoding)
 
 
-def dress(got, tool: str, tool_input: Any, chars: int, mid: str, how: str) -> str:
+def dress(got: Compressed, tool: str, tool_input: Any, chars: int, mid: str, how: str) -> str:
     """The compressed body with its first line, redacted: the record is stored with the session, so no
     secret in it (memory keeps the original redacted too); the first line names the tool's input (a
     command can hold a token): the whole text is redacted."""
@@ -52,8 +52,8 @@ def dress(got, tool: str, tool_input: Any, chars: int, mid: str, how: str) -> st
 
 def _count(text: str, encoding: str | None) -> int | None:
     """What ``TokenCounter.count_text`` gives with a loaded tiktoken encoding (len of encode_ordinary)."""
-    if encoding is None or not text:
-        return None if encoding is None else 0
+    if encoding is None:
+        return None
     try:
         return len(tiktoken.get_encoding(encoding).encode_ordinary(text))  # (tiktoken keeps it loaded)
     except Exception:  # not loadable here: the proxy counts

@@ -52,30 +52,26 @@ def bm25(docs: list[str], query: list[str]) -> list[float]:
     return scores
 
 
-def compress_relevant(lines: list[str], query: str, budget_chars: int, weights: list[int] | None = None) -> tuple[str, dict]:
+def compress_relevant(lines: list[str], query: str, budget_chars: int, weights: list[int]) -> tuple[str, dict]:
     spans = chunks_of(lines)
     texts = ["\n".join(lines[a:b]) for a, b in spans]
     scores = bm25([t.lower() for t in texts], tokenize(query)[:64])
     chosen = {0}
     used = len(texts[0])
     for i in sorted(range(len(spans)), key=lambda i: (-scores[i], i)):
-        if i in chosen or scores[i] <= 0:
-            continue
-        if used + len(texts[i]) > budget_chars:
-            continue
-        chosen.add(i)
-        used += len(texts[i])
-    w = weights if weights is not None else [1] * len(lines)
+        if i not in chosen and scores[i] > 0 and used + len(texts[i]) <= budget_chars:
+            chosen.add(i)
+            used += len(texts[i])
     out: list[str] = []
     prev_end = 0
     kept = 0
     for i in sorted(chosen):
         a, b = spans[i]
         if a > prev_end:
-            out.append(gap_marker(sum(w[prev_end:a])))
+            out.append(gap_marker(sum(weights[prev_end:a])))
         out.append(texts[i])
         kept += b - a
         prev_end = b
     if prev_end < len(lines):
-        out.append(gap_marker(sum(w[prev_end:])))
+        out.append(gap_marker(sum(weights[prev_end:])))
     return "\n".join(out), {"lines": len(lines), "kept_lines": kept, "chunks": len(spans), "kept_chunks": len(chosen)}

@@ -17,7 +17,7 @@ def line_starts(lines: list[str]) -> list[int]:
     return [0] + list(accumulate(len(x) + 1 for x in lines))[:-1]
 
 
-def lines_with(low: str, starts: list[int], words: tuple[str, ...], limit: int | None = None) -> set[int]:
+def lines_with(low: str, starts: list[int], words: tuple[str, ...]) -> set[int]:
     """Indices of the lines (``starts`` of ``low``'s lines) that contain any of ``words`` (lower case)."""
     out: set[int] = set()
     for w in words:
@@ -25,8 +25,6 @@ def lines_with(low: str, starts: list[int], words: tuple[str, ...], limit: int |
         while i >= 0:
             li = bisect_right(starts, i) - 1
             out.add(li)
-            if limit is not None and len(out) >= limit:
-                return out
             nxt = starts[li + 1] if li + 1 < len(starts) else len(low)
             i = low.find(w, nxt)
     return out

@@ -87,6 +87,11 @@ def _clean_user(text: str) -> str:
     return _REMINDER.sub("", text).strip()
 
 
+def _cut(text: str, limit: int) -> str:
+    """``text`` as it is, or cut to ``limit`` characters with an ellipsis (never reflowed)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _score(sentence: str, last: bool) -> int:
     s = 0
     if _DECISION.search(sentence):
@@ -114,10 +119,8 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
 
     def add(key: str, item: str) -> None:
         limit = _MAX_ITEM.get(key, 240)
-        if key == "context":  # quoted as written: only cut, never reflowed
-            item = item.strip() if len(item.strip()) <= limit else item.strip()[: limit - 1] + "…"
-        else:
-            item = shorten(item, limit)
+        # (the context is quoted as written: only cut, never reflowed)
+        item = _cut(item.strip(), limit) if key == "context" else shorten(item, limit)
         if item and (key, item) not in seen:
             seen.add((key, item))
             sec[key].append(item)
@@ -146,7 +149,7 @@ def extract(turns: list[Turn]) -> dict[str, list[Any]]:
                     add("context", block)
                     t = t.replace(block, "")
                 t = _clean_user(t)
-                if t and not _TRIVIAL.match(t) and len(t.strip()) >= 3:
+                if len(t) >= 3 and not _TRIVIAL.match(t):
                     add("requests", t)
                     for m in _PATH.findall(t):
                         add_file(m, "mentioned")
@@ -185,17 +188,16 @@ def _from_tools(parts, add: Callable[[str, str], None], add_file: Callable[[str,
                 add("commands", "`" + shorten(redact_text(cmd), _MAX_ITEM["commands"] - 2) + "`")
         elif p.kind == "tool_result":
             text = p.text or ""
+            name = p.tool or "tool"
             lines = [ln.strip() for ln in redact_text(text).splitlines() if ln.strip()]
             if p.is_error and lines:
                 if not _TRIVIAL.match(lines[0]):
-                    add("errors", f"{p.tool or 'tool'}: {lines[0]}")
-            elif (p.tool or "").lower() not in _READERS:
-                hits = [ln for ln in lines if _ERROR.match(ln)][:2]
-                for ln in hits:
-                    add("errors", f"{p.tool or 'tool'}: {ln}")
+                    add("errors", f"{name}: {lines[0]}")
+            elif name.lower() not in _READERS:
+                for ln in [ln for ln in lines if _ERROR.match(ln)][:2]:
+                    add("errors", f"{name}: {ln}")
             if len(text) >= 200:
-                hint = input_hint(p.tool_input, 60)
-                label = f"{p.tool or 'tool'} {hint}".strip()
+                label = f"{name} {input_hint(p.tool_input, 60)}".strip()
                 add("memory", f"{label} → {memory_id(text)}")
 
 
@@ -233,20 +235,16 @@ def _render_items(key: str, items: list[Any], cap: int) -> tuple[list[str], int]
     if not items or cap <= 0:
         return [], 0
     if key == "earlier":
-        text = "\n".join(items)
-        text = text if len(text) <= cap else text[: max(0, cap - 1)] + "…"
+        text = _cut("\n".join(items), cap)
         return [text], len(text)
     if key == "files":
         lines = [f"- {p}" + (f" ({', '.join(t)})" if t else "") for p, t in items]
     elif key == "notes":
-        ranked = sorted(items, key=lambda n: (-n[0], -n[1]))
         chosen, used = [], 0
-        for n in ranked:
-            ln = f"- {n[2]}"
-            if used + len(ln) + 1 > cap:
-                continue
-            chosen.append(n)
-            used += len(ln) + 1
+        for n in sorted(items, key=lambda n: (-n[0], -n[1])):
+            if used + len(n[2]) + 3 <= cap:  # (3: its line's "- " and line break)
+                chosen.append(n)
+                used += len(n[2]) + 3
         chosen.sort(key=lambda n: n[1])
         return [f"- {n[2]}" for n in chosen], used
     else:
@@ -282,18 +280,15 @@ CONTEXT_MAX = 24_000  # the client's standing context, carried whole up to this 
 
 def _context_part(blocks: list[str]) -> str:
     context = "\n\n".join(blocks)
-    return f"{SECTIONS[0][1]}:\n" + (context if len(context) <= CONTEXT_MAX else context[: CONTEXT_MAX - 1] + "…")
+    return f"{SECTIONS[0][1]}:\n" + _cut(context, CONTEXT_MAX)
 
 
-def render(sections: dict[str, list[Any]], messages: int, tokens: int, max_chars: int, how: str = "offline by extracting its key lines") -> str:
+def render(sections: dict[str, list[Any]], messages: int, tokens: int, max_chars: int) -> str:
     """The summary text: a header, then each non-empty section within its share of ``max_chars``
     (the current request, when there is one, last and outside the shares)."""
-    parts = [HEADER.format(messages=messages, tokens=f"{tokens:,}", how=how)]
+    parts = [HEADER.format(messages=messages, tokens=f"{tokens:,}", how="offline by extracting its key lines")]
     current = (sections.get("current") or [None])[0]
-    tail = ""
-    if current:
-        cur = current if len(current) <= CURRENT_MAX else current[: CURRENT_MAX - 1] + "…"
-        tail = f"{CURRENT_HEADING}:\n{cur}"
+    tail = f"{CURRENT_HEADING}:\n{_cut(current, CURRENT_MAX)}" if current else ""
     budget = max(400, max_chars - len(parts[0]) - len(tail))
     if sections.get("context"):  # (carried, not summarised: on top of the budget)
         parts.append(_context_part(sections["context"]))
@@ -331,10 +326,8 @@ def extractive_summary(turns: list[Turn], *, messages: int, tokens: int, max_cha
 
     ``current_request``: when the cut falls inside the turn the assistant is still working on, that
     turn's user request, quoted verbatim at the end (it is what the agent is doing now)."""
-    prior_sections = None
-    if prior is not None:
-        # an LLM summary has no sections: carry its text as one item
-        prior_sections = prior.sections or {"earlier": [prior.text.split("\n\n", 1)[-1]]}
+    # (an LLM summary has no sections: its text is carried as one item)
+    prior_sections = (prior.sections or {"earlier": [prior.text.split("\n\n", 1)[-1]]}) if prior is not None else None
     sections = merge(prior_sections, extract(turns))
     sections.pop("current", None)
     current = current_request or ""
@@ -401,13 +394,12 @@ def llm_summary(api: str, url: str, auth: dict[str, str], model: str, turns: lis
     answer = d.new_assembler()  # the answer read as a whole response body of the API is
     answer.body(r.json())
     text = answer.assemble()[1].strip()
-    u = answer.usage
-    # the whole prompt (OpenAI's prompt_tokens: Usage.input_tokens leaves its cached part out)
-    usage = {"input_tokens": (u.total_input if u else None) or 0, "output_tokens": (u.output_tokens if u else None) or 0}
     if not text:
         raise ValueError("the upstream returned an empty summary")
-    usage["model"] = model
-    usage["ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    u = answer.usage
+    # the whole prompt (OpenAI's prompt_tokens: Usage.input_tokens leaves its cached part out)
+    usage = {"input_tokens": (u.total_input if u else None) or 0, "output_tokens": (u.output_tokens if u else None) or 0,
+             "model": model, "ms": round((time.perf_counter() - t0) * 1000, 1)}
     header = HEADER.format(messages=messages, tokens=f"{tokens:,}", how=f"by {model}")
     # (stored with the session: no secret in it)
     return Summary(text=f"{header}\n\n{redact_text(text)}", messages=messages, source_tokens=tokens,

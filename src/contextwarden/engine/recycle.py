@@ -55,5 +55,4 @@ def exec_engine(sock: socket.socket, rings: tuple[frames.Ring, frames.Ring], car
 
 def load(fd: int) -> Carried:
     with open(fd, "rb") as f:
-        carried: Carried = pickle.load(f)
-    return carried
+        return pickle.load(f)

@@ -31,6 +31,7 @@ the addons' ``done`` runs (state persisted, the memory process stopped).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -411,8 +412,6 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(engine.run(first[2]))
     except Exception as e:
         log.exception("contextwarden engine")
-        try:
+        with contextlib.suppress(OSError):
             frames.send_blocking(sock, "fatal", None, f"{type(e).__name__}: {e}")
-        except OSError:
-            pass
         return 1

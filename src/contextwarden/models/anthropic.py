@@ -47,19 +47,12 @@ class ToolResultBlock(WireModel):
     is_error: bool | None = None
 
 
-_BLOCK_TYPES: dict[str, type[WireModel]] = {
-    "text": TextBlock,
-    "image": ImageBlock,
-    "thinking": ThinkingBlock,
-    "redacted_thinking": RedactedThinkingBlock,
-    "tool_use": ToolUseBlock,
-    "tool_result": ToolResultBlock,
-}
+_BLOCK_TAGS = frozenset({"text", "image", "thinking", "redacted_thinking", "tool_use", "tool_result"})
 
 
 def _block_tag(v: Any) -> str:
     t = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
-    return t if t in _BLOCK_TYPES else "unknown"
+    return t if t in _BLOCK_TAGS else "unknown"
 
 
 Block = Annotated[
@@ -94,16 +87,12 @@ class MessagesRequest(WireModel):
     max_tokens: int | None = None
 
 
-def _tool_use_text(b: ToolUseBlock) -> str:
-    return f"{b.name} " + orjson.dumps(b.input).decode("utf-8", "replace")
-
-
 # by exact block type (pydantic's isinstance is slow, and this runs for every block of the history on
 # every request); any other block has no text
 _BLOCK_TEXT: dict[type, Callable[[Any], str]] = {
     TextBlock: lambda b: b.text,
     ThinkingBlock: lambda b: b.thinking,
-    ToolUseBlock: _tool_use_text,
+    ToolUseBlock: lambda b: f"{b.name} " + orjson.dumps(b.input).decode("utf-8", "replace"),
     ToolResultBlock: lambda b: content_text(b.content),
 }
 
