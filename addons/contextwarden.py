@@ -7,8 +7,8 @@ import sys
 # name would then shadow the `contextwarden` package it imports.
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-for _name in [n for n, m in list(sys.modules.items()) if getattr(m, "__file__", None) == os.path.abspath(__file__) and n == "contextwarden"]:
-    del sys.modules[_name]
+if getattr(sys.modules.get("contextwarden"), "__file__", None) == os.path.abspath(__file__):
+    del sys.modules["contextwarden"]
 
 from contextwarden.addons.chain import engine_addons  # noqa: E402
 from contextwarden.addons.enginelink import EngineLink  # noqa: E402

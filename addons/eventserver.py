@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -153,18 +154,14 @@ class EventService:
             self.port = next(s.getsockname()[1] for s in server.sockets)
             self._ready.set()
             while not self._stop.is_set():
-                try:
+                with suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.batch_s)
-                except TimeoutError:
-                    pass
                 self._flush()
             self._flush()
             for c in list(self.clients):  # let the final batch (e.g. "shutdown") go out
                 if c.outbox:
-                    try:
+                    with suppress(Exception):
                         await asyncio.wait_for(self._drain(c), 1)
-                    except Exception:
-                        pass
             server.close()
 
     def _authorise(self, connection: Any, request: Any) -> Any:
@@ -201,8 +198,7 @@ class EventService:
         # batch holds only events they do not. A batch may repeat an event the snapshot lists (published
         # while it was taken): clients de-duplicate rows by seq but count every live event.
         self._flush()
-        snap = self.snapshot()
-        client.push(orjson.dumps(snap, default=str))
+        client.push(orjson.dumps(self.snapshot(), default=str))
         self.clients.add(client)
         sender = asyncio.create_task(self._sender(client))
         try:
@@ -243,11 +239,9 @@ class EventService:
                 ev = self.pending.popleft()
             except IndexError:
                 break
-            if ev.seq in self._baseline:  # counted at start
+            counted = ev.seq in self._baseline  # counted at start
+            if counted:
                 self._baseline.discard(ev.seq)
-                counted = True
-            else:
-                counted = False
             if clients:
                 # the JSON the log wrote (Event.to_json, worked out once), not serialised again
                 batch.append(orjson.Fragment(ev.to_json()))
@@ -283,7 +277,9 @@ class EventService:
 
     async def run_command(self, req: dict[str, Any]) -> Any:
         rt = self.runtime
-        cmd = req.get("cmd")
+        cmd, session = req.get("cmd"), req.get("session", "")
+        if cmd in ("bypass", "export") and (not isinstance(session, str) or not session):
+            raise ValueError(f"{cmd}: 'session' is required")
         if cmd == "set":
             overrides = req.get("overrides")
             if not isinstance(overrides, dict):
@@ -293,9 +289,6 @@ class EventService:
             await asyncio.to_thread(rt.apply_overrides, overrides, persist)
             return {**self.settings_dict(), "persisted": persist}
         if cmd == "bypass":
-            session = req.get("session")
-            if not isinstance(session, str) or not session:
-                raise ValueError("bypass: 'session' is required")
             on = bool(req.get("on", True))
             await asyncio.to_thread(rt.set_bypass, session, on)
             return {"session": session, "on": on, "bypass": sorted(rt.bypass)}
@@ -306,9 +299,6 @@ class EventService:
             # the conversation's own secrets too, not only the headers (the inspector shows and saves it)
             return await asyncio.to_thread(scrub, entry)
         if cmd == "export":
-            session = req.get("session")
-            if not isinstance(session, str) or not session:
-                raise ValueError("export: 'session' is required")
             return await asyncio.to_thread(self.export_session, session)
         if cmd == "settings":
             return self.settings_dict()
@@ -323,9 +313,8 @@ class EventService:
         recent = [e.to_dict() for e in self._recent()]
         flows = {e["flow_id"] for e in recent if e.get("session") == session and e.get("flow_id")}
         events = [e for e in recent if e.get("session") == session or (e.get("flow_id") in flows)]
-        requests = []
-        for entry in self.runtime.bodies.for_session(session):
-            requests.append(scrub(entry))  # headers and every secret in the bodies
+        # headers and every secret in the bodies
+        requests = [scrub(entry) for entry in self.runtime.bodies.for_session(session)]
         return {"kind": "contextwarden.session", "version": 1, "session": session, "exported_at": time.time(),
                 "bypassed": session in self.runtime.bypass, "profile": self.runtime.settings.name,
                 "settings": self.runtime.settings.model_dump(mode="json"), "events": events, "requests": requests}

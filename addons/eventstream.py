@@ -24,7 +24,6 @@ BATCH = 500
 
 class EventPublisher:
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
         st: Any = runtime.state
         self.r = st.r  # the state's client (thread-safe, pooled)
         self.key = f"{st.prefix}:events"

@@ -153,11 +153,11 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def chroma_alive(url: str, timeout: float = 0.5) -> bool:
+def chroma_alive(url: str) -> bool:
     base = url.rstrip("/")
     for path in ("/api/v2/heartbeat", "/api/v1/heartbeat"):
         try:
-            with urllib.request.urlopen(base + path, timeout=timeout) as r:
+            with urllib.request.urlopen(base + path, timeout=0.5) as r:
                 if r.status == 200:
                     return True
         except Exception:
@@ -169,9 +169,7 @@ class MetricsService:
     """The HTTP endpoint, on its own thread."""
 
     def __init__(self, runtime: Runtime, host: str, port: int) -> None:
-        self.runtime = runtime
-        self.metrics = Metrics(runtime)
-        metrics = self.metrics
+        self.metrics = metrics = Metrics(runtime)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)

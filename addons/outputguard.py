@@ -30,6 +30,13 @@ class _Redacting:
         return getattr(self.inner, name)
 
 
+def _redact(holder: Any, stream: str) -> None:
+    """``holder``'s text stream behind a :class:`_Redacting` (once; not a missing holder or stream)."""
+    inner = getattr(holder, stream, None)
+    if not isinstance(inner, (_Redacting, type(None))):
+        setattr(holder, stream, _Redacting(inner))
+
+
 class OutputGuard:
     def load(self, loader: Any) -> None:
         loader.add_option("cw_flow_lines", bool, False,
@@ -60,10 +67,5 @@ class OutputGuard:
         master = getattr(ctx, "master", None)
         if master is None:
             return
-        dumper = master.addons.get("dumper")
-        if dumper is not None and not isinstance(getattr(dumper, "outfp", None), (_Redacting, type(None))):
-            dumper.outfp = _Redacting(dumper.outfp)
-        termlog = master.addons.get("termlog")
-        handler = getattr(termlog, "logger", None)
-        if handler is not None and not isinstance(getattr(handler, "file", None), (_Redacting, type(None))):
-            handler.file = _Redacting(handler.file)
+        _redact(master.addons.get("dumper"), "outfp")
+        _redact(getattr(master.addons.get("termlog"), "logger", None), "file")

@@ -22,13 +22,8 @@ class Overhead:
                 flow.response.headers[HEADER] = flow.metadata[HEADER]
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self._tell(flow)
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._tell(flow)
-
-    @staticmethod
-    def _tell(flow: http.HTTPFlow) -> None:
         ms = flow.metadata.get(HEADER)
         if ms is not None and flow.response is not None and HEADER not in flow.response.headers:
             flow.response.headers[HEADER] = ms
+
+    response = responseheaders  # (whichever of the two sees the response first adds the header)
