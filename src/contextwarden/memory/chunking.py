@@ -133,16 +133,15 @@ def _split_fence(u: _Unit, max_tokens: int, count: Callable[[str], int]) -> list
     """A fenced block too big for one chunk: cut between lines, re-opening the fence in each piece."""
     opening = u.lines[0]
     body = u.lines[1:]
-    closing = None
     # the closing fence line (and blank lines after it) are not part of the body
     while body and not body[-1].strip():
         body = body[:-1]
     fence = u.fence or "```"
-    if body and body[-1].strip().startswith(fence) and not body[-1].strip().strip(fence[0]):
-        closing = body[-1]
-        body = body[:-1]
     indent = opening[:len(opening) - len(opening.lstrip())]
-    close_line = closing if closing is not None else f"{indent}{u.fence}\n"
+    close_line = f"{indent}{u.fence}\n"
+    if body and body[-1].strip().startswith(fence) and not body[-1].strip().strip(fence[0]):
+        close_line = body[-1]
+        body = body[:-1]
     if not close_line.endswith("\n"):
         close_line += "\n"
     if not opening.endswith("\n"):
@@ -241,11 +240,7 @@ def chunk_text(text: str, max_tokens: int, count: Callable[[str], int] = approx_
         return []
     max_tokens = max(1, int(max_tokens))
     if getattr(count, "additive", False):
-        lines = getattr(count, "lines", None)
         count = _Additive(count)
-        if lines is not None:  # measure every line in one batched call
-            ls = text.splitlines()
-            count.cache.update(zip(ls, lines(ls)))
     if count(text) <= max_tokens:
         return [text]
     out: list[str] = []

@@ -26,6 +26,7 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import suppress
 from pathlib import Path
 
 from ..core.events import Event
@@ -108,10 +109,7 @@ class RemoteMemoryService:
         env = dict(os.environ)
         src = str(Path(__file__).resolve().parents[2])  # the contextwarden package's own folder first
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        try:
-            os.unlink(self._path)
-        except FileNotFoundError:
-            pass
+        self._path.unlink(missing_ok=True)
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "contextwarden.memory.server", "--home", str(self.home),
              "--socket", str(self._path), "--parent-pid", str(os.getpid())],
@@ -136,10 +134,8 @@ class RemoteMemoryService:
             if time.monotonic() > deadline:
                 raise ConnectionError("memory process did not open its socket")
             time.sleep(0.05)
-        try:  # room for a turn's frames without a wait for the memory process to read them
+        with suppress(OSError):  # room for a turn's frames without a wait for the memory process to read them
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        except OSError:
-            pass
         self._outbox = wire.Outbox(s)
         self._sock = s
         threading.Thread(target=self._read, args=(s,), name="cw-memory-reader", daemon=True).start()
@@ -189,10 +185,8 @@ class RemoteMemoryService:
         for f in calls.values():
             if not f.done():
                 f.set_exception(ConnectionError("memory process connection lost"))
-        try:
+        with suppress(OSError):
             s.close()
-        except OSError:
-            pass
 
     def _exit(self) -> int | None:
         """The memory process's exit status; None while it runs. One attached to (started by this process
@@ -282,13 +276,12 @@ class RemoteMemoryService:
             with self._calls_lock:
                 self._calls.pop(rid, None)
             raise ConnectionError(f"memory process: {e}") from None
-        limit = wait
         try:
-            return fut.result(limit)
+            return fut.result(wait)
         except FutureTimeout:
             with self._calls_lock:
                 self._calls.pop(rid, None)
-            raise TimeoutError(f"memory process did not answer {op} in {limit:.2f} s") from None
+            raise TimeoutError(f"memory process did not answer {op} in {wait:.2f} s") from None
 
     def _send(self, s, frame: dict) -> None:
         """``frame`` queued for socket ``s`` (written in order by the outbox's thread); OSError when it
@@ -299,12 +292,16 @@ class RemoteMemoryService:
         if not ob.put(frame):
             raise OSError(f"memory process: {ob.queued} bytes wait to be written")
 
+    def _call_fields(self, name: str, args: tuple, kwargs: dict) -> dict:
+        """A call frame's fields: ``name(*args, **kwargs)``."""
+        if kwargs.get("settings") is self.settings:  # the memory process has them (open, update)
+            del kwargs["settings"]
+        return {"m": name, "a": args, "k": kwargs}
+
     def call(self, name: str, *args, _wait: float = CALL_WAIT_S, **kwargs):
         """``name(*args, **kwargs)`` on the service in the memory process (TypeError before anything is
         sent when an argument cannot be)."""
-        if kwargs.get("settings") is self.settings:  # the memory process has them (open, update)
-            del kwargs["settings"]
-        return self._op("call", m=name, a=args, k=kwargs, wait=_wait)
+        return self._op("call", wait=_wait, **self._call_fields(name, args, kwargs))
 
     def __getattr__(self, name: str):
         if name.startswith("_") or not callable(getattr(self._service_class, name, None)):
@@ -346,10 +343,8 @@ class RemoteMemoryService:
         s = self._sock
         if not self.available or s is None:
             return False
-        if kwargs.get("settings") is self.settings:
-            del kwargs["settings"]
         try:
-            self._send(s, {"id": 0, "op": "call", "m": name, "a": args, "k": kwargs})
+            self._send(s, {"id": 0, "op": "call", **self._call_fields(name, args, kwargs)})
         except OSError:
             return False
         return True
@@ -382,10 +377,8 @@ class RemoteMemoryService:
         if store_key(settings) != self._key:
             return False
         self.settings = settings
-        try:
+        with suppress(Exception):  # (else applied at the next restart: it opens with self.settings)
             self.call("update", settings, _wait=5.0)
-        except Exception:  # applied at the next restart (it opens with self.settings)
-            pass
         return True
 
     def close(self, timeout: float | None = None) -> None:
@@ -398,11 +391,9 @@ class RemoteMemoryService:
         flush = float(getattr(self.settings.memory, "shutdown_flush_s", 3.0))
         budget = timeout if timeout is not None else flush + 5.0
         deadline = time.monotonic() + budget
-        try:
+        with suppress(Exception):
             if self._sock is not None:
                 self._op("close", wait=budget)
-        except Exception:
-            pass
         proc = self._proc
         while proc is None and self._exit() is None and time.monotonic() < deadline:  # (attached to)
             time.sleep(0.05)
@@ -418,9 +409,7 @@ class RemoteMemoryService:
         if self._sock is not None:
             self._lost(self._sock)
         self.ready.clear()
-        try:
+        with suppress(OSError):
             os.unlink(self._path)
-        except OSError:
-            pass
         self.bus.emit("memory_process", {"pid": self.pid, "stopped": True, "exit": self._exit(),
                                          "ms": round((time.monotonic() - t0) * 1000, 1)})

@@ -80,7 +80,7 @@ class Embedder:
         self._session = ort.InferenceSession(str(self.model_dir / "model.onnx"), sess_options=so,
                                              providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
-        self.dim = int(self._forward(["dimension probe"]).shape[1])
+        self.dim = int(self._run([tok.encode("dimension probe").ids]).shape[1])
 
     def __repr__(self) -> str:
         return f"Embedder(dim={self.dim}, source={self.source!r})"
@@ -135,9 +135,6 @@ class Embedder:
     def token_counter(self) -> PieceCounter:
         """The chunker's measure for this model (see :class:`PieceCounter`)."""
         return PieceCounter(self)
-
-    def _forward(self, texts: list[str]) -> np.ndarray:
-        return self._run([e.ids for e in self._tok.encode_batch(texts, add_special_tokens=True)])
 
     def states(self, texts: list[str]) -> list[tuple[np.ndarray, list[int]]]:
         """Each text's word pieces as the model reads them in context: ``(vectors, ids)``, the last hidden
@@ -343,7 +340,7 @@ class CachedEmbedder:
         with self._lock:
             db = self._db
         if missing and db is not None:
-            ks = {self._key(t): t for t in missing}
+            ks = {keys[idx[0]]: t for t, idx in missing.items()}  # (hashed once, above)
             found = {}
             kl = list(ks)
             with self._db_lock:  # one sqlite connection, used from the request and ingestion threads
@@ -369,7 +366,7 @@ class CachedEmbedder:
                 for i in missing[t]:
                     out[i] = v
             if db is not None:
-                rows = [(self._key(t), np.asarray(v, dtype=np.float32).tobytes()) for t, v in zip(todo, vecs)]
+                rows = [(keys[missing[t][0]], np.asarray(v, dtype=np.float32).tobytes()) for t, v in zip(todo, vecs)]
                 with self._db_lock:
                     try:
                         db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)", rows)

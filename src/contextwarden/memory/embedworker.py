@@ -152,9 +152,8 @@ class BackgroundEmbedder:
             try:
                 self._offload.wait_ready(self.start_s)
                 return self._offload.call(fn, self.model_dir, list(texts), self.group_nice, timeout=self.timeout_s)
-            except Unavailable:
-                if self._closed.is_set():
-                    raise Closed("memory is shutting down") from None
+            except Unavailable:  # (closed meanwhile: Closed below; else the in-process embedder answers)
+                pass
         if self._closed.is_set():
             raise Closed("memory is shutting down")
         self.fallbacks += 1

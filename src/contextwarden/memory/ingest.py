@@ -116,7 +116,7 @@ class Ingestor:
         # redacted before the journal; the id a clearing stub names is the original text's, fixed first
         red = [self._redact(it.text) for it in items]
         items = [_replace(it, text=t, source_id=it.source_id or memory_id(it.text)) for it, (t, _) in zip(items, red)]
-        info = {"flow_id": flow_id, "history": bool(history), "messages": messages, "session": _session_of(items),
+        info = {"flow_id": flow_id, "history": bool(history), "messages": messages, "session": _only({it.session for it in items}),
                 REDACTED_NOTE: sum(n for _, n in red)}
         with self._cv:
             if self._closing:
@@ -330,14 +330,13 @@ class Ingestor:
         self.stats["redacted"] += redacted
         # what waits after this batch: the journal still counts the batch's rows until they are done
         queued = max(0, self.pending - sum(p.submitted for p in parts))
-        sessions = {p.info["session"] for p in parts}
         self.bus.emit("memory", {"ingested": len(prepared), "new": len(new), "ms": ms, "redacted": redacted,
                                  "chunks": sum(it.kind == "chunk" for it in prepared),
                                  "items": sum(p.submitted for p in parts),
                                  "deduplicated": len(prepared) - len(new) + sum(p.skipped for p in parts),
                                  "queued": queued, "lag_s": lag_s, "indexed": self._indexed_items,
                                  **({"text_only": len(new), "deferred": self.deferred} if text_only else {})},
-                      session=sessions.pop() if len(sessions) == 1 else None)
+                      session=_only({p.info["session"] for p in parts}))
         for p in parts:
             if p.info["history"]:
                 fresh_new = sum((_pkey(it), it.id) in new_ids for it in p.prepared)
@@ -417,9 +416,9 @@ def _replace(it: MemoryItem, **kw: Any) -> MemoryItem:
     return MemoryItem(**d)
 
 
-def _session_of(items: list[MemoryItem]) -> str | None:
-    s = {it.session for it in items}
-    return s.pop() if len(s) == 1 else None
+def _only(values: set[str | None]) -> str | None:
+    """The one value of ``values``; None when they differ."""
+    return values.pop() if len(values) == 1 else None
 
 
 # --- conversation -> items ------------------------------------------------------------------------------

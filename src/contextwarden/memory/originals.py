@@ -104,10 +104,9 @@ class OriginalStore:
             return 0
         with self._lock:
             if tenant:
-                cur = self._db.execute("DELETE FROM originals WHERE session = ? AND tenant = ?", (session, tenant))
-            else:
-                cur = self._db.execute("DELETE FROM originals WHERE session = ?", (session,))
-            return cur.rowcount
+                return self._db.execute("DELETE FROM originals WHERE session = ? AND tenant = ?",
+                                        (session, tenant)).rowcount
+            return self._db.execute("DELETE FROM originals WHERE session = ?", (session,)).rowcount
 
     def prune(self, older_than_days: float) -> int:
         if self._db is None or self.read_only:

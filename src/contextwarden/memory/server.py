@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +121,8 @@ class MemoryServer:
         try:
             wire.send_frame(conn, out, lk)
         except (OSError, TypeError) as e:
-            try:
+            with suppress(OSError):
                 wire.send_frame(conn, {"id": msg.get("id"), "e": wire.encode_error(e)}, lk)
-            except OSError:
-                pass
 
     def _serve_conn(self, conn: socket.socket) -> None:
         lk = threading.Lock()
@@ -164,10 +163,8 @@ class MemoryServer:
         finally:
             with self._conns_lock:
                 self._conns.pop(conn, None)
-            try:
+            with suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
 
     def _watch_parent(self) -> None:
         while not self._stop.wait(1.0):
@@ -185,10 +182,7 @@ class MemoryServer:
                 return
 
     def serve(self) -> None:
-        try:
-            os.unlink(self.sock_path)
-        except FileNotFoundError:
-            pass
+        Path(self.sock_path).unlink(missing_ok=True)
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -209,10 +203,8 @@ class MemoryServer:
                 threading.Thread(target=self._serve_conn, args=(conn,), name="cw-memsrv-conn", daemon=True).start()
         finally:
             srv.close()
-            try:
+            with suppress(OSError):
                 os.unlink(self.sock_path)
-            except OSError:
-                pass
         self._closed.wait(60)
 
 

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -157,12 +158,10 @@ class MemoryService:
         finally:
             self.ready.set()
         if self.store is not None and self.store.available:
-            try:  # Chroma loads a partition's index on its first query: not on a request's clock
+            with suppress(Exception):  # Chroma loads a partition's index on its first query: not on a request's clock
                 warm = getattr(self.store, "warm", None)
                 if warm is not None and not self.closed:
                     warm()
-            except Exception:
-                pass
             self._load_lexical(self.store)
             if m.chroma_url and not self.closed:  # other replicas write there too: index their items
                 LexicalRefresh(self).start()
@@ -404,14 +403,12 @@ class MemoryService:
         """Fused candidates for ``query`` (see :meth:`Retriever.search`). While the lexical index is
         still being rebuilt, ``mode`` says so: its BM25 ranking covers only part of the store.
         ``prepared``: the token of this search's :meth:`prepare`."""
-        vectors = None
         if self.ingestor is not None:
             self.ingestor.touch()
         if isinstance(exclude, HistoryIndex):  # its candidates' keys cached here, from search to search
             exclude = exclude.using(self.text_keys)
-        if prepared is not None:
-            got = self._prepared.pop(prepared)
-            vectors = got.vectors if got is not None and time.monotonic() - got.at <= self.PREPARED_TTL_S else None
+        got = self._prepared.pop(prepared) if prepared is not None else None
+        vectors = got.vectors if got is not None and time.monotonic() - got.at <= self.PREPARED_TTL_S else None
         ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude, timeout_s=timeout_s,
                                               n=n, neighbours=self.neighbours, session=session, project=project,
                                               vectors=vectors)
@@ -477,7 +474,8 @@ class MemoryService:
         if wait_s > 0:
             self.flush_kept(wait_s)
         found = self.originals.get(memory_ids, tenants, workspace) if self.originals is not None else []
-        missing = [i for i in memory_ids if i not in {f.source_id for f in found}]
+        have = {f.source_id for f in found}
+        missing = [i for i in memory_ids if i not in have]
         if missing and chunks and self.store is not None and self.available:
             cut: dict[str, list] = {}
             for it in self.store.get_by_ids(missing, tenants, workspace):
@@ -485,10 +483,8 @@ class MemoryService:
                 if it.memory_id != (it.source_id or it.memory_id):
                     cut.setdefault(it.memory_id, []).append(it)
             for mid in missing:
-                parts = cut.get(mid)
-                if parts:
-                    first = parts[0]
-                    found.append(_replace(first, text="\n".join(p.text for p in parts), source_id=mid))
+                if parts := cut.get(mid):
+                    found.append(_replace(parts[0], text="\n".join(p.text for p in parts), source_id=mid))
         order = {m: k for k, m in enumerate(memory_ids)}
         return [it for it in sorted(found, key=lambda it: order.get(it.source_id, len(order)))
                 if (it.tenant, it.session) not in self._forgotten]
@@ -619,18 +615,17 @@ def configure(runtime, background: bool = True) -> MemoryService | RemoteMemoryS
     """Create (or update) the runtime's service from its settings; closes it when memory is disabled."""
     settings = runtime.settings
     slot = runtime.memo(SLOT, _Slot)
+    separate = process_mode(settings.memory.process, settings) == "separate"
     with slot.lock:
         old = svc = slot.svc
-        if settings.memory.enabled and svc is not None and (process_mode(settings.memory.process, settings) == "separate") == svc.separate \
-                and svc.update(settings):
+        if settings.memory.enabled and svc is not None and separate == svc.separate and svc.update(settings):
             return svc  # applied in place
         slot.svc = None
     if old is not None:
         old.close()
     if not settings.memory.enabled:
         return None
-    svc = RemoteMemoryService(runtime, MemoryService) if process_mode(settings.memory.process, settings) == "separate" \
-        else MemoryService(runtime, background)
+    svc = RemoteMemoryService(runtime, MemoryService) if separate else MemoryService(runtime, background)
     with slot.lock:
         slot.svc = svc
     return svc

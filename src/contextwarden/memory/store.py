@@ -30,6 +30,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -200,10 +201,8 @@ class MemoryStore:
                 self.path.mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(path=str(self.path), settings=cs)
             self._text_col = self._client.get_or_create_collection(TEXT_COLLECTION, embedding_function=None)
-            try:
+            with suppress(Exception):
                 self._max_batch = max(1, int(self._client.get_max_batch_size()))
-            except Exception:
-                pass
             self.available = True
         except Exception as e:  # Chroma missing, a server down, a corrupt directory: memory off, proxy on
             self.error = f"{self.backend} unavailable: {type(e).__name__}: {e}"
@@ -211,10 +210,8 @@ class MemoryStore:
 
     def _release(self) -> None:
         if self._client is not None:
-            try:
+            with suppress(Exception):
                 self._client.close()
-            except Exception:
-                pass
         self._client = self._text_col = None
         self._parts = {}
         if self._has_writer_lock:
@@ -246,13 +243,12 @@ class MemoryStore:
         """Release Chroma and the writer lock. The store is unusable afterwards. ``timeout``: how long to
         wait for a write in progress (an ingestion batch embedding holds the store); past it, the store
         is only marked closed and Chroma is left to the process's exit (the memory process, exiting)."""
-        if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
-            self._closed = True
-            self.available = False
+        locked = self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+        self._closed = True
+        self.available = False
+        if not locked:
             return
         try:
-            self._closed = True
-            self.available = False
             self._release()
         finally:
             self._lock.release()
@@ -381,11 +377,9 @@ class MemoryStore:
         probe = [1.0] + [0.0] * (int(getattr(self.embedder, "dim", 384)) - 1)
         n = 0
         for col in cols:
-            try:
+            with suppress(Exception):
                 col.query(query_embeddings=[probe], n_results=1, include=[])
                 n += 1
-            except Exception:
-                pass
         return n
 
     # --- reading -------------------------------------------------------------------------------------
@@ -452,9 +446,7 @@ class MemoryStore:
                    where: dict | None = None) -> Iterator[MemoryItem]:
         """Every stored item (of ``tenants``, plus the shared ``workspace``'s, when given), for building
         the lexical index and for export. Unordered."""
-        if not self.available:
-            return
-        if tenants is not None and not tenants:
+        if not self.available or (tenants is not None and not tenants):
             return
         if tenants is None:
             groups = [(c, where) for c in self._collections()]
@@ -475,8 +467,7 @@ class MemoryStore:
         """What the store holds, cheaply: items per collection (keys a snapshot of the lexical index)."""
         if not self.available:
             return {}
-        cols = self._collections()
-        return {"backend": self.backend, "counts": {c.name: c.count() for c in cols}}
+        return {"backend": self.backend, "counts": {c.name: c.count() for c in self._collections()}}
 
     def count(self) -> int:
         """Items stored (both collections)."""
@@ -573,8 +564,7 @@ class MemoryStore:
                 if not line:
                     continue
                 try:
-                    rec = orjson.loads(line)
-                    item = MemoryItem.from_record(rec)
+                    item = MemoryItem.from_record(orjson.loads(line))
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                     continue
                 # an export may come from elsewhere: it gets the same redaction as live traffic

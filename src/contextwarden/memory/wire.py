@@ -14,6 +14,7 @@ import pickle
 import socket
 import struct
 import threading
+from contextlib import nullcontext
 from typing import Any
 
 MAX_FRAME = 256 * 1024 * 1024
@@ -34,11 +35,8 @@ def frame_bytes(obj: Any) -> bytes:
 
 def send_frame(sock: socket.socket, obj: Any, lock: threading.Lock | None = None) -> None:
     buf = frame_bytes(obj)
-    if lock is None:
+    with lock or nullcontext():
         sock.sendall(buf)
-    else:
-        with lock:
-            sock.sendall(buf)
 
 
 class Outbox:
@@ -48,7 +46,7 @@ class Outbox:
     (not sent: a submit goes again with the next turn, a search fails open). A write error closes the
     outbox: every later put raises OSError."""
 
-    def __init__(self, sock: socket.socket, max_bytes: int = 64 << 20, name: str = "cw-memory-writer") -> None:
+    def __init__(self, sock: socket.socket, max_bytes: int = 64 << 20) -> None:
         self.sock = sock
         self.max_bytes = max_bytes
         self._q: collections.deque[bytes] = collections.deque()
@@ -56,8 +54,7 @@ class Outbox:
         self._cv = threading.Condition()
         self._closed = False
         self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, name="cw-memory-writer", daemon=True).start()
 
     def put(self, obj: Any) -> bool:
         buf = frame_bytes(obj)
@@ -123,9 +120,7 @@ def recv_frame(sock: socket.socket) -> Any:
     if n > MAX_FRAME:
         raise ValueError(f"frame of {n} bytes is over {MAX_FRAME}")
     body = _recv_exact(sock, n)
-    if body is None:
-        return None
-    return pickle.loads(body)
+    return None if body is None else pickle.loads(body)
 
 
 # --- errors ------------------------------------------------------------------------------------------
