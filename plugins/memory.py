@@ -291,7 +291,7 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         if not hits:
             return finish(skipped="nothing new", **info)
     # (the weakest go while the block, headings included, is over the room)
-    block, k = fit_block([h.item for h in hits], budget + overhead, lambda t: count_tokens(ctx, t))
+    block, k, block_tokens = fit_block([h.item for h in hits], budget + overhead, lambda t: count_tokens(ctx, t))
     del hits[k:]
     try:
         where = dialect(ctx.api).inject(ctx.request, block)
@@ -301,7 +301,7 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         ctx.history.carry_on(GIVEN_SLOT, 0, given | {h.item.memory_id for h in hits})
     top = set(tokenize(hits[0].item.text))
     matched = [w for w in dict.fromkeys(content_words(query.text)) if w in top][:5]
-    finish(injected=len(hits), tokens=count_tokens(ctx, block), ids=[h.item.memory_id for h in hits], matched=matched,
+    finish(injected=len(hits), tokens=block_tokens, ids=[h.item.memory_id for h in hits], matched=matched,
            scores=[h.scores() for h in hits], where=where, own_session=own,
            sessions=sorted({str(h.item.session) for h in hits}), **info)
 

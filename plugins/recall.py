@@ -178,8 +178,8 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
         return {"skipped": "over budget", "over_budget": over, "budget": budget}
     items = [_item(ctx, f.lost.memory_id, t, f.lost.turn, f.lost.tool, f.lost.kind) for f, t in zip(chosen, texts)]
     count = partial(ctx.runtime.tokens.count_text, model=ctx.model)
-    block, k = fit_block(items, budget + overhead, count)  # (the labels and headings too)
-    if count(block) > budget + overhead:
+    block, k, n = fit_block(items, budget + overhead, count)  # (the labels and headings too)
+    if n > budget + overhead:
         return {"skipped": "no room", "budget": budget}
     over += [f.lost.memory_id for f in reversed(chosen[k:])]
     tokens -= sum(map(count, texts[k:]))

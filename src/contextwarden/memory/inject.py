@@ -143,16 +143,18 @@ def block_room(ctx: Any, want: int) -> tuple[int, int]:
     return min(want, window - used) - overhead - 2, overhead
 
 
-def fit_block(items: list, limit: int, count: Callable[[str], int]) -> tuple[str, int]:
-    """The block of the first ``k`` of ``items``, and ``k``: the last ones dropped while it counts more than
-    ``limit`` tokens (the items' own counts leave out the labels and the group headings past the first),
-    one kept at least (the caller checks that one)."""
+def fit_block(items: list, limit: int, count: Callable[[str], int]) -> tuple[str, int, int]:
+    """The block of the first ``k`` of ``items``, ``k`` and the block's tokens: the last ones dropped while it
+    counts more than ``limit`` tokens (the items' own counts leave out the labels and the group headings past
+    the first), one kept at least (the caller checks that one's tokens)."""
     k = len(items)
     block = render_block(items)
-    while k > 1 and count(block) > limit:
+    n = count(block)
+    while k > 1 and n > limit:
         k -= 1
         block = render_block(items[:k])
-    return block, k
+        n = count(block)
+    return block, k, n
 
 
 def closing_tag(text: str, start: int = 0) -> str | None:
