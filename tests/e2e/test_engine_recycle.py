@@ -16,7 +16,7 @@ from websockets.sync.client import connect
 from contextwarden.core.liveprotocol import INFO_FILE, TOKEN_HEADER
 from tests.support.proxy import ProxyProcess
 from tests.support.upstream import StandIn
-from tests.support.wait import wait_until
+from tests.support.wait import INGEST_BOUND_S, wait_until
 
 from .test_engine import HEADERS, engines
 
@@ -65,7 +65,8 @@ def test_the_engine_starts_itself_again_in_place_keeping_what_the_tui_reads_and_
     [engine] = engines(proxy.proc.pid)
     mark = proxy.mark()
     ask(proxy, "recycle-fact", FACT)
-    assert proxy.wait_events(lambda e: e["type"] == "memory" and e["data"].get("ingested"), since=mark, timeout=60)
+    assert proxy.wait_events(lambda e: e["type"] == "memory" and e["data"].get("ingested"), since=mark,
+                             timeout=INGEST_BOUND_S)
     assert proxy.wait_events(lambda e: e["type"] == "gc" and e["data"].get("reason") == "forget", since=mark)
     [recycled] = proxy.wait_events(lambda e: e["type"] == "engine", since=mark, timeout=180)  # (a new interpreter; once over 60 s in CI, whose machine froze 39 s)
     assert recycled["data"]["pid"] == engine and recycled["data"]["execs"] == 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import uuid
 
+from tests.support.wait import INGEST_BOUND_S
+
 from .conftest import Route
 
 MODEL = "claude-opus-4-8"
@@ -57,7 +59,7 @@ def test_content_free_messages_get_no_memory_and_a_question_from_another_session
         model=MODEL, max_tokens=64, messages=[{"role": "user", "content": FACT}])
     # the fact is stored (the memory process's ingestion event) before anything is asked
     assert route.proxy.wait_events(lambda e: e["type"] == "memory" and e["data"].get("ingested"), 1, since=since,
-                                   timeout=60)
+                                   timeout=INGEST_BOUND_S)
 
     injected = {}
     for name, content in PROBES.items():

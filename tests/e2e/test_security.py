@@ -29,7 +29,7 @@ from websockets.sync.client import connect
 from contextwarden.core.liveprotocol import INFO_FILE, TOKEN_HEADER
 from tests.contextwarden.util.test_redact import _alnum, _windows, planted
 from tests.support.proxy import ProxyProcess, start_together, stop_together
-from tests.support.wait import wait_until
+from tests.support.wait import INGEST_BOUND_S, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIVACY_PLUGIN = ROOT / "examples" / "plugins" / "redact_emails.py"
@@ -85,10 +85,6 @@ def _post(proxy: ProxyProcess, messages: list, *, session: str, headers: dict | 
         r.read()
     assert r.status_code == 200, r.text[:400]
     return r
-
-
-# a hang's bound, not a test's: memory embeds at idle priority, minutes behind on a loaded machine
-INGEST_BOUND_S = 600
 
 
 def _wait_ingested(proxy: ProxyProcess, since: int, turns: int, quiet: float = 2.0) -> None:

@@ -14,6 +14,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+# how long a test waits for memory to store a turn: a hang's bound, not a test's (memory embeds at idle
+# priority, minutes behind on a loaded machine)
+INGEST_BOUND_S = 600
+
 
 def wait_until[T](cond: Callable[[], T], timeout: float = 15.0, *, interval: float = 0.05) -> T:
     """Call ``cond`` every ``interval`` s until it returns something truthy (returned), or ``timeout`` s passed
