@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from contextlib import suppress
 
 
 class BoundedExecutor(Executor):
@@ -45,10 +46,8 @@ class BoundedExecutor(Executor):
         for v in victims:
             v.cancel()
         if victims and self.on_drop is not None:
-            try:
+            with suppress(Exception):
                 self.on_drop(dropped, waiting)
-            except Exception:
-                pass
         return fut
 
     _idle = 0
@@ -84,11 +83,7 @@ class BoundedExecutor(Executor):
         end on their own threads)."""
         with self._cv:
             self._shutdown = True
-            if cancel_futures:
-                left = [f for f, *_ in self._q]
-                self._q.clear()
-            else:
-                left = []
+            left = [self._q.popleft()[0] for _ in range(len(self._q))] if cancel_futures else []
             self._cv.notify_all()
         for f in left:
             f.cancel()
@@ -98,8 +93,7 @@ class BoundedExecutor(Executor):
         for t in list(self._threads):
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         with self._cv:
-            left = [f for f, *_ in self._q]
-            self._q.clear()
+            left = [self._q.popleft()[0] for _ in range(len(self._q))]
         for f in left:
             f.cancel()
         if timeout is not None:  # what is running gets as long again to finish (then it is left behind)

@@ -17,6 +17,7 @@ import gc
 import os
 import sys
 import time
+from contextlib import suppress
 from typing import Any
 
 
@@ -44,11 +45,8 @@ def heap() -> dict[str, Any]:
     """Where this process's memory is (MB): resident, glibc's heap (in use, free but kept), its mmapped
     blocks; and the interpreter's small-object blocks in use. Empty parts where not Linux or glibc."""
     out: dict[str, Any] = {"py_blocks": sys.getallocatedblocks()}
-    try:
-        with open("/proc/self/statm") as f:
-            out["rss_mb"] = round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-    except (OSError, ValueError):
-        pass
+    with suppress(OSError, ValueError), open("/proc/self/statm") as f:
+        out["rss_mb"] = round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
     fn = getattr(libc(), "mallinfo2", None)
     if fn is not None:
         fn.restype = _Mallinfo2

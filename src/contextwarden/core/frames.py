@@ -17,6 +17,7 @@ import os
 import pickle
 import socket
 import struct
+from contextlib import suppress
 from typing import Any
 
 from mitmproxy import connection, http
@@ -116,10 +117,8 @@ class _Unpickler(pickle.Unpickler):
 def tune(sock: socket.socket) -> None:
     """Large buffers on one end of the pair (the kernel may give less; nothing else changes)."""
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        try:
+        with suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, opt, BUFFER)
-        except OSError:
-            pass
 
 
 async def open_stream(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -58,8 +58,8 @@ class StagePlugins(pluggy.PluginManager):
         self.cw_trace: Callable[..., None] | None = None  # the trace writer, when tracing
 
 
-def make_plugin_manager(plugins_dir: str | os.PathLike | None = None, trace: bool | None = None,
-                        entry_points: bool = True, extra: list[tuple[str, object]] | None = None) -> StagePlugins:
+def make_plugin_manager(plugins_dir: str | os.PathLike | None = None, entry_points: bool = True,
+                        extra: list[tuple[str, object]] | None = None) -> StagePlugins:
     pm = StagePlugins("contextwarden")
     pm.add_hookspecs(hookspecs)
     if entry_points:
@@ -78,7 +78,7 @@ def make_plugin_manager(plugins_dir: str | os.PathLike | None = None, trace: boo
         pm.cw_sources[name] = "registered in code"
     if plugins_dir:
         _load_dropins(pm, Path(plugins_dir).expanduser())
-    if trace if trace is not None else os.environ.get("CONTEXTWARDEN_TRACE") not in (None, "", "0"):
+    if os.environ.get("CONTEXTWARDEN_TRACE") not in (None, "", "0"):
         enable_trace(pm)
     return pm
 

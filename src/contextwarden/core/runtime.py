@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +125,8 @@ class Runtime:
     def _settle_gc_when_memory_is_ready(self, ev: Event) -> None:
         if getattr(ev, "type", None) == "memory_status" and not self._gc_settled_memory:
             self._gc_settled_memory = True
-            try:
+            with suppress(RuntimeError):  # closed meanwhile
                 self.turn_pool.submit(self.settle_gc, "memory ready")
-            except RuntimeError:  # closed meanwhile
-                pass
 
     def _turn_dropped(self, dropped: int, waiting: int) -> None:
         """A ``backpressure`` event at most once a second while turn work is being dropped."""

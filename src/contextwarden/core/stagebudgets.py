@@ -70,12 +70,9 @@ class StageTimes:
     def budget(self, stage: str, p) -> Budget:
         """The budget of ``stage`` now, under the pipeline settings ``p``."""
         fixed = float(p.budgets_ms.get(stage, p.stage_budget_ms))
-        if not p.adaptive_budgets:
-            return Budget(fixed, fixed)
-        p95 = self.p95(stage, p.budget_min_samples)
+        p95 = self.p95(stage, p.budget_min_samples) if p.adaptive_budgets else None
         if p95 is None:
             return Budget(fixed, fixed)
         ceiling = float(p.budget_ceiling_ms) if p.budget_ceiling_ms is not None else CEILING_FACTOR * fixed
-        floor = float(p.budget_floor_ms) if p.budget_floor_ms is not None else fixed
-        floor = min(floor, ceiling)
+        floor = min(float(p.budget_floor_ms) if p.budget_floor_ms is not None else fixed, ceiling)
         return Budget(min(ceiling, max(floor, p.budget_p95_factor * p95)), fixed, p95)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,10 +35,8 @@ HUNG_S = 10.0
 def _warm(encoding: str | None) -> None:
     """A new worker loads what calls need before the first one waits on it (a tiktoken encoding)."""
     if encoding:
-        try:
+        with suppress(Exception):  # not loadable here: the calls that need it find out
             tiktoken.get_encoding(encoding).encode_ordinary("warm")
-        except Exception:  # not loadable here: the calls that need it find out
-            pass
 
 
 class Unavailable(Exception):
@@ -113,15 +112,11 @@ class _Worker:
         if p is None:
             return
         for f in (f for f in (p.stdin, p.stdout) if f is not None):
-            try:
+            with suppress(Exception):
                 f.close()
-            except Exception:
-                pass
-        try:
+        with suppress(Exception):
             p.kill()
             p.wait(2)
-        except Exception:
-            pass
 
 
 class Offload:
@@ -142,11 +137,8 @@ class Offload:
     def start(self) -> None:
         """Start the workers now (start-up, not waiting for them), so that the first request finds them ready."""
         for w in self.workers:
-            with w.lock:
-                try:
-                    self._ensure(w)
-                except Exception:  # the first call tries again
-                    pass
+            with w.lock, suppress(Exception):  # the first call tries again
+                self._ensure(w)
 
     def wait_ready(self, timeout: float) -> bool:
         """Start the workers and wait until every one is ready (tests, benchmarks)."""

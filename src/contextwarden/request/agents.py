@@ -77,13 +77,11 @@ def derive_agent(rule: str, headers, body: dict[str, Any], session: str) -> str:
     ``header``: the ``x-contextwarden-agent`` header as given (one budget may then span sessions), else
     the session; ``session``: one agent per session.
     """
-    explicit = headers.get(AGENT_HEADER) if headers is not None else None
+    explicit = headers.get(AGENT_HEADER)
     if rule == "header":
         return explicit or session
     if rule == "claude-code":
-        if explicit:
-            return explicit
-        return claude_code_agent(body if isinstance(body, dict) else {}, session)
+        return explicit or claude_code_agent(body, session)
     return session
 
 

@@ -43,9 +43,7 @@ class Control:
         """After a rollback, new decisions wait while the request fits the window (else the next
         request, past the thresholds still, would make again the decision just rolled back); compact
         now, or a request that would not fit, ends the wait."""
-        if not self.hold or self.compact_now:
-            return False
-        return tokens <= settings.tokens.context_window
+        return self.hold and not self.compact_now and tokens <= settings.tokens.context_window
 
     def applied(self, stage: str, records: dict[str, Any], pinned: frozenset = frozenset()) -> dict[str, Any]:
         """``records`` (a stage's stored records by ref) without those turned off or pinned; the same

@@ -135,7 +135,7 @@ def prepare(runtime: Runtime, req: Incoming) -> RequestContext:
     n = len(hist.entries)
     hist.carry_on(_PROVIDER, n - 1 if pc.boundary < n else n, pc.boundary)
     _hand_over(ctx)
-    ctx.timings["parse"] = round((time.perf_counter() - t0) * 1000, 3)
+    ctx.timings["parse"] = _ms(t0)
     return ctx
 
 
@@ -334,12 +334,10 @@ def request_event(ctx: RequestContext, nbytes: int, mode: str) -> None:
 _NOT_RUN = object()  # admit_and_process: the stages did not run (the request was not read, or is bypassed)
 
 
-def remember(runtime: Runtime, ctx: RequestContext, rewritten: bytes | dict[str, Any] | None, nbytes: int) -> None:
+def remember(runtime: Runtime, ctx: RequestContext, rewritten: bytes | None, nbytes: int) -> None:
     """Keep a request's bodies for the inspector (as JSON bytes: nothing for the garbage collector to
     walk); write them to disk if the profile asks."""
     original = ctx.request_bytes if ctx.request_bytes is not None else orjson.dumps(ctx.original)
-    if isinstance(rewritten, dict):
-        rewritten = orjson.dumps(rewritten)
     entry = {"flow_id": ctx.flow_id, "session": ctx.session, "ts": time.time(), "api": ctx.api.value,
              "path": ctx.path, "model": ctx.model, "headers": ctx.headers, "original": original,
              "rewritten": rewritten}
@@ -397,9 +395,8 @@ class Pipeline:
             assert name is not None and budget is not None and clock.thread is not None  # (set when it abandoned)
             ctx.late_threads.add(clock.thread)
             rt.mark_overrun(name, clock.returned, ctx.flow_id, ctx.session)
-            p = ctx.settings.pipeline
             # a call past its budget took at least its budget: a busy machine raises the budgets
-            rt.stage_times.record(name, budget.ms, p.budget_window)
+            rt.stage_times.record(name, budget.ms, ctx.settings.pipeline.budget_window)
             err = f"ran past its {budget.describe()}"
             res = {"stage": name, "ms": round(ms, 3), "status": "timeout"}
             ctx.stage_results.append(res)
@@ -598,6 +595,4 @@ def decided_state(runtime: Runtime, ctx: RequestContext) -> tuple[bytes | None, 
     quiet = threading.Event()
     quiet.set()  # finish() keeps no body of an abandoned call: a dry run is not a request
     out = Pipeline(runtime).decided(fctx, "dry run", abandoned=quiet, hold=[])
-    if out.body is not None:
-        return out.body, fctx.tokens_out
-    return None, ctx.tokens_in
+    return (out.body, fctx.tokens_out) if out.body is not None else (None, ctx.tokens_in)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from contextlib import suppress
 from typing import Any
 
 import orjson
@@ -16,19 +17,13 @@ _SESSION_IN_USER_ID = re.compile(r"session_([0-9a-fA-F-]{8,})")
 
 
 def _from_metadata(body: dict[str, Any]) -> str | None:
-    md = body.get("metadata")
-    if not isinstance(md, dict):
-        return None
-    uid = md.get("user_id")
+    uid = md.get("user_id") if isinstance(md := body.get("metadata"), dict) else None
     if not isinstance(uid, str):
         return None
     if uid.startswith("{"):  # Claude Code >= 2.1: a JSON object in a string
-        try:
-            sid = orjson.loads(uid).get("session_id")
-            if sid:
+        with suppress(orjson.JSONDecodeError, AttributeError):
+            if sid := orjson.loads(uid).get("session_id"):
                 return str(sid)
-        except (orjson.JSONDecodeError, AttributeError):
-            pass
     m = _SESSION_IN_USER_ID.search(uid)  # older: user_<hash>_account_<uuid>_session_<uuid>
     return m.group(1) if m else None
 
@@ -75,9 +70,7 @@ def first_turn_content(body: dict[str, Any]) -> list[Any] | None:
 
 def first_turn_hash(body: dict[str, Any]) -> str | None:
     content = first_turn_content(body)
-    if content is None:
-        return None
-    return "h-" + hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return None if content is None else "h-" + hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 def derive_session(headers, body: dict[str, Any] | None) -> tuple[str, str]:

@@ -13,6 +13,7 @@ import asyncio
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -124,10 +125,8 @@ class StageClock:
         waiting: list = [None]  # the task's current wait (a loop future), woken by _finished
 
         def settle(w: Future) -> None:  # (on the thread that ended the call, or here if it had)
-            try:
+            with suppress(RuntimeError):  # the loop is closed (shutdown): nobody waits any more
                 loop.call_soon_threadsafe(_finished, w, done, waiting)
-            except RuntimeError:  # the loop is closed (shutdown): nobody waits any more
-                pass
 
         work.add_done_callback(settle)
         while True:

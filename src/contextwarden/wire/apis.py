@@ -17,9 +17,7 @@ def classify(method: str, host: str, port: int, path: str, proxy: ProxySection, 
     ollama = hostport in proxy.ollama_hosts or host in proxy.ollama_hosts
     p = path_of(path)
     d = next((d for d in DIALECTS.values() if d.serves(p, ollama or reverse)), None)
-    if d is None:
-        return None
-    if (reverse and proxy.reverse_any_host) or d.known_host(host, hostport, proxy, ollama):
+    if d is not None and ((reverse and proxy.reverse_any_host) or d.known_host(host, hostport, proxy, ollama)):
         return d.kind
     return None
 

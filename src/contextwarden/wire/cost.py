@@ -267,17 +267,12 @@ class PromptCache:
         total = bounds[-1].cum if bounds else 0
         bill = Bill(tokens=total, output=output_tokens)
         bps = [i for i, b in enumerate(bounds) if b.ttl is not None]
-
-        def live(i: int) -> bool:
-            exp = self.entries.get((mkey, bounds[i].key))
-            return exp is not None and exp >= ts
-
         read_at = -1
         for bp in reversed(bps):
             for j in range(bp, max(-1, bp - self.lookback - 1), -1):
                 if j <= read_at:
                     break
-                if live(j):
+                if (exp := self.entries.get((mkey, bounds[j].key))) is not None and exp >= ts:  # a live entry
                     read_at = j
                     break
             if read_at >= 0:

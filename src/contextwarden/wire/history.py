@@ -278,14 +278,11 @@ class History:
         """``(n, value)`` the conversation's previous request left under ``key`` with :meth:`carry_on`
         about its first ``n`` messages, when they are this request's first ``n``. The value is shared:
         read it, never change it."""
-        conv = self.conv
-        got = conv.slots.get(key) if conv is not None else None
-        if got is None:
+        got = self.conv.slots.get(key) if self.conv is not None else None
+        # (Typed compares by identity: C speed)
+        if got is None or got.n > len(self.entries) or self.entries[:got.n] != got.entries:
             return None
-        n = got.n
-        if n > len(self.entries) or self.entries[:n] != got.entries:  # (Typed compares by identity: C speed)
-            return None
-        return n, got.value
+        return got.n, got.value
 
     def carry_on(self, key: Any, n: int, value: Any) -> None:
         """Leave ``value``, which depends on this request's first ``n`` messages only, to the

@@ -217,8 +217,7 @@ class RecentBodies:
             return
         k0, matched = None, 0
         if base is not None and base.known.key == key and base.count <= len(raws):
-            k0, ok = base.known, base.count
-            matched = ok
+            k0, ok, matched = base.known, base.count, base.count
             head, start, ends, sep = k0.head, k0.start, k0.ends[:ok], k0.sep
             written = k0.written[:ok]
             pos = ends[-1] if ok else start

@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from functools import partial
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -147,10 +148,8 @@ class TokenCounter:
         self._cal: dict[str, dict[str, Any]] = {}
         self._cal_read = time.monotonic()
         if state is not None:
-            try:
+            with suppress(Exception):  # a damaged state file must not stop counting
                 self._cal = {k: v for k, v in state.items(CALIBRATION_NS) if isinstance(v, dict) and "factor" in v}
-            except Exception:  # a damaged state file must not stop counting
-                self._cal = {}
 
     @property
     def settings(self) -> Any:
@@ -342,10 +341,8 @@ class TokenCounter:
             return 1.0
         if getattr(self.state, "shared", False) and time.monotonic() - self._cal_read > CAL_REFRESH_S:
             self._cal_read = time.monotonic()  # what other replicas learned
-            try:
+            with suppress(Exception):  # down: keep what this replica knows
                 self._cal.update({k: v for k, v in self.state.items(CALIBRATION_NS) if isinstance(v, dict) and "factor" in v})
-            except Exception:
-                pass  # down: keep what this replica knows
         rec = self._cal.get(model or "unknown")
         return float(rec["factor"]) if rec else 1.0
 
@@ -460,10 +457,7 @@ class TokenCounter:
         if t in ("tool_use", "server_tool_use"):
             return frame + self._text(b.get("name"), enc) + self._text(b.get("input"), enc)
         if isinstance(t, str) and (t == "tool_result" or t.endswith("_tool_result")):
-            c = b.get("content")
-            if isinstance(c, list):
-                return frame + sum(self._block(d, x, enc) for x in c)
-            return frame + self._text(c, enc)
+            return frame + self._content(d, b.get("content"), enc)
         if t == "document" or t == "input_file":
             src: dict[str, Any] = b["source"] if isinstance(b.get("source"), dict) else {}
             if src.get("type") == "text":

@@ -192,9 +192,7 @@ class Anthropic(Dialect):
         return am.message_text(m)
 
     def summary_message(self, text: str, cache_control: dict[str, Any] | None = None) -> am.Message:
-        block: dict[str, Any] = {"type": "text", "text": text}
-        if cache_control:
-            block["cache_control"] = cache_control
+        block = {"type": "text", "text": text} | ({"cache_control": cache_control} if cache_control else {})
         return am.Message.model_validate({"role": "user", "content": [block]})
 
     def error_answer(self, message: str, stream: bool, kind: str = "rate_limit") -> tuple[bytes, dict[str, str]]:
@@ -322,9 +320,8 @@ def _last_assistant(msgs: list[Any]) -> Any:
 
 def _thinking(m: Any) -> list[Any]:
     """The thinking blocks of a message (None: none)."""
-    if not m:
-        return []
-    return [b for b in blocks(m.get("content")) if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking")]
+    return [b for b in blocks(m.get("content") if m else None)
+            if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking")]
 
 
 def _keys(msgs: list[Any], orig_msgs: list[Any], original_raw: list[bytes] | None, raw: list[bytes | None] | None) -> list[Any]:

@@ -147,10 +147,8 @@ class Chat(Dialect):
             n += 1 + tc._text(m.get("name"), enc)
         for c in m.get("tool_calls") or []:
             fn = c.get("function") if isinstance(c, dict) else None
-            if isinstance(fn, dict):
-                n += TOOL_CALL_OVERHEAD + tc._text(fn.get("name"), enc) + tc._text(fn.get("arguments"), enc)
-            else:
-                n += TOOL_CALL_OVERHEAD + tc._text(c, enc)
+            n += TOOL_CALL_OVERHEAD + (tc._text(fn.get("name"), enc) + tc._text(fn.get("arguments"), enc)
+                                       if isinstance(fn, dict) else tc._text(c, enc))
         if m.get("tool_call_id"):
             n += 2
         for key in ("thinking", "reasoning_content", "reasoning"):  # Ollama / OpenAI-compatible reasoning text

@@ -178,10 +178,7 @@ class Responses(Chat):
         if t in ("function_call", "custom_tool_call"):
             return TOOL_CALL_OVERHEAD + tc._text(item.get("name"), enc) + tc._text(item.get("arguments", item.get("input")), enc)
         if isinstance(t, str) and t.endswith("_output"):
-            out = item.get("output")
-            if isinstance(out, list):
-                return TOOL_CALL_OVERHEAD + sum(tc._block(self, x, enc) for x in out)
-            return TOOL_CALL_OVERHEAD + tc._text(out, enc)
+            return TOOL_CALL_OVERHEAD + tc._content(self, item.get("output"), enc)
         if t == "reasoning":
             n = BLOCK_OVERHEAD + sum(tc._text(s.get("text"), enc) for s in item.get("summary") or [] if isinstance(s, dict))
             if isinstance(item.get("encrypted_content"), str):

@@ -69,9 +69,7 @@ class Deflate:
         return self._d.decompress(data)
 
     def flush(self) -> bytes:
-        if self._d is None:  # fewer than two bytes in all: not enough to be anything
-            return b""
-        return self._d.flush()
+        return b"" if self._d is None else self._d.flush()  # (None: fewer than two bytes in all, not enough to be anything)
 
 
 class Brotli(Identity):  # (Identity's flush: brotli and zstd hold nothing back at the end)

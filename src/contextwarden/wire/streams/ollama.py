@@ -50,9 +50,7 @@ class OllamaAssembler(Assembler):
             message["thinking"] = "".join(self._thinking)
         if self._calls:
             message["tool_calls"] = self._calls
-        tool_calls = []
-        for tc in self._calls:
-            fn = tc.get("function")
-            fn = fn if isinstance(fn, dict) else {}
-            tool_calls.append({"id": tc.get("id"), "name": fn.get("name"), "input": parse_arguments(fn.get("arguments"))})
+        fns = [fn if isinstance(fn := tc.get("function"), dict) else {} for tc in self._calls]
+        tool_calls = [{"id": tc.get("id"), "name": fn.get("name"), "input": parse_arguments(fn.get("arguments"))}
+                      for tc, fn in zip(self._calls, fns)]
         return message, text, tool_calls

@@ -49,14 +49,12 @@ class ResponsesAssembler(Assembler):
                 if isinstance(part.get("annotations"), list):
                     part["annotations"] = list(part["annotations"])
                 self._parts.setdefault(oi, {})[ci] = part
-        elif kind == "response.output_text.done":
-            self._part_piece(oi, data.get("content_index", 0), data.get("text"), reset=True)
-        elif kind == "response.refusal.done":
-            self._part_piece(oi, data.get("content_index", 0), data.get("refusal"), reset=True)
-        elif kind == "response.function_call_arguments.done":
-            self._item_piece(oi, data.get("arguments"), kind, reset=True)
-        elif kind == "response.custom_tool_call_input.done":
-            self._item_piece(oi, data.get("input"), kind, reset=True)
+        elif kind in ("response.output_text.done", "response.refusal.done"):
+            whole = data.get("text" if kind == "response.output_text.done" else "refusal")
+            self._part_piece(oi, data.get("content_index", 0), whole, reset=True)
+        elif kind in ("response.function_call_arguments.done", "response.custom_tool_call_input.done"):
+            whole = data.get("arguments" if kind == "response.function_call_arguments.done" else "input")
+            self._item_piece(oi, whole, kind, reset=True)
         elif kind == "response.output_text.annotation.added":
             part = self._part(oi, data.get("content_index", 0))
             if part is not None:
