@@ -149,11 +149,7 @@ class Totals:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Totals:
-        t = cls()
-        for k, v in (d or {}).items():
-            if k in _TOTALS:
-                setattr(t, k, v)
-        return t
+        return cls(**{k: v for k, v in (d or {}).items() if k in _TOTALS})
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in _TOTALS}

@@ -314,10 +314,7 @@ def billed_from_usage(usage: dict[str, Any] | None, price: Price) -> Bill:
     compaction iterations included)."""
     u = usage or {}
     comp = provider_compaction(u)  # (the provider's compaction: billed, not in the top-level fields)
-    inp = int(u.get("input_tokens") or 0) + comp.get("input_tokens", 0)
-    read = int(u.get("cache_read_input_tokens") or 0) + comp.get("cache_read_input_tokens", 0)
-    write = int(u.get("cache_creation_input_tokens") or 0) + comp.get("cache_creation_input_tokens", 0)
-    out = int(u.get("output_tokens") or 0) + comp.get("output_tokens", 0)
+    inp, out, read, write = (int(u.get(k) or 0) + comp.get(k, 0) for k in _COUNTS)
     return Bill(tokens=inp + read + write, read=read, write=write, uncached=inp, output=out,
                 input_cost=(inp + read * price.read + write * price.write) * price.input / 1e6,
                 output_cost=out * price.output / 1e6)
