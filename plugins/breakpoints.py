@@ -23,6 +23,7 @@ from __future__ import annotations
 from operator import itemgetter
 
 from contextwarden import hookimpl
+from contextwarden.plugins.clearing import _commit as commit
 from contextwarden.wire.cost import price_for
 from contextwarden.wire.dialects import NO_PROVIDER, Dialect, ProviderContext, dialect
 from contextwarden.wire.tokens import strips_thinking
@@ -62,10 +63,5 @@ def _mark(ctx) -> None:
         edits = {i: e for i, e in edits.items() if kept[2][3] + sum(map(_TOKENS, kept[1][: i + 1])) >= floor}
     if not edits:
         return
-    msgs = ctx.request.messages
-    todo = sorted(edits)
-    # the same edit of the same message gives the very same copy on the next request (History.derive_all)
-    new = ctx.history.derive_all([(msgs[i], edits[i], lambda m=msgs[i], e=edits[i]: d.edited(m, e)) for i in todo])
-    for i, m in zip(todo, new):
-        msgs[i] = m
-    ctx.emit("breakpoints", messages=todo)
+    commit(ctx, edits)  # (the same edit of the same message gives the very same copy on the next request)
+    ctx.emit("breakpoints", messages=sorted(edits))

@@ -65,18 +65,12 @@ def used(state, key: str) -> int:
     return int(rec.get("used", 0)) if isinstance(rec, dict) else 0
 
 
-def add_use(state, key: str, tokens: int) -> int:
-    """Add ``tokens`` to a budget's use; returns the new total."""
+def add_use(state, key: str, tokens: int) -> None:
+    """Add ``tokens`` to a budget's use."""
     now = time.time()
     # (atomic in the store: concurrent turn workers, and replicas sharing it, count into one total)
-    rec = state.update(NS, key, lambda cur: {"used": int((cur or {}).get("used", 0)) + int(tokens),
-                                             "turns": int((cur or {}).get("turns", 0)) + 1, "updated": now})
-    return rec["used"]
-
-
-def reset(state, key: str | None = None) -> None:
-    """Forget the use of one budget key (``session:<id>``, ``agent:<key>``), or of all."""
-    state.delete(NS, key)
+    state.update(NS, key, lambda cur: {"used": int((cur or {}).get("used", 0)) + int(tokens),
+                                       "turns": int((cur or {}).get("turns", 0)) + 1, "updated": now})
 
 
 def blocked_response(api: ApiKind, stream: bool, message: str, retry_after_s: int) -> tuple[int, bytes, dict[str, str]]:

@@ -378,19 +378,18 @@ def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
 
 
 def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: _Prefix | None = None, carry: _Prefix | None = None) -> None:
-    """Put the recorded stubs in: each edited message is replaced by an edited copy. The same stubs on
-    the same message give the same copy on every request, kept by the conversation (``History.derive_all``)
-    with its wire form known, so re-applying them does not cost a copy, a dump and a validation each."""
+    """Put the recorded stubs in (or other edits of the dialect's: the breakpoints stage's markers): each
+    edited message is replaced by an edited copy. The same stubs on the same message give the same copy
+    on every request, kept by the conversation (``History.derive_all``) with its wire form known, so
+    re-applying them does not cost a copy, a dump and a validation each."""
     if not edits:
         return
     msgs = ctx.request.messages
     edited = dialect(ctx.api).edited
-    history = ctx.history
     todo = list(edits)
-    builds = [lambda m=msgs[i], edit=edits[i]: edited(m, edit) for i in todo]
     # the edit, completely: the stubs by block (the stub strings come from the session's records,
     # the same objects every request, so comparing them is a pointer compare)
-    new = history.derive_all([(msgs[i], edits[i], b) for i, b in zip(todo, builds)])
+    new = ctx.history.derive_all([(msgs[i], edits[i], lambda m=msgs[i], edit=edits[i]: edited(m, edit)) for i in todo])
     for i, m in zip(todo, new):
         msgs[i] = m
 

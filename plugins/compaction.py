@@ -362,9 +362,7 @@ def _summary_cache_control(ctx, cfg, kept: list[Any]) -> dict | None:
     others = count_breakpoints(o.get("system")) + count_breakpoints(o.get("tools")) + count_breakpoints(kept)
     if others >= 4:
         return None
-    if any(t == "1h" for t in breakpoint_ttls(kept)):
-        return {"type": "ephemeral", "ttl": "1h"}
-    return {"type": "ephemeral"}
+    return {"type": "ephemeral", "ttl": "1h"} if "1h" in breakpoint_ttls(kept) else {"type": "ephemeral"}
 
 
 @hookimpl
@@ -506,17 +504,12 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
 
 def _find(f: _Compaction) -> None:
     """Step 1: the session's earlier decision, if the client still sends the span it covers."""
-    active = None
-    for d in f.decisions:
-        if d.end > f.pin_at or f.ctl.is_off(NS, d.hash):
-            continue  # rolled back, or covering pinned content
-        # (a rewound conversation must still keep its latest assistant message)
-        if _applies(f, d, f.lead):
-            active = d
-            break
-    f.active, f.start, f.t_now = active, active.end if active else f.lead, f.total
-    if active:
-        f.t_now = _tokens_with(f, active)
+    # not one rolled back or covering pinned content (a rewound conversation must still keep its latest
+    # assistant message: _applies)
+    active = next((d for d in f.decisions if d.end <= f.pin_at and not f.ctl.is_off(NS, d.hash) and _applies(f, d, f.lead)),
+                  None)
+    f.active = active
+    f.start, f.t_now = (active.end, _tokens_with(f, active)) if active else (f.lead, f.total)
 
 
 def _applies(f: _Compaction, d: Decision, after: int) -> bool:
@@ -679,8 +672,7 @@ def _apply(f: _Compaction, active: Decision, reused: bool, trigger: str | None, 
     end = active.end
     cc = _summary_cache_control(ctx, cfg, f.orig[end:])
     summary_msg = dialect(api).summary_message(active.summary, cc)
-    head = list(f.current[:lead])
-    setattr(f.req, dialect(api).history_key, head + [summary_msg] + list(f.current[end:]))
+    setattr(f.req, dialect(api).history_key, [*f.current[:lead], summary_msg, *f.current[end:]])
     ctx.notes["compaction"] = {"lead": lead, "end": end, "reused": reused, "summary_tokens": active.summary_tokens,
                                "messages": end - lead}
     data: dict[str, Any] = dict(applied=True, messages=end - lead, tokens_before=total, tokens_after=_tokens_with(f, active),

@@ -495,9 +495,7 @@ def cw_turn_complete(ctx, turn) -> None:
     if ctx is None or not ctx.settings.memory.enabled or ctx.helper_call:
         return
     svc = memory_service.get_service(ctx.runtime)
-    if svc is None:
-        return
-    if not svc.ready.wait(10) or not svc.available:
+    if svc is None or not svc.ready.wait(10) or not svc.available:
         return
     items, n, history = items_for_turn(ctx, turn, svc.tagger)
     if not items or svc.submit(items, flow_id=ctx.flow_id, history=history,

@@ -73,10 +73,9 @@ def _lost_entry(e: dict) -> Lost | None:
                 "tool_input" if e.get("kind") == "tool_input" else "tool_result")
 
 
-def _lost(ctx, index: TermIndex | None = None) -> list[Lost]:
+def _lost(ctx, index: TermIndex) -> list[Lost]:
     """What clearing and compaction took out of this request (the client still sends it whole)."""
-    cleared = ctx.notes.get("cleared") or []
-    out = index.entries(cleared, _lost_entry) if index is not None else [x for x in map(_lost_entry, cleared) if x]
+    out = index.entries(ctx.notes.get("cleared") or [], _lost_entry)
     comp = ctx.notes.get("compaction")
     if comp:
         out += _folded(ctx, int(comp["lead"]), int(comp["end"]))
@@ -206,8 +205,7 @@ def cw_request(ctx) -> None:
         if svc is not None:
             kept = keep_lost(ctx, svc)
             if kept:
-                data["kept"] = len(kept)
-                data["kept_ids"] = kept
+                data.update(kept=len(kept), kept_ids=kept)
     except Exception as e:  # recall is an extra: the request goes on
         ctx.emit("error", where="recall", message=f"keeping originals: {type(e).__name__}: {e}", action="not kept")
     try:

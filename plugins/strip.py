@@ -50,10 +50,8 @@ def _sub(rx: re.Pattern, repl: str | Callable, needle: str | None = None, head: 
 
     def step(text: str) -> tuple[str, int]:
         if needle is not None:
-            if head:
-                if not text.lstrip()[: len(needle)] == needle:
-                    return text, 0
-            elif needle not in (text[-tail:] if tail else text):
+            found = text.lstrip().startswith(needle) if head else needle in (text[-tail:] if tail else text)
+            if not found:
                 return text, 0
         if tail and len(text) > tail:
             cut = len(text) - tail
@@ -205,12 +203,9 @@ def cw_request(ctx) -> None:
     totals: dict[str, int] = {}
     cleaned = 0
     history = ctx.history
-
-    def strip_one(m: Any) -> tuple[str | None, tuple]:
-        return _clean_one(s, d.text_of, m)
-
+    strip_one = functools.partial(_clean_one, s, d.text_of)
     # a message seen before, unchanged: its result is remembered with it (history.Entry.memo)
-    results = history.memos(items, s.key, strip_one) if history is not None else [strip_one(m) for m in items]
+    results = history.memos(items, s.key, strip_one) if history is not None else list(map(strip_one, items))
     for i, (text, counts) in enumerate(results):
         if counts:
             clean[i] = text

@@ -9,6 +9,7 @@ The tagger works offline; ``tagging.embedding_tagger`` adds the nearest known ta
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import cast
 
@@ -23,17 +24,13 @@ from contextwarden.memory.tagger import Tagger, tag_key
 from contextwarden.util import last_of
 
 
-def tagger_for(ctx_or_runtime, settings=None) -> Tagger | NullTagger:
+def tagger_for(ctx) -> Tagger | NullTagger:
     """The memory service's tagger when there is one (it may embed), else a keyword tagger."""
-    runtime = getattr(ctx_or_runtime, "runtime", ctx_or_runtime)
-    settings = settings or getattr(ctx_or_runtime, "settings", None) or runtime.settings
-    try:
+    runtime, t = ctx.runtime, ctx.settings.tagging
+    with contextlib.suppress(Exception):
         svc = get_service(runtime)
-        if svc is not None and svc.tagger.settings == settings.tagging:
+        if svc is not None and svc.tagger.settings == t:
             return svc.tagger
-    except Exception:
-        pass
-    t = settings.tagging
     key = (t.max_tags, t.merge_similarity)
     taggers = runtime.memo("tagging.taggers", dict)
     tagger = taggers.get(key)
