@@ -111,8 +111,7 @@ def cw_request(ctx) -> None:
 def cw_turn_complete(ctx, turn) -> None:
     if ctx is None or not ctx.settings.budget.enabled or ctx.blocked is not None:
         return
-    usage = getattr(turn, "usage", None)
-    tokens = getattr(usage, "total_input", None) if usage is not None else None
+    tokens = getattr(getattr(turn, "usage", None), "total_input", None)
     if tokens is None:
         if getattr(turn, "error", None):
             return  # the provider refused the request: nothing was billed

@@ -63,13 +63,11 @@ class Decision:
 
     @classmethod
     def load(cls, d: dict[str, Any]) -> Decision:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        known = {"hash": None, "summary": "", **{k: d[k] for k in cls.__dataclass_fields__ if k in d}}
         known["folds"] = tuple(tuple(x) for x in known.get("folds") or ())
         known["sections"] = known.get("sections") or {}
         for k in ("lead", "end", "span_tokens", "summary_tokens", "messages", "source_tokens"):
             known[k] = int(known.get(k) or 0)
-        known.setdefault("hash", None)
-        known.setdefault("summary", "")
         return cls(**known)
 
     def dump(self) -> dict[str, Any]:

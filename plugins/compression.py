@@ -174,11 +174,8 @@ def _text_chars(m: Any) -> int:
     c = m.get("content") if "content" in m else m.get("output")
     if isinstance(c, str):
         return len(c)
-    n = 0
-    for b in c if isinstance(c, list) else ():
-        if isinstance(b, dict):
-            n += len(result_text(b.get("content"))) if b.get("type") == "tool_result" else len(b.get("text") or "")
-    return n
+    return sum(len(result_text(b.get("content"))) if b.get("type") == "tool_result" else len(b.get("text") or "")
+               for b in (c if isinstance(c, list) else ()) if isinstance(b, dict))
 
 
 def _keep(ctx, chosen: list[tuple[Slot, dict]]) -> list[str]:

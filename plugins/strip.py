@@ -85,16 +85,13 @@ class Stripper:
 
     def __init__(self, enabled: list[str], user_patterns: list[str]) -> None:
         self.key = ("strip", tuple(enabled), tuple(user_patterns))  # names its results in per-message memos
-        self.steps: list[tuple[str, Callable[[str], tuple[str, int]]]] = []
-        self.errors: list[str] = []
         # text -> (text, cleaned, counts); one memo per Stripper, so other patterns never share an entry
         self._memo = LRU(MEMO_CHARS, max_item=MEMO_CHARS // 4, max_count=MEMO_ENTRIES)
-        for name in BUILTIN:  # fixed order: the marker and wrappers first, then headers, then the footer
-            if name in enabled:
-                self.steps.append((name, _BUILTIN_FNS[name]))
-        for name in enabled:
-            if name not in _BUILTIN_FNS:
-                self.errors.append(f"unknown strip pattern {name!r} (known: {', '.join(BUILTIN)})")
+        # fixed order: the marker and wrappers first, then headers, then the footer
+        self.steps: list[tuple[str, Callable[[str], tuple[str, int]]]] = [
+            (name, _BUILTIN_FNS[name]) for name in BUILTIN if name in enabled]
+        self.errors = [f"unknown strip pattern {name!r} (known: {', '.join(BUILTIN)})" for name in enabled
+                       if name not in _BUILTIN_FNS]
         for i, pat in enumerate(user_patterns):
             try:
                 rx = re.compile(pat)
