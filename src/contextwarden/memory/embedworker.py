@@ -14,6 +14,7 @@ in-process embedder, except once closed (shutdown), where the batch fails and it
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -72,15 +73,11 @@ def _idle(group_nice: int = 0) -> None:
     try:
         # every thread of the process: a policy is a thread's own
         for tid in _threads_of_process():
-            try:
+            with contextlib.suppress(ProcessLookupError):  # (a thread that ended meanwhile)
                 os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-            except ProcessLookupError:  # (a thread that ended meanwhile)
-                pass
     except (AttributeError, OSError):
-        try:
+        with contextlib.suppress(AttributeError, OSError):
             os.nice(19)
-        except (AttributeError, OSError):
-            pass
     if group_nice > 0:
         group_weight(group_nice)
 
@@ -132,11 +129,10 @@ class BackgroundEmbedder:
         self._loading.start()
 
     def _load(self) -> None:
-        try:
+        # (Unavailable: closed meanwhile, or it could not start: the first batch tries again)
+        with contextlib.suppress(Unavailable):
             if self._offload.wait_ready(self.start_s):
                 self.loaded = self._offload.call(load, self.model_dir, self.group_nice, timeout=self.timeout_s)
-        except Unavailable:  # (closed meanwhile, or it could not start: the first batch tries again)
-            pass
 
     def pids(self) -> list[int]:
         return self._offload.pids()
@@ -149,11 +145,10 @@ class BackgroundEmbedder:
 
     def _call(self, fn, texts: list[str], here):
         if not self._closed.is_set():
-            try:
+            # (Unavailable: closed meanwhile: Closed below; else the in-process embedder answers)
+            with contextlib.suppress(Unavailable):
                 self._offload.wait_ready(self.start_s)
                 return self._offload.call(fn, self.model_dir, list(texts), self.group_nice, timeout=self.timeout_s)
-            except Unavailable:  # (closed meanwhile: Closed below; else the in-process embedder answers)
-                pass
         if self._closed.is_set():
             raise Closed("memory is shutting down")
         self.fallbacks += 1

@@ -15,6 +15,7 @@ failures become ``error`` events, never exceptions in callers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -402,10 +403,8 @@ def _pkey(it: MemoryItem) -> str:
 def _lower_priority() -> None:
     """The worker's thread at nice +5 (on Linux a thread has its own): it yields the CPU to the request
     path (at +10 a busy machine starved it until the queue overflowed)."""
-    try:
+    with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5))
-    except (AttributeError, OSError):
-        pass
 
 
 def _replace(it: MemoryItem, **kw: Any) -> MemoryItem:

@@ -147,12 +147,8 @@ def fit_block(items: list, limit: int, count: Callable[[str], int]) -> tuple[str
     counts more than ``limit`` tokens (the items' own counts leave out the labels and the group headings past
     the first), one kept at least (the caller checks that one's tokens)."""
     k = len(items)
-    block = render_block(items)
-    n = count(block)
-    while k > 1 and n > limit:
+    while (n := count(block := render_block(items[:k]))) > limit and k > 1:
         k -= 1
-        block = render_block(items[:k])
-        n = count(block)
     return block, k, n
 
 

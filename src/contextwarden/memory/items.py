@@ -75,8 +75,7 @@ class MemoryItem:
             "hash": self.hash,
             "mid": self.memory_id,
         }
-        tags = clean_tags(self.tags)
-        if tags:
+        if tags := clean_tags(self.tags):
             md["tags"] = tags
         md.update((k, v) for k in OPTIONAL if (v := getattr(self, k)) is not None)
         return md

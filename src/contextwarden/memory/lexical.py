@@ -13,6 +13,7 @@ A query term the index has never seen is matched to the closest known term with 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -56,8 +57,7 @@ def tokenize(text: str, done: dict[str, tuple[str, ...]] | None = None) -> list[
     out: list[str] = []
     if "\\" in text:
         text = _ESCAPE.sub(" ", text)
-    if done is None:
-        done = {}
+    done = {} if done is None else done
     for tok in _TOKEN.findall(text):
         terms = done.get(tok)
         if terms is None:
@@ -242,6 +242,10 @@ class LexicalIndex:
         with self._lock:
             return sum(len(p.items) for p in self._parts.values())
 
+    def _named(self, partitions: Iterable[str]) -> list[_Partition]:
+        """The partitions of these names that exist, each once (call under the lock)."""
+        return [p for name in dict.fromkeys(partitions) if (p := self._parts.get(name)) is not None]
+
     @staticmethod
     def partition_of(item) -> str:
         return item.workspace or item.tenant
@@ -328,21 +332,14 @@ class LexicalIndex:
     def other_sessions(self, partitions: Iterable[str], session: str) -> bool:
         """Whether the partitions hold items of sessions other than ``session``."""
         with self._lock:
-            for name in dict.fromkeys(partitions):
-                part = self._parts.get(name)
-                if part is not None and part.session_count(session) < len(part.items):
-                    return True
-        return False
+            return any(part.session_count(session) < len(part.items) for part in self._named(partitions))
 
     def df_ratio(self, term: str, partitions: Iterable[str], session: str | None = None) -> tuple[float, int]:
         """Share of the partitions' items (of ``session``'s, when given) that contain ``term``, and how
         many items there are."""
         with self._lock:
             df = total = 0
-            for name in dict.fromkeys(partitions):
-                part = self._parts.get(name)
-                if part is None:
-                    continue
+            for part in self._named(partitions):
                 p = part.postings.get(term)
                 if session is None:
                     total += len(part.items)
@@ -387,10 +384,7 @@ class LexicalIndex:
             return []
         hits: list[LexicalHit] = []
         with self._lock:
-            for name in dict.fromkeys(partitions):
-                part = self._parts.get(name)
-                if part is None:
-                    continue
+            for part in self._named(partitions):
                 acc = part.scores(weighted, self.k1, self.b, self.fuzzy_cutoff)
                 if acc is None:
                     continue
@@ -449,10 +443,8 @@ def save_snapshot(index: LexicalIndex, path: str | os.PathLike, key: dict, seale
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(path.name + ".tmp*"):  # a save cut short by a shutdown's budget
-        try:
+        with contextlib.suppress(OSError):
             stale.unlink()
-        except OSError:
-            pass
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     buf = io.BytesIO()
     np.savez(buf, **arrays)

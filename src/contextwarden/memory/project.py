@@ -83,11 +83,7 @@ def project_of(body: Any) -> str | None:
     """The project (working directory) a request body says its client works in, else None."""
     if not isinstance(body, dict):
         return None
-    for text in instruction_texts(body):
-        p = find_project(text)
-        if p:
-            return p
-    return None
+    return next((p for text in instruction_texts(body) if (p := find_project(text))), None)
 
 
 NOTE = "memory_project"  # ctx.notes: the request's project, worked out once (the stage, then the turn)
@@ -97,6 +93,5 @@ def request_project(ctx) -> str | None:
     """The project of the request ``ctx`` (its decoded body, ``ctx.original``), worked out once."""
     got = ctx.notes.get(NOTE, False)
     if got is False:
-        got = project_of(ctx.original)
-        ctx.notes[NOTE] = got
+        ctx.notes[NOTE] = got = project_of(ctx.original)
     return got

@@ -116,12 +116,10 @@ class HistoryIndex:
 
     def with_texts(self, texts: Iterable[str]) -> HistoryIndex:
         """A new index of this one's texts and ``texts``; this one is left as it is (it may be shared)."""
-        out = HistoryIndex(keys=self.keys)  # (not copy.copy: that goes through __setstate__, a new memo)
+        out = HistoryIndex(texts, keys=self.keys)  # (not copy.copy: that goes through __setstate__, a new memo)
         out.hashes |= self.hashes
         out.lines |= self.lines
         out.sources |= self.sources
-        for t in texts:
-            out.add(t)
         return out
 
     def _text_keys(self, text: str) -> tuple[tuple[str, ...], frozenset[int]]:
@@ -142,9 +140,7 @@ class HistoryIndex:
         hashes, lines = self._text_keys(text)  # cached: the same candidates come back request after request
         if hashes[0] in self.hashes or hashes[1] in self.hashes:
             return True
-        if not lines:
-            return False
-        return len(lines & self.lines) >= max(1, math.ceil(0.8 * len(lines)))
+        return bool(lines) and len(lines & self.lines) >= max(1, math.ceil(0.8 * len(lines)))
 
     __call__ = __contains__  # (a search's ``exclude``)
 
@@ -384,8 +380,7 @@ class Retriever:
             try:
                 got = self.store.vector_query(qtext, tenants, fetch, query_embedding=vec, workspace=workspace)
                 if scoped:  # exact within the session (its items may all lie below the tenant's top)
-                    if self.scope is None:
-                        self.scope = SessionVectors(self.store)
+                    self.scope = self.scope or SessionVectors(self.store)
                     got = got + self.scope.rank(self.lexical, partitions, session, vec, fetch)
                     if in_project:
                         got = got + self.scope.rank(self.lexical, partitions, session, vec, fetch + n, project)
@@ -690,9 +685,7 @@ def select(ret: Retrieval, *, budget: int, top_k: int, cost: Callable[[object], 
     used = 0
     active = active_tags or set()
     for h in ret.hits:
-        if len(chosen) >= top_k or budget - used < 8:
-            break
-        if h.fused < min_score:
+        if len(chosen) >= top_k or budget - used < 8 or h.fused < min_score:
             break
         tags = getattr(h.item, "tags", None) or []
         if active and len(tags) >= 2 and all(tag_key(t) in active for t in tags):

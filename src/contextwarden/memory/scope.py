@@ -58,8 +58,7 @@ class SessionVectors:
                 self._during |= ids
             for st in self._sessions.values():
                 if st.waiting and not ids.isdisjoint(st.waiting):
-                    for i in ids.intersection(st.waiting):
-                        st.ready.append(st.waiting.pop(i))
+                    st.ready += [st.waiting.pop(i) for i in ids.intersection(st.waiting)]
 
     def _fetch(self, items: list) -> tuple[list, np.ndarray | None]:
         """The vectors of ``items`` from their Chroma collections (items without one are left out)."""

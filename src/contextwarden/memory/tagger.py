@@ -11,6 +11,7 @@ runs of content words (stopwords break runs), then merges near-duplicates with r
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from bisect import bisect_right
@@ -80,16 +81,10 @@ def stem(word: str) -> str:
         return w[:-1]
     if w.endswith("'s"):
         return w[:-2]
-    if w.endswith("ing") and len(w) > 5:
-        w = w[:-3]
-        if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz":
+    if (w.endswith("ing") and len(w) > 5) or (w.endswith("ed") and len(w) > 4):
+        w = w[:-3] if w.endswith("ing") else w[:-2]
+        if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz":  # (a doubled consonant: "running" -> "run")
             w = w[:-1]
-        return w
-    if w.endswith("ed") and len(w) > 4:
-        w = w[:-2]
-        if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz":
-            w = w[:-1]
-        return w
     return w
 
 
@@ -140,8 +135,7 @@ class KeywordTagger:
         first_seen: dict[str, int] = {}
 
         def add(tag: str, weight: float) -> None:
-            if tag not in first_seen:
-                first_seen[tag] = len(first_seen)
+            first_seen.setdefault(tag, len(first_seen))
             scores[tag] = scores.get(tag, 0.0) + weight
 
         text = text[:MAX_CHARS]
@@ -202,12 +196,11 @@ class KeywordTagger:
         by_stem: dict[str, _Cand] = {}
         for c in cands:
             k = " ".join(stem(w) for w in c.key.split(" "))
-            if k in by_stem:
-                had = by_stem[k]
-                best = c if c.score > had.score else had
-                by_stem[k] = _Cand(best.tag, had.score + c.score, k)
-            else:
+            had = by_stem.get(k)
+            if had is None:
                 by_stem[k] = _Cand(c.tag, c.score, k)
+            else:
+                by_stem[k] = _Cand((c if c.score > had.score else had).tag, had.score + c.score, k)
         # Only the best-scored candidates are compared pairwise: comparing every candidate with every kept
         # one is quadratic (random-word tool output has thousands of distinct words: 3.7 s for 10 KB),
         # and a candidate far down the list only ever adds a little to a kept one's score.
@@ -234,14 +227,8 @@ class KeywordTagger:
         merged = [c for c in merged if " " not in c.tag or c.score >= 1.4]
         phrases = [c for c in merged if " " in c.tag][:n]
         in_phrases = {w for c in phrases for w in c.key.split(" ")}
-        out: list[str] = []
-        for c in merged:
-            if len(out) >= n:
-                break
-            if " " not in c.tag and c.key in in_phrases:
-                continue  # "group" when "support group" is a tag
-            out.append(c.tag)
-        return out
+        # (not "group" when "support group" is a tag)
+        return [c.tag for c in merged if " " in c.tag or c.key not in in_phrases][:n]
 
 
 class EmbeddingTagger:
@@ -307,13 +294,11 @@ class Tagger:
     def _tag(self, text: str, redacted: bool) -> list[str]:
         tags = self.keywords.tag(text, redacted=redacted)
         if self.embedding is not None and text.strip():
-            try:
+            with contextlib.suppress(Exception):  # the embedding tagger is an extra; keyword tags stand alone
                 # the nearest known topic takes the place of the weakest keyword
                 extra = self.embedding.tag(text, n=1, exclude=tags)
                 self.embedding.learn(tags)
                 tags = tags[: max(0, self.settings.max_tags - len(extra))] + extra
-            except Exception:  # the embedding tagger is an extra; keyword tags stand alone
-                pass
         return tags
 
 
