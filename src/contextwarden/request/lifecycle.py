@@ -134,7 +134,9 @@ def observe(rt: Runtime, req: Incoming) -> RequestContext | None:
 def sent(ctx: RequestContext, outcome: Outcome) -> dict[str, Any] | None:
     """The body that went upstream: the rewrite, or the client's own (``ctx.original``); None when a
     stage answered the client instead (blocked)."""
-    return None if outcome.blocked is not None else orjson.loads(outcome.body) if outcome.body is not None else ctx.original
+    if outcome.blocked is not None:
+        return None
+    return orjson.loads(outcome.body) if outcome.body is not None else ctx.original
 
 
 def send(rt: Runtime, api: ApiKind, host: str, path: str, headers: list[tuple[str, str]], raw: bytes, flow_id: str,
