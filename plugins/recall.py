@@ -159,7 +159,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     budget, overhead = block_room(ctx, int(BUDGET_FRACTION * ctx.settings.tokens.context_window))
     if budget <= 0:
         return {"skipped": "no room", "budget": max(0, budget)}
-    chosen, texts, tokens, over = [], [], 0, []
+    chosen, texts, sizes, tokens, over = [], [], [], 0, []
     for f in found:
         text = f.lost.text
         n = ctx.runtime.tokens.count_text(text, ctx.model)
@@ -172,6 +172,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
             continue
         chosen.append(f)
         texts.append(text)
+        sizes.append(n)
         tokens += n
     if not chosen:
         return {"skipped": "over budget", "over_budget": over, "budget": budget}
@@ -181,7 +182,7 @@ def auto_recall(ctx, svc) -> dict[str, Any]:
     if n > budget + overhead:
         return {"skipped": "no room", "budget": budget}
     over += [f.lost.memory_id for f in reversed(chosen[k:])]
-    tokens -= sum(map(count, texts[k:]))
+    tokens = sum(sizes[:k])  # (the texts' own counts, as above: fit_block's count is the block's)
     del chosen[k:], texts[k:]
     try:
         where = dialect(ctx.api).inject(ctx.request, block)
