@@ -23,7 +23,6 @@ from __future__ import annotations
 from operator import itemgetter
 
 from contextwarden import hookimpl
-from contextwarden.plugins.clearing import _commit as commit
 from contextwarden.wire.cost import price_for
 from contextwarden.wire.dialects import NO_PROVIDER, Dialect, ProviderContext, dialect
 from contextwarden.wire.tokens import strips_thinking
@@ -63,5 +62,5 @@ def _mark(ctx) -> None:
         edits = {i: e for i, e in edits.items() if kept[2][3] + sum(map(_TOKENS, kept[1][: i + 1])) >= floor}
     if not edits:
         return
-    commit(ctx, edits)  # (the same edit of the same message gives the very same copy on the next request)
+    ctx.history.edit(ctx.request, edits, d.edited)  # (the same edit: the very same copy next request)
     ctx.emit("breakpoints", messages=sorted(edits))

@@ -89,7 +89,7 @@ STALE_PAYBACK = 14
 class Slot:
     """One tool result in the request, and how to replace its content.
 
-    A typed message's slot records its changes into the request's ``edits`` (see _commit) and holds
+    A typed message's slot records its changes into the request's ``edits`` (see History.edit) and holds
     nothing else of the request, so the next request of the conversation reuses it (_Prefix)."""
 
     index: int  # message / input item index
@@ -377,23 +377,6 @@ def _slots_chat(req, edits: dict[int, dict[tuple, Any]]) -> list[Slot]:
     return slots
 
 
-def _commit(ctx, edits: dict[int, dict[tuple, Any]], prior: _Prefix | None = None, carry: _Prefix | None = None) -> None:
-    """Put the recorded stubs in (or other edits of the dialect's: the breakpoints stage's markers): each
-    edited message is replaced by an edited copy. The same stubs on the same message give the same copy
-    on every request, kept by the conversation (``History.derive_all``) with its wire form known, so
-    re-applying them does not cost a copy, a dump and a validation each."""
-    if not edits:
-        return
-    msgs = ctx.request.messages
-    edited = dialect(ctx.api).edited
-    todo = list(edits)
-    # the edit, completely: the stubs by block (the stub strings come from the session's records,
-    # the same objects every request, so comparing them is a pointer compare)
-    new = ctx.history.derive_all([(msgs[i], edits[i], lambda m=msgs[i], edit=edits[i]: edited(m, edit)) for i in todo])
-    for i, m in zip(todo, new):
-        msgs[i] = m
-
-
 def _slots_items(req) -> list[Slot]:
     if not isinstance(req.input, list):
         return []
@@ -432,7 +415,7 @@ def _slots_items(req) -> list[Slot]:
 def find_slots(api: ApiKind, req, edits: dict[int, dict[tuple, Any]], history=None, prior: _Prefix | None = None,
                cut: int | None = None) -> tuple[list[Slot], dict | None]:
     """Every tool result of the request, in order, by where the dialect keeps them (``tool_results``).
-    Setting a typed message's slot records into ``edits`` (message index -> changes), which :func:`_commit`
+    Setting a typed message's slot records into ``edits`` (message index -> changes), which ``History.edit``
     puts in. For results in blocks (Anthropic), the slots resume after ``prior``'s and the tool calls seen
     before message ``cut`` come back too (to carry on; None otherwise)."""
     shape = dialect(api).tool_results
@@ -953,10 +936,12 @@ def _learn(st: _Clearing) -> None:
 
 
 def _commit_step(st: _Clearing) -> None:
-    """Commit: the stubs into the request (:func:`_commit`), the new records stored, the notes for
+    """Commit: the stubs into the request (``History.edit``), the new records stored, the notes for
     later stages and the ``clearing`` event."""
     ctx, ctl, key, total, new_recs, cleared = st.ctx, st.ctl, st.key, st.total, st.new_recs, st.cleared
-    _commit(ctx, st.edits, st.prior, st.carry)
+    # the edit, completely: the stubs by block (the stub strings come from the session's records, the same
+    # objects every request, so comparing them is a pointer compare)
+    ctx.history.edit(ctx.request, st.edits, dialect(ctx.api).edited)
     if st.decide and st.cfg.policy == "learn":
         _learn(st)
     if new_recs:  # the records and the session's version: one transaction

@@ -16,7 +16,7 @@ from contextwarden.memory.retrieve import history_items, human_text, role_of
 from contextwarden.memory.wayback import peek_wording, recall_wording
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins import clearing
-from contextwarden.plugins.clearing import COMPRESSED, Slot, _commit, _last_assistant, _path_of, find_slots, session_key
+from contextwarden.plugins.clearing import COMPRESSED, Slot, _last_assistant, _path_of, find_slots, session_key
 from contextwarden.plugins.recall import _item
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
@@ -319,7 +319,7 @@ def _compress(ctx, decide: bool) -> None:
             return
     for s, rec, _ in applied:
         s.set(rec["stub"], edits)
-    _commit(ctx, edits)
+    ctx.history.edit(ctx.request, edits, dialect(ctx.api).edited)
     if new_recs:
         # the records and a version of the session, in one transaction (rollback turns it off: the
         # records live in clearing's namespace)

@@ -11,6 +11,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from operator import is_
 from typing import Any
 
@@ -273,6 +274,19 @@ class History:
         if conv is not None and self._used:
             conv.derived = dict(self._used)  # (only what the latest request used is kept)
         return out
+
+    def edit(self, req: Any, edits: dict[int, Any], edited: Callable[[Any, Any], Any]) -> None:
+        """``req.messages[i]`` replaced by ``edited(m, edits[i])`` for each ``i`` of ``edits`` (a dialect's
+        ``edited``: clearing's and compression's stubs, the breakpoints stage's markers), through
+        :meth:`derive_all`: the same edit of the same message is the very same copy on every request, its wire
+        form known, so re-applying it costs no copy, dump and validation."""
+        if not edits:
+            return  # (a Responses request has no ``messages``: its items are edited in place)
+        msgs = req.messages
+        todo = list(edits)
+        new = self.derive_all([(msgs[i], edits[i], partial(edited, msgs[i], edits[i])) for i in todo])
+        for i, m in zip(todo, new):
+            msgs[i] = m
 
     def carried(self, key: Any) -> tuple[int, Any] | None:
         """``(n, value)`` the conversation's previous request left under ``key`` with :meth:`carry_on`
