@@ -373,13 +373,20 @@ class MemoryService:
                          asides=self._asides, pieces=self._pieces)
 
     def neighbours(self, item) -> list:
-        """The stored items of the messages just before and after ``item``'s, in its session."""
+        """The stored items next to ``item`` in its session. A message's turn: the turn said just before and
+        the one just after, whether the client sent them in its message (memory.turns) or in the next
+        one, so that one turn a message and consecutive turns merged give the same neighbours. Any other
+        item: the items of the messages just before and after its own."""
         p = item.workspace or item.tenant
-        # a message cut into turns (memory.turns): its other turns are next to it too
-        same = [x for x in self.lexical.at_turn(p, item.session, item.turn)
-                if x.kind == "message" and item.kind == "message" and x.id != item.id]
-        return (self.lexical.at_turn(p, item.session, item.turn - 1) + same
-                + self.lexical.at_turn(p, item.session, item.turn + 1))
+        before = self.lexical.at_turn(p, item.session, item.turn - 1)
+        after = self.lexical.at_turn(p, item.session, item.turn + 1)
+        if item.kind != "message":
+            return before + after
+        same = self.lexical.at_turn(p, item.session, item.turn)
+        i = next((k for k, x in enumerate(same) if x.id == item.id), None)
+        if i is None:
+            return before[-1:] + after[:1]
+        return (same[i - 1:i] if i else before[-1:]) + (same[i + 1:i + 2] or after[:1])
 
     PREPARED_MAX = 64  # vector halves kept for their searches (a search comes within ms of its prepare)
     PREPARED_TTL_S = 30.0

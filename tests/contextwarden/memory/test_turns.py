@@ -18,14 +18,16 @@ from tests.conftest import EVAL_DIR
 from tests.plugins.test_memory import replayer
 
 
-def first_session() -> dict:
+def sessions(*n: int) -> dict:
+    """Sessions ``n`` of a LoCoMo conversation (2 and 3: the speaker who ends 2 starts 3, so merging joins
+    their turns into one message)."""
     sample = next(s for s in orjson.loads((EVAL_DIR / "locomo_dev.json").read_bytes()) if s["sample_id"] == "conv-30")
     c = sample["conversation"]
-    return {k: c[k] for k in ("speaker_a", "speaker_b", "session_1", "session_1_date_time")}
+    return {k: c[k] for k in ("speaker_a", "speaker_b", *(f"session_{i}{d}" for i in n for d in ("", "_date_time")))}
 
 
 def stored(rp, framing: str, key: str) -> list:
-    msgs, _ = ev.framed(first_session(), framing)
+    msgs, _ = ev.framed(sessions(2, 3), framing)
     sent = None
     for i, m in enumerate(msgs):
         if m["role"] == "assistant" and i:
@@ -35,19 +37,25 @@ def stored(rp, framing: str, key: str) -> list:
     return list(rp.memory().store.iter_items([sent.ctx.tenant]))
 
 
-def test_dated_and_merged_framings_store_the_turns_one_message_per_turn_stores(tmp_path):
+def test_dated_and_merged_framings_store_the_turns_one_message_per_turn_stores_with_its_neighbours(tmp_path):
     rp = replayer(tmp_path, window=200_000)
     try:
         plain = stored(rp, "turns", "sk-turns")
         dated = stored(rp, "dated-merged", "sk-dated")
+        # each turn's neighbours (the turns a hit brings in with it) are the turn said before and the one after,
+        # not every turn of the messages around it
+        around = {name: {it.text: sorted(n.text for n in rp.memory().neighbours(it)) for it in items}
+                  for name, items in (("turns", plain), ("dated-merged", dated))}
     finally:
         rp.close()
-    date = first_session()["session_1_date_time"]
+    assert around["dated-merged"] == around["turns"]
+    assert all(len(texts) <= 2 for texts in around["turns"].values())
+    dates = {sessions(2, 3)[f"session_{i}_date_time"] for i in (2, 3)}
     assert sorted(it.text for it in dated) == sorted(it.text for it in plain)  # the same units, same ids
     assert {it.hash for it in dated} == {it.hash for it in plain}
-    assert not any(date in it.text for it in dated)  # the date is not in what is embedded and indexed
-    assert {it.when for it in dated} == {date} and {it.when for it in plain} == {None}
-    speakers = {first_session()["speaker_a"], first_session()["speaker_b"]}
+    assert not any(d in it.text for it in dated for d in dates)  # the date is not in what is embedded and indexed
+    assert {it.when for it in dated} == dates and {it.when for it in plain} == {None}
+    speakers = {sessions(2, 3)["speaker_a"], sessions(2, 3)["speaker_b"]}
     assert {it.speaker for it in dated} == {it.speaker for it in plain} == speakers
 
 
