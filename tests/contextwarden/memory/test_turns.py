@@ -26,8 +26,8 @@ def sessions(*n: int) -> dict:
     return {k: c[k] for k in ("speaker_a", "speaker_b", *(f"session_{i}{d}" for i in n for d in ("", "_date_time")))}
 
 
-def stored(rp, framing: str, key: str) -> list:
-    msgs, _ = ev.framed(sessions(2, 3), framing)
+def stored(rp, conv: dict, framing: str, key: str) -> list:
+    msgs, _ = ev.framed(conv, framing)
     sent = None
     for i, m in enumerate(msgs):
         if m["role"] == "assistant" and i:
@@ -38,10 +38,11 @@ def stored(rp, framing: str, key: str) -> list:
 
 
 def test_dated_and_merged_framings_store_the_turns_one_message_per_turn_stores_with_its_neighbours(tmp_path):
+    conv = sessions(2, 3)
     rp = replayer(tmp_path, window=200_000)
     try:
-        plain = stored(rp, "turns", "sk-turns")
-        dated = stored(rp, "dated-merged", "sk-dated")
+        plain = stored(rp, conv, "turns", "sk-turns")
+        dated = stored(rp, conv, "dated-merged", "sk-dated")
         # each turn's neighbours (the turns a hit brings in with it) are the turn said before and the one after,
         # not every turn of the messages around it
         around = {name: {it.text: sorted(n.text for n in rp.memory().neighbours(it)) for it in items}
@@ -50,12 +51,12 @@ def test_dated_and_merged_framings_store_the_turns_one_message_per_turn_stores_w
         rp.close()
     assert around["dated-merged"] == around["turns"]
     assert all(len(texts) <= 2 for texts in around["turns"].values())
-    dates = {sessions(2, 3)[f"session_{i}_date_time"] for i in (2, 3)}
+    dates = {conv[f"session_{i}_date_time"] for i in (2, 3)}
     assert sorted(it.text for it in dated) == sorted(it.text for it in plain)  # the same units, same ids
     assert {it.hash for it in dated} == {it.hash for it in plain}
     assert not any(d in it.text for it in dated for d in dates)  # the date is not in what is embedded and indexed
     assert {it.when for it in dated} == dates and {it.when for it in plain} == {None}
-    speakers = {sessions(2, 3)["speaker_a"], sessions(2, 3)["speaker_b"]}
+    speakers = {conv["speaker_a"], conv["speaker_b"]}
     assert {it.speaker for it in dated} == {it.speaker for it in plain} == speakers
 
 
