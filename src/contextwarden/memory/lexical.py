@@ -270,18 +270,36 @@ class LexicalIndex:
                     self._neighbours.setdefault((name, it.session, it.turn), []).append(it)
         return added
 
+    def _around(self, partition: str, item) -> tuple[Any, Any]:
+        """The turns said just before and just after a message's (call under the lock): its siblings in the
+        client's message (memory.turns), else the last turn of the message before and the first of the next.
+        An item not stored yet (being added) comes after its message's stored turns."""
+        get = self._neighbours.get
+        same = get((partition, item.session, item.turn)) or []
+        i = next((k for k, x in enumerate(same) if x.id == item.id), len(same))
+        before = same[i - 1] if i else (get((partition, item.session, item.turn - 1)) or [None])[-1]
+        after = same[i + 1] if i + 1 < len(same) else (get((partition, item.session, item.turn + 1)) or [None])[0]
+        return before, after
+
     def _before(self, partition: str, item) -> MemoryItem | None:
-        """The turn said just before a message's (the earlier turn of the same message, else the last of
-        the message before): a reply ("Yes, tomorrow night!") is found by the words of what it answers.
-        None for an item that is not a message (a tool result) or follows none, or without weight. (Items
-        added together are taken in turn order; a rebuild from the store sorts them all first.)"""
+        """The turn said just before a message's, when it is a message: a reply ("Yes, tomorrow night!") is
+        found by the words of what it answers. None for a tool result, or without weight. (Items added
+        together are taken in turn order; a rebuild from the store sorts them all first.)"""
         if REPLY_WEIGHT <= 0 or item.kind != "message":
             return None
-        for turn in (item.turn, item.turn - 1):
-            same = self._neighbours.get((partition, item.session, turn))
-            if same:
-                return same[-1] if same[-1].kind == "message" else None
-        return None
+        prev = self._around(partition, item)[0]
+        return prev if prev is not None and prev.kind == "message" else None
+
+    def neighbours(self, item) -> list:
+        """The stored items next to ``item`` in its session. A message's turn: the turn said just before and
+        the one just after, whether the client sent them in its message (memory.turns) or in the next one,
+        so that one turn a message and consecutive turns merged give the same neighbours. Any other item:
+        the items of the messages just before and after its own."""
+        p = self.partition_of(item)
+        with self._lock:
+            if item.kind == "message":
+                return [x for x in self._around(p, item) if x is not None]
+            return [*self._neighbours.get((p, item.session, item.turn - 1), ()), *self._neighbours.get((p, item.session, item.turn + 1), ())]
 
     def adopt(self, other: LexicalIndex) -> None:
         """Take ``other``'s contents (a loaded snapshot); items added here meanwhile are kept."""
@@ -295,11 +313,6 @@ class LexicalIndex:
         with self._lock:
             p = self._parts.get(tenant)
             return p is not None and item_id in p.ids
-
-    def at_turn(self, partition: str, session: str, turn: int) -> list:
-        """Items stored for one message (a message's chunks, in order)."""
-        with self._lock:
-            return list(self._neighbours.get((partition, session, turn), ()))
 
     def _size(self, partition: str, project: bool, name: str | None) -> int:
         with self._lock:

@@ -373,20 +373,8 @@ class MemoryService:
                          asides=self._asides, pieces=self._pieces)
 
     def neighbours(self, item) -> list:
-        """The stored items next to ``item`` in its session. A message's turn: the turn said just before and
-        the one just after, whether the client sent them in its message (memory.turns) or in the next
-        one, so that one turn a message and consecutive turns merged give the same neighbours. Any other
-        item: the items of the messages just before and after its own."""
-        p = item.workspace or item.tenant
-        before = self.lexical.at_turn(p, item.session, item.turn - 1)
-        after = self.lexical.at_turn(p, item.session, item.turn + 1)
-        if item.kind != "message":
-            return before + after
-        same = self.lexical.at_turn(p, item.session, item.turn)
-        i = next((k for k, x in enumerate(same) if x.id == item.id), None)
-        if i is None:
-            return before[-1:] + after[:1]
-        return (same[i - 1:i] if i else before[-1:]) + (same[i + 1:i + 2] or after[:1])
+        """The stored items next to ``item`` in its session (:meth:`LexicalIndex.neighbours`)."""
+        return self.lexical.neighbours(item)
 
     PREPARED_MAX = 64  # vector halves kept for their searches (a search comes within ms of its prepare)
     PREPARED_TTL_S = 30.0
@@ -417,7 +405,7 @@ class MemoryService:
         got = self._prepared.pop(prepared) if prepared is not None else None
         vectors = got.vectors if got is not None and time.monotonic() - got.at <= self.PREPARED_TTL_S else None
         ret = self.retriever(settings).search(query, tenants, workspace=workspace, exclude=exclude, timeout_s=timeout_s,
-                                              n=n, neighbours=self.neighbours, session=session, project=project,
+                                              n=n, neighbours=self.lexical.neighbours, session=session, project=project,
                                               vectors=vectors)
         if not self.lexical_ready and ret.mode in ("hybrid", "lexical"):
             ret.mode += " (lexical index building)"

@@ -272,11 +272,10 @@ def test_an_older_sessions_neighbours_get_that_sessions_weight(tmp_path, monkeyp
     items = [item("I had pasta for lunch today.", session="cur", turn=0), item(CURRENT, session="cur", turn=1),
              item(CROWD[0], session="old", turn=0), item(reply, session="old", turn=1)]
     _, lex = _stored(st, items)
-    neighbours = lambda it: lex.at_turn(it.tenant, it.session, it.turn - 1) + lex.at_turn(it.tenant, it.session, it.turn + 1)  # noqa: E731
     try:
         cfg = MemorySection(candidates=10, min_similarity=0.2)
         ret = Retriever(st, lex, embedder(), None, cfg).search(Query("what dog did we adopt from the shelter?"),
-                                                               ["t-a"], session="cur", neighbours=neighbours)
+                                                               ["t-a"], session="cur", neighbours=lex.neighbours)
         nb = next(h for h in ret.hits if h.item.text == reply)
         assert nb.lexical is None and (nb.vector or 0) < cfg.min_similarity  # found as a neighbour only
         assert nb.fused == pytest.approx(cfg.other_sessions_weight * cfg.neighbour_weight / (cfg.rrf_k + 1))
