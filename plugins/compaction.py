@@ -601,10 +601,11 @@ def _decide(f: _Compaction) -> _Decision:
     return out
 
 
-def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision, dict[str, Any] | None, Any]:
+def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision | None, dict[str, Any] | None, Any]:
     """Step 3: a new decision: summarise the span (extending the earlier summary) and store it
-    (compare-and-set). Returns (the decision to apply, the new one or None when another request's won,
-    the LLM summary's usage)."""
+    (compare-and-set). Returns (the decision to apply, the new one or None when another request's won
+    or the summary would not make the request smaller (then the earlier decision, if any), the LLM
+    summary's usage)."""
     ctx, cfg, api, orig, lead = f.ctx, f.cfg, f.api, f.orig, f.lead
     active, start, new = f.active, f.start, d.new
     assert new is not None  # (called for a new span only)
@@ -624,7 +625,6 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision, dict[str, Any] |
     # them before this request goes out): every compaction can be undone by recall
     folded = folded_text(turns, start)
     folds = (active.folds if active else ()) + ((memory_id(folded), start, end - 1),)
-    ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
     head, _, rest = summary.text.partition("\n\n")  # after the header (the current request stays last)
     text = head + folds_line(folds, ctx) + working_appendix(ctx, f.ws_budget, orig, lead, end) + ("\n\n" + rest if rest else "")
     span_hash = f.spans.at(end)
@@ -633,6 +633,11 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision, dict[str, Any] |
                         span_tokens=new["span_tokens"] + (active.span_tokens if active else 0),
                         summary_tokens=ctx.runtime.tokens.count_text(text, ctx.model) + 8,
                         summariser=summary.summariser, created=f.now, trigger=d.trigger)
+    if _tokens_with(f, decision) >= f.t_now:  # (a short span: the summary, with the files it keeps, is longer)
+        ctx.emit("compaction", applied=False, reason="the summary is not smaller than the span it folds",
+                 tokens_before=f.total, level=str(f.level or "NORMAL"))
+        return active, None, llm_usage
+    ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
     known = {(x.end, x.hash) for x in f.decisions}
     won: list[Decision] = []
 

@@ -235,6 +235,25 @@ def test_role_system_messages_in_the_span_are_quoted_verbatim(cw_home):
     h.close()
 
 
+def test_a_summary_longer_than_its_span_is_not_applied(cw_home):
+    """Claude Code's first tool-loop step past the hard threshold (a small window): the only span outside the
+    latest turn is the person's message and the list of agents after it, which a summary quotes verbatim,
+    so folding it would send more, not less."""
+    body = anthropic_tool_loop(1)
+    note = "Available agent types for the Agent tool:\n" + "\n".join(f"- agent{k}: does task {k} (Tools: *)" for k in range(200))
+    body["messages"] = body["messages"][:3]  # the person's message, the tool calls, their results
+    body["messages"].insert(1, {"role": "system", "content": note})
+    original = copy.deepcopy(body)
+    h = harness(cw_home, 1000)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.9)}})
+    sent = h.send(ApiKind.ANTHROPIC, body)
+    assert not [e for e in sent.events("compaction") if e.get("applied")]
+    assert [e["reason"] for e in sent.events("compaction")] == ["the summary is not smaller than the span it folds"]
+    assert sent.body == original and "folded" not in sent.ctx.notes
+    assert (state_cache(h.rt).get(comp.NS, comp.session_key(sent.ctx)) or {}).get("decisions") is None  # nothing stored
+    h.close()
+
+
 def test_breakpoints_move_to_the_summary_and_never_exceed_four(cw_home):
     body = anthropic_tool_loop(10)
     # system has 1 breakpoint, the last message 1; put 2 on old messages (4 in total)
