@@ -56,8 +56,9 @@ def encoding_name_for(model: str | None, default: str) -> str:
     return default
 
 
-_KEEPS_THINKING = re.compile(r"claude-(?:opus-4-[5-9]|(?:sonnet|haiku)-4-[6-9]|(?:opus|sonnet|haiku)-(?:[5-9]|\d{2,})(?:\b|-))", re.I)
-_THINKING_MODEL = re.compile(r"claude", re.I)
+# the families whose earlier thinking the API drops (Claude 3 and 4), less their versions that keep it
+_DROPS_THINKING = re.compile(r"claude-(?:3\b|(?:opus|sonnet|haiku)-4(?:\b|-))", re.I)
+_KEEPS_THINKING = re.compile(r"claude-(?:opus-4-(?:[5-9]|1\d)|(?:sonnet|haiku)-4-(?:[6-9]|1\d))(?:\b|-)", re.I)
 
 
 def strips_thinking(model: str | None) -> bool:
@@ -67,7 +68,7 @@ def strips_thinking(model: str | None) -> bool:
     that came before the latest real user message: they are neither billed nor part of the cached
     prefix. Later models keep them. Unknown models are assumed to keep them (counts err high).
     """
-    return model is not None and bool(_THINKING_MODEL.search(model)) and not _KEEPS_THINKING.search(model)
+    return model is not None and bool(_DROPS_THINKING.search(model)) and not _KEEPS_THINKING.search(model)
 
 
 def starts_turn(m: Any) -> bool:

@@ -21,7 +21,7 @@ from contextwarden.store.state import StateStore
 from contextwarden.store.statecache import state_cache
 from contextwarden.wire.dialects import ANTHROPIC
 from contextwarden.wire.streams.turn import Usage
-from contextwarden.wire.tokens import FACTOR_MAX, MESSAGE_OVERHEAD, TokenCounter, encoding_name_for
+from contextwarden.wire.tokens import FACTOR_MAX, MESSAGE_OVERHEAD, TokenCounter, encoding_name_for, strips_thinking
 from tests.conftest import EVAL_DIR, SHARED
 
 CC_TURN1 = EVAL_DIR / "requests" / "claude-code-2.1.197-turn1.json"
@@ -348,3 +348,18 @@ def test_earlier_turns_thinking_is_not_counted_where_the_provider_drops_it(count
     drop = counter.count_request(ApiKind.ANTHROPIC, {"model": "claude-opus-4-20250514", "messages": msgs})
     assert keep - drop == t  # only the first turn's thinking goes; the current tool loop's stays
     assert counter.count_request(ApiKind.ANTHROPIC, {"messages": msgs}) == keep  # unknown model: kept
+
+
+@pytest.mark.parametrize("model", ["claude-3-7-sonnet-20250219", "claude-opus-4-20250514", "claude-opus-4-1",
+                                   "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-sonnet-4@20250514",
+                                   "us.anthropic.claude-opus-4-1-20250805-v1:0"])
+def test_the_families_whose_earlier_thinking_the_api_drops(model):
+    assert strips_thinking(model)
+
+
+@pytest.mark.parametrize("model", ["claude-opus-4-5-20251101", "claude-opus-4-8", "claude-sonnet-4-6", "claude-sonnet-5",
+                                   "claude-haiku-5-5", "claude-fable-5", "claude-mythos-5-1", "claude-mythos-preview",
+                                   "gpt-5", None])
+def test_a_later_or_unknown_model_is_taken_to_keep_its_thinking(model):
+    # (a new family the table does not name, as claude-fable-5 or claude-mythos-5, keeps it: counts err high)
+    assert not strips_thinking(model)
