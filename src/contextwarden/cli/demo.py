@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import itertools
+import re
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from ..memory.inject import strip_blocks
 from ..tui.app import ContextWardenApp
 from ..tui.client import LiveClient
 from ._common import cli_name, home_of
@@ -51,21 +53,22 @@ def source_of(k: int) -> str:
 
 
 def _last(messages: list[dict]) -> tuple[str, Any]:
-    content = messages[-1].get("content") if messages else None
+    """The last user message's tool result, or the person's own words in it (a memory block the proxy put
+    there left out; a message of another role after it, as Claude Code's list of agents, passed over)."""
+    content = next((m.get("content") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
     blocks = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
     kinds = {b.get("type") for b in blocks if isinstance(b, dict)}
     if "tool_result" in kinds:
         return "tool_result", next(b for b in blocks if b.get("type") == "tool_result")
-    return "text", " ".join(b.get("text", "") for b in blocks if isinstance(b, dict))
+    return "text", strip_blocks(" ".join(str(b.get("text", "")) for b in blocks if isinstance(b, dict)))
 
 
 def answer(body: dict, n: int) -> dict:
     """Anthropic's JSON answer: read the file the user names, then say what it holds; asked about an
     earlier file, name it (the reference recall follows)."""
     kind, last = _last(body.get("messages") or [])
-    if kind == "text" and "module" in last:
-        k = int(last.split("module ")[1][:2])
-        content = [{"type": "tool_use", "id": f"toolu_demo_{n:04d}", "name": "Read", "input": {"file_path": path_of(k)}}]
+    if kind == "text" and (named := re.search(r"\bmodule (\d+)\b", last)):
+        content = [{"type": "tool_use", "id": f"toolu_demo_{n:04d}", "name": "Read", "input": {"file_path": path_of(int(named[1]))}}]
     elif kind == "text":
         content = [{"type": "text", "text": f"The totals of region 1 are computed in {path_of(1)} "
                                             "(compute_total_01_00 and the functions after it)."}]
@@ -79,6 +82,24 @@ def answer(body: dict, n: int) -> dict:
                       "cache_read_input_tokens": 0}}
 
 
+def streamed(msg: dict) -> bytes:
+    """``msg`` as Anthropic's event stream (a request with ``stream: true``, as Claude Code sends)."""
+    def event(kind: str, data: dict) -> bytes:
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+    out = [event("message_start", {"message": {**msg, "content": [], "stop_reason": None,
+                                                "usage": {**msg["usage"], "output_tokens": 0}}})]
+    for i, b in enumerate(msg["content"]):
+        start, delta = (({**b, "text": ""}, {"type": "text_delta", "text": b["text"]}) if b["type"] == "text" else
+                        ({**b, "input": {}}, {"type": "input_json_delta", "partial_json": orjson.dumps(b["input"]).decode()}))
+        out += [event("content_block_start", {"index": i, "content_block": start}),
+                event("content_block_delta", {"index": i, "delta": delta}), event("content_block_stop", {"index": i})]
+    out += [event("message_delta", {"delta": {"stop_reason": msg["stop_reason"], "stop_sequence": None},
+                                    "usage": {"output_tokens": msg["usage"]["output_tokens"]}}),
+            event("message_stop", {})]
+    return b"".join(out)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -87,14 +108,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:  # noqa: N802
-        body = orjson.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
-        if self.path.split("?")[0] != "/v1/messages":
-            status, out = 404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}}
-        else:
-            status, out = 200, answer(body, next(self.server.count))
-        data = orjson.dumps(out)
+        body: Any = {}
+        try:
+            body = orjson.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+            if self.path.split("?")[0] != "/v1/messages":
+                status, out = 404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}}
+            else:
+                status, out = 200, answer(body, next(self.server.count))
+        except Exception as e:  # noqa: BLE001 - a request it cannot read: the API's error, not a dropped connection
+            status, out = 400, {"type": "error", "error": {"type": "invalid_request_error", "message": f"demo stand-in: {e!r}"}}
+        stream = status == 200 and isinstance(body, dict) and body.get("stream") is True
+        data = streamed(out) if stream else orjson.dumps(out)
         self.send_response(status)
-        self.send_header("content-type", "application/json")
+        self.send_header("content-type", "text/event-stream" if stream else "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
