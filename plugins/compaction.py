@@ -440,8 +440,8 @@ def _compact(ctx, decide: bool) -> None:
         active, new, llm_usage = _summarise(f, d)
     if decide and f.ctl.compact_now:
         session_ledger.consume_compact_now(ctx)
-    if active is not None:
-        _apply(f, active, reused=new is None, trigger=d.trigger, cost=d.cost, llm_usage=llm_usage)
+    if active is not None:  # (a decision this request did not make goes as a reuse)
+        _apply(f, active, reused=new is None, trigger=d.trigger if new is not None else None, cost=d.cost, llm_usage=llm_usage)
 
 
 def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
