@@ -5,9 +5,11 @@ known API the client gets status 502 with the provider's error JSON instead (the
 ``error_answer``), which the SDKs read as an ``InternalServerError`` and retry with their backoff; its
 message names the host and mitmproxy's reason. Other traffic keeps mitmproxy's page.
 
-mitmproxy has no hook for that page: its HTTP/1 server side writes it when the flow's error is reported.
-The answer is remembered in the ``error`` hook (run just before) by client connection, and a wrapper of
-``Http1Server.send`` (installed while the addon runs) writes it instead. HTTP/2 clients keep the page.
+mitmproxy has no hook for that page: its HTTP/1 or HTTP/2 server side writes it when the flow's error is
+reported. The answer is remembered in the ``error`` hook (run just before the page is written, the stream's
+next step) by client connection, and wrappers of ``Http1Server.send`` and ``Http2Server._handle_event``
+(installed while the addon runs) write it instead: on an HTTP/2 connection (a client that negotiated h2 in
+regular mode, as curl and Rust's reqwest do) as the failed stream's headers and body.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers.http import ResponseProtocolError
 from mitmproxy.proxy.layers.http._http1 import Http1Server
+from mitmproxy.proxy.layers.http._http2 import Http2Server
 
 from contextwarden.wire.apis import ApiKind
 from contextwarden.wire.dialects import dialect
@@ -42,29 +45,40 @@ def api_of(flow: http.HTTPFlow) -> ApiKind | None:
 
 class UpstreamError:
     def __init__(self) -> None:
-        self.answers: dict[str, bytes] = {}  # client connection id -> the answer's bytes, until written
+        self.answers: dict[str, list[http.Response]] = {}  # client connection id -> answers not yet written
         self._original: Any = None
 
     def running(self) -> None:
         if self._original is not None:
             return
-        original, answers = Http1Server.send, self.answers
+        send1, handle2, answers = Http1Server.send, Http2Server._handle_event, self.answers
 
         def send(server: Http1Server, event: Any) -> Any:
-            if isinstance(event, ResponseProtocolError) and not server.response:
-                data = answers.pop(server.conn.id, None)
-                if data is not None:
-                    if server.conn.state & ConnectionState.CAN_WRITE:
-                        yield commands.SendData(server.conn, data)
-                    yield commands.CloseConnection(server.conn)
-                    return
-            yield from original(server, event)
+            if isinstance(event, ResponseProtocolError) and not server.response and answers.get(server.conn.id):
+                resp = answers[server.conn.id].pop(0)
+                if server.conn.state & ConnectionState.CAN_WRITE:
+                    yield commands.SendData(server.conn, http1.assemble_response(resp))  # type: ignore[no-untyped-call]
+                yield commands.CloseConnection(server.conn)
+                return
+            yield from send1(server, event)
 
-        self._original, Http1Server.send = original, send  # type: ignore[method-assign, assignment]
+        def handle(server: Http2Server, event: Any) -> Any:
+            if isinstance(event, ResponseProtocolError) and answers.get(server.conn.id) and server.is_open_for_us(event.stream_id) \
+                    and not server.h2_conn.streams[event.stream_id].state_machine.headers_sent:
+                resp = answers[server.conn.id].pop(0)
+                fields = [(k.lower(), v) for k, v in resp.headers.fields if k.lower() != b"connection"]  # (not in HTTP/2)
+                server.h2_conn.send_headers(event.stream_id, [(b":status", b"%d" % resp.status_code), *fields])
+                server.h2_conn.send_data(event.stream_id, resp.content or b"", end_stream=True)
+                yield commands.SendData(server.conn, server.h2_conn.data_to_send())
+                return
+            yield from handle2(server, event)
+
+        self._original = (send1, handle2)
+        Http1Server.send, Http2Server._handle_event = send, handle  # type: ignore[method-assign, assignment]
 
     def done(self) -> None:
         if self._original is not None:
-            Http1Server.send, self._original = self._original, None  # type: ignore[method-assign]
+            (Http1Server.send, Http2Server._handle_event), self._original = self._original, None  # type: ignore[method-assign]
         self.answers.clear()
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -81,7 +95,7 @@ class UpstreamError:
         body, headers = dialect(api).error_answer(message, False, "upstream")
         extra = {HEADER: flow.metadata[HEADER]} if HEADER in flow.metadata else {}
         resp = http.Response.make(502, body, {**headers, "connection": "close", **extra})
-        self.answers[flow.client_conn.id] = http1.assemble_response(resp)  # type: ignore[no-untyped-call]
+        self.answers.setdefault(flow.client_conn.id, []).append(resp)
 
     def client_disconnected(self, client: Any) -> None:
         self.answers.pop(client.id, None)

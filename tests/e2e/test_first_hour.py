@@ -6,6 +6,7 @@ Real processes: ``contextwarden run`` and ``mitmdump -s addons/contextwarden.py`
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,21 @@ def test_an_unreachable_upstream_answers_in_the_providers_error_shape(tmp_path, 
         for ev in proxy.events():
             totals.add(ev)
         assert len(evs) == 2 and totals.errors >= 2
+
+
+def test_an_unreachable_upstream_answers_an_http2_client_in_the_providers_error_shape(tmp_path):
+    """Regular mode, a client that negotiates HTTP/2 with the proxy (as curl and Rust's reqwest, Codex's HTTP
+    client, do): the failed stream gets the provider's JSON error, not mitmproxy's page; other traffic on the
+    same connection keeps the page."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    with ProxyProcess(tmp_path / "px", profile="observe-only", redirect=dead, env={"CONTEXTWARDEN_MEMORY__ENABLED": "false"}) as proxy, \
+            httpx2.Client(http2=True, proxy=proxy.url, verify=ssl.create_default_context(cafile=proxy.ca_pem),
+                          trust_env=False, timeout=30) as client:
+        r = client.post("https://api.anthropic.com/v1/messages", json={"model": "claude-sonnet-4-6", "max_tokens": 8,
+                                                                        "messages": [{"role": "user", "content": "hi"}]},
+                        headers={"x-api-key": "sk-ant-dead", "anthropic-version": "2023-06-01"})
+        assert r.http_version == "HTTP/2"
+        assert r.status_code == 502 and r.headers["content-type"] == "application/json", (r.headers, r.text[:300])
+        assert r.json()["type"] == "error" and "could not be reached" in r.json()["error"]["message"]
+        other = client.post("https://api.anthropic.com/not-an-api", content=b"{}")
+        assert other.status_code == 502 and other.headers["content-type"].startswith("text/html")
