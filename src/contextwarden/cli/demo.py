@@ -35,7 +35,7 @@ from ..tui.client import LiveClient
 from ._common import cli_name, home_of
 
 START_S = 300  # the proxy's first start: imports, tokenizers, the memory process
-MODEL = "claude-sonnet-4-5"
+MODEL = "claude-sonnet-4-6"
 
 
 def path_of(k: int) -> str:
