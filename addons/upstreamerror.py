@@ -6,10 +6,12 @@ known API the client gets status 502 with the provider's error JSON instead (the
 message names the host and mitmproxy's reason. Other traffic keeps mitmproxy's page.
 
 mitmproxy has no hook for that page: its HTTP/1 or HTTP/2 server side writes it when the flow's error is
-reported. The answer is remembered in the ``error`` hook (run just before the page is written, the stream's
-next step) by client connection, and wrappers of ``Http1Server.send`` and ``Http2Server._handle_event``
-(installed while the addon runs) write it instead: on an HTTP/2 connection (a client that negotiated h2 in
-regular mode, as curl and Rust's reqwest do) as the failed stream's headers and body.
+reported. The answer is remembered in the ``error`` hook by client connection: the hook runs just before
+that flow's page is written, so the connection holds the latest failed flow's answer, or none when that flow
+is not a known API's (an answer left by a flow whose client went away is replaced before any other page). Wrappers of
+``Http1Server.send`` and ``Http2Server._handle_event`` (installed while the addon runs) write it instead: on an
+HTTP/2 connection (a client that negotiated h2 in regular mode, as curl and Rust's reqwest do) as the failed
+stream's headers and body.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def api_of(flow: http.HTTPFlow) -> ApiKind | None:
 
 class UpstreamError:
     def __init__(self) -> None:
-        self.answers: dict[str, list[http.Response]] = {}  # client connection id -> answers not yet written
+        self.answers: dict[str, http.Response] = {}  # client connection id -> its latest failed flow's answer
         self._original: Any = None
 
     def running(self) -> None:
@@ -54,8 +56,8 @@ class UpstreamError:
         send1, handle2, answers = Http1Server.send, Http2Server._handle_event, self.answers
 
         def send(server: Http1Server, event: Any) -> Any:
-            if isinstance(event, ResponseProtocolError) and not server.response and answers.get(server.conn.id):
-                resp = answers[server.conn.id].pop(0)
+            if isinstance(event, ResponseProtocolError) and not server.response \
+                    and (resp := answers.pop(server.conn.id, None)) is not None:
                 if server.conn.state & ConnectionState.CAN_WRITE:
                     yield commands.SendData(server.conn, http1.assemble_response(resp))  # type: ignore[no-untyped-call]
                 yield commands.CloseConnection(server.conn)
@@ -63,9 +65,9 @@ class UpstreamError:
             yield from send1(server, event)
 
         def handle(server: Http2Server, event: Any) -> Any:
-            if isinstance(event, ResponseProtocolError) and answers.get(server.conn.id) and server.is_open_for_us(event.stream_id) \
-                    and not server.h2_conn.streams[event.stream_id].state_machine.headers_sent:
-                resp = answers[server.conn.id].pop(0)
+            if isinstance(event, ResponseProtocolError) and server.is_open_for_us(event.stream_id) \
+                    and not server.h2_conn.streams[event.stream_id].state_machine.headers_sent \
+                    and (resp := answers.pop(server.conn.id, None)) is not None:
                 fields = [(k.lower(), v) for k, v in resp.headers.fields if k.lower() != b"connection"]  # (not in HTTP/2)
                 server.h2_conn.send_headers(event.stream_id, [(b":status", b"%d" % resp.status_code), *fields])
                 server.h2_conn.send_data(event.stream_id, resp.content or b"", end_stream=True)
@@ -87,6 +89,7 @@ class UpstreamError:
             flow.metadata[KEY] = api
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self.answers.pop(flow.client_conn.id, None)  # (the page written next on this connection is this flow's)
         api = flow.metadata.get(KEY)
         if api is None or flow.response is not None or flow.error is None or self._original is None:
             return
@@ -95,7 +98,7 @@ class UpstreamError:
         body, headers = dialect(api).error_answer(message, False, "upstream")
         extra = {HEADER: flow.metadata[HEADER]} if HEADER in flow.metadata else {}
         resp = http.Response.make(502, body, {**headers, "connection": "close", **extra})
-        self.answers.setdefault(flow.client_conn.id, []).append(resp)
+        self.answers[flow.client_conn.id] = resp
 
     def client_disconnected(self, client: Any) -> None:
         self.answers.pop(client.id, None)
