@@ -68,7 +68,7 @@ def test_mitmdump_carrying_traffic_has_no_ui_modules(tmp_path):
         with ProxyProcess(tmp_path / "px", profile="default", reverse=standin.url, extra_scripts=[dump]) as proxy:
             client = anthropic.Anthropic(api_key="sk-ant-boundary", base_url=proxy.url, max_retries=0,
                                          http_client=httpx2.Client(trust_env=False, timeout=60))
-            client.messages.create(model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": "hello there"}])
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=50, messages=[{"role": "user", "content": "hello there"}])
             assert proxy.wait_events(lambda e: e["type"] == "response")
         assert proxy.proc.returncode is not None
     mods = set(json.loads(out_file.read_text()))

@@ -120,7 +120,7 @@ def test_an_unreachable_upstream_answers_in_the_providers_error_shape(tmp_path, 
         client = anthropic.Anthropic(api_key="sk-ant-dead", base_url=proxy.url, max_retries=0,
                                      http_client=httpx2.Client(trust_env=False, timeout=30))
         with pytest.raises(anthropic.InternalServerError) as e:
-            client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
         assert e.value.status_code == 502 and e.value.body["type"] == "error", e.value.body
         assert e.value.body["error"]["type"] == "api_error" and "could not be reached" in e.value.body["error"]["message"]
         assert float(e.value.response.headers["x-contextwarden-overhead-ms"]) >= 0

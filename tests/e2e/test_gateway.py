@@ -181,6 +181,7 @@ def test_a_fact_ingested_through_one_replica_is_injected_by_another(tmp_path):
         env = {"CONTEXTWARDEN_STATE__URL": redis.url, "CONTEXTWARDEN_MEMORY__CHROMA_URL": chroma.url,
                "CONTEXTWARDEN_MEMORY__TIMEOUT_MS": "10000",  # a loaded 2-core box
                "CONTEXTWARDEN_COMPRESSION__ENABLED": "false",  # (no tool results: no workers to start)
+               "CONTEXTWARDEN_MEMORY__EMBED_IDLE": "false",  # (not held back by the suite's other workers)
                "CONTEXTWARDEN_PIPELINE__STAGE_BUDGET_MS": "20000"}
         a = ProxyProcess(tmp_path / "A", name="A", profile="claude-code", reverse=standin.url,
                          env={**env, "CONTEXTWARDEN_STATE__REPLICA": "A"}, ready_events=("startup", "memory_status"))

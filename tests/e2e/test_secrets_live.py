@@ -95,7 +95,7 @@ def test_no_catalogued_secret_anywhere_after_a_live_session(proxy, standin, tmp_
     msgs: list[dict] = []
     for shape in ISSUE + [tail]:
         msgs.append({"role": "user", "content": f"{canary} note this: {shape.text}"})
-        answer = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=msgs)
+        answer = client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=msgs)
         msgs.append({"role": "assistant", "content": answer.content[0].text})
     _wait_ingested(proxy, since, rounds + 1 + 3)
     # a new session of the same user: memory brings the (redacted) past back into the request

@@ -403,7 +403,7 @@ def _out_tokens(plan: _Plan) -> int:
 def anthropic_events(si: StandIn, body: dict, decoded: bytes) -> list[bytes]:
     plan, g = _anthropic_managed(si, body, decoded)
     usage = _anthropic_usage(si, body, decoded, g)
-    msg: dict[str, Any] = {"id": _id("msg_"), "type": "message", "role": "assistant", "model": body.get("model") or "claude-sonnet-4-5",
+    msg: dict[str, Any] = {"id": _id("msg_"), "type": "message", "role": "assistant", "model": body.get("model") or "claude-sonnet-4-6",
            "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
     out = [_sse("message_start", {"type": "message_start", "message": msg})]
     index = 0
@@ -467,7 +467,7 @@ def anthropic_message(si: StandIn, body: dict, decoded: bytes) -> dict:
         content.append({"type": "tool_use", "id": tid, "name": name, "input": tinput})
     usage = _anthropic_usage(si, body, decoded, g)
     usage["output_tokens"] = _out_tokens(plan)
-    out = {"id": _id("msg_"), "type": "message", "role": "assistant", "model": body.get("model") or "claude-sonnet-4-5",
+    out = {"id": _id("msg_"), "type": "message", "role": "assistant", "model": body.get("model") or "claude-sonnet-4-6",
            "content": content, "stop_reason": _stop(plan, g), "stop_sequence": None, "usage": _usage_extras(g, usage)}
     if g.applied_edits:
         out["context_management"] = {"applied_edits": g.applied_edits}
@@ -837,9 +837,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if "500" in modes:
             return self._json(rec, 500, _error(api, 500, "Internal server error"))
         if self.command == "GET" and route == "/v1/models":
-            return self._json(rec, 200, {"data": [{"type": "model", "id": "claude-sonnet-4-5", "display_name": "Claude Sonnet 4.5",
+            return self._json(rec, 200, {"data": [{"type": "model", "id": "claude-sonnet-4-6", "display_name": "Claude Sonnet 4.6",
                                                    "created_at": "2025-09-29T00:00:00Z"}],
-                                         "has_more": False, "first_id": "claude-sonnet-4-5", "last_id": "claude-sonnet-4-5"})
+                                         "has_more": False, "first_id": "claude-sonnet-4-6", "last_id": "claude-sonnet-4-6"})
         if self.command == "HEAD":
             return self._json(rec, 200, {})
         if self.command != "POST" or route not in ("/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions", "/v1/responses",

@@ -187,7 +187,7 @@ async def test_real_proxy_sdk_traffic_appears_with_tags_and_stage_timings(tmp_pa
                 client = anthropic.Anthropic(api_key=API_KEY, base_url=proxy.url, max_retries=0,
                                              http_client=httpx2.Client(trust_env=False, timeout=60),
                                              default_headers={"x-contextwarden-session": session})
-                with client.messages.stream(model="claude-sonnet-4-5", max_tokens=200,
+                with client.messages.stream(model="claude-sonnet-4-6", max_tokens=200,
                                             messages=[{"role": "user", "content": prompt}]) as s:
                     return s.get_final_message()
 

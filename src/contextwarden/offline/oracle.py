@@ -471,12 +471,13 @@ def free_moments(reqs: list[Request]) -> int:
 
 
 def bill_plan(trace, reqs: list[Request], cleared: list[frozenset[str]], counter, factor: float, stubs: Stubs,
-              kinds: tuple[str, ...] = KINDS, prices: Mapping[str, Any] | None = None, turns: int = TURNS) -> list[RequestResult]:
+              kinds: tuple[str, ...] = KINDS, prices: Mapping[str, Any] | None = None, turns: int = TURNS,
+              fidelity: bool = True) -> list[RequestResult]:
     """Bill every request with its cleared set exactly as a replay bills what it sends (with the breakpoints
-    stage's marks on the last ``turns`` turn starts), and count the fidelity of what the plan sent: a
-    replay report."""
+    stage's marks on the last ``turns`` turn starts), and count the fidelity of what the plan sent (unless
+    ``fidelity`` is False: the bill alone, to compare plans): a replay report."""
     cache_o, cache_u = PromptCache(prices=prices or {}), PromptCache(prices=prices or {})
-    fid = FidelityCounter(counter.count_text, prices)
+    fid = FidelityCounter(counter.count_text, prices) if fidelity else None
     results = []
     for q, rq, cl in zip(reqs, trace.requests, cleared):
         model = rq.body.get("model") or ""
@@ -489,7 +490,7 @@ def bill_plan(trace, reqs: list[Request], cleared: list[frozenset[str]], counter
             index=q.index, ts=rq.ts, kind=rq.kind, outcome="rewritten" if sent is not rq.body else "unchanged",
             messages_original=len(rq.body.get("messages") or []), messages_sent=len(sent.get("messages") or []),
             tokens_original=int(round(q.total / factor)), tokens_sent=tokens_sent, original=bo, ours=bu,
-            fidelity=fid.request(rq.body, sent, rq.response, model, tokens_sent, factor)))
+            fidelity=fid.request(rq.body, sent, rq.response, model, tokens_sent, factor) if fid else None))
     return results
 
 

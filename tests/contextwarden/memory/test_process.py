@@ -130,7 +130,8 @@ def test_pending_ingestion_left_at_shutdown_is_stored_at_the_next_start(tmp_path
             assert svc.submit(items)
     finally:
         rp.close()  # without waiting for the embeddings: what was pending is recovered below
-    rp = replayer(tmp_path, extra)
+    # (embedded in the ingestion thread, not at idle priority, which a busy machine holds back)
+    rp = replayer(tmp_path, extra.replace("}", ", embed_idle: false}"))
     try:
         svc = get_service(rp.runtime)
         assert svc.flush(300)
