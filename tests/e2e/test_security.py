@@ -119,7 +119,7 @@ class TuiTap:
     def __init__(self, home: Path) -> None:
         info = json.loads((home / INFO_FILE).read_text())
         self.ws = connect(f"ws://127.0.0.1:{info['port']}/", additional_headers={TOKEN_HEADER: info["token"]},
-                          proxy=None, max_size=None)
+                          proxy=None, max_size=None, legacy=True)  # (held open, not in a with block)
         self.raw: list[bytes] = []
         self._lock = threading.Lock()
         self._replies: dict[int, dict] = {}
