@@ -594,11 +594,16 @@ def _decide(f: _Compaction) -> _Decision:
                 out.new = {"end": chosen, "span_tokens": sum(tok[start:chosen])}
     out.trigger, out.cost = trigger, cost
     if trigger is None:
-        data = dict(applied=False, reason=reason, tokens_before=total, level=str(f.level or "NORMAL"))
-        if cost is not None:
-            data.update(cost.fields())
-        ctx.emit("compaction", **data)
+        _not_applied(f, reason, cost)
     return out
+
+
+def _not_applied(f: _Compaction, reason: str, cost: CostEstimate | None = None) -> None:
+    """The ``compaction`` event of a request that compacts nothing new, and why."""
+    data = dict(applied=False, reason=reason, tokens_before=f.total, level=str(f.level or "NORMAL"))
+    if cost is not None:
+        data.update(cost.fields())
+    f.ctx.emit("compaction", **data)
 
 
 def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision | None, dict[str, Any] | None, Any]:
@@ -634,8 +639,7 @@ def _summarise(f: _Compaction, d: _Decision) -> tuple[Decision | None, dict[str,
                         summary_tokens=ctx.runtime.tokens.count_text(text, ctx.model) + 8,
                         summariser=summary.summariser, created=f.now, trigger=d.trigger)
     if _tokens_with(f, decision) >= f.t_now:  # (a short span: the summary, with the files it keeps, is longer)
-        ctx.emit("compaction", applied=False, reason="the summary is not smaller than the span it folds",
-                 tokens_before=f.total, level=str(f.level or "NORMAL"))
+        _not_applied(f, "the summary is not smaller than the span it folds")
         return active, None, llm_usage
     ctx.notes.setdefault("folded", []).append({"memory_id": folds[-1][0], "text": folded, "first": start, "last": end - 1})
     known = {(x.end, x.hash) for x in f.decisions}
