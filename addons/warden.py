@@ -57,13 +57,14 @@ class Warden:
         old, self.runtime, self._key = self.runtime, runtime, key
         if old is not None:
             old.close()
-        # Load both tokenizers before the proxy listens: loading one holds the GIL for ~0.5 s, which on
-        # the first Anthropic / OpenAI request would stall every response being streamed at the time.
-        for model in (None, "gpt-4o"):
-            try:
-                runtime.tokens.source_for(model)
-            except Exception as e:  # counting falls back to an estimate; never stop the proxy for it
-                log.warning(f"contextwarden: tokenizer preload failed: {e}")
+        # The profile's tokenizer is loaded before the proxy listens: loading one holds the GIL for 0.4-0.9 s,
+        # which on the first request would stall what the process streams at the time. The other family's
+        # (o200k_base for an OpenAI model under an Anthropic profile) waits for its first request: 0.9 s of
+        # CPU and 69 MB that a proxy for one client never needs.
+        try:
+            runtime.tokens.source_for(None)
+        except Exception as e:  # counting falls back to an estimate; never stop the proxy for it
+            log.warning(f"contextwarden: tokenizer preload failed: {e}")
         stages = ", ".join(n for n, _ in runtime.stages()) or "none"
         mode = "observe-only" if runtime.settings.proxy.observe_only else "active"
         log.info(f"contextwarden: profile {runtime.settings.name} ({mode}), stages: {stages}, home: {runtime.home}")

@@ -14,15 +14,18 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import os
 import sys
 import time
-from contextlib import suppress
+from functools import cache
 from typing import Any
 
+from ..util import rss_mb
 
+
+@cache
 def libc():
-    """The C library (ctypes), or None where it cannot be loaded."""
+    """The C library (ctypes), or None where it cannot be loaded (found once: ``find_library`` runs
+    ``ldconfig``)."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
@@ -45,8 +48,9 @@ def heap() -> dict[str, Any]:
     """Where this process's memory is (MB): resident, glibc's heap (in use, free but kept), its mmapped
     blocks; and the interpreter's small-object blocks in use. Empty parts where not Linux or glibc."""
     out: dict[str, Any] = {"py_blocks": sys.getallocatedblocks()}
-    with suppress(OSError, ValueError), open("/proc/self/statm") as f:
-        out["rss_mb"] = round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    rss = rss_mb()
+    if rss is not None:
+        out["rss_mb"] = round(rss, 1)
     fn = getattr(libc(), "mallinfo2", None)
     if fn is not None:
         fn.restype = _Mallinfo2

@@ -126,7 +126,9 @@ class Engine:
             rt.bus.emit("engine", {"pid": os.getpid(), "execs": c.execs, "started": c.started,
                                    "rss_mb_before": c.rss_mb, "rss_mb": collector.heap().get("rss_mb"),
                                    "restart_ms": round((time.time() - c.at) * 1000, 1)})
-        self.start_rss = collector.heap().get("rss_mb", 0.0)
+        # the RSS to recycle from, less the tokenizers': one loaded later (an OpenAI model under an Anthropic
+        # profile) is no growth to start again for
+        self.start_rss = collector.heap().get("rss_mb", 0.0) - rt.tokens.loaded_mb
         self._settings_sent = rt.settings
         frames.send_blocking(self.sock, "ready", None, {**self._link_settings(), "pid": os.getpid(),
                                                       "release_flows": rt.settings.pipeline.release_flows,
@@ -241,7 +243,7 @@ class Engine:
         rt = self.warden.runtime
         p = rt.settings.pipeline if rt is not None else None
         if p is not None and p.recycle and self.served and self.to_link is not None \
-                and rss_mb >= self.start_rss + p.recycle_mb:
+                and rss_mb >= self.start_rss + rt.tokens.loaded_mb + p.recycle_mb:
             self._send("recycle")  # start again small, if the link agrees (recycle.py)
 
     def _send(self, op: str, key: Any = None, payload: Any = None) -> None:

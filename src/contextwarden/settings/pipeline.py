@@ -90,7 +90,8 @@ class PipelineSection(Section):
     fragmented memory back, a new one starts small."""
 
     recycle_mb: int = 64
-    """With ``recycle``: how far over its start-up RSS the engine's is before it starts itself again."""
+    """With ``recycle``: how far over its start-up RSS the engine's is before it starts itself again (a
+    tokenizer loaded since, by the first request of a model that counts with it, is not growth)."""
 
     engine_timeout_s: float = 60.0
     """How long mitmdump's process waits for the engine's answer before sending the client's own bytes

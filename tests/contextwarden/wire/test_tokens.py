@@ -122,6 +122,37 @@ def test_unknown_encoding_name_is_an_estimate_not_a_crash(tmp_path):
     assert [e.data["where"] for e in bus.recent if e.type == "error"] == ["tokens"]
 
 
+_LOADED_SCRIPT = r"""
+import json, sys
+from mitmproxy.test import taddons
+from contextwarden.addons.warden import Warden
+warden = Warden()
+with taddons.context(warden) as tctx:
+    tctx.configure(warden, cw_home=sys.argv[1], cw_profile="claude-code")
+    tokens = warden.runtime.tokens
+    out = {"start": sorted(tokens._encodings), "start_mb": tokens.loaded_mb}
+    tokens.count_text("a Claude model's text", "claude-opus-4-6")
+    out["claude_mb"] = tokens.loaded_mb
+    tokens.count_text("an OpenAI model's text", "gpt-4o")
+    out["openai"], out["openai_mb"] = sorted(tokens._encodings), tokens.loaded_mb
+    warden.done()
+print(json.dumps(out))
+"""
+
+
+def test_a_proxy_loads_its_profiles_tokenizer_at_start_and_another_at_its_models_first_request(tmp_path):
+    """In a fresh interpreter, as a proxy starts: the claude-code profile's cl100k_base before the first
+    request, o200k_base only once an OpenAI model's request is counted; what each load added to the
+    process's RSS is counted (the engine does not take it for growth to start itself again for)."""
+    out = subprocess.run([sys.executable, "-c", _LOADED_SCRIPT, str(tmp_path / "home")], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "CONTEXTWARDEN_MEMORY__ENABLED": "false"})
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["start"] == ["cl100k_base"] and r["start_mb"] > 20  # ~46 MB
+    assert r["claude_mb"] == r["start_mb"]
+    assert r["openai"] == ["cl100k_base", "o200k_base"] and r["openai_mb"] - r["start_mb"] > 30  # ~69 MB more
+
+
 # ---------------------------------------------------------------------------- requests
 
 
