@@ -87,6 +87,8 @@ class EventService:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None  # an event came while the server thread slept
+        self._asleep = False  # it waits for one (no timer: an idle proxy's thread does not wake)
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -96,6 +98,9 @@ class EventService:
             self.overflow += 1
             return
         self.pending.append(ev)
+        if self._asleep and self._loop is not None and self._wake is not None:
+            with suppress(RuntimeError):  # (the loop closed: stopping)
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     @property
     def info_path(self) -> Path:
@@ -125,7 +130,7 @@ class EventService:
             self._unsubscribe()
             self._unsubscribe = None
         if self._loop is not None and self._stop is not None and self._thread and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
+            self._loop.call_soon_threadsafe(self._halt)
             self._thread.join(timeout)
         unpublish(self.info_path, self.token)
 
@@ -146,23 +151,34 @@ class EventService:
             log.exception("contextwarden: event server stopped")
 
     async def _main(self) -> None:
+        self._stop, self._wake = asyncio.Event(), asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
         async with serve(self._handler, self.host, self.requested_port, process_request=self._authorise,
                          origins=[None], compression=None, max_size=4 * 2**20, ping_interval=20,
                          ping_timeout=60, open_timeout=5, close_timeout=1) as server:
             self.port = next(s.getsockname()[1] for s in server.sockets)
             self._ready.set()
             while not self._stop.is_set():
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.batch_s)
                 self._flush()
+                # asleep until an event comes: _on_event (any thread) wakes it when it sees it asleep, and an
+                # event appended before that is seen here (each side writes, then reads the other's)
+                self._asleep = True
+                if not self.pending:
+                    await self._wake.wait()
+                self._asleep = False
+                self._wake.clear()
+                await asyncio.sleep(self.batch_s)  # what comes meanwhile goes in the same batch
             self._flush()
             for c in list(self.clients):  # let the final batch (e.g. "shutdown") go out
                 if c.outbox:
                     with suppress(Exception):
                         await asyncio.wait_for(self._drain(c), 1)
             server.close()
+
+    def _halt(self) -> None:
+        assert self._stop is not None and self._wake is not None
+        self._stop.set()
+        self._wake.set()
 
     def _authorise(self, connection: Any, request: Any) -> Any:
         given = request.headers.get(TOKEN_HEADER, "")
