@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 import stat
+import threading
 import time
 
 import orjson
@@ -123,6 +124,37 @@ async def test_snapshot_then_live_events_in_batches(service, runtime):
             got += [e for e in m["events"] if e["type"] == "stage"]
         assert [e["flow_id"] for e in got] == [f"f{i}" for i in range(200)]
         assert messages <= 40, messages
+
+
+async def test_an_idle_server_sleeps_and_wakes_for_the_next_event_from_any_thread(service, runtime, monkeypatch):
+    """No timer: while no event comes the server thread does not run (an idle proxy's CPU); the first
+    event after the idle spell, and every one of many emitted at once from many threads, still arrive."""
+    flushes = []
+    flush = service._flush
+    monkeypatch.setattr(service, "_flush", lambda: (flushes.append(time.monotonic()), flush())[1])
+    async with ws(service) as conn:
+        await recv(conn, "snapshot")
+        await asyncio.sleep(1.5)
+        idle = len(flushes)
+        await asyncio.sleep(1.5)
+        assert len(flushes) - idle <= 1, len(flushes) - idle  # (a 50 ms batch timer: 30)
+        t0 = time.monotonic()
+        runtime.bus.emit("stage", {"stage": "tagging", "ms": 0.1}, flow_id="after-idle", session="s1")
+        m = await recv(conn, "events", timeout=5)
+        assert [e["flow_id"] for e in m["events"]] == ["after-idle"] and time.monotonic() - t0 < 2
+        # many threads at once, after another idle spell: none left waiting for a later wake-up
+        await asyncio.sleep(0.3)
+        threads = [threading.Thread(target=lambda k=k: [runtime.bus.emit("stage", {"stage": "tagging"},
+                                                                          flow_id=f"t{k}-{i}", session="s1")
+                                                         for i in range(50)]) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        got: set[str] = set()
+        while len(got) < 400:
+            got |= {e["flow_id"] for e in (await recv(conn, "events", timeout=5))["events"]}
+        assert got == {f"t{k}-{i}" for k in range(8) for i in range(50)}
 
 
 async def test_headers_with_credentials_never_leave_the_server(service, runtime):
