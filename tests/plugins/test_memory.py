@@ -10,11 +10,13 @@ import yaml
 
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.inject import OPEN, closing_tag
+from contextwarden.memory.store import MemoryStore
 from contextwarden.models import ApiKind
 from contextwarden.offline.memory.replay import Replayer
 from contextwarden.store import statecache
 from contextwarden.store.statecache import state_cache
 from contextwarden.wire.references import names
+from tests.support.wait import wait_until
 
 FACTS = ["I adopted a beagle named Biscuit from the Alameda shelter last spring.",
          "My sister Clara lives in Lisbon and designs bridges for a living.",
@@ -217,6 +219,40 @@ def test_an_item_both_rankings_agree_on_passes_the_relevance_floor_and_content_f
             assert mem["tokens"] == 0 and mem["skipped"] in ("nothing relevant", "no content words"), (content, mem)
             assert OPEN not in str(got.wire)
     finally:
+        rp.close()
+
+
+def test_items_not_embedded_yet_are_judged_by_the_relevance_floor_too(tmp_path, monkeypatch):
+    """Items stored moments ago are found by their words before the embedder (at idle priority) reaches
+    them: held back here, they have no similarity of their own. The ones that could be given are embedded
+    at the search, so that a message sharing only a word with them gets nothing, and a question about
+    them still gets them."""
+    gate = threading.Event()
+    store_add = MemoryStore.add
+
+    def held(self, items, embeddings=None):
+        gate.wait(120)
+        return store_add(self, items, embeddings)
+
+    monkeypatch.setattr(MemoryStore, "add", held)
+    rp = replayer(tmp_path, window=200_000)
+    try:
+        msgs = [{"role": "user", "content": FACTS[0]}]
+        rp.complete(rp.send(msgs, api_key="sk-alice", session="a"), "What a lovely name for a beagle!")
+
+        def asked(question: str) -> dict:
+            sent = rp.send([{"role": "user", "content": question}], api_key="sk-alice", session="b")
+            return memory_event(rp, sent.ctx.flow_id) | {"wire": str(sent.wire)}
+
+        # (its words are indexed as the turn is handed over, on the ingestor's thread)
+        ev = wait_until(lambda: (e := asked("Does Spring Boot need a new config for this service?"))["candidates"] and e,
+                        timeout=60)
+        assert not gate.is_set() and ev["injected"] == 0 and ev["skipped"] == "nothing relevant", ev
+        assert ev["best_similarity"] < 0.23 and OPEN not in ev["wire"]  # (it shares "spring" and nothing else)
+        ev = asked("Which shelter did I adopt the beagle from?")
+        assert ev["injected"] >= 1 and FACTS[0] in ev["wire"] and ev["scores"][0]["vector"] > 0.5, ev
+    finally:
+        gate.set()
         rp.close()
 
 

@@ -27,7 +27,7 @@ from ..models.base import ApiKind
 from ..util.lru import LRU
 from ..wire.dialects import dialect
 from .asides import Asides, Pieces
-from .envelopes import strip_envelopes
+from .envelopes import searchable, strip_envelopes
 from .ids import content_hash, id_of_hash
 from .inject import strip_blocks
 from .items import MemoryItem
@@ -433,6 +433,14 @@ class Retriever:
         for key, score in fused.items():
             by_id[key].fused = score
         out.hits = sorted((by_id[key] for key in fused), key=lambda h: -h.fused)
+        if vectors.embedding is not None and out.hits and all(h.vector is None for h in out.hits):
+            # every candidate stored too recently to be embedded yet (the embedder runs at idle priority):
+            # the ones that could be given are embedded now, for the relevance floor to judge them
+            te = time.perf_counter()
+            top = out.hits[: self.settings.top_k]
+            for h, vec in zip(top, self.embedder([searchable(h.item.text) for h in top])):
+                h.vector = min(1.0, max(0.0, float(np.dot(vectors.embedding, vec))))
+            out.timings["unembedded_ms"] = round((time.perf_counter() - te) * 1000, 2)
         out.candidates = len(by_id)
         out.ms = round((time.perf_counter() - t0) * 1000, 2)
         return out
