@@ -17,6 +17,7 @@ from contextwarden.tui.app import ContextWardenApp
 from contextwarden.tui.screens.inspector import InspectorScreen
 from contextwarden.tui.screens.settings import SettingsScreen
 from contextwarden.tui.store import Store
+from contextwarden.tui.widgets.fillbar import FillBars
 from contextwarden.tui.widgets.synctable import SyncTable
 from tests.support.wait import await_until
 from tests.tui.events import STAGES, EventFactory, MemorySource, demo_snapshot
@@ -369,6 +370,29 @@ async def test_bursts_are_coalesced_into_few_redraws():
         # (how many ticks the 40 batches spanned depends on the machine's load: a bound on the tick count
         # would be a wall-clock bound; what must hold is at most one redraw per tick, and per batch)
         assert 0 < app.redraws - r0 <= min(app.ticks - t0, 40)
+
+
+async def test_a_second_passing_redraws_the_uptime_and_not_the_overviews_tables_and_bars(monkeypatch):
+    """Left open for hours, the overview is redrawn once a second for its clock: only the uptime then;
+    an event still redraws the rest."""
+    now = [NOW]
+    src = MemorySource(settings_snapshot())
+    app = ContextWardenApp(src, clock=lambda: now[0], tick=3600)
+    f = EventFactory()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        src.feed(f.request("s1", tokens_in=1200))
+        await settle(pilot, app)
+        shown = []
+        monkeypatch.setattr(FillBars, "show", lambda self, *a: shown.append(a))
+        for _ in range(3):
+            now[0] += 1
+            app.flush()
+            await pilot.pause()
+        assert "1:02:08" in screen_text(app) and shown == []  # (up 1:02:05 at the snapshot)
+        src.feed(f.request("s2", tokens_in=900))
+        await settle(pilot, app)
+        assert len(shown) == 1
 
 
 async def test_connection_states_show_in_the_status_line():

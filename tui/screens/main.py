@@ -79,6 +79,8 @@ class MainScreen(Screen):
         app = self.app
         store: Store = app.store
         now = app.clock()
+        # only the time moved: the overview's uptime, not its tables and bars (once a second, for hours)
+        clock_only = not force and dirty == {"clock"} and "overview" not in self._stale
         self._stale |= {panel for panel, kinds in PANELS.items() if dirty & set(kinds)}
         if not self._ready or not self.is_attached:  # not composed yet (on_mount draws all), or closing
             return
@@ -93,7 +95,7 @@ class MainScreen(Screen):
             return
         self._stale.discard(tab)
         if tab == "overview":
-            self.query_one(Overview).refresh_from(store, now)
+            self.query_one(Overview).refresh_from(store, now, clock_only=clock_only)
         else:
             self.query_one(TABLES[tab]).refresh_from(store)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import groupby
 
 from rich.text import Text
 from textual.widget import Widget
@@ -18,15 +19,18 @@ def bar(width: int, tokens: int | None, window: int, soft: float, hard: float) -
     filled = round(fill * width)
     soft_at = min(width - 1, int(soft * width))
     hard_at = min(width - 1, int(hard * width))
-    t = Text()
+    cells = []
     for i in range(width):
         zone = "green" if i < soft_at else ("yellow" if i < hard_at else "red")
         if i in (soft_at, hard_at):
-            t.append("┃" if i < filled else "│", style=f"bold {'yellow' if i == soft_at else 'red'}")
+            cells.append(("┃" if i < filled else "│", f"bold {'yellow' if i == soft_at else 'red'}"))
         elif i < filled:
-            t.append("█", style=zone)
+            cells.append(("█", zone))
         else:
-            t.append("░", style="bright_black")
+            cells.append(("░", "bright_black"))
+    t = Text()
+    for (char, style), run in groupby(cells):  # a span per run, not per cell: redrawn every second
+        t.append(char * len(list(run)), style=style)
     return t
 
 

@@ -104,8 +104,11 @@ class Overview(Vertical):
         yield Label("Context fill (window, soft and hard thresholds marked)", classes="title")
         yield FillBars(id="ov-fill")
 
-    def refresh_from(self, store: Store, now: float) -> None:
+    def refresh_from(self, store: Store, now: float, clock_only: bool = False) -> None:
+        """Everything from ``store``; ``clock_only``: only what the time changes (the uptime)."""
         self.query_one("#ov-traffic", Static).update(traffic_table(store, now))
+        if clock_only:
+            return
         self.query_one("#ov-tokens", Static).update(tokens_table(store))
         tags = store.active_tags()
         t = Text()
