@@ -172,7 +172,8 @@ class MemorySection(Section):
 
     relevance_floor: float = 0.23
     """Nothing is injected when the best candidate's cosine similarity to the query is below this (with a
-    model). 0.23: the 1st percentile of LoCoMo questions' best similarity. 0: off."""
+    model; candidates stored too recently to be embedded yet are embedded at the search for it). 0.23: the
+    1st percentile of LoCoMo questions' best similarity. 0: off."""
 
     other_sessions_weight: float = 0.35
     """The current session first: the rankings are made within it and over the tenant's other sessions,
