@@ -46,6 +46,7 @@ DATE_SLACK_DAYS = 7  # a question's day finds the turns dated this close to it (
 MIN_LINE = 16  # shorter lines are too common to say an item is in the history
 AGREED_DEPTH = 5  # a hit in the top this many of both rankings, on a word of the question, is agreed (agreed())
 AGREED_SIMILARITY = 0.1  # ... with at least this cosine similarity
+UNEMBEDDED_JUDGED = 3  # when no candidate has a vector yet: the first this many are embedded for the relevance floor
 
 
 def normalise(text: str) -> str:
@@ -433,12 +434,13 @@ class Retriever:
         for key, score in fused.items():
             by_id[key].fused = score
         out.hits = sorted((by_id[key] for key in fused), key=lambda h: -h.fused)
-        if vectors.embedding is not None and out.hits and all(h.vector is None for h in out.hits):
-            # every candidate stored too recently to be embedded yet (the embedder runs at idle priority):
-            # the ones that could be given are embedded now, for the relevance floor to judge them
+        if (vectors.embedding is not None and out.hits and all(h.vector is None for h in out.hits)
+                and (deadline is None or time.perf_counter() < deadline)):
+            # every candidate stored too recently to be embedded yet (the embedder runs at idle priority): the
+            # first few are embedded now (a 600-character text ~65 ms of a slow core), for the relevance floor
             te = time.perf_counter()
-            top = out.hits[: self.settings.top_k]
-            for h, vec in zip(top, self.embedder([searchable(h.item.text) for h in top])):
+            top = out.hits[:UNEMBEDDED_JUDGED]
+            for h, vec in zip(top, self.embedder([searchable(h.item.text)[:600] for h in top])):
                 h.vector = min(1.0, max(0.0, float(np.dot(vectors.embedding, vec))))
             out.timings["unembedded_ms"] = round((time.perf_counter() - te) * 1000, 2)
         out.candidates = len(by_id)
