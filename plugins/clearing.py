@@ -47,19 +47,21 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 import orjson
 
 from contextwarden import hookimpl
 from contextwarden.compress import policy as learned_policy
-from contextwarden.compress.policy import free_from, request_time
+from contextwarden.compress.policy import LATE_ANSWERS, free_from, request_time
 from contextwarden.compress.stubmemo import result_stub
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.wayback import recall_wording, way_back
+from contextwarden.models.anthropic import TextBlock, ToolUseBlock
 from contextwarden.models.base import ApiKind
 from contextwarden.sessionctl import ledger as session_ledger
 from contextwarden.sessionctl.pins import pinned_tool_ids
@@ -70,6 +72,7 @@ from contextwarden.wire.conversation import image_count, input_hint, maybe_json,
 from contextwarden.wire.cost import LOOKBACK_BLOCKS
 from contextwarden.wire.dialects import NO_PROVIDER, dialect
 from contextwarden.wire.history import same_prefix, session_key
+from contextwarden.wire.references import answer_items, holds, strings
 from contextwarden.wire.workingset import READ_TOOLS, budget_in, files, working_set
 from contextwarden.wire.workingset import path_of as _path_of
 
@@ -820,6 +823,37 @@ def _choose(st: _Clearing) -> None:
                 new_recs[s.id] = rec
     if cfg.stale_after and not new_recs and not ctl.holds(total - st.freed, ctx.settings):
         _stale_step(st)
+    if st.free is not None and learned is not None and learned.reads and not ctl.holds(total - st.freed, ctx.settings):
+        _left_step(st)
+
+
+def _left_step(st: _Clearing) -> None:
+    """At a free moment, the Reads of the paths the tenant's other sessions left (``LearnedPolicy.leaves_path``),
+    read LATE_ANSWERS answers ago or more, after the message from which the prompt is written again anyway:
+    they go whatever the step's size, as the stale step's results do there (a path's own record is more than
+    its tool's: a Read tool kept whole for the paths that came back still leaves these). A file being
+    edited keeps them."""
+    ctx, cfg, learned, free = st.ctx, st.cfg, st.learned, st.free
+    assert learned is not None and free is not None
+    after, session = _answers_after(st), _tag(st.key)
+    editing = _files_being_edited(st.slots, cfg.keep_edited_reads)
+    how, chosen = "", []
+    for s in st.slots:
+        if s.tool not in READ_TOOLS or not free <= s.index < st.unseen_from or s.index < st.boundary or s.id in st.done \
+                or s.id in st.pinned or s.tool in st.exclude or s.text.startswith(STUB_PREFIX):
+            continue
+        p = _path_of(s.tool_input)
+        if not learned.leaves_path(p, session) or p in editing or after(s.index) < LATE_ANSWERS \
+                or (toks := _result_tokens(ctx, s)) < cfg.min_result_tokens:
+            continue
+        how = how or recall_wording(ctx, st.state, st.key)
+        rec, g = _record(st, s, toks, how)
+        if g > 0:
+            chosen.append((s, rec))
+    for s, rec in chosen:
+        if st.apply(s, rec, True):
+            st.new_recs[s.id] = rec
+    st.chosen.extend(chosen)
 
 
 def _record(st: _Clearing, s: Slot, toks: int, how: str) -> tuple[dict[str, Any], int]:
@@ -931,8 +965,66 @@ def _learn(st: _Clearing) -> None:
             old = by_call.get((n.tool, _call_key(n))) or next((s for mid, s in by_mid.items() if mid in text), None)
             if old is not None:
                 back.append((old.tool, _path_of(old.tool_input)))
-    if cleared or back:
-        learned_policy.learn(st.state, st.ctx.tenant, dict(cleared), back, request_time(st.ctx))
+    read, late = _reads_used(st) if st.history is not None else ((), ())
+    if cleared or back or read or late:
+        learned_policy.learn(st.state, st.ctx.tenant, dict(cleared), back, request_time(st.ctx), read, late, _tag(st.key))
+
+
+def _tag(key: str) -> str:
+    """A session as the learned policy names it (short: a record holds one per path)."""
+    return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+
+
+def _answers_after(st: _Clearing) -> Callable[[int], int]:
+    """message index -> the model's answers after that message, up to its last one."""
+    msgs = dialect(st.ctx.api).messages_of(st.ctx.request) or []
+    before = [0, *accumulate(st.ctx.history.memos(msgs, _ASSISTANT, _is_assistant))]
+    return lambda i: before[st.unseen_from] - before[i + 1]
+
+
+def _reads_used(st: _Clearing) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The paths of the Reads new to the model in this request; and of the Reads its newest answer used
+    late (LATE_ANSWERS answers or more after reading them). The answer used a Read when one of its items
+    (a name in its text or its calls' inputs, a line of an Edit's ``old_string``) is in the Read and in no
+    text the person wrote or the model called with, nor in a later result or answer text (where the model
+    would have taken it from): :func:`contextwarden.offline.oracle.last_uses` is the same test in hindsight."""
+    learned, slots, a = st.learned, st.slots, st.unseen_from - 1
+    read = tuple(p for s in slots if s.index > a and s.tool in READ_TOOLS and (p := _path_of(s.tool_input)))
+    if a < 1 or learned is None:
+        return read, ()
+    after = _answers_after(st)
+    aged = [s for s in slots if s.index < a and s.tool in READ_TOOLS and not s.text.startswith(STUB_PREFIX)
+            and (p := _path_of(s.tool_input)) and not learned.reads.get(p, (0, 0))[1] and after(s.index) > LATE_ANSWERS]
+    if not aged:
+        return read, ()
+    msgs = dialect(st.ctx.api).messages_of(st.ctx.request) or []
+    ans = answer_items(msgs[a].wire())
+    held: list[tuple[str, bool, Slot]] = []  # (the item, a name?, the latest aged Read holding it)
+    for x, name in [*((r, True) for r in ans.refs), *((ln, False) for lines, _ in ans.sources for ln in lines)]:
+        if (s := max((s for s in aged if holds(s.text, x, name)), key=lambda s: s.index, default=None)) is not None:
+            held.append((x, name, s))
+    if not held:
+        return read, ()
+    said = "\n".join(st.ctx.history.memos(msgs[:a], _SAID, _said))
+    late = {_path_of(s.tool_input) for x, name, s in held if not holds(said, x, name) and not any(
+        holds(t, x, name) for t in _texts_after(msgs, slots, s.index, a))}
+    return read, tuple(p for p in late if p)
+
+
+_SAID = ("clearing", "said")
+
+
+def _said(m: Any) -> str:
+    """What a message holds that the person wrote or the model called a tool with (not results, not answer texts)."""
+    mine = not _is_assistant(m)
+    return "\n".join(t for b in m.blocks() for t in (
+        strings(b.input) if isinstance(b, ToolUseBlock) else (b.text,) if mine and isinstance(b, TextBlock) else ()))
+
+
+def _texts_after(msgs: list, slots: list[Slot], i: int, a: int) -> Iterator[str]:
+    """The results and answer texts after message ``i`` and before the answer ``a``."""
+    yield from (s.text for s in slots if i < s.index < a)
+    yield from (b.text for m in msgs[i + 1:a] if _is_assistant(m) for b in m.blocks() if isinstance(b, TextBlock))
 
 
 def _commit_step(st: _Clearing) -> None:

@@ -1,6 +1,7 @@
 """What the policy reads beyond one request: a session's rhythm (when the provider writes the prefix again
 anyway, a rewrite costs nothing extra: a *free moment*), and what a tenant's sessions taught clearing
-(:class:`LearnedPolicy`: which tools' and paths' cleared output the model fetched again).
+(:class:`LearnedPolicy`: which tools' and paths' cleared output the model fetched again, and which paths'
+Reads it never used once it had moved on).
 
 The request time is the trace's own when replaying (``ctx.notes["replay"]["ts"]``), the wall clock
 live, so a replay sees the idle gaps the session had. Compaction records each request's time per
@@ -76,6 +77,10 @@ def _thinking(block: Any) -> bool:
 NS_POLICY = "policy"  # per tenant: what its sessions taught clearing
 MAX_TOOLS = 32  # tools remembered per tenant (the least active out)
 MAX_PATHS = 64  # paths remembered per tenant (the oldest out)
+MAX_READS = 256  # paths whose Reads are followed per tenant (the least recently read out)
+SHOW_LEFT = 20  # left paths `policy show` lists (the latest first)
+MANY = "*"  # a path's reads came from more than one session
+LATE_ANSWERS = 8  # a Read the model uses more than this many answers after reading it is used late
 KEEP_MIN = 2  # a tool's results are kept whole after this many fetched again ...
 KEEP_RATE = 0.25  # ... once that is at least this share of its cleared results
 
@@ -89,13 +94,19 @@ class ToolCounts:
 @dataclass(frozen=True)
 class LearnedPolicy:
     """What one tenant's sessions taught clearing: per tool, how often its cleared results were
-    fetched again (a tool whose results come back keeps them whole), and the paths whose cleared output
-    was fetched again (their Reads kept whole). Bounded (MAX_TOOLS, MAX_PATHS); never crosses tenants:
-    stored under the tenant's own key in the runtime's state (SQLite, or Redis shared by replicas)."""
+    fetched again (a tool whose results come back keeps them whole); the paths whose cleared output
+    was fetched again (their Reads kept whole); per path read, how many of its Reads the model used
+    late, more than LATE_ANSWERS answers after reading them, and the session that read it (a path another
+    session read and no session used late is *left*: a guide read at the start, a file looked at once; its
+    Reads go at a free moment; a session's own Reads are no evidence for itself). Bounded
+    (MAX_TOOLS, MAX_PATHS, MAX_READS); never crosses tenants: stored under the tenant's own key in the
+    runtime's state (SQLite, or Redis shared by replicas)."""
 
     tools: dict[str, ToolCounts] = field(default_factory=dict)
     paths: dict[str, int] = field(default_factory=dict)  # path -> times fetched again, the latest last
     updated: float = 0.0
+    # path -> (Reads, of those used late, the session that read it or MANY), the latest last
+    reads: dict[str, tuple[int, int, str]] = field(default_factory=dict)
 
     def keeps_tool(self, tool: str) -> bool:
         c = self.tools.get(tool)
@@ -104,8 +115,16 @@ class LearnedPolicy:
     def keeps_path(self, path: str | None) -> bool:
         return bool(path) and path in self.paths
 
-    def learned(self, cleared: dict[str, int], refetched: list[tuple[str, str | None]], now: float) -> LearnedPolicy:
-        """A copy with these counts added, within its bounds."""
+    def leaves_path(self, path: str | None, session: str = "") -> bool:
+        """Whether the model left this path's Reads: read by another session than ``session``, never used
+        late, never fetched again."""
+        got = self.reads.get(path) if path else None
+        return got is not None and not got[1] and got[2] != session and path not in self.paths
+
+    def learned(self, cleared: dict[str, int], refetched: list[tuple[str, str | None]], now: float,
+                read: tuple[str, ...] = (), late: tuple[str, ...] = (), session: str = "") -> LearnedPolicy:
+        """A copy with these counts added (``read``: paths of new Reads; ``late``: paths of Reads used
+        late; both by ``session``), within its bounds."""
         tools = dict(self.tools)
         for tool, n in cleared.items():
             c = tools.get(tool, ToolCounts())
@@ -120,11 +139,17 @@ class LearnedPolicy:
             tools = dict(sorted(tools.items(), key=lambda kv: (kv[1].refetched, kv[1].cleared), reverse=True)[:MAX_TOOLS])
         while len(paths) > MAX_PATHS:
             paths.pop(next(iter(paths)))
-        return LearnedPolicy(tools, paths, now)
+        reads = dict(self.reads)
+        for path, n, m in [*((p, 1, 0) for p in read), *((p, 0, 1) for p in late)]:
+            r, u, by = reads.pop(path, (0, 0, session))
+            reads[path] = (max(r + n, 1), u + m, by if by == session else MANY)
+        while len(reads) > MAX_READS:
+            reads.pop(next(iter(reads)))
+        return LearnedPolicy(tools, paths, now, reads)
 
     def to_dict(self) -> dict[str, Any]:
         return {"tools": {k: [v.cleared, v.refetched] for k, v in self.tools.items()}, "paths": dict(self.paths),
-                "updated": self.updated}
+                "updated": self.updated, "reads": {k: list(v) for k, v in self.reads.items()}}
 
     @classmethod
     def from_dict(cls, d: Any) -> LearnedPolicy:
@@ -132,7 +157,9 @@ class LearnedPolicy:
             return cls()
         tools = {str(k): ToolCounts(int(v[0]), int(v[1])) for k, v in (d.get("tools") or {}).items()
                  if isinstance(v, list) and len(v) == 2}
-        return cls(tools, {str(k): int(v) for k, v in (d.get("paths") or {}).items()}, float(d.get("updated") or 0.0))
+        reads = {str(k): (int(v[0]), int(v[1]), str(v[2])) for k, v in (d.get("reads") or {}).items()
+                 if isinstance(v, list) and len(v) == 3}
+        return cls(tools, {str(k): int(v) for k, v in (d.get("paths") or {}).items()}, float(d.get("updated") or 0.0), reads)
 
 
 def load(store: Any, tenant: str) -> LearnedPolicy:
@@ -140,9 +167,11 @@ def load(store: Any, tenant: str) -> LearnedPolicy:
     return LearnedPolicy.from_dict(store.get(NS_POLICY, tenant))
 
 
-def learn(store: Any, tenant: str, cleared: dict[str, int], refetched: list[tuple[str, str | None]], now: float) -> LearnedPolicy:
-    """Add what one request showed, atomically (replicas learn into the same record)."""
-    got = store.update(NS_POLICY, tenant, lambda cur: LearnedPolicy.from_dict(cur).learned(cleared, refetched, now).to_dict())
+def learn(store: Any, tenant: str, cleared: dict[str, int], refetched: list[tuple[str, str | None]], now: float,
+          read: tuple[str, ...] = (), late: tuple[str, ...] = (), session: str = "") -> LearnedPolicy:
+    """Add what one request of ``session`` showed, atomically (replicas learn into the same record)."""
+    got = store.update(NS_POLICY, tenant, lambda cur: LearnedPolicy.from_dict(cur).learned(
+        cleared, refetched, now, read, late, session).to_dict())
     return LearnedPolicy.from_dict(got)
 
 
@@ -156,4 +185,12 @@ def describe(tenant: str, p: LearnedPolicy) -> str:
     if p.paths:
         out.append("  paths whose cleared output came back (their Reads kept whole):")
         out.extend(f"    {path}  ({n}x)" for path, n in reversed(list(p.paths.items())))
+    left = [path for path, (_, late, _) in reversed(list(p.reads.items())) if not late and path not in p.paths]
+    if p.reads:
+        out.append(f"  paths read: {len(p.reads)}; used more than {LATE_ANSWERS} answers after a Read: "
+                   f"{sum(1 for _, u, _ in p.reads.values() if u)}; left (their Reads go at a free moment in another "
+                   f"session): {len(left)}")
+        out.extend(f"    {path}  (read {p.reads[path][0]}x)" for path in left[:SHOW_LEFT])
+        if len(left) > SHOW_LEFT:
+            out.append(f"    ... and {len(left) - SHOW_LEFT} more (--json lists them all)")
     return "\n".join(out)

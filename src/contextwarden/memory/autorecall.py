@@ -33,6 +33,7 @@ import orjson
 
 from ..util.lru import LRU
 from ..wire.references import _lines, _tokens, names
+from ..wire.references import strings as _strings
 from ..wire.workingset import EDIT_TOOLS, WORKING_HEAD, WRITE_TOOLS
 from .prefilter import Prefilter
 
@@ -103,15 +104,7 @@ def terms_of(key: str, text: str, memo: LRU | None = None) -> frozenset[str]:
 
 def strings(obj: Any, skip: frozenset[str] = _SKIP_KEYS) -> Iterator[str]:
     """Every string value of a wire message (not ids, types, roles or signatures)."""
-    if isinstance(obj, str):
-        yield obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            if k not in skip:
-                yield from strings(v, skip)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from strings(v, skip)
+    return _strings(obj, skip)
 
 
 def tool_inputs(msg: Any) -> list[dict]:

@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
-from ..memory.autorecall import strings
 from ..util.lru import LRU
 from ..wire.conversation import result_text
 from ..wire.cost import READ_MULT, Price, price_for
-from ..wire.references import _WORD, _lines, _tokens, names
+from ..wire.references import _WORD, _lines, _tokens, answer_items, strings
 
-EDIT_TOOLS = ("Edit", "MultiEdit")
 MEMO = 50_000  # texts whose index is remembered (least recently used out)
 EXAMPLES = 5  # lost items kept per request for --requests
 
@@ -130,11 +128,6 @@ class BodyIndex:
 # ---------------------------------------------------------------------------- bodies and answers
 
 
-def _walk_strings(v: Any) -> Iterator[str]:
-    """Every string in ``v`` (autorecall's walk, no key skipped)."""
-    return strings(v, frozenset())
-
-
 def _blocks(content: Any) -> list:
     """A message's content as blocks (a string: one text block, none when empty)."""
     if isinstance(content, str):
@@ -160,7 +153,7 @@ def message_parts(m: Any) -> Parts:
                 texts.append(b["text"])
             elif t == "tool_use":
                 uses.append((str(b.get("id")), str(b.get("name") or "?")))
-                texts.extend(_walk_strings(b.get("input")))
+                texts.extend(strings(b.get("input")))
             elif t == "tool_result":
                 txt = result_text(b.get("content"))
                 texts.append(txt)
@@ -196,33 +189,6 @@ class PartsMemo:
             return message_parts(m)
         got: Parts = self._memo.get(key, message_parts, m)
         return got
-
-
-@dataclass
-class Answer:
-    """What the model used in its answer: edit sources (lines, the call) and references."""
-
-    sources: list[tuple[list[str], str]] = field(default_factory=list)  # (normalised lines, raw old_string)
-    refs: set[str] = field(default_factory=set)
-    calls: dict[str, str] = field(default_factory=dict)  # tool name -> the input's JSON (for output tokens)
-
-
-def answer_items(response: dict | None) -> Answer:
-    out = Answer()
-    for b in _blocks((response or {}).get("content")):
-        t = b.get("type")
-        if t == "text" and isinstance(b.get("text"), str):
-            out.refs |= names(b["text"])
-        elif t == "tool_use":
-            inp = b.get("input") if isinstance(b.get("input"), dict) else {}
-            edits = [inp, *(inp.get("edits") or [])] if str(b.get("name") or "") in EDIT_TOOLS else []
-            olds = [e["old_string"] for e in edits if isinstance(e, dict) and isinstance(e.get("old_string"), str)]
-            out.sources += [(ls, o) for o in olds if (ls := _lines(o))]
-            skip = set(olds)
-            for s in _walk_strings(inp):
-                if s not in skip:
-                    out.refs |= names(s)
-    return out
 
 
 @dataclass

@@ -37,10 +37,11 @@ from ..wire.cost import (
 )
 from ..wire.dialects import ANTHROPIC
 from ..wire.dialects.anthropic import with_turn_breakpoints
+from ..wire.references import answer_items
+from ..wire.references import strings as _strings
 from ..wire.tokens import TokenCounter, current_turn_start
 from .assets import TOKENIZER_WAIT_S
-from .fidelity import FidelityCounter, Incremental, Indexer, answer_items
-from .fidelity import _walk_strings as _strings
+from .fidelity import FidelityCounter, Incremental, Indexer
 from .replay import ReplayReport, RequestResult, _pct, _render, load_trace, lost_cell
 
 SCAN_BACK = 40  # earlier requests whose cached end is looked for at a rewrite

@@ -599,14 +599,15 @@ def replay(trace_path: str | Path, profile: str | None = None, window: int | Non
            progress: Callable[[int, int], None] | None = None, turn_hooks: bool = True, limit: int | None = None,
            compaction_calls: bool = True, plugins_dir: str | None = None,
            targets: list[int] | None = None, extra_plugins: list[tuple[str, object]] | None = None,
-           before_close: Callable[[Any, ReplayReport], None] | None = None) -> ReplayReport:
+           before_close: Callable[[Any, ReplayReport], None] | None = None, api_key: str | None = None) -> ReplayReport:
     """Replay one trace through a fresh runtime (its own temporary cw_home unless ``home`` is given), with
     ``profile`` (a name or YAML path; None: the ``default`` profile, as ``contextwarden run`` uses).
 
     ``targets``: per request, a token count handed to the stages as ``ctx.notes["replay"]["target_tokens"]``
     (the truncation baseline cuts to what another run sent); ``extra_plugins``: stages registered for this
     replay only (the baselines'); ``before_close(runtime, report)``: called with the replay's runtime
-    still open (its memory searched, its originals recalled: bench/recoverability.py)."""
+    still open (its memory searched, its originals recalled: bench/recoverability.py); ``api_key``: the
+    requests carry it, so traces replayed in one ``home`` are one user's sessions (one tenant: bench/policy_loto.py)."""
     profile = profile or "default"
 
     # offline, the tokenizer may take its time: under load its 15 s limit made some replays count with
@@ -635,6 +636,9 @@ def replay(trace_path: str | Path, profile: str | None = None, window: int | Non
             else load_trace(trace_path, rt.tokens)
         if limit:
             trace.requests = trace.requests[:limit]
+        if api_key:
+            for rq in trace.requests:
+                rq.headers = [*rq.headers, ("x-api-key", api_key)]
         factor = trace.fit["b"] if trace.fit else 1.0
         results = asyncio.run(_replay(rt, trace, progress, turn_hooks, factor, targets))
         models = {str(rq.body.get("model")) for rq in trace.requests if rq.body.get("model")}

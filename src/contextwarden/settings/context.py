@@ -96,8 +96,9 @@ class ClearingSection(Section):
 
     policy: Literal["off", "learn", "frozen"] = "off"
     """The tenant's learned policy (:mod:`contextwarden.compress.policy`): ``learn`` counts which cleared
-    results the model fetched again and keeps the tools and paths that keep coming back; ``frozen``
-    applies what was learned without learning more."""
+    results the model fetched again and keeps the tools and paths that keep coming back, and which paths'
+    Reads no session used late (their Reads go at another session's free moments); ``frozen`` applies
+    what was learned without learning more."""
 
     cold_trigger_factor: float = 1.0
     """At a free moment (the provider writes the prompt again anyway: the cached prefix expired, previous

@@ -5,6 +5,9 @@ in an answer."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 # Read's / cat -n's line numbers, also behind the memory block's quote mark ("| ": injected memory holds
 # the text it brings back line by line, quoted)
@@ -54,3 +57,69 @@ def _tokens(text: str) -> set[str]:
                 if s:
                     out.add(s)
     return out
+
+
+def strings(obj: Any, skip: frozenset[str] = frozenset()) -> Iterator[str]:
+    """Every string value of a wire message or value (not under the keys in ``skip``)."""
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            if k not in skip:
+                yield from strings(v, skip)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from strings(v, skip)
+
+
+EDIT_TOOLS = ("Edit", "MultiEdit")  # the calls whose ``old_string`` is an edit source
+
+
+@dataclass
+class Answer:
+    """What the model used in its answer: edit sources (lines, the call) and references."""
+
+    sources: list[tuple[list[str], str]] = field(default_factory=list)  # (normalised lines, raw old_string)
+    refs: set[str] = field(default_factory=set)
+
+
+def answer_items(message: dict | None) -> Answer:
+    """What an answer (an assistant message, as on the wire) used: the names of its text and its calls'
+    inputs, and the lines of each Edit's ``old_string``."""
+    out = Answer()
+    content = (message or {}).get("content")
+    blocks: list[Any] = [{"type": "text", "text": content}] if isinstance(content, str) else content if isinstance(content, list) else []
+    for b in blocks:
+        t = b.get("type") if isinstance(b, dict) else None
+        if t == "text" and isinstance(b.get("text"), str):
+            out.refs |= names(b["text"])
+        elif t == "tool_use":
+            inp: dict = b["input"] if isinstance(b.get("input"), dict) else {}
+            edits = [inp, *(inp.get("edits") or [])] if str(b.get("name") or "") in EDIT_TOOLS else []
+            olds = [e["old_string"] for e in edits if isinstance(e, dict) and isinstance(e.get("old_string"), str)]
+            out.sources += [(ls, o) for o in olds if (ls := _lines(o))]
+            skip = set(olds)
+            for s in strings(inp):
+                if s not in skip:
+                    out.refs |= names(s)
+    return out
+
+
+def holds(text: str, item: str, name: bool = True) -> bool:
+    """Whether ``text`` holds a name (``name``: as a whole token, or a path's tail after a slash, as
+    :func:`_tokens` has it) or a line (as a part of one of its lines)."""
+    k = text.find(item)
+    if not name:
+        return k >= 0
+    n = len(text)
+    while k >= 0:
+        j = k + len(item)
+        if (k == 0 or text[k - 1] == "/" or not _in_token(text[k - 1])) and (
+                j == n or not (_in_token(text[j]) and (text[j] != "." or j + 1 < n and _in_token(text[j + 1])))):
+            return True
+        k = text.find(item, k + 1)
+    return False
+
+
+def _in_token(c: str) -> bool:
+    return c.isalnum() or c in "_.-/~"

@@ -4,6 +4,7 @@ bounded, resettable, shown by ``contextwarden policy show`` against a running pr
 from __future__ import annotations
 
 import copy
+import time
 
 import httpx
 import pytest
@@ -11,22 +12,24 @@ import yaml
 
 from contextwarden.cli import main as cli_main
 from contextwarden.compress import policy
+from contextwarden.compress.policy import NS_SEEN
 from contextwarden.models.base import ApiKind
 from contextwarden.offline import replay as replay_mod
 from contextwarden.offline.fidelity import Fidelity
 from contextwarden.store.statecache import state_cache
+from contextwarden.wire.history import session_key
 from tests.contextwarden.store.test_state import prefix, redis_server  # noqa: F401 (fixtures: a real redis-server)
 from tests.support.proxy import ProxyProcess
-from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides
+from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides, words
 from tests.support.upstream import StandIn
 
 CLEARING = {"trigger_tokens": 4000, "clear_at_least": 500, "keep_recent": 2, "keep_edited_reads": 0,
             "working_set_tokens": 0, "min_result_tokens": 100}
 
 
-def harness(home, mode: str) -> Harness:
+def harness(home, mode: str, **clearing) -> Harness:
     return Harness(home, overrides=settings_overrides(window=200_000, stages=["strip", "clearing"],
-                                                      clearing={**CLEARING, "policy": mode}))
+                                                      clearing={**CLEARING, "policy": mode, **clearing}))
 
 
 def reread(body: dict, path: str, n: int = 1) -> dict:
@@ -94,6 +97,89 @@ def test_a_learned_path_is_kept_whole_by_the_next_step_and_frozen_learns_nothing
     again = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=500, seed=5), headers=key(1))
     kept = {c["input"]["file_path"] for c in again.ctx.notes["cleared"] if c["tool"] == "Read"}
     assert "src/mod0_0.py" not in kept and kept  # the others are cleared as before
+    h.close()
+
+
+def test_reads_learned_per_path_left_or_used_late_bounded():
+    p = policy.LearnedPolicy().learned({}, [], 1.0, read=("GUIDE.md", "core.py"), session="s1")
+    assert p.leaves_path("GUIDE.md", "s2") and p.leaves_path("core.py", "s2") and not p.leaves_path("other.py", "s2")
+    assert not p.leaves_path("GUIDE.md", "s1")  # a session's own Reads are no evidence for itself
+    p = p.learned({}, [], 2.0, read=("GUIDE.md",), late=("core.py",), session="s2")
+    assert p.reads == {"GUIDE.md": (2, 0, policy.MANY), "core.py": (1, 1, policy.MANY)}  # the latest last
+    assert p.leaves_path("GUIDE.md", "s1") and p.leaves_path("GUIDE.md", "s2") and not p.leaves_path("core.py", "s3")
+    assert not p.learned({}, [("Read", "GUIDE.md")], 3.0).leaves_path("GUIDE.md")  # it came back after a clearing
+    assert policy.LearnedPolicy.from_dict(p.to_dict()) == p
+    for i in range(policy.MAX_READS + 5):
+        p = p.learned({}, [], 4.0, read=(f"f{i}.py",))
+    assert len(p.reads) == policy.MAX_READS and "GUIDE.md" not in p.reads and f"f{policy.MAX_READS + 4}.py" in p.reads
+    assert f"left (their Reads go at a free moment in another session): {policy.MAX_READS}" in policy.describe("t", p)
+
+
+def guide_session(session: str, after: int, answer: str, upto: int | None = None) -> dict:
+    """A session that Reads docs/GUIDE.md and src/core.py, then makes ``after`` Bash calls, then answers
+    ``answer`` (the body through message ``upto``, when given: what an earlier request held)."""
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "metadata": {"user_id": f"user_x_account_y_session_{session}"},
+            "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}]}
+    msgs: list[dict] = [
+        {"role": "user", "content": f"Read the guide and src/core.py, then fix the parser: guide_check_alpha must pass ({session})."},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_{session}_g", "name": "Read", "input": {"file_path": "docs/GUIDE.md"}},
+                                          {"type": "tool_use", "id": f"toolu_{session}_c", "name": "Read", "input": {"file_path": "src/core.py"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": f"toolu_{session}_g", "content": "Run guide_check_alpha before a commit.\n" + words(600)},
+            {"type": "tool_result", "tool_use_id": f"toolu_{session}_c", "content": "def compute_total_v2(x):\n    return parse_header_v1(x)\n" + words(600, 3)}]}]
+    for i in range(after):
+        msgs += [{"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_{session}_b{i}", "name": "Bash", "input": {"command": f"pytest -k case{i}"}}]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{session}_b{i}",
+                                               "content": f"case{i} passed" + (" (parse_header_v1 ok)" if i == after - 1 else "")}]}]
+    msgs += [{"role": "assistant", "content": [{"type": "text", "text": answer}]}, {"role": "user", "content": "go on"}]
+    body["messages"] = msgs[:upto] if upto else msgs
+    body["messages"][-1] = {**body["messages"][-1], "content": [*(body["messages"][-1]["content"] if isinstance(
+        body["messages"][-1]["content"], list) else [{"type": "text", "text": body["messages"][-1]["content"]}])]}
+    body["messages"][-1]["content"][-1] = {**body["messages"][-1]["content"][-1], "cache_control": {"type": "ephemeral"}}
+    return body
+
+
+def test_a_read_the_model_used_late_is_told_from_one_it_left(cw_home):
+    """``learn`` follows each path's Reads: a Read is counted when it is new to the model; the newest answer
+    used one late when, more than LATE_ANSWERS answers after it, it names what only that Read holds (not a
+    text the person wrote or the model called with, not a later result). A path read and never used late is
+    left."""
+    h = harness(cw_home, "learn", trigger_tokens=1_000_000)
+    late = policy.LATE_ANSWERS + 1
+    h.send(ApiKind.ANTHROPIC, guide_session("s1", late, "", upto=3), headers=key(1))  # the two Reads, new
+    answer = "compute_total_v2 calls parse_header_v1; guide_check_alpha passes."
+    sent = h.send(ApiKind.ANTHROPIC, guide_session("s1", late, answer), headers=key(1))
+    p = policy.load(state_cache(h.rt), sent.ctx.tenant)
+    # compute_total_v2: only core.py holds it; parse_header_v1: a later result too; guide_check_alpha: the person's text
+    assert {k: v[:2] for k, v in p.reads.items()} == {"docs/GUIDE.md": (1, 0), "src/core.py": (1, 1)}
+    assert p.leaves_path("docs/GUIDE.md", "another") and not p.leaves_path("src/core.py", "another")
+    assert not p.leaves_path("docs/GUIDE.md", p.reads["docs/GUIDE.md"][2])  # (not in the session that read it)
+    # the same answer, LATE_ANSWERS answers after the Reads: not late
+    h.send(ApiKind.ANTHROPIC, guide_session("s2", late - 1, "", upto=3), headers=key(1))
+    h.send(ApiKind.ANTHROPIC, guide_session("s2", late - 2, answer), headers=key(1))
+    p = policy.load(state_cache(h.rt), sent.ctx.tenant)
+    assert p.reads == {"docs/GUIDE.md": (2, 0, policy.MANY), "src/core.py": (2, 1, policy.MANY)}
+    h.close()
+
+
+def test_the_reads_of_a_left_path_go_at_a_free_moment(cw_home):
+    """``frozen``, with docs/GUIDE.md learned as left and src/core.py used late: below the trigger, nothing
+    is cleared while the prompt is cached; at a free moment (the cached prefix expired) the guide's Read
+    goes, whatever the step's size, and core.py's stays. A Read fewer than LATE_ANSWERS answers old stays too."""
+    h = harness(cw_home, "frozen", trigger_tokens=1_000_000)
+    body = guide_session("s3", policy.LATE_ANSWERS + 1, "Done.")
+    warm = h.send(ApiKind.ANTHROPIC, body, headers=key(1))
+    state_cache(h.rt).put(policy.NS_POLICY, warm.ctx.tenant, policy.LearnedPolicy().learned(
+        {}, [], 1.0, read=("docs/GUIDE.md",), late=("src/core.py",), session="an earlier session").to_dict())
+    assert not h.send(ApiKind.ANTHROPIC, body, headers=key(1)).changed  # cached: not a free moment
+    seen = state_cache(h.rt)
+    seen.put(NS_SEEN, session_key(warm.ctx), {"last": time.time() - 3600, "model": warm.ctx.model})
+    cold = h.send(ApiKind.ANTHROPIC, body, headers=key(1))
+    assert {c["input"]["file_path"] for c in cold.ctx.notes["cleared"]} == {"docs/GUIDE.md"}
+    young = guide_session("s4", policy.LATE_ANSWERS - 2, "Done.")  # its Reads LATE_ANSWERS - 1 answers old
+    h.send(ApiKind.ANTHROPIC, young, headers=key(1))
+    seen.put(NS_SEEN, session_key(h.send(ApiKind.ANTHROPIC, young, headers=key(1)).ctx), {"last": time.time() - 3600, "model": warm.ctx.model})
+    assert not h.send(ApiKind.ANTHROPIC, young, headers=key(1)).changed
     h.close()
 
 
