@@ -122,12 +122,12 @@ class ProxyProcess:
 
     def wait_ready(self) -> None:
         if not wait_until(self._started, self._t_launch + self.startup_timeout - time.monotonic()):
-            raise ProxyStartError(f"mitmdump did not start in {self.startup_timeout:.0f} s:\n{self.output_text()[-4000:]}")
+            raise ProxyStartError(f"mitmdump did not start in {self.startup_timeout:.0f} s:\n{self.output_ends()}")
 
     def _started(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise ProxyStartError(f"mitmdump exited with {self.proc.returncode}:\n{self.output_text()[-4000:]}")
+            raise ProxyStartError(f"mitmdump exited with {self.proc.returncode}:\n{self.output_ends()}")
         if self.port is None:
             m = _LISTENING.search(self.output_text())
             if m:
@@ -259,6 +259,12 @@ class ProxyProcess:
 
     def output_text(self) -> str:
         return self.stdout_text() + self.stderr_text()
+
+    def output_ends(self, n: int = 2000) -> str:
+        """The output's first and last ``n`` characters: a start's cause comes first (mitmproxy may still
+        listen, take a connection and print asyncio's complaints at its exit after it)."""
+        out = self.output_text()
+        return out if len(out) <= 2 * n else f"{out[:n]}\n[...]\n{out[-n:]}"
 
 
 def start_together(procs: Iterable[ProxyProcess]) -> None:
