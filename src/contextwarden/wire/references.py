@@ -1,6 +1,6 @@
 """What names something in a text, and its lines as compared: what the replay's fidelity measure
-(``offline/fidelity.py``) counts as a reference, and what auto-recall (``memory/autorecall.py``) looks for
-in an answer."""
+(``offline/fidelity.py``) counts as a reference, what auto-recall (``memory/autorecall.py``) looks for
+in an answer, and what the learned policy (``plugins/clearing.py``) looks for in a Read the answer used."""
 
 from __future__ import annotations
 
