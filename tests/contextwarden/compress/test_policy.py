@@ -115,9 +115,9 @@ def test_reads_learned_per_path_left_or_used_late_bounded():
     assert f"left (their Reads go at a free moment in another session): {policy.MAX_READS}" in policy.describe("t", p)
 
 
-def guide_session(session: str, after: int, answer: str, upto: int | None = None) -> dict:
+def guide_session(session: str, after: int, answer: str | list, upto: int | None = None) -> dict:
     """A session that Reads docs/GUIDE.md and src/core.py, then makes ``after`` Bash calls, then answers
-    ``answer`` (the body through message ``upto``, when given: what an earlier request held)."""
+    ``answer`` (a text, or blocks; the body through message ``upto``, when given: what an earlier request held)."""
     body = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "metadata": {"user_id": f"user_x_account_y_session_{session}"},
             "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}]}
     msgs: list[dict] = [
@@ -131,7 +131,8 @@ def guide_session(session: str, after: int, answer: str, upto: int | None = None
         msgs += [{"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_{session}_b{i}", "name": "Bash", "input": {"command": f"pytest -k case{i}"}}]},
                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{session}_b{i}",
                                                "content": f"case{i} passed" + (" (parse_header_v1 ok)" if i == after - 1 else "")}]}]
-    msgs += [{"role": "assistant", "content": [{"type": "text", "text": answer}]}, {"role": "user", "content": "go on"}]
+    msgs += [{"role": "assistant", "content": answer if isinstance(answer, list) else [{"type": "text", "text": answer}]},
+             {"role": "user", "content": "go on"}]
     body["messages"] = msgs[:upto] if upto else msgs
     body["messages"][-1] = {**body["messages"][-1], "content": [*(body["messages"][-1]["content"] if isinstance(
         body["messages"][-1]["content"], list) else [{"type": "text", "text": body["messages"][-1]["content"]}])]}
@@ -159,6 +160,12 @@ def test_a_read_the_model_used_late_is_told_from_one_it_left(cw_home):
     h.send(ApiKind.ANTHROPIC, guide_session("s2", late - 2, answer), headers=key(1))
     p = policy.load(state_cache(h.rt), sent.ctx.tenant)
     assert p.reads == {"docs/GUIDE.md": (2, 0, policy.MANY), "src/core.py": (2, 1, policy.MANY)}
+    # an Edit whose old_string is a line of the guide: used late too (the Edit's path is in no text: not the Read's)
+    edit = [{"type": "tool_use", "id": "toolu_s5_e", "name": "Edit", "input": {
+        "file_path": "docs/OTHER.md", "old_string": "Run guide_check_alpha before a commit.", "new_string": "Run it."}}]
+    h.send(ApiKind.ANTHROPIC, guide_session("s5", late, "", upto=3), headers=key(1))
+    h.send(ApiKind.ANTHROPIC, guide_session("s5", late, edit), headers=key(1))
+    assert policy.load(state_cache(h.rt), sent.ctx.tenant).reads["docs/GUIDE.md"][:2] == (3, 1)
     h.close()
 
 
