@@ -635,7 +635,8 @@ def test_a_new_turn_that_drops_thinking_is_a_free_moment_from_where_the_prompt_c
     """A model that drops earlier turns' thinking (before Opus 4.5) writes the prompt again from the
     previous turn's first thinking block when a new user message arrives: a step from there on costs
     nothing extra, so it goes below ``clear_at_least`` there, and no further back (within the provider's
-    20-block lookback; further back the whole prompt is written again). Such a step takes the results of
+    20-block lookback; further back the whole prompt is written again, unless the breakpoints stage marks
+    the previous turn's start). Such a step takes the results of
     the tools whose output goes stale (``stale_after``: Bash here), not the Reads. No thinking, or a model
     that keeps it: no free moment."""
     def cleared(**body_kw) -> list[str]:
@@ -646,6 +647,14 @@ def test_a_new_turn_that_drops_thinking_is_a_free_moment_from_where_the_prompt_c
 
     assert cleared(seed=0) == ["toolu_0_16"]  # the last turn's results only (its Bash; its Read stays)
     assert len(cleared(seed=3, tools_per_turn=12)) == 8 * 6  # a turn of 12 calls: past the lookback, every Bash
+    # with the breakpoints stage, the previous turn's start is a breakpoint: the provider reads up to it however
+    # far back it is, so the free moment starts after it (the last turn's 6 Bash results), not at the start
+    h = Harness(cw_home / "marked", overrides=settings_overrides(window=200_000, stages=[*STAGES, "breakpoints"], clearing={
+        "trigger_tokens": 1_000, "clear_at_least": 10_000_000, "keep_recent": 0, "keep_edited_reads": 0,
+        "working_set_tokens": 0, "stale_after": {"Bash": 2}}))
+    got = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=400, seed=3, tools_per_turn=12))
+    h.close()
+    assert sorted(tid for tid, c in results_of(got.body).items() if is_stub(c)) == [f"toolu_3_{n}" for n in (86, 88, 90, 92, 94, 96)]
     assert cleared(seed=1, thinking=False) == []
     body = anthropic_tool_loop(8, result_words=400, seed=2)
     body["model"] = "claude-opus-4-5"

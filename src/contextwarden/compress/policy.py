@@ -17,8 +17,9 @@ from itertools import compress, count
 from operator import itemgetter
 from typing import Any
 
+from contextwarden.plugins.breakpoints import marks
 from contextwarden.wire.cost import LOOKBACK_BLOCKS
-from contextwarden.wire.dialects import NO_PROVIDER
+from contextwarden.wire.dialects import NO_PROVIDER, dialect
 from contextwarden.wire.tokens import starts_turn, strips_thinking, turn_start_of
 
 NS_SEEN = "compaction_seen"  # per session: the last request's time, the streak of warm requests
@@ -46,8 +47,8 @@ def free_from(ctx: Any, store: Any, key: str, ttl: float) -> int | None:
     expired; when this request starts a new turn and the model drops earlier turns' thinking blocks, the
     first message of the previous turn that held one (the previous request's cached prefix differs from
     there on: wire.cost), or 0 when that is more than the provider's lookback (20 blocks) before the last
-    message, the breakpoint a client like Claude Code sets: no cached entry but the system prompt's is
-    found then."""
+    message, the breakpoint a client like Claude Code sets, and the ``breakpoints`` stage does not mark the
+    turn starts: no cached entry but the system prompt's is found then."""
     if prefix_expired(ctx, store, key, ttl):
         return 0
     body = ctx.original if isinstance(ctx.original, dict) else {}
@@ -65,7 +66,14 @@ def free_from(ctx: Any, store: Any, key: str, ttl: float) -> int | None:
         return None
     blocks = sum(sum(not _thinking(b) for b in m["content"]) if isinstance(m, dict) and isinstance(m.get("content"), list)
                  else 1 for m in msgs[i:])  # (as the provider counts them: without the dropped thinking)
-    return i if blocks <= LOOKBACK_BLOCKS else 0
+    return i if blocks <= LOOKBACK_BLOCKS or _turns_marked(ctx) else 0
+
+
+def _turns_marked(ctx: Any) -> bool:
+    """Whether the ``breakpoints`` stage marks this request's turn starts: the previous turn's start is then a
+    breakpoint, and the provider reads the prompt up to it however far back it is."""
+    return marks(dialect(ctx.api), ctx.model, ctx.notes.get("provider", NO_PROVIDER)) and \
+        any(name == "breakpoints" for name, _ in ctx.runtime.stages())
 
 
 def _thinking(block: Any) -> bool:
