@@ -24,8 +24,8 @@ from operator import itemgetter
 
 from contextwarden import hookimpl
 from contextwarden.wire.cost import price_for
-from contextwarden.wire.dialects import NO_PROVIDER, Dialect, ProviderContext, dialect
-from contextwarden.wire.tokens import strips_thinking
+from contextwarden.wire.dialects import NO_PROVIDER, dialect
+from contextwarden.wire.tokens import marks
 
 _TOKENS = itemgetter(0)  # (of a message's count entry: its tokens)
 TURNS = 2  # the current turn's start and the previous one's (a new user message drops the previous turn's thinking)
@@ -40,14 +40,6 @@ def cw_request(ctx) -> None:
 def cw_reapply(ctx) -> None:
     """The same breakpoints: they depend on the request alone."""
     _mark(ctx)
-
-
-def marks(d: Dialect, model: str | None, pc: ProviderContext) -> bool:
-    """Whether the stage marks a request to ``model`` (the oracle bills its plans by the same rule): the provider
-    drops the previous turn's thinking (else a new turn changes nothing before it), no client edit keeps it,
-    and the provider edits nothing of the prompt itself (what it caches then is its own affair)."""
-    return (d.thinking_dropped and strips_thinking(model) and not pc.keeps_thinking
-            and not (pc.clears_tool_uses or pc.clears_thinking or pc.compacts))
 
 
 def _mark(ctx) -> None:

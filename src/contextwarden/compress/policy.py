@@ -17,10 +17,9 @@ from itertools import compress, count
 from operator import itemgetter
 from typing import Any
 
-from contextwarden.plugins.breakpoints import marks
 from contextwarden.wire.cost import LOOKBACK_BLOCKS
 from contextwarden.wire.dialects import NO_PROVIDER, dialect
-from contextwarden.wire.tokens import starts_turn, strips_thinking, turn_start_of
+from contextwarden.wire.tokens import marks, starts_turn, strips_thinking, turn_start_of
 
 NS_SEEN = "compaction_seen"  # per session: the last request's time, the streak of warm requests
 

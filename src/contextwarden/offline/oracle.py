@@ -18,7 +18,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from contextwarden.plugins.breakpoints import TURNS, marks
+from contextwarden.plugins.breakpoints import TURNS
 from contextwarden.plugins.clearing import INPUT_VALUE_CHARS, _value_text, input_stub, stub_text
 
 from ..settings import _deep_merge, load_settings
@@ -39,7 +39,7 @@ from ..wire.dialects import ANTHROPIC
 from ..wire.dialects.anthropic import with_turn_breakpoints
 from ..wire.references import answer_items
 from ..wire.references import strings as _strings
-from ..wire.tokens import TokenCounter, current_turn_start
+from ..wire.tokens import TokenCounter, current_turn_start, marks
 from .assets import TOKENIZER_WAIT_S
 from .fidelity import FidelityCounter, Incremental, Indexer
 from .replay import ReplayReport, RequestResult, _pct, _render, load_trace, lost_cell

@@ -71,6 +71,15 @@ def strips_thinking(model: str | None) -> bool:
     return model is not None and bool(_DROPS_THINKING.search(model)) and not _KEEPS_THINKING.search(model)
 
 
+def marks(d: Dialect, model: str | None, pc: Any) -> bool:
+    """Whether the ``breakpoints`` stage marks a request to ``model`` at its turn starts (the oracle bills its
+    plans, and ``policy.free_from`` reads the cache, by the same rule): the provider drops the previous turn's
+    thinking (else a new turn changes nothing before it), no client edit keeps it, and the provider edits nothing
+    of the prompt itself (what it caches then is its own affair)."""
+    return (d.thinking_dropped and strips_thinking(model) and not pc.keeps_thinking
+            and not (pc.clears_tool_uses or pc.clears_thinking or pc.compacts))
+
+
 def starts_turn(m: Any) -> bool:
     """Whether ``m`` is a user message that is not only tool results (a turn begins there)."""
     if not isinstance(m, dict) or m.get("role") != "user":
