@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .workingset import EDIT_TOOLS  # (the calls whose ``old_string`` is an edit source)
+
 # Read's / cat -n's line numbers, also behind the memory block's quote mark ("| ": injected memory holds
 # the text it brings back line by line, quoted)
 _PREFIX = re.compile(r"^(?:\| )? *\d+(?:→|\t)", re.M)
@@ -70,9 +72,6 @@ def strings(obj: Any, skip: frozenset[str] = frozenset()) -> Iterator[str]:
     elif isinstance(obj, list):
         for v in obj:
             yield from strings(v, skip)
-
-
-EDIT_TOOLS = ("Edit", "MultiEdit")  # the calls whose ``old_string`` is an edit source
 
 
 @dataclass
