@@ -481,10 +481,15 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
     if decide:
         n_expected, warm = _rhythm(store, key, cfg.cache_ttl_s, cfg.expected_requests_max, now, persist=total > soft // 2,
                                      model=ctx.model)
-    if not decisions and (not decide or (total <= soft and not ctl.compact_now)):
+    gate = int(soft * min(1.0, cfg.cold_soft_factor))  # (where a free moment's compaction may start)
+    if not decisions and (not decide or (total <= gate and not ctl.compact_now)):
         return None  # the common case costs nothing more
     if warm and free_from(ctx, store, key, cfg.cache_ttl_s) == 0:
         warm = False  # a new turn dropping thinking past the cache's lookback: the prompt is written again anyway
+    if decide and not warm:
+        soft = gate  # a free moment: the prompt is written again whatever is sent
+    elif not decisions and total <= soft and not ctl.compact_now:
+        return None
     pin_at = first_pinned_index(ctx, orig) if ctl.pins else None
     pin_at = n if pin_at is None else pin_at
 

@@ -159,6 +159,32 @@ def test_soft_threshold_waits_on_a_warm_cache_and_compacts_a_cold_one(cw_home, c
     h.close()
 
 
+@pytest.mark.parametrize("factor", [0.8, 1.0])
+def test_a_free_moment_compacts_from_the_soft_threshold_times_cold_soft_factor(cw_home, factor):
+    """A body at 0.63 of the window, under the soft threshold (0.70): on a warm cache it goes as it came; after
+    the cache expired (the prompt is written again anyway) it is compacted when ``cold_soft_factor`` brings the
+    threshold under it (0.8: 0.56), and not at 1.0."""
+    body = anthropic_tool_loop(10)
+    h = harness(cw_home, 1000, cold_soft_factor=factor)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.63)}})
+    h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(3))  # the session's previous request, just now
+    warm = h.send(ApiKind.ANTHROPIC, body)
+    assert not warm.changed and warm.events("compaction") == []
+    key = comp.session_key(warm.ctx)
+    seen = state_cache(h.rt).get(comp.NS_SEEN, key)
+    state_cache(h.rt).put(comp.NS_SEEN, key, {**seen, "last": time.time() - 3600})
+    cold = h.send(ApiKind.ANTHROPIC, body)
+    assert cold.changed is (factor < 1)
+    applied = [e for e in cold.events("compaction") if e.get("applied")]
+    if factor < 1:
+        (ev,) = applied
+        assert ev["trigger"] == "soft" and ev["warm"] is False and ev["tokens_after"] < ev["tokens_before"]
+        assert tokens_of(h, ApiKind.ANTHROPIC, cold.body) < 0.56 * h.rt.settings.tokens.context_window
+    else:
+        assert applied == []
+    h.close()
+
+
 @pytest.mark.parametrize("thinking", [True, False])
 def test_a_new_turn_dropping_thinking_past_the_lookback_is_a_cold_prefix(cw_home, thinking):
     """A model before Opus 4.5 drops earlier turns' thinking when a new user message arrives: when the
