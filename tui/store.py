@@ -142,6 +142,9 @@ def summarise(ev: dict[str, Any]) -> str:
             s += f", summary {d['summary_tokens']} tok"
         if d.get("reused"):
             s += ", reused prefix"
+        elif why := {"hard": "hard threshold", "manual": "compact now",
+                     "soft": "soft threshold: pays off" if d.get("warm") else "cold cache: the prompt is written anyway"}.get(str(d.get("trigger"))):
+            s += f" ({why})"
         return s
     if t == "clearing":
         cleared = d.get("cleared")
