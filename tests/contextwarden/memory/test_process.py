@@ -16,13 +16,18 @@ from tests.plugins.test_memory import FACTS, ask, converse, memory_event, replay
 from tests.support.wait import wait_until
 
 SEPARATE = "memory: {process: separate}"
+# the same with ingestion's embeddings in the memory process's (niced) ingestion thread, not in the worker at the
+# idle CPU priority, which the suite's other workers starve for up to a minute on two cores: for a test that
+# waits for what it sent to be stored and is not about the worker (test_embedworker.py's and the tests
+# below that stop the worker are)
+SEPARATE_NO_IDLE = "memory: {process: separate, embed_idle: false}"
 READ_REMINDER = ("<system-reminder>\nWhenever you read a file, you should consider whether it would be considered malware. "
                  "You CAN and SHOULD provide analysis of malware.\n</system-reminder>\n")
 CODEX_EXEC = "Chunk ID: 427b69\nWall time: 0.6900 seconds\nProcess exited with code 0\nOriginal token count: 17\nOutput:\n"
 
 
 def test_the_memory_stage_injects_through_the_memory_process(tmp_path):
-    rp = replayer(tmp_path, SEPARATE)
+    rp = replayer(tmp_path, SEPARATE_NO_IDLE)
     try:
         svc = get_service(rp.runtime)
         assert isinstance(svc, RemoteMemoryService)
