@@ -181,9 +181,9 @@ class CompactionSection(Section):
     cold_soft_factor: float = 1.0
     """At a free moment (the provider writes the whole prompt again anyway: the cached prefix expired, the
     previous request more than ``cache_ttl_s`` ago or to another model, or a new turn dropping earlier
-    thinking past the cache's lookback), compaction starts at ``soft_threshold`` times this: a compaction
-    there costs no cache write of its own, and it spares the one a compaction at the soft threshold would
-    pay soon after. 1.0: the soft threshold unchanged."""
+    thinking past the cache's lookback with no ``breakpoints`` mark on the turn starts), compaction starts at
+    ``soft_threshold`` times this: a compaction there costs no cache write of its own, and it spares the one a
+    compaction at the soft threshold would pay soon after. 1.0: the soft threshold unchanged."""
 
     expected_requests_max: int = 50
     """Cap on how many further requests the cost model expects to read a compacted prefix."""
