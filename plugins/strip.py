@@ -183,7 +183,7 @@ def clean_text_ahead(ctx) -> CleanAhead | dict:
     """What this stage will put in ``ctx.notes["clean_text"]``, for a reader that runs before it (the
     memory stage's search, started as the request is read): empty when the stage is not in the
     pipeline. Cleaning is a pure function of the text, so it is the same as the stage's."""
-    if "strip" not in {n for n, _ in ctx.runtime.stages()}:
+    if not ctx.runtime.runs("strip"):
         return {}
     d = dialect(ctx.api)
     return CleanAhead(stripper_for(ctx.settings.strip, ctx.runtime.memo("strip.strippers", dict)), d.text_of,

@@ -9,6 +9,7 @@ import pytest
 
 from contextwarden.core.runtime import Runtime
 from contextwarden.models import ApiKind
+from contextwarden.plugins import strip as strip_stage
 from contextwarden.plugins.strip import Stripper
 from contextwarden.request import lifecycle
 from contextwarden.settings import load_settings
@@ -182,6 +183,26 @@ def test_default_cleans_notes_and_leaves_the_wire_alone(cw_home):
                        "rewritten": 0, "rewrite_outgoing": False, "api": "anthropic"}]
     finally:
         rt.close()
+
+
+def test_the_cleaned_text_read_ahead_is_the_stages_and_none_when_the_stage_is_not_in_the_pipeline(tmp_path):
+    """Memory's search reads the cleaned text before the stage runs (``clean_text_ahead``): the same text
+    while ``strip`` runs, nothing once the profile leaves it out (``Runtime.runs``)."""
+    for disabled, runs in (([], True), (["strip"], False)):
+        home = tmp_path / str(runs)
+        settings = load_settings(None, home, overrides={"pipeline": {"disabled": OTHER_STAGES + disabled},
+                                                        "memory": {"enabled": False}})
+        rt = Runtime(settings, home, log=False)
+        try:
+            assert rt.runs("strip") is runs and not rt.runs("clearing")
+            ctx, _ = run(rt, ApiKind.ANTHROPIC, anthropic_body())
+            ahead = strip_stage.clean_text_ahead(ctx)
+            if runs:
+                assert {i: ahead.get(i) for i in (0, 2, 4)} == ctx.notes["clean_text"]
+            else:
+                assert ahead == {} and "clean_text" not in ctx.notes
+        finally:
+            rt.close()
 
 
 def test_rewrite_outgoing_is_valid_and_deterministic(cw_home):

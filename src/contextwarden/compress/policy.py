@@ -71,8 +71,7 @@ def free_from(ctx: Any, store: Any, key: str, ttl: float) -> int | None:
 def _turns_marked(ctx: Any) -> bool:
     """Whether the ``breakpoints`` stage marks this request's turn starts: the previous turn's start is then a
     breakpoint, and the provider reads the prompt up to it however far back it is."""
-    return marks(dialect(ctx.api), ctx.model, ctx.notes.get("provider", NO_PROVIDER)) and \
-        any(name == "breakpoints" for name, _ in ctx.runtime.stages())
+    return marks(dialect(ctx.api), ctx.model, ctx.notes.get("provider", NO_PROVIDER)) and ctx.runtime.runs("breakpoints")
 
 
 def _thinking(block: Any) -> bool:

@@ -163,6 +163,10 @@ class Runtime:
         p = self.settings.pipeline
         return stage_order(self.pm, p.order, p.disabled)
 
+    def runs(self, stage: str) -> bool:
+        """Whether ``stage`` is in the pipeline (registered, in the order, not disabled)."""
+        return any(name == stage for name, _ in self.stages())
+
     def passive(self) -> bool:
         """No request's bytes can change: observe-only, or no stage to run (a bypassed session aside)."""
         return self.settings.proxy.observe_only or not self.stages()
