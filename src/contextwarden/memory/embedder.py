@@ -77,6 +77,10 @@ class Embedder:
         so.intra_op_num_threads = threads or 1
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # no memory pattern: it plans and keeps buffers per input shape, and a batch here is padded to its
+        # longest input, so shapes rarely repeat (the same vectors to the bit and the same CPU; 60 batches of
+        # mixed lengths 396 -> 312 MB resident, a proxy's embedding worker ~25-45 MB less: docs/benchmarks.md)
+        so.enable_mem_pattern = False
         self._session = ort.InferenceSession(str(self.model_dir / "model.onnx"), sess_options=so,
                                              providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}

@@ -48,6 +48,9 @@ def test_order_is_kept_across_length_sorted_batches():
     assert e([]).shape == (0, 384)
     # different texts, different vectors (no row swapped or reused)
     assert len({tuple(np.round(v, 4)) for v in together}) == len(many)
+    # each batch's shape is its own longest input's: the session keeps no memory pattern per shape (they
+    # rarely repeat, and each one kept holds its buffers)
+    assert e._session.get_session_options().enable_mem_pattern is False
 
 
 def test_states_are_each_word_pieces_in_context_whatever_the_batch():
