@@ -151,7 +151,7 @@ def _why(result: dict) -> str:
     floor = (f"; under the relevance floor {passed['floor']:.2f}, passed by agreement: both rankings put an item "
              f"holding \"{passed['word']}\" in their top {AGREED_DEPTH}") if passed else ""
     return (f"{n} item{'s' * (n != 1)} from {sessions} session{'s' * (sessions != 1)} the history no longer "
-            f"holds; best match on {words}{sim}{floor}")
+            f"holds; matched on {words}{sim}{floor}")
 
 
 PREFETCH_NOTE = "memory_prefetch"  # ctx.notes: (token, query) of the search cw_request_start began
@@ -299,8 +299,8 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         return finish(skipped=str(e), **info)
     if agent and ctx.history is not None:
         ctx.history.carry_on(GIVEN_SLOT, 0, given | {h.item.memory_id for h in hits})
-    top = set(tokenize(hits[0].item.text))
-    matched = [w for w in dict.fromkeys(content_words(query.text)) if w in top][:5]
+    held = set().union(*(tokenize(h.item.text) for h in hits))  # (the first item may be a reply found by what it answers)
+    matched = [w for w in dict.fromkeys(content_words(query.text)) if w in held][:5]
     finish(injected=len(hits), tokens=block_tokens, ids=[h.item.memory_id for h in hits], matched=matched,
            scores=[h.scores() for h in hits], where=where, own_session=own,
            sessions=sorted({str(h.item.session) for h in hits}), **info)

@@ -200,6 +200,33 @@ def test_nothing_is_injected_while_the_history_still_holds_it(tmp_path):
         rp.close()
 
 
+def test_the_event_names_the_question_words_the_block_holds_when_its_first_item_is_a_reply(tmp_path):
+    """Facts each answered with the same reply (a stand-in's, or "Got it."): the reply, found by what it
+    answers, can rank first, and the event still names the words the question shares with what it injected
+    (it read "best match on meaning only" while the fact matched on four words)."""
+    rp = replayer(tmp_path, window=200_000)
+    try:
+        msgs: list[dict] = []
+        for fact in HANDBOOK:
+            msgs.append({"role": "user", "content": f"Note for the handbook: {fact} Please acknowledge."})
+            rp.complete(rp.send(msgs, api_key="sk-alice", session="handbook"), "Hello from the stand-in upstream.")
+            msgs.append({"role": "assistant", "content": "Hello from the stand-in upstream."})
+        rp.flush()
+        sent = rp.send([{"role": "user", "content": "How often does the orion deploy key rotate, and where is it kept?"}],
+                       api_key="sk-alice", session="ask")
+        ev = memory_event(rp, sent.ctx.flow_id)
+        assert ev["injected"] >= 1 and "secret/orion/deploy" in str(sent.wire["messages"][-1]), ev
+        assert {"orion", "deploy", "key"} <= set(ev["matched"]) and "matched on orion, deploy, key" in ev["why"], ev["why"]
+    finally:
+        rp.close()
+
+
+HANDBOOK = ["The orion service's deploy key rotates every 14 days and is kept in vault path secret/orion/deploy.",
+            "Our staging database is postgres 15 on host db-stg-3, and its nightly backup runs at 02:40 UTC.",
+            "The billing worker retries a failed invoice 5 times with a 90 second backoff before paging on-call.",
+            "Frontend builds use pnpm 9; the CI cache key includes the lockfile hash and the node major version."]
+
+
 def test_an_item_both_rankings_agree_on_passes_the_relevance_floor_and_content_free_messages_still_get_nothing(tmp_path):
     """Under the relevance floor (here above any similarity), an item in the top 5 of both the vector and
     the BM25 ranking that holds a word of the question is injected, and the event says so; a question with
