@@ -5,7 +5,10 @@ inputs, assistant texts) and of the stub (the 3-token ``[cleared]`` or the clear
 names the way back; texts always take the short one), each plan billed exactly. The three parts above
 the clearing stage's own action space (results, its stub) are split by their Shapley values (each
 part's gain averaged over the orders of adding them: the parts interact), and each run's dollars are
-split into cache reads, cache writes and uncached input (docs/experiments.md, "savings5").
+split into cache reads, cache writes and uncached input (docs/experiments.md, "savings5"). Last, the headline
+ceiling with the Reads of agents' instruction files (``CLAUDE.md``, ``AGENTS.md``, ``AI_*.md``) held to the end:
+the model follows them without quoting them, which the fidelity measure (quotes) cannot see
+(docs/REPLAY.md, "What the ceiling is made of").
 
     .venv/bin/python bench/oracle_parts.py ../shared/eval/traces/claude-code-98c71c0e-*.jsonl
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
 from itertools import permutations
 from pathlib import Path
@@ -26,6 +30,7 @@ from contextwarden.offline.replay import load_trace  # noqa: E402
 from contextwarden.wire.cost import READ_MULT, price_for  # noqa: E402
 
 PARTS = {"S": "the 3-token stub", "I": "tool inputs", "T": "assistant texts"}
+INSTRUCTIONS = re.compile(r"(^|/)(CLAUDE|AGENTS|AI_[A-Z0-9_]+)\.md$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,20 @@ def solve(trace, counter, parts: str) -> Run:
         uncached += r.ours.uncached * p
         write += r.ours.input_cost - r.ours.read * READ_MULT * p - r.ours.uncached * p
     return Run(parts, sum(r.original.cost for r in rs), sum(r.ours.cost for r in rs), read, write, uncached)
+
+
+def instructions_kept(trace, counter) -> tuple[float, int]:
+    """The headline ceiling (every kind, the 3-token stub) with every Read of an instruction file needed
+    to the end of the trace: its cost, and how many such Reads there are."""
+    factor = trace.fit["b"] if trace.fit else 1.0
+    stubs = oracle.Stubs(counter, factor, True)
+    reqs = oracle.prepare(trace, counter, factor, stubs)
+    last_use = oracle.last_uses(trace.requests)
+    kept = {uid for rq in trace.requests for uid, (name, inp) in oracle._calls(rq.body).items()
+            if name == "Read" and isinstance(inp, dict) and INSTRUCTIONS.search(str(inp.get("file_path") or ""))}
+    last_use.update(dict.fromkeys(kept, len(trace.requests)))
+    p = oracle.plan(reqs, last_use)
+    return sum(r.ours.cost for r in oracle.bill_plan(trace, reqs, p.cleared, counter, factor, stubs)), len(kept)
 
 
 def shapley(runs: dict[str, Run]) -> dict[str, float]:
@@ -84,6 +103,9 @@ def main() -> None:
             print(f"  {what:52s} {r.cost:8.2f} {-r.saving:+6.1f}% {r.read:7.2f} {r.write:8.2f} {r.uncached:10.2f}")
         sh = shapley(runs)
         print("  above results with the stage's stub (Shapley, points): " + ", ".join(f"{PARTS[p]} {v:.1f}" for p, v in sh.items()))
+        cost, n = instructions_kept(trace, counter)
+        print(f"  the headline ceiling with the {n} Reads of instruction files kept: ${cost:.2f} ({cost / runs[''].client * 100 - 100:+.1f}%;"
+              f" {(runs[''].client - cost) / (runs[''].client - runs['IST'].cost) * 100:.0f}% of the headline saving)")
 
 
 if __name__ == "__main__":
