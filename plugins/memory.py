@@ -15,6 +15,7 @@ the ingestor's bounded queue.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -299,8 +300,10 @@ def _retrieve_and_inject(ctx, svc, t0: float, result: dict, finish) -> None:
         return finish(skipped=str(e), **info)
     if agent and ctx.history is not None:
         ctx.history.carry_on(GIVEN_SLOT, 0, given | {h.item.memory_id for h in hits})
-    held = set().union(*(tokenize(h.item.text) for h in hits))  # (the first item may be a reply found by what it answers)
-    matched = [w for w in dict.fromkeys(content_words(query.text)) if w in held][:5]
+    # the words of the item the word ranking put highest (the block's first may be a reply found by what it answers)
+    lexical_top = min(hits, key=lambda h: math.inf if h.lexical_rank is None else h.lexical_rank)
+    top = set(tokenize(lexical_top.item.text))
+    matched = [w for w in dict.fromkeys(content_words(query.text)) if w in top][:5]
     finish(injected=len(hits), tokens=block_tokens, ids=[h.item.memory_id for h in hits], matched=matched,
            scores=[h.scores() for h in hits], where=where, own_session=own,
            sessions=sorted({str(h.item.session) for h in hits}), **info)

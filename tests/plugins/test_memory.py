@@ -201,9 +201,9 @@ def test_nothing_is_injected_while_the_history_still_holds_it(tmp_path):
 
 
 def test_the_event_names_the_question_words_the_block_holds_when_its_first_item_is_a_reply(tmp_path):
-    """Facts each answered with the same reply (a stand-in's, or "Got it."): the reply, found by what it
-    answers, can rank first, and the event still names the words the question shares with what it injected
-    (it read "best match on meaning only" while the fact matched on four words)."""
+    """Facts each answered with the same reply (a stand-in's): the reply, found by what it answers, can rank
+    first in the block, and the event still names the question's words the item the word ranking put highest
+    holds (it read "best match on meaning only" while the fact matched on four words)."""
     rp = replayer(tmp_path, window=200_000)
     try:
         msgs: list[dict] = []
