@@ -62,15 +62,9 @@ def solve(trace, counter, parts: str) -> Run:
 def instructions_kept(trace, counter) -> tuple[float, int]:
     """The headline ceiling (every kind, the 3-token stub) with every Read of an instruction file needed
     to the end of the trace: its cost, and how many such Reads there are."""
-    factor = trace.fit["b"] if trace.fit else 1.0
-    stubs = oracle.Stubs(counter, factor, True)
-    reqs = oracle.prepare(trace, counter, factor, stubs)
-    last_use = oracle.last_uses(trace.requests)
     kept = {uid for rq in trace.requests for uid, (name, inp) in oracle._calls(rq.body).items()
             if name == "Read" and isinstance(inp, dict) and INSTRUCTIONS.search(str(inp.get("file_path") or ""))}
-    last_use.update(dict.fromkeys(kept, len(trace.requests)))
-    p = oracle.plan(reqs, last_use)
-    return sum(r.ours.cost for r in oracle.bill_plan(trace, reqs, p.cleared, counter, factor, stubs)), len(kept)
+    return sum(r.ours.cost for r in oracle.solve(trace, counter, keep=kept).report.results), len(kept)
 
 
 def shapley(runs: dict[str, Run]) -> dict[str, float]:

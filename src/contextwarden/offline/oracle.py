@@ -11,7 +11,7 @@ what lies outside it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from hashlib import blake2b
 from itertools import accumulate
@@ -502,16 +502,17 @@ def counter_for(overrides: dict | None = None) -> TokenCounter:
 
 
 def solve(trace, counter, kinds: tuple[str, ...] = KINDS, short: bool = True,
-          prices: Mapping[str, Any] | None = None) -> OracleReport:
+          prices: Mapping[str, Any] | None = None, keep: Iterable[str] = ()) -> OracleReport:
     """Plan the rewrites of a loaded trace and bill the plan exactly. ``kinds``: what it may replace
     (tool results, large tool-input values, assistant texts); ``short``: the ceiling's short stub
-    (else the clearing stage's own); ``prices``: the user's, before the table."""
+    (else the clearing stage's own); ``prices``: the user's, before the table; ``keep``: unit ids
+    needed to the end of the trace whatever the answers quote (bench/oracle_parts.py: instruction files)."""
     t0 = time.perf_counter()
     factor = trace.fit["b"] if trace.fit else 1.0
     stubs = Stubs(counter, factor, short)
     reqs = prepare(trace, counter, factor, stubs, kinds, prices)
     t1 = time.perf_counter()
-    p = plan(reqs, last_uses(trace.requests, kinds))
+    p = plan(reqs, last_uses(trace.requests, kinds) | dict.fromkeys(keep, len(trace.requests)))
     dp = time.perf_counter() - t1
     results = bill_plan(trace, reqs, p.cleared, counter, factor, stubs, kinds, prices)
     secs = time.perf_counter() - t0
