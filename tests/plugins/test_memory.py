@@ -21,6 +21,10 @@ from tests.support.wait import wait_until
 FACTS = ["I adopted a beagle named Biscuit from the Alameda shelter last spring.",
          "My sister Clara lives in Lisbon and designs bridges for a living.",
          "The deploy script is tools/deploy.sh and it reads the STAGING_HOST variable."]
+HANDBOOK = ["The orion service's deploy key rotates every 14 days and is kept in vault path secret/orion/deploy.",
+            "Our staging database is postgres 15 on host db-stg-3, and its nightly backup runs at 02:40 UTC.",
+            "The billing worker retries a failed invoice 5 times with a 90 second backoff before paging on-call.",
+            "Frontend builds use pnpm 9; the CI cache key includes the lockfile hash and the node major version."]
 FILLER = ("Turn {i}: let's go over the weekly grocery list again, the usual vegetables, bread and coffee, "
           "nothing special, and the weather stayed grey and rainy all week long. ")
 
@@ -219,12 +223,6 @@ def test_the_event_names_the_question_words_the_block_holds_when_its_first_item_
         assert {"orion", "deploy", "key"} <= set(ev["matched"]) and "matched on orion, deploy, key" in ev["why"], ev["why"]
     finally:
         rp.close()
-
-
-HANDBOOK = ["The orion service's deploy key rotates every 14 days and is kept in vault path secret/orion/deploy.",
-            "Our staging database is postgres 15 on host db-stg-3, and its nightly backup runs at 02:40 UTC.",
-            "The billing worker retries a failed invoice 5 times with a 90 second backoff before paging on-call.",
-            "Frontend builds use pnpm 9; the CI cache key includes the lockfile hash and the node major version."]
 
 
 def test_an_item_both_rankings_agree_on_passes_the_relevance_floor_and_content_free_messages_still_get_nothing(tmp_path):
