@@ -39,7 +39,8 @@ persisted with the result's record and re-applied byte for byte like result stub
 For later stages: ``ctx.notes["cleared"]`` lists every result cleared in this request (``new`` marks
 the ones cleared for the first time) with its ``memory_id`` and original ``text``, so the memory stage
 can store it under the id the stub names; ``ctx.notes["clearing"]`` holds ``freed`` (tokens) and
-``by_index`` (tokens freed per message index) for the compaction stage's arithmetic.
+``by_index`` (tokens freed per message index) for the compaction stage's arithmetic, and ``freed_free``
+(of ``freed``, what steps only a free moment allows took: compaction's free-moment threshold counts it).
 """
 
 from __future__ import annotations
@@ -603,6 +604,7 @@ class _Clearing:
     cleared: list[dict[str, Any]] = field(default_factory=list)
     by_index: dict[int, int] = field(default_factory=dict)
     freed: int = 0
+    freed_free: int = 0  # of freed: what steps took only because the moment is free (small steps, left paths)
     done: set[str] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=lambda: {"results": 0, "inputs": 0})
     resumed: bool = False  # step 1 of the previous request's messages taken as it was
@@ -816,11 +818,10 @@ def _choose(st: _Clearing) -> None:
             if g > 0:
                 chosen.append((s, rec))
                 gain += g
-        if gain < clear_at_least:  # too small a step, but at a free moment
+        small = gain < clear_at_least
+        if small:  # too small a step, but at a free moment
             chosen[:] = [(s, rec) for s, rec in chosen if st.free_step(s)]
-        for s, rec in chosen:
-            if st.apply(s, rec, True):
-                new_recs[s.id] = rec
+        _take(st, chosen, free_only=small)
     if cfg.stale_after and not new_recs and not ctl.holds(total - st.freed, ctx.settings):
         _stale_step(st)
     if st.free is not None and learned is not None and learned.reads and not ctl.holds(total - st.freed, ctx.settings):
@@ -850,10 +851,18 @@ def _left_step(st: _Clearing) -> None:
         rec, g = _record(st, s, toks, how)
         if g > 0:
             chosen.append((s, rec))
+    _take(st, chosen, free_only=True)
+    st.chosen.extend(chosen)
+
+
+def _take(st: _Clearing, chosen: list[tuple[Slot, dict[str, Any]]], free_only: bool = False) -> None:
+    """Apply a step's records; ``free_only``: the step is one only a free moment allows (``freed_free``)."""
+    before = st.freed
     for s, rec in chosen:
         if st.apply(s, rec, True):
             st.new_recs[s.id] = rec
-    st.chosen.extend(chosen)
+    if free_only:
+        st.freed_free += st.freed - before
 
 
 def _record(st: _Clearing, s: Slot, toks: int, how: str) -> tuple[dict[str, Any], int]:
@@ -926,9 +935,7 @@ def _stale_step(st: _Clearing) -> None:
         return
     how = recall_wording(ctx, st.state, st.key)
     chosen = [(s, rec) for s, toks, _, _ in candidates[:take] for rec, g in [_record(st, s, toks, how)] if g > 0]
-    for s, rec in chosen:
-        if st.apply(s, rec, True):
-            st.new_recs[s.id] = rec
+    _take(st, chosen)
     st.chosen.extend(chosen)
 
 
@@ -1045,7 +1052,7 @@ def _commit_step(st: _Clearing) -> None:
         session_ledger.consume_compact_now(ctx)
 
     freed = st.freed
-    ctx.notes["clearing"] = {"freed": freed, "by_index": st.by_index}
+    ctx.notes["clearing"] = {"freed": freed, "by_index": st.by_index, "freed_free": st.freed_free}
     if not cleared:
         return
     ctx.notes.setdefault("cleared", []).extend(cleared)

@@ -481,7 +481,9 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
     if decide:
         n_expected, warm = _rhythm(store, key, cfg.cache_ttl_s, cfg.expected_requests_max, now, persist=total > soft // 2,
                                      model=ctx.model)
-    gate = int(soft * min(1.0, cfg.cold_soft_factor))  # (where a free moment's compaction may start)
+    # where a free moment's compaction may start: what clearing took only because the moment is free counts
+    # (a small step there must not keep the big one from being taken while it costs nothing extra)
+    gate = int(soft * min(1.0, cfg.cold_soft_factor)) - int(cleared.get("freed_free", 0))
     if not decisions and (not decide or (total <= gate and not ctl.compact_now)):
         return None  # the common case costs nothing more
     if warm and free_from(ctx, store, key, cfg.cache_ttl_s) == 0:

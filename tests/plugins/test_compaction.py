@@ -185,6 +185,34 @@ def test_a_free_moment_compacts_from_the_soft_threshold_times_cold_soft_factor(c
     h.close()
 
 
+def test_a_free_moments_small_clearing_step_does_not_keep_its_compaction_from_being_taken(cw_home):
+    """At a free moment clearing may take a step under ``clear_at_least`` (the Bash results, here): that
+    brings the body under the free moment's compaction threshold, which still counts those tokens, so the
+    big step that costs nothing extra now is taken (not a warm compaction's full write some requests later)."""
+    body = anthropic_tool_loop(10)
+    h = Harness(cw_home, overrides=settings_overrides(
+        window=1000, stages=["strip", "clearing", "compaction"],
+        compaction={"protect_recent_turns": 2, "min_span_tokens": 500, "soft_threshold": 0.70, "hard_threshold": 0.85,
+                    "target": 0.40, "cold_soft_factor": 0.8},
+        clearing={"enabled": True, "trigger_tokens": 1_000, "clear_at_least": 10_000_000, "keep_recent": 2,
+                  "keep_edited_reads": 0, "working_set_tokens": 0, "stale_after": {"Bash": 2}}))
+    window = window_for(h, ApiKind.ANTHROPIC, body, 0.63)
+    h.apply({"tokens": {"context_window": window}})
+    h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(3))  # the session's previous request, just now
+    warm = h.send(ApiKind.ANTHROPIC, body)
+    assert not warm.changed and warm.events("compaction") == []
+    key = comp.session_key(warm.ctx)
+    store = state_cache(h.rt)
+    store.put(comp.NS_SEEN, key, {**store.get(comp.NS_SEEN, key), "last": time.time() - 3600})
+    cold = h.send(ApiKind.ANTHROPIC, body)
+    notes = cold.ctx.notes["clearing"]
+    assert notes["freed_free"] == notes["freed"] > 0
+    assert tokens_of(h, ApiKind.ANTHROPIC, body) - notes["freed"] < 0.56 * window  # cleared, under the threshold
+    (ev,) = [e for e in cold.events("compaction") if e.get("applied")]
+    assert ev["trigger"] == "soft" and ev["warm"] is False
+    h.close()
+
+
 @pytest.mark.parametrize("thinking", [True, False])
 def test_a_new_turn_dropping_thinking_past_the_lookback_is_a_cold_prefix(cw_home, thinking):
     """A model before Opus 4.5 drops earlier turns' thinking when a new user message arrives: when the
