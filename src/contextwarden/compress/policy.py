@@ -169,16 +169,21 @@ class LearnedPolicy:
 
 
 def load(store: Any, tenant: str) -> LearnedPolicy:
-    """The tenant's learned policy (empty when nothing was learned)."""
-    return LearnedPolicy.from_dict(store.get(NS_POLICY, tenant))
+    """The tenant's learned policy (empty when nothing was learned), parsed once each time it changes."""
+    return store.view(NS_POLICY, tenant, LearnedPolicy.from_dict)
 
 
 def learn(store: Any, tenant: str, cleared: dict[str, int], refetched: list[tuple[str, str | None]], now: float,
           read: tuple[str, ...] = (), late: tuple[str, ...] = (), session: str = "") -> LearnedPolicy:
     """Add what one request of ``session`` showed, atomically (replicas learn into the same record)."""
-    got = store.update(NS_POLICY, tenant, lambda cur: LearnedPolicy.from_dict(cur).learned(
-        cleared, refetched, now, read, late, session).to_dict())
-    return LearnedPolicy.from_dict(got)
+    made: list[LearnedPolicy] = []
+
+    def add(cur: Any) -> dict[str, Any]:
+        made.append(LearnedPolicy.from_dict(cur).learned(cleared, refetched, now, read, late, session))
+        return made[-1].to_dict()
+
+    got = store.update(NS_POLICY, tenant, add)
+    return store.view(NS_POLICY, tenant, lambda _: made[-1], got)  # (what it stored, as the next load reads it)
 
 
 def describe(tenant: str, p: LearnedPolicy) -> str:

@@ -5,7 +5,7 @@ decoding them again (the very object decoded before when the bytes are unchanged
 by identity), and everything is written. ``put(soon=True)`` writes a local store's value together with the
 others put so, in one transaction at most ``WRITE_EVERY_S`` later (a timer's, or the next such put's; and at
 :meth:`flush`, when the runtime closes): the memory stage's ingestion marker, one a turn, no longer waits for the store's lock, which every
-request's own writes take (docs/benchmarks.md, "Fresh under a starved CPU").
+request's own writes take (docs/benchmarks.md, "Fresh under a starved CPU"). :meth:`view` keeps a value's typed form while the value is the same object: parsed once a change.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from ..util.lru import LRU
 
 WRITE_EVERY_S = 1.0  # put(soon=True): the values wait at most this long
+_GET = object()  # view(): the value read from the cache
 
 
 class StateCache:
@@ -25,6 +26,7 @@ class StateCache:
         self.shared = bool(getattr(state, "shared", False))
         # (ns, key) -> (value, the stored bytes it was decoded from, or None)
         self._lru = LRU(max_entries)
+        self._views = LRU(max_entries // 20)  # (ns, key) -> (the value, its typed form): view()
         self._soon: dict[tuple[str, str], Any] = {}  # put(soon=True) values not written yet
         self._soon_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # (one flush at a time: an older value never lands after a newer)
@@ -95,6 +97,17 @@ class StateCache:
                     for k, v in batch.items():
                         if self._soon.get(k) is v:  # (not put again meanwhile)
                             del self._soon[k]
+
+    def view(self, ns: str, key: str, parse, value: Any = _GET) -> Any:
+        """``parse(value)`` (by default the value :meth:`get` reads), remembered while the value is the very
+        object parsed before: a record read every request is parsed once it changes, not each time."""
+        v = self.get(ns, key) if value is _GET else value
+        got = self._views.peek((ns, key))
+        if got is not None and got[0] is v:
+            return got[1]
+        out = parse(v)
+        self._views.put((ns, key), (v, out))
+        return out
 
     def update(self, ns: str, key: str, fn) -> Any:
         """``fn(current)`` stored atomically (see the store's ``update``); returns what is stored."""

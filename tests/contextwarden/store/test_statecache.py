@@ -77,3 +77,23 @@ def test_a_value_waiting_to_be_written_is_read_back_after_memory_let_it_go(tmp_p
         cache.put("sessions", f"k{k}", {"k": k})
     assert cache._lru.peek(("memory.ingested", "t:s1")) is None
     assert cache.get("memory.ingested", "t:s1") == {"n": 2}  # not the store's older value
+
+
+def test_a_view_is_parsed_once_while_its_value_stays_the_same_object(tmp_path):
+    """``view``: a record read every request is parsed again only once it changes (a new value put, or the
+    value ``update`` stored)."""
+    store = StateStore(tmp_path / "state.sqlite3", None)
+    cache = StateCache(store)
+    parsed: list[object] = []
+
+    def parse(v):
+        parsed.append(v)
+        return ("typed", v)
+
+    assert cache.view("ns", "k", parse) == ("typed", None) and cache.view("ns", "k", parse) == ("typed", None)
+    cache.put("ns", "k", {"n": 1})
+    assert cache.view("ns", "k", parse) == ("typed", {"n": 1}) == cache.view("ns", "k", parse)
+    cache.update("ns", "k", lambda cur: {"n": cur["n"] + 1})
+    assert cache.view("ns", "k", parse) == ("typed", {"n": 2}) == cache.view("ns", "k", parse)
+    assert parsed == [None, {"n": 1}, {"n": 2}]
+    store.close()
