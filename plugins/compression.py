@@ -44,7 +44,7 @@ def _workers(runtime, cfg, model: str | None) -> tuple[offload.Offload, str | No
     up here, never inside the memo's factory (a tokenizer lookup there hung the workers' start)."""
     tokens = runtime.tokens
     encoding = tokens.encoding_of(model) if tokens.source_for(model).startswith("tiktoken ") else None
-    return runtime.memo(offload.NAME, lambda: offload.Offload(cfg.workers, encoding)), encoding
+    return runtime.memo(offload.NAME, lambda: offload.Offload(cfg.workers, encoding, preload=(offload.__name__,))), encoding
 
 
 @hookimpl

@@ -9,6 +9,7 @@ The calling thread speaks to its worker over a pipe itself (no pool threads), an
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import queue
@@ -32,11 +33,15 @@ _READ = 1 << 16  # what one read of an answer asks for (a pipe holds 64 KiB)
 HUNG_S = 10.0
 
 
-def _warm(encoding: str | None) -> None:
-    """A new worker loads what calls need before the first one waits on it (a tiktoken encoding)."""
-    if encoding:
-        with suppress(Exception):  # not loadable here: the calls that need it find out
+def _warm(encoding: str | None, modules: tuple[str, ...] = ()) -> None:
+    """A new worker loads what calls need before the first one waits on it: a tiktoken encoding, and the
+    modules of the functions it serves (their imports took the first call of each worker past the compression
+    stage's 200 ms: its first results went whole, and the TUI showed an error)."""
+    with suppress(Exception):  # not loadable here: the calls that need it find out
+        if encoding:
             tiktoken.get_encoding(encoding).encode_ordinary("warm")
+        for m in modules:
+            importlib.import_module(m)
 
 
 class Unavailable(Exception):
@@ -49,9 +54,10 @@ class _Worker:
     pickle of ``(fn, args)``, the answer one of ``(ok, value, received, answered)`` (monotonic times). The calling thread writes and reads
     itself (no pool threads taking the interpreter lock); one call at a time (``lock``)."""
 
-    def __init__(self, encoding: str | None, role: str) -> None:
+    def __init__(self, encoding: str | None, role: str, preload: tuple[str, ...] = ()) -> None:
         self.encoding = encoding
         self.role = role  # named on the worker's command line (what a process listing shows it does)
+        self.preload = preload  # modules imported before it says it is ready
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
         self._ready = False
@@ -62,7 +68,7 @@ class _Worker:
         src = str(Path(__file__).resolve().parents[1])  # this contextwarden package first (as memory's process)
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen([sys.executable, "-m", "contextwarden.core.workerpool", self.role,
-                                      self.encoding or ""],
+                                      self.encoding or "", *self.preload],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      bufsize=0, env=env, start_new_session=True)
         self._ready = False
@@ -123,8 +129,9 @@ class Offload:
     """``workers`` worker processes, started on first use (or :meth:`start`) and again after a failure. One
     per runtime (``runtime.memo(NAME, ...)``), closed by the stage's ``cw_shutdown``."""
 
-    def __init__(self, workers: int = 1, encoding: str | None = None, role: str = "compression") -> None:
-        self.workers = [_Worker(encoding, role) for _ in range(max(1, int(workers)))]
+    def __init__(self, workers: int = 1, encoding: str | None = None, role: str = "compression",
+                 preload: tuple[str, ...] = ()) -> None:
+        self.workers = [_Worker(encoding, role, preload) for _ in range(max(1, int(workers)))]
         # the workers no call holds, the longest free first: a call takes whichever is free first,
         # rather than waiting on one in turn while another is free
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
@@ -238,12 +245,12 @@ class Offload:
             w.stop()
 
 
-def _serve(encoding: str | None) -> None:
+def _serve(encoding: str | None, modules: tuple[str, ...] = ()) -> None:
     """The worker's loop: calls from stdin, answers to stdout, until stdin closes (the proxy is gone)."""
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # anything a module prints goes to stderr, never into the answers
     inp = sys.stdin.buffer
-    _warm(encoding)
+    _warm(encoding, modules)
     out.write(bytes(4))  # ready
     while True:
         head = inp.read(4)
@@ -260,4 +267,4 @@ def _serve(encoding: str | None) -> None:
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else None)  # (argv[1]: the role)
+    _serve(sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else None, tuple(sys.argv[3:]))  # (argv[1]: the role)

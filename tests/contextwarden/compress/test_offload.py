@@ -17,6 +17,7 @@ from contextwarden.memory.ids import memory_id
 from contextwarden.models.base import ApiKind
 from tests.plugins.test_compression import anthropic_body, harness, next_body, results_of
 from tests.support import tool_outputs as T
+from tests.support.inworker import imported
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -60,6 +61,24 @@ def test_a_worker_gives_the_same_text_as_the_stage_thread_byte_for_byte():
         assert pool.started == 1 and pool.failures == 0
     finally:
         pool.close()
+
+
+def test_a_worker_imports_what_it_serves_before_it_says_it_is_ready():
+    """The compression stage's workers import ``compress.offload`` as they start: that import took each worker's
+    first call past the stage's 200 ms (its first results went whole, and the TUI showed an error)."""
+    pools = [offload.Offload(1, "cl100k_base", preload=(offload.__name__,)), offload.Offload(1, "cl100k_base")]
+    try:
+        assert all(p.wait_ready(60) for p in pools)
+        assert [p.call(imported, offload.__name__, timeout=60) for p in pools] == [True, False]
+    finally:
+        for p in pools:
+            p.close()
+
+
+def test_the_stages_workers_are_started_with_what_they_serve(cw_home):
+    h, pool = separate(cw_home)
+    assert pool.call(imported, offload.__name__, timeout=60) is True
+    h.close()
 
 
 def test_a_late_worker_is_left_to_finish_and_only_a_hung_one_is_started_again(monkeypatch):
