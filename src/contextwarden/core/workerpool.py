@@ -37,10 +37,11 @@ def _warm(encoding: str | None, modules: tuple[str, ...] = ()) -> None:
     """A new worker loads what calls need before the first one waits on it: a tiktoken encoding, and the
     modules of the functions it serves (their imports took the first call of each worker past the compression
     stage's 200 ms: its first results went whole, and the TUI showed an error)."""
-    with suppress(Exception):  # not loadable here: the calls that need it find out
-        if encoding:
+    if encoding:
+        with suppress(Exception):  # not loadable here: the calls that need it find out
             tiktoken.get_encoding(encoding).encode_ordinary("warm")
-        for m in modules:
+    for m in modules:
+        with suppress(Exception):
             importlib.import_module(m)
 
 

@@ -5,7 +5,8 @@ decoding them again (the very object decoded before when the bytes are unchanged
 by identity), and everything is written. ``put(soon=True)`` writes a local store's value together with the
 others put so, in one transaction at most ``WRITE_EVERY_S`` later (a timer's, or the next such put's; and at
 :meth:`flush`, when the runtime closes): the memory stage's ingestion marker, one a turn, no longer waits for the store's lock, which every
-request's own writes take (docs/benchmarks.md, "Fresh under a starved CPU"). :meth:`view` keeps a value's typed form while the value is the same object: parsed once a change.
+request's own writes take (docs/benchmarks.md, "Fresh under a starved CPU"). :meth:`view` keeps a value's typed
+form while the value is the same object: a record read every request is parsed once it changes.
 """
 
 from __future__ import annotations
