@@ -82,6 +82,7 @@ class BudgetScope(TypedDict):
 class ClearingNote(TypedDict, total=False):
     freed: int  # tokens
     by_index: dict[int, int]  # message index -> tokens freed
+    freed_free: int  # of freed: what steps only a free moment allows took (compaction's free-moment threshold)
 
 
 class Cleared(TypedDict, total=False):
