@@ -247,7 +247,7 @@ class ProxyProcess:
     def leaks(self, secret: str) -> list[str]:
         """Where ``secret`` was written: files anywhere under cw_home, and mitmdump's stdout/stderr."""
         needle = secret.encode()
-        found = [str(p.relative_to(self.home)) for p in self.home.rglob("*") if p.is_file() and needle in p.read_bytes()]
+        found = [str(p.relative_to(self.home)) for p in self.home.rglob("*") if needle in bytes_of(p)]
         return found + [name for name, text in (("stdout", self.stdout_text()), ("stderr", self.stderr_text()))
                         if secret in text]
 
@@ -302,3 +302,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def bytes_of(path: Path) -> bytes:
+    """A file's bytes; b"" for a directory, or a file gone since it was listed (a database's journal, written and
+    removed while the proxy runs)."""
+    try:
+        return path.read_bytes() if path.is_file() else b""
+    except FileNotFoundError:
+        return b""
