@@ -246,10 +246,8 @@ class ProxyProcess:
 
     def leaks(self, secret: str) -> list[str]:
         """Where ``secret`` was written: files anywhere under cw_home, and mitmdump's stdout/stderr."""
-        needle = secret.encode()
-        found = [str(p.relative_to(self.home)) for p in self.home.rglob("*") if needle in bytes_of(p)]
-        return found + [name for name, text in (("stdout", self.stdout_text()), ("stderr", self.stderr_text()))
-                        if secret in text]
+        return files_holding(self.home, secret.encode()) + [
+            name for name, text in (("stdout", self.stdout_text()), ("stderr", self.stderr_text())) if secret in text]
 
     def stdout_text(self) -> str:
         return self._out.read_text(errors="replace") if self._out.exists() else ""
@@ -304,9 +302,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bytes_of(path: Path) -> bytes:
-    """A file's bytes; b"" for a directory, or a file gone since it was listed (a database's journal, written and
-    removed while the proxy runs)."""
+def files_holding(root: Path, needle: bytes) -> list[str]:
+    """The files under ``root`` (relative paths) whose bytes hold ``needle``; a file gone since it was listed (a
+    database's journal, written and removed while the proxy runs) holds nothing."""
+    return [str(p.relative_to(root)) for p in root.rglob("*") if needle in _bytes_of(p)]
+
+
+def _bytes_of(path: Path) -> bytes:
     try:
         return path.read_bytes() if path.is_file() else b""
     except FileNotFoundError:

@@ -16,7 +16,7 @@ from contextwarden.models.base import ApiKind
 from contextwarden.settings.memory import MemorySection
 from contextwarden.util.sealing import Sealer, SealError, new_key, parse_key
 from tests.support.memstore import item, store
-from tests.support.proxy import bytes_of
+from tests.support.proxy import files_holding
 from tests.support.stages import Harness, anthropic_tool_loop, settings_overrides
 
 SECRET = "quokka-zebra-launch-codes"
@@ -31,8 +31,7 @@ def key(monkeypatch):
 
 
 def readable(home: Path, needle: str) -> list[str]:
-    b = needle.encode()
-    return [str(p.relative_to(home)) for p in home.rglob("*") if b in bytes_of(p)]
+    return files_holding(home, needle.encode())
 
 
 def test_memory_documents_are_sealed_and_still_found_by_meaning(cw_home, tmp_path, key, monkeypatch, capsys):
