@@ -488,8 +488,8 @@ def _frame(ctx, decide: bool, provider: ProviderContext) -> _Compaction | None:
         return None  # the common case costs nothing more
     if warm and free_from(ctx, store, key, cfg.cache_ttl_s) == 0:
         warm = False  # a new turn dropping thinking past the cache's lookback: the prompt is written again anyway
-    if decide and not warm:
-        soft = gate  # a free moment: the prompt is written again whatever is sent
+    if decide and not warm:  # a free moment: the prompt is written again whatever is sent
+        soft, protect = gate, min(protect, cfg.cold_protect_turns or protect)
     elif not decisions and total <= soft and not ctl.compact_now:
         return None
     pin_at = first_pinned_index(ctx, orig) if ctl.pins else None

@@ -213,6 +213,27 @@ def test_a_free_moments_small_clearing_step_does_not_keep_its_compaction_from_be
     h.close()
 
 
+@pytest.mark.parametrize("cold_protect", [None, 3])
+def test_a_free_moments_compaction_keeps_cold_protect_turns(cw_home, cold_protect):
+    """At a free moment the fold may go deeper than ``protect_recent_turns`` allows elsewhere: it keeps the last
+    ``cold_protect_turns`` turns (None: as many as ever), since the write it makes is paid anyway."""
+    body = anthropic_tool_loop(10)
+    h = harness(cw_home, 1000, protect_recent_turns=6, target=0.10, cold_soft_factor=0.8, cold_protect_turns=cold_protect)
+    h.apply({"tokens": {"context_window": window_for(h, ApiKind.ANTHROPIC, body, 0.63)}})
+    h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(3))  # the session's previous request, just now
+    key = comp.session_key(h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(4)).ctx)
+    seen = state_cache(h.rt).get(comp.NS_SEEN, key)
+    state_cache(h.rt).put(comp.NS_SEEN, key, {**seen, "last": time.time() - 3600})
+    cold = h.send(ApiKind.ANTHROPIC, body)
+    (ev,) = [e for e in cold.events("compaction") if e.get("applied")]
+    assert ev["warm"] is False
+    msgs = cold.body["messages"]
+    assert summary_text(msgs[0]).startswith(SUMMARY_HEAD)
+    tasks = [m for m in msgs[1:] if m["role"] == "user" and "Task " in str(m["content"])]
+    assert len(tasks) == (cold_protect or 6) - 1  # the turns kept whole, and the final message's
+    h.close()
+
+
 @pytest.mark.parametrize("thinking", [True, False])
 def test_a_new_turn_dropping_thinking_past_the_lookback_is_a_cold_prefix(cw_home, thinking):
     """A model before Opus 4.5 drops earlier turns' thinking when a new user message arrives: when the

@@ -185,6 +185,11 @@ class CompactionSection(Section):
     ``soft_threshold`` times this: a compaction there costs no cache write of its own, and it spares the one a
     compaction at the soft threshold would pay soon after. 1.0: the soft threshold unchanged."""
 
+    cold_protect_turns: int | None = None
+    """At a free moment, the user turns at the end a compaction keeps (when fewer than
+    ``protect_recent_turns``): the fold is deeper where it writes nothing extra, and the next compaction,
+    which pays its write, comes later. None: ``protect_recent_turns``."""
+
     expected_requests_max: int = 50
     """Cap on how many further requests the cost model expects to read a compacted prefix."""
 
