@@ -437,15 +437,31 @@ class Retriever:
         if (vectors.embedding is not None and out.hits and all(h.vector is None for h in out.hits)
                 and (deadline is None or time.perf_counter() < deadline)):
             # every candidate stored too recently to be embedded yet (the embedder runs at idle priority): the
-            # first few are embedded now (a 600-character text ~65 ms of a slow core), for the relevance floor
+            # first few are embedded now (a 600-character text ~65 ms of a slow core), for the relevance floor,
+            # one at a time, each waited for only until the deadline: a search that ran past it would go
+            # without memory altogether (in the pool: ONNX Runtime releases the GIL)
             te = time.perf_counter()
-            top = out.hits[:UNEMBEDDED_JUDGED]
-            for h, vec in zip(top, self.embedder([searchable(h.item.text)[:600] for h in top])):
+            for h in out.hits[:UNEMBEDDED_JUDGED]:
+                vec = self._embed_by(searchable(h.item.text)[:600], deadline)
+                if vec is None:
+                    out.timings["unembedded_late"] = 1
+                    break
                 h.vector = min(1.0, max(0.0, float(np.dot(vectors.embedding, vec))))
             out.timings["unembedded_ms"] = round((time.perf_counter() - te) * 1000, 2)
         out.candidates = len(by_id)
         out.ms = round((time.perf_counter() - t0) * 1000, 2)
         return out
+
+    def _embed_by(self, text: str, deadline: float | None) -> Any:
+        """``text``'s vector, or None when it is not ready by ``deadline`` (computed in the pool, when there is one)."""
+        if self.pool is None or deadline is None:
+            return self.embedder([text])[0]
+        fut = self.pool.submit(self.embedder, [text])
+        try:
+            return fut.result(timeout=max(0.0, deadline - time.perf_counter()))[0]
+        except cf.TimeoutError:
+            fut.cancel()
+            return None
 
     def _lexical(self, query: Query, v: Vectors, scopes: _Scopes, exclude, n: int) -> list:
         """The BM25 hits: over the tenant, and (scoped) within the session and the project, best first."""

@@ -7,6 +7,7 @@ import copy
 import re
 import sys
 import threading
+import time
 from dataclasses import replace
 from unicodedata import category
 
@@ -248,6 +249,38 @@ def test_vector_query_past_the_deadline_raises_timeout(mem):
         finally:
             gate.set()
 
+
+
+class _SlowCore:
+    """The real model on a slow core: each text takes ``per_text`` seconds more."""
+
+    def __init__(self, per_text: float) -> None:
+        self.per_text = per_text
+
+    def __call__(self, texts: list[str]):
+        time.sleep(self.per_text * len(texts))
+        return embedder()(texts)
+
+
+def test_candidates_not_yet_embedded_are_judged_only_until_the_deadline(tmp_path):
+    """When no candidate has a vector yet (stored too recently for the idle embedder), the search embeds the
+    first few for the relevance floor, one at a time, each waited for only until its deadline: on a slow core it
+    judges fewer and still answers in time (a late answer is no memory at all)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    st = store(tmp_path / "s")  # no vectors: the fresh items are indexed by their words only
+    lex = LexicalIndex()
+    lex.add([item(f"The beagle Biscuit {k} came from the shelter on Elm street.", session="s-new", turn=k) for k in range(5)])
+    q = Query("beagle Biscuit shelter")
+    with ThreadPoolExecutor(2) as pool:
+        roomy = Retriever(st, lex, _SlowCore(0.0), pool, MemorySection(neighbour_weight=0)).search(q, ["t-a"], timeout_s=30)
+        assert [h.vector is not None for h in roomy.hits] == [True] * 3 + [False] * 2
+        assert "unembedded_late" not in roomy.timings
+        slow = Retriever(st, lex, _SlowCore(0.3), pool, MemorySection(neighbour_weight=0)).search(q, ["t-a"], timeout_s=1.0)
+        judged = sum(h.vector is not None for h in slow.hits)
+        # (the query 0.3 s, then 0.3 s a candidate: the third would end past the deadline)
+        assert 1 <= judged < 3 and slow.timings["unembedded_late"] == 1 and slow.ms < 1100
+    st.close()
 
 # --- budget ---------------------------------------------------------------------------------------------
 def _ret(texts, tags=None):
