@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from dataclasses import dataclass
 from itertools import permutations
 from pathlib import Path
@@ -25,12 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(Path(os.environ.get("CONTEXTWARDEN_SHARED", ROOT.parent / "shared")) / "tiktoken"))
 
+from contextwarden.compress.policy import INSTRUCTION_FILE as INSTRUCTIONS  # noqa: E402
 from contextwarden.offline import oracle  # noqa: E402
 from contextwarden.offline.replay import load_trace  # noqa: E402
 from contextwarden.wire.cost import READ_MULT, price_for  # noqa: E402
 
 PARTS = {"S": "the 3-token stub", "I": "tool inputs", "T": "assistant texts"}
-INSTRUCTIONS = re.compile(r"(^|/)(CLAUDE|AGENTS|AI_[A-Z0-9_]+)\.md$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ it, reads the previous request's time there.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from itertools import compress, count
@@ -87,6 +88,9 @@ MAX_READS = 256  # paths whose Reads are followed per tenant (the least recently
 SHOW_LEFT = 20  # left paths `policy show` lists (the latest first)
 MANY = "*"  # a path's reads came from more than one session
 LATE_ANSWERS = 8  # a Read the model uses more than this many answers after reading it is used late
+# an agent's instruction files (a project's rules for the model): followed, not quoted, so no session shows them
+# used late; never left (docs/REPLAY.md, "Instruction files")
+INSTRUCTION_FILE = re.compile(r"(^|/)(CLAUDE|AGENTS|AI_[A-Z0-9_]+)\.md$", re.IGNORECASE)
 KEEP_MIN = 2  # a tool's results are kept whole after this many fetched again ...
 KEEP_RATE = 0.25  # ... once that is at least this share of its cleared results
 
@@ -104,9 +108,9 @@ class LearnedPolicy:
     was fetched again (their Reads kept whole); per path read, how many of its Reads the model used
     late, more than LATE_ANSWERS answers after reading them, and the session that read it (a path another
     session read and no session used late is *left*: a guide read at the start, a file looked at once; its
-    Reads go at a free moment; a session's own Reads are no evidence for itself). Bounded
-    (MAX_TOOLS, MAX_PATHS, MAX_READS); never crosses tenants: stored under the tenant's own key in the
-    runtime's state (SQLite, or Redis shared by replicas)."""
+    Reads go at a free moment; a session's own Reads are no evidence for itself; an instruction file is never
+    left). Bounded (MAX_TOOLS, MAX_PATHS, MAX_READS); never crosses tenants: stored under the tenant's own
+    key in the runtime's state (SQLite, or Redis shared by replicas)."""
 
     tools: dict[str, ToolCounts] = field(default_factory=dict)
     paths: dict[str, int] = field(default_factory=dict)  # path -> times fetched again, the latest last
@@ -123,8 +127,10 @@ class LearnedPolicy:
 
     def leaves_path(self, path: str | None, session: str = "") -> bool:
         """Whether the model left this path's Reads: read by another session than ``session``, never used
-        late, never fetched again."""
-        got = self.reads.get(path) if path else None
+        late, never fetched again, not an instruction file."""
+        if not path or INSTRUCTION_FILE.search(path):
+            return False
+        got = self.reads.get(path)
         return got is not None and not got[1] and got[2] != session and path not in self.paths
 
     def learned(self, cleared: dict[str, int], refetched: list[tuple[str, str | None]], now: float,
@@ -196,7 +202,8 @@ def describe(tenant: str, p: LearnedPolicy) -> str:
     if p.paths:
         out.append("  paths whose cleared output came back (their Reads kept whole):")
         out.extend(f"    {path}  ({n}x)" for path, n in reversed(list(p.paths.items())))
-    left = [path for path, (_, late, _) in reversed(list(p.reads.items())) if not late and path not in p.paths]
+    left = [path for path, (_, late, _) in reversed(list(p.reads.items()))
+            if not late and path not in p.paths and not INSTRUCTION_FILE.search(path)]
     if p.reads:
         out.append(f"  paths read: {len(p.reads)}; used more than {LATE_ANSWERS} answers after a Read: "
                    f"{sum(1 for _, u, _ in p.reads.values() if u)}; left (their Reads go at a free moment in another "
