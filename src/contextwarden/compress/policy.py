@@ -90,7 +90,7 @@ MANY = "*"  # a path's reads came from more than one session
 LATE_ANSWERS = 8  # a Read the model uses more than this many answers after reading it is used late
 # an agent's instruction files (a project's rules for the model): followed, not quoted, so no session shows them
 # used late; never left (docs/REPLAY.md, "Instruction files")
-INSTRUCTION_FILE = re.compile(r"(^|/)(CLAUDE|AGENTS|AI_[A-Z0-9_]+)\.md$", re.IGNORECASE)
+INSTRUCTION_FILE = re.compile(r"(^|[/\\])(CLAUDE|AGENTS|AI_[A-Z0-9_]+)\.md$", re.IGNORECASE)
 KEEP_MIN = 2  # a tool's results are kept whole after this many fetched again ...
 KEEP_RATE = 0.25  # ... once that is at least this share of its cleared results
 

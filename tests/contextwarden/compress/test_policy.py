@@ -109,8 +109,9 @@ def test_reads_learned_per_path_left_or_used_late_bounded():
     assert p.leaves_path("GUIDE.md", "s1") and p.leaves_path("GUIDE.md", "s2") and not p.leaves_path("core.py", "s3")
     assert not p.learned({}, [("Read", "GUIDE.md")], 3.0).leaves_path("GUIDE.md")  # it came back after a clearing
     # an agent's instruction files are followed, not quoted: never left, whatever the sessions showed
-    rules = p.learned({}, [], 2.5, read=("proj/CLAUDE.md", "AGENTS.md", "docs/AI_README_FIRST.md"), session="s1")
-    assert not any(rules.leaves_path(f, "s2") for f in ("proj/CLAUDE.md", "AGENTS.md", "docs/AI_README_FIRST.md"))
+    files = ("proj/CLAUDE.md", "AGENTS.md", "docs/AI_README_FIRST.md", "C:\\proj\\agents.md")
+    rules = p.learned({}, [], 2.5, read=files, session="s1")
+    assert not any(rules.leaves_path(f, "s2") for f in files)
     assert rules.leaves_path("GUIDE.md", "s3") and "CLAUDE.md" not in policy.describe("t", rules)
     assert policy.LearnedPolicy.from_dict(p.to_dict()) == p
     for i in range(policy.MAX_READS + 5):
