@@ -128,10 +128,12 @@ class LearnedPolicy:
     def leaves_path(self, path: str | None, session: str = "") -> bool:
         """Whether the model left this path's Reads: read by another session than ``session``, never used
         late, never fetched again, not an instruction file."""
-        if not path or INSTRUCTION_FILE.search(path):
-            return False
-        got = self.reads.get(path)
-        return got is not None and not got[1] and got[2] != session and path not in self.paths
+        got = self.reads.get(path) if path else None
+        return path is not None and got is not None and got[2] != session and self._left(path, got)
+
+    def _left(self, path: str, got: tuple[int, int, str]) -> bool:
+        """A read path no session used late and none fetched again, not an instruction file (whoever read it)."""
+        return not got[1] and path not in self.paths and not INSTRUCTION_FILE.search(path)
 
     def learned(self, cleared: dict[str, int], refetched: list[tuple[str, str | None]], now: float,
                 read: tuple[str, ...] = (), late: tuple[str, ...] = (), session: str = "") -> LearnedPolicy:
@@ -202,8 +204,7 @@ def describe(tenant: str, p: LearnedPolicy) -> str:
     if p.paths:
         out.append("  paths whose cleared output came back (their Reads kept whole):")
         out.extend(f"    {path}  ({n}x)" for path, n in reversed(list(p.paths.items())))
-    left = [path for path, (_, late, _) in reversed(list(p.reads.items()))
-            if not late and path not in p.paths and not INSTRUCTION_FILE.search(path)]
+    left = [path for path, got in reversed(list(p.reads.items())) if p._left(path, got)]
     if p.reads:
         out.append(f"  paths read: {len(p.reads)}; used more than {LATE_ANSWERS} answers after a Read: "
                    f"{sum(1 for _, u, _ in p.reads.values() if u)}; left (their Reads go at a free moment in another "
