@@ -145,6 +145,15 @@ def bench_ingest(emb: Embedder, limit_chunks: int) -> None:
     print(f"\n## Ingestion (redact + chunk + embed + Chroma add; {len(items)} Claude Code tool outputs, "
           f"{chars / 1e6:.2f} MB, {nchunks} chunks of <= {settings.chunk_tokens} model tokens)\n")
     print(f"{dt:.1f} s, CPU {cpu:.1f} s: {nchunks / dt:.1f} chunks/s")
+    # a line longer than a chunk (a minified file, a JSON dump): the chunker's time against one tokenisation of it
+    line = ",".join(json.dumps({"id": i, "path": f"src/pkg{i % 7}/mod_{i}.py", "ok": i % 3 == 0}) for i in range(2000))
+    t = time.perf_counter()
+    n = len(chunk_text(line, settings.chunk_tokens, counter))
+    cut = time.perf_counter() - t
+    t = time.perf_counter()
+    emb._counter.encode(line, add_special_tokens=False)
+    once = time.perf_counter() - t
+    print(f"\none line of {len(line) / 1e3:.0f} KB cut into {n} chunks: {cut * 1e3:.0f} ms, {cut / once:.1f}x one tokenisation of it")
     short = conversation_pieces()[:512]
     t = time.perf_counter()
     emb(short)

@@ -16,6 +16,7 @@ added up), else :func:`proxy_tokens`, an over-estimate of them that needs no mod
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,7 +58,7 @@ class _Additive:
     def __init__(self, count: Callable[[str], int]) -> None:
         self.count = count
         self.cache: dict[str, int] = {}
-        self.fit = getattr(count, "fit", None)
+        self.ends = getattr(count, "ends", None)
 
     def __call__(self, s: str) -> int:
         total = 0
@@ -192,13 +193,16 @@ def _cut_line(line: str, max_tokens: int, count: Callable[[str], int]) -> list[s
     end_nl = line.endswith("\n")
     rest = line[:-1] if end_nl else line
     out: list[str] = []
-    fit = getattr(count, "fit", None)
+    piece_ends = getattr(count, "ends", None)
+    ends = piece_ends(rest) if piece_ends is not None else None  # the model's pieces: one tokenisation a line
+    at = 0  # where ``rest`` starts in the line
     while rest:
-        if fit is not None:  # the model's tokenizer says where its pieces end: one call a piece
-            end = fit(rest, max_tokens)
-            if end >= len(rest):
+        if ends is not None:
+            i = bisect_right(ends, at) + max_tokens - 1  # the max_tokens-th piece ending after ``at``
+            if i >= len(ends):
                 out.append(rest)
                 break
+            end = ends[i] - at
             cuts = [m.end() for m in _CUT_AT.finditer(rest, 0, end) if end // 2 < m.end() <= end]
             k = cuts[-1] if cuts else max(1, end)
         else:
@@ -212,6 +216,7 @@ def _cut_line(line: str, max_tokens: int, count: Callable[[str], int]) -> list[s
                 k = _longest_fit(rest, list(range(1, len(window) + 1)), max_tokens, count) or 1
         out.append(rest[:k])
         rest = rest[k:]
+        at += k
     if end_nl and out:
         out[-1] += "\n"
     return [p if p.endswith("\n") else p + "\n" for p in out[:-1]] + out[-1:]

@@ -210,17 +210,10 @@ class PieceCounter:
             n += c
         return n
 
-    def fit(self, text: str, max_tokens: int) -> int:
-        """Characters of ``text`` that its first ``max_tokens`` word pieces cover (one tokenisation)."""
-        window = max(256, max_tokens * 24)  # tokenise a window, not the whole (maybe huge) line
-        while True:
-            part = text[:window]
-            offs = self.embedder._counter.encode(part, add_special_tokens=False).offsets
-            if len(offs) > max_tokens:
-                return offs[max_tokens - 1][1]
-            if len(part) >= len(text):
-                return len(text)
-            window *= 4
+    def ends(self, text: str) -> list[int]:
+        """Where each of ``text``'s word pieces ends (character offsets), in one tokenisation: the chunker
+        cuts a line longer than a chunk at every ``max_tokens``-th of them."""
+        return [e for _, e in self.embedder._counter.encode(text, add_special_tokens=False).offsets]
 
 
 def _model_files_ok(d: Path) -> bool:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from contextwarden.memory.chunking import approx_tokens, chunk_text, proxy_tokens
+from contextwarden.memory.embedder import PieceCounter
 from contextwarden.settings.memory import CHUNK_TOKENS_MAX, MemorySection
 
 DOC = (
@@ -154,3 +157,27 @@ def test_property_no_line_is_ever_cut(blocks, size):
         for line in c.splitlines():
             # whole lines, or pieces of a line longer than a whole chunk
             assert line in lines or line == "```" or any(line in ln for ln in overlong), (line, text)
+
+
+def test_a_long_line_is_tokenised_once_whatever_its_pieces():
+    """A minified file or a JSON dump on one line: the model's tokenizer reads it once, not once per piece."""
+    from tests.support.memstore import embedder
+
+    emb = embedder()
+    read: list[int] = []
+
+    class Counting:  # the model's tokenizer, counting the characters it is given
+        def encode(self, text, **kw):
+            read.append(len(text))
+            return emb._counter.encode(text, **kw)
+
+        def get_added_tokens_decoder(self):
+            return emb._counter.get_added_tokens_decoder()
+
+    spy = copy.copy(emb)
+    spy._counter = Counting()
+    line = ",".join(f'{{"id":{i},"path":"src/pkg{i % 7}/mod_{i}.py","ok":{str(i % 3 == 0).lower()}}}' for i in range(1200))
+    chunks = chunk_text("head\n" + line + "\ntail\n", 240, PieceCounter(spy))
+    assert chunks[0].strip() == "head" and chunks[-1].strip() == "tail" and len(chunks) > 40
+    assert "".join(c.rstrip("\n") for c in chunks[1:-1]) == line and max(emb.count_tokens_batch(chunks)) <= 240
+    assert sum(read) <= 2 * len(line)  # (a 5,760-character window a piece before: 1.0M characters)
