@@ -24,7 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(Path(os.environ.get("CONTEXTWARDEN_SHARED", ROOT.parent / "shared")) / "tiktoken"))
 
-from contextwarden.compress.policy import INSTRUCTION_FILE as INSTRUCTIONS  # noqa: E402
 from contextwarden.offline import oracle  # noqa: E402
 from contextwarden.offline.replay import load_trace  # noqa: E402
 from contextwarden.wire.cost import READ_MULT, price_for  # noqa: E402
@@ -61,8 +60,7 @@ def solve(trace, counter, parts: str) -> Run:
 def instructions_kept(trace, counter) -> tuple[float, int]:
     """The headline ceiling (every kind, the 3-token stub) with every Read of an instruction file needed
     to the end of the trace: its cost, and how many such Reads there are."""
-    kept = {uid for rq in trace.requests for uid, (name, inp) in oracle._calls(rq.body).items()
-            if name == "Read" and isinstance(inp, dict) and INSTRUCTIONS.search(str(inp.get("file_path") or ""))}
+    kept = oracle.instruction_reads(trace)
     return sum(r.ours.cost for r in oracle.solve(trace, counter, keep=kept).report.results), len(kept)
 
 

@@ -109,13 +109,15 @@ def run_oracle(args, overrides: dict) -> int:
         if orc.report.trace.fit != got[0][1].trace.fit:  # (another count of the same trace: another tokenizer)
             raise SystemExit(f"{name}: the oracle's size fit {orc.report.trace.fit} is not the replay's {got[0][1].trace.fit}: "
                              f"they did not count alike (the oracle's tokens: {orc.counter_source})")
-        rows += baselines.rows(name, got) + [baselines.row("oracle", orc.report.totals(), name)]
+        rows += baselines.rows(name, got) + [baselines.row("oracle", orc.report.totals(), name)] + (
+            [baselines.row(oracle.KEPT, orc.instructions_kept.report.totals(), name)] if orc.instructions_kept else [])
         timings.append((name, got[0][1].seconds, orc.seconds, t1 - t0))
         extra.append((name, orc))
     if args.json:
         sys.stdout.buffer.write(orjson.dumps({"rows": rows, "oracle": [
             {"trace": n, "seconds": o.seconds, "rewrites": o.plan.rewrites, "free_rewrites": o.plan.free,
-             "free_moments": o.free_moments, "report": o.report.to_dict()} for n, o in extra]},
+             "free_moments": o.free_moments, "instruction_reads": o.instruction_reads, "report": o.report.to_dict()}
+            for n, o in extra]},
             option=orjson.OPT_INDENT_2) + b"\n")
         return 0
     print(oracle.table(rows))
@@ -124,4 +126,8 @@ def run_oracle(args, overrides: dict) -> int:
         print(f"{name.removeprefix('claude-code-')[:8]}: the replay {first:.1f} s, the oracle {orc_s:.1f} s "
               f"({orc_s / first:.2f}x); {len(o.plan.rewrites)} rewrites, {o.plan.free} where a write was due anyway")
         print(f"  (a first request, an expired prefix); {o.free_moments} expired prefixes or model switches in the trace")
+        if o.instruction_reads:
+            print(f"  {o.instruction_reads} Reads of instruction files: the model follows them without quoting them, so the")
+            print("  oracle finds them unused and clears them; \"oracle, instr.\" needs them to the end (\"of instr.\":")
+            print("  the share of its saving)")
     return 0

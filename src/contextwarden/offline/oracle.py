@@ -18,6 +18,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+from contextwarden.compress.policy import INSTRUCTION_FILE
 from contextwarden.plugins.breakpoints import TURNS
 from contextwarden.plugins.clearing import INPUT_VALUE_CHARS, _value_text, input_stub, stub_text
 
@@ -93,6 +94,8 @@ class OracleReport:
     dp_seconds: float
     free_moments: int  # requests whose prefix had expired or was new: a rewrite there costs nothing extra
     counter_source: str = ""  # how its tokens were counted (tokens.TokenCounter.source)
+    instruction_reads: int = 0  # the trace's Reads of agents' instruction files (:func:`instruction_reads`)
+    instructions_kept: OracleReport | None = None  # the ceiling with those Reads needed to the end (``run``)
 
 
 # ---------------------------------------------------------------------------- what may go
@@ -519,15 +522,28 @@ def solve(trace, counter, kinds: tuple[str, ...] = KINDS, short: bool = True,
     return OracleReport(ReplayReport(trace, "oracle", None, results, secs, ["oracle"]), p, secs, dp, free_moments(reqs))
 
 
+def instruction_reads(trace) -> frozenset[str]:
+    """The ids of the trace's Reads of agents' instruction files (``CLAUDE.md``, ``AGENTS.md``, ``AI_*.md``:
+    ``compress.policy.INSTRUCTION_FILE``). The model follows them without quoting them, so hindsight by quotes
+    finds them unused: the ceiling with them needed to the end is the one at the fidelity the default keeps
+    (docs/REPLAY.md, "Instruction files")."""
+    return frozenset(uid for rq in trace.requests for uid, (name, inp) in _calls(rq.body).items()
+                     if name == "Read" and isinstance(inp, dict) and INSTRUCTION_FILE.search(str(inp.get("file_path") or "")))
+
+
 def run(trace_path: str | Path, overrides: dict | None = None, limit: int | None = None,
         prices: Mapping[str, Any] | None = None) -> OracleReport:
-    """The oracle on one trace file, loaded as a replay loads it (its time includes the loading)."""
+    """The oracle on one trace file, loaded as a replay loads it (its time includes the loading); when the
+    trace reads instruction files, with the ceiling that keeps those Reads beside it."""
     t0 = time.perf_counter()
     counter = counter_for(overrides)
     trace = load_trace(trace_path, counter)
     if limit:
         trace.requests = trace.requests[:limit]
     rep = solve(trace, counter, prices=prices)
+    if kept := instruction_reads(trace):
+        rep.instruction_reads = len(kept)
+        rep.instructions_kept = solve(trace, counter, prices=prices, keep=kept)
     rep.seconds = rep.report.seconds = time.perf_counter() - t0
     rep.counter_source = counter.source
     return rep
@@ -535,9 +551,11 @@ def run(trace_path: str | Path, overrides: dict | None = None, limit: int | None
 
 # ---------------------------------------------------------------------------- the table
 
+KEPT = "oracle (instruction files kept)"  # the row of ``OracleReport.instructions_kept``
 SHORT = {"client as it is": "client", "claude-code (default)": "default", "claude-code-conservative": "conservative",
          "clear_tool_uses (100K, keep 3)": "clear_tool_uses", "clear_tool_uses (100K, keep 3, at least 50K)": "clear_tool_uses 50K",
-         "observation masking (last 10)": "masking (last 10)", "last-N truncation (to our tokens)": "truncation"}
+         "observation masking (last 10)": "masking (last 10)", "last-N truncation (to our tokens)": "truncation",
+         KEPT: "oracle, instr."}
 
 
 def share(row: dict[str, Any], oracle_row: dict[str, Any]) -> float | None:
@@ -549,15 +567,20 @@ def share(row: dict[str, Any], oracle_row: dict[str, Any]) -> float | None:
 def table(rows: list[dict[str, Any]]) -> str:
     """Per trace: the client, our runs (the default, the learned policy: ``--set clearing.policy=learn``),
     the oracle and the baselines (rows of :func:`baselines.row`,
-    one labelled ``oracle``): cost, Δ cost and Δ cost + penalty against the client's, lost edit
-    sources and references, and the share of the oracle's saving (cost + penalty) each achieves."""
-    head = ("trace", "run", "cost $", "Δ cost", "Δ +pen", "lost edit src", "lost refs", "of oracle")
+    one labelled ``oracle``, one :data:`KEPT` when the trace reads instruction files): cost, Δ cost and
+    Δ cost + penalty against the client's, lost edit sources and references, and the share of each
+    ceiling's saving (cost + penalty) each achieves."""
+    head = ("trace", "run", "cost $", "Δ cost", "Δ +pen", "lost edit src", "lost refs", "of oracle", "of instr.")
     lines = [head]
     ceilings = {r["trace"]: r for r in rows if r["baseline"] == "oracle"}
+    kept = {r["trace"]: r for r in rows if r["baseline"] == KEPT}
     for r in rows:
         o = ceilings.get(r["trace"])
+        k = kept.get(r["trace"], o)
         sh = share(r, o) if o is not None else None
+        shk = share(r, k) if k is not None and r["baseline"] != "oracle" else None
         lines.append((r["trace"].removeprefix("claude-code-")[:8], SHORT.get(r["baseline"], r["baseline"])[:22],
                       f"{r['cost']:.2f}", _pct(r["cost"], r["cost_client"]), _pct(r["cost_plus_penalty"], r["cost_client"]),
-                      lost_cell(r, "sources"), lost_cell(r, "refs"), f"{sh * 100:.0f}%" if sh is not None else "-"))
+                      lost_cell(r, "sources"), lost_cell(r, "refs"), f"{sh * 100:.0f}%" if sh is not None else "-",
+                      f"{shk * 100:.0f}%" if shk is not None else "-"))
     return _render(lines)

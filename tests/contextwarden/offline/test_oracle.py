@@ -31,7 +31,7 @@ def _result(k: int, rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-def synthetic(n: int, seed: int, gap_at: int | None = None, say=None, notes: int = NOTES) -> Trace:
+def synthetic(n: int, seed: int, gap_at: int | None = None, say=None, notes: int = NOTES, path=lambda t: f"file_{t}.py") -> Trace:
     """A tool loop of ``n`` requests: each answer reads a new file and quotes a value of an earlier
     result (or edits a line of it), so each result is needed up to a known request. The breakpoint is on
     the last block of the newest message: with ``notes`` 0 a tool result, as Claude Code sends it."""
@@ -43,7 +43,7 @@ def synthetic(n: int, seed: int, gap_at: int | None = None, say=None, notes: int
         j = rng.randrange(t) if t else 0
         used = f"value_{j}_{rng.randrange(3)}"
         content = [{"type": "text", "text": say(t) if say else f"Step {t}: I use {used} next."},
-                   {"type": "tool_use", "id": f"tu{t}", "name": "Read", "input": {"file_path": f"file_{t}.py"}}]
+                   {"type": "tool_use", "id": f"tu{t}", "name": "Read", "input": {"file_path": path(t)}}]
         if t % 3 == 2:
             content.append({"type": "tool_use", "id": f"ed{t}", "name": "Edit",
                             "input": {"file_path": f"file_{j}.py", "old_string": f"line 1 of file_{j}.py holds value_{j}_1",
@@ -135,6 +135,15 @@ def test_a_result_only_tool_results_hold_is_needed_up_to_its_last_use(counter):
         assert uses[f"tu{i - 2}"] >= i
 
 
+def test_a_ceiling_keeps_the_reads_of_instruction_files_to_the_end(counter):
+    # the first Read is a project's CLAUDE.md: no answer quotes it, so hindsight by quotes clears it
+    trace = synthetic(12, 11, gap_at=6, path=lambda t: "sub/CLAUDE.md" if t == 0 else f"file_{t}.py")
+    assert oracle.instruction_reads(trace) == {"tu0"}
+    headline, kept = oracle.solve(trace, counter), oracle.solve(trace, counter, keep={"tu0"})
+    assert any("tu0" in cl for cl in headline.plan.cleared) and not any("tu0" in cl for cl in kept.plan.cleared)
+    assert sum(r.ours.cost for r in kept.report.results) > sum(r.ours.cost for r in headline.report.results)
+
+
 def test_the_smallest_eval_trace(counter):
     rep = oracle.run(EVAL_DIR / "traces" / "claude-code-98c71c0e-df8c-422b-a5b5-200a7ea09335.jsonl")
     t = rep.report.totals()
@@ -156,15 +165,18 @@ def test_every_body_of_the_plan_passes_the_proxys_validator(counter):
 
 
 def test_replay_oracle_prints_the_ceiling_beside_the_default(capsys):
-    trace = EVAL_DIR / "traces" / "claude-code-98c71c0e-df8c-422b-a5b5-200a7ea09335.jsonl"
+    # the session reads its guide documents (CLAUDE.md, AI_*.md) at requests 3-5 and pauses at 11
+    trace = EVAL_DIR / "traces" / "claude-code-292f4701-be17-4518-8498-0a7167228ad6.jsonl"
     # (no turn hooks: memory ingests nothing, which no row asserted here depends on, and embeds nothing)
     assert cli_main(["replay", "--oracle", "--limit", "40", "--no-turn-hooks", str(trace)]) == 0
     out = capsys.readouterr().out
-    rows = {ln.split()[1]: ln.split() for ln in out.splitlines() if ln.startswith("98c71c0e ")}
-    assert set(rows) == {"client", "default", "oracle"}
-    assert rows["oracle"][-1] == "100%" and rows["client"][-1] == "0%"
-    assert float(rows["oracle"][2]) < float(rows["client"][2])
-    assert "the oracle" in out and "rewrites" in out
+    rows = {ln.split()[1]: ln.split() for ln in out.splitlines() if ln.startswith("292f4701 ")}
+    assert set(rows) == {"client", "default", "oracle", "oracle,"}
+    assert rows["oracle"][-2] == "100%" and rows["client"][-2] == "0%" and rows["oracle,"][-1] == "100%"
+    # the ceiling that keeps the guide documents is below the client and above the headline one
+    assert float(rows["oracle"][2]) < float(rows["oracle,"][3]) < float(rows["client"][2])
+    assert int(rows["default"][-1].rstrip("%")) > int(rows["default"][-2].rstrip("%"))
+    assert "the oracle" in out and "rewrites" in out and "11 Reads of instruction files" in out
     assert max(len(ln) for ln in out.splitlines()) <= 100
 
 
