@@ -253,13 +253,13 @@ def test_items_not_embedded_yet_are_judged_by_the_relevance_floor_too(tmp_path, 
     at the search, so that a message sharing only a word with them gets nothing, and a question about
     them still gets them."""
     gate = threading.Event()
-    store_add = MemoryStore.add
+    store_add = MemoryStore.add_items  # (the storer's way in: nothing is embedded into the store until the gate opens)
 
-    def held(self, items, embeddings=None):
+    def held(self, items, *a, **kw):
         gate.wait(120)
-        return store_add(self, items, embeddings)
+        return store_add(self, items, *a, **kw)
 
-    monkeypatch.setattr(MemoryStore, "add", held)
+    monkeypatch.setattr(MemoryStore, "add_items", held)
     rp = replayer(tmp_path, window=200_000)
     try:
         msgs = [{"role": "user", "content": FACTS[0]}]
