@@ -509,17 +509,29 @@ def solve(trace, counter, kinds: tuple[str, ...] = KINDS, short: bool = True,
     """Plan the rewrites of a loaded trace and bill the plan exactly. ``kinds``: what it may replace
     (tool results, large tool-input values, assistant texts); ``short``: the ceiling's short stub
     (else the clearing stage's own); ``prices``: the user's, before the table; ``keep``: unit ids
-    needed to the end of the trace whatever the answers quote (bench/oracle_parts.py: instruction files)."""
+    needed to the end of the trace whatever the answers quote (instruction files: :func:`instruction_reads`)."""
+    return solve_each(trace, counter, [keep], kinds, short, prices)[0]
+
+
+def solve_each(trace, counter, keeps: list[Iterable[str]], kinds: tuple[str, ...] = KINDS, short: bool = True,
+               prices: Mapping[str, Any] | None = None) -> list[OracleReport]:
+    """:func:`solve` once per set of unit ids in ``keeps``, the trace prepared (its units, stubs, counts and
+    last uses) once for all of them; each report's time counts the preparation and its own plan and bill."""
     t0 = time.perf_counter()
     factor = trace.fit["b"] if trace.fit else 1.0
     stubs = Stubs(counter, factor, short)
     reqs = prepare(trace, counter, factor, stubs, kinds, prices)
-    t1 = time.perf_counter()
-    p = plan(reqs, last_uses(trace.requests, kinds) | dict.fromkeys(keep, len(trace.requests)))
-    dp = time.perf_counter() - t1
-    results = bill_plan(trace, reqs, p.cleared, counter, factor, stubs, kinds, prices)
-    secs = time.perf_counter() - t0
-    return OracleReport(ReplayReport(trace, "oracle", None, results, secs, ["oracle"]), p, secs, dp, free_moments(reqs))
+    uses = last_uses(trace.requests, kinds)
+    prepared = time.perf_counter() - t0
+    out = []
+    for keep in keeps:
+        t1 = time.perf_counter()
+        p = plan(reqs, uses | dict.fromkeys(keep, len(trace.requests)))
+        dp = time.perf_counter() - t1
+        results = bill_plan(trace, reqs, p.cleared, counter, factor, stubs, kinds, prices)
+        secs = prepared + time.perf_counter() - t1
+        out.append(OracleReport(ReplayReport(trace, "oracle", None, results, secs, ["oracle"]), p, secs, dp, free_moments(reqs)))
+    return out
 
 
 def instruction_reads(trace) -> frozenset[str]:
@@ -540,10 +552,10 @@ def run(trace_path: str | Path, overrides: dict | None = None, limit: int | None
     trace = load_trace(trace_path, counter)
     if limit:
         trace.requests = trace.requests[:limit]
-    rep = solve(trace, counter, prices=prices)
-    if kept := instruction_reads(trace):
-        rep.instruction_reads = len(kept)
-        rep.instructions_kept = solve(trace, counter, prices=prices, keep=kept)
+    kept = instruction_reads(trace)
+    rep, *also = solve_each(trace, counter, [(), kept] if kept else [()], prices=prices)
+    if also:
+        rep.instruction_reads, rep.instructions_kept = len(kept), also[0]
     rep.seconds = rep.report.seconds = time.perf_counter() - t0
     rep.counter_source = counter.source
     return rep
