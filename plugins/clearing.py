@@ -58,7 +58,7 @@ import orjson
 
 from contextwarden import hookimpl
 from contextwarden.compress import policy as learned_policy
-from contextwarden.compress.policy import LATE_ANSWERS, free_from, request_time
+from contextwarden.compress.policy import LATE_ANSWERS, free_from, request_time, subject
 from contextwarden.compress.stubmemo import result_stub
 from contextwarden.memory.ids import memory_id
 from contextwarden.memory.wayback import recall_wording, way_back
@@ -829,22 +829,22 @@ def _choose(st: _Clearing) -> None:
 
 
 def _left_step(st: _Clearing) -> None:
-    """At a free moment, the Reads of the paths the tenant's other sessions left (``LearnedPolicy.leaves_path``),
-    read LATE_ANSWERS answers ago or more, after the message from which the prompt is written again anyway:
-    they go whatever the step's size, as the stale step's results do there (a path's own record is more than
-    its tool's: a Read tool kept whole for the paths that came back still leaves these). A file being
-    edited keeps them."""
+    """At a free moment, the results of the paths and tools the tenant's other sessions left
+    (``LearnedPolicy.leaves``), read LATE_ANSWERS answers ago or more, after the message from which the prompt
+    is written again anyway: they go whatever the step's size, as the stale step's results do there (a path's
+    own record is more than its tool's: a Read tool kept whole for the paths that came back still leaves
+    these). A file being edited keeps them (its Reads and its Edits' results)."""
     ctx, cfg, learned, free = st.ctx, st.cfg, st.learned, st.free
     assert learned is not None and free is not None
     after, session = _answers_after(st), _tag(st.key)
     editing = _files_being_edited(st.slots, cfg.keep_edited_reads)
     how, chosen = "", []
     for s in st.slots:
-        if s.tool not in READ_TOOLS or not free <= s.index < st.unseen_from or s.index < st.boundary or s.id in st.done \
+        if not free <= s.index < st.unseen_from or s.index < st.boundary or s.id in st.done \
                 or s.id in st.pinned or s.tool in st.exclude or s.text.startswith(STUB_PREFIX):
             continue
         p = _path_of(s.tool_input)
-        if not learned.leaves_path(p, session) or p in editing or after(s.index) < LATE_ANSWERS \
+        if not learned.leaves(subject(s.tool, p), session) or p in editing or after(s.index) < LATE_ANSWERS \
                 or (toks := _result_tokens(ctx, s)) < cfg.min_result_tokens:
             continue
         how = how or recall_wording(ctx, st.state, st.key)
@@ -990,18 +990,20 @@ def _answers_after(st: _Clearing) -> Callable[[int], int]:
 
 
 def _reads_used(st: _Clearing) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The paths of the Reads new to the model in this request; and of the Reads its newest answer used
-    late (LATE_ANSWERS answers or more after reading them). The answer used a Read when one of its items
-    (a name in its text or its calls' inputs, a line of an Edit's ``old_string``) is in the Read and in no
-    text the person wrote or the model called with, nor in a later result or answer text (where the model
-    would have taken it from): :func:`contextwarden.offline.oracle.last_uses` is the same test in hindsight."""
+    """The subjects (``policy.subject``: a Read's path, another tool's name) of the results new to the model in
+    this request; and of the results its newest answer used late (LATE_ANSWERS answers or more after reading
+    them). The answer used a result when one of its items (a name in its text or its calls' inputs, a line of
+    an Edit's ``old_string``) is in the result and in no text the person wrote or the model called with, nor in
+    a later result or answer text (where the model would have taken it from):
+    :func:`contextwarden.offline.oracle.last_uses` is the same test in hindsight."""
     learned, slots, a = st.learned, st.slots, st.unseen_from - 1
-    read = tuple(p for s in slots if s.index > a and s.tool in READ_TOOLS and (p := _path_of(s.tool_input)))
+    read = tuple(p for s in slots if s.index > a and (p := subject(s.tool, _path_of(s.tool_input))))
     if a < 1 or learned is None:
         return read, ()
     after = _answers_after(st)
-    aged = [s for s in slots if s.index < a and s.tool in READ_TOOLS and not s.text.startswith(STUB_PREFIX)
-            and (p := _path_of(s.tool_input)) and not learned.reads.get(p, (0, 0))[1] and after(s.index) > LATE_ANSWERS]
+    aged = [s for s in slots if s.index < a and not s.text.startswith(STUB_PREFIX)
+            and (p := subject(s.tool, _path_of(s.tool_input))) and not learned.reads.get(p, (0, 0))[1]
+            and after(s.index) > LATE_ANSWERS]
     if not aged:
         return read, ()
     msgs = dialect(st.ctx.api).messages_of(st.ctx.request) or []
@@ -1013,7 +1015,7 @@ def _reads_used(st: _Clearing) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if not held:
         return read, ()
     said = "\n".join(st.ctx.history.memos(msgs[:a], _SAID, _said))
-    late = {_path_of(s.tool_input) for x, name, s in held if not holds(said, x, name) and not any(
+    late = {subject(s.tool, _path_of(s.tool_input)) for x, name, s in held if not holds(said, x, name) and not any(
         holds(t, x, name) for t in _texts_after(msgs, slots, s.index, a))}
     return read, tuple(p for p in late if p)
 

@@ -19,8 +19,9 @@ from ._common import home_of
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("policy", help="the learned clearing policy per tenant: show, reset",
                        description="What each tenant's sessions taught clearing (clearing.policy: learn): per tool, "
-                                   "how many cleared results the model fetched again, and the paths it did; read "
-                                   "from the state the running proxy and its replicas share.")
+                                   "how many cleared results the model fetched again, and the paths it did; per path read "
+                                   "and per tool, whether the model used its results late or left them; read from the "
+                                   "state the running proxy and its replicas share.")
     p.add_argument("--home", default=None, help="cw_home (default: $CONTEXTWARDEN_HOME or the user data dir)")
     p.add_argument("--profile", default="default", help="the profile whose state backend to read (default: default)")
     p.add_argument("--tenant", default=None, help="only this tenant (default: every tenant)")

@@ -1,7 +1,7 @@
 """What the policy reads beyond one request: a session's rhythm (when the provider writes the prefix again
 anyway, a rewrite costs nothing extra: a *free moment*), and what a tenant's sessions taught clearing
 (:class:`LearnedPolicy`: which tools' and paths' cleared output the model fetched again, and which paths'
-Reads it never used once it had moved on).
+Reads and which tools' results it never used once it had moved on).
 
 The request time is the trace's own when replaying (``ctx.notes["replay"]["ts"]``), the wall clock
 live, so a replay sees the idle gaps the session had. Compaction records each request's time per
@@ -21,6 +21,7 @@ from typing import Any
 from contextwarden.wire.cost import LOOKBACK_BLOCKS
 from contextwarden.wire.dialects import NO_PROVIDER, dialect
 from contextwarden.wire.tokens import marks, starts_turn, strips_thinking, turn_start_of
+from contextwarden.wire.workingset import READ_TOOLS
 
 NS_SEEN = "compaction_seen"  # per session: the last request's time, the streak of warm requests
 
@@ -84,15 +85,22 @@ def _thinking(block: Any) -> bool:
 NS_POLICY = "policy"  # per tenant: what its sessions taught clearing
 MAX_TOOLS = 32  # tools remembered per tenant (the least active out)
 MAX_PATHS = 64  # paths remembered per tenant (the oldest out)
-MAX_READS = 256  # paths whose Reads are followed per tenant (the least recently read out)
+MAX_READS = 256  # subjects (paths read, tools) followed per tenant (the least recently read out)
 SHOW_LEFT = 20  # left paths `policy show` lists (the latest first)
 MANY = "*"  # a path's reads came from more than one session
 LATE_ANSWERS = 8  # a Read the model uses more than this many answers after reading it is used late
 # an agent's instruction files (a project's rules for the model): followed, not quoted, so no session shows them
 # used late; never left (docs/REPLAY.md, "Instruction files")
 INSTRUCTION_FILE = re.compile(r"(^|[/\\])(CLAUDE|AGENTS|AI_[A-Z0-9_]+)\.md$", re.IGNORECASE)
+TOOL = "tool:"  # the subject of another tool's results than a Read's: TOOL + the tool's name
+LEFT_TOOL_MIN = 5  # a tool's results are left only once this many of them were counted
 KEEP_MIN = 2  # a tool's results are kept whole after this many fetched again ...
 KEEP_RATE = 0.25  # ... once that is at least this share of its cleared results
+
+
+def subject(tool: str, path: str | None) -> str | None:
+    """What the policy follows a result by: a Read's path (None without one), else its tool (``TOOL`` + name)."""
+    return path if tool in READ_TOOLS else TOOL + tool
 
 
 @dataclass(frozen=True)
@@ -105,17 +113,19 @@ class ToolCounts:
 class LearnedPolicy:
     """What one tenant's sessions taught clearing: per tool, how often its cleared results were
     fetched again (a tool whose results come back keeps them whole); the paths whose cleared output
-    was fetched again (their Reads kept whole); per path read, how many of its Reads the model used
-    late, more than LATE_ANSWERS answers after reading them, and the session that read it (a path another
-    session read and no session used late is *left*: a guide read at the start, a file looked at once; its
-    Reads go at a free moment; a session's own Reads are no evidence for itself; an instruction file is never
-    left). Bounded (MAX_TOOLS, MAX_PATHS, MAX_READS); never crosses tenants: stored under the tenant's own
+    was fetched again (their Reads kept whole); per *subject* (a path read, or a tool other than Read:
+    :func:`subject`), how many of its results the model used late, more than LATE_ANSWERS answers after reading
+    them, and the session that read it (a subject another session read and no session used late is *left*: a
+    guide read at the start, a file looked at once, a tool whose output is read once and acted on; its results go
+    at a free moment; a session's own results are no evidence for itself; an instruction file is never left, nor
+    a tool counted fewer than LEFT_TOOL_MIN times or whose cleared results came back). Bounded (MAX_TOOLS,
+    MAX_PATHS, MAX_READS); never crosses tenants: stored under the tenant's own
     key in the runtime's state (SQLite, or Redis shared by replicas)."""
 
     tools: dict[str, ToolCounts] = field(default_factory=dict)
     paths: dict[str, int] = field(default_factory=dict)  # path -> times fetched again, the latest last
     updated: float = 0.0
-    # path -> (Reads, of those used late, the session that read it or MANY), the latest last
+    # subject -> (results, of those used late, the session that read it or MANY), the latest last
     reads: dict[str, tuple[int, int, str]] = field(default_factory=dict)
 
     def keeps_tool(self, tool: str) -> bool:
@@ -125,19 +135,22 @@ class LearnedPolicy:
     def keeps_path(self, path: str | None) -> bool:
         return bool(path) and path in self.paths
 
-    def leaves_path(self, path: str | None, session: str = "") -> bool:
-        """Whether the model left this path's Reads: read by another session than ``session``, never used
-        late, never fetched again, not an instruction file."""
-        got = self.reads.get(path) if path else None
-        return path is not None and got is not None and got[2] != session and self._left(path, got)
+    def leaves(self, subject: str | None, session: str = "") -> bool:
+        """Whether the model left this subject's results (:func:`subject`): read by another session than
+        ``session``, never used late, never fetched again, not an instruction file."""
+        got = self.reads.get(subject) if subject else None
+        return subject is not None and got is not None and got[2] != session and self._left(subject, got)
 
-    def _left(self, path: str, got: tuple[int, int, str]) -> bool:
-        """A read path no session used late and none fetched again, not an instruction file (whoever read it)."""
-        return not got[1] and path not in self.paths and not INSTRUCTION_FILE.search(path)
+    def _left(self, subject: str, got: tuple[int, int, str]) -> bool:
+        """A subject no session used late and none fetched again (whoever read it): a path not an instruction
+        file, a tool counted at least LEFT_TOOL_MIN times."""
+        if subject.startswith(TOOL):
+            return not got[1] and got[0] >= LEFT_TOOL_MIN and not self.keeps_tool(subject[len(TOOL):])
+        return not got[1] and subject not in self.paths and not INSTRUCTION_FILE.search(subject)
 
     def learned(self, cleared: dict[str, int], refetched: list[tuple[str, str | None]], now: float,
                 read: tuple[str, ...] = (), late: tuple[str, ...] = (), session: str = "") -> LearnedPolicy:
-        """A copy with these counts added (``read``: paths of new Reads; ``late``: paths of Reads used
+        """A copy with these counts added (``read``: the subjects of new results; ``late``: of results used
         late; both by ``session``), within its bounds."""
         tools = dict(self.tools)
         for tool, n in cleared.items():
@@ -204,12 +217,21 @@ def describe(tenant: str, p: LearnedPolicy) -> str:
     if p.paths:
         out.append("  paths whose cleared output came back (their Reads kept whole):")
         out.extend(f"    {path}  ({n}x)" for path, n in reversed(list(p.paths.items())))
-    left = [path for path, got in reversed(list(p.reads.items())) if p._left(path, got)]
-    if p.reads:
-        out.append(f"  paths read: {len(p.reads)}; used more than {LATE_ANSWERS} answers after a Read: "
-                   f"{sum(1 for _, u, _ in p.reads.values() if u)}; left (their Reads go at a free moment in another "
+    tools = {k: got for k, got in p.reads.items() if k.startswith(TOOL)}
+    if tools:
+        out.append(f"  results read, by tool (used late: more than {LATE_ANSWERS} answers after; left: none used late, "
+                   f"they go at a free moment in another session):")
+        out.extend((f"    {k[len(TOOL):]:<14} {got[0]:>6} read  {got[1]:>4} used late  " + (
+                   "left" if p._left(k, got) else "" if got[1] else f"(fewer than {LEFT_TOOL_MIN} seen)"
+                   if got[0] < LEFT_TOOL_MIN else "(kept whole: fetched again)")).rstrip()
+                   for k, got in sorted(tools.items(), key=lambda kv: (-kv[1][0], kv[0])))
+    reads = {k: got for k, got in p.reads.items() if not k.startswith(TOOL)}
+    left = [path for path, got in reversed(list(reads.items())) if p._left(path, got)]
+    if reads:
+        out.append(f"  paths read: {len(reads)}; used more than {LATE_ANSWERS} answers after a Read: "
+                   f"{sum(1 for _, u, _ in reads.values() if u)}; left (their Reads go at a free moment in another "
                    f"session): {len(left)}")
-        out.extend(f"    {path}  (read {p.reads[path][0]}x)" for path in left[:SHOW_LEFT])
+        out.extend(f"    {path}  (read {reads[path][0]}x)" for path in left[:SHOW_LEFT])
         if len(left) > SHOW_LEFT:
             out.append(f"    ... and {len(left) - SHOW_LEFT} more (--json lists them all)")
     return "\n".join(out)

@@ -102,22 +102,40 @@ def test_a_learned_path_is_kept_whole_by_the_next_step_and_frozen_learns_nothing
 
 def test_reads_learned_per_path_left_or_used_late_bounded():
     p = policy.LearnedPolicy().learned({}, [], 1.0, read=("GUIDE.md", "core.py"), session="s1")
-    assert p.leaves_path("GUIDE.md", "s2") and p.leaves_path("core.py", "s2") and not p.leaves_path("other.py", "s2")
-    assert not p.leaves_path("GUIDE.md", "s1")  # a session's own Reads are no evidence for itself
+    assert p.leaves("GUIDE.md", "s2") and p.leaves("core.py", "s2") and not p.leaves("other.py", "s2")
+    assert not p.leaves("GUIDE.md", "s1")  # a session's own Reads are no evidence for itself
     p = p.learned({}, [], 2.0, read=("GUIDE.md",), late=("core.py",), session="s2")
     assert p.reads == {"GUIDE.md": (2, 0, policy.MANY), "core.py": (1, 1, policy.MANY)}  # the latest last
-    assert p.leaves_path("GUIDE.md", "s1") and p.leaves_path("GUIDE.md", "s2") and not p.leaves_path("core.py", "s3")
-    assert not p.learned({}, [("Read", "GUIDE.md")], 3.0).leaves_path("GUIDE.md")  # it came back after a clearing
+    assert p.leaves("GUIDE.md", "s1") and p.leaves("GUIDE.md", "s2") and not p.leaves("core.py", "s3")
+    assert not p.learned({}, [("Read", "GUIDE.md")], 3.0).leaves("GUIDE.md")  # it came back after a clearing
     # an agent's instruction files are followed, not quoted: never left, whatever the sessions showed
     files = ("proj/CLAUDE.md", "AGENTS.md", "docs/AI_README_FIRST.md", "C:\\proj\\agents.md")
     rules = p.learned({}, [], 2.5, read=files, session="s1")
-    assert not any(rules.leaves_path(f, "s2") for f in files)
-    assert rules.leaves_path("GUIDE.md", "s3") and "CLAUDE.md" not in policy.describe("t", rules)
+    assert not any(rules.leaves(f, "s2") for f in files)
+    assert rules.leaves("GUIDE.md", "s3") and "CLAUDE.md" not in policy.describe("t", rules)
     assert policy.LearnedPolicy.from_dict(p.to_dict()) == p
     for i in range(policy.MAX_READS + 5):
         p = p.learned({}, [], 4.0, read=(f"f{i}.py",))
     assert len(p.reads) == policy.MAX_READS and "GUIDE.md" not in p.reads and f"f{policy.MAX_READS + 4}.py" in p.reads
     assert f"left (their Reads go at a free moment in another session): {policy.MAX_READS}" in policy.describe("t", p)
+
+
+def test_a_tool_whose_results_no_session_used_late_is_left_once_enough_were_seen():
+    """Another tool than Read is followed by its name: left once LEFT_TOOL_MIN of its results were counted
+    and none used late, unless its cleared results came back."""
+    bash, ls = policy.subject("Bash", None), policy.subject("LS", "src")
+    assert (bash, ls) == ("tool:Bash", "tool:LS") and policy.subject("Read", "a.py") == "a.py"
+    assert policy.subject("Read", None) is None
+    p = policy.LearnedPolicy()
+    for _ in range(policy.LEFT_TOOL_MIN - 1):
+        p = p.learned({}, [], 1.0, read=(bash, ls), session="s1")
+    assert not p.leaves(ls, "s2")  # too few seen to tell
+    p = p.learned({}, [], 2.0, read=(bash, ls), late=(bash,), session="s1")
+    assert p.leaves(ls, "s2") and not p.leaves(bash, "s2") and not p.leaves(ls, "s1")
+    out = policy.describe("t", p)
+    assert "LS" in out and "left" in out and "paths read" not in out
+    p = p.learned({"LS": 2}, [("LS", None), ("LS", None)], 3.0)  # its cleared results came back
+    assert p.keeps_tool("LS") and not p.leaves(ls, "s2")
 
 
 def guide_session(session: str, after: int, answer: str | list, upto: int | None = None) -> dict:
@@ -158,8 +176,8 @@ def test_a_read_the_model_used_late_is_told_from_one_it_left(cw_home):
     p = policy.load(state_cache(h.rt), sent.ctx.tenant)
     # compute_total_v2: only core.py holds it; parse_header_v1: a later result too; guide_check_alpha: the person's text
     assert {k: v[:2] for k, v in p.reads.items()} == {"docs/GUIDE.md": (1, 0), "src/core.py": (1, 1)}
-    assert p.leaves_path("docs/GUIDE.md", "another") and not p.leaves_path("src/core.py", "another")
-    assert not p.leaves_path("docs/GUIDE.md", p.reads["docs/GUIDE.md"][2])  # (not in the session that read it)
+    assert p.leaves("docs/GUIDE.md", "another") and not p.leaves("src/core.py", "another")
+    assert not p.leaves("docs/GUIDE.md", p.reads["docs/GUIDE.md"][2])  # (not in the session that read it)
     # the same answer, LATE_ANSWERS answers after the Reads: not late
     h.send(ApiKind.ANTHROPIC, guide_session("s2", late - 1, "", upto=3), headers=key(1))
     h.send(ApiKind.ANTHROPIC, guide_session("s2", late - 2, answer), headers=key(1))
@@ -192,6 +210,32 @@ def test_the_reads_of_a_left_path_go_at_a_free_moment(cw_home):
     h.send(ApiKind.ANTHROPIC, young, headers=key(1))
     seen.put(NS_SEEN, session_key(h.send(ApiKind.ANTHROPIC, young, headers=key(1)).ctx), {"last": time.time() - 3600, "model": warm.ctx.model})
     assert not h.send(ApiKind.ANTHROPIC, young, headers=key(1)).changed
+    h.close()
+
+
+def test_the_results_of_a_left_tool_go_at_a_free_moment(cw_home):
+    """``frozen``, with Bash learned as left by another session: at a free moment a Bash result LATE_ANSWERS
+    answers old or more goes, a younger one stays, and the Reads (their paths not learned) stay."""
+    h = harness(cw_home, "frozen", trigger_tokens=1_000_000)
+    body = guide_session("s6", policy.LATE_ANSWERS + 1, "Done.")
+    for m in body["messages"]:
+        for blk in m["content"] if isinstance(m["content"], list) else []:
+            if blk.get("tool_use_id") in ("toolu_s6_b0", f"toolu_s6_b{policy.LATE_ANSWERS}"):
+                blk["content"] = words(400, 7)
+    warm = h.send(ApiKind.ANTHROPIC, body, headers=key(1))
+    state_cache(h.rt).put(policy.NS_POLICY, warm.ctx.tenant, policy.LearnedPolicy().learned(
+        {}, [], 1.0, read=(policy.subject("Bash", None),) * policy.LEFT_TOOL_MIN, session="an earlier session").to_dict())
+    assert not h.send(ApiKind.ANTHROPIC, body, headers=key(1)).changed  # cached: not a free moment
+    state_cache(h.rt).put(NS_SEEN, session_key(warm.ctx), {"last": time.time() - 3600, "model": warm.ctx.model})
+    cold = h.send(ApiKind.ANTHROPIC, body, headers=key(1))
+    assert [c["tool_use_id"] for c in cold.ctx.notes["cleared"]] == ["toolu_s6_b0"]
+    h.close()
+
+
+def test_learn_counts_the_results_of_other_tools_by_tool(cw_home):
+    h = harness(cw_home, "learn", trigger_tokens=1_000_000)
+    sent = h.send(ApiKind.ANTHROPIC, guide_session("s7", 2, "", upto=5), headers=key(1))  # a Bash result, new
+    assert {k: v[:2] for k, v in policy.load(state_cache(h.rt), sent.ctx.tenant).reads.items()} == {"tool:Bash": (1, 0)}
     h.close()
 
 
