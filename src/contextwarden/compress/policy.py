@@ -99,8 +99,9 @@ KEEP_RATE = 0.25  # ... once that is at least this share of its cleared results
 
 
 def subject(tool: str, path: str | None) -> str | None:
-    """What the policy follows a result by: a Read's path (None without one), else its tool (``TOOL`` + name)."""
-    return path if tool in READ_TOOLS else TOOL + tool
+    """What the policy follows a result by: a Read's path (None without one), else its tool (``TOOL`` + name;
+    None without a name)."""
+    return path if tool in READ_TOOLS else TOOL + tool if tool else None
 
 
 @dataclass(frozen=True)

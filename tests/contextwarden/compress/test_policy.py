@@ -125,7 +125,7 @@ def test_a_tool_whose_results_no_session_used_late_is_left_once_enough_were_seen
     and none used late, unless its cleared results came back."""
     bash, ls = policy.subject("Bash", None), policy.subject("LS", "src")
     assert (bash, ls) == ("tool:Bash", "tool:LS") and policy.subject("Read", "a.py") == "a.py"
-    assert policy.subject("Read", None) is None
+    assert policy.subject("Read", None) is None and policy.subject("", None) is None
     p = policy.LearnedPolicy()
     for _ in range(policy.LEFT_TOOL_MIN - 1):
         p = p.learned({}, [], 1.0, read=(bash, ls), session="s1")
