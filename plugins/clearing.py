@@ -1044,7 +1044,10 @@ def _commit_step(st: _Clearing) -> None:
     # objects every request, so comparing them is a pointer compare)
     ctx.history.edit(ctx.request, st.edits, dialect(ctx.api).edited)
     if st.decide and st.cfg.policy == "learn":
-        _learn(st)
+        try:
+            _learn(st)
+        except Exception as e:  # learning is an extra (its state busy, say): the step is committed all the same
+            ctx.emit("error", where="clearing", message=f"learning: {type(e).__name__}: {e}", action="not learned")
     if new_recs:  # the records and the session's version: one transaction
         session_ledger.record_decision(
             ctx, NS, trigger="compact-now" if ctl.compact_now else "tokens", tokens_before=total - st.freed_before,

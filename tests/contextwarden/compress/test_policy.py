@@ -239,6 +239,22 @@ def test_learn_counts_the_results_of_other_tools_by_tool(cw_home):
     h.close()
 
 
+def test_a_failure_to_learn_leaves_the_clearing_step_in_place(cw_home, monkeypatch):
+    """Learning is an extra: when its state cannot be updated (replicas contending on one tenant's record, a
+    backend down), the request is still cleared as decided and an error event says what was not learned."""
+    h = harness(cw_home, "learn")
+
+    def busy(*a, **k):
+        raise RuntimeError("state update of several keys: too many concurrent writers")
+
+    monkeypatch.setattr(policy, "learn", busy)
+    sent = h.send(ApiKind.ANTHROPIC, anthropic_tool_loop(8, result_words=500), headers=key(1))
+    assert sent.changed and sent.ctx.notes["cleared"]
+    errors = [e for e in sent.events("error") if e.get("where") == "clearing"]
+    assert errors and errors[0]["action"] == "not learned" and "concurrent writers" in errors[0]["message"]
+    h.close()
+
+
 @pytest.fixture()
 def learning_proxy(tmp_path):
     profile = tmp_path / "learn.yaml"
