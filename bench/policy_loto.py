@@ -6,6 +6,7 @@ Prints cost, cost + penalty (against the client's cost) and the lost edit source
 (docs/REPLAY.md, "The learned policy").
 
     .venv/bin/python bench/policy_loto.py ../shared/eval/traces/*.jsonl
+    .venv/bin/python bench/policy_loto.py --show ../shared/eval/traces/*.jsonl   # and what each fold was taught
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("traces", nargs="+", type=Path)
     ap.add_argument("--stage-budget-ms", type=float, default=5000.0)
+    ap.add_argument("--show", action="store_true", help="print what each frozen run was taught (as `policy show` does)")
     args = ap.parse_args()
     traces = sorted(args.traces)
     with tempfile.TemporaryDirectory(prefix="cw-loto-state-") as tmp:
@@ -76,7 +78,13 @@ def main() -> None:
                 if other != t:
                     state = carried(state, work / f"{short(t)}-{short(other)}.sqlite")
                     run(other, "learn", state, args.stage_budget_ms)
-            rows[short(t), "frozen"] = run(t, "frozen", carried(state, work / f"{short(t)}-frozen.sqlite"), args.stage_budget_ms)
+            frozen = carried(state, work / f"{short(t)}-frozen.sqlite")
+            if args.show:
+                taught = StateStore(frozen, None)
+                for tenant, v in taught.items(policy.NS_POLICY):
+                    print(policy.describe(tenant, policy.LearnedPolicy.from_dict(v)))
+                taught.close()
+            rows[short(t), "frozen"] = run(t, "frozen", frozen, args.stage_budget_ms)
         print("learning as it goes")
         for t in traces:
             rows[short(t), "learn"] = run(t, "learn", carried(None, work / f"{short(t)}-learn.sqlite"), args.stage_budget_ms)
