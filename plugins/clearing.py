@@ -972,7 +972,7 @@ def _learn(st: _Clearing) -> None:
             old = by_call.get((n.tool, _call_key(n))) or next((s for mid, s in by_mid.items() if mid in text), None)
             if old is not None:
                 back.append((old.tool, _path_of(old.tool_input)))
-    read, late = _reads_used(st) if st.history is not None else ((), ())
+    read, late = _results_used(st) if st.history is not None else ((), ())
     if cleared or back or read or late:
         learned_policy.learn(st.state, st.ctx.tenant, dict(cleared), back, request_time(st.ctx), read, late, _tag(st.key))
 
@@ -982,6 +982,11 @@ def _tag(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
 
 
+def _subject(s: Slot) -> str | None:
+    """What the learned policy follows the result of ``s`` by (``policy.subject``)."""
+    return subject(s.tool, _path_of(s.tool_input))
+
+
 def _answers_after(st: _Clearing) -> Callable[[int], int]:
     """message index -> the model's answers after that message, up to its last one."""
     msgs = dialect(st.ctx.api).messages_of(st.ctx.request) or []
@@ -989,7 +994,7 @@ def _answers_after(st: _Clearing) -> Callable[[int], int]:
     return lambda i: before[st.unseen_from] - before[i + 1]
 
 
-def _reads_used(st: _Clearing) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _results_used(st: _Clearing) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The subjects (``policy.subject``: a Read's path, another tool's name) of the results new to the model in
     this request; and of the results its newest answer used late (LATE_ANSWERS answers or more after reading
     them). The answer used a result when one of its items (a name in its text or its calls' inputs, a line of
@@ -997,12 +1002,12 @@ def _reads_used(st: _Clearing) -> tuple[tuple[str, ...], tuple[str, ...]]:
     a later result or answer text (where the model would have taken it from):
     :func:`contextwarden.offline.oracle.last_uses` is the same test in hindsight."""
     learned, slots, a = st.learned, st.slots, st.unseen_from - 1
-    read = tuple(p for s in slots if s.index > a and (p := subject(s.tool, _path_of(s.tool_input))))
+    read = tuple(p for s in slots if s.index > a and (p := _subject(s)))
     if a < 1 or learned is None:
         return read, ()
     after = _answers_after(st)
     aged = [s for s in slots if s.index < a and not s.text.startswith(STUB_PREFIX)
-            and (p := subject(s.tool, _path_of(s.tool_input))) and not learned.reads.get(p, (0, 0))[1]
+            and (p := _subject(s)) and not learned.reads.get(p, (0, 0))[1]
             and after(s.index) > LATE_ANSWERS]
     if not aged:
         return read, ()
@@ -1015,7 +1020,7 @@ def _reads_used(st: _Clearing) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if not held:
         return read, ()
     said = "\n".join(st.ctx.history.memos(msgs[:a], _SAID, _said))
-    late = {subject(s.tool, _path_of(s.tool_input)) for x, name, s in held if not holds(said, x, name) and not any(
+    late = {_subject(s) for x, name, s in held if not holds(said, x, name) and not any(
         holds(t, x, name) for t in _texts_after(msgs, slots, s.index, a))}
     return read, tuple(p for p in late if p)
 
