@@ -522,6 +522,7 @@ def solve_each(trace, counter, keeps: list[Iterable[str]], kinds: tuple[str, ...
     stubs = Stubs(counter, factor, short)
     reqs = prepare(trace, counter, factor, stubs, kinds, prices)
     uses = last_uses(trace.requests, kinds)
+    free = free_moments(reqs)
     prepared = time.perf_counter() - t0
     out = []
     for keep in keeps:
@@ -530,7 +531,7 @@ def solve_each(trace, counter, keeps: list[Iterable[str]], kinds: tuple[str, ...
         dp = time.perf_counter() - t1
         results = bill_plan(trace, reqs, p.cleared, counter, factor, stubs, kinds, prices)
         secs = prepared + time.perf_counter() - t1
-        out.append(OracleReport(ReplayReport(trace, "oracle", None, results, secs, ["oracle"]), p, secs, dp, free_moments(reqs)))
+        out.append(OracleReport(ReplayReport(trace, "oracle", None, results, secs, ["oracle"]), p, secs, dp, free))
     return out
 
 
