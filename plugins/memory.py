@@ -35,7 +35,6 @@ from contextwarden.memory.inject import (
     strip_blocks,
 )
 from contextwarden.memory.items import MemoryItem
-from contextwarden.memory.lexical import tokenize
 from contextwarden.memory.phatic import content_words, topical
 from contextwarden.memory.project import request_project
 from contextwarden.memory.retrieve import (
@@ -53,6 +52,7 @@ from contextwarden.memory.retrieve import (
     select,
     text_keys_cache,
 )
+from contextwarden.memory.words import tokenize
 from contextwarden.models.base import ApiKind
 from contextwarden.plugins.compression import read_carried
 from contextwarden.plugins.strip import clean_text_ahead

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from contextwarden.memory.tagger import EmbeddingTagger, KeywordTagger, Tagger, stem, tag_key
+from contextwarden.memory.tagger import EmbeddingTagger, KeywordTagger, Tagger, tag_key
+from contextwarden.memory.words import stem
 from contextwarden.offline.memory.replay import Replayer
 from contextwarden.settings.memory import TaggingSection
 from tests.support.memstore import embedder, events

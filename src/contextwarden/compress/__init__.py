@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from contextwarden.memory.lexical import tokenize
 from contextwarden.memory.wayback import way_back
+from contextwarden.memory.words import tokenize
 from contextwarden.wire.conversation import input_hint
 
 from .cleanup import cap_long_lines, clean_lines, cleanup, collapse_weighted

@@ -21,7 +21,7 @@ from typing import Any
 import tiktoken
 
 from contextwarden.core.workerpool import PARTS, Offload, Unavailable
-from contextwarden.memory.service import process_mode as mode
+from contextwarden.core.workerpool import process_mode as mode
 from contextwarden.util.redact import redact_text
 
 from . import Compressed, Limits, compress, render

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from contextwarden.memory.lexical import tokenize
+from contextwarden.memory.words import tokenize
 
 from .gaps import gap_marker
 

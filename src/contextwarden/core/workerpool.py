@@ -45,6 +45,19 @@ def _warm(encoding: str | None, modules: tuple[str, ...] = ()) -> None:
             importlib.import_module(m)
 
 
+_PROXY_TOOLS = ("mitmdump", "mitmproxy", "mitmweb")
+
+
+def process_mode(setting: str, settings) -> str:
+    """``separate`` or ``inline`` for a ``*.process`` setting (memory's, the compression stage's): ``auto``
+    is separate in a mitmdump / mitmproxy / mitmweb process, else ``settings.proxy.auto_process`` (inline
+    in a test's own process, replay, evaluations, the CLI)."""
+    if setting != "auto":
+        return setting
+    tool = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "separate" if tool.startswith(_PROXY_TOOLS) else settings.proxy.auto_process
+
+
 class Unavailable(Exception):
     """The worker gave no answer in time, died, or could not be started (the result is left as it is)."""
 

@@ -17,7 +17,6 @@ import contextlib
 import io
 import math
 import os
-import re
 import struct
 import threading
 from array import array
@@ -34,71 +33,13 @@ from rapidfuzz import fuzz, process
 from ..util.sealing import Sealer, SealError
 from .envelopes import searchable
 from .items import MemoryItem
-from .tagger import STOPWORDS, stem
+from .words import tokenize
 
-_TOKEN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_'’.\-/]*[A-Za-z0-9_]|[A-Za-z0-9]")
-_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
-_SPLIT = re.compile(r"[_.\-/]+")
-# a JSON escape (a tool call's input is stored as JSON: a Write's ``"…\n.DS_Store\nThumbs.db"``): a
-# separator, not the first letter of the next word (``n.ds_store``, ``nthumbs.db`` otherwise)
-_ESCAPE = re.compile(r'(?<!\\)\\[ntrbf"]')
 MAX_TERMS_PER_DOC = 4000  # a long chunk is indexed on its first terms only
 WORDS_KEPT = 50_000  # distinct words whose terms an index remembers (LexicalIndex.add)
 POSTING = np.dtype([("doc", "<u4"), ("tf", "<f4")])  # one entry of a posting list (its bytes: _pack)
 _pack = struct.Struct("<If").pack
 REPLY_WEIGHT = 0.3  # a message is also indexed by the words of the turn before it, each at this share
-
-
-def tokenize(text: str, done: dict[str, tuple[str, ...]] | None = None) -> list[str]:
-    """Index terms of a text: lower-cased, stemmed words without stopwords; code identifiers and paths
-    are kept whole *and* split into their parts (``load_embedder`` -> ``load_embedder load embedder``).
-    Each distinct word is worked out once per text (source code repeats its names), or once while it is
-    in ``done`` (the index's words seen lately)."""
-    out: list[str] = []
-    if "\\" in text:
-        text = _ESCAPE.sub(" ", text)
-    done = {} if done is None else done
-    for tok in _TOKEN.findall(text):
-        terms = done.get(tok)
-        if terms is None:
-            terms = done[tok] = tuple(_terms(tok))  # (a tuple of strings: nothing for the collector to walk)
-        out += terms
-    return out
-
-
-def _terms(tok: str) -> list[str]:
-    """The index terms of one word of :func:`tokenize`."""
-    tok = tok.replace("’", "'")
-    if "'" in tok:
-        tok = tok.split("'", 1)[0]  # "caroline's" -> "caroline", "don't" -> "don" (a stopword-ish stub)
-        if not tok:
-            return []
-    low = tok.lower()
-    # (the words are ASCII: a capital after the first letter and a small letter anywhere is camelCase)
-    compound = ("_" in tok or "." in tok or "-" in tok or "/" in tok) or (tok[1:] != low[1:] and tok != tok.upper())
-    if compound:
-        out = [low.strip("._-/")]
-        for part in _SPLIT.split(tok):
-            for sub in (_CAMEL.findall(part) or [part]):
-                s = sub.lower()
-                if len(s) > 1 and s not in STOPWORDS:
-                    out.append(stem(s))
-        return out
-    if low not in STOPWORDS and (len(low) > 1 or low.isdigit()):
-        return [stem(low)]
-    return []
-
-
-def plain_words(text: str, min_len: int = 3) -> list[tuple[str, str]]:
-    """(term, word) of the plain words of ``text``: letters only, at least ``min_len`` of them, one index
-    term each (not a stopword, not a compound); the word lower-cased as written (what an embedder reads)."""
-    out = []
-    for tok in _TOKEN.findall(text):
-        if len(tok) >= min_len and tok.isalpha():
-            t = _terms(tok)
-            if len(t) == 1:
-                out.append((t[0], tok.lower()))
-    return out
 
 
 @dataclass

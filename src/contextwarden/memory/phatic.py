@@ -4,8 +4,7 @@ and is not remembered ("Thanks!", "You're welcome.")."""
 
 from __future__ import annotations
 
-from .lexical import tokenize
-from .tagger import stem
+from .words import stem, tokenize
 
 PHATIC = frozenset(stem(w) for w in """
 hello hullo hallo hey hi hiya howdy yo greetings morning afternoon evening night bye goodbye cheers

@@ -18,7 +18,7 @@ import numpy as np
 from ..util.lru import LRU
 from .asides import new_turns
 from .envelopes import searchable
-from .lexical import plain_words
+from .words import plain_words
 
 SESSIONS_KEPT = 16  # sessions whose vocabulary is kept (an LRU: the least recently grown go first)
 VOCAB_MAX = 20_000  # words of one session embedded, at most

@@ -31,12 +31,13 @@ from .envelopes import searchable, strip_envelopes
 from .ids import content_hash, id_of_hash
 from .inject import strip_blocks
 from .items import MemoryItem
-from .lexical import combine_terms, query_terms, tokenize
+from .lexical import combine_terms, query_terms
 from .phatic import content_words
 from .related import RelatedWords
 from .scope import SCOPE_MAX, SessionVectors
 from .tagger import tag_key
 from .turns import near, query_text, spans_in, undated, unit_texts
+from .words import tokenize
 
 _BULLET = re.compile(r"^(?:[-*>•]+|\d+[.)])\s+")
 # a question about the one asking ("How long have I been in my current role?"): in a chat with an assistant

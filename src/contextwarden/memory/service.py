@@ -16,7 +16,6 @@ complete).
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..core.workerpool import process_mode
 from ..util import redact as secrets
 from ..util.lru import LRU
 from .asides import Asides, Pieces
@@ -565,19 +565,6 @@ class _Slot:
 
     svc: MemoryService | RemoteMemoryService | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-_PROXY_TOOLS = ("mitmdump", "mitmproxy", "mitmweb")
-
-
-def process_mode(setting: str, settings) -> str:
-    """``separate`` or ``inline`` for a ``*.process`` setting (memory's, the compression stage's): ``auto``
-    is separate in a mitmdump / mitmproxy / mitmweb process, else ``settings.proxy.auto_process`` (inline
-    in a test's own process, replay, evaluations, the CLI)."""
-    if setting != "auto":
-        return setting
-    tool = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return "separate" if tool.startswith(_PROXY_TOOLS) else settings.proxy.auto_process
 
 
 def holds_exactly(query: str, text: str) -> bool:

@@ -23,36 +23,7 @@ from rapidfuzz import fuzz
 
 from ..util.lru import LRU
 from ..util.redact import redact_text
-
-STOPWORDS = frozenset("""
-a about above across after again against all almost alone along already also although always am among an and
-another any anybody anyone anything anyway anywhere are aren't around as ask asked asking at away back be became
-because become been before began begin behind being below best better between beyond both bring brought but by
-came can can't cannot could couldn't did didn't do does doesn't doing don't done down during each either else
-enough especially even ever every everybody everyone everything everywhere few find first for found from full
-further gave get gets getting give given go goes going gone good got great had hadn't has hasn't have haven't
-having he he'd he'll he's her here here's hers herself hey hi him himself his how how's however i i'd i'll i'm
-i've if in into is isn't it it's its itself just keep kept kind know known last later least less let let's like
-liked likely made make makes making many may maybe me mean meant might mine more most mostly much must my myself
-need needs never new next no nobody none nor not nothing now of off often oh ok okay old on once one ones only
-onto or other others otherwise our ours ourselves out over own part per perhaps please put quite rather re really
-right said same saw say says see seem seemed seems seen several shall she she'd she'll she's should shouldn't show
-since so some somebody someone something sometimes somewhat soon still such sure take taken tell than thank thanks
-that that's the their theirs them themselves then there there's these they they'd they'll they're they've thing
-things think this those though thought through thus to today together told too took toward towards tried truly
-try trying two under until up upon us use used uses using usually very via want wanted wants was wasn't way we
-we'd we'll we're we've well went were weren't what what's whatever when where where's whether which while who
-who's whole whom whose why will with within without won't wonder would wouldn't yeah yes yet you you'd you'll
-you're you've your yours yourself yourselves
-able actually ah awesome cool definitely glad guess hope hoping lol lot lots nice pretty sounds super sure totally
-wow yep yup amazing wonderful happy love loved loves feel feeling felt time times day days year years week weeks
-thing stuff anyway hmm great fun exciting excited also really
-return returns true false none null self def class import from var let const function
-yesterday tomorrow tonight lately recently recent currently soon ago weekend morning evening night
-provide example examples specific situation situations help question questions answer information tell explain
-describe list lists include includes including based different various important possible sure certain
-etc e.g i.e vs
-""".split())
+from .words import STOPWORDS, stem
 
 # file paths and names with an extension (src/app/auth.py, README.md, ./run.sh)
 _PATH = re.compile(r"(?<![\w/.-])(?:\.{0,2}/)?(?:[\w.-]+/)*[\w-]+\.[A-Za-z][A-Za-z0-9]{0,6}(?![\w/])")
@@ -66,26 +37,6 @@ _BREAK = re.compile(r"[,.!?;:()\[\]{}\"“”\n]")
 # merge is bounded by KeywordTagger.fuzzy_limit)
 MAX_CHARS = 20_000
 _EXT_WORDS = frozenset("com org net io www http https".split())
-
-
-def stem(word: str) -> str:
-    """A light English stemmer (plural, -ing, -ed): enough to treat ``agencies``/``agency`` as one tag."""
-    w = word
-    if len(w) <= 3:
-        return w
-    if w.endswith("ies") and len(w) > 4:
-        return w[:-3] + "y"
-    if w.endswith(("sses", "shes", "ches", "xes", "zes")):
-        return w[:-2]
-    if w.endswith("s") and not w.endswith(("ss", "us", "is", "'s")):
-        return w[:-1]
-    if w.endswith("'s"):
-        return w[:-2]
-    if (w.endswith("ing") and len(w) > 5) or (w.endswith("ed") and len(w) > 4):
-        w = w[:-3] if w.endswith("ing") else w[:-2]
-        if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz":  # (a doubled consonant: "running" -> "run")
-            w = w[:-1]
-    return w
 
 
 @dataclass

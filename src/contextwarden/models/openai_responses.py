@@ -6,13 +6,6 @@ from typing import Any
 
 from .base import REQUEST_CONFIG, WireModel
 
-# input items produced by the model (the assistant side of the conversation)
-ASSISTANT_TYPES = frozenset({
-    "reasoning", "function_call", "custom_tool_call", "computer_call", "local_shell_call", "web_search_call",
-    "file_search_call", "code_interpreter_call", "image_generation_call", "mcp_call", "mcp_list_tools",
-    "mcp_approval_request", "shell_call", "apply_patch_call",
-})
-
 
 class ResponsesRequest(WireModel):
     model_config = REQUEST_CONFIG

@@ -21,10 +21,16 @@ from typing import Any
 
 import orjson
 
-from ..models.openai_responses import ASSISTANT_TYPES
 from ..util.lru import BytesMemo
 from ..util.redact import redact_field
 from ..util.scrub import scrub_text
+
+# a Responses input's items produced by the model (the assistant side of the conversation)
+ASSISTANT_TYPES = frozenset({
+    "reasoning", "function_call", "custom_tool_call", "computer_call", "local_shell_call", "web_search_call",
+    "file_search_call", "code_interpreter_call", "image_generation_call", "mcp_call", "mcp_list_tools",
+    "mcp_approval_request", "shell_call", "apply_patch_call",
+})
 
 #: Roles that carry instructions rather than conversation (kept or summarised verbatim, never dropped).
 SYSTEM_ROLES = frozenset({"system", "developer"})

@@ -75,6 +75,23 @@ def test_a_worker_imports_what_it_serves_before_it_says_it_is_ready():
             p.close()
 
 
+def test_a_worker_holds_the_compressors_not_memory_nor_the_wire_models():
+    """Each worker's memory at rest is what it imports: the compressors, numpy, tiktoken; not memory's
+    index, store and models, the request models (pydantic) or the sealing (cryptography): 68 MB a worker
+    with them, 28 MB without (docs/benchmarks.md)."""
+    pool = offload.Offload(1, "cl100k_base", preload=(offload.__name__,))
+    try:
+        assert pool.wait_ready(60)
+        got = pool.call(offload.first_sight, T.build_log()[0], "Bash", {"command": "make"}, "why does it fail?",
+                        Limits(), "m-1", "mcp__contextwarden__recall", "cl100k_base", timeout=60)
+        assert got is not None and got[1]  # it compressed (every module its work needs is loaded)
+        heavy = ("contextwarden.memory.service", "contextwarden.memory.lexical", "contextwarden.memory.store",
+                 "contextwarden.models", "pydantic", "cryptography", "rapidfuzz", "chromadb", "onnxruntime")
+        assert [m for m in heavy if pool.call(imported, m, timeout=60)] == []
+    finally:
+        pool.close()
+
+
 def test_the_stages_workers_are_started_with_what_they_serve(cw_home):
     h, pool = separate(cw_home)
     assert pool.call(imported, offload.__name__, timeout=60) is True

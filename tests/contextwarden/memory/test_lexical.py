@@ -5,16 +5,17 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from contextwarden.memory import lexical
-from contextwarden.memory.lexical import LexicalIndex, load_snapshot, save_snapshot, tokenize
+from contextwarden.memory import lexical, words
+from contextwarden.memory.lexical import LexicalIndex, load_snapshot, save_snapshot
+from contextwarden.memory.words import tokenize
 from contextwarden.util.sealing import Sealer
 from tests.support.memstore import item
 
 
 def test_a_word_is_worked_out_once_while_the_index_remembers_it(monkeypatch):
     seen: list[str] = []
-    terms = lexical._terms
-    monkeypatch.setattr(lexical, "_terms", lambda tok: seen.append(tok) or terms(tok))
+    terms = words._terms
+    monkeypatch.setattr(words, "_terms", lambda tok: seen.append(tok) or terms(tok))
     idx = LexicalIndex()
     idx.add([item("def load_embedder(model_dir): return Embedder(model_dir)", turn=0)])
     first = list(seen)
@@ -48,7 +49,7 @@ def test_a_reply_added_before_its_question_still_borrows_its_words():
 def test_plain_words_pair_each_plain_word_with_its_one_index_term():
     # what related words embed (the word as written) and look up (its term): letters only, 3+ of them,
     # no stopwords, no possessives, compounds or numbers
-    got = lexical.plain_words("Caroline's Violins and load_embedder in 2023 by me, running")
+    got = words.plain_words("Caroline's Violins and load_embedder in 2023 by me, running")
     assert got == [("violin", "violins"), ("run", "running")]
     assert all(tokenize(word) == [term] for term, word in got)
 

@@ -29,7 +29,8 @@ def test_a_dotted_name_in_a_json_escaped_tool_input_is_a_term_of_its_own():
     (not ``n.ds_store``), so a search for the name finds the Write that holds it."""
     import orjson
 
-    from contextwarden.memory.lexical import LexicalIndex, tokenize
+    from contextwarden.memory.lexical import LexicalIndex
+    from contextwarden.memory.words import tokenize
     from tests.support.memstore import item
 
     write = "Write " + orjson.dumps({"file_path": "/repo/.gitignore", "content": "# macOS\n.DS_Store\nThumbs.db\n\tdef x"}).decode()

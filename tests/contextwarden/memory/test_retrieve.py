@@ -23,7 +23,7 @@ from contextwarden.memory.inject import (
     render_item,
     strip_blocks,
 )
-from contextwarden.memory.lexical import LexicalIndex, tokenize
+from contextwarden.memory.lexical import LexicalIndex
 from contextwarden.memory.related import RelatedWords
 from contextwarden.memory.retrieve import (
     _BULLET,
@@ -41,6 +41,7 @@ from contextwarden.memory.retrieve import (
     select,
 )
 from contextwarden.memory.tagger import tag_key
+from contextwarden.memory.words import tokenize
 from contextwarden.models import ApiKind
 from contextwarden.settings.memory import MemorySection
 from contextwarden.wire.dialects import ANTHROPIC, OPENAI_CHAT, NotInjectable, dialect, validate_rewrite

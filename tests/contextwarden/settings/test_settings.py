@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from contextwarden.cli import main as cli_main
-from contextwarden.memory.service import process_mode
+from contextwarden.core.workerpool import process_mode
 from contextwarden.request.sessions import derive_session
 from contextwarden.settings import SettingsError, available_profiles, load_settings
 

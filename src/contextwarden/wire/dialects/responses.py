@@ -11,8 +11,7 @@ import orjson
 
 from ...models import openai_responses as orr
 from ...models.base import ApiKind
-from ...models.openai_responses import ASSISTANT_TYPES
-from ..conversation import Entry, ToolCall, maybe_json, side_of
+from ..conversation import ASSISTANT_TYPES, Entry, ToolCall, maybe_json, side_of
 from ..streams.openai_responses import ResponsesAssembler
 from ..validate import Problem, digest, dumps, same_bytes
 from .base import (
