@@ -37,13 +37,13 @@ describe list lists include includes including based different various important
 etc e.g i.e vs
 """.split())
 
-
 _TOKEN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_'’.\-/]*[A-Za-z0-9_]|[A-Za-z0-9]")
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _SPLIT = re.compile(r"[_.\-/]+")
 # a JSON escape (a tool call's input is stored as JSON: a Write's ``"…\n.DS_Store\nThumbs.db"``): a
 # separator, not the first letter of the next word (``n.ds_store``, ``nthumbs.db`` otherwise)
 _ESCAPE = re.compile(r'(?<!\\)\\[ntrbf"]')
+
 
 def stem(word: str) -> str:
     """A light English stemmer (plural, -ing, -ed): enough to treat ``agencies``/``agency`` as one tag."""
@@ -63,7 +63,6 @@ def stem(word: str) -> str:
         if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz":  # (a doubled consonant: "running" -> "run")
             w = w[:-1]
     return w
-
 
 
 def tokenize(text: str, done: dict[str, tuple[str, ...]] | None = None) -> list[str]:
