@@ -35,16 +35,12 @@ def cw_configure(runtime) -> None:
     """In the proxy, the compression workers start with it (the first large result does not wait for one)."""
     cfg = runtime.settings.compression
     if cfg.enabled and offload.mode(cfg.process, runtime.settings) == "separate":
-        _workers(runtime, cfg, None)[0].start()
+        _workers(runtime, cfg).start()
 
 
-def _workers(runtime, cfg, model: str | None) -> tuple[offload.Offload, str | None]:
-    """The runtime's compression workers, and the tiktoken encoding of ``model`` they count tokens with
-    (None: the counter is not tiktoken's, the tokens are counted in the proxy). The encoding is looked
-    up here, never inside the memo's factory (a tokenizer lookup there hung the workers' start)."""
-    tokens = runtime.tokens
-    encoding = tokens.encoding_of(model) if tokens.source_for(model).startswith("tiktoken ") else None
-    return runtime.memo(offload.NAME, lambda: offload.Offload(cfg.workers, encoding, preload=(offload.__name__,))), encoding
+def _workers(runtime, cfg) -> offload.Offload:
+    """The runtime's compression workers."""
+    return runtime.memo(offload.NAME, lambda: offload.Offload(cfg.workers, preload=(offload.__name__,)))
 
 
 @hookimpl
@@ -212,7 +208,7 @@ WORKER_SHARE = 0.8  # of the stage's budget, for everything up to a worker's ans
 
 
 def _first_sight(ctx, s: Slot, text: str, mid: str, limits: Limits, lazy: dict, state, key: str):
-    """``(new text, compressor, its tokens or None)`` of a result seen for the first time, or None: it stays.
+    """``(new text, compressor)`` of a result seen for the first time, or None: it stays.
 
     In the stage's thread (``compression.process`` inline), or in a worker process (separate: the proxy's
     interpreter lock is not held by it) until ``WORKER_SHARE`` of the stage's budget; a worker with no
@@ -225,22 +221,20 @@ def _first_sight(ctx, s: Slot, text: str, mid: str, limits: Limits, lazy: dict, 
             return None
         if "how" not in lazy:
             lazy["how"] = recall_wording(ctx, state, key)
-        return offload.dress(got, s.tool, s.tool_input, len(text), mid, lazy["how"]), got.kind, None
+        return offload.dress(got, s.tool, s.tool_input, len(text), mid, lazy["how"]), got.kind
     # the way back the first line names, as recall_wording will decide it if this result is compressed
     how = lazy["how"] if "how" in lazy else peek_wording(ctx, state, key)
-    pool, encoding = _workers(ctx.runtime, cfg, ctx.model)
+    pool = _workers(ctx.runtime, cfg)
     end = ctx.deadline - (1 - WORKER_SHARE) * ctx.budget_ms / 1000 if ctx.deadline is not None and ctx.budget_ms \
         else time.perf_counter() + ctx.settings.pipeline.stage_budget_ms * WORKER_SHARE / 1000
     try:
-        made = pool.call(offload.first_sight, text, s.tool, s.tool_input, lazy["query"], limits, mid, how, encoding,
+        made = pool.call(offload.first_sight, text, s.tool, s.tool_input, lazy["query"], limits, mid, how,
                          timeout=end - time.perf_counter(), timings=ctx.timings)
     except offload.Unavailable as e:
         ctx.emit("error", where="compression", message=f"compression worker: {e}", action="not compressed")
         return None
     if made is None:
         return None
-    if made[2] is not None:  # counted there: the body's count (finish) looks it up
-        ctx.runtime.tokens.remember_text(made[0], made[2], ctx.model)
     if "how" not in lazy:
         lazy["how"] = recall_wording(ctx, state, key)
     if lazy["how"] != how:  # decided meanwhile by another request of the session: its first line here
@@ -267,10 +261,9 @@ def _decide(ctx, s: Slot, errors: dict[str, bool], limits: Limits, lazy: dict[st
     made = _first_sight(ctx, s, text, mid, limits, lazy, state, key)
     if made is None:
         return None
-    new, kind, new_toks = made
+    new, kind = made
     toks = _result_tokens(ctx, s, lazy)
-    if new_toks is None:
-        new_toks = ctx.runtime.tokens.count_text(new, ctx.model)
+    new_toks = ctx.runtime.tokens.count_text(new, ctx.model)
     if new_toks >= toks:
         return None
     return {"h": s.digest, "stub": new, "tokens": toks, "stub_tokens": new_toks, "tool": s.tool, "mid": mid,

@@ -2,7 +2,7 @@
 not held by it.
 
 Compressing a large tool result the first time it is seen (choosing the compressor, running it, the first
-line, redacting the whole text, counting its tokens) is pure Python holding the interpreter lock the event
+line, redacting the whole text) is pure Python holding the interpreter lock the event
 loop needs. :func:`first_sight` is that work as one pure function of its arguments; the stage calls it
 in-line (tests, replay, evaluations: ``compression.process`` ``inline``) or, in the proxy (``separate``;
 ``auto`` is separate in a mitmdump process), in one of ``compression.workers`` worker processes
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import tiktoken
-
 from contextwarden.core.workerpool import PARTS, Offload, Unavailable
 from contextwarden.core.workerpool import process_mode as mode
 from contextwarden.util.redact import redact_text
@@ -31,16 +29,15 @@ __all__ = ["NAME", "PARTS", "Offload", "Unavailable", "dress", "first_sight", "m
 NAME = "compression.offload"  # the runtime memo holding the pool
 
 
-def first_sight(text: str, tool: str, tool_input: Any, query: str, limits: Limits, mid: str, how: str,
-                encoding: str | None = None) -> tuple[str, str, int | None] | None:
-    """``(the text put in the result's place, the compressor's kind, its tokens)``, or None when the result
-    stays as it is. The tokens are counted here only with ``encoding`` (a tiktoken encoding's name, the one
-    the proxy counts this model with), else None: the caller counts."""
+def first_sight(text: str, tool: str, tool_input: Any, query: str, limits: Limits, mid: str,
+                how: str) -> tuple[str, str] | None:
+    """``(the text put in the result's place, the compressor's kind)``, or None when the result stays as it
+    is. Its tokens are counted by the caller: the text is at most a few thousand tokens (``Limits``), a
+    fraction of a millisecond, and a worker holding a tiktoken encoding held 42 MB more at rest."""
     got = compress(text, tool=tool, tool_input=tool_input, query=query, limits=limits)
     if got is None:
         return None
-    new = dress(got, tool, tool_input, len(text), mid, how)
-    return new, got.kind, _count(new, encoding)
+    return dress(got, tool, tool_input, len(text), mid, how), got.kind
 
 
 def dress(got: Compressed, tool: str, tool_input: Any, chars: int, mid: str, how: str) -> str:
@@ -48,13 +45,3 @@ def dress(got: Compressed, tool: str, tool_input: Any, chars: int, mid: str, how
     secret in it (memory keeps the original redacted too); the first line names the tool's input (a
     command can hold a token): the whole text is redacted."""
     return redact_text(render(got, tool, tool_input, chars, mid, how))
-
-
-def _count(text: str, encoding: str | None) -> int | None:
-    """What ``TokenCounter.count_text`` gives with a loaded tiktoken encoding (len of encode_ordinary)."""
-    if encoding is None:
-        return None
-    try:
-        return len(tiktoken.get_encoding(encoding).encode_ordinary(text))  # (tiktoken keeps it loaded)
-    except Exception:  # not loadable here: the proxy counts
-        return None

@@ -22,8 +22,6 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
-import tiktoken
-
 # a call's wait, in parts (Offload.call's ``timings``): for a free worker, to the worker (sending, and the
 # worker being scheduled), the worker's own work, and back (the caller woken and holding the GIL again)
 PARTS = ("offload_queue", "offload_send", "offload_work", "offload_back")
@@ -33,13 +31,10 @@ _READ = 1 << 16  # what one read of an answer asks for (a pipe holds 64 KiB)
 HUNG_S = 10.0
 
 
-def _warm(encoding: str | None, modules: tuple[str, ...] = ()) -> None:
-    """A new worker loads what calls need before the first one waits on it: a tiktoken encoding, and the
-    modules of the functions it serves (their imports took the first call of each worker past the compression
-    stage's 200 ms: its first results went whole, and the TUI showed an error)."""
-    if encoding:
-        with suppress(Exception):  # not loadable here: the calls that need it find out
-            tiktoken.get_encoding(encoding).encode_ordinary("warm")
+def _warm(modules: tuple[str, ...] = ()) -> None:
+    """A new worker imports the modules of the functions it serves before the first call waits on it (their
+    imports took the first call of each worker past the compression stage's 200 ms: its first results went
+    whole, and the TUI showed an error)."""
     for m in modules:
         with suppress(Exception):
             importlib.import_module(m)
@@ -68,8 +63,7 @@ class _Worker:
     pickle of ``(fn, args)``, the answer one of ``(ok, value, received, answered)`` (monotonic times). The calling thread writes and reads
     itself (no pool threads taking the interpreter lock); one call at a time (``lock``)."""
 
-    def __init__(self, encoding: str | None, role: str, preload: tuple[str, ...] = ()) -> None:
-        self.encoding = encoding
+    def __init__(self, role: str, preload: tuple[str, ...] = ()) -> None:
         self.role = role  # named on the worker's command line (what a process listing shows it does)
         self.preload = preload  # modules imported before it says it is ready
         self.lock = threading.Lock()
@@ -82,7 +76,7 @@ class _Worker:
         src = str(Path(__file__).resolve().parents[1])  # this contextwarden package first (as memory's process)
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen([sys.executable, "-m", "contextwarden.core.workerpool", self.role,
-                                      self.encoding or "", *self.preload],
+                                      *self.preload],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      bufsize=0, env=env, start_new_session=True)
         self._ready = False
@@ -143,9 +137,8 @@ class Offload:
     """``workers`` worker processes, started on first use (or :meth:`start`) and again after a failure. One
     per runtime (``runtime.memo(NAME, ...)``), closed by the stage's ``cw_shutdown``."""
 
-    def __init__(self, workers: int = 1, encoding: str | None = None, role: str = "compression",
-                 preload: tuple[str, ...] = ()) -> None:
-        self.workers = [_Worker(encoding, role, preload) for _ in range(max(1, int(workers)))]
+    def __init__(self, workers: int = 1, role: str = "compression", preload: tuple[str, ...] = ()) -> None:
+        self.workers = [_Worker(role, preload) for _ in range(max(1, int(workers)))]
         # the workers no call holds, the longest free first: a call takes whichever is free first,
         # rather than waiting on one in turn while another is free
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
@@ -173,7 +166,7 @@ class Offload:
 
     def _ensure(self, w: _Worker) -> None:
         """A worker process for ``w`` (a dead one is started again). Raises Unavailable while it starts:
-        its start-up (imports, the encoding) is never charged to a call's time."""
+        its start-up (imports) is never charged to a call's time."""
         if self._closed:
             raise Unavailable("closed")
         if not w.alive():
@@ -259,12 +252,12 @@ class Offload:
             w.stop()
 
 
-def _serve(encoding: str | None, modules: tuple[str, ...] = ()) -> None:
+def _serve(modules: tuple[str, ...] = ()) -> None:
     """The worker's loop: calls from stdin, answers to stdout, until stdin closes (the proxy is gone)."""
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # anything a module prints goes to stderr, never into the answers
     inp = sys.stdin.buffer
-    _warm(encoding, modules)
+    _warm(modules)
     out.write(bytes(4))  # ready
     while True:
         head = inp.read(4)
@@ -281,4 +274,4 @@ def _serve(encoding: str | None, modules: tuple[str, ...] = ()) -> None:
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else None, tuple(sys.argv[3:]))  # (argv[1]: the role)
+    _serve(tuple(sys.argv[2:]))  # (argv[1]: the role)

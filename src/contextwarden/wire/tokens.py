@@ -247,13 +247,6 @@ class TokenCounter:
             return 0
         return self._text(text if isinstance(text, str) else str(text), self._encoding(model))
 
-    def remember_text(self, text: str, n: int, model: str | None = None) -> None:
-        """The count of ``text`` made elsewhere with this model's encoding (compression's worker process):
-        counting it here later is a lookup (a long text's count is cached as :meth:`count_text` caches it)."""
-        enc = self._encoding(model)
-        if enc.enc is not None and isinstance(text, str) and len(text) >= 512:
-            self._cache.put(self._key(b"t", enc, text), n)
-
     def count_message(self, api: ApiKind | str | Dialect, message: Any, model: str | None = None) -> int:
         """Tokens of one message (or Responses input item), cached by a hash of its content."""
         d, m, enc = dialect(api), _plain(message), self._encoding(model)
