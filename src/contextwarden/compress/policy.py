@@ -89,9 +89,13 @@ MAX_READS = 256  # subjects (paths read, tools) followed per tenant (the least r
 SHOW_LEFT = 20  # left paths `policy show` lists (the latest first)
 MANY = "*"  # a path's reads came from more than one session
 LATE_ANSWERS = 8  # a Read the model uses more than this many answers after reading it is used late
-# an agent's instruction files (a project's rules for the model): followed, not quoted, so no session shows them
+# an agent's instruction files (a project's rules for the model, whichever agent's: Claude Code's CLAUDE.md and
+# CLAUDE.local.md, AGENTS.md / AGENT.md, GEMINI.md, aider's CONVENTIONS.md, a workspace's AI_*.md guides, Copilot's
+# copilot-instructions.md, Cursor's, Windsurf's and Cline's rules): followed, not quoted, so no session shows them
 # used late; never left (docs/REPLAY.md, "Instruction files")
-INSTRUCTION_FILE = re.compile(r"(^|[/\\])(CLAUDE|AGENTS|AI_[A-Z0-9_]+)\.md$", re.IGNORECASE)
+INSTRUCTION_FILE = re.compile(r"(^|[/\\])((CLAUDE(\.local)?|AGENTS?|GEMINI|CONVENTIONS|AI_[A-Z0-9_]+)\.md"
+                              r"|copilot-instructions\.md|\.(cursor|windsurf|cline)rules)$"
+                              r"|[/\\]\.cursor[/\\]rules[/\\][^/\\]+\.mdc?$", re.IGNORECASE)
 TOOL = "tool:"  # the subject of another tool's results than a Read's: TOOL + the tool's name
 LEFT_TOOL_MIN = 5  # a tool's results are left only once this many of them were counted
 KEEP_MIN = 2  # a tool's results are kept whole after this many fetched again ...

@@ -109,10 +109,13 @@ def test_reads_learned_per_path_left_or_used_late_bounded():
     assert p.leaves("GUIDE.md", "s1") and p.leaves("GUIDE.md", "s2") and not p.leaves("core.py", "s3")
     assert not p.learned({}, [("Read", "GUIDE.md")], 3.0).leaves("GUIDE.md")  # it came back after a clearing
     # an agent's instruction files are followed, not quoted: never left, whatever the sessions showed
-    files = ("proj/CLAUDE.md", "AGENTS.md", "docs/AI_README_FIRST.md", "C:\\proj\\agents.md")
+    files = ("proj/CLAUDE.md", "AGENTS.md", "docs/AI_README_FIRST.md", "C:\\proj\\agents.md", "proj/CLAUDE.local.md",
+             "AGENT.md", "proj/GEMINI.md", "CONVENTIONS.md", ".github/copilot-instructions.md", "proj/.cursorrules",
+             "proj/.cursor/rules/style.mdc", ".windsurfrules", ".clinerules")
     rules = p.learned({}, [], 2.5, read=files, session="s1")
     assert not any(rules.leaves(f, "s2") for f in files)
     assert rules.leaves("GUIDE.md", "s3") and "CLAUDE.md" not in policy.describe("t", rules)
+    assert not any(policy.INSTRUCTION_FILE.search(f) for f in ("README.md", "proj/CLAUDE.md.bak", "src/gemini.py", "rules.md"))
     assert policy.LearnedPolicy.from_dict(p.to_dict()) == p
     for i in range(policy.MAX_READS + 5):
         p = p.learned({}, [], 4.0, read=(f"f{i}.py",))
