@@ -56,9 +56,9 @@ class Embedder:
                  max_tokens: int = MAX_TOKENS, threads: int | None = None,
                  max_batch_tokens: int = MAX_BATCH_TOKENS, fold: bool = True) -> None:
         """``fold``: ONNX Runtime folds the int8 model's weights into float32 ones as it loads it (each run
-        ~5 ms sooner: a search's query embeds in ~3.5 ms instead of ~9), at ~120 MB more resident; without
-        (the embedding worker's batches, at idle priority) the weights stay int8 and each run dequantises them.
-        The vectors differ by ~1e-6."""
+        ~5 ms sooner: a search's query embeds in ~3.5 ms instead of ~9), in a session ~120 MB larger (~70 MB
+        once an unfolded one has dequantised a full batch); without (the embedding worker's batches, at idle
+        priority) the weights stay int8 and each run dequantises them. The vectors differ by ~1e-6."""
         import onnxruntime as ort  # (here: ~0.3 s to import, and only a process that embeds needs it)
 
         self.model_dir = Path(model_dir)
