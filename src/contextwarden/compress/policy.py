@@ -226,9 +226,7 @@ def describe(tenant: str, p: LearnedPolicy) -> str:
     if tools:
         out.append(f"  results read, by tool (used late: more than {LATE_ANSWERS} answers after; left: none used late, "
                    f"they go at a free moment in another session):")
-        out.extend((f"    {k[len(TOOL):]:<14} {got[0]:>6} read  {got[1]:>4} used late  " + (
-                   "left" if p._left(k, got) else "" if got[1] else f"(fewer than {LEFT_TOOL_MIN} seen)"
-                   if got[0] < LEFT_TOOL_MIN else "(kept whole: fetched again)")).rstrip()
+        out.extend(f"    {k[len(TOOL):]:<14} {got[0]:>6} read  {got[1]:>4} used late  {_tool_state(p, k, got)}".rstrip()
                    for k, got in sorted(tools.items(), key=lambda kv: (-kv[1][0], kv[0])))
     reads = {k: got for k, got in p.reads.items() if not k.startswith(TOOL)}
     left = [path for path, got in reversed(list(reads.items())) if p._left(path, got)]
@@ -240,3 +238,12 @@ def describe(tenant: str, p: LearnedPolicy) -> str:
         if len(left) > SHOW_LEFT:
             out.append(f"    ... and {len(left) - SHOW_LEFT} more (--json lists them all)")
     return "\n".join(out)
+
+
+def _tool_state(p: LearnedPolicy, subject: str, got: tuple[int, int, str]) -> str:
+    """What ``policy show`` says of a tool: left, or why not (nothing when some of its results were used late)."""
+    if p._left(subject, got):
+        return "left"
+    if got[1]:
+        return ""
+    return f"(fewer than {LEFT_TOOL_MIN} seen)" if got[0] < LEFT_TOOL_MIN else "(kept whole: fetched again)"

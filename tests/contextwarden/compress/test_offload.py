@@ -71,7 +71,7 @@ def test_a_worker_imports_what_it_serves_before_it_says_it_is_ready():
 def test_a_worker_holds_the_compressors_and_nothing_else():
     """Each worker's memory at rest is what it loads: the compressors and numpy; not a tiktoken encoding (the
     stage counts the compressed text), memory's index, store and models, the request models (pydantic) or
-    the sealing (cryptography): 68 MB a worker with them, 12 MB without (docs/benchmarks.md)."""
+    the sealing (cryptography): 68 MB a worker with them, 19 MB without (docs/benchmarks.md)."""
     pool = offload.Offload(1, preload=(offload.__name__,))
     try:
         assert pool.wait_ready(60)
